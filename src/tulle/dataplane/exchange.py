@@ -1,0 +1,141 @@
+"""The seam between downstream protocol drivers and upstream connection pools.
+
+A request travels as an *exchange*: the downstream driver (HTTP/1 or HTTP/2 listener) parses a
+request head, the dispatcher routes it and opens an `UpstreamStream` on a pool (HTTP/1 or HTTP/2
+upstream), and from then on bytes flow through two small interfaces:
+
+    downstream driver --(UpstreamStream: send_data / send_end / reset)--> upstream pool
+    downstream driver <--(ResponseSink: on_response_* / on_upstream_error)-- upstream pool
+
+Either side can be HTTP/1 or HTTP/2, so HTTP/1 <-> HTTP/2 translation needs nothing more than
+these values.  Heads carry lower-case header names as bytes, hop-by-hop headers already removed,
+and no framing headers (content-length stays, it is end-to-end; transfer-encoding does not).
+
+Flow control is explicit: a side that cannot take more asks the other to stop
+(`pause_request_body` / `pause_response`) and later to go on.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+Headers = list[tuple[bytes, bytes]]
+
+
+class RequestHead:
+    """A request as both protocols see it (HTTP/2 pseudo-headers are the first four fields)."""
+
+    __slots__ = ("authority", "content_length", "headers", "method", "path", "scheme",
+                 "upgrade", "version")
+
+    def __init__(self, method: bytes, path: bytes, authority: bytes, scheme: bytes,
+                 headers: Headers, content_length: int | None = None,
+                 version: bytes = b"1.1", upgrade: bytes = b"") -> None:
+        self.method = method
+        self.path = path
+        self.authority = authority
+        self.scheme = scheme
+        self.headers = headers
+        self.content_length = content_length
+        """Declared body length, or None when unknown (chunked / HTTP/2 without one)."""
+        self.version = version
+        """b"1.0", b"1.1" or b"2": what the downstream spoke."""
+        self.upgrade = upgrade
+        """The Upgrade token (e.g. b"websocket") of an HTTP/1 upgrade request, else empty."""
+
+
+class ResponseHead:
+    __slots__ = ("content_length", "headers", "reason", "status")
+
+    def __init__(self, status: int, headers: Headers, reason: bytes = b"",
+                 content_length: int | None = None) -> None:
+        self.status = status
+        self.headers = headers
+        self.reason = reason
+        self.content_length = content_length
+
+
+class UpstreamError(Exception):
+    """Why an upstream exchange failed, with the status the client should see.
+
+    `flag` follows Envoy's response flags so access logs read the same:
+    UF connect failure, UO overflow, UT timeout, UC connection terminated, UR reset,
+    UPE upstream protocol error, NR no route, NC no cluster/endpoint, DC downstream closed.
+    """
+
+    def __init__(self, status: int, flag: str, detail: str) -> None:
+        super().__init__(f"{flag}: {detail}")
+        self.status = status
+        self.flag = flag
+        self.detail = detail
+
+
+def connect_failure(detail: str) -> UpstreamError:
+    return UpstreamError(503, "UF", detail)
+
+
+def upstream_timeout(detail: str) -> UpstreamError:
+    return UpstreamError(504, "UT", detail)
+
+
+def upstream_reset(detail: str) -> UpstreamError:
+    return UpstreamError(502, "UC", detail)
+
+
+def upstream_protocol_error(detail: str) -> UpstreamError:
+    return UpstreamError(502, "UPE", detail)
+
+
+class ResponseSink(Protocol):
+    """What an upstream stream reports to the downstream driver that owns the exchange."""
+
+    def on_response_head(self, head: ResponseHead, end_stream: bool) -> None:
+        """Final response head (status >= 200).  1xx heads go to on_informational."""
+
+    def on_informational(self, head: ResponseHead) -> None:
+        """A 1xx head other than 101 (e.g. 100 Continue, 103 Early Hints)."""
+
+    def on_response_data(self, data: bytes) -> None: ...
+
+    def on_response_end(self, trailers: Headers | None) -> None: ...
+
+    def on_upstream_error(self, error: UpstreamError) -> None:
+        """The exchange failed.  If the head was already sent downstream, the driver resets."""
+
+    def on_upgraded(self, head: ResponseHead, stream: TunnelStream) -> None:
+        """101 Switching Protocols: from now on bytes flow raw through `stream`."""
+
+    def pause_request_body(self) -> None:
+        """The upstream cannot take more request body for now."""
+
+    def resume_request_body(self) -> None: ...
+
+
+class UpstreamStream(Protocol):
+    """What a downstream driver may do with an exchange it opened on a pool."""
+
+    def send_data(self, data: bytes) -> None: ...
+
+    def send_end(self, trailers: Headers | None = None) -> None: ...
+
+    def reset(self) -> None:
+        """Abandon the exchange (the downstream went away); never reports back to the sink."""
+
+    def pause_response(self) -> None:
+        """The downstream cannot take more response body for now."""
+
+    def resume_response(self) -> None: ...
+
+
+class TunnelStream(Protocol):
+    """A raw byte stream after an upgrade (WebSocket) or for CONNECT-like tunnels."""
+
+    def send_data(self, data: bytes) -> None: ...
+
+    def send_eof(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def pause_response(self) -> None: ...
+
+    def resume_response(self) -> None: ...

@@ -1,0 +1,152 @@
+"""What a listener needs to handle a connection, built once per snapshot.
+
+A `ListenerContext` is immutable after construction and holds everything a request looks up:
+the router, the clusters, the limits and the metric children.  The listener's `ListenerHandle`
+points at the current context; a swap replaces that pointer, so a connection (and an exchange)
+that started on the old context can finish on it (decision 3 of DESIGN.md) while new ones
+start on the new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from tulle.dataplane.routing.router import Router
+from tulle.dataplane.telemetry.metrics import CounterChild, HistogramChild, ProxyMetrics
+from tulle.proxyconfig.model import Destination, Listener, Settings
+
+if TYPE_CHECKING:
+    from tulle.dataplane.upstream.cluster import ClusterRuntime
+
+
+class RequestStats:
+    """Metric children for one (listener, cluster) pair, resolved on first use."""
+
+    __slots__ = ("_codes", "_family", "_labels", "duration")
+
+    def __init__(self, metrics: ProxyMetrics, listener: str, cluster: str) -> None:
+        self._family = metrics.requests
+        self._labels = (listener, cluster)
+        self._codes: dict[tuple[int, str], CounterChild] = {}
+        self.duration: HistogramChild = metrics.duration.labels(listener, cluster)
+
+    def count(self, status: int, flags: str, duration_ms: float) -> None:
+        child = self._codes.get((status, flags))
+        if child is None:
+            child = self._codes[(status, flags)] = self._family.labels(
+                *self._labels, str(status), flags or "-")
+        child.value += 1
+        self.duration.observe(duration_ms)
+
+
+@dataclass(slots=True)
+class DestinationRule:
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None
+    port: int
+    protocol: str
+    router: Router | None
+    cluster: str
+
+    @classmethod
+    def build(cls, d: Destination, routers: dict[str, Router]) -> DestinationRule:
+        net = ipaddress.ip_network(d.address, strict=False) if d.address else None
+        return cls(net, d.port, d.protocol, routers.get(d.route_table) if d.route_table else None,
+                   d.cluster)
+
+    def matches(self, ip: str, port: int) -> bool:
+        if self.port and self.port != port:
+            return False
+        if self.network is not None:
+            try:
+                return ipaddress.ip_address(ip) in self.network
+            except ValueError:
+                return False
+        return True
+
+
+class ListenerContext:
+    """Everything a connection on one listener looks up, for one snapshot."""
+
+    def __init__(self, cfg: Listener, settings: Settings, routers: dict[str, Router],
+                 clusters: dict[str, ClusterRuntime], metrics: ProxyMetrics) -> None:
+        self.cfg = cfg
+        self.name = cfg.name
+        self.settings = settings
+        self.router = routers.get(cfg.route_table) if cfg.route_table else None
+        self.cluster = cfg.cluster
+        self.clusters = clusters
+        self.metrics = metrics
+        self.destinations = [DestinationRule.build(d, routers) for d in cfg.destinations]
+        self.opaque_ports = frozenset(cfg.opaque_ports)
+        self.max_header_bytes = settings.max_request_header_bytes
+        self.header_timeout = settings.header_timeout_ms / 1000
+        self.idle_timeout = settings.idle_timeout_ms / 1000
+        self.high_water = settings.buffer_high_water_bytes
+        self.generate_request_id = settings.generate_request_id
+        self.scheme = b"https" if cfg.tls is not None else b"http"
+        self.m_protocol_errors = metrics.protocol_errors
+        self.m_bytes_received = metrics.bytes_received.labels(cfg.name)
+        self.m_bytes_sent = metrics.bytes_sent.labels(cfg.name)
+        self._stats: dict[str, RequestStats] = {}
+
+    def stats(self, cluster: str) -> RequestStats:
+        st = self._stats.get(cluster)
+        if st is None:
+            st = self._stats[cluster] = RequestStats(self.metrics, self.name, cluster)
+        return st
+
+    def protocol_error(self, kind: str) -> None:
+        self.m_protocol_errors.labels(self.name, kind).value += 1
+
+    def destination_for(self, ip: str, port: int) -> DestinationRule | None:
+        for d in self.destinations:
+            if d.matches(ip, port):
+                return d
+        return None
+
+
+@dataclass(eq=False)
+class ListenerHandle:
+    """A bound listener across snapshots: the socket(s), the current context, its connections."""
+
+    name: str
+    ctx: ListenerContext
+    servers: list[asyncio.AbstractServer] = field(default_factory=list)
+    connections: set[Connection] = field(default_factory=set)
+    draining: bool = False
+    m_active: object = None
+    m_total: object = None
+    on_drained: Callable[[], None] | None = None
+
+    def connection_opened(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        self.m_active.value += 1  # type: ignore[attr-defined]
+        self.m_total.value += 1  # type: ignore[attr-defined]
+
+    def connection_closed(self, conn: Connection) -> None:
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.m_active.value -= 1  # type: ignore[attr-defined]
+            if self.draining and not self.connections and self.on_drained is not None:
+                self.on_drained()
+
+
+class Connection:
+    """What every downstream connection offers the listener's housekeeping."""
+
+    deadline: float = 0.0
+    """Loop time at which `on_deadline` runs (header timeout, idle timeout); 0 for none."""
+
+    def on_deadline(self, now: float) -> None:
+        raise NotImplementedError
+
+    def start_drain(self) -> None:
+        """Stop taking requests: close now if idle, else after the in-flight one."""
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError

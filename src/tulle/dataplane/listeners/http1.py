@@ -1,0 +1,508 @@
+"""HTTP/1.1 downstream: the asyncio driver around `RequestCodec`, one exchange at a time.
+
+A connection parses requests as they arrive (pipelining allowed) but serves them strictly in
+order: the head of `_queue` is the exchange on the wire; later ones wait with their bodies
+buffered and reading paused.  Each exchange routes its request, opens an upstream stream and
+relays the response back, re-framing it for this client (chunked for HTTP/1.1 when the length is
+unknown, close-delimited for HTTP/1.0).
+
+Flow control both ways: when this client's transport is above its high-water mark the upstream
+stops being read (`pause_response`), and when the upstream cannot take more request body this
+client stops being read (`pause_request_body`).  A 1 GiB body therefore moves through in
+buffer-sized steps and the proxy's memory stays flat.
+
+Errors: a bad request gets 400/431/501 and the connection closes; a routing miss 404; upstream
+failures 502/503/504 (before the response head) or an abort of this connection (after it).
+Each is counted; none affects another connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+from tulle.dataplane.exchange import (
+    Headers,
+    RequestHead,
+    ResponseHead,
+    TunnelStream,
+    UpstreamError,
+    UpstreamStream,
+)
+from tulle.dataplane.listeners.context import Connection, ListenerContext, ListenerHandle
+from tulle.dataplane.protocols.http1 import (
+    ProtocolError,
+    RequestCodec,
+    encode_chunk,
+    encode_last_chunk,
+    local_response,
+    serialize_response_head,
+)
+
+if TYPE_CHECKING:
+    from tulle.dataplane.routing.router import Router
+
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class H1Exchange:
+    """One request on a downstream HTTP/1 connection; the upstream's `ResponseSink`."""
+
+    __slots__ = ("buffered", "chunked", "close_after", "cluster", "conn", "expect_continue",
+                 "flags", "has_body", "head", "head_sent", "request_done", "start", "status",
+                 "stream", "timer", "trailers")
+
+    def __init__(self, conn: H1Downstream, head: RequestHead, has_body: bool,
+                 keep_alive: bool, expect_continue: bool, start: float) -> None:
+        self.conn = conn
+        self.head = head
+        self.has_body = has_body
+        self.request_done = not has_body
+        self.close_after = not keep_alive
+        self.expect_continue = expect_continue
+        self.start = start
+        self.buffered: list[bytes] | None = None
+        self.trailers: Headers | None = None
+        self.stream: UpstreamStream | None = None
+        self.head_sent = False
+        self.chunked = False
+        self.status = 0
+        self.flags = ""
+        self.cluster = "-"
+        self.timer: asyncio.TimerHandle | None = None
+
+    # -- ResponseSink --------------------------------------------------------------------
+
+    def on_informational(self, head: ResponseHead) -> None:
+        if head.status == 100 and self.expect_continue:
+            return  # we already said 100 Continue ourselves
+        if self.head.version == b"1.1":
+            self.conn.write(serialize_response_head(head, chunked=False, close=False))
+
+    def on_response_head(self, head: ResponseHead, end_stream: bool) -> None:
+        conn = self.conn
+        self.status = head.status
+        if self.stream is None:
+            return
+        if conn.handle.draining:
+            self.close_after = True
+        bodyless = end_stream or self.head.method == b"HEAD" or head.status in (204, 304)
+        if not bodyless and head.content_length is None:
+            if self.head.version == b"1.1":
+                self.chunked = True
+            else:
+                self.close_after = True  # HTTP/1.0: the close delimits the body
+        if not self.request_done:
+            self.close_after = True  # an early response: we will not read the rest
+        self.head_sent = True
+        conn.write(serialize_response_head(head, chunked=self.chunked, close=self.close_after))
+        if end_stream:
+            self._finish()
+
+    def on_response_data(self, data: bytes) -> None:
+        if self.chunked:
+            self.conn.write(encode_chunk(data))
+        else:
+            self.conn.write(data)
+
+    def on_response_end(self, trailers: Headers | None) -> None:
+        if self.conn.tunnel is not None:
+            self.conn.tunnel_eof_from_upstream()
+            return
+        if self.chunked:
+            self.conn.write(encode_last_chunk(trailers))
+        self._finish()
+
+    def on_upstream_error(self, error: UpstreamError) -> None:
+        self.flags = error.flag
+        self.stream = None
+        if self.head_sent or self.conn.tunnel is not None:
+            self.status = self.status or error.status
+            self.conn.exchange_failed(self)
+            return
+        self.local(error.status, error.detail.encode() + b"\n")
+
+    def on_upgraded(self, head: ResponseHead, stream: TunnelStream) -> None:
+        self.status = 101
+        self.head_sent = True
+        self.conn.write(serialize_response_head(
+            head, chunked=False, close=False,
+            extra=[(b"connection", b"upgrade")]))
+        self.conn.start_tunnel(self, stream)
+
+    def pause_request_body(self) -> None:
+        self.conn.pause_reading("upstream")
+
+    def resume_request_body(self) -> None:
+        self.conn.resume_reading("upstream")
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def local(self, status: int, body: bytes) -> None:
+        """Answer with a response of our own (errors, no route)."""
+        self.status = status
+        self.head_sent = True
+        if not self.request_done or status in (400, 408, 431, 501):
+            self.close_after = True
+        self.conn.write(local_response(status, body, close=self.close_after))
+        self._finish()
+
+    def on_timeout(self) -> None:
+        self.timer = None
+        stream = self.stream
+        self.stream = None
+        if stream is not None:
+            stream.reset()
+        self.flags = "UT"
+        if self.head_sent:
+            self.status = self.status or 504
+            self.conn.exchange_failed(self)
+        else:
+            self.local(504, b"upstream request timeout\n")
+
+    def _finish(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        conn = self.conn
+        conn.ctx.stats(self.cluster).count(
+            self.status, self.flags, (conn.loop.time() - self.start) * 1000.0)
+        conn.exchange_done(self)
+
+
+class H1Downstream(asyncio.Protocol, Connection):
+    """A client connection speaking HTTP/1.x."""
+
+    def __init__(self, handle: ListenerHandle, peer_ip: str = "", initial: bytes = b"",
+                 router: Router | None = None, cluster: str | None = None) -> None:
+        self.handle = handle
+        self.ctx: ListenerContext = handle.ctx
+        self.loop = asyncio.get_running_loop()
+        self.router = router if router is not None else self.ctx.router
+        self.cluster = cluster if cluster is not None else self.ctx.cluster
+        self.transport: asyncio.Transport | None = None
+        self.peer_ip = peer_ip.encode()
+        self.codec = RequestCodec(self, self.ctx.max_header_bytes, self.ctx.scheme)
+        self._queue: deque[H1Exchange] = deque()
+        self._receiving: H1Exchange | None = None
+        self._paused: set[str] = set()
+        self._initial = initial
+        self.tunnel: TunnelStream | None = None
+        self.closing = False
+        self.deadline = 0.0
+        self._deadline_kind = ""
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(high=self.ctx.high_water)
+        if not self.peer_ip:
+            peer = transport.get_extra_info("peername")
+            if peer:
+                self.peer_ip = str(peer[0]).encode()
+        self.handle.connection_opened(self)
+        self._set_deadline("header")
+        if self._initial:
+            data, self._initial = self._initial, b""
+            self.data_received(data)
+
+    def data_received(self, data: bytes) -> None:
+        self.ctx.m_bytes_received.value += len(data)
+        if self.tunnel is not None:
+            self.tunnel.send_data(data)
+            return
+        if self.closing:
+            return
+        if self._deadline_kind == "idle":
+            self._set_deadline("header")
+        try:
+            self.codec.feed(data)
+        except ProtocolError as exc:
+            self._protocol_error(exc)
+            return
+        except ValueError as exc:  # e.g. int() of a Content-Length llhttp let through
+            self._protocol_error(ProtocolError(400, "malformed_request", str(exc)))
+            return
+        rest = self.codec.upgrade_offset_data
+        if rest is not None:
+            self.codec.upgrade_offset_data = None
+            # Bytes after an upgrade request's head belong to the tunnel, if there will be one.
+            if rest:
+                self._early_tunnel = [*(self._early_tunnel or ()), rest]
+            self.pause_reading("upgrade")
+
+    def eof_received(self) -> bool:
+        if self.tunnel is not None:
+            self.tunnel.send_eof()
+            return True  # half-close: the upstream may still answer
+        q = self._queue
+        if not q or not q[-1].request_done:
+            # Nothing in flight, or a request body cut short: nothing more can happen here.
+            if q:
+                q[0].flags = "DC"
+            return False
+        # The client half-closed after whole requests: answer them, then close.
+        for ex in q:
+            ex.close_after = True
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.handle.connection_closed(self)
+        for ex in self._queue:
+            if ex.timer is not None:
+                ex.timer.cancel()
+                ex.timer = None
+            if ex.stream is not None:
+                ex.stream.reset()
+                ex.stream = None
+        if self.tunnel is not None:
+            self.tunnel.close()
+            self.tunnel = None
+        self._queue.clear()
+
+    def pause_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.pause_response()
+        elif self._queue and self._queue[0].stream is not None:
+            self._queue[0].stream.pause_response()  # type: ignore[union-attr]
+
+    def resume_writing(self) -> None:
+        if self.tunnel is not None:
+            self.tunnel.resume_response()
+        elif self._queue and self._queue[0].stream is not None:
+            self._queue[0].stream.resume_response()  # type: ignore[union-attr]
+
+    # -- RequestHandler (from the codec) -------------------------------------------------
+
+    def on_request_head(self, head: RequestHead, has_body: bool, keep_alive: bool,
+                        expect_continue: bool) -> None:
+        self.deadline = 0.0
+        self._deadline_kind = ""
+        ex = H1Exchange(self, head, has_body, keep_alive, expect_continue, self.loop.time())
+        if head.upgrade:
+            ex.close_after = True  # unless it becomes a tunnel, the parser is done with us
+        self._receiving = ex
+        self._queue.append(ex)
+        if len(self._queue) == 1:
+            self._dispatch(ex)
+        else:
+            self.pause_reading("pipeline")
+
+    def on_request_body(self, data: bytes) -> None:
+        ex = self._receiving
+        if ex is None:
+            return
+        if ex.stream is not None:
+            ex.stream.send_data(data)
+        elif not ex.head_sent:
+            if ex.buffered is None:
+                ex.buffered = []
+            ex.buffered.append(data)
+            if sum(len(b) for b in ex.buffered) > self.ctx.high_water:
+                self.pause_reading("buffer")
+
+    def on_request_end(self, trailers: Headers | None) -> None:
+        ex = self._receiving
+        if ex is None:
+            return
+        self._receiving = None
+        ex.request_done = True
+        if ex.stream is not None:
+            ex.stream.send_end(trailers)
+        else:
+            ex.trailers = trailers
+
+    # -- exchanges -----------------------------------------------------------------------
+
+    def _dispatch(self, ex: H1Exchange) -> None:
+        ctx = self.ctx
+        head = ex.head
+        router = self.router
+        timeout_ms = ctx.settings.request_timeout_ms
+        if router is not None:
+            route = router.route(head.authority.decode("latin-1"), head.path.decode("latin-1"))
+            if route is None:
+                ex.flags = "NR"
+                ex.local(404, b"no route for host '%b' path '%b' on listener %b\n" % (
+                    head.authority, head.path.split(b"?", 1)[0], ctx.name.encode()))
+                return
+            cluster_name = route.pick_cluster()
+            timeout_ms = route.timeout_ms
+        else:
+            cluster_name = self.cluster or ""
+        ex.cluster = cluster_name
+        cluster = ctx.clusters.get(cluster_name)
+        if cluster is None:
+            ex.flags = "NC"
+            ex.local(503, b"no cluster named '%b'\n" % cluster_name.encode())
+            return
+        self._add_forwarding_headers(head)
+        stream = cluster.open_stream(head, ex, not ex.has_body and not head.upgrade)
+        if stream is None:
+            ex.flags = "UH"
+            ex.local(503, b"no healthy endpoint in cluster '%b'\n" % cluster_name.encode())
+            return
+        ex.stream = stream
+        if timeout_ms and not head.upgrade:
+            ex.timer = self.loop.call_later(timeout_ms / 1000, ex.on_timeout)
+        if ex.expect_continue and not ex.request_done:
+            self.write(CONTINUE)
+        if ex.buffered:
+            chunks, ex.buffered = ex.buffered, None
+            for c in chunks:
+                stream.send_data(c)
+            self.resume_reading("buffer")
+        if ex.request_done and not head.upgrade:
+            stream.send_end(ex.trailers)
+
+    def _add_forwarding_headers(self, head: RequestHead) -> None:
+        headers = head.headers
+        xff = -1
+        has_proto = has_id = False
+        for i, (n, _) in enumerate(headers):
+            if n[:2] == b"x-":
+                if n == b"x-forwarded-for":
+                    xff = i
+                elif n == b"x-forwarded-proto":
+                    has_proto = True
+                elif n == b"x-request-id":
+                    has_id = True
+        if self.peer_ip:
+            if xff >= 0:
+                headers[xff] = (b"x-forwarded-for", headers[xff][1] + b", " + self.peer_ip)
+            else:
+                headers.append((b"x-forwarded-for", self.peer_ip))
+        if not has_proto:
+            headers.append((b"x-forwarded-proto", head.scheme))
+        if not has_id and self.ctx.generate_request_id:
+            headers.append((b"x-request-id", str(uuid.uuid4()).encode()))
+
+    def exchange_done(self, ex: H1Exchange) -> None:
+        q = self._queue
+        if q and q[0] is ex:
+            q.popleft()
+        ex.stream = None
+        if ex.close_after or self.closing:
+            self._close()
+            return
+        if self.handle.draining and not q:
+            self._close()
+            return
+        if q:
+            if len(q) == 1:
+                self.resume_reading("pipeline")
+            self._dispatch(q[0])
+            return
+        self.resume_reading("pipeline")
+        self._set_deadline("idle")
+
+    def exchange_failed(self, ex: H1Exchange) -> None:
+        """The response was cut off after its head went out: the client must see an abort."""
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
+        self.ctx.stats(ex.cluster).count(ex.status, ex.flags,
+                                         (self.loop.time() - ex.start) * 1000.0)
+        self._queue.clear()
+        self.abort()
+
+    # -- upgrade tunnel ------------------------------------------------------------------
+
+    _early_tunnel: list[bytes] | None = None
+
+    def start_tunnel(self, ex: H1Exchange, stream: TunnelStream) -> None:
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
+        self.tunnel = stream
+        self.deadline = 0.0
+        early = self._early_tunnel
+        self._early_tunnel = None
+        for chunk in early or ():
+            stream.send_data(chunk)
+        self._paused.clear()
+        if self.transport is not None:
+            self.transport.resume_reading()
+
+    def tunnel_eof_from_upstream(self) -> None:
+        if self.transport is not None:
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            else:
+                self._close()
+
+    # -- transport helpers ---------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        t = self.transport
+        if t is not None:
+            self.ctx.m_bytes_sent.value += len(data)
+            t.write(data)
+
+    def pause_reading(self, why: str) -> None:
+        if not self._paused and self.transport is not None:
+            self.transport.pause_reading()
+        self._paused.add(why)
+
+    def resume_reading(self, why: str) -> None:
+        if why in self._paused:
+            self._paused.discard(why)
+            if not self._paused and self.transport is not None and not self.closing:
+                self.transport.resume_reading()
+
+    def _protocol_error(self, exc: ProtocolError) -> None:
+        self.ctx.protocol_error(exc.kind)
+        q = self._queue
+        if q and (q[0].stream is not None or q[0].head_sent):
+            # The bad bytes followed a good request still in flight: let it finish, then close.
+            while len(q) > 1:
+                dropped = q.pop()
+                if dropped.stream is not None:
+                    dropped.stream.reset()
+            q[0].close_after = True
+            self.closing = True
+            self.pause_reading("error")
+            return
+        self.closing = True
+        for ex in q:
+            if ex.stream is not None:
+                ex.stream.reset()
+        q.clear()
+        self.write(local_response(exc.status, exc.detail.encode() + b"\n", close=True))
+        self._close()
+
+    def _set_deadline(self, kind: str) -> None:
+        ctx = self.ctx
+        timeout = ctx.header_timeout if kind == "header" else ctx.idle_timeout
+        self._deadline_kind = kind
+        self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0
+
+    def on_deadline(self, now: float) -> None:
+        kind = self._deadline_kind
+        self.deadline = 0.0
+        self._deadline_kind = ""
+        if kind == "header" and not self._queue:
+            if self.codec.head_started:
+                self.ctx.protocol_error("header_timeout")
+                self.write(local_response(408, b"request header timeout\n", close=True))
+            self._close()
+        elif kind == "idle" and not self._queue:
+            self._close()
+
+    def start_drain(self) -> None:
+        if not self._queue and self.tunnel is None:
+            self._close()
+
+    def _close(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()

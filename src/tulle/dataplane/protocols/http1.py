@@ -1,0 +1,423 @@
+"""HTTP/1.1 codec: bytes in, calls on a handler out; heads serialised back to bytes.  No I/O.
+
+Rules of this module:
+
+1. Parsing is llhttp (httptools) in strict mode: CL+TE, duplicate Content-Length, obs-fold,
+   bare LF and invalid header bytes are rejected by the parser itself and surface here as
+   `ProtocolError(400)`.  We add what llhttp cannot know: header-size limits (431), a required
+   single Host (400), and unsupported methods (501).
+2. Heads leave this module as `RequestHead` / `ResponseHead` with lower-case names, hop-by-hop
+   headers removed (RFC 9110 7.6.1: Connection, the headers it names, Keep-Alive,
+   Proxy-Connection, TE, Transfer-Encoding, Upgrade) and framing described by `content_length`.
+   Framing is re-created on the way out by `serialize_*`, so a chunked body stays chunked and a
+   smuggling shape cannot pass through.
+3. A codec that raised is dead; the driver answers and closes the connection.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import httptools
+
+from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
+
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade",
+})
+
+
+class ProtocolError(Exception):
+    """Bad bytes from a peer.  `status` is what a downstream client should get; `kind` is the
+    metric label."""
+
+    def __init__(self, status: int, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.kind = kind
+        self.detail = detail
+
+
+def _connection_tokens(value: bytes) -> set[bytes]:
+    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+
+
+class RequestHandler(Protocol):
+    def on_request_head(self, head: RequestHead, has_body: bool, keep_alive: bool,
+                        expect_continue: bool) -> None: ...
+
+    def on_request_body(self, data: bytes) -> None: ...
+
+    def on_request_end(self, trailers: Headers | None) -> None: ...
+
+
+class RequestCodec:
+    """Parses a stream of pipelined requests.  After `feed` raises, the codec must not be fed."""
+
+    __slots__ = ("_chunked", "_cl", "_done_head", "_handler", "_head_bytes", "_headers",
+                 "_in_message", "_limit", "_parser", "_raw_names", "_scheme", "_trailers",
+                 "_url", "upgrade_offset_data")
+
+    def __init__(self, handler: RequestHandler, max_header_bytes: int,
+                 scheme: bytes = b"http") -> None:
+        self._handler = handler
+        self._limit = max_header_bytes
+        self._scheme = scheme
+        self._parser = httptools.HttpRequestParser(self)
+        self._head_bytes = 0
+        self._in_message = False
+        self._done_head = False
+        self._url = b""
+        self._headers: Headers = []
+        self._trailers: Headers | None = None
+        self._cl: int | None = None
+        self._chunked = False
+        self.upgrade_offset_data: bytes | None = None
+        """After an upgrade request: the bytes that followed its head (tunnel payload)."""
+
+    @property
+    def waiting_for_head(self) -> bool:
+        """True between requests and inside a head: what the header timeout watches."""
+        return not self._done_head
+
+    @property
+    def head_started(self) -> bool:
+        return self._in_message and not self._done_head
+
+    def feed(self, data: bytes) -> None:
+        if not self._done_head:
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args else len(data)
+            self.upgrade_offset_data = data[offset:]
+            return
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, ProtocolError):
+                raise exc.__context__ from None
+            raise ProtocolError(400, "malformed_request", str(exc) or "malformed request") from None
+        if not self._done_head and self._head_bytes > self._limit + 4:
+            raise ProtocolError(431, "header_too_large",
+                                f"request head exceeds {self._limit} bytes")
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._in_message = True
+        self._done_head = False
+        self._url = b""
+        self._headers = []
+        self._trailers = None
+        self._cl = None
+        self._chunked = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self._limit:
+            raise ProtocolError(431, "header_too_large", "request target too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._done_head:  # chunked trailers
+            if self._trailers is None:
+                self._trailers = []
+            self._trailers.append((name.lower(), value))
+            return
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        p = self._parser
+        size = len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers)
+        if size > self._limit:
+            raise ProtocolError(431, "header_too_large", f"request head exceeds {self._limit} bytes")
+        self._done_head = True
+        method: bytes = p.get_method()
+        version = p.get_http_version().encode()
+        hosts: list[bytes] = []
+        conn_tokens: set[bytes] = set()
+        out: Headers = []
+        cl: int | None = None
+        expect = False
+        upgrade = b""
+        chunked = False
+        for raw_name, value in self._headers:
+            name = raw_name.lower()
+            if name == b"host":
+                hosts.append(value)
+                continue
+            if name == b"content-length":
+                cl = int(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+                continue
+            elif name == b"connection":
+                conn_tokens |= _connection_tokens(value)
+                continue
+            elif name == b"expect":
+                if value.strip().lower() == b"100-continue":
+                    expect = True
+                    continue
+            elif name == b"upgrade":
+                upgrade = value.strip()
+                continue
+            elif name in HOP_BY_HOP:
+                continue
+            out.append((name, value))
+        if conn_tokens:
+            out = [(n, v) for n, v in out if n not in conn_tokens]
+        if len(hosts) > 1:
+            raise ProtocolError(400, "malformed_request", "more than one Host header")
+        url = self._url
+        authority = hosts[0] if hosts else b""
+        if method == b"CONNECT":
+            raise ProtocolError(501, "unsupported", "CONNECT is not supported")
+        if url[:1] != b"/" and url != b"*":
+            # absolute-form (RFC 9112 3.2.2): the authority in the target wins over Host.
+            scheme, sep, rest = url.partition(b"://")
+            if not sep or scheme.lower() not in (b"http", b"https"):
+                raise ProtocolError(400, "malformed_request", "invalid request target")
+            auth, slash, path = rest.partition(b"/")
+            authority = auth
+            url = slash + path if slash else b"/"
+        if not authority and version == b"1.1":
+            raise ProtocolError(400, "malformed_request", "missing Host header")
+        if b"upgrade" not in conn_tokens:
+            upgrade = b""
+        self._cl = cl
+        self._chunked = chunked
+        head = RequestHead(method, url, authority, self._scheme, out, cl, version, upgrade)
+        has_body = chunked or (cl is not None and cl > 0)
+        self._handler.on_request_head(head, has_body, bool(p.should_keep_alive()),
+                                      expect and version == b"1.1")
+
+    def on_body(self, body: bytes) -> None:
+        self._handler.on_request_body(body)
+
+    def on_message_complete(self) -> None:
+        self._in_message = False
+        self._head_bytes = 0
+        self._handler.on_request_end(self._trailers)
+        self._done_head = False
+
+
+class ResponseHandler(Protocol):
+    def on_head(self, head: ResponseHead, end_stream: bool, keep_alive: bool) -> None: ...
+
+    def on_informational(self, head: ResponseHead) -> None: ...
+
+    def on_body(self, data: bytes) -> None: ...
+
+    def on_end(self, trailers: Headers | None) -> None: ...
+
+    def on_upgrade(self, head: ResponseHead, rest: bytes) -> None: ...
+
+
+class ResponseCodec:
+    """Parses the responses of one upstream connection, one exchange at a time."""
+
+    __slots__ = ("_done_head", "_handler", "_head_bytes", "_head_request", "_headers",
+                 "_keep_alive", "_limit", "_parser", "_reason", "_state", "_trailers",
+                 "_until_close", "_upgrade_head")
+
+    IDLE, HEAD, BODY, DONE = range(4)
+
+    def __init__(self, handler: ResponseHandler, max_header_bytes: int) -> None:
+        self._handler = handler
+        self._limit = max_header_bytes
+        self._parser = httptools.HttpResponseParser(self)
+        self._state = self.IDLE
+        self._head_request = False
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._trailers: Headers | None = None
+        self._head_bytes = 0
+        self._until_close = False
+        self._keep_alive = True
+        self._done_head = False
+        self._upgrade_head: ResponseHead | None = None
+
+    def start(self, head_request: bool) -> None:
+        """Expect the response to a request just sent (HEAD responses carry no body)."""
+        if self._state == self.DONE and self._head_request:
+            # llhttp believed a HEAD response's Content-Length; start a fresh parser.
+            self._parser = httptools.HttpResponseParser(self)
+        self._state = self.HEAD
+        self._head_request = head_request
+        self._head_bytes = 0
+        self._until_close = False
+
+    @property
+    def until_close(self) -> bool:
+        """The body in progress is delimited by the connection closing."""
+        return self._state == self.BODY and self._until_close
+
+    def feed(self, data: bytes) -> None:
+        if self._state != self.BODY:
+            if self._state in (self.IDLE, self.DONE):
+                if data:
+                    raise ProtocolError(502, "upstream_protocol",
+                                        "upstream sent bytes with no request outstanding")
+                return
+            self._head_bytes += len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args else len(data)
+            head = self._upgrade_head
+            self._state = self.DONE
+            if head is not None:
+                self._handler.on_upgrade(head, data[offset:])
+            return
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, ProtocolError):
+                raise exc.__context__ from None
+            raise ProtocolError(502, "upstream_protocol", str(exc) or "malformed response") from None
+        if self._state == self.HEAD and self._head_bytes > self._limit + 4:
+            raise ProtocolError(502, "upstream_protocol", "response head too large")
+
+    def feed_eof(self) -> bool:
+        """The connection closed.  True when that completed a close-delimited body."""
+        if self._state == self.BODY and self._until_close:
+            self._state = self.DONE
+            self._handler.on_end(None)
+            return True
+        return False
+
+    def on_message_begin(self) -> None:
+        self._headers = []
+        self._reason = b""
+        self._trailers = None
+        self._done_head = False
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._done_head:
+            if self._trailers is None:
+                self._trailers = []
+            self._trailers.append((name.lower(), value))
+            return
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        if self._state != self.HEAD:
+            return
+        p = self._parser
+        status: int = p.get_status_code()
+        self._done_head = True
+        cl: int | None = None
+        chunked = False
+        conn_tokens: set[bytes] = set()
+        out: Headers = []
+        for raw_name, value in self._headers:
+            name = raw_name.lower()
+            if name == b"content-length":
+                cl = int(value)
+            elif name == b"transfer-encoding":
+                chunked = True
+                continue
+            elif name == b"connection":
+                conn_tokens |= _connection_tokens(value)
+                continue
+            elif name in HOP_BY_HOP:
+                if status == 101 and name == b"upgrade":
+                    out.append((name, value))
+                continue
+            out.append((name, value))
+        if conn_tokens:
+            out = [(n, v) for n, v in out if n not in conn_tokens or n == b"upgrade"]
+        head = ResponseHead(status, out, self._reason, cl)
+        if status == 101:
+            self._upgrade_head = head
+            return
+        if status < 200:
+            self._handler.on_informational(head)
+            return
+        self._keep_alive = bool(p.should_keep_alive())
+        no_body = self._head_request or status in (204, 304) or cl == 0
+        self._until_close = not no_body and cl is None and not chunked
+        if no_body:
+            self._state = self.DONE
+            self._handler.on_head(head, True, self._keep_alive)
+            self._handler.on_end(None)
+            return
+        self._state = self.BODY
+        self._handler.on_head(head, False, self._keep_alive)
+
+    def on_body(self, body: bytes) -> None:
+        if self._state == self.BODY:
+            self._handler.on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._state == self.BODY:
+            self._state = self.DONE
+            self._handler.on_end(self._trailers)
+
+
+# -- serialisation ---------------------------------------------------------------------
+
+_REASONS = {
+    100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 201: b"Created",
+    204: b"No Content", 301: b"Moved Permanently", 302: b"Found", 304: b"Not Modified",
+    400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
+    408: b"Request Timeout", 413: b"Content Too Large", 429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large", 500: b"Internal Server Error",
+    501: b"Not Implemented", 502: b"Bad Gateway", 503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+def reason_phrase(status: int) -> bytes:
+    return _REASONS.get(status, b"")
+
+
+def serialize_request_head(head: RequestHead, chunked: bool, extra: Headers = ()) -> bytes:  # type: ignore[assignment]
+    """Request line and headers for an HTTP/1.1 upstream.  `extra` goes after the head's own."""
+    parts = [head.method, b" ", head.path, b" HTTP/1.1\r\nhost: ", head.authority, b"\r\n"]
+    for n, v in head.headers:
+        if n[:1] != b":":
+            parts += (n, b": ", v, b"\r\n")
+    for n, v in extra:
+        parts += (n, b": ", v, b"\r\n")
+    if chunked:
+        parts.append(b"transfer-encoding: chunked\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def serialize_response_head(head: ResponseHead, *, chunked: bool, close: bool,
+                            extra: Headers = ()) -> bytes:  # type: ignore[assignment]
+    """Status line and headers for an HTTP/1.1 downstream."""
+    status = head.status
+    parts = [b"HTTP/1.1 ", str(status).encode(), b" ",
+             head.reason or reason_phrase(status), b"\r\n"]
+    for n, v in head.headers:
+        if n[:1] != b":":
+            parts += (n, b": ", v, b"\r\n")
+    for n, v in extra:
+        parts += (n, b": ", v, b"\r\n")
+    if chunked:
+        parts.append(b"transfer-encoding: chunked\r\n")
+    if close:
+        parts.append(b"connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+def encode_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def encode_last_chunk(trailers: Headers | None) -> bytes:
+    if not trailers:
+        return b"0\r\n\r\n"
+    return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers) + b"\r\n"
+
+
+def local_response(status: int, body: bytes, *, close: bool,
+                   extra: Headers = ()) -> bytes:  # type: ignore[assignment]
+    """A response the proxy makes itself (errors, 404 for no route)."""
+    head = ResponseHead(status, [(b"content-type", b"text/plain; charset=utf-8"),
+                                 (b"content-length", str(len(body)).encode())])
+    return serialize_response_head(head, chunked=False, close=close, extra=extra) + body

@@ -1,0 +1,203 @@
+"""Hand-rolled metrics: counters, gauges and histograms rendered as Prometheus text.
+
+prometheus_client costs 0.3-1.3 us per update; a slot increment costs ~0.05 us.  The hot path
+holds *children* (one labelled series) resolved once per listener/cluster and bumps their
+`value` attribute directly; nothing is locked because each worker process has its own registry
+and the event loop is single-threaded.
+
+Names are the proxy's own (`tulle_proxy_*`).  The Istio-compatible golden metrics
+(`istio_requests_total` with source/destination labels) belong to the observability issue and
+will be added as another family here, not a second registry.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable
+
+# Milliseconds; the same boundaries as Istio's request_duration_milliseconds.
+DURATION_BUCKETS_MS: tuple[float, ...] = (
+    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
+    1800000, 3600000,
+)
+
+
+def _escape(v: str) -> str:
+    return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
+    parts = [f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)]
+    if extra:
+        parts.append(extra)
+    return "{" + ",".join(parts) + "}" if parts else ""
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+class CounterChild:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+class GaugeChild:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+
+class HistogramChild:
+    __slots__ = ("bounds", "count", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.count = 0
+
+    def observe(self, v: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, v)] += 1
+        self.sum += v
+        self.count += 1
+
+
+class _Family:
+    kind = ""
+
+    def __init__(self, name: str, help_: str, labels: tuple[str, ...]) -> None:
+        self.name = name
+        self.help = help_
+        self.labelnames = labels
+        self.children: dict[tuple[str, ...], object] = {}
+
+    def header(self) -> list[str]:
+        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+
+
+class Counter(_Family):
+    kind = "counter"
+
+    def labels(self, *values: str) -> CounterChild:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = CounterChild()
+        return child  # type: ignore[return-value]
+
+    def render(self) -> Iterable[str]:
+        for values, child in sorted(self.children.items()):
+            yield f"{self.name}{_labels(self.labelnames, values)} {child.value}"  # type: ignore[attr-defined]
+
+
+class Gauge(Counter):
+    kind = "gauge"
+
+    def labels(self, *values: str) -> GaugeChild:  # type: ignore[override]
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = GaugeChild()
+        return child  # type: ignore[return-value]
+
+
+class Histogram(_Family):
+    kind = "histogram"
+
+    def __init__(self, name: str, help_: str, labels: tuple[str, ...],
+                 buckets: tuple[float, ...] = DURATION_BUCKETS_MS) -> None:
+        super().__init__(name, help_, labels)
+        self.buckets = buckets
+
+    def labels(self, *values: str) -> HistogramChild:
+        child = self.children.get(values)
+        if child is None:
+            child = self.children[values] = HistogramChild(self.buckets)
+        return child  # type: ignore[return-value]
+
+    def render(self) -> Iterable[str]:
+        for values, c in sorted(self.children.items()):
+            assert isinstance(c, HistogramChild)
+            acc = 0
+            for bound, n in zip(c.bounds, c.counts, strict=False):
+                acc += n
+                le = 'le="' + _num(bound) + '"'
+                yield f"{self.name}_bucket{_labels(self.labelnames, values, le)} {acc}"
+            acc += c.counts[-1]
+            inf = 'le="+Inf"'
+            yield f"{self.name}_bucket{_labels(self.labelnames, values, inf)} {acc}"
+            yield f"{self.name}_sum{_labels(self.labelnames, values)} {_num(c.sum)}"
+            yield f"{self.name}_count{_labels(self.labelnames, values)} {c.count}"
+
+
+class Registry:
+    """All metric families of one proxy process."""
+
+    def __init__(self) -> None:
+        self._families: dict[str, _Family] = {}
+
+    def _add(self, fam: _Family) -> _Family:
+        existing = self._families.get(fam.name)
+        if existing is not None:
+            return existing
+        self._families[fam.name] = fam
+        return fam
+
+    def counter(self, name: str, help_: str, labels: tuple[str, ...] = ()) -> Counter:
+        return self._add(Counter(name, help_, labels))  # type: ignore[return-value]
+
+    def gauge(self, name: str, help_: str, labels: tuple[str, ...] = ()) -> Gauge:
+        return self._add(Gauge(name, help_, labels))  # type: ignore[return-value]
+
+    def histogram(self, name: str, help_: str, labels: tuple[str, ...] = (),
+                  buckets: tuple[float, ...] = DURATION_BUCKETS_MS) -> Histogram:
+        return self._add(Histogram(name, help_, labels, buckets))  # type: ignore[return-value]
+
+    def render(self) -> str:
+        lines: list[str] = []
+        for fam in self._families.values():
+            if not fam.children:
+                continue
+            lines.extend(fam.header())
+            lines.extend(fam.render())  # type: ignore[attr-defined]
+        return "\n".join(lines) + "\n"
+
+
+class ProxyMetrics:
+    """The proxy's metric families, created once per process."""
+
+    def __init__(self, registry: Registry | None = None) -> None:
+        r = self.registry = registry or Registry()
+        self.requests = r.counter("tulle_proxy_requests_total",
+                                  "HTTP requests completed, by listener, cluster and status code.",
+                                  ("listener", "cluster", "response_code", "response_flags"))
+        self.duration = r.histogram("tulle_proxy_request_duration_milliseconds",
+                                    "Time from the request's first byte to the response's last.",
+                                    ("listener", "cluster"))
+        self.connections_active = r.gauge("tulle_proxy_downstream_connections_active",
+                                          "Open downstream connections.", ("listener",))
+        self.connections_total = r.counter("tulle_proxy_downstream_connections_total",
+                                           "Accepted downstream connections.", ("listener",))
+        self.bytes_received = r.counter("tulle_proxy_downstream_bytes_received_total",
+                                        "Bytes read from downstream clients.", ("listener",))
+        self.bytes_sent = r.counter("tulle_proxy_downstream_bytes_sent_total",
+                                    "Bytes written to downstream clients.", ("listener",))
+        self.protocol_errors = r.counter("tulle_proxy_protocol_errors_total",
+                                         "Malformed or hostile downstream input, by kind.",
+                                         ("listener", "kind"))
+        self.upstream_connect_failures = r.counter(
+            "tulle_proxy_upstream_connect_failures_total",
+            "Failed upstream connection attempts (refused, unreachable, timed out).", ("cluster",))
+        self.upstream_connections_active = r.gauge(
+            "tulle_proxy_upstream_connections_active", "Open upstream connections.", ("cluster",))
+        self.upstream_connections_total = r.counter(
+            "tulle_proxy_upstream_connections_total", "Upstream connections opened.", ("cluster",))
+        self.tcp_connections = r.counter("tulle_proxy_tcp_connections_total",
+                                         "Opaque TCP connections relayed.", ("listener", "cluster"))
+        self.tcp_bytes = r.counter("tulle_proxy_tcp_bytes_total",
+                                   "Opaque TCP bytes relayed, by direction.",
+                                   ("listener", "cluster", "direction"))
+        self.config_reloads = r.counter("tulle_proxy_config_reloads_total",
+                                        "Configuration swaps, by result.", ("result",))

@@ -1,0 +1,258 @@
+"""Validate a raw proxy configuration and report *every* problem with its field path.
+
+msgspec stops at the first error; an operator fixing a file wants all of them at once.  So
+validation walks the raw document against the model's type information (structure, types,
+bounds, unknown fields), then checks what types cannot express (cross references, unique names,
+addresses).  Only a document with no errors is converted into a `ProxyConfig`.
+
+Error form: `listeners[0].port: must be <= 65535` (the path is dotted, list indices in
+brackets), the same form the control plane uses for user resources.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+from msgspec import inspect as mi
+
+from tulle.proxyconfig.model import ProxyConfig
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path or '<root>'}: {self.message}"
+
+
+class ConfigError(ValueError):
+    """A configuration was rejected; `errors` lists every reason with its field path."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+def _join(path: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return f"{path}.{key}" if path else key
+
+
+_TYPE_NAMES = {
+    mi.IntType: "an integer",
+    mi.StrType: "a string",
+    mi.BoolType: "a boolean",
+    mi.FloatType: "a number",
+    mi.ListType: "a list",
+    mi.DictType: "a mapping",
+    mi.StructType: "a mapping",
+    mi.NoneType: "null",
+}
+
+
+def _describe(t: mi.Type) -> str:
+    if isinstance(t, mi.LiteralType):
+        return "one of " + ", ".join(repr(v) for v in t.values)
+    return _TYPE_NAMES.get(type(t), type(t).__name__)
+
+
+def _check(value: Any, t: mi.Type, path: str, out: list[FieldError]) -> None:
+    if isinstance(t, mi.AnyType):
+        return
+    if isinstance(t, mi.UnionType):
+        for option in t.types:
+            trial: list[FieldError] = []
+            _check(value, option, path, trial)
+            if not trial:
+                return
+        # Prefer the errors of the non-null option so the message is about the real shape.
+        real = [o for o in t.types if not isinstance(o, mi.NoneType)]
+        if len(real) == 1:
+            _check(value, real[0], path, out)
+        else:
+            out.append(FieldError(path, "expected " + " or ".join(_describe(o) for o in t.types)))
+        return
+    if isinstance(t, mi.NoneType):
+        if value is not None:
+            out.append(FieldError(path, "expected null"))
+        return
+    if isinstance(t, mi.LiteralType):
+        if value not in t.values:
+            allowed = ", ".join(repr(v) for v in t.values)
+            out.append(FieldError(path, f"must be one of {allowed}, got {value!r}"))
+        return
+    if isinstance(t, mi.BoolType):
+        if not isinstance(value, bool):
+            out.append(FieldError(path, f"expected a boolean, got {type(value).__name__}"))
+        return
+    if isinstance(t, mi.IntType):
+        if isinstance(value, bool) or not isinstance(value, int):
+            out.append(FieldError(path, f"expected an integer, got {type(value).__name__}"))
+            return
+        if t.ge is not None and value < t.ge:
+            out.append(FieldError(path, f"must be >= {t.ge}, got {value}"))
+        if t.le is not None and value > t.le:
+            out.append(FieldError(path, f"must be <= {t.le}, got {value}"))
+        return
+    if isinstance(t, mi.StrType):
+        if not isinstance(value, str):
+            out.append(FieldError(path, f"expected a string, got {type(value).__name__}"))
+            return
+        if t.min_length is not None and len(value) < t.min_length:
+            out.append(FieldError(path, f"must be at least {t.min_length} characters"))
+        if t.max_length is not None and len(value) > t.max_length:
+            out.append(FieldError(path, f"must be at most {t.max_length} characters"))
+        if t.pattern is not None and not re.search(t.pattern, value):
+            out.append(FieldError(path, f"must match {t.pattern}, got {value!r}"))
+        return
+    if isinstance(t, mi.ListType):
+        if not isinstance(value, list):
+            out.append(FieldError(path, f"expected a list, got {type(value).__name__}"))
+            return
+        for i, item in enumerate(value):
+            _check(item, t.item_type, _join(path, i), out)
+        return
+    if isinstance(t, mi.DictType):
+        if not isinstance(value, dict):
+            out.append(FieldError(path, f"expected a mapping, got {type(value).__name__}"))
+            return
+        for k, v in value.items():
+            _check(v, t.value_type, _join(path, str(k)), out)
+        return
+    if isinstance(t, mi.StructType):
+        if not isinstance(value, dict):
+            out.append(FieldError(path, f"expected a mapping, got {type(value).__name__}"))
+            return
+        known = {f.encode_name: f for f in t.fields}
+        for key in value:
+            if key not in known:
+                out.append(FieldError(_join(path, str(key)), "unknown field"))
+        for f in t.fields:
+            if f.encode_name in value:
+                _check(value[f.encode_name], f.type, _join(path, f.encode_name), out)
+            elif f.required:
+                out.append(FieldError(_join(path, f.encode_name), "required field is missing"))
+        return
+    out.append(FieldError(path, f"unsupported type {type(t).__name__}"))  # pragma: no cover
+
+
+_SCHEMA: mi.Type = mi.type_info(ProxyConfig)
+
+
+def _duplicates(names: Iterable[str]) -> set[str]:
+    seen: set[str] = set()
+    dup: set[str] = set()
+    for n in names:
+        (dup if n in seen else seen).add(n)
+    return dup
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _semantic(cfg: ProxyConfig) -> list[FieldError]:
+    out: list[FieldError] = []
+    clusters = {c.name for c in cfg.clusters}
+    tables = {t.name for t in cfg.route_tables}
+    for kind, items in (("listeners", cfg.listeners), ("clusters", cfg.clusters),
+                        ("route_tables", cfg.route_tables)):
+        dup = _duplicates(i.name for i in items)
+        for i, item in enumerate(items):
+            if item.name in dup:
+                out.append(FieldError(f"{kind}[{i}].name", f"duplicate name {item.name!r}"))
+    bound: dict[tuple[str, int], int] = {}
+    for i, lst in enumerate(cfg.listeners):
+        p = f"listeners[{i}]"
+        if not _is_ip(lst.address):
+            out.append(FieldError(f"{p}.address", f"must be an IP address, got {lst.address!r}"))
+        if lst.port:
+            other = bound.setdefault((lst.address, lst.port), i)
+            if other != i and not lst.reuse_port:
+                out.append(FieldError(f"{p}.port", f"{lst.address}:{lst.port} is already "
+                                      f"used by listeners[{other}]"))
+        if lst.route_table and lst.route_table not in tables:
+            out.append(FieldError(f"{p}.route_table", f"no route table named {lst.route_table!r}"))
+        if lst.cluster and lst.cluster not in clusters:
+            out.append(FieldError(f"{p}.cluster", f"no cluster named {lst.cluster!r}"))
+        if lst.mode == "explicit" and not (lst.route_table or lst.cluster):
+            out.append(FieldError(p, "an explicit listener needs a route_table or a cluster"))
+        if lst.mode == "explicit" and lst.destinations:
+            out.append(FieldError(f"{p}.destinations", "only transparent listeners use "
+                                  "destinations"))
+        if lst.protocol == "tcp" and not lst.cluster and lst.mode == "explicit":
+            out.append(FieldError(f"{p}.cluster", "a tcp listener needs a cluster"))
+        if lst.tls is not None and not (lst.tls.cert_file and lst.tls.key_file):
+            out.append(FieldError(f"{p}.tls", "a TLS listener needs cert_file and key_file"))
+        for j, d in enumerate(lst.destinations):
+            dp = f"{p}.destinations[{j}]"
+            if d.address:
+                try:
+                    ipaddress.ip_network(d.address, strict=False)
+                except ValueError:
+                    out.append(FieldError(f"{dp}.address", f"not an IP address or CIDR: "
+                                          f"{d.address!r}"))
+            if d.route_table and d.route_table not in tables:
+                out.append(FieldError(f"{dp}.route_table",
+                                      f"no route table named {d.route_table!r}"))
+            if d.cluster and d.cluster not in clusters:
+                out.append(FieldError(f"{dp}.cluster", f"no cluster named {d.cluster!r}"))
+            if not (d.route_table or d.cluster):
+                out.append(FieldError(dp, "a destination needs a route_table or a cluster"))
+    for i, table in enumerate(cfg.route_tables):
+        for j, vh in enumerate(table.virtual_hosts):
+            vp = f"route_tables[{i}].virtual_hosts[{j}]"
+            for k, dom in enumerate(vh.domains):
+                if not dom or (dom != "*" and dom.count("*") > 1) or (
+                    "*" in dom and not (dom.startswith("*") or dom.endswith("*"))
+                ):
+                    out.append(FieldError(f"{vp}.domains[{k}]", "must be a host name, `*`, or "
+                                          f"one leading or trailing wildcard, got {dom!r}"))
+            for k, rule in enumerate(vh.rules):
+                rp = f"{vp}.rules[{k}]"
+                if not rule.backends:
+                    out.append(FieldError(f"{rp}.backends", "at least one backend is required"))
+                elif sum(b.weight for b in rule.backends) == 0:
+                    out.append(FieldError(f"{rp}.backends", "weights must not all be zero"))
+                for m, b in enumerate(rule.backends):
+                    if b.cluster not in clusters:
+                        out.append(FieldError(f"{rp}.backends[{m}].cluster",
+                                              f"no cluster named {b.cluster!r}"))
+                for m, match in enumerate(rule.matches):
+                    if not match.path.value.startswith("/"):
+                        out.append(FieldError(f"{rp}.matches[{m}].path.value",
+                                              'must start with "/"'))
+    for i, c in enumerate(cfg.clusters):
+        if c.tls is not None and c.tls.cert_file and not c.tls.key_file:
+            out.append(FieldError(f"clusters[{i}].tls.key_file", "required with cert_file"))
+    return out
+
+
+def validate(raw: Any) -> ProxyConfig:
+    """Check `raw` (decoded YAML/JSON) and build the config, or raise ConfigError with all errors."""
+    errors: list[FieldError] = []
+    _check(raw, _SCHEMA, "", errors)
+    if errors:
+        raise ConfigError(errors)
+    try:
+        cfg = msgspec.convert(raw, ProxyConfig)
+    except msgspec.ValidationError as exc:  # a case the walker does not model: still a field path
+        text = str(exc)
+        msg, _, where = text.partition(" - at `$")
+        raise ConfigError([FieldError(where.rstrip("`").lstrip("."), msg)]) from exc
+    errors = _semantic(cfg)
+    if errors:
+        raise ConfigError(errors)
+    return cfg
