@@ -8,9 +8,9 @@ configuration.
 from __future__ import annotations
 
 import asyncio
-from typing import cast
 import json
 from collections.abc import Callable
+from typing import cast
 
 from tulle.dataplane.exchange import Headers, RequestHead
 from tulle.dataplane.protocols.http1 import ProtocolError, RequestCodec, local_response

@@ -19,7 +19,6 @@ Each is counted; none affects another connection.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
@@ -32,6 +31,7 @@ from tulle.dataplane.exchange import (
     UpstreamStream,
 )
 from tulle.dataplane.listeners.context import Connection, ListenerContext, ListenerHandle
+from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
 from tulle.dataplane.protocols.http1 import (
     ProtocolError,
     RequestCodec,
@@ -319,36 +319,23 @@ class H1Downstream(asyncio.Protocol, Connection):
     # -- exchanges -----------------------------------------------------------------------
 
     def _dispatch(self, ex: H1Exchange) -> None:
-        ctx = self.ctx
         head = ex.head
-        router = self.router
-        timeout_ms = ctx.settings.request_timeout_ms
-        if router is not None:
-            route = router.route(head.authority.decode("latin-1"), head.path.decode("latin-1"))
-            if route is None:
-                ex.flags = "NR"
-                ex.local(404, b"no route for host '%b' path '%b' on listener %b\n" % (
-                    head.authority, head.path.split(b"?", 1)[0], ctx.name.encode()))
-                return
-            cluster_name = route.pick_cluster()
-            timeout_ms = route.timeout_ms
-        else:
-            cluster_name = self.cluster or ""
-        ex.cluster = cluster_name
-        cluster = ctx.clusters.get(cluster_name)
+        d = resolve(self.ctx, self.router, self.cluster or "", head)
+        ex.cluster = d.cluster_name
+        cluster = d.cluster
         if cluster is None:
-            ex.flags = "NC"
-            ex.local(503, b"no cluster named '%b'\n" % cluster_name.encode())
+            ex.flags = d.flag
+            ex.local(d.status, d.body)
             return
-        self._add_forwarding_headers(head)
+        add_forwarding_headers(head, self.peer_ip, self.ctx.generate_request_id)
         stream = cluster.open_stream(head, ex, not ex.has_body and not head.upgrade)
         if stream is None:
             ex.flags = "UH"
-            ex.local(503, b"no healthy endpoint in cluster '%b'\n" % cluster_name.encode())
+            ex.local(503, b"no healthy endpoint in cluster '%b'\n" % d.cluster_name.encode())
             return
         ex.stream = stream
-        if timeout_ms and not head.upgrade:
-            ex.timer = self.loop.call_later(timeout_ms / 1000, ex.on_timeout)
+        if d.timeout_ms and not head.upgrade:
+            ex.timer = self.loop.call_later(d.timeout_ms / 1000, ex.on_timeout)
         if ex.expect_continue and not ex.request_done:
             self.write(CONTINUE)
         if ex.buffered:
@@ -358,28 +345,6 @@ class H1Downstream(asyncio.Protocol, Connection):
             self.resume_reading("buffer")
         if ex.request_done and not head.upgrade:
             stream.send_end(ex.trailers)
-
-    def _add_forwarding_headers(self, head: RequestHead) -> None:
-        headers = head.headers
-        xff = -1
-        has_proto = has_id = False
-        for i, (n, _) in enumerate(headers):
-            if n[:2] == b"x-":
-                if n == b"x-forwarded-for":
-                    xff = i
-                elif n == b"x-forwarded-proto":
-                    has_proto = True
-                elif n == b"x-request-id":
-                    has_id = True
-        if self.peer_ip:
-            if xff >= 0:
-                headers[xff] = (b"x-forwarded-for", headers[xff][1] + b", " + self.peer_ip)
-            else:
-                headers.append((b"x-forwarded-for", self.peer_ip))
-        if not has_proto:
-            headers.append((b"x-forwarded-proto", head.scheme))
-        if not has_id and self.ctx.generate_request_id:
-            headers.append((b"x-request-id", str(uuid.uuid4()).encode()))
 
     def exchange_done(self, ex: H1Exchange) -> None:
         q = self._queue

@@ -1,0 +1,79 @@
+"""Choosing where a request goes, shared by every downstream driver (HTTP/1, HTTP/2).
+
+`resolve` is the router step of the request path: listener context + request head → the
+cluster to open a stream on, or the local response to give instead (404 no route, 503 no
+cluster).  `add_forwarding_headers` is the one place that sets x-forwarded-for,
+x-forwarded-proto and x-request-id.  Filters (authz, fault, rate limit) of later issues run
+between the two in a declared order, on the same `RequestHead`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from tulle.dataplane.exchange import RequestHead
+
+if TYPE_CHECKING:
+    from tulle.dataplane.listeners.context import ListenerContext
+    from tulle.dataplane.routing.router import Router
+    from tulle.dataplane.upstream.cluster import ClusterRuntime
+
+
+class Decision:
+    """Where a request goes: a cluster, or a local response (status, body, response flag)."""
+
+    __slots__ = ("body", "cluster", "cluster_name", "flag", "status", "timeout_ms")
+
+    def __init__(self, cluster: ClusterRuntime | None, cluster_name: str, timeout_ms: int,
+                 status: int = 0, body: bytes = b"", flag: str = "") -> None:
+        self.cluster = cluster
+        self.cluster_name = cluster_name
+        self.timeout_ms = timeout_ms
+        self.status = status
+        self.body = body
+        self.flag = flag
+
+
+def resolve(ctx: ListenerContext, router: Router | None, default_cluster: str,
+            head: RequestHead) -> Decision:
+    timeout_ms = ctx.settings.request_timeout_ms
+    if router is not None:
+        route = router.route(head.authority.decode("latin-1"), head.path.decode("latin-1"))
+        if route is None:
+            return Decision(None, "-", 0, 404, b"no route for host '%b' path '%b' on listener "
+                            b"%b\n" % (head.authority, head.path.split(b"?", 1)[0],
+                                       ctx.name.encode()), "NR")
+        name = route.pick_cluster()
+        timeout_ms = route.timeout_ms
+    else:
+        name = default_cluster
+    cluster = ctx.clusters.get(name)
+    if cluster is None:
+        return Decision(None, name or "-", 0, 503, b"no cluster named '%b'\n" % name.encode(),
+                        "NC")
+    return Decision(cluster, name, timeout_ms)
+
+
+def add_forwarding_headers(head: RequestHead, peer_ip: bytes, generate_request_id: bool) -> None:
+    """Append the client to x-forwarded-for; set x-forwarded-proto and x-request-id if absent."""
+    headers = head.headers
+    xff = -1
+    has_proto = has_id = False
+    for i, (n, _) in enumerate(headers):
+        if n[:2] == b"x-":
+            if n == b"x-forwarded-for":
+                xff = i
+            elif n == b"x-forwarded-proto":
+                has_proto = True
+            elif n == b"x-request-id":
+                has_id = True
+    if peer_ip:
+        if xff >= 0:
+            headers[xff] = (b"x-forwarded-for", headers[xff][1] + b", " + peer_ip)
+        else:
+            headers.append((b"x-forwarded-for", peer_ip))
+    if not has_proto:
+        headers.append((b"x-forwarded-proto", head.scheme))
+    if not has_id and generate_request_id:
+        headers.append((b"x-request-id", str(uuid.uuid4()).encode()))
