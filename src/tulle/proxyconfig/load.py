@@ -17,7 +17,7 @@ from tulle.proxyconfig.validate import ConfigError, FieldError, validate
 
 
 def parse_text(text: str, *, source: str = "<config>") -> Any:
-    """Decode YAML (a superset of JSON) into plain Python values; syntax errors become ConfigError."""
+    """Decode YAML (a superset of JSON) into plain values; syntax errors become ConfigError."""
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -47,4 +47,5 @@ def load_file(path: str | Path) -> ProxyConfig:
 
 def dump(cfg: ProxyConfig) -> bytes:
     """Canonical JSON of a config (sorted keys): what /config_dump serves and what diffs compare."""
-    return msgspec.json.format(msgspec.json.encode(msgspec.to_builtins(cfg, order="sorted")), indent=2)
+    raw = msgspec.to_builtins(cfg, order="sorted")
+    return msgspec.json.format(msgspec.json.encode(raw), indent=2)

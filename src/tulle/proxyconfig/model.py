@@ -20,7 +20,7 @@ Rules of this module:
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 import msgspec
 from msgspec import Meta, Struct
@@ -28,16 +28,18 @@ from msgspec import Meta, Struct
 Port = Annotated[int, Meta(ge=1, le=65535)]
 PortOrZero = Annotated[int, Meta(ge=0, le=65535)]
 Millis = Annotated[int, Meta(ge=0, le=86_400_000)]
-Name = Annotated[str, Meta(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:|/-]*$")]
+Name = Annotated[
+    str, Meta(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:|/-]*$")
+]
 
-CONFIG_API_VERSION = "proxy.tulle.dev/v1alpha1"
+CONFIG_API_VERSION: Final = "proxy.tulle.dev/v1alpha1"
 
 
-class _Base(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True):
+class _Base(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
-class Node(_Base, kw_only=True):
+class Node(_Base, frozen=True, kw_only=True):
     """Who this proxy is: the workload it fronts.  Used in metrics labels and logs."""
 
     name: str = "proxy"
@@ -46,7 +48,7 @@ class Node(_Base, kw_only=True):
     """The service the local workload belongs to (the `destination_service` of inbound traffic)."""
 
 
-class Admin(_Base, kw_only=True):
+class Admin(_Base, frozen=True, kw_only=True):
     """The admin endpoint: /ready, /metrics, /config_dump, /clusters.  Loopback by default."""
 
     address: str = "127.0.0.1"
@@ -54,7 +56,7 @@ class Admin(_Base, kw_only=True):
     """0 disables the admin endpoint."""
 
 
-class TLSContext(_Base, kw_only=True):
+class TLSContext(_Base, frozen=True, kw_only=True):
     """Certificates for a TLS listener or a TLS upstream (files on disk, PEM)."""
 
     cert_file: str = ""
@@ -67,7 +69,7 @@ class TLSContext(_Base, kw_only=True):
     """SNI to send upstream; empty sends none."""
 
 
-class Endpoint(_Base, kw_only=True):
+class Endpoint(_Base, frozen=True, kw_only=True):
     """One address of a cluster."""
 
     address: str
@@ -77,7 +79,7 @@ class Endpoint(_Base, kw_only=True):
     zone: str = ""
 
 
-class Cluster(_Base, kw_only=True):
+class Cluster(_Base, frozen=True, kw_only=True):
     """A set of interchangeable endpoints and how to talk to them."""
 
     name: Name
@@ -95,25 +97,25 @@ class Cluster(_Base, kw_only=True):
     tls: TLSContext | None = None
 
 
-class PathMatch(_Base, kw_only=True):
+class PathMatch(_Base, frozen=True, kw_only=True):
     """Gateway API HTTPPathMatch.  Only PathPrefix and Exact are compiled today."""
 
     type: Literal["PathPrefix", "Exact"] = "PathPrefix"
     value: str = "/"
 
 
-class RouteMatch(_Base, kw_only=True):
+class RouteMatch(_Base, frozen=True, kw_only=True):
     """Gateway API HTTPRouteMatch: all present conditions must hold."""
 
     path: PathMatch = msgspec.field(default_factory=PathMatch)
 
 
-class BackendRef(_Base, kw_only=True):
+class BackendRef(_Base, frozen=True, kw_only=True):
     cluster: Name
     weight: Annotated[int, Meta(ge=0, le=1_000_000)] = 1
 
 
-class RouteRule(_Base, kw_only=True):
+class RouteRule(_Base, frozen=True, kw_only=True):
     """Gateway API HTTPRouteRule: any match selects the rule; backends are weighted."""
 
     name: str = ""
@@ -123,7 +125,7 @@ class RouteRule(_Base, kw_only=True):
     """Whole-request timeout; None takes `settings.request_timeout_ms`; 0 disables."""
 
 
-class VirtualHost(_Base, kw_only=True):
+class VirtualHost(_Base, frozen=True, kw_only=True):
     """Rules that apply to a set of authorities (Host / :authority)."""
 
     name: Name
@@ -133,12 +135,12 @@ class VirtualHost(_Base, kw_only=True):
     rules: list[RouteRule] = msgspec.field(default_factory=list)
 
 
-class RouteTable(_Base, kw_only=True):
+class RouteTable(_Base, frozen=True, kw_only=True):
     name: Name
     virtual_hosts: list[VirtualHost] = msgspec.field(default_factory=list)
 
 
-class Destination(_Base, kw_only=True):
+class Destination(_Base, frozen=True, kw_only=True):
     """For transparent listeners: where connections to an original destination go."""
 
     address: str = ""
@@ -150,7 +152,7 @@ class Destination(_Base, kw_only=True):
     cluster: str = ""
 
 
-class Listener(_Base, kw_only=True):
+class Listener(_Base, frozen=True, kw_only=True):
     """A socket the proxy accepts connections on, and what it does with them."""
 
     name: Name
@@ -180,7 +182,7 @@ class Listener(_Base, kw_only=True):
     reuse_port: bool = False
 
 
-class Settings(_Base, kw_only=True):
+class Settings(_Base, frozen=True, kw_only=True):
     """Process-wide limits and timeouts.  Each is documented with its default in the reference."""
 
     max_request_header_bytes: Annotated[int, Meta(ge=1024, le=1_048_576)] = 65_536
@@ -193,8 +195,6 @@ class Settings(_Base, kw_only=True):
     """Idle downstream keep-alive connections are closed after this long; 0 disables."""
     request_timeout_ms: Millis = 15_000
     """Default whole-request timeout (first request byte to last response byte); 0 disables."""
-    stream_idle_timeout_ms: Millis = 300_000
-    """A request with no bytes moving either way for this long gets 504 or a reset; 0 disables."""
     drain_timeout_ms: Millis = 15_000
     """On SIGTERM: how long in-flight requests may take before connections are closed."""
     buffer_high_water_bytes: Annotated[int, Meta(ge=4096, le=67_108_864)] = 65_536
@@ -205,7 +205,7 @@ class Settings(_Base, kw_only=True):
     """Set `x-request-id` when a request has none."""
 
 
-class ProxyConfig(_Base, kw_only=True):
+class ProxyConfig(_Base, frozen=True, kw_only=True):
     """One complete snapshot of a proxy's configuration."""
 
     api_version: Literal["proxy.tulle.dev/v1alpha1"] = CONFIG_API_VERSION

@@ -167,12 +167,16 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
     out: list[FieldError] = []
     clusters = {c.name for c in cfg.clusters}
     tables = {t.name for t in cfg.route_tables}
-    for kind, items in (("listeners", cfg.listeners), ("clusters", cfg.clusters),
-                        ("route_tables", cfg.route_tables)):
-        dup = _duplicates(i.name for i in items)
-        for i, item in enumerate(items):
-            if item.name in dup:
-                out.append(FieldError(f"{kind}[{i}].name", f"duplicate name {item.name!r}"))
+    named: tuple[tuple[str, list[str]], ...] = (
+        ("listeners", [x.name for x in cfg.listeners]),
+        ("clusters", [x.name for x in cfg.clusters]),
+        ("route_tables", [x.name for x in cfg.route_tables]),
+    )
+    for kind, names in named:
+        dup = _duplicates(names)
+        for i, name in enumerate(names):
+            if name in dup:
+                out.append(FieldError(f"{kind}[{i}].name", f"duplicate name {name!r}"))
     bound: dict[tuple[str, int], int] = {}
     for i, lst in enumerate(cfg.listeners):
         p = f"listeners[{i}]"
@@ -241,7 +245,8 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
 
 
 def validate(raw: Any) -> ProxyConfig:
-    """Check `raw` (decoded YAML/JSON) and build the config, or raise ConfigError with all errors."""
+    """Check `raw` (decoded YAML/JSON) and build the config, or raise ConfigError listing all
+    errors."""
     errors: list[FieldError] = []
     _check(raw, _SCHEMA, "", errors)
     if errors:

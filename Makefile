@@ -1,0 +1,43 @@
+# The project's two commands: `make demo` and `make test`.  Both set up everything they need
+# on a fresh machine (a virtualenv in .venv and the Debian packages), then run.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: deps system-deps test lint typecheck unit demo clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
+	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
+	touch $@
+
+system-deps:
+	scripts/install-system-deps.sh test
+
+deps: system-deps $(STAMP)
+
+lint: deps
+	$(BIN)/ruff check src tests bench demo
+
+typecheck: deps
+	$(BIN)/mypy
+
+## The whole suite: lint, types, unit, integration and network-namespace e2e tests.
+test: deps lint typecheck
+	$(BIN)/pytest -q -p no:cacheprovider
+
+unit: deps
+	$(BIN)/pytest -q -p no:cacheprovider tests/unit
+
+## Two sample services meshed by Tulle sidecars on loopback, live traffic, metrics printed.
+demo: deps
+	$(BIN)/python demo/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+-include bench/bench.mk

@@ -1,0 +1,67 @@
+"""docs/reference/proxyconfig.md documents every field of the model with its real default."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+from msgspec import inspect as mi
+
+from tulle.proxyconfig import model
+
+DOC = Path(__file__).resolve().parents[3] / "docs" / "reference" / "proxyconfig.md"
+STRUCTS = [model.ProxyConfig, model.Node, model.Admin, model.Settings, model.Listener,
+           model.Destination, model.TLSContext, model.Cluster, model.Endpoint, model.RouteTable,
+           model.VirtualHost, model.RouteRule, model.RouteMatch, model.PathMatch,
+           model.BackendRef]
+
+
+def _doc_tables() -> dict[str, dict[str, str]]:
+    tables: dict[str, dict[str, str]] = {}
+    current: dict[str, str] | None = None
+    for line in DOC.read_text().splitlines():
+        m = re.match(r"^### `(\w+)`", line)
+        if m:
+            current = tables.setdefault(m.group(1), {})
+            continue
+        m = re.match(r"^\| `(\w+)` \| [^|]*(?:\\\|[^|]*)* \| (.*?) \|", line)
+        if m and current is not None:
+            current[m.group(1)] = m.group(2)
+    return tables
+
+
+def _render(default: Any) -> str:
+    if isinstance(default, msgspec.Struct):
+        return "`{}`"
+    if default is None:
+        return "`null`"
+    if isinstance(default, bool):
+        return f"`{str(default).lower()}`"
+    if isinstance(default, str):
+        return f"`{default}`" if default else '`""`'
+    if isinstance(default, list):
+        if default and isinstance(default[0], msgspec.Struct):
+            return "`[{}]`"
+        return "`" + msgspec.json.encode(default).decode().replace(",", ", ") + "`"
+    return f"`{default}`"
+
+
+@pytest.mark.parametrize("cls", STRUCTS, ids=lambda c: c.__name__)
+def test_every_field_is_documented_with_its_default(cls: type[msgspec.Struct]) -> None:
+    doc = _doc_tables().get(cls.__name__)
+    assert doc is not None, f"no section for {cls.__name__} in {DOC.name}"
+    info = mi.type_info(cls)
+    assert isinstance(info, mi.StructType)
+    fields = {f.name: f for f in info.fields}
+    assert set(doc) == set(fields), f"{cls.__name__}: documented {sorted(doc)} vs {sorted(fields)}"
+    for name, f in fields.items():
+        if f.required:
+            expected = "required"
+        elif f.default is not mi.NODEFAULT:
+            expected = _render(f.default)
+        else:
+            expected = _render(f.default_factory())
+        assert doc[name] == expected, f"{cls.__name__}.{name}: doc says {doc[name]}, code {expected}"
