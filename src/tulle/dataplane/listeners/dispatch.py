@@ -9,7 +9,7 @@ between the two in a declared order, on the same `RequestHead`.
 
 from __future__ import annotations
 
-import uuid
+import random
 from typing import TYPE_CHECKING
 
 from tulle.dataplane.exchange import RequestHead
@@ -55,6 +55,18 @@ def resolve(ctx: ListenerContext, router: Router | None, default_cluster: str,
     return Decision(cluster, name, timeout_ms)
 
 
+_rand = random.Random()
+_getrandbits = _rand.getrandbits
+
+
+def request_id() -> bytes:
+    """A random (version 4) UUID.  uuid.uuid4() reads os.urandom, a system call per request;
+    a request id needs uniqueness, not cryptographic strength."""
+    h = b"%032x" % ((_getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48)) | (0x4000 << 64)
+                    | (0x8000 << 48))
+    return b"%b-%b-%b-%b-%b" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
+
+
 def add_forwarding_headers(head: RequestHead, peer_ip: bytes, generate_request_id: bool) -> None:
     """Append the client to x-forwarded-for; set x-forwarded-proto and x-request-id if absent."""
     headers = head.headers
@@ -76,4 +88,4 @@ def add_forwarding_headers(head: RequestHead, peer_ip: bytes, generate_request_i
     if not has_proto:
         headers.append((b"x-forwarded-proto", head.scheme))
     if not has_id and generate_request_id:
-        headers.append((b"x-request-id", str(uuid.uuid4()).encode()))
+        headers.append((b"x-request-id", request_id()))
