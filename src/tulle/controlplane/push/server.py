@@ -1,0 +1,300 @@
+"""The control plane's end of the proxy stream: who is connected, what each one runs.
+
+Each connected proxy has one `ProxySession`.  The compiler puts snapshots into the
+`SnapshotCache` by proxy key; a session sends the first one whole, and later ones as a delta
+against the version the proxy last ACKed.  At most one push is in flight per proxy: when a newer
+snapshot arrives meanwhile it is sent after the ACK/NACK, as one delta (intermediate versions are
+skipped — a proxy only ever needs the newest).  A NACK is recorded with its reason and the proxy
+keeps its last good config; the next change is diffed against that config.
+
+`statuses()` is what `tulle get proxies` shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from tulle.controlplane.push.protocol import (
+    Ack,
+    DeltaMsg,
+    Error,
+    FrameDecoder,
+    FrameError,
+    Hello,
+    Message,
+    Nack,
+    Ping,
+    Pong,
+    Snapshot,
+    WorkloadInfo,
+    encode,
+)
+from tulle.proxyconfig.delta import diff
+from tulle.proxyconfig.model import ProxyConfig
+
+log = logging.getLogger("tulle.controlplane.push")
+
+ProxyKey = tuple[str, str]
+"""(namespace, workload name)."""
+
+
+class SnapshotCache:
+    """The newest snapshot per proxy, with change notification."""
+
+    def __init__(self) -> None:
+        self._snapshots: dict[ProxyKey, ProxyConfig] = {}
+        self._waiters: dict[ProxyKey, set[asyncio.Event]] = {}
+
+    def get(self, key: ProxyKey) -> ProxyConfig | None:
+        return self._snapshots.get(key)
+
+    def set(self, key: ProxyKey, cfg: ProxyConfig) -> bool:
+        """Store a snapshot; returns False (and wakes nobody) when the version is unchanged."""
+        old = self._snapshots.get(key)
+        if old is not None and old.version == cfg.version:
+            return False
+        self._snapshots[key] = cfg
+        for ev in self._waiters.get(key, ()):
+            ev.set()
+        return True
+
+    def remove(self, key: ProxyKey) -> None:
+        self._snapshots.pop(key, None)
+
+    def subscribe(self, key: ProxyKey) -> asyncio.Event:
+        ev = asyncio.Event()
+        self._waiters.setdefault(key, set()).add(ev)
+        return ev
+
+    def unsubscribe(self, key: ProxyKey, ev: asyncio.Event) -> None:
+        self._waiters.get(key, set()).discard(ev)
+
+    def keys(self) -> list[ProxyKey]:
+        return list(self._snapshots)
+
+
+@dataclass
+class ProxyStatus:
+    namespace: str
+    name: str
+    connected: bool = False
+    peer: str = ""
+    connected_since: float = 0.0
+    last_seen: float = 0.0
+    sent_version: str = ""
+    acked_version: str = ""
+    acked_at: float = 0.0
+    nack_version: str = ""
+    nack_reason: str = ""
+    pushes: int = 0
+    control_plane: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "namespace": self.namespace, "name": self.name, "connected": self.connected,
+            "peer": self.peer, "connectedSince": self.connected_since,
+            "lastSeen": self.last_seen, "sentVersion": self.sent_version,
+            "ackedVersion": self.acked_version, "ackedAt": self.acked_at,
+            "lastNack": {"version": self.nack_version, "reason": self.nack_reason}
+            if self.nack_version else None,
+            "pushes": self.pushes, "controlPlane": self.control_plane,
+        }
+
+
+RegisterHook = Callable[[WorkloadInfo, str], Awaitable[None]]
+"""Called with the workload a proxy announced (and its peer address) before it is served."""
+
+
+class PushServer:
+    def __init__(self, cache: SnapshotCache, *, on_register: RegisterHook | None = None,
+                 instance: str = "cp", ping_interval: float = 10.0,
+                 on_ack: Callable[[ProxyKey, str], None] | None = None) -> None:
+        self.cache = cache
+        self.on_register = on_register
+        self.on_ack = on_ack
+        self.instance = instance
+        self.ping_interval = ping_interval
+        self.status: dict[ProxyKey, ProxyStatus] = {}
+        self._server: asyncio.Server | None = None
+        self._sessions: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await asyncio.start_server(self._serve, host, port)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._sessions):
+            t.cancel()
+        for t in list(self._sessions):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+
+    def statuses(self) -> list[ProxyStatus]:
+        return [self.status[k] for k in sorted(self.status)]
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._sessions.add(task)
+        peer = writer.get_extra_info("peername")
+        peer_s = f"{peer[0]}:{peer[1]}" if peer else "?"
+        try:
+            await ProxySession(self, reader, writer, peer_s).run()
+        except (ConnectionError, FrameError, asyncio.IncompleteReadError) as exc:
+            log.info("proxy stream from %s ended: %s", peer_s, exc)
+        finally:
+            self._sessions.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+class ProxySession:
+    """One connected proxy."""
+
+    def __init__(self, server: PushServer, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, peer: str) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.peer = peer
+        self.decoder = FrameDecoder()
+        self.inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        self.acked: ProxyConfig | None = None
+        self.inflight: ProxyConfig | None = None
+        self.rejected = ""
+        self.st: ProxyStatus | None = None
+
+    def send(self, msg: Message) -> None:
+        self.writer.write(encode(msg))
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                data = await self.reader.read(65536)
+                if not data:
+                    break
+                for m in self.decoder.feed(data):
+                    await self.inbox.put(m)
+        finally:
+            await self.inbox.put(None)
+
+    async def run(self) -> None:
+        reader_task = asyncio.create_task(self._read_loop())
+        try:
+            first = await asyncio.wait_for(self.inbox.get(), timeout=30)
+            if not isinstance(first, Hello):
+                self.send(Error(reason="expected hello"))
+                return
+            await self._session(first)
+        finally:
+            reader_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader_task
+            if self.st is not None:
+                self.st.connected = False
+
+    async def _session(self, hello: Hello) -> None:
+        srv = self.server
+        w = hello.workload
+        key: ProxyKey = (w.namespace, w.name)
+        if srv.on_register is not None:
+            try:
+                await srv.on_register(w, self.peer.rsplit(":", 1)[0])
+            except ValueError as exc:
+                self.send(Error(reason=str(exc)))
+                return
+        st = srv.status.get(key) or ProxyStatus(w.namespace, w.name)
+        srv.status[key] = st
+        self.st = st
+        now = time.time()  # noqa: TID251 - wall-clock timestamps for display, not durations
+        st.connected, st.peer, st.connected_since, st.last_seen = True, self.peer, now, now
+        st.control_plane = srv.instance
+        log.info("proxy %s/%s connected from %s (serving %r)", w.namespace, w.name, self.peer,
+                 hello.last_version or "nothing")
+        changed = srv.cache.subscribe(key)
+        try:
+            current = srv.cache.get(key)
+            if current is not None and hello.last_version == current.version:
+                self.acked = current  # it already runs this (from its disk cache)
+                st.acked_version = current.version
+            loop = asyncio.get_running_loop()
+            next_ping = loop.time() + srv.ping_interval
+            while True:
+                self._maybe_push(key)
+                get = asyncio.ensure_future(self.inbox.get())
+                wake = asyncio.ensure_future(changed.wait())
+                timeout = max(0.0, next_ping - loop.time())
+                done, _ = await asyncio.wait({get, wake}, timeout=timeout,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if wake not in done:
+                    wake.cancel()
+                else:
+                    changed.clear()
+                if get not in done:
+                    get.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await get
+                    if loop.time() >= next_ping:
+                        self.send(Ping())
+                        next_ping = loop.time() + srv.ping_interval
+                    continue
+                msg = get.result()
+                if msg is None:
+                    return
+                st.last_seen = time.time()  # noqa: TID251
+                self._handle(key, msg)
+        finally:
+            srv.cache.unsubscribe(key, changed)
+
+    def _maybe_push(self, key: ProxyKey) -> None:
+        if self.inflight is not None:
+            return
+        current = self.server.cache.get(key)
+        if current is None or current.version == self.rejected or (
+                self.acked is not None and self.acked.version == current.version):
+            return
+        if self.acked is None:
+            self.send(Snapshot(version=current.version,
+                               config=msgspec.to_builtins(current)))
+        else:
+            self.send(DeltaMsg(delta=diff(self.acked, current)))
+        self.inflight = current
+        assert self.st is not None
+        self.st.sent_version = current.version
+        self.st.pushes += 1
+
+    def _handle(self, key: ProxyKey, msg: Message) -> None:
+        st = self.st
+        assert st is not None
+        if isinstance(msg, Ping):
+            self.send(Pong())
+        elif isinstance(msg, Ack):
+            if self.inflight is not None and msg.version == self.inflight.version:
+                self.acked = self.inflight
+                self.inflight = None
+            st.acked_version = msg.version
+            st.acked_at = time.time()  # noqa: TID251
+            if self.server.on_ack is not None:
+                self.server.on_ack(key, msg.version)
+        elif isinstance(msg, Nack):
+            log.warning("proxy %s/%s rejected version %s: %s", key[0], key[1], msg.version,
+                        msg.reason)
+            st.nack_version, st.nack_reason = msg.version, msg.reason
+            if self.inflight is not None and msg.version == self.inflight.version:
+                # Never resend a rejected version; the next change is diffed against the
+                # last good one (or sent whole if there is none).
+                self.rejected = msg.version
+                self.inflight = None
+        elif isinstance(msg, Pong):
+            pass

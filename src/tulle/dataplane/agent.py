@@ -1,0 +1,186 @@
+"""The proxy's link to the control plane: register, subscribe, apply, ACK/NACK, reconnect.
+
+Decision 4 of DESIGN.md: the proxy keeps working without the control plane.  The last good
+snapshot is written to disk after every successful apply and loaded at start, so a proxy
+restarted while the control plane is down serves what it served before.  The agent reconnects
+with exponential backoff and full jitter, rotating through the control-plane addresses it was
+given (several replicas share one PostgreSQL store).
+
+A snapshot or delta that fails validation or cannot be applied is NACKed with the reason; the
+proxy keeps serving the previous snapshot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import msgspec
+
+from tulle.controlplane.push.protocol import (
+    Ack,
+    DeltaMsg,
+    Error,
+    FrameDecoder,
+    FrameError,
+    Hello,
+    Message,
+    Nack,
+    Ping,
+    Pong,
+    Snapshot,
+    WorkloadInfo,
+    encode,
+)
+from tulle.dataplane.server import ApplyError, ProxyServer
+from tulle.proxyconfig.delta import DeltaError, apply_delta
+from tulle.proxyconfig.model import ProxyConfig
+from tulle.proxyconfig.validate import ConfigError, validate
+
+log = logging.getLogger("tulle.agent")
+
+
+def load_cached(path: Path) -> ProxyConfig | None:
+    try:
+        raw = msgspec.json.decode(path.read_bytes())
+        return validate(raw)
+    except FileNotFoundError:
+        return None
+    except (OSError, msgspec.DecodeError, ConfigError) as exc:
+        log.warning("ignoring unusable cached snapshot %s: %s", path, exc)
+        return None
+
+
+def save_cached(path: Path, cfg: ProxyConfig) -> None:
+    """Atomic write: a crash mid-write leaves the previous file intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(msgspec.json.encode(msgspec.to_builtins(cfg)))
+    os.replace(tmp, path)
+
+
+class Agent:
+    def __init__(self, server: ProxyServer, addresses: Sequence[tuple[str, int]],
+                 workload: WorkloadInfo, *, cache_path: Path | None = None,
+                 token: str = "", backoff_initial: float = 0.1, backoff_max: float = 5.0,
+                 idle_timeout: float = 40.0) -> None:
+        if not addresses:
+            raise ValueError("at least one control-plane address is needed")
+        self.server = server
+        self.addresses = list(addresses)
+        self.workload = workload
+        self.cache_path = cache_path
+        self.token = token
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.idle_timeout = idle_timeout
+        self.connected = asyncio.Event()
+        self.current: ProxyConfig | None = None
+        self.last_nack = ""
+        self._stop = False
+
+    async def start_from_cache(self) -> bool:
+        """Serve the cached snapshot, if any, before the control plane is reachable."""
+        if self.cache_path is None:
+            return False
+        cfg = load_cached(self.cache_path)
+        if cfg is None:
+            return False
+        try:
+            await self.server.apply(cfg)
+        except ApplyError as exc:
+            log.warning("cached snapshot %s cannot be applied: %s", cfg.version, exc)
+            return False
+        self.current = cfg
+        log.info("serving cached snapshot %s until the control plane answers", cfg.version)
+        return True
+
+    async def run(self) -> None:
+        """Stay subscribed until `stop()`; never raises for connection trouble."""
+        attempt = 0
+        i = 0
+        while not self._stop:
+            host, port = self.addresses[i % len(self.addresses)]
+            try:
+                await self._session(host, port)
+                attempt = 0  # a session that got going resets the backoff
+            except (OSError, FrameError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                log.info("control plane %s:%d: %s", host, port, exc or type(exc).__name__)
+            finally:
+                self.connected.clear()
+            if self._stop:
+                break
+            i += 1
+            attempt += 1
+            cap = min(self.backoff_max, self.backoff_initial * 2 ** min(attempt, 16))
+            await asyncio.sleep(random.uniform(0, cap))  # full jitter
+
+    def stop(self) -> None:
+        self._stop = True
+
+    async def _session(self, host: str, port: int) -> None:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=5)
+        try:
+            writer.write(encode(Hello(workload=self.workload, token=self.token,
+                                      last_version=self.current.version if self.current else "")))
+            decoder = FrameDecoder()
+            while not self._stop:
+                data = await asyncio.wait_for(reader.read(65536), timeout=self.idle_timeout)
+                if not data:
+                    raise ConnectionResetError("control plane closed the stream")
+                for msg in decoder.feed(data):
+                    reply = await self._handle(msg)
+                    if reply is not None:
+                        writer.write(encode(reply))
+                        await writer.drain()
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _handle(self, msg: Message) -> Message | None:
+        if isinstance(msg, Ping):
+            return Pong()
+        if isinstance(msg, Error):
+            raise ConnectionRefusedError(f"control plane refused us: {msg.reason}")
+        if isinstance(msg, Snapshot):
+            self.connected.set()
+            return await self._apply(msg.version, lambda: validate(msg.config))
+        if isinstance(msg, DeltaMsg):
+            self.connected.set()
+            d = msg.delta
+
+            def build() -> ProxyConfig:
+                if self.current is None:
+                    raise DeltaError("delta received before any snapshot")
+                return validate(msgspec.to_builtins(apply_delta(self.current, d)))
+
+            return await self._apply(d.version, build)
+        return None
+
+    async def _apply(self, version: str, build: object) -> Message:
+        try:
+            cfg = build()  # type: ignore[operator]
+            await self.server.apply(cfg)
+        except ConfigError as exc:
+            reason = "; ".join(str(e) for e in exc.errors)
+        except (ApplyError, DeltaError, msgspec.ValidationError) as exc:
+            reason = str(exc)
+        else:
+            self.current = cfg
+            self.last_nack = ""
+            if self.cache_path is not None:
+                try:
+                    save_cached(self.cache_path, cfg)
+                except OSError as exc:
+                    log.warning("cannot cache snapshot at %s: %s", self.cache_path, exc)
+            return Ack(version=version)
+        self.last_nack = reason
+        log.warning("rejected config version %s, keeping %s: %s", version,
+                    self.current.version if self.current else "none", reason)
+        return Nack(version=version, reason=reason)

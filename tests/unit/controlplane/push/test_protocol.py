@@ -1,0 +1,47 @@
+"""The proxy stream's framing: messages survive any split of the byte stream; garbage is refused."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tulle.controlplane.push.protocol import (
+    Ack,
+    FrameDecoder,
+    FrameError,
+    Hello,
+    Nack,
+    Ping,
+    Snapshot,
+    WorkloadInfo,
+    encode,
+)
+
+MESSAGES = [
+    Hello(workload=WorkloadInfo(name="web-0", namespace="shop", labels={"app": "web"})),
+    Snapshot(version="v1", config={"version": "v1"}),
+    Ack(version="v1"),
+    Nack(version="v2", reason="listeners[0].port: must be <= 65535"),
+    Ping(),
+]
+
+
+@given(st.lists(st.integers(min_value=1, max_value=40), max_size=30))
+def test_any_split_of_the_stream_yields_the_same_messages(cuts: list[int]) -> None:
+    stream = b"".join(encode(m) for m in MESSAGES)
+    dec = FrameDecoder()
+    got = []
+    pos = 0
+    for c in cuts:
+        got += dec.feed(stream[pos:pos + c])
+        pos += c
+    got += dec.feed(stream[pos:])
+    assert got == MESSAGES
+
+
+def test_oversized_and_undecodable_frames_are_refused() -> None:
+    with pytest.raises(FrameError, match="exceeds"):
+        FrameDecoder(max_frame=10).feed((11).to_bytes(4, "big") + b"x" * 11)
+    with pytest.raises(FrameError, match="undecodable"):
+        FrameDecoder().feed((7).to_bytes(4, "big") + b'{"a":1}')
