@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-
 from tests.support.origin import running_origin
+
 from tulle.controlplane.push.protocol import WorkloadInfo
 from tulle.controlplane.push.server import PushServer, SnapshotCache
 from tulle.dataplane.agent import Agent

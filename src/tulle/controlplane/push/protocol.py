@@ -44,7 +44,7 @@ class WorkloadInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     zone: str = ""
 
 
-class Hello(_Msg, tag="hello"):
+class Hello(_Msg, frozen=True, tag="hello"):
     workload: WorkloadInfo
     last_version: str = ""
     """The version the proxy is serving (from its disk cache), so a resync can be a no-op."""
@@ -52,33 +52,33 @@ class Hello(_Msg, tag="hello"):
     token: str = ""
 
 
-class Snapshot(_Msg, tag="snapshot"):
+class Snapshot(_Msg, frozen=True, tag="snapshot"):
     version: str
     config: dict[str, Any]
 
 
-class DeltaMsg(_Msg, tag="delta"):
+class DeltaMsg(_Msg, frozen=True, tag="delta"):
     delta: Delta
 
 
-class Ack(_Msg, tag="ack"):
+class Ack(_Msg, frozen=True, tag="ack"):
     version: str
 
 
-class Nack(_Msg, tag="nack"):
+class Nack(_Msg, frozen=True, tag="nack"):
     version: str
     reason: str
 
 
-class Ping(_Msg, tag="ping"):
+class Ping(_Msg, frozen=True, tag="ping"):
     pass
 
 
-class Pong(_Msg, tag="pong"):
+class Pong(_Msg, frozen=True, tag="pong"):
     pass
 
 
-class Error(_Msg, tag="error"):
+class Error(_Msg, frozen=True, tag="error"):
     reason: str
 
 

@@ -1,0 +1,59 @@
+"""The compiler's view of the mesh: validated resources as plain Kubernetes-shaped dicts.
+
+The compiler reads the same shape the store holds (`apiVersion`, `kind`, `metadata`, `spec`,
+`status`), already validated by `tulle.api`, so it does not depend on the models' Python
+classes — only on the field names of the resource API, which are the user's contract anyway.
+`MeshInputs` indexes them once per compilation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+Resource = dict[str, Any]
+Key = tuple[str, str]
+"""(namespace, name)."""
+
+
+def key_of(obj: Resource) -> Key:
+    md = obj.get("metadata") or {}
+    return (md.get("namespace") or "default", md["name"])
+
+
+def spec_of(obj: Resource) -> dict[str, Any]:
+    return obj.get("spec") or {}
+
+
+@dataclass
+class MeshInputs:
+    mesh: Resource | None = None
+    workloads: dict[Key, Resource] = field(default_factory=dict)
+    services: dict[Key, Resource] = field(default_factory=dict)
+    http_routes: dict[Key, Resource] = field(default_factory=dict)
+    grpc_routes: dict[Key, Resource] = field(default_factory=dict)
+    tcp_routes: dict[Key, Resource] = field(default_factory=dict)
+    policies: dict[tuple[str, str, str], Resource] = field(default_factory=dict)
+    """(kind, namespace, name) -> policy resource (attached by targetRef)."""
+
+    @classmethod
+    def from_resources(cls, resources: Iterable[Resource]) -> MeshInputs:
+        m = cls()
+        for obj in resources:
+            kind = obj.get("kind")
+            if kind == "Mesh":
+                m.mesh = obj
+            elif kind == "Workload":
+                m.workloads[key_of(obj)] = obj
+            elif kind == "Service":
+                m.services[key_of(obj)] = obj
+            elif kind == "HTTPRoute":
+                m.http_routes[key_of(obj)] = obj
+            elif kind == "GRPCRoute":
+                m.grpc_routes[key_of(obj)] = obj
+            elif kind == "TCPRoute":
+                m.tcp_routes[key_of(obj)] = obj
+            elif isinstance(kind, str) and "targetRef" in spec_of(obj):
+                m.policies[(kind, *key_of(obj))] = obj
+        return m

@@ -1,0 +1,69 @@
+"""One proxy's snapshot: its workload's inbound side plus the services it may call.
+
+Universal mode without interception: each workload port gets an inbound listener on the
+workload's address that forwards to the application on 127.0.0.1 at the port's `targetPort`;
+one outbound listener (default 127.0.0.1:15001, `spec.outboundPort` to change) routes HTTP by
+Host to every Service of the mesh.  Transparent interception (iptables) reuses the same route
+table and clusters behind 15001/15006 — only the listeners change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tulle.controlplane.compiler.inputs import Key, Resource, spec_of
+from tulle.controlplane.compiler.services import PROTOCOLS, ServicePort
+
+DEFAULT_OUTBOUND_PORT = 15001
+BLACKHOLE = "blackhole|invalid-backend"
+
+
+def inbound(workload: Resource) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    spec = spec_of(workload)
+    address = spec.get("address") or "127.0.0.1"
+    listeners: list[dict[str, Any]] = []
+    clusters: list[dict[str, Any]] = []
+    for p in sorted(spec.get("ports") or [], key=lambda p: int(p["port"])):
+        port = int(p["port"])
+        app_port = int(p.get("targetPort") or port)
+        proto = PROTOCOLS.get(str(p.get("appProtocol") or "").lower(), "auto")
+        name = f"inbound|{port}"
+        listeners.append({"name": name, "address": address, "port": port,
+                          "direction": "inbound", "protocol": proto if proto != "http1" else "auto",
+                          "cluster": name})
+        clusters.append({"name": name, "protocol": "http2" if proto == "http2" else "http1",
+                         "endpoints": [{"address": "127.0.0.1", "port": app_port}]})
+    return listeners, clusters
+
+
+def outbound(workload: Resource, ports: list[ServicePort],
+             routed: dict[tuple[Key, int], list[dict[str, Any]]]) -> tuple[
+                 list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    spec = spec_of(workload)
+    hosts: list[dict[str, Any]] = []
+    clusters: dict[str, dict[str, Any]] = {}
+    for sp in ports:
+        if sp.protocol == "tcp":
+            continue  # opaque TCP services need interception or a port of their own
+        clusters[sp.cluster_name] = sp.cluster
+        rules = routed.get(((sp.namespace, sp.name), sp.port))
+        if not rules:
+            rules = [{"name": f"default/{sp.namespace}/{sp.name}/{sp.port}",
+                      "backends": [{"cluster": sp.cluster_name}]}]
+        hosts.append({"name": f"{sp.name}.{sp.namespace}:{sp.port}",
+                      "domains": list(sp.domains), "rules": rules})
+    # Rules may point at other services' clusters (canaries, cross-service splits).
+    by_name = {sp.cluster_name: sp.cluster for sp in ports}
+    for h in hosts:
+        for r in h["rules"]:
+            for b in r["backends"]:
+                c = b["cluster"]
+                if c not in clusters:
+                    clusters[c] = by_name.get(c) or {"name": c, "endpoints": []}
+    if not hosts:
+        return [], [], list(clusters.values())
+    listener = {"name": "outbound", "address": "127.0.0.1",
+                "port": int(spec.get("outboundPort") or DEFAULT_OUTBOUND_PORT),
+                "protocol": "auto", "route_table": "outbound"}
+    table = {"name": "outbound", "virtual_hosts": hosts}
+    return [listener], [table], [clusters[k] for k in sorted(clusters)]
