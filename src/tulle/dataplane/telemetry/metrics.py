@@ -199,5 +199,10 @@ class ProxyMetrics:
         self.tcp_bytes = r.counter("tulle_proxy_tcp_bytes_total",
                                    "Opaque TCP bytes relayed, by direction.",
                                    ("listener", "cluster", "direction"))
+        self.protocol_detected = r.counter(
+            "tulle_proxy_protocol_detected_total",
+            "Connections on auto listeners, by what detection decided (http1, http2, tls, tcp, "
+            "opaque: not sniffed by port, timeout: the client sent nothing in time).",
+            ("listener", "protocol"))
         self.config_reloads = r.counter("tulle_proxy_config_reloads_total",
                                         "Configuration swaps, by result.", ("result",))

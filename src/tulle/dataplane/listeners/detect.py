@@ -1,0 +1,237 @@
+"""The first moments of a connection on an `auto`, `tcp` or transparent listener.
+
+`DetectDownstream` decides what a freshly accepted connection is and hands its transport to the
+driver that serves it, then steps aside:
+
+1. **Where it was going.**  On a transparent listener, the original destination of the
+   iptables-redirected connection (`tulle.net.origdst`).  A connection whose original
+   destination is the listener's own address was not redirected (a client dialled the proxy
+   port directly, or a rule sends the proxy's own traffic back to it): that is a loop, refused
+   and counted as protocol error `loop`.  The destination picks a `DestinationRule`; with none,
+   `passthrough` relays to the original destination as TCP, otherwise the connection is
+   refused (`no_destination`).  On an explicit listener the destination is the address the
+   client dialled.
+2. **What it speaks.**  A `tcp` protocol, a destination port in `opaque_ports` or in
+   `DEFAULT_OPAQUE_PORTS`, or a rule that names no route table and no cluster skips sniffing:
+   the relay connects at once, so a server-first protocol's greeting flows.  Otherwise the first
+   bytes go through the sans-I/O sniffer (`protocols.detect`) until it decides; a client that
+   sends nothing for `detect_timeout_ms` is relayed as TCP (server-first protocols on ports
+   nobody declared).  TLS is relayed as opaque TCP for now.
+3. **Hand-over.**  HTTP/1 and HTTP/2 go to their drivers through `handover` with the bytes
+   already read; TCP goes to `tcp.relay`.  Each outcome of an `auto` listener is counted in
+   `tulle_proxy_protocol_detected_total{listener,protocol}` (`http1`, `http2`, `tls`, `tcp`,
+   `opaque` when sniffing was skipped by port, `timeout` when the client stayed silent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, cast
+
+from tulle.dataplane.listeners.context import Connection, ListenerContext, ListenerHandle
+from tulle.dataplane.listeners.http1 import H1Downstream
+from tulle.dataplane.listeners.tcp import Target, relay
+from tulle.dataplane.protocols.detect import MAX_SNIFF_BYTES, detect
+from tulle.net.origdst import original_destination
+
+try:
+    from tulle.dataplane.listeners.http2 import H2Downstream
+except ImportError:  # pragma: no cover - the HTTP/2 driver is optional at this layer
+    H2Downstream = None  # type: ignore[assignment,misc]
+
+if TYPE_CHECKING:
+    from tulle.dataplane.listeners.context import DestinationRule
+
+DEFAULT_OPAQUE_PORTS: Final = frozenset({25, 587, 3306, 4444, 5432, 6379, 9300, 11211})
+"""Never sniffed, whatever the listener says: Linkerd's default opaque ports (since 2.11) —
+SMTP (25, 587) and MySQL (3306) speak first; Galera (4444), PostgreSQL (5432), Redis (6379),
+Elasticsearch transport (9300) and Memcached (11211) gain nothing from sniffing."""
+
+
+def handover(transport: asyncio.Transport, protocol: asyncio.Protocol, initial: bytes) -> None:
+    """Give a live transport to another protocol object, with the bytes already read from it."""
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+    if initial:
+        protocol.data_received(initial)
+
+
+def _release(handle: ListenerHandle, conn: Connection) -> None:
+    """Unregister `conn` without counting a close: the next driver registers the same client
+    connection again (and counts it as accepted), so the accepted total is undone here."""
+    if conn in handle.connections:
+        handle.connections.discard(conn)
+        handle.m_active.value -= 1  # type: ignore[attr-defined]
+        handle.m_total.value -= 1  # type: ignore[attr-defined]
+
+
+class DetectDownstream(asyncio.Protocol, Connection):
+    """A connection whose driver is not chosen yet."""
+
+    def __init__(self, handle: ListenerHandle) -> None:
+        self.handle = handle
+        self.ctx: ListenerContext = handle.ctx
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.destination: tuple[str, int] | None = None
+        self.rule: DestinationRule | None = None
+        self.deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._done = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = t = cast(asyncio.Transport, transport)
+        ctx = self.ctx
+        cfg = ctx.cfg
+        self.handle.connection_opened(self)
+        local = t.get_extra_info("sockname")
+        protocol: str = cfg.protocol
+        if cfg.mode == "transparent":
+            sock = t.get_extra_info("socket")
+            dst = original_destination(sock) if sock is not None else None
+            if dst is None:
+                self._refuse("no_original_destination")
+                return
+            if local is not None and dst == (str(local[0]), int(local[1])):
+                self._refuse("loop")
+                return
+            self.destination = dst
+            rule = self.rule = ctx.destination_for(*dst)
+            if rule is None:
+                if not cfg.passthrough:
+                    self._refuse("no_destination")
+                    return
+                self._relay(Target.passthrough(*dst))  # unmatched: opaque, as it came
+                return
+            if rule.router is None and not rule.cluster:
+                self._relay(Target.passthrough(*dst))  # a rule that only declares TCP
+                return
+            protocol = rule.protocol
+        elif local is not None:
+            self.destination = (str(local[0]), int(local[1]))
+        port = self.destination[1] if self.destination is not None else 0
+        if protocol == "auto" and (port in ctx.opaque_ports or port in DEFAULT_OPAQUE_PORTS):
+            self._count("opaque")
+            protocol = "tcp"
+        if protocol == "auto":
+            self._timer = self.loop.call_later(cfg.detect_timeout_ms / 1000, self._on_timeout)
+        else:
+            self._decide(protocol)
+
+    def data_received(self, data: bytes) -> None:
+        if self._done:
+            return
+        buf = self.buffer = self.buffer + data if self.buffer else data
+        result = detect(buf)
+        if result.protocol == "need_more" and len(buf) < MAX_SNIFF_BYTES:
+            return
+        self._count(result.protocol if result.protocol != "need_more" else "tcp")
+        self._decide(result.protocol)
+
+    def eof_received(self) -> bool:
+        if self._done:
+            return False
+        if not self.buffer:
+            return False  # gone before saying anything: nothing to relay
+        # A half-closed client that sent a prefix of something: relay what there is.  The
+        # kernel reports the EOF again to whoever reads the socket next.
+        t = self.transport
+        self._count("tcp")
+        self._decide("tcp")
+        successor = t.get_protocol() if t is not None else None
+        if successor is None or successor is self:
+            return False
+        return bool(successor.eof_received())  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._done:
+            return
+        self._finish()
+        self.transport = None
+        self.handle.connection_closed(self)
+
+    # -- decisions -----------------------------------------------------------------------
+
+    def _on_timeout(self) -> None:
+        self._timer = None
+        if self._done:
+            return
+        self._count("timeout")
+        self._decide("tcp")
+
+    def _decide(self, protocol: str) -> None:
+        """Hand the connection to the driver for `protocol`."""
+        rule = self.rule
+        ctx = self.ctx
+        if protocol == "http2" and H2Downstream is None:
+            protocol = "tcp"
+        if protocol in ("http1", "http2"):
+            proto: H1Downstream | H2Downstream
+            proto = H1Downstream(self.handle) if protocol == "http1" else H2Downstream(self.handle)
+            if rule is not None:
+                proto.router = rule.router
+                proto.cluster = rule.cluster or ctx.cluster
+            self._pass(lambda t, initial: handover(t, proto, initial))
+            return
+        # tcp, tls (relayed opaque for now), or an undecidable prefix.  A matched rule without
+        # a cluster of its own (or the listener's) goes to the original destination.
+        name = (rule.cluster if rule is not None else "") or ctx.cluster
+        if name:
+            cluster = ctx.clusters.get(name)
+            if cluster is None:
+                self._refuse("no_cluster")
+                return
+            target = Target(name, cluster)
+        elif rule is not None and self.destination is not None:
+            target = Target.passthrough(*self.destination)
+        else:
+            self._refuse("no_cluster")
+            return
+        self._relay(target)
+
+    def _relay(self, target: Target) -> None:
+        self._pass(lambda t, initial: relay(self.handle, t, initial, target))
+
+    def _pass(self, start: Callable[[asyncio.Transport, bytes], object]) -> None:
+        t = self.transport
+        if t is None:
+            return
+        initial = self.buffer
+        self.buffer = b""
+        self._finish()
+        self.transport = None
+        _release(self.handle, self)
+        start(t, initial)
+
+    def _refuse(self, kind: str) -> None:
+        self.ctx.protocol_error(kind)
+        self.abort()
+
+    def _count(self, protocol: str) -> None:
+        self.ctx.metrics.protocol_detected.labels(self.ctx.name, protocol).value += 1
+
+    def _finish(self) -> None:
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- Connection ----------------------------------------------------------------------
+
+    def on_deadline(self, now: float) -> None:
+        pass
+
+    def start_drain(self) -> None:
+        self.abort()  # nothing in flight yet
+
+    def abort(self) -> None:
+        t = self.transport
+        self._finish()
+        self.transport = None
+        self.handle.connection_closed(self)
+        if t is not None:
+            t.abort()

@@ -1,0 +1,199 @@
+"""Protocol sniffing: which protocol a client speaks, from the first bytes it sent.  No I/O.
+
+`detect(data)` looks at the bytes a connection has delivered so far and answers with a
+`Detection`:
+
+* ``http1``: a known method token followed by a space (``GET ``, ``POST `` ... ``CONNECT ``).
+  ``PRI`` is not one: it starts the HTTP/2 preface.
+* ``http2``: the whole 24-byte prior-knowledge preface ``PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n``.
+* ``tls``: a TLS handshake record (0x16, version 0x03 0x00-0x04) carrying a ClientHello.  When
+  the ClientHello is wholly inside the first record, its SNI and ALPN offers are extracted for
+  routing.
+* ``tcp``: anything else.
+* ``need_more``: the bytes are a proper prefix of one of the above; read more and call again.
+
+Rules of this module:
+
+1. Every input is bytes from an untrusted peer: nothing here raises on any input, and the
+   answer for a given prefix never depends on bytes not yet seen (so a byte-at-a-time client
+   gets the same answer as one that sends everything at once).
+2. The sniffer never asks for more than `MAX_SNIFF_BYTES`: the longest thing it waits for is
+   one TLS record (2^14 bytes of payload plus the 5-byte header, RFC 8446 5.1).  HTTP/1 and
+   HTTP/2 decide within 24 bytes.  A driver that holds that many bytes and still sees
+   ``need_more`` cannot happen; one whose client stops sending relays as TCP on a timer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final, Literal
+
+Protocol = Literal["http1", "http2", "tls", "tcp", "need_more"]
+
+H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+HTTP1_METHODS: Final = (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH",
+                        b"TRACE", b"CONNECT")
+_METHOD_TOKENS: Final = tuple(m + b" " for m in HTTP1_METHODS)
+_MAX_TOKEN: Final = max(len(t) for t in _METHOD_TOKENS)
+
+TLS_RECORD_HEADER: Final = 5
+TLS_MAX_RECORD: Final = 1 << 14
+MAX_SNIFF_BYTES: Final = TLS_RECORD_HEADER + TLS_MAX_RECORD
+"""The most a driver ever needs to buffer before `detect` decides."""
+
+_HANDSHAKE: Final = 0x16
+_CLIENT_HELLO: Final = 0x01
+_EXT_SERVER_NAME: Final = 0
+_EXT_ALPN: Final = 16
+
+
+@dataclass(frozen=True, slots=True)
+class Detection:
+    protocol: Protocol
+    sni: str | None = None
+    """TLS only: the host_name of the server_name extension, lower-cased."""
+    alpn: tuple[str, ...] = ()
+    """TLS only: the protocols the client offered, in its order."""
+
+
+NEED_MORE: Final = Detection("need_more")
+HTTP1: Final = Detection("http1")
+HTTP2: Final = Detection("http2")
+TCP: Final = Detection("tcp")
+TLS_OPAQUE: Final = Detection("tls")
+
+
+def detect(data: bytes) -> Detection:
+    """Classify the first bytes of a connection (see the module docstring)."""
+    if not data:
+        return NEED_MORE
+    first = data[0]
+    if first == 0x50:  # "P": the HTTP/2 preface, or POST / PUT / PATCH
+        n = min(len(data), len(H2_PREFACE))
+        if data[:n] == H2_PREFACE[:n]:
+            return HTTP2 if n == len(H2_PREFACE) else NEED_MORE
+    if first == _HANDSHAKE:
+        return _detect_tls(data)
+    head = data[:_MAX_TOKEN]
+    for token in _METHOD_TOKENS:
+        if head.startswith(token):
+            return HTTP1
+        if len(head) < len(token) and token.startswith(head):
+            return NEED_MORE
+    return TCP
+
+
+def _detect_tls(data: bytes) -> Detection:
+    n = len(data)
+    if n >= 2 and data[1] != 0x03:
+        return TCP
+    if n >= 3 and data[2] > 0x04:
+        return TCP
+    if n < TLS_RECORD_HEADER:
+        return NEED_MORE
+    length = (data[3] << 8) | data[4]
+    if length < 4 or length > TLS_MAX_RECORD:
+        return TCP
+    if n < 6:
+        return NEED_MORE
+    if data[5] != _CLIENT_HELLO:
+        return TCP
+    if n < TLS_RECORD_HEADER + length:
+        return NEED_MORE
+    return _client_hello(data[TLS_RECORD_HEADER:TLS_RECORD_HEADER + length])
+
+
+def _client_hello(record: bytes) -> Detection:
+    """SNI and ALPN of a ClientHello (RFC 8446 4.1.2, RFC 6066 3, RFC 7301 3.1).
+
+    A message that continues in a later record, or whose fields do not add up, is still TLS;
+    it just yields no routing hints.
+    """
+    body_len = int.from_bytes(record[1:4], "big")
+    if body_len > len(record) - 4:
+        return TLS_OPAQUE  # fragmented over several records
+    r = _Reader(record, 4, 4 + body_len)
+    r.skip(2 + 32)  # legacy_version, random
+    r.skip(r.u8())  # legacy_session_id
+    r.skip(r.u16())  # cipher_suites
+    r.skip(r.u8())  # legacy_compression_methods
+    if r.bad or r.pos == r.end:
+        return TLS_OPAQUE  # bad, or an old hello without extensions
+    ext_end = r.pos + 2 + r.u16()
+    if r.bad or ext_end > r.end:
+        return TLS_OPAQUE
+    sni: str | None = None
+    alpn: tuple[str, ...] = ()
+    while r.pos + 4 <= ext_end:
+        etype = r.u16()
+        elen = r.u16()
+        start = r.pos
+        if start + elen > ext_end:
+            return TLS_OPAQUE
+        if etype == _EXT_SERVER_NAME:
+            sni = _server_name(record[start:start + elen])
+        elif etype == _EXT_ALPN:
+            alpn = _alpn(record[start:start + elen])
+        r.pos = start + elen
+    return Detection("tls", sni, alpn)
+
+
+def _server_name(ext: bytes) -> str | None:
+    r = _Reader(ext, 0, len(ext))
+    end = 2 + r.u16()
+    while not r.bad and r.pos + 3 <= min(end, r.end):
+        kind = r.u8()
+        name = r.take(r.u16())
+        if kind == 0 and not r.bad:
+            try:
+                return name.decode("ascii").lower()
+            except UnicodeDecodeError:
+                return None
+    return None
+
+
+def _alpn(ext: bytes) -> tuple[str, ...]:
+    r = _Reader(ext, 0, len(ext))
+    end = min(2 + r.u16(), r.end)
+    out: list[str] = []
+    while not r.bad and r.pos < end:
+        proto = r.take(r.u8())
+        if r.bad or not proto:
+            break
+        out.append(proto.decode("latin-1"))
+    return tuple(out)
+
+
+class _Reader:
+    """Bounds-checked big-endian reads; past the end it sets `bad` and returns zeros."""
+
+    __slots__ = ("bad", "buf", "end", "pos")
+
+    def __init__(self, buf: bytes, pos: int, end: int) -> None:
+        self.buf = buf
+        self.pos = pos
+        self.end = min(end, len(buf))
+        self.bad = False
+
+    def _advance(self, n: int) -> int:
+        start = self.pos
+        if self.bad or start + n > self.end:
+            self.bad = True
+            return -1
+        self.pos = start + n
+        return start
+
+    def u8(self) -> int:
+        i = self._advance(1)
+        return 0 if i < 0 else self.buf[i]
+
+    def u16(self) -> int:
+        i = self._advance(2)
+        return 0 if i < 0 else (self.buf[i] << 8) | self.buf[i + 1]
+
+    def skip(self, n: int) -> None:
+        self._advance(n)
+
+    def take(self, n: int) -> bytes:
+        i = self._advance(n)
+        return b"" if i < 0 else self.buf[i:i + n]

@@ -1,0 +1,214 @@
+"""A throw-away network of Linux network namespaces, for end-to-end tests and demos.
+
+    with Testbed() as tb:
+        client = tb.node("10.231.0.2/24")
+        server = tb.node("10.231.0.3/24")
+        server.popen([...])                     # runs inside the namespace
+        client.run(["curl", "http://10.231.0.3:8080/"])
+
+Every namespace is named `tl-<pid>-<n>` (pid of the process that made it).  Nodes are joined by
+veth pairs to a bridge that lives in a namespace of its own, so nothing is created in, routed
+to, or filtered in the host's namespace: links are created directly inside their namespaces
+(`ip -n NS link add ... peer name ... netns BRIDGE`), never in the host's and moved.
+
+Clean-up: `close()` (also on interpreter exit) stops the processes started here and deletes
+the namespaces, which takes their veths with them.  `remove_stale()` deletes namespaces of the
+same family whose creating process no longer exists (a crashed or killed run), after stopping
+the processes still inside them.
+
+Needs root (CAP_SYS_ADMIN, CAP_NET_ADMIN) and iproute2.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import ipaddress
+import itertools
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Sequence
+from typing import Any, Final
+
+PREFIX: Final = "tl-"
+_NAME: Final = re.compile(r"^tl-(\d+)-(\d+)$")
+_counter = itertools.count()
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True, timeout=30)
+
+
+def list_namespaces() -> list[str]:
+    out = _ip("netns", "list", check=False).stdout
+    return [line.split()[0] for line in out.splitlines() if line.strip()]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop_pids(pids: Sequence[int], grace: float = 3.0) -> None:
+    """SIGTERM, then SIGKILL whatever is left, each by its own pid."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for pid in pids:
+        _wait_gone(pid, grace)
+        if _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _wait_gone(pid: int, limit: float) -> None:
+    end = time.monotonic() + limit
+    while time.monotonic() < end and _pid_alive(pid):
+        with contextlib.suppress(ChildProcessError, OSError):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                return
+        time.sleep(0.02)
+
+
+def _delete_namespace(name: str) -> None:
+    pids = [int(p) for p in _ip("netns", "pids", name, check=False).stdout.split() if p.isdigit()]
+    if pids:
+        _stop_pids(pids)
+    _ip("netns", "delete", name, check=False)
+
+
+def remove_stale() -> list[str]:
+    """Delete `tl-<pid>-<n>` namespaces whose creating process is gone; returns their names."""
+    removed = []
+    for name in list_namespaces():
+        m = _NAME.match(name)
+        if m is None or _pid_alive(int(m.group(1))):
+            continue
+        _delete_namespace(name)
+        removed.append(name)
+    return removed
+
+
+def missing_requirements() -> str | None:
+    """Why a testbed cannot be built here, or None when it can."""
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if shutil.which("ip") is None:
+        return "iproute2 (`ip`) is not installed"
+    return None
+
+
+class Namespace:
+    """One network namespace of a testbed."""
+
+    def __init__(self, testbed: Testbed, name: str) -> None:
+        self.testbed = testbed
+        self.name = name
+        self.address: str = ""
+        """The node's IPv4 address on the bridge, without the prefix length."""
+
+    def argv(self, args: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.name, *args]
+
+    def run(self, args: Sequence[str], check: bool = True, timeout: float = 60,
+            **kw: Any) -> subprocess.CompletedProcess[str]:
+        """Run a command inside the namespace to completion."""
+        kw.setdefault("capture_output", True)
+        return subprocess.run(self.argv(args), check=check, text=True, timeout=timeout, **kw)
+
+    def popen(self, args: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
+        """Start a long-running command inside the namespace; the testbed stops it on close."""
+        proc = subprocess.Popen(self.argv(args), start_new_session=True, **kw)
+        self.testbed.processes.append(proc)
+        return proc
+
+    def ip(self, *args: str) -> None:
+        _ip("-n", self.name, *args)
+
+
+class Testbed:
+    """Namespaces joined by one bridge; everything removed on `close()`."""
+
+    __test__ = False  # not a pytest test class, despite the name
+
+    def __init__(self, subnet: str = "10.231.0.0/24") -> None:
+        why = missing_requirements()
+        if why is not None:
+            raise RuntimeError(why)
+        self.prefix = f"{PREFIX}{os.getpid()}-"
+        self.subnet = ipaddress.ip_network(subnet)
+        self.namespaces: list[Namespace] = []
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self._bridge: Namespace | None = None
+        self._ports = itertools.count()
+        self._closed = False
+        remove_stale()
+        atexit.register(self.close)
+
+    def namespace(self) -> Namespace:
+        """A new, empty namespace with loopback up."""
+        name = f"{self.prefix}{next(_counter)}"
+        _ip("netns", "add", name)
+        ns = Namespace(self, name)
+        self.namespaces.append(ns)
+        ns.ip("link", "set", "lo", "up")
+        return ns
+
+    @property
+    def bridge(self) -> Namespace:
+        if self._bridge is None:
+            br = self._bridge = self.namespace()
+            br.ip("link", "add", "br0", "type", "bridge")
+            br.ip("link", "set", "br0", "up")
+        return self._bridge
+
+    def node(self, address: str) -> Namespace:
+        """A namespace with `eth0` on the bridge at `address` (CIDR, inside the subnet)."""
+        iface = ipaddress.ip_interface(address)
+        if iface.ip not in self.subnet:
+            raise ValueError(f"{address} is outside the testbed subnet {self.subnet}")
+        bridge = self.bridge
+        ns = self.namespace()
+        port = f"v{next(self._ports)}"
+        ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", bridge.name)
+        bridge.ip("link", "set", port, "master", "br0", "up")
+        ns.ip("addr", "add", address, "dev", "eth0")
+        ns.ip("link", "set", "eth0", "up")
+        ns.address = str(iface.ip)
+        return ns
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for proc in self.processes:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        for proc in self.processes:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=5)
+        for ns in reversed(self.namespaces):
+            _delete_namespace(ns.name)
+        self.namespaces.clear()
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.close)
+
+    def __enter__(self) -> Testbed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
