@@ -1,0 +1,1 @@
+"""Gateway API route kinds (`HTTPRoute`, `GRPCRoute`, `TCPRoute`) with a Service parent (GAMMA)."""

@@ -1,0 +1,12 @@
+"""Imports every built-in kind so that each registers itself (loaded by the registry on first use).
+
+A new kind is one module plus one line here.
+"""
+
+from __future__ import annotations
+
+from tulle.api import mesh, service, workload
+from tulle.api.gateway import grpcroute, httproute, tcproute
+from tulle.api.policies import authorization, timeout
+
+__all__ = ["authorization", "grpcroute", "httproute", "mesh", "service", "tcproute", "timeout", "workload"]

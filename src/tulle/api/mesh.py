@@ -1,0 +1,72 @@
+"""`Mesh`: the mesh-wide settings every proxy inherits (cluster-scoped, usually one).
+
+Trust domain (the SPIFFE ID authority), the default mTLS mode, what happens to traffic for
+destinations the mesh does not know, and defaults the traffic-management policies start from.
+`defaults` is where new mesh-wide knobs go; each has a default here and in the reference.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+from pydantic import Field
+
+from tulle.api.fields import Duration, pattern
+from tulle.api.meta import Model, Resource, Status
+from tulle.api.registry import register
+
+MESH_API_VERSION: Final = "mesh.tulle.dev/v1alpha1"
+
+TRUST_DOMAIN_RE = r"^[a-z0-9]([-a-z0-9_]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9_]*[a-z0-9])?)*$"
+TrustDomain = Annotated[
+    str,
+    pattern(
+        TRUST_DOMAIN_RE, 'a SPIFFE trust domain (lowercase letters, digits, "-", "_" and ".")', max_length=255
+    ),
+]
+MTLSMode = Literal["STRICT", "PERMISSIVE", "DISABLED"]
+
+
+class MTLS(Model):
+    mode: MTLSMode = "STRICT"
+    """STRICT: inbound accepts mTLS only. PERMISSIVE: mTLS or plaintext. DISABLED: plaintext."""
+
+
+class OutboundTrafficPolicy(Model):
+    mode: Literal["ALLOW_ANY", "REGISTRY_ONLY"] = "ALLOW_ANY"
+    """ALLOW_ANY passes traffic to unknown destinations through; REGISTRY_ONLY refuses it."""
+
+
+class RetryBudget(Model):
+    """Retries allowed on top of regular traffic: `percent` of requests plus a floor per second."""
+
+    percent: Annotated[int, Field(ge=0, le=100)] = 20
+    minRetriesPerSecond: Annotated[int, Field(ge=0, le=1_000_000)] = 10
+    ttl: Duration = "10s"
+    """Window over which requests and retries are counted."""
+
+
+class MeshDefaults(Model):
+    """Mesh-wide defaults; a policy attached to a Service or route overrides them."""
+
+    connectTimeout: Duration = "1s"
+    requestTimeout: Duration = "15s"
+    """Whole request, first byte to last; "0s" disables."""
+    idleTimeout: Duration = "5m"
+    """Idle connections are closed after this long; "0s" disables."""
+    retryBudget: RetryBudget = Field(default_factory=RetryBudget)
+
+
+class MeshSpec(Model):
+    trustDomain: TrustDomain = "cluster.local"
+    mtls: MTLS = Field(default_factory=MTLS)
+    outboundTrafficPolicy: OutboundTrafficPolicy = Field(default_factory=OutboundTrafficPolicy)
+    defaults: MeshDefaults = Field(default_factory=MeshDefaults)
+
+
+@register(api_version=MESH_API_VERSION, kind="Mesh", plural="meshes", scope="Cluster", short_names=("mesh",))
+class Mesh(Resource):
+    apiVersion: Literal["mesh.tulle.dev/v1alpha1"] = MESH_API_VERSION
+    kind: Literal["Mesh"] = "Mesh"
+    spec: MeshSpec = Field(default_factory=MeshSpec)
+    status: Status | None = None

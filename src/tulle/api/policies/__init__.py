@@ -1,0 +1,1 @@
+"""Policy kinds, one module each; each registers itself and declares what it may target."""

@@ -1,0 +1,111 @@
+"""`AuthorizationPolicy`: who may call a Service (or anything in the Mesh), and how.
+
+Schema and validation only; the zero-trust issue enforces it.  `action` applies to requests
+matching any rule; a rule matches when one of its `from` sources and one of its `to`
+operations match (a missing list matches everything).  Within a source or operation every set
+field must match.  DENY wins over ALLOW; AUDIT only logs.  An ALLOW policy with no rules allows
+nothing.  Sources and operations are open for more fields (labels, CIDRs, headers) later.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from tulle.api.errors import field_error, quote
+from tulle.api.fields import DNS1123_LABEL_RE, Checked, Port
+from tulle.api.meta import Model
+from tulle.api.policy import MESH_TARGET, POLICY_API_VERSION, SERVICE_TARGET, Policy, PolicySpec
+from tulle.api.registry import register
+
+_SPIFFE_RE = re.compile(r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._~!$&'()+,;=:@%-]+)*$")
+
+
+def _check_identity(value: str) -> str:
+    """A SPIFFE ID, `*`, or a SPIFFE ID with one `*` as its last character (a prefix)."""
+    if value == "*":
+        return value
+    body = value[:-1] if value.endswith("*") else value
+    if "*" in body or not (_SPIFFE_RE.match(body) or (value.endswith("*") and body.startswith("spiffe://"))):
+        raise ValueError(
+            'must be a SPIFFE ID (spiffe://<trust-domain>/ns/<namespace>/sa/<account>), "*", '
+            f"or a SPIFFE ID prefix ending in *; got {quote(value)}"
+        )
+    return value
+
+
+def _check_namespace(value: str) -> str:
+    if value != "*" and not (len(value) <= 63 and re.fullmatch(DNS1123_LABEL_RE, value)):
+        raise ValueError(f'must be a namespace name or "*", got {quote(value)}')
+    return value
+
+
+def _check_path(value: str) -> str:
+    if value != "*" and not value.startswith("/"):
+        raise ValueError(f'must start with "/" (or be "*"), got {quote(value)}')
+    if "*" in value[:-1]:
+        raise ValueError(f'"*" may only end a path (a prefix match), got {quote(value)}')
+    return value
+
+
+def _check_method(value: str) -> str:
+    if value != "*" and not re.fullmatch(r"[A-Z]+", value):
+        raise ValueError(f"must be an upper-case HTTP method such as GET, got {quote(value)}")
+    return value
+
+
+Identity = Annotated[str, Checked(_check_identity, {"maxLength": 2048})]
+NamespacePattern = Annotated[str, Checked(_check_namespace, {"maxLength": 63})]
+PathPattern = Annotated[str, Checked(_check_path, {"maxLength": 1024})]
+Method = Annotated[str, Checked(_check_method, {"maxLength": 32})]
+
+
+class Source(Model):
+    identities: Annotated[list[Identity], Field(min_length=1, max_length=64)] | None = None
+    namespaces: Annotated[list[NamespacePattern], Field(min_length=1, max_length=64)] | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> Source:
+        if self.identities is None and self.namespaces is None:
+            raise field_error((), "set identities or namespaces (an empty source would match everyone)")
+        return self
+
+
+class Operation(Model):
+    ports: Annotated[list[Port], Field(min_length=1, max_length=64)] | None = None
+    paths: Annotated[list[PathPattern], Field(min_length=1, max_length=64)] | None = None
+    methods: Annotated[list[Method], Field(min_length=1, max_length=16)] | None = None
+
+    @model_validator(mode="after")
+    def _some(self) -> Operation:
+        if self.ports is None and self.paths is None and self.methods is None:
+            raise field_error((), "set ports, paths or methods (an empty operation would match everything)")
+        return self
+
+
+class AuthorizationRule(Model):
+    from_: Annotated[list[Source], Field(min_length=1, max_length=64)] | None = Field(
+        default=None, alias="from"
+    )
+    to: Annotated[list[Operation], Field(min_length=1, max_length=64)] | None = None
+
+
+class AuthorizationPolicySpec(PolicySpec):
+    action: Literal["ALLOW", "DENY", "AUDIT"] = "ALLOW"
+    rules: Annotated[list[AuthorizationRule], Field(max_length=64)] = Field(default_factory=list)
+
+
+@register(
+    api_version=POLICY_API_VERSION,
+    kind="AuthorizationPolicy",
+    plural="authorizationpolicies",
+    short_names=("authz",),
+)
+class AuthorizationPolicy(Policy):
+    TARGETS: ClassVar[frozenset[tuple[str, str]]] = frozenset({MESH_TARGET, SERVICE_TARGET})
+
+    apiVersion: Literal["policy.tulle.dev/v1alpha1"] = POLICY_API_VERSION
+    kind: Literal["AuthorizationPolicy"] = "AuthorizationPolicy"
+    spec: AuthorizationPolicySpec

@@ -1,0 +1,81 @@
+"""`Workload`: one instance of an application with its proxy (universal mode).
+
+A proxy registers its workload when it starts; an operator may also apply one by hand.  The
+workload's labels are `metadata.labels`, the same place a Pod keeps them, so a `Service`
+selector reads the same on Kubernetes and off it.  The identity follows from namespace and
+service account: `spiffe://<trust-domain>/ns/<namespace>/sa/<serviceAccount>`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from tulle.api.errors import field_error, quote
+from tulle.api.fields import (
+    DNSSubdomain,
+    IPAddress,
+    Port,
+    PortName,
+    Protocol,
+    QualifiedName,
+    label_value_problem,
+)
+from tulle.api.mesh import MESH_API_VERSION
+from tulle.api.meta import Model, Resource, Status
+from tulle.api.registry import register
+
+
+class WorkloadPort(Model):
+    name: PortName | None = None
+    port: Port
+    protocol: Protocol = "TCP"
+    appProtocol: QualifiedName | None = None
+    """What the port speaks (`http`, `http2`, `grpc`, `tcp`, `kubernetes.io/h2c`...)."""
+    targetPort: Port | None = None
+    """Universal mode: where the application listens on 127.0.0.1 when the proxy's inbound
+    listener takes `port` on the workload address (default: `port`; then the application must
+    listen on another address than the workload's)."""
+
+
+def check_ports(ports: list[WorkloadPort]) -> None:
+    """Port names unique; (port, protocol) unique.  Shared by Workload and Service ports."""
+    names: set[str] = set()
+    numbers: set[tuple[int, str]] = set()
+    for i, p in enumerate(ports):
+        if p.name is not None:
+            if p.name in names:
+                raise field_error(("ports", i, "name"), f"duplicate port name {quote(p.name)}")
+            names.add(p.name)
+        if (p.port, p.protocol) in numbers:
+            raise field_error(("ports", i, "port"), f"duplicate port {p.port}/{p.protocol}")
+        numbers.add((p.port, p.protocol))
+
+
+class WorkloadSpec(Model):
+    address: IPAddress
+    ports: Annotated[list[WorkloadPort], Field(max_length=64)] = Field(default_factory=list)
+    serviceAccount: DNSSubdomain = "default"
+    zone: Annotated[str, Field(min_length=1, max_length=63)] | None = None
+    """Locality for locality-aware load balancing (same form as a label value)."""
+    outboundPort: Port | None = None
+    """Universal mode without interception: the loopback port of the proxy's outbound
+    listener, which routes HTTP to every Service by Host (default 15001)."""
+
+    @model_validator(mode="after")
+    def _ports(self) -> WorkloadSpec:
+        check_ports(self.ports)
+        if self.zone is not None:
+            problem = label_value_problem(self.zone)
+            if problem:
+                raise field_error(("zone",), problem)
+        return self
+
+
+@register(api_version=MESH_API_VERSION, kind="Workload", plural="workloads", short_names=("wl",))
+class Workload(Resource):
+    apiVersion: Literal["mesh.tulle.dev/v1alpha1"] = MESH_API_VERSION
+    kind: Literal["Workload"] = "Workload"
+    spec: WorkloadSpec
+    status: Status | None = None

@@ -1,0 +1,128 @@
+"""`StoreBase`: the `ResourceStore` API built once on four backend primitives.
+
+A backend implements `_read` (one object), `_scan` (objects of a kind/namespace plus the
+revision they reflect), `_write` (one transaction: bump the revision, read, apply a `Mutation`,
+write the row and the change-log entry) and the `ChangeLog` reads the watch loop needs.  The
+API rules (what create/update/delete do to an object) live in `objects.py`, watching in
+`watch.py`: backends only store.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator
+
+from tulle.controlplane.store.errors import NotFoundError
+from tulle.controlplane.store.labels import compile_selector, labels_of
+from tulle.controlplane.store.objects import (
+    Change,
+    Key,
+    Mutation,
+    creating,
+    deleting,
+    describe,
+    make_key,
+    updating,
+    updating_status,
+)
+from tulle.controlplane.store.protocol import LabelSelector, Obj, WatchEvent
+from tulle.controlplane.store.watch import ChangeBatch, Notifier, follow
+
+DEFAULT_CHANGES_RETAINED = 10_000
+"""Change-log rows kept for watch replay; a watch from an older revision gets ExpiredError."""
+
+DEFAULT_POLL_INTERVAL = 5.0
+"""Seconds a watcher waits for a notification before re-reading the change log anyway."""
+
+
+class StoreBase(ABC):
+    """Shared implementation of `ResourceStore`; see protocol.py for the contract."""
+
+    def __init__(self, *, changes_retained: int, poll_interval: float) -> None:
+        if changes_retained < 1:
+            raise ValueError("changes_retained must be at least 1")
+        if poll_interval <= 0:
+            raise ValueError("poll_interval must be positive")
+        self._retained = changes_retained
+        self._poll_interval = poll_interval
+        self._notifier = Notifier()
+
+    # -- backend primitives -------------------------------------------------------------------
+
+    @abstractmethod
+    async def _read(self, key: Key) -> Obj | None: ...
+
+    @abstractmethod
+    async def _scan(self, kind: str | None, namespace: str | None) -> tuple[list[Obj], int]: ...
+
+    @abstractmethod
+    async def _write(self, key: Key, mutation: Mutation) -> Change: ...
+
+    @abstractmethod
+    async def head_revision(self) -> int: ...
+
+    @abstractmethod
+    async def changes_after(
+        self, revision: int, kind: str | None, namespace: str | None, limit: int
+    ) -> ChangeBatch: ...
+
+    @abstractmethod
+    async def _close(self) -> None: ...
+
+    # -- ResourceStore ----------------------------------------------------------------------------
+
+    async def get(self, kind: str, namespace: str | None, name: str) -> Obj:
+        key = make_key(kind, namespace, name)
+        obj = await self._read(key)
+        if obj is None:
+            raise NotFoundError(f"{describe(key)} not found")
+        return obj
+
+    async def list(
+        self,
+        kind: str | None = None,
+        namespace: str | None = None,
+        label_selector: LabelSelector | None = None,
+    ) -> tuple[list[Obj], int]:
+        match = compile_selector(label_selector) if label_selector is not None else None
+        items, revision = await self._scan(kind, namespace)
+        if match is not None:
+            items = [obj for obj in items if match(labels_of(obj))]
+        return items, revision
+
+    async def create(self, obj: Obj) -> Obj:
+        key, mutation = creating(obj)
+        return await self._commit(key, mutation)
+
+    async def update(self, obj: Obj) -> Obj:
+        key, mutation = updating(obj)
+        return await self._commit(key, mutation)
+
+    async def update_status(self, obj: Obj) -> Obj:
+        key, mutation = updating_status(obj)
+        return await self._commit(key, mutation)
+
+    async def delete(
+        self, kind: str, namespace: str | None, name: str, resource_version: str | None = None
+    ) -> Obj:
+        key = make_key(kind, namespace, name)
+        return await self._commit(key, deleting(key, resource_version))
+
+    def watch(
+        self,
+        kind: str | None = None,
+        namespace: str | None = None,
+        since_revision: int | None = None,
+    ) -> AsyncGenerator[WatchEvent, None]:
+        return follow(self, self._notifier, kind, namespace, since_revision, self._poll_interval)
+
+    async def close(self) -> None:
+        if self._notifier.closed:
+            return
+        self._notifier.close()
+        await self._close()
+
+    async def _commit(self, key: Key, mutation: Mutation) -> Obj:
+        change = await self._write(key, mutation)
+        self._notifier.notify()
+        return change.object

@@ -1,0 +1,217 @@
+"""The SQLite store: the embedded default, one file, WAL, one connection.
+
+Layout (shared with the PostgreSQL store): `store_revision` holds the single revision counter
+and the compaction mark; `resources` one row per object (JSON text); `changes` one row per
+write, kept for the last `changes_retained` revisions, which is what watch replays.
+
+Every operation runs on one aiosqlite connection behind one asyncio lock, so a write's
+statements (`BEGIN IMMEDIATE`, bump, read, write, log, compact, `COMMIT`) never interleave with
+another's and readers never see a write half done.  Watchers in this process are woken after
+each commit.
+
+Two processes on one file are not a goal (use PostgreSQL for replicas) but are safe: `BEGIN
+IMMEDIATE` takes SQLite's write lock, so the counter and the rows stay consistent, and a
+writer that cannot get the lock within `busy_timeout` fails rather than corrupting anything.
+The other process's watchers see such writes only at their next poll (`poll_interval`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from tulle.controlplane.store.base import DEFAULT_CHANGES_RETAINED, DEFAULT_POLL_INTERVAL, StoreBase
+from tulle.controlplane.store.errors import ExpiredError
+from tulle.controlplane.store.objects import Change, Key, Mutation, decode, encode
+from tulle.controlplane.store.protocol import Obj, WatchEvent
+from tulle.controlplane.store.watch import ChangeBatch
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS store_revision (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    revision INTEGER NOT NULL,
+    compacted INTEGER NOT NULL,
+    schema_version INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO store_revision (id, revision, compacted, schema_version) VALUES (1, 0, 0, 1);
+CREATE TABLE IF NOT EXISTS resources (
+    kind TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    revision INTEGER NOT NULL,
+    object TEXT NOT NULL,
+    PRIMARY KEY (kind, namespace, name)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS changes (
+    revision INTEGER PRIMARY KEY,
+    type TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    name TEXT NOT NULL,
+    object TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS changes_by_kind ON changes (kind, revision);
+"""
+
+BUSY_TIMEOUT_MS = 5000
+"""How long a write waits for another process's write lock before failing."""
+
+
+def _filters(kind: str | None, namespace: str | None) -> tuple[str, list[Any]]:
+    sql, params = "", []
+    if kind is not None:
+        sql += " AND kind = ?"
+        params.append(kind)
+    if namespace is not None:
+        sql += " AND namespace = ?"
+        params.append(namespace)
+    return sql, params
+
+
+class SqliteStore(StoreBase):
+    """A store in one SQLite file (or `:memory:`).  Create with `await SqliteStore.open(path)`."""
+
+    def __init__(self, db: aiosqlite.Connection, *, changes_retained: int, poll_interval: float) -> None:
+        super().__init__(changes_retained=changes_retained, poll_interval=poll_interval)
+        self._db = db
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(
+        cls,
+        path: str | Path,
+        *,
+        changes_retained: int = DEFAULT_CHANGES_RETAINED,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+    ) -> SqliteStore:
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(str(path), isolation_level=None)
+        try:
+            await db.execute("PRAGMA journal_mode=WAL")
+            await db.execute("PRAGMA synchronous=NORMAL")
+            await db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+            await db.executescript(_SCHEMA)
+            rows = await db.execute_fetchall("SELECT schema_version FROM store_revision")
+            version = int(next(iter(rows))[0])
+            if version != SCHEMA_VERSION:
+                raise RuntimeError(f"{path}: store schema version {version}, expected {SCHEMA_VERSION}")
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db, changes_retained=changes_retained, poll_interval=poll_interval)
+
+    async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        return list(await self._db.execute_fetchall(sql, params))
+
+    async def _read(self, key: Key) -> Obj | None:
+        async with self._lock:
+            rows = await self._rows(
+                "SELECT object FROM resources WHERE kind = ? AND namespace = ? AND name = ?", key
+            )
+        return decode(rows[0][0]) if rows else None
+
+    async def _scan(self, kind: str | None, namespace: str | None) -> tuple[list[Obj], int]:
+        where, params = _filters(kind, namespace)
+        async with self._lock, self._read_transaction():
+            head = await self._rows("SELECT revision FROM store_revision")
+            rows = await self._rows(
+                f"SELECT object FROM resources WHERE 1 = 1{where} ORDER BY kind, namespace, name",
+                params,
+            )
+        return [decode(r[0]) for r in rows], int(head[0][0])
+
+    async def _write(self, key: Key, mutation: Mutation) -> Change:
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                bumped = await self._rows(
+                    "UPDATE store_revision SET revision = revision + 1,"
+                    " compacted = max(compacted, revision + 1 - ?) RETURNING revision, compacted",
+                    (self._retained,),
+                )
+                revision, compacted = int(bumped[0][0]), int(bumped[0][1])
+                rows = await self._rows(
+                    "SELECT object FROM resources WHERE kind = ? AND namespace = ? AND name = ?", key
+                )
+                change = mutation(decode(rows[0][0]) if rows else None, revision)
+                text = encode(change.object)
+                if change.type == "DELETED":
+                    await self._db.execute(
+                        "DELETE FROM resources WHERE kind = ? AND namespace = ? AND name = ?", key
+                    )
+                else:
+                    await self._db.execute(
+                        "INSERT OR REPLACE INTO resources (kind, namespace, name, revision, object)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (*key, revision, text),
+                    )
+                await self._db.execute(
+                    "INSERT INTO changes (revision, type, kind, namespace, name, object)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (revision, change.type, *key, text),
+                )
+                await self._db.execute("DELETE FROM changes WHERE revision <= ?", (compacted,))
+                await self._db.execute("COMMIT")
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+        return change
+
+    async def head_revision(self) -> int:
+        async with self._lock:
+            rows = await self._rows("SELECT revision FROM store_revision")
+        return int(rows[0][0])
+
+    async def changes_after(
+        self, revision: int, kind: str | None, namespace: str | None, limit: int
+    ) -> ChangeBatch:
+        where, params = _filters(kind, namespace)
+        async with self._lock, self._read_transaction():
+            head_rows = await self._rows("SELECT revision, compacted FROM store_revision")
+            head, compacted = int(head_rows[0][0]), int(head_rows[0][1])
+            if revision < compacted:
+                raise ExpiredError(
+                    f"revision {revision} is compacted (changes after {compacted} are kept)"
+                )
+            rows = await self._rows(
+                f"SELECT revision, type, object FROM changes WHERE revision > ?{where}"
+                " ORDER BY revision LIMIT ?",
+                (revision, *params, limit),
+            )
+        return _batch(rows, revision, head, limit)
+
+    def _read_transaction(self) -> _ReadTransaction:
+        return _ReadTransaction(self._db)
+
+    async def _close(self) -> None:
+        async with self._lock:
+            await self._db.close()
+
+
+def _batch(rows: Iterable[Any], after: int, head: int, limit: int) -> ChangeBatch:
+    events = [WatchEvent(r[1], decode(r[2]), int(r[0])) for r in rows]
+    if len(events) == limit:
+        return ChangeBatch(events, events[-1].revision, True)
+    return ChangeBatch(events, max(after, head), False)
+
+
+class _ReadTransaction:
+    """`BEGIN` ... `COMMIT` around a multi-statement read: one snapshot, also across processes."""
+
+    __slots__ = ("_db",)
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def __aenter__(self) -> None:
+        await self._db.execute("BEGIN")
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self._db.execute("COMMIT")

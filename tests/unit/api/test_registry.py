@@ -1,0 +1,77 @@
+"""The kind registry: lookup, kubectl-style names, and parse's envelope errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from tulle.api import ValidationError, kinds, lookup, parse, resolve
+
+EXPECTED = {
+    ("mesh.tulle.dev/v1alpha1", "Mesh"): ("Cluster", "meshes"),
+    ("mesh.tulle.dev/v1alpha1", "Workload"): ("Namespaced", "workloads"),
+    ("mesh.tulle.dev/v1alpha1", "Service"): ("Namespaced", "services"),
+    ("gateway.networking.k8s.io/v1", "HTTPRoute"): ("Namespaced", "httproutes"),
+    ("gateway.networking.k8s.io/v1", "GRPCRoute"): ("Namespaced", "grpcroutes"),
+    ("gateway.networking.k8s.io/v1alpha2", "TCPRoute"): ("Namespaced", "tcproutes"),
+    ("policy.tulle.dev/v1alpha1", "TimeoutPolicy"): ("Namespaced", "timeoutpolicies"),
+    ("policy.tulle.dev/v1alpha1", "AuthorizationPolicy"): ("Namespaced", "authorizationpolicies"),
+}
+
+
+def test_every_kind_is_registered() -> None:
+    got = {(k.api_version, k.kind): (k.scope, k.plural) for k in kinds()}
+    assert got == EXPECTED
+    assert lookup("gateway.networking.k8s.io/v1", "HTTPRoute").group == "gateway.networking.k8s.io"
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("httproutes", "HTTPRoute"),
+        ("HTTPRoute", "HTTPRoute"),
+        ("httproute", "HTTPRoute"),
+        ("svc", "Service"),
+        ("services.mesh.tulle.dev", "Service"),
+        ("wl", "Workload"),
+        ("meshes", "Mesh"),
+        ("tp", "TimeoutPolicy"),
+        ("authz", "AuthorizationPolicy"),
+    ],
+)
+def test_resolve(name: str, kind: str) -> None:
+    assert resolve(name).kind == kind
+
+
+def test_resolve_unknown() -> None:
+    with pytest.raises(KeyError, match='unknown resource type "pods"'):
+        resolve("pods")
+    with pytest.raises(KeyError):
+        resolve("services.example.com")
+
+
+@pytest.mark.parametrize(
+    ("doc", "errors"),
+    [
+        ([], [("", "must be a mapping (an object), got list")]),
+        ({}, [("apiVersion", "required"), ("kind", "required")]),
+        ({"apiVersion": 1, "kind": "Mesh"}, [("apiVersion", "must be a string")]),
+        (
+            {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "x"}},
+            [("kind", 'kind Service is served as apiVersion mesh.tulle.dev/v1alpha1, not "v1"')],
+        ),
+    ],
+)
+def test_envelope_errors(doc: object, errors: list[tuple[str, str]]) -> None:
+    with pytest.raises(ValidationError) as info:
+        parse(doc)
+    assert info.value.pairs() == errors
+
+
+def test_unknown_kind_lists_known_ones() -> None:
+    with pytest.raises(ValidationError) as info:
+        parse({"apiVersion": "x/v1", "kind": "Pod"})
+    [(path, message)] = info.value.pairs()
+    assert path == "kind"
+    assert message.startswith(
+        'unknown kind "Pod" (apiVersion "x/v1"); known kinds: AuthorizationPolicy, GRPCRoute'
+    )

@@ -1,0 +1,55 @@
+"""Workload: address, ports with appProtocol, service account, zone; labels in metadata."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.unit.api.support import Errors, with_
+
+from tulle.api import parse
+from tulle.api.workload import Workload
+
+WL: dict[str, Any] = {
+    "apiVersion": "mesh.tulle.dev/v1alpha1",
+    "kind": "Workload",
+    "metadata": {"name": "web-1", "namespace": "shop", "labels": {"app": "web"}},
+    "spec": {
+        "address": "fd00::1",
+        "serviceAccount": "web",
+        "zone": "zone-a",
+        "ports": [
+            {"name": "http", "port": 8080, "appProtocol": "http"},
+            {"name": "h2c", "port": 8081, "appProtocol": "kubernetes.io/h2c"},
+        ],
+    },
+}
+
+
+def test_valid() -> None:
+    wl = parse(WL)
+    assert isinstance(wl, Workload)
+    assert wl.spec.ports[0].protocol == "TCP"
+    assert parse(with_(WL, "spec", {"address": "10.1.2.3"})).spec.serviceAccount == "default"  # type: ignore[attr-defined]
+
+
+def test_rules(errors: Errors) -> None:
+    assert errors(with_(WL, "spec.address", "10.0.0")) == [
+        ("spec.address", 'must be an IPv4 or IPv6 address, got "10.0.0"')
+    ]
+    assert errors(with_(WL, "spec.ports.1.name", "http")) == [
+        ("spec.ports[1].name", 'duplicate port name "http"')
+    ]
+    assert errors(with_(WL, "spec.ports.1.port", 8080)) == [("spec.ports[1].port", "duplicate port 8080/TCP")]
+    assert errors(with_(WL, "spec.ports.0.port", 70000)) == [
+        ("spec.ports[0].port", "must be <= 65535, got 70000")
+    ]
+    assert errors(with_(WL, "spec.ports.0.protocol", "tcp")) == [
+        ("spec.ports[0].protocol", 'must be "TCP", "UDP" or "SCTP", got "tcp"')
+    ]
+    [(path, msg)] = errors(with_(WL, "spec.ports.0.name", "http--alt"))
+    assert (path, msg.startswith("must be an IANA service name")) == ("spec.ports[0].name", True)
+    [(path, _)] = errors(with_(WL, "spec.zone", "zone a"))
+    assert path == "spec.zone"
+    assert errors(with_(WL, "spec.address", None)) == [("spec.address", "must be a string, got null")]
+    no_address = with_(WL, "spec", {"ports": []})
+    assert errors(no_address) == [("spec.address", "required")]
