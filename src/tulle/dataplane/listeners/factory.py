@@ -10,7 +10,10 @@ import asyncio
 from collections.abc import Callable
 
 from tulle.dataplane.listeners.context import ListenerHandle
+from tulle.dataplane.listeners.detect import DetectDownstream
 from tulle.dataplane.listeners.http1 import H1Downstream
+from tulle.dataplane.listeners.http2 import H2Downstream
+from tulle.dataplane.listeners.tls import ALPNSelector
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
 
@@ -20,5 +23,14 @@ def protocol_factory(handle: ListenerHandle) -> ProtocolFactory:
     cfg = handle.ctx.cfg
     if cfg.protocol == "http1" and cfg.mode == "explicit" and cfg.tls is None:
         return lambda: H1Downstream(handle)
+    if cfg.protocol == "http2" and cfg.mode == "explicit" and cfg.tls is None:
+        return lambda: H2Downstream(handle)  # h2c, prior knowledge
+    if cfg.protocol in ("http1", "http2") and cfg.mode == "explicit" and cfg.tls is not None:
+        def by_alpn(alpn: str | None) -> asyncio.Protocol:
+            return H2Downstream(handle) if alpn == "h2" else H1Downstream(handle)
+
+        return lambda: ALPNSelector(by_alpn)
+    if cfg.tls is None and (cfg.mode == "transparent" or cfg.protocol in ("auto", "tcp")):
+        return lambda: DetectDownstream(handle)  # sniffing, TCP relay, original destination
     raise NotImplementedError(
         f"listener {cfg.name}: protocol {cfg.protocol!r} in {cfg.mode} mode is not available")

@@ -1,0 +1,590 @@
+"""HTTP/2 codec: a thin seam over `h2.connection.H2Connection`.  Bytes in, events out.  No I/O.
+
+Why a seam: h2 is pure Python and its events carry raw header lists; the drivers want the
+exchange values (`RequestHead`, `ResponseHead`) that HTTP/1 produces too, so both protocols
+meet in the middle and translation needs nothing else.  A faster drop-in (jh2) can replace h2
+behind this class later.
+
+Rules of this module:
+
+1. Heads leave here as exchange values: pseudo-headers become method/path/authority/scheme or
+   the status, names are lower case, hop-by-hop headers are gone (`te` survives only as
+   `trailers`), `host` folds into the authority, split `cookie` fields are joined again
+   (RFC 9113 8.2.3).  Heads going out get the pseudo-headers back and the same filter.
+2. Outbound DATA never exceeds the peer's window: `send_data` queues per stream and sends what
+   the windows allow; the rest goes out from `flush` when a WINDOW_UPDATE or SETTINGS arrives.
+   `send_data` says when a stream's queue is above the high-water mark; a `SendDrained` event
+   says when it emptied again, so the driver can pause and resume the producer.
+3. Inbound DATA is acknowledged only when the driver says so (`ack`): the driver decides when
+   the bytes were consumed, which is what makes a slow reader throttle the sender.
+4. A request head larger than the limit is refused on its stream (`StreamRejected`, 431);
+   a header block beyond twice the limit, and any frame h2 finds malformed, is a connection
+   error: `feed` raises `H2ProtocolError` after queueing GOAWAY.
+5. GOAWAY is graceful both ways (RFC 9113 6.8: streams up to the last stream id go on).  h2's
+   connection state machine closes on any GOAWAY (python-hyper/h2#1181), so a received GOAWAY
+   is reported without closing h2's state (`_GracefulStateMachine`), and a graceful GOAWAY we
+   send is a frame we serialise ourselves; refusing newer streams is the driver's job.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+from hyperframe.frame import GoAwayFrame
+
+from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
+
+PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+HOP_BY_HOP = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade",
+    b"http2-settings",
+})
+_OUT_SKIP = HOP_BY_HOP | {b"host"}
+
+NO_ERROR = int(h2.errors.ErrorCodes.NO_ERROR)
+PROTOCOL_ERROR = int(h2.errors.ErrorCodes.PROTOCOL_ERROR)
+INTERNAL_ERROR = int(h2.errors.ErrorCodes.INTERNAL_ERROR)
+REFUSED_STREAM = int(h2.errors.ErrorCodes.REFUSED_STREAM)
+CANCEL = int(h2.errors.ErrorCodes.CANCEL)
+
+
+class H2ProtocolError(Exception):
+    """The peer broke HTTP/2; GOAWAY is queued in `data_to_send`.  `kind` is the metric label."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+        self.detail = detail
+
+
+# -- events ---------------------------------------------------------------------------------
+
+class RequestReceived:
+    __slots__ = ("end_stream", "head", "stream_id")
+
+    def __init__(self, stream_id: int, head: RequestHead, end_stream: bool) -> None:
+        self.stream_id = stream_id
+        self.head = head
+        self.end_stream = end_stream
+        """True: no DATA and no `EndReceived` will follow."""
+
+
+class ResponseReceived:
+    __slots__ = ("end_stream", "head", "stream_id")
+
+    def __init__(self, stream_id: int, head: ResponseHead, end_stream: bool) -> None:
+        self.stream_id = stream_id
+        self.head = head
+        self.end_stream = end_stream
+
+
+class InformationalReceived:
+    __slots__ = ("head", "stream_id")
+
+    def __init__(self, stream_id: int, head: ResponseHead) -> None:
+        self.stream_id = stream_id
+        self.head = head
+
+
+class DataReceived:
+    __slots__ = ("data", "flow_length", "stream_id")
+
+    def __init__(self, stream_id: int, data: bytes, flow_length: int) -> None:
+        self.stream_id = stream_id
+        self.data = data
+        self.flow_length = flow_length
+        """What to pass to `ack` once the data is consumed (includes padding)."""
+
+
+class EndReceived:
+    __slots__ = ("stream_id", "trailers")
+
+    def __init__(self, stream_id: int, trailers: Headers | None) -> None:
+        self.stream_id = stream_id
+        self.trailers = trailers
+
+
+class ResetReceived:
+    __slots__ = ("error_code", "stream_id")
+
+    def __init__(self, stream_id: int, error_code: int) -> None:
+        self.stream_id = stream_id
+        self.error_code = error_code
+
+
+class StreamRejected:
+    """A request this codec will not pass on; the driver answers `status` on the stream."""
+
+    __slots__ = ("detail", "end_stream", "kind", "status", "stream_id")
+
+    def __init__(self, stream_id: int, status: int, kind: str, detail: str,
+                 end_stream: bool) -> None:
+        self.stream_id = stream_id
+        self.status = status
+        self.kind = kind
+        self.detail = detail
+        self.end_stream = end_stream
+
+
+class GoAwayReceived:
+    __slots__ = ("error_code", "last_stream_id")
+
+    def __init__(self, last_stream_id: int, error_code: int) -> None:
+        self.last_stream_id = last_stream_id
+        self.error_code = error_code
+
+
+class SendDrained:
+    """A stream whose outbound queue went above the high-water mark is empty again."""
+
+    __slots__ = ("stream_id",)
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+
+
+Event = (RequestReceived | ResponseReceived | InformationalReceived | DataReceived | EndReceived
+         | ResetReceived | StreamRejected | GoAwayReceived | SendDrained)
+
+
+# -- header translation ---------------------------------------------------------------------
+
+def request_head(headers: list[tuple[bytes, bytes]], limit: int) -> RequestHead | tuple[int, str, str]:
+    """h2's validated request header list -> RequestHead, or (status, kind, detail)."""
+    method = path = scheme = authority = b""
+    host = b""
+    out: Headers = []
+    cookies: list[bytes] = []
+    cl: int | None = None
+    size = 0
+    for n, v in headers:
+        size += len(n) + len(v) + 32
+        if n[:1] == b":":
+            if n == b":method":
+                method = v
+            elif n == b":path":
+                path = v
+            elif n == b":authority":
+                authority = v
+            elif n == b":scheme":
+                scheme = v
+            continue
+        if n in HOP_BY_HOP:
+            if n == b"te" and v.strip().lower() == b"trailers":
+                out.append((n, b"trailers"))
+            continue
+        if n == b"host":
+            host = v
+            continue
+        if n == b"cookie":
+            cookies.append(v)
+            continue
+        if n == b"content-length":
+            try:
+                cl = int(v)
+            except ValueError:
+                return 400, "malformed_request", "invalid content-length"
+        out.append((n, v))
+    if size > limit:
+        return 431, "header_too_large", f"request head exceeds {limit} bytes"
+    if method == b"CONNECT":
+        return 501, "unsupported", "CONNECT is not supported"
+    if cookies:
+        out.append((b"cookie", b"; ".join(cookies)))
+    return RequestHead(method, path, authority or host, scheme, out, cl, b"2")
+
+
+def response_head(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
+    status = 0
+    out: Headers = []
+    cl: int | None = None
+    for n, v in headers:
+        if n[:1] == b":":
+            if n == b":status":
+                status = int(v)
+            continue
+        if n in HOP_BY_HOP:
+            continue
+        if n == b"content-length":
+            try:
+                cl = int(v)
+            except ValueError:
+                continue
+        out.append((n, v))
+    return ResponseHead(status, out, b"", cl)
+
+
+def _filtered(headers: Headers) -> Headers:
+    return [(n, v) for n, v in headers
+            if n[:1] != b":" and (n not in _OUT_SKIP or (n == b"te" and v == b"trailers"))]
+
+
+def encode_request(head: RequestHead, scheme: bytes) -> Headers:
+    return [(b":method", head.method), (b":scheme", scheme),
+            (b":authority", head.authority), (b":path", head.path or b"/"),
+            *_filtered(head.headers)]
+
+
+def encode_response(head: ResponseHead) -> Headers:
+    return [(b":status", b"%d" % head.status), *_filtered(head.headers)]
+
+
+def _raw(headers: object) -> list[tuple[bytes, bytes]]:
+    """h2 hands out HeaderTuples of bytes (header_encoding=None); this is only a typed view."""
+    return headers  # type: ignore[return-value]
+
+
+@dataclass(frozen=True, slots=True)
+class H2Limits:
+    """Per-connection sizes, taken from `Settings` once per snapshot."""
+
+    max_header_bytes: int = 65_536
+    """Request head limit: above it 431 on the stream, above twice it a connection error."""
+    stream_window: int = 262_144
+    """Our SETTINGS_INITIAL_WINDOW_SIZE: what a peer may send on one stream unacknowledged."""
+    connection_window: int = 4_194_304
+    high_water: int = 65_536
+    """Queued outbound DATA per stream above which `send_data` asks to pause the producer."""
+    max_concurrent_streams: int = 100
+    """Server side: our SETTINGS_MAX_CONCURRENT_STREAMS."""
+
+
+class _GracefulStateMachine(h2.connection.H2ConnectionStateMachine):
+    """h2's connection state machine, except that receiving GOAWAY does not close it."""
+
+    def process_input(self, input_: h2.connection.ConnectionInputs) -> list[h2.events.Event]:
+        if (input_ is h2.connection.ConnectionInputs.RECV_GOAWAY
+                and self.state is not h2.connection.ConnectionState.CLOSED):
+            return []
+        return super().process_input(input_)
+
+
+# -- the connection -------------------------------------------------------------------------
+
+class _Out:
+    """Per-stream outbound queue: DATA waiting for window, then maybe trailers/END_STREAM."""
+
+    __slots__ = ("chunks", "end", "over", "size", "trailers")
+
+    def __init__(self) -> None:
+        self.chunks: deque[bytes] = deque()
+        self.size = 0
+        self.end = False
+        self.trailers: Headers | None = None
+        self.over = False
+
+
+class H2Codec:
+    """One HTTP/2 connection, client or server side."""
+
+    __slots__ = (
+        "_conn",
+        "_drained",
+        "_extra",
+        "_limit",
+        "_out",
+        "_skip_end",
+        "_trailers",
+        "client_side",
+        "goaway_sent",
+        "high_water",
+        "write_blocked",
+    )
+
+    def __init__(self, *, client_side: bool, limits: H2Limits = H2Limits()) -> None:
+        cfg = h2.config.H2Configuration(client_side=client_side, header_encoding=None,
+                                        validate_inbound_headers=True,
+                                        normalize_inbound_headers=True)
+        conn = h2.connection.H2Connection(config=cfg)
+        conn.state_machine = _GracefulStateMachine()
+        hard = limits.max_header_bytes * 2
+        codes = h2.settings.SettingCodes
+        initial: dict[h2.settings.SettingCodes, int] = {
+            codes.MAX_HEADER_LIST_SIZE: hard,
+            codes.INITIAL_WINDOW_SIZE: limits.stream_window,
+        }
+        if client_side:
+            initial[codes.ENABLE_PUSH] = 0
+        else:
+            initial[codes.MAX_CONCURRENT_STREAMS] = limits.max_concurrent_streams
+        conn.local_settings = h2.settings.Settings(client=client_side, initial_values=initial)
+        conn.decoder.max_header_list_size = hard
+        conn.initiate_connection()
+        if limits.connection_window > 65_535:
+            conn.increment_flow_control_window(limits.connection_window - 65_535)
+        self._conn = conn
+        self._limit = limits.max_header_bytes
+        self.client_side = client_side
+        self.high_water = limits.high_water
+        self.write_blocked = False
+        """True while the transport is above its high-water mark: DATA stays queued here."""
+        self._out: dict[int, _Out] = {}
+        self._trailers: dict[int, Headers] = {}
+        self._skip_end: set[int] = set()
+        self._drained: list[Event] = []
+        self._extra = b""
+        self.goaway_sent = False
+
+    # -- inbound -------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> list[Event]:
+        try:
+            raw = self._conn.receive_data(data)
+        except h2.exceptions.DenialOfServiceError as exc:
+            raise H2ProtocolError("header_too_large", str(exc)) from exc
+        except h2.exceptions.ProtocolError as exc:
+            if self._conn.state_machine.state is not h2.connection.ConnectionState.CLOSED:
+                # h2 rejects a bad preface before its own error handling: say GOAWAY ourselves.
+                self._conn.close_connection(PROTOCOL_ERROR)
+            raise H2ProtocolError("h2_protocol_error", str(exc) or type(exc).__name__) from exc
+        events: list[Event] = []
+        window_moved = False
+        for ev in raw:
+            if isinstance(ev, h2.events.DataReceived):
+                events.append(DataReceived(ev.stream_id or 0, ev.data or b"",
+                                           ev.flow_controlled_length or 0))
+            elif isinstance(ev, h2.events.RequestReceived):
+                self._on_request(ev, events)
+            elif isinstance(ev, h2.events.ResponseReceived):
+                sid = ev.stream_id or 0
+                end = ev.stream_ended is not None
+                if end:
+                    self._skip_end.add(sid)
+                events.append(ResponseReceived(sid, response_head(_raw(ev.headers)), end))
+            elif isinstance(ev, h2.events.StreamEnded):
+                sid = ev.stream_id or 0
+                if sid in self._skip_end:
+                    self._skip_end.discard(sid)
+                else:
+                    events.append(EndReceived(sid, self._trailers.pop(sid, None)))
+            elif isinstance(ev, h2.events.TrailersReceived):
+                self._trailers[ev.stream_id or 0] = [
+                    (n, v) for n, v in _raw(ev.headers) if n[:1] != b":" and n not in HOP_BY_HOP]
+            elif isinstance(ev, h2.events.InformationalResponseReceived):
+                events.append(InformationalReceived(ev.stream_id or 0,
+                                                    response_head(_raw(ev.headers))))
+            elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
+                window_moved = True
+            elif isinstance(ev, h2.events.StreamReset):
+                sid = ev.stream_id or 0
+                self._forget(sid)
+                events.append(ResetReceived(sid, int(ev.error_code or 0)))
+            elif isinstance(ev, h2.events.ConnectionTerminated):
+                events.append(GoAwayReceived(ev.last_stream_id or 0, int(ev.error_code or 0)))
+        if window_moved:
+            for sid, out in list(self._out.items()):
+                self._flush_stream(sid, out)
+        if self._drained:
+            events.extend(self._drained)
+            self._drained = []
+        return events
+
+    def _on_request(self, ev: h2.events.RequestReceived, events: list[Event]) -> None:
+        sid = ev.stream_id or 0
+        end = ev.stream_ended is not None
+        if end:
+            self._skip_end.add(sid)
+        head = request_head(_raw(ev.headers), self._limit)
+        if isinstance(head, tuple):
+            events.append(StreamRejected(sid, head[0], head[1], head[2], end))
+        else:
+            events.append(RequestReceived(sid, head, end))
+
+    def ack(self, stream_id: int, n: int) -> None:
+        """The driver consumed `n` flow-controlled bytes of `stream_id`: reopen the window."""
+        if n <= 0:
+            return
+        try:
+            self._conn.acknowledge_received_data(n, stream_id)
+        except h2.exceptions.ProtocolError:
+            pass  # the stream closed meanwhile; h2 already credited the connection window
+
+    # -- outbound ------------------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        data = self._conn.data_to_send()
+        if self._extra:
+            data, self._extra = data + self._extra, b""
+        return data
+
+    def next_stream_id(self) -> int:
+        return self._conn.get_next_available_stream_id()
+
+    def send_request(self, head: RequestHead, scheme: bytes, end_stream: bool) -> int:
+        """Open a stream with `head` (client side).  h2 errors propagate: the caller decides."""
+        sid = self._conn.get_next_available_stream_id()
+        self._conn.send_headers(sid, encode_request(head, scheme), end_stream=end_stream)
+        return sid
+
+    def send_response(self, stream_id: int, head: ResponseHead, end_stream: bool) -> bool:
+        return self.send_headers(stream_id, encode_response(head), end_stream)
+
+    def send_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> bool:
+        """False when the stream is gone (peer reset) or h2 refused the headers."""
+        try:
+            self._conn.send_headers(stream_id, headers, end_stream=end_stream)
+        except h2.exceptions.ProtocolError:
+            self._forget(stream_id)
+            return False
+        return True
+
+    def send_data(self, stream_id: int, data: bytes) -> bool:
+        """Queue `data`; send what the windows allow.  True when the queue is above high water."""
+        out = self._out.get(stream_id)
+        if out is None:
+            out = self._out[stream_id] = _Out()
+        if data:
+            out.chunks.append(data)
+            out.size += len(data)
+        self._flush_stream(stream_id, out)
+        if out.size > self.high_water and not out.over:
+            out.over = True
+            return True
+        return False
+
+    def send_end(self, stream_id: int, trailers: Headers | None = None) -> None:
+        out = self._out.get(stream_id)
+        if out is None:
+            out = self._out[stream_id] = _Out()
+        out.end = True
+        out.trailers = [(n, v) for n, v in trailers if n[:1] != b":" and n not in HOP_BY_HOP] \
+            if trailers else None
+        self._flush_stream(stream_id, out)
+
+    @property
+    def idle(self) -> bool:
+        """Nothing queued for any stream."""
+        return not self._out
+
+    def pending(self, stream_id: int) -> int:
+        out = self._out.get(stream_id)
+        return out.size if out is not None else 0
+
+    def flush(self) -> list[Event]:
+        """Send queued DATA the windows now allow; returns the streams that drained."""
+        for sid, out in list(self._out.items()):
+            self._flush_stream(sid, out)
+        drained, self._drained = self._drained, []
+        return drained
+
+    def _flush_stream(self, sid: int, out: _Out) -> None:
+        conn = self._conn
+        chunks = out.chunks
+        try:
+            while chunks and not self.write_blocked:
+                window = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
+                if window <= 0:
+                    return
+                chunk = chunks[0]
+                if len(chunk) <= window:
+                    chunks.popleft()
+                    out.size -= len(chunk)
+                    last = not chunks and out.end and out.trailers is None
+                    conn.send_data(sid, chunk, end_stream=last)
+                    if last:
+                        self._done(sid, out)
+                        return
+                else:
+                    chunks[0] = chunk[window:]
+                    out.size -= window
+                    conn.send_data(sid, chunk[:window])
+            if chunks:
+                return
+            if out.end:
+                if out.trailers is not None:
+                    conn.send_headers(sid, out.trailers, end_stream=True)
+                else:
+                    conn.end_stream(sid)
+                self._done(sid, out)
+            elif out.over:
+                out.over = False
+                self._drained.append(SendDrained(sid))
+        except h2.exceptions.ProtocolError:
+            self._forget(sid)  # the peer reset or closed the stream: drop what was queued
+
+    def _done(self, sid: int, out: _Out) -> None:
+        self._out.pop(sid, None)
+        if out.over:
+            self._drained.append(SendDrained(sid))
+
+    def _forget(self, sid: int) -> None:
+        self._out.pop(sid, None)
+        self._trailers.pop(sid, None)
+        self._skip_end.discard(sid)
+
+    def reset(self, stream_id: int, error_code: int = CANCEL) -> None:
+        self._forget(stream_id)
+        try:
+            self._conn.reset_stream(stream_id, error_code)
+        except h2.exceptions.ProtocolError:
+            pass  # already closed: nothing to reset
+
+    def goaway(self, error_code: int = NO_ERROR, last_stream_id: int | None = None) -> None:
+        """GOAWAY.  With NO_ERROR the streams up to `last_stream_id` go on (graceful);
+        with an error code the connection is done."""
+        self.goaway_sent = True
+        if error_code != NO_ERROR:
+            self._conn.close_connection(error_code, last_stream_id=last_stream_id)
+            return
+        last = self.highest_inbound_stream_id if last_stream_id is None else last_stream_id
+        self._extra += GoAwayFrame(0, last_stream_id=last, error_code=NO_ERROR).serialize()
+
+    def ping(self, opaque: bytes = b"tullepng") -> None:
+        self._conn.ping(opaque)
+
+    # -- state ---------------------------------------------------------------------------
+
+    @property
+    def highest_inbound_stream_id(self) -> int:
+        return int(self._conn.highest_inbound_stream_id)
+
+    @property
+    def open_outbound_streams(self) -> int:
+        return int(self._conn.open_outbound_streams)
+
+    @property
+    def remote_max_concurrent_streams(self) -> int:
+        return int(self._conn.remote_settings.max_concurrent_streams)
+
+    def stream_open(self, stream_id: int) -> bool:
+        return stream_id in self._conn.streams and not self._conn.streams[stream_id].closed
+
+
+# -- gRPC local replies ---------------------------------------------------------------------
+
+GRPC_STATUS_FOR_HTTP = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+"""HTTP status of a local reply -> grpc-status (gRPC's http-grpc-status-mapping, as Envoy does);
+anything else is 2 UNKNOWN."""
+
+
+def is_grpc(head: RequestHead) -> bool:
+    for n, v in head.headers:
+        if n == b"content-type":
+            return v[:16] == b"application/grpc"
+    return False
+
+
+def grpc_message(detail: str) -> bytes:
+    """Percent-encode a grpc-message value (gRPC over HTTP/2: printable ASCII except '%')."""
+    out = bytearray()
+    for b in detail.encode():
+        if 0x20 <= b <= 0x7E and b != 0x25:
+            out.append(b)
+        else:
+            out += b"%%%02X" % b
+    return bytes(out)
+
+
+def grpc_trailers_only(http_status: int, detail: str) -> Headers:
+    """A trailers-only gRPC response standing for a local HTTP error."""
+    code = GRPC_STATUS_FOR_HTTP.get(http_status, 2)
+    return [(b":status", b"200"), (b"content-type", b"application/grpc"),
+            (b"grpc-status", b"%d" % code), (b"grpc-message", grpc_message(detail))]

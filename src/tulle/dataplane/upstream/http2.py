@@ -1,0 +1,475 @@
+"""HTTP/2 upstream: multiplexed connections per endpoint and the streams on them.
+
+An `H2Pool` holds the connections to one endpoint.  A new exchange goes on the first connection
+with room (fewer open streams than both the cluster's `max_concurrent_streams` and the server's
+SETTINGS_MAX_CONCURRENT_STREAMS); when none has room it waits in `waiting` and another
+connection is dialled (h2c with prior knowledge, or TLS with ALPN h2).  `open_stream` never
+calls the sink: every failure is reported from a later callback (a connect task, a frame).
+
+Failures and what the downstream sees (`ResponseSink.on_upstream_error`):
+
+* connect failure or timeout: `connect_failure` (503) for the exchanges that waited for it;
+* RST_STREAM from the server: `upstream_reset` (502), except REFUSED_STREAM on a stream that
+  sent no body yet, which is retried once (the server did not process it, RFC 9113 8.7);
+* GOAWAY: streams above the last stream id were not processed; those that sent no body yet are
+  retried on another connection, the others fail with `upstream_reset`.  The connection takes
+  no new streams and closes when its last stream ends;
+* connection loss: every stream on it fails with `upstream_reset`.
+
+Flow control mirrors the downstream driver: response DATA is acknowledged only while the
+downstream takes it (`pause_response` / `resume_response`), and request DATA goes out only
+within the server's window, the producer being paused above the high-water mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+from tulle.dataplane.exchange import (
+    Headers,
+    RequestHead,
+    ResponseSink,
+    UpstreamError,
+    connect_failure,
+    upstream_protocol_error,
+    upstream_reset,
+)
+from tulle.dataplane.protocols.http2 import (
+    CANCEL,
+    NO_ERROR,
+    REFUSED_STREAM,
+    DataReceived,
+    EndReceived,
+    Event,
+    GoAwayReceived,
+    H2Codec,
+    H2Limits,
+    H2ProtocolError,
+    InformationalReceived,
+    ResetReceived,
+    ResponseReceived,
+    SendDrained,
+)
+
+if TYPE_CHECKING:
+    from tulle.dataplane.upstream.cluster import ClusterRuntime
+    from tulle.dataplane.upstream.lb import EndpointState
+
+
+class H2UpStream:
+    """One exchange on an HTTP/2 upstream (the `UpstreamStream`)."""
+
+    __slots__ = ("conn", "data_sent", "end_sent", "end_stream", "head", "paused", "pending",
+                 "pending_size", "pool", "req_paused", "response_started", "retried", "sid",
+                 "sink", "trailers", "unacked", "was_reset")
+
+    def __init__(self, pool: H2Pool, head: RequestHead, sink: ResponseSink,
+                 end_stream: bool) -> None:
+        self.pool = pool
+        self.head = head
+        self.sink = sink
+        self.end_stream = end_stream
+        self.conn: H2UpConnection | None = None
+        self.sid = 0
+        self.pending: list[bytes] = []
+        """Body received before the stream has a connection."""
+        self.pending_size = 0
+        self.end_sent = end_stream
+        self.trailers: Headers | None = None
+        self.data_sent = 0
+        self.response_started = False
+        self.retried = False
+        self.was_reset = False
+        self.paused = False
+        self.req_paused = False
+        self.unacked = 0
+
+    def send_data(self, data: bytes) -> None:
+        if self.was_reset or not data:
+            return
+        conn = self.conn
+        if conn is None:
+            self.pending.append(data)
+            self.pending_size += len(data)
+            if self.pending_size > self.pool.cluster.high_water and not self.req_paused:
+                self.req_paused = True
+                self.sink.pause_request_body()
+            return
+        self.data_sent += len(data)
+        if conn.codec.send_data(self.sid, data) and not self.req_paused:
+            self.req_paused = True
+            self.sink.pause_request_body()
+        conn.write_out()
+
+    def send_end(self, trailers: Headers | None = None) -> None:
+        if self.was_reset or self.end_sent:
+            return
+        self.end_sent = True
+        conn = self.conn
+        if conn is None:
+            self.trailers = trailers
+            return
+        conn.codec.send_end(self.sid, trailers)
+        conn.write_out()
+
+    def reset(self) -> None:
+        if self.was_reset:
+            return
+        self.was_reset = True
+        conn = self.conn
+        if conn is not None:
+            conn.reset_stream(self)
+        else:
+            try:
+                self.pool.waiting.remove(self)
+            except ValueError:
+                pass
+
+    def close(self) -> None:
+        self.reset()
+
+    def pause_response(self) -> None:
+        self.paused = True
+
+    def resume_response(self) -> None:
+        self.paused = False
+        conn = self.conn
+        if self.unacked and conn is not None:
+            n, self.unacked = self.unacked, 0
+            conn.codec.ack(self.sid, n)
+            conn.write_out()
+
+    @property
+    def retryable(self) -> bool:
+        """Nothing of the request body left us and no response came: safe to send elsewhere."""
+        return not self.retried and not self.response_started and self.data_sent == 0
+
+
+class H2UpConnection(asyncio.Protocol):
+    """An upstream HTTP/2 connection carrying many `H2UpStream`s."""
+
+    def __init__(self, pool: H2Pool) -> None:
+        self.pool = pool
+        cluster = pool.cluster
+        hw = cluster.high_water
+        self.codec = H2Codec(client_side=True, limits=H2Limits(
+            max_header_bytes=cluster.max_response_header_bytes,
+            stream_window=max(65_535, 4 * hw), connection_window=max(1_048_576, 64 * hw),
+            high_water=hw))
+        self.scheme = b"https" if cluster.ssl_context is not None else b"http"
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, H2UpStream] = {}
+        self.goaway = False
+        self.closed = False
+        self.idle_since = 0.0
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(high=self.pool.cluster.high_water)
+        self.pool.cluster.m_connections_total.value += 1
+        self.pool.cluster.m_connections_active.value += 1
+        self.idle_since = asyncio.get_running_loop().time()
+        self.write_out()  # preface + SETTINGS
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.codec.feed(data)
+        except H2ProtocolError as exc:
+            self.write_out()
+            self._fail_all(upstream_protocol_error(f"upstream HTTP/2 error: {exc.detail}"))
+            self._close()
+            return
+        self._handle(events)
+        self.write_out()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.transport = None
+        self.pool.cluster.m_connections_active.value -= 1
+        self.pool.forget(self, closed=True)
+        detail = "upstream closed the connection" if exc is None else f"upstream reset: {exc}"
+        self._fail_all(upstream_reset(detail))
+
+    def pause_writing(self) -> None:
+        self.codec.write_blocked = True
+
+    def resume_writing(self) -> None:
+        self.codec.write_blocked = False
+        self._handle(self.codec.flush())
+        self.write_out()
+
+    # -- events --------------------------------------------------------------------------
+
+    def _handle(self, events: list[Event]) -> None:
+        streams = self.streams
+        for ev in events:
+            if isinstance(ev, DataReceived):
+                s = streams.get(ev.stream_id)
+                if s is not None:
+                    s.sink.on_response_data(ev.data)
+                    if s.paused:
+                        s.unacked += ev.flow_length
+                        continue
+                self.codec.ack(ev.stream_id, ev.flow_length)
+            elif isinstance(ev, ResponseReceived):
+                s = streams.get(ev.stream_id)
+                if s is not None:
+                    s.response_started = True
+                    if ev.end_stream:
+                        self._done(s)
+                    s.sink.on_response_head(ev.head, ev.end_stream)
+            elif isinstance(ev, EndReceived):
+                s = streams.get(ev.stream_id)
+                if s is not None:
+                    self._done(s)
+                    s.sink.on_response_end(ev.trailers)
+            elif isinstance(ev, InformationalReceived):
+                s = streams.get(ev.stream_id)
+                if s is not None:
+                    s.sink.on_informational(ev.head)
+            elif isinstance(ev, SendDrained):
+                s = streams.get(ev.stream_id)
+                if s is not None and s.req_paused:
+                    s.req_paused = False
+                    s.sink.resume_request_body()
+            elif isinstance(ev, ResetReceived):
+                s = streams.get(ev.stream_id)
+                if s is not None:
+                    self._done(s)
+                    if ev.error_code == REFUSED_STREAM and s.retryable:
+                        self.pool.retry(s)
+                    else:
+                        s.sink.on_upstream_error(upstream_reset(
+                            f"upstream reset the stream (HTTP/2 error code {ev.error_code})"))
+            elif isinstance(ev, GoAwayReceived):
+                self._on_goaway(ev.last_stream_id)
+
+    def _on_goaway(self, last_stream_id: int) -> None:
+        self.goaway = True
+        self.pool.forget(self)
+        for sid, s in sorted(self.streams.items()):
+            if sid <= last_stream_id:
+                continue
+            self._done(s)
+            if s.retryable:
+                self.pool.retry(s)
+            else:
+                s.sink.on_upstream_error(upstream_reset(
+                    "upstream sent GOAWAY before processing the stream"))
+        if not self.streams:
+            self._close()
+
+    # -- streams -------------------------------------------------------------------------
+
+    @property
+    def capacity(self) -> int:
+        if self.goaway or self.closed or self.transport is None or self.transport.is_closing():
+            return 0
+        codec = self.codec
+        return min(self.pool.cluster.max_concurrent_streams - len(self.streams),
+                   codec.remote_max_concurrent_streams - codec.open_outbound_streams)
+
+    def start(self, s: H2UpStream) -> bool:
+        """Open `s` here: its head, then whatever body it buffered.  False if h2 refused."""
+        codec = self.codec
+        end = s.end_stream or (s.end_sent and not s.pending and s.trailers is None)
+        try:
+            sid = codec.send_request(s.head, self.scheme, end)
+        except Exception:  # h2 refused the head (e.g. a header value it will not encode)
+            return False
+        s.sid = sid
+        s.conn = self
+        self.streams[sid] = s
+        if s.pending:
+            chunks, s.pending, s.pending_size = s.pending, [], 0
+            for c in chunks:
+                s.data_sent += len(c)
+                codec.send_data(sid, c)
+            if s.req_paused and codec.pending(sid) <= codec.high_water:
+                s.req_paused = False
+                s.sink.resume_request_body()
+        if s.end_sent and not end:
+            codec.send_end(sid, s.trailers)
+            s.trailers = None
+        self.write_out()
+        return True
+
+    def reset_stream(self, s: H2UpStream) -> None:
+        if self.streams.get(s.sid) is s:
+            self._done(s)
+            self.codec.reset(s.sid, CANCEL)
+            self.write_out()
+
+    def _done(self, s: H2UpStream) -> None:
+        """`s` needs nothing more from this connection."""
+        if self.streams.pop(s.sid, None) is None:
+            return
+        if self.streams:
+            self.pool.kick()
+            return
+        self.idle_since = asyncio.get_running_loop().time()
+        if self.goaway or self.pool.closed:
+            self._close()
+        else:
+            self.pool.kick()
+
+    def _fail_all(self, error: UpstreamError) -> None:
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for s in streams:
+            if not s.was_reset:
+                s.sink.on_upstream_error(error)
+
+    # -- transport helpers ---------------------------------------------------------------
+
+    def write_out(self) -> None:
+        data = self.codec.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+
+    def close_gracefully(self) -> None:
+        if self.transport is not None and not self.goaway:
+            self.goaway = True
+            self.codec.goaway(NO_ERROR)
+            self.write_out()
+        self._close()
+
+    def _close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class H2Pool:
+    """Multiplexed HTTP/2 connections to one endpoint of one cluster."""
+
+    def __init__(self, cluster: ClusterRuntime, endpoint: EndpointState) -> None:
+        self.cluster = cluster
+        self.endpoint = endpoint
+        self.conns: list[H2UpConnection] = []
+        """Connections that take new streams."""
+        self.all: set[H2UpConnection] = set()
+        """Every open connection, including those winding down after GOAWAY."""
+        self.waiting: deque[H2UpStream] = deque()
+        self._connecting: set[asyncio.Task[None]] = set()
+        self._kick: asyncio.Handle | None = None
+        self.closed = False
+
+    def open_stream(self, head: RequestHead, sink: ResponseSink,
+                    end_stream: bool) -> H2UpStream:
+        s = H2UpStream(self, head, sink, end_stream)
+        self.waiting.append(s)
+        self._assign()
+        return s
+
+    def retry(self, s: H2UpStream) -> None:
+        """Send `s` again on another connection (it was not processed where it was)."""
+        s.retried = True
+        s.conn = None
+        s.sid = 0
+        self.waiting.append(s)
+        self.kick()
+
+    def kick(self) -> None:
+        """Assign waiting streams soon (not from inside another connection's event loop)."""
+        if self.waiting and self._kick is None:
+            self._kick = asyncio.get_running_loop().call_soon(self._assign)
+
+    def _assign(self) -> None:
+        self._kick = None
+        waiting = self.waiting
+        while waiting:
+            conn = next((c for c in self.conns if c.capacity > 0), None)
+            if conn is None:
+                break
+            s = waiting.popleft()
+            if not conn.start(s):
+                asyncio.get_running_loop().call_soon(
+                    s.sink.on_upstream_error,
+                    upstream_protocol_error("request head not accepted by HTTP/2 upstream"))
+        if waiting and not self.closed:
+            per_conn = self.cluster.max_concurrent_streams
+            needed = -(-len(waiting) // per_conn) - len(self._connecting)
+            for _ in range(needed):
+                task = asyncio.get_running_loop().create_task(self._connect())
+                self._connecting.add(task)
+                task.add_done_callback(self._connecting.discard)
+
+    async def _connect(self) -> None:
+        cluster = self.cluster
+        loop = asyncio.get_running_loop()
+        ep = self.endpoint
+        ssl_ctx: ssl.SSLContext | None = cluster.ssl_context
+        try:
+            async with asyncio.timeout(cluster.connect_timeout):
+                transport, conn = await loop.create_connection(
+                    lambda: H2UpConnection(self), ep.address, ep.port, ssl=ssl_ctx,
+                    server_hostname=(cluster.sni or None) if ssl_ctx else None)
+            if ssl_ctx is not None:
+                obj = transport.get_extra_info("ssl_object")
+                if obj is None or obj.selected_alpn_protocol() != "h2":
+                    transport.abort()
+                    raise ssl.SSLError("upstream did not negotiate ALPN h2")
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            cluster.m_connect_failures.value += 1
+            what = "timed out" if isinstance(exc, TimeoutError) else (
+                exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc))
+            error = connect_failure(f"cannot connect to {ep.key} ({cluster.name}): {what}")
+            # This attempt was for up to one connection's worth of the waiting streams.
+            take = len(self.waiting) if len(self._connecting) <= 1 else \
+                cluster.max_concurrent_streams
+            for _ in range(min(take, len(self.waiting))):
+                s = self.waiting.popleft()
+                s.sink.on_upstream_error(error)
+            return
+        if self.closed:
+            conn.close_gracefully()
+            return
+        self.conns.append(conn)
+        self.all.add(conn)
+        self._assign()
+
+    def forget(self, conn: H2UpConnection, closed: bool = False) -> None:
+        """`conn` takes no new streams (GOAWAY), or is gone (`closed`)."""
+        if closed:
+            self.all.discard(conn)
+        try:
+            self.conns.remove(conn)
+        except ValueError:
+            pass
+
+    def sweep(self, now: float, idle_timeout: float) -> None:
+        """Close connections without streams idle longer than `idle_timeout` seconds."""
+        if idle_timeout <= 0:
+            return
+        for conn in [c for c in self.conns if not c.streams and now - c.idle_since > idle_timeout]:
+            self.forget(conn)
+            conn.close_gracefully()
+
+    def close(self) -> None:
+        """Stop taking streams: idle connections close now, busy ones after their last stream."""
+        self.closed = True
+        for conn in list(self.conns):
+            if not conn.streams:
+                self.forget(conn)
+                conn.close_gracefully()
+
+    def abort(self) -> None:
+        self.closed = True
+        for conn in list(self.all):
+            conn._close()
+        self.conns.clear()
+        for task in list(self._connecting):
+            task.cancel()
+
+    @property
+    def active(self) -> int:
+        return len(self.conns)
