@@ -40,7 +40,7 @@ from tulle.controlplane.push.protocol import (
 from tulle.dataplane.server import ApplyError, ProxyServer
 from tulle.proxyconfig.delta import DeltaError, apply_delta
 from tulle.proxyconfig.model import ProxyConfig
-from tulle.proxyconfig.validate import ConfigError, validate
+from tulle.proxyconfig.validate import ConfigError, check, validate
 
 log = logging.getLogger("tulle.agent")
 
@@ -150,7 +150,13 @@ class Agent:
             raise ConnectionRefusedError(f"control plane refused us: {msg.reason}")
         if isinstance(msg, Snapshot):
             self.connected.set()
-            return await self._apply(msg.version, lambda: validate(msg.config))
+            cfg = msg.config
+
+            def checked() -> ProxyConfig:
+                check(cfg)
+                return cfg
+
+            return await self._apply(msg.version, checked)
         if isinstance(msg, DeltaMsg):
             self.connected.set()
             d = msg.delta
@@ -158,7 +164,9 @@ class Agent:
             def build() -> ProxyConfig:
                 if self.current is None:
                     raise DeltaError("delta received before any snapshot")
-                return validate(msgspec.to_builtins(apply_delta(self.current, d)))
+                new = apply_delta(self.current, d)
+                check(new)
+                return new
 
             return await self._apply(d.version, build)
         return None

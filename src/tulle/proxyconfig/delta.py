@@ -51,7 +51,13 @@ def _diff_collection(old: list[Any], new: list[Any]) -> CollectionDelta:
     old_by = {x.name: x for x in old}
     new_names = [x.name for x in new]
     wanted = set(new_names)
-    upsert = [msgspec.to_builtins(x) for x in new if old_by.get(x.name) != x]
+    # Snapshots of one compilation share unchanged resources by reference: `is` settles most
+    # comparisons without walking the structs.
+    upsert = []
+    for x in new:
+        o = old_by.get(x.name)
+        if o is not x and o != x:
+            upsert.append(msgspec.to_builtins(x))
     remove = [n for n in old_by if n not in wanted]
     # What apply_delta produces without an explicit order: survivors, then additions.
     predicted = [x.name for x in old if x.name in wanted] + [

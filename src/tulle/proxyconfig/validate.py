@@ -187,6 +187,8 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
             if other != i and not lst.reuse_port:
                 out.append(FieldError(f"{p}.port", f"{lst.address}:{lst.port} is already "
                                       f"used by listeners[{other}]"))
+        elif cfg.settings.workers > 1:  # each worker would bind its own random port
+            out.append(FieldError(f"{p}.port", "must not be 0 when settings.workers > 1"))
         if lst.route_table and lst.route_table not in tables:
             out.append(FieldError(f"{p}.route_table", f"no route table named {lst.route_table!r}"))
         if lst.cluster and lst.cluster not in clusters:
@@ -242,6 +244,13 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
         if c.tls is not None and c.tls.cert_file and not c.tls.key_file:
             out.append(FieldError(f"clusters[{i}].tls.key_file", "required with cert_file"))
     return out
+
+
+def check(cfg: ProxyConfig) -> None:
+    """The semantic checks alone, for configs built from typed values (the compiler)."""
+    errors = _semantic(cfg)
+    if errors:
+        raise ConfigError(errors)
 
 
 def validate(raw: Any) -> ProxyConfig:

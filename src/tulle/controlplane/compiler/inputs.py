@@ -36,6 +36,18 @@ class MeshInputs:
     tcp_routes: dict[Key, Resource] = field(default_factory=dict)
     policies: dict[tuple[str, str, str], Resource] = field(default_factory=dict)
     """(kind, namespace, name) -> policy resource (attached by targetRef)."""
+    _by_label: dict[tuple[str, str, str], set[Key]] = field(default_factory=dict)
+    """(namespace, label key, label value) -> workloads carrying it: selection without a scan."""
+
+    def select(self, namespace: str, selector: dict[str, str]) -> list[tuple[Key, Resource]]:
+        """Workloads of `namespace` matching every label of `selector` (Kubernetes Service
+        semantics: an empty selector selects nothing), sorted by key."""
+        if not selector:
+            return []
+        sets = [self._by_label.get((namespace, k, v), set()) for k, v in selector.items()]
+        sets.sort(key=len)
+        found = set(sets[0]).intersection(*sets[1:])
+        return [(k, self.workloads[k]) for k in sorted(found)]
 
     @classmethod
     def from_resources(cls, resources: Iterable[Resource]) -> MeshInputs:
@@ -45,7 +57,10 @@ class MeshInputs:
             if kind == "Mesh":
                 m.mesh = obj
             elif kind == "Workload":
-                m.workloads[key_of(obj)] = obj
+                key = key_of(obj)
+                m.workloads[key] = obj
+                for lk, lv in ((obj.get("metadata") or {}).get("labels") or {}).items():
+                    m._by_label.setdefault((key[0], lk, lv), set()).add(key)
             elif kind == "Service":
                 m.services[key_of(obj)] = obj
             elif kind == "HTTPRoute":

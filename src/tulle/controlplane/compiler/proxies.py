@@ -15,7 +15,6 @@ from tulle.controlplane.compiler.inputs import Key, Resource, spec_of
 from tulle.controlplane.compiler.services import PROTOCOLS, ServicePort
 
 DEFAULT_OUTBOUND_PORT = 15001
-BLACKHOLE = "blackhole|invalid-backend"
 
 
 def inbound(workload: Resource) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -36,12 +35,19 @@ def inbound(workload: Resource) -> tuple[list[dict[str, Any]], list[dict[str, An
     return listeners, clusters
 
 
-def outbound(workload: Resource, ports: list[ServicePort],
-             routed: dict[tuple[Key, int], list[dict[str, Any]]]) -> tuple[
-                 list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
-    spec = spec_of(workload)
+def outbound_listener(workload: Resource) -> dict[str, Any]:
+    port = int(spec_of(workload).get("outboundPort") or DEFAULT_OUTBOUND_PORT)
+    return {"name": "outbound", "address": "127.0.0.1", "port": port, "protocol": "auto",
+            "route_table": "outbound"}
+
+
+def outbound_shared(ports: list[ServicePort],
+                    routed: dict[tuple[Key, int], list[dict[str, Any]]]) -> tuple[
+                        list[dict[str, Any]], list[dict[str, Any]]]:
+    """The outbound route table and clusters, the same for every proxy."""
     hosts: list[dict[str, Any]] = []
     clusters: dict[str, dict[str, Any]] = {}
+    by_name = {sp.cluster_name: sp.cluster for sp in ports}
     for sp in ports:
         if sp.protocol == "tcp":
             continue  # opaque TCP services need interception or a port of their own
@@ -52,18 +58,12 @@ def outbound(workload: Resource, ports: list[ServicePort],
                       "backends": [{"cluster": sp.cluster_name}]}]
         hosts.append({"name": f"{sp.name}.{sp.namespace}:{sp.port}",
                       "domains": list(sp.domains), "rules": rules})
-    # Rules may point at other services' clusters (canaries, cross-service splits).
-    by_name = {sp.cluster_name: sp.cluster for sp in ports}
-    for h in hosts:
-        for r in h["rules"]:
+        # Rules may point at other services' clusters (canaries, cross-service splits).
+        for r in rules:
             for b in r["backends"]:
                 c = b["cluster"]
                 if c not in clusters:
                     clusters[c] = by_name.get(c) or {"name": c, "endpoints": []}
     if not hosts:
-        return [], [], list(clusters.values())
-    listener = {"name": "outbound", "address": "127.0.0.1",
-                "port": int(spec.get("outboundPort") or DEFAULT_OUTBOUND_PORT),
-                "protocol": "auto", "route_table": "outbound"}
-    table = {"name": "outbound", "virtual_hosts": hosts}
-    return [listener], [table], [clusters[k] for k in sorted(clusters)]
+        return [], []
+    return [{"name": "outbound", "virtual_hosts": hosts}], [clusters[k] for k in sorted(clusters)]

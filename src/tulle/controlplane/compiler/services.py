@@ -22,12 +22,6 @@ def cluster_name(ns: str, name: str, port: int) -> str:
     return f"outbound|{port}||{name}.{ns}"
 
 
-def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
-    """Kubernetes Service semantics: every selector label must match; an empty selector selects
-    nothing (such a Service's endpoints are managed by other means)."""
-    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
-
-
 def workload_port(workload: Resource, target: Any) -> int | None:
     """The workload port a Service targetPort refers to (a number, or a port name)."""
     ports = spec_of(workload).get("ports") or []
@@ -59,9 +53,7 @@ def service_ports(m: MeshInputs, key: Key, svc: Resource) -> list[ServicePort]:
     spec = spec_of(svc)
     selector = spec.get("selector") or {}
     vip = ((svc.get("status") or {}).get("virtualIP") or "")
-    selected = sorted((k, w) for k, w in m.workloads.items()
-                      if k[0] == ns and selects(selector, (w.get("metadata") or {}).get("labels")
-                                                or {}))
+    selected = m.select(ns, selector)
     out: list[ServicePort] = []
     for p in spec.get("ports") or []:
         port = int(p["port"])

@@ -19,8 +19,6 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-import msgspec
-
 from tulle.controlplane.push.protocol import (
     Ack,
     DeltaMsg,
@@ -76,7 +74,7 @@ class SnapshotCache:
     def unsubscribe(self, key: ProxyKey, ev: asyncio.Event) -> None:
         self._waiters.get(key, set()).discard(ev)
 
-    def keys(self) -> list[ProxyKey]:
+    def proxies(self) -> list[ProxyKey]:
         return list(self._snapshots)
 
 
@@ -265,8 +263,7 @@ class ProxySession:
                 self.acked is not None and self.acked.version == current.version):
             return
         if self.acked is None:
-            self.send(Snapshot(version=current.version,
-                               config=msgspec.to_builtins(current)))
+            self.send(Snapshot(version=current.version, config=current))
         else:
             self.send(DeltaMsg(delta=diff(self.acked, current)))
         self.inflight = current

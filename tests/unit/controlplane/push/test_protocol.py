@@ -17,10 +17,11 @@ from tulle.controlplane.push.protocol import (
     WorkloadInfo,
     encode,
 )
+from tulle.proxyconfig.model import ProxyConfig
 
 MESSAGES = [
     Hello(workload=WorkloadInfo(name="web-0", namespace="shop", labels={"app": "web"})),
-    Snapshot(version="v1", config={"version": "v1"}),
+    Snapshot(version="v1", config=ProxyConfig(version="v1")),
     Ack(version="v1"),
     Nack(version="v2", reason="listeners[0].port: must be <= 65535"),
     Ping(),

@@ -1,0 +1,51 @@
+"""The CLI's HTTP client for the control-plane API: stdlib only, so `tulle` starts fast.
+
+The server is named by `--server` or `TULLE_SERVER` (default http://127.0.0.1:15681).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Any
+
+DEFAULT_SERVER = "http://127.0.0.1:15681"
+
+
+class APIError(Exception):
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        super().__init__(body.get("error") or f"HTTP {status}")
+        self.status = status
+        self.body = body
+
+
+def server_url(explicit: str | None) -> str:
+    return (explicit or os.environ.get("TULLE_SERVER") or DEFAULT_SERVER).rstrip("/")
+
+
+def call(server: str, method: str, path: str, *, query: dict[str, Any] | None = None,
+         body: Any = None, timeout: float = 30.0) -> Any:
+    q = {k: v for k, v in (query or {}).items() if v is not None and v is not False}
+    url = server + path + ("?" + urllib.parse.urlencode(q) if q else "")
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method,
+                                 headers={"content-type": "application/json"} if data else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            payload = resp.read()
+            return json.loads(payload) if payload else None
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        try:
+            parsed = json.loads(raw)
+        except ValueError:
+            parsed = {"error": raw.decode(errors="replace") or exc.reason}
+        if not isinstance(parsed, dict):
+            parsed = {"error": str(parsed)}
+        raise APIError(exc.code, parsed) from None
+    except urllib.error.URLError as exc:
+        raise APIError(0, {"error": f"cannot reach the control plane at {server}: "
+                                    f"{exc.reason}"}) from None

@@ -1,0 +1,73 @@
+"""`tulle control-plane run` and the proxy's control-plane mode options."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+
+@click.group("control-plane")
+def control_plane() -> None:
+    """Run the control plane."""
+
+
+@control_plane.command("run")
+@click.option("--store", "store_url", default="sqlite:tulle.db", show_default=True,
+              envvar="TULLE_STORE",
+              help="memory | sqlite:PATH | postgresql://USER@HOST:PORT/DB")
+@click.option("--api-address", default="127.0.0.1", show_default=True)
+@click.option("--api-port", default=15681, show_default=True, type=int)
+@click.option("--stream-address", default="127.0.0.1", show_default=True)
+@click.option("--stream-port", default=15680, show_default=True, type=int)
+@click.option("--instance", default="", help="Name of this replica (default host-pid).")
+@click.option("--debounce-ms", default=100, show_default=True, type=int,
+              help="Changes arriving within this window are compiled together.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str,
+            stream_port: int, instance: str, debounce_ms: int, log_level: str) -> None:
+    """Serve the REST API and the proxy stream from a store."""
+    from tulle.controlplane.main import main
+    from tulle.dataplane.runner import configure_logging
+
+    configure_logging(log_level)
+    sys.exit(main(store_url, api_host=api_address, api_port=api_port,
+                  stream_host=stream_address, stream_port=stream_port, instance=instance,
+                  debounce=debounce_ms / 1000))
+
+
+def parse_ports(values: tuple[str, ...]) -> list[dict[str, object]]:
+    """`--port http:18001:8001[:appProtocol]` -> Workload ports (name:port[:targetPort[:proto]])."""
+    out: list[dict[str, object]] = []
+    for v in values:
+        parts = v.split(":")
+        if len(parts) < 2 or not parts[1].isdigit():
+            raise click.BadParameter(f"{v!r}: use NAME:PORT[:TARGET_PORT[:APP_PROTOCOL]]")
+        port: dict[str, object] = {"name": parts[0], "port": int(parts[1])}
+        if len(parts) > 2 and parts[2]:
+            port["targetPort"] = int(parts[2])
+        if len(parts) > 3 and parts[3]:
+            port["appProtocol"] = parts[3]
+        out.append(port)
+    return out
+
+
+def run_subscribed(control_planes: tuple[str, ...], workload: str, namespace: str,
+                   address: str, ports: tuple[str, ...], labels: tuple[str, ...],
+                   service_account: str, cache_dir: str | None, admin_port: int) -> int:
+    from tulle.controlplane.push.protocol import WorkloadInfo
+    from tulle.dataplane.subscribed import run
+
+    label_map = {}
+    for lv in labels:
+        k, sep, v = lv.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{lv!r}: use KEY=VALUE", param_hint="--label")
+        label_map[k] = v
+    info = WorkloadInfo(name=workload, namespace=namespace, address=address,
+                        service_account=service_account, labels=label_map,
+                        ports=parse_ports(ports))
+    return run(control_planes, info, cache_dir=Path(cache_dir) if cache_dir else None,
+               admin_port=admin_port)

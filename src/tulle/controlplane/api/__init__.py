@@ -1,0 +1,1 @@
+"""The control plane's REST API (OpenAPI at /openapi.json): resources, apply, proxies."""

@@ -1,0 +1,113 @@
+"""`tulle control-plane run`: store + reconciler + proxy stream + REST API in one process.
+
+Several of these may run against one PostgreSQL store (high availability): each compiles the
+same snapshots from the same resources, serves the proxies connected to it, and a proxy whose
+control plane dies reconnects to another (`--control-plane` may be given several times).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+
+import uvicorn
+
+from tulle.controlplane.api.app import create_app
+from tulle.controlplane.push.server import PushServer, SnapshotCache
+from tulle.controlplane.reconcile import Reconciler
+from tulle.controlplane.store.factory import open_store
+from tulle.controlplane.store.protocol import ResourceStore
+
+log = logging.getLogger("tulle.controlplane")
+
+
+class _Server(uvicorn.Server):
+    """uvicorn without its own signal handling: the control plane owns SIGTERM/SIGINT (uvicorn
+    would re-raise the signal after shutdown and skip our cleanup)."""
+
+    def capture_signals(self) -> contextlib.AbstractContextManager[None]:  # type: ignore[override]
+        return contextlib.nullcontext()
+
+
+class ControlPlane:
+    """One control-plane replica; `start()` binds, `stop()` releases everything."""
+
+    def __init__(self, store_url: str, *, api_host: str = "127.0.0.1", api_port: int = 15681,
+                 stream_host: str = "127.0.0.1", stream_port: int = 15680,
+                 instance: str = "", debounce: float = 0.1) -> None:
+        self.store_url = store_url
+        self.api_host, self.api_port = api_host, api_port
+        self.stream_host, self.stream_port = stream_host, stream_port
+        self.instance = instance or f"{socket.gethostname()}-{os.getpid()}"
+        self.debounce = debounce
+        self.store: ResourceStore | None = None
+        self.cache = SnapshotCache()
+        self.reconciler: Reconciler | None = None
+        self.push: PushServer | None = None
+        self.http: uvicorn.Server | None = None
+        self._http_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.store = await open_store(self.store_url)
+        self.reconciler = Reconciler(self.store, self.cache, debounce=self.debounce)
+        self.push = PushServer(self.cache, on_register=self.reconciler.register,
+                               instance=self.instance)
+        self.stream_port = await self.push.start(self.stream_host, self.stream_port)
+        self.reconciler.start()
+        app = create_app(self.store, self.push, self.cache, self.reconciler)
+        config = uvicorn.Config(app, host=self.api_host, port=self.api_port, log_level="warning",
+                                access_log=False, lifespan="off")
+        self.http = _Server(config)
+        self._http_task = asyncio.get_running_loop().create_task(self.http.serve())
+        while not self.http.started:
+            if self._http_task.done():
+                self._http_task.result()  # a bind error surfaces here
+                raise RuntimeError(f"API server on {self.api_host}:{self.api_port} did not start")
+            await asyncio.sleep(0.01)
+        sock = self.http.servers[0].sockets[0]
+        self.api_port = int(sock.getsockname()[1])
+        log.info("control plane %s: store %s, proxy stream %s:%d, API http://%s:%d",
+                 self.instance, self.store_url.split("@")[-1], self.stream_host,
+                 self.stream_port, self.api_host, self.api_port)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.api_host}:{self.api_port}"
+
+    async def stop(self) -> None:
+        if self.http is not None:
+            self.http.should_exit = True
+        if self._http_task is not None:
+            with contextlib.suppress(Exception):
+                await self._http_task
+        if self.reconciler is not None:
+            await self.reconciler.stop()
+        if self.push is not None:
+            await self.push.close()
+        if self.store is not None:
+            await self.store.close()
+
+
+async def run(store_url: str, **kwargs: object) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    cp = ControlPlane(store_url, **kwargs)  # type: ignore[arg-type]
+    try:
+        await cp.start()
+        await stop.wait()
+        log.info("control plane %s stopping", cp.instance)
+        return 0
+    finally:
+        await cp.stop()
+
+
+def main(store_url: str, **kwargs: object) -> int:
+    import uvloop
+
+    return uvloop.run(run(store_url, **kwargs))

@@ -1,0 +1,217 @@
+"""The control loop: store -> compiler -> snapshots for the push stream, and status back.
+
+It lists every resource once, then follows the store's watch from that revision, so no change
+is missed and none is applied twice.  Changes are debounced on both edges: the first change
+after a quiet period compiles at once (a lone `tulle apply` is not delayed), and changes that
+keep arriving within `debounce` seconds are folded into one compilation at the end of the
+burst.  Compilation is whole-mesh and pure; only proxies whose snapshot *content* changed get a
+new version, so only they are pushed to.
+
+It also does what a controller does in Kubernetes: allocates Service virtual IPs, writes route
+status conditions, and registers workloads that proxies announce.  Every write is
+resourceVersion-checked; with two control planes on one PostgreSQL store, both compile the same
+inputs to the same bytes, and a status write that lost a race is simply retried on the next
+event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh
+from tulle.controlplane.push.protocol import WorkloadInfo
+from tulle.controlplane.push.server import SnapshotCache
+from tulle.controlplane.store.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    ExpiredError,
+    NotFoundError,
+)
+from tulle.controlplane.store.protocol import Obj, ResourceStore
+
+log = logging.getLogger("tulle.controlplane")
+
+MESH_GROUP = "mesh.tulle.dev/v1alpha1"
+VIP_RANGE = ipaddress.ip_network("240.240.0.0/16")
+"""Service virtual IPs: reserved (class E) space, never routed, so a VIP cannot collide with a
+real address; they only exist as names in route tables (and in mesh DNS later)."""
+
+
+def _conditions_equal(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
+    strip = ("lastTransitionTime",)
+    return [{k: v for k, v in c.items() if k not in strip} for c in a] == [
+        {k: v for k, v in c.items() if k not in strip} for c in b]
+
+
+class Reconciler:
+    def __init__(self, store: ResourceStore, cache: SnapshotCache, *,
+                 debounce: float = 0.1) -> None:
+        self.store = store
+        self.cache = cache
+        self.debounce = debounce
+        self.compiles = 0
+        self.last_compile_ms = 0.0
+        self.errors: dict[tuple[str, str], str] = {}
+        self.ready = asyncio.Event()
+        self._resources: dict[tuple[str, str, str], Obj] = {}
+        self._parts = PartCache()
+        self._dirty = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.on_compiled: list[Callable[[], None]] = []
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                items, revision = await self.store.list()
+                self._resources = {self._key(o): o for o in items}
+                await self._compile()
+                self.ready.set()
+                watcher = asyncio.ensure_future(self._follow(revision))
+                try:
+                    await self._compile_loop()
+                finally:
+                    watcher.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await watcher
+            except ExpiredError:
+                log.info("watch expired; re-listing")
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("reconcile loop failed; restarting in 1s")
+                await asyncio.sleep(1)
+
+    @staticmethod
+    def _key(obj: Obj) -> tuple[str, str, str]:
+        md = obj.get("metadata") or {}
+        return (str(obj.get("kind")), md.get("namespace") or "", str(md.get("name")))
+
+    async def _follow(self, revision: int) -> None:
+        async for ev in self.store.watch(since_revision=revision):
+            key = self._key(ev.object)
+            if ev.type == "DELETED":
+                self._resources.pop(key, None)
+            else:
+                self._resources[key] = ev.object
+            self._dirty.set()
+        raise ExpiredError("watch ended")
+
+    async def _compile_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = 0.0
+        while True:
+            await self._dirty.wait()
+            quiet_for = loop.time() - last
+            if quiet_for < self.debounce:
+                # In a burst: let it settle, then compile once for all of it.
+                await asyncio.sleep(self.debounce)
+            self._dirty.clear()
+            await self._compile()
+            last = loop.time()
+
+    # -- compilation -------------------------------------------------------------------------
+
+    async def _compile(self) -> None:
+        started = time.perf_counter()
+        await self._allocate_vips()
+        inputs = MeshInputs.from_resources(self._resources.values())
+        result = compile_mesh(inputs, self._parts)
+        for key, cfg in result.snapshots.items():
+            self.cache.set(key, cfg)
+        for key in self.cache.proxies():
+            if key not in result.snapshots and key not in result.errors:
+                self.cache.remove(key)
+        self.errors = dict(result.errors)
+        for key, err in result.errors.items():
+            log.warning("workload %s/%s: cannot build its proxy config: %s", key[0], key[1], err)
+        self.compiles += 1
+        self.last_compile_ms = (time.perf_counter() - started) * 1000
+        await self._write_conditions(result.conditions)
+        for cb in self.on_compiled:
+            cb()
+
+    async def _write_conditions(self, conditions: dict[tuple[str, str, str],
+                                                        list[dict[str, Any]]]) -> None:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        for (kind, ns, name), conds in conditions.items():
+            obj = self._resources.get((kind, ns, name))
+            if obj is None:
+                continue
+            status = dict(obj.get("status") or {})
+            if _conditions_equal(status.get("conditions") or [], conds):
+                continue
+            status["conditions"] = [{**c, "lastTransitionTime": now} for c in conds]
+            with contextlib.suppress(ConflictError, NotFoundError):
+                self._resources[(kind, ns, name)] = await self.store.update_status(
+                    {**obj, "status": status})
+
+    async def _allocate_vips(self) -> None:
+        services = [o for k, o in sorted(self._resources.items()) if k[0] == "Service"]
+        used = {(o.get("status") or {}).get("virtualIP") for o in services}
+        free = (str(ip) for ip in VIP_RANGE.hosts() if str(ip) not in used)
+        for obj in services:
+            if (obj.get("status") or {}).get("virtualIP"):
+                continue
+            status = {**(obj.get("status") or {}), "virtualIP": next(free)}
+            try:
+                self._resources[self._key(obj)] = await self.store.update_status(
+                    {**obj, "status": status})
+            except (ConflictError, NotFoundError):
+                continue  # another replica got there first; its write arrives by watch
+
+    # -- registration ------------------------------------------------------------------------
+
+    async def register(self, w: WorkloadInfo, peer_ip: str) -> None:
+        """A proxy announced its workload: create the Workload resource, or refresh the fields
+        the proxy knows (address, labels, service account, ports, zone) and keep the rest."""
+        announced: dict[str, Any] = {"address": w.address or peer_ip,
+                                     "serviceAccount": w.service_account}
+        if w.ports:
+            announced["ports"] = w.ports
+        if w.zone:
+            announced["zone"] = w.zone
+        from tulle.api.registry import parse  # what proxies send is validated like user input
+
+        for _ in range(5):
+            try:
+                current: Obj | None = await self.store.get("Workload", w.namespace, w.name)
+            except NotFoundError:
+                current = None
+            md = dict((current or {}).get("metadata") or {"name": w.name,
+                                                           "namespace": w.namespace})
+            labels = {**(md.get("labels") or {}), **w.labels}
+            spec = {**((current or {}).get("spec") or {}), **announced}
+            obj: Obj = {**(current or {}), "apiVersion": MESH_GROUP, "kind": "Workload",
+                        "metadata": {**md, "labels": labels}, "spec": spec}
+            try:
+                parse(obj)
+            except ValueError as exc:
+                raise ValueError(f"workload {w.namespace}/{w.name} is invalid: {exc}") from exc
+            if current is not None and current.get("spec") == spec and (
+                    current.get("metadata") or {}).get("labels", {}) == labels:
+                return
+            try:
+                if current is None:
+                    await self.store.create(obj)
+                else:
+                    await self.store.update(obj)
+                return
+            except (AlreadyExistsError, ConflictError):
+                continue

@@ -1,0 +1,67 @@
+"""`tulle proxy run --control-plane ...`: a proxy whose config comes from the push stream.
+
+Start-up order: admin first (so `/ready` answers 503 while there is nothing to serve), then the
+cached snapshot if one exists (decision 4: keep serving across our own restart even when the
+control plane is down), then the subscription, which replaces it as soon as the control plane
+answers.  SIGTERM drains exactly as for a file-configured proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Sequence
+from pathlib import Path
+
+from tulle.controlplane.push.protocol import WorkloadInfo
+from tulle.dataplane.agent import Agent
+from tulle.dataplane.listeners.admin import start_admin
+from tulle.dataplane.server import ProxyServer
+
+log = logging.getLogger("tulle.proxy")
+
+
+def parse_address(text: str, default_port: int = 15680) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        return text, default_port
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def serve(addresses: Sequence[tuple[str, int]], workload: WorkloadInfo, *,
+                cache_dir: Path | None, admin_address: str = "127.0.0.1",
+                admin_port: int = 15000, drain_timeout: float = 15.0) -> int:
+    loop = asyncio.get_running_loop()
+    server = ProxyServer()
+    admin = await start_admin(server, admin_address, admin_port) if admin_port else None
+    cache_path = (cache_dir / f"{workload.namespace}.{workload.name}.json"
+                  if cache_dir is not None else None)
+    agent = Agent(server, addresses, workload, cache_path=cache_path)
+    await agent.start_from_cache()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    task = loop.create_task(agent.run())
+    log.info("proxy for %s/%s subscribing to %s", workload.namespace, workload.name,
+             ", ".join(f"{h}:{p}" for h, p in addresses))
+    await stop.wait()
+    agent.stop()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    timeout = server.config.settings.drain_timeout_ms / 1000 if server.config else drain_timeout
+    await server.drain(timeout)
+    if admin is not None:
+        admin.close()
+    await server.close()
+    return 0
+
+
+def run(addresses: Sequence[str], workload: WorkloadInfo, *, cache_dir: Path | None,
+        admin_port: int = 15000) -> int:
+    import uvloop
+
+    return uvloop.run(serve([parse_address(a) for a in addresses], workload,
+                            cache_dir=cache_dir, admin_port=admin_port))
