@@ -11,9 +11,27 @@ stops being read (`pause_response`), and when the upstream cannot take more requ
 client stops being read (`pause_request_body`).  A 1 GiB body therefore moves through in
 buffer-sized steps and the proxy's memory stays flat.
 
-Errors: a bad request gets 400/431/501 and the connection closes; a routing miss 404; upstream
-failures 502/503/504 (before the response head) or an abort of this connection (after it).
-Each is counted; none affects another connection.
+Errors: a bad request gets 400/431/501/505 and the connection closes; a routing miss 404;
+upstream failures 502/503/504 (before the response head) or an abort of this connection (after
+it).  Each is counted; none affects another connection.
+
+Bookkeeping rules:
+
+* Every exchange that was dispatched is counted in the requests metric exactly once
+  (`H1Exchange.record`), whichever way it ends: finished, failed after its head, timed out, or
+  cut short by the client (flag DC).  Requests parsed behind a broken one and never dispatched
+  are not counted; the protocol-error counter says why the connection closed.
+* Pause reasons are a set (`pipeline`, `buffer`, `upstream`, `upgrade`, `error`); reading
+  resumes only when the set is empty, and an exchange that ends takes its `upstream` reason
+  with it.  Whether this client's transport is above its high-water mark is remembered and
+  applied to every new upstream stream, so pipelined responses cannot pile up behind a slow
+  reader either.
+* Queued exchanges are started by one loop (`_advance`), never by recursion, so a long pipeline
+  of locally answered requests cannot exhaust the stack.
+* Closing is a *lingering* close: shut our write side (FIN after the buffered response), then
+  read and discard until the client closes or `LINGER_SECONDS` pass.  Closing a socket with
+  unread input makes the kernel send RST, which can destroy the error response (400, 408, 431)
+  the client has not read yet; this is Envoy's delayed close and nginx's lingering_close.
 """
 
 from __future__ import annotations
@@ -45,14 +63,17 @@ if TYPE_CHECKING:
     from tulle.dataplane.routing.router import Router
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+LINGER_SECONDS = 1.0
+_KEEP_ALIVE: Headers = [(b"connection", b"keep-alive")]
+"""An HTTP/1.0 client only keeps a connection it was told to keep."""
 
 
 class H1Exchange:
     """One request on a downstream HTTP/1 connection; the upstream's `ResponseSink`."""
 
-    __slots__ = ("buffered", "chunked", "close_after", "cluster", "conn", "expect_continue",
-                 "flags", "has_body", "head", "head_sent", "request_done", "start", "status",
-                 "stream", "timer", "trailers")
+    __slots__ = ("buffered", "buffered_bytes", "chunked", "close_after", "cluster", "conn",
+                 "expect_continue", "flags", "has_body", "head", "head_sent", "recorded",
+                 "request_done", "start", "started", "status", "stream", "timer", "trailers")
 
     def __init__(self, conn: H1Downstream, head: RequestHead, has_body: bool,
                  keep_alive: bool, expect_continue: bool, start: float) -> None:
@@ -64,7 +85,10 @@ class H1Exchange:
         self.expect_continue = expect_continue
         self.start = start
         self.buffered: list[bytes] | None = None
+        self.buffered_bytes = 0
         self.trailers: Headers | None = None
+        self.started = False
+        self.recorded = False
         self.stream: UpstreamStream | None = None
         self.head_sent = False
         self.chunked = False
@@ -97,7 +121,9 @@ class H1Exchange:
         if not self.request_done:
             self.close_after = True  # an early response: we will not read the rest
         self.head_sent = True
-        conn.write(serialize_response_head(head, chunked=self.chunked, close=self.close_after))
+        conn.write(serialize_response_head(
+            head, chunked=self.chunked, close=self.close_after,
+            extra=_KEEP_ALIVE if self.head.version == b"1.0" and not self.close_after else ()))
         if end_stream:
             self._finish()
 
@@ -144,7 +170,7 @@ class H1Exchange:
         """Answer with a response of our own (errors, no route)."""
         self.status = status
         self.head_sent = True
-        if not self.request_done or status in (400, 408, 431, 501):
+        if not self.request_done or status in (400, 408, 431, 501, 505):
             self.close_after = True
         self.conn.write(local_response(status, body, close=self.close_after))
         self._finish()
@@ -162,14 +188,21 @@ class H1Exchange:
         else:
             self.local(504, b"upstream request timeout\n")
 
-    def _finish(self) -> None:
+    def record(self) -> None:
+        """Count this exchange in the requests metric (once) and stop its timer."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
+        if self.recorded:
+            return
+        self.recorded = True
         conn = self.conn
         conn.ctx.stats(self.cluster).count(
             self.status, self.flags, (conn.loop.time() - self.start) * 1000.0)
-        conn.exchange_done(self)
+
+    def _finish(self) -> None:
+        self.record()
+        self.conn.exchange_done(self)
 
 
 class H1Downstream(asyncio.Protocol, Connection):
@@ -182,14 +215,21 @@ class H1Downstream(asyncio.Protocol, Connection):
         self.loop = asyncio.get_running_loop()
         self.router = router if router is not None else self.ctx.router
         self.cluster = cluster if cluster is not None else self.ctx.cluster
+        self._own_route = router is None and cluster is None
         self.transport: asyncio.Transport | None = None
         self.peer_ip = peer_ip.encode()
         self.codec = RequestCodec(self, self.ctx.max_header_bytes, self.ctx.scheme)
         self._queue: deque[H1Exchange] = deque()
         self._receiving: H1Exchange | None = None
         self._paused: set[str] = set()
+        self._write_paused = False
+        self._advancing = False
         self._initial = initial
+        self._early_tunnel: list[bytes] | None = None
         self.tunnel: TunnelStream | None = None
+        self._eof_in = False
+        self._eof_out = False
+        self._lingering = False
         self.closing = False
         self.deadline = 0.0
         self._deadline_kind = ""
@@ -223,9 +263,6 @@ class H1Downstream(asyncio.Protocol, Connection):
         except ProtocolError as exc:
             self._protocol_error(exc)
             return
-        except ValueError as exc:  # e.g. int() of a Content-Length llhttp let through
-            self._protocol_error(ProtocolError(400, "malformed_request", str(exc)))
-            return
         rest = self.codec.upgrade_offset_data
         if rest is not None:
             self.codec.upgrade_offset_data = None
@@ -235,46 +272,59 @@ class H1Downstream(asyncio.Protocol, Connection):
             self.pause_reading("upgrade")
 
     def eof_received(self) -> bool:
+        if self._lingering:
+            return False  # the client has read our answer and closed: done
         if self.tunnel is not None:
+            self._eof_in = True
             self.tunnel.send_eof()
-            return True  # half-close: the upstream may still answer
+            return not self._eof_out  # half-close: the upstream may still answer
         q = self._queue
         if not q or not q[-1].request_done:
-            # Nothing in flight, or a request body cut short: nothing more can happen here.
+            # Nothing in flight, or a request cut short: nothing more can happen here.
             if q:
-                q[0].flags = "DC"
+                q[0].flags = q[0].flags or "DC"
             return False
         # The client half-closed after whole requests: answer them, then close.
+        self._eof_in = True
         for ex in q:
             ex.close_after = True
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self.closing = True
         self.handle.connection_closed(self)
         for ex in self._queue:
-            if ex.timer is not None:
-                ex.timer.cancel()
-                ex.timer = None
-            if ex.stream is not None:
-                ex.stream.reset()
-                ex.stream = None
+            stream, ex.stream = ex.stream, None
+            if stream is not None:
+                stream.reset()
+            if ex.started:
+                if ex.status != 101 and not ex.flags:
+                    ex.flags = "DC"
+                ex.record()
+        self._queue.clear()
+        self._receiving = None
         if self.tunnel is not None:
             self.tunnel.close()
             self.tunnel = None
-        self._queue.clear()
 
     def pause_writing(self) -> None:
+        self._write_paused = True
         if self.tunnel is not None:
             self.tunnel.pause_response()
-        elif self._queue and self._queue[0].stream is not None:
-            self._queue[0].stream.pause_response()  # type: ignore[union-attr]
+        elif self._queue:
+            stream = self._queue[0].stream
+            if stream is not None:
+                stream.pause_response()
 
     def resume_writing(self) -> None:
+        self._write_paused = False
         if self.tunnel is not None:
             self.tunnel.resume_response()
-        elif self._queue and self._queue[0].stream is not None:
-            self._queue[0].stream.resume_response()  # type: ignore[union-attr]
+        elif self._queue:
+            stream = self._queue[0].stream
+            if stream is not None:
+                stream.resume_response()
 
     # -- RequestHandler (from the codec) -------------------------------------------------
 
@@ -288,7 +338,7 @@ class H1Downstream(asyncio.Protocol, Connection):
         self._receiving = ex
         self._queue.append(ex)
         if len(self._queue) == 1:
-            self._dispatch(ex)
+            self._advance()
         else:
             self.pause_reading("pipeline")
 
@@ -302,7 +352,8 @@ class H1Downstream(asyncio.Protocol, Connection):
             if ex.buffered is None:
                 ex.buffered = []
             ex.buffered.append(data)
-            if sum(len(b) for b in ex.buffered) > self.ctx.high_water:
+            ex.buffered_bytes += len(data)
+            if ex.buffered_bytes > self.ctx.high_water:
                 self.pause_reading("buffer")
 
     def on_request_end(self, trailers: Headers | None) -> None:
@@ -318,7 +369,22 @@ class H1Downstream(asyncio.Protocol, Connection):
 
     # -- exchanges -----------------------------------------------------------------------
 
+    def _advance(self) -> None:
+        """Start the exchange at the head of the queue; loop while they finish at once."""
+        if self._advancing:
+            return  # an outer _advance is running and will see the queue change
+        self._advancing = True
+        try:
+            q = self._queue
+            while q and not q[0].started and not self.closing:
+                self._dispatch(q[0])
+        finally:
+            self._advancing = False
+
     def _dispatch(self, ex: H1Exchange) -> None:
+        ex.started = True
+        if self.ctx is not self.handle.ctx:
+            self._follow_snapshot()
         head = ex.head
         d = resolve(self.ctx, self.router, self.cluster or "", head)
         ex.cluster = d.cluster_name
@@ -333,51 +399,56 @@ class H1Downstream(asyncio.Protocol, Connection):
             ex.flags = "UH"
             ex.local(503, b"no healthy endpoint in cluster '%b'\n" % d.cluster_name.encode())
             return
+        if ex.head_sent:
+            return  # the pool failed the stream synchronously and ex answered already
         ex.stream = stream
+        if self._write_paused:
+            stream.pause_response()
         if d.timeout_ms and not head.upgrade:
             ex.timer = self.loop.call_later(d.timeout_ms / 1000, ex.on_timeout)
         if ex.expect_continue and not ex.request_done:
             self.write(CONTINUE)
         if ex.buffered:
             chunks, ex.buffered = ex.buffered, None
+            ex.buffered_bytes = 0
             for c in chunks:
                 stream.send_data(c)
-            self.resume_reading("buffer")
+        self.resume_reading("buffer")
         if ex.request_done and not head.upgrade:
             stream.send_end(ex.trailers)
+
+    def _follow_snapshot(self) -> None:
+        """A new snapshot is in force: requests not yet routed use it (keep-alive survives)."""
+        ctx = self.ctx = self.handle.ctx
+        if self._own_route:  # routing chosen by a detector (transparent) stays as it was
+            self.router = ctx.router
+            self.cluster = ctx.cluster
 
     def exchange_done(self, ex: H1Exchange) -> None:
         q = self._queue
         if q and q[0] is ex:
             q.popleft()
         ex.stream = None
-        if ex.close_after or self.closing:
+        self.resume_reading("upstream")  # the finished upstream can no longer push back
+        if ex.close_after or self.closing or (self.handle.draining and not q):
             self._close()
             return
-        if self.handle.draining and not q:
-            self._close()
-            return
+        if len(q) <= 1:
+            self.resume_reading("pipeline")
         if q:
-            if len(q) == 1:
-                self.resume_reading("pipeline")
-            self._dispatch(q[0])
-            return
-        self.resume_reading("pipeline")
-        self._set_deadline("idle")
+            self._advance()
+        elif self.codec.head_started:
+            self._set_deadline("header")
+        else:
+            self._set_deadline("idle")
 
     def exchange_failed(self, ex: H1Exchange) -> None:
         """The response was cut off after its head went out: the client must see an abort."""
-        if ex.timer is not None:
-            ex.timer.cancel()
-            ex.timer = None
-        self.ctx.stats(ex.cluster).count(ex.status, ex.flags,
-                                         (self.loop.time() - ex.start) * 1000.0)
+        ex.record()
         self._queue.clear()
         self.abort()
 
     # -- upgrade tunnel ------------------------------------------------------------------
-
-    _early_tunnel: list[bytes] | None = None
 
     def start_tunnel(self, ex: H1Exchange, stream: TunnelStream) -> None:
         if ex.timer is not None:
@@ -385,20 +456,27 @@ class H1Downstream(asyncio.Protocol, Connection):
             ex.timer = None
         self.tunnel = stream
         self.deadline = 0.0
+        self._deadline_kind = ""
         early = self._early_tunnel
         self._early_tunnel = None
         for chunk in early or ():
             stream.send_data(chunk)
         self._paused.clear()
+        if self._write_paused:
+            stream.pause_response()
         if self.transport is not None:
             self.transport.resume_reading()
 
     def tunnel_eof_from_upstream(self) -> None:
-        if self.transport is not None:
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
-            else:
-                self._close()
+        """The upstream half-closed (first call) or is gone (second call)."""
+        t = self.transport
+        if t is None:
+            return
+        if self._eof_out or self._eof_in or not t.can_write_eof():
+            self._close()  # nothing more can flow either way: close once the buffer drains
+            return
+        self._eof_out = True
+        t.write_eof()
 
     # -- transport helpers ---------------------------------------------------------------
 
@@ -421,22 +499,28 @@ class H1Downstream(asyncio.Protocol, Connection):
 
     def _protocol_error(self, exc: ProtocolError) -> None:
         self.ctx.protocol_error(exc.kind)
-        q = self._queue
-        if q and (q[0].stream is not None or q[0].head_sent):
-            # The bad bytes followed a good request still in flight: let it finish, then close.
-            while len(q) > 1:
-                dropped = q.pop()
-                if dropped.stream is not None:
-                    dropped.stream.reset()
-            q[0].close_after = True
-            self.closing = True
-            self.pause_reading("error")
-            return
         self.closing = True
-        for ex in q:
-            if ex.stream is not None:
-                ex.stream.reset()
-        q.clear()
+        self.pause_reading("error")
+        q = self._queue
+        while len(q) > 1:  # parsed behind the bad bytes' request, never dispatched
+            q.pop()
+        first = q[0] if q else None
+        self._receiving = None
+        if first is not None and first.request_done:
+            # The bad bytes followed a good request still in flight: let it finish, then close.
+            first.close_after = True
+            return
+        if first is not None:
+            # The bad bytes are inside this request's body: the upstream must not see the rest.
+            stream, first.stream = first.stream, None
+            if stream is not None:
+                stream.reset()
+            first.flags = "DPE"
+            if first.head_sent:
+                self.exchange_failed(first)
+            else:
+                first.local(exc.status, exc.detail.encode() + b"\n")
+            return
         self.write(local_response(exc.status, exc.detail.encode() + b"\n", close=True))
         self._close()
 
@@ -450,12 +534,16 @@ class H1Downstream(asyncio.Protocol, Connection):
         kind = self._deadline_kind
         self.deadline = 0.0
         self._deadline_kind = ""
-        if kind == "header" and not self._queue:
-            if self.codec.head_started:
-                self.ctx.protocol_error("header_timeout")
-                self.write(local_response(408, b"request header timeout\n", close=True))
-            self._close()
-        elif kind == "idle" and not self._queue:
+        if kind == "linger":
+            if self.transport is not None:
+                self.transport.close()
+            return
+        if self._queue or self.tunnel is not None:
+            return  # a request is in flight: its own timer governs
+        if kind == "header" and self.codec.head_started:
+            self.ctx.protocol_error("header_timeout")
+            self.write(local_response(408, b"request header timeout\n", close=True))
+        if kind:
             self._close()
 
     def start_drain(self) -> None:
@@ -464,8 +552,18 @@ class H1Downstream(asyncio.Protocol, Connection):
 
     def _close(self) -> None:
         self.closing = True
-        if self.transport is not None:
-            self.transport.close()
+        t = self.transport
+        if t is None or self._lingering:
+            return
+        if self._eof_in or self.tunnel is not None or not t.can_write_eof():
+            t.close()
+            return
+        self._lingering = True
+        t.write_eof()
+        self._paused.clear()
+        t.resume_reading()  # drain (and drop) what the client still sends
+        self._deadline_kind = "linger"
+        self.deadline = self.loop.time() + LINGER_SECONDS
 
     def abort(self) -> None:
         self.closing = True

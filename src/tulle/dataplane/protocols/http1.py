@@ -3,24 +3,32 @@
 Rules of this module:
 
 1. Parsing is llhttp (httptools) in strict mode: CL+TE, duplicate Content-Length, obs-fold,
-   bare LF and invalid header bytes are rejected by the parser itself and surface here as
-   `ProtocolError(400)`.  We add what llhttp cannot know: header-size limits (431), a required
-   single Host (400), and unsupported methods (501).
+   bare LF, invalid header bytes and a Transfer-Encoding whose last coding is not chunked are
+   rejected by the parser itself and surface here as `ProtocolError(400)`.  We add what llhttp
+   cannot know: header-size limits (431), a required single Host (400), versions other than
+   1.0/1.1 (400 for 0.9, 505 above), and what a re-framing proxy cannot carry: CONNECT and
+   transfer codings other than a lone `chunked` (501).  Both are checked before the head is
+   handed on, so no request the proxy rejects ever reaches an upstream.
 2. Heads leave this module as `RequestHead` / `ResponseHead` with lower-case names, hop-by-hop
    headers removed (RFC 9110 7.6.1: Connection, the headers it names, Keep-Alive,
    Proxy-Connection, TE, Transfer-Encoding, Upgrade) and framing described by `content_length`.
    Framing is re-created on the way out by `serialize_*`, so a chunked body stays chunked and a
    smuggling shape cannot pass through.
-3. A codec that raised is dead; the driver answers and closes the connection.
+3. A codec that raised is dead; the driver answers and closes the connection.  Bad bytes
+   raise `ProtocolError` and nothing else; an exception from a handler callback is re-raised as
+   itself (a bug must fail loudly, not pass for a 400).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 import httptools
 
 from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
+
+HeaderSeq = Sequence[tuple[bytes, bytes]]
 
 HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade",
@@ -40,6 +48,14 @@ class ProtocolError(Exception):
 
 def _connection_tokens(value: bytes) -> set[bytes]:
     return {t.strip().lower() for t in value.split(b",") if t.strip()}
+
+
+def _reraise(exc: Exception, status: int, kind: str, default: str) -> ProtocolError:
+    """Map an httptools error: a callback's own exception wins (ours or a bug), else `kind`."""
+    ctx = exc.__context__
+    if isinstance(exc, httptools.HttpParserCallbackError) and isinstance(ctx, Exception):
+        raise ctx from None
+    return ProtocolError(status, kind, str(exc) or default)
 
 
 class RequestHandler(Protocol):
@@ -94,9 +110,7 @@ class RequestCodec:
             self.upgrade_offset_data = data[offset:]
             return
         except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, ProtocolError):
-                raise exc.__context__ from None
-            raise ProtocolError(400, "malformed_request", str(exc) or "malformed request") from None
+            raise _reraise(exc, 400, "malformed_request", "malformed request") from None
         if not self._done_head and self._head_bytes > self._limit + 4:
             raise ProtocolError(431, "header_too_large",
                                 f"request head exceeds {self._limit} bytes")
@@ -133,6 +147,10 @@ class RequestCodec:
         self._done_head = True
         method: bytes = p.get_method()
         version = p.get_http_version().encode()
+        if version not in (b"1.1", b"1.0"):
+            if version < b"1.0":
+                raise ProtocolError(400, "malformed_request", "HTTP/0.9 is not supported")
+            raise ProtocolError(505, "unsupported", f"HTTP/{version.decode()} over HTTP/1 framing")
         hosts: list[bytes] = []
         conn_tokens: set[bytes] = set()
         out: Headers = []
@@ -146,8 +164,12 @@ class RequestCodec:
                 hosts.append(value)
                 continue
             if name == b"content-length":
-                cl = int(value)
+                cl = int(value)  # llhttp has checked the digits and rejected duplicates
             elif name == b"transfer-encoding":
+                if chunked or value.strip().lower() != b"chunked":
+                    # llhttp took "gzip, chunked"; we strip and re-create framing, so a coding
+                    # other than chunked would reach the upstream undone (RFC 9112 6.1: 501).
+                    raise ProtocolError(501, "unsupported", "transfer coding other than chunked")
                 chunked = True
                 continue
             elif name == b"connection":
@@ -217,7 +239,7 @@ class ResponseCodec:
 
     __slots__ = ("_done_head", "_handler", "_head_bytes", "_head_request", "_headers",
                  "_keep_alive", "_limit", "_parser", "_reason", "_state", "_trailers",
-                 "_until_close", "_upgrade_head")
+                 "_until_close", "_upgrade_head", "_upgrade_request")
 
     IDLE, HEAD, BODY, DONE = range(4)
 
@@ -235,14 +257,17 @@ class ResponseCodec:
         self._keep_alive = True
         self._done_head = False
         self._upgrade_head: ResponseHead | None = None
+        self._upgrade_request = False
 
-    def start(self, head_request: bool) -> None:
-        """Expect the response to a request just sent (HEAD responses carry no body)."""
+    def start(self, head_request: bool, upgrade_request: bool = False) -> None:
+        """Expect the response to a request just sent (HEAD responses carry no body; only an
+        upgrade request may be answered with 101)."""
         if self._state == self.DONE and self._head_request:
             # llhttp believed a HEAD response's Content-Length; start a fresh parser.
             self._parser = httptools.HttpResponseParser(self)
         self._state = self.HEAD
         self._head_request = head_request
+        self._upgrade_request = upgrade_request
         self._head_bytes = 0
         self._until_close = False
 
@@ -269,21 +294,21 @@ class ResponseCodec:
                 self._handler.on_upgrade(head, data[offset:])
             return
         except httptools.HttpParserError as exc:
-            if isinstance(exc.__context__, ProtocolError):
-                raise exc.__context__ from None
-            raise ProtocolError(502, "upstream_protocol", str(exc) or "malformed response") from None
+            raise _reraise(exc, 502, "upstream_protocol", "malformed response") from None
         if self._state == self.HEAD and self._head_bytes > self._limit + 4:
             raise ProtocolError(502, "upstream_protocol", "response head too large")
 
     def feed_eof(self) -> bool:
-        """The connection closed.  True when that completed a close-delimited body."""
+        """The connection closed cleanly (FIN, not RST).  True when that completed a
+        close-delimited body; the caller ends the exchange (the handler is not called)."""
         if self._state == self.BODY and self._until_close:
             self._state = self.DONE
-            self._handler.on_end(None)
             return True
         return False
 
     def on_message_begin(self) -> None:
+        if self._state != self.HEAD:
+            raise ProtocolError(502, "upstream_protocol", "response with no request outstanding")
         self._headers = []
         self._reason = b""
         self._trailers = None
@@ -315,6 +340,9 @@ class ResponseCodec:
             if name == b"content-length":
                 cl = int(value)
             elif name == b"transfer-encoding":
+                if value.strip().lower() != b"chunked":
+                    raise ProtocolError(502, "upstream_protocol",
+                                        "transfer coding other than chunked")
                 chunked = True
                 continue
             elif name == b"connection":
@@ -329,6 +357,8 @@ class ResponseCodec:
             out = [(n, v) for n, v in out if n not in conn_tokens or n == b"upgrade"]
         head = ResponseHead(status, out, self._reason, cl)
         if status == 101:
+            if not self._upgrade_request:
+                raise ProtocolError(502, "upstream_protocol", "101 to a request without Upgrade")
             self._upgrade_head = head
             return
         if status < 200:
@@ -372,7 +402,7 @@ def reason_phrase(status: int) -> bytes:
     return _REASONS.get(status, b"")
 
 
-def serialize_request_head(head: RequestHead, chunked: bool, extra: Headers = ()) -> bytes:  # type: ignore[assignment]
+def serialize_request_head(head: RequestHead, chunked: bool, extra: HeaderSeq = ()) -> bytes:
     """Request line and headers for an HTTP/1.1 upstream.  `extra` goes after the head's own."""
     parts = [head.method, b" ", head.path, b" HTTP/1.1\r\nhost: ", head.authority, b"\r\n"]
     for n, v in head.headers:
@@ -380,6 +410,8 @@ def serialize_request_head(head: RequestHead, chunked: bool, extra: Headers = ()
             parts += (n, b": ", v, b"\r\n")
     for n, v in extra:
         parts += (n, b": ", v, b"\r\n")
+    if head.upgrade:
+        parts += (b"connection: upgrade\r\nupgrade: ", head.upgrade, b"\r\n")
     if chunked:
         parts.append(b"transfer-encoding: chunked\r\n")
     parts.append(b"\r\n")
@@ -387,7 +419,7 @@ def serialize_request_head(head: RequestHead, chunked: bool, extra: Headers = ()
 
 
 def serialize_response_head(head: ResponseHead, *, chunked: bool, close: bool,
-                            extra: Headers = ()) -> bytes:  # type: ignore[assignment]
+                            extra: HeaderSeq = ()) -> bytes:
     """Status line and headers for an HTTP/1.1 downstream."""
     status = head.status
     parts = [b"HTTP/1.1 ", str(status).encode(), b" ",
@@ -415,8 +447,7 @@ def encode_last_chunk(trailers: Headers | None) -> bytes:
     return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers) + b"\r\n"
 
 
-def local_response(status: int, body: bytes, *, close: bool,
-                   extra: Headers = ()) -> bytes:  # type: ignore[assignment]
+def local_response(status: int, body: bytes, *, close: bool, extra: HeaderSeq = ()) -> bytes:
     """A response the proxy makes itself (errors, 404 for no route)."""
     head = ResponseHead(status, [(b"content-type", b"text/plain; charset=utf-8"),
                                  (b"content-length", str(len(body)).encode())])

@@ -9,6 +9,17 @@ request.
 A request that fails on a *reused* connection before any response byte arrived, and that had no
 body, is replayed once on a fresh connection: the server closed an idle keep-alive connection
 just as we wrote to it, which no client should see as a 502.
+
+Invariants that keep one exchange from leaking into the next:
+
+* A connection goes back to the idle list only after the parser has consumed the whole read it
+  was handed; bytes after the end of a response are an upstream protocol error that closes the
+  connection, never the start of the next exchange's response.
+* Flow-control state belongs to the exchange: a paused response is re-applied when the stream
+  attaches, and a connection is released reading.  Request body written before the connection
+  exists is bounded by `buffer_high_water_bytes`; above it the downstream is paused.
+* A close-delimited body ends only on a clean close (FIN); a reset truncates it and is reported
+  as an upstream reset.
 """
 
 from __future__ import annotations
@@ -42,8 +53,9 @@ if TYPE_CHECKING:
 class H1Stream:
     """One request/response exchange on an HTTP/1 upstream (the `UpstreamStream`)."""
 
-    __slots__ = ("chunked", "conn", "end_stream", "got_response", "head", "pending", "pool",
-                 "request_done", "retried", "sink", "tunnel", "was_reset")
+    __slots__ = ("chunked", "conn", "end_stream", "got_response", "head", "paused", "pending",
+                 "pending_bytes", "pool", "request_done", "retried", "sink", "tunnel",
+                 "upload_paused", "was_reset")
 
     def __init__(self, pool: H1Pool, head: RequestHead, sink: ResponseSink,
                  end_stream: bool) -> None:
@@ -54,6 +66,11 @@ class H1Stream:
         self.chunked = not end_stream and head.content_length is None and not head.upgrade
         self.conn: H1Connection | None = None
         self.pending: list[bytes] | None = []
+        self.pending_bytes = 0
+        self.upload_paused = False
+        """We asked the downstream to stop sending body while no connection could take it."""
+        self.paused = False
+        """The downstream asked us to stop reading the response."""
         self.request_done = end_stream
         self.got_response = False
         self.was_reset = False
@@ -66,6 +83,10 @@ class H1Stream:
             conn.transport.write(data)
         elif self.pending is not None:
             self.pending.append(data)
+            self.pending_bytes += len(data)
+            if not self.upload_paused and self.pending_bytes > self.pool.cluster.high_water:
+                self.upload_paused = True
+                self.sink.pause_request_body()
 
     def head_bytes(self) -> bytes:
         return serialize_request_head(self.head, self.chunked)
@@ -100,11 +121,13 @@ class H1Stream:
             conn.abandon(self)
 
     def pause_response(self) -> None:
+        self.paused = True
         conn = self.conn
         if conn is not None and conn.transport is not None:
             conn.transport.pause_reading()
 
     def resume_response(self) -> None:
+        self.paused = False
         conn = self.conn
         if conn is not None and conn.transport is not None:
             conn.transport.resume_reading()
@@ -122,6 +145,9 @@ class H1Connection(asyncio.Protocol):
         self.reused = False
         self.idle_since = 0.0
         self.closed = False
+        self.write_paused = False
+        self._ended: tuple[H1Stream, Headers | None] | None = None
+        """A response the parser finished in the current read, delivered once the read is done."""
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -137,18 +163,18 @@ class H1Connection(asyncio.Protocol):
         try:
             self.codec.feed(data)
         except ProtocolError as exc:
-            self.keep_alive = False
-            s = self.stream
             self._close()
-            if s is not None and not s.was_reset:
+            if self._ended is None:  # else: bytes after a complete response; it still counts
+                s = self.stream
                 self.stream = None
-                s.sink.on_upstream_error(upstream_protocol_error(exc.detail))
-        except ValueError as exc:  # a Content-Length llhttp accepted but int() refused
-            self._close()
-            s = self.stream
-            if s is not None and not s.was_reset:
-                self.stream = None
-                s.sink.on_upstream_error(upstream_protocol_error(str(exc)))
+                if s is not None:
+                    s.conn = None
+                    if not s.was_reset:
+                        s.sink.on_upstream_error(upstream_protocol_error(exc.detail))
+        ended = self._ended
+        if ended is not None:
+            self._ended = None
+            self._deliver_end(*ended)
 
     def eof_received(self) -> bool:
         stream = self.stream
@@ -165,27 +191,35 @@ class H1Connection(asyncio.Protocol):
         self.stream = None
         if stream is None or stream.was_reset:
             return
+        stream.conn = None
         if stream.tunnel:
-            stream.sink.on_response_end(None)
+            if exc is not None:
+                stream.sink.on_upstream_error(upstream_reset(f"upstream reset the tunnel: {exc}"))
+            else:
+                stream.sink.on_response_end(None)
             return
-        if self.codec.feed_eof():
-            return  # a close-delimited body just ended (on_end already ran)
+        if exc is None and self.codec.feed_eof():
+            if not stream.was_reset:
+                stream.sink.on_response_end(None)
+            return  # a close-delimited body just ended
         if (self.reused and not stream.got_response and stream.end_stream
                 and not stream.retried):
             stream.retried = True
-            stream.conn = None
-            stream.pending = [stream.head_bytes()]
+            stream.pending = []
+            stream.pending_bytes = 0
             self.pool.connect_for(stream)
             return
         detail = "upstream closed the connection" if exc is None else f"upstream reset: {exc}"
         stream.sink.on_upstream_error(upstream_reset(detail))
 
     def pause_writing(self) -> None:
+        self.write_paused = True
         s = self.stream
         if s is not None:
             s.sink.pause_request_body()
 
     def resume_writing(self) -> None:
+        self.write_paused = False
         s = self.stream
         if s is not None:
             s.sink.resume_request_body()
@@ -196,14 +230,23 @@ class H1Connection(asyncio.Protocol):
         """Start `stream` on this connection: write its head and anything it buffered."""
         self.stream = stream
         stream.conn = self
-        self.codec.start(stream.head.method == b"HEAD")
+        head = stream.head
+        self.codec.start(head.method == b"HEAD", bool(head.upgrade))
         pending = stream.pending
         stream.pending = None
-        assert self.transport is not None
+        stream.pending_bytes = 0
+        transport = self.transport
+        assert transport is not None
+        if stream.paused:
+            transport.pause_reading()
         if pending:
-            self.transport.writelines([stream.head_bytes(), *pending])
+            transport.writelines([stream.head_bytes(), *pending])
         else:
-            self.transport.write(stream.head_bytes())
+            transport.write(stream.head_bytes())
+        if stream.upload_paused:
+            stream.upload_paused = False
+            if not self.write_paused:  # else resume_writing will resume the downstream
+                stream.sink.resume_request_body()
 
     def abandon(self, stream: H1Stream) -> None:
         """The downstream gave up mid-exchange: this connection's state is unknown; close it."""
@@ -239,15 +282,19 @@ class H1Connection(asyncio.Protocol):
 
     def on_end(self, trailers: Headers | None) -> None:
         s = self.stream
-        if s is None:
-            return
-        self.stream = None
-        s.conn = None
-        if self.keep_alive and s.request_done and not self.closed:
-            self.pool.release(self)
-        else:
-            self._close()
-        s.sink.on_response_end(trailers)
+        if s is not None:
+            self._ended = (s, trailers)  # delivered when the parser has consumed the read
+
+    def _deliver_end(self, s: H1Stream, trailers: Headers | None) -> None:
+        if self.stream is s:
+            self.stream = None
+            s.conn = None
+            if self.keep_alive and s.request_done and not self.closed:
+                self.pool.release(self)
+            else:
+                self._close()
+        if not s.was_reset:
+            s.sink.on_response_end(trailers)
 
     def on_upgrade(self, head: ResponseHead, rest: bytes) -> None:
         s = self.stream
@@ -325,6 +372,7 @@ class H1Pool:
             return
         conn.reused = True
         conn.idle_since = asyncio.get_running_loop().time()
+        conn.transport.resume_reading()  # the last exchange may have left it paused
         self.idle.append(conn)
 
     def forget(self, conn: H1Connection) -> None:
