@@ -27,12 +27,18 @@ def proxy() -> None:
 @proxy.command("run")
 @click.option("--config", "config", required=True, type=click.Path(dir_okay=False),
               help="Proxy configuration (YAML or JSON, proxyconfig format).")
-@click.option("--watch-interval", default=1.0, show_default=True, type=float,
-              help="Seconds between checks of the config file for changes; 0 disables.")
+@click.option("--watch-interval", default=1.0, show_default=True,
+              type=click.FloatRange(min=0.0),
+              help="Seconds between checks of the config file for changes; 0 disables "
+                   "(SIGHUP still reloads).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def proxy_run(config: str, watch_interval: float, log_level: str) -> None:
-    """Run a proxy from a static configuration file until SIGTERM."""
+    """Run a proxy from a static configuration file until SIGTERM.
+
+    Exit status: 0 after a drain, 1 when it cannot start (e.g. a port in use), 2 for an
+    invalid configuration file.
+    """
     from tulle.dataplane.runner import configure_logging, run
 
     configure_logging(log_level)
@@ -48,7 +54,10 @@ def proxy_run(config: str, watch_interval: float, log_level: str) -> None:
 @proxy.command("validate")
 @click.argument("file", type=click.Path(dir_okay=False))
 def proxy_validate(file: str) -> None:
-    """Check a proxy configuration file; print every error with its field path."""
+    """Check a proxy configuration file; print every error with its field path.
+
+    Exit status: 0 when valid, 1 otherwise.
+    """
     from tulle.proxyconfig.load import load_file
 
     try:

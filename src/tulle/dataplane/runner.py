@@ -1,17 +1,22 @@
 """Running a proxy process from a config file: signals, reloads, workers.
 
 * SIGTERM / SIGINT: drain (stop accepting, finish in-flight, close idle) within
-  `settings.drain_timeout_ms`, then exit 0.
-* SIGHUP, or a change of the file's contents (polled): reload.  An invalid file is reported with
-  its field paths and the running config stays in force.
+  `settings.drain_timeout_ms`, abort what is left, exit 0.  A second SIGTERM / SIGINT during the
+  drain aborts the remaining connections at once.
+* SIGHUP, or a change of the file's contents (polled every `watch_interval` seconds): reload.
+  An invalid file is reported with its field paths (`result="rejected"`), a file that cannot be
+  put in force (a port in use) is reported too (`result="failed"`); either way the running
+  config stays in force.  `settings.workers` and the `admin` section are read at start only.
 * `settings.workers > 1`: the parent forks that many workers, each binding every listener with
-  SO_REUSEPORT (the kernel spreads connections), forwards signals, and restarts a worker that
-  dies.  Worker *i* serves admin on `admin.port + i`.
+  SO_REUSEPORT (the kernel spreads connections), forwards SIGTERM / SIGINT / SIGHUP, and
+  restarts a worker that dies (with backoff when it keeps dying).  Worker *i* serves admin on
+  `admin.port + i`.  Each worker watches the file itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import hashlib
 import logging
 import os
@@ -24,18 +29,17 @@ import msgspec
 
 from tulle.dataplane.listeners.admin import start_admin
 from tulle.dataplane.server import ApplyError, ProxyServer
-from tulle.proxyconfig.load import load_file
+from tulle.proxyconfig.load import load_file, load_text
 from tulle.proxyconfig.model import ProxyConfig
-from tulle.proxyconfig.validate import ConfigError
+from tulle.proxyconfig.validate import ConfigError, FieldError
 
 log = logging.getLogger("tulle.proxy")
 
-
-def _digest(path: Path) -> bytes:
-    try:
-        return hashlib.sha256(path.read_bytes()).digest()
-    except OSError:
-        return b""
+RELOAD_APPLIED = "applied"
+RELOAD_REJECTED = "rejected"
+"""The file is not a valid config (syntax, types, references)."""
+RELOAD_FAILED = "failed"
+"""The config is valid but could not be put in force (e.g. a port in use)."""
 
 
 def _for_worker(cfg: ProxyConfig, index: int, workers: int) -> ProxyConfig:
@@ -59,52 +63,95 @@ class ProxyProcess:
         self.watch_interval = watch_interval
         self.server = ProxyServer()
         self._stop = asyncio.Event()
+        self._abort = asyncio.Event()
         self._digest = b""
+        self._reload_lock = asyncio.Lock()
+
+    def _read(self) -> ProxyConfig:
+        """Read and validate the file; remembers its digest so the watcher skips it."""
+        try:
+            data = self.path.read_bytes()
+        except OSError as exc:
+            raise ConfigError([FieldError("", f"cannot read {self.path}: "
+                                          f"{exc.strerror or exc}")]) from exc
+        self._digest = hashlib.sha256(data).digest()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigError([FieldError("", f"{self.path} is not UTF-8 text")]) from exc
+        return _for_worker(load_text(text, source=str(self.path)), self.index, self.workers)
 
     async def reload(self, reason: str) -> bool:
+        """Read the file again and put it in force; False (and a log line) when it was not."""
+        async with self._reload_lock:
+            counter = self.server.metrics.config_reloads
+            running = self.server.config
+            keeping = running.version if running is not None else "-"
+            try:
+                cfg = self._read()
+                await self.server.apply(cfg)
+            except ConfigError as exc:
+                counter.labels(RELOAD_REJECTED).value += 1
+                log.error("config %s rejected (%s), keeping version %s:\n  %s", self.path,
+                          reason, keeping, "\n  ".join(str(e) for e in exc.errors))
+                return False
+            except ApplyError as exc:
+                counter.labels(RELOAD_FAILED).value += 1
+                log.error("config %s could not be applied (%s), keeping version %s: %s",
+                          self.path, reason, keeping, exc)
+                return False
+            counter.labels(RELOAD_APPLIED).value += 1
+            if running is not None:
+                if cfg.settings.workers != running.settings.workers:
+                    log.warning("settings.workers changed; it takes effect at the next start")
+                if cfg.admin != running.admin:
+                    log.warning("the admin section changed; it takes effect at the next start")
+            return True
+
+    def _digest_now(self) -> bytes:
         try:
-            cfg = load_file(self.path)
-            await self.server.apply(_for_worker(cfg, self.index, self.workers))
-        except ConfigError as exc:
-            self.server.metrics.config_reloads.labels("rejected").value += 1
-            log.error("config %s rejected (%s); keeping version %s:\n%s", self.path, reason,
-                      self.server.config.version if self.server.config else "-", exc)
-            return False
-        except ApplyError as exc:
-            self.server.metrics.config_reloads.labels("failed").value += 1
-            log.error("config %s could not be applied (%s); keeping the previous one: %s",
-                      self.path, reason, exc)
-            return False
-        self.server.metrics.config_reloads.labels("applied").value += 1
-        return True
+            return hashlib.sha256(self.path.read_bytes()).digest()
+        except OSError:
+            return b""  # mid-replace by an editor: look again next time
 
     async def _watch(self) -> None:
-        while not self._stop.is_set():
+        while True:
             await asyncio.sleep(self.watch_interval)
-            d = _digest(self.path)
+            d = self._digest_now()
             if d and d != self._digest:
-                self._digest = d
                 await self.reload("file changed")
+
+    def _on_stop_signal(self) -> None:
+        if self._stop.is_set():
+            self._abort.set()
+        self._stop.set()
 
     async def serve(self) -> int:
         loop = asyncio.get_running_loop()
-        self._digest = _digest(self.path)
-        cfg = _for_worker(load_file(self.path), self.index, self.workers)
+        try:
+            cfg = self._read()
+        except ConfigError as exc:
+            for e in exc.errors:
+                log.error("config %s: %s", self.path, e)
+            return 2
         try:
             await self.server.apply(cfg)
         except ApplyError as exc:
             log.error("cannot start: %s", exc)
+            await self.server.close()
             return 1
         admin = None
         if cfg.admin.port:
             try:
                 admin = await start_admin(self.server, cfg.admin.address, cfg.admin.port)
             except OSError as exc:
-                log.error("cannot bind admin %s:%s: %s", cfg.admin.address, cfg.admin.port, exc)
+                log.error("cannot bind admin %s:%s: %s", cfg.admin.address, cfg.admin.port,
+                          exc.strerror or exc)
                 await self.server.close()
                 return 1
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal)
+        if self.workers <= 1:  # a worker stops on the supervisor's SIGTERM only (see _supervise)
+            loop.add_signal_handler(signal.SIGINT, self._on_stop_signal)
         reloads: set[asyncio.Task[bool]] = set()
 
         def on_hup() -> None:
@@ -115,15 +162,27 @@ class ProxyProcess:
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         watcher = loop.create_task(self._watch()) if self.watch_interval > 0 else None
         ports = ", ".join(f"{n}={self.server.bound_port(n)}" for n in self.server.listeners)
-        log.info("proxy %s ready (pid %d): %s; admin %s", cfg.node.name, os.getpid(), ports,
+        log.info("proxy %s ready (pid %d, worker %d): %s; admin %s", cfg.node.name, os.getpid(),
+                 self.index, ports,
                  f"{cfg.admin.address}:{cfg.admin.port}" if admin else "off")
         await self._stop.wait()
-        log.info("draining (deadline %d ms)", self.server.config.settings.drain_timeout_ms
-                 if self.server.config else 0)
         if watcher is not None:
             watcher.cancel()
-        clean = await self.server.drain()
-        log.info("drained %s", "cleanly" if clean else "with connections aborted at the deadline")
+        for t in list(reloads):
+            t.cancel()
+        timeout = self.server.config.settings.drain_timeout_ms if self.server.config else 0
+        log.info("draining (deadline %d ms)", timeout)
+        drain = loop.create_task(self.server.drain())
+        abort = loop.create_task(self._abort.wait())
+        await asyncio.wait({drain, abort}, return_when=asyncio.FIRST_COMPLETED)
+        if not drain.done():
+            log.info("second stop signal: aborting the remaining connections")
+            drain.cancel()
+            clean = False
+        else:
+            clean = drain.result()
+        abort.cancel()
+        log.info("drained %s", "cleanly" if clean else "with connections aborted")
         if admin is not None:
             admin.close()
         await self.server.close()
@@ -136,26 +195,54 @@ def _run_one(path: Path, index: int, workers: int, watch_interval: float) -> int
     return uvloop.run(ProxyProcess(path, index, workers, watch_interval).serve())
 
 
+def _die_with_parent() -> None:
+    """Linux: a worker gets SIGTERM (and drains) when the supervisor dies, even by SIGKILL."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+RESTART_DELAY_MIN = 0.1
+RESTART_DELAY_MAX = 5.0
+STABLE_AFTER = 5.0
+"""A worker that lived this many seconds resets the restart backoff."""
+
+
 def _supervise(path: Path, workers: int, watch_interval: float) -> int:
-    children: dict[int, int] = {}
+    children: dict[int, tuple[int, float]] = {}  # pid -> (index, started)
+    delay = dict.fromkeys(range(workers), RESTART_DELAY_MIN)
     stopping = False
+    parent = os.getpid()
 
     def spawn(i: int) -> None:
         pid = os.fork()
         if pid == 0:
-            for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-                signal.signal(s, signal.SIG_DFL)
             code = 1
             try:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                signal.signal(signal.SIGHUP, signal.SIG_DFL)
+                # Ctrl-C reaches the whole process group; the supervisor forwards it once, as
+                # SIGTERM, so that a second Ctrl-C (not the tty's copy) means "abort now".
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+                _die_with_parent()
+                if os.getppid() != parent:  # the parent died before prctl took effect
+                    os._exit(0)
                 code = _run_one(path, i, workers, watch_interval)
+            except BaseException:
+                log.exception("worker %d crashed", i)
             finally:
                 os._exit(code)
-        children[pid] = i
+        children[pid] = (i, time.monotonic())
 
     def forward(sig: int, _frame: object) -> None:
         nonlocal stopping
         if sig in (signal.SIGTERM, signal.SIGINT):
             stopping = True
+            sig = signal.SIGTERM
         for pid in list(children):
             try:
                 os.kill(pid, sig)
@@ -165,27 +252,36 @@ def _supervise(path: Path, workers: int, watch_interval: float) -> int:
     for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(s, forward)
     for i in range(workers):
-        spawn(i)
+        if not stopping:
+            spawn(i)
+    log.info("supervisor %d started %d workers", parent, workers)
     worst = 0
     while children:
         try:
             pid, status = os.wait()
         except ChildProcessError:
             break
-        except InterruptedError:
+        entry = children.pop(pid, None)
+        if entry is None:
             continue
-        i = children.pop(pid, None)
+        i, started = entry
         code = os.waitstatus_to_exitcode(status)
-        worst = max(worst, abs(code))
-        if i is not None and not stopping:
-            log.error("worker %d (pid %d) exited with %d; restarting", i, pid, code)
-            time.sleep(0.2)
+        if stopping:
+            worst = max(worst, abs(code))
+            continue
+        lived = time.monotonic() - started
+        delay[i] = RESTART_DELAY_MIN if lived >= STABLE_AFTER else min(
+            RESTART_DELAY_MAX, delay[i] * 2)
+        log.error("worker %d (pid %d) exited with %d; restarting in %.1f s", i, pid, code,
+                  delay[i])
+        time.sleep(delay[i])
+        if not stopping:
             spawn(i)
     return worst
 
 
 def run(path: str | Path, watch_interval: float = 1.0) -> int:
-    """Run a proxy until SIGTERM; returns the exit code."""
+    """Run a proxy until SIGTERM; returns the exit code.  Raises ConfigError for a bad file."""
     p = Path(path)
     cfg = load_file(p)  # raises ConfigError with every field path
     workers = cfg.settings.workers
@@ -196,4 +292,4 @@ def run(path: str | Path, watch_interval: float = 1.0) -> int:
 
 def configure_logging(level: str = "info") -> None:
     logging.basicConfig(stream=sys.stderr, level=level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                        format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")

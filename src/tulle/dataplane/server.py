@@ -1,36 +1,81 @@
 """The proxy process's data plane: binds listeners, swaps snapshots, drains.
 
 `ProxyServer.apply(cfg)` is the only way configuration changes, whether it came from a file,
-SIGHUP, or (later) the control plane's push.  It builds every new runtime object first and only
-then swaps pointers, so a snapshot that cannot be applied (a port that cannot be bound, a
-certificate that cannot be read) raises `ApplyError` and the previous one stays in force.
-Listeners whose address, port and socket options are unchanged keep their sockets and their
-connections; only their context pointer moves.
+SIGHUP, or (later) the control plane's push.  It works in two phases:
+
+* **prepare** builds every runtime object of the snapshot (routers, cluster runtimes, listener
+  contexts, TLS contexts) and every new listening socket, with accepting *not yet started*.
+  Anything that can fail fails here (a port in use, an unreadable certificate, a protocol with
+  no driver); then everything prepared is closed, `ApplyError` is raised and the previous
+  snapshot stays in force, untouched.
+* **commit** cannot fail: it moves pointers (clusters, listener contexts), retires what left
+  the config, and starts accepting on the new sockets.
+
+Sockets are identified by address and port.  A listener whose address and port are unchanged
+keeps its socket: if nothing that selects the protocol driver changed (protocol, mode, TLS) it
+keeps its server and its connections, and only its context pointer moves; otherwise a new server
+accepts on a duplicate of the same socket and the old one's connections drain.  The port is
+never unbound during a swap, so no client is refused.  Connections pick up the new context at
+their next request; in-flight exchanges finish on the snapshot they started with.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
-from collections.abc import Callable
+import ssl
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any
 
 from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle
 from tulle.dataplane.listeners.factory import protocol_factory
 from tulle.dataplane.routing.router import Router
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
-from tulle.dataplane.upstream.cluster import ClusterManager, run_sweeper
+from tulle.dataplane.upstream.cluster import ClusterManager, ClusterRuntime, run_sweeper
 from tulle.proxyconfig.model import Listener, ProxyConfig
 
 log = logging.getLogger("tulle.proxy")
+
+BACKLOG = 4096
 
 
 class ApplyError(Exception):
     """A snapshot validated but could not be put in force; the previous one still is."""
 
 
-def _bind_key(cfg: Listener) -> tuple[object, ...]:
-    return (cfg.address, cfg.port, cfg.reuse_port, cfg.protocol, cfg.mode, cfg.tls)
+def _socket_key(cfg: Listener) -> tuple[str, int]:
+    return (cfg.address, cfg.port)
+
+
+def _serving_key(cfg: Listener) -> tuple[object, ...]:
+    """What the accepted connections' driver is chosen by; a change needs a new server."""
+    return (cfg.protocol, cfg.mode, cfg.tls)
+
+
+def _listening_fd(handle: ListenerHandle) -> int:
+    sockets: Any = getattr(handle.servers[0], "sockets", ())
+    return int(sockets[0].fileno())
+
+
+@dataclass
+class _Plan:
+    """A prepared snapshot: everything built, nothing in force yet."""
+
+    cfg: ProxyConfig
+    clusters: dict[str, ClusterRuntime]
+    handles: dict[str, ListenerHandle] = field(default_factory=dict)
+    kept: list[tuple[ListenerHandle, ListenerContext]] = field(default_factory=list)
+    fresh: list[ListenerHandle] = field(default_factory=list)
+    ports: dict[ListenerHandle, int] = field(default_factory=dict)
+
+    def discard(self) -> None:
+        """Close every server the plan created (never started accepting)."""
+        for h in self.fresh:
+            for s in h.servers:
+                s.close()
 
 
 class ProxyServer:
@@ -39,68 +84,119 @@ class ProxyServer:
         self.config: ProxyConfig | None = None
         self.clusters = ClusterManager(self.metrics)
         self.listeners: dict[str, ListenerHandle] = {}
+        self.retired: set[ListenerHandle] = set()
+        """Listeners that left the config (or were replaced) and still have connections."""
         self.draining = False
+        self._ports: dict[ListenerHandle, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._sweeper: asyncio.Task[None] | None = None
-        self._drained = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._idle = asyncio.Event()
         self.on_applied: list[Callable[[ProxyConfig], None]] = []
 
     # -- configuration -------------------------------------------------------------------
 
     async def apply(self, cfg: ProxyConfig) -> None:
         """Put `cfg` in force atomically, or raise ApplyError and change nothing."""
-        if self.draining:
-            raise ApplyError("the proxy is draining")
-        settings = cfg.settings
-        routers = {t.name: Router(t, settings.request_timeout_ms) for t in cfg.route_tables}
-        # Bind new sockets before touching anything, so a bind failure changes nothing.
-        old_by_name = self.listeners
-        clusters = self.clusters.prepare(cfg.clusters, settings)
-        new_handles: dict[str, ListenerHandle] = {}
-        fresh: list[ListenerHandle] = []
-        try:
-            for lc in cfg.listeners:
-                old = old_by_name.get(lc.name)
-                if old is not None and _bind_key(old.ctx.cfg) == _bind_key(lc):
-                    new_handles[lc.name] = old
-                    continue
-                ctx = ListenerContext(lc, settings, routers, clusters, self.metrics)
-                handle = ListenerHandle(
-                    lc.name, ctx,
-                    m_active=self.metrics.connections_active.labels(lc.name),
-                    m_total=self.metrics.connections_total.labels(lc.name))
-                await self._bind(handle)
-                fresh.append(handle)
-                new_handles[lc.name] = handle
-        except ApplyError:
-            await self._unbind(fresh)
-            raise
-        except (OSError, ValueError, NotImplementedError) as exc:
-            await self._unbind(fresh)
-            raise ApplyError(str(exc)) from exc
-        self.clusters.commit(clusters)
-        # Commit: point kept listeners at their new context, retire removed ones.
-        for lc in cfg.listeners:
-            handle = new_handles[lc.name]
-            if handle not in fresh:
-                handle.ctx = ListenerContext(lc, settings, routers, clusters, self.metrics)
-        for name, old in old_by_name.items():
-            if new_handles.get(name) is not old:
-                self._retire(old)
-        self.listeners = new_handles
-        self.config = cfg
-        if self._sweeper is None:
-            self._sweeper = run_sweeper(self.clusters)
-            self._spawn(self._deadline_sweeper())
+        async with self._lock:
+            if self.draining:
+                raise ApplyError("the proxy is draining")
+            plan = await self._prepare(cfg)
+            if self.draining:  # SIGTERM arrived while sockets were being bound
+                plan.discard()
+                raise ApplyError("the proxy is draining")
+            self._commit(plan)
+            for h in plan.fresh:
+                for s in h.servers:
+                    await s.start_serving()
         for cb in self.on_applied:
             cb(cfg)
         log.info("config version %s in force: %d listeners, %d clusters", cfg.version,
                  len(cfg.listeners), len(cfg.clusters))
 
-    async def _bind(self, handle: ListenerHandle) -> None:
-        cfg = handle.ctx.cfg
-        loop = asyncio.get_running_loop()
-        factory = protocol_factory(handle)
+    async def _prepare(self, cfg: ProxyConfig) -> _Plan:
+        settings = cfg.settings
+        try:
+            routers = {t.name: Router(t, settings.request_timeout_ms) for t in cfg.route_tables}
+            clusters = self.clusters.prepare(cfg.clusters, settings)
+            contexts = {lc.name: ListenerContext(lc, settings, routers, clusters, self.metrics)
+                        for lc in cfg.listeners}
+        except Exception as exc:  # a bad certificate, an unresolvable value: nothing changed
+            raise ApplyError(f"cannot build the snapshot: {type(exc).__name__}: {exc}") from exc
+        plan = _Plan(cfg, clusters)
+        old = self.listeners
+        new_by_name = {lc.name: lc for lc in cfg.listeners}
+
+        def donor_for(lc: Listener) -> ListenerHandle | None:
+            """The old listener whose socket `lc` can take over, if any."""
+            same = old.get(lc.name)
+            if same is not None and _socket_key(same.ctx.cfg) == _socket_key(lc):
+                return same
+            if not lc.port:
+                return None
+            for name, h in old.items():
+                if _socket_key(h.ctx.cfg) != _socket_key(lc) or h in plan.ports:
+                    continue
+                successor = new_by_name.get(name)
+                if successor is None or _socket_key(successor) != _socket_key(lc):
+                    return h
+            return None
+
+        try:
+            for lc in cfg.listeners:
+                ctx = contexts[lc.name]
+                donor = donor_for(lc)
+                if (donor is not None and donor.name == lc.name
+                        and _serving_key(donor.ctx.cfg) == _serving_key(lc)):
+                    plan.kept.append((donor, ctx))
+                    plan.handles[lc.name] = donor
+                    plan.ports[donor] = self._ports[donor]
+                    continue
+                handle = ListenerHandle(
+                    lc.name, ctx,
+                    m_active=self.metrics.connections_active.labels(lc.name),
+                    m_total=self.metrics.connections_total.labels(lc.name))
+                plan.fresh.append(handle)
+                plan.handles[lc.name] = handle
+                await self._serve(handle, lc, donor, plan)
+                if donor is not None:
+                    plan.ports[donor] = plan.ports[handle]  # claimed: no other listener takes it
+        except BaseException:
+            plan.discard()
+            raise
+        return plan
+
+    async def _serve(self, handle: ListenerHandle, lc: Listener, donor: ListenerHandle | None,
+                     plan: _Plan) -> None:
+        """Create `handle`'s server, not yet accepting: on `donor`'s socket or a fresh bind."""
+        where = f"listener {lc.name} ({lc.address}:{lc.port})"
+        ssl_ctx: ssl.SSLContext | None = None
+        try:
+            if lc.tls is not None:
+                from tulle.dataplane.listeners.tls import server_ssl_context
+
+                ssl_ctx = server_ssl_context(lc.tls)
+            factory = protocol_factory(handle)
+        except (OSError, ValueError, NotImplementedError) as exc:  # ssl.SSLError is an OSError
+            raise ApplyError(f"{where}: {exc}") from exc
+        sock = self._dup(donor) if donor is not None else self._bind(lc)
+        try:
+            server = await asyncio.get_running_loop().create_server(
+                factory, sock=sock, ssl=ssl_ctx, backlog=BACKLOG, start_serving=False)
+        except (OSError, ValueError) as exc:
+            sock.close()
+            raise ApplyError(f"{where}: {exc}") from exc
+        handle.servers.append(server)
+        plan.ports[handle] = int(sock.getsockname()[1])
+
+    @staticmethod
+    def _dup(donor: ListenerHandle) -> socket.socket:
+        sock = socket.socket(fileno=os.dup(_listening_fd(donor)))
+        sock.setblocking(False)
+        return sock
+
+    @staticmethod
+    def _bind(cfg: Listener) -> socket.socket:
         family = socket.AF_INET6 if ":" in cfg.address else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         try:
@@ -113,44 +209,57 @@ class ProxyServer:
                 except OSError:
                     pass  # REDIRECT works without it; TPROXY would need it
             sock.bind((cfg.address, cfg.port))
-            sock.listen(4096)
+            sock.listen(BACKLOG)
             sock.setblocking(False)
         except OSError as exc:
             sock.close()
             raise ApplyError(f"listener {cfg.name}: cannot bind {cfg.address}:{cfg.port}: "
                              f"{exc.strerror or exc}") from exc
-        ssl_ctx = None
-        if cfg.tls is not None:
-            from tulle.dataplane.listeners.tls import server_ssl_context
+        return sock
 
-            ssl_ctx = server_ssl_context(cfg.tls)
-        server = await loop.create_server(factory, sock=sock, ssl=ssl_ctx, backlog=4096)
-        handle.servers.append(server)
-
-    async def _unbind(self, handles: list[ListenerHandle]) -> None:
-        for h in handles:
-            for s in h.servers:
-                s.close()
+    def _commit(self, plan: _Plan) -> None:
+        """Put a prepared plan in force.  Nothing here may fail."""
+        self.clusters.commit(plan.clusters)
+        for handle, ctx in plan.kept:
+            handle.ctx = ctx
+        for name, old in self.listeners.items():
+            if plan.handles.get(name) is not old:
+                self._retire(old)
+        self.listeners = plan.handles
+        self._ports = {h: plan.ports[h] for h in plan.handles.values()}
+        self.config = plan.cfg
+        if self._sweeper is None:
+            self._sweeper = run_sweeper(self.clusters)
+            self._spawn(self._deadline_sweeper())
 
     def _retire(self, handle: ListenerHandle) -> None:
-        """A listener left the config: stop accepting, drain its connections."""
+        """A listener left the config (or is served anew): stop accepting, drain connections."""
         for s in handle.servers:
             s.close()
         handle.draining = True
-        for conn in list(handle.connections):
-            conn.start_drain()
+        if handle.connections:
+            self.retired.add(handle)
+            handle.on_drained = lambda: self._retired_done(handle)
+            for conn in list(handle.connections):
+                conn.start_drain()
+
+    def _retired_done(self, handle: ListenerHandle) -> None:
+        self.retired.discard(handle)
+        self._check_idle()
 
     def bound_port(self, name: str) -> int:
         """The port a listener actually bound (useful with port 0)."""
-        server = self.listeners[name].servers[0]
-        return int(server.sockets[0].getsockname()[1])
+        return self._ports[self.listeners[name]]
 
     # -- housekeeping --------------------------------------------------------------------
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _all_handles(self) -> list[ListenerHandle]:
+        return [*self.listeners.values(), *self.retired]
 
     async def _deadline_sweeper(self) -> None:
         """Header and idle timeouts for all downstream connections, checked in one place."""
@@ -162,13 +271,17 @@ class ProxyServer:
                 tick = max(0.01, min(1.0, cfg.settings.header_timeout_ms / 4000))
             await asyncio.sleep(tick)
             now = loop.time()
-            for handle in list(self.listeners.values()):
+            for handle in self._all_handles():
                 for conn in list(handle.connections):
                     d = conn.deadline
                     if d and d <= now:
                         conn.on_deadline(now)
 
     # -- lifecycle -----------------------------------------------------------------------
+
+    def _check_idle(self) -> None:
+        if self.draining and not any(h.connections for h in self._all_handles()):
+            self._idle.set()
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Stop accepting, let in-flight requests finish, close idle connections.
@@ -179,18 +292,21 @@ class ProxyServer:
         self.draining = True
         if timeout is None:
             timeout = (self.config.settings.drain_timeout_ms / 1000) if self.config else 5.0
-        handles = list(self.listeners.values())
+        handles = self._all_handles()
         for h in handles:
             for s in h.servers:
                 s.close()
             h.draining = True
+            h.on_drained = self._check_idle
         for h in handles:
             for conn in list(h.connections):
                 conn.start_drain()
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while loop.time() < end and any(h.connections for h in handles):
-            await asyncio.sleep(0.05)
+        self._check_idle()
+        try:
+            async with asyncio.timeout(timeout):
+                await self._idle.wait()
+        except TimeoutError:
+            pass
         clean = not any(h.connections for h in handles)
         for h in handles:
             for conn in list(h.connections):
@@ -199,7 +315,7 @@ class ProxyServer:
         return clean
 
     async def close(self) -> None:
-        for h in self.listeners.values():
+        for h in self._all_handles():
             for s in h.servers:
                 s.close()
             for conn in list(h.connections):

@@ -3,6 +3,13 @@
 Served by the same HTTP/1 codec as traffic, without routing: a handful of GET paths answered
 from the proxy's own state.  Never exposed beyond loopback by default; it reveals the whole
 configuration.
+
+    /ready        200 when a config is in force and the proxy is not draining, else 503
+    /metrics      Prometheus text exposition (version 0.0.4)
+    /config_dump  the config in force, canonical JSON
+    /clusters     clusters, endpoints, pool and connection counts, JSON
+
+Other paths get 404; other methods than GET and HEAD on these paths get 405.
 """
 
 from __future__ import annotations
@@ -10,34 +17,59 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
-from typing import cast
+from http import HTTPStatus
+from typing import TYPE_CHECKING, cast
 
 from tulle.dataplane.exchange import Headers, RequestHead
 from tulle.dataplane.protocols.http1 import ProtocolError, RequestCodec, local_response
 from tulle.proxyconfig.load import dump
 
-if False:  # pragma: no cover - typing only, avoids an import cycle at run time
+if TYPE_CHECKING:
     from tulle.dataplane.server import ProxyServer
 
+TEXT = b"text/plain; charset=utf-8"
+JSON = b"application/json"
+PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
 
-def _response(status: int, body: bytes, ctype: bytes) -> bytes:
-    return (b"HTTP/1.1 %d %s\r\ncontent-type: %b\r\ncontent-length: %d\r\n\r\n%b" % (
-        status, b"OK" if status == 200 else b"Error", ctype, len(body), body))
+
+def _response(status: int, body: bytes, ctype: bytes, *, head_only: bool = False,
+              close: bool = False, extra: bytes = b"") -> bytes:
+    reason = HTTPStatus(status).phrase.encode()
+    conn = b"connection: close\r\n" if close else b""
+    return (b"HTTP/1.1 %d %b\r\ncontent-type: %b\r\ncontent-length: %d\r\n"
+            b"cache-control: no-store\r\n%b%b\r\n%b" % (
+                status, reason, ctype, len(body), conn, extra, b"" if head_only else body))
+
+
+def _count(pool: object, attr: str) -> int:
+    value = getattr(pool, attr, ())
+    return value if isinstance(value, int) else len(value)
 
 
 def clusters_view(server: ProxyServer) -> list[dict[str, object]]:
+    """Every cluster in force with its endpoints and connection counts."""
+    m = server.metrics
     out: list[dict[str, object]] = []
     for name, c in sorted(server.clusters.clusters.items()):
         eps = []
         for e in c.endpoints:
             pool = c.pools.get(e.key)
+            idle, busy = _count(pool, "idle"), _count(pool, "busy")
             eps.append({
-                "address": e.key, "weight": e.weight, "healthy": e.healthy,
-                "connections_idle": len(getattr(pool, "idle", ())),
-                "connections_busy": len(getattr(pool, "busy", ())),
+                "address": e.key, "weight": e.weight, "zone": e.zone, "healthy": e.healthy,
+                "requests_active": e.active,
+                # HTTP/1 pools: idle and busy; multiplexed (HTTP/2) pools: `all` connections.
+                "connections_open": _count(pool, "all") if hasattr(pool, "all") else idle + busy,
+                "connections_idle": idle,
+                "connections_busy": busy,
             })
-        out.append({"name": name, "protocol": c.protocol, "lb_policy": c.cfg.lb_policy,
-                    "endpoints": eps})
+        out.append({
+            "name": name, "protocol": c.protocol, "lb_policy": c.cfg.lb_policy,
+            "connections_active": m.upstream_connections_active.labels(name).value,
+            "connections_total": m.upstream_connections_total.labels(name).value,
+            "connect_failures": m.upstream_connect_failures.labels(name).value,
+            "endpoints": eps,
+        })
     return out
 
 
@@ -48,28 +80,36 @@ class AdminProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport = cast(asyncio.Transport, transport)
+        self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
         try:
             self.codec.feed(data)
-        except ProtocolError as exc:
-            assert self.transport is not None
-            self.transport.write(local_response(exc.status, exc.detail.encode(), close=True))
-            self.transport.close()
+        except (ProtocolError, ValueError) as exc:
+            if self.transport is not None:
+                status = exc.status if isinstance(exc, ProtocolError) else 400
+                self.transport.write(local_response(status, b"bad request\n", close=True))
+                self.transport.close()
 
     def on_request_head(self, head: RequestHead, has_body: bool, keep_alive: bool,
                         expect_continue: bool) -> None:
+        t = self.transport
+        if t is None or t.is_closing():
+            return
         path = head.path.split(b"?", 1)[0]
-        handler: Callable[[], bytes] | None = self.ROUTES.get(path)
-        assert self.transport is not None
-        if head.method not in (b"GET", b"HEAD") or handler is None:
+        handler = self.ROUTES.get(path)
+        close = not keep_alive
+        if handler is None:
             body = b"admin endpoints: " + b" ".join(sorted(self.ROUTES)) + b"\n"
-            self.transport.write(_response(404, body, b"text/plain"))
+            t.write(_response(404, body, TEXT, close=close))
+        elif head.method not in (b"GET", b"HEAD"):
+            t.write(_response(405, b"method not allowed\n", TEXT, close=close,
+                              extra=b"allow: GET, HEAD\r\n"))
         else:
-            self.transport.write(handler(self))  # type: ignore[call-arg]
-        if not keep_alive:
-            self.transport.close()
+            status, body, ctype = handler(self)
+            t.write(_response(status, body, ctype, close=close, head_only=head.method == b"HEAD"))
+        if close:
+            t.close()
 
     def on_request_body(self, data: bytes) -> None:
         pass
@@ -77,32 +117,32 @@ class AdminProtocol(asyncio.Protocol):
     def on_request_end(self, trailers: Headers | None) -> None:
         pass
 
-    def ready(self) -> bytes:
+    def ready(self) -> tuple[int, bytes, bytes]:
         s = self.server
-        if s.config is None or s.draining:
-            return _response(503, b"NOT READY\n", b"text/plain")
-        return _response(200, b"READY\n", b"text/plain")
+        if s.config is None:
+            return 503, b"NOT READY: no config in force\n", TEXT
+        if s.draining:
+            return 503, b"NOT READY: draining\n", TEXT
+        return 200, b"READY\n", TEXT
 
-    def metrics(self) -> bytes:
-        return _response(200, self.server.metrics.registry.render().encode(),
-                         b"text/plain; version=0.0.4; charset=utf-8")
+    def metrics(self) -> tuple[int, bytes, bytes]:
+        return 200, self.server.metrics.registry.render().encode(), PROMETHEUS
 
-    def config_dump(self) -> bytes:
+    def config_dump(self) -> tuple[int, bytes, bytes]:
         cfg = self.server.config
-        body = dump(cfg) + b"\n" if cfg is not None else b"{}\n"
-        return _response(200, body, b"application/json")
+        return 200, (dump(cfg) + b"\n" if cfg is not None else b"{}\n"), JSON
 
-    def clusters(self) -> bytes:
-        body = json.dumps(clusters_view(self.server), indent=2).encode() + b"\n"
-        return _response(200, body, b"application/json")
+    def clusters(self) -> tuple[int, bytes, bytes]:
+        return 200, json.dumps(clusters_view(self.server), indent=2).encode() + b"\n", JSON
 
-    ROUTES: dict[bytes, Callable[..., bytes]] = {
+    ROUTES: dict[bytes, Callable[[AdminProtocol], tuple[int, bytes, bytes]]] = {
         b"/ready": ready, b"/metrics": metrics, b"/config_dump": config_dump,
         b"/clusters": clusters,
     }
 
 
 async def start_admin(server: ProxyServer, address: str, port: int) -> asyncio.AbstractServer:
+    """Serve the admin endpoint; raises OSError when the address cannot be bound."""
     loop = asyncio.get_running_loop()
     return await loop.create_server(lambda: AdminProtocol(server), address, port,
                                     reuse_address=True)

@@ -9,6 +9,7 @@ between the two in a declared order, on the same `RequestHead`.
 
 from __future__ import annotations
 
+import os
 import random
 from typing import TYPE_CHECKING
 
@@ -55,16 +56,36 @@ def resolve(ctx: ListenerContext, router: Router | None, default_cluster: str,
     return Decision(cluster, name, timeout_ms)
 
 
-_rand = random.Random()
-_getrandbits = _rand.getrandbits
+class _RequestIds:
+    """Version-4-shaped UUIDs: 80 random bits per process, then a 48-bit counter.
+
+    uuid.uuid4() reads os.urandom (a system call) per request; a request id needs uniqueness,
+    not unpredictability.  The random prefix (re-drawn in each worker process) keeps ids from
+    different proxies apart; the counter keeps one proxy's ids apart.
+    """
+
+    __slots__ = ("_n", "_prefix")
+
+    def __init__(self) -> None:
+        self._n = 0
+        self._prefix = b""
+        self.reseed()
+        os.register_at_fork(after_in_child=self.reseed)  # workers must not repeat ids
+
+    def reseed(self) -> None:
+        h = b"%020x" % random.SystemRandom().getrandbits(80)
+        # xxxxxxxx-xxxx-4xxx-Vxxx-<counter>, V in 8..b (the RFC 4122 variant)
+        variant = b"89ab"[int(h[15:16], 16) & 3:][:1]
+        self._prefix = (h[:8] + b"-" + h[8:12] + b"-4" + h[12:15] + b"-" + variant + h[16:19]
+                        + b"-")
+        self._n = 0
+
+    def next(self) -> bytes:
+        self._n += 1
+        return b"%b%012x" % (self._prefix, self._n & 0xFFFFFFFFFFFF)
 
 
-def request_id() -> bytes:
-    """A random (version 4) UUID.  uuid.uuid4() reads os.urandom, a system call per request;
-    a request id needs uniqueness, not cryptographic strength."""
-    h = b"%032x" % ((_getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48)) | (0x4000 << 64)
-                    | (0x8000 << 48))
-    return b"%b-%b-%b-%b-%b" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
+request_id = _RequestIds().next
 
 
 def add_forwarding_headers(head: RequestHead, peer_ip: bytes, generate_request_id: bool) -> None:

@@ -121,11 +121,14 @@ class H1Exchange:
         if not self.request_done:
             self.close_after = True  # an early response: we will not read the rest
         self.head_sent = True
-        conn.write(serialize_response_head(
+        data = serialize_response_head(
             head, chunked=self.chunked, close=self.close_after,
-            extra=_KEEP_ALIVE if self.head.version == b"1.0" and not self.close_after else ()))
+            extra=_KEEP_ALIVE if self.head.version == b"1.0" and not self.close_after else ())
         if end_stream:
+            conn.write(data)
             self._finish()
+        else:
+            conn.write_head(data)
 
     def on_response_data(self, data: bytes) -> None:
         if self.chunked:
@@ -226,6 +229,7 @@ class H1Downstream(asyncio.Protocol, Connection):
         self._advancing = False
         self._initial = initial
         self._early_tunnel: list[bytes] | None = None
+        self._out: list[bytes] | None = None
         self.tunnel: TunnelStream | None = None
         self._eof_in = False
         self._eof_out = False
@@ -476,15 +480,40 @@ class H1Downstream(asyncio.Protocol, Connection):
             self._close()  # nothing more can flow either way: close once the buffer drains
             return
         self._eof_out = True
+        self._flush()
         t.write_eof()
 
     # -- transport helpers ---------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
         t = self.transport
-        if t is not None:
-            self.ctx.m_bytes_sent.value += len(data)
-            t.write(data)
+        if t is None:
+            return
+        self.ctx.m_bytes_sent.value += len(data)
+        held = self._out
+        if held is not None:
+            self._out = None
+            data = held[0] + data
+        t.write(data)
+
+    def write_head(self, data: bytes) -> None:
+        """Hold a response head back until the body's first bytes (usually in the same read of
+        the upstream) so both leave in one system call; flushed at the end of this loop turn if
+        no body comes sooner."""
+        if self.transport is None:
+            return
+        self.ctx.m_bytes_sent.value += len(data)
+        if self._out is not None:
+            self._flush()
+        self._out = [data]
+        self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        out = self._out
+        self._out = None
+        t = self.transport
+        if out and t is not None:
+            t.write(out[0])
 
     def pause_reading(self, why: str) -> None:
         if not self._paused and self.transport is not None:
@@ -536,6 +565,7 @@ class H1Downstream(asyncio.Protocol, Connection):
         self._deadline_kind = ""
         if kind == "linger":
             if self.transport is not None:
+                self._flush()
                 self.transport.close()
             return
         if self._queue or self.tunnel is not None:
@@ -555,6 +585,7 @@ class H1Downstream(asyncio.Protocol, Connection):
         t = self.transport
         if t is None or self._lingering:
             return
+        self._flush()
         if self._eof_in or self.tunnel is not None or not t.can_write_eof():
             t.close()
             return

@@ -46,8 +46,30 @@ class ProtocolError(Exception):
         self.detail = detail
 
 
-def _connection_tokens(value: bytes) -> set[bytes]:
-    return {t.strip().lower() for t in value.split(b",") if t.strip()}
+_COMMON_TOKENS: dict[bytes, frozenset[bytes]] = {
+    v: frozenset({v.lower()}) for v in (b"keep-alive", b"Keep-Alive", b"close", b"Close",
+                                         b"upgrade", b"Upgrade")
+}
+_NOT_HEADERS = frozenset({b"keep-alive", b"close", b"upgrade", b"te", b"proxy-connection",
+                          b"transfer-encoding"})
+"""Connection tokens that name no header we forward (already hop-by-hop, or an option)."""
+
+
+def _connection_tokens(value: bytes) -> frozenset[bytes]:
+    common = _COMMON_TOKENS.get(value)
+    if common is not None:
+        return common
+    return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+
+
+# What on_headers_complete does with a header, by lower-case name; absent: forward as is.
+_HOST, _CL, _TE, _CONN, _EXPECT, _UPGRADE, _DROP = range(7)
+_REQUEST_SPECIAL = {b"host": _HOST, b"content-length": _CL, b"transfer-encoding": _TE,
+                    b"connection": _CONN, b"expect": _EXPECT, b"upgrade": _UPGRADE,
+                    b"keep-alive": _DROP, b"proxy-connection": _DROP, b"te": _DROP}
+_RESPONSE_SPECIAL = {b"content-length": _CL, b"transfer-encoding": _TE, b"connection": _CONN,
+                     b"upgrade": _UPGRADE, b"keep-alive": _DROP, b"proxy-connection": _DROP,
+                     b"te": _DROP}
 
 
 def _reraise(exc: Exception, status: int, kind: str, default: str) -> ProtocolError:
@@ -152,41 +174,42 @@ class RequestCodec:
                 raise ProtocolError(400, "malformed_request", "HTTP/0.9 is not supported")
             raise ProtocolError(505, "unsupported", f"HTTP/{version.decode()} over HTTP/1 framing")
         hosts: list[bytes] = []
-        conn_tokens: set[bytes] = set()
+        conn_tokens: frozenset[bytes] = frozenset()
         out: Headers = []
+        append = out.append
+        special = _REQUEST_SPECIAL.get
         cl: int | None = None
         expect = False
         upgrade = b""
         chunked = False
         for raw_name, value in self._headers:
             name = raw_name.lower()
-            if name == b"host":
+            what = special(name)
+            if what is None:
+                append((name, value))
+            elif what == _HOST:
                 hosts.append(value)
-                continue
-            if name == b"content-length":
+            elif what == _CL:
                 cl = int(value)  # llhttp has checked the digits and rejected duplicates
-            elif name == b"transfer-encoding":
+                append((name, value))
+            elif what == _TE:
                 if chunked or value.strip().lower() != b"chunked":
                     # llhttp took "gzip, chunked"; we strip and re-create framing, so a coding
                     # other than chunked would reach the upstream undone (RFC 9112 6.1: 501).
                     raise ProtocolError(501, "unsupported", "transfer coding other than chunked")
                 chunked = True
-                continue
-            elif name == b"connection":
-                conn_tokens |= _connection_tokens(value)
-                continue
-            elif name == b"expect":
+            elif what == _CONN:
+                conn_tokens = conn_tokens | _connection_tokens(value)
+            elif what == _EXPECT:
                 if value.strip().lower() == b"100-continue":
                     expect = True
-                    continue
-            elif name == b"upgrade":
+                else:
+                    append((name, value))
+            elif what == _UPGRADE:
                 upgrade = value.strip()
-                continue
-            elif name in HOP_BY_HOP:
-                continue
-            out.append((name, value))
-        if conn_tokens:
-            out = [(n, v) for n, v in out if n not in conn_tokens]
+        named = conn_tokens - _NOT_HEADERS
+        if named:
+            out = [(n, v) for n, v in out if n not in named]
         if len(hosts) > 1:
             raise ProtocolError(400, "malformed_request", "more than one Host header")
         url = self._url
@@ -333,28 +356,30 @@ class ResponseCodec:
         self._done_head = True
         cl: int | None = None
         chunked = False
-        conn_tokens: set[bytes] = set()
+        conn_tokens: frozenset[bytes] = frozenset()
         out: Headers = []
+        append = out.append
+        special = _RESPONSE_SPECIAL.get
         for raw_name, value in self._headers:
             name = raw_name.lower()
-            if name == b"content-length":
+            what = special(name)
+            if what is None:
+                append((name, value))
+            elif what == _CL:
                 cl = int(value)
-            elif name == b"transfer-encoding":
+                append((name, value))
+            elif what == _TE:
                 if value.strip().lower() != b"chunked":
                     raise ProtocolError(502, "upstream_protocol",
                                         "transfer coding other than chunked")
                 chunked = True
-                continue
-            elif name == b"connection":
-                conn_tokens |= _connection_tokens(value)
-                continue
-            elif name in HOP_BY_HOP:
-                if status == 101 and name == b"upgrade":
-                    out.append((name, value))
-                continue
-            out.append((name, value))
-        if conn_tokens:
-            out = [(n, v) for n, v in out if n not in conn_tokens or n == b"upgrade"]
+            elif what == _CONN:
+                conn_tokens = conn_tokens | _connection_tokens(value)
+            elif what == _UPGRADE and status == 101:
+                append((name, value))
+        named = conn_tokens - _NOT_HEADERS
+        if named:
+            out = [(n, v) for n, v in out if n not in named]
         head = ResponseHead(status, out, self._reason, cl)
         if status == 101:
             if not self._upgrade_request:
@@ -404,37 +429,28 @@ def reason_phrase(status: int) -> bytes:
 
 def serialize_request_head(head: RequestHead, chunked: bool, extra: HeaderSeq = ()) -> bytes:
     """Request line and headers for an HTTP/1.1 upstream.  `extra` goes after the head's own."""
-    parts = [head.method, b" ", head.path, b" HTTP/1.1\r\nhost: ", head.authority, b"\r\n"]
-    for n, v in head.headers:
-        if n[:1] != b":":
-            parts += (n, b": ", v, b"\r\n")
-    for n, v in extra:
-        parts += (n, b": ", v, b"\r\n")
+    lines = [b"%b %b HTTP/1.1\r\nhost: %b\r\n" % (head.method, head.path, head.authority)]
+    lines += [n + b": " + v + b"\r\n" for n, v in head.headers if n[:1] != b":"]
+    if extra:
+        lines += [n + b": " + v + b"\r\n" for n, v in extra]
     if head.upgrade:
-        parts += (b"connection: upgrade\r\nupgrade: ", head.upgrade, b"\r\n")
-    if chunked:
-        parts.append(b"transfer-encoding: chunked\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
+        lines.append(b"connection: upgrade\r\nupgrade: %b\r\n" % head.upgrade)
+    lines.append(b"transfer-encoding: chunked\r\n\r\n" if chunked else b"\r\n")
+    return b"".join(lines)
 
 
 def serialize_response_head(head: ResponseHead, *, chunked: bool, close: bool,
                             extra: HeaderSeq = ()) -> bytes:
     """Status line and headers for an HTTP/1.1 downstream."""
     status = head.status
-    parts = [b"HTTP/1.1 ", str(status).encode(), b" ",
-             head.reason or reason_phrase(status), b"\r\n"]
-    for n, v in head.headers:
-        if n[:1] != b":":
-            parts += (n, b": ", v, b"\r\n")
-    for n, v in extra:
-        parts += (n, b": ", v, b"\r\n")
+    lines = [b"HTTP/1.1 %d %b\r\n" % (status, head.reason or _REASONS.get(status, b""))]
+    lines += [n + b": " + v + b"\r\n" for n, v in head.headers if n[:1] != b":"]
+    if extra:
+        lines += [n + b": " + v + b"\r\n" for n, v in extra]
     if chunked:
-        parts.append(b"transfer-encoding: chunked\r\n")
-    if close:
-        parts.append(b"connection: close\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
+        lines.append(b"transfer-encoding: chunked\r\n")
+    lines.append(b"connection: close\r\n\r\n" if close else b"\r\n")
+    return b"".join(lines)
 
 
 def encode_chunk(data: bytes) -> bytes:

@@ -1,7 +1,8 @@
 """Clusters at run time: endpoints, a load balancer, and a pool per endpoint.
 
-`ClusterManager.update` turns a snapshot's clusters into `ClusterRuntime`s.  A cluster whose
-name survives a swap keeps its endpoint state and its pools for endpoints that are still there
+`ClusterManager.prepare` turns a snapshot's clusters into `ClusterRuntime`s and `commit` puts
+them in force.  A cluster whose name survives a swap keeps its endpoint state, and its pools for
+endpoints that are still there (when protocol, TLS and stream limits are unchanged)
 (decision 3 of DESIGN.md: in-flight requests finish on the connections they have; nothing is
 re-dialled because an unrelated route changed).  Pools of removed endpoints stop taking new
 requests and close as their last exchange ends.
@@ -24,6 +25,9 @@ from tulle.proxyconfig.model import Cluster, Settings
 
 
 class Pool(Protocol):
+    cluster: ClusterRuntime
+    """The runtime of the snapshot in force; `ClusterManager.commit` moves it on a swap."""
+
     def open_stream(self, head: RequestHead, sink: ResponseSink,
                     end_stream: bool) -> UpstreamStream: ...
 
@@ -43,7 +47,13 @@ def _h1_pool(cluster: ClusterRuntime, ep: EndpointState) -> Pool:
     return H1Pool(cluster, ep)
 
 
-POOL_FACTORIES: dict[str, PoolFactory] = {"http1": _h1_pool}
+def _h2_pool(cluster: ClusterRuntime, ep: EndpointState) -> Pool:
+    from tulle.dataplane.upstream.http2 import H2Pool
+
+    return H2Pool(cluster, ep)
+
+
+POOL_FACTORIES: dict[str, PoolFactory] = {"http1": _h1_pool, "http2": _h2_pool}
 """Upstream protocol -> pool constructor.  `tcp` clusters have no pool (the relay dials)."""
 
 
@@ -114,16 +124,23 @@ def _pool_compatible(old: Cluster, new: Cluster) -> bool:
 
 
 class ClusterManager:
-    """Owns every cluster's runtime across snapshots."""
+    """Owns every cluster's runtime across snapshots.
+
+    A swap is two steps so that the server can build everything before changing anything:
+    `prepare` builds the new runtimes (reusing endpoint state and pools, touching nothing in
+    force), `commit` puts them in force and winds down what was not carried over.
+    """
 
     def __init__(self, metrics: ProxyMetrics) -> None:
         self.metrics = metrics
         self.clusters: dict[str, ClusterRuntime] = {}
-        self._retired: list[Pool] = []
 
     def prepare(self, clusters: Iterable[Cluster],
                 settings: Settings) -> dict[str, ClusterRuntime]:
-        """Build the runtimes of a snapshot without changing anything in force."""
+        """Build the runtimes of a snapshot without changing anything in force.
+
+        May raise (e.g. an unreadable client certificate); then nothing has changed.
+        """
         new: dict[str, ClusterRuntime] = {}
         for cfg in clusters:
             old = self.clusters.get(cfg.name)
@@ -143,12 +160,21 @@ class ClusterManager:
     def commit(self, new: dict[str, ClusterRuntime]) -> None:
         """Put prepared runtimes in force; pools that were not carried over wind down."""
         for rt in new.values():
+            old = self.clusters.get(rt.name)
+            keys = {e.key for e in rt.endpoints}
+            if old is not None and _pool_compatible(old.cfg, rt.cfg):
+                # Pools the old runtime opened after `prepare` ran are carried over too.
+                for key, pool in old.pools.items():
+                    if key in keys:
+                        rt.pools.setdefault(key, pool)
+            by_key = {e.key: e for e in rt.endpoints}
             for e in rt.cfg.endpoints:
-                st = next(x for x in rt.endpoints if x.key == f"{e.address}:{e.port}")
+                st = by_key[f"{e.address}:{e.port}"]
                 st.weight = e.weight
                 st.zone = e.zone
+            rt.lb = build(rt.cfg.lb_policy, rt.endpoints)  # after the weights are in force
             for pool in rt.pools.values():
-                pool.cluster = rt  # type: ignore[attr-defined]
+                pool.cluster = rt
         for name, old in self.clusters.items():
             live = new.get(name)
             for key, pool in old.pools.items():

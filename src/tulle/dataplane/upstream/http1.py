@@ -124,12 +124,14 @@ class H1Stream:
         self.paused = True
         conn = self.conn
         if conn is not None and conn.transport is not None:
+            conn.read_paused = True
             conn.transport.pause_reading()
 
     def resume_response(self) -> None:
         self.paused = False
         conn = self.conn
         if conn is not None and conn.transport is not None:
+            conn.read_paused = False
             conn.transport.resume_reading()
 
 
@@ -146,6 +148,7 @@ class H1Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.closed = False
         self.write_paused = False
+        self.read_paused = False
         self._ended: tuple[H1Stream, Headers | None] | None = None
         """A response the parser finished in the current read, delivered once the read is done."""
 
@@ -238,6 +241,7 @@ class H1Connection(asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         if stream.paused:
+            self.read_paused = True
             transport.pause_reading()
         if pending:
             transport.writelines([stream.head_bytes(), *pending])
@@ -318,6 +322,14 @@ class H1Pool:
         self.busy: set[H1Connection] = set()
         self._connecting: set[asyncio.Task[None]] = set()
         self.closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def open_stream(self, head: RequestHead, sink: ResponseSink, end_stream: bool) -> H1Stream:
         stream = H1Stream(self, head, sink, end_stream)
@@ -371,8 +383,10 @@ class H1Pool:
             conn._close()
             return
         conn.reused = True
-        conn.idle_since = asyncio.get_running_loop().time()
-        conn.transport.resume_reading()  # the last exchange may have left it paused
+        conn.idle_since = self.loop.time()
+        if conn.read_paused:  # the last exchange left it paused
+            conn.read_paused = False
+            conn.transport.resume_reading()
         self.idle.append(conn)
 
     def forget(self, conn: H1Connection) -> None:

@@ -41,3 +41,19 @@ def test_request_id_generation_can_be_turned_off() -> None:
     h = head()
     add_forwarding_headers(h, b"", False)
     assert h.headers == [(b"x-forwarded-proto", b"http")]
+
+
+def test_a_forked_worker_draws_a_new_prefix() -> None:
+    import os
+
+    parent = request_id()[:24]
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: report its prefix and exit without running pytest's teardown
+        os.write(w, request_id()[:24])
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(r, 64)
+    os.close(r)
+    os.close(w)
+    assert child != parent

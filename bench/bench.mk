@@ -1,0 +1,26 @@
+# Benchmark targets; the main Makefile does `include bench/bench.mk` and defines `deps`
+# (which creates .venv and installs the project).
+#
+#   make bench-quick   ~40 s: HTTP/1.1 direct vs Tulle vs HAProxy vs nginx -> bench/results/quick.json
+#   make bench         ~2-3 min: the same, longer, plus h2c and raw TCP -> bench/results/full.json
+#                      and the results section of docs/performance.md
+#   make bench-profile py-spy on Tulle under wrk: hottest functions -> bench/results/profile.json
+
+BENCH_PY ?= .venv/bin/python
+BENCH_PEERS ?= tulle,haproxy,nginx
+
+.PHONY: bench bench-quick bench-profile bench-setup
+
+bench-setup:
+	bash bench/setup.sh
+
+bench-quick: deps bench-setup
+	$(BENCH_PY) -m bench.run --mode quick --peers $(BENCH_PEERS) --json bench/results/quick.json
+
+bench: deps bench-setup
+	$(BENCH_PY) -m bench.run --mode full --peers $(BENCH_PEERS) --json bench/results/full.json \
+		--doc docs/performance.md
+
+bench-profile: deps bench-setup
+	test -x $(dir $(BENCH_PY))py-spy || $(BENCH_PY) -m pip install -q 'py-spy>=0.3.14,<0.5'
+	$(BENCH_PY) -m bench.profile --seconds 10

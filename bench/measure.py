@@ -1,0 +1,204 @@
+"""The measurements: fixed-rate latency, closed-loop maximum rate, CPU per request, memory.
+
+The machine the benchmark runs on may be shared, so the HTTP/1 measurements are taken in
+*rounds*: every peer (and the direct connection) is running at once, idle but for the one
+being loaded, and each round loads each of them in turn — rotating the order — so a burst of
+someone else's work lands on all peers alike instead of on whichever happened to run then.
+Latency samples of all rounds are merged before percentiles are taken; CPU time and request
+counts are summed; the maximum rate is the best round (noise only ever lowers it).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.loadgen import percentiles
+from bench.peers import LOAD_CPU, PROXY_CPU, Running
+from bench.procs import RssSampler, cpu_busy, cpu_seconds, rss_bytes
+from bench.tools import run_h2load, run_loadgen, run_wrk
+
+MB = 1024 * 1024
+
+
+def rnd(x: float, nd: int = 3) -> float:
+    return round(x, nd)
+
+
+@dataclass(frozen=True)
+class Plan:
+    fixed_rate: float
+    rounds: int
+    fixed_s: float
+    """Recorded seconds of fixed-rate load per peer per round."""
+    warmup_s: float
+    fixed_conns: int
+    wrk_s: float
+    """Seconds of closed-loop load per peer per round."""
+    wrk_conns: int
+    extra_s: float
+    """Seconds per h2c / TCP run; 0 skips those sections."""
+
+
+class Meter:
+    """CPU used by the proxy during one phase, and how busy both CPUs were with anything else.
+
+    `others_on_proxy_cpu` is the share of CPU 0 that processes other than the proxy used
+    (other jobs on a shared machine, softirq work not charged to a process); `load_cpu_busy` is
+    how busy CPU 1 (origin, load generator, and anything else) was.  Near 1 means contended.
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        self.pids = pids
+        self.proxy_s = self.proxy_ticks_s = self.wall = 0.0
+        self.others_on_proxy_cpu = self.load_cpu_busy = self.steal = 0.0
+
+    def __enter__(self) -> Meter:
+        self._c0 = cpu_seconds(self.pids)
+        self._b0 = cpu_busy()
+        self._w0 = time.monotonic()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        c1 = cpu_seconds(self.pids)
+        b1 = cpu_busy()
+        self.wall = time.monotonic() - self._w0
+        self.proxy_s = c1[0] - self._c0[0]
+        self.proxy_ticks_s = c1[1] - self._c0[1]
+        busy0 = b1[PROXY_CPU][0] - self._b0[PROXY_CPU][0]
+        busy1 = b1[LOAD_CPU][0] - self._b0[LOAD_CPU][0]
+        self.others_on_proxy_cpu = max(0.0, busy0 - self.proxy_s) / self.wall
+        self.load_cpu_busy = busy1 / self.wall
+        self.steal = sum(b1[c][1] - self._b0[c][1] for c in (PROXY_CPU, LOAD_CPU)) / self.wall
+
+    def contention(self) -> dict[str, float]:
+        return {"others_on_proxy_cpu": rnd(self.others_on_proxy_cpu, 2),
+                "load_cpu_busy": rnd(self.load_cpu_busy, 2), "steal": rnd(self.steal, 2)}
+
+
+@dataclass
+class Tally:
+    """One peer's HTTP/1 measurements, summed over rounds."""
+
+    target: Running
+    sampler: RssSampler
+    rss_idle: int = 0
+    samples: list[float] = field(default_factory=list)
+    fixed_rounds: list[dict[str, Any]] = field(default_factory=list)
+    wrk_rounds: list[dict[str, Any]] = field(default_factory=list)
+    fixed_cpu: float = 0.0
+    fixed_ticks: float = 0.0
+    fixed_done: int = 0
+    sat_cpu: float = 0.0
+    sat_wall: float = 0.0
+    sat_done: int = 0
+
+    def fixed_round(self, plan: Plan) -> None:
+        with Meter(self.target.pids) as m:
+            res = run_loadgen(self.target.port, rate=plan.fixed_rate, duration=plan.fixed_s,
+                              warmup=plan.warmup_s, connections=plan.fixed_conns)
+        self.samples.extend(res.pop("samples_ms"))
+        res["contention"] = m.contention()
+        res["proxy_cpu_s"] = rnd(m.proxy_s, 4)
+        self.fixed_rounds.append(res)
+        self.fixed_cpu += m.proxy_s
+        self.fixed_ticks += m.proxy_ticks_s
+        self.fixed_done += res["completed"]
+
+    def wrk_round(self, plan: Plan) -> None:
+        with Meter(self.target.pids) as m:
+            res = run_wrk(self.target.port, duration=plan.wrk_s, connections=plan.wrk_conns)
+        res["contention"] = m.contention()
+        res["proxy_cpu_s"] = rnd(m.proxy_s, 4)
+        self.wrk_rounds.append(res)
+        self.sat_cpu += m.proxy_s
+        self.sat_wall += m.wall
+        self.sat_done += res["requests"]
+
+    def result(self) -> dict[str, Any]:
+        lat = percentiles(self.samples)
+        best = max(self.wrk_rounds, key=lambda w: w["rps"])
+        out: dict[str, Any] = {
+            "p50_ms": rnd(lat["p50"], 4), "p90_ms": rnd(lat["p90"], 4),
+            "p99_ms": rnd(lat["p99"], 4), "p999_ms": rnd(lat["p999"], 4),
+            "max_ms": rnd(lat["max"], 4), "mean_ms": rnd(lat["mean"], 4),
+            "latency_samples": len(self.samples),
+            "p99_ms_by_round": [f["latency_ms"]["p99"] for f in self.fixed_rounds],
+            "rps_max": round(best["rps"]),
+            "rps_by_round": [round(w["rps"]) for w in self.wrk_rounds],
+        }
+        if self.target.pids:
+            out["cpu_us_per_req"] = rnd(self.fixed_cpu * 1e6 / max(1, self.fixed_done), 1)
+            out["cpu_us_per_req_ticks"] = rnd(self.fixed_ticks * 1e6 / max(1, self.fixed_done), 1)
+            out["cpu_us_per_req_sat"] = rnd(self.sat_cpu * 1e6 / max(1, self.sat_done), 1)
+            out["cpu_util_sat"] = rnd(self.sat_cpu / max(1e-9, self.sat_wall), 2)
+            out["rss_idle_mb"] = rnd(self.rss_idle / MB, 1)
+            out["rss_mb"] = rnd(self.sampler.peak / MB, 1)
+
+        def worst(rounds: list[dict[str, Any]], key: str) -> float:
+            return float(max(r["contention"][key] for r in rounds))
+
+        out["contention"] = {
+            phase: {k: worst(rounds, k) for k in ("others_on_proxy_cpu", "load_cpu_busy", "steal")}
+            for phase, rounds in (("fixed", self.fixed_rounds), ("sat", self.wrk_rounds))}
+        problems = []
+        for f in self.fixed_rounds:
+            if f["errors"] or f["timed_out"] or f["non2xx"]:
+                problems.append(f"fixed rate: {f['errors']} errors, {f['timed_out']} timed out, "
+                                f"{f['non2xx']} non-2xx")
+        for w in self.wrk_rounds:
+            if w["non2xx"] or w["socket_errors"]:
+                problems.append(f"wrk: {w['non2xx']} non-2xx, {w['socket_errors']} socket errors")
+        if problems:
+            out["problems"] = problems
+        out["fixed_rounds"] = self.fixed_rounds
+        out["wrk_rounds"] = self.wrk_rounds
+        return out
+
+
+def http1_rounds(targets: list[Running], plan: Plan) -> dict[str, dict[str, Any]]:
+    """All fixed-rate rounds first (so wrk's load never precedes them), then all wrk rounds."""
+    tallies = [Tally(t, RssSampler(t.pids)) for t in targets]
+    time.sleep(0.3)  # let start-up allocations settle
+    for t in tallies:
+        t.rss_idle = rss_bytes(t.target.pids)
+        if t.target.pids:
+            t.sampler.start()
+    try:
+        n = len(tallies)
+        for phase in ("fixed", "wrk"):
+            for i in range(plan.rounds):
+                order = tallies[i % n:] + tallies[: i % n]
+                for t in order:
+                    print(f"  {phase} round {i + 1}/{plan.rounds}: {t.target.name}", flush=True)
+                    if phase == "fixed":
+                        t.fixed_round(plan)
+                    else:
+                        t.wrk_round(plan)
+    finally:
+        for t in tallies:
+            t.sampler.stop()
+    return {t.target.name: t.result() for t in tallies}
+
+
+def measure_extra(r: Running, protocol: str, plan: Plan) -> dict[str, Any]:
+    """h2c (h2load) or TCP (wrk through the relay): throughput and CPU per request."""
+    sampler = RssSampler(r.pids)
+    time.sleep(0.2)
+    idle = rss_bytes(r.pids)
+    with sampler.running(), Meter(r.pids) as m:
+        if protocol == "h2c":
+            load = run_h2load(r.port, duration=plan.extra_s, clients=10, streams=10)
+        else:
+            load = run_wrk(r.port, duration=plan.extra_s, connections=plan.wrk_conns)
+    out: dict[str, Any] = {
+        "rps_max": round(load["rps"]),
+        "cpu_us_per_req_sat": rnd(m.proxy_s * 1e6 / max(1, load["requests"]), 1),
+        "cpu_util_sat": rnd(m.proxy_s / m.wall, 2),
+        "rss_idle_mb": rnd(idle / MB, 1), "rss_mb": rnd(sampler.peak / MB, 1),
+        "contention": m.contention(), "load": load}
+    failed = load.get("failed", 0) or load.get("non2xx", 0) or load.get("socket_errors", 0)
+    if failed:
+        out["problems"] = [f"{failed} failed requests"]
+    return out

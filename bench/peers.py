@@ -1,0 +1,291 @@
+"""The origin and the proxies under test: their configs, and how each is started.
+
+Every proxy gets the same job — one listener on loopback, everything to one origin — with
+the settings a fair comparison needs: keep-alive (and connection reuse) to the origin, one
+worker process / thread, no access logging, and the cheap stats endpoint each one has (Tulle's
+admin /metrics, HAProxy's stats page, nginx's stub_status).  Each proxy is pinned to CPU 0;
+the origin (a separate nginx serving a static 1 KiB file) shares CPU 1 with the load
+generators.  Generated configs, pid and log files live in the run's temp directory.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.procs import Proc, ProcessSet, free_port, http_get, tree, wait_port
+
+PROXY_CPU = 0
+LOAD_CPU = 1
+BODY_PATH = "/1k"
+BODY_SIZE = 1024
+NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
+
+PROTOCOLS = ("http1", "h2c", "tcp")
+
+
+class Skip(Exception):
+    """This peer cannot run this protocol here; the reason goes into the results."""
+
+
+@dataclass
+class Running:
+    name: str
+    port: int
+    proc: Proc | None
+    pids: list[int] = field(default_factory=list)
+    """The process tree whose CPU and memory are measured (empty for `direct`)."""
+
+
+def _nginx_temp_paths(tmp: Path, tag: str) -> str:
+    base = tmp / f"{tag}-temp"
+    base.mkdir(exist_ok=True)
+    return "\n".join(f"  {k}_temp_path {base}/{k};" for k in
+                     ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+
+
+# -- origin ---------------------------------------------------------------------------------
+
+
+def origin_config(tmp: Path, port: int) -> str:
+    www = tmp / "www"
+    www.mkdir(exist_ok=True)
+    (www / BODY_PATH.lstrip("/")).write_bytes(b"x" * (BODY_SIZE - 1) + b"\n")
+    return f"""# Origin for the Tulle benchmark: a static 1 KiB file, keep-alive, one worker.
+worker_processes 1;
+daemon off;
+pid {tmp}/origin.pid;
+error_log {tmp}/origin-error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+{_nginx_temp_paths(tmp, "origin")}
+  default_type application/octet-stream;
+  sendfile on;
+  etag off;
+  keepalive_requests 100000000;
+  keepalive_timeout 600s;
+  open_file_cache max=16;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    root {www};
+  }}
+}}
+"""
+
+
+def start_origin(ps: ProcessSet) -> Running:
+    port = free_port()
+    conf = ps.tmp / "origin.conf"
+    conf.write_text(origin_config(ps.tmp, port))
+    proc = ps.start("origin", ["nginx", "-p", str(ps.tmp), "-c", str(conf)], cpu=LOAD_CPU)
+    wait_port(port, proc)
+    status, body = http_get(port, BODY_PATH)
+    if status != 200 or len(body) != BODY_SIZE:
+        raise RuntimeError(f"origin answered {status} with {len(body)} bytes")
+    return Running("origin", port, proc, _with_workers(proc))
+
+
+# -- Tulle ----------------------------------------------------------------------------------
+
+
+def tulle_config(port: int, admin_port: int, origin_port: int, protocol: str) -> dict[str, object]:
+    listener: dict[str, object] = {"name": "bench", "address": "127.0.0.1", "port": port}
+    cluster: dict[str, object] = {
+        "name": "origin", "protocol": "http1", "max_idle_per_endpoint": 1024,
+        "endpoints": [{"address": "127.0.0.1", "port": origin_port}]}
+    if protocol == "tcp":
+        listener.update(protocol="tcp", cluster="origin")
+        cluster["protocol"] = "tcp"
+    else:
+        listener.update(protocol="http2" if protocol == "h2c" else "http1", route_table="rt")
+    return {
+        "version": "bench",
+        "node": {"name": "bench"},
+        "admin": {"address": "127.0.0.1", "port": admin_port},
+        "settings": {"workers": 1},
+        "listeners": [listener],
+        "clusters": [cluster],
+        "route_tables": [{"name": "rt", "virtual_hosts": [
+            {"name": "any", "domains": ["*"], "rules": [{"backends": [{"cluster": "origin"}]}]}]}],
+    }
+
+
+def tulle_cmd() -> list[str]:
+    exe = Path(sys.executable).with_name("tulle")
+    if exe.exists():
+        return [str(exe)]
+    return [sys.executable, "-m", "tulle.cli.main"]
+
+
+def start_tulle(ps: ProcessSet, origin_port: int, protocol: str) -> Running:
+    port, admin = free_port(), free_port()
+    conf = ps.tmp / f"tulle-{protocol}.json"
+    conf.write_text(json.dumps(tulle_config(port, admin, origin_port, protocol), indent=2))
+    proc = ps.start(f"tulle-{protocol}", [*tulle_cmd(), "proxy", "run", "--config", str(conf),
+                                          "--watch-interval", "0", "--log-level", "warning"],
+                    cpu=PROXY_CPU)
+    try:
+        wait_port(port, proc)
+    except RuntimeError as exc:
+        ps.stop(proc)
+        if protocol != "http1":
+            raise Skip(f"tulle cannot serve {protocol} yet: {exc}") from exc
+        raise
+    return Running("tulle", port, proc, tree(proc.pid))
+
+
+# -- HAProxy --------------------------------------------------------------------------------
+
+
+def haproxy_config(tmp: Path, port: int, stats_port: int, origin_port: int, protocol: str) -> str:
+    mode = "tcp" if protocol == "tcp" else "http"
+    bind_opts = " proto h2" if protocol == "h2c" else ""
+    http_only = "  http-reuse always\n" if mode == "http" else ""
+    return f"""# HAProxy peer for the Tulle benchmark ({protocol}): one thread, no logging.
+global
+  nbthread 1
+  maxconn 4000
+  pidfile {tmp}/haproxy-{protocol}.pid
+
+defaults
+  mode {mode}
+  timeout connect 1s
+  timeout client 300s
+  timeout server 300s
+  timeout http-keep-alive 300s
+
+frontend bench
+  bind 127.0.0.1:{port}{bind_opts}
+  default_backend origin
+
+backend origin
+{http_only}  server o1 127.0.0.1:{origin_port}
+
+frontend stats
+  mode http
+  bind 127.0.0.1:{stats_port}
+  stats enable
+  stats uri /stats
+"""
+
+
+def start_haproxy(ps: ProcessSet, origin_port: int, protocol: str) -> Running:
+    port, stats = free_port(), free_port()
+    conf = ps.tmp / f"haproxy-{protocol}.cfg"
+    conf.write_text(haproxy_config(ps.tmp, port, stats, origin_port, protocol))
+    proc = ps.start(f"haproxy-{protocol}", ["haproxy", "-db", "-f", str(conf)], cpu=PROXY_CPU)
+    wait_port(port, proc)
+    return Running("haproxy", port, proc, tree(proc.pid))
+
+
+# -- nginx ----------------------------------------------------------------------------------
+
+
+def nginx_config(tmp: Path, port: int, origin_port: int, protocol: str) -> str:
+    head = f"""# nginx peer for the Tulle benchmark ({protocol}): one worker, no access log.
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx-{protocol}.pid;
+error_log {tmp}/nginx-{protocol}-error.log warn;
+"""
+    if protocol == "tcp":
+        return head + f"""load_module {NGINX_STREAM_MODULE};
+events {{ worker_connections 16384; }}
+stream {{
+  upstream origin {{ server 127.0.0.1:{origin_port}; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    proxy_pass origin;
+  }}
+}}
+"""
+    listen_opts = " http2" if protocol == "h2c" else ""
+    return head + f"""events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+{_nginx_temp_paths(tmp, f"nginx-{protocol}")}
+  keepalive_requests 100000000;
+  keepalive_timeout 600s;
+  upstream origin {{
+    server 127.0.0.1:{origin_port};
+    keepalive 256;
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+  }}
+  server {{
+    listen 127.0.0.1:{port}{listen_opts} backlog=4096;
+    location / {{
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+    location = /nginx_status {{ stub_status; }}
+  }}
+}}
+"""
+
+
+def start_nginx(ps: ProcessSet, origin_port: int, protocol: str) -> Running:
+    if protocol == "tcp" and not NGINX_STREAM_MODULE.exists():
+        raise Skip(f"nginx has no stream module here ({NGINX_STREAM_MODULE} is missing; "
+                   "Debian's nginx-light does not ship it, libnginx-mod-stream does)")
+    port = free_port()
+    conf = ps.tmp / f"nginx-{protocol}.conf"
+    conf.write_text(nginx_config(ps.tmp, port, origin_port, protocol))
+    proc = ps.start(f"nginx-{protocol}", ["nginx", "-p", str(ps.tmp), "-c", str(conf)],
+                    cpu=PROXY_CPU)
+    wait_port(port, proc)
+    return Running("nginx", port, proc, _with_workers(proc))
+
+
+def _with_workers(proc: Proc, timeout: float = 5.0) -> list[int]:
+    """nginx's master listens before it forks its worker: wait for the worker to exist."""
+    deadline = time.monotonic() + timeout
+    pids = tree(proc.pid)
+    while len(pids) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+        pids = tree(proc.pid)
+    if len(pids) < 2:
+        raise RuntimeError(f"{proc.name}: no worker process after {timeout}s: {proc.tail()}")
+    return pids
+
+
+STARTERS = {"tulle": start_tulle, "haproxy": start_haproxy, "nginx": start_nginx}
+
+
+def check_http(r: Running) -> None:
+    """A proxy that answers anything but the origin's 1 KiB body is not benchmarked."""
+    status, body = http_get(r.port, BODY_PATH)
+    if status != 200 or len(body) != BODY_SIZE:
+        raise RuntimeError(f"{r.name} answered {status} with {len(body)} bytes")
+
+
+def check_h2c(r: Running) -> None:
+    try:
+        out = subprocess.run(["h2load", "-n", "4", "-c", "1", f"http://127.0.0.1:{r.port}{BODY_PATH}"],
+                             capture_output=True, text=True, timeout=10, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise Skip(f"{r.name} h2c sanity check (4 requests) got no answers within 10 s") from exc
+    if "4 succeeded" not in out.stdout:
+        raise Skip(f"{r.name} h2c sanity check failed: "
+                   f"{(out.stdout + out.stderr).strip().splitlines()[-3:]}")
+
+
+def versions() -> dict[str, str]:
+    def first_line(cmd: list[str]) -> str:
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=5, check=False)
+        except OSError:
+            return "missing"
+        return (out.stdout + out.stderr).strip().splitlines()[0] if (out.stdout + out.stderr) else ""
+
+    return {"haproxy": first_line(["haproxy", "-v"]), "nginx": first_line(["nginx", "-v"]),
+            "wrk": first_line(["wrk", "--version"]).split(" Copyright")[0],
+            "h2load": first_line(["h2load", "--version"]),
+            "python": sys.version.split()[0], "kernel": os.uname().release}

@@ -1,0 +1,252 @@
+"""The data-plane benchmark: a direct connection vs Tulle vs HAProxy vs nginx, on loopback.
+
+    .venv/bin/python -m bench.run --mode quick --json bench/results/quick.json
+    .venv/bin/python -m bench.run --mode full --json bench/results/full.json --doc docs/performance.md
+
+For each peer (HTTP/1.1, 1 KiB responses, keep-alive, one hop):
+
+1. fixed rate (1,000 rps, our own generator, latency from the scheduled send time):
+   p50/p90/p99/p99.9 and the proxy's CPU microseconds per request;
+2. closed loop (wrk, 1 thread, 50 connections): the maximum rate and CPU per request there;
+3. resident memory at idle and its peak under load (sampled every 100 ms).
+
+`--mode full` adds h2c (h2load) and raw TCP (wrk through an L4 relay).  Peers that cannot run a
+protocol here are recorded under `skipped` with the reason.  The proxy under test runs on CPU 0;
+the origin, the load generators and this runner on CPU 1.  Everything started is stopped on
+exit, Ctrl-C or error (see bench/procs.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.measure import Plan, http1_rounds, measure_extra, rnd
+from bench.peers import (
+    LOAD_CPU,
+    PROXY_CPU,
+    STARTERS,
+    Running,
+    Skip,
+    check_h2c,
+    check_http,
+    start_origin,
+    versions,
+)
+from bench.procs import ProcessSet
+
+PLANS = {
+    "quick": Plan(fixed_rate=1000, rounds=2, fixed_s=2, warmup_s=0.3, fixed_conns=10, wrk_s=2,
+                  wrk_conns=50, extra_s=0),
+    "full": Plan(fixed_rate=1000, rounds=3, fixed_s=3.5, warmup_s=0.5, fixed_conns=10,
+                 wrk_s=3, wrk_conns=50, extra_s=5),
+}
+
+TARGET_CPU_RATIO = 1.5
+TARGET_RSS_MB = 30.0
+TARGET_ADDED_P99_MS = 0.3
+
+
+def _loadavg() -> list[float]:
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
+def machine_info() -> dict[str, Any]:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                         check=False, cwd=Path(__file__).parent).stdout.strip()
+    return {"cpu_model": model, "cpus": os.cpu_count(), "platform": platform.platform(),
+            "proxy_cpu": PROXY_CPU, "load_cpu": LOAD_CPU, "git_rev": rev or "unknown",
+            "versions": versions()}
+
+
+# -- derived numbers ------------------------------------------------------------------------
+
+
+def derive(res: dict[str, Any]) -> None:
+    direct = res.get("direct", {})
+    for name in STARTERS:
+        peer = res.get(name)
+        if not peer or "p99_ms" not in peer or "p99_ms" not in direct:
+            continue
+        peer["added_p50_ms_vs_direct"] = rnd(peer["p50_ms"] - direct["p50_ms"])
+        peer["added_p99_ms_vs_direct"] = rnd(peer["p99_ms"] - direct["p99_ms"])
+    ha = res.get("haproxy", {})
+    ratios: dict[str, dict[str, float]] = {}
+    keys = ("cpu_us_per_req", "cpu_us_per_req_sat", "rss_mb", "p50_ms", "p99_ms",
+            "added_p99_ms_vs_direct", "rps_max")
+    for name in ("tulle", "nginx"):
+        peer = res.get(name, {})
+        ratios[f"{name}_vs_haproxy"] = {
+            k: rnd(peer[k] / ha[k], 2) for k in keys
+            if isinstance(peer.get(k), (int, float)) and isinstance(ha.get(k), (int, float))
+            and ha[k] > 0}
+    res["ratios"] = ratios
+    tu = res.get("tulle", {})
+    targets = []
+    if "cpu_us_per_req" in tu and "cpu_us_per_req" in ha:
+        for key, label in (("cpu_us_per_req", "at 1,000 rps"), ("cpu_us_per_req_sat", "at saturation")):
+            limit = TARGET_CPU_RATIO * ha[key]
+            targets.append({"target": f"CPU per request ≤ {TARGET_CPU_RATIO}x HAProxy ({label})",
+                            "value": tu[key], "limit": rnd(limit, 1), "unit": "µs",
+                            "ratio": rnd(tu[key] / ha[key], 2), "met": tu[key] <= limit})
+    if "rss_mb" in tu:
+        targets.append({"target": f"RSS under load ≤ {TARGET_RSS_MB:g} MB", "value": tu["rss_mb"],
+                        "limit": TARGET_RSS_MB, "unit": "MB", "met": tu["rss_mb"] <= TARGET_RSS_MB})
+    if "added_p99_ms_vs_direct" in tu:
+        v = tu["added_p99_ms_vs_direct"]
+        targets.append({"target": f"added p99 at 1,000 rps ≤ {TARGET_ADDED_P99_MS} ms over direct",
+                        "value": v, "limit": TARGET_ADDED_P99_MS, "unit": "ms",
+                        "met": v <= TARGET_ADDED_P99_MS})
+    res["targets"] = targets
+
+
+# -- the run --------------------------------------------------------------------------------
+
+
+def preflight(plan: Plan) -> None:
+    need = ["taskset", "nginx", "haproxy", "wrk"] + (["h2load"] if plan.extra_s else [])
+    missing = [t for t in need if shutil.which(t) is None]
+    if missing:
+        sys.exit(f"missing tools: {' '.join(missing)} (run bench/setup.sh as root)")
+    cpus = os.sched_getaffinity(0)
+    if not {PROXY_CPU, LOAD_CPU} <= cpus:
+        sys.exit(f"needs CPUs {PROXY_CPU} and {LOAD_CPU}; this process may use {sorted(cpus)}")
+
+
+def run(mode: str, peers: list[str]) -> dict[str, Any]:
+    plan = PLANS[mode]
+    preflight(plan)
+    os.sched_setaffinity(0, {LOAD_CPU})  # this runner and its samplers stay off the proxy's CPU
+    res: dict[str, Any] = {
+        "mode": mode, "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "plan": plan.__dict__, "machine": machine_info(), "loadavg_before": _loadavg(),
+        "skipped": {}, "errors": {}}
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="tulle-bench-"))
+    tmp.chmod(0o755)  # nginx workers drop privileges and must read the origin's file
+    try:
+        with ProcessSet(tmp) as ps:
+            origin = start_origin(ps)
+            print(f"origin nginx on :{origin.port}; temp dir {tmp}", flush=True)
+            targets = [Running("direct", origin.port, None)]
+            for name in peers:
+                try:
+                    r = STARTERS[name](ps, origin.port, "http1")
+                    check_http(r)
+                    targets.append(r)
+                except Skip as exc:
+                    res["skipped"][f"{name}/http1"] = str(exc)
+                except (RuntimeError, ValueError, subprocess.SubprocessError) as exc:
+                    res["errors"][f"{name}/http1"] = str(exc)
+                    print(f"  error: {exc}", flush=True)
+            print("HTTP/1.1: " + ", ".join(f"{t.name} :{t.port}" for t in targets), flush=True)
+            res.update(http1_rounds(targets, plan))
+            for t in targets:
+                _show(t.name, res[t.name])
+                if t.proc is not None:
+                    ps.stop(t.proc)
+            if plan.extra_s:
+                for protocol in ("h2c", "tcp"):
+                    res[protocol] = {}
+                    for name in peers:
+                        _extra(ps, name, protocol, origin.port, plan, res)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    res["loadavg_after"] = _loadavg()
+    res["elapsed_s"] = round(time.monotonic() - started, 1)
+    derive(res)
+    return res
+
+
+def _extra(ps: ProcessSet, name: str, protocol: str, origin_port: int, plan: Plan,
+           res: dict[str, Any]) -> None:
+    """One peer, one of the extra protocols: its own instance, measured alone."""
+    print(f"{protocol} {name} ...", flush=True)
+    r: Running | None = None
+    try:
+        r = STARTERS[name](ps, origin_port, protocol)
+        if protocol == "h2c":
+            check_h2c(r)
+        else:
+            check_http(r)
+        res[protocol][name] = measure_extra(r, protocol, plan)
+        _show(f"{protocol} {name}", res[protocol][name])
+    except Skip as exc:
+        res["skipped"][f"{name}/{protocol}"] = str(exc)
+        print(f"  skipped: {exc}", flush=True)
+    except (RuntimeError, ValueError, subprocess.SubprocessError, OSError) as exc:
+        res["errors"][f"{name}/{protocol}"] = str(exc)
+        print(f"  error: {exc}", flush=True)
+    finally:
+        if r is not None and r.proc is not None:
+            ps.stop(r.proc)
+
+
+def _show(name: str, d: dict[str, Any]) -> None:
+    keys = ("p50_ms", "p99_ms", "p999_ms", "cpu_us_per_req", "cpu_us_per_req_sat", "rps_max",
+            "cpu_util_sat", "rss_idle_mb", "rss_mb")
+    print("  " + "  ".join(f"{k}={d[k]}" for k in keys if k in d), flush=True)
+    c = d.get("contention", {})
+    for phase, v in (c.items() if "fixed" in c else [("", c)]):
+        print(f"  contention {phase}: {v}", flush=True)
+    for p in d.get("problems", ()):
+        print(f"  problem: {p}", flush=True)
+
+
+def _on_term(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description="Tulle data-plane benchmark")
+    ap.add_argument("--mode", choices=sorted(PLANS), default="quick")
+    ap.add_argument("--peers", default="tulle,haproxy,nginx",
+                    help="comma-separated subset of: " + ",".join(STARTERS))
+    ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="scheduling niceness for the runner and everything it starts (e.g. -10 "
+                         "on a shared machine, root only); recorded in the results")
+    ap.add_argument("--doc", type=Path, help="update the results section of this markdown file")
+    args = ap.parse_args(argv)
+    peers = [p for p in args.peers.split(",") if p]
+    unknown = [p for p in peers if p not in STARTERS]
+    if unknown:
+        ap.error(f"unknown peers: {unknown}")
+    # SIGINT too: a job started in the background of a script inherits SIGINT ignored.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _on_term)
+    if args.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by every process started
+    res = run(args.mode, peers)
+    res["nice"] = args.nice
+    text = json.dumps(res, indent=2, ensure_ascii=False) + "\n"
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text)
+        print(f"wrote {args.json}")
+    if args.doc:
+        report.update_doc(args.doc, res)
+        print(f"updated {args.doc}")
+    print(report.summary(res))
+    return 1 if res["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
