@@ -1,7 +1,7 @@
 """The demo's sample application: a `frontend` that calls a `backend` through its sidecar.
 
-Run one with `python demo/apps.py frontend PORT BACKEND_URL` or `python demo/apps.py backend
-PORT`.  The frontend knows the backend only by name (`http://backend/...`); it reaches it through
+Run one with `python demo/apps.py frontend PORT OUTBOUND_URL` or `python demo/apps.py backend
+PORT VERSION`.  The frontend knows the backend only by name (`http://backend/...`); it reaches it through
 its sidecar's outbound listener, exactly as a meshed workload would.
 """
 
@@ -15,12 +15,12 @@ import sys
 from aiohttp import ClientSession, ClientTimeout, web
 
 
-def backend_app() -> web.Application:
+def backend_app(version: str) -> web.Application:
     async def item(request: web.Request) -> web.Response:
         await asyncio.sleep(random.uniform(0.0005, 0.003))
-        return web.json_response({"service": "backend", "pid": os.getpid(),
+        return web.json_response({"service": "backend", "version": version, "pid": os.getpid(),
                                   "item": request.match_info["id"],
-                                  "via": request.headers.get("x-forwarded-for", "")})
+                                  "requestId": request.headers.get("x-request-id", "")})
 
     app = web.Application()
     app.router.add_get("/items/{id}", item)
@@ -45,16 +45,20 @@ def frontend_app(outbound: str) -> web.Application:
         return web.json_response({"service": "frontend", "backend": body},
                                  status=200 if r.status == 200 else 502)
 
+    async def health(request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
     app = web.Application()
     app.on_startup.append(start)
     app.on_cleanup.append(stop)
     app.router.add_get("/", page)
+    app.router.add_get("/healthz", health)
     return app
 
 
 def main() -> None:
     role, port = sys.argv[1], int(sys.argv[2])
-    app = backend_app() if role == "backend" else frontend_app(sys.argv[3])
+    app = backend_app(sys.argv[3]) if role == "backend" else frontend_app(sys.argv[3])
     web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 

@@ -1,13 +1,15 @@
-"""`make demo`: two services meshed by Tulle sidecar proxies on loopback, with live traffic.
+"""`make demo`: a control plane with an embedded store, an application meshed by sidecars, live
+traffic with a canary shift, and where to look.
 
-    load ─> [frontend sidecar: inbound] ─> frontend app ─> [frontend sidecar: outbound]
-        ─> [backend sidecar: inbound] ─> backend app
+    load ─> [frontend sidecar] ─> frontend ─> [frontend sidecar, outbound: Host backend]
+              ─> 80% [backend-v1 sidecar] ─> backend v1
+              ─> 20% [backend-v2 sidecar] ─> backend v2     (then 50/50, live)
 
-Everything runs on 127.0.0.1 with free ports; every process is stopped on exit (also on
-Ctrl-C).  Traffic is bounded: DEMO_SECONDS (default 20) at DEMO_RPS (default 50).  While it
-runs, the sidecars' admin endpoints are printed so you can look at /metrics, /config_dump and
-/clusters yourself.  Later issues grow this into the full mesh demo (control plane, canary,
-gRPC, a flaky service).
+Everything is a real process on 127.0.0.1 with free ports: `tulle control-plane run` on a
+SQLite file, three sample apps, three `tulle proxy run --control-plane` sidecars that register
+their workloads themselves.  Resources are applied with `tulle apply` (demo/mesh.yaml).  Traffic
+is bounded: DEMO_SECONDS (default 20) at DEMO_RPS (default 50); halfway through, the canary
+weights change and the split follows.  Every process is stopped on exit (also on Ctrl-C).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 TULLE = str(Path(PY).parent / "tulle")
+NS = "demo"
 
 
 def free_port() -> int:
@@ -37,40 +40,70 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def sidecar_config(name: str, admin: int, inbound: int, app_port: int,
-                   outbound: int | None = None, backend_inbound: int | None = None) -> dict[str, Any]:
-    cfg: dict[str, Any] = {
-        "version": "demo-1",
-        "node": {"name": name, "namespace": "demo", "service": name},
-        "admin": {"port": admin},
-        "listeners": [{"name": "inbound", "port": inbound, "direction": "inbound",
-                       "protocol": "http1", "cluster": f"inbound|{name}"}],
-        "clusters": [{"name": f"inbound|{name}",
-                      "endpoints": [{"address": "127.0.0.1", "port": app_port}]}],
-    }
-    if outbound is not None and backend_inbound is not None:
-        cfg["listeners"].append({"name": "outbound", "port": outbound, "protocol": "http1",
-                                 "route_table": "outbound"})
-        cfg["clusters"].append({"name": "outbound|backend", "endpoints": [
-            {"address": "127.0.0.1", "port": backend_inbound}]})
-        cfg["route_tables"] = [{"name": "outbound", "virtual_hosts": [
-            {"name": "backend", "domains": ["backend", "backend.demo"],
-             "rules": [{"backends": [{"cluster": "outbound|backend"}]}]}]}]
-    return cfg
+class Demo:
+    def __init__(self) -> None:
+        self.tmp = Path(tempfile.mkdtemp(prefix="tulle-demo-"))
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.api = free_port()
+        self.stream = free_port()
+        self.env = {**os.environ, "TULLE_SERVER": f"http://127.0.0.1:{self.api}"}
+
+    def start(self, args: list[str], log: str) -> None:
+        out = open(self.tmp / log, "wb")  # noqa: SIM115 - lives as long as the process
+        self.procs.append(subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
+                                           start_new_session=True, cwd=ROOT, env=self.env))
+
+    def tulle(self, *args: str) -> str:
+        res = subprocess.run([TULLE, *args], capture_output=True, text=True, env=self.env,
+                             cwd=ROOT, timeout=30, check=False)
+        if res.returncode != 0:
+            raise RuntimeError(f"tulle {' '.join(args)} failed:\n{res.stderr}")
+        return res.stdout
+
+    def sidecar(self, workload: str, labels: dict[str, str], port: int, app_port: int,
+                outbound: int, admin: int) -> None:
+        args = [TULLE, "proxy", "run", "--control-plane", f"127.0.0.1:{self.stream}",
+                "--workload", workload, "-n", NS, "--address", "127.0.0.1",
+                "--port", f"http:{port}:{app_port}", "--outbound-port", str(outbound),
+                "--admin-port", str(admin), "--cache-dir", str(self.tmp / "cache")]
+        for k, v in labels.items():
+            args += ["--label", f"{k}={v}"]
+        self.start(args, f"{workload}-sidecar.log")
+
+    def stop(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
 
 
-async def wait_ready(url: str, timeout: float = 15.0) -> None:
+def canary(v1: int, v2: int) -> dict[str, Any]:
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": "backend-canary", "namespace": NS},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "backend",
+                                     "port": 80}],
+                     "rules": [{"backendRefs": [{"name": "backend-v1", "port": 80, "weight": v1},
+                                                {"name": "backend-v2", "port": 80,
+                                                 "weight": v2}]}]}}
+
+
+async def wait_ok(url: str, timeout: float = 20.0, host: str | None = None) -> None:
     end = time.monotonic() + timeout
     async with aiohttp.ClientSession() as s:
         while time.monotonic() < end:
             try:
-                async with s.get(url) as r:
+                async with s.get(url, headers={"Host": host} if host else None) as r:
                     if r.status == 200:
                         return
             except aiohttp.ClientError:
                 pass
             await asyncio.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout}s")
+    raise RuntimeError(f"{url} did not answer 200 within {timeout:.0f}s")
 
 
 def metric_sum(text: str, name: str, **labels: str) -> float:
@@ -81,127 +114,121 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
     return total
 
 
-async def load(url: str, seconds: float, rps: int, admins: dict[str, int]) -> None:
-    latencies: list[float] = []
+async def load(demo: Demo, url: str, seconds: float, rps: int, admin: int) -> None:
     codes: dict[int, int] = {}
+    versions: dict[str, int] = {}
+    window: list[tuple[float, str]] = []
     start = time.monotonic()
-    interval = 1.0 / rps
+    shifted = False
     async with aiohttp.ClientSession() as s:
         async def one() -> None:
             t0 = time.monotonic()
+            version = "-"
             try:
                 async with s.get(url) as r:
-                    await r.read()
+                    body = await r.json() if r.status == 200 else {}
                     codes[r.status] = codes.get(r.status, 0) + 1
-            except aiohttp.ClientError:
+                    version = (body.get("backend") or {}).get("version", "-")
+            except (aiohttp.ClientError, ValueError):
                 codes[0] = codes.get(0, 0) + 1
-            latencies.append((time.monotonic() - t0) * 1000)
+            versions[version] = versions.get(version, 0) + 1
+            window.append(((time.monotonic() - t0) * 1000, version))
 
         tasks: set[asyncio.Task[None]] = set()
-        next_report = start + 1
         sent = 0
+        next_report = start + 1
         while time.monotonic() - start < seconds:
             t = asyncio.create_task(one())
             tasks.add(t)
             t.add_done_callback(tasks.discard)
             sent += 1
             now = time.monotonic()
+            if not shifted and now - start >= seconds / 2:
+                shifted = True
+                (demo.tmp / "canary-50.yaml").write_text(yaml.safe_dump(canary(50, 50)))
+                print("\n  >>> tulle apply -f canary-50.yaml   (backend-v1 50 / backend-v2 50)\n",
+                      flush=True)
+                await asyncio.to_thread(demo.tulle, "apply", "-f", str(demo.tmp / "canary-50.yaml"))
             if now >= next_report:
                 next_report += 1
-                window = sorted(latencies[-rps:]) or [0.0]
-                p50 = window[len(window) // 2]
-                p99 = window[min(len(window) - 1, int(len(window) * 0.99))]
-                ok = codes.get(200, 0)
-                fe = await scrape(s, admins["frontend"])
-                be = await scrape(s, admins["backend"])
-                print(f"  t={now - start:4.0f}s  sent={sent:5d}  200s={ok:5d}  errors="
-                      f"{sum(v for k, v in codes.items() if k != 200):3d}  p50={p50:6.2f} ms  "
-                      f"p99={p99:6.2f} ms  | frontend sidecar: "
-                      f"{metric_sum(fe, 'tulle_proxy_requests_total', listener='inbound'):.0f} in / "
-                      f"{metric_sum(fe, 'tulle_proxy_requests_total', listener='outbound'):.0f} out"
-                      f"  backend sidecar: "
-                      f"{metric_sum(be, 'tulle_proxy_requests_total', listener='inbound'):.0f} in",
+                recent, window[:] = window[:], []
+                lat = sorted(x for x, _ in recent) or [0.0]
+                v2 = sum(1 for _, v in recent if v == "v2")
+                try:
+                    async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+                        text = await r.text()
+                except aiohttp.ClientError:
+                    text = ""
+                print(f"  t={now - start:4.0f}s  ok={codes.get(200, 0):5d}  errors="
+                      f"{sum(v for k, v in codes.items() if k != 200):3d}  "
+                      f"p50={lat[len(lat) // 2]:6.2f} ms  p99={lat[int(len(lat) * 0.99)]:6.2f} ms"
+                      f"  v2 share={100 * v2 / max(1, len(recent)):3.0f}%  | frontend sidecar "
+                      f"outbound: {metric_sum(text, 'tulle_proxy_requests_total', listener='outbound'):.0f}",
                       flush=True)
-            await asyncio.sleep(max(0.0, start + sent * interval - time.monotonic()))
+            await asyncio.sleep(max(0.0, start + sent / rps - time.monotonic()))
         if tasks:
             await asyncio.wait(tasks, timeout=5)
-    total = sum(codes.values())
-    print(f"\nsent {total} requests: " + ", ".join(f"{k or 'conn-error'}: {v}"
-                                                   for k, v in sorted(codes.items())))
-
-
-async def scrape(s: aiohttp.ClientSession, admin: int) -> str:
-    try:
-        async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
-            return await r.text()
-    except aiohttp.ClientError:
-        return ""
+    print(f"\nsent {sum(codes.values())} requests: "
+          + ", ".join(f"{k or 'connection error'}: {v}" for k, v in sorted(codes.items()))
+          + "; served by " + ", ".join(f"{k}: {v}" for k, v in sorted(versions.items())))
 
 
 async def main() -> int:
     seconds = float(os.environ.get("DEMO_SECONDS", "20"))
     rps = int(os.environ.get("DEMO_RPS", "50"))
-    ports = {k: free_port() for k in ("fe_app", "be_app", "fe_in", "fe_out", "be_in",
-                                       "fe_admin", "be_admin")}
-    tmp = Path(tempfile.mkdtemp(prefix="tulle-demo-"))
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(args: list[str], log: str) -> None:
-        out = open(tmp / log, "wb")  # noqa: SIM115 - closed with the process
-        procs.append(subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                      start_new_session=True, cwd=ROOT))
-
+    demo = Demo()
+    p = {k: free_port() for k in ("fe_app", "v1_app", "v2_app", "fe_in", "v1_in", "v2_in",
+                                   "fe_out", "v1_out", "v2_out", "fe_admin", "v1_admin",
+                                   "v2_admin")}
     try:
-        fe_cfg = sidecar_config("frontend", ports["fe_admin"], ports["fe_in"], ports["fe_app"],
-                                ports["fe_out"], ports["be_in"])
-        be_cfg = sidecar_config("backend", ports["be_admin"], ports["be_in"], ports["be_app"])
-        for name, cfg in (("frontend", fe_cfg), ("backend", be_cfg)):
-            (tmp / f"{name}-sidecar.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-        start([PY, str(ROOT / "demo/apps.py"), "backend", str(ports["be_app"])], "backend.log")
-        start([PY, str(ROOT / "demo/apps.py"), "frontend", str(ports["fe_app"]),
-               f"http://127.0.0.1:{ports['fe_out']}"], "frontend.log")
-        for name in ("frontend", "backend"):
-            start([TULLE, "proxy", "run", "--config", str(tmp / f"{name}-sidecar.yaml")],
-                  f"{name}-sidecar.log")
-        for admin in ("fe_admin", "be_admin"):
-            await wait_ready(f"http://127.0.0.1:{ports[admin]}/ready")
-        await wait_ready(f"http://127.0.0.1:{ports['be_app']}/healthz")
-        await wait_ready(f"http://127.0.0.1:{ports['fe_in']}/")
+        demo.start([TULLE, "control-plane", "run", "--store", f"sqlite:{demo.tmp / 'tulle.db'}",
+                    "--api-port", str(demo.api), "--stream-port", str(demo.stream)],
+                   "control-plane.log")
+        await wait_ok(f"http://127.0.0.1:{demo.api}/readyz")
+        (demo.tmp / "canary.yaml").write_text(yaml.safe_dump(canary(80, 20)))
+        print(demo.tulle("apply", "-f", str(ROOT / "demo/mesh.yaml"),
+                         "-f", str(demo.tmp / "canary.yaml")).rstrip())
+        demo.start([PY, str(ROOT / "demo/apps.py"), "backend", str(p["v1_app"]), "v1"],
+                   "backend-v1.log")
+        demo.start([PY, str(ROOT / "demo/apps.py"), "backend", str(p["v2_app"]), "v2"],
+                   "backend-v2.log")
+        demo.start([PY, str(ROOT / "demo/apps.py"), "frontend", str(p["fe_app"]),
+                    f"http://127.0.0.1:{p['fe_out']}"], "frontend.log")
+        demo.sidecar("frontend-0", {"app": "frontend"}, p["fe_in"], p["fe_app"], p["fe_out"],
+                     p["fe_admin"])
+        demo.sidecar("backend-v1-0", {"app": "backend", "version": "v1"}, p["v1_in"],
+                     p["v1_app"], p["v1_out"], p["v1_admin"])
+        demo.sidecar("backend-v2-0", {"app": "backend", "version": "v2"}, p["v2_in"],
+                     p["v2_app"], p["v2_out"], p["v2_admin"])
+        await wait_ok(f"http://127.0.0.1:{p['fe_in']}/healthz")
+        await wait_ok(f"http://127.0.0.1:{p['fe_in']}/")
         print(f"""
-Tulle demo: two services, each behind a sidecar proxy (all on 127.0.0.1)
-  load ─> frontend sidecar :{ports['fe_in']} (inbound) ─> frontend app :{ports['fe_app']}
-       ─> frontend sidecar :{ports['fe_out']} (outbound, Host: backend)
-       ─> backend sidecar :{ports['be_in']} (inbound) ─> backend app :{ports['be_app']}
+Tulle demo — control plane http://127.0.0.1:{demo.api} (store {demo.tmp / 'tulle.db'})
+  load ─> frontend sidecar :{p['fe_in']} ─> frontend :{p['fe_app']}
+       ─> frontend sidecar outbound :{p['fe_out']} (Host: backend)
+       ─> backend-v1 sidecar :{p['v1_in']} ─> backend v1 :{p['v1_app']}
+       ─> backend-v2 sidecar :{p['v2_in']} ─> backend v2 :{p['v2_app']}
 
-Where to look while it runs ({seconds:.0f} s at {rps} rps):
-  curl -s http://127.0.0.1:{ports['fe_in']}/                        # a request through both sidecars
-  curl -s http://127.0.0.1:{ports['fe_admin']}/metrics | grep tulle_proxy_requests_total
-  curl -s http://127.0.0.1:{ports['fe_admin']}/config_dump          # the frontend sidecar's config
-  curl -s http://127.0.0.1:{ports['be_admin']}/clusters             # backend sidecar's upstreams
-  configs and logs: {tmp}
+Where to look while it runs ({seconds:.0f} s at {rps} rps), in another shell:
+  export TULLE_SERVER=http://127.0.0.1:{demo.api}
+  .venv/bin/tulle get proxies                       # who is connected, which version they ACKed
+  .venv/bin/tulle get services -n {NS}              # with the virtual IPs the control plane gave them
+  .venv/bin/tulle get workloads -n {NS} -o wide     # registered by the sidecars themselves
+  .venv/bin/tulle describe httproute backend-canary -n {NS}
+  .venv/bin/tulle proxy-config frontend-0 -n {NS} routes
+  curl -s http://127.0.0.1:{p['fe_admin']}/metrics | grep tulle_proxy_requests_total
+  curl -s http://127.0.0.1:{demo.api}/openapi.json | head -c 300
+  logs: {demo.tmp}
 """, flush=True)
-        admins = {"frontend": ports["fe_admin"], "backend": ports["be_admin"]}
-        await load(f"http://127.0.0.1:{ports['fe_in']}/", seconds, rps, admins)
-        async with aiohttp.ClientSession() as s:
-            for name, admin in admins.items():
-                text = await scrape(s, admin)
-                print(f"\n{name} sidecar /metrics (requests):")
-                for line in text.splitlines():
-                    if line.startswith(("tulle_proxy_requests_total",
-                                        "tulle_proxy_upstream_connections_total")):
-                        print("  " + line)
+        await load(demo, f"http://127.0.0.1:{p['fe_in']}/", seconds, rps, p["fe_admin"])
+        print("\n$ tulle get proxies")
+        print(demo.tulle("get", "proxies").rstrip())
+        print(f"\n$ tulle proxy-config frontend-0 -n {NS} routes")
+        print(demo.tulle("proxy-config", "frontend-0", "-n", NS, "routes").rstrip())
         return 0
     finally:
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        print(f"\nstopped {len(procs)} processes; logs kept in {tmp}")
+        demo.stop()
+        print(f"\nstopped {len(demo.procs)} processes; logs kept in {demo.tmp}")
 
 
 if __name__ == "__main__":

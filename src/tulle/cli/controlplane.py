@@ -56,7 +56,8 @@ def parse_ports(values: tuple[str, ...]) -> list[dict[str, object]]:
 
 def run_subscribed(control_planes: tuple[str, ...], workload: str, namespace: str,
                    address: str, ports: tuple[str, ...], labels: tuple[str, ...],
-                   service_account: str, cache_dir: str | None, admin_port: int) -> int:
+                   service_account: str, outbound_port: int, cache_dir: str | None,
+                   admin_port: int) -> int:
     from tulle.controlplane.push.protocol import WorkloadInfo
     from tulle.dataplane.subscribed import run
 
@@ -68,6 +69,6 @@ def run_subscribed(control_planes: tuple[str, ...], workload: str, namespace: st
         label_map[k] = v
     info = WorkloadInfo(name=workload, namespace=namespace, address=address,
                         service_account=service_account, labels=label_map,
-                        ports=parse_ports(ports))
+                        ports=parse_ports(ports), outbound_port=outbound_port)
     return run(control_planes, info, cache_dir=Path(cache_dir) if cache_dir else None,
                admin_port=admin_port)

@@ -1,7 +1,9 @@
 """The `tulle` command.  A thin shell over the library: parse options, call one function.
 
-Subcommands that talk to the control plane arrive with the control-plane issue; `tulle proxy`
-runs and validates a data-plane proxy from a static file.
+`tulle proxy` runs a data-plane proxy (from a static file, or subscribed to a control plane)
+and validates proxy config files; `tulle control-plane run` runs the control plane;
+`apply`, `get`, `delete`, `describe` and `proxy-config` talk to its REST API.  Heavy imports
+happen inside the commands, so `tulle proxy run` loads only what a proxy needs.
 """
 
 from __future__ import annotations
@@ -25,23 +27,56 @@ def proxy() -> None:
 
 
 @proxy.command("run")
-@click.option("--config", "config", required=True, type=click.Path(dir_okay=False),
+@click.option("--config", "config", default=None, type=click.Path(dir_okay=False),
               help="Proxy configuration (YAML or JSON, proxyconfig format).")
+@click.option("--control-plane", "control_planes", multiple=True, metavar="HOST:PORT",
+              help="Subscribe to this control plane's proxy stream instead of reading a file "
+                   "(repeat for replicas; tried in order).")
+@click.option("--workload", default=None, help="With --control-plane: the workload's name.")
+@click.option("-n", "--namespace", default="default", show_default=True)
+@click.option("--address", default="", help="The workload's address (default: as seen by the "
+                                            "control plane).")
+@click.option("--port", "ports", multiple=True, metavar="NAME:PORT[:TARGET[:APP_PROTOCOL]]",
+              help="A workload port: the proxy listens on PORT, the app on 127.0.0.1:TARGET.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE")
+@click.option("--service-account", default="default", show_default=True)
+@click.option("--outbound-port", default=0, type=int,
+              help="Loopback port of the outbound listener (default 15001).")
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
+              help="Keep the last good snapshot here, to serve it after a restart even when "
+                   "the control plane is down.")
+@click.option("--admin-port", default=15000, show_default=True, type=int,
+              help="With --control-plane: the admin port (0 disables).")
 @click.option("--watch-interval", default=1.0, show_default=True,
               type=click.FloatRange(min=0.0),
               help="Seconds between checks of the config file for changes; 0 disables "
                    "(SIGHUP still reloads).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
-def proxy_run(config: str, watch_interval: float, log_level: str) -> None:
-    """Run a proxy from a static configuration file until SIGTERM.
+def proxy_run(config: str | None, control_planes: tuple[str, ...], workload: str | None,
+              namespace: str, address: str, ports: tuple[str, ...], labels: tuple[str, ...],
+              service_account: str, outbound_port: int, cache_dir: str | None,
+              admin_port: int,
+              watch_interval: float, log_level: str) -> None:
+    """Run a proxy until SIGTERM, from a static file (--config) or from a control plane
+    (--control-plane ... --workload NAME).
 
     Exit status: 0 after a drain, 1 when it cannot start (e.g. a port in use), 2 for an
-    invalid configuration file.
+    invalid configuration file or options.
     """
     from tulle.dataplane.runner import configure_logging, run
 
     configure_logging(log_level)
+    if bool(config) == bool(control_planes):
+        raise click.UsageError("give exactly one of --config FILE or --control-plane ADDR")
+    if control_planes:
+        if not workload:
+            raise click.UsageError("--control-plane needs --workload NAME")
+        from tulle.cli.controlplane import run_subscribed
+
+        sys.exit(run_subscribed(control_planes, workload, namespace, address, ports, labels,
+                                service_account, outbound_port, cache_dir, admin_port))
+    assert config is not None
     try:
         code = run(config, watch_interval=watch_interval)
     except ConfigError as exc:
@@ -69,6 +104,18 @@ def proxy_validate(file: str) -> None:
         sys.exit(1)
     click.echo(f"{file}: valid ({len(cfg.listeners)} listeners, {len(cfg.route_tables)} route "
                f"tables, {len(cfg.clusters)} clusters)")
+
+
+def _register() -> None:
+    from tulle.cli.controlplane import control_plane
+    from tulle.cli.resources import COMMANDS
+
+    cli.add_command(control_plane)
+    for cmd in COMMANDS:
+        cli.add_command(cmd)
+
+
+_register()
 
 
 def main() -> None:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from tulle.cli.client import APIError, call, server_url
 
@@ -34,6 +33,8 @@ def _fail(exc: APIError) -> None:
 
 
 def _read_documents(paths: tuple[str, ...]) -> tuple[list[Any], list[str]]:
+    import yaml
+
     files: list[tuple[str, str]] = []
     for p in paths:
         if p == "-":
@@ -162,6 +163,8 @@ def _table(rows: list[list[str]]) -> None:
 
 
 def _emit(data: Any, output: str) -> bool:
+    import yaml
+
     if output == "json":
         click.echo(json.dumps(data, indent=2, sort_keys=False))
         return True
@@ -263,6 +266,8 @@ def delete_cmd(type_: str, names: tuple[str, ...], namespace: str | None,
 @server_option
 def describe_cmd(type_: str, name: str, namespace: str | None, server: str | None) -> None:
     """Show a resource with its status conditions (and, for a Workload, its proxy)."""
+    import yaml
+
     srv = server_url(server)
     try:
         obj = call(srv, "GET", f"/api/v1/resources/{type_}/{name}",

@@ -187,6 +187,8 @@ class Reconciler:
             announced["ports"] = w.ports
         if w.zone:
             announced["zone"] = w.zone
+        if w.outbound_port:
+            announced["outboundPort"] = w.outbound_port
         from tulle.api.registry import parse  # what proxies send is validated like user input
 
         for _ in range(5):

@@ -43,6 +43,8 @@ class WorkloadInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     ports: list[dict[str, Any]] = msgspec.field(default_factory=list)
     zone: str = ""
+    outbound_port: int = 0
+    """The loopback port of the outbound listener (0: the mesh default, 15001)."""
 
 
 class Hello(_Msg, frozen=True, tag="hello"):
