@@ -1,0 +1,155 @@
+"""The kubectl-like CLI against a real control plane: apply (idempotent, all-or-nothing,
+conflict-detecting), get, describe, delete, proxies, proxy-config."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tests.support.controlplane import eventually, running_control_plane, subscribe
+from tests.support.proxy import free_port
+
+from tulle.controlplane.push.protocol import WorkloadInfo
+
+ROOT = Path(__file__).resolve().parents[3]
+TULLE = str(Path(sys.executable).parent / "tulle")
+
+
+async def tulle(api: str, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        TULLE, *args, env={"TULLE_SERVER": api, "PATH": "/usr/bin:/bin"},
+        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), 30)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def service(name: str, **extra: Any) -> dict[str, Any]:
+    return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Service",
+            "metadata": {"name": name, "namespace": "shop", **extra},
+            "spec": {"selector": {"app": name},
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
+
+
+async def test_apply_is_idempotent_and_get_describe_delete_work(tmp_path: Path) -> None:
+    async with running_control_plane(f"sqlite:{tmp_path / 'cp.db'}") as cp:
+        code, out, err = await tulle(cp.api_url, "apply", "-f", str(ROOT / "examples/resources"))
+        assert code == 0, err
+        assert "service/reviews -n shop created" in out
+        assert "httproute/" in out
+        code, again, err = await tulle(cp.api_url, "apply", "-f",
+                                       str(ROOT / "examples/resources"))
+        assert code == 0, err
+        assert "created" not in again and "configured" not in again
+        assert again.count("unchanged") == out.count("created")
+
+        code, out, _ = await tulle(cp.api_url, "get", "services", "-n", "shop")
+        assert code == 0
+        assert "reviews" in out and "VIRTUAL-IP" in out
+        await eventually(lambda: _has_vip(cp.api_url))
+        code, out, _ = await tulle(cp.api_url, "get", "svc", "reviews", "-n", "shop", "-o", "json")
+        obj = json.loads(out)
+        assert obj["status"]["virtualIP"].startswith("240.240.")
+
+        code, out, _ = await tulle(cp.api_url, "describe", "httproute", "reviews-canary",
+                                   "-n", "shop")
+        assert code == 0, out
+        assert "Accepted=True" in out
+
+        code, out, _ = await tulle(cp.api_url, "delete", "svc", "reviews-v2", "-n", "shop")
+        assert code == 0 and "deleted" in out
+        code, _, err = await tulle(cp.api_url, "get", "svc", "reviews-v2", "-n", "shop")
+        assert code == 1 and "not found" in err
+        # The canary route now points at a missing Service: its status says so.
+        async def refs_unresolved() -> bool:
+            return await _condition(cp.api_url, "ResolvedRefs") == "False"
+
+        await eventually(refs_unresolved)
+
+
+async def _has_vip(api: str) -> bool:
+    code, out, _ = await tulle(api, "get", "svc", "reviews", "-n", "shop", "-o", "json")
+    return code == 0 and bool(json.loads(out).get("status", {}).get("virtualIP"))
+
+
+async def _condition(api: str, type_: str) -> str:
+    _, out, _ = await tulle(api, "get", "httproute", "reviews-canary", "-n", "shop", "-o", "json")
+    for c in json.loads(out).get("status", {}).get("conditions", []):
+        if c["type"] == type_:
+            return str(c["status"])
+    return "?"
+
+
+async def test_an_invalid_file_is_rejected_whole_with_field_paths(tmp_path: Path) -> None:
+    bad = service("web")
+    bad["spec"]["ports"][0]["port"] = 70000
+    broken_route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+                    "metadata": {"name": "r", "namespace": "shop"},
+                    "spec": {"parentRefs": [{"kind": "Service", "name": "web"}],
+                             "rules": [{"matches": [{"path": {"type": "PathPrefix",
+                                                              "value": "nope"}}]}]}}
+    f = tmp_path / "mixed.yaml"
+    f.write_text(yaml.safe_dump_all([service("good"), bad, broken_route]))
+    async with running_control_plane() as cp:
+        code, out, err = await tulle(cp.api_url, "apply", "-f", str(f))
+        assert code == 1
+        assert "nothing was applied" in err
+        assert f"{f}#1: Service web: spec.ports[0].port:" in err
+        assert f"{f}#2: HTTPRoute r: spec.rules[0].matches[0].path.value:" in err
+        code, _, err = await tulle(cp.api_url, "get", "svc", "good", "-n", "shop")
+        assert code == 1 and "not found" in err  # the valid document was not applied either
+
+
+async def test_a_concurrent_edit_is_detected_not_overwritten(tmp_path: Path) -> None:
+    async with running_control_plane() as cp:
+        code, _, err = await tulle(cp.api_url, "apply", "-f", "-",
+                                   stdin=yaml.safe_dump(service("web")))
+        assert code == 0, err
+        _, out, _ = await tulle(cp.api_url, "get", "svc", "web", "-n", "shop", "-o", "yaml")
+        mine = yaml.safe_load(out)  # what I am editing, with its resourceVersion
+        theirs = service("web", labels={"team": "them"})
+        code, _, err = await tulle(cp.api_url, "apply", "-f", "-", stdin=yaml.safe_dump(theirs))
+        assert code == 0, err
+        mine["metadata"]["labels"] = {"team": "me"}
+        code, _, err = await tulle(cp.api_url, "apply", "-f", "-", stdin=yaml.safe_dump(mine))
+        assert code == 1
+        assert "metadata.resourceVersion: the object was changed" in err
+        _, out, _ = await tulle(cp.api_url, "get", "svc", "web", "-n", "shop", "-o", "json")
+        assert json.loads(out)["metadata"]["labels"] == {"team": "them"}
+
+
+async def test_get_proxies_and_proxy_config(tmp_path: Path) -> None:
+    out_port = free_port()
+    async with running_control_plane() as cp:
+        docs = [service("api"), {
+            "apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Workload",
+            "metadata": {"name": "api-0", "namespace": "shop", "labels": {"app": "api"}},
+            "spec": {"address": "127.0.0.1", "outboundPort": out_port,
+                     "ports": [{"name": "http", "port": free_port(), "targetPort": 9}]}}]
+        code, _, err = await tulle(cp.api_url, "apply", "-f", "-", stdin=yaml.safe_dump_all(docs))
+        assert code == 0, err
+        proxy = await subscribe([cp.stream_port], WorkloadInfo(name="api-0", namespace="shop"))
+        try:
+            async def acked() -> bool:
+                _, out, _ = await tulle(cp.api_url, "get", "proxies", "-o", "json")
+                items = json.loads(out)["items"]
+                return any(p["name"] == "api-0" and p["connected"]
+                           and p["ackedVersion"] == p["desiredVersion"] for p in items)
+
+            await eventually(acked, timeout=10)
+            code, out, _ = await tulle(cp.api_url, "get", "proxies")
+            assert code == 0 and "api-0" in out and "yes" in out
+            code, out, _ = await tulle(cp.api_url, "proxy-config", "api-0", "-n", "shop",
+                                       "listeners")
+            assert code == 0
+            assert f"127.0.0.1:{out_port}" in out and "inbound" in out
+            code, out, _ = await tulle(cp.api_url, "proxy-config", "api-0", "-n", "shop",
+                                       "endpoints")
+            assert "outbound|80||api.shop" in out
+        finally:
+            await proxy.stop()
