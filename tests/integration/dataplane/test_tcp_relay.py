@@ -92,11 +92,13 @@ async def read_all(r: asyncio.StreamReader) -> tuple[int, str]:
 async def test_bulk_transfer_both_ways_at_once(engine: str) -> None:
     size = 200 * MiB if engine == "splice" else 32 * MiB
     got_by_server: dict[str, Any] = {}
+    server_done = asyncio.Event()
 
     async def server(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
         sending = asyncio.create_task(send_all(w, chunks(2, size)))
         got_by_server["recv"] = await read_all(r)
         got_by_server["sent"] = await sending
+        server_done.set()
 
     async with tcp_server(server) as port, running_proxy(tcp_config(port)) as p:
         r, w = await asyncio.open_connection("127.0.0.1", p.port())
@@ -104,6 +106,8 @@ async def test_bulk_transfer_both_ways_at_once(engine: str) -> None:
         sending = asyncio.create_task(send_all(w, chunks(1, size)))
         received = await asyncio.wait_for(read_all(r), 120)
         sent_digest = await sending
+        # The client may finish first: the proxy can still be relaying its last bytes.
+        await asyncio.wait_for(server_done.wait(), 60)
         w.close()
         assert got_by_server["recv"] == (size, sent_digest)
         assert received == (size, got_by_server["sent"])
