@@ -15,7 +15,22 @@ import click
 from tulle.proxyconfig.validate import ConfigError
 
 
-@click.group()
+class _Commands(click.Group):
+    """Adds the control-plane commands (`_register`) only when a name is not built in, or for
+    `--help`: `tulle proxy run` then never imports urllib, http.client and email (~3.5 MB)."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is None and _register():
+            found = super().get_command(ctx, cmd_name)
+        return found
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        _register()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=_Commands)
 @click.version_option(package_name="tulle")
 def cli() -> None:
     """Tulle: a service mesh."""
@@ -106,16 +121,21 @@ def proxy_validate(file: str) -> None:
                f"tables, {len(cfg.clusters)} clusters)")
 
 
-def _register() -> None:
+_registered: list[bool] = []
+
+
+def _register() -> bool:
+    """Add the control-plane commands once; True when this call added them."""
+    if _registered:
+        return False
+    _registered.append(True)
     from tulle.cli.controlplane import control_plane
     from tulle.cli.resources import COMMANDS
 
     cli.add_command(control_plane)
     for cmd in COMMANDS:
         cli.add_command(cmd)
-
-
-_register()
+    return True
 
 
 def main() -> None:

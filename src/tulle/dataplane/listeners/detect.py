@@ -21,6 +21,8 @@ driver that serves it, then steps aside:
    already read; TCP goes to `tcp.relay`.  Each outcome of an `auto` listener is counted in
    `tulle_proxy_protocol_detected_total{listener,protocol}` (`http1`, `http2`, `tls`, `tcp`,
    `opaque` when sniffing was skipped by port, `timeout` when the client stayed silent).
+   The HTTP/2 driver, and h2 with it, is imported at the first h2 preface: a proxy that never
+   sees HTTP/2 never loads it.
 """
 
 from __future__ import annotations
@@ -35,18 +37,23 @@ from tulle.dataplane.listeners.tcp import Target, relay
 from tulle.dataplane.protocols.detect import MAX_SNIFF_BYTES, detect
 from tulle.net.origdst import original_destination
 
-try:
-    from tulle.dataplane.listeners.http2 import H2Downstream
-except ImportError:  # pragma: no cover - the HTTP/2 driver is optional at this layer
-    H2Downstream = None  # type: ignore[assignment,misc]
-
 if TYPE_CHECKING:
     from tulle.dataplane.listeners.context import DestinationRule
+    from tulle.dataplane.listeners.http2 import H2Downstream
 
 DEFAULT_OPAQUE_PORTS: Final = frozenset({25, 587, 3306, 4444, 5432, 6379, 9300, 11211})
 """Never sniffed, whatever the listener says: Linkerd's default opaque ports (since 2.11) —
 SMTP (25, 587) and MySQL (3306) speak first; Galera (4444), PostgreSQL (5432), Redis (6379),
 Elasticsearch transport (9300) and Memcached (11211) gain nothing from sniffing."""
+
+
+def _h2_driver() -> type[H2Downstream] | None:
+    """The HTTP/2 driver, imported on first need; None when h2 is not installed."""
+    try:
+        from tulle.dataplane.listeners.http2 import H2Downstream
+    except ImportError:  # pragma: no cover - HTTP/2 is then relayed as TCP
+        return None
+    return H2Downstream
 
 
 def handover(transport: asyncio.Transport, protocol: asyncio.Protocol, initial: bytes) -> None:
@@ -167,11 +174,13 @@ class DetectDownstream(asyncio.Protocol, Connection):
         """Hand the connection to the driver for `protocol`."""
         rule = self.rule
         ctx = self.ctx
-        if protocol == "http2" and H2Downstream is None:
+        h2_driver = _h2_driver() if protocol == "http2" else None
+        if protocol == "http2" and h2_driver is None:
             protocol = "tcp"
         if protocol in ("http1", "http2"):
             proto: H1Downstream | H2Downstream
-            proto = H1Downstream(self.handle) if protocol == "http1" else H2Downstream(self.handle)
+            driver = h2_driver if h2_driver is not None else H1Downstream
+            proto = driver(self.handle)
             if rule is not None:
                 proto.router = rule.router
                 proto.cluster = rule.cluster or ctx.cluster

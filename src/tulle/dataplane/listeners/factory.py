@@ -2,6 +2,10 @@
 
 One table from a listener's `protocol` (and `mode`) to a downstream driver.  Detection, TCP relay
 and HTTP/2 plug in here; the server knows nothing about protocols.
+
+The HTTP/2 driver (and with it h2, hpack and hyperframe, about 1.2 MB of resident memory) is
+imported only when a connection needs it: at start for an h2c listener, at the first ALPN `h2`
+on a TLS listener, at the first h2 preface on a sniffing one (`DetectDownstream`).
 """
 
 from __future__ import annotations
@@ -12,8 +16,6 @@ from collections.abc import Callable
 from tulle.dataplane.listeners.context import ListenerHandle
 from tulle.dataplane.listeners.detect import DetectDownstream
 from tulle.dataplane.listeners.http1 import H1Downstream
-from tulle.dataplane.listeners.http2 import H2Downstream
-from tulle.dataplane.listeners.tls import ALPNSelector
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
 
@@ -24,10 +26,18 @@ def protocol_factory(handle: ListenerHandle) -> ProtocolFactory:
     if cfg.protocol == "http1" and cfg.mode == "explicit" and cfg.tls is None:
         return lambda: H1Downstream(handle)
     if cfg.protocol == "http2" and cfg.mode == "explicit" and cfg.tls is None:
+        from tulle.dataplane.listeners.http2 import H2Downstream
+
         return lambda: H2Downstream(handle)  # h2c, prior knowledge
     if cfg.protocol in ("http1", "http2") and cfg.mode == "explicit" and cfg.tls is not None:
+        from tulle.dataplane.listeners.tls import ALPNSelector
+
         def by_alpn(alpn: str | None) -> asyncio.Protocol:
-            return H2Downstream(handle) if alpn == "h2" else H1Downstream(handle)
+            if alpn == "h2":
+                from tulle.dataplane.listeners.http2 import H2Downstream
+
+                return H2Downstream(handle)
+            return H1Downstream(handle)
 
         return lambda: ALPNSelector(by_alpn)
     if cfg.tls is None and (cfg.mode == "transparent" or cfg.protocol in ("auto", "tcp")):

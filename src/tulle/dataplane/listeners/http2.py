@@ -14,6 +14,11 @@ Flow control both ways, per stream:
   above the high-water mark the upstream is asked to `pause_response` until the queue drains.
   When the transport itself is above its high-water mark, nothing more is moved into it.
 
+Writes: what the codec produced is written once per wake-up, not once per frame.  Inside
+`data_received` that is at its end; a response arriving from the upstream (head, DATA, end,
+often for several streams in one loop iteration) marks the connection and one `call_soon`
+writes everything at the end of the iteration (`write_soon`).
+
 Errors: a malformed frame is a connection error (GOAWAY PROTOCOL_ERROR, counted); a bad request
 head is answered on its own stream (400/431/501); upstream failures before the response head
 become a local 502/503/504 (a trailers-only grpc-status for gRPC requests), after it
@@ -97,7 +102,7 @@ class H2Exchange:
     def on_informational(self, head: ResponseHead) -> None:
         if not self.done and head.status != 101:
             self.conn.codec.send_headers(self.sid, encode_response(head), False)
-            self.conn.write_out()
+            self.conn.write_soon()
 
     def on_response_head(self, head: ResponseHead, end_stream: bool) -> None:
         if self.done:
@@ -106,7 +111,7 @@ class H2Exchange:
         self.head_sent = True
         conn = self.conn
         conn.codec.send_response(self.sid, head, end_stream)
-        conn.write_out()
+        conn.write_soon()
         if end_stream:
             self.finish()
 
@@ -117,13 +122,13 @@ class H2Exchange:
         if conn.codec.send_data(self.sid, data) and self.stream is not None:
             self.resp_paused = True
             self.stream.pause_response()
-        conn.write_out()
+        conn.write_soon()
 
     def on_response_end(self, trailers: Headers | None) -> None:
         if self.done:
             return
         self.conn.codec.send_end(self.sid, trailers)
-        self.conn.write_out()
+        self.conn.write_soon()
         self.finish()
 
     def on_upstream_error(self, error: UpstreamError) -> None:
@@ -134,7 +139,7 @@ class H2Exchange:
         if self.head_sent:
             self.status = self.status or error.status
             self.conn.codec.reset(self.sid, INTERNAL_ERROR)
-            self.conn.write_out()
+            self.conn.write_soon()
             self.finish()
             return
         self.local(error.status, error.detail)
@@ -153,7 +158,7 @@ class H2Exchange:
         if self.unacked:
             n, self.unacked = self.unacked, 0
             self.conn.codec.ack(self.sid, n)
-            self.conn.write_out()
+            self.conn.write_soon()
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -171,7 +176,7 @@ class H2Exchange:
                     (b"content-length", b"%d" % len(body))], False):
                 codec.send_data(self.sid, body)
                 codec.send_end(self.sid)
-        self.conn.write_out()
+        self.conn.write_soon()
         self.finish()
 
     def on_timeout(self) -> None:
@@ -184,7 +189,7 @@ class H2Exchange:
         if self.head_sent:
             self.status = self.status or 504
             self.conn.codec.reset(self.sid, INTERNAL_ERROR)
-            self.conn.write_out()
+            self.conn.write_soon()
             self.finish()
         else:
             self.local(504, "upstream request timeout")
@@ -215,7 +220,7 @@ class H2Exchange:
         if not self.request_done and conn.codec.pending(self.sid) == 0:
             # RFC 9113 8.1: a complete response ends the exchange; the rest of the body is moot.
             conn.codec.reset(self.sid, NO_ERROR)
-            conn.write_out()
+            conn.write_soon()
         if self.unacked:
             conn.codec.ack(self.sid, self.unacked)
             self.unacked = 0
@@ -244,6 +249,7 @@ class H2Downstream(asyncio.Protocol, Connection):
         self.deadline = 0.0
         self._deadline_kind = ""
         self._got_request = False
+        self._write_pending = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -387,11 +393,23 @@ class H2Downstream(asyncio.Protocol, Connection):
     # -- transport helpers ---------------------------------------------------------------
 
     def write_out(self) -> None:
+        """Write what the codec has queued, now."""
         data = self.codec.data_to_send()
         t = self.transport
         if data and t is not None:
             self.ctx.m_bytes_sent.value += len(data)
             t.write(data)
+
+    def write_soon(self) -> None:
+        """Write what the codec has queued at the end of this loop iteration (one write for
+        everything the upstreams delivered meanwhile)."""
+        if not self._write_pending:
+            self._write_pending = True
+            self.loop.call_soon(self._write_later)
+
+    def _write_later(self) -> None:
+        self._write_pending = False
+        self.write_out()
 
     def _set_deadline(self, kind: str) -> None:
         ctx = self.ctx
@@ -420,6 +438,7 @@ class H2Downstream(asyncio.Protocol, Connection):
     def _close(self) -> None:
         self.closing = True
         if self.transport is not None:
+            self.write_out()  # what `write_soon` left for later goes out before the close
             self.transport.close()
 
     def abort(self) -> None:

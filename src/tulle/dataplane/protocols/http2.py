@@ -20,7 +20,16 @@ Rules of this module:
 4. A request head larger than the limit is refused on its stream (`StreamRejected`, 431);
    a header block beyond twice the limit, and any frame h2 finds malformed, is a connection
    error: `feed` raises `H2ProtocolError` after queueing GOAWAY.
-5. GOAWAY is graceful both ways (RFC 9113 6.8: streams up to the last stream id go on).  h2's
+5. Header checks are split by what they protect.  Inbound, h2 validates every header block
+   (`validate_inbound_headers`: illegal characters, upper case, connection-specific fields,
+   pseudo-header rules): that is what keeps a peer's CR/LF or NUL away from an HTTP/1 upstream,
+   and it stays on.  h2's normalisation both ways and its outbound validation are off: heads
+   reach here as exchange values (lower-case names, hop-by-hop fields gone, see exchange.py)
+   and `_filtered` does the rest of what h2 did per header — drops pseudo and hop-by-hop
+   fields, trims surrounding whitespace, and keeps `authorization`, `proxy-authorization` and
+   short `cookie` values out of the HPACK dynamic table (never-indexed), as h2 and nghttp2 do.
+   Split `cookie` fields are joined by `request_head` itself.
+6. GOAWAY is graceful both ways (RFC 9113 6.8: streams up to the last stream id go on).  h2's
    connection state machine closes on any GOAWAY (python-hyper/h2#1181), so a received GOAWAY
    is reported without closing h2's state (`_GracefulStateMachine`), and a graceful GOAWAY we
    send is a frame we serialise ourselves; refusing newer streams is the driver's job.
@@ -37,6 +46,7 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from hpack import NeverIndexedHeaderTuple
 from hyperframe.frame import GoAwayFrame
 
 from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
@@ -222,12 +232,28 @@ def response_head(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
     return ResponseHead(status, out, b"", cl)
 
 
+_SECURE = frozenset({b"authorization", b"proxy-authorization"})
+_SPACE = (0x20, 0x09)
+
+
 def _filtered(headers: Headers) -> Headers:
-    return [(n, v) for n, v in headers
-            if n[:1] != b":" and (n not in _OUT_SKIP or (n == b"te" and v == b"trailers"))]
+    """Regular fields of an exchange head as HTTP/2 sends them (rule 5)."""
+    out: Headers = []
+    for n, raw in headers:
+        if n[:1] == b":" or (n in _OUT_SKIP and (n != b"te" or raw != b"trailers")):
+            continue
+        v = raw.strip(b" \t") if raw and (raw[0] in _SPACE or raw[-1] in _SPACE) else raw
+        if n in _SECURE or (n == b"cookie" and len(v) < 20):
+            out.append(NeverIndexedHeaderTuple(n, v))
+        else:
+            out.append((n, v))
+    return out
 
 
 def encode_request(head: RequestHead, scheme: bytes) -> Headers:
+    if not head.authority:  # RFC 9113 8.3.1: no authority to convey, no :authority
+        return [(b":method", head.method), (b":scheme", scheme), (b":path", head.path or b"/"),
+                *_filtered(head.headers)]
     return [(b":method", head.method), (b":scheme", scheme),
             (b":authority", head.authority), (b":path", head.path or b"/"),
             *_filtered(head.headers)]
@@ -302,7 +328,9 @@ class H2Codec:
     def __init__(self, *, client_side: bool, limits: H2Limits = H2Limits()) -> None:
         cfg = h2.config.H2Configuration(client_side=client_side, header_encoding=None,
                                         validate_inbound_headers=True,
-                                        normalize_inbound_headers=True)
+                                        normalize_inbound_headers=False,
+                                        validate_outbound_headers=False,
+                                        normalize_outbound_headers=False)  # rule 5
         conn = h2.connection.H2Connection(config=cfg)
         conn.state_machine = _GracefulStateMachine()
         hard = limits.max_header_bytes * 2
@@ -455,8 +483,7 @@ class H2Codec:
         if out is None:
             out = self._out[stream_id] = _Out()
         out.end = True
-        out.trailers = [(n, v) for n, v in trailers if n[:1] != b":" and n not in HOP_BY_HOP] \
-            if trailers else None
+        out.trailers = [h for h in _filtered(trailers) if h[0] != b"te"] if trailers else None
         self._flush_stream(stream_id, out)
 
     @property
