@@ -5,11 +5,15 @@
 #   make bench         ~2-3 min: the same, longer, plus h2c and raw TCP -> bench/results/full.json
 #                      and the results section of docs/performance.md
 #   make bench-profile py-spy on Tulle under wrk: hottest functions -> bench/results/profile.json
+#   make bench-controlplane  ~1 min: 1,000 services, 2,000 simulated proxies, one control plane:
+#                      apply -> ACK propagation, CPU, RSS -> bench/results/controlplane.json and
+#                      its section of docs/performance.md
+#   make bench-micro   ~30 s, no sockets: the HTTP/1.1 proxy's Python CPU per request
 
 BENCH_PY ?= .venv/bin/python
 BENCH_PEERS ?= tulle,haproxy,nginx
 
-.PHONY: bench bench-quick bench-profile bench-setup
+.PHONY: bench bench-quick bench-profile bench-setup bench-controlplane bench-micro
 
 bench-setup:
 	bash bench/setup.sh
@@ -24,3 +28,10 @@ bench: deps bench-setup
 bench-profile: deps bench-setup
 	test -x $(dir $(BENCH_PY))py-spy || $(BENCH_PY) -m pip install -q 'py-spy>=0.3.14,<0.5'
 	$(BENCH_PY) -m bench.profile --seconds 10
+
+bench-micro: deps
+	$(BENCH_PY) -m bench.micro_http1
+
+bench-controlplane: deps
+	$(BENCH_PY) -m bench.controlplane --json bench/results/controlplane.json \
+		--doc docs/performance.md

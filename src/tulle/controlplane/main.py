@@ -107,7 +107,18 @@ async def run(store_url: str, **kwargs: object) -> int:
         await cp.stop()
 
 
+GC_THRESHOLDS = (100_000, 50, 50)
+"""The process holds every proxy's snapshot: long-lived, acyclic graphs whose per-proxy lists
+reference ~1,000 shared clusters each.  With CPython's default thresholds (700, 10, 10) the
+collector re-traverses those lists many times per compilation: measured at 1,000 Services /
+2,000 proxies, ~40% of the control plane's CPU per change went to young collections.  Garbage
+here is freed by reference counting; the collector only needs to run now and then."""
+
+
 def main(store_url: str, **kwargs: object) -> int:
+    import gc
+
     import uvloop
 
+    gc.set_threshold(*GC_THRESHOLDS)
     return uvloop.run(run(store_url, **kwargs))

@@ -49,6 +49,19 @@ def _conditions_equal(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
         {k: v for k, v in c.items() if k not in strip} for c in b]
 
 
+def _same_inputs(old: Obj, new: Obj) -> bool:
+    """Whether two versions of a resource differ only in what the compiler never reads: the
+    resourceVersion and the status conditions (which the compiler itself produces).  The
+    writes of route conditions then do not cost a whole-mesh compilation each."""
+
+    def strip(obj: Obj) -> Obj:
+        md = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "resourceVersion"}
+        status = {k: v for k, v in (obj.get("status") or {}).items() if k != "conditions"}
+        return {**obj, "metadata": md, "status": status}
+
+    return strip(old) == strip(new)
+
+
 class Reconciler:
     def __init__(self, store: ResourceStore, cache: SnapshotCache, *,
                  debounce: float = 0.1) -> None:
@@ -109,7 +122,10 @@ class Reconciler:
             if ev.type == "DELETED":
                 self._resources.pop(key, None)
             else:
+                old = self._resources.get(key)
                 self._resources[key] = ev.object
+                if old is not None and _same_inputs(old, ev.object):
+                    continue  # our own status-condition write coming back: nothing to compile
             self._dirty.set()
         raise ExpiredError("watch ended")
 
@@ -133,11 +149,7 @@ class Reconciler:
         await self._allocate_vips()
         inputs = MeshInputs.from_resources(self._resources.values())
         result = compile_mesh(inputs, self._parts)
-        for key, cfg in result.snapshots.items():
-            self.cache.set(key, cfg)
-        for key in self.cache.proxies():
-            if key not in result.snapshots and key not in result.errors:
-                self.cache.remove(key)
+        self.cache.update(result.snapshots, keep=frozenset(result.errors))
         self.errors = dict(result.errors)
         for key, err in result.errors.items():
             log.warning("workload %s/%s: cannot build its proxy config: %s", key[0], key[1], err)

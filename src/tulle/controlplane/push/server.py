@@ -7,12 +7,18 @@ snapshot arrives meanwhile it is sent after the ACK/NACK, as one delta (intermed
 skipped — a proxy only ever needs the newest).  A NACK is recorded with its reason and the proxy
 keeps its last good config; the next change is diffed against that config.
 
+Frames are built by the cache's `WireCache` (each resource encoded once for every proxy; deltas
+found by object identity), and at most `max_inflight_pushes` sessions write at once, each until
+its frame has left our buffer: a push to 2,000 proxies never holds 2,000 full snapshots in
+memory, and a proxy that stops reading only ever holds up its own slot, for `drain_timeout`.
+
 `statuses()` is what `tulle get proxies` shows.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import time
@@ -21,7 +27,6 @@ from dataclasses import dataclass, field
 
 from tulle.controlplane.push.protocol import (
     Ack,
-    DeltaMsg,
     Error,
     FrameDecoder,
     FrameError,
@@ -30,11 +35,10 @@ from tulle.controlplane.push.protocol import (
     Nack,
     Ping,
     Pong,
-    Snapshot,
     WorkloadInfo,
     encode,
 )
-from tulle.proxyconfig.delta import diff
+from tulle.controlplane.push.wire import WireCache
 from tulle.proxyconfig.model import ProxyConfig
 
 log = logging.getLogger("tulle.controlplane.push")
@@ -49,6 +53,19 @@ class SnapshotCache:
     def __init__(self) -> None:
         self._snapshots: dict[ProxyKey, ProxyConfig] = {}
         self._waiters: dict[ProxyKey, set[asyncio.Event]] = {}
+        self.wire = WireCache()
+
+    def update(self, snapshots: dict[ProxyKey, ProxyConfig],
+               keep: frozenset[ProxyKey] = frozenset()) -> int:
+        """One compilation round: store every snapshot (waking only proxies whose version
+        changed), drop proxies that are gone unless in `keep`; returns how many changed."""
+        self.wire.rotate()
+        changed = 0
+        for key, cfg in snapshots.items():
+            changed += self.set(key, cfg)
+        for key in [k for k in self._snapshots if k not in snapshots and k not in keep]:
+            self.remove(key)
+        return changed
 
     def get(self, key: ProxyKey) -> ProxyConfig | None:
         return self._snapshots.get(key)
@@ -114,12 +131,15 @@ RegisterHook = Callable[[WorkloadInfo, str], Awaitable[None]]
 class PushServer:
     def __init__(self, cache: SnapshotCache, *, on_register: RegisterHook | None = None,
                  instance: str = "cp", ping_interval: float = 10.0,
-                 on_ack: Callable[[ProxyKey, str], None] | None = None) -> None:
+                 on_ack: Callable[[ProxyKey, str], None] | None = None,
+                 max_inflight_pushes: int = 64, drain_timeout: float = 10.0) -> None:
         self.cache = cache
         self.on_register = on_register
         self.on_ack = on_ack
         self.instance = instance
         self.ping_interval = ping_interval
+        self.drain_timeout = drain_timeout
+        self.push_slots = asyncio.Semaphore(max_inflight_pushes)
         self.status: dict[ProxyKey, ProxyStatus] = {}
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
@@ -167,7 +187,8 @@ class ProxySession:
         self.writer = writer
         self.peer = peer
         self.decoder = FrameDecoder()
-        self.inbox: asyncio.Queue[Message | None] = asyncio.Queue()
+        self.backlog: collections.deque[Message] = collections.deque()
+        self.closed = False
         self.acked: ProxyConfig | None = None
         self.inflight: ProxyConfig | None = None
         self.rejected = ""
@@ -176,31 +197,39 @@ class ProxySession:
     def send(self, msg: Message) -> None:
         self.writer.write(encode(msg))
 
-    async def _read_loop(self) -> None:
-        try:
-            while True:
-                data = await self.reader.read(65536)
-                if not data:
-                    break
-                for m in self.decoder.feed(data):
-                    await self.inbox.put(m)
-        finally:
-            await self.inbox.put(None)
+    async def _next(self) -> Message | None:
+        """The proxy's next message; None once it closed the stream."""
+        while not self.backlog:
+            data = await self.reader.read(65536)
+            if not data:
+                return None
+            self.backlog.extend(self.decoder.feed(data))
+        return self.backlog.popleft()
 
     async def run(self) -> None:
-        reader_task = asyncio.create_task(self._read_loop())
         try:
-            first = await asyncio.wait_for(self.inbox.get(), timeout=30)
+            first = await asyncio.wait_for(self._next(), timeout=30)
             if not isinstance(first, Hello):
                 self.send(Error(reason="expected hello"))
                 return
             await self._session(first)
         finally:
-            reader_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader_task
             if self.st is not None:
                 self.st.connected = False
+
+    async def _read_loop(self, key: ProxyKey, wake: asyncio.Event) -> None:
+        """Handle what the proxy sends as it arrives, waking the push loop after each message
+        (an ACK may let the next version go out) and when the stream ends."""
+        st = self.st
+        assert st is not None
+        try:
+            while (msg := await self._next()) is not None:
+                st.last_seen = time.time()  # noqa: TID251 - wall clock, for display
+                self._handle(key, msg)
+                wake.set()
+        finally:
+            self.closed = True
+            wake.set()
 
     async def _session(self, hello: Hello) -> None:
         srv = self.server
@@ -220,7 +249,10 @@ class ProxySession:
         st.control_plane = srv.instance
         log.info("proxy %s/%s connected from %s (serving %r)", w.namespace, w.name, self.peer,
                  hello.last_version or "nothing")
-        changed = srv.cache.subscribe(key)
+        # One event wakes this loop: a new snapshot for this proxy (the cache sets it), a
+        # message from the proxy, or the end of the stream (the reader sets it).
+        wake = srv.cache.subscribe(key)
+        reader = asyncio.get_running_loop().create_task(self._read_loop(key, wake))
         try:
             current = srv.cache.get(key)
             if current is not None and hello.last_version == current.version:
@@ -228,48 +260,50 @@ class ProxySession:
                 st.acked_version = current.version
             loop = asyncio.get_running_loop()
             next_ping = loop.time() + srv.ping_interval
-            while True:
-                self._maybe_push(key)
-                get = asyncio.ensure_future(self.inbox.get())
-                wake = asyncio.ensure_future(changed.wait())
-                timeout = max(0.0, next_ping - loop.time())
-                done, _ = await asyncio.wait({get, wake}, timeout=timeout,
-                                             return_when=asyncio.FIRST_COMPLETED)
-                if wake not in done:
-                    wake.cancel()
-                else:
-                    changed.clear()
-                if get not in done:
-                    get.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await get
-                    if loop.time() >= next_ping:
-                        self.send(Ping())
-                        next_ping = loop.time() + srv.ping_interval
-                    continue
-                msg = get.result()
-                if msg is None:
-                    return
-                st.last_seen = time.time()  # noqa: TID251
-                self._handle(key, msg)
+            while not self.closed:
+                wake.clear()
+                await self._maybe_push(key)
+                if not wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout_at(next_ping):
+                            await wake.wait()
+                if loop.time() >= next_ping and not self.closed:
+                    self.send(Ping())
+                    next_ping = loop.time() + srv.ping_interval
         finally:
-            srv.cache.unsubscribe(key, changed)
+            srv.cache.unsubscribe(key, wake)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
 
-    def _maybe_push(self, key: ProxyKey) -> None:
+    def _pending(self, key: ProxyKey) -> ProxyConfig | None:
+        """The snapshot to push now, if any."""
         if self.inflight is not None:
-            return
+            return None
         current = self.server.cache.get(key)
         if current is None or current.version == self.rejected or (
                 self.acked is not None and self.acked.version == current.version):
+            return None
+        return current
+
+    async def _maybe_push(self, key: ProxyKey) -> None:
+        srv = self.server
+        if self._pending(key) is None:
             return
-        if self.acked is None:
-            self.send(Snapshot(version=current.version, config=current))
-        else:
-            self.send(DeltaMsg(delta=diff(self.acked, current)))
-        self.inflight = current
-        assert self.st is not None
-        self.st.sent_version = current.version
-        self.st.pushes += 1
+        async with srv.push_slots:
+            current = self._pending(key)  # the newest, now that it is our turn
+            if current is None:
+                return
+            wire = srv.cache.wire
+            self.writer.writelines(wire.snapshot_frame(current) if self.acked is None
+                                   else wire.delta_frame(self.acked, current))
+            self.inflight = current
+            assert self.st is not None
+            self.st.sent_version = current.version
+            self.st.pushes += 1
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(srv.drain_timeout):
+                    await self.writer.drain()
 
     def _handle(self, key: ProxyKey, msg: Message) -> None:
         st = self.st
