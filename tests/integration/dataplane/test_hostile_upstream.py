@@ -73,6 +73,25 @@ async def test_upstream_timeout_is_504_ut(origin: int) -> None:
         await settled(p)
 
 
+async def test_long_route_timeout_is_enforced_by_the_deadline_sweeper(origin: int) -> None:
+    # header_timeout 100 ms: the sweeper ticks every 25 ms and takes route timeouts from
+    # 250 ms on (ADR 0010).  Two pipelined requests: the second's head arrives while the first
+    # is in flight and must not clear the first's deadline; then the second gets its own.
+    cfg = simple_config(origin, settings={"header_timeout_ms": 100})
+    cfg["route_tables"][0]["virtual_hosts"][0]["rules"][0]["timeout_ms"] = 300
+    slow = b"GET /delay/5000 HTTP/1.1\r\nHost: a\r\n\r\n"
+    async with running_proxy(cfg) as p:
+        r, w = await connect(p.port())
+        w.write(slow + slow)
+        first = await asyncio.wait_for(read_response(r), 3)
+        second = await asyncio.wait_for(read_response(r), 3)
+        assert (first.status, second.status) == (504, 504)
+        w.close()
+        assert p.metric("tulle_proxy_requests_total", response_code="504",
+                        response_flags="UT") == 2
+        await settled(p)
+
+
 async def test_reset_after_the_head_aborts_the_client() -> None:
     async with raw_server(half_then_reset) as srv, running_proxy(simple_config(srv.port)) as p:
         r, w = await connect(p.port())

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from tulle.dataplane.listeners.dispatch import Decision, no_cluster
 from tulle.dataplane.routing.router import Router
 from tulle.dataplane.telemetry.metrics import CounterChild, HistogramChild, ProxyMetrics
 from tulle.proxyconfig.model import Destination, Listener, Settings
@@ -24,23 +26,42 @@ if TYPE_CHECKING:
 
 
 class RequestStats:
-    """Metric children for one (listener, cluster) pair, resolved on first use."""
+    """Metric children for one (listener, cluster) pair, resolved on first use.
 
-    __slots__ = ("_codes", "_family", "_labels", "duration")
+    `count` is on every request's path: a flagless response (the common case) costs one dict
+    lookup by status code and the histogram's bisect; other combinations one tuple-keyed
+    lookup more."""
+
+    __slots__ = ("_bounds", "_buckets", "_by_status", "_codes", "_family", "_labels", "duration")
 
     def __init__(self, metrics: ProxyMetrics, listener: str, cluster: str) -> None:
         self._family = metrics.requests
         self._labels = (listener, cluster)
         self._codes: dict[tuple[int, str], CounterChild] = {}
+        self._by_status: dict[int, CounterChild] = {}
+        """The `_codes` children without a response flag, by status alone."""
         self.duration: HistogramChild = metrics.duration.labels(listener, cluster)
+        self._bounds = self.duration.bounds
+        self._buckets = self.duration.counts
 
     def count(self, status: int, flags: str, duration_ms: float) -> None:
+        child = None if flags else self._by_status.get(status)
+        if child is None:
+            child = self._child(status, flags)
+        child.value += 1
+        d = self.duration  # HistogramChild.observe, inlined: this runs once per request
+        self._buckets[bisect_left(self._bounds, duration_ms)] += 1
+        d.sum += duration_ms
+        d.count += 1
+
+    def _child(self, status: int, flags: str) -> CounterChild:
         child = self._codes.get((status, flags))
         if child is None:
             child = self._codes[(status, flags)] = self._family.labels(
                 *self._labels, str(status), flags or "-")
-        child.value += 1
-        self.duration.observe(duration_ms)
+            if not flags:
+                self._by_status[status] = child
+        return child
 
 
 @dataclass(slots=True)
@@ -92,6 +113,27 @@ class ListenerContext:
         self.m_bytes_received = metrics.bytes_received.labels(cfg.name)
         self.m_bytes_sent = metrics.bytes_sent.labels(cfg.name)
         self._stats: dict[str, RequestStats] = {}
+        self._decisions: dict[str, dict[int, Decision]] = {}
+        # Route timeouts at least this long are checked by the proxy's deadline sweeper, which
+        # ticks every header_timeout/4 clamped to [10 ms, 1 s] (server.py `_deadline_sweeper`):
+        # they fire at most one tick (a tenth of the timeout) late.  Shorter ones get a timer.
+        # ADR 0010.
+        tick = max(0.01, min(1.0, settings.header_timeout_ms / 4000))
+        self.sweep_timeout_min = 10 * tick
+
+    def decision(self, cluster: str, timeout_ms: int) -> Decision:
+        """The shared decision for requests routed to `cluster` with `timeout_ms`."""
+        by_timeout = self._decisions.get(cluster)
+        if by_timeout is not None:
+            d = by_timeout.get(timeout_ms)
+            if d is not None:
+                return d
+        rt = self.clusters.get(cluster)
+        if rt is None:
+            return no_cluster(cluster)
+        d = Decision(rt, cluster, timeout_ms, stats=self.stats(cluster))
+        self._decisions.setdefault(cluster, {})[timeout_ms] = d
+        return d
 
     def stats(self, cluster: str) -> RequestStats:
         st = self._stats.get(cluster)

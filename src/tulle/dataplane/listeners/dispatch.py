@@ -16,44 +16,49 @@ from typing import TYPE_CHECKING
 from tulle.dataplane.exchange import RequestHead
 
 if TYPE_CHECKING:
-    from tulle.dataplane.listeners.context import ListenerContext
+    from tulle.dataplane.listeners.context import ListenerContext, RequestStats
     from tulle.dataplane.routing.router import Router
     from tulle.dataplane.upstream.cluster import ClusterRuntime
 
 
 class Decision:
-    """Where a request goes: a cluster, or a local response (status, body, response flag)."""
+    """Where a request goes: a cluster, or a local response (status, body, response flag).
 
-    __slots__ = ("body", "cluster", "cluster_name", "flag", "status", "timeout_ms")
+    A decision that names a cluster depends only on the route and the snapshot, so the
+    listener context builds it once (`ListenerContext.decision`) and every request that takes
+    that route shares it: treat it as immutable."""
+
+    __slots__ = ("body", "cluster", "cluster_name", "flag", "stats", "status", "timeout_ms")
 
     def __init__(self, cluster: ClusterRuntime | None, cluster_name: str, timeout_ms: int,
-                 status: int = 0, body: bytes = b"", flag: str = "") -> None:
+                 status: int = 0, body: bytes = b"", flag: str = "",
+                 stats: RequestStats | None = None) -> None:
         self.cluster = cluster
         self.cluster_name = cluster_name
         self.timeout_ms = timeout_ms
         self.status = status
         self.body = body
         self.flag = flag
+        self.stats = stats
+        """The request metrics of this listener and cluster (None for local responses)."""
 
 
 def resolve(ctx: ListenerContext, router: Router | None, default_cluster: str,
             head: RequestHead) -> Decision:
-    timeout_ms = ctx.settings.request_timeout_ms
-    if router is not None:
-        route = router.route(head.authority.decode("latin-1"), head.path.decode("latin-1"))
-        if route is None:
-            return Decision(None, "-", 0, 404, b"no route for host '%b' path '%b' on listener "
-                            b"%b\n" % (head.authority, head.path.split(b"?", 1)[0],
-                                       ctx.name.encode()), "NR")
-        name = route.pick_cluster()
-        timeout_ms = route.timeout_ms
-    else:
-        name = default_cluster
-    cluster = ctx.clusters.get(name)
-    if cluster is None:
-        return Decision(None, name or "-", 0, 503, b"no cluster named '%b'\n" % name.encode(),
-                        "NC")
-    return Decision(cluster, name, timeout_ms)
+    if router is None:
+        return ctx.decision(default_cluster, ctx.settings.request_timeout_ms)
+    route = router.only or router.route(head.authority.decode("latin-1"),
+                                        head.path.decode("latin-1"))
+    if route is None:
+        return Decision(None, "-", 0, 404, b"no route for host '%b' path '%b' on listener "
+                        b"%b\n" % (head.authority, head.path.split(b"?", 1)[0],
+                                   ctx.name.encode()), "NR")
+    return ctx.decision(route.pick_cluster(), route.timeout_ms)
+
+
+def no_cluster(name: str) -> Decision:
+    """The answer when a route names a cluster the snapshot does not have."""
+    return Decision(None, name or "-", 0, 503, b"no cluster named '%b'\n" % name.encode(), "NC")
 
 
 class _RequestIds:

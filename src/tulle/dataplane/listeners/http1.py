@@ -48,7 +48,12 @@ from tulle.dataplane.exchange import (
     UpstreamError,
     UpstreamStream,
 )
-from tulle.dataplane.listeners.context import Connection, ListenerContext, ListenerHandle
+from tulle.dataplane.listeners.context import (
+    Connection,
+    ListenerContext,
+    ListenerHandle,
+    RequestStats,
+)
 from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
 from tulle.dataplane.protocols.http1 import (
     ProtocolError,
@@ -73,7 +78,8 @@ class H1Exchange:
 
     __slots__ = ("buffered", "buffered_bytes", "chunked", "close_after", "cluster", "conn",
                  "expect_continue", "flags", "has_body", "head", "head_sent", "recorded",
-                 "request_done", "start", "started", "status", "stream", "timer", "trailers")
+                 "request_done", "start", "started", "stats", "status", "stream", "timer",
+                 "trailers")
 
     def __init__(self, conn: H1Downstream, head: RequestHead, has_body: bool,
                  keep_alive: bool, expect_continue: bool, start: float) -> None:
@@ -95,7 +101,9 @@ class H1Exchange:
         self.status = 0
         self.flags = ""
         self.cluster = "-"
+        self.stats: RequestStats | None = None
         self.timer: asyncio.TimerHandle | None = None
+        """The route timeout's timer, for timeouts too short for the deadline sweeper."""
 
     # -- ResponseSink --------------------------------------------------------------------
 
@@ -200,8 +208,8 @@ class H1Exchange:
             return
         self.recorded = True
         conn = self.conn
-        conn.ctx.stats(self.cluster).count(
-            self.status, self.flags, (conn.loop.time() - self.start) * 1000.0)
+        stats = self.stats or conn.ctx.stats(self.cluster)
+        stats.count(self.status, self.flags, (conn.loop.time() - self.start) * 1000.0)
 
     def _finish(self) -> None:
         self.record()
@@ -334,8 +342,9 @@ class H1Downstream(asyncio.Protocol, Connection):
 
     def on_request_head(self, head: RequestHead, has_body: bool, keep_alive: bool,
                         expect_continue: bool) -> None:
-        self.deadline = 0.0
-        self._deadline_kind = ""
+        if self._deadline_kind != "request":  # a pipelined head: the one in flight keeps its own
+            self.deadline = 0.0
+            self._deadline_kind = ""
         ex = H1Exchange(self, head, has_body, keep_alive, expect_continue, self.loop.time())
         if head.upgrade:
             ex.close_after = True  # unless it becomes a tunnel, the parser is done with us
@@ -365,6 +374,8 @@ class H1Downstream(asyncio.Protocol, Connection):
         if ex is None:
             return
         self._receiving = None
+        if not ex.has_body and not ex.head.upgrade:
+            return  # bodiless: _dispatch ended (or will end) the upstream request
         ex.request_done = True
         if ex.stream is not None:
             ex.stream.send_end(trailers)
@@ -390,14 +401,16 @@ class H1Downstream(asyncio.Protocol, Connection):
         if self.ctx is not self.handle.ctx:
             self._follow_snapshot()
         head = ex.head
-        d = resolve(self.ctx, self.router, self.cluster or "", head)
+        ctx = self.ctx
+        d = resolve(ctx, self.router, self.cluster or "", head)
         ex.cluster = d.cluster_name
+        ex.stats = d.stats
         cluster = d.cluster
         if cluster is None:
             ex.flags = d.flag
             ex.local(d.status, d.body)
             return
-        add_forwarding_headers(head, self.peer_ip, self.ctx.generate_request_id)
+        add_forwarding_headers(head, self.peer_ip, ctx.generate_request_id)
         stream = cluster.open_stream(head, ex, not ex.has_body and not head.upgrade)
         if stream is None:
             ex.flags = "UH"
@@ -408,8 +421,16 @@ class H1Downstream(asyncio.Protocol, Connection):
         ex.stream = stream
         if self._write_paused:
             stream.pause_response()
-        if d.timeout_ms and not head.upgrade:
-            ex.timer = self.loop.call_later(d.timeout_ms / 1000, ex.on_timeout)
+        if self._deadline_kind == "request":  # a previous (pipelined) exchange's
+            self.deadline = 0.0
+            self._deadline_kind = ""
+        timeout = d.timeout_ms / 1000
+        if timeout and not head.upgrade:
+            if timeout >= ctx.sweep_timeout_min:  # the sweeper checks it (ADR 0010)
+                self.deadline = self.loop.time() + timeout
+                self._deadline_kind = "request"
+            else:
+                ex.timer = self.loop.call_later(timeout, ex.on_timeout)
         if ex.expect_continue and not ex.request_done:
             self.write(CONTINUE)
         if ex.buffered:
@@ -417,7 +438,8 @@ class H1Downstream(asyncio.Protocol, Connection):
             ex.buffered_bytes = 0
             for c in chunks:
                 stream.send_data(c)
-        self.resume_reading("buffer")
+        if self._paused:
+            self.resume_reading("buffer")
         if ex.request_done and not head.upgrade:
             stream.send_end(ex.trailers)
 
@@ -433,18 +455,17 @@ class H1Downstream(asyncio.Protocol, Connection):
         if q and q[0] is ex:
             q.popleft()
         ex.stream = None
-        self.resume_reading("upstream")  # the finished upstream can no longer push back
+        if self._paused:
+            self.resume_reading("upstream")  # the finished upstream can no longer push back
         if ex.close_after or self.closing or (self.handle.draining and not q):
             self._close()
             return
-        if len(q) <= 1:
+        if self._paused and len(q) <= 1:
             self.resume_reading("pipeline")
         if q:
             self._advance()
-        elif self.codec.head_started:
-            self._set_deadline("header")
         else:
-            self._set_deadline("idle")
+            self._set_deadline("header" if self.codec.head_started else "idle")
 
     def exchange_failed(self, ex: H1Exchange) -> None:
         """The response was cut off after its head went out: the client must see an abort."""
@@ -567,6 +588,10 @@ class H1Downstream(asyncio.Protocol, Connection):
             if self.transport is not None:
                 self._flush()
                 self.transport.close()
+            return
+        if kind == "request":  # the route timeout of the exchange on the wire
+            if self._queue:
+                self._queue[0].on_timeout()
             return
         if self._queue or self.tunnel is not None:
             return  # a request is in flight: its own timer governs

@@ -10,7 +10,8 @@ Lookup order follows Gateway API precedence so routes written for other meshes b
    method) extend `CompiledMatch.matches` and the sort key; the router's shape stays.
 
 Path prefixes match whole segments (`/api` matches `/api`, `/api/` and `/api/x`, not `/apix`).
-Per-request work: one or two dict lookups and a short scan of pre-sorted matches.
+Per-request work: one or two dict lookups and a short scan of pre-sorted matches; none at all
+when the table sends everything to one rule (`Router.only`: one `*` host, one catch-all rule).
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def _strip_port(authority: str) -> str:
 class Router:
     """Routes by authority and path.  Immutable; a new snapshot builds a new one."""
 
-    __slots__ = ("_any", "_exact", "_prefix", "_suffix", "name")
+    __slots__ = ("_any", "_exact", "_prefix", "_suffix", "name", "only")
 
     def __init__(self, table: RouteTable, default_timeout_ms: int) -> None:
         self.name = table.name
@@ -132,6 +133,14 @@ class Router:
                     self._exact.setdefault(d, host)
         self._suffix.sort(key=lambda kv: -len(kv[0]))
         self._prefix.sort(key=lambda kv: -len(kv[0]))
+        self.only: Route | None = None
+        """The route of every request, when the table has nothing to choose (callers skip
+        `route`): only a `*` host, whose first match is the catch-all prefix `/`.  When
+        matches on headers, query or method arrive, that first match must also have none."""
+        if not (self._exact or self._suffix or self._prefix) and self._any is not None:
+            first = self._any.matches[0] if self._any.matches else None
+            if first is not None and first.prefix == "/":
+                self.only = first.route
 
     def host_for(self, authority: str) -> CompiledHost | None:
         a = authority.lower()

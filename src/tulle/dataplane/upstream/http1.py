@@ -88,9 +88,6 @@ class H1Stream:
                 self.upload_paused = True
                 self.sink.pause_request_body()
 
-    def head_bytes(self) -> bytes:
-        return serialize_request_head(self.head, self.chunked)
-
     def send_data(self, data: bytes) -> None:
         if self.was_reset or not data:
             return
@@ -243,10 +240,11 @@ class H1Connection(asyncio.Protocol):
         if stream.paused:
             self.read_paused = True
             transport.pause_reading()
+        wire = serialize_request_head(head, stream.chunked)
         if pending:
-            transport.writelines([stream.head_bytes(), *pending])
+            transport.writelines([wire, *pending])
         else:
-            transport.write(stream.head_bytes())
+            transport.write(wire)
         if stream.upload_paused:
             stream.upload_paused = False
             if not self.write_paused:  # else resume_writing will resume the downstream
@@ -383,7 +381,7 @@ class H1Pool:
             conn._close()
             return
         conn.reused = True
-        conn.idle_since = self.loop.time()
+        conn.idle_since = (self._loop or self.loop).time()
         if conn.read_paused:  # the last exchange left it paused
             conn.read_paused = False
             conn.transport.resume_reading()

@@ -167,6 +167,25 @@ def test_giant_header_line_without_newline_is_431() -> None:
     assert info.value.status == 431
 
 
+@pytest.mark.parametrize("split", [None, 10, 60])
+def test_oversized_head_is_431_however_the_reads_fall(split: int | None) -> None:
+    # The exact head size is summed only when the bytes fed since the message began exceed
+    # the limit: a big pipelined head behind a small one, in the same read or straddling two.
+    got = Requests()
+    codec = RequestCodec(got, 4096)
+    small = b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\n"
+    big = b"GET /2 HTTP/1.1\r\nHost: a\r\n" + b"X-Big: %b\r\n" % (b"v" * 3000) * 2 + b"\r\n"
+    wire = small + big
+    with pytest.raises(ProtocolError) as info:
+        if split is None:
+            codec.feed(wire)
+        else:
+            codec.feed(wire[:split])
+            codec.feed(wire[split:])
+    assert info.value.status == 431
+    assert [h.path for h in got.heads] == [b"/1"]
+
+
 def test_handler_bug_is_not_disguised_as_a_400() -> None:
     class Broken(Requests):
         def on_request_head(self, *a: object) -> None:

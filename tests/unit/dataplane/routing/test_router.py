@@ -106,3 +106,22 @@ def test_weighted_backends_split_by_weight() -> None:
     counts = Counter(route.pick_cluster(rng) for _ in range(10_000))
     assert set(counts) == {"v1", "v2"}
     assert 850 <= counts["v2"] <= 1150
+
+
+def test_a_table_with_one_catch_all_rule_needs_no_lookup() -> None:
+    only = router([{"name": "any", "domains": ["*"], "rules": [rule("web")]}])
+    assert only.only is not None and only.only is only.route("anything:8080", "/x?y")
+    assert only.only.pick_cluster() == "web"
+
+
+def test_a_table_with_anything_to_choose_is_looked_up() -> None:
+    prefixed = router([{"name": "any", "domains": ["*"],
+                        "rules": [rule("api", ("PathPrefix", "/api")), rule("web")]}])
+    named = router([{"name": "h", "domains": ["a.example"], "rules": [rule("web")]}])
+    two_hosts = router([{"name": "a", "domains": ["a.example"], "rules": [rule("a")]},
+                        {"name": "any", "domains": ["*"], "rules": [rule("web")]}])
+    exact_only = router([{"name": "any", "domains": ["*"], "rules": [rule("web", ("Exact", "/"))]}])
+    assert prefixed.only is None and target(prefixed, "x", "/api/1") == "api"
+    assert named.only is None and target(named, "b.example", "/") is None
+    assert two_hosts.only is None and target(two_hosts, "a.example", "/") == "a"
+    assert exact_only.only is None and target(exact_only, "x", "/y") is None

@@ -1,0 +1,244 @@
+"""The HTTP/1.1 proxy's Python cost per request, without sockets or a load generator.
+
+    .venv/bin/python -m bench.micro_http1 [-n 3000] [--repeat 25] [--only get,post] [--profile get]
+
+`make bench-quick` measures the proxy as a whole but needs an idle two-CPU machine and 45 s;
+this feeds the same bytes through the same objects in one process in half a minute, so a
+change to the codecs, the driver or the pool can be measured on a loaded laptop.  A listener
+context, router and cluster are built exactly as a snapshot builds them (metrics on, request
+ids generated, forwarding headers added); `H1Downstream` and `H1Connection` get fake transports
+that keep what is written.  Each request is one downstream read and one upstream read (head
+and body in one segment, as nginx sends a 1 KiB file); the event loop runs once every
+`BATCH` requests so that work deferred with `call_soon` is paid for too.
+
+What it leaves out: the event loop and the socket calls (epoll, recv, send: about half of the
+proxy's CPU under wrk) and connection set-up.  Numbers are best-of-`--repeat` CPU µs per
+request (process time, so other jobs on a shared machine disturb them less than wall time;
+many short repeats, because the best of them is what a quiet machine would show), next to
+function calls per request, which no neighbour can move; compare times from the same machine
+only.  Each scenario first checks the bytes the client and the origin see, so a faster but
+wrong path cannot be measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import pstats
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle
+from tulle.dataplane.listeners.http1 import H1Downstream
+from tulle.dataplane.routing.router import Router
+from tulle.dataplane.telemetry.metrics import ProxyMetrics
+from tulle.dataplane.upstream.cluster import ClusterManager
+from tulle.dataplane.upstream.http1 import H1Connection, H1Pool
+from tulle.proxyconfig import validate
+
+BATCH = 64
+"""Requests between two turns of the event loop (runs the `call_soon` callbacks)."""
+
+BODY = b"x" * 1024
+NGINX_HEAD = (b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\n"
+              b"Date: Sun, 29 Nov 2026 11:22:10 GMT\r\nContent-Type: application/octet-stream\r\n"
+              b"Content-Length: 1024\r\nLast-Modified: Sun, 29 Nov 2026 11:20:00 GMT\r\n"
+              b"Connection: keep-alive\r\nETag: \"6564b0c0-400\"\r\nAccept-Ranges: bytes\r\n\r\n")
+CHUNKED_HEAD = (b"HTTP/1.1 200 OK\r\nServer: origin\r\nContent-Type: application/octet-stream\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n")
+
+
+@dataclass(frozen=True, slots=True)
+class Scenario:
+    name: str
+    what: str
+    request: bytes
+    response: bytes
+    expect_down: bytes
+    """Bytes the client must receive first (the status line and a header or two)."""
+    expect_body: bytes
+    """...and last."""
+
+
+SCENARIOS = [
+    Scenario("get", "wrk's GET, nginx's 1 KiB keep-alive response (the bench-quick shape)",
+             b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n\r\n",
+             NGINX_HEAD + BODY, b"HTTP/1.1 200 OK\r\n", BODY),
+    Scenario("get-curl", "curl-like GET with a few headers, same response",
+             b"GET /api/v1/items?page=2 HTTP/1.1\r\nHost: web.example:8080\r\n"
+             b"User-Agent: curl/7.88.1\r\nAccept: */*\r\nX-Request-Id: abc\r\n\r\n",
+             NGINX_HEAD + BODY, b"HTTP/1.1 200 OK\r\n", BODY),
+    Scenario("chunked", "GET, chunked 1 KiB response (re-framed chunk by chunk)",
+             b"GET / HTTP/1.1\r\nHost: 127.0.0.1:18080\r\n\r\n",
+             CHUNKED_HEAD + b"400\r\n" + BODY + b"\r\n0\r\n\r\n", b"HTTP/1.1 200 OK\r\n",
+             BODY + b"\r\n0\r\n\r\n"),
+    Scenario("post", "POST with a 1 KiB body, 1 KiB response",
+             b"POST /submit HTTP/1.1\r\nHost: 127.0.0.1:18080\r\nContent-Type: text/plain\r\n"
+             b"Content-Length: 1024\r\n\r\n" + BODY,
+             NGINX_HEAD + BODY, b"HTTP/1.1 200 OK\r\n", BODY),
+    Scenario("http10", "HTTP/1.0 keep-alive client (the general response path)",
+             b"GET / HTTP/1.0\r\nHost: 127.0.0.1:18080\r\nConnection: keep-alive\r\n\r\n",
+             NGINX_HEAD + BODY, b"HTTP/1.1 200 OK\r\n", BODY),
+]
+
+
+class FakeTransport:
+    """Keeps what is written (bounded); says yes to everything else."""
+
+    def __init__(self) -> None:
+        self.out: list[bytes] = []
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        self.out.append(data)
+        if len(self.out) > 64:
+            del self.out[:32]
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        self.write(b"".join(chunks))
+
+    def take(self) -> bytes:
+        data = b"".join(self.out)
+        self.out.clear()
+        return data
+
+    def is_closing(self) -> bool:
+        return False
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        pass
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return ("127.0.0.1", 50000) if name == "peername" else default
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        raise AssertionError("the benchmark's connections are never closed")
+
+    close = abort = write_eof
+
+
+def build() -> tuple[ListenerHandle, H1Pool]:
+    """A one-listener, one-route, one-cluster snapshot, as `ProxyServer` builds it."""
+    cfg = validate({
+        "listeners": [{"name": "bench", "port": 18080, "protocol": "http1", "route_table": "rt"}],
+        "clusters": [{"name": "origin", "endpoints": [{"address": "127.0.0.1", "port": 18081}]}],
+        "route_tables": [{"name": "rt", "virtual_hosts": [
+            {"name": "any", "domains": ["*"], "rules": [{"backends": [{"cluster": "origin"}]}]}]}],
+    })
+    metrics = ProxyMetrics()
+    settings = cfg.settings
+    routers = {t.name: Router(t, settings.request_timeout_ms) for t in cfg.route_tables}
+    manager = ClusterManager(metrics)
+    clusters = manager.prepare(cfg.clusters, settings)
+    manager.commit(clusters)
+    ctx = ListenerContext(cfg.listeners[0], settings, routers, clusters, metrics)
+    handle = ListenerHandle("bench", ctx, m_active=metrics.connections_active.labels("bench"),
+                            m_total=metrics.connections_total.labels("bench"))
+    cluster = clusters["origin"]
+    pool = cluster.pool_for(cluster.endpoints[0])
+    assert isinstance(pool, H1Pool)
+    return handle, pool
+
+
+async def run(sc: Scenario, n: int, repeat: int,
+              profile: cProfile.Profile | None) -> float:
+    handle, pool = build()
+    down_t, up_t = FakeTransport(), FakeTransport()
+    down = H1Downstream(handle)
+    down.connection_made(down_t)  # type: ignore[arg-type]
+    up = H1Connection(pool)
+    up.connection_made(up_t)  # type: ignore[arg-type]
+    pool.idle.append(up)
+    feed_down: Callable[[bytes], None] = down.data_received
+    feed_up: Callable[[bytes], None] = up.data_received
+    req, resp = sc.request, sc.response
+
+    # Check the bytes once: the origin gets the request, the client the whole response.
+    feed_down(req)
+    sent = up_t.take()
+    assert sent.startswith(req.split(b" ", 1)[0] + b" "), sent[:80]
+    assert b"x-forwarded-for: 127.0.0.1\r\n" in sent and b"x-request-id: " in sent, sent
+    feed_up(resp)
+    await asyncio.sleep(0)
+    got = down_t.take()
+    assert got.startswith(sc.expect_down) and got.endswith(sc.expect_body), got[:300]
+    assert pool.idle == [up], "the upstream connection was not released for reuse"
+
+    for _ in range(max(n // 4, 1000)):  # warm up: caches, allocator, the metric children
+        feed_down(req)
+        feed_up(resp)
+    await asyncio.sleep(0)
+
+    best = float("inf")
+    for _ in range(repeat):
+        if profile is not None:
+            profile.enable()
+        t0 = time.process_time()
+        for i in range(n):
+            feed_down(req)
+            feed_up(resp)
+            if i % BATCH == 0:
+                await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        best = min(best, time.process_time() - t0)
+        if profile is not None:
+            profile.disable()
+    assert pool.idle == [up] and not down.closing
+    return best / n * 1e6
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=3000, help="requests per repeat (default 3000)")
+    ap.add_argument("--repeat", type=int, default=25, help="best of this many (default 25)")
+    ap.add_argument("--only", default="", help="comma-separated scenario names")
+    ap.add_argument("--profile", metavar="SCENARIO", default="",
+                    help="cProfile one scenario and print the top functions by own time")
+    args = ap.parse_args(argv)
+    try:
+        import uvloop
+        runner: Callable[[Any], Any] = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        runner = asyncio.run
+    if args.profile:
+        sc = next(s for s in SCENARIOS if s.name == args.profile)
+        prof = cProfile.Profile()
+        runner(run(sc, args.n, 1, prof))
+        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        return
+    wanted = set(args.only.split(",")) if args.only else None
+    print(f"CPU µs per request, best of {args.repeat} x {args.n}; function calls per request "
+          f"(Python {sys.version.split()[0]})")
+    for sc in SCENARIOS:
+        if wanted is not None and sc.name not in wanted:
+            continue
+        us = runner(run(sc, args.n, args.repeat, None))
+        print(f"  {sc.name:<9} {us:7.1f} µs {calls_per_request(sc, runner):6.1f} calls  {sc.what}")
+
+
+def calls_per_request(sc: Scenario, runner: Callable[[Any], Any]) -> float:
+    """Python and C function calls per request: a machine-independent companion to the time
+    (which a shared, noisy machine moves by tens of percent)."""
+    n = 2000
+    prof = cProfile.Profile()
+    runner(run(sc, n, 1, prof))
+    total = sum(nc for (_, nc, _, _, _) in pstats.Stats(prof).stats.values())  # type: ignore[attr-defined]
+    return float(total) / n
+
+
+if __name__ == "__main__":
+    main()
