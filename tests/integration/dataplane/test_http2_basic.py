@@ -212,3 +212,19 @@ async def test_idle_connection_gets_goaway_and_is_closed() -> None:
         await asyncio.wait_for(reader.read(), 10)
         writer.close()
         assert p.metric("tulle_proxy_protocol_errors_total", kind="header_timeout") == 1
+
+
+async def test_a_kept_connection_routes_new_streams_by_a_swapped_config(origin: int) -> None:
+    cfg = h2_config(origin, "http1")
+    async with running_proxy(cfg) as p:
+        c = await H2Client.connect(p.port())
+        first = await c.request("GET", "/echo/a")
+        assert first.status == 200
+        # Same listener (same socket, same connection); the route now only matches /other.
+        cfg["route_tables"][0]["virtual_hosts"][0]["rules"][0]["matches"] = [
+            {"path": {"type": "PathPrefix", "value": "/other"}}]
+        await p.apply(cfg)
+        second = await c.request("GET", "/echo/a")
+        assert second.status == 404 and b"no route" in second.body
+        assert p.metric("tulle_proxy_downstream_connections_total") == 1
+        c.close()

@@ -239,6 +239,7 @@ class H2Downstream(asyncio.Protocol, Connection):
         self.loop = asyncio.get_running_loop()
         self.router = router if router is not None else self.ctx.router
         self.cluster = cluster if cluster is not None else self.ctx.cluster
+        self._own_route = router is None and cluster is None
         self.transport: asyncio.Transport | None = None
         self.peer_ip = peer_ip.encode()
         self.codec = H2Codec(client_side=False, limits=limits_for(self.ctx))
@@ -354,6 +355,13 @@ class H2Downstream(asyncio.Protocol, Connection):
         self._deadline_kind = ""
         ex = H2Exchange(self, sid, head, end, self.loop.time())
         self.exchanges[sid] = ex
+        if self.ctx is not self.handle.ctx:
+            # A new snapshot is in force: new streams route by it (in-flight ones finish on
+            # theirs); routing chosen by a detector (transparent) stays as it was.
+            ctx = self.ctx = self.handle.ctx
+            if self._own_route:
+                self.router = ctx.router
+                self.cluster = ctx.cluster
         d = resolve(self.ctx, self.router, self.cluster or "", head)
         ex.cluster = d.cluster_name
         cluster = d.cluster
