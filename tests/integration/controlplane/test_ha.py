@@ -27,13 +27,13 @@ import pytest
 from tests.support.controlplane import apply, eventually, named_origin, subscribe
 from tests.support.postgres import PostgresServer, fresh_database, postgres_server
 from tests.support.proxy import free_port
+from tests.support.resources import NS, route, service, workload
 from tests.support.subproc import TULLE, _die_with_test
 
 from tulle.controlplane.push.protocol import WorkloadInfo
 
 __all__ = ["postgres_server"]  # the fixture, imported so that pytest finds it
 
-NS = "shop"
 REQUESTS_PER_CLIENT = 150
 PACE_S = 0.015
 """150 requests 15 ms apart: about 3 s of traffic per client, A dies after the first third."""
@@ -98,31 +98,6 @@ def replica(name: str, store: str, workdir: Path) -> Iterator[ReplicaProcess]:
         yield r
     finally:
         r.kill()
-
-
-def workload(name: str, port: int, target: int, outbound: int, **labels: str) -> dict[str, Any]:
-    return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Workload",
-            "metadata": {"name": name, "namespace": NS, "labels": labels},
-            "spec": {"address": "127.0.0.1", "outboundPort": outbound,
-                     "ports": [{"name": "http", "port": port, "targetPort": target}]}}
-
-
-def service(name: str, **selector: str) -> dict[str, Any]:
-    return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Service",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {"selector": selector,
-                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
-
-
-def route(name: str, *rules: tuple[str, str]) -> dict[str, Any]:
-    """An HTTPRoute on the `api` Service: (path prefix, backend Service) per rule.  Once a
-    route is attached, requests no rule matches get 404 (GAMMA), hence the "/" rules below."""
-    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "api", "port": 80}],
-                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
-                                "backendRefs": [{"name": backend, "port": 80}]}
-                               for prefix, backend in rules]}}
 
 
 async def served_by(port: int, path: str, origin: str) -> bool:

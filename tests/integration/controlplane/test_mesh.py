@@ -7,7 +7,6 @@ calls the `api` Service through the web workload's outbound listener by Host.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 from tests.support.controlplane import (
@@ -18,32 +17,9 @@ from tests.support.controlplane import (
     subscribe,
 )
 from tests.support.proxy import free_port
+from tests.support.resources import NS, route, service, workload
 
 from tulle.controlplane.push.protocol import WorkloadInfo
-
-NS = "shop"
-
-
-def workload(name: str, port: int, target: int, outbound: int, **labels: str) -> dict[str, Any]:
-    return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Workload",
-            "metadata": {"name": name, "namespace": NS, "labels": labels},
-            "spec": {"address": "127.0.0.1", "outboundPort": outbound,
-                     "ports": [{"name": "http", "port": port, "targetPort": target}]}}
-
-
-def service(name: str, **selector: str) -> dict[str, Any]:
-    return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Service",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {"selector": selector,
-                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
-
-
-def route(prefix: str, backend: str) -> dict[str, Any]:
-    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-            "metadata": {"name": "api-route", "namespace": NS},
-            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "api", "port": 80}],
-                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
-                                "backendRefs": [{"name": backend, "port": 80}]}]}}
 
 
 async def fetch(url: str, host: str) -> tuple[int, str]:
@@ -71,7 +47,7 @@ async def test_apply_route_traffic_follows_then_control_plane_outage(tmp_path: P
                 url = f"http://127.0.0.1:{out_port}/echo/x"
                 await eventually(lambda: _served_by(url, "v1"))
                 # An HTTPRoute sends /echo to api-v2: traffic follows within a second.
-                status, body = await apply(cp.api_url, route("/echo", "api-v2"))
+                status, body = await apply(cp.api_url, route("api-route", ("/echo", "api-v2")))
                 assert status == 200, body
                 took = await eventually(lambda: _served_by(url, "v2"), timeout=1.0)
                 assert took < 1.0
