@@ -15,11 +15,12 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import pydantic
 from pydantic_core import PydanticCustomError
+
+from tulle.errors import FieldError
 
 PathSegment = str | int
 
@@ -31,17 +32,6 @@ _INTERNAL = re.compile(
     r"|json-or-python|constrained-[a-z-]+|list|dict|literal|model|definition-ref)\[.*\]$"
     r"|^\[key\]$|^(?:int|str|float|bool|none|json|python|lax|strict)$"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class FieldError:
-    """One reason a resource was refused: `path` is `spec.rules[0].matches`-style."""
-
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path or '<root>'}: {self.message}"
 
 
 class ValidationError(ValueError):
@@ -160,3 +150,7 @@ def from_pydantic(exc: pydantic.ValidationError, prefix: Sequence[PathSegment] =
             seen.add((fe.path, fe.message))
             out.append(fe)
     return out
+
+
+__all__ = ["FieldError", "PathSegment", "ValidationError", "field_error", "from_pydantic",
+           "quote", "render_path"]

@@ -14,22 +14,13 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
 from msgspec import inspect as mi
 
+from tulle.errors import FieldError
 from tulle.proxyconfig.model import ProxyConfig
-
-
-@dataclass(frozen=True, slots=True)
-class FieldError:
-    path: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.path or '<root>'}: {self.message}"
 
 
 class ConfigError(ValueError):
@@ -270,3 +261,6 @@ def validate(raw: Any) -> ProxyConfig:
     if errors:
         raise ConfigError(errors)
     return cfg
+
+
+__all__ = ["ConfigError", "FieldError", "check", "validate"]
