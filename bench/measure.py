@@ -10,14 +10,23 @@ counts are summed; the maximum rate is the best round (noise only ever lowers it
 
 from __future__ import annotations
 
+import subprocess
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from bench.loadgen import percentiles
-from bench.peers import LOAD_CPU, PROXY_CPU, Running
+from bench.peers import (
+    GRPC_H2LOAD_HEADERS,
+    GRPC_PATH,
+    GRPC_REQUEST_FILE,
+    LOAD_CPU,
+    PROXY_CPU,
+    Running,
+)
 from bench.procs import RssSampler, cpu_busy, cpu_seconds, rss_bytes
-from bench.tools import run_h2load, run_loadgen, run_wrk
+from bench.tools import parse_h2load, run_h2load, run_loadgen, run_wrk
 
 MB = 1024 * 1024
 
@@ -201,4 +210,55 @@ def measure_extra(r: Running, protocol: str, plan: Plan) -> dict[str, Any]:
     failed = load.get("failed", 0) or load.get("non2xx", 0) or load.get("socket_errors", 0)
     if failed:
         out["problems"] = [f"{failed} failed requests"]
+    return out
+
+
+GRPC_CLIENTS = 10
+GRPC_STREAMS = 10
+
+
+def run_h2load_grpc(port: int, tmp: Path, *, duration: float, log: Path) -> dict[str, Any]:
+    """h2load POSTing one gRPC message per stream; per-call latency from its --log-file."""
+    cmd = ["taskset", "-c", str(LOAD_CPU), "h2load", "-t1", f"-c{GRPC_CLIENTS}",
+           f"-m{GRPC_STREAMS}", f"-D{duration:g}", "-d", str(tmp / GRPC_REQUEST_FILE),
+           *GRPC_H2LOAD_HEADERS, f"--log-file={log}", f"http://127.0.0.1:{port}{GRPC_PATH}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=duration + 30)
+    if out.returncode != 0:
+        raise RuntimeError(f"h2load failed ({out.returncode}): {out.stderr.strip()}")
+    res = parse_h2load(out.stdout)
+    res.update(clients=GRPC_CLIENTS, streams=GRPC_STREAMS, duration_s=duration)
+    samples: list[float] = []
+    not200 = 0
+    with log.open() as f:
+        for line in f:  # start µs since epoch, status, µs to the end of the response
+            _, status, us = line.split("\t")
+            if status != "200":
+                not200 += 1
+            samples.append(int(us) / 1000)
+    res["not200"] = not200
+    res["latency_ms"] = {k: rnd(v, 3) for k, v in percentiles(samples).items()}
+    return res
+
+
+def measure_grpc(r: Running, plan: Plan, tmp: Path) -> dict[str, Any]:
+    """gRPC unary calls through `r` (or straight to the origin for `direct`), closed loop:
+    calls per second, proxy CPU per call, memory, and the calls' latency under that load."""
+    sampler = RssSampler(r.pids)
+    time.sleep(0.2)
+    idle = rss_bytes(r.pids)
+    with sampler.running(), Meter(r.pids) as m:
+        load = run_h2load_grpc(r.port, tmp, duration=plan.extra_s,
+                               log=tmp / f"h2load-grpc-{r.name}.log")
+    lat = load["latency_ms"]
+    out: dict[str, Any] = {"rps_max": round(load["rps"])}
+    out.update({f"{k}_ms": lat[k] for k in ("p50", "p90", "p99", "p999", "max", "mean") if k in lat})
+    if r.pids:
+        out.update({
+            "cpu_us_per_req_sat": rnd(m.proxy_s * 1e6 / max(1, load["requests"]), 1),
+            "cpu_util_sat": rnd(m.proxy_s / m.wall, 2),
+            "rss_idle_mb": rnd(idle / MB, 1), "rss_mb": rnd(sampler.peak / MB, 1)})
+    out.update(contention=m.contention(), load=load)
+    failed = load.get("failed", 0) + load["not200"]
+    if failed:
+        out["problems"] = [f"{load.get('failed', 0)} failed calls, {load['not200']} not 200"]
     return out

@@ -6,6 +6,11 @@ worker process / thread, no access logging, and the cheap stats endpoint each on
 admin /metrics, HAProxy's stats page, nginx's stub_status).  Each proxy is pinned to CPU 0;
 the origin (a separate nginx serving a static 1 KiB file) shares CPU 1 with the load
 generators.  Generated configs, pid and log files live in the run's temp directory.
+
+For gRPC a second origin nginx listens h2c and answers every POST to one method with a
+static, valid gRPC message (5-byte length prefix + protobuf), `content-type: application/grpc`
+and the trailers `grpc-status: 0` and `x-bench-origin: nginx`; the proxies carry it h2c end to
+end (HAProxy `proto h2` both sides, nginx `grpc_pass`, Tulle an http2 listener and cluster).
 """
 
 from __future__ import annotations
@@ -26,7 +31,16 @@ BODY_PATH = "/1k"
 BODY_SIZE = 1024
 NGINX_STREAM_MODULE = Path("/usr/lib/nginx/modules/ngx_stream_module.so")
 
-PROTOCOLS = ("http1", "h2c", "tcp")
+PROTOCOLS = ("http1", "h2c", "tcp", "grpc")
+
+GRPC_PATH = "/bench.Echo/Unary"
+GRPC_REQUEST_TEXT = b"q" * 64
+GRPC_RESPONSE_TEXT = b"a" * 64
+GRPC_TRAILER = ("x-bench-origin", "nginx")
+"""A trailer of our own next to grpc-status: a client sees it only if the proxy relayed
+trailers (grpcio consumes grpc-status itself)."""
+GRPC_REQUEST_FILE = "grpc-request.bin"
+GRPC_H2LOAD_HEADERS = ("-H", "content-type: application/grpc", "-H", "te: trailers")
 
 
 class Skip(Exception):
@@ -40,6 +54,13 @@ class Running:
     proc: Proc | None
     pids: list[int] = field(default_factory=list)
     """The process tree whose CPU and memory are measured (empty for `direct`)."""
+
+
+def grpc_message(text: bytes) -> bytes:
+    """A length-prefixed gRPC message holding `message Echo { string text = 1; }`."""
+    assert len(text) < 128  # one-byte varint length
+    payload = b"\x0a" + bytes([len(text)]) + text
+    return b"\x00" + len(payload).to_bytes(4, "big") + payload
 
 
 def _nginx_temp_paths(tmp: Path, tag: str) -> str:
@@ -91,6 +112,61 @@ def start_origin(ps: ProcessSet) -> Running:
     return Running("origin", port, proc, _with_workers(proc))
 
 
+def grpc_origin_config(tmp: Path, port: int) -> str:
+    www = tmp / "www-grpc"
+    (www / GRPC_PATH.strip("/").split("/")[0]).mkdir(parents=True, exist_ok=True)
+    (www / GRPC_PATH.lstrip("/")).write_bytes(grpc_message(GRPC_RESPONSE_TEXT))
+    name, value = GRPC_TRAILER
+    # The static module refuses POST with 405; `error_page 405 =200 $uri` serves the file to it
+    # instead (the internal redirect turns the method into GET).  Trailers need HTTP/2.  The
+    # mirror only makes nginx read the whole request before answering, as a gRPC server does:
+    # answering first ends the stream with RST_STREAM(NO_ERROR), which nginx's own grpc_pass
+    # then takes for a frame on an unknown stream and drops the connection's next call.
+    return f"""# gRPC origin for the Tulle benchmark: one unary method, a static reply, h2c, one worker.
+worker_processes 1;
+daemon off;
+pid {tmp}/grpc-origin.pid;
+error_log {tmp}/grpc-origin-error.log warn;
+events {{ worker_connections 16384; }}
+http {{
+  access_log off;
+{_nginx_temp_paths(tmp, "grpc-origin")}
+  etag off;
+  keepalive_requests 100000000;
+  keepalive_timeout 600s;
+  open_file_cache max=16;
+  server {{
+    listen 127.0.0.1:{port} http2 backlog=4096;
+    root {www};
+    location = {GRPC_PATH} {{
+      types {{ }}
+      default_type application/grpc;
+      mirror /drain;
+      mirror_request_body on;
+      error_page 405 =200 $uri;
+      add_trailer grpc-status 0 always;
+      add_trailer {name} {value} always;
+    }}
+    location = /drain {{ internal; return 204; }}
+  }}
+}}
+"""
+
+
+def start_grpc_origin(ps: ProcessSet) -> Running:
+    """The gRPC origin, checked with h2load and grpcio; returned as the `direct` target."""
+    (ps.tmp / GRPC_REQUEST_FILE).write_bytes(grpc_message(GRPC_REQUEST_TEXT))
+    port = free_port()
+    conf = ps.tmp / "grpc-origin.conf"
+    conf.write_text(grpc_origin_config(ps.tmp, port))
+    proc = ps.start("grpc-origin", ["nginx", "-p", str(ps.tmp), "-c", str(conf)], cpu=LOAD_CPU)
+    wait_port(port, proc)
+    _with_workers(proc)
+    direct = Running("direct", port, proc)  # no pids: no proxy CPU or memory to measure
+    check_grpc(direct, ps.tmp)
+    return direct
+
+
 # -- Tulle ----------------------------------------------------------------------------------
 
 
@@ -99,9 +175,14 @@ def tulle_config(port: int, admin_port: int, origin_port: int, protocol: str) ->
     cluster: dict[str, object] = {
         "name": "origin", "protocol": "http1", "max_idle_per_endpoint": 1024,
         "endpoints": [{"address": "127.0.0.1", "port": origin_port}]}
+    rule: dict[str, object] = {"backends": [{"cluster": "origin"}]}
     if protocol == "tcp":
         listener.update(protocol="tcp", cluster="origin")
         cluster["protocol"] = "tcp"
+    elif protocol == "grpc":
+        listener.update(protocol="http2", route_table="rt")
+        cluster["protocol"] = "http2"
+        rule["timeout_ms"] = 0  # as for gRPC streams (docs/reference/http2.md)
     else:
         listener.update(protocol="http2" if protocol == "h2c" else "http1", route_table="rt")
     return {
@@ -112,7 +193,7 @@ def tulle_config(port: int, admin_port: int, origin_port: int, protocol: str) ->
         "listeners": [listener],
         "clusters": [cluster],
         "route_tables": [{"name": "rt", "virtual_hosts": [
-            {"name": "any", "domains": ["*"], "rules": [{"backends": [{"cluster": "origin"}]}]}]}],
+            {"name": "any", "domains": ["*"], "rules": [rule]}]}],
     }
 
 
@@ -145,7 +226,8 @@ def start_tulle(ps: ProcessSet, origin_port: int, protocol: str) -> Running:
 
 def haproxy_config(tmp: Path, port: int, stats_port: int, origin_port: int, protocol: str) -> str:
     mode = "tcp" if protocol == "tcp" else "http"
-    bind_opts = " proto h2" if protocol == "h2c" else ""
+    bind_opts = " proto h2" if protocol in ("h2c", "grpc") else ""
+    server_opts = " proto h2" if protocol == "grpc" else ""
     http_only = "  http-reuse always\n" if mode == "http" else ""
     return f"""# HAProxy peer for the Tulle benchmark ({protocol}): one thread, no logging.
 global
@@ -165,7 +247,7 @@ frontend bench
   default_backend origin
 
 backend origin
-{http_only}  server o1 127.0.0.1:{origin_port}
+{http_only}  server o1 127.0.0.1:{origin_port}{server_opts}
 
 frontend stats
   mode http
@@ -205,7 +287,15 @@ stream {{
   }}
 }}
 """
-    listen_opts = " http2" if protocol == "h2c" else ""
+    listen_opts = " http2" if protocol in ("h2c", "grpc") else ""
+    if protocol == "grpc":
+        location = """
+      grpc_pass grpc://origin;"""
+    else:
+        location = """
+      proxy_pass http://origin;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";"""
     return head + f"""events {{ worker_connections 16384; }}
 http {{
   access_log off;
@@ -220,10 +310,7 @@ http {{
   }}
   server {{
     listen 127.0.0.1:{port}{listen_opts} backlog=4096;
-    location / {{
-      proxy_pass http://origin;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
+    location / {{{location}
     }}
     location = /nginx_status {{ stub_status; }}
   }}
@@ -275,6 +362,50 @@ def check_h2c(r: Running) -> None:
     if "4 succeeded" not in out.stdout:
         raise Skip(f"{r.name} h2c sanity check failed: "
                    f"{(out.stdout + out.stderr).strip().splitlines()[-3:]}")
+
+
+def check_grpc(r: Running, tmp: Path) -> None:
+    """4 gRPC-shaped POSTs from h2load must get 2xx; then one call from a real gRPC client
+    (grpcio, in a child process so that the runner never forks with gRPC's threads) must end
+    with status OK, the origin's reply byte for byte, and the origin's own trailer relayed."""
+    req = tmp / GRPC_REQUEST_FILE
+    try:
+        out = subprocess.run(["h2load", "-n", "4", "-c", "1", "-d", str(req), *GRPC_H2LOAD_HEADERS,
+                              f"http://127.0.0.1:{r.port}{GRPC_PATH}"],
+                             capture_output=True, text=True, timeout=10, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise Skip(f"{r.name} gRPC sanity check (4 requests) got no answers within 10 s") from exc
+    if "4 succeeded" not in out.stdout or "4 2xx" not in out.stdout:
+        raise Skip(f"{r.name} gRPC sanity check failed: "
+                   f"{(out.stdout + out.stderr).strip().splitlines()[-3:]}")
+    want = {"code": "StatusCode.OK", "reply": grpc_message(GRPC_RESPONSE_TEXT)[5:].hex(),
+            "trailer": GRPC_TRAILER[1]}
+    try:
+        got = subprocess.run([sys.executable, "-c", _GRPC_CLIENT, str(r.port), GRPC_PATH,
+                              GRPC_REQUEST_TEXT.decode(), GRPC_TRAILER[0]],
+                             capture_output=True, text=True, timeout=20, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise RuntimeError(f"{r.name}: the grpcio check did not finish within 20 s") from exc
+    try:
+        seen = json.loads(got.stdout)
+    except ValueError as exc:
+        raise RuntimeError(f"{r.name}: grpcio check failed: {got.stderr.strip()[-500:]}") from exc
+    if seen != want:
+        raise RuntimeError(f"{r.name}: grpcio saw {seen}, expected {want}")
+
+
+_GRPC_CLIENT = """
+import json, sys, grpc
+port, path, text, trailer = sys.argv[1:5]
+request = b"\\x0a" + bytes([len(text)]) + text.encode()
+with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+    try:
+        reply, call = ch.unary_unary(path).with_call(request, timeout=5)
+        code, md = call.code(), dict(call.trailing_metadata() or ())
+    except grpc.RpcError as e:
+        reply, code, md = b"", e.code(), {"details": e.details()}
+print(json.dumps({"code": str(code), "reply": reply.hex(), "trailer": md.get(trailer)}))
+"""
 
 
 def versions() -> dict[str, str]:

@@ -92,6 +92,38 @@ def extra_table(res: dict[str, Any], protocol: str) -> list[str]:
     return lines
 
 
+GRPC_COLUMNS = (("rps_max", "calls/s"), ("cpu_us_per_req_sat", "CPU per call (µs)"),
+                ("cpu_util_sat", "CPU busy (cores)"), ("rss_mb", "RSS peak (MB)"),
+                ("p50_ms", "latency p50 (ms)"), ("p99_ms", "latency p99 (ms)"))
+
+
+def grpc_table(res: dict[str, Any]) -> list[str]:
+    """gRPC unary: direct and each peer, with the ratios to HAProxy as the last rows."""
+    section = res.get("grpc")
+    if section is None:
+        return []
+    lines = ["| | " + " | ".join(label for _, label in GRPC_COLUMNS) + " |",
+             "|---|" + "---:|" * len(GRPC_COLUMNS)]
+    for name in PEERS:
+        key = f"{name}/grpc"
+        if name in section:
+            d = section[name]
+            lines.append(f"| {TITLES[name]} | "
+                         + " | ".join(_fmt(d.get(k)) for k, _ in GRPC_COLUMNS) + " |")
+        elif key in res.get("skipped", {}):
+            lines.append(f"| {TITLES[name]} | skipped: {_one_line(res['skipped'][key])} |"
+                         + " |" * (len(GRPC_COLUMNS) - 1))
+        elif key in res.get("errors", {}):
+            lines.append(f"| {TITLES[name]} | error: {_one_line(res['errors'][key])} |"
+                         + " |" * (len(GRPC_COLUMNS) - 1))
+    for name in ("tulle", "nginx"):
+        ratio = res.get("ratios", {}).get(f"grpc_{name}_vs_haproxy")
+        if ratio:
+            lines.append(f"| {TITLES[name]} ÷ HAProxy | "
+                         + " | ".join(_fmt(ratio.get(k)) for k, _ in GRPC_COLUMNS) + " |")
+    return lines
+
+
 def _one_line(text: str, limit: int = 160) -> str:
     s = " ".join(text.split()).replace("|", "/")
     return s if len(s) <= limit else s[: limit - 1] + "…"
@@ -145,8 +177,19 @@ def section(res: dict[str, Any]) -> str:
         rows = extra_table(res, protocol)
         if rows:
             out += [f"### {title}", "", how, "", *rows, ""]
+    rows = grpc_table(res)
+    if rows:
+        out += ["### gRPC unary, h2c end to end", "",
+                f"h2load, 1 thread, 10 clients x 10 streams, {plan['extra_s']:g} s, each call a "
+                f"POST of one 71-byte gRPC message answered by a 71-byte message and the trailer "
+                f"`grpc-status: 0` (an nginx gRPC origin on CPU 1). Every path is first checked "
+                f"with a grpcio client: status OK, the reply byte for byte, the origin's own "
+                f"trailer relayed. Latency is per call under that closed-loop load (100 in "
+                f"flight), from h2load's per-request log.", "", *rows, ""]
     problems = [f"- {name}: {p}" for name in PEERS if name in res
                 for p in res[name].get("problems", [])]
+    problems += [f"- {name}/grpc: {p}" for name in PEERS if name in res.get("grpc", {})
+                 for p in res["grpc"][name].get("problems", [])]
     problems += [f"- {k}: {_one_line(e, 300)}" for k, e in res.get("errors", {}).items()]
     if problems:
         out += ["Problems seen in this run:", "", *problems, ""]
@@ -173,6 +216,9 @@ def summary(res: dict[str, Any]) -> str:
         rows = extra_table(res, protocol)
         if rows:
             lines += ["", protocol, *rows]
+    rows = grpc_table(res)
+    if rows:
+        lines += ["", "grpc", *rows]
     if res.get("skipped"):
         lines += ["", "skipped:"] + [f"  {k}: {_one_line(v, 200)}" for k, v in res["skipped"].items()]
     if res.get("errors"):

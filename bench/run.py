@@ -10,8 +10,10 @@ For each peer (HTTP/1.1, 1 KiB responses, keep-alive, one hop):
 2. closed loop (wrk, 1 thread, 50 connections): the maximum rate and CPU per request there;
 3. resident memory at idle and its peak under load (sampled every 100 ms).
 
-`--mode full` adds h2c (h2load) and raw TCP (wrk through an L4 relay).  Peers that cannot run a
-protocol here are recorded under `skipped` with the reason.  The proxy under test runs on CPU 0;
+`--mode full` adds h2c (h2load), raw TCP (wrk through an L4 relay) and gRPC unary calls (h2load
+POSTing gRPC messages to an h2c gRPC origin, h2c end to end; direct as well, and each path
+checked first with a real grpcio client).  Peers that cannot run a protocol here are recorded
+under `skipped` with the reason.  The proxy under test runs on CPU 0;
 the origin, the load generators and this runner on CPU 1.  Everything started is stopped on
 exit, Ctrl-C or error (see bench/procs.py).
 """
@@ -33,15 +35,17 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.measure import Plan, http1_rounds, measure_extra, rnd
+from bench.measure import Plan, http1_rounds, measure_extra, measure_grpc, rnd
 from bench.peers import (
     LOAD_CPU,
     PROXY_CPU,
     STARTERS,
     Running,
     Skip,
+    check_grpc,
     check_h2c,
     check_http,
+    start_grpc_origin,
     start_origin,
     versions,
 )
@@ -91,12 +95,13 @@ def derive(res: dict[str, Any]) -> None:
     ratios: dict[str, dict[str, float]] = {}
     keys = ("cpu_us_per_req", "cpu_us_per_req_sat", "rss_mb", "p50_ms", "p99_ms",
             "added_p99_ms_vs_direct", "rps_max")
+    grpc = res.get("grpc", {})
+    grpc_keys = ("cpu_us_per_req_sat", "rps_max", "rss_mb", "p50_ms", "p99_ms")
     for name in ("tulle", "nginx"):
-        peer = res.get(name, {})
-        ratios[f"{name}_vs_haproxy"] = {
-            k: rnd(peer[k] / ha[k], 2) for k in keys
-            if isinstance(peer.get(k), (int, float)) and isinstance(ha.get(k), (int, float))
-            and ha[k] > 0}
+        ratios[f"{name}_vs_haproxy"] = _ratios(res.get(name, {}), ha, keys)
+        if grpc:
+            ratios[f"grpc_{name}_vs_haproxy"] = _ratios(grpc.get(name, {}),
+                                                       grpc.get("haproxy", {}), grpc_keys)
     res["ratios"] = ratios
     tu = res.get("tulle", {})
     targets = []
@@ -115,6 +120,12 @@ def derive(res: dict[str, Any]) -> None:
                         "value": v, "limit": TARGET_ADDED_P99_MS, "unit": "ms",
                         "met": v <= TARGET_ADDED_P99_MS})
     res["targets"] = targets
+
+
+def _ratios(peer: dict[str, Any], ha: dict[str, Any], keys: tuple[str, ...]) -> dict[str, float]:
+    return {k: rnd(peer[k] / ha[k], 2) for k in keys
+            if isinstance(peer.get(k), (int, float)) and isinstance(ha.get(k), (int, float))
+            and ha[k] > 0}
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -167,12 +178,38 @@ def run(mode: str, peers: list[str]) -> dict[str, Any]:
                     res[protocol] = {}
                     for name in peers:
                         _extra(ps, name, protocol, origin.port, plan, res)
+                if origin.proc is not None:
+                    ps.stop(origin.proc)  # idle from here on; the gRPC origin replaces it
+                _grpc(ps, peers, plan, res)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     res["loadavg_after"] = _loadavg()
     res["elapsed_s"] = round(time.monotonic() - started, 1)
     derive(res)
     return res
+
+
+def _grpc(ps: ProcessSet, peers: list[str], plan: Plan, res: dict[str, Any]) -> None:
+    """gRPC unary: the gRPC origin directly, then each peer in front of it."""
+    res["grpc"] = {}
+    print("grpc direct ...", flush=True)
+    try:
+        direct = start_grpc_origin(ps)
+    except (Skip, RuntimeError, ValueError, subprocess.SubprocessError, OSError) as exc:
+        res["errors"]["origin/grpc"] = str(exc)
+        print(f"  error: {exc}", flush=True)
+        return
+    try:
+        res["grpc"]["direct"] = measure_grpc(direct, plan, ps.tmp)
+        _show("grpc direct", res["grpc"]["direct"])
+        for name in peers:
+            _extra(ps, name, "grpc", direct.port, plan, res)
+    except (RuntimeError, ValueError, subprocess.SubprocessError, OSError) as exc:
+        res["errors"]["direct/grpc"] = str(exc)
+        print(f"  error: {exc}", flush=True)
+    finally:
+        if direct.proc is not None:
+            ps.stop(direct.proc)
 
 
 def _extra(ps: ProcessSet, name: str, protocol: str, origin_port: int, plan: Plan,
@@ -182,11 +219,15 @@ def _extra(ps: ProcessSet, name: str, protocol: str, origin_port: int, plan: Pla
     r: Running | None = None
     try:
         r = STARTERS[name](ps, origin_port, protocol)
-        if protocol == "h2c":
-            check_h2c(r)
+        if protocol == "grpc":
+            check_grpc(r, ps.tmp)
+            res[protocol][name] = measure_grpc(r, plan, ps.tmp)
         else:
-            check_http(r)
-        res[protocol][name] = measure_extra(r, protocol, plan)
+            if protocol == "h2c":
+                check_h2c(r)
+            else:
+                check_http(r)
+            res[protocol][name] = measure_extra(r, protocol, plan)
         _show(f"{protocol} {name}", res[protocol][name])
     except Skip as exc:
         res["skipped"][f"{name}/{protocol}"] = str(exc)
