@@ -51,6 +51,7 @@ from typing import Any, cast
 import aiohttp
 
 from bench.procs import ProcessSet, RssSampler, cpu_seconds, free_port, wait_port
+from bench.report import replace_section
 from tulle.controlplane.push.protocol import (
     Ack,
     DeltaMsg,
@@ -510,16 +511,8 @@ def section(res: dict[str, Any]) -> str:
 
 
 def update_doc(path: Path, res: dict[str, Any]) -> None:
-    text = path.read_text() if path.exists() else ""
-    block = section(res)
-    if BEGIN in text and END in text:
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        text = head + block + tail
-    else:
-        text = (text.rstrip("\n") + "\n\n## Control plane: propagation at 1,000 services\n\n"
-                + block + "\n")
-    path.write_text(text)
+    replace_section(path, section(res), BEGIN, END,
+                    "Control plane: propagation at 1,000 services")
 
 
 def _commit() -> str:

@@ -197,16 +197,21 @@ def section(res: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def update_doc(path: Path, res: dict[str, Any]) -> None:
+def replace_section(path: Path, block: str, begin: str, end: str, heading: str) -> None:
+    """Put `block` (which starts with `begin` and ends with `end`) in place of the previous one
+    in the doc at `path`, or append it under `heading` the first time."""
     text = path.read_text() if path.exists() else ""
-    block = section(res)
-    if BEGIN in text and END in text:
-        head, _, rest = text.partition(BEGIN)
-        _, _, tail = rest.partition(END)
+    if begin in text and end in text:
+        head, _, rest = text.partition(begin)
+        _, _, tail = rest.partition(end)
         text = head + block + tail
     else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + "## Results\n\n" + block + "\n"
+        text = text.rstrip("\n") + ("\n\n" if text else "") + f"## {heading}\n\n" + block + "\n"
     path.write_text(text)
+
+
+def update_doc(path: Path, res: dict[str, Any]) -> None:
+    replace_section(path, section(res), BEGIN, END, "Results")
 
 
 def summary(res: dict[str, Any]) -> str:
