@@ -192,3 +192,37 @@ class Connection:
 
     def abort(self) -> None:
         raise NotImplementedError
+
+
+class RoutedConnection(Connection):
+    """A downstream HTTP connection: it routes each request by the snapshot in force.
+
+    Routing comes from the listener (`ctx.router` / `ctx.cluster`) unless a detector chose it
+    for this connection (a transparent listener's per-destination rule), in which case it stays
+    as chosen.  When a new snapshot is in force, requests not yet routed move to it; those in
+    flight finish on theirs (decision 3 of DESIGN.md).
+    """
+
+    handle: ListenerHandle
+    ctx: ListenerContext
+    router: Router | None
+    cluster: str
+    _own_route: bool
+
+    def init_routing(self, handle: ListenerHandle, router: Router | None,
+                     cluster: str | None) -> None:
+        self.handle = handle
+        self.ctx = handle.ctx
+        self.router = router if router is not None else self.ctx.router
+        self.cluster = cluster if cluster is not None else self.ctx.cluster
+        self._own_route = router is None and cluster is None
+
+    def follow_snapshot(self) -> None:
+        """Call before routing a request: picks up a swapped snapshot, if any."""
+        ctx = self.handle.ctx
+        if ctx is self.ctx:
+            return
+        self.ctx = ctx
+        if self._own_route:
+            self.router = ctx.router
+            self.cluster = ctx.cluster

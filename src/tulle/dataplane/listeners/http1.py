@@ -49,10 +49,9 @@ from tulle.dataplane.exchange import (
     UpstreamStream,
 )
 from tulle.dataplane.listeners.context import (
-    Connection,
-    ListenerContext,
     ListenerHandle,
     RequestStats,
+    RoutedConnection,
 )
 from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
 from tulle.dataplane.protocols.http1 import (
@@ -216,17 +215,13 @@ class H1Exchange:
         self.conn.exchange_done(self)
 
 
-class H1Downstream(asyncio.Protocol, Connection):
+class H1Downstream(asyncio.Protocol, RoutedConnection):
     """A client connection speaking HTTP/1.x."""
 
     def __init__(self, handle: ListenerHandle, peer_ip: str = "", initial: bytes = b"",
                  router: Router | None = None, cluster: str | None = None) -> None:
-        self.handle = handle
-        self.ctx: ListenerContext = handle.ctx
+        self.init_routing(handle, router, cluster)
         self.loop = asyncio.get_running_loop()
-        self.router = router if router is not None else self.ctx.router
-        self.cluster = cluster if cluster is not None else self.ctx.cluster
-        self._own_route = router is None and cluster is None
         self.transport: asyncio.Transport | None = None
         self.peer_ip = peer_ip.encode()
         self.codec = RequestCodec(self, self.ctx.max_header_bytes, self.ctx.scheme)
@@ -398,8 +393,7 @@ class H1Downstream(asyncio.Protocol, Connection):
 
     def _dispatch(self, ex: H1Exchange) -> None:
         ex.started = True
-        if self.ctx is not self.handle.ctx:
-            self._follow_snapshot()
+        self.follow_snapshot()
         head = ex.head
         ctx = self.ctx
         d = resolve(ctx, self.router, self.cluster or "", head)
@@ -442,13 +436,6 @@ class H1Downstream(asyncio.Protocol, Connection):
             self.resume_reading("buffer")
         if ex.request_done and not head.upgrade:
             stream.send_end(ex.trailers)
-
-    def _follow_snapshot(self) -> None:
-        """A new snapshot is in force: requests not yet routed use it (keep-alive survives)."""
-        ctx = self.ctx = self.handle.ctx
-        if self._own_route:  # routing chosen by a detector (transparent) stays as it was
-            self.router = ctx.router
-            self.cluster = ctx.cluster
 
     def exchange_done(self, ex: H1Exchange) -> None:
         q = self._queue
