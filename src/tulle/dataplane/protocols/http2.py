@@ -27,8 +27,10 @@ Rules of this module:
    reach here as exchange values (lower-case names, hop-by-hop fields gone, see exchange.py)
    and `_filtered` does the rest of what h2 did per header — drops pseudo and hop-by-hop
    fields, trims surrounding whitespace, and keeps `authorization`, `proxy-authorization` and
-   short `cookie` values out of the HPACK dynamic table (never-indexed), as h2 and nghttp2 do.
-   Split `cookie` fields are joined by `request_head` itself.
+   short `cookie` values out of the HPACK dynamic table (never-indexed), as h2 and nghttp2 do;
+   per-request IDs (`x-request-id`, trace ids) stay out too, so they do not churn the table.
+   Split `cookie` fields are joined by `request_head` itself.  HPACK itself goes through the
+   remembering coders of `hpack_memo.py` (same bytes, less Python per header block).
 6. GOAWAY is graceful both ways (RFC 9113 6.8: streams up to the last stream id go on).  h2's
    connection state machine closes on any GOAWAY (python-hyper/h2#1181), so a received GOAWAY
    is reported without closing h2's state (`_GracefulStateMachine`), and a graceful GOAWAY we
@@ -50,6 +52,7 @@ from hpack import NeverIndexedHeaderTuple
 from hyperframe.frame import GoAwayFrame
 
 from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
+from tulle.dataplane.protocols.hpack_memo import MemoDecoder, MemoEncoder
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -233,6 +236,11 @@ def response_head(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
 
 
 _SECURE = frozenset({b"authorization", b"proxy-authorization"})
+_UNIQUE = frozenset({b"x-request-id", b"traceparent", b"b3", b"x-b3-traceid", b"x-b3-spanid",
+                     b"x-b3-parentspanid"})
+"""Values that differ on every request: indexing them would only churn the HPACK dynamic table
+(evicting the fields that do repeat) and lengthen every table search of the encoder."""
+_NOT_INDEXED = _SECURE | _UNIQUE
 _SPACE = (0x20, 0x09)
 
 
@@ -243,7 +251,7 @@ def _filtered(headers: Headers) -> Headers:
         if n[:1] == b":" or (n in _OUT_SKIP and (n != b"te" or raw != b"trailers")):
             continue
         v = raw.strip(b" \t") if raw and (raw[0] in _SPACE or raw[-1] in _SPACE) else raw
-        if n in _SECURE or (n == b"cookie" and len(v) < 20):
+        if n in _NOT_INDEXED or (n == b"cookie" and len(v) < 20):
             out.append(NeverIndexedHeaderTuple(n, v))
         else:
             out.append((n, v))
@@ -284,13 +292,17 @@ class H2Limits:
 
 
 class _GracefulStateMachine(h2.connection.H2ConnectionStateMachine):
-    """h2's connection state machine, except that receiving GOAWAY does not close it."""
+    """h2's connection state machine, except that receiving GOAWAY does not close it.
 
-    def process_input(self, input_: h2.connection.ConnectionInputs) -> list[h2.events.Event]:
-        if (input_ is h2.connection.ConnectionInputs.RECV_GOAWAY
-                and self.state is not h2.connection.ConnectionState.CLOSED):
-            return []
-        return super().process_input(input_)
+    Done in the transition table rather than by overriding `process_input`, which h2 calls for
+    every frame sent or received."""
+
+    _transitions = {
+        **h2.connection.H2ConnectionStateMachine._transitions,
+        **{(state, h2.connection.ConnectionInputs.RECV_GOAWAY): (None, state)
+           for state in h2.connection.ConnectionState
+           if state is not h2.connection.ConnectionState.CLOSED},
+    }
 
 
 # -- the connection -------------------------------------------------------------------------
@@ -344,7 +356,8 @@ class H2Codec:
         else:
             initial[codes.MAX_CONCURRENT_STREAMS] = limits.max_concurrent_streams
         conn.local_settings = h2.settings.Settings(client=client_side, initial_values=initial)
-        conn.decoder.max_header_list_size = hard
+        conn.decoder = MemoDecoder(hard)
+        conn.encoder = MemoEncoder()
         conn.initiate_connection()
         if limits.connection_window > 65_535:
             conn.increment_flow_control_window(limits.connection_window - 65_535)

@@ -19,6 +19,11 @@ Failures and what the downstream sees (`ResponseSink.on_upstream_error`):
 Flow control mirrors the downstream driver: response DATA is acknowledged only while the
 downstream takes it (`pause_response` / `resume_response`), and request DATA goes out only
 within the server's window, the producer being paused above the high-water mark.
+
+Writes: as downstream, what the codec produced is written once per wake-up: at the end of
+`data_received`, and for what the streams do (open, body, end, reset, acknowledgements) by one
+`call_soon` at the end of the loop iteration (`write_soon`), so the streams one downstream read
+opened leave in one write.
 """
 
 from __future__ import annotations
@@ -102,7 +107,7 @@ class H2UpStream:
         if conn.codec.send_data(self.sid, data) and not self.req_paused:
             self.req_paused = True
             self.sink.pause_request_body()
-        conn.write_out()
+        conn.write_soon()
 
     def send_end(self, trailers: Headers | None = None) -> None:
         if self.was_reset or self.end_sent:
@@ -113,7 +118,7 @@ class H2UpStream:
             self.trailers = trailers
             return
         conn.codec.send_end(self.sid, trailers)
-        conn.write_out()
+        conn.write_soon()
 
     def reset(self) -> None:
         if self.was_reset:
@@ -140,7 +145,7 @@ class H2UpStream:
         if self.unacked and conn is not None:
             n, self.unacked = self.unacked, 0
             conn.codec.ack(self.sid, n)
-            conn.write_out()
+            conn.write_soon()
 
     @property
     def retryable(self) -> bool:
@@ -165,6 +170,7 @@ class H2UpConnection(asyncio.Protocol):
         self.goaway = False
         self.closed = False
         self.idle_since = 0.0
+        self._write_pending = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -224,12 +230,12 @@ class H2UpConnection(asyncio.Protocol):
                 if s is not None:
                     s.response_started = True
                     if ev.end_stream:
-                        self._done(s)
+                        self._response_complete(s)
                     s.sink.on_response_head(ev.head, ev.end_stream)
             elif isinstance(ev, EndReceived):
                 s = streams.get(ev.stream_id)
                 if s is not None:
-                    self._done(s)
+                    self._response_complete(s)
                     s.sink.on_response_end(ev.trailers)
             elif isinstance(ev, InformationalReceived):
                 s = streams.get(ev.stream_id)
@@ -299,14 +305,24 @@ class H2UpConnection(asyncio.Protocol):
         if s.end_sent and not end:
             codec.send_end(sid, s.trailers)
             s.trailers = None
-        self.write_out()
+        self.write_soon()
         return True
 
     def reset_stream(self, s: H2UpStream) -> None:
         if self.streams.get(s.sid) is s:
             self._done(s)
             self.codec.reset(s.sid, CANCEL)
-            self.write_out()
+            self.write_soon()
+
+    def _response_complete(self, s: H2UpStream) -> None:
+        """The response ended.  If the request has not (an early response, RFC 9113 8.1), its
+        remainder is not wanted: RST_STREAM(NO_ERROR) closes our side, or the stream would
+        keep counting against the connection's concurrency limit for good."""
+        self._done(s)
+        if not s.end_sent:
+            s.end_sent = True
+            self.codec.reset(s.sid, NO_ERROR)
+            self.write_soon()
 
     def _done(self, s: H2UpStream) -> None:
         """`s` needs nothing more from this connection."""
@@ -331,9 +347,21 @@ class H2UpConnection(asyncio.Protocol):
     # -- transport helpers ---------------------------------------------------------------
 
     def write_out(self) -> None:
+        """Write what the codec has queued, now."""
         data = self.codec.data_to_send()
         if data and self.transport is not None:
             self.transport.write(data)
+
+    def write_soon(self) -> None:
+        """Write what the codec has queued at the end of this loop iteration: the streams a
+        downstream read opened, their bodies and ends go out in one write."""
+        if not self._write_pending:
+            self._write_pending = True
+            asyncio.get_running_loop().call_soon(self._write_later)
+
+    def _write_later(self) -> None:
+        self._write_pending = False
+        self.write_out()
 
     def close_gracefully(self) -> None:
         if self.transport is not None and not self.goaway:
@@ -345,6 +373,7 @@ class H2UpConnection(asyncio.Protocol):
     def _close(self) -> None:
         self.closed = True
         if self.transport is not None:
+            self.write_out()  # what `write_soon` left for later goes out before the close
             self.transport.close()
 
 
