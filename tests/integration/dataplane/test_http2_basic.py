@@ -228,3 +228,20 @@ async def test_a_kept_connection_routes_new_streams_by_a_swapped_config(origin: 
         assert second.status == 404 and b"no route" in second.body
         assert p.metric("tulle_proxy_downstream_connections_total") == 1
         c.close()
+
+
+async def test_an_early_upstream_response_closes_the_upstream_stream() -> None:
+    async with running_h2_origin() as (port, origin), \
+            running_proxy(simple_config(port, cluster_protocol="http2")) as p:
+        r, w = await asyncio.open_connection("127.0.0.1", p.port())
+        # The origin answers /bytes/N at once, before the (never finished) request body.
+        w.write(b"POST /bytes/10 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"5\r\nhello\r\n")
+        await w.drain()
+        head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 10)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert await asyncio.wait_for(r.readexactly(10), 10) == b"x" * 10
+        # The proxy tells the origin it will send no more: the stream is closed on both sides.
+        await asyncio.wait_for(origin.reset_seen.wait(), 5)
+        assert origin.resets_received == 1
+        w.close()
