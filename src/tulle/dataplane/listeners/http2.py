@@ -38,7 +38,7 @@ from tulle.dataplane.exchange import (
     UpstreamError,
     UpstreamStream,
 )
-from tulle.dataplane.listeners.context import Connection, ListenerContext, ListenerHandle
+from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle, RoutedConnection
 from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
 from tulle.dataplane.protocols.http2 import (
     INTERNAL_ERROR,
@@ -229,17 +229,13 @@ class H2Exchange:
         conn.exchange_done(self)
 
 
-class H2Downstream(asyncio.Protocol, Connection):
+class H2Downstream(asyncio.Protocol, RoutedConnection):
     """A client connection speaking HTTP/2."""
 
     def __init__(self, handle: ListenerHandle, peer_ip: str = "", initial: bytes = b"",
                  router: Router | None = None, cluster: str | None = None) -> None:
-        self.handle = handle
-        self.ctx: ListenerContext = handle.ctx
+        self.init_routing(handle, router, cluster)
         self.loop = asyncio.get_running_loop()
-        self.router = router if router is not None else self.ctx.router
-        self.cluster = cluster if cluster is not None else self.ctx.cluster
-        self._own_route = router is None and cluster is None
         self.transport: asyncio.Transport | None = None
         self.peer_ip = peer_ip.encode()
         self.codec = H2Codec(client_side=False, limits=limits_for(self.ctx))
@@ -355,13 +351,7 @@ class H2Downstream(asyncio.Protocol, Connection):
         self._deadline_kind = ""
         ex = H2Exchange(self, sid, head, end, self.loop.time())
         self.exchanges[sid] = ex
-        if self.ctx is not self.handle.ctx:
-            # A new snapshot is in force: new streams route by it (in-flight ones finish on
-            # theirs); routing chosen by a detector (transparent) stays as it was.
-            ctx = self.ctx = self.handle.ctx
-            if self._own_route:
-                self.router = ctx.router
-                self.cluster = ctx.cluster
+        self.follow_snapshot()
         d = resolve(self.ctx, self.router, self.cluster or "", head)
         ex.cluster = d.cluster_name
         cluster = d.cluster
