@@ -328,7 +328,8 @@ SECTIONS = {"listeners": "listeners", "routes": "route_tables", "clusters": "clu
 @server_option
 def proxy_config_cmd(workload: str, section: str, namespace: str, output: str,
                      server: str | None) -> None:
-    """What a workload's proxy runs (as compiled and pushed by the control plane)."""
+    """What a workload's proxy runs: the snapshot it ACKed last (the desired one until it has
+    ACKed any), fetched through the control plane."""
     try:
         out = call(server_url(server), "GET", f"/api/v1/proxies/{namespace}/{workload}/config")
     except APIError as exc:
@@ -339,7 +340,9 @@ def proxy_config_cmd(workload: str, section: str, namespace: str, output: str,
     if output != "table" or section == "all":
         _emit(data, "json" if output == "json" else "yaml")
         return
-    click.echo(f"# desired {out['desiredVersion']}, acked {out.get('ackedVersion') or '-'}")
+    shown = "running (acked)" if out.get("source") == "acked" else "desired (not acked yet)"
+    click.echo(f"# {shown} {cfg.get('version')}; desired {out.get('desiredVersion') or '-'}, "
+               f"acked {out.get('ackedVersion') or '-'}")
     if section == "listeners":
         rows = [["NAME", "ADDRESS", "DIRECTION", "PROTOCOL", "TARGET"]]
         for lst in data:

@@ -151,5 +151,30 @@ async def test_get_proxies_and_proxy_config(tmp_path: Path) -> None:
             code, out, _ = await tulle(cp.api_url, "proxy-config", "api-0", "-n", "shop",
                                        "endpoints")
             assert "outbound|80||api.shop" in out
+
+            # Move the outbound listener to a port that is taken: the proxy NACKs, keeps its
+            # config, and proxy-config shows what it runs, not what was asked.
+            blocker = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+            taken = blocker.sockets[0].getsockname()[1]
+            try:
+                docs[1]["spec"]["outboundPort"] = taken
+                code, _, err = await tulle(cp.api_url, "apply", "-f", "-",
+                                           stdin=yaml.safe_dump(docs[1]))
+                assert code == 0, err
+
+                async def nacked() -> bool:
+                    _, out, _ = await tulle(cp.api_url, "get", "proxies", "-o", "json")
+                    p = next(p for p in json.loads(out)["items"] if p["name"] == "api-0")
+                    return bool(p["lastNack"]) and p["lastNack"]["version"] == p["desiredVersion"]
+
+                await eventually(nacked, timeout=10)
+                code, out, _ = await tulle(cp.api_url, "get", "proxies")
+                assert "cannot bind" in out
+                code, out, _ = await tulle(cp.api_url, "proxy-config", "api-0", "-n", "shop",
+                                           "listeners")
+                assert "# running (acked)" in out
+                assert f"127.0.0.1:{out_port}" in out and f"127.0.0.1:{taken}" not in out
+            finally:
+                blocker.close()
         finally:
             await proxy.stop()

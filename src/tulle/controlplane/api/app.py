@@ -217,12 +217,17 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
 
     @app.get("/api/v1/proxies/{namespace}/{name}/config", response_model=None)
     async def proxy_config(namespace: str, name: str) -> Any:
-        cfg = cache.get((namespace, name))
+        """What the proxy runs: the snapshot it ACKed last (which may be older than the desired
+        one, e.g. after a NACK); the desired one when it has ACKed nothing yet."""
+        desired = cache.get((namespace, name))
+        st = push.status.get((namespace, name))
+        running = st.running if st is not None else None
+        cfg = running or desired
         if cfg is None:
             return _error(404, f"no proxy config for workload {namespace}/{name}")
-        st = push.status.get((namespace, name))
-        return {"desiredVersion": cfg.version,
+        return {"desiredVersion": desired.version if desired else None,
                 "ackedVersion": st.acked_version if st else None,
+                "source": "acked" if running is not None else "desired",
                 "config": msgspec.to_builtins(cfg)}
 
     return app

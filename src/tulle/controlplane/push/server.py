@@ -111,6 +111,9 @@ class ProxyStatus:
     pushes: int = 0
     control_plane: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    running: ProxyConfig | None = field(default=None, repr=False)
+    """The snapshot the proxy ACKed last: what it runs (not in `to_dict`; served whole by the
+    proxy-config endpoint)."""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -258,6 +261,7 @@ class ProxySession:
             if current is not None and hello.last_version == current.version:
                 self.acked = current  # it already runs this (from its disk cache)
                 st.acked_version = current.version
+                st.running = current
             loop = asyncio.get_running_loop()
             next_ping = loop.time() + srv.ping_interval
             while not self.closed:
@@ -314,6 +318,7 @@ class ProxySession:
             if self.inflight is not None and msg.version == self.inflight.version:
                 self.acked = self.inflight
                 self.inflight = None
+                st.running = self.acked
             st.acked_version = msg.version
             st.acked_at = time.time()  # noqa: TID251
             if self.server.on_ack is not None:
