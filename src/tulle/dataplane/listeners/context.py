@@ -207,7 +207,9 @@ class RoutedConnection(Connection):
     ctx: ListenerContext
     router: Router | None
     cluster: str
+    loop: asyncio.AbstractEventLoop
     _own_route: bool
+    _deadline_kind: str = ""
 
     def init_routing(self, handle: ListenerHandle, router: Router | None,
                      cluster: str | None) -> None:
@@ -226,3 +228,11 @@ class RoutedConnection(Connection):
         if self._own_route:
             self.router = ctx.router
             self.cluster = ctx.cluster
+
+    def _set_deadline(self, kind: str) -> None:
+        """Arm the connection's header (`header`) or keep-alive (`idle`) timeout; the listener's
+        sweeper calls `on_deadline` when it passes (ADR 0004)."""
+        ctx = self.ctx
+        timeout = ctx.header_timeout if kind == "header" else ctx.idle_timeout
+        self._deadline_kind = kind
+        self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0

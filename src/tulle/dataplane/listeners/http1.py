@@ -561,12 +561,6 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         self.write(local_response(exc.status, exc.detail.encode() + b"\n", close=True))
         self._close()
 
-    def _set_deadline(self, kind: str) -> None:
-        ctx = self.ctx
-        timeout = ctx.header_timeout if kind == "header" else ctx.idle_timeout
-        self._deadline_kind = kind
-        self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0
-
     def on_deadline(self, now: float) -> None:
         kind = self._deadline_kind
         self.deadline = 0.0

@@ -409,12 +409,6 @@ class H2Downstream(asyncio.Protocol, RoutedConnection):
         self._write_pending = False
         self.write_out()
 
-    def _set_deadline(self, kind: str) -> None:
-        ctx = self.ctx
-        timeout = ctx.header_timeout if kind == "header" else ctx.idle_timeout
-        self._deadline_kind = kind
-        self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0
-
     def on_deadline(self, now: float) -> None:
         kind = self._deadline_kind
         self.deadline = 0.0
