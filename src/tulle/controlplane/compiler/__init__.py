@@ -4,6 +4,7 @@ The steps run in one declared order (`ORDER`), each a module of its own:
 
 1. services — every Service port: its cluster (endpoints from workload selection) and names;
 2. routes   — HTTPRoute / GRPCRoute attached to Services replace those Services' default rules;
+   policies — targetRef policies are resolved; none is enforced yet, and their status says so;
 3. proxies  — per workload: its inbound listeners and clusters, then the outbound listener,
               which shares one route table and one cluster list with every other proxy.
 
@@ -25,13 +26,14 @@ from typing import Any
 import msgspec
 
 from tulle.controlplane.compiler.inputs import Key, MeshInputs, Resource, key_of
+from tulle.controlplane.compiler.policies import policy_conditions
 from tulle.controlplane.compiler.proxies import inbound, outbound_listener, outbound_shared
 from tulle.controlplane.compiler.routes import Condition, compile_routes
 from tulle.controlplane.compiler.services import service_ports
 from tulle.proxyconfig.model import Cluster, Listener, Node, ProxyConfig, RouteTable
 from tulle.proxyconfig.validate import ConfigError, check
 
-ORDER = ("services", "routes", "proxies")
+ORDER = ("services", "routes", "policies", "proxies")
 
 
 @dataclass
@@ -160,6 +162,7 @@ def compile_mesh(m: MeshInputs, cache: PartCache | None = None) -> CompileResult
     all_ports = [sp for k in sorted(svc_ports) for _, sp in sorted(svc_ports[k].items())]
     routes = compile_routes(m, svc_ports)
     result.conditions.update(routes.conditions)
+    result.conditions.update(policy_conditions(m))
     tables_raw, clusters_raw = outbound_shared(all_ports, routes.rules)
     shared = build_shared(tables_raw, clusters_raw, cache)
     for key in sorted(m.workloads):
