@@ -20,7 +20,7 @@ system-deps:
 deps: system-deps $(STAMP)
 
 lint: deps
-	$(BIN)/ruff check src tests bench demo
+	$(BIN)/ruff check src tests bench demo fuzz
 
 typecheck: deps
 	$(BIN)/mypy
