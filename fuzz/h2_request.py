@@ -5,7 +5,8 @@
 Two shapes of input, chosen by the first byte:
 
 * even: a request header list built from the input (the four request pseudo-headers with usual
-  or fuzzed values, then any names and values, repeated), HPACK-encoded into one HEADERS frame after a valid client preface;
+  or fuzzed values, then any names and values, repeated), HPACK-encoded into one HEADERS frame
+  after a valid client preface;
 * odd: the rest of the input is fed raw after the preface (the frame layer itself).
 
 `H2Codec.feed` may only raise `H2ProtocolError`.  Every request the codec hands on is
