@@ -163,7 +163,8 @@ class Listener(_Base, frozen=True, kw_only=True):
     mode: Literal["explicit", "transparent"] = "explicit"
     """`transparent` reads the original destination of iptables-redirected connections."""
     protocol: Literal["auto", "http1", "http2", "tcp"] = "auto"
-    """`auto` detects HTTP/1, the HTTP/2 preface and TLS; anything else is relayed as TCP."""
+    """`auto` detects HTTP/1, the HTTP/2 preface and TLS; what is clearly not HTTP is relayed
+    as TCP.  `http1` / `http2` speak only that protocol; `tcp` relays without sniffing."""
     route_table: str = ""
     """HTTP traffic is routed by this table."""
     cluster: str = ""
@@ -176,7 +177,8 @@ class Listener(_Base, frozen=True, kw_only=True):
     opaque_ports: list[Port] = msgspec.field(default_factory=list)
     """Original-destination ports never sniffed (server-first protocols: MySQL, SMTP)."""
     detect_timeout_ms: Annotated[int, Meta(ge=1, le=600_000)] = 5000
-    """With `auto`, a client that sends nothing this long is relayed as TCP."""
+    """With `auto`, a client that sends nothing this long is relayed as TCP (closed when the
+    listener has no TCP target); one that sent part of a request goes to the HTTP driver."""
     tls: TLSContext | None = None
     """Terminate TLS on this listener (ALPN chooses h2 or http/1.1)."""
     reuse_port: bool = False
@@ -203,6 +205,9 @@ class Settings(_Base, frozen=True, kw_only=True):
     """Worker processes sharing the listeners with SO_REUSEPORT."""
     generate_request_id: bool = True
     """Set `x-request-id` when a request has none."""
+    tcp_idle_timeout_ms: Millis = 3_600_000
+    """An opaque TCP relay with no bytes either way this long is closed on both sides (Envoy's
+    tcp_proxy `idle_timeout`, same default: 1 h); 0 disables."""
 
 
 class ProxyConfig(_Base, frozen=True, kw_only=True):

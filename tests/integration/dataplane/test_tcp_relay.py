@@ -53,9 +53,11 @@ async def tcp_server(handler: Handler) -> AsyncIterator[int]:
             t.cancel()
 
 
-def tcp_config(*ports: int, connect_timeout_ms: int = 1000) -> dict[str, Any]:
+def tcp_config(*ports: int, connect_timeout_ms: int = 1000,
+               settings: dict[str, Any] | None = None) -> dict[str, Any]:
     return {
         "admin": {"port": 0},
+        "settings": settings or {},
         "listeners": [{"name": "out", "port": 0, "protocol": "tcp", "cluster": "backend"}],
         "clusters": [{"name": "backend", "protocol": "tcp", "connect_timeout_ms": connect_timeout_ms,
                       "endpoints": [{"address": "127.0.0.1", "port": p} for p in ports]}],
@@ -236,6 +238,72 @@ async def test_proxy_close_aborts_relays(engine: str) -> None:
         with pytest.raises(ConnectionResetError):
             await asyncio.wait_for(r.read(), 5)
         w.close()
+
+
+IDLE = {"tcp_idle_timeout_ms": 300, "header_timeout_ms": 200}
+"""A 300 ms relay idle timeout; the deadline sweeper then ticks every 50 ms."""
+
+
+async def test_an_idle_relay_is_closed_on_both_sides_and_counted(engine: str) -> None:
+    upstream_saw_eof = asyncio.Event()
+
+    async def hold(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"hi")
+        if await r.read() == b"x":  # one byte, then nothing: the relay is idle
+            assert await r.read() == b""
+        upstream_saw_eof.set()
+
+    async with tcp_server(hold) as port, running_proxy(tcp_config(port, settings=IDLE)) as p:
+        loop = asyncio.get_running_loop()
+        r, w = await asyncio.open_connection("127.0.0.1", p.port())
+        w.write(b"x")
+        assert await asyncio.wait_for(r.readexactly(2), 5) == b"hi"
+        start = loop.time()
+        assert await asyncio.wait_for(r.read(), 5) == b""  # FIN: closed, not reset
+        idle_for = loop.time() - start
+        await asyncio.wait_for(upstream_saw_eof.wait(), 5)
+        w.close()
+        assert 0.25 <= idle_for < 2.0
+        assert p.metric("tulle_proxy_tcp_idle_timeouts_total", listener="out",
+                        cluster="backend") == 1
+        await until(lambda: not p.server.listeners["out"].connections)
+        assert p.metric("tulle_proxy_upstream_connections_active") == 0
+
+
+async def test_a_relay_that_keeps_moving_bytes_is_not_idle(engine: str) -> None:
+    async def echo(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while data := await r.read(100):
+            w.write(data)
+
+    async with tcp_server(echo) as port, running_proxy(tcp_config(port, settings=IDLE)) as p:
+        r, w = await asyncio.open_connection("127.0.0.1", p.port())
+        for i in range(8):  # 8 x 100 ms: well past the 300 ms idle timeout in total
+            w.write(b"%d" % i)
+            assert await asyncio.wait_for(r.readexactly(1), 5) == b"%d" % i
+            await asyncio.sleep(0.1)
+        w.write_eof()
+        assert await asyncio.wait_for(r.read(), 5) == b""
+        w.close()
+        assert p.metric("tulle_proxy_tcp_idle_timeouts_total") == 0
+
+
+async def test_zero_disables_the_relay_idle_timeout(engine: str) -> None:
+    async def hold(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        await r.read()
+
+    cfg = tcp_config(settings={"tcp_idle_timeout_ms": 0, "header_timeout_ms": 40})
+    async with tcp_server(hold) as port:
+        cfg["clusters"][0]["endpoints"] = [{"address": "127.0.0.1", "port": port}]
+        async with running_proxy(cfg) as p:
+            r, w = await asyncio.open_connection("127.0.0.1", p.port())
+            w.write(b"x")
+            await until_metric(p, "tulle_proxy_tcp_connections_total", 1)
+            (relay,) = p.server.listeners["out"].connections
+            assert relay.deadline == 0.0  # nothing for the sweeper to look at
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(r.read(1), 0.3)
+            w.close()
+            assert p.metric("tulle_proxy_tcp_idle_timeouts_total") == 0
 
 
 async def closed_by_peer(r: asyncio.StreamReader) -> bool:

@@ -1,10 +1,14 @@
 """One proxy's snapshot: its workload's inbound side plus the services it may call.
 
 Universal mode without interception: each workload port gets an inbound listener on the
-workload's address that forwards to the application on 127.0.0.1 at the port's `targetPort`;
-one outbound listener (default 127.0.0.1:15001, `spec.outboundPort` to change) routes HTTP by
-Host to every Service of the mesh.  Transparent interception (iptables) reuses the same route
-table and clusters behind 15001/15006 — only the listeners change.
+workload's address that forwards to the application on 127.0.0.1 at the port's `targetPort`.
+The listener speaks the port's protocol (`protocols.port_protocol`: `appProtocol`, then the
+port name, else `auto`): an HTTP port's listener speaks only HTTP, so nothing reaches the
+application without going through the HTTP stack; a `tcp` port is relayed unsniffed; only a
+port nobody described is sniffed.  One outbound listener (default 127.0.0.1:15001,
+`spec.outboundPort` to change) routes HTTP by Host to every Service of the mesh.  Transparent
+interception (iptables) reuses the same route table and clusters behind 15001/15006 — only
+the listeners change.
 """
 
 from __future__ import annotations
@@ -12,7 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from tulle.controlplane.compiler.inputs import Key, Resource, spec_of
-from tulle.controlplane.compiler.services import PROTOCOLS, ServicePort
+from tulle.controlplane.compiler.protocols import port_protocol
+from tulle.controlplane.compiler.services import ServicePort
 
 DEFAULT_OUTBOUND_PORT = 15001
 
@@ -25,17 +30,19 @@ def inbound(workload: Resource) -> tuple[list[dict[str, Any]], list[dict[str, An
     for p in sorted(spec.get("ports") or [], key=lambda p: int(p["port"])):
         port = int(p["port"])
         app_port = int(p.get("targetPort") or port)
-        proto = PROTOCOLS.get(str(p.get("appProtocol") or "").lower(), "auto")
+        proto = port_protocol(p, "auto")
         name = f"inbound|{port}"
         listeners.append({"name": name, "address": address, "port": port,
-                          "direction": "inbound", "protocol": proto if proto != "http1" else "auto",
-                          "cluster": name})
-        clusters.append({"name": name, "protocol": "http2" if proto == "http2" else "http1",
+                          "direction": "inbound", "protocol": proto, "cluster": name})
+        clusters.append({"name": name, "protocol": "http1" if proto == "auto" else proto,
                          "endpoints": [{"address": "127.0.0.1", "port": app_port}]})
     return listeners, clusters
 
 
 def outbound_listener(workload: Resource) -> dict[str, Any]:
+    """The listener the application calls every Service through.  It carries HTTP/1.1 and h2c
+    (gRPC) alike, so it sniffs which one; with a route table and no cluster it relays nothing:
+    what is not HTTP is refused, and a client silent past the detect timeout is closed."""
     port = int(spec_of(workload).get("outboundPort") or DEFAULT_OUTBOUND_PORT)
     return {"name": "outbound", "address": "127.0.0.1", "port": port, "protocol": "auto",
             "route_table": "outbound"}

@@ -13,9 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tulle.controlplane.compiler.inputs import Key, MeshInputs, Resource, spec_of
-
-PROTOCOLS = {"http": "http1", "http1": "http1", "http2": "http2", "h2c": "http2",
-             "grpc": "http2", "kubernetes.io/h2c": "http2", "tcp": "tcp"}
+from tulle.controlplane.compiler.protocols import port_protocol
 
 
 def cluster_name(ns: str, name: str, port: int) -> str:
@@ -58,7 +56,7 @@ def service_ports(m: MeshInputs, key: Key, svc: Resource) -> list[ServicePort]:
     for p in spec.get("ports") or []:
         port = int(p["port"])
         target = p.get("targetPort", port)
-        proto = PROTOCOLS.get(str(p.get("appProtocol") or "http").lower(), "http1")
+        proto = port_protocol(p, "http1")
         endpoints = []
         for _, w in selected:
             wp = workload_port(w, target)

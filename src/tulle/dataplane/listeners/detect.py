@@ -14,13 +14,18 @@ driver that serves it, then steps aside:
 2. **What it speaks.**  A `tcp` protocol, a destination port in `opaque_ports` or in
    `DEFAULT_OPAQUE_PORTS`, or a rule that names no route table and no cluster skips sniffing:
    the relay connects at once, so a server-first protocol's greeting flows.  Otherwise the first
-   bytes go through the sans-I/O sniffer (`protocols.detect`) until it decides; a client that
-   sends nothing for `detect_timeout_ms` is relayed as TCP (server-first protocols on ports
-   nobody declared).  TLS is relayed as opaque TCP for now.
+   bytes go through the sans-I/O sniffer (`protocols.detect`) until it decides.  Only what is
+   clearly not HTTP is relayed as TCP.  A client that sends nothing for `detect_timeout_ms` is
+   relayed as TCP when there is a TCP target (server-first protocols on ports nobody declared)
+   and closed otherwise; one that sent a prefix and then stopped (or half-closed) goes to the
+   driver of what the prefix was becoming (`protocols.detect.undecided`), so an HTTP-looking
+   trickle meets the HTTP header timeout, not an unbounded relay.  TLS is relayed as opaque
+   TCP for now.
 3. **Hand-over.**  HTTP/1 and HTTP/2 go to their drivers through `handover` with the bytes
-   already read; TCP goes to `tcp.relay`.  Each outcome of an `auto` listener is counted in
-   `tulle_proxy_protocol_detected_total{listener,protocol}` (`http1`, `http2`, `tls`, `tcp`,
-   `opaque` when sniffing was skipped by port, `timeout` when the client stayed silent).
+   already read; TCP goes to `tcp.relay` (which has an idle timeout).  Each outcome of an
+   `auto` listener is counted in `tulle_proxy_protocol_detected_total{listener,protocol}`
+   (`http1`, `http2`, `tls`, `tcp`, `opaque` when sniffing was skipped by port, `timeout` when
+   the client stayed silent, `partial` when it stopped or half-closed mid-prefix).
    The HTTP/2 driver, and h2 with it, is imported at the first h2 preface: a proxy that never
    sees HTTP/2 never loads it.
 """
@@ -34,7 +39,7 @@ from typing import TYPE_CHECKING, Final, cast
 from tulle.dataplane.listeners.context import Connection, ListenerContext, ListenerHandle
 from tulle.dataplane.listeners.http1 import H1Downstream
 from tulle.dataplane.listeners.tcp import Target, relay
-from tulle.dataplane.protocols.detect import MAX_SNIFF_BYTES, detect
+from tulle.dataplane.protocols.detect import MAX_SNIFF_BYTES, detect, undecided
 from tulle.net.origdst import original_destination
 
 if TYPE_CHECKING:
@@ -133,22 +138,25 @@ class DetectDownstream(asyncio.Protocol, Connection):
         if self._done:
             return
         buf = self.buffer = self.buffer + data if self.buffer else data
-        result = detect(buf)
-        if result.protocol == "need_more" and len(buf) < MAX_SNIFF_BYTES:
-            return
-        self._count(result.protocol if result.protocol != "need_more" else "tcp")
-        self._decide(result.protocol)
+        protocol = detect(buf).protocol
+        if protocol == "need_more":
+            if len(buf) < MAX_SNIFF_BYTES:
+                return
+            protocol = undecided(buf)  # a token or empty lines running on: HTTP/1 answers it
+        self._count(protocol)
+        self._decide(protocol)
 
     def eof_received(self) -> bool:
         if self._done:
             return False
         if not self.buffer:
             return False  # gone before saying anything: nothing to relay
-        # A half-closed client that sent a prefix of something: relay what there is.  The
-        # kernel reports the EOF again to whoever reads the socket next.
+        # A half-closed client that sent a prefix of something: the driver of what it was on
+        # its way to gets it (an HTTP-looking prefix is answered by the HTTP stack, never
+        # relayed).  The kernel reports the EOF again to whoever reads the socket next.
         t = self.transport
-        self._count("tcp")
-        self._decide("tcp")
+        self._count("partial")
+        self._decide(undecided(self.buffer))
         successor = t.get_protocol() if t is not None else None
         if successor is None or successor is self:
             return False
@@ -164,11 +172,32 @@ class DetectDownstream(asyncio.Protocol, Connection):
     # -- decisions -----------------------------------------------------------------------
 
     def _on_timeout(self) -> None:
+        """`detect_timeout_ms` passed without a decision.
+
+        * Nothing sent: maybe a server-first protocol on a port nobody declared.  With a TCP
+          target (a cluster, or a transparent connection's destination) it is relayed, so the
+          greeting flows; the relay's idle timeout bounds it.  Without one (a listener that
+          only routes HTTP) the connection is closed.
+        * A prefix (a trickling client): it goes to the driver of what it was on its way to.
+          An HTTP-looking prefix meets the HTTP driver's header timeout (408) and parser; it
+          never becomes an opaque relay holding an application connection.
+        """
         self._timer = None
         if self._done:
             return
+        if self.buffer:
+            self._count("partial")
+            self._decide(undecided(self.buffer))
+            return
         self._count("timeout")
-        self._decide("tcp")
+        if self._tcp_target_name() or (self.rule is not None and self.destination is not None):
+            self._decide("tcp")
+        else:
+            self.abort()
+
+    def _tcp_target_name(self) -> str:
+        rule = self.rule
+        return (rule.cluster if rule is not None else "") or self.ctx.cluster
 
     def _decide(self, protocol: str) -> None:
         """Hand the connection to the driver for `protocol`."""
@@ -188,7 +217,7 @@ class DetectDownstream(asyncio.Protocol, Connection):
             return
         # tcp, tls (relayed opaque for now), or an undecidable prefix.  A matched rule without
         # a cluster of its own (or the listener's) goes to the original destination.
-        name = (rule.cluster if rule is not None else "") or ctx.cluster
+        name = self._tcp_target_name()
         if name:
             cluster = ctx.clusters.get(name)
             if cluster is None:

@@ -21,6 +21,13 @@ Both half-close: EOF from one side becomes shutdown(SHUT_WR) on the other and th
 direction keeps flowing; the relay ends when both directions have ended.  A reset (or a write
 that fails) on either side resets the other.  Connect failures and timeouts close the client
 and count `tulle_proxy_upstream_connect_failures_total`.
+
+Both have an idle timeout (`settings.tcp_idle_timeout_ms`, Envoy's tcp_proxy `idle_timeout`):
+a relay that moved no bytes either way for that long is closed on both sides and counted in
+`tulle_proxy_tcp_idle_timeouts_total`, so an abandoned peer never pins an application
+connection forever.  Activity is a loop-clock stamp per readiness callback (splice) or read
+(copy); the proxy's deadline sweeper checks it, so the close comes at most one sweeper tick
+late.
 """
 
 from __future__ import annotations
@@ -102,7 +109,10 @@ class _Relay(Connection):
         self.loop = asyncio.get_running_loop()
         self.target = target
         self.ended = False
-        self.deadline = 0.0
+        self.idle_timeout = ctx.settings.tcp_idle_timeout_ms / 1000
+        self.last_active = now = self.loop.time()
+        """Loop time of the last bytes moved (or of the start)."""
+        self.deadline = now + self.idle_timeout if self.idle_timeout else 0.0
         self._task: asyncio.Task[None] | None = None
         self._endpoint: EndpointState | None = None
         self._up_active: GaugeChild | None = None
@@ -165,7 +175,22 @@ class _Relay(Connection):
     # -- Connection ----------------------------------------------------------------------
 
     def on_deadline(self, now: float) -> None:
-        pass
+        """The idle timeout: close when nothing moved for `idle_timeout`, else look again then."""
+        if self.ended or not self.idle_timeout:
+            self.deadline = 0.0
+            return
+        due = self.last_active + self.idle_timeout
+        if due > now:
+            self.deadline = due
+            return
+        self.deadline = 0.0
+        ctx = self.ctx
+        ctx.metrics.tcp_idle_timeouts.labels(ctx.name, self.target.name).value += 1
+        self.idle_close()
+
+    def idle_close(self) -> None:
+        """Close both sides (FIN, not RST: nothing was cut short, it was abandoned)."""
+        raise NotImplementedError
 
     def start_drain(self) -> None:
         """An opaque stream has no request boundary to stop at: it runs until it ends, or until
@@ -226,6 +251,8 @@ class _Pump:
     def step(self) -> None:
         if self.pipe_r < 0:
             return  # closed by the other direction earlier in this loop iteration
+        relay = self.relay
+        relay.last_active = relay.loop.time()
         splice = os.splice
         flags = _SPLICE_FLAGS
         try:
@@ -350,6 +377,9 @@ class SpliceRelay(_Relay):
     def abort(self) -> None:
         self._close(reset=True)
 
+    def idle_close(self) -> None:
+        self._close(reset=False)
+
     def _close(self, reset: bool) -> None:
         for p in self.pumps:
             p.close()
@@ -405,6 +435,8 @@ class _Side(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)
 
     def data_received(self, data: bytes) -> None:
+        relay = self.relay
+        relay.last_active = relay.loop.time()
         peer = self.peer
         if peer is not None and peer.transport is not None:
             self.counter.value += len(data)
@@ -504,6 +536,9 @@ class CopyRelay(_Relay):
             if side.transport is not None:
                 side.transport.close()
         self._ended()
+
+    def idle_close(self) -> None:
+        self.close()
 
     def abort(self) -> None:
         for side in (self.down, self.up):

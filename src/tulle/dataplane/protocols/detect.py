@@ -3,14 +3,26 @@
 `detect(data)` looks at the bytes a connection has delivered so far and answers with a
 `Detection`:
 
-* ``http1``: a known method token followed by a space (``GET ``, ``POST `` ... ``CONNECT ``).
-  ``PRI`` is not one: it starts the HTTP/2 preface.
+* ``http1``: the start of a request-line: a method token (RFC 9110 5.6.2, any run of
+  ``tchar`` -- ``GET``, ``PROPFIND``, ``PURGE``, also a lower-case ``get``) followed by a space,
+  after any number of empty lines (RFC 9112 2.2: a server SHOULD ignore at least one CRLF
+  before the request-line; a bare LF counts too, as llhttp skips it).  Whether the method is
+  one the proxy serves is the HTTP/1 parser's question, not the sniffer's: an unknown or
+  lower-case method gets its 400 there, and never reaches an application as raw bytes.
 * ``http2``: the whole 24-byte prior-knowledge preface ``PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n``.
+  A client that starts like the preface and then diverges (``PRI * HTTP/1.1``) is judged by
+  the HTTP/1 rule.
 * ``tls``: a TLS handshake record (0x16, version 0x03 0x00-0x04) carrying a ClientHello.  When
   the ClientHello is wholly inside the first record, its SNI and ALPN offers are extracted for
   routing.
-* ``tcp``: anything else.
+* ``tcp``: anything else -- clearly not HTTP: a byte outside the token grammar before the
+  first space, a space with no token before it, a TLS header that is not a ClientHello.
 * ``need_more``: the bytes are a proper prefix of one of the above; read more and call again.
+
+When a driver must decide on a prefix that is still ``need_more`` (its client went quiet, or
+sent `MAX_SNIFF_BYTES` without deciding), `undecided(data)` says which of the protocols that
+prefix was on its way to, so an HTTP-looking prefix is still handled by the HTTP stack (whose
+header timeout and parser then answer it) rather than relayed raw.
 
 Rules of this module:
 
@@ -18,13 +30,15 @@ Rules of this module:
    answer for a given prefix never depends on bytes not yet seen (so a byte-at-a-time client
    gets the same answer as one that sends everything at once).
 2. The sniffer never asks for more than `MAX_SNIFF_BYTES`: the longest thing it waits for is
-   one TLS record (2^14 bytes of payload plus the 5-byte header, RFC 8446 5.1).  HTTP/1 and
-   HTTP/2 decide within 24 bytes.  A driver that holds that many bytes and still sees
-   ``need_more`` cannot happen; one whose client stops sending relays as TCP on a timer.
+   one TLS record (2^14 bytes of payload plus the 5-byte header, RFC 8446 5.1).  HTTP/2 decides
+   within 24 bytes, HTTP/1 at the first byte that is not a token character (a real method is
+   at most a few dozen bytes; empty lines or a token running on are bounded by the cap, then
+   `undecided` hands them to the HTTP/1 parser).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -33,8 +47,11 @@ Protocol = Literal["http1", "http2", "tls", "tcp", "need_more"]
 H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 HTTP1_METHODS: Final = (b"GET", b"POST", b"PUT", b"DELETE", b"HEAD", b"OPTIONS", b"PATCH",
                         b"TRACE", b"CONNECT")
-_METHOD_TOKENS: Final = tuple(m + b" " for m in HTTP1_METHODS)
-_MAX_TOKEN: Final = max(len(t) for t in _METHOD_TOKENS)
+"""The common methods (tests use them); any token is a method to the sniffer."""
+TCHARS: Final = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+"""RFC 9110 5.6.2 tchar: the bytes a method token is made of."""
+_REQUEST_START: Final = re.compile(rb"[\r\n]*([!#$%&'*+\-.^_`|~0-9A-Za-z]*)")
+"""Empty lines, then a (possibly empty, possibly unfinished) token.  Always matches."""
 
 TLS_RECORD_HEADER: Final = 5
 TLS_MAX_RECORD: Final = 1 << 14
@@ -74,13 +91,30 @@ def detect(data: bytes) -> Detection:
             return HTTP2 if n == len(H2_PREFACE) else NEED_MORE
     if first == _HANDSHAKE:
         return _detect_tls(data)
-    head = data[:_MAX_TOKEN]
-    for token in _METHOD_TOKENS:
-        if head.startswith(token):
-            return HTTP1
-        if len(head) < len(token) and token.startswith(head):
-            return NEED_MORE
-    return TCP
+    return _detect_http1(data)
+
+
+def _detect_http1(data: bytes) -> Detection:
+    m = _REQUEST_START.match(data)
+    assert m is not None  # every group may be empty
+    end = m.end()
+    if end == len(data):
+        return NEED_MORE  # empty lines and/or a token still being written
+    return HTTP1 if data[end] == 0x20 and end > m.start(1) else TCP
+
+
+def undecided(data: bytes) -> Protocol:
+    """Which protocol a `need_more` prefix was on its way to: ``http2`` for a part of the
+    preface past ``PRI`` (shorter parts are also a method token: ``http1``), ``tls`` for a part
+    of a TLS record, ``http1`` for empty lines and/or a token, ``tcp`` for anything else
+    (including no bytes at all, and prefixes `detect` has already decided)."""
+    if not data or detect(data) is not NEED_MORE:
+        return "tcp"
+    if data[0] == _HANDSHAKE:
+        return "tls"
+    if len(data) > 3 and H2_PREFACE.startswith(data[:len(H2_PREFACE)]):
+        return "http2"
+    return "http1"
 
 
 def _detect_tls(data: bytes) -> Detection:

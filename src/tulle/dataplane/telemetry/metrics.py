@@ -202,7 +202,11 @@ class ProxyMetrics:
         self.protocol_detected = r.counter(
             "tulle_proxy_protocol_detected_total",
             "Connections on auto listeners, by what detection decided (http1, http2, tls, tcp, "
-            "opaque: not sniffed by port, timeout: the client sent nothing in time).",
+            "opaque: not sniffed by port, timeout: the client sent nothing in time, partial: it "
+            "stopped mid-prefix).",
             ("listener", "protocol"))
+        self.tcp_idle_timeouts = r.counter(
+            "tulle_proxy_tcp_idle_timeouts_total",
+            "Opaque TCP relays closed by settings.tcp_idle_timeout_ms.", ("listener", "cluster"))
         self.config_reloads = r.counter("tulle_proxy_config_reloads_total",
                                         "Configuration swaps, by result.", ("result",))

@@ -1,4 +1,5 @@
-"""Sniffing the first bytes of a connection: HTTP/1 methods, the HTTP/2 preface, TLS, the rest."""
+"""Sniffing the first bytes of a connection: HTTP/1 request-lines (any method token, after empty
+lines), the HTTP/2 preface, TLS, the rest; and what an undecided prefix is on its way to."""
 
 from __future__ import annotations
 
@@ -12,8 +13,10 @@ from tulle.dataplane.protocols.detect import (
     H2_PREFACE,
     HTTP1_METHODS,
     MAX_SNIFF_BYTES,
+    TCHARS,
     Detection,
     detect,
+    undecided,
 )
 
 
@@ -45,13 +48,50 @@ def test_the_full_preface_is_http2_and_pri_alone_is_not_http1() -> None:
     assert detect(H2_PREFACE).protocol == "http2"
     assert detect(H2_PREFACE + b"\x00\x00\x12\x04").protocol == "http2"
     assert detect(b"PRI ").protocol == "need_more"
-    assert detect(b"PRI * HTTP/1.1\r\n\r\n").protocol == "tcp"
+    # Diverging from the preface, it is a request-line with the (unknown) method PRI: the
+    # HTTP/1 parser answers it, nothing relays it.
+    assert detect(b"PRI * HTTP/1.1\r\n\r\n").protocol == "http1"
 
 
 @pytest.mark.parametrize("data", [
-    b"get / HTTP/1.1\r\n",  # methods are case-sensitive
-    b"GET\t/",
+    b"PROPFIND /dav HTTP/1.1\r\n",
+    b"PURGE /cache HTTP/1.1\r\n",
+    b"get / HTTP/1.1\r\n",  # not a method the parser accepts; the parser says so (400)
     b"GETS /",
+    b"M-SEARCH * HTTP/1.1\r\n",
+    b"BASELINE-CONTROL /",
+    b"X!#$%&'*+-.^_`|~9 /",  # every tchar class
+    b"\r\nPOST / HTTP/1.1\r\n",  # RFC 9112 2.2: an empty line before the request-line
+    b"\r\n\r\n\r\nGET /",
+    b"\nGET /",  # a bare LF empty line (llhttp skips it too)
+])
+def test_any_method_token_followed_by_a_space_is_http1(data: bytes) -> None:
+    assert detect(data).protocol == "http1"
+
+
+@given(st.binary(min_size=1, max_size=40).map(
+           lambda b: bytes(TCHARS[x % len(TCHARS)] for x in b)),
+       st.integers(0, 4), st.booleans())
+def test_the_whole_token_grammar_is_http1_and_its_prefixes_wait(token: bytes, lines: int,
+                                                                  bare_lf: bool) -> None:
+    start = (b"\n" if bare_lf else b"\r\n") * lines + token + b" "
+    if start.startswith(b"PRI "):
+        return  # the HTTP/2 preface's own rule; tested above
+    assert detect(start + b"/ HTTP/1.1\r\n").protocol == "http1"
+    assert detect(start).protocol == "http1"
+    for i in range(1, len(start)):
+        assert detect(start[:i]).protocol == "need_more", start[:i]
+        assert undecided(start[:i]) == "http1", start[:i]
+
+
+@pytest.mark.parametrize("data", [
+    b"GET\t/",  # only SP ends a method
+    b" GET / HTTP/1.1\r\n",  # no token before the space
+    b"\r\n / HTTP/1.1\r\n",
+    b"GET\r\n",
+    b"G\x00",
+    b"GE(T /",  # "(" is a delimiter, not a tchar
+    b"\r\n\x16\x03\x01",
     b"SSH-2.0-OpenSSH_9.6\r\n",
     b"\x00\x00\x00\x08\x04\xd2\x16\x2f",  # PostgreSQL SSLRequest
     b"*1\r\n$4\r\nPING\r\n",  # Redis
@@ -135,3 +175,37 @@ def test_the_sniffer_never_needs_more_than_its_cap() -> None:
     assert len(huge) == MAX_SNIFF_BYTES
     assert detect(huge).protocol == "tls"
     assert detect(huge[:-1]).protocol == "need_more"
+
+
+def test_a_token_that_never_ends_waits_up_to_the_cap_and_leans_http1() -> None:
+    long = b"A" * MAX_SNIFF_BYTES
+    assert detect(long).protocol == "need_more"
+    assert undecided(long) == "http1"
+    assert undecided(b"\r\n" * (MAX_SNIFF_BYTES // 2)) == "http1"
+
+
+@pytest.mark.parametrize(("prefix", "lean"), [
+    (b"G", "http1"),
+    (b"\r\n", "http1"),
+    (b"\r\nPROPF", "http1"),
+    (b"get", "http1"),
+    (b"P", "http1"),  # also a preface prefix, but as much POST or PUT
+    (b"PRI", "http1"),
+    (b"PRI ", "http2"),
+    (H2_PREFACE[:-1], "http2"),
+    (b"\x16", "tls"),
+    (HELLO[:10], "tls"),
+])
+def test_undecided_prefixes_lean_to_what_they_were_becoming(prefix: bytes, lean: str) -> None:
+    assert detect(prefix).protocol == "need_more"
+    assert undecided(prefix) == lean
+
+
+@pytest.mark.parametrize("data", [b"", b"GET /", b"*1\r\n", H2_PREFACE, HELLO])
+def test_undecided_of_nothing_or_of_a_decided_prefix_is_tcp(data: bytes) -> None:
+    assert undecided(data) == "tcp"
+
+
+@given(st.binary(max_size=64))
+def test_undecided_never_raises_and_is_a_protocol(data: bytes) -> None:
+    assert undecided(data) in ("http1", "http2", "tls", "tcp")
