@@ -180,6 +180,31 @@ class Listener(_Base, frozen=True, kw_only=True):
     tls: TLSContext | None = None
     """Terminate TLS on this listener (ALPN chooses h2 or http/1.1)."""
     reuse_port: bool = False
+    max_connections: Annotated[int, Meta(ge=0, le=10_000_000)] = 0
+    """Open downstream connections on this listener; one more is closed at once (RST) before
+    anything is read, and counted.  0 means no limit."""
+
+
+Fraction = Annotated[float, Meta(gt=0.0, le=1.0)]
+
+
+class Overload(_Base, frozen=True, kw_only=True):
+    """The overload guard (Envoy's overload manager): resource monitors and the actions taken as
+    their pressure (used / limit, the highest of them) crosses a threshold.  Admin is exempt."""
+
+    file_descriptors: bool = True
+    """Monitor open file descriptors against the process's soft RLIMIT_NOFILE."""
+    max_rss_bytes: Annotated[int, Meta(ge=0)] = 0
+    """Monitor resident memory (RSS) against this limit; 0 turns the memory monitor off."""
+    reject_requests_at: Fraction = 0.9
+    """Pressure at which new HTTP requests get 503 (flag OL) and keep-alive is disabled."""
+    stop_accepting_at: Fraction = 0.95
+    """Pressure at which new downstream connections are closed at once (RST); implies the
+    reject action."""
+    hysteresis: Annotated[float, Meta(ge=0.0, le=0.5)] = 0.05
+    """A state is left only when the pressure falls this far below its threshold."""
+    sample_interval_ms: Annotated[int, Meta(ge=10, le=60_000)] = 1000
+    """How often the monitors are sampled."""
 
 
 class Settings(_Base, frozen=True, kw_only=True):
@@ -203,6 +228,11 @@ class Settings(_Base, frozen=True, kw_only=True):
     """Worker processes sharing the listeners with SO_REUSEPORT."""
     generate_request_id: bool = True
     """Set `x-request-id` when a request has none."""
+    max_connections: Annotated[int, Meta(ge=0, le=10_000_000)] = 0
+    """Open downstream connections of the process (each worker), all listeners together, admin
+    excluded; one more is closed at once (RST) and counted.  0 means no limit."""
+    overload: Overload = msgspec.field(default_factory=Overload)
+    """Resource monitors and overload actions."""
 
 
 class ProxyConfig(_Base, frozen=True, kw_only=True):
