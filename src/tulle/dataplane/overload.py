@@ -10,19 +10,20 @@ included.  `OverloadGuard` keeps it short of that, in the manner of Envoy's over
   hundred descriptors, far too much per accept).  Between samples the descriptor count is
   estimated as *sampled + downstream connections opened since*: the running count of our own
   connections, kept by `ListenerHandle.connection_opened` / `connection_closed`.
-* **States**, from the highest pressure: `normal`; `reject_requests` at `reject_requests_at`
-  (new HTTP requests get 503 with flag `OL` and `connection: close`; keep-alive is disabled on
-  responses; HTTP/2 connections get GOAWAY); `stop_accepting` at `stop_accepting_at` (new
-  downstream connections are closed at once with RST, and requests are still rejected).  A
-  state is entered as soon as the pressure reaches its threshold and left only when it falls
-  `hysteresis` below it, so a pressure hovering at a threshold does not flap.  Each change is
-  logged once at warning level and shown in the `tulle_proxy_overload_state` gauge.
+* **States**, from the highest pressure in percent: `normal`; `reject_requests` at
+  `reject_requests_percent` (new HTTP requests get 503 with flag `OL` and `connection: close`;
+  keep-alive is disabled on responses; HTTP/2 connections get GOAWAY); `stop_accepting` at
+  `stop_accepting_percent` (new downstream connections are closed at once with RST, and
+  requests are still rejected).  A state is entered as soon as the pressure reaches its
+  threshold and left only when it falls `hysteresis_percent` points below it, so a pressure
+  hovering at a threshold does not flap.  Each change is logged once at warning level and shown
+  in the `tulle_proxy_overload_state` gauge.
 * **Caps**: `settings.max_connections` for the process, `Listener.max_connections` per
   listener (checked by the handle).  A connection beyond a cap is closed before anything is
   read from it; connections already open are never touched by a cap.
 
 The admin endpoint does not go through listener handles, so none of this applies to it:
-/ready and /metrics stay reachable while the proxy sheds traffic (the thresholds below 1.0
+/ready and /metrics stay reachable while the proxy sheds traffic (thresholds below 100 %
 leave it the descriptors it needs).
 
 Why accept-and-close rather than pausing the listening socket: uvloop's server owns its
@@ -129,9 +130,9 @@ class OverloadGuard:
         self.max_connections = settings.max_connections
         self.file_descriptors = o.file_descriptors
         self.max_rss = o.max_rss_bytes
-        self.reject_at = o.reject_requests_at
-        self.stop_at = o.stop_accepting_at
-        self.hysteresis = o.hysteresis
+        self.reject_at = o.reject_requests_percent / 100
+        self.stop_at = o.stop_accepting_percent / 100
+        self.hysteresis = o.hysteresis_percent / 100
         self.interval = o.sample_interval_ms / 1000
         self.sample()
 
@@ -205,11 +206,14 @@ class OverloadGuard:
         self.rejecting = state >= REJECT
         if self.metrics is not None:
             self.metrics.overload_state.labels().value = state
-        log.warning("overload: %s -> %s (file descriptors %d of %s, %.0f%%; memory %s of %s, "
-                    "%.0f%%; %d downstream connections)", STATE_NAMES[old], STATE_NAMES[state],
-                    self.fds + self.active - self.active_at_sample, self.fd_limit or "unlimited",
-                    100 * self.fd_pressure, self.rss, self.max_rss or "off",
-                    100 * self.mem_pressure, self.active)
+        seen = [f"{self.active} downstream connections"]
+        if self.fd_limit:
+            seen.append(f"file descriptors {self.fds + self.active - self.active_at_sample} of "
+                        f"{self.fd_limit} ({100 * self.fd_pressure:.0f}%)")
+        if self.max_rss:
+            seen.append(f"RSS {self.rss} of {self.max_rss} bytes ({100 * self.mem_pressure:.0f}%)")
+        log.warning("overload: %s -> %s (%s)", STATE_NAMES[old], STATE_NAMES[state],
+                    ", ".join(seen))
 
     # -- actions -------------------------------------------------------------------------
 
@@ -218,7 +222,7 @@ class OverloadGuard:
         if self.state != STOP and self.max_connections and self.active >= self.max_connections:
             return "process_limit"
         if self.state != STOP:
-            self._update()  # the descriptor estimate crossed `stop_accepting_at`
+            self._update()  # the descriptor estimate crossed `stop_accepting_percent`
         return "overload"
 
     def count(self, action: str) -> None:

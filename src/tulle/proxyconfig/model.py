@@ -185,24 +185,25 @@ class Listener(_Base, frozen=True, kw_only=True):
     anything is read, and counted.  0 means no limit."""
 
 
-Fraction = Annotated[float, Meta(gt=0.0, le=1.0)]
+Percent = Annotated[int, Meta(ge=1, le=100)]
 
 
 class Overload(_Base, frozen=True, kw_only=True):
     """The overload guard (Envoy's overload manager): resource monitors and the actions taken as
-    their pressure (used / limit, the highest of them) crosses a threshold.  Admin is exempt."""
+    their pressure (used / limit, the highest of them, in percent) crosses a threshold.  Admin
+    is exempt."""
 
     file_descriptors: bool = True
     """Monitor open file descriptors against the process's soft RLIMIT_NOFILE."""
     max_rss_bytes: Annotated[int, Meta(ge=0)] = 0
     """Monitor resident memory (RSS) against this limit; 0 turns the memory monitor off."""
-    reject_requests_at: Fraction = 0.9
+    reject_requests_percent: Percent = 90
     """Pressure at which new HTTP requests get 503 (flag OL) and keep-alive is disabled."""
-    stop_accepting_at: Fraction = 0.95
+    stop_accepting_percent: Percent = 95
     """Pressure at which new downstream connections are closed at once (RST); implies the
     reject action."""
-    hysteresis: Annotated[float, Meta(ge=0.0, le=0.5)] = 0.05
-    """A state is left only when the pressure falls this far below its threshold."""
+    hysteresis_percent: Annotated[int, Meta(ge=0, le=50)] = 5
+    """A state is left only when the pressure falls this many points below its threshold."""
     sample_interval_ms: Annotated[int, Meta(ge=10, le=60_000)] = 1000
     """How often the monitors are sampled."""
 

@@ -44,8 +44,8 @@ def test_memory_pressure_walks_the_states_with_hysteresis(
         caplog: pytest.LogCaptureFixture) -> None:
     res = Resources(rss=50)
     m = ProxyMetrics()
-    g = make_guard(res, m, file_descriptors=False, max_rss_bytes=100, reject_requests_at=0.8,
-                   stop_accepting_at=0.9, hysteresis=0.1)
+    g = make_guard(res, m, file_descriptors=False, max_rss_bytes=100, reject_requests_percent=80,
+                   stop_accepting_percent=90, hysteresis_percent=10)
     assert (g.state, g.rejecting, g.accept_limit) == (NORMAL, False, UNLIMITED)
     caplog.set_level(logging.WARNING, "tulle.proxy")
 
@@ -58,7 +58,7 @@ def test_memory_pressure_walks_the_states_with_hysteresis(
     assert (g.state, g.accept_limit, state(m)) == (STOP, 0, STOP)
     assert m.overload_pressure.labels("memory").value == 0.95
 
-    res.rss = 85  # below stop_accepting_at, not by the hysteresis: stays
+    res.rss = 85  # below stop_accepting_percent, not by the hysteresis: stays
     g.sample()
     assert g.state == STOP
     res.rss = 79  # 0.79 < 0.9 - 0.1: down to reject (0.79 >= 0.8 - 0.1)
