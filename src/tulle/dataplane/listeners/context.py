@@ -198,9 +198,7 @@ class ListenerHandle:
             g = self.guard
             cap = self.ctx.max_connections
             if g.active >= g.accept_limit or (cap and len(self.connections) >= cap):
-                reason = "listener_limit" if cap and len(self.connections) >= cap else (
-                    g.refusal())
-                self.ctx.metrics.connections_overflow.labels(self.name, reason).value += 1
+                self.count_refusal()
                 return False
             g.active += 1
             if g.active >= g.watch_at:
@@ -209,6 +207,19 @@ class ListenerHandle:
         self.m_active.value += 1  # type: ignore[attr-defined]
         self.m_total.value += 1  # type: ignore[attr-defined]
         return True
+
+    def count_refusal(self) -> None:
+        cap = self.ctx.max_connections
+        reason = ("listener_limit" if cap and len(self.connections) >= cap
+                  else self.guard.refusal())
+        self.ctx.metrics.connections_overflow.labels(self.name, reason).value += 1
+
+    def full(self) -> bool:
+        """Whether a connection accepted now would be refused: the protocol factory then builds
+        a `Refused` stand-in instead of a driver.  `connection_opened` decides exactly."""
+        g = self.guard
+        cap = self.ctx.max_connections
+        return g.active >= g.accept_limit or bool(cap and len(self.connections) >= cap)
 
     def hand_over(self, conn: Connection) -> None:
         """Unregister `conn` whose transport goes to another driver at once (detection): that
@@ -227,6 +238,19 @@ class ListenerHandle:
             self.m_active.value -= 1  # type: ignore[attr-defined]
             if self.draining and not self.connections and self.on_drained is not None:
                 self.on_drained()
+
+
+class Refused(asyncio.Protocol):
+    """What a connection accepted beyond a cap gets instead of a driver: counted, then reset."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: ListenerHandle) -> None:
+        self.handle = handle
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.handle.count_refusal()
+        reset(transport)  # type: ignore[arg-type]
 
 
 class Connection:

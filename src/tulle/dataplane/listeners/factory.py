@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from tulle.dataplane.listeners.context import ListenerHandle
+from tulle.dataplane.listeners.context import ListenerHandle, Refused
 from tulle.dataplane.listeners.detect import DetectDownstream
 from tulle.dataplane.listeners.http1 import H1Downstream
 
@@ -21,7 +21,22 @@ ProtocolFactory = Callable[[], asyncio.Protocol]
 
 
 def protocol_factory(handle: ListenerHandle) -> ProtocolFactory:
-    """The factory `loop.create_server` calls for each accepted connection."""
+    """The factory `loop.create_server` calls for each accepted connection.
+
+    A listener at one of its caps (or a proxy that stopped accepting) gets a `Refused` stand-in
+    instead of a driver: no codec or driver is built for a connection that is reset at once.
+    The driver's `connection_opened` still checks exactly (counts lag within one burst of
+    accepts: connection_made runs a loop turn after the factory)."""
+    make = _driver_factory(handle)
+    full = handle.full
+
+    def factory() -> asyncio.Protocol:
+        return Refused(handle) if full() else make()
+
+    return factory
+
+
+def _driver_factory(handle: ListenerHandle) -> ProtocolFactory:
     cfg = handle.ctx.cfg
     if cfg.protocol == "http1" and cfg.mode == "explicit" and cfg.tls is None:
         return lambda: H1Downstream(handle)
