@@ -128,6 +128,33 @@ async def test_listener_cap_resets_the_next_connection_and_spares_the_open_ones(
             assert p.metric("tulle_proxy_downstream_connections_overflow_total") == 1
 
 
+async def test_listener_cap_is_exact_under_a_burst_of_connections() -> None:
+    """30 connections at once: exactly the cap is admitted, every other one is reset before its
+    bytes are read, and the origin sees only the admitted ones' requests."""
+    async with raw_server(keep_alive_ok) as origin:
+        cfg = simple_config(origin.port)
+        cfg["listeners"][0]["max_connections"] = 5
+        async with running_proxy(cfg) as p, clients() as open_:
+            open_.extend(await asyncio.gather(*(Client.open(p.port()) for _ in range(30))))
+
+            async def outcome(i: int, c: Client) -> str:
+                c.w.write(f"GET /burst/{i} HTTP/1.1\r\nhost: a\r\n\r\n".encode())
+                try:
+                    async with asyncio.timeout(5):
+                        resp = await read_response(c.r)
+                except (ConnectionError, asyncio.IncompleteReadError):
+                    return "reset"
+                return str(resp.status)
+
+            results = await asyncio.gather(*(outcome(i, c) for i, c in enumerate(open_)))
+            assert sorted(results).count("200") == 5, results
+            assert results.count("reset") == 25, results
+            assert p.metric("tulle_proxy_downstream_connections_overflow_total",
+                            reason="listener_limit") == 25
+            assert p.metric("tulle_proxy_downstream_connections_active") == 5
+            assert len(origin.requests) == 5
+
+
 async def test_process_cap_spans_listeners_and_admin_is_exempt() -> None:
     async with raw_server(keep_alive_ok) as origin:
         cfg = simple_config(origin.port, settings={"max_connections": 2})
