@@ -25,8 +25,9 @@ def protocol_factory(handle: ListenerHandle) -> ProtocolFactory:
 
     A listener at one of its caps (or a proxy that stopped accepting) gets a `Refused` stand-in
     instead of a driver: no codec or driver is built for a connection that is reset at once.
-    The driver's `connection_opened` still checks exactly (counts lag within one burst of
-    accepts: connection_made runs a loop turn after the factory)."""
+    The driver's `connection_opened` still decides exactly: the counts this check reads can
+    lag (on a TLS listener `connection_made` comes only after the handshake, and a loop may
+    run several accepts before the first `connection_made`)."""
     make = _driver_factory(handle)
     full = handle.full
 
