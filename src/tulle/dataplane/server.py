@@ -32,6 +32,7 @@ from typing import Any
 
 from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle
 from tulle.dataplane.listeners.factory import protocol_factory
+from tulle.dataplane.overload import OverloadGuard
 from tulle.dataplane.routing.router import Router
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.upstream.cluster import ClusterManager, ClusterRuntime, run_sweeper
@@ -83,6 +84,8 @@ class ProxyServer:
         self.metrics = metrics or ProxyMetrics()
         self.config: ProxyConfig | None = None
         self.clusters = ClusterManager(self.metrics)
+        self.overload = OverloadGuard(self.metrics)
+        """Connection caps and overload state shared by every listener (admin excluded)."""
         self.listeners: dict[str, ListenerHandle] = {}
         self.retired: set[ListenerHandle] = set()
         """Listeners that left the config (or were replaced) and still have connections."""
@@ -155,7 +158,8 @@ class ProxyServer:
                 handle = ListenerHandle(
                     lc.name, ctx,
                     m_active=self.metrics.connections_active.labels(lc.name),
-                    m_total=self.metrics.connections_total.labels(lc.name))
+                    m_total=self.metrics.connections_total.labels(lc.name),
+                    guard=self.overload)
                 plan.fresh.append(handle)
                 plan.handles[lc.name] = handle
                 await self._serve(handle, lc, donor, plan)
@@ -228,9 +232,11 @@ class ProxyServer:
         self.listeners = plan.handles
         self._ports = {h: plan.ports[h] for h in plan.handles.values()}
         self.config = plan.cfg
+        self.overload.configure(plan.cfg.settings)
         if self._sweeper is None:
             self._sweeper = run_sweeper(self.clusters)
             self._spawn(self._deadline_sweeper())
+            self._spawn(self.overload.run())
 
     def _retire(self, handle: ListenerHandle) -> None:
         """A listener left the config (or is served anew): stop accepting, drain connections."""

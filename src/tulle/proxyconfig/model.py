@@ -182,6 +182,32 @@ class Listener(_Base, frozen=True, kw_only=True):
     tls: TLSContext | None = None
     """Terminate TLS on this listener (ALPN chooses h2 or http/1.1)."""
     reuse_port: bool = False
+    max_connections: Annotated[int, Meta(ge=0, le=10_000_000)] = 0
+    """Open downstream connections on this listener; one more is closed at once (RST) before
+    anything is read, and counted.  0 means no limit."""
+
+
+Percent = Annotated[int, Meta(ge=1, le=100)]
+
+
+class Overload(_Base, frozen=True, kw_only=True):
+    """The overload guard (Envoy's overload manager): resource monitors and the actions taken as
+    their pressure (used / limit, the highest of them, in percent) crosses a threshold.  Admin
+    is exempt."""
+
+    file_descriptors: bool = True
+    """Monitor open file descriptors against the process's soft RLIMIT_NOFILE."""
+    max_rss_bytes: Annotated[int, Meta(ge=0)] = 0
+    """Monitor resident memory (RSS) against this limit; 0 turns the memory monitor off."""
+    reject_requests_percent: Percent = 90
+    """Pressure at which new HTTP requests get 503 (flag OL) and keep-alive is disabled."""
+    stop_accepting_percent: Percent = 95
+    """Pressure at which new downstream connections are closed at once (RST); implies the
+    reject action."""
+    hysteresis_percent: Annotated[int, Meta(ge=0, le=50)] = 5
+    """A state is left only when the pressure falls this many points below its threshold."""
+    sample_interval_ms: Annotated[int, Meta(ge=10, le=60_000)] = 1000
+    """How often the monitors are sampled."""
 
 
 class Settings(_Base, frozen=True, kw_only=True):
@@ -208,6 +234,11 @@ class Settings(_Base, frozen=True, kw_only=True):
     tcp_idle_timeout_ms: Millis = 3_600_000
     """An opaque TCP relay with no bytes either way this long is closed on both sides (Envoy's
     tcp_proxy `idle_timeout`, same default: 1 h); 0 disables."""
+    max_connections: Annotated[int, Meta(ge=0, le=10_000_000)] = 0
+    """Open downstream connections of the process (each worker), all listeners together, admin
+    excluded; one more is closed at once (RST) and counted.  0 means no limit."""
+    overload: Overload = msgspec.field(default_factory=Overload)
+    """Resource monitors and overload actions."""
 
 
 class ProxyConfig(_Base, frozen=True, kw_only=True):

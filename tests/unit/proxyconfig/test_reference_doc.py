@@ -16,7 +16,7 @@ DOC = Path(__file__).resolve().parents[3] / "docs" / "reference" / "proxyconfig.
 STRUCTS = [model.ProxyConfig, model.Node, model.Admin, model.Settings, model.Listener,
            model.Destination, model.TLSContext, model.Cluster, model.Endpoint, model.RouteTable,
            model.VirtualHost, model.RouteRule, model.RouteMatch, model.PathMatch,
-           model.BackendRef]
+           model.BackendRef, model.Overload]
 
 
 def _doc_tables() -> dict[str, dict[str, str]]:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import socket
+import struct
 from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tulle.dataplane.listeners.dispatch import Decision, no_cluster
+from tulle.dataplane.overload import OverloadGuard
 from tulle.dataplane.routing.router import Router
 from tulle.dataplane.telemetry.metrics import CounterChild, HistogramChild, ProxyMetrics
 from tulle.proxyconfig.model import Destination, Listener, Settings
@@ -108,6 +111,7 @@ class ListenerContext:
         self.idle_timeout = settings.idle_timeout_ms / 1000
         self.high_water = settings.buffer_high_water_bytes
         self.generate_request_id = settings.generate_request_id
+        self.max_connections = cfg.max_connections
         self.scheme = b"https" if cfg.tls is not None else b"http"
         self.m_protocol_errors = metrics.protocol_errors
         self.m_bytes_received = metrics.bytes_received.labels(cfg.name)
@@ -151,9 +155,28 @@ class ListenerContext:
         return None
 
 
+def reset(transport: asyncio.Transport) -> None:
+    """Close a connection at once with RST (SO_LINGER 0): nothing lingers in TIME_WAIT, and the
+    client learns immediately that it was refused."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass
+    transport.abort()
+
+
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
 @dataclass(eq=False)
 class ListenerHandle:
-    """A bound listener across snapshots: the socket(s), the current context, its connections."""
+    """A bound listener across snapshots: the socket(s), the current context, its connections.
+
+    It also admits connections: `connection_opened` refuses one beyond the listener's
+    `max_connections`, the process's `settings.max_connections` or while the overload guard
+    stops accepting (`tulle.dataplane.overload`); the driver then resets it before reading."""
 
     name: str
     ctx: ListenerContext
@@ -163,18 +186,71 @@ class ListenerHandle:
     m_active: object = None
     m_total: object = None
     on_drained: Callable[[], None] | None = None
+    guard: OverloadGuard = field(default_factory=OverloadGuard)
+    _handover: bool = False
 
-    def connection_opened(self, conn: Connection) -> None:
+    def connection_opened(self, conn: Connection) -> bool:
+        """Register a new connection; False when it must be refused (it is then not
+        registered, and counted in the overflow metric)."""
+        if self._handover:
+            self._handover = False  # the same client connection, passed to its driver
+        else:
+            g = self.guard
+            cap = self.ctx.max_connections
+            if g.active >= g.accept_limit or (cap and len(self.connections) >= cap):
+                self.count_refusal()
+                return False
+            g.active += 1
+            if g.active >= g.watch_at:
+                g.estimate()
         self.connections.add(conn)
         self.m_active.value += 1  # type: ignore[attr-defined]
         self.m_total.value += 1  # type: ignore[attr-defined]
+        return True
+
+    def count_refusal(self) -> None:
+        cap = self.ctx.max_connections
+        reason = ("listener_limit" if cap and len(self.connections) >= cap
+                  else self.guard.refusal())
+        self.ctx.metrics.connections_overflow.labels(self.name, reason).value += 1
+
+    def full(self) -> bool:
+        """Whether a connection accepted now would be refused: the protocol factory then builds
+        a `Refused` stand-in instead of a driver.  `connection_opened` decides exactly."""
+        g = self.guard
+        cap = self.ctx.max_connections
+        return g.active >= g.accept_limit or bool(cap and len(self.connections) >= cap)
+
+    def hand_over(self, conn: Connection) -> None:
+        """Unregister `conn` whose transport goes to another driver at once (detection): that
+        driver's `connection_opened` is the same client connection, admitted already.  The
+        accepted total is undone here because the next driver counts it again."""
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.m_active.value -= 1  # type: ignore[attr-defined]
+            self.m_total.value -= 1  # type: ignore[attr-defined]
+            self._handover = True
 
     def connection_closed(self, conn: Connection) -> None:
         if conn in self.connections:
             self.connections.discard(conn)
+            self.guard.active -= 1
             self.m_active.value -= 1  # type: ignore[attr-defined]
             if self.draining and not self.connections and self.on_drained is not None:
                 self.on_drained()
+
+
+class Refused(asyncio.Protocol):
+    """What a connection accepted beyond a cap gets instead of a driver: counted, then reset."""
+
+    __slots__ = ("handle",)
+
+    def __init__(self, handle: ListenerHandle) -> None:
+        self.handle = handle
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.handle.count_refusal()
+        reset(transport)  # type: ignore[arg-type]
 
 
 class Connection:

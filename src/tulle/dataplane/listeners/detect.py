@@ -36,7 +36,12 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
-from tulle.dataplane.listeners.context import Connection, ListenerContext, ListenerHandle
+from tulle.dataplane.listeners.context import (
+    Connection,
+    ListenerContext,
+    ListenerHandle,
+    reset,
+)
 from tulle.dataplane.listeners.http1 import H1Downstream
 from tulle.dataplane.listeners.tcp import Target, relay
 from tulle.dataplane.protocols.detect import MAX_SNIFF_BYTES, detect, undecided
@@ -69,15 +74,6 @@ def handover(transport: asyncio.Transport, protocol: asyncio.Protocol, initial: 
         protocol.data_received(initial)
 
 
-def _release(handle: ListenerHandle, conn: Connection) -> None:
-    """Unregister `conn` without counting a close: the next driver registers the same client
-    connection again (and counts it as accepted), so the accepted total is undone here."""
-    if conn in handle.connections:
-        handle.connections.discard(conn)
-        handle.m_active.value -= 1  # type: ignore[attr-defined]
-        handle.m_total.value -= 1  # type: ignore[attr-defined]
-
-
 class DetectDownstream(asyncio.Protocol, Connection):
     """A connection whose driver is not chosen yet."""
 
@@ -99,7 +95,11 @@ class DetectDownstream(asyncio.Protocol, Connection):
         self.transport = t = cast(asyncio.Transport, transport)
         ctx = self.ctx
         cfg = ctx.cfg
-        self.handle.connection_opened(self)
+        if not self.handle.connection_opened(self):
+            self._done = True
+            self.transport = None
+            reset(t)
+            return
         local = t.get_extra_info("sockname")
         protocol: str = cfg.protocol
         if cfg.mode == "transparent":
@@ -242,7 +242,7 @@ class DetectDownstream(asyncio.Protocol, Connection):
         self.buffer = b""
         self._finish()
         self.transport = None
-        _release(self.handle, self)
+        self.handle.hand_over(self)
         start(t, initial)
 
     def _refuse(self, kind: str) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from tulle.dataplane.listeners.context import ListenerHandle
+from tulle.dataplane.listeners.context import ListenerHandle, Refused
 from tulle.dataplane.listeners.detect import DetectDownstream
 from tulle.dataplane.listeners.http1 import H1Downstream
 
@@ -21,7 +21,23 @@ ProtocolFactory = Callable[[], asyncio.Protocol]
 
 
 def protocol_factory(handle: ListenerHandle) -> ProtocolFactory:
-    """The factory `loop.create_server` calls for each accepted connection."""
+    """The factory `loop.create_server` calls for each accepted connection.
+
+    A listener at one of its caps (or a proxy that stopped accepting) gets a `Refused` stand-in
+    instead of a driver: no codec or driver is built for a connection that is reset at once.
+    The driver's `connection_opened` still decides exactly: the counts this check reads can
+    lag (on a TLS listener `connection_made` comes only after the handshake, and a loop may
+    run several accepts before the first `connection_made`)."""
+    make = _driver_factory(handle)
+    full = handle.full
+
+    def factory() -> asyncio.Protocol:
+        return Refused(handle) if full() else make()
+
+    return factory
+
+
+def _driver_factory(handle: ListenerHandle) -> ProtocolFactory:
     cfg = handle.ctx.cfg
     if cfg.protocol == "http1" and cfg.mode == "explicit" and cfg.tls is None:
         return lambda: H1Downstream(handle)

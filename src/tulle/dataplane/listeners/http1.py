@@ -52,6 +52,7 @@ from tulle.dataplane.listeners.context import (
     ListenerHandle,
     RequestStats,
     RoutedConnection,
+    reset,
 )
 from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
 from tulle.dataplane.protocols.http1 import (
@@ -119,6 +120,9 @@ class H1Exchange:
             return
         if conn.handle.draining:
             self.close_after = True
+        elif conn.guard.rejecting and not self.close_after:
+            self.close_after = True  # overloaded: no keep-alive
+            conn.guard.count("disable_keepalive")
         bodyless = end_stream or self.head.method == b"HEAD" or head.status in (204, 304)
         if not bodyless and head.content_length is None:
             if self.head.version == b"1.1":
@@ -222,6 +226,7 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
                  router: Router | None = None, cluster: str | None = None) -> None:
         self.init_routing(handle, router, cluster)
         self.loop = asyncio.get_running_loop()
+        self.guard = handle.guard
         self.transport: asyncio.Transport | None = None
         self.peer_ip = peer_ip.encode()
         self.codec = RequestCodec(self, self.ctx.max_header_bytes, self.ctx.scheme)
@@ -250,7 +255,11 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
             peer = transport.get_extra_info("peername")
             if peer:
                 self.peer_ip = str(peer[0]).encode()
-        self.handle.connection_opened(self)
+        if not self.handle.connection_opened(self):
+            self.transport = None
+            self.closing = True
+            reset(transport)
+            return
         self._set_deadline("header")
         if self._initial:
             data, self._initial = self._initial, b""
@@ -393,6 +402,12 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
 
     def _dispatch(self, ex: H1Exchange) -> None:
         ex.started = True
+        if self.guard.rejecting:
+            self.guard.count("reject_request")
+            ex.flags = "OL"
+            ex.close_after = True
+            ex.local(503, b"overloaded\n")
+            return
         self.follow_snapshot()
         head = ex.head
         ctx = self.ctx

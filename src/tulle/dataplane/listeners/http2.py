@@ -38,7 +38,12 @@ from tulle.dataplane.exchange import (
     UpstreamError,
     UpstreamStream,
 )
-from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle, RoutedConnection
+from tulle.dataplane.listeners.context import (
+    ListenerContext,
+    ListenerHandle,
+    RoutedConnection,
+    reset,
+)
 from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
 from tulle.dataplane.protocols.http2 import (
     INTERNAL_ERROR,
@@ -257,7 +262,11 @@ class H2Downstream(asyncio.Protocol, RoutedConnection):
             peer = transport.get_extra_info("peername")
             if peer:
                 self.peer_ip = str(peer[0]).encode()
-        self.handle.connection_opened(self)
+        if not self.handle.connection_opened(self):
+            self.transport = None
+            self.closing = True
+            reset(transport)
+            return
         self._set_deadline("header")
         self.write_out()  # our SETTINGS
         if self._initial:
@@ -351,6 +360,13 @@ class H2Downstream(asyncio.Protocol, RoutedConnection):
         self._deadline_kind = ""
         ex = H2Exchange(self, sid, head, end, self.loop.time())
         self.exchanges[sid] = ex
+        guard = self.handle.guard
+        if guard.rejecting:  # overloaded: 503, and GOAWAY so the client stops reusing us
+            guard.count("reject_request")
+            ex.flags = "OL"
+            ex.local(503, "overloaded")
+            self.start_drain()
+            return
         self.follow_snapshot()
         d = resolve(self.ctx, self.router, self.cluster or "", head)
         ex.cluster = d.cluster_name

@@ -48,7 +48,7 @@ class GaugeChild:
     __slots__ = ("value",)
 
     def __init__(self) -> None:
-        self.value = 0
+        self.value: float = 0
 
 
 class HistogramChild:
@@ -210,3 +210,16 @@ class ProxyMetrics:
             "Opaque TCP relays closed by settings.tcp_idle_timeout_ms.", ("listener", "cluster"))
         self.config_reloads = r.counter("tulle_proxy_config_reloads_total",
                                         "Configuration swaps, by result.", ("result",))
+        self.connections_overflow = r.counter(
+            "tulle_proxy_downstream_connections_overflow_total",
+            "Downstream connections closed at accept, by reason (listener_limit, process_limit, "
+            "overload).", ("listener", "reason"))
+        self.overload_state = r.gauge(
+            "tulle_proxy_overload_state",
+            "Overload guard state: 0 normal, 1 reject_requests, 2 stop_accepting.")
+        self.overload_pressure = r.gauge(
+            "tulle_proxy_overload_pressure",
+            "Resource pressure (used / limit) at the last sample, by monitor.", ("resource",))
+        self.overload_actions = r.counter(
+            "tulle_proxy_overload_actions_total",
+            "Overload actions taken (reject_request, disable_keepalive).", ("action",))
