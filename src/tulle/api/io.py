@@ -141,8 +141,16 @@ def load_text(text: str, source: str = "<stdin>", *, json_only: bool = False) ->
             return LoadResult((Document(source, 0, None, (err,)),))
         return LoadResult(tuple(_validate(source, 0, obj)))
     read = 0  # documents read so far; a syntax error is in the next one and ends the stream
+    refused: safeyaml.YamlLimitError | None = None
     try:
         safeyaml.check(text)
+    except safeyaml.YamlLimitError as exc:
+        refused = exc
+    except yaml.YAMLError:
+        pass  # a syntax error: loading stops at it too, and names its document
+    try:
+        if refused is not None:
+            raise refused
         for obj in yaml.load_all(text, Loader=_Loader):
             docs.extend(_validate(source, read, obj))
             read += 1
