@@ -24,9 +24,7 @@ server_option = click.option("--server", envvar="TULLE_SERVER", default=None,
 def _fail(exc: APIError) -> None:
     click.echo(f"error: {exc}", err=True)
     for d in exc.body.get("details") or []:
-        where = f"document {d.get('document')}"
-        if d.get("source"):
-            where += f" ({d['source']})"
+        where = d.get("source") or f"document {d.get('document')}"
         what = f"{d.get('kind') or '?'} {d.get('name') or '?'}"
         for e in d.get("errors") or []:
             click.echo(f"  {where}: {what}: {e.get('path') or '<root>'}: {e.get('message')}",
