@@ -144,7 +144,29 @@ DEFAULT_MAX_CONNECTIONS = 10_000
 """Open stream connections, proxies and not-yet-hello'd ones together
 (`--stream-max-connections`; 0: no limit)."""
 REFUSAL_LOG_INTERVAL = 10.0
-"""Seconds between two warnings about refused connections (each says how many)."""
+"""Seconds between two warnings about refused or dropped connections (each says how many)."""
+
+
+class _Throttled:
+    """A warning about one kind of refusal, logged at most once per `REFUSAL_LOG_INTERVAL`
+    with how many happened since the last one: a flood of connections must not become a
+    flood of log lines."""
+
+    __slots__ = ("_at", "_unlogged", "_what")
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._unlogged = 0
+        self._at: float | None = None
+
+    def __call__(self, peer: str, detail: str) -> None:
+        self._unlogged += 1
+        now = asyncio.get_running_loop().time()
+        if self._at is None or now - self._at >= REFUSAL_LOG_INTERVAL:
+            log.warning("proxy stream: %s: %d connection(s) (latest from %s: %s)", self._what,
+                        self._unlogged, peer, detail)
+            self._unlogged = 0
+            self._at = now
 
 
 class PushServer:
@@ -165,8 +187,8 @@ class PushServer:
         self.refused_connections = 0
         self.hello_timeouts = 0
         self.bad_hellos = 0
-        self._refusals_unlogged = 0
-        self._refusal_logged_at: float | None = None
+        self._log_refused = _Throttled("refused, over --stream-max-connections")
+        self._log_no_hello = _Throttled("closed before a valid hello")
         self.cache = cache
         self.on_register = on_register
         self.on_ack = on_ack
@@ -201,18 +223,18 @@ class PushServer:
                 "helloTimeouts": self.hello_timeouts, "badHellos": self.bad_hellos}
 
     def _refuse(self, writer: asyncio.StreamWriter, peer: str) -> None:
-        """Over `max_connections`: close at once (RST, nothing buffered), count, log now and
-        then (a flood must not become a log flood)."""
+        """Over `max_connections`: close at once (RST, nothing buffered), count, log."""
         writer.transport.abort()
         self.refused_connections += 1
-        self._refusals_unlogged += 1
-        now = asyncio.get_running_loop().time()
-        if self._refusal_logged_at is None or now - self._refusal_logged_at >= REFUSAL_LOG_INTERVAL:
-            log.warning("proxy stream: refused %d connection(s) (latest from %s): %d open, "
-                        "the limit (--stream-max-connections)", self._refusals_unlogged, peer,
-                        len(self._sessions))
-            self._refusals_unlogged = 0
-            self._refusal_logged_at = now
+        self._log_refused(peer, f"{len(self._sessions)} open")
+
+    def no_hello(self, peer: str, timed_out: bool, detail: str) -> None:
+        """A connection closed before a valid hello: count and log it."""
+        if timed_out:
+            self.hello_timeouts += 1
+        else:
+            self.bad_hellos += 1
+        self._log_no_hello(peer, detail)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -269,15 +291,13 @@ class ProxySession:
             try:
                 first = await asyncio.wait_for(self._next(), timeout=srv.hello_timeout)
             except TimeoutError:
-                srv.hello_timeouts += 1
-                log.info("proxy stream from %s: no hello within %.1fs, closed", self.peer,
-                         srv.hello_timeout)
+                srv.no_hello(self.peer, True, f"no hello within {srv.hello_timeout}s")
                 return
-            except FrameError:
-                srv.bad_hellos += 1
-                raise
+            except FrameError as exc:
+                srv.no_hello(self.peer, False, str(exc))
+                return
             if not isinstance(first, Hello):
-                srv.bad_hellos += 1
+                srv.no_hello(self.peer, False, "first message is not a hello")
                 self.send(Error(reason="expected hello"))
                 return
             self.decoder.max_frame = MAX_FRAME
