@@ -17,6 +17,7 @@ the batch or not at all.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from fastapi.responses import JSONResponse
@@ -123,14 +124,12 @@ async def apply_documents(store: ResourceStore, docs: list[Any], sources: list[A
         return error(422, "duplicate documents: nothing was applied", duplicates)
 
     # 3. current versions: a stale resourceVersion rejects the whole apply
+    stored = await _current(store, [(info, obj) for _, info, obj in prepared])
     plan: list[tuple[int, KindInfo, Obj, Obj | None]] = []
     conflicts: list[dict[str, Any]] = []
     for i, info, obj in prepared:
         md = obj["metadata"]
-        try:
-            current: Obj | None = await store.get(info.kind, md.get("namespace"), md["name"])
-        except NotFoundError:
-            current = None
+        current = stored.get(_key(info, obj))
         want = md.get("resourceVersion")
         have = (current or {}).get("metadata", {}).get("resourceVersion")
         if want is not None and want != have:
@@ -162,12 +161,40 @@ async def apply_documents(store: ResourceStore, docs: list[Any], sources: list[A
         ops.append(BatchOp("create" if current is None else "update", obj))
     if ops:
         try:
-            stored = await store.batch(ops)
+            done = await store.batch(ops)
         except BatchError as exc:
             return _refused(exc, written, docs, source)
-        for (at, _), obj in zip(written, stored, strict=True):
+        for (at, _), obj in zip(written, done, strict=True):
             results[at]["resourceVersion"] = obj["metadata"]["resourceVersion"]
     return JSONResponse({"results": results}, status_code=200)
+
+
+LIST_FROM = 16
+"""Documents of one kind and namespace from which their current objects are read with one
+`list` rather than one `get` each (3,000 gets on PostgreSQL are 3,000 round trips)."""
+
+
+async def _current(store: ResourceStore, objs: list[tuple[KindInfo, Obj]]) -> dict[Key, Obj]:
+    """The stored objects the documents name (absent ones are missing from the result)."""
+    groups: dict[tuple[str, str | None], list[Key]] = {}
+    for info, obj in objs:
+        key = _key(info, obj)
+        groups.setdefault((key[0], key[1]), []).append(key)
+    found: dict[Key, Obj] = {}
+    for (kind, namespace), keys in groups.items():
+        if len(keys) >= LIST_FROM:
+            items, _ = await store.list(kind, namespace)
+            wanted = set(keys)
+            for item in items:
+                md = item["metadata"]
+                key = (kind, md.get("namespace"), md["name"])
+                if key in wanted:
+                    found[key] = item
+            continue
+        for key in keys:
+            with contextlib.suppress(NotFoundError):
+                found[key] = await store.get(*key)
+    return found
 
 
 def _refused(exc: BatchError, written: list[tuple[int, int]], docs: list[Any],

@@ -100,3 +100,19 @@ async def test_an_apply_is_one_batch_with_consecutive_revisions() -> None:
         assert status == 200, body
         versions = [int(r["resourceVersion"]) for r in body["results"]]
         assert versions == list(range(versions[0], versions[0] + 20))
+
+
+async def test_a_large_reapply_reads_current_objects_by_list_and_sees_each_change() -> None:
+    async with running_control_plane() as cp:
+        many = [service(f"s{i}") for i in range(20)]  # >= LIST_FROM of one kind/namespace
+        status, _ = await apply(cp.api_url, *many, service("s0", ns="elsewhere"))
+        assert status == 200
+        many[3] = service("s3", app="changed")
+        status, body = await apply(cp.api_url, *many, service("s20"),
+                                   service("s0", ns="elsewhere", app="changed"))
+        assert status == 200, body
+        results = {(r["namespace"], r["name"]): r["result"] for r in body["results"]}
+        assert results.pop((NS, "s3")) == "configured"
+        assert results.pop((NS, "s20")) == "created"
+        assert results.pop(("elsewhere", "s0")) == "configured"
+        assert set(results.values()) == {"unchanged"}
