@@ -1,10 +1,14 @@
 """A real control plane (store, reconciler, push stream, REST API) in the test's event loop,
-and proxies subscribed to it through the production `Agent`."""
+and proxies subscribed to it through the production `Agent`; `control_plane_process` runs one
+as a real child process instead."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+import subprocess
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -92,3 +96,82 @@ async def named_origin(name: str) -> AsyncIterator[int]:
         yield int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
     finally:
         await runner.cleanup()
+
+
+class ControlPlaneProcess:
+    """`tulle control-plane run` as a real child process (own session, dies with the test run),
+    for what needs a process: SIGKILL, its RSS.  `kill()` SIGKILLs its process group."""
+
+    def __init__(self, store: str, workdir: Path, *extra: str) -> None:
+        from tests.support.proxy import free_port
+
+        self.store = store
+        self.api_port, self.stream_port = free_port(), free_port()
+        self.extra = extra
+        self.log_path = workdir / f"cp-{self.api_port}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        from tests.support.subproc import TULLE, _die_with_test
+
+        with self.log_path.open("ab") as out:
+            # preexec_fn only calls prctl (dies with the test run); it takes no lock.
+            self.proc = subprocess.Popen(
+                [TULLE, "control-plane", "run", "--store", self.store,
+                 "--api-port", str(self.api_port), "--stream-port", str(self.stream_port),
+                 "--debounce-ms", "50", "--log-level", "info", *self.extra],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, preexec_fn=_die_with_test)  # noqa: PLW1509
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def rss_kib(self) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        async def ready() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise AssertionError(f"control plane exited with {self.proc.returncode}:\n"
+                                     f"{self.log()}")
+            try:
+                async with aiohttp.ClientSession() as s, s.get(f"{self.api}/readyz") as r:
+                    return r.status == 200
+            except aiohttp.ClientConnectionError:
+                return False
+
+        await eventually(ready, timeout=timeout, interval=0.05)
+
+
+@contextlib.asynccontextmanager
+async def control_plane_process(store: str, workdir: Path,
+                                *extra: str) -> AsyncIterator[ControlPlaneProcess]:
+    """A started, ready control-plane process; SIGKILLed on the way out whatever happened."""
+    cp = ControlPlaneProcess(store, workdir, *extra)
+    cp.start()
+    try:
+        await cp.wait_ready()
+        yield cp
+    finally:
+        cp.kill()

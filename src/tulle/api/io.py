@@ -4,6 +4,9 @@ Every document is parsed and validated, and every problem is kept, each with its
 and document index.  Callers (`tulle apply`) reject the whole input when any document fails,
 so they need all the errors at once, not the first.  A `kind: List` document (what `kubectl
 get -o yaml` prints) contributes its `items`, with paths prefixed `items[i]`.
+
+Input is bounded (`safeyaml`): an alias bomb, a text over 16 MiB or over 10,000 documents is
+refused before anything is loaded, as an `invalid YAML` error of the source.
 """
 
 from __future__ import annotations
@@ -16,16 +19,14 @@ from typing import Any
 
 import yaml
 
+from tulle.api import safeyaml
 from tulle.api.errors import FieldError, PathSegment, ValidationError, render_path
 from tulle.api.meta import Resource
 from tulle.api.registry import parse
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
-try:
-    _Loader: Any = yaml.CSafeLoader
-except AttributeError:  # pragma: no cover - PyYAML built without libyaml
-    _Loader = yaml.SafeLoader
+_Loader: Any = safeyaml.LOADER
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +129,10 @@ def _join(prefix: list[PathSegment], path: str) -> str:
 def load_text(text: str, source: str = "<stdin>", *, json_only: bool = False) -> LoadResult:
     """Every document in `text` (multi-document YAML, or JSON), parsed and validated."""
     docs: list[Document] = []
+    limit = safeyaml.DEFAULT_LIMITS.max_bytes
+    if len(text) > limit:
+        err = FieldError("", f"input larger than {limit} bytes")
+        return LoadResult((Document(source, 0, None, (err,)),))
     if json_only:
         try:
             obj = json.loads(text)
@@ -136,7 +141,16 @@ def load_text(text: str, source: str = "<stdin>", *, json_only: bool = False) ->
             return LoadResult((Document(source, 0, None, (err,)),))
         return LoadResult(tuple(_validate(source, 0, obj)))
     read = 0  # documents read so far; a syntax error is in the next one and ends the stream
+    refused: safeyaml.YamlLimitError | None = None
     try:
+        safeyaml.check(text)
+    except safeyaml.YamlLimitError as exc:
+        refused = exc
+    except yaml.YAMLError:
+        pass  # a syntax error: loading stops at it too, and names its document
+    try:
+        if refused is not None:
+            raise refused
         for obj in yaml.load_all(text, Loader=_Loader):
             docs.extend(_validate(source, read, obj))
             read += 1
@@ -159,12 +173,21 @@ def load_path(path: str | Path, *, recursive: bool = False) -> LoadResult:
     docs: list[Document] = []
     for f in files:
         try:
-            text = f.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            text = read_bounded(f)
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
             docs.append(Document(str(f), 0, None, (FieldError("", f"cannot read: {exc}"),)))
             continue
         docs.extend(load_text(text, str(f), json_only=f.suffix == ".json").documents)
     return LoadResult(tuple(docs))
+
+
+def read_bounded(path: Path, limit: int = safeyaml.DEFAULT_LIMITS.max_bytes) -> str:
+    """The file's text; `ValueError` if it is larger than `limit` bytes (never read whole)."""
+    with path.open("rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"larger than {limit} bytes")
+    return data.decode("utf-8")
 
 
 def dump_yaml(resources: list[Resource]) -> str:

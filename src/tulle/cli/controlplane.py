@@ -24,10 +24,20 @@ def control_plane() -> None:
 @click.option("--instance", default="", help="Name of this replica (default host-pid).")
 @click.option("--debounce-ms", default=100, show_default=True, type=int,
               help="Changes arriving within this window are compiled together.")
+@click.option("--stream-hello-timeout", default=5.0, show_default=True, type=float,
+              envvar="TULLE_STREAM_HELLO_TIMEOUT",
+              help="Seconds a new stream connection has to say hello before it is closed.")
+@click.option("--stream-max-connections", default=10_000, show_default=True, type=int,
+              envvar="TULLE_STREAM_MAX_CONNECTIONS",
+              help="Open stream connections at most (0: no limit); more are closed at once.")
+@click.option("--api-max-body-bytes", default=16 * 1024 * 1024, show_default=True, type=int,
+              envvar="TULLE_API_MAX_BODY_BYTES",
+              help="Largest REST API request body (0: no limit); larger ones get 413.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str,
-            stream_port: int, instance: str, debounce_ms: int, log_level: str) -> None:
+            stream_port: int, instance: str, debounce_ms: int, stream_hello_timeout: float,
+            stream_max_connections: int, api_max_body_bytes: int, log_level: str) -> None:
     """Serve the REST API and the proxy stream from a store."""
     from tulle.controlplane.main import main
     from tulle.dataplane.runner import configure_logging
@@ -35,7 +45,9 @@ def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str
     configure_logging(log_level)
     sys.exit(main(store_url, api_host=api_address, api_port=api_port,
                   stream_host=stream_address, stream_port=stream_port, instance=instance,
-                  debounce=debounce_ms / 1000))
+                  debounce=debounce_ms / 1000, stream_hello_timeout=stream_hello_timeout,
+                  stream_max_connections=stream_max_connections,
+                  api_max_body_bytes=api_max_body_bytes))
 
 
 def parse_ports(values: tuple[str, ...]) -> list[dict[str, object]]:

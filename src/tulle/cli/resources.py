@@ -33,27 +33,40 @@ def _fail(exc: APIError) -> None:
 
 
 def _read_documents(paths: tuple[str, ...]) -> tuple[list[Any], list[str]]:
+    """Every document of the inputs, each read with bounds (`tulle.api.safeyaml`): an alias
+    bomb or an oversized input is refused here, in milliseconds, before anything is sent."""
     import yaml
 
+    from tulle.api import safeyaml
+    from tulle.api.io import read_bounded
+
+    limit = safeyaml.DEFAULT_LIMITS.max_bytes
     files: list[tuple[str, str]] = []
-    for p in paths:
-        if p == "-":
-            files.append(("<stdin>", sys.stdin.read()))
-            continue
-        path = Path(p)
-        if path.is_dir():
-            for f in sorted(path.rglob("*")):
-                if f.suffix in (".yaml", ".yml", ".json") and f.is_file():
-                    files.append((str(f), f.read_text()))
-        elif path.is_file():
-            files.append((str(path), path.read_text()))
-        else:
-            raise click.UsageError(f"{p}: no such file or directory")
+    try:
+        for p in paths:
+            if p == "-":
+                text = sys.stdin.read(limit + 1)
+                if len(text) > limit:
+                    raise ValueError(f"<stdin>: larger than {limit} bytes")
+                files.append(("<stdin>", text))
+                continue
+            path = Path(p)
+            if path.is_dir():
+                for f in sorted(path.rglob("*")):
+                    if f.suffix in (".yaml", ".yml", ".json") and f.is_file():
+                        files.append((str(f), read_bounded(f)))
+            elif path.is_file():
+                files.append((str(path), read_bounded(path)))
+            else:
+                raise click.UsageError(f"{p}: no such file or directory")
+    except (ValueError, OSError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     docs: list[Any] = []
     sources: list[str] = []
     for name, text in files:
         try:
-            for i, d in enumerate(yaml.safe_load_all(text)):
+            for i, d in enumerate(safeyaml.load_all(text)):
                 if d is None:
                     continue
                 if isinstance(d, dict) and d.get("kind") == "List" and "items" in d:

@@ -17,7 +17,13 @@ import socket
 import uvicorn
 
 from tulle.controlplane.api.app import create_app
-from tulle.controlplane.push.server import PushServer, SnapshotCache
+from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES
+from tulle.controlplane.push.server import (
+    DEFAULT_HELLO_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    PushServer,
+    SnapshotCache,
+)
 from tulle.controlplane.reconcile import Reconciler
 from tulle.controlplane.store.factory import open_store
 from tulle.controlplane.store.protocol import ResourceStore
@@ -38,12 +44,18 @@ class ControlPlane:
 
     def __init__(self, store_url: str, *, api_host: str = "127.0.0.1", api_port: int = 15681,
                  stream_host: str = "127.0.0.1", stream_port: int = 15680,
-                 instance: str = "", debounce: float = 0.1) -> None:
+                 instance: str = "", debounce: float = 0.1,
+                 stream_hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
+                 stream_max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 api_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         self.store_url = store_url
         self.api_host, self.api_port = api_host, api_port
         self.stream_host, self.stream_port = stream_host, stream_port
         self.instance = instance or f"{socket.gethostname()}-{os.getpid()}"
         self.debounce = debounce
+        self.stream_hello_timeout = stream_hello_timeout
+        self.stream_max_connections = stream_max_connections
+        self.api_max_body_bytes = api_max_body_bytes
         self.store: ResourceStore | None = None
         self.cache = SnapshotCache()
         self.reconciler: Reconciler | None = None
@@ -55,10 +67,13 @@ class ControlPlane:
         self.store = await open_store(self.store_url)
         self.reconciler = Reconciler(self.store, self.cache, debounce=self.debounce)
         self.push = PushServer(self.cache, on_register=self.reconciler.register,
-                               instance=self.instance)
+                               instance=self.instance,
+                               hello_timeout=self.stream_hello_timeout,
+                               max_connections=self.stream_max_connections)
         self.stream_port = await self.push.start(self.stream_host, self.stream_port)
         self.reconciler.start()
-        app = create_app(self.store, self.push, self.cache, self.reconciler)
+        app = create_app(self.store, self.push, self.cache, self.reconciler,
+                         max_body_bytes=self.api_max_body_bytes)
         config = uvicorn.Config(app, host=self.api_host, port=self.api_port, log_level="warning",
                                 access_log=False, lifespan="off")
         self.http = _Server(config)

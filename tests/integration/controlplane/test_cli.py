@@ -5,23 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import yaml
+from click.testing import CliRunner
 from tests.support.controlplane import eventually, running_control_plane, subscribe
 from tests.support.proxy import free_port
 
+from tulle.cli.resources import apply_cmd
 from tulle.controlplane.push.protocol import WorkloadInfo
 
 ROOT = Path(__file__).resolve().parents[3]
 TULLE = str(Path(sys.executable).parent / "tulle")
+PYTHONPATH = {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}
+"""Passed on, so that `tulle` runs the code under test (a worktree's) and not the install."""
 
 
 async def tulle(api: str, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
-        TULLE, *args, env={"TULLE_SERVER": api, "PATH": "/usr/bin:/bin"},
+        TULLE, *args, env={"TULLE_SERVER": api, "PATH": "/usr/bin:/bin", **PYTHONPATH},
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), 30)
@@ -178,3 +184,35 @@ async def test_get_proxies_and_proxy_config(tmp_path: Path) -> None:
                 blocker.close()
         finally:
             await proxy.stop()
+
+
+async def test_apply_refuses_a_yaml_alias_bomb_at_once(tmp_path: Path) -> None:
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 10)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("apiVersion: mesh.tulle.dev/v1alpha1\nkind: Service\nmetadata: {name: x}\n"
+                    "spec:\n" + "".join(f"  {line}\n" for line in lines))
+    async with running_control_plane() as cp:
+        assert cp.store is not None
+        code, _, err = await tulle(cp.api_url, "apply", "-f", str(bomb))  # the real process
+        assert code == 1
+        assert f"error: {bomb}: invalid YAML at line 11: the input expands to more than" in err
+        # The refusal itself, timed without the process start-up (~0.2 s idle, more when busy).
+        start = time.perf_counter()
+        result = CliRunner().invoke(apply_cmd, ["-f", str(bomb), "--server", cp.api_url])
+        took = time.perf_counter() - start
+        assert result.exit_code == 1 and "the input expands to more than" in result.output
+        assert took < 1.0, f"took {took:.2f}s"
+        assert await cp.store.list() == ([], 0)  # nothing reached the control plane
+
+
+async def test_apply_refuses_two_copies_of_one_document(tmp_path: Path) -> None:
+    f = tmp_path / "twice.yaml"
+    f.write_text(yaml.safe_dump_all([service("a"), service("b"), service("a")]))
+    async with running_control_plane() as cp:
+        assert cp.store is not None
+        code, _, err = await tulle(cp.api_url, "apply", "-f", str(f))
+        assert code == 1
+        assert "duplicate documents: nothing was applied" in err
+        assert f"{f}#2: Service a: metadata.name: document 2 and document 0 are the same" in err
+        assert (await cp.store.list("Service"))[0] == []

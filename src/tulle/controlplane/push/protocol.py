@@ -26,6 +26,10 @@ from tulle.proxyconfig.delta import Delta
 from tulle.proxyconfig.model import ProxyConfig
 
 MAX_FRAME = 64 * 1024 * 1024
+"""Largest frame once a proxy has said `hello` (a snapshot of a big mesh is tens of MB)."""
+HELLO_MAX_FRAME = 64 * 1024
+"""Largest frame before `hello`: a hello is a few hundred bytes, and a peer that has not said
+who it is must not make the control plane buffer megabytes."""
 PROTOCOL_VERSION = 1
 
 
@@ -110,6 +114,15 @@ class FrameDecoder:
     def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buf = bytearray()
         self._max = max_frame
+
+    @property
+    def max_frame(self) -> int:
+        return self._max
+
+    @max_frame.setter
+    def max_frame(self, value: int) -> None:
+        """Raise (or lower) the bound for the frames still to come (e.g. after `hello`)."""
+        self._max = value
 
     def feed(self, data: bytes) -> list[Message]:
         self._buf += data

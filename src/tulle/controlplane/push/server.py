@@ -12,7 +12,12 @@ found by object identity), and at most `max_inflight_pushes` sessions write at o
 its frame has left our buffer: a push to 2,000 proxies never holds 2,000 full snapshots in
 memory, and a proxy that stops reading only ever holds up its own slot, for `drain_timeout`.
 
-`statuses()` is what `tulle get proxies` shows.
+Before `hello` a connection is anonymous and held to little: frames of at most
+`HELLO_MAX_FRAME` bytes, `hello_timeout` seconds to say hello, and at most `max_connections`
+connections in all (beyond it a new connection is closed at once, counted and logged).  Once
+the hello is in, frames may be as large as `MAX_FRAME` (snapshots of a big mesh).
+
+`statuses()` is what `tulle get proxies` shows; `counters()` what the stream refused.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from tulle.controlplane.push.protocol import (
+    HELLO_MAX_FRAME,
+    MAX_FRAME,
     Ack,
     Error,
     FrameDecoder,
@@ -131,11 +138,57 @@ RegisterHook = Callable[[WorkloadInfo, str], Awaitable[None]]
 """Called with the workload a proxy announced (and its peer address) before it is served."""
 
 
+DEFAULT_HELLO_TIMEOUT = 5.0
+"""Seconds a new connection has to send its `hello` (`--stream-hello-timeout`)."""
+DEFAULT_MAX_CONNECTIONS = 10_000
+"""Open stream connections, proxies and not-yet-hello'd ones together
+(`--stream-max-connections`; 0: no limit)."""
+REFUSAL_LOG_INTERVAL = 10.0
+"""Seconds between two warnings about refused or dropped connections (each says how many)."""
+
+
+class _Throttled:
+    """A warning about one kind of refusal, logged at most once per `REFUSAL_LOG_INTERVAL`
+    with how many happened since the last one: a flood of connections must not become a
+    flood of log lines."""
+
+    __slots__ = ("_at", "_unlogged", "_what")
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+        self._unlogged = 0
+        self._at: float | None = None
+
+    def __call__(self, peer: str, detail: str) -> None:
+        self._unlogged += 1
+        now = asyncio.get_running_loop().time()
+        if self._at is None or now - self._at >= REFUSAL_LOG_INTERVAL:
+            log.warning("proxy stream: %s: %d connection(s) (latest from %s: %s)", self._what,
+                        self._unlogged, peer, detail)
+            self._unlogged = 0
+            self._at = now
+
+
 class PushServer:
     def __init__(self, cache: SnapshotCache, *, on_register: RegisterHook | None = None,
                  instance: str = "cp", ping_interval: float = 10.0,
                  on_ack: Callable[[ProxyKey, str], None] | None = None,
-                 max_inflight_pushes: int = 64, drain_timeout: float = 10.0) -> None:
+                 max_inflight_pushes: int = 64, drain_timeout: float = 10.0,
+                 hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
+                 max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 hello_max_frame: int = HELLO_MAX_FRAME) -> None:
+        if hello_timeout <= 0:
+            raise ValueError("hello_timeout must be positive")
+        if max_connections < 0:
+            raise ValueError("max_connections must be >= 0 (0: no limit)")
+        self.hello_timeout = hello_timeout
+        self.max_connections = max_connections
+        self.hello_max_frame = hello_max_frame
+        self.refused_connections = 0
+        self.hello_timeouts = 0
+        self.bad_hellos = 0
+        self._log_refused = _Throttled("refused, over --stream-max-connections")
+        self._log_no_hello = _Throttled("closed before a valid hello")
         self.cache = cache
         self.on_register = on_register
         self.on_ack = on_ack
@@ -163,12 +216,35 @@ class PushServer:
     def statuses(self) -> list[ProxyStatus]:
         return [self.status[k] for k in sorted(self.status)]
 
+    def counters(self) -> dict[str, int]:
+        """Open connections and what the stream refused, since it started."""
+        return {"connections": len(self._sessions), "maxConnections": self.max_connections,
+                "refusedConnections": self.refused_connections,
+                "helloTimeouts": self.hello_timeouts, "badHellos": self.bad_hellos}
+
+    def _refuse(self, writer: asyncio.StreamWriter, peer: str) -> None:
+        """Over `max_connections`: close at once (RST, nothing buffered), count, log."""
+        writer.transport.abort()
+        self.refused_connections += 1
+        self._log_refused(peer, f"{len(self._sessions)} open")
+
+    def no_hello(self, peer: str, timed_out: bool, detail: str) -> None:
+        """A connection closed before a valid hello: count and log it."""
+        if timed_out:
+            self.hello_timeouts += 1
+        else:
+            self.bad_hellos += 1
+        self._log_no_hello(peer, detail)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._sessions.add(task)
         peer = writer.get_extra_info("peername")
         peer_s = f"{peer[0]}:{peer[1]}" if peer else "?"
+        if self.max_connections and len(self._sessions) >= self.max_connections:
+            self._refuse(writer, peer_s)
+            return
+        self._sessions.add(task)
         try:
             await ProxySession(self, reader, writer, peer_s).run()
         except (ConnectionError, FrameError, asyncio.IncompleteReadError) as exc:
@@ -189,7 +265,7 @@ class ProxySession:
         self.reader = reader
         self.writer = writer
         self.peer = peer
-        self.decoder = FrameDecoder()
+        self.decoder = FrameDecoder(server.hello_max_frame)
         self.backlog: collections.deque[Message] = collections.deque()
         self.closed = False
         self.acked: ProxyConfig | None = None
@@ -210,11 +286,21 @@ class ProxySession:
         return self.backlog.popleft()
 
     async def run(self) -> None:
+        srv = self.server
         try:
-            first = await asyncio.wait_for(self._next(), timeout=30)
+            try:
+                first = await asyncio.wait_for(self._next(), timeout=srv.hello_timeout)
+            except TimeoutError:
+                srv.no_hello(self.peer, True, f"no hello within {srv.hello_timeout}s")
+                return
+            except FrameError as exc:
+                srv.no_hello(self.peer, False, str(exc))
+                return
             if not isinstance(first, Hello):
+                srv.no_hello(self.peer, False, "first message is not a hello")
                 self.send(Error(reason="expected hello"))
                 return
+            self.decoder.max_frame = MAX_FRAME
             await self._session(first)
         finally:
             if self.st is not None:

@@ -6,6 +6,7 @@ optimistic concurrency and for watch.  Open one with `await open_store(url)`.
 
 from tulle.controlplane.store.errors import (
     AlreadyExistsError,
+    BatchError,
     ConflictError,
     ExpiredError,
     InvalidObjectError,
@@ -14,10 +15,19 @@ from tulle.controlplane.store.errors import (
 )
 from tulle.controlplane.store.factory import open_store
 from tulle.controlplane.store.labels import SelectorError
-from tulle.controlplane.store.protocol import EventType, LabelSelector, Obj, ResourceStore, WatchEvent
+from tulle.controlplane.store.protocol import (
+    BatchOp,
+    EventType,
+    LabelSelector,
+    Obj,
+    ResourceStore,
+    WatchEvent,
+)
 
 __all__ = [
     "AlreadyExistsError",
+    "BatchError",
+    "BatchOp",
     "ConflictError",
     "EventType",
     "ExpiredError",

@@ -1,18 +1,21 @@
 """`StoreBase`: the `ResourceStore` API built once on four backend primitives.
 
 A backend implements `_read` (one object), `_scan` (objects of a kind/namespace plus the
-revision they reflect), `_write` (one transaction: bump the revision, read, apply a `Mutation`,
-write the row and the change-log entry) and the `ChangeLog` reads the watch loop needs.  The
+revision they reflect), `_write_batch` (one transaction: bump the revision by the number of
+writes, read each object, apply its `Mutation`, write the rows and the change-log entries —
+or, if any mutation raises, nothing) and the `ChangeLog` reads the watch loop needs.  A single
+write is a batch of one unless the backend has a faster `_write`.  The
 API rules (what create/update/delete do to an object) live in `objects.py`, watching in
 `watch.py`: backends only store.
 """
 
 from __future__ import annotations
 
+import builtins
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Sequence
 
-from tulle.controlplane.store.errors import NotFoundError
+from tulle.controlplane.store.errors import BatchError, InvalidObjectError, NotFoundError, StoreError
 from tulle.controlplane.store.labels import compile_selector, labels_of
 from tulle.controlplane.store.objects import (
     Change,
@@ -21,11 +24,13 @@ from tulle.controlplane.store.objects import (
     creating,
     deleting,
     describe,
+    key_of,
     make_key,
+    resource_version,
     updating,
     updating_status,
 )
-from tulle.controlplane.store.protocol import LabelSelector, Obj, WatchEvent
+from tulle.controlplane.store.protocol import BatchOp, LabelSelector, Obj, WatchEvent
 from tulle.controlplane.store.watch import ChangeBatch, Notifier, follow
 
 DEFAULT_CHANGES_RETAINED = 10_000
@@ -56,7 +61,12 @@ class StoreBase(ABC):
     async def _scan(self, kind: str | None, namespace: str | None) -> tuple[list[Obj], int]: ...
 
     @abstractmethod
-    async def _write(self, key: Key, mutation: Mutation) -> Change: ...
+    async def _write_batch(self, writes: Sequence[tuple[Key, Mutation]]) -> list[Change]:
+        """Apply every mutation in one transaction (keys are distinct); the i-th write gets
+        revision head + 1 + i.  A mutation that raises rolls everything back."""
+
+    async def _write(self, key: Key, mutation: Mutation) -> Change:
+        return (await self._write_batch([(key, mutation)]))[0]
 
     @abstractmethod
     async def head_revision(self) -> int: ...
@@ -108,6 +118,26 @@ class StoreBase(ABC):
         key = make_key(kind, namespace, name)
         return await self._commit(key, deleting(key, resource_version))
 
+    async def batch(self, ops: Sequence[BatchOp]) -> builtins.list[Obj]:
+        writes: list[tuple[Key, Mutation]] = []
+        seen: dict[Key, int] = {}
+        for i, op in enumerate(ops):
+            try:
+                key, mutation = _planned(op)
+            except StoreError as exc:
+                raise BatchError(i, exc) from exc
+            first = seen.setdefault(key, i)
+            if first != i:
+                raise BatchError(i, InvalidObjectError(
+                    f"{describe(key)} is also operation {first}: one batch writes a key once"),
+                    duplicate_of=first)
+            writes.append((key, _indexed(i, mutation)))
+        if not writes:
+            return []
+        changes = await self._write_batch(writes)
+        self._notifier.notify()
+        return [c.object for c in changes]
+
     def watch(
         self,
         kind: str | None = None,
@@ -126,3 +156,26 @@ class StoreBase(ABC):
         change = await self._write(key, mutation)
         self._notifier.notify()
         return change.object
+
+
+def _planned(op: BatchOp) -> tuple[Key, Mutation]:
+    if op.verb == "create":
+        return creating(op.object)
+    if op.verb == "update":
+        return updating(op.object)
+    if op.verb == "delete":
+        key = key_of(op.object)
+        return key, deleting(key, resource_version(op.object))
+    raise InvalidObjectError(f"unknown batch verb {op.verb!r}")
+
+
+def _indexed(index: int, mutation: Mutation) -> Mutation:
+    """`mutation`, whose refusal names its place in the batch."""
+
+    def mutate(current: Obj | None, revision: int) -> Change:
+        try:
+            return mutation(current, revision)
+        except StoreError as exc:
+            raise BatchError(index, exc) from exc
+
+    return mutate

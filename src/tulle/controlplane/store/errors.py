@@ -1,7 +1,8 @@
 """The store's error taxonomy.
 
 Every backend raises exactly these, so the API layer maps them to HTTP once (404, 409, 409, 410)
-whatever the store is.  They all derive from `StoreError`.
+whatever the store is.  They all derive from `StoreError`.  A refused `batch` raises
+`BatchError`, which names the operation that failed and carries one of the others.
 """
 
 from __future__ import annotations
@@ -43,3 +44,19 @@ class InvalidObjectError(StoreError, ValueError):
 
     The store validates nothing else; specs are the API layer's business.
     """
+
+
+class BatchError(StoreError):
+    """A `batch` was refused as a whole because operation `index` failed with `error`.
+
+    Nothing of the batch was stored.  `error` is the operation's own refusal
+    (`NotFoundError`, `AlreadyExistsError`, `ConflictError`, `InvalidObjectError`); for a key
+    given twice in one batch it is an `InvalidObjectError` and `duplicate_of` is the index of
+    the operation that named the key first.
+    """
+
+    def __init__(self, index: int, error: StoreError, duplicate_of: int | None = None) -> None:
+        super().__init__(f"operation {index}: {error}")
+        self.index = index
+        self.error = error
+        self.duplicate_of = duplicate_of

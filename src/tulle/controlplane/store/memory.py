@@ -1,14 +1,15 @@
 """The in-memory store: the contract with nothing behind it, for tests and throwaway runs.
 
 Objects are kept as JSON text, like the SQL backends keep them, so every read hands out a fresh
-copy and a caller can never mutate stored state.  Writes run without an `await` between reading
-and writing, so the event loop is the transaction.
+copy and a caller can never mutate stored state.  Writes (a batch too) run without an `await`
+between reading and writing, so the event loop is the transaction.
 """
 
 from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Sequence
 from typing import NamedTuple
 
 from tulle.controlplane.store.base import DEFAULT_CHANGES_RETAINED, DEFAULT_POLL_INTERVAL, StoreBase
@@ -51,20 +52,24 @@ class MemoryStore(StoreBase):
         )
         return [decode(self._rows[k]) for k in keys], self._revision
 
-    async def _write(self, key: Key, mutation: Mutation) -> Change:
-        text = self._rows.get(key)
-        revision = self._revision + 1
-        change = mutation(None if text is None else decode(text), revision)
-        stored = encode(change.object)
-        self._revision = revision
-        if change.type == "DELETED":
-            del self._rows[key]
-        else:
-            self._rows[key] = stored
-        self._log.append(_Logged(revision, change.type, key, stored))
+    async def _write_batch(self, writes: Sequence[tuple[Key, Mutation]]) -> list[Change]:
+        # Every mutation runs (and may refuse) before anything is kept; no `await` in
+        # between, so no reader or watcher can see part of the batch.
+        staged: list[tuple[Change, str]] = []
+        for i, (key, mutation) in enumerate(writes):
+            text = self._rows.get(key)
+            change = mutation(None if text is None else decode(text), self._revision + 1 + i)
+            staged.append((change, encode(change.object)))
+        for change, stored in staged:
+            self._revision += 1
+            if change.type == "DELETED":
+                del self._rows[change.key]
+            else:
+                self._rows[change.key] = stored
+            self._log.append(_Logged(self._revision, change.type, change.key, stored))
         while len(self._log) > self._retained:
             self._compacted = self._log.popleft().revision
-        return change
+        return [change for change, _ in staged]
 
     async def head_revision(self) -> int:
         return self._revision

@@ -3,6 +3,8 @@
 Same layout as the SQLite store (`store_revision`, `resources`, `changes`).  A write is one
 transaction that bumps the counter row (`UPDATE store_revision ... RETURNING`), reads and
 writes the object, appends its change row, compacts the log and `pg_notify`s the revision.
+A batch bumps the counter once by its number of writes and writes all its rows in the same
+transaction: other readers see all of it or nothing, also if the process dies mid-way.
 The counter row's lock serialises writers, so revisions commit in the order they are handed
 out and have no gaps: a reader that sees revision N committed has every revision below N
 (a plain SEQUENCE would hand out N+1 to a transaction that may commit before N's, and a watcher
@@ -26,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import random
+from collections.abc import Sequence
 from typing import Any
 
 import asyncpg
@@ -94,6 +97,29 @@ _DELETE = (
     ")," + _TAIL
 )
 
+# A batch: the counter bumped once by the number of writes, the current rows read in one query,
+# then rows, change-log entries, compaction and the notification in one statement each.
+_BUMP_N = (
+    "UPDATE store_revision SET revision = revision + $2,"
+    " compacted = greatest(compacted, revision + $2 - $1) RETURNING revision, compacted"
+)
+_KEYS = "SELECT * FROM unnest($1::text[], $2::text[], $3::text[])"
+_SELECT_MANY = (
+    "SELECT kind, namespace, name, object FROM resources"
+    f" WHERE (kind, namespace, name) IN ({_KEYS})"
+)
+_UPSERT_MANY = (
+    "INSERT INTO resources (kind, namespace, name, revision, object)"
+    " SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::text[])"
+    " ON CONFLICT (kind, namespace, name) DO UPDATE"
+    " SET revision = EXCLUDED.revision, object = EXCLUDED.object"
+)
+_DELETE_MANY = f"DELETE FROM resources WHERE (kind, namespace, name) IN ({_KEYS})"
+_LOG_MANY = (
+    "INSERT INTO changes (revision, type, kind, namespace, name, object)"
+    " SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])"
+)
+
 RECONNECT_MIN = 0.1
 RECONNECT_MAX = 5.0
 
@@ -107,6 +133,11 @@ def _filters(kind: str | None, namespace: str | None, first: int) -> tuple[str, 
         params.append(namespace)
         sql += f" AND namespace = ${first + len(params) - 1}"
     return sql, params
+
+
+def _columns(keys: Sequence[Key]) -> tuple[list[str], list[str], list[str]]:
+    """Keys as three arrays, for `unnest`."""
+    return [k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]
 
 
 class PostgresStore(StoreBase):
@@ -173,6 +204,33 @@ class PostgresStore(StoreBase):
                 *key, revision, stored, change.type, compacted, CHANNEL, str(revision),
             )
         return change
+
+    async def _write_batch(self, writes: Sequence[tuple[Key, Mutation]]) -> list[Change]:
+        n = len(writes)
+        keys = [key for key, _ in writes]
+        async with self._pool.acquire() as conn, conn.transaction():
+            bumped = await conn.fetchrow(_BUMP_N, self._retained, n)
+            first, compacted = int(bumped[0]) - n + 1, int(bumped[1])
+            rows = await conn.fetch(_SELECT_MANY, *_columns(keys))
+            stored = {(r[0], r[1], r[2]): r[3] for r in rows}
+            changes: list[Change] = []
+            for i, (key, mutation) in enumerate(writes):
+                text = stored.get(key)
+                changes.append(mutation(None if text is None else decode(text), first + i))
+            texts = [encode(c.object) for c in changes]
+            revisions = list(range(first, first + n))
+            kept = [i for i, c in enumerate(changes) if c.type != "DELETED"]
+            gone = [changes[i].key for i in range(n) if changes[i].type == "DELETED"]
+            if kept:
+                await conn.execute(_UPSERT_MANY, *_columns([changes[i].key for i in kept]),
+                                   [revisions[i] for i in kept], [texts[i] for i in kept])
+            if gone:
+                await conn.execute(_DELETE_MANY, *_columns(gone))
+            await conn.execute(_LOG_MANY, revisions, [c.type for c in changes],
+                               *_columns([c.key for c in changes]), texts)
+            await conn.execute("DELETE FROM changes WHERE revision <= $1", compacted)
+            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, str(first + n - 1))
+        return changes
 
     async def head_revision(self) -> int:
         return int(await self._pool.fetchval("SELECT revision FROM store_revision"))

@@ -8,12 +8,15 @@ Objects are plain dicts in Kubernetes shape (`apiVersion`, `kind`, `metadata`, `
 Revisions: one global counter per store, like etcd's.  Every write bumps it by one; an object's
 `metadata.resourceVersion` is the revision (as a string) of the write that produced it; `list`
 returns the revision its result reflects, so `watch(since_revision=that)` continues from it
-without a gap or a duplicate.  Semantics in docs/reference/stores.md.
+without a gap or a duplicate.  `batch` writes several objects in one transaction: each write
+still gets its own revision, but watchers and readers see all of them or none.  Semantics in
+docs/reference/stores.md.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
+import builtins
+from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeAlias
 
@@ -21,6 +24,8 @@ Obj: TypeAlias = dict[str, Any]
 """A stored object: a JSON-compatible dict in Kubernetes shape."""
 
 EventType: TypeAlias = Literal["ADDED", "MODIFIED", "DELETED"]
+
+BatchVerb: TypeAlias = Literal["create", "update", "delete"]
 
 LabelSelector: TypeAlias = str | Mapping[str, str]
 """Kubernetes selector syntax (`app=web,tier!=db,env in (a,b),!legacy`) or an equality map."""
@@ -37,6 +42,16 @@ class WatchEvent:
     type: EventType
     object: Obj
     revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOp:
+    """One write of a `batch`: what `create(object)`, `update(object)` or `delete` of the
+    object's key would do (for delete, `metadata.resourceVersion`, if given, is the
+    precondition)."""
+
+    verb: BatchVerb
+    object: Obj
 
 
 class ResourceStore(Protocol):
@@ -79,6 +94,17 @@ class ResourceStore(Protocol):
         """Delete; with `resource_version`, only if it is still the stored one (`ConflictError`).
 
         Returns the object as deleted, its resourceVersion being the deletion's revision.
+        """
+
+    async def batch(self, ops: Sequence[BatchOp]) -> builtins.list[Obj]:
+        """All `ops` in one transaction: every one is stored, or none is.
+
+        Each write gets its own revision (consecutive, in `ops` order) and its own change-log
+        entry, with the same rules as the single-object call; readers and watchers see the
+        batch only once it is committed, all of it at once.  If any operation is refused
+        (conflict, not found, already exists, invalid, or a key given twice) `BatchError`
+        names it and nothing is written, no revision consumed.  Returns the stored objects in
+        `ops` order (a deleted one as deleted).
         """
 
     def watch(

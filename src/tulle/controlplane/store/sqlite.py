@@ -6,8 +6,9 @@ write, kept for the last `changes_retained` revisions, which is what watch repla
 
 Every operation runs on one aiosqlite connection behind one asyncio lock, so a write's
 statements (`BEGIN IMMEDIATE`, bump, read, write, log, compact, `COMMIT`) never interleave with
-another's and readers never see a write half done.  Watchers in this process are woken after
-each commit.
+another's and readers never see a write half done.  A batch is the same transaction with many
+rows: a process killed before `COMMIT` leaves none of them (SQLite rolls the WAL back).
+Watchers in this process are woken after each commit.
 
 Two processes on one file are not a goal (use PostgreSQL for replicas) but are safe: `BEGIN
 IMMEDIATE` takes SQLite's write lock, so the counter and the rows stay consistent, and a
@@ -127,42 +128,45 @@ class SqliteStore(StoreBase):
             )
         return [decode(r[0]) for r in rows], int(head[0][0])
 
-    async def _write(self, key: Key, mutation: Mutation) -> Change:
+    async def _write_batch(self, writes: Sequence[tuple[Key, Mutation]]) -> list[Change]:
+        n = len(writes)
         async with self._lock:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
                 bumped = await self._rows(
-                    "UPDATE store_revision SET revision = revision + 1,"
-                    " compacted = max(compacted, revision + 1 - ?) RETURNING revision, compacted",
-                    (self._retained,),
+                    "UPDATE store_revision SET revision = revision + ?,"
+                    " compacted = max(compacted, revision + ? - ?) RETURNING revision, compacted",
+                    (n, n, self._retained),
                 )
-                revision, compacted = int(bumped[0][0]), int(bumped[0][1])
-                rows = await self._rows(
-                    "SELECT object FROM resources WHERE kind = ? AND namespace = ? AND name = ?", key
+                first, compacted = int(bumped[0][0]) - n + 1, int(bumped[0][1])
+                changes: list[Change] = []
+                for i, (key, mutation) in enumerate(writes):
+                    rows = await self._rows(
+                        "SELECT object FROM resources WHERE kind = ? AND namespace = ? AND name = ?",
+                        key,
+                    )
+                    changes.append(mutation(decode(rows[0][0]) if rows else None, first + i))
+                logged = [(first + i, c.type, *c.key, encode(c.object)) for i, c in enumerate(changes)]
+                await self._db.executemany(
+                    "DELETE FROM resources WHERE kind = ? AND namespace = ? AND name = ?",
+                    [row[2:5] for row in logged if row[1] == "DELETED"],
                 )
-                change = mutation(decode(rows[0][0]) if rows else None, revision)
-                text = encode(change.object)
-                if change.type == "DELETED":
-                    await self._db.execute(
-                        "DELETE FROM resources WHERE kind = ? AND namespace = ? AND name = ?", key
-                    )
-                else:
-                    await self._db.execute(
-                        "INSERT OR REPLACE INTO resources (kind, namespace, name, revision, object)"
-                        " VALUES (?, ?, ?, ?, ?)",
-                        (*key, revision, text),
-                    )
-                await self._db.execute(
+                await self._db.executemany(
+                    "INSERT OR REPLACE INTO resources (kind, namespace, name, revision, object)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    [(*row[2:5], row[0], row[5]) for row in logged if row[1] != "DELETED"],
+                )
+                await self._db.executemany(
                     "INSERT INTO changes (revision, type, kind, namespace, name, object)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    (revision, change.type, *key, text),
+                    logged,
                 )
                 await self._db.execute("DELETE FROM changes WHERE revision <= ?", (compacted,))
                 await self._db.execute("COMMIT")
             except BaseException:
                 await self._db.execute("ROLLBACK")
                 raise
-        return change
+        return changes
 
     async def head_revision(self) -> int:
         async with self._lock:

@@ -7,6 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tulle.controlplane.push.protocol import (
+    HELLO_MAX_FRAME,
+    MAX_FRAME,
     Ack,
     FrameDecoder,
     FrameError,
@@ -46,3 +48,17 @@ def test_oversized_and_undecodable_frames_are_refused() -> None:
         FrameDecoder(max_frame=10).feed((11).to_bytes(4, "big") + b"x" * 11)
     with pytest.raises(FrameError, match="undecodable"):
         FrameDecoder().feed((7).to_bytes(4, "big") + b'{"a":1}')
+
+
+def test_the_bound_is_refused_at_the_length_prefix_and_can_be_raised_after_hello() -> None:
+    dec = FrameDecoder(max_frame=HELLO_MAX_FRAME)
+    with pytest.raises(FrameError, match="exceeds the 65536 byte limit"):
+        dec.feed((MAX_FRAME).to_bytes(4, "big"))  # nothing of the frame needed to refuse it
+    dec = FrameDecoder(max_frame=HELLO_MAX_FRAME)
+    hello = encode(Hello(workload=WorkloadInfo(name="web-0")))
+    (msg,) = dec.feed(hello)
+    assert isinstance(msg, Hello)
+    dec.max_frame = MAX_FRAME
+    big = encode(Nack(version="v1", reason="x" * (HELLO_MAX_FRAME + 1)))
+    (msg,) = dec.feed(big)
+    assert isinstance(msg, Nack) and len(msg.reason) == HELLO_MAX_FRAME + 1

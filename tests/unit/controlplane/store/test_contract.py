@@ -18,6 +18,8 @@ from tests.support.postgres import fresh_schema, postgres_server  # noqa: F401  
 
 from tulle.controlplane.store import (
     AlreadyExistsError,
+    BatchError,
+    BatchOp,
     ConflictError,
     ExpiredError,
     InvalidObjectError,
@@ -277,6 +279,85 @@ async def test_every_write_bumps_one_revision_and_refused_writes_none(store: Res
         await store.delete("HTTPRoute", "default", "r1", resource_version="1")
     assert (await store.list())[1] == 4
     assert (await store.delete("HTTPRoute", "default", "r1"))["metadata"]["resourceVersion"] == "5"
+
+
+# -- batch ------------------------------------------------------------------------------------------
+
+
+async def test_batch_writes_every_operation_with_its_own_revision(store: ResourceStore) -> None:
+    a = await store.create(route("a"))
+    await store.create(route("gone"))
+    stored = await store.batch([
+        BatchOp("create", route("b")),
+        BatchOp("update", {**copy.deepcopy(a), "spec": {"changed": True}}),
+        BatchOp("delete", route("gone")),
+        BatchOp("create", route("c", namespace="other")),
+    ])
+    assert [o["metadata"]["resourceVersion"] for o in stored] == ["3", "4", "5", "6"]
+    assert stored[1]["metadata"]["generation"] == 2
+    assert (await store.get("HTTPRoute", "default", "a"))["spec"] == {"changed": True}
+    with pytest.raises(NotFoundError):
+        await store.get("HTTPRoute", "default", "gone")
+    items, revision = await store.list()
+    assert revision == 6 and sorted(o["metadata"]["name"] for o in items) == ["a", "b", "c"]
+    assert await store.batch([]) == []
+
+
+@pytest.mark.parametrize("bad", ["stale", "exists", "missing", "invalid"])
+async def test_batch_refused_in_the_middle_writes_nothing(store: ResourceStore, bad: str) -> None:
+    a = await store.create(route("a"))
+    await store.update({**copy.deepcopy(a), "spec": {"v": 2}})  # `a` as read is now stale
+    middle = {
+        "stale": BatchOp("update", {**copy.deepcopy(a), "spec": {"v": 3}}),
+        "exists": BatchOp("create", route("a")),
+        "missing": BatchOp("delete", route("nope")),
+        "invalid": BatchOp("create", {"kind": "HTTPRoute", "metadata": {}}),
+    }[bad]
+    ops = [BatchOp("create", route(f"x{i}")) for i in range(50)]
+    with pytest.raises(BatchError) as refused:
+        await store.batch([*ops[:25], middle, *ops[25:]])
+    assert refused.value.index == 25
+    expected = {"stale": ConflictError, "exists": AlreadyExistsError, "missing": NotFoundError,
+                "invalid": InvalidObjectError}[bad]
+    assert isinstance(refused.value.error, expected)
+    items, revision = await store.list()
+    assert [o["metadata"]["name"] for o in items] == ["a"] and revision == 2
+    assert (await store.create(route("next")))["metadata"]["resourceVersion"] == "3"
+
+
+async def test_batch_refuses_a_key_given_twice(store: ResourceStore) -> None:
+    with pytest.raises(BatchError, match="also operation 0") as refused:
+        await store.batch([BatchOp("create", route("a")), BatchOp("create", route("b")),
+                           BatchOp("create", route("a", spec={"other": 1}))])
+    assert (refused.value.index, refused.value.duplicate_of) == (2, 0)
+    assert (await store.list())[0] == []
+
+
+async def test_watch_and_readers_see_a_batch_only_after_commit(store: ResourceStore) -> None:
+    n = 1200  # more than one change-log read (watch.BATCH) and enough rows to take a while
+    async with contextlib.aclosing(store.watch(kind="HTTPRoute")) as events:
+        waiting = asyncio.ensure_future(take(events, n + 1))
+        await asyncio.sleep(0.05)  # let the watch subscribe
+        with pytest.raises(BatchError):  # refused at the last operation: nothing is seen
+            await store.batch([*(BatchOp("create", route(f"r{i}")) for i in range(n)),
+                               BatchOp("delete", route("nope"))])
+        seen: set[int] = set()
+        done = asyncio.Event()
+
+        async def reader() -> None:
+            while not done.is_set():
+                seen.add(len((await store.list("HTTPRoute"))[0]))
+                await asyncio.sleep(0)
+
+        reading = asyncio.ensure_future(reader())
+        await store.batch([BatchOp("create", route(f"r{i}")) for i in range(n)])
+        done.set()
+        await reading
+        await store.create(route("after"))
+        got = await waiting
+    assert seen <= {0, n}, f"a reader saw part of the batch: {sorted(seen)}"
+    assert [e.revision for e in got] == list(range(1, n + 2))
+    assert [e.object["metadata"]["name"] for e in got[-2:]] == [f"r{n - 1}", "after"]
 
 
 # -- watch ------------------------------------------------------------------------------------------

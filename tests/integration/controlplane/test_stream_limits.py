@@ -1,0 +1,146 @@
+"""The proxy stream holds anonymous connections to little: a small frame before `hello`, a
+deadline to say it, and a cap on connections -- against a real control-plane process, with raw
+sockets.  (The attack: three anonymous connections announcing 64 MiB frames grew the control
+plane by 185 MB.)
+
+Each test asserts what the peer saw (the connection closed, and how soon), that an honest
+proxy is still served, and the counter (`stream` in GET /api/v1/proxies) that counted it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from tests.support.controlplane import (
+    ControlPlaneProcess,
+    control_plane_process,
+    eventually,
+    subscribe,
+)
+
+from tulle.controlplane.push.protocol import Hello, WorkloadInfo, encode
+
+
+async def stream_status(cp: ControlPlaneProcess) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as s, s.get(f"{cp.api}/api/v1/proxies") as r:
+        assert r.status == 200
+        body: dict[str, Any] = await r.json()
+    return body
+
+
+async def closed_within(sock: socket.socket, timeout: float) -> float:
+    """Seconds until the peer closes (EOF or reset); fails if it stays open `timeout`s."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                data = await loop.sock_recv(sock, 65536)
+            except ConnectionError:
+                break
+            if not data:
+                break
+    return loop.time() - start
+
+
+def raw(cp: ControlPlaneProcess) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", cp.stream_port))
+    sock.setblocking(False)
+    return sock
+
+
+async def honest_proxy_connects(cp: ControlPlaneProcess, name: str) -> Any:
+    proxy = await subscribe([cp.stream_port], WorkloadInfo(name=name, namespace="shop",
+                                                           address="127.0.0.1"))
+
+    async def connected() -> bool:
+        items = (await stream_status(cp))["items"]
+        return any(p["name"] == name and p["connected"] for p in items)
+
+    try:
+        await eventually(connected, timeout=10)
+    except BaseException:
+        await proxy.stop()
+        raise
+    return proxy
+
+
+async def test_a_huge_frame_before_hello_is_refused_without_buffering(tmp_path: Path) -> None:
+    async with control_plane_process("memory", tmp_path) as cp:
+        before = cp.rss_kib()
+        loop = asyncio.get_running_loop()
+        sent = []
+        for _ in range(3):
+            sock = raw(cp)
+            try:
+                await loop.sock_sendall(sock, (64 << 20).to_bytes(4, "big"))  # a 64 MiB frame
+                total = 0
+                with contextlib.suppress(ConnectionError):
+                    for _ in range(128):  # then up to 8 MiB of it
+                        await loop.sock_sendall(sock, b"x" * 65536)
+                        total += 65536
+                sent.append(total)
+                assert await closed_within(sock, 5) < 5
+            finally:
+                sock.close()
+        grown_mib = (cp.rss_kib() - before) / 1024
+        assert grown_mib < 8, f"RSS grew {grown_mib:.1f} MiB (the peers got {sent} bytes in)"
+        assert (await stream_status(cp))["stream"]["badHellos"] == 3
+        # Logged once (warnings are throttled, a flood is not a log flood), with the reason.
+        (line,) = [ln for ln in cp.log().splitlines() if "closed before a valid hello" in ln]
+        assert "exceeds the 65536 byte limit" in line
+        proxy = await honest_proxy_connects(cp, "web-0")
+        await proxy.stop()
+
+
+async def test_a_connection_that_does_not_say_hello_is_dropped(tmp_path: Path) -> None:
+    async with control_plane_process("memory", tmp_path, "--stream-hello-timeout", "0.5") as cp:
+        silent, trickle = raw(cp), raw(cp)
+        try:
+            loop = asyncio.get_running_loop()
+            hello = encode(Hello(workload=WorkloadInfo(name="slow", namespace="shop")))
+            await loop.sock_sendall(trickle, hello[:5])  # a hello started, never finished
+            took = await closed_within(silent, 5)
+            assert 0.4 < took < 3
+            assert await closed_within(trickle, 3) < 3
+        finally:
+            silent.close()
+            trickle.close()
+        assert (await stream_status(cp))["stream"]["helloTimeouts"] == 2
+        proxy = await honest_proxy_connects(cp, "web-0")  # says hello at once: served
+        await proxy.stop()
+
+
+async def test_connections_beyond_the_cap_are_closed_at_once(tmp_path: Path) -> None:
+    async with control_plane_process("memory", tmp_path, "--stream-max-connections", "3",
+                                     "--stream-hello-timeout", "30") as cp:
+        proxy = await honest_proxy_connects(cp, "web-0")
+        held = [raw(cp), raw(cp)]  # with the proxy: 3 of 3
+        try:
+            await eventually(lambda: _connections(cp, 3), timeout=5)
+            extra = raw(cp)
+            try:
+                assert await closed_within(extra, 2) < 1
+            finally:
+                extra.close()
+            status = await stream_status(cp)
+            assert status["stream"]["refusedConnections"] == 1
+            assert status["stream"]["connections"] == 3
+            assert [p["connected"] for p in status["items"] if p["name"] == "web-0"] == [True]
+            assert "refused, over --stream-max-connections: 1 connection(s)" in cp.log()
+        finally:
+            for s in held:
+                s.close()
+        await eventually(lambda: _connections(cp, 1), timeout=5)
+        second = await honest_proxy_connects(cp, "web-1")  # room again: a proxy gets in
+        await second.stop()
+        await proxy.stop()
+
+
+async def _connections(cp: ControlPlaneProcess, n: int) -> bool:
+    return bool((await stream_status(cp))["stream"]["connections"] == n)
