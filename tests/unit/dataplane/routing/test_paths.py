@@ -88,6 +88,8 @@ ATTACKS = [
     (b"/public/..%2fadmin", b"/public/..%2Fadmin"),
     (b"/public/%2E%2E%2Fadmin", b"/public/..%2Fadmin"),
     (b"/public/..%5cadmin", b"/public/..%5Cadmin"),
+    # Path parameters are data, as in Envoy: a segment named "..;" (documented in http1.md).
+    (b"/public/..;/admin", b"/public/..;/admin"),
 ]
 
 
