@@ -58,10 +58,14 @@ class PathNormalizer:
     def __init__(self, cfg: PathNormalization) -> None:
         self._merge = cfg.merge_slashes
         self._backslash = cfg.backslash
-        triggers = rb"[%#" + (rb"\\" if cfg.backslash != "keep" else b"") + rb"]|/\."
-        if cfg.merge_slashes:
-            triggers += rb"|//"
-        self.suspect = re.compile(triggers).search
+        # Any of `%`, `#` (and `\\`) anywhere, or `/.` (and `//`).  Written with one leading
+        # character class (a slash must then be followed by `.` or `/`) rather than as
+        # `[%#\\]|/\.`: the regex engine scans for a leading class in C, which makes the search
+        # of an ordinary path about a fifth cheaper than with the alternation.
+        anywhere = rb"%#" + (rb"\\" if cfg.backslash != "keep" else b"")
+        after_slash = rb"./" if cfg.merge_slashes else rb"."
+        self.suspect = re.compile(
+            rb"[/" + anywhere + rb"](?:(?<=/)[" + after_slash + rb"]|(?<!/))").search
         # Every valid two-hex-digit escape, in every case, maps to its replacement bytes; the
         # refused ones map to why.  A key missing from both is a malformed escape.
         escapes: dict[bytes, bytes] = {}
