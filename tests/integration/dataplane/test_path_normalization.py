@@ -145,6 +145,12 @@ async def test_unsafe_paths_get_400_and_reach_no_origin(name: str, proto: str) -
         await m.still_serves()
 
 
+async def test_absolute_form_targets_are_normalised_too() -> None:
+    async with mesh() as m:
+        assert await m.h1(b"http://svc/public/%2e%2e/admin?q=/..") == 200
+        assert m.received() == ([], [b"GET /admin?q=/.. HTTP/1.1"])
+
+
 async def test_a_fragment_gets_400() -> None:
     async with mesh() as m:
         assert await m.h2(b"/public/x#/../../admin") == 400

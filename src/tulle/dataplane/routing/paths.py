@@ -23,7 +23,10 @@ Cost: the common target (no `%`, `\\`, `#`, `/.`, and no `//` when merging, anyw
 recognised by one pre-compiled regex search and nothing is allocated; `PathNormalizer.suspect`
 is that search, and callers run `normalize` only when it matches (a match in the query alone
 costs a call that returns the target as it was).  A normaliser is built once per distinct
-configuration (`normalizer_for`).  Sans-I/O: bytes in, bytes (or `PathRejected`) out.
+configuration (`normalizer_for`).  The rewrite is linear: a 64 KiB path made entirely of
+escapes or of `/..` costs a few milliseconds, the same order as parsing such a head (measured on
+the 2-CPU dev box: 3-6 ms vs 1.4 ms for the codec).  Sans-I/O: bytes in, bytes (or
+`PathRejected`) out.
 """
 
 from __future__ import annotations
