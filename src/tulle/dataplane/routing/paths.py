@@ -99,7 +99,7 @@ class PathNormalizer:
         q = target.find(b"?")
         path = raw = target if q == -1 else target[:q]
         if path[:1] != b"/":
-            return target  # `*` (and forms the codecs refuse before routing)
+            return target  # `*` (OPTIONS); other non-path forms are the codecs' to refuse
         if b"%" in path:
             path = self._unescape(path)
         if b"\\" in path:
