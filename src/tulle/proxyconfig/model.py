@@ -210,6 +210,31 @@ class Overload(_Base, frozen=True, kw_only=True):
     """How often the monitors are sampled."""
 
 
+class PathNormalization(_Base, frozen=True, kw_only=True):
+    """How request paths are made canonical before routing (Istio's `pathNormalization`,
+    Envoy's `normalize_path` / `merge_slashes` / `path_with_escaped_slashes_action`).
+
+    The normalised path is what routing (and later authorization) matches and what the
+    upstream receives, so the proxy and the application never disagree about which resource a
+    request names.  The query string is never changed."""
+
+    normalize: bool = True
+    """RFC 3986 section 6.2.2: decode percent-encoded unreserved characters, upper-case the hex
+    of the other escapes, remove `.` and `..` segments (`..` above the root stays at `/`).  A
+    fragment (`#`), `%00` or a malformed escape gets 400.  false forwards paths exactly as
+    received (Istio `NONE`) and the other fields are ignored."""
+    merge_slashes: bool = False
+    """Merge adjacent slashes (`/a//b` -> `/a/b`) after the segments are resolved (Istio
+    `MERGE_SLASHES`)."""
+    escaped_slashes: Literal["keep", "reject", "decode"] = "keep"
+    """`%2F` and `%5C` (any case): `keep` them opaque inside their segment (upper-cased, as
+    Envoy's KEEP_UNCHANGED), `reject` the request with 400, or `decode` them to `/` and `\\`
+    before segments are resolved (Istio `DECODE_AND_MERGE_SLASHES` with `merge_slashes`)."""
+    backslash: Literal["slash", "reject", "keep"] = "slash"
+    """A `\\` in the path: read as `/` (`slash`, what Envoy's normalize_path does), answered
+    with 400 (`reject`), or kept as an ordinary character (`keep`)."""
+
+
 class Settings(_Base, frozen=True, kw_only=True):
     """Process-wide limits and timeouts.  Each is documented with its default in the reference."""
 
@@ -239,6 +264,8 @@ class Settings(_Base, frozen=True, kw_only=True):
     excluded; one more is closed at once (RST) and counted.  0 means no limit."""
     overload: Overload = msgspec.field(default_factory=Overload)
     """Resource monitors and overload actions."""
+    path_normalization: PathNormalization = msgspec.field(default_factory=PathNormalization)
+    """How request paths are normalised before routing; see `PathNormalization`."""
 
 
 class ProxyConfig(_Base, frozen=True, kw_only=True):

@@ -17,6 +17,7 @@ STRUCTS = [model.ProxyConfig, model.Node, model.Admin, model.Settings, model.Lis
            model.Destination, model.TLSContext, model.Cluster, model.Endpoint, model.RouteTable,
            model.VirtualHost, model.RouteRule, model.RouteMatch, model.PathMatch,
            model.BackendRef, model.Overload]
+STRUCTS += [model.PathNormalization]
 
 
 def _doc_tables() -> dict[str, dict[str, str]]:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from tulle.dataplane.listeners.dispatch import Decision, no_cluster
 from tulle.dataplane.overload import OverloadGuard
+from tulle.dataplane.routing.paths import normalizer_for
 from tulle.dataplane.routing.router import Router
 from tulle.dataplane.telemetry.metrics import CounterChild, HistogramChild, ProxyMetrics
 from tulle.proxyconfig.model import Destination, Listener, Settings
@@ -112,6 +113,8 @@ class ListenerContext:
         self.high_water = settings.buffer_high_water_bytes
         self.generate_request_id = settings.generate_request_id
         self.max_connections = cfg.max_connections
+        self.paths = normalizer_for(settings.path_normalization)
+        """Path normalisation before routing (`resolve`); None forwards paths as received."""
         self.scheme = b"https" if cfg.tls is not None else b"http"
         self.m_protocol_errors = metrics.protocol_errors
         self.m_bytes_received = metrics.bytes_received.labels(cfg.name)

@@ -1,9 +1,11 @@
 """Choosing where a request goes, shared by every downstream driver (HTTP/1, HTTP/2).
 
 `resolve` is the router step of the request path: listener context + request head → the
-cluster to open a stream on, or the local response to give instead (404 no route, 503 no
-cluster).  `add_forwarding_headers` is the one place that sets x-forwarded-for,
-x-forwarded-proto and x-request-id.  Filters (authz, fault, rate limit) of later issues run
+cluster to open a stream on, or the local response to give instead (400 a path that cannot be
+normalised, 404 no route, 503 no cluster).  It normalises the path first (`routing/paths.py`)
+and leaves the normalised path in the head, so the upstream receives what was routed.
+`add_forwarding_headers` is the one place that sets x-forwarded-for, x-forwarded-proto and
+x-request-id.  Filters (authz, fault, rate limit) of later issues run
 between the two in a declared order, on the same `RequestHead`.
 """
 
@@ -14,6 +16,7 @@ import random
 from typing import TYPE_CHECKING
 
 from tulle.dataplane.exchange import RequestHead
+from tulle.dataplane.routing.paths import PathRejected
 
 if TYPE_CHECKING:
     from tulle.dataplane.listeners.context import ListenerContext, RequestStats
@@ -45,6 +48,14 @@ class Decision:
 
 def resolve(ctx: ListenerContext, router: Router | None, default_cluster: str,
             head: RequestHead) -> Decision:
+    paths = ctx.paths
+    if paths is not None and paths.suspect(head.path) is not None:
+        # From here on (routing, filters, the upstream) the request carries the normalised path.
+        try:
+            head.path = paths.normalize(head.path)
+        except PathRejected as exc:
+            ctx.protocol_error("invalid_path")
+            return Decision(None, "-", 0, 400, exc.detail.encode() + b"\n", "DPE")
     if router is None:
         return ctx.decision(default_cluster, ctx.settings.request_timeout_ms)
     route = router.only or router.route(head.authority.decode("latin-1"),

@@ -5,7 +5,10 @@ from __future__ import annotations
 import uuid
 
 from tulle.dataplane.exchange import RequestHead
-from tulle.dataplane.listeners.dispatch import add_forwarding_headers, request_id
+from tulle.dataplane.listeners.context import ListenerContext
+from tulle.dataplane.listeners.dispatch import add_forwarding_headers, request_id, resolve
+from tulle.dataplane.routing.router import Router
+from tulle.dataplane.telemetry.metrics import ProxyMetrics
 
 
 def head(*headers: tuple[bytes, bytes]) -> RequestHead:
@@ -57,3 +60,44 @@ def test_a_forked_worker_draws_a_new_prefix() -> None:
     os.close(r)
     os.close(w)
     assert child != parent
+
+
+def _ctx(**paths: object) -> ListenerContext:
+    from tulle.proxyconfig import validate
+
+    cfg = validate({
+        "listeners": [{"name": "l", "port": 0, "route_table": "rt"}],
+        "route_tables": [{"name": "rt", "virtual_hosts": [{"name": "any", "rules": [
+            {"matches": [{"path": {"value": "/public"}}], "backends": [{"cluster": "a"}]},
+            {"backends": [{"cluster": "b"}]}]}]}],
+        "clusters": [{"name": "a"}, {"name": "b"}],
+        "settings": {"path_normalization": paths},
+    })
+    routers = {"rt": Router(cfg.route_tables[0], 15000)}
+    return ListenerContext(cfg.listeners[0], cfg.settings, routers, {}, ProxyMetrics())
+
+
+def test_resolve_routes_and_forwards_the_normalised_path() -> None:
+    ctx = _ctx()
+    h = RequestHead(b"GET", b"/public/%2E%2e/admin?x=/..", b"svc", b"http", [])
+    d = resolve(ctx, ctx.router, "", h)
+    assert h.path == b"/admin?x=/.."  # what the upstream will be sent
+    assert d.cluster_name == "b"  # the catch-all, not /public's cluster
+    untouched = b"/public/x?y=%2e%2e"
+    h = RequestHead(b"GET", untouched, b"svc", b"http", [])
+    assert resolve(ctx, ctx.router, "", h).cluster_name == "a" and h.path is untouched
+
+
+def test_resolve_refuses_an_unsafe_path_with_400_and_counts_it() -> None:
+    ctx = _ctx()
+    d = resolve(ctx, ctx.router, "", RequestHead(b"GET", b"/public/%00", b"svc", b"http", []))
+    assert (d.status, d.flag, d.cluster) == (400, "DPE", None)
+    assert b"NUL" in d.body
+    assert ctx.metrics.protocol_errors.labels("l", "invalid_path").value == 1
+
+
+def test_resolve_leaves_paths_alone_when_normalisation_is_off() -> None:
+    ctx = _ctx(normalize=False)
+    h = RequestHead(b"GET", b"/public/../admin", b"svc", b"http", [])
+    assert resolve(ctx, ctx.router, "", h).cluster_name == "a"
+    assert h.path == b"/public/../admin"
