@@ -44,6 +44,7 @@ from tulle.dataplane.exchange import (
 )
 from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle, RoutedConnection
 from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
+from tulle.dataplane.protocols.h2guard import GuardLimits
 from tulle.dataplane.protocols.http2 import (
     INTERNAL_ERROR,
     NO_ERROR,
@@ -63,7 +64,6 @@ from tulle.dataplane.protocols.http2 import (
     grpc_trailers_only,
     is_grpc,
 )
-from tulle.dataplane.protocols.h2guard import GuardLimits
 
 if TYPE_CHECKING:
     from tulle.dataplane.routing.router import Router

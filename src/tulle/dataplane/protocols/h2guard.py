@@ -49,6 +49,7 @@ KINDS = ("h2_ping_flood", "h2_settings_flood", "h2_priority_flood", "h2_window_u
 _CLASS_OF: dict[int, int] = {_PING: PING, _SETTINGS: SETTINGS, _PRIORITY: PRIORITY,
                              _PRIORITY_UPDATE: PRIORITY, _WU: WINDOW_UPDATE, _RST: RST_STREAM}
 _KNOWN = frozenset(range(10))
+_NEEDS_ACK = frozenset({_PING, _SETTINGS})
 CONTROL_QUEUE_KIND = "h2_control_queue_flood"
 RAPID_RESET_KIND = "h2_rapid_reset"
 
@@ -79,8 +80,8 @@ class Abuse(Exception):
 class FrameGuard:
     """Reads frame headers off the inbound byte stream and spends the budgets."""
 
-    __slots__ = ("_burst", "_last", "_max_queued", "_partial", "_queued", "_rate", "_skip",
-                 "_tokens", "data_sent")
+    __slots__ = ("_burst", "_heads", "_heads_seen", "_last", "_max_queued", "_partial",
+                 "_queued", "_rate", "_skip", "_tokens", "data_sent")
 
     def __init__(self, limits: GuardLimits, now: float, *, skip: int = 24) -> None:
         self._burst = float(limits.burst)
@@ -94,6 +95,10 @@ class FrameGuard:
         self._partial = b""
         """The start of a frame header split across reads."""
         self._queued = 0
+        self._heads = 0
+        """Request streams opened so far (each earns one token in every bucket)."""
+        self._heads_seen = [0] * len(KINDS)
+        """`_heads` when each bucket last took its credit."""
         self.data_sent = 0
         """DATA frames we sent since the last scan (each earns WINDOW_UPDATE tokens)."""
 
@@ -101,6 +106,9 @@ class FrameGuard:
         """Count the frames whose headers are in `data`; raise `Abuse` when a budget is blown."""
         if self._burst <= 0:
             return
+        if self._partial:  # a frame header split across reads (rare): join, then scan
+            data = self._partial + data
+            self._partial = b""
         n = len(data)
         i = self._skip
         if i >= n:
@@ -109,29 +117,6 @@ class FrameGuard:
         counts = [0] * len(KINDS)
         heads = 0
         acks_needed = 0
-        if self._partial:
-            head = self._partial + data[:9 - len(self._partial)]
-            if len(head) < 9:
-                self._partial = head
-                return
-            i = 9 - len(self._partial)
-            self._partial = b""
-            length = int.from_bytes(head[:3], "big")
-            typ = head[3]
-            flags = head[4]
-            if typ == _HEADERS:
-                heads += 1
-            elif typ == _DATA:
-                if not flags & _END_STREAM and (length == 0 or (
-                        flags & _PADDED and i < n and data[i] >= length - 1)):
-                    counts[EMPTY_DATA] += 1
-            elif typ in _CLASS_OF:
-                counts[_CLASS_OF[typ]] += 1
-                if typ in (_PING, _SETTINGS) and not flags & _ACK:
-                    acks_needed += 1
-            elif typ not in _KNOWN:
-                counts[UNKNOWN] += 1
-            i += length
         class_of = _CLASS_OF
         while i + 9 <= n:
             length = (data[i] << 16) | (data[i + 1] << 8) | data[i + 2]
@@ -145,7 +130,7 @@ class FrameGuard:
                     counts[EMPTY_DATA] += 1
             elif typ in class_of:
                 counts[class_of[typ]] += 1
-                if (typ == _PING or typ == _SETTINGS) and not data[i + 4] & _ACK:
+                if typ in _NEEDS_ACK and not data[i + 4] & _ACK:
                     acks_needed += 1
             elif typ not in _KNOWN:
                 counts[UNKNOWN] += 1
@@ -155,7 +140,10 @@ class FrameGuard:
             self._skip = 0
         else:
             self._skip = i - n
-        self._spend(counts, heads, now)
+        if heads:
+            self._heads += heads
+        if any(counts):
+            self._spend(counts, now)
         if self._max_queued:
             if write_blocked:
                 self._queued += acks_needed
@@ -165,19 +153,21 @@ class FrameGuard:
             else:
                 self._queued = 0
 
-    def _spend(self, counts: list[int], heads: int, now: float) -> None:
+    def _spend(self, counts: list[int], now: float) -> None:
         tokens = self._tokens
         burst = self._burst
-        if heads:
-            for k in range(len(tokens)):
-                tokens[k] = min(burst, tokens[k] + heads)
-        if self.data_sent:
-            tokens[WINDOW_UPDATE] = min(burst, tokens[WINDOW_UPDATE] + 2 * self.data_sent)
-            self.data_sent = 0
+        heads = self._heads
+        seen = self._heads_seen
         for k, c in enumerate(counts):
             if not c:
                 continue
-            left = tokens[k] - c
+            # Credits earned since this bucket last spent, applied only now (no per-request cost).
+            left = tokens[k] + heads - seen[k]
+            seen[k] = heads
+            if k == WINDOW_UPDATE and self.data_sent:
+                left += 2 * self.data_sent
+                self.data_sent = 0
+            left = min(burst, left) - c
             if left < 0:
                 # Refill lazily, only when empty: bounded by burst + elapsed * rate + burst.
                 left = min(burst, left + (now - self._last[k]) * self._rate)
