@@ -244,7 +244,8 @@ def request_head(headers: list[tuple[bytes, bytes]], limit: int) -> RequestHead 
             host = v
             continue
         if n == b"cookie":
-            cookies.append(v)
+            if v:  # an empty crumb would leave "a; " (trailing whitespace) after the join
+                cookies.append(v)
             continue
         if n == b"content-length":
             n_cl = content_length(v)
@@ -258,7 +259,7 @@ def request_head(headers: list[tuple[bytes, bytes]], limit: int) -> RequestHead 
         return 431, "header_too_large", f"request head exceeds {limit} bytes"
     if method == b"CONNECT":
         return 501, "unsupported", "CONNECT is not supported"
-    if method.translate(None, TOKEN_CHARS) or not path_ok(path, method):
+    if not method or method.translate(None, TOKEN_CHARS) or not path_ok(path, method):
         return 0, MALFORMED, "invalid :method or :path"
     authority = authority or host
     if authority and not authority_ok(authority):
