@@ -9,7 +9,9 @@ whatever the codec accepts serialises to exactly one HTTP/1.1 request with the s
 target and fields.  A request failing them is malformed: a stream error (RFC 9113 8.1.1).
 
 Cost: every check is a `bytes.translate` deleting the allowed bytes (the result is empty when
-all are allowed) or one precompiled regex, so a gRPC request pays about a microsecond.
+all are allowed) or one precompiled regex; and a connection remembers (`FieldMemo`) the fields
+and the authority it already accepted, which on a gRPC connection is nearly all of them (HPACK
+hands out the same field objects again, their hashes already computed).
 """
 
 from __future__ import annotations
@@ -67,3 +69,21 @@ def content_length(value: bytes) -> int | None:
     if 0 < len(value) < 20 and value.isdigit():
         return int(value)
     return None
+
+
+KNOWN_METHODS = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH",
+                           b"TRACE"})
+
+
+class FieldMemo:
+    """What one connection already accepted: at most `MAX` fields, and its last authority.
+
+    Bounded and per connection, so a peer sending ever new fields only stops being remembered
+    (and pays the full check), it cannot grow memory or slow other connections."""
+
+    MAX = 128
+    __slots__ = ("authority", "fields")
+
+    def __init__(self) -> None:
+        self.fields: set[tuple[bytes, bytes]] = set()
+        self.authority = b""

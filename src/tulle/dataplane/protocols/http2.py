@@ -67,9 +67,11 @@ from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame
 
 from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
 from tulle.dataplane.protocols.h2fields import (
+    KNOWN_METHODS,
     NAME_CHARS,
     TOKEN_CHARS,
     VALUE_CHARS,
+    FieldMemo,
     authority_ok,
     content_length,
     name_ok,
@@ -211,18 +213,21 @@ Event = (RequestReceived | ResponseReceived | InformationalReceived | DataReceiv
 
 # -- header translation ---------------------------------------------------------------------
 
-def request_head(headers: list[tuple[bytes, bytes]], limit: int) -> RequestHead | tuple[int, str, str]:
+def request_head(headers: list[tuple[bytes, bytes]], limit: int,
+                 memo: FieldMemo | None = None) -> RequestHead | tuple[int, str, str]:
     """h2's validated request header list -> RequestHead, or (status, kind, detail).
 
     Status 0 means malformed (rule 7): the stream is reset with PROTOCOL_ERROR, nothing is
-    forwarded."""
+    forwarded.  `memo` remembers what this connection already passed (see h2fields)."""
     method = path = scheme = authority = b""
     host = b""
     out: Headers = []
     cookies: list[bytes] = []
     cl: int | None = None
     size = 0
-    for n, v in headers:
+    known = memo.fields if memo is not None else _NO_FIELDS
+    for field in headers:
+        n, v = field
         size += len(n) + len(v) + 32
         if n[:1] == b":":
             if n == b":method":
@@ -234,8 +239,11 @@ def request_head(headers: list[tuple[bytes, bytes]], limit: int) -> RequestHead 
             elif n == b":scheme":
                 scheme = v
             continue
-        if n.translate(None, NAME_CHARS) or v.translate(None, VALUE_CHARS):
-            return 0, MALFORMED, f"invalid field {n[:64]!r}"
+        if field not in known:
+            if n.translate(None, NAME_CHARS) or v.translate(None, VALUE_CHARS):
+                return 0, MALFORMED, f"invalid field {n[:64]!r}"
+            if memo is not None and len(memo.fields) < FieldMemo.MAX:
+                memo.fields.add(field)
         if n in HOP_BY_HOP:
             if n == b"te" and v.strip().lower() == b"trailers":
                 out.append((n, b"trailers"))
@@ -259,14 +267,21 @@ def request_head(headers: list[tuple[bytes, bytes]], limit: int) -> RequestHead 
         return 431, "header_too_large", f"request head exceeds {limit} bytes"
     if method == b"CONNECT":
         return 501, "unsupported", "CONNECT is not supported"
-    if not method or method.translate(None, TOKEN_CHARS) or not path_ok(path, method):
+    if ((method not in KNOWN_METHODS and (not method or method.translate(None, TOKEN_CHARS)))
+            or not path_ok(path, method)):
         return 0, MALFORMED, "invalid :method or :path"
     authority = authority or host
-    if authority and not authority_ok(authority):
-        return 0, MALFORMED, "invalid :authority"
+    if authority and (memo is None or authority != memo.authority):
+        if not authority_ok(authority):
+            return 0, MALFORMED, "invalid :authority"
+        if memo is not None:
+            memo.authority = authority
     if cookies:
         out.append((b"cookie", b"; ".join(cookies)))
     return RequestHead(method, path, authority, scheme, out, cl, b"2")
+
+
+_NO_FIELDS: frozenset[tuple[bytes, bytes]] = frozenset()
 
 
 def response_head(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
@@ -408,6 +423,7 @@ class H2Codec:
         "_frames_sent",
         "_guard",
         "_limit",
+        "_memo",
         "_out",
         "_resets",
         "_skip_end",
@@ -463,6 +479,7 @@ class H2Codec:
         self._unanswered: dict[int, float] = {}
         """Server side with a reset budget: streams without a response head -> opened at."""
         self._frames_sent = 0
+        self._memo = FieldMemo() if not client_side else None
 
     # -- inbound -------------------------------------------------------------------------
 
@@ -549,7 +566,7 @@ class H2Codec:
         end = ev.stream_ended is not None
         if end:
             self._skip_end.add(sid)
-        head = request_head(_raw(ev.headers), self._limit)
+        head = request_head(_raw(ev.headers), self._limit, self._memo)
         if isinstance(head, tuple):
             if head[0] == 0:  # malformed: reset here, the driver only counts it
                 self.reset(sid, PROTOCOL_ERROR)
