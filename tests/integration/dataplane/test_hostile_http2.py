@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from tests.support import h2raw
+from tests.support.h2peers import running_h2_origin
 from tests.support.h2raw import RawH2, request
 from tests.support.proxy import RunningProxy, running_proxy, simple_config
 from tests.support.rawservers import RawServer, raw_server
@@ -100,6 +101,31 @@ async def test_resets_below_the_budget_cancel_dials_and_keep_the_connection() ->
         assert [h.split(b"\r\n")[0] for h in srv.requests] == [b"GET /after HTTP/1.1"]
         assert srv.connections == 1
         assert calm_count(p, "h2_rapid_reset") == 0
+
+
+async def test_rapid_reset_to_an_h2_upstream_costs_it_at_most_one_connection() -> None:
+    async with running_h2_origin() as (port, origin), running_proxy(
+            simple_config(port, protocol="http2", cluster_protocol="http2")) as p:
+        c = await RawH2.connect(p.port())
+        for _ in range(30):
+            batch = b""
+            for _ in range(20):
+                sid, raw = c.headers_frame(request("GET", "/attack"))
+                batch += raw + h2raw.rst(sid)
+            c.write(batch)
+            await asyncio.sleep(0)
+            if c.closed.is_set():
+                break
+        await c.wait_closed()
+        assert c.goaway_code == ENHANCE_YOUR_CALM
+        assert origin.connections <= 1  # multiplexed: the waiting streams share one dial
+        assert origin.requests <= 101  # bounded by the premature-reset budget
+        assert calm_count(p, "h2_rapid_reset") == 1
+        before = origin.requests
+        fresh = await RawH2.connect(p.port())
+        sid = fresh.headers(request("GET", "/after"))
+        await fresh.wait_stream(sid)
+        assert fresh.status[sid] == 200 and origin.requests == before + 1
 
 
 # -- control-frame floods (CVE-2019-9512 / 9515 / 9518 class) --------------------------------
