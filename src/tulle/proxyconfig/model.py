@@ -207,8 +207,9 @@ class Settings(_Base, frozen=True, kw_only=True):
     """Downstream SETTINGS_MAX_CONCURRENT_STREAMS; streams past it get REFUSED_STREAM.  Also
     bounds the upstream connections one client connection can have opening at once."""
     http2_max_premature_resets: Annotated[int, Meta(ge=0, le=1_000_000)] = 100
-    """Streams a client may reset before their response began (rapid reset) beyond those it
-    got answered; more is GOAWAY(ENHANCE_YOUR_CALM).  0: no limit."""
+    """Streams a client may reset before their response began (rapid reset), or open past
+    the concurrency limit, beyond those it got answered; more is GOAWAY(ENHANCE_YOUR_CALM).
+    0: no limit."""
     http2_control_frame_burst: Annotated[int, Meta(ge=0, le=1_000_000)] = 1000
     """Per connection and class (PING, SETTINGS, PRIORITY, WINDOW_UPDATE, RST_STREAM, empty
     DATA, unknown types): frames allowed at once; more is GOAWAY(ENHANCE_YOUR_CALM).

@@ -381,6 +381,9 @@ class _Connection(h2.connection.H2Connection):
     refused on its own, RST_STREAM(REFUSED_STREAM) (RFC 9113 5.1.2), where h2 raises
     TooManyStreamsError, a connection error, before even decoding the block."""
 
+    refused = 0
+    """Streams refused so far and not yet reported to the codec."""
+
     def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[H2Event]]:
         try:
             return super()._receive_headers_frame(frame)
@@ -395,6 +398,7 @@ class _Connection(h2.connection.H2Connection):
         frames, _ = stream.receive_headers(headers, "END_STREAM" in frame.flags,
                                            self.config.header_encoding)
         frames.extend(stream.reset_stream(h2.errors.ErrorCodes.REFUSED_STREAM))
+        self.refused += 1
         return frames, events
 
 
@@ -492,7 +496,15 @@ class H2Codec:
                     guard.data_sent += self._frames_sent
                     self._frames_sent = 0
                 guard.scan(data, now, self.write_blocked)
-            raw = self._conn.receive_data(data)
+            conn = self._conn
+            raw = conn.receive_data(data)
+            if conn.refused:
+                # A stream opened past our limit cost a decode and got nothing: it counts
+                # against the same budget as a premature reset.
+                n, conn.refused = conn.refused, 0
+                if self._resets is not None:
+                    for _ in range(n):
+                        self._resets.premature()
         except Abuse as exc:
             self._calm_down()
             raise H2Abuse(exc.kind, exc.detail) from exc

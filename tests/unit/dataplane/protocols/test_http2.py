@@ -348,3 +348,17 @@ def test_malformed_trailers_reset_the_stream() -> None:
     client.send_headers(sid, [(b"x-t", b"a\x01b")], end_stream=True)
     events = server.feed(client.data_to_send())
     assert [(type(e), e.stream_id) for e in events] == [(ResetReceived, sid)]
+
+
+def test_streams_opened_past_the_limit_spend_the_premature_reset_budget() -> None:
+    from tulle.dataplane.protocols.http2 import H2Abuse
+    client, server = _guarded(max_premature_resets=2)
+    client.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 100
+    client.remote_settings.acknowledge()
+    request(client, end=False), request(client, end=False)
+    request(client), request(client)  # refused: the budget of 2 is spent
+    server.feed(client.data_to_send())
+    request(client)
+    with pytest.raises(H2Abuse) as err:
+        server.feed(client.data_to_send())
+    assert err.value.kind == "h2_rapid_reset"
