@@ -266,6 +266,22 @@ class Settings(_Base, frozen=True, kw_only=True):
     """Resource monitors and overload actions."""
     path_normalization: PathNormalization = msgspec.field(default_factory=PathNormalization)
     """How request paths are normalised before routing; see `PathNormalization`."""
+    http2_max_concurrent_streams: Annotated[int, Meta(ge=1, le=2_147_483_647)] = 100
+    """Downstream SETTINGS_MAX_CONCURRENT_STREAMS; streams past it get REFUSED_STREAM.  Also
+    bounds the upstream connections one client connection can have opening at once."""
+    http2_max_premature_resets: Annotated[int, Meta(ge=0, le=1_000_000)] = 100
+    """Streams a client may reset before their response began (rapid reset), or open past
+    the concurrency limit, beyond those it got answered; more is GOAWAY(ENHANCE_YOUR_CALM).
+    0: no limit."""
+    http2_control_frame_burst: Annotated[int, Meta(ge=0, le=1_000_000)] = 1000
+    """Per connection and class (PING, SETTINGS, PRIORITY, WINDOW_UPDATE, RST_STREAM, empty
+    DATA, unknown types): frames allowed at once; more is GOAWAY(ENHANCE_YOUR_CALM).
+    0: no frame budgets."""
+    http2_control_frame_rate: Annotated[int, Meta(ge=1, le=1_000_000)] = 100
+    """Frames per second each class's budget regains."""
+    http2_max_queued_control_frames: Annotated[int, Meta(ge=0, le=1_000_000)] = 1000
+    """PING/SETTINGS needing an ACK a client may send while not reading our writes.  0: no
+    limit."""
 
 
 class ProxyConfig(_Base, frozen=True, kw_only=True):

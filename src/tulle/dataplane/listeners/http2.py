@@ -19,8 +19,11 @@ Writes: what the codec produced is written once per wake-up, not once per frame.
 often for several streams in one loop iteration) marks the connection and one `call_soon`
 writes everything at the end of the iteration (`write_soon`).
 
-Errors: a malformed frame is a connection error (GOAWAY PROTOCOL_ERROR, counted); a bad request
-head is answered on its own stream (400/431/501); upstream failures before the response head
+Errors: a malformed frame is a connection error (GOAWAY PROTOCOL_ERROR, counted); a blown abuse
+budget (floods, rapid reset; see `protocols/h2guard.py`) is GOAWAY ENHANCE_YOUR_CALM, counted by
+kind and logged once; a malformed request (`protocols/h2fields.py`) is reset on its stream with
+PROTOCOL_ERROR by the codec and only counted here; a bad request head is answered on its own
+stream (431/501); upstream failures before the response head
 become a local 502/503/504 (a trailers-only grpc-status for gRPC requests), after it
 RST_STREAM(INTERNAL_ERROR) on that stream alone.
 """
@@ -28,6 +31,7 @@ RST_STREAM(INTERNAL_ERROR) on that stream alone.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import TYPE_CHECKING, cast
 
 from tulle.dataplane.exchange import (
@@ -45,6 +49,7 @@ from tulle.dataplane.listeners.context import (
     reset,
 )
 from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
+from tulle.dataplane.protocols.h2guard import GuardLimits
 from tulle.dataplane.protocols.http2 import (
     INTERNAL_ERROR,
     NO_ERROR,
@@ -68,12 +73,19 @@ from tulle.dataplane.protocols.http2 import (
 if TYPE_CHECKING:
     from tulle.dataplane.routing.router import Router
 
+log = logging.getLogger("tulle.proxy")
+
 
 def limits_for(ctx: ListenerContext) -> H2Limits:
     hw = ctx.high_water
+    st = ctx.settings
     return H2Limits(max_header_bytes=ctx.max_header_bytes, stream_window=max(65_535, 4 * hw),
                     connection_window=max(1_048_576, 64 * hw), high_water=hw,
-                    max_concurrent_streams=1000)
+                    max_concurrent_streams=st.http2_max_concurrent_streams,
+                    guard=GuardLimits(burst=st.http2_control_frame_burst,
+                                      rate=float(st.http2_control_frame_rate),
+                                      max_queued_control=st.http2_max_queued_control_frames,
+                                      max_premature_resets=st.http2_max_premature_resets))
 
 
 class H2Exchange:
@@ -243,7 +255,8 @@ class H2Downstream(asyncio.Protocol, RoutedConnection):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer_ip = peer_ip.encode()
-        self.codec = H2Codec(client_side=False, limits=limits_for(self.ctx))
+        self.codec = H2Codec(client_side=False, limits=limits_for(self.ctx),
+                             now=self.loop.time())
         self.exchanges: dict[int, H2Exchange] = {}
         self._initial = initial
         self.goaway_sent = False
@@ -278,9 +291,13 @@ class H2Downstream(asyncio.Protocol, RoutedConnection):
         if self.closing:
             return
         try:
-            events = self.codec.feed(data)
+            events = self.codec.feed(data, self.loop.time())
         except H2ProtocolError as exc:
             self.ctx.protocol_error(exc.kind)
+            if exc.abuse:  # once per connection: it is closed right after
+                log.warning("listener %s: HTTP/2 connection from %s closed with "
+                            "ENHANCE_YOUR_CALM (%s): %s", self.ctx.name,
+                            self.peer_ip.decode(errors="replace"), exc.kind, exc.detail)
             self.write_out()  # the GOAWAY h2 queued
             self._reset_all()
             self._close()
@@ -345,6 +362,8 @@ class H2Downstream(asyncio.Protocol, RoutedConnection):
             elif isinstance(ev, StreamRejected):
                 self.ctx.protocol_error(ev.kind)
                 self._got_request = True
+                if ev.status == 0:
+                    continue  # malformed: the codec reset it with PROTOCOL_ERROR
                 ex = H2Exchange(self, ev.stream_id, None, ev.end_stream, self.loop.time())
                 exchanges[ev.stream_id] = ex
                 ex.local(ev.status, ev.detail)

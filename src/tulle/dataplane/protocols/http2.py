@@ -35,6 +35,19 @@ Rules of this module:
    connection state machine closes on any GOAWAY (python-hyper/h2#1181), so a received GOAWAY
    is reported without closing h2's state (`_GracefulStateMachine`), and a graceful GOAWAY we
    send is a frame we serialise ourselves; refusing newer streams is the driver's job.
+7. What h2 lets through but HTTP/1 would read differently is checked here (`h2fields.py`):
+   `:method` a token, `:path` origin-form (or `*` for OPTIONS), `:authority` host[:port]
+   without userinfo, field names tokens, values without control characters, one
+   `content-length` of digits (an equal repeat collapses, RFC 9110 8.6).  Failing that the
+   request is malformed: RST_STREAM(PROTOCOL_ERROR) here (RFC 9113 8.1.1), reported as
+   `StreamRejected` with status 0 so the driver counts it; nothing is forwarded.  h2's own
+   checks (CR/LF/NUL, whitespace, upper case, connection-specific fields) stay connection errors,
+   which RFC 9113 5.4.1 allows.
+8. A stream past our SETTINGS_MAX_CONCURRENT_STREAMS is refused alone (`_Connection`):
+   RST_STREAM(REFUSED_STREAM), the connection lives on.
+9. Server side, abuse budgets (`h2guard.py`): frame headers are counted before h2 parses the
+   bytes, premature resets as h2 reports them.  A blown budget queues GOAWAY(ENHANCE_YOUR_CALM)
+   and `feed` raises `H2Abuse`.
 """
 
 from __future__ import annotations
@@ -48,10 +61,30 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+from h2.events import Event as H2Event
 from hpack import NeverIndexedHeaderTuple
-from hyperframe.frame import GoAwayFrame
+from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame
 
 from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
+from tulle.dataplane.protocols.h2fields import (
+    KNOWN_METHODS,
+    NAME_CHARS,
+    TOKEN_CHARS,
+    VALUE_CHARS,
+    FieldMemo,
+    authority_ok,
+    content_length,
+    name_ok,
+    path_ok,
+    value_ok,
+)
+from tulle.dataplane.protocols.h2guard import (
+    PREMATURE_LIFETIME,
+    Abuse,
+    FrameGuard,
+    GuardLimits,
+    ResetBudget,
+)
 from tulle.dataplane.protocols.hpack_memo import MemoDecoder, MemoEncoder
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -67,15 +100,25 @@ PROTOCOL_ERROR = int(h2.errors.ErrorCodes.PROTOCOL_ERROR)
 INTERNAL_ERROR = int(h2.errors.ErrorCodes.INTERNAL_ERROR)
 REFUSED_STREAM = int(h2.errors.ErrorCodes.REFUSED_STREAM)
 CANCEL = int(h2.errors.ErrorCodes.CANCEL)
+ENHANCE_YOUR_CALM = int(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+
+MALFORMED = "h2_malformed_request"
 
 
 class H2ProtocolError(Exception):
     """The peer broke HTTP/2; GOAWAY is queued in `data_to_send`.  `kind` is the metric label."""
 
+    abuse = False
+    """True: the peer blew an abuse budget (GOAWAY ENHANCE_YOUR_CALM), worth a warning."""
+
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
+
+
+class H2Abuse(H2ProtocolError):
+    abuse = True
 
 
 # -- events ---------------------------------------------------------------------------------
@@ -170,15 +213,21 @@ Event = (RequestReceived | ResponseReceived | InformationalReceived | DataReceiv
 
 # -- header translation ---------------------------------------------------------------------
 
-def request_head(headers: list[tuple[bytes, bytes]], limit: int) -> RequestHead | tuple[int, str, str]:
-    """h2's validated request header list -> RequestHead, or (status, kind, detail)."""
+def request_head(headers: list[tuple[bytes, bytes]], limit: int,
+                 memo: FieldMemo | None = None) -> RequestHead | tuple[int, str, str]:
+    """h2's validated request header list -> RequestHead, or (status, kind, detail).
+
+    Status 0 means malformed (rule 7): the stream is reset with PROTOCOL_ERROR, nothing is
+    forwarded.  `memo` remembers what this connection already passed (see h2fields)."""
     method = path = scheme = authority = b""
     host = b""
     out: Headers = []
     cookies: list[bytes] = []
     cl: int | None = None
     size = 0
-    for n, v in headers:
+    known = memo.fields if memo is not None else _NO_FIELDS
+    for field in headers:
+        n, v = field
         size += len(n) + len(v) + 32
         if n[:1] == b":":
             if n == b":method":
@@ -190,6 +239,11 @@ def request_head(headers: list[tuple[bytes, bytes]], limit: int) -> RequestHead 
             elif n == b":scheme":
                 scheme = v
             continue
+        if field not in known:
+            if n.translate(None, NAME_CHARS) or v.translate(None, VALUE_CHARS):
+                return 0, MALFORMED, f"invalid field {n[:64]!r}"
+            if memo is not None and len(memo.fields) < FieldMemo.MAX:
+                memo.fields.add(field)
         if n in HOP_BY_HOP:
             if n == b"te" and v.strip().lower() == b"trailers":
                 out.append((n, b"trailers"))
@@ -198,21 +252,36 @@ def request_head(headers: list[tuple[bytes, bytes]], limit: int) -> RequestHead 
             host = v
             continue
         if n == b"cookie":
-            cookies.append(v)
+            if v:  # an empty crumb would leave "a; " (trailing whitespace) after the join
+                cookies.append(v)
             continue
         if n == b"content-length":
-            try:
-                cl = int(v)
-            except ValueError:
-                return 400, "malformed_request", "invalid content-length"
+            n_cl = content_length(v)
+            if n_cl is None or (cl is not None and n_cl != cl):
+                return 0, MALFORMED, "invalid or conflicting content-length"
+            if cl is not None:
+                continue  # RFC 9110 8.6: an equal repeat collapses into one field
+            cl = n_cl
         out.append((n, v))
     if size > limit:
         return 431, "header_too_large", f"request head exceeds {limit} bytes"
     if method == b"CONNECT":
         return 501, "unsupported", "CONNECT is not supported"
+    if ((method not in KNOWN_METHODS and (not method or method.translate(None, TOKEN_CHARS)))
+            or not path_ok(path, method)):
+        return 0, MALFORMED, "invalid :method or :path"
+    authority = authority or host
+    if authority and (memo is None or authority != memo.authority):
+        if not authority_ok(authority):
+            return 0, MALFORMED, "invalid :authority"
+        if memo is not None:
+            memo.authority = authority
     if cookies:
         out.append((b"cookie", b"; ".join(cookies)))
-    return RequestHead(method, path, authority or host, scheme, out, cl, b"2")
+    return RequestHead(method, path, authority, scheme, out, cl, b"2")
+
+
+_NO_FIELDS: frozenset[tuple[bytes, bytes]] = frozenset()
 
 
 def response_head(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
@@ -288,7 +357,9 @@ class H2Limits:
     high_water: int = 65_536
     """Queued outbound DATA per stream above which `send_data` asks to pause the producer."""
     max_concurrent_streams: int = 100
-    """Server side: our SETTINGS_MAX_CONCURRENT_STREAMS."""
+    """Server side: our SETTINGS_MAX_CONCURRENT_STREAMS; streams past it are refused (rule 8)."""
+    guard: GuardLimits | None = None
+    """Server side: abuse budgets (rule 9); None turns them off (upstream connections)."""
 
 
 class _GracefulStateMachine(h2.connection.H2ConnectionStateMachine):
@@ -303,6 +374,32 @@ class _GracefulStateMachine(h2.connection.H2ConnectionStateMachine):
            for state in h2.connection.ConnectionState
            if state is not h2.connection.ConnectionState.CLOSED},
     }
+
+
+class _Connection(h2.connection.H2Connection):
+    """h2's connection, except that a stream past our SETTINGS_MAX_CONCURRENT_STREAMS is
+    refused on its own, RST_STREAM(REFUSED_STREAM) (RFC 9113 5.1.2), where h2 raises
+    TooManyStreamsError, a connection error, before even decoding the block."""
+
+    refused = 0
+    """Streams refused so far and not yet reported to the codec."""
+
+    def _receive_headers_frame(self, frame: HeadersFrame) -> tuple[list[Frame], list[H2Event]]:
+        try:
+            return super()._receive_headers_frame(frame)
+        except h2.exceptions.TooManyStreamsError:
+            if self.config.client_side:
+                raise
+        # Decode the block anyway: HPACK's dynamic table must stay in step with the peer's.
+        headers = h2.connection._decode_headers(self.decoder, frame.data)
+        events = self.state_machine.process_input(h2.connection.ConnectionInputs.RECV_HEADERS)
+        stream = self._get_or_create_stream(frame.stream_id,
+                                            h2.connection.AllowedStreamIDs.ODD)
+        frames, _ = stream.receive_headers(headers, "END_STREAM" in frame.flags,
+                                           self.config.header_encoding)
+        frames.extend(stream.reset_stream(h2.errors.ErrorCodes.REFUSED_STREAM))
+        self.refused += 1
+        return frames, events
 
 
 # -- the connection -------------------------------------------------------------------------
@@ -327,23 +424,29 @@ class H2Codec:
         "_conn",
         "_drained",
         "_extra",
+        "_frames_sent",
+        "_guard",
         "_limit",
+        "_memo",
         "_out",
+        "_resets",
         "_skip_end",
         "_trailers",
+        "_unanswered",
         "client_side",
         "goaway_sent",
         "high_water",
         "write_blocked",
     )
 
-    def __init__(self, *, client_side: bool, limits: H2Limits = H2Limits()) -> None:
+    def __init__(self, *, client_side: bool, limits: H2Limits = H2Limits(),
+                 now: float = 0.0) -> None:
         cfg = h2.config.H2Configuration(client_side=client_side, header_encoding=None,
                                         validate_inbound_headers=True,
                                         normalize_inbound_headers=False,
                                         validate_outbound_headers=False,
                                         normalize_outbound_headers=False)  # rule 5
-        conn = h2.connection.H2Connection(config=cfg)
+        conn = _Connection(config=cfg)
         conn.state_machine = _GracefulStateMachine()
         hard = limits.max_header_bytes * 2
         codes = h2.settings.SettingCodes
@@ -373,12 +476,38 @@ class H2Codec:
         self._drained: list[Event] = []
         self._extra = b""
         self.goaway_sent = False
+        g = limits.guard
+        self._guard = FrameGuard(g, now) if g is not None and not client_side else None
+        self._resets = (ResetBudget(g.max_premature_resets)
+                        if g is not None and not client_side and g.max_premature_resets else None)
+        self._unanswered: dict[int, float] = {}
+        """Server side with a reset budget: streams without a response head -> opened at."""
+        self._frames_sent = 0
+        self._memo = FieldMemo() if not client_side else None
 
     # -- inbound -------------------------------------------------------------------------
 
-    def feed(self, data: bytes) -> list[Event]:
+    def feed(self, data: bytes, now: float = 0.0) -> list[Event]:
+        """Bytes from the peer -> events.  `now` (monotonic seconds) feeds the abuse budgets."""
+        guard = self._guard
         try:
-            raw = self._conn.receive_data(data)
+            if guard is not None:
+                if self._frames_sent:
+                    guard.data_sent += self._frames_sent
+                    self._frames_sent = 0
+                guard.scan(data, now, self.write_blocked)
+            conn = self._conn
+            raw = conn.receive_data(data)
+            if conn.refused:
+                # A stream opened past our limit cost a decode and got nothing: it counts
+                # against the same budget as a premature reset.
+                n, conn.refused = conn.refused, 0
+                if self._resets is not None:
+                    for _ in range(n):
+                        self._resets.premature()
+        except Abuse as exc:
+            self._calm_down()
+            raise H2Abuse(exc.kind, exc.detail) from exc
         except h2.exceptions.DenialOfServiceError as exc:
             raise H2ProtocolError("header_too_large", str(exc)) from exc
         except h2.exceptions.ProtocolError as exc:
@@ -393,7 +522,7 @@ class H2Codec:
                 events.append(DataReceived(ev.stream_id or 0, ev.data or b"",
                                            ev.flow_controlled_length or 0))
             elif isinstance(ev, h2.events.RequestReceived):
-                self._on_request(ev, events)
+                self._on_request(ev, events, now)
             elif isinstance(ev, h2.events.ResponseReceived):
                 sid = ev.stream_id or 0
                 end = ev.stream_ended is not None
@@ -407,8 +536,15 @@ class H2Codec:
                 else:
                     events.append(EndReceived(sid, self._trailers.pop(sid, None)))
             elif isinstance(ev, h2.events.TrailersReceived):
-                self._trailers[ev.stream_id or 0] = [
-                    (n, v) for n, v in _raw(ev.headers) if n[:1] != b":" and n not in HOP_BY_HOP]
+                sid = ev.stream_id or 0
+                trailers = [(n, v) for n, v in _raw(ev.headers)
+                            if n[:1] != b":" and n not in HOP_BY_HOP]
+                if all(name_ok(n) and value_ok(v) for n, v in trailers):
+                    self._trailers[sid] = trailers
+                else:  # rule 7: a malformed trailer section is a stream error too
+                    self.reset(sid, PROTOCOL_ERROR)
+                    self._skip_end.add(sid)
+                    events.append(ResetReceived(sid, PROTOCOL_ERROR))
             elif isinstance(ev, h2.events.InformationalResponseReceived):
                 events.append(InformationalReceived(ev.stream_id or 0,
                                                     response_head(_raw(ev.headers))))
@@ -416,8 +552,16 @@ class H2Codec:
                 window_moved = True
             elif isinstance(ev, h2.events.StreamReset):
                 sid = ev.stream_id or 0
+                opened = self._unanswered.pop(sid, None)
                 self._forget(sid)
                 events.append(ResetReceived(sid, int(ev.error_code or 0)))
+                if (opened is not None and ev.remote_reset and self._resets is not None
+                        and now - opened < PREMATURE_LIFETIME):
+                    try:
+                        self._resets.premature()
+                    except Abuse as exc:
+                        self._calm_down()
+                        raise H2Abuse(exc.kind, exc.detail) from exc
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 events.append(GoAwayReceived(ev.last_stream_id or 0, int(ev.error_code or 0)))
         if window_moved:
@@ -428,16 +572,27 @@ class H2Codec:
             self._drained = []
         return events
 
-    def _on_request(self, ev: h2.events.RequestReceived, events: list[Event]) -> None:
+    def _on_request(self, ev: h2.events.RequestReceived, events: list[Event],
+                    now: float) -> None:
         sid = ev.stream_id or 0
         end = ev.stream_ended is not None
         if end:
             self._skip_end.add(sid)
-        head = request_head(_raw(ev.headers), self._limit)
+        head = request_head(_raw(ev.headers), self._limit, self._memo)
         if isinstance(head, tuple):
+            if head[0] == 0:  # malformed: reset here, the driver only counts it
+                self.reset(sid, PROTOCOL_ERROR)
+                self._skip_end.add(sid)
             events.append(StreamRejected(sid, head[0], head[1], head[2], end))
-        else:
-            events.append(RequestReceived(sid, head, end))
+            return
+        if self._resets is not None:
+            self._unanswered[sid] = now
+        events.append(RequestReceived(sid, head, end))
+
+    def _calm_down(self) -> None:
+        """An abuse budget is blown: GOAWAY(ENHANCE_YOUR_CALM), nothing more is read."""
+        if self._conn.state_machine.state is not h2.connection.ConnectionState.CLOSED:
+            self._conn.close_connection(ENHANCE_YOUR_CALM)
 
     def ack(self, stream_id: int, n: int) -> None:
         """The driver consumed `n` flow-controlled bytes of `stream_id`: reopen the window."""
@@ -470,6 +625,8 @@ class H2Codec:
 
     def send_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> bool:
         """False when the stream is gone (peer reset) or h2 refused the headers."""
+        if self._unanswered and self._unanswered.pop(stream_id, None) is not None:
+            self._resets.answered()  # type: ignore[union-attr]  # set only with a budget
         try:
             self._conn.send_headers(stream_id, headers, end_stream=end_stream)
         except h2.exceptions.ProtocolError:
@@ -529,6 +686,7 @@ class H2Codec:
                     out.size -= len(chunk)
                     last = not chunks and out.end and out.trailers is None
                     conn.send_data(sid, chunk, end_stream=last)
+                    self._frames_sent += 1
                     if last:
                         self._done(sid, out)
                         return
@@ -536,6 +694,7 @@ class H2Codec:
                     chunks[0] = chunk[window:]
                     out.size -= window
                     conn.send_data(sid, chunk[:window])
+                    self._frames_sent += 1
             if chunks:
                 return
             if out.end:
@@ -556,6 +715,8 @@ class H2Codec:
             self._drained.append(SendDrained(sid))
 
     def _forget(self, sid: int) -> None:
+        if self._unanswered:
+            self._unanswered.pop(sid, None)
         self._out.pop(sid, None)
         self._trailers.pop(sid, None)
         self._skip_end.discard(sid)

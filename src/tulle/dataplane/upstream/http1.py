@@ -53,7 +53,8 @@ if TYPE_CHECKING:
 class H1Stream:
     """One request/response exchange on an HTTP/1 upstream (the `UpstreamStream`)."""
 
-    __slots__ = ("chunked", "conn", "end_stream", "got_response", "head", "paused", "pending",
+    __slots__ = ("chunked", "conn", "dial", "end_stream", "got_response", "head", "paused",
+                 "pending",
                  "pending_bytes", "pool", "request_done", "retried", "sink", "tunnel",
                  "upload_paused", "was_reset")
 
@@ -65,6 +66,9 @@ class H1Stream:
         self.end_stream = end_stream
         self.chunked = not end_stream and head.content_length is None and not head.upgrade
         self.conn: H1Connection | None = None
+        self.dial: asyncio.Task[None] | None = None
+        """The connect attempt made for this stream, cancelled if the stream is reset first
+        (a client that resets at once must not leave a dial behind: HTTP/2 rapid reset)."""
         self.pending: list[bytes] | None = []
         self.pending_bytes = 0
         self.upload_paused = False
@@ -116,6 +120,9 @@ class H1Stream:
         conn = self.conn
         if conn is not None:
             conn.abandon(self)
+        elif self.dial is not None:
+            self.dial.cancel()
+            self.dial = None
 
     def pause_response(self) -> None:
         self.paused = True
@@ -344,7 +351,7 @@ class H1Pool:
         return stream
 
     def connect_for(self, stream: H1Stream) -> None:
-        task = asyncio.get_running_loop().create_task(self._connect(stream))
+        task = stream.dial = asyncio.get_running_loop().create_task(self._connect(stream))
         self._connecting.add(task)
         task.add_done_callback(self._connecting.discard)
 
@@ -366,9 +373,10 @@ class H1Pool:
                 stream.sink.on_upstream_error(connect_failure(
                     f"cannot connect to {ep.key} ({cluster.name}): {what}"))
             return
+        stream.dial = None
         cluster.m_connections_total.value += 1
         cluster.m_connections_active.value += 1
-        if stream.was_reset or self.closed:
+        if stream.was_reset or self.closed:  # a made connection: the next request may take it
             self.release(conn)
             return
         self.busy.add(conn)

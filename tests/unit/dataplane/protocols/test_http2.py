@@ -6,6 +6,7 @@ from __future__ import annotations
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import pytest
 
 from tulle.dataplane.exchange import RequestHead, ResponseHead
@@ -258,3 +259,106 @@ def test_grpc_trailers_only_maps_http_status_and_percent_encodes() -> None:
     assert headers[b"grpc-message"] == b"upstream down: caf%C3%A9 100%25"
     assert dict(grpc_trailers_only(404, "x"))[b"grpc-status"] == b"12"
     assert dict(grpc_trailers_only(418, "x"))[b"grpc-status"] == b"2"
+
+
+# -- abuse and malformed requests -----------------------------------------------------------
+
+def _guarded(**kw: int) -> tuple[h2.connection.H2Connection, H2Codec]:
+    from tulle.dataplane.protocols.h2guard import GuardLimits
+    return pair(H2Limits(guard=GuardLimits(**kw), max_concurrent_streams=2))  # type: ignore[arg-type]
+
+
+def test_a_stream_past_the_concurrency_limit_is_refused_and_the_connection_lives_on() -> None:
+    client, server = _guarded()
+    # The client ignores our limit of 2 (h2 would refuse to send the third stream itself).
+    client.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 100
+    client.remote_settings.acknowledge()
+    a, b, c = request(client, end=False), request(client, end=False), request(client)
+    events = server.feed(client.data_to_send())
+    assert [type(e) for e in events] == [RequestReceived, RequestReceived]
+    got = client.receive_data(server.data_to_send())
+    resets = [e for e in got if isinstance(e, h2.events.StreamReset)]
+    assert [(e.stream_id, e.error_code) for e in resets] == [(c, 7)]  # REFUSED_STREAM
+    server.reset(a)  # a slot frees up: the next stream is taken
+    d = request(client)
+    (ev,) = server.feed(client.data_to_send())
+    assert isinstance(ev, RequestReceived) and ev.stream_id == d and b < d
+
+
+def test_premature_resets_beyond_the_budget_are_cut_off_with_enhance_your_calm() -> None:
+    from tulle.dataplane.protocols.http2 import H2Abuse
+    client, server = _guarded(max_premature_resets=3)
+    for _ in range(3):
+        sid = request(client)
+        client.reset_stream(sid)
+        server.feed(client.data_to_send(), now=1.0)
+    answered = request(client)
+    server.feed(client.data_to_send(), now=1.0)
+    server.send_response(answered, ResponseHead(200, []), True)  # earns one back
+    late = request(client)
+    server.feed(client.data_to_send(), now=1.0)
+    client.reset_stream(late)
+    server.feed(client.data_to_send(), now=2.5)  # reset after 1.5 s: not premature
+    sid = request(client)
+    client.reset_stream(sid)
+    server.feed(client.data_to_send(), now=3.0)
+    sid = request(client)
+    client.reset_stream(sid)
+    with pytest.raises(H2Abuse) as err:
+        server.feed(client.data_to_send(), now=3.0)
+    assert err.value.kind == "h2_rapid_reset"
+    (term,) = [e for e in client.receive_data(server.data_to_send())
+               if isinstance(e, h2.events.ConnectionTerminated)]
+    assert term.error_code == 11
+
+
+def test_a_ping_flood_is_refused_before_h2_parses_it() -> None:
+    from hyperframe.frame import PingFrame
+
+    from tulle.dataplane.protocols.http2 import H2Abuse
+    client, server = _guarded(burst=50)
+    flood = PingFrame(0, b"12345678").serialize() * 51
+    with pytest.raises(H2Abuse) as err:
+        server.feed(flood, now=0.0)
+    assert err.value.kind == "h2_ping_flood"
+    events = client.receive_data(server.data_to_send())
+    assert not any(isinstance(e, h2.events.PingAckReceived) for e in events)  # none answered
+    (term,) = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+    assert term.error_code == 11
+
+
+def test_malformed_request_is_reset_with_protocol_error_and_not_passed_on() -> None:
+    client, server = pair()
+    sid = request(client, [(b"x(y", b"1")], end=False)
+    (ev,) = server.feed(client.data_to_send())
+    assert isinstance(ev, StreamRejected) and ev.status == 0
+    assert ev.kind == "h2_malformed_request"
+    resets = [e for e in client.receive_data(server.data_to_send())
+              if isinstance(e, h2.events.StreamReset)]
+    assert [(e.stream_id, e.error_code) for e in resets] == [(sid, 1)]
+    later = request(client)  # a stream error: the connection goes on
+    (ev,) = server.feed(client.data_to_send())
+    assert isinstance(ev, RequestReceived) and ev.stream_id == later
+
+
+def test_malformed_trailers_reset_the_stream() -> None:
+    client, server = pair()
+    sid = request(client, end=False)
+    server.feed(client.data_to_send())
+    client.send_headers(sid, [(b"x-t", b"a\x01b")], end_stream=True)
+    events = server.feed(client.data_to_send())
+    assert [(type(e), e.stream_id) for e in events] == [(ResetReceived, sid)]
+
+
+def test_streams_opened_past_the_limit_spend_the_premature_reset_budget() -> None:
+    from tulle.dataplane.protocols.http2 import H2Abuse
+    client, server = _guarded(max_premature_resets=2)
+    client.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 100
+    client.remote_settings.acknowledge()
+    request(client, end=False), request(client, end=False)
+    request(client), request(client)  # refused: the budget of 2 is spent
+    server.feed(client.data_to_send())
+    request(client)
+    with pytest.raises(H2Abuse) as err:
+        server.feed(client.data_to_send())
+    assert err.value.kind == "h2_rapid_reset"
