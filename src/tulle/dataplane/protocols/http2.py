@@ -579,6 +579,11 @@ class H2Codec:
         if end:
             self._skip_end.add(sid)
         head = request_head(_raw(ev.headers), self._limit, self._memo)
+        if end and not isinstance(head, tuple) and head.content_length:
+            # RFC 9113 8.1.1: content-length must equal the DATA that follows, and none does.
+            # h2 checks DATA against it but not a HEADERS frame that ends the stream; passed on,
+            # an HTTP/1 origin would wait for a body that never comes.
+            head = (0, MALFORMED, "content-length on a request without a body")
         if isinstance(head, tuple):
             if head[0] == 0:  # malformed: reset here, the driver only counts it
                 self.reset(sid, PROTOCOL_ERROR)

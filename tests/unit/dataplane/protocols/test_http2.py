@@ -341,6 +341,20 @@ def test_malformed_request_is_reset_with_protocol_error_and_not_passed_on() -> N
     assert isinstance(ev, RequestReceived) and ev.stream_id == later
 
 
+def test_content_length_on_a_request_that_ends_with_its_headers_is_malformed() -> None:
+    # Found by fuzz.h2_request: passed on, an HTTP/1 origin waits for a body that never comes.
+    client, server = pair()
+    sid = request(client, [(b"content-length", b"5")], end=True)
+    (ev,) = server.feed(client.data_to_send())
+    assert isinstance(ev, StreamRejected) and ev.kind == "h2_malformed_request"
+    resets = [e for e in client.receive_data(server.data_to_send())
+              if isinstance(e, h2.events.StreamReset)]
+    assert [(e.stream_id, e.error_code) for e in resets] == [(sid, 1)]
+    zero = request(client, [(b"content-length", b"0")], end=True)  # zero is consistent
+    (ev,) = server.feed(client.data_to_send())
+    assert isinstance(ev, RequestReceived) and ev.stream_id == zero
+
+
 def test_malformed_trailers_reset_the_stream() -> None:
     client, server = pair()
     sid = request(client, end=False)
