@@ -258,7 +258,8 @@ class Settings(_Base, frozen=True, kw_only=True):
     """Set `x-request-id` when a request has none."""
     tcp_idle_timeout_ms: Millis = 3_600_000
     """An opaque TCP relay with no bytes either way this long is closed on both sides (Envoy's
-    tcp_proxy `idle_timeout`, same default: 1 h); 0 disables."""
+    tcp_proxy `idle_timeout`, same default: 1 h); 0 disables.  An HTTP/1.1 upgrade tunnel
+    (after 101) is such a relay too."""
     max_connections: Annotated[int, Meta(ge=0, le=10_000_000)] = 0
     """Open downstream connections of the process (each worker), all listeners together, admin
     excluded; one more is closed at once (RST) and counted.  0 means no limit."""

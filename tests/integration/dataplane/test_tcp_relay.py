@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import hashlib
 import random
 import socket
@@ -325,3 +326,46 @@ async def until(cond: Callable[[], bool], limit: float = 5.0) -> None:
 
 async def until_metric(p: RunningProxy, name: str, value: float) -> None:
     await until(lambda: p.metric(name) == value)
+
+
+@pytest.mark.parametrize("where", ["dup", "pipe"])
+async def test_out_of_descriptors_in_the_relay_closes_both_sides_and_releases_the_slot(
+        engine: str, where: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """EMFILE while the splice relay takes the client's socket (`os.dup`) or makes its pipes
+    (after the upstream connected) -- what happens exactly when descriptors run short -- must
+    close the client and the upstream and give the connection's slot back: a relay left
+    registered counts against the listener's cap (and the process's) forever."""
+    if engine == "copy":
+        pytest.skip("the copy relay neither duplicates the socket nor makes pipes")
+    upstream_closed = asyncio.Event()
+
+    async def hold(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError):
+            await r.read()
+        upstream_closed.set()  # EOF or reset: the proxy let go of it
+
+    def emfile(*_: object) -> Any:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    if where == "dup":
+        monkeypatch.setattr(tcp.os, "dup", emfile)
+    else:
+        monkeypatch.setattr(tcp, "_new_pipe", emfile)
+    async with tcp_server(hold) as port:
+        cfg = tcp_config(port)
+        cfg["listeners"][0]["max_connections"] = 1
+        async with running_proxy(cfg) as p:
+            r, w = await asyncio.open_connection("127.0.0.1", p.port())
+            w.write(b"hello")
+            assert await closed_by_peer(r)
+            w.close()
+            if where == "pipe":
+                await asyncio.wait_for(upstream_closed.wait(), 5)
+            await until(lambda: not p.server.listeners["out"].connections)
+            assert p.metric("tulle_proxy_downstream_connections_active") == 0
+            monkeypatch.undo()
+            # The slot is free: the next client (cap 1) is relayed, not reset.
+            r, w = await asyncio.open_connection("127.0.0.1", p.port())
+            w.write(b"again")
+            await until_metric(p, "tulle_proxy_tcp_connections_total", 2 if where == "pipe" else 1)
+            w.close()

@@ -142,6 +142,9 @@ class H1Exchange:
             conn.write_head(data)
 
     def on_response_data(self, data: bytes) -> None:
+        conn = self.conn
+        if conn.tunnel is not None:
+            conn.tunnel_active = conn.loop.time()
         if self.chunked:
             self.conn.write(encode_chunk(data))
         else:
@@ -239,6 +242,9 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         self._early_tunnel: list[bytes] | None = None
         self._out: list[bytes] | None = None
         self.tunnel: TunnelStream | None = None
+        self.tunnel_active = 0.0
+        """Loop time bytes last moved through the upgrade tunnel (its idle timeout)."""
+        self._tunnel_cluster = "-"
         self._eof_in = False
         self._eof_out = False
         self._lingering = False
@@ -268,6 +274,7 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
     def data_received(self, data: bytes) -> None:
         self.ctx.m_bytes_received.value += len(data)
         if self.tunnel is not None:
+            self.tunnel_active = self.loop.time()
             self.tunnel.send_data(data)
             return
         if self.closing:
@@ -482,8 +489,13 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
             ex.timer.cancel()
             ex.timer = None
         self.tunnel = stream
-        self.deadline = 0.0
-        self._deadline_kind = ""
+        # From here the connection is an opaque relay: it gets the relay idle timeout
+        # (`settings.tcp_idle_timeout_ms`, 0 disables), checked by the deadline sweeper.
+        idle = self.ctx.settings.tcp_idle_timeout_ms / 1000
+        self.tunnel_active = now = self.loop.time()
+        self._tunnel_cluster = ex.cluster
+        self.deadline = now + idle if idle else 0.0
+        self._deadline_kind = "tunnel" if idle else ""
         early = self._early_tunnel
         self._early_tunnel = None
         for chunk in early or ():
@@ -585,6 +597,9 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
                 self._flush()
                 self.transport.close()
             return
+        if kind == "tunnel":
+            self._tunnel_deadline(now)
+            return
         if kind == "request":  # the route timeout of the exchange on the wire
             if self._queue:
                 self._queue[0].on_timeout()
@@ -596,6 +611,20 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
             self.write(local_response(408, b"request header timeout\n", close=True))
         if kind:
             self._close()
+
+    def _tunnel_deadline(self, now: float) -> None:
+        """The upgrade tunnel's idle timeout: close both sides when nothing moved for
+        `tcp_idle_timeout_ms` (FIN; the upstream goes with this connection), else look again."""
+        if self.tunnel is None:
+            return
+        due = self.tunnel_active + self.ctx.settings.tcp_idle_timeout_ms / 1000
+        if due > now:
+            self.deadline = due
+            self._deadline_kind = "tunnel"
+            return
+        ctx = self.ctx
+        ctx.metrics.tcp_idle_timeouts.labels(ctx.name, self._tunnel_cluster).value += 1
+        self._close()
 
     def start_drain(self) -> None:
         if not self._queue and self.tunnel is None:

@@ -330,7 +330,12 @@ class SpliceRelay(_Relay):
         self.pumps: list[_Pump] = []
 
     def start(self, transport: asyncio.Transport, initial: bytes) -> None:
-        self.client = _detach(transport)
+        try:
+            self.client = _detach(transport)
+        except OSError:  # EMFILE from dup: drop the client and give its slot back
+            transport.abort()
+            self._ended()
+            return
         self._task = self.loop.create_task(self._run(initial))
 
     async def _run(self, initial: bytes) -> None:
@@ -353,9 +358,15 @@ class SpliceRelay(_Relay):
         self._connected()
         assert self.client is not None
         ctx = self.ctx
-        up = _Pump(self, self.client, sock, self.m_received, ctx.m_bytes_received, initial)
-        down = _Pump(self, sock, self.client, self.m_sent, ctx.m_bytes_sent, b"")
-        self.pumps = [up, down]
+        try:  # two pipes: out of descriptors here must still close both sockets
+            self.pumps.append(
+                _Pump(self, self.client, sock, self.m_received, ctx.m_bytes_received, initial))
+            self.pumps.append(_Pump(self, sock, self.client, self.m_sent, ctx.m_bytes_sent, b""))
+        except OSError:
+            self._task = None
+            self._close(reset=True)
+            return
+        up, down = self.pumps
         self._task = None
         up.step()
         if not self.ended:
