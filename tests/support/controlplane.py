@@ -16,9 +16,9 @@ from typing import Any
 import aiohttp
 
 from tulle.controlplane.main import ControlPlane
-from tulle.controlplane.push.protocol import WorkloadInfo
 from tulle.dataplane.agent import Agent
 from tulle.dataplane.server import ProxyServer
+from tulle.proxyconfig.stream import WorkloadInfo
 
 
 @contextlib.asynccontextmanager

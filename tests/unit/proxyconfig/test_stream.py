@@ -6,7 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tulle.controlplane.push.protocol import (
+from tulle.proxyconfig.model import ProxyConfig
+from tulle.proxyconfig.stream import (
     HELLO_MAX_FRAME,
     MAX_FRAME,
     Ack,
@@ -15,15 +16,14 @@ from tulle.controlplane.push.protocol import (
     Hello,
     Nack,
     Ping,
-    Snapshot,
     WorkloadInfo,
     encode,
+    snapshot_message,
 )
-from tulle.proxyconfig.model import ProxyConfig
 
 MESSAGES = [
     Hello(workload=WorkloadInfo(name="web-0", namespace="shop", labels={"app": "web"})),
-    Snapshot(version="v1", config=ProxyConfig(version="v1")),
+    snapshot_message(ProxyConfig(version="v1")),
     Ack(version="v1"),
     Nack(version="v2", reason="listeners[0].port: must be <= 65535"),
     Ping(),
