@@ -107,6 +107,10 @@ def _check(value: Any, t: mi.Type, path: str, out: list[FieldError], w: _Walk) -
     if isinstance(t, mi.AnyType):
         return
     if isinstance(t, mi.UnionType):
+        tagged = _tagged(t)
+        if tagged is not None and isinstance(value, dict):
+            _check_tagged(value, tagged, path, out, w)  # the tag decides; no guessing
+            return
         for option in t.types:
             trial: list[FieldError] = []
             tw = _Walk(w.optional)
@@ -114,10 +118,6 @@ def _check(value: Any, t: mi.Type, path: str, out: list[FieldError], w: _Walk) -
             if not trial:
                 w.ignored += tw.ignored
                 return
-        tagged = _tagged(t)
-        if tagged is not None and isinstance(value, dict):
-            _check_tagged(value, tagged, path, out, w)
-            return
         # Prefer the errors of the non-null option so the message is about the real shape.
         real = [o for o in t.types if not isinstance(o, mi.NoneType)]
         if len(real) == 1:
@@ -176,6 +176,8 @@ def _check(value: Any, t: mi.Type, path: str, out: list[FieldError], w: _Walk) -
         if not isinstance(value, dict):
             out.append(FieldError(path, f"expected a mapping, got {type(value).__name__}"))
             return
+        if t.tag_field and t.tag_field in value and value[t.tag_field] != t.tag:
+            out.append(FieldError(_join(path, t.tag_field), f"must be {t.tag!r}"))
         known = {f.encode_name: f for f in t.fields}
         unknown = [k for k in value if k not in known and k != t.tag_field]
         if unknown and t.forbid_unknown_fields:
