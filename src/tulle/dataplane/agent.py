@@ -26,7 +26,7 @@ import msgspec
 
 from tulle.dataplane.server import ApplyError, ProxyServer
 from tulle.proxyconfig import features
-from tulle.proxyconfig.delta import DeltaError, apply_delta
+from tulle.proxyconfig.delta import DeltaError
 from tulle.proxyconfig.model import CONFIG_API_VERSION, ProxyConfig
 from tulle.proxyconfig.stream import (
     Ack,
@@ -41,6 +41,7 @@ from tulle.proxyconfig.stream import (
     Pong,
     Snapshot,
     WorkloadInfo,
+    apply_checked,
     decode_delta,
     decode_snapshot,
     encode,
@@ -179,7 +180,7 @@ class Agent:
                 d = decode_delta(draw, doptional, ignored)
                 if self.current is None:
                     raise DeltaError("delta received before any snapshot")
-                new = apply_delta(self.current, d)
+                new = apply_checked(self.current, d)
                 check(new)
                 return new
 

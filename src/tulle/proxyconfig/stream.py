@@ -35,7 +35,7 @@ from typing import Any
 
 import msgspec
 
-from tulle.proxyconfig.delta import Delta
+from tulle.proxyconfig.delta import Delta, apply_delta
 from tulle.proxyconfig.framing import HELLO_MAX_FRAME, MAX_FRAME, FrameError, FrameSplitter, frame
 from tulle.proxyconfig.model import (
     CONFIG_API_VERSION,
@@ -203,15 +203,34 @@ def decode_snapshot(raw: msgspec.Raw, optional: list[str] | None = None,
 
 def decode_delta(raw: msgspec.Raw, optional: list[str] | None = None,
                  ignored: list[str] | None = None) -> Delta:
-    """The `Delta` of a `DeltaMsg`, each resource in it structurally valid, or ConfigError.
-
-    Paths name resources by name: `listeners[name=web].max_connections`."""
+    """The `Delta` of a `DeltaMsg`, or ConfigError.  Its resources stay plain values, checked
+    when applied (`apply_checked`); fields marked `optional` are dropped here (and recorded)."""
     try:
         d = _delta_decoder.decode(raw)
     except msgspec.ValidationError as exc:
         raise ConfigError([convert_error(exc, "delta")]) from exc
     except msgspec.DecodeError as exc:
         raise ConfigError([FieldError("delta", f"not a JSON document: {exc}")]) from exc
+    if optional:
+        errors = _delta_errors(d, optional, ignored)
+        if errors:
+            raise ConfigError(errors)
+    return d
+
+
+def apply_checked(base: ProxyConfig, d: Delta) -> ProxyConfig:
+    """`apply_delta`, with a resource that does not fit the contract reported by path
+    (`listeners[name=web].max_connections: ...`) as ConfigError.  The walk runs only when the
+    typed conversion fails: a good delta is converted once."""
+    try:
+        return apply_delta(base, d)
+    except msgspec.ValidationError as exc:
+        errors = _delta_errors(d) or [convert_error(exc, "delta")]
+        raise ConfigError(errors) from exc
+
+
+def _delta_errors(d: Delta, optional: list[str] | None = None,
+                  ignored: list[str] | None = None) -> list[FieldError]:
     parts: list[tuple[Any, Any, str]] = [
         (d.node, Node, "node"), (d.admin, Admin, "admin"), (d.settings, Settings, "settings")]
     for coll, typ in (("listeners", Listener), ("route_tables", RouteTable),
@@ -222,23 +241,33 @@ def decode_delta(raw: msgspec.Raw, optional: list[str] | None = None,
                           else f"{coll}[upsert {i}]"))
     errors: list[FieldError] = []
     for value, typ, path in parts:
-        if value is None:
-            continue
-        if not optional:
-            try:
-                msgspec.convert(value, typ)
-                continue
-            except msgspec.ValidationError:
-                pass
-        errors += errors_in(value, typ, path, optional=optional or (), ignored=ignored)
-    if errors:
-        raise ConfigError(errors)
-    return d
+        if value is not None:
+            errors += errors_in(value, typ, path, optional=optional or (), ignored=ignored)
+    return errors
 
 
 __all__ = [
-    "CONFIG_API_VERSION", "HELLO_MAX_FRAME", "MAX_FRAME", "PROTOCOL_VERSION",
-    "SUPPORTED_PROTOCOLS", "Ack", "DeltaMsg", "Error", "FrameDecoder", "FrameError", "Hello",
-    "Message", "Nack", "Ping", "Pong", "Snapshot", "WorkloadInfo", "decode_delta",
-    "decode_snapshot", "delta_message", "encode", "snapshot_message",
+    "CONFIG_API_VERSION",
+    "HELLO_MAX_FRAME",
+    "MAX_FRAME",
+    "PROTOCOL_VERSION",
+    "SUPPORTED_PROTOCOLS",
+    "Ack",
+    "DeltaMsg",
+    "Error",
+    "FrameDecoder",
+    "FrameError",
+    "Hello",
+    "Message",
+    "Nack",
+    "Ping",
+    "Pong",
+    "Snapshot",
+    "WorkloadInfo",
+    "apply_checked",
+    "decode_delta",
+    "decode_snapshot",
+    "delta_message",
+    "encode",
+    "snapshot_message",
 ]

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tulle.proxyconfig.delta import apply_delta, diff
+from tulle.proxyconfig.delta import diff
 from tulle.proxyconfig.model import Cluster, Listener, ProxyConfig
 from tulle.proxyconfig.stream import (
     HELLO_MAX_FRAME,
@@ -21,6 +21,7 @@ from tulle.proxyconfig.stream import (
     Ping,
     Snapshot,
     WorkloadInfo,
+    apply_checked,
     decode_delta,
     decode_snapshot,
     encode,
@@ -131,8 +132,9 @@ def test_delta_errors_name_the_resource_by_name() -> None:
     doc["settings"] = {"workers": "two"}
     (msg,) = FrameDecoder().feed(_frame({"type": "delta", "delta": doc}))
     assert isinstance(msg, DeltaMsg)
+    d = decode_delta(msg.delta)  # the envelope of the delta: resources are checked on apply
     with pytest.raises(ConfigError) as err:
-        decode_delta(msg.delta)
+        apply_checked(ProxyConfig(version="v1"), d)
     assert sorted(str(e) for e in err.value.errors) == [
         "clusters[name=web].zone_affinity: unknown field",
         "listeners[name=out].max_connections: must be >= 0, got -1",
@@ -141,8 +143,11 @@ def test_delta_errors_name_the_resource_by_name() -> None:
     # The same delta with the unknown field marked optional applies; the bad values still fail.
     doc["listeners"]["upsert"][0]["max_connections"] = 3
     doc["settings"] = None
-    ok = decode_delta(msgspec.Raw(msgspec.json.encode(doc)), ["clusters[].zone_affinity"])
-    assert apply_delta(ProxyConfig(version="v1"), ok).listeners[0].max_connections == 3
+    ignored: list[str] = []
+    ok = decode_delta(msgspec.Raw(msgspec.json.encode(doc)), ["clusters[].zone_affinity"],
+                      ignored)
+    assert ignored == ["clusters[name=web].zone_affinity"]
+    assert apply_checked(ProxyConfig(version="v1"), ok).listeners[0].max_connections == 3
 
 
 def test_a_delta_envelope_that_is_not_a_delta_is_a_config_error() -> None:
