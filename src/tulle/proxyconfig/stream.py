@@ -86,7 +86,7 @@ class Hello(_Msg, frozen=True, tag="hello"):
     """Config features the proxy takes (`features.py`); sections of the others are withheld."""
 
 
-class Snapshot(_Msg, frozen=True, tag="snapshot"):
+class Snapshot(_Msg, frozen=True, tag="snapshot", omit_defaults=True):
     version: str
     config: msgspec.Raw
     """A `ProxyConfig` document, decoded by the receiver (`decode_snapshot`), not by the frame
@@ -96,7 +96,7 @@ class Snapshot(_Msg, frozen=True, tag="snapshot"):
     know them may drop instead of NACKing."""
 
 
-class DeltaMsg(_Msg, frozen=True, tag="delta"):
+class DeltaMsg(_Msg, frozen=True, tag="delta", omit_defaults=True):
     delta: msgspec.Raw
     """A `Delta` document (`proxyconfig/delta.py`), decoded by the receiver."""
     optional: list[str] = msgspec.field(default_factory=list)
@@ -106,7 +106,7 @@ class Ack(_Msg, frozen=True, tag="ack"):
     version: str
 
 
-class Nack(_Msg, frozen=True, tag="nack"):
+class Nack(_Msg, frozen=True, tag="nack", omit_defaults=True):
     version: str
     reason: str
     paths: list[str] = msgspec.field(default_factory=list)

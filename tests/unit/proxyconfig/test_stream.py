@@ -153,3 +153,15 @@ def test_delta_errors_name_the_resource_by_name() -> None:
 def test_a_delta_envelope_that_is_not_a_delta_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="delta"):
         decode_delta(msgspec.Raw(b'{"version": 3}'))
+
+
+def test_a_snapshot_frame_is_the_same_bytes_an_older_proxy_decodes() -> None:
+    """Envelope fields added since (`optional`) are left out when empty, so a proxy from
+    before this change still gets exactly the frame it expects."""
+    cfg = ProxyConfig(version="v1", listeners=[Listener(name="out", port=1, cluster="web")],
+                      clusters=[Cluster(name="web")])
+    expected = msgspec.json.encode({"type": "snapshot", "version": "v1",
+                                    "config": msgspec.to_builtins(cfg)})
+    assert encode(snapshot_message(cfg))[4:] == expected
+    assert encode(Nack(version="v1", reason="r"))[4:] == (
+        b'{"type":"nack","version":"v1","reason":"r"}')
