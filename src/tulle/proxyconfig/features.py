@@ -9,8 +9,9 @@ paths of every feature the proxy lacks out of that proxy's snapshots and deltas,
 says which were withheld.
 
 Adding a section to the contract: add its field to `model.py` with a default that keeps the old
-behaviour, add a `Feature` below naming the field's path, document both.  A test checks that
-every path here names a field of the model.
+behaviour, add a `Feature` below naming the field's path, document both.  Tests check that
+every path here names a field of the model, and that every field added since the stream's first
+release belongs to a feature.
 """
 
 from __future__ import annotations

@@ -85,3 +85,64 @@ def test_a_withheld_delta_has_none_of_the_fields_in_singletons_or_upserts() -> N
 def _withheld(doc: dict[str, Any]) -> dict[str, Any]:
     withhold_config(doc, FEATURES)
     return doc
+
+
+BASELINE = frozenset({
+    "admin", "admin.address", "admin.port", "api_version", "clusters",
+    "clusters[].connect_timeout_ms", "clusters[].endpoints", "clusters[].endpoints[].address",
+    "clusters[].endpoints[].port", "clusters[].endpoints[].weight", "clusters[].endpoints[].zone",
+    "clusters[].idle_timeout_ms", "clusters[].lb_policy", "clusters[].max_concurrent_streams",
+    "clusters[].max_idle_per_endpoint", "clusters[].name", "clusters[].protocol", "clusters[].tls",
+    "clusters[].tls.alpn", "clusters[].tls.ca_file", "clusters[].tls.cert_file",
+    "clusters[].tls.key_file", "clusters[].tls.server_name", "listeners", "listeners[].address",
+    "listeners[].cluster", "listeners[].destinations", "listeners[].destinations[].address",
+    "listeners[].destinations[].cluster", "listeners[].destinations[].port",
+    "listeners[].destinations[].protocol", "listeners[].destinations[].route_table",
+    "listeners[].detect_timeout_ms", "listeners[].direction", "listeners[].mode",
+    "listeners[].name", "listeners[].opaque_ports", "listeners[].passthrough", "listeners[].port",
+    "listeners[].protocol", "listeners[].reuse_port", "listeners[].route_table", "listeners[].tls",
+    "listeners[].tls.alpn", "listeners[].tls.ca_file", "listeners[].tls.cert_file",
+    "listeners[].tls.key_file", "listeners[].tls.server_name", "node", "node.name",
+    "node.namespace", "node.service", "route_tables", "route_tables[].name",
+    "route_tables[].virtual_hosts", "route_tables[].virtual_hosts[].domains",
+    "route_tables[].virtual_hosts[].name", "route_tables[].virtual_hosts[].rules",
+    "route_tables[].virtual_hosts[].rules[].backends",
+    "route_tables[].virtual_hosts[].rules[].backends[].cluster",
+    "route_tables[].virtual_hosts[].rules[].backends[].weight",
+    "route_tables[].virtual_hosts[].rules[].matches",
+    "route_tables[].virtual_hosts[].rules[].matches[].path",
+    "route_tables[].virtual_hosts[].rules[].matches[].path.type",
+    "route_tables[].virtual_hosts[].rules[].matches[].path.value",
+    "route_tables[].virtual_hosts[].rules[].name",
+    "route_tables[].virtual_hosts[].rules[].timeout_ms", "settings",
+    "settings.buffer_high_water_bytes", "settings.drain_timeout_ms",
+    "settings.generate_request_id", "settings.header_timeout_ms", "settings.idle_timeout_ms",
+    "settings.max_request_header_bytes", "settings.max_response_header_bytes",
+    "settings.request_timeout_ms", "settings.workers", "version",
+})
+"""Every field of the contract when the push stream first shipped (commit dd36618): what a
+proxy that announces no features decodes."""
+
+
+def _schema_paths(t: mi.Type, prefix: str, out: set[str]) -> None:
+    if isinstance(t, mi.UnionType):
+        for o in t.types:
+            _schema_paths(o, prefix, out)
+    elif isinstance(t, mi.ListType):
+        _schema_paths(t.item_type, prefix + "[]", out)
+    elif isinstance(t, mi.StructType):
+        for f in t.fields:
+            p = f"{prefix}.{f.encode_name}" if prefix else f.encode_name
+            out.add(p)
+            _schema_paths(f.type, p, out)
+
+
+def test_every_field_added_since_the_first_stream_release_belongs_to_a_feature() -> None:
+    """A new field without a feature would be sent to proxies that cannot decode it: add a
+    `Feature` for it in proxyconfig/features.py (and to the table in proxyconfig.md)."""
+    paths: set[str] = set()
+    _schema_paths(mi.type_info(ProxyConfig), "", paths)
+    owned = [p for f in FEATURES for p in f.paths]
+    orphans = sorted(p for p in paths - BASELINE
+                     if not any(p == o or p.startswith(o + ".") for o in owned))
+    assert orphans == []
