@@ -8,7 +8,7 @@ How fast a change reaches every proxy, and what that costs the control plane:
    Workloads (two per Service, each with a named port and a targetPort); wait until every
    proxy's snapshot is compiled and stable.
 3. Initial sync: 2N light stream clients connect (one asyncio process, raw `asyncio.Protocol`)
-   speaking `tulle.controlplane.push.protocol`: send `Hello`, read frames, ACK each version at
+   speaking `tulle.proxyconfig.stream`: send `Hello`, read frames, ACK each version at
    once.  They do not apply configs: a frame is decoded only as far as its type and version
    (msgspec skips the rest), so the simulator costs little next to what it measures.
 4. Propagation: single changes that touch every proxy (a workload added to / removed from a
@@ -52,7 +52,10 @@ import aiohttp
 
 from bench.procs import ProcessSet, RssSampler, cpu_seconds, free_port, wait_port
 from bench.report import replace_section
-from tulle.controlplane.push.protocol import (
+from tulle.proxyconfig.delta import apply_delta
+from tulle.proxyconfig.features import SUPPORTED
+from tulle.proxyconfig.model import ProxyConfig
+from tulle.proxyconfig.stream import (
     Ack,
     DeltaMsg,
     FrameDecoder,
@@ -60,10 +63,10 @@ from tulle.controlplane.push.protocol import (
     Pong,
     Snapshot,
     WorkloadInfo,
+    decode_delta,
+    decode_snapshot,
     encode,
 )
-from tulle.proxyconfig.delta import apply_delta
-from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.validate import check
 
 NS = "bench"
@@ -138,7 +141,7 @@ class SimProxy(asyncio.Protocol):
 
     def __init__(self, fleet: Fleet, workload: WorkloadInfo, *, checked: bool = False) -> None:
         self.fleet = fleet
-        self.hello = encode(Hello(workload=workload))
+        self.hello = encode(Hello(workload=workload, features=list(SUPPORTED)))
         self.buf = bytearray()
         self.size = -1
         self.skip = 0
@@ -217,11 +220,11 @@ class SimProxy(asyncio.Protocol):
         try:
             (msg,) = FrameDecoder().feed(frame)
             if isinstance(msg, Snapshot):
-                cfg = msg.config
+                cfg = decode_snapshot(msg.config)
             elif isinstance(msg, DeltaMsg):
                 if self.config is None:
                     raise ValueError("delta before any snapshot")
-                cfg = apply_delta(self.config, msg.delta)
+                cfg = apply_delta(self.config, decode_delta(msg.delta))
             else:
                 raise ValueError(f"unexpected {type(msg).__name__}")
             check(cfg)

@@ -16,9 +16,9 @@ from typing import Any
 import aiohttp
 
 from tulle.controlplane.main import ControlPlane
-from tulle.controlplane.push.protocol import WorkloadInfo
 from tulle.dataplane.agent import Agent
 from tulle.dataplane.server import ProxyServer
+from tulle.proxyconfig.stream import WorkloadInfo
 
 
 @contextlib.asynccontextmanager
@@ -47,11 +47,13 @@ class SubscribedProxy:
 
 
 async def subscribe(stream_ports: list[int], workload: WorkloadInfo,
-                    cache_dir: Path | None = None) -> SubscribedProxy:
+                    cache_dir: Path | None = None,
+                    features: list[str] | None = None) -> SubscribedProxy:
+    """`features`: what the agent announces (default: all of this build's)."""
     server = ProxyServer()
     agent = Agent(server, [("127.0.0.1", p) for p in stream_ports], workload,
                   cache_path=cache_dir / f"{workload.name}.json" if cache_dir else None,
-                  backoff_max=0.3)
+                  backoff_max=0.3, **({"features": features} if features is not None else {}))
     await agent.start_from_cache()
     task = asyncio.get_running_loop().create_task(agent.run())
     return SubscribedProxy(server, agent, task)

@@ -70,8 +70,8 @@ def run_subscribed(control_planes: tuple[str, ...], workload: str, namespace: st
                    address: str, ports: tuple[str, ...], labels: tuple[str, ...],
                    service_account: str, outbound_port: int, cache_dir: str | None,
                    admin_port: int) -> int:
-    from tulle.controlplane.push.protocol import WorkloadInfo
     from tulle.dataplane.subscribed import run
+    from tulle.proxyconfig.stream import WorkloadInfo
 
     label_map = {}
     for lv in labels:

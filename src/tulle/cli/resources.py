@@ -240,14 +240,21 @@ def _get_proxies(srv: str, name: str | None, namespace: str | None, output: str)
         items = [p for p in items if p["name"] == name]
     if _emit({"items": items}, output):
         return
-    rows = [["NAMESPACE", "NAME", "CONNECTED", "ACKED", "DESIRED", "LAST-NACK"]]
+    rows = [["NAMESPACE", "NAME", "CONNECTED", "ACKED", "DESIRED", "PROTOCOL", "WITHHELD",
+             "LAST-NACK"]]
     for p in items:
         nack = p.get("lastNack") or {}
         rows.append([p["namespace"], p["name"], "yes" if p.get("connected") else "no",
                      p.get("ackedVersion") or "-", p.get("desiredVersion") or "-",
+                     str(p.get("protocol") or "-"), _withheld(p) or "-",
                      f"{nack.get('version')}: {nack.get('reason')}" if nack else
                      (f"config error: {p['configError']}" if p.get("configError") else "-")])
     _table(rows)
+
+
+def _withheld(p: dict[str, Any]) -> str:
+    """The config features left out of a proxy's snapshots because it lacks them."""
+    return ",".join(w["feature"] for w in p.get("withheld") or [])
 
 
 @click.command("delete")
@@ -322,9 +329,16 @@ def describe_cmd(type_: str, name: str, namespace: str | None, server: str | Non
                 click.echo(f"Proxy:        {'connected' if p.get('connected') else 'not connected'}"
                            f", acked {p.get('ackedVersion') or '-'}, desired "
                            f"{p.get('desiredVersion') or '-'}"
+                           + (f", protocol {p['protocol']}" if p.get("protocol") else "")
                            + (f", last NACK {nack['version']}: {nack['reason']}" if nack else "")
                            + (f", config error: {p['configError']}" if p.get("configError")
                               else ""))
+                if p.get("connected"):
+                    click.echo(f"Features:     {', '.join(p.get('features') or []) or '<none>'}")
+                    withheld = p.get("withheld") or []
+                    click.echo("Withheld:     " + ("; ".join(
+                        f"{w['feature']} ({', '.join(w['paths'])})" for w in withheld)
+                        or "<none>"))
 
 
 SECTIONS = {"listeners": "listeners", "routes": "route_tables", "clusters": "clusters",

@@ -25,7 +25,6 @@ from collections.abc import Callable
 from typing import Any
 
 from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh
-from tulle.controlplane.push.protocol import WorkloadInfo
 from tulle.controlplane.push.server import SnapshotCache
 from tulle.controlplane.store.errors import (
     AlreadyExistsError,
@@ -34,6 +33,7 @@ from tulle.controlplane.store.errors import (
     NotFoundError,
 )
 from tulle.controlplane.store.protocol import Obj, ResourceStore
+from tulle.proxyconfig.stream import WorkloadInfo
 
 log = logging.getLogger("tulle.controlplane")
 

@@ -6,8 +6,10 @@ restarted while the control plane is down serves what it served before.  The age
 with exponential backoff and full jitter, rotating through the control-plane addresses it was
 given (several replicas share one PostgreSQL store).
 
-A snapshot or delta that fails validation or cannot be applied is NACKed with the reason; the
-proxy keeps serving the previous snapshot.
+The hello announces what this build speaks: the stream protocol, the contract version and every
+config feature of its model (`proxyconfig/features.py`).  A snapshot or delta is decoded here,
+not in the frame decoder, so one that fails to decode, validate or apply is NACKed with every
+reason and field path and the stream stays up; the proxy keeps serving the previous snapshot.
 """
 
 from __future__ import annotations
@@ -17,12 +19,16 @@ import contextlib
 import logging
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import msgspec
 
-from tulle.controlplane.push.protocol import (
+from tulle.dataplane.server import ApplyError, ProxyServer
+from tulle.proxyconfig import features
+from tulle.proxyconfig.delta import DeltaError
+from tulle.proxyconfig.model import CONFIG_API_VERSION, ProxyConfig
+from tulle.proxyconfig.stream import (
     Ack,
     DeltaMsg,
     Error,
@@ -35,11 +41,11 @@ from tulle.controlplane.push.protocol import (
     Pong,
     Snapshot,
     WorkloadInfo,
+    apply_checked,
+    decode_delta,
+    decode_snapshot,
     encode,
 )
-from tulle.dataplane.server import ApplyError, ProxyServer
-from tulle.proxyconfig.delta import DeltaError, apply_delta
-from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.validate import ConfigError, check, validate
 
 log = logging.getLogger("tulle.agent")
@@ -68,7 +74,8 @@ class Agent:
     def __init__(self, server: ProxyServer, addresses: Sequence[tuple[str, int]],
                  workload: WorkloadInfo, *, cache_path: Path | None = None,
                  token: str = "", backoff_initial: float = 0.1, backoff_max: float = 5.0,
-                 idle_timeout: float = 40.0) -> None:
+                 idle_timeout: float = 40.0,
+                 features: Sequence[str] = features.SUPPORTED) -> None:
         if not addresses:
             raise ValueError("at least one control-plane address is needed")
         self.server = server
@@ -81,7 +88,11 @@ class Agent:
         self.idle_timeout = idle_timeout
         self.connected = asyncio.Event()
         self.current: ProxyConfig | None = None
+        self.features = list(features)
+        """Announced in the hello; tests announce fewer to play an older proxy."""
         self.last_nack = ""
+        self.last_ignored: list[str] = []
+        """Fields the control plane marked optional that this proxy dropped, last apply."""
         self._stop = False
 
     async def start_from_cache(self) -> bool:
@@ -126,8 +137,10 @@ class Agent:
     async def _session(self, host: str, port: int) -> None:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=5)
         try:
-            writer.write(encode(Hello(workload=self.workload, token=self.token,
-                                      last_version=self.current.version if self.current else "")))
+            writer.write(encode(Hello(
+                workload=self.workload, token=self.token,
+                last_version=self.current.version if self.current else "",
+                api_versions=[CONFIG_API_VERSION], features=self.features)))
             decoder = FrameDecoder()
             while not self._stop:
                 data = await asyncio.wait_for(reader.read(65536), timeout=self.idle_timeout)
@@ -147,41 +160,51 @@ class Agent:
         if isinstance(msg, Ping):
             return Pong()
         if isinstance(msg, Error):
+            log.warning("control plane refused this proxy: %s", msg.reason)
             raise ConnectionRefusedError(f"control plane refused us: {msg.reason}")
         if isinstance(msg, Snapshot):
             self.connected.set()
-            cfg = msg.config
+            raw, optional = msg.config, msg.optional
 
-            def checked() -> ProxyConfig:
+            def checked(ignored: list[str]) -> ProxyConfig:
+                cfg = decode_snapshot(raw, optional, ignored)
                 check(cfg)
                 return cfg
 
-            return await self._apply(msg.version, checked)
+            return await self._apply(_payload_version(raw, msg), checked)
         if isinstance(msg, DeltaMsg):
             self.connected.set()
-            d = msg.delta
+            draw, doptional = msg.delta, msg.optional
 
-            def build() -> ProxyConfig:
+            def build(ignored: list[str]) -> ProxyConfig:
+                d = decode_delta(draw, doptional, ignored)
                 if self.current is None:
                     raise DeltaError("delta received before any snapshot")
-                new = apply_delta(self.current, d)
+                new = apply_checked(self.current, d)
                 check(new)
                 return new
 
-            return await self._apply(d.version, build)
+            return await self._apply(_payload_version(draw, msg), build)
         return None
 
-    async def _apply(self, version: str, build: object) -> Message:
+    async def _apply(self, version: str, build: Callable[[list[str]], ProxyConfig]) -> Message:
+        ignored: list[str] = []
+        paths: list[str] = []
         try:
-            cfg = build()  # type: ignore[operator]
+            cfg = build(ignored)
             await self.server.apply(cfg)
         except ConfigError as exc:
             reason = "; ".join(str(e) for e in exc.errors)
+            paths = [e.path for e in exc.errors if e.path]
         except (ApplyError, DeltaError, msgspec.ValidationError) as exc:
             reason = str(exc)
         else:
             self.current = cfg
             self.last_nack = ""
+            self.last_ignored = ignored
+            if ignored:
+                log.info("config version %s: dropped optional fields this proxy does not know: "
+                         "%s", version, ", ".join(ignored))
             if self.cache_path is not None:
                 try:
                     save_cached(self.cache_path, cfg)
@@ -191,4 +214,22 @@ class Agent:
         self.last_nack = reason
         log.warning("rejected config version %s, keeping %s: %s", version,
                     self.current.version if self.current else "none", reason)
-        return Nack(version=version, reason=reason)
+        return Nack(version=version, reason=reason, paths=paths)
+
+
+class _Versioned(msgspec.Struct):
+    version: str = ""
+
+
+_version_decoder = msgspec.json.Decoder(_Versioned)
+
+
+def _payload_version(raw: msgspec.Raw, msg: Snapshot | DeltaMsg) -> str:
+    """The version to ACK or NACK: the snapshot envelope says it; a delta's is in its payload,
+    read on its own so that even a payload that fails to decode is NACKed by version."""
+    if isinstance(msg, Snapshot):
+        return msg.version
+    try:
+        return _version_decoder.decode(raw).version
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return ""

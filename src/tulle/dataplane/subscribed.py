@@ -15,10 +15,10 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
-from tulle.controlplane.push.protocol import WorkloadInfo
 from tulle.dataplane.agent import Agent
 from tulle.dataplane.listeners.admin import start_admin
 from tulle.dataplane.server import ProxyServer
+from tulle.proxyconfig.stream import WorkloadInfo
 
 log = logging.getLogger("tulle.proxy")
 

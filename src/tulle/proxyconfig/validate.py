@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any
 
 import msgspec
@@ -49,25 +49,79 @@ _TYPE_NAMES = {
 }
 
 
+def _check_tagged(value: dict[str, Any], options: list[mi.StructType], path: str,
+                  out: list[FieldError], w: _Walk) -> None:
+    """A tagged union: the tag names the struct, whose errors are reported with their paths."""
+    field = options[0].tag_field
+    assert field is not None
+    tags = {o.tag: o for o in options}
+    allowed = ", ".join(repr(k) for k in tags)
+    if field not in value:
+        out.append(FieldError(_join(path, field), f"required field is missing (one of {allowed})"))
+        return
+    option = tags.get(value[field])
+    if option is None:
+        out.append(FieldError(_join(path, field), f"must be one of {allowed}, "
+                                                  f"got {value[field]!r}"))
+        return
+    _check(value, option, path, out, w)
+
+
 def _describe(t: mi.Type) -> str:
     if isinstance(t, mi.LiteralType):
         return "one of " + ", ".join(repr(v) for v in t.values)
+    if isinstance(t, mi.StructType) and t.tag_field:
+        return f"a mapping with {t.tag_field}: {t.tag!r}"
     return _TYPE_NAMES.get(type(t), type(t).__name__)
 
 
-def _check(value: Any, t: mi.Type, path: str, out: list[FieldError]) -> None:
+class _Walk:
+    """What one walk carries besides the errors: the schema paths whose unknown fields may be
+    dropped (marked optional by the sender) and the concrete paths that were dropped."""
+
+    __slots__ = ("ignored", "optional")
+
+    def __init__(self, optional: Collection[str] = ()) -> None:
+        self.optional = frozenset(optional)
+        self.ignored: list[str] = []
+
+
+_INDEX = re.compile(r"\[[^\]]*\]")
+
+
+def schema_path(path: str) -> str:
+    """`listeners[3].port` and `listeners[name=web].port` -> `listeners[].port`: the form
+    feature and optional-field paths are written in."""
+    return _INDEX.sub("[]", path)
+
+
+def _tagged(t: mi.UnionType) -> list[mi.StructType] | None:
+    """The options of a tagged union of structs (msgspec's `tag_field`), else None."""
+    real = [o for o in t.types if not isinstance(o, mi.NoneType)]
+    if len(real) < 2 or not all(isinstance(o, mi.StructType) and o.tag_field for o in real):
+        return None
+    return real  # type: ignore[return-value]
+
+
+def _check(value: Any, t: mi.Type, path: str, out: list[FieldError], w: _Walk) -> None:
     if isinstance(t, mi.AnyType):
         return
     if isinstance(t, mi.UnionType):
+        tagged = _tagged(t)
+        if tagged is not None and isinstance(value, dict):
+            _check_tagged(value, tagged, path, out, w)  # the tag decides; no guessing
+            return
         for option in t.types:
             trial: list[FieldError] = []
-            _check(value, option, path, trial)
+            tw = _Walk(w.optional)
+            _check(value, option, path, trial, tw)
             if not trial:
+                w.ignored += tw.ignored
                 return
         # Prefer the errors of the non-null option so the message is about the real shape.
         real = [o for o in t.types if not isinstance(o, mi.NoneType)]
         if len(real) == 1:
-            _check(value, real[0], path, out)
+            _check(value, real[0], path, out, w)
         else:
             out.append(FieldError(path, "expected " + " or ".join(_describe(o) for o in t.types)))
         return
@@ -109,26 +163,34 @@ def _check(value: Any, t: mi.Type, path: str, out: list[FieldError]) -> None:
             out.append(FieldError(path, f"expected a list, got {type(value).__name__}"))
             return
         for i, item in enumerate(value):
-            _check(item, t.item_type, _join(path, i), out)
+            _check(item, t.item_type, _join(path, i), out, w)
         return
     if isinstance(t, mi.DictType):
         if not isinstance(value, dict):
             out.append(FieldError(path, f"expected a mapping, got {type(value).__name__}"))
             return
         for k, v in value.items():
-            _check(v, t.value_type, _join(path, str(k)), out)
+            _check(v, t.value_type, _join(path, str(k)), out, w)
         return
     if isinstance(t, mi.StructType):
         if not isinstance(value, dict):
             out.append(FieldError(path, f"expected a mapping, got {type(value).__name__}"))
             return
+        if t.tag_field and t.tag_field in value and value[t.tag_field] != t.tag:
+            out.append(FieldError(_join(path, t.tag_field), f"must be {t.tag!r}"))
         known = {f.encode_name: f for f in t.fields}
-        for key in value:
-            if key not in known:
-                out.append(FieldError(_join(path, str(key)), "unknown field"))
+        unknown = [k for k in value if k not in known and k != t.tag_field]
+        if unknown and t.forbid_unknown_fields:
+            for key in unknown:
+                where = _join(path, str(key))
+                if w.optional and schema_path(where) in w.optional:
+                    del value[key]  # the sender said an older proxy may go without it
+                    w.ignored.append(where)
+                else:
+                    out.append(FieldError(where, "unknown field"))
         for f in t.fields:
             if f.encode_name in value:
-                _check(value[f.encode_name], f.type, _join(path, f.encode_name), out)
+                _check(value[f.encode_name], f.type, _join(path, f.encode_name), out, w)
             elif f.required:
                 out.append(FieldError(_join(path, f.encode_name), "required field is missing"))
         return
@@ -244,23 +306,44 @@ def check(cfg: ProxyConfig) -> None:
         raise ConfigError(errors)
 
 
-def validate(raw: Any) -> ProxyConfig:
-    """Check `raw` (decoded YAML/JSON) and build the config, or raise ConfigError listing all
-    errors."""
+def errors_in(raw: Any, typ: Any, path: str = "", *, optional: Collection[str] = (),
+              ignored: list[str] | None = None) -> list[FieldError]:
+    """The structural errors of `raw` read as `typ` (any msgspec type of the contract), each
+    with its path below `path`.  Unknown fields at a schema path in `optional` are removed
+    from `raw` (it is changed in place) and their paths appended to `ignored`."""
+    w = _Walk(optional)
     errors: list[FieldError] = []
-    _check(raw, _SCHEMA, "", errors)
+    _check(raw, _SCHEMA if typ is ProxyConfig else mi.type_info(typ), path, errors, w)
+    if ignored is not None:
+        ignored.extend(w.ignored)
+    return errors
+
+
+def convert_error(exc: msgspec.ValidationError, prefix: str = "") -> FieldError:
+    """msgspec's `... - at `$.a[0].b`` as a FieldError `a[0].b: ...` (below `prefix`)."""
+    msg, _, where = str(exc).partition(" - at `$")
+    where = where.rstrip("`")
+    if prefix:
+        return FieldError(prefix + where, msg)
+    return FieldError(where.lstrip("."), msg)
+
+
+def validate(raw: Any, *, optional: Collection[str] = (),
+             ignored: list[str] | None = None) -> ProxyConfig:
+    """Check `raw` (decoded YAML/JSON) and build the config, or raise ConfigError listing all
+    errors.  `optional`/`ignored`: see `errors_in` (the push stream's optional fields)."""
+    errors = errors_in(raw, ProxyConfig, optional=optional, ignored=ignored)
     if errors:
         raise ConfigError(errors)
     try:
         cfg = msgspec.convert(raw, ProxyConfig)
     except msgspec.ValidationError as exc:  # a case the walker does not model: still a field path
-        text = str(exc)
-        msg, _, where = text.partition(" - at `$")
-        raise ConfigError([FieldError(where.rstrip("`").lstrip("."), msg)]) from exc
+        raise ConfigError([convert_error(exc)]) from exc
     errors = _semantic(cfg)
     if errors:
         raise ConfigError(errors)
     return cfg
 
 
-__all__ = ["ConfigError", "FieldError", "check", "validate"]
+__all__ = ["ConfigError", "FieldError", "check", "convert_error", "errors_in", "schema_path",
+           "validate"]

@@ -17,7 +17,7 @@ from tests.support.controlplane import eventually, running_control_plane, subscr
 from tests.support.proxy import free_port
 
 from tulle.cli.resources import apply_cmd
-from tulle.controlplane.push.protocol import WorkloadInfo
+from tulle.proxyconfig.stream import WorkloadInfo
 
 ROOT = Path(__file__).resolve().parents[3]
 TULLE = str(Path(sys.executable).parent / "tulle")

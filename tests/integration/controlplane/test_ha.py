@@ -30,7 +30,7 @@ from tests.support.proxy import free_port
 from tests.support.resources import NS, route, service, workload
 from tests.support.subproc import TULLE, _die_with_test
 
-from tulle.controlplane.push.protocol import WorkloadInfo
+from tulle.proxyconfig.stream import WorkloadInfo
 
 __all__ = ["postgres_server"]  # the fixture, imported so that pytest finds it
 

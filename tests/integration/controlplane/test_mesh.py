@@ -19,7 +19,7 @@ from tests.support.controlplane import (
 from tests.support.proxy import free_port
 from tests.support.resources import NS, route, service, workload
 
-from tulle.controlplane.push.protocol import WorkloadInfo
+from tulle.proxyconfig.stream import WorkloadInfo
 
 
 async def fetch(url: str, host: str) -> tuple[int, str]:

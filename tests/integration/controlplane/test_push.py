@@ -9,11 +9,11 @@ from typing import Any
 import aiohttp
 from tests.support.origin import running_origin
 
-from tulle.controlplane.push.protocol import WorkloadInfo
 from tulle.controlplane.push.server import PushServer, SnapshotCache
 from tulle.dataplane.agent import Agent
 from tulle.dataplane.server import ProxyServer
 from tulle.proxyconfig import validate
+from tulle.proxyconfig.stream import WorkloadInfo
 
 KEY = ("shop", "web-0")
 

@@ -25,7 +25,7 @@ from tests.support.controlplane import (
     subscribe,
 )
 
-from tulle.controlplane.push.protocol import Hello, WorkloadInfo, encode
+from tulle.proxyconfig.stream import Hello, WorkloadInfo, encode
 
 
 async def stream_status(cp: ControlPlaneProcess) -> dict[str, Any]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import pytest
 
 from tulle.proxyconfig import ConfigError, load_text, validate
+from tulle.proxyconfig.validate import errors_in
 
 
 def good() -> dict[str, Any]:
@@ -99,3 +101,45 @@ def test_yaml_syntax_errors_name_the_position() -> None:
 
 def test_non_mapping_document() -> None:
     assert errors_of([1, 2]) == ["<root>: expected a mapping, got list"]
+
+
+# -- tagged unions (the shape of filter configs: one struct per `type`) ------------------------
+
+class _AddHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type",
+                 tag="add_header"):
+    name: Annotated[str, msgspec.Meta(min_length=1)]
+    value: str = ""
+
+
+class _Delay(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type",
+             tag="delay"):
+    delay_ms: Annotated[int, msgspec.Meta(ge=0)]
+
+
+class _Rule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    filters: list[_AddHeader | _Delay] = msgspec.field(default_factory=list)
+
+
+def tagged_errors(raw: Any) -> list[str]:
+    return [str(e) for e in errors_in(raw, _Rule)]
+
+
+def test_errors_inside_a_tagged_union_carry_the_path_of_the_chosen_variant() -> None:
+    assert tagged_errors({"filters": [
+        {"type": "add_header", "name": "x-a"},
+        {"type": "delay", "delay_ms": -5},
+        {"type": "add_header", "name": "", "colour": "red"},
+    ]}) == [
+        "filters[1].delay_ms: must be >= 0, got -5",
+        "filters[2].colour: unknown field",
+        "filters[2].name: must be at least 1 characters",
+    ]
+
+
+def test_a_tagged_union_names_the_missing_or_unknown_tag() -> None:
+    assert tagged_errors({"filters": [{"name": "x"}, {"type": "rewrite"}, "delay"]}) == [
+        "filters[0].type: required field is missing (one of 'add_header', 'delay')",
+        "filters[1].type: must be one of 'add_header', 'delay', got 'rewrite'",
+        "filters[2]: expected a mapping with type: 'add_header' or a mapping with type: 'delay'",
+    ]
+    assert tagged_errors({"filters": [{"type": "delay", "delay_ms": 3}]}) == []

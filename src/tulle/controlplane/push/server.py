@@ -12,6 +12,12 @@ found by object identity), and at most `max_inflight_pushes` sessions write at o
 its frame has left our buffer: a push to 2,000 proxies never holds 2,000 full snapshots in
 memory, and a proxy that stops reading only ever holds up its own slot, for `drain_timeout`.
 
+A `hello` names the stream protocol, contract versions and config features the proxy speaks
+(ADR 0011).  A protocol or contract version this control plane does not speak gets an `Error`
+saying which it does, and the connection is closed (logged once per proxy and version: a proxy
+that retries does not flood the log).  A proxy lacking a feature gets snapshots without that
+feature's fields; its status lists what was withheld.
+
 Before `hello` a connection is anonymous and held to little: frames of at most
 `HELLO_MAX_FRAME` bytes, `hello_timeout` seconds to say hello, and at most `max_connections`
 connections in all (beyond it a new connection is closed at once, counted and logged).  Once
@@ -30,9 +36,14 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from tulle.controlplane.push.protocol import (
+from tulle.controlplane.push.wire import WireCache, withheld_delta_frame, withheld_snapshot_frame
+from tulle.proxyconfig.features import Feature, lacking
+from tulle.proxyconfig.model import CONFIG_API_VERSION, ProxyConfig
+from tulle.proxyconfig.stream import (
     HELLO_MAX_FRAME,
     MAX_FRAME,
+    PROTOCOL_VERSION,
+    SUPPORTED_PROTOCOLS,
     Ack,
     Error,
     FrameDecoder,
@@ -45,8 +56,6 @@ from tulle.controlplane.push.protocol import (
     WorkloadInfo,
     encode,
 )
-from tulle.controlplane.push.wire import WireCache
-from tulle.proxyconfig.model import ProxyConfig
 
 log = logging.getLogger("tulle.controlplane.push")
 
@@ -115,7 +124,14 @@ class ProxyStatus:
     acked_at: float = 0.0
     nack_version: str = ""
     nack_reason: str = ""
+    nack_paths: list[str] = field(default_factory=list)
     pushes: int = 0
+    protocol: int = 0
+    """The stream protocol version of the proxy's last hello."""
+    features: list[str] = field(default_factory=list)
+    """The config features the proxy announced."""
+    withheld: tuple[Feature, ...] = ()
+    """Features this control plane has and the proxy lacks: left out of its snapshots."""
     control_plane: str = ""
     extra: dict[str, str] = field(default_factory=dict)
     running: ProxyConfig | None = field(default=None, repr=False)
@@ -128,9 +144,12 @@ class ProxyStatus:
             "peer": self.peer, "connectedSince": self.connected_since,
             "lastSeen": self.last_seen, "sentVersion": self.sent_version,
             "ackedVersion": self.acked_version, "ackedAt": self.acked_at,
-            "lastNack": {"version": self.nack_version, "reason": self.nack_reason}
+            "lastNack": {"version": self.nack_version, "reason": self.nack_reason,
+                         "paths": self.nack_paths}
             if self.nack_version else None,
             "pushes": self.pushes, "controlPlane": self.control_plane,
+            "protocol": self.protocol, "features": self.features,
+            "withheld": [{"feature": f.name, "paths": list(f.paths)} for f in self.withheld],
         }
 
 
@@ -187,6 +206,8 @@ class PushServer:
         self.refused_connections = 0
         self.hello_timeouts = 0
         self.bad_hellos = 0
+        self.unsupported_hellos = 0
+        self._told: set[tuple[str, str, str]] = set()
         self._log_refused = _Throttled("refused, over --stream-max-connections")
         self._log_no_hello = _Throttled("closed before a valid hello")
         self.cache = cache
@@ -220,7 +241,21 @@ class PushServer:
         """Open connections and what the stream refused, since it started."""
         return {"connections": len(self._sessions), "maxConnections": self.max_connections,
                 "refusedConnections": self.refused_connections,
-                "helloTimeouts": self.hello_timeouts, "badHellos": self.bad_hellos}
+                "helloTimeouts": self.hello_timeouts, "badHellos": self.bad_hellos,
+                "unsupportedHellos": self.unsupported_hellos}
+
+    def unsupported(self, hello: Hello, peer: str, reason: str) -> None:
+        """A hello this control plane cannot serve: count it, log it once per proxy and reason
+        (the proxy retries with backoff; the log says it once, the counter counts them all)."""
+        self.unsupported_hellos += 1
+        w = hello.workload
+        told = (f"{w.namespace}/{w.name}", str(hello.protocol), ",".join(hello.api_versions))
+        if told in self._told:
+            return
+        if len(self._told) >= 4096:  # bounded: a peer inventing names cannot grow it forever
+            self._told.clear()
+        self._told.add(told)
+        log.warning("proxy %s/%s from %s refused: %s", w.namespace, w.name, peer, reason)
 
     def _refuse(self, writer: asyncio.StreamWriter, peer: str) -> None:
         """Over `max_connections`: close at once (RST, nothing buffered), count, log."""
@@ -272,6 +307,7 @@ class ProxySession:
         self.inflight: ProxyConfig | None = None
         self.rejected = ""
         self.st: ProxyStatus | None = None
+        self.missing: tuple[Feature, ...] = ()
 
     def send(self, msg: Message) -> None:
         self.writer.write(encode(msg))
@@ -299,6 +335,11 @@ class ProxySession:
             if not isinstance(first, Hello):
                 srv.no_hello(self.peer, False, "first message is not a hello")
                 self.send(Error(reason="expected hello"))
+                return
+            reason = negotiation_error(first)
+            if reason:
+                srv.unsupported(first, self.peer, reason)
+                self.send(Error(reason=reason))
                 return
             self.decoder.max_frame = MAX_FRAME
             await self._session(first)
@@ -336,8 +377,12 @@ class ProxySession:
         now = time.time()  # noqa: TID251 - wall-clock timestamps for display, not durations
         st.connected, st.peer, st.connected_since, st.last_seen = True, self.peer, now, now
         st.control_plane = srv.instance
-        log.info("proxy %s/%s connected from %s (serving %r)", w.namespace, w.name, self.peer,
-                 hello.last_version or "nothing")
+        self.missing = lacking(hello.features)
+        st.protocol, st.features, st.withheld = hello.protocol, list(hello.features), self.missing
+        log.info("proxy %s/%s connected from %s (serving %r)%s", w.namespace, w.name, self.peer,
+                 hello.last_version or "nothing",
+                 f"; withholding {', '.join(f.name for f in self.missing)}"
+                 if self.missing else "")
         # One event wakes this loop: a new snapshot for this proxy (the cache sets it), a
         # message from the proxy, or the end of the stream (the reader sets it).
         wake = srv.cache.subscribe(key)
@@ -385,8 +430,13 @@ class ProxySession:
             if current is None:
                 return
             wire = srv.cache.wire
-            self.writer.writelines(wire.snapshot_frame(current) if self.acked is None
-                                   else wire.delta_frame(self.acked, current))
+            if self.missing:  # an older proxy: frames of its own (see wire.py)
+                frame = (withheld_snapshot_frame(current, self.missing) if self.acked is None
+                         else withheld_delta_frame(self.acked, current, self.missing))
+            else:
+                frame = (wire.snapshot_frame(current) if self.acked is None
+                         else wire.delta_frame(self.acked, current))
+            self.writer.writelines(frame)
             self.inflight = current
             assert self.st is not None
             self.st.sent_version = current.version
@@ -413,6 +463,7 @@ class ProxySession:
             log.warning("proxy %s/%s rejected version %s: %s", key[0], key[1], msg.version,
                         msg.reason)
             st.nack_version, st.nack_reason = msg.version, msg.reason
+            st.nack_paths = list(msg.paths)
             if self.inflight is not None and msg.version == self.inflight.version:
                 # Never resend a rejected version; the next change is diffed against the
                 # last good one (or sent whole if there is none).
@@ -420,3 +471,15 @@ class ProxySession:
                 self.inflight = None
         elif isinstance(msg, Pong):
             pass
+
+
+def negotiation_error(hello: Hello) -> str:
+    """Why this control plane cannot serve a proxy that said `hello`; empty when it can."""
+    if hello.protocol not in SUPPORTED_PROTOCOLS:
+        speaks = ", ".join(str(v) for v in sorted(SUPPORTED_PROTOCOLS))
+        return (f"unsupported stream protocol version {hello.protocol}: this control plane "
+                f"speaks {speaks} (current {PROTOCOL_VERSION})")
+    if hello.api_versions and CONFIG_API_VERSION not in hello.api_versions:
+        return (f"the proxy decodes config versions {', '.join(hello.api_versions)}; this "
+                f"control plane compiles {CONFIG_API_VERSION}")
+    return ""

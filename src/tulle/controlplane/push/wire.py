@@ -14,8 +14,13 @@ times (seconds of CPU per change).  Instead:
   set difference: loops in C), and only the few objects that are new go through the
   name lookup and an equality check, which is itself memoised per pair of objects.
 
-The frames are byte-for-byte what `encode(Snapshot(...))` and `encode(DeltaMsg(diff(...)))`
-give (a unit test holds them to it), so the proxy's side does not know this module exists.
+The frames are byte-for-byte what `encode(snapshot_message(...))` and
+`encode(delta_message(diff(...)))` give (a unit test holds them to it), so the proxy's side
+does not know this module exists.
+
+A proxy that lacks a config feature (`proxyconfig/features.py`) gets frames of its own, built
+by `withheld_snapshot_frame` / `withheld_delta_frame` from plain values with the feature's
+fields removed: slower, but only older proxies pay it, during an upgrade.
 
 Entries live for two compilation rounds (`rotate()` at each): long enough for sessions to
 push the round they were woken for, short enough that memory holds about one snapshot's worth
@@ -30,9 +35,10 @@ from typing import Any, cast
 
 import msgspec
 
-from tulle.controlplane.push.protocol import DeltaMsg, Message, Snapshot
-from tulle.proxyconfig.delta import CollectionDelta, Delta
+from tulle.proxyconfig.delta import CollectionDelta, Delta, diff
+from tulle.proxyconfig.features import Feature, withhold_config, withhold_delta
 from tulle.proxyconfig.model import ProxyConfig
+from tulle.proxyconfig.stream import DeltaMsg, Message, Snapshot
 
 _name = operator.attrgetter("name")
 _encoder = msgspec.json.Encoder()
@@ -97,7 +103,7 @@ class WireCache:
     # -- frames ----------------------------------------------------------------------------------
 
     def snapshot_frame(self, cfg: ProxyConfig) -> Frame:
-        """`encode(Snapshot(version=cfg.version, config=cfg))`, sharing each resource's JSON."""
+        """`encode(snapshot_message(cfg))`, sharing each resource's JSON."""
         holes: list[bytes] = []
 
         def pieces(items: list[Any]) -> Any:
@@ -107,7 +113,8 @@ class WireCache:
         wire = msgspec.structs.replace(cfg, listeners=pieces(cfg.listeners),
                                        route_tables=pieces(cfg.route_tables),
                                        clusters=pieces(cfg.clusters))
-        return _frame(Snapshot(version=cfg.version, config=wire), holes)
+        return _frame(Snapshot(version=cfg.version, config=msgspec.Raw(_encoder.encode(wire))),
+                      holes)
 
     def delta_frame(self, old: ProxyConfig, new: ProxyConfig) -> Frame:
         """`encode(DeltaMsg(delta=diff(old, new)))`, without walking unchanged resources."""
@@ -122,7 +129,7 @@ class WireCache:
             route_tables=self._collection(old.route_tables, new.route_tables, holes),
             clusters=self._collection(old.clusters, new.clusters, holes),
         )
-        return _frame(DeltaMsg(delta=d), holes)
+        return _frame(DeltaMsg(delta=msgspec.Raw(_encoder.encode(d))), holes)
 
     def _collection(self, old: list[Any], new: list[Any], holes: list[bytes]) -> CollectionDelta:
         """Same result as `proxyconfig.delta._diff_collection` for collections whose names are
@@ -173,3 +180,18 @@ def _frame(msg: Message, holes: list[bytes]) -> Frame:
     for hole, seg in zip(holes, segments[1:], strict=True):
         out += (hole, seg)
     return out
+
+
+def withheld_snapshot_frame(cfg: ProxyConfig, missing: tuple[Feature, ...]) -> Frame:
+    """A snapshot for a proxy lacking `missing`: their fields are not in it at all."""
+    doc = msgspec.to_builtins(cfg)
+    withhold_config(doc, missing)
+    return _frame(Snapshot(version=cfg.version, config=msgspec.Raw(_encoder.encode(doc))), [])
+
+
+def withheld_delta_frame(old: ProxyConfig, new: ProxyConfig,
+                         missing: tuple[Feature, ...]) -> Frame:
+    """A delta for a proxy lacking `missing` (see `withheld_snapshot_frame`)."""
+    doc = msgspec.to_builtins(diff(old, new))
+    withhold_delta(doc, missing)
+    return _frame(DeltaMsg(delta=msgspec.Raw(_encoder.encode(doc))), [])

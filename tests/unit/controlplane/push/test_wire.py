@@ -8,10 +8,17 @@ import pytest
 
 from tulle.api.registry import parse
 from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh
-from tulle.controlplane.push.protocol import DeltaMsg, FrameDecoder, Snapshot, encode
 from tulle.controlplane.push.wire import WireCache
 from tulle.proxyconfig.delta import apply_delta, diff
 from tulle.proxyconfig.model import ProxyConfig
+from tulle.proxyconfig.stream import (
+    DeltaMsg,
+    FrameDecoder,
+    decode_delta,
+    delta_message,
+    encode,
+    snapshot_message,
+)
 
 NS = "shop"
 Key = tuple[str, str]
@@ -64,18 +71,17 @@ def test_frames_equal_the_plain_encoding_through_a_series_of_changes(big: int) -
     parts, wire = PartCache(), WireCache(big=big)
     before = compile_mesh(MeshInputs.from_resources(BASE), parts).snapshots
     for key, cfg in before.items():
-        assert b"".join(wire.snapshot_frame(cfg)) == encode(
-            Snapshot(version=cfg.version, config=cfg)), key
+        assert b"".join(wire.snapshot_frame(cfg)) == encode(snapshot_message(cfg)), key
     for what, resources in STEPS:
         after = compile_mesh(MeshInputs.from_resources(resources), parts).snapshots
         wire.rotate()
         for key in sorted(set(before) & set(after)):
             old, new = before[key], after[key]
             frame = b"".join(wire.delta_frame(old, new))
-            assert frame == encode(DeltaMsg(delta=diff(old, new))), (what, key)
+            assert frame == encode(delta_message(diff(old, new))), (what, key)
             assert _rebuilt(old, frame) == new, (what, key)
             assert b"".join(wire.snapshot_frame(new)) == encode(
-                Snapshot(version=new.version, config=new)), (what, key)
+                snapshot_message(new)), (what, key)
         before = after
 
 
@@ -95,11 +101,11 @@ def test_unrelated_objects_with_equal_content_are_not_confused() -> None:
     b = compile_mesh(MeshInputs.from_resources(BASE)).snapshots  # no cache: new objects
     key = sorted(a)[0]
     frame = b"".join(wire.delta_frame(a[key], b[key]))
-    assert frame == encode(DeltaMsg(delta=diff(a[key], b[key])))
+    assert frame == encode(delta_message(diff(a[key], b[key])))
     assert b'"upsert"' not in frame
 
 
 def _rebuilt(old: ProxyConfig, frame: bytes) -> ProxyConfig:
     (msg,) = FrameDecoder().feed(frame)
     assert isinstance(msg, DeltaMsg)
-    return apply_delta(old, msg.delta)
+    return apply_delta(old, decode_delta(msg.delta))

@@ -1,0 +1,273 @@
+"""The proxy stream's messages: an envelope decoded first, the config payload kept as raw bytes.
+
+Why here, next to the contract: both ends speak it, and the data plane must never import the
+control plane (a test guards the import directions).  Why not gRPC/xDS: grpcio + protobuf add
+~10 MB RSS to every proxy (measured), a third of its budget (ADR 0009).  A frame
+(`framing.py`) holds one JSON object tagged by `type`.
+
+Why the payload stays raw (ADR 0011): the frame decoder decodes only the envelope (type,
+version, the optional-field marks).  The snapshot or delta inside is decoded by the proxy's
+agent, with the contract's validator on failure, so a config this proxy cannot take is a
+`Nack` with every reason and field path while the stream stays up, never a decode error that
+drops the connection.
+
+Exchange:
+
+    proxy -> cp   Hello(workload, last_version,       who it is, what it runs, what it speaks:
+                        protocol, api_versions,       stream protocol version, contract
+                        features)                     versions, config features (features.py)
+    cp -> proxy   Snapshot(version, config)           full config, first and on resync
+    cp -> proxy   DeltaMsg(delta)                     afterwards, against the last ACKed version
+    proxy -> cp   Ack(version) | Nack(version,        for each Snapshot/Delta
+                        reason, paths)
+    either        Ping / Pong                         keepalive
+    cp -> proxy   Error(reason)                       then close (unsupported protocol,
+                                                      unknown workload, bad auth)
+
+Evolution: a new optional field in a message is an addition with a default (both ends ignore
+unknown envelope fields); a new message type or a changed meaning is a new `PROTOCOL_VERSION`,
+and the control plane refuses a version it does not speak with an `Error` saying which it does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from tulle.proxyconfig.delta import Delta, apply_delta
+from tulle.proxyconfig.framing import HELLO_MAX_FRAME, MAX_FRAME, FrameError, FrameSplitter, frame
+from tulle.proxyconfig.model import (
+    CONFIG_API_VERSION,
+    Admin,
+    Cluster,
+    Listener,
+    Node,
+    ProxyConfig,
+    RouteTable,
+    Settings,
+)
+from tulle.proxyconfig.validate import ConfigError, FieldError, convert_error, errors_in
+
+PROTOCOL_VERSION = 1
+"""The stream protocol this build speaks."""
+SUPPORTED_PROTOCOLS = frozenset({1})
+"""Stream protocol versions the control plane accepts in a `Hello`."""
+
+
+class _Msg(msgspec.Struct, frozen=True, kw_only=True, tag_field="type"):
+    pass
+
+
+class WorkloadInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """What a proxy says about the workload it fronts, to register it."""
+
+    name: str
+    namespace: str = "default"
+    address: str = ""
+    service_account: str = "default"
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    ports: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    zone: str = ""
+    outbound_port: int = 0
+    """The loopback port of the outbound listener (0: the mesh default, 15001)."""
+
+
+class Hello(_Msg, frozen=True, tag="hello"):
+    workload: WorkloadInfo
+    last_version: str = ""
+    """The version the proxy is serving (from its disk cache), so a resync can be a no-op."""
+    protocol: int = PROTOCOL_VERSION
+    token: str = ""
+    api_versions: list[str] = msgspec.field(default_factory=list)
+    """Contract versions the proxy decodes; empty (a proxy from before negotiation) means
+    only `proxy.tulle.dev/v1alpha1`."""
+    features: list[str] = msgspec.field(default_factory=list)
+    """Config features the proxy takes (`features.py`); sections of the others are withheld."""
+
+
+class Snapshot(_Msg, frozen=True, tag="snapshot", omit_defaults=True):
+    version: str
+    config: msgspec.Raw
+    """A `ProxyConfig` document, decoded by the receiver (`decode_snapshot`), not by the frame
+    decoder."""
+    optional: list[str] = msgspec.field(default_factory=list)
+    """Schema paths (`settings.foo`, `listeners[].bar`) whose fields a proxy that does not
+    know them may drop instead of NACKing."""
+
+
+class DeltaMsg(_Msg, frozen=True, tag="delta", omit_defaults=True):
+    delta: msgspec.Raw
+    """A `Delta` document (`proxyconfig/delta.py`), decoded by the receiver."""
+    optional: list[str] = msgspec.field(default_factory=list)
+
+
+class Ack(_Msg, frozen=True, tag="ack"):
+    version: str
+
+
+class Nack(_Msg, frozen=True, tag="nack", omit_defaults=True):
+    version: str
+    reason: str
+    paths: list[str] = msgspec.field(default_factory=list)
+    """The field paths at fault (`settings.overload.foo`), when the reason is about fields."""
+
+
+class Ping(_Msg, frozen=True, tag="ping"):
+    pass
+
+
+class Pong(_Msg, frozen=True, tag="pong"):
+    pass
+
+
+class Error(_Msg, frozen=True, tag="error"):
+    reason: str
+
+
+Message = Hello | Snapshot | DeltaMsg | Ack | Nack | Ping | Pong | Error
+
+_encoder = msgspec.json.Encoder()
+_decoder = msgspec.json.Decoder(Message)
+_config_decoder = msgspec.json.Decoder(ProxyConfig)
+_delta_decoder = msgspec.json.Decoder(Delta)
+
+
+def encode(msg: Message) -> bytes:
+    return frame(_encoder.encode(msg))
+
+
+def snapshot_message(cfg: ProxyConfig, optional: list[str] | None = None) -> Snapshot:
+    return Snapshot(version=cfg.version, config=msgspec.Raw(_encoder.encode(cfg)),
+                    optional=optional or [])
+
+
+def delta_message(d: Delta, optional: list[str] | None = None) -> DeltaMsg:
+    return DeltaMsg(delta=msgspec.Raw(_encoder.encode(d)), optional=optional or [])
+
+
+class FrameDecoder:
+    """Feed bytes, get message envelopes.  Raises FrameError on an oversized frame or one whose
+    envelope is not a message; a payload (`config`, `delta`) is not looked at here."""
+
+    __slots__ = ("_frames",)
+
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
+        self._frames = FrameSplitter(max_frame)
+
+    @property
+    def max_frame(self) -> int:
+        return self._frames.max_frame
+
+    @max_frame.setter
+    def max_frame(self, value: int) -> None:
+        self._frames.max_frame = value
+
+    def feed(self, data: bytes) -> list[Message]:
+        out: list[Message] = []
+        for body in self._frames.feed(data):
+            try:
+                out.append(_decoder.decode(body))
+            except msgspec.DecodeError as exc:
+                raise FrameError(f"undecodable message: {exc}") from exc
+        return out
+
+
+# -- the receiver's side of a payload ----------------------------------------------------------
+
+def decode_snapshot(raw: msgspec.Raw, optional: list[str] | None = None,
+                    ignored: list[str] | None = None) -> ProxyConfig:
+    """The config of a `Snapshot`, structurally valid, or ConfigError with every path at fault.
+
+    The typed decode is the fast path; only a payload it refuses (or one carrying optional
+    marks) is decoded to plain values and walked, for all the errors with their paths."""
+    if not optional:
+        try:
+            return _config_decoder.decode(raw)
+        except msgspec.ValidationError:
+            pass  # walked below, for every error with its path
+        except msgspec.DecodeError as exc:
+            raise ConfigError([FieldError("config", f"not a JSON document: {exc}")]) from exc
+    try:
+        doc = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ConfigError([FieldError("config", f"not a JSON document: {exc}")]) from exc
+    errors = errors_in(doc, ProxyConfig, optional=optional or (), ignored=ignored)
+    if errors:
+        raise ConfigError(errors)
+    try:
+        return msgspec.convert(doc, ProxyConfig)
+    except msgspec.ValidationError as exc:
+        raise ConfigError([convert_error(exc)]) from exc
+
+
+def decode_delta(raw: msgspec.Raw, optional: list[str] | None = None,
+                 ignored: list[str] | None = None) -> Delta:
+    """The `Delta` of a `DeltaMsg`, or ConfigError.  Its resources stay plain values, checked
+    when applied (`apply_checked`); fields marked `optional` are dropped here (and recorded)."""
+    try:
+        d = _delta_decoder.decode(raw)
+    except msgspec.ValidationError as exc:
+        raise ConfigError([convert_error(exc, "delta")]) from exc
+    except msgspec.DecodeError as exc:
+        raise ConfigError([FieldError("delta", f"not a JSON document: {exc}")]) from exc
+    if optional:
+        errors = _delta_errors(d, optional, ignored)
+        if errors:
+            raise ConfigError(errors)
+    return d
+
+
+def apply_checked(base: ProxyConfig, d: Delta) -> ProxyConfig:
+    """`apply_delta`, with a resource that does not fit the contract reported by path
+    (`listeners[name=web].max_connections: ...`) as ConfigError.  The walk runs only when the
+    typed conversion fails: a good delta is converted once."""
+    try:
+        return apply_delta(base, d)
+    except msgspec.ValidationError as exc:
+        errors = _delta_errors(d) or [convert_error(exc, "delta")]
+        raise ConfigError(errors) from exc
+
+
+def _delta_errors(d: Delta, optional: list[str] | None = None,
+                  ignored: list[str] | None = None) -> list[FieldError]:
+    parts: list[tuple[Any, Any, str]] = [
+        (d.node, Node, "node"), (d.admin, Admin, "admin"), (d.settings, Settings, "settings")]
+    for coll, typ in (("listeners", Listener), ("route_tables", RouteTable),
+                      ("clusters", Cluster)):
+        for i, item in enumerate(getattr(d, coll).upsert):
+            name = item.get("name") if isinstance(item, dict) else None
+            parts.append((item, typ, f"{coll}[name={name}]" if isinstance(name, str)
+                          else f"{coll}[upsert {i}]"))
+    errors: list[FieldError] = []
+    for value, typ, path in parts:
+        if value is not None:
+            errors += errors_in(value, typ, path, optional=optional or (), ignored=ignored)
+    return errors
+
+
+__all__ = [
+    "CONFIG_API_VERSION",
+    "HELLO_MAX_FRAME",
+    "MAX_FRAME",
+    "PROTOCOL_VERSION",
+    "SUPPORTED_PROTOCOLS",
+    "Ack",
+    "DeltaMsg",
+    "Error",
+    "FrameDecoder",
+    "FrameError",
+    "Hello",
+    "Message",
+    "Nack",
+    "Ping",
+    "Pong",
+    "Snapshot",
+    "WorkloadInfo",
+    "apply_checked",
+    "decode_delta",
+    "decode_snapshot",
+    "delta_message",
+    "encode",
+    "snapshot_message",
+]

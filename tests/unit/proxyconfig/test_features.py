@@ -1,0 +1,148 @@
+"""Config features: each names real fields of the model, and withholding removes exactly them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+from msgspec import inspect as mi
+
+from tulle.proxyconfig.delta import apply_delta, diff
+from tulle.proxyconfig.features import (
+    BY_NAME,
+    FEATURES,
+    SUPPORTED,
+    lacking,
+    withhold_config,
+    withhold_delta,
+)
+from tulle.proxyconfig.model import Listener, Overload, ProxyConfig, Settings
+from tulle.proxyconfig.stream import decode_delta, decode_snapshot
+
+
+def _field_type(t: mi.Type, segments: list[str]) -> mi.Type:
+    for seg in segments:
+        many = seg.endswith("[]")
+        name = seg[:-2] if many else seg
+        assert isinstance(t, mi.StructType), f"{seg}: not inside a struct"
+        (f,) = [f for f in t.fields if f.encode_name == name] or [None]  # type: ignore[list-item]
+        assert f is not None, f"no field {name!r}"
+        t = f.type
+        if many:
+            assert isinstance(t, mi.ListType), f"{seg}: not a list"
+            t = t.item_type
+    return t
+
+
+@pytest.mark.parametrize("feature", FEATURES, ids=lambda f: f.name)
+def test_every_feature_path_names_a_field_of_the_model(feature: Any) -> None:
+    for p in feature.paths:
+        _field_type(mi.type_info(ProxyConfig), p.split("."))
+
+
+def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None:
+    assert len(BY_NAME) == len(FEATURES)
+    assert set(SUPPORTED) == set(BY_NAME)
+    assert lacking(SUPPORTED) == ()
+    assert [f.name for f in lacking(["overload"])] == [
+        "connection-limits", "path-normalization", "tcp-idle-timeout"]
+
+
+def _cfg(version: str, max_conn: int) -> ProxyConfig:
+    return ProxyConfig(
+        version=version,
+        settings=Settings(max_connections=max_conn,
+                          overload=Overload(max_rss_bytes=max_conn * 1000)),
+        listeners=[Listener(name="a", port=1, max_connections=max_conn),
+                   Listener(name="b", port=2)])
+
+
+def test_a_withheld_snapshot_has_none_of_the_fields_and_still_decodes() -> None:
+    doc = msgspec.to_builtins(_cfg("v1", 7))
+    withhold_config(doc, lacking(["path-normalization", "tcp-idle-timeout"]))
+    assert "max_connections" not in doc["settings"] and "overload" not in doc["settings"]
+    assert all("max_connections" not in x for x in doc["listeners"])
+    assert "path_normalization" in doc["settings"]  # announced: kept
+    got = decode_snapshot(msgspec.Raw(msgspec.json.encode(doc)))
+    assert got.settings.max_connections == 0 and got.listeners[0].max_connections == 0
+
+
+def test_a_withheld_delta_has_none_of_the_fields_in_singletons_or_upserts() -> None:
+    old, new = _cfg("v1", 7), _cfg("v2", 9)
+    doc = msgspec.to_builtins(diff(old, new))
+    assert doc["listeners"]["upsert"][0]["max_connections"] == 9
+    withhold_delta(doc, lacking([]))
+    assert "max_connections" not in doc["listeners"]["upsert"][0]
+    assert {"max_connections", "overload", "tcp_idle_timeout_ms",
+            "path_normalization"}.isdisjoint(doc["settings"])
+    base = decode_snapshot(msgspec.Raw(msgspec.json.encode(
+        _withheld(msgspec.to_builtins(old)))))
+    rebuilt = apply_delta(base, decode_delta(msgspec.Raw(msgspec.json.encode(doc))))
+    assert rebuilt.version == "v2" and rebuilt.listeners[0].max_connections == 0
+
+
+def _withheld(doc: dict[str, Any]) -> dict[str, Any]:
+    withhold_config(doc, FEATURES)
+    return doc
+
+
+BASELINE = frozenset({
+    "admin", "admin.address", "admin.port", "api_version", "clusters",
+    "clusters[].connect_timeout_ms", "clusters[].endpoints", "clusters[].endpoints[].address",
+    "clusters[].endpoints[].port", "clusters[].endpoints[].weight", "clusters[].endpoints[].zone",
+    "clusters[].idle_timeout_ms", "clusters[].lb_policy", "clusters[].max_concurrent_streams",
+    "clusters[].max_idle_per_endpoint", "clusters[].name", "clusters[].protocol", "clusters[].tls",
+    "clusters[].tls.alpn", "clusters[].tls.ca_file", "clusters[].tls.cert_file",
+    "clusters[].tls.key_file", "clusters[].tls.server_name", "listeners", "listeners[].address",
+    "listeners[].cluster", "listeners[].destinations", "listeners[].destinations[].address",
+    "listeners[].destinations[].cluster", "listeners[].destinations[].port",
+    "listeners[].destinations[].protocol", "listeners[].destinations[].route_table",
+    "listeners[].detect_timeout_ms", "listeners[].direction", "listeners[].mode",
+    "listeners[].name", "listeners[].opaque_ports", "listeners[].passthrough", "listeners[].port",
+    "listeners[].protocol", "listeners[].reuse_port", "listeners[].route_table", "listeners[].tls",
+    "listeners[].tls.alpn", "listeners[].tls.ca_file", "listeners[].tls.cert_file",
+    "listeners[].tls.key_file", "listeners[].tls.server_name", "node", "node.name",
+    "node.namespace", "node.service", "route_tables", "route_tables[].name",
+    "route_tables[].virtual_hosts", "route_tables[].virtual_hosts[].domains",
+    "route_tables[].virtual_hosts[].name", "route_tables[].virtual_hosts[].rules",
+    "route_tables[].virtual_hosts[].rules[].backends",
+    "route_tables[].virtual_hosts[].rules[].backends[].cluster",
+    "route_tables[].virtual_hosts[].rules[].backends[].weight",
+    "route_tables[].virtual_hosts[].rules[].matches",
+    "route_tables[].virtual_hosts[].rules[].matches[].path",
+    "route_tables[].virtual_hosts[].rules[].matches[].path.type",
+    "route_tables[].virtual_hosts[].rules[].matches[].path.value",
+    "route_tables[].virtual_hosts[].rules[].name",
+    "route_tables[].virtual_hosts[].rules[].timeout_ms", "settings",
+    "settings.buffer_high_water_bytes", "settings.drain_timeout_ms",
+    "settings.generate_request_id", "settings.header_timeout_ms", "settings.idle_timeout_ms",
+    "settings.max_request_header_bytes", "settings.max_response_header_bytes",
+    "settings.request_timeout_ms", "settings.workers", "version",
+})
+"""Every field of the contract when the push stream first shipped (commit dd36618): what a
+proxy that announces no features decodes."""
+
+
+def _schema_paths(t: mi.Type, prefix: str, out: set[str]) -> None:
+    if isinstance(t, mi.UnionType):
+        for o in t.types:
+            _schema_paths(o, prefix, out)
+    elif isinstance(t, mi.ListType):
+        _schema_paths(t.item_type, prefix + "[]", out)
+    elif isinstance(t, mi.StructType):
+        for f in t.fields:
+            p = f"{prefix}.{f.encode_name}" if prefix else f.encode_name
+            out.add(p)
+            _schema_paths(f.type, p, out)
+
+
+def test_every_field_added_since_the_first_stream_release_belongs_to_a_feature() -> None:
+    """A new field without a feature would be sent to proxies that cannot decode it: add a
+    `Feature` for it in proxyconfig/features.py (and to the table in proxyconfig.md)."""
+    paths: set[str] = set()
+    _schema_paths(mi.type_info(ProxyConfig), "", paths)
+    owned = [p for f in FEATURES for p in f.paths]
+    orphans = sorted(p for p in paths - BASELINE
+                     if not any(p == o or p.startswith(o + ".") for o in owned))
+    assert orphans == []
