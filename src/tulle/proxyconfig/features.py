@@ -38,6 +38,12 @@ FEATURES: tuple[Feature, ...] = (
             "request paths made canonical before routing"),
     Feature("tcp-idle-timeout", ("settings.tcp_idle_timeout_ms",),
             "opaque TCP relays closed after an idle period"),
+    Feature("http2-limits", ("settings.http2_max_concurrent_streams",
+                             "settings.http2_max_premature_resets",
+                             "settings.http2_control_frame_burst",
+                             "settings.http2_control_frame_rate",
+                             "settings.http2_max_queued_control_frames"),
+            "HTTP/2 stream and control-frame limits (rapid reset, floods)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 
