@@ -29,7 +29,13 @@ def control_plane() -> None:
               help="Seconds a new stream connection has to say hello before it is closed.")
 @click.option("--stream-max-connections", default=10_000, show_default=True, type=int,
               envvar="TULLE_STREAM_MAX_CONNECTIONS",
-              help="Open stream connections at most (0: no limit); more are closed at once.")
+              help="Open stream connections at most (0: no limit); more are closed at once. "
+                   "Held to half the soft RLIMIT_NOFILE.")
+@click.option("--stream-max-pending-hellos", default=256, show_default=True, type=int,
+              envvar="TULLE_STREAM_MAX_PENDING_HELLOS",
+              help="Open stream connections that have not said hello yet, at most (0: no cap "
+                   "of their own); more are closed at once. Held to a quarter of the soft "
+                   "RLIMIT_NOFILE.")
 @click.option("--api-max-body-bytes", default=16 * 1024 * 1024, show_default=True, type=int,
               envvar="TULLE_API_MAX_BODY_BYTES",
               help="Largest REST API request body (0: no limit); larger ones get 413.")
@@ -37,7 +43,8 @@ def control_plane() -> None:
               type=click.Choice(["debug", "info", "warning", "error"]))
 def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str,
             stream_port: int, instance: str, debounce_ms: int, stream_hello_timeout: float,
-            stream_max_connections: int, api_max_body_bytes: int, log_level: str) -> None:
+            stream_max_connections: int, stream_max_pending_hellos: int,
+            api_max_body_bytes: int, log_level: str) -> None:
     """Serve the REST API and the proxy stream from a store."""
     from tulle.controlplane.main import main
     from tulle.dataplane.runner import configure_logging
@@ -47,6 +54,7 @@ def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str
                   stream_host=stream_address, stream_port=stream_port, instance=instance,
                   debounce=debounce_ms / 1000, stream_hello_timeout=stream_hello_timeout,
                   stream_max_connections=stream_max_connections,
+                  stream_max_pending_hellos=stream_max_pending_hellos,
                   api_max_body_bytes=api_max_body_bytes))
 
 

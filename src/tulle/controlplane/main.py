@@ -21,6 +21,7 @@ from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES
 from tulle.controlplane.push.server import (
     DEFAULT_HELLO_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PENDING_HELLOS,
     PushServer,
     SnapshotCache,
 )
@@ -47,6 +48,7 @@ class ControlPlane:
                  instance: str = "", debounce: float = 0.1,
                  stream_hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
                  stream_max_connections: int = DEFAULT_MAX_CONNECTIONS,
+                 stream_max_pending_hellos: int = DEFAULT_MAX_PENDING_HELLOS,
                  api_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
         self.store_url = store_url
         self.api_host, self.api_port = api_host, api_port
@@ -55,6 +57,7 @@ class ControlPlane:
         self.debounce = debounce
         self.stream_hello_timeout = stream_hello_timeout
         self.stream_max_connections = stream_max_connections
+        self.stream_max_pending_hellos = stream_max_pending_hellos
         self.api_max_body_bytes = api_max_body_bytes
         self.store: ResourceStore | None = None
         self.cache = SnapshotCache()
@@ -69,7 +72,8 @@ class ControlPlane:
         self.push = PushServer(self.cache, on_register=self.reconciler.register,
                                instance=self.instance,
                                hello_timeout=self.stream_hello_timeout,
-                               max_connections=self.stream_max_connections)
+                               max_connections=self.stream_max_connections,
+                               max_pending_hellos=self.stream_max_pending_hellos)
         self.stream_port = await self.push.start(self.stream_host, self.stream_port)
         self.reconciler.start()
         app = create_app(self.store, self.push, self.cache, self.reconciler,

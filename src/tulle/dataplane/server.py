@@ -180,13 +180,13 @@ class ProxyServer:
                 from tulle.dataplane.listeners.tls import server_ssl_context
 
                 ssl_ctx = server_ssl_context(lc.tls)
-            factory = protocol_factory(handle)
+            factory = protocol_factory(handle, ssl_ctx)
         except (OSError, ValueError, NotImplementedError) as exc:  # ssl.SSLError is an OSError
             raise ApplyError(f"{where}: {exc}") from exc
         sock = self._dup(donor) if donor is not None else self._bind(lc)
         try:
             server = await asyncio.get_running_loop().create_server(
-                factory, sock=sock, ssl=ssl_ctx, backlog=BACKLOG, start_serving=False)
+                factory, sock=sock, backlog=BACKLOG, start_serving=False)  # TLS: TLSAccept
         except (OSError, ValueError) as exc:
             sock.close()
             raise ApplyError(f"{where}: {exc}") from exc

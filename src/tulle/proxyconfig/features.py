@@ -44,6 +44,8 @@ FEATURES: tuple[Feature, ...] = (
                              "settings.http2_control_frame_rate",
                              "settings.http2_max_queued_control_frames"),
             "HTTP/2 stream and control-frame limits (rapid reset, floods)"),
+    Feature("tls-handshake-timeout", ("settings.tls_handshake_timeout_ms",),
+            "TLS handshakes on listeners bounded in time and counted against connection caps"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

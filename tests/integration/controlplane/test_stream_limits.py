@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from tests.support.controlplane import (
     ControlPlaneProcess,
     control_plane_process,
@@ -148,10 +147,6 @@ async def _connections(cp: ControlPlaneProcess, n: int) -> bool:
     return bool((await stream_status(cp))["stream"]["connections"] == n)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "--stream-max-connections (10,000) is not held against RLIMIT_NOFILE, and anonymous "
-    "connections share it with proxies: the process runs out of descriptors first; a cap "
-    "derived from the limit, or a separate pre-hello cap, is a design choice"))
 async def test_anonymous_connections_cannot_exhaust_the_control_planes_descriptors(
         tmp_path: Path) -> None:
     """With the soft RLIMIT_NOFILE at 256 (systemd's default is 1024, below the default cap),
@@ -169,8 +164,34 @@ async def test_anonymous_connections_cannot_exhaust_the_control_planes_descripto
             async with asyncio.timeout(3):
                 status = await stream_status(cp)
             assert status["stream"]["refusedConnections"] > 0, status["stream"]
+            # Held to a quarter of the lowered limit before hello, half of it in all.
+            assert status["stream"]["maxPendingHellos"] == 64, status["stream"]
+            assert status["stream"]["maxConnections"] == 128, status["stream"]
+            assert status["stream"]["pendingHellos"] == 64, status["stream"]
+            assert status["stream"]["refusedPendingHellos"] == 300 - 64, status["stream"]
             proxy = await honest_proxy_connects(cp, "honest")
             await proxy.stop()
+            assert "with the soft RLIMIT_NOFILE at 256, at most 128 connections" in cp.log()
         finally:
             for s in socks:
                 s.close()
+
+
+async def test_a_connection_closed_before_hello_is_a_disconnect_not_a_bad_hello(
+        tmp_path: Path) -> None:
+    """A peer that connects and closes without a frame (a port probe, a proxy giving up) is
+    counted as a disconnect; `badHellos` stays for first frames that are wrong."""
+    async with control_plane_process("memory", tmp_path) as cp:
+        for _ in range(2):
+            raw(cp).close()
+        await eventually(lambda: _disconnects(cp, 2), timeout=5)
+        stream = (await stream_status(cp))["stream"]
+        assert stream["badHellos"] == 0, stream
+        assert stream["pendingHellos"] == 0, stream
+        assert "closed before a valid hello" not in cp.log()
+        proxy = await honest_proxy_connects(cp, "web-0")
+        await proxy.stop()
+
+
+async def _disconnects(cp: ControlPlaneProcess, n: int) -> bool:
+    return bool((await stream_status(cp))["stream"]["disconnectsBeforeHello"] == n)

@@ -14,6 +14,7 @@ import contextlib
 import os
 import resource
 import signal
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -393,10 +394,7 @@ async def test_memory_monitor_rejects_and_stops_accepting_below_idle_rss(
             assert paths(origin) == ["/after", "/before", "/keep"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a connection in its TLS handshake is not counted by any cap: asyncio calls "
-    "connection_made (where the driver registers) only after the handshake, and tells nobody "
-    "about one that fails; the handshake itself has asyncio's default 60 s timeout"))
+@pytest.mark.both_loops  # the proxy drives TLS with loop.start_tls: check both loops
 async def test_tls_handshakes_count_against_the_listener_cap(tmp_path: Path) -> None:
     """Clients that connect to a TLS listener and never send a ClientHello hold a descriptor
     each (for 60 s) without counting against `max_connections`, so the cap does not bound
@@ -423,3 +421,73 @@ async def test_tls_handshakes_count_against_the_listener_cap(tmp_path: Path) -> 
             assert outcomes.count(True) >= 4, outcomes
             assert p.metric("tulle_proxy_downstream_connections_overflow_total",
                             listener="out", reason="listener_limit") >= 4
+            # The slots of the silent clients that left are free again: a real TLS client
+            # is served, and it is the only request the origin ever saw.
+            await wait_for(lambda: p.metric("tulle_proxy_downstream_connections_active",
+                                            listener="out") == 0, "slots not released")
+            assert await tls_get(p.port(), "/after") == 200
+            assert paths(origin) == ["/after"]
+
+
+def _client_tls() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+async def tls_get(port: int, path: str) -> int:
+    """One HTTP/1.1 request over TLS on a fresh connection; the response status."""
+    async with asyncio.timeout(5):
+        r, w = await asyncio.open_connection("127.0.0.1", port, ssl=_client_tls())
+        try:
+            w.write(f"GET {path} HTTP/1.1\r\nhost: a\r\n\r\n".encode())
+            return (await read_response(r)).status
+        finally:
+            w.close()
+
+
+@pytest.mark.both_loops
+async def test_tls_handshake_timeout_and_failure_release_the_slot(tmp_path: Path) -> None:
+    """A client that never completes its handshake holds its slot only for
+    `tls_handshake_timeout_ms`; one whose handshake fails releases it at once.  Either way
+    the next client is served, and each is counted."""
+    crt, key = self_signed(tmp_path)
+    async with raw_server(keep_alive_ok) as origin:
+        cfg = simple_config(origin.port)
+        cfg["settings"] = {"tls_handshake_timeout_ms": 300}
+        cfg["listeners"][0]["max_connections"] = 1
+        cfg["listeners"][0]["tls"] = {"cert_file": crt, "key_file": key}
+        async with running_proxy(cfg) as p:
+            loop = asyncio.get_running_loop()
+            silent_r, silent_w = await connect(p.port())
+            started = loop.time()
+            await wait_for(lambda: p.metric("tulle_proxy_downstream_connections_active",
+                                            listener="out") == 1, "silent client not counted")
+            r2, w2 = await connect(p.port())  # over the cap while the first one is silent
+            assert await closed_by_peer(r2)
+            w2.close()
+            assert p.metric("tulle_proxy_downstream_connections_overflow_total",
+                            listener="out", reason="listener_limit") == 1
+            async with asyncio.timeout(3):
+                assert await closed_by_peer(silent_r)
+            assert 0.25 <= loop.time() - started < 2.5
+            silent_w.close()
+            await wait_for(lambda: p.metric("tulle_proxy_protocol_errors_total", listener="out",
+                                            kind="tls_handshake_timeout") == 1, "not counted")
+            assert await tls_get(p.port(), "/one") == 200
+
+            await wait_for(lambda: p.metric("tulle_proxy_downstream_connections_active",
+                                            listener="out") == 0, "client /one still open")
+            bad_r, bad_w = await connect(p.port())  # not TLS at all: the handshake fails
+            bad_w.write(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n")
+            async with asyncio.timeout(3):
+                assert await closed_by_peer(bad_r)
+            bad_w.close()
+            await wait_for(lambda: p.metric("tulle_proxy_protocol_errors_total", listener="out",
+                                            kind="tls_handshake") == 1, "failure not counted")
+            assert await tls_get(p.port(), "/two") == 200
+            assert paths(origin) == ["/one", "/two"]
+            assert p.metric("tulle_proxy_downstream_connections_overflow_total",
+                            listener="out", reason="listener_limit") == 1

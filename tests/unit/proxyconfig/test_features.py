@@ -46,7 +46,8 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
     assert set(SUPPORTED) == set(BY_NAME)
     assert lacking(SUPPORTED) == ()
     assert [f.name for f in lacking(["overload"])] == [
-        "connection-limits", "path-normalization", "tcp-idle-timeout", "http2-limits"]
+        "connection-limits", "path-normalization", "tcp-idle-timeout", "http2-limits",
+        "tls-handshake-timeout"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:

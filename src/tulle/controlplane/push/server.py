@@ -19,9 +19,17 @@ that retries does not flood the log).  A proxy lacking a feature gets snapshots 
 feature's fields; its status lists what was withheld.
 
 Before `hello` a connection is anonymous and held to little: frames of at most
-`HELLO_MAX_FRAME` bytes, `hello_timeout` seconds to say hello, and at most `max_connections`
-connections in all (beyond it a new connection is closed at once, counted and logged).  Once
-the hello is in, frames may be as large as `MAX_FRAME` (snapshots of a big mesh).
+`HELLO_MAX_FRAME` bytes, `hello_timeout` seconds to say hello, at most `max_pending_hellos`
+such connections at once, and at most `max_connections` connections in all (beyond either cap
+a new connection is closed at once, counted and logged).  Once the hello is in, frames may be
+as large as `MAX_FRAME` (snapshots of a big mesh).
+
+Both caps are also held to a share of the soft `RLIMIT_NOFILE` (`STREAM_FD_SHARE`,
+`PENDING_FD_SHARE`), read at every accept since `prlimit` can lower it while we run: the
+stream must never take the descriptors the REST API and the store need.  Without the share,
+anonymous connections held for the hello timeout could exhaust the descriptors below a
+`max_connections` larger than the limit (systemd's default soft limit is 1,024), and the
+separate pre-hello cap keeps room for proxies that do say hello.
 
 `statuses()` is what `tulle get proxies` shows; `counters()` what the stream refused.
 """
@@ -32,6 +40,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import resource
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -162,6 +171,37 @@ DEFAULT_HELLO_TIMEOUT = 5.0
 DEFAULT_MAX_CONNECTIONS = 10_000
 """Open stream connections, proxies and not-yet-hello'd ones together
 (`--stream-max-connections`; 0: no limit)."""
+DEFAULT_MAX_PENDING_HELLOS = 256
+"""Open connections that have not said hello yet (`--stream-max-pending-hellos`; 0: no cap of
+their own, only `max_connections`)."""
+STREAM_FD_SHARE = 0.5
+"""At most this share of the soft RLIMIT_NOFILE is used by stream connections in all."""
+PENDING_FD_SHARE = 0.25
+"""At most this share of the soft RLIMIT_NOFILE is used by connections before their hello."""
+
+
+def soft_fd_limit() -> int:
+    """The soft RLIMIT_NOFILE; 0 when unlimited."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return 0 if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def effective_caps(max_connections: int, max_pending_hellos: int,
+                   fd_limit: int) -> tuple[int, int]:
+    """(connections, pending hellos) caps in force for a soft descriptor limit `fd_limit`
+    (0: unlimited); 0 in the result means no cap."""
+    total = max_connections
+    pending = max_pending_hellos
+    if fd_limit:
+        share = max(1, int(fd_limit * STREAM_FD_SHARE))
+        total = min(total, share) if total else share
+        pshare = max(1, int(fd_limit * PENDING_FD_SHARE))
+        pending = min(pending, pshare) if pending else pshare
+    if total and pending:
+        pending = min(pending, total)
+    return total, pending
+
+
 REFUSAL_LOG_INTERVAL = 10.0
 """Seconds between two warnings about refused or dropped connections (each says how many)."""
 
@@ -195,20 +235,34 @@ class PushServer:
                  max_inflight_pushes: int = 64, drain_timeout: float = 10.0,
                  hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS,
-                 hello_max_frame: int = HELLO_MAX_FRAME) -> None:
+                 max_pending_hellos: int = DEFAULT_MAX_PENDING_HELLOS,
+                 hello_max_frame: int = HELLO_MAX_FRAME,
+                 fd_limit: Callable[[], int] = soft_fd_limit) -> None:
         if hello_timeout <= 0:
             raise ValueError("hello_timeout must be positive")
         if max_connections < 0:
             raise ValueError("max_connections must be >= 0 (0: no limit)")
+        if max_pending_hellos < 0:
+            raise ValueError("max_pending_hellos must be >= 0 (0: no cap of their own)")
         self.hello_timeout = hello_timeout
         self.max_connections = max_connections
+        """As configured; `caps` holds what is in force (clamped to the descriptor limit)."""
+        self.max_pending_hellos = max_pending_hellos
         self.hello_max_frame = hello_max_frame
+        self._fd_limit = fd_limit
+        self.caps = effective_caps(max_connections, max_pending_hellos, 0)
+        self._caps_fd_limit = -1
+        self.pending_hellos = 0
+        """Open connections that have not said hello yet."""
         self.refused_connections = 0
+        self.refused_pending = 0
         self.hello_timeouts = 0
         self.bad_hellos = 0
         self.unsupported_hellos = 0
         self._told: set[tuple[str, str, str]] = set()
+        self.disconnects_before_hello = 0
         self._log_refused = _Throttled("refused, over --stream-max-connections")
+        self._log_refused_pending = _Throttled("refused, over --stream-max-pending-hellos")
         self._log_no_hello = _Throttled("closed before a valid hello")
         self.cache = cache
         self.on_register = on_register
@@ -221,7 +275,24 @@ class PushServer:
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
 
+    def update_caps(self) -> tuple[int, int]:
+        """The caps in force for the current soft RLIMIT_NOFILE; logged when it changes them
+        (at start, and whenever the limit changes while we run)."""
+        limit = self._fd_limit()
+        if limit != self._caps_fd_limit:
+            self._caps_fd_limit = limit
+            self.caps = total, pending = effective_caps(
+                self.max_connections, self.max_pending_hellos, limit)
+            if total != self.max_connections or pending != self.max_pending_hellos:
+                log.warning("proxy stream: with the soft RLIMIT_NOFILE at %d, at most %s "
+                            "connections (--stream-max-connections %d) and %s before hello "
+                            "(--stream-max-pending-hellos %d)", limit, total or "unlimited",
+                            self.max_connections, pending or "unlimited",
+                            self.max_pending_hellos)
+        return self.caps
+
     async def start(self, host: str, port: int) -> int:
+        self.update_caps()
         self._server = await asyncio.start_server(self._serve, host, port)
         return int(self._server.sockets[0].getsockname()[1])
 
@@ -239,10 +310,14 @@ class PushServer:
 
     def counters(self) -> dict[str, int]:
         """Open connections and what the stream refused, since it started."""
-        return {"connections": len(self._sessions), "maxConnections": self.max_connections,
+        total, pending = self.caps
+        return {"connections": len(self._sessions), "maxConnections": total,
+                "pendingHellos": self.pending_hellos, "maxPendingHellos": pending,
                 "refusedConnections": self.refused_connections,
+                "refusedPendingHellos": self.refused_pending,
                 "helloTimeouts": self.hello_timeouts, "badHellos": self.bad_hellos,
-                "unsupportedHellos": self.unsupported_hellos}
+                "unsupportedHellos": self.unsupported_hellos,
+                "disconnectsBeforeHello": self.disconnects_before_hello}
 
     def unsupported(self, hello: Hello, peer: str, reason: str) -> None:
         """A hello this control plane cannot serve: count it, log it once per proxy and reason
@@ -257,11 +332,24 @@ class PushServer:
         self._told.add(told)
         log.warning("proxy %s/%s from %s refused: %s", w.namespace, w.name, peer, reason)
 
-    def _refuse(self, writer: asyncio.StreamWriter, peer: str) -> None:
-        """Over `max_connections`: close at once (RST, nothing buffered), count, log."""
+    def _refuse(self, writer: asyncio.StreamWriter, peer: str, pending: bool) -> None:
+        """Over a cap: close at once (RST, nothing buffered), count, log."""
         writer.transport.abort()
         self.refused_connections += 1
-        self._log_refused(peer, f"{len(self._sessions)} open")
+        if pending:
+            self.refused_pending += 1
+            self._log_refused_pending(peer, f"{self.pending_hellos} before hello")
+        else:
+            self._log_refused(peer, f"{len(self._sessions)} open")
+
+    def said_hello(self) -> None:
+        self.pending_hellos -= 1
+
+    def disconnected_before_hello(self, peer: str) -> None:
+        """The peer closed before sending anything whole (a port probe, a proxy giving up):
+        counted, logged at debug level only; it is not a protocol error."""
+        self.disconnects_before_hello += 1
+        log.debug("proxy stream from %s closed before its hello", peer)
 
     def no_hello(self, peer: str, timed_out: bool, detail: str) -> None:
         """A connection closed before a valid hello: count and log it."""
@@ -276,15 +364,23 @@ class PushServer:
         assert task is not None
         peer = writer.get_extra_info("peername")
         peer_s = f"{peer[0]}:{peer[1]}" if peer else "?"
-        if self.max_connections and len(self._sessions) >= self.max_connections:
-            self._refuse(writer, peer_s)
+        total, pending = self.update_caps()
+        if total and len(self._sessions) >= total:
+            self._refuse(writer, peer_s, False)
+            return
+        if pending and self.pending_hellos >= pending:
+            self._refuse(writer, peer_s, True)
             return
         self._sessions.add(task)
+        self.pending_hellos += 1
+        session = ProxySession(self, reader, writer, peer_s)
         try:
-            await ProxySession(self, reader, writer, peer_s).run()
+            await session.run()
         except (ConnectionError, FrameError, asyncio.IncompleteReadError) as exc:
             log.info("proxy stream from %s ended: %s", peer_s, exc)
         finally:
+            if not session.hello_seen:
+                self.pending_hellos -= 1
             self._sessions.discard(task)
             writer.close()
             with contextlib.suppress(Exception):
@@ -308,6 +404,8 @@ class ProxySession:
         self.rejected = ""
         self.st: ProxyStatus | None = None
         self.missing: tuple[Feature, ...] = ()
+        self.hello_seen = False
+        """Set (and the server's pending count released) once the hello is in."""
 
     def send(self, msg: Message) -> None:
         self.writer.write(encode(msg))
@@ -332,6 +430,12 @@ class ProxySession:
             except FrameError as exc:
                 srv.no_hello(self.peer, False, str(exc))
                 return
+            except ConnectionError:
+                srv.disconnected_before_hello(self.peer)
+                return
+            if first is None:
+                srv.disconnected_before_hello(self.peer)
+                return
             if not isinstance(first, Hello):
                 srv.no_hello(self.peer, False, "first message is not a hello")
                 self.send(Error(reason="expected hello"))
@@ -342,6 +446,8 @@ class ProxySession:
                 self.send(Error(reason=reason))
                 return
             self.decoder.max_frame = MAX_FRAME
+            self.hello_seen = True
+            srv.said_hello()
             await self._session(first)
         finally:
             if self.st is not None:

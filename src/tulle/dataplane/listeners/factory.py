@@ -11,6 +11,7 @@ on a TLS listener, at the first h2 preface on a sniffing one (`DetectDownstream`
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 
 from tulle.dataplane.listeners.context import ListenerHandle, Refused
@@ -20,15 +21,19 @@ from tulle.dataplane.listeners.http1 import H1Downstream
 ProtocolFactory = Callable[[], asyncio.Protocol]
 
 
-def protocol_factory(handle: ListenerHandle) -> ProtocolFactory:
+def protocol_factory(handle: ListenerHandle,
+                     sslcontext: ssl.SSLContext | None = None) -> ProtocolFactory:
     """The factory `loop.create_server` calls for each accepted connection.
 
     A listener at one of its caps (or a proxy that stopped accepting) gets a `Refused` stand-in
     instead of a driver: no codec or driver is built for a connection that is reset at once.
     The driver's `connection_opened` still decides exactly: the counts this check reads can
-    lag (on a TLS listener `connection_made` comes only after the handshake, and a loop may
-    run several accepts before the first `connection_made`)."""
-    make = _driver_factory(handle)
+    lag (a loop may run several accepts before the first `connection_made`).
+
+    On a TLS listener (`sslcontext` given; the server itself is plain) the protocol is a
+    `TLSAccept`, admitted at accept like any connection: it runs the handshake and hands its
+    slot to the driver chosen by ALPN (see `tulle.dataplane.listeners.tls`)."""
+    make = _driver_factory(handle, sslcontext)
     full = handle.full
 
     def factory() -> asyncio.Protocol:
@@ -37,7 +42,8 @@ def protocol_factory(handle: ListenerHandle) -> ProtocolFactory:
     return factory
 
 
-def _driver_factory(handle: ListenerHandle) -> ProtocolFactory:
+def _driver_factory(handle: ListenerHandle,
+                    sslcontext: ssl.SSLContext | None) -> ProtocolFactory:
     cfg = handle.ctx.cfg
     if cfg.protocol == "http1" and cfg.mode == "explicit" and cfg.tls is None:
         return lambda: H1Downstream(handle)
@@ -45,8 +51,11 @@ def _driver_factory(handle: ListenerHandle) -> ProtocolFactory:
         from tulle.dataplane.listeners.http2 import H2Downstream
 
         return lambda: H2Downstream(handle)  # h2c, prior knowledge
-    if cfg.protocol in ("http1", "http2") and cfg.mode == "explicit" and cfg.tls is not None:
-        from tulle.dataplane.listeners.tls import ALPNSelector
+    if (cfg.protocol in ("http1", "http2") and cfg.mode == "explicit" and cfg.tls is not None
+            and sslcontext is not None):
+        from tulle.dataplane.listeners.tls import TLSAccept
+
+        tls_ctx = sslcontext
 
         def by_alpn(alpn: str | None) -> asyncio.Protocol:
             if alpn == "h2":
@@ -55,7 +64,7 @@ def _driver_factory(handle: ListenerHandle) -> ProtocolFactory:
                 return H2Downstream(handle)
             return H1Downstream(handle)
 
-        return lambda: ALPNSelector(by_alpn)
+        return lambda: TLSAccept(handle, tls_ctx, by_alpn)
     if cfg.tls is None and (cfg.mode == "transparent" or cfg.protocol in ("auto", "tcp")):
         return lambda: DetectDownstream(handle)  # sniffing, TCP relay, original destination
     raise NotImplementedError(

@@ -1,16 +1,38 @@
-"""Server-side TLS for listeners: a context from files, with ALPN, and the driver choice by ALPN.
+"""Server-side TLS for listeners: a context from files, with ALPN, and the handshake itself.
 
 The context object stays the same for the listener's life; certificate rotation (zero-trust
 issue) calls `load_cert_chain` on it again, which affects new handshakes only.
+
+Why the proxy drives the handshake (`loop.start_tls` on an accepted plain connection) rather
+than passing `ssl=` to `create_server`: with `ssl=`, asyncio and uvloop call the protocol's
+`connection_made` only once the handshake is done and tell the protocol nothing about one that
+fails or times out.  A connection in its handshake would hold a descriptor without counting
+against any cap (`Listener.max_connections`, `settings.max_connections`, the overload guard's
+descriptor estimate), and a silent client would hold it for the loop's default 60 s.
+`TLSAccept` is the protocol of the plain connection: it is admitted (or reset) at accept, like
+any other connection, holds its slot through the handshake (bounded by
+`settings.tls_handshake_timeout_ms`), releases it when the handshake fails, and otherwise hands
+the slot and the TLS transport to the driver chosen by ALPN.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
 
+from tulle.dataplane.listeners.context import Connection, reset
 from tulle.proxyconfig.model import TLSContext
+
+if TYPE_CHECKING:
+    from tulle.dataplane.listeners.context import ListenerHandle
+
+log = logging.getLogger("tulle.proxy")
+
+DriverChoice = Callable[[str | None], asyncio.Protocol]
+"""Builds the driver for the negotiated ALPN protocol (None when the client offered none)."""
 
 
 def server_ssl_context(tls: TLSContext) -> ssl.SSLContext:
@@ -24,20 +46,153 @@ def server_ssl_context(tls: TLSContext) -> ssl.SSLContext:
     return ctx
 
 
-class ALPNSelector(asyncio.Protocol):
-    """Stands in for the driver until the TLS handshake is done, then hands over.
+class TLSAccept(asyncio.Protocol, Connection):
+    """A TLS connection from accept until its handshake is done (see the module docstring).
 
-    asyncio calls `connection_made` only after the handshake, so the negotiated ALPN protocol is
-    known here; `choose` builds the driver for it (None when the client offered no ALPN) and
-    takes this object's place on the transport before any request byte is read.
-    """
+    Registered with the listener handle at accept (refused there like any connection beyond a
+    cap); the handshake runs in a task.  On success the handle's slot passes to the driver
+    (`ListenerHandle.hand_over`) and the TLS transport with it; application data the TLS layer
+    decrypted before the hand-over is passed on.  On failure, timeout, drain or abort the
+    connection is closed and its slot released, counted in
+    `tulle_proxy_protocol_errors_total{kind="tls_handshake"}` (or `tls_handshake_timeout`)."""
 
-    def __init__(self, choose: Callable[[str | None], asyncio.Protocol]) -> None:
+    def __init__(self, handle: ListenerHandle, sslcontext: ssl.SSLContext,
+                 choose: DriverChoice) -> None:
+        self.handle = handle
+        self._sslcontext = sslcontext
         self._choose = choose
+        self._transport: asyncio.Transport | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._early: list[bytes] = []
+        """Application data decrypted between the end of the handshake and the hand-over."""
+        self._raw: list[bytes] = []
+        """Bytes read from the socket before `start_tls` took the transport (see above)."""
+        self._started = False
+        self._eof = False
+        self._lost = False
+
+    # -- the plain connection -------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        ssl_object = transport.get_extra_info("ssl_object")
+        t = cast(asyncio.Transport, transport)
+        t.pause_reading()  # nothing is read before the TLS layer takes over
+        if not self.handle.connection_opened(self):
+            reset(t)
+            return
+        self._transport = t
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._handshake(t))
+        # uvloop starts reading only after `connection_made` returns, so the pause above may
+        # not hold until the task's first step (where `start_tls` takes the transport over):
+        # a ClientHello read meanwhile is kept in `_raw` and given to the TLS layer once it is
+        # connected.  `start_tls` queues that connection (and its resume_reading) in the
+        # task's first step; `_after_start` runs right after that step and queues the hand-on
+        # behind them, before any further read.
+        loop.call_soon(self._after_start, loop)
+
+    def _after_start(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._raw:
+            loop.call_soon(self._feed_raw)
+
+    def _feed_raw(self) -> None:
+        t = self._transport
+        raw, self._raw = b"".join(self._raw), []
+        if t is None or t.is_closing():
+            return
+        proto = t.get_protocol()
+        if proto is self:  # pragma: no cover - start_tls did not take the transport
+            return
+        if hasattr(proto, "get_buffer"):  # uvloop's SSLProtocol is not a BufferedProtocol
+            proto = cast(asyncio.BufferedProtocol, proto)
+            view = memoryview(raw)
+            while view:
+                buf = memoryview(proto.get_buffer(len(view)))
+                n = min(len(buf), len(view))
+                buf[:n] = view[:n]
+                proto.buffer_updated(n)
+                view = view[n:]
+        else:
+            cast(asyncio.Protocol, proto).data_received(raw)
+
+    async def _handshake(self, plain: asyncio.Transport) -> None:
+        handle = self.handle
+        ms = handle.ctx.settings.tls_handshake_timeout_ms
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        self._started = True  # from here the TLS layer is the transport's protocol
+        try:
+            tls = await loop.start_tls(
+                plain, self, self._sslcontext, server_side=True,
+                ssl_handshake_timeout=ms / 1000 if ms else None)
+        except asyncio.CancelledError:
+            self._release(plain)
+            raise
+        except Exception as exc:  # any failure ends this connection alone
+            # The loop reports a timeout as one of several exception types; the clock is
+            # what says it was one.
+            timed_out = bool(ms) and loop.time() - started >= ms / 1000
+            handle.ctx.protocol_error("tls_handshake_timeout" if timed_out else "tls_handshake")
+            log.debug("listener %s: TLS handshake failed: %r", handle.name, exc)
+            self._release(plain)
+            return
+        if tls is None or self._lost or self._transport is None:
+            self._release(plain)
+            return
+        ssl_object = tls.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         driver = self._choose(alpn)
-        transport.set_protocol(driver)
-        driver.connection_made(transport)
+        handle.hand_over(self)
+        self._transport = None
+        tls.set_protocol(driver)
+        driver.connection_made(tls)
+        for data in self._early:
+            driver.data_received(data)
+        self._early.clear()
+        if self._eof and not driver.eof_received():
+            tls.close()
+
+    def _release(self, plain: asyncio.Transport) -> None:
+        self._transport = None
+        if not plain.is_closing():
+            plain.abort()
+        self.handle.connection_closed(self)
+
+    # -- what the TLS layer reports before the hand-over -----------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self._task is not None and not self._started:
+            self._raw.append(data)  # ciphertext read before start_tls took over (uvloop)
+            if self._transport is not None:
+                self._transport.pause_reading()
+            return
+        self._early.append(data)
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        return True  # the driver decides, once it has the connection
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        if self._transport is not None and not self._started:
+            # Gone before the handshake began; once it has, `_handshake` learns of it from
+            # start_tls (and counts it) or from `_lost`, and releases the slot.
+            t, self._transport = self._transport, None
+            self.handle.connection_closed(self)
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+            if not t.is_closing():
+                t.abort()
+
+    # -- the listener's housekeeping ------------------------------------------------------
+
+    def on_deadline(self, now: float) -> None:
+        """Never armed: the handshake timeout is `start_tls`'s own."""
+
+    def start_drain(self) -> None:
+        self.abort()  # no request has begun: nothing to finish
+
+    def abort(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        elif self._transport is not None:
+            self._release(self._transport)
