@@ -11,7 +11,8 @@ equality, which msgspec does in C.  What is kept across a swap:
 * a **listener context** whose listener and settings are unchanged, whose routers are the kept
   ones and whose cluster map is the one in force (it caches routing decisions that hold cluster
   runtimes).  A kept context means the listener's connections see no swap at all;
-* **SSL contexts**, one per distinct TLS config (`runtime.tls`).
+* **SSL contexts**, one per distinct TLS config (`runtime.tls`); those whose certificate files
+  changed on disk are rebuilt and swapped in at commit.
 
 `prepare` builds without changing anything in force and may raise; `commit` cannot fail.
 At 1,000 services an endpoint change therefore costs one cluster compare per cluster and one
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 
 from tulle.dataplane.listeners.context import ListenerContext
 from tulle.dataplane.routing.router import Router
+from tulle.dataplane.runtime.tls import Rotation
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.upstream.cluster import ClusterManager, PreparedClusters
 from tulle.proxyconfig.model import Listener, ProxyConfig, RouteTable, Settings
@@ -50,6 +52,7 @@ class Prepared:
     clusters: PreparedClusters
     contexts: dict[str, ListenerContext]
     counts: BuildCounts
+    rotation: Rotation
 
 
 def _same(a: object, b: object) -> bool:
@@ -80,6 +83,7 @@ class SnapshotBuilder:
         in force has changed."""
         settings = cfg.settings
         timeout = settings.request_timeout_ms
+        rotation = self.clusters.tls.rotation()
         routers: dict[str, tuple[RouteTable, int, Router]] = {}
         r_kept = 0
         for t in cfg.route_tables:
@@ -105,7 +109,7 @@ class SnapshotBuilder:
             clusters_built=len(clusters.fresh), clusters_kept=clusters.kept,
             clusters_endpoints_changed=len(clusters.updates),
             contexts_built=len(contexts) - c_kept, contexts_kept=c_kept)
-        return Prepared(routers, clusters, contexts, counts)
+        return Prepared(routers, clusters, contexts, counts, rotation)
 
     @staticmethod
     def _reusable(ctx: ListenerContext, lc: Listener, settings: Settings,
@@ -120,5 +124,11 @@ class SnapshotBuilder:
     def commit(self, prepared: Prepared) -> None:
         """Put `prepared` in force (the caller moves the listener handles' pointers)."""
         self.clusters.commit(prepared.clusters)
+        if prepared.rotation:
+            swapped = self.clusters.tls.rotate(prepared.rotation)
+            for rt in self.clusters.clusters.values():
+                ctx = rt.ssl_context
+                if ctx is not None and id(ctx) in swapped:
+                    rt.ssl_context = swapped[id(ctx)]
         self._routers = prepared.routers
         self._contexts = prepared.contexts

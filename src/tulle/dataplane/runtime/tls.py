@@ -3,17 +3,23 @@
 Building an `SSLContext` reads and parses PEM files (about 3 ms with a client certificate); a
 mesh where every cluster speaks mTLS has a thousand clusters with the *same* TLS settings.  So
 contexts are cached, keyed by the frozen `TLSContext` struct (as its canonical encoding, since a
-struct holding a list is not hashable) plus what else shapes the context (the default ALPN of
-the cluster's protocol), plus the identity of the files on disk (inode, size, mtime): a
-certificate rewritten in place gives a new key, so the next snapshot that builds a context
-for it loads the new files.  Rotation of the contexts already in use (`load_cert_chain` on the
-live object) belongs to the zero-trust issue.
+struct holding a list is not hashable) and what else shapes the context (its role, the default
+ALPN of the cluster's protocol).
+
+Certificate files rewritten on disk are still picked up by the next config swap (as when every
+swap rebuilt every context): `rotation()` (in prepare; one `stat` per file of each *distinct*
+config, not per cluster) rebuilds the contexts whose files changed, and `rotate()` (at commit)
+installs them: client contexts are swapped in the cluster runtimes that hold them (pools read
+`ClusterRuntime.ssl_context` when they dial), a listener's server context is reloaded in place
+(`load_cert_chain` on the live object: new handshakes only).  Pushed identities (SVIDs) will
+use the same path (zero-trust issue).
 
 `retain` drops the entries nothing in force uses any more, after each commit.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from collections.abc import Iterable
@@ -23,6 +29,10 @@ import msgspec
 from tulle.proxyconfig.model import Cluster, TLSContext
 
 _encode = msgspec.json.encode
+log = logging.getLogger("tulle.proxy")
+
+
+Stamps = tuple[tuple[int, int, int] | None, ...]
 
 
 def _stamp(path: str) -> tuple[int, int, int] | None:
@@ -35,9 +45,28 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _key(kind: str, tls: TLSContext, extra: str = "") -> tuple[object, ...]:
-    return (kind, _encode(tls), extra, _stamp(tls.cert_file), _stamp(tls.key_file),
-            _stamp(tls.ca_file))
+def _stamps(tls: TLSContext) -> Stamps:
+    return (_stamp(tls.cert_file), _stamp(tls.key_file), _stamp(tls.ca_file))
+
+
+class _Entry:
+    __slots__ = ("ctx", "protocol", "server", "stamps", "tls")
+
+    def __init__(self, tls: TLSContext, protocol: str, server: bool) -> None:
+        self.tls = tls
+        self.protocol = protocol
+        self.server = server
+        self.stamps = _stamps(tls)  # before reading: a write in between is seen next time
+        self.ctx = self.build()
+
+    def build(self) -> ssl.SSLContext:
+        if self.server:
+            return build_server_context(self.tls)
+        return build_client_context(self.tls, self.protocol)
+
+
+Rotation = dict[tuple[object, ...], tuple[ssl.SSLContext, Stamps]]
+"""Cache key -> (the rebuilt context, the file stamps it was built from)."""
 
 
 def build_client_context(tls: TLSContext, protocol: str) -> ssl.SSLContext:
@@ -71,14 +100,14 @@ def build_server_context(tls: TLSContext) -> ssl.SSLContext:
 
 
 class TLSContexts:
-    """The cache: one `SSLContext` per distinct (TLS config, role, files on disk)."""
+    """The cache: one `SSLContext` per distinct (TLS config, role)."""
 
     __slots__ = ("_cache", "built")
 
     def __init__(self) -> None:
-        self._cache: dict[tuple[object, ...], ssl.SSLContext] = {}
+        self._cache: dict[tuple[object, ...], _Entry] = {}
         self.built = 0
-        """Contexts built so far (tests and the apply log read it)."""
+        """Contexts built so far (tests read it)."""
 
     def client(self, cfg: Cluster) -> ssl.SSLContext | None:
         """The upstream context of `cfg`, None for a plaintext cluster.  May raise (an
@@ -87,26 +116,58 @@ class TLSContexts:
         if tls is None:
             return None
         alpn = "" if tls.alpn else ",".join(_default_alpn(cfg.protocol))
-        key = _key("client", tls, alpn)
-        ctx = self._cache.get(key)
-        if ctx is None:
-            ctx = self._cache[key] = build_client_context(tls, cfg.protocol)
-            self.built += 1
-        return ctx
+        return self._get(("client", _encode(tls), alpn), tls, cfg.protocol, False)
 
     def server(self, tls: TLSContext) -> ssl.SSLContext:
-        key = _key("server", tls)
-        ctx = self._cache.get(key)
-        if ctx is None:
-            ctx = self._cache[key] = build_server_context(tls)
+        return self._get(("server", _encode(tls)), tls, "", True)
+
+    def _get(self, key: tuple[object, ...], tls: TLSContext, protocol: str,
+             server: bool) -> ssl.SSLContext:
+        e = self._cache.get(key)
+        if e is None:
+            e = _Entry(tls, protocol, server)
+            self._cache[key] = e
             self.built += 1
-        return ctx
+        return e.ctx
+
+    def rotation(self) -> Rotation:
+        """Contexts whose files changed on disk, rebuilt (nothing installed yet).  May raise
+        (a certificate that no longer loads): then nothing has changed."""
+        out: Rotation = {}
+        for key, e in self._cache.items():
+            stamps = _stamps(e.tls)
+            if stamps != e.stamps:
+                out[key] = (e.build(), stamps)
+                self.built += 1
+        return out
+
+    def rotate(self, rotation: Rotation) -> dict[int, ssl.SSLContext]:
+        """Install a `rotation`.  Returns id(old client context) -> its replacement, for the
+        caller to swap in what holds them; server contexts are reloaded in place."""
+        swapped: dict[int, ssl.SSLContext] = {}
+        for key, (fresh, stamps) in rotation.items():
+            e = self._cache.get(key)
+            if e is None:
+                continue
+            e.stamps = stamps
+            if e.server:
+                try:
+                    e.ctx.load_cert_chain(e.tls.cert_file, e.tls.key_file)
+                    if e.tls.ca_file:
+                        e.ctx.load_verify_locations(e.tls.ca_file)
+                except OSError as exc:  # rewritten again since `rotation`: next swap retries
+                    e.stamps = ()
+                    log.warning("cannot reload %s in place: %s", e.tls.cert_file, exc)
+            else:
+                swapped[id(e.ctx)] = fresh
+                e.ctx = fresh
+        return swapped
 
     def retain(self, in_use: Iterable[ssl.SSLContext | None]) -> None:
         """Forget every context not in `in_use` (what the snapshot in force holds)."""
         live = {id(c) for c in in_use if c is not None}
         if len(live) != len(self._cache):
-            self._cache = {k: c for k, c in self._cache.items() if id(c) in live}
+            self._cache = {k: e for k, e in self._cache.items() if id(e.ctx) in live}
 
     def __len__(self) -> int:
         return len(self._cache)

@@ -4,6 +4,7 @@ mTLS clusters with the same settings cost one `SSLContext`, not a thousand."""
 from __future__ import annotations
 
 import os
+import ssl
 from pathlib import Path
 from typing import Any
 
@@ -53,20 +54,40 @@ async def test_clusters_with_the_same_tls_config_share_one_context(tmp_path: Pat
     assert tls.built == 2
 
 
-def test_a_certificate_rewritten_on_disk_gives_a_new_context_to_what_is_built_next(
+async def test_a_certificate_rewritten_on_disk_is_swapped_in_at_the_next_swap(
         tmp_path: Path) -> None:
     crt, key = self_signed(tmp_path)
-    cache = TLSContexts()
-    cfg = Cluster(name="a", tls=TLSContext(cert_file=crt, key_file=key))
-    first = cache.client(cfg)
-    assert cache.client(cfg) is first
+    metrics = ProxyMetrics()
+    tls = TLSContexts()
+    b = SnapshotBuilder(metrics, ClusterManager(metrics, tls))
+    clusters = [tls_cluster("a", crt, key), tls_cluster("b", crt, key)]
+    p = b.prepare(validate(config(clusters)))
+    b.commit(p)
+    a, old = p.clusters.runtimes["a"], p.clusters.runtimes["a"].ssl_context
+
     self_signed(tmp_path)  # same paths, new files
     st = os.stat(crt)
     os.utime(crt, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
-    second = cache.client(cfg)
-    assert second is not first
-    cache.retain([second])
-    assert len(cache) == 1
+    p2 = b.prepare(validate(config(clusters, "v2")))
+    assert a.ssl_context is old  # nothing in force changes before commit
+    b.commit(p2)
+
+    assert p2.clusters.runtimes["a"] is a  # same runtime (its pools), new context
+    assert a.ssl_context is not old and a.ssl_context is not None
+    assert p2.clusters.runtimes["b"].ssl_context is a.ssl_context
+    assert tls.built == 2
+    b.commit(b.prepare(validate(config(clusters, "v3"))))  # files unchanged: nothing rebuilt
+    assert tls.built == 2 and len(tls) == 1
+
+
+def test_an_unreadable_rotated_certificate_changes_nothing(tmp_path: Path) -> None:
+    crt, key = self_signed(tmp_path)
+    cache = TLSContexts()
+    first = cache.client(Cluster(name="a", tls=TLSContext(cert_file=crt, key_file=key)))
+    Path(crt).write_text("not a certificate")
+    with pytest.raises(ssl.SSLError):
+        cache.rotation()
+    assert cache.client(Cluster(name="a", tls=TLSContext(cert_file=crt, key_file=key))) is first
 
 
 def test_server_contexts_are_shared_and_an_unreadable_file_caches_nothing(tmp_path: Path) -> None:
@@ -81,3 +102,16 @@ def test_server_contexts_are_shared_and_an_unreadable_file_caches_nothing(tmp_pa
 
 def test_a_plaintext_cluster_has_no_context() -> None:
     assert TLSContexts().client(Cluster(name="a")) is None
+
+
+def test_a_listener_context_is_reloaded_in_place(tmp_path: Path) -> None:
+    crt, key = self_signed(tmp_path)
+    cache = TLSContexts()
+    ctx = cache.server(TLSContext(cert_file=crt, key_file=key, ca_file=crt))
+    assert len(ctx.get_ca_certs()) == 1
+    self_signed(tmp_path)
+    st = os.stat(crt)
+    os.utime(crt, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert cache.rotate(cache.rotation()) == {}  # nothing to swap: the live object reloaded
+    assert len(ctx.get_ca_certs()) == 2  # the new CA is trusted for new handshakes
+    assert cache.server(TLSContext(cert_file=crt, key_file=key, ca_file=crt)) is ctx
