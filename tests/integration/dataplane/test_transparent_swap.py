@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from tests.support.h2peers import H2Client
 from tests.support.proxy import RunningProxy, running_proxy
 from tests.support.rawhttp import RawClient
 from tests.support.rawservers import RawServer, raw_server
@@ -145,3 +146,30 @@ async def test_a_destination_no_rule_routes_any_more_gets_no_route(
         fresh.close()
     assert p.metric("tulle_proxy_protocol_errors_total", listener="outbound",
                     kind="no_destination") == 1
+
+
+async def test_an_http2_connection_follows_swaps_by_its_destination_and_is_told_to_go_away(
+        redirected: None) -> None:
+    async with (raw_server(named_origin(b"A")) as a, raw_server(named_origin(b"B")) as b,
+                running_proxy(config(a.port, b.port)) as p):
+        client = await H2Client.connect(p.port("outbound"))
+        try:
+            async with asyncio.timeout(10):
+                r = await client.request("GET", "/one")
+                assert (r.status, bytes(r.body)) == (200, b"A")
+                await p.apply(config(a.port, b.port, table_to="b", version="v2"))
+                r = await client.request("GET", "/two")
+                assert (r.status, bytes(r.body)) == (200, b"B")
+                assert client.goaway is None
+
+                cfg = config(a.port, b.port, version="v3")
+                cfg["listeners"][0]["destinations"][0]["port"] = 8080  # no rule for :80 now
+                await p.apply(cfg)
+                r = await client.request("GET", "/three")
+                assert r.status == 404
+                await client.closed.wait()  # GOAWAY, then closed once the stream is done
+                assert client.goaway == 0  # NO_ERROR
+        finally:
+            client.close()
+    assert [h.split(b" ")[1] for h in a.requests] == [b"/one"]
+    assert [h.split(b" ")[1] for h in b.requests] == [b"/two"]
