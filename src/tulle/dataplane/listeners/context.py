@@ -1,10 +1,12 @@
-"""What a listener needs to handle a connection, built once per snapshot.
+"""What a listener needs to handle a connection, built when a snapshot changes it.
 
 A `ListenerContext` is immutable after construction and holds everything a request looks up:
 the router, the clusters, the limits and the metric children.  The listener's `ListenerHandle`
 points at the current context; a swap replaces that pointer, so a connection (and an exchange)
 that started on the old context can finish on it (decision 3 of DESIGN.md) while new ones
-start on the new one.
+start on the new one.  A swap that changes nothing the context depends on keeps it
+(`tulle.dataplane.runtime.build`): its connections then see no swap at all.  Connections keep
+a routing key, never routing objects (`RoutedConnection`).
 """
 
 from __future__ import annotations
