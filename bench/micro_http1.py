@@ -143,8 +143,9 @@ def build() -> tuple[ListenerHandle, H1Pool]:
     settings = cfg.settings
     routers = {t.name: Router(t, settings.request_timeout_ms) for t in cfg.route_tables}
     manager = ClusterManager(metrics)
-    clusters = manager.prepare(cfg.clusters, settings)
-    manager.commit(clusters)
+    prepared = manager.prepare(cfg.clusters, settings)
+    manager.commit(prepared)
+    clusters = manager.clusters
     ctx = ListenerContext(cfg.listeners[0], settings, routers, clusters, metrics)
     handle = ListenerHandle("bench", ctx, m_active=metrics.connections_active.labels("bench"),
                             m_total=metrics.connections_total.labels("bench"))

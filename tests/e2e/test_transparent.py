@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -97,8 +98,25 @@ def refused(host, port):
             data = b""
         return {"data": data.decode("latin-1")}
 
+def keepalive(host, port):
+    """One connection; a request per line on stdin (its path), each answer printed as JSON."""
+    with socket.create_connection((host, port), timeout=10) as s:
+        f = s.makefile("rb")
+        for line in sys.stdin:
+            s.sendall(b"GET %b HTTP/1.1\r\nHost: web\r\n\r\n" % line.strip().encode())
+            status = int(f.readline().split()[1])
+            headers = {}
+            while (h := f.readline()) not in (b"\r\n", b""):
+                k, _, v = h.decode("latin-1").partition(":")
+                headers[k.strip().lower()] = v.strip()
+            body = f.read(int(headers.get("content-length", "0")))
+            print(json.dumps({"status": status, "body": body.decode("latin-1"),
+                              "local_port": s.getsockname()[1]}), flush=True)
+    return {"done": True}
+
 what, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-print(json.dumps({"echo": echo, "greeting": greeting, "refused": refused}[what](host, port)))
+print(json.dumps({"echo": echo, "greeting": greeting, "refused": refused,
+                  "keepalive": keepalive}[what](host, port)))
 '''
 
 
@@ -260,3 +278,73 @@ def test_a_connection_straight_to_the_proxy_port_is_a_loop(mesh: dict[str, Any])
     assert mesh["proxy"].poll() is None
     assert client_script(mesh, "echo", "10.231.0.3", "9000")["reply"].endswith("ping\n")
 
+
+
+def _reload(m: dict[str, Any], cfg: dict[str, Any]) -> None:
+    """Rewrite the config file, SIGHUP the proxy, wait until the new version is in force."""
+    path = m["workdir"] / "proxy.json"
+    path.write_text(json.dumps(cfg))
+    path.chmod(0o644)
+    m["proxy"].send_signal(signal.SIGHUP)
+    for _ in range(200):
+        out = m["client"].run(["curl", "-sS", "--max-time", "5",
+                               f"http://127.0.0.1:{ADMIN_PORT}/config_dump"], check=False)
+        if out.returncode == 0 and json.loads(out.stdout or "{}").get("version") == cfg["version"]:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"version {cfg['version']} never came into force:\n{m['proxy_log'].read_text()}")
+
+
+def test_a_kept_alive_connection_keeps_its_destination_route_across_reloads(
+        mesh: dict[str, Any]) -> None:
+    """Issue 7 item 4: the next request on a kept-alive, per-destination-routed connection after
+    a SIGHUP reload used to answer `503 no cluster named ''`."""
+    server_ip = mesh["server"].address
+    client = mesh["client"].popen(
+        [PYTHON, str(mesh["workdir"] / "client.py"), "keepalive", server_ip, "8080"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert client.stdin is not None and client.stdout is not None
+
+    def ask(path: str) -> dict[str, Any]:
+        assert client.stdin is not None and client.stdout is not None
+        client.stdin.write(path.encode() + b"\n")
+        client.stdin.flush()
+        return dict(json.loads(client.stdout.readline()))
+
+    try:
+        first = ask("/one")
+        assert first["status"] == 200 and json.loads(first["body"])["path"] == "/one"
+
+        # A reload that rebuilds the listener's context (a cluster added, nothing about 8080).
+        cfg = proxy_config(server_ip)
+        cfg["version"] = "v2"
+        cfg["clusters"].append({"name": "spare", "protocol": "tcp",
+                                "endpoints": [{"address": server_ip, "port": 9000}]})
+        _reload(mesh, cfg)
+        second = ask("/two")
+        assert second["status"] == 200, second
+        assert json.loads(second["body"])["path"] == "/two"
+
+        # A reload that sends the destination's route table to another cluster: followed.
+        cfg["version"] = "v3"
+        cfg["clusters"].append({"name": "web-v2", "protocol": "http1",
+                                "endpoints": [{"address": server_ip, "port": 8080}]})
+        cfg["route_tables"][0]["virtual_hosts"][0]["rules"][0]["backends"] = [
+            {"cluster": "web-v2"}]
+        _reload(mesh, cfg)
+        third = ask("/three")
+        assert third["status"] == 200, third
+        assert first["local_port"] == second["local_port"] == third["local_port"]
+    finally:
+        client.stdin.close()
+        try:
+            client.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            client.kill()
+            client.wait(timeout=5)
+    m = metrics(mesh)
+    assert 'tulle_proxy_requests_total{listener="outbound",cluster="web",response_code="200"' in m
+    assert ('tulle_proxy_requests_total{listener="outbound",cluster="web-v2",response_code="200"'
+            in m)
+    assert 'response_code="503"' not in m
+    assert 'tulle_proxy_protocol_detected_total{listener="outbound",protocol="http1"} 1' in m

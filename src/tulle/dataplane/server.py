@@ -3,13 +3,15 @@
 `ProxyServer.apply(cfg)` is the only way configuration changes, whether it came from a file,
 SIGHUP, or (later) the control plane's push.  It works in two phases:
 
-* **prepare** builds every runtime object of the snapshot (routers, cluster runtimes, listener
-  contexts, TLS contexts) and every new listening socket, with accepting *not yet started*.
+* **prepare** builds every runtime object of the snapshot that changed (routers, cluster
+  runtimes, listener contexts, TLS contexts: `tulle.dataplane.runtime.build` keeps the
+  unchanged ones) and every new listening socket, with accepting *not yet started*.
   Anything that can fail fails here (a port in use, an unreadable certificate, a protocol with
   no driver); then everything prepared is closed, `ApplyError` is raised and the previous
   snapshot stays in force, untouched.
-* **commit** cannot fail: it moves pointers (clusters, listener contexts), retires what left
-  the config, and starts accepting on the new sockets.
+* **commit** cannot fail: it moves pointers (clusters, listener contexts), swaps endpoint lists
+  of clusters whose endpoints alone changed, retires what left the config, and starts
+  accepting on the new sockets.
 
 Sockets are identified by address and port.  A listener whose address and port are unchanged
 keeps its socket: if nothing that selects the protocol driver changed (protocol, mode, TLS) it
@@ -33,9 +35,10 @@ from typing import Any
 from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle
 from tulle.dataplane.listeners.factory import protocol_factory
 from tulle.dataplane.overload import OverloadGuard
-from tulle.dataplane.routing.router import Router
+from tulle.dataplane.runtime.build import Prepared, SnapshotBuilder
+from tulle.dataplane.runtime.tls import TLSContexts
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
-from tulle.dataplane.upstream.cluster import ClusterManager, ClusterRuntime, run_sweeper
+from tulle.dataplane.upstream.cluster import ClusterManager, run_sweeper
 from tulle.proxyconfig.model import Listener, ProxyConfig
 
 log = logging.getLogger("tulle.proxy")
@@ -66,7 +69,7 @@ class _Plan:
     """A prepared snapshot: everything built, nothing in force yet."""
 
     cfg: ProxyConfig
-    clusters: dict[str, ClusterRuntime]
+    built: Prepared
     handles: dict[str, ListenerHandle] = field(default_factory=dict)
     kept: list[tuple[ListenerHandle, ListenerContext]] = field(default_factory=list)
     fresh: list[ListenerHandle] = field(default_factory=list)
@@ -83,7 +86,11 @@ class ProxyServer:
     def __init__(self, metrics: ProxyMetrics | None = None) -> None:
         self.metrics = metrics or ProxyMetrics()
         self.config: ProxyConfig | None = None
-        self.clusters = ClusterManager(self.metrics)
+        self.tls = TLSContexts()
+        """SSL contexts shared per distinct TLS config (clusters and listeners)."""
+        self.clusters = ClusterManager(self.metrics, self.tls)
+        self.runtime = SnapshotBuilder(self.metrics, self.clusters)
+        """The runtime objects in force, and the incremental build of the next snapshot."""
         self.overload = OverloadGuard(self.metrics)
         """Connection caps and overload state shared by every listener (admin excluded)."""
         self.listeners: dict[str, ListenerHandle] = {}
@@ -114,19 +121,19 @@ class ProxyServer:
                     await s.start_serving()
         for cb in self.on_applied:
             cb(cfg)
-        log.info("config version %s in force: %d listeners, %d clusters", cfg.version,
-                 len(cfg.listeners), len(cfg.clusters))
+        n = plan.built.counts
+        log.info("config version %s in force: %d listeners, %d clusters (built: %d routers, "
+                 "%d clusters, %d listener contexts; %d clusters changed endpoints only)",
+                 cfg.version, len(cfg.listeners), len(cfg.clusters), n.routers_built,
+                 n.clusters_built, n.contexts_built, n.clusters_endpoints_changed)
 
     async def _prepare(self, cfg: ProxyConfig) -> _Plan:
-        settings = cfg.settings
         try:
-            routers = {t.name: Router(t, settings.request_timeout_ms) for t in cfg.route_tables}
-            clusters = self.clusters.prepare(cfg.clusters, settings)
-            contexts = {lc.name: ListenerContext(lc, settings, routers, clusters, self.metrics)
-                        for lc in cfg.listeners}
+            built = self.runtime.prepare(cfg)
         except Exception as exc:  # a bad certificate, an unresolvable value: nothing changed
             raise ApplyError(f"cannot build the snapshot: {type(exc).__name__}: {exc}") from exc
-        plan = _Plan(cfg, clusters)
+        contexts = built.contexts
+        plan = _Plan(cfg, built)
         old = self.listeners
         new_by_name = {lc.name: lc for lc in cfg.listeners}
 
@@ -177,9 +184,7 @@ class ProxyServer:
         ssl_ctx: ssl.SSLContext | None = None
         try:
             if lc.tls is not None:
-                from tulle.dataplane.listeners.tls import server_ssl_context
-
-                ssl_ctx = server_ssl_context(lc.tls)
+                ssl_ctx = self.tls.server(lc.tls)
             factory = protocol_factory(handle, ssl_ctx)
         except (OSError, ValueError, NotImplementedError) as exc:  # ssl.SSLError is an OSError
             raise ApplyError(f"{where}: {exc}") from exc
@@ -191,6 +196,7 @@ class ProxyServer:
             sock.close()
             raise ApplyError(f"{where}: {exc}") from exc
         handle.servers.append(server)
+        handle.ssl_context = ssl_ctx
         plan.ports[handle] = int(sock.getsockname()[1])
 
     @staticmethod
@@ -223,7 +229,7 @@ class ProxyServer:
 
     def _commit(self, plan: _Plan) -> None:
         """Put a prepared plan in force.  Nothing here may fail."""
-        self.clusters.commit(plan.clusters)
+        self.runtime.commit(plan.built)
         for handle, ctx in plan.kept:
             handle.ctx = ctx
         for name, old in self.listeners.items():
@@ -233,6 +239,9 @@ class ProxyServer:
         self._ports = {h: plan.ports[h] for h in plan.handles.values()}
         self.config = plan.cfg
         self.overload.configure(plan.cfg.settings)
+        if len(self.tls):
+            self.tls.retain([*(h.ssl_context for h in self.listeners.values()),
+                             *(c.ssl_context for c in self.clusters.clusters.values())])
         if self._sweeper is None:
             self._sweeper = run_sweeper(self.clusters)
             self._spawn(self._deadline_sweeper())

@@ -1,10 +1,12 @@
-"""What a listener needs to handle a connection, built once per snapshot.
+"""What a listener needs to handle a connection, built when a snapshot changes it.
 
 A `ListenerContext` is immutable after construction and holds everything a request looks up:
 the router, the clusters, the limits and the metric children.  The listener's `ListenerHandle`
 points at the current context; a swap replaces that pointer, so a connection (and an exchange)
 that started on the old context can finish on it (decision 3 of DESIGN.md) while new ones
-start on the new one.
+start on the new one.  A swap that changes nothing the context depends on keeps it
+(`tulle.dataplane.runtime.build`): its connections then see no swap at all.  Connections keep
+a routing key, never routing objects (`RoutedConnection`).
 """
 
 from __future__ import annotations
@@ -23,10 +25,15 @@ from tulle.dataplane.overload import OverloadGuard
 from tulle.dataplane.routing.paths import normalizer_for
 from tulle.dataplane.routing.router import Router
 from tulle.dataplane.telemetry.metrics import CounterChild, HistogramChild, ProxyMetrics
-from tulle.proxyconfig.model import Destination, Listener, Settings
+from tulle.proxyconfig.model import Destination, Listener, RouteTable, Settings
 
 if TYPE_CHECKING:
+    import ssl
+
     from tulle.dataplane.upstream.cluster import ClusterRuntime
+
+NO_ROUTE = Router(RouteTable(name="no-route"), 0)
+"""The router of a connection whose routing key no rule matches any more: every request 404."""
 
 
 class RequestStats:
@@ -190,6 +197,8 @@ class ListenerHandle:
     m_total: object = None
     on_drained: Callable[[], None] | None = None
     guard: OverloadGuard = field(default_factory=OverloadGuard)
+    ssl_context: ssl.SSLContext | None = None
+    """The server TLS context its sockets accept with (shared per TLS config)."""
     _handover: bool = False
 
     def connection_opened(self, conn: Connection) -> bool:
@@ -276,10 +285,18 @@ class Connection:
 class RoutedConnection(Connection):
     """A downstream HTTP connection: it routes each request by the snapshot in force.
 
-    Routing comes from the listener (`ctx.router` / `ctx.cluster`) unless a detector chose it
-    for this connection (a transparent listener's per-destination rule), in which case it stays
-    as chosen.  When a new snapshot is in force, requests not yet routed move to it; those in
-    flight finish on theirs (decision 3 of DESIGN.md).
+    A connection keeps a routing *key*, never routing objects of a snapshot (DESIGN.md section
+    4): its listener (the handle) and, when a transparent listener's per-destination rule chose
+    its routing, its original destination (`route_key`).  `router` / `cluster` are what the key
+    resolves to in the context the connection last saw; when a new context is in force,
+    `follow_snapshot` (called before each request is routed) resolves the key again against
+    it, so a kept-alive connection follows the config exactly as a new connection to the same
+    destination would.  Requests in flight finish on the decision they were routed with
+    (decision 3 of DESIGN.md).
+
+    A destination that no rule of the new context routes any more gets 404 (no route, flag
+    NR) on this connection, and the connection is drained where the driver allows it (HTTP/2
+    sends GOAWAY), so the client reconnects and meets the new config's decision for it.
     """
 
     handle: ListenerHandle
@@ -287,26 +304,54 @@ class RoutedConnection(Connection):
     router: Router | None
     cluster: str
     loop: asyncio.AbstractEventLoop
-    _own_route: bool
+    route_key: tuple[str, int] | None = None
+    """The original destination whose rule routes this connection; None: the listener's own
+    `route_table` / `cluster` do."""
     _deadline_kind: str = ""
 
-    def init_routing(self, handle: ListenerHandle, router: Router | None,
-                     cluster: str | None) -> None:
+    def init_routing(self, handle: ListenerHandle, router: Router | None = None,
+                     cluster: str | None = None) -> None:
+        if router is not None or cluster is not None:
+            raise TypeError("a connection routes by key: use route_by_destination, never "
+                            "routing objects of one snapshot")
         self.handle = handle
-        self.ctx = handle.ctx
-        self.router = router if router is not None else self.ctx.router
-        self.cluster = cluster if cluster is not None else self.ctx.cluster
-        self._own_route = router is None and cluster is None
+        self.ctx = ctx = handle.ctx
+        self.route_key = None
+        self.router = ctx.router
+        self.cluster = ctx.cluster
+
+    def route_by_destination(self, destination: tuple[str, int]) -> None:
+        """Route this connection by the destination rule matching `destination` (a transparent
+        listener's original destination), in this and every later snapshot."""
+        self.route_key = destination
+        self._resolve(self.handle.ctx)
 
     def follow_snapshot(self) -> None:
         """Call before routing a request: picks up a swapped snapshot, if any."""
         ctx = self.handle.ctx
         if ctx is self.ctx:
             return
+        if not self._resolve(ctx):
+            self.start_drain()
+
+    def _resolve(self, ctx: ListenerContext) -> bool:
+        """Point `router` / `cluster` at what the routing key means in `ctx`; False when it
+        means nothing any more (no rule for the destination)."""
         self.ctx = ctx
-        if self._own_route:
+        key = self.route_key
+        if key is None:
             self.router = ctx.router
             self.cluster = ctx.cluster
+            return True
+        rule = ctx.destination_for(*key)
+        cluster = (rule.cluster or ctx.cluster) if rule is not None else ""
+        if rule is None or (rule.router is None and not cluster):
+            self.router = NO_ROUTE
+            self.cluster = ""
+            return False
+        self.router = rule.router
+        self.cluster = cluster
+        return True
 
     def _set_deadline(self, kind: str) -> None:
         """Arm the connection's header (`header`) or keep-alive (`idle`) timeout; the listener's

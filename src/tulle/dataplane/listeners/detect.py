@@ -210,9 +210,9 @@ class DetectDownstream(asyncio.Protocol, Connection):
             proto: H1Downstream | H2Downstream
             driver = h2_driver if h2_driver is not None else H1Downstream
             proto = driver(self.handle)
-            if rule is not None:
-                proto.router = rule.router
-                proto.cluster = rule.cluster or ctx.cluster
+            if rule is not None and self.destination is not None:
+                # A routing key, resolved against the snapshot in force at each request.
+                proto.route_by_destination(self.destination)
             self._pass(lambda t, initial: handover(t, proto, initial))
             return
         # tcp, tls (relayed opaque for now), or an undecidable prefix.  A matched rule without

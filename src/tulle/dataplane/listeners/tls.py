@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from tulle.dataplane.listeners.context import Connection, reset
+from tulle.dataplane.runtime.tls import build_server_context
 from tulle.proxyconfig.model import TLSContext
 
 if TYPE_CHECKING:
@@ -36,14 +37,8 @@ DriverChoice = Callable[[str | None], asyncio.Protocol]
 
 
 def server_ssl_context(tls: TLSContext) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(tls.cert_file, tls.key_file)
-    if tls.ca_file:
-        ctx.load_verify_locations(tls.ca_file)
-        ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.set_alpn_protocols(list(tls.alpn) or ["h2", "http/1.1"])
-    return ctx
+    """A fresh server context (the proxy shares them: `tulle.dataplane.runtime.tls`)."""
+    return build_server_context(tls)
 
 
 class TLSAccept(asyncio.Protocol, Connection):

@@ -1,11 +1,20 @@
 """Clusters at run time: endpoints, a load balancer, and a pool per endpoint.
 
 `ClusterManager.prepare` turns a snapshot's clusters into `ClusterRuntime`s and `commit` puts
-them in force.  A cluster whose name survives a swap keeps its endpoint state, and its pools for
-endpoints that are still there (when protocol, TLS and stream limits are unchanged)
-(decision 3 of DESIGN.md: in-flight requests finish on the connections they have; nothing is
-re-dialled because an unrelated route changed).  Pools of removed endpoints stop taking new
-requests and close as their last exchange ends.
+them in force, rebuilding only what changed (DESIGN.md section 4, "Incremental apply"):
+
+* a cluster whose config struct is unchanged keeps its runtime object, with its pools, balancer
+  state and SSL context (the common case: a swap that changed something else);
+* a cluster whose *endpoints* alone changed keeps its runtime too; at commit its endpoint list
+  and balancer are swapped in place, surviving endpoints keep their state and pools, removed
+  endpoints' pools close as their last exchange ends;
+* any other change builds a new runtime: endpoint state and (when protocol, TLS and stream
+  limits are unchanged) pools of surviving endpoints carry over by cluster name, the rest
+  drain.  SSL contexts come from a cache shared per distinct TLS config
+  (`tulle.dataplane.runtime.tls`).
+
+In-flight requests finish on the connections they have (decision 3 of DESIGN.md); nothing is
+re-dialled because an unrelated route changed.
 
 Pools are chosen by the cluster's protocol through `POOL_FACTORIES`, so the HTTP/2 pool plugs
 in beside the HTTP/1 one.
@@ -18,7 +27,10 @@ import ssl
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
+import msgspec
+
 from tulle.dataplane.exchange import RequestHead, ResponseSink, UpstreamStream
+from tulle.dataplane.runtime.tls import TLSContexts, build_client_context
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.upstream.lb import EndpointState, LoadBalancer, build
 from tulle.proxyconfig.model import Cluster, Settings
@@ -58,28 +70,25 @@ POOL_FACTORIES: dict[str, PoolFactory] = {"http1": _h1_pool, "http2": _h2_pool}
 
 
 def client_ssl_context(cfg: Cluster) -> ssl.SSLContext | None:
-    tls = cfg.tls
-    if tls is None:
-        return None
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if tls.ca_file:
-        ctx.load_verify_locations(tls.ca_file)
-    else:
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
-    if tls.cert_file:
-        ctx.load_cert_chain(tls.cert_file, tls.key_file)
-    alpn = list(tls.alpn) or (["h2"] if cfg.protocol == "http2" else ["http/1.1"])
-    ctx.set_alpn_protocols(alpn)
-    return ctx
+    """A fresh upstream context for `cfg` (uncached; `ClusterManager` shares them)."""
+    return None if cfg.tls is None else build_client_context(cfg.tls, cfg.protocol)
+
+
+def _settings_key(settings: Settings) -> tuple[int, int]:
+    """The process settings a `ClusterRuntime` copies: a change needs new runtimes."""
+    return (settings.max_response_header_bytes, settings.buffer_high_water_bytes)
 
 
 class ClusterRuntime:
     """One cluster of one snapshot.  Everything a request needs is an attribute lookup away."""
 
     def __init__(self, cfg: Cluster, settings: Settings, metrics: ProxyMetrics,
-                 endpoints: list[EndpointState], pools: dict[str, Pool]) -> None:
+                 endpoints: list[EndpointState], pools: dict[str, Pool],
+                 tls: TLSContexts | None = None) -> None:
         self.cfg = cfg
+        """The config in force; an endpoint-only change replaces it (and the endpoints) in
+        place at commit."""
+        self.settings_key = _settings_key(settings)
         self.name = cfg.name
         self.protocol = cfg.protocol
         self.connect_timeout = cfg.connect_timeout_ms / 1000
@@ -88,7 +97,7 @@ class ClusterRuntime:
         self.max_concurrent_streams = cfg.max_concurrent_streams
         self.max_response_header_bytes = settings.max_response_header_bytes
         self.high_water = settings.buffer_high_water_bytes
-        self.ssl_context = client_ssl_context(cfg)
+        self.ssl_context = tls.client(cfg) if tls is not None else client_ssl_context(cfg)
         self.sni = cfg.tls.server_name if cfg.tls else ""
         self.endpoints = endpoints
         self.lb: LoadBalancer = build(cfg.lb_policy, endpoints)
@@ -123,63 +132,138 @@ def _pool_compatible(old: Cluster, new: Cluster) -> bool:
             and old.max_concurrent_streams == new.max_concurrent_streams)
 
 
+def _endpoints_only(old: Cluster, new: Cluster) -> bool:
+    """Whether `new` differs from `old` in its endpoint list alone."""
+    return msgspec.structs.replace(new, endpoints=old.endpoints) == old
+
+
+def _states(cfg: Cluster, old: ClusterRuntime | None) -> list[EndpointState]:
+    """`cfg`'s endpoints as state objects, the surviving ones carried over from `old`."""
+    old_eps = {e.key: e for e in old.endpoints} if old is not None else {}
+    out = []
+    for e in cfg.endpoints:
+        st = old_eps.get(f"{e.address}:{e.port}")
+        out.append(st if st is not None else EndpointState(e.address, e.port, e.weight, e.zone))
+    return out
+
+
+def _set_weights(cfg: Cluster, eps: list[EndpointState]) -> None:
+    for e, st in zip(cfg.endpoints, eps, strict=True):
+        st.weight = e.weight
+        st.zone = e.zone
+
+
+class EndpointUpdate:
+    """An endpoint-only change of a kept runtime, applied at commit."""
+
+    __slots__ = ("cfg", "endpoints", "runtime")
+
+    def __init__(self, runtime: ClusterRuntime, cfg: Cluster) -> None:
+        self.runtime = runtime
+        self.cfg = cfg
+        self.endpoints = _states(cfg, runtime)
+
+    def apply(self) -> None:
+        rt, eps = self.runtime, self.endpoints
+        _set_weights(self.cfg, eps)
+        rt.cfg = self.cfg
+        rt.endpoints = eps
+        rt.lb.set_endpoints(eps)  # the balancer keeps its position
+        keys = {e.key for e in eps}
+        for key in [k for k in rt.pools if k not in keys]:
+            rt.pools.pop(key).close()
+
+
+class PreparedClusters:
+    """A snapshot's cluster runtimes, built but not in force (`ClusterManager.prepare`)."""
+
+    __slots__ = ("fresh", "kept", "runtimes", "updates")
+
+    def __init__(self, runtimes: dict[str, ClusterRuntime], fresh: list[ClusterRuntime],
+                 updates: list[EndpointUpdate], kept: int) -> None:
+        self.runtimes = runtimes
+        """By name.  The very dict in force when every runtime is kept: listener contexts
+        holding it stay valid."""
+        self.fresh = fresh
+        """Runtimes built anew (new clusters, changed settings)."""
+        self.updates = updates
+        """Kept runtimes whose endpoint list changes at commit."""
+        self.kept = kept
+        """Runtimes kept unchanged."""
+
+
 class ClusterManager:
     """Owns every cluster's runtime across snapshots.
 
     A swap is two steps so that the server can build everything before changing anything:
-    `prepare` builds the new runtimes (reusing endpoint state and pools, touching nothing in
-    force), `commit` puts them in force and winds down what was not carried over.
+    `prepare` builds what changed (reusing runtimes, endpoint state and pools, touching nothing
+    in force), `commit` puts it in force and winds down what was not carried over.
     """
 
-    def __init__(self, metrics: ProxyMetrics) -> None:
+    def __init__(self, metrics: ProxyMetrics, tls: TLSContexts | None = None) -> None:
         self.metrics = metrics
+        self.tls = tls if tls is not None else TLSContexts()
         self.clusters: dict[str, ClusterRuntime] = {}
 
-    def prepare(self, clusters: Iterable[Cluster],
-                settings: Settings) -> dict[str, ClusterRuntime]:
+    def prepare(self, clusters: Iterable[Cluster], settings: Settings) -> PreparedClusters:
         """Build the runtimes of a snapshot without changing anything in force.
 
         May raise (e.g. an unreadable client certificate); then nothing has changed.
         """
-        new: dict[str, ClusterRuntime] = {}
+        current = self.clusters
+        skey = _settings_key(settings)
+        runtimes: dict[str, ClusterRuntime] = {}
+        fresh: list[ClusterRuntime] = []
+        updates: list[EndpointUpdate] = []
+        kept = 0
         for cfg in clusters:
-            old = self.clusters.get(cfg.name)
-            eps: list[EndpointState] = []
+            old = current.get(cfg.name)
+            if old is not None and old.settings_key == skey:
+                if old.cfg is cfg or old.cfg == cfg:
+                    runtimes[cfg.name] = old
+                    kept += 1
+                    continue
+                if _endpoints_only(old.cfg, cfg):
+                    runtimes[cfg.name] = old
+                    updates.append(EndpointUpdate(old, cfg))
+                    continue
             pools: dict[str, Pool] = {}
-            old_eps = {e.key: e for e in old.endpoints} if old else {}
-            keep_pools = old is not None and _pool_compatible(old.cfg, cfg)
-            for e in cfg.endpoints:
-                key = f"{e.address}:{e.port}"
-                st = old_eps.get(key) or EndpointState(e.address, e.port, e.weight, e.zone)
-                eps.append(st)
-                if keep_pools and old is not None and key in old.pools:
-                    pools[key] = old.pools[key]
-            new[cfg.name] = ClusterRuntime(cfg, settings, self.metrics, eps, pools)
-        return new
+            eps = _states(cfg, old)
+            if old is not None and _pool_compatible(old.cfg, cfg):
+                pools = {e.key: old.pools[e.key] for e in eps if e.key in old.pools}
+            rt = ClusterRuntime(cfg, settings, self.metrics, eps, pools, self.tls)
+            runtimes[cfg.name] = rt
+            fresh.append(rt)
+        if not fresh and len(runtimes) == len(current):
+            runtimes = current  # same runtimes under the same names: the dict in force
+        return PreparedClusters(runtimes, fresh, updates, kept)
 
-    def commit(self, new: dict[str, ClusterRuntime]) -> None:
+    def commit(self, prepared: PreparedClusters) -> None:
         """Put prepared runtimes in force; pools that were not carried over wind down."""
-        for rt in new.values():
-            old = self.clusters.get(rt.name)
-            keys = {e.key for e in rt.endpoints}
+        current = self.clusters
+        for u in prepared.updates:
+            u.apply()
+        for rt in prepared.fresh:
+            old = current.get(rt.name)
             if old is not None and _pool_compatible(old.cfg, rt.cfg):
                 # Pools the old runtime opened after `prepare` ran are carried over too.
+                keys = {e.key for e in rt.endpoints}
                 for key, pool in old.pools.items():
                     if key in keys:
                         rt.pools.setdefault(key, pool)
-            by_key = {e.key: e for e in rt.endpoints}
-            for e in rt.cfg.endpoints:
-                st = by_key[f"{e.address}:{e.port}"]
-                st.weight = e.weight
-                st.zone = e.zone
+            _set_weights(rt.cfg, rt.endpoints)
             rt.lb = build(rt.cfg.lb_policy, rt.endpoints)  # after the weights are in force
             for pool in rt.pools.values():
                 pool.cluster = rt
-        for name, old in self.clusters.items():
-            live = new.get(name)
-            for key, pool in old.pools.items():
-                if live is None or live.pools.get(key) is not pool:
-                    pool.close()
+        new = prepared.runtimes
+        if new is not current:
+            for name, old in current.items():
+                live = new.get(name)
+                if live is old:
+                    continue
+                for key, pool in old.pools.items():
+                    if live is None or live.pools.get(key) is not pool:
+                        pool.close()
         self.clusters = new
 
     def sweep(self, now: float) -> None:

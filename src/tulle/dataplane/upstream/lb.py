@@ -4,7 +4,9 @@ Every balancer implements `LoadBalancer.pick(key)`.  `key` is the request's hash
 consistent-hashing balancers of the traffic-management issue (ring hash, Maglev) and is ignored
 by the others; P2C least-request and peak-EWMA read the per-endpoint `active` / latency state that
 `EndpointState` already carries, so adding them is a new class here and one line in `build`.
-Balancers are built per snapshot; `EndpointState` objects (and their counters) carry over.
+Balancers are built per cluster runtime; `EndpointState` objects (and their counters) carry
+over.  An endpoint-only change calls `set_endpoints` on the balancer in force: it takes the new
+list (and weights) and keeps its own state (the round-robin position).
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ class EndpointState:
 class LoadBalancer(Protocol):
     def pick(self, key: int | None = None) -> EndpointState | None: ...
 
+    def set_endpoints(self, endpoints: Sequence[EndpointState]) -> None: ...
+
 
 class RoundRobin:
     """Round robin; with unequal weights, nginx's smooth weighted round robin (O(n) a pick,
@@ -40,8 +44,11 @@ class RoundRobin:
     __slots__ = ("_current", "_endpoints", "_i", "_total", "_weighted")
 
     def __init__(self, endpoints: Sequence[EndpointState]) -> None:
-        self._endpoints = list(endpoints)
         self._i = 0
+        self.set_endpoints(endpoints)
+
+    def set_endpoints(self, endpoints: Sequence[EndpointState]) -> None:
+        self._endpoints = list(endpoints)
         self._weighted = len({e.weight for e in endpoints}) > 1
         self._current = [0] * len(self._endpoints)
         self._total = sum(e.weight for e in endpoints)

@@ -27,7 +27,7 @@ def weighted(name: str, weights: dict[int, int]) -> Cluster:
 def swap(m: ClusterManager, *clusters: Cluster) -> dict[str, ClusterRuntime]:
     new = m.prepare(clusters, SETTINGS)
     m.commit(new)
-    return new
+    return new.runtimes
 
 
 def pools_of(rt: ClusterRuntime) -> dict[str, H1Pool]:
@@ -46,7 +46,7 @@ async def test_prepare_changes_nothing_in_force() -> None:
     prepared = m.prepare([cluster("a", 1002), cluster("b", 2001)], SETTINGS)
     assert m.clusters is first
     assert [e.key for e in m.clusters["a"].endpoints] == ["127.0.0.1:1001"]
-    assert set(prepared) == {"a", "b"}
+    assert set(prepared.runtimes) == {"a", "b"}
 
 
 async def test_pools_and_endpoint_state_carry_over_by_cluster_name() -> None:

@@ -1,0 +1,149 @@
+"""`endpoint_change_apply_ms`: what one endpoint change costs a proxy holding the whole snapshot.
+
+At 1,000 services an endpoint change (a workload joins or leaves a Service) reaches every
+proxy as a small delta; the proxy's event loop then stops serving while it applies it.  This
+measures that time with the real code, in-process:
+
+1. The mesh of `bench.controlplane` (N Services, 2N Workloads) compiled by the real compiler;
+   one proxy's snapshot (`svc-0`'s first workload: every Service's cluster and the outbound
+   route table) put in force on a real `ProxyServer` (its listeners moved to 127.0.0.1, port 0).
+2. Each round, a workload joins Service `svc-3` (then leaves it, next round): the control
+   plane's delta for this proxy (`diff`), encoded as the stream's frame, is handed to the real
+   agent's handler (frame decode, then `Agent._handle`: delta decode, `apply_delta`, `check`,
+   `ProxyServer.apply`; no disk cache).  Timed (perf_counter; nothing else runs on the loop):
+
+   * `endpoint_change_apply_ms`: `ProxyServer.apply` (build what changed, commit) — the
+     issue's figure, target ≤ 5 ms;
+   * `endpoint_change_agent_ms`: the agent's whole step, frame in to ACK out;
+   * `endpoint_change_full_apply_ms`: `ProxyServer.apply` of the same change arriving as a whole
+     snapshot decoded anew (a file reload: structs equal, not identical).
+
+Medians of `--rounds` rounds, with min and max.  Compiling happens outside the timed window.
+
+    .venv/bin/python -m bench.apply [--services 1000] [--rounds 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh
+from tulle.dataplane.agent import Agent
+from tulle.dataplane.server import ProxyServer
+from tulle.proxyconfig.delta import diff
+from tulle.proxyconfig.model import ProxyConfig
+from tulle.proxyconfig.stream import FrameDecoder, WorkloadInfo, delta_message, encode
+
+NS = "bench"
+TARGET_MS = 5.0
+
+
+def _resources(services: int, extra: bool) -> list[dict[str, Any]]:
+    from bench.controlplane import service_doc, workload_doc
+
+    docs = [service_doc(f"svc-{i}") for i in range(services)]
+    docs += [workload_doc(f"w-{i}-{j}", f"svc-{i}", 2 * i + j)
+             for i in range(services) for j in range(2)]
+    if extra:
+        docs.append(workload_doc("extra-0", "svc-3", 2 * services))
+    return docs
+
+
+def _local(cfg: ProxyConfig) -> ProxyConfig:
+    """The snapshot with its listeners on loopback port 0 (nothing else changes)."""
+    return msgspec.structs.replace(cfg, listeners=[
+        msgspec.structs.replace(lc, address="127.0.0.1", port=0) for lc in cfg.listeners])
+
+
+def snapshots(services: int) -> tuple[ProxyConfig, ProxyConfig]:
+    """svc-0's proxy without and with one more endpoint in svc-3."""
+    cache = PartCache()
+    out = []
+    for extra in (False, True):
+        res = compile_mesh(MeshInputs.from_resources(_resources(services, extra)), cache)
+        out.append(_local(res.snapshots[(NS, "w-0-0")]))
+    return out[0], out[1]
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 2), "min": round(min(values), 2),
+            "max": round(max(values), 2)}
+
+
+async def measure(services: int, rounds: int) -> dict[str, Any]:
+    base, grown = snapshots(services)
+    server = ProxyServer()
+    agent = Agent(server, [("127.0.0.1", 9)], WorkloadInfo(name="w-0-0", namespace=NS))
+    apply_ms: list[float] = []
+    agent_ms: list[float] = []
+    full_ms: list[float] = []
+    real_apply: Callable[[ProxyConfig], Awaitable[None]] = server.apply
+
+    async def timed_apply(cfg: ProxyConfig) -> None:
+        t0 = time.perf_counter()
+        await real_apply(cfg)
+        apply_ms.append((time.perf_counter() - t0) * 1000)
+
+    try:
+        await server.apply(base)
+        agent.current = base
+        server.apply = timed_apply  # type: ignore[method-assign]
+        for i in range(rounds):
+            target = grown if i % 2 == 0 else base
+            assert agent.current is not None
+            frame = encode(delta_message(diff(agent.current, target)))
+            t0 = time.perf_counter()
+            (msg,) = FrameDecoder().feed(frame)
+            reply = await agent._handle(msg)
+            agent_ms.append((time.perf_counter() - t0) * 1000)
+            if type(reply).__name__ != "Ack":
+                raise RuntimeError(f"the proxy did not take the change: {reply}")
+        server.apply = real_apply  # type: ignore[method-assign]
+        for i in range(rounds):
+            # The same change as a whole snapshot, decoded anew (no struct shared).
+            target = grown if i % 2 == 0 else base
+            fresh = msgspec.json.decode(msgspec.json.encode(target), type=ProxyConfig)
+            t0 = time.perf_counter()
+            await server.apply(fresh)
+            full_ms.append((time.perf_counter() - t0) * 1000)
+        clusters = len(base.clusters)
+    finally:
+        await server.close()
+    apply = _summary(apply_ms)
+    return {
+        "endpoint_change_apply_ms": apply["median"],
+        "endpoint_change_apply_spread_ms": [apply["min"], apply["max"]],
+        "endpoint_change_agent_ms": _summary(agent_ms)["median"],
+        "endpoint_change_agent_spread_ms": [_summary(agent_ms)["min"], _summary(agent_ms)["max"]],
+        "endpoint_change_full_apply_ms": _summary(full_ms)["median"],
+        "endpoint_change_rounds": rounds,
+        "endpoint_change_proxy_clusters": clusters,
+    }
+
+
+def run(services: int = 1000, rounds: int = 7) -> dict[str, Any]:
+    import uvloop
+
+    return uvloop.run(measure(services, rounds))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    ap.add_argument("--services", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=7)
+    args = ap.parse_args(argv)
+    res = run(args.services, args.rounds)
+    print(json.dumps(res, indent=2))
+    return 0 if res["endpoint_change_apply_ms"] <= TARGET_MS else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""SSL contexts are built once per distinct TLS config and shared (issue 7, item 8): a thousand
+mTLS clusters with the same settings cost one `SSLContext`, not a thousand."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.support.certs import self_signed
+
+from tulle.dataplane.runtime.build import SnapshotBuilder
+from tulle.dataplane.runtime.tls import TLSContexts
+from tulle.dataplane.telemetry.metrics import ProxyMetrics
+from tulle.dataplane.upstream.cluster import ClusterManager
+from tulle.proxyconfig import validate
+from tulle.proxyconfig.model import Cluster, TLSContext
+
+
+def tls_cluster(name: str, crt: str, key: str, **tls: Any) -> dict[str, Any]:
+    return {"name": name, "endpoints": [{"address": "127.0.0.1", "port": 1000}],
+            "tls": {"cert_file": crt, "key_file": key, "ca_file": crt, **tls}}
+
+
+def config(clusters: list[dict[str, Any]], version: str = "v1") -> dict[str, Any]:
+    return {"version": version, "clusters": clusters,
+            "listeners": [{"name": "tcp", "port": 0, "protocol": "tcp",
+                           "cluster": clusters[0]["name"]}]}
+
+
+async def test_clusters_with_the_same_tls_config_share_one_context(tmp_path: Path) -> None:
+    crt, key = self_signed(tmp_path)
+    metrics = ProxyMetrics()
+    tls = TLSContexts()
+    b = SnapshotBuilder(metrics, ClusterManager(metrics, tls))
+    clusters = [tls_cluster(f"c{i}", crt, key) for i in range(50)]
+    clusters.append(tls_cluster("h2", crt, key, alpn=["h2"]))
+    p = b.prepare(validate(config(clusters)))
+    b.commit(p)
+    rts = p.clusters.runtimes
+    assert rts["c0"].ssl_context is not None
+    assert all(rts[f"c{i}"].ssl_context is rts["c0"].ssl_context for i in range(50))
+    assert rts["h2"].ssl_context is not rts["c0"].ssl_context  # another ALPN: another context
+    assert tls.built == 2
+
+    # A cluster whose settings change gets a new runtime, but the shared context.
+    clusters[3] = {**clusters[3], "connect_timeout_ms": 50}
+    p2 = b.prepare(validate(config(clusters, "v2")))
+    b.commit(p2)
+    assert p2.clusters.runtimes["c3"] is not rts["c3"]
+    assert p2.clusters.runtimes["c3"].ssl_context is rts["c0"].ssl_context
+    assert tls.built == 2
+
+
+async def test_a_certificate_rewritten_on_disk_is_swapped_in_at_the_next_swap(
+        tmp_path: Path) -> None:
+    crt, key = self_signed(tmp_path)
+    metrics = ProxyMetrics()
+    tls = TLSContexts()
+    b = SnapshotBuilder(metrics, ClusterManager(metrics, tls))
+    clusters = [tls_cluster("a", crt, key), tls_cluster("b", crt, key)]
+    p = b.prepare(validate(config(clusters)))
+    b.commit(p)
+    a, old = p.clusters.runtimes["a"], p.clusters.runtimes["a"].ssl_context
+
+    self_signed(tmp_path)  # same paths, new files
+    st = os.stat(crt)
+    os.utime(crt, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    p2 = b.prepare(validate(config(clusters, "v2")))
+    assert a.ssl_context is old  # nothing in force changes before commit
+    b.commit(p2)
+
+    assert p2.clusters.runtimes["a"] is a  # same runtime (its pools), new context
+    assert a.ssl_context is not old and a.ssl_context is not None
+    assert p2.clusters.runtimes["b"].ssl_context is a.ssl_context
+    assert tls.built == 2
+    b.commit(b.prepare(validate(config(clusters, "v3"))))  # files unchanged: nothing rebuilt
+    assert tls.built == 2 and len(tls) == 1
+
+
+def test_an_unreadable_rotated_certificate_changes_nothing(tmp_path: Path) -> None:
+    crt, key = self_signed(tmp_path)
+    cache = TLSContexts()
+    first = cache.client(Cluster(name="a", tls=TLSContext(cert_file=crt, key_file=key)))
+    Path(crt).write_text("not a certificate")
+    with pytest.raises(ssl.SSLError):
+        cache.rotation()
+    assert cache.client(Cluster(name="a", tls=TLSContext(cert_file=crt, key_file=key))) is first
+
+
+def test_server_contexts_are_shared_and_an_unreadable_file_caches_nothing(tmp_path: Path) -> None:
+    crt, key = self_signed(tmp_path)
+    cache = TLSContexts()
+    tls = TLSContext(cert_file=crt, key_file=key)
+    assert cache.server(tls) is cache.server(TLSContext(cert_file=crt, key_file=key))
+    with pytest.raises(OSError):
+        cache.server(TLSContext(cert_file=str(tmp_path / "missing.crt"), key_file=key))
+    assert len(cache) == 1 and cache.built == 1
+
+
+def test_a_plaintext_cluster_has_no_context() -> None:
+    assert TLSContexts().client(Cluster(name="a")) is None
+
+
+def test_a_listener_context_is_reloaded_in_place(tmp_path: Path) -> None:
+    crt, key = self_signed(tmp_path)
+    cache = TLSContexts()
+    ctx = cache.server(TLSContext(cert_file=crt, key_file=key, ca_file=crt))
+    assert len(ctx.get_ca_certs()) == 1
+    self_signed(tmp_path)
+    st = os.stat(crt)
+    os.utime(crt, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    assert cache.rotate(cache.rotation()) == {}  # nothing to swap: the live object reloaded
+    assert len(ctx.get_ca_certs()) == 2  # the new CA is trusted for new handshakes
+    assert cache.server(TLSContext(cert_file=crt, key_file=key, ca_file=crt)) is ctx
