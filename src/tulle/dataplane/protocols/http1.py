@@ -11,9 +11,12 @@ Rules of this module:
    handed on, so no request the proxy rejects ever reaches an upstream.
 2. Heads leave this module as `RequestHead` / `ResponseHead` with lower-case names, hop-by-hop
    headers removed (RFC 9110 7.6.1: Connection, the headers it names, Keep-Alive,
-   Proxy-Connection, TE, Transfer-Encoding, Upgrade) and framing described by `content_length`.
-   Framing is re-created on the way out by `serialize_*`, so a chunked body stays chunked and a
-   smuggling shape cannot pass through.
+   Proxy-Connection, TE, Transfer-Encoding, Upgrade) and framing described only by
+   `content_length`: no framing field (Content-Length, Transfer-Encoding) is ever in `headers`,
+   and a `Connection` nomination of a framing field or Host is ignored.  Framing is re-created
+   on the way out by `serialize_*` from `content_length` and the `chunked` decision, never from
+   a header that happened to survive, so a chunked body stays chunked, a counted body stays
+   counted, and a smuggling shape cannot pass through (the HTTP/2 codec keeps the same rule).
 3. A codec that raised is dead; the driver answers and closes the connection.  Bad bytes
    raise `ProtocolError` and nothing else; an exception from a handler callback is re-raised as
    itself (a bug must fail loudly, not pass for a 400).
@@ -51,8 +54,10 @@ _COMMON_TOKENS: dict[bytes, frozenset[bytes]] = {
                                          b"upgrade", b"Upgrade")
 }
 _NOT_HEADERS = frozenset({b"keep-alive", b"close", b"upgrade", b"te", b"proxy-connection",
-                          b"transfer-encoding"})
-"""Connection tokens that name no header we forward (already hop-by-hop, or an option)."""
+                          b"transfer-encoding", b"content-length", b"host"})
+"""Connection tokens that name no header we remove: already hop-by-hop, an option, or a framing
+field.  `Connection: content-length` (or `host`, `transfer-encoding`) is ignored, as nginx,
+HAProxy and Envoy do: framing is the proxy's own (rule 2), so no peer can talk it out of it."""
 
 
 def _connection_tokens(value: bytes) -> frozenset[bytes]:
@@ -209,7 +214,6 @@ class RequestCodec:
                 hosts.append(value)
             elif what == _CL:
                 cl = int(value)  # llhttp has checked the digits and rejected duplicates
-                append((name, value))
             elif what == _TE:
                 if chunked or value.strip().lower() != b"chunked":
                     # llhttp took "gzip, chunked"; we strip and re-create framing, so a coding
@@ -229,6 +233,8 @@ class RequestCodec:
         if conn_tokens and not conn_tokens <= _NOT_HEADERS:
             named = conn_tokens - _NOT_HEADERS
             out = [(n, v) for n, v in out if n not in named]
+        if chunked:
+            cl = None  # (llhttp refuses CL with TE; never let both describe one body)
         if len(hosts) > 1:
             raise ProtocolError(400, "malformed_request", "more than one Host header")
         url = self._url
@@ -386,7 +392,6 @@ class ResponseCodec:
                 append((name, value))
             elif what == _CL:
                 cl = int(value)
-                append((name, value))
             elif what == _TE:
                 if value.strip().lower() != b"chunked":
                     raise ProtocolError(502, "upstream_protocol",
@@ -400,6 +405,8 @@ class ResponseCodec:
         if conn_tokens and not conn_tokens <= _NOT_HEADERS:
             named = conn_tokens - _NOT_HEADERS
             out = [(n, v) for n, v in out if n not in named]
+        if chunked:
+            cl = None
         head = ResponseHead(status, out, self._reason, cl)
         if status == 101:
             if not self._upgrade_request:
@@ -452,20 +459,33 @@ def reason_phrase(status: int) -> bytes:
 # measured; this runs twice per proxied request).
 
 def serialize_request_head(head: RequestHead, chunked: bool, extra: HeaderSeq = ()) -> bytes:
-    """Request line and headers for an HTTP/1.1 upstream.  `extra` goes after the head's own."""
+    """Request line and headers for an HTTP/1.1 upstream.  `extra` goes after the head's own.
+
+    The framing is ours (rule 2): `transfer-encoding: chunked` when `chunked`, else
+    `content-length` from `head.content_length` when the body length is known; with neither the
+    request has no body."""
     lines = [b"%b %b HTTP/1.1\r\nhost: %b" % (head.method, head.path, head.authority)]
     lines += [b": ".join(h) for h in head.headers]
     if extra:
         lines += [b": ".join(h) for h in extra]
     if head.upgrade:
         lines.append(b"connection: upgrade\r\nupgrade: %b" % head.upgrade)
-    lines.append(b"transfer-encoding: chunked\r\n\r\n" if chunked else b"\r\n")
+    if chunked:
+        lines.append(b"transfer-encoding: chunked\r\n\r\n")
+    elif head.content_length is not None:
+        lines.append(b"content-length: %d\r\n\r\n" % head.content_length)
+    else:
+        lines.append(b"\r\n")
     return b"\r\n".join(lines)
 
 
 def serialize_response_head(head: ResponseHead, *, chunked: bool, close: bool,
                             extra: HeaderSeq = ()) -> bytes:
-    """Status line and headers for an HTTP/1.1 downstream."""
+    """Status line and headers for an HTTP/1.1 downstream.
+
+    Framing as for requests: `chunked`, else `content-length` from `head.content_length` (kept
+    for HEAD and 304 answers, where it describes the representation; never on 1xx or 204, RFC
+    9110 8.6), else the body is close-delimited and the caller passes `close`."""
     status = head.status
     lines = [b"HTTP/1.1 %d %b" % (status, head.reason or _REASONS.get(status, b""))]
     lines += [b": ".join(h) for h in head.headers]
@@ -473,6 +493,8 @@ def serialize_response_head(head: ResponseHead, *, chunked: bool, close: bool,
         lines += [b": ".join(h) for h in extra]
     if chunked:
         lines.append(b"transfer-encoding: chunked")
+    elif head.content_length is not None and status >= 200 and status != 204:
+        lines.append(b"content-length: %d" % head.content_length)
     lines.append(b"connection: close\r\n\r\n" if close else b"\r\n")
     return b"\r\n".join(lines)
 
@@ -489,6 +511,6 @@ def encode_last_chunk(trailers: Headers | None) -> bytes:
 
 def local_response(status: int, body: bytes, *, close: bool, extra: HeaderSeq = ()) -> bytes:
     """A response the proxy makes itself (errors, 404 for no route)."""
-    head = ResponseHead(status, [(b"content-type", b"text/plain; charset=utf-8"),
-                                 (b"content-length", str(len(body)).encode())])
+    head = ResponseHead(status, [(b"content-type", b"text/plain; charset=utf-8")],
+                        content_length=len(body))
     return serialize_response_head(head, chunked=False, close=close, extra=extra) + body

@@ -218,3 +218,49 @@ def test_101_without_an_upgrade_request_is_an_error() -> None:
     codec.start(False, upgrade_request=False)
     with pytest.raises(ProtocolError):
         codec.feed(b"HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\nconnection: upgrade\r\n\r\n")
+
+
+# -- framing is the proxy's own (issue 6 item 1) ---------------------------------------------
+
+@pytest.mark.parametrize("nominated", [b"content-length", b"Content-Length, x-a", b"host",
+                                       b"transfer-encoding"])
+def test_connection_cannot_remove_framing_from_a_request(nominated: bytes) -> None:
+    got = Requests()
+    RequestCodec(got, 4096).feed(b"POST / HTTP/1.1\r\nHost: a\r\nConnection: %b\r\nX-A: 1\r\n"
+                                 b"Content-Length: 3\r\n\r\nabc" % nominated)
+    (head,) = got.heads
+    assert head.content_length == 3 and got.body == b"abc" and head.authority == b"a"
+    assert all(n != b"content-length" for n, _ in head.headers)  # framing: content_length only
+    wire = serialize_request_head(head, False)
+    assert wire.count(b"content-length: 3\r\n") == 1
+    again = Requests()
+    RequestCodec(again, 4096).feed(wire + b"abc")
+    assert again.heads[0].content_length == 3 and again.body == b"abc"
+
+
+def test_connection_cannot_remove_framing_from_a_response() -> None:
+    got = Responses()
+    codec = ResponseCodec(got, 4096)
+    codec.start(False)
+    codec.feed(b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello")
+    (head,) = got.heads
+    assert head.content_length == 5 and got.body == b"hello" and got.ends == [None]
+    wire = serialize_response_head(head, chunked=False, close=False)
+    assert wire.count(b"content-length: 5\r\n") == 1
+
+
+def test_serialisers_frame_from_content_length_not_from_headers() -> None:
+    req = RequestHead(b"POST", b"/", b"h", b"http", [(b"x-a", b"1")], content_length=7)
+    assert b"content-length: 7\r\n\r\n" in serialize_request_head(req, False)
+    chunked = serialize_request_head(RequestHead(b"POST", b"/", b"h", b"http", []), True)
+    assert b"transfer-encoding: chunked\r\n\r\n" in chunked
+    assert b"content-length" not in chunked
+    bodiless = serialize_request_head(RequestHead(b"GET", b"/", b"h", b"http", []), False)
+    assert b"content-length" not in bodiless and b"transfer-encoding" not in bodiless
+    assert b"content-length: 9\r\n" in serialize_response_head(
+        ResponseHead(200, [], content_length=9), chunked=False, close=False)
+    assert b"content-length: 9\r\n" in serialize_response_head(  # HEAD / 304: representation
+        ResponseHead(304, [], content_length=9), chunked=False, close=False)
+    for status in (100, 204):
+        assert b"content-length" not in serialize_response_head(
+            ResponseHead(status, [], content_length=9), chunked=False, close=False)
