@@ -147,6 +147,7 @@ async def recording_origin(respond: Responder = echo_target, *,
         n = len(origin.raw)
         origin.raw.append(bytearray())
         origin.closed.append(False)
+        origin.changed.set()
         queue: asyncio.Queue[Seen] = asyncio.Queue()
         parser = _Parser(origin, n, queue, early)
         me = asyncio.current_task()

@@ -203,6 +203,15 @@ class Settings(_Base, frozen=True, kw_only=True):
     """Worker processes sharing the listeners with SO_REUSEPORT."""
     generate_request_id: bool = True
     """Set `x-request-id` when a request has none."""
+    max_header_count: Annotated[int, Meta(ge=1, le=10_000)] = 100
+    """HTTP/1 header fields in one request or response head (and in one trailer section);
+    a request over it gets 431, an upstream response 502."""
+    max_chunk_extension_bytes: Annotated[int, Meta(ge=16, le=1_048_576)] = 4096
+    """HTTP/1 chunk extensions (`;name=value` after a chunk size); a request over it gets
+    400, an upstream response 502."""
+    max_trailer_bytes: Annotated[int, Meta(ge=256, le=1_048_576)] = 16_384
+    """HTTP/1 trailer section of a chunked body; a request over it gets 431, an upstream
+    response 502."""
 
 
 class ProxyConfig(_Base, frozen=True, kw_only=True):

@@ -224,7 +224,8 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.peer_ip = peer_ip.encode()
-        self.codec = RequestCodec(self, self.ctx.max_header_bytes, self.ctx.scheme)
+        self.codec = RequestCodec(self, self.ctx.max_header_bytes, self.ctx.scheme,
+                                  limits=self.ctx.h1_limits)
         self._queue: deque[H1Exchange] = deque()
         self._receiving: H1Exchange | None = None
         self._paused: set[str] = set()

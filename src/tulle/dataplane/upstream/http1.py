@@ -138,7 +138,8 @@ class H1Connection(asyncio.Protocol):
     def __init__(self, pool: H1Pool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.codec = ResponseCodec(self, pool.cluster.max_response_header_bytes)
+        self.codec = ResponseCodec(self, pool.cluster.max_response_header_bytes,
+                                   limits=pool.cluster.h1_limits)
         self.stream: H1Stream | None = None
         self.keep_alive = True
         self.reused = False
