@@ -301,6 +301,7 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.closing = True
+        self.codec.close()  # breaks codec <-> parser <-> self: nothing waits for the cyclic GC
         self.handle.connection_closed(self)
         for ex in self._queue:
             stream, ex.stream = ex.stream, None
@@ -538,6 +539,7 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
     def _protocol_error(self, exc: ProtocolError) -> None:
         self.ctx.protocol_error(exc.kind)
         self.closing = True
+        self.codec.close()  # dead after raising: free the rejected head now, not at close
         self.pause_reading("error")
         q = self._queue
         while len(q) > 1:  # parsed behind the bad bytes' request, never dispatched

@@ -120,11 +120,17 @@ _RESPONSE_SPECIAL = {b"content-length": _CL, b"transfer-encoding": _TE, b"connec
                      b"te": _DROP}
 
 
-def _reraise(exc: Exception, status: int, kind: str, default: str) -> ProtocolError:
-    """Map an httptools error: a callback's own exception wins (ours or a bug), else `kind`."""
+def _reraise(exc: Exception, status: int, kind: str, default: str) -> Exception:
+    """Map an httptools error: a callback's own exception wins (ours or a bug), else `kind`.
+
+    Returned, not raised, and raised by the caller as `raise _reraise(...) from None`: an
+    exception raised here would hold this frame in its traceback while this frame holds the
+    exception (a reference cycle that kept every rejected head alive until the cyclic
+    collector ran)."""
     ctx = exc.__context__
     if isinstance(exc, httptools.HttpParserCallbackError) and isinstance(ctx, Exception):
-        raise ctx from None
+        exc.__context__ = None
+        return ctx
     return ProtocolError(status, kind, str(exc) or default)
 
 

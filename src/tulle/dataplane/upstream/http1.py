@@ -185,6 +185,12 @@ class H1Connection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._lost(exc)
+        finally:
+            self.codec.close()  # breaks codec <-> parser <-> self: nothing waits for the GC
+
+    def _lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
         self.pool.forget(self)
