@@ -52,25 +52,24 @@ async def flood(port: int, until: float) -> int:
 
 
 async def test_flood_of_oversized_heads_keeps_rss_bounded(tmp_path: Path) -> None:
-    async with running_origin() as origin:
-        async with proxy_process(simple_config(origin), tmp_path) as p:
-            port = p.port()
-            for _ in range(20):  # warm up the normal path first: its allocations are idle too
-                assert (await http_get(port, "/echo"))[0] == 200
-            idle = rss_kib(p.pid)
-            loop = asyncio.get_running_loop()
-            until = loop.time() + SECONDS
-            peak = idle
-            tasks = [asyncio.ensure_future(flood(port, until)) for _ in range(CONNECTIONS)]
-            while not all(t.done() for t in tasks):
-                peak = max(peak, rss_kib(p.pid))
-                await asyncio.sleep(0.05)
-            answered = sum(t.result() for t in tasks)
-            await asyncio.sleep(0.3)
-            after = rss_kib(p.pid)
-            assert answered > 20, answered
-            assert peak < 2 * idle, f"idle {idle} KiB, peak {peak} KiB during the flood"
-            assert after < idle * 1.25 + 4096, f"idle {idle} KiB, {after} KiB afterwards"
-            assert await p.metric("tulle_proxy_protocol_errors_total",
-                                  kind="header_too_large") >= answered
-            assert (await http_get(port, "/echo"))[0] == 200  # still serves
+    async with running_origin() as origin, proxy_process(simple_config(origin), tmp_path) as p:
+        port = p.port()
+        for _ in range(20):  # warm up the normal path first: its allocations are idle too
+            assert (await http_get(port, "/echo"))[0] == 200
+        idle = rss_kib(p.pid)
+        loop = asyncio.get_running_loop()
+        until = loop.time() + SECONDS
+        peak = idle
+        tasks = [asyncio.ensure_future(flood(port, until)) for _ in range(CONNECTIONS)]
+        while not all(t.done() for t in tasks):
+            peak = max(peak, rss_kib(p.pid))
+            await asyncio.sleep(0.05)
+        answered = sum(t.result() for t in tasks)
+        await asyncio.sleep(0.3)
+        after = rss_kib(p.pid)
+        assert answered > 20, answered
+        assert peak < 2 * idle, f"idle {idle} KiB, peak {peak} KiB during the flood"
+        assert after < idle * 1.25 + 4096, f"idle {idle} KiB, {after} KiB afterwards"
+        assert await p.metric("tulle_proxy_protocol_errors_total",
+                              kind="header_too_large") >= answered
+        assert (await http_get(port, "/echo"))[0] == 200  # still serves
