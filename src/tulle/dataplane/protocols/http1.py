@@ -158,12 +158,32 @@ def _without_h2c(upgrade: bytes) -> bytes:
 class _Bounds:
     """What both codecs check beyond llhttp: chunk-extension length and the trailer section."""
 
-    __slots__ = ("_body_in_feed", "_chunks", "_ext_carry", "_ext_credit", "_ext_fields",
-                 "_limits", "_trailer_bytes", "_trailers")
+    __slots__ = (
+        "_body_in_feed",
+        "_chunks",
+        "_ext_cap",
+        "_ext_carry",
+        "_ext_credit",
+        "_ext_fields",
+        "_ext_step",
+        "_limits",
+        "_max_fields",
+        "_trailer_bytes",
+        "_trailers",
+    )
 
     _limits: H1Limits
+    _max_fields: int
+    _ext_step: int
+    """Allowance per chunk: `max_chunk_extension_bytes` plus the size line."""
+    _ext_cap: int
+    """Allowance carried over between reads at most: one chunk's plus the trailer section's."""
     _trailers: Headers | None
     _chunks: int
+    """Pieces of chunked body llhttp handed on in this read: at least one per chunk with data
+    (a chunk split over reads counts once per read, which only carries allowance over, capped;
+    the last, empty chunk's line is within the slack).  Counted in `on_body` rather than with
+    an `on_chunk_header` callback: one Python call less per chunk."""
     _body_in_feed: int
     _ext_carry: int
     _ext_credit: int
@@ -174,17 +194,25 @@ class _Bounds:
     the read looks over the allowance without them (the common case never sums them)."""
     _trailer_bytes: int
 
+    def _set_limits(self, limits: H1Limits) -> None:
+        self._limits = limits
+        self._max_fields = limits.max_header_count
+        self._ext_step = limits.max_chunk_extension_bytes + _EXT_SLACK
+        self._ext_cap = self._ext_step + limits.max_trailer_bytes
+
     def _check_extensions(self, n: int, status: int, kind: str) -> None:
-        """Framing bytes of this read (all but body bytes) against what its chunk headers allow:
+        """Framing bytes of this read (all but body bytes) against what its chunks allow:
         each chunk `max_chunk_extension_bytes` plus its size line, the trailer section
-        `max_trailer_bytes` once.  Allowance carries over between reads up to one chunk's plus
-        the trailers', so one chunk line longer than about twice the limit plus the trailer
-        limit is refused, however its bytes are split into reads (llhttp reports extensions
-        to no callback httptools exposes, so we count what is left)."""
+        `max_trailer_bytes` once.  Allowance carries over between reads only up to one chunk's
+        plus the trailers', so extension bytes average at most the limit per chunk over a
+        body, and an extension spread over reads is refused within about twice the limit
+        plus the trailer limit (one read full of small chunks can lend it more, never more
+        than that read).  llhttp reports extensions to no callback httptools exposes, so we
+        count what is left."""
         balance = self._ext_balance(n)
         if balance < 0:
             raise ProtocolError(status, kind, "chunk extension too long")
-        cap = self._limits.max_chunk_extension_bytes + _EXT_SLACK + self._limits.max_trailer_bytes
+        cap = self._ext_cap
         self._ext_carry = balance if balance < cap else cap
         self._chunks = self._body_in_feed = self._ext_credit = 0
         self._ext_fields = None
@@ -194,7 +222,7 @@ class _Bounds:
         credit = self._ext_credit
         if credit < 0:
             return self._ext_carry
-        step = self._limits.max_chunk_extension_bytes + _EXT_SLACK
+        step = self._ext_step
         balance = self._ext_carry + self._chunks * step + credit - (n - self._body_in_feed)
         fields = self._ext_fields
         if balance < 0 and fields is not None:
@@ -204,15 +232,11 @@ class _Bounds:
     def _start_chunked(self, head_bytes: int, fields: Headers | None) -> None:
         """A chunked body begins; its head, `head_bytes` plus `fields` (-1: unknown), is in
         this read."""
-        limits = self._limits
-        self._ext_carry = limits.max_chunk_extension_bytes + _EXT_SLACK + limits.max_trailer_bytes
+        self._ext_carry = self._ext_cap
         self._ext_credit = head_bytes if head_bytes < 0 or self._ext_credit < 0 else (
             self._ext_credit + head_bytes)
         self._ext_fields = fields
         self._chunks = self._body_in_feed = self._trailer_bytes = 0
-
-    def on_chunk_header(self) -> None:
-        self._chunks += 1
 
     def _trailer_field(self, name: bytes, value: bytes, status: int, kind: str) -> None:
         size = self._trailer_bytes = self._trailer_bytes + len(name) + len(value) + 4
@@ -240,7 +264,7 @@ class RequestCodec(_Bounds):
                  scheme: bytes = b"http", *, limits: H1Limits = DEFAULT_LIMITS) -> None:
         self._handler: RequestHandler | None = handler
         self._limit = max_header_bytes
-        self._limits = limits
+        self._set_limits(limits)
         self._scheme = scheme
         self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._head_bytes = 0
@@ -360,7 +384,7 @@ class RequestCodec(_Bounds):
         if (self._fed - self._msg_start > limit
                 and len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers) > limit):
             raise ProtocolError(431, "header_too_large", f"request head exceeds {limit} bytes")
-        if len(self._headers) > self._limits.max_header_count:
+        if len(self._headers) > self._max_fields:
             raise ProtocolError(431, "header_too_large",
                                 f"more than {self._limits.max_header_count} header fields")
         self._done_head = True
@@ -457,6 +481,7 @@ class RequestCodec(_Bounds):
     def on_body(self, body: bytes) -> None:
         if self._chunked:
             self._body_in_feed += len(body)
+            self._chunks += 1
         self._handler.on_request_body(body)  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
@@ -465,7 +490,8 @@ class RequestCodec(_Bounds):
         self._last_end = self._fed
         if self._chunked:
             self._chunked = False
-            if self._ext_balance(self._fed - self._feed_start) < 0:
+            n = self._fed - self._feed_start
+            if n - self._body_in_feed > self._ext_carry and self._ext_balance(n) < 0:
                 self._held = (self._trailers,)
                 self._done_head = False
                 return
@@ -499,7 +525,7 @@ class ResponseCodec(_Bounds):
                  limits: H1Limits = DEFAULT_LIMITS) -> None:
         self._handler: ResponseHandler | None = handler
         self._limit = max_header_bytes
-        self._limits = limits
+        self._set_limits(limits)
         self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._chunked = False
         self._chunks = 0
@@ -609,7 +635,7 @@ class ResponseCodec(_Bounds):
             return
         p = self._parser
         assert p is not None
-        if len(self._headers) > self._limits.max_header_count:
+        if len(self._headers) > self._max_fields:
             raise ProtocolError(502, "upstream_protocol", "too many response header fields")
         status: int = p.get_status_code()
         self._done_head = True
@@ -644,7 +670,11 @@ class ResponseCodec(_Bounds):
                 raise ProtocolError(502, "upstream_protocol", "Transfer-Encoding in HTTP/1.0")
             cl = None
             self._chunked = True
-            self._start_chunked(len(self._reason) + 15, self._headers)
+            # (_start_chunked, inlined: this runs for every chunked response)
+            self._ext_carry = self._ext_cap
+            self._ext_credit += len(self._reason) + 15  # (never -1 here: one exchange a read)
+            self._ext_fields = self._headers
+            self._chunks = self._body_in_feed = self._trailer_bytes = 0
         head = ResponseHead(status, out, self._reason, cl)
         if status == 101:
             if not self._upgrade_request:
@@ -675,12 +705,14 @@ class ResponseCodec(_Bounds):
         if self._state == self.BODY:
             if self._chunked:
                 self._body_in_feed += len(body)
+                self._chunks += 1
             self._handler.on_body(body)  # type: ignore[union-attr]
 
     def on_message_complete(self) -> None:
         if self._chunked:
             self._chunked = False
-            if self._ext_balance(self._feed_len) < 0:  # nothing may follow a response
+            n = self._feed_len  # (nothing may follow a response: all of the read is its)
+            if n - self._body_in_feed > self._ext_carry and self._ext_balance(n) < 0:
                 raise ProtocolError(502, "upstream_protocol", "chunk extension too long")
         if self._state == self.BODY:
             self._state = self.DONE
