@@ -25,6 +25,6 @@ def test_http1_request_harness_finds_no_disagreement(tmp_path: Path) -> None:
     (corpus / "seed").write_bytes(b"\x07" + eval(seed))  # noqa: S307 - our own constant
     proc = subprocess.run(
         [sys.executable, str(HARNESS), "-runs=20000", "-max_total_time=20", "-seed=1",
-         str(corpus)],
+         f"-artifact_prefix={tmp_path}/", str(corpus)],
         capture_output=True, timeout=120, env={**os.environ}, check=False)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")[-3000:]
