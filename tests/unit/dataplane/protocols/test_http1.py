@@ -283,14 +283,6 @@ def test_http10_with_transfer_encoding_is_400() -> None:
     assert (err.status, err.kind) == (400, "malformed_request")
 
 
-def test_http10_response_with_transfer_encoding_is_an_upstream_error() -> None:
-    codec = ResponseCodec(Responses(), 4096)
-    codec.start(False)
-    with pytest.raises(ProtocolError) as info:
-        codec.feed(b"HTTP/1.0 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
-    assert info.value.status == 502
-
-
 # (Content-Length and Transfer-Encoding in trailers llhttp refuses itself: see below.)
 FORBIDDEN = (b"Host: evil\r\nAuthorization: x\r\n"
              b"TE: trailers\r\nTrailer: x\r\nCookie: c=1\r\nSet-Cookie: c=2\r\nX-Ok: 1\r\n\r\n")
