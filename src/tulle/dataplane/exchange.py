@@ -9,7 +9,10 @@ upstream), and from then on bytes flow through two small interfaces:
 
 Either side can be HTTP/1 or HTTP/2, so HTTP/1 <-> HTTP/2 translation needs nothing more than
 these values.  Heads carry lower-case header names as bytes, hop-by-hop headers already removed,
-and no framing headers (content-length stays, it is end-to-end; transfer-encoding does not).
+and no framing fields at all: the body's length is `content_length` (None: unknown) and nothing
+else; neither Content-Length nor Transfer-Encoding is ever in `headers`.  Every serialiser
+(HTTP/1 and HTTP/2) writes the framing it sends from `content_length`, so what the proxy sends
+is framed by what it knows, never by a header that did or did not survive on the way.
 
 Flow control is explicit: a side that cannot take more asks the other to stop
 (`pause_request_body` / `pause_response`) and later to go on.

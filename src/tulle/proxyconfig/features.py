@@ -46,6 +46,9 @@ FEATURES: tuple[Feature, ...] = (
             "HTTP/2 stream and control-frame limits (rapid reset, floods)"),
     Feature("tls-handshake-timeout", ("settings.tls_handshake_timeout_ms",),
             "TLS handshakes on listeners bounded in time and counted against connection caps"),
+    Feature("http1-limits", ("settings.max_header_count", "settings.max_chunk_extension_bytes",
+                             "settings.max_trailer_bytes"),
+            "HTTP/1 header-count, chunk-extension and trailer-size limits"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -288,6 +288,15 @@ class Settings(_Base, frozen=True, kw_only=True):
     (Envoy's `transport_socket_connect_timeout`, which has no default; ours is the header
     timeout's).  The connection counts against the connection caps from accept.  0: the event
     loop's own default (60 s)."""
+    max_header_count: Annotated[int, Meta(ge=1, le=10_000)] = 100
+    """HTTP/1 header fields in one request or response head (and in one trailer section);
+    a request over it gets 431, an upstream response 502."""
+    max_chunk_extension_bytes: Annotated[int, Meta(ge=16, le=1_048_576)] = 4096
+    """HTTP/1 chunk extensions (`;name=value` after a chunk size); a request over it gets
+    400, an upstream response 502."""
+    max_trailer_bytes: Annotated[int, Meta(ge=256, le=1_048_576)] = 16_384
+    """HTTP/1 trailer section of a chunked body; a request over it gets 431, an upstream
+    response 502."""
 
 
 class ProxyConfig(_Base, frozen=True, kw_only=True):

@@ -83,6 +83,10 @@ class AdminProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.codec.close()  # breaks codec <-> parser <-> self (no work for the cyclic GC)
+
     def data_received(self, data: bytes) -> None:
         try:
             self.codec.feed(data)

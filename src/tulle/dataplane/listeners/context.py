@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from tulle.dataplane.listeners.dispatch import Decision, no_cluster
 from tulle.dataplane.overload import OverloadGuard
+from tulle.dataplane.protocols.http1 import H1Limits
 from tulle.dataplane.routing.paths import normalizer_for
 from tulle.dataplane.routing.router import Router
 from tulle.dataplane.telemetry.metrics import CounterChild, HistogramChild, ProxyMetrics
@@ -115,6 +116,8 @@ class ListenerContext:
         self.destinations = [DestinationRule.build(d, routers) for d in cfg.destinations]
         self.opaque_ports = frozenset(cfg.opaque_ports)
         self.max_header_bytes = settings.max_request_header_bytes
+        self.h1_limits = H1Limits(settings.max_header_count, settings.max_chunk_extension_bytes,
+                                  settings.max_trailer_bytes)
         self.header_timeout = settings.header_timeout_ms / 1000
         self.idle_timeout = settings.idle_timeout_ms / 1000
         self.high_water = settings.buffer_high_water_bytes

@@ -232,7 +232,8 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         self.guard = handle.guard
         self.transport: asyncio.Transport | None = None
         self.peer_ip = peer_ip.encode()
-        self.codec = RequestCodec(self, self.ctx.max_header_bytes, self.ctx.scheme)
+        self.codec = RequestCodec(self, self.ctx.max_header_bytes, self.ctx.scheme,
+                                  limits=self.ctx.h1_limits)
         self._queue: deque[H1Exchange] = deque()
         self._receiving: H1Exchange | None = None
         self._paused: set[str] = set()
@@ -316,6 +317,7 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
         self.closing = True
+        self.codec.close()  # breaks codec <-> parser <-> self: nothing waits for the cyclic GC
         self.handle.connection_closed(self)
         for ex in self._queue:
             stream, ex.stream = ex.stream, None
@@ -564,6 +566,7 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
     def _protocol_error(self, exc: ProtocolError) -> None:
         self.ctx.protocol_error(exc.kind)
         self.closing = True
+        self.codec.close()  # dead after raising: free the rejected head now, not at close
         self.pause_reading("error")
         q = self._queue
         while len(q) > 1:  # parsed behind the bad bytes' request, never dispatched

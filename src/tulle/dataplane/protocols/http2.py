@@ -93,7 +93,8 @@ HOP_BY_HOP = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade",
     b"http2-settings",
 })
-_OUT_SKIP = HOP_BY_HOP | {b"host"}
+_OUT_SKIP = HOP_BY_HOP | {b"host", b"content-length"}
+"""Never sent from `headers`: framing is written from `content_length` (exchange.py)."""
 
 NO_ERROR = int(h2.errors.ErrorCodes.NO_ERROR)
 PROTOCOL_ERROR = int(h2.errors.ErrorCodes.PROTOCOL_ERROR)
@@ -255,13 +256,12 @@ def request_head(headers: list[tuple[bytes, bytes]], limit: int,
             if v:  # an empty crumb would leave "a; " (trailing whitespace) after the join
                 cookies.append(v)
             continue
-        if n == b"content-length":
+        if n == b"content-length":  # framing: `content_length` only (exchange.py)
             n_cl = content_length(v)
             if n_cl is None or (cl is not None and n_cl != cl):
                 return 0, MALFORMED, "invalid or conflicting content-length"
-            if cl is not None:
-                continue  # RFC 9110 8.6: an equal repeat collapses into one field
-            cl = n_cl
+            cl = n_cl  # RFC 9110 8.6: an equal repeat collapses into one value
+            continue
         out.append((n, v))
     if size > limit:
         return 431, "header_too_large", f"request head exceeds {limit} bytes"
@@ -295,11 +295,10 @@ def response_head(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
             continue
         if n in HOP_BY_HOP:
             continue
-        if n == b"content-length":
-            try:
+        if n == b"content-length":  # framing: `content_length` only (exchange.py)
+            if v.isdigit():
                 cl = int(v)
-            except ValueError:
-                continue
+            continue
         out.append((n, v))
     return ResponseHead(status, out, b"", cl)
 
@@ -329,15 +328,23 @@ def _filtered(headers: Headers) -> Headers:
 
 def encode_request(head: RequestHead, scheme: bytes) -> Headers:
     if not head.authority:  # RFC 9113 8.3.1: no authority to convey, no :authority
-        return [(b":method", head.method), (b":scheme", scheme), (b":path", head.path or b"/"),
-                *_filtered(head.headers)]
-    return [(b":method", head.method), (b":scheme", scheme),
-            (b":authority", head.authority), (b":path", head.path or b"/"),
-            *_filtered(head.headers)]
+        out = [(b":method", head.method), (b":scheme", scheme), (b":path", head.path or b"/"),
+               *_filtered(head.headers)]
+    else:
+        out = [(b":method", head.method), (b":scheme", scheme),
+               (b":authority", head.authority), (b":path", head.path or b"/"),
+               *_filtered(head.headers)]
+    if head.content_length is not None:  # framing from what we know (exchange.py)
+        out.append((b"content-length", b"%d" % head.content_length))
+    return out
 
 
 def encode_response(head: ResponseHead) -> Headers:
-    return [(b":status", b"%d" % head.status), *_filtered(head.headers)]
+    out = [(b":status", b"%d" % head.status), *_filtered(head.headers)]
+    status = head.status
+    if head.content_length is not None and status >= 200 and status != 204:
+        out.append((b"content-length", b"%d" % head.content_length))
+    return out
 
 
 def _raw(headers: object) -> list[tuple[bytes, bytes]]:

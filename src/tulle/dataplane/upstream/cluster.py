@@ -30,6 +30,7 @@ from typing import Protocol
 import msgspec
 
 from tulle.dataplane.exchange import RequestHead, ResponseSink, UpstreamStream
+from tulle.dataplane.protocols.http1 import H1Limits
 from tulle.dataplane.runtime.tls import TLSContexts, build_client_context
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.upstream.lb import EndpointState, LoadBalancer, build
@@ -96,6 +97,8 @@ class ClusterRuntime:
         self.max_idle = cfg.max_idle_per_endpoint
         self.max_concurrent_streams = cfg.max_concurrent_streams
         self.max_response_header_bytes = settings.max_response_header_bytes
+        self.h1_limits = H1Limits(settings.max_header_count, settings.max_chunk_extension_bytes,
+                                  settings.max_trailer_bytes)
         self.high_water = settings.buffer_high_water_bytes
         self.ssl_context = tls.client(cfg) if tls is not None else client_ssl_context(cfg)
         self.sni = cfg.tls.server_name if cfg.tls else ""

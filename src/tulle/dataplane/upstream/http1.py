@@ -145,7 +145,8 @@ class H1Connection(asyncio.Protocol):
     def __init__(self, pool: H1Pool) -> None:
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.codec = ResponseCodec(self, pool.cluster.max_response_header_bytes)
+        self.codec = ResponseCodec(self, pool.cluster.max_response_header_bytes,
+                                   limits=pool.cluster.h1_limits)
         self.stream: H1Stream | None = None
         self.keep_alive = True
         self.reused = False
@@ -191,6 +192,12 @@ class H1Connection(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._lost(exc)
+        finally:
+            self.codec.close()  # breaks codec <-> parser <-> self: nothing waits for the GC
+
+    def _lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.transport = None
         self.pool.forget(self)
