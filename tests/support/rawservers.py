@@ -263,3 +263,19 @@ async def closed_by_peer(reader: asyncio.StreamReader) -> bool:
         return await reader.read(1) == b""
     except ConnectionError:
         return True
+
+
+async def read_response_within(reader: asyncio.StreamReader, seconds: float = 3.0) -> RawResponse:
+    """`read_response`, bounded: a proxy that never answers fails the test instead of hanging."""
+    return await asyncio.wait_for(read_response(reader), seconds)
+
+
+async def cut_off(reader: asyncio.StreamReader, seconds: float = 3.0) -> bool:
+    """Read (bounded) until the peer closes; True when it did (EOF or reset)."""
+    async with asyncio.timeout(seconds):
+        try:
+            while await reader.read(65536):
+                pass
+        except ConnectionError:
+            pass
+    return True

@@ -13,19 +13,13 @@ from __future__ import annotations
 import asyncio
 
 from tests.support.proxy import RunningProxy, running_proxy, simple_config
-from tests.support.rawservers import RawResponse, connect
-from tests.support.rawservers import read_response as _read_response
+from tests.support.rawservers import connect
+from tests.support.rawservers import read_response_within as read_response
 from tests.support.recorder import Seen, ok, recording_origin
 
 HIDDEN = b"GET /hidden HTTP/1.1\r\nHost: a\r\n\r\n"
 SMUGGLE = (b"POST /a HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\n"
            b"Content-Length: %d\r\n\r\n%b" % (len(HIDDEN), HIDDEN))
-
-
-async def read_response(r: asyncio.StreamReader) -> RawResponse:
-    """A strict read, bounded: an unframed response would otherwise be read until a close
-    that never comes."""
-    return await asyncio.wait_for(_read_response(r), 3.0)
 
 
 async def get(p: RunningProxy, path: bytes) -> tuple[int, bytes]:

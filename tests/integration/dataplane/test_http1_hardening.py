@@ -8,31 +8,15 @@ metric that counted it, and that the listener still serves afterwards.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
 from tests.support.proxy import RunningProxy, running_proxy, simple_config
-from tests.support.rawservers import RawResponse, connect
-from tests.support.rawservers import read_response as _read_response
+from tests.support.rawservers import connect, cut_off
+from tests.support.rawservers import read_response_within as read_response
 from tests.support.recorder import RecordingOrigin, Seen, ok, recording_origin
 
 SETTINGS = {"max_header_count": 20, "max_chunk_extension_bytes": 64, "max_trailer_bytes": 256}
-
-
-async def read_response(r: asyncio.StreamReader) -> RawResponse:
-    return await asyncio.wait_for(_read_response(r), 3.0)
-
-
-async def cut_off(r: asyncio.StreamReader) -> bool:
-    """Read (bounded) until the proxy closes; True when it did (EOF or reset)."""
-    async with asyncio.timeout(3.0):
-        try:
-            while await r.read(65536):
-                pass
-        except ConnectionError:
-            pass
-    return True
 
 
 async def still_serves(p: RunningProxy, origin: RecordingOrigin) -> None:

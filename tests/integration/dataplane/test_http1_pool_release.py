@@ -8,28 +8,12 @@ connection, and the next request arrives on a fresh connection and gets its own 
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 from tests.support.proxy import RunningProxy, running_proxy, simple_config
-from tests.support.rawservers import RawResponse, connect, rst
-from tests.support.rawservers import read_response as _read_response
+from tests.support.rawservers import connect, cut_off, rst
+from tests.support.rawservers import read_response_within as read_response
 from tests.support.recorder import RecordingOrigin, Seen, ok, recording_origin
-
-
-async def read_response(r: asyncio.StreamReader) -> RawResponse:
-    return await asyncio.wait_for(_read_response(r), 3.0)
-
-
-async def cut_off(r: asyncio.StreamReader) -> bool:
-    """Read (bounded) until the proxy closes; True when it did (EOF or reset)."""
-    async with asyncio.timeout(3.0):
-        try:
-            while await r.read(65536):
-                pass
-        except ConnectionError:
-            pass
-    return True
 
 
 async def respond(req: Seen) -> bytes | None:
