@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tulle.dataplane.listeners.dispatch import Decision, no_cluster
+from tulle.dataplane.network.chain import build_chain
 from tulle.dataplane.overload import OverloadGuard
 from tulle.dataplane.routing.paths import normalizer_for
 from tulle.dataplane.routing.router import Router
@@ -107,6 +108,8 @@ class ListenerContext:
         self.metrics = metrics
         self.destinations = [DestinationRule.build(d, routers) for d in cfg.destinations]
         self.opaque_ports = frozenset(cfg.opaque_ports)
+        self.network = build_chain(cfg.network_filters, cfg.name, metrics)
+        """The network (L4) filters of this listener's relays; None when it has none."""
         self.max_header_bytes = settings.max_request_header_bytes
         self.header_timeout = settings.header_timeout_ms / 1000
         self.idle_timeout = settings.idle_timeout_ms / 1000
