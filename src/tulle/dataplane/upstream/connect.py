@@ -17,8 +17,8 @@ Two shapes, because the relay's engines need different things:
 from __future__ import annotations
 
 import asyncio
-import errno
 import ipaddress
+import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -42,7 +42,11 @@ def _what(exc: BaseException) -> str:
         return "timed out"
     if isinstance(exc, ssl.SSLError):
         return f"TLS: {exc.reason or exc}"
+    if isinstance(exc, socket.gaierror):
+        return f"does not resolve ({(exc.strerror or str(exc)).lower()})"
     if isinstance(exc, OSError):
+        if exc.errno:  # asyncio's strerror is "Connect call failed (addr)": the errno says why
+            return os.strerror(exc.errno).lower()
         return (exc.strerror or str(exc)).lower()
     return str(exc)
 
@@ -60,7 +64,7 @@ async def _address(loop: asyncio.AbstractEventLoop, host: str,
     except ValueError:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         if not infos:
-            raise OSError(errno.EHOSTUNREACH, "does not resolve") from None
+            raise socket.gaierror(socket.EAI_NONAME, "no address") from None
         family, _, _, _, sa = infos[0]
         return family, (str(sa[0]), int(sa[1]))
     return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), (host, port)
