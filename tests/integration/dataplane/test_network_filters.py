@@ -17,6 +17,14 @@ import pytest
 from tests.support.proxy import RunningProxy, running_proxy
 
 from tulle.dataplane.network import relay
+from tulle.dataplane.network.chain import NetworkChain
+from tulle.dataplane.network.filter import (
+    STOP,
+    ConnectionFacts,
+    ConnectionRecord,
+    Control,
+    Verdict,
+)
 from tulle.dataplane.network.source_ip import SourceIPFilter
 
 pytestmark = pytest.mark.both_loops
@@ -204,4 +212,112 @@ async def test_a_listener_without_network_filters_builds_nothing_for_them(engine
         assert conn.chain is None  # type: ignore[attr-defined]
         w.write_eof()
         assert await asyncio.wait_for(r.read(), 5) == REPLY
+        w.close()
+
+
+class Gate:
+    """A test filter that stops every connection until the test opens or shuts the gate: what
+    an external authorization check looks like to the relay."""
+
+    name = "source_ip"  # takes the first place of the declared order
+    observer = False
+
+    def __init__(self, stop_timeout: float = 5.0) -> None:
+        self.stop_timeout = stop_timeout
+        self.waiting: asyncio.Queue[Control] = asyncio.Queue()
+        self.closed: list[ConnectionRecord] = []
+
+    def create(self) -> Gate:
+        return self
+
+    def on_connect(self, facts: ConnectionFacts, control: Control) -> Verdict:
+        self.waiting.put_nowait(control)
+        return STOP
+
+    def on_close(self, record: ConnectionRecord) -> None:
+        self.closed.append(record)
+
+
+def gate_listener(p: RunningProxy, gate: Gate) -> None:
+    """Put `gate` in front of the listener's relays (the config has no way to name a test
+    filter; the chain is what a snapshot would have built)."""
+    handle = p.server.listeners["db"]
+    handle.ctx.network = NetworkChain([gate], "db", p.server.metrics)
+
+
+async def test_a_stopped_filter_holds_the_client_until_it_resumes(engine: str) -> None:
+    gate = Gate()
+    async with origin() as o, running_proxy(config(o.port, [])) as p:
+        gate_listener(p, gate)
+        r, w = await asyncio.open_connection("127.0.0.1", p.port("db"))
+        w.write(b"early bytes, sent while the check runs")
+        control = await asyncio.wait_for(gate.waiting.get(), 5)
+        await asyncio.sleep(0.05)  # give a wrong relay time to dial: nothing may reach the origin
+        assert o.received == []
+        assert p.metric("tulle_proxy_upstream_connections_total") == 0
+        control.resume()
+        w.write(b" + later")
+        w.write_eof()
+        assert await asyncio.wait_for(r.read(), 5) == REPLY
+        w.close()
+        assert await asyncio.wait_for(o.done.get(), 5) == (
+            b"early bytes, sent while the check runs + later")
+        while not gate.closed:
+            await asyncio.sleep(0)
+        assert gate.closed[0].close_reason == "eof"
+        assert gate.closed[0].bytes_received == len(b"early bytes, sent while the check runs"
+                                                    b" + later")
+
+
+async def test_a_stopped_filter_that_rejects_later_resets_the_client(engine: str) -> None:
+    gate = Gate()
+    async with origin() as o, running_proxy(config(o.port, [])) as p:
+        gate_listener(p, gate)
+        r, w = await asyncio.open_connection("127.0.0.1", p.port("db"))
+        w.write(b"let me in")
+        control = await asyncio.wait_for(gate.waiting.get(), 5)
+        control.reject("external_deny")
+        try:
+            assert await asyncio.wait_for(r.read(), 5) == b""
+        except ConnectionResetError:
+            pass
+        w.close()
+        assert p.metric("tulle_proxy_network_filter_rejections_total",
+                        reason="external_deny") == 1
+        assert o.received == []
+        while not gate.closed:
+            await asyncio.sleep(0)
+        assert gate.closed[0].close_reason == "rejected"
+
+
+async def test_a_filter_that_never_answers_is_cut_off_at_its_bound(engine: str) -> None:
+    gate = Gate(stop_timeout=0.05)
+    async with origin() as o, running_proxy(config(o.port, [])) as p:
+        gate_listener(p, gate)
+        r, w = await asyncio.open_connection("127.0.0.1", p.port("db"))
+        w.write(b"hello?")
+        try:
+            assert await asyncio.wait_for(r.read(), 5) == b""
+        except ConnectionResetError:
+            pass
+        w.close()
+        assert p.metric("tulle_proxy_network_filter_rejections_total", reason="timeout") == 1
+        assert o.received == []
+        assert p.metric("tulle_proxy_downstream_connections_active") == 0
+
+
+async def test_a_connection_aborted_while_its_filter_waits_is_closed_and_recorded(
+        engine: str) -> None:
+    gate = Gate()
+    async with origin() as o, running_proxy(config(o.port, [])) as p:
+        gate_listener(p, gate)
+        r, w = await asyncio.open_connection("127.0.0.1", p.port("db"))
+        control = await asyncio.wait_for(gate.waiting.get(), 5)
+        (conn,) = p.server.listeners["db"].connections
+        conn.abort()  # what the drain deadline does
+        assert [rec.close_reason for rec in gate.closed] == ["aborted"]
+        control.resume()  # too late: ignored, nothing is dialled
+        await asyncio.sleep(0.05)
+        assert o.received == []
+        assert p.metric("tulle_proxy_downstream_connections_active") == 0
         w.close()
