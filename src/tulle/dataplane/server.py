@@ -128,6 +128,9 @@ class ProxyServer:
             raise ApplyError(f"cannot build the snapshot: {type(exc).__name__}: {exc}") from exc
         plan = _Plan(cfg, clusters)
         old = self.listeners
+        for name, ctx in contexts.items():  # state that outlives a swap (network filter counts)
+            if name in old:
+                ctx.follow(old[name].ctx)
         new_by_name = {lc.name: lc for lc in cfg.listeners}
 
         def donor_for(lc: Listener) -> ListenerHandle | None:

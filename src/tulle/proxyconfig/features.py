@@ -45,7 +45,7 @@ FEATURES: tuple[Feature, ...] = (
                              "settings.http2_max_queued_control_frames"),
             "HTTP/2 stream and control-frame limits (rapid reset, floods)"),
     Feature("network-filters", ("listeners[].network_filters",),
-            "L4 filters (source_ip authorization, flow_log) on opaque TCP listeners"),
+            "L4 filters (source_ip, connection_limit, flow_log) on opaque TCP listeners"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -321,3 +321,33 @@ async def test_a_connection_aborted_while_its_filter_waits_is_closed_and_recorde
         assert o.received == []
         assert p.metric("tulle_proxy_downstream_connections_active") == 0
         w.close()
+
+
+async def test_a_connection_limit_holds_across_a_config_swap(engine: str,
+                                                            flow_log: FlowLines) -> None:
+    limited = [{"type": "connection_limit", "max_connections": 1}]
+    async with origin() as o, running_proxy(config(o.port, limited)) as p:
+        r1, w1 = await asyncio.open_connection("127.0.0.1", p.port("db"))
+        w1.write(b"first")
+        await asyncio.wait_for(_until(lambda: len(o.received) == 1), 5)
+        # A new snapshot (a flow log added, a new chain built) while the first is open.
+        await p.apply(config(o.port, [*limited, {"type": "flow_log", "logger": FLOW_LOGGER}]))
+        assert await exchange(p, b"second") == b""
+        line = await asyncio.wait_for(flow_log.lines.get(), 5)
+        assert (line["rejected_by"], line["reject_reason"]) == ("connection_limit", "over_limit")
+        assert p.metric("tulle_proxy_network_filter_rejections_total",
+                        filter="connection_limit", reason="over_limit") == 1
+        assert len(o.received) == 1
+        # The first one finishes; its slot is free for the next client.
+        w1.write_eof()
+        assert await asyncio.wait_for(r1.read(), 5) == REPLY
+        w1.close()
+        assert await asyncio.wait_for(o.done.get(), 5) == b"first"
+        await asyncio.wait_for(_until(lambda: not p.server.listeners["db"].connections), 5)
+        assert await exchange(p, b"third") == REPLY
+        assert [bytes(b) for b in o.received] == [b"first", b"third"]
+
+
+async def _until(cond: Callable[[], bool]) -> None:
+    while not cond():
+        await asyncio.sleep(0.005)

@@ -47,6 +47,10 @@ def test_a_good_list_decodes_to_typed_configs_in_config_order() -> None:
     ({"type": "rbac"}, "listeners[0].network_filters[0].type: must be one of"),
     ({"allow": ["10.0.0.0/8"]},
      "listeners[0].network_filters[0].type: required field is missing (one of"),
+    ({"type": "connection_limit", "max_connections": 0},
+     "listeners[0].network_filters[0].max_connections: must be >= 1"),
+    ({"type": "connection_limit"},
+     "listeners[0].network_filters[0].max_connections: required field is missing"),
     ({"type": "flow_log", "logger": "no spaces please"},
      "listeners[0].network_filters[0].logger:"),
 ])

@@ -18,7 +18,7 @@ STRUCTS = [model.ProxyConfig, model.Node, model.Admin, model.Settings, model.Lis
            model.VirtualHost, model.RouteRule, model.RouteMatch, model.PathMatch,
            model.BackendRef, model.Overload]
 STRUCTS += [model.PathNormalization]
-STRUCTS += [network.SourceIP, network.FlowLog]
+STRUCTS += [network.SourceIP, network.ConnectionLimit, network.FlowLog]
 
 
 def _doc_tables() -> dict[str, dict[str, str]]:

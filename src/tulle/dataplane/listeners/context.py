@@ -131,6 +131,12 @@ class ListenerContext:
         tick = max(0.01, min(1.0, settings.header_timeout_ms / 4000))
         self.sweep_timeout_min = 10 * tick
 
+    def follow(self, previous: ListenerContext) -> None:
+        """This context replaces `previous` on the same listener: carry the state that must
+        outlive a swap (network filters' counts)."""
+        if self.network is not None:
+            self.network.adopt(previous.network)
+
     def decision(self, cluster: str, timeout_ms: int) -> Decision:
         """The shared decision for requests routed to `cluster` with `timeout_ms`."""
         by_timeout = self._decisions.get(cluster)

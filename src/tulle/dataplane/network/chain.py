@@ -49,6 +49,23 @@ class NetworkChain:
         self.listener = listener
         self.metrics = metrics
 
+    def adopt(self, previous: NetworkChain | None) -> None:
+        """Take over state from the listener's chain of the previous snapshot: the k-th
+        factory of a type carries the k-th of the same type (a `carry` method, for filters
+        whose state must outlive a swap, such as a connection count)."""
+        if previous is None:
+            return
+        old: dict[str, list[NetworkFilterFactory]] = {}
+        for f in previous.deciders + previous.observers:
+            old.setdefault(f.name, []).append(f)
+        seen: dict[str, int] = {}
+        for f in self.deciders + self.observers:
+            k = seen[f.name] = seen.get(f.name, -1) + 1
+            same = old.get(f.name, [])
+            carry = getattr(f, "carry", None)
+            if carry is not None and k < len(same):
+                carry(same[k])
+
     def connection(self, facts: ConnectionFacts) -> ConnectionChain:
         return ConnectionChain(self, facts)
 

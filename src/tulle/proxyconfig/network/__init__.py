@@ -10,18 +10,21 @@ runtime module, its place in the order, docs.
 from __future__ import annotations
 
 from tulle.errors import FieldError
-from tulle.proxyconfig.network import flow_log, source_ip
+from tulle.proxyconfig.network import connection_limit, flow_log, source_ip
+from tulle.proxyconfig.network.connection_limit import ConnectionLimit
 from tulle.proxyconfig.network.flow_log import FlowLog
 from tulle.proxyconfig.network.source_ip import SourceIP
 
-NetworkFilterConfig = SourceIP | FlowLog
+NetworkFilterConfig = SourceIP | ConnectionLimit | FlowLog
 
 
 def check(cfg: NetworkFilterConfig, path: str) -> list[FieldError]:
     """The semantic errors of one filter config at `path`."""
     if isinstance(cfg, SourceIP):
         return source_ip.check(cfg, path)
+    if isinstance(cfg, ConnectionLimit):
+        return connection_limit.check(cfg, path)
     return flow_log.check(cfg, path)
 
 
-__all__ = ["FlowLog", "NetworkFilterConfig", "SourceIP", "check"]
+__all__ = ["ConnectionLimit", "FlowLog", "NetworkFilterConfig", "SourceIP", "check"]
