@@ -135,6 +135,9 @@ class ProxyServer:
         contexts = built.contexts
         plan = _Plan(cfg, built)
         old = self.listeners
+        for name, ctx in contexts.items():  # state that outlives a swap (network filter counts)
+            if name in old:
+                ctx.follow(old[name].ctx)
         new_by_name = {lc.name: lc for lc in cfg.listeners}
 
         def donor_for(lc: Listener) -> ListenerHandle | None:

@@ -25,6 +25,8 @@ from typing import Annotated, Final, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from tulle.proxyconfig.network import NetworkFilterConfig
+
 Port = Annotated[int, Meta(ge=1, le=65535)]
 PortOrZero = Annotated[int, Meta(ge=0, le=65535)]
 Millis = Annotated[int, Meta(ge=0, le=86_400_000)]
@@ -185,6 +187,11 @@ class Listener(_Base, frozen=True, kw_only=True):
     max_connections: Annotated[int, Meta(ge=0, le=10_000_000)] = 0
     """Open downstream connections on this listener; one more is closed at once (RST) before
     anything is read, and counted.  0 means no limit."""
+    network_filters: list[NetworkFilterConfig] = msgspec.field(default_factory=list)
+    """L4 filters every opaque TCP connection of this listener passes before it is relayed, in
+    the order `tulle.dataplane.network.order` declares (tagged by `type`).  Only `tcp`
+    listeners (whose destinations are all `tcp`) take them: nothing on such a listener
+    bypasses them."""
 
 
 Percent = Annotated[int, Meta(ge=1, le=100)]

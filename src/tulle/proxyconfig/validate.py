@@ -20,7 +20,8 @@ import msgspec
 from msgspec import inspect as mi
 
 from tulle.errors import FieldError
-from tulle.proxyconfig.model import ProxyConfig
+from tulle.proxyconfig import network
+from tulle.proxyconfig.model import Listener, ProxyConfig
 
 
 class ConfigError(ValueError):
@@ -255,6 +256,8 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
             out.append(FieldError(f"{p}.cluster", "a tcp listener needs a cluster"))
         if lst.tls is not None and not (lst.tls.cert_file and lst.tls.key_file):
             out.append(FieldError(f"{p}.tls", "a TLS listener needs cert_file and key_file"))
+        if lst.network_filters:
+            out.extend(_network_filters(lst, p))
         for j, d in enumerate(lst.destinations):
             dp = f"{p}.destinations[{j}]"
             if d.address:
@@ -296,6 +299,22 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
     for i, c in enumerate(cfg.clusters):
         if c.tls is not None and c.tls.cert_file and not c.tls.key_file:
             out.append(FieldError(f"clusters[{i}].tls.key_file", "required with cert_file"))
+    return out
+
+
+def _network_filters(lst: Listener, p: str) -> list[FieldError]:
+    """Network filters guard opaque TCP only: a listener that could hand a connection to an
+    HTTP driver would let it bypass them, so it may not have any (never a silent gap)."""
+    out: list[FieldError] = []
+    if lst.protocol != "tcp":
+        out.append(FieldError(f"{p}.network_filters", "only a listener with protocol `tcp` "
+                              f"takes network filters (this one is {lst.protocol!r})"))
+    for j, d in enumerate(lst.destinations):
+        if d.protocol != "tcp":
+            out.append(FieldError(f"{p}.destinations[{j}].protocol", "must be `tcp` on a "
+                                  "listener with network filters"))
+    for j, f in enumerate(lst.network_filters):
+        out.extend(network.check(f, f"{p}.network_filters[{j}]"))
     return out
 
 

@@ -18,7 +18,8 @@ from typing import Any
 import pytest
 from tests.support.proxy import RunningProxy, free_port, running_proxy
 
-from tulle.dataplane.listeners import tcp
+from tulle.dataplane.network import relay as tcp
+from tulle.dataplane.network import splice
 
 pytestmark = pytest.mark.both_loops
 
@@ -348,9 +349,9 @@ async def test_out_of_descriptors_in_the_relay_closes_both_sides_and_releases_th
         raise OSError(errno.EMFILE, "Too many open files")
 
     if where == "dup":
-        monkeypatch.setattr(tcp.os, "dup", emfile)
+        monkeypatch.setattr(splice.os, "dup", emfile)
     else:
-        monkeypatch.setattr(tcp, "_new_pipe", emfile)
+        monkeypatch.setattr(splice, "_new_pipe", emfile)
     async with tcp_server(hold) as port:
         cfg = tcp_config(port)
         cfg["listeners"][0]["max_connections"] = 1

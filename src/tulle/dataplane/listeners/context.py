@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tulle.dataplane.listeners.dispatch import Decision, no_cluster
+from tulle.dataplane.network.chain import build_chain
 from tulle.dataplane.overload import OverloadGuard
 from tulle.dataplane.protocols.http1 import H1Limits
 from tulle.dataplane.routing.paths import normalizer_for
@@ -115,6 +116,8 @@ class ListenerContext:
         self.metrics = metrics
         self.destinations = [DestinationRule.build(d, routers) for d in cfg.destinations]
         self.opaque_ports = frozenset(cfg.opaque_ports)
+        self.network = build_chain(cfg.network_filters, cfg.name, metrics)
+        """The network (L4) filters of this listener's relays; None when it has none."""
         self.max_header_bytes = settings.max_request_header_bytes
         self.h1_limits = H1Limits(settings.max_header_count, settings.max_chunk_extension_bytes,
                                   settings.max_trailer_bytes)
@@ -137,6 +140,12 @@ class ListenerContext:
         # ADR 0010.
         tick = max(0.01, min(1.0, settings.header_timeout_ms / 4000))
         self.sweep_timeout_min = 10 * tick
+
+    def follow(self, previous: ListenerContext) -> None:
+        """This context replaces `previous` on the same listener: carry the state that must
+        outlive a swap (network filters' counts)."""
+        if self.network is not None:
+            self.network.adopt(previous.network)
 
     def decision(self, cluster: str, timeout_ms: int) -> Decision:
         """The shared decision for requests routed to `cluster` with `timeout_ms`."""

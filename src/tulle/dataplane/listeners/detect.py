@@ -22,7 +22,8 @@ driver that serves it, then steps aside:
    trickle meets the HTTP header timeout, not an unbounded relay.  TLS is relayed as opaque
    TCP for now.
 3. **Hand-over.**  HTTP/1 and HTTP/2 go to their drivers through `handover` with the bytes
-   already read; TCP goes to `tcp.relay` (which has an idle timeout).  Each outcome of an
+   already read; TCP goes to `network.relay` (the listener's network filters, then the TCP
+   proxy, which has an idle timeout).  Each outcome of an
    `auto` listener is counted in `tulle_proxy_protocol_detected_total{listener,protocol}`
    (`http1`, `http2`, `tls`, `tcp`, `opaque` when sniffing was skipped by port, `timeout` when
    the client stayed silent, `partial` when it stopped or half-closed mid-prefix).
@@ -43,7 +44,7 @@ from tulle.dataplane.listeners.context import (
     reset,
 )
 from tulle.dataplane.listeners.http1 import H1Downstream
-from tulle.dataplane.listeners.tcp import Target, relay
+from tulle.dataplane.network.relay import Target, relay
 from tulle.dataplane.protocols.detect import MAX_SNIFF_BYTES, detect, undecided
 from tulle.net.origdst import original_destination
 
@@ -232,7 +233,8 @@ class DetectDownstream(asyncio.Protocol, Connection):
         self._relay(target)
 
     def _relay(self, target: Target) -> None:
-        self._pass(lambda t, initial: relay(self.handle, t, initial, target))
+        dst = self.destination if self.ctx.cfg.mode == "transparent" else None
+        self._pass(lambda t, initial: relay(self.handle, t, initial, target, dst))
 
     def _pass(self, start: Callable[[asyncio.Transport, bytes], object]) -> None:
         t = self.transport

@@ -223,3 +223,11 @@ class ProxyMetrics:
         self.overload_actions = r.counter(
             "tulle_proxy_overload_actions_total",
             "Overload actions taken (reject_request, disable_keepalive).", ("action",))
+        self.network_filter_rejections = r.counter(
+            "tulle_proxy_network_filter_rejections_total",
+            "Opaque TCP connections a network filter refused, by filter and reason.",
+            ("listener", "filter", "reason"))
+        self.network_filter_errors = r.counter(
+            "tulle_proxy_network_filter_errors_total",
+            "Network filter hooks that raised (the connection is reset), by filter and hook.",
+            ("listener", "filter", "hook"))

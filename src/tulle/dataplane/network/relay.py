@@ -1,0 +1,67 @@
+"""Where an opaque TCP connection's path starts: its network filters, then the TCP proxy.
+
+`relay()` is what the detection driver calls once a connection is to be relayed.  It gathers
+the connection's facts for the listener's network filter chain (only when the listener has
+one), and picks the engine: splice for plaintext on both sides, copy otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Final
+
+from tulle.dataplane.listeners.context import Connection, ListenerHandle
+from tulle.dataplane.network.chain import ConnectionChain, NetworkChain
+from tulle.dataplane.network.copy import CopyRelay
+from tulle.dataplane.network.filter import ConnectionFacts
+from tulle.dataplane.network.splice import SpliceRelay
+from tulle.dataplane.network.tcp_proxy import Target, TcpProxy
+
+HAS_SPLICE: Final = hasattr(os, "splice")
+USE_SPLICE = HAS_SPLICE
+"""Module switch: tests turn it off to exercise the copy relay on plaintext connections."""
+
+
+def _address(value: object) -> tuple[str, int] | None:
+    if isinstance(value, tuple) and len(value) >= 2:
+        return str(value[0]), int(value[1])
+    return None
+
+
+def facts_of(handle: ListenerHandle, transport: asyncio.Transport,
+             original_destination: tuple[str, int] | None) -> ConnectionFacts:
+    """What the network filters get to see about the connection on `transport`."""
+    cfg = handle.ctx.cfg
+    ssl_object = transport.get_extra_info("ssl_object")
+    return ConnectionFacts(
+        listener=cfg.name,
+        direction=cfg.direction,
+        peer=_address(transport.get_extra_info("peername")) or ("", 0),
+        local=_address(transport.get_extra_info("sockname")),
+        original_destination=original_destination,
+        tls=ssl_object is not None,
+        sni=getattr(ssl_object, "server_hostname", None) if ssl_object is not None else None,
+        alpn=ssl_object.selected_alpn_protocol() if ssl_object is not None else None,
+    )
+
+
+def relay(handle: ListenerHandle, transport: asyncio.Transport, initial: bytes,
+          target: Target, original_destination: tuple[str, int] | None = None) -> Connection:
+    """Start relaying a client connection to `target` (after the listener's network filters);
+    the relay owns `transport` from now on.  `original_destination`: where a transparent
+    connection was going (the filters' facts)."""
+    network: NetworkChain | None = handle.ctx.network
+    chain: ConnectionChain | None = None
+    if network is not None:
+        chain = network.connection(facts_of(handle, transport, original_destination))
+    cluster = target.cluster
+    plain = (transport.get_extra_info("sslcontext") is None
+             and transport.get_extra_info("socket") is not None
+             and (cluster is None or cluster.ssl_context is None))
+    conn: TcpProxy = (SpliceRelay if USE_SPLICE and plain else CopyRelay)(handle, target, chain)
+    conn.start(transport, initial)
+    return conn
+
+
+__all__ = ["HAS_SPLICE", "USE_SPLICE", "Target", "relay"]

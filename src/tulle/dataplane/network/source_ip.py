@@ -1,0 +1,76 @@
+"""`source_ip`: admit or refuse a connection by the client's address (L4 authorization).
+
+Config: `tulle.proxyconfig.network.source_ip`.  The networks are parsed once per snapshot; a
+connection costs one address parse and a scan of the lists.  An IPv4-mapped IPv6 peer
+(`::ffff:10.0.0.1`, a dual-stack listener) is checked as its IPv4 address, so `10.0.0.0/8`
+means the same thing on every socket family.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from tulle.dataplane.network.filter import (
+    CONTINUE,
+    DEFAULT_STOP_TIMEOUT,
+    ConnectionFacts,
+    ConnectionRecord,
+    Control,
+    Reject,
+    Verdict,
+)
+from tulle.proxyconfig.network.source_ip import SourceIP
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+DENIED = Reject("denied")
+NOT_ALLOWED = Reject("not_allowed")
+
+
+def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        ip = ipaddress.ip_address(text.partition("%")[0])  # drop an IPv6 zone id
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+class SourceIPFilter:
+    """Stateless: one instance serves every connection of the listener."""
+
+    __slots__ = ("allow", "deny")
+    name = "source_ip"
+    stop_timeout = DEFAULT_STOP_TIMEOUT
+    observer = False
+
+    def __init__(self, cfg: SourceIP) -> None:
+        self.allow: tuple[Network, ...] = tuple(
+            ipaddress.ip_network(a, strict=False) for a in cfg.allow)
+        self.deny: tuple[Network, ...] = tuple(
+            ipaddress.ip_network(d, strict=False) for d in cfg.deny)
+
+    def create(self) -> SourceIPFilter:
+        return self
+
+    def on_connect(self, facts: ConnectionFacts, control: Control) -> Verdict:
+        ip = _address(facts.peer[0])
+        if ip is None:  # not an IP peer (cannot happen on a TCP listener): refuse, never guess
+            return DENIED
+        for net in self.deny:
+            if ip in net:
+                return DENIED
+        if not self.allow:
+            return CONTINUE
+        for net in self.allow:
+            if ip in net:
+                return CONTINUE
+        return NOT_ALLOWED
+
+    def on_close(self, record: ConnectionRecord) -> None:
+        pass
+
+
+def build(cfg: SourceIP) -> SourceIPFilter:
+    return SourceIPFilter(cfg)

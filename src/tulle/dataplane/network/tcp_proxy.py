@@ -1,0 +1,207 @@
+"""The TCP proxy: the terminal of the network filter chain, relaying bytes unparsed.
+
+A relay starts from a live downstream transport (handed over by the detection driver, with any
+bytes it already read) and a target: a `tcp` cluster (round robin over its endpoints; a TCP
+cluster has no pool, every client connection dials its own upstream connection) or a fixed
+address (passthrough to a transparent connection's original destination).  Upstream
+connections are opened by the one dialler, `tulle.dataplane.upstream.connect`.
+
+Two engines, one behaviour (`relay.py` picks one per connection):
+
+* `splice.SpliceRelay` (plaintext on both sides, the normal case): bytes move socket -> pipe ->
+  socket with `os.splice`, never entering Python.
+* `copy.CopyRelay` (TLS on either side, or no `os.splice`): two asyncio Protocols that write
+  what one reads into the other, with pause/resume reading driven by the other side's buffer.
+
+Both half-close: EOF from one side becomes shutdown(SHUT_WR) on the other and the other
+direction keeps flowing; the relay ends when both directions have ended.  A reset (or a write
+that fails) on either side resets the other.  Connect failures and timeouts close the client
+and count `tulle_proxy_upstream_connect_failures_total`.
+
+Both have an idle timeout (`settings.tcp_idle_timeout_ms`, Envoy's tcp_proxy `idle_timeout`):
+a relay that moved no bytes either way for that long is closed on both sides and counted in
+`tulle_proxy_tcp_idle_timeouts_total`, so an abandoned peer never pins an application
+connection forever.  Activity is a loop-clock stamp per readiness callback (splice) or read
+(copy); the proxy's deadline sweeper checks it, so the close comes at most one sweeper tick
+late.
+
+With network filters on the listener (`chain.py`), the relay first awaits the chain's verdict,
+before anything is dialled: a rejected client is reset and the origin never sees it.  At the
+end it hands the filters a `ConnectionRecord` (bytes each way, duration, close reason,
+endpoint).  Without filters none of this is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import TYPE_CHECKING, Final
+
+from tulle.dataplane.listeners.context import Connection, ListenerHandle
+from tulle.dataplane.network.filter import ConnectionRecord
+
+if TYPE_CHECKING:
+    from tulle.dataplane.network.chain import ConnectionChain
+    from tulle.dataplane.telemetry.metrics import CounterChild, GaugeChild
+    from tulle.dataplane.upstream.cluster import ClusterRuntime
+    from tulle.dataplane.upstream.lb import EndpointState
+
+PASSTHROUGH: Final = "PassthroughCluster"
+"""Metric label of relays to an original destination (Istio's name for the same thing)."""
+PASSTHROUGH_CONNECT_TIMEOUT: Final = 5.0
+
+LINGER_RESET: Final = struct.pack("ii", 1, 0)
+"""SO_LINGER on, 0 s: close() sends RST instead of FIN."""
+
+
+class Target:
+    """Where a relay connects: a cluster's next endpoint, or a fixed address."""
+
+    __slots__ = ("address", "cluster", "name")
+
+    def __init__(self, name: str, cluster: ClusterRuntime | None = None,
+                 address: tuple[str, int] | None = None) -> None:
+        self.name = name
+        self.cluster = cluster
+        self.address = address
+
+    @classmethod
+    def passthrough(cls, ip: str, port: int) -> Target:
+        return cls(PASSTHROUGH, None, (ip, port))
+
+
+class TcpProxy(Connection):
+    """What both engines share: the filter verdict, the destination, metrics, the record,
+    registration with the listener."""
+
+    def __init__(self, handle: ListenerHandle, target: Target,
+                 chain: ConnectionChain | None = None) -> None:
+        self.handle = handle
+        self.ctx = ctx = handle.ctx
+        self.loop = asyncio.get_running_loop()
+        self.target = target
+        self.chain = chain
+        self.ended = False
+        self.close_reason = ""
+        self.idle_timeout = ctx.settings.tcp_idle_timeout_ms / 1000
+        self.started = self.last_active = now = self.loop.time()
+        """Loop time of the last bytes moved (or of the start)."""
+        self.deadline = now + self.idle_timeout if self.idle_timeout else 0.0
+        self.upstream_address: tuple[str, int] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._endpoint: EndpointState | None = None
+        self._up_active: GaugeChild | None = None
+        m = ctx.metrics
+        self.m_sent: CounterChild = m.tcp_bytes.labels(ctx.name, target.name, "sent")
+        self.m_received: CounterChild = m.tcp_bytes.labels(ctx.name, target.name, "received")
+        handle.connection_opened(self)
+
+    def start(self, transport: asyncio.Transport, initial: bytes) -> None:
+        raise NotImplementedError
+
+    def bytes_moved(self) -> tuple[int, int]:
+        """(client -> upstream, upstream -> client) bytes of this connection so far."""
+        raise NotImplementedError
+
+    def set_reason(self, reason: str) -> None:
+        """Why the relay ends; the first reason given wins."""
+        if not self.close_reason:
+            self.close_reason = reason
+
+    async def admitted(self) -> bool:
+        """Run the network filters (if any); False when they refused the connection (the
+        engine then resets the client)."""
+        chain = self.chain
+        if chain is None:
+            return True
+        verdict = await chain.admit()
+        if verdict is None:
+            return True
+        self.set_reason("filter_error" if verdict.reason == "filter_error" else "rejected")
+        return False
+
+    def destination(self) -> tuple[str, int, float] | None:
+        t = self.target
+        if t.cluster is None:
+            assert t.address is not None
+            self.upstream_address = t.address
+            return t.address[0], t.address[1], PASSTHROUGH_CONNECT_TIMEOUT
+        ep = t.cluster.pick()
+        if ep is None:
+            self.set_reason("no_endpoint")
+            return None
+        self._endpoint = ep
+        self.upstream_address = (ep.address, ep.port)
+        return ep.address, ep.port, t.cluster.connect_timeout
+
+    def connected(self) -> None:
+        m = self.ctx.metrics
+        m.tcp_connections.labels(self.ctx.name, self.target.name).value += 1
+        cluster = self.target.cluster
+        if cluster is not None:
+            cluster.m_connections_total.value += 1
+            self._up_active = cluster.m_connections_active
+        else:
+            m.upstream_connections_total.labels(PASSTHROUGH).value += 1
+            self._up_active = m.upstream_connections_active.labels(PASSTHROUGH)
+        self._up_active.value += 1
+        if self._endpoint is not None:
+            self._endpoint.active += 1
+
+    def connect_failed(self) -> None:
+        self.set_reason("connect_failed")
+        cluster = self.target.cluster
+        if cluster is not None:
+            cluster.m_connect_failures.value += 1
+        else:
+            self.ctx.metrics.upstream_connect_failures.labels(PASSTHROUGH).value += 1
+
+    def finished(self) -> None:
+        """Bookkeeping once, when the relay is over (both sockets closed or closing)."""
+        if self.ended:
+            return
+        self.ended = True
+        task = self._task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+        if self._up_active is not None:
+            self._up_active.value -= 1
+            self._up_active = None
+        if self._endpoint is not None and self._endpoint.active > 0:
+            self._endpoint.active -= 1
+        self._endpoint = None
+        self.handle.connection_closed(self)
+        chain = self.chain
+        if chain is not None:
+            record = ConnectionRecord(chain.facts, self.target.name)
+            record.upstream = self.upstream_address if self.close_reason not in (
+                "rejected", "filter_error") else None
+            record.bytes_received, record.bytes_sent = self.bytes_moved()
+            record.duration = self.loop.time() - self.started
+            record.close_reason = self.close_reason or "aborted"
+            chain.closed(record)
+
+    # -- Connection ----------------------------------------------------------------------
+
+    def on_deadline(self, now: float) -> None:
+        """The idle timeout: close when nothing moved for `idle_timeout`, else look again then."""
+        if self.ended or not self.idle_timeout:
+            self.deadline = 0.0
+            return
+        due = self.last_active + self.idle_timeout
+        if due > now:
+            self.deadline = due
+            return
+        self.deadline = 0.0
+        ctx = self.ctx
+        ctx.metrics.tcp_idle_timeouts.labels(ctx.name, self.target.name).value += 1
+        self.set_reason("idle_timeout")
+        self.idle_close()
+
+    def idle_close(self) -> None:
+        """Close both sides (FIN, not RST: nothing was cut short, it was abandoned)."""
+        raise NotImplementedError
+
+    def start_drain(self) -> None:
+        """An opaque stream has no request boundary to stop at: it runs until it ends, or until
+        the drain deadline aborts it."""

@@ -1,0 +1,124 @@
+"""The one dialler: every upstream TCP connection the proxy opens starts here.
+
+Why one place: the connect timeout, name resolution, socket options and (later) mTLS
+origination must be the same whoever dials — the TCP relay's two engines today, the HTTP/1 and
+HTTP/2 pools next (DESIGN.md section 4: "one dialler for pools and the TCP relay").  A dial that
+fails raises `ConnectFailed` saying why in a few words (`timed out`, `connection refused`,
+`does not resolve`), which callers count and put in their logs and close records.
+
+Two shapes, because the relay's engines need different things:
+
+* `dial_socket` -> a connected non-blocking `socket.socket` (the splice engine moves bytes
+  between file descriptors and never wraps it in a transport).
+* `dial_transport` -> an asyncio transport driving `protocol` (the copy engine, TLS upstreams,
+  and the HTTP pools once they adopt it), TLS handshake included in the timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import socket
+import ssl
+from collections.abc import Callable
+from typing import TypeVar
+
+P = TypeVar("P", bound=asyncio.BaseProtocol)
+
+
+class ConnectFailed(OSError):
+    """An upstream connection could not be opened; `what` is the short reason."""
+
+    def __init__(self, host: str, port: int, what: str) -> None:
+        super().__init__(f"cannot connect to {host}:{port}: {what}")
+        self.host = host
+        self.port = port
+        self.what = what
+
+
+def _what(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS: {exc.reason or exc}"
+    if isinstance(exc, socket.gaierror):
+        return f"does not resolve ({(exc.strerror or str(exc)).lower()})"
+    if isinstance(exc, OSError):
+        if exc.errno:  # asyncio's strerror is "Connect call failed (addr)": the errno says why
+            return os.strerror(exc.errno).lower()
+        return (exc.strerror or str(exc)).lower()
+    return str(exc)
+
+
+def _set_options(sock: socket.socket) -> None:
+    """Socket options of every upstream connection: no Nagle delay (a proxy forwards what it
+    got at once; batching is the client's business)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+async def _address(loop: asyncio.AbstractEventLoop, host: str,
+                   port: int) -> tuple[socket.AddressFamily, tuple[str, int]]:
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        if not infos:
+            raise socket.gaierror(socket.EAI_NONAME, "no address") from None
+        family, _, _, _, sa = infos[0]
+        return family, (str(sa[0]), int(sa[1]))
+    return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), (host, port)
+
+
+async def _connect_socket(loop: asyncio.AbstractEventLoop, host: str,
+                          port: int) -> socket.socket:
+    family, addr = await _address(loop, host, port)
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        _set_options(sock)
+        await loop.sock_connect(sock, addr)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def dial_socket(host: str, port: int, timeout: float) -> socket.socket:
+    """A connected, non-blocking socket to `host:port` within `timeout` seconds (0: none)."""
+    loop = asyncio.get_running_loop()
+    try:
+        if timeout > 0:
+            async with asyncio.timeout(timeout):
+                return await _connect_socket(loop, host, port)
+        return await _connect_socket(loop, host, port)
+    except (OSError, TimeoutError) as exc:
+        raise ConnectFailed(host, port, _what(exc)) from exc
+
+
+async def dial_transport(protocol_factory: Callable[[], P], host: str, port: int,
+                         timeout: float, *, ssl_context: ssl.SSLContext | None = None,
+                         server_name: str | None = None) -> tuple[asyncio.Transport, P]:
+    """A transport to `host:port` driving a protocol from `protocol_factory`, within `timeout`
+    seconds (0: none), TLS handshake included when `ssl_context` is set (`server_name`: the
+    name the certificate is checked against and sent as SNI; None takes `host`)."""
+    loop = asyncio.get_running_loop()
+
+    async def connect() -> tuple[asyncio.Transport, P]:
+        sock = await _connect_socket(loop, host, port)
+        try:
+            transport, proto = await loop.create_connection(
+                protocol_factory, sock=sock, ssl=ssl_context,
+                server_hostname=(server_name or host) if ssl_context is not None else None)
+        except BaseException:
+            sock.close()
+            raise
+        return transport, proto
+
+    try:
+        if timeout > 0:
+            async with asyncio.timeout(timeout):
+                return await connect()
+        return await connect()
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
+        raise ConnectFailed(host, port, _what(exc)) from exc

@@ -1,0 +1,83 @@
+"""The one dialler: socket options, the timeout, and failures that say why."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+
+import pytest
+from tests.support.proxy import free_port
+
+from tulle.dataplane.upstream.connect import ConnectFailed, dial_socket, dial_transport
+
+pytestmark = pytest.mark.both_loops
+
+
+async def test_a_socket_is_connected_non_blocking_without_nagle() -> None:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sock = await dial_socket("127.0.0.1", port, 1.0)
+        with sock:
+            assert sock.getpeername() == ("127.0.0.1", port)
+            assert not sock.getblocking()
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        sock = await dial_socket("localhost", port, 1.0)  # a name is resolved
+        sock.close()
+    finally:
+        server.close()
+
+
+async def test_a_transport_drives_the_protocol() -> None:
+    got = asyncio.get_running_loop().create_future()
+
+    async def on_conn(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        got.set_result(await r.readexactly(5))
+        w.close()
+
+    server = await asyncio.start_server(on_conn, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        transport, proto = await dial_transport(asyncio.Protocol, "127.0.0.1", port, 1.0)
+        assert isinstance(proto, asyncio.Protocol)
+        sock = transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+        transport.write(b"hello")
+        assert await asyncio.wait_for(got, 5) == b"hello"
+        transport.close()
+    finally:
+        server.close()
+
+
+async def test_refused_says_so() -> None:
+    port = free_port()
+    with pytest.raises(ConnectFailed) as exc:
+        await dial_socket("127.0.0.1", port, 1.0)
+    assert exc.value.what == "connection refused"
+    with pytest.raises(ConnectFailed) as exc:
+        await dial_transport(asyncio.Protocol, "127.0.0.1", port, 1.0)
+    assert str(exc.value) == f"cannot connect to 127.0.0.1:{port}: connection refused"
+
+
+async def test_a_silent_tls_peer_times_out_within_the_bound() -> None:
+    """The timeout covers the TLS handshake, not only the TCP connect."""
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)  # never answers
+    port = server.sockets[0].getsockname()[1]
+    ctx = ssl.create_default_context()
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    try:
+        with pytest.raises(ConnectFailed) as exc:
+            await dial_transport(asyncio.Protocol, "127.0.0.1", port, 0.05, ssl_context=ctx,
+                                 server_name="example.test")
+        assert exc.value.what == "timed out"
+        assert loop.time() - began < 2
+    finally:
+        server.close()
+
+
+async def test_a_name_that_does_not_resolve_fails_cleanly() -> None:
+    with pytest.raises(ConnectFailed) as exc:
+        await dial_socket("no-such-host.invalid", 1, 2.0)
+    assert exc.value.what.startswith("does not resolve")
