@@ -8,8 +8,9 @@ Rules of this module:
    cannot know: header-size and header-count limits (431), a required single Host (400),
    versions other than 1.0/1.1 (400 for 0.9, 505 above), Transfer-Encoding in HTTP/1.0 (400,
    RFC 9112 6.1), a Host or absolute-form authority that is not host[:port] (400, the check
-   `:authority` gets), an upgrade request with a body (400: llhttp gives it to the tunnel), and what a re-framing proxy cannot carry: CONNECT and transfer codings other
-   than a lone `chunked` (501).  These are checked before the head is handed on, so no request
+   `:authority` gets), an upgrade request with a body (400: llhttp gives it to the tunnel),
+   and what a re-framing proxy cannot carry: CONNECT and transfer codings other than a lone
+   `chunked` (501).  These are checked before the head is handed on, so no request
    the proxy rejects ever reaches an upstream.  Inside chunked bodies: chunk-extension length
    (400) and trailer-section size (431), and trailer fields RFC 9110 6.5.1 forbids are dropped
    (`H1Limits`, `FORBIDDEN_TRAILERS`).  An `Upgrade: h2c` is stripped (never forwarded).
