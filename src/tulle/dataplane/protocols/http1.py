@@ -7,8 +7,10 @@ Rules of this module:
    rejected by the parser itself and surface here as `ProtocolError(400)`.  We add what llhttp
    cannot know: header-size and header-count limits (431), a required single Host (400),
    versions other than 1.0/1.1 (400 for 0.9, 505 above), Transfer-Encoding in HTTP/1.0 (400,
-   RFC 9112 6.1), and what a re-framing proxy cannot carry: CONNECT and transfer codings other
-   than a lone `chunked` (501).  These are checked before the head is handed on, so no request
+   RFC 9112 6.1), a Host or absolute-form authority that is not host[:port] (400, the check
+   `:authority` gets), an upgrade request with a body (400: llhttp gives it to the tunnel),
+   and what a re-framing proxy cannot carry: CONNECT and transfer codings other than a lone
+   `chunked` (501).  These are checked before the head is handed on, so no request
    the proxy rejects ever reaches an upstream.  Inside chunked bodies: chunk-extension length
    (400) and trailer-section size (431), and trailer fields RFC 9110 6.5.1 forbids are dropped
    (`H1Limits`, `FORBIDDEN_TRAILERS`).  An `Upgrade: h2c` is stripped (never forwarded).
@@ -35,6 +37,7 @@ from typing import Protocol
 import httptools
 
 from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
+from tulle.dataplane.protocols.h2fields import authority_ok
 
 HeaderSeq = Sequence[tuple[bytes, bytes]]
 
@@ -133,6 +136,24 @@ def _reraise(exc: Exception, status: int, kind: str, default: str) -> Exception:
         exc.__context__ = None
         return ctx
     return ProtocolError(status, kind, str(exc) or default)
+
+
+def _absolute_form(target: bytes) -> tuple[bytes, bytes]:
+    """(origin-form target, authority) of an absolute-form target (RFC 9112 3.2.2): the
+    authority ends at the first `/` or `?` (RFC 3986 3.2; llhttp refuses `#`) and must be a
+    non-empty host[:port], as `:authority` must (no userinfo)."""
+    scheme, sep, rest = target.partition(b"://")
+    if not sep or scheme.lower() not in (b"http", b"https"):
+        raise ProtocolError(400, "malformed_request", "invalid request target")
+    end = len(rest)
+    for delimiter in (b"/", b"?"):
+        i = rest.find(delimiter, 0, end)
+        if i >= 0:
+            end = i
+    authority, tail = rest[:end], rest[end:]
+    if not authority_ok(authority):
+        raise ProtocolError(400, "malformed_request", "invalid authority in request target")
+    return (tail if tail[:1] == b"/" else b"/" + tail), authority
 
 
 class RequestHandler(Protocol):
@@ -256,8 +277,8 @@ class RequestCodec(_Bounds):
     `close` drops the parser (which refers back to the codec) so nothing waits for the cyclic
     garbage collector."""
 
-    __slots__ = ("_chunked", "_cl", "_done_head", "_fed", "_feed_start", "_handler",
-                 "_head_bytes", "_headers", "_held", "_in_message", "_last_end", "_limit",
+    __slots__ = ("_chunked", "_cl", "_done_head", "_fed", "_feed_start", "_good_host",
+                 "_handler", "_head_bytes", "_headers", "_held", "_in_message", "_last_end", "_limit",
                  "_msg_start",
                  "_parser", "_resume", "_scheme", "_url", "upgrade_offset_data")
 
@@ -279,6 +300,8 @@ class RequestCodec(_Bounds):
         limit."""
         self._in_message = False
         self._done_head = False
+        self._good_host = b""
+        """The last Host value found valid (see on_headers_complete)."""
         self._url = b""
         self._headers: Headers = []
         self._trailers: Headers | None = None
@@ -445,12 +468,17 @@ class RequestCodec(_Bounds):
             raise ProtocolError(501, "unsupported", "CONNECT is not supported")
         if url[:1] != b"/" and url != b"*":
             # absolute-form (RFC 9112 3.2.2): the authority in the target wins over Host.
-            scheme, sep, rest = url.partition(b"://")
-            if not sep or scheme.lower() not in (b"http", b"https"):
+            url, authority = _absolute_form(url)
+        else:
+            if url == b"*" and method != b"OPTIONS":  # RFC 9112 3.2.4: for OPTIONS only
                 raise ProtocolError(400, "malformed_request", "invalid request target")
-            auth, slash, path = rest.partition(b"/")
-            authority = auth
-            url = slash + path if slash else b"/"
+            if authority != self._good_host:
+                # Host is written upstream as is and routes the request: host[:port] only,
+                # as for `:authority` (no userinfo, `/`, `?`, spaces).  The last accepted
+                # value is remembered: a keep-alive connection pays for one check.
+                if authority and not authority_ok(authority):
+                    raise ProtocolError(400, "malformed_request", "invalid Host header")
+                self._good_host = authority
         if not authority and version == b"1.1":
             raise ProtocolError(400, "malformed_request", "missing Host header")
         keep_alive = p.should_keep_alive()
@@ -466,6 +494,11 @@ class RequestCodec(_Bounds):
                         raise ProtocolError(400, "malformed_request",
                                             "h2c upgrade request with a body")
                     self._resume = True
+        if upgrade and (chunked or cl):
+            # llhttp hands the bytes after an upgrade head to the tunnel, not to the body: the
+            # upstream would be told of a body it never gets, and eat the next request on the
+            # connection as that body (smuggling past routing once the connection is pooled).
+            raise ProtocolError(400, "malformed_request", "upgrade request with a body")
         self._cl = cl
         self._chunked = chunked
         if chunked:

@@ -46,7 +46,8 @@ Rules of this module:
 8. A stream past our SETTINGS_MAX_CONCURRENT_STREAMS is refused alone (`_Connection`):
    RST_STREAM(REFUSED_STREAM), the connection lives on.
 9. Server side, abuse budgets (`h2guard.py`): frame headers are counted before h2 parses the
-   bytes, premature resets as h2 reports them.  A blown budget queues GOAWAY(ENHANCE_YOUR_CALM)
+   bytes, premature resets as h2 reports them, whoever sent the RST_STREAM (a reset the peer
+   provokes counts as one it sends).  A blown budget queues GOAWAY(ENHANCE_YOUR_CALM)
    and `feed` raises `H2Abuse`.
 """
 
@@ -549,9 +550,15 @@ class H2Codec:
                 if all(name_ok(n) and value_ok(v) for n, v in trailers):
                     self._trailers[sid] = trailers
                 else:  # rule 7: a malformed trailer section is a stream error too
+                    opened = self._unanswered.get(sid) if self._unanswered else None
                     self.reset(sid, PROTOCOL_ERROR)
                     self._skip_end.add(sid)
                     events.append(ResetReceived(sid, PROTOCOL_ERROR))
+                    if opened is not None and now - opened < PREMATURE_LIFETIME:
+                        # A reset the peer provoked is a reset the peer sent (MadeYouReset,
+                        # CVE-2025-8671): else HEADERS + bad trailers would open and drop
+                        # upstream requests past the rapid-reset budget.
+                        self._premature()
             elif isinstance(ev, h2.events.InformationalResponseReceived):
                 events.append(InformationalReceived(ev.stream_id or 0,
                                                     response_head(_raw(ev.headers))))
@@ -562,13 +569,12 @@ class H2Codec:
                 opened = self._unanswered.pop(sid, None)
                 self._forget(sid)
                 events.append(ResetReceived(sid, int(ev.error_code or 0)))
-                if (opened is not None and ev.remote_reset and self._resets is not None
-                        and now - opened < PREMATURE_LIFETIME):
-                    try:
-                        self._resets.premature()
-                    except Abuse as exc:
-                        self._calm_down()
-                        raise H2Abuse(exc.kind, exc.detail) from exc
+                # Counted whoever sent the RST_STREAM: h2 resets a stream itself when the peer
+                # breaks a stream rule (DATA after END_STREAM, window overflow), and a reset
+                # the peer provokes costs what one it sends does (MadeYouReset, CVE-2025-8671).
+                # (Our own `reset` forgets the stream first, so it never counts here.)
+                if opened is not None and now - opened < PREMATURE_LIFETIME:
+                    self._premature()
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 events.append(GoAwayReceived(ev.last_stream_id or 0, int(ev.error_code or 0)))
         if window_moved:
@@ -594,12 +600,22 @@ class H2Codec:
         if isinstance(head, tuple):
             if head[0] == 0:  # malformed: reset here, the driver only counts it
                 self.reset(sid, PROTOCOL_ERROR)
-                self._skip_end.add(sid)
+                if end:  # its StreamEnded follows in this batch; else nothing will remove it
+                    self._skip_end.add(sid)
             events.append(StreamRejected(sid, head[0], head[1], head[2], end))
             return
         if self._resets is not None:
             self._unanswered[sid] = now
         events.append(RequestReceived(sid, head, end))
+
+    def _premature(self) -> None:
+        """A stream the peer opened ended by a reset before its response began."""
+        assert self._resets is not None
+        try:
+            self._resets.premature()
+        except Abuse as exc:
+            self._calm_down()
+            raise H2Abuse(exc.kind, exc.detail) from exc
 
     def _calm_down(self) -> None:
         """An abuse budget is blown: GOAWAY(ENHANCE_YOUR_CALM), nothing more is read."""

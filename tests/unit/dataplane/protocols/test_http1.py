@@ -455,3 +455,45 @@ def test_a_reason_phrase_with_tabs_and_obs_text_is_kept() -> None:
     codec.start(False)
     codec.feed(b"HTTP/1.1 200 Fine\tand \xe9\r\ncontent-length: 0\r\n\r\n")
     assert got.heads[0].reason == b"Fine\tand \xe9"
+
+
+# -- request targets and Host: host[:port] only (found by an outside review) -----------------
+
+@pytest.mark.parametrize("wire", [
+    pytest.param(b"GET http://user@svc/x HTTP/1.1\r\nHost: a\r\n\r\n", id="abs_userinfo"),
+    pytest.param(b"GET http://svc:8x/x HTTP/1.1\r\nHost: a\r\n\r\n", id="abs_bad_port"),
+    pytest.param(b"GET http:///x HTTP/1.0\r\n\r\n", id="abs_empty_authority"),
+    pytest.param(b"GET /x HTTP/1.1\r\nHost: a/b?c\r\n\r\n", id="host_path"),
+    pytest.param(b"GET /x HTTP/1.1\r\nHost: a b\r\n\r\n", id="host_space"),
+    pytest.param(b"GET /x HTTP/1.1\r\nHost: u@a\r\n\r\n", id="host_userinfo"),
+    pytest.param(b"OPTIONS * HTTP/1.1\r\nHost: a/b\r\n\r\n", id="asterisk_host_path"),
+    pytest.param(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n", id="asterisk_not_options"),
+    pytest.param(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\nGET /x HTTP/1.1\r\nHost: a@b\r\n\r\n",
+                 id="second_request_host_userinfo"),
+])
+def test_invalid_authority_or_target_is_400(wire: bytes) -> None:
+    err = refused(wire)
+    assert (err.status, err.kind) == (400, "malformed_request")
+
+
+@pytest.mark.parametrize(("target", "path", "authority"), [
+    (b"http://svc?/public/../admin", b"/?/public/../admin", b"svc"),
+    (b"http://svc:8080", b"/", b"svc:8080"),
+    (b"https://[::1]:80/x?y", b"/x?y", b"[::1]:80"),
+])
+def test_absolute_form_authority_ends_at_slash_or_query(target: bytes, path: bytes,
+                                                        authority: bytes) -> None:
+    got = Requests()
+    RequestCodec(got, 4096).feed(b"GET %b HTTP/1.1\r\nHost: other\r\n\r\n" % target)
+    (head,) = got.heads
+    assert (head.path, head.authority) == (path, authority)
+
+
+@pytest.mark.parametrize("framing", [b"Content-Length: 2\r\n\r\nhi",
+                                     b"Transfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"])
+def test_upgrade_request_with_a_body_is_400(framing: bytes) -> None:
+    # llhttp takes the bytes after an upgrade head for the tunnel: the upstream would be told
+    # of a body it never gets and take the next pooled request for it.
+    err = refused(b"POST /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n"
+                  b"Upgrade: websocket\r\n" + framing)
+    assert (err.status, err.kind) == (400, "malformed_request")

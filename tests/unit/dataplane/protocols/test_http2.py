@@ -376,3 +376,34 @@ def test_streams_opened_past_the_limit_spend_the_premature_reset_budget() -> Non
     with pytest.raises(H2Abuse) as err:
         server.feed(client.data_to_send())
     assert err.value.kind == "h2_rapid_reset"
+
+
+def test_malformed_requests_leave_no_per_stream_state() -> None:
+    # Found by an outside review: a malformed HEADERS without END_STREAM left its stream id in
+    # the codec's skip-end set for the connection's life (nothing ever removed it).
+    client, server = pair()
+    for _ in range(50):
+        request(client, [(b"x(y", b"1")], end=False)
+        server.feed(client.data_to_send())
+        client.receive_data(server.data_to_send())
+    assert not server._skip_end and not server._unanswered and not server._trailers
+
+
+@pytest.mark.parametrize("provoke", ["bad_trailers", "data_after_end"])
+def test_resets_the_peer_provokes_spend_the_premature_reset_budget(provoke: str) -> None:
+    # MadeYouReset (CVE-2025-8671): the stream is reset by us (or by h2), not by the peer, but
+    # the peer made it happen and the upstream request is dropped all the same.
+    from tulle.dataplane.protocols.http2 import H2Abuse
+    client, server = _guarded(max_premature_resets=2)
+    with pytest.raises(H2Abuse) as err:
+        for _ in range(3):
+            sid = request(client, end=provoke != "bad_trailers")
+            server.feed(client.data_to_send())
+            if provoke == "bad_trailers":
+                client.send_headers(sid, [(b"x-t", b"a\x01b")], end_stream=True)
+                wire = client.data_to_send()
+            else:  # h2 would not send it: a raw DATA frame on the half-closed stream
+                wire = b"\x00\x00\x01\x00\x00" + sid.to_bytes(4, "big") + b"x"
+            server.feed(wire)
+            client.receive_data(server.data_to_send())
+    assert err.value.kind == "h2_rapid_reset"
