@@ -49,6 +49,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("http1-limits", ("settings.max_header_count", "settings.max_chunk_extension_bytes",
                              "settings.max_trailer_bytes"),
             "HTTP/1 header-count, chunk-extension and trailer-size limits"),
+    Feature("http-filters", ("route_tables[].virtual_hosts[].rules[].filters",),
+            "HTTP filters on route rules (request and response header modifiers)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

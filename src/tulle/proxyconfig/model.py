@@ -25,6 +25,8 @@ from typing import Annotated, Final, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from tulle.proxyconfig.filters import HTTPFilter
+
 Port = Annotated[int, Meta(ge=1, le=65535)]
 PortOrZero = Annotated[int, Meta(ge=0, le=65535)]
 Millis = Annotated[int, Meta(ge=0, le=86_400_000)]
@@ -123,6 +125,9 @@ class RouteRule(_Base, frozen=True, kw_only=True):
     backends: list[BackendRef] = msgspec.field(default_factory=list)
     timeout_ms: Millis | None = None
     """Whole-request timeout; None takes `settings.request_timeout_ms`; 0 disables."""
+    filters: list[HTTPFilter] = msgspec.field(default_factory=list)
+    """HTTP filters of this rule, each tagged by `type` (`proxyconfig/filters/`).  They run in
+    the proxy's declared order (`dataplane/http/chain.py`), not list order; empty: none."""
 
 
 class VirtualHost(_Base, frozen=True, kw_only=True):

@@ -1,0 +1,80 @@
+"""Request and response header modifiers at run time (Gateway API `HTTPHeaderFilter`).
+
+The config (`proxyconfig/filters/headers.py`) was validated at the boundary: names are tokens,
+values carry no CR/LF/NUL, framing and routing fields are refused.  Here the factory lower-cases
+the names once per snapshot (heads carry lower-case names, `exchange.py`), and the filter edits
+the head's header list in place in one pass: `remove` and `set` names drop every existing value,
+then the `set` values and the `add` values are appended.  The filter has no per-request state,
+so the factory hands out one shared instance.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tulle.dataplane.http.filter import CONTINUE, FilterStream, HttpFilter
+
+if TYPE_CHECKING:
+    from tulle.dataplane.exchange import Headers, ResponseHead
+    from tulle.proxyconfig.filters.headers import (
+        HeaderModifier,
+        RequestHeaderModifier,
+        ResponseHeaderModifier,
+    )
+
+
+class HeaderEdit:
+    """One compiled modifier: names to drop and fields to append."""
+
+    __slots__ = ("append", "drop")
+
+    def __init__(self, cfg: HeaderModifier) -> None:
+        self.drop = frozenset([n.lower().encode() for n in cfg.remove]
+                              + [h.name.lower().encode() for h in cfg.set])
+        self.append: tuple[tuple[bytes, bytes], ...] = tuple(
+            [(h.name.lower().encode(), h.value.encode()) for h in cfg.set]
+            + [(h.name.lower().encode(), h.value.encode()) for h in cfg.add])
+
+    def apply(self, headers: Headers) -> None:
+        drop = self.drop
+        if drop:
+            headers[:] = [kv for kv in headers if kv[0] not in drop]
+        headers.extend(self.append)
+
+
+class _RequestFilter(HttpFilter):
+    __slots__ = ("edit",)
+
+    def __init__(self, edit: HeaderEdit) -> None:
+        self.edit = edit
+
+    def on_request_head(self, stream: FilterStream) -> int:
+        self.edit.apply(stream.head.headers)
+        return CONTINUE
+
+
+class _ResponseFilter(HttpFilter):
+    __slots__ = ("edit",)
+
+    def __init__(self, edit: HeaderEdit) -> None:
+        self.edit = edit
+
+    def on_response_head(self, stream: FilterStream, head: ResponseHead) -> int:
+        self.edit.apply(head.headers)
+        return CONTINUE
+
+
+class HeadersFactory:
+    """The factory of one modifier (request or response), built once per route per snapshot."""
+
+    __slots__ = ("_filter",)
+
+    name = "headers"
+
+    def __init__(self, cfg: RequestHeaderModifier | ResponseHeaderModifier,
+                 response: bool) -> None:
+        edit = HeaderEdit(cfg)
+        self._filter: HttpFilter = _ResponseFilter(edit) if response else _RequestFilter(edit)
+
+    def create(self) -> HttpFilter:
+        return self._filter

@@ -1,0 +1,277 @@
+"""The declared order of HTTP filters, and running a route's filters over one request.
+
+The order is written once, here, with the reason for each position (DESIGN.md section 4).  A
+route's filters run in this order whatever order its config lists them in; filters at the same
+position keep their config order.  Request hooks run first to last; response hooks run last to
+first (the filter nearest the router sees the response first), as Envoy's encoder filters do.
+
+A route with no filters has no `Chain` at all (`build_chain` returns None): the drivers test one
+attribute and take the path they took before filters existed, with no per-request object.
+
+A route with filters gets one `Chain` per snapshot (its factories, built once); each request
+gets one `ChainRun` that holds the per-request filters and where the request is in them.  The
+driver is the run's `ChainPort`: it opens the upstream when the request head has passed every
+filter (`filters_continue`, called only after a STOP was resumed — a synchronous pass returns
+True instead) and renders local replies (`filter_reply`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from tulle.dataplane.http.filter import BUFFER, CONTINUE, STOP, FilterFactory, HttpFilter
+
+if TYPE_CHECKING:
+    from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
+
+log = logging.getLogger("tulle.proxy")
+
+ORDER: tuple[tuple[str, str], ...] = (
+    ("authz", "first: a request that may not pass must cost nothing further and leak nothing "
+              "to the filters after it (no rate-limit token, no fault, no mirror)"),
+    ("rate_limit", "after authz, so refused callers do not spend the budget of allowed ones; "
+                   "before anything that does work for the request"),
+    ("fault", "injected delays and aborts stand in for the upstream, so they come after the "
+              "admission checks and before anything that changes the request"),
+    ("redirect", "answers locally; before rewrite and headers, which would edit a request that "
+                 "never goes upstream"),
+    ("rewrite", "changes the path and authority the upstream sees; before headers so header "
+                "edits see the final request"),
+    ("headers", "request and response header modifiers: the last edit of the request and the "
+                "first of the response"),
+    ("mirror", "copies the request exactly as the upstream will receive it, so after every "
+               "edit"),
+)
+"""Every position of the chain, first to last; the router is the terminal after `mirror`.
+Only `headers` has a filter today; the other names reserve their place."""
+
+POSITION = {name: i for i, (name, _) in enumerate(ORDER)}
+
+DEFAULT_BUFFER_LIMIT = 1_048_576
+"""Bytes a data hook may hold with BUFFER before the request is answered locally."""
+
+
+class ChainPort(Protocol):
+    """What the driver does for the chain (H1Exchange and H2Exchange implement it)."""
+
+    def filters_continue(self) -> None:
+        """The request head passed every filter after a STOP: open the upstream now."""
+
+    def filter_reply(self, status: int, body: bytes) -> None:
+        """Answer the request locally (dropping an upstream stream if one is open)."""
+
+
+class ErrorCounter(Protocol):
+    """Where a failing filter is counted (the listener context)."""
+
+    def filter_error(self, name: str) -> None: ...
+
+
+class Chain:
+    """A route's filters for one snapshot: factories in the declared order."""
+
+    __slots__ = ("buffer_limit", "factories", "logged")
+
+    def __init__(self, factories: Sequence[FilterFactory],
+                 buffer_limit: int = DEFAULT_BUFFER_LIMIT) -> None:
+        # sorted() is stable: filters at one position keep their config order.
+        self.factories = tuple(sorted(factories, key=lambda f: POSITION[f.name]))
+        self.buffer_limit = buffer_limit
+        self.logged = False
+        """A failing filter is logged once per chain (per route per snapshot), counted always."""
+
+    def start(self, head: RequestHead, port: ChainPort, errors: ErrorCounter) -> ChainRun:
+        return ChainRun(self, head, port, errors)
+
+
+class ChainRun:
+    """One request's pass through a chain (`FilterStream` for its filters)."""
+
+    __slots__ = ("_held", "_held_at", "_held_bytes", "_in_hook", "_reply", "answered", "chain",
+                 "errors", "filters", "finished", "head", "held", "held_trailers", "index",
+                 "port", "stopped")
+
+    def __init__(self, chain: Chain, head: RequestHead, port: ChainPort,
+                 errors: ErrorCounter) -> None:
+        self.chain = chain
+        self.head = head
+        self.port = port
+        self.errors = errors
+        self.filters: tuple[HttpFilter, ...] = tuple(f.create() for f in chain.factories)
+        self.index = 0
+        self.stopped = False
+        self.answered = False
+        self.finished = False
+        self._in_hook = False
+        self._reply: tuple[int, bytes] | None = None
+        self._held: list[bytes] = []
+        self._held_at = -1
+        self._held_bytes = 0
+        self.held: list[bytes] | None = None
+        """Request body that arrived while the head was stopped (drivers that have no buffer of
+        their own keep it here; its bound is the driver's flow-control window)."""
+        self.held_trailers: Headers | None = None
+
+    # -- FilterStream ---------------------------------------------------------------------
+
+    def reply(self, status: int, body: bytes) -> None:
+        if self.answered or self.finished:
+            return
+        self.answered = True
+        if self._in_hook:
+            self._reply = (status, body)  # rendered when the hook returns
+        else:
+            self.port.filter_reply(status, body)
+
+    def resume(self) -> None:
+        if not self.stopped or self.answered or self.finished:
+            return
+        self.stopped = False
+        if self._request_head(self.index + 1):
+            self.port.filters_continue()
+
+    # -- driver side ----------------------------------------------------------------------
+
+    def request_head(self) -> bool:
+        """Run the request-head hooks.  True: go on now.  False: answered (the port's
+        `filter_reply` was called) or stopped (`filters_continue` follows on resume)."""
+        return self._request_head(0)
+
+    def response_head(self, head: ResponseHead) -> bool:
+        """Run the response-head hooks (last filter first).  False: answered instead."""
+        filters = self.filters
+        for i in range(len(filters) - 1, -1, -1):
+            self._in_hook = True
+            try:
+                r = filters[i].on_response_head(self, head)
+            except Exception as exc:
+                self._in_hook = False
+                self._failed(i, exc)
+                return False
+            self._in_hook = False
+            if self._answer():
+                return False
+            if r != CONTINUE:
+                self._failed(i, ValueError(f"on_response_head returned {r}: only CONTINUE or "
+                                           "a reply are supported on the response side yet"))
+                return False
+        return True
+
+    def request_data(self, data: bytes, end: bool) -> bytes | None:
+        """Run the request-data hooks: the bytes to send upstream now, or None (held)."""
+        return self._data(data, end, range(len(self.filters)), 413)
+
+    def response_data(self, data: bytes, end: bool) -> bytes | None:
+        """Run the response-data hooks (last filter first): bytes for the client, or None."""
+        return self._data(data, end, range(len(self.filters) - 1, -1, -1), 500)
+
+    def done(self) -> None:
+        """The request ended (any way): observers' `on_done`, once; later resumes do nothing."""
+        if self.finished:
+            return
+        self.finished = True
+        for i, f in enumerate(self.filters):
+            try:
+                f.on_done(self)
+            except Exception as exc:
+                self._count(i, exc)
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _request_head(self, start: int) -> bool:
+        filters = self.filters
+        for i in range(start, len(filters)):
+            self._in_hook = True
+            try:
+                r = filters[i].on_request_head(self)
+            except Exception as exc:
+                self._in_hook = False
+                self._failed(i, exc)
+                return False
+            self._in_hook = False
+            if self._answer():
+                return False
+            if r == STOP:
+                self.index = i
+                self.stopped = True
+                return False
+            if r != CONTINUE:
+                self._failed(i, ValueError(f"on_request_head returned {r}"))
+                return False
+        return True
+
+    def _data(self, data: bytes, end: bool, order: range, too_big: int) -> bytes | None:
+        """Data through the hooks in `order`.  A hook that returned BUFFER is called again
+        with everything held so far plus the new chunk, until it lets the bytes go on."""
+        filters = self.filters
+        for i in order:
+            if i == self._held_at:
+                self._held.append(data)
+                self._held_bytes += len(data)
+                if self._held_bytes > self.chain.buffer_limit:
+                    self._held_at = -1
+                    self._held = []
+                    self.reply(too_big, b"filter buffer limit exceeded\n")
+                    return None
+                data = b"".join(self._held) if len(self._held) > 1 else data
+            self._in_hook = True
+            try:
+                f = filters[i]
+                r = (f.on_request_data(self, data, end) if too_big == 413
+                     else f.on_response_data(self, data, end))
+            except Exception as exc:
+                self._in_hook = False
+                self._failed(i, exc)
+                return None
+            self._in_hook = False
+            if self._answer():
+                return None
+            if r == BUFFER and not end:
+                if self._held_at != i:
+                    self._held_at = i
+                    self._held = [data]
+                    self._held_bytes = len(data)
+                return None
+            if i == self._held_at:
+                self._held_at = -1
+                self._held = []
+                self._held_bytes = 0
+            if r not in (CONTINUE, BUFFER):
+                self._failed(i, ValueError(f"data hook returned {r}: STOP is for heads"))
+                return None
+        return data
+
+    def _answer(self) -> bool:
+        """After a hook: render a reply it made.  True when the request was answered."""
+        if not self.answered:
+            return False
+        reply = self._reply
+        if reply is not None:
+            self._reply = None
+            self.port.filter_reply(*reply)
+        return True
+
+    def _count(self, i: int, exc: Exception) -> None:
+        name = self.chain.factories[i].name
+        self.errors.filter_error(name)
+        if not self.chain.logged:
+            self.chain.logged = True
+            log.warning("filter %s failed (logged once per route and snapshot; counted in "
+                        "tulle_proxy_filter_errors_total)", name, exc_info=exc)
+
+    def _failed(self, i: int, exc: Exception) -> None:
+        """A filter raised (or broke the contract): count it and answer 500."""
+        self._count(i, exc)
+        pending = self._reply is not None  # it replied, then raised: the 500 wins
+        self._reply = None
+        if pending or not (self.answered or self.finished):
+            self.answered = True
+            self.port.filter_reply(500, b"filter error\n")
+
+
+def build_chain(factories: Sequence[FilterFactory],
+                buffer_limit: int = DEFAULT_BUFFER_LIMIT) -> Chain | None:
+    """The chain of a route, or None when it has no filters (then it pays nothing)."""
+    return Chain(factories, buffer_limit) if factories else None
