@@ -160,9 +160,11 @@ class _Deny(HttpFilter):
 
 class _Factory:
     name = "fault"
+    stateless = True
 
     def __init__(self, f: HttpFilter) -> None:
         self.f = f
+        self.filter_type = type(f)
 
     def create(self) -> HttpFilter:
         return self.f
@@ -222,10 +224,10 @@ async def test_a_local_reply_renders_per_protocol_and_reaches_no_origin(proto: s
 
 @pytest.mark.parametrize("proto", ["h1", "h2"])
 async def test_a_failing_filter_is_a_500_counted_and_the_listener_serves_on(proto: str) -> None:
-    def boom(self: Any, headers: Any) -> None:
+    def boom(self: Any, stream: Any) -> int:
         raise RuntimeError("filter bug")
     mp = pytest.MonkeyPatch()
-    mp.setattr(headers_filter.HeaderEdit, "apply", boom)
+    mp.setattr(headers_filter._RequestFilter, "on_request_head", boom)
     try:
         async with proxied() as (p, o):
             status = (await h1(p, b"/f/x"))[0] if proto == "h1" else (await h2(p, "/f/x")).status

@@ -5,7 +5,7 @@ values carry no CR/LF/NUL, framing and routing fields are refused.  Here the fac
 the names once per snapshot (heads carry lower-case names, `exchange.py`), and the filter edits
 the head's header list in place in one pass: `remove` and `set` names drop every existing value,
 then the `set` values and the `add` values are appended.  The filter has no per-request state,
-so the factory hands out one shared instance.
+so the factory is `stateless` and one instance serves every request.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from tulle.dataplane.http.filter import CONTINUE, FilterStream, HttpFilter
 
 if TYPE_CHECKING:
-    from tulle.dataplane.exchange import Headers, ResponseHead
+    from tulle.dataplane.exchange import ResponseHead
     from tulle.proxyconfig.filters.headers import (
         HeaderModifier,
         RequestHeaderModifier,
@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 
 class HeaderEdit:
-    """One compiled modifier: names to drop and fields to append."""
+    """One compiled modifier: names to drop and fields to append.  The hooks below apply it
+    inline (one pass from the end, deleting in place, then one extend): they run per request."""
 
     __slots__ = ("append", "drop")
 
@@ -35,46 +36,60 @@ class HeaderEdit:
             [(h.name.lower().encode(), h.value.encode()) for h in cfg.set]
             + [(h.name.lower().encode(), h.value.encode()) for h in cfg.add])
 
-    def apply(self, headers: Headers) -> None:
-        drop = self.drop
-        if drop:
-            headers[:] = [kv for kv in headers if kv[0] not in drop]
-        headers.extend(self.append)
-
 
 class _RequestFilter(HttpFilter):
-    __slots__ = ("edit",)
+    __slots__ = ("append", "drop")
 
     def __init__(self, edit: HeaderEdit) -> None:
-        self.edit = edit
+        self.drop = edit.drop
+        self.append = edit.append
 
     def on_request_head(self, stream: FilterStream) -> int:
-        self.edit.apply(stream.head.headers)
+        headers = stream.head.headers
+        drop = self.drop
+        if drop:
+            i = len(headers)
+            while i:
+                i -= 1
+                if headers[i][0] in drop:
+                    del headers[i]
+        headers += self.append
         return CONTINUE
 
 
 class _ResponseFilter(HttpFilter):
-    __slots__ = ("edit",)
+    __slots__ = ("append", "drop")
 
     def __init__(self, edit: HeaderEdit) -> None:
-        self.edit = edit
+        self.drop = edit.drop
+        self.append = edit.append
 
     def on_response_head(self, stream: FilterStream, head: ResponseHead) -> int:
-        self.edit.apply(head.headers)
+        headers = head.headers
+        drop = self.drop
+        if drop:
+            i = len(headers)
+            while i:
+                i -= 1
+                if headers[i][0] in drop:
+                    del headers[i]
+        headers += self.append
         return CONTINUE
 
 
 class HeadersFactory:
     """The factory of one modifier (request or response), built once per route per snapshot."""
 
-    __slots__ = ("_filter",)
+    __slots__ = ("_filter", "filter_type")
 
     name = "headers"
+    stateless = True
 
     def __init__(self, cfg: RequestHeaderModifier | ResponseHeaderModifier,
                  response: bool) -> None:
         edit = HeaderEdit(cfg)
         self._filter: HttpFilter = _ResponseFilter(edit) if response else _RequestFilter(edit)
+        self.filter_type: type[HttpFilter] = type(self._filter)
 
     def create(self) -> HttpFilter:
         return self._filter

@@ -69,10 +69,16 @@ class ErrorCounter(Protocol):
     def filter_error(self, name: str) -> None: ...
 
 
-class Chain:
-    """A route's filters for one snapshot: factories in the declared order."""
+def _overrides(cls: type[HttpFilter], hook: str) -> bool:
+    return getattr(cls, hook) is not getattr(HttpFilter, hook)
 
-    __slots__ = ("buffer_limit", "factories", "logged")
+
+class Chain:
+    """A route's filters for one snapshot: factories in the declared order, and for each hook
+    the positions whose filter implements it (a hook left at the default is never called)."""
+
+    __slots__ = ("buffer_limit", "factories", "logged", "observers", "request_heads",
+                 "response_heads", "shared")
 
     def __init__(self, factories: Sequence[FilterFactory],
                  buffer_limit: int = DEFAULT_BUFFER_LIMIT) -> None:
@@ -81,17 +87,23 @@ class Chain:
         self.buffer_limit = buffer_limit
         self.logged = False
         """A failing filter is logged once per chain (per route per snapshot), counted always."""
-
-    def start(self, head: RequestHead, port: ChainPort, errors: ErrorCounter) -> ChainRun:
-        return ChainRun(self, head, port, errors)
+        kinds = [f.filter_type for f in self.factories]
+        n = len(kinds)
+        self.request_heads = tuple(i for i in range(n) if _overrides(kinds[i], "on_request_head"))
+        self.response_heads = tuple(i for i in range(n - 1, -1, -1)
+                                    if _overrides(kinds[i], "on_response_head"))
+        self.observers = tuple(i for i in range(n) if _overrides(kinds[i], "on_done"))
+        self.shared: tuple[HttpFilter, ...] | None = None
+        """When every filter is stateless: the instances all requests share (no allocation)."""
+        if all(f.stateless for f in self.factories):
+            self.shared = tuple(f.create() for f in self.factories)
 
 
 class ChainRun:
     """One request's pass through a chain (`FilterStream` for its filters)."""
 
-    __slots__ = ("_held", "_held_at", "_held_bytes", "_in_hook", "_reply", "answered", "chain",
-                 "errors", "filters", "finished", "head", "held", "held_trailers", "index",
-                 "port", "stopped")
+    __slots__ = ("_buf", "_in_hook", "_reply", "answered", "chain", "errors", "filters",
+                 "finished", "head", "held", "held_trailers", "index", "port", "stopped")
 
     def __init__(self, chain: Chain, head: RequestHead, port: ChainPort,
                  errors: ErrorCounter) -> None:
@@ -99,16 +111,17 @@ class ChainRun:
         self.head = head
         self.port = port
         self.errors = errors
-        self.filters: tuple[HttpFilter, ...] = tuple(f.create() for f in chain.factories)
+        shared = chain.shared
+        self.filters: tuple[HttpFilter, ...] = (
+            shared if shared is not None else tuple([f.create() for f in chain.factories]))
         self.index = 0
         self.stopped = False
         self.answered = False
         self.finished = False
         self._in_hook = False
         self._reply: tuple[int, bytes] | None = None
-        self._held: list[bytes] = []
-        self._held_at = -1
-        self._held_bytes = 0
+        self._buf: _Buffer | None = None
+        """What a data hook that returned BUFFER holds (made on the first data hook)."""
         self.held: list[bytes] | None = None
         """Request body that arrived while the head was stopped (drivers that have no buffer of
         their own keep it here; its bound is the driver's flow-control window)."""
@@ -129,20 +142,43 @@ class ChainRun:
         if not self.stopped or self.answered or self.finished:
             return
         self.stopped = False
-        if self._request_head(self.index + 1):
+        if self.request_head(self.index + 1):
             self.port.filters_continue()
 
     # -- driver side ----------------------------------------------------------------------
 
-    def request_head(self) -> bool:
-        """Run the request-head hooks.  True: go on now.  False: answered (the port's
-        `filter_reply` was called) or stopped (`filters_continue` follows on resume)."""
-        return self._request_head(0)
+    def request_head(self, start: int = 0) -> bool:
+        """Run the request-head hooks (from the `start`-th that has one).  True: go on now.
+        False: answered (the port's `filter_reply` was called) or stopped (`filters_continue`
+        follows on resume)."""
+        filters = self.filters
+        order = self.chain.request_heads
+        for k in range(start, len(order)):
+            i = order[k]
+            self._in_hook = True
+            try:
+                r = filters[i].on_request_head(self)
+            except Exception as exc:
+                self._in_hook = False
+                self._failed(i, exc)
+                return False
+            self._in_hook = False
+            if self.answered:
+                self._answer()
+                return False
+            if r == STOP:
+                self.index = k
+                self.stopped = True
+                return False
+            if r != CONTINUE:
+                self._failed(i, ValueError(f"on_request_head returned {r}"))
+                return False
+        return True
 
     def response_head(self, head: ResponseHead) -> bool:
         """Run the response-head hooks (last filter first).  False: answered instead."""
         filters = self.filters
-        for i in range(len(filters) - 1, -1, -1):
+        for i in self.chain.response_heads:
             self._in_hook = True
             try:
                 r = filters[i].on_response_head(self, head)
@@ -151,7 +187,8 @@ class ChainRun:
                 self._failed(i, exc)
                 return False
             self._in_hook = False
-            if self._answer():
+            if self.answered:
+                self._answer()
                 return False
             if r != CONTINUE:
                 self._failed(i, ValueError(f"on_response_head returned {r}: only CONTINUE or "
@@ -172,50 +209,30 @@ class ChainRun:
         if self.finished:
             return
         self.finished = True
-        for i, f in enumerate(self.filters):
+        for i in self.chain.observers:
             try:
-                f.on_done(self)
+                self.filters[i].on_done(self)
             except Exception as exc:
                 self._count(i, exc)
 
     # -- internals ------------------------------------------------------------------------
 
-    def _request_head(self, start: int) -> bool:
-        filters = self.filters
-        for i in range(start, len(filters)):
-            self._in_hook = True
-            try:
-                r = filters[i].on_request_head(self)
-            except Exception as exc:
-                self._in_hook = False
-                self._failed(i, exc)
-                return False
-            self._in_hook = False
-            if self._answer():
-                return False
-            if r == STOP:
-                self.index = i
-                self.stopped = True
-                return False
-            if r != CONTINUE:
-                self._failed(i, ValueError(f"on_request_head returned {r}"))
-                return False
-        return True
-
     def _data(self, data: bytes, end: bool, order: range, too_big: int) -> bytes | None:
         """Data through the hooks in `order`.  A hook that returned BUFFER is called again
         with everything held so far plus the new chunk, until it lets the bytes go on."""
         filters = self.filters
+        buf = self._buf
+        if buf is None:
+            buf = self._buf = _Buffer()
         for i in order:
-            if i == self._held_at:
-                self._held.append(data)
-                self._held_bytes += len(data)
-                if self._held_bytes > self.chain.buffer_limit:
-                    self._held_at = -1
-                    self._held = []
+            if i == buf.at:
+                buf.chunks.append(data)
+                buf.size += len(data)
+                if buf.size > self.chain.buffer_limit:
+                    buf.clear()
                     self.reply(too_big, b"filter buffer limit exceeded\n")
                     return None
-                data = b"".join(self._held) if len(self._held) > 1 else data
+                data = b"".join(buf.chunks) if len(buf.chunks) > 1 else data
             self._in_hook = True
             try:
                 f = filters[i]
@@ -229,15 +246,13 @@ class ChainRun:
             if self._answer():
                 return None
             if r == BUFFER and not end:
-                if self._held_at != i:
-                    self._held_at = i
-                    self._held = [data]
-                    self._held_bytes = len(data)
+                if buf.at != i:
+                    buf.at = i
+                    buf.chunks = [data]
+                    buf.size = len(data)
                 return None
-            if i == self._held_at:
-                self._held_at = -1
-                self._held = []
-                self._held_bytes = 0
+            if i == buf.at:
+                buf.clear()
             if r not in (CONTINUE, BUFFER):
                 self._failed(i, ValueError(f"data hook returned {r}: STOP is for heads"))
                 return None
@@ -269,6 +284,22 @@ class ChainRun:
         if pending or not (self.answered or self.finished):
             self.answered = True
             self.port.filter_reply(500, b"filter error\n")
+
+
+class _Buffer:
+    """Chunks held for the data hook at position `at` (-1: none), `size` bytes in all."""
+
+    __slots__ = ("at", "chunks", "size")
+
+    def __init__(self) -> None:
+        self.at = -1
+        self.chunks: list[bytes] = []
+        self.size = 0
+
+    def clear(self) -> None:
+        self.at = -1
+        self.chunks = []
+        self.size = 0
 
 
 def build_chain(factories: Sequence[FilterFactory],

@@ -8,8 +8,9 @@ Shape (Envoy's `StreamFilter`, linkerd's layers):
 
 * A `FilterFactory` is built once per route per snapshot from the filter's typed config
   (`proxyconfig/filters/<name>.py`); everything that can be computed ahead (lower-cased names,
-  compiled patterns) is computed there.  `create()` gives the per-request `HttpFilter`; a filter
-  with no per-request state may hand out one shared instance, so it costs no allocation.
+  compiled patterns) is computed there.  `create()` gives the per-request `HttpFilter`; a
+  factory that says `stateless` is asked once per snapshot and its instance is shared, so it
+  costs no allocation.  Only the hooks a filter class overrides are ever called.
 * Hooks, in the order a request meets them: `on_request_head`, `on_request_data`,
   `on_response_head`, `on_response_data`, `on_done`.  Each returns one of:
   - `CONTINUE`: the next filter (then the router / the client) sees the message;
@@ -83,5 +84,10 @@ class FilterFactory(Protocol):
 
     name: str
     """The filter's name in the declared order (`chain.ORDER`) and in metrics."""
+    filter_type: type[HttpFilter]
+    """The class `create` returns: the chain calls only the hooks it overrides."""
+    stateless: bool
+    """True when one instance can serve every request (no per-request state): the chain then
+    creates it once per snapshot and a request allocates nothing for it."""
 
     def create(self) -> HttpFilter: ...

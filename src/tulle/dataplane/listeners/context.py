@@ -144,6 +144,11 @@ class ListenerContext:
         """The shared decision for requests routed to `cluster` with `timeout_ms` (and, for a
         route with filters, its `chain`: one decision per chain and cluster)."""
         if chain is not None:
+            by_cluster = self._chain_decisions.get(chain)
+            if by_cluster is not None:
+                d = by_cluster.get(cluster)
+                if d is not None:
+                    return d
             return self._chained(cluster, timeout_ms, chain)
         by_timeout = self._decisions.get(cluster)
         if by_timeout is not None:
@@ -158,16 +163,12 @@ class ListenerContext:
         return d
 
     def _chained(self, cluster: str, timeout_ms: int, chain: Chain) -> Decision:
-        by_cluster = self._chain_decisions.get(chain)
-        if by_cluster is None:
-            by_cluster = self._chain_decisions[chain] = {}
-        d = by_cluster.get(cluster)
-        if d is None:
-            rt = self.clusters.get(cluster)
-            if rt is None:
-                return no_cluster(cluster)
-            d = by_cluster[cluster] = Decision(rt, cluster, timeout_ms,
-                                               stats=self.stats(cluster), chain=chain)
+        """The first request to `cluster` through `chain` (a route with filters)."""
+        rt = self.clusters.get(cluster)
+        if rt is None:
+            return no_cluster(cluster)
+        d = Decision(rt, cluster, timeout_ms, stats=self.stats(cluster), chain=chain)
+        self._chain_decisions.setdefault(chain, {})[cluster] = d
         return d
 
     def filter_error(self, name: str) -> None:

@@ -48,6 +48,7 @@ from tulle.dataplane.exchange import (
     UpstreamError,
     UpstreamStream,
 )
+from tulle.dataplane.http.chain import ChainRun
 from tulle.dataplane.listeners.context import (
     ListenerHandle,
     RequestStats,
@@ -65,7 +66,6 @@ from tulle.dataplane.protocols.http1 import (
 )
 
 if TYPE_CHECKING:
-    from tulle.dataplane.http.chain import ChainRun
     from tulle.dataplane.routing.router import Router
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -234,8 +234,10 @@ class H1Exchange:
         if self.recorded:
             return
         self.recorded = True
-        if self.filters is not None:
-            self.filters.done()
+        run = self.filters
+        if run is not None:
+            self.filters = None  # breaks exchange -> run -> exchange: freed without the GC
+            run.done()
         conn = self.conn
         stats = self.stats or conn.ctx.stats(self.cluster)
         stats.count(self.status, self.flags, (conn.loop.time() - self.start) * 1000.0)
@@ -457,7 +459,7 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
             add_forwarding_headers(head, self.peer_ip, ctx.generate_request_id)
             if d.chain is not None:
                 ex.decision = d
-                ex.filters = run = d.chain.start(head, ex, ctx)
+                ex.filters = run = ChainRun(d.chain, head, ex, ctx)
                 if not run.request_head():
                     return  # answered, or stopped: filters_continue() comes back here
         cluster = d.cluster

@@ -42,6 +42,7 @@ from tulle.dataplane.exchange import (
     UpstreamError,
     UpstreamStream,
 )
+from tulle.dataplane.http.chain import ChainRun
 from tulle.dataplane.listeners.context import (
     ListenerContext,
     ListenerHandle,
@@ -71,7 +72,6 @@ from tulle.dataplane.protocols.http2 import (
 )
 
 if TYPE_CHECKING:
-    from tulle.dataplane.http.chain import ChainRun
     from tulle.dataplane.routing.router import Router
 
 log = logging.getLogger("tulle.proxy")
@@ -263,8 +263,10 @@ class H2Exchange:
         if self.unacked:
             conn.codec.ack(self.sid, self.unacked)
             self.unacked = 0
-        if self.filters is not None:
-            self.filters.done()
+        run = self.filters
+        if run is not None:
+            self.filters = None  # breaks exchange -> run -> exchange: freed without the GC
+            run.done()
         conn.ctx.stats(self.cluster).count(
             self.status, self.flags, (conn.loop.time() - self.start) * 1000.0)
         conn.exchange_done(self)
@@ -429,7 +431,7 @@ class H2Downstream(asyncio.Protocol, RoutedConnection):
         add_forwarding_headers(head, self.peer_ip, self.ctx.generate_request_id)
         if d.chain is not None:
             ex.decision = d
-            ex.filters = run = d.chain.start(head, ex, self.ctx)
+            ex.filters = run = ChainRun(d.chain, head, ex, self.ctx)
             if not run.request_head():
                 return  # answered, or stopped: filters_continue() opens the upstream later
         stream = cluster.open_stream(head, ex, end)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from tulle.dataplane.exchange import RequestHead, ResponseHead
 from tulle.dataplane.filters import factory_for
-from tulle.dataplane.http.chain import build_chain
+from tulle.dataplane.http.chain import ChainRun, build_chain
 from tulle.proxyconfig.filters.headers import (
     HTTPHeader,
     RequestHeaderModifier,
@@ -33,7 +33,7 @@ def test_request_set_add_remove_gateway_api_semantics() -> None:
                     [(b"x-env", b"dev"), (b"x-tag", b"a"), (b"x-secret", b"s"),
                      (b"x-env", b"dev2"), (b"accept", b"*/*")])
     p = Port()
-    assert chain.start(h, p, p).request_head() is True
+    assert ChainRun(chain, h, p, p).request_head() is True
     assert h.headers == [(b"x-tag", b"a"), (b"accept", b"*/*"), (b"x-env", b"prod"),
                          (b"x-tag", b"b")]
 
@@ -46,7 +46,7 @@ def test_response_modifier_edits_only_the_response() -> None:
     req = RequestHead(b"GET", b"/", b"svc", b"http", [(b"server", b"kept")])
     resp = ResponseHead(200, [(b"server", b"nginx"), (b"cache-control", b"max-age=9")])
     p = Port()
-    run = chain.start(req, p, p)
+    run = ChainRun(chain, req, p, p)
     assert run.request_head() and run.response_head(resp)
     assert req.headers == [(b"server", b"kept")]
     assert resp.headers == [(b"cache-control", b"no-store")]

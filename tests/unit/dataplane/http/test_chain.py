@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tulle.dataplane.exchange import RequestHead, ResponseHead
-from tulle.dataplane.http.chain import ORDER, Chain, build_chain
+from tulle.dataplane.http.chain import ORDER, Chain, ChainRun, build_chain
 from tulle.dataplane.http.filter import BUFFER, CONTINUE, STOP, FilterStream, HttpFilter
 
 
@@ -69,6 +69,8 @@ class Factory:
     tag: str
     script: dict[str, object]
     log: list[str]
+    filter_type: type[HttpFilter] = Scripted
+    stateless: bool = False
 
     def create(self) -> HttpFilter:
         return Scripted(self.tag, self.script, self.log)
@@ -99,7 +101,7 @@ def test_order_is_declared_once_with_a_reason_each_and_ends_before_the_router() 
 def test_filters_run_in_declared_order_not_config_order_and_responses_in_reverse() -> None:
     chain, log = make(("headers", "h", {}), ("authz", "a", {}), ("headers", "h2", {}))
     port = Port()
-    run = chain.start(head(), port, port)
+    run = ChainRun(chain, head(), port, port)
     assert run.request_head() is True
     assert run.response_head(ResponseHead(200, [])) is True
     run.done()
@@ -112,7 +114,7 @@ def test_filters_run_in_declared_order_not_config_order_and_responses_in_reverse
 def test_stop_then_resume_continues_with_the_next_filter_and_calls_the_port() -> None:
     chain, log = make(("authz", "a", {"req": STOP}), ("headers", "h", {}))
     port = Port()
-    run = chain.start(head(), port, port)
+    run = ChainRun(chain, head(), port, port)
     assert run.request_head() is False
     assert log == ["a.req"] and port.events == []
     run.resume()
@@ -124,7 +126,7 @@ def test_stop_then_resume_continues_with_the_next_filter_and_calls_the_port() ->
 def test_resume_after_the_request_ended_does_nothing() -> None:
     chain, log = make(("fault", "f", {"req": STOP}), ("headers", "h", {}))
     port = Port()
-    run = chain.start(head(), port, port)
+    run = ChainRun(chain, head(), port, port)
     run.request_head()
     run.done()  # the client went away while the filter waited
     run.resume()
@@ -134,7 +136,7 @@ def test_resume_after_the_request_ended_does_nothing() -> None:
 def test_local_reply_stops_the_chain_and_is_rendered_once_after_the_hook() -> None:
     chain, log = make(("authz", "a", {"req": (403, b"denied\n")}), ("headers", "h", {}))
     port = Port()
-    run = chain.start(head(), port, port)
+    run = ChainRun(chain, head(), port, port)
     assert run.request_head() is False
     assert port.events == [(403, b"denied\n")] and log == ["a.req"]
     run.reply(500, b"again")  # a second answer is ignored
@@ -144,7 +146,7 @@ def test_local_reply_stops_the_chain_and_is_rendered_once_after_the_hook() -> No
 def test_a_stopped_filter_may_answer_later() -> None:
     chain, _ = make(("authz", "a", {"req": STOP}))
     port = Port()
-    run = chain.start(head(), port, port)
+    run = ChainRun(chain, head(), port, port)
     run.request_head()
     run.reply(429, b"later\n")
     run.resume()
@@ -154,7 +156,7 @@ def test_a_stopped_filter_may_answer_later() -> None:
 def test_local_reply_on_the_response_head() -> None:
     chain, _ = make(("headers", "h", {"resp": (502, b"bad origin\n")}))
     port = Port()
-    run = chain.start(head(), port, port)
+    run = ChainRun(chain, head(), port, port)
     assert run.request_head() is True
     assert run.response_head(ResponseHead(200, [])) is False
     assert port.events == [(502, b"bad origin\n")]
@@ -164,7 +166,7 @@ def test_local_reply_on_the_response_head() -> None:
 def test_an_exception_is_a_500_and_counted_never_raised(hook: str) -> None:
     chain, log = make(("authz", "a", {}), ("headers", "h", {hook: "raise"}))
     port = Port()
-    run = chain.start(head(), port, port)
+    run = ChainRun(chain, head(), port, port)
     ok = run.request_head() and run.response_head(ResponseHead(200, []))
     assert ok is False
     assert port.events == [(500, b"filter error\n")]
@@ -176,7 +178,7 @@ def test_an_exception_is_a_500_and_counted_never_raised(hook: str) -> None:
 def test_stop_on_the_response_side_is_refused_as_a_filter_error() -> None:
     chain, _ = make(("headers", "h", {"resp": STOP}))
     port = Port()
-    run = chain.start(head(), port, port)
+    run = ChainRun(chain, head(), port, port)
     run.request_head()
     assert run.response_head(ResponseHead(200, [])) is False
     assert port.events == [(500, b"filter error\n")] and port.errors == ["headers"]
@@ -186,7 +188,7 @@ def test_buffer_holds_chunks_until_the_filter_lets_them_go() -> None:
     script: dict[str, object] = {"data": BUFFER}
     chain, log = make(("authz", "a", {}), ("headers", "h", script))
     port = Port()
-    run = chain.start(head(), port, port)
+    run = ChainRun(chain, head(), port, port)
     assert run.request_data(b"ab", False) is None
     assert run.request_data(b"cd", False) is None
     script["data"] = CONTINUE
@@ -199,7 +201,7 @@ def test_buffer_holds_chunks_until_the_filter_lets_them_go() -> None:
 def test_buffering_past_the_bound_is_answered_413() -> None:
     chain, _ = make(("headers", "h", {"data": BUFFER}), limit=5)
     port = Port()
-    run = chain.start(head(), port, port)
+    run = ChainRun(chain, head(), port, port)
     assert run.request_data(b"abc", False) is None
     assert run.request_data(b"def", False) is None
     assert port.events == [(413, b"filter buffer limit exceeded\n")]
@@ -208,6 +210,6 @@ def test_buffering_past_the_bound_is_answered_413() -> None:
 def test_buffer_at_end_of_stream_lets_everything_through() -> None:
     chain, _ = make(("headers", "h", {"data": BUFFER}))
     port = Port()
-    run = chain.start(head(), port, port)
+    run = ChainRun(chain, head(), port, port)
     assert run.request_data(b"ab", False) is None
     assert run.request_data(b"cd", True) == b"abcd"
