@@ -259,3 +259,48 @@ async def test_hostile_filter_config_is_refused_and_the_last_good_one_keeps_serv
         assert edited(origin_fields(o.requests[0])) == [
             (b"x-tag", b"orig"), (b"x-env", b"prod"), (b"x-tag", b"added")]
         assert len(o.requests) == 1 and b"injected" not in o.requests[0]
+
+
+class _Hold(HttpFilter):
+    """Stops on the request head and never resumes by itself; the test resumes it."""
+
+    __slots__ = ("streams",)
+
+    def __init__(self) -> None:
+        self.streams: list[FilterStream] = []
+
+    def on_request_head(self, stream: FilterStream) -> int:
+        self.streams.append(stream)
+        return STOP
+
+
+@pytest.mark.parametrize("proto", ["h1", "h2"])
+async def test_client_gone_while_stopped_reaches_no_origin_and_a_late_resume_is_harmless(
+        proto: str) -> None:
+    hold = _Hold()
+    async with with_extra(hold) as (p, o):
+        if proto == "h1":
+            r, w = await connect(p.port())
+            w.write(b"POST /f/x HTTP/1.1\r\nHost: svc\r\ncontent-length: 10\r\n\r\n01234")
+            await w.drain()
+            await eventually_true(lambda: bool(hold.streams))
+            w.close()  # mid-body, while the filter holds the head
+        else:
+            c = await H2Client.connect(p.port())
+            sid, _ = c.start("POST", "/f/x", [(b"content-length", b"10")], end_stream=False)
+            await eventually_true(lambda: bool(hold.streams))
+            c.reset(sid)
+        await eventually_true(lambda: p.metric("tulle_proxy_requests_total",
+                                               response_flags="DC") == 1)
+        hold.streams[0].resume()  # the filter's external call comes back late
+        hold.streams[0].reply(403, b"late\n")
+        if proto == "h2":
+            c.close()
+        assert o.requests == [] and o.connections == 0
+        assert (await h1(p, b"/other"))[0] == 200  # the listener serves on
+
+
+async def eventually_true(cond: Any, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not cond():
+            await asyncio.sleep(0.005)

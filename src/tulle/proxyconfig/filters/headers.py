@@ -8,8 +8,9 @@ Semantics are Gateway API's `HTTPHeaderFilter`: `set` replaces every value of a 
 it), `add` appends a value, `remove` drops every value of a header; names match case-insensitively.
 Each list holds at most 16 entries, and a name appears at most once across the three lists.
 
-Refused, with the field path: a name that is not an RFC 9110 token, a value containing CR, LF or
-NUL (it would inject a header, or be cut short), and names the proxy itself owns — the framing and
+Refused, with the field path: a name that is not an RFC 9110 token, a value containing CR, LF,
+NUL or another control character, or with leading or trailing whitespace (it would inject a
+header, be cut short, or be refused by an HTTP/2 peer), and names the proxy itself owns — the framing and
 hop-by-hop fields (`content-length`, `transfer-encoding`, `host`, `connection`, `te`, `upgrade`,
 `keep-alive`, `proxy-connection`) and pseudo-headers (`:path` ...).  Editing those would let a
 config change how a message is framed or where it is routed after routing decided.
@@ -30,8 +31,12 @@ MAX_ENTRIES = 16
 HeaderName = Annotated[str, Meta(min_length=1, max_length=256,
                                  pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
 """An RFC 9110 token: a pseudo-header (`:path`) or anything with a space or colon fails here."""
-HeaderValue = Annotated[str, Meta(max_length=4096, pattern=r"^[^\r\n\x00]*$")]
-"""No CR, LF or NUL: a value from config can never start a new header line."""
+HeaderValue = Annotated[str, Meta(
+    max_length=4096,
+    pattern=r"^(?:[^\x00-\x20\x7f](?:[^\x00-\x08\x0a-\x1f\x7f]*[^\x00-\x20\x7f])?)?$")]
+"""An RFC 9110 field value: no CR, LF, NUL or other control character (tab only inside), no
+leading or trailing whitespace.  A value from config can never start a new header line, and
+HTTP/2 peers (which refuse surrounding whitespace) take every value HTTP/1 peers take."""
 
 OWNED = frozenset({"content-length", "transfer-encoding", "host", "connection", "te", "upgrade",
                    "keep-alive", "proxy-connection"})

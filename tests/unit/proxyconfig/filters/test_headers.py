@@ -31,7 +31,9 @@ def errors(filters: list[Any]) -> list[str]:
 
 def test_a_good_pair_is_taken() -> None:
     assert errors([
-        {"type": "RequestHeaderModifier", "set": [{"name": "X-A", "value": "1"}],
+        {"type": "RequestHeaderModifier", "set": [{"name": "X-A", "value": "1"},
+                                                  {"name": "x-empty", "value": ""},
+                                                  {"name": "x-tab", "value": "a\tb é"}],
          "add": [{"name": "x-b", "value": "two words"}], "remove": ["x-c"]},
         {"type": "ResponseHeaderModifier", "remove": ["server"]}]) == []
 
@@ -50,7 +52,8 @@ def test_names_must_be_tokens(name: str) -> None:
     assert got and all(e.startswith(f"{P}[0].set[0].name: must ") for e in got)
 
 
-@pytest.mark.parametrize("value", ["a\r\nx-injected: 1", "a\nb", "a\rb", "a\x00b"])
+@pytest.mark.parametrize("value", ["a\r\nx-injected: 1", "a\nb", "a\rb", "a\x00b", " a", "a\t",
+                                   "a\x01b", "a\x7f", "\r\n"])
 def test_values_cannot_inject_lines(value: str) -> None:
     got = errors([{"type": "ResponseHeaderModifier", "add": [{"name": "x", "value": value}]}])
     assert len(got) == 1 and got[0].startswith(f"{P}[0].add[0].value: must match")
