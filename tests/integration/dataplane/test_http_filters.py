@@ -304,3 +304,29 @@ async def eventually_true(cond: Any, timeout: float = 5.0) -> None:
     async with asyncio.timeout(timeout):
         while not cond():
             await asyncio.sleep(0.005)
+
+
+class _RejectResponse(HttpFilter):
+    """Replaces the upstream's response with its own (a response-side policy)."""
+
+    __slots__ = ()
+
+    def on_response_head(self, stream: FilterStream, head: Any) -> int:
+        stream.reply(502, b"response refused by filter\n")
+        return STOP
+
+
+@pytest.mark.parametrize("proto", ["h1", "h2"])
+async def test_a_reply_on_the_response_head_replaces_the_upstream_response(proto: str) -> None:
+    async with with_extra(_RejectResponse()) as (p, o):
+        for _ in range(2):  # the upstream connection is dropped, not reused mid-response
+            if proto == "h1":
+                status, headers, body = await h1(p, b"/f/x")
+            else:
+                r = await h2(p, "/f/x")
+                status, headers, body = r.status, r.headers, bytes(r.body)
+            assert (status, body) == (502, b"response refused by filter\n")
+            assert b"x-debug" not in dict(headers)
+        assert len(o.requests) == 2
+        assert p.metric("tulle_proxy_requests_total", response_code="502") == 2
+        assert (await h1(p, b"/other"))[0] == 200
