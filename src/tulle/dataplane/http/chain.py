@@ -153,8 +153,7 @@ class ChainRun:
         follows on resume)."""
         filters = self.filters
         order = self.chain.request_heads
-        for k in range(start, len(order)):
-            i = order[k]
+        for i in order[start:] if start else order:
             self._in_hook = True
             try:
                 r = filters[i].on_request_head(self)
@@ -167,7 +166,7 @@ class ChainRun:
                 self._answer()
                 return False
             if r == STOP:
-                self.index = k
+                self.index = order.index(i)
                 self.stopped = True
                 return False
             if r != CONTINUE:
