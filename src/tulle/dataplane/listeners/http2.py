@@ -367,7 +367,9 @@ class H2Downstream(asyncio.Protocol, RoutedConnection):
                 elif ex is not None and ex.filters is not None and not ex.done:
                     # The filters stopped the head: hold the body, unacknowledged (the stream
                     # window bounds it) until they let the request go upstream.
-                    ex.filters.held = [*(ex.filters.held or ()), ev.data]
+                    if ex.filters.held is None:
+                        ex.filters.held = []
+                    ex.filters.held.append(ev.data)
                     ex.unacked += ev.flow_length
                     continue
                 self.codec.ack(ev.stream_id, ev.flow_length)
