@@ -51,6 +51,8 @@ FEATURES: tuple[Feature, ...] = (
             "HTTP/1 header-count, chunk-extension and trailer-size limits"),
     Feature("network-filters", ("listeners[].network_filters",),
             "L4 filters (source_ip, connection_limit, flow_log) on opaque TCP listeners"),
+    Feature("http-filters", ("route_tables[].virtual_hosts[].rules[].filters",),
+            "HTTP filters on route rules (request and response header modifiers)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -25,6 +25,7 @@ from typing import Annotated, Final, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from tulle.proxyconfig.filters import HTTPFilter
 from tulle.proxyconfig.network import NetworkFilterConfig
 
 Port = Annotated[int, Meta(ge=1, le=65535)]
@@ -125,6 +126,9 @@ class RouteRule(_Base, frozen=True, kw_only=True):
     backends: list[BackendRef] = msgspec.field(default_factory=list)
     timeout_ms: Millis | None = None
     """Whole-request timeout; None takes `settings.request_timeout_ms`; 0 disables."""
+    filters: list[HTTPFilter] = msgspec.field(default_factory=list)
+    """HTTP filters of this rule, each tagged by `type` (`proxyconfig/filters/`).  They run in
+    the proxy's declared order (`dataplane/http/chain.py`), not list order; empty: none."""
 
 
 class VirtualHost(_Base, frozen=True, kw_only=True):

@@ -20,7 +20,7 @@ import msgspec
 from msgspec import inspect as mi
 
 from tulle.errors import FieldError
-from tulle.proxyconfig import network
+from tulle.proxyconfig import filters, network
 from tulle.proxyconfig.model import Listener, ProxyConfig
 
 
@@ -163,6 +163,8 @@ def _check(value: Any, t: mi.Type, path: str, out: list[FieldError], w: _Walk) -
         if not isinstance(value, list):
             out.append(FieldError(path, f"expected a list, got {type(value).__name__}"))
             return
+        if t.max_length is not None and len(value) > t.max_length:
+            out.append(FieldError(path, f"must have at most {t.max_length} items"))
         for i, item in enumerate(value):
             _check(item, t.item_type, _join(path, i), out, w)
         return
@@ -296,6 +298,8 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
                     if not match.path.value.startswith("/"):
                         out.append(FieldError(f"{rp}.matches[{m}].path.value",
                                               'must start with "/"'))
+                for m, f in enumerate(rule.filters):
+                    out += filters.errors(f, f"{rp}.filters[{m}]")
     for i, c in enumerate(cfg.clusters):
         if c.tls is not None and c.tls.cert_file and not c.tls.key_file:
             out.append(FieldError(f"clusters[{i}].tls.key_file", "required with cert_file"))

@@ -11,6 +11,7 @@ import pytest
 from msgspec import inspect as mi
 
 from tulle.proxyconfig import model, network
+from tulle.proxyconfig.filters import headers
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "reference" / "proxyconfig.md"
 STRUCTS = [model.ProxyConfig, model.Node, model.Admin, model.Settings, model.Listener,
@@ -19,6 +20,7 @@ STRUCTS = [model.ProxyConfig, model.Node, model.Admin, model.Settings, model.Lis
            model.BackendRef, model.Overload]
 STRUCTS += [model.PathNormalization]
 STRUCTS += [network.SourceIP, network.ConnectionLimit, network.FlowLog]
+STRUCTS += [headers.RequestHeaderModifier, headers.ResponseHeaderModifier, headers.HTTPHeader]
 
 
 def _doc_tables() -> dict[str, dict[str, str]]:

@@ -2,8 +2,10 @@
 
 A route attached to a Service replaces the Service's default rule for the parent's port (or all
 its ports when the parentRef names none).  Several routes on one Service are merged; the router
-orders matches by Gateway API precedence.  What the data plane cannot do yet is never dropped
-silently: the route's `Accepted` / `ResolvedRefs` conditions say what was ignored and why, and
+orders matches by Gateway API precedence.  Request and response header modifiers compile into
+the rule's `filters`; a rule with any other filter, or with header settings the proxy would
+refuse, is left out.  What the data plane cannot do yet is never dropped silently: the route's
+`Accepted` / `ResolvedRefs` / `PartiallyInvalid` conditions say what was ignored and why, and
 the rest of the mesh compiles regardless.
 """
 
@@ -12,9 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from tulle.controlplane.compiler.durations import to_ms
 from tulle.controlplane.compiler.inputs import Key, MeshInputs, Resource, spec_of
 from tulle.controlplane.compiler.services import ServicePort, cluster_name
+from tulle.proxyconfig import filters as proxy_filters
+from tulle.proxyconfig.filters import HTTPFilter
+from tulle.proxyconfig.validate import convert_error
 
 Condition = dict[str, Any]
 
@@ -91,6 +98,45 @@ def _grpc_matches(matches: list[dict[str, Any]], unsupported: list[str]) -> list
     return out
 
 
+HEADER_FILTERS = {"RequestHeaderModifier": "requestHeaderModifier",
+                  "ResponseHeaderModifier": "responseHeaderModifier"}
+"""Gateway API filter types the data plane runs, and the field each one's settings are in."""
+
+
+def _filters(rule: dict[str, Any], where: str, unsupported: list[str],
+             invalid: list[str]) -> list[dict[str, Any]] | None:
+    """A rule's filters as the contract's tagged list, or None when the rule must be left out
+    (a filter the data plane cannot run, or one whose settings it would refuse)."""
+    out: list[dict[str, Any]] = []
+    ok = True
+    for j, f in enumerate(rule.get("filters") or []):
+        kind = f.get("type")
+        field_name = HEADER_FILTERS.get(kind or "")
+        if field_name is None:
+            unsupported.append(f"filter {kind}")
+            ok = False
+            continue
+        spec = f.get(field_name) or {}
+        entry: dict[str, Any] = {"type": kind}
+        for key in ("set", "add", "remove"):
+            if spec.get(key):
+                entry[key] = spec[key]
+        path = f"{where}.filters[{j}]"
+        try:
+            cfg = msgspec.convert(entry, HTTPFilter)
+        except msgspec.ValidationError as exc:
+            invalid.append(str(convert_error(exc, path)))
+            ok = False
+            continue
+        errs = proxy_filters.errors(cfg, path)
+        if errs:
+            invalid.extend(str(e) for e in errs)
+            ok = False
+            continue
+        out.append(entry)
+    return out if ok else None
+
+
 def compile_routes(m: MeshInputs, svc_ports: dict[Key, dict[int, ServicePort]]) -> RouteResult:
     res = RouteResult()
     for kind, routes, matcher in (("HTTPRoute", m.http_routes, _http_matches),
@@ -102,6 +148,7 @@ def compile_routes(m: MeshInputs, svc_ports: dict[Key, dict[int, ServicePort]]) 
             gen = int((route.get("metadata") or {}).get("generation") or 1)
             problems: list[str] = []
             unsupported: list[str] = []
+            invalid: list[str] = []
             attached: list[tuple[Key, int]] = []
             for ref in spec.get("parentRefs") or []:
                 if ref.get("kind", "Service") != "Service":
@@ -116,11 +163,10 @@ def compile_routes(m: MeshInputs, svc_ports: dict[Key, dict[int, ServicePort]]) 
                 attached += [(pkey, p) for p in _parent_ports(ref, ports)]
             rules_out: list[dict[str, Any]] = []
             for i, rule in enumerate(spec.get("rules") or [{}]):
-                filters = [f.get("type") for f in rule.get("filters") or []]
-                if filters:
-                    # A rule whose filters we cannot apply (redirect, rewrite...) must not
-                    # silently forward instead: leave the whole rule out.
-                    unsupported.extend(f"filter {f}" for f in filters)
+                # A rule whose filters we cannot apply (redirect, rewrite...) or whose filter
+                # settings are invalid must not silently forward instead: leave it out.
+                filters = _filters(rule, f"rules[{i}]", unsupported, invalid)
+                if filters is None:
                     continue
                 default_port = attached[0][1] if attached else 0
                 backends = _backends(ns, rule.get("backendRefs") or [], svc_ports, problems,
@@ -138,6 +184,8 @@ def compile_routes(m: MeshInputs, svc_ports: dict[Key, dict[int, ServicePort]]) 
                         problems.append(f"rules[{i}].timeouts.request: {exc}")
                 # A rule whose backends are all invalid answers 500, per Gateway API.
                 r["backends"] = backends or [{"cluster": "blackhole|invalid-backend"}]
+                if filters:
+                    r["filters"] = filters
                 rules_out.append(r)
             for target in attached:
                 res.rules.setdefault(target, []).extend(rules_out)
@@ -150,10 +198,15 @@ def compile_routes(m: MeshInputs, svc_ports: dict[Key, dict[int, ServicePort]]) 
             conds.append(_cond("ResolvedRefs", not ref_problems,
                                "BackendNotFound" if ref_problems else "ResolvedRefs",
                                "; ".join(ref_problems), gen))
-            if unsupported:
+            if unsupported or invalid:
+                why = []
+                if unsupported:
+                    why.append("left out (not supported yet): "
+                               + ", ".join(sorted(set(unsupported))))
+                if invalid:
+                    why.append("left out (invalid): " + "; ".join(invalid))
                 conds.append(_cond("PartiallyInvalid", True, "UnsupportedValue",
-                                   "left out (not supported yet): "
-                                   + ", ".join(sorted(set(unsupported))), gen))
+                                   "; ".join(why), gen))
             res.conditions[(kind, ns, name)] = conds
     return res
 

@@ -32,6 +32,7 @@ from tulle.proxyconfig.model import Destination, Listener, RouteTable, Settings
 if TYPE_CHECKING:
     import ssl
 
+    from tulle.dataplane.http.chain import Chain
     from tulle.dataplane.upstream.cluster import ClusterRuntime
 
 NO_ROUTE = Router(RouteTable(name="no-route"), 0)
@@ -134,6 +135,7 @@ class ListenerContext:
         self.m_bytes_sent = metrics.bytes_sent.labels(cfg.name)
         self._stats: dict[str, RequestStats] = {}
         self._decisions: dict[str, dict[int, Decision]] = {}
+        self._chain_decisions: dict[Chain, dict[str, Decision]] = {}
         # Route timeouts at least this long are checked by the proxy's deadline sweeper, which
         # ticks every header_timeout/4 clamped to [10 ms, 1 s] (server.py `_deadline_sweeper`):
         # they fire at most one tick (a tenth of the timeout) late.  Shorter ones get a timer.
@@ -147,8 +149,16 @@ class ListenerContext:
         if self.network is not None:
             self.network.adopt(previous.network)
 
-    def decision(self, cluster: str, timeout_ms: int) -> Decision:
-        """The shared decision for requests routed to `cluster` with `timeout_ms`."""
+    def decision(self, cluster: str, timeout_ms: int, chain: Chain | None = None) -> Decision:
+        """The shared decision for requests routed to `cluster` with `timeout_ms` (and, for a
+        route with filters, its `chain`: one decision per chain and cluster)."""
+        if chain is not None:
+            by_cluster = self._chain_decisions.get(chain)
+            if by_cluster is not None:
+                d = by_cluster.get(cluster)
+                if d is not None:
+                    return d
+            return self._chained(cluster, timeout_ms, chain)
         by_timeout = self._decisions.get(cluster)
         if by_timeout is not None:
             d = by_timeout.get(timeout_ms)
@@ -160,6 +170,19 @@ class ListenerContext:
         d = Decision(rt, cluster, timeout_ms, stats=self.stats(cluster))
         self._decisions.setdefault(cluster, {})[timeout_ms] = d
         return d
+
+    def _chained(self, cluster: str, timeout_ms: int, chain: Chain) -> Decision:
+        """The first request to `cluster` through `chain` (a route with filters)."""
+        rt = self.clusters.get(cluster)
+        if rt is None:
+            return no_cluster(cluster)
+        d = Decision(rt, cluster, timeout_ms, stats=self.stats(cluster), chain=chain)
+        self._chain_decisions.setdefault(chain, {})[cluster] = d
+        return d
+
+    def filter_error(self, name: str) -> None:
+        """A filter raised on a request of this listener (`http/chain.py`)."""
+        self.metrics.filter_errors.labels(self.name, name).value += 1
 
     def stats(self, cluster: str) -> RequestStats:
         st = self._stats.get(cluster)

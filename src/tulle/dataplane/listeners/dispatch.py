@@ -5,8 +5,8 @@ cluster to open a stream on, or the local response to give instead (400 a path t
 normalised, 404 no route, 503 no cluster).  It normalises the path first (`routing/paths.py`)
 and leaves the normalised path in the head, so the upstream receives what was routed.
 `add_forwarding_headers` is the one place that sets x-forwarded-for, x-forwarded-proto and
-x-request-id.  Filters (authz, fault, rate limit) of later issues run
-between the two in a declared order, on the same `RequestHead`.
+x-request-id.  The route's filters (`http/chain.py`, in their declared order) run after both, on
+the same `RequestHead`: the decision carries the route's chain, None when it has no filters.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from tulle.dataplane.exchange import RequestHead
 from tulle.dataplane.routing.paths import PathRejected
 
 if TYPE_CHECKING:
+    from tulle.dataplane.http.chain import Chain
     from tulle.dataplane.listeners.context import ListenerContext, RequestStats
     from tulle.dataplane.routing.router import Router
     from tulle.dataplane.upstream.cluster import ClusterRuntime
@@ -31,11 +32,12 @@ class Decision:
     listener context builds it once (`ListenerContext.decision`) and every request that takes
     that route shares it: treat it as immutable."""
 
-    __slots__ = ("body", "cluster", "cluster_name", "flag", "stats", "status", "timeout_ms")
+    __slots__ = ("body", "chain", "cluster", "cluster_name", "flag", "stats", "status",
+                 "timeout_ms")
 
     def __init__(self, cluster: ClusterRuntime | None, cluster_name: str, timeout_ms: int,
                  status: int = 0, body: bytes = b"", flag: str = "",
-                 stats: RequestStats | None = None) -> None:
+                 stats: RequestStats | None = None, chain: Chain | None = None) -> None:
         self.cluster = cluster
         self.cluster_name = cluster_name
         self.timeout_ms = timeout_ms
@@ -44,6 +46,8 @@ class Decision:
         self.flag = flag
         self.stats = stats
         """The request metrics of this listener and cluster (None for local responses)."""
+        self.chain = chain
+        """The route's filters to run before the upstream is opened; None: no filters."""
 
 
 def resolve(ctx: ListenerContext, router: Router | None, default_cluster: str,
@@ -64,6 +68,9 @@ def resolve(ctx: ListenerContext, router: Router | None, default_cluster: str,
         return Decision(None, "-", 0, 404, b"no route for host '%b' path '%b' on listener "
                         b"%b\n" % (head.authority, head.path.split(b"?", 1)[0],
                                    ctx.name.encode()), "NR")
+    chain = route.chain
+    if chain is not None:
+        return ctx.decision(route.pick_cluster(), route.timeout_ms, chain)
     return ctx.decision(route.pick_cluster(), route.timeout_ms)
 
 

@@ -48,13 +48,14 @@ from tulle.dataplane.exchange import (
     UpstreamError,
     UpstreamStream,
 )
+from tulle.dataplane.http.chain import ChainRun
 from tulle.dataplane.listeners.context import (
     ListenerHandle,
     RequestStats,
     RoutedConnection,
     reset,
 )
-from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
+from tulle.dataplane.listeners.dispatch import Decision, add_forwarding_headers, resolve
 from tulle.dataplane.protocols.http1 import (
     ProtocolError,
     RequestCodec,
@@ -77,9 +78,9 @@ class H1Exchange:
     """One request on a downstream HTTP/1 connection; the upstream's `ResponseSink`."""
 
     __slots__ = ("buffered", "buffered_bytes", "chunked", "close_after", "cluster", "conn",
-                 "expect_continue", "flags", "has_body", "head", "head_sent", "recorded",
-                 "request_done", "start", "started", "stats", "status", "stream", "timer",
-                 "trailers")
+                 "decision", "expect_continue", "filters", "flags", "has_body", "head",
+                 "head_sent", "recorded", "request_done", "start", "started", "stats", "status",
+                 "stream", "timer", "trailers")
 
     def __init__(self, conn: H1Downstream, head: RequestHead, has_body: bool,
                  keep_alive: bool, expect_continue: bool, start: float) -> None:
@@ -104,6 +105,10 @@ class H1Exchange:
         self.stats: RequestStats | None = None
         self.timer: asyncio.TimerHandle | None = None
         """The route timeout's timer, for timeouts too short for the deadline sweeper."""
+        self.filters: ChainRun | None = None
+        """The route's filters on this request; None when the route has none."""
+        self.decision: Decision | None = None
+        """Where the request goes once its filters let it (set only with filters)."""
 
     # -- ResponseSink --------------------------------------------------------------------
 
@@ -118,6 +123,8 @@ class H1Exchange:
         self.status = head.status
         if self.stream is None:
             return
+        if self.filters is not None and not self.filters.response_head(head):
+            return  # a filter answered instead (filter_reply)
         if conn.handle.draining:
             self.close_after = True
         elif conn.guard.rejecting and not self.close_after:
@@ -181,6 +188,20 @@ class H1Exchange:
     def resume_request_body(self) -> None:
         self.conn.resume_reading("upstream")
 
+    # -- ChainPort -----------------------------------------------------------------------
+
+    def filters_continue(self) -> None:
+        d = self.decision
+        if d is not None and not self.recorded and not self.conn.closing:
+            self.conn._dispatch(self, d)
+
+    def filter_reply(self, status: int, body: bytes) -> None:
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.reset()  # answered on the response side: the upstream's response is dropped
+        if not self.recorded:
+            self.local(status, body)
+
     # -- helpers -------------------------------------------------------------------------
 
     def local(self, status: int, body: bytes) -> None:
@@ -213,6 +234,10 @@ class H1Exchange:
         if self.recorded:
             return
         self.recorded = True
+        run = self.filters
+        if run is not None:
+            self.filters = None  # breaks exchange -> run -> exchange: freed without the GC
+            run.done()
         conn = self.conn
         stats = self.stats or conn.ctx.stats(self.cluster)
         stats.count(self.status, self.flags, (conn.loop.time() - self.start) * 1000.0)
@@ -409,26 +434,36 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         finally:
             self._advancing = False
 
-    def _dispatch(self, ex: H1Exchange) -> None:
-        ex.started = True
-        if self.guard.rejecting:
-            self.guard.count("reject_request")
-            ex.flags = "OL"
-            ex.close_after = True
-            ex.local(503, b"overloaded\n")
-            return
-        self.follow_snapshot()
+    def _dispatch(self, ex: H1Exchange, d: Decision | None = None) -> None:
+        """Route `ex`, run its route's filters, open its upstream stream.  With `d` (the
+        filters resumed after a STOP): only the last step."""
         head = ex.head
         ctx = self.ctx
-        d = resolve(ctx, self.router, self.cluster or "", head)
-        ex.cluster = d.cluster_name
-        ex.stats = d.stats
+        if d is None:
+            ex.started = True
+            if self.guard.rejecting:
+                self.guard.count("reject_request")
+                ex.flags = "OL"
+                ex.close_after = True
+                ex.local(503, b"overloaded\n")
+                return
+            self.follow_snapshot()
+            ctx = self.ctx
+            d = resolve(ctx, self.router, self.cluster or "", head)
+            ex.cluster = d.cluster_name
+            ex.stats = d.stats
+            if d.cluster is None:
+                ex.flags = d.flag
+                ex.local(d.status, d.body)
+                return
+            add_forwarding_headers(head, self.peer_ip, ctx.generate_request_id)
+            if d.chain is not None:
+                ex.decision = d
+                ex.filters = run = ChainRun(d.chain, head, ex, ctx)
+                if not run.request_head():
+                    return  # answered, or stopped: filters_continue() comes back here
         cluster = d.cluster
-        if cluster is None:
-            ex.flags = d.flag
-            ex.local(d.status, d.body)
-            return
-        add_forwarding_headers(head, self.peer_ip, ctx.generate_request_id)
+        assert cluster is not None
         stream = cluster.open_stream(head, ex, not ex.has_body and not head.upgrade)
         if stream is None:
             ex.flags = "UH"

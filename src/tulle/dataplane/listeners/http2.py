@@ -42,13 +42,14 @@ from tulle.dataplane.exchange import (
     UpstreamError,
     UpstreamStream,
 )
+from tulle.dataplane.http.chain import ChainRun
 from tulle.dataplane.listeners.context import (
     ListenerContext,
     ListenerHandle,
     RoutedConnection,
     reset,
 )
-from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
+from tulle.dataplane.listeners.dispatch import Decision, add_forwarding_headers, resolve
 from tulle.dataplane.protocols.h2guard import GuardLimits
 from tulle.dataplane.protocols.http2 import (
     INTERNAL_ERROR,
@@ -91,9 +92,9 @@ def limits_for(ctx: ListenerContext) -> H2Limits:
 class H2Exchange:
     """One stream on a downstream HTTP/2 connection; the upstream's `ResponseSink`."""
 
-    __slots__ = ("cluster", "conn", "done", "flags", "grpc", "head", "head_sent",
-                 "request_done", "resp_paused", "sid", "start", "status", "stream", "timer",
-                 "unacked", "upstream_paused")
+    __slots__ = ("cluster", "conn", "decision", "done", "filters", "flags", "grpc", "head",
+                 "head_sent", "request_done", "resp_paused", "sid", "start", "status", "stream",
+                 "timer", "unacked", "upstream_paused")
 
     def __init__(self, conn: H2Downstream, sid: int, head: RequestHead | None, end: bool,
                  start: float) -> None:
@@ -113,6 +114,10 @@ class H2Exchange:
         self.unacked = 0
         self.upstream_paused = False
         self.resp_paused = False
+        self.filters: ChainRun | None = None
+        """The route's filters on this stream; None when the route has none."""
+        self.decision: Decision | None = None
+        """Where the request goes once its filters let it (set only with filters)."""
 
     # -- ResponseSink --------------------------------------------------------------------
 
@@ -125,6 +130,8 @@ class H2Exchange:
         if self.done:
             return
         self.status = head.status
+        if self.filters is not None and not self.filters.response_head(head):
+            return  # a filter answered instead (filter_reply)
         self.head_sent = True
         conn = self.conn
         conn.codec.send_response(self.sid, head, end_stream)
@@ -176,6 +183,21 @@ class H2Exchange:
             n, self.unacked = self.unacked, 0
             self.conn.codec.ack(self.sid, n)
             self.conn.write_soon()
+
+    # -- ChainPort -----------------------------------------------------------------------
+
+    def filters_continue(self) -> None:
+        d = self.decision
+        if d is not None and not self.done:
+            self.conn.open_upstream(self, d)
+            self.conn.write_soon()  # acks of body held while the filters were stopped
+
+    def filter_reply(self, status: int, body: bytes) -> None:
+        stream, self.stream = self.stream, None
+        if stream is not None:
+            stream.reset()  # answered on the response side: the upstream's response is dropped
+        if not self.done:
+            self.local(status, body.decode("latin-1").rstrip("\n"))
 
     # -- helpers -------------------------------------------------------------------------
 
@@ -241,6 +263,10 @@ class H2Exchange:
         if self.unacked:
             conn.codec.ack(self.sid, self.unacked)
             self.unacked = 0
+        run = self.filters
+        if run is not None:
+            self.filters = None  # breaks exchange -> run -> exchange: freed without the GC
+            run.done()
         conn.ctx.stats(self.cluster).count(
             self.status, self.flags, (conn.loop.time() - self.start) * 1000.0)
         conn.exchange_done(self)
@@ -338,6 +364,14 @@ class H2Downstream(asyncio.Protocol, RoutedConnection):
                     if ex.upstream_paused:
                         ex.unacked += ev.flow_length
                         continue
+                elif ex is not None and ex.filters is not None and not ex.done:
+                    # The filters stopped the head: hold the body, unacknowledged (the stream
+                    # window bounds it) until they let the request go upstream.
+                    if ex.filters.held is None:
+                        ex.filters.held = []
+                    ex.filters.held.append(ev.data)
+                    ex.unacked += ev.flow_length
+                    continue
                 self.codec.ack(ev.stream_id, ev.flow_length)
             elif isinstance(ev, RequestReceived):
                 self._on_request(ev.stream_id, ev.head, ev.end_stream)
@@ -347,6 +381,8 @@ class H2Downstream(asyncio.Protocol, RoutedConnection):
                     ex.request_done = True
                     if ex.stream is not None:
                         ex.stream.send_end(ev.trailers)
+                    elif ex.filters is not None:
+                        ex.filters.held_trailers = ev.trailers
             elif isinstance(ev, SendDrained):
                 ex = exchanges.get(ev.stream_id)
                 if ex is not None and ex.resp_paused:
@@ -395,12 +431,42 @@ class H2Downstream(asyncio.Protocol, RoutedConnection):
             ex.local(d.status, d.body.decode("latin-1").rstrip("\n"))
             return
         add_forwarding_headers(head, self.peer_ip, self.ctx.generate_request_id)
+        if d.chain is not None:
+            ex.decision = d
+            ex.filters = run = ChainRun(d.chain, head, ex, self.ctx)
+            if not run.request_head():
+                return  # answered, or stopped: filters_continue() opens the upstream later
         stream = cluster.open_stream(head, ex, end)
         if stream is None:
             ex.flags = "UH"
             ex.local(503, f"no healthy endpoint in cluster '{d.cluster_name}'")
             return
         ex.stream = stream
+        if d.timeout_ms:
+            ex.timer = self.loop.call_later(d.timeout_ms / 1000, ex.on_timeout)
+
+    def open_upstream(self, ex: H2Exchange, d: Decision) -> None:
+        """After the filters resumed: open the upstream and pass on the body they held."""
+        run = ex.filters
+        assert run is not None and d.cluster is not None and ex.head is not None
+        held, run.held = run.held, None
+        trailers = run.held_trailers
+        stream = d.cluster.open_stream(ex.head, ex, ex.request_done and not held
+                                       and trailers is None)
+        if stream is None:
+            ex.flags = "UH"
+            ex.local(503, f"no healthy endpoint in cluster '{d.cluster_name}'")
+            return
+        if ex.done:
+            return  # the pool failed the stream synchronously and ex answered already
+        ex.stream = stream
+        for chunk in held or ():
+            stream.send_data(chunk)
+        if ex.request_done and (held or trailers is not None):
+            stream.send_end(trailers)
+        if ex.unacked and not ex.upstream_paused:
+            n, ex.unacked = ex.unacked, 0
+            self.codec.ack(ex.sid, n)
         if d.timeout_ms:
             ex.timer = self.loop.call_later(d.timeout_ms / 1000, ex.on_timeout)
 

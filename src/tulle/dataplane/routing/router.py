@@ -20,13 +20,15 @@ import bisect
 import random
 from collections.abc import Sequence
 
+from tulle.dataplane.filters import factory_for
+from tulle.dataplane.http.chain import Chain, build_chain
 from tulle.proxyconfig.model import RouteMatch, RouteRule, RouteTable
 
 
 class Route:
-    """A matched rule, ready to use: its backends (cluster names) and timeout."""
+    """A matched rule, ready to use: its backends (cluster names), timeout and filters."""
 
-    __slots__ = ("_cum", "_total", "clusters", "name", "single", "timeout_ms")
+    __slots__ = ("_cum", "_total", "chain", "clusters", "name", "single", "timeout_ms")
 
     def __init__(self, name: str, rule: RouteRule, default_timeout_ms: int) -> None:
         self.name = name
@@ -41,6 +43,8 @@ class Route:
         self._cum = cum
         self._total = total
         self.timeout_ms = default_timeout_ms if rule.timeout_ms is None else rule.timeout_ms
+        self.chain: Chain | None = build_chain([factory_for(f) for f in rule.filters])
+        """The rule's filters, factories built once here; None (nothing to run) without any."""
 
     def pick_cluster(self, rng: random.Random | None = None) -> str:
         """Weighted choice among backends (canaries); a single backend costs nothing."""

@@ -187,6 +187,9 @@ class ProxyMetrics:
         self.protocol_errors = r.counter("tulle_proxy_protocol_errors_total",
                                          "Malformed or hostile downstream input, by kind.",
                                          ("listener", "kind"))
+        self.filter_errors = r.counter("tulle_proxy_filter_errors_total",
+                                       "HTTP filters that raised on a request (answered 500).",
+                                       ("listener", "filter"))
         self.upstream_connect_failures = r.counter(
             "tulle_proxy_upstream_connect_failures_total",
             "Failed upstream connection attempts (refused, unreachable, timed out).", ("cluster",))

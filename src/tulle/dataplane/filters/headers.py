@@ -1,0 +1,95 @@
+"""Request and response header modifiers at run time (Gateway API `HTTPHeaderFilter`).
+
+The config (`proxyconfig/filters/headers.py`) was validated at the boundary: names are tokens,
+values carry no CR/LF/NUL, framing and routing fields are refused.  Here the factory lower-cases
+the names once per snapshot (heads carry lower-case names, `exchange.py`), and the filter edits
+the head's header list in place in one pass: `remove` and `set` names drop every existing value,
+then the `set` values and the `add` values are appended.  The filter has no per-request state,
+so the factory is `stateless` and one instance serves every request.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from tulle.dataplane.http.filter import CONTINUE, FilterStream, HttpFilter
+
+if TYPE_CHECKING:
+    from tulle.dataplane.exchange import ResponseHead
+    from tulle.proxyconfig.filters.headers import (
+        HeaderModifier,
+        RequestHeaderModifier,
+        ResponseHeaderModifier,
+    )
+
+
+class HeaderEdit:
+    """One compiled modifier: names to drop and fields to append.  The hooks below apply it
+    inline (one pass from the end, deleting in place, then one extend): they run per request."""
+
+    __slots__ = ("append", "drop")
+
+    def __init__(self, cfg: HeaderModifier) -> None:
+        self.drop = frozenset([n.lower().encode() for n in cfg.remove]
+                              + [h.name.lower().encode() for h in cfg.set])
+        self.append: tuple[tuple[bytes, bytes], ...] = tuple(
+            [(h.name.lower().encode(), h.value.encode()) for h in cfg.set]
+            + [(h.name.lower().encode(), h.value.encode()) for h in cfg.add])
+
+
+class _RequestFilter(HttpFilter):
+    __slots__ = ("append", "drop")
+
+    def __init__(self, edit: HeaderEdit) -> None:
+        self.drop = edit.drop
+        self.append = edit.append
+
+    def on_request_head(self, stream: FilterStream) -> int:
+        headers = stream.head.headers
+        drop = self.drop
+        if drop:
+            i = len(headers)
+            while i:
+                i -= 1
+                if headers[i][0] in drop:
+                    del headers[i]
+        headers += self.append
+        return CONTINUE
+
+
+class _ResponseFilter(HttpFilter):
+    __slots__ = ("append", "drop")
+
+    def __init__(self, edit: HeaderEdit) -> None:
+        self.drop = edit.drop
+        self.append = edit.append
+
+    def on_response_head(self, stream: FilterStream, head: ResponseHead) -> int:
+        headers = head.headers
+        drop = self.drop
+        if drop:
+            i = len(headers)
+            while i:
+                i -= 1
+                if headers[i][0] in drop:
+                    del headers[i]
+        headers += self.append
+        return CONTINUE
+
+
+class HeadersFactory:
+    """The factory of one modifier (request or response), built once per route per snapshot."""
+
+    __slots__ = ("_filter", "filter_type")
+
+    name = "headers"
+    stateless = True
+
+    def __init__(self, cfg: RequestHeaderModifier | ResponseHeaderModifier,
+                 response: bool) -> None:
+        edit = HeaderEdit(cfg)
+        self._filter: HttpFilter = _ResponseFilter(edit) if response else _RequestFilter(edit)
+        self.filter_type: type[HttpFilter] = type(self._filter)
+
+    def create(self) -> HttpFilter:
+        return self._filter

@@ -1,0 +1,93 @@
+"""The HTTP filter contract: what a filter is, what its hooks may answer, how it is built.
+
+Why a contract: every L7 feature still to come (header edits, redirects, faults, rate limits,
+authorization) is a step between routing and the upstream.  Written once against this contract
+it works for HTTP/1 and HTTP/2 alike; the drivers only call the chain (`chain.py`).
+
+Shape (Envoy's `StreamFilter`, linkerd's layers):
+
+* A `FilterFactory` is built once per route per snapshot from the filter's typed config
+  (`proxyconfig/filters/<name>.py`); everything that can be computed ahead (lower-cased names,
+  compiled patterns) is computed there.  `create()` gives the per-request `HttpFilter`; a
+  factory that says `stateless` is asked once per snapshot and its instance is shared, so it
+  costs no allocation.  Only the hooks a filter class overrides are ever called.
+* Hooks, in the order a request meets them: `on_request_head`, `on_request_data`,
+  `on_response_head`, `on_response_data`, `on_done`.  Each returns one of:
+  - `CONTINUE`: the next filter (then the router / the client) sees the message;
+  - `STOP`: nothing goes further until the filter calls `stream.resume()` (a delay, an external
+    call).  Request-side hooks only; see below;
+  - `BUFFER` (data hooks only): hold this chunk with the ones before it and call the hook again
+    with the next; the chain holds at most `Chain.buffer_limit` bytes, beyond which the request
+    is answered 413 (request side) or 500 (response side) locally.
+* A filter may answer locally at any hook with `stream.reply(status, body)` and return `STOP`;
+  the driver renders the reply for its protocol (HTTP/1, HTTP/2, gRPC trailers-only).
+* A hook that raises is the filter's bug, not the client's: the request is answered 500 (or
+  reset if its response already began), the error is counted per listener and filter
+  (`tulle_proxy_filter_errors_total`), and the connection and listener keep serving.
+* `on_done` is for observers (access log, stats, tracing): it runs once per request however it
+  ended and has nothing to return.
+
+Not yet (the request-stream slice of issue 7): `STOP` on the response side, and the drivers
+running the data hooks.  The chain implements both data hooks with their buffer bound (unit
+tested); the drivers call the head hooks and `on_done` only, so a factory whose filters use the
+data hooks must not be configured until that slice lands (no such filter exists yet).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from tulle.dataplane.exchange import RequestHead, ResponseHead
+
+CONTINUE = 0
+STOP = 1
+BUFFER = 2
+
+
+class FilterStream(Protocol):
+    """What a filter sees of the request it runs on (`chain.ChainRun` implements it)."""
+
+    head: RequestHead
+
+    def reply(self, status: int, body: bytes) -> None:
+        """Answer the request locally; the hook that calls this should return STOP."""
+
+    def resume(self) -> None:
+        """Go on after a hook returned STOP (call it once, from any later loop turn)."""
+
+
+class HttpFilter:
+    """A filter's hooks; the defaults let everything through.  Subclasses override only the
+    hooks they need and keep `__slots__`."""
+
+    __slots__ = ()
+
+    def on_request_head(self, stream: FilterStream) -> int:
+        return CONTINUE
+
+    def on_request_data(self, stream: FilterStream, data: bytes, end: bool) -> int:
+        return CONTINUE
+
+    def on_response_head(self, stream: FilterStream, head: ResponseHead) -> int:
+        return CONTINUE
+
+    def on_response_data(self, stream: FilterStream, data: bytes, end: bool) -> int:
+        return CONTINUE
+
+    def on_done(self, stream: FilterStream) -> None:
+        return None
+
+
+class FilterFactory(Protocol):
+    """Built once per route per snapshot from typed config; makes the per-request filter."""
+
+    name: str
+    """The filter's name in the declared order (`chain.ORDER`) and in metrics."""
+    filter_type: type[HttpFilter]
+    """The class `create` returns: the chain calls only the hooks it overrides."""
+    stateless: bool
+    """True when one instance can serve every request (no per-request state): the chain then
+    creates it once per snapshot and a request allocates nothing for it."""
+
+    def create(self) -> HttpFilter: ...
