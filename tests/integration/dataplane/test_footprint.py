@@ -49,7 +49,8 @@ FORBIDDEN_ALWAYS = (
 )
 """Never on the path of a proxy run from a file."""
 
-HTTP2 = ("h2", "hpack", "hyperframe", "tulle.dataplane.protocols.http2")
+HTTP2 = ("h2", "hpack", "hyperframe", "tulle.dataplane.protocols.http2",
+         "tulle.dataplane.protocols.h2translate")
 """Only when a listener or a cluster speaks HTTP/2 (or a sniffing listener meets h2)."""
 
 

@@ -50,25 +50,25 @@ from tulle.dataplane.listeners.context import (
     reset,
 )
 from tulle.dataplane.listeners.dispatch import Decision, add_forwarding_headers, resolve
-from tulle.dataplane.protocols.h2guard import GuardLimits
-from tulle.dataplane.protocols.http2 import (
-    INTERNAL_ERROR,
-    NO_ERROR,
-    REFUSED_STREAM,
+from tulle.dataplane.protocols.h2events import (
     DataReceived,
     EndReceived,
     Event,
     GoAwayReceived,
-    H2Codec,
-    H2Limits,
-    H2ProtocolError,
     RequestReceived,
     ResetReceived,
     SendDrained,
     StreamRejected,
-    encode_response,
-    grpc_trailers_only,
-    is_grpc,
+)
+from tulle.dataplane.protocols.h2guard import GuardLimits
+from tulle.dataplane.protocols.h2translate import encode_response, grpc_trailers_only, is_grpc
+from tulle.dataplane.protocols.http2 import (
+    INTERNAL_ERROR,
+    NO_ERROR,
+    REFUSED_STREAM,
+    H2Codec,
+    H2Limits,
+    H2ProtocolError,
 )
 
 if TYPE_CHECKING:

@@ -5,7 +5,11 @@ exchange values (`RequestHead`, `ResponseHead`) that HTTP/1 produces too, so bot
 meet in the middle and translation needs nothing else.  A faster drop-in (jh2) can replace h2
 behind this class later.
 
-Rules of this module:
+The codec is split in three: this module drives h2's connection (streams, flow control, GOAWAY,
+abuse budgets); `h2translate.py` turns header lists into exchange heads and back (rules 1, 5
+and 7, and gRPC's form of a local reply); `h2events.py` holds the events it hands out.
+
+Rules of the codec:
 
 1. Heads leave here as exchange values: pseudo-headers become method/path/authority/scheme or
    the status, names are lower case, hop-by-hop headers are gone (`te` survives only as
@@ -25,8 +29,8 @@ Rules of this module:
    pseudo-header rules): that is what keeps a peer's CR/LF or NUL away from an HTTP/1 upstream,
    and it stays on.  h2's normalisation both ways and its outbound validation are off: heads
    reach here as exchange values (lower-case names, hop-by-hop fields gone, see exchange.py)
-   and `_filtered` does the rest of what h2 did per header — drops pseudo and hop-by-hop
-   fields, trims surrounding whitespace, and keeps `authorization`, `proxy-authorization` and
+   and `_filtered` (h2translate.py) does the rest of what h2 did per header — drops pseudo and
+   hop-by-hop fields, trims surrounding whitespace, and keeps `authorization`, `proxy-authorization` and
    short `cookie` values out of the HPACK dynamic table (never-indexed), as h2 and nghttp2 do;
    per-request IDs (`x-request-id`, trace ids) stay out too, so they do not churn the table.
    Split `cookie` fields are joined by `request_head` itself.  HPACK itself goes through the
@@ -35,14 +39,14 @@ Rules of this module:
    connection state machine closes on any GOAWAY (python-hyper/h2#1181), so a received GOAWAY
    is reported without closing h2's state (`_GracefulStateMachine`), and a graceful GOAWAY we
    send is a frame we serialise ourselves; refusing newer streams is the driver's job.
-7. What h2 lets through but HTTP/1 would read differently is checked here (`h2fields.py`):
-   `:method` a token, `:path` origin-form (or `*` for OPTIONS), `:authority` host[:port]
-   without userinfo, field names tokens, values without control characters, one
-   `content-length` of digits (an equal repeat collapses, RFC 9110 8.6).  Failing that the
-   request is malformed: RST_STREAM(PROTOCOL_ERROR) here (RFC 9113 8.1.1), reported as
-   `StreamRejected` with status 0 so the driver counts it; nothing is forwarded.  h2's own
-   checks (CR/LF/NUL, whitespace, upper case, connection-specific fields) stay connection errors,
-   which RFC 9113 5.4.1 allows.
+7. What h2 lets through but HTTP/1 would read differently is checked on the way in
+   (`h2fields.py`, from `h2translate.py`): `:method` a token, `:path` origin-form (or `*` for
+   OPTIONS), `:authority` host[:port] without userinfo, field names tokens, values without
+   control characters, one `content-length` of digits (an equal repeat collapses, RFC 9110
+   8.6).  Failing that the request is malformed: RST_STREAM(PROTOCOL_ERROR) here (RFC 9113
+   8.1.1), reported as `StreamRejected` with status 0 so the driver counts it; nothing is
+   forwarded.  h2's own checks (CR/LF/NUL, whitespace, upper case, connection-specific fields)
+   stay connection errors, which RFC 9113 5.4.1 allows.
 8. A stream past our SETTINGS_MAX_CONCURRENT_STREAMS is refused alone (`_Connection`):
    RST_STREAM(REFUSED_STREAM), the connection lives on.
 9. Server side, abuse budgets (`h2guard.py`): frame headers are counted before h2 parses the
@@ -63,22 +67,22 @@ import h2.events
 import h2.exceptions
 import h2.settings
 from h2.events import Event as H2Event
-from hpack import NeverIndexedHeaderTuple
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame
 
 from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
-from tulle.dataplane.protocols.h2fields import (
-    KNOWN_METHODS,
-    NAME_CHARS,
-    TOKEN_CHARS,
-    VALUE_CHARS,
-    FieldMemo,
-    authority_ok,
-    content_length,
-    name_ok,
-    path_ok,
-    value_ok,
+from tulle.dataplane.protocols.h2events import (
+    DataReceived,
+    EndReceived,
+    Event,
+    GoAwayReceived,
+    InformationalReceived,
+    RequestReceived,
+    ResetReceived,
+    ResponseReceived,
+    SendDrained,
+    StreamRejected,
 )
+from tulle.dataplane.protocols.h2fields import FieldMemo
 from tulle.dataplane.protocols.h2guard import (
     PREMATURE_LIFETIME,
     Abuse,
@@ -86,16 +90,18 @@ from tulle.dataplane.protocols.h2guard import (
     GuardLimits,
     ResetBudget,
 )
+from tulle.dataplane.protocols.h2translate import (
+    MALFORMED,
+    decode_trailers,
+    encode_request,
+    encode_response,
+    encode_trailers,
+    request_head,
+    response_head,
+)
 from tulle.dataplane.protocols.hpack_memo import MemoDecoder, MemoEncoder
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-HOP_BY_HOP = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade",
-    b"http2-settings",
-})
-_OUT_SKIP = HOP_BY_HOP | {b"host", b"content-length"}
-"""Never sent from `headers`: framing is written from `content_length` (exchange.py)."""
 
 NO_ERROR = int(h2.errors.ErrorCodes.NO_ERROR)
 PROTOCOL_ERROR = int(h2.errors.ErrorCodes.PROTOCOL_ERROR)
@@ -103,8 +109,6 @@ INTERNAL_ERROR = int(h2.errors.ErrorCodes.INTERNAL_ERROR)
 REFUSED_STREAM = int(h2.errors.ErrorCodes.REFUSED_STREAM)
 CANCEL = int(h2.errors.ErrorCodes.CANCEL)
 ENHANCE_YOUR_CALM = int(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
-
-MALFORMED = "h2_malformed_request"
 
 
 class H2ProtocolError(Exception):
@@ -121,231 +125,6 @@ class H2ProtocolError(Exception):
 
 class H2Abuse(H2ProtocolError):
     abuse = True
-
-
-# -- events ---------------------------------------------------------------------------------
-
-class RequestReceived:
-    __slots__ = ("end_stream", "head", "stream_id")
-
-    def __init__(self, stream_id: int, head: RequestHead, end_stream: bool) -> None:
-        self.stream_id = stream_id
-        self.head = head
-        self.end_stream = end_stream
-        """True: no DATA and no `EndReceived` will follow."""
-
-
-class ResponseReceived:
-    __slots__ = ("end_stream", "head", "stream_id")
-
-    def __init__(self, stream_id: int, head: ResponseHead, end_stream: bool) -> None:
-        self.stream_id = stream_id
-        self.head = head
-        self.end_stream = end_stream
-
-
-class InformationalReceived:
-    __slots__ = ("head", "stream_id")
-
-    def __init__(self, stream_id: int, head: ResponseHead) -> None:
-        self.stream_id = stream_id
-        self.head = head
-
-
-class DataReceived:
-    __slots__ = ("data", "flow_length", "stream_id")
-
-    def __init__(self, stream_id: int, data: bytes, flow_length: int) -> None:
-        self.stream_id = stream_id
-        self.data = data
-        self.flow_length = flow_length
-        """What to pass to `ack` once the data is consumed (includes padding)."""
-
-
-class EndReceived:
-    __slots__ = ("stream_id", "trailers")
-
-    def __init__(self, stream_id: int, trailers: Headers | None) -> None:
-        self.stream_id = stream_id
-        self.trailers = trailers
-
-
-class ResetReceived:
-    __slots__ = ("error_code", "stream_id")
-
-    def __init__(self, stream_id: int, error_code: int) -> None:
-        self.stream_id = stream_id
-        self.error_code = error_code
-
-
-class StreamRejected:
-    """A request this codec will not pass on; the driver answers `status` on the stream."""
-
-    __slots__ = ("detail", "end_stream", "kind", "status", "stream_id")
-
-    def __init__(self, stream_id: int, status: int, kind: str, detail: str,
-                 end_stream: bool) -> None:
-        self.stream_id = stream_id
-        self.status = status
-        self.kind = kind
-        self.detail = detail
-        self.end_stream = end_stream
-
-
-class GoAwayReceived:
-    __slots__ = ("error_code", "last_stream_id")
-
-    def __init__(self, last_stream_id: int, error_code: int) -> None:
-        self.last_stream_id = last_stream_id
-        self.error_code = error_code
-
-
-class SendDrained:
-    """A stream whose outbound queue went above the high-water mark is empty again."""
-
-    __slots__ = ("stream_id",)
-
-    def __init__(self, stream_id: int) -> None:
-        self.stream_id = stream_id
-
-
-Event = (RequestReceived | ResponseReceived | InformationalReceived | DataReceived | EndReceived
-         | ResetReceived | StreamRejected | GoAwayReceived | SendDrained)
-
-
-# -- header translation ---------------------------------------------------------------------
-
-def request_head(headers: list[tuple[bytes, bytes]], limit: int,
-                 memo: FieldMemo | None = None) -> RequestHead | tuple[int, str, str]:
-    """h2's validated request header list -> RequestHead, or (status, kind, detail).
-
-    Status 0 means malformed (rule 7): the stream is reset with PROTOCOL_ERROR, nothing is
-    forwarded.  `memo` remembers what this connection already passed (see h2fields)."""
-    method = path = scheme = authority = b""
-    host = b""
-    out: Headers = []
-    cookies: list[bytes] = []
-    cl: int | None = None
-    size = 0
-    known = memo.fields if memo is not None else _NO_FIELDS
-    for field in headers:
-        n, v = field
-        size += len(n) + len(v) + 32
-        if n[:1] == b":":
-            if n == b":method":
-                method = v
-            elif n == b":path":
-                path = v
-            elif n == b":authority":
-                authority = v
-            elif n == b":scheme":
-                scheme = v
-            continue
-        if field not in known:
-            if n.translate(None, NAME_CHARS) or v.translate(None, VALUE_CHARS):
-                return 0, MALFORMED, f"invalid field {n[:64]!r}"
-            if memo is not None and len(memo.fields) < FieldMemo.MAX:
-                memo.fields.add(field)
-        if n in HOP_BY_HOP:
-            if n == b"te" and v.strip().lower() == b"trailers":
-                out.append((n, b"trailers"))
-            continue
-        if n == b"host":
-            host = v
-            continue
-        if n == b"cookie":
-            if v:  # an empty crumb would leave "a; " (trailing whitespace) after the join
-                cookies.append(v)
-            continue
-        if n == b"content-length":  # framing: `content_length` only (exchange.py)
-            n_cl = content_length(v)
-            if n_cl is None or (cl is not None and n_cl != cl):
-                return 0, MALFORMED, "invalid or conflicting content-length"
-            cl = n_cl  # RFC 9110 8.6: an equal repeat collapses into one value
-            continue
-        out.append((n, v))
-    if size > limit:
-        return 431, "header_too_large", f"request head exceeds {limit} bytes"
-    if method == b"CONNECT":
-        return 501, "unsupported", "CONNECT is not supported"
-    if ((method not in KNOWN_METHODS and (not method or method.translate(None, TOKEN_CHARS)))
-            or not path_ok(path, method)):
-        return 0, MALFORMED, "invalid :method or :path"
-    authority = authority or host
-    if authority and (memo is None or authority != memo.authority):
-        if not authority_ok(authority):
-            return 0, MALFORMED, "invalid :authority"
-        if memo is not None:
-            memo.authority = authority
-    if cookies:
-        out.append((b"cookie", b"; ".join(cookies)))
-    return RequestHead(method, path, authority, scheme, out, cl, b"2")
-
-
-_NO_FIELDS: frozenset[tuple[bytes, bytes]] = frozenset()
-
-
-def response_head(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
-    status = 0
-    out: Headers = []
-    cl: int | None = None
-    for n, v in headers:
-        if n[:1] == b":":
-            if n == b":status":
-                status = int(v)
-            continue
-        if n in HOP_BY_HOP:
-            continue
-        if n == b"content-length":  # framing: `content_length` only (exchange.py)
-            if v.isdigit():
-                cl = int(v)
-            continue
-        out.append((n, v))
-    return ResponseHead(status, out, b"", cl)
-
-
-_SECURE = frozenset({b"authorization", b"proxy-authorization"})
-_UNIQUE = frozenset({b"x-request-id", b"traceparent", b"b3", b"x-b3-traceid", b"x-b3-spanid",
-                     b"x-b3-parentspanid"})
-"""Values that differ on every request: indexing them would only churn the HPACK dynamic table
-(evicting the fields that do repeat) and lengthen every table search of the encoder."""
-_NOT_INDEXED = _SECURE | _UNIQUE
-_SPACE = (0x20, 0x09)
-
-
-def _filtered(headers: Headers) -> Headers:
-    """Regular fields of an exchange head as HTTP/2 sends them (rule 5)."""
-    out: Headers = []
-    for n, raw in headers:
-        if n[:1] == b":" or (n in _OUT_SKIP and (n != b"te" or raw != b"trailers")):
-            continue
-        v = raw.strip(b" \t") if raw and (raw[0] in _SPACE or raw[-1] in _SPACE) else raw
-        if n in _NOT_INDEXED or (n == b"cookie" and len(v) < 20):
-            out.append(NeverIndexedHeaderTuple(n, v))
-        else:
-            out.append((n, v))
-    return out
-
-
-def encode_request(head: RequestHead, scheme: bytes) -> Headers:
-    if not head.authority:  # RFC 9113 8.3.1: no authority to convey, no :authority
-        out = [(b":method", head.method), (b":scheme", scheme), (b":path", head.path or b"/"),
-               *_filtered(head.headers)]
-    else:
-        out = [(b":method", head.method), (b":scheme", scheme),
-               (b":authority", head.authority), (b":path", head.path or b"/"),
-               *_filtered(head.headers)]
-    if head.content_length is not None:  # framing from what we know (exchange.py)
-        out.append((b"content-length", b"%d" % head.content_length))
-    return out
-
-
-def encode_response(head: ResponseHead) -> Headers:
-    out = [(b":status", b"%d" % head.status), *_filtered(head.headers)]
-    status = head.status
-    if head.content_length is not None and status >= 200 and status != 204:
-        out.append((b"content-length", b"%d" % head.content_length))
-    return out
 
 
 def _raw(headers: object) -> list[tuple[bytes, bytes]]:
@@ -545,9 +324,8 @@ class H2Codec:
                     events.append(EndReceived(sid, self._trailers.pop(sid, None)))
             elif isinstance(ev, h2.events.TrailersReceived):
                 sid = ev.stream_id or 0
-                trailers = [(n, v) for n, v in _raw(ev.headers)
-                            if n[:1] != b":" and n not in HOP_BY_HOP]
-                if all(name_ok(n) and value_ok(v) for n, v in trailers):
+                trailers = decode_trailers(_raw(ev.headers))
+                if trailers is not None:
                     self._trailers[sid] = trailers
                 else:  # rule 7: a malformed trailer section is a stream error too
                     opened = self._unanswered.get(sid) if self._unanswered else None
@@ -681,7 +459,7 @@ class H2Codec:
         if out is None:
             out = self._out[stream_id] = _Out()
         out.end = True
-        out.trailers = [h for h in _filtered(trailers) if h[0] != b"te"] if trailers else None
+        out.trailers = encode_trailers(trailers) if trailers else None
         self._flush_stream(stream_id, out)
 
     @property
@@ -785,35 +563,3 @@ class H2Codec:
 
     def stream_open(self, stream_id: int) -> bool:
         return stream_id in self._conn.streams and not self._conn.streams[stream_id].closed
-
-
-# -- gRPC local replies ---------------------------------------------------------------------
-
-GRPC_STATUS_FOR_HTTP = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
-"""HTTP status of a local reply -> grpc-status (gRPC's http-grpc-status-mapping, as Envoy does);
-anything else is 2 UNKNOWN."""
-
-
-def is_grpc(head: RequestHead) -> bool:
-    for n, v in head.headers:
-        if n == b"content-type":
-            return v[:16] == b"application/grpc"
-    return False
-
-
-def grpc_message(detail: str) -> bytes:
-    """Percent-encode a grpc-message value (gRPC over HTTP/2: printable ASCII except '%')."""
-    out = bytearray()
-    for b in detail.encode():
-        if 0x20 <= b <= 0x7E and b != 0x25:
-            out.append(b)
-        else:
-            out += b"%%%02X" % b
-    return bytes(out)
-
-
-def grpc_trailers_only(http_status: int, detail: str) -> Headers:
-    """A trailers-only gRPC response standing for a local HTTP error."""
-    code = GRPC_STATUS_FOR_HTTP.get(http_status, 2)
-    return [(b":status", b"200"), (b"content-type", b"application/grpc"),
-            (b"grpc-status", b"%d" % code), (b"grpc-message", grpc_message(detail))]

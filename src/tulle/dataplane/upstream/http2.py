@@ -42,21 +42,23 @@ from tulle.dataplane.exchange import (
     upstream_protocol_error,
     upstream_reset,
 )
-from tulle.dataplane.protocols.http2 import (
-    CANCEL,
-    NO_ERROR,
-    REFUSED_STREAM,
+from tulle.dataplane.protocols.h2events import (
     DataReceived,
     EndReceived,
     Event,
     GoAwayReceived,
-    H2Codec,
-    H2Limits,
-    H2ProtocolError,
     InformationalReceived,
     ResetReceived,
     ResponseReceived,
     SendDrained,
+)
+from tulle.dataplane.protocols.http2 import (
+    CANCEL,
+    NO_ERROR,
+    REFUSED_STREAM,
+    H2Codec,
+    H2Limits,
+    H2ProtocolError,
 )
 
 if TYPE_CHECKING:

@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tulle.dataplane.protocols.h2events import RequestReceived, StreamRejected
 from tulle.dataplane.protocols.h2fields import (
     authority_ok,
     content_length,
@@ -21,14 +22,9 @@ from tulle.dataplane.protocols.h2fields import (
     path_ok,
     value_ok,
 )
+from tulle.dataplane.protocols.h2translate import request_head
 from tulle.dataplane.protocols.http1 import serialize_request_head
-from tulle.dataplane.protocols.http2 import (
-    H2Codec,
-    H2ProtocolError,
-    RequestReceived,
-    StreamRejected,
-    request_head,
-)
+from tulle.dataplane.protocols.http2 import H2Codec, H2ProtocolError
 
 
 @pytest.mark.parametrize("m", [b"GET", b"PROPFIND", b"M-SEARCH", b"get", b"!#$%&'*+-.^_`|~"])

@@ -10,21 +10,19 @@ import h2.settings
 import pytest
 
 from tulle.dataplane.exchange import RequestHead, ResponseHead
-from tulle.dataplane.protocols.http2 import (
+from tulle.dataplane.protocols.h2events import (
     DataReceived,
     EndReceived,
     GoAwayReceived,
-    H2Codec,
-    H2Limits,
-    H2ProtocolError,
     InformationalReceived,
     RequestReceived,
     ResetReceived,
     ResponseReceived,
     SendDrained,
     StreamRejected,
-    grpc_trailers_only,
 )
+from tulle.dataplane.protocols.h2translate import grpc_trailers_only
+from tulle.dataplane.protocols.http2 import H2Codec, H2Limits, H2ProtocolError
 
 
 def peer(client_side: bool, **cfg: bool) -> h2.connection.H2Connection:
