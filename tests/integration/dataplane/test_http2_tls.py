@@ -65,3 +65,31 @@ async def test_h2_cluster_over_tls_with_alpn(origin: int, tmp_path: Path) -> Non
         # The inner hop went through the TLS listener (the pool insists on ALPN h2).
         assert p.metric("tulle_proxy_requests_total", listener="tls", response_code="200") == 1
         c.close()
+
+
+async def test_h2_cluster_refuses_a_tls_upstream_without_alpn_h2(origin: int,
+                                                                 tmp_path: Path) -> None:
+    # The dial succeeds (TCP and TLS), but the upstream only speaks HTTP/1.1: the pool drops
+    # the connection and the waiting request fails as a connect failure, nothing forwarded.
+    crt, key = self_signed(tmp_path)
+    cfg = simple_config(origin)
+    cfg["listeners"][0].update(name="tls", tls={"cert_file": crt, "key_file": key,
+                                                "alpn": ["http/1.1"]})
+    async with running_proxy(cfg) as p:
+        cfg["listeners"].append({"name": "out", "port": 0, "protocol": "http2",
+                                 "cluster": "via-tls"})
+        cfg["clusters"].append({"name": "via-tls", "protocol": "http2",
+                                "tls": {"server_name": "localhost"},
+                                "endpoints": [{"address": "127.0.0.1", "port": p.port("tls")}]})
+        await p.apply(cfg)
+        c = await H2Client.connect(p.port("out"))
+        r = await c.request("GET", "/echo")
+        assert r.status == 503
+        assert b"cannot connect" in r.body and b"did not negotiate ALPN h2" in r.body
+        assert p.metric("tulle_proxy_requests_total", listener="out", response_flags="UF") == 1
+        assert p.metric("tulle_proxy_upstream_connect_failures_total", cluster="via-tls") == 1
+        assert p.metric("tulle_proxy_requests_total", listener="tls") == 0
+        # The listener still serves.
+        r = await c.request("GET", "/echo")
+        assert r.status == 503
+        c.close()

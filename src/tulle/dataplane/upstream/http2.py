@@ -3,7 +3,8 @@
 An `H2Pool` holds the connections to one endpoint.  A new exchange goes on the first connection
 with room (fewer open streams than both the cluster's `max_concurrent_streams` and the server's
 SETTINGS_MAX_CONCURRENT_STREAMS); when none has room it waits in `waiting` and another
-connection is dialled (h2c with prior knowledge, or TLS with ALPN h2).  `open_stream` never
+connection is dialled (h2c with prior knowledge, or TLS with ALPN h2) through the one dialler,
+`connect.py`.  `open_stream` never
 calls the sink: every failure is reported from a later callback (a connect task, a frame).
 
 Failures and what the downstream sees (`ResponseSink.on_upstream_error`):
@@ -29,7 +30,6 @@ opened leave in one write.
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections import deque
 from typing import TYPE_CHECKING, cast
 
@@ -60,6 +60,7 @@ from tulle.dataplane.protocols.http2 import (
     H2Limits,
     H2ProtocolError,
 )
+from tulle.dataplane.upstream.connect import ConnectFailed, dial_transport
 
 if TYPE_CHECKING:
     from tulle.dataplane.upstream.cluster import ClusterRuntime
@@ -436,37 +437,39 @@ class H2Pool:
 
     async def _connect(self) -> None:
         cluster = self.cluster
-        loop = asyncio.get_running_loop()
         ep = self.endpoint
-        ssl_ctx: ssl.SSLContext | None = cluster.ssl_context
         try:
-            async with asyncio.timeout(cluster.connect_timeout):
-                transport, conn = await loop.create_connection(
-                    lambda: H2UpConnection(self), ep.address, ep.port, ssl=ssl_ctx,
-                    server_hostname=(cluster.sni or None) if ssl_ctx else None)
-            if ssl_ctx is not None:
-                obj = transport.get_extra_info("ssl_object")
-                if obj is None or obj.selected_alpn_protocol() != "h2":
-                    transport.abort()
-                    raise ssl.SSLError("upstream did not negotiate ALPN h2")
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            cluster.m_connect_failures.value += 1
-            what = "timed out" if isinstance(exc, TimeoutError) else (
-                exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc))
-            error = connect_failure(f"cannot connect to {ep.key} ({cluster.name}): {what}")
-            # This attempt was for up to one connection's worth of the waiting streams.
-            take = len(self.waiting) if len(self._connecting) <= 1 else \
-                cluster.max_concurrent_streams
-            for _ in range(min(take, len(self.waiting))):
-                s = self.waiting.popleft()
-                s.sink.on_upstream_error(error)
+            transport, conn = await dial_transport(
+                lambda: H2UpConnection(self), ep.address, ep.port, cluster.connect_timeout,
+                ssl_context=cluster.ssl_context, server_name=cluster.sni or None)
+        except ConnectFailed as exc:
+            self._connect_failed(exc.what)
             return
+        if cluster.ssl_context is not None:
+            # Dialled, but not a connection this pool can use: still a failed connect for the
+            # streams that waited for it.
+            obj = transport.get_extra_info("ssl_object")
+            if obj is None or obj.selected_alpn_protocol() != "h2":
+                transport.abort()
+                self._connect_failed("upstream did not negotiate ALPN h2")
+                return
         if self.closed:
             conn.close_gracefully()
             return
         self.conns.append(conn)
         self.all.add(conn)
         self._assign()
+
+    def _connect_failed(self, what: str) -> None:
+        cluster = self.cluster
+        cluster.m_connect_failures.value += 1
+        error = connect_failure(f"cannot connect to {self.endpoint.key} ({cluster.name}): {what}")
+        # This attempt was for up to one connection's worth of the waiting streams.
+        take = len(self.waiting) if len(self._connecting) <= 1 else \
+            cluster.max_concurrent_streams
+        for _ in range(min(take, len(self.waiting))):
+            s = self.waiting.popleft()
+            s.sink.on_upstream_error(error)
 
     def forget(self, conn: H2UpConnection, closed: bool = False) -> None:
         """`conn` takes no new streams (GOAWAY), or is gone (`closed`)."""
