@@ -305,8 +305,10 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
             return
         if self.closing:
             return
-        if self._deadline_kind == "idle":
-            self._set_deadline("header")
+        if self._deadline_kind == "idle":  # (_set_deadline("header"), inlined: once a request)
+            self._deadline_kind = "header"
+            timeout = self.ctx.header_timeout
+            self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0
         try:
             self.codec.feed(data)
         except ProtocolError as exc:
@@ -447,8 +449,9 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
                 ex.close_after = True
                 ex.local(503, b"overloaded\n")
                 return
-            self.follow_snapshot()
-            ctx = self.ctx
+            if self.handle.ctx is not ctx:
+                self.follow_snapshot()
+                ctx = self.ctx
             d = resolve(ctx, self.router, self.cluster or "", head)
             ex.cluster = d.cluster_name
             ex.stats = d.stats
@@ -477,7 +480,7 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         if self._deadline_kind == "request":  # a previous (pipelined) exchange's
             self.deadline = 0.0
             self._deadline_kind = ""
-        timeout = d.timeout_ms / 1000
+        timeout = d.timeout
         if timeout and not head.upgrade:
             if timeout >= ctx.sweep_timeout_min:  # the sweeper checks it (ADR 0010)
                 self.deadline = self.loop.time() + timeout
@@ -510,8 +513,12 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
             self.resume_reading("pipeline")
         if q:
             self._advance()
-        else:
-            self._set_deadline("header" if self.codec.head_started else "idle")
+        elif self.codec.head_started:
+            self._set_deadline("header")
+        else:  # (_set_deadline("idle"), inlined: this runs once a keep-alive request)
+            self._deadline_kind = "idle"
+            timeout = self.ctx.idle_timeout
+            self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0
 
     def exchange_failed(self, ex: H1Exchange) -> None:
         """The response was cut off after its head went out: the client must see an abort."""
