@@ -266,7 +266,8 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         self._advancing = False
         self._initial = initial
         self._early_tunnel: list[bytes] | None = None
-        self._out: list[bytes] | None = None
+        self._out: bytes | None = None
+        """A response head held back by `write_head`."""
         self.tunnel: TunnelStream | None = None
         self.tunnel_active = 0.0
         """Loop time bytes last moved through the upgrade tunnel (its idle timeout)."""
@@ -496,7 +497,7 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
                 stream.send_data(c)
         if self._paused:
             self.resume_reading("buffer")
-        if ex.request_done and not head.upgrade:
+        if ex.request_done and ex.has_body and not head.upgrade:  # (bodiless: open_stream ended it)
             stream.send_end(ex.trailers)
 
     def exchange_done(self, ex: H1Exchange) -> None:
@@ -572,7 +573,7 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         held = self._out
         if held is not None:
             self._out = None
-            data = held[0] + data
+            data = held + data
         t.write(data)
 
     def write_head(self, data: bytes) -> None:
@@ -584,15 +585,15 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         self.ctx.m_bytes_sent.value += len(data)
         if self._out is not None:
             self._flush()
-        self._out = [data]
+        self._out = data
         self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         out = self._out
         self._out = None
         t = self.transport
-        if out and t is not None:
-            t.write(out[0])
+        if out is not None and t is not None:
+            t.write(out)
 
     def pause_reading(self, why: str) -> None:
         if not self._paused and self.transport is not None:

@@ -124,6 +124,34 @@ _RESPONSE_SPECIAL = {b"content-length": _CL, b"transfer-encoding": _TE, b"connec
                      b"te": _DROP}
 
 
+_COMMON_NAMES = (
+    b"host", b"user-agent", b"accept", b"accept-encoding", b"accept-language", b"connection",
+    b"content-length", b"content-type", b"transfer-encoding", b"cookie", b"authorization",
+    b"referer", b"origin", b"cache-control", b"upgrade", b"expect", b"te", b"keep-alive",
+    b"pragma", b"range", b"if-none-match", b"if-modified-since", b"x-forwarded-for",
+    b"x-forwarded-proto", b"x-request-id", b"server", b"date", b"last-modified", b"etag",
+    b"accept-ranges", b"expires", b"vary", b"location", b"set-cookie", b"content-encoding",
+)
+_EXTRA_SPELLINGS = {b"etag": b"ETag", b"te": b"TE"}
+
+
+def _known_names(special: dict[bytes, int]) -> dict[bytes, tuple[bytes, int | None]]:
+    """Common field names as peers spell them (lower case, Title-Case) -> (lower-case name,
+    what on_headers_complete does with it): a hit saves `lower()` and hashing its result; a
+    miss (any other spelling) takes the general path.  Static: built once, never grows."""
+    table: dict[bytes, tuple[bytes, int | None]] = {}
+    for name in _COMMON_NAMES:
+        entry = (name, special.get(name))
+        title = b"-".join(part[:1].upper() + part[1:] for part in name.split(b"-"))
+        for spelling in (name, title, _EXTRA_SPELLINGS.get(name, name)):
+            table[spelling] = entry
+    return table
+
+
+_REQUEST_NAMES = _known_names(_REQUEST_SPECIAL)
+_RESPONSE_NAMES = _known_names(_RESPONSE_SPECIAL)
+
+
 def _reraise(exc: Exception, status: int, kind: str, default: str) -> Exception:
     """Map an httptools error: a callback's own exception wins (ours or a bug), else `kind`.
 
@@ -427,13 +455,18 @@ class RequestCodec(_Bounds):
         out: Headers = []
         append = out.append
         special = _REQUEST_SPECIAL.get
+        known = _REQUEST_NAMES.get
         cl: int | None = None
         expect = False
         upgrade = b""
         chunked = False
         for raw_name, value in headers:
-            name = raw_name.lower()
-            what = special(name)
+            hit = known(raw_name)
+            if hit is None:
+                name = raw_name.lower()
+                what = special(name)
+            else:
+                name, what = hit
             if what is None:
                 append((name, value))
             elif what == _HOST:
@@ -691,9 +724,14 @@ class ResponseCodec(_Bounds):
         out: Headers = []
         append = out.append
         special = _RESPONSE_SPECIAL.get
+        known = _RESPONSE_NAMES.get
         for raw_name, value in self._headers:
-            name = raw_name.lower()
-            what = special(name)
+            hit = known(raw_name)
+            if hit is None:
+                name = raw_name.lower()
+                what = special(name)
+            else:
+                name, what = hit
             if what is None:
                 append((name, value))
             elif what == _CL:
