@@ -15,7 +15,7 @@ import os
 import random
 from typing import TYPE_CHECKING
 
-from tulle.dataplane.exchange import RequestHead
+from tulle.dataplane.exchange import Headers, RequestHead
 from tulle.dataplane.routing.paths import PathRejected
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ class Decision:
     that route shares it: treat it as immutable."""
 
     __slots__ = ("body", "chain", "cluster", "cluster_name", "flag", "stats", "status",
-                 "timeout_ms")
+                 "timeout", "timeout_ms")
 
     def __init__(self, cluster: ClusterRuntime | None, cluster_name: str, timeout_ms: int,
                  status: int = 0, body: bytes = b"", flag: str = "",
@@ -41,6 +41,8 @@ class Decision:
         self.cluster = cluster
         self.cluster_name = cluster_name
         self.timeout_ms = timeout_ms
+        self.timeout = timeout_ms / 1000
+        """`timeout_ms` in seconds (divided once per decision, not per request)."""
         self.status = status
         self.body = body
         self.flag = flag
@@ -111,15 +113,21 @@ class _RequestIds:
 request_id = _RequestIds().next
 
 
+def _index_of(headers: Headers, name: bytes) -> int:
+    """Position of the last field called `name` (present)."""
+    return max(i for i, (n, _) in enumerate(headers) if n == name)
+
+
 def add_forwarding_headers(head: RequestHead, peer_ip: bytes, generate_request_id: bool) -> None:
     """Append the client to x-forwarded-for; set x-forwarded-proto and x-request-id if absent."""
     headers = head.headers
     xff = -1
     has_proto = has_id = False
-    for i, (n, _) in enumerate(headers):
-        if n[:2] == b"x-":
+    for n, _ in headers:
+        if n[:1] == b"x":  # (a one-byte slice is a cached object: nothing is allocated)
             if n == b"x-forwarded-for":
-                xff = i
+                if xff < 0:
+                    xff = _index_of(headers, b"x-forwarded-for")
             elif n == b"x-forwarded-proto":
                 has_proto = True
             elif n == b"x-request-id":

@@ -266,7 +266,8 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         self._advancing = False
         self._initial = initial
         self._early_tunnel: list[bytes] | None = None
-        self._out: list[bytes] | None = None
+        self._out: bytes | None = None
+        """A response head held back by `write_head`."""
         self.tunnel: TunnelStream | None = None
         self.tunnel_active = 0.0
         """Loop time bytes last moved through the upgrade tunnel (its idle timeout)."""
@@ -305,8 +306,10 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
             return
         if self.closing:
             return
-        if self._deadline_kind == "idle":
-            self._set_deadline("header")
+        if self._deadline_kind == "idle":  # (_set_deadline("header"), inlined: once a request)
+            self._deadline_kind = "header"
+            timeout = self.ctx.header_timeout
+            self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0
         try:
             self.codec.feed(data)
         except ProtocolError as exc:
@@ -447,8 +450,9 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
                 ex.close_after = True
                 ex.local(503, b"overloaded\n")
                 return
-            self.follow_snapshot()
-            ctx = self.ctx
+            if self.handle.ctx is not ctx:
+                self.follow_snapshot()
+                ctx = self.ctx
             d = resolve(ctx, self.router, self.cluster or "", head)
             ex.cluster = d.cluster_name
             ex.stats = d.stats
@@ -477,7 +481,7 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         if self._deadline_kind == "request":  # a previous (pipelined) exchange's
             self.deadline = 0.0
             self._deadline_kind = ""
-        timeout = d.timeout_ms / 1000
+        timeout = d.timeout
         if timeout and not head.upgrade:
             if timeout >= ctx.sweep_timeout_min:  # the sweeper checks it (ADR 0010)
                 self.deadline = self.loop.time() + timeout
@@ -493,7 +497,7 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
                 stream.send_data(c)
         if self._paused:
             self.resume_reading("buffer")
-        if ex.request_done and not head.upgrade:
+        if ex.request_done and ex.has_body and not head.upgrade:  # (bodiless: open_stream ended it)
             stream.send_end(ex.trailers)
 
     def exchange_done(self, ex: H1Exchange) -> None:
@@ -510,8 +514,12 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
             self.resume_reading("pipeline")
         if q:
             self._advance()
-        else:
-            self._set_deadline("header" if self.codec.head_started else "idle")
+        elif self.codec.head_started:
+            self._set_deadline("header")
+        else:  # (_set_deadline("idle"), inlined: this runs once a keep-alive request)
+            self._deadline_kind = "idle"
+            timeout = self.ctx.idle_timeout
+            self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0
 
     def exchange_failed(self, ex: H1Exchange) -> None:
         """The response was cut off after its head went out: the client must see an abort."""
@@ -565,7 +573,7 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         held = self._out
         if held is not None:
             self._out = None
-            data = held[0] + data
+            data = held + data
         t.write(data)
 
     def write_head(self, data: bytes) -> None:
@@ -577,15 +585,15 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         self.ctx.m_bytes_sent.value += len(data)
         if self._out is not None:
             self._flush()
-        self._out = [data]
+        self._out = data
         self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         out = self._out
         self._out = None
         t = self.transport
-        if out and t is not None:
-            t.write(out[0])
+        if out is not None and t is not None:
+            t.write(out)
 
     def pause_reading(self, why: str) -> None:
         if not self._paused and self.transport is not None:

@@ -124,6 +124,34 @@ _RESPONSE_SPECIAL = {b"content-length": _CL, b"transfer-encoding": _TE, b"connec
                      b"te": _DROP}
 
 
+_COMMON_NAMES = (
+    b"host", b"user-agent", b"accept", b"accept-encoding", b"accept-language", b"connection",
+    b"content-length", b"content-type", b"transfer-encoding", b"cookie", b"authorization",
+    b"referer", b"origin", b"cache-control", b"upgrade", b"expect", b"te", b"keep-alive",
+    b"pragma", b"range", b"if-none-match", b"if-modified-since", b"x-forwarded-for",
+    b"x-forwarded-proto", b"x-request-id", b"server", b"date", b"last-modified", b"etag",
+    b"accept-ranges", b"expires", b"vary", b"location", b"set-cookie", b"content-encoding",
+)
+_EXTRA_SPELLINGS = {b"etag": b"ETag", b"te": b"TE"}
+
+
+def _known_names(special: dict[bytes, int]) -> dict[bytes, tuple[bytes, int | None]]:
+    """Common field names as peers spell them (lower case, Title-Case) -> (lower-case name,
+    what on_headers_complete does with it): a hit saves `lower()` and hashing its result; a
+    miss (any other spelling) takes the general path.  Static: built once, never grows."""
+    table: dict[bytes, tuple[bytes, int | None]] = {}
+    for name in _COMMON_NAMES:
+        entry = (name, special.get(name))
+        title = b"-".join(part[:1].upper() + part[1:] for part in name.split(b"-"))
+        for spelling in (name, title, _EXTRA_SPELLINGS.get(name, name)):
+            table[spelling] = entry
+    return table
+
+
+_REQUEST_NAMES = _known_names(_REQUEST_SPECIAL)
+_RESPONSE_NAMES = _known_names(_RESPONSE_SPECIAL)
+
+
 def _reraise(exc: Exception, status: int, kind: str, default: str) -> Exception:
     """Map an httptools error: a callback's own exception wins (ours or a bug), else `kind`.
 
@@ -405,36 +433,45 @@ class RequestCodec(_Bounds):
         p = self._parser
         assert p is not None
         limit = self._limit
+        headers = self._headers
         if (self._fed - self._msg_start > limit
-                and len(self._url) + sum(len(n) + len(v) + 4 for n, v in self._headers) > limit):
+                and len(self._url) + sum(len(n) + len(v) + 4 for n, v in headers) > limit):
             raise ProtocolError(431, "header_too_large", f"request head exceeds {limit} bytes")
-        if len(self._headers) > self._max_fields:
+        if len(headers) > self._max_fields:
             raise ProtocolError(431, "header_too_large",
                                 f"more than {self._limits.max_header_count} header fields")
         self._done_head = True
         method: bytes = p.get_method()
         raw_version: str = p.get_http_version()
-        version = _VERSIONS.get(raw_version) or raw_version.encode()
-        if version not in (b"1.1", b"1.0"):
+        version = _VERSIONS.get(raw_version)
+        if version is None:  # neither 1.1 nor 1.0
+            version = raw_version.encode()
             if version < b"1.0":
                 raise ProtocolError(400, "malformed_request", "HTTP/0.9 is not supported")
             raise ProtocolError(505, "unsupported", f"HTTP/{version.decode()} over HTTP/1 framing")
-        hosts: list[bytes] = []
+        authority = b""
+        n_hosts = 0
         conn_tokens = _NO_TOKENS
         out: Headers = []
         append = out.append
         special = _REQUEST_SPECIAL.get
+        known = _REQUEST_NAMES.get
         cl: int | None = None
         expect = False
         upgrade = b""
         chunked = False
-        for raw_name, value in self._headers:
-            name = raw_name.lower()
-            what = special(name)
+        for raw_name, value in headers:
+            hit = known(raw_name)
+            if hit is None:
+                name = raw_name.lower()
+                what = special(name)
+            else:
+                name, what = hit
             if what is None:
                 append((name, value))
             elif what == _HOST:
-                hosts.append(value)
+                authority = value
+                n_hosts += 1
             elif what == _CL:
                 cl = int(value)  # llhttp has checked the digits and rejected duplicates
             elif what == _TE:
@@ -460,10 +497,9 @@ class RequestCodec(_Bounds):
         if conn_tokens and not conn_tokens <= _NOT_HEADERS:
             named = conn_tokens - _NOT_HEADERS
             out = [(n, v) for n, v in out if n not in named]
-        if len(hosts) > 1:
+        if n_hosts > 1:
             raise ProtocolError(400, "malformed_request", "more than one Host header")
         url = self._url
-        authority = hosts[0] if hosts else b""
         if method == b"CONNECT":
             raise ProtocolError(501, "unsupported", "CONNECT is not supported")
         if url[:1] != b"/" and url != b"*":
@@ -549,6 +585,11 @@ class ResponseHandler(Protocol):
     def on_upgrade(self, head: ResponseHead, rest: bytes) -> None: ...
 
 
+_IDLE, _HEAD, _BODY, _DONE = range(4)
+"""`ResponseCodec` states, read as globals on the response path (a class attribute read through
+the instance is a slower lookup)."""
+
+
 class ResponseCodec(_Bounds):
     """Parses the responses of one upstream connection, one exchange at a time.  Limits as for
     requests (`H1Limits`); every violation is a 502-class `ProtocolError`."""
@@ -557,7 +598,7 @@ class ResponseCodec(_Bounds):
                  "_head_request", "_headers", "_keep_alive", "_limit", "_parser", "_reason",
                  "_state", "_until_close", "_upgrade_head", "_upgrade_request")
 
-    IDLE, HEAD, BODY, DONE = range(4)
+    IDLE, HEAD, BODY, DONE = _IDLE, _HEAD, _BODY, _DONE
 
     def __init__(self, handler: ResponseHandler, max_header_bytes: int, *,
                  limits: H1Limits = DEFAULT_LIMITS) -> None:
@@ -573,7 +614,7 @@ class ResponseCodec(_Bounds):
         self._ext_fields = None
         self._feed_len = 0
         self._trailer_bytes = 0
-        self._state = self.IDLE
+        self._state = _IDLE
         self._head_request = False
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
@@ -588,11 +629,11 @@ class ResponseCodec(_Bounds):
     def start(self, head_request: bool, upgrade_request: bool = False) -> None:
         """Expect the response to a request just sent (HEAD responses carry no body; only an
         upgrade request may be answered with 101)."""
-        if self._state == self.DONE and self._head_request:
+        if self._state == _DONE and self._head_request:
             # llhttp believed a HEAD response's Content-Length; start a fresh parser.
             self._parser = httptools.HttpResponseParser(self)
             self._chunked = False
-        self._state = self.HEAD
+        self._state = _HEAD
         self._ext_credit = 0
         self._ext_fields = None
         self._head_request = head_request
@@ -603,7 +644,7 @@ class ResponseCodec(_Bounds):
     @property
     def until_close(self) -> bool:
         """The body in progress is delimited by the connection closing."""
-        return self._state == self.BODY and self._until_close
+        return self._state == _BODY and self._until_close
 
     def close(self) -> None:
         """Drop the parser and the handler (the connection is gone): no reference cycle is
@@ -619,8 +660,8 @@ class ResponseCodec(_Bounds):
         if parser is None:
             raise ProtocolError(502, "upstream_protocol", "connection closed")
         n = self._feed_len = len(data)
-        if self._state != self.BODY:
-            if self._state in (self.IDLE, self.DONE):
+        if self._state != _BODY:
+            if self._state in (_IDLE, _DONE):
                 if data:
                     raise ProtocolError(502, "upstream_protocol",
                                         "upstream sent bytes with no request outstanding")
@@ -632,13 +673,13 @@ class ResponseCodec(_Bounds):
             offset = exc.args[0] if exc.args else len(data)
             head = self._upgrade_head
             self._upgrade_head = None
-            self._state = self.DONE
+            self._state = _DONE
             if head is not None and self._handler is not None:
                 self._handler.on_upgrade(head, data[offset:])
             return
         except httptools.HttpParserError as exc:
             raise _reraise(exc, 502, "upstream_protocol", "malformed response") from None
-        if self._state == self.HEAD and self._head_bytes > self._limit + 4:
+        if self._state == _HEAD and self._head_bytes > self._limit + 4:
             raise ProtocolError(502, "upstream_protocol", "response head too large")
         if self._chunked:
             self._check_extensions(n, 502, "upstream_protocol")
@@ -646,13 +687,13 @@ class ResponseCodec(_Bounds):
     def feed_eof(self) -> bool:
         """The connection closed cleanly (FIN, not RST).  True when that completed a
         close-delimited body; the caller ends the exchange (the handler is not called)."""
-        if self._state == self.BODY and self._until_close:
-            self._state = self.DONE
+        if self._state == _BODY and self._until_close:
+            self._state = _DONE
             return True
         return False
 
     def on_message_begin(self) -> None:
-        if self._state != self.HEAD:
+        if self._state != _HEAD:
             raise ProtocolError(502, "upstream_protocol", "response with no request outstanding")
         self._headers = []
         self._reason = b""
@@ -669,7 +710,7 @@ class ResponseCodec(_Bounds):
         self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        if self._state != self.HEAD:
+        if self._state != _HEAD:
             return
         p = self._parser
         assert p is not None
@@ -683,9 +724,14 @@ class ResponseCodec(_Bounds):
         out: Headers = []
         append = out.append
         special = _RESPONSE_SPECIAL.get
+        known = _RESPONSE_NAMES.get
         for raw_name, value in self._headers:
-            name = raw_name.lower()
-            what = special(name)
+            hit = known(raw_name)
+            if hit is None:
+                name = raw_name.lower()
+                what = special(name)
+            else:
+                name, what = hit
             if what is None:
                 append((name, value))
             elif what == _CL:
@@ -715,7 +761,7 @@ class ResponseCodec(_Bounds):
             self._ext_fields = self._headers
             self._chunks = self._body_in_feed = self._trailer_bytes = 0
         reason = self._reason
-        if _BAD_REASON(reason):
+        if reason != b"OK" and _BAD_REASON(reason):  # (the common phrase skips the search)
             # llhttp lets NUL and other controls through in the reason phrase; RFC 9112 4 allows
             # HTAB / SP / VCHAR / obs-text only.  A client gets our own phrase instead.
             reason = b""
@@ -737,16 +783,16 @@ class ResponseCodec(_Bounds):
         no_body = self._head_request or status in (204, 304) or cl == 0
         self._until_close = not no_body and cl is None and not chunked
         if no_body:
-            self._state = self.DONE
+            self._state = _DONE
             self._chunked = False
             handler.on_head(head, True, self._keep_alive)
             handler.on_end(None)
             return
-        self._state = self.BODY
+        self._state = _BODY
         handler.on_head(head, False, self._keep_alive)
 
     def on_body(self, body: bytes) -> None:
-        if self._state == self.BODY:
+        if self._state == _BODY:
             if self._chunked:
                 self._body_in_feed += len(body)
                 self._chunks += 1
@@ -758,8 +804,8 @@ class ResponseCodec(_Bounds):
             n = self._feed_len  # (nothing may follow a response: all of the read is its)
             if n - self._body_in_feed > self._ext_carry and self._ext_balance(n) < 0:
                 raise ProtocolError(502, "upstream_protocol", "chunk extension too long")
-        if self._state == self.BODY:
-            self._state = self.DONE
+        if self._state == _BODY:
+            self._state = _DONE
             self._handler.on_end(self._trailers)  # type: ignore[union-attr]
 
 
@@ -782,7 +828,9 @@ def reason_phrase(status: int) -> bytes:
 
 # Heads never hold HTTP/2 pseudo-headers (both codecs keep them out), so header lines are
 # joined as they are: `b": ".join` of each pair, one `b"\r\n".join` (the fastest spelling we
-# measured; this runs twice per proxied request).
+# measured; this runs twice per proxied request).  The pairs are joined by `map` over the bound
+# `join`, not a list comprehension: no Python frame per head (a comprehension is a call).
+_JOIN_FIELD = b": ".join
 
 def serialize_request_head(head: RequestHead, chunked: bool, extra: HeaderSeq = ()) -> bytes:
     """Request line and headers for an HTTP/1.1 upstream.  `extra` goes after the head's own.
@@ -791,9 +839,9 @@ def serialize_request_head(head: RequestHead, chunked: bool, extra: HeaderSeq = 
     `content-length` from `head.content_length` when the body length is known; with neither the
     request has no body."""
     lines = [b"%b %b HTTP/1.1\r\nhost: %b" % (head.method, head.path, head.authority)]
-    lines += [b": ".join(h) for h in head.headers]
+    lines += map(_JOIN_FIELD, head.headers)
     if extra:
-        lines += [b": ".join(h) for h in extra]
+        lines += map(_JOIN_FIELD, extra)
     if head.upgrade:
         lines.append(b"connection: upgrade\r\nupgrade: %b" % head.upgrade)
     if chunked:
@@ -814,9 +862,9 @@ def serialize_response_head(head: ResponseHead, *, chunked: bool, close: bool,
     9110 8.6), else the body is close-delimited and the caller passes `close`."""
     status = head.status
     lines = [b"HTTP/1.1 %d %b" % (status, head.reason or _REASONS.get(status, b""))]
-    lines += [b": ".join(h) for h in head.headers]
+    lines += map(_JOIN_FIELD, head.headers)
     if extra:
-        lines += [b": ".join(h) for h in extra]
+        lines += map(_JOIN_FIELD, extra)
     if chunked:
         lines.append(b"transfer-encoding: chunked")
     elif head.content_length is not None and status >= 200 and status != 204:

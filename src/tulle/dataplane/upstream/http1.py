@@ -154,8 +154,10 @@ class H1Connection(asyncio.Protocol):
         self.closed = False
         self.write_paused = False
         self.read_paused = False
-        self._ended: tuple[H1Stream, Headers | None] | None = None
-        """A response the parser finished in the current read, delivered once the read is done."""
+        self._ended: H1Stream | None = None
+        """A response the parser finished in the current read, delivered once the read is done
+        (with `_ended_trailers`)."""
+        self._ended_trailers: Headers | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -182,7 +184,8 @@ class H1Connection(asyncio.Protocol):
         ended = self._ended
         if ended is not None:
             self._ended = None
-            self._deliver_end(*ended)
+            trailers, self._ended_trailers = self._ended_trailers, None
+            self._deliver_end(ended, trailers)
 
     def eof_received(self) -> bool:
         stream = self.stream
@@ -245,7 +248,7 @@ class H1Connection(asyncio.Protocol):
         self.stream = stream
         stream.conn = self
         head = stream.head
-        self.codec.start(head.method == b"HEAD", bool(head.upgrade))
+        self.codec.start(head.method == b"HEAD", head.upgrade != b"")
         pending = stream.pending
         stream.pending = None
         stream.pending_bytes = 0
@@ -299,7 +302,8 @@ class H1Connection(asyncio.Protocol):
     def on_end(self, trailers: Headers | None) -> None:
         s = self.stream
         if s is not None:
-            self._ended = (s, trailers)  # delivered when the parser has consumed the read
+            self._ended = s  # delivered when the parser has consumed the read (no tuple)
+            self._ended_trailers = trailers
 
     def _deliver_end(self, s: H1Stream, trailers: Headers | None) -> None:
         if self.stream is s:

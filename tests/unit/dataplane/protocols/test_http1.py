@@ -497,3 +497,16 @@ def test_upgrade_request_with_a_body_is_400(framing: bytes) -> None:
     err = refused(b"POST /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n"
                   b"Upgrade: websocket\r\n" + framing)
     assert (err.status, err.kind) == (400, "malformed_request")
+
+
+def test_known_field_name_tables_agree_with_the_general_path() -> None:
+    """The spelled-name shortcut in both codecs gives exactly what lower() and the special
+    tables give: a hit can never change what happens to a field."""
+    from tulle.dataplane.protocols import http1
+
+    for table, special in ((http1._REQUEST_NAMES, http1._REQUEST_SPECIAL),
+                           (http1._RESPONSE_NAMES, http1._RESPONSE_SPECIAL)):
+        assert b"Content-Length" in table and b"host" in table
+        for spelling, (name, what) in table.items():
+            assert name == spelling.lower()
+            assert what == special.get(name)
