@@ -102,6 +102,10 @@ class ResponseSink(Protocol):
 
     def on_response_end(self, trailers: Headers | None) -> None: ...
 
+    def on_read_end(self) -> None:
+        """The upstream has handled one read: a head held back to leave in one write with the
+        first body bytes (usually in that same read) must leave now."""
+
     def on_upstream_error(self, error: UpstreamError) -> None:
         """The exchange failed.  If the head was already sent downstream, the driver resets."""
 

@@ -165,6 +165,11 @@ class H1Exchange:
             self.conn.write(encode_last_chunk(trailers))
         self._finish()
 
+    def on_read_end(self) -> None:
+        conn = self.conn
+        if conn._out is not None:
+            conn._flush()
+
     def on_upstream_error(self, error: UpstreamError) -> None:
         self.flags = error.flag
         self.stream = None
@@ -578,15 +583,14 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
 
     def write_head(self, data: bytes) -> None:
         """Hold a response head back until the body's first bytes (usually in the same read of
-        the upstream) so both leave in one system call; flushed at the end of this loop turn if
-        no body comes sooner."""
+        the upstream) so both leave in one system call; flushed when the upstream has handled
+        the read that brought it (`H1Exchange.on_read_end`) if no body came in it."""
         if self.transport is None:
             return
         self.ctx.m_bytes_sent.value += len(data)
         if self._out is not None:
             self._flush()
         self._out = data
-        self.loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         out = self._out

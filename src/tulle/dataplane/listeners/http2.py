@@ -155,6 +155,9 @@ class H2Exchange:
         self.conn.write_soon()
         self.finish()
 
+    def on_read_end(self) -> None:
+        pass  # HTTP/2 writes are already gathered per loop turn (`write_soon`)
+
     def on_upstream_error(self, error: UpstreamError) -> None:
         if self.done:
             return

@@ -186,6 +186,8 @@ class H1Connection(asyncio.Protocol):
             self._ended = None
             trailers, self._ended_trailers = self._ended_trailers, None
             self._deliver_end(ended, trailers)
+        if stream is not None and not stream.was_reset:
+            stream.sink.on_read_end()  # a head held for its body's first bytes leaves now
 
     def eof_received(self) -> bool:
         stream = self.stream

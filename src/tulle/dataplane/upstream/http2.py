@@ -219,6 +219,8 @@ class H2UpConnection(asyncio.Protocol):
 
     def _handle(self, events: list[Event]) -> None:
         streams = self.streams
+        held: list[ResponseSink] | None = None
+        """Sinks given a head with a body to come: told when this batch is done."""
         for ev in events:
             if isinstance(ev, DataReceived):
                 s = streams.get(ev.stream_id)
@@ -235,6 +237,10 @@ class H2UpConnection(asyncio.Protocol):
                     if ev.end_stream:
                         self._response_complete(s)
                     s.sink.on_response_head(ev.head, ev.end_stream)
+                    if not ev.end_stream:
+                        if held is None:
+                            held = []
+                        held.append(s.sink)
             elif isinstance(ev, EndReceived):
                 s = streams.get(ev.stream_id)
                 if s is not None:
@@ -260,6 +266,9 @@ class H2UpConnection(asyncio.Protocol):
                             f"upstream reset the stream (HTTP/2 error code {ev.error_code})"))
             elif isinstance(ev, GoAwayReceived):
                 self._on_goaway(ev.last_stream_id)
+        if held is not None:
+            for sink in held:
+                sink.on_read_end()
 
     def _on_goaway(self, last_stream_id: int) -> None:
         self.goaway = True
