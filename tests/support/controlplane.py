@@ -81,12 +81,10 @@ async def eventually(cond: Callable[[], Any], timeout: float = 5.0, interval: fl
 
 
 @contextlib.asynccontextmanager
-async def named_origin(name: str) -> AsyncIterator[int]:
-    """An HTTP origin that answers every request with `{"name": NAME, "path": PATH}`."""
+async def serve_handler(handler: Any) -> AsyncIterator[int]:
+    """A real aiohttp origin on 127.0.0.1 answering every method and path with `handler`;
+    yields its port."""
     from aiohttp import web
-
-    async def handler(request: web.Request) -> web.Response:
-        return web.json_response({"name": name, "path": request.path_qs})
 
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handler)
@@ -98,6 +96,18 @@ async def named_origin(name: str) -> AsyncIterator[int]:
         yield int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
     finally:
         await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
+async def named_origin(name: str) -> AsyncIterator[int]:
+    """An HTTP origin that answers every request with `{"name": NAME, "path": PATH}`."""
+    from aiohttp import web
+
+    async def handler(request: web.Request) -> web.Response:
+        return web.json_response({"name": name, "path": request.path_qs})
+
+    async with serve_handler(handler) as port:
+        yield port
 
 
 class ControlPlaneProcess:

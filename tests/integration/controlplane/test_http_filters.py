@@ -12,7 +12,13 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from tests.support.controlplane import apply, eventually, running_control_plane, subscribe
+from tests.support.controlplane import (
+    apply,
+    eventually,
+    running_control_plane,
+    serve_handler,
+    subscribe,
+)
 from tests.support.proxy import free_port
 from tests.support.resources import NS, route, service, workload
 
@@ -28,16 +34,8 @@ async def headers_origin() -> AsyncIterator[int]:
                                               request.headers.items()]},
                                  headers={"x-debug": "secret"})
 
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", handler)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
-    finally:
-        await runner.cleanup()
+    async with serve_handler(handler) as port:
+        yield port
 
 
 def filtered_route() -> dict[str, Any]:

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 
 class HeaderEdit:
-    """One compiled modifier: names to drop and fields to append.  The hooks below apply it
-    inline (one pass from the end, deleting in place, then one extend): they run per request."""
+    """One compiled modifier: names to drop and fields to append, applied to a header list in
+    one pass from the end (deleting in place) and one extend; it runs per request."""
 
     __slots__ = ("append", "drop")
 
@@ -36,16 +36,7 @@ class HeaderEdit:
             [(h.name.lower().encode(), h.value.encode()) for h in cfg.set]
             + [(h.name.lower().encode(), h.value.encode()) for h in cfg.add])
 
-
-class _RequestFilter(HttpFilter):
-    __slots__ = ("append", "drop")
-
-    def __init__(self, edit: HeaderEdit) -> None:
-        self.drop = edit.drop
-        self.append = edit.append
-
-    def on_request_head(self, stream: FilterStream) -> int:
-        headers = stream.head.headers
+    def apply(self, headers: list[tuple[bytes, bytes]]) -> None:
         drop = self.drop
         if drop:
             i = len(headers)
@@ -54,26 +45,27 @@ class _RequestFilter(HttpFilter):
                 if headers[i][0] in drop:
                     del headers[i]
         headers += self.append
+
+
+class _RequestFilter(HttpFilter):
+    __slots__ = ("edit",)
+
+    def __init__(self, edit: HeaderEdit) -> None:
+        self.edit = edit
+
+    def on_request_head(self, stream: FilterStream) -> int:
+        self.edit.apply(stream.head.headers)
         return CONTINUE
 
 
 class _ResponseFilter(HttpFilter):
-    __slots__ = ("append", "drop")
+    __slots__ = ("edit",)
 
     def __init__(self, edit: HeaderEdit) -> None:
-        self.drop = edit.drop
-        self.append = edit.append
+        self.edit = edit
 
     def on_response_head(self, stream: FilterStream, head: ResponseHead) -> int:
-        headers = head.headers
-        drop = self.drop
-        if drop:
-            i = len(headers)
-            while i:
-                i -= 1
-                if headers[i][0] in drop:
-                    del headers[i]
-        headers += self.append
+        self.edit.apply(head.headers)
         return CONTINUE
 
 
