@@ -1,7 +1,8 @@
 # Benchmark targets; the main Makefile does `include bench/bench.mk` and defines `deps`
 # (which creates .venv and installs the project).
 #
-#   make bench-quick   ~40 s: HTTP/1.1 direct vs Tulle vs HAProxy vs nginx -> bench/results/quick.json
+#   make bench-quick   ~50 s: HTTP/1.1 direct vs Tulle (without and with two header modifiers)
+#                      vs HAProxy vs nginx -> bench/results/quick.json
 #   make bench         ~2-3 min: the same, longer, plus h2c and raw TCP -> bench/results/full.json
 #                      and the results section of docs/performance.md
 #   make bench-profile py-spy on Tulle under wrk: hottest functions -> bench/results/profile.json
@@ -11,7 +12,7 @@
 #   make bench-micro   ~30 s, no sockets: the HTTP/1.1 proxy's Python CPU per request
 
 BENCH_PY ?= .venv/bin/python
-BENCH_PEERS ?= tulle,haproxy,nginx
+BENCH_PEERS ?= tulle,tulle-filters,haproxy,nginx
 
 .PHONY: bench bench-quick bench-profile bench-setup bench-controlplane bench-micro
 

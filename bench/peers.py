@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench.procs import Proc, ProcessSet, free_port, http_get, tree, wait_port
+from bench.procs import Proc, ProcessSet, free_port, http_get, http_get_full, tree, wait_port
 
 PROXY_CPU = 0
 LOAD_CPU = 1
@@ -170,12 +170,25 @@ def start_grpc_origin(ps: ProcessSet) -> Running:
 # -- Tulle ----------------------------------------------------------------------------------
 
 
-def tulle_config(port: int, admin_port: int, origin_port: int, protocol: str) -> dict[str, object]:
+HEADER_FILTERS = [
+    {"type": "RequestHeaderModifier", "set": [{"name": "x-env", "value": "prod"}],
+     "remove": ["x-debug"]},
+    {"type": "ResponseHeaderModifier", "add": [{"name": "x-served-by", "value": "tulle"}],
+     "remove": ["server"]},
+]
+"""The `tulle-filters` peer's route: a request and a response header modifier, issue 7's
+"two header modifiers cost at most +10% CPU per request" case (as in `bench.micro_http1`)."""
+
+
+def tulle_config(port: int, admin_port: int, origin_port: int, protocol: str,
+                 filters: bool = False) -> dict[str, object]:
     listener: dict[str, object] = {"name": "bench", "address": "127.0.0.1", "port": port}
     cluster: dict[str, object] = {
         "name": "origin", "protocol": "http1", "max_idle_per_endpoint": 1024,
         "endpoints": [{"address": "127.0.0.1", "port": origin_port}]}
     rule: dict[str, object] = {"backends": [{"cluster": "origin"}]}
+    if filters:
+        rule["filters"] = HEADER_FILTERS
     if protocol == "tcp":
         listener.update(protocol="tcp", cluster="origin")
         cluster["protocol"] = "tcp"
@@ -204,11 +217,14 @@ def tulle_cmd() -> list[str]:
     return [sys.executable, "-m", "tulle.cli.main"]
 
 
-def start_tulle(ps: ProcessSet, origin_port: int, protocol: str) -> Running:
+def start_tulle(ps: ProcessSet, origin_port: int, protocol: str,
+                filters: bool = False) -> Running:
     port, admin = free_port(), free_port()
-    conf = ps.tmp / f"tulle-{protocol}.json"
-    conf.write_text(json.dumps(tulle_config(port, admin, origin_port, protocol), indent=2))
-    proc = ps.start(f"tulle-{protocol}", [*tulle_cmd(), "proxy", "run", "--config", str(conf),
+    name = "tulle-filters" if filters else "tulle"
+    conf = ps.tmp / f"{name}-{protocol}.json"
+    conf.write_text(json.dumps(tulle_config(port, admin, origin_port, protocol, filters),
+                               indent=2))
+    proc = ps.start(f"{name}-{protocol}", [*tulle_cmd(), "proxy", "run", "--config", str(conf),
                                           "--watch-interval", "0", "--log-level", "warning"],
                     cpu=PROXY_CPU)
     try:
@@ -218,7 +234,14 @@ def start_tulle(ps: ProcessSet, origin_port: int, protocol: str) -> Running:
         if protocol != "http1":
             raise Skip(f"tulle cannot serve {protocol} yet: {exc}") from exc
         raise
-    return Running("tulle", port, proc, tree(proc.pid))
+    return Running(name, port, proc, tree(proc.pid))
+
+
+def start_tulle_filters(ps: ProcessSet, origin_port: int, protocol: str) -> Running:
+    """Tulle with the two header modifiers on its route; HTTP/1.1 rounds only."""
+    if protocol != "http1":
+        raise Skip("the filter cost is measured on HTTP/1.1 only")
+    return start_tulle(ps, origin_port, protocol, filters=True)
 
 
 # -- HAProxy --------------------------------------------------------------------------------
@@ -343,14 +366,20 @@ def _with_workers(proc: Proc, timeout: float = 5.0) -> list[int]:
     return pids
 
 
-STARTERS = {"tulle": start_tulle, "haproxy": start_haproxy, "nginx": start_nginx}
+STARTERS = {"tulle": start_tulle, "tulle-filters": start_tulle_filters,
+            "haproxy": start_haproxy, "nginx": start_nginx}
 
 
 def check_http(r: Running) -> None:
-    """A proxy that answers anything but the origin's 1 KiB body is not benchmarked."""
-    status, body = http_get(r.port, BODY_PATH)
+    """A proxy that answers anything but the origin's 1 KiB body is not benchmarked; the
+    filtered Tulle must also show its response header edits."""
+    status, head, body = http_get_full(r.port, BODY_PATH)
     if status != 200 or len(body) != BODY_SIZE:
         raise RuntimeError(f"{r.name} answered {status} with {len(body)} bytes")
+    if r.name == "tulle-filters":
+        lines = head.lower().split(b"\r\n")
+        if b"x-served-by: tulle" not in lines or any(x.startswith(b"server:") for x in lines):
+            raise RuntimeError(f"{r.name}: the response header modifier did not run: {head!r}")
 
 
 def check_h2c(r: Running) -> None:

@@ -127,6 +127,12 @@ def wait_port(port: int, proc: Proc, timeout: float = 15.0) -> None:
 
 def http_get(port: int, path: str = "/", timeout: float = 2.0) -> tuple[int, bytes]:
     """One blocking HTTP/1.1 GET; (status, body).  Used for readiness and sanity checks."""
+    status, _head, body = http_get_full(port, path, timeout)
+    return status, body
+
+
+def http_get_full(port: int, path: str = "/", timeout: float = 2.0) -> tuple[int, bytes, bytes]:
+    """One blocking HTTP/1.1 GET; (status, raw response head, body)."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
         chunks = []
@@ -138,7 +144,7 @@ def http_get(port: int, path: str = "/", timeout: float = 2.0) -> tuple[int, byt
     raw = b"".join(chunks)
     head, _, body = raw.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1]) if head else 0
-    return status, body
+    return status, head, body
 
 
 # -- /proc ----------------------------------------------------------------------------------

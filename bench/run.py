@@ -10,6 +10,9 @@ For each peer (HTTP/1.1, 1 KiB responses, keep-alive, one hop):
 2. closed loop (wrk, 1 thread, 50 connections): the maximum rate and CPU per request there;
 3. resident memory at idle and its peak under load (sampled every 100 ms).
 
+`tulle-filters` is Tulle with a request and a response header modifier on its route, measured
+in the same HTTP/1.1 rounds as `tulle` (issue 7: filters cost at most +10% CPU per request).
+
 `--mode full` adds h2c (h2load), raw TCP (wrk through an L4 relay) and gRPC unary calls (h2load
 POSTing gRPC messages to an h2c gRPC origin, h2c end to end; direct as well, and each path
 checked first with a real grpcio client).  Peers that cannot run a protocol here are recorded
@@ -61,6 +64,11 @@ PLANS = {
 TARGET_CPU_RATIO = 1.5
 TARGET_RSS_MB = 30.0
 TARGET_ADDED_P99_MS = 0.3
+TARGET_FILTER_COST = 1.10
+"""Issue 7: a route with a request and a response header modifier costs at most +10% CPU per
+request over the same route without filters (`tulle-filters` vs `tulle`, same run)."""
+HTTP1_ONLY = ("tulle-filters",)
+"""Peers measured in the HTTP/1.1 rounds only (not in the h2c, TCP and gRPC passes)."""
 
 
 def _loadavg() -> list[float]:
@@ -119,6 +127,17 @@ def derive(res: dict[str, Any]) -> None:
         targets.append({"target": f"added p99 at 1,000 rps ≤ {TARGET_ADDED_P99_MS} ms over direct",
                         "value": v, "limit": TARGET_ADDED_P99_MS, "unit": "ms",
                         "met": v <= TARGET_ADDED_P99_MS})
+    tf = res.get("tulle-filters", {})
+    for key, label in (("cpu_us_per_req", "at 1,000 rps"), ("cpu_us_per_req_sat", "at saturation")):
+        if key in tf and key in tu and tu[key] > 0:
+            limit = TARGET_FILTER_COST * tu[key]
+            targets.append({"target": f"two header modifiers ≤ +{TARGET_FILTER_COST - 1:.0%} CPU "
+                                      f"per request over no filters ({label})",
+                            "value": tf[key], "limit": rnd(limit, 1), "unit": "µs",
+                            "ratio": rnd(tf[key] / tu[key], 3), "met": tf[key] <= limit})
+    if tf and tu:
+        ratios["tulle_filters_vs_tulle"] = _ratios(tf, tu, ("cpu_us_per_req", "cpu_us_per_req_sat",
+                                                            "p50_ms", "p99_ms", "rps_max"))
     res["targets"] = targets
 
 
@@ -177,6 +196,8 @@ def run(mode: str, peers: list[str]) -> dict[str, Any]:
                 for protocol in ("h2c", "tcp"):
                     res[protocol] = {}
                     for name in peers:
+                        if name in HTTP1_ONLY:
+                            continue
                         _extra(ps, name, protocol, origin.port, plan, res)
                 if origin.proc is not None:
                     ps.stop(origin.proc)  # idle from here on; the gRPC origin replaces it
@@ -203,7 +224,8 @@ def _grpc(ps: ProcessSet, peers: list[str], plan: Plan, res: dict[str, Any]) -> 
         res["grpc"]["direct"] = measure_grpc(direct, plan, ps.tmp)
         _show("grpc direct", res["grpc"]["direct"])
         for name in peers:
-            _extra(ps, name, "grpc", direct.port, plan, res)
+            if name not in HTTP1_ONLY:
+                _extra(ps, name, "grpc", direct.port, plan, res)
     except (RuntimeError, ValueError, subprocess.SubprocessError, OSError) as exc:
         res["errors"]["direct/grpc"] = str(exc)
         print(f"  error: {exc}", flush=True)
@@ -258,7 +280,7 @@ def _on_term(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Tulle data-plane benchmark")
     ap.add_argument("--mode", choices=sorted(PLANS), default="quick")
-    ap.add_argument("--peers", default="tulle,haproxy,nginx",
+    ap.add_argument("--peers", default="tulle,tulle-filters,haproxy,nginx",
                     help="comma-separated subset of: " + ",".join(STARTERS))
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--nice", type=int, default=0,
