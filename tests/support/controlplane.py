@@ -175,6 +175,13 @@ class ControlPlaneProcess:
 
         await eventually(ready, timeout=timeout, interval=0.05)
 
+    async def proxies(self) -> dict[str, dict[str, Any]]:
+        """The proxies this control plane serves, by `namespace/name` (GET /api/v1/proxies)."""
+        async with aiohttp.ClientSession() as s, s.get(f"{self.api}/api/v1/proxies") as r:
+            assert r.status == 200
+            body = await r.json()
+        return {f"{p['namespace']}/{p['name']}": p for p in body["items"]}
+
 
 @contextlib.asynccontextmanager
 async def control_plane_process(store: str, workdir: Path,

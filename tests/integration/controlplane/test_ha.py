@@ -14,21 +14,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import subprocess
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-from tests.support.controlplane import apply, eventually, named_origin, subscribe
+from tests.support.controlplane import (
+    ControlPlaneProcess,
+    apply,
+    eventually,
+    named_origin,
+    subscribe,
+)
 from tests.support.postgres import PostgresServer, fresh_database, postgres_server
 from tests.support.proxy import free_port
 from tests.support.resources import NS, route, service, workload
-from tests.support.subproc import TULLE, _die_with_test
 
 from tulle.proxyconfig.stream import WorkloadInfo
 
@@ -40,60 +40,11 @@ PACE_S = 0.015
 KILL_AFTER = 50
 
 
-@dataclass
-class ReplicaProcess:
-    """One `tulle control-plane run` child process."""
-
-    name: str
-    api_port: int
-    stream_port: int
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    @property
-    def api(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
-
-    def kill(self) -> None:
-        """SIGKILL the replica's process group: no shutdown, sockets reset by the kernel."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-
-    async def wait_ready(self, timeout: float = 30.0) -> None:
-        async def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"control plane {self.name} exited with "
-                                     f"{self.proc.returncode}:\n{self.log.read_text()}")
-            try:
-                async with aiohttp.ClientSession() as s, s.get(f"{self.api}/readyz") as r:
-                    return r.status == 200
-            except aiohttp.ClientConnectionError:
-                return False
-
-        await eventually(ready, timeout=timeout, interval=0.1)
-
-    async def proxies(self) -> dict[str, dict[str, Any]]:
-        async with aiohttp.ClientSession() as s, s.get(f"{self.api}/api/v1/proxies") as r:
-            assert r.status == 200
-            body = await r.json()
-        return {f"{p['namespace']}/{p['name']}": p for p in body["items"]}
-
-
 @contextlib.contextmanager
-def replica(name: str, store: str, workdir: Path) -> Iterator[ReplicaProcess]:
-    api_port, stream_port = free_port(), free_port()
-    log = workdir / f"cp-{name}.log"
-    with log.open("wb") as out:
-        # preexec_fn only calls prctl (dies with the test run); it takes no lock.
-        proc = subprocess.Popen(
-            [TULLE, "control-plane", "run", "--store", store, "--instance", name,
-             "--api-port", str(api_port), "--stream-port", str(stream_port),
-             "--debounce-ms", "50", "--log-level", "warning"],
-            stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=_die_with_test)  # noqa: PLW1509
-    r = ReplicaProcess(name, api_port, stream_port, proc, log)
+def replica(name: str, store: str, workdir: Path) -> Iterator[ControlPlaneProcess]:
+    """One `tulle control-plane run` child process named `name`; SIGKILLed on the way out."""
+    r = ControlPlaneProcess(store, workdir, "--instance", name, "--log-level", "warning")
+    r.start()
     try:
         yield r
     finally:
