@@ -1,20 +1,21 @@
 """Resources + discovered endpoints -> one `ProxyConfig` per proxy.  Pure and deterministic.
 
-The steps run in one declared order (`ORDER`), each a module of its own:
+Three steps, each over typed values (`ir.py`), never the user's dicts between them:
 
-1. services — every Service port: its cluster (endpoints from workload selection) and names;
-2. routes   — HTTPRoute / GRPCRoute attached to Services replace those Services' default rules;
-   policies — targetRef policies are resolved; none is enforced yet, and their status says so;
-3. proxies  — per workload: its inbound listeners and clusters, then the outbound listener,
-              which shares one route table and one cluster list with every other proxy.
+1. derive  — the mesh model, once per compilation: Service ports with their protocols and
+             endpoints (`services`), routes attached to them (`routes`), targetRef policies
+             with their targets resolved (`policies`), one proxy per workload (`proxies`);
+2. plugins — each policy kind edits the model, in the order declared in `plugins/__init__.py`
+             (header modifiers, route timeouts, unclaimed filters, unenforced policies...);
+3. render  — the outbound side (all services, all routes: `outbound`) once, shared by every
+             snapshot; per proxy only its own inbound side (`proxies`); status conditions
+             from the model (`status`).
 
-Policies attached by `targetRef` (traffic management, zero trust) become further steps between
-2 and 3, each rewriting the shared artefacts before they are assembled per proxy.
-
-Cost: the outbound side (all services, all routes) is built, checked and hashed once per
-compilation and shared by reference between snapshots; per proxy only its own inbound side is
-built and checked.  Same inputs, same bytes: collections are sorted by key, and a snapshot's
-`version` is a hash of its content, so an unchanged proxy keeps its version and gets no push.
+Cost: the outbound side is built, checked and hashed once per compilation and shared by
+reference between snapshots; per proxy only its own inbound side is built and checked, and
+with a `PartCache` not even that when the proxy's model is unchanged.  Same inputs, same
+bytes: collections are sorted by key, and a snapshot's `version` is a hash of its content, so
+an unchanged proxy keeps its version and gets no push.
 """
 
 from __future__ import annotations
@@ -25,21 +26,31 @@ from typing import Any
 
 import msgspec
 
-from tulle.controlplane.compiler.inputs import Key, MeshInputs, Resource, key_of
-from tulle.controlplane.compiler.policies import policy_conditions
-from tulle.controlplane.compiler.proxies import inbound, outbound_listener, outbound_shared
-from tulle.controlplane.compiler.routes import Condition, compile_routes
-from tulle.controlplane.compiler.services import service_ports
+from tulle.controlplane.compiler import plugins
+from tulle.controlplane.compiler.inputs import Key, MeshInputs
+from tulle.controlplane.compiler.ir import MeshModel, Proxy
+from tulle.controlplane.compiler.outbound import outbound_shared
+from tulle.controlplane.compiler.policies import derive_policies
+from tulle.controlplane.compiler.proxies import (
+    ProxyMemo,
+    derive_proxies,
+    inbound,
+    outbound_listener,
+)
+from tulle.controlplane.compiler.routes import derive_routes
+from tulle.controlplane.compiler.services import ServiceMemo, derive_services
+from tulle.controlplane.compiler.status import conditions
 from tulle.proxyconfig.model import Cluster, Listener, Node, ProxyConfig, RouteTable
 from tulle.proxyconfig.validate import ConfigError, check
 
-ORDER = ("services", "routes", "policies", "proxies")
+ORDER = ("services", "routes", "policies", "proxies", "plugins", "render")
+"""The compiler's steps; the plugins' own order is `plugins.ORDER`."""
 
 
 @dataclass
 class CompileResult:
     snapshots: dict[Key, ProxyConfig] = field(default_factory=dict)
-    conditions: dict[tuple[str, str, str], list[Condition]] = field(default_factory=dict)
+    conditions: dict[tuple[str, str, str], list[dict[str, Any]]] = field(default_factory=dict)
     """Status conditions per (kind, namespace, name) of the resources that have them."""
     errors: dict[Key, str] = field(default_factory=dict)
     """Proxies whose snapshot could not be built (and why); the others are unaffected."""
@@ -83,7 +94,7 @@ class OwnPart:
 
 
 class PartCache:
-    """Per-workload parts from the previous compilation, keyed by the workload's content.
+    """Per-workload parts from the previous compilation, keyed by the proxy's model.
 
     It makes recompilation incremental — a change to one Service rebuilds no proxy's own part,
     only the shared outbound part once — without changing the output: a hit returns exactly
@@ -91,7 +102,11 @@ class PartCache:
     """
 
     def __init__(self) -> None:
-        self._parts: dict[Key, tuple[bytes, bool, OwnPart]] = {}
+        self._parts: dict[Key, tuple[Proxy, bool, OwnPart]] = {}
+        self.proxies: ProxyMemo = {}
+        """The proxy models of the previous derivation (`proxies.derive_proxies`)."""
+        self.services: ServiceMemo = {}
+        """The Service ports of the previous derivation (`services.derive_services`)."""
         self._structs: dict[bytes, Any] = {}
         self._next_structs: dict[bytes, Any] = {}
 
@@ -108,71 +123,79 @@ class PartCache:
     def end_round(self) -> None:
         self._structs, self._next_structs = self._next_structs, {}
 
-    def get(self, key: Key, fingerprint: bytes, has_outbound: bool) -> OwnPart | None:
-        hit = self._parts.get(key)
-        if hit is not None and hit[0] == fingerprint and hit[1] == has_outbound:
+    def get(self, proxy: Proxy, has_outbound: bool) -> OwnPart | None:
+        """The part rendered last time for an equal proxy model: its own part depends on
+        nothing else (the model is the fingerprint)."""
+        hit = self._parts.get(proxy.key)
+        if hit is not None and hit[1] == has_outbound and (hit[0] is proxy or hit[0] == proxy):
             return hit[2]
         return None
 
-    def put(self, key: Key, fingerprint: bytes, has_outbound: bool, part: OwnPart) -> None:
-        self._parts[key] = (fingerprint, has_outbound, part)
+    def put(self, proxy: Proxy, has_outbound: bool, part: OwnPart) -> None:
+        self._parts[proxy.key] = (proxy, has_outbound, part)
 
     def retain(self, keys: set[Key]) -> None:
         for k in [k for k in self._parts if k not in keys]:
             del self._parts[k]
 
 
-def own_part(workload: Resource, has_outbound: bool) -> OwnPart:
-    ns, name = key_of(workload)
-    in_listeners_raw, in_clusters_raw = inbound(workload)
+def own_part(proxy: Proxy, has_outbound: bool) -> OwnPart:
+    in_listeners_raw, in_clusters_raw = inbound(proxy)
     listeners = [msgspec.convert(x, Listener) for x in in_listeners_raw]
     own_clusters = [msgspec.convert(x, Cluster) for x in in_clusters_raw]
     if has_outbound:
-        listeners.append(msgspec.convert(outbound_listener(workload), Listener))
-    labels = (workload.get("metadata") or {}).get("labels") or {}
-    node = Node(name=name, namespace=ns, service=labels.get("app", ""))
+        listeners.append(msgspec.convert(outbound_listener(proxy), Listener))
+    node = Node(name=proxy.name, namespace=proxy.namespace, service=proxy.service)
     # The proxy's own part, checked on its own (the outbound table stands in by name).
     check(ProxyConfig(listeners=listeners, clusters=own_clusters,
                       route_tables=[RouteTable(name="outbound")] if has_outbound else []))
     return OwnPart(node, listeners, own_clusters, _digest([node, listeners, own_clusters]))
 
 
-def compile_proxy(workload: Resource, shared: Shared, cache: PartCache | None = None) -> ProxyConfig:
+def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) -> ProxyConfig:
     has_outbound = bool(shared.tables)
     part = None
-    key = key_of(workload)
     if cache is not None:
-        fingerprint = msgspec.json.encode(workload)
-        part = cache.get(key, fingerprint, has_outbound)
+        part = cache.get(proxy, has_outbound)
     if part is None:
-        part = own_part(workload, has_outbound)
+        part = own_part(proxy, has_outbound)
         if cache is not None:
-            cache.put(key, fingerprint, has_outbound, part)
+            cache.put(proxy, has_outbound, part)
     version = hashlib.sha256(part.digest + shared.digest).hexdigest()[:16]
     return ProxyConfig(version=version, node=part.node, listeners=part.listeners,
                        route_tables=shared.tables, clusters=part.clusters + shared.clusters)
 
 
-def compile_mesh(m: MeshInputs, cache: PartCache | None = None) -> CompileResult:
-    """Compile the whole mesh.  With a `cache` from the previous call, proxies whose workload
-    did not change reuse their own part; the result is identical either way."""
-    result = CompileResult()
-    svc_ports = {k: {sp.port: sp for sp in service_ports(m, k, s)}
-                 for k, s in sorted(m.services.items())}
-    all_ports = [sp for k in sorted(svc_ports) for _, sp in sorted(svc_ports[k].items())]
-    routes = compile_routes(m, svc_ports)
-    result.conditions.update(routes.conditions)
-    result.conditions.update(policy_conditions(m))
-    tables_raw, clusters_raw = outbound_shared(all_ports, routes.rules)
+def derive(m: MeshInputs, cache: PartCache | None = None) -> MeshModel:
+    """The mesh model of `m`, before any plugin ran.  With a `cache`, unchanged workloads
+    keep their `Proxy` objects from the previous call."""
+    proxies = derive_proxies(m, cache.proxies if cache is not None else None)
+    services = derive_services(m, {p.key: p for p in proxies},
+                               cache.services if cache is not None else None)
+    return MeshModel(services=services, routes=derive_routes(m, services),
+                     policies=derive_policies(m), proxies=proxies)
+
+
+def compile_model(mesh: MeshModel, cache: PartCache | None = None) -> CompileResult:
+    """Render a model (plugins applied) into snapshots and conditions."""
+    result = CompileResult(conditions=conditions(mesh))
+    tables_raw, clusters_raw = outbound_shared(mesh)
     shared = build_shared(tables_raw, clusters_raw, cache)
-    for key in sorted(m.workloads):
+    for proxy in mesh.proxies:
         try:
-            result.snapshots[key] = compile_proxy(m.workloads[key], shared, cache)
+            result.snapshots[proxy.key] = compile_proxy(proxy, shared, cache)
         except (ConfigError, msgspec.ValidationError) as exc:
-            result.errors[key] = str(exc)
+            result.errors[proxy.key] = str(exc)
     if cache is not None:
-        cache.retain(set(m.workloads))
+        cache.retain({p.key for p in mesh.proxies})
     return result
 
 
-__all__ = ["ORDER", "CompileResult", "MeshInputs", "PartCache", "compile_mesh", "compile_proxy"]
+def compile_mesh(m: MeshInputs, cache: PartCache | None = None) -> CompileResult:
+    """Compile the whole mesh.  With a `cache` from the previous call, proxies whose model did
+    not change reuse their own part; the result is identical either way."""
+    return compile_model(plugins.run(derive(m, cache)), cache)
+
+
+__all__ = ["ORDER", "CompileResult", "MeshInputs", "MeshModel", "PartCache", "compile_mesh",
+           "compile_model", "compile_proxy", "derive"]

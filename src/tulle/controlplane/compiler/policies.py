@@ -1,10 +1,8 @@
-"""Policies attached by `targetRef`: resolve their targets and say, in status, what they do.
+"""Policies attached by `targetRef` -> the model's policies, each with its target resolved.
 
-No policy kind is enforced by the data plane yet (timeouts, retries and authorization arrive
-with the traffic-management and zero-trust issues, each as a compiler step of its own between
-`routes` and `proxies`).  Until then a stored policy must not look as if it worked: each gets
-`Accepted=False` with reason `Unsupported` — or `TargetNotFound` when its target does not
-exist, which is worth knowing already.
+What a policy does is its plugin's job (`compiler/plugins/`); this module only finds out
+whether the target exists, which every plugin and every status needs.  The target is looked up
+in the policy's own namespace (Gateway API policy attachment); a `Mesh` target is the mesh.
 """
 
 from __future__ import annotations
@@ -12,8 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from tulle.controlplane.compiler.inputs import MeshInputs, spec_of
-
-Condition = dict[str, Any]
+from tulle.controlplane.compiler.ir import Policy
 
 
 def _target_exists(m: MeshInputs, ns: str, ref: dict[str, Any]) -> bool:
@@ -26,17 +23,17 @@ def _target_exists(m: MeshInputs, ns: str, ref: dict[str, Any]) -> bool:
     return key in tables.get(str(kind), {})
 
 
-def policy_conditions(m: MeshInputs) -> dict[tuple[str, str, str], list[Condition]]:
-    out: dict[tuple[str, str, str], list[Condition]] = {}
+def derive_policies(m: MeshInputs) -> tuple[Policy, ...]:
+    out: list[Policy] = []
     for (kind, ns, name), policy in sorted(m.policies.items()):
-        ref = spec_of(policy).get("targetRef") or {}
-        gen = int((policy.get("metadata") or {}).get("generation") or 1)
-        if not _target_exists(m, ns, ref):
-            reason, message = "TargetNotFound", (
-                f"target {ref.get('kind')} {ns}/{ref.get('name')} does not exist")
-        else:
-            reason, message = "Unsupported", (
-                f"{kind} is validated and stored, but the data plane does not enforce it yet")
-        out[(kind, ns, name)] = [{"type": "Accepted", "status": "False", "reason": reason,
-                                  "message": message, "observedGeneration": gen}]
-    return out
+        spec = spec_of(policy)
+        ref = spec.get("targetRef") or {}
+        out.append(Policy(
+            kind=kind, namespace=ns, name=name,
+            generation=int((policy.get("metadata") or {}).get("generation") or 1),
+            target_kind=str(ref.get("kind")), target_name=str(ref.get("name")),
+            target_found=_target_exists(m, ns, ref), spec=spec))
+    return tuple(out)
+
+
+__all__ = ["derive_policies"]

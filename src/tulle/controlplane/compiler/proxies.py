@@ -15,62 +15,72 @@ from __future__ import annotations
 
 from typing import Any
 
-from tulle.controlplane.compiler.inputs import Key, Resource, spec_of
+import msgspec
+
+from tulle.controlplane.compiler.inputs import Key, MeshInputs, Resource, key_of, spec_of
+from tulle.controlplane.compiler.ir import InboundPort, Metadata, Proxy
 from tulle.controlplane.compiler.protocols import port_protocol
-from tulle.controlplane.compiler.services import ServicePort
 
 DEFAULT_OUTBOUND_PORT = 15001
 
 
-def inbound(workload: Resource) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def derive_proxy(workload: Resource) -> Proxy:
+    ns, name = key_of(workload)
     spec = spec_of(workload)
-    address = spec.get("address") or "127.0.0.1"
+    labels = (workload.get("metadata") or {}).get("labels") or {}
+    inbound = tuple(InboundPort(int(p["port"]), int(p.get("targetPort") or p["port"]),
+                                port_protocol(p, "auto"))
+                    for p in sorted(spec.get("ports") or [], key=lambda p: int(p["port"])))
+    return Proxy(key=(ns, name), service=labels.get("app", ""),
+                 address=spec.get("address") or "127.0.0.1", inbound=inbound,
+                 outbound_port=int(spec.get("outboundPort") or DEFAULT_OUTBOUND_PORT),
+                 metadata=Metadata(service=labels.get("app", ""), namespace=ns, workload=name,
+                                   labels=tuple(sorted(labels.items())),
+                                   zone=spec.get("zone") or ""))
+
+
+ProxyMemo = dict[Key, tuple[bytes, Proxy]]
+"""Each workload's content (JSON) and its proxy model, from the previous compilation."""
+
+
+def derive_proxies(m: MeshInputs, memo: ProxyMemo | None = None) -> tuple[Proxy, ...]:
+    """One proxy per workload, sorted by (namespace, name).  With a `memo`, a workload whose
+    content did not change keeps the very same `Proxy` object (and the memo is updated)."""
+    if memo is None:
+        return tuple(derive_proxy(m.workloads[k]) for k in sorted(m.workloads))
+    out: list[Proxy] = []
+    fresh: ProxyMemo = {}
+    for k in sorted(m.workloads):
+        w = m.workloads[k]
+        fingerprint = msgspec.json.encode(w)
+        hit = memo.get(k)
+        proxy = hit[1] if hit is not None and hit[0] == fingerprint else derive_proxy(w)
+        fresh[k] = (fingerprint, proxy)
+        out.append(proxy)
+    memo.clear()
+    memo.update(fresh)
+    return tuple(out)
+
+
+def inbound(proxy: Proxy) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     listeners: list[dict[str, Any]] = []
     clusters: list[dict[str, Any]] = []
-    for p in sorted(spec.get("ports") or [], key=lambda p: int(p["port"])):
-        port = int(p["port"])
-        app_port = int(p.get("targetPort") or port)
-        proto = port_protocol(p, "auto")
-        name = f"inbound|{port}"
-        listeners.append({"name": name, "address": address, "port": port,
-                          "direction": "inbound", "protocol": proto, "cluster": name})
-        clusters.append({"name": name, "protocol": "http1" if proto == "auto" else proto,
-                         "endpoints": [{"address": "127.0.0.1", "port": app_port}]})
+    for p in proxy.inbound:
+        name = f"inbound|{p.port}"
+        listeners.append({"name": name, "address": proxy.address, "port": p.port,
+                          "direction": "inbound", "protocol": p.protocol, "cluster": name})
+        clusters.append({"name": name, "protocol": "http1" if p.protocol == "auto" else p.protocol,
+                         "endpoints": [{"address": "127.0.0.1", "port": p.target_port}]})
     return listeners, clusters
 
 
-def outbound_listener(workload: Resource) -> dict[str, Any]:
+def outbound_listener(proxy: Proxy) -> dict[str, Any]:
     """The listener the application calls every Service through.  It carries HTTP/1.1 and h2c
     (gRPC) alike, so it sniffs which one; with a route table and no cluster it relays nothing:
     what is not HTTP is refused, and a client silent past the detect timeout is closed."""
-    port = int(spec_of(workload).get("outboundPort") or DEFAULT_OUTBOUND_PORT)
-    return {"name": "outbound", "address": "127.0.0.1", "port": port, "protocol": "auto",
-            "route_table": "outbound"}
+    return {"name": "outbound", "address": "127.0.0.1", "port": proxy.outbound_port,
+            "protocol": "auto", "route_table": "outbound"}
 
 
-def outbound_shared(ports: list[ServicePort],
-                    routed: dict[tuple[Key, int], list[dict[str, Any]]]) -> tuple[
-                        list[dict[str, Any]], list[dict[str, Any]]]:
-    """The outbound route table and clusters, the same for every proxy."""
-    hosts: list[dict[str, Any]] = []
-    clusters: dict[str, dict[str, Any]] = {}
-    by_name = {sp.cluster_name: sp.cluster for sp in ports}
-    for sp in ports:
-        if sp.protocol == "tcp":
-            continue  # opaque TCP services need interception or a port of their own
-        clusters[sp.cluster_name] = sp.cluster
-        rules = routed.get(((sp.namespace, sp.name), sp.port))
-        if not rules:
-            rules = [{"name": f"default/{sp.namespace}/{sp.name}/{sp.port}",
-                      "backends": [{"cluster": sp.cluster_name}]}]
-        hosts.append({"name": f"{sp.name}.{sp.namespace}:{sp.port}",
-                      "domains": list(sp.domains), "rules": rules})
-        # Rules may point at other services' clusters (canaries, cross-service splits).
-        for r in rules:
-            for b in r["backends"]:
-                c = b["cluster"]
-                if c not in clusters:
-                    clusters[c] = by_name.get(c) or {"name": c, "endpoints": []}
-    if not hosts:
-        return [], []
-    return [{"name": "outbound", "virtual_hosts": hosts}], [clusters[k] for k in sorted(clusters)]
+__all__ = ["DEFAULT_OUTBOUND_PORT", "ProxyMemo", "derive_proxies", "derive_proxy", "inbound",
+           "outbound_listener"]

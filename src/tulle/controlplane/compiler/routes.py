@@ -1,42 +1,32 @@
-"""HTTPRoute and GRPCRoute with a Service parent (GAMMA) -> rules of that Service's host.
+"""HTTPRoute and GRPCRoute with a Service parent (GAMMA) -> the model's routes.
 
 A route attached to a Service replaces the Service's default rule for the parent's port (or all
 its ports when the parentRef names none).  Several routes on one Service are merged; the router
-orders matches by Gateway API precedence.  Request and response header modifiers compile into
-the rule's `filters`; a rule with any other filter, or with header settings the proxy would
-refuse, is left out.  What the data plane cannot do yet is never dropped silently: the route's
-`Accepted` / `ResolvedRefs` / `PartiallyInvalid` conditions say what was ignored and why, and
-the rest of the mesh compiles regardless.
+orders matches by Gateway API precedence.  This module reads what every route has — parents,
+matches, backends — and lists each rule's filters by type; the filters' settings and the rules'
+timeouts are configured by their plugins (`compiler/plugins/`), and a rule with a filter no
+plugin runs is left out.  What the data plane cannot do yet is never dropped silently: the
+route records what was left out and why (`Route.dropped`, the problems), and its `Accepted` /
+`ResolvedRefs` / `PartiallyInvalid` conditions (`status.py`) say so; the rest of the mesh
+compiles regardless.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
-import msgspec
-
-from tulle.controlplane.compiler.durations import to_ms
 from tulle.controlplane.compiler.inputs import Key, MeshInputs, Resource, spec_of
-from tulle.controlplane.compiler.services import ServicePort, cluster_name
-from tulle.proxyconfig import filters as proxy_filters
-from tulle.proxyconfig.filters import HTTPFilter
-from tulle.proxyconfig.validate import convert_error
-
-Condition = dict[str, Any]
-
-
-@dataclass
-class RouteResult:
-    """Compiled rules per (service key, port), and the conditions for each route."""
-
-    rules: dict[tuple[Key, int], list[dict[str, Any]]] = field(default_factory=dict)
-    conditions: dict[tuple[str, str, str], list[Condition]] = field(default_factory=dict)
-
-
-def _cond(type_: str, ok: bool, reason: str, message: str, generation: int) -> Condition:
-    return {"type": type_, "status": "True" if ok else "False", "reason": reason,
-            "message": message, "observedGeneration": generation}
+from tulle.controlplane.compiler.ir import (
+    Backend,
+    Dropped,
+    PathMatch,
+    Route,
+    Rule,
+    RuleFilter,
+    ServicePort,
+    cluster_name,
+)
 
 
 def _parent_ports(ref: dict[str, Any], ports: dict[int, ServicePort]) -> list[int]:
@@ -45,7 +35,7 @@ def _parent_ports(ref: dict[str, Any], ports: dict[int, ServicePort]) -> list[in
 
 
 def _backends(ns: str, refs: list[dict[str, Any]], svc_ports: dict[Key, dict[int, ServicePort]],
-              problems: list[str], default_port: int) -> list[dict[str, Any]]:
+              problems: list[str], default_port: int) -> list[Backend]:
     out = []
     for ref in refs:
         if ref.get("kind", "Service") != "Service" or ref.get("group", "") not in ("", "core"):
@@ -57,11 +47,11 @@ def _backends(ns: str, refs: list[dict[str, Any]], svc_ports: dict[Key, dict[int
         if sp is None:
             problems.append(f"backendRef {key[0]}/{key[1]}:{port} does not exist")
             continue
-        out.append({"cluster": sp.cluster_name, "weight": int(ref.get("weight", 1))})
+        out.append(Backend(sp.cluster_name, int(ref.get("weight", 1))))
     return out
 
 
-def _http_matches(matches: list[dict[str, Any]], unsupported: list[str]) -> list[dict[str, Any]]:
+def _http_matches(matches: list[dict[str, Any]], unsupported: list[str]) -> list[PathMatch]:
     out = []
     for m in matches or [{}]:
         path = m.get("path") or {"type": "PathPrefix", "value": "/"}
@@ -73,12 +63,11 @@ def _http_matches(matches: list[dict[str, Any]], unsupported: list[str]) -> list
             # Matching on less than the user asked for would misroute traffic: skip the match.
             unsupported.extend(f"{k} matches" for k in extra)
             continue
-        out.append({"path": {"type": path.get("type", "PathPrefix"),
-                             "value": path.get("value", "/")}})
+        out.append(PathMatch(path.get("type", "PathPrefix"), path.get("value", "/")))
     return out
 
 
-def _grpc_matches(matches: list[dict[str, Any]], unsupported: list[str]) -> list[dict[str, Any]]:
+def _grpc_matches(matches: list[dict[str, Any]], unsupported: list[str]) -> list[PathMatch]:
     out = []
     for m in matches or [{}]:
         method = m.get("method") or {}
@@ -90,125 +79,67 @@ def _grpc_matches(matches: list[dict[str, Any]], unsupported: list[str]) -> list
             continue
         svc, meth = method.get("service"), method.get("method")
         if svc and meth:
-            out.append({"path": {"type": "Exact", "value": f"/{svc}/{meth}"}})
+            out.append(PathMatch("Exact", f"/{svc}/{meth}"))
         elif svc:
-            out.append({"path": {"type": "PathPrefix", "value": f"/{svc}"}})
+            out.append(PathMatch("PathPrefix", f"/{svc}"))
         else:
-            out.append({"path": {"type": "PathPrefix", "value": "/"}})
+            out.append(PathMatch("PathPrefix", "/"))
     return out
 
 
-HEADER_FILTERS = {"RequestHeaderModifier": "requestHeaderModifier",
-                  "ResponseHeaderModifier": "responseHeaderModifier"}
-"""Gateway API filter types the data plane runs, and the field each one's settings are in."""
-
-
-def _filters(rule: dict[str, Any], where: str, unsupported: list[str],
-             invalid: list[str]) -> list[dict[str, Any]] | None:
-    """A rule's filters as the contract's tagged list, or None when the rule must be left out
-    (a filter the data plane cannot run, or one whose settings it would refuse)."""
-    out: list[dict[str, Any]] = []
-    ok = True
-    for j, f in enumerate(rule.get("filters") or []):
-        kind = f.get("type")
-        field_name = HEADER_FILTERS.get(kind or "")
-        if field_name is None:
-            unsupported.append(f"filter {kind}")
-            ok = False
+def _route(kind: str, key: Key, route: Resource, ports_of: dict[Key, dict[int, ServicePort]],
+           matcher: Callable[[list[dict[str, Any]], list[str]], list[PathMatch]]) -> Route:
+    ns, name = key
+    spec = spec_of(route)
+    gen = int((route.get("metadata") or {}).get("generation") or 1)
+    parent_problems: list[str] = []
+    ref_problems: list[str] = []
+    unsupported: list[str] = []
+    attached: list[tuple[Key, int]] = []
+    for ref in spec.get("parentRefs") or []:
+        if ref.get("kind", "Service") != "Service":
+            parent_problems.append(f"parentRef {ref.get('name')}: only Service parents (GAMMA) "
+                                   "are supported")
             continue
-        spec = f.get(field_name) or {}
-        entry: dict[str, Any] = {"type": kind}
-        for key in ("set", "add", "remove"):
-            if spec.get(key):
-                entry[key] = spec[key]
-        path = f"{where}.filters[{j}]"
-        try:
-            cfg = msgspec.convert(entry, HTTPFilter)
-        except msgspec.ValidationError as exc:
-            invalid.append(str(convert_error(exc, path)))
-            ok = False
+        pkey = (ref.get("namespace") or ns, ref["name"])
+        ports = ports_of.get(pkey)
+        if ports is None:
+            parent_problems.append(f"parent Service {pkey[0]}/{pkey[1]} does not exist")
             continue
-        errs = proxy_filters.errors(cfg, path)
-        if errs:
-            invalid.extend(str(e) for e in errs)
-            ok = False
-            continue
-        out.append(entry)
-    return out if ok else None
+        attached += [(pkey, p) for p in _parent_ports(ref, ports)]
+    rules: list[Rule] = []
+    default_port = attached[0][1] if attached else 0
+    for i, rule in enumerate(spec.get("rules") or [{}]):
+        backends = _backends(ns, rule.get("backendRefs") or [], ports_of, ref_problems,
+                             default_port)
+        matches = matcher(rule.get("matches") or [], unsupported)
+        # Filters are configured by their plugins; one that no plugin runs leaves the rule out.
+        filters = tuple(RuleFilter(j, str(f.get("type")))
+                        for j, f in enumerate(rule.get("filters") or []))
+        rules.append(Rule(
+            name=f"{kind.lower()}/{ns}/{name}/{i}", index=i, matches=tuple(matches),
+            # A rule whose backends are all invalid answers 500, per Gateway API.
+            backends=tuple(backends) or (Backend("blackhole|invalid-backend"),),
+            spec=rule, filters=filters,
+            # No match left that the proxy can do: the rule stays in the model (plugins still
+            # report on its settings) but is not rendered.
+            left_out=not matches))
+    return Route(kind=kind, namespace=ns, name=name, generation=gen, parents=tuple(attached),
+                 rules=tuple(rules), parent_problems=tuple(parent_problems),
+                 ref_problems=tuple(ref_problems),
+                 dropped=tuple(Dropped(u, "unsupported") for u in unsupported))
 
 
-def compile_routes(m: MeshInputs, svc_ports: dict[Key, dict[int, ServicePort]]) -> RouteResult:
-    res = RouteResult()
+def derive_routes(m: MeshInputs, services: tuple[ServicePort, ...]) -> tuple[Route, ...]:
+    """Every HTTPRoute, then every GRPCRoute, each sorted by key, with what it attaches to."""
+    ports_of: dict[Key, dict[int, ServicePort]] = {k: {} for k in m.services}
+    for sp in services:
+        ports_of[sp.key][sp.port] = sp
+    out: list[Route] = []
     for kind, routes, matcher in (("HTTPRoute", m.http_routes, _http_matches),
                                   ("GRPCRoute", m.grpc_routes, _grpc_matches)):
-        for key in sorted(routes):
-            route: Resource = routes[key]
-            ns, name = key
-            spec = spec_of(route)
-            gen = int((route.get("metadata") or {}).get("generation") or 1)
-            problems: list[str] = []
-            unsupported: list[str] = []
-            invalid: list[str] = []
-            attached: list[tuple[Key, int]] = []
-            for ref in spec.get("parentRefs") or []:
-                if ref.get("kind", "Service") != "Service":
-                    problems.append(f"parentRef {ref.get('name')}: only Service parents (GAMMA) "
-                                    "are supported")
-                    continue
-                pkey = (ref.get("namespace") or ns, ref["name"])
-                ports = svc_ports.get(pkey)
-                if ports is None:
-                    problems.append(f"parent Service {pkey[0]}/{pkey[1]} does not exist")
-                    continue
-                attached += [(pkey, p) for p in _parent_ports(ref, ports)]
-            rules_out: list[dict[str, Any]] = []
-            for i, rule in enumerate(spec.get("rules") or [{}]):
-                # A rule whose filters we cannot apply (redirect, rewrite...) or whose filter
-                # settings are invalid must not silently forward instead: leave it out.
-                filters = _filters(rule, f"rules[{i}]", unsupported, invalid)
-                if filters is None:
-                    continue
-                default_port = attached[0][1] if attached else 0
-                backends = _backends(ns, rule.get("backendRefs") or [], svc_ports, problems,
-                                     default_port)
-                matches = matcher(rule.get("matches") or [], unsupported)
-                if not matches:
-                    continue
-                r: dict[str, Any] = {"name": f"{kind.lower()}/{ns}/{name}/{i}",
-                                     "matches": matches}
-                timeout = (rule.get("timeouts") or {}).get("request")
-                if timeout:
-                    try:
-                        r["timeout_ms"] = to_ms(str(timeout))
-                    except ValueError as exc:
-                        problems.append(f"rules[{i}].timeouts.request: {exc}")
-                # A rule whose backends are all invalid answers 500, per Gateway API.
-                r["backends"] = backends or [{"cluster": "blackhole|invalid-backend"}]
-                if filters:
-                    r["filters"] = filters
-                rules_out.append(r)
-            for target in attached:
-                res.rules.setdefault(target, []).extend(rules_out)
-            parent_problems = [p for p in problems if p.startswith("parent")]
-            ref_problems = [p for p in problems if not p.startswith("parent")]
-            conds = [_cond("Accepted", True, "Accepted", "; ".join(parent_problems), gen)
-                     if attached else
-                     _cond("Accepted", False, "NoMatchingParent",
-                           "; ".join(parent_problems) or "no parentRefs", gen)]
-            conds.append(_cond("ResolvedRefs", not ref_problems,
-                               "BackendNotFound" if ref_problems else "ResolvedRefs",
-                               "; ".join(ref_problems), gen))
-            if unsupported or invalid:
-                why = []
-                if unsupported:
-                    why.append("left out (not supported yet): "
-                               + ", ".join(sorted(set(unsupported))))
-                if invalid:
-                    why.append("left out (invalid): " + "; ".join(invalid))
-                conds.append(_cond("PartiallyInvalid", True, "UnsupportedValue",
-                                   "; ".join(why), gen))
-            res.conditions[(kind, ns, name)] = conds
-    return res
+        out.extend(_route(kind, key, routes[key], ports_of, matcher) for key in sorted(routes))
+    return tuple(out)
 
 
-__all__ = ["RouteResult", "cluster_name", "compile_routes"]
+__all__ = ["cluster_name", "derive_routes"]

@@ -1,23 +1,23 @@
-"""Services -> clusters and default virtual hosts, computed once per compilation for all proxies.
+"""Services -> the model's Service ports, derived once per compilation for all proxies.
 
 A Service port becomes one cluster, named like Istio's `outbound|<port>||<name>.<namespace>`,
 whose endpoints are the selected workloads' addresses at the workload port the Service's
 `targetPort` names (by number or by port name, Kubernetes semantics).  Its default virtual
 host answers to the names a client may use: `name`, `name.ns`, `name.ns.svc`,
-`name.ns.svc.cluster.local` and the virtual IP, each with and without `:port`.
+`name.ns.svc.cluster.local` and the virtual IP, each with and without `:port`.  Each endpoint
+carries the metadata of the workload behind it (service, namespace, workload, labels, zone).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 from tulle.controlplane.compiler.inputs import Key, MeshInputs, Resource, spec_of
+from tulle.controlplane.compiler.ir import Endpoint, Metadata, Proxy, ServicePort, cluster_name
 from tulle.controlplane.compiler.protocols import port_protocol
-
-
-def cluster_name(ns: str, name: str, port: int) -> str:
-    return f"outbound|{port}||{name}.{ns}"
 
 
 def workload_port(workload: Resource, target: Any) -> int | None:
@@ -31,22 +31,14 @@ def workload_port(workload: Resource, target: Any) -> int | None:
     return None
 
 
-@dataclass(frozen=True)
-class ServicePort:
-    namespace: str
-    name: str
-    port: int
-    protocol: str
-    """Upstream protocol for the cluster: http1, http2 or tcp."""
-    cluster: dict[str, Any]
-    domains: tuple[str, ...]
-
-    @property
-    def cluster_name(self) -> str:
-        return str(self.cluster["name"])
+def _labels(obj: Resource) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(((obj.get("metadata") or {}).get("labels") or {}).items()))
 
 
-def service_ports(m: MeshInputs, key: Key, svc: Resource) -> list[ServicePort]:
+def service_ports(m: MeshInputs, key: Key, svc: Resource,
+                  proxies: Mapping[Key, Proxy] | None = None) -> list[ServicePort]:
+    """The ports of one Service.  `proxies` (the model's, by key) lends each endpoint the
+    labels and zone its workload's proxy already carries."""
     ns, name = key
     spec = spec_of(svc)
     selector = spec.get("selector") or {}
@@ -56,27 +48,69 @@ def service_ports(m: MeshInputs, key: Key, svc: Resource) -> list[ServicePort]:
     for p in spec.get("ports") or []:
         port = int(p["port"])
         target = p.get("targetPort", port)
-        proto = port_protocol(p, "http1")
         endpoints = []
-        for _, w in selected:
+        for wkey, w in selected:
             wp = workload_port(w, target)
-            addr = spec_of(w).get("address")
+            wspec = spec_of(w)
+            addr = wspec.get("address")
             if wp is None or not addr:
                 continue
-            ep: dict[str, Any] = {"address": addr, "port": wp}
-            zone = spec_of(w).get("zone")
-            if zone:
-                ep["zone"] = zone
-            endpoints.append(ep)
+            proxy = proxies.get(wkey) if proxies is not None else None
+            if proxy is not None:
+                labels, zone = proxy.metadata.labels, proxy.metadata.zone
+            else:
+                labels, zone = _labels(w), wspec.get("zone") or ""
+            endpoints.append(Endpoint(addr, wp, Metadata(
+                service=name, namespace=ns, workload=wkey[1], labels=labels, zone=zone)))
         names = [name, f"{name}.{ns}", f"{name}.{ns}.svc", f"{name}.{ns}.svc.cluster.local"]
         if vip:
             names.append(vip)
         domains = [f"{n}:{port}" for n in names]
         if port == 80:
             domains = names + domains
-        out.append(ServicePort(ns, name, port, proto, {
-            "name": cluster_name(ns, name, port),
-            "protocol": "http1" if proto == "tcp" else proto,
-            "endpoints": endpoints,
-        }, tuple(domains)))
+        out.append(ServicePort(ns, name, port, port_protocol(p, "http1"), tuple(endpoints),
+                               tuple(domains)))
     return out
+
+
+ServiceMemo = dict[Key, tuple[bytes, tuple[Proxy, ...], list[ServicePort]]]
+"""Each Service's content (JSON), the proxies it selected and its ports, from the previous
+derivation."""
+
+
+def derive_services(m: MeshInputs, proxies: Mapping[Key, Proxy] | None = None,
+                    memo: ServiceMemo | None = None) -> tuple[ServicePort, ...]:
+    """Every Service port of the mesh, sorted by (namespace, name, port).
+
+    With a `memo` (and `proxies` whose objects are kept across derivations while their
+    workload is unchanged), a Service whose content and selected proxies are the same as last
+    time keeps its very `ServicePort` objects: its ports depend on nothing else.
+    """
+    out: list[ServicePort] = []
+    fresh: ServiceMemo = {}
+    for k, s in sorted(m.services.items()):
+        if memo is not None and proxies is not None:
+            fingerprint = msgspec.json.encode(s)
+            selected = tuple(proxies[wk] for wk, _ in
+                             m.select(k[0], spec_of(s).get("selector") or {}))
+            hit = memo.get(k)
+            if (hit is not None and hit[0] == fingerprint and len(hit[1]) == len(selected)
+                    and all(a is b for a, b in zip(hit[1], selected, strict=True))):
+                ports = hit[2]
+            else:
+                ports = _sorted_ports(service_ports(m, k, s, proxies))
+            fresh[k] = (fingerprint, selected, ports)
+        else:
+            ports = _sorted_ports(service_ports(m, k, s, proxies))
+        out.extend(ports)
+    if memo is not None:
+        memo.clear()
+        memo.update(fresh)
+    return tuple(out)
+
+
+def _sorted_ports(ports: list[ServicePort]) -> list[ServicePort]:
+    by_port = {sp.port: sp for sp in ports}  # a port listed twice: the last one
+    return [by_port[p] for p in sorted(by_port)]
+
+__all__ = ["ServiceMemo", "ServicePort", "cluster_name", "derive_services", "service_ports", "workload_port"]

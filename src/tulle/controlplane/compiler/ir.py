@@ -1,0 +1,230 @@
+"""The compiler's intermediate form: the mesh as the compiler understands it, typed and frozen.
+
+Compilation has three parts (see `compiler/__init__.py`):
+
+1. *derive* — the stored resources become one `MeshModel`: every Service port with its
+   resolved protocol and its endpoints (the selected workloads, each with the metadata a proxy
+   needs to label its traffic), every route attached to a Service port (what was left out and
+   why), every targetRef policy with its resolved target, and every proxy;
+2. *plugins* — each policy kind edits the model in the declared order (`compiler/plugins/`);
+3. *render* — each proxy's snapshot is rendered from the model alone.
+
+Between those steps only these values travel, never the user's dicts: a plugin reads the
+model, and where it needs what the user wrote for one rule or policy (a filter's settings) it
+reads that rule's or policy's `spec`, which the model carries as written.  Values are frozen;
+a plugin returns a new model (`msgspec.structs.replace`), so a stage cannot change another's
+input behind its back, and the proxy part of the model doubles as the cache key of a proxy's own
+snapshot part (a proxy whose model value is unchanged renders to the same bytes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import msgspec
+
+from tulle.proxyconfig.filters import HTTPFilter
+
+Key = tuple[str, str]
+"""(namespace, name)."""
+ObjectRef = tuple[str, str, str]
+"""(kind, namespace, name) of a stored resource: what status conditions are written to."""
+
+
+def cluster_name(ns: str, name: str, port: int) -> str:
+    """A Service port's cluster, named like Istio's: `outbound|<port>||<name>.<namespace>`."""
+    return f"outbound|{port}||{name}.{ns}"
+
+
+class Metadata(msgspec.Struct, frozen=True):
+    """Who a cluster or an endpoint stands for, as telemetry and policies name it.
+
+    For a Service's cluster: `service` and `namespace`.  For an endpoint: also the `workload`
+    behind the address, its labels (sorted pairs) and its zone when the Workload has one.
+    """
+
+    service: str = ""
+    namespace: str = ""
+    workload: str = ""
+    labels: tuple[tuple[str, str], ...] = ()
+    zone: str = ""
+
+
+class Endpoint(msgspec.Struct, frozen=True):
+    address: str
+    port: int
+    metadata: Metadata
+
+
+class ServicePort(msgspec.Struct, frozen=True):
+    """One port of one Service: one cluster and one virtual host of the outbound table."""
+
+    namespace: str
+    name: str
+    port: int
+    protocol: str
+    """What the Service says the port speaks: http1, http2 or tcp (`protocols.port_protocol`)."""
+    endpoints: tuple[Endpoint, ...]
+    domains: tuple[str, ...]
+    """The names a client may use for it (`services` module docstring)."""
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.name)
+
+    @property
+    def cluster_name(self) -> str:
+        return cluster_name(self.namespace, self.name, self.port)
+
+    @property
+    def metadata(self) -> Metadata:
+        return Metadata(service=self.name, namespace=self.namespace)
+
+
+class PathMatch(msgspec.Struct, frozen=True):
+    type: Literal["PathPrefix", "Exact"]
+    value: str
+
+
+class Backend(msgspec.Struct, frozen=True):
+    cluster: str
+    weight: int = 1
+
+
+class RuleFilter(msgspec.Struct, frozen=True):
+    """One entry of a rule's `filters`, in the user's order.  The plugin that runs this filter
+    type claims it and sets `config`; a filter no plugin claimed leaves its rule out."""
+
+    index: int
+    type: str
+    claimed_by: str = ""
+    """The plugin that handles this type ("" while none has)."""
+    config: HTTPFilter | None = None
+    """Its contract config; None while unclaimed, or when its settings were refused."""
+
+
+class Rule(msgspec.Struct, frozen=True):
+    """One rule of a route as the proxy will run it (or, with `left_out`, will not)."""
+
+    name: str
+    index: int
+    """Position in the route's `spec.rules`, for paths in messages."""
+    matches: tuple[PathMatch, ...]
+    backends: tuple[Backend, ...]
+    spec: Mapping[str, Any]
+    """The rule as the user wrote it, for plugins that read their own settings from it."""
+    filters: tuple[RuleFilter, ...] = ()
+    timeout_ms: int | None = None
+    left_out: bool = False
+    """Not rendered: no match the proxy can do, or a plugin refused a setting of it (the
+    route's `dropped` says which)."""
+
+
+class Dropped(msgspec.Struct, frozen=True):
+    """Something of a route that is not in force, and why (surfaced in its status)."""
+
+    what: str
+    reason: Literal["unsupported", "invalid"]
+
+
+class Route(msgspec.Struct, frozen=True):
+    """An HTTPRoute or GRPCRoute and the Service ports it is attached to (GAMMA)."""
+
+    kind: str
+    namespace: str
+    name: str
+    generation: int
+    parents: tuple[tuple[Key, int], ...]
+    """(Service, port) pairs whose default rule this route replaces, in parentRef order."""
+    rules: tuple[Rule, ...]
+    parent_problems: tuple[str, ...] = ()
+    ref_problems: tuple[str, ...] = ()
+    dropped: tuple[Dropped, ...] = ()
+
+    @property
+    def ref(self) -> ObjectRef:
+        return (self.kind, self.namespace, self.name)
+
+
+class Policy(msgspec.Struct, frozen=True):
+    """A policy attached by `targetRef`; the target is looked up in the same namespace."""
+
+    kind: str
+    namespace: str
+    name: str
+    generation: int
+    target_kind: str
+    target_name: str
+    target_found: bool
+    spec: Mapping[str, Any]
+    """The policy's spec as the user wrote it, for the plugin of its kind."""
+
+    @property
+    def ref(self) -> ObjectRef:
+        return (self.kind, self.namespace, self.name)
+
+
+class Condition(msgspec.Struct, frozen=True):
+    """A status condition (Kubernetes shape once rendered: status "True" / "False")."""
+
+    type: str
+    status: bool
+    reason: str
+    message: str
+    generation: int
+
+    def render(self) -> dict[str, Any]:
+        return {"type": self.type, "status": "True" if self.status else "False",
+                "reason": self.reason, "message": self.message,
+                "observedGeneration": self.generation}
+
+
+class InboundPort(msgspec.Struct, frozen=True):
+    port: int
+    target_port: int
+    """The application's port on 127.0.0.1."""
+    protocol: str
+    """auto, http1, http2 or tcp (`protocols.port_protocol`, default `auto`)."""
+
+
+class Proxy(msgspec.Struct, frozen=True):
+    """One workload's proxy: what its own part of the snapshot is rendered from."""
+
+    key: Key
+    """The workload's (namespace, name)."""
+    service: str
+    """The workload's `app` label: the node's service name."""
+    address: str
+    """Where its inbound listeners listen."""
+    inbound: tuple[InboundPort, ...]
+    outbound_port: int
+    metadata: Metadata
+
+    @property
+    def namespace(self) -> str:
+        return self.key[0]
+
+    @property
+    def name(self) -> str:
+        return self.key[1]
+
+
+class MeshModel(msgspec.Struct, frozen=True):
+    """Everything the compiler derived from one set of inputs, in deterministic order."""
+
+    services: tuple[ServicePort, ...]
+    """Every Service port, sorted by (namespace, name, port)."""
+    routes: tuple[Route, ...]
+    """HTTPRoutes, then GRPCRoutes, each sorted by (namespace, name)."""
+    policies: tuple[Policy, ...]
+    """Sorted by (kind, namespace, name)."""
+    proxies: tuple[Proxy, ...]
+    """Sorted by (namespace, name)."""
+    conditions: Mapping[ObjectRef, tuple[Condition, ...]] = msgspec.field(default_factory=dict)
+    """Status conditions plugins wrote (route conditions are rendered from `routes`)."""
+
+
+__all__ = ["Backend", "Condition", "Dropped", "Endpoint", "InboundPort", "Key", "MeshModel",
+           "Metadata", "ObjectRef", "PathMatch", "Policy", "Proxy", "Route", "Rule",
+           "RuleFilter", "ServicePort", "cluster_name"]

@@ -1,0 +1,51 @@
+"""The compiler's policy plugins and the one order they run in.
+
+Each plugin edits the model (`compiler/ir.py`) for one policy kind; they run one after the
+other, each on the model the previous one returned, before anything is rendered.  The order is
+declared here once, with the reason for each position (as `dataplane/http/chain.py` does for
+the proxy's filters).  Where the next ones go:
+
+- retries, circuit breaking, outlier detection (traffic management): after `route_timeouts`
+  (a retry's per-try timeout is read against the rule's timeout), before `unclaimed_filters`;
+- authorization, rate limits (zero trust): on the proxies' inbound side, after the route
+  plugins, before `unenforced_policies`;
+- a TimeoutPolicy or Mesh-defaults plugin: right after `route_timeouts`, filling in only rules
+  the route left without one.
+"""
+
+from __future__ import annotations
+
+from tulle.controlplane.compiler.ir import MeshModel
+from tulle.controlplane.compiler.plugins import (
+    header_modifiers,
+    route_timeouts,
+    unclaimed_filters,
+    unenforced_policies,
+)
+from tulle.controlplane.compiler.plugins.base import Plugin
+
+ORDER: tuple[tuple[Plugin, str], ...] = (
+    (header_modifiers.PLUGIN,
+     "first of the filter plugins: each claims its own filter types on a rule; their order "
+     "among themselves does not matter (the proxy's chain order decides the run order)"),
+    (route_timeouts.PLUGIN,
+     "the route's own timeout, before any policy that sets defaults, which must see which "
+     "rules already have one"),
+    (unclaimed_filters.PLUGIN,
+     "after every plugin that claims filter types: what is still unclaimed nobody runs, so "
+     "its rule is left out and reported"),
+    (unenforced_policies.PLUGIN,
+     "last: a policy no plugin wrote a status for is not enforced, and must say so"),
+)
+
+
+def run(mesh: MeshModel, until: str | None = None) -> MeshModel:
+    """`mesh` after every plugin in `ORDER` (or up to and including the one named `until`)."""
+    for plugin, _ in ORDER:
+        mesh = plugin.apply(mesh)
+        if plugin.name == until:
+            break
+    return mesh
+
+
+__all__ = ["ORDER", "Plugin", "run"]

@@ -1,0 +1,72 @@
+"""Gateway API `RequestHeaderModifier` / `ResponseHeaderModifier` -> the rule's header filters.
+
+Each such filter of a rule becomes the contract's filter config of the same name
+(`proxyconfig/filters/headers.py`), checked as the proxy will check it.  A rule with settings
+the proxy would refuse (editing `Host`, a pseudo-header, an invalid name) is left out whole —
+forwarding it without the edit the user asked for would be doing something else quietly — and
+the route's status lists every refused setting with its path (`rules[i].filters[j]...`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from msgspec.structs import replace
+
+from tulle.controlplane.compiler.ir import Dropped, MeshModel, Route, Rule, RuleFilter
+from tulle.controlplane.compiler.plugins.base import Plugin, map_routes
+from tulle.proxyconfig import filters as proxy_filters
+from tulle.proxyconfig.filters import HTTPFilter
+from tulle.proxyconfig.validate import convert_error
+
+NAME = "header_modifiers"
+
+FIELDS = {"RequestHeaderModifier": "requestHeaderModifier",
+          "ResponseHeaderModifier": "responseHeaderModifier"}
+"""The filter types this plugin runs, and the field each one's settings are in."""
+
+
+def _configure(f: RuleFilter, user: dict[str, Any], path: str,
+               invalid: list[str]) -> RuleFilter:
+    spec = user.get(FIELDS[f.type]) or {}
+    entry: dict[str, Any] = {"type": f.type}
+    for key in ("set", "add", "remove"):
+        if spec.get(key):
+            entry[key] = spec[key]
+    try:
+        cfg = msgspec.convert(entry, HTTPFilter)
+    except msgspec.ValidationError as exc:
+        invalid.append(str(convert_error(exc, path)))
+        return replace(f, claimed_by=NAME)
+    errs = proxy_filters.errors(cfg, path)
+    if errs:
+        invalid.extend(str(e) for e in errs)
+        return replace(f, claimed_by=NAME)
+    return replace(f, claimed_by=NAME, config=cfg)
+
+
+def _rule(r: Rule, invalid: list[str]) -> Rule:
+    if not any(f.type in FIELDS for f in r.filters):
+        return r
+    user = r.spec.get("filters") or []
+    before = len(invalid)
+    filters = tuple(_configure(f, user[f.index], f"rules[{r.index}].filters[{f.index}]", invalid)
+                    if f.type in FIELDS else f for f in r.filters)
+    return replace(r, filters=filters, left_out=r.left_out or len(invalid) > before)
+
+
+def _route(route: Route) -> Route:
+    if not any(f.type in FIELDS for r in route.rules for f in r.filters):
+        return route
+    invalid: list[str] = []
+    rules = tuple(_rule(r, invalid) for r in route.rules)
+    return replace(route, rules=rules,
+                   dropped=route.dropped + tuple(Dropped(i, "invalid") for i in invalid))
+
+
+def apply(mesh: MeshModel) -> MeshModel:
+    return map_routes(mesh, _route)
+
+
+PLUGIN = Plugin(NAME, apply, affects=("routes",))

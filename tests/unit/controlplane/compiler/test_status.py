@@ -1,0 +1,46 @@
+"""Route conditions are rendered from the model after every plugin: what each rule lost, and
+why, whichever stage found it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tulle.controlplane.compiler import MeshInputs, compile_mesh
+
+SVC = {"kind": "Service", "metadata": {"name": "web", "namespace": "ns"},
+       "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}]}}
+
+
+def conditions(rules: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    route = {"kind": "HTTPRoute", "metadata": {"name": "r", "namespace": "ns"},
+             "spec": {"parentRefs": [{"kind": "Service", "name": "web", "port": 80}],
+                      "rules": rules}}
+    res = compile_mesh(MeshInputs.from_resources([SVC, route]))
+    return {c["type"]: c for c in res.conditions[("HTTPRoute", "ns", "r")]}
+
+
+def test_a_rule_left_out_for_its_filter_still_reports_its_missing_backend() -> None:
+    conds = conditions([{"filters": [{"type": "RequestRedirect", "requestRedirect": {}}],
+                         "backendRefs": [{"name": "gone", "port": 80}]}])
+    assert conds["ResolvedRefs"]["status"] == "False"
+    assert conds["ResolvedRefs"]["message"] == "backendRef ns/gone:80 does not exist"
+    assert conds["PartiallyInvalid"]["message"] == (
+        "left out (not supported yet): filter RequestRedirect")
+
+
+def test_an_unreadable_timeout_is_an_invalid_setting_not_a_missing_backend() -> None:
+    conds = conditions([{"timeouts": {"request": "soon"},
+                         "backendRefs": [{"name": "web", "port": 80}]}])
+    assert conds["ResolvedRefs"]["status"] == "True"
+    assert conds["PartiallyInvalid"]["message"].startswith(
+        "left out (invalid): rules[0].timeouts.request: invalid duration 'soon'")
+
+
+def test_a_rule_without_a_usable_match_reports_its_refused_filter_settings_too() -> None:
+    conds = conditions([{"matches": [{"path": {"type": "RegularExpression", "value": "/x.*"}}],
+                         "filters": [{"type": "RequestHeaderModifier",
+                                      "requestHeaderModifier": {"remove": ["host"]}}],
+                         "backendRefs": [{"name": "web", "port": 80}]}])
+    msg = conds["PartiallyInvalid"]["message"]
+    assert "left out (not supported yet): path match type RegularExpression" in msg
+    assert "left out (invalid): rules[0].filters[0].remove[0]: 'host'" in msg
