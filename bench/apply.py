@@ -17,6 +17,9 @@ measures that time with the real code, in-process:
    * `endpoint_change_agent_ms`: the agent's whole step, frame in to ACK out;
    * `endpoint_change_full_apply_ms`: `ProxyServer.apply` of the same change arriving as a whole
      snapshot decoded anew (a file reload: structs equal, not identical).
+3. `route_change_apply_ms`: the same for a canary weight change (an HTTPRoute on `svc-1`
+   re-weighted), which reaches the proxy as one virtual host (ADR 0018); every other virtual
+   host is the same struct as before, but today's router is rebuilt per route table.
 
 Medians of `--rounds` rounds, with min and max.  Compiling happens outside the timed window.
 
@@ -38,7 +41,7 @@ import msgspec
 from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh
 from tulle.dataplane.agent import Agent
 from tulle.dataplane.server import ProxyServer
-from tulle.proxyconfig.delta import diff
+from tulle.proxyconfig.delta import apply_delta, diff
 from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.stream import FrameDecoder, WorkloadInfo, delta_message, encode
 
@@ -61,6 +64,20 @@ def _local(cfg: ProxyConfig) -> ProxyConfig:
     """The snapshot with its listeners on loopback port 0 (nothing else changes)."""
     return msgspec.structs.replace(cfg, listeners=[
         msgspec.structs.replace(lc, address="127.0.0.1", port=0) for lc in cfg.listeners])
+
+
+def route_snapshots(services: int) -> tuple[ProxyConfig, ProxyConfig]:
+    """svc-0's proxy with a route on svc-1 at two weightings."""
+    from bench.controlplane import route_doc
+
+    cache = PartCache()
+    docs = _resources(services, False)
+    out = []
+    for w in (1, 3):
+        res = compile_mesh(MeshInputs.from_resources(
+            [*docs, route_doc("svc-1", [("svc-1", w), ("svc-2", 1)])]), cache)
+        out.append(_local(res.snapshots[(NS, "w-0-0")]))
+    return out[0], out[1]
 
 
 def snapshots(services: int) -> tuple[ProxyConfig, ProxyConfig]:
@@ -117,6 +134,7 @@ async def measure(services: int, rounds: int) -> dict[str, Any]:
         clusters = len(base.clusters)
     finally:
         await server.close()
+    route_ms = await _route_change(services, rounds)
     apply = _summary(apply_ms)
     return {
         "endpoint_change_apply_ms": apply["median"],
@@ -126,7 +144,29 @@ async def measure(services: int, rounds: int) -> dict[str, Any]:
         "endpoint_change_full_apply_ms": _summary(full_ms)["median"],
         "endpoint_change_rounds": rounds,
         "endpoint_change_proxy_clusters": clusters,
+        "route_change_apply_ms": _summary(route_ms)["median"],
+        "route_change_apply_spread_ms": [_summary(route_ms)["min"], _summary(route_ms)["max"]],
     }
+
+
+async def _route_change(services: int, rounds: int) -> list[float]:
+    """`ProxyServer.apply` of a canary weight change, applied from its delta."""
+    base, moved = route_snapshots(services)
+    server = ProxyServer()
+    out: list[float] = []
+    try:
+        await server.apply(base)
+        current = base
+        for i in range(rounds):
+            target = moved if i % 2 == 0 else base
+            cfg = apply_delta(current, diff(current, target))
+            t0 = time.perf_counter()
+            await server.apply(cfg)
+            out.append((time.perf_counter() - t0) * 1000)
+            current = cfg
+    finally:
+        await server.close()
+    return out
 
 
 def run(services: int = 1000, rounds: int = 7) -> dict[str, Any]:

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from tulle.proxyconfig.delta import ENDPOINTS, POSITIONS, VIRTUAL_HOSTS
+
 
 @dataclass(frozen=True, slots=True)
 class Feature:
@@ -53,6 +55,14 @@ FEATURES: tuple[Feature, ...] = (
             "L4 filters (source_ip, connection_limit, flow_log) on opaque TCP listeners"),
     Feature("http-filters", ("route_tables[].virtual_hosts[].rules[].filters",),
             "HTTP filters on route rules (request and response header modifiers)"),
+    # Delta units (ADR 0018): no field of the model, a finer shape of the delta; a proxy
+    # lacking one gets the changed resources whole, as before.
+    Feature(VIRTUAL_HOSTS, (), "a route table changed only in its virtual hosts is sent as "
+            "the changed and removed virtual hosts"),
+    Feature(ENDPOINTS, (), "a cluster changed only in its endpoints is sent as its endpoint "
+            "list"),
+    Feature(POSITIONS, (), "resources added among others carry their index, not the whole "
+            "new order"),
 )
 """Every feature this build's contract has, in the order they were added."""
 
@@ -95,9 +105,16 @@ def withhold_config(doc: dict[str, Any], missing: Iterable[Feature]) -> None:
 COLLECTIONS = ("listeners", "route_tables", "clusters")
 
 
+PATCHES = {("route_tables[]", "virtual_hosts[]"): ("virtual_hosts", "upsert"),
+           ("clusters[]", "endpoints[]"): ("endpoints", "endpoints")}
+"""Delta units (`delta.py`) by the schema path of what they carry: (the `Delta` field, the
+list in each of its items)."""
+
+
 def withhold_delta(doc: dict[str, Any], missing: Iterable[Feature]) -> None:
     """Remove the paths of `missing` from a plain `Delta` document, in place: a singleton's
-    path applies to the singleton sent whole, a collection's to each upserted resource."""
+    path applies to the singleton sent whole, a collection's to each upserted resource and to
+    what the delta units carry of it (virtual hosts, endpoints)."""
     for f in missing:
         for p in f.paths:
             segments = p.split(".")
@@ -105,5 +122,10 @@ def withhold_delta(doc: dict[str, Any], missing: Iterable[Feature]) -> None:
             if head.endswith("[]") and head[:-2] in COLLECTIONS:
                 for item in (doc.get(head[:-2]) or {}).get("upsert") or []:
                     _strip(item, segments[1:])
+                unit = PATCHES.get((head, segments[1])) if len(segments) > 2 else None
+                if unit is not None:
+                    for patch in doc.get(unit[0]) or []:
+                        for item in patch.get(unit[1]) or []:
+                            _strip(item, segments[2:])
             elif len(segments) > 1:
                 _strip(doc.get(head), segments[1:])

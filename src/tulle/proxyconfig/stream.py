@@ -41,11 +41,13 @@ from tulle.proxyconfig.model import (
     CONFIG_API_VERSION,
     Admin,
     Cluster,
+    Endpoint,
     Listener,
     Node,
     ProxyConfig,
     RouteTable,
     Settings,
+    VirtualHost,
 )
 from tulle.proxyconfig.validate import ConfigError, FieldError, convert_error, errors_in
 
@@ -229,6 +231,11 @@ def apply_checked(base: ProxyConfig, d: Delta) -> ProxyConfig:
         raise ConfigError(errors) from exc
 
 
+def _named(where: str, item: Any, i: int) -> str:
+    name = item.get("name") if isinstance(item, dict) else None
+    return f"{where}[name={name}]" if isinstance(name, str) else f"{where}[upsert {i}]"
+
+
 def _delta_errors(d: Delta, optional: list[str] | None = None,
                   ignored: list[str] | None = None) -> list[FieldError]:
     parts: list[tuple[Any, Any, str]] = [
@@ -236,9 +243,13 @@ def _delta_errors(d: Delta, optional: list[str] | None = None,
     for coll, typ in (("listeners", Listener), ("route_tables", RouteTable),
                       ("clusters", Cluster)):
         for i, item in enumerate(getattr(d, coll).upsert):
-            name = item.get("name") if isinstance(item, dict) else None
-            parts.append((item, typ, f"{coll}[name={name}]" if isinstance(name, str)
-                          else f"{coll}[upsert {i}]"))
+            parts.append((item, typ, _named(coll, item, i)))
+    for v in d.virtual_hosts:  # delta units (ADR 0018): paths as if the resource came whole
+        for i, item in enumerate(v.upsert):
+            parts.append((item, VirtualHost, _named(
+                f"route_tables[name={v.route_table}].virtual_hosts", item, i)))
+    for e in d.endpoints:
+        parts.append((e.endpoints, list[Endpoint], f"clusters[name={e.cluster}].endpoints"))
     errors: list[FieldError] = []
     for value, typ, path in parts:
         if value is not None:

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 from msgspec import inspect as mi
 
-from tulle.proxyconfig.delta import apply_delta, diff
+from tulle.proxyconfig.delta import ENDPOINTS, POSITIONS, VIRTUAL_HOSTS, apply_delta, diff
 from tulle.proxyconfig.features import (
     BY_NAME,
     FEATURES,
@@ -19,6 +19,7 @@ from tulle.proxyconfig.features import (
 )
 from tulle.proxyconfig.model import Listener, Overload, ProxyConfig, Settings
 from tulle.proxyconfig.stream import decode_delta, decode_snapshot
+from tulle.proxyconfig.validate import validate
 
 
 def _field_type(t: mi.Type, segments: list[str]) -> mi.Type:
@@ -47,7 +48,8 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
     assert lacking(SUPPORTED) == ()
     assert [f.name for f in lacking(["overload"])] == [
         "connection-limits", "path-normalization", "tcp-idle-timeout", "http2-limits",
-        "tls-handshake-timeout", "http1-limits", "network-filters", "http-filters"]
+        "tls-handshake-timeout", "http1-limits", "network-filters", "http-filters",
+        "delta-virtual-hosts", "delta-endpoints", "delta-positions"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:
@@ -147,3 +149,29 @@ def test_every_field_added_since_the_first_stream_release_belongs_to_a_feature()
     orphans = sorted(p for p in paths - BASELINE
                      if not any(p == o or p.startswith((o + ".", o + "[")) for o in owned))
     assert orphans == []
+
+
+def test_the_delta_units_are_features_and_their_payload_is_withheld_like_whole_resources() -> None:
+    """A delta unit carries parts of resources: what a proxy lacks is stripped from them too."""
+    assert {VIRTUAL_HOSTS, ENDPOINTS, POSITIONS} <= set(SUPPORTED)
+    assert all(BY_NAME[u].paths == () for u in (VIRTUAL_HOSTS, ENDPOINTS, POSITIONS))
+
+    def cfg(version: str, value: str, port: int) -> ProxyConfig:
+        return validate({"version": version, "clusters": [
+            {"name": "c", "endpoints": [{"address": "127.0.0.1", "port": port}]}],
+            "route_tables": [{"name": "t", "virtual_hosts": [
+                {"name": "h", "rules": [{"backends": [{"cluster": "c"}], "filters": [
+                    {"type": "RequestHeaderModifier", "set": [{"name": "x", "value": value}]}]}]},
+                {"name": "other"}]}]})
+
+    old, new = cfg("v1", "a", 1), cfg("v2", "b", 2)
+    doc = msgspec.to_builtins(diff(old, new))
+    assert doc["virtual_hosts"][0]["upsert"][0]["rules"][0]["filters"]
+    assert doc["endpoints"][0]["endpoints"] == [{"address": "127.0.0.1", "port": 2, "weight": 1,
+                                                 "zone": ""}]
+    withhold_delta(doc, lacking([f for f in SUPPORTED if f != "http-filters"]))
+    assert "filters" not in doc["virtual_hosts"][0]["upsert"][0]["rules"][0]
+    got = apply_delta(old, decode_delta(msgspec.Raw(msgspec.json.encode(doc))))
+    assert got.route_tables[0].virtual_hosts[0].rules[0].filters == []
+    assert got.route_tables[0].virtual_hosts[1] is old.route_tables[0].virtual_hosts[1]
+    assert got.clusters[0].endpoints[0].port == 2

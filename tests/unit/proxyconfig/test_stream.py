@@ -27,7 +27,7 @@ from tulle.proxyconfig.stream import (
     encode,
     snapshot_message,
 )
-from tulle.proxyconfig.validate import ConfigError
+from tulle.proxyconfig.validate import ConfigError, validate
 
 MESSAGES = [
     Hello(workload=WorkloadInfo(name="web-0", namespace="shop", labels={"app": "web"})),
@@ -165,3 +165,22 @@ def test_a_snapshot_frame_is_the_same_bytes_an_older_proxy_decodes() -> None:
     assert encode(snapshot_message(cfg))[4:] == expected
     assert encode(Nack(version="v1", reason="r"))[4:] == (
         b'{"type":"nack","version":"v1","reason":"r"}')
+
+
+def test_errors_inside_delta_units_name_the_resource_as_if_it_came_whole() -> None:
+    base = validate({"version": "v1", "clusters": [
+        {"name": "web", "endpoints": [{"address": "127.0.0.1", "port": 1}]}],
+        "route_tables": [{"name": "out", "virtual_hosts": [{"name": "h"}]}]})
+    doc = {"version": "v2", "base_version": "v1",
+           "virtual_hosts": [{"route_table": "out", "upsert": [
+               {"name": "h", "domains": "x"}, {"name": "g", "rules": [{"timeout_ms": -1}]}]}],
+           "endpoints": [{"cluster": "web", "endpoints": [{"address": "127.0.0.1",
+                                                           "port": 0}]}]}
+    d = decode_delta(msgspec.Raw(msgspec.json.encode(doc)))
+    with pytest.raises(ConfigError) as err:
+        apply_checked(base, d)
+    assert sorted(str(e) for e in err.value.errors) == [
+        "clusters[name=web].endpoints[0].port: must be >= 1, got 0",
+        "route_tables[name=out].virtual_hosts[name=g].rules[0].timeout_ms: must be >= 0, got -1",
+        "route_tables[name=out].virtual_hosts[name=h].domains: expected a list, got str",
+    ]

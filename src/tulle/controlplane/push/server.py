@@ -16,7 +16,9 @@ A `hello` names the stream protocol, contract versions and config features the p
 (ADR 0011).  A protocol or contract version this control plane does not speak gets an `Error`
 saying which it does, and the connection is closed (logged once per proxy and version: a proxy
 that retries does not flood the log).  A proxy lacking a feature gets snapshots without that
-feature's fields; its status lists what was withheld.
+feature's fields; its status lists what was withheld.  The delta units (ADR 0018: virtual
+hosts, endpoints, positions) are features too: a proxy that lacks one gets the changed
+resources whole, and its status lists the units it takes (`delta_units`).
 
 Before `hello` a connection is anonymous and held to little: frames of at most
 `HELLO_MAX_FRAME` bytes, `hello_timeout` seconds to say hello, at most `max_pending_hellos`
@@ -46,6 +48,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from tulle.controlplane.push.wire import WireCache, withheld_delta_frame, withheld_snapshot_frame
+from tulle.proxyconfig.delta import units_of
 from tulle.proxyconfig.features import Feature, lacking
 from tulle.proxyconfig.model import CONFIG_API_VERSION, ProxyConfig
 from tulle.proxyconfig.stream import (
@@ -141,6 +144,8 @@ class ProxyStatus:
     """The config features the proxy announced."""
     withheld: tuple[Feature, ...] = ()
     """Features this control plane has and the proxy lacks: left out of its snapshots."""
+    delta_units: frozenset[str] = frozenset()
+    """The delta units (`proxyconfig/delta.py`) the proxy takes; others go as whole resources."""
     control_plane: str = ""
     extra: dict[str, str] = field(default_factory=dict)
     running: ProxyConfig | None = field(default=None, repr=False)
@@ -159,6 +164,7 @@ class ProxyStatus:
             "pushes": self.pushes, "controlPlane": self.control_plane,
             "protocol": self.protocol, "features": self.features,
             "withheld": [{"feature": f.name, "paths": list(f.paths)} for f in self.withheld],
+            "deltaUnits": sorted(self.delta_units),
         }
 
 
@@ -404,6 +410,9 @@ class ProxySession:
         self.rejected = ""
         self.st: ProxyStatus | None = None
         self.missing: tuple[Feature, ...] = ()
+        """Features whose fields this proxy cannot take (withheld from its frames)."""
+        self.units: frozenset[str] = frozenset()
+        """Delta units this proxy takes."""
         self.hello_seen = False
         """Set (and the server's pending count released) once the hello is in."""
 
@@ -483,8 +492,10 @@ class ProxySession:
         now = time.time()  # noqa: TID251 - wall-clock timestamps for display, not durations
         st.connected, st.peer, st.connected_since, st.last_seen = True, self.peer, now, now
         st.control_plane = srv.instance
-        self.missing = lacking(hello.features)
+        self.missing = tuple(f for f in lacking(hello.features) if f.paths)
+        self.units = units_of(hello.features)
         st.protocol, st.features, st.withheld = hello.protocol, list(hello.features), self.missing
+        st.delta_units = self.units
         log.info("proxy %s/%s connected from %s (serving %r)%s", w.namespace, w.name, self.peer,
                  hello.last_version or "nothing",
                  f"; withholding {', '.join(f.name for f in self.missing)}"
@@ -538,10 +549,11 @@ class ProxySession:
             wire = srv.cache.wire
             if self.missing:  # an older proxy: frames of its own (see wire.py)
                 frame = (withheld_snapshot_frame(current, self.missing) if self.acked is None
-                         else withheld_delta_frame(self.acked, current, self.missing))
+                         else withheld_delta_frame(self.acked, current, self.missing,
+                                                   self.units))
             else:
                 frame = (wire.snapshot_frame(current) if self.acked is None
-                         else wire.delta_frame(self.acked, current))
+                         else wire.delta_frame(self.acked, current, self.units))
             self.writer.writelines(frame)
             self.inflight = current
             assert self.st is not None

@@ -12,7 +12,10 @@ times (seconds of CPU per change).  Instead:
   same bytes object goes to every proxy's transport (`writelines`);
 * a delta first compares the two snapshots' collections by object identity (`map(id, ...)`,
   set difference: loops in C), and only the few objects that are new go through the
-  name lookup and an equality check, which is itself memoised per pair of objects.
+  name lookup and an equality check, which is itself memoised per pair of objects;
+* so is the finer unit of a changed resource (ADR 0018): whether a route table changed only
+  in its virtual hosts (and which), or a cluster only in its endpoints, is worked out once per
+  pair of objects, not once per proxy.
 
 The frames are byte-for-byte what `encode(snapshot_message(...))` and
 `encode(delta_message(diff(...)))` give (a unit test holds them to it), so the proxy's side
@@ -35,7 +38,20 @@ from typing import Any, cast
 
 import msgspec
 
-from tulle.proxyconfig.delta import CollectionDelta, Delta, diff
+from tulle.proxyconfig.delta import (
+    ENDPOINTS,
+    POSITIONS,
+    UNITS,
+    VIRTUAL_HOSTS,
+    CollectionDelta,
+    Delta,
+    EndpointsDelta,
+    VirtualHostsDelta,
+    changed_only_in,
+    diff,
+    placement,
+    virtual_hosts_delta,
+)
 from tulle.proxyconfig.features import Feature, withhold_config, withhold_delta
 from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.stream import DeltaMsg, Message, Snapshot
@@ -63,11 +79,14 @@ class WireCache:
         self._raw_prev: dict[int, tuple[object, msgspec.Raw, bytes]] = {}
         self._eq: dict[tuple[int, int], tuple[object, object, bool]] = {}
         self._eq_prev: dict[tuple[int, int], tuple[object, object, bool]] = {}
+        self._unit: dict[tuple[int, int, str], tuple[object, object, object]] = {}
+        self._unit_prev: dict[tuple[int, int, str], tuple[object, object, object]] = {}
 
     def rotate(self) -> None:
         """A new compilation round: forget what was not used since the previous one."""
         self._raw_prev, self._raw = self._raw, {}
         self._eq_prev, self._eq = self._eq, {}
+        self._unit_prev, self._unit = self._unit, {}
 
     def raw(self, obj: object) -> msgspec.Raw:
         return self._entry(obj)[1]
@@ -100,6 +119,30 @@ class WireCache:
             self._eq[k] = hit
         return hit[2]
 
+    def unit(self, a: Any, b: Any, kind: str) -> Any:
+        """The finer delta unit that turns `a` into `b` (same name, both changed), or None
+        when `b` differs in more than that unit: a `VirtualHostsDelta` for kind
+        `virtual_hosts` / `virtual_hosts+at` (with positions), an `EndpointsDelta` for
+        `endpoints`."""
+        k = (id(a), id(b), kind)
+        hit = self._unit.get(k)
+        if hit is None or hit[0] is not a or hit[1] is not b:
+            hit = self._unit_prev.get(k)
+            if hit is None or hit[0] is not a or hit[1] is not b:
+                hit = (a, b, self._make_unit(a, b, kind))
+            self._unit[k] = hit
+        return hit[2]
+
+    @staticmethod
+    def _make_unit(a: Any, b: Any, kind: str) -> object:
+        if kind == ENDPOINTS:
+            if not changed_only_in(a, b, "endpoints"):
+                return None
+            return EndpointsDelta(cluster=b.name, endpoints=msgspec.to_builtins(b.endpoints))
+        if not changed_only_in(a, b, "virtual_hosts"):
+            return None
+        return virtual_hosts_delta(a, b, kind.endswith("+at"))
+
     # -- frames ----------------------------------------------------------------------------------
 
     def snapshot_frame(self, cfg: ProxyConfig) -> Frame:
@@ -116,57 +159,81 @@ class WireCache:
         return _frame(Snapshot(version=cfg.version, config=msgspec.Raw(_encoder.encode(wire))),
                       holes)
 
-    def delta_frame(self, old: ProxyConfig, new: ProxyConfig) -> Frame:
-        """`encode(DeltaMsg(delta=diff(old, new)))`, without walking unchanged resources."""
+    def delta_frame(self, old: ProxyConfig, new: ProxyConfig,
+                    units: frozenset[str] = UNITS) -> Frame:
+        """`encode(DeltaMsg(delta=diff(old, new, units)))`, without walking unchanged
+        resources."""
         holes: list[bytes] = []
+        positions = POSITIONS in units
+        vkind = (VIRTUAL_HOSTS + "+at" if positions else VIRTUAL_HOSTS
+                 ) if VIRTUAL_HOSTS in units else ""
+        tables, vhosts = self._collection(old.route_tables, new.route_tables, holes, positions,
+                                          vkind)
+        clusters, eps = self._collection(old.clusters, new.clusters, holes, positions,
+                                         ENDPOINTS if ENDPOINTS in units else "")
         d = Delta(
             version=new.version,
             base_version=old.version,
             node=None if old.node == new.node else msgspec.to_builtins(new.node),
             admin=None if old.admin == new.admin else msgspec.to_builtins(new.admin),
             settings=None if old.settings == new.settings else msgspec.to_builtins(new.settings),
-            listeners=self._collection(old.listeners, new.listeners, holes),
-            route_tables=self._collection(old.route_tables, new.route_tables, holes),
-            clusters=self._collection(old.clusters, new.clusters, holes),
+            listeners=self._collection(old.listeners, new.listeners, holes, positions)[0],
+            route_tables=tables,
+            clusters=clusters,
+            virtual_hosts=cast(list[VirtualHostsDelta], vhosts),
+            endpoints=cast(list[EndpointsDelta], eps),
         )
         return _frame(DeltaMsg(delta=msgspec.Raw(_encoder.encode(d))), holes)
 
-    def _collection(self, old: list[Any], new: list[Any], holes: list[bytes]) -> CollectionDelta:
-        """Same result as `proxyconfig.delta._diff_collection` for collections whose names are
-        unique (which validation guarantees)."""
+    def _collection(self, old: list[Any], new: list[Any], holes: list[bytes],
+                    positions: bool, kind: str = "") -> tuple[CollectionDelta, list[Any]]:
+        """Same result as `proxyconfig.delta.diff` for collections whose names are unique
+        (which validation guarantees): the collection's delta and, with a unit `kind`, the
+        finer units of the changed resources that have one."""
+        units: list[Any] = []
+        upsert: list[Any] = []  # Raw JSON where the type says plain values: same bytes
         if old is new:
-            return _EMPTY
+            return _EMPTY, units
+
+        def changed(o: Any, x: Any) -> None:
+            u = self.unit(o, x, kind) if kind else None
+            if u is not None:
+                units.append(u)
+            else:
+                upsert.append(self._piece(x, holes))
+
         if len(old) == len(new):
             # The common case: some objects replaced in place.  `is_not` over both lists runs in
             # C; only the replaced positions are looked at in Python.
             replaced = list(compress(range(len(new)), map(operator.is_not, old, new)))
             if not replaced:
-                return _EMPTY  # the very same objects in the same order
+                return _EMPTY, units  # the very same objects in the same order
             if all(old[i].name == new[i].name for i in replaced):
-                changed = [self._piece(new[i], holes) for i in replaced
-                           if not self.same(old[i], new[i])]
-                return CollectionDelta(upsert=cast(Any, changed)) if changed else _EMPTY
+                for i in replaced:
+                    if not self.same(old[i], new[i]):
+                        changed(old[i], new[i])
+                if not upsert:
+                    return _EMPTY, units
+                return CollectionDelta(upsert=cast(Any, upsert)), units
         old_ids, new_ids = list(map(id, old)), list(map(id, new))
         fresh = set(new_ids).difference(old_ids)
         old_names, new_names = list(map(_name, old)), list(map(_name, new))
         old_by = dict(zip(old_names, old, strict=True))
-        upsert: list[Any] = []  # Raw JSON where the type says plain values: same bytes
         if fresh:
             at = dict(zip(new_ids, range(len(new_ids)), strict=True))
             for i in sorted(at[k] for k in fresh):
                 x = new[i]
                 o = old_by.get(x.name)
-                if o is None or not self.same(o, x):
+                if o is None:
                     upsert.append(self._piece(x, holes))
+                elif not self.same(o, x):
+                    changed(o, x)
         wanted = set(new_names)
         remove = list(filterfalse(wanted.__contains__, old_names))
-        gone = set(remove)
-        predicted = (list(filterfalse(gone.__contains__, old_names))
-                     + list(filterfalse(old_by.__contains__, new_names)))
-        order = new_names if predicted != new_names else []
-        if not upsert and not remove and not order:
-            return _EMPTY
-        return CollectionDelta(upsert=upsert, remove=remove, order=order)
+        order, where = placement(old_names, new_names, positions)
+        if not upsert and not remove and not order and not where:
+            return _EMPTY, units
+        return CollectionDelta(upsert=upsert, remove=remove, order=order, at=where), units
 
 
 def _frame(msg: Message, holes: list[bytes]) -> Frame:
@@ -189,9 +256,10 @@ def withheld_snapshot_frame(cfg: ProxyConfig, missing: tuple[Feature, ...]) -> F
     return _frame(Snapshot(version=cfg.version, config=msgspec.Raw(_encoder.encode(doc))), [])
 
 
-def withheld_delta_frame(old: ProxyConfig, new: ProxyConfig,
-                         missing: tuple[Feature, ...]) -> Frame:
-    """A delta for a proxy lacking `missing` (see `withheld_snapshot_frame`)."""
-    doc = msgspec.to_builtins(diff(old, new))
+def withheld_delta_frame(old: ProxyConfig, new: ProxyConfig, missing: tuple[Feature, ...],
+                         units: frozenset[str] = UNITS) -> Frame:
+    """A delta for a proxy lacking `missing` (see `withheld_snapshot_frame`), in the delta
+    `units` it takes."""
+    doc = msgspec.to_builtins(diff(old, new, units))
     withhold_delta(doc, missing)
     return _frame(DeltaMsg(delta=msgspec.Raw(_encoder.encode(doc))), [])

@@ -9,7 +9,15 @@ import pytest
 from tulle.api.registry import parse
 from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh
 from tulle.controlplane.push.wire import WireCache
-from tulle.proxyconfig.delta import apply_delta, diff
+from tulle.proxyconfig.delta import (
+    ENDPOINTS,
+    POSITIONS,
+    UNITS,
+    VIRTUAL_HOSTS,
+    WHOLE,
+    apply_delta,
+    diff,
+)
 from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.stream import (
     DeltaMsg,
@@ -65,10 +73,30 @@ STEPS: list[tuple[str, list[dict[str, Any]]]] = [
 ]
 
 
+def route_weights(parent: str, weights: dict[str, int]) -> dict[str, Any]:
+    doc = route(parent, parent)
+    doc["spec"]["rules"][0]["backendRefs"] = [{"name": b, "port": 80, "weight": w}
+                                              for b, w in weights.items()]
+    return doc
+
+
+STEPS += [
+    ("a canary weight", [*BASE, service("svc-10"), route_weights("svc-1", {"svc-1": 9,
+                                                                            "svc-2": 1})]),
+    ("the canary moved", [*BASE, service("svc-10"), route_weights("svc-1", {"svc-1": 5,
+                                                                             "svc-2": 5})]),
+]
+
+UNIT_SETS = [UNITS, WHOLE, frozenset({VIRTUAL_HOSTS}), frozenset({ENDPOINTS, POSITIONS})]
+
+
+@pytest.mark.parametrize("units", UNIT_SETS, ids=lambda u: "+".join(sorted(u)) or "whole")
 @pytest.mark.parametrize("big", [16 * 1024, 200])
-def test_frames_equal_the_plain_encoding_through_a_series_of_changes(big: int) -> None:
+def test_frames_equal_the_plain_encoding_through_a_series_of_changes(
+        big: int, units: frozenset[str]) -> None:
     """`big=200` sends the route table and most clusters as separate pieces."""
     parts, wire = PartCache(), WireCache(big=big)
+    seen: set[str] = set()
     before = compile_mesh(MeshInputs.from_resources(BASE), parts).snapshots
     for key, cfg in before.items():
         assert b"".join(wire.snapshot_frame(cfg)) == encode(snapshot_message(cfg)), key
@@ -77,12 +105,33 @@ def test_frames_equal_the_plain_encoding_through_a_series_of_changes(big: int) -
         wire.rotate()
         for key in sorted(set(before) & set(after)):
             old, new = before[key], after[key]
-            frame = b"".join(wire.delta_frame(old, new))
-            assert frame == encode(delta_message(diff(old, new))), (what, key)
+            frame = b"".join(wire.delta_frame(old, new, units))
+            assert frame == encode(delta_message(diff(old, new, units))), (what, key)
             assert _rebuilt(old, frame) == new, (what, key)
+            seen |= _units_in(frame)
             assert b"".join(wire.snapshot_frame(new)) == encode(
                 snapshot_message(new)), (what, key)
         before = after
+    # The series exercises every unit it was allowed (and none it was not).
+    assert seen == units
+
+
+def test_a_canary_weight_change_is_one_virtual_host_on_the_wire() -> None:
+    parts, wire = PartCache(), WireCache()
+    mesh = [service(f"svc-{i}") for i in range(60)] + [
+        workload(f"w-{i}", f"svc-{i}") for i in range(60)]
+    a = compile_mesh(MeshInputs.from_resources(
+        [*mesh, route_weights("svc-1", {"svc-1": 9, "svc-2": 1})]), parts).snapshots
+    wire.rotate()
+    b = compile_mesh(MeshInputs.from_resources(
+        [*mesh, route_weights("svc-1", {"svc-1": 5, "svc-2": 5})]), parts).snapshots
+    key = (NS, "w-7")
+    small = b"".join(wire.delta_frame(a[key], b[key]))
+    whole = b"".join(wire.delta_frame(a[key], b[key], WHOLE))
+    assert len(small) < 1500 < 10 * 1500 < len(whole)
+    assert small.count(b'"name":"svc-1.') == 1 and b"svc-3." not in small
+    assert wire.unit(a[key].route_tables[0], b[key].route_tables[0], VIRTUAL_HOSTS) is \
+        wire.unit(a[key].route_tables[0], b[key].route_tables[0], VIRTUAL_HOSTS)  # once
 
 
 def test_a_big_resource_is_the_same_bytes_object_in_every_frame() -> None:
@@ -109,3 +158,13 @@ def _rebuilt(old: ProxyConfig, frame: bytes) -> ProxyConfig:
     (msg,) = FrameDecoder().feed(frame)
     assert isinstance(msg, DeltaMsg)
     return apply_delta(old, decode_delta(msg.delta))
+
+
+def _units_in(frame: bytes) -> set[str]:
+    (msg,) = FrameDecoder().feed(frame)
+    assert isinstance(msg, DeltaMsg)
+    d = decode_delta(msg.delta)
+    return {u for u, there in ((VIRTUAL_HOSTS, d.virtual_hosts), (ENDPOINTS, d.endpoints),
+                               (POSITIONS, any(v.at for v in [
+                                   d.listeners, d.route_tables, d.clusters, *d.virtual_hosts])))
+            if there}

@@ -193,3 +193,31 @@ async def test_a_delta_applied_snapshot_is_compared_by_identity() -> None:
     p = swap(b, new)
     assert p.counts.clusters_endpoints_changed == 1 and p.counts.clusters_kept == 2
     assert p.counts.contexts_built == 0
+
+
+async def test_delta_units_keep_untouched_structs_and_runtime_objects() -> None:
+    """A virtual-host patch rebuilds the one table's router; an endpoint patch keeps the
+    cluster's runtime and swaps its endpoints; everything else is kept by identity."""
+    b = builder()
+    start = raw(version="v1")
+    start["route_tables"][1]["virtual_hosts"].append(
+        {"name": "other", "domains": ["other"], "rules": [{"backends": [{"cluster": "c0"}]}]})
+    base = validate(start)
+    first = swap(b, base)
+    target = copy.deepcopy(start)
+    target["version"] = "v2"
+    target["route_tables"][1]["virtual_hosts"][0]["rules"][0]["backends"][0]["weight"] = 3
+    target["clusters"][2]["endpoints"].pop()
+    d = diff(base, validate(target))
+    assert [v.route_table for v in d.virtual_hosts] == ["rt1"]
+    assert [e.cluster for e in d.endpoints] == ["c2"]
+    assert not d.route_tables.upsert and not d.clusters.upsert
+    new = apply_delta(base, d)
+    assert new.route_tables[1].virtual_hosts[1] is base.route_tables[1].virtual_hosts[1]
+    assert new.clusters[2] is not base.clusters[2] and new.clusters[0] is base.clusters[0]
+    p = swap(b, new)
+    assert p.counts.routers_built == 1 and p.counts.routers_kept == 2
+    assert p.routers["rt0"] is first.routers["rt0"]
+    assert p.counts.clusters_endpoints_changed == 1 and p.counts.clusters_built == 0
+    assert all(p.clusters.runtimes[n] is first.clusters.runtimes[n] for n in ("c0", "c1", "c2"))
+    assert [e.port for e in p.clusters.runtimes["c2"].endpoints] == [1020]
