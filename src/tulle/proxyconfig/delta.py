@@ -17,9 +17,19 @@ from typing import Any
 
 import msgspec
 
-from tulle.proxyconfig.model import Admin, Cluster, Listener, Node, ProxyConfig, RouteTable, Settings
+from tulle.proxyconfig.model import (
+    Admin,
+    Cluster,
+    Identity,
+    Listener,
+    Node,
+    ProxyConfig,
+    RouteTable,
+    Settings,
+    TrustBundle,
+)
 
-COLLECTIONS = ("listeners", "route_tables", "clusters")
+COLLECTIONS = ("listeners", "route_tables", "clusters", "identities", "trust_bundles")
 
 
 class CollectionDelta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -39,6 +49,8 @@ class Delta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     listeners: CollectionDelta = msgspec.field(default_factory=CollectionDelta)
     route_tables: CollectionDelta = msgspec.field(default_factory=CollectionDelta)
     clusters: CollectionDelta = msgspec.field(default_factory=CollectionDelta)
+    identities: CollectionDelta = msgspec.field(default_factory=CollectionDelta)
+    trust_bundles: CollectionDelta = msgspec.field(default_factory=CollectionDelta)
 
     @property
     def empty(self) -> bool:
@@ -77,6 +89,8 @@ def diff(old: ProxyConfig, new: ProxyConfig) -> Delta:
         listeners=_diff_collection(old.listeners, new.listeners),
         route_tables=_diff_collection(old.route_tables, new.route_tables),
         clusters=_diff_collection(old.clusters, new.clusters),
+        identities=_diff_collection(old.identities, new.identities),
+        trust_bundles=_diff_collection(old.trust_bundles, new.trust_bundles),
     )
 
 
@@ -118,4 +132,6 @@ def apply_delta(base: ProxyConfig, d: Delta) -> ProxyConfig:
         listeners=_apply_collection(base.listeners, d.listeners, Listener),
         route_tables=_apply_collection(base.route_tables, d.route_tables, RouteTable),
         clusters=_apply_collection(base.clusters, d.clusters, Cluster),
+        identities=_apply_collection(base.identities, d.identities, Identity),
+        trust_bundles=_apply_collection(base.trust_bundles, d.trust_bundles, TrustBundle),
     )

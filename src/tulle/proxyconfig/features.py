@@ -53,6 +53,14 @@ FEATURES: tuple[Feature, ...] = (
             "L4 filters (source_ip, connection_limit, flow_log) on opaque TCP listeners"),
     Feature("http-filters", ("route_tables[].virtual_hosts[].rules[].filters",),
             "HTTP filters on route rules (request and response header modifiers)"),
+    Feature("filter-chains", ("listeners[].filter_chains",),
+            "listener filter chains chosen by transport, SNI, ALPN and destination"),
+    Feature("tls-sections", ("identities", "trust_bundles", "listeners[].tls.identity",
+                             "listeners[].tls.trust_bundle", "clusters[].tls.identity",
+                             "clusters[].tls.trust_bundle"),
+            "identities and trust bundles as named sections that TLS settings reference"),
+    Feature("metadata", ("node.zone", "clusters[].metadata", "clusters[].endpoints[].metadata"),
+            "metadata on clusters and endpoints, the node's zone (carried, no behaviour yet)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 
@@ -92,7 +100,7 @@ def withhold_config(doc: dict[str, Any], missing: Iterable[Feature]) -> None:
             _strip(doc, p.split("."))
 
 
-COLLECTIONS = ("listeners", "route_tables", "clusters")
+COLLECTIONS = ("listeners", "route_tables", "clusters", "identities", "trust_bundles")
 
 
 def withhold_delta(doc: dict[str, Any], missing: Iterable[Feature]) -> None:
@@ -107,3 +115,5 @@ def withhold_delta(doc: dict[str, Any], missing: Iterable[Feature]) -> None:
                     _strip(item, segments[1:])
             elif len(segments) > 1:
                 _strip(doc.get(head), segments[1:])
+            else:
+                doc.pop(head, None)  # a whole top-level section

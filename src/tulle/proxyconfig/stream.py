@@ -41,11 +41,13 @@ from tulle.proxyconfig.model import (
     CONFIG_API_VERSION,
     Admin,
     Cluster,
+    Identity,
     Listener,
     Node,
     ProxyConfig,
     RouteTable,
     Settings,
+    TrustBundle,
 )
 from tulle.proxyconfig.validate import ConfigError, FieldError, convert_error, errors_in
 
@@ -234,7 +236,8 @@ def _delta_errors(d: Delta, optional: list[str] | None = None,
     parts: list[tuple[Any, Any, str]] = [
         (d.node, Node, "node"), (d.admin, Admin, "admin"), (d.settings, Settings, "settings")]
     for coll, typ in (("listeners", Listener), ("route_tables", RouteTable),
-                      ("clusters", Cluster)):
+                      ("clusters", Cluster), ("identities", Identity),
+                      ("trust_bundles", TrustBundle)):
         for i, item in enumerate(getattr(d, coll).upsert):
             name = item.get("name") if isinstance(item, dict) else None
             parts.append((item, typ, f"{coll}[name={name}]" if isinstance(name, str)

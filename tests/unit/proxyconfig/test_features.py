@@ -25,6 +25,8 @@ def _field_type(t: mi.Type, segments: list[str]) -> mi.Type:
     for seg in segments:
         many = seg.endswith("[]")
         name = seg[:-2] if many else seg
+        if isinstance(t, mi.UnionType):  # an optional struct (`tls: TLSContext | None`)
+            (t,) = [o for o in t.types if not isinstance(o, mi.NoneType)]
         assert isinstance(t, mi.StructType), f"{seg}: not inside a struct"
         (f,) = [f for f in t.fields if f.encode_name == name] or [None]  # type: ignore[list-item]
         assert f is not None, f"no field {name!r}"
@@ -47,7 +49,8 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
     assert lacking(SUPPORTED) == ()
     assert [f.name for f in lacking(["overload"])] == [
         "connection-limits", "path-normalization", "tcp-idle-timeout", "http2-limits",
-        "tls-handshake-timeout", "http1-limits", "network-filters", "http-filters"]
+        "tls-handshake-timeout", "http1-limits", "network-filters", "http-filters",
+        "filter-chains", "tls-sections", "metadata"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:

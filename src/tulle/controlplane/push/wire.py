@@ -128,6 +128,8 @@ class WireCache:
             listeners=self._collection(old.listeners, new.listeners, holes),
             route_tables=self._collection(old.route_tables, new.route_tables, holes),
             clusters=self._collection(old.clusters, new.clusters, holes),
+            identities=self._collection(old.identities, new.identities, holes),
+            trust_bundles=self._collection(old.trust_bundles, new.trust_bundles, holes),
         )
         return _frame(DeltaMsg(delta=msgspec.Raw(_encoder.encode(d))), holes)
 
