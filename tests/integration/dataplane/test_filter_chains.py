@@ -19,6 +19,7 @@ import pytest
 from cryptography import x509
 from tests.support.certs import self_signed
 from tests.support.controlplane import named_origin
+from tests.support.origin import running_origin
 from tests.support.proxy import running_proxy
 from tests.support.rawhttp import RawClient
 
@@ -132,6 +133,15 @@ async def test_sni_selects_the_chain_its_certificate_and_its_origin(
             c.send("GET", "/who")
             r = await c.response()
             assert (r.status, json.loads(r.body)["name"]) == (200, name)
+            c.writer.close()
+        async with AsyncExitStack() as stack:  # x-forwarded-proto is the chain's scheme
+            echo = await stack.enter_async_context(running_origin())
+            cfg["clusters"][0] = cluster("a", echo)
+            await p.apply(cfg)
+            c, _ = await tls_client(port, "a.example")
+            c.send("GET", "/echo")
+            assert json.loads((await c.response()).body)["headers"]["x-forwarded-proto"] == \
+                "https"
             c.writer.close()
         _, body = await curl("--http2", "--resolve", f"web.b.example:{port}:127.0.0.1",
                              f"https://web.b.example:{port}/h2")

@@ -45,6 +45,15 @@ from tulle.net.origdst import original_destination
 _TLS_RECORD = 0x16
 
 
+def _set_scheme(proto: asyncio.Protocol, scheme: bytes) -> None:
+    """The scheme of an HTTP/1 connection's requests (x-forwarded-proto) is its chain's, not
+    the listener's: the codec took the listener's (`ListenerContext.scheme`) when it was built.
+    (HTTP/2 requests carry `:scheme`.)  Guarded by tests/integration/dataplane/
+    test_filter_chains.py; the request-stream driver split should take it as a parameter."""
+    if isinstance(proto, H1Downstream):
+        proto.codec._scheme = scheme
+
+
 class ChainAccept(asyncio.Protocol, Connection):
     """A connection whose filter chain is not chosen yet (see the module docstring)."""
 
@@ -206,6 +215,7 @@ class ChainAccept(asyncio.Protocol, Connection):
             return
         proto = driver(self.handle)
         proto.route_by_chain(chain.name)
+        _set_scheme(proto, b"http")
         self._pass(lambda t, initial: handover(t, proto, initial))
 
     @staticmethod
@@ -228,6 +238,7 @@ class ChainAccept(asyncio.Protocol, Connection):
             driver = self._driver("http2" if alpn == "h2" else "http1") or H1Downstream
             proto = driver(handle)
             proto.route_by_chain(name)
+            _set_scheme(proto, b"https")
             return proto
 
         assert chain.ssl_context is not None
