@@ -236,3 +236,40 @@ async def test_key_material_never_shows_in_dumps_errors_or_logs(
         assert str(verr.value) == "identities[0].private_key_pem: must hold a PEM private key"
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert secret not in logged and other["private_key_pem"].splitlines()[1] not in logged
+
+
+async def test_hostile_client_hellos_are_closed_and_counted_and_the_listener_serves_on(
+        origins: dict[str, int], tmp_path: Path) -> None:
+    chains = [{"name": "t", "match": {"transport": "tls"}, "tls": {"identity": "localhost"},
+               "route_table": "rt-a"},
+              {"name": "p", "match": {"transport": "plaintext"}, "route_table": "rt-b"}]
+    cfg = two_origin_config(origins, chains, [identity(tmp_path, "localhost")])
+    cfg["listeners"][0]["detect_timeout_ms"] = 200
+    async with running_proxy(cfg) as p:
+        port = p.port("edge")
+
+        async def closed_after(data: bytes) -> bool:
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(data)
+            try:
+                async with asyncio.timeout(5):
+                    return await r.read() == b""
+            except ConnectionError:
+                return True
+            finally:
+                w.close()
+
+        # Two server_name extensions; a body announced at 1 MiB; a trickle that stops.
+        ext = b"\x00\x00\x00\x05\x00\x03\x00\x00\x00"
+        body = b"\x03\x03" + bytes(32) + b"\x00\x00\x02\x13\x01\x01\x00"
+        body += (2 * len(ext)).to_bytes(2, "big") + ext + ext
+        msg = b"\x01" + len(body).to_bytes(3, "big") + body
+        assert await closed_after(b"\x16\x03\x01" + len(msg).to_bytes(2, "big") + msg)
+        assert await closed_after(b"\x16\x03\x01\x00\x04\x01\x10\x00\x00")
+        assert await closed_after(b"\x16\x03\x01\x02\x00\x01")  # then silence
+        kinds = ("tls_client_hello_invalid", "tls_client_hello_too_large",
+                 "tls_client_hello_timeout")
+        assert [p.metric("tulle_proxy_protocol_errors_total", kind=k) for k in kinds] == [1, 1, 1]
+        async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/ok") as r:
+            assert (await r.json())["name"] == "b"
+        assert p.server.listeners["edge"].connections == set()
