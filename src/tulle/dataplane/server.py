@@ -56,7 +56,7 @@ def _socket_key(cfg: Listener) -> tuple[str, int]:
 
 def _serving_key(cfg: Listener) -> tuple[object, ...]:
     """What the accepted connections' driver is chosen by; a change needs a new server."""
-    return (cfg.protocol, cfg.mode, cfg.tls)
+    return (cfg.protocol, cfg.mode, cfg.tls, bool(cfg.filter_chains))
 
 
 def _listening_fd(handle: ListenerHandle) -> int:
@@ -186,7 +186,7 @@ class ProxyServer:
         where = f"listener {lc.name} ({lc.address}:{lc.port})"
         ssl_ctx: ssl.SSLContext | None = None
         try:
-            if lc.tls is not None:
+            if lc.tls is not None and not lc.filter_chains:  # with chains: the default chain's
                 ssl_ctx = self.tls.server(lc.tls)
             factory = protocol_factory(handle, ssl_ctx)
         except (OSError, ValueError, NotImplementedError) as exc:  # ssl.SSLError is an OSError
@@ -244,6 +244,7 @@ class ProxyServer:
         self.overload.configure(plan.cfg.settings)
         if len(self.tls):
             self.tls.retain([*(h.ssl_context for h in self.listeners.values()),
+                             *(c for h in self.listeners.values() for c in h.ctx.ssl_contexts()),
                              *(c.ssl_context for c in self.clusters.clusters.values())])
         if self._sweeper is None:
             self._sweeper = run_sweeper(self.clusters)

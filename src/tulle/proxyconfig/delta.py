@@ -38,15 +38,17 @@ from tulle.proxyconfig.model import (
     Admin,
     Cluster,
     Endpoint,
+    Identity,
     Listener,
     Node,
     ProxyConfig,
     RouteTable,
     Settings,
+    TrustBundle,
     VirtualHost,
 )
 
-COLLECTIONS = ("listeners", "route_tables", "clusters")
+COLLECTIONS = ("listeners", "route_tables", "clusters", "identities", "trust_bundles")
 
 VIRTUAL_HOSTS: Final = "delta-virtual-hosts"
 ENDPOINTS: Final = "delta-endpoints"
@@ -99,6 +101,8 @@ class Delta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Route tables patched by virtual host (applied after `route_tables`)."""
     endpoints: list[EndpointsDelta] = msgspec.field(default_factory=list)
     """Clusters whose endpoint list is replaced (applied after `clusters`)."""
+    identities: CollectionDelta = msgspec.field(default_factory=CollectionDelta)
+    trust_bundles: CollectionDelta = msgspec.field(default_factory=CollectionDelta)
 
     @property
     def empty(self) -> bool:
@@ -189,6 +193,8 @@ def diff(old: ProxyConfig, new: ProxyConfig, units: frozenset[str] = UNITS) -> D
         clusters=clusters,
         virtual_hosts=vhosts,
         endpoints=eps,
+        identities=_diff_collection(old.identities, new.identities, positions),
+        trust_bundles=_diff_collection(old.trust_bundles, new.trust_bundles, positions),
     )
 
 
@@ -281,4 +287,6 @@ def apply_delta(base: ProxyConfig, d: Delta) -> ProxyConfig:
         listeners=_apply_collection(base.listeners, d.listeners, Listener),
         route_tables=tables,
         clusters=clusters,
+        identities=_apply_collection(base.identities, d.identities, Identity),
+        trust_bundles=_apply_collection(base.trust_bundles, d.trust_bundles, TrustBundle),
     )

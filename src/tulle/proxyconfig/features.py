@@ -63,6 +63,14 @@ FEATURES: tuple[Feature, ...] = (
             "list"),
     Feature(POSITIONS, (), "resources added among others carry their index, not the whole "
             "new order"),
+    Feature("filter-chains", ("listeners[].filter_chains",),
+            "listener filter chains chosen by transport, SNI, ALPN and destination"),
+    Feature("tls-sections", ("identities", "trust_bundles", "listeners[].tls.identity",
+                             "listeners[].tls.trust_bundle", "clusters[].tls.identity",
+                             "clusters[].tls.trust_bundle"),
+            "identities and trust bundles as named sections that TLS settings reference"),
+    Feature("metadata", ("node.zone", "clusters[].metadata", "clusters[].endpoints[].metadata"),
+            "metadata on clusters and endpoints, the node's zone (carried, no behaviour yet)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 
@@ -102,7 +110,7 @@ def withhold_config(doc: dict[str, Any], missing: Iterable[Feature]) -> None:
             _strip(doc, p.split("."))
 
 
-COLLECTIONS = ("listeners", "route_tables", "clusters")
+COLLECTIONS = ("listeners", "route_tables", "clusters", "identities", "trust_bundles")
 
 
 PATCHES = {("route_tables[]", "virtual_hosts[]"): ("virtual_hosts", "upsert"),
@@ -129,3 +137,5 @@ def withhold_delta(doc: dict[str, Any], missing: Iterable[Feature]) -> None:
                             _strip(item, segments[2:])
             elif len(segments) > 1:
                 _strip(doc.get(head), segments[1:])
+            else:
+                doc.pop(head, None)  # a whole top-level section

@@ -81,7 +81,14 @@ def load_file(path: str | Path) -> ProxyConfig:
     return load_text(text, source=str(p))
 
 
+REDACTED = "<redacted>"
+
+
 def dump(cfg: ProxyConfig) -> bytes:
-    """Canonical JSON of a config (sorted keys): what /config_dump serves and what diffs compare."""
+    """Canonical JSON of a config (sorted keys): what /config_dump serves and what diffs compare.
+    Private keys of `identities` are replaced by `<redacted>`: key material never leaves the
+    proxy through its admin endpoint."""
     raw = msgspec.to_builtins(cfg, order="sorted")
+    for ident in raw.get("identities") or ():
+        ident["private_key_pem"] = REDACTED
     return msgspec.json.format(msgspec.json.encode(raw), indent=2)

@@ -49,6 +49,9 @@ class Node(_Base, frozen=True, kw_only=True):
     namespace: str = "default"
     service: str = ""
     """The service the local workload belongs to (the `destination_service` of inbound traffic)."""
+    zone: str = ""
+    """Locality of the node (e.g. `eu-west-1a`).  Carried and shown in /config_dump; nothing
+    reads it yet (locality-aware balancing and telemetry will)."""
 
 
 class Admin(_Base, frozen=True, kw_only=True):
@@ -70,6 +73,12 @@ class TLSContext(_Base, frozen=True, kw_only=True):
     """ALPN protocols to offer, in preference order, e.g. ["h2", "http/1.1"]."""
     server_name: str = ""
     """SNI to send upstream; empty sends none."""
+    identity: str = ""
+    """Name of an `identities` section: the certificate chain and key to present, instead of
+    `cert_file` / `key_file` (not both)."""
+    trust_bundle: str = ""
+    """Name of a `trust_bundles` section: the CAs to verify the peer with, instead of `ca_file`
+    (not both)."""
 
 
 class Endpoint(_Base, frozen=True, kw_only=True):
@@ -80,6 +89,9 @@ class Endpoint(_Base, frozen=True, kw_only=True):
     port: Port
     weight: Annotated[int, Meta(ge=1, le=1_000_000)] = 1
     zone: str = ""
+    metadata: Metadata | None = None
+    """Who this endpoint is (service, namespace, workload, labels).  Carried and shown in
+    /config_dump; no behaviour yet."""
 
 
 class Cluster(_Base, frozen=True, kw_only=True):
@@ -98,6 +110,9 @@ class Cluster(_Base, frozen=True, kw_only=True):
     max_concurrent_streams: Annotated[int, Meta(ge=1, le=1_000_000)] = 100
     """HTTP/2 streams per upstream connection before another connection is opened."""
     tls: TLSContext | None = None
+    metadata: Metadata | None = None
+    """What this cluster is (service, namespace, labels).  Carried and shown in /config_dump;
+    no behaviour yet."""
 
 
 class PathMatch(_Base, frozen=True, kw_only=True):
@@ -196,6 +211,12 @@ class Listener(_Base, frozen=True, kw_only=True):
     the order `tulle.dataplane.network.order` declares (tagged by `type`).  Only `tcp`
     listeners (whose destinations are all `tcp`) take them: nothing on such a listener
     bypasses them."""
+    filter_chains: list[FilterChain] = msgspec.field(default_factory=list)
+    """Per-connection choice of protocol, TLS and routing by transport, SNI, ALPN and
+    destination (`FilterChain`); the most specific match wins (ADR 0019).  A connection no
+    chain matches takes the listener's own fields (its default chain) when it has a
+    `route_table` or `cluster`, else passthrough (transparent, `passthrough`), else it is
+    closed and counted.  Not together with `destinations`."""
 
 
 Percent = Annotated[int, Meta(ge=1, le=100)]
@@ -322,3 +343,81 @@ class ProxyConfig(_Base, frozen=True, kw_only=True):
     listeners: list[Listener] = msgspec.field(default_factory=list)
     route_tables: list[RouteTable] = msgspec.field(default_factory=list)
     clusters: list[Cluster] = msgspec.field(default_factory=list)
+    identities: list[Identity] = msgspec.field(default_factory=list)
+    """Certificates with their keys, referenced by name from `TLSContext.identity`."""
+    trust_bundles: list[TrustBundle] = msgspec.field(default_factory=list)
+    """CA sets, referenced by name from `TLSContext.trust_bundle`."""
+
+
+class Metadata(_Base, frozen=True, kw_only=True):
+    """Who a cluster or an endpoint is, for observability and (later) locality-aware balancing.
+
+    Carried through and shown in /config_dump; the proxy does not act on it yet."""
+
+    service: str = ""
+    namespace: str = ""
+    workload: str = ""
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class FilterChainMatch(_Base, frozen=True, kw_only=True):
+    """Which connections a filter chain takes; an empty field matches any value.
+
+    Specificity is decided field by field in this order (Envoy's `filter_chain_match` order):
+    destination port, destination address (longest prefix), server name (exact, then the
+    longest `*.` suffix), transport, ALPN.  At each step the chains with a specific match are
+    kept if there are any, else those that leave the field empty (ADR 0019)."""
+
+    destination_port: PortOrZero = 0
+    """Destination port (the original destination on a transparent listener); 0: any."""
+    destination: list[str] = msgspec.field(default_factory=list)
+    """Destination IP addresses or CIDRs; empty: any."""
+    server_names: list[str] = msgspec.field(default_factory=list)
+    """SNI host names from the ClientHello: exact (`api.example.com`) or `*.example.com`;
+    empty: any (also no SNI)."""
+    transport: Literal["any", "tls", "plaintext"] = "any"
+    """`tls`: the first bytes are a TLS ClientHello; `plaintext`: anything else."""
+    alpn: list[str] = msgspec.field(default_factory=list)
+    """ALPN protocols the ClientHello offers; any one of them matches; empty: any."""
+
+
+class FilterChain(_Base, frozen=True, kw_only=True):
+    """What a listener does with the connections `match` selects: its own protocol, TLS
+    termination, routing and network filters (the listener's fields of the same names, per
+    connection)."""
+
+    name: Name
+    """Unique within the listener; the routing key of its connections across swaps."""
+    match: FilterChainMatch = msgspec.field(default_factory=FilterChainMatch)
+    protocol: Literal["auto", "http1", "http2", "tcp"] = "auto"
+    """As `Listener.protocol`; with `tls`, ALPN chooses h2 or http/1.1 (`tcp` is refused)."""
+    tls: TLSContext | None = None
+    """Terminate TLS with these settings (the chain must match `transport: tls`).  Without
+    it, a TLS connection is relayed as opaque TCP (SNI passthrough)."""
+    route_table: str = ""
+    cluster: str = ""
+    network_filters: list[NetworkFilterConfig] = msgspec.field(default_factory=list)
+    """L4 filters of this chain's relayed connections (`protocol: tcp` chains only)."""
+
+
+class Identity(_Base, frozen=True, kw_only=True):
+    """A certificate chain and its private key, PEM, referenced by `TLSContext.identity`.
+
+    The key never appears in logs, error messages or /config_dump (`repr` redacts it)."""
+
+    name: Name
+    cert_chain_pem: str
+    """The leaf certificate first, then intermediates (PEM)."""
+    private_key_pem: str
+    """The leaf's private key (PEM, unencrypted)."""
+
+    def __repr__(self) -> str:
+        return f"Identity(name={self.name!r}, cert_chain_pem=<{len(self.cert_chain_pem)} " \
+               f"chars>, private_key_pem=<redacted>)"
+
+
+class TrustBundle(_Base, frozen=True, kw_only=True):
+    """Trust anchors (CA certificates, PEM), referenced by `TLSContext.trust_bundle`."""
+
+    name: Name
+    ca_pems: list[str] = msgspec.field(default_factory=list)

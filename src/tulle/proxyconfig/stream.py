@@ -42,11 +42,13 @@ from tulle.proxyconfig.model import (
     Admin,
     Cluster,
     Endpoint,
+    Identity,
     Listener,
     Node,
     ProxyConfig,
     RouteTable,
     Settings,
+    TrustBundle,
     VirtualHost,
 )
 from tulle.proxyconfig.validate import ConfigError, FieldError, convert_error, errors_in
@@ -241,7 +243,8 @@ def _delta_errors(d: Delta, optional: list[str] | None = None,
     parts: list[tuple[Any, Any, str]] = [
         (d.node, Node, "node"), (d.admin, Admin, "admin"), (d.settings, Settings, "settings")]
     for coll, typ in (("listeners", Listener), ("route_tables", RouteTable),
-                      ("clusters", Cluster)):
+                      ("clusters", Cluster), ("identities", Identity),
+                      ("trust_bundles", TrustBundle)):
         for i, item in enumerate(getattr(d, coll).upsert):
             parts.append((item, typ, _named(coll, item, i)))
     for v in d.virtual_hosts:  # delta units (ADR 0018): paths as if the resource came whole

@@ -21,7 +21,7 @@ from msgspec import inspect as mi
 
 from tulle.errors import FieldError
 from tulle.proxyconfig import filters, network
-from tulle.proxyconfig.model import Listener, ProxyConfig
+from tulle.proxyconfig.model import FilterChain, Listener, ProxyConfig, TLSContext
 
 
 class ConfigError(ValueError):
@@ -227,6 +227,8 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
         ("listeners", [x.name for x in cfg.listeners]),
         ("clusters", [x.name for x in cfg.clusters]),
         ("route_tables", [x.name for x in cfg.route_tables]),
+        ("identities", [x.name for x in cfg.identities]),
+        ("trust_bundles", [x.name for x in cfg.trust_bundles]),
     )
     for kind, names in named:
         dup = _duplicates(names)
@@ -249,15 +251,21 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
             out.append(FieldError(f"{p}.route_table", f"no route table named {lst.route_table!r}"))
         if lst.cluster and lst.cluster not in clusters:
             out.append(FieldError(f"{p}.cluster", f"no cluster named {lst.cluster!r}"))
-        if lst.mode == "explicit" and not (lst.route_table or lst.cluster):
+        if lst.mode == "explicit" and not (lst.route_table or lst.cluster or lst.filter_chains):
             out.append(FieldError(p, "an explicit listener needs a route_table or a cluster"))
         if lst.mode == "explicit" and lst.destinations:
             out.append(FieldError(f"{p}.destinations", "only transparent listeners use "
                                   "destinations"))
         if lst.protocol == "tcp" and not lst.cluster and lst.mode == "explicit":
             out.append(FieldError(f"{p}.cluster", "a tcp listener needs a cluster"))
-        if lst.tls is not None and not (lst.tls.cert_file and lst.tls.key_file):
-            out.append(FieldError(f"{p}.tls", "a TLS listener needs cert_file and key_file"))
+        if lst.tls is not None and not ((lst.tls.cert_file and lst.tls.key_file)
+                                        or lst.tls.identity):
+            out.append(FieldError(f"{p}.tls", "a TLS listener needs cert_file and key_file"
+                                  " (or an identity)"))
+        if lst.tls is not None:
+            out += _tls_refs(lst.tls, f"{p}.tls", cfg)
+        if lst.filter_chains:
+            out += _chains(lst, p, cfg, tables, clusters)
         if lst.network_filters:
             out.extend(_network_filters(lst, p))
         for j, d in enumerate(lst.destinations):
@@ -303,7 +311,123 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
     for i, c in enumerate(cfg.clusters):
         if c.tls is not None and c.tls.cert_file and not c.tls.key_file:
             out.append(FieldError(f"clusters[{i}].tls.key_file", "required with cert_file"))
+        if c.tls is not None:
+            out += _tls_refs(c.tls, f"clusters[{i}].tls", cfg)
+    out += _sections(cfg)
     return out
+
+
+def _tls_refs(tls: TLSContext, p: str, cfg: ProxyConfig) -> list[FieldError]:
+    """References to the snapshot's identity and trust-bundle sections resolve, and a setting
+    comes from a section or from files, not both."""
+    out: list[FieldError] = []
+    if tls.identity:
+        if not any(i.name == tls.identity for i in cfg.identities):
+            out.append(FieldError(f"{p}.identity", f"no identity named {tls.identity!r}"))
+        if tls.cert_file or tls.key_file:
+            out.append(FieldError(f"{p}.identity", "not together with cert_file / key_file"))
+    if tls.trust_bundle:
+        if not any(b.name == tls.trust_bundle for b in cfg.trust_bundles):
+            out.append(FieldError(f"{p}.trust_bundle",
+                                  f"no trust bundle named {tls.trust_bundle!r}"))
+        if tls.ca_file:
+            out.append(FieldError(f"{p}.trust_bundle", "not together with ca_file"))
+    return out
+
+
+def _sections(cfg: ProxyConfig) -> list[FieldError]:
+    """The shape of the key material (never quoted back: it may be a private key)."""
+    out: list[FieldError] = []
+    for i, ident in enumerate(cfg.identities):
+        p = f"identities[{i}]"
+        if "-----BEGIN CERTIFICATE-----" not in ident.cert_chain_pem:
+            out.append(FieldError(f"{p}.cert_chain_pem", "must hold a PEM certificate"))
+        if not re.search(r"-----BEGIN [A-Z ]*PRIVATE KEY-----", ident.private_key_pem):
+            out.append(FieldError(f"{p}.private_key_pem", "must hold a PEM private key"))
+        if "ENCRYPTED" in ident.private_key_pem:
+            out.append(FieldError(f"{p}.private_key_pem", "must not be encrypted"))
+    for i, b in enumerate(cfg.trust_bundles):
+        if not b.ca_pems:
+            out.append(FieldError(f"trust_bundles[{i}].ca_pems", "at least one CA is required"))
+        for j, pem in enumerate(b.ca_pems):
+            if "-----BEGIN CERTIFICATE-----" not in pem:
+                out.append(FieldError(f"trust_bundles[{i}].ca_pems[{j}]",
+                                      "must hold a PEM certificate"))
+    return out
+
+
+_LABEL = r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
+_SERVER_NAME = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
+
+
+def _chains(lst: Listener, p: str, cfg: ProxyConfig, tables: set[str],
+            clusters: set[str]) -> list[FieldError]:
+    """Filter chains (ADR 0019): each refers to what exists, can be served as configured, and
+    no two chains have the same match (one would never be chosen)."""
+    out: list[FieldError] = []
+    if lst.destinations:
+        out.append(FieldError(f"{p}.filter_chains", "not together with destinations"))
+    seen: dict[bytes, int] = {}
+    names: set[str] = set()
+    for j, fc in enumerate(lst.filter_chains):
+        cp = f"{p}.filter_chains[{j}]"
+        if fc.name in names:
+            out.append(FieldError(f"{cp}.name", f"duplicate name {fc.name!r}"))
+        names.add(fc.name)
+        m = fc.match
+        for k, a in enumerate(m.destination):
+            try:
+                ipaddress.ip_network(a, strict=False)
+            except ValueError:
+                out.append(FieldError(f"{cp}.match.destination[{k}]",
+                                      f"not an IP address or CIDR: {a!r}"))
+        for k, n in enumerate(m.server_names):
+            if len(n) > 253 or not _SERVER_NAME.match(n.lower()):
+                out.append(FieldError(f"{cp}.match.server_names[{k}]", "must be a host name or "
+                                      f"`*.` and a domain, got {n!r}"))
+        if m.transport == "plaintext" and (m.server_names or m.alpn):
+            out.append(FieldError(f"{cp}.match", "server_names and alpn need transport "
+                                  "`tls` or `any`"))
+        key = _match_key(fc)
+        if key in seen:
+            out.append(FieldError(f"{cp}.match", "the same match as filter_chains"
+                                  f"[{seen[key]}]: one of them would never be chosen"))
+        seen.setdefault(key, j)
+        if fc.route_table and fc.route_table not in tables:
+            out.append(FieldError(f"{cp}.route_table", f"no route table named {fc.route_table!r}"))
+        if fc.cluster and fc.cluster not in clusters:
+            out.append(FieldError(f"{cp}.cluster", f"no cluster named {fc.cluster!r}"))
+        if not (fc.route_table or fc.cluster or lst.cluster or lst.mode == "transparent"):
+            out.append(FieldError(cp, "a filter chain needs a route_table or a cluster"))
+        if fc.tls is not None:
+            if m.transport != "tls":
+                out.append(FieldError(f"{cp}.match.transport", "must be `tls` on a chain that "
+                                      "terminates TLS"))
+            if not (fc.tls.identity or (fc.tls.cert_file and fc.tls.key_file)):
+                out.append(FieldError(f"{cp}.tls", "needs an identity or cert_file and key_file"))
+            if fc.protocol == "tcp":
+                out.append(FieldError(f"{cp}.protocol", "TLS termination for opaque TCP is not "
+                                      "available yet: use `auto`, `http1` or `http2`, or relay "
+                                      "the TLS unterminated (no `tls`)"))
+            out += _tls_refs(fc.tls, f"{cp}.tls", cfg)
+        if fc.network_filters:
+            if fc.protocol != "tcp":
+                out.append(FieldError(f"{cp}.network_filters", "only a chain with protocol "
+                                      f"`tcp` takes network filters (this one is "
+                                      f"{fc.protocol!r})"))
+            for k, f in enumerate(fc.network_filters):
+                out.extend(network.check(f, f"{cp}.network_filters[{k}]"))
+    if lst.network_filters and lst.filter_chains:
+        out.append(FieldError(f"{p}.network_filters", "with filter_chains, network filters "
+                              "belong to each chain"))
+    return out
+
+
+def _match_key(fc: FilterChain) -> bytes:
+    m = fc.match
+    return msgspec.json.encode([m.destination_port, sorted(m.destination),
+                                sorted(n.lower() for n in m.server_names), m.transport,
+                                sorted(m.alpn)])
 
 
 def _network_filters(lst: Listener, p: str) -> list[FieldError]:

@@ -104,10 +104,10 @@ async def test_an_unknown_section_is_nacked_with_its_path_and_the_stream_stays_u
         # A newer control plane's section this proxy does not know: NACK with the path.
         v2 = config("v2", listen, origin, prefix="/only")
         v2["settings"]["retry_budget"] = {"percent": 20}
-        v2["listeners"][0]["filter_chains"] = []
+        v2["listeners"][0]["quic"] = []
         nack = await cp.send({"type": "snapshot", "version": "v2", "config": v2})
         assert isinstance(nack, Nack) and nack.version == "v2"
-        assert nack.paths == ["settings.retry_budget", "listeners[0].filter_chains"]
+        assert nack.paths == ["settings.retry_budget", "listeners[0].quic"]
         assert "settings.retry_budget: unknown field" in nack.reason
 
         # The same in a delta: the resource is named.
@@ -126,11 +126,44 @@ async def test_an_unknown_section_is_nacked_with_its_path_and_the_stream_stays_u
 
         # Marked optional by the control plane: dropped, recorded, and the config is taken.
         ok = await cp.send({"type": "snapshot", "version": "v4", "config": v2,
-                            "optional": ["settings.retry_budget", "listeners[].filter_chains"]})
+                            "optional": ["settings.retry_budget", "listeners[].quic"]})
         assert ok == Ack(version="v4")
-        assert agent.last_ignored == ["settings.retry_budget", "listeners[0].filter_chains"]
+        assert agent.last_ignored == ["settings.retry_budget", "listeners[0].quic"]
         assert "no route" in (await get(f"http://127.0.0.1:{listen}/echo"))[1]
         assert cp.connections == 1
+    finally:
+        agent.stop()
+        task.cancel()
+        await proxy.close()
+        srv.close()
+
+
+async def test_a_tls_setting_naming_a_missing_identity_is_nacked_with_its_path(
+        origin: int) -> None:
+    listen = free_port()
+    cp = NewerControlPlane()
+    srv = await asyncio.start_server(cp.serve, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    proxy = ProxyServer()
+    agent = Agent(proxy, [("127.0.0.1", port)], WorkloadInfo(name="web-0", namespace="shop"),
+                  backoff_initial=0.01, backoff_max=0.05)
+    task = asyncio.create_task(agent.run())
+    try:
+        async with asyncio.timeout(5):
+            await cp.connected.wait()
+        assert await cp.send({"type": "snapshot", "version": "v1",
+                              "config": config("v1", listen, origin)}) == Ack(version="v1")
+        v2 = config("v2", listen, origin)
+        v2["listeners"][0]["filter_chains"] = [{
+            "name": "mtls", "match": {"transport": "tls"}, "route_table": "rt",
+            "tls": {"identity": "spiffe-web", "trust_bundle": "mesh"}}]
+        nack = await cp.send({"type": "snapshot", "version": "v2", "config": v2})
+        assert isinstance(nack, Nack) and nack.version == "v2"
+        assert nack.paths == ["listeners[0].filter_chains[0].tls.identity",
+                              "listeners[0].filter_chains[0].tls.trust_bundle"]
+        assert "no identity named 'spiffe-web'" in nack.reason
+        assert await cp.send({"type": "ping"}) == Pong()  # the stream stays up
+        assert proxy.config is not None and proxy.config.version == "v1"
     finally:
         agent.stop()
         task.cancel()

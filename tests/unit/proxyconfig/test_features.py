@@ -26,6 +26,8 @@ def _field_type(t: mi.Type, segments: list[str]) -> mi.Type:
     for seg in segments:
         many = seg.endswith("[]")
         name = seg[:-2] if many else seg
+        if isinstance(t, mi.UnionType):  # an optional struct (`tls: TLSContext | None`)
+            (t,) = [o for o in t.types if not isinstance(o, mi.NoneType)]
         assert isinstance(t, mi.StructType), f"{seg}: not inside a struct"
         (f,) = [f for f in t.fields if f.encode_name == name] or [None]  # type: ignore[list-item]
         assert f is not None, f"no field {name!r}"
@@ -49,7 +51,8 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
     assert [f.name for f in lacking(["overload"])] == [
         "connection-limits", "path-normalization", "tcp-idle-timeout", "http2-limits",
         "tls-handshake-timeout", "http1-limits", "network-filters", "http-filters",
-        "delta-virtual-hosts", "delta-endpoints", "delta-positions"]
+        "delta-virtual-hosts", "delta-endpoints", "delta-positions",
+        "filter-chains", "tls-sections", "metadata"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:
@@ -168,7 +171,7 @@ def test_the_delta_units_are_features_and_their_payload_is_withheld_like_whole_r
     doc = msgspec.to_builtins(diff(old, new))
     assert doc["virtual_hosts"][0]["upsert"][0]["rules"][0]["filters"]
     assert doc["endpoints"][0]["endpoints"] == [{"address": "127.0.0.1", "port": 2, "weight": 1,
-                                                 "zone": ""}]
+                                                 "zone": "", "metadata": None}]
     withhold_delta(doc, lacking([f for f in SUPPORTED if f != "http-filters"]))
     assert "filters" not in doc["virtual_hosts"][0]["upsert"][0]["rules"][0]
     got = apply_delta(old, decode_delta(msgspec.Raw(msgspec.json.encode(doc))))

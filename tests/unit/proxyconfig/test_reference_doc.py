@@ -21,6 +21,8 @@ STRUCTS = [model.ProxyConfig, model.Node, model.Admin, model.Settings, model.Lis
 STRUCTS += [model.PathNormalization]
 STRUCTS += [network.SourceIP, network.ConnectionLimit, network.FlowLog]
 STRUCTS += [headers.RequestHeaderModifier, headers.ResponseHeaderModifier, headers.HTTPHeader]
+STRUCTS += [model.FilterChain, model.FilterChainMatch, model.Metadata, model.Identity,
+            model.TrustBundle]
 
 
 def _doc_tables() -> dict[str, dict[str, str]]:

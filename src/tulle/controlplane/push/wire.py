@@ -182,6 +182,9 @@ class WireCache:
             clusters=clusters,
             virtual_hosts=cast(list[VirtualHostsDelta], vhosts),
             endpoints=cast(list[EndpointsDelta], eps),
+            identities=self._collection(old.identities, new.identities, holes, positions)[0],
+            trust_bundles=self._collection(old.trust_bundles, new.trust_bundles, holes,
+                                           positions)[0],
         )
         return _frame(DeltaMsg(delta=msgspec.Raw(_encoder.encode(d))), holes)
 

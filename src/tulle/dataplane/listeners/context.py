@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from tulle.dataplane.listeners.chains import ChainRule, build_rules
 from tulle.dataplane.listeners.dispatch import Decision, no_cluster
 from tulle.dataplane.network.chain import build_chain
 from tulle.dataplane.overload import OverloadGuard
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     import ssl
 
     from tulle.dataplane.http.chain import Chain
+    from tulle.dataplane.runtime.tls import TLSContexts
     from tulle.dataplane.upstream.cluster import ClusterRuntime
 
 NO_ROUTE = Router(RouteTable(name="no-route"), 0)
@@ -107,7 +109,8 @@ class ListenerContext:
     """Everything a connection on one listener looks up, for one snapshot."""
 
     def __init__(self, cfg: Listener, settings: Settings, routers: dict[str, Router],
-                 clusters: dict[str, ClusterRuntime], metrics: ProxyMetrics) -> None:
+                 clusters: dict[str, ClusterRuntime], metrics: ProxyMetrics,
+                 tls: TLSContexts | None = None) -> None:
         self.cfg = cfg
         self.name = cfg.name
         self.settings = settings
@@ -119,6 +122,17 @@ class ListenerContext:
         self.opaque_ports = frozenset(cfg.opaque_ports)
         self.network = build_chain(cfg.network_filters, cfg.name, metrics)
         """The network (L4) filters of this listener's relays; None when it has none."""
+        self.chains: tuple[ChainRule, ...] = ()
+        """The compiled `filter_chains` (`listeners.chains`); empty: the listener has none."""
+        self.default_chain: ChainRule | None = None
+        """With filter chains: the listener's own fields as the chain of what none matches."""
+        self.chains_by_name: dict[str, ChainRule] = {}
+        if cfg.filter_chains:
+            self.chains, self.default_chain = build_rules(cfg, routers, tls, metrics,
+                                                          self.network)
+            self.chains_by_name = {c.name: c for c in self.chains}
+            if self.default_chain is not None:
+                self.chains_by_name[self.default_chain.name] = self.default_chain
         self.max_header_bytes = settings.max_request_header_bytes
         self.h1_limits = H1Limits(settings.max_header_count, settings.max_chunk_extension_bytes,
                                   settings.max_trailer_bytes)
@@ -148,6 +162,16 @@ class ListenerContext:
         outlive a swap (network filters' counts)."""
         if self.network is not None:
             self.network.adopt(previous.network)
+        for c in self.chains:
+            if c.network is not None:
+                old = previous.chains_by_name.get(c.name)
+                c.network.adopt(old.network if old is not None else None)
+
+    def ssl_contexts(self) -> list[ssl.SSLContext]:
+        """The server contexts its filter chains terminate TLS with (kept in the shared
+        cache while this context is in force)."""
+        return [c.ssl_context for c in self.chains_by_name.values()
+                if c.ssl_context is not None]
 
     def decision(self, cluster: str, timeout_ms: int, chain: Chain | None = None) -> Decision:
         """The shared decision for requests routed to `cluster` with `timeout_ms` (and, for a
@@ -339,9 +363,10 @@ class RoutedConnection(Connection):
     router: Router | None
     cluster: str
     loop: asyncio.AbstractEventLoop
-    route_key: tuple[str, int] | None = None
-    """The original destination whose rule routes this connection; None: the listener's own
-    `route_table` / `cluster` do."""
+    route_key: tuple[str, int] | str | None = None
+    """The original destination whose rule routes this connection, or the name of the filter
+    chain that does (`route_by_chain`); None: the listener's own `route_table` / `cluster`
+    do."""
     _deadline_kind: str = ""
 
     def init_routing(self, handle: ListenerHandle, router: Router | None = None,
@@ -361,6 +386,12 @@ class RoutedConnection(Connection):
         self.route_key = destination
         self._resolve(self.handle.ctx)
 
+    def route_by_chain(self, name: str) -> None:
+        """Route this connection by the listener's filter chain called `name`, in this and
+        every later snapshot (`listeners.chains`)."""
+        self.route_key = name
+        self._resolve(self.handle.ctx)
+
     def follow_snapshot(self) -> None:
         """Call before routing a request: picks up a swapped snapshot, if any."""
         ctx = self.handle.ctx
@@ -378,7 +409,8 @@ class RoutedConnection(Connection):
             self.router = ctx.router
             self.cluster = ctx.cluster
             return True
-        rule = ctx.destination_for(*key)
+        rule: DestinationRule | ChainRule | None = (
+            ctx.chains_by_name.get(key) if isinstance(key, str) else ctx.destination_for(*key))
         cluster = (rule.cluster or ctx.cluster) if rule is not None else ""
         if rule is None or (rule.router is None and not cluster):
             self.router = NO_ROUTE

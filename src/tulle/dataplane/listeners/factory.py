@@ -45,6 +45,10 @@ def protocol_factory(handle: ListenerHandle,
 def _driver_factory(handle: ListenerHandle,
                     sslcontext: ssl.SSLContext | None) -> ProtocolFactory:
     cfg = handle.ctx.cfg
+    if cfg.filter_chains:  # chosen per connection (transport, SNI, ALPN, destination)
+        from tulle.dataplane.listeners.chain_accept import ChainAccept
+
+        return lambda: ChainAccept(handle)
     if cfg.protocol == "http1" and cfg.mode == "explicit" and cfg.tls is None:
         return lambda: H1Downstream(handle)
     if cfg.protocol == "http2" and cfg.mode == "explicit" and cfg.tls is None:

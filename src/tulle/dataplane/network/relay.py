@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from typing import Final
+from typing import Final, Literal
 
 from tulle.dataplane.listeners.context import Connection, ListenerHandle
 from tulle.dataplane.network.chain import ConnectionChain, NetworkChain
@@ -47,11 +47,14 @@ def facts_of(handle: ListenerHandle, transport: asyncio.Transport,
 
 
 def relay(handle: ListenerHandle, transport: asyncio.Transport, initial: bytes,
-          target: Target, original_destination: tuple[str, int] | None = None) -> Connection:
+          target: Target, original_destination: tuple[str, int] | None = None, *,
+          network: NetworkChain | Literal["listener"] | None = "listener") -> Connection:
     """Start relaying a client connection to `target` (after the listener's network filters);
     the relay owns `transport` from now on.  `original_destination`: where a transparent
-    connection was going (the filters' facts)."""
-    network: NetworkChain | None = handle.ctx.network
+    connection was going (the filters' facts).  `network`: the filters of the connection's
+    filter chain instead of the listener's (`listeners.chain_accept`)."""
+    if network == "listener":
+        network = handle.ctx.network
     chain: ConnectionChain | None = None
     if network is not None:
         chain = network.connection(facts_of(handle, transport, original_destination))

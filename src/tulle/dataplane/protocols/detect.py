@@ -42,6 +42,8 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from tulle.dataplane.protocols.clienthello import parse_client_hello
+
 Protocol = Literal["http1", "http2", "tls", "tcp", "need_more"]
 
 H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -60,8 +62,6 @@ MAX_SNIFF_BYTES: Final = TLS_RECORD_HEADER + TLS_MAX_RECORD
 
 _HANDSHAKE: Final = 0x16
 _CLIENT_HELLO: Final = 0x01
-_EXT_SERVER_NAME: Final = 0
-_EXT_ALPN: Final = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,96 +138,13 @@ def _detect_tls(data: bytes) -> Detection:
 
 
 def _client_hello(record: bytes) -> Detection:
-    """SNI and ALPN of a ClientHello (RFC 8446 4.1.2, RFC 6066 3, RFC 7301 3.1).
-
-    A message that continues in a later record, or whose fields do not add up, is still TLS;
-    it just yields no routing hints.
-    """
+    """SNI and ALPN of a ClientHello wholly inside the first record (`protocols.clienthello`
+    parses it).  A message that continues in a later record, or whose fields do not add up, is
+    still TLS; it just yields no routing hints."""
     body_len = int.from_bytes(record[1:4], "big")
-    if body_len > len(record) - 4:
-        return TLS_OPAQUE  # fragmented over several records
-    r = _Reader(record, 4, 4 + body_len)
-    r.skip(2 + 32)  # legacy_version, random
-    r.skip(r.u8())  # legacy_session_id
-    r.skip(r.u16())  # cipher_suites
-    r.skip(r.u8())  # legacy_compression_methods
-    if r.bad or r.pos == r.end:
-        return TLS_OPAQUE  # bad, or an old hello without extensions
-    ext_end = r.pos + 2 + r.u16()
-    if r.bad or ext_end > r.end:
+    if body_len != len(record) - 4:
+        return TLS_OPAQUE  # fragmented over several records (or followed by more)
+    hello = parse_client_hello(record[4:])
+    if hello.status != "hello":
         return TLS_OPAQUE
-    sni: str | None = None
-    alpn: tuple[str, ...] = ()
-    while r.pos + 4 <= ext_end:
-        etype = r.u16()
-        elen = r.u16()
-        start = r.pos
-        if start + elen > ext_end:
-            return TLS_OPAQUE
-        if etype == _EXT_SERVER_NAME:
-            sni = _server_name(record[start:start + elen])
-        elif etype == _EXT_ALPN:
-            alpn = _alpn(record[start:start + elen])
-        r.pos = start + elen
-    return Detection("tls", sni, alpn)
-
-
-def _server_name(ext: bytes) -> str | None:
-    r = _Reader(ext, 0, len(ext))
-    end = 2 + r.u16()
-    while not r.bad and r.pos + 3 <= min(end, r.end):
-        kind = r.u8()
-        name = r.take(r.u16())
-        if kind == 0 and not r.bad:
-            try:
-                return name.decode("ascii").lower()
-            except UnicodeDecodeError:
-                return None
-    return None
-
-
-def _alpn(ext: bytes) -> tuple[str, ...]:
-    r = _Reader(ext, 0, len(ext))
-    end = min(2 + r.u16(), r.end)
-    out: list[str] = []
-    while not r.bad and r.pos < end:
-        proto = r.take(r.u8())
-        if r.bad or not proto:
-            break
-        out.append(proto.decode("latin-1"))
-    return tuple(out)
-
-
-class _Reader:
-    """Bounds-checked big-endian reads; past the end it sets `bad` and returns zeros."""
-
-    __slots__ = ("bad", "buf", "end", "pos")
-
-    def __init__(self, buf: bytes, pos: int, end: int) -> None:
-        self.buf = buf
-        self.pos = pos
-        self.end = min(end, len(buf))
-        self.bad = False
-
-    def _advance(self, n: int) -> int:
-        start = self.pos
-        if self.bad or start + n > self.end:
-            self.bad = True
-            return -1
-        self.pos = start + n
-        return start
-
-    def u8(self) -> int:
-        i = self._advance(1)
-        return 0 if i < 0 else self.buf[i]
-
-    def u16(self) -> int:
-        i = self._advance(2)
-        return 0 if i < 0 else (self.buf[i] << 8) | self.buf[i + 1]
-
-    def skip(self, n: int) -> None:
-        self._advance(n)
-
-    def take(self, n: int) -> bytes:
-        i = self._advance(n)
-        return b"" if i < 0 else self.buf[i:i + n]
+    return Detection("tls", hello.sni, hello.alpn)

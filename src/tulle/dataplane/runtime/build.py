@@ -12,7 +12,8 @@ equality, which msgspec does in C.  What is kept across a swap:
   ones and whose cluster map is the one in force (it caches routing decisions that hold cluster
   runtimes).  A kept context means the listener's connections see no swap at all;
 * **SSL contexts**, one per distinct TLS config (`runtime.tls`); those whose certificate files
-  changed on disk are rebuilt and swapped in at commit.
+  changed on disk, or whose identity / trust bundle section changed, are rebuilt and swapped
+  in (or reloaded in place) at commit.
 
 `prepare` builds without changing anything in force and may raise; `commit` cannot fail.
 At 1,000 services an endpoint change therefore costs one cluster compare per cluster and one
@@ -60,13 +61,15 @@ def _same(a: object, b: object) -> bool:
 
 
 def _routers_of(ctx: ListenerContext) -> list[Router | None]:
-    return [ctx.router, *(d.router for d in ctx.destinations)]
+    return [ctx.router, *(d.router for d in ctx.destinations),
+            *(c.router for c in ctx.chains)]
 
 
 def _wanted_routers(lc: Listener, routers: dict[str, Router]) -> list[Router | None]:
     get = routers.get
     return [get(lc.route_table) if lc.route_table else None,
-            *(get(d.route_table) if d.route_table else None for d in lc.destinations)]
+            *(get(d.route_table) if d.route_table else None for d in lc.destinations),
+            *(get(c.route_table) if c.route_table else None for c in lc.filter_chains)]
 
 
 class SnapshotBuilder:
@@ -83,6 +86,7 @@ class SnapshotBuilder:
         in force has changed."""
         settings = cfg.settings
         timeout = settings.request_timeout_ms
+        self.clusters.tls.use(cfg)  # identities and trust bundles TLS settings name
         rotation = self.clusters.tls.rotation()
         routers: dict[str, tuple[RouteTable, int, Router]] = {}
         r_kept = 0
@@ -102,7 +106,8 @@ class SnapshotBuilder:
             if ctx is not None and self._reusable(ctx, lc, settings, clusters, by_name):
                 c_kept += 1
             else:
-                ctx = ListenerContext(lc, settings, by_name, clusters.runtimes, self.metrics)
+                ctx = ListenerContext(lc, settings, by_name, clusters.runtimes, self.metrics,
+                                      self.clusters.tls)
             contexts[lc.name] = ctx
         counts = BuildCounts(
             routers_built=len(routers) - r_kept, routers_kept=r_kept,

@@ -11,8 +11,19 @@ swap rebuilt every context): `rotation()` (in prepare; one `stat` per file of ea
 config, not per cluster) rebuilds the contexts whose files changed, and `rotate()` (at commit)
 installs them: client contexts are swapped in the cluster runtimes that hold them (pools read
 `ClusterRuntime.ssl_context` when they dial), a listener's server context is reloaded in place
-(`load_cert_chain` on the live object: new handshakes only).  Pushed identities (SVIDs) will
-use the same path (zero-trust issue).
+(`load_cert_chain` on the live object: new handshakes only).
+
+Pushed **identities and trust bundles** (the snapshot's named sections, referenced by
+`TLSContext.identity` / `trust_bundle`) take the same path: `use(cfg)` tells the cache the
+sections of the snapshot being prepared, an entry's material is its files' stamps plus the PEMs
+of the sections it references, and a changed PEM rebuilds (clients) or reloads in place
+(servers) exactly like a rewritten file.  So a context is shared by every listener and cluster
+with the same settings and identity, and an identity rotated by a new snapshot reaches new
+connections without a listener restart or a new listener context.  PEMs are loaded through an
+anonymous in-memory file (`memfd_create`): key material never touches the disk, and errors
+name the section, never its contents.  Trust anchors are added in place: a CA removed from a
+bundle (or a CA file) stays trusted by a live server context until its listener's TLS settings
+change (ADR 0019).
 
 `retain` drops the entries nothing in force uses any more, after each commit.
 """
@@ -26,13 +37,10 @@ from collections.abc import Iterable
 
 import msgspec
 
-from tulle.proxyconfig.model import Cluster, TLSContext
+from tulle.proxyconfig.model import Cluster, Identity, ProxyConfig, TLSContext, TrustBundle
 
 _encode = msgspec.json.encode
 log = logging.getLogger("tulle.proxy")
-
-
-Stamps = tuple[tuple[int, int, int] | None, ...]
 
 
 def _stamp(path: str) -> tuple[int, int, int] | None:
@@ -45,40 +53,128 @@ def _stamp(path: str) -> tuple[int, int, int] | None:
     return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
-def _stamps(tls: TLSContext) -> Stamps:
-    return (_stamp(tls.cert_file), _stamp(tls.key_file), _stamp(tls.ca_file))
+class Sections:
+    """The named key material of one snapshot: identities and trust bundles by name."""
+
+    __slots__ = ("bundles", "identities")
+
+    def __init__(self, identities: Iterable[Identity] = (),
+                 bundles: Iterable[TrustBundle] = ()) -> None:
+        self.identities = {i.name: i for i in identities}
+        self.bundles = {b.name: b for b in bundles}
+
+    def identity(self, name: str) -> Identity:
+        i = self.identities.get(name)
+        if i is None:  # the validator refuses this; a config built in code may still have it
+            raise ValueError(f"no identity named {name!r}")
+        return i
+
+    def bundle(self, name: str) -> TrustBundle:
+        b = self.bundles.get(name)
+        if b is None:
+            raise ValueError(f"no trust bundle named {name!r}")
+        return b
+
+
+NO_SECTIONS = Sections()
+
+Material = tuple[object, ...]
+"""What a context was built from: file stamps and the PEMs of the sections it references."""
+
+
+def _material(tls: TLSContext, sections: Sections) -> Material:
+    ident = sections.identities.get(tls.identity) if tls.identity else None
+    bundle = sections.bundles.get(tls.trust_bundle) if tls.trust_bundle else None
+    return (_stamp(tls.cert_file), _stamp(tls.key_file), _stamp(tls.ca_file),
+            (ident.cert_chain_pem, ident.private_key_pem) if ident is not None else None,
+            tuple(bundle.ca_pems) if bundle is not None else None)
+
+
+def _memfile(data: str) -> int:
+    """An anonymous in-memory file holding `data` (the caller closes it)."""
+    fd = os.memfd_create("tulle-pem", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data.encode("ascii", "replace"))
+        while view:
+            view = view[os.write(fd, view):]
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _load_identity(ctx: ssl.SSLContext, ident: Identity) -> None:
+    """`load_cert_chain` from the PEMs of `ident`, never through the disk.  The error names the
+    identity, never the material."""
+    cert = _memfile(ident.cert_chain_pem)
+    try:
+        key = _memfile(ident.private_key_pem)
+        try:
+            ctx.load_cert_chain(f"/proc/self/fd/{cert}", f"/proc/self/fd/{key}")
+        finally:
+            os.close(key)
+    except ssl.SSLError as exc:
+        raise ValueError(f"identity {ident.name!r}: the certificate chain and key do not load "
+                         f"({exc.reason or 'bad PEM'})") from None
+    finally:
+        os.close(cert)
+
+
+def _load_bundle(ctx: ssl.SSLContext, bundle: TrustBundle) -> None:
+    try:
+        ctx.load_verify_locations(cadata="\n".join(bundle.ca_pems))
+    except (ssl.SSLError, ValueError) as exc:
+        raise ValueError(f"trust bundle {bundle.name!r}: the CA certificates do not load "
+                         f"({getattr(exc, 'reason', None) or 'bad PEM'})") from None
+
+
+def _load_chain(ctx: ssl.SSLContext, tls: TLSContext, sections: Sections) -> None:
+    if tls.identity:
+        _load_identity(ctx, sections.identity(tls.identity))
+    elif tls.cert_file:
+        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+
+
+def _load_anchors(ctx: ssl.SSLContext, tls: TLSContext, sections: Sections) -> bool:
+    """Trust anchors of `tls` into `ctx`; False when it names none."""
+    if tls.trust_bundle:
+        _load_bundle(ctx, sections.bundle(tls.trust_bundle))
+        return True
+    if tls.ca_file:
+        ctx.load_verify_locations(tls.ca_file)
+        return True
+    return False
 
 
 class _Entry:
     __slots__ = ("ctx", "protocol", "server", "stamps", "tls")
 
-    def __init__(self, tls: TLSContext, protocol: str, server: bool) -> None:
+    def __init__(self, tls: TLSContext, protocol: str, server: bool, sections: Sections) -> None:
         self.tls = tls
         self.protocol = protocol
         self.server = server
-        self.stamps = _stamps(tls)  # before reading: a write in between is seen next time
-        self.ctx = self.build()
+        # before reading: a write in between is seen next time
+        self.stamps: Material = _material(tls, sections)
+        self.ctx = self.build(sections)
 
-    def build(self) -> ssl.SSLContext:
+    def build(self, sections: Sections) -> ssl.SSLContext:
         if self.server:
-            return build_server_context(self.tls)
-        return build_client_context(self.tls, self.protocol)
+            return build_server_context(self.tls, sections)
+        return build_client_context(self.tls, self.protocol, sections)
 
 
-Rotation = dict[tuple[object, ...], tuple[ssl.SSLContext, Stamps]]
-"""Cache key -> (the rebuilt context, the file stamps it was built from)."""
+Rotation = dict[tuple[object, ...], tuple[ssl.SSLContext, Material]]
+"""Cache key -> (the rebuilt context, the material it was built from)."""
 
 
-def build_client_context(tls: TLSContext, protocol: str) -> ssl.SSLContext:
+def build_client_context(tls: TLSContext, protocol: str,
+                         sections: Sections = NO_SECTIONS) -> ssl.SSLContext:
     """A client (upstream) context for a cluster's TLS settings."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    if tls.ca_file:
-        ctx.load_verify_locations(tls.ca_file)
-    else:
+    if not _load_anchors(ctx, tls, sections):
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
-    if tls.cert_file:
-        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    _load_chain(ctx, tls, sections)
     ctx.set_alpn_protocols(list(tls.alpn) or _default_alpn(protocol))
     return ctx
 
@@ -87,13 +183,14 @@ def _default_alpn(protocol: str) -> list[str]:
     return ["h2"] if protocol == "http2" else ["http/1.1"]
 
 
-def build_server_context(tls: TLSContext) -> ssl.SSLContext:
+def build_server_context(tls: TLSContext, sections: Sections = NO_SECTIONS) -> ssl.SSLContext:
     """A server (listener) context: TLS 1.2+, the client verified when a CA is set."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(tls.cert_file, tls.key_file)
-    if tls.ca_file:
-        ctx.load_verify_locations(tls.ca_file)
+    if not (tls.identity or tls.cert_file):
+        raise ValueError("a server TLS context needs an identity or cert_file and key_file")
+    _load_chain(ctx, tls, sections)
+    if _load_anchors(ctx, tls, sections):
         ctx.verify_mode = ssl.CERT_REQUIRED
     ctx.set_alpn_protocols(list(tls.alpn) or ["h2", "http/1.1"])
     return ctx
@@ -102,12 +199,21 @@ def build_server_context(tls: TLSContext) -> ssl.SSLContext:
 class TLSContexts:
     """The cache: one `SSLContext` per distinct (TLS config, role)."""
 
-    __slots__ = ("_cache", "built")
+    __slots__ = ("_cache", "built", "reloaded", "sections")
 
     def __init__(self) -> None:
         self._cache: dict[tuple[object, ...], _Entry] = {}
         self.built = 0
         """Contexts built so far (tests read it)."""
+        self.reloaded = 0
+        """Server contexts reloaded in place so far (tests read it)."""
+        self.sections = NO_SECTIONS
+        """The identities and trust bundles of the snapshot being prepared (`use`)."""
+
+    def use(self, cfg: ProxyConfig) -> None:
+        """Resolve section references against `cfg` from now on (called first in prepare)."""
+        self.sections = (Sections(cfg.identities, cfg.trust_bundles)
+                         if cfg.identities or cfg.trust_bundles else NO_SECTIONS)
 
     def client(self, cfg: Cluster) -> ssl.SSLContext | None:
         """The upstream context of `cfg`, None for a plaintext cluster.  May raise (an
@@ -125,19 +231,21 @@ class TLSContexts:
              server: bool) -> ssl.SSLContext:
         e = self._cache.get(key)
         if e is None:
-            e = _Entry(tls, protocol, server)
+            e = _Entry(tls, protocol, server, self.sections)
             self._cache[key] = e
             self.built += 1
         return e.ctx
 
     def rotation(self) -> Rotation:
-        """Contexts whose files changed on disk, rebuilt (nothing installed yet).  May raise
-        (a certificate that no longer loads): then nothing has changed."""
+        """Contexts whose files changed on disk or whose identity / trust bundle changed in
+        the sections given to `use`, rebuilt (nothing installed yet).  May raise (a
+        certificate that no longer loads): then nothing has changed."""
         out: Rotation = {}
+        sections = self.sections
         for key, e in self._cache.items():
-            stamps = _stamps(e.tls)
+            stamps = _material(e.tls, sections)
             if stamps != e.stamps:
-                out[key] = (e.build(), stamps)
+                out[key] = (e.build(sections), stamps)
                 self.built += 1
         return out
 
@@ -152,12 +260,13 @@ class TLSContexts:
             e.stamps = stamps
             if e.server:
                 try:
-                    e.ctx.load_cert_chain(e.tls.cert_file, e.tls.key_file)
-                    if e.tls.ca_file:
-                        e.ctx.load_verify_locations(e.tls.ca_file)
-                except OSError as exc:  # rewritten again since `rotation`: next swap retries
+                    _load_chain(e.ctx, e.tls, self.sections)
+                    _load_anchors(e.ctx, e.tls, self.sections)
+                    self.reloaded += 1
+                except (OSError, ValueError) as exc:  # changed again since `rotation`: retried
                     e.stamps = ()
-                    log.warning("cannot reload %s in place: %s", e.tls.cert_file, exc)
+                    log.warning("cannot reload %s in place: %s",
+                                e.tls.identity or e.tls.cert_file, exc)
             else:
                 swapped[id(e.ctx)] = fresh
                 e.ctx = fresh

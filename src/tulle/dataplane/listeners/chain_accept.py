@@ -1,0 +1,306 @@
+"""The first moments of a connection on a listener with filter chains.
+
+`ChainAccept` gathers the facts a chain is chosen by, asks `listeners.chains` for the chain, and
+hands the connection to what the chain says, then steps aside:
+
+1. **Destination.**  On a transparent listener the original destination (a loop is refused,
+   as in `listeners.detect`); otherwise the address the client dialled.  The chains the
+   destination leaves are the candidates.  When none of them (nor the default chain that
+   would serve a miss) needs the first bytes -- no transport, SNI or ALPN condition, no TLS
+   termination, a fixed protocol -- the chain is chosen at once and nothing is read: a
+   server-first protocol's greeting flows.
+2. **First bytes.**  Otherwise the proxy peeks: a first byte other than a TLS handshake
+   record makes the connection `plaintext`; a TLS one is read up to the end of its
+   ClientHello (`protocols.clienthello`, bounded) for SNI and ALPN.  A malformed or oversized
+   ClientHello is closed and counted (`tulle_proxy_protocol_errors_total{kind=
+   "tls_client_hello_invalid" | "tls_client_hello_too_large"}`).  A client silent for
+   `detect_timeout_ms` is taken as plaintext with no bytes.
+3. **Hand-over.**  TLS on a chain with `tls`: the handshake (`listeners.tls.TLSAccept`, fed the
+   bytes already read), then the HTTP driver ALPN picks.  TLS on a chain without `tls`: an
+   opaque relay (SNI passthrough).  Plaintext: the chain's protocol, sniffed when `auto`
+   (`protocols.detect`).  HTTP drivers route by the chain's *name* (a routing key that
+   follows config swaps); relays pass the chain's network filters.
+   No chain: the listener's default chain; else, on a transparent listener with
+   `passthrough`, a relay to the original destination; else the connection is closed and
+   counted (`kind="no_filter_chain"`).
+Each chosen chain is counted in `tulle_proxy_protocol_detected_total{listener,protocol}` as
+`chain:<name>` (`chain:` for the default chain, `passthrough` for a transparent miss).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import cast
+
+from tulle.dataplane.listeners.chains import ChainRule, by_destination, by_hello
+from tulle.dataplane.listeners.context import Connection, ListenerContext, ListenerHandle, reset
+from tulle.dataplane.listeners.detect import handover
+from tulle.dataplane.listeners.http1 import H1Downstream
+from tulle.dataplane.network.relay import Target, relay
+from tulle.dataplane.protocols.clienthello import ClientHelloReader
+from tulle.dataplane.protocols.detect import MAX_SNIFF_BYTES, detect, undecided
+from tulle.net.origdst import original_destination
+
+_TLS_RECORD = 0x16
+
+
+def _set_scheme(proto: asyncio.Protocol, scheme: bytes) -> None:
+    """The scheme of an HTTP/1 connection's requests (x-forwarded-proto) is its chain's, not
+    the listener's: the codec took the listener's (`ListenerContext.scheme`) when it was built.
+    (HTTP/2 requests carry `:scheme`.)  Guarded by tests/integration/dataplane/
+    test_filter_chains.py; the request-stream driver split should take it as a parameter."""
+    if isinstance(proto, H1Downstream):
+        proto.codec._scheme = scheme
+
+
+class ChainAccept(asyncio.Protocol, Connection):
+    """A connection whose filter chain is not chosen yet (see the module docstring)."""
+
+    def __init__(self, handle: ListenerHandle) -> None:
+        self.handle = handle
+        self.ctx: ListenerContext = handle.ctx
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+        self.destination: tuple[str, int] = ("", 0)
+        self.candidates: list[ChainRule] = []
+        self.chain: ChainRule | None = None
+        """Chosen for a plaintext `auto` connection whose protocol is still being sniffed."""
+        self.hello: ClientHelloReader | None = None
+        self.deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._done = False
+
+    # -- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = t = cast(asyncio.Transport, transport)
+        ctx = self.ctx
+        if not self.handle.connection_opened(self):
+            self._done = True
+            self.transport = None
+            reset(t)
+            return
+        local = t.get_extra_info("sockname")
+        if ctx.cfg.mode == "transparent":
+            sock = t.get_extra_info("socket")
+            dst = original_destination(sock) if sock is not None else None
+            if dst is None:
+                self._refuse("no_original_destination")
+                return
+            if local is not None and dst == (str(local[0]), int(local[1])):
+                self._refuse("loop")
+                return
+            self.destination = dst
+        elif local is not None:
+            self.destination = (str(local[0]), int(local[1]))
+        self.candidates = by_destination(ctx.chains, *self.destination)
+        fallback = ctx.default_chain
+        if self.candidates:
+            needs_bytes = any(c.inspects for c in self.candidates)
+        else:
+            needs_bytes = fallback is not None and fallback.inspects
+        if needs_bytes:
+            self._timer = self.loop.call_later(ctx.cfg.detect_timeout_ms / 1000,
+                                               self._on_timeout)
+        else:
+            self._chosen(by_hello(self.candidates, "plaintext", None, ()), tls=False)
+
+    def data_received(self, data: bytes) -> None:
+        if self._done:
+            return
+        buf = self.buffer = self.buffer + data if self.buffer else data
+        if self.chain is not None:  # plaintext `auto` chain: sniffing its protocol
+            self._sniff(self.chain)
+            return
+        reader = self.hello
+        if reader is None:
+            if buf[0] != _TLS_RECORD:
+                self._plaintext()
+                return
+            reader = self.hello = ClientHelloReader()
+            data = buf
+        got = reader.feed(data)
+        if got.status == "need_more":
+            return
+        if got.status == "not_tls":
+            self._plaintext()
+        elif got.status == "hello":
+            self._chosen(by_hello(self.candidates, "tls", got.sni, got.alpn), tls=True)
+        else:
+            self._refuse(f"tls_client_hello_{got.status}")
+
+    def eof_received(self) -> bool:
+        if self._done or not self.buffer:
+            return False
+        # A half-closed client mid-prefix: decide on what it sent, as `listeners.detect` does.
+        if self.hello is not None:
+            self._refuse("tls_client_hello_invalid")
+            return False
+        t = self.transport
+        self._plaintext(final=True)
+        successor = t.get_protocol() if t is not None else None
+        if successor is None or successor is self:
+            return False
+        return bool(successor.eof_received())  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._done:
+            return
+        self._finish()
+        self.transport = None
+        self.handle.connection_closed(self)
+
+    # -- decisions -----------------------------------------------------------------------
+
+    def _on_timeout(self) -> None:
+        """Silent for `detect_timeout_ms`: plaintext on what was sent (maybe nothing)."""
+        self._timer = None
+        if self._done:
+            return
+        if self.hello is not None:
+            self._refuse("tls_client_hello_timeout")
+            return
+        self._plaintext(final=True)
+
+    def _plaintext(self, final: bool = False) -> None:
+        if self.chain is not None:
+            self._sniff(self.chain, final)
+            return
+        self._chosen(by_hello(self.candidates, "plaintext", None, ()), tls=False, final=final)
+
+    def _fallback(self, chain: ChainRule | None) -> ChainRule | None:
+        if chain is None:
+            chain = self.ctx.default_chain
+        return chain
+
+    def _chosen(self, chain: ChainRule | None, *, tls: bool, final: bool = False) -> None:
+        chain = self._fallback(chain)
+        if chain is None:
+            cfg = self.ctx.cfg
+            if cfg.mode == "transparent" and cfg.passthrough:
+                self._count("passthrough")
+                self._relay(Target.passthrough(*self.destination), None)
+            else:
+                self._refuse("no_filter_chain")
+            return
+        self._count(f"chain:{chain.name}")
+        if chain.ssl_context is not None:
+            self._terminate(chain)
+        elif tls or chain.protocol == "tcp":
+            self._relay_chain(chain)
+        elif chain.protocol == "auto":
+            self.chain = chain
+            self._sniff(chain, final)
+        else:
+            self._drive(chain, chain.protocol)
+
+    def _sniff(self, chain: ChainRule, final: bool = False) -> None:
+        buf = self.buffer
+        protocol = detect(buf).protocol if buf else "need_more"
+        if protocol == "need_more":
+            if not final and len(buf) < MAX_SNIFF_BYTES:
+                return
+            protocol = undecided(buf)
+        if protocol in ("http1", "http2"):
+            self._drive(chain, protocol)
+        else:
+            self._relay_chain(chain)
+
+    def _drive(self, chain: ChainRule, protocol: str) -> None:
+        driver = self._driver(protocol)
+        if driver is None:
+            self._relay_chain(chain)
+            return
+        proto = driver(self.handle)
+        proto.route_by_chain(chain.name)
+        _set_scheme(proto, b"http")
+        self._pass(lambda t, initial: handover(t, proto, initial))
+
+    @staticmethod
+    def _driver(protocol: str) -> Callable[[ListenerHandle], H1Downstream] | None:
+        if protocol != "http2":
+            return H1Downstream
+        try:
+            from tulle.dataplane.listeners.http2 import H2Downstream
+        except ImportError:  # pragma: no cover - HTTP/2 is then relayed as TCP
+            return None
+        return cast(Callable[[ListenerHandle], H1Downstream], H2Downstream)
+
+    def _terminate(self, chain: ChainRule) -> None:
+        from tulle.dataplane.listeners.tls import TLSAccept
+
+        handle = self.handle
+        name = chain.name
+
+        def by_alpn(alpn: str | None) -> asyncio.Protocol:
+            driver = self._driver("http2" if alpn == "h2" else "http1") or H1Downstream
+            proto = driver(handle)
+            proto.route_by_chain(name)
+            _set_scheme(proto, b"https")
+            return proto
+
+        assert chain.ssl_context is not None
+        accept = TLSAccept(handle, chain.ssl_context, by_alpn)
+        self._pass(lambda t, initial: handover(t, accept, initial))
+
+    def _relay_chain(self, chain: ChainRule) -> None:
+        name = chain.cluster or self.ctx.cluster
+        if name:
+            cluster = self.ctx.clusters.get(name)
+            if cluster is None:
+                self._refuse("no_cluster")
+                return
+            self._relay(Target(name, cluster), chain)
+        elif self.ctx.cfg.mode == "transparent":
+            self._relay(Target.passthrough(*self.destination), chain)
+        else:
+            self._refuse("no_cluster")
+
+    def _relay(self, target: Target, chain: ChainRule | None) -> None:
+        dst = self.destination if self.ctx.cfg.mode == "transparent" else None
+        network = chain.network if chain is not None else self.ctx.network
+        self._pass(lambda t, initial: relay(self.handle, t, initial, target, dst,
+                                            network=network))
+
+    def _pass(self, start: Callable[[asyncio.Transport, bytes], object]) -> None:
+        t = self.transport
+        if t is None:
+            return
+        initial = self.buffer
+        self.buffer = b""
+        self._finish()
+        self.transport = None
+        self.handle.hand_over(self)
+        start(t, initial)
+
+    def _refuse(self, kind: str) -> None:
+        self.ctx.protocol_error(kind)
+        self.abort()
+
+    def _count(self, what: str) -> None:
+        self.ctx.metrics.protocol_detected.labels(self.ctx.name, what).value += 1
+
+    def _finish(self) -> None:
+        self._done = True
+        self.hello = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- Connection ----------------------------------------------------------------------
+
+    def on_deadline(self, now: float) -> None:
+        pass
+
+    def start_drain(self) -> None:
+        self.abort()  # nothing in flight yet
+
+    def abort(self) -> None:
+        t = self.transport
+        self._finish()
+        self.transport = None
+        self.handle.connection_closed(self)
+        if t is not None:
+            t.abort()

@@ -1,0 +1,66 @@
+"""Filter-chain configs the proxy cannot serve as written are refused, each with its path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tulle.proxyconfig import ConfigError, validate
+
+
+def listener(*chains: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"listeners": [{"name": "l", "port": 1, "filter_chains": list(chains), **extra}],
+            "clusters": [{"name": "c", "endpoints": [{"address": "127.0.0.1", "port": 2}]}]}
+
+
+def errors(raw: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as err:
+        validate(raw)
+    return [str(e) for e in err.value.errors]
+
+
+def test_a_listener_with_chains_needs_no_routing_of_its_own() -> None:
+    cfg = validate(listener({"name": "a", "cluster": "c"}))
+    assert cfg.listeners[0].filter_chains[0].match.transport == "any"
+
+
+def test_bad_chains_are_refused_with_their_paths() -> None:
+    got = errors(listener(
+        {"name": "a", "cluster": "c", "match": {"destination": ["10.0.0.0/33"],
+                                                "server_names": ["a..b", "*.ok.example"]}},
+        {"name": "a", "route_table": "none", "match": {"transport": "plaintext",
+                                                        "alpn": ["h2"]}},
+        {"name": "t", "cluster": "c", "protocol": "tcp", "tls": {"cert_file": "/x"},
+         "match": {"transport": "any", "destination_port": 9}},
+        {"name": "n", "cluster": "c", "protocol": "http1",
+         "network_filters": [{"type": "flow_log"}], "match": {"destination_port": 10}},
+        {"name": "same", "cluster": "c", "match": {"server_names": ["ok.example"]}},
+        {"name": "same2", "cluster": "c", "match": {"server_names": ["OK.example"]}},
+    ))
+    assert got == [
+        "listeners[0].filter_chains[0].match.destination[0]: not an IP address or CIDR: "
+        "'10.0.0.0/33'",
+        "listeners[0].filter_chains[0].match.server_names[0]: must be a host name or `*.` and "
+        "a domain, got 'a..b'",
+        "listeners[0].filter_chains[1].name: duplicate name 'a'",
+        "listeners[0].filter_chains[1].match: server_names and alpn need transport `tls` or "
+        "`any`",
+        "listeners[0].filter_chains[1].route_table: no route table named 'none'",
+        "listeners[0].filter_chains[2].match.transport: must be `tls` on a chain that "
+        "terminates TLS",
+        "listeners[0].filter_chains[2].tls: needs an identity or cert_file and key_file",
+        "listeners[0].filter_chains[2].protocol: TLS termination for opaque TCP is not "
+        "available yet: use `auto`, `http1` or `http2`, or relay the TLS unterminated (no "
+        "`tls`)",
+        "listeners[0].filter_chains[3].network_filters: only a chain with protocol `tcp` "
+        "takes network filters (this one is 'http1')",
+        "listeners[0].filter_chains[5].match: the same match as filter_chains[4]: one of them "
+        "would never be chosen",
+    ]
+
+
+def test_chains_and_destinations_do_not_mix() -> None:
+    got = errors(listener({"name": "a", "cluster": "c"}, mode="transparent",
+                          destinations=[{"cluster": "c"}]))
+    assert got == ["listeners[0].filter_chains: not together with destinations"]
