@@ -16,7 +16,7 @@ release belongs to a feature.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,23 @@ class Feature:
     paths: tuple[str, ...]
     """Schema paths of the fields this feature adds; `[]` after a name means each list item."""
     summary: str
+    drops: str = ""
+    """For a feature whose fields *narrow* what a list item selects (a route match's header
+    condition): the schema path of those items.  Withholding then removes every item that
+    `uses` the feature (its fields set, or a new value of an old field such as `path.type:
+    RegularExpression`), then strips the fields (at their defaults) from the items kept.
+    Never the condition alone: that would widen the item (a header-selected canary rule
+    would take all traffic).  ADR 0016."""
+    uses: Callable[[dict[str, Any]], bool] | None = None
+
+
+_MATCHES = "route_tables[].virtual_hosts[].rules[].matches[]"
+
+
+def _uses_new_match_kinds(match: dict[str, Any]) -> bool:
+    path = match.get("path")
+    return bool(match.get("headers") or match.get("query_params") or match.get("method")
+                or (isinstance(path, dict) and path.get("type") == "RegularExpression"))
 
 
 FEATURES: tuple[Feature, ...] = (
@@ -53,6 +70,10 @@ FEATURES: tuple[Feature, ...] = (
             "L4 filters (source_ip, connection_limit, flow_log) on opaque TCP listeners"),
     Feature("http-filters", ("route_tables[].virtual_hosts[].rules[].filters",),
             "HTTP filters on route rules (request and response header modifiers)"),
+    Feature("route-matches", (f"{_MATCHES}.headers", f"{_MATCHES}.query_params",
+                              f"{_MATCHES}.method"),
+            "route matches on headers, query parameters, method and path regular expressions",
+            drops=_MATCHES, uses=_uses_new_match_kinds),
 )
 """Every feature this build's contract has, in the order they were added."""
 
@@ -85,9 +106,28 @@ def _strip(node: Any, segments: list[str]) -> None:
         _strip(node.get(head), rest)
 
 
+def _drop(node: Any, segments: list[str], uses: Callable[[dict[str, Any]], bool]) -> None:
+    """Remove the items at `segments` (the last one a list) that `uses` says need a feature."""
+    if not isinstance(node, dict):
+        return
+    head, rest = segments[0], segments[1:]
+    child = node.get(head.removesuffix("[]"))
+    if not isinstance(child, list):
+        if not head.endswith("[]"):
+            _drop(child, rest, uses)
+        return
+    if rest:
+        for item in child:
+            _drop(item, rest, uses)
+    else:
+        child[:] = [item for item in child if not (isinstance(item, dict) and uses(item))]
+
+
 def withhold_config(doc: dict[str, Any], missing: Iterable[Feature]) -> None:
     """Remove the paths of `missing` from a plain `ProxyConfig` document, in place."""
     for f in missing:
+        if f.drops and f.uses is not None:
+            _drop(doc, f.drops.split("."), f.uses)
         for p in f.paths:
             _strip(doc, p.split("."))
 
@@ -99,6 +139,11 @@ def withhold_delta(doc: dict[str, Any], missing: Iterable[Feature]) -> None:
     """Remove the paths of `missing` from a plain `Delta` document, in place: a singleton's
     path applies to the singleton sent whole, a collection's to each upserted resource."""
     for f in missing:
+        if f.drops and f.uses is not None:
+            segments = f.drops.split(".")
+            if segments[0].endswith("[]") and segments[0][:-2] in COLLECTIONS:
+                for item in (doc.get(segments[0][:-2]) or {}).get("upsert") or []:
+                    _drop(item, segments[1:], f.uses)
         for p in f.paths:
             segments = p.split(".")
             head = segments[0]

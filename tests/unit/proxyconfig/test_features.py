@@ -47,7 +47,8 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
     assert lacking(SUPPORTED) == ()
     assert [f.name for f in lacking(["overload"])] == [
         "connection-limits", "path-normalization", "tcp-idle-timeout", "http2-limits",
-        "tls-handshake-timeout", "http1-limits", "network-filters", "http-filters"]
+        "tls-handshake-timeout", "http1-limits", "network-filters", "http-filters",
+        "route-matches"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:
@@ -147,3 +148,39 @@ def test_every_field_added_since_the_first_stream_release_belongs_to_a_feature()
     orphans = sorted(p for p in paths - BASELINE
                      if not any(p == o or p.startswith((o + ".", o + "[")) for o in owned))
     assert orphans == []
+
+
+def _routes(*matches: dict[str, Any]) -> ProxyConfig:
+    return msgspec.convert({
+        "version": "v1", "clusters": [{"name": "web"}],
+        "route_tables": [{"name": "rt", "virtual_hosts": [{"name": "h", "rules": [
+            {"name": "canary", "matches": list(matches), "backends": [{"cluster": "web"}]},
+            {"name": "default", "backends": [{"cluster": "web"}]}]}]}]}, ProxyConfig)
+
+
+def test_withholding_route_matches_drops_the_matches_that_use_them_never_the_condition() -> None:
+    """Stripping `headers` off a canary match would send every request to the canary; the
+    match goes instead, and a rule left with none selects nothing."""
+    cfg = _routes({"path": {"value": "/a"}, "headers": [{"name": "x-canary", "value": "1"}]},
+                  {"path": {"value": "/b"}},
+                  {"path": {"type": "RegularExpression", "value": "/c.*"}},
+                  {"method": "GET"}, {"query_params": [{"name": "q", "value": "1"}]})
+    doc = msgspec.to_builtins(cfg)
+    withhold_config(doc, [BY_NAME["route-matches"]])
+    rules = doc["route_tables"][0]["virtual_hosts"][0]["rules"]
+    assert rules[0]["matches"] == [{"path": {"type": "PathPrefix", "value": "/b"}}]
+    assert "matches" in rules[1]  # the default match needs nothing: kept
+    only_header = msgspec.to_builtins(_routes({"headers": [{"name": "x", "value": "1"}]}))
+    withhold_config(only_header, [BY_NAME["route-matches"]])
+    got = decode_snapshot(msgspec.Raw(msgspec.json.encode(only_header)))
+    assert got.route_tables[0].virtual_hosts[0].rules[0].matches == []
+
+
+def test_withholding_route_matches_from_a_delta_drops_them_in_upserted_tables() -> None:
+    old = _routes({"path": {"value": "/b"}})
+    new = _routes({"path": {"value": "/b"}}, {"method": "POST"})
+    doc = msgspec.to_builtins(diff(old, new))
+    withhold_delta(doc, lacking([f.name for f in FEATURES if f.name != "route-matches"]))
+    (table,) = doc["route_tables"]["upsert"]
+    assert table["virtual_hosts"][0]["rules"][0]["matches"] == [
+        {"path": {"type": "PathPrefix", "value": "/b"}}]
