@@ -24,7 +24,6 @@ first `?` of the path, b"" without one), split off once per request by the calle
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
 from typing import Literal
 from urllib.parse import unquote_to_bytes
 
@@ -222,7 +221,3 @@ def conditions_of(m: RouteMatch) -> tuple[Condition, ...]:
     out += [QueryMatcher.of(q) for q in m.query_params]
     out += [HeaderMatcher.of(h) for h in m.headers]
     return tuple(out)
-
-
-def all_match(conditions: Sequence[Condition], head: RequestHead, query: bytes) -> bool:
-    return all(c.matches(head, query) for c in conditions)

@@ -31,7 +31,7 @@ from collections.abc import Sequence
 from tulle.dataplane.exchange import RequestHead
 from tulle.dataplane.filters import factory_for
 from tulle.dataplane.http.chain import Chain, build_chain
-from tulle.dataplane.routing.match import Condition, PathMatcher, all_match, conditions_of
+from tulle.dataplane.routing.match import Condition, PathMatcher, conditions_of
 from tulle.dataplane.routing.state import RouteState
 from tulle.proxyconfig.model import RouteMatch, RouteRule, RouteTable
 
@@ -96,8 +96,10 @@ class CompiledMatch:
     def matches(self, path: bytes, head: RequestHead, query: bytes) -> bool:
         if not self.path.matches(path):
             return False
-        conditions = self.conditions
-        return not conditions or all_match(conditions, head, query)
+        for c in self.conditions:  # noqa: SIM110 (a loop allocates nothing; all() a generator)
+            if not c.matches(head, query):
+                return False
+        return True
 
     def sort_key(self, order: int) -> tuple[int, int, int, int, int, int]:
         """Gateway API precedence (see the module docstring), then declaration order."""
