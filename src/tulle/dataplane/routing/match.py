@@ -125,11 +125,19 @@ class HeaderMatcher(Condition):
     def matches(self, head: RequestHead, query: bytes) -> bool:
         name = self.name
         found: bytes | None = None
+        more: list[bytes] | None = None
         for n, v in head.headers:
             if n == name:
-                found = v if found is None else found + b"," + v
+                if found is None:
+                    found = v
+                elif more is None:
+                    more = [found, v]
+                else:
+                    more.append(v)
         if found is None:
             return self.invert
+        if more is not None:
+            found = b",".join(more)
         value = self.value
         return (value is None or value.matches(found)) is not self.invert
 

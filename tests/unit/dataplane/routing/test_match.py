@@ -125,3 +125,16 @@ def test_a_route_match_compiles_to_its_conditions_cheapest_first() -> None:
     assert all(c.matches(ok, b"q=42") for c in cond)
     assert not all(c.matches(ok, b"q=4x") for c in cond)
     assert conditions_of(RouteMatch()) == ()
+
+
+def test_hostile_heads_cost_one_pass() -> None:
+    """A head at the proxy's limits (100 fields of a 64 KiB section, all with the matched
+    name) against a regex header matcher and a long query: each finishes, none matches."""
+    value = b"a" * 640
+    many = head(headers=[(b"x", value)] * 100)
+    rx = HeaderMatcher("x", string_matcher("RegularExpression", "(a|,)*b"))
+    assert not rx.matches(many, b"")
+    assert HeaderMatcher("x", string_matcher("Contains", "b")).matches(many, b"") is False
+    query = b"&".join([b"q=%61" * 8] * 1000)
+    assert QueryMatcher("q", string_matcher("RegularExpression", "a*b")).matches(
+        head(), query) is False
