@@ -16,8 +16,9 @@ release belongs to a feature.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from tulle.proxyconfig.delta import ENDPOINTS, POSITIONS, VIRTUAL_HOSTS
@@ -29,6 +30,23 @@ class Feature:
     paths: tuple[str, ...]
     """Schema paths of the fields this feature adds; `[]` after a name means each list item."""
     summary: str
+    drops: str = ""
+    """For a feature whose fields *narrow* what a list item selects (a route match's header
+    condition): the schema path of those items.  Withholding then removes every item that
+    `uses` the feature (its fields set, or a new value of an old field such as `path.type:
+    RegularExpression`), then strips the fields (at their defaults) from the items kept.
+    Never the condition alone: that would widen the item (a header-selected canary rule
+    would take all traffic).  ADR 0016."""
+    uses: Callable[[dict[str, Any]], bool] | None = None
+
+
+_MATCHES = "route_tables[].virtual_hosts[].rules[].matches[]"
+
+
+def _uses_new_match_kinds(match: dict[str, Any]) -> bool:
+    path = match.get("path")
+    return bool(match.get("headers") or match.get("query_params") or match.get("method")
+                or (isinstance(path, dict) and path.get("type") == "RegularExpression"))
 
 
 FEATURES: tuple[Feature, ...] = (
@@ -71,6 +89,10 @@ FEATURES: tuple[Feature, ...] = (
             "identities and trust bundles as named sections that TLS settings reference"),
     Feature("metadata", ("node.zone", "clusters[].metadata", "clusters[].endpoints[].metadata"),
             "metadata on clusters and endpoints, the node's zone (carried, no behaviour yet)"),
+    Feature("route-matches", (f"{_MATCHES}.headers", f"{_MATCHES}.query_params",
+                              f"{_MATCHES}.method"),
+            "route matches on headers, query parameters, method and path regular expressions",
+            drops=_MATCHES, uses=_uses_new_match_kinds),
 )
 """Every feature this build's contract has, in the order they were added."""
 
@@ -103,9 +125,28 @@ def _strip(node: Any, segments: list[str]) -> None:
         _strip(node.get(head), rest)
 
 
+def _drop(node: Any, segments: list[str], uses: Callable[[dict[str, Any]], bool]) -> None:
+    """Remove the items at `segments` (the last one a list) that `uses` says need a feature."""
+    if not isinstance(node, dict):
+        return
+    head, rest = segments[0], segments[1:]
+    child = node.get(head.removesuffix("[]"))
+    if not isinstance(child, list):
+        if not head.endswith("[]"):
+            _drop(child, rest, uses)
+        return
+    if rest:
+        for item in child:
+            _drop(item, rest, uses)
+    else:
+        child[:] = [item for item in child if not (isinstance(item, dict) and uses(item))]
+
+
 def withhold_config(doc: dict[str, Any], missing: Iterable[Feature]) -> None:
     """Remove the paths of `missing` from a plain `ProxyConfig` document, in place."""
     for f in missing:
+        if f.drops and f.uses is not None:
+            _drop(doc, f.drops.split("."), f.uses)
         for p in f.paths:
             _strip(doc, p.split("."))
 
@@ -119,23 +160,36 @@ PATCHES = {("route_tables[]", "virtual_hosts[]"): ("virtual_hosts", "upsert"),
 list in each of its items)."""
 
 
+def _in_delta(doc: dict[str, Any], segments: list[str],
+              act: Callable[[Any, list[str]], None]) -> bool:
+    """Run `act` on every place of a `Delta` document that carries the collection path
+    `segments` (`clusters[]...`): each upserted resource and what the delta units carry of it
+    (virtual hosts, endpoints).  False when `segments` does not start at a collection."""
+    head = segments[0]
+    if not (head.endswith("[]") and head[:-2] in COLLECTIONS):
+        return False
+    for item in (doc.get(head[:-2]) or {}).get("upsert") or []:
+        act(item, segments[1:])
+    unit = PATCHES.get((head, segments[1])) if len(segments) > 2 else None
+    if unit is not None:
+        for patch in doc.get(unit[0]) or []:
+            for item in patch.get(unit[1]) or []:
+                act(item, segments[2:])
+    return True
+
+
 def withhold_delta(doc: dict[str, Any], missing: Iterable[Feature]) -> None:
     """Remove the paths of `missing` from a plain `Delta` document, in place: a singleton's
     path applies to the singleton sent whole, a collection's to each upserted resource and to
     what the delta units carry of it (virtual hosts, endpoints)."""
     for f in missing:
+        if f.drops and f.uses is not None:
+            _in_delta(doc, f.drops.split("."), partial(_drop, uses=f.uses))
         for p in f.paths:
             segments = p.split(".")
-            head = segments[0]
-            if head.endswith("[]") and head[:-2] in COLLECTIONS:
-                for item in (doc.get(head[:-2]) or {}).get("upsert") or []:
-                    _strip(item, segments[1:])
-                unit = PATCHES.get((head, segments[1])) if len(segments) > 2 else None
-                if unit is not None:
-                    for patch in doc.get(unit[0]) or []:
-                        for item in patch.get(unit[1]) or []:
-                            _strip(item, segments[2:])
-            elif len(segments) > 1:
-                _strip(doc.get(head), segments[1:])
+            if _in_delta(doc, segments, _strip):
+                continue
+            if len(segments) > 1:
+                _strip(doc.get(segments[0]), segments[1:])
             else:
-                doc.pop(head, None)  # a whole top-level section
+                doc.pop(segments[0], None)  # a whole top-level section

@@ -116,16 +116,51 @@ class Cluster(_Base, frozen=True, kw_only=True):
 
 
 class PathMatch(_Base, frozen=True, kw_only=True):
-    """Gateway API HTTPPathMatch.  Only PathPrefix and Exact are compiled today."""
+    """Gateway API HTTPPathMatch."""
 
-    type: Literal["PathPrefix", "Exact"] = "PathPrefix"
+    type: Literal["PathPrefix", "Exact", "RegularExpression"] = "PathPrefix"
+    """`RegularExpression` (feature `route-matches`) must match the whole path; only patterns
+    the proxy can run in bounded time are taken (`tulle.proxyconfig.regex`, ADR 0016)."""
     value: str = "/"
+
+
+HeaderName = Annotated[str, Meta(min_length=1, max_length=256,
+                                 pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
+HTTPMethod = Literal["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE",
+                     "PATCH"]
+
+
+class HeaderMatch(_Base, frozen=True, kw_only=True):
+    """Gateway API HTTPHeaderMatch.  The name matches case-insensitively; a header sent
+    several times is matched as its values joined with `,` (RFC 9110 section 5.3, as Envoy)."""
+
+    type: Literal["Exact", "RegularExpression"] = "Exact"
+    name: HeaderName
+    value: Annotated[str, Meta(max_length=4096)]
+
+
+class QueryParamMatch(_Base, frozen=True, kw_only=True):
+    """Gateway API HTTPQueryParamMatch.  The name matches case-sensitively and exactly; names
+    and values are compared percent-decoded; a parameter sent several times is matched by its
+    first value (Gateway API's recommendation)."""
+
+    type: Literal["Exact", "RegularExpression"] = "Exact"
+    name: Annotated[str, Meta(min_length=1, max_length=256)]
+    value: Annotated[str, Meta(max_length=4096)]
 
 
 class RouteMatch(_Base, frozen=True, kw_only=True):
     """Gateway API HTTPRouteMatch: all present conditions must hold."""
 
     path: PathMatch = msgspec.field(default_factory=PathMatch)
+    headers: Annotated[list[HeaderMatch], Meta(max_length=16)] = msgspec.field(
+        default_factory=list)
+    """Every one must match (feature `route-matches`); names unique (case-insensitive)."""
+    query_params: Annotated[list[QueryParamMatch], Meta(max_length=16)] = msgspec.field(
+        default_factory=list)
+    """Every one must match (feature `route-matches`); names unique."""
+    method: HTTPMethod | None = None
+    """The request method must be this one (feature `route-matches`); None: any."""
 
 
 class BackendRef(_Base, frozen=True, kw_only=True):

@@ -20,8 +20,8 @@ import msgspec
 from msgspec import inspect as mi
 
 from tulle.errors import FieldError
-from tulle.proxyconfig import filters, network
-from tulle.proxyconfig.model import FilterChain, Listener, ProxyConfig, TLSContext
+from tulle.proxyconfig import filters, network, regex
+from tulle.proxyconfig.model import FilterChain, Listener, ProxyConfig, RouteMatch, TLSContext
 
 
 class ConfigError(ValueError):
@@ -303,9 +303,13 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
                         out.append(FieldError(f"{rp}.backends[{m}].cluster",
                                               f"no cluster named {b.cluster!r}"))
                 for m, match in enumerate(rule.matches):
-                    if not match.path.value.startswith("/"):
+                    if match.path.type == "RegularExpression":
+                        out += _regex(match.path.value, f"{rp}.matches[{m}].path.value")
+                    elif not match.path.value.startswith("/"):
                         out.append(FieldError(f"{rp}.matches[{m}].path.value",
                                               'must start with "/"'))
+                    if match.headers or match.query_params:
+                        out += _match_conditions(match, f"{rp}.matches[{m}]")
                 for m, f in enumerate(rule.filters):
                     out += filters.errors(f, f"{rp}.filters[{m}]")
     for i, c in enumerate(cfg.clusters):
@@ -428,6 +432,33 @@ def _match_key(fc: FilterChain) -> bytes:
     return msgspec.json.encode([m.destination_port, sorted(m.destination),
                                 sorted(n.lower() for n in m.server_names), m.transport,
                                 sorted(m.alpn)])
+
+
+def _regex(pattern: str, path: str) -> list[FieldError]:
+    why = regex.problem(pattern)
+    return [] if why is None else [FieldError(path, f"regular expression refused: {why}")]
+
+
+def _match_conditions(match: RouteMatch, p: str) -> list[FieldError]:
+    """Header names are unique case-insensitively, query names exactly (Gateway API says a
+    repeated name is ignored; the contract refuses it rather than drop a condition)."""
+    out: list[FieldError] = []
+    seen: set[str] = set()
+    for j, h in enumerate(match.headers):
+        if h.name.lower() in seen:
+            out.append(FieldError(f"{p}.headers[{j}].name", f"duplicate header {h.name!r}"))
+        seen.add(h.name.lower())
+        if h.type == "RegularExpression":
+            out += _regex(h.value, f"{p}.headers[{j}].value")
+    seen.clear()
+    for j, q in enumerate(match.query_params):
+        if q.name in seen:
+            out.append(FieldError(f"{p}.query_params[{j}].name",
+                                  f"duplicate query parameter {q.name!r}"))
+        seen.add(q.name)
+        if q.type == "RegularExpression":
+            out += _regex(q.value, f"{p}.query_params[{j}].value")
+    return out
 
 
 def _network_filters(lst: Listener, p: str) -> list[FieldError]:

@@ -8,7 +8,14 @@ import msgspec
 import pytest
 from msgspec import inspect as mi
 
-from tulle.proxyconfig.delta import ENDPOINTS, POSITIONS, VIRTUAL_HOSTS, apply_delta, diff
+from tulle.proxyconfig.delta import (
+    ENDPOINTS,
+    POSITIONS,
+    VIRTUAL_HOSTS,
+    WHOLE,
+    apply_delta,
+    diff,
+)
 from tulle.proxyconfig.features import (
     BY_NAME,
     FEATURES,
@@ -52,7 +59,7 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
         "connection-limits", "path-normalization", "tcp-idle-timeout", "http2-limits",
         "tls-handshake-timeout", "http1-limits", "network-filters", "http-filters",
         "delta-virtual-hosts", "delta-endpoints", "delta-positions",
-        "filter-chains", "tls-sections", "metadata"]
+        "filter-chains", "tls-sections", "metadata", "route-matches"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:
@@ -178,3 +185,49 @@ def test_the_delta_units_are_features_and_their_payload_is_withheld_like_whole_r
     assert got.route_tables[0].virtual_hosts[0].rules[0].filters == []
     assert got.route_tables[0].virtual_hosts[1] is old.route_tables[0].virtual_hosts[1]
     assert got.clusters[0].endpoints[0].port == 2
+def _routes(*matches: dict[str, Any]) -> ProxyConfig:
+    return msgspec.convert({
+        "version": "v1", "clusters": [{"name": "web"}],
+        "route_tables": [{"name": "rt", "virtual_hosts": [{"name": "h", "rules": [
+            {"name": "canary", "matches": list(matches), "backends": [{"cluster": "web"}]},
+            {"name": "default", "backends": [{"cluster": "web"}]}]}]}]}, ProxyConfig)
+
+
+def test_withholding_route_matches_drops_the_matches_that_use_them_never_the_condition() -> None:
+    """Stripping `headers` off a canary match would send every request to the canary; the
+    match goes instead, and a rule left with none selects nothing."""
+    cfg = _routes({"path": {"value": "/a"}, "headers": [{"name": "x-canary", "value": "1"}]},
+                  {"path": {"value": "/b"}},
+                  {"path": {"type": "RegularExpression", "value": "/c.*"}},
+                  {"method": "GET"}, {"query_params": [{"name": "q", "value": "1"}]})
+    doc = msgspec.to_builtins(cfg)
+    withhold_config(doc, [BY_NAME["route-matches"]])
+    rules = doc["route_tables"][0]["virtual_hosts"][0]["rules"]
+    assert rules[0]["matches"] == [{"path": {"type": "PathPrefix", "value": "/b"}}]
+    assert "matches" in rules[1]  # the default match needs nothing: kept
+    only_header = msgspec.to_builtins(_routes({"headers": [{"name": "x", "value": "1"}]}))
+    withhold_config(only_header, [BY_NAME["route-matches"]])
+    got = decode_snapshot(msgspec.Raw(msgspec.json.encode(only_header)))
+    assert got.route_tables[0].virtual_hosts[0].rules[0].matches == []
+
+
+def test_withholding_route_matches_from_a_delta_drops_them_in_upserted_tables() -> None:
+    old = _routes({"path": {"value": "/b"}})
+    new = _routes({"path": {"value": "/b"}}, {"method": "POST"})
+    doc = msgspec.to_builtins(diff(old, new, WHOLE))  # a proxy without the delta units
+    withhold_delta(doc, lacking([f.name for f in FEATURES if f.name != "route-matches"]))
+    (table,) = doc["route_tables"]["upsert"]
+    assert table["virtual_hosts"][0]["rules"][0]["matches"] == [
+        {"path": {"type": "PathPrefix", "value": "/b"}}]
+
+
+def test_withholding_route_matches_reaches_virtual_hosts_sent_as_delta_units() -> None:
+    """A table changed only in a virtual host travels as a `virtual_hosts` unit: the matches
+    a proxy cannot take are dropped there too, never sent (a NACK) nor stripped to a wider one."""
+    old = _routes({"path": {"value": "/b"}})
+    new = _routes({"path": {"value": "/b"}}, {"method": "POST"})
+    doc = msgspec.to_builtins(diff(old, new))
+    assert not doc["route_tables"].get("upsert") and doc["virtual_hosts"]
+    withhold_delta(doc, lacking([f.name for f in FEATURES if f.name != "route-matches"]))
+    (vhost,) = doc["virtual_hosts"][0]["upsert"]
+    assert vhost["rules"][0]["matches"] == [{"path": {"type": "PathPrefix", "value": "/b"}}]

@@ -23,6 +23,7 @@ STRUCTS += [network.SourceIP, network.ConnectionLimit, network.FlowLog]
 STRUCTS += [headers.RequestHeaderModifier, headers.ResponseHeaderModifier, headers.HTTPHeader]
 STRUCTS += [model.FilterChain, model.FilterChainMatch, model.Metadata, model.Identity,
             model.TrustBundle]
+STRUCTS += [model.HeaderMatch, model.QueryParamMatch]
 
 
 def _doc_tables() -> dict[str, dict[str, str]]:

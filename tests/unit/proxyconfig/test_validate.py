@@ -143,3 +143,46 @@ def test_a_tagged_union_names_the_missing_or_unknown_tag() -> None:
         "filters[2]: expected a mapping with type: 'add_header' or a mapping with type: 'delay'",
     ]
     assert tagged_errors({"filters": [{"type": "delay", "delay_ms": 3}]}) == []
+
+
+def _with_matches(*matches: dict[str, Any]) -> dict[str, Any]:
+    raw = good()
+    raw["route_tables"][0]["virtual_hosts"][0]["rules"][0]["matches"] = list(matches)
+    return raw
+
+
+def test_route_matches_on_headers_query_and_method_build() -> None:
+    cfg = validate(_with_matches({
+        "path": {"type": "RegularExpression", "value": "/api/v[0-9]+/.*"},
+        "headers": [{"name": "X-Canary", "value": "1"},
+                    {"type": "RegularExpression", "name": "user-agent", "value": ".*Mobile.*"}],
+        "query_params": [{"name": "debug", "value": "on"}],
+        "method": "POST"}))
+    m = cfg.route_tables[0].virtual_hosts[0].rules[0].matches[0]
+    assert (m.method, [h.name for h in m.headers], m.query_params[0].value) == (
+        "POST", ["X-Canary", "user-agent"], "on")
+
+
+def test_unsafe_or_malformed_regexes_and_repeated_names_are_refused_with_paths() -> None:
+    p = "route_tables[0].virtual_hosts[0].rules[0].matches"
+    assert errors_of(_with_matches(
+        {"path": {"type": "RegularExpression", "value": "(a+)+"}},
+        {"headers": [{"type": "RegularExpression", "name": "x", "value": "(x"},
+                     {"name": "X", "value": "1"}],
+         "query_params": [{"type": "RegularExpression", "name": "q", "value": r"(\w)\1"},
+                          {"name": "q", "value": "2"}]})) == [
+        f"{p}[0].path.value: regular expression refused: only a single character, class or "
+        "`.` may repeat; a group may only be optional (`(...)?`)",
+        f"{p}[1].headers[0].value: regular expression refused: not a regular expression: "
+        "missing ), unterminated subpattern at position 0",
+        f"{p}[1].headers[1].name: duplicate header 'X'",
+        f"{p}[1].query_params[0].value: regular expression refused: backreferences are not "
+        "supported",
+        f"{p}[1].query_params[1].name: duplicate query parameter 'q'"]
+
+
+def test_a_bad_method_or_header_name_is_a_structural_error() -> None:
+    errors = errors_of(_with_matches({"method": "get", "headers": [{"name": "a b", "value": ""}]}))
+    p = "route_tables[0].virtual_hosts[0].rules[0].matches[0]"
+    assert errors[0].startswith(f"{p}.headers[0].name: must match")
+    assert errors[1].startswith(f"{p}.method: ")

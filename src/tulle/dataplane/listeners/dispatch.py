@@ -64,12 +64,12 @@ def resolve(ctx: ListenerContext, router: Router | None, default_cluster: str,
             return Decision(None, "-", 0, 400, exc.detail.encode() + b"\n", "DPE")
     if router is None:
         return ctx.decision(default_cluster, ctx.settings.request_timeout_ms)
-    route = router.only or router.route(head.authority.decode("latin-1"),
-                                        head.path.decode("latin-1"))
+    route = router.only or router.route(head)
     if route is None:
         return Decision(None, "-", 0, 404, b"no route for host '%b' path '%b' on listener "
                         b"%b\n" % (head.authority, head.path.split(b"?", 1)[0],
                                    ctx.name.encode()), "NR")
+    route.requests.value += 1
     chain = route.chain
     if chain is not None:
         return ctx.decision(route.pick_cluster(), route.timeout_ms, chain)

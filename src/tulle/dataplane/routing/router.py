@@ -1,17 +1,25 @@
-"""Compiled HTTP routing: authority + request → the rule that applies, built once per snapshot.
+"""Compiled HTTP routing: a request head → the route that applies, built once per snapshot.
 
 Lookup order follows Gateway API precedence so routes written for other meshes behave the same:
 
 1. Virtual host by authority: exact host, then the longest `*.suffix` wildcard, then the longest
    `prefix.*` wildcard, then `*`.  The port is dropped from the authority before matching unless
    a domain names one explicitly.
-2. Within a host, candidate matches are sorted once: Exact paths before prefixes, longer
-   prefixes before shorter ones, then declaration order.  Later match kinds (headers, query,
-   method) extend `CompiledMatch.matches` and the sort key; the router's shape stays.
+2. Within a host, candidate matches are sorted once (`CompiledMatch.sort_key`): an Exact path,
+   then a regular expression (longer patterns first; Gateway API leaves its place to the
+   implementation, this is Envoy Gateway's), then the longest prefix; among equal paths a
+   match with a method, then the most header conditions, then the most query conditions;
+   then declaration order.  The first match whose path and conditions hold wins.
 
-Path prefixes match whole segments (`/api` matches `/api`, `/api/` and `/api/x`, not `/apix`).
 Per-request work: one or two dict lookups and a short scan of pre-sorted matches; none at all
-when the table sends everything to one rule (`Router.only`: one `*` host, one catch-all rule).
+when the table sends everything to one rule (`Router.only`: one `*` host whose first match is
+the catch-all with no conditions).  A host none of whose matches has conditions besides the
+path scans exactly as before they existed (`CompiledHost.plain`): header, query and method
+matching cost nothing where they are not used.
+
+Routes are runtime objects that outlive a snapshot when they can (`Router(previous=...)`): an
+unchanged rule keeps its `Route` (filter factories and all); a changed rule keeps its per-route
+state (`RouteState`) when it is named, keyed by that name.  ADR 0016.
 """
 
 from __future__ import annotations
@@ -20,18 +28,29 @@ import bisect
 import random
 from collections.abc import Sequence
 
+from tulle.dataplane.exchange import RequestHead
 from tulle.dataplane.filters import factory_for
 from tulle.dataplane.http.chain import Chain, build_chain
+from tulle.dataplane.routing.match import Condition, PathMatcher, conditions_of
+from tulle.dataplane.routing.state import RouteState
 from tulle.proxyconfig.model import RouteMatch, RouteRule, RouteTable
 
 
 class Route:
-    """A matched rule, ready to use: its backends (cluster names), timeout and filters."""
+    """A matched rule, ready to use: its backends (cluster names), timeout, filters and state.
 
-    __slots__ = ("_cum", "_total", "chain", "clusters", "name", "single", "timeout_ms")
+    Built once per rule and kept across snapshots while the rule and the default timeout are
+    unchanged (`Router`), so whatever it holds (filter factories, `state`) is per route, not
+    per snapshot."""
 
-    def __init__(self, name: str, rule: RouteRule, default_timeout_ms: int) -> None:
+    __slots__ = ("_cum", "_total", "chain", "clusters", "default_timeout_ms", "name",
+                 "requests", "rule", "single", "state", "timeout_ms")
+
+    def __init__(self, name: str, rule: RouteRule, default_timeout_ms: int,
+                 state: RouteState | None = None) -> None:
         self.name = name
+        self.rule = rule
+        self.default_timeout_ms = default_timeout_ms
         live = [b for b in rule.backends if b.weight > 0]
         self.clusters = tuple(b.cluster for b in live)
         self.single = self.clusters[0] if len(self.clusters) == 1 else None
@@ -45,6 +64,10 @@ class Route:
         self.timeout_ms = default_timeout_ms if rule.timeout_ms is None else rule.timeout_ms
         self.chain: Chain | None = build_chain([factory_for(f) for f in rule.filters])
         """The rule's filters, factories built once here; None (nothing to run) without any."""
+        self.state = state if state is not None else RouteState()
+        """What this route keeps across swaps (request stats; later buckets and budgets)."""
+        self.requests = self.state.requests
+        """`state.requests`, one attribute hop nearer: the router step counts each request."""
 
     def pick_cluster(self, rng: random.Random | None = None) -> str:
         """Weighted choice among backends (canaries); a single backend costs nothing."""
@@ -54,42 +77,55 @@ class Route:
         return self.clusters[bisect.bisect_right(self._cum, r)]
 
 
+_PATH_RANK = {"Exact": 0, "RegularExpression": 1, "PathPrefix": 2}
+
+
 class CompiledMatch:
-    __slots__ = ("exact", "prefix", "route")
+    __slots__ = ("conditions", "path", "prefix", "route", "specificity")
 
     def __init__(self, match: RouteMatch, route: Route) -> None:
-        value = match.path.value
-        self.exact = value if match.path.type == "Exact" else None
-        # Normalise "/api/" to "/api" so segment matching is one comparison.
-        self.prefix = None if self.exact is not None else (value.rstrip("/") or "/")
+        self.path = PathMatcher(match.path)
+        self.prefix = self.path.prefix
+        """The normalised path prefix (None for Exact and regular expressions)."""
+        self.conditions: tuple[Condition, ...] = conditions_of(match)
+        """Conditions besides the path, all of which must hold; () for a path-only match."""
+        self.specificity = (0 if match.method is None else -1, -len(match.headers),
+                            -len(match.query_params))
         self.route = route
 
-    def matches(self, path: str) -> bool:
-        if self.exact is not None:
-            return path == self.exact
-        p = self.prefix
-        if p == "/":
-            return True
-        assert p is not None
-        return path.startswith(p) and (len(path) == len(p) or path[len(p)] == "/")
+    def matches(self, path: bytes, head: RequestHead, query: bytes) -> bool:
+        if not self.path.matches(path):
+            return False
+        for c in self.conditions:  # noqa: SIM110 (a loop allocates nothing; all() a generator)
+            if not c.matches(head, query):
+                return False
+        return True
 
-    def sort_key(self, order: int) -> tuple[int, int, int]:
-        if self.exact is not None:
-            return (0, -len(self.exact), order)
-        assert self.prefix is not None
-        return (1, -len(self.prefix), order)
+    def sort_key(self, order: int) -> tuple[int, int, int, int, int, int]:
+        """Gateway API precedence (see the module docstring), then declaration order."""
+        p = self.path
+        length = len(p.prefix) if p.prefix is not None else len(p.value)
+        return (_PATH_RANK[p.type], -length, *self.specificity, order)
 
 
 class CompiledHost:
-    __slots__ = ("matches", "name")
+    __slots__ = ("_paths", "matches", "name", "plain")
 
     def __init__(self, name: str, matches: Sequence[CompiledMatch]) -> None:
         self.name = name
         self.matches = tuple(matches)
+        self.plain = not any(m.conditions for m in self.matches)
+        """No match has conditions besides its path: `find` tests paths only."""
+        self._paths = tuple((m.path.matches, m.route) for m in self.matches)
 
-    def find(self, path: str) -> Route | None:
+    def find(self, path: bytes, head: RequestHead, query: bytes) -> Route | None:
+        if self.plain:
+            for test, route in self._paths:
+                if test(path):
+                    return route
+            return None
         for m in self.matches:
-            if m.matches(path):
+            if m.matches(path, head, query):
                 return m.route
         return None
 
@@ -103,22 +139,32 @@ def _strip_port(authority: str) -> str:
 
 
 class Router:
-    """Routes by authority and path.  Immutable; a new snapshot builds a new one."""
+    """Routes by authority, path and the request's conditions.  Immutable; a new snapshot
+    builds a new one, taking over the routes of `previous` that are still the same."""
 
-    __slots__ = ("_any", "_exact", "_prefix", "_suffix", "name", "only")
+    __slots__ = ("_any", "_exact", "_prefix", "_suffix", "name", "only", "routes")
 
-    def __init__(self, table: RouteTable, default_timeout_ms: int) -> None:
+    def __init__(self, table: RouteTable, default_timeout_ms: int,
+                 previous: Router | None = None) -> None:
         self.name = table.name
         self._exact: dict[str, CompiledHost] = {}
         self._suffix: list[tuple[str, CompiledHost]] = []
         self._prefix: list[tuple[str, CompiledHost]] = []
         self._any: CompiledHost | None = None
+        old: dict[str, Route] = previous.routes if previous is not None else {}
+        routes: dict[str, Route] = {}
         for vh in table.virtual_hosts:
-            compiled: list[tuple[tuple[int, int, int], CompiledMatch]] = []
+            compiled: list[tuple[tuple[int, ...], CompiledMatch]] = []
             order = 0
             for i, rule in enumerate(vh.rules):
-                route = Route(rule.name or f"{table.name}/{vh.name}/{i}", rule,
-                              default_timeout_ms)
+                name = rule.name or f"{table.name}/{vh.name}/{i}"
+                same = routes.get(name)
+                if same is None:
+                    route = routes[name] = _carry(old.get(name), name, rule, default_timeout_ms)
+                elif same.rule is rule or same.rule == rule:
+                    route = same  # one rule under several hosts (a route on several ports)
+                else:  # another rule of the same name: a route of its own, the same state
+                    route = Route(name, rule, default_timeout_ms, same.state)
                 for m in rule.matches:
                     cm = CompiledMatch(m, route)
                     compiled.append((cm.sort_key(order), cm))
@@ -135,15 +181,18 @@ class Router:
                     self._prefix.append((d[:-1], host))
                 else:
                     self._exact.setdefault(d, host)
+        self.routes: dict[str, Route] = routes
+        """The routes by name: the key that carries them, and their state, across swaps.
+        Rules sharing a name (a route attached to several hosts) share its state."""
         self._suffix.sort(key=lambda kv: -len(kv[0]))
         self._prefix.sort(key=lambda kv: -len(kv[0]))
         self.only: Route | None = None
         """The route of every request, when the table has nothing to choose (callers skip
-        `route`): only a `*` host, whose first match is the catch-all prefix `/`.  When
-        matches on headers, query or method arrive, that first match must also have none."""
+        `route`): only a `*` host, whose first match is the catch-all prefix `/` without
+        conditions."""
         if not (self._exact or self._suffix or self._prefix) and self._any is not None:
             first = self._any.matches[0] if self._any.matches else None
-            if first is not None and first.prefix == "/":
+            if first is not None and first.prefix == b"/" and not first.conditions:
                 self.only = first.route
 
     def host_for(self, authority: str) -> CompiledHost | None:
@@ -164,10 +213,22 @@ class Router:
                 return h
         return self._any
 
-    def route(self, authority: str, path: str) -> Route | None:
+    def route(self, head: RequestHead) -> Route | None:
         """The route for a request, or None (the caller answers 404)."""
-        host = self.host_for(authority)
+        host = self.host_for(head.authority.decode("latin-1"))
         if host is None:
             return None
-        q = path.find("?")
-        return host.find(path if q == -1 else path[:q])
+        path, _, query = head.path.partition(b"?")
+        return host.find(path, head, query)
+
+
+def _carry(old: Route | None, name: str, rule: RouteRule, default_timeout_ms: int) -> Route:
+    """The route for `rule` given the route of the same name in the previous snapshot: kept
+    whole when the rule is the same; else a new route that takes over the old one's state
+    when the rule is named (an unnamed rule's name is only its position: a changed rule there
+    is another route, and starts afresh)."""
+    if old is None:
+        return Route(name, rule, default_timeout_ms)
+    if old.default_timeout_ms == default_timeout_ms and (old.rule is rule or old.rule == rule):
+        return old
+    return Route(name, rule, default_timeout_ms, old.state if rule.name else None)

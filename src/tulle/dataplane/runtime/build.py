@@ -5,7 +5,9 @@ unchanged struct with the previous one (`tulle.proxyconfig.delta.apply_delta`), 
 is mostly an identity test; a snapshot decoded whole (a file, SIGHUP) falls back to struct
 equality, which msgspec does in C.  What is kept across a swap:
 
-* a **router** whose route table (and the default request timeout) is unchanged;
+* a **router** whose route table (and the default request timeout) is unchanged; a rebuilt
+  router keeps the `Route` objects of unchanged rules and the per-route state of named ones
+  (`routing/router.py`, ADR 0016);
 * a **cluster runtime** (pools, balancer state, SSL context) whose cluster is unchanged, or whose
   endpoints alone changed (swapped in place at commit) — `ClusterManager`;
 * a **listener context** whose listener and settings are unchanged, whose routers are the kept
@@ -95,8 +97,8 @@ class SnapshotBuilder:
             if old is not None and old[1] == timeout and _same(old[0], t):
                 routers[t.name] = old
                 r_kept += 1
-            else:
-                routers[t.name] = (t, timeout, Router(t, timeout))
+            else:  # the old router hands over its routes that are still the same
+                routers[t.name] = (t, timeout, Router(t, timeout, old[2] if old else None))
         by_name = {name: r for name, (_, _, r) in routers.items()}
         clusters = self.clusters.prepare(cfg.clusters, settings)
         contexts: dict[str, ListenerContext] = {}
@@ -135,5 +137,15 @@ class SnapshotBuilder:
                 ctx = rt.ssl_context
                 if ctx is not None and id(ctx) in swapped:
                     rt.ssl_context = swapped[id(ctx)]
+        if prepared.counts.routers_built or prepared.routers.keys() != self._routers.keys():
+            self._export_route_stats(prepared.routers)
         self._routers = prepared.routers
         self._contexts = prepared.contexts
+
+    def _export_route_stats(self, routers: dict[str, tuple[RouteTable, int, Router]]) -> None:
+        """The per-route request series are the states of the routes in force: a route that
+        is gone loses its series, one that carried its state keeps counting it."""
+        self.metrics.route_requests.children = {
+            (table, name): route.requests
+            for table, (_, _, router) in routers.items()
+            for name, route in router.routes.items()}

@@ -230,6 +230,11 @@ class ProxyMetrics:
             "tulle_proxy_network_filter_rejections_total",
             "Opaque TCP connections a network filter refused, by filter and reason.",
             ("listener", "filter", "reason"))
+        self.route_requests = r.counter(
+            "tulle_proxy_route_requests_total",
+            "HTTP requests routed, by route table and route (the routes of the snapshot in "
+            "force; a route's count survives swaps while its name does).",
+            ("route_table", "route"))
         self.network_filter_errors = r.counter(
             "tulle_proxy_network_filter_errors_total",
             "Network filter hooks that raised (the connection is reset), by filter and hook.",

@@ -1,0 +1,186 @@
+"""Regular expressions the contract admits: ones the proxy can run in bounded time.
+
+Why: route matches (and later authorization and rate-limit descriptors) take regular
+expressions from configuration and run them on every request, against bytes a client chose.
+Python's `re` backtracks: `(a+)+$`, `(a|a)*` or `.*.*.*x` take exponential or high-polynomial
+time on a hostile path or header.  Envoy avoids this with RE2 (linear time); Tulle keeps the
+stdlib engine (no new native dependency in the proxy) and instead admits only patterns whose
+backtracking is bounded, compiled once per snapshot.  ADR 0016 records the rules; in short:
+
+1. **RE2's feature set.**  No backreferences, lookahead / lookbehind or conditional groups
+   (RE2 refuses them too, so a pattern written for Envoy or another mesh means the same here).
+   ASCII only (requests are matched as bytes), at most 1,024 characters.
+2. **Repetition of one character at a time.**  `*`, `+`, `?`, `{m,n}` apply to one character,
+   class, `.` or an alternation of single characters (`(a|b)*`); a repeated group may only be
+   optional (`(/v2)?`).  So nothing nests (no `(a+)+`): star height one.
+3. **Commitment where it is free.**  A repetition whose characters cannot begin what follows it
+   (`[0-9]+/`, `[^/]+` before `/` or the end) is compiled possessive: the engine never
+   backtracks into it, and it matches exactly what it would have matched anyway.
+4. **A budget for the rest.**  At most one repetition of unbounded count may need backtracking
+   (`.*\\.jpg`), and nothing of unbounded length may follow it; the product of the other choice
+   points (alternatives, optional groups, bounded counts that may backtrack) is at most 256.
+
+A pattern meeting these runs in O(256 * n * m) steps at worst for a subject of n bytes and a
+pattern of m; typical route patterns are linear.  Every match is a *full* match (the whole
+path or header value), as in Envoy's `safe_regex` and Gateway API implementations built on it.
+`.` matches any byte, newline included (paths and header values have none; a percent-decoded
+query value may): so a final `.*` always succeeds once reached, and `.*Mobile.*` is taken.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from typing import Any
+
+_parser: Any = importlib.import_module("re._parser")  # stdlib internals (3.11-3.13), untyped
+_compiler: Any = importlib.import_module("re._compiler")
+_c: Any = importlib.import_module("re._constants")
+
+MAX_PATTERN_CHARS = 1024
+MAX_CHOICES = 256
+"""Product of the backtracking choice points a pattern may have besides one unbounded one."""
+
+_FORBIDDEN = {
+    _c.GROUPREF: "backreferences are not supported",
+    _c.GROUPREF_EXISTS: "conditional groups are not supported",
+    _c.ASSERT: "lookahead and lookbehind are not supported",
+    _c.ASSERT_NOT: "lookahead and lookbehind are not supported",
+}
+_SINGLE = {_c.LITERAL, _c.NOT_LITERAL, _c.IN, _c.ANY, _c.CATEGORY}
+_REPEATS = {_c.MAX_REPEAT, _c.MIN_REPEAT, _c.POSSESSIVE_REPEAT}
+_ALL = (1 << 256) - 1
+
+
+class UnsafePattern(ValueError):
+    """A pattern the proxy refuses, with the reason (reported with the field's path)."""
+
+
+class _Analysis:
+    __slots__ = ("choices", "flags", "state", "unbounded")
+
+    def __init__(self, state: Any, flags: int) -> None:
+        self.state = state
+        self.flags = flags
+        self.choices = 1
+        self.unbounded = 0
+
+    def charset(self, item: Any, flags: int) -> int:
+        """The bytes one single-character item accepts, as a 256-bit mask (by trying them)."""
+        sub = _parser.SubPattern(self.state, [item])
+        rx = _compiler.compile(sub, flags)
+        mask = 0
+        for b in range(256):
+            if rx.fullmatch(bytes((b,))) is not None:
+                mask |= 1 << b
+        return mask
+
+    def single(self, body: list[Any], flags: int) -> int | None:
+        """The charset of a repetition body that is one character, else None."""
+        while len(body) == 1 and body[0][0] is _c.SUBPATTERN:
+            _, add, delete, inner = body[0][1]
+            flags = (flags | add) & ~delete
+            body = list(inner)
+        if len(body) == 1 and body[0][0] in _SINGLE:
+            return self.charset(body[0], flags)
+        return None
+
+    def seq(self, items: Any, follow: int, tail_unbounded: bool, flags: int) -> tuple[int, bool]:
+        """Walk `items` right to left.  `follow`: the bytes that may come right after them
+        (the empty set at the end: a full match); `tail_unbounded`: whether something of
+        unbounded length follows.  Returns the same two facts for the start of `items`."""
+        data = items.data if hasattr(items, "data") else items
+        for i in range(len(data) - 1, -1, -1):
+            op, av = data[i]
+            if op in _FORBIDDEN:
+                raise UnsafePattern(_FORBIDDEN[op])
+            if op in _SINGLE:
+                follow = self.charset(data[i], flags)
+            elif op is _c.AT:
+                continue  # anchors are zero-width
+            elif op is _c.SUBPATTERN:
+                _, add, delete, inner = av
+                follow, tail_unbounded = self.seq(inner, follow, tail_unbounded,
+                                                  (flags | add) & ~delete)
+            elif op is _c.ATOMIC_GROUP:
+                follow, tail_unbounded = self.seq(av, follow, tail_unbounded, flags)
+            elif op is _c.BRANCH:
+                firsts = 0
+                unbounded = tail_unbounded
+                for alt in av[1]:
+                    f, u = self.seq(alt, follow, tail_unbounded, flags)
+                    firsts |= f
+                    unbounded = unbounded or u
+                self.choices *= len(av[1])
+                follow, tail_unbounded = firsts, unbounded
+            elif op in _REPEATS:
+                follow, tail_unbounded = self.repeat(data, i, follow, tail_unbounded, flags)
+            else:
+                raise UnsafePattern(f"unsupported construct {op}")
+            if self.choices > MAX_CHOICES:
+                raise UnsafePattern(f"more than {MAX_CHOICES} ways to backtrack "
+                                    "(alternatives, optional groups, counted repeats)")
+        return follow, tail_unbounded
+
+    def repeat(self, data: list[Any], i: int, follow: int, tail_unbounded: bool,
+               flags: int) -> tuple[int, bool]:
+        op, (lo, hi, body) = data[i]
+        unbounded = hi is _c.MAXREPEAT
+        chars = self.single(list(body), flags)
+        if chars is None:
+            if hi != 1:
+                raise UnsafePattern("only a single character, class or `.` may repeat; a "
+                                    "group may only be optional (`(...)?`)")
+            first, inner_unbounded = self.seq(body, follow, tail_unbounded, flags)
+            if lo == 0:
+                self.choices *= 2
+                first |= follow
+            return first, inner_unbounded or tail_unbounded
+        if chars == _ALL and follow == 0:
+            # `.*` at the end: once reached it takes the rest and the match has succeeded, so
+            # it costs one scan in all and is no reason to refuse what comes before it.
+            data[i] = (_c.POSSESSIVE_REPEAT, (lo, hi, body))
+            return chars, tail_unbounded
+        if op is _c.POSSESSIVE_REPEAT or chars & follow == 0:
+            # What follows cannot start with these characters: the only count that can lead
+            # to a match is the longest, so commit to it (same matches, no backtracking).
+            data[i] = (_c.POSSESSIVE_REPEAT, (lo, hi, body))
+        elif unbounded:
+            if tail_unbounded:
+                raise UnsafePattern("a repetition that may backtrack (here its characters can "
+                                    "also begin what follows) must not be followed by another "
+                                    "of unbounded length")
+            self.unbounded += 1
+            if self.unbounded > 1:
+                raise UnsafePattern("at most one unbounded repetition may backtrack (its "
+                                    "characters can also begin what follows it)")
+        else:
+            self.choices *= hi - lo + 1
+        return (chars | follow) if lo == 0 else chars, tail_unbounded or unbounded
+
+
+def compile_safe(pattern: str) -> re.Pattern[bytes]:
+    """Compile `pattern` for full matches on bytes, or raise `UnsafePattern` saying why not."""
+    if len(pattern) > MAX_PATTERN_CHARS:
+        raise UnsafePattern(f"longer than {MAX_PATTERN_CHARS} characters")
+    try:
+        raw = pattern.encode("ascii")
+    except UnicodeEncodeError:
+        raise UnsafePattern("must be ASCII (requests are matched as bytes)") from None
+    try:
+        parsed = _parser.parse(raw, re.DOTALL)
+    except re.error as exc:
+        raise UnsafePattern(f"not a regular expression: {exc}") from None
+    flags = parsed.state.flags
+    _Analysis(parsed.state, flags).seq(parsed, 0, False, flags)
+    rx: re.Pattern[bytes] = _compiler.compile(parsed, flags)
+    return rx
+
+
+def problem(pattern: str) -> str | None:
+    """Why `pattern` is refused, or None when the proxy takes it (the validator's question)."""
+    try:
+        compile_safe(pattern)
+    except UnsafePattern as exc:
+        return str(exc)
+    return None
