@@ -147,7 +147,7 @@ def parse_ip(ip: str) -> IPAddress | None:
 def by_destination(chains: Sequence[ChainRule], ip: str, port: int) -> list[ChainRule]:
     """Steps 1 and 2 of the selection order: what the destination alone leaves."""
     out = _narrow(list(chains), lambda c: c.port_score(port))
-    if out:
+    if any(c.networks for c in out):  # parse the address only when some chain asks
         addr = parse_ip(ip)
         out = _narrow(out, lambda c: c.address_score(addr))
     return out
