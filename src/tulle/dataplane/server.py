@@ -27,7 +27,6 @@ import asyncio
 import logging
 import os
 import socket
-import ssl
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +35,7 @@ from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle
 from tulle.dataplane.listeners.factory import protocol_factory
 from tulle.dataplane.overload import OverloadGuard
 from tulle.dataplane.runtime.build import Prepared, SnapshotBuilder
-from tulle.dataplane.runtime.tls import TLSContexts
+from tulle.dataplane.runtime.tls import ServerRef, TLSContexts
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.upstream.cluster import ClusterManager, run_sweeper
 from tulle.proxyconfig.model import Listener, ProxyConfig
@@ -184,11 +183,11 @@ class ProxyServer:
                      plan: _Plan) -> None:
         """Create `handle`'s server, not yet accepting: on `donor`'s socket or a fresh bind."""
         where = f"listener {lc.name} ({lc.address}:{lc.port})"
-        ssl_ctx: ssl.SSLContext | None = None
+        ref: ServerRef | None = None
         try:
             if lc.tls is not None and not lc.filter_chains:  # with chains: the default chain's
-                ssl_ctx = self.tls.server(lc.tls)
-            factory = protocol_factory(handle, ssl_ctx)
+                ref = self.tls.server_ref(lc.tls)
+            factory = protocol_factory(handle, ref)
         except (OSError, ValueError, NotImplementedError) as exc:  # ssl.SSLError is an OSError
             raise ApplyError(f"{where}: {exc}") from exc
         sock = self._dup(donor) if donor is not None else self._bind(lc)
@@ -199,7 +198,7 @@ class ProxyServer:
             sock.close()
             raise ApplyError(f"{where}: {exc}") from exc
         handle.servers.append(server)
-        handle.ssl_context = ssl_ctx
+        handle.tls_ref = ref
         plan.ports[handle] = int(sock.getsockname()[1])
 
     @staticmethod
@@ -243,7 +242,7 @@ class ProxyServer:
         self.config = plan.cfg
         self.overload.configure(plan.cfg.settings)
         if len(self.tls):
-            self.tls.retain([*(h.ssl_context for h in self.listeners.values()),
+            self.tls.retain([*(h.tls_ref.ctx for h in self.listeners.values() if h.tls_ref),
                              *(c for h in self.listeners.values() for c in h.ctx.ssl_contexts()),
                              *(c.ssl_context for c in self.clusters.clusters.values())])
         if self._sweeper is None:

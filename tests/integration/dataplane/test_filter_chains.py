@@ -273,3 +273,47 @@ async def test_hostile_client_hellos_are_closed_and_counted_and_the_listener_ser
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{port}/ok") as r:
             assert (await r.json())["name"] == "b"
         assert p.server.listeners["edge"].connections == set()
+
+
+async def mtls_get(port: int, crt: str, key: str) -> int | None:
+    """Status of one request over mTLS presenting `crt`; None when the proxy refused it."""
+    ctx = client_tls()
+    ctx.load_cert_chain(crt, key)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx,
+                                                       server_hostname="web")
+        c = RawClient(reader, writer)
+        c.send("GET", "/m")
+        status = (await c.response()).status
+        writer.close()
+        return status
+    except (ssl.SSLError, ConnectionError, asyncio.IncompleteReadError):
+        return None
+
+
+async def test_a_ca_removed_from_a_trust_bundle_is_no_longer_trusted_without_a_restart(
+        origins: dict[str, int], tmp_path: Path) -> None:
+    """Strict mTLS on a chain: client certificates are verified against a pushed trust
+    bundle; a bundle that drops a CA refuses that CA's clients at their next handshake."""
+    x_crt, x_key = self_signed(tmp_path, "client-x")
+    y_crt, y_key = self_signed(tmp_path, "client-y")
+    chains = [{"name": "mtls", "match": {"transport": "tls"}, "route_table": "rt-a",
+               "tls": {"identity": "web", "trust_bundle": "clients"}}]
+    cfg = two_origin_config(origins, chains, [identity(tmp_path, "web")])
+    cfg["trust_bundles"] = [{"name": "clients",
+                             "ca_pems": [Path(x_crt).read_text(), Path(y_crt).read_text()]}]
+    async with running_proxy(cfg) as p:
+        port = p.port("edge")
+        handle = p.server.listeners["edge"]
+        ctx, server = handle.ctx, handle.servers[0]
+        assert await mtls_get(port, x_crt, x_key) == 200
+        assert await mtls_get(port, y_crt, y_key) == 200
+
+        cfg["trust_bundles"] = [{"name": "clients", "ca_pems": [Path(y_crt).read_text()]}]
+        cfg["version"] = "v2"
+        await p.apply(cfg)
+        assert handle.ctx is ctx and handle.servers[0] is server  # no listener restart
+        assert p.server.tls.replaced == 1
+        assert await mtls_get(port, x_crt, x_key) is None  # X's CA is gone from the bundle
+        assert await mtls_get(port, y_crt, y_key) == 200
+        assert p.metric("tulle_proxy_protocol_errors_total", kind="tls_handshake") >= 1

@@ -150,3 +150,28 @@ async def test_what_no_chain_takes_goes_to_the_passthrough(
     assert await get(client, "/direct") == (200, b"B")
     client.close()
     assert p.metric("tulle_proxy_protocol_detected_total", protocol="passthrough") == 1
+
+
+async def test_a_tcp_chain_runs_its_own_network_filters(
+        setup: tuple[RunningProxy, RawServer, RawServer, RawServer]) -> None:
+    p, a, b, db = setup
+    cfg = config(a.port, b.port, db.port, version="v2")
+    cfg["listeners"][0]["filter_chains"].append(
+        {"name": "guarded", "match": {"destination_port": 6379}, "protocol": "tcp",
+         "cluster": "db", "network_filters": [{"type": "source_ip", "deny": ["127.0.0.0/8"]}]})
+    await p.apply(cfg)
+    DESTINATION[:] = ["10.1.1.1", 6379]
+    r, w = await asyncio.open_connection("127.0.0.1", p.port("outbound"))
+    try:
+        async with asyncio.timeout(5):
+            assert await r.read() == b""  # refused before anything was dialled
+    except ConnectionError:
+        pass
+    w.close()
+    assert p.metric("tulle_proxy_network_filter_rejections_total", filter="source_ip",
+                    reason="denied") == 1
+    assert db.requests == []
+    DESTINATION[:] = ["10.1.1.1", 5432]  # the unguarded chain is unaffected
+    r, w = await asyncio.open_connection("127.0.0.1", p.port("outbound"))
+    assert await asyncio.wait_for(r.readline(), 5) == b"220 hello from the server\r\n"
+    w.close()

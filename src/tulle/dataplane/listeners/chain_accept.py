@@ -186,7 +186,7 @@ class ChainAccept(asyncio.Protocol, Connection):
                 self._refuse("no_filter_chain")
             return
         self._count(f"chain:{chain.name}")
-        if chain.ssl_context is not None:
+        if chain.tls_ref is not None:
             self._terminate(chain)
         elif tls or chain.protocol == "tcp":
             self._relay_chain(chain)
@@ -241,8 +241,8 @@ class ChainAccept(asyncio.Protocol, Connection):
             _set_scheme(proto, b"https")
             return proto
 
-        assert chain.ssl_context is not None
-        accept = TLSAccept(handle, chain.ssl_context, by_alpn)
+        assert chain.tls_ref is not None
+        accept = TLSAccept(handle, chain.tls_ref.ctx, by_alpn)  # the context in force now
         self._pass(lambda t, initial: handover(t, accept, initial))
 
     def _relay_chain(self, chain: ChainRule) -> None:

@@ -33,13 +33,12 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from tulle.dataplane.network.chain import NetworkChain, build_chain
+from tulle.dataplane.runtime.tls import TLSContexts
 from tulle.proxyconfig.model import FilterChain, FilterChainMatch, Listener, TLSContext
 
 if TYPE_CHECKING:
-    import ssl
-
     from tulle.dataplane.routing.router import Router
-    from tulle.dataplane.runtime.tls import TLSContexts
+    from tulle.dataplane.runtime.tls import ServerRef
     from tulle.dataplane.telemetry.metrics import ProxyMetrics
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -54,10 +53,10 @@ class ChainRule:
     `protocol`, `router`, `cluster`, so the drivers route by either)."""
 
     __slots__ = ("alpn", "cluster", "exact_names", "inspects", "name", "network", "networks",
-                 "port", "protocol", "router", "ssl_context", "suffixes", "tls", "transport")
+                 "port", "protocol", "router", "suffixes", "tls", "tls_ref", "transport")
 
     def __init__(self, name: str, match: FilterChainMatch, protocol: str,
-                 tls: TLSContext | None, ssl_context: ssl.SSLContext | None,
+                 tls: TLSContext | None, tls_ref: ServerRef | None,
                  router: Router | None, cluster: str, network: NetworkChain | None) -> None:
         self.name = name
         self.port = match.destination_port
@@ -69,9 +68,9 @@ class ChainRule:
         self.alpn = frozenset(match.alpn)
         self.protocol = protocol
         self.tls = tls
-        self.ssl_context = ssl_context
-        """The server context to terminate TLS with (shared per TLS settings and identity,
-        rotated in place: `runtime.tls`); None: no termination."""
+        self.tls_ref = tls_ref
+        """The shared server context entry to terminate TLS with (`.ctx`, read per accept:
+        rotated or replaced by `runtime.tls`); None: no termination."""
         self.router = router
         self.cluster = cluster
         self.network = network
@@ -148,7 +147,7 @@ def parse_ip(ip: str) -> IPAddress | None:
 def by_destination(chains: Sequence[ChainRule], ip: str, port: int) -> list[ChainRule]:
     """Steps 1 and 2 of the selection order: what the destination alone leaves."""
     out = _narrow(list(chains), lambda c: c.port_score(port))
-    if out:
+    if any(c.networks for c in out):  # parse the address only when some chain asks
         addr = parse_ip(ip)
         out = _narrow(out, lambda c: c.address_score(addr))
     return out
@@ -182,16 +181,11 @@ def build_rules(cfg: Listener, routers: dict[str, Router], tls: TLSContexts | No
     route table or a cluster; its network filters are the listener's, `listener_network`).
     May raise (a TLS context that does not load)."""
 
-    def rule(fc: FilterChain, network: NetworkChain | None = None) -> ChainRule:
-        ctx = None
-        if fc.tls is not None:
-            if tls is None:
-                from tulle.dataplane.runtime.tls import build_server_context
+    cache = tls if tls is not None else TLSContexts()
 
-                ctx = build_server_context(fc.tls)
-            else:
-                ctx = tls.server(fc.tls)
-        return ChainRule(fc.name, fc.match, fc.protocol, fc.tls, ctx,
+    def rule(fc: FilterChain, network: NetworkChain | None = None) -> ChainRule:
+        ref = cache.server_ref(fc.tls) if fc.tls is not None else None
+        return ChainRule(fc.name, fc.match, fc.protocol, fc.tls, ref,
                          routers.get(fc.route_table) if fc.route_table else None, fc.cluster,
                          network if network is not None
                          else build_chain(fc.network_filters, cfg.name, metrics))

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import ssl
 
     from tulle.dataplane.http.chain import Chain
-    from tulle.dataplane.runtime.tls import TLSContexts
+    from tulle.dataplane.runtime.tls import ServerRef, TLSContexts
     from tulle.dataplane.upstream.cluster import ClusterRuntime
 
 NO_ROUTE = Router(RouteTable(name="no-route"), 0)
@@ -170,8 +170,8 @@ class ListenerContext:
     def ssl_contexts(self) -> list[ssl.SSLContext]:
         """The server contexts its filter chains terminate TLS with (kept in the shared
         cache while this context is in force)."""
-        return [c.ssl_context for c in self.chains_by_name.values()
-                if c.ssl_context is not None]
+        return [c.tls_ref.ctx for c in self.chains_by_name.values()
+                if c.tls_ref is not None]
 
     def decision(self, cluster: str, timeout_ms: int, chain: Chain | None = None) -> Decision:
         """The shared decision for requests routed to `cluster` with `timeout_ms` (and, for a
@@ -256,8 +256,8 @@ class ListenerHandle:
     m_total: object = None
     on_drained: Callable[[], None] | None = None
     guard: OverloadGuard = field(default_factory=OverloadGuard)
-    ssl_context: ssl.SSLContext | None = None
-    """The server TLS context its sockets accept with (shared per TLS config)."""
+    tls_ref: ServerRef | None = None
+    """The shared server TLS entry its sockets accept with (`.ctx`, read per accept)."""
     _handover: bool = False
 
     def connection_opened(self, conn: Connection) -> bool:

@@ -11,18 +11,18 @@ on a TLS listener, at the first h2 preface on a sniffing one (`DetectDownstream`
 from __future__ import annotations
 
 import asyncio
-import ssl
 from collections.abc import Callable
 
 from tulle.dataplane.listeners.context import ListenerHandle, Refused
 from tulle.dataplane.listeners.detect import DetectDownstream
 from tulle.dataplane.listeners.http1 import H1Downstream
+from tulle.dataplane.runtime.tls import ServerRef
 
 ProtocolFactory = Callable[[], asyncio.Protocol]
 
 
 def protocol_factory(handle: ListenerHandle,
-                     sslcontext: ssl.SSLContext | None = None) -> ProtocolFactory:
+                     tls: ServerRef | None = None) -> ProtocolFactory:
     """The factory `loop.create_server` calls for each accepted connection.
 
     A listener at one of its caps (or a proxy that stopped accepting) gets a `Refused` stand-in
@@ -30,10 +30,10 @@ def protocol_factory(handle: ListenerHandle,
     The driver's `connection_opened` still decides exactly: the counts this check reads can
     lag (a loop may run several accepts before the first `connection_made`).
 
-    On a TLS listener (`sslcontext` given; the server itself is plain) the protocol is a
+    On a TLS listener (`tls` given; the server itself is plain) the protocol is a
     `TLSAccept`, admitted at accept like any connection: it runs the handshake and hands its
     slot to the driver chosen by ALPN (see `tulle.dataplane.listeners.tls`)."""
-    make = _driver_factory(handle, sslcontext)
+    make = _driver_factory(handle, tls)
     full = handle.full
 
     def factory() -> asyncio.Protocol:
@@ -42,8 +42,7 @@ def protocol_factory(handle: ListenerHandle,
     return factory
 
 
-def _driver_factory(handle: ListenerHandle,
-                    sslcontext: ssl.SSLContext | None) -> ProtocolFactory:
+def _driver_factory(handle: ListenerHandle, tls: ServerRef | None) -> ProtocolFactory:
     cfg = handle.ctx.cfg
     if cfg.filter_chains:  # chosen per connection (transport, SNI, ALPN, destination)
         from tulle.dataplane.listeners.chain_accept import ChainAccept
@@ -56,10 +55,10 @@ def _driver_factory(handle: ListenerHandle,
 
         return lambda: H2Downstream(handle)  # h2c, prior knowledge
     if (cfg.protocol in ("http1", "http2") and cfg.mode == "explicit" and cfg.tls is not None
-            and sslcontext is not None):
+            and tls is not None):
         from tulle.dataplane.listeners.tls import TLSAccept
 
-        tls_ctx = sslcontext
+        ref = tls
 
         def by_alpn(alpn: str | None) -> asyncio.Protocol:
             if alpn == "h2":
@@ -68,7 +67,9 @@ def _driver_factory(handle: ListenerHandle,
                 return H2Downstream(handle)
             return H1Downstream(handle)
 
-        return lambda: TLSAccept(handle, tls_ctx, by_alpn)
+        # The entry's context is read at each accept: a replaced one (new trust anchors,
+        # `runtime.tls`) serves the next handshake without a new server.
+        return lambda: TLSAccept(handle, ref.ctx, by_alpn)
     if cfg.tls is None and (cfg.mode == "transparent" or cfg.protocol in ("auto", "tcp")):
         return lambda: DetectDownstream(handle)  # sniffing, TCP relay, original destination
     raise NotImplementedError(

@@ -21,9 +21,10 @@ of the sections it references, and a changed PEM rebuilds (clients) or reloads i
 with the same settings and identity, and an identity rotated by a new snapshot reaches new
 connections without a listener restart or a new listener context.  PEMs are loaded through an
 anonymous in-memory file (`memfd_create`): key material never touches the disk, and errors
-name the section, never its contents.  Trust anchors are added in place: a CA removed from a
-bundle (or a CA file) stays trusted by a live server context until its listener's TLS settings
-change (ADR 0019).
+name the section, never its contents.  A live context can gain trust anchors but never lose
+one, so a server context whose CAs changed is *replaced* in its cache entry instead: listeners
+and filter chains hold the entry (`ServerRef`) and read its context at each accept, so a CA
+removed from a bundle stops being trusted for the next handshake (ADR 0019).
 
 `retain` drops the entries nothing in force uses any more, after each commit.
 """
@@ -147,6 +148,9 @@ def _load_anchors(ctx: ssl.SSLContext, tls: TLSContext, sections: Sections) -> b
 
 
 class _Entry:
+    """One shared context and what it was built from.  Server-side holders keep the entry
+    (`ServerRef`) and read `ctx` at each accept, so a replaced context reaches them."""
+
     __slots__ = ("ctx", "protocol", "server", "stamps", "tls")
 
     def __init__(self, tls: TLSContext, protocol: str, server: bool, sections: Sections) -> None:
@@ -162,6 +166,12 @@ class _Entry:
             return build_server_context(self.tls, sections)
         return build_client_context(self.tls, self.protocol, sections)
 
+
+ServerRef = _Entry
+"""What a listener or filter chain holds: `.ctx` is the server context to accept with now."""
+
+_ANCHORS = (2, 4)
+"""Positions of the trust anchors (CA file stamp, trust bundle PEMs) in a `Material`."""
 
 Rotation = dict[tuple[object, ...], tuple[ssl.SSLContext, Material]]
 """Cache key -> (the rebuilt context, the material it was built from)."""
@@ -199,7 +209,7 @@ def build_server_context(tls: TLSContext, sections: Sections = NO_SECTIONS) -> s
 class TLSContexts:
     """The cache: one `SSLContext` per distinct (TLS config, role)."""
 
-    __slots__ = ("_cache", "built", "reloaded", "sections")
+    __slots__ = ("_cache", "built", "reloaded", "replaced", "sections")
 
     def __init__(self) -> None:
         self._cache: dict[tuple[object, ...], _Entry] = {}
@@ -207,6 +217,8 @@ class TLSContexts:
         """Contexts built so far (tests read it)."""
         self.reloaded = 0
         """Server contexts reloaded in place so far (tests read it)."""
+        self.replaced = 0
+        """Server contexts replaced in their entry (trust anchors changed) so far."""
         self.sections = NO_SECTIONS
         """The identities and trust bundles of the snapshot being prepared (`use`)."""
 
@@ -225,16 +237,24 @@ class TLSContexts:
         return self._get(("client", _encode(tls), alpn), tls, cfg.protocol, False)
 
     def server(self, tls: TLSContext) -> ssl.SSLContext:
-        return self._get(("server", _encode(tls)), tls, "", True)
+        return self.server_ref(tls).ctx
+
+    def server_ref(self, tls: TLSContext) -> ServerRef:
+        """The shared server entry of `tls`: hold it and read `.ctx` per accept."""
+        return self._entry(("server", _encode(tls)), tls, "", True)
 
     def _get(self, key: tuple[object, ...], tls: TLSContext, protocol: str,
              server: bool) -> ssl.SSLContext:
+        return self._entry(key, tls, protocol, server).ctx
+
+    def _entry(self, key: tuple[object, ...], tls: TLSContext, protocol: str,
+               server: bool) -> _Entry:
         e = self._cache.get(key)
         if e is None:
             e = _Entry(tls, protocol, server, self.sections)
             self._cache[key] = e
             self.built += 1
-        return e.ctx
+        return e
 
     def rotation(self) -> Rotation:
         """Contexts whose files changed on disk or whose identity / trust bundle changed in
@@ -251,17 +271,23 @@ class TLSContexts:
 
     def rotate(self, rotation: Rotation) -> dict[int, ssl.SSLContext]:
         """Install a `rotation`.  Returns id(old client context) -> its replacement, for the
-        caller to swap in what holds them; server contexts are reloaded in place."""
+        caller to swap in what holds them.  A server context whose certificate alone changed
+        is reloaded in place; one whose trust anchors changed is replaced in its entry (a live
+        context can gain CAs but never lose one), which its holders read per accept."""
         swapped: dict[int, ssl.SSLContext] = {}
         for key, (fresh, stamps) in rotation.items():
             e = self._cache.get(key)
             if e is None:
                 continue
+            anchors_changed = (not e.stamps
+                               or any(e.stamps[i] != stamps[i] for i in _ANCHORS))
             e.stamps = stamps
-            if e.server:
+            if e.server and anchors_changed:
+                e.ctx = fresh
+                self.replaced += 1
+            elif e.server:
                 try:
                     _load_chain(e.ctx, e.tls, self.sections)
-                    _load_anchors(e.ctx, e.tls, self.sections)
                     self.reloaded += 1
                 except (OSError, ValueError) as exc:  # changed again since `rotation`: retried
                     e.stamps = ()
@@ -273,7 +299,8 @@ class TLSContexts:
         return swapped
 
     def retain(self, in_use: Iterable[ssl.SSLContext | None]) -> None:
-        """Forget every context not in `in_use` (what the snapshot in force holds)."""
+        """Forget every context not in `in_use` (what the snapshot in force holds; server
+        holders pass their entry's current `ctx`)."""
         live = {id(c) for c in in_use if c is not None}
         if len(live) != len(self._cache):
             self._cache = {k: e for k, e in self._cache.items() if id(e.ctx) in live}

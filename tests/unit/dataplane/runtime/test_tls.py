@@ -104,14 +104,42 @@ def test_a_plaintext_cluster_has_no_context() -> None:
     assert TLSContexts().client(Cluster(name="a")) is None
 
 
-def test_a_listener_context_is_reloaded_in_place(tmp_path: Path) -> None:
+def _touch(path: str) -> None:
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+
+
+def test_a_listener_certificate_is_reloaded_in_place(tmp_path: Path) -> None:
     crt, key = self_signed(tmp_path)
+    ca, _ = self_signed(tmp_path, "ca")
     cache = TLSContexts()
-    ctx = cache.server(TLSContext(cert_file=crt, key_file=key, ca_file=crt))
-    assert len(ctx.get_ca_certs()) == 1
-    self_signed(tmp_path)
-    st = os.stat(crt)
-    os.utime(crt, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    tls = TLSContext(cert_file=crt, key_file=key, ca_file=ca)
+    ref = cache.server_ref(tls)
+    ctx = ref.ctx
+    self_signed(tmp_path)  # a new certificate and key, same paths; the CA file unchanged
+    _touch(crt)
     assert cache.rotate(cache.rotation()) == {}  # nothing to swap: the live object reloaded
-    assert len(ctx.get_ca_certs()) == 2  # the new CA is trusted for new handshakes
-    assert cache.server(TLSContext(cert_file=crt, key_file=key, ca_file=crt)) is ctx
+    assert ref.ctx is ctx and cache.server(tls) is ctx
+    assert (cache.reloaded, cache.replaced) == (1, 0)
+
+
+def test_changed_trust_anchors_replace_a_listener_context_so_a_removed_ca_is_gone(
+        tmp_path: Path) -> None:
+    """A live context can gain CAs but never lose one: the entry gets a new context, which
+    listeners read at their next accept."""
+    crt, key = self_signed(tmp_path)
+    ca, _ = self_signed(tmp_path, "ca")
+    cache = TLSContexts()
+    tls = TLSContext(cert_file=crt, key_file=key, ca_file=ca)
+    ref = cache.server_ref(tls)
+    old = ref.ctx
+    (old_ca,) = old.get_ca_certs()
+    self_signed(tmp_path, "ca")  # the CA file now holds another CA
+    _touch(ca)
+    assert cache.rotate(cache.rotation()) == {}
+    assert ref.ctx is not old and cache.server(tls) is ref.ctx
+    (new_ca,) = ref.ctx.get_ca_certs()
+    assert new_ca["serialNumber"] != old_ca["serialNumber"]
+    assert (cache.reloaded, cache.replaced) == (0, 1)
+    cache.retain([ref.ctx])  # what a listener reports in use: its entry's current context
+    assert len(cache) == 1
