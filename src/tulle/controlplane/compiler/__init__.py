@@ -28,9 +28,9 @@ import msgspec
 
 from tulle.controlplane.compiler import plugins
 from tulle.controlplane.compiler.inputs import Key, MeshInputs
-from tulle.controlplane.compiler.ir import MeshModel, Proxy
+from tulle.controlplane.compiler.ir import MeshModel, Proxy, ProxyDefaults
 from tulle.controlplane.compiler.outbound import outbound_shared
-from tulle.controlplane.compiler.policies import derive_policies
+from tulle.controlplane.compiler.policies import derive_mesh, derive_policies
 from tulle.controlplane.compiler.proxies import (
     ProxyMemo,
     derive_proxies,
@@ -40,8 +40,10 @@ from tulle.controlplane.compiler.proxies import (
 from tulle.controlplane.compiler.routes import derive_routes
 from tulle.controlplane.compiler.services import ServiceMemo, derive_services
 from tulle.controlplane.compiler.status import conditions
-from tulle.proxyconfig.model import Cluster, Listener, Node, ProxyConfig, RouteTable
+from tulle.proxyconfig.model import Cluster, Listener, Node, ProxyConfig, RouteTable, Settings
 from tulle.proxyconfig.validate import ConfigError, check
+
+_DEFAULT_SETTINGS = Settings()
 
 ORDER = ("services", "routes", "policies", "proxies", "plugins", "render")
 """The compiler's steps; the plugins' own order is `plugins.ORDER`."""
@@ -63,6 +65,7 @@ class Shared:
     tables: list[RouteTable]
     clusters: list[Cluster]
     digest: bytes
+    settings: Settings = _DEFAULT_SETTINGS
 
 
 def _digest(value: Any) -> bytes:
@@ -70,7 +73,8 @@ def _digest(value: Any) -> bytes:
 
 
 def build_shared(tables_raw: list[dict[str, Any]], clusters_raw: list[dict[str, Any]],
-                 cache: PartCache | None = None) -> Shared:
+                 cache: PartCache | None = None,
+                 settings: Settings = _DEFAULT_SETTINGS) -> Shared:
     if cache is None:
         tables = [msgspec.convert(t, RouteTable) for t in tables_raw]
         clusters = [msgspec.convert(c, Cluster) for c in clusters_raw]
@@ -80,7 +84,9 @@ def build_shared(tables_raw: list[dict[str, Any]], clusters_raw: list[dict[str, 
         cache.end_round()
     # Check the shared part once (route references, names) as a config of its own.
     check(ProxyConfig(route_tables=tables, clusters=clusters))
-    return Shared(tables, clusters, _digest([tables, clusters]))
+    if settings == _DEFAULT_SETTINGS:
+        return Shared(tables, clusters, _digest([tables, clusters]))
+    return Shared(tables, clusters, _digest([tables, clusters, settings]), settings)
 
 
 @dataclass(frozen=True)
@@ -162,8 +168,16 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
         if cache is not None:
             cache.put(proxy, has_outbound, part)
     version = hashlib.sha256(part.digest + shared.digest).hexdigest()[:16]
-    return ProxyConfig(version=version, node=part.node, listeners=part.listeners,
-                       route_tables=shared.tables, clusters=part.clusters + shared.clusters)
+    return ProxyConfig(version=version, node=part.node, settings=shared.settings,
+                       listeners=part.listeners, route_tables=shared.tables,
+                       clusters=part.clusters + shared.clusters)
+
+
+def settings(defaults: ProxyDefaults) -> Settings:
+    """The process settings every proxy gets: its own defaults, but for what the model sets."""
+    values = {k: v for k, v in (("request_timeout_ms", defaults.request_timeout_ms),
+                                ("idle_timeout_ms", defaults.idle_timeout_ms)) if v is not None}
+    return msgspec.convert(values, Settings) if values else _DEFAULT_SETTINGS
 
 
 def derive(m: MeshInputs, cache: PartCache | None = None) -> MeshModel:
@@ -173,14 +187,14 @@ def derive(m: MeshInputs, cache: PartCache | None = None) -> MeshModel:
     services = derive_services(m, {p.key: p for p in proxies},
                                cache.services if cache is not None else None)
     return MeshModel(services=services, routes=derive_routes(m, services),
-                     policies=derive_policies(m), proxies=proxies)
+                     policies=derive_policies(m), proxies=proxies, mesh=derive_mesh(m))
 
 
 def compile_model(mesh: MeshModel, cache: PartCache | None = None) -> CompileResult:
     """Render a model (plugins applied) into snapshots and conditions."""
     result = CompileResult(conditions=conditions(mesh))
     tables_raw, clusters_raw = outbound_shared(mesh)
-    shared = build_shared(tables_raw, clusters_raw, cache)
+    shared = build_shared(tables_raw, clusters_raw, cache, settings(mesh.defaults))
     for proxy in mesh.proxies:
         try:
             result.snapshots[proxy.key] = compile_proxy(proxy, shared, cache)

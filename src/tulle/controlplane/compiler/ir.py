@@ -5,7 +5,7 @@ Compilation has three parts (see `compiler/__init__.py`):
 1. *derive* — the stored resources become one `MeshModel`: every Service port with its
    resolved protocol and its endpoints (the selected workloads, each with the metadata a proxy
    needs to label its traffic), every route attached to a Service port (what was left out and
-   why), every targetRef policy with its resolved target, and every proxy;
+   why), every targetRef policy with its resolved target, the Mesh resource, and every proxy;
 2. *plugins* — each policy kind edits the model in the declared order (`compiler/plugins/`);
 3. *render* — each proxy's snapshot is rendered from the model alone.
 
@@ -210,6 +210,31 @@ class Proxy(msgspec.Struct, frozen=True):
         return self.key[1]
 
 
+class MeshResource(msgspec.Struct, frozen=True):
+    """The `Mesh` resource (cluster-scoped: status is written with namespace "")."""
+
+    name: str
+    generation: int
+    spec: Mapping[str, Any]
+    """As the user wrote it, for the plugins that read their settings from it."""
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ("Mesh", "", self.name)
+
+
+class ProxyDefaults(msgspec.Struct, frozen=True):
+    """Values every proxy gets where nothing more specific applies.  None: the proxy's own
+    default (`proxyconfig.model.Settings` / `Cluster`), which is then not rendered at all."""
+
+    request_timeout_ms: int | None = None
+    """`settings.request_timeout_ms`: a rule without its own timeout gets this one."""
+    idle_timeout_ms: int | None = None
+    """`settings.idle_timeout_ms`: idle downstream keep-alive connections."""
+    connect_timeout_ms: int | None = None
+    """`connect_timeout_ms` of every Service cluster."""
+
+
 class MeshModel(msgspec.Struct, frozen=True):
     """Everything the compiler derived from one set of inputs, in deterministic order."""
 
@@ -223,8 +248,10 @@ class MeshModel(msgspec.Struct, frozen=True):
     """Sorted by (namespace, name)."""
     conditions: Mapping[ObjectRef, tuple[Condition, ...]] = msgspec.field(default_factory=dict)
     """Status conditions plugins wrote (route conditions are rendered from `routes`)."""
+    mesh: MeshResource | None = None
+    defaults: ProxyDefaults = ProxyDefaults()
 
 
 __all__ = ["Backend", "Condition", "Dropped", "Endpoint", "InboundPort", "Key", "MeshModel",
-           "Metadata", "ObjectRef", "PathMatch", "Policy", "Proxy", "Route", "Rule",
-           "RuleFilter", "ServicePort", "cluster_name"]
+           "MeshResource", "Metadata", "ObjectRef", "PathMatch", "Policy", "Proxy",
+           "ProxyDefaults", "Route", "Rule", "RuleFilter", "ServicePort", "cluster_name"]

@@ -3,7 +3,8 @@
 Each Service port that speaks HTTP gets a virtual host answering to its domains; its rules are
 those of the routes attached to it (in route order), or one default rule to its own cluster.
 Clusters are every HTTP Service port's, plus any a rule points at (a canary, a cross-service
-split, an opaque port named as a backend), sorted by name.  Rules a plugin left out are not
+split, an opaque port named as a backend), sorted by name; each with the model's default
+connect timeout when it sets one.  Rules a plugin left out are not
 rendered; the route's status says why.  Opaque TCP services need interception or a port of
 their own, so they are not on this table.
 """
@@ -17,15 +18,18 @@ import msgspec
 from tulle.controlplane.compiler.ir import Key, MeshModel, Rule, ServicePort
 
 
-def service_cluster(sp: ServicePort) -> dict[str, Any]:
+def service_cluster(sp: ServicePort, connect_timeout_ms: int | None = None) -> dict[str, Any]:
     endpoints: list[dict[str, Any]] = []
     for e in sp.endpoints:
         ep: dict[str, Any] = {"address": e.address, "port": e.port}
         if e.metadata.zone:
             ep["zone"] = e.metadata.zone
         endpoints.append(ep)
-    return {"name": sp.cluster_name, "protocol": "http1" if sp.protocol == "tcp" else sp.protocol,
-            "endpoints": endpoints}
+    out: dict[str, Any] = {"name": sp.cluster_name, "endpoints": endpoints,
+                           "protocol": "http1" if sp.protocol == "tcp" else sp.protocol}
+    if connect_timeout_ms is not None:
+        out["connect_timeout_ms"] = connect_timeout_ms
+    return out
 
 
 def rule(r: Rule) -> dict[str, Any]:
@@ -51,10 +55,11 @@ def outbound_shared(mesh: MeshModel) -> tuple[list[dict[str, Any]], list[dict[st
     hosts: list[dict[str, Any]] = []
     clusters: dict[str, dict[str, Any]] = {}
     by_name = {sp.cluster_name: sp for sp in mesh.services}
+    connect_ms = mesh.defaults.connect_timeout_ms
     for sp in mesh.services:
         if sp.protocol == "tcp":
             continue  # opaque TCP services need interception or a port of their own
-        clusters[sp.cluster_name] = service_cluster(sp)
+        clusters[sp.cluster_name] = service_cluster(sp, connect_ms)
         rules = routed.get((sp.key, sp.port))
         if not rules:
             rules = [{"name": f"default/{sp.namespace}/{sp.name}/{sp.port}",
@@ -67,7 +72,7 @@ def outbound_shared(mesh: MeshModel) -> tuple[list[dict[str, Any]], list[dict[st
                 c = b["cluster"]
                 if c not in clusters:
                     other = by_name.get(c)
-                    clusters[c] = (service_cluster(other) if other is not None
+                    clusters[c] = (service_cluster(other, connect_ms) if other is not None
                                    else {"name": c, "endpoints": []})
     if not hosts:
         return [], []

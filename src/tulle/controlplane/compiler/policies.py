@@ -1,4 +1,5 @@
-"""Policies attached by `targetRef` -> the model's policies, each with its target resolved.
+"""Policies attached by `targetRef` -> the model's policies, each with its target resolved;
+the Mesh resource -> the model's mesh.
 
 What a policy does is its plugin's job (`compiler/plugins/`); this module only finds out
 whether the target exists, which every plugin and every status needs.  The target is looked up
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from tulle.controlplane.compiler.inputs import MeshInputs, spec_of
-from tulle.controlplane.compiler.ir import Policy
+from tulle.controlplane.compiler.ir import MeshResource, Policy
 
 
 def _target_exists(m: MeshInputs, ns: str, ref: dict[str, Any]) -> bool:
@@ -21,6 +22,14 @@ def _target_exists(m: MeshInputs, ns: str, ref: dict[str, Any]) -> bool:
     tables = {"Service": m.services, "HTTPRoute": m.http_routes, "GRPCRoute": m.grpc_routes,
               "TCPRoute": m.tcp_routes}
     return key in tables.get(str(kind), {})
+
+
+def derive_mesh(m: MeshInputs) -> MeshResource | None:
+    if m.mesh is None:
+        return None
+    md = m.mesh.get("metadata") or {}
+    return MeshResource(name=str(md.get("name")), generation=int(md.get("generation") or 1),
+                        spec=spec_of(m.mesh))
 
 
 def derive_policies(m: MeshInputs) -> tuple[Policy, ...]:
@@ -36,4 +45,4 @@ def derive_policies(m: MeshInputs) -> tuple[Policy, ...]:
     return tuple(out)
 
 
-__all__ = ["derive_policies"]
+__all__ = ["derive_mesh", "derive_policies"]

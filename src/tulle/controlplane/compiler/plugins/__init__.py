@@ -9,8 +9,8 @@ the proxy's filters).  Where the next ones go:
   (a retry's per-try timeout is read against the rule's timeout), before `unclaimed_filters`;
 - authorization, rate limits (zero trust): on the proxies' inbound side, after the route
   plugins, before `unenforced_policies`;
-- a TimeoutPolicy or Mesh-defaults plugin: right after `route_timeouts`, filling in only rules
-  the route left without one.
+- a TimeoutPolicy plugin: between `route_timeouts` and `mesh_defaults`, filling in only rules
+  the route left without a timeout (Service, then route targets, most specific first).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 from tulle.controlplane.compiler.ir import MeshModel
 from tulle.controlplane.compiler.plugins import (
     header_modifiers,
+    mesh_defaults,
     route_timeouts,
     unclaimed_filters,
     unenforced_policies,
@@ -31,6 +32,9 @@ ORDER: tuple[tuple[Plugin, str], ...] = (
     (route_timeouts.PLUGIN,
      "the route's own timeout, before any policy that sets defaults, which must see which "
      "rules already have one"),
+    (mesh_defaults.PLUGIN,
+     "the least specific values, after everything more specific (a route's own timeout) is "
+     "in place; a TimeoutPolicy plugin goes between route_timeouts and this one"),
     (unclaimed_filters.PLUGIN,
      "after every plugin that claims filter types: what is still unclaimed nobody runs, so "
      "its rule is left out and reported"),
