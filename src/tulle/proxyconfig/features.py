@@ -63,6 +63,9 @@ FEATURES: tuple[Feature, ...] = (
             "list"),
     Feature(POSITIONS, (), "resources added among others carry their index, not the whole "
             "new order"),
+    Feature("multi-workload", ("listeners[].workload", "clusters[].workload"),
+            "a node fronting several workloads: listeners and clusters name the one they "
+            "serve"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

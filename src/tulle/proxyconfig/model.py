@@ -98,6 +98,10 @@ class Cluster(_Base, frozen=True, kw_only=True):
     max_concurrent_streams: Annotated[int, Meta(ge=1, le=1_000_000)] = 100
     """HTTP/2 streams per upstream connection before another connection is opened."""
     tls: TLSContext | None = None
+    workload: str = ""
+    """On a node that fronts several workloads: `namespace/name` of the one this cluster serves
+    (its inbound side); empty: shared by every workload of the node, or a single-workload
+    proxy."""
 
 
 class PathMatch(_Base, frozen=True, kw_only=True):
@@ -196,6 +200,9 @@ class Listener(_Base, frozen=True, kw_only=True):
     the order `tulle.dataplane.network.order` declares (tagged by `type`).  Only `tcp`
     listeners (whose destinations are all `tcp`) take them: nothing on such a listener
     bypasses them."""
+    workload: str = ""
+    """On a node that fronts several workloads: `namespace/name` of the workload whose traffic
+    this listener carries; empty on a single-workload proxy."""
 
 
 Percent = Annotated[int, Meta(ge=1, le=100)]
