@@ -232,8 +232,8 @@ class Agent:
         unserved = [f"{w.namespace}/{w.name}" for w in self.workloads
                     if f"{w.namespace}/{w.name}" not in served]
         if unserved and unserved != self.unserved:
-            log.warning("config version %s serves none of the listeners of %s: the control "
-                        "plane may predate nodes with several workloads", cfg.version,
+            log.warning("config version %s has no listener for %s: the control plane may "
+                        "predate nodes with several workloads", cfg.version,
                         ", ".join(unserved))
         self.unserved = unserved
 
