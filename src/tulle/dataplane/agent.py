@@ -75,7 +75,8 @@ class Agent:
                  workload: WorkloadInfo, *, cache_path: Path | None = None,
                  token: str = "", backoff_initial: float = 0.1, backoff_max: float = 5.0,
                  idle_timeout: float = 40.0,
-                 features: Sequence[str] = features.SUPPORTED) -> None:
+                 features: Sequence[str] = features.SUPPORTED,
+                 workloads: Sequence[WorkloadInfo] = ()) -> None:
         if not addresses:
             raise ValueError("at least one control-plane address is needed")
         self.server = server
@@ -90,6 +91,11 @@ class Agent:
         self.current: ProxyConfig | None = None
         self.features = list(features)
         """Announced in the hello; tests announce fewer to play an older proxy."""
+        self.workloads = list(workloads)
+        """Further workloads this proxy fronts (a per-node agent), announced in the hello."""
+        self.unserved: list[str] = []
+        """Of `workloads`, those the config in force has no listener for (a control plane
+        from before `Hello.workloads` serves only the first): warned about, not NACKed."""
         self.last_nack = ""
         self.last_ignored: list[str] = []
         """Fields the control plane marked optional that this proxy dropped, last apply."""
@@ -140,7 +146,8 @@ class Agent:
             writer.write(encode(Hello(
                 workload=self.workload, token=self.token,
                 last_version=self.current.version if self.current else "",
-                api_versions=[CONFIG_API_VERSION], features=self.features)))
+                api_versions=[CONFIG_API_VERSION], features=self.features,
+                workloads=self.workloads)))
             decoder = FrameDecoder()
             while not self._stop:
                 data = await asyncio.wait_for(reader.read(65536), timeout=self.idle_timeout)
@@ -201,6 +208,7 @@ class Agent:
         else:
             self.current = cfg
             self.last_nack = ""
+            self._check_served(cfg)
             self.last_ignored = ignored
             if ignored:
                 log.info("config version %s: dropped optional fields this proxy does not know: "
@@ -215,6 +223,19 @@ class Agent:
         log.warning("rejected config version %s, keeping %s: %s", version,
                     self.current.version if self.current else "none", reason)
         return Nack(version=version, reason=reason, paths=paths)
+
+
+    def _check_served(self, cfg: ProxyConfig) -> None:
+        if not self.workloads:
+            return
+        served = {lc.workload for lc in cfg.listeners}
+        unserved = [f"{w.namespace}/{w.name}" for w in self.workloads
+                    if f"{w.namespace}/{w.name}" not in served]
+        if unserved and unserved != self.unserved:
+            log.warning("config version %s has no listener for %s: the control plane may "
+                        "predate nodes with several workloads", cfg.version,
+                        ", ".join(unserved))
+        self.unserved = unserved
 
 
 class _Versioned(msgspec.Struct):

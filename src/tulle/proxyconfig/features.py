@@ -93,6 +93,9 @@ FEATURES: tuple[Feature, ...] = (
                               f"{_MATCHES}.method"),
             "route matches on headers, query parameters, method and path regular expressions",
             drops=_MATCHES, uses=_uses_new_match_kinds),
+    Feature("multi-workload", ("listeners[].workload", "clusters[].workload"),
+            "a node fronting several workloads: listeners and clusters name the one they "
+            "serve"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

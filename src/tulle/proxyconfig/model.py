@@ -113,6 +113,10 @@ class Cluster(_Base, frozen=True, kw_only=True):
     metadata: Metadata | None = None
     """What this cluster is (service, namespace, labels).  Carried and shown in /config_dump;
     no behaviour yet."""
+    workload: str = ""
+    """On a node that fronts several workloads: `namespace/name` of the one this cluster serves
+    (its inbound side); empty: shared by every workload of the node, or a single-workload
+    proxy."""
 
 
 class PathMatch(_Base, frozen=True, kw_only=True):
@@ -252,6 +256,9 @@ class Listener(_Base, frozen=True, kw_only=True):
     chain matches takes the listener's own fields (its default chain) when it has a
     `route_table` or `cluster`, else passthrough (transparent, `passthrough`), else it is
     closed and counted.  Not together with `destinations`."""
+    workload: str = ""
+    """On a node that fronts several workloads: `namespace/name` of the workload whose traffic
+    this listener carries; empty on a single-workload proxy."""
 
 
 Percent = Annotated[int, Meta(ge=1, le=100)]

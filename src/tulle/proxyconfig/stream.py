@@ -15,7 +15,8 @@ Exchange:
 
     proxy -> cp   Hello(workload, last_version,       who it is, what it runs, what it speaks:
                         protocol, api_versions,       stream protocol version, contract
-                        features)                     versions, config features (features.py)
+                        features, workloads)          versions, config features (features.py),
+                                                      further workloads of a node
     cp -> proxy   Snapshot(version, config)           full config, first and on resync
     cp -> proxy   DeltaMsg(delta)                     afterwards, against the last ACKed version
     proxy -> cp   Ack(version) | Nack(version,        for each Snapshot/Delta
@@ -88,6 +89,11 @@ class Hello(_Msg, frozen=True, tag="hello"):
     only `proxy.tulle.dev/v1alpha1`."""
     features: list[str] = msgspec.field(default_factory=list)
     """Config features the proxy takes (`features.py`); sections of the others are withheld."""
+    workloads: list[WorkloadInfo] = msgspec.field(default_factory=list)
+    """Further workloads this proxy fronts besides `workload` (a per-node agent): the control
+    plane registers each and sends one snapshot covering them all, its listeners and inbound
+    clusters naming the workload they serve (feature `multi-workload`).  A control plane from
+    before this field ignores it and serves `workload` alone (the agent warns)."""
 
 
 class Snapshot(_Msg, frozen=True, tag="snapshot", omit_defaults=True):

@@ -167,6 +167,10 @@ def test_a_route_table_changed_beyond_its_hosts_is_sent_whole() -> None:
         upsert=[{"name": "d"}], at={"d": 5})), "position 5 out of range"),
     (Delta(version="2", base_version="1", clusters=CollectionDelta(
         upsert=[{"name": "d"}], at={"c": 0})), "positions do not name exactly the added"),
+    (Delta(version="2", base_version="1", clusters=CollectionDelta(
+        upsert=[{"name": "d"}], at={"d": -1})), "position -1 out of range"),
+    (Delta(version="2", base_version="1", virtual_hosts=[VirtualHostsDelta(
+        route_table="t", upsert=[{"name": "g"}], order=["g"])]), "order does not list the same"),
 ])
 def test_a_patch_that_does_not_fit_is_refused(patch: Delta, message: str) -> None:
     a = validate({"version": "1", "clusters": [{"name": "c"}],

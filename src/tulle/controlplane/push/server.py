@@ -42,11 +42,22 @@ import asyncio
 import collections
 import contextlib
 import logging
-import resource
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from tulle.controlplane.push.limits import (
+    DEFAULT_HELLO_TIMEOUT,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_PENDING_HELLOS,
+    PENDING_FD_SHARE,
+    REFUSAL_LOG_INTERVAL,
+    STREAM_FD_SHARE,
+    _Throttled,
+    effective_caps,
+    soft_fd_limit,
+)
+from tulle.controlplane.push.node import NodeError, NodeSnapshots, workload_name
 from tulle.controlplane.push.wire import WireCache, withheld_delta_frame, withheld_snapshot_frame
 from tulle.proxyconfig.delta import units_of
 from tulle.proxyconfig.features import Feature, lacking
@@ -70,6 +81,10 @@ from tulle.proxyconfig.stream import (
 )
 
 log = logging.getLogger("tulle.controlplane.push")
+
+__all__ = ["DEFAULT_HELLO_TIMEOUT", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PENDING_HELLOS",
+           "PENDING_FD_SHARE", "REFUSAL_LOG_INTERVAL", "STREAM_FD_SHARE", "PushServer",
+           "SnapshotCache", "effective_caps", "soft_fd_limit"]
 
 ProxyKey = tuple[str, str]
 """(namespace, workload name)."""
@@ -111,8 +126,9 @@ class SnapshotCache:
     def remove(self, key: ProxyKey) -> None:
         self._snapshots.pop(key, None)
 
-    def subscribe(self, key: ProxyKey) -> asyncio.Event:
-        ev = asyncio.Event()
+    def subscribe(self, key: ProxyKey, ev: asyncio.Event | None = None) -> asyncio.Event:
+        """An event set whenever `key`'s snapshot changes (`ev`: one shared with other keys)."""
+        ev = ev or asyncio.Event()
         self._waiters.setdefault(key, set()).add(ev)
         return ev
 
@@ -146,6 +162,9 @@ class ProxyStatus:
     """Features this control plane has and the proxy lacks: left out of its snapshots."""
     delta_units: frozenset[str] = frozenset()
     """The delta units (`proxyconfig/delta.py`) the proxy takes; others go as whole resources."""
+    node: list[str] = field(default_factory=list)
+    """A proxy fronting several workloads: all of them (`namespace/name`), its own first; the
+    status of each is kept under its own name, versions being that workload's part."""
     control_plane: str = ""
     extra: dict[str, str] = field(default_factory=dict)
     running: ProxyConfig | None = field(default=None, repr=False)
@@ -164,74 +183,12 @@ class ProxyStatus:
             "pushes": self.pushes, "controlPlane": self.control_plane,
             "protocol": self.protocol, "features": self.features,
             "withheld": [{"feature": f.name, "paths": list(f.paths)} for f in self.withheld],
-            "deltaUnits": sorted(self.delta_units),
+            "deltaUnits": sorted(self.delta_units), "node": self.node,
         }
 
 
 RegisterHook = Callable[[WorkloadInfo, str], Awaitable[None]]
 """Called with the workload a proxy announced (and its peer address) before it is served."""
-
-
-DEFAULT_HELLO_TIMEOUT = 5.0
-"""Seconds a new connection has to send its `hello` (`--stream-hello-timeout`)."""
-DEFAULT_MAX_CONNECTIONS = 10_000
-"""Open stream connections, proxies and not-yet-hello'd ones together
-(`--stream-max-connections`; 0: no limit)."""
-DEFAULT_MAX_PENDING_HELLOS = 256
-"""Open connections that have not said hello yet (`--stream-max-pending-hellos`; 0: no cap of
-their own, only `max_connections`)."""
-STREAM_FD_SHARE = 0.5
-"""At most this share of the soft RLIMIT_NOFILE is used by stream connections in all."""
-PENDING_FD_SHARE = 0.25
-"""At most this share of the soft RLIMIT_NOFILE is used by connections before their hello."""
-
-
-def soft_fd_limit() -> int:
-    """The soft RLIMIT_NOFILE; 0 when unlimited."""
-    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return 0 if soft == resource.RLIM_INFINITY else int(soft)
-
-
-def effective_caps(max_connections: int, max_pending_hellos: int,
-                   fd_limit: int) -> tuple[int, int]:
-    """(connections, pending hellos) caps in force for a soft descriptor limit `fd_limit`
-    (0: unlimited); 0 in the result means no cap."""
-    total = max_connections
-    pending = max_pending_hellos
-    if fd_limit:
-        share = max(1, int(fd_limit * STREAM_FD_SHARE))
-        total = min(total, share) if total else share
-        pshare = max(1, int(fd_limit * PENDING_FD_SHARE))
-        pending = min(pending, pshare) if pending else pshare
-    if total and pending:
-        pending = min(pending, total)
-    return total, pending
-
-
-REFUSAL_LOG_INTERVAL = 10.0
-"""Seconds between two warnings about refused or dropped connections (each says how many)."""
-
-
-class _Throttled:
-    """A warning about one kind of refusal, logged at most once per `REFUSAL_LOG_INTERVAL`
-    with how many happened since the last one: a flood of connections must not become a
-    flood of log lines."""
-
-    __slots__ = ("_at", "_unlogged", "_what")
-
-    def __init__(self, what: str) -> None:
-        self._what = what
-        self._unlogged = 0
-        self._at: float | None = None
-
-    def __call__(self, peer: str, detail: str) -> None:
-        self._unlogged += 1
-        now = asyncio.get_running_loop().time()
-        if self._at is None or now - self._at >= REFUSAL_LOG_INTERVAL:
-            log.warning("proxy stream: %s: %d connection(s) (latest from %s: %s)", self._what,
-                        self._unlogged, peer, detail)
-            self._unlogged = 0
-            self._at = now
 
 
 class PushServer:
@@ -413,6 +370,11 @@ class ProxySession:
         """Features whose fields this proxy cannot take (withheld from its frames)."""
         self.units: frozenset[str] = frozenset()
         """Delta units this proxy takes."""
+        self.node = NodeSnapshots([])
+        """The workloads this proxy fronts (usually one) and their merged snapshot."""
+        self.node_statuses: list[ProxyStatus] = []
+        self.inflight_parts: tuple[ProxyConfig, ...] = ()
+        self._node_error = ""
         self.hello_seen = False
         """Set (and the server's pending count released) once the hello is in."""
 
@@ -459,8 +421,8 @@ class ProxySession:
             srv.said_hello()
             await self._session(first)
         finally:
-            if self.st is not None:
-                self.st.connected = False
+            for st in self.node_statuses:
+                st.connected = False
 
     async def _read_loop(self, key: ProxyKey, wake: asyncio.Event) -> None:
         """Handle what the proxy sends as it arrives, waking the push loop after each message
@@ -480,22 +442,29 @@ class ProxySession:
         srv = self.server
         w = hello.workload
         key: ProxyKey = (w.namespace, w.name)
+        fronted = [w, *hello.workloads]
+        keys: list[ProxyKey] = list(dict.fromkeys((x.namespace, x.name) for x in fronted))
         if srv.on_register is not None:
             try:
-                await srv.on_register(w, self.peer.rsplit(":", 1)[0])
+                for x in fronted:
+                    await srv.on_register(x, self.peer.rsplit(":", 1)[0])
             except ValueError as exc:
                 self.send(Error(reason=str(exc)))
                 return
-        st = srv.status.get(key) or ProxyStatus(w.namespace, w.name)
-        srv.status[key] = st
-        self.st = st
-        now = time.time()  # noqa: TID251 - wall-clock timestamps for display, not durations
-        st.connected, st.peer, st.connected_since, st.last_seen = True, self.peer, now, now
-        st.control_plane = srv.instance
+        self.node = NodeSnapshots(keys)
         self.missing = tuple(f for f in lacking(hello.features) if f.paths)
         self.units = units_of(hello.features)
-        st.protocol, st.features, st.withheld = hello.protocol, list(hello.features), self.missing
-        st.delta_units = self.units
+        now = time.time()  # noqa: TID251 - wall-clock timestamps for display, not durations
+        for k in keys:
+            st = srv.status.get(k) or ProxyStatus(*k)
+            srv.status[k] = st
+            self.node_statuses.append(st)
+            st.connected, st.peer, st.connected_since, st.last_seen = True, self.peer, now, now
+            st.control_plane = srv.instance
+            st.protocol, st.features = hello.protocol, list(hello.features)
+            st.withheld, st.delta_units = self.missing, self.units
+            st.node = [workload_name(x) for x in keys] if len(keys) > 1 else []
+        st = self.st = self.node_statuses[0]
         log.info("proxy %s/%s connected from %s (serving %r)%s", w.namespace, w.name, self.peer,
                  hello.last_version or "nothing",
                  f"; withholding {', '.join(f.name for f in self.missing)}"
@@ -503,13 +472,15 @@ class ProxySession:
         # One event wakes this loop: a new snapshot for this proxy (the cache sets it), a
         # message from the proxy, or the end of the stream (the reader sets it).
         wake = srv.cache.subscribe(key)
+        for k in keys[1:]:
+            srv.cache.subscribe(k, wake)
         reader = asyncio.get_running_loop().create_task(self._read_loop(key, wake))
         try:
-            current = srv.cache.get(key)
+            current = self._current()
             if current is not None and hello.last_version == current.version:
                 self.acked = current  # it already runs this (from its disk cache)
-                st.acked_version = current.version
-                st.running = current
+                self.inflight_parts = self.node.parts()
+                self._acked(current)
             loop = asyncio.get_running_loop()
             next_ping = loop.time() + srv.ping_interval
             while not self.closed:
@@ -523,7 +494,8 @@ class ProxySession:
                     self.send(Ping())
                     next_ping = loop.time() + srv.ping_interval
         finally:
-            srv.cache.unsubscribe(key, wake)
+            for k in keys:
+                srv.cache.unsubscribe(k, wake)
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
@@ -532,7 +504,7 @@ class ProxySession:
         """The snapshot to push now, if any."""
         if self.inflight is not None:
             return None
-        current = self.server.cache.get(key)
+        current = self._current()
         if current is None or current.version == self.rejected or (
                 self.acked is not None and self.acked.version == current.version):
             return None
@@ -556,12 +528,35 @@ class ProxySession:
                          else wire.delta_frame(self.acked, current, self.units))
             self.writer.writelines(frame)
             self.inflight = current
-            assert self.st is not None
-            self.st.sent_version = current.version
-            self.st.pushes += 1
+            self.inflight_parts = self.node.parts()
+            for st, part in self._by_part():
+                st.sent_version = part.version
+                st.pushes += 1
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(srv.drain_timeout):
                     await self.writer.drain()
+
+    def _current(self) -> ProxyConfig | None:
+        """The snapshot this proxy should run: its workload's, or the merge of its node's."""
+        try:
+            cfg = self.node.current(self.server.cache.get)
+        except NodeError as exc:
+            if str(exc) != self._node_error:
+                log.warning("proxy %s: %s", workload_name(self.node.keys[0]), exc)
+            self._node_error = str(exc)
+            return None
+        self._node_error = ""
+        return cfg
+
+    def _by_part(self) -> list[tuple[ProxyStatus, ProxyConfig]]:
+        """Each workload's status with its part of the snapshot in flight (or just ACKed)."""
+        return list(zip(self.node_statuses, self.inflight_parts, strict=False))
+
+    def _acked(self, cfg: ProxyConfig) -> None:
+        """The proxy runs `cfg`: each workload's status gets its own part's version."""
+        now = time.time()  # noqa: TID251
+        for st, part in self._by_part():
+            st.acked_version, st.acked_at, st.running = part.version, now, cfg
 
     def _handle(self, key: ProxyKey, msg: Message) -> None:
         st = self.st
@@ -572,11 +567,15 @@ class ProxySession:
             if self.inflight is not None and msg.version == self.inflight.version:
                 self.acked = self.inflight
                 self.inflight = None
-                st.running = self.acked
-            st.acked_version = msg.version
-            st.acked_at = time.time()  # noqa: TID251
+                self._acked(self.acked)
+                acks = [((s.namespace, s.name), part.version) for s, part in self._by_part()]
+            else:
+                st.acked_version = msg.version
+                st.acked_at = time.time()  # noqa: TID251
+                acks = [(key, msg.version)]
             if self.server.on_ack is not None:
-                self.server.on_ack(key, msg.version)
+                for k, v in acks:
+                    self.server.on_ack(k, v)
         elif isinstance(msg, Nack):
             log.warning("proxy %s/%s rejected version %s: %s", key[0], key[1], msg.version,
                         msg.reason)

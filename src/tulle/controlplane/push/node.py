@@ -1,0 +1,171 @@
+"""One snapshot for a node that fronts several workloads (the per-node agent, issue 11).
+
+The compiler stays per workload: it compiles one snapshot per `Workload` as it always has.  A
+proxy whose hello names further workloads (`Hello.workloads`) is sent the *merge* of their
+snapshots, built here:
+
+* every listener is tagged with the workload it carries (`Listener.workload`), and so is every
+  cluster a listener names directly (the workload's inbound side, `Cluster.workload`);
+* resources with the same name and the same content in several workloads (the outbound route
+  table and its clusters: the compiler shares them) are kept once, the very same object;
+* a name two workloads use for different content (`inbound|8080` on two addresses, each
+  workload's `outbound` listener) is made unique per workload, `namespace/name|<name>`, and the
+  references inside that workload's resources (listener -> route table / cluster, route rule ->
+  cluster) follow the rename;
+* node, admin and settings are the first workload's; the compiler makes settings and admin
+  mesh-wide, so workloads that disagree are an error (`NodeError`), never a silent pick.
+
+The merged version is a digest of the parts' versions, so it changes exactly when a part does.
+Listeners of two workloads on one address and port still collide: the proxy's validator
+refuses that snapshot (NACK with the path), as it would for one workload.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from tulle.proxyconfig.model import Cluster, Listener, ProxyConfig, RouteTable
+
+ProxyKey = tuple[str, str]
+
+
+class NodeError(ValueError):
+    """The workloads of a node cannot share one snapshot."""
+
+
+def workload_name(key: ProxyKey) -> str:
+    return f"{key[0]}/{key[1]}"
+
+
+def node_version(parts: Sequence[tuple[ProxyKey, ProxyConfig]]) -> str:
+    h = hashlib.sha256()
+    for key, cfg in parts:
+        h.update(f"{workload_name(key)}={cfg.version};".encode())
+    return "node-" + h.hexdigest()[:20]
+
+
+def _renames(per: list[list[Any]]) -> list[dict[str, str]]:
+    """For each workload's list of one collection, the names to make unique: those another
+    workload uses for different content."""
+    seen: dict[str, Any] = {}
+    clash: set[str] = set()
+    for items in per:
+        for x in items:
+            o = seen.setdefault(x.name, x)
+            if o is not x and o != x:
+                clash.add(x.name)
+    return [{} for _ in per] if not clash else [
+        {x.name: "" for x in items if x.name in clash} for items in per]
+
+
+def _unique(key: ProxyKey, name: str) -> str:
+    return f"{workload_name(key)}|{name}"
+
+
+def _table(t: RouteTable, clusters: dict[str, str]) -> RouteTable:
+    if not clusters:
+        return t
+    hosts = []
+    for vh in t.virtual_hosts:
+        rules = []
+        for r in vh.rules:
+            rules.append(msgspec.structs.replace(r, backends=[
+                msgspec.structs.replace(b, cluster=clusters[b.cluster])
+                if b.cluster in clusters else b for b in r.backends])
+                if any(b.cluster in clusters for b in r.backends) else r)
+        hosts.append(msgspec.structs.replace(vh, rules=rules)
+                     if any(a is not b for a, b in zip(rules, vh.rules, strict=True)) else vh)
+    if all(a is b for a, b in zip(hosts, t.virtual_hosts, strict=True)):
+        return t  # no rule names a renamed cluster: the very same table
+    return msgspec.structs.replace(t, virtual_hosts=hosts)
+
+
+def _listener(lc: Listener, wl: str, tables: dict[str, str],
+              clusters: dict[str, str]) -> Listener:
+    dests = [msgspec.structs.replace(d, route_table=tables.get(d.route_table, d.route_table),
+                                     cluster=clusters.get(d.cluster, d.cluster))
+             for d in lc.destinations] if (tables or clusters) else lc.destinations
+    return msgspec.structs.replace(
+        lc, workload=wl, route_table=tables.get(lc.route_table, lc.route_table),
+        cluster=clusters.get(lc.cluster, lc.cluster), destinations=dests)
+
+
+def merge(parts: Sequence[tuple[ProxyKey, ProxyConfig]]) -> ProxyConfig:
+    """One snapshot serving every workload of `parts` (the first is the node's own)."""
+    if not parts:
+        raise NodeError("a node needs at least one workload")
+    first = parts[0][1]
+    for key, cfg in parts[1:]:
+        if cfg.settings != first.settings or cfg.admin != first.admin:
+            raise NodeError(f"workload {workload_name(key)} has other settings or admin than "
+                            f"{workload_name(parts[0][0])}: they cannot share a proxy")
+    # Inbound clusters first: a cluster a listener names belongs to that listener's workload.
+    tagged: list[list[Cluster]] = []
+    for key, cfg in parts:
+        own = {lc.cluster for lc in cfg.listeners} | {
+            d.cluster for lc in cfg.listeners for d in lc.destinations}
+        own.discard("")
+        wl = workload_name(key)
+        tagged.append([msgspec.structs.replace(c, workload=wl) if c.name in own else c
+                       for c in cfg.clusters])
+    c_ren = _renames(tagged)
+    c_maps = [{n: _unique(key, n) for n in ren} for (key, _), ren in zip(parts, c_ren,
+                                                                           strict=True)]
+    tables = [[_table(t, m) for t in cfg.route_tables]
+              for (_, cfg), m in zip(parts, c_maps, strict=True)]
+    t_maps = [{n: _unique(key, n) for n in ren}
+              for (key, _), ren in zip(parts, _renames(tables), strict=True)]
+    listeners = [[_listener(lc, workload_name(key), tm, cm) for lc in cfg.listeners]
+                 for (key, cfg), tm, cm in zip(parts, t_maps, c_maps, strict=True)]
+    l_maps = [{n: _unique(key, n) for n in ren}
+              for (key, _), ren in zip(parts, _renames(listeners), strict=True)]
+    return msgspec.structs.replace(
+        first, version=node_version(parts),
+        listeners=_collect(listeners, l_maps),
+        route_tables=_collect(tables, t_maps),
+        clusters=_collect(tagged, c_maps))
+
+
+def _collect(per: list[list[Any]], maps: list[dict[str, str]]) -> list[Any]:
+    """The union of the workloads' resources, renamed where they clash, each shared one once."""
+    out: dict[str, Any] = {}
+    for items, m in zip(per, maps, strict=True):
+        for x in items:
+            name = m.get(x.name, x.name)
+            if name not in out:
+                out[name] = x if name == x.name else msgspec.structs.replace(x, name=name)
+    return list(out.values())
+
+
+class NodeSnapshots:
+    """The merged snapshot of one node, rebuilt only when one of its parts changed."""
+
+    __slots__ = ("_last", "_parts", "keys")
+
+    def __init__(self, keys: Sequence[ProxyKey]) -> None:
+        self.keys = list(keys)
+        self._parts: tuple[ProxyConfig, ...] = ()
+        self._last: ProxyConfig | None = None
+
+    def current(self, get: Any) -> ProxyConfig | None:
+        """The node's snapshot from `get(key) -> ProxyConfig | None`; None until every
+        workload has one.  Raises NodeError when they cannot be merged."""
+        parts = tuple(get(k) for k in self.keys)
+        if any(p is None for p in parts):
+            return None
+        if len(parts) == 1:
+            self._parts = parts
+            return parts[0]  # type: ignore[no-any-return]
+        if self._last is None or len(parts) != len(self._parts) or any(
+                a is not b for a, b in zip(parts, self._parts, strict=True)):
+            self._last = merge(list(zip(self.keys, parts, strict=True)))
+            self._parts = parts
+        return self._last
+
+    def parts(self) -> tuple[ProxyConfig, ...]:
+        """The workloads' snapshots behind the last `current()`, in `keys` order."""
+        return self._parts

@@ -1,0 +1,119 @@
+"""A node fronting several workloads gets one snapshot: the compiler's per-workload snapshots
+merged, shared parts once, clashing names made unique with their references, each listener
+and inbound cluster naming its workload."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+from tests.support.resources import service
+
+from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh
+from tulle.controlplane.push.node import NodeError, NodeSnapshots, merge
+from tulle.proxyconfig.model import ProxyConfig
+from tulle.proxyconfig.validate import check
+
+NS = "shop"
+
+
+def workload(name: str, address: str, port: int, outbound: int, **labels: str) -> dict[str, Any]:
+    return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Workload",
+            "metadata": {"name": name, "namespace": NS, "labels": labels},
+            "spec": {"address": address, "outboundPort": outbound,
+                     "ports": [{"name": "http", "port": port, "targetPort": 9000}]}}
+
+
+def compiled(*extra: dict[str, Any], cache: PartCache | None = None) -> dict[Any, ProxyConfig]:
+    docs = [service("web", app="web"), service("api", app="api"),
+            workload("web-0", "127.0.0.2", 8080, 15001, app="web"),
+            workload("api-0", "127.0.0.3", 8080, 15002, app="api"),
+            workload("db-0", "127.0.0.4", 5432, 15003, app="db"), *extra]
+    return dict(compile_mesh(MeshInputs.from_resources(docs), cache).snapshots)
+
+
+def test_two_workloads_share_one_snapshot_that_the_proxy_takes() -> None:
+    snaps = compiled()
+    web, api = (NS, "web-0"), (NS, "api-0")
+    node = merge([(web, snaps[web]), (api, snaps[api])])
+    check(node)  # valid as one proxy's config: unique names, references resolve
+    by_name = {lc.name: lc for lc in node.listeners}
+    # Both workloads use `inbound|8080` and `outbound` for different things: made unique.
+    assert sorted(by_name) == ["shop/api-0|inbound|8080", "shop/api-0|outbound",
+                               "shop/web-0|inbound|8080", "shop/web-0|outbound"]
+    assert {lc.workload for lc in node.listeners} == {"shop/web-0", "shop/api-0"}
+    web_in = by_name["shop/web-0|inbound|8080"]
+    assert (web_in.address, web_in.cluster) == ("127.0.0.2", "shop/web-0|inbound|8080")
+    inbound = {c.name: c for c in node.clusters if c.workload}
+    assert set(inbound) == {"shop/web-0|inbound|8080", "shop/api-0|inbound|8080"}
+    # The outbound side is the compiler's one table and its clusters, kept once, untouched.
+    (table,) = node.route_tables
+    assert table is snaps[web].route_tables[0] and table == snaps[api].route_tables[0]
+    shared = [c for c in node.clusters if not c.workload]
+    assert [c.name for c in shared] == [c.name for c in snaps[web].clusters
+                                        if not c.name.startswith("inbound|")]
+    assert by_name["shop/api-0|outbound"].route_table == "outbound"
+    assert by_name["shop/api-0|outbound"].port == 15002
+    assert node.node == snaps[web].node
+
+
+def test_a_workload_alone_keeps_its_names_and_the_version_follows_the_parts() -> None:
+    cache = PartCache()
+    snaps = compiled(cache=cache)
+    web, db = (NS, "web-0"), (NS, "db-0")
+    a = merge([(web, snaps[web]), (db, snaps[db])])
+    names = {lc.name for lc in a.listeners}
+    assert "inbound|5432" in names and "inbound|8080" in names  # no clash: names kept
+    assert {lc.workload for lc in a.listeners if lc.name == "inbound|5432"} == {"shop/db-0"}
+    again = merge([(web, snaps[web]), (db, snaps[db])])
+    assert again == a and again.version == a.version
+    moved = compiled(workload("db-1", "127.0.0.5", 5432, 15004, app="web"), cache=cache)
+    b = merge([(web, moved[web]), (db, moved[db])])
+    assert b.version != a.version  # web-0's part changed (a new endpoint of web)
+
+
+def test_workloads_that_disagree_on_settings_cannot_share_a_proxy() -> None:
+    snaps = compiled()
+    web, api = (NS, "web-0"), (NS, "api-0")
+    other = msgspec.structs.replace(snaps[api], settings=msgspec.structs.replace(
+        snaps[api].settings, workers=2))
+    with pytest.raises(NodeError, match="shop/api-0 has other settings"):
+        merge([(web, snaps[web]), (api, other)])
+
+
+def test_node_snapshots_merge_again_only_when_a_part_changed() -> None:
+    snaps = compiled()
+    keys = [(NS, "web-0"), (NS, "api-0")]
+    node = NodeSnapshots(keys)
+    assert node.current({keys[0]: snaps[keys[0]]}.get) is None  # until every part exists
+    first = node.current(snaps.get)
+    assert first is not None and node.current(snaps.get) is first
+    assert node.parts() == (snaps[keys[0]], snaps[keys[1]])
+    single = NodeSnapshots(keys[:1])
+    assert single.current(snaps.get) is snaps[keys[0]]  # one workload: its own snapshot
+
+
+def test_references_follow_a_renamed_cluster_and_table() -> None:
+    from tulle.proxyconfig import validate
+
+    def part(port: int, upstream: int) -> ProxyConfig:
+        return validate({"version": str(port), "listeners": [
+            {"name": "out", "port": port, "route_table": "rt"},
+            {"name": "tcp", "port": port + 1, "protocol": "tcp", "cluster": "x"}],
+            "clusters": [{"name": "x", "endpoints": [{"address": "127.0.0.1",
+                                                       "port": upstream}]}],
+            "route_tables": [{"name": "rt", "virtual_hosts": [
+                {"name": "h", "rules": [{"backends": [{"cluster": "x"}]}]}]}]})
+
+    a, b = (NS, "a"), (NS, "b")
+    node = merge([(a, part(1000, 1)), (b, part(2000, 2))])
+    check(node)
+    tables = {t.name: t for t in node.route_tables}
+    assert set(tables) == {"shop/a|rt", "shop/b|rt"}
+    assert tables["shop/b|rt"].virtual_hosts[0].rules[0].backends[0].cluster == "shop/b|x"
+    lst = {lc.name: lc for lc in node.listeners}
+    assert lst["shop/b|out"].route_table == "shop/b|rt"
+    assert lst["shop/a|tcp"].cluster == "shop/a|x"
+    assert {c.name: c.workload for c in node.clusters} == {"shop/a|x": "shop/a",
+                                                          "shop/b|x": "shop/b"}
