@@ -45,6 +45,9 @@ def test_endpoints_carry_the_metadata_of_the_workload_behind_them() -> None:
         service="b", namespace="ns", workload="b-0", labels=(("app", "b"), ("tier", "web")),
         zone="z1")]
     assert b.metadata == Metadata(service="b", namespace="ns")
+    assert b.endpoints[0].metadata.render() == {
+        "service": "b", "namespace": "ns", "workload": "b-0",
+        "labels": {"app": "b", "tier": "web"}}
     assert next(p for p in mesh.proxies if p.name == "b-0").metadata.zone == "z1"
 
 
