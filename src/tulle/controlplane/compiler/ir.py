@@ -50,6 +50,12 @@ class Metadata(msgspec.Struct, frozen=True):
     labels: tuple[tuple[str, str], ...] = ()
     zone: str = ""
 
+    def render(self) -> dict[str, Any]:
+        """As the contract's cluster / endpoint `metadata` (the zone is the endpoint's own
+        field there)."""
+        return {"service": self.service, "namespace": self.namespace,
+                "workload": self.workload, "labels": dict(self.labels)}
+
 
 class Endpoint(msgspec.Struct, frozen=True):
     address: str

@@ -116,10 +116,13 @@ def _route(kind: str, key: Key, route: Resource, ports_of: dict[Key, dict[int, S
         # Filters are configured by their plugins; one that no plugin runs leaves the rule out.
         filters = tuple(RuleFilter(j, str(f.get("type")))
                         for j, f in enumerate(rule.get("filters") or []))
+        if not any(b.weight for b in backends):
+            # No backend may take traffic (none is valid, or every weight is 0): the rule
+            # answers 500, per Gateway API (and the proxy refuses a rule of zero weights).
+            backends = [Backend("blackhole|invalid-backend")]
         rules.append(Rule(
             name=f"{kind.lower()}/{ns}/{name}/{i}", index=i, matches=tuple(matches),
-            # A rule whose backends are all invalid answers 500, per Gateway API.
-            backends=tuple(backends) or (Backend("blackhole|invalid-backend"),),
+            backends=tuple(backends),
             spec=rule, filters=filters,
             # No match left that the proxy can do: the rule stays in the model (plugins still
             # report on its settings) but is not rendered.

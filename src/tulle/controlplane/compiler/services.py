@@ -113,4 +113,6 @@ def _sorted_ports(ports: list[ServicePort]) -> list[ServicePort]:
     by_port = {sp.port: sp for sp in ports}  # a port listed twice: the last one
     return [by_port[p] for p in sorted(by_port)]
 
-__all__ = ["ServiceMemo", "ServicePort", "cluster_name", "derive_services", "service_ports", "workload_port"]
+
+__all__ = ["ServiceMemo", "ServicePort", "cluster_name", "derive_services", "service_ports",
+           "workload_port"]

@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh, derive
 from tulle.controlplane.compiler.ir import Metadata
 
@@ -45,6 +48,9 @@ def test_endpoints_carry_the_metadata_of_the_workload_behind_them() -> None:
         service="b", namespace="ns", workload="b-0", labels=(("app", "b"), ("tier", "web")),
         zone="z1")]
     assert b.metadata == Metadata(service="b", namespace="ns")
+    assert b.endpoints[0].metadata.render() == {
+        "service": "b", "namespace": "ns", "workload": "b-0",
+        "labels": {"app": "b", "tier": "web"}}
     assert next(p for p in mesh.proxies if p.name == "b-0").metadata.zone == "z1"
 
 
@@ -78,3 +84,34 @@ def test_compiling_with_the_cache_gives_what_compiling_from_scratch_gives() -> N
         assert warm.snapshots == cold.snapshots
         assert warm.conditions == cold.conditions
         assert warm.errors == cold.errors
+
+
+# -- generated meshes: the cache never changes the answer ----------------------------------------
+
+_APPS = ("a", "b", "c")
+
+
+@st.composite
+def _mesh(draw: st.DrawFn) -> list[dict[str, Any]]:
+    docs: list[dict[str, Any]] = [service(app) for app in draw(st.sets(st.sampled_from(_APPS)))]
+    for i in range(draw(st.integers(0, 4))):
+        w = workload(f"w-{i}", draw(st.sampled_from(_APPS)), f"127.0.0.{draw(st.integers(2, 3))}",
+                     zone=draw(st.sampled_from(("", "z1", "z2"))))
+        if draw(st.booleans()):
+            w["spec"]["ports"][0]["name"] = "grpc"  # the Service's targetPort name misses it
+        docs.append(w)
+    if draw(st.booleans()):
+        docs.append(route((draw(st.integers(0, 3)), draw(st.integers(0, 3)))))
+    return docs
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_mesh(), min_size=1, max_size=5))
+def test_any_sequence_of_meshes_compiles_the_same_with_and_without_the_cache(
+        steps: list[list[dict[str, Any]]]) -> None:
+    cache = PartCache()
+    for resources in steps:
+        warm = compile_mesh(MeshInputs.from_resources(resources), cache)
+        cold = compile_mesh(MeshInputs.from_resources(resources))
+        assert (warm.snapshots, warm.conditions, warm.errors) == (
+            cold.snapshots, cold.conditions, cold.errors)

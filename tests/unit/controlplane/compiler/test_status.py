@@ -7,6 +7,9 @@ from typing import Any
 
 from tulle.controlplane.compiler import MeshInputs, compile_mesh
 
+WORKLOAD = {"kind": "Workload", "metadata": {"name": "web-0", "namespace": "ns",
+                                            "labels": {"app": "web"}},
+            "spec": {"address": "127.0.0.1", "ports": [{"name": "http", "port": 18080}]}}
 SVC = {"kind": "Service", "metadata": {"name": "web", "namespace": "ns"},
        "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80}]}}
 
@@ -44,3 +47,12 @@ def test_a_rule_without_a_usable_match_reports_its_refused_filter_settings_too()
     msg = conds["PartiallyInvalid"]["message"]
     assert "left out (not supported yet): path match type RegularExpression" in msg
     assert "left out (invalid): rules[0].filters[0].remove[0]: 'host'" in msg
+
+
+def test_a_rule_whose_backends_all_weigh_zero_answers_500_and_the_mesh_still_compiles() -> None:
+    route = {"kind": "HTTPRoute", "metadata": {"name": "r", "namespace": "ns"},
+             "spec": {"parentRefs": [{"kind": "Service", "name": "web", "port": 80}],
+                      "rules": [{"backendRefs": [{"name": "web", "port": 80, "weight": 0}]}]}}
+    res = compile_mesh(MeshInputs.from_resources([SVC, route, WORKLOAD]))
+    (rule,) = res.snapshots[("ns", "web-0")].route_tables[0].virtual_hosts[0].rules
+    assert [b.cluster for b in rule.backends] == ["blackhole|invalid-backend"]
