@@ -151,7 +151,8 @@ def own_part(proxy: Proxy, has_outbound: bool) -> OwnPart:
     own_clusters = [msgspec.convert(x, Cluster) for x in in_clusters_raw]
     if has_outbound:
         listeners.append(msgspec.convert(outbound_listener(proxy), Listener))
-    node = Node(name=proxy.name, namespace=proxy.namespace, service=proxy.service)
+    node = Node(name=proxy.name, namespace=proxy.namespace, service=proxy.service,
+                zone=proxy.metadata.zone)
     # The proxy's own part, checked on its own (the outbound table stands in by name).
     check(ProxyConfig(listeners=listeners, clusters=own_clusters,
                       route_tables=[RouteTable(name="outbound")] if has_outbound else []))

@@ -21,12 +21,14 @@ from tulle.controlplane.compiler.ir import Key, MeshModel, Rule, ServicePort
 def service_cluster(sp: ServicePort, connect_timeout_ms: int | None = None) -> dict[str, Any]:
     endpoints: list[dict[str, Any]] = []
     for e in sp.endpoints:
-        ep: dict[str, Any] = {"address": e.address, "port": e.port}
+        ep: dict[str, Any] = {"address": e.address, "port": e.port,
+                              "metadata": e.metadata.render()}
         if e.metadata.zone:
             ep["zone"] = e.metadata.zone
         endpoints.append(ep)
     out: dict[str, Any] = {"name": sp.cluster_name, "endpoints": endpoints,
-                           "protocol": "http1" if sp.protocol == "tcp" else sp.protocol}
+                           "protocol": "http1" if sp.protocol == "tcp" else sp.protocol,
+                           "metadata": sp.metadata.render()}
     if connect_timeout_ms is not None:
         out["connect_timeout_ms"] = connect_timeout_ms
     return out
