@@ -21,7 +21,14 @@ from msgspec import inspect as mi
 
 from tulle.errors import FieldError
 from tulle.proxyconfig import filters, network, regex
-from tulle.proxyconfig.model import FilterChain, Listener, ProxyConfig, RouteMatch, TLSContext
+from tulle.proxyconfig.model import (
+    FilterChain,
+    FilterChainMatch,
+    Listener,
+    ProxyConfig,
+    RouteMatch,
+    TLSContext,
+)
 
 
 class ConfigError(ValueError):
@@ -396,6 +403,8 @@ def _chains(lst: Listener, p: str, cfg: ProxyConfig, tables: set[str],
         if key in seen:
             out.append(FieldError(f"{cp}.match", "the same match as filter_chains"
                                   f"[{seen[key]}]: one of them would never be chosen"))
+        else:
+            out += _overlap(lst.filter_chains, j, cp)
         seen.setdefault(key, j)
         if fc.route_table and fc.route_table not in tables:
             out.append(FieldError(f"{cp}.route_table", f"no route table named {fc.route_table!r}"))
@@ -425,6 +434,44 @@ def _chains(lst: Listener, p: str, cfg: ProxyConfig, tables: set[str],
         out.append(FieldError(f"{p}.network_filters", "with filter_chains, network filters "
                               "belong to each chain"))
     return out
+
+
+def _values(m: FilterChainMatch) -> tuple[tuple[str, set[str]], ...]:
+    """A match's list fields as the sets of values chain selection compares."""
+    nets = set()
+    for a in m.destination:
+        try:
+            nets.add(str(ipaddress.ip_network(a, strict=False)))
+        except ValueError:
+            pass  # reported above
+    return (("destination", nets), ("server name", {n.lower() for n in m.server_names}),
+            ("ALPN", set(m.alpn)))
+
+
+def _overlap(chains: list[FilterChain], j: int, cp: str) -> list[FieldError]:
+    """Chain `j` against the chains before it: two chains with the same port and transport
+    whose destination, server-name and ALPN lists each share a value (or are both empty)
+    tie for a connection with those values, and only list order would decide (Envoy refuses
+    them as "multiple filter chains with the same matching rules")."""
+    m = chains[j].match
+    mine = _values(m)
+    for i in range(j):
+        other = chains[i].match
+        if other.destination_port != m.destination_port or other.transport != m.transport:
+            continue
+        shared = []
+        for (what, a), (_, b) in zip(mine, _values(other), strict=True):
+            if a or b:
+                common = a & b
+                if not common:
+                    break
+                shared.append(f"{what} {min(common)!r}")
+        else:
+            if shared:
+                return [FieldError(f"{cp}.match", f"overlaps filter_chains[{i}] ({shared[0]}): "
+                                   "a connection matching both would be decided by list "
+                                   "order")]
+    return []
 
 
 def _match_key(fc: FilterChain) -> bytes:
