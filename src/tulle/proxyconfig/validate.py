@@ -486,6 +486,13 @@ def _regex(pattern: str, path: str) -> list[FieldError]:
     return [] if why is None else [FieldError(path, f"regular expression refused: {why}")]
 
 
+_CONSUMED = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive",
+                       "proxy-connection", "te", "upgrade", "http2-settings", "expect"})
+"""Request fields the codecs take out of the head (framing, hop-by-hop; `expect:
+100-continue` over HTTP/1): a route match on one would never match, or match over one protocol
+only (ADR 0021).  `host` is not here: it matches the authority (`routing.match`)."""
+
+
 def _match_conditions(match: RouteMatch, p: str) -> list[FieldError]:
     """Header names are unique case-insensitively, query names exactly (Gateway API says a
     repeated name is ignored; the contract refuses it rather than drop a condition)."""
@@ -494,6 +501,10 @@ def _match_conditions(match: RouteMatch, p: str) -> list[FieldError]:
     for j, h in enumerate(match.headers):
         if h.name.lower() in seen:
             out.append(FieldError(f"{p}.headers[{j}].name", f"duplicate header {h.name!r}"))
+        elif h.name.lower() in _CONSUMED:
+            out.append(FieldError(f"{p}.headers[{j}].name", f"{h.name!r} is a framing or "
+                                  "hop-by-hop field: the proxy consumes it and it never "
+                                  "reaches routing"))
         seen.add(h.name.lower())
         if h.type == "RegularExpression":
             out += _regex(h.value, f"{p}.headers[{j}].value")

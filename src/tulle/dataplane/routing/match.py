@@ -11,7 +11,10 @@ only precompiled values, and runs on the request as the proxy has it: a `Request
   contract admits (`tulle.proxyconfig.regex`: bounded backtracking, ADR 0016).
 * **Header matchers**: the name case-insensitively; a header sent several times is matched as
   its values joined with `,` (RFC 9110 section 5.3; Envoy does the same); a value matcher,
-  or presence alone; `invert` negates the result (a missing header then matches).
+  or presence alone; `invert` negates the result (a missing header then matches).  `host`
+  is the request's authority (`Host` / `:authority`, kept apart from the fields by the
+  codecs); framing and hop-by-hop fields never reach routing, and the contract refuses
+  matches on them (`proxyconfig.validate`, ADR 0021).
 * **Query-parameter matchers**: the name case-sensitively and exactly; names and values are
   percent-decoded before comparing; a parameter sent several times is matched by its first
   value (Gateway API's recommendation); a parameter without `=` has the value "".
@@ -143,7 +146,25 @@ class HeaderMatcher(Condition):
 
     @classmethod
     def of(cls, m: HeaderMatch) -> HeaderMatcher:
-        return cls(m.name, string_matcher(m.type, m.value))
+        value = string_matcher(m.type, m.value)
+        if m.name.lower() == "host":
+            return AuthorityMatcher(m.name, value)
+        return cls(m.name, value)
+
+
+class AuthorityMatcher(HeaderMatcher):
+    """A `host` header condition: the request's authority (HTTP/1 `Host`, HTTP/2
+    `:authority`), which the codecs keep as the head's `authority`, not as a header field --
+    a search of the fields would never find it."""
+
+    __slots__ = ()
+
+    def matches(self, head: RequestHead, query: bytes) -> bool:
+        found = head.authority
+        if not found:
+            return self.invert
+        value = self.value
+        return (value is None or value.matches(found)) is not self.invert
 
 
 def first_query_value(query: bytes, name: bytes) -> bytes | None:
