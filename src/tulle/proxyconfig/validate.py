@@ -353,6 +353,9 @@ def _sections(cfg: ProxyConfig) -> list[FieldError]:
         p = f"identities[{i}]"
         if "-----BEGIN CERTIFICATE-----" not in ident.cert_chain_pem:
             out.append(FieldError(f"{p}.cert_chain_pem", "must hold a PEM certificate"))
+        if _KEY_BLOCK.search(ident.cert_chain_pem):
+            out.append(FieldError(f"{p}.cert_chain_pem", f"{_NOT_PUBLIC}: put the key in "
+                                  "private_key_pem"))
         if not re.search(r"-----BEGIN [A-Z ]*PRIVATE KEY-----", ident.private_key_pem):
             out.append(FieldError(f"{p}.private_key_pem", "must hold a PEM private key"))
         if "ENCRYPTED" in ident.private_key_pem:
@@ -364,7 +367,15 @@ def _sections(cfg: ProxyConfig) -> list[FieldError]:
             if "-----BEGIN CERTIFICATE-----" not in pem:
                 out.append(FieldError(f"trust_bundles[{i}].ca_pems[{j}]",
                                       "must hold a PEM certificate"))
+            if _KEY_BLOCK.search(pem):
+                out.append(FieldError(f"trust_bundles[{i}].ca_pems[{j}]", _NOT_PUBLIC))
     return out
+
+
+_KEY_BLOCK = re.compile(r"PRIVATE KEY-----")
+"""A PEM block holding a private key (any algorithm, OpenSSH's too), pasted into a field whose
+content is public: certificates and CAs are shown in full by /config_dump (ADR 0021)."""
+_NOT_PUBLIC = "must not hold a private key (it would be shown as public material)"
 
 
 _LABEL = r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
