@@ -203,7 +203,10 @@ class Agent:
         except ConfigError as exc:
             reason = "; ".join(str(e) for e in exc.errors)
             paths = [e.path for e in exc.errors if e.path]
-        except (ApplyError, DeltaError, msgspec.ValidationError) as exc:
+        except DeltaError as exc:
+            reason = str(exc)
+            paths = [exc.path] if exc.path else []
+        except (ApplyError, msgspec.ValidationError) as exc:
             reason = str(exc)
         else:
             self.current = cfg

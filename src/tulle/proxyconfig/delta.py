@@ -207,61 +207,94 @@ def virtual_hosts_delta(old: RouteTable, new: RouteTable, positions: bool) -> Vi
 
 
 class DeltaError(ValueError):
-    """A delta that does not fit the snapshot it claims to extend."""
+    """A delta that does not fit the snapshot it claims to extend; `path` says where in the
+    delta (`delta.clusters.at.b`), for the NACK."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
 
 
-def _apply_collection(old: list[Any], d: CollectionDelta, typ: type[Any],
+def _apply_collection(old: list[Any], d: CollectionDelta, typ: type[Any], path: str,
                       where: str = "") -> list[Any]:
+    """`old` with `d` applied; `path` is the collection's place in the delta (for errors).
+    A delta `diff` never writes -- a name upserted twice, two additions at one position --
+    is refused, not applied by "last one wins"."""
     items = {x.name: x for x in old}
     order = [x.name for x in old]
     what = f"{typ.__name__}{where}"
-    for name in d.remove:
+    for k, name in enumerate(d.remove):
         if name not in items:
-            raise DeltaError(f"cannot remove unknown {what} {name!r}")
+            raise DeltaError(f"cannot remove unknown {what} {name!r}", f"{path}.remove[{k}]")
         del items[name]
         order.remove(name)
     added = []
-    for raw in d.upsert:
+    upserted: set[str] = set()
+    for k, raw in enumerate(d.upsert):
         obj = msgspec.convert(raw, typ)
+        if obj.name in upserted:
+            raise DeltaError(f"{what} {obj.name!r} upserted twice", f"{path}.upsert[{k}]")
+        upserted.add(obj.name)
         if obj.name not in items:
             added.append(obj.name)
             order.append(obj.name)
         items[obj.name] = obj
     if d.at:
         if sorted(d.at) != sorted(added):
-            raise DeltaError(f"{what} positions do not name exactly the added ones")
+            raise DeltaError(f"{what} positions do not name exactly the added ones",
+                             f"{path}.at")
         order = [n for n in order if n not in d.at]
+        taken: set[int] = set()
         for name, i in sorted(d.at.items(), key=lambda kv: kv[1]):
             if not 0 <= i <= len(order):
-                raise DeltaError(f"{what} {name!r}: position {i} out of range")
+                raise DeltaError(f"{what} {name!r}: position {i} out of range",
+                                 f"{path}.at.{name}")
+            if i in taken:
+                raise DeltaError(f"{what} {name!r}: two additions at position {i}",
+                                 f"{path}.at.{name}")
+            taken.add(i)
             order.insert(i, name)
     if d.order:
         if sorted(d.order) != sorted(items):
-            raise DeltaError(f"{what} order does not list the same names")
+            raise DeltaError(f"{what} order does not list the same names", f"{path}.order")
         order = list(d.order)
     return [items[n] for n in order]
+
+
+def _once(name: str, seen: set[str], what: str, path: str) -> None:
+    """Two patches for one resource in a delta: refused (their order would decide)."""
+    if name in seen:
+        raise DeltaError(f"{what} {name!r} patched twice", path)
+    seen.add(name)
 
 
 def _patch_tables(tables: list[RouteTable], patches: list[VirtualHostsDelta]) -> list[RouteTable]:
     index = {t.name: i for i, t in enumerate(tables)}
     out = list(tables)
-    for p in patches:
+    seen: set[str] = set()
+    for k, p in enumerate(patches):
+        where = f"delta.virtual_hosts[{k}]"
         i = index.get(p.route_table)
         if i is None:
-            raise DeltaError(f"virtual hosts for unknown RouteTable {p.route_table!r}")
+            raise DeltaError(f"virtual hosts for unknown RouteTable {p.route_table!r}",
+                             f"{where}.route_table")
+        _once(p.route_table, seen, "RouteTable", f"{where}.route_table")
         t = out[i]
         out[i] = msgspec.structs.replace(t, virtual_hosts=_apply_collection(
-            t.virtual_hosts, p, VirtualHost, f" of RouteTable {t.name!r}"))
+            t.virtual_hosts, p, VirtualHost, where, f" of RouteTable {t.name!r}"))
     return out
 
 
 def _patch_clusters(clusters: list[Cluster], patches: list[EndpointsDelta]) -> list[Cluster]:
     index = {c.name: i for i, c in enumerate(clusters)}
     out = list(clusters)
-    for p in patches:
+    seen: set[str] = set()
+    for k, p in enumerate(patches):
+        where = f"delta.endpoints[{k}].cluster"
         i = index.get(p.cluster)
         if i is None:
-            raise DeltaError(f"endpoints for unknown Cluster {p.cluster!r}")
+            raise DeltaError(f"endpoints for unknown Cluster {p.cluster!r}", where)
+        _once(p.cluster, seen, "Cluster", where)
         out[i] = msgspec.structs.replace(
             out[i], endpoints=msgspec.convert(p.endpoints, list[Endpoint]))
     return out
@@ -271,11 +304,11 @@ def apply_delta(base: ProxyConfig, d: Delta) -> ProxyConfig:
     """Rebuild the new snapshot; raises DeltaError or msgspec.ValidationError on a bad delta."""
     if d.base_version != base.version:
         raise DeltaError(f"delta is based on version {d.base_version!r}, "
-                         f"proxy has {base.version!r}")
-    tables = _apply_collection(base.route_tables, d.route_tables, RouteTable)
+                         f"proxy has {base.version!r}", "delta.base_version")
+    tables = _apply_collection(base.route_tables, d.route_tables, RouteTable, "delta.route_tables")
     if d.virtual_hosts:
         tables = _patch_tables(tables, d.virtual_hosts)
-    clusters = _apply_collection(base.clusters, d.clusters, Cluster)
+    clusters = _apply_collection(base.clusters, d.clusters, Cluster, "delta.clusters")
     if d.endpoints:
         clusters = _patch_clusters(clusters, d.endpoints)
     return msgspec.structs.replace(
@@ -284,9 +317,12 @@ def apply_delta(base: ProxyConfig, d: Delta) -> ProxyConfig:
         node=base.node if d.node is None else msgspec.convert(d.node, Node),
         admin=base.admin if d.admin is None else msgspec.convert(d.admin, Admin),
         settings=base.settings if d.settings is None else msgspec.convert(d.settings, Settings),
-        listeners=_apply_collection(base.listeners, d.listeners, Listener),
+        listeners=_apply_collection(base.listeners, d.listeners, Listener,
+                                     "delta.listeners"),
         route_tables=tables,
         clusters=clusters,
-        identities=_apply_collection(base.identities, d.identities, Identity),
-        trust_bundles=_apply_collection(base.trust_bundles, d.trust_bundles, TrustBundle),
+        identities=_apply_collection(base.identities, d.identities, Identity,
+                                      "delta.identities"),
+        trust_bundles=_apply_collection(base.trust_bundles, d.trust_bundles, TrustBundle,
+                                         "delta.trust_bundles"),
     )

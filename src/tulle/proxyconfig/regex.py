@@ -17,11 +17,16 @@ backtracking is bounded, compiled once per snapshot.  ADR 0016 records the rules
    (`[0-9]+/`, `[^/]+` before `/` or the end) is compiled possessive: the engine never
    backtracks into it, and it matches exactly what it would have matched anyway.
 4. **A budget for the rest.**  At most one repetition of unbounded count may need backtracking
-   (`.*\\.jpg`), and nothing of unbounded length may follow it; the product of the other choice
-   points (alternatives, optional groups, bounded counts that may backtrack) is at most 256.
+   (`.*\\.jpg`), and nothing of unbounded length may follow it.  The other choice points
+   (alternatives that can begin with the same byte, optional groups that can be skipped or
+   taken on the same byte, bounded counts that may backtrack) multiply: each combination may
+   re-run what follows it.  When that includes scanning the subject -- a repetition of
+   unbounded count follows the choice point, or a backtracking one precedes it -- the product
+   is at most `MAX_SCAN_CHOICES` (4); otherwise at most `MAX_CHOICES` (256).  (ADR 0021: with
+   256 choices next to one `.*`, `.*a?a?a?a?a?a?a?a?a` took 0.5 s on a 64 KiB header.)
 
-A pattern meeting these runs in O(256 * n * m) steps at worst for a subject of n bytes and a
-pattern of m; typical route patterns are linear.  Every match is a *full* match (the whole
+A pattern meeting these runs in O(4 * n + 256 * m) steps at worst for a subject of n bytes and
+a pattern of m; typical route patterns are linear.  Every match is a *full* match (the whole
 path or header value), as in Envoy's `safe_regex` and Gateway API implementations built on it.
 `.` matches any byte, newline included (paths and header values have none; a percent-decoded
 query value may): so a final `.*` always succeeds once reached, and `.*Mobile.*` is taken.
@@ -40,6 +45,10 @@ _c: Any = importlib.import_module("re._constants")
 MAX_PATTERN_CHARS = 1024
 MAX_CHOICES = 256
 """Product of the backtracking choice points a pattern may have besides one unbounded one."""
+MAX_SCAN_CHOICES = 4
+"""The same product, counting the choice points each of whose combinations may re-scan the
+subject (a repetition of unbounded count after it, or one that backtracks before it): the
+cost of a match is about this many passes over the subject."""
 
 _FORBIDDEN = {
     _c.GROUPREF: "backreferences are not supported",
@@ -57,13 +66,32 @@ class UnsafePattern(ValueError):
 
 
 class _Analysis:
-    __slots__ = ("choices", "flags", "state", "unbounded")
+    __slots__ = ("choices", "flags", "scan_choices", "state", "unbounded")
 
     def __init__(self, state: Any, flags: int) -> None:
         self.state = state
         self.flags = flags
         self.choices = 1
+        self.scan_choices = 1
+        """The product of the choice points with something of unbounded length after them."""
         self.unbounded = 0
+
+    def choice(self, ways: int, tail_unbounded: bool) -> None:
+        """A choice point with `ways` live continuations; `tail_unbounded`: a repetition of
+        unbounded count follows it (each way may scan the subject again)."""
+        self.choices *= ways
+        if tail_unbounded:
+            self.scan_choices *= ways
+
+    def check(self) -> None:
+        """The budget (rule 4 of the module docstring), once the whole pattern is walked."""
+        scans = self.choices if self.unbounded else self.scan_choices
+        if scans > MAX_SCAN_CHOICES:
+            raise UnsafePattern(f"more than {MAX_SCAN_CHOICES} ways to backtrack around a "
+                                "repetition of unbounded count (alternatives that can begin "
+                                "alike, optional groups, counted repeats whose characters can "
+                                "also begin what follows): each way would scan the subject "
+                                "again")
 
     def charset(self, item: Any, flags: int) -> int:
         """The bytes one single-character item accepts, as a 256-bit mask (by trying them)."""
@@ -107,11 +135,13 @@ class _Analysis:
             elif op is _c.BRANCH:
                 firsts = 0
                 unbounded = tail_unbounded
+                starts: list[int] = []
                 for alt in av[1]:
                     f, u = self.seq(alt, follow, tail_unbounded, flags)
+                    starts.append(f)
                     firsts |= f
                     unbounded = unbounded or u
-                self.choices *= len(av[1])
+                self.choice(_overlap(starts), unbounded)
                 follow, tail_unbounded = firsts, unbounded
             elif op in _REPEATS:
                 follow, tail_unbounded = self.repeat(data, i, follow, tail_unbounded, flags)
@@ -133,7 +163,10 @@ class _Analysis:
                                     "group may only be optional (`(...)?`)")
             first, inner_unbounded = self.seq(body, follow, tail_unbounded, flags)
             if lo == 0:
-                self.choices *= 2
+                # Taking the group and skipping it are both live only when the group can be
+                # empty or begin with a byte that can also follow it.
+                if first & follow or body.getwidth()[0] == 0:
+                    self.choice(2, inner_unbounded or tail_unbounded)
                 first |= follow
             return first, inner_unbounded or tail_unbounded
         if chars == _ALL and follow == 0:
@@ -155,8 +188,16 @@ class _Analysis:
                 raise UnsafePattern("at most one unbounded repetition may backtrack (its "
                                     "characters can also begin what follows it)")
         else:
-            self.choices *= hi - lo + 1
+            self.choice(hi - lo + 1, tail_unbounded)
         return (chars | follow) if lo == 0 else chars, tail_unbounded or unbounded
+
+
+def _overlap(starts: list[int]) -> int:
+    """How many alternatives can begin with one same byte (the live ways of a branch: those
+    whose first bytes differ exclude each other after one byte)."""
+    if len(starts) < 2:
+        return 1
+    return max(sum((f >> b) & 1 for f in starts) for b in range(256)) or 1
 
 
 def compile_safe(pattern: str) -> re.Pattern[bytes]:
@@ -172,7 +213,9 @@ def compile_safe(pattern: str) -> re.Pattern[bytes]:
     except re.error as exc:
         raise UnsafePattern(f"not a regular expression: {exc}") from None
     flags = parsed.state.flags
-    _Analysis(parsed.state, flags).seq(parsed, 0, False, flags)
+    analysis = _Analysis(parsed.state, flags)
+    analysis.seq(parsed, 0, False, flags)
+    analysis.check()
     rx: re.Pattern[bytes] = _compiler.compile(parsed, flags)
     return rx
 

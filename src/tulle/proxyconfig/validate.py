@@ -21,7 +21,14 @@ from msgspec import inspect as mi
 
 from tulle.errors import FieldError
 from tulle.proxyconfig import filters, network, regex
-from tulle.proxyconfig.model import FilterChain, Listener, ProxyConfig, RouteMatch, TLSContext
+from tulle.proxyconfig.model import (
+    FilterChain,
+    FilterChainMatch,
+    Listener,
+    ProxyConfig,
+    RouteMatch,
+    TLSContext,
+)
 
 
 class ConfigError(ValueError):
@@ -346,6 +353,9 @@ def _sections(cfg: ProxyConfig) -> list[FieldError]:
         p = f"identities[{i}]"
         if "-----BEGIN CERTIFICATE-----" not in ident.cert_chain_pem:
             out.append(FieldError(f"{p}.cert_chain_pem", "must hold a PEM certificate"))
+        if _KEY_BLOCK.search(ident.cert_chain_pem):
+            out.append(FieldError(f"{p}.cert_chain_pem", f"{_NOT_PUBLIC}: put the key in "
+                                  "private_key_pem"))
         if not re.search(r"-----BEGIN [A-Z ]*PRIVATE KEY-----", ident.private_key_pem):
             out.append(FieldError(f"{p}.private_key_pem", "must hold a PEM private key"))
         if "ENCRYPTED" in ident.private_key_pem:
@@ -357,7 +367,15 @@ def _sections(cfg: ProxyConfig) -> list[FieldError]:
             if "-----BEGIN CERTIFICATE-----" not in pem:
                 out.append(FieldError(f"trust_bundles[{i}].ca_pems[{j}]",
                                       "must hold a PEM certificate"))
+            if _KEY_BLOCK.search(pem):
+                out.append(FieldError(f"trust_bundles[{i}].ca_pems[{j}]", _NOT_PUBLIC))
     return out
+
+
+_KEY_BLOCK = re.compile(r"PRIVATE KEY-----")
+"""A PEM block holding a private key (any algorithm, OpenSSH's too), pasted into a field whose
+content is public: certificates and CAs are shown in full by /config_dump (ADR 0021)."""
+_NOT_PUBLIC = "must not hold a private key (it would be shown as public material)"
 
 
 _LABEL = r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
@@ -396,6 +414,8 @@ def _chains(lst: Listener, p: str, cfg: ProxyConfig, tables: set[str],
         if key in seen:
             out.append(FieldError(f"{cp}.match", "the same match as filter_chains"
                                   f"[{seen[key]}]: one of them would never be chosen"))
+        else:
+            out += _overlap(lst.filter_chains, j, cp)
         seen.setdefault(key, j)
         if fc.route_table and fc.route_table not in tables:
             out.append(FieldError(f"{cp}.route_table", f"no route table named {fc.route_table!r}"))
@@ -427,6 +447,44 @@ def _chains(lst: Listener, p: str, cfg: ProxyConfig, tables: set[str],
     return out
 
 
+def _values(m: FilterChainMatch) -> tuple[tuple[str, set[str]], ...]:
+    """A match's list fields as the sets of values chain selection compares."""
+    nets = set()
+    for a in m.destination:
+        try:
+            nets.add(str(ipaddress.ip_network(a, strict=False)))
+        except ValueError:
+            pass  # reported above
+    return (("destination", nets), ("server name", {n.lower() for n in m.server_names}),
+            ("ALPN", set(m.alpn)))
+
+
+def _overlap(chains: list[FilterChain], j: int, cp: str) -> list[FieldError]:
+    """Chain `j` against the chains before it: two chains with the same port and transport
+    whose destination, server-name and ALPN lists each share a value (or are both empty)
+    tie for a connection with those values, and only list order would decide (Envoy refuses
+    them as "multiple filter chains with the same matching rules")."""
+    m = chains[j].match
+    mine = _values(m)
+    for i in range(j):
+        other = chains[i].match
+        if other.destination_port != m.destination_port or other.transport != m.transport:
+            continue
+        shared = []
+        for (what, a), (_, b) in zip(mine, _values(other), strict=True):
+            if a or b:
+                common = a & b
+                if not common:
+                    break
+                shared.append(f"{what} {min(common)!r}")
+        else:
+            if shared:
+                return [FieldError(f"{cp}.match", f"overlaps filter_chains[{i}] ({shared[0]}): "
+                                   "a connection matching both would be decided by list "
+                                   "order")]
+    return []
+
+
 def _match_key(fc: FilterChain) -> bytes:
     m = fc.match
     return msgspec.json.encode([m.destination_port, sorted(m.destination),
@@ -439,6 +497,13 @@ def _regex(pattern: str, path: str) -> list[FieldError]:
     return [] if why is None else [FieldError(path, f"regular expression refused: {why}")]
 
 
+_CONSUMED = frozenset({"content-length", "transfer-encoding", "connection", "keep-alive",
+                       "proxy-connection", "te", "upgrade", "http2-settings", "expect"})
+"""Request fields the codecs take out of the head (framing, hop-by-hop; `expect:
+100-continue` over HTTP/1): a route match on one would never match, or match over one protocol
+only (ADR 0021).  `host` is not here: it matches the authority (`routing.match`)."""
+
+
 def _match_conditions(match: RouteMatch, p: str) -> list[FieldError]:
     """Header names are unique case-insensitively, query names exactly (Gateway API says a
     repeated name is ignored; the contract refuses it rather than drop a condition)."""
@@ -447,6 +512,10 @@ def _match_conditions(match: RouteMatch, p: str) -> list[FieldError]:
     for j, h in enumerate(match.headers):
         if h.name.lower() in seen:
             out.append(FieldError(f"{p}.headers[{j}].name", f"duplicate header {h.name!r}"))
+        elif h.name.lower() in _CONSUMED:
+            out.append(FieldError(f"{p}.headers[{j}].name", f"{h.name!r} is a framing or "
+                                  "hop-by-hop field: the proxy consumes it and it never "
+                                  "reaches routing"))
         seen.add(h.name.lower())
         if h.type == "RegularExpression":
             out += _regex(h.value, f"{p}.headers[{j}].value")

@@ -161,12 +161,17 @@ async def test_a_route_regex_the_proxy_cannot_run_safely_is_nacked_with_its_path
         v2 = config("v2", listen, origin)
         v2["route_tables"][0]["virtual_hosts"][0]["rules"][0]["matches"] = [
             {"path": {"type": "RegularExpression", "value": "/(a+)+$"}},
-            {"headers": [{"type": "RegularExpression", "name": "x", "value": "[unclosed"}]}]
+            {"headers": [{"type": "RegularExpression", "name": "x", "value": "[unclosed"}]},
+            # Admitted before ADR 0021: 0.5 s of event loop per 64 KiB user-agent.
+            {"headers": [{"type": "RegularExpression", "name": "user-agent",
+                          "value": ".*a?a?a?a?a?a?a?a?a"}]}]
         nack = await cp.send({"type": "snapshot", "version": "v2", "config": v2})
         assert isinstance(nack, Nack) and nack.version == "v2"
         where = "route_tables[0].virtual_hosts[0].rules[0].matches"
-        assert nack.paths == [f"{where}[0].path.value", f"{where}[1].headers[0].value"]
+        assert nack.paths == [f"{where}[0].path.value", f"{where}[1].headers[0].value",
+                              f"{where}[2].headers[0].value"]
         assert "regular expression refused: only a single character" in nack.reason
+        assert "ways to backtrack around a repetition of unbounded count" in nack.reason
         # The stream stays up and v1 keeps serving.
         assert cp.connections == 1 and proxy.config is not None
         assert proxy.config.version == "v1"

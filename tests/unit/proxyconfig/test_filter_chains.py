@@ -64,3 +64,35 @@ def test_chains_and_destinations_do_not_mix() -> None:
     got = errors(listener({"name": "a", "cluster": "c"}, mode="transparent",
                           destinations=[{"cluster": "c"}]))
     assert got == ["listeners[0].filter_chains: not together with destinations"]
+
+
+def test_chains_that_overlap_on_one_value_are_refused() -> None:
+    """Envoy refuses two chains that share a value at every field ("multiple filter chains
+    with the same matching rules"): for a connection with that value, only the list order
+    would decide.  Identical matches are a special case; overlapping lists are the rest."""
+    got = errors(listener(
+        {"name": "a", "cluster": "c", "match": {"server_names": ["a.example", "b.example"]}},
+        {"name": "b", "cluster": "c", "match": {"server_names": ["B.example"]}},
+        {"name": "h", "cluster": "c", "match": {"transport": "tls", "alpn": ["h2", "http/1.1"]}},
+        {"name": "h2", "cluster": "c", "match": {"transport": "tls", "alpn": ["h2"]}},
+        {"name": "d", "cluster": "c", "match": {"destination": ["10.0.0.0/8", "10.1.0.0/16"]}},
+        {"name": "d2", "cluster": "c", "match": {"destination": ["10.9.9.9/8"]}},
+    ))
+    assert got == [
+        "listeners[0].filter_chains[1].match: overlaps filter_chains[0] (server name "
+        "'b.example'): a connection matching both would be decided by list order",
+        "listeners[0].filter_chains[3].match: overlaps filter_chains[2] (ALPN 'h2'): a "
+        "connection matching both would be decided by list order",
+        "listeners[0].filter_chains[5].match: overlaps filter_chains[4] (destination "
+        "'10.0.0.0/8'): a connection matching both would be decided by list order",
+    ]
+    # Different values of one field, or a more specific value, are not an overlap.
+    validate(listener(
+        {"name": "a", "cluster": "c", "match": {"server_names": ["a.example"]}},
+        {"name": "w", "cluster": "c", "match": {"server_names": ["*.example"]}},
+        {"name": "h2", "cluster": "c", "match": {"transport": "tls", "alpn": ["h2"]}},
+        {"name": "h1", "cluster": "c", "match": {"transport": "tls", "alpn": ["http/1.1"]}},
+        {"name": "t", "cluster": "c", "match": {"transport": "tls"}},
+        {"name": "d", "cluster": "c", "match": {"destination": ["10.0.0.0/8"]}},
+        {"name": "d2", "cluster": "c", "match": {"destination": ["10.0.0.0/16"]}},
+    ))

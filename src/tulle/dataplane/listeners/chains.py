@@ -15,11 +15,13 @@ are narrowed field by field, in this order --
 3. server name: an exact match, else the longest matching `*.suffix`, else chains with no
    server names (a connection without SNI only matches those);
 4. transport (`tls` / `plaintext`): chains naming it, else `any`;
-5. ALPN: chains offering any protocol the client offers, else chains with none.
+5. ALPN: chains naming the protocol the client offers first among those any chain names,
+   else chains with none.
 
 At each step, if no candidate matches specifically or by leaving the field empty, no chain
 matches: a less specific chain at an earlier field is *not* reconsidered (as in Envoy).  The
-validator refuses two chains with the same match, so at most one is left.  No chain: the
+validator refuses two chains that share a value at every field (ADR 0021), so at most one is
+left.  No chain: the
 listener's default chain (its own fields), if it has one.
 
 Chains compile once per snapshot (`ChainRule`, held by the `ListenerContext`); a connection
@@ -115,9 +117,14 @@ class ChainRule:
         return 1 if self.transport == transport else -1
 
     def alpn_score(self, offered: Sequence[str]) -> int:
+        """Higher for a protocol the client offers earlier: between chains on different
+        protocols the client's preference decides, as in Envoy (not the list order)."""
         if not self.alpn:
             return 0
-        return 1 if any(p in self.alpn for p in offered) else -1
+        for i, p in enumerate(offered):
+            if p in self.alpn:
+                return len(offered) - i
+        return -1
 
 
 def _narrow(candidates: list[ChainRule], score: Callable[[ChainRule], int]) -> list[ChainRule]:

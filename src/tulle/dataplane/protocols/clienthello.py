@@ -110,8 +110,10 @@ class ClientHelloReader:
             if self._records == 0 and n > _RECORD_HEADER:
                 if buf[5] != _CLIENT_HELLO:
                     return _invalid("first handshake message is not a ClientHello")
-                if n >= _RECORD_HEADER + 4 and int.from_bytes(buf[6:9], "big") > \
-                        MAX_CLIENT_HELLO_BYTES:
+                # (Only when this record holds the whole message header: it may span
+                # records, and the next record's header is not a length.)
+                if length >= 4 and n >= _RECORD_HEADER + 4 and \
+                        int.from_bytes(buf[6:9], "big") > MAX_CLIENT_HELLO_BYTES:
                     return Hello("too_large", reason="ClientHello body")  # before buffering it
             if n < _RECORD_HEADER + length:
                 return NEED_MORE

@@ -11,7 +11,10 @@ only precompiled values, and runs on the request as the proxy has it: a `Request
   contract admits (`tulle.proxyconfig.regex`: bounded backtracking, ADR 0016).
 * **Header matchers**: the name case-insensitively; a header sent several times is matched as
   its values joined with `,` (RFC 9110 section 5.3; Envoy does the same); a value matcher,
-  or presence alone; `invert` negates the result (a missing header then matches).
+  or presence alone; `invert` negates the result (a missing header then matches).  `host`
+  is the request's authority (`Host` / `:authority`, kept apart from the fields by the
+  codecs); framing and hop-by-hop fields never reach routing, and the contract refuses
+  matches on them (`proxyconfig.validate`, ADR 0021).
 * **Query-parameter matchers**: the name case-sensitively and exactly; names and values are
   percent-decoded before comparing; a parameter sent several times is matched by its first
   value (Gateway API's recommendation); a parameter without `=` has the value "".
@@ -143,21 +146,66 @@ class HeaderMatcher(Condition):
 
     @classmethod
     def of(cls, m: HeaderMatch) -> HeaderMatcher:
-        return cls(m.name, string_matcher(m.type, m.value))
+        value = string_matcher(m.type, m.value)
+        if m.name.lower() == "host":
+            return AuthorityMatcher(m.name, value)
+        return cls(m.name, value)
 
 
-def first_query_value(query: bytes, name: bytes) -> bytes | None:
-    """The percent-decoded value of the first parameter whose decoded name is `name`, else
-    None.  `+` is left as it is (it means a space only in HTML form encoding)."""
-    if not query:
-        return None
+class AuthorityMatcher(HeaderMatcher):
+    """A `host` header condition: the request's authority (HTTP/1 `Host`, HTTP/2
+    `:authority`), which the codecs keep as the head's `authority`, not as a header field --
+    a search of the fields would never find it."""
+
+    __slots__ = ()
+
+    def matches(self, head: RequestHead, query: bytes) -> bool:
+        found = head.authority
+        if not found:
+            return self.invert
+        value = self.value
+        return (value is None or value.matches(found)) is not self.invert
+
+
+def parse_query(query: bytes) -> dict[bytes, bytes]:
+    """Each parameter's percent-decoded name -> its first value, percent-decoded.  `+` is left
+    as it is (it means a space only in HTML form encoding); `;` is no separator (as Envoy)."""
+    out: dict[bytes, bytes] = {}
     for part in query.split(b"&"):
         key, _, value = part.partition(b"=")
         if b"%" in key:
             key = unquote_to_bytes(key)
-        if key == name:
-            return unquote_to_bytes(value) if b"%" in value else value
-    return None
+        if key not in out:
+            out[key] = unquote_to_bytes(value) if b"%" in value else value
+    return out
+
+
+class _LastQuery:
+    """The parameters of the query last asked about.  The router hands every condition of a
+    request the same `query` object, so a host trying many query conditions splits it once
+    (a 64 KiB query cost 8-15 ms per condition when each split it again).  Keyed by identity:
+    bytes are immutable and the entry holds its key alive, so a hit is always right."""
+
+    __slots__ = ("params", "query")
+
+    def __init__(self) -> None:
+        self.query = b""
+        self.params: dict[bytes, bytes] = {}
+
+
+_last = _LastQuery()
+
+
+def first_query_value(query: bytes, name: bytes) -> bytes | None:
+    """The percent-decoded value of the first parameter whose decoded name is `name`, else
+    None (`parse_query`, once per query object)."""
+    if not query:
+        return None
+    last = _last
+    if query is not last.query:
+        last.params = parse_query(query)
+        last.query = query
+    return last.params.get(name)
 
 
 class QueryMatcher(Condition):

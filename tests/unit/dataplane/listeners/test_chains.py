@@ -109,3 +109,16 @@ def test_which_chains_need_the_first_bytes() -> None:
     chains, default = build_rules(cfg, {}, None, ProxyMetrics(), None)
     assert [c.inspects for c in chains] == [False, True, True]
     assert default is not None and default.name == "" and not default.inspects
+
+
+def test_alpn_follows_the_clients_preference_not_the_list_order() -> None:
+    """Two chains on different protocols, a client offering both: Envoy walks the client's
+    offers in order (`findFilterChainForApplicationProtocols`); so does Tulle, whichever
+    chain is listed first."""
+    for order in ((0, 1), (1, 0)):
+        both = [("h1", {"transport": "tls", "alpn": ["http/1.1"]}),
+                ("h2", {"transport": "tls", "alpn": ["h2"]})]
+        chains = rules(*(both[i] for i in order))
+        assert pick(chains, transport="tls", alpn=("h2", "http/1.1")) == "h2"
+        assert pick(chains, transport="tls", alpn=("http/1.1", "h2")) == "h1"
+        assert pick(chains, transport="tls", alpn=("x",) * 999 + ("h2",)) == "h2"

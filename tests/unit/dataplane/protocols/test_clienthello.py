@@ -103,6 +103,17 @@ def test_a_hello_split_over_many_records_is_reassembled() -> None:
     assert (got.status, got.sni, got.alpn) == ("hello", "a.example", ("h2",))
 
 
+def test_a_first_record_shorter_than_the_message_header_is_reassembled() -> None:
+    """RFC 8446 5.1 lets a handshake message's header itself span records.  The early size
+    check used to read the next record's header bytes (16 03 01) as the body length and
+    called a well-formed hello `too_large`."""
+    msg = message(hello_body(sni_ext(b"a.example"), alpn_ext(b"h2")))
+    for k in (1, 2, 3):
+        data = b"\x16\x03\x01" + k.to_bytes(2, "big") + msg[:k] + records(msg[k:])
+        for got in (read(data), read_bytewise(data)):
+            assert (got.status, got.sni, got.alpn) == ("hello", "a.example", ("h2",)), k
+
+
 def test_an_old_hello_without_extensions() -> None:
     got = read(records(message(hello_body(with_extensions=False))))
     assert (got.status, got.sni, got.alpn) == ("hello", None, ())
