@@ -1,6 +1,6 @@
 """The kind registry: which (apiVersion, kind) is which model, and how the CLI names it.
 
-Every kind registers itself with `@register(...)` in its own module; `tulle.api.kinds` imports
+Every kind registers itself with `@register(...)` in its own module; `tulle.api.builtin_kinds` imports
 them all, and this module loads it on first use, so `parse` knows every built-in kind without
 an import cycle.  A policy kind registers the same way and additionally declares what it may
 target (see `tulle.api.policy`).
@@ -86,7 +86,7 @@ def _ensure_loaded() -> None:
     global _loaded
     if not _loaded:
         _loaded = True
-        importlib.import_module("tulle.api.kinds")
+        importlib.import_module("tulle.api.builtin_kinds")
 
 
 def kinds() -> tuple[KindInfo, ...]:

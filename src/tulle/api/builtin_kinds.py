@@ -1,5 +1,8 @@
 """Imports every built-in kind so that each registers itself (loaded by the registry on first use).
 
+Named `builtin_kinds`, not `kinds`: importing a submodule sets it as an attribute of its package,
+which would replace the `tulle.api.kinds()` function the package exports.
+
 A new kind is one module plus one line here.
 """
 
