@@ -15,12 +15,14 @@ from tulle.api.errors import field_error, quote
 from tulle.api.fields import HeaderName
 from tulle.api.gateway.common import (
     GATEWAY_V1,
+    GRPCROUTE_VERSIONS,
     BackendRef,
     HTTPHeaderFilter,
     HTTPRequestMirrorFilter,
     LocalObjectReference,
     RouteSpecWithHostnames,
     RouteStatus,
+    GRPCRouteVersion,
     RuleName,
     check_filter_union,
     check_unique_filter_types,
@@ -142,9 +144,10 @@ class GRPCRouteSpec(RouteSpecWithHostnames):
         return self
 
 
-@register(api_version=GATEWAY_V1, kind="GRPCRoute", plural="grpcroutes")
+@register(api_version=GATEWAY_V1, kind="GRPCRoute", plural="grpcroutes",
+          also_served=GRPCROUTE_VERSIONS[1:])
 class GRPCRoute(Resource):
-    apiVersion: Literal["gateway.networking.k8s.io/v1"] = GATEWAY_V1
+    apiVersion: GRPCRouteVersion = GATEWAY_V1
     kind: Literal["GRPCRoute"] = "GRPCRoute"
     spec: GRPCRouteSpec
     status: RouteStatus | None = None
