@@ -85,9 +85,10 @@ async def _has_vip(api: str) -> bool:
 
 async def _condition(api: str, type_: str) -> str:
     _, out, _ = await tulle(api, "get", "httproute", "reviews-canary", "-n", "shop", "-o", "json")
-    for c in json.loads(out).get("status", {}).get("conditions", []):
-        if c["type"] == type_:
-            return str(c["status"])
+    for parent in json.loads(out).get("status", {}).get("parents", []):
+        for c in parent["conditions"]:
+            if c["type"] == type_:
+                return str(c["status"])
     return "?"
 
 
