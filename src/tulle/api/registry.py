@@ -5,6 +5,11 @@ them all, and this module loads it on first use, so `parse` knows every built-in
 an import cycle.  A policy kind registers the same way and additionally declares what it may
 target (see `tulle.api.policy`).
 
+A kind may be served under several apiVersions with one schema (`also_served`): Gateway API's
+`v1beta1` HTTPRoute, `v1alpha2` GRPCRoute, Linkerd's `policy.linkerd.io` HTTPRoute.  All of
+them are one kind here (one store key, one `KindInfo`); an object keeps the apiVersion it was
+written in (ADR 0024).
+
 Names follow kubectl: a kind is found by its kind (any case), its singular, its plural, one of
 its short names, or `plural.group` when two groups share a plural.
 """
@@ -32,6 +37,13 @@ class KindInfo:
     short_names: tuple[str, ...] = ()
     policy_targets: frozenset[tuple[str, str]] | None = None
     """For policy kinds: the (group, kind) pairs `spec.targetRef` may name."""
+    also_served: tuple[str, ...] = ()
+    """Other apiVersions accepted with the same schema; objects keep the one they were written in."""
+
+    @property
+    def api_versions(self) -> tuple[str, ...]:
+        """Every apiVersion this kind is accepted and served as, the preferred one first."""
+        return (self.api_version, *self.also_served)
 
     @property
     def group(self) -> str:
@@ -67,16 +79,20 @@ def register(
     plural: str,
     scope: Scope = "Namespaced",
     short_names: tuple[str, ...] = (),
+    also_served: tuple[str, ...] = (),
 ) -> Callable[[R], R]:
-    """Class decorator: make `model` the schema of (`api_version`, `kind`)."""
+    """Class decorator: make `model` the schema of (`api_version`, `kind`), and of (`v`,
+    `kind`) for every `v` in `also_served`."""
 
     def deco(model: R) -> R:
-        key = (api_version, kind)
-        if key in _KINDS and _KINDS[key].model is not model:
-            raise RuntimeError(f"kind {kind} in {api_version} registered twice")
         model.SCOPE = scope
         targets: frozenset[tuple[str, str]] | None = getattr(model, "TARGETS", None)
-        _KINDS[key] = KindInfo(api_version, kind, model, scope, plural, short_names, targets)
+        info = KindInfo(api_version, kind, model, scope, plural, short_names, targets, also_served)
+        for version in info.api_versions:
+            key = (version, kind)
+            if key in _KINDS and _KINDS[key].model is not model:
+                raise RuntimeError(f"kind {kind} in {version} registered twice")
+            _KINDS[key] = info
         return model
 
     return deco
@@ -92,7 +108,12 @@ def _ensure_loaded() -> None:
 def kinds() -> tuple[KindInfo, ...]:
     """Every registered kind, in a stable order (group, then kind)."""
     _ensure_loaded()
-    return tuple(sorted(_KINDS.values(), key=lambda k: (k.group, k.kind)))
+    return tuple(sorted(_unique(), key=lambda k: (k.group, k.kind)))
+
+
+def _unique() -> list[KindInfo]:
+    """Each kind once (a kind served under several apiVersions has one key per version)."""
+    return list({id(info): info for info in _KINDS.values()}.values())
 
 
 def lookup(api_version: str, kind: str) -> KindInfo:
@@ -111,7 +132,7 @@ def resolve(name: str) -> KindInfo:
     base, _, group = wanted.partition(".")
     matches = [
         info
-        for info in _KINDS.values()
+        for info in _unique()
         if base in (info.kind.lower(), info.singular, info.plural, *info.short_names)
         and (not group or info.group == group)
     ]
@@ -147,7 +168,7 @@ def parse(obj: Any) -> Resource:
 
 
 def _unknown_kind(api_version: str, kind: str) -> str:
-    same_kind = sorted(k.api_version for k in _KINDS.values() if k.kind == kind)
+    same_kind = sorted(v for (v, k) in _KINDS if k == kind)
     if same_kind:
         return f"kind {kind} is served as apiVersion {' or '.join(same_kind)}, not {quote(api_version)}"
     known = ", ".join(sorted({k.kind for k in _KINDS.values()}))

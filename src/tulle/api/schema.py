@@ -135,12 +135,15 @@ def crd(info: KindInfo) -> dict[str, Any]:
             "scope": info.scope,
             "versions": [
                 {
-                    "name": info.version,
+                    "name": version.rpartition("/")[2],
                     "served": True,
-                    "storage": True,
+                    "storage": version == info.api_version,
                     "schema": {"openAPIV3Schema": openapi_schema(info)},
                     "subresources": {"status": {}},
                 }
+                # other groups' versions (Linkerd's) are their own CRDs, not ours to install
+                for version in info.api_versions
+                if version.rpartition("/")[0] == info.group
             ],
         },
     }

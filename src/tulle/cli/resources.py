@@ -69,7 +69,7 @@ def _read_documents(paths: tuple[str, ...]) -> tuple[list[Any], list[str]]:
             for i, d in enumerate(safeyaml.load_all(text)):
                 if d is None:
                     continue
-                if isinstance(d, dict) and d.get("kind") == "List" and "items" in d:
+                if _is_list(d):
                     for j, item in enumerate(d["items"]):
                         docs.append(item)
                         sources.append(f"{name}#{i}.items[{j}]")
@@ -85,18 +85,33 @@ def _read_documents(paths: tuple[str, ...]) -> tuple[list[Any], list[str]]:
     return docs, sources
 
 
+def _is_list(doc: Any) -> bool:
+    """`kind: List` (what `tulle get -o yaml` prints) or a typed list (`HTTPRouteList`, what
+    the REST API answers), as kubectl reads both."""
+    return (isinstance(doc, dict) and isinstance(doc.get("kind"), str)
+            and doc["kind"].endswith("List") and isinstance(doc.get("items"), list))
+
+
 @click.command("apply")
 @click.option("-f", "--filename", "files", multiple=True, required=True,
               help="File, directory, or - for stdin (repeatable).")
 @click.option("--dry-run", is_flag=True, help="Validate and show what would change.")
+@click.option("--strict", is_flag=True,
+              help="Refuse the whole apply (nothing stored) if anything in it would be stored "
+                   "but not enforced; without it, that is a printed warning.")
 @server_option
-def apply_cmd(files: tuple[str, ...], dry_run: bool, server: str | None) -> None:
-    """Create or update resources from files.  Idempotent; all-or-nothing on invalid input."""
+def apply_cmd(files: tuple[str, ...], dry_run: bool, strict: bool, server: str | None) -> None:
+    """Create or update resources from files.  Idempotent; all-or-nothing on invalid input.
+
+    Whatever would be stored but not (wholly) enforced — a rule left out, a backend not found,
+    a policy the data plane does not enforce yet, a Mesh value the proxies cannot take — is
+    printed as a `Warning:` line on stderr (an error with --strict)."""
     docs, sources = _read_documents(files)
     if not docs:
         raise click.UsageError("no documents found")
     try:
-        out = call(server_url(server), "POST", "/api/v1/apply", query={"dryRun": dry_run},
+        out = call(server_url(server), "POST", "/api/v1/apply",
+                   query={"dryRun": dry_run, "strict": strict},
                    body={"documents": docs, "sources": sources})
     except APIError as exc:
         if exc.status == 409 and "results" in exc.body:
@@ -116,6 +131,12 @@ def _print_results(results: list[dict[str, Any]]) -> None:
         if r.get("error"):
             line += f": {r['error']}"
         click.echo(line)
+    for r in results:
+        ident = f"{r['kind'].lower()}/{r['name']}"
+        if r.get("namespace"):
+            ident += f" -n {r['namespace']}"
+        for w in r.get("warnings") or []:
+            click.echo(f"Warning: {ident}: {w}", err=True)
 
 
 def _age(md: dict[str, Any]) -> str:
@@ -133,11 +154,11 @@ def _age(md: dict[str, Any]) -> str:
     return f"{s}s"
 
 
-def _cond(obj: dict[str, Any], type_: str) -> str:
-    for c in (obj.get("status") or {}).get("conditions") or []:
-        if c.get("type") == type_:
-            return str(c.get("status"))
-    return "-"
+def _accepted(obj: dict[str, Any]) -> list[tuple[str, str]]:
+    from tulle.api.conditions import summary
+
+    accepted, reason = summary(obj)
+    return [("ACCEPTED", accepted), ("REASON", reason)]
 
 
 def _columns(kind: str, obj: dict[str, Any], wide: bool) -> list[tuple[str, str]]:
@@ -160,11 +181,12 @@ def _columns(kind: str, obj: dict[str, Any], wide: bool) -> list[tuple[str, str]
                      ("LABELS", labels or "<none>")]
     elif kind in ("HTTPRoute", "GRPCRoute", "TCPRoute"):
         parents = ",".join(str(p.get("name")) for p in spec.get("parentRefs") or [])
-        cols = [("PARENTS", parents or "-"), ("ACCEPTED", _cond(obj, "Accepted")),
-                ("RESOLVED", _cond(obj, "ResolvedRefs"))]
+        cols = [("PARENTS", parents or "-"), *_accepted(obj)]
     elif "targetRef" in spec:
         t = spec["targetRef"]
-        cols = [("TARGET", f"{t.get('kind')}/{t.get('name')}")]
+        cols = [("TARGET", f"{t.get('kind')}/{t.get('name')}"), *_accepted(obj)]
+    elif kind == "Mesh":
+        cols = _accepted(obj)
     cols.append(("AGE", _age(obj.get("metadata") or {})))
     return cols
 
@@ -215,7 +237,8 @@ def get_cmd(type_: str, name: str | None, namespace: str | None, all_namespaces:
     except APIError as exc:
         _fail(exc)
         return
-    if _emit(items[0] if name else {"items": items}, output):
+    # One object as it is; several as kubectl prints them: a `kind: List` `apply` reads back.
+    if _emit(items[0] if name else {"apiVersion": "v1", "kind": "List", "items": items}, output):
         return
     if not items:
         where = "" if all_namespaces else f" in namespace {namespace or 'default'}"
@@ -309,15 +332,18 @@ def describe_cmd(type_: str, name: str, namespace: str | None, server: str | Non
     click.echo("Spec:")
     click.echo("  " + yaml.safe_dump(obj.get("spec") or {}, sort_keys=False).rstrip()
                .replace("\n", "\n  "))
-    status = dict(obj.get("status") or {})
-    conds = status.pop("conditions", None) or []
+    from tulle.api.conditions import found
+
+    status = {k: v for k, v in (obj.get("status") or {}).items()
+              if k not in ("conditions", "parents")}
     if status:
         click.echo("Status:")
         click.echo("  " + yaml.safe_dump(status, sort_keys=False).rstrip().replace("\n", "\n  "))
+    conds = list(found(obj))
     click.echo("Conditions:" + ("" if conds else " <none>"))
-    for c in conds:
-        click.echo(f"  {c.get('type')}={c.get('status')} ({c.get('reason')})"
-                   + (f": {c.get('message')}" if c.get("message") else ""))
+    for f in conds:
+        since = f.condition.get("lastTransitionTime")
+        click.echo(f"  {f.line()}" + (f" (since {since})" if since else ""))
     if obj.get("kind") == "Workload":
         try:
             proxies = call(srv, "GET", "/api/v1/proxies")["items"]

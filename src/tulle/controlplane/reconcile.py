@@ -9,9 +9,10 @@ new version, so only they are pushed to.
 
 It also does what a controller does in Kubernetes: allocates Service virtual IPs, writes route
 status conditions, and registers workloads that proxies announce.  Every write is
-resourceVersion-checked; with two control planes on one PostgreSQL store, both compile the same
-inputs to the same bytes, and a status write that lost a race is simply retried on the next
-event.
+resourceVersion-checked, and a status whose conditions did not change is not rewritten
+(`statuswriter`: routes report per parent, as Gateway API does); with two control planes on
+one PostgreSQL store, both compile the same inputs to the same bytes, and a status write
+that lost a race is simply retried on the next event.
 """
 
 from __future__ import annotations
@@ -24,8 +25,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh
+from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh, derive, plugins
+from tulle.controlplane.compiler.status import conditions as model_conditions
 from tulle.controlplane.push.server import SnapshotCache
+from tulle.controlplane.statuswriter import desired_status
 from tulle.controlplane.store.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -43,20 +46,16 @@ VIP_RANGE = ipaddress.ip_network("240.240.0.0/16")
 real address; they only exist as names in route tables (and in mesh DNS later)."""
 
 
-def _conditions_equal(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> bool:
-    strip = ("lastTransitionTime",)
-    return [{k: v for k, v in c.items() if k not in strip} for c in a] == [
-        {k: v for k, v in c.items() if k not in strip} for c in b]
-
-
 def _same_inputs(old: Obj, new: Obj) -> bool:
     """Whether two versions of a resource differ only in what the compiler never reads: the
-    resourceVersion and the status conditions (which the compiler itself produces).  The
-    writes of route conditions then do not cost a whole-mesh compilation each."""
+    resourceVersion and the status conditions, top-level or per route parent (which the
+    compiler itself produces).  The writes of conditions then do not cost a whole-mesh
+    compilation each."""
 
     def strip(obj: Obj) -> Obj:
         md = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "resourceVersion"}
-        status = {k: v for k, v in (obj.get("status") or {}).items() if k != "conditions"}
+        status = {k: v for k, v in (obj.get("status") or {}).items()
+                  if k not in ("conditions", "parents")}
         return {**obj, "metadata": md, "status": status}
 
     return strip(old) == strip(new)
@@ -159,6 +158,20 @@ class Reconciler:
         for cb in self.on_compiled:
             cb()
 
+    def preview(self, objs: list[Obj]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+        """The conditions `objs` would have once applied over the current state: a dry
+        compilation (model and plugins; nothing rendered, nothing written, no cache touched),
+        which is how `apply` learns synchronously what it is about to store but not enforce.
+        An object keeps the status it has (a Service its virtual IP)."""
+        resources = dict(self._resources)
+        for obj in objs:
+            key = self._key(obj)
+            current = resources.get(key)
+            keep = {"status": current["status"]} if current and "status" in current else {}
+            resources[key] = {**obj, **keep}
+        model = plugins.run(derive(MeshInputs.from_resources(resources.values())))
+        return model_conditions(model)
+
     async def _write_conditions(self, conditions: dict[tuple[str, str, str],
                                                         list[dict[str, Any]]]) -> None:
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -166,10 +179,9 @@ class Reconciler:
             obj = self._resources.get((kind, ns, name))
             if obj is None:
                 continue
-            status = dict(obj.get("status") or {})
-            if _conditions_equal(status.get("conditions") or [], conds):
+            status = desired_status(obj, conds, now)
+            if status == (obj.get("status") or {}):
                 continue
-            status["conditions"] = [{**c, "lastTransitionTime": now} for c in conds]
             with contextlib.suppress(ConflictError, NotFoundError):
                 self._resources[(kind, ns, name)] = await self.store.update_status(
                     {**obj, "status": status})

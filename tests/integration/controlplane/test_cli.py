@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 from click.testing import CliRunner
+from tests.support.cli import tulle
 from tests.support.controlplane import eventually, running_control_plane, subscribe
 from tests.support.proxy import free_port
 
@@ -20,21 +19,6 @@ from tulle.cli.resources import apply_cmd
 from tulle.proxyconfig.stream import WorkloadInfo
 
 ROOT = Path(__file__).resolve().parents[3]
-TULLE = str(Path(sys.executable).parent / "tulle")
-PYTHONPATH = {k: v for k, v in os.environ.items() if k == "PYTHONPATH"}
-"""Passed on, so that `tulle` runs the code under test (a worktree's) and not the install."""
-
-
-async def tulle(api: str, *args: str, stdin: str | None = None) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        TULLE, *args, env={"TULLE_SERVER": api, "PATH": "/usr/bin:/bin", **PYTHONPATH},
-        stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 def service(name: str, **extra: Any) -> dict[str, Any]:
     return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Service",
             "metadata": {"name": name, "namespace": "shop", **extra},
@@ -85,9 +69,10 @@ async def _has_vip(api: str) -> bool:
 
 async def _condition(api: str, type_: str) -> str:
     _, out, _ = await tulle(api, "get", "httproute", "reviews-canary", "-n", "shop", "-o", "json")
-    for c in json.loads(out).get("status", {}).get("conditions", []):
-        if c["type"] == type_:
-            return str(c["status"])
+    for parent in json.loads(out).get("status", {}).get("parents", []):
+        for c in parent["conditions"]:
+            if c["type"] == type_:
+                return str(c["status"])
     return "?"
 
 

@@ -75,3 +75,43 @@ def test_unknown_kind_lists_known_ones() -> None:
     assert message.startswith(
         'unknown kind "Pod" (apiVersion "x/v1"); known kinds: AuthorizationPolicy, GRPCRoute'
     )
+
+
+ROUTE_SPEC = {"parentRefs": [{"group": "core", "kind": "Service", "name": "web", "port": 80}],
+              "rules": [{"backendRefs": [{"name": "web", "port": 80}]}]}
+
+
+@pytest.mark.parametrize(
+    ("api_version", "kind"),
+    [
+        ("gateway.networking.k8s.io/v1", "HTTPRoute"),
+        ("gateway.networking.k8s.io/v1beta1", "HTTPRoute"),
+        ("policy.linkerd.io/v1beta3", "HTTPRoute"),
+        ("policy.linkerd.io/v1beta2", "HTTPRoute"),
+        ("gateway.networking.k8s.io/v1", "GRPCRoute"),
+        ("gateway.networking.k8s.io/v1alpha2", "GRPCRoute"),
+    ],
+)
+def test_route_versions_are_accepted_and_kept(api_version: str, kind: str) -> None:
+    r = parse({"apiVersion": api_version, "kind": kind, "metadata": {"name": "r"}, "spec": ROUTE_SPEC})
+    assert r.api_version == api_version  # stored and served as written (ADR 0024)
+    assert r.to_dict()["apiVersion"] == api_version
+    info = lookup(api_version, kind)
+    assert info is resolve(kind.lower()) and info.api_version == "gateway.networking.k8s.io/v1"
+
+
+def test_a_kind_served_in_several_versions_is_one_kind() -> None:
+    assert [k.kind for k in kinds()].count("HTTPRoute") == 1
+    assert resolve("httproutes").api_versions == (
+        "gateway.networking.k8s.io/v1",
+        "gateway.networking.k8s.io/v1beta1",
+        "policy.linkerd.io/v1beta3",
+        "policy.linkerd.io/v1beta2",
+    )
+
+
+def test_a_version_not_served_names_the_served_ones() -> None:
+    with pytest.raises(ValidationError) as exc:
+        parse({"apiVersion": "policy.linkerd.io/v1alpha1", "kind": "HTTPRoute", "metadata": {"name": "r"}})
+    assert "gateway.networking.k8s.io/v1beta1" in str(exc.value)
+    assert "policy.linkerd.io/v1beta3" in str(exc.value)

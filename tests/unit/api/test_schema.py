@@ -122,3 +122,6 @@ def test_crd_shape() -> None:
     assert doc["metadata"]["name"] == "httproutes.gateway.networking.k8s.io"
     assert doc["spec"]["scope"] == "Namespaced"
     assert doc["spec"]["versions"][0]["name"] == "v1"
+    # v1beta1 served with the same schema, v1 stored; Linkerd's group is not in our CRD
+    assert [(v["name"], v["served"], v["storage"]) for v in doc["spec"]["versions"]] == [
+        ("v1", True, True), ("v1beta1", True, False)]

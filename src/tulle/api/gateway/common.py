@@ -9,7 +9,7 @@ the compiler reports as not accepted until the gateways issue.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 from pydantic import Field, model_validator
 
@@ -31,6 +31,27 @@ from tulle.api.meta import Condition, Model
 GATEWAY_GROUP: Final = "gateway.networking.k8s.io"
 GATEWAY_V1: Final = "gateway.networking.k8s.io/v1"
 GATEWAY_V1ALPHA2: Final = "gateway.networking.k8s.io/v1alpha2"
+GATEWAY_V1BETA1: Final = "gateway.networking.k8s.io/v1beta1"
+LINKERD_V1BETA3: Final = "policy.linkerd.io/v1beta3"
+LINKERD_V1BETA2: Final = "policy.linkerd.io/v1beta2"
+
+HTTPRouteVersion = Literal[
+    "gateway.networking.k8s.io/v1",
+    "gateway.networking.k8s.io/v1beta1",
+    "policy.linkerd.io/v1beta3",
+    "policy.linkerd.io/v1beta2",
+]
+HTTPROUTE_VERSIONS: Final = (GATEWAY_V1, GATEWAY_V1BETA1, LINKERD_V1BETA3, LINKERD_V1BETA2)
+"""Every apiVersion an HTTPRoute is accepted in, preferred first.  Gateway API serves `v1beta1`
+with the `v1` schema; Linkerd's `policy.linkerd.io` HTTPRoute (v1beta2, v1beta3) is a subset of
+it (v1beta3 added `timeouts`), so a route written for Linkerd validates unchanged (ADR 0024)."""
+
+GRPCRouteVersion = Literal["gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1alpha2"]
+GRPCROUTE_VERSIONS: Final = (GATEWAY_V1, GATEWAY_V1ALPHA2)
+"""GRPCRoute graduated to `v1` in Gateway API 1.1 with the `v1alpha2` schema unchanged."""
+
+CONTROLLER_NAME: Final = "tulle.dev/mesh-controller"
+"""What Tulle writes as `status.parents[].controllerName` (Gateway API: a domain-prefixed path)."""
 
 
 class ParentReference(Model):

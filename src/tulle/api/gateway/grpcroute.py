@@ -15,7 +15,9 @@ from tulle.api.errors import field_error, quote
 from tulle.api.fields import HeaderName
 from tulle.api.gateway.common import (
     GATEWAY_V1,
+    GRPCROUTE_VERSIONS,
     BackendRef,
+    GRPCRouteVersion,
     HTTPHeaderFilter,
     HTTPRequestMirrorFilter,
     LocalObjectReference,
@@ -142,9 +144,10 @@ class GRPCRouteSpec(RouteSpecWithHostnames):
         return self
 
 
-@register(api_version=GATEWAY_V1, kind="GRPCRoute", plural="grpcroutes")
+@register(api_version=GATEWAY_V1, kind="GRPCRoute", plural="grpcroutes",
+          also_served=GRPCROUTE_VERSIONS[1:])
 class GRPCRoute(Resource):
-    apiVersion: Literal["gateway.networking.k8s.io/v1"] = GATEWAY_V1
+    apiVersion: GRPCRouteVersion = GATEWAY_V1
     kind: Literal["GRPCRoute"] = "GRPCRoute"
     spec: GRPCRouteSpec
     status: RouteStatus | None = None

@@ -19,9 +19,11 @@ from tulle.api.errors import field_error
 from tulle.api.fields import Duration, HeaderName, Port, PreciseHostname, duration_ms
 from tulle.api.gateway.common import (
     GATEWAY_V1,
+    HTTPROUTE_VERSIONS,
     BackendRef,
     HTTPHeaderFilter,
     HTTPRequestMirrorFilter,
+    HTTPRouteVersion,
     LocalObjectReference,
     RouteSpecWithHostnames,
     RouteStatus,
@@ -268,9 +270,10 @@ class HTTPRouteSpec(RouteSpecWithHostnames):
         return self
 
 
-@register(api_version=GATEWAY_V1, kind="HTTPRoute", plural="httproutes")
+@register(api_version=GATEWAY_V1, kind="HTTPRoute", plural="httproutes",
+          also_served=HTTPROUTE_VERSIONS[1:])
 class HTTPRoute(Resource):
-    apiVersion: Literal["gateway.networking.k8s.io/v1"] = GATEWAY_V1
+    apiVersion: HTTPRouteVersion = GATEWAY_V1
     kind: Literal["HTTPRoute"] = "HTTPRoute"
     spec: HTTPRouteSpec
     status: RouteStatus | None = None

@@ -3,7 +3,7 @@
     GET    /api/v1/resources/{type}                     list (?namespace=, ?labelSelector=)
     GET    /api/v1/resources/{type}/{name}              one (?namespace=)
     DELETE /api/v1/resources/{type}/{name}              (?namespace=, ?resourceVersion=)
-    POST   /api/v1/apply?dryRun=false                   {"documents": [...], "sources": [...]}
+    POST   /api/v1/apply?dryRun=false&strict=false      {"documents": [...], "sources": [...]}
     GET    /api/v1/proxies                              connected proxies and their versions
     GET    /api/v1/proxies/{namespace}/{name}/config    the snapshot a proxy runs
     GET    /healthz, /readyz
@@ -12,7 +12,9 @@
 JSON `{"error": ..., "details": [...]}` with the HTTP status Kubernetes would use (404, 409,
 413, 422).  `apply` is one store transaction (see apply.py): every document is validated
 first, duplicates and stale resourceVersions refuse the whole request, and the writes are
-committed together or not at all.  Request bodies are bounded (`max_body_bytes`, 413).
+committed together or not at all.  Each result carries `warnings`: what its object would
+store but the mesh not enforce (a dry compilation; `strict=true` refuses the apply instead).
+Request bodies are bounded (`max_body_bytes`, 413).
 """
 
 from __future__ import annotations
@@ -101,13 +103,15 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
 
     @app.post("/api/v1/apply", response_model=None)
     async def apply(body: dict[str, Any] = Body(...),  # noqa: B008
-                    dry_run: bool = Query(False, alias="dryRun")) -> Any:
+                    dry_run: bool = Query(False, alias="dryRun"),
+                    strict: bool = Query(False)) -> Any:
         docs = body.get("documents")
         if not isinstance(docs, list):
             return _error(400, "body must be {\"documents\": [...]}")
         sources = body.get("sources")
         return await apply_documents(store, docs, sources if isinstance(sources, list) else [],
-                                     dry_run)
+                                     dry_run, strict=strict,
+                                     preview=reconciler.preview if reconciler else None)
 
     @app.get("/api/v1/proxies")
     async def proxies() -> dict[str, Any]:

@@ -7,6 +7,9 @@ The steps, each of which can refuse the whole request before anything is written
    is the user's call, not ours);
 3. the current objects are read; a document carrying `metadata.resourceVersion` that is not
    the stored one is a conflict (409);
+3b. the documents are compiled over the current state (`warnings.py`): whatever they would
+   store but the mesh would not enforce is a warning of its document; with `strict` any
+   warning refuses the whole apply (422);
 4. what changed goes to the store as one `batch`: creates for new objects, updates over the
    version read in step 3.  Someone writing one of these objects between 3 and 4 makes the
    store refuse the batch (409 naming the document); nothing is written.
@@ -24,6 +27,7 @@ from fastapi.responses import JSONResponse
 
 from tulle.api.errors import ValidationError
 from tulle.api.registry import KindInfo, parse, resolve
+from tulle.controlplane.api.warnings import Preview, warnings
 from tulle.controlplane.store.errors import (
     AlreadyExistsError,
     BatchError,
@@ -44,8 +48,11 @@ def error(status: int, message: str, details: list[Any] | None = None) -> JSONRe
 
 
 def canonical(info: KindInfo, doc: dict[str, Any]) -> Obj:
-    """The validated document as the store keeps it (defaults filled, our field names)."""
-    model = parse(doc)
+    """The validated document as the store keeps it (defaults filled, our field names).
+
+    `status` is the control plane's: ignored on input (not even validated), so that what
+    `tulle get -o yaml` printed can be applied again unchanged."""
+    model = parse({k: v for k, v in doc.items() if k != "status"})
     out: Obj = model.model_dump(mode="json", by_alias=True, exclude_none=True)
     md = out.setdefault("metadata", {})
     if info.namespaced:
@@ -81,7 +88,8 @@ def _key(info: KindInfo, obj: Obj) -> Key:
 
 
 async def apply_documents(store: ResourceStore, docs: list[Any], sources: list[Any],
-                          dry_run: bool) -> JSONResponse:
+                          dry_run: bool, *, preview: Preview | None = None,
+                          strict: bool = False) -> JSONResponse:
     if len(docs) > MAX_DOCUMENTS:
         return error(413, f"{len(docs)} documents in one apply; at most {MAX_DOCUMENTS}")
 
@@ -141,13 +149,26 @@ async def apply_documents(store: ResourceStore, docs: list[Any], sources: list[A
     if conflicts:
         return error(409, "conflict: nothing was applied", conflicts)
 
+    # 3b. what would be stored but not enforced
+    warned = warnings(prepared, preview) if preview is not None else {}
+    if strict and warned:
+        by_index = {i: obj for i, _, obj in prepared}
+        return error(422, f"{len(warned)} of {len(docs)} documents would be stored but not "
+                     "(wholly) enforced; nothing was applied (strict)",
+                     [doc_errors(i, source(i), by_index[i], [
+                         {"path": "status", "message": line} for line in lines])
+                      for i, lines in sorted(warned.items())])
+
     # 4. one transaction for everything that changes
     results: list[dict[str, Any]] = []
     ops: list[BatchOp] = []
     written: list[tuple[int, int]] = []  # (position in results, document index) per op
     for i, info, obj, current in plan:
         md = obj["metadata"]
-        ident = {"kind": info.kind, "namespace": md.get("namespace"), "name": md["name"]}
+        ident: dict[str, Any] = {"kind": info.kind, "namespace": md.get("namespace"),
+                                 "name": md["name"]}
+        if i in warned:
+            ident["warnings"] = warned[i]
         if current is not None and same(current, obj):
             results.append({**ident, "result": "unchanged"})
             continue
