@@ -9,7 +9,8 @@ A new kind is one module plus one line here.
 from __future__ import annotations
 
 from tulle.api import mesh, service, workload
-from tulle.api.gateway import grpcroute, httproute, tcproute
+from tulle.api.gateway import grpcroute, httproute, referencegrant, tcproute
 from tulle.api.policies import authorization, timeout
 
-__all__ = ["authorization", "grpcroute", "httproute", "mesh", "service", "tcproute", "timeout", "workload"]
+__all__ = ["authorization", "grpcroute", "httproute", "mesh", "referencegrant", "service",
+           "tcproute", "timeout", "workload"]

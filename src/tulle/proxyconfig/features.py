@@ -96,6 +96,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("multi-workload", ("listeners[].workload", "clusters[].workload"),
             "a node fronting several workloads: listeners and clusters name the one they "
             "serve"),
+    Feature("unresolved-backends", ("clusters[].unresolved",),
+            "a cluster standing for a backend that did not resolve: its requests answered 500"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

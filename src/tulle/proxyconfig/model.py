@@ -117,6 +117,11 @@ class Cluster(_Base, frozen=True, kw_only=True):
     """On a node that fronts several workloads: `namespace/name` of the one this cluster serves
     (its inbound side); empty: shared by every workload of the node, or a single-workload
     proxy."""
+    unresolved: bool = False
+    """Stands for a backend the control plane could not resolve (Gateway API: a backendRef to a
+    Service that does not exist or is not permitted, an invalid rule): the proxy answers the
+    requests routed to it 500 itself, and it has no endpoints (feature
+    `unresolved-backends`)."""
 
 
 class PathMatch(_Base, frozen=True, kw_only=True):

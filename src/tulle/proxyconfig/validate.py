@@ -320,6 +320,8 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
                 for m, f in enumerate(rule.filters):
                     out += filters.errors(f, f"{rp}.filters[{m}]")
     for i, c in enumerate(cfg.clusters):
+        if c.unresolved and c.endpoints:
+            out.append(FieldError(f"clusters[{i}].endpoints", "an unresolved cluster has none"))
         if c.tls is not None and c.tls.cert_file and not c.tls.key_file:
             out.append(FieldError(f"clusters[{i}].tls.key_file", "required with cert_file"))
         if c.tls is not None:

@@ -13,6 +13,7 @@ EXPECTED = {
     ("gateway.networking.k8s.io/v1", "HTTPRoute"): ("Namespaced", "httproutes"),
     ("gateway.networking.k8s.io/v1", "GRPCRoute"): ("Namespaced", "grpcroutes"),
     ("gateway.networking.k8s.io/v1alpha2", "TCPRoute"): ("Namespaced", "tcproutes"),
+    ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"): ("Namespaced", "referencegrants"),
     ("policy.tulle.dev/v1alpha1", "TimeoutPolicy"): ("Namespaced", "timeoutpolicies"),
     ("policy.tulle.dev/v1alpha1", "AuthorizationPolicy"): ("Namespaced", "authorizationpolicies"),
 }

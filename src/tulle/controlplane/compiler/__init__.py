@@ -40,7 +40,15 @@ from tulle.controlplane.compiler.proxies import (
 from tulle.controlplane.compiler.routes import derive_routes
 from tulle.controlplane.compiler.services import ServiceMemo, derive_services
 from tulle.controlplane.compiler.status import conditions
-from tulle.proxyconfig.model import Cluster, Listener, Node, ProxyConfig, RouteTable, Settings
+from tulle.proxyconfig.model import (
+    Cluster,
+    Listener,
+    Node,
+    ProxyConfig,
+    RouteTable,
+    Settings,
+    VirtualHost,
+)
 from tulle.proxyconfig.validate import ConfigError, check
 
 _DEFAULT_SETTINGS = Settings()
@@ -66,27 +74,60 @@ class Shared:
     clusters: list[Cluster]
     digest: bytes
     settings: Settings = _DEFAULT_SETTINGS
+    by_namespace: dict[str, tuple[list[RouteTable], bytes]] = field(default_factory=dict)
+    """The tables (and digest) of the proxies of a namespace that has consumer routes: the
+    same table objects but for the hosts those routes change (GAMMA; ADR 0023)."""
+
+    def for_namespace(self, ns: str) -> tuple[list[RouteTable], bytes]:
+        """The tables a proxy in `ns` gets, and the digest that stands for them."""
+        own = self.by_namespace.get(ns)
+        return own if own is not None else (self.tables, self.digest)
 
 
 def _digest(value: Any) -> bytes:
     return hashlib.sha256(msgspec.json.encode(value, order="sorted")).digest()
 
 
+def _namespace_tables(tables: list[RouteTable], clusters: list[Cluster], digest: bytes,
+                      consumer_raw: dict[str, list[dict[str, Any]]],
+                      cache: PartCache | None) -> dict[str, tuple[list[RouteTable], bytes]]:
+    """Per client namespace with consumer routes: the shared table with that namespace's own
+    hosts in place of the shared ones of the same name.  Every other host is the very same
+    object as in the shared table, so a namespace costs its own hosts, not the mesh's: they
+    alone are converted and checked, and its digest is the shared one plus theirs."""
+    out: dict[str, tuple[list[RouteTable], bytes]] = {}
+    for ns, hosts_raw in consumer_raw.items():
+        own = [cache.struct(h, VirtualHost) if cache is not None
+               else msgspec.convert(h, VirtualHost) for h in hosts_raw]
+        check(ProxyConfig(route_tables=[RouteTable(name="outbound", virtual_hosts=own)],
+                          clusters=clusters))
+        by_name = {vh.name: vh for vh in own}
+        table = tables[0]
+        merged = RouteTable(name=table.name, virtual_hosts=[
+            by_name.get(vh.name, vh) for vh in table.virtual_hosts])
+        out[ns] = ([merged], hashlib.sha256(digest + _digest(own)).digest())
+    return out
+
+
 def build_shared(tables_raw: list[dict[str, Any]], clusters_raw: list[dict[str, Any]],
                  cache: PartCache | None = None,
-                 settings: Settings = _DEFAULT_SETTINGS) -> Shared:
+                 settings: Settings = _DEFAULT_SETTINGS,
+                 consumer_raw: dict[str, list[dict[str, Any]]] | None = None) -> Shared:
     if cache is None:
         tables = [msgspec.convert(t, RouteTable) for t in tables_raw]
         clusters = [msgspec.convert(c, Cluster) for c in clusters_raw]
     else:
         tables = [cache.struct(t, RouteTable) for t in tables_raw]
         clusters = [cache.struct(c, Cluster) for c in clusters_raw]
-        cache.end_round()
     # Check the shared part once (route references, names) as a config of its own.
     check(ProxyConfig(route_tables=tables, clusters=clusters))
-    if settings == _DEFAULT_SETTINGS:
-        return Shared(tables, clusters, _digest([tables, clusters]))
-    return Shared(tables, clusters, _digest([tables, clusters, settings]), settings)
+    digest = (_digest([tables, clusters]) if settings == _DEFAULT_SETTINGS
+              else _digest([tables, clusters, settings]))
+    by_ns = (_namespace_tables(tables, clusters, digest, consumer_raw, cache)
+             if consumer_raw and tables else {})
+    if cache is not None:
+        cache.end_round()
+    return Shared(tables, clusters, digest, settings, by_ns)
 
 
 @dataclass(frozen=True)
@@ -161,6 +202,7 @@ def own_part(proxy: Proxy, has_outbound: bool) -> OwnPart:
 
 def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) -> ProxyConfig:
     has_outbound = bool(shared.tables)
+    tables, digest = shared.for_namespace(proxy.namespace)
     part = None
     if cache is not None:
         part = cache.get(proxy, has_outbound)
@@ -168,9 +210,9 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
         part = own_part(proxy, has_outbound)
         if cache is not None:
             cache.put(proxy, has_outbound, part)
-    version = hashlib.sha256(part.digest + shared.digest).hexdigest()[:16]
+    version = hashlib.sha256(part.digest + digest).hexdigest()[:16]
     return ProxyConfig(version=version, node=part.node, settings=shared.settings,
-                       listeners=part.listeners, route_tables=shared.tables,
+                       listeners=part.listeners, route_tables=tables,
                        clusters=part.clusters + shared.clusters)
 
 
@@ -194,8 +236,9 @@ def derive(m: MeshInputs, cache: PartCache | None = None) -> MeshModel:
 def compile_model(mesh: MeshModel, cache: PartCache | None = None) -> CompileResult:
     """Render a model (plugins applied) into snapshots and conditions."""
     result = CompileResult(conditions=conditions(mesh))
-    tables_raw, clusters_raw = outbound_shared(mesh)
-    shared = build_shared(tables_raw, clusters_raw, cache, settings(mesh.defaults))
+    out = outbound_shared(mesh)
+    shared = build_shared(out.tables, out.clusters, cache, settings(mesh.defaults),
+                          out.consumer_hosts)
     for proxy in mesh.proxies:
         try:
             result.snapshots[proxy.key] = compile_proxy(proxy, shared, cache)

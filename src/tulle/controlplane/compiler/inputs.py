@@ -34,6 +34,8 @@ class MeshInputs:
     http_routes: dict[Key, Resource] = field(default_factory=dict)
     grpc_routes: dict[Key, Resource] = field(default_factory=dict)
     tcp_routes: dict[Key, Resource] = field(default_factory=dict)
+    reference_grants: dict[Key, Resource] = field(default_factory=dict)
+    """Gateway API ReferenceGrants: which cross-namespace backendRefs a namespace permits."""
     policies: dict[tuple[str, str, str], Resource] = field(default_factory=dict)
     """(kind, namespace, name) -> policy resource (attached by targetRef)."""
     _by_label: dict[tuple[str, str, str], set[Key]] = field(default_factory=dict)
@@ -69,6 +71,8 @@ class MeshInputs:
                 m.grpc_routes[key_of(obj)] = obj
             elif kind == "TCPRoute":
                 m.tcp_routes[key_of(obj)] = obj
+            elif kind == "ReferenceGrant":
+                m.reference_grants[key_of(obj)] = obj
             elif isinstance(kind, str) and "targetRef" in spec_of(obj):
                 m.policies[(kind, *key_of(obj))] = obj
         return m

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import msgspec
 
 from tulle.proxyconfig.filters import HTTPFilter
+from tulle.proxyconfig.model import RouteMatch
 
 Key = tuple[str, str]
 """(namespace, name)."""
@@ -88,9 +89,10 @@ class ServicePort(msgspec.Struct, frozen=True):
         return Metadata(service=self.name, namespace=self.namespace)
 
 
-class PathMatch(msgspec.Struct, frozen=True):
-    type: Literal["PathPrefix", "Exact"]
-    value: str
+INVALID_BACKEND = "blackhole|invalid-backend"
+"""The cluster of a share of traffic no backend can take (a backendRef that does not resolve or
+is not permitted, a rule that is invalid): the proxy answers it 500 itself (Gateway API), as
+the cluster is rendered `unresolved`."""
 
 
 class Backend(msgspec.Struct, frozen=True):
@@ -116,15 +118,18 @@ class Rule(msgspec.Struct, frozen=True):
     name: str
     index: int
     """Position in the route's `spec.rules`, for paths in messages."""
-    matches: tuple[PathMatch, ...]
+    matches: tuple[RouteMatch, ...]
+    """As the proxy will run them; () when any match of the rule cannot be run as written."""
     backends: tuple[Backend, ...]
     spec: Mapping[str, Any]
     """The rule as the user wrote it, for plugins that read their own settings from it."""
     filters: tuple[RuleFilter, ...] = ()
     timeout_ms: int | None = None
     left_out: bool = False
-    """Not rendered: no match the proxy can do, or a plugin refused a setting of it (the
-    route's `dropped` says which)."""
+    """Not in force: no match the proxy can do (not rendered: its traffic cannot be told
+    apart), or a plugin refused a setting of it (rendered to answer 500, Gateway API's answer
+    for an invalid rule: never the Service's default route).  The route's `dropped` says
+    which."""
 
 
 class Dropped(msgspec.Struct, frozen=True):
@@ -144,13 +149,25 @@ class Route(msgspec.Struct, frozen=True):
     parents: tuple[tuple[Key, int], ...]
     """(Service, port) pairs whose default rule this route replaces, in parentRef order."""
     rules: tuple[Rule, ...]
+    created: str = ""
+    """`metadata.creationTimestamp`: the first key of precedence between routes (then
+    namespace and name), Gateway API's rule."""
     parent_problems: tuple[str, ...] = ()
     ref_problems: tuple[str, ...] = ()
+    ref_reason: str = "BackendNotFound"
+    """The `ResolvedRefs=False` reason when there are `ref_problems`: `RefNotPermitted` when a
+    cross-namespace backend has no ReferenceGrant, else `BackendNotFound` (or
+    `InvalidKind`)."""
     dropped: tuple[Dropped, ...] = ()
 
     @property
     def ref(self) -> ObjectRef:
         return (self.kind, self.namespace, self.name)
+
+    @property
+    def precedence(self) -> tuple[str, str, str, str]:
+        """Between routes on one Service: the oldest first, then by namespace/name."""
+        return (self.created, self.namespace, self.name, self.kind)
 
 
 class Policy(msgspec.Struct, frozen=True):
@@ -258,6 +275,6 @@ class MeshModel(msgspec.Struct, frozen=True):
     defaults: ProxyDefaults = ProxyDefaults()
 
 
-__all__ = ["Backend", "Condition", "Dropped", "Endpoint", "InboundPort", "Key", "MeshModel",
-           "MeshResource", "Metadata", "ObjectRef", "PathMatch", "Policy", "Proxy",
+__all__ = ["INVALID_BACKEND", "Backend", "Condition", "Dropped", "Endpoint", "InboundPort",
+           "Key", "MeshModel", "MeshResource", "Metadata", "ObjectRef", "Policy", "Proxy",
            "ProxyDefaults", "Route", "Rule", "RuleFilter", "ServicePort", "cluster_name"]

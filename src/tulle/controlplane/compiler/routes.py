@@ -13,20 +13,20 @@ compiles regardless.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from tulle.controlplane.compiler.inputs import Key, MeshInputs, Resource, spec_of
 from tulle.controlplane.compiler.ir import (
+    INVALID_BACKEND,
     Backend,
     Dropped,
-    PathMatch,
     Route,
     Rule,
     RuleFilter,
     ServicePort,
     cluster_name,
 )
+from tulle.controlplane.compiler.matches import MatchCompiler, grpc_matches, http_matches
 
 
 def _parent_ports(ref: dict[str, Any], ports: dict[int, ServicePort]) -> list[int]:
@@ -34,67 +34,90 @@ def _parent_ports(ref: dict[str, Any], ports: dict[int, ServicePort]) -> list[in
     return sorted(ports) if port is None else ([int(port)] if int(port) in ports else [])
 
 
-def _backends(ns: str, refs: list[dict[str, Any]], svc_ports: dict[Key, dict[int, ServicePort]],
-              problems: list[str], default_port: int) -> list[Backend]:
-    out = []
-    for ref in refs:
-        if ref.get("kind", "Service") != "Service" or ref.get("group", "") not in ("", "core"):
-            problems.append(f"backendRef {ref.get('name')}: only Service backends are supported")
+SERVICE_GROUPS = ("", "core")
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+
+
+def granted(m: MeshInputs, kind: str, from_ns: str, to: Key) -> bool:
+    """Whether a ReferenceGrant in `to`'s namespace lets routes of `kind` in `from_ns` name the
+    Service `to` (Gateway API: a grant lists the routes it admits by group, kind and namespace,
+    and the Services by kind and, optionally, name)."""
+    for (gns, _), grant in m.reference_grants.items():
+        if gns != to[0]:
             continue
-        key = (ref.get("namespace") or ns, ref["name"])
+        spec = spec_of(grant)
+        if not any(f.get("group") == GATEWAY_GROUP and f.get("kind") == kind
+                   and f.get("namespace") == from_ns for f in spec.get("from") or []):
+            continue
+        if any(t.get("group", "") in SERVICE_GROUPS and t.get("kind") == "Service"
+               and t.get("name") in (None, "", to[1]) for t in spec.get("to") or []):
+            return True
+    return False
+
+
+class _Refs:
+    """What one route's backendRefs resolve to, and what did not resolve and why."""
+
+    def __init__(self, m: MeshInputs, kind: str, ns: str,
+                 svc_ports: dict[Key, dict[int, ServicePort]]) -> None:
+        self.m = m
+        self.kind = kind
+        self.ns = ns
+        self.svc_ports = svc_ports
+        self.problems: list[str] = []
+        self.reason = "BackendNotFound"
+
+    def backends(self, refs: list[dict[str, Any]], default_port: int) -> list[Backend]:
+        """One backend per ref, with its weight.  A ref that does not resolve keeps its weight
+        on `INVALID_BACKEND`, which answers 500: its share of the traffic, and only its share,
+        fails (Gateway API), rather than moving to the other backends."""
+        out = []
+        for ref in refs:
+            weight = int(ref.get("weight", 1))
+            cluster = self._resolve(ref, default_port)
+            out.append(Backend(cluster or INVALID_BACKEND, weight))
+        return out
+
+    def _resolve(self, ref: dict[str, Any], default_port: int) -> str | None:
+        if ref.get("kind", "Service") != "Service" or ref.get("group", "") not in SERVICE_GROUPS:
+            self.problems.append(f"backendRef {ref.get('name')}: only Service backends are "
+                                 "supported")
+            if self.reason == "BackendNotFound":
+                self.reason = "InvalidKind"
+            return None
+        key = (ref.get("namespace") or self.ns, ref["name"])
+        if key[0] != self.ns and not granted(self.m, self.kind, self.ns, key):
+            self.problems.append(f"backendRef {key[0]}/{key[1]}: no ReferenceGrant in "
+                                 f"namespace {key[0]} allows it")
+            self.reason = "RefNotPermitted"
+            return None
         port = int(ref.get("port") or default_port)
-        sp = svc_ports.get(key, {}).get(port)
+        sp = self.svc_ports.get(key, {}).get(port)
         if sp is None:
-            problems.append(f"backendRef {key[0]}/{key[1]}:{port} does not exist")
-            continue
-        out.append(Backend(sp.cluster_name, int(ref.get("weight", 1))))
-    return out
+            self.problems.append(f"backendRef {key[0]}/{key[1]}:{port} does not exist")
+            return None
+        return sp.cluster_name
 
 
-def _http_matches(matches: list[dict[str, Any]], unsupported: list[str]) -> list[PathMatch]:
+def _rule_names(kind: str, ns: str, name: str, rules: list[dict[str, Any]]) -> list[str]:
+    """The names the proxy reports each rule's traffic under (its route metrics):
+    `<kind>/<ns>/<route>/<rule name>` for a named rule (`rules[].name`), else its index, unless
+    another rule took that as its name."""
+    named = {str(r["name"]) for r in rules if r.get("name")}
     out = []
-    for m in matches or [{}]:
-        path = m.get("path") or {"type": "PathPrefix", "value": "/"}
-        if path.get("type", "PathPrefix") not in ("PathPrefix", "Exact"):
-            unsupported.append(f"path match type {path.get('type')}")
-            continue
-        extra = [k for k in ("headers", "queryParams", "method") if m.get(k)]
-        if extra:
-            # Matching on less than the user asked for would misroute traffic: skip the match.
-            unsupported.extend(f"{k} matches" for k in extra)
-            continue
-        out.append(PathMatch(path.get("type", "PathPrefix"), path.get("value", "/")))
+    for i, r in enumerate(rules):
+        own = str(r["name"]) if r.get("name") else (str(i) if str(i) not in named else f"#{i}")
+        out.append(f"{kind.lower()}/{ns}/{name}/{own}")
     return out
 
 
-def _grpc_matches(matches: list[dict[str, Any]], unsupported: list[str]) -> list[PathMatch]:
-    out = []
-    for m in matches or [{}]:
-        method = m.get("method") or {}
-        if method.get("type", "Exact") != "Exact":
-            unsupported.append(f"gRPC method match type {method.get('type')}")
-            continue
-        if m.get("headers"):
-            unsupported.append("headers matches")
-            continue
-        svc, meth = method.get("service"), method.get("method")
-        if svc and meth:
-            out.append(PathMatch("Exact", f"/{svc}/{meth}"))
-        elif svc:
-            out.append(PathMatch("PathPrefix", f"/{svc}"))
-        else:
-            out.append(PathMatch("PathPrefix", "/"))
-    return out
-
-
-def _route(kind: str, key: Key, route: Resource, ports_of: dict[Key, dict[int, ServicePort]],
-           matcher: Callable[[list[dict[str, Any]], list[str]], list[PathMatch]]) -> Route:
+def _route(m: MeshInputs, kind: str, key: Key, route: Resource,
+           ports_of: dict[Key, dict[int, ServicePort]], matcher: MatchCompiler) -> Route:
     ns, name = key
     spec = spec_of(route)
-    gen = int((route.get("metadata") or {}).get("generation") or 1)
+    meta = route.get("metadata") or {}
+    gen = int(meta.get("generation") or 1)
     parent_problems: list[str] = []
-    ref_problems: list[str] = []
-    unsupported: list[str] = []
     attached: list[tuple[Key, int]] = []
     for ref in spec.get("parentRefs") or []:
         if ref.get("kind", "Service") != "Service":
@@ -106,31 +129,38 @@ def _route(kind: str, key: Key, route: Resource, ports_of: dict[Key, dict[int, S
         if ports is None:
             parent_problems.append(f"parent Service {pkey[0]}/{pkey[1]} does not exist")
             continue
-        attached += [(pkey, p) for p in _parent_ports(ref, ports)]
+        found = _parent_ports(ref, ports)
+        if not found:
+            parent_problems.append(f"parent Service {pkey[0]}/{pkey[1]} has no port "
+                                   f"{ref.get('port')}")
+        attached += [(pkey, p) for p in found if (pkey, p) not in attached]
+    refs = _Refs(m, kind, ns, ports_of)
+    problems: list[str] = []
     rules: list[Rule] = []
     default_port = attached[0][1] if attached else 0
-    for i, rule in enumerate(spec.get("rules") or [{}]):
-        backends = _backends(ns, rule.get("backendRefs") or [], ports_of, ref_problems,
-                             default_port)
-        matches = matcher(rule.get("matches") or [], unsupported)
+    user_rules = spec.get("rules") or [{}]
+    for i, (rule, rule_name) in enumerate(zip(user_rules, _rule_names(kind, ns, name, user_rules),
+                                              strict=True)):
+        backends = refs.backends(rule.get("backendRefs") or [], default_port)
+        matches = matcher(rule.get("matches") or [], f"rules[{i}]", problems)
         # Filters are configured by their plugins; one that no plugin runs leaves the rule out.
         filters = tuple(RuleFilter(j, str(f.get("type")))
                         for j, f in enumerate(rule.get("filters") or []))
         if not any(b.weight for b in backends):
-            # No backend may take traffic (none is valid, or every weight is 0): the rule
+            # No backend may take traffic (none is written, or every weight is 0): the rule
             # answers 500, per Gateway API (and the proxy refuses a rule of zero weights).
-            backends = [Backend("blackhole|invalid-backend")]
+            backends = [Backend(INVALID_BACKEND)]
         rules.append(Rule(
-            name=f"{kind.lower()}/{ns}/{name}/{i}", index=i, matches=tuple(matches),
-            backends=tuple(backends),
+            name=rule_name, index=i, matches=matches, backends=tuple(backends),
             spec=rule, filters=filters,
-            # No match left that the proxy can do: the rule stays in the model (plugins still
-            # report on its settings) but is not rendered.
+            # No match the proxy can run as written: the rule stays in the model (plugins
+            # still report on its settings) but is not rendered.
             left_out=not matches))
     return Route(kind=kind, namespace=ns, name=name, generation=gen, parents=tuple(attached),
+                 created=str(meta.get("creationTimestamp") or ""),
                  rules=tuple(rules), parent_problems=tuple(parent_problems),
-                 ref_problems=tuple(ref_problems),
-                 dropped=tuple(Dropped(u, "unsupported") for u in unsupported))
+                 ref_problems=tuple(refs.problems), ref_reason=refs.reason,
+                 dropped=tuple(Dropped(p, "invalid") for p in problems))
 
 
 def derive_routes(m: MeshInputs, services: tuple[ServicePort, ...]) -> tuple[Route, ...]:
@@ -139,9 +169,9 @@ def derive_routes(m: MeshInputs, services: tuple[ServicePort, ...]) -> tuple[Rou
     for sp in services:
         ports_of[sp.key][sp.port] = sp
     out: list[Route] = []
-    for kind, routes, matcher in (("HTTPRoute", m.http_routes, _http_matches),
-                                  ("GRPCRoute", m.grpc_routes, _grpc_matches)):
-        out.extend(_route(kind, key, routes[key], ports_of, matcher) for key in sorted(routes))
+    for kind, routes, matcher in (("HTTPRoute", m.http_routes, http_matches),
+                                  ("GRPCRoute", m.grpc_routes, grpc_matches)):
+        out.extend(_route(m, kind, key, routes[key], ports_of, matcher) for key in sorted(routes))
     return tuple(out)
 
 

@@ -20,7 +20,7 @@ def route_conditions(route: Route) -> tuple[Condition, ...]:
     conds = [Condition("Accepted", True, "Accepted", parents, gen) if route.parents else
              Condition("Accepted", False, "NoMatchingParent", parents or "no parentRefs", gen)]
     refs = route.ref_problems
-    conds.append(Condition("ResolvedRefs", not refs, "BackendNotFound" if refs else "ResolvedRefs",
+    conds.append(Condition("ResolvedRefs", not refs, route.ref_reason if refs else "ResolvedRefs",
                            "; ".join(refs), gen))
     unsupported = [d.what for d in route.dropped if d.reason == "unsupported"]
     invalid = [d.what for d in route.dropped if d.reason == "invalid"]

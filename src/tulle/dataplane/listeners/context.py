@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tulle.dataplane.listeners.chains import ChainRule, build_rules
-from tulle.dataplane.listeners.dispatch import Decision, no_cluster
+from tulle.dataplane.listeners.dispatch import Decision, no_cluster, unresolved
 from tulle.dataplane.network.chain import build_chain
 from tulle.dataplane.overload import OverloadGuard
 from tulle.dataplane.protocols.http1 import H1Limits
@@ -191,6 +191,8 @@ class ListenerContext:
         rt = self.clusters.get(cluster)
         if rt is None:
             return no_cluster(cluster)
+        if rt.cfg.unresolved:
+            return unresolved(cluster)
         d = Decision(rt, cluster, timeout_ms, stats=self.stats(cluster))
         self._decisions.setdefault(cluster, {})[timeout_ms] = d
         return d
@@ -200,6 +202,8 @@ class ListenerContext:
         rt = self.clusters.get(cluster)
         if rt is None:
             return no_cluster(cluster)
+        if rt.cfg.unresolved:
+            return unresolved(cluster)
         d = Decision(rt, cluster, timeout_ms, stats=self.stats(cluster), chain=chain)
         self._chain_decisions.setdefault(chain, {})[cluster] = d
         return d

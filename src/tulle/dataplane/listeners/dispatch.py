@@ -2,8 +2,9 @@
 
 `resolve` is the router step of the request path: listener context + request head → the
 cluster to open a stream on, or the local response to give instead (400 a path that cannot be
-normalised, 404 no route, 503 no cluster).  It normalises the path first (`routing/paths.py`)
-and leaves the normalised path in the head, so the upstream receives what was routed.
+normalised, 404 no route, 503 no cluster, 500 a backend that did not resolve).  It normalises
+the path first (`routing/paths.py`) and leaves the normalised path in the head, so the upstream
+receives what was routed.
 `add_forwarding_headers` is the one place that sets x-forwarded-for, x-forwarded-proto and
 x-request-id.  The route's filters (`http/chain.py`, in their declared order) run after both, on
 the same `RequestHead`: the decision carries the route's chain, None when it has no filters.
@@ -79,6 +80,12 @@ def resolve(ctx: ListenerContext, router: Router | None, default_cluster: str,
 def no_cluster(name: str) -> Decision:
     """The answer when a route names a cluster the snapshot does not have."""
     return Decision(None, name or "-", 0, 503, b"no cluster named '%b'\n" % name.encode(), "NC")
+
+
+def unresolved(name: str) -> Decision:
+    """The answer for a cluster that stands for a backend the control plane could not resolve
+    (`Cluster.unresolved`): 500, Gateway API's answer for that share of a rule's traffic."""
+    return Decision(None, name, 0, 500, b"backend '%b' not resolved\n" % name.encode(), "UB")
 
 
 class _RequestIds:

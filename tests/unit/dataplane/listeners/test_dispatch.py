@@ -101,3 +101,36 @@ def test_resolve_leaves_paths_alone_when_normalisation_is_off() -> None:
     h = RequestHead(b"GET", b"/public/../admin", b"svc", b"http", [])
     assert resolve(ctx, ctx.router, "", h).cluster_name == "a"
     assert h.path == b"/public/../admin"
+
+
+def test_a_route_to_an_unresolved_cluster_is_answered_500_for_that_share_only() -> None:
+    from tulle.dataplane.upstream.cluster import ClusterRuntime
+    from tulle.proxyconfig import validate
+
+    cfg = validate({
+        "listeners": [{"name": "l", "port": 0, "route_table": "rt"}],
+        "route_tables": [{"name": "rt", "virtual_hosts": [{"name": "any", "rules": [
+            {"backends": [{"cluster": "ok", "weight": 1}, {"cluster": "gone", "weight": 1}]}]}]}],
+        "clusters": [{"name": "ok"}, {"name": "gone", "unresolved": True}],
+    })
+    metrics = ProxyMetrics()
+    clusters = {c.name: ClusterRuntime(c, cfg.settings, metrics, [], {}) for c in cfg.clusters}
+    ctx = ListenerContext(cfg.listeners[0], cfg.settings, {"rt": Router(cfg.route_tables[0],
+                                                                        15000)},
+                          clusters, metrics)
+    seen = {}
+    for _ in range(200):
+        d = resolve(ctx, ctx.router, "", RequestHead(b"GET", b"/", b"svc", b"http", []))
+        seen[d.cluster_name] = (d.status, d.flag, d.cluster is None)
+    assert seen == {"ok": (0, "", False), "gone": (500, "UB", True)}
+
+
+def test_an_unresolved_cluster_may_not_have_endpoints() -> None:
+    import pytest
+
+    from tulle.proxyconfig import validate
+    from tulle.proxyconfig.validate import ConfigError
+
+    with pytest.raises(ConfigError, match="an unresolved cluster has none"):
+        validate({"clusters": [{"name": "gone", "unresolved": True,
+                                "endpoints": [{"address": "127.0.0.1", "port": 1}]}]})
