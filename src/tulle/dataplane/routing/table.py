@@ -69,11 +69,11 @@ class CompiledTable:
     """The compiled hosts of one route table (in table order), its routes by name and its
     host index.  Immutable once built; the next snapshot's router builds from it."""
 
-    __slots__ = ("entries", "index", "kept", "routes", "shared", "vhs")
+    __slots__ = ("entries", "index", "kept", "routes", "shared", "touched", "vhs")
 
     def __init__(self, vhs: list[VirtualHost], entries: tuple[HostEntry, ...],
                  routes: dict[str, Route], shared: frozenset[str], index: HostIndex,
-                 kept: int) -> None:
+                 kept: int, touched: frozenset[str] | None = None) -> None:
         self.vhs = vhs
         """The table's `virtual_hosts` list, for the identity comparison of the next build."""
         self.entries = entries
@@ -84,6 +84,10 @@ class CompiledTable:
         self.index = index
         self.kept = kept
         """How many compiled hosts came from the previous table unchanged."""
+        self.touched = touched
+        """The route names whose entry in `routes` may differ from the previous table's (a
+        patched build: the changed hosts' names, gone or new); None when any may (built by
+        the ordered walk, or from nothing).  What the route metrics re-export."""
 
     @classmethod
     def build(cls, table: RouteTable, compile_host: CompileHost, previous: CompiledTable | None,
@@ -113,7 +117,8 @@ class CompiledTable:
             if before[i].vh != vhs[i]:  # equal (a snapshot decoded anew): kept
                 at.append(i)
         if not at:
-            return cls(vhs, before, prior.routes, prior.shared, prior.index, len(before))
+            return cls(vhs, before, prior.routes, prior.shared, prior.index, len(before),
+                       frozenset())
         routes = prior.routes.copy()
         shared = prior.shared
         dropped = [before[i] for i in at]
@@ -131,7 +136,9 @@ class CompiledTable:
             e = entries[i] = compile_host(vh, routes, prior.routes)
             added.append(e)
         index = prior.index.patched(entries, dropped, added)
-        return cls(vhs, tuple(entries), routes, shared, index, len(entries) - len(added))
+        touched = frozenset(r.name for e in (*dropped, *added) for r in e.routes)
+        return cls(vhs, tuple(entries), routes, shared, index, len(entries) - len(added),
+                   touched)
 
     @classmethod
     def _ordered(cls, table: RouteTable, compile_host: CompileHost, prior: CompiledTable | None,
