@@ -97,6 +97,8 @@ class SnapshotBuilder:
         self.clusters = clusters
         self._routers: dict[str, tuple[RouteTable, int, Router]] = {}
         self._contexts: dict[str, ListenerContext] = {}
+        self.counts: BuildCounts | None = None
+        """What the snapshot in force kept and rebuilt (None before the first)."""
         self._cluster_cfgs: list[Cluster] | None = None
         """The cluster structs of the snapshot in force, and its settings."""
         self._settings: Settings | None = None
@@ -181,6 +183,7 @@ class SnapshotBuilder:
         self._contexts = prepared.contexts
         self._cluster_cfgs = prepared.cluster_cfgs
         self._settings = prepared.settings
+        self.counts = prepared.counts
 
     def _export_route_stats(self, routers: dict[str, tuple[RouteTable, int, Router]]) -> None:
         """The per-route request series are the states of the routes in force: a route that
