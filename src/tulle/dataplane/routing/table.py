@@ -8,12 +8,14 @@ is the same costs the changed host (ADR 0022).
 
 Two ways from the previous `CompiledTable` to the next:
 
-* `_patched`, the common delta case: the hosts are the previous list with some replaced in
-  place (a delta upserts a changed host where it was).  The two lists are compared by identity
-  in C (`map(operator.is_)`); the routes-by-name dict and the host index (`routing/hosts.py`)
-  are copied and patched with the changed hosts only.  It declines (None) when hosts came,
-  went or moved, or when a route name it touches is shared with another host (the first host
-  in table order owns such a name: order questions go to the walk below).
+* `_patched`, the common delta cases: the hosts are the previous list with some replaced in
+  place (a delta upserts a changed host where it was), or with one run of hosts added or
+  removed between an unchanged head and tail (a Service comes or goes).  The lists are
+  compared by identity in C (`map(operator.is_)`); the routes-by-name dict and the host index
+  (`routing/hosts.py`) are copied and patched with the changed hosts only.  It declines (None)
+  when hosts moved, when more than a few came at once, or when a route name it touches is
+  shared with another host (the first host in table order owns such a name: order questions
+  go to the walk below).
 * `_ordered`, everything else: walks the hosts in table order, keeps a previous compiled host
   (looked up by name) whose struct is the same (identical; or equal, after a whole snapshot was
   decoded anew), compiles the others.
@@ -35,6 +37,10 @@ from tulle.dataplane.routing.hosts import HostIndex
 if TYPE_CHECKING:
     from tulle.dataplane.routing.router import CompiledHost, Route
     from tulle.proxyconfig.model import RouteRule, RouteTable, VirtualHost
+
+_SPLICE_MAX = 8
+"""Hosts that came (between an unchanged head and tail) that `_patched` compiles; more go to
+the ordered walk, which keeps any of them it can."""
 
 CompileHost = Callable[["VirtualHost", "dict[str, Route]", "dict[str, Route]"], "HostEntry"]
 """Compiles one virtual host: (host, the routes registered so far by name, which it extends;
@@ -106,35 +112,47 @@ class CompiledTable:
                  prior: CompiledTable) -> CompiledTable | None:
         vhs = table.virtual_hosts
         before = prior.entries
-        if len(vhs) != len(before):
-            return None
-        flags = list(map(is_, prior.vhs, vhs))
-        entries = list(before)
-        at: list[int] = []
-        i = -1
-        for _ in range(flags.count(False)):
-            i = flags.index(False, i + 1)
-            if before[i].vh != vhs[i]:  # equal (a snapshot decoded anew): kept
-                at.append(i)
-        if not at:
-            return cls(vhs, before, prior.routes, prior.shared, prior.index, len(before),
-                       frozenset())
+        if len(vhs) == len(before):  # hosts replaced in place, wherever they are
+            flags = list(map(is_, prior.vhs, vhs))
+            at: list[int] = []
+            i = -1
+            for _ in range(flags.count(False)):
+                i = flags.index(False, i + 1)
+                if before[i].vh != vhs[i]:  # equal (a snapshot decoded anew): kept
+                    at.append(i)
+            if not at:
+                return cls(vhs, before, prior.routes, prior.shared, prior.index, len(before),
+                           frozenset())
+            dropped = [before[i] for i in at]
+            fresh = [vhs[i] for i in at]
+        else:  # hosts came or went: one run of them, between an unchanged head and tail
+            head = _common(prior.vhs, vhs)
+            rest = min(len(before), len(vhs)) - head
+            tail = min(_common(prior.vhs[::-1], vhs[::-1]), rest)
+            fresh = vhs[head:len(vhs) - tail]
+            if len(fresh) > _SPLICE_MAX:
+                return None
+            dropped = list(before[head:len(before) - tail])
+            at = list(range(head, head + len(fresh)))
         routes = prior.routes.copy()
         shared = prior.shared
-        dropped = [before[i] for i in at]
         for b in dropped:
             for r in b.routes:
                 if r.name in shared:
                     return None
                 routes.pop(r.name, None)
         added: list[HostEntry] = []
-        for i in at:
-            vh = vhs[i]
+        for vh in fresh:
             for j, rule in enumerate(vh.rules):
                 if route_name(table.name, vh, j, rule) in routes:
                     return None  # a name another host uses: who owns it is an order question
-            e = entries[i] = compile_host(vh, routes, prior.routes)
-            added.append(e)
+            added.append(compile_host(vh, routes, prior.routes))
+        if len(vhs) == len(before):
+            entries = list(before)
+            for i, e in zip(at, added, strict=True):
+                entries[i] = e
+        else:
+            entries = [*before[:head], *added, *before[len(before) - tail:]]
         index = prior.index.patched(entries, dropped, added)
         touched = frozenset(r.name for e in (*dropped, *added) for r in e.routes)
         return cls(vhs, tuple(entries), routes, shared, index, len(entries) - len(added),
@@ -188,6 +206,12 @@ class CompiledTable:
             index = HostIndex.build(entries)
         return cls(table.virtual_hosts, tuple(entries), routes, frozenset(shared), index,
                    len(entries) - len(added))
+
+
+def _common(a: list[VirtualHost], b: list[VirtualHost]) -> int:
+    """How many leading hosts two lists share, by identity (compared in C)."""
+    same = list(map(is_, a, b))
+    return same.index(False) if False in same else len(same)
 
 
 def _fits(e: HostEntry, routes: dict[str, Route]) -> bool:

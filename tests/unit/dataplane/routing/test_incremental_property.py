@@ -3,7 +3,8 @@
 Hypothesis generates route tables (virtual hosts from small alphabets of names, domains and
 rules, so that duplicate domains, shared rule names and wildcards of equal length are common)
 and a sequence of changes made the way snapshots change: a host replaced, removed or added in
-place (a delta keeps every other host the same struct), hosts reordered, the table decoded anew.
+place (a delta keeps every other host the same struct), one struct listed twice, hosts
+reordered, the table decoded anew.
 After each change the router built from the previous one (`Router(previous=)`) and a router
 built from scratch must pick the same route (name and rule) for every authority and path, and
 the rebuilt router's routes that share a name must share their state.
@@ -42,6 +43,7 @@ change = st.one_of(
     st.tuples(st.just("replace"), st.integers(0, 7), vhost),
     st.tuples(st.just("insert"), st.integers(0, 7), vhost),
     st.tuples(st.just("remove"), st.integers(0, 7)),
+    st.tuples(st.just("repeat"), st.integers(0, 7), st.integers(0, 7)),
     st.tuples(st.just("reverse")),
     st.tuples(st.just("reload")),
 )
@@ -56,6 +58,8 @@ def changed(vhs: list[VirtualHost], c: tuple[Any, ...]) -> list[VirtualHost]:
         out.insert(c[1] % (len(out) + 1), c[2])
     elif kind == "remove" and out:
         del out[c[1] % len(out)]
+    elif kind == "repeat" and out:  # the same struct twice in one table
+        out.insert(c[2] % (len(out) + 1), out[c[1] % len(out)])
     elif kind == "reverse":
         out.reverse()
     elif kind == "reload":  # equal structs, none the same object

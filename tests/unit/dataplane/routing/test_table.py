@@ -169,3 +169,19 @@ def test_a_domain_two_hosts_claim_goes_to_the_first_whatever_changed() -> None:
                               *second.compiled.vhs]
     third = Router(RouteTable(name="rt", virtual_hosts=vhs), 15000, previous=second)
     assert cluster_for(third, "dup.ns") == "c" and cluster_for(third, "two.ns") == "b"
+
+
+def test_a_host_that_comes_or_goes_is_spliced_in_without_a_walk() -> None:
+    base = snapshot(hosts())
+    first = Router(base.route_tables[0], 15000)
+    target = hosts()
+    target.insert(2, vhost("new", ["new.ns"], "b"))
+    grown = step(base, target)
+    second = Router(grown.route_tables[0], 15000, previous=first)
+    assert second.compiled.kept == 5 and second.compiled.touched == {"rt/new/0"}
+    assert [e.vh.name for e in second.compiled.entries] == [h["name"] for h in target]
+    assert cluster_for(second, "new.ns") == "b" and cluster_for(second, "other") == "c"
+    del target[0]
+    third = Router(step(grown, target).route_tables[0], 15000, previous=second)
+    assert third.compiled.kept == 5 and third.compiled.touched == {"exact-rule"}
+    assert cluster_for(third, "svc.ns") == "c" and "exact-rule" not in third.routes
