@@ -19,7 +19,9 @@ matching cost nothing where they are not used.
 
 Routes are runtime objects that outlive a snapshot when they can (`Router(previous=...)`): an
 unchanged rule keeps its `Route` (filter factories and all); a changed rule keeps its per-route
-state (`RouteState`) when it is named, keyed by that name.  ADR 0016.
+state (`RouteState`) when it is named, keyed by that name.  ADR 0016.  Whole virtual hosts
+outlive it too: a host whose struct is unchanged keeps its compiled matches and routes, and
+the host index is patched rather than rebuilt (`routing/table.py`, `routing/hosts.py`, ADR 0022).
 """
 
 from __future__ import annotations
