@@ -19,7 +19,9 @@ matching cost nothing where they are not used.
 
 Routes are runtime objects that outlive a snapshot when they can (`Router(previous=...)`): an
 unchanged rule keeps its `Route` (filter factories and all); a changed rule keeps its per-route
-state (`RouteState`) when it is named, keyed by that name.  ADR 0016.
+state (`RouteState`) when it is named, keyed by that name.  ADR 0016.  Whole virtual hosts
+outlive it too: a host whose struct is unchanged keeps its compiled matches and routes, and
+the host index is patched rather than rebuilt (`routing/table.py`, `routing/hosts.py`, ADR 0022).
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from tulle.dataplane.filters import factory_for
 from tulle.dataplane.http.chain import Chain, build_chain
 from tulle.dataplane.routing.match import Condition, PathMatcher, conditions_of
 from tulle.dataplane.routing.state import RouteState
-from tulle.proxyconfig.model import RouteMatch, RouteRule, RouteTable
+from tulle.dataplane.routing.table import CompiledTable, HostEntry, route_name
+from tulle.proxyconfig.model import RouteMatch, RouteRule, RouteTable, VirtualHost
 
 
 class Route:
@@ -140,52 +143,38 @@ def _strip_port(authority: str) -> str:
 
 class Router:
     """Routes by authority, path and the request's conditions.  Immutable; a new snapshot
-    builds a new one, taking over the routes of `previous` that are still the same."""
+    builds a new one, taking over from `previous` what is still the same: the compiled virtual
+    hosts whose `VirtualHost` struct is unchanged (whole, routes and all), the routes of
+    unchanged rules elsewhere, and the host index, patched (`routing/hosts.py`, ADR 0022)."""
 
-    __slots__ = ("_any", "_exact", "_prefix", "_suffix", "name", "only", "routes")
+    __slots__ = ("_any", "_exact", "_prefix", "_suffix", "compiled", "default_timeout_ms",
+                 "name", "only", "routes")
 
     def __init__(self, table: RouteTable, default_timeout_ms: int,
                  previous: Router | None = None) -> None:
         self.name = table.name
-        self._exact: dict[str, CompiledHost] = {}
-        self._suffix: list[tuple[str, CompiledHost]] = []
-        self._prefix: list[tuple[str, CompiledHost]] = []
-        self._any: CompiledHost | None = None
-        old: dict[str, Route] = previous.routes if previous is not None else {}
-        routes: dict[str, Route] = {}
-        for vh in table.virtual_hosts:
-            compiled: list[tuple[tuple[int, ...], CompiledMatch]] = []
-            order = 0
-            for i, rule in enumerate(vh.rules):
-                name = rule.name or f"{table.name}/{vh.name}/{i}"
-                same = routes.get(name)
-                if same is None:
-                    route = routes[name] = _carry(old.get(name), name, rule, default_timeout_ms)
-                elif same.rule is rule or same.rule == rule:
-                    route = same  # one rule under several hosts (a route on several ports)
-                else:  # another rule of the same name: a route of its own, the same state
-                    route = Route(name, rule, default_timeout_ms, same.state)
-                for m in rule.matches:
-                    cm = CompiledMatch(m, route)
-                    compiled.append((cm.sort_key(order), cm))
-                    order += 1
-            compiled.sort(key=lambda kv: kv[0])
-            host = CompiledHost(vh.name, [cm for _, cm in compiled])
-            for dom in vh.domains:
-                d = dom.lower()
-                if d == "*":
-                    self._any = self._any or host
-                elif d.startswith("*"):
-                    self._suffix.append((d[1:], host))
-                elif d.endswith("*"):
-                    self._prefix.append((d[:-1], host))
-                else:
-                    self._exact.setdefault(d, host)
-        self.routes: dict[str, Route] = routes
+        self.default_timeout_ms = default_timeout_ms
+        # the previous compiled hosts can be kept when built for this table with this default
+        prior = previous.compiled if (
+            previous is not None and previous.name == table.name
+            and previous.default_timeout_ms == default_timeout_ms) else None
+
+        def compile_host(vh: VirtualHost, routes: dict[str, Route],
+                         old: dict[str, Route]) -> HostEntry:
+            return _compile(table.name, vh, default_timeout_ms, routes, old)
+
+        compiled = CompiledTable.build(table, compile_host, prior,
+                                       previous.routes if previous is not None else {})
+        self.compiled: CompiledTable = compiled
+        """The compiled hosts, kept by the next snapshot's router where unchanged."""
+        index = compiled.index
+        self._exact = index.exact
+        self._suffix = index.suffix
+        self._prefix = index.prefix
+        self._any = index.any
+        self.routes: dict[str, Route] = compiled.routes
         """The routes by name: the key that carries them, and their state, across swaps.
         Rules sharing a name (a route attached to several hosts) share its state."""
-        self._suffix.sort(key=lambda kv: -len(kv[0]))
-        self._prefix.sort(key=lambda kv: -len(kv[0]))
         self.only: Route | None = None
         """The route of every request, when the table has nothing to choose (callers skip
         `route`): only a `*` host, whose first match is the catch-all prefix `/` without
@@ -220,6 +209,31 @@ class Router:
             return None
         path, _, query = head.path.partition(b"?")
         return host.find(path, head, query)
+
+
+def _compile(table: str, vh: VirtualHost, default_timeout_ms: int, routes: dict[str, Route],
+             old: dict[str, Route]) -> HostEntry:
+    """Compile one virtual host: its rules become routes (registered in `routes`, taken over
+    from `old` by name when they can be) and its matches are sorted by precedence."""
+    compiled: list[tuple[tuple[int, ...], CompiledMatch]] = []
+    mine: list[Route] = []
+    order = 0
+    for i, rule in enumerate(vh.rules):
+        name = route_name(table, vh, i, rule)
+        same = routes.get(name)
+        if same is None:
+            route = routes[name] = _carry(old.get(name), name, rule, default_timeout_ms)
+        elif same.rule is rule or same.rule == rule:
+            route = same  # one rule under several hosts (a route on several ports)
+        else:  # another rule of the same name: a route of its own, the same state
+            route = Route(name, rule, default_timeout_ms, same.state)
+        mine.append(route)
+        for m in rule.matches:
+            cm = CompiledMatch(m, route)
+            compiled.append((cm.sort_key(order), cm))
+            order += 1
+    compiled.sort(key=lambda kv: kv[0])
+    return HostEntry(vh, CompiledHost(vh.name, [cm for _, cm in compiled]), mine)
 
 
 def _carry(old: Route | None, name: str, rule: RouteRule, default_timeout_ms: int) -> Route:

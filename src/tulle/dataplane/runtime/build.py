@@ -6,10 +6,14 @@ is mostly an identity test; a snapshot decoded whole (a file, SIGHUP) falls back
 equality, which msgspec does in C.  What is kept across a swap:
 
 * a **router** whose route table (and the default request timeout) is unchanged; a rebuilt
-  router keeps the `Route` objects of unchanged rules and the per-route state of named ones
-  (`routing/router.py`, ADR 0016);
+  router keeps the compiled virtual hosts whose struct is unchanged and patches its host index
+  (`routing/table.py`, ADR 0022), and elsewhere the `Route` objects of unchanged rules and the
+  per-route state of named ones (`routing/router.py`, ADR 0016).  The route metrics are
+  re-exported for the route names that changed only;
 * a **cluster runtime** (pools, balancer state, SSL context) whose cluster is unchanged, or whose
-  endpoints alone changed (swapped in place at commit) — `ClusterManager`;
+  endpoints alone changed (swapped in place at commit) — `ClusterManager`.  When every cluster
+  is the very struct in force (a delta that touched none), the runtimes in force are taken
+  without asking it: one identity test per cluster, in C;
 * a **listener context** whose listener and settings are unchanged, whose routers are the kept
   ones and whose cluster map is the one in force (it caches routing decisions that hold cluster
   runtimes).  A kept context means the listener's connections see no swap at all;
@@ -19,19 +23,22 @@ equality, which msgspec does in C.  What is kept across a swap:
 
 `prepare` builds without changing anything in force and may raise; `commit` cannot fail.
 At 1,000 services an endpoint change therefore costs one cluster compare per cluster and one
-balancer update, not a thousand runtimes, routers and SSL contexts.
+balancer update, not a thousand runtimes, routers and SSL contexts; a canary weight change
+costs the one virtual host (`bench/apply.py`: `route_change_apply_ms`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from operator import is_
 
 from tulle.dataplane.listeners.context import ListenerContext
 from tulle.dataplane.routing.router import Router
 from tulle.dataplane.runtime.tls import Rotation
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.upstream.cluster import ClusterManager, PreparedClusters
-from tulle.proxyconfig.model import Listener, ProxyConfig, RouteTable, Settings
+from tulle.proxyconfig.model import Cluster, Listener, ProxyConfig, RouteTable, Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +52,10 @@ class BuildCounts:
     clusters_endpoints_changed: int
     contexts_built: int
     contexts_kept: int
+    hosts_built: int = 0
+    """Virtual hosts compiled by the routers built (those of kept routers not counted)."""
+    hosts_kept: int = 0
+    """Virtual hosts the routers built took over from their predecessors unchanged."""
 
 
 @dataclass(slots=True)
@@ -56,6 +67,10 @@ class Prepared:
     contexts: dict[str, ListenerContext]
     counts: BuildCounts
     rotation: Rotation
+    base: dict[str, tuple[RouteTable, int, Router]]
+    """The routers in force when this was prepared (the ones the new routers built from)."""
+    cluster_cfgs: list[Cluster]
+    settings: Settings
 
 
 def _same(a: object, b: object) -> bool:
@@ -82,6 +97,11 @@ class SnapshotBuilder:
         self.clusters = clusters
         self._routers: dict[str, tuple[RouteTable, int, Router]] = {}
         self._contexts: dict[str, ListenerContext] = {}
+        self.counts: BuildCounts | None = None
+        """What the snapshot in force kept and rebuilt (None before the first)."""
+        self._cluster_cfgs: list[Cluster] | None = None
+        """The cluster structs of the snapshot in force, and its settings."""
+        self._settings: Settings | None = None
 
     def prepare(self, cfg: ProxyConfig) -> Prepared:
         """Build `cfg`'s runtime objects, reusing what is unchanged.  May raise; then nothing
@@ -91,16 +111,20 @@ class SnapshotBuilder:
         self.clusters.tls.use(cfg)  # identities and trust bundles TLS settings name
         rotation = self.clusters.tls.rotation()
         routers: dict[str, tuple[RouteTable, int, Router]] = {}
-        r_kept = 0
+        r_kept = h_built = h_kept = 0
         for t in cfg.route_tables:
             old = self._routers.get(t.name)
             if old is not None and old[1] == timeout and _same(old[0], t):
                 routers[t.name] = old
                 r_kept += 1
-            else:  # the old router hands over its routes that are still the same
-                routers[t.name] = (t, timeout, Router(t, timeout, old[2] if old else None))
+            else:  # the old router hands over its hosts and routes that are still the same
+                router = Router(t, timeout, old[2] if old else None)
+                routers[t.name] = (t, timeout, router)
+                h_kept += router.compiled.kept
+                h_built += len(t.virtual_hosts) - router.compiled.kept
         by_name = {name: r for name, (_, _, r) in routers.items()}
-        clusters = self.clusters.prepare(cfg.clusters, settings)
+        clusters = (self._clusters_in_force(cfg.clusters, settings)
+                    or self.clusters.prepare(cfg.clusters, settings))
         contexts: dict[str, ListenerContext] = {}
         c_kept = 0
         for lc in cfg.listeners:
@@ -115,8 +139,21 @@ class SnapshotBuilder:
             routers_built=len(routers) - r_kept, routers_kept=r_kept,
             clusters_built=len(clusters.fresh), clusters_kept=clusters.kept,
             clusters_endpoints_changed=len(clusters.updates),
-            contexts_built=len(contexts) - c_kept, contexts_kept=c_kept)
-        return Prepared(routers, clusters, contexts, counts, rotation)
+            contexts_built=len(contexts) - c_kept, contexts_kept=c_kept,
+            hosts_built=h_built, hosts_kept=h_kept)
+        return Prepared(routers, clusters, contexts, counts, rotation, self._routers,
+                        cfg.clusters, settings)
+
+    def _clusters_in_force(self, cfgs: list[Cluster], settings: Settings) -> PreparedClusters | None:
+        """What `ClusterManager.prepare` would return when every cluster is the very struct in
+        force under the same settings (every runtime kept, the dict in force), found by one
+        identity test per cluster; None when anything may differ."""
+        last = self._cluster_cfgs
+        if (last is None or len(last) != len(cfgs) or self._settings is None
+                or not _same(self._settings, settings) or not all(map(is_, last, cfgs))):
+            return None
+        current = self.clusters.clusters
+        return PreparedClusters(current, [], [], len(current))
 
     @staticmethod
     def _reusable(ctx: ListenerContext, lc: Listener, settings: Settings,
@@ -138,9 +175,15 @@ class SnapshotBuilder:
                 if ctx is not None and id(ctx) in swapped:
                     rt.ssl_context = swapped[id(ctx)]
         if prepared.counts.routers_built or prepared.routers.keys() != self._routers.keys():
-            self._export_route_stats(prepared.routers)
+            if prepared.base is self._routers:
+                self._update_route_stats(prepared.routers)
+            else:
+                self._export_route_stats(prepared.routers)
         self._routers = prepared.routers
         self._contexts = prepared.contexts
+        self._cluster_cfgs = prepared.cluster_cfgs
+        self._settings = prepared.settings
+        self.counts = prepared.counts
 
     def _export_route_stats(self, routers: dict[str, tuple[RouteTable, int, Router]]) -> None:
         """The per-route request series are the states of the routes in force: a route that
@@ -149,3 +192,31 @@ class SnapshotBuilder:
             (table, name): route.requests
             for table, (_, _, router) in routers.items()
             for name, route in router.routes.items()}
+
+    def _update_route_stats(self, routers: dict[str, tuple[RouteTable, int, Router]]) -> None:
+        """`_export_route_stats` for routers built from those in force, touching only the
+        series of the route names that changed (a patched router says which)."""
+        children = self.metrics.route_requests.children
+        old = self._routers
+        for table, (_, _, was) in old.items():
+            if table not in routers:
+                for name in was.routes:
+                    children.pop((table, name), None)
+        for table, (_, _, router) in routers.items():
+            prev = old.get(table)
+            if prev is not None and prev[2] is router:
+                continue
+            touched = router.compiled.touched
+            names: Iterable[str]
+            if prev is None:
+                names = router.routes
+            elif touched is None:  # built by the ordered walk: any name may have changed
+                names = (*prev[2].routes, *router.routes)
+            else:
+                names = touched
+            for name in names:
+                route = router.routes.get(name)
+                if route is None:
+                    children.pop((table, name), None)
+                else:
+                    children[(table, name)] = route.requests

@@ -221,3 +221,81 @@ async def test_delta_units_keep_untouched_structs_and_runtime_objects() -> None:
     assert p.counts.clusters_endpoints_changed == 1 and p.counts.clusters_built == 0
     assert all(p.clusters.runtimes[n] is first.clusters.runtimes[n] for n in ("c0", "c1", "c2"))
     assert [e.port for e in p.clusters.runtimes["c2"].endpoints] == [1020]
+
+
+def _many_hosts(weight: int, extra: bool = False) -> dict[str, Any]:
+    """rt0 with ten virtual hosts (one with a named rule whose weight varies), `extra` an
+    eleventh."""
+    start = raw(version=f"w{weight}{'+' if extra else ''}")
+    hosts = [{"name": f"h{i}", "domains": [f"h{i}.ns", f"*.h{i}.ns"],
+              "rules": [{"backends": [{"cluster": "c1"}]}]} for i in range(10)]
+    hosts[3]["rules"] = [{"name": "canary", "backends": [{"cluster": "c1", "weight": weight},
+                                                          {"cluster": "c2"}]}]
+    if extra:
+        hosts.append({"name": "h10", "domains": ["h10.ns"],
+                      "rules": [{"backends": [{"cluster": "c0"}]}]})
+    start["route_tables"][0]["virtual_hosts"] = hosts
+    return start
+
+
+def _full_export(p: Prepared) -> dict[tuple[str, ...], object]:
+    return {(t, name): route.requests for t, (_, _, r) in p.routers.items()
+            for name, route in r.routes.items()}
+
+
+async def test_a_canary_change_compiles_one_host_and_keeps_the_clusters_in_force() -> None:
+    b = builder()
+    base = validate(_many_hosts(1))
+    first = swap(b, base)
+    first.routers["rt0"][2].routes["canary"].requests.value = 3
+    new = apply_delta(base, diff(base, validate(_many_hosts(3))))
+    p = swap(b, new)
+    assert p.counts.routers_built == 1 and p.counts.hosts_built == 1
+    assert p.counts.hosts_kept == 9
+    old_r, new_r = first.routers["rt0"][2], p.routers["rt0"][2]
+    assert all((a is c) == (a.vh.name != "h3")
+               for a, c in zip(old_r.compiled.entries, new_r.compiled.entries, strict=True))
+    assert new_r.routes["rt0/h5/0"] is old_r.routes["rt0/h5/0"]
+    assert new_r.routes["canary"].requests.value == 3 and new_r.routes["canary"]._total == 4
+    # No cluster changed: the runtimes in force, not a compare of each one.
+    assert p.clusters.runtimes is first.clusters.runtimes and p.counts.clusters_kept == 3
+    assert p.contexts["tcp"] is first.contexts["tcp"]
+    assert b.metrics.route_requests.children == _full_export(p)
+
+
+async def test_route_series_follow_patched_and_rebuilt_routers() -> None:
+    """The series are patched by route name; after hosts come and go (and a reload builds
+    by the ordered walk) they are what a full export would give."""
+    b = builder()
+    current = validate(_many_hosts(1))
+    swap(b, current)
+    for target in (_many_hosts(1, extra=True), _many_hosts(2), _many_hosts(5, extra=True)):
+        current = apply_delta(current, diff(current, validate(target)))
+        p = swap(b, current)
+        assert b.metrics.route_requests.children == _full_export(p)
+    assert ("rt0", "rt0/h10/0") in b.metrics.route_requests.children
+    # In place (a patched router): an unnamed rule changed (a new route, new state) and a host
+    # renamed at its position.
+    target = _many_hosts(5, extra=True)
+    hosts = target["route_tables"][0]["virtual_hosts"]
+    hosts[5]["rules"][0]["backends"][0]["cluster"] = "c2"
+    hosts[7]["name"] = "h7b"
+    current = apply_delta(current, diff(current, validate(target)))
+    p = swap(b, current)
+    assert p.counts.hosts_built == 2 and p.routers["rt0"][2].compiled.touched == {
+        "rt0/h5/0", "rt0/h7/0", "rt0/h7b/0"}
+    assert b.metrics.route_requests.children == _full_export(p)
+    assert ("rt0", "rt0/h7/0") not in b.metrics.route_requests.children
+    reordered = _many_hosts(5)
+    reordered["route_tables"][0]["virtual_hosts"].reverse()
+    p = swap(b, reordered)
+    # Kept by equality (decoded anew), but for h5 and h7, which go back to what they were.
+    assert p.counts.hosts_kept == 8 and p.counts.hosts_built == 2
+    assert b.metrics.route_requests.children == _full_export(p)
+    assert ("rt0", "rt0/h10/0") not in b.metrics.route_requests.children
+    gone = _many_hosts(5)
+    gone["route_tables"] = gone["route_tables"][1:]
+    gone["listeners"] = gone["listeners"][1:]
+    p = swap(b, gone)
+    assert b.metrics.route_requests.children == _full_export(p)
+    assert not any(t == "rt0" for t, _ in b.metrics.route_requests.children)
