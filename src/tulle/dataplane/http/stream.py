@@ -71,10 +71,12 @@ class _HeldResponse:
     """A response head held back by the filters (a STOP, or data hooks that must see the body
     before the head may leave), with what arrived behind it."""
 
-    __slots__ = ("chunks", "end", "head", "size", "stopped", "trailers")
+    __slots__ = ("bodiless", "chunks", "end", "head", "size", "stopped", "trailers")
 
     def __init__(self, head: ResponseHead, end: bool, stopped: bool) -> None:
         self.head = head
+        self.bodiless = end
+        """The head arrived ended: it leaves ended, the data hooks see nothing."""
         self.end = end
         self.stopped = stopped
         self.chunks: list[bytes] = []
@@ -250,10 +252,13 @@ class RequestStream:
     def request_end(self, trailers: Headers | None) -> None:
         """The client's request is complete."""
         self.request_done = True
-        if self.upstream is not None:
-            self._end_upstream(trailers)
-        else:
+        up = self.upstream
+        if up is None:
             self.trailers = trailers
+        elif self.run is None:
+            up.send_end(trailers)
+        else:
+            self._end_upstream(trailers)
 
     def _end_upstream(self, trailers: Headers | None) -> None:
         run = self.run
@@ -390,11 +395,11 @@ class RequestStream:
         chunks, end, trailers = held.chunks, held.end, held.trailers
         held.chunks = []
         held.size = 0
-        if run is None or not run.chain.response_datas:
+        if held.bodiless or run is None or not run.chain.response_datas:
             self.resp = None
             self.head_sent = True
-            self.send_head(held.head, end and not chunks)
-            if end and not chunks:
+            self.send_head(held.head, held.bodiless)
+            if held.bodiless:
                 self.complete()
                 return
         for chunk in chunks:
@@ -459,6 +464,18 @@ class RequestStream:
             self.send_data(out)
 
     # -- the record ----------------------------------------------------------------------------
+
+    def downstream_reset(self) -> None:
+        """The client reset the request or went away: drop the upstream, record it (DC)."""
+        if self.done:
+            return
+        self.flags = self.flags or "DC"
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            up.reset()
+        self.resp = None
+        self.request_done = True
+        self.complete()
 
     def record(self) -> None:
         """Count this request in the requests metric and tell the observers, exactly once."""

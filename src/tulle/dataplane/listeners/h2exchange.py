@@ -146,14 +146,3 @@ class H2Exchange(RequestStream):
             self.unacked += flow_length  # held, or the upstream pushes back
             return False
         return True
-
-    def abandon(self) -> None:
-        """The client reset the stream or went away: reset the upstream, count it as DC."""
-        self.flags = self.flags or "DC"
-        up = self.upstream
-        self.upstream = None
-        if up is not None:
-            up.reset()
-        self.resp = None
-        self.request_done = True
-        self.complete()

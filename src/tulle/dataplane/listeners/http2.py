@@ -191,7 +191,7 @@ class H2Downstream(asyncio.Protocol, RoutedConnection):
             elif isinstance(ev, ResetReceived):
                 ex = exchanges.get(ev.stream_id)
                 if ex is not None:
-                    ex.abandon()
+                    ex.downstream_reset()
             elif isinstance(ev, StreamRejected):
                 self.ctx.protocol_error(ev.kind)
                 self._got_request = True
@@ -263,7 +263,7 @@ class H2Downstream(asyncio.Protocol, RoutedConnection):
 
     def _reset_all(self) -> None:
         for ex in list(self.exchanges.values()):
-            ex.abandon()
+            ex.downstream_reset()
         self.exchanges.clear()
 
     # -- transport helpers ---------------------------------------------------------------

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from tests.support.transport import FakeTransport
 
 from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle
 from tulle.dataplane.listeners.http1 import H1Downstream
@@ -22,50 +23,6 @@ from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.upstream.cluster import ClusterManager
 from tulle.dataplane.upstream.http1 import H1Connection, H1Pool
 from tulle.proxyconfig import validate
-
-
-class FakeTransport:
-    """What the drivers use of a transport; `close` reports the loss as a real one does."""
-
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.protocol: Any = None
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def writelines(self, chunks: list[bytes]) -> None:
-        self.out += b"".join(chunks)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 50000) if name == "peername" else default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        pass
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            protocol, self.protocol = self.protocol, None
-            protocol.connection_lost(None)
-
-    abort = close
 
 
 def build() -> tuple[ListenerHandle, H1Pool]:
