@@ -58,7 +58,8 @@ DEFAULT_BUFFER_LIMIT = 1_048_576
 class ChainPort(Protocol):
     """What the request stream does for the chain (`stream.RequestStream` implements it)."""
 
-    facts: ConnectionFacts
+    @property
+    def facts(self) -> ConnectionFacts: ...
 
     def filters_continue(self) -> None:
         """The request head passed every filter after a STOP: open the upstream now."""

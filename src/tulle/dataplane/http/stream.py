@@ -26,7 +26,8 @@ Shape:
   timer; either way `on_timeout` answers 504 (or resets a response already begun).
 * The stream is also the request's record for logs and traces (start, status, response flags,
   bytes in and out, cluster); `record()` counts it exactly once, runs the observers' `on_done`
-  once, however the request ended.
+  once, however the request ended.  Bytes are counted only on routes with filters: observers
+  are filters, and a route without them pays nothing for a count nobody reads.
 
 A route with no filters has no `ChainRun`: every filter check is one attribute test.
 """
@@ -88,14 +89,13 @@ class RequestStream:
     """One request: head, decision, filters, deadline, upstream, and its record."""
 
     __slots__ = ("bodiless", "body", "body_size", "bytes_in", "bytes_out", "cluster", "conn",
-                 "decision", "done", "due", "expect_continue", "facts", "flags", "head",
+                 "decision", "done", "due", "expect_continue", "flags", "head",
                  "head_sent", "request_done", "resp", "run", "start", "stats", "status", "timer",
                  "trailers", "upstream")
 
     def __init__(self, conn: StreamOwner, head: RequestHead, bodiless: bool,
                  start: float, expect_continue: bool = False) -> None:
         self.conn = conn
-        self.facts = conn.facts
         self.head = head
         self.bodiless = bodiless
         """The request has no body at all: the upstream exchange is opened already ended."""
@@ -106,8 +106,12 @@ class RequestStream:
         self.cluster = "-"
         self.stats: RequestStats | None = None
         self.bytes_in = 0
+        """Request body bytes, counted when the route has filters (the observers that read
+        them are filters); the listener's byte counters cover every request."""
         self.bytes_out = 0
-        self.decision: Decision | None = None
+        """Response body bytes sent to the client, counted likewise."""
+        self.decision: Decision
+        """Set by `route` (a request refused before routing has none)."""
         self.run: ChainRun | None = None
         """The route's filters on this request; None when the route has none."""
         self.upstream: UpstreamStream | None = None
@@ -120,9 +124,16 @@ class RequestStream:
         self.expect_continue = expect_continue
         self.body: list[bytes] | None = None
         """Request body held until the upstream opens (bounded by the port's flow control)."""
-        self.body_size = 0
-        self.trailers: Headers | None = None
+        self.body_size: int
+        """Bytes in `body` (set with it)."""
+        self.trailers: Headers | None
+        """Request trailers that arrived before the upstream opened (set by `request_end`)."""
         self.resp: _HeldResponse | None = None
+
+    @property
+    def facts(self) -> ConnectionFacts:
+        """The connection the request came on (`FilterStream.facts`)."""
+        return self.conn.facts
 
     # -- the port: what a driver's subclass renders for its protocol -----------------------
 
@@ -215,7 +226,8 @@ class RequestStream:
         body = self.body
         if body is not None:
             self.body = None
-            self.body_size = 0
+            if self.run is not None:
+                self.bytes_in += self.body_size
             hooks = self.run if self.run is not None and self.run.chain.request_datas else None
             for chunk in body:
                 out = hooks.request_data(chunk, False) if hooks is not None else chunk
@@ -230,22 +242,25 @@ class RequestStream:
 
     def request_data(self, data: bytes) -> None:
         """Request body from the client."""
-        self.bytes_in += len(data)
         up = self.upstream
         if up is not None:
             run = self.run
-            if run is not None and run.chain.request_datas:
-                out = run.request_data(data, False)
-                if out is None:
-                    return
-                data = out
+            if run is not None:
+                self.bytes_in += len(data)
+                if run.chain.request_datas:
+                    out = run.request_data(data, False)
+                    if out is None:
+                        return
+                    data = out
             up.send_data(data)
         elif not self.head_sent and not self.done:
             body = self.body
             if body is None:
-                body = self.body = []
-            body.append(data)
-            self.body_size += len(data)
+                self.body = [data]
+                self.body_size = len(data)
+            else:
+                body.append(data)
+                self.body_size += len(data)
             if self.body_size > self.conn.ctx.high_water:
                 self.pause_request()
 
@@ -318,12 +333,13 @@ class RequestStream:
             self._held_data(data)
             return
         run = self.run
-        if run is not None and run.chain.response_datas:
-            out = run.response_data(data, False)
-            if out is None:
-                return
-            data = out
-        self.bytes_out += len(data)
+        if run is not None:
+            if run.chain.response_datas:
+                out = run.response_data(data, False)
+                if out is None:
+                    return
+                data = out
+            self.bytes_out += len(data)
         self.send_data(data)
 
     def on_response_end(self, trailers: Headers | None) -> None:
@@ -365,9 +381,8 @@ class RequestStream:
 
     def filters_continue(self) -> None:
         """The request head passed every filter after a STOP: open the upstream now."""
-        d = self.decision
-        if d is not None and not self.done and self.upstream is None:
-            self.route(d, resumed=True)
+        if not self.done and self.upstream is None:
+            self.route(self.decision, resumed=True)
 
     def filter_reply(self, status: int, body: bytes) -> None:
         """A filter answers the request (or the chain does: 413/500/filter error)."""
