@@ -2,9 +2,11 @@
 
 A connection parses requests as they arrive (pipelining allowed) but serves them strictly in
 order: the head of `_queue` is the exchange on the wire; later ones wait with their bodies
-buffered and reading paused.  Each exchange routes its request, opens an upstream stream and
-relays the response back, re-framing it for this client (chunked for HTTP/1.1 when the length is
-unknown, close-delimited for HTTP/1.0).
+held and reading paused.  The driver routes each request (`resolve`) and hands it to its
+exchange, an `H1Exchange` (`h1exchange.py`): a request stream (`http/stream.py`) that runs the
+route's filters, the deadline and the upstream, and writes the response back re-framed for this
+client (chunked for HTTP/1.1 when the length is unknown, close-delimited for HTTP/1.0).  This
+module is framing, flow control and the connection's life only.
 
 Flow control both ways: when this client's transport is above its high-water mark the upstream
 stops being read (`pause_response`), and when the upstream cannot take more request body this
@@ -18,7 +20,7 @@ it).  Each is counted; none affects another connection.
 Bookkeeping rules:
 
 * Every exchange that was dispatched is counted in the requests metric exactly once
-  (`H1Exchange.record`), whichever way it ends: finished, failed after its head, timed out, or
+  (`RequestStream.record`), whichever way it ends: finished, failed after its head, timed out, or
   cut short by the client (flag DC).  Requests parsed behind a broken one and never dispatched
   are not counted; the protocol-error counter says why the connection closed.
 * Pause reasons are a set (`pipeline`, `buffer`, `upstream`, `upgrade`, `error`); reading

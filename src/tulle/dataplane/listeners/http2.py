@@ -1,8 +1,10 @@
 """HTTP/2 downstream: the asyncio driver around `H2Codec`, many exchanges at once.
 
 Serves h2c with prior knowledge (the client opens with the `PRI * HTTP/2.0` preface) and TLS
-connections that negotiated ALPN `h2`.  Every stream is an `H2Exchange`: routed by the same
-`dispatch` step as HTTP/1, then opened on the cluster, whose pool may speak either protocol.
+connections that negotiated ALPN `h2`.  Every stream is an `H2Exchange` (`h2exchange.py`),
+a request stream (`http/stream.py`): routed by the same `dispatch` step as HTTP/1, then run
+through the route's filters and opened on the cluster, whose pool may speak either protocol.
+Route timeouts of the streams ride on the connection's deadline (the earliest `due`).
 
 Flow control both ways, per stream:
 

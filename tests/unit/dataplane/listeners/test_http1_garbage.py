@@ -24,13 +24,19 @@ from tulle.dataplane.upstream.cluster import ClusterManager
 from tulle.dataplane.upstream.http1 import H1Connection, H1Pool
 from tulle.proxyconfig import validate
 
+FILTERS = [{"type": "RequestHeaderModifier", "set": [{"name": "x-a", "value": "1"}]},
+           {"type": "ResponseHeaderModifier", "add": [{"name": "x-b", "value": "2"}]}]
 
-def build() -> tuple[ListenerHandle, H1Pool]:
+
+def build(filters: bool = False) -> tuple[ListenerHandle, H1Pool]:
+    rule: dict[str, Any] = {"backends": [{"cluster": "origin"}]}
+    if filters:
+        rule["filters"] = FILTERS  # a request stream with a chain run: stream <-> run
     cfg = validate({
         "listeners": [{"name": "l", "port": 18080, "protocol": "http1", "route_table": "rt"}],
         "clusters": [{"name": "origin", "endpoints": [{"address": "127.0.0.1", "port": 18081}]}],
         "route_tables": [{"name": "rt", "virtual_hosts": [
-            {"name": "any", "domains": ["*"], "rules": [{"backends": [{"cluster": "origin"}]}]}]}],
+            {"name": "any", "domains": ["*"], "rules": [rule]}]}],
         "settings": {"max_request_header_bytes": 4096},
     })
     metrics = ProxyMetrics()
@@ -103,8 +109,9 @@ async def test_a_rejected_request_leaves_no_garbage(no_cyclic_gc: list[Any], wir
     assert collected() == []
 
 
-async def test_a_proxied_exchange_leaves_no_garbage(no_cyclic_gc: list[Any]) -> None:
-    handle, pool = build()
+@pytest.mark.parametrize("filters", [False, True])
+async def test_a_proxied_exchange_leaves_no_garbage(no_cyclic_gc: list[Any], filters: bool) -> None:
+    handle, pool = build(filters)
     up = H1Connection(pool)
     up_t = FakeTransport()
     up_t.protocol = up
