@@ -233,7 +233,8 @@ class RequestStream:
                 out = hooks.request_data(chunk, False) if hooks is not None else chunk
                 if out is None:
                     if self.upstream is None:
-                        return  # answered
+                        self.resume_request()  # answered: the client must not stay paused
+                        return
                     continue
                 up.send_data(out)
             self.resume_request()
@@ -318,8 +319,14 @@ class RequestStream:
         run = self.run
         if run is not None:
             chain = run.chain
-            if chain.response_heads or chain.response_datas:
-                self._filter_response_head(run, head, end_stream)
+            if chain.response_heads and not run.response_head(head):
+                if run.stopped and not self.done:
+                    self._hold_response(head, end_stream)
+                return  # stopped, or a filter answered instead (filter_reply)
+            if chain.response_datas and not end_stream:
+                # The data hooks see the body before the head leaves, so a hook that buffers
+                # past the bound can still be answered 500 instead of a response cut short.
+                self.resp = _HeldResponse(head, False, stopped=False)
                 return
         self.head_sent = True
         self.send_head(head, end_stream)
@@ -431,24 +438,12 @@ class RequestStream:
         if not self.done:
             self.send_local(status, body)
 
-    def _filter_response_head(self, run: ChainRun, head: ResponseHead, end: bool) -> None:
-        chain = run.chain
-        if chain.response_heads and not run.response_head(head):
-            if run.stopped and not self.done:
-                self.resp = _HeldResponse(head, end, stopped=True)
-                up = self.upstream
-                if up is not None and not end:
-                    up.pause_response()
-            return  # stopped, or a filter answered instead (filter_reply)
-        if chain.response_datas and not end:
-            # The data hooks see the body before the head leaves, so a hook that buffers past
-            # the bound can still be answered 500 instead of a response cut short.
-            self.resp = _HeldResponse(head, False, stopped=False)
-            return
-        self.head_sent = True
-        self.send_head(head, end)
-        if end:
-            self.complete()
+    def _hold_response(self, head: ResponseHead, end: bool) -> None:
+        """A response-head hook stopped: hold the head, pause the upstream."""
+        self.resp = _HeldResponse(head, end, stopped=True)
+        up = self.upstream
+        if up is not None and not end:
+            up.pause_response()
 
     def _held_data(self, data: bytes) -> None:
         held = self.resp

@@ -554,3 +554,14 @@ def test_a_finished_request_cancels_its_timer() -> None:
     w = world(timeout_ms=500, bodiless=True)
     w.stream.on_response_head(ok(), True)
     assert w.conn.loop.timers[0].cancelled
+
+
+def test_a_held_body_refused_on_its_way_upstream_lets_the_client_be_read_again() -> None:
+    # Held above the high-water mark (the client was paused), then a data hook refuses it as
+    # it is flushed: the answer must not leave the client paused for good.
+    w = world(("authz", {"req": STOP, "req_data": (413, b"too much\n")}), high_water=2)
+    s = w.stream
+    s.request_data(b"abc")
+    assert s.paused_reading
+    w.resume()
+    assert s.client == [("local", 413, b"too much\n")] and not s.paused_reading
