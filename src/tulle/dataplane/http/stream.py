@@ -12,11 +12,12 @@ Shape:
   stream sends (`send_head` / `send_data` / `end_response`, a local reply, a reset) for its
   protocol and does the connection's part of pausing and resuming.  One object per request:
   the port costs no allocation of its own (ADR 0015).
-* The driver feeds the stream the request: `route(decision)` once the head is routed, then
-  `request_data` / `request_end`.  The stream runs the route's filters (`http/chain.py`) and
-  opens the upstream when they let it; body that arrives before the upstream exists is held in
-  a bounded buffer (above the listener's high-water mark the port stops reading the client: an
-  HTTP/1 connection pauses, an HTTP/2 stream withholds its window) and sent once it opens.
+* The driver feeds the stream the request: `dispatch()` once the head is parsed (the stream
+  routes it by the connection's routing key), then `request_data` / `request_end`.  The
+  stream runs the route's filters (`http/chain.py`) and opens the upstream when they let it;
+  body that arrives before the upstream exists is held in a bounded buffer (above the
+  listener's high-water mark the port stops reading the client: an HTTP/1 connection pauses,
+  an HTTP/2 stream withholds its window) and sent once it opens.
 * The upstream reports to the stream (it is the `ResponseSink`); the response passes the
   response filters (a head may be stopped and resumed, data buffered up to the chain's bound)
   on its way to the port.
@@ -37,6 +38,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 from tulle.dataplane.http.chain import ChainRun
+from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
 
 if TYPE_CHECKING:
     import asyncio
@@ -50,18 +52,26 @@ if TYPE_CHECKING:
         UpstreamStream,
     )
     from tulle.dataplane.http.facts import ConnectionFacts
-    from tulle.dataplane.listeners.context import ListenerContext, RequestStats
+    from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle, RequestStats
     from tulle.dataplane.listeners.dispatch import Decision
+    from tulle.dataplane.routing.router import Router
 
 
 class StreamOwner(Protocol):
-    """What a request stream needs of its connection (the drivers implement it)."""
+    """What a request stream needs of its connection (the drivers implement it; routing
+    state is `RoutedConnection`'s)."""
 
+    handle: ListenerHandle
     ctx: ListenerContext
+    router: Router | None
+    cluster: str
     loop: asyncio.AbstractEventLoop
     facts: ConnectionFacts
     write_paused: bool
     """The client is not taking more response now: a new upstream starts paused."""
+
+    def follow_snapshot(self) -> None:
+        """Resolve the connection's routing key against the snapshot now in force."""
     deadline: float
     deadline_kind: str
     """The connection's next deadline for the listener's sweeper; kind `request` when it is
@@ -164,6 +174,11 @@ class RequestStream:
 
     def resume_request(self) -> None: ...
 
+    def overloaded(self) -> None:
+        """The proxy is overloaded: refuse this request (503, flag OL already set) and tell
+        the client not to reuse the connection."""
+        raise NotImplementedError
+
     def send_continue(self) -> None:
         """The upstream is open and the client waits for `100 Continue` to send its body."""
 
@@ -186,15 +201,36 @@ class RequestStream:
 
     # -- driver -> stream: the request -----------------------------------------------------
 
-    def route(self, d: Decision, resumed: bool = False) -> None:
-        """The head is routed to a cluster: arm the deadline, run the filters, open the
-        upstream.  `resumed`: the filters let a stopped head go on; only open."""
-        if not resumed:
-            self.decision = d
+    def dispatch(self, resumed: bool = False) -> None:
+        """Route the head by the connection's routing key (`listeners/dispatch.py`), arm the
+        deadline, run the filters, open the upstream.  `resumed`: the filters let a stopped
+        head go on; only open.  One method, not one per step: this runs once per request."""
+        head = self.head
+        if resumed:
+            d = self.decision
+        else:
+            conn = self.conn
+            handle = conn.handle
+            guard = handle.guard
+            if guard.rejecting:
+                guard.count("reject_request")
+                self.flags = "OL"
+                self.overloaded()
+                return
+            if handle.ctx is not conn.ctx:
+                conn.follow_snapshot()
+            ctx = conn.ctx
+            self.decision = d = resolve(ctx, conn.router, conn.cluster or "", head)
+            self.cluster = d.cluster_name
+            self.stats = d.stats
+            if d.cluster is None:
+                self.flags = d.flag
+                self.send_local(d.status, d.body)
+                return
+            add_forwarding_headers(head, conn.facts.peer_ip, ctx.generate_request_id)
             timeout = d.timeout
-            if timeout and not self.head.upgrade:
-                conn = self.conn
-                if timeout >= conn.ctx.sweep_timeout_min:
+            if timeout and not head.upgrade:
+                if timeout >= ctx.sweep_timeout_min:
                     # The connection's sweeper watches it (ADR 0010): its deadline is the
                     # earliest of its requests'.
                     self.due = due = conn.loop.time() + timeout
@@ -205,12 +241,12 @@ class RequestStream:
                     self.timer = conn.loop.call_later(timeout, self.on_timeout)
             chain = d.chain
             if chain is not None:
-                self.run = run = ChainRun(chain, self.head, self, self.conn.ctx)
+                self.run = run = ChainRun(chain, head, self, ctx)
                 if not run.request_head():
                     return  # answered, or stopped: filters_continue() comes back here
         cluster = d.cluster
         assert cluster is not None
-        up = cluster.open_stream(self.head, self, self.bodiless)
+        up = cluster.open_stream(head, self, self.bodiless)
         if up is None:
             self.flags = "UH"
             self.reply_local(503, b"no healthy endpoint in cluster '%b'\n"
@@ -389,7 +425,7 @@ class RequestStream:
     def filters_continue(self) -> None:
         """The request head passed every filter after a STOP: open the upstream now."""
         if not self.done and self.upstream is None:
-            self.route(self.decision, resumed=True)
+            self.dispatch(resumed=True)
 
     def filter_reply(self, status: int, body: bytes) -> None:
         """A filter answers the request (or the chain does: 413/500/filter error)."""

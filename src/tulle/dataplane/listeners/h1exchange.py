@@ -113,6 +113,10 @@ class H1Exchange(RequestStream):
         if conn.paused:
             conn.resume_reading("buffer")
 
+    def overloaded(self) -> None:
+        self.close_after = True  # no keep-alive
+        self.send_local(503, b"overloaded\n")
+
     def send_continue(self) -> None:
         self.conn.write(CONTINUE)
 

@@ -102,6 +102,10 @@ class H2Exchange(RequestStream):
         self.conn.write_soon()
         self.complete()
 
+    def overloaded(self) -> None:
+        self.send_local(503, b"overloaded\n")
+        self.conn.start_drain()  # GOAWAY: the client stops opening streams here
+
     def resume_request(self) -> None:
         """The held body went upstream: reopen the client's window for it."""
         if self.unacked and not self.upstream_paused:

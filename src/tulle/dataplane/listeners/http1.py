@@ -44,7 +44,6 @@ from typing import TYPE_CHECKING, cast
 
 from tulle.dataplane.http.facts import ConnectionFacts, facts_for
 from tulle.dataplane.listeners.context import ListenerHandle, RoutedConnection, reset
-from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
 from tulle.dataplane.listeners.h1exchange import H1Exchange
 from tulle.dataplane.protocols.http1 import ProtocolError, RequestCodec, local_response
 
@@ -206,8 +205,9 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         if len(q) == 1:
             if self._advancing or self.closing:
                 self._advance()
-            else:
-                self._dispatch(ex)  # (what _advance would do: one call less per request)
+            else:  # (what _advance would do, one call less per request)
+                ex.started = True
+                ex.dispatch()
         else:
             self.pause_reading("pipeline")
 
@@ -235,42 +235,20 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         try:
             q = self._queue
             while q and not q[0].started and not self.closing:
-                self._dispatch(q[0])
+                ex = q[0]
+                ex.started = True
+                ex.dispatch()
         finally:
             self._advancing = False
-
-    def _dispatch(self, ex: H1Exchange) -> None:
-        """Route `ex` and hand it to its request stream (filters, deadline, upstream)."""
-        head = ex.head
-        ctx = self.ctx
-        ex.started = True
-        if self.guard.rejecting:
-            self.guard.count("reject_request")
-            ex.flags = "OL"
-            ex.close_after = True
-            ex.send_local(503, b"overloaded\n")
-            return
-        if self.handle.ctx is not ctx:
-            self.follow_snapshot()
-            ctx = self.ctx
-        d = resolve(ctx, self.router, self.cluster or "", head)
-        ex.cluster = d.cluster_name
-        ex.stats = d.stats
-        if d.cluster is None:
-            ex.flags = d.flag
-            ex.send_local(d.status, d.body)
-            return
-        add_forwarding_headers(head, self.facts.peer_ip, ctx.generate_request_id)
-        if self.deadline_kind == "request":  # a previous (pipelined) exchange's
-            self.deadline = 0.0
-            self.deadline_kind = ""
-        ex.route(d)
 
     def exchange_done(self, ex: H1Exchange) -> None:
         q = self._queue
         if q and q[0] is ex:
             q.popleft()
         ex.upstream = None
+        if self.deadline_kind == "request":  # its route timeout; the next one arms its own
+            self.deadline = 0.0
+            self.deadline_kind = ""
         if self.paused:
             self.resume_reading("upstream")  # the finished upstream can no longer push back
         if ex.close_after or self.closing or (self.handle.draining and not q):

@@ -43,7 +43,6 @@ from tulle.dataplane.listeners.context import (
     RoutedConnection,
     reset,
 )
-from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
 from tulle.dataplane.listeners.h2exchange import H2Exchange
 from tulle.dataplane.protocols.h2events import (
     DataReceived,
@@ -215,23 +214,7 @@ class H2Downstream(asyncio.Protocol, RoutedConnection):
             self.deadline_kind = ""
         ex = H2Exchange(self, sid, head, end, self.loop.time())
         self.exchanges[sid] = ex
-        guard = self.handle.guard
-        if guard.rejecting:  # overloaded: 503, and GOAWAY so the client stops reusing us
-            guard.count("reject_request")
-            ex.flags = "OL"
-            ex.send_local(503, b"overloaded\n")
-            self.start_drain()
-            return
-        self.follow_snapshot()
-        d = resolve(self.ctx, self.router, self.cluster or "", head)
-        ex.cluster = d.cluster_name
-        ex.stats = d.stats
-        if d.cluster is None:
-            ex.flags = d.flag
-            ex.send_local(d.status, d.body)
-            return
-        add_forwarding_headers(head, self.facts.peer_ip, self.ctx.generate_request_id)
-        ex.route(d)
+        ex.dispatch()
 
     def _request_deadlines(self, now: float) -> None:
         """Time out the streams whose route timeout passed; watch for the next one."""

@@ -64,11 +64,26 @@ class Stats:
 
 
 class Ctx:
+    """The listener context, as `resolve` and the stream read it: every request is routed to
+    the decision the test gives."""
+
+    paths = None
+    generate_request_id = False
+
     def __init__(self, high_water: int = 1000, sweep_timeout_min: float = 10.0) -> None:
         self.high_water = high_water
         self.sweep_timeout_min = sweep_timeout_min
         self.st = Stats()
         self.filter_errors: list[str] = []
+        self.routed_to: Decision | None = None
+
+    @property
+    def settings(self) -> Any:
+        return type("S", (), {"request_timeout_ms": 0})
+
+    def decision(self, cluster: str, timeout_ms: int) -> Decision:
+        assert self.routed_to is not None
+        return self.routed_to
 
     def stats(self, cluster: str) -> Stats:
         return self.st
@@ -87,6 +102,16 @@ class Conn:
         self.write_paused = False
         self.deadline = 0.0
         self.deadline_kind = ""
+        self.router = None
+        self.cluster = "c"
+        self.handle = type("Handle", (), {"ctx": self.ctx, "guard": Guard()})
+
+    def follow_snapshot(self) -> None:
+        raise AssertionError("the snapshot never changes here")
+
+
+class Guard:
+    rejecting = False
 
 
 class Upstream:
@@ -267,7 +292,8 @@ def world(*scripts: tuple[str, dict[str, object]], bodiless: bool = False, timeo
     stream.stats = conn.ctx.st  # type: ignore[assignment]
     d = Decision(cluster, "c", timeout_ms, stats=stream.stats, chain=chain)  # type: ignore[arg-type]
     w = World(conn, stream, cluster, up_log, filter_log, made)
-    stream.route(d)
+    conn.ctx.routed_to = d
+    stream.dispatch()
     return w
 
 
@@ -315,7 +341,8 @@ def test_the_connection_facts_reach_the_filters() -> None:
     conn = Conn()
     chain = build_chain([F()])
     s = Stream(conn, RequestHead(b"GET", b"/", b"a", b"http", []), True)
-    s.route(Decision(Cluster([]), "c", 0, chain=chain))  # type: ignore[arg-type]
+    conn.ctx.routed_to = Decision(Cluster([]), "c", 0, chain=chain)  # type: ignore[arg-type]
+    s.dispatch()
     assert seen == [conn.facts]
     assert (seen[0].peer, seen[0].peer_ip, seen[0].tls, seen[0].alpn) == (
         ("10.0.0.7", 4242), b"10.0.0.7", True, "h2")
