@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from tulle.dataplane.http.facts import ConnectionFacts
     from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle, RequestStats
     from tulle.dataplane.listeners.dispatch import Decision
+    from tulle.dataplane.overload import OverloadGuard
     from tulle.dataplane.routing.router import Router
 
 
@@ -62,6 +63,7 @@ class StreamOwner(Protocol):
     state is `RoutedConnection`'s)."""
 
     handle: ListenerHandle
+    guard: OverloadGuard
     ctx: ListenerContext
     router: Router | None
     cluster: str
@@ -210,14 +212,13 @@ class RequestStream:
             d = self.decision
         else:
             conn = self.conn
-            handle = conn.handle
-            guard = handle.guard
+            guard = conn.guard
             if guard.rejecting:
                 guard.count("reject_request")
                 self.flags = "OL"
                 self.overloaded()
                 return
-            if handle.ctx is not conn.ctx:
+            if conn.handle.ctx is not conn.ctx:
                 conn.follow_snapshot()
             ctx = conn.ctx
             self.decision = d = resolve(ctx, conn.router, conn.cluster or "", head)
@@ -252,7 +253,7 @@ class RequestStream:
             self.reply_local(503, b"no healthy endpoint in cluster '%b'\n"
                              % d.cluster_name.encode())
             return
-        if self.done or self.head_sent:
+        if self.head_sent:
             return  # the pool failed the exchange synchronously and it was answered already
         self.upstream = up
         if self.conn.write_paused:
@@ -372,11 +373,11 @@ class RequestStream:
     def on_response_data(self, data: bytes) -> None:
         if self.done:
             return
-        if self.resp is not None:
-            self._held_data(data)
-            return
         run = self.run
-        if run is not None:
+        if run is not None:  # (a held response needs filters: `resp` is tested only here)
+            if self.resp is not None:
+                self._held_data(data)
+                return
             if run.chain.response_datas:
                 out = run.response_data(data, False)
                 if out is None:
@@ -388,18 +389,18 @@ class RequestStream:
     def on_response_end(self, trailers: Headers | None) -> None:
         if self.done:
             return
-        held = self.resp
-        if held is not None:
-            if held.stopped:
-                held.end = True
-                held.trailers = trailers
-                return
-            self._release(b"", True)
-            if self.done:
-                return
-        else:
-            run = self.run
-            if run is not None and run.chain.response_datas:
+        run = self.run
+        if run is not None:
+            held = self.resp
+            if held is not None:
+                if held.stopped:
+                    held.end = True
+                    held.trailers = trailers
+                    return
+                self._release(b"", True)
+                if self.done:
+                    return
+            elif run.chain.response_datas:
                 rest = run.response_data(b"", True)
                 if rest is None:
                     return

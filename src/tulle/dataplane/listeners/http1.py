@@ -198,17 +198,19 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
                         expect_continue)
         # An upgrade closes unless it becomes a tunnel: the parser is done with the connection.
         ex.close_after = not keep_alive or head.upgrade != b""
-        ex.chunked = ex.started = False
+        ex.chunked = False
         self._receiving = ex
         q = self._queue
         q.append(ex)
         if len(q) == 1:
             if self._advancing or self.closing:
+                ex.started = False
                 self._advance()
             else:  # (what _advance would do, one call less per request)
                 ex.started = True
                 ex.dispatch()
         else:
+            ex.started = False
             self.pause_reading("pipeline")
 
     def on_request_body(self, data: bytes) -> None:

@@ -97,6 +97,7 @@ class H2Downstream(asyncio.Protocol, RoutedConnection):
                              now=self.loop.time())
         self.exchanges: dict[int, H2Exchange] = {}
         self._initial = initial
+        self.guard = handle.guard
         self.goaway_sent = False
         self.write_paused = False
         """Never set: HTTP/2 flow control is per stream (the codec's queue and windows)."""

@@ -53,7 +53,7 @@ class RequestCodec(_Bounds):
     __slots__ = ("_chunked", "_cl", "_done_head", "_fed", "_feed_start", "_good_host",
                  "_handler", "_head_bytes", "_headers", "_held", "_in_message", "_last_end", "_limit",
                  "_msg_start",
-                 "_parser", "_resume", "_scheme", "_url", "upgrade_offset_data")
+                 "_parser", "_resume", "_scheme", "_url", "head_started", "upgrade_offset_data")
 
     def __init__(self, handler: RequestHandler, max_header_bytes: int,
                  scheme: bytes = b"http", *, limits: H1Limits = DEFAULT_LIMITS) -> None:
@@ -73,6 +73,9 @@ class RequestCodec(_Bounds):
         limit."""
         self._in_message = False
         self._done_head = False
+        self.head_started = False
+        """Part of a request head has arrived and not all of it (the header timeout's
+        question); a plain attribute, read once per request by the driver."""
         self._good_host = b""
         """The last Host value found valid (see on_headers_complete)."""
         self._url = b""
@@ -104,10 +107,6 @@ class RequestCodec(_Bounds):
     def waiting_for_head(self) -> bool:
         """True between requests and inside a head: what the header timeout watches."""
         return not self._done_head
-
-    @property
-    def head_started(self) -> bool:
-        return self._in_message and not self._done_head
 
     def close(self) -> None:
         """Drop the parser and the handler: the codec is done (its connection is gone)."""
@@ -157,6 +156,7 @@ class RequestCodec(_Bounds):
         self._msg_start = self._feed_start
         self._in_message = True
         self._done_head = False
+        self.head_started = True
         self._url = b""
         self._headers = []
         self._trailers = None
@@ -186,6 +186,7 @@ class RequestCodec(_Bounds):
             raise ProtocolError(431, "header_too_large",
                                 f"more than {self._limits.max_header_count} header fields")
         self._done_head = True
+        self.head_started = False
         method: bytes = p.get_method()
         raw_version: str = p.get_http_version()
         version = _VERSIONS.get(raw_version)

@@ -104,7 +104,8 @@ class Conn:
         self.deadline_kind = ""
         self.router = None
         self.cluster = "c"
-        self.handle = type("Handle", (), {"ctx": self.ctx, "guard": Guard()})
+        self.guard = Guard()
+        self.handle = type("Handle", (), {"ctx": self.ctx, "guard": self.guard})
 
     def follow_snapshot(self) -> None:
         raise AssertionError("the snapshot never changes here")
