@@ -308,7 +308,7 @@ class RequestStream:
         up = self.upstream
         if up is None:
             self.trailers = trailers
-        elif self.run is None:
+        elif self.run is None or not self.run.chain.request_datas:
             up.send_end(trailers)
         else:
             self._end_upstream(trailers)

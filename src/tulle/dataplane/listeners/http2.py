@@ -114,7 +114,9 @@ class H2Downstream(asyncio.Protocol, RoutedConnection):
         transport.set_write_buffer_limits(high=self.ctx.high_water)
         ctx = self.ctx
         self.facts = facts = facts_for(transport, ctx.name, ctx.cfg.direction, self.peer_ip)
-        facts.original_dst = self.route_key
+        key = self.route_key
+        if isinstance(key, tuple):  # (a transparent listener's original destination)
+            facts.original_dst = key
         if not self.handle.connection_opened(self):
             self.transport = None
             self.closing = True
