@@ -7,10 +7,11 @@
 this feeds the same bytes through the same objects in one process in half a minute, so a
 change to the codecs, the driver or the pool can be measured on a loaded laptop.  A listener
 context, router and cluster are built exactly as a snapshot builds them (metrics on, request
-ids generated, forwarding headers added); `H1Downstream` and `H1Connection` get fake transports
-that keep what is written.  Each request is one downstream read and one upstream read (head
-and body in one segment, as nginx sends a 1 KiB file); the event loop runs once every
-`BATCH` requests so that work deferred with `call_soon` is paid for too.
+ids generated, forwarding headers added); `H1Downstream` and `H1Connection` get in-memory
+transports (`listeners/memory.py`) that keep what is written.  Each request is one downstream
+read and one upstream read (head and body in one segment, as nginx sends a 1 KiB file); the
+event loop runs once every `BATCH` requests so that work deferred with `call_soon` is paid for
+too.
 
 What it leaves out: the event loop and the socket calls (epoll, recv, send: about half of the
 proxy's CPU under wrk) and connection set-up.  Numbers are best-of-`--repeat` CPU µs per
@@ -36,6 +37,7 @@ from typing import Any
 
 from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle
 from tulle.dataplane.listeners.http1 import H1Downstream
+from tulle.dataplane.listeners.memory import MemoryTransport
 from tulle.dataplane.routing.router import Router
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.upstream.cluster import ClusterManager
@@ -88,51 +90,6 @@ SCENARIOS = [
 ]
 
 
-class FakeTransport:
-    """Keeps what is written (bounded); says yes to everything else."""
-
-    def __init__(self) -> None:
-        self.out: list[bytes] = []
-        self.writes = 0
-
-    def write(self, data: bytes) -> None:
-        self.writes += 1
-        self.out.append(data)
-        if len(self.out) > 64:
-            del self.out[:32]
-
-    def writelines(self, chunks: list[bytes]) -> None:
-        self.write(b"".join(chunks))
-
-    def take(self) -> bytes:
-        data = b"".join(self.out)
-        self.out.clear()
-        return data
-
-    def is_closing(self) -> bool:
-        return False
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 50000) if name == "peername" else default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        raise AssertionError("the benchmark's connections are never closed")
-
-    close = abort = write_eof
-
-
 FILTERS = [
     {"type": "RequestHeaderModifier", "set": [{"name": "x-env", "value": "prod"}],
      "remove": ["x-debug"]},
@@ -171,7 +128,7 @@ def build(filters: bool = False) -> tuple[ListenerHandle, H1Pool]:
 async def run(sc: Scenario, n: int, repeat: int,
               profile: cProfile.Profile | None, filters: bool = False) -> float:
     handle, pool = build(filters)
-    down_t, up_t = FakeTransport(), FakeTransport()
+    down_t, up_t = MemoryTransport(keep=1 << 16), MemoryTransport(keep=1 << 16)
     down = H1Downstream(handle)
     down.connection_made(down_t)  # type: ignore[arg-type]
     up = H1Connection(pool)
@@ -214,7 +171,7 @@ async def run(sc: Scenario, n: int, repeat: int,
         best = min(best, time.process_time() - t0)
         if profile is not None:
             profile.disable()
-    assert pool.idle == [up] and not down.closing
+    assert pool.idle == [up] and not down.closing and not down_t.closed and not up_t.closed
     return best / n * 1e6
 
 

@@ -33,11 +33,11 @@ async def test_slow_reader_pauses_the_upstream(origin: int) -> None:
         await r.readexactly(1 << 16)  # then stop reading
         conn = next(iter(p.server.listeners["out"].connections))
         for _ in range(500):
-            if conn._write_paused:  # type: ignore[attr-defined]
+            if conn.write_paused:  # type: ignore[attr-defined]
                 break
             await asyncio.sleep(0.01)
-        assert conn._write_paused  # type: ignore[attr-defined]
-        upstream = conn._queue[0].stream.conn  # type: ignore[attr-defined]
+        assert conn.write_paused  # type: ignore[attr-defined]
+        upstream = conn._queue[0].upstream.conn  # type: ignore[attr-defined]
         assert not upstream.transport.is_reading()
         await asyncio.sleep(0.3)  # a buffering proxy would keep pulling meanwhile
         assert conn.transport.get_write_buffer_size() < 1 << 20  # type: ignore[attr-defined]

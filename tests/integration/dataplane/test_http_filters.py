@@ -19,7 +19,7 @@ from tests.support.proxy import RunningProxy, running_proxy
 from tests.support.rawservers import RawServer, connect, raw_server, read_response
 
 from tulle.dataplane.filters import headers as headers_filter
-from tulle.dataplane.http.filter import STOP, FilterStream, HttpFilter
+from tulle.dataplane.http.filter import BUFFER, CONTINUE, STOP, FilterStream, HttpFilter
 from tulle.dataplane.routing import router as router_mod
 
 
@@ -330,3 +330,77 @@ async def test_a_reply_on_the_response_head_replaces_the_upstream_response(proto
         assert len(o.requests) == 2
         assert p.metric("tulle_proxy_requests_total", response_code="502") == 2
         assert (await h1(p, b"/other"))[0] == 200
+
+
+class _Inspect(HttpFilter):
+    """A request-data filter: buffers the whole body, refuses one that says `forbidden`."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen: list[bytes] = []
+
+    def on_request_data(self, stream: FilterStream, data: bytes, end: bool) -> int:
+        if not end:
+            return BUFFER
+        if b"forbidden" in data:
+            stream.reply(403, b"body refused\n")
+            return STOP
+        self.seen.append(data)
+        return CONTINUE
+
+
+@pytest.mark.parametrize("proto", ["h1", "h2"])
+async def test_a_request_data_filter_sees_the_whole_body_and_may_refuse_it(proto: str) -> None:
+    f = _Inspect()
+    good = b"0123456789" * 3000  # several reads / DATA frames, buffered by the filter
+    bad = good + b"forbidden"
+    async with with_extra(f) as (p, o):
+        for body, want in ((good, 200), (bad, 403)):
+            if proto == "h1":
+                status, _, got = await h1(p, b"/f/up", body)
+            else:
+                r = await h2(p, "/f/up", body)
+                status, got = r.status, bytes(r.body)
+            assert status == want
+            assert got == (b"ok" if want == 200 else b"body refused\n")
+        assert f.seen == [good]
+        # The allowed body reached the origin whole; the refused one never did.
+        await eventually_true(lambda: len(o.requests) >= 1)
+        assert len(o.requests) == 1 and o.requests[0].endswith(b"\r\n\r\n" + good)
+        assert p.metric("tulle_proxy_requests_total", response_code="403") == 1
+        assert (await h1(p, b"/other"))[0] == 200
+
+
+class _SlowResponse(HttpFilter):
+    """Stops the response head, edits it and resumes on a later loop turn; sees the body."""
+
+    __slots__ = ("body",)
+
+    def __init__(self) -> None:
+        self.body = bytearray()
+
+    def on_response_head(self, stream: FilterStream, head: Any) -> int:
+        head.headers.append((b"x-checked", b"later"))
+        asyncio.get_running_loop().call_later(0.05, stream.resume)
+        return STOP
+
+    def on_response_data(self, stream: FilterStream, data: bytes, end: bool) -> int:
+        self.body += data
+        return CONTINUE
+
+
+@pytest.mark.parametrize("proto", ["h1", "h2"])
+async def test_a_stopped_response_head_resumes_with_its_body(proto: str) -> None:
+    f = _SlowResponse()
+    async with with_extra(f) as (p, o):
+        for _ in range(2):  # and the connections stay usable
+            if proto == "h1":
+                status, headers, got = await h1(p, b"/f/x")
+            else:
+                r = await h2(p, "/f/x")
+                status, headers, got = r.status, r.headers, bytes(r.body)
+            assert (status, got) == (200, b"ok")
+            assert dict(headers)[b"x-checked"] == b"later"
+        assert bytes(f.body) == b"okok" and len(o.requests) == 2
+        assert p.metric("tulle_proxy_requests_total", response_code="200") == 2

@@ -10,9 +10,10 @@ attribute and take the path they took before filters existed, with no per-reques
 
 A route with filters gets one `Chain` per snapshot (its factories, built once); each request
 gets one `ChainRun` that holds the per-request filters and where the request is in them.  The
-driver is the run's `ChainPort`: it opens the upstream when the request head has passed every
-filter (`filters_continue`, called only after a STOP was resumed — a synchronous pass returns
-True instead) and renders local replies (`filter_reply`).
+request stream (`http/stream.py`) is the run's `ChainPort`: it opens the upstream when the
+request head has passed every filter (`filters_continue`, called only after a STOP was resumed
+— a synchronous pass returns True instead), lets a stopped response head go on
+(`response_continue`) and renders local replies (`filter_reply`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from typing import TYPE_CHECKING, Protocol
 from tulle.dataplane.http.filter import BUFFER, CONTINUE, STOP, FilterFactory, HttpFilter
 
 if TYPE_CHECKING:
-    from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
+    from tulle.dataplane.exchange import RequestHead, ResponseHead
+    from tulle.dataplane.http.facts import ConnectionFacts
 
 log = logging.getLogger("tulle.proxy")
 
@@ -54,10 +56,16 @@ DEFAULT_BUFFER_LIMIT = 1_048_576
 
 
 class ChainPort(Protocol):
-    """What the driver does for the chain (H1Exchange and H2Exchange implement it)."""
+    """What the request stream does for the chain (`stream.RequestStream` implements it)."""
+
+    @property
+    def facts(self) -> ConnectionFacts: ...
 
     def filters_continue(self) -> None:
         """The request head passed every filter after a STOP: open the upstream now."""
+
+    def response_continue(self) -> None:
+        """The response head passed every filter after a STOP: send it and what waited."""
 
     def filter_reply(self, status: int, body: bytes) -> None:
         """Answer the request locally (dropping an upstream stream if one is open)."""
@@ -77,8 +85,8 @@ class Chain:
     """A route's filters for one snapshot: factories in the declared order, and for each hook
     the positions whose filter implements it (a hook left at the default is never called)."""
 
-    __slots__ = ("buffer_limit", "factories", "logged", "observers", "request_heads",
-                 "response_heads", "shared")
+    __slots__ = ("buffer_limit", "factories", "logged", "observers", "request_datas",
+                 "request_heads", "response_datas", "response_heads", "shared")
 
     def __init__(self, factories: Sequence[FilterFactory],
                  buffer_limit: int = DEFAULT_BUFFER_LIMIT) -> None:
@@ -92,6 +100,10 @@ class Chain:
         self.request_heads = tuple(i for i in range(n) if _overrides(kinds[i], "on_request_head"))
         self.response_heads = tuple(i for i in range(n - 1, -1, -1)
                                     if _overrides(kinds[i], "on_response_head"))
+        self.request_datas = tuple(i for i in range(n)
+                                   if _overrides(kinds[i], "on_request_data"))
+        self.response_datas = tuple(i for i in range(n - 1, -1, -1)
+                                    if _overrides(kinds[i], "on_response_data"))
         self.observers = tuple(i for i in range(n) if _overrides(kinds[i], "on_done"))
         self.shared: tuple[HttpFilter, ...] | None = None
         """When every filter is stateless: the instances all requests share (no allocation)."""
@@ -103,7 +115,7 @@ class ChainRun:
     """One request's pass through a chain (`FilterStream` for its filters)."""
 
     __slots__ = ("_buf", "_in_hook", "_reply", "answered", "chain", "errors", "filters",
-                 "finished", "head", "held", "held_trailers", "index", "port", "stopped")
+                 "finished", "head", "index", "port", "response", "stopped")
 
     def __init__(self, chain: Chain, head: RequestHead, port: ChainPort,
                  errors: ErrorCounter) -> None:
@@ -122,10 +134,13 @@ class ChainRun:
         self._reply: tuple[int, bytes] | None = None
         self._buf: _Buffer | None = None
         """What a data hook that returned BUFFER holds (made on the first data hook)."""
-        self.held: list[bytes] | None = None
-        """Request body that arrived while the head was stopped (drivers that have no buffer of
-        their own keep it here; its bound is the driver's flow-control window)."""
-        self.held_trailers: Headers | None = None
+        self.response: ResponseHead | None = None
+        """The response head while a response-head hook holds it stopped."""
+
+    @property
+    def facts(self) -> ConnectionFacts:
+        """The connection the request came on (peer, TLS, identity, original destination)."""
+        return self.port.facts
 
     # -- FilterStream ---------------------------------------------------------------------
 
@@ -142,7 +157,12 @@ class ChainRun:
         if not self.stopped or self.answered or self.finished:
             return
         self.stopped = False
-        if self.request_head(self.index + 1):
+        head = self.response
+        if head is not None:
+            self.response = None
+            if self.response_head(head, self.index + 1):
+                self.port.response_continue()
+        elif self.request_head(self.index + 1):
             self.port.filters_continue()
 
     # -- driver side ----------------------------------------------------------------------
@@ -174,10 +194,13 @@ class ChainRun:
                 return False
         return True
 
-    def response_head(self, head: ResponseHead) -> bool:
-        """Run the response-head hooks (last filter first).  False: answered instead."""
+    def response_head(self, head: ResponseHead, start: int = 0) -> bool:
+        """Run the response-head hooks (last filter first, from the `start`-th that has one).
+        True: go on now.  False: answered, or stopped (`response_continue` follows on
+        resume)."""
         filters = self.filters
-        for i in self.chain.response_heads:
+        order = self.chain.response_heads
+        for i in order[start:] if start else order:
             self._in_hook = True
             try:
                 r = filters[i].on_response_head(self, head)
@@ -189,19 +212,23 @@ class ChainRun:
             if self.answered:
                 self._answer()
                 return False
+            if r == STOP:
+                self.index = order.index(i)
+                self.stopped = True
+                self.response = head
+                return False
             if r != CONTINUE:
-                self._failed(i, ValueError(f"on_response_head returned {r}: only CONTINUE or "
-                                           "a reply are supported on the response side yet"))
+                self._failed(i, ValueError(f"on_response_head returned {r}"))
                 return False
         return True
 
     def request_data(self, data: bytes, end: bool) -> bytes | None:
         """Run the request-data hooks: the bytes to send upstream now, or None (held)."""
-        return self._data(data, end, range(len(self.filters)), 413)
+        return self._data(data, end, self.chain.request_datas, 413)
 
     def response_data(self, data: bytes, end: bool) -> bytes | None:
         """Run the response-data hooks (last filter first): bytes for the client, or None."""
-        return self._data(data, end, range(len(self.filters) - 1, -1, -1), 500)
+        return self._data(data, end, self.chain.response_datas, 500)
 
     def done(self) -> None:
         """The request ended (any way): observers' `on_done`, once; later resumes do nothing."""
@@ -216,7 +243,8 @@ class ChainRun:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _data(self, data: bytes, end: bool, order: range, too_big: int) -> bytes | None:
+    def _data(self, data: bytes, end: bool, order: tuple[int, ...],
+              too_big: int) -> bytes | None:
         """Data through the hooks in `order`.  A hook that returned BUFFER is called again
         with everything held so far plus the new chunk, until it lets the bytes go on."""
         filters = self.filters

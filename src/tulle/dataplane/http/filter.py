@@ -2,7 +2,8 @@
 
 Why a contract: every L7 feature still to come (header edits, redirects, faults, rate limits,
 authorization) is a step between routing and the upstream.  Written once against this contract
-it works for HTTP/1 and HTTP/2 alike; the drivers only call the chain (`chain.py`).
+it works for HTTP/1 and HTTP/2 alike: the request stream (`stream.py`) runs the chain
+(`chain.py`) the same way whichever driver feeds it.
 
 Shape (Envoy's `StreamFilter`, linkerd's layers):
 
@@ -14,23 +15,31 @@ Shape (Envoy's `StreamFilter`, linkerd's layers):
 * Hooks, in the order a request meets them: `on_request_head`, `on_request_data`,
   `on_response_head`, `on_response_data`, `on_done`.  Each returns one of:
   - `CONTINUE`: the next filter (then the router / the client) sees the message;
-  - `STOP`: nothing goes further until the filter calls `stream.resume()` (a delay, an external
-    call).  Request-side hooks only; see below;
+  - `STOP` (head hooks): nothing goes further until the filter calls `stream.resume()` (a
+    delay, an external call).  On the request side the body that arrives meanwhile is held
+    (the client is paused above the listener's high-water mark); on the response side the
+    upstream is paused and what it already sent is held, at most `Chain.buffer_limit` bytes,
+    beyond which the request is answered 500.  The route timeout keeps running while a
+    filter holds the request;
   - `BUFFER` (data hooks only): hold this chunk with the ones before it and call the hook again
     with the next; the chain holds at most `Chain.buffer_limit` bytes, beyond which the request
-    is answered 413 (request side) or 500 (response side) locally.
+    is answered 413 (request side) or 500 (response side) locally.  When a route has response
+    data hooks, the response head waits for the first bytes they let through, so that 500 can
+    still be sent instead of a response cut short.  The end of a body is a call with
+    `end=True` (and often no bytes).
 * A filter may answer locally at any hook with `stream.reply(status, body)` and return `STOP`;
-  the driver renders the reply for its protocol (HTTP/1, HTTP/2, gRPC trailers-only).
+  the driver renders the reply for its protocol (HTTP/1, HTTP/2, gRPC trailers-only).  Once
+  the response head has gone out a reply can only reset the request.
 * A hook that raises is the filter's bug, not the client's: the request is answered 500 (or
   reset if its response already began), the error is counted per listener and filter
   (`tulle_proxy_filter_errors_total`), and the connection and listener keep serving.
 * `on_done` is for observers (access log, stats, tracing): it runs once per request however it
   ended and has nothing to return.
 
-Not yet (the request-stream slice of issue 7): `STOP` on the response side, and the drivers
-running the data hooks.  The chain implements both data hooks with their buffer bound (unit
-tested); the drivers call the head hooks and `on_done` only, so a factory whose filters use the
-data hooks must not be configured until that slice lands (no such filter exists yet).
+Every hook above runs on both protocols (tests/unit/dataplane/http/test_stream.py scripts each
+one; tests/integration/dataplane/test_http_filters.py runs them through real proxies).
+Not yet: data hooks observe, hold and refuse a body but cannot rewrite it (a hook returns a
+verdict, not bytes), and trailers pass no hook.
 """
 
 from __future__ import annotations
@@ -39,6 +48,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import RequestHead, ResponseHead
+    from tulle.dataplane.http.facts import ConnectionFacts
 
 CONTINUE = 0
 STOP = 1
@@ -49,6 +59,10 @@ class FilterStream(Protocol):
     """What a filter sees of the request it runs on (`chain.ChainRun` implements it)."""
 
     head: RequestHead
+
+    @property
+    def facts(self) -> ConnectionFacts:
+        """The connection the request came on: peer, TLS/ALPN/SNI, identity, destination."""
 
     def reply(self, status: int, body: bytes) -> None:
         """Answer the request locally; the hook that calls this should return STOP."""

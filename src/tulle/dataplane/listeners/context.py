@@ -371,7 +371,7 @@ class RoutedConnection(Connection):
     """The original destination whose rule routes this connection, or the name of the filter
     chain that does (`route_by_chain`); None: the listener's own `route_table` / `cluster`
     do."""
-    _deadline_kind: str = ""
+    deadline_kind: str = ""
 
     def init_routing(self, handle: ListenerHandle, router: Router | None = None,
                      cluster: str | None = None) -> None:
@@ -429,5 +429,5 @@ class RoutedConnection(Connection):
         sweeper calls `on_deadline` when it passes (ADR 0004)."""
         ctx = self.ctx
         timeout = ctx.header_timeout if kind == "header" else ctx.idle_timeout
-        self._deadline_kind = kind
+        self.deadline_kind = kind
         self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0

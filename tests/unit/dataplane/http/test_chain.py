@@ -18,8 +18,13 @@ class Port:
     events: list[object] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
+    facts: object = None
+
     def filters_continue(self) -> None:
         self.events.append("continue")
+
+    def response_continue(self) -> None:
+        self.events.append("response continue")
 
     def filter_reply(self, status: int, body: bytes) -> None:
         self.events.append((status, body))
@@ -175,13 +180,17 @@ def test_an_exception_is_a_500_and_counted_never_raised(hook: str) -> None:
     assert log[-2:] == ["a.done", "h.done"]
 
 
-def test_stop_on_the_response_side_is_refused_as_a_filter_error() -> None:
-    chain, _ = make(("headers", "h", {"resp": STOP}))
+def test_stop_on_the_response_head_resumes_with_the_filter_before_it() -> None:
+    chain, log = make(("authz", "a", {}), ("headers", "h", {"resp": STOP}))
     port = Port()
     run = ChainRun(chain, head(), port, port)
     run.request_head()
     assert run.response_head(ResponseHead(200, [])) is False
-    assert port.events == [(500, b"filter error\n")] and port.errors == ["headers"]
+    assert log == ["a.req", "h.req", "h.resp"] and port.events == []
+    run.resume()
+    assert log[-1] == "a.resp" and port.events == ["response continue"]
+    run.resume()  # a second resume is a no-op
+    assert port.events == ["response continue"]
 
 
 def test_buffer_holds_chunks_until_the_filter_lets_them_go() -> None:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from tests.support.transport import FakeTransport
 
 from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle
 from tulle.dataplane.listeners.http1 import H1Downstream
@@ -23,57 +24,19 @@ from tulle.dataplane.upstream.cluster import ClusterManager
 from tulle.dataplane.upstream.http1 import H1Connection, H1Pool
 from tulle.proxyconfig import validate
 
-
-class FakeTransport:
-    """What the drivers use of a transport; `close` reports the loss as a real one does."""
-
-    def __init__(self) -> None:
-        self.out = bytearray()
-        self.protocol: Any = None
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.out += data
-
-    def writelines(self, chunks: list[bytes]) -> None:
-        self.out += b"".join(chunks)
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 50000) if name == "peername" else default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        pass
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            protocol, self.protocol = self.protocol, None
-            protocol.connection_lost(None)
-
-    abort = close
+FILTERS = [{"type": "RequestHeaderModifier", "set": [{"name": "x-a", "value": "1"}]},
+           {"type": "ResponseHeaderModifier", "add": [{"name": "x-b", "value": "2"}]}]
 
 
-def build() -> tuple[ListenerHandle, H1Pool]:
+def build(filters: bool = False) -> tuple[ListenerHandle, H1Pool]:
+    rule: dict[str, Any] = {"backends": [{"cluster": "origin"}]}
+    if filters:
+        rule["filters"] = FILTERS  # a request stream with a chain run: stream <-> run
     cfg = validate({
         "listeners": [{"name": "l", "port": 18080, "protocol": "http1", "route_table": "rt"}],
         "clusters": [{"name": "origin", "endpoints": [{"address": "127.0.0.1", "port": 18081}]}],
         "route_tables": [{"name": "rt", "virtual_hosts": [
-            {"name": "any", "domains": ["*"], "rules": [{"backends": [{"cluster": "origin"}]}]}]}],
+            {"name": "any", "domains": ["*"], "rules": [rule]}]}],
         "settings": {"max_request_header_bytes": 4096},
     })
     metrics = ProxyMetrics()
@@ -146,8 +109,9 @@ async def test_a_rejected_request_leaves_no_garbage(no_cyclic_gc: list[Any], wir
     assert collected() == []
 
 
-async def test_a_proxied_exchange_leaves_no_garbage(no_cyclic_gc: list[Any]) -> None:
-    handle, pool = build()
+@pytest.mark.parametrize("filters", [False, True])
+async def test_a_proxied_exchange_leaves_no_garbage(no_cyclic_gc: list[Any], filters: bool) -> None:
+    handle, pool = build(filters)
     up = H1Connection(pool)
     up_t = FakeTransport()
     up_t.protocol = up

@@ -502,7 +502,7 @@ def test_upgrade_request_with_a_body_is_400(framing: bytes) -> None:
 def test_known_field_name_tables_agree_with_the_general_path() -> None:
     """The spelled-name shortcut in both codecs gives exactly what lower() and the special
     tables give: a hit can never change what happens to a field."""
-    from tulle.dataplane.protocols import http1
+    from tulle.dataplane.protocols import h1common as http1
 
     for table, special in ((http1._REQUEST_NAMES, http1._REQUEST_SPECIAL),
                            (http1._RESPONSE_NAMES, http1._RESPONSE_SPECIAL)):

@@ -1,0 +1,59 @@
+"""What is known about a downstream connection, gathered once when it is accepted.
+
+Every request on a connection shares these facts (Envoy's `StreamInfo` downstream address
+provider): filters and observers read them from the request stream (`stream.facts`) instead of
+each asking the transport again.  They are built once per connection by the driver
+(`facts_for`), never per request, and they hold plain values, so a request that never looks at
+them pays nothing.
+
+`peer_identity` is a slot: the peer's verified identity (a SPIFFE ID) once the accept side
+verifies client certificates; until then it is empty and a filter must treat the peer as
+unauthenticated.  `sni` is likewise filled by the accept side that sees the ClientHello (the
+server side of `ssl` does not report it after the handshake).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+
+class ConnectionFacts:
+    """One downstream connection, as the requests on it see it."""
+
+    __slots__ = ("alpn", "direction", "listener", "original_dst", "peer", "peer_identity",
+                 "peer_ip", "sni", "tls")
+
+    def __init__(self, listener: str, direction: str, peer: tuple[str, int] | None = None,
+                 *, tls: bool = False, alpn: str = "", sni: str = "") -> None:
+        self.listener = listener
+        self.direction = direction
+        """`outbound` (the local workload calls out) or `inbound` (traffic to it)."""
+        self.peer = peer
+        """The client's (address, port), or None when the transport does not say."""
+        self.peer_ip = peer[0].encode() if peer is not None else b""
+        """The client address as x-forwarded-for carries it."""
+        self.tls = tls
+        self.alpn = alpn
+        self.sni = sni
+        self.peer_identity = ""
+        """The verified identity of the peer (SPIFFE ID); empty: not authenticated."""
+        self.original_dst: tuple[str, int] | None = None
+        """Where a transparently redirected connection was going (its routing key)."""
+
+
+def facts_for(transport: asyncio.BaseTransport, listener: str, direction: str,
+              peer_ip: str = "") -> ConnectionFacts:
+    """Read the facts of a freshly accepted connection from its transport (once)."""
+    peer = transport.get_extra_info("peername")
+    if not isinstance(peer, tuple):
+        peer = None  # a Unix socket, or nothing at all
+    address: tuple[str, int] | None = None
+    if peer_ip:
+        address = (peer_ip, int(peer[1]) if peer else 0)
+    elif peer:
+        address = (str(peer[0]), int(peer[1]))
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return ConnectionFacts(listener, direction, address)
+    return ConnectionFacts(listener, direction, address, tls=True,
+                           alpn=ssl_object.selected_alpn_protocol() or "")

@@ -1,0 +1,542 @@
+"""The request stream: one object per request, the same for HTTP/1 and HTTP/2.
+
+Why: everything a request goes through after its head is parsed (routing decision, filters,
+deadline, the upstream exchange, the record that logs and metrics read) is protocol-neutral.
+Written here once, every L7 feature works on both protocols; the drivers keep only framing,
+flow control and the connection's life (DESIGN.md section 4, Envoy's active stream).
+
+Shape:
+
+* The driver makes one `RequestStream` per request, as an instance of its own subclass
+  (`H1Exchange`, `H2Exchange`), which is the stream's *port* to the client: it renders what the
+  stream sends (`send_head` / `send_data` / `end_response`, a local reply, a reset) for its
+  protocol and does the connection's part of pausing and resuming.  One object per request:
+  the port costs no allocation of its own (ADR 0015).
+* The driver feeds the stream the request: `dispatch()` once the head is parsed (the stream
+  routes it by the connection's routing key), then `request_data` / `request_end`.  The
+  stream runs the route's filters (`http/chain.py`) and opens the upstream when they let it;
+  body that arrives before the upstream exists is held in a bounded buffer (above the
+  listener's high-water mark the port stops reading the client: an HTTP/1 connection pauses,
+  an HTTP/2 stream withholds its window) and sent once it opens.
+* The upstream reports to the stream (it is the `ResponseSink`); the response passes the
+  response filters (a head may be stopped and resumed, data buffered up to the chain's bound)
+  on its way to the port.
+* One deadline for both protocols: the route timeout is armed when the request is routed, so
+  it covers the whole request, including time a filter holds it stopped.  Long timeouts ride
+  on the connection's deadline sweeper (the stream's `due`, ADR 0010), short ones on a
+  timer; either way `on_timeout` answers 504 (or resets a response already begun).
+* The stream is also the request's record for logs and traces (start, status, response flags,
+  bytes in and out, cluster); `record()` counts it exactly once, runs the observers' `on_done`
+  once, however the request ended.  Bytes are counted only on routes with filters: observers
+  are filters, and a route without them pays nothing for a count nobody reads.
+
+A route with no filters has no `ChainRun`: every filter check is one attribute test.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+from tulle.dataplane.http.chain import ChainRun
+from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from tulle.dataplane.exchange import (
+        Headers,
+        RequestHead,
+        ResponseHead,
+        TunnelStream,
+        UpstreamError,
+        UpstreamStream,
+    )
+    from tulle.dataplane.http.facts import ConnectionFacts
+    from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle, RequestStats
+    from tulle.dataplane.listeners.dispatch import Decision
+    from tulle.dataplane.overload import OverloadGuard
+    from tulle.dataplane.routing.router import Router
+
+
+class StreamOwner(Protocol):
+    """What a request stream needs of its connection (the drivers implement it; routing
+    state is `RoutedConnection`'s)."""
+
+    handle: ListenerHandle
+    guard: OverloadGuard
+    ctx: ListenerContext
+    router: Router | None
+    cluster: str
+    loop: asyncio.AbstractEventLoop
+    facts: ConnectionFacts
+    write_paused: bool
+    """The client is not taking more response now: a new upstream starts paused."""
+
+    def follow_snapshot(self) -> None:
+        """Resolve the connection's routing key against the snapshot now in force."""
+    deadline: float
+    deadline_kind: str
+    """The connection's next deadline for the listener's sweeper; kind `request` when it is
+    the earliest `due` of its requests (the sweeper then calls their `on_timeout`)."""
+
+
+class _HeldResponse:
+    """A response head held back by the filters (a STOP, or data hooks that must see the body
+    before the head may leave), with what arrived behind it."""
+
+    __slots__ = ("bodiless", "chunks", "end", "head", "size", "stopped", "trailers")
+
+    def __init__(self, head: ResponseHead, end: bool, stopped: bool) -> None:
+        self.head = head
+        self.bodiless = end
+        """The head arrived ended: it leaves ended, the data hooks see nothing."""
+        self.end = end
+        self.stopped = stopped
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.trailers: Headers | None = None
+
+
+class RequestStream:
+    """One request: head, decision, filters, deadline, upstream, and its record."""
+
+    __slots__ = ("bodiless", "body", "body_size", "bytes_in", "bytes_out", "cluster", "conn",
+                 "decision", "done", "due", "expect_continue", "flags", "head",
+                 "head_sent", "request_done", "resp", "run", "start", "stats", "status", "timer",
+                 "trailers", "upstream")
+
+    def __init__(self, conn: StreamOwner, head: RequestHead, bodiless: bool,
+                 start: float, expect_continue: bool = False) -> None:
+        self.conn = conn
+        self.head = head
+        self.bodiless = bodiless
+        """The request has no body at all: the upstream exchange is opened already ended."""
+        self.request_done = bodiless
+        self.start = start
+        self.status = 0
+        self.flags = ""
+        self.cluster = "-"
+        self.stats: RequestStats | None = None
+        self.bytes_in = 0
+        """Request body bytes, counted when the route has filters (the observers that read
+        them are filters); the listener's byte counters cover every request."""
+        self.bytes_out = 0
+        """Response body bytes sent to the client, counted likewise."""
+        self.decision: Decision
+        """Set by `route` (a request refused before routing has none)."""
+        self.run: ChainRun | None = None
+        """The route's filters on this request; None when the route has none."""
+        self.upstream: UpstreamStream | None = None
+        self.head_sent = False
+        self.done = False
+        """Recorded: counted, observers told; nothing more happens to this request."""
+        self.timer: asyncio.TimerHandle | None = None
+        self.due = 0.0
+        """Loop time of the route timeout when the connection's sweeper watches it."""
+        self.expect_continue = expect_continue
+        self.body: list[bytes] | None = None
+        """Request body held until the upstream opens (bounded by the port's flow control)."""
+        self.body_size: int
+        """Bytes in `body` (set with it)."""
+        self.trailers: Headers | None
+        """Request trailers that arrived before the upstream opened (set by `request_end`)."""
+        self.resp: _HeldResponse | None = None
+
+    @property
+    def facts(self) -> ConnectionFacts:
+        """The connection the request came on (`FilterStream.facts`)."""
+        return self.conn.facts
+
+    # -- the port: what a driver's subclass renders for its protocol -----------------------
+
+    def send_head(self, head: ResponseHead, end: bool) -> None:
+        raise NotImplementedError
+
+    def send_data(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def end_response(self, trailers: Headers | None) -> None:
+        """The response body is complete: write its end, then `complete`."""
+        raise NotImplementedError
+
+    def complete(self) -> None:
+        """The response is complete: record it and let the connection go on."""
+        raise NotImplementedError
+
+    def send_local(self, status: int, body: bytes) -> None:
+        """Answer with a response of our own (nothing was sent yet) and complete."""
+        raise NotImplementedError
+
+    def send_reset(self) -> None:
+        """The response began and cannot be finished: abort it towards the client, record."""
+        raise NotImplementedError
+
+    def pause_request(self) -> None:
+        """Stop taking request body from the client for now (the held body is full)."""
+
+    def resume_request(self) -> None: ...
+
+    def overloaded(self) -> None:
+        """The proxy is overloaded: refuse this request (503, flag OL already set) and tell
+        the client not to reuse the connection."""
+        raise NotImplementedError
+
+    def send_continue(self) -> None:
+        """The upstream is open and the client waits for `100 Continue` to send its body."""
+
+    # The parts of `ResponseSink` that differ per protocol.
+
+    def on_informational(self, head: ResponseHead) -> None:
+        raise NotImplementedError
+
+    def on_read_end(self) -> None:
+        raise NotImplementedError
+
+    def on_upgraded(self, head: ResponseHead, stream: TunnelStream) -> None:
+        raise NotImplementedError
+
+    def pause_request_body(self) -> None:
+        raise NotImplementedError
+
+    def resume_request_body(self) -> None:
+        raise NotImplementedError
+
+    # -- driver -> stream: the request -----------------------------------------------------
+
+    def dispatch(self, resumed: bool = False) -> None:
+        """Route the head by the connection's routing key (`listeners/dispatch.py`), arm the
+        deadline, run the filters, open the upstream.  `resumed`: the filters let a stopped
+        head go on; only open.  One method, not one per step: this runs once per request."""
+        head = self.head
+        if resumed:
+            d = self.decision
+        else:
+            conn = self.conn
+            guard = conn.guard
+            if guard.rejecting:
+                guard.count("reject_request")
+                self.flags = "OL"
+                self.overloaded()
+                return
+            if conn.handle.ctx is not conn.ctx:
+                conn.follow_snapshot()
+            ctx = conn.ctx
+            self.decision = d = resolve(ctx, conn.router, conn.cluster or "", head)
+            self.cluster = d.cluster_name
+            self.stats = d.stats
+            if d.cluster is None:
+                self.flags = d.flag
+                self.send_local(d.status, d.body)
+                return
+            add_forwarding_headers(head, conn.facts.peer_ip, ctx.generate_request_id)
+            timeout = d.timeout
+            if timeout and not head.upgrade:
+                if timeout >= ctx.sweep_timeout_min:
+                    # The connection's sweeper watches it (ADR 0010): its deadline is the
+                    # earliest of its requests'.
+                    self.due = due = conn.loop.time() + timeout
+                    if conn.deadline_kind != "request" or due < conn.deadline:
+                        conn.deadline = due
+                        conn.deadline_kind = "request"
+                else:
+                    self.timer = conn.loop.call_later(timeout, self.on_timeout)
+            chain = d.chain
+            if chain is not None:
+                self.run = run = ChainRun(chain, head, self, ctx)
+                if not run.request_head():
+                    return  # answered, or stopped: filters_continue() comes back here
+        cluster = d.cluster
+        assert cluster is not None
+        up = cluster.open_stream(head, self, self.bodiless)
+        if up is None:
+            self.flags = "UH"
+            self.reply_local(503, b"no healthy endpoint in cluster '%b'\n"
+                             % d.cluster_name.encode())
+            return
+        if self.head_sent:
+            return  # the pool failed the exchange synchronously and it was answered already
+        self.upstream = up
+        if self.conn.write_paused:
+            up.pause_response()  # the client is not reading: neither does this upstream
+        if self.expect_continue and not self.request_done:
+            self.send_continue()
+        body = self.body
+        if body is not None:
+            self.body = None
+            if self.run is not None:
+                self.bytes_in += self.body_size
+            hooks = self.run if self.run is not None and self.run.chain.request_datas else None
+            for chunk in body:
+                out = hooks.request_data(chunk, False) if hooks is not None else chunk
+                if out is None:
+                    if self.upstream is None:
+                        self.resume_request()  # answered: the client must not stay paused
+                        return
+                    continue
+                up.send_data(out)
+            self.resume_request()
+        if self.request_done and not self.bodiless:
+            self._end_upstream(self.trailers)
+
+    def request_data(self, data: bytes) -> None:
+        """Request body from the client."""
+        up = self.upstream
+        if up is not None:
+            run = self.run
+            if run is not None:
+                self.bytes_in += len(data)
+                if run.chain.request_datas:
+                    out = run.request_data(data, False)
+                    if out is None:
+                        return
+                    data = out
+            up.send_data(data)
+        elif not self.head_sent and not self.done:
+            body = self.body
+            if body is None:
+                self.body = [data]
+                self.body_size = len(data)
+            else:
+                body.append(data)
+                self.body_size += len(data)
+            if self.body_size > self.conn.ctx.high_water:
+                self.pause_request()
+
+    def request_end(self, trailers: Headers | None) -> None:
+        """The client's request is complete."""
+        self.request_done = True
+        up = self.upstream
+        if up is None:
+            self.trailers = trailers
+        elif self.run is None or not self.run.chain.request_datas:
+            up.send_end(trailers)
+        else:
+            self._end_upstream(trailers)
+
+    def _end_upstream(self, trailers: Headers | None) -> None:
+        run = self.run
+        if run is not None and run.chain.request_datas:
+            rest = run.request_data(b"", True)
+            if rest is None:
+                return
+            up = self.upstream
+            if up is None:
+                return
+            if rest:
+                up.send_data(rest)
+        up = self.upstream
+        if up is not None:
+            up.send_end(trailers)
+
+    # -- deadline --------------------------------------------------------------------------
+
+    def on_timeout(self) -> None:
+        """The route timeout passed (from the timer, or the connection's sweeper)."""
+        self.timer = None
+        self.due = 0.0
+        if self.done:
+            return
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            up.reset()
+        self.flags = "UT"
+        self.resp = None
+        if self.head_sent:
+            self.status = self.status or 504
+            self.send_reset()
+        else:
+            self.send_local(504, b"upstream request timeout\n")
+
+    # -- ResponseSink (the upstream reports here) -------------------------------------------
+
+    def on_response_head(self, head: ResponseHead, end_stream: bool) -> None:
+        if self.done:
+            return
+        self.status = head.status
+        run = self.run
+        if run is not None:
+            chain = run.chain
+            if chain.response_heads and not run.response_head(head):
+                if run.stopped and not self.done:
+                    self._hold_response(head, end_stream)
+                return  # stopped, or a filter answered instead (filter_reply)
+            if chain.response_datas and not end_stream:
+                # The data hooks see the body before the head leaves, so a hook that buffers
+                # past the bound can still be answered 500 instead of a response cut short.
+                self.resp = _HeldResponse(head, False, stopped=False)
+                return
+        self.head_sent = True
+        self.send_head(head, end_stream)
+        if end_stream:
+            self.complete()
+
+    def on_response_data(self, data: bytes) -> None:
+        if self.done:
+            return
+        run = self.run
+        if run is not None:  # (a held response needs filters: `resp` is tested only here)
+            if self.resp is not None:
+                self._held_data(data)
+                return
+            if run.chain.response_datas:
+                out = run.response_data(data, False)
+                if out is None:
+                    return
+                data = out
+            self.bytes_out += len(data)
+        self.send_data(data)
+
+    def on_response_end(self, trailers: Headers | None) -> None:
+        if self.done:
+            return
+        run = self.run
+        if run is not None:
+            held = self.resp
+            if held is not None:
+                if held.stopped:
+                    held.end = True
+                    held.trailers = trailers
+                    return
+                self._release(b"", True)
+                if self.done:
+                    return
+            elif run.chain.response_datas:
+                rest = run.response_data(b"", True)
+                if rest is None:
+                    return
+                if rest:
+                    self.bytes_out += len(rest)
+                    self.send_data(rest)
+        self.end_response(trailers)
+
+    def on_upstream_error(self, error: UpstreamError) -> None:
+        if self.done:
+            return
+        self.flags = error.flag
+        self.upstream = None
+        self.resp = None
+        if self.head_sent:
+            self.status = self.status or error.status
+            self.send_reset()
+        else:
+            self.send_local(error.status, error.detail.encode() + b"\n")
+
+    # -- ChainPort (the filters call back) ---------------------------------------------------
+
+    def filters_continue(self) -> None:
+        """The request head passed every filter after a STOP: open the upstream now."""
+        if not self.done and self.upstream is None:
+            self.dispatch(resumed=True)
+
+    def filter_reply(self, status: int, body: bytes) -> None:
+        """A filter answers the request (or the chain does: 413/500/filter error)."""
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            up.reset()  # answered on the response side: the upstream's response is dropped
+        self.resp = None
+        if self.done:
+            return
+        if self.head_sent:
+            self.send_reset()
+        else:
+            self.send_local(status, body)
+
+    def response_continue(self) -> None:
+        """The response head passed every filter after a STOP: let it and what waited go."""
+        held = self.resp
+        if held is None or self.done:
+            return
+        held.stopped = False
+        up = self.upstream
+        if up is not None:
+            up.resume_response()
+        run = self.run
+        chunks, end, trailers = held.chunks, held.end, held.trailers
+        held.chunks = []
+        held.size = 0
+        if held.bodiless or run is None or not run.chain.response_datas:
+            self.resp = None
+            self.head_sent = True
+            self.send_head(held.head, held.bodiless)
+            if held.bodiless:
+                self.complete()
+                return
+        for chunk in chunks:
+            self.on_response_data(chunk)
+            if self.done:
+                return
+        if end:
+            self.on_response_end(trailers)
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def reply_local(self, status: int, body: bytes) -> None:
+        """Answer the request ourselves (no route, no endpoint, errors) unless done."""
+        if not self.done:
+            self.send_local(status, body)
+
+    def _hold_response(self, head: ResponseHead, end: bool) -> None:
+        """A response-head hook stopped: hold the head, pause the upstream."""
+        self.resp = _HeldResponse(head, end, stopped=True)
+        up = self.upstream
+        if up is not None and not end:
+            up.pause_response()
+
+    def _held_data(self, data: bytes) -> None:
+        held = self.resp
+        assert held is not None
+        if held.stopped:
+            held.chunks.append(data)
+            held.size += len(data)
+            run = self.run
+            if run is not None and held.size > run.chain.buffer_limit:
+                run.reply(500, b"filter buffer limit exceeded\n")
+            return
+        self._release(data, False)
+
+    def _release(self, data: bytes, end: bool) -> None:
+        """Data for a head held for the data hooks: the head leaves with the first bytes they
+        let through (or at the end)."""
+        run = self.run
+        held = self.resp
+        assert run is not None and held is not None
+        out = run.response_data(data, end)
+        if out is None or self.done:
+            return
+        self.resp = None
+        self.head_sent = True
+        self.send_head(held.head, False)
+        if out:
+            self.bytes_out += len(out)
+            self.send_data(out)
+
+    # -- the record ----------------------------------------------------------------------------
+
+    def downstream_reset(self) -> None:
+        """The client reset the request or went away: drop the upstream, record it (DC)."""
+        if self.done:
+            return
+        self.flags = self.flags or "DC"
+        up, self.upstream = self.upstream, None
+        if up is not None:
+            up.reset()
+        self.resp = None
+        self.request_done = True
+        self.complete()
+
+    def record(self) -> None:
+        """Count this request in the requests metric and tell the observers, exactly once."""
+        timer = self.timer
+        if timer is not None:
+            self.timer = None
+            timer.cancel()
+        if self.done:
+            return
+        self.done = True
+        run = self.run
+        if run is not None:
+            self.run = None  # breaks stream -> run -> stream: freed without the GC
+            run.done()
+        conn = self.conn
+        stats = self.stats or conn.ctx.stats(self.cluster)
+        stats.count(self.status, self.flags, (conn.loop.time() - self.start) * 1000.0)
