@@ -53,6 +53,8 @@ FEATURES: tuple[Feature, ...] = (
             "L4 filters (source_ip, connection_limit, flow_log) on opaque TCP listeners"),
     Feature("http-filters", ("route_tables[].virtual_hosts[].rules[].filters",),
             "HTTP filters on route rules (request and response header modifiers)"),
+    Feature("cluster-limits", ("clusters[].limits",),
+            "per-cluster connection, pending, request and retry limits (503 UO past them)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

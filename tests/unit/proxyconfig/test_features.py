@@ -47,7 +47,8 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
     assert lacking(SUPPORTED) == ()
     assert [f.name for f in lacking(["overload"])] == [
         "connection-limits", "path-normalization", "tcp-idle-timeout", "http2-limits",
-        "tls-handshake-timeout", "http1-limits", "network-filters", "http-filters"]
+        "tls-handshake-timeout", "http1-limits", "network-filters", "http-filters",
+        "cluster-limits"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:

@@ -21,6 +21,7 @@ STRUCTS = [model.ProxyConfig, model.Node, model.Admin, model.Settings, model.Lis
 STRUCTS += [model.PathNormalization]
 STRUCTS += [network.SourceIP, network.ConnectionLimit, network.FlowLog]
 STRUCTS += [headers.RequestHeaderModifier, headers.ResponseHeaderModifier, headers.HTTPHeader]
+STRUCTS += [model.ClusterLimits]
 
 
 def _doc_tables() -> dict[str, dict[str, str]]:
