@@ -2,19 +2,22 @@
 
 An `H2Pool` holds the connections to one endpoint.  A new exchange goes on the first connection
 with room (fewer open streams than both the cluster's `max_concurrent_streams` and the server's
-SETTINGS_MAX_CONCURRENT_STREAMS); when none has room it waits in `waiting` and another
-connection is dialled (h2c with prior knowledge, or TLS with ALPN h2) through the one dialler,
-`connect.py`.  `open_stream` never
-calls the sink: every failure is reported from a later callback (a connect task, a frame).
+SETTINGS_MAX_CONCURRENT_STREAMS); when none has room it waits in `waiting` (a *pending* request,
+bounded by the cluster's `max_pending_requests`: past it `open_stream` raises the 503 UO error)
+and another connection is dialled (h2c with prior knowledge, or TLS with ALPN h2) through the
+one dialler, `connect.py`, while the cluster is under `max_connections` (a pool with no
+connection at all still dials one).  `open_stream` never calls the sink: every failure is
+reported from a later callback (a connect task, a frame).
 
-Failures and what the downstream sees (`ResponseSink.on_upstream_error`):
+Failures and what the downstream sees (`ResponseSink.on_upstream_error`).  The pool never
+retries; it marks what is safe to send again (`retry_safe`) and the attempt layer decides:
 
 * connect failure or timeout: `connect_failure` (503) for the exchanges that waited for it;
-* RST_STREAM from the server: `upstream_reset` (502), except REFUSED_STREAM on a stream that
-  sent no body yet, which is retried once (the server did not process it, RFC 9113 8.7);
-* GOAWAY: streams above the last stream id were not processed; those that sent no body yet are
-  retried on another connection, the others fail with `upstream_reset`.  The connection takes
-  no new streams and closes when its last stream ends;
+* RST_STREAM from the server: `upstream_reset` (502); REFUSED_STREAM on a stream that sent no
+  body yet is retry-safe (the server did not process it, RFC 9113 8.7);
+* GOAWAY: streams above the last stream id were not processed: `upstream_reset`, retry-safe for
+  those that sent no body yet.  The connection takes no new streams and closes when its last
+  stream ends;
 * connection loss: every stream on it fails with `upstream_reset`.
 
 Flow control mirrors the downstream driver: response DATA is acknowledged only while the
@@ -71,8 +74,8 @@ class H2UpStream:
     """One exchange on an HTTP/2 upstream (the `UpstreamStream`)."""
 
     __slots__ = ("conn", "data_sent", "end_sent", "end_stream", "head", "paused", "pending",
-                 "pending_size", "pool", "req_paused", "response_started", "retried", "sid",
-                 "sink", "trailers", "unacked", "was_reset")
+                 "pending_size", "pool", "req_paused", "response_started", "sid", "sink",
+                 "trailers", "unacked", "was_reset")
 
     def __init__(self, pool: H2Pool, head: RequestHead, sink: ResponseSink,
                  end_stream: bool) -> None:
@@ -89,7 +92,6 @@ class H2UpStream:
         self.trailers: Headers | None = None
         self.data_sent = 0
         self.response_started = False
-        self.retried = False
         self.was_reset = False
         self.paused = False
         self.req_paused = False
@@ -131,10 +133,7 @@ class H2UpStream:
         if conn is not None:
             conn.reset_stream(self)
         else:
-            try:
-                self.pool.waiting.remove(self)
-            except ValueError:
-                pass
+            self.pool.unwait(self)
 
     def close(self) -> None:
         self.reset()
@@ -153,7 +152,7 @@ class H2UpStream:
     @property
     def retryable(self) -> bool:
         """Nothing of the request body left us and no response came: safe to send elsewhere."""
-        return not self.retried and not self.response_started and self.data_sent == 0
+        return not self.response_started and self.data_sent == 0
 
 
 class H2UpConnection(asyncio.Protocol):
@@ -203,6 +202,7 @@ class H2UpConnection(asyncio.Protocol):
         self.closed = True
         self.transport = None
         self.pool.cluster.m_connections_active.value -= 1
+        self.pool.limits.connections -= 1
         self.pool.forget(self, closed=True)
         detail = "upstream closed the connection" if exc is None else f"upstream reset: {exc}"
         self._fail_all(upstream_reset(detail))
@@ -259,11 +259,10 @@ class H2UpConnection(asyncio.Protocol):
                 s = streams.get(ev.stream_id)
                 if s is not None:
                     self._done(s)
-                    if ev.error_code == REFUSED_STREAM and s.retryable:
-                        self.pool.retry(s)
-                    else:
-                        s.sink.on_upstream_error(upstream_reset(
-                            f"upstream reset the stream (HTTP/2 error code {ev.error_code})"))
+                    s.sink.on_upstream_error(UpstreamError(
+                        502, "UC", f"upstream reset the stream (HTTP/2 error code "
+                        f"{ev.error_code})",
+                        retry_safe=ev.error_code == REFUSED_STREAM and s.retryable))
             elif isinstance(ev, GoAwayReceived):
                 self._on_goaway(ev.last_stream_id)
         if held is not None:
@@ -277,11 +276,9 @@ class H2UpConnection(asyncio.Protocol):
             if sid <= last_stream_id:
                 continue
             self._done(s)
-            if s.retryable:
-                self.pool.retry(s)
-            else:
-                s.sink.on_upstream_error(upstream_reset(
-                    "upstream sent GOAWAY before processing the stream"))
+            s.sink.on_upstream_error(UpstreamError(
+                502, "UC", "upstream sent GOAWAY before processing the stream",
+                retry_safe=s.retryable))
         if not self.streams:
             self._close()
 
@@ -395,29 +392,50 @@ class H2Pool:
     def __init__(self, cluster: ClusterRuntime, endpoint: EndpointState) -> None:
         self.cluster = cluster
         self.endpoint = endpoint
+        self.limits = cluster.limits
+        """The cluster's counters (the same object for every runtime of this cluster name)."""
         self.conns: list[H2UpConnection] = []
         """Connections that take new streams."""
         self.all: set[H2UpConnection] = set()
         """Every open connection, including those winding down after GOAWAY."""
         self.waiting: deque[H2UpStream] = deque()
-        self._connecting: set[asyncio.Task[None]] = set()
+        """Streams waiting for a connection with room (pending requests), oldest first."""
+        self._connecting: set[asyncio.Task[bool]] = set()
         self._kick: asyncio.Handle | None = None
         self.closed = False
 
     def open_stream(self, head: RequestHead, sink: ResponseSink,
                     end_stream: bool) -> H2UpStream:
+        """A stream on a connection with room, or waiting for one (raises the 503 UO
+        `UpstreamError` when the cluster's pending requests are at their limit)."""
+        if self.waiting or self._free() is None:
+            limits = self.limits
+            if limits.pending >= limits.max_pending:
+                raise limits.overflow("pending")
         s = H2UpStream(self, head, sink, end_stream)
+        self.limits.pending += 1
         self.waiting.append(s)
         self._assign()
         return s
 
-    def retry(self, s: H2UpStream) -> None:
-        """Send `s` again on another connection (it was not processed where it was)."""
-        s.retried = True
-        s.conn = None
-        s.sid = 0
-        self.waiting.append(s)
-        self.kick()
+    def unwait(self, s: H2UpStream) -> None:
+        """A waiting stream was reset."""
+        try:
+            self.waiting.remove(s)
+        except ValueError:
+            return
+        self.limits.pending -= 1
+
+    def _free(self) -> H2UpConnection | None:
+        """The first connection with room for a stream."""
+        for c in self.conns:
+            if c.capacity > 0:
+                return c
+        return None
+
+    def _next(self) -> H2UpStream:
+        self.limits.pending -= 1
+        return self.waiting.popleft()
 
     def kick(self) -> None:
         """Assign waiting streams soon (not from inside another connection's event loop)."""
@@ -428,23 +446,34 @@ class H2Pool:
         self._kick = None
         waiting = self.waiting
         while waiting:
-            conn = next((c for c in self.conns if c.capacity > 0), None)
+            conn = self._free()
             if conn is None:
                 break
-            s = waiting.popleft()
+            s = self._next()
             if not conn.start(s):
                 asyncio.get_running_loop().call_soon(
                     s.sink.on_upstream_error,
                     upstream_protocol_error("request head not accepted by HTTP/2 upstream"))
-        if waiting and not self.closed:
+        if waiting:
             per_conn = self.cluster.max_concurrent_streams
             needed = -(-len(waiting) // per_conn) - len(self._connecting)
+            limits = self.limits
             for _ in range(needed):
+                if not (limits.can_connect() or not (self.all or self._connecting)):
+                    break
+                limits.connections += 1
                 task = asyncio.get_running_loop().create_task(self._connect())
                 self._connecting.add(task)
-                task.add_done_callback(self._connecting.discard)
+                task.add_done_callback(self._dial_done)
 
-    async def _connect(self) -> None:
+    def _dial_done(self, task: asyncio.Task[bool]) -> None:
+        self._connecting.discard(task)
+        if task.cancelled() or not task.result():
+            self.limits.connections -= 1  # else the connection's loss will
+
+    async def _connect(self) -> bool:
+        """Dial a connection for waiting streams; True when a transport was made (its loss
+        then gives its place under the connection limit back)."""
         cluster = self.cluster
         ep = self.endpoint
         try:
@@ -453,7 +482,7 @@ class H2Pool:
                 ssl_context=cluster.ssl_context, server_name=cluster.sni or None)
         except ConnectFailed as exc:
             self._connect_failed(exc.what)
-            return
+            return False
         if cluster.ssl_context is not None:
             # Dialled, but not a connection this pool can use: still a failed connect for the
             # streams that waited for it.
@@ -461,13 +490,14 @@ class H2Pool:
             if obj is None or obj.selected_alpn_protocol() != "h2":
                 transport.abort()
                 self._connect_failed("upstream did not negotiate ALPN h2")
-                return
-        if self.closed:
+                return True
+        if self.closed and not self.waiting:
             conn.close_gracefully()
-            return
+            return True
         self.conns.append(conn)
         self.all.add(conn)
         self._assign()
+        return True
 
     def _connect_failed(self, what: str) -> None:
         cluster = self.cluster
@@ -477,13 +507,13 @@ class H2Pool:
         take = len(self.waiting) if len(self._connecting) <= 1 else \
             cluster.max_concurrent_streams
         for _ in range(min(take, len(self.waiting))):
-            s = self.waiting.popleft()
-            s.sink.on_upstream_error(error)
+            self._next().sink.on_upstream_error(error)
 
     def forget(self, conn: H2UpConnection, closed: bool = False) -> None:
         """`conn` takes no new streams (GOAWAY), or is gone (`closed`)."""
         if closed:
             self.all.discard(conn)
+            self.kick()  # its place under the connection limit is free
         try:
             self.conns.remove(conn)
         except ValueError:
