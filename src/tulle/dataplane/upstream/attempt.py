@@ -55,7 +55,9 @@ OutcomeHook = Callable[[EndpointState, int, str, float], None]
 """Called once per try: (endpoint, status, flag, seconds from the try's start to its end)."""
 
 EWMA_WEIGHT = 0.3
-"""Weight of a new latency sample in an endpoint's `ewma` (about the last 5 samples count)."""
+"""Weight of a new latency sample in an endpoint's `ewma` (about the last 5 samples count).
+Samples use the loop's clock (uvloop's has millisecond steps: a local sub-millisecond answer
+samples 0)."""
 
 _NO_REPLAY = frozenset({"UF", "UO"})
 """Retry-safe failures the attempt leaves to the router's retry policy."""
@@ -221,9 +223,7 @@ class Attempt:
             return
         self.status = status
         ep = self.ep
-        sample = self.cluster.loop.time() - self.start
-        ewma = ep.ewma
-        ep.ewma = sample if ewma == 0.0 else ewma + EWMA_WEIGHT * (sample - ewma)
+        ep.ewma += EWMA_WEIGHT * (self.cluster.loop.time() - self.start - ep.ewma)
 
     def _finish(self, status: int, flag: str) -> None:
         """The try is over: release what it counted, report its outcome (once)."""

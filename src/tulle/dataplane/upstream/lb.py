@@ -37,7 +37,7 @@ class EndpointState:
         self.active = 0
         """Requests (HTTP attempts, TCP relays) in flight to this endpoint (least-request)."""
         self.ewma = 0.0
-        """Time to the response head in seconds, exponentially weighted (0: no sample yet)."""
+        """Time to the response head in seconds, exponentially weighted (from 0)."""
         self.healthy = True
         self.seed = _mix(zlib.crc32(self.key.encode()))
         """A stable hash of `key` (the same in every process) for consistent hashing."""
