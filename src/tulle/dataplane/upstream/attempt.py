@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Collection
+from time import monotonic as _now
 from typing import TYPE_CHECKING
 
 from tulle.dataplane.exchange import (
@@ -42,13 +43,12 @@ from tulle.dataplane.exchange import (
     ResponseSink,
     TunnelStream,
     UpstreamError,
-    UpstreamStream,
     upstream_timeout,
 )
 from tulle.dataplane.upstream.lb import NO_AVOID, EndpointState
 
 if TYPE_CHECKING:
-    from tulle.dataplane.upstream.cluster import ClusterRuntime
+    from tulle.dataplane.upstream.cluster import ClusterRuntime, PoolStream
     from tulle.dataplane.upstream.limits import Limits
 
 OutcomeHook = Callable[[EndpointState, int, str, float], None]
@@ -56,8 +56,8 @@ OutcomeHook = Callable[[EndpointState, int, str, float], None]
 
 EWMA_WEIGHT = 0.3
 """Weight of a new latency sample in an endpoint's `ewma` (about the last 5 samples count).
-Samples use the loop's clock (uvloop's has millisecond steps: a local sub-millisecond answer
-samples 0)."""
+Samples use the monotonic clock itself, not the loop's: uvloop's has millisecond steps, which
+would make every local sub-millisecond answer sample 0."""
 
 _NO_REPLAY = frozenset({"UF", "UO"})
 """Retry-safe failures the attempt leaves to the router's retry policy."""
@@ -86,54 +86,61 @@ class AttemptRequest:
 
 class Attempt:
     """One try: the `UpstreamStream` (and `TunnelStream`) the router holds, the `ResponseSink`
-    the pool reports to."""
+    the pool reports to.
 
-    __slots__ = ("body_sent", "cluster", "done", "end_stream", "ended", "ep", "hash_key", "head",
-                 "limits", "paused", "per_try", "replayed", "retry", "sink", "start", "status",
-                 "stream", "timer", "trailers")
+    Body bytes and read ends do not pass through it: once the pool stream is open, its `down`
+    is pointed at the downstream sink, so the attempt sees only the events that change the
+    try's state (head, end, error, upgrade) and costs no call per chunk."""
+
+    __slots__ = ("body_sent", "cluster", "done", "ended", "ep", "paused", "replayed", "request",
+                 "retry", "sink", "start", "status", "stream", "timer", "trailers")
+    stream: PoolStream | None
+    """The pool's exchange of this try (None once the try is over, or before a replay)."""
 
     def __init__(self, cluster: ClusterRuntime, ep: EndpointState, head: RequestHead,
-                 sink: ResponseSink, end_stream: bool, request: AttemptRequest | None,
-                 now: float) -> None:
+                 sink: ResponseSink, end_stream: bool, request: AttemptRequest | None) -> None:
         self.cluster = cluster
         self.ep = ep
-        self.head = head
         self.sink = sink
-        self.end_stream = end_stream
-        self.limits = limits = cluster.limits
-        self.start = now
-        self.status = 0
-        self.done = False
-        self.replayed = False
-        self.body_sent = False
         self.ended = end_stream
-        self.trailers: Headers | None = None
-        self.paused = False
+        self.request = request
+        limits = cluster.limits  # (the same object for the runtime's life: no need to keep it)
+        self.status = 0
+        self.done = self.replayed = self.body_sent = self.paused = self.retry = False
         self.timer: asyncio.TimerHandle | asyncio.Handle | None = None
-        self.stream: UpstreamStream | None = None
         limits.requests += 1
         ep.active += 1
-        if request is None:
-            self.hash_key: int | None = None
-            self.per_try = 0.0
-            self.retry = False
-        else:
-            self.hash_key = request.hash_key
-            self.per_try = request.per_try_timeout
-            self.retry = request.retry
-            if request.retry:
-                limits.retries += 1
-        self._open()
-
-    def _open(self) -> None:
-        try:
-            self.stream = self.cluster.pool_for(self.ep).open_stream(self.head, self,
-                                                                   self.end_stream)
+        if request is not None and request.retry:
+            self.retry = True
+            limits.retries += 1
+        self.start = _now()
+        pool = cluster.pools.get(ep.key)
+        if pool is None:
+            pool = cluster.pool_for(ep)
+        try:  # (what `_open` does, inlined on the hot path)
+            s = self.stream = pool.open_stream(head, self, end_stream)
         except UpstreamError as err:  # a pool's limit (pending): reported from the loop
-            self.timer = self.cluster.loop.call_soon(self._fail, err)
+            self.stream = None
+            self.timer = cluster.loop.call_soon(self._fail, err)
             return
-        if self.per_try > 0:
-            self.timer = self.cluster.loop.call_later(self.per_try, self._timed_out)
+        s.down = sink
+        if request is not None and request.per_try_timeout > 0:
+            self.timer = cluster.loop.call_later(request.per_try_timeout, self._timed_out)
+
+    def _open(self, head: RequestHead, end_stream: bool) -> None:
+        """Open the request on `self.ep`'s pool (a replay)."""
+        cluster = self.cluster
+        self.start = _now()
+        try:
+            s = self.stream = cluster.pool_for(self.ep).open_stream(head, self, end_stream)
+        except UpstreamError as err:
+            self.stream = None
+            self.timer = cluster.loop.call_soon(self._fail, err)
+            return
+        s.down = self.sink
+        request = self.request
+        if request is not None and request.per_try_timeout > 0:
+            self.timer = cluster.loop.call_later(request.per_try_timeout, self._timed_out)
 
     # -- UpstreamStream / TunnelStream (from the router) ----------------------------------
 
@@ -180,7 +187,10 @@ class Attempt:
     # -- ResponseSink (from the pool) -----------------------------------------------------
 
     def on_response_head(self, head: ResponseHead, end_stream: bool) -> None:
-        self._sample(head.status)
+        if not self.status:
+            self.status = head.status
+            ep = self.ep
+            ep.ewma += EWMA_WEIGHT * (_now() - self.start - ep.ewma)
         if end_stream:
             self._finish(head.status, "")
         self.sink.on_response_head(head, end_stream)
@@ -189,10 +199,25 @@ class Attempt:
         self.sink.on_informational(head)
 
     def on_response_data(self, data: bytes) -> None:
-        self.sink.on_response_data(data)
+        self.sink.on_response_data(data)  # (only before `down` is set: see the class doc)
 
     def on_response_end(self, trailers: Headers | None) -> None:
-        self._finish(self.status, "")
+        if not self.done:  # `_finish(self.status, "")`, inlined: every response ends here
+            self.done = True
+            if self.status != 101:
+                self.stream = None
+            ep = self.ep
+            ep.active -= 1
+            limits = self.cluster.limits
+            limits.requests -= 1
+            if self.retry:
+                limits.retries -= 1
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            hook = self.cluster.on_outcome
+            if hook is not None:
+                hook(ep, self.status, "", _now() - self.start)
         self.sink.on_response_end(trailers)
 
     def on_read_end(self) -> None:
@@ -207,7 +232,7 @@ class Attempt:
         self.sink.on_upstream_error(error)
 
     def on_upgraded(self, head: ResponseHead, stream: TunnelStream) -> None:
-        self._sample(head.status)  # the tunnel stays in flight until it ends
+        self.status = head.status  # the tunnel stays in flight until it ends
         self.sink.on_upgraded(head, self)
 
     def pause_request_body(self) -> None:
@@ -218,13 +243,6 @@ class Attempt:
 
     # -- bookkeeping ----------------------------------------------------------------------
 
-    def _sample(self, status: int) -> None:
-        if self.status:
-            return
-        self.status = status
-        ep = self.ep
-        ep.ewma += EWMA_WEIGHT * (self.cluster.loop.time() - self.start - ep.ewma)
-
     def _finish(self, status: int, flag: str) -> None:
         """The try is over: release what it counted, report its outcome (once)."""
         if self.done:
@@ -234,7 +252,7 @@ class Attempt:
             self.stream = None  # the pool is done with it (and the cycle through its sink ends)
         ep = self.ep
         ep.active -= 1
-        limits = self.limits
+        limits = self.cluster.limits
         limits.requests -= 1
         if self.retry:
             limits.retries -= 1
@@ -244,7 +262,7 @@ class Attempt:
             timer.cancel()
         hook = self.cluster.on_outcome
         if hook is not None:
-            hook(ep, status, flag, self.cluster.loop.time() - self.start)
+            hook(ep, status, flag, _now() - self.start)
 
     def _fail(self, error: UpstreamError) -> None:
         self.timer = None
@@ -259,25 +277,31 @@ class Attempt:
         s, self.stream = self.stream, None
         if s is not None:
             s.reset()
-        error = upstream_timeout(f"upstream try timed out after {self.per_try:g}s "
+        request = self.request
+        assert request is not None
+        error = upstream_timeout(f"upstream try timed out after {request.per_try_timeout:g}s "
                                  f"({self.ep.key}, cluster {self.cluster.name})")
         self._finish(self.status or error.status, error.flag)
         self.sink.on_upstream_error(error)
 
     def _replay(self, error: UpstreamError) -> bool:
         """Send the request again after a race of connection reuse; False: not possible."""
-        limits: Limits = self.limits
+        old_stream = self.stream
+        if old_stream is None:
+            return False
+        limits: Limits = self.cluster.limits
         if limits.retries >= limits.max_retries:
             limits.overflow("retries")
             return False
         cluster = self.cluster
         old = self.ep
-        ep = cluster.lb.pick(self.hash_key, (old,))
+        request = self.request
+        ep = cluster.lb.pick(request.hash_key if request is not None else None, (old,))
         if ep is None:
             return False
         hook = cluster.on_outcome
         if hook is not None:
-            hook(old, error.status, error.flag, cluster.loop.time() - self.start)
+            hook(old, error.status, error.flag, _now() - self.start)
         old.active -= 1
         ep.active += 1
         self.ep = ep
@@ -285,15 +309,15 @@ class Attempt:
         if not self.retry:
             self.retry = True
             limits.retries += 1
-        self.start = cluster.loop.time()
         timer, self.timer = self.timer, None
         if timer is not None:
             timer.cancel()
         self.stream = None
-        self._open()
+        end_stream = old_stream.end_stream
+        self._open(old_stream.head, end_stream)
         s = self.stream
         if s is not None:
-            if self.ended and not self.end_stream:
+            if self.ended and not end_stream:
                 s.send_end(self.trailers)
             if self.paused:
                 s.pause_response()

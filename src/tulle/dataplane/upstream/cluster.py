@@ -45,12 +45,24 @@ from tulle.dataplane.upstream.limits import Limits
 from tulle.proxyconfig.model import Cluster, Settings
 
 
+class PoolStream(UpstreamStream, Protocol):
+    """An exchange a pool opened: the `UpstreamStream`, plus what the attempt layer reads."""
+
+    head: RequestHead
+    end_stream: bool
+    down: ResponseSink
+    """Where the pool sends body bytes and read ends (the `sink` it was opened with, unless
+    told otherwise): the attempt points it past itself, at the downstream."""
+
+
 class Pool(Protocol):
     cluster: ClusterRuntime
     """The runtime of the snapshot in force; `ClusterManager.commit` moves it on a swap."""
 
     def open_stream(self, head: RequestHead, sink: ResponseSink,
-                    end_stream: bool) -> UpstreamStream: ...
+                    end_stream: bool) -> PoolStream:
+        """An exchange on the pool; raises a 503 UO `UpstreamError` when the request would
+        wait past the cluster's pending limit.  Never calls `sink` before returning."""
 
     def sweep(self, now: float, idle_timeout: float) -> None: ...
 
@@ -151,18 +163,17 @@ class ClusterRuntime:
         None when the cluster has no usable endpoint.  Never calls `sink` before returning:
         a limit's refusal (503 UO) and every failure arrive from a later callback."""
         limits = self.limits
-        loop = self._loop or self.loop
         if limits.requests >= limits.max_requests:
-            return Refused(sink, limits.overflow("requests"), loop)
+            return Refused(sink, limits.overflow("requests"), self.loop)
         if request is None:
             ep = self.lb.pick(None)
         else:
             ep = self.lb.pick(request.hash_key, request.avoid)
             if request.retry and limits.retries >= limits.max_retries:
-                return Refused(sink, limits.overflow("retries"), loop)
+                return Refused(sink, limits.overflow("retries"), self.loop)
         if ep is None:
             return None
-        return Attempt(self, ep, head, sink, end_stream, request, loop.time())
+        return Attempt(self, ep, head, sink, end_stream, request)
 
 
 def _pool_compatible(old: Cluster, new: Cluster) -> bool:

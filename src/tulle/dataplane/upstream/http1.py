@@ -62,21 +62,25 @@ if TYPE_CHECKING:
 class H1Stream:
     """One request/response exchange on an HTTP/1 upstream (the `UpstreamStream`)."""
 
-    __slots__ = ("chunked", "conn", "end_stream", "got_response", "head", "paused", "pending",
-                 "pending_bytes", "pool", "request_done", "sink", "tunnel", "upload_paused",
-                 "waiting", "was_reset")
+    __slots__ = ("chunked", "conn", "down", "end_stream", "got_response", "head", "paused",
+                 "pending", "pending_bytes", "pool", "request_done", "sink", "tunnel",
+                 "upload_paused", "waiting", "was_reset")
 
     def __init__(self, pool: H1Pool, head: RequestHead, sink: ResponseSink,
                  end_stream: bool) -> None:
         self.pool = pool
         self.head = head
         self.sink = sink
+        self.down = sink
+        """Where body bytes and read ends go: `sink`, or past it when the sink says so (an
+        attempt hands them to the downstream directly: `attempt.py`)."""
         self.end_stream = end_stream
         self.chunked = not end_stream and head.content_length is None and not head.upgrade
         self.conn: H1Connection | None = None
         self.waiting = False
         """In the pool's `waiting` queue (a pending request)."""
-        self.pending: list[bytes] | None = []
+        self.pending: list[bytes] | None = None
+        """Request body written while waiting for a connection (a list only then)."""
         self.pending_bytes = 0
         self.upload_paused = False
         """We asked the downstream to stop sending body while no connection could take it."""
@@ -173,7 +177,7 @@ class H1Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         stream = self.stream
         if stream is not None and stream.tunnel:
-            stream.sink.on_response_data(data)
+            stream.down.on_response_data(data)
             return
         try:
             self.codec.feed(data)
@@ -192,7 +196,7 @@ class H1Connection(asyncio.Protocol):
             trailers, self._ended_trailers = self._ended_trailers, None
             self._deliver_end(ended, trailers)
         if stream is not None and not stream.was_reset:
-            stream.sink.on_read_end()  # a head held for its body's first bytes leaves now
+            stream.down.on_read_end()  # a head held for its body's first bytes leaves now
 
     def eof_received(self) -> bool:
         stream = self.stream
@@ -299,7 +303,7 @@ class H1Connection(asyncio.Protocol):
     def on_body(self, data: bytes) -> None:
         s = self.stream
         if s is not None:
-            s.sink.on_response_data(data)
+            s.down.on_response_data(data)
 
     def on_end(self, trailers: Headers | None) -> None:
         s = self.stream
@@ -327,7 +331,7 @@ class H1Connection(asyncio.Protocol):
         s.chunked = False
         s.sink.on_upgraded(head, s)
         if rest:
-            s.sink.on_response_data(rest)
+            s.down.on_response_data(rest)
 
 
 class H1Pool:
@@ -339,7 +343,8 @@ class H1Pool:
         self.limits = cluster.limits
         """The cluster's counters (the same object for every runtime of this cluster name)."""
         self.idle: list[H1Connection] = []
-        self.busy: set[H1Connection] = set()
+        self.conns: set[H1Connection] = set()
+        """Every open connection, idle or busy (kept at connect and loss, not per request)."""
         self.waiting: deque[H1Stream] = deque()
         """Requests waiting for a connection, oldest first."""
         self._connecting: dict[asyncio.Task[bool], None] = {}
@@ -363,7 +368,6 @@ class H1Pool:
             if conn.transport is None or conn.transport.is_closing():
                 continue
             stream = H1Stream(self, head, sink, end_stream)
-            self.busy.add(conn)
             conn.attach(stream)
             return stream
         limits = self.limits
@@ -372,6 +376,7 @@ class H1Pool:
         stream = H1Stream(self, head, sink, end_stream)
         limits.pending += 1
         stream.waiting = True
+        stream.pending = []
         self.waiting.append(stream)
         self._dial_for_waiting()
         return stream
@@ -392,7 +397,7 @@ class H1Pool:
         limits = self.limits
         while (len(self._connecting) < len(self.waiting)
                and (limits.can_connect()
-                    or not (self.idle or self.busy or self._connecting))):
+                    or not (self.conns or self._connecting))):
             limits.connections += 1
             task = self.loop.create_task(self._connect())
             self._connecting[task] = None
@@ -420,6 +425,8 @@ class H1Pool:
             return False
         cluster.m_connections_total.value += 1
         cluster.m_connections_active.value += 1
+        if not conn.closed:  # (a loss before this task resumed already counted it out)
+            self.conns.add(conn)
         self._hand_out(conn)
         return True
 
@@ -429,7 +436,7 @@ class H1Pool:
         if not waiting:
             return
         others = len(self._connecting) - 1  # (this dial leaves `_connecting` after returning)
-        n = len(waiting) if others <= 0 and not self.busy else 1
+        n = len(waiting) if others <= 0 and not self.conns else 1
         for _ in range(n):
             s = waiting.popleft()
             s.waiting = False
@@ -442,13 +449,11 @@ class H1Pool:
             s = self.waiting.popleft()
             s.waiting = False
             self.limits.pending -= 1
-            self.busy.add(conn)
             conn.attach(s)
             return
         self.release(conn)
 
     def release(self, conn: H1Connection) -> None:
-        self.busy.discard(conn)
         if conn.transport is None or conn.transport.is_closing():
             conn._close()
             return
@@ -469,7 +474,7 @@ class H1Pool:
         """A connection closed (either side)."""
         self.cluster.m_connections_active.value -= 1
         self.limits.connections -= 1
-        self.busy.discard(conn)
+        self.conns.discard(conn)
         try:
             self.idle.remove(conn)
         except ValueError:
@@ -494,11 +499,16 @@ class H1Pool:
 
     def abort(self) -> None:
         self.close()
-        for conn in list(self.busy):
+        for conn in list(self.conns):
             conn._close()
         for task in list(self._connecting):
             task.cancel()
 
     @property
     def active(self) -> int:
-        return len(self.busy) + len(self.idle)
+        return len(self.conns)
+
+    @property
+    def busy(self) -> int:
+        """Connections carrying an exchange (the admin's `connections_busy`)."""
+        return max(0, len(self.conns) - len(self.idle))

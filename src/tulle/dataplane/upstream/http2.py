@@ -73,15 +73,17 @@ if TYPE_CHECKING:
 class H2UpStream:
     """One exchange on an HTTP/2 upstream (the `UpstreamStream`)."""
 
-    __slots__ = ("conn", "data_sent", "end_sent", "end_stream", "head", "paused", "pending",
-                 "pending_size", "pool", "req_paused", "response_started", "sid", "sink",
-                 "trailers", "unacked", "was_reset")
+    __slots__ = ("conn", "data_sent", "down", "end_sent", "end_stream", "head", "paused",
+                 "pending", "pending_size", "pool", "req_paused", "response_started", "sid",
+                 "sink", "trailers", "unacked", "was_reset")
 
     def __init__(self, pool: H2Pool, head: RequestHead, sink: ResponseSink,
                  end_stream: bool) -> None:
         self.pool = pool
         self.head = head
         self.sink = sink
+        self.down = sink
+        """Where body bytes and read ends go (see `H1Stream.down`)."""
         self.end_stream = end_stream
         self.conn: H2UpConnection | None = None
         self.sid = 0
@@ -225,7 +227,7 @@ class H2UpConnection(asyncio.Protocol):
             if isinstance(ev, DataReceived):
                 s = streams.get(ev.stream_id)
                 if s is not None:
-                    s.sink.on_response_data(ev.data)
+                    s.down.on_response_data(ev.data)
                     if s.paused:
                         s.unacked += ev.flow_length
                         continue
@@ -240,7 +242,7 @@ class H2UpConnection(asyncio.Protocol):
                     if not ev.end_stream:
                         if held is None:
                             held = []
-                        held.append(s.sink)
+                        held.append(s.down)
             elif isinstance(ev, EndReceived):
                 s = streams.get(ev.stream_id)
                 if s is not None:

@@ -28,9 +28,11 @@ from tulle.proxyconfig.model import Cluster, ClusterLimits, Endpoint, Settings
 
 
 class PoolStream:
-    def __init__(self, pool: ScriptedPool, sink: Any, end_stream: bool) -> None:
+    def __init__(self, pool: ScriptedPool, head: RequestHead, sink: Any,
+                 end_stream: bool) -> None:
         self.pool = pool
-        self.sink = sink
+        self.head = head
+        self.sink = self.down = sink
         self.end_stream = end_stream
         self.calls: list[tuple[str, Any]] = []
 
@@ -65,7 +67,7 @@ class ScriptedPool:
     def open_stream(self, head: RequestHead, sink: Any, end_stream: bool) -> PoolStream:
         if ScriptedPool.refuse is not None:
             raise ScriptedPool.refuse
-        s = PoolStream(self, sink, end_stream)
+        s = PoolStream(self, head, sink, end_stream)
         self.streams.append(s)
         return s
 
@@ -157,6 +159,7 @@ async def test_a_response_is_counted_in_flight_until_its_end_and_reported() -> N
     assert sink.events == [("head", 200), ("data", b"ok"), ("end", None)]
     assert rt.endpoints[0].ewma == pytest.approx(0.03, abs=0.01)  # 0.3 of the first sample
     assert up.calls == []  # nothing forwarded that the driver did not ask for
+    assert up.down is sink  # body bytes go past the attempt, straight downstream
 
 
 async def test_a_bodiless_head_ends_the_try() -> None:
