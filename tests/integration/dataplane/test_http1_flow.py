@@ -37,7 +37,7 @@ async def test_slow_reader_pauses_the_upstream(origin: int) -> None:
                 break
             await asyncio.sleep(0.01)
         assert conn._write_paused  # type: ignore[attr-defined]
-        upstream = conn._queue[0].stream.stream.conn  # (the attempt's pool stream)  # type: ignore[attr-defined]
+        upstream = conn._queue[0].stream.conn  # type: ignore[attr-defined]
         assert not upstream.transport.is_reading()
         await asyncio.sleep(0.3)  # a buffering proxy would keep pulling meanwhile
         assert conn.transport.get_write_buffer_size() < 1 << 20  # type: ignore[attr-defined]

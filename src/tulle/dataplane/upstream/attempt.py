@@ -2,31 +2,35 @@
 
 Why a layer of its own (DESIGN.md section 4: cluster: limits -> load balancer pick -> attempt
 -> pool): what a retry, outlier detection and a least-request balancer need to know about a
-try is the same for both upstream protocols, and a pool should not have to know any of it.  An
-`Attempt` sits between the two interfaces of `exchange.py`: to the router (today the drivers)
-it is the `UpstreamStream` it opened (and the `TunnelStream` after an upgrade); to the pool it
-is the `ResponseSink`.  It forwards every call, and on the way:
+try is the same for both upstream protocols, and a pool should not decide any of it.  For each
+try the attempt layer:
 
-* counts the try against its cluster's `requests` limit (and `retries`, when the router opened
-  it as a retry) and its endpoint's `active` (in-flight) count, released exactly once when the
-  try ends: response complete, error, per-try timeout, or the downstream's reset;
+* counts it against its cluster's `requests` limit (and `retries`, when the router opened it as
+  a retry) and its endpoint's `active` (in-flight) count, released exactly once when the try
+  ends: response complete, error, per-try timeout, or the downstream's reset;
 * samples the time to the response head into the endpoint's `ewma` (latency for peak-EWMA);
 * reports every try's outcome, naming the endpoint, to the cluster's `on_outcome` hook (outlier
   detection subscribes): `(endpoint, status, flag, seconds)`, status 0 when no head came, flag
   "" for a response, the error's flag, or "DC" when the downstream reset it;
 * enforces the per-try deadline of its `AttemptRequest` (504 `UT`).
 
+Shape: `Attempt` is the base class of every pool's stream (`H1Stream`, `H2UpStream`), not an
+object wrapped around it.  A wrapper costs an allocation and a Python call per event on every
+request (measured: +1.2 us a request on `bench/micro_http1.py`, ~8%); as a base class the
+bookkeeping is a few attribute updates on the object the pool allocates anyway.  The contract
+with a pool is small: its stream counts the try in and sets up its fields in `__init__` (the
+class docstring says which), calls `_head` on the response head, `_over` when the try ends
+well or the downstream resets, `_failed` instead of `sink.on_upstream_error`, and implements
+`_rehome` (move the request to another endpoint's pool before anything of it left).
+
 Pools never retry.  They mark a failure `retry_safe` when the upstream cannot have acted on the
 request.  One kind of retry-safe failure is a race of connection reuse, not a failure of the
 endpoint: a reused keep-alive connection the peer had closed, HTTP/2 REFUSED_STREAM, a stream
-above a GOAWAY's last stream id.  No client should see those as a 502, so the attempt replays
+above a GOAWAY's last stream id.  No client should see those as a 502, so `_failed` replays
 such a request once, transparently, on a freshly picked endpoint (avoiding this one when the
-cluster has another), as long as no body left and no response came; the replay counts against
-`max_retries`.  Connect failures and overflows are retry-safe too, but only a route's retry
-policy (the router) retries them: retrying them here would change what clients see.
-
-Hot path: one object per try (no closures, no per-call allocation); the per-try timer exists
-only when a deadline is set; the outcome hook is called only when someone subscribed.
+cluster has another), as long as no response came; the replay counts against `max_retries`.
+Connect failures and overflows are retry-safe too, but only a route's retry policy (the
+router) retries them: retrying them here would change what clients see.
 """
 
 from __future__ import annotations
@@ -34,21 +38,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Collection
 from time import monotonic as _now
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from tulle.dataplane.exchange import (
-    Headers,
-    RequestHead,
-    ResponseHead,
-    ResponseSink,
-    TunnelStream,
-    UpstreamError,
-    upstream_timeout,
-)
+from tulle.dataplane.exchange import Headers, ResponseSink, UpstreamError, upstream_timeout
 from tulle.dataplane.upstream.lb import NO_AVOID, EndpointState
 
 if TYPE_CHECKING:
-    from tulle.dataplane.upstream.cluster import ClusterRuntime, PoolStream
     from tulle.dataplane.upstream.limits import Limits
 
 OutcomeHook = Callable[[EndpointState, int, str, float], None]
@@ -61,6 +56,9 @@ would make every local sub-millisecond answer sample 0."""
 
 _NO_REPLAY = frozenset({"UF", "UO"})
 """Retry-safe failures the attempt leaves to the router's retry policy."""
+
+now = _now
+"""The clock of `Attempt.start` (for pools' `__init__`)."""
 
 
 class AttemptRequest:
@@ -85,174 +83,55 @@ class AttemptRequest:
 
 
 class Attempt:
-    """One try: the `UpstreamStream` (and `TunnelStream`) the router holds, the `ResponseSink`
-    the pool reports to.
+    """One try of a request: the base of a pool's stream (see the module docstring).
 
-    Body bytes and read ends do not pass through it: once the pool stream is open, its `down`
-    is pointed at the downstream sink, so the attempt sees only the events that change the
-    try's state (head, end, error, upgrade) and costs no call per chunk."""
+    A subclass has `pool` (with `endpoint`, `limits`, `cluster`) and `sink`, and in `__init__`
+    counts the try in (`pool.limits.requests`, `pool.endpoint.active`) and sets the fields
+    below: status 0, try_done / replayed / retry False, request / timer None, start `now()`."""
 
-    __slots__ = ("body_sent", "cluster", "done", "ended", "ep", "paused", "replayed", "request",
-                 "retry", "sink", "start", "status", "stream", "timer", "trailers")
-    stream: PoolStream | None
-    """The pool's exchange of this try (None once the try is over, or before a replay)."""
+    __slots__ = ("replayed", "request", "retry", "start", "status", "timer", "try_done")
 
-    def __init__(self, cluster: ClusterRuntime, ep: EndpointState, head: RequestHead,
-                 sink: ResponseSink, end_stream: bool, request: AttemptRequest | None) -> None:
-        self.cluster = cluster
-        self.ep = ep
-        self.sink = sink
-        self.ended = end_stream
+    pool: Any
+    sink: ResponseSink
+    status: int
+    """The response's status once its head came (0 before)."""
+    start: float
+    """When the try began (`now()`): the latency sample's and the outcome's origin."""
+    try_done: bool
+    """Counted out (`_over`); nothing more is counted or reported for this try."""
+    replayed: bool
+    retry: bool
+    """Counts against the cluster's retries (opened as a retry, or replayed)."""
+    request: AttemptRequest | None
+    timer: asyncio.TimerHandle | None
+    """The per-try deadline, when the request has one."""
+
+    def _start_try(self, request: AttemptRequest) -> None:
+        """The router's extras for this try: the retry count and the per-try deadline."""
         self.request = request
-        limits = cluster.limits  # (the same object for the runtime's life: no need to keep it)
-        self.status = 0
-        self.done = self.replayed = self.body_sent = self.paused = self.retry = False
-        self.timer: asyncio.TimerHandle | asyncio.Handle | None = None
-        limits.requests += 1
-        ep.active += 1
-        if request is not None and request.retry:
+        if request.retry:
             self.retry = True
-            limits.retries += 1
-        self.start = _now()
-        pool = cluster.pools.get(ep.key)
-        if pool is None:
-            pool = cluster.pool_for(ep)
-        try:  # (what `_open` does, inlined on the hot path)
-            s = self.stream = pool.open_stream(head, self, end_stream)
-        except UpstreamError as err:  # a pool's limit (pending): reported from the loop
-            self.stream = None
-            self.timer = cluster.loop.call_soon(self._fail, err)
-            return
-        s.down = sink
-        if request is not None and request.per_try_timeout > 0:
-            self.timer = cluster.loop.call_later(request.per_try_timeout, self._timed_out)
+            self.pool.limits.retries += 1
+        if request.per_try_timeout > 0:
+            self.timer = self.pool.cluster.loop.call_later(request.per_try_timeout,
+                                                           self._timed_out)
 
-    def _open(self, head: RequestHead, end_stream: bool) -> None:
-        """Open the request on `self.ep`'s pool (a replay)."""
-        cluster = self.cluster
-        self.start = _now()
-        try:
-            s = self.stream = cluster.pool_for(self.ep).open_stream(head, self, end_stream)
-        except UpstreamError as err:
-            self.stream = None
-            self.timer = cluster.loop.call_soon(self._fail, err)
-            return
-        s.down = self.sink
-        request = self.request
-        if request is not None and request.per_try_timeout > 0:
-            self.timer = cluster.loop.call_later(request.per_try_timeout, self._timed_out)
-
-    # -- UpstreamStream / TunnelStream (from the router) ----------------------------------
-
-    def send_data(self, data: bytes) -> None:
-        if data:
-            self.body_sent = True
-        s = self.stream
-        if s is not None:
-            s.send_data(data)
-
-    def send_end(self, trailers: Headers | None = None) -> None:
-        self.ended = True
-        self.trailers = trailers
-        s = self.stream
-        if s is not None:
-            s.send_end(trailers)
-
-    def reset(self) -> None:
-        s, self.stream = self.stream, None
-        if s is not None:
-            s.reset()
-        self._finish(self.status, "DC")
-
-    def close(self) -> None:
-        self.reset()
-
-    def send_eof(self) -> None:
-        s = self.stream
-        if s is not None:
-            s.send_eof()  # type: ignore[attr-defined]  # only after an upgrade: a tunnel
-
-    def pause_response(self) -> None:
-        self.paused = True
-        s = self.stream
-        if s is not None:
-            s.pause_response()
-
-    def resume_response(self) -> None:
-        self.paused = False
-        s = self.stream
-        if s is not None:
-            s.resume_response()
-
-    # -- ResponseSink (from the pool) -----------------------------------------------------
-
-    def on_response_head(self, head: ResponseHead, end_stream: bool) -> None:
+    def _head(self, status: int) -> None:
+        """The response head arrived: its status, and the endpoint's latency sample."""
         if not self.status:
-            self.status = head.status
-            ep = self.ep
+            self.status = status
+            ep = self.pool.endpoint
             ep.ewma += EWMA_WEIGHT * (_now() - self.start - ep.ewma)
-        if end_stream:
-            self._finish(head.status, "")
-        self.sink.on_response_head(head, end_stream)
 
-    def on_informational(self, head: ResponseHead) -> None:
-        self.sink.on_informational(head)
-
-    def on_response_data(self, data: bytes) -> None:
-        self.sink.on_response_data(data)  # (only before `down` is set: see the class doc)
-
-    def on_response_end(self, trailers: Headers | None) -> None:
-        if not self.done:  # `_finish(self.status, "")`, inlined: every response ends here
-            self.done = True
-            if self.status != 101:
-                self.stream = None
-            ep = self.ep
-            ep.active -= 1
-            limits = self.cluster.limits
-            limits.requests -= 1
-            if self.retry:
-                limits.retries -= 1
-            if self.timer is not None:
-                self.timer.cancel()
-                self.timer = None
-            hook = self.cluster.on_outcome
-            if hook is not None:
-                hook(ep, self.status, "", _now() - self.start)
-        self.sink.on_response_end(trailers)
-
-    def on_read_end(self) -> None:
-        self.sink.on_read_end()
-
-    def on_upstream_error(self, error: UpstreamError) -> None:
-        if (error.retry_safe and not self.replayed and not self.done and not self.body_sent
-                and self.status == 0 and error.flag not in _NO_REPLAY and self._replay(error)):
-            return
-        self.stream = None
-        self._finish(self.status or error.status, error.flag)
-        self.sink.on_upstream_error(error)
-
-    def on_upgraded(self, head: ResponseHead, stream: TunnelStream) -> None:
-        self.status = head.status  # the tunnel stays in flight until it ends
-        self.sink.on_upgraded(head, self)
-
-    def pause_request_body(self) -> None:
-        self.sink.pause_request_body()
-
-    def resume_request_body(self) -> None:
-        self.sink.resume_request_body()
-
-    # -- bookkeeping ----------------------------------------------------------------------
-
-    def _finish(self, status: int, flag: str) -> None:
+    def _over(self, status: int, flag: str) -> None:
         """The try is over: release what it counted, report its outcome (once)."""
-        if self.done:
+        if self.try_done:
             return
-        self.done = True
-        if self.status != 101:  # a tunnel's ends are independent: it stays until closed
-            self.stream = None  # the pool is done with it (and the cycle through its sink ends)
-        ep = self.ep
+        self.try_done = True
+        pool = self.pool
+        ep = pool.endpoint
         ep.active -= 1
-        limits = self.cluster.limits
+        limits = pool.limits
         limits.requests -= 1
         if self.retry:
             limits.retries -= 1
@@ -260,41 +139,40 @@ class Attempt:
         if timer is not None:
             self.timer = None
             timer.cancel()
-        hook = self.cluster.on_outcome
+        hook = pool.cluster.on_outcome
         if hook is not None:
             hook(ep, status, flag, _now() - self.start)
 
-    def _fail(self, error: UpstreamError) -> None:
-        self.timer = None
-        if not self.done:
-            self._finish(error.status, error.flag)
-            self.sink.on_upstream_error(error)
+    def _failed(self, error: UpstreamError) -> None:
+        """The pool's failure of this try: replayed when it is a race of connection reuse,
+        else counted out and told to the downstream."""
+        if (error.retry_safe and not self.replayed and not self.try_done and self.status == 0
+                and error.flag not in _NO_REPLAY and self._replay(error)):
+            return
+        self._over(self.status or error.status, error.flag)
+        self.sink.on_upstream_error(error)
 
     def _timed_out(self) -> None:
         self.timer = None
-        if self.done:
+        if self.try_done:
             return
-        s, self.stream = self.stream, None
-        if s is not None:
-            s.reset()
         request = self.request
         assert request is not None
         error = upstream_timeout(f"upstream try timed out after {request.per_try_timeout:g}s "
-                                 f"({self.ep.key}, cluster {self.cluster.name})")
-        self._finish(self.status or error.status, error.flag)
+                                 f"({self.pool.endpoint.key}, cluster {self.pool.cluster.name})")
+        self._over(self.status or error.status, error.flag)
+        self.reset()  # (counted out already: the reset's DC is not reported)
         self.sink.on_upstream_error(error)
 
     def _replay(self, error: UpstreamError) -> bool:
         """Send the request again after a race of connection reuse; False: not possible."""
-        old_stream = self.stream
-        if old_stream is None:
-            return False
-        limits: Limits = self.cluster.limits
+        old_pool = self.pool
+        cluster = old_pool.cluster
+        limits: Limits = old_pool.limits
         if limits.retries >= limits.max_retries:
             limits.overflow("retries")
             return False
-        cluster = self.cluster
-        old = self.ep
+        old = old_pool.endpoint
         request = self.request
         ep = cluster.lb.pick(request.hash_key if request is not None else None, (old,))
         if ep is None:
@@ -304,24 +182,24 @@ class Attempt:
             hook(old, error.status, error.flag, _now() - self.start)
         old.active -= 1
         ep.active += 1
-        self.ep = ep
         self.replayed = True
         if not self.retry:
             self.retry = True
             limits.retries += 1
-        timer, self.timer = self.timer, None
-        if timer is not None:
-            timer.cancel()
-        self.stream = None
-        end_stream = old_stream.end_stream
-        self._open(old_stream.head, end_stream)
-        s = self.stream
-        if s is not None:
-            if self.ended and not end_stream:
-                s.send_end(self.trailers)
-            if self.paused:
-                s.pause_response()
+        self.start = _now()
+        try:
+            self._rehome(cluster.pool_for(ep))
+        except UpstreamError as err:  # the new pool's pending limit
+            self._over(err.status, err.flag)
+            self.sink.on_upstream_error(err)
         return True
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    def _rehome(self, pool: Any) -> None:
+        """Put this request on `pool` (another endpoint's) as if it were new."""
+        raise NotImplementedError
 
 
 class Refused:

@@ -35,24 +35,20 @@ from typing import Protocol
 
 import msgspec
 
-from tulle.dataplane.exchange import RequestHead, ResponseSink, UpstreamStream
+from tulle.dataplane.exchange import RequestHead, ResponseSink, UpstreamError, UpstreamStream
 from tulle.dataplane.protocols.http1 import H1Limits
 from tulle.dataplane.runtime.tls import TLSContexts, build_client_context
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
-from tulle.dataplane.upstream.attempt import Attempt, AttemptRequest, OutcomeHook, Refused
+from tulle.dataplane.upstream.attempt import AttemptRequest, OutcomeHook, Refused
 from tulle.dataplane.upstream.lb import NO_AVOID, EndpointState, LoadBalancer, build
 from tulle.dataplane.upstream.limits import Limits
 from tulle.proxyconfig.model import Cluster, Settings
 
 
 class PoolStream(UpstreamStream, Protocol):
-    """An exchange a pool opened: the `UpstreamStream`, plus what the attempt layer reads."""
+    """An exchange a pool opened: the `UpstreamStream`, and an `Attempt` (its base class)."""
 
-    head: RequestHead
-    end_stream: bool
-    down: ResponseSink
-    """Where the pool sends body bytes and read ends (the `sink` it was opened with, unless
-    told otherwise): the attempt points it past itself, at the downstream."""
+    def _start_try(self, request: AttemptRequest) -> None: ...
 
 
 class Pool(Protocol):
@@ -158,7 +154,8 @@ class ClusterRuntime:
 
     def open_stream(self, head: RequestHead, sink: ResponseSink, end_stream: bool,
                     request: AttemptRequest | None = None) -> UpstreamStream | None:
-        """Open a try of the request: limits, the balancer's pick, an `Attempt` on the pool.
+        """Open a try of the request: limits, the balancer's pick, the try on the pool (its
+        stream is an `Attempt`).
 
         None when the cluster has no usable endpoint.  Never calls `sink` before returning:
         a limit's refusal (503 UO) and every failure arrive from a later callback."""
@@ -173,7 +170,16 @@ class ClusterRuntime:
                 return Refused(sink, limits.overflow("retries"), self.loop)
         if ep is None:
             return None
-        return Attempt(self, ep, head, sink, end_stream, request)
+        pool = self.pools.get(ep.key)
+        if pool is None:
+            pool = self.pool_for(ep)
+        try:
+            stream = pool.open_stream(head, sink, end_stream)  # counts the try in
+        except UpstreamError as err:  # the pool's pending limit
+            return Refused(sink, err, self.loop)
+        if request is not None:
+            stream._start_try(request)
+        return stream
 
 
 def _pool_compatible(old: Cluster, new: Cluster) -> bool:

@@ -52,6 +52,7 @@ from tulle.dataplane.protocols.http1 import (
     encode_last_chunk,
     serialize_request_head,
 )
+from tulle.dataplane.upstream.attempt import Attempt, now
 from tulle.dataplane.upstream.connect import ConnectFailed, dial_transport
 
 if TYPE_CHECKING:
@@ -59,22 +60,28 @@ if TYPE_CHECKING:
     from tulle.dataplane.upstream.lb import EndpointState
 
 
-class H1Stream:
-    """One request/response exchange on an HTTP/1 upstream (the `UpstreamStream`)."""
+class H1Stream(Attempt):
+    """One request/response exchange on an HTTP/1 upstream (the `UpstreamStream`), and the
+    try it is (`Attempt`: counted in here, out at its end)."""
 
-    __slots__ = ("chunked", "conn", "down", "end_stream", "got_response", "head", "paused",
-                 "pending", "pending_bytes", "pool", "request_done", "sink", "tunnel",
-                 "upload_paused", "waiting", "was_reset")
+    __slots__ = ("chunked", "conn", "end_stream", "got_response", "head", "paused", "pending",
+                 "pending_bytes", "pool", "request_done", "sink", "tunnel", "upload_paused",
+                 "waiting", "was_reset")
 
     def __init__(self, pool: H1Pool, head: RequestHead, sink: ResponseSink,
                  end_stream: bool) -> None:
         self.pool = pool
         self.head = head
         self.sink = sink
-        self.down = sink
-        """Where body bytes and read ends go: `sink`, or past it when the sink says so (an
-        attempt hands them to the downstream directly: `attempt.py`)."""
         self.end_stream = end_stream
+        # The try (`Attempt`): counted in now, out by `_over` / `_failed`.
+        pool.limits.requests += 1
+        pool.endpoint.active += 1
+        self.status = 0
+        self.try_done = self.replayed = self.retry = False
+        self.request = None
+        self.timer = None
+        self.start = now()
         self.chunked = not end_stream and head.content_length is None and not head.upgrade
         self.conn: H1Connection | None = None
         self.waiting = False
@@ -127,11 +134,20 @@ class H1Stream:
         if self.was_reset:
             return
         self.was_reset = True
+        self._over(self.status, "DC")
         conn = self.conn
         if conn is not None:
             conn.abandon(self)
         elif self.waiting:
             self.pool.unwait(self)
+
+    def _rehome(self, pool: H1Pool) -> None:
+        """A replay: nothing of the request left (no body, no response), so it starts over on
+        `pool` as if new (the head is serialised again)."""
+        self.pool = pool
+        self.conn = None
+        self.got_response = False
+        pool.adopt(self)
 
     def pause_response(self) -> None:
         self.paused = True
@@ -177,7 +193,7 @@ class H1Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         stream = self.stream
         if stream is not None and stream.tunnel:
-            stream.down.on_response_data(data)
+            stream.sink.on_response_data(data)
             return
         try:
             self.codec.feed(data)
@@ -189,14 +205,14 @@ class H1Connection(asyncio.Protocol):
                 if s is not None:
                     s.conn = None
                     if not s.was_reset:
-                        s.sink.on_upstream_error(upstream_protocol_error(exc.detail))
+                        s._failed(upstream_protocol_error(exc.detail))
         ended = self._ended
         if ended is not None:
             self._ended = None
             trailers, self._ended_trailers = self._ended_trailers, None
             self._deliver_end(ended, trailers)
         if stream is not None and not stream.was_reset:
-            stream.down.on_read_end()  # a head held for its body's first bytes leaves now
+            stream.sink.on_read_end()  # a head held for its body's first bytes leaves now
 
     def eof_received(self) -> bool:
         stream = self.stream
@@ -222,18 +238,20 @@ class H1Connection(asyncio.Protocol):
         stream.conn = None
         if stream.tunnel:
             if exc is not None:
-                stream.sink.on_upstream_error(upstream_reset(f"upstream reset the tunnel: {exc}"))
+                stream._failed(upstream_reset(f"upstream reset the tunnel: {exc}"))
             else:
+                stream._over(stream.status, "")
                 stream.sink.on_response_end(None)
             return
         if exc is None and self.codec.feed_eof():
             if not stream.was_reset:
+                stream._over(stream.status, "")
                 stream.sink.on_response_end(None)
             return  # a close-delimited body just ended
         detail = "upstream closed the connection" if exc is None else f"upstream reset: {exc}"
         # On a reused connection, a bodiless request with no answer never reached the server.
         safe = self.reused and not stream.got_response and stream.end_stream
-        stream.sink.on_upstream_error(UpstreamError(502, "UC", detail, retry_safe=safe))
+        stream._failed(UpstreamError(502, "UC", detail, retry_safe=safe))
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -292,6 +310,7 @@ class H1Connection(asyncio.Protocol):
             return
         s.got_response = True
         self.keep_alive = keep_alive
+        s._head(head.status)
         s.sink.on_response_head(head, end_stream)
 
     def on_informational(self, head: ResponseHead) -> None:
@@ -303,7 +322,7 @@ class H1Connection(asyncio.Protocol):
     def on_body(self, data: bytes) -> None:
         s = self.stream
         if s is not None:
-            s.down.on_response_data(data)
+            s.sink.on_response_data(data)
 
     def on_end(self, trailers: Headers | None) -> None:
         s = self.stream
@@ -320,6 +339,7 @@ class H1Connection(asyncio.Protocol):
             else:
                 self._close()
         if not s.was_reset:
+            s._over(s.status, "")
             s.sink.on_response_end(trailers)
 
     def on_upgrade(self, head: ResponseHead, rest: bytes) -> None:
@@ -327,11 +347,12 @@ class H1Connection(asyncio.Protocol):
         if s is None:
             return
         s.got_response = True
+        s._head(head.status)  # the tunnel stays in flight until it ends
         s.tunnel = True
         s.chunked = False
         s.sink.on_upgraded(head, s)
         if rest:
-            s.down.on_response_data(rest)
+            s.sink.on_response_data(rest)
 
 
 class H1Pool:
@@ -374,12 +395,29 @@ class H1Pool:
         if limits.pending >= limits.max_pending:
             raise limits.overflow("pending")
         stream = H1Stream(self, head, sink, end_stream)
-        limits.pending += 1
+        self._wait(stream)
+        return stream
+
+    def adopt(self, stream: H1Stream) -> None:
+        """Take a request another pool could not send (a replay, `Attempt._rehome`): on an
+        idle connection, or waiting for one (raises 503 UO past the pending limit)."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.attach(stream)
+                return
+        limits = self.limits
+        if limits.pending >= limits.max_pending:
+            raise limits.overflow("pending")
+        self._wait(stream)
+
+    def _wait(self, stream: H1Stream) -> None:
+        self.limits.pending += 1
         stream.waiting = True
         stream.pending = []
         self.waiting.append(stream)
         self._dial_for_waiting()
-        return stream
 
     def unwait(self, stream: H1Stream) -> None:
         """A waiting request was reset: forget it, and a dial nobody waits for any more (a
@@ -441,7 +479,7 @@ class H1Pool:
             s = waiting.popleft()
             s.waiting = False
             self.limits.pending -= 1
-            s.sink.on_upstream_error(error)
+            s._failed(error)
 
     def _hand_out(self, conn: H1Connection) -> None:
         """A connection is free: the oldest waiting request takes it, else it goes idle."""

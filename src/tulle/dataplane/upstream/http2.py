@@ -63,6 +63,7 @@ from tulle.dataplane.protocols.http2 import (
     H2Limits,
     H2ProtocolError,
 )
+from tulle.dataplane.upstream.attempt import Attempt, now
 from tulle.dataplane.upstream.connect import ConnectFailed, dial_transport
 
 if TYPE_CHECKING:
@@ -70,21 +71,28 @@ if TYPE_CHECKING:
     from tulle.dataplane.upstream.lb import EndpointState
 
 
-class H2UpStream:
-    """One exchange on an HTTP/2 upstream (the `UpstreamStream`)."""
+class H2UpStream(Attempt):
+    """One exchange on an HTTP/2 upstream (the `UpstreamStream`), and the try it is
+    (`Attempt`: counted in here, out at its end)."""
 
-    __slots__ = ("conn", "data_sent", "down", "end_sent", "end_stream", "head", "paused",
-                 "pending", "pending_size", "pool", "req_paused", "response_started", "sid",
-                 "sink", "trailers", "unacked", "was_reset")
+    __slots__ = ("conn", "data_sent", "end_sent", "end_stream", "head", "paused", "pending",
+                 "pending_size", "pool", "req_paused", "response_started", "sid", "sink",
+                 "trailers", "unacked", "was_reset")
 
     def __init__(self, pool: H2Pool, head: RequestHead, sink: ResponseSink,
                  end_stream: bool) -> None:
         self.pool = pool
         self.head = head
         self.sink = sink
-        self.down = sink
-        """Where body bytes and read ends go (see `H1Stream.down`)."""
         self.end_stream = end_stream
+        # The try (`Attempt`): counted in now, out by `_over` / `_failed`.
+        pool.limits.requests += 1
+        pool.endpoint.active += 1
+        self.status = 0
+        self.try_done = self.replayed = self.retry = False
+        self.request = None
+        self.timer = None
+        self.start = now()
         self.conn: H2UpConnection | None = None
         self.sid = 0
         self.pending: list[bytes] = []
@@ -131,6 +139,7 @@ class H2UpStream:
         if self.was_reset:
             return
         self.was_reset = True
+        self._over(self.status, "DC")
         conn = self.conn
         if conn is not None:
             conn.reset_stream(self)
@@ -150,6 +159,14 @@ class H2UpStream:
             n, self.unacked = self.unacked, 0
             conn.codec.ack(self.sid, n)
             conn.write_soon()
+
+    def _rehome(self, pool: H2Pool) -> None:
+        """A replay: the server did not process the stream and no body left, so it waits for
+        a connection of `pool` as if new."""
+        self.pool = pool
+        self.conn = None
+        self.sid = 0
+        pool.adopt(self)
 
     @property
     def retryable(self) -> bool:
@@ -227,7 +244,7 @@ class H2UpConnection(asyncio.Protocol):
             if isinstance(ev, DataReceived):
                 s = streams.get(ev.stream_id)
                 if s is not None:
-                    s.down.on_response_data(ev.data)
+                    s.sink.on_response_data(ev.data)
                     if s.paused:
                         s.unacked += ev.flow_length
                         continue
@@ -236,17 +253,20 @@ class H2UpConnection(asyncio.Protocol):
                 s = streams.get(ev.stream_id)
                 if s is not None:
                     s.response_started = True
+                    s._head(ev.head.status)
                     if ev.end_stream:
                         self._response_complete(s)
+                        s._over(s.status, "")
                     s.sink.on_response_head(ev.head, ev.end_stream)
                     if not ev.end_stream:
                         if held is None:
                             held = []
-                        held.append(s.down)
+                        held.append(s.sink)
             elif isinstance(ev, EndReceived):
                 s = streams.get(ev.stream_id)
                 if s is not None:
                     self._response_complete(s)
+                    s._over(s.status, "")
                     s.sink.on_response_end(ev.trailers)
             elif isinstance(ev, InformationalReceived):
                 s = streams.get(ev.stream_id)
@@ -261,7 +281,7 @@ class H2UpConnection(asyncio.Protocol):
                 s = streams.get(ev.stream_id)
                 if s is not None:
                     self._done(s)
-                    s.sink.on_upstream_error(UpstreamError(
+                    s._failed(UpstreamError(
                         502, "UC", f"upstream reset the stream (HTTP/2 error code "
                         f"{ev.error_code})",
                         retry_safe=ev.error_code == REFUSED_STREAM and s.retryable))
@@ -278,7 +298,7 @@ class H2UpConnection(asyncio.Protocol):
             if sid <= last_stream_id:
                 continue
             self._done(s)
-            s.sink.on_upstream_error(UpstreamError(
+            s._failed(UpstreamError(
                 502, "UC", "upstream sent GOAWAY before processing the stream",
                 retry_safe=s.retryable))
         if not self.streams:
@@ -353,7 +373,7 @@ class H2UpConnection(asyncio.Protocol):
         self.streams.clear()
         for s in streams:
             if not s.was_reset:
-                s.sink.on_upstream_error(error)
+                s._failed(error)
 
     # -- transport helpers ---------------------------------------------------------------
 
@@ -420,6 +440,17 @@ class H2Pool:
         self._assign()
         return s
 
+    def adopt(self, s: H2UpStream) -> None:
+        """Take a stream another pool could not send (a replay, `Attempt._rehome`); it waits
+        for a connection, assigned from the loop (not from inside the connection event that
+        failed it).  Raises 503 UO past the pending limit."""
+        limits = self.limits
+        if limits.pending >= limits.max_pending:
+            raise limits.overflow("pending")
+        limits.pending += 1
+        self.waiting.append(s)
+        self.kick()
+
     def unwait(self, s: H2UpStream) -> None:
         """A waiting stream was reset."""
         try:
@@ -454,7 +485,7 @@ class H2Pool:
             s = self._next()
             if not conn.start(s):
                 asyncio.get_running_loop().call_soon(
-                    s.sink.on_upstream_error,
+                    s._failed,
                     upstream_protocol_error("request head not accepted by HTTP/2 upstream"))
         if waiting:
             per_conn = self.cluster.max_concurrent_streams
@@ -509,7 +540,7 @@ class H2Pool:
         take = len(self.waiting) if len(self._connecting) <= 1 else \
             cluster.max_concurrent_streams
         for _ in range(min(take, len(self.waiting))):
-            self._next().sink.on_upstream_error(error)
+            self._next()._failed(error)
 
     def forget(self, conn: H2UpConnection, closed: bool = False) -> None:
         """`conn` takes no new streams (GOAWAY), or is gone (`closed`)."""

@@ -1,5 +1,6 @@
-"""Attempts, scripted: a real `ClusterRuntime` (limits, balancer, attempt) over a scripted pool
-that records what the attempt asks of it and lets the test play the pool's side.
+"""Attempts, scripted: a real `ClusterRuntime` (limits, balancer) over a scripted pool whose
+streams are real `Attempt`s, the test playing the pool's side (head, end, failure) the way the
+HTTP/1 and HTTP/2 pools do.
 
 Each test reads as an exchange: open, the pool answers (or fails, or the downstream resets),
 then what the downstream saw and what was counted: endpoint in-flight counts, the cluster's
@@ -21,38 +22,58 @@ from tulle.dataplane.exchange import (
 )
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.upstream import cluster as cluster_mod
-from tulle.dataplane.upstream.attempt import Attempt, AttemptRequest, Refused
+from tulle.dataplane.upstream.attempt import Attempt, AttemptRequest, Refused, now
 from tulle.dataplane.upstream.cluster import ClusterRuntime
 from tulle.dataplane.upstream.lb import EndpointState, Rendezvous
 from tulle.proxyconfig.model import Cluster, ClusterLimits, Endpoint, Settings
 
 
-class PoolStream:
-    def __init__(self, pool: ScriptedPool, head: RequestHead, sink: Any,
-                 end_stream: bool) -> None:
-        self.pool = pool
-        self.head = head
-        self.sink = self.down = sink
-        self.end_stream = end_stream
-        self.calls: list[tuple[str, Any]] = []
+class ScriptedStream(Attempt):
+    """A pool stream that does what the pools do for the attempt, and records the rest."""
 
+    __slots__ = ("calls", "pool", "sink")
+
+    def __init__(self, pool: ScriptedPool, sink: Any) -> None:
+        self.pool = pool
+        self.sink = sink
+        self.calls: list[str] = []
+        pool.limits.requests += 1
+        pool.endpoint.active += 1
+        self.status = 0
+        self.try_done = self.replayed = self.retry = False
+        self.request = None
+        self.timer = None
+        self.start = now()
+
+    # the downstream's side (UpstreamStream)
     def send_data(self, data: bytes) -> None:
-        self.calls.append(("data", data))
+        self.calls.append("data")
 
     def send_end(self, trailers: Headers | None = None) -> None:
-        self.calls.append(("end", trailers))
+        self.calls.append("end")
 
     def reset(self) -> None:
-        self.calls.append(("reset", None))
+        self.calls.append("reset")
+        self._over(self.status, "DC")
 
-    def pause_response(self) -> None:
-        self.calls.append(("pause", None))
+    def pause_response(self) -> None: ...
 
-    def resume_response(self) -> None:
-        self.calls.append(("resume", None))
+    def resume_response(self) -> None: ...
 
-    def send_eof(self) -> None:
-        self.calls.append(("eof", None))
+    # the pool's side, played by the test
+    def respond(self, status: int, end_stream: bool = False) -> None:
+        self._head(status)
+        if end_stream:
+            self._over(status, "")
+        self.sink.on_response_head(ResponseHead(status, []), end_stream)
+
+    def end(self) -> None:
+        self._over(self.status, "")
+        self.sink.on_response_end(None)
+
+    def _rehome(self, pool: ScriptedPool) -> None:
+        self.pool = pool
+        pool.adopted.append(self)
 
 
 class ScriptedPool:
@@ -61,13 +82,15 @@ class ScriptedPool:
 
     def __init__(self, cluster: ClusterRuntime, ep: EndpointState) -> None:
         self.cluster = cluster
-        self.ep = ep
-        self.streams: list[PoolStream] = []
+        self.endpoint = ep
+        self.limits = cluster.limits
+        self.streams: list[ScriptedStream] = []
+        self.adopted: list[ScriptedStream] = []
 
-    def open_stream(self, head: RequestHead, sink: Any, end_stream: bool) -> PoolStream:
+    def open_stream(self, head: RequestHead, sink: Any, end_stream: bool) -> ScriptedStream:
         if ScriptedPool.refuse is not None:
             raise ScriptedPool.refuse
-        s = PoolStream(self, head, sink, end_stream)
+        s = ScriptedStream(self, sink)
         self.streams.append(s)
         return s
 
@@ -86,31 +109,16 @@ class Sink:
     def on_response_head(self, head: ResponseHead, end_stream: bool) -> None:
         self.events.append(("head", head.status))
 
-    def on_informational(self, head: ResponseHead) -> None:
-        self.events.append(("1xx", head.status))
-
-    def on_response_data(self, data: bytes) -> None:
-        self.events.append(("data", data))
-
     def on_response_end(self, trailers: Headers | None) -> None:
         self.events.append(("end", trailers))
-
-    def on_read_end(self) -> None:
-        pass
 
     def on_upstream_error(self, error: UpstreamError) -> None:
         self.events.append(("error", (error.status, error.flag)))
         self.failed.set()
 
-    def on_upgraded(self, head: ResponseHead, stream: Any) -> None:
-        self.events.append(("upgraded", stream))
-
-    def pause_request_body(self) -> None: ...
-
-    def resume_request_body(self) -> None: ...
-
 
 HEAD = RequestHead(b"GET", b"/", b"a", b"http", [])
+outcomes: list[tuple[int, int, str]] = []
 
 
 @pytest.fixture(autouse=True)
@@ -129,13 +137,11 @@ def runtime(*ports: int, limits: ClusterLimits | None = None) -> ClusterRuntime:
     return rt
 
 
-outcomes: list[tuple[int, int, str]] = []
-
-
-def pool_stream(rt: ClusterRuntime, port: int, i: int = -1) -> PoolStream:
-    pool = rt.pools[f"127.0.0.1:{port}"]
-    assert isinstance(pool, ScriptedPool)
-    return pool.streams[i]
+def opened(rt: ClusterRuntime, sink: Sink, request: AttemptRequest | None = None
+           ) -> ScriptedStream:
+    s = rt.open_stream(HEAD, sink, True, request)
+    assert isinstance(s, ScriptedStream)
+    return s
 
 
 def in_flight(rt: ClusterRuntime) -> list[int]:
@@ -145,106 +151,90 @@ def in_flight(rt: ClusterRuntime) -> list[int]:
 async def test_a_response_is_counted_in_flight_until_its_end_and_reported() -> None:
     rt = runtime(1)
     sink = Sink()
-    a = rt.open_stream(HEAD, sink, True)
-    assert isinstance(a, Attempt)
+    s = opened(rt, sink)
     assert in_flight(rt) == [1, 1, 0]
-    up = pool_stream(rt, 1)
-    a.start -= 0.1  # as if the head took 100 ms
-    a.on_response_head(ResponseHead(200, []), False)
-    a.on_response_data(b"ok")
+    s.start -= 0.1  # as if the head took 100 ms
+    s.respond(200)
     assert in_flight(rt) == [1, 1, 0] and outcomes == []
-    a.on_response_end(None)
+    s.end()
+    s.reset()  # after the end: nothing more is counted or reported
     assert in_flight(rt) == [0, 0, 0]
     assert outcomes == [(1, 200, "")]
-    assert sink.events == [("head", 200), ("data", b"ok"), ("end", None)]
+    assert sink.events == [("head", 200), ("end", None)]
     assert rt.endpoints[0].ewma == pytest.approx(0.03, abs=0.01)  # 0.3 of the first sample
-    assert up.calls == []  # nothing forwarded that the driver did not ask for
-    assert up.down is sink  # body bytes go past the attempt, straight downstream
 
 
 async def test_a_bodiless_head_ends_the_try() -> None:
     rt = runtime(1)
-    a = rt.open_stream(HEAD, Sink(), True)
-    assert a is not None
-    a.on_response_head(ResponseHead(204, []), True)  # type: ignore[attr-defined]
+    opened(rt, Sink()).respond(204, end_stream=True)
     assert in_flight(rt) == [0, 0, 0] and outcomes == [(1, 204, "")]
 
 
 async def test_a_failure_is_delivered_counted_out_and_reported_with_its_flag() -> None:
     rt = runtime(1)
     sink = Sink()
-    a = rt.open_stream(HEAD, sink, True)
-    assert isinstance(a, Attempt)
-    a.on_upstream_error(UpstreamError(502, "UPE", "bad bytes"))
+    opened(rt, sink)._failed(UpstreamError(502, "UPE", "bad bytes"))
     assert sink.events == [("error", (502, "UPE"))]
     assert in_flight(rt) == [0, 0, 0] and outcomes == [(1, 502, "UPE")]
 
 
-async def test_a_downstream_reset_resets_the_pool_stream_and_counts_out_once() -> None:
+async def test_a_downstream_reset_counts_out_once_as_dc() -> None:
     rt = runtime(1)
-    a = rt.open_stream(HEAD, Sink(), False)
-    assert a is not None
-    a.send_data(b"body")
-    a.reset()
-    a.reset()
-    assert pool_stream(rt, 1).calls == [("data", b"body"), ("reset", None)]
-    assert in_flight(rt) == [0, 0, 0] and outcomes == [(1, 0, "DC")]
+    s = opened(rt, Sink())
+    s.respond(200)
+    s.reset()
+    s.reset()
+    assert in_flight(rt) == [0, 0, 0] and outcomes == [(1, 200, "DC")]
 
 
 async def test_the_per_try_deadline_resets_the_try_and_answers_504_ut() -> None:
     rt = runtime(1)
     sink = Sink()
-    a = rt.open_stream(HEAD, sink, True, AttemptRequest(per_try_timeout=0.01))
-    assert a is not None
+    s = opened(rt, sink, AttemptRequest(per_try_timeout=0.01))
     await asyncio.wait_for(sink.failed.wait(), 5)
     assert sink.events == [("error", (504, "UT"))]
-    assert pool_stream(rt, 1).calls == [("reset", None)]
-    assert in_flight(rt) == [0, 0, 0] and outcomes == [(1, 504, "UT")]
+    assert s.calls == ["reset"]
+    assert in_flight(rt) == [0, 0, 0] and outcomes == [(1, 504, "UT")]  # not also DC
 
 
 async def test_a_reuse_race_is_replayed_once_on_another_endpoint() -> None:
     rt = runtime(1, 2)
     sink = Sink()
-    a = rt.open_stream(HEAD, sink, False)
-    assert isinstance(a, Attempt)
-    first = a.ep.port
-    a.send_end([(b"x-t", b"1")])  # no body, trailers only: still nothing of it left
-    a.pause_response()
-    a.on_upstream_error(UpstreamError(502, "UC", "closed", retry_safe=True))
-    assert sink.events == []  # the client sees nothing of it
+    s = opened(rt, sink)
+    first = s.pool.endpoint.port
     second = 2 if first == 1 else 1
-    assert a.ep.port == second
-    replay = pool_stream(rt, second)
-    assert replay.calls == [("end", [(b"x-t", b"1")]), ("pause", None)]
-    assert sorted(in_flight(rt)[:2]) == [0, 1] and rt.limits.retries == 1
+    s._failed(UpstreamError(502, "UC", "closed", retry_safe=True))
+    assert sink.events == []  # the client sees nothing of it
+    assert s.pool.endpoint.port == second and s.pool.adopted == [s]
+    assert [e.active for e in rt.endpoints if e.port == second] == [1]
+    assert rt.limits.requests == 1 and rt.limits.retries == 1
     assert outcomes == [(first, 502, "UC")]
-    # A second race is not replayed again.
-    a.on_upstream_error(UpstreamError(502, "UC", "closed again", retry_safe=True))
+    s._failed(UpstreamError(502, "UC", "closed again", retry_safe=True))  # not replayed again
     assert sink.events == [("error", (502, "UC"))]
     assert in_flight(rt) == [0, 0, 0, 0]
 
 
-@pytest.mark.parametrize("case", ["body_sent", "connect_failure", "not_safe", "no_retries"])
+@pytest.mark.parametrize("case", ["connect_failure", "not_safe", "after_head", "no_retries"])
 async def test_what_is_not_replayed(case: str) -> None:
     rt = runtime(1, 2, limits=ClusterLimits(max_retries=0) if case == "no_retries" else None)
     sink = Sink()
-    a = rt.open_stream(HEAD, sink, False)
-    assert isinstance(a, Attempt)
-    if case == "body_sent":
-        a.send_data(b"x")
+    s = opened(rt, sink)
+    if case == "after_head":
+        s.respond(200)
     err = {"connect_failure": connect_failure("refused"),
            "not_safe": UpstreamError(502, "UC", "reset")}.get(
         case, UpstreamError(502, "UC", "closed", retry_safe=True))
-    a.on_upstream_error(err)
-    assert sink.events == [("error", (err.status, err.flag))]
+    s._failed(err)
+    assert sink.events[-1] == ("error", (err.status, err.flag))
     assert in_flight(rt) == [0, 0, 0, 0]
+    assert not any(p.adopted for p in rt.pools.values())  # type: ignore[attr-defined]
     if case == "no_retries":
         assert rt.limits.m_overflow.labels("c", "retries").value == 1
 
 
 async def test_past_max_requests_the_try_is_refused_with_503_uo_from_the_loop() -> None:
     rt = runtime(1, limits=ClusterLimits(max_requests=1))
-    held = rt.open_stream(HEAD, Sink(), True)
+    held = opened(rt, Sink())
     sink, gone = Sink(), Sink()
     refused = rt.open_stream(HEAD, sink, True)
     reset_first = rt.open_stream(HEAD, gone, True)
@@ -256,49 +246,30 @@ async def test_past_max_requests_the_try_is_refused_with_503_uo_from_the_loop() 
     assert gone.events == []
     assert in_flight(rt) == [1, 1, 0]  # only the held one
     assert rt.limits.m_overflow.labels("c", "requests").value == 2
-    assert held is not None
     held.reset()
     assert in_flight(rt) == [0, 0, 0]
 
 
 async def test_a_retry_past_max_retries_is_refused() -> None:
     rt = runtime(1, limits=ClusterLimits(max_retries=1))
-    first = rt.open_stream(HEAD, Sink(), True, AttemptRequest(retry=True))
-    assert isinstance(first, Attempt) and rt.limits.retries == 1
+    first = opened(rt, Sink(), AttemptRequest(retry=True))
+    assert rt.limits.retries == 1
     sink = Sink()
     assert isinstance(rt.open_stream(HEAD, sink, True, AttemptRequest(retry=True)), Refused)
     await asyncio.wait_for(sink.failed.wait(), 5)
     assert sink.events == [("error", (503, "UO"))]
-    first.on_response_head(ResponseHead(200, []), True)
+    first.respond(200, end_stream=True)
     assert in_flight(rt) == [0, 0, 0]
 
 
-async def test_a_pools_pending_overflow_fails_the_try_from_the_loop() -> None:
+async def test_a_pools_pending_overflow_is_refused_from_the_loop() -> None:
     rt = runtime(1)
     ScriptedPool.refuse = rt.limits.overflow("pending")
     sink = Sink()
-    a = rt.open_stream(HEAD, sink, True)
-    assert isinstance(a, Attempt) and sink.events == []
+    assert isinstance(rt.open_stream(HEAD, sink, True), Refused) and sink.events == []
     await asyncio.wait_for(sink.failed.wait(), 5)
     assert sink.events == [("error", (503, "UO"))]
-    assert in_flight(rt) == [0, 0, 0] and outcomes == [(1, 503, "UO")]
-
-
-async def test_a_tunnel_stays_in_flight_until_closed() -> None:
-    rt = runtime(1)
-    sink = Sink()
-    a = rt.open_stream(HEAD, sink, False)
-    assert isinstance(a, Attempt)
-    up = pool_stream(rt, 1)
-    a.on_upgraded(ResponseHead(101, []), up)  # type: ignore[arg-type]
-    assert sink.events == [("upgraded", a)]  # the driver talks to the attempt
-    a.send_data(b"ws")
-    a.on_response_end(None)  # the upstream half-closed: the tunnel may still carry bytes
-    a.send_data(b"more")
-    a.send_eof()
-    a.close()
-    assert up.calls == [("data", b"ws"), ("data", b"more"), ("eof", None), ("reset", None)]
-    assert in_flight(rt) == [0, 0, 0] and outcomes == [(1, 101, "")]
+    assert in_flight(rt) == [0, 0, 0]
 
 
 async def test_the_hash_key_and_avoid_reach_the_balancer() -> None:
@@ -306,12 +277,10 @@ async def test_the_hash_key_and_avoid_reach_the_balancer() -> None:
     rt.lb = Rendezvous(rt.endpoints)
     picks = set()
     for _ in range(5):
-        a = rt.open_stream(HEAD, Sink(), True, AttemptRequest(hash_key=42))
-        assert isinstance(a, Attempt)
-        picks.add(a.ep.port)
-        a.reset()
+        s = opened(rt, Sink(), AttemptRequest(hash_key=42))
+        picks.add(s.pool.endpoint.port)
+        s.reset()
     assert len(picks) == 1
     (port,) = picks
-    other = rt.open_stream(HEAD, Sink(), True,
-                           AttemptRequest(hash_key=42, avoid=(rt.endpoints[port - 1],)))
-    assert isinstance(other, Attempt) and other.ep.port != port
+    other = opened(rt, Sink(), AttemptRequest(hash_key=42, avoid=(rt.endpoints[port - 1],)))
+    assert other.pool.endpoint.port != port

@@ -156,7 +156,7 @@ async def test_a_waiting_request_reset_at_once_leaves_no_dial_and_no_count() -> 
 
 async def test_a_closed_reused_connection_is_a_retry_safe_failure_a_fresh_one_is_not() -> None:
     async with raw_server(one_request_per_connection) as srv:
-        rt = runtime(srv.port)
+        rt = runtime(srv.port, ClusterLimits(max_retries=0))  # no replay: the failure shows
         pool = rt.pool_for(rt.endpoints[0])
         first, reused = Sink(), Sink()
         first.on_end = lambda: pool.open_stream(get(b"/again"), reused, True)  # reuses at once
@@ -165,6 +165,7 @@ async def test_a_closed_reused_connection_is_a_retry_safe_failure_a_fresh_one_is
         assert first.status == 200
         assert reused.error is not None and reused.error.flag == "UC"
         assert reused.error.retry_safe  # the server closed it as it arrived: never processed
+        assert rt.limits.m_overflow.labels("c", "retries").value == 1  # the replay refused
         fresh = Sink()
         async with raw_server(_close_after_head) as closer:
             rt2 = runtime(closer.port)
