@@ -82,14 +82,28 @@ class AttemptRequest:
         """This try is a retry: it counts against the cluster's `max_retries`."""
 
 
+class TryOptions:
+    """What few tries have: the router's request, a per-try timer, being a retry or a replay.
+    Kept apart so that the common try sets one field for all of them (`Attempt.opts`)."""
+
+    __slots__ = ("replayed", "request", "retry", "timer")
+
+    def __init__(self) -> None:
+        self.request: AttemptRequest | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.retry = False
+        """Counts against the cluster's retries (opened as a retry, or replayed)."""
+        self.replayed = False
+
+
 class Attempt:
     """One try of a request: the base of a pool's stream (see the module docstring).
 
     A subclass has `pool` (with `endpoint`, `limits`, `cluster`) and `sink`, and in `__init__`
-    counts the try in (`pool.limits.requests`, `pool.endpoint.active`) and sets the fields
-    below: status 0, try_done / replayed / retry False, request / timer None, start `now()`."""
+    counts the try in (`pool.limits.requests`, `pool.endpoint.active`) and sets `status` 0,
+    `try_done` False, `opts` None and `start` `now()`."""
 
-    __slots__ = ("replayed", "request", "retry", "start", "status", "timer", "try_done")
+    __slots__ = ("opts", "start", "status", "try_done")
 
     pool: Any
     sink: ResponseSink
@@ -99,25 +113,28 @@ class Attempt:
     """When the try began (`now()`): the latency sample's and the outcome's origin."""
     try_done: bool
     """Counted out (`_over`); nothing more is counted or reported for this try."""
-    replayed: bool
-    retry: bool
-    """Counts against the cluster's retries (opened as a retry, or replayed)."""
-    request: AttemptRequest | None
-    timer: asyncio.TimerHandle | None
-    """The per-try deadline, when the request has one."""
+    opts: TryOptions | None
+
+    def _options(self) -> TryOptions:
+        opts = self.opts
+        if opts is None:
+            opts = self.opts = TryOptions()
+        return opts
 
     def _start_try(self, request: AttemptRequest) -> None:
         """The router's extras for this try: the retry count and the per-try deadline."""
-        self.request = request
+        opts = self._options()
+        opts.request = request
         if request.retry:
-            self.retry = True
+            opts.retry = True
             self.pool.limits.retries += 1
         if request.per_try_timeout > 0:
-            self.timer = self.pool.cluster.loop.call_later(request.per_try_timeout,
+            opts.timer = self.pool.cluster.loop.call_later(request.per_try_timeout,
                                                            self._timed_out)
 
     def _head(self, status: int) -> None:
-        """The response head arrived: its status, and the endpoint's latency sample."""
+        """The response head arrived: its status, and the endpoint's latency sample.  (The
+        HTTP/1 pool inlines this on its hot path.)"""
         if not self.status:
             self.status = status
             ep = self.pool.endpoint
@@ -133,12 +150,14 @@ class Attempt:
         ep.active -= 1
         limits = pool.limits
         limits.requests -= 1
-        if self.retry:
-            limits.retries -= 1
-        timer = self.timer
-        if timer is not None:
-            self.timer = None
-            timer.cancel()
+        opts = self.opts
+        if opts is not None:
+            if opts.retry:
+                limits.retries -= 1
+            timer = opts.timer
+            if timer is not None:
+                opts.timer = None
+                timer.cancel()
         hook = pool.cluster.on_outcome
         if hook is not None:
             hook(ep, status, flag, _now() - self.start)
@@ -146,20 +165,22 @@ class Attempt:
     def _failed(self, error: UpstreamError) -> None:
         """The pool's failure of this try: replayed when it is a race of connection reuse,
         else counted out and told to the downstream."""
-        if (error.retry_safe and not self.replayed and not self.try_done and self.status == 0
-                and error.flag not in _NO_REPLAY and self._replay(error)):
+        if (error.retry_safe and not self.try_done and self.status == 0
+                and error.flag not in _NO_REPLAY
+                and (self.opts is None or not self.opts.replayed) and self._replay(error)):
             return
         self._over(self.status or error.status, error.flag)
         self.sink.on_upstream_error(error)
 
     def _timed_out(self) -> None:
-        self.timer = None
+        opts = self.opts
+        assert opts is not None and opts.request is not None
+        opts.timer = None
         if self.try_done:
             return
-        request = self.request
-        assert request is not None
-        error = upstream_timeout(f"upstream try timed out after {request.per_try_timeout:g}s "
-                                 f"({self.pool.endpoint.key}, cluster {self.pool.cluster.name})")
+        error = upstream_timeout(f"upstream try timed out after "
+                                 f"{opts.request.per_try_timeout:g}s ({self.pool.endpoint.key}, "
+                                 f"cluster {self.pool.cluster.name})")
         self._over(self.status or error.status, error.flag)
         self.reset()  # (counted out already: the reset's DC is not reported)
         self.sink.on_upstream_error(error)
@@ -173,7 +194,8 @@ class Attempt:
             limits.overflow("retries")
             return False
         old = old_pool.endpoint
-        request = self.request
+        opts = self._options()
+        request = opts.request
         ep = cluster.lb.pick(request.hash_key if request is not None else None, (old,))
         if ep is None:
             return False
@@ -182,9 +204,9 @@ class Attempt:
             hook(old, error.status, error.flag, _now() - self.start)
         old.active -= 1
         ep.active += 1
-        self.replayed = True
-        if not self.retry:
-            self.retry = True
+        opts.replayed = True
+        if not opts.retry:
+            opts.retry = True
             limits.retries += 1
         self.start = _now()
         try:

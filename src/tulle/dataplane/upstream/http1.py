@@ -52,7 +52,7 @@ from tulle.dataplane.protocols.http1 import (
     encode_last_chunk,
     serialize_request_head,
 )
-from tulle.dataplane.upstream.attempt import Attempt, now
+from tulle.dataplane.upstream.attempt import EWMA_WEIGHT, Attempt, now
 from tulle.dataplane.upstream.connect import ConnectFailed, dial_transport
 
 if TYPE_CHECKING:
@@ -78,9 +78,8 @@ class H1Stream(Attempt):
         pool.limits.requests += 1
         pool.endpoint.active += 1
         self.status = 0
-        self.try_done = self.replayed = self.retry = False
-        self.request = None
-        self.timer = None
+        self.try_done = False
+        self.opts = None
         self.start = now()
         self.chunked = not end_stream and head.content_length is None and not head.upgrade
         self.conn: H1Connection | None = None
@@ -310,7 +309,10 @@ class H1Connection(asyncio.Protocol):
             return
         s.got_response = True
         self.keep_alive = keep_alive
-        s._head(head.status)
+        if not s.status:  # `s._head(head.status)`, inlined: every response passes here
+            s.status = head.status
+            ep = s.pool.endpoint
+            ep.ewma += EWMA_WEIGHT * (now() - s.start - ep.ewma)
         s.sink.on_response_head(head, end_stream)
 
     def on_informational(self, head: ResponseHead) -> None:

@@ -89,9 +89,8 @@ class H2UpStream(Attempt):
         pool.limits.requests += 1
         pool.endpoint.active += 1
         self.status = 0
-        self.try_done = self.replayed = self.retry = False
-        self.request = None
-        self.timer = None
+        self.try_done = False
+        self.opts = None
         self.start = now()
         self.conn: H2UpConnection | None = None
         self.sid = 0

@@ -40,9 +40,8 @@ class ScriptedStream(Attempt):
         pool.limits.requests += 1
         pool.endpoint.active += 1
         self.status = 0
-        self.try_done = self.replayed = self.retry = False
-        self.request = None
-        self.timer = None
+        self.try_done = False
+        self.opts = None
         self.start = now()
 
     # the downstream's side (UpstreamStream)
