@@ -273,8 +273,9 @@ class H1Connection(asyncio.Protocol):
         head = stream.head
         self.codec.start(head.method == b"HEAD", head.upgrade != b"")
         pending = stream.pending
-        stream.pending = None
-        stream.pending_bytes = 0
+        if pending is not None:  # it waited for this connection
+            stream.pending = None
+            stream.pending_bytes = 0
         transport = self.transport
         assert transport is not None
         if stream.paused:
@@ -341,7 +342,14 @@ class H1Connection(asyncio.Protocol):
             else:
                 self._close()
         if not s.was_reset:
-            s._over(s.status, "")
+            if not s.try_done and s.opts is None and s.pool.cluster.on_outcome is None:
+                # `s._over(s.status, "")` for a plain try, inlined: every response ends here
+                s.try_done = True
+                pool = s.pool
+                pool.endpoint.active -= 1
+                pool.limits.requests -= 1
+            else:
+                s._over(s.status, "")
             s.sink.on_response_end(trailers)
 
     def on_upgrade(self, head: ResponseHead, rest: bytes) -> None:

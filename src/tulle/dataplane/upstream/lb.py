@@ -77,6 +77,9 @@ class RoundRobin:
              avoid: Collection[EndpointState] = NO_AVOID) -> EndpointState | None:
         eps = self._endpoints
         n = len(eps)
+        if n == 1:  # (a sidecar's inbound cluster: one endpoint, nothing to choose)
+            ep = eps[0]
+            return ep if ep.healthy else None
         if n == 0:
             return None
         if not self._weighted:

@@ -102,6 +102,8 @@ async def test_at_the_connection_limit_a_request_waits_for_the_connection_to_fre
     release = asyncio.Event()
     async with raw_server(lambda s, r, w: held_until(release, s, r, w)) as srv:
         rt = runtime(srv.port, ClusterLimits(max_connections=1))
+        seen: list[tuple[str, int, str]] = []
+        rt.on_outcome = lambda ep, status, flag, secs: seen.append((ep.key, status, flag))
         first, second = Sink(), Sink()
         assert rt.open_stream(get(b"/hold"), first, True) is not None
         assert rt.open_stream(get(b"/next"), second, True) is not None
@@ -115,6 +117,7 @@ async def test_at_the_connection_limit_a_request_waits_for_the_connection_to_fre
         assert (first.status, second.status, second.body) == (200, 200, b"ok")
         assert srv.connections == 1  # the second went on the first's connection
         assert counts(rt) == (0, 0, 1, 0)
+        assert seen == [(rt.endpoints[0].key, 200, "")] * 2  # each try reported, by endpoint
         assert rt.limits.m_overflow.labels("c", "connections").value >= 1
         pool.abort()
         await settle(rt, 0)

@@ -104,3 +104,11 @@ def test_rendezvous_weights_shift_keys_and_avoid_and_health_are_respected() -> N
 def test_build_knows_both_policies() -> None:
     assert isinstance(build("round_robin", eps(1)), RoundRobin)
     assert isinstance(build("rendezvous", eps(1)), Rendezvous)
+
+
+def test_a_single_endpoint_is_picked_while_healthy() -> None:
+    one = eps(1)
+    lb = RoundRobin(one)
+    assert [lb.pick(), lb.pick(None, (one[0],))] == [one[0], one[0]]
+    one[0].healthy = False
+    assert lb.pick() is None
