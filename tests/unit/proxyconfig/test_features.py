@@ -148,3 +148,15 @@ def test_every_field_added_since_the_first_stream_release_belongs_to_a_feature()
     orphans = sorted(p for p in paths - BASELINE
                      if not any(p == o or p.startswith((o + ".", o + "[")) for o in owned))
     assert orphans == []
+
+
+def test_cluster_limits_are_withheld_from_a_proxy_without_the_feature() -> None:
+    from tulle.proxyconfig.model import Cluster, ClusterLimits
+
+    cfg = ProxyConfig(version="v1", clusters=[Cluster(name="c",
+                                                      limits=ClusterLimits(max_requests=5))])
+    doc = msgspec.to_builtins(cfg)
+    withhold_config(doc, lacking([f for f in SUPPORTED if f != "cluster-limits"]))
+    assert "limits" not in doc["clusters"][0]
+    got = decode_snapshot(msgspec.Raw(msgspec.json.encode(doc)))
+    assert got.clusters[0].limits is None  # the proxy runs Envoy's defaults
