@@ -77,7 +77,7 @@ def _h1_pool(cluster: ClusterRuntime, ep: EndpointState) -> Pool:
 
 
 def _h2_pool(cluster: ClusterRuntime, ep: EndpointState) -> Pool:
-    from tulle.dataplane.upstream.http2 import H2Pool
+    from tulle.dataplane.upstream.http2_pool import H2Pool
 
     return H2Pool(cluster, ep)
 
