@@ -21,9 +21,9 @@ in beside the HTTP/1 one.
 
 A request goes down the layers of DESIGN.md section 4 in `ClusterRuntime.open_stream`: the
 cluster's limits (`limits.py`; the counters carry over by cluster name, the thresholds change at
-commit), the balancer's pick (with the request's hash key and the endpoints to avoid), an
-`Attempt` (`attempt.py`: in-flight counts, latency, outcome, the one transparent replay), then
-the endpoint's pool.
+commit), the balancer's pick (with the request's hash key and the endpoints to avoid), then the
+endpoint's pool, whose stream is the try itself (`attempt.Attempt`, its base class: in-flight
+counts, latency, outcome, the one transparent replay; ADR 0017).
 """
 
 from __future__ import annotations
