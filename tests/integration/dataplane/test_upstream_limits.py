@@ -143,3 +143,26 @@ async def test_in_flight_counts_return_to_zero_after_success_failure_and_reset(
             await until(lambda: bad.limits.requests == 0 and bad.endpoints[0].active == 0,
                         "broken cluster back to zero")
             assert p.metric("tulle_proxy_requests_total", response_flags="DC") == 1
+
+
+async def test_a_goaway_replay_moves_to_another_endpoint_and_counts_one_retry() -> None:
+    """Two HTTP/2 origins; the first answers its first connection with GOAWAY before
+    processing.  The attempt layer (not the pool) replays the stream once, on the other
+    endpoint, and every count is back at zero afterwards."""
+    async with running_h2_origin() as (port_a, origin_a), \
+            running_h2_origin() as (port_b, origin_b):
+        cfg = simple_config(port_a, protocol="http2", cluster_protocol="http2")
+        cfg["clusters"][0]["endpoints"].append({"address": "127.0.0.1", "port": port_b})
+        origin_a.goaway_connections = 1  # round robin starts with the first endpoint
+        async with running_proxy(cfg) as p:
+            seen: list[tuple[int, int, str]] = []
+            p.server.clusters.subscribe(lambda ep, status, flag, s: seen.append(
+                (ep.port, status, flag)))
+            c = await H2Client.connect(p.port())
+            r = await c.request("GET", "/echo")
+            assert r.status == 200
+            assert (origin_a.requests, origin_b.requests) == (0, 1)  # processed once, on b
+            assert seen == [(port_a, 502, "UC"), (port_b, 200, "")]  # the replay changed host
+            c.close()
+            assert p.metric("tulle_proxy_requests_total", response_code="200") == 1
+            await all_counts_back_to_zero(p)
