@@ -1,7 +1,8 @@
 """HTTP/2 upstream: multiplexed connections per endpoint and the streams on them.
 
 An `H2Pool` (`http2_pool.py`) holds the connections to one endpoint; this module has the
-stream and the connection.  A new exchange goes on the first connection with room (fewer open streams than both the cluster's `max_concurrent_streams` and the server's
+stream and the connection.  A new exchange goes on the first connection with room (fewer open
+streams than both the cluster's `max_concurrent_streams` and the server's
 SETTINGS_MAX_CONCURRENT_STREAMS); when none has room it waits in `waiting` (a *pending* request,
 bounded by the cluster's `max_pending_requests`: past it `open_stream` raises the 503 UO error)
 and another connection is dialled (h2c with prior knowledge, or TLS with ALPN h2) through the
