@@ -64,17 +64,24 @@ class UpstreamError(Exception):
     `flag` follows Envoy's response flags so access logs read the same:
     UF connect failure, UO overflow, UT timeout, UC connection terminated, UR reset,
     UPE upstream protocol error, NR no route, NC no cluster/endpoint, DC downstream closed.
+
+    `retry_safe`: the upstream cannot have acted on the request, so sending it again (to the
+    same or another endpoint) cannot do anything twice: the connection was never made, a limit
+    refused it, or it never left on a reused connection the peer had closed (HTTP/2:
+    REFUSED_STREAM, or above a GOAWAY's last stream id).  Pools never retry; the attempt layer
+    and the router decide (`upstream/attempt.py`).
     """
 
-    def __init__(self, status: int, flag: str, detail: str) -> None:
+    def __init__(self, status: int, flag: str, detail: str, retry_safe: bool = False) -> None:
         super().__init__(f"{flag}: {detail}")
         self.status = status
         self.flag = flag
         self.detail = detail
+        self.retry_safe = retry_safe
 
 
 def connect_failure(detail: str) -> UpstreamError:
-    return UpstreamError(503, "UF", detail)
+    return UpstreamError(503, "UF", detail, retry_safe=True)
 
 
 def upstream_timeout(detail: str) -> UpstreamError:

@@ -98,6 +98,8 @@ FEATURES: tuple[Feature, ...] = (
             "serve"),
     Feature("unresolved-backends", ("clusters[].unresolved",),
             "a cluster standing for a backend that did not resolve: its requests answered 500"),
+    Feature("cluster-limits", ("clusters[].limits",),
+            "per-cluster connection, pending, request and retry limits (503 UO past them)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

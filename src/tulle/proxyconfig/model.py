@@ -94,6 +94,25 @@ class Endpoint(_Base, frozen=True, kw_only=True):
     /config_dump; no behaviour yet."""
 
 
+class ClusterLimits(_Base, frozen=True, kw_only=True):
+    """Per-cluster thresholds (Envoy's circuit breakers, with its defaults).  A request past a
+    limit fails at once with 503 and response flag `UO`, counted in
+    `tulle_proxy_upstream_overflow_total`; a connection past `max_connections` is not opened
+    (the request waits for one to free up, as a pending request)."""
+
+    max_connections: Annotated[int, Meta(ge=1, le=1_000_000)] = 1024
+    """Upstream connections open or being opened to all endpoints of the cluster.  A pool with
+    no connection at all still opens one, so a request never waits for another pool."""
+    max_pending_requests: Annotated[int, Meta(ge=0, le=1_000_000)] = 1024
+    """Requests waiting for a connection (being dialled, or busy at the limits); 0: none may
+    wait, a request is sent only on a free connection."""
+    max_requests: Annotated[int, Meta(ge=1, le=1_000_000)] = 1024
+    """Requests in flight to the cluster."""
+    max_retries: Annotated[int, Meta(ge=0, le=1_000_000)] = 3
+    """Retries in flight to the cluster (a reused connection found closed is replayed once and
+    counts too); 0: no retries."""
+
+
 class Cluster(_Base, frozen=True, kw_only=True):
     """A set of interchangeable endpoints and how to talk to them."""
 
@@ -122,6 +141,8 @@ class Cluster(_Base, frozen=True, kw_only=True):
     Service that does not exist or is not permitted, an invalid rule): the proxy answers the
     requests routed to it 500 itself, and it has no endpoints (feature
     `unresolved-backends`)."""
+    limits: ClusterLimits | None = None
+    """Connection and request limits; None: the defaults of `ClusterLimits`."""
 
 
 class PathMatch(_Base, frozen=True, kw_only=True):

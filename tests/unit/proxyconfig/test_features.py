@@ -60,7 +60,7 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
         "tls-handshake-timeout", "http1-limits", "network-filters", "http-filters",
         "delta-virtual-hosts", "delta-endpoints", "delta-positions",
         "filter-chains", "tls-sections", "metadata", "route-matches", "multi-workload",
-        "unresolved-backends"]
+        "unresolved-backends", "cluster-limits"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:
@@ -232,3 +232,13 @@ def test_withholding_route_matches_reaches_virtual_hosts_sent_as_delta_units() -
     withhold_delta(doc, lacking([f.name for f in FEATURES if f.name != "route-matches"]))
     (vhost,) = doc["virtual_hosts"][0]["upsert"]
     assert vhost["rules"][0]["matches"] == [{"path": {"type": "PathPrefix", "value": "/b"}}]
+def test_cluster_limits_are_withheld_from_a_proxy_without_the_feature() -> None:
+    from tulle.proxyconfig.model import Cluster, ClusterLimits
+
+    cfg = ProxyConfig(version="v1", clusters=[Cluster(name="c",
+                                                      limits=ClusterLimits(max_requests=5))])
+    doc = msgspec.to_builtins(cfg)
+    withhold_config(doc, lacking([f for f in SUPPORTED if f != "cluster-limits"]))
+    assert "limits" not in doc["clusters"][0]
+    got = decode_snapshot(msgspec.Raw(msgspec.json.encode(doc)))
+    assert got.clusters[0].limits is None  # the proxy runs Envoy's defaults

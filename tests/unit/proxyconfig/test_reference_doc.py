@@ -24,6 +24,7 @@ STRUCTS += [headers.RequestHeaderModifier, headers.ResponseHeaderModifier, heade
 STRUCTS += [model.FilterChain, model.FilterChainMatch, model.Metadata, model.Identity,
             model.TrustBundle]
 STRUCTS += [model.HeaderMatch, model.QueryParamMatch]
+STRUCTS += [model.ClusterLimits]
 
 
 def _doc_tables() -> dict[str, dict[str, str]]:

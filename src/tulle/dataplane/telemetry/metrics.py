@@ -197,6 +197,11 @@ class ProxyMetrics:
             "tulle_proxy_upstream_connections_active", "Open upstream connections.", ("cluster",))
         self.upstream_connections_total = r.counter(
             "tulle_proxy_upstream_connections_total", "Upstream connections opened.", ("cluster",))
+        self.upstream_overflow = r.counter(
+            "tulle_proxy_upstream_overflow_total",
+            "Cluster limits reached (clusters[].limits), by limit: requests, pending and "
+            "retries failed with 503 UO; connections not opened (the request waited).",
+            ("cluster", "limit"))
         self.tcp_connections = r.counter("tulle_proxy_tcp_connections_total",
                                          "Opaque TCP connections relayed.", ("listener", "cluster"))
         self.tcp_bytes = r.counter("tulle_proxy_tcp_bytes_total",

@@ -18,23 +18,37 @@ re-dialled because an unrelated route changed.
 
 Pools are chosen by the cluster's protocol through `POOL_FACTORIES`, so the HTTP/2 pool plugs
 in beside the HTTP/1 one.
+
+A request goes down the layers of DESIGN.md section 4 in `ClusterRuntime.open_stream`: the
+cluster's limits (`limits.py`; the counters carry over by cluster name, the thresholds change at
+commit), the balancer's pick (with the request's hash key and the endpoints to avoid), then the
+endpoint's pool, whose stream is the try itself (`attempt.Attempt`, its base class: in-flight
+counts, latency, outcome, the one transparent replay; ADR 0017).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Protocol
 
 import msgspec
 
-from tulle.dataplane.exchange import RequestHead, ResponseSink, UpstreamStream
+from tulle.dataplane.exchange import RequestHead, ResponseSink, UpstreamError, UpstreamStream
 from tulle.dataplane.protocols.http1 import H1Limits
 from tulle.dataplane.runtime.tls import TLSContexts, build_client_context
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
-from tulle.dataplane.upstream.lb import EndpointState, LoadBalancer, build
+from tulle.dataplane.upstream.attempt import AttemptRequest, OutcomeHook, Refused
+from tulle.dataplane.upstream.lb import NO_AVOID, EndpointState, LoadBalancer, build
+from tulle.dataplane.upstream.limits import Limits
 from tulle.proxyconfig.model import Cluster, Settings
+
+
+class PoolStream(UpstreamStream, Protocol):
+    """An exchange a pool opened: the `UpstreamStream`, and an `Attempt` (its base class)."""
+
+    def _start_try(self, request: AttemptRequest) -> None: ...
 
 
 class Pool(Protocol):
@@ -42,7 +56,9 @@ class Pool(Protocol):
     """The runtime of the snapshot in force; `ClusterManager.commit` moves it on a swap."""
 
     def open_stream(self, head: RequestHead, sink: ResponseSink,
-                    end_stream: bool) -> UpstreamStream: ...
+                    end_stream: bool) -> PoolStream:
+        """An exchange on the pool; raises a 503 UO `UpstreamError` when the request would
+        wait past the cluster's pending limit.  Never calls `sink` before returning."""
 
     def sweep(self, now: float, idle_timeout: float) -> None: ...
 
@@ -61,7 +77,7 @@ def _h1_pool(cluster: ClusterRuntime, ep: EndpointState) -> Pool:
 
 
 def _h2_pool(cluster: ClusterRuntime, ep: EndpointState) -> Pool:
-    from tulle.dataplane.upstream.http2 import H2Pool
+    from tulle.dataplane.upstream.http2_pool import H2Pool
 
     return H2Pool(cluster, ep)
 
@@ -85,7 +101,8 @@ class ClusterRuntime:
 
     def __init__(self, cfg: Cluster, settings: Settings, metrics: ProxyMetrics,
                  endpoints: list[EndpointState], pools: dict[str, Pool],
-                 tls: TLSContexts | None = None) -> None:
+                 tls: TLSContexts | None = None, limits: Limits | None = None,
+                 on_outcome: OutcomeHook | None = None) -> None:
         self.cfg = cfg
         """The config in force; an endpoint-only change replaces it (and the endpoints) in
         place at commit."""
@@ -109,9 +126,23 @@ class ClusterRuntime:
         self.m_connections_active = metrics.upstream_connections_active.labels(cfg.name)
         self.m_connections_total = metrics.upstream_connections_total.labels(cfg.name)
         self._factory = POOL_FACTORIES.get(cfg.protocol)
+        self.limits = limits if limits is not None else Limits(cfg.name, cfg.limits, metrics)
+        """Counters shared by every runtime of this cluster name (carried over by
+        `ClusterManager`); thresholds of the config in force."""
+        self.on_outcome = on_outcome
+        """Told each try's outcome (`attempt.OutcomeHook`); None: nobody listens."""
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def pick(self, key: int | None = None) -> EndpointState | None:
-        return self.lb.pick(key)
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
+    def pick(self, key: int | None = None,
+             avoid: Collection[EndpointState] = NO_AVOID) -> EndpointState | None:
+        return self.lb.pick(key, avoid)
 
     def pool_for(self, ep: EndpointState) -> Pool:
         pool = self.pools.get(ep.key)
@@ -121,13 +152,34 @@ class ClusterRuntime:
             pool = self.pools[ep.key] = self._factory(self, ep)
         return pool
 
-    def open_stream(self, head: RequestHead, sink: ResponseSink,
-                    end_stream: bool) -> UpstreamStream | None:
-        """Open an exchange on the next endpoint; None when the cluster has no usable one."""
-        ep = self.lb.pick(None)
+    def open_stream(self, head: RequestHead, sink: ResponseSink, end_stream: bool,
+                    request: AttemptRequest | None = None) -> UpstreamStream | None:
+        """Open a try of the request: limits, the balancer's pick, the try on the pool (its
+        stream is an `Attempt`).
+
+        None when the cluster has no usable endpoint.  Never calls `sink` before returning:
+        a limit's refusal (503 UO) and every failure arrive from a later callback."""
+        limits = self.limits
+        if limits.requests >= limits.max_requests:
+            return Refused(sink, limits.overflow("requests"), self.loop)
+        if request is None:
+            ep = self.lb.pick(None)
+        else:
+            ep = self.lb.pick(request.hash_key, request.avoid)
+            if request.retry and limits.retries >= limits.max_retries:
+                return Refused(sink, limits.overflow("retries"), self.loop)
         if ep is None:
             return None
-        return self.pool_for(ep).open_stream(head, sink, end_stream)
+        pool = self.pools.get(ep.key)
+        if pool is None:
+            pool = self.pool_for(ep)
+        try:
+            stream = pool.open_stream(head, sink, end_stream)  # counts the try in
+        except UpstreamError as err:  # the pool's pending limit
+            return Refused(sink, err, self.loop)
+        if request is not None:
+            stream._start_try(request)
+        return stream
 
 
 def _pool_compatible(old: Cluster, new: Cluster) -> bool:
@@ -207,6 +259,14 @@ class ClusterManager:
         self.metrics = metrics
         self.tls = tls if tls is not None else TLSContexts()
         self.clusters: dict[str, ClusterRuntime] = {}
+        self.on_outcome: OutcomeHook | None = None
+
+    def subscribe(self, hook: OutcomeHook | None) -> None:
+        """Have `hook` told every try's outcome, on every cluster, now and after swaps (one
+        subscriber: outlier detection; None unsubscribes)."""
+        self.on_outcome = hook
+        for rt in self.clusters.values():
+            rt.on_outcome = hook
 
     def prepare(self, clusters: Iterable[Cluster], settings: Settings) -> PreparedClusters:
         """Build the runtimes of a snapshot without changing anything in force.
@@ -234,7 +294,9 @@ class ClusterManager:
             eps = _states(cfg, old)
             if old is not None and _pool_compatible(old.cfg, cfg):
                 pools = {e.key: old.pools[e.key] for e in eps if e.key in old.pools}
-            rt = ClusterRuntime(cfg, settings, self.metrics, eps, pools, self.tls)
+            rt = ClusterRuntime(cfg, settings, self.metrics, eps, pools, self.tls,
+                                limits=old.limits if old is not None else None,
+                                on_outcome=self.on_outcome)
             runtimes[cfg.name] = rt
             fresh.append(rt)
         if not fresh and len(runtimes) == len(current):
@@ -256,6 +318,8 @@ class ClusterManager:
                         rt.pools.setdefault(key, pool)
             _set_weights(rt.cfg, rt.endpoints)
             rt.lb = build(rt.cfg.lb_policy, rt.endpoints)  # after the weights are in force
+            rt.limits.configure(rt.cfg.limits)  # a carried-over counter takes the new limits
+            rt.on_outcome = self.on_outcome
             for pool in rt.pools.values():
                 pool.cluster = rt
         new = prepared.runtimes

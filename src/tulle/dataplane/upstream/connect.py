@@ -70,6 +70,33 @@ async def _address(loop: asyncio.AbstractEventLoop, host: str,
     return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), (host, port)
 
 
+async def _sock_connect(loop: asyncio.AbstractEventLoop, sock: socket.socket,
+                        addr: tuple[str, int]) -> None:
+    """Connect a non-blocking socket to a numeric address.  Not `loop.sock_connect`: uvloop's
+    resolves even a numeric address, through getaddrinfo on the thread pool (and imports
+    `encodings.idna` for it) on every dial."""
+    try:
+        sock.connect(addr)
+        return
+    except (BlockingIOError, InterruptedError):
+        pass
+    fd = sock.fileno()
+    writable = loop.create_future()
+
+    def ready() -> None:
+        if not writable.done():
+            writable.set_result(None)
+
+    loop.add_writer(fd, ready)
+    try:
+        await writable
+    finally:
+        loop.remove_writer(fd)
+    err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
+
+
 async def _connect_socket(loop: asyncio.AbstractEventLoop, host: str,
                           port: int) -> socket.socket:
     family, addr = await _address(loop, host, port)
@@ -77,7 +104,7 @@ async def _connect_socket(loop: asyncio.AbstractEventLoop, host: str,
     try:
         sock.setblocking(False)
         _set_options(sock)
-        await loop.sock_connect(sock, addr)
+        await _sock_connect(loop, sock, addr)
     except BaseException:
         sock.close()
         raise

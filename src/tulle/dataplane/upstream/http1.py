@@ -1,14 +1,21 @@
 """HTTP/1.1 upstream: a keep-alive connection pool per endpoint and the exchange on it.
 
 The fast path allocates one `H1Stream` and reuses an idle connection without any task or
-future; only opening a new connection goes through a coroutine (with the cluster's connect
-timeout).  One exchange per connection at a time: we never pipeline upstream, which keeps a
-slow response from holding others hostage and makes a failed connection's blast radius one
-request.
+future; only opening a new connection goes through a coroutine (the one dialler, `connect.py`,
+with the cluster's connect timeout).  One exchange per connection at a time: we never pipeline
+upstream, which keeps a slow response from holding others hostage and makes a failed
+connection's blast radius one request.
 
-A request that fails on a *reused* connection before any response byte arrived, and that had no
-body, is replayed once on a fresh connection: the server closed an idle keep-alive connection
-just as we wrote to it, which no client should see as a 502.
+A request without an idle connection waits in `waiting` (a *pending* request, bounded by the
+cluster's `max_pending_requests`: past it `open_stream` raises the 503 UO error) for a
+connection dialled for it or released by another exchange.  A connection is dialled per waiting
+request while the cluster is under `max_connections` (a pool with no connection at all still
+dials one, as Envoy does, so its requests are never stranded); a connection is counted from its
+dial's start to its loss.
+
+The pool never retries.  A request that fails on a *reused* connection before any response byte
+arrived, and that had no body, is reported `retry_safe` (the server closed an idle keep-alive
+connection just as we wrote to it): the attempt layer replays it, so no client sees a 502.
 
 Invariants that keep one exchange from leaking into the next:
 
@@ -25,7 +32,7 @@ Invariants that keep one exchange from leaking into the next:
 from __future__ import annotations
 
 import asyncio
-import ssl
+from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from tulle.dataplane.exchange import (
@@ -33,6 +40,7 @@ from tulle.dataplane.exchange import (
     RequestHead,
     ResponseHead,
     ResponseSink,
+    UpstreamError,
     connect_failure,
     upstream_protocol_error,
     upstream_reset,
@@ -44,19 +52,21 @@ from tulle.dataplane.protocols.http1 import (
     encode_last_chunk,
     serialize_request_head,
 )
+from tulle.dataplane.upstream.attempt import EWMA_WEIGHT, Attempt, now
+from tulle.dataplane.upstream.connect import ConnectFailed, dial_transport
 
 if TYPE_CHECKING:
     from tulle.dataplane.upstream.cluster import ClusterRuntime
     from tulle.dataplane.upstream.lb import EndpointState
 
 
-class H1Stream:
-    """One request/response exchange on an HTTP/1 upstream (the `UpstreamStream`)."""
+class H1Stream(Attempt):
+    """One request/response exchange on an HTTP/1 upstream (the `UpstreamStream`), and the
+    try it is (`Attempt`: counted in here, out at its end)."""
 
-    __slots__ = ("chunked", "conn", "dial", "end_stream", "got_response", "head", "paused",
-                 "pending",
-                 "pending_bytes", "pool", "request_done", "retried", "sink", "tunnel",
-                 "upload_paused", "was_reset")
+    __slots__ = ("chunked", "conn", "end_stream", "got_response", "head", "paused", "pending",
+                 "pending_bytes", "pool", "request_done", "sink", "tunnel", "upload_paused",
+                 "waiting", "was_reset")
 
     def __init__(self, pool: H1Pool, head: RequestHead, sink: ResponseSink,
                  end_stream: bool) -> None:
@@ -64,12 +74,19 @@ class H1Stream:
         self.head = head
         self.sink = sink
         self.end_stream = end_stream
+        # The try (`Attempt`): counted in now, out by `_over` / `_failed`.
+        pool.limits.requests += 1
+        pool.endpoint.active += 1
+        self.status = 0
+        self.try_done = False
+        self.opts = None
+        self.start = now()
         self.chunked = not end_stream and head.content_length is None and not head.upgrade
         self.conn: H1Connection | None = None
-        self.dial: asyncio.Task[None] | None = None
-        """The connect attempt made for this stream, cancelled if the stream is reset first
-        (a client that resets at once must not leave a dial behind: HTTP/2 rapid reset)."""
-        self.pending: list[bytes] | None = []
+        self.waiting = False
+        """In the pool's `waiting` queue (a pending request)."""
+        self.pending: list[bytes] | None = None
+        """Request body written while waiting for a connection (a list only then)."""
         self.pending_bytes = 0
         self.upload_paused = False
         """We asked the downstream to stop sending body while no connection could take it."""
@@ -78,7 +95,6 @@ class H1Stream:
         self.request_done = end_stream
         self.got_response = False
         self.was_reset = False
-        self.retried = False
         self.tunnel = False
 
     def _write(self, data: bytes) -> None:
@@ -117,12 +133,20 @@ class H1Stream:
         if self.was_reset:
             return
         self.was_reset = True
+        self._over(self.status, "DC")
         conn = self.conn
         if conn is not None:
             conn.abandon(self)
-        elif self.dial is not None:
-            self.dial.cancel()
-            self.dial = None
+        elif self.waiting:
+            self.pool.unwait(self)
+
+    def _rehome(self, pool: H1Pool) -> None:
+        """A replay: nothing of the request left (no body, no response), so it starts over on
+        `pool` as if new (the head is serialised again)."""
+        self.pool = pool
+        self.conn = None
+        self.got_response = False
+        pool.adopt(self)
 
     def pause_response(self) -> None:
         self.paused = True
@@ -180,7 +204,7 @@ class H1Connection(asyncio.Protocol):
                 if s is not None:
                     s.conn = None
                     if not s.was_reset:
-                        s.sink.on_upstream_error(upstream_protocol_error(exc.detail))
+                        s._failed(upstream_protocol_error(exc.detail))
         ended = self._ended
         if ended is not None:
             self._ended = None
@@ -213,23 +237,20 @@ class H1Connection(asyncio.Protocol):
         stream.conn = None
         if stream.tunnel:
             if exc is not None:
-                stream.sink.on_upstream_error(upstream_reset(f"upstream reset the tunnel: {exc}"))
+                stream._failed(upstream_reset(f"upstream reset the tunnel: {exc}"))
             else:
+                stream._over(stream.status, "")
                 stream.sink.on_response_end(None)
             return
         if exc is None and self.codec.feed_eof():
             if not stream.was_reset:
+                stream._over(stream.status, "")
                 stream.sink.on_response_end(None)
             return  # a close-delimited body just ended
-        if (self.reused and not stream.got_response and stream.end_stream
-                and not stream.retried):
-            stream.retried = True
-            stream.pending = []
-            stream.pending_bytes = 0
-            self.pool.connect_for(stream)
-            return
         detail = "upstream closed the connection" if exc is None else f"upstream reset: {exc}"
-        stream.sink.on_upstream_error(upstream_reset(detail))
+        # On a reused connection, a bodiless request with no answer never reached the server.
+        safe = self.reused and not stream.got_response and stream.end_stream
+        stream._failed(UpstreamError(502, "UC", detail, retry_safe=safe))
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -252,8 +273,9 @@ class H1Connection(asyncio.Protocol):
         head = stream.head
         self.codec.start(head.method == b"HEAD", head.upgrade != b"")
         pending = stream.pending
-        stream.pending = None
-        stream.pending_bytes = 0
+        if pending is not None:  # it waited for this connection
+            stream.pending = None
+            stream.pending_bytes = 0
         transport = self.transport
         assert transport is not None
         if stream.paused:
@@ -288,6 +310,10 @@ class H1Connection(asyncio.Protocol):
             return
         s.got_response = True
         self.keep_alive = keep_alive
+        if not s.status:  # `s._head(head.status)`, inlined: every response passes here
+            s.status = head.status
+            ep = s.pool.endpoint
+            ep.ewma += EWMA_WEIGHT * (now() - s.start - ep.ewma)
         s.sink.on_response_head(head, end_stream)
 
     def on_informational(self, head: ResponseHead) -> None:
@@ -316,6 +342,14 @@ class H1Connection(asyncio.Protocol):
             else:
                 self._close()
         if not s.was_reset:
+            if not s.try_done and s.opts is None and s.pool.cluster.on_outcome is None:
+                # `s._over(s.status, "")` for a plain try, inlined: every response ends here
+                s.try_done = True
+                pool = s.pool
+                pool.endpoint.active -= 1
+                pool.limits.requests -= 1
+            else:
+                s._over(s.status, "")
             s.sink.on_response_end(trailers)
 
     def on_upgrade(self, head: ResponseHead, rest: bytes) -> None:
@@ -323,6 +357,7 @@ class H1Connection(asyncio.Protocol):
         if s is None:
             return
         s.got_response = True
+        s._head(head.status)  # the tunnel stays in flight until it ends
         s.tunnel = True
         s.chunked = False
         s.sink.on_upgraded(head, s)
@@ -336,9 +371,15 @@ class H1Pool:
     def __init__(self, cluster: ClusterRuntime, endpoint: EndpointState) -> None:
         self.cluster = cluster
         self.endpoint = endpoint
+        self.limits = cluster.limits
+        """The cluster's counters (the same object for every runtime of this cluster name)."""
         self.idle: list[H1Connection] = []
-        self.busy: set[H1Connection] = set()
-        self._connecting: set[asyncio.Task[None]] = set()
+        self.conns: set[H1Connection] = set()
+        """Every open connection, idle or busy (kept at connect and loss, not per request)."""
+        self.waiting: deque[H1Stream] = deque()
+        """Requests waiting for a connection, oldest first."""
+        self._connecting: dict[asyncio.Task[bool], None] = {}
+        """Dials in progress, oldest first (a dict as an ordered set)."""
         self.closed = False
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -350,72 +391,144 @@ class H1Pool:
         return loop
 
     def open_stream(self, head: RequestHead, sink: ResponseSink, end_stream: bool) -> H1Stream:
-        stream = H1Stream(self, head, sink, end_stream)
+        """An exchange on an idle connection, or waiting for one (raises the 503 UO
+        `UpstreamError` when the cluster's pending requests are at their limit)."""
         idle = self.idle
         while idle:
             conn = idle.pop()
             if conn.transport is None or conn.transport.is_closing():
                 continue
-            conn.reused = True
-            self.busy.add(conn)
+            stream = H1Stream(self, head, sink, end_stream)
             conn.attach(stream)
             return stream
-        self.connect_for(stream)
+        limits = self.limits
+        if limits.pending >= limits.max_pending:
+            raise limits.overflow("pending")
+        stream = H1Stream(self, head, sink, end_stream)
+        self._wait(stream)
         return stream
 
-    def connect_for(self, stream: H1Stream) -> None:
-        task = stream.dial = asyncio.get_running_loop().create_task(self._connect(stream))
-        self._connecting.add(task)
-        task.add_done_callback(self._connecting.discard)
+    def adopt(self, stream: H1Stream) -> None:
+        """Take a request another pool could not send (a replay, `Attempt._rehome`): on an
+        idle connection, or waiting for one (raises 503 UO past the pending limit)."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.transport is not None and not conn.transport.is_closing():
+                conn.attach(stream)
+                return
+        limits = self.limits
+        if limits.pending >= limits.max_pending:
+            raise limits.overflow("pending")
+        self._wait(stream)
 
-    async def _connect(self, stream: H1Stream) -> None:
+    def _wait(self, stream: H1Stream) -> None:
+        self.limits.pending += 1
+        stream.waiting = True
+        stream.pending = []
+        self.waiting.append(stream)
+        self._dial_for_waiting()
+
+    def unwait(self, stream: H1Stream) -> None:
+        """A waiting request was reset: forget it, and a dial nobody waits for any more (a
+        client that resets at once must not leave a dial behind: HTTP/2 rapid reset)."""
+        stream.waiting = False
+        self.limits.pending -= 1
+        self.waiting.remove(stream)
+        if len(self._connecting) > len(self.waiting):
+            task = next(reversed(self._connecting))
+            if task.cancel():  # gone now, so that the next request dials if it must
+                del self._connecting[task]
+                self.limits.connections -= 1
+
+    def _dial_for_waiting(self) -> None:
+        limits = self.limits
+        while (len(self._connecting) < len(self.waiting)
+               and (limits.can_connect()
+                    or not (self.conns or self._connecting))):
+            limits.connections += 1
+            task = self.loop.create_task(self._connect())
+            self._connecting[task] = None
+            task.add_done_callback(self._dial_done)
+
+    def _dial_done(self, task: asyncio.Task[bool]) -> None:
+        if task not in self._connecting:
+            return  # cancelled by `unwait`, which counted it out
+        del self._connecting[task]
+        if task.cancelled() or not task.result():
+            self.limits.connections -= 1  # else the connection's loss will (`forget`)
+
+    async def _connect(self) -> bool:
+        """Dial a connection for the oldest waiting request; True when one was made."""
         cluster = self.cluster
-        loop = asyncio.get_running_loop()
         ep = self.endpoint
-        ssl_ctx: ssl.SSLContext | None = cluster.ssl_context
         try:
-            async with asyncio.timeout(cluster.connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: H1Connection(self), ep.address, ep.port, ssl=ssl_ctx,
-                    server_hostname=(cluster.sni or None) if ssl_ctx else None)
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            _, conn = await dial_transport(
+                lambda: H1Connection(self), ep.address, ep.port, cluster.connect_timeout,
+                ssl_context=cluster.ssl_context, server_name=cluster.sni or None)
+        except ConnectFailed as exc:
             cluster.m_connect_failures.value += 1
-            if not stream.was_reset:
-                what = "timed out" if isinstance(exc, TimeoutError) else (
-                    exc.strerror or str(exc) if isinstance(exc, OSError) else str(exc))
-                stream.sink.on_upstream_error(connect_failure(
-                    f"cannot connect to {ep.key} ({cluster.name}): {what}"))
-            return
-        stream.dial = None
+            self._dial_failed(connect_failure(
+                f"cannot connect to {ep.key} ({cluster.name}): {exc.what}"))
+            return False
         cluster.m_connections_total.value += 1
         cluster.m_connections_active.value += 1
-        if stream.was_reset or self.closed:  # a made connection: the next request may take it
-            self.release(conn)
+        if not conn.closed:  # (a loss before this task resumed already counted it out)
+            self.conns.add(conn)
+        self._hand_out(conn)
+        return True
+
+    def _dial_failed(self, error: UpstreamError) -> None:
+        """Fail the request this dial was for; all of them when nothing else can serve them."""
+        waiting = self.waiting
+        if not waiting:
             return
-        self.busy.add(conn)
-        conn.attach(stream)
+        others = len(self._connecting) - 1  # (this dial leaves `_connecting` after returning)
+        n = len(waiting) if others <= 0 and not self.conns else 1
+        for _ in range(n):
+            s = waiting.popleft()
+            s.waiting = False
+            self.limits.pending -= 1
+            s._failed(error)
+
+    def _hand_out(self, conn: H1Connection) -> None:
+        """A connection is free: the oldest waiting request takes it, else it goes idle."""
+        if self.waiting and conn.transport is not None and not conn.transport.is_closing():
+            s = self.waiting.popleft()
+            s.waiting = False
+            self.limits.pending -= 1
+            conn.attach(s)
+            return
+        self.release(conn)
 
     def release(self, conn: H1Connection) -> None:
-        self.busy.discard(conn)
-        if (self.closed or len(self.idle) >= self.cluster.max_idle or conn.transport is None
-                or conn.transport.is_closing()):
+        if conn.transport is None or conn.transport.is_closing():
             conn._close()
             return
         conn.reused = True
-        conn.idle_since = (self._loop or self.loop).time()
         if conn.read_paused:  # the last exchange left it paused
             conn.read_paused = False
             conn.transport.resume_reading()
+        if self.waiting:
+            self._hand_out(conn)
+            return
+        if self.closed or len(self.idle) >= self.cluster.max_idle:
+            conn._close()
+            return
+        conn.idle_since = (self._loop or self.loop).time()
         self.idle.append(conn)
 
     def forget(self, conn: H1Connection) -> None:
         """A connection closed (either side)."""
         self.cluster.m_connections_active.value -= 1
-        self.busy.discard(conn)
+        self.limits.connections -= 1
+        self.conns.discard(conn)
         try:
             self.idle.remove(conn)
         except ValueError:
             pass
+        if self.waiting:
+            self._dial_for_waiting()  # its place under the connection limit is free
 
     def sweep(self, now: float, idle_timeout: float) -> None:
         """Close connections idle longer than `idle_timeout` seconds (0 keeps them)."""
@@ -425,7 +538,8 @@ class H1Pool:
             conn._close()
 
     def close(self) -> None:
-        """Stop reusing: close idle connections now, busy ones when their exchange ends."""
+        """Stop reusing: close idle connections now, busy ones when their exchange ends (the
+        requests waiting for a connection still get one)."""
         self.closed = True
         for conn in list(self.idle):
             conn._close()
@@ -433,11 +547,16 @@ class H1Pool:
 
     def abort(self) -> None:
         self.close()
-        for conn in list(self.busy):
+        for conn in list(self.conns):
             conn._close()
         for task in list(self._connecting):
             task.cancel()
 
     @property
     def active(self) -> int:
-        return len(self.busy) + len(self.idle)
+        return len(self.conns)
+
+    @property
+    def busy(self) -> int:
+        """Connections carrying an exchange (the admin's `connections_busy`)."""
+        return max(0, len(self.conns) - len(self.idle))

@@ -1,20 +1,24 @@
 """HTTP/2 upstream: multiplexed connections per endpoint and the streams on them.
 
-An `H2Pool` holds the connections to one endpoint.  A new exchange goes on the first connection
-with room (fewer open streams than both the cluster's `max_concurrent_streams` and the server's
-SETTINGS_MAX_CONCURRENT_STREAMS); when none has room it waits in `waiting` and another
-connection is dialled (h2c with prior knowledge, or TLS with ALPN h2) through the one dialler,
-`connect.py`.  `open_stream` never
-calls the sink: every failure is reported from a later callback (a connect task, a frame).
+An `H2Pool` (`http2_pool.py`) holds the connections to one endpoint; this module has the
+stream and the connection.  A new exchange goes on the first connection with room (fewer open
+streams than both the cluster's `max_concurrent_streams` and the server's
+SETTINGS_MAX_CONCURRENT_STREAMS); when none has room it waits in `waiting` (a *pending* request,
+bounded by the cluster's `max_pending_requests`: past it `open_stream` raises the 503 UO error)
+and another connection is dialled (h2c with prior knowledge, or TLS with ALPN h2) through the
+one dialler, `connect.py`, while the cluster is under `max_connections` (a pool with no
+connection at all still dials one).  `open_stream` never calls the sink: every failure is
+reported from a later callback (a connect task, a frame).
 
-Failures and what the downstream sees (`ResponseSink.on_upstream_error`):
+Failures and what the downstream sees (`ResponseSink.on_upstream_error`).  The pool never
+retries; it marks what is safe to send again (`retry_safe`) and the attempt layer decides:
 
 * connect failure or timeout: `connect_failure` (503) for the exchanges that waited for it;
-* RST_STREAM from the server: `upstream_reset` (502), except REFUSED_STREAM on a stream that
-  sent no body yet, which is retried once (the server did not process it, RFC 9113 8.7);
-* GOAWAY: streams above the last stream id were not processed; those that sent no body yet are
-  retried on another connection, the others fail with `upstream_reset`.  The connection takes
-  no new streams and closes when its last stream ends;
+* RST_STREAM from the server: `upstream_reset` (502); REFUSED_STREAM on a stream that sent no
+  body yet is retry-safe (the server did not process it, RFC 9113 8.7);
+* GOAWAY: streams above the last stream id were not processed: `upstream_reset`, retry-safe for
+  those that sent no body yet.  The connection takes no new streams and closes when its last
+  stream ends;
 * connection loss: every stream on it fails with `upstream_reset`.
 
 Flow control mirrors the downstream driver: response DATA is acknowledged only while the
@@ -30,7 +34,6 @@ opened leave in one write.
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from tulle.dataplane.exchange import (
@@ -38,7 +41,6 @@ from tulle.dataplane.exchange import (
     RequestHead,
     ResponseSink,
     UpstreamError,
-    connect_failure,
     upstream_protocol_error,
     upstream_reset,
 )
@@ -60,19 +62,19 @@ from tulle.dataplane.protocols.http2 import (
     H2Limits,
     H2ProtocolError,
 )
-from tulle.dataplane.upstream.connect import ConnectFailed, dial_transport
+from tulle.dataplane.upstream.attempt import Attempt, now
 
 if TYPE_CHECKING:
-    from tulle.dataplane.upstream.cluster import ClusterRuntime
-    from tulle.dataplane.upstream.lb import EndpointState
+    from tulle.dataplane.upstream.http2_pool import H2Pool
 
 
-class H2UpStream:
-    """One exchange on an HTTP/2 upstream (the `UpstreamStream`)."""
+class H2UpStream(Attempt):
+    """One exchange on an HTTP/2 upstream (the `UpstreamStream`), and the try it is
+    (`Attempt`: counted in here, out at its end)."""
 
     __slots__ = ("conn", "data_sent", "end_sent", "end_stream", "head", "paused", "pending",
-                 "pending_size", "pool", "req_paused", "response_started", "retried", "sid",
-                 "sink", "trailers", "unacked", "was_reset")
+                 "pending_size", "pool", "req_paused", "response_started", "sid", "sink",
+                 "trailers", "unacked", "was_reset")
 
     def __init__(self, pool: H2Pool, head: RequestHead, sink: ResponseSink,
                  end_stream: bool) -> None:
@@ -80,6 +82,13 @@ class H2UpStream:
         self.head = head
         self.sink = sink
         self.end_stream = end_stream
+        # The try (`Attempt`): counted in now, out by `_over` / `_failed`.
+        pool.limits.requests += 1
+        pool.endpoint.active += 1
+        self.status = 0
+        self.try_done = False
+        self.opts = None
+        self.start = now()
         self.conn: H2UpConnection | None = None
         self.sid = 0
         self.pending: list[bytes] = []
@@ -89,7 +98,6 @@ class H2UpStream:
         self.trailers: Headers | None = None
         self.data_sent = 0
         self.response_started = False
-        self.retried = False
         self.was_reset = False
         self.paused = False
         self.req_paused = False
@@ -127,14 +135,12 @@ class H2UpStream:
         if self.was_reset:
             return
         self.was_reset = True
+        self._over(self.status, "DC")
         conn = self.conn
         if conn is not None:
             conn.reset_stream(self)
         else:
-            try:
-                self.pool.waiting.remove(self)
-            except ValueError:
-                pass
+            self.pool.unwait(self)
 
     def close(self) -> None:
         self.reset()
@@ -150,10 +156,18 @@ class H2UpStream:
             conn.codec.ack(self.sid, n)
             conn.write_soon()
 
+    def _rehome(self, pool: H2Pool) -> None:
+        """A replay: the server did not process the stream and no body left, so it waits for
+        a connection of `pool` as if new."""
+        self.pool = pool
+        self.conn = None
+        self.sid = 0
+        pool.adopt(self)
+
     @property
     def retryable(self) -> bool:
         """Nothing of the request body left us and no response came: safe to send elsewhere."""
-        return not self.retried and not self.response_started and self.data_sent == 0
+        return not self.response_started and self.data_sent == 0
 
 
 class H2UpConnection(asyncio.Protocol):
@@ -203,6 +217,7 @@ class H2UpConnection(asyncio.Protocol):
         self.closed = True
         self.transport = None
         self.pool.cluster.m_connections_active.value -= 1
+        self.pool.limits.connections -= 1
         self.pool.forget(self, closed=True)
         detail = "upstream closed the connection" if exc is None else f"upstream reset: {exc}"
         self._fail_all(upstream_reset(detail))
@@ -234,8 +249,10 @@ class H2UpConnection(asyncio.Protocol):
                 s = streams.get(ev.stream_id)
                 if s is not None:
                     s.response_started = True
+                    s._head(ev.head.status)
                     if ev.end_stream:
                         self._response_complete(s)
+                        s._over(s.status, "")
                     s.sink.on_response_head(ev.head, ev.end_stream)
                     if not ev.end_stream:
                         if held is None:
@@ -245,6 +262,7 @@ class H2UpConnection(asyncio.Protocol):
                 s = streams.get(ev.stream_id)
                 if s is not None:
                     self._response_complete(s)
+                    s._over(s.status, "")
                     s.sink.on_response_end(ev.trailers)
             elif isinstance(ev, InformationalReceived):
                 s = streams.get(ev.stream_id)
@@ -259,11 +277,10 @@ class H2UpConnection(asyncio.Protocol):
                 s = streams.get(ev.stream_id)
                 if s is not None:
                     self._done(s)
-                    if ev.error_code == REFUSED_STREAM and s.retryable:
-                        self.pool.retry(s)
-                    else:
-                        s.sink.on_upstream_error(upstream_reset(
-                            f"upstream reset the stream (HTTP/2 error code {ev.error_code})"))
+                    s._failed(UpstreamError(
+                        502, "UC", f"upstream reset the stream (HTTP/2 error code "
+                        f"{ev.error_code})",
+                        retry_safe=ev.error_code == REFUSED_STREAM and s.retryable))
             elif isinstance(ev, GoAwayReceived):
                 self._on_goaway(ev.last_stream_id)
         if held is not None:
@@ -277,11 +294,9 @@ class H2UpConnection(asyncio.Protocol):
             if sid <= last_stream_id:
                 continue
             self._done(s)
-            if s.retryable:
-                self.pool.retry(s)
-            else:
-                s.sink.on_upstream_error(upstream_reset(
-                    "upstream sent GOAWAY before processing the stream"))
+            s._failed(UpstreamError(
+                502, "UC", "upstream sent GOAWAY before processing the stream",
+                retry_safe=s.retryable))
         if not self.streams:
             self._close()
 
@@ -354,7 +369,7 @@ class H2UpConnection(asyncio.Protocol):
         self.streams.clear()
         for s in streams:
             if not s.was_reset:
-                s.sink.on_upstream_error(error)
+                s._failed(error)
 
     # -- transport helpers ---------------------------------------------------------------
 
@@ -387,132 +402,3 @@ class H2UpConnection(asyncio.Protocol):
         if self.transport is not None:
             self.write_out()  # what `write_soon` left for later goes out before the close
             self.transport.close()
-
-
-class H2Pool:
-    """Multiplexed HTTP/2 connections to one endpoint of one cluster."""
-
-    def __init__(self, cluster: ClusterRuntime, endpoint: EndpointState) -> None:
-        self.cluster = cluster
-        self.endpoint = endpoint
-        self.conns: list[H2UpConnection] = []
-        """Connections that take new streams."""
-        self.all: set[H2UpConnection] = set()
-        """Every open connection, including those winding down after GOAWAY."""
-        self.waiting: deque[H2UpStream] = deque()
-        self._connecting: set[asyncio.Task[None]] = set()
-        self._kick: asyncio.Handle | None = None
-        self.closed = False
-
-    def open_stream(self, head: RequestHead, sink: ResponseSink,
-                    end_stream: bool) -> H2UpStream:
-        s = H2UpStream(self, head, sink, end_stream)
-        self.waiting.append(s)
-        self._assign()
-        return s
-
-    def retry(self, s: H2UpStream) -> None:
-        """Send `s` again on another connection (it was not processed where it was)."""
-        s.retried = True
-        s.conn = None
-        s.sid = 0
-        self.waiting.append(s)
-        self.kick()
-
-    def kick(self) -> None:
-        """Assign waiting streams soon (not from inside another connection's event loop)."""
-        if self.waiting and self._kick is None:
-            self._kick = asyncio.get_running_loop().call_soon(self._assign)
-
-    def _assign(self) -> None:
-        self._kick = None
-        waiting = self.waiting
-        while waiting:
-            conn = next((c for c in self.conns if c.capacity > 0), None)
-            if conn is None:
-                break
-            s = waiting.popleft()
-            if not conn.start(s):
-                asyncio.get_running_loop().call_soon(
-                    s.sink.on_upstream_error,
-                    upstream_protocol_error("request head not accepted by HTTP/2 upstream"))
-        if waiting and not self.closed:
-            per_conn = self.cluster.max_concurrent_streams
-            needed = -(-len(waiting) // per_conn) - len(self._connecting)
-            for _ in range(needed):
-                task = asyncio.get_running_loop().create_task(self._connect())
-                self._connecting.add(task)
-                task.add_done_callback(self._connecting.discard)
-
-    async def _connect(self) -> None:
-        cluster = self.cluster
-        ep = self.endpoint
-        try:
-            transport, conn = await dial_transport(
-                lambda: H2UpConnection(self), ep.address, ep.port, cluster.connect_timeout,
-                ssl_context=cluster.ssl_context, server_name=cluster.sni or None)
-        except ConnectFailed as exc:
-            self._connect_failed(exc.what)
-            return
-        if cluster.ssl_context is not None:
-            # Dialled, but not a connection this pool can use: still a failed connect for the
-            # streams that waited for it.
-            obj = transport.get_extra_info("ssl_object")
-            if obj is None or obj.selected_alpn_protocol() != "h2":
-                transport.abort()
-                self._connect_failed("upstream did not negotiate ALPN h2")
-                return
-        if self.closed:
-            conn.close_gracefully()
-            return
-        self.conns.append(conn)
-        self.all.add(conn)
-        self._assign()
-
-    def _connect_failed(self, what: str) -> None:
-        cluster = self.cluster
-        cluster.m_connect_failures.value += 1
-        error = connect_failure(f"cannot connect to {self.endpoint.key} ({cluster.name}): {what}")
-        # This attempt was for up to one connection's worth of the waiting streams.
-        take = len(self.waiting) if len(self._connecting) <= 1 else \
-            cluster.max_concurrent_streams
-        for _ in range(min(take, len(self.waiting))):
-            s = self.waiting.popleft()
-            s.sink.on_upstream_error(error)
-
-    def forget(self, conn: H2UpConnection, closed: bool = False) -> None:
-        """`conn` takes no new streams (GOAWAY), or is gone (`closed`)."""
-        if closed:
-            self.all.discard(conn)
-        try:
-            self.conns.remove(conn)
-        except ValueError:
-            pass
-
-    def sweep(self, now: float, idle_timeout: float) -> None:
-        """Close connections without streams idle longer than `idle_timeout` seconds."""
-        if idle_timeout <= 0:
-            return
-        for conn in [c for c in self.conns if not c.streams and now - c.idle_since > idle_timeout]:
-            self.forget(conn)
-            conn.close_gracefully()
-
-    def close(self) -> None:
-        """Stop taking streams: idle connections close now, busy ones after their last stream."""
-        self.closed = True
-        for conn in list(self.conns):
-            if not conn.streams:
-                self.forget(conn)
-                conn.close_gracefully()
-
-    def abort(self) -> None:
-        self.closed = True
-        for conn in list(self.all):
-            conn._close()
-        self.conns.clear()
-        for task in list(self._connecting):
-            task.cancel()
-
-    @property
-    def active(self) -> int:
-        return len(self.conns)

@@ -9,7 +9,7 @@ from typing import Any
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.upstream.cluster import ClusterManager, ClusterRuntime
 from tulle.dataplane.upstream.http1 import H1Pool
-from tulle.proxyconfig.model import Cluster, Endpoint, Settings
+from tulle.proxyconfig.model import Cluster, ClusterLimits, Endpoint, Settings
 
 SETTINGS = Settings()
 
@@ -105,3 +105,30 @@ async def test_new_weights_take_effect_on_carried_endpoints() -> None:
     new = swap(m, weighted("a", {1001: 3, 1002: 1}))["a"]
     picks = [new.pick() for _ in range(8)]
     assert sum(1 for e in picks if e is not None and e.port == 1001) == 6
+
+
+async def test_limit_counters_carry_over_by_name_and_thresholds_change_at_commit() -> None:
+    m = ClusterManager(ProxyMetrics())
+    old = swap(m, cluster("a", 1001))["a"]
+    old.limits.requests = 3  # in flight when the config changes
+    prepared = m.prepare([cluster("a", 1001, limits=ClusterLimits(max_requests=5))], SETTINGS)
+    new = prepared.runtimes["a"]
+    assert new is not old and new.limits is old.limits
+    assert old.limits.max_requests == 1024  # prepare changes nothing in force
+    m.commit(prepared)
+    assert (new.limits.requests, new.limits.max_requests) == (3, 5)
+    gone = swap(m, cluster("b", 2001))
+    back = swap(m, cluster("a", 1001), cluster("b", 2001))["a"]
+    assert "a" not in gone and back.limits is not old.limits  # removed: counted afresh
+
+
+async def test_an_outcome_subscriber_reaches_current_and_future_runtimes() -> None:
+    m = ClusterManager(ProxyMetrics())
+    a = swap(m, cluster("a", 1001))["a"]
+
+    def hook(*args: object) -> None: ...
+
+    m.subscribe(hook)
+    assert a.on_outcome is hook
+    b = swap(m, cluster("a", 1001, connect_timeout_ms=5), cluster("b", 2001))
+    assert b["a"].on_outcome is hook and b["b"].on_outcome is hook
