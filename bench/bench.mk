@@ -1,8 +1,9 @@
 # Benchmark targets; the main Makefile does `include bench/bench.mk` and defines `deps`
 # (which creates .venv and installs the project).
 #
-#   make bench-quick   ~50 s: HTTP/1.1 direct vs Tulle (without and with two header modifiers)
-#                      vs HAProxy vs nginx -> bench/results/quick.json
+#   make bench-quick   ~70 s: HTTP/1.1 direct vs Tulle (without and with two header modifiers;
+#                      ten routing rules) vs HAProxy (also with the same ten rules as ACLs) vs
+#                      nginx -> bench/results/quick.json
 #   make bench         ~2-3 min: the same, longer, plus h2c and raw TCP -> bench/results/full.json
 #                      and the results section of docs/performance.md
 #   make bench-profile py-spy on Tulle under wrk: hottest functions -> bench/results/profile.json
@@ -12,7 +13,7 @@
 #   make bench-micro   ~30 s, no sockets: the HTTP/1.1 proxy's Python CPU per request
 
 BENCH_PY ?= .venv/bin/python
-BENCH_PEERS ?= tulle,tulle-filters,haproxy,nginx
+BENCH_PEERS ?= tulle,tulle-filters,tulle-routes,haproxy,haproxy-routes,nginx
 
 .PHONY: bench bench-quick bench-profile bench-setup bench-controlplane bench-micro
 

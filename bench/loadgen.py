@@ -159,8 +159,9 @@ class Client(asyncio.Protocol):
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     host = f"{args.host}:{args.port}"
+    extra = "".join(f"{h}\r\n" for h in args.header)
     request = (f"GET {args.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tulle-bench\r\n"
-               f"Accept: */*\r\n\r\n").encode()
+               f"Accept: */*\r\n{extra}\r\n").encode()
     run = Run(args.rate, args.warmup, args.duration, args.connections, request)
     clients: list[Client] = []
     for k in range(args.connections):
@@ -208,6 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, required=True)
     ap.add_argument("--path", default="/")
+    ap.add_argument("--header", action="append", default=[],
+                    help="an extra request header, `Name: value` (repeatable)")
     ap.add_argument("--rate", type=float, default=1000.0, help="requests per second")
     ap.add_argument("--duration", type=float, default=4.0, help="recorded seconds")
     ap.add_argument("--warmup", type=float, default=0.5, help="unrecorded seconds first")

@@ -106,7 +106,8 @@ class Tally:
     def fixed_round(self, plan: Plan) -> None:
         with Meter(self.target.pids) as m:
             res = run_loadgen(self.target.port, rate=plan.fixed_rate, duration=plan.fixed_s,
-                              warmup=plan.warmup_s, connections=plan.fixed_conns)
+                              warmup=plan.warmup_s, connections=plan.fixed_conns,
+                              path=self.target.path, headers=self.target.headers)
         self.samples.extend(res.pop("samples_ms"))
         res["contention"] = m.contention()
         res["proxy_cpu_s"] = rnd(m.proxy_s, 4)
@@ -117,7 +118,8 @@ class Tally:
 
     def wrk_round(self, plan: Plan) -> None:
         with Meter(self.target.pids) as m:
-            res = run_wrk(self.target.port, duration=plan.wrk_s, connections=plan.wrk_conns)
+            res = run_wrk(self.target.port, duration=plan.wrk_s, connections=plan.wrk_conns,
+                          path=self.target.path, headers=self.target.headers)
         res["contention"] = m.contention()
         res["proxy_cpu_s"] = rnd(m.proxy_s, 4)
         self.wrk_rounds.append(res)

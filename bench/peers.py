@@ -54,6 +54,9 @@ class Running:
     proc: Proc | None
     pids: list[int] = field(default_factory=list)
     """The process tree whose CPU and memory are measured (empty for `direct`)."""
+    path: str = BODY_PATH
+    """What the HTTP/1.1 load generators request (with `headers`, each `Name: value`)."""
+    headers: tuple[str, ...] = ()
 
 
 def grpc_message(text: bytes) -> bytes:
@@ -373,7 +376,7 @@ STARTERS = {"tulle": start_tulle, "tulle-filters": start_tulle_filters,
 def check_http(r: Running) -> None:
     """A proxy that answers anything but the origin's 1 KiB body is not benchmarked; the
     filtered Tulle must also show its response header edits."""
-    status, head, body = http_get_full(r.port, BODY_PATH)
+    status, head, body = http_get_full(r.port, r.path, headers=r.headers)
     if status != 200 or len(body) != BODY_SIZE:
         raise RuntimeError(f"{r.name} answered {status} with {len(body)} bytes")
     if r.name == "tulle-filters":

@@ -131,10 +131,14 @@ def http_get(port: int, path: str = "/", timeout: float = 2.0) -> tuple[int, byt
     return status, body
 
 
-def http_get_full(port: int, path: str = "/", timeout: float = 2.0) -> tuple[int, bytes, bytes]:
-    """One blocking HTTP/1.1 GET; (status, raw response head, body)."""
+def http_get_full(port: int, path: str = "/", timeout: float = 2.0,
+                  headers: tuple[str, ...] = ()) -> tuple[int, bytes, bytes]:
+    """One blocking HTTP/1.1 GET (with `headers`, each `Name: value`); (status, raw response
+    head, body)."""
+    extra = "".join(f"{h}\r\n" for h in headers)
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Connection: close\r\n\r\n"
+                  .encode())
         chunks = []
         while True:
             b = s.recv(65536)

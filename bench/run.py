@@ -12,6 +12,9 @@ For each peer (HTTP/1.1, 1 KiB responses, keep-alive, one hop):
 
 `tulle-filters` is Tulle with a request and a response header modifier on its route, measured
 in the same HTTP/1.1 rounds as `tulle` (issue 7: filters cost at most +10% CPU per request).
+`tulle-routes` and `haproxy-routes` route among ten rules (header, query and regex matches; the
+request matches the last) with two header filters, each checked byte for byte before it is
+measured (`bench/routing_peers.py`; issue 8: Tulle at most 2x HAProxy's CPU per request).
 
 `--mode full` adds h2c (h2load), raw TCP (wrk through an L4 relay) and gRPC unary calls (h2load
 POSTing gRPC messages to an h2c gRPC origin, h2c end to end; direct as well, and each path
@@ -53,6 +56,7 @@ from bench.peers import (
     versions,
 )
 from bench.procs import ProcessSet
+from bench.routing_peers import ROUTING_STARTERS
 
 PLANS = {
     "quick": Plan(fixed_rate=1000, rounds=2, fixed_s=2, warmup_s=0.3, fixed_conns=10, wrk_s=2,
@@ -67,8 +71,12 @@ TARGET_ADDED_P99_MS = 0.3
 TARGET_FILTER_COST = 1.10
 """Issue 7: a route with a request and a response header modifier costs at most +10% CPU per
 request over the same route without filters (`tulle-filters` vs `tulle`, same run)."""
-HTTP1_ONLY = ("tulle-filters",)
+TARGET_ROUTING_CPU_RATIO = 2.0
+"""Issue 8: ten rules and two header filters cost Tulle at most 2x what the same ACL routing
+costs HAProxy, CPU per request (`tulle-routes` vs `haproxy-routes`, same run)."""
+HTTP1_ONLY = ("tulle-filters", "tulle-routes", "haproxy-routes")
 """Peers measured in the HTTP/1.1 rounds only (not in the h2c, TCP and gRPC passes)."""
+ALL_STARTERS = {**STARTERS, **ROUTING_STARTERS}
 
 
 def _loadavg() -> list[float]:
@@ -93,7 +101,7 @@ def machine_info() -> dict[str, Any]:
 
 def derive(res: dict[str, Any]) -> None:
     direct = res.get("direct", {})
-    for name in STARTERS:
+    for name in ALL_STARTERS:
         peer = res.get(name)
         if not peer or "p99_ms" not in peer or "p99_ms" not in direct:
             continue
@@ -138,6 +146,18 @@ def derive(res: dict[str, Any]) -> None:
     if tf and tu:
         ratios["tulle_filters_vs_tulle"] = _ratios(tf, tu, ("cpu_us_per_req", "cpu_us_per_req_sat",
                                                             "p50_ms", "p99_ms", "rps_max"))
+    tr, hr = res.get("tulle-routes", {}), res.get("haproxy-routes", {})
+    for key, label in (("cpu_us_per_req", "at 1,000 rps"), ("cpu_us_per_req_sat", "at saturation")):
+        if key in tr and key in hr and hr[key] > 0:
+            limit = TARGET_ROUTING_CPU_RATIO * hr[key]
+            targets.append({"target": f"ten rules + two header filters ≤ "
+                                      f"{TARGET_ROUTING_CPU_RATIO:g}x HAProxy's ACL routing, CPU "
+                                      f"per request ({label})",
+                            "value": tr[key], "limit": rnd(limit, 1), "unit": "µs",
+                            "ratio": rnd(tr[key] / hr[key], 2), "met": tr[key] <= limit})
+    if tr and hr:
+        ratios["tulle_routes_vs_haproxy_routes"] = _ratios(
+            tr, hr, ("cpu_us_per_req", "cpu_us_per_req_sat", "p50_ms", "p99_ms", "rps_max"))
     res["targets"] = targets
 
 
@@ -178,7 +198,7 @@ def run(mode: str, peers: list[str]) -> dict[str, Any]:
             targets = [Running("direct", origin.port, None)]
             for name in peers:
                 try:
-                    r = STARTERS[name](ps, origin.port, "http1")
+                    r = ALL_STARTERS[name](ps, origin.port, "http1")
                     check_http(r)
                     targets.append(r)
                 except Skip as exc:
@@ -240,7 +260,7 @@ def _extra(ps: ProcessSet, name: str, protocol: str, origin_port: int, plan: Pla
     print(f"{protocol} {name} ...", flush=True)
     r: Running | None = None
     try:
-        r = STARTERS[name](ps, origin_port, protocol)
+        r = ALL_STARTERS[name](ps, origin_port, protocol)
         if protocol == "grpc":
             check_grpc(r, ps.tmp)
             res[protocol][name] = measure_grpc(r, plan, ps.tmp)
@@ -280,8 +300,9 @@ def _on_term(signum: int, _frame: object) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Tulle data-plane benchmark")
     ap.add_argument("--mode", choices=sorted(PLANS), default="quick")
-    ap.add_argument("--peers", default="tulle,tulle-filters,haproxy,nginx",
-                    help="comma-separated subset of: " + ",".join(STARTERS))
+    ap.add_argument("--peers",
+                    default="tulle,tulle-filters,tulle-routes,haproxy,haproxy-routes,nginx",
+                    help="comma-separated subset of: " + ",".join(ALL_STARTERS))
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--nice", type=int, default=0,
                     help="scheduling niceness for the runner and everything it starts (e.g. -10 "
@@ -289,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--doc", type=Path, help="update the results section of this markdown file")
     args = ap.parse_args(argv)
     peers = [p for p in args.peers.split(",") if p]
-    unknown = [p for p in peers if p not in STARTERS]
+    unknown = [p for p in peers if p not in ALL_STARTERS]
     if unknown:
         ap.error(f"unknown peers: {unknown}")
     # SIGINT too: a job started in the background of a script inherits SIGINT ignored.

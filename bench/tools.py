@@ -24,11 +24,13 @@ def _ms(text: str) -> float:
 
 
 def run_loadgen(port: int, *, rate: float, duration: float, warmup: float,
-                connections: int) -> dict[str, Any]:
+                connections: int, path: str = BODY_PATH,
+                headers: tuple[str, ...] = ()) -> dict[str, Any]:
     cmd = ["taskset", "-c", str(LOAD_CPU), sys.executable, "-m", "bench.loadgen",
-           "--port", str(port), "--path", BODY_PATH, "--rate", str(rate),
+           "--port", str(port), "--path", path, "--rate", str(rate),
            "--duration", str(duration), "--warmup", str(warmup),
-           "--connections", str(connections), "--samples"]
+           "--connections", str(connections), "--samples",
+           *(a for h in headers for a in ("--header", h))]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False,
                          timeout=warmup + duration + 30)
     if out.returncode != 0:
@@ -57,10 +59,12 @@ def parse_wrk(text: str) -> dict[str, Any]:
     return res
 
 
-def run_wrk(port: int, *, duration: float, connections: int, threads: int = 1) -> dict[str, Any]:
+def run_wrk(port: int, *, duration: float, connections: int, threads: int = 1,
+            path: str = BODY_PATH, headers: tuple[str, ...] = ()) -> dict[str, Any]:
     duration = max(1, round(duration))  # wrk takes whole seconds
     cmd = ["taskset", "-c", str(LOAD_CPU), "wrk", f"-t{threads}", f"-c{connections}",
-           f"-d{duration:g}s", "--latency", f"http://127.0.0.1:{port}{BODY_PATH}"]
+           f"-d{duration:g}s", "--latency", *(a for h in headers for a in ("-H", h)),
+           f"http://127.0.0.1:{port}{path}"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False,
                          timeout=duration + 30)
     if out.returncode != 0:

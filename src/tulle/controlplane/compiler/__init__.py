@@ -37,7 +37,7 @@ from tulle.controlplane.compiler.proxies import (
     inbound,
     outbound_listener,
 )
-from tulle.controlplane.compiler.routes import derive_routes
+from tulle.controlplane.compiler.routes import derive_routes, derive_tcp_routes
 from tulle.controlplane.compiler.services import ServiceMemo, derive_services
 from tulle.controlplane.compiler.status import conditions
 from tulle.proxyconfig.model import (
@@ -230,7 +230,8 @@ def derive(m: MeshInputs, cache: PartCache | None = None) -> MeshModel:
     services = derive_services(m, {p.key: p for p in proxies},
                                cache.services if cache is not None else None)
     return MeshModel(services=services, routes=derive_routes(m, services),
-                     policies=derive_policies(m), proxies=proxies, mesh=derive_mesh(m))
+                     policies=derive_policies(m), proxies=proxies, mesh=derive_mesh(m),
+                     tcp_routes=derive_tcp_routes(m, services))
 
 
 def compile_model(mesh: MeshModel, cache: PartCache | None = None) -> CompileResult:

@@ -170,6 +170,31 @@ class Route(msgspec.Struct, frozen=True):
         return (self.created, self.namespace, self.name, self.kind)
 
 
+class TCPParent(msgspec.Struct, frozen=True):
+    """One `spec.parentRefs` entry of a TCPRoute: its index and, if it does not resolve, why."""
+
+    index: int
+    label: str
+    """`Service ns/name:port`, for messages."""
+    problem: str = ""
+
+
+class TCPRoute(msgspec.Struct, frozen=True):
+    """A TCPRoute as stored: which parents and backends resolve.  The proxies do not run it
+    (that needs intercepted traffic, issue 11); its plugin says so in its status."""
+
+    namespace: str
+    name: str
+    generation: int
+    parents: tuple[TCPParent, ...]
+    ref_problems: tuple[str, ...] = ()
+    ref_reason: str = "BackendNotFound"
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ("TCPRoute", self.namespace, self.name)
+
+
 class Policy(msgspec.Struct, frozen=True):
     """A policy attached by `targetRef`; the target is looked up in the same namespace."""
 
@@ -188,7 +213,7 @@ class Policy(msgspec.Struct, frozen=True):
         return (self.kind, self.namespace, self.name)
 
 
-class Condition(msgspec.Struct, frozen=True):
+class Condition(msgspec.Struct, frozen=True, omit_defaults=True):
     """A status condition (Kubernetes shape once rendered: status "True" / "False")."""
 
     type: str
@@ -196,11 +221,17 @@ class Condition(msgspec.Struct, frozen=True):
     reason: str
     message: str
     generation: int
+    parent: int | None = None
+    """For a route: the `spec.parentRefs` index this condition is for; None for every parent
+    (`statuswriter` places it)."""
 
     def render(self) -> dict[str, Any]:
-        return {"type": self.type, "status": "True" if self.status else "False",
-                "reason": self.reason, "message": self.message,
-                "observedGeneration": self.generation}
+        out: dict[str, Any] = {"type": self.type, "status": "True" if self.status else "False",
+                               "reason": self.reason, "message": self.message,
+                               "observedGeneration": self.generation}
+        if self.parent is not None:
+            out["parent"] = self.parent
+        return out
 
 
 class InboundPort(msgspec.Struct, frozen=True):
@@ -273,8 +304,11 @@ class MeshModel(msgspec.Struct, frozen=True):
     """Status conditions plugins wrote (route conditions are rendered from `routes`)."""
     mesh: MeshResource | None = None
     defaults: ProxyDefaults = ProxyDefaults()
+    tcp_routes: tuple[TCPRoute, ...] = ()
+    """Sorted by (namespace, name); not rendered (`plugins/tcp_routes`)."""
 
 
 __all__ = ["INVALID_BACKEND", "Backend", "Condition", "Dropped", "Endpoint", "InboundPort",
            "Key", "MeshModel", "MeshResource", "Metadata", "ObjectRef", "Policy", "Proxy",
-           "ProxyDefaults", "Route", "Rule", "RuleFilter", "ServicePort", "cluster_name"]
+           "ProxyDefaults", "Route", "Rule", "RuleFilter", "ServicePort", "TCPParent", "TCPRoute",
+           "cluster_name"]

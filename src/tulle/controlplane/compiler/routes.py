@@ -1,4 +1,5 @@
-"""HTTPRoute and GRPCRoute with a Service parent (GAMMA) -> the model's routes.
+"""HTTPRoute and GRPCRoute with a Service parent (GAMMA) -> the model's routes (and TCPRoutes
+-> what their parents and backends resolve to, for their status: the proxies do not run them).
 
 A route attached to a Service replaces the Service's default rule for the parent's port (or all
 its ports when the parentRef names none).  Several routes on one Service are merged; the router
@@ -24,6 +25,8 @@ from tulle.controlplane.compiler.ir import (
     Rule,
     RuleFilter,
     ServicePort,
+    TCPParent,
+    TCPRoute,
     cluster_name,
 )
 from tulle.controlplane.compiler.matches import MatchCompiler, grpc_matches, http_matches
@@ -163,11 +166,47 @@ def _route(m: MeshInputs, kind: str, key: Key, route: Resource,
                  dropped=tuple(Dropped(p, "invalid") for p in problems))
 
 
-def derive_routes(m: MeshInputs, services: tuple[ServicePort, ...]) -> tuple[Route, ...]:
-    """Every HTTPRoute, then every GRPCRoute, each sorted by key, with what it attaches to."""
+def _ports_of(m: MeshInputs, services: tuple[ServicePort, ...]) -> dict[Key, dict[int, ServicePort]]:
     ports_of: dict[Key, dict[int, ServicePort]] = {k: {} for k in m.services}
     for sp in services:
         ports_of[sp.key][sp.port] = sp
+    return ports_of
+
+
+def _tcp_route(m: MeshInputs, key: Key, route: Resource,
+               ports_of: dict[Key, dict[int, ServicePort]]) -> TCPRoute:
+    ns, name = key
+    spec = spec_of(route)
+    parents: list[TCPParent] = []
+    for i, ref in enumerate(spec.get("parentRefs") or []):
+        pkey = (ref.get("namespace") or ns, str(ref.get("name")))
+        label = f"Service {pkey[0]}/{pkey[1]}" + (f":{ref['port']}" if ref.get("port") else "")
+        problem = ""
+        if ref.get("kind", "Service") != "Service":
+            problem = "only Service parents (GAMMA) are supported"
+        elif pkey not in ports_of:
+            problem = f"parent Service {pkey[0]}/{pkey[1]} does not exist"
+        elif not _parent_ports(ref, ports_of[pkey]):
+            problem = f"parent Service {pkey[0]}/{pkey[1]} has no port {ref.get('port')}"
+        parents.append(TCPParent(i, label, problem))
+    refs = _Refs(m, "TCPRoute", ns, ports_of)
+    for rule in spec.get("rules") or []:
+        refs.backends(rule.get("backendRefs") or [], 0)
+    return TCPRoute(namespace=ns, name=name,
+                    generation=int((route.get("metadata") or {}).get("generation") or 1),
+                    parents=tuple(parents), ref_problems=tuple(refs.problems),
+                    ref_reason=refs.reason)
+
+
+def derive_tcp_routes(m: MeshInputs, services: tuple[ServicePort, ...]) -> tuple[TCPRoute, ...]:
+    """Every TCPRoute, sorted by key, with which of its parents and backends resolve."""
+    ports_of = _ports_of(m, services)
+    return tuple(_tcp_route(m, key, m.tcp_routes[key], ports_of) for key in sorted(m.tcp_routes))
+
+
+def derive_routes(m: MeshInputs, services: tuple[ServicePort, ...]) -> tuple[Route, ...]:
+    """Every HTTPRoute, then every GRPCRoute, each sorted by key, with what it attaches to."""
+    ports_of = _ports_of(m, services)
     out: list[Route] = []
     for kind, routes, matcher in (("HTTPRoute", m.http_routes, http_matches),
                                   ("GRPCRoute", m.grpc_routes, grpc_matches)):
@@ -175,4 +214,4 @@ def derive_routes(m: MeshInputs, services: tuple[ServicePort, ...]) -> tuple[Rou
     return tuple(out)
 
 
-__all__ = ["cluster_name", "derive_routes"]
+__all__ = ["cluster_name", "derive_routes", "derive_tcp_routes"]

@@ -19,7 +19,9 @@ from tulle.controlplane.compiler.ir import MeshModel
 from tulle.controlplane.compiler.plugins import (
     header_modifiers,
     mesh_defaults,
+    mesh_settings,
     route_timeouts,
+    tcp_routes,
     unclaimed_filters,
     unenforced_policies,
 )
@@ -35,9 +37,15 @@ ORDER: tuple[tuple[Plugin, str], ...] = (
     (mesh_defaults.PLUGIN,
      "the least specific values, after everything more specific (a route's own timeout) is "
      "in place; a TimeoutPolicy plugin goes between route_timeouts and this one"),
+    (mesh_settings.PLUGIN,
+     "right after mesh_defaults, whose DefaultsApplied condition it keeps and adds its own to: "
+     "the Mesh's settings outside `defaults`, reported as not in force until each is"),
     (unclaimed_filters.PLUGIN,
      "after every plugin that claims filter types: what is still unclaimed nobody runs, so "
      "its rule is left out and reported"),
+    (tcp_routes.PLUGIN,
+     "after the HTTP route plugins, before unenforced_policies: TCPRoutes are not run (no "
+     "interception yet) and each says so; a policy targeting one is still unenforced_policies'"),
     (unenforced_policies.PLUGIN,
      "last: a policy no plugin wrote a status for is not enforced, and must say so"),
 )

@@ -1,0 +1,80 @@
+"""`Mesh.spec` outside `defaults` (trust domain, mTLS mode, outbound traffic policy): what of it
+the proxies do, and a condition naming each setting they do not.
+
+None of these is in force yet, and a Mesh must not look as if it were (issue 8, item 8):
+
+- `trustDomain`: no workload identities (SPIFFE IDs, certificates) are issued yet, so there is
+  nothing the trust domain names;
+- `mtls.mode`: proxies talk to each other in plaintext and accept plaintext inbound, which is
+  what `DISABLED` says: that value is in force, `STRICT` and `PERMISSIVE` are not;
+- `outboundTrafficPolicy.mode`: traffic is not intercepted yet (issue 11), so an application
+  reaches a destination outside the mesh directly, whatever the mode.
+
+The stored Mesh carries every field (the API fills in the defaults), so these settings are
+always reported: the Mesh gets `SettingsApplied`, `False` with reason `UnsupportedValue` and each
+setting not in force with why, or `True` when there is none.  `spec.defaults` is
+`mesh_defaults`' (its `DefaultsApplied` condition is kept; this one is added after it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from msgspec.structs import replace
+
+from tulle.controlplane.compiler.ir import Condition, MeshModel
+from tulle.controlplane.compiler.plugins.base import Plugin
+
+NAME = "mesh_settings"
+
+IN_FORCE_MTLS = "DISABLED"
+"""The only mTLS mode the proxies run today: plaintext both ways."""
+
+
+def _section(spec: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = spec.get(key)
+    return value if isinstance(value, Mapping) else {}
+
+
+def not_in_force(spec: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(settings in force, settings not in force with why), each `spec.<path> <value>`."""
+    applied: list[str] = []
+    left_out: list[str] = []
+    domain = spec.get("trustDomain")
+    if domain is not None:
+        left_out.append(f"spec.trustDomain {domain}: no workload identities are issued yet")
+    mode = _section(spec, "mtls").get("mode")
+    if mode == IN_FORCE_MTLS:
+        applied.append(f"mtls.mode {mode}")
+    elif mode is not None:
+        left_out.append(f"spec.mtls.mode {mode}: proxies speak plaintext between themselves "
+                        "and accept it inbound (only DISABLED is in force)")
+    outbound = _section(spec, "outboundTrafficPolicy").get("mode")
+    if outbound is not None:
+        left_out.append(f"spec.outboundTrafficPolicy.mode {outbound}: traffic is not "
+                        "intercepted yet, so applications reach destinations outside the mesh "
+                        "directly")
+    return applied, left_out
+
+
+def apply(mesh: MeshModel) -> MeshModel:
+    if mesh.mesh is None:
+        return mesh
+    applied, left_out = not_in_force(mesh.mesh.spec)
+    gen = mesh.mesh.generation
+    if applied:
+        done = "in force: " + ", ".join(applied)
+    else:
+        done = "none in force" if left_out else "none set: nothing outside spec.defaults to enforce"
+    if left_out:
+        cond = Condition("SettingsApplied", False, "UnsupportedValue",
+                         f"{done}; not enforced: " + "; ".join(left_out), gen)
+    else:
+        cond = Condition("SettingsApplied", True, "Applied", done, gen)
+    ref = mesh.mesh.ref
+    return replace(mesh, conditions={**mesh.conditions,
+                                     ref: (*mesh.conditions.get(ref, ()), cond)})
+
+
+PLUGIN = Plugin(NAME, apply, affects=("conditions",))
