@@ -128,6 +128,10 @@ class ResponseSink(Protocol):
 class UpstreamStream(Protocol):
     """What a downstream driver may do with an exchange it opened on a pool."""
 
+    @property
+    def endpoint_key(self) -> str:
+        """`address:port` of the endpoint the exchange went to."""
+
     def send_data(self, data: bytes) -> None: ...
 
     def send_end(self, trailers: Headers | None = None) -> None: ...

@@ -404,3 +404,30 @@ async def test_a_stopped_response_head_resumes_with_its_body(proto: str) -> None
             assert dict(headers)[b"x-checked"] == b"later"
         assert bytes(f.body) == b"okok" and len(o.requests) == 2
         assert p.metric("tulle_proxy_requests_total", response_code="200") == 2
+
+
+class _Observer(HttpFilter):
+    """Keeps what `on_done` reads of each request's record (an access log's shape)."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, str, str, str, int, int]] = []
+
+    def on_done(self, stream: FilterStream) -> None:
+        r = stream.record
+        self.seen.append((r.status, r.flags, r.cluster, r.upstream_host, r.bytes_in, r.bytes_out))
+
+
+@pytest.mark.parametrize("proto", ["h1", "h2"])
+async def test_an_observer_reads_the_request_record_once_with_the_endpoint_that_took_it(
+        proto: str) -> None:
+    obs = _Observer()
+    async with with_extra(obs) as (p, o):
+        if proto == "h1":
+            status, _, got = await h1(p, b"/f/up", b"abc")
+        else:
+            r = await h2(p, "/f/up", b"abc")
+            status, got = r.status, bytes(r.body)
+        assert (status, got) == (200, b"ok")
+        assert obs.seen == [(200, "", "c", f"127.0.0.1:{o.port}", 3, 2)]

@@ -22,7 +22,14 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from tulle.dataplane.http.filter import BUFFER, CONTINUE, STOP, FilterFactory, HttpFilter
+from tulle.dataplane.http.filter import (
+    BUFFER,
+    CONTINUE,
+    STOP,
+    FilterFactory,
+    HttpFilter,
+    RequestRecord,
+)
 
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import RequestHead, ResponseHead
@@ -55,8 +62,9 @@ DEFAULT_BUFFER_LIMIT = 1_048_576
 """Bytes a data hook may hold with BUFFER before the request is answered locally."""
 
 
-class ChainPort(Protocol):
-    """What the request stream does for the chain (`stream.RequestStream` implements it)."""
+class ChainPort(RequestRecord, Protocol):
+    """What the request stream does for the chain (`stream.RequestStream` implements it); it
+    is also the request's record the observers read."""
 
     @property
     def facts(self) -> ConnectionFacts: ...
@@ -141,6 +149,11 @@ class ChainRun:
     def facts(self) -> ConnectionFacts:
         """The connection the request came on (peer, TLS, identity, original destination)."""
         return self.port.facts
+
+    @property
+    def record(self) -> RequestRecord:
+        """The request's record (the stream itself): complete when `on_done` runs."""
+        return self.port
 
     # -- FilterStream ---------------------------------------------------------------------
 

@@ -55,6 +55,26 @@ STOP = 1
 BUFFER = 2
 
 
+class RequestRecord(Protocol):
+    """What an observer reads of a request in `on_done` (`stream.RequestStream` is it): the
+    record access logs, traces and stats are written from."""
+
+    start: float
+    """Loop time the request head was parsed."""
+    status: int
+    """The status the client got (0: none, the request was reset)."""
+    flags: str
+    """Response flags (Envoy's: UF, UO, UT, NR, DC, ...); empty for a plain exchange."""
+    cluster: str
+    """The cluster the request was routed to ("-" when it was not)."""
+    upstream_host: str
+    """`address:port` of the endpoint that took the request ("" when none did)."""
+    bytes_in: int
+    """Request body bytes received."""
+    bytes_out: int
+    """Response body bytes sent."""
+
+
 class FilterStream(Protocol):
     """What a filter sees of the request it runs on (`chain.ChainRun` implements it)."""
 
@@ -63,6 +83,10 @@ class FilterStream(Protocol):
     @property
     def facts(self) -> ConnectionFacts:
         """The connection the request came on: peer, TLS/ALPN/SNI, identity, destination."""
+
+    @property
+    def record(self) -> RequestRecord:
+        """The request's record so far; complete in `on_done`."""
 
     def reply(self, status: int, body: bytes) -> None:
         """Answer the request locally; the hook that calls this should return STOP."""

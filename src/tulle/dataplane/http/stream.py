@@ -103,7 +103,7 @@ class RequestStream:
     __slots__ = ("bodiless", "body", "body_size", "bytes_in", "bytes_out", "cluster", "conn",
                  "decision", "done", "due", "expect_continue", "flags", "head",
                  "head_sent", "request_done", "resp", "run", "start", "stats", "status", "timer",
-                 "trailers", "upstream")
+                 "trailers", "upstream", "upstream_host")
 
     def __init__(self, conn: StreamOwner, head: RequestHead, bodiless: bool,
                  start: float, expect_continue: bool = False) -> None:
@@ -127,6 +127,9 @@ class RequestStream:
         self.run: ChainRun | None = None
         """The route's filters on this request; None when the route has none."""
         self.upstream: UpstreamStream | None = None
+        self.upstream_host = ""
+        """`address:port` of the endpoint that took the request, recorded on routes with
+        filters (its readers, the observers, are filters): empty otherwise."""
         self.head_sent = False
         self.done = False
         """Recorded: counted, observers told; nothing more happens to this request."""
@@ -256,6 +259,8 @@ class RequestStream:
         if self.head_sent:
             return  # the pool failed the exchange synchronously and it was answered already
         self.upstream = up
+        if self.run is not None:
+            self.upstream_host = up.endpoint_key
         if self.conn.write_paused:
             up.pause_response()  # the client is not reading: neither does this upstream
         if self.expect_continue and not self.request_done:

@@ -115,6 +115,11 @@ class Attempt:
     """Counted out (`_over`); nothing more is counted or reported for this try."""
     opts: TryOptions | None
 
+    @property
+    def endpoint_key(self) -> str:
+        """`address:port` of the endpoint this try went to (for the request's record)."""
+        return str(self.pool.endpoint.key)
+
     def _options(self) -> TryOptions:
         opts = self.opts
         if opts is None:
@@ -239,6 +244,11 @@ class Refused:
     def _report(self) -> None:
         self.handle = None
         self.sink.on_upstream_error(self.error)
+
+    @property
+    def endpoint_key(self) -> str:
+        """No endpoint: the limit refused the try before one was picked."""
+        return ""
 
     def send_data(self, data: bytes) -> None:
         pass

@@ -118,6 +118,8 @@ class Guard:
 class Upstream:
     """An upstream exchange that records what the stream asks of it."""
 
+    endpoint_key = "10.0.0.9:8080"
+
     def __init__(self, log: list[object]) -> None:
         self.log = log
         self.paused = False
