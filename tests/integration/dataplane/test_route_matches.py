@@ -98,6 +98,20 @@ async def test_requests_are_routed_by_headers_query_method_and_path_regex(
         assert p.metric("tulle_proxy_route_requests_total", route_table="rt") == len(CASES)
 
 
+@pytest.mark.parametrize("proto", ["h1", "h2"])
+async def test_routes_see_the_forwarding_headers_the_proxy_adds(origin: int, proto: str) -> None:
+    """x-forwarded-for and x-request-id are set before routing (as in Envoy), so a route can
+    match on them as the upstream will receive them."""
+    send = h1 if proto == "h1" else h2
+    rules = [stamped("local", {"headers": [{"name": "x-forwarded-for", "value": "127.0.0.1"}]}),
+             stamped("traced", {"headers": [{"type": "RegularExpression", "name": "x-request-id",
+                                             "value": "[0-9a-f-]{36}"}]}),
+             stamped("default", {"path": {"value": "/"}})]
+    async with running_proxy(mesh(origin, rules)) as p:
+        assert await send(p, "GET", "/echo", {}) == "local"
+        assert await send(p, "GET", "/echo", {"x-forwarded-for": "10.1.1.1"}) == "traced"
+
+
 def _routes(p: RunningProxy) -> dict[str, Any]:
     router = p.server.listeners["out"].ctx.router
     assert router is not None

@@ -224,6 +224,9 @@ class RequestStream:
             if conn.handle.ctx is not conn.ctx:
                 conn.follow_snapshot()
             ctx = conn.ctx
+            # Before routing, as Envoy does: a route may match on x-forwarded-for or
+            # x-request-id as the upstream will see them.
+            add_forwarding_headers(head, conn.facts.peer_ip, ctx.generate_request_id)
             self.decision = d = resolve(ctx, conn.router, conn.cluster or "", head)
             self.cluster = d.cluster_name
             self.stats = d.stats
@@ -231,7 +234,6 @@ class RequestStream:
                 self.flags = d.flag
                 self.send_local(d.status, d.body)
                 return
-            add_forwarding_headers(head, conn.facts.peer_ip, ctx.generate_request_id)
             timeout = d.timeout
             if timeout and not head.upgrade:
                 if timeout >= ctx.sweep_timeout_min:
