@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import os
 import pstats
 import sys
 import time
@@ -194,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
         sc = next(s for s in SCENARIOS if s.name == args.profile)
         prof = cProfile.Profile()
         runner(run(sc, args.n, 1, prof, args.filters))
-        pstats.Stats(prof).sort_stats("tottime").print_stats(25)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(int(os.environ.get("PROFILE_ROWS", "25")))
         return
     wanted = set(args.only.split(",")) if args.only else None
     print(f"CPU µs per request, best of {args.repeat} x {args.n}; function calls per request "

@@ -67,8 +67,9 @@ class RequestRecord(Protocol):
     """Response flags (Envoy's: UF, UO, UT, NR, DC, ...); empty for a plain exchange."""
     cluster: str
     """The cluster the request was routed to ("-" when it was not)."""
-    upstream_host: str
-    """`address:port` of the endpoint that took the request ("" when none did)."""
+    @property
+    def upstream_host(self) -> str:
+        """`address:port` of the endpoint that took the request ("" when none did)."""
     bytes_in: int
     """Request body bytes received."""
     bytes_out: int

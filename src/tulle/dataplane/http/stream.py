@@ -103,7 +103,7 @@ class RequestStream:
     __slots__ = ("bodiless", "body", "body_size", "bytes_in", "bytes_out", "cluster", "conn",
                  "decision", "done", "due", "expect_continue", "flags", "head",
                  "head_sent", "request_done", "resp", "run", "start", "stats", "status", "timer",
-                 "trailers", "upstream", "upstream_host")
+                 "trailers", "tried", "upstream")
 
     def __init__(self, conn: StreamOwner, head: RequestHead, bodiless: bool,
                  start: float, expect_continue: bool = False) -> None:
@@ -127,9 +127,9 @@ class RequestStream:
         self.run: ChainRun | None = None
         """The route's filters on this request; None when the route has none."""
         self.upstream: UpstreamStream | None = None
-        self.upstream_host = ""
-        """`address:port` of the endpoint that took the request, recorded on routes with
-        filters (its readers, the observers, are filters): empty otherwise."""
+        self.tried: UpstreamStream | None = None
+        """The exchange the upstream took, kept for the record on routes with filters (its
+        readers, the observers, are filters); `upstream_host` reads it when asked."""
         self.head_sent = False
         self.done = False
         """Recorded: counted, observers told; nothing more happens to this request."""
@@ -262,7 +262,7 @@ class RequestStream:
             return  # the pool failed the exchange synchronously and it was answered already
         self.upstream = up
         if self.run is not None:
-            self.upstream_host = up.endpoint_key
+            self.tried = up
         if self.conn.write_paused:
             up.pause_response()  # the client is not reading: neither does this upstream
         if self.expect_continue and not self.request_done:
@@ -531,6 +531,13 @@ class RequestStream:
         self.request_done = True
         self.complete()
 
+    @property
+    def upstream_host(self) -> str:
+        """`address:port` of the endpoint that took the request (routes with filters only;
+        empty when no endpoint did)."""
+        tried = self.tried
+        return "" if tried is None else tried.endpoint_key
+
     def record(self) -> None:
         """Count this request in the requests metric and tell the observers, exactly once."""
         timer = self.timer
@@ -543,7 +550,11 @@ class RequestStream:
         run = self.run
         if run is not None:
             self.run = None  # breaks stream -> run -> stream: freed without the GC
-            run.done()
+            if run.chain.observers:
+                run.done()
+            else:
+                run.finished = True  # what done() does when nobody observes: no call
+            self.tried = None  # read by the observers; breaks stream <-> exchange
         conn = self.conn
         stats = self.stats or conn.ctx.stats(self.cluster)
         stats.count(self.status, self.flags, (conn.loop.time() - self.start) * 1000.0)
