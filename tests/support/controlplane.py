@@ -1,6 +1,10 @@
 """A real control plane (store, reconciler, push stream, REST API) in the test's event loop,
 and proxies subscribed to it through the production `Agent`; `control_plane_process` runs one
-as a real child process instead."""
+as a real child process instead.
+
+Proxies are admitted the supported way (ADR 0028): `subscribe` asks the control plane that
+owns the stream port for a bootstrap token through its REST API (`POST /api/v1/tokens`, what
+`tulle token issue` calls), with the workload's service account and labels."""
 
 from __future__ import annotations
 
@@ -21,14 +25,32 @@ from tulle.dataplane.server import ProxyServer
 from tulle.proxyconfig.stream import WorkloadInfo
 
 
+_APIS: dict[int, str] = {}
+"""Stream port -> REST API URL of the control planes these helpers started."""
+
+
+async def issue_token(api: str, workload: WorkloadInfo, ttl_seconds: float = 300) -> str:
+    """A bootstrap token for `workload` from the control plane at `api`."""
+    body = {"workload": workload.name, "namespace": workload.namespace,
+            "serviceAccount": workload.service_account, "labels": workload.labels,
+            "ttlSeconds": ttl_seconds}
+    async with aiohttp.ClientSession() as s, s.post(f"{api}/api/v1/tokens", json=body) as r:
+        assert r.status == 201, await r.text()
+        return str((await r.json())["token"])
+
+
 @contextlib.asynccontextmanager
 async def running_control_plane(store_url: str = "memory", *, stream_port: int = 0,
-                                debounce: float = 0.05) -> AsyncIterator[ControlPlane]:
-    cp = ControlPlane(store_url, api_port=0, stream_port=stream_port, debounce=debounce)
+                                debounce: float = 0.05,
+                                **kwargs: Any) -> AsyncIterator[ControlPlane]:
+    cp = ControlPlane(store_url, api_port=0, stream_port=stream_port, debounce=debounce,
+                      **kwargs)
     await cp.start()
+    _APIS[cp.stream_port] = cp.api_url
     try:
         yield cp
     finally:
+        _APIS.pop(cp.stream_port, None)
         await cp.stop()
 
 
@@ -48,10 +70,15 @@ class SubscribedProxy:
 
 async def subscribe(stream_ports: list[int], workload: WorkloadInfo,
                     cache_dir: Path | None = None,
-                    features: list[str] | None = None) -> SubscribedProxy:
-    """`features`: what the agent announces (default: all of this build's)."""
+                    features: list[str] | None = None, token: str | None = None
+                    ) -> SubscribedProxy:
+    """`features`: what the agent announces (default: all of this build's).  `token`: the
+    bootstrap token (default: one issued by the control plane owning the first port)."""
+    if token is None:
+        api = _APIS.get(stream_ports[0])
+        token = await issue_token(api, workload) if api else ""
     server = ProxyServer()
-    agent = Agent(server, [("127.0.0.1", p) for p in stream_ports], workload,
+    agent = Agent(server, [("127.0.0.1", p) for p in stream_ports], workload, token=token,
                   cache_path=cache_dir / f"{workload.name}.json" if cache_dir else None,
                   backoff_max=0.3, **({"features": features} if features is not None else {}))
     await agent.start_from_cache()
@@ -121,6 +148,7 @@ class ControlPlaneProcess:
         self.api_port, self.stream_port = free_port(), free_port()
         self.extra = extra
         self.log_path = workdir / f"cp-{self.api_port}.log"
+        _APIS[self.stream_port] = self.api
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -39,13 +39,24 @@ def control_plane() -> None:
 @click.option("--api-max-body-bytes", default=16 * 1024 * 1024, show_default=True, type=int,
               envvar="TULLE_API_MAX_BODY_BYTES",
               help="Largest REST API request body (0: no limit); larger ones get 413.")
+@click.option("--ca-cert", default="", envvar="TULLE_CA_CERT",
+              help="The mesh CA's certificate (PEM, ending with its root); default: a root "
+                   "made at first start and kept in the store.")
+@click.option("--ca-key", default="", envvar="TULLE_CA_KEY",
+              help="The mesh CA's ECDSA P-256 key (PEM, mode 0600).")
+@click.option("--cert-ttl", default="24h", show_default=True, envvar="TULLE_CERT_TTL",
+              help="Lifetime of workload certificates (renewed at half of it).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str,
             stream_port: int, instance: str, debounce_ms: int, stream_hello_timeout: float,
             stream_max_connections: int, stream_max_pending_hellos: int,
-            api_max_body_bytes: int, log_level: str) -> None:
+            api_max_body_bytes: int, ca_cert: str, ca_key: str, cert_ttl: str,
+            log_level: str) -> None:
     """Serve the REST API and the proxy stream from a store."""
+    import datetime as dt
+
+    from tulle.cli.token import parse_duration
     from tulle.controlplane.main import main
     from tulle.dataplane.runner import configure_logging
 
@@ -55,7 +66,8 @@ def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str
                   debounce=debounce_ms / 1000, stream_hello_timeout=stream_hello_timeout,
                   stream_max_connections=stream_max_connections,
                   stream_max_pending_hellos=stream_max_pending_hellos,
-                  api_max_body_bytes=api_max_body_bytes))
+                  api_max_body_bytes=api_max_body_bytes, ca_cert=ca_cert, ca_key=ca_key,
+                  cert_ttl=dt.timedelta(seconds=parse_duration(cert_ttl))))
 
 
 def parse_ports(values: tuple[str, ...]) -> list[dict[str, object]]:
@@ -77,7 +89,9 @@ def parse_ports(values: tuple[str, ...]) -> list[dict[str, object]]:
 def run_subscribed(control_planes: tuple[str, ...], workload: str, namespace: str,
                    address: str, ports: tuple[str, ...], labels: tuple[str, ...],
                    service_account: str, outbound_port: int, cache_dir: str | None,
-                   admin_port: int) -> int:
+                   admin_port: int, token_file: str | None = None) -> int:
+    import os
+
     from tulle.dataplane.subscribed import run
     from tulle.proxyconfig.stream import WorkloadInfo
 
@@ -90,5 +104,12 @@ def run_subscribed(control_planes: tuple[str, ...], workload: str, namespace: st
     info = WorkloadInfo(name=workload, namespace=namespace, address=address,
                         service_account=service_account, labels=label_map,
                         ports=parse_ports(ports), outbound_port=outbound_port)
+    token = os.environ.get("TULLE_BOOTSTRAP_TOKEN", "")
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise click.BadParameter(f"{token_file}: {exc.strerror}",
+                                     param_hint="--token-file") from None
     return run(control_planes, info, cache_dir=Path(cache_dir) if cache_dir else None,
-               admin_port=admin_port)
+               admin_port=admin_port, token=token)

@@ -66,13 +66,17 @@ def proxy() -> None:
               type=click.FloatRange(min=0.0),
               help="Seconds between checks of the config file for changes; 0 disables "
                    "(SIGHUP still reloads).")
+@click.option("--token-file", default=None, type=click.Path(dir_okay=False),
+              envvar="TULLE_TOKEN_FILE",
+              help="With --control-plane: a file holding the bootstrap token (tulle token "
+                   "issue); also read from $TULLE_BOOTSTRAP_TOKEN.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def proxy_run(config: str | None, control_planes: tuple[str, ...], workload: str | None,
               namespace: str, address: str, ports: tuple[str, ...], labels: tuple[str, ...],
               service_account: str, outbound_port: int, cache_dir: str | None,
               admin_port: int,
-              watch_interval: float, log_level: str) -> None:
+              watch_interval: float, token_file: str | None, log_level: str) -> None:
     """Run a proxy until SIGTERM, from a static file (--config) or from a control plane
     (--control-plane ... --workload NAME).
 
@@ -90,7 +94,8 @@ def proxy_run(config: str | None, control_planes: tuple[str, ...], workload: str
         from tulle.cli.controlplane import run_subscribed
 
         sys.exit(run_subscribed(control_planes, workload, namespace, address, ports, labels,
-                                service_account, outbound_port, cache_dir, admin_port))
+                                service_account, outbound_port, cache_dir, admin_port,
+                                token_file))
     assert config is not None
     try:
         code = run(config, watch_interval=watch_interval)
@@ -131,8 +136,10 @@ def _register() -> bool:
     _registered.append(True)
     from tulle.cli.controlplane import control_plane
     from tulle.cli.resources import COMMANDS
+    from tulle.cli.token import token
 
     cli.add_command(control_plane)
+    cli.add_command(token)
     for cmd in COMMANDS:
         cli.add_command(cmd)
     return True

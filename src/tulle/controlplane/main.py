@@ -3,21 +3,32 @@
 Several of these may run against one PostgreSQL store (high availability): each compiles the
 same snapshots from the same resources, serves the proxies connected to it, and a proxy whose
 control plane dies reconnects to another (`--control-plane` may be given several times).
+
+The mesh CA (ADR 0028) is the operator's (`ca_cert`, `ca_key` files) or the store's (made at
+the first start, shared by replicas); proxies are admitted to the stream by bootstrap tokens
+and their certificates (`controlplane/ca/`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import signal
 import socket
+from pathlib import Path
 
 import uvicorn
 
 from tulle.controlplane.api.app import create_app
 from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES
+from tulle.controlplane.ca import persist
+from tulle.controlplane.ca.admission import Admission
+from tulle.controlplane.ca.authority import DEFAULT_CERT_TTL, CertificateAuthority
+from tulle.controlplane.ca.spiffe import DEFAULT_TRUST_DOMAIN
+from tulle.controlplane.ca.tokens import PURPOSE, TokenService, TokenSigner
 from tulle.controlplane.push.server import (
     DEFAULT_HELLO_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -49,7 +60,11 @@ class ControlPlane:
                  stream_hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
                  stream_max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  stream_max_pending_hellos: int = DEFAULT_MAX_PENDING_HELLOS,
-                 api_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> None:
+                 api_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 ca_cert: str = "", ca_key: str = "",
+                 cert_ttl: dt.timedelta = DEFAULT_CERT_TTL) -> None:
+        if bool(ca_cert) != bool(ca_key):
+            raise ValueError("give both --ca-cert and --ca-key, or neither")
         self.store_url = store_url
         self.api_host, self.api_port = api_host, api_port
         self.stream_host, self.stream_port = stream_host, stream_port
@@ -59,6 +74,11 @@ class ControlPlane:
         self.stream_max_connections = stream_max_connections
         self.stream_max_pending_hellos = stream_max_pending_hellos
         self.api_max_body_bytes = api_max_body_bytes
+        self.ca_files = (Path(ca_cert), Path(ca_key)) if ca_cert else None
+        self.cert_ttl = cert_ttl
+        self.ca: CertificateAuthority | None = None
+        self.tokens: TokenService | None = None
+        self.admission: Admission | None = None
         self.store: ResourceStore | None = None
         self.cache = SnapshotCache()
         self.reconciler: Reconciler | None = None
@@ -69,7 +89,16 @@ class ControlPlane:
     async def start(self) -> None:
         self.store = await open_store(self.store_url)
         self.reconciler = Reconciler(self.store, self.cache, debounce=self.debounce)
+        if self.ca_files is not None:
+            self.ca = persist.load_files(*self.ca_files)
+        else:
+            self.ca = await persist.load_or_create(self.store, await _trust_domain(self.store))
+            persist.restrict_sqlite_file(self.store_url)
+        self.tokens = TokenService(self.store, TokenSigner(self.ca.derive_secret(PURPOSE)))
+        self.admission = Admission(self.ca, self.tokens, self.reconciler.trust_domain,
+                                   cert_ttl=self.cert_ttl)
         self.push = PushServer(self.cache, on_register=self.reconciler.register,
+                               admission=self.admission,
                                instance=self.instance,
                                hello_timeout=self.stream_hello_timeout,
                                max_connections=self.stream_max_connections,
@@ -77,7 +106,7 @@ class ControlPlane:
         self.stream_port = await self.push.start(self.stream_host, self.stream_port)
         self.reconciler.start()
         app = create_app(self.store, self.push, self.cache, self.reconciler,
-                         max_body_bytes=self.api_max_body_bytes)
+                         max_body_bytes=self.api_max_body_bytes, tokens=self.tokens)
         config = uvicorn.Config(app, host=self.api_host, port=self.api_port, log_level="warning",
                                 access_log=False, lifespan="off")
         self.http = _Server(config)
@@ -109,6 +138,16 @@ class ControlPlane:
             await self.push.close()
         if self.store is not None:
             await self.store.close()
+
+
+async def _trust_domain(store: ResourceStore) -> str:
+    """The Mesh's trust domain, for a CA made before the reconciler has read anything."""
+    items, _ = await store.list("Mesh")
+    for obj in items:
+        td = (obj.get("spec") or {}).get("trustDomain")
+        if isinstance(td, str) and td:
+            return td
+    return DEFAULT_TRUST_DOMAIN
 
 
 async def run(store_url: str, **kwargs: object) -> int:

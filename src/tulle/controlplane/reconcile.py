@@ -25,6 +25,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from tulle.controlplane.ca.admission import Admitted
+from tulle.controlplane.ca.spiffe import DEFAULT_TRUST_DOMAIN
 from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh, derive, plugins
 from tulle.controlplane.compiler.status import conditions as model_conditions
 from tulle.controlplane.push.server import SnapshotCache
@@ -202,11 +204,21 @@ class Reconciler:
 
     # -- registration ------------------------------------------------------------------------
 
-    async def register(self, w: WorkloadInfo, peer_ip: str) -> None:
-        """A proxy announced its workload: create the Workload resource, or refresh the fields
-        the proxy knows (address, labels, service account, ports, zone) and keep the rest."""
+    async def register(self, w: WorkloadInfo, peer_ip: str,
+                       admitted: Admitted | None = None) -> None:
+        """A proxy announced its workload.
+
+        Admitted (ADR 0028): the Workload's address, service account and labels are never
+        changed by a hello.  An existing Workload keeps them (a hello that says otherwise is
+        refused with the field, so nothing is ignored silently); a missing one is made with the
+        service account and labels of the token that admitted the proxy and the address it
+        announced (or its peer address).  The proxy's own facts (ports, zone, outbound port)
+        are refreshed.  Without admission (unit tests of the stream) the old rule applies:
+        create, or refresh every announced field."""
         announced: dict[str, Any] = {"address": w.address or peer_ip,
                                      "serviceAccount": w.service_account}
+        if admitted is not None:
+            announced["serviceAccount"] = admitted.identity.service_account
         if w.ports:
             announced["ports"] = w.ports
         if w.zone:
@@ -223,6 +235,13 @@ class Reconciler:
             md = dict((current or {}).get("metadata") or {"name": w.name,
                                                            "namespace": w.namespace})
             labels = {**(md.get("labels") or {}), **w.labels}
+            if admitted is not None:
+                _check_owned_fields(w, admitted, current)
+                labels = dict(md.get("labels") or {}) if current else dict(admitted.labels)
+                if current is not None:
+                    old = current.get("spec") or {}
+                    announced = {**announced, "address": old.get("address"),
+                                 "serviceAccount": old.get("serviceAccount", "default")}
             spec = {**((current or {}).get("spec") or {}), **announced}
             obj: Obj = {**(current or {}), "apiVersion": MESH_GROUP, "kind": "Workload",
                         "metadata": {**md, "labels": labels}, "spec": spec}
@@ -241,3 +260,34 @@ class Reconciler:
                 return
             except (AlreadyExistsError, ConflictError):
                 continue
+
+    def trust_domain(self) -> str:
+        """`Mesh.spec.trustDomain` of the mesh (default `cluster.local`)."""
+        for (kind, _, _), obj in sorted(self._resources.items()):
+            if kind == "Mesh":
+                td = (obj.get("spec") or {}).get("trustDomain")
+                if isinstance(td, str) and td:
+                    return td
+        return DEFAULT_TRUST_DOMAIN
+
+
+def _check_owned_fields(w: WorkloadInfo, admitted: Admitted, current: Obj | None) -> None:
+    """A hello may not change what the operator (or the token) decided: refuse, naming the
+    field, when it announces a different address, service account or labels."""
+    where = f"workload {w.namespace}/{w.name}"
+    if w.service_account not in ("", "default", admitted.identity.service_account):
+        raise ValueError(f"{where}: serviceAccount {w.service_account!r} is not the admitted "
+                         f"identity's ({admitted.identity.service_account!r})")
+    if current is None:
+        if w.labels and w.labels != admitted.labels:
+            raise ValueError(f"{where}: metadata.labels: a hello cannot set labels; issue the "
+                             f"token with them (tulle token issue --label)")
+        return
+    spec = current.get("spec") or {}
+    if w.address and w.address != spec.get("address"):
+        raise ValueError(f"{where}: spec.address: a hello cannot change it (stored "
+                         f"{spec.get('address')!r}); change it with tulle apply")
+    stored = (current.get("metadata") or {}).get("labels") or {}
+    if w.labels and any(stored.get(k) != v for k, v in w.labels.items()):
+        raise ValueError(f"{where}: metadata.labels: a hello cannot change them; change them "
+                         f"with tulle apply")

@@ -10,6 +10,14 @@ The hello announces what this build speaks: the stream protocol, the contract ve
 config feature of its model (`proxyconfig/features.py`).  A snapshot or delta is decoded here,
 not in the frame decoder, so one that fails to decode, validate or apply is NACKed with every
 reason and field path and the stream stays up; the proxy keeps serving the previous snapshot.
+
+Identity (ADR 0028): the first hello carries the bootstrap token and a CSR for a key made here;
+later hellos (reconnects) present the certificate and a proof of its key instead.  The
+certificate is renewed over the stream at about half its lifetime (`identity.py`), and put into
+every applied snapshot as the reserved `workload` identity and `mesh` bundle; a renewal
+re-applies the config in force, so new handshakes use the new certificate (TLS contexts rotate
+in place) and open connections are untouched.  What is cached on disk is the control plane's
+config, without those sections: the key never reaches the disk.
 """
 
 from __future__ import annotations
@@ -19,17 +27,21 @@ import contextlib
 import logging
 import os
 import random
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import msgspec
 
+from tulle.dataplane.identity import HeldIdentity, ReservedSection, WorkloadKey, check_reserved
 from tulle.dataplane.server import ApplyError, ProxyServer
 from tulle.proxyconfig import features
 from tulle.proxyconfig.delta import DeltaError
 from tulle.proxyconfig.model import CONFIG_API_VERSION, ProxyConfig
 from tulle.proxyconfig.stream import (
     Ack,
+    Certificate,
+    Csr,
     DeltaMsg,
     Error,
     FrameDecoder,
@@ -100,6 +112,13 @@ class Agent:
         self.last_ignored: list[str] = []
         """Fields the control plane marked optional that this proxy dropped, last apply."""
         self._stop = False
+        self.held: HeldIdentity | None = None
+        """The workload certificate in force (memory only)."""
+        self._pending_key: WorkloadKey | None = None
+        """The key of the CSR in flight."""
+        self.renewals = 0
+        self.identity_changed = asyncio.Event()
+        """Set whenever a new certificate is in force (tests wait on it)."""
 
     async def start_from_cache(self) -> bool:
         """Serve the cached snapshot, if any, before the control plane is reachable."""
@@ -140,14 +159,69 @@ class Agent:
     def stop(self) -> None:
         self._stop = True
 
+    def _hello(self) -> Hello:
+        w = self.workload
+        auth: dict[str, object] = {}
+        held = self.held
+        if held is None:
+            if self.token:
+                self._pending_key = WorkloadKey()
+                auth = {"token": self.token, "csr": self._pending_key.csr(w.namespace, w.name)}
+        else:
+            at = int(time.time())  # noqa: TID251 - wall clock, compared with the CP's
+            auth = {"certificate": held.cert.cert_chain, "proof_time": at,
+                    "proof": held.key.proof(w.namespace, w.name, at)}
+            if at >= held.renew_at():
+                self._pending_key = WorkloadKey()
+                auth["csr"] = self._pending_key.csr(w.namespace, w.name)
+        return Hello(workload=w, last_version=self.current.version if self.current else "",
+                     api_versions=[CONFIG_API_VERSION], features=self.features,
+                     workloads=self.workloads, **auth)  # type: ignore[arg-type]
+
+    async def _renew_when_due(self, writer: asyncio.StreamWriter) -> None:
+        """Send a renewal CSR at about half the certificate's lifetime (once per certificate;
+        the next one is scheduled when the new certificate arrives)."""
+        while not self._stop:
+            held = self.held
+            if held is None:
+                await self.identity_changed.wait()
+                self.identity_changed.clear()
+                continue
+            delay = held.renew_at() - time.time()  # noqa: TID251 - wall clock vs cert times
+            if delay > 0:
+                self.identity_changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.identity_changed.wait(), timeout=delay)
+                continue
+            w = self.workload
+            self._pending_key = WorkloadKey()
+            writer.write(encode(Csr(csr=self._pending_key.csr(w.namespace, w.name))))
+            self.identity_changed.clear()
+            await self.identity_changed.wait()
+
+    async def _take_certificate(self, msg: Certificate) -> None:
+        key = self._pending_key
+        if key is None:
+            log.warning("ignoring a certificate this proxy did not ask for")
+            return
+        self._pending_key = None
+        renewed = self.held is not None
+        self.held = HeldIdentity(key, msg)
+        self.renewals += renewed
+        log.info("workload certificate %s, valid until %s", "renewed" if renewed else "issued",
+                 time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(msg.not_after)))
+        if self.current is not None:
+            try:
+                await self.server.apply(self.held.inject(self.current))
+            except ApplyError as exc:
+                log.warning("the new certificate cannot be put in force: %s", exc)
+        self.identity_changed.set()
+
     async def _session(self, host: str, port: int) -> None:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=5)
+        renewer = asyncio.get_running_loop().create_task(self._renew_when_due(writer))
         try:
-            writer.write(encode(Hello(
-                workload=self.workload, token=self.token,
-                last_version=self.current.version if self.current else "",
-                api_versions=[CONFIG_API_VERSION], features=self.features,
-                workloads=self.workloads)))
+            writer.write(encode(self._hello()))
             decoder = FrameDecoder()
             while not self._stop:
                 data = await asyncio.wait_for(reader.read(65536), timeout=self.idle_timeout)
@@ -159,6 +233,9 @@ class Agent:
                         writer.write(encode(reply))
                         await writer.drain()
         finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -169,6 +246,9 @@ class Agent:
         if isinstance(msg, Error):
             log.warning("control plane refused this proxy: %s", msg.reason)
             raise ConnectionRefusedError(f"control plane refused us: {msg.reason}")
+        if isinstance(msg, Certificate):
+            await self._take_certificate(msg)
+            return None
         if isinstance(msg, Snapshot):
             self.connected.set()
             raw, optional = msg.config, msg.optional
@@ -199,14 +279,15 @@ class Agent:
         paths: list[str] = []
         try:
             cfg = build(ignored)
-            await self.server.apply(cfg)
+            check_reserved(cfg)
+            await self.server.apply(self.held.inject(cfg) if self.held else cfg)
         except ConfigError as exc:
             reason = "; ".join(str(e) for e in exc.errors)
             paths = [e.path for e in exc.errors if e.path]
         except DeltaError as exc:
             reason = str(exc)
             paths = [exc.path] if exc.path else []
-        except (ApplyError, msgspec.ValidationError) as exc:
+        except (ApplyError, msgspec.ValidationError, ReservedSection) as exc:
             reason = str(exc)
         else:
             self.current = cfg

@@ -15,8 +15,11 @@ Exchange:
 
     proxy -> cp   Hello(workload, last_version,       who it is, what it runs, what it speaks:
                         protocol, api_versions,       stream protocol version, contract
-                        features, workloads)          versions, config features (features.py),
-                                                      further workloads of a node
+                        features, workloads,          versions, config features (features.py),
+                        token | certificate+proof,    further workloads of a node; how it
+                        csr)                          proves who it is (ADR 0028)
+    cp -> proxy   Certificate(cert_chain, bundle)     the signed CSR, before any snapshot
+    proxy -> cp   Csr(csr)                            renewal, at half-life
     cp -> proxy   Snapshot(version, config)           full config, first and on resync
     cp -> proxy   DeltaMsg(delta)                     afterwards, against the last ACKed version
     proxy -> cp   Ack(version) | Nack(version,        for each Snapshot/Delta
@@ -54,9 +57,10 @@ from tulle.proxyconfig.model import (
 )
 from tulle.proxyconfig.validate import ConfigError, FieldError, convert_error, errors_in
 
-PROTOCOL_VERSION = 1
-"""The stream protocol this build speaks."""
-SUPPORTED_PROTOCOLS = frozenset({1})
+PROTOCOL_VERSION = 2
+"""The stream protocol this build speaks.  2: hellos authenticate (a bootstrap token or the
+workload's certificate), certificates are issued over the stream (ADR 0028)."""
+SUPPORTED_PROTOCOLS = frozenset({2})
 """Stream protocol versions the control plane accepts in a `Hello`."""
 
 
@@ -94,6 +98,24 @@ class Hello(_Msg, frozen=True, tag="hello"):
     plane registers each and sends one snapshot covering them all, its listeners and inbound
     clusters naming the workload they serve (feature `multi-workload`).  A control plane from
     before this field ignores it and serves `workload` alone (the agent warns)."""
+    csr: str = ""
+    """A PEM CSR for the proxy's own key: with `token` (bootstrap) it is required; with a
+    certificate it renews at once.  Signed before any snapshot is sent."""
+    certificate: str = ""
+    """The workload certificate chain (PEM) the proxy holds, instead of a token."""
+    proof: str = ""
+    """With `certificate`: base64 ECDSA signature by its key over `hello_proof_payload`."""
+    proof_time: int = 0
+    """Unix seconds the proof was made at (accepted within a short window)."""
+
+    def __repr__(self) -> str:  # never print the token
+        return (f"Hello(workload={self.workload.namespace}/{self.workload.name}, "
+                f"protocol={self.protocol}, token={'<redacted>' if self.token else ''!r})")
+
+
+def hello_proof_payload(namespace: str, name: str, at: int) -> bytes:
+    """What a proxy signs with its workload key to present its certificate in a hello."""
+    return f"tulle-hello-v2|{namespace}|{name}|{at}".encode()
 
 
 class Snapshot(_Msg, frozen=True, tag="snapshot", omit_defaults=True):
@@ -135,7 +157,23 @@ class Error(_Msg, frozen=True, tag="error"):
     reason: str
 
 
-Message = Hello | Snapshot | DeltaMsg | Ack | Nack | Ping | Pong | Error
+class Csr(_Msg, frozen=True, tag="csr"):
+    """A renewal: a CSR for a new key, signed for the identity this stream was admitted as."""
+
+    csr: str
+
+
+class Certificate(_Msg, frozen=True, tag="certificate"):
+    """A signed workload certificate (leaf first, PEM) and the mesh's trust anchors."""
+
+    cert_chain: str
+    trust_bundle: list[str] = msgspec.field(default_factory=list)
+    not_after: int = 0
+    """Unix seconds; the proxy renews at about half of its lifetime."""
+    not_before: int = 0
+
+
+Message = Hello | Snapshot | DeltaMsg | Ack | Nack | Ping | Pong | Error | Csr | Certificate
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Message)
@@ -273,6 +311,8 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SUPPORTED_PROTOCOLS",
     "Ack",
+    "Certificate",
+    "Csr",
     "DeltaMsg",
     "Error",
     "FrameDecoder",
@@ -289,5 +329,6 @@ __all__ = [
     "decode_snapshot",
     "delta_message",
     "encode",
+    "hello_proof_payload",
     "snapshot_message",
 ]

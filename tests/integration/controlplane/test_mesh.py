@@ -30,7 +30,8 @@ async def fetch(url: str, host: str) -> tuple[int, str]:
 async def test_apply_route_traffic_follows_then_control_plane_outage(tmp_path: Path) -> None:
     async with named_origin("v1") as app_v1, named_origin("v2") as app_v2:
         out_port, api_port, api2_port = free_port(), free_port(), free_port()
-        async with running_control_plane() as cp:
+        store = f"sqlite:{tmp_path / 'cp.db'}"  # the CA must outlive the outage (ADR 0028)
+        async with running_control_plane(store) as cp:
             status, body = await apply(
                 cp.api_url,
                 workload("web-0", free_port(), 1, out_port, app="web"),
@@ -63,12 +64,14 @@ async def test_apply_route_traffic_follows_then_control_plane_outage(tmp_path: P
         code, _ = await fetch(f"http://127.0.0.1:{out_port}/echo/y", "api")
         assert code == 200
         try:
-            # It comes back (same stream port, fresh memory store): proxies resync to the new
-            # state, in which no Service exists, so web-0 has no outbound listener any more.
-            async with running_control_plane(stream_port=stream_port) as cp2:
-                status, body = await apply(
-                    cp2.api_url, workload("web-0", free_port(), 1, out_port, app="web"))
-                assert status == 200, body
+            # It comes back (same stream port, same store and CA): proxies present their
+            # certificates and resync; once no Service exists, web-0 has no outbound listener.
+            async with running_control_plane(store, stream_port=stream_port) as cp2:
+                async with aiohttp.ClientSession() as s:
+                    for svc in ("api", "api-v2"):
+                        async with s.delete(f"{cp2.api_url}/api/v1/resources/services/{svc}",
+                                            params={"namespace": NS}) as r:
+                            assert r.status == 200
                 await eventually(lambda: _refused(url), timeout=5.0)
         finally:
             for p in proxies:

@@ -6,6 +6,7 @@
     POST   /api/v1/apply?dryRun=false&strict=false      {"documents": [...], "sources": [...]}
     GET    /api/v1/proxies                              connected proxies and their versions
     GET    /api/v1/proxies/{namespace}/{name}/config    the snapshot a proxy runs
+    POST   /api/v1/tokens, DELETE /api/v1/tokens/{namespace}/{id}   bootstrap tokens (tokens.py)
     GET    /healthz, /readyz
 
 `{type}` is any name kubectl would accept: plural, singular, kind or short name.  Errors are
@@ -29,6 +30,8 @@ from tulle.api.registry import KindInfo, resolve
 from tulle.controlplane.api.apply import apply_documents
 from tulle.controlplane.api.apply import error as _error
 from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
+from tulle.controlplane.api.tokens import add_token_routes
+from tulle.controlplane.ca.tokens import TokenService
 from tulle.controlplane.push.server import PushServer, SnapshotCache
 from tulle.controlplane.reconcile import Reconciler
 from tulle.controlplane.store.errors import ConflictError, NotFoundError
@@ -48,7 +51,8 @@ def _ns(info: KindInfo, namespace: str | None) -> str | None:
 
 def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
                reconciler: Reconciler | None = None, *,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               tokens: TokenService | None = None) -> FastAPI:
     app = FastAPI(title="Tulle control plane", version="v1",
                   description="Declare mesh intent; see proxies and what they run.")
     if max_body_bytes:
@@ -144,5 +148,7 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
                 "source": "acked" if running is not None else "desired",
                 "config": msgspec.to_builtins(cfg)}
 
+    if tokens is not None:
+        add_token_routes(app, store, tokens)
     return app
 

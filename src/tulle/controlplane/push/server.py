@@ -33,6 +33,12 @@ anonymous connections held for the hello timeout could exhaust the descriptors b
 `max_connections` larger than the limit (systemd's default soft limit is 1,024), and the
 separate pre-hello cap keeps room for proxies that do say hello.
 
+Admission (ADR 0028): with an `admission` (the control plane always passes one), a hello must
+carry a bootstrap token and a CSR, or the workload's certificate and a proof of its key; it is
+then served that one workload only, and its certificate is sent before any snapshot.  A refused
+hello gets an `Error` with the reason (never the token) and is counted (`unauthenticatedHellos`).
+A `Csr` on an admitted stream renews the certificate for the same identity.
+
 `statuses()` is what `tulle get proxies` shows; `counters()` what the stream refused.
 """
 
@@ -46,6 +52,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from tulle.controlplane.ca.admission import Admission, AdmissionError, Admitted
+from tulle.controlplane.ca.authority import CsrError
 from tulle.controlplane.push.limits import (
     DEFAULT_HELLO_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -68,6 +76,7 @@ from tulle.proxyconfig.stream import (
     PROTOCOL_VERSION,
     SUPPORTED_PROTOCOLS,
     Ack,
+    Csr,
     Error,
     FrameDecoder,
     FrameError,
@@ -187,8 +196,9 @@ class ProxyStatus:
         }
 
 
-RegisterHook = Callable[[WorkloadInfo, str], Awaitable[None]]
-"""Called with the workload a proxy announced (and its peer address) before it is served."""
+RegisterHook = Callable[[WorkloadInfo, str, Admitted | None], Awaitable[None]]
+"""Called with the workload a proxy announced, its peer address and who it was admitted as
+(None without admission), before it is served."""
 
 
 class PushServer:
@@ -200,7 +210,8 @@ class PushServer:
                  max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  max_pending_hellos: int = DEFAULT_MAX_PENDING_HELLOS,
                  hello_max_frame: int = HELLO_MAX_FRAME,
-                 fd_limit: Callable[[], int] = soft_fd_limit) -> None:
+                 fd_limit: Callable[[], int] = soft_fd_limit,
+                 admission: Admission | None = None) -> None:
         if hello_timeout <= 0:
             raise ValueError("hello_timeout must be positive")
         if max_connections < 0:
@@ -222,6 +233,9 @@ class PushServer:
         self.hello_timeouts = 0
         self.bad_hellos = 0
         self.unsupported_hellos = 0
+        self.unauthenticated_hellos = 0
+        self.admission = admission
+        """None only in unit tests of the stream itself; the control plane always sets it."""
         self._told: set[tuple[str, str, str]] = set()
         self.disconnects_before_hello = 0
         self._log_refused = _Throttled("refused, over --stream-max-connections")
@@ -280,6 +294,7 @@ class PushServer:
                 "refusedPendingHellos": self.refused_pending,
                 "helloTimeouts": self.hello_timeouts, "badHellos": self.bad_hellos,
                 "unsupportedHellos": self.unsupported_hellos,
+                "unauthenticatedHellos": self.unauthenticated_hellos,
                 "disconnectsBeforeHello": self.disconnects_before_hello}
 
     def unsupported(self, hello: Hello, peer: str, reason: str) -> None:
@@ -294,6 +309,19 @@ class PushServer:
             self._told.clear()
         self._told.add(told)
         log.warning("proxy %s/%s from %s refused: %s", w.namespace, w.name, peer, reason)
+
+    def unauthenticated(self, hello: Hello, peer: str, reason: str) -> None:
+        """A hello that did not prove its workload: counted; logged once per workload and
+        reason (the reason never holds a token or key)."""
+        self.unauthenticated_hellos += 1
+        w = hello.workload
+        told = (f"{w.namespace}/{w.name}", "auth", reason)
+        if told in self._told:
+            return
+        if len(self._told) >= 4096:
+            self._told.clear()
+        self._told.add(told)
+        log.warning("proxy %s/%s from %s not admitted: %s", w.namespace, w.name, peer, reason)
 
     def _refuse(self, writer: asyncio.StreamWriter, peer: str, pending: bool) -> None:
         """Over a cap: close at once (RST, nothing buffered), count, log."""
@@ -377,6 +405,7 @@ class ProxySession:
         self._node_error = ""
         self.hello_seen = False
         """Set (and the server's pending count released) once the hello is in."""
+        self.admitted: Admitted | None = None
 
     def send(self, msg: Message) -> None:
         self.writer.write(encode(msg))
@@ -416,6 +445,13 @@ class ProxySession:
                 srv.unsupported(first, self.peer, reason)
                 self.send(Error(reason=reason))
                 return
+            if srv.admission is not None:
+                try:
+                    self.admitted = await srv.admission.admit(first)
+                except AdmissionError as exc:
+                    srv.unauthenticated(first, self.peer, str(exc))
+                    self.send(Error(reason=str(exc)))
+                    return
             self.decoder.max_frame = MAX_FRAME
             self.hello_seen = True
             srv.said_hello()
@@ -447,10 +483,12 @@ class ProxySession:
         if srv.on_register is not None:
             try:
                 for x in fronted:
-                    await srv.on_register(x, self.peer.rsplit(":", 1)[0])
+                    await srv.on_register(x, self.peer.rsplit(":", 1)[0], self.admitted)
             except ValueError as exc:
                 self.send(Error(reason=str(exc)))
                 return
+        if self.admitted is not None and self.admitted.issued is not None:
+            self.send(self.admitted.issued)  # before any snapshot: it may name the identity
         self.node = NodeSnapshots(keys)
         self.missing = tuple(f for f in lacking(hello.features) if f.paths)
         self.units = units_of(hello.features)
@@ -588,6 +626,23 @@ class ProxySession:
                 self.inflight = None
         elif isinstance(msg, Pong):
             pass
+        elif isinstance(msg, Csr):
+            self._renew(msg)
+
+    def _renew(self, msg: Csr) -> None:
+        """Sign a renewal CSR for the identity this stream was admitted as; a refused CSR
+        ends the stream with the reason (the proxy keeps its current certificate)."""
+        admission, who = self.server.admission, self.admitted
+        if admission is None or who is None:
+            self.send(Error(reason="this control plane issues no certificates"))
+            self.writer.close()
+            return
+        try:
+            self.send(admission.sign(msg.csr, who.identity, who.workload))
+        except CsrError as exc:
+            log.warning("proxy %s/%s: renewal refused: %s", who.namespace, who.workload, exc)
+            self.send(Error(reason=str(exc)))
+            self.writer.close()
 
 
 def negotiation_error(hello: Hello) -> str:

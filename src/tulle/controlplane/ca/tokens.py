@@ -1,0 +1,169 @@
+"""Bootstrap tokens: what a proxy presents once to get its first certificate.
+
+A token is `tbt1.<claims>.<mac>`: base64url JSON claims (id, namespace, workload, service
+account, labels, expiry) and an HMAC-SHA256 over them with a secret derived from the CA key
+(`CertificateAuthority.derive_secret`), so every replica verifies it without a second secret.
+It names exactly one workload identity and can claim nothing else.
+
+The store keeps a record per issued token (`InternalBootstrapToken`, id and claims, never the
+token itself, which is shown once, to the operator who issued it).  Revoking deletes that
+record; using it creates an `InternalTokenUse` record with the same name, whose create is
+the single-use check: a second use (a replay, on this replica or another) finds it and is
+refused.  Both kinds are internal: not in the API registry, ignored by the compiler.
+
+Refusals say *why* (expired, revoked, already used, bad signature) and name the token's id at
+most, never its text.  Z2 may reuse `TokenSigner` for API tokens with its own purpose string.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import hmac
+import json
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from tulle.controlplane.store.errors import AlreadyExistsError, NotFoundError
+from tulle.controlplane.store.protocol import ResourceStore
+
+PREFIX = "tbt1"
+TOKEN_KIND = "InternalBootstrapToken"
+USE_KIND = "InternalTokenUse"
+INTERNAL_GROUP = "internal.tulle.dev/v1"
+PURPOSE = b"tulle bootstrap tokens v1"
+DEFAULT_TTL = dt.timedelta(hours=1)
+MAX_TTL = dt.timedelta(days=30)
+MAX_TOKEN_BYTES = 4096
+
+
+class TokenError(Exception):
+    """A token that is refused; the message is safe to log and send (no token text)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    id: str
+    namespace: str
+    workload: str
+    service_account: str
+    expires: int
+    """Unix seconds."""
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "ns": self.namespace, "wl": self.workload,
+                "sa": self.service_account, "exp": self.expires, "labels": self.labels}
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class TokenSigner:
+    """HMAC signing and checking of claims; no storage (pure, unit-testable)."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) < 32:
+            raise ValueError("a token key has at least 32 bytes")
+        self._key = key
+
+    def __repr__(self) -> str:
+        return "TokenSigner(<redacted>)"
+
+    def sign(self, claims: Claims) -> str:
+        body = _b64(json.dumps(claims.to_json(), sort_keys=True,
+                               separators=(",", ":")).encode())
+        mac = hmac.new(self._key, f"{PREFIX}.{body}".encode(), hashlib.sha256).digest()
+        return f"{PREFIX}.{body}.{_b64(mac)}"
+
+    def open(self, token: str, now: dt.datetime | None = None) -> Claims:
+        """The claims of an authentic, unexpired token; TokenError otherwise."""
+        if len(token) > MAX_TOKEN_BYTES:
+            raise TokenError("bootstrap token malformed: too long")
+        parts = token.split(".")
+        if len(parts) != 3 or parts[0] != PREFIX:
+            raise TokenError("bootstrap token malformed")
+        try:
+            mac = _unb64(parts[2])
+        except (binascii.Error, ValueError):
+            raise TokenError("bootstrap token malformed") from None
+        want = hmac.new(self._key, f"{PREFIX}.{parts[1]}".encode(), hashlib.sha256).digest()
+        if not hmac.compare_digest(mac, want):
+            raise TokenError("bootstrap token refused: bad signature (not issued by this "
+                             "mesh's CA)")
+        try:
+            raw = json.loads(_unb64(parts[1]))
+            claims = Claims(id=str(raw["id"]), namespace=str(raw["ns"]),
+                            workload=str(raw["wl"]), service_account=str(raw["sa"]),
+                            expires=int(raw["exp"]),
+                            labels={str(k): str(v) for k, v in (raw.get("labels") or {}).items()})
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise TokenError("bootstrap token malformed") from None
+        if (now or _now()).timestamp() >= claims.expires:
+            raise TokenError(f"bootstrap token {claims.id} expired")
+        return claims
+
+
+class TokenService:
+    """Issue, revoke and consume tokens against the store (shared by replicas)."""
+
+    def __init__(self, store: ResourceStore, signer: TokenSigner) -> None:
+        self.store = store
+        self.signer = signer
+
+    async def issue(self, namespace: str, workload: str, service_account: str, *,
+                    labels: dict[str, str] | None = None, ttl: dt.timedelta = DEFAULT_TTL,
+                    now: dt.datetime | None = None) -> tuple[str, Claims]:
+        if not dt.timedelta(seconds=1) <= ttl <= MAX_TTL:
+            raise ValueError(f"ttl: must be between 1s and {MAX_TTL.days}d")
+        now = now or _now()
+        claims = Claims(id=secrets.token_hex(8), namespace=namespace, workload=workload,
+                        service_account=service_account,
+                        expires=int((now + ttl).timestamp()), labels=dict(labels or {}))
+        await self.store.create({
+            "apiVersion": INTERNAL_GROUP, "kind": TOKEN_KIND,
+            "metadata": {"name": claims.id, "namespace": namespace},
+            "spec": {"workload": workload, "serviceAccount": service_account,
+                     "labels": claims.labels, "expires": claims.expires}})
+        return self.signer.sign(claims), claims
+
+    async def revoke(self, namespace: str, token_id: str) -> None:
+        """NotFoundError when no such token is outstanding."""
+        await self.store.delete(TOKEN_KIND, namespace, token_id)
+
+    async def verify(self, token: str, now: dt.datetime | None = None) -> Claims:
+        """Authentic, unexpired, not revoked, not used yet; TokenError otherwise."""
+        claims = self.signer.open(token, now)
+        try:
+            await self.store.get(TOKEN_KIND, claims.namespace, claims.id)
+        except NotFoundError:
+            raise TokenError(f"bootstrap token {claims.id} revoked") from None
+        try:
+            await self.store.get(USE_KIND, claims.namespace, claims.id)
+        except NotFoundError:
+            return claims
+        raise TokenError(f"bootstrap token {claims.id} already used (single-use)")
+
+    async def consume(self, claims: Claims) -> None:
+        """Mark the token used; TokenError if someone used it first (a replay)."""
+        try:
+            await self.store.create({
+                "apiVersion": INTERNAL_GROUP, "kind": USE_KIND,
+                "metadata": {"name": claims.id, "namespace": claims.namespace},
+                "spec": {"expires": claims.expires}})
+        except AlreadyExistsError:
+            raise TokenError(f"bootstrap token {claims.id} already used (single-use)") from None

@@ -1,0 +1,105 @@
+"""The proxy's own workload identity: its key, its CSR, the certificate it holds, renewal time.
+
+The key is made here and never leaves the process: not in a message (only the CSR and a
+signature go out), not in the disk cache (the agent caches the control plane's config, without
+the injected sections), not in a log line (`repr` redacts it).  `/config_dump` redacts
+identities already (ADR 0019).
+
+The certificate is put into every snapshot the proxy applies as the reserved sections
+`identities[name=workload]` and `trust_bundles[name=mesh]` (ADR 0028): compiled TLS settings
+refer to "this workload's identity" and "the mesh's CAs" by those names, and a snapshot that
+itself carries a section with either name is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import random
+
+import msgspec
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from tulle.proxyconfig.model import Identity, ProxyConfig, TrustBundle
+from tulle.proxyconfig.stream import Certificate, hello_proof_payload
+
+WORKLOAD_IDENTITY = "workload"
+"""The reserved `identities` name of the proxy's own certificate."""
+MESH_BUNDLE = "mesh"
+"""The reserved `trust_bundles` name of the mesh CA's roots."""
+RENEW_JITTER = 0.1
+"""Renewal happens at half the lifetime, give or take this share of it."""
+
+
+class ReservedSection(ValueError):
+    """A snapshot carries a section whose name the proxy reserves."""
+
+
+class WorkloadKey:
+    """A fresh ECDSA P-256 key and what it is used for."""
+
+    __slots__ = ("_key",)
+
+    def __init__(self) -> None:
+        self._key = ec.generate_private_key(ec.SECP256R1())
+
+    def __repr__(self) -> str:
+        return "WorkloadKey(<redacted>)"
+
+    def csr(self, namespace: str, name: str) -> str:
+        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name),
+                             x509.NameAttribute(NameOID.ORGANIZATION_NAME, namespace)])
+        req = x509.CertificateSigningRequestBuilder().subject_name(subject)
+        return req.sign(self._key, hashes.SHA256()).public_bytes(
+            serialization.Encoding.PEM).decode()
+
+    def proof(self, namespace: str, name: str, at: int) -> str:
+        sig = self._key.sign(hello_proof_payload(namespace, name, at), ec.ECDSA(hashes.SHA256()))
+        return base64.b64encode(sig).decode()
+
+    def pem(self) -> str:
+        return self._key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()).decode()
+
+
+class HeldIdentity:
+    """A certificate the control plane signed for `key`."""
+
+    __slots__ = ("bundle", "cert", "identity", "key")
+
+    def __init__(self, key: WorkloadKey, cert: Certificate) -> None:
+        self.key = key
+        self.cert = cert
+        self.identity = Identity(name=WORKLOAD_IDENTITY, cert_chain_pem=cert.cert_chain,
+                                 private_key_pem=key.pem())
+        self.bundle = TrustBundle(name=MESH_BUNDLE, ca_pems=list(cert.trust_bundle))
+
+    def __repr__(self) -> str:
+        return f"HeldIdentity(not_after={self.cert.not_after})"
+
+    def renew_at(self, rng: random.Random | None = None) -> float:
+        """Unix seconds to renew at: half-life, with jitter so a fleet does not renew at once."""
+        life = max(1, self.cert.not_after - self.cert.not_before)
+        jitter = (rng or random).uniform(-RENEW_JITTER, RENEW_JITTER) * life
+        return self.cert.not_before + life / 2 + jitter
+
+    def inject(self, cfg: ProxyConfig) -> ProxyConfig:
+        """`cfg` with this identity and the mesh bundle in their reserved sections."""
+        return msgspec.structs.replace(
+            cfg, identities=[*cfg.identities, self.identity],
+            trust_bundles=[*cfg.trust_bundles, self.bundle])
+
+
+def check_reserved(cfg: ProxyConfig) -> None:
+    """Refuse a snapshot that carries a section the proxy fills itself."""
+    for i in cfg.identities:
+        if i.name == WORKLOAD_IDENTITY:
+            raise ReservedSection(f"identities[name={WORKLOAD_IDENTITY}]: reserved for the "
+                                  f"proxy's own certificate")
+    for b in cfg.trust_bundles:
+        if b.name == MESH_BUNDLE:
+            raise ReservedSection(f"trust_bundles[name={MESH_BUNDLE}]: reserved for the "
+                                  f"mesh CA")
