@@ -7,7 +7,8 @@ traffic with a canary shift, and where to look.
 
 Everything is a real process on 127.0.0.1 with free ports: `tulle control-plane run` on a
 SQLite file, three sample apps, three `tulle proxy run --control-plane` sidecars that register
-their workloads themselves.  Resources are applied with `tulle apply` (demo/mesh.yaml).  Traffic
+their workloads themselves (each with a bootstrap token from `tulle token issue`).
+Resources are applied with `tulle apply` (demo/mesh.yaml).  Traffic
 is bounded: DEMO_SECONDS (default 20) at DEMO_RPS (default 50); halfway through, the canary
 weights change and the split follows.  Every process is stopped on exit (also on Ctrl-C).
 """
@@ -66,9 +67,15 @@ class Demo:
                 "--workload", workload, "-n", NS, "--address", "127.0.0.1",
                 "--port", f"http:{port}:{app_port}", "--outbound-port", str(outbound),
                 "--admin-port", str(admin), "--cache-dir", str(self.tmp / "cache")]
+        token_args = ["token", "issue", "--workload", workload, "-n", NS]
         for k, v in labels.items():
             args += ["--label", f"{k}={v}"]
-        self.start(args, f"{workload}-sidecar.log")
+            token_args += ["--label", f"{k}={v}"]
+        # A single-use bootstrap token (ADR 0028), handed over in a 0600 file, not argv.
+        token_file = self.tmp / f"{workload}.token"
+        token_file.touch(mode=0o600)
+        token_file.write_text(self.tulle(*token_args))
+        self.start([*args, "--token-file", str(token_file)], f"{workload}-sidecar.log")
 
     def stop(self) -> None:
         for p in self.procs:

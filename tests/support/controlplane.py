@@ -24,7 +24,6 @@ from tulle.dataplane.agent import Agent
 from tulle.dataplane.server import ProxyServer
 from tulle.proxyconfig.stream import WorkloadInfo
 
-
 _APIS: dict[int, str] = {}
 """Stream port -> REST API URL of the control planes these helpers started."""
 

@@ -171,6 +171,8 @@ class Certificate(_Msg, frozen=True, tag="certificate"):
     not_after: int = 0
     """Unix seconds; the proxy renews at about half of its lifetime."""
     not_before: int = 0
+    """Unix seconds it was issued at (the certificate itself starts a little earlier, for
+    clock skew); the lifetime counts from here."""
 
 
 Message = Hello | Snapshot | DeltaMsg | Ack | Nack | Ping | Pong | Error | Csr | Certificate

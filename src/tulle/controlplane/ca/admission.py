@@ -59,7 +59,7 @@ class Admitted:
 def certificate_message(ca: CertificateAuthority, signed: Signed) -> Certificate:
     return Certificate(cert_chain=signed.chain_pem, trust_bundle=ca.trust_bundle(),
                        not_after=int(signed.not_after.timestamp()),
-                       not_before=int(signed.not_before.timestamp()))
+                       not_before=int(signed.issued_at.timestamp()))
 
 
 class Admission:

@@ -49,6 +49,9 @@ class Signed:
     not_before: dt.datetime
     not_after: dt.datetime
     serial: int
+    issued_at: dt.datetime
+    """When it was signed (`not_before` is earlier by `CLOCK_SKEW`); lifetimes, and so
+    renewal at half-life, count from here."""
 
 
 def _now() -> dt.datetime:
@@ -179,7 +182,7 @@ class CertificateAuthority:
                                critical=False)
                 .sign(self._key, hashes.SHA256()))
         leaf = cert.public_bytes(serialization.Encoding.PEM).decode()
-        return Signed(leaf + self._chain_pem, now - CLOCK_SKEW, not_after, serial)
+        return Signed(leaf + self._chain_pem, now - CLOCK_SKEW, not_after, serial, now)
 
     def verify_workload(self, chain_pem: str, now: dt.datetime | None = None
                         ) -> tuple[SpiffeId, str, x509.Certificate]:

@@ -1,0 +1,234 @@
+"""Stream admission and certificates over the stream, against a real control plane on
+127.0.0.1 (issue 9: the attacks on the stream, each one a test)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Any
+
+import aiohttp
+import pytest
+from cryptography import x509
+from tests.support.controlplane import (
+    apply,
+    eventually,
+    issue_token,
+    running_control_plane,
+    subscribe,
+)
+
+from tulle.dataplane.identity import WorkloadKey
+from tulle.proxyconfig.model import CONFIG_API_VERSION
+from tulle.proxyconfig.stream import (
+    Certificate,
+    Error,
+    FrameDecoder,
+    Hello,
+    Message,
+    WorkloadInfo,
+    encode,
+)
+
+NS = "shop"
+
+
+def _workload(name: str, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Workload",
+            "metadata": {"name": name, "namespace": NS, "labels": {"app": name}},
+            "spec": {"address": "127.0.0.1", "serviceAccount": name, **spec}}
+
+
+async def _hello(port: int, hello: Hello) -> Message:
+    """Send one hello on a fresh connection; the first answer (Certificate or Error)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(encode(hello))
+        dec = FrameDecoder()
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), timeout=5)
+            assert data, "closed without an answer"
+            msgs = dec.feed(data)
+            if msgs:
+                return msgs[0]
+    finally:
+        writer.close()
+
+
+def _h(name: str, **kw: Any) -> Hello:
+    return Hello(workload=WorkloadInfo(name=name, namespace=NS), api_versions=[CONFIG_API_VERSION],
+                 **kw)
+
+
+def _leaf(chain: str) -> x509.Certificate:
+    return x509.load_pem_x509_certificates(chain.encode())[0]
+
+
+async def test_proxy_bootstraps_with_a_token_and_gets_its_spiffe_id(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with running_control_plane() as cp:
+        w = WorkloadInfo(name="web-0", namespace=NS, address="127.0.0.1", service_account="web",
+                         labels={"app": "web"})
+        token = await issue_token(cp.api_url, w)
+        proxy = await subscribe([cp.stream_port], w, token=token)
+        try:
+            await eventually(lambda: proxy.agent.held is not None and proxy.agent.current)
+            held = proxy.agent.held
+            assert held is not None
+            san = _leaf(held.cert.cert_chain).extensions.get_extension_for_class(
+                x509.SubjectAlternativeName).value
+            assert [str(u) for u in san.get_values_for_type(x509.UniformResourceIdentifier)] \
+                == [f"spiffe://cluster.local/ns/{NS}/sa/web"]
+            life = held.cert.not_after - held.cert.not_before
+            assert abs(life - 24 * 3600) <= 2
+            # The proxy runs its config with the identity in the reserved sections.
+            running = proxy.server.config
+            assert running is not None
+            assert [i.name for i in running.identities] == ["workload"]
+            assert [b.name for b in running.trust_bundles] == ["mesh"]
+            # The Workload was made with the token's identity and labels.
+            async with aiohttp.ClientSession() as s:
+                async with s.get(f"{cp.api_url}/api/v1/resources/workloads/web-0",
+                                 params={"namespace": NS}) as r:
+                    wl = await r.json()
+                async with s.get(f"{cp.api_url}/api/v1/proxies/{NS}/web-0/config") as r:
+                    cfg_text = await r.text()
+                # The CA and token records are not API kinds.
+                for kind in ("InternalCertificateAuthority", "InternalBootstrapToken",
+                             "InternalTokenUse"):
+                    async with s.get(f"{cp.api_url}/api/v1/resources/{kind}") as r:
+                        assert r.status == 404
+            assert wl["spec"]["serviceAccount"] == "web"
+            assert wl["metadata"]["labels"] == {"app": "web"}
+            assert "PRIVATE KEY" not in cfg_text
+            assert cp.ca is not None and cp.ca.key_pem().splitlines()[1] not in cfg_text
+        finally:
+            await proxy.stop()
+    assert token not in caplog.text
+    assert token.split(".")[2] not in caplog.text
+    assert "PRIVATE KEY" not in caplog.text
+
+
+async def test_expired_revoked_replayed_tokens_are_refused(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async with running_control_plane() as cp:
+        assert cp.tokens is not None
+        csr = WorkloadKey().csr(NS, "web-0")
+        expired, _ = await cp.tokens.issue(NS, "web-0", "web", ttl=dt.timedelta(seconds=1),
+                                           now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+        reply = await _hello(cp.stream_port, _h("web-0", token=expired, csr=csr))
+        assert isinstance(reply, Error) and "expired" in reply.reason
+        assert expired not in reply.reason
+
+        w = WorkloadInfo(name="web-0", namespace=NS)
+        revoked = await issue_token(cp.api_url, w)
+        tid = revoked.split(".")[1]
+        claims = cp.tokens.signer.open(revoked)
+        async with aiohttp.ClientSession() as s, s.delete(
+                f"{cp.api_url}/api/v1/tokens/{NS}/{claims.id}") as r:
+            assert r.status == 200
+        reply = await _hello(cp.stream_port, _h("web-0", token=revoked, csr=csr))
+        assert isinstance(reply, Error) and "revoked" in reply.reason
+        assert tid not in reply.reason
+
+        good = await issue_token(cp.api_url, w)
+        first = await _hello(cp.stream_port, _h("web-0", token=good, csr=csr))
+        assert isinstance(first, Certificate)
+        replay = await _hello(cp.stream_port, _h("web-0", token=good, csr=csr))
+        assert isinstance(replay, Error) and "already used" in replay.reason
+        assert cp.push is not None and cp.push.counters()["unauthenticatedHellos"] == 3
+    for t in (expired, revoked, good):
+        assert t not in caplog.text
+
+
+async def test_no_token_and_bad_csrs_are_refused_and_the_listener_stays_up() -> None:
+    async with running_control_plane() as cp:
+        w = WorkloadInfo(name="web-0", namespace=NS)
+        reply = await _hello(cp.stream_port, _h("web-0"))
+        assert isinstance(reply, Error) and "authentication required" in reply.reason
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        other_id = (x509.CertificateSigningRequestBuilder()
+                    .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "x")]))
+                    .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(
+                        f"spiffe://cluster.local/ns/{NS}/sa/admin")]), critical=False)
+                    .sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+                    .decode())
+        for csr, why in ((other_id, "may only have"), ("A" * 5000, "too large"),
+                         ("-----BEGIN CERTIFICATE REQUEST-----\nzz\n-----END CERTIFICATE "
+                          "REQUEST-----\n", "malformed")):
+            token = await issue_token(cp.api_url, w)
+            reply = await _hello(cp.stream_port, _h("web-0", token=token, csr=csr))
+            assert isinstance(reply, Error) and why in reply.reason, reply
+            # A refused CSR does not burn the token: it still works with a good CSR.
+            ok = await _hello(cp.stream_port, _h("web-0", token=token,
+                                                 csr=WorkloadKey().csr(NS, "web-0")))
+            assert isinstance(ok, Certificate)
+
+
+async def test_proxy_claiming_another_workload_is_refused() -> None:
+    async with running_control_plane() as cp:
+        token = await issue_token(cp.api_url, WorkloadInfo(name="web-0", namespace=NS))
+        key = WorkloadKey()
+        reply = await _hello(cp.stream_port, _h("db-0", token=token, csr=key.csr(NS, "db-0")))
+        assert isinstance(reply, Error) and "not shop/db-0" in reply.reason
+        cert = await _hello(cp.stream_port, _h("web-0", token=token, csr=key.csr(NS, "web-0")))
+        assert isinstance(cert, Certificate)
+        # With web-0's certificate (and its key) it still cannot be db-0.
+        now = int(dt.datetime.now(dt.UTC).timestamp())
+        reply = await _hello(cp.stream_port, _h("db-0", certificate=cert.cert_chain,
+                                                proof_time=now, proof=key.proof(NS, "db-0", now)))
+        assert isinstance(reply, Error) and "not shop/db-0" in reply.reason
+        # A certificate without a proof of its key (stolen from a log, say) is refused.
+        reply = await _hello(cp.stream_port, _h("web-0", certificate=cert.cert_chain,
+                                                proof_time=now,
+                                                proof=WorkloadKey().proof(NS, "web-0", now)))
+        assert isinstance(reply, Error) and "proof" in reply.reason
+
+
+async def test_hello_can_no_longer_repoint_a_service() -> None:
+    """The issue's attack: a hello for an existing workload with an address of the caller's
+    choosing used to overwrite the Workload and repoint the Service's traffic."""
+    async with running_control_plane() as cp:
+        status, body = await apply(cp.api_url, _workload("api-v1", address="127.0.0.1"))
+        assert status == 200, body
+        evil = WorkloadInfo(name="api-v1", namespace=NS, address="10.66.66.66",
+                            labels={"app": "api-v1", "role": "admin"})
+        reply = await _hello(cp.stream_port, Hello(workload=evil,
+                                                   api_versions=[CONFIG_API_VERSION]))
+        assert isinstance(reply, Error)
+        # Even holding a token for that workload, the hello cannot change the address.
+        token = await issue_token(cp.api_url, WorkloadInfo(name="api-v1", namespace=NS,
+                                                           service_account="api-v1",
+                                                           labels={"app": "api-v1"}))
+        await _hello(cp.stream_port, Hello(
+            workload=evil, api_versions=[CONFIG_API_VERSION], token=token,
+            csr=WorkloadKey().csr(NS, "api-v1")))
+        async with aiohttp.ClientSession() as s, s.get(
+                f"{cp.api_url}/api/v1/resources/workloads/api-v1",
+                params={"namespace": NS}) as r:
+            wl = await r.json()
+        assert wl["spec"]["address"] == "127.0.0.1"
+        assert wl["metadata"]["labels"] == {"app": "api-v1"}
+
+
+async def test_certificate_is_renewed_at_half_life_and_reconnects_use_it() -> None:
+    async with running_control_plane(cert_ttl=dt.timedelta(seconds=4)) as cp:
+        w = WorkloadInfo(name="web-0", namespace=NS, address="127.0.0.1")
+        proxy = await subscribe([cp.stream_port], w)
+        try:
+            await eventually(lambda: proxy.agent.held is not None)
+            assert proxy.agent.held is not None
+            first = proxy.agent.held.cert.cert_chain
+            await eventually(lambda: proxy.agent.renewals >= 1, timeout=8)
+            assert proxy.agent.held.cert.cert_chain != first
+            running = proxy.server.config
+            assert running is not None and running.identities[0].cert_chain_pem == \
+                proxy.agent.held.cert.cert_chain
+        finally:
+            await proxy.stop()
