@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import msgspec
 
 from tulle.controlplane.main import ControlPlane
 from tulle.dataplane.agent import Agent
 from tulle.dataplane.server import ProxyServer
-from tulle.proxyconfig.stream import WorkloadInfo
+from tulle.proxyconfig.stream import Hello, WorkloadInfo
 
 _APIS: dict[int, str] = {}
 """Stream port -> REST API URL of the control planes these helpers started."""
@@ -30,12 +31,24 @@ _APIS: dict[int, str] = {}
 
 async def issue_token(api: str, workload: WorkloadInfo, ttl_seconds: float = 300) -> str:
     """A bootstrap token for `workload` from the control plane at `api`."""
-    body = {"workload": workload.name, "namespace": workload.namespace,
-            "serviceAccount": workload.service_account, "labels": workload.labels,
-            "ttlSeconds": ttl_seconds}
+    body: dict[str, Any] = {"workload": workload.name, "namespace": workload.namespace,
+                            "ttlSeconds": ttl_seconds}
+    if workload.service_account != "default":  # else the declared Workload's, if any
+        body["serviceAccount"] = workload.service_account
+    if workload.labels:
+        body["labels"] = workload.labels
     async with aiohttp.ClientSession() as s, s.post(f"{api}/api/v1/tokens", json=body) as r:
         assert r.status == 201, await r.text()
         return str((await r.json())["token"])
+
+
+async def authenticated(api: str, hello: Hello) -> Hello:
+    """`hello` with a fresh bootstrap token and a CSR, as a proxy's first hello carries."""
+    from tulle.dataplane.identity import WorkloadKey
+
+    w = hello.workload
+    return msgspec.structs.replace(hello, token=await issue_token(api, w),
+                                   csr=WorkloadKey().csr(w.namespace, w.name))
 
 
 @contextlib.asynccontextmanager

@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 from tests.support.controlplane import (
     apply,
+    authenticated,
     control_plane_process,
     eventually,
     named_origin,
@@ -24,6 +25,7 @@ from tests.support.resources import NS, workload
 from tulle.proxyconfig.features import SUPPORTED
 from tulle.proxyconfig.stream import (
     Ack,
+    Certificate,
     Error,
     FrameDecoder,
     Hello,
@@ -47,10 +49,18 @@ class RawProxy:
         self.pending: list[Message] = []
 
     @classmethod
-    async def connect(cls, port: int, hello: Hello) -> RawProxy:
+    async def connect(cls, port: int, hello: Hello, api: str = "") -> RawProxy:
+        """With `api`: admitted the supported way (a bootstrap token and a CSR); the
+        certificate that comes first is skipped."""
+        if api:
+            hello = await authenticated(api, hello)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(encode(hello))
-        return cls(reader, writer)
+        raw = cls(reader, writer)
+        if api:
+            first = await raw.next()
+            assert isinstance(first, Certificate), first
+        return raw
 
     async def next(self, timeout: float = 5.0) -> Message | None:
         """The next message; None when the control plane closed the stream."""
@@ -95,7 +105,7 @@ async def test_an_older_proxy_gets_what_it_understands_and_the_status_says_so(
 
         # The bytes an older proxy receives: no path_normalization anywhere; the rest is there.
         raw = await RawProxy.connect(cp.stream_port, Hello(
-            workload=WorkloadInfo(name="raw-0", namespace=NS), features=OLDER))
+            workload=WorkloadInfo(name="raw-0", namespace=NS), features=OLDER), cp.api)
         msg = await raw.next()
         assert isinstance(msg, Snapshot), msg
         assert b'"path_normalization"' not in bytes(msg.config)
@@ -115,7 +125,7 @@ async def test_an_older_proxy_gets_what_it_understands_and_the_status_says_so(
 
             await eventually(acked, timeout=10)
             ps = await proxies(cp.api)
-            assert ps["old-0"]["protocol"] == 1 and ps["old-0"]["features"] == OLDER
+            assert ps["old-0"]["protocol"] == 2 and ps["old-0"]["features"] == OLDER
             assert ps["old-0"]["withheld"] == [{"feature": "path-normalization",
                                                 "paths": ["settings.path_normalization"]}]
             assert ps["raw-0"]["withheld"] == ps["old-0"]["withheld"]
@@ -133,7 +143,7 @@ async def test_an_older_proxy_gets_what_it_understands_and_the_status_says_so(
             assert "path-normalization" in lines["old-0"]
             assert "path-normalization" not in lines["new-0"]
             described = await tulle(cp.api, "describe", "workload", "old-0", "-n", NS)
-            assert "protocol 1" in described
+            assert "protocol 2" in described
             assert "Withheld:     path-normalization (settings.path_normalization)" in described
         finally:
             raw.close()
@@ -151,7 +161,7 @@ async def test_an_unsupported_protocol_is_refused_with_the_reason_and_logged_onc
                 msg = await raw.next()
                 assert isinstance(msg, Error), msg
                 assert msg.reason == ("unsupported stream protocol version 99: this control "
-                                      "plane speaks 1 (current 1)")
+                                      "plane speaks 2 (current 2)")
                 assert await raw.next() is None  # and the stream is closed
             finally:
                 raw.close()

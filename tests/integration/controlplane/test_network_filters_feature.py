@@ -24,9 +24,10 @@ async def test_a_proxy_without_network_filters_is_told_they_are_withheld(
                                    workload("l4-new", free_port(), app, free_port()))
         assert status == 200, body
         old = await RawProxy.connect(cp.stream_port, Hello(
-            workload=WorkloadInfo(name="l4-old", namespace=NS), features=WITHOUT))
+            workload=WorkloadInfo(name="l4-old", namespace=NS), features=WITHOUT), cp.api)
         new = await RawProxy.connect(cp.stream_port, Hello(
-            workload=WorkloadInfo(name="l4-new", namespace=NS), features=list(SUPPORTED)))
+            workload=WorkloadInfo(name="l4-new", namespace=NS), features=list(SUPPORTED)),
+            cp.api)
         try:
             got_old, got_new = await old.next(), await new.next()
             assert isinstance(got_old, Snapshot) and isinstance(got_new, Snapshot)

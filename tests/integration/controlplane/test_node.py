@@ -9,6 +9,7 @@ import asyncio
 from typing import Any
 
 import aiohttp
+import pytest
 from tests.support.controlplane import apply, eventually, named_origin, running_control_plane
 from tests.support.proxy import free_port
 from tests.support.resources import NS, service, workload
@@ -30,6 +31,9 @@ async def proxies(api: str) -> dict[str, dict[str, Any]]:
         return {p["name"]: p for p in (await r.json())["items"]}
 
 
+@pytest.mark.xfail(strict=True, reason="ADR 0028: a hello for several workloads cannot be "
+                   "authenticated yet (one identity per stream); a node agent needs a token "
+                   "and a certificate per workload")
 async def test_one_proxy_serves_two_workloads_from_one_snapshot() -> None:
     async with named_origin("web") as web_app, named_origin("api") as api_app, \
             running_control_plane() as cp:
