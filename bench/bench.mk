@@ -37,3 +37,8 @@ bench-micro: deps
 bench-controlplane: deps
 	$(BENCH_PY) -m bench.controlplane --json bench/results/controlplane.json \
 		--doc docs/performance.md
+
+## The CA's CSR signing rate on one core -> bench/results/mtls.json (ca_signs_per_s).
+.PHONY: bench-ca
+bench-ca: deps
+	$(BENCH_PY) -m bench.ca --json bench/results/mtls.json

@@ -152,10 +152,10 @@ class SimProxy(asyncio.Protocol):
                  "hello", "size", "skip", "transport", "versions", "waiting")
 
     def __init__(self, fleet: Fleet, workload: WorkloadInfo, *, checked: bool = False,
-                 features: list[str] | None = None) -> None:
+                 features: list[str] | None = None, token: str = "", csr: str = "") -> None:
         self.fleet = fleet
         self.hello = encode(Hello(workload=workload, features=list(
-            SUPPORTED if features is None else features)))
+            SUPPORTED if features is None else features), token=token, csr=csr))
         self.buf = bytearray()
         self.size = -1
         self.skip = 0
@@ -227,6 +227,8 @@ class SimProxy(asyncio.Protocol):
                 self.fleet.to_check.append((self, bytes(self.full), version))
         elif kind == b"ping":
             self.transport.write(_PONG)
+        elif kind == b"certificate":
+            pass  # admitted (ADR 0028); the bench does not use the certificate
         else:
             r = _REASON.search(head)
             self.fleet.errors.append(f"{kind.decode()}: {r.group(1).decode() if r else head!r}")
@@ -293,6 +295,14 @@ class API:
                                json={"documents": list(docs)}) as r:
             if r.status != 200:
                 raise RuntimeError(f"apply: {r.status} {await r.text()}")
+
+    async def token(self, name: str) -> str:
+        """A bootstrap token for workload `name` (ADR 0028), as `tulle token issue` gets it."""
+        async with self.s.post(f"{self.base}/api/v1/tokens",
+                               json={"workload": name, "namespace": NS}) as r:
+            if r.status != 201:
+                raise RuntimeError(f"token: {r.status} {await r.text()}")
+            return str((await r.json())["token"])
 
     async def delete(self, plural: str, name: str) -> None:
         async with self.s.delete(f"{self.base}/api/v1/resources/{plural}/{name}",
@@ -411,10 +421,19 @@ async def bench(args: argparse.Namespace, procs: ProcessSet, tmp: Path) -> dict[
             features = ([f for f in SUPPORTED if f not in UNITS] if args.no_delta_units
                         else list(SUPPORTED))
             res["delta_units"] = sorted(UNITS.intersection(features))
+            # Admission (ADR 0028): a token each, issued before the timed step; one CSR
+            # serves all (the CA signs it once per proxy, inside the timed step).
+            from tulle.dataplane.identity import WorkloadKey
+
+            csr = WorkloadKey().csr(NS, "bench")
+            tokens = {}
+            for i in range(n_svc):
+                for j in range(2):
+                    tokens[(i, j)] = await api.token(f"w-{i}-{j}")
             fleet.proxies = [SimProxy(fleet, WorkloadInfo(name=f"w-{i}-{j}", namespace=NS,
                                                           address=address(2 * i + j)),
                                       checked=(2 * i + j) % args.check_every == 0,
-                                      features=features)
+                                      features=features, token=tokens[(i, j)], csr=csr)
                              for i in range(n_svc) for j in range(2)]
             fleet.mark()
             cpu0, t0 = cpu_seconds([cp.pid])[0], loop.time()

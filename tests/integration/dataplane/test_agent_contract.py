@@ -93,7 +93,7 @@ async def test_an_unknown_section_is_nacked_with_its_path_and_the_stream_stays_u
         async with asyncio.timeout(5):
             await cp.connected.wait()
         (hello,) = cp.hellos
-        assert hello.protocol == 1 and hello.features == list(SUPPORTED)
+        assert hello.protocol == 2 and hello.features == list(SUPPORTED)
         assert hello.api_versions == ["proxy.tulle.dev/v1alpha1"]
 
         ok = await cp.send({"type": "snapshot", "version": "v1",
