@@ -11,11 +11,15 @@
 #                      apply -> ACK propagation, CPU, RSS -> bench/results/controlplane.json and
 #                      its section of docs/performance.md
 #   make bench-micro   ~30 s, no sockets: the HTTP/1.1 proxy's Python CPU per request
+#   make bench-mtls    ~40 s: two hops over mTLS vs two plaintext hops vs HAProxy's two TLS
+#                      hops, and new mTLS handshakes per second -> bench/results/mtls.json
+#                      (`make bench` measures the same row in its full run)
 
 BENCH_PY ?= .venv/bin/python
 BENCH_PEERS ?= tulle,tulle-filters,tulle-routes,haproxy,haproxy-routes,nginx
+BENCH_MTLS_PEERS ?= tulle-mtls,tulle-2hop,haproxy-tls
 
-.PHONY: bench bench-quick bench-profile bench-setup bench-controlplane bench-micro
+.PHONY: bench bench-quick bench-profile bench-setup bench-controlplane bench-micro bench-mtls
 
 bench-setup:
 	bash bench/setup.sh
@@ -24,8 +28,13 @@ bench-quick: deps bench-setup
 	$(BENCH_PY) -m bench.run --mode quick --peers $(BENCH_PEERS) --json bench/results/quick.json
 
 bench: deps bench-setup
-	$(BENCH_PY) -m bench.run --mode full --peers $(BENCH_PEERS) --json bench/results/full.json \
-		--doc docs/performance.md
+	$(BENCH_PY) -m bench.run --mode full --peers $(BENCH_PEERS),$(BENCH_MTLS_PEERS) \
+		--json bench/results/full.json --doc docs/performance.md \
+		--mtls-json bench/results/mtls.json
+
+bench-mtls: deps bench-setup
+	$(BENCH_PY) -m bench.run --mode quick --peers $(BENCH_MTLS_PEERS) \
+		--json bench/results/mtls-quick.json --mtls-json bench/results/mtls.json
 
 bench-profile: deps bench-setup
 	test -x $(dir $(BENCH_PY))py-spy || $(BENCH_PY) -m pip install -q 'py-spy>=0.3.14,<0.5'

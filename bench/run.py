@@ -42,6 +42,7 @@ from typing import Any
 
 from bench import report
 from bench.measure import Plan, http1_rounds, measure_extra, measure_grpc, rnd
+from bench.mtls_peers import MTLS_STARTERS, hop_rss_mb, measure_handshakes, stop_pair
 from bench.peers import (
     LOAD_CPU,
     PROXY_CPU,
@@ -74,9 +75,13 @@ request over the same route without filters (`tulle-filters` vs `tulle`, same ru
 TARGET_ROUTING_CPU_RATIO = 2.0
 """Issue 8: ten rules and two header filters cost Tulle at most 2x what the same ACL routing
 costs HAProxy, CPU per request (`tulle-routes` vs `haproxy-routes`, same run)."""
-HTTP1_ONLY = ("tulle-filters", "tulle-routes", "haproxy-routes")
+HTTP1_ONLY = ("tulle-filters", "tulle-routes", "haproxy-routes", *MTLS_STARTERS)
 """Peers measured in the HTTP/1.1 rounds only (not in the h2c, TCP and gRPC passes)."""
-ALL_STARTERS = {**STARTERS, **ROUTING_STARTERS}
+ALL_STARTERS = {**STARTERS, **ROUTING_STARTERS, **MTLS_STARTERS}
+TARGET_MTLS_ADDED_P99_MS = 0.3
+"""Issue 9: two hops over mTLS add at most 0.3 ms p99 at 1,000 rps (Istio 1.20: +0.298 ms)."""
+TARGET_MTLS_RSS_MB = 40.0
+"""Issue 9: a proxy with an identity stays at or under 40 MB (Istio's sidecar: 60 MB)."""
 
 
 def _loadavg() -> list[float]:
@@ -158,7 +163,41 @@ def derive(res: dict[str, Any]) -> None:
     if tr and hr:
         ratios["tulle_routes_vs_haproxy_routes"] = _ratios(
             tr, hr, ("cpu_us_per_req", "cpu_us_per_req_sat", "p50_ms", "p99_ms", "rps_max"))
+    mtls = derive_mtls(res)
+    if "added_p99_ms" in mtls:
+        v = mtls["added_p99_ms"]
+        targets.append({"target": f"two mTLS hops add ≤ {TARGET_MTLS_ADDED_P99_MS} ms p99 at "
+                                  "1,000 rps over direct", "value": v,
+                        "limit": TARGET_MTLS_ADDED_P99_MS, "unit": "ms",
+                        "met": v <= TARGET_MTLS_ADDED_P99_MS})
+    if "rss_mb" in mtls:
+        v = mtls["rss_mb"]
+        targets.append({"target": f"proxy RSS with an identity ≤ {TARGET_MTLS_RSS_MB:g} MB",
+                        "value": v, "limit": TARGET_MTLS_RSS_MB, "unit": "MB",
+                        "met": v <= TARGET_MTLS_RSS_MB})
     res["targets"] = targets
+
+
+def derive_mtls(res: dict[str, Any]) -> dict[str, Any]:
+    """The mTLS row's figures (issue 9), as `bench/results/mtls.json` holds them."""
+    out: dict[str, Any] = {}
+    for key, name in (("", "tulle-mtls"), ("plaintext_", "tulle-2hop"),
+                      ("haproxy_", "haproxy-tls")):
+        peer = res.get(name)
+        if not peer or "p99_ms" not in peer:
+            continue
+        out[f"{key}added_p50_ms"] = peer.get("added_p50_ms_vs_direct")
+        out[f"{key}added_p99_ms"] = peer.get("added_p99_ms_vs_direct")
+        out[f"{key}cpu_us_per_req"] = peer.get("cpu_us_per_req")
+        if "handshakes" in peer:
+            out[f"{key}handshakes_per_s"] = peer["handshakes"]["handshakes_per_s"]
+        if "hop_rss_mb" in peer:
+            out[f"{key}rss_mb"] = max(peer["hop_rss_mb"])
+        if peer.get("problems"):
+            out[f"{key}problems"] = peer["problems"]
+    if out:
+        res["mtls"] = out
+    return out
 
 
 def _ratios(peer: dict[str, Any], ha: dict[str, Any], keys: tuple[str, ...]) -> dict[str, float]:
@@ -210,6 +249,8 @@ def run(mode: str, peers: list[str]) -> dict[str, Any]:
             res.update(http1_rounds(targets, plan))
             for t in targets:
                 _show(t.name, res[t.name])
+                if t.name in MTLS_STARTERS:
+                    _mtls_extra(ps, t.name, res)
                 if t.proc is not None:
                     ps.stop(t.proc)
             if plan.extra_s:
@@ -228,6 +269,43 @@ def run(mode: str, peers: list[str]) -> dict[str, Any]:
     res["elapsed_s"] = round(time.monotonic() - started, 1)
     derive(res)
     return res
+
+
+def _mtls_extra(ps: ProcessSet, name: str, res: dict[str, Any]) -> None:
+    """After a two-hop peer's rounds: each hop's RSS, new handshakes per second (the TLS
+    pairs), then stop both hops."""
+    peer = res[name]
+    try:
+        peer["hop_rss_mb"] = hop_rss_mb(name)
+        if name != "tulle-2hop":
+            print(f"  handshakes: {name} ...", flush=True)
+            peer["handshakes"] = measure_handshakes(name)
+            print(f"  {peer['handshakes']}", flush=True)
+    except (RuntimeError, ValueError, OSError) as exc:
+        res["errors"][f"{name}/handshakes"] = str(exc)
+        print(f"  error: {exc}", flush=True)
+    finally:
+        stop_pair(ps, name)
+
+
+def write_mtls(path: Path, res: dict[str, Any]) -> None:
+    """Merge the mTLS figures into `path`, keeping keys others write there (the CA's signing
+    rate comes from the control plane's bench)."""
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        old = {}
+    if not isinstance(old, dict):
+        old = {}
+    old.update(res.get("mtls", {}))
+    old["mtls_run"] = {"mode": res["mode"], "timestamp": res["timestamp"],
+                       "git_rev": res["machine"]["git_rev"],
+                       "loadavg_before": res["loadavg_before"],
+                       "direct_p99_ms": res.get("direct", {}).get("p99_ms"),
+                       "contention": {n: res[n].get("contention") for n in MTLS_STARTERS
+                                      if n in res}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(old, indent=2, ensure_ascii=False) + "\n")
 
 
 def _grpc(ps: ProcessSet, peers: list[str], plan: Plan, res: dict[str, Any]) -> None:
@@ -308,6 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="scheduling niceness for the runner and everything it starts (e.g. -10 "
                          "on a shared machine, root only); recorded in the results")
     ap.add_argument("--doc", type=Path, help="update the results section of this markdown file")
+    ap.add_argument("--mtls-json", type=Path,
+                    help="merge the mTLS row's figures into this file (bench/results/mtls.json)")
     args = ap.parse_args(argv)
     peers = [p for p in args.peers.split(",") if p]
     unknown = [p for p in peers if p not in ALL_STARTERS]
@@ -325,6 +405,9 @@ def main(argv: list[str] | None = None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(text)
         print(f"wrote {args.json}")
+    if args.mtls_json and res.get("mtls"):
+        write_mtls(args.mtls_json, res)
+        print(f"wrote {args.mtls_json}")
     if args.doc:
         report.update_doc(args.doc, res)
         print(f"updated {args.doc}")

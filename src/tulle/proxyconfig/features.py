@@ -100,6 +100,10 @@ FEATURES: tuple[Feature, ...] = (
             "a cluster standing for a backend that did not resolve: its requests answered 500"),
     Feature("cluster-limits", ("clusters[].limits",),
             "per-cluster connection, pending, request and retry limits (503 UO past them)"),
+    Feature("mtls", ("listeners[].tls.min_version", "listeners[].tls.expected_spiffe_ids",
+                     "listeners[].filter_chains[].tls.min_version",
+                     "clusters[].tls.min_version", "clusters[].tls.expected_spiffe_ids"),
+            "mesh mTLS: TLS 1.3 only, the server's SPIFFE ID checked by the client"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

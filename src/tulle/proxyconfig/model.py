@@ -79,6 +79,13 @@ class TLSContext(_Base, frozen=True, kw_only=True):
     trust_bundle: str = ""
     """Name of a `trust_bundles` section: the CAs to verify the peer with, instead of `ca_file`
     (not both)."""
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    """Lowest TLS version accepted (feature `mtls`); mesh mTLS uses "1.3"."""
+    expected_spiffe_ids: list[str] = msgspec.field(default_factory=list)
+    """Upstream only (feature `mtls`): the server's certificate must carry exactly one URI SAN,
+    one of these SPIFFE IDs (`spiffe://<trust-domain>/ns/<ns>/sa/<sa>`); it replaces the host
+    name check and needs a `trust_bundle` or `ca_file`.  Empty: no SPIFFE check.  With it
+    and no `alpn`, a `tcp` cluster offers ALPN `tulle-tcp` (ADR 0030)."""
 
 
 class Endpoint(_Base, frozen=True, kw_only=True):

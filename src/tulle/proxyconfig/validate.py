@@ -270,7 +270,7 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
             out.append(FieldError(f"{p}.tls", "a TLS listener needs cert_file and key_file"
                                   " (or an identity)"))
         if lst.tls is not None:
-            out += _tls_refs(lst.tls, f"{p}.tls", cfg)
+            out += _tls_refs(lst.tls, f"{p}.tls", cfg, server=True)
         if lst.filter_chains:
             out += _chains(lst, p, cfg, tables, clusters)
         if lst.network_filters:
@@ -330,10 +330,28 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
     return out
 
 
-def _tls_refs(tls: TLSContext, p: str, cfg: ProxyConfig) -> list[FieldError]:
+_SPIFFE_ID = re.compile(r"^spiffe://[a-z0-9._-]{1,255}(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*$")
+"""A SPIFFE ID: lower-case trust domain, then path segments (SPIFFE ID spec, section 2)."""
+
+
+def _tls_refs(tls: TLSContext, p: str, cfg: ProxyConfig,
+              server: bool = False) -> list[FieldError]:
     """References to the snapshot's identity and trust-bundle sections resolve, and a setting
-    comes from a section or from files, not both."""
+    comes from a section or from files, not both; expected SPIFFE IDs are well formed, on the
+    upstream side only, and come with trust anchors to verify the server against."""
     out: list[FieldError] = []
+    if tls.expected_spiffe_ids:
+        if server:
+            out.append(FieldError(f"{p}.expected_spiffe_ids", "upstream (cluster) TLS only: a "
+                                  "listener learns the client's identity, authorization "
+                                  "decides on it"))
+        elif not (tls.trust_bundle or tls.ca_file):
+            out.append(FieldError(f"{p}.expected_spiffe_ids", "needs a trust_bundle or ca_file "
+                                  "to verify the server's certificate against"))
+        for k, sid in enumerate(tls.expected_spiffe_ids):
+            if len(sid) > 2048 or not _SPIFFE_ID.match(sid):
+                out.append(FieldError(f"{p}.expected_spiffe_ids[{k}]", "must be a SPIFFE ID "
+                                      f"(spiffe://<trust-domain>/<path>), got {sid[:80]!r}"))
     if tls.identity:
         if not any(i.name == tls.identity for i in cfg.identities):
             out.append(FieldError(f"{p}.identity", f"no identity named {tls.identity!r}"))
@@ -431,11 +449,7 @@ def _chains(lst: Listener, p: str, cfg: ProxyConfig, tables: set[str],
                                       "terminates TLS"))
             if not (fc.tls.identity or (fc.tls.cert_file and fc.tls.key_file)):
                 out.append(FieldError(f"{cp}.tls", "needs an identity or cert_file and key_file"))
-            if fc.protocol == "tcp":
-                out.append(FieldError(f"{cp}.protocol", "TLS termination for opaque TCP is not "
-                                      "available yet: use `auto`, `http1` or `http2`, or relay "
-                                      "the TLS unterminated (no `tls`)"))
-            out += _tls_refs(fc.tls, f"{cp}.tls", cfg)
+            out += _tls_refs(fc.tls, f"{cp}.tls", cfg, server=True)
         if fc.network_filters:
             if fc.protocol != "tcp":
                 out.append(FieldError(f"{cp}.network_filters", "only a chain with protocol "

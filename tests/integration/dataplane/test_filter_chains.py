@@ -316,4 +316,4 @@ async def test_a_ca_removed_from_a_trust_bundle_is_no_longer_trusted_without_a_r
         assert p.server.tls.replaced == 1
         assert await mtls_get(port, x_crt, x_key) is None  # X's CA is gone from the bundle
         assert await mtls_get(port, y_crt, y_key) == 200
-        assert p.metric("tulle_proxy_protocol_errors_total", kind="tls_handshake") >= 1
+        assert p.metric("tulle_proxy_protocol_errors_total", kind="tls_client_certificate") >= 1

@@ -50,9 +50,6 @@ def test_bad_chains_are_refused_with_their_paths() -> None:
         "listeners[0].filter_chains[2].match.transport: must be `tls` on a chain that "
         "terminates TLS",
         "listeners[0].filter_chains[2].tls: needs an identity or cert_file and key_file",
-        "listeners[0].filter_chains[2].protocol: TLS termination for opaque TCP is not "
-        "available yet: use `auto`, `http1` or `http2`, or relay the TLS unterminated (no "
-        "`tls`)",
         "listeners[0].filter_chains[3].network_filters: only a chain with protocol `tcp` "
         "takes network filters (this one is 'http1')",
         "listeners[0].filter_chains[5].match: the same match as filter_chains[4]: one of them "

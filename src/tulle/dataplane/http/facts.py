@@ -6,15 +6,18 @@ each asking the transport again.  They are built once per connection by the driv
 (`facts_for`), never per request, and they hold plain values, so a request that never looks at
 them pays nothing.
 
-`peer_identity` is a slot: the peer's verified identity (a SPIFFE ID) once the accept side
-verifies client certificates; until then it is empty and a filter must treat the peer as
-unauthenticated.  `sni` is likewise filled by the accept side that sees the ClientHello (the
-server side of `ssl` does not report it after the handshake).
+`peer_identity` is the peer's verified identity: the SPIFFE ID of the client certificate a
+mesh mTLS listener verified (`security.spiffe`, ADR 0030); empty on plaintext or without a
+verified SVID, and a filter must then treat the peer as unauthenticated.  `sni` is filled
+by the accept side that sees the ClientHello (the server side of `ssl` does not report it
+after the handshake).
 """
 
 from __future__ import annotations
 
 import asyncio
+
+from tulle.dataplane.security.spiffe import spiffe_id
 
 
 class ConnectionFacts:
@@ -55,5 +58,7 @@ def facts_for(transport: asyncio.BaseTransport, listener: str, direction: str,
     ssl_object = transport.get_extra_info("ssl_object")
     if ssl_object is None:
         return ConnectionFacts(listener, direction, address)
-    return ConnectionFacts(listener, direction, address, tls=True,
-                           alpn=ssl_object.selected_alpn_protocol() or "")
+    facts = ConnectionFacts(listener, direction, address, tls=True,
+                            alpn=ssl_object.selected_alpn_protocol() or "")
+    facts.peer_identity = spiffe_id(ssl_object)
+    return facts

@@ -16,7 +16,9 @@ hands the connection to what the chain says, then steps aside:
    "tls_client_hello_invalid" | "tls_client_hello_too_large"}`).  A client silent for
    `detect_timeout_ms` is taken as plaintext with no bytes.
 3. **Hand-over.**  TLS on a chain with `tls`: the handshake (`listeners.tls.TLSAccept`, fed the
-   bytes already read), then the HTTP driver ALPN picks.  TLS on a chain without `tls`: an
+   bytes already read), then the HTTP driver ALPN picks -- or, for ALPN `tulle-tcp` or a
+   `tcp` chain, a relay of the decrypted stream to the chain's cluster (mesh mTLS carries
+   opaque TCP and server-first protocols this way, ADR 0030).  TLS on a chain without `tls`: an
    opaque relay (SNI passthrough).  Plaintext: the chain's protocol, sniffed when `auto`
    (`protocols.detect`).  HTTP drivers route by the chain's *name* (a routing key that
    follows config swaps); relays pass the chain's network filters.
@@ -31,7 +33,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from tulle.dataplane.listeners.chains import ChainRule, by_destination, by_hello
 from tulle.dataplane.listeners.context import Connection, ListenerContext, ListenerHandle, reset
@@ -40,7 +42,11 @@ from tulle.dataplane.listeners.http1 import H1Downstream
 from tulle.dataplane.network.relay import Target, relay
 from tulle.dataplane.protocols.clienthello import ClientHelloReader
 from tulle.dataplane.protocols.detect import MAX_SNIFF_BYTES, detect, undecided
+from tulle.dataplane.security.spiffe import TCP_ALPN
 from tulle.net.origdst import original_destination
+
+if TYPE_CHECKING:
+    from tulle.dataplane.listeners.tls import Starter
 
 _TLS_RECORD = 0x16
 
@@ -234,7 +240,9 @@ class ChainAccept(asyncio.Protocol, Connection):
         handle = self.handle
         name = chain.name
 
-        def by_alpn(alpn: str | None) -> asyncio.Protocol:
+        def by_alpn(alpn: str | None) -> asyncio.Protocol | Starter | None:
+            if alpn == TCP_ALPN or chain.protocol == "tcp":
+                return self._tls_relay(chain)
             driver = self._driver("http2" if alpn == "h2" else "http1") or H1Downstream
             proto = driver(handle)
             proto.route_by_chain(name)
@@ -245,18 +253,34 @@ class ChainAccept(asyncio.Protocol, Connection):
         accept = TLSAccept(handle, chain.tls_ref.ctx, by_alpn)  # the context in force now
         self._pass(lambda t, initial: handover(t, accept, initial))
 
-    def _relay_chain(self, chain: ChainRule) -> None:
-        name = chain.cluster or self.ctx.cluster
+    def _tls_relay(self, chain: ChainRule) -> Starter | None:
+        """The relay of a TLS-terminated opaque stream (`tulle-tcp`, or a `tcp` chain): the
+        decrypted bytes go to the chain's cluster (or, transparent, the original destination)
+        through the chain's network filters, whose facts carry the verified peer identity.
+        None (refused, counted `tls_alpn`) when the chain has nowhere to relay to."""
+        ctx = self.handle.ctx  # the context in force when the handshake ends
+        target = self._target(chain, ctx)
+        if target is None:
+            return None
+        dst = self.destination if ctx.cfg.mode == "transparent" else None
+        handle = self.handle
+        return lambda t, initial: relay(handle, t, initial, target, dst, network=chain.network)
+
+    def _target(self, chain: ChainRule, ctx: ListenerContext) -> Target | None:
+        name = chain.cluster or ctx.cluster
         if name:
-            cluster = self.ctx.clusters.get(name)
-            if cluster is None:
-                self._refuse("no_cluster")
-                return
-            self._relay(Target(name, cluster), chain)
-        elif self.ctx.cfg.mode == "transparent":
-            self._relay(Target.passthrough(*self.destination), chain)
-        else:
+            cluster = ctx.clusters.get(name)
+            return Target(name, cluster) if cluster is not None else None
+        if ctx.cfg.mode == "transparent":
+            return Target.passthrough(*self.destination)
+        return None
+
+    def _relay_chain(self, chain: ChainRule) -> None:
+        target = self._target(chain, self.ctx)
+        if target is None:
             self._refuse("no_cluster")
+            return
+        self._relay(target, chain)
 
     def _relay(self, target: Target, chain: ChainRule | None) -> None:
         dst = self.destination if self.ctx.cfg.mode == "transparent" else None

@@ -32,8 +32,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tulle.proxy")
 
-DriverChoice = Callable[[str | None], asyncio.Protocol]
-"""Builds the driver for the negotiated ALPN protocol (None when the client offered none)."""
+Starter = Callable[[asyncio.Transport, bytes], object]
+"""Takes a live TLS transport and the bytes already decrypted (a TCP relay, ADR 0030)."""
+
+DriverChoice = Callable[[str | None], asyncio.Protocol | Starter | None]
+"""Builds the driver for the negotiated ALPN protocol (None when the client offered none): an
+HTTP driver (a Protocol), or a starter that takes the transport over (the TCP relay of a
+`tulle-tcp` stream); None refuses the connection (counted as `tls_alpn`)."""
+
+_CLIENT_CERT_REASONS = frozenset({
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE", "CERTIFICATE_VERIFY_FAILED",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED", "SSLV3_ALERT_BAD_CERTIFICATE",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED", "TLSV1_ALERT_UNKNOWN_CA"})
+"""OpenSSL reasons of a handshake that failed on the client's certificate (missing, from
+another CA, expired): counted as `tls_client_certificate`, apart from other failures."""
+
+
+def _failure_kind(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason in _CLIENT_CERT_REASONS:
+        return "tls_client_certificate"
+    return "tls_handshake"
 
 
 def server_ssl_context(tls: TLSContext) -> ssl.SSLContext:
@@ -49,7 +67,8 @@ class TLSAccept(asyncio.Protocol, Connection):
     (`ListenerHandle.hand_over`) and the TLS transport with it; application data the TLS layer
     decrypted before the hand-over is passed on.  On failure, timeout, drain or abort the
     connection is closed and its slot released, counted in
-    `tulle_proxy_protocol_errors_total{kind="tls_handshake"}` (or `tls_handshake_timeout`)."""
+    `tulle_proxy_protocol_errors_total{kind="tls_handshake"}` (or `tls_handshake_timeout`, or
+    `tls_client_certificate` when the client's certificate was refused)."""
 
     def __init__(self, handle: ListenerHandle, sslcontext: ssl.SSLContext,
                  choose: DriverChoice) -> None:
@@ -126,7 +145,8 @@ class TLSAccept(asyncio.Protocol, Connection):
             # The loop reports a timeout as one of several exception types; the clock is
             # what says it was one.
             timed_out = bool(ms) and loop.time() - started >= ms / 1000
-            handle.ctx.protocol_error("tls_handshake_timeout" if timed_out else "tls_handshake")
+            handle.ctx.protocol_error("tls_handshake_timeout" if timed_out
+                                      else _failure_kind(exc))
             log.debug("listener %s: TLS handshake failed: %r", handle.name, exc)
             self._release(plain)
             return
@@ -136,8 +156,22 @@ class TLSAccept(asyncio.Protocol, Connection):
         ssl_object = tls.get_extra_info("ssl_object")
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         driver = self._choose(alpn)
+        if driver is None:
+            handle.ctx.protocol_error("tls_alpn")
+            tls.abort()
+            self._release(plain)
+            return
         handle.hand_over(self)
         self._transport = None
+        if not isinstance(driver, asyncio.BaseProtocol):  # a relay takes the transport over
+            early, self._early = b"".join(self._early), []
+            driver(tls, early)
+            successor = tls.get_protocol()
+            if self._eof and successor is not self:
+                eof = getattr(successor, "eof_received", None)
+                if eof is not None and not eof():
+                    tls.close()
+            return
         tls.set_protocol(driver)
         driver.connection_made(tls)
         for data in self._early:

@@ -63,7 +63,10 @@ class _Side(asyncio.Protocol):
         if peer is not None and peer.eof:
             self.relay.set_reason("eof")
             self.relay.close()
-        return True
+        # Keep the socket half-open for the other direction; a TLS transport cannot (asyncio
+        # closes it whatever we answer, and warns at each connection when we answer True).
+        t = self.transport
+        return t is None or t.get_extra_info("ssl_object") is None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -120,9 +123,11 @@ class CopyRelay(TcpProxy):
         cluster = self.target.cluster
         ssl_ctx = cluster.ssl_context if cluster is not None else None
         sni = (cluster.sni or None) if cluster is not None else None
+        check = cluster.peer_check if cluster is not None else None
         try:
             transport, _ = await dial_transport(lambda: self.up, host, port, timeout,
-                                                ssl_context=ssl_ctx, server_name=sni)
+                                                ssl_context=ssl_ctx, server_name=sni,
+                                                peer_check=check)
         except ConnectFailed:
             self.connect_failed()
             self.close()

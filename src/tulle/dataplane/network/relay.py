@@ -17,6 +17,7 @@ from tulle.dataplane.network.copy import CopyRelay
 from tulle.dataplane.network.filter import ConnectionFacts
 from tulle.dataplane.network.splice import SpliceRelay
 from tulle.dataplane.network.tcp_proxy import Target, TcpProxy
+from tulle.dataplane.security.spiffe import spiffe_id
 
 HAS_SPLICE: Final = hasattr(os, "splice")
 USE_SPLICE = HAS_SPLICE
@@ -43,6 +44,7 @@ def facts_of(handle: ListenerHandle, transport: asyncio.Transport,
         tls=ssl_object is not None,
         sni=getattr(ssl_object, "server_hostname", None) if ssl_object is not None else None,
         alpn=ssl_object.selected_alpn_protocol() if ssl_object is not None else None,
+        peer_identity=spiffe_id(ssl_object) or None,
     )
 
 
@@ -60,6 +62,7 @@ def relay(handle: ListenerHandle, transport: asyncio.Transport, initial: bytes,
         chain = network.connection(facts_of(handle, transport, original_destination))
     cluster = target.cluster
     plain = (transport.get_extra_info("sslcontext") is None
+             and transport.get_extra_info("ssl_object") is None
              and transport.get_extra_info("socket") is not None
              and (cluster is None or cluster.ssl_context is None))
     conn: TcpProxy = (SpliceRelay if USE_SPLICE and plain else CopyRelay)(handle, target, chain)

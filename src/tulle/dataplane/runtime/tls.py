@@ -38,6 +38,7 @@ from collections.abc import Iterable
 
 import msgspec
 
+from tulle.dataplane.security.spiffe import TCP_ALPN
 from tulle.proxyconfig.model import Cluster, Identity, ProxyConfig, TLSContext, TrustBundle
 
 _encode = msgspec.json.encode
@@ -177,32 +178,53 @@ Rotation = dict[tuple[object, ...], tuple[ssl.SSLContext, Material]]
 """Cache key -> (the rebuilt context, the material it was built from)."""
 
 
+def _min_version(tls: TLSContext) -> ssl.TLSVersion:
+    return ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
+
+
 def build_client_context(tls: TLSContext, protocol: str,
                          sections: Sections = NO_SECTIONS) -> ssl.SSLContext:
-    """A client (upstream) context for a cluster's TLS settings."""
+    """A client (upstream) context for a cluster's TLS settings.  With `expected_spiffe_ids`
+    the server is verified against the trust anchors and then by its SPIFFE ID (the dialler's
+    peer check), not by host name: an SVID names a workload, not a DNS name (ADR 0030)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = _min_version(tls)
     if not _load_anchors(ctx, tls, sections):
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+    elif tls.expected_spiffe_ids:
+        ctx.check_hostname = False  # verify_mode stays CERT_REQUIRED
     _load_chain(ctx, tls, sections)
-    ctx.set_alpn_protocols(list(tls.alpn) or _default_alpn(protocol))
+    ctx.set_alpn_protocols(list(tls.alpn) or _default_alpn(protocol, tls))
     return ctx
 
 
-def _default_alpn(protocol: str) -> list[str]:
-    return ["h2"] if protocol == "http2" else ["http/1.1"]
+def _default_alpn(protocol: str, tls: TLSContext) -> list[str]:
+    """ALPN says what the connection carries, so a mesh server picks its driver without
+    sniffing: h2, http/1.1, or (mesh mTLS only) `tulle-tcp` for an opaque stream."""
+    if protocol == "http2":
+        return ["h2"]
+    if protocol == "tcp" and tls.expected_spiffe_ids:
+        return [TCP_ALPN]
+    return ["http/1.1"]
+
+
+SERVER_ALPN = ("h2", "http/1.1", TCP_ALPN)
+"""What a listener offers by default, in its order of preference (ALPN is the server's pick
+among what the client offers)."""
 
 
 def build_server_context(tls: TLSContext, sections: Sections = NO_SECTIONS) -> ssl.SSLContext:
-    """A server (listener) context: TLS 1.2+, the client verified when a CA is set."""
+    """A server (listener) context: TLS 1.2+ (or 1.3 only), the client verified -- a client
+    certificate *required* -- when a CA is set."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.minimum_version = _min_version(tls)
     if not (tls.identity or tls.cert_file):
         raise ValueError("a server TLS context needs an identity or cert_file and key_file")
     _load_chain(ctx, tls, sections)
     if _load_anchors(ctx, tls, sections):
         ctx.verify_mode = ssl.CERT_REQUIRED
-    ctx.set_alpn_protocols(list(tls.alpn) or ["h2", "http/1.1"])
+    ctx.set_alpn_protocols(list(tls.alpn) or list(SERVER_ALPN))
     return ctx
 
 
@@ -233,7 +255,7 @@ class TLSContexts:
         tls = cfg.tls
         if tls is None:
             return None
-        alpn = "" if tls.alpn else ",".join(_default_alpn(cfg.protocol))
+        alpn = "" if tls.alpn else ",".join(_default_alpn(cfg.protocol, tls))
         return self._get(("client", _encode(tls), alpn), tls, cfg.protocol, False)
 
     def server(self, tls: TLSContext) -> ssl.SSLContext:

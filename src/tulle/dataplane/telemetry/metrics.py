@@ -244,3 +244,7 @@ class ProxyMetrics:
             "tulle_proxy_network_filter_errors_total",
             "Network filter hooks that raised (the connection is reset), by filter and hook.",
             ("listener", "filter", "hook"))
+        self.upstream_peer_identity_rejected = r.counter(
+            "tulle_proxy_upstream_peer_identity_rejected_total",
+            "Upstream mTLS connections refused because the server's SPIFFE ID is not one "
+            "expected for the cluster (also counted as connect failures).", ("cluster",))

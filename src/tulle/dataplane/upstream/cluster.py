@@ -38,6 +38,7 @@ import msgspec
 from tulle.dataplane.exchange import RequestHead, ResponseSink, UpstreamError, UpstreamStream
 from tulle.dataplane.protocols.http1 import H1Limits
 from tulle.dataplane.runtime.tls import TLSContexts, build_client_context
+from tulle.dataplane.security.spiffe import PeerCheck, expect
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.upstream.attempt import AttemptRequest, OutcomeHook, Refused
 from tulle.dataplane.upstream.lb import NO_AVOID, EndpointState, LoadBalancer, build
@@ -119,6 +120,11 @@ class ClusterRuntime:
         self.high_water = settings.buffer_high_water_bytes
         self.ssl_context = tls.client(cfg) if tls is not None else client_ssl_context(cfg)
         self.sni = cfg.tls.server_name if cfg.tls else ""
+        ids = cfg.tls.expected_spiffe_ids if cfg.tls else None
+        self.peer_check: PeerCheck | None = expect(
+            ids, metrics.upstream_peer_identity_rejected.labels(cfg.name)) if ids else None
+        """Checks the server's SPIFFE ID after each TLS handshake (the dialler's
+        `peer_check`); None without `tls.expected_spiffe_ids`."""
         self.endpoints = endpoints
         self.lb: LoadBalancer = build(cfg.lb_policy, endpoints)
         self.pools = pools

@@ -12,6 +12,12 @@ Two shapes, because the relay's engines need different things:
   between file descriptors and never wraps it in a transport).
 * `dial_transport` -> an asyncio transport driving `protocol` (the copy engine, TLS upstreams,
   and the HTTP pools once they adopt it), TLS handshake included in the timeout.
+
+mTLS origination is here (ADR 0030): the cluster's client context presents its identity and
+verifies the server against its trust bundle during the handshake; then `peer_check` (the
+cluster's expected SPIFFE IDs, `security.spiffe.expect`) looks at the verified certificate and a
+server that is not one expected for the destination fails the dial like a refused connect
+(`ConnectFailed`, so 503 UF with the reason), before any byte of the request is written.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import socket
 import ssl
 from collections.abc import Callable
 from typing import TypeVar
+
+from tulle.dataplane.security.spiffe import PeerCheck
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
@@ -40,6 +48,8 @@ class ConnectFailed(OSError):
 def _what(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
+    if isinstance(exc, ssl.SSLCertVerificationError) and exc.verify_message:
+        return f"TLS: server certificate not trusted ({exc.verify_message})"
     if isinstance(exc, ssl.SSLError):
         return f"TLS: {exc.reason or exc}"
     if isinstance(exc, socket.gaierror):
@@ -125,10 +135,13 @@ async def dial_socket(host: str, port: int, timeout: float) -> socket.socket:
 
 async def dial_transport(protocol_factory: Callable[[], P], host: str, port: int,
                          timeout: float, *, ssl_context: ssl.SSLContext | None = None,
-                         server_name: str | None = None) -> tuple[asyncio.Transport, P]:
+                         server_name: str | None = None,
+                         peer_check: PeerCheck | None = None) -> tuple[asyncio.Transport, P]:
     """A transport to `host:port` driving a protocol from `protocol_factory`, within `timeout`
     seconds (0: none), TLS handshake included when `ssl_context` is set (`server_name`: the
-    name the certificate is checked against and sent as SNI; None takes `host`)."""
+    name the certificate is checked against and sent as SNI; None takes `host`).  With TLS,
+    `peer_check` judges the verified server certificate; a refusal aborts the connection and
+    raises `ConnectFailed` with its reason."""
     loop = asyncio.get_running_loop()
 
     async def connect() -> tuple[asyncio.Transport, P]:
@@ -140,6 +153,11 @@ async def dial_transport(protocol_factory: Callable[[], P], host: str, port: int
         except BaseException:
             sock.close()
             raise
+        if peer_check is not None and ssl_context is not None:
+            refused = peer_check(transport.get_extra_info("ssl_object"))
+            if refused is not None:
+                transport.abort()
+                raise ConnectFailed(host, port, refused)
         return transport, proto
 
     try:
@@ -147,5 +165,7 @@ async def dial_transport(protocol_factory: Callable[[], P], host: str, port: int
             async with asyncio.timeout(timeout):
                 return await connect()
         return await connect()
+    except ConnectFailed:
+        raise
     except (OSError, TimeoutError, ssl.SSLError) as exc:
         raise ConnectFailed(host, port, _what(exc)) from exc

@@ -465,7 +465,8 @@ class H1Pool:
         try:
             _, conn = await dial_transport(
                 lambda: H1Connection(self), ep.address, ep.port, cluster.connect_timeout,
-                ssl_context=cluster.ssl_context, server_name=cluster.sni or None)
+                ssl_context=cluster.ssl_context, server_name=cluster.sni or None,
+                peer_check=cluster.peer_check)
         except ConnectFailed as exc:
             cluster.m_connect_failures.value += 1
             self._dial_failed(connect_failure(

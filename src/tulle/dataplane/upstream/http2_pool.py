@@ -132,7 +132,8 @@ class H2Pool:
         try:
             transport, conn = await dial_transport(
                 lambda: H2UpConnection(self), ep.address, ep.port, cluster.connect_timeout,
-                ssl_context=cluster.ssl_context, server_name=cluster.sni or None)
+                ssl_context=cluster.ssl_context, server_name=cluster.sni or None,
+                peer_check=cluster.peer_check)
         except ConnectFailed as exc:
             self._connect_failed(exc.what)
             return False

@@ -1,0 +1,1 @@
+"""Peer identities on TLS connections: SPIFFE IDs read from verified certificates."""
