@@ -191,6 +191,30 @@ async def test_allow_by_path_and_method_deny_beats_allow_and_source_cidrs(tmp_pa
         assert 'policy="shop/no-admin",action="DENY",result="deny"' in text
 
 
+async def raw_status(port: int, target: bytes) -> bytes:
+    """The status line for a request target sent as is (no client-side normalisation)."""
+    r, w = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        w.write(b"GET " + target + b" HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n")
+        return (await asyncio.wait_for(r.readline(), 5)).strip()
+    finally:
+        w.close()
+
+
+async def test_a_deny_rule_cannot_be_dodged_by_path_tricks(tmp_path: Path) -> None:
+    """Attack: reach a denied path through dot segments or percent-encoding.  The proxy
+    normalises the path before routing, and authz runs on the normalised path."""
+    async with mesh(tmp_path) as m:
+        await m.enforce(policy("no-admin", {"action": "DENY",
+                                            "rules": [{"to": [{"paths": ["/admin*"]}]}]}))
+        await eventually(lambda: _status(m, "/admin"), timeout=10)
+        for target in (b"/x/../admin", b"/./admin/users", b"/%61dmin", b"//admin",
+                       b"/x/%2e%2e/admin"):
+            status = await raw_status(m.http, target)
+            assert status.split(b" ")[1] in (b"403", b"400"), (target, status)
+        assert (await raw_status(m.http, b"/public")).split(b" ")[1] == b"200"
+
+
 async def test_audit_and_dry_run_pass_but_are_counted(tmp_path: Path) -> None:
     async with mesh(tmp_path) as m:
         await m.enforce(

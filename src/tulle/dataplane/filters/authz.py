@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -241,6 +242,18 @@ class Engine:
         return v
 
 
+_SLASHES = re.compile(rb"/{2,}")
+
+
+def authz_path(target: bytes) -> bytes:
+    """The path policies see: without the query, repeated slashes merged.  The proxy has
+    already normalised dot segments and percent-escapes (`routing/paths.py`); `//admin` is kept
+    for the upstream unless `merge_slashes` is set, but many applications serve it as `/admin`,
+    so a DENY on `/admin*` must see it as that (attack finding, ADR 0031)."""
+    path = target.split(b"?", 1)[0]
+    return _SLASHES.sub(b"/", path) if b"//" in path else path
+
+
 def denied_body(v: Verdict) -> bytes:
     """The 403 body: which policy refused (names only: nothing of the request is echoed)."""
     if v.action == "DENY":
@@ -259,7 +272,7 @@ class _AuthzFilter(HttpFilter):
         peer = facts.peer
         head = stream.head
         v = self.engine.decide(Peer(facts.peer_identity, peer[0] if peer else ""), head,
-                               head.path.split(b"?", 1)[0])
+                               authz_path(head.path))
         counters = stream.counters
         for policy, action, result in v.events:
             counters.authz_decision(policy, action, result)
