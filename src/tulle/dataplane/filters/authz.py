@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tulle.authz")
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
@@ -79,20 +78,44 @@ def address(text: str) -> Address | None:
     return ip
 
 
-class Peer:
-    """Who is calling, parsed once per decision: identity, its namespace/account, address."""
+_IPS: dict[str, tuple[int, int] | None] = {}
+"""Parsed peer addresses, (version, integer): a memo of a pure function, bounded (cleared when
+full), so a busy listener parses each client address once, not per request."""
 
-    __slots__ = ("account", "identity", "ip", "namespace")
+
+def _ip_key(text: str) -> tuple[int, int] | None:
+    got = _IPS.get(text, False)
+    if got is False:
+        ip = address(text)
+        got = (ip.version, int(ip)) if ip is not None else None
+        if len(_IPS) >= 4096:
+            _IPS.clear()
+        _IPS[text] = got
+    return got  # type: ignore[return-value]
+
+
+class Peer:
+    """Who is calling, per decision: identity (its namespace/account parsed on first use)
+    and address (parsed once per distinct address)."""
+
+    __slots__ = ("_parsed", "_text", "account", "identity", "ip", "namespace")
 
     def __init__(self, identity: str, ip: str) -> None:
-        self.identity = identity.encode()
+        self._text = identity
+        self.identity = identity.encode() if identity else b""
+        self._parsed = False
         self.namespace = ""
         self.account = ""
+        self.ip = _ip_key(ip) if ip else None
+        """(IP version, address as an integer); None when there is no IP peer."""
+
+    def parse(self) -> None:
+        self._parsed = True
+        identity = self._text
         if identity.startswith("spiffe://"):
             parts = identity[9:].split("/")
             if len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa":
                 self.namespace, self.account = parts[2], parts[4]
-        self.ip = address(ip) if ip else None
 
 
 class _Source:
@@ -102,21 +125,38 @@ class _Source:
         self.principals = tuple(pattern(p) for p in s.principals)
         self.namespaces = frozenset(s.namespaces)
         self.accounts = frozenset(s.service_accounts)
-        self.nets: tuple[Network, ...] = tuple(ipaddress.ip_network(n, strict=False)
-                                               for n in s.ip_blocks)
+        nets = [ipaddress.ip_network(n, strict=False) for n in s.ip_blocks]
+        self.nets: tuple[tuple[int, int, int], ...] = tuple(
+            (n.version, int(n.netmask), int(n.network_address)) for n in nets)
+        """(version, mask, network) as integers: a test is an AND and a compare."""
 
     def matches(self, peer: Peer) -> bool:
-        if self.principals and not (peer.identity and any(
-                m.matches(peer.identity) for m in self.principals)):
-            return False
-        if self.namespaces and not (peer.namespace and (
-                "*" in self.namespaces or peer.namespace in self.namespaces)):
-            return False
-        if self.accounts and f"{peer.namespace}/{peer.account}" not in self.accounts:
-            return False
+        if self.principals:
+            ident = peer.identity
+            if not ident:
+                return False
+            for m in self.principals:
+                if m.matches(ident):
+                    break
+            else:
+                return False
+        if self.namespaces or self.accounts:
+            if not peer._parsed:
+                peer.parse()
+            ns = peer.namespace
+            if self.namespaces and not (ns and ("*" in self.namespaces or ns in self.namespaces)):
+                return False
+            if self.accounts and f"{ns}/{peer.account}" not in self.accounts:
+                return False
         if self.nets:
             ip = peer.ip
-            if ip is None or not any(ip in n for n in self.nets):
+            if ip is None:
+                return False
+            version, value = ip
+            for v, mask, net in self.nets:
+                if v == version and value & mask == net:
+                    break
+            else:
                 return False
         return True
 
@@ -136,9 +176,16 @@ class _Operation:
             return l4_deny or not self.http
         if self.methods and head.method not in self.methods:
             return False
-        if self.paths and not any(m.matches(path) for m in self.paths):
-            return False
-        return all(h.matches(head, b"") for h in self.headers)
+        if self.paths:
+            for m in self.paths:
+                if m.matches(path):
+                    break
+            else:
+                return False
+        for h in self.headers:  # noqa: SIM110 (a loop allocates nothing)
+            if not h.matches(head, b""):
+                return False
+        return True
 
 
 class _AnyHeader(HeaderMatcher):
@@ -159,22 +206,31 @@ class _AnyHeader(HeaderMatcher):
 
 
 class CompiledPolicy:
-    __slots__ = ("action", "dry_run", "name", "rules")
+    __slots__ = ("action", "dry_run", "l4_deny", "name", "rules")
 
     def __init__(self, p: AuthzPolicy) -> None:
         self.name = p.name
         self.action = p.action
+        self.l4_deny = p.action == "DENY"
         self.dry_run = p.dry_run
         self.rules = tuple((tuple(_Source(s) for s in r.sources),
                             tuple(_Operation(o) for o in r.operations)) for r in p.rules)
 
     def matches(self, peer: Peer, head: RequestHead | None, path: bytes) -> bool:
-        l4_deny = self.action == "DENY"
+        l4_deny = self.l4_deny
         for sources, operations in self.rules:
-            if sources and not any(s.matches(peer) for s in sources):
-                continue
-            if operations and not any(o.matches(head, path, l4_deny) for o in operations):
-                continue
+            if sources:
+                for s in sources:
+                    if s.matches(peer):
+                        break
+                else:
+                    continue
+            if operations:
+                for o in operations:
+                    if o.matches(head, path, l4_deny):
+                        break
+                else:
+                    continue
             return True
         return False
 
