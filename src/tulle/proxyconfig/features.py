@@ -49,6 +49,11 @@ def _uses_new_match_kinds(match: dict[str, Any]) -> bool:
                 or (isinstance(path, dict) and path.get("type") == "RegularExpression"))
 
 
+def _uses_authz_filter(rule: dict[str, Any]) -> bool:
+    return any(isinstance(f, dict) and f.get("type") == "Authorization"
+               for f in rule.get("filters") or [])
+
+
 FEATURES: tuple[Feature, ...] = (
     Feature("connection-limits", ("settings.max_connections", "listeners[].max_connections"),
             "caps on open downstream connections, per process and per listener"),
@@ -104,6 +109,15 @@ FEATURES: tuple[Feature, ...] = (
                      "listeners[].filter_chains[].tls.min_version",
                      "clusters[].tls.min_version", "clusters[].tls.expected_spiffe_ids"),
             "mesh mTLS: TLS 1.3 only, the server's SPIFFE ID checked by the client"),
+    # Authorization is a new filter *type*, not a field: a proxy without it must never get the
+    # config with the filter stripped (that would admit everything), so what uses it is dropped
+    # whole -- the rule (its requests then get 404) or the listener (refused) -- fail closed.
+    Feature("authorization", (), "the `Authorization` HTTP filter (policies on route rules)",
+            drops="route_tables[].virtual_hosts[].rules[]", uses=_uses_authz_filter),
+    # Dropping a listener from a delta would leave the proxy's old one (without the filter)
+    # in force, so nothing is withheld: a proxy without it refuses the snapshot (a NACK naming
+    # the entry) and keeps its last good config.
+    Feature("network-authorization", (), "the `authz` network filter on opaque TCP listeners"),
 )
 """Every feature this build's contract has, in the order they were added."""
 
@@ -154,10 +168,14 @@ def _drop(node: Any, segments: list[str], uses: Callable[[dict[str, Any]], bool]
 
 
 def withhold_config(doc: dict[str, Any], missing: Iterable[Feature]) -> None:
-    """Remove the paths of `missing` from a plain `ProxyConfig` document, in place."""
+    """Remove the paths of `missing` from a plain `ProxyConfig` document, in place.  Every
+    feature's items are dropped before any field is stripped: a drop reads fields another
+    feature strips (an `Authorization` filter in a rule's `filters`)."""
+    missing = tuple(missing)
     for f in missing:
         if f.drops and f.uses is not None:
             _drop(doc, f.drops.split("."), f.uses)
+    for f in missing:
         for p in f.paths:
             _strip(doc, p.split("."))
 
@@ -192,10 +210,13 @@ def _in_delta(doc: dict[str, Any], segments: list[str],
 def withhold_delta(doc: dict[str, Any], missing: Iterable[Feature]) -> None:
     """Remove the paths of `missing` from a plain `Delta` document, in place: a singleton's
     path applies to the singleton sent whole, a collection's to each upserted resource and to
-    what the delta units carry of it (virtual hosts, endpoints)."""
+    what the delta units carry of it (virtual hosts, endpoints).  Drops first, as in
+    `withhold_config`."""
+    missing = tuple(missing)
     for f in missing:
         if f.drops and f.uses is not None:
             _in_delta(doc, f.drops.split("."), partial(_drop, uses=f.uses))
+    for f in missing:
         for p in f.paths:
             segments = p.split(".")
             if _in_delta(doc, segments, _strip):

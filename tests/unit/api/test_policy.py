@@ -44,7 +44,7 @@ def test_target_kind_not_allowed(errors: Errors) -> None:
         (
             "spec.targetRef.kind",
             'AuthorizationPolicy cannot target HTTPRoute in group "gateway.networking.k8s.io"; '
-            'it may target Service (core), Mesh ("mesh.tulle.dev")',
+            'it may target Namespace (core), Service (core), Mesh ("mesh.tulle.dev")',
         )
     ]
 

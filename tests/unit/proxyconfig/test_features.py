@@ -60,7 +60,8 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
         "tls-handshake-timeout", "http1-limits", "network-filters", "http-filters",
         "delta-virtual-hosts", "delta-endpoints", "delta-positions",
         "filter-chains", "tls-sections", "metadata", "route-matches", "multi-workload",
-        "unresolved-backends", "cluster-limits", "mtls"]
+        "unresolved-backends", "cluster-limits", "mtls", "authorization",
+        "network-authorization"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:
@@ -242,3 +243,18 @@ def test_cluster_limits_are_withheld_from_a_proxy_without_the_feature() -> None:
     assert "limits" not in doc["clusters"][0]
     got = decode_snapshot(msgspec.Raw(msgspec.json.encode(doc)))
     assert got.clusters[0].limits is None  # the proxy runs Envoy's defaults
+
+
+def test_a_proxy_without_authorization_loses_the_rule_never_just_its_filter() -> None:
+    """Stripping the filter (or all `filters`, for a proxy without `http-filters` either) would
+    admit everything the policies refuse: the rule goes whole and its requests get 404."""
+    doc = msgspec.to_builtins(msgspec.convert({
+        "version": "v1", "clusters": [{"name": "web"}],
+        "route_tables": [{"name": "rt", "virtual_hosts": [{"name": "h", "rules": [
+            {"name": "guarded", "backends": [{"cluster": "web"}], "filters": [
+                {"type": "Authorization", "policies": [{"name": "ns/deny-all"}]}]},
+            {"name": "open", "backends": [{"cluster": "web"}]}]}]}]}, ProxyConfig))
+    withhold_config(doc, [BY_NAME["http-filters"], BY_NAME["authorization"]])
+    rules = doc["route_tables"][0]["virtual_hosts"][0]["rules"]
+    assert [r["name"] for r in rules] == ["open"]
+    assert decode_snapshot(msgspec.Raw(msgspec.json.encode(doc))).route_tables

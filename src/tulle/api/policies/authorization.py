@@ -1,14 +1,20 @@
-"""`AuthorizationPolicy`: who may call a Service (or anything in the Mesh), and how.
+"""`AuthorizationPolicy`: who may call a Service (or a namespace's or the Mesh's workloads), and how.
 
-Schema and validation only; the zero-trust issue enforces it.  `action` applies to requests
-matching any rule; a rule matches when one of its `from` sources and one of its `to`
-operations match (a missing list matches everything).  Within a source or operation every set
-field must match.  DENY wins over ALLOW; AUDIT only logs.  An ALLOW policy with no rules allows
-nothing.  Sources and operations are open for more fields (labels, CIDRs, headers) later.
+Istio's shape and semantics (ADR 0031); enforced by the `authorization` compiler plugin on the
+inbound side of the target's workloads.  `action` applies to requests matching any rule; a rule
+matches when one of its `from` sources and one of its `to` operations match (a missing list
+matches everything).  Within a source or operation every set field must match.  DENY wins over
+ALLOW; AUDIT only counts; `dryRun` only counts and logs what the policy would refuse.  An ALLOW
+policy with no rules allows nothing (deny-all); one with a rule `{}` allows everything.
+
+Identity fields (`identities`, `namespaces`, `serviceAccounts`) match the caller's verified
+SPIFFE ID, so only over mTLS.  Workload labels are not a source field: a SPIFFE ID carries no
+labels, so select callers by their service account (or namespace) instead.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from typing import Annotated, ClassVar, Literal
 
@@ -19,6 +25,9 @@ from tulle.api.fields import DNS1123_LABEL_RE, Checked, Port
 from tulle.api.meta import Model
 from tulle.api.policy import MESH_TARGET, POLICY_API_VERSION, SERVICE_TARGET, Policy, PolicySpec
 from tulle.api.registry import register
+
+NAMESPACE_TARGET = ("", "Namespace")
+"""Every workload of the namespace the policy is in (the target's name must be that namespace)."""
 
 _SPIFFE_RE = re.compile(r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._~!$&'()+,;=:@%-]+)*$")
 
@@ -62,14 +71,51 @@ PathPattern = Annotated[str, Checked(_check_path, {"maxLength": 1024})]
 Method = Annotated[str, Checked(_check_method, {"maxLength": 32})]
 
 
+def _check_cidr(value: str) -> str:
+    try:
+        ipaddress.ip_network(value, strict=False)
+    except ValueError:
+        raise ValueError(f"must be an IP address or CIDR, got {quote(value)}") from None
+    return value
+
+
+def _check_account(value: str) -> str:
+    ns, sep, sa = value.partition("/")
+    account = r"[a-z0-9]([-a-z0-9.]*[a-z0-9])?"
+    if not (sep and re.fullmatch(DNS1123_LABEL_RE, ns) and re.fullmatch(account, sa)):
+        raise ValueError(f"must be namespace/serviceaccount, got {quote(value)}")
+    return value
+
+
+def _check_value(value: str) -> str:
+    if "*" in value[1:-1]:
+        raise ValueError(f'"*" may only start or end a value, got {quote(value)}')
+    return value
+
+
+CIDR = Annotated[str, Checked(_check_cidr, {"maxLength": 64})]
+Account = Annotated[str, Checked(_check_account, {"maxLength": 317})]
+ValuePattern = Annotated[str, Checked(_check_value, {"maxLength": 1024})]
+HeaderName = Annotated[str, Field(min_length=1, max_length=256, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
+
+
+class HeaderCondition(Model):
+    name: HeaderName
+    values: Annotated[list[ValuePattern], Field(min_length=1, max_length=64)]
+
+
 class Source(Model):
     identities: Annotated[list[Identity], Field(min_length=1, max_length=64)] | None = None
     namespaces: Annotated[list[NamespacePattern], Field(min_length=1, max_length=64)] | None = None
+    serviceAccounts: Annotated[list[Account], Field(min_length=1, max_length=64)] | None = None
+    ipBlocks: Annotated[list[CIDR], Field(min_length=1, max_length=64)] | None = None
 
     @model_validator(mode="after")
     def _some(self) -> Source:
-        if self.identities is None and self.namespaces is None:
-            raise field_error((), "set identities or namespaces (an empty source would match everyone)")
+        if (self.identities is None and self.namespaces is None and self.serviceAccounts is None
+                and self.ipBlocks is None):
+            raise field_error((), "set identities, namespaces, serviceAccounts or ipBlocks "
+                                  "(an empty source would match everyone)")
         return self
 
 
@@ -77,11 +123,14 @@ class Operation(Model):
     ports: Annotated[list[Port], Field(min_length=1, max_length=64)] | None = None
     paths: Annotated[list[PathPattern], Field(min_length=1, max_length=64)] | None = None
     methods: Annotated[list[Method], Field(min_length=1, max_length=16)] | None = None
+    headers: Annotated[list[HeaderCondition], Field(min_length=1, max_length=16)] | None = None
 
     @model_validator(mode="after")
     def _some(self) -> Operation:
-        if self.ports is None and self.paths is None and self.methods is None:
-            raise field_error((), "set ports, paths or methods (an empty operation would match everything)")
+        if self.ports is None and self.paths is None and self.methods is None and self.headers is None:
+            raise field_error(
+                (), "set ports, paths, methods or headers (an empty operation would match everything)"
+            )
         return self
 
 
@@ -95,6 +144,8 @@ class AuthorizationRule(Model):
 class AuthorizationPolicySpec(PolicySpec):
     action: Literal["ALLOW", "DENY", "AUDIT"] = "ALLOW"
     rules: Annotated[list[AuthorizationRule], Field(max_length=64)] = Field(default_factory=list)
+    dryRun: bool = False
+    """Evaluate and count (and log what it would refuse) without refusing anything."""
 
 
 @register(
@@ -104,7 +155,8 @@ class AuthorizationPolicySpec(PolicySpec):
     short_names=("authz",),
 )
 class AuthorizationPolicy(Policy):
-    TARGETS: ClassVar[frozenset[tuple[str, str]]] = frozenset({MESH_TARGET, SERVICE_TARGET})
+    TARGETS: ClassVar[frozenset[tuple[str, str]]] = frozenset(
+        {MESH_TARGET, SERVICE_TARGET, NAMESPACE_TARGET})
 
     apiVersion: Literal["policy.tulle.dev/v1alpha1"] = POLICY_API_VERSION
     kind: Literal["AuthorizationPolicy"] = "AuthorizationPolicy"

@@ -35,6 +35,7 @@ from tulle.controlplane.compiler.proxies import (
     ProxyMemo,
     derive_proxies,
     inbound,
+    inbound_tables,
     outbound_listener,
 )
 from tulle.controlplane.compiler.routes import derive_routes, derive_tcp_routes
@@ -138,6 +139,8 @@ class OwnPart:
     listeners: list[Listener]
     clusters: list[Cluster]
     digest: bytes
+    route_tables: list[RouteTable] = field(default_factory=list)
+    """Its inbound ports' own tables (authorization: `proxies.inbound_tables`)."""
 
 
 class PartCache:
@@ -190,14 +193,19 @@ def own_part(proxy: Proxy, has_outbound: bool) -> OwnPart:
     in_listeners_raw, in_clusters_raw = inbound(proxy)
     listeners = [msgspec.convert(x, Listener) for x in in_listeners_raw]
     own_clusters = [msgspec.convert(x, Cluster) for x in in_clusters_raw]
+    own_tables = [msgspec.convert(x, RouteTable) for x in inbound_tables(proxy)]
     if has_outbound:
         listeners.append(msgspec.convert(outbound_listener(proxy), Listener))
     node = Node(name=proxy.name, namespace=proxy.namespace, service=proxy.service,
                 zone=proxy.metadata.zone)
     # The proxy's own part, checked on its own (the outbound table stands in by name).
     check(ProxyConfig(listeners=listeners, clusters=own_clusters,
-                      route_tables=[RouteTable(name="outbound")] if has_outbound else []))
-    return OwnPart(node, listeners, own_clusters, _digest([node, listeners, own_clusters]))
+                      route_tables=own_tables + ([RouteTable(name="outbound")] if has_outbound
+                                                 else [])))
+    parts: list[Any] = [node, listeners, own_clusters]
+    if own_tables:  # (only then: the digest of a proxy without any stays what it was)
+        parts.append(own_tables)
+    return OwnPart(node, listeners, own_clusters, _digest(parts), own_tables)
 
 
 def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) -> ProxyConfig:
@@ -212,7 +220,8 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
             cache.put(proxy, has_outbound, part)
     version = hashlib.sha256(part.digest + digest).hexdigest()[:16]
     return ProxyConfig(version=version, node=part.node, settings=shared.settings,
-                       listeners=part.listeners, route_tables=tables,
+                       listeners=part.listeners,
+                       route_tables=tables + part.route_tables if part.route_tables else tables,
                        clusters=part.clusters + shared.clusters)
 
 

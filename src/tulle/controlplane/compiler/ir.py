@@ -25,6 +25,7 @@ from typing import Any, Literal
 import msgspec
 
 from tulle.proxyconfig.filters import HTTPFilter
+from tulle.proxyconfig.filters.authz import AuthzPolicy
 from tulle.proxyconfig.model import RouteMatch
 
 Key = tuple[str, str]
@@ -242,6 +243,14 @@ class InboundPort(msgspec.Struct, frozen=True):
     """auto, http1, http2 or tcp (`protocols.port_protocol`, default `auto`)."""
 
 
+class InboundAuthz(msgspec.Struct, frozen=True):
+    """The authorization policies of one inbound port, as the proxy runs them (ports resolved:
+    an operation for other ports is gone, `plugins/authorization.py`)."""
+
+    port: int
+    policies: tuple[AuthzPolicy, ...]
+
+
 class Proxy(msgspec.Struct, frozen=True):
     """One workload's proxy: what its own part of the snapshot is rendered from."""
 
@@ -254,6 +263,8 @@ class Proxy(msgspec.Struct, frozen=True):
     inbound: tuple[InboundPort, ...]
     outbound_port: int
     metadata: Metadata
+    authz: tuple[InboundAuthz, ...] = ()
+    """Per inbound port with policies (`plugins/authorization.py`); () : none apply."""
 
     @property
     def namespace(self) -> str:
@@ -308,7 +319,7 @@ class MeshModel(msgspec.Struct, frozen=True):
     """Sorted by (namespace, name); not rendered (`plugins/tcp_routes`)."""
 
 
-__all__ = ["INVALID_BACKEND", "Backend", "Condition", "Dropped", "Endpoint", "InboundPort",
-           "Key", "MeshModel", "MeshResource", "Metadata", "ObjectRef", "Policy", "Proxy",
+__all__ = ["INVALID_BACKEND", "Backend", "Condition", "Dropped", "Endpoint", "InboundAuthz",
+           "InboundPort", "Key", "MeshModel", "MeshResource", "Metadata", "ObjectRef", "Policy", "Proxy",
            "ProxyDefaults", "Route", "Rule", "RuleFilter", "ServicePort", "TCPParent", "TCPRoute",
            "cluster_name"]

@@ -63,15 +63,48 @@ def derive_proxies(m: MeshInputs, memo: ProxyMemo | None = None) -> tuple[Proxy,
 
 
 def inbound(proxy: Proxy) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The inbound listeners and clusters.  A port with authorization policies (`proxy.authz`)
+    is guarded on every path into the application: an HTTP port routes through its own route
+    table (`inbound_tables`: one catch-all rule whose `Authorization` filter runs first), a
+    `tcp` port relays through an `authz` network filter, and an `auto` port takes only HTTP
+    (no `cluster` for opaque TCP, which could not be authorized per request: declare such a
+    port `tcp`)."""
     listeners: list[dict[str, Any]] = []
     clusters: list[dict[str, Any]] = []
+    guarded = {a.port: a for a in proxy.authz}
     for p in proxy.inbound:
         name = f"inbound|{p.port}"
-        listeners.append({"name": name, "address": proxy.address, "port": p.port,
-                          "direction": "inbound", "protocol": p.protocol, "cluster": name})
+        listener: dict[str, Any] = {"name": name, "address": proxy.address, "port": p.port,
+                                    "direction": "inbound", "protocol": p.protocol,
+                                    "cluster": name}
+        authz = guarded.get(p.port)
+        if authz is not None and p.protocol == "tcp":
+            listener["network_filters"] = [
+                {"type": "authz", "policies": [msgspec.to_builtins(x) for x in authz.policies]}]
+        elif authz is not None:
+            del listener["cluster"]
+            listener["route_table"] = name
+        listeners.append(listener)
         clusters.append({"name": name, "protocol": "http1" if p.protocol == "auto" else p.protocol,
                          "endpoints": [{"address": "127.0.0.1", "port": p.target_port}]})
     return listeners, clusters
+
+
+def inbound_tables(proxy: Proxy) -> list[dict[str, Any]]:
+    """The route table of each HTTP inbound port with authorization policies: everything to the
+    port's cluster, through the `Authorization` filter."""
+    protocols = {p.port: p.protocol for p in proxy.inbound}
+    tables: list[dict[str, Any]] = []
+    for a in proxy.authz:
+        if protocols.get(a.port) == "tcp":
+            continue
+        name = f"inbound|{a.port}"
+        rule = {"name": name, "backends": [{"cluster": name}],
+                "filters": [{"type": "Authorization",
+                             "policies": [msgspec.to_builtins(x) for x in a.policies]}]}
+        tables.append({"name": name, "virtual_hosts": [
+            {"name": name, "domains": ["*"], "rules": [rule]}]})
+    return tables
 
 
 def outbound_listener(proxy: Proxy) -> dict[str, Any]:
@@ -83,4 +116,4 @@ def outbound_listener(proxy: Proxy) -> dict[str, Any]:
 
 
 __all__ = ["DEFAULT_OUTBOUND_PORT", "ProxyMemo", "derive_proxies", "derive_proxy", "inbound",
-           "outbound_listener"]
+           "inbound_tables", "outbound_listener"]

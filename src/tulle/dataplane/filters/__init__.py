@@ -6,9 +6,15 @@ runs it; `dataplane/http/chain.py` places the factories in the declared order.
 
 from __future__ import annotations
 
+from tulle.dataplane.filters.authz import AuthzFactory
 from tulle.dataplane.filters.headers import HeadersFactory
 from tulle.dataplane.http.filter import FilterFactory
-from tulle.proxyconfig.filters import HTTPFilter, RequestHeaderModifier, ResponseHeaderModifier
+from tulle.proxyconfig.filters import (
+    Authorization,
+    HTTPFilter,
+    RequestHeaderModifier,
+    ResponseHeaderModifier,
+)
 
 
 def factory_for(cfg: HTTPFilter) -> FilterFactory:
@@ -17,4 +23,6 @@ def factory_for(cfg: HTTPFilter) -> FilterFactory:
         return HeadersFactory(cfg, response=False)
     if isinstance(cfg, ResponseHeaderModifier):
         return HeadersFactory(cfg, response=True)
+    if isinstance(cfg, Authorization):
+        return AuthzFactory(cfg)
     raise TypeError(f"no filter for {type(cfg).__name__}")  # pragma: no cover

@@ -80,9 +80,12 @@ class ChainPort(RequestRecord, Protocol):
 
 
 class ErrorCounter(Protocol):
-    """Where a failing filter is counted (the listener context)."""
+    """Where a failing filter is counted (the listener context), and what filters count."""
 
     def filter_error(self, name: str) -> None: ...
+
+    def authz_decision(self, policy: str, action: str, result: str) -> None:
+        """One authorization decision (`filters/authz.py`)."""
 
 
 def _overrides(cls: type[HttpFilter], hook: str) -> bool:
@@ -154,6 +157,11 @@ class ChainRun:
     def record(self) -> RequestRecord:
         """The request's record (the stream itself): complete when `on_done` runs."""
         return self.port
+
+    @property
+    def counters(self) -> ErrorCounter:
+        """The listener's counters."""
+        return self.errors
 
     # -- FilterStream ---------------------------------------------------------------------
 

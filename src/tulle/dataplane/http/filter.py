@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import RequestHead, ResponseHead
+    from tulle.dataplane.http.chain import ErrorCounter
     from tulle.dataplane.http.facts import ConnectionFacts
 
 CONTINUE = 0
@@ -74,6 +75,8 @@ class RequestRecord(Protocol):
     """Request body bytes received."""
     bytes_out: int
     """Response body bytes sent."""
+    authz: str
+    """The authorization decision, `<result>:<policy>` (`filters/authz.py`); "" when none ran."""
 
 
 class FilterStream(Protocol):
@@ -88,6 +91,10 @@ class FilterStream(Protocol):
     @property
     def record(self) -> RequestRecord:
         """The request's record so far; complete in `on_done`."""
+
+    @property
+    def counters(self) -> ErrorCounter:
+        """The listener's counters (filter errors, authorization decisions)."""
 
     def reply(self, status: int, body: bytes) -> None:
         """Answer the request locally; the hook that calls this should return STOP."""

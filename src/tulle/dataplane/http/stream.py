@@ -100,7 +100,7 @@ class _HeldResponse:
 class RequestStream:
     """One request: head, decision, filters, deadline, upstream, and its record."""
 
-    __slots__ = ("bodiless", "body", "body_size", "bytes_in", "bytes_out", "cluster", "conn",
+    __slots__ = ("authz", "bodiless", "body", "body_size", "bytes_in", "bytes_out", "cluster", "conn",
                  "decision", "done", "due", "expect_continue", "flags", "head",
                  "head_sent", "request_done", "resp", "run", "start", "stats", "status", "timer",
                  "trailers", "tried", "upstream")
@@ -115,6 +115,8 @@ class RequestStream:
         self.start = start
         self.status = 0
         self.flags = ""
+        self.authz = ""
+        """The authorization decision (`<result>:<policy>`), when an authz filter ran."""
         self.cluster = "-"
         self.stats: RequestStats | None = None
         self.bytes_in = 0

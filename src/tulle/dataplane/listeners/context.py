@@ -212,6 +212,10 @@ class ListenerContext:
         """A filter raised on a request of this listener (`http/chain.py`)."""
         self.metrics.filter_errors.labels(self.name, name).value += 1
 
+    def authz_decision(self, policy: str, action: str, result: str) -> None:
+        """An authorization decision on a request of this listener (`filters/authz.py`)."""
+        self.metrics.authz_decisions.labels(self.name, policy, action, result).value += 1
+
     def stats(self, cluster: str) -> RequestStats:
         st = self._stats.get(cluster)
         if st is None:

@@ -48,6 +48,10 @@ class NetworkChain:
         self.observers = tuple(f for f in ordered if f.observer)
         self.listener = listener
         self.metrics = metrics
+        for f in ordered:
+            bind = getattr(f, "bind_metrics", None)
+            if bind is not None:  # filters that count more than rejections (authz)
+                bind(listener, metrics)
 
     def adopt(self, previous: NetworkChain | None) -> None:
         """Take over state from the listener's chain of the previous snapshot: the k-th

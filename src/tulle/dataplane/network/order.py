@@ -4,7 +4,8 @@ A listener's `network_filters` run in this order whatever order the config lists
 (several of one type keep their config order among themselves); the TCP proxy is always the
 terminal.  Places marked "reserved" have no filter yet: they say where one goes when it comes.
 
-    source_ip -> connection_limit -> (rate_limit) -> tcp_proxy;  flow_log sees only close
+    source_ip -> authz -> connection_limit -> (rate_limit) -> tcp_proxy;  flow_log sees only
+    close
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from tulle.dataplane.network import connection_limit, flow_log, source_ip
+from tulle.dataplane.network import authz, connection_limit, flow_log, source_ip
 from tulle.dataplane.network.filter import NetworkFilterFactory
 
 ORDER: Final[tuple[tuple[str, str], ...]] = (
     ("source_ip",
      "Authorization first: a refused peer costs nothing after it — no slot in a connection "
      "limit, no rate budget, no upstream dial — and cannot exhaust what authorised peers share."),
+    ("authz",
+     "Authorization policies (ADR 0031), right after source_ip and for the same reason: a "
+     "refused peer holds no connection slot and spends no budget."),
     ("connection_limit",
      "Concurrent connections, after authorization for the reason above; before the "
      "rate limit so a connection refused for concurrency spends no rate budget."),
@@ -38,5 +42,6 @@ BUILDERS: Final[dict[str, Callable[[Any], NetworkFilterFactory]]] = {
     "source_ip": source_ip.build,
     "connection_limit": connection_limit.build,
     "flow_log": flow_log.build,
+    "authz": authz.build,
 }
 """Config type tag -> the factory builder of its runtime module."""

@@ -240,6 +240,11 @@ class ProxyMetrics:
             "HTTP requests routed, by route table and route (the routes of the snapshot in "
             "force; a route's count survives swaps while its name does).",
             ("route_table", "route"))
+        self.authz_decisions = r.counter(
+            "tulle_proxy_authz_decisions_total",
+            "Authorization decisions (HTTP requests and opaque TCP connections), by listener, "
+            "deciding policy, its action and the result (allow, deny, audit, dry_run_deny).",
+            ("listener", "policy", "action", "result"))
         self.network_filter_errors = r.counter(
             "tulle_proxy_network_filter_errors_total",
             "Network filter hooks that raised (the connection is reset), by filter and hook.",

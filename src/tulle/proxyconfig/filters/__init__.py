@@ -10,10 +10,11 @@ the runtime side in `dataplane/filters/`.
 from __future__ import annotations
 
 from tulle.errors import FieldError
-from tulle.proxyconfig.filters import headers
+from tulle.proxyconfig.filters import authz, headers
+from tulle.proxyconfig.filters.authz import Authorization
 from tulle.proxyconfig.filters.headers import RequestHeaderModifier, ResponseHeaderModifier
 
-HTTPFilter = RequestHeaderModifier | ResponseHeaderModifier
+HTTPFilter = RequestHeaderModifier | ResponseHeaderModifier | Authorization
 """Every HTTP filter config this contract has, tagged by `type`."""
 
 
@@ -21,7 +22,9 @@ def errors(f: HTTPFilter, path: str) -> list[FieldError]:
     """The semantic errors of one filter config, each with its path below `path`."""
     if isinstance(f, RequestHeaderModifier | ResponseHeaderModifier):
         return headers.errors(f, path)
+    if isinstance(f, Authorization):
+        return authz.errors(f, path)
     return []  # pragma: no cover - every member has a branch above
 
 
-__all__ = ["HTTPFilter", "RequestHeaderModifier", "ResponseHeaderModifier", "errors"]
+__all__ = ["Authorization", "HTTPFilter", "RequestHeaderModifier", "ResponseHeaderModifier", "errors"]

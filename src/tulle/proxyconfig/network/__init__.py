@@ -10,12 +10,13 @@ runtime module, its place in the order, docs.
 from __future__ import annotations
 
 from tulle.errors import FieldError
-from tulle.proxyconfig.network import connection_limit, flow_log, source_ip
+from tulle.proxyconfig.network import authz, connection_limit, flow_log, source_ip
+from tulle.proxyconfig.network.authz import NetworkAuthz
 from tulle.proxyconfig.network.connection_limit import ConnectionLimit
 from tulle.proxyconfig.network.flow_log import FlowLog
 from tulle.proxyconfig.network.source_ip import SourceIP
 
-NetworkFilterConfig = SourceIP | ConnectionLimit | FlowLog
+NetworkFilterConfig = SourceIP | ConnectionLimit | FlowLog | NetworkAuthz
 
 
 def check(cfg: NetworkFilterConfig, path: str) -> list[FieldError]:
@@ -24,7 +25,10 @@ def check(cfg: NetworkFilterConfig, path: str) -> list[FieldError]:
         return source_ip.check(cfg, path)
     if isinstance(cfg, ConnectionLimit):
         return connection_limit.check(cfg, path)
+    if isinstance(cfg, NetworkAuthz):
+        return authz.check(cfg, path)
     return flow_log.check(cfg, path)
 
 
-__all__ = ["ConnectionLimit", "FlowLog", "NetworkFilterConfig", "SourceIP", "check"]
+__all__ = ["ConnectionLimit", "FlowLog", "NetworkAuthz", "NetworkFilterConfig", "SourceIP",
+           "check"]

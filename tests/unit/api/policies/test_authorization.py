@@ -55,13 +55,13 @@ R = "spec.rules.0"
             f"{R}.from.0",
             {},
             "spec.rules[0].from[0]",
-            "set identities or namespaces (an empty source would match everyone)",
+            "set identities, namespaces, serviceAccounts or ipBlocks (an empty source would match everyone)",
         ),
         (
             f"{R}.to.0",
             {},
             "spec.rules[0].to[0]",
-            "set ports, paths or methods (an empty operation would match everything)",
+            "set ports, paths, methods or headers (an empty operation would match everything)",
         ),
         (
             f"{R}.from.0.identities",
@@ -101,3 +101,23 @@ R = "spec.rules.0"
 )
 def test_rules(path: str, value: Any, error_path: str, message: str, errors: Errors) -> None:
     assert errors(with_(AP, path, value)) == [(error_path, message)]
+
+
+def test_sources_by_account_and_cidr_operations_by_header_and_dry_run() -> None:
+    rules = [{"from": [{"serviceAccounts": ["shop/web"], "ipBlocks": ["10.0.0.0/8", "::1"]}],
+              "to": [{"headers": [{"name": "x-env", "values": ["prod", "stag*"]}]}]}]
+    ap = parse(with_(AP, "spec", {**AP["spec"], "rules": rules, "dryRun": True}))
+    assert isinstance(ap, AuthorizationPolicy) and ap.spec.dryRun
+    ns = parse(with_(AP, "spec", {"targetRef": {"group": "", "kind": "Namespace", "name": "shop"}}))
+    assert isinstance(ns, AuthorizationPolicy)
+
+
+def test_bad_accounts_cidrs_and_header_values_are_refused(errors: Errors) -> None:
+    rules = [{"from": [{"serviceAccounts": ["web"], "ipBlocks": ["10.0.0.300/8"]}],
+              "to": [{"headers": [{"name": "x", "values": ["a*b"]}]}]}]
+    assert errors(with_(AP, "spec", {**AP["spec"], "rules": rules})) == [
+        ("spec.rules[0].from[0].serviceAccounts[0]",
+         'must be namespace/serviceaccount, got "web"'),
+        ("spec.rules[0].from[0].ipBlocks[0]", 'must be an IP address or CIDR, got "10.0.0.300/8"'),
+        ("spec.rules[0].to[0].headers[0].values[0]",
+         '"*" may only start or end a value, got "a*b"')]

@@ -41,9 +41,9 @@ def test_a_good_pair_is_taken() -> None:
 def test_unknown_and_missing_type_name_the_entry() -> None:
     assert errors([{"set": []}, {"type": "RequestRedirect"}]) == [
         f"{P}[0].type: required field is missing (one of 'RequestHeaderModifier', "
-        "'ResponseHeaderModifier')",
+        "'ResponseHeaderModifier', 'Authorization')",
         f"{P}[1].type: must be one of 'RequestHeaderModifier', 'ResponseHeaderModifier', "
-        "got 'RequestRedirect'"]
+        "'Authorization', got 'RequestRedirect'"]
 
 
 @pytest.mark.parametrize("name", ["bad name", "x:y", ":path", "", "é"])

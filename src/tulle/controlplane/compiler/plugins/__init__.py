@@ -7,8 +7,8 @@ the proxy's filters).  Where the next ones go:
 
 - retries, circuit breaking, outlier detection (traffic management): after `route_timeouts`
   (a retry's per-try timeout is read against the rule's timeout), before `unclaimed_filters`;
-- authorization, rate limits (zero trust): on the proxies' inbound side, after the route
-  plugins, before `unenforced_policies`;
+- rate limits: on the proxies' inbound side, after `authorization` (refused callers spend no
+  budget, as in the proxy's filter order), before `unenforced_policies`;
 - a TimeoutPolicy plugin: between `route_timeouts` and `mesh_defaults`, filling in only rules
   the route left without a timeout (Service, then route targets, most specific first).
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from tulle.controlplane.compiler.ir import MeshModel
 from tulle.controlplane.compiler.plugins import (
+    authorization,
     header_modifiers,
     mesh_defaults,
     mesh_settings,
@@ -46,6 +47,10 @@ ORDER: tuple[tuple[Plugin, str], ...] = (
     (tcp_routes.PLUGIN,
      "after the HTTP route plugins, before unenforced_policies: TCPRoutes are not run (no "
      "interception yet) and each says so; a policy targeting one is still unenforced_policies'"),
+    (authorization.PLUGIN,
+     "the inbound side's policies, after the route plugins (it edits proxies, not routes) and "
+     "after mesh_settings (it reads whether mTLS is in force to warn about identity rules); "
+     "before unenforced_policies, which must see the status it writes"),
     (unenforced_policies.PLUGIN,
      "last: a policy no plugin wrote a status for is not enforced, and must say so"),
 )

@@ -3,9 +3,9 @@
 A stored policy must not look as if it worked.  A plugin that enforces a policy kind writes
 that policy's conditions itself; whatever policy has none when this plugin runs (last) is one
 the data plane does not enforce: `Unsupported` — or `TargetNotFound` when its target does not
-exist, which is worth knowing whatever the kind.  Today that is every kind (TimeoutPolicy,
-AuthorizationPolicy...); each later plugin that enforces one takes its kind off this list by
-writing its own status.
+exist, which is worth knowing whatever the kind.  Today that is TimeoutPolicy;
+AuthorizationPolicy is `authorization`'s, which writes its own status.  Each later plugin that
+enforces a kind takes it off this list the same way.
 """
 
 from __future__ import annotations

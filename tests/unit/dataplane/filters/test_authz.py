@@ -1,0 +1,189 @@
+"""Authorization decisions: matching, precedence (DENY > ALLOW > default), AUDIT, dry run, L4,
+identities, and the filter's 403 on a scripted request stream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from tulle.dataplane.exchange import RequestHead
+from tulle.dataplane.filters import factory_for
+from tulle.dataplane.filters.authz import Engine, Peer
+from tulle.dataplane.http.chain import ChainRun, build_chain
+from tulle.dataplane.http.facts import ConnectionFacts
+from tulle.proxyconfig.filters.authz import Authorization, AuthzPolicy
+
+ALICE = "spiffe://mesh.local/ns/shop/sa/alice"
+EVE = "spiffe://mesh.local/ns/other/sa/eve"
+
+
+def policies(*raw: dict[str, Any]) -> list[AuthzPolicy]:
+    return msgspec.convert(list(raw), list[AuthzPolicy])
+
+
+def head(method: bytes = b"GET", path: bytes = b"/", headers: list[tuple[bytes, bytes]] | None
+         = None) -> RequestHead:
+    return RequestHead(method, path, b"svc", b"http", headers or [])
+
+
+def decide(engine: Engine, *, ip: str = "10.0.0.1", identity: str = "",
+           h: RequestHead | None = None, l4: bool = False) -> tuple[bool, str, list[Any]]:
+    h = None if l4 else (h or head())
+    v = engine.decide(Peer(identity, ip), h, h.path.split(b"?")[0] if h else b"")
+    return v.allowed, v.policy, v.events
+
+
+def test_no_allow_policy_means_allow_and_a_matching_deny_refuses() -> None:
+    e = Engine(policies({"name": "ns/no-admin", "action": "DENY",
+                         "rules": [{"operations": [{"paths": ["/admin*"]}]}]}))
+    assert decide(e)[:2] == (True, "-")
+    assert decide(e, h=head(path=b"/admin/users"))[:2] == (False, "ns/no-admin")
+
+
+def test_allow_policies_admit_only_what_one_of_them_matches() -> None:
+    e = Engine(policies({"name": "ns/read", "rules": [{"operations": [
+        {"methods": ["GET", "HEAD"], "paths": ["/api/*", "/health"]}]}]}))
+    assert decide(e, h=head(path=b"/api/x"))[:2] == (True, "ns/read")
+    assert decide(e, h=head(path=b"/health"))[0] is True
+    assert decide(e, h=head(path=b"/healthz"))[0] is False  # exact, not a prefix
+    assert decide(e, h=head(b"POST", b"/api/x"))[:2] == (False, "ns/read")
+
+
+def test_an_allow_policy_without_rules_denies_everything() -> None:
+    e = Engine(policies({"name": "mesh/deny-all"}))
+    assert decide(e)[:2] == (False, "mesh/deny-all")
+
+
+def test_deny_beats_allow() -> None:
+    e = Engine(policies({"name": "ns/all", "rules": [{}]},
+                        {"name": "ns/block", "action": "DENY",
+                         "rules": [{"sources": [{"ip_blocks": ["10.0.0.0/8"]}]}]}))
+    assert decide(e, ip="10.1.2.3")[:2] == (False, "ns/block")
+    assert decide(e, ip="192.168.0.1")[:2] == (True, "ns/all")
+    assert decide(e, ip="::ffff:10.1.2.3")[0] is False  # IPv4-mapped checked as IPv4
+
+
+def test_every_field_of_a_source_and_operation_must_match() -> None:
+    e = Engine(policies({"name": "ns/p", "rules": [{
+        "sources": [{"ip_blocks": ["127.0.0.0/8"], "principals": ["*"]}],
+        "operations": [{"methods": ["GET"], "headers": [{"name": "X-Env",
+                                                          "values": ["prod", "stag*"]}]}]}]}))
+    ok = head(headers=[(b"x-env", b"staging")])
+    assert decide(e, ip="127.0.0.1", identity=ALICE, h=ok)[0] is True
+    assert decide(e, ip="127.0.0.1", h=ok)[0] is False  # no identity: `*` needs one
+    assert decide(e, ip="10.0.0.1", identity=ALICE, h=ok)[0] is False
+    assert decide(e, ip="127.0.0.1", identity=ALICE, h=head(headers=[(b"x-env", b"dev")]))[0] \
+        is False
+    assert decide(e, ip="127.0.0.1", identity=ALICE, h=head())[0] is False  # header missing
+
+
+def test_identity_rules_match_the_spiffe_id_and_never_without_one() -> None:
+    e = Engine(policies({"name": "ns/p", "rules": [
+        {"sources": [{"namespaces": ["shop"]}]},
+        {"sources": [{"service_accounts": ["ops/admin"]}]},
+        {"sources": [{"principals": ["spiffe://mesh.local/ns/batch/*"]}]}]}))
+    assert decide(e, identity=ALICE)[0] is True
+    assert decide(e, identity="spiffe://mesh.local/ns/ops/sa/admin")[0] is True
+    assert decide(e, identity="spiffe://mesh.local/ns/ops/sa/intern")[0] is False
+    assert decide(e, identity="spiffe://mesh.local/ns/batch/sa/job")[0] is True
+    assert decide(e, identity=EVE)[0] is False
+    assert decide(e, identity="")[0] is False  # plaintext peer: identity rules never match
+    # a workload posing as another by a look-alike ID that is not a SPIFFE ID of that namespace
+    assert decide(e, identity="spiffe://mesh.local/ns/shop")[0] is False
+
+
+def test_audit_counts_without_deciding() -> None:
+    e = Engine(policies({"name": "ns/audit", "action": "AUDIT",
+                         "rules": [{"operations": [{"paths": ["/pay*"]}]}]}))
+    allowed, _, events = decide(e, h=head(path=b"/payments"))
+    assert allowed is True
+    assert ("ns/audit", "AUDIT", "audit") in events
+
+
+def test_dry_run_never_refuses_but_counts_what_it_would(caplog: pytest.LogCaptureFixture) -> None:
+    e = Engine(policies({"name": "ns/strict", "dry_run": True},
+                        {"name": "ns/no-admin", "action": "DENY", "dry_run": True,
+                         "rules": [{"operations": [{"paths": ["/admin*"]}]}]}))
+    caplog.set_level("INFO", "tulle.authz")
+    allowed, policy, events = decide(e, h=head(path=b"/admin?token=s3cret"))
+    assert allowed is True and policy == "-"
+    assert events[1] == ("ns/no-admin", "DENY", "dry_run_deny")
+    assert "would deny GET /admin" in caplog.text and "s3cret" not in caplog.text
+    assert decide(e, h=head(path=b"/x"))[2][1] == ("ns/strict", "ALLOW", "dry_run_deny")
+
+
+def test_at_l4_http_fields_fail_closed() -> None:
+    e = Engine(policies({"name": "ns/get-only", "rules": [{"operations": [{"methods": ["GET"]}]}]},
+                        {"name": "ns/net", "rules": [{"sources": [{"ip_blocks": ["10.0.0.0/8"]}]}]}))
+    assert decide(e, ip="10.0.0.1", l4=True)[:2] == (True, "ns/net")
+    assert decide(e, ip="192.168.1.1", l4=True)[0] is False  # GET-only never matches TCP
+    d = Engine(policies({"name": "ns/d", "action": "DENY", "rules": [
+        {"sources": [{"ip_blocks": ["10.0.0.0/8"]}], "operations": [{"paths": ["/x"]}]}]}))
+    assert decide(d, ip="10.0.0.1", l4=True)[0] is False  # DENY ignores the HTTP fields
+    assert decide(d, ip="192.168.1.1", l4=True)[0] is True
+
+
+class Port:
+    def __init__(self, identity: str = "") -> None:
+        self.facts = ConnectionFacts("inbound|80", "inbound", ("127.0.0.1", 5555))
+        self.facts.peer_identity = identity
+        self.replies: list[tuple[int, bytes]] = []
+        self.counted: list[tuple[str, str, str]] = []
+        self.authz = ""
+        self.flags = ""
+
+    def filters_continue(self) -> None:
+        raise AssertionError("authz never stops")
+
+    def filter_reply(self, status: int, body: bytes) -> None:
+        self.replies.append((status, body))
+
+    def filter_error(self, name: str) -> None:
+        raise AssertionError(name)
+
+    def authz_decision(self, policy: str, action: str, result: str) -> None:
+        self.counted.append((policy, action, result))
+
+
+def run(cfg: Authorization, h: RequestHead, identity: str = "") -> Port:
+    chain = build_chain([factory_for(cfg)])
+    assert chain is not None
+    p = Port(identity)
+    ChainRun(chain, h, p, p).request_head()  # type: ignore[arg-type]
+    return p
+
+
+def test_the_filter_answers_403_naming_the_policy_counts_and_records() -> None:
+    cfg = Authorization(policies=policies(
+        {"name": "shop/only-alice", "rules": [{"sources": [{"principals": [ALICE]}]}]}))
+    p = run(cfg, head(path=b"/?q=1"), EVE)
+    assert p.replies == [(403, b"RBAC: access denied: no ALLOW policy matched "
+                               b"(shop/only-alice)\n")]
+    assert p.counted == [("shop/only-alice", "ALLOW", "deny")]
+    assert (p.authz, p.flags) == ("deny:shop/only-alice", "RBAC")
+    p = run(cfg, head(), ALICE)
+    assert p.replies == [] and p.authz == "allow:shop/only-alice"
+
+
+def test_the_filter_config_refuses_bad_values_with_paths() -> None:
+    from tulle.proxyconfig.filters import errors
+    cfg = Authorization(policies=policies(
+        {"name": "a", "rules": [{"sources": [{"ip_blocks": ["10.0.0.300/8"],
+                                              "namespaces": ["Bad_NS"],
+                                              "service_accounts": ["nosa"],
+                                              "principals": ["spiffe://*/x"]}],
+                                 "operations": [{"paths": ["api"], "methods": ["get"]}]}]},
+        {"name": "a"}))
+    assert sorted(str(e) for e in errors(cfg, "f")) == sorted([
+        "f.policies[0].rules[0].sources[0].principals[0]: `*` may only start or end a "
+        "pattern: 'spiffe://*/x'",
+        "f.policies[0].rules[0].sources[0].namespaces[0]: not a namespace name or \"*\": "
+        "'Bad_NS'",
+        "f.policies[0].rules[0].sources[0].service_accounts[0]: not namespace/account: 'nosa'",
+        "f.policies[0].rules[0].sources[0].ip_blocks[0]: not an IP address or CIDR: "
+        "'10.0.0.300/8'",
+        "f.policies[0].rules[0].operations[0].paths[0]: must start with \"/\": 'api'",
+        "f.policies[0].rules[0].operations[0].methods[0]: not an upper-case method: 'get'",
+        "f.policies[1].name: duplicate policy name 'a'"])
