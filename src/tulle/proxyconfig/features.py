@@ -49,6 +49,15 @@ def _uses_new_match_kinds(match: dict[str, Any]) -> bool:
                 or (isinstance(path, dict) and path.get("type") == "RegularExpression"))
 
 
+_FILTERS = "route_tables[].virtual_hosts[].rules[].filters[]"
+
+
+def _filter_is(kind: str, f: dict[str, Any]) -> bool:
+    """A filter type added after `http-filters`: a proxy without its feature cannot decode it,
+    so that filter entry (only it) is withheld."""
+    return f.get("type") == kind
+
+
 FEATURES: tuple[Feature, ...] = (
     Feature("connection-limits", ("settings.max_connections", "listeners[].max_connections"),
             "caps on open downstream connections, per process and per listener"),
@@ -100,6 +109,10 @@ FEATURES: tuple[Feature, ...] = (
             "a cluster standing for a backend that did not resolve: its requests answered 500"),
     Feature("cluster-limits", ("clusters[].limits",),
             "per-cluster connection, pending, request and retry limits (503 UO past them)"),
+    Feature("request-redirect", (), "the `RequestRedirect` HTTP filter (answered locally)",
+            drops=_FILTERS, uses=partial(_filter_is, "RequestRedirect")),
+    Feature("url-rewrite", (), "the `URLRewrite` HTTP filter (hostname and path rewrites)",
+            drops=_FILTERS, uses=partial(_filter_is, "URLRewrite")),
 )
 """Every feature this build's contract has, in the order they were added."""
 

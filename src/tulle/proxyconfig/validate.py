@@ -317,8 +317,9 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
                                               'must start with "/"'))
                     if match.headers or match.query_params:
                         out += _match_conditions(match, f"{rp}.matches[{m}]")
+                types = [match.path.type for match in rule.matches]
                 for m, f in enumerate(rule.filters):
-                    out += filters.errors(f, f"{rp}.filters[{m}]")
+                    out += filters.errors(f, f"{rp}.filters[{m}]", types)
     for i, c in enumerate(cfg.clusters):
         if c.unresolved and c.endpoints:
             out.append(FieldError(f"clusters[{i}].endpoints", "an unresolved cluster has none"))

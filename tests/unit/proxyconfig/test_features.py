@@ -60,7 +60,7 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
         "tls-handshake-timeout", "http1-limits", "network-filters", "http-filters",
         "delta-virtual-hosts", "delta-endpoints", "delta-positions",
         "filter-chains", "tls-sections", "metadata", "route-matches", "multi-workload",
-        "unresolved-backends", "cluster-limits"]
+        "unresolved-backends", "cluster-limits", "request-redirect", "url-rewrite"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:
@@ -242,3 +242,28 @@ def test_cluster_limits_are_withheld_from_a_proxy_without_the_feature() -> None:
     assert "limits" not in doc["clusters"][0]
     got = decode_snapshot(msgspec.Raw(msgspec.json.encode(doc)))
     assert got.clusters[0].limits is None  # the proxy runs Envoy's defaults
+
+
+def _filtered_table() -> ProxyConfig:
+    from tulle.proxyconfig.filters import RequestHeaderModifier, RequestRedirect, URLRewrite
+    from tulle.proxyconfig.filters.headers import HTTPHeader
+    from tulle.proxyconfig.model import BackendRef, RouteRule, RouteTable, VirtualHost
+
+    rule = RouteRule(backends=[BackendRef(cluster="c")], filters=[
+        RequestRedirect(status_code=301), URLRewrite(hostname="b"),
+        RequestHeaderModifier(set=[HTTPHeader(name="x", value="1")])])
+    return ProxyConfig(version="v1", route_tables=[RouteTable(name="t", virtual_hosts=[
+        VirtualHost(name="h", rules=[rule])])])
+
+
+def test_filter_types_added_later_are_withheld_entry_by_entry() -> None:
+    doc = msgspec.to_builtins(_filtered_table())
+    withhold_config(doc, lacking([f for f in SUPPORTED if f != "request-redirect"]))
+    kinds = [f["type"] for f in doc["route_tables"][0]["virtual_hosts"][0]["rules"][0]["filters"]]
+    assert kinds == ["URLRewrite", "RequestHeaderModifier"]
+    doc = msgspec.to_builtins(_filtered_table())
+    withhold_config(doc, lacking([f for f in SUPPORTED if f not in ("request-redirect",
+                                                                    "url-rewrite")]))
+    got = decode_snapshot(msgspec.Raw(msgspec.json.encode(doc)))
+    assert [type(f).__name__ for f in got.route_tables[0].virtual_hosts[0].rules[0].filters] == [
+        "RequestHeaderModifier"]

@@ -22,7 +22,14 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
-from tulle.dataplane.http.filter import BUFFER, CONTINUE, STOP, FilterFactory, HttpFilter
+from tulle.dataplane.http.filter import (
+    BUFFER,
+    CONTINUE,
+    STOP,
+    FilterFactory,
+    HttpFilter,
+    ReplyHeaders,
+)
 
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import RequestHead, ResponseHead
@@ -67,7 +74,7 @@ class ChainPort(Protocol):
     def response_continue(self) -> None:
         """The response head passed every filter after a STOP: send it and what waited."""
 
-    def filter_reply(self, status: int, body: bytes) -> None:
+    def filter_reply(self, status: int, body: bytes, headers: ReplyHeaders = ()) -> None:
         """Answer the request locally (dropping an upstream stream if one is open)."""
 
 
@@ -131,7 +138,7 @@ class ChainRun:
         self.answered = False
         self.finished = False
         self._in_hook = False
-        self._reply: tuple[int, bytes] | None = None
+        self._reply: tuple[int, bytes, ReplyHeaders] | None = None
         self._buf: _Buffer | None = None
         """What a data hook that returned BUFFER holds (made on the first data hook)."""
         self.response: ResponseHead | None = None
@@ -144,12 +151,14 @@ class ChainRun:
 
     # -- FilterStream ---------------------------------------------------------------------
 
-    def reply(self, status: int, body: bytes) -> None:
+    def reply(self, status: int, body: bytes, headers: ReplyHeaders = ()) -> None:
         if self.answered or self.finished:
             return
         self.answered = True
         if self._in_hook:
-            self._reply = (status, body)  # rendered when the hook returns
+            self._reply = (status, body, headers)  # rendered when the hook returns
+        elif headers:
+            self.port.filter_reply(status, body, headers)
         else:
             self.port.filter_reply(status, body)
 
@@ -292,7 +301,10 @@ class ChainRun:
         reply = self._reply
         if reply is not None:
             self._reply = None
-            self.port.filter_reply(*reply)
+            if reply[2]:
+                self.port.filter_reply(*reply)
+            else:
+                self.port.filter_reply(reply[0], reply[1])
         return True
 
     def _count(self, i: int, exc: Exception) -> None:

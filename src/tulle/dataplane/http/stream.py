@@ -52,6 +52,7 @@ if TYPE_CHECKING:
         UpstreamStream,
     )
     from tulle.dataplane.http.facts import ConnectionFacts
+    from tulle.dataplane.http.filter import ReplyHeaders
     from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle, RequestStats
     from tulle.dataplane.listeners.dispatch import Decision
     from tulle.dataplane.overload import OverloadGuard
@@ -163,8 +164,9 @@ class RequestStream:
         """The response is complete: record it and let the connection go on."""
         raise NotImplementedError
 
-    def send_local(self, status: int, body: bytes) -> None:
-        """Answer with a response of our own (nothing was sent yet) and complete."""
+    def send_local(self, status: int, body: bytes, headers: ReplyHeaders = ()) -> None:
+        """Answer with a response of our own (nothing was sent yet) and complete; `headers`
+        go with it (a filter's reply: a redirect's `location`)."""
         raise NotImplementedError
 
     def send_reset(self) -> None:
@@ -224,7 +226,7 @@ class RequestStream:
             self.decision = d = resolve(ctx, conn.router, conn.cluster or "", head)
             self.cluster = d.cluster_name
             self.stats = d.stats
-            if d.cluster is None:
+            if d.cluster is None and d.chain is None:
                 self.flags = d.flag
                 self.send_local(d.status, d.body)
                 return
@@ -246,7 +248,10 @@ class RequestStream:
                 if not run.request_head():
                     return  # answered, or stopped: filters_continue() comes back here
         cluster = d.cluster
-        assert cluster is not None
+        if cluster is None:  # the filters let it through to a backend that cannot take it
+            self.flags = d.flag
+            self.send_local(d.status, d.body)
+            return
         up = cluster.open_stream(head, self, self.bodiless)
         if up is None:
             self.flags = "UH"
@@ -428,7 +433,7 @@ class RequestStream:
         if not self.done and self.upstream is None:
             self.dispatch(resumed=True)
 
-    def filter_reply(self, status: int, body: bytes) -> None:
+    def filter_reply(self, status: int, body: bytes, headers: ReplyHeaders = ()) -> None:
         """A filter answers the request (or the chain does: 413/500/filter error)."""
         up, self.upstream = self.upstream, None
         if up is not None:
@@ -438,6 +443,8 @@ class RequestStream:
             return
         if self.head_sent:
             self.send_reset()
+        elif headers:
+            self.send_local(status, body, headers)
         else:
             self.send_local(status, body)
 

@@ -198,13 +198,15 @@ class ListenerContext:
         return d
 
     def _chained(self, cluster: str, timeout_ms: int, chain: Chain) -> Decision:
-        """The first request to `cluster` through `chain` (a route with filters)."""
+        """The first request to `cluster` through `chain` (a route with filters).  A cluster
+        that is missing or unresolved keeps the chain: its filters run first (a redirect
+        answers before the backend would matter), then the request is answered 503/500."""
         rt = self.clusters.get(cluster)
-        if rt is None:
-            return no_cluster(cluster)
-        if rt.cfg.unresolved:
-            return unresolved(cluster)
-        d = Decision(rt, cluster, timeout_ms, stats=self.stats(cluster), chain=chain)
+        if rt is None or rt.cfg.unresolved:
+            d = no_cluster(cluster) if rt is None else unresolved(cluster)
+            d.chain = chain
+        else:
+            d = Decision(rt, cluster, timeout_ms, stats=self.stats(cluster), chain=chain)
         self._chain_decisions.setdefault(chain, {})[cluster] = d
         return d
 

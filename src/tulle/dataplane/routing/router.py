@@ -65,7 +65,7 @@ class Route:
         self._cum = cum
         self._total = total
         self.timeout_ms = default_timeout_ms if rule.timeout_ms is None else rule.timeout_ms
-        self.chain: Chain | None = build_chain([factory_for(f) for f in rule.filters])
+        self.chain: Chain | None = build_chain([factory_for(f, rule.matches) for f in rule.filters])
         """The rule's filters, factories built once here; None (nothing to run) without any."""
         self.state = state if state is not None else RouteState()
         """What this route keeps across swaps (request stats; later buckets and budgets)."""

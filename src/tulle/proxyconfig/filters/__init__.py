@@ -9,19 +9,30 @@ the runtime side in `dataplane/filters/`.
 
 from __future__ import annotations
 
-from tulle.errors import FieldError
-from tulle.proxyconfig.filters import headers
-from tulle.proxyconfig.filters.headers import RequestHeaderModifier, ResponseHeaderModifier
+from collections.abc import Sequence
 
-HTTPFilter = RequestHeaderModifier | ResponseHeaderModifier
+from tulle.errors import FieldError
+from tulle.proxyconfig.filters import headers, redirect, rewrite
+from tulle.proxyconfig.filters.headers import RequestHeaderModifier, ResponseHeaderModifier
+from tulle.proxyconfig.filters.redirect import RequestRedirect
+from tulle.proxyconfig.filters.rewrite import URLRewrite
+
+HTTPFilter = RequestHeaderModifier | ResponseHeaderModifier | RequestRedirect | URLRewrite
 """Every HTTP filter config this contract has, tagged by `type`."""
 
 
-def errors(f: HTTPFilter, path: str) -> list[FieldError]:
-    """The semantic errors of one filter config, each with its path below `path`."""
+def errors(f: HTTPFilter, path: str, match_types: Sequence[str] | None = None) -> list[FieldError]:
+    """The semantic errors of one filter config, each with its path below `path`.
+    `match_types`: the path match types of the filter's rule (`ReplacePrefixMatch` needs
+    them all `PathPrefix`); None: not checked against a rule."""
     if isinstance(f, RequestHeaderModifier | ResponseHeaderModifier):
         return headers.errors(f, path)
+    if isinstance(f, RequestRedirect):
+        return redirect.errors(f, path, match_types)
+    if isinstance(f, URLRewrite):
+        return rewrite.errors(f, path, match_types)
     return []  # pragma: no cover - every member has a branch above
 
 
-__all__ = ["HTTPFilter", "RequestHeaderModifier", "ResponseHeaderModifier", "errors"]
+__all__ = ["HTTPFilter", "RequestHeaderModifier", "RequestRedirect", "ResponseHeaderModifier",
+           "URLRewrite", "errors"]
