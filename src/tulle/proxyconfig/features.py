@@ -111,6 +111,9 @@ FEATURES: tuple[Feature, ...] = (
             "per-cluster connection, pending, request and retry limits (503 UO past them)"),
     Feature("request-redirect", (), "the `RequestRedirect` HTTP filter (answered locally)",
             drops=_FILTERS, uses=partial(_filter_is, "RequestRedirect")),
+    Feature("backend-request-timeout",
+            ("route_tables[].virtual_hosts[].rules[].backend_timeout_ms",),
+            "a per-try timeout on route rules (Gateway API `timeouts.backendRequest`)"),
     Feature("url-rewrite", (), "the `URLRewrite` HTTP filter (hostname and path rewrites)",
             drops=_FILTERS, uses=partial(_filter_is, "URLRewrite")),
 )

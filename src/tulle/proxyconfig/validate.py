@@ -301,6 +301,10 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
                                           f"one leading or trailing wildcard, got {dom!r}"))
             for k, rule in enumerate(vh.rules):
                 rp = f"{vp}.rules[{k}]"
+                if (rule.backend_timeout_ms and rule.timeout_ms
+                        and rule.backend_timeout_ms > rule.timeout_ms):
+                    out.append(FieldError(f"{rp}.backend_timeout_ms", "must not be longer than "
+                                          f"timeout_ms ({rule.timeout_ms})"))
                 if not rule.backends:
                     out.append(FieldError(f"{rp}.backends", "at least one backend is required"))
                 elif sum(b.weight for b in rule.backends) == 0:

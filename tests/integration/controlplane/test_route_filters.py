@@ -5,6 +5,7 @@ the new path and authority), reported by an echo backend."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -126,5 +127,54 @@ async def test_redirect_and_rewrite_from_an_httproute_reach_traffic(tmp_path: Pa
                     text = await r.text()
                 assert '"Accepted"' in text and "not supported" not in text, text
             finally:
+                for p in proxies:
+                    await p.stop()
+
+
+async def test_backend_request_is_a_per_try_deadline_inside_the_request_timeout(
+        tmp_path: Path) -> None:
+    """`timeouts.backendRequest` fires per try (504, flag UT) well before `timeouts.request`;
+    a try that answers in time is untouched."""
+    release = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        if request.path == "/slow":
+            await release.wait()
+        return web.json_response({"path": request.path_qs, "host": request.headers["Host"]})
+
+    async with serve_handler(handler) as app:
+        out = free_port()
+        r = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "api-tries", "namespace": NS},
+             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "api",
+                                      "port": 80}],
+                      "rules": [{"timeouts": {"request": "30s", "backendRequest": "300ms"},
+                                 "backendRefs": [{"name": "api", "port": 80}]}]}}
+        async with running_control_plane() as cp:
+            status, body = await apply(
+                cp.api_url, workload("web-0", free_port(), 1, out, app="web"),
+                workload("api-0", free_port(), app, free_port(), app="api"),
+                service("api", app="api"), r)
+            assert status == 200, body
+            proxies = [await subscribe([cp.stream_port], WorkloadInfo(
+                name=n, namespace=NS, address="127.0.0.1"), cache_dir=tmp_path)
+                for n in ("web-0", "api-0")]
+            try:
+                async def routed() -> bool:
+                    try:
+                        return (await h1(out, "/fast"))[0] == 200
+                    except aiohttp.ClientConnectionError:
+                        return False
+                await eventually(routed, timeout=5.0)
+                loop = asyncio.get_running_loop()
+                for call in (h1, h2):
+                    t0 = loop.time()
+                    status, _, got = await call(out, "/slow")
+                    took = loop.time() - t0
+                    assert status == 504 and b"try timed out" in got, (call, status, got)
+                    assert 0.25 < took < 5.0, took  # the try's 300ms, not the request's 30s
+                    assert (await call(out, "/fast"))[0] == 200
+            finally:
+                release.set()
                 for p in proxies:
                     await p.stop()

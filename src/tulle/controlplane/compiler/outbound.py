@@ -59,6 +59,8 @@ def rule(r: Rule) -> dict[str, Any]:
         return out
     if r.timeout_ms is not None:
         out["timeout_ms"] = r.timeout_ms
+    if r.backend_timeout_ms:
+        out["backend_timeout_ms"] = r.backend_timeout_ms
     out["backends"] = [{"cluster": b.cluster, "weight": b.weight} for b in r.backends]
     filters = [msgspec.to_builtins(f.config) for f in r.filters if f.config is not None]
     if filters:

@@ -252,7 +252,7 @@ class RequestStream:
             self.flags = d.flag
             self.send_local(d.status, d.body)
             return
-        up = cluster.open_stream(head, self, self.bodiless)
+        up = cluster.open_stream(head, self, self.bodiless, d.attempt)
         if up is None:
             self.flags = "UH"
             self.reply_local(503, b"no healthy endpoint in cluster '%b'\n"
