@@ -114,6 +114,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("backend-request-timeout",
             ("route_tables[].virtual_hosts[].rules[].backend_timeout_ms",),
             "a per-try timeout on route rules (Gateway API `timeouts.backendRequest`)"),
+    Feature("request-mirror", (), "the `RequestMirror` HTTP filter (fire-and-forget copies)",
+            drops=_FILTERS, uses=partial(_filter_is, "RequestMirror")),
     Feature("url-rewrite", (), "the `URLRewrite` HTTP filter (hostname and path rewrites)",
             drops=_FILTERS, uses=partial(_filter_is, "URLRewrite")),
 )

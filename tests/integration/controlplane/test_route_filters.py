@@ -178,3 +178,66 @@ async def test_backend_request_is_a_per_try_deadline_inside_the_request_timeout(
                 release.set()
                 for p in proxies:
                     await p.stop()
+
+
+async def test_request_mirror_copies_requests_and_never_slows_them(tmp_path: Path) -> None:
+    """Every request to /m is copied to the shadow Service (authority `api-shadow`, body
+    included); the shadow never answering does not slow the main request."""
+    copies: list[tuple[str, str, bytes]] = []
+    got_copy = asyncio.Event()
+    release = asyncio.Event()
+
+    async def shadow_handler(request: web.Request) -> web.Response:
+        copies.append((request.path_qs, request.headers["Host"], await request.read()))
+        got_copy.set()
+        await release.wait()  # a mirror that never answers (until the test ends)
+        return web.Response(text="shadow")
+
+    async def main_handler(request: web.Request) -> web.Response:
+        return web.json_response({"path": request.path_qs, "host": request.headers["Host"],
+                                  "body": (await request.read()).decode()})
+
+    async with serve_handler(main_handler) as app, serve_handler(shadow_handler) as sh:
+        out = free_port()
+        r = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "api-mirror", "namespace": NS},
+             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "api",
+                                      "port": 80}],
+                      "rules": [{"filters": [{"type": "RequestMirror", "requestMirror": {
+                          "backendRef": {"name": "shadow", "port": 80}}}],
+                          "backendRefs": [{"name": "api", "port": 80}]}]}}
+        async with running_control_plane() as cp:
+            status, body = await apply(
+                cp.api_url, workload("web-0", free_port(), 1, out, app="web"),
+                workload("api-0", free_port(), app, free_port(), app="api"),
+                workload("shadow-0", free_port(), sh, free_port(), app="shadow"),
+                service("api", app="api"), service("shadow", app="shadow"), r)
+            assert status == 200, body
+            proxies = [await subscribe([cp.stream_port], WorkloadInfo(
+                name=n, namespace=NS, address="127.0.0.1"), cache_dir=tmp_path)
+                for n in ("web-0", "api-0", "shadow-0")]
+            try:
+                async def routed() -> bool:
+                    try:
+                        return (await h1(out, "/warm"))[0] == 200 and bool(copies)
+                    except aiohttp.ClientConnectionError:
+                        return False
+                await eventually(routed, timeout=5.0)
+                copies.clear()
+                async with aiohttp.ClientSession() as s, s.post(
+                        f"http://127.0.0.1:{out}/m?q=1", headers={"Host": "api"},
+                        data=b"payload") as resp:
+                    assert resp.status == 200  # while the shadow still holds its copy
+                    assert await resp.json() == {"path": "/m?q=1", "host": "api",
+                                                 "body": "payload"}
+                await asyncio.wait_for(got_copy.wait(), 5.0)
+                assert copies[0] == ("/m?q=1", "api-shadow", b"payload")
+                got_copy.clear()
+                status, _, echoed = await h2(out, "/m2")
+                assert status == 200 and echoed["path"] == "/m2"
+                await asyncio.wait_for(got_copy.wait(), 5.0)
+                assert copies[1][:2] == ("/m2", "api-shadow")
+            finally:
+                release.set()
+                for p in proxies:
+                    await p.stop()

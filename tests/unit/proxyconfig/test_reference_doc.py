@@ -11,7 +11,7 @@ import pytest
 from msgspec import inspect as mi
 
 from tulle.proxyconfig import model, network
-from tulle.proxyconfig.filters import headers, paths, redirect, rewrite
+from tulle.proxyconfig.filters import headers, mirror, paths, redirect, rewrite
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "reference" / "proxyconfig.md"
 STRUCTS = [model.ProxyConfig, model.Node, model.Admin, model.Settings, model.Listener,
@@ -26,6 +26,7 @@ STRUCTS += [model.FilterChain, model.FilterChainMatch, model.Metadata, model.Ide
 STRUCTS += [model.HeaderMatch, model.QueryParamMatch]
 STRUCTS += [model.ClusterLimits]
 STRUCTS += [redirect.RequestRedirect, rewrite.URLRewrite, paths.PathModifier]
+STRUCTS += [mirror.RequestMirror]
 
 
 def _doc_tables() -> dict[str, dict[str, str]]:

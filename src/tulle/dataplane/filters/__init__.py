@@ -11,12 +11,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tulle.dataplane.filters.headers import HeadersFactory
+from tulle.dataplane.filters.mirror import MirrorFactory
 from tulle.dataplane.filters.redirect import RedirectFactory
 from tulle.dataplane.filters.rewrite import RewriteFactory
 from tulle.dataplane.http.filter import FilterFactory
 from tulle.proxyconfig.filters import (
     HTTPFilter,
     RequestHeaderModifier,
+    RequestMirror,
     RequestRedirect,
     ResponseHeaderModifier,
     URLRewrite,
@@ -35,4 +37,6 @@ def factory_for(cfg: HTTPFilter, matches: Sequence[RouteMatch] = ()) -> FilterFa
         return RedirectFactory(cfg, list(matches))
     if isinstance(cfg, URLRewrite):
         return RewriteFactory(cfg, list(matches))
+    if isinstance(cfg, RequestMirror):
+        return MirrorFactory(cfg)
     raise TypeError(f"no filter for {type(cfg).__name__}")  # pragma: no cover

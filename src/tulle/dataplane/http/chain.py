@@ -34,6 +34,7 @@ from tulle.dataplane.http.filter import (
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import RequestHead, ResponseHead
     from tulle.dataplane.http.facts import ConnectionFacts
+    from tulle.dataplane.upstream.cluster import ClusterRuntime
 
 log = logging.getLogger("tulle.proxy")
 
@@ -76,6 +77,11 @@ class ChainPort(Protocol):
 
     def filter_reply(self, status: int, body: bytes, headers: ReplyHeaders = ()) -> None:
         """Answer the request locally (dropping an upstream stream if one is open)."""
+
+    bodiless: bool
+
+    def upstream_cluster(self, name: str) -> ClusterRuntime | None:
+        """A cluster of the snapshot the request runs on (`FilterStream.cluster`)."""
 
 
 class ErrorCounter(Protocol):
@@ -161,6 +167,13 @@ class ChainRun:
             self.port.filter_reply(status, body, headers)
         else:
             self.port.filter_reply(status, body)
+
+    @property
+    def bodiless(self) -> bool:
+        return self.port.bodiless
+
+    def cluster(self, name: str) -> ClusterRuntime | None:
+        return self.port.upstream_cluster(name)
 
     def resume(self) -> None:
         if not self.stopped or self.answered or self.finished:

@@ -49,6 +49,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import RequestHead, ResponseHead
     from tulle.dataplane.http.facts import ConnectionFacts
+    from tulle.dataplane.upstream.cluster import ClusterRuntime
 
 ReplyHeaders = tuple[tuple[bytes, bytes], ...]
 """Fields of a local reply besides its framing: lower-case names, validated values."""
@@ -73,6 +74,14 @@ class FilterStream(Protocol):
 
     def resume(self) -> None:
         """Go on after a hook returned STOP (call it once, from any later loop turn)."""
+
+    @property
+    def bodiless(self) -> bool:
+        """The request has no body at all (its data hooks are never called)."""
+
+    def cluster(self, name: str) -> ClusterRuntime | None:
+        """An upstream cluster of the snapshot this request runs on, for a filter that sends
+        requests of its own (a mirror); None when the snapshot has none of that name."""
 
 
 class HttpFilter:

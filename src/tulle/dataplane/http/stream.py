@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from tulle.dataplane.listeners.dispatch import Decision
     from tulle.dataplane.overload import OverloadGuard
     from tulle.dataplane.routing.router import Router
+    from tulle.dataplane.upstream.cluster import ClusterRuntime
 
 
 class StreamOwner(Protocol):
@@ -447,6 +448,10 @@ class RequestStream:
             self.send_local(status, body, headers)
         else:
             self.send_local(status, body)
+
+    def upstream_cluster(self, name: str) -> ClusterRuntime | None:
+        """A cluster of the snapshot this request runs on (for a mirror)."""
+        return self.conn.ctx.clusters.get(name)
 
     def response_continue(self) -> None:
         """The response head passed every filter after a STOP: let it and what waited go."""

@@ -12,12 +12,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tulle.errors import FieldError
-from tulle.proxyconfig.filters import headers, redirect, rewrite
+from tulle.proxyconfig.filters import headers, mirror, redirect, rewrite
 from tulle.proxyconfig.filters.headers import RequestHeaderModifier, ResponseHeaderModifier
+from tulle.proxyconfig.filters.mirror import RequestMirror
 from tulle.proxyconfig.filters.redirect import RequestRedirect
 from tulle.proxyconfig.filters.rewrite import URLRewrite
 
-HTTPFilter = RequestHeaderModifier | ResponseHeaderModifier | RequestRedirect | URLRewrite
+HTTPFilter = (RequestHeaderModifier | ResponseHeaderModifier | RequestRedirect | URLRewrite
+              | RequestMirror)
 """Every HTTP filter config this contract has, tagged by `type`."""
 
 
@@ -31,8 +33,10 @@ def errors(f: HTTPFilter, path: str, match_types: Sequence[str] | None = None) -
         return redirect.errors(f, path, match_types)
     if isinstance(f, URLRewrite):
         return rewrite.errors(f, path, match_types)
+    if isinstance(f, RequestMirror):
+        return mirror.errors(f, path)
     return []  # pragma: no cover - every member has a branch above
 
 
-__all__ = ["HTTPFilter", "RequestHeaderModifier", "RequestRedirect", "ResponseHeaderModifier",
-           "URLRewrite", "errors"]
+__all__ = ["HTTPFilter", "RequestHeaderModifier", "RequestMirror", "RequestRedirect",
+           "ResponseHeaderModifier", "URLRewrite", "errors"]

@@ -20,6 +20,7 @@ from tulle.controlplane.compiler.plugins import (
     header_modifiers,
     mesh_defaults,
     mesh_settings,
+    request_mirror,
     request_redirect,
     route_timeouts,
     tcp_routes,
@@ -37,6 +38,8 @@ ORDER: tuple[tuple[Plugin, str], ...] = (
      "a filter plugin (claims RequestRedirect): with the others, before unclaimed_filters"),
     (url_rewrite.PLUGIN,
      "a filter plugin (claims URLRewrite, refused next to a RequestRedirect on one rule)"),
+    (request_mirror.PLUGIN,
+     "a filter plugin (claims RequestMirror, resolving its backendRef to a Service cluster)"),
     (route_timeouts.PLUGIN,
      "the route's own timeout, before any policy that sets defaults, which must see which "
      "rules already have one"),
