@@ -116,6 +116,8 @@ FEATURES: tuple[Feature, ...] = (
             "a per-try timeout on route rules (Gateway API `timeouts.backendRequest`)"),
     Feature("request-mirror", (), "the `RequestMirror` HTTP filter (fire-and-forget copies)",
             drops=_FILTERS, uses=partial(_filter_is, "RequestMirror")),
+    Feature("backend-filters", ("route_tables[].virtual_hosts[].rules[].backends[].filters",),
+            "header modifiers on individual backends of a rule"),
     Feature("url-rewrite", (), "the `URLRewrite` HTTP filter (hostname and path rewrites)",
             drops=_FILTERS, uses=partial(_filter_is, "URLRewrite")),
 )

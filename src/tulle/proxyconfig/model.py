@@ -196,6 +196,10 @@ class RouteMatch(_Base, frozen=True, kw_only=True):
 class BackendRef(_Base, frozen=True, kw_only=True):
     cluster: Name
     weight: Annotated[int, Meta(ge=0, le=1_000_000)] = 1
+    filters: list[HTTPFilter] = msgspec.field(default_factory=list)
+    """Filters applied only to requests sent to this backend (Gateway API
+    `backendRefs[].filters`): header modifiers only.  They run after the rule's own at the same
+    position of the declared order; empty: none."""
 
 
 class RouteRule(_Base, frozen=True, kw_only=True):

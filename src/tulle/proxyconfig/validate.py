@@ -321,6 +321,7 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
                                               'must start with "/"'))
                     if match.headers or match.query_params:
                         out += _match_conditions(match, f"{rp}.matches[{m}]")
+                out += filters.backend_errors(rule.backends, rp)
                 types = [match.path.type for match in rule.matches]
                 for m, f in enumerate(rule.filters):
                     out += filters.errors(f, f"{rp}.filters[{m}]", types)
@@ -604,3 +605,4 @@ def validate(raw: Any, *, optional: Collection[str] = (),
 
 __all__ = ["ConfigError", "FieldError", "check", "convert_error", "errors_in", "schema_path",
            "validate"]
+

@@ -241,3 +241,62 @@ async def test_request_mirror_copies_requests_and_never_slows_them(tmp_path: Pat
                 release.set()
                 for p in proxies:
                     await p.stop()
+
+
+async def test_backend_ref_filters_apply_only_to_the_backend_picked(tmp_path: Path) -> None:
+    """A 1:1 split where only the v2 backendRef has header modifiers: requests that reach v2
+    carry its request header and come back with its response header; v1's never do."""
+    def origin(name: str) -> Any:
+        async def handler(request: web.Request) -> web.Response:
+            return web.json_response({"name": name,
+                                      "canary": request.headers.get("x-canary")})
+        return handler
+
+    async with serve_handler(origin("v1")) as v1, serve_handler(origin("v2")) as v2:
+        out = free_port()
+        r = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "api-split", "namespace": NS},
+             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "api",
+                                      "port": 80}],
+                      "rules": [{"backendRefs": [
+                          {"name": "api", "port": 80, "weight": 1},
+                          {"name": "api-v2", "port": 80, "weight": 1, "filters": [
+                              {"type": "RequestHeaderModifier", "requestHeaderModifier": {
+                                  "set": [{"name": "X-Canary", "value": "true"}]}},
+                              {"type": "ResponseHeaderModifier", "responseHeaderModifier": {
+                                  "add": [{"name": "X-Served-By", "value": "v2"}]}}]}]}]}}
+        async with running_control_plane() as cp:
+            status, body = await apply(
+                cp.api_url, workload("web-0", free_port(), 1, out, app="web"),
+                workload("api-0", free_port(), v1, free_port(), app="api"),
+                workload("api-v2-0", free_port(), v2, free_port(), app="api-v2"),
+                service("api", app="api"), service("api-v2", app="api-v2"), r)
+            assert status == 200, body
+            proxies = [await subscribe([cp.stream_port], WorkloadInfo(
+                name=n, namespace=NS, address="127.0.0.1"), cache_dir=tmp_path)
+                for n in ("web-0", "api-0", "api-v2-0")]
+            try:
+                seen: dict[str, list[tuple[str | None, str | None]]] = {"v1": [], "v2": []}
+
+                async def one() -> None:
+                    async with aiohttp.ClientSession() as s, s.get(
+                            f"http://127.0.0.1:{out}/x", headers={"Host": "api"}) as resp:
+                        if resp.status == 200:
+                            got = await resp.json()
+                            seen[got["name"]].append((got["canary"],
+                                                      resp.headers.get("X-Served-By")))
+
+                async def both() -> bool:
+                    try:
+                        await one()
+                    except aiohttp.ClientConnectionError:
+                        return False
+                    return bool(seen["v1"] and seen["v2"])
+                await eventually(both, timeout=5.0)
+                for _ in range(20):
+                    await one()
+                assert seen["v2"] and all(s == ("true", "v2") for s in seen["v2"]), seen
+                assert seen["v1"] and all(s == (None, None) for s in seen["v1"]), seen
+            finally:
+                for p in proxies:
+                    await p.stop()

@@ -61,7 +61,7 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
         "delta-virtual-hosts", "delta-endpoints", "delta-positions",
         "filter-chains", "tls-sections", "metadata", "route-matches", "multi-workload",
         "unresolved-backends", "cluster-limits", "request-redirect", "backend-request-timeout",
-        "request-mirror", "url-rewrite"]
+        "request-mirror", "backend-filters", "url-rewrite"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:

@@ -98,6 +98,9 @@ the cluster is rendered `unresolved`."""
 class Backend(msgspec.Struct, frozen=True):
     cluster: str
     weight: int = 1
+    filters: tuple[HTTPFilter, ...] = ()
+    """This backend's own filters (`backendRefs[].filters`), as the proxy runs them; set by
+    the plugin that claims their type (`header_modifiers`)."""
 
 
 class RuleFilter(msgspec.Struct, frozen=True):

@@ -75,8 +75,11 @@ def resolve(ctx: ListenerContext, router: Router | None, default_cluster: str,
                         b"%b\n" % (head.authority, head.path.split(b"?", 1)[0],
                                    ctx.name.encode()), "NR")
     route.requests.value += 1
-    if route.special:  # filters or a per-try deadline
-        return ctx.decision(route.pick_cluster(), route.timeout_ms, route.chain, route.attempt)
+    if route.special:  # filters (the rule's, a backend's) or a per-try deadline
+        cluster = route.pick_cluster()
+        chains = route.backend_chains
+        chain = chains.get(cluster, route.chain) if chains is not None else route.chain
+        return ctx.decision(cluster, route.timeout_ms, chain, route.attempt)
     return ctx.decision(route.pick_cluster(), route.timeout_ms)
 
 

@@ -10,6 +10,7 @@ the runtime side in `dataplane/filters/`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from tulle.errors import FieldError
 from tulle.proxyconfig.filters import headers, mirror, redirect, rewrite
@@ -38,5 +39,28 @@ def errors(f: HTTPFilter, path: str, match_types: Sequence[str] | None = None) -
     return []  # pragma: no cover - every member has a branch above
 
 
+def backend_errors(backends: Sequence[Any], rp: str) -> list[FieldError]:
+    """A rule's `backends[].filters` (rule path `rp`): header modifiers only, and a backend
+    with filters must be the only one of its cluster (the proxy picks a cluster, then that
+    cluster's filters)."""
+    out: list[FieldError] = []
+    if not any(b.filters for b in backends):
+        return out
+    seen: set[str] = set()
+    for m, b in enumerate(backends):
+        bp = f"{rp}.backends[{m}]"
+        if b.cluster in seen:
+            out.append(FieldError(f"{bp}.cluster", f"{b.cluster!r} appears twice among "
+                                  "backends, and a backend of this rule has filters"))
+        seen.add(b.cluster)
+        for k, f in enumerate(b.filters):
+            if not isinstance(f, RequestHeaderModifier | ResponseHeaderModifier):
+                out.append(FieldError(f"{bp}.filters[{k}].type", "only RequestHeaderModifier "
+                                      "and ResponseHeaderModifier are taken on a backend"))
+            else:
+                out += headers.errors(f, f"{bp}.filters[{k}]")
+    return out
+
+
 __all__ = ["HTTPFilter", "RequestHeaderModifier", "RequestMirror", "RequestRedirect",
-           "ResponseHeaderModifier", "URLRewrite", "errors"]
+           "ResponseHeaderModifier", "URLRewrite", "backend_errors", "errors"]
