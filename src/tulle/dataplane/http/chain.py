@@ -55,7 +55,8 @@ ORDER: tuple[tuple[str, str], ...] = (
                "edit"),
 )
 """Every position of the chain, first to last; the router is the terminal after `mirror`.
-Only `headers` has a filter today; the other names reserve their place."""
+`redirect`, `rewrite`, `headers` and `mirror` have filters (`dataplane/filters/`); the other
+names reserve their place."""
 
 POSITION = {name: i for i, (name, _) in enumerate(ORDER)}
 
