@@ -321,13 +321,7 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
                                               'must start with "/"'))
                     if match.headers or match.query_params:
                         out += _match_conditions(match, f"{rp}.matches[{m}]")
-                out += filters.backend_errors(rule.backends, rp)
-                types = [match.path.type for match in rule.matches]
-                for m, f in enumerate(rule.filters):
-                    out += filters.errors(f, f"{rp}.filters[{m}]", types)
-                    if isinstance(f, filters.RequestMirror) and f.cluster not in clusters:
-                        out.append(FieldError(f"{rp}.filters[{m}].cluster",
-                                              f"no cluster named {f.cluster!r}"))
+                out += filters.rule_errors(rule, rp, clusters)
     for i, c in enumerate(cfg.clusters):
         if c.unresolved and c.endpoints:
             out.append(FieldError(f"clusters[{i}].endpoints", "an unresolved cluster has none"))

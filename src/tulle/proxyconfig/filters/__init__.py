@@ -9,7 +9,7 @@ the runtime side in `dataplane/filters/`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from typing import Any
 
 from tulle.errors import FieldError
@@ -39,6 +39,19 @@ def errors(f: HTTPFilter, path: str, match_types: Sequence[str] | None = None) -
     return []  # pragma: no cover - every member has a branch above
 
 
+def rule_errors(rule: Any, rp: str, clusters: Container[str]) -> list[FieldError]:
+    """The filters of a route rule at path `rp` (a `model.RouteRule`: its own, checked against
+    its matches, and its backends'); a mirror must name a cluster of `clusters`."""
+    out = backend_errors(rule.backends, rp)
+    types = [match.path.type for match in rule.matches]
+    for m, f in enumerate(rule.filters):
+        out += errors(f, f"{rp}.filters[{m}]", types)
+        if isinstance(f, RequestMirror) and f.cluster not in clusters:
+            out.append(FieldError(f"{rp}.filters[{m}].cluster",
+                                  f"no cluster named {f.cluster!r}"))
+    return out
+
+
 def backend_errors(backends: Sequence[Any], rp: str) -> list[FieldError]:
     """A rule's `backends[].filters` (rule path `rp`): header modifiers only, and a backend
     with filters must be the only one of its cluster (the proxy picks a cluster, then that
@@ -63,4 +76,4 @@ def backend_errors(backends: Sequence[Any], rp: str) -> list[FieldError]:
 
 
 __all__ = ["HTTPFilter", "RequestHeaderModifier", "RequestMirror", "RequestRedirect",
-           "ResponseHeaderModifier", "URLRewrite", "backend_errors", "errors"]
+           "ResponseHeaderModifier", "URLRewrite", "backend_errors", "errors", "rule_errors"]
