@@ -13,6 +13,8 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from tests.integration.controlplane.test_grpc_routing import _channel, grpc_route, grpc_service
+from tests.integration.controlplane.test_routing import backend, client, mesh
 from tests.support.controlplane import (
     apply,
     eventually,
@@ -20,7 +22,8 @@ from tests.support.controlplane import (
     serve_handler,
     subscribe,
 )
-from tests.support.h2peers import H2Client
+from tests.support.grpc_peers import running_grpc_server, who
+from tests.support.h2peers import H2Client, running_h2_origin
 from tests.support.proxy import free_port
 from tests.support.resources import NS, service, workload
 
@@ -300,3 +303,30 @@ async def test_backend_ref_filters_apply_only_to_the_backend_picked(tmp_path: Pa
             finally:
                 for p in proxies:
                     await p.stop()
+
+
+async def test_a_grpcroute_mirror_copies_calls_over_http2(tmp_path: Path) -> None:
+    """GRPCRoute `RequestMirror` (grpcio client and server): every call is answered by the
+    real backend while a copy goes, over HTTP/2, to a shadow that never answers."""
+    out = free_port()
+    with running_grpc_server("v1") as p1:
+        async with running_h2_origin() as (shadow_port, shadow):
+            docs = [
+                backend("greeter-v1-0", p1, app="greeter"),
+                backend("shadow-0", shadow_port, app="shadow"),
+                client("web-0", NS, out),
+                grpc_service("greeter", app="greeter"), grpc_service("shadow", app="shadow"),
+                grpc_route([{"filters": [{"type": "RequestMirror", "requestMirror": {
+                    "backendRef": {"name": "shadow", "port": 80}}}],
+                    "backendRefs": [{"name": "greeter", "port": 80}]}]),
+            ]
+            async with mesh(tmp_path, docs, {"web-0": (NS, out)}):
+                with _channel(out) as ch:
+                    async def mirrored() -> bool:
+                        return (await asyncio.to_thread(who, ch)) == "v1" and bool(
+                            shadow.requests)
+                    await eventually(mirrored, timeout=5.0)
+                    before = shadow.requests
+                    for _ in range(5):
+                        assert await asyncio.to_thread(who, ch, timeout=2) == "v1"
+                    await eventually(lambda: shadow.requests == before + 5, timeout=5.0)
