@@ -49,9 +49,20 @@ def _uses_new_match_kinds(match: dict[str, Any]) -> bool:
                 or (isinstance(path, dict) and path.get("type") == "RegularExpression"))
 
 
-def _uses_authz_filter(rule: dict[str, Any]) -> bool:
-    return any(isinstance(f, dict) and f.get("type") == "Authorization"
-               for f in rule.get("filters") or [])
+def _rule_has_filter(kind: str, rule: dict[str, Any]) -> bool:
+    """A rule one of whose filters is of type `kind`: withheld whole (fail closed) when the
+    filter changes what the rule does to its requests."""
+    return any(isinstance(f, dict) and f.get("type") == kind for f in rule.get("filters") or [])
+
+
+_RULES = "route_tables[].virtual_hosts[].rules[]"
+_FILTERS = "route_tables[].virtual_hosts[].rules[].filters[]"
+
+
+def _filter_is(kind: str, f: dict[str, Any]) -> bool:
+    """A filter type added after `http-filters`: a proxy without its feature cannot decode it,
+    so that filter entry (only it) is withheld."""
+    return f.get("type") == kind
 
 
 FEATURES: tuple[Feature, ...] = (
@@ -113,11 +124,24 @@ FEATURES: tuple[Feature, ...] = (
     # config with the filter stripped (that would admit everything), so what uses it is dropped
     # whole -- the rule (its requests then get 404) or the listener (refused) -- fail closed.
     Feature("authorization", (), "the `Authorization` HTTP filter (policies on route rules)",
-            drops="route_tables[].virtual_hosts[].rules[]", uses=_uses_authz_filter),
+            drops=_RULES, uses=partial(_rule_has_filter, "Authorization")),
     # Dropping a listener from a delta would leave the proxy's old one (without the filter)
     # in force, so nothing is withheld: a proxy without it refuses the snapshot (a NACK naming
     # the entry) and keeps its last good config.
     Feature("network-authorization", (), "the `authz` network filter on opaque TCP listeners"),
+    Feature("request-redirect", (), "the `RequestRedirect` HTTP filter (answered locally)",
+            drops=_FILTERS, uses=partial(_filter_is, "RequestRedirect")),
+    Feature("backend-request-timeout",
+            ("route_tables[].virtual_hosts[].rules[].backend_timeout_ms",),
+            "a per-try timeout on route rules (Gateway API `timeouts.backendRequest`)"),
+    Feature("request-mirror", (), "the `RequestMirror` HTTP filter (fire-and-forget copies)",
+            drops=_FILTERS, uses=partial(_filter_is, "RequestMirror")),
+    Feature("backend-filters", ("route_tables[].virtual_hosts[].rules[].backends[].filters",),
+            "header modifiers on individual backends of a rule"),
+    # Without the rewrite the upstream would get a path it was never meant to see: the rule
+    # goes whole (its requests take the next matching rule, else 404), as for authorization.
+    Feature("url-rewrite", (), "the `URLRewrite` HTTP filter (hostname and path rewrites)",
+            drops=_RULES, uses=partial(_rule_has_filter, "URLRewrite")),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -203,6 +203,10 @@ class RouteMatch(_Base, frozen=True, kw_only=True):
 class BackendRef(_Base, frozen=True, kw_only=True):
     cluster: Name
     weight: Annotated[int, Meta(ge=0, le=1_000_000)] = 1
+    filters: list[HTTPFilter] = msgspec.field(default_factory=list)
+    """Filters applied only to requests sent to this backend (Gateway API
+    `backendRefs[].filters`): header modifiers only.  They run after the rule's own at the same
+    position of the declared order; empty: none."""
 
 
 class RouteRule(_Base, frozen=True, kw_only=True):
@@ -216,6 +220,9 @@ class RouteRule(_Base, frozen=True, kw_only=True):
     filters: list[HTTPFilter] = msgspec.field(default_factory=list)
     """HTTP filters of this rule, each tagged by `type` (`proxyconfig/filters/`).  They run in
     the proxy's declared order (`dataplane/http/chain.py`), not list order; empty: none."""
+    backend_timeout_ms: Millis | None = None
+    """Per try (Gateway API `timeouts.backendRequest`): from opening the upstream request to
+    its response's end, 504 `UT` past it; None or 0: no per-try limit (only `timeout_ms`)."""
 
 
 class VirtualHost(_Base, frozen=True, kw_only=True):

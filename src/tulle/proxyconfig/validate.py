@@ -301,6 +301,10 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
                                           f"one leading or trailing wildcard, got {dom!r}"))
             for k, rule in enumerate(vh.rules):
                 rp = f"{vp}.rules[{k}]"
+                if (rule.backend_timeout_ms and rule.timeout_ms
+                        and rule.backend_timeout_ms > rule.timeout_ms):
+                    out.append(FieldError(f"{rp}.backend_timeout_ms", "must not be longer than "
+                                          f"timeout_ms ({rule.timeout_ms})"))
                 if not rule.backends:
                     out.append(FieldError(f"{rp}.backends", "at least one backend is required"))
                 elif sum(b.weight for b in rule.backends) == 0:
@@ -317,8 +321,7 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
                                               'must start with "/"'))
                     if match.headers or match.query_params:
                         out += _match_conditions(match, f"{rp}.matches[{m}]")
-                for m, f in enumerate(rule.filters):
-                    out += filters.errors(f, f"{rp}.filters[{m}]")
+                out += filters.rule_errors(rule, rp, clusters)
     for i, c in enumerate(cfg.clusters):
         if c.unresolved and c.endpoints:
             out.append(FieldError(f"clusters[{i}].endpoints", "an unresolved cluster has none"))
@@ -610,3 +613,4 @@ def validate(raw: Any, *, optional: Collection[str] = (),
 
 __all__ = ["ConfigError", "FieldError", "check", "convert_error", "errors_in", "schema_path",
            "validate"]
+

@@ -176,10 +176,10 @@ async def with_extra(f: HttpFilter) -> AsyncIterator[tuple[RunningProxy, RawServ
     real = router_mod.factory_for
     mp = pytest.MonkeyPatch()
 
-    def factories(cfg: Any) -> Any:
+    def factories(cfg: Any, *matches: Any) -> Any:
         if cfg.__class__.__name__ == "RequestHeaderModifier":
             return _Factory(f)
-        return real(cfg)
+        return real(cfg, *matches)
     mp.setattr(router_mod, "factory_for", factories)
     try:
         async with proxied() as po:

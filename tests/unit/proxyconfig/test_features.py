@@ -61,7 +61,8 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
         "delta-virtual-hosts", "delta-endpoints", "delta-positions",
         "filter-chains", "tls-sections", "metadata", "route-matches", "multi-workload",
         "unresolved-backends", "cluster-limits", "mtls", "authorization",
-        "network-authorization"]
+        "network-authorization", "request-redirect", "backend-request-timeout",
+        "request-mirror", "backend-filters", "url-rewrite"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:
@@ -258,3 +259,26 @@ def test_a_proxy_without_authorization_loses_the_rule_never_just_its_filter() ->
     rules = doc["route_tables"][0]["virtual_hosts"][0]["rules"]
     assert [r["name"] for r in rules] == ["open"]
     assert decode_snapshot(msgspec.Raw(msgspec.json.encode(doc))).route_tables
+def _filtered_table() -> ProxyConfig:
+    from tulle.proxyconfig.filters import RequestHeaderModifier, RequestRedirect, URLRewrite
+    from tulle.proxyconfig.filters.headers import HTTPHeader
+    from tulle.proxyconfig.model import BackendRef, RouteRule, RouteTable, VirtualHost
+
+    rule = RouteRule(backends=[BackendRef(cluster="c")], filters=[
+        RequestRedirect(status_code=301), URLRewrite(hostname="b"),
+        RequestHeaderModifier(set=[HTTPHeader(name="x", value="1")])])
+    return ProxyConfig(version="v1", route_tables=[RouteTable(name="t", virtual_hosts=[
+        VirtualHost(name="h", rules=[rule])])])
+
+
+def test_filter_types_added_later_are_withheld_entry_by_entry() -> None:
+    doc = msgspec.to_builtins(_filtered_table())
+    withhold_config(doc, lacking([f for f in SUPPORTED if f != "request-redirect"]))
+    kinds = [f["type"] for f in doc["route_tables"][0]["virtual_hosts"][0]["rules"][0]["filters"]]
+    assert kinds == ["URLRewrite", "RequestHeaderModifier"]
+    doc = msgspec.to_builtins(_filtered_table())
+    withhold_config(doc, lacking([f for f in SUPPORTED if f not in ("request-redirect",
+                                                                    "url-rewrite")]))
+    got = decode_snapshot(msgspec.Raw(msgspec.json.encode(doc)))
+    # A rewrite changes what the upstream is sent: without it the rule goes whole.
+    assert got.route_tables[0].virtual_hosts[0].rules == []

@@ -11,7 +11,7 @@ import pytest
 from msgspec import inspect as mi
 
 from tulle.proxyconfig import model, network
-from tulle.proxyconfig.filters import authz, headers
+from tulle.proxyconfig.filters import authz, headers, mirror, paths, redirect, rewrite
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "reference" / "proxyconfig.md"
 STRUCTS = [model.ProxyConfig, model.Node, model.Admin, model.Settings, model.Listener,
@@ -27,6 +27,8 @@ STRUCTS += [model.HeaderMatch, model.QueryParamMatch]
 STRUCTS += [model.ClusterLimits]
 STRUCTS += [authz.Authorization, authz.AuthzPolicy, authz.AuthzRule, authz.AuthzSource,
             authz.AuthzOperation, authz.AuthzHeader, network.NetworkAuthz]
+STRUCTS += [redirect.RequestRedirect, rewrite.URLRewrite, paths.PathModifier]
+STRUCTS += [mirror.RequestMirror]
 
 
 def _doc_tables() -> dict[str, dict[str, str]]:

@@ -99,6 +99,9 @@ the cluster is rendered `unresolved`."""
 class Backend(msgspec.Struct, frozen=True):
     cluster: str
     weight: int = 1
+    filters: tuple[HTTPFilter, ...] = ()
+    """This backend's own filters (`backendRefs[].filters`), as the proxy runs them; set by
+    the plugin that claims their type (`header_modifiers`)."""
 
 
 class RuleFilter(msgspec.Struct, frozen=True):
@@ -126,6 +129,8 @@ class Rule(msgspec.Struct, frozen=True):
     """The rule as the user wrote it, for plugins that read their own settings from it."""
     filters: tuple[RuleFilter, ...] = ()
     timeout_ms: int | None = None
+    backend_timeout_ms: int | None = None
+    """Per try (`timeouts.backendRequest`); None: no per-try limit."""
     left_out: bool = False
     """Not in force: no match the proxy can do (not rendered: its traffic cannot be told
     apart), or a plugin refused a setting of it (rendered to answer 500, Gateway API's answer

@@ -17,7 +17,15 @@ from typing import Any, NamedTuple
 
 import msgspec
 
-from tulle.controlplane.compiler.ir import INVALID_BACKEND, Key, MeshModel, Route, Rule, ServicePort
+from tulle.controlplane.compiler.ir import (
+    INVALID_BACKEND,
+    Backend,
+    Key,
+    MeshModel,
+    Route,
+    Rule,
+    ServicePort,
+)
 from tulle.proxyconfig.model import RouteMatch
 
 
@@ -50,6 +58,13 @@ def _match(m: RouteMatch) -> dict[str, Any]:
     return out
 
 
+def _backend(b: Backend) -> dict[str, Any]:
+    out: dict[str, Any] = {"cluster": b.cluster, "weight": b.weight}
+    if b.filters:
+        out["filters"] = [msgspec.to_builtins(f) for f in b.filters]
+    return out
+
+
 def rule(r: Rule) -> dict[str, Any]:
     out: dict[str, Any] = {"name": r.name, "matches": [_match(m) for m in r.matches]}
     if r.left_out:
@@ -59,7 +74,9 @@ def rule(r: Rule) -> dict[str, Any]:
         return out
     if r.timeout_ms is not None:
         out["timeout_ms"] = r.timeout_ms
-    out["backends"] = [{"cluster": b.cluster, "weight": b.weight} for b in r.backends]
+    if r.backend_timeout_ms:
+        out["backend_timeout_ms"] = r.backend_timeout_ms
+    out["backends"] = [_backend(b) for b in r.backends]
     filters = [msgspec.to_builtins(f.config) for f in r.filters if f.config is not None]
     if filters:
         out["filters"] = filters

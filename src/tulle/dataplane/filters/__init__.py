@@ -1,28 +1,46 @@
 """One module per L7 filter: its factory and per-request filter (DESIGN.md section 4).
 
 `factory_for` maps a filter config of the contract (`proxyconfig/filters/`) to the factory that
-runs it; `dataplane/http/chain.py` places the factories in the declared order.
+runs it; `dataplane/http/chain.py` places the factories in the declared order.  Filters that
+change the path by the matched prefix (`RequestRedirect`, `URLRewrite`) are given the rule's
+matches, from which they tell which prefix a request matched (`filters/paths.py`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from tulle.dataplane.filters.authz import AuthzFactory
 from tulle.dataplane.filters.headers import HeadersFactory
+from tulle.dataplane.filters.mirror import MirrorFactory
+from tulle.dataplane.filters.redirect import RedirectFactory
+from tulle.dataplane.filters.rewrite import RewriteFactory
 from tulle.dataplane.http.filter import FilterFactory
 from tulle.proxyconfig.filters import (
     Authorization,
     HTTPFilter,
     RequestHeaderModifier,
+    RequestMirror,
+    RequestRedirect,
     ResponseHeaderModifier,
+    URLRewrite,
 )
+from tulle.proxyconfig.model import RouteMatch
 
 
-def factory_for(cfg: HTTPFilter) -> FilterFactory:
-    """The factory for one filter config, built once per route per snapshot."""
+def factory_for(cfg: HTTPFilter, matches: Sequence[RouteMatch] = ()) -> FilterFactory:
+    """The factory for one filter config of a rule with `matches`, built once per route per
+    snapshot."""
     if isinstance(cfg, RequestHeaderModifier):
         return HeadersFactory(cfg, response=False)
     if isinstance(cfg, ResponseHeaderModifier):
         return HeadersFactory(cfg, response=True)
     if isinstance(cfg, Authorization):
         return AuthzFactory(cfg)
+    if isinstance(cfg, RequestRedirect):
+        return RedirectFactory(cfg, list(matches))
+    if isinstance(cfg, URLRewrite):
+        return RewriteFactory(cfg, list(matches))
+    if isinstance(cfg, RequestMirror):
+        return MirrorFactory(cfg)
     raise TypeError(f"no filter for {type(cfg).__name__}")  # pragma: no cover

@@ -28,12 +28,14 @@ from tulle.dataplane.http.filter import (
     STOP,
     FilterFactory,
     HttpFilter,
+    ReplyHeaders,
     RequestRecord,
 )
 
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import RequestHead, ResponseHead
     from tulle.dataplane.http.facts import ConnectionFacts
+    from tulle.dataplane.upstream.cluster import ClusterRuntime
 
 log = logging.getLogger("tulle.proxy")
 
@@ -54,7 +56,8 @@ ORDER: tuple[tuple[str, str], ...] = (
                "edit"),
 )
 """Every position of the chain, first to last; the router is the terminal after `mirror`.
-Only `headers` has a filter today; the other names reserve their place."""
+`redirect`, `rewrite`, `headers` and `mirror` have filters (`dataplane/filters/`); the other
+names reserve their place."""
 
 POSITION = {name: i for i, (name, _) in enumerate(ORDER)}
 
@@ -75,8 +78,13 @@ class ChainPort(RequestRecord, Protocol):
     def response_continue(self) -> None:
         """The response head passed every filter after a STOP: send it and what waited."""
 
-    def filter_reply(self, status: int, body: bytes) -> None:
+    def filter_reply(self, status: int, body: bytes, headers: ReplyHeaders = ()) -> None:
         """Answer the request locally (dropping an upstream stream if one is open)."""
+
+    bodiless: bool
+
+    def upstream_cluster(self, name: str) -> ClusterRuntime | None:
+        """A cluster of the snapshot the request runs on (`FilterStream.cluster`)."""
 
 
 class ErrorCounter(Protocol):
@@ -142,7 +150,7 @@ class ChainRun:
         self.answered = False
         self.finished = False
         self._in_hook = False
-        self._reply: tuple[int, bytes] | None = None
+        self._reply: tuple[int, bytes, ReplyHeaders] | None = None
         self._buf: _Buffer | None = None
         """What a data hook that returned BUFFER holds (made on the first data hook)."""
         self.response: ResponseHead | None = None
@@ -165,14 +173,23 @@ class ChainRun:
 
     # -- FilterStream ---------------------------------------------------------------------
 
-    def reply(self, status: int, body: bytes) -> None:
+    def reply(self, status: int, body: bytes, headers: ReplyHeaders = ()) -> None:
         if self.answered or self.finished:
             return
         self.answered = True
         if self._in_hook:
-            self._reply = (status, body)  # rendered when the hook returns
+            self._reply = (status, body, headers)  # rendered when the hook returns
+        elif headers:
+            self.port.filter_reply(status, body, headers)
         else:
             self.port.filter_reply(status, body)
+
+    @property
+    def bodiless(self) -> bool:
+        return self.port.bodiless
+
+    def cluster(self, name: str) -> ClusterRuntime | None:
+        return self.port.upstream_cluster(name)
 
     def resume(self) -> None:
         if not self.stopped or self.answered or self.finished:
@@ -313,7 +330,10 @@ class ChainRun:
         reply = self._reply
         if reply is not None:
             self._reply = None
-            self.port.filter_reply(*reply)
+            if reply[2]:
+                self.port.filter_reply(*reply)
+            else:
+                self.port.filter_reply(reply[0], reply[1])
         return True
 
     def _count(self, i: int, exc: Exception) -> None:

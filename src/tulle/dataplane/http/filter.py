@@ -27,8 +27,8 @@ Shape (Envoy's `StreamFilter`, linkerd's layers):
     data hooks, the response head waits for the first bytes they let through, so that 500 can
     still be sent instead of a response cut short.  The end of a body is a call with
     `end=True` (and often no bytes).
-* A filter may answer locally at any hook with `stream.reply(status, body)` and return `STOP`;
-  the driver renders the reply for its protocol (HTTP/1, HTTP/2, gRPC trailers-only).  Once
+* A filter may answer locally at any hook with `stream.reply(status, body, headers)` and
+  return `STOP`; the driver renders the reply for its protocol (HTTP/1, HTTP/2, gRPC trailers-only).  Once
   the response head has gone out a reply can only reset the request.
 * A hook that raises is the filter's bug, not the client's: the request is answered 500 (or
   reset if its response already began), the error is counted per listener and filter
@@ -50,6 +50,10 @@ if TYPE_CHECKING:
     from tulle.dataplane.exchange import RequestHead, ResponseHead
     from tulle.dataplane.http.chain import ErrorCounter
     from tulle.dataplane.http.facts import ConnectionFacts
+    from tulle.dataplane.upstream.cluster import ClusterRuntime
+
+ReplyHeaders = tuple[tuple[bytes, bytes], ...]
+"""Fields of a local reply besides its framing: lower-case names, validated values."""
 
 CONTINUE = 0
 STOP = 1
@@ -96,11 +100,20 @@ class FilterStream(Protocol):
     def counters(self) -> ErrorCounter:
         """The listener's counters (filter errors, authorization decisions)."""
 
-    def reply(self, status: int, body: bytes) -> None:
-        """Answer the request locally; the hook that calls this should return STOP."""
+    def reply(self, status: int, body: bytes, headers: ReplyHeaders = ()) -> None:
+        """Answer the request locally; the hook that calls this should return STOP.
+        `headers`: fields of the reply besides its framing (a redirect's `location`)."""
 
     def resume(self) -> None:
         """Go on after a hook returned STOP (call it once, from any later loop turn)."""
+
+    @property
+    def bodiless(self) -> bool:
+        """The request has no body at all (its data hooks are never called)."""
+
+    def cluster(self, name: str) -> ClusterRuntime | None:
+        """An upstream cluster of the snapshot this request runs on, for a filter that sends
+        requests of its own (a mirror); None when the snapshot has none of that name."""
 
 
 class HttpFilter:

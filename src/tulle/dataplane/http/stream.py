@@ -52,10 +52,12 @@ if TYPE_CHECKING:
         UpstreamStream,
     )
     from tulle.dataplane.http.facts import ConnectionFacts
+    from tulle.dataplane.http.filter import ReplyHeaders
     from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle, RequestStats
     from tulle.dataplane.listeners.dispatch import Decision
     from tulle.dataplane.overload import OverloadGuard
     from tulle.dataplane.routing.router import Router
+    from tulle.dataplane.upstream.cluster import ClusterRuntime
 
 
 class StreamOwner(Protocol):
@@ -168,8 +170,9 @@ class RequestStream:
         """The response is complete: record it and let the connection go on."""
         raise NotImplementedError
 
-    def send_local(self, status: int, body: bytes) -> None:
-        """Answer with a response of our own (nothing was sent yet) and complete."""
+    def send_local(self, status: int, body: bytes, headers: ReplyHeaders = ()) -> None:
+        """Answer with a response of our own (nothing was sent yet) and complete; `headers`
+        go with it (a filter's reply: a redirect's `location`)."""
         raise NotImplementedError
 
     def send_reset(self) -> None:
@@ -232,7 +235,7 @@ class RequestStream:
             self.decision = d = resolve(ctx, conn.router, conn.cluster or "", head)
             self.cluster = d.cluster_name
             self.stats = d.stats
-            if d.cluster is None:
+            if d.cluster is None and d.chain is None:
                 self.flags = d.flag
                 self.send_local(d.status, d.body)
                 return
@@ -253,8 +256,11 @@ class RequestStream:
                 if not run.request_head():
                     return  # answered, or stopped: filters_continue() comes back here
         cluster = d.cluster
-        assert cluster is not None
-        up = cluster.open_stream(head, self, self.bodiless)
+        if cluster is None:  # the filters let it through to a backend that cannot take it
+            self.flags = d.flag
+            self.send_local(d.status, d.body)
+            return
+        up = cluster.open_stream(head, self, self.bodiless, d.attempt)
         if up is None:
             self.flags = "UH"
             self.reply_local(503, b"no healthy endpoint in cluster '%b'\n"
@@ -437,7 +443,7 @@ class RequestStream:
         if not self.done and self.upstream is None:
             self.dispatch(resumed=True)
 
-    def filter_reply(self, status: int, body: bytes) -> None:
+    def filter_reply(self, status: int, body: bytes, headers: ReplyHeaders = ()) -> None:
         """A filter answers the request (or the chain does: 413/500/filter error)."""
         up, self.upstream = self.upstream, None
         if up is not None:
@@ -447,8 +453,14 @@ class RequestStream:
             return
         if self.head_sent:
             self.send_reset()
+        elif headers:
+            self.send_local(status, body, headers)
         else:
             self.send_local(status, body)
+
+    def upstream_cluster(self, name: str) -> ClusterRuntime | None:
+        """A cluster of the snapshot this request runs on (for a mirror)."""
+        return self.conn.ctx.clusters.get(name)
 
     def response_continue(self) -> None:
         """The response head passed every filter after a STOP: let it and what waited go."""

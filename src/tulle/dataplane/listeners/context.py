@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
     from tulle.dataplane.http.chain import Chain
     from tulle.dataplane.runtime.tls import ServerRef, TLSContexts
+    from tulle.dataplane.upstream.attempt import AttemptRequest
     from tulle.dataplane.upstream.cluster import ClusterRuntime
 
 NO_ROUTE = Router(RouteTable(name="no-route"), 0)
@@ -149,7 +150,7 @@ class ListenerContext:
         self.m_bytes_sent = metrics.bytes_sent.labels(cfg.name)
         self._stats: dict[str, RequestStats] = {}
         self._decisions: dict[str, dict[int, Decision]] = {}
-        self._chain_decisions: dict[Chain, dict[str, Decision]] = {}
+        self._chain_decisions: dict[object, dict[str, Decision]] = {}
         # Route timeouts at least this long are checked by the proxy's deadline sweeper, which
         # ticks every header_timeout/4 clamped to [10 ms, 1 s] (server.py `_deadline_sweeper`):
         # they fire at most one tick (a tenth of the timeout) late.  Shorter ones get a timer.
@@ -173,16 +174,19 @@ class ListenerContext:
         return [c.tls_ref.ctx for c in self.chains_by_name.values()
                 if c.tls_ref is not None]
 
-    def decision(self, cluster: str, timeout_ms: int, chain: Chain | None = None) -> Decision:
+    def decision(self, cluster: str, timeout_ms: int, chain: Chain | None = None,
+                 attempt: AttemptRequest | None = None) -> Decision:
         """The shared decision for requests routed to `cluster` with `timeout_ms` (and, for a
-        route with filters, its `chain`: one decision per chain and cluster)."""
-        if chain is not None:
-            by_cluster = self._chain_decisions.get(chain)
+        route with filters or a per-try request, its `chain` and `attempt`: one decision per
+        route and cluster, keyed by whichever of the two the route has)."""
+        key = chain if chain is not None else attempt
+        if key is not None:
+            by_cluster = self._chain_decisions.get(key)
             if by_cluster is not None:
                 d = by_cluster.get(cluster)
                 if d is not None:
                     return d
-            return self._chained(cluster, timeout_ms, chain)
+            return self._chained(cluster, timeout_ms, chain, attempt, key)
         by_timeout = self._decisions.get(cluster)
         if by_timeout is not None:
             d = by_timeout.get(timeout_ms)
@@ -197,15 +201,19 @@ class ListenerContext:
         self._decisions.setdefault(cluster, {})[timeout_ms] = d
         return d
 
-    def _chained(self, cluster: str, timeout_ms: int, chain: Chain) -> Decision:
-        """The first request to `cluster` through `chain` (a route with filters)."""
+    def _chained(self, cluster: str, timeout_ms: int, chain: Chain | None,
+                 attempt: AttemptRequest | None, key: object) -> Decision:
+        """The first request to `cluster` through `chain` (a route with filters).  A cluster
+        that is missing or unresolved keeps the chain: its filters run first (a redirect
+        answers before the backend would matter), then the request is answered 503/500."""
         rt = self.clusters.get(cluster)
-        if rt is None:
-            return no_cluster(cluster)
-        if rt.cfg.unresolved:
-            return unresolved(cluster)
-        d = Decision(rt, cluster, timeout_ms, stats=self.stats(cluster), chain=chain)
-        self._chain_decisions.setdefault(chain, {})[cluster] = d
+        if rt is None or rt.cfg.unresolved:
+            d = no_cluster(cluster) if rt is None else unresolved(cluster)
+            d.chain = chain
+        else:
+            d = Decision(rt, cluster, timeout_ms, stats=self.stats(cluster), chain=chain,
+                         attempt=attempt)
+        self._chain_decisions.setdefault(key, {})[cluster] = d
         return d
 
     def filter_error(self, name: str) -> None:

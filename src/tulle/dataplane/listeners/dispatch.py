@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from tulle.dataplane.http.chain import Chain
     from tulle.dataplane.listeners.context import ListenerContext, RequestStats
     from tulle.dataplane.routing.router import Router
+    from tulle.dataplane.upstream.attempt import AttemptRequest
     from tulle.dataplane.upstream.cluster import ClusterRuntime
 
 
@@ -33,12 +34,13 @@ class Decision:
     listener context builds it once (`ListenerContext.decision`) and every request that takes
     that route shares it: treat it as immutable."""
 
-    __slots__ = ("body", "chain", "cluster", "cluster_name", "flag", "stats", "status",
-                 "timeout", "timeout_ms")
+    __slots__ = ("attempt", "body", "chain", "cluster", "cluster_name", "flag", "stats",
+                 "status", "timeout", "timeout_ms")
 
     def __init__(self, cluster: ClusterRuntime | None, cluster_name: str, timeout_ms: int,
                  status: int = 0, body: bytes = b"", flag: str = "",
-                 stats: RequestStats | None = None, chain: Chain | None = None) -> None:
+                 stats: RequestStats | None = None, chain: Chain | None = None,
+                 attempt: AttemptRequest | None = None) -> None:
         self.cluster = cluster
         self.cluster_name = cluster_name
         self.timeout_ms = timeout_ms
@@ -51,6 +53,8 @@ class Decision:
         """The request metrics of this listener and cluster (None for local responses)."""
         self.chain = chain
         """The route's filters to run before the upstream is opened; None: no filters."""
+        self.attempt = attempt
+        """What each try asks of the cluster (a per-try deadline); None: nothing."""
 
 
 def resolve(ctx: ListenerContext, router: Router | None, default_cluster: str,
@@ -71,9 +75,11 @@ def resolve(ctx: ListenerContext, router: Router | None, default_cluster: str,
                         b"%b\n" % (head.authority, head.path.split(b"?", 1)[0],
                                    ctx.name.encode()), "NR")
     route.requests.value += 1
-    chain = route.chain
-    if chain is not None:
-        return ctx.decision(route.pick_cluster(), route.timeout_ms, chain)
+    if route.special:  # filters (the rule's, a backend's) or a per-try deadline
+        cluster = route.pick_cluster()
+        chains = route.backend_chains
+        chain = chains.get(cluster, route.chain) if chains is not None else route.chain
+        return ctx.decision(cluster, route.timeout_ms, chain, route.attempt)
     return ctx.decision(route.pick_cluster(), route.timeout_ms)
 
 

@@ -24,6 +24,7 @@ from tulle.dataplane.protocols.http1 import (
 
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import Headers, ResponseHead, TunnelStream
+    from tulle.dataplane.http.filter import ReplyHeaders
     from tulle.dataplane.listeners.http1 import H1Downstream
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -94,12 +95,12 @@ class H1Exchange(RequestStream):
         self.record()
         self.conn.exchange_done(self)
 
-    def send_local(self, status: int, body: bytes) -> None:
+    def send_local(self, status: int, body: bytes, headers: ReplyHeaders = ()) -> None:
         self.status = status
         self.head_sent = True
         if not self.request_done or status in _CLOSES:
             self.close_after = True
-        self.conn.write(local_response(status, body, close=self.close_after))
+        self.conn.write(local_response(status, body, close=self.close_after, extra=headers))
         self.complete()
 
     def send_reset(self) -> None:

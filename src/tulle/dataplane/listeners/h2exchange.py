@@ -21,6 +21,7 @@ from tulle.dataplane.protocols.http2 import INTERNAL_ERROR, NO_ERROR
 
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import Headers, ResponseHead, TunnelStream
+    from tulle.dataplane.http.filter import ReplyHeaders
     from tulle.dataplane.listeners.http2 import H2Downstream
 
 REJECTED = RequestHead(b"", b"", b"", b"", [])
@@ -82,7 +83,7 @@ class H2Exchange(RequestStream):
         self.record()
         conn.exchange_done(self)
 
-    def send_local(self, status: int, body: bytes) -> None:
+    def send_local(self, status: int, body: bytes, headers: ReplyHeaders = ()) -> None:
         self.status = status
         self.head_sent = True
         codec = self.conn.codec
@@ -91,7 +92,7 @@ class H2Exchange(RequestStream):
             codec.send_headers(self.sid, grpc_trailers_only(status, detail), True)
         elif codec.send_headers(self.sid, [
                 (b":status", b"%d" % status), (b"content-type", b"text/plain"),
-                (b"content-length", b"%d" % len(body))], False):
+                (b"content-length", b"%d" % len(body)), *headers], False):
             codec.send_data(self.sid, body)
             codec.send_end(self.sid)
         self.conn.write_soon()

@@ -36,6 +36,7 @@ from tulle.dataplane.http.chain import Chain, build_chain
 from tulle.dataplane.routing.match import Condition, PathMatcher, conditions_of
 from tulle.dataplane.routing.state import RouteState
 from tulle.dataplane.routing.table import CompiledTable, HostEntry, route_name
+from tulle.dataplane.upstream.attempt import AttemptRequest
 from tulle.proxyconfig.model import RouteMatch, RouteRule, RouteTable, VirtualHost
 
 
@@ -46,8 +47,9 @@ class Route:
     unchanged (`Router`), so whatever it holds (filter factories, `state`) is per route, not
     per snapshot."""
 
-    __slots__ = ("_cum", "_total", "chain", "clusters", "default_timeout_ms", "name",
-                 "requests", "rule", "single", "state", "timeout_ms")
+    __slots__ = ("_cum", "_total", "attempt", "backend_chains", "chain", "clusters",
+                 "default_timeout_ms", "name", "requests", "rule", "single", "special", "state",
+                 "timeout_ms")
 
     def __init__(self, name: str, rule: RouteRule, default_timeout_ms: int,
                  state: RouteState | None = None) -> None:
@@ -65,8 +67,21 @@ class Route:
         self._cum = cum
         self._total = total
         self.timeout_ms = default_timeout_ms if rule.timeout_ms is None else rule.timeout_ms
-        self.chain: Chain | None = build_chain([factory_for(f) for f in rule.filters])
+        own = [factory_for(f, rule.matches) for f in rule.filters]
+        self.chain: Chain | None = build_chain(own)
         """The rule's filters, factories built once here; None (nothing to run) without any."""
+        self.backend_chains: dict[str, Chain | None] | None = {
+            b.cluster: build_chain(own + [factory_for(f) for f in b.filters])
+            for b in live if b.filters} or None
+        """For each backend with filters of its own: the rule's and its filters, for requests
+        sent to it (validation keeps such a cluster once per rule); None: no backend has."""
+        self.attempt = (AttemptRequest(per_try_timeout=rule.backend_timeout_ms / 1000)
+                        if rule.backend_timeout_ms else None)
+        """What each try of this route asks of its cluster (the per-try deadline); None:
+        nothing, and the route pays nothing."""
+        self.special = (self.chain is not None or self.attempt is not None
+                        or self.backend_chains is not None)
+        """Filters or a try request: the router step's one test for the plain path."""
         self.state = state if state is not None else RouteState()
         """What this route keeps across swaps (request stats; later buckets and budgets)."""
         self.requests = self.state.requests

@@ -190,6 +190,11 @@ class ProxyMetrics:
         self.filter_errors = r.counter("tulle_proxy_filter_errors_total",
                                        "HTTP filters that raised on a request (answered 500).",
                                        ("listener", "filter"))
+        self.mirror_requests = r.counter(
+            "tulle_proxy_mirror_requests_total",
+            "Requests mirrored (RequestMirror) to a cluster, by outcome: sent, dropped (over "
+            "the in-flight or body bound), failed (no endpoint, error, timeout).",
+            ("cluster", "outcome"))
         self.upstream_connect_failures = r.counter(
             "tulle_proxy_upstream_connect_failures_total",
             "Failed upstream connection attempts (refused, unreachable, timed out).", ("cluster",))

@@ -129,6 +129,8 @@ class ClusterRuntime:
         self.lb: LoadBalancer = build(cfg.lb_policy, endpoints)
         self.pools = pools
         self.m_connect_failures = metrics.upstream_connect_failures.labels(cfg.name)
+        self.m_mirrors = metrics.mirror_requests
+        """Requests mirrored to this cluster (`filters/mirror.py`), by outcome."""
         self.m_connections_active = metrics.upstream_connections_active.labels(cfg.name)
         self.m_connections_total = metrics.upstream_connections_total.labels(cfg.name)
         self._factory = POOL_FACTORIES.get(cfg.protocol)

@@ -9,22 +9,74 @@ the runtime side in `dataplane/filters/`.
 
 from __future__ import annotations
 
+from collections.abc import Container, Sequence
+from typing import Any
+
 from tulle.errors import FieldError
-from tulle.proxyconfig.filters import authz, headers
+from tulle.proxyconfig.filters import authz, headers, mirror, redirect, rewrite
 from tulle.proxyconfig.filters.authz import Authorization
 from tulle.proxyconfig.filters.headers import RequestHeaderModifier, ResponseHeaderModifier
+from tulle.proxyconfig.filters.mirror import RequestMirror
+from tulle.proxyconfig.filters.redirect import RequestRedirect
+from tulle.proxyconfig.filters.rewrite import URLRewrite
 
-HTTPFilter = RequestHeaderModifier | ResponseHeaderModifier | Authorization
+HTTPFilter = (RequestHeaderModifier | ResponseHeaderModifier | RequestRedirect | URLRewrite
+              | RequestMirror | Authorization)
 """Every HTTP filter config this contract has, tagged by `type`."""
 
 
-def errors(f: HTTPFilter, path: str) -> list[FieldError]:
-    """The semantic errors of one filter config, each with its path below `path`."""
+def errors(f: HTTPFilter, path: str, match_types: Sequence[str] | None = None) -> list[FieldError]:
+    """The semantic errors of one filter config, each with its path below `path`.
+    `match_types`: the path match types of the filter's rule (`ReplacePrefixMatch` needs
+    them all `PathPrefix`); None: not checked against a rule."""
     if isinstance(f, RequestHeaderModifier | ResponseHeaderModifier):
         return headers.errors(f, path)
     if isinstance(f, Authorization):
         return authz.errors(f, path)
+    if isinstance(f, RequestRedirect):
+        return redirect.errors(f, path, match_types)
+    if isinstance(f, URLRewrite):
+        return rewrite.errors(f, path, match_types)
+    if isinstance(f, RequestMirror):
+        return mirror.errors(f, path)
     return []  # pragma: no cover - every member has a branch above
 
 
-__all__ = ["Authorization", "HTTPFilter", "RequestHeaderModifier", "ResponseHeaderModifier", "errors"]
+def rule_errors(rule: Any, rp: str, clusters: Container[str]) -> list[FieldError]:
+    """The filters of a route rule at path `rp` (a `model.RouteRule`: its own, checked against
+    its matches, and its backends'); a mirror must name a cluster of `clusters`."""
+    out = backend_errors(rule.backends, rp)
+    types = [match.path.type for match in rule.matches]
+    for m, f in enumerate(rule.filters):
+        out += errors(f, f"{rp}.filters[{m}]", types)
+        if isinstance(f, RequestMirror) and f.cluster not in clusters:
+            out.append(FieldError(f"{rp}.filters[{m}].cluster",
+                                  f"no cluster named {f.cluster!r}"))
+    return out
+
+
+def backend_errors(backends: Sequence[Any], rp: str) -> list[FieldError]:
+    """A rule's `backends[].filters` (rule path `rp`): header modifiers only, and a backend
+    with filters must be the only one of its cluster (the proxy picks a cluster, then that
+    cluster's filters)."""
+    out: list[FieldError] = []
+    if not any(b.filters for b in backends):
+        return out
+    seen: set[str] = set()
+    for m, b in enumerate(backends):
+        bp = f"{rp}.backends[{m}]"
+        if b.cluster in seen:
+            out.append(FieldError(f"{bp}.cluster", f"{b.cluster!r} appears twice among "
+                                  "backends, and a backend of this rule has filters"))
+        seen.add(b.cluster)
+        for k, f in enumerate(b.filters):
+            if not isinstance(f, RequestHeaderModifier | ResponseHeaderModifier):
+                out.append(FieldError(f"{bp}.filters[{k}].type", "only RequestHeaderModifier "
+                                      "and ResponseHeaderModifier are taken on a backend"))
+            else:
+                out += headers.errors(f, f"{bp}.filters[{k}]")
+    return out
+
+
+__all__ = ["Authorization", "HTTPFilter", "RequestHeaderModifier", "RequestMirror", "RequestRedirect",
+           "ResponseHeaderModifier", "URLRewrite", "backend_errors", "errors", "rule_errors"]

@@ -23,12 +23,13 @@ def conditions(rules: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def test_a_rule_left_out_for_its_filter_still_reports_its_missing_backend() -> None:
-    conds = conditions([{"filters": [{"type": "RequestRedirect", "requestRedirect": {}}],
+    conds = conditions([{"filters": [{"type": "ExtensionRef", "extensionRef": {
+                             "group": "example.com", "kind": "Lua", "name": "x"}}],
                          "backendRefs": [{"name": "gone", "port": 80}]}])
     assert conds["ResolvedRefs"]["status"] == "False"
     assert conds["ResolvedRefs"]["message"] == "backendRef ns/gone:80 does not exist"
     assert conds["PartiallyInvalid"]["message"] == (
-        "left out (not supported yet): filter RequestRedirect")
+        "left out (not supported yet): filter ExtensionRef")
 
 
 def test_an_unreadable_timeout_is_an_invalid_setting_not_a_missing_backend() -> None:

@@ -146,7 +146,8 @@ class Cluster:
         self.available = available
         self.upstream: Upstream | None = None
 
-    def open_stream(self, head: RequestHead, sink: Any, end: bool) -> Upstream | None:
+    def open_stream(self, head: RequestHead, sink: Any, end: bool,
+                    request: Any = None) -> Upstream | None:
         self.log.append(("up.open", end))
         if not self.available:
             return None

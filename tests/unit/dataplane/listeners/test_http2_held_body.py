@@ -58,7 +58,7 @@ class HoldFactory:
 @pytest.fixture
 def hold(monkeypatch: pytest.MonkeyPatch) -> Iterator[Hold]:
     f = Hold()
-    monkeypatch.setattr(router_mod, "factory_for", lambda cfg: HoldFactory(f))
+    monkeypatch.setattr(router_mod, "factory_for", lambda cfg, *_: HoldFactory(f))
     yield f
 
 

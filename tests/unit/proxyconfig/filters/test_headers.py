@@ -39,11 +39,11 @@ def test_a_good_pair_is_taken() -> None:
 
 
 def test_unknown_and_missing_type_name_the_entry() -> None:
-    assert errors([{"set": []}, {"type": "RequestRedirect"}]) == [
-        f"{P}[0].type: required field is missing (one of 'RequestHeaderModifier', "
-        "'ResponseHeaderModifier', 'Authorization')",
-        f"{P}[1].type: must be one of 'RequestHeaderModifier', 'ResponseHeaderModifier', "
-        "'Authorization', got 'RequestRedirect'"]
+    kinds = ("'RequestHeaderModifier', 'ResponseHeaderModifier', 'RequestRedirect', 'URLRewrite', "
+             "'RequestMirror', 'Authorization'")
+    assert errors([{"set": []}, {"type": "Teleport"}]) == [
+        f"{P}[0].type: required field is missing (one of {kinds})",
+        f"{P}[1].type: must be one of {kinds}, got 'Teleport'"]
 
 
 @pytest.mark.parametrize("name", ["bad name", "x:y", ":path", "", "é"])

@@ -21,10 +21,13 @@ from tulle.controlplane.compiler.plugins import (
     header_modifiers,
     mesh_defaults,
     mesh_settings,
+    request_mirror,
+    request_redirect,
     route_timeouts,
     tcp_routes,
     unclaimed_filters,
     unenforced_policies,
+    url_rewrite,
 )
 from tulle.controlplane.compiler.plugins.base import Plugin
 
@@ -32,6 +35,12 @@ ORDER: tuple[tuple[Plugin, str], ...] = (
     (header_modifiers.PLUGIN,
      "first of the filter plugins: each claims its own filter types on a rule; their order "
      "among themselves does not matter (the proxy's chain order decides the run order)"),
+    (request_redirect.PLUGIN,
+     "a filter plugin (claims RequestRedirect): with the others, before unclaimed_filters"),
+    (url_rewrite.PLUGIN,
+     "a filter plugin (claims URLRewrite, refused next to a RequestRedirect on one rule)"),
+    (request_mirror.PLUGIN,
+     "a filter plugin (claims RequestMirror, resolving its backendRef to a Service cluster)"),
     (route_timeouts.PLUGIN,
      "the route's own timeout, before any policy that sets defaults, which must see which "
      "rules already have one"),

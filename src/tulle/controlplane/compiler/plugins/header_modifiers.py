@@ -5,6 +5,10 @@ Each such filter of a rule becomes the contract's filter config of the same name
 the proxy would refuse (editing `Host`, a pseudo-header, an invalid name) is left out whole —
 forwarding it without the edit the user asked for would be doing something else quietly — and
 the route's status lists every refused setting with its path (`rules[i].filters[j]...`).
+
+The same filters on a `backendRef` (`rules[i].backendRefs[k].filters`) apply only to requests
+sent to that backend.  They are the only filter types Tulle takes on a backend: any other type
+there leaves its rule out, reported as not supported.
 """
 
 from __future__ import annotations
@@ -46,7 +50,36 @@ def _configure(f: RuleFilter, user: dict[str, Any], path: str,
     return replace(f, claimed_by=NAME, config=cfg)
 
 
-def _rule(r: Rule, invalid: list[str]) -> Rule:
+def _backend_filters(r: Rule, invalid: list[str], unsupported: list[str]) -> Rule:
+    """Each backendRef's own filters onto its backend (backends are 1:1 with backendRefs)."""
+    refs = r.spec.get("backendRefs") or []
+    if len(refs) != len(r.backends) or not any(ref.get("filters") for ref in refs):
+        return r
+    before = len(invalid) + len(unsupported)
+    clusters = [b.cluster for b in r.backends]
+    for k, c in enumerate(clusters):
+        if c in clusters[:k]:  # the proxy picks a cluster, then its filters: one per cluster
+            invalid.append(f"rules[{r.index}].backendRefs[{k}]: the same backend twice (or two "
+                           "that do not resolve) in a rule with backendRef filters")
+    backends = []
+    for k, (ref, b) in enumerate(zip(refs, r.backends, strict=True)):
+        configs = []
+        for j, user in enumerate(ref.get("filters") or []):
+            kind = str(user.get("type"))
+            where = f"rules[{r.index}].backendRefs[{k}].filters[{j}]"
+            if kind not in FIELDS:
+                unsupported.append(f"filter {kind} on a backendRef ({where})")
+                continue
+            f = _configure(RuleFilter(j, kind), user, where, invalid)
+            if f.config is not None:
+                configs.append(f.config)
+        backends.append(replace(b, filters=tuple(configs)))
+    return replace(r, backends=tuple(backends),
+                   left_out=r.left_out or len(invalid) + len(unsupported) > before)
+
+
+def _rule(r: Rule, invalid: list[str], unsupported: list[str]) -> Rule:
+    r = _backend_filters(r, invalid, unsupported)
     if not any(f.type in FIELDS for f in r.filters):
         return r
     user = r.spec.get("filters") or []
@@ -57,12 +90,15 @@ def _rule(r: Rule, invalid: list[str]) -> Rule:
 
 
 def _route(route: Route) -> Route:
-    if not any(f.type in FIELDS for r in route.rules for f in r.filters):
+    if not any(f.type in FIELDS for r in route.rules for f in r.filters) and not any(
+            ref.get("filters") for r in route.rules for ref in r.spec.get("backendRefs") or []):
         return route
     invalid: list[str] = []
-    rules = tuple(_rule(r, invalid) for r in route.rules)
+    unsupported: list[str] = []
+    rules = tuple(_rule(r, invalid, unsupported) for r in route.rules)
     return replace(route, rules=rules,
-                   dropped=route.dropped + tuple(Dropped(i, "invalid") for i in invalid))
+                   dropped=route.dropped + tuple(Dropped(i, "invalid") for i in invalid)
+                   + tuple(Dropped(u, "unsupported") for u in unsupported))
 
 
 def apply(mesh: MeshModel) -> MeshModel:
