@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from tulle.dataplane.exchange import RequestHead
 from tulle.dataplane.filters import factory_for
 from tulle.dataplane.http.chain import Chain, build_chain
+from tulle.dataplane.routing.decide import Decision
 from tulle.dataplane.routing.match import Condition, PathMatcher, conditions_of
 from tulle.dataplane.routing.state import RouteState
 from tulle.dataplane.routing.table import CompiledTable, HostEntry, route_name
@@ -112,7 +113,7 @@ class CompiledMatch:
 
 
 class CompiledHost:
-    __slots__ = ("_paths", "matches", "name", "plain")
+    __slots__ = ("_paths", "decision", "matches", "name", "plain")
 
     def __init__(self, name: str, matches: Sequence[CompiledMatch]) -> None:
         self.name = name
@@ -120,17 +121,31 @@ class CompiledHost:
         self.plain = not any(m.conditions for m in self.matches)
         """No match has conditions besides its path: `find` tests paths only."""
         self._paths = tuple((m.path.matches, m.route) for m in self.matches)
+        self.decision = None if self.plain else Decision(self.matches)
+        """With conditions: the matches as one decision, each distinct condition tested
+        once per request (`routing/decide.py`); routes exactly as the scan of `matches`."""
 
     def find(self, path: bytes, head: RequestHead, query: bytes) -> Route | None:
-        if self.plain:
-            for test, route in self._paths:
-                if test(path):
-                    return route
-            return None
+        decision = self.decision
+        if decision is not None:
+            return decision.find(path, head, query)
+        for test, route in self._paths:
+            if test(path):
+                return route
+        return None
+
+    def scan(self, path: bytes, head: RequestHead, query: bytes) -> Route | None:
+        """The route of the first match (in precedence order) that holds, found by trying
+        them in turn: what `find` must agree with (the tests compare the two)."""
         for m in self.matches:
             if m.matches(path, head, query):
                 return m.route
         return None
+
+
+_NO_HOST = CompiledHost("", ())
+"""What `Router._seen` remembers for an authority no host takes: it routes nothing."""
+_SEEN_MAX = 256
 
 
 def _strip_port(authority: str) -> str:
@@ -147,8 +162,8 @@ class Router:
     hosts whose `VirtualHost` struct is unchanged (whole, routes and all), the routes of
     unchanged rules elsewhere, and the host index, patched (`routing/hosts.py`, ADR 0022)."""
 
-    __slots__ = ("_any", "_exact", "_prefix", "_suffix", "compiled", "default_timeout_ms",
-                 "name", "only", "routes")
+    __slots__ = ("_any", "_exact", "_prefix", "_seen", "_suffix", "compiled",
+                 "default_timeout_ms", "name", "only", "routes")
 
     def __init__(self, table: RouteTable, default_timeout_ms: int,
                  previous: Router | None = None) -> None:
@@ -172,6 +187,10 @@ class Router:
         self._suffix = index.suffix
         self._prefix = index.prefix
         self._any = index.any
+        self._seen: dict[bytes, CompiledHost] = {}
+        """Authorities as received → their host (`_NO_HOST` for none): lowering, dropping the
+        port and the wildcard scans, once per distinct authority.  At most `_SEEN_MAX`
+        entries (emptied when full, so a client sending endless names costs a lookup each)."""
         self.routes: dict[str, Route] = compiled.routes
         """The routes by name: the key that carries them, and their state, across swaps.
         Rules sharing a name (a route attached to several hosts) share its state."""
@@ -204,9 +223,13 @@ class Router:
 
     def route(self, head: RequestHead) -> Route | None:
         """The route for a request, or None (the caller answers 404)."""
-        host = self.host_for(head.authority.decode("latin-1"))
+        seen = self._seen
+        host = seen.get(head.authority)
         if host is None:
-            return None
+            if len(seen) >= _SEEN_MAX:
+                seen.clear()
+            host = seen[head.authority] = (self.host_for(head.authority.decode("latin-1"))
+                                           or _NO_HOST)
         path, _, query = head.path.partition(b"?")
         return host.find(path, head, query)
 
