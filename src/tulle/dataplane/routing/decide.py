@@ -38,7 +38,6 @@ from typing import TYPE_CHECKING, Any
 from tulle.dataplane.exchange import Headers, RequestHead
 from tulle.dataplane.routing.match import (
     AuthorityMatcher,
-    Condition,
     Exact,
     HeaderMatcher,
     MethodMatcher,
@@ -52,37 +51,56 @@ if TYPE_CHECKING:
     from tulle.dataplane.routing.router import CompiledMatch, Route
 
 Test = Callable[[bytes], Any]
-"""A string test: truthy when the value matches (a bound `fullmatch` for regexes)."""
+"""A test of a present value: truthy when it holds (a bound `fullmatch` for regexes)."""
 _NO_VALUES: dict[bytes, bytes] = {}
+_TODO = object()
+"""A test not run yet for this request."""
+
+
+PATH, HEADER, QUERY, AUTHORITY = range(4)
+"""What a general test reads: the path, a header's value, a query parameter's, the authority."""
 
 
 class _Tests:
-    """Distinct general tests on one kind of subject, in first-seen order, with their masks."""
+    """The distinct general tests of a host, in first-seen order, and each match's."""
 
-    __slots__ = ("keys", "out")
+    __slots__ = ("keys", "of", "out")
 
     def __init__(self) -> None:
         self.keys: dict[tuple[object, ...], int] = {}
         self.out: list[list[Any]] = []
+        self.of: dict[int, list[int]] = {}
+        """Match index → its tests (indices into `out`), in the order added."""
 
-    def add(self, name: bytes, value: StringMatcher | None, invert: bool, bit: int) -> None:
-        key = (name, None if value is None else (type(value), value.value, value.ignore_case),
-               invert)
+    def add(self, kind: int, name: bytes, value: StringMatcher | None, invert: bool,
+            i: int) -> None:
+        key = (kind, name,
+               None if value is None else (type(value), value.value, value.ignore_case), invert)
         at = self.keys.get(key)
         if at is None:
-            self.keys[key] = len(self.out)
-            test: Test | None = None
-            if isinstance(value, Regex):
-                test = value.full
-            elif value is not None:
-                test = value.matches
-            self.out.append([name, bit, test, invert])
-        else:
-            self.out[at][1] |= bit
+            at = self.keys[key] = len(self.out)
+            test: Test = _present if value is None else (
+                value.full if isinstance(value, Regex) else value.matches)
+            if invert:
+                test = _negated(test)
+            self.out.append([kind, name, test, invert, 0])  # absent: holds when inverted
+        self.out[at][4] |= 1 << i
+        self.of.setdefault(i, []).append(at)
 
-    def frozen(self, every: int) -> tuple[tuple[bytes, int, int, Test | None, bool], ...]:
-        """(subject name, mask, keep = every bit but the mask's, test, invert) each."""
-        return tuple((n, m, every & ~m, t, inv) for n, m, t, inv in self.out)
+    def frozen(self, every: int) -> tuple[tuple[int, bytes, Test, bool, int], ...]:
+        """(kind, subject name, test of a present value, whether an absent one holds,
+        keep = every bit but those requiring it) each."""
+        return tuple((k, n, t, absent, every & ~m) for k, n, t, absent, m in self.out)
+
+
+def _present(value: bytes) -> bool:
+    return True
+
+
+def _negated(test: Test) -> Test:
+    def negated(value: bytes) -> bool:
+        return not test(value)
+    return negated
 
 
 class _Groups:
@@ -122,9 +140,9 @@ def _exact(value: StringMatcher | None, invert: bool) -> bytes | None:
 class Decision:
     """The compiled decision of one virtual host (see the module docstring)."""
 
-    __slots__ = ("authority", "every", "exact_paths", "header_groups", "header_mask",
-                 "header_names", "header_tests", "method", "path_tests", "prefixes",
-                 "query_groups", "query_mask", "query_tests", "routes")
+    __slots__ = ("every", "exact_paths", "header_groups", "header_mask", "header_names",
+                 "method", "pending", "prefixes", "query_groups", "query_mask", "routes",
+                 "tests")
 
     def __init__(self, matches: Sequence[CompiledMatch]) -> None:
         self.routes: tuple[Route, ...] = tuple(m.route for m in matches)
@@ -133,12 +151,29 @@ class Decision:
         paths = _Groups()
         prefixes: dict[int, dict[bytes, int]] = {}
         prefix_mask = 0
-        path_tests: dict[str, list[Any]] = {}
         headers, queries = _Groups(), _Groups()
-        header_tests, query_tests, authority = _Tests(), _Tests(), _Tests()
+        tests = _Tests()
         header_mask = query_mask = 0
         for i, m in enumerate(matches):
             bit = 1 << i
+            for c in m.conditions:
+                if isinstance(c, MethodMatcher):
+                    methods.add(b"", c.method, bit)
+                elif isinstance(c, AuthorityMatcher):
+                    tests.add(AUTHORITY, b"", c.value, c.invert, i)
+                elif isinstance(c, HeaderMatcher | QueryMatcher):
+                    header = isinstance(c, HeaderMatcher)
+                    if header:
+                        header_mask |= bit
+                    else:
+                        query_mask |= bit
+                    v = _exact(c.value, c.invert)
+                    if v is not None:
+                        (headers if header else queries).add(c.name, v, bit)
+                    else:
+                        tests.add(HEADER if header else QUERY, c.name, c.value, c.invert, i)
+                else:  # a condition this module does not know would be silently ignored
+                    raise TypeError(f"no decision for condition {type(c).__name__}")
             p = m.path
             if p.exact is not None:
                 paths.add(b"", p.exact, bit)
@@ -149,53 +184,24 @@ class Decision:
                     prefix_mask |= bit
             else:
                 assert p.regex is not None
-                path_tests.setdefault(p.value, [p.regex.full, 0])[1] |= bit
-            for c in m.conditions:
-                header_mask, query_mask = self._add(
-                    c, bit, methods, headers, queries, header_tests, query_tests, authority,
-                    header_mask, query_mask)
+                tests.add(PATH, b"", p.regex, False, i)
         g = methods.frozen(every)
         self.method = (g[0][1], g[0][2]) if g else None
         g = paths.frozen(every)
         self.exact_paths = (g[0][1], g[0][2]) if g else None
         self.prefixes = ((every & ~prefix_mask, tuple(sorted(prefixes.items())))
                          if prefixes else None)
-        self.path_tests = tuple((mask, every & ~mask, test)
-                                for test, mask in path_tests.values())
         self.header_groups = headers.frozen(every)
-        self.header_tests = header_tests.frozen(every)
-        self.header_names = frozenset(headers.by_name) | {t[0] for t in self.header_tests}
         self.header_mask = header_mask
         self.query_groups = queries.frozen(every)
-        self.query_tests = query_tests.frozen(every)
         self.query_mask = query_mask
-        self.authority = authority.frozen(every)
-
-    @staticmethod
-    def _add(c: Condition, bit: int, methods: _Groups, headers: _Groups, queries: _Groups,
-             header_tests: _Tests, query_tests: _Tests, authority: _Tests, header_mask: int,
-             query_mask: int) -> tuple[int, int]:
-        if isinstance(c, MethodMatcher):
-            methods.add(b"", c.method, bit)
-        elif isinstance(c, AuthorityMatcher):
-            authority.add(b"", c.value, c.invert, bit)
-        elif isinstance(c, HeaderMatcher):
-            header_mask |= bit
-            v = _exact(c.value, c.invert)
-            if v is not None:
-                headers.add(c.name, v, bit)
-            else:
-                header_tests.add(c.name, c.value, c.invert, bit)
-        elif isinstance(c, QueryMatcher):
-            query_mask |= bit
-            v = _exact(c.value, c.invert)
-            if v is not None:
-                queries.add(c.name, v, bit)
-            else:
-                query_tests.add(c.name, c.value, c.invert, bit)
-        else:  # a condition kind this module does not know would be silently ignored
-            raise TypeError(f"no decision for condition {type(c).__name__}")
-        return header_mask, query_mask
+        self.tests = tests.frozen(every)
+        """The distinct general tests (regular expressions, inverted or other string tests)."""
+        self.pending = tuple(tuple(tests.of.get(i, ())) for i in range(len(matches)))
+        """Per match, the general tests it requires, run (once each) only for a candidate, in
+        the order of its conditions (query, headers: `conditions_of`), its path last."""
+        self.header_names = frozenset(headers.by_name) | {
+            t[1] for t in self.tests if t[0] == HEADER}
 
     def find(self, path: bytes, head: RequestHead, query: bytes) -> Route | None:
         c = self.every
@@ -218,37 +224,31 @@ class Decision:
             params = query_params(query)
             for name, keep, holds in self.query_groups:
                 c &= keep | holds.get(params.get(name), 0)  # type: ignore[arg-type]
+        # The candidates in precedence order: the first whose general tests all pass wins.
+        # A test runs once (`done`); one that fails rules out every match requiring it.
         if not c:
             return None
-        for mask, keep, full in self.path_tests:
-            if c & mask and full(path) is None:
-                c &= keep
-        # `_holds` written out (a call per test was a fifth of the time of this function)
-        for name, mask, keep, test, invert in self.header_tests:
-            if c & mask:
-                v = values.get(name)
-                ok = invert if v is None else (test is None or bool(test(v))) is not invert
+        tests = self.tests
+        if not tests:
+            return self.routes[(c & -c).bit_length() - 1]
+        pending = self.pending
+        todo = _TODO
+        done: list[object] = [todo] * len(tests)
+        while c:
+            i = (c & -c).bit_length() - 1
+            for t in pending[i]:
+                ok = done[t]
+                if ok is todo:
+                    kind, name, test, absent, _ = tests[t]
+                    v = (path if kind == PATH else values.get(name) if kind == HEADER
+                         else params.get(name) if kind == QUERY else head.authority or None)
+                    ok = done[t] = absent if v is None else test(v)  # truthy: holds
                 if not ok:
-                    c &= keep
-        for name, mask, keep, test, invert in self.query_tests:
-            if c & mask:
-                v = params.get(name)
-                ok = invert if v is None else (test is None or bool(test(v))) is not invert
-                if not ok:
-                    c &= keep
-        for _, mask, keep, test, invert in self.authority:
-            if c & mask and not _holds(head.authority or None, test, invert):
-                c &= keep
-        if not c:
-            return None
-        return self.routes[(c & -c).bit_length() - 1]
-
-
-def _holds(value: bytes | None, test: Test | None, invert: bool) -> bool:
-    """A general condition on a subject's value (None: absent), as `HeaderMatcher` has it."""
-    if value is None:
-        return invert
-    return (test is None or bool(test(value))) is not invert
+                    c &= tests[t][4]
+                    break
+            else:
+                return self.routes[i]
+        return None
 
 
 def _prefix_hits(path: bytes, by_length: tuple[tuple[int, dict[bytes, int]], ...]) -> int:

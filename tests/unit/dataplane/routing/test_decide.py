@@ -17,6 +17,7 @@ import re
 from typing import Any
 from urllib.parse import unquote
 
+import msgspec
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
@@ -247,3 +248,36 @@ def test_an_authority_is_looked_up_once_and_the_memo_is_bounded() -> None:
         router.route(_head(_req(authority=f"n{i}.example")))
     assert len(router._seen) <= 256  # noqa: SLF001
     assert router.route(_head(_req(authority="a.example"))) is not None
+
+
+def test_the_first_candidate_that_holds_ends_the_search(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(match_module, "compile_safe", lambda p: _Counting(compile_safe(p)))
+    table = [[_m(headers=(("x", "RegularExpression", f"v{i}-[0-9]+"),))] for i in range(200)]
+    router = _router(table)
+    _Counting.calls = 0
+    route = router.route(_head(_req(headers=(("x", "v0-1"),))))
+    assert route is not None and route.name == "r0"
+    assert _Counting.calls == 1  # not the 199 patterns of the rules it outranks
+    _Counting.calls = 0
+    assert router.route(_head(_req(headers=(("x", "none"),)))) is None
+    assert _Counting.calls == 200  # each distinct pattern once, as the scan would
+
+
+def test_an_unchanged_host_keeps_its_decision_across_snapshots() -> None:
+    raw = {"clusters": [{"name": "c"}], "route_tables": [{"name": "rt", "virtual_hosts": [
+        {"name": n, "domains": [f"{n}.example"], "rules": [
+            {"name": f"{n}-r", "matches": [{"headers": [{"name": "x", "value": "1"}]}],
+             "backends": [{"cluster": "c"}]}]} for n in ("a", "b")]}]}
+    first = Router(validate(raw).route_tables[0], 15000)
+    raw["route_tables"][0]["virtual_hosts"][1]["rules"][0]["matches"][0]["headers"][0][  # type: ignore[index]
+        "value"] = "2"
+    cfg = validate(raw).route_tables[0]
+    table = msgspec.structs.replace(cfg, virtual_hosts=[
+        first.compiled.entries[0].vh, cfg.virtual_hosts[1]])
+    second = Router(table, 15000, previous=first)
+    a1, a2 = first.host_for("a.example"), second.host_for("a.example")
+    b1, b2 = first.host_for("b.example"), second.host_for("b.example")
+    assert a1 is a2 and a1 is not None and a1.decision is not None  # kept whole
+    assert b1 is not b2 and b2 is not None and b2.decision is not None
+    head = _head(_req(headers=(("x", "2"),), authority="b.example"))
+    assert second.route(head) is not None and first.route(head) is None
