@@ -15,7 +15,11 @@ conditions hold.  Only how that first match is found changes:
 * Conditions are deduplicated per host (the same subject, matcher, value and inversion is one
   test, whatever number of matches require it) and a test runs only while some candidate
   still requires it (`candidates & mask`): once cheaper tests have ruled its matches out, a
-  regular expression is never run.
+  regular expression is never run.  A host with few such general tests (`_FLAT_MAX`) runs
+  them in one flat loop; one with more walks the candidates in precedence order, running a
+  candidate's tests (each at most once per request, remembered) until one fails -- ruling out
+  every match that requires it -- or all hold: then that candidate wins, and the tests of the
+  matches it outranks are never run (as when the matches were tried one by one).
 * Exact conditions on one subject (the method, an Exact path, a header or query parameter
   compared for equality, case-sensitively, not inverted) are one dict lookup of the request's
   value → the matches whose every such condition on that subject equals it.  Path prefixes
@@ -53,6 +57,10 @@ if TYPE_CHECKING:
 Test = Callable[[bytes], Any]
 """A test of a present value: truthy when it holds (a bound `fullmatch` for regexes)."""
 _NO_VALUES: dict[bytes, bytes] = {}
+_FLAT_MAX = 8
+"""Up to this many general tests in a host are run in one flat loop, each once while some
+candidate requires it; with more, candidates are walked in precedence order, so the first
+that holds ends the search however many tests the matches it outranks have."""
 _TODO = object()
 """A test not run yet for this request."""
 
@@ -87,10 +95,10 @@ class _Tests:
         self.out[at][4] |= 1 << i
         self.of.setdefault(i, []).append(at)
 
-    def frozen(self, every: int) -> tuple[tuple[int, bytes, Test, bool, int], ...]:
+    def frozen(self, every: int) -> tuple[tuple[int, bytes, Test, bool, int, int], ...]:
         """(kind, subject name, test of a present value, whether an absent one holds,
-        keep = every bit but those requiring it) each."""
-        return tuple((k, n, t, absent, every & ~m) for k, n, t, absent, m in self.out)
+        keep = every bit but those requiring it, mask = those bits) each."""
+        return tuple((k, n, t, absent, every & ~m, m) for k, n, t, absent, m in self.out)
 
 
 def _present(value: bytes) -> bool:
@@ -229,7 +237,15 @@ class Decision:
         if not c:
             return None
         tests = self.tests
-        if not tests:
+        if len(tests) <= _FLAT_MAX:  # few: each once, in a flat loop (no candidate walk)
+            for kind, name, test, absent, keep, mask in tests:
+                if c & mask:
+                    v = (path if kind == PATH else values.get(name) if kind == HEADER
+                         else params.get(name) if kind == QUERY else head.authority or None)
+                    if not (absent if v is None else test(v)):
+                        c &= keep
+                        if not c:
+                            return None
             return self.routes[(c & -c).bit_length() - 1]
         pending = self.pending
         todo = _TODO
@@ -239,7 +255,7 @@ class Decision:
             for t in pending[i]:
                 ok = done[t]
                 if ok is todo:
-                    kind, name, test, absent, _ = tests[t]
+                    kind, name, test, absent, _, _ = tests[t]
                     v = (path if kind == PATH else values.get(name) if kind == HEADER
                          else params.get(name) if kind == QUERY else head.authority or None)
                     ok = done[t] = absent if v is None else test(v)  # truthy: holds

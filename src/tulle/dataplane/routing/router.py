@@ -11,11 +11,14 @@ Lookup order follows Gateway API precedence so routes written for other meshes b
    match with a method, then the most header conditions, then the most query conditions;
    then declaration order.  The first match whose path and conditions hold wins.
 
-Per-request work: one or two dict lookups and a short scan of pre-sorted matches; none at all
-when the table sends everything to one rule (`Router.only`: one `*` host whose first match is
-the catch-all with no conditions).  A host none of whose matches has conditions besides the
-path scans exactly as before they existed (`CompiledHost.plain`): header, query and method
-matching cost nothing where they are not used.
+Per-request work: one dict lookup for the host (authorities are memoised per router), then a
+short scan of pre-sorted matches; none at all when the table sends everything to one rule
+(`Router.only`: one `*` host whose first match is the catch-all with no conditions).  A host
+none of whose matches has conditions besides the path scans its paths only
+(`CompiledHost.plain`): header, query and method matching cost nothing where they are not
+used.  A host with conditions is compiled into one decision (`routing/decide.py`, ADR 0027):
+the same answer as the scan, with each distinct condition tested at most once per request and
+exact values looked up.
 
 Routes are runtime objects that outlive a snapshot when they can (`Router(previous=...)`): an
 unchanged rule keeps its `Route` (filter factories and all); a changed rule keeps its per-route

@@ -23,6 +23,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tulle.dataplane.exchange import RequestHead
+from tulle.dataplane.routing import decide
 from tulle.dataplane.routing import match as match_module
 from tulle.dataplane.routing.router import Router
 from tulle.proxyconfig import validate
@@ -143,7 +144,7 @@ def _req(path: str = "/", headers: tuple[tuple[str, str], ...] = (),
             "query": list(query)}
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(rules, st.lists(request, min_size=1, max_size=6))
 @example([[_m(headers=(("x", "Exact", "1,2"),))], [_m()]],  # a repeated header, joined
          [_req(headers=(("x", "1"), ("x", "2")))])
@@ -152,8 +153,19 @@ def _req(path: str = "/", headers: tuple[tuple[str, str], ...] = (),
 @example([[_m(headers=(("host", "Exact", "h"),))], [_m(headers=(("host", "Exact", "2"),))]],
          [_req(authority="2")])
 @example([[_m(query=(("x", "Exact", "1"),))]], [_req(query=(("%78", "%31"), ("x", "2")))])
+@pytest.mark.parametrize("flat_max", [0, 1000], ids=["walk", "flat"])
 def test_the_decision_routes_as_precedence_says_and_as_the_scan_does(
-        table: list[list[dict[str, Any]]], requests: list[dict[str, Any]]) -> None:
+        flat_max: int, table: list[list[dict[str, Any]]],
+        requests: list[dict[str, Any]]) -> None:
+    saved = decide._FLAT_MAX  # noqa: SLF001
+    decide._FLAT_MAX = flat_max  # noqa: SLF001  (both ways of running the general tests)
+    try:
+        _check(table, requests)
+    finally:
+        decide._FLAT_MAX = saved  # noqa: SLF001
+
+
+def _check(table: list[list[dict[str, Any]]], requests: list[dict[str, Any]]) -> None:
     router = _router(table)
     for req in requests:
         head = _head(req)
