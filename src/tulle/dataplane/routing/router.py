@@ -156,6 +156,9 @@ def _path_finder(paths: tuple[tuple[Callable[[bytes], bool], Route], ...],
 _NO_HOST = CompiledHost("", ())
 """What `Router._seen` remembers for an authority no host takes: it routes nothing."""
 _SEEN_MAX = 256
+_SEEN_LONGEST = 262
+"""The longest authority remembered (a 253-byte DNS name and a port): the memo holds at most
+`_SEEN_MAX` of them, ~70 KiB, whatever clients send."""
 
 
 def _strip_port(authority: str) -> str:
@@ -200,7 +203,8 @@ class Router:
         self._seen: dict[bytes, CompiledHost] = {}
         """Authorities as received → their host (`_NO_HOST` for none): lowering, dropping the
         port and the wildcard scans, once per distinct authority.  At most `_SEEN_MAX`
-        entries (emptied when full, so a client sending endless names costs a lookup each)."""
+        entries of at most `_SEEN_LONGEST` bytes (emptied when full, so a client sending
+        endless names costs a lookup each, and longer ones are looked up every time)."""
         self.routes: dict[str, Route] = compiled.routes
         """The routes by name: the key that carries them, and their state, across swaps.
         Rules sharing a name (a route attached to several hosts) share its state."""
@@ -234,12 +238,14 @@ class Router:
     def route(self, head: RequestHead) -> Route | None:
         """The route for a request, or None (the caller answers 404)."""
         seen = self._seen
-        host = seen.get(head.authority)
+        authority = head.authority
+        host = seen.get(authority)
         if host is None:
-            if len(seen) >= _SEEN_MAX:
-                seen.clear()
-            host = seen[head.authority] = (self.host_for(head.authority.decode("latin-1"))
-                                           or _NO_HOST)
+            host = self.host_for(authority.decode("latin-1")) or _NO_HOST
+            if len(authority) <= _SEEN_LONGEST:
+                if len(seen) >= _SEEN_MAX:
+                    seen.clear()
+                seen[authority] = host
         path, _, query = head.path.partition(b"?")
         return host.find(path, head, query)
 

@@ -259,6 +259,9 @@ def test_an_authority_is_looked_up_once_and_the_memo_is_bounded() -> None:
     for i in range(1000):
         router.route(_head(_req(authority=f"n{i}.example")))
     assert len(router._seen) <= 256  # noqa: SLF001
+    long = "n" * 5000 + ".example"
+    assert router.route(_head(_req(authority=long))) is None
+    assert long.encode() not in router._seen  # noqa: SLF001  (the memo's size is bounded)
     assert router.route(_head(_req(authority="a.example"))) is not None
 
 
