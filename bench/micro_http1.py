@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from bench.routing_peers import tulle_routing_config
 from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle
 from tulle.dataplane.listeners.http1 import H1Downstream
 from tulle.dataplane.listeners.memory import MemoryTransport
@@ -85,6 +86,10 @@ SCENARIOS = [
              b"POST /submit HTTP/1.1\r\nHost: 127.0.0.1:18080\r\nContent-Type: text/plain\r\n"
              b"Content-Length: 1024\r\n\r\n" + BODY,
              NGINX_HEAD + BODY, b"HTTP/1.1 200 OK\r\n", BODY),
+    Scenario("routed", "the routing row's request (a query, x-tenant and x-debug), same response",
+             b"GET /1k?tier=gold HTTP/1.1\r\nHost: 127.0.0.1:18080\r\nx-tenant: acme-42\r\n"
+             b"x-debug: 1\r\n\r\n",
+             NGINX_HEAD + BODY, b"HTTP/1.1 200 OK\r\n", BODY),
     Scenario("http10", "HTTP/1.0 keep-alive client (the general response path)",
              b"GET / HTTP/1.0\r\nHost: 127.0.0.1:18080\r\nConnection: keep-alive\r\n\r\n",
              NGINX_HEAD + BODY, b"HTTP/1.1 200 OK\r\n", BODY),
@@ -99,12 +104,14 @@ FILTERS = [
 ]
 
 
-def build(filters: bool = False) -> tuple[ListenerHandle, H1Pool]:
-    """A one-listener, one-route, one-cluster snapshot, as `ProxyServer` builds it."""
+def build(filters: bool = False, routes: bool = False) -> tuple[ListenerHandle, H1Pool]:
+    """A one-listener, one-route, one-cluster snapshot, as `ProxyServer` builds it; with
+    `routes`, the routing row's table instead (`bench/routing_peers.py`: ten rules, the
+    `routed` request matching the last, which has the header filters)."""
     rule: dict[str, Any] = {"backends": [{"cluster": "origin"}]}
     if filters:
         rule["filters"] = FILTERS
-    cfg = validate({
+    cfg = validate(tulle_routing_config(18080, 18079, 18081, 18082) if routes else {
         "listeners": [{"name": "bench", "port": 18080, "protocol": "http1", "route_table": "rt"}],
         "clusters": [{"name": "origin", "endpoints": [{"address": "127.0.0.1", "port": 18081}]}],
         "route_tables": [{"name": "rt", "virtual_hosts": [
@@ -127,8 +134,10 @@ def build(filters: bool = False) -> tuple[ListenerHandle, H1Pool]:
 
 
 async def run(sc: Scenario, n: int, repeat: int,
-              profile: cProfile.Profile | None, filters: bool = False) -> float:
-    handle, pool = build(filters)
+              profile: cProfile.Profile | None, filters: bool = False,
+              routes: bool = False) -> float:
+    handle, pool = build(filters, routes)
+    filters = filters or routes
     down_t, up_t = MemoryTransport(keep=1 << 16), MemoryTransport(keep=1 << 16)
     down = H1Downstream(handle)
     down.connection_made(down_t)  # type: ignore[arg-type]
@@ -185,6 +194,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="cProfile one scenario and print the top functions by own time")
     ap.add_argument("--filters", action="store_true",
                     help="give the route a request and a response header modifier")
+    ap.add_argument("--routes", action="store_true",
+                    help="the routing row's ten-rule table (with the filters); use with "
+                         "--only routed")
     args = ap.parse_args(argv)
     try:
         import uvloop
@@ -194,7 +206,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.profile:
         sc = next(s for s in SCENARIOS if s.name == args.profile)
         prof = cProfile.Profile()
-        runner(run(sc, args.n, 1, prof, args.filters))
+        runner(run(sc, args.n, 1, prof, args.filters, args.routes))
         pstats.Stats(prof).sort_stats("tottime").print_stats(int(os.environ.get("PROFILE_ROWS", "25")))
         return
     wanted = set(args.only.split(",")) if args.only else None
@@ -203,17 +215,18 @@ def main(argv: list[str] | None = None) -> None:
     for sc in SCENARIOS:
         if wanted is not None and sc.name not in wanted:
             continue
-        us = runner(run(sc, args.n, args.repeat, None, args.filters))
-        calls = calls_per_request(sc, runner, args.filters)
+        us = runner(run(sc, args.n, args.repeat, None, args.filters, args.routes))
+        calls = calls_per_request(sc, runner, args.filters, args.routes)
         print(f"  {sc.name:<9} {us:7.1f} µs {calls:6.1f} calls  {sc.what}")
 
 
-def calls_per_request(sc: Scenario, runner: Callable[[Any], Any], filters: bool = False) -> float:
+def calls_per_request(sc: Scenario, runner: Callable[[Any], Any], filters: bool = False,
+                      routes: bool = False) -> float:
     """Python and C function calls per request: a machine-independent companion to the time
     (which a shared, noisy machine moves by tens of percent)."""
     n = 2000
     prof = cProfile.Profile()
-    runner(run(sc, n, 1, prof, filters))
+    runner(run(sc, n, 1, prof, filters, routes))
     total = sum(nc for (_, nc, _, _, _) in pstats.Stats(prof).stats.values())  # type: ignore[attr-defined]
     return float(total) / n
 

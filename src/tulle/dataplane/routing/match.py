@@ -81,15 +81,17 @@ class Contains(StringMatcher):
 class Regex(StringMatcher):
     """A full match of an admitted pattern (case: use `(?i)` in the pattern)."""
 
-    __slots__ = ("_full",)
+    __slots__ = ("full",)
 
     def __init__(self, pattern: str) -> None:
         super().__init__(pattern.encode("ascii", "replace"))
         rx: re.Pattern[bytes] = compile_safe(pattern)  # raises UnsafePattern
-        self._full = rx.fullmatch
+        self.full = rx.fullmatch
+        """The compiled pattern's bound `fullmatch` (a match or None), for callers that run
+        it directly (`routing/decide.py`)."""
 
     def matches(self, subject: bytes) -> bool:
-        return self._full(subject) is not None
+        return self.full(subject) is not None
 
 
 _KINDS: dict[str, type[StringMatcher]] = {
@@ -201,11 +203,22 @@ def first_query_value(query: bytes, name: bytes) -> bytes | None:
     None (`parse_query`, once per query object)."""
     if not query:
         return None
+    return query_params(query).get(name)
+
+
+_NO_PARAMS: dict[bytes, bytes] = {}
+
+
+def query_params(query: bytes) -> dict[bytes, bytes]:
+    """`parse_query(query)`, split once per query object (`_LastQuery`); {} for b"".  The
+    result is shared: read it, never change it."""
+    if not query:
+        return _NO_PARAMS
     last = _last
     if query is not last.query:
         last.params = parse_query(query)
         last.query = query
-    return last.params.get(name)
+    return last.params
 
 
 class QueryMatcher(Condition):
