@@ -1,6 +1,9 @@
 """A real control plane (store, reconciler, push stream, REST API) in the test's event loop,
 and proxies subscribed to it through the production `Agent`; `control_plane_process` runs one
-as a real child process instead."""
+as a real child process instead.
+
+The API wants a token: each control plane started here records its admin token by API URL, and
+`auth(api)` gives the headers that send it (`apply`, `proxies` and the CLI helper use it)."""
 
 from __future__ import annotations
 
@@ -20,15 +23,34 @@ from tulle.dataplane.agent import Agent
 from tulle.dataplane.server import ProxyServer
 from tulle.proxyconfig.stream import WorkloadInfo
 
+_ADMIN_TOKENS: dict[str, str] = {}
+
+
+def auth(api: str) -> dict[str, str]:
+    """`Authorization` header with the admin token of the control plane serving `api`."""
+    return {"Authorization": f"Bearer {admin_token(api)}"}
+
+
+def admin_token(api: str) -> str:
+    try:
+        return _ADMIN_TOKENS[api.rstrip("/")]
+    except KeyError:
+        raise AssertionError(f"no control plane with an admin token started at {api}") from None
+
 
 @contextlib.asynccontextmanager
 async def running_control_plane(store_url: str = "memory", *, stream_port: int = 0,
-                                debounce: float = 0.05) -> AsyncIterator[ControlPlane]:
-    cp = ControlPlane(store_url, api_port=0, stream_port=stream_port, debounce=debounce)
+                                debounce: float = 0.05,
+                                **options: Any) -> AsyncIterator[ControlPlane]:
+    """`options`: more `ControlPlane` keyword arguments."""
+    cp = ControlPlane(store_url, api_port=0, stream_port=stream_port, debounce=debounce,
+                      **options)
     await cp.start()
+    _ADMIN_TOKENS[cp.api_url] = cp.admin_token
     try:
         yield cp
     finally:
+        _ADMIN_TOKENS.pop(cp.api_url, None)
         await cp.stop()
 
 
@@ -60,7 +82,7 @@ async def subscribe(stream_ports: list[int], workload: WorkloadInfo,
 
 
 async def apply(api: str, *docs: dict[str, Any]) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as s, s.post(
+    async with aiohttp.ClientSession(headers=auth(api)) as s, s.post(
             f"{api}/api/v1/apply", json={"documents": list(docs)}) as r:
         return r.status, await r.json()
 
@@ -121,6 +143,7 @@ class ControlPlaneProcess:
         self.api_port, self.stream_port = free_port(), free_port()
         self.extra = extra
         self.log_path = workdir / f"cp-{self.api_port}.log"
+        self.token_path = workdir / f"cp-{self.api_port}.admin-token"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -140,7 +163,9 @@ class ControlPlaneProcess:
             self.proc = subprocess.Popen(
                 [TULLE, "control-plane", "run", "--store", self.store,
                  "--api-port", str(self.api_port), "--stream-port", str(self.stream_port),
-                 "--debounce-ms", "50", "--log-level", "info", *self.extra],
+                 "--debounce-ms", "50", "--log-level", "info",
+                 *(() if "--admin-token-file" in self.extra
+                   else ("--admin-token-file", str(self.token_path))), *self.extra],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=_die_with_test)  # noqa: PLW1509
 
@@ -174,10 +199,18 @@ class ControlPlaneProcess:
                 return False
 
         await eventually(ready, timeout=timeout, interval=0.05)
+        if self.token_path.exists():
+            _ADMIN_TOKENS[self.api] = self.admin_token
+
+    @property
+    def admin_token(self) -> str:
+        """The admin token the process wrote to its `--admin-token-file`."""
+        return self.token_path.read_text().strip()
 
     async def proxies(self) -> dict[str, dict[str, Any]]:
         """The proxies this control plane serves, by `namespace/name` (GET /api/v1/proxies)."""
-        async with aiohttp.ClientSession() as s, s.get(f"{self.api}/api/v1/proxies") as r:
+        async with aiohttp.ClientSession(headers=auth(self.api)) as s, \
+                s.get(f"{self.api}/api/v1/proxies") as r:
             assert r.status == 200
             body = await r.json()
         return {f"{p['namespace']}/{p['name']}": p for p in body["items"]}
@@ -193,4 +226,5 @@ async def control_plane_process(store: str, workdir: Path,
         await cp.wait_ready()
         yield cp
     finally:
+        _ADMIN_TOKENS.pop(cp.api, None)
         cp.kill()

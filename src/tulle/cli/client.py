@@ -1,6 +1,7 @@
 """The CLI's HTTP client for the control-plane API: stdlib only, so `tulle` starts fast.
 
-The server is named by `--server` or `TULLE_SERVER` (default http://127.0.0.1:15681).
+The server is named by `--server` or `TULLE_SERVER` (default http://127.0.0.1:15681); the
+token it gets is found by `credentials.py` (`--token`, `TULLE_TOKEN`, token files).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
+
+from tulle.cli import credentials
 
 DEFAULT_SERVER = "http://127.0.0.1:15681"
 
@@ -31,8 +34,11 @@ def call(server: str, method: str, path: str, *, query: dict[str, Any] | None = 
     q = {k: v for k, v in (query or {}).items() if v is not None and v is not False}
     url = server + path + ("?" + urllib.parse.urlencode(q) if q else "")
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"content-type": "application/json"} if data else {})
+    headers = {"content-type": "application/json"} if data else {}
+    token = credentials.resolve(server)
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             payload = resp.read()
@@ -45,6 +51,11 @@ def call(server: str, method: str, path: str, *, query: dict[str, Any] | None = 
             parsed = {"error": raw.decode(errors="replace") or exc.reason}
         if not isinstance(parsed, dict):
             parsed = {"error": str(parsed)}
+        if exc.code == 401 and not token:
+            parsed["error"] = (f"{parsed.get('error') or 'unauthorized'} (no token found: "
+                               "tried --token, TULLE_TOKEN, TULLE_TOKEN_FILE, "
+                               f"{credentials.user_token_file()} and, for a local server, "
+                               "the control plane's admin token file)")
         raise APIError(exc.code, parsed) from None
     except urllib.error.URLError as exc:
         raise APIError(0, {"error": f"cannot reach the control plane at {server}: "

@@ -131,10 +131,12 @@ def _register() -> bool:
     _registered.append(True)
     from tulle.cli.controlplane import control_plane
     from tulle.cli.resources import COMMANDS
+    from tulle.cli.tokens import token
 
     cli.add_command(control_plane)
     for cmd in COMMANDS:
         cli.add_command(cmd)
+    cli.add_command(token)
     return True
 
 

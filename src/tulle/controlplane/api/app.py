@@ -6,7 +6,11 @@
     POST   /api/v1/apply?dryRun=false&strict=false      {"documents": [...], "sources": [...]}
     GET    /api/v1/proxies                              connected proxies and their versions
     GET    /api/v1/proxies/{namespace}/{name}/config    the snapshot a proxy runs
+    POST   /api/v1/tokens, GET /api/v1/tokens, DELETE /api/v1/tokens/{id}   (tokens_api.py)
     GET    /healthz, /readyz
+
+Every path but the two probes needs `Authorization: Bearer <token>` (auth.py): 401 without a
+valid one, 403 when a read-only token asks for more than GET or for tokens.
 
 `{type}` is any name kubectl would accept: plural, singular, kind or short name.  Errors are
 JSON `{"error": ..., "details": [...]}` with the HTTP status Kubernetes would use (404, 409,
@@ -28,7 +32,10 @@ from fastapi.responses import JSONResponse
 from tulle.api.registry import KindInfo, resolve
 from tulle.controlplane.api.apply import apply_documents
 from tulle.controlplane.api.apply import error as _error
+from tulle.controlplane.api.auth import Authenticate, BearerTokens
 from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
+from tulle.controlplane.api.tokens import TokenStore
+from tulle.controlplane.api.tokens_api import tokens_router
 from tulle.controlplane.push.server import PushServer, SnapshotCache
 from tulle.controlplane.reconcile import Reconciler
 from tulle.controlplane.store.errors import ConflictError, NotFoundError
@@ -48,11 +55,18 @@ def _ns(info: KindInfo, namespace: str | None) -> str | None:
 
 def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
                reconciler: Reconciler | None = None, *,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+               tokens: TokenStore | None = None) -> FastAPI:
+    """`tokens`: the API tokens (default: kept in `store`).  There is no way to turn
+    authentication off."""
+    tokens = tokens if tokens is not None else TokenStore(store)
     app = FastAPI(title="Tulle control plane", version="v1",
                   description="Declare mesh intent; see proxies and what they run.")
     if max_body_bytes:
         app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    # Added last, so outermost: nobody unauthenticated gets as far as the body limit.
+    app.add_middleware(Authenticate, authenticators=[BearerTokens(tokens)])
+    app.include_router(tokens_router(tokens))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
