@@ -1,7 +1,8 @@
 """The CLI's HTTP client for the control-plane API: stdlib only, so `tulle` starts fast.
 
 The server is named by `--server` or `TULLE_SERVER` (default http://127.0.0.1:15681); the
-token it gets is found by `credentials.py` (`--token`, `TULLE_TOKEN`, token files).
+token it gets is found by `credentials.py` (`--token`, `TULLE_TOKEN`, token files).  An
+`https://` server is verified against the system's CAs, or the PEM bundle in `TULLE_CA_FILE`.
 """
 
 from __future__ import annotations
@@ -39,8 +40,13 @@ def call(server: str, method: str, path: str, *, query: dict[str, Any] | None = 
     if token:
         headers["authorization"] = f"Bearer {token}"
     req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    context = None
+    if url.startswith("https:") and os.environ.get("TULLE_CA_FILE"):
+        import ssl
+
+        context = ssl.create_default_context(cafile=os.environ["TULLE_CA_FILE"])
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             payload = resp.read()
             return json.loads(payload) if payload else None
     except urllib.error.HTTPError as exc:

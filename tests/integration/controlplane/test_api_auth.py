@@ -1,20 +1,24 @@
 """The REST API's doors against a real `tulle control-plane run` process on 127.0.0.1: no token
 or a bad one is 401, a read-only token's write is 403, admin works, a revoked token is 401 at
 once; no token shows up in an answer or the control plane's log; `tulle` finds its token in
-`--token`, `TULLE_TOKEN` or the file the local control plane wrote, and says what is wrong."""
+`--token`, `TULLE_TOKEN` or the file the local control plane wrote, and says what is wrong; a
+non-loopback address needs TLS, and the API serves it."""
 
 from __future__ import annotations
 
 import asyncio
+import ssl
 import stat
 import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
+from tests.support.certs import self_signed
 from tests.support.cli import tulle
-from tests.support.controlplane import control_plane_process
+from tests.support.controlplane import control_plane_process, running_control_plane
 from tests.support.resources import service
 
 TULLE = str(Path(sys.executable).parent / "tulle")
@@ -149,3 +153,23 @@ async def test_a_non_loopback_address_without_tls_is_refused(tmp_path: Path) -> 
     out, _ = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
     assert b"not loopback and the API has no TLS" in out
+
+
+async def test_the_api_over_tls_with_the_cli_trusting_its_certificate(tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path, "127.0.0.1")
+    async with running_control_plane(api_tls_cert=Path(cert), api_tls_key=Path(key)) as cp:
+        assert cp.api_url.startswith("https://127.0.0.1:")
+        trust = ssl.create_default_context(cafile=cert)
+        async with aiohttp.ClientSession() as s:
+            async with s.get(cp.api_url + "/api/v1/proxies", ssl=trust,
+                             headers={"Authorization": f"Bearer {cp.admin_token}"}) as r:
+                assert r.status == 200
+            async with s.get(cp.api_url + "/api/v1/proxies", ssl=trust) as r:
+                assert r.status == 401
+            with pytest.raises(aiohttp.ClientError):  # plaintext on the TLS port: no answer
+                async with s.get(f"http://127.0.0.1:{cp.api_port}/api/v1/proxies") as r:
+                    await r.read()
+        code, out, err = await tulle(cp.api_url, "get", "proxies", env={"TULLE_CA_FILE": cert})
+        assert code == 0, err
+        code, out, err = await tulle(cp.api_url, "get", "proxies")  # not trusted: refused
+        assert code == 1 and "CERTIFICATE_VERIFY_FAILED" in err
