@@ -173,3 +173,18 @@ async def test_the_api_over_tls_with_the_cli_trusting_its_certificate(tmp_path: 
         assert code == 0, err
         code, out, err = await tulle(cp.api_url, "get", "proxies")  # not trusted: refused
         assert code == 1 and "CERTIFICATE_VERIFY_FAILED" in err
+
+
+async def test_replicas_on_one_store_share_tokens_and_revocations(tmp_path: Path) -> None:
+    store = f"sqlite:{tmp_path / 'shared.db'}"
+    async with running_control_plane(store) as a, running_control_plane(store) as b:
+        status, text = await call(a.api_url, "POST", "/api/v1/tokens", a.admin_token,
+                                  {"role": "read-only"})
+        assert status == 201, text
+        reader = yaml.safe_load(text)
+        assert (await call(b.api_url, "GET", "/api/v1/proxies", reader["token"]))[0] == 200
+        assert (await call(b.api_url, "GET", "/api/v1/proxies", a.admin_token))[0] == 200
+        status, _ = await call(b.api_url, "DELETE", f"/api/v1/tokens/{reader['id']}",
+                               b.admin_token)
+        assert status == 200
+        assert (await call(a.api_url, "GET", "/api/v1/proxies", reader["token"]))[0] == 401
