@@ -391,8 +391,11 @@ async def bench(args: argparse.Namespace, procs: ProcessSet, tmp: Path) -> dict[
     rss.start()
     res: dict[str, Any] = {"services": n_svc, "proxies": n_proxies}
     try:
+        # The admin token the control plane wrote next to its store (before it listened).
+        token = (tmp / "cp.db.admin-token").read_text().strip()
         async with aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=120)) as session:
+                timeout=aiohttp.ClientTimeout(total=120),
+                headers={"Authorization": f"Bearer {token}"}) as session:
             api = API(session, f"http://127.0.0.1:{api_port}")
             await wait_until("the API", api.ready, 30, 0.1)
 

@@ -47,7 +47,10 @@ class Demo:
         self.procs: list[subprocess.Popen[bytes]] = []
         self.api = free_port()
         self.stream = free_port()
-        self.env = {**os.environ, "TULLE_SERVER": f"http://127.0.0.1:{self.api}"}
+        # TULLE_STORE names the control plane's store, so `tulle` finds the admin token the
+        # control plane writes next to it (tulle.db.admin-token): nobody copies tokens.
+        self.env = {**os.environ, "TULLE_SERVER": f"http://127.0.0.1:{self.api}",
+                    "TULLE_STORE": f"sqlite:{self.tmp / 'tulle.db'}"}
 
     def start(self, args: list[str], log: str) -> None:
         out = open(self.tmp / log, "wb")  # noqa: SIM115 - lives as long as the process
@@ -217,14 +220,16 @@ Tulle demo — control plane http://127.0.0.1:{demo.api} (store {demo.tmp / 'tul
        ─> backend-v2 sidecar :{p['v2_in']} ─> backend v2 :{p['v2_app']}
 
 Where to look while it runs ({seconds:.0f} s at {rps} rps), in another shell:
-  export TULLE_SERVER=http://127.0.0.1:{demo.api}
+  export TULLE_SERVER=http://127.0.0.1:{demo.api} TULLE_STORE=sqlite:{demo.tmp / 'tulle.db'}
   .venv/bin/tulle get proxies                       # who is connected, which version they ACKed
   .venv/bin/tulle get services -n {NS}              # with the virtual IPs the control plane gave them
   .venv/bin/tulle get workloads -n {NS} -o wide     # registered by the sidecars themselves
   .venv/bin/tulle describe httproute backend-canary -n {NS}
   .venv/bin/tulle proxy-config frontend-0 -n {NS} routes
   curl -s http://127.0.0.1:{p['fe_admin']}/metrics | grep tulle_proxy_requests_total
-  curl -s http://127.0.0.1:{demo.api}/openapi.json | head -c 300
+  curl -s -H "Authorization: Bearer $(cat {demo.tmp / 'tulle.db.admin-token'})" \\
+      http://127.0.0.1:{demo.api}/openapi.json | head -c 300
+  .venv/bin/tulle api-token create --role read-only # a token for someone who only looks
   logs: {demo.tmp}
 """, flush=True)
         await load(demo, f"http://127.0.0.1:{p['fe_in']}/", seconds, rps, p["fe_admin"])

@@ -4,7 +4,12 @@ as a real child process instead.
 
 Proxies are admitted the supported way (ADR 0028): `subscribe` asks the control plane that
 owns the stream port for a bootstrap token through its REST API (`POST /api/v1/tokens`, what
-`tulle token issue` calls), with the workload's service account and labels."""
+`tulle token issue` calls, with the admin API token), with the workload's service account and
+labels.
+
+The API wants a token (ADR 0029): each control plane started here records its admin token by
+API URL, and `auth(api)` gives the headers that send it (`apply`, `proxies`, `issue_token` and
+the CLI helper use it)."""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ import aiohttp
 import msgspec
 
 from tulle.controlplane.main import ControlPlane
+from tulle.controlplane.store.protocol import ResourceStore
 from tulle.dataplane.agent import Agent
 from tulle.dataplane.server import ProxyServer
 from tulle.proxyconfig.stream import Hello, WorkloadInfo
@@ -37,7 +43,8 @@ async def issue_token(api: str, workload: WorkloadInfo, ttl_seconds: float = 300
         body["serviceAccount"] = workload.service_account
     if workload.labels:
         body["labels"] = workload.labels
-    async with aiohttp.ClientSession() as s, s.post(f"{api}/api/v1/tokens", json=body) as r:
+    async with aiohttp.ClientSession(headers=auth(api)) as s, \
+            s.post(f"{api}/api/v1/tokens", json=body) as r:
         assert r.status == 201, await r.text()
         return str((await r.json())["token"])
 
@@ -51,18 +58,36 @@ async def authenticated(api: str, hello: Hello) -> Hello:
                                    csr=WorkloadKey().csr(w.namespace, w.name))
 
 
+_ADMIN_TOKENS: dict[str, str] = {}
+
+
+def auth(api: str) -> dict[str, str]:
+    """`Authorization` header with the admin token of the control plane serving `api`."""
+    return {"Authorization": f"Bearer {admin_token(api)}"}
+
+
+def admin_token(api: str) -> str:
+    try:
+        return _ADMIN_TOKENS[api.rstrip("/")]
+    except KeyError:
+        raise AssertionError(f"no control plane with an admin token started at {api}") from None
+
+
 @contextlib.asynccontextmanager
 async def running_control_plane(store_url: str = "memory", *, stream_port: int = 0,
                                 debounce: float = 0.05,
-                                **kwargs: Any) -> AsyncIterator[ControlPlane]:
+                                **options: Any) -> AsyncIterator[ControlPlane]:
+    """`options`: more `ControlPlane` keyword arguments."""
     cp = ControlPlane(store_url, api_port=0, stream_port=stream_port, debounce=debounce,
-                      **kwargs)
+                      **options)
     await cp.start()
+    _ADMIN_TOKENS[cp.api_url] = cp.admin_token
     _APIS[cp.stream_port] = cp.api_url
     try:
         yield cp
     finally:
         _APIS.pop(cp.stream_port, None)
+        _ADMIN_TOKENS.pop(cp.api_url, None)
         await cp.stop()
 
 
@@ -98,8 +123,18 @@ async def subscribe(stream_ports: list[int], workload: WorkloadInfo,
     return SubscribedProxy(server, agent, task)
 
 
+async def public_records(store: ResourceStore | None) -> list[str]:
+    """`kind/name` of every record in `store` that is not the control plane's own (the CA,
+    bootstrap-token and API-token records, all `internal.tulle.dev/v1`): what callers put
+    there.  A fresh control plane has none."""
+    assert store is not None
+    items, _ = await store.list()
+    return [f"{o['kind']}/{o['metadata']['name']}" for o in items
+            if o.get("apiVersion") != "internal.tulle.dev/v1"]
+
+
 async def apply(api: str, *docs: dict[str, Any]) -> tuple[int, Any]:
-    async with aiohttp.ClientSession() as s, s.post(
+    async with aiohttp.ClientSession(headers=auth(api)) as s, s.post(
             f"{api}/api/v1/apply", json={"documents": list(docs)}) as r:
         return r.status, await r.json()
 
@@ -161,6 +196,7 @@ class ControlPlaneProcess:
         self.extra = extra
         self.log_path = workdir / f"cp-{self.api_port}.log"
         _APIS[self.stream_port] = self.api
+        self.token_path = workdir / f"cp-{self.api_port}.admin-token"
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -180,7 +216,9 @@ class ControlPlaneProcess:
             self.proc = subprocess.Popen(
                 [TULLE, "control-plane", "run", "--store", self.store,
                  "--api-port", str(self.api_port), "--stream-port", str(self.stream_port),
-                 "--debounce-ms", "50", "--log-level", "info", *self.extra],
+                 "--debounce-ms", "50", "--log-level", "info",
+                 *(() if "--admin-token-file" in self.extra
+                   else ("--admin-token-file", str(self.token_path))), *self.extra],
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True, preexec_fn=_die_with_test)  # noqa: PLW1509
 
@@ -214,10 +252,18 @@ class ControlPlaneProcess:
                 return False
 
         await eventually(ready, timeout=timeout, interval=0.05)
+        if self.token_path.exists():
+            _ADMIN_TOKENS[self.api] = self.admin_token
+
+    @property
+    def admin_token(self) -> str:
+        """The admin token the process wrote to its `--admin-token-file`."""
+        return self.token_path.read_text().strip()
 
     async def proxies(self) -> dict[str, dict[str, Any]]:
         """The proxies this control plane serves, by `namespace/name` (GET /api/v1/proxies)."""
-        async with aiohttp.ClientSession() as s, s.get(f"{self.api}/api/v1/proxies") as r:
+        async with aiohttp.ClientSession(headers=auth(self.api)) as s, \
+                s.get(f"{self.api}/api/v1/proxies") as r:
             assert r.status == 200
             body = await r.json()
         return {f"{p['namespace']}/{p['name']}": p for p in body["items"]}
@@ -233,4 +279,5 @@ async def control_plane_process(store: str, workdir: Path,
         await cp.wait_ready()
         yield cp
     finally:
+        _ADMIN_TOKENS.pop(cp.api, None)
         cp.kill()

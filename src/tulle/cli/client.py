@@ -1,6 +1,8 @@
 """The CLI's HTTP client for the control-plane API: stdlib only, so `tulle` starts fast.
 
-The server is named by `--server` or `TULLE_SERVER` (default http://127.0.0.1:15681).
+The server is named by `--server` or `TULLE_SERVER` (default http://127.0.0.1:15681); the
+token it gets is found by `credentials.py` (`--token`, `TULLE_TOKEN`, token files).  An
+`https://` server is verified against the system's CAs, or the PEM bundle in `TULLE_CA_FILE`.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from typing import Any
+
+from tulle.cli import credentials
 
 DEFAULT_SERVER = "http://127.0.0.1:15681"
 
@@ -31,10 +35,18 @@ def call(server: str, method: str, path: str, *, query: dict[str, Any] | None = 
     q = {k: v for k, v in (query or {}).items() if v is not None and v is not False}
     url = server + path + ("?" + urllib.parse.urlencode(q) if q else "")
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"content-type": "application/json"} if data else {})
+    headers = {"content-type": "application/json"} if data else {}
+    token = credentials.resolve(server)
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
+    context = None
+    if url.startswith("https:") and os.environ.get("TULLE_CA_FILE"):
+        import ssl
+
+        context = ssl.create_default_context(cafile=os.environ["TULLE_CA_FILE"])
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             payload = resp.read()
             return json.loads(payload) if payload else None
     except urllib.error.HTTPError as exc:
@@ -45,6 +57,11 @@ def call(server: str, method: str, path: str, *, query: dict[str, Any] | None = 
             parsed = {"error": raw.decode(errors="replace") or exc.reason}
         if not isinstance(parsed, dict):
             parsed = {"error": str(parsed)}
+        if exc.code == 401 and not token:
+            parsed["error"] = (f"{parsed.get('error') or 'unauthorized'} (no token found: "
+                               "tried --token, TULLE_TOKEN, TULLE_TOKEN_FILE, "
+                               f"{credentials.user_token_file()} and, for a local server, "
+                               "the control plane's admin token file)")
         raise APIError(exc.code, parsed) from None
     except urllib.error.URLError as exc:
         raise APIError(0, {"error": f"cannot reach the control plane at {server}: "

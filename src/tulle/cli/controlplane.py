@@ -46,28 +46,51 @@ def control_plane() -> None:
               help="The mesh CA's ECDSA P-256 key (PEM, mode 0600).")
 @click.option("--cert-ttl", default="24h", show_default=True, envvar="TULLE_CERT_TTL",
               help="Lifetime of workload certificates (renewed at half of it).")
+@click.option("--admin-token-file", default=None, envvar="TULLE_ADMIN_TOKEN_FILE",
+              type=click.Path(dir_okay=False),
+              help="Where the control plane keeps an admin token for the API (mode 0600; "
+                   "made at first start).  Default: next to a SQLite store (STORE.admin-token); "
+                   "with other stores, none unless given.")
+@click.option("--api-tls-cert", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="Serve the REST API over TLS with this certificate chain (PEM).")
+@click.option("--api-tls-key", default=None, type=click.Path(dir_okay=False, exists=True),
+              help="The private key of --api-tls-cert (PEM).")
+@click.option("--api-allow-plaintext", is_flag=True, default=False,
+              help="Allow a non-loopback --api-address without TLS (tokens in plaintext on the "
+                   "network; for TLS terminated in front).  Logged as a warning.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str,
             stream_port: int, instance: str, debounce_ms: int, stream_hello_timeout: float,
             stream_max_connections: int, stream_max_pending_hellos: int,
             api_max_body_bytes: int, ca_cert: str, ca_key: str, cert_ttl: str,
-            log_level: str) -> None:
-    """Serve the REST API and the proxy stream from a store."""
+            admin_token_file: str | None, api_tls_cert: str | None,
+            api_tls_key: str | None, api_allow_plaintext: bool, log_level: str) -> None:
+    """Serve the REST API and the proxy stream from a store.
+
+    The API needs a token on every call but /healthz and /readyz; the first admin token is
+    written to --admin-token-file, which `tulle` reads for a local control plane."""
     import datetime as dt
 
     from tulle.cli.token import parse_duration
+    from tulle.controlplane.api.admin_token import default_admin_token_file
     from tulle.controlplane.main import main
     from tulle.dataplane.runner import configure_logging
 
     configure_logging(log_level)
+    token_file = Path(admin_token_file) if admin_token_file else \
+        default_admin_token_file(store_url)
     sys.exit(main(store_url, api_host=api_address, api_port=api_port,
                   stream_host=stream_address, stream_port=stream_port, instance=instance,
                   debounce=debounce_ms / 1000, stream_hello_timeout=stream_hello_timeout,
                   stream_max_connections=stream_max_connections,
                   stream_max_pending_hellos=stream_max_pending_hellos,
                   api_max_body_bytes=api_max_body_bytes, ca_cert=ca_cert, ca_key=ca_key,
-                  cert_ttl=dt.timedelta(seconds=parse_duration(cert_ttl))))
+                  cert_ttl=dt.timedelta(seconds=parse_duration(cert_ttl)),
+                  admin_token_file=token_file,
+                  api_tls_cert=Path(api_tls_cert) if api_tls_cert else None,
+                  api_tls_key=Path(api_tls_key) if api_tls_key else None,
+                  api_allow_plaintext=api_allow_plaintext))
 
 
 def parse_ports(values: tuple[str, ...]) -> list[dict[str, object]]:

@@ -67,9 +67,10 @@ def proxy() -> None:
               help="Seconds between checks of the config file for changes; 0 disables "
                    "(SIGHUP still reloads).")
 @click.option("--token-file", default=None, type=click.Path(dir_okay=False),
-              envvar="TULLE_TOKEN_FILE",
+              envvar="TULLE_BOOTSTRAP_TOKEN_FILE",
               help="With --control-plane: a file holding the bootstrap token (tulle token "
-                   "issue); also read from $TULLE_BOOTSTRAP_TOKEN.")
+                   "issue); also read from $TULLE_BOOTSTRAP_TOKEN.  Not $TULLE_TOKEN_FILE: "
+                   "that is the CLI's API token, which must never go to the stream.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def proxy_run(config: str | None, control_planes: tuple[str, ...], workload: str | None,
@@ -134,6 +135,7 @@ def _register() -> bool:
     if _registered:
         return False
     _registered.append(True)
+    from tulle.cli.api_tokens import api_token
     from tulle.cli.controlplane import control_plane
     from tulle.cli.resources import COMMANDS
     from tulle.cli.token import token
@@ -142,6 +144,7 @@ def _register() -> bool:
     cli.add_command(token)
     for cmd in COMMANDS:
         cli.add_command(cmd)
+    cli.add_command(api_token)
     return True
 
 

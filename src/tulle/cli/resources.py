@@ -15,10 +15,21 @@ from typing import Any
 
 import click
 
+from tulle.cli import credentials
 from tulle.cli.client import APIError, call, server_url
 
-server_option = click.option("--server", envvar="TULLE_SERVER", default=None,
-                             help="Control-plane API URL (default http://127.0.0.1:15681).")
+_server_option = click.option("--server", envvar="TULLE_SERVER", default=None,
+                              help="Control-plane API URL (default http://127.0.0.1:15681).")
+_token_option = click.option(
+    "--token", envvar="TULLE_TOKEN", default=None, expose_value=False,
+    callback=lambda _ctx, _param, value: credentials.set_explicit(value),
+    help="API token (default: TULLE_TOKEN, TULLE_TOKEN_FILE, ~/.config/tulle/token, or for a "
+         "local control plane the admin token file it wrote).")
+
+
+def server_option(f: Any) -> Any:
+    """`--server` and `--token`: where the API is and what to send it."""
+    return _server_option(_token_option(f))
 
 
 def _fail(exc: APIError) -> None:

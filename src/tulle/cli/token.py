@@ -1,7 +1,9 @@
 """`tulle token issue | revoke`: bootstrap tokens for proxies (ADR 0028), via the REST API.
 
 `issue` prints the token alone on stdout (so `$(tulle token issue ...)` or `> file` captures
-it) and what it grants on stderr; the token is shown this once and is single-use.
+it) and what it grants on stderr; the token is shown this once and is single-use.  Both
+commands need an admin API token (`--token`, `TULLE_TOKEN`, ...: see `credentials.py`); API
+tokens themselves are `tulle api-token` (`api_tokens.py`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import sys
 import click
 
 from tulle.cli.client import APIError, call, server_url
+from tulle.cli.resources import server_option
 
 _DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -38,7 +41,7 @@ def token() -> None:
 @click.option("--label", "labels", multiple=True, metavar="KEY=VALUE",
               help="Labels of the Workload the proxy registers (default: the declared one's).")
 @click.option("--ttl", default="1h", show_default=True, help="How long it may be used.")
-@click.option("--server", default=None, help="Control-plane API (default $TULLE_SERVER).")
+@server_option
 def issue_cmd(workload: str, namespace: str, service_account: str | None,
               labels: tuple[str, ...], ttl: str, server: str | None) -> None:
     """Issue a single-use bootstrap token for one workload."""
@@ -68,7 +71,7 @@ def issue_cmd(workload: str, namespace: str, service_account: str | None,
 @token.command("revoke")
 @click.argument("token_id", metavar="ID")
 @click.option("-n", "--namespace", default="default", show_default=True)
-@click.option("--server", default=None, help="Control-plane API (default $TULLE_SERVER).")
+@server_option
 def revoke_cmd(token_id: str, namespace: str, server: str | None) -> None:
     """Revoke an outstanding token by its id (printed by `issue`)."""
     try:

@@ -22,7 +22,10 @@ from pathlib import Path
 
 import uvicorn
 
+from tulle.controlplane.api.admin_token import ensure_admin_token
+from tulle.controlplane.api.api_tokens import TokenStore
 from tulle.controlplane.api.app import create_app
+from tulle.controlplane.api.exposure import check_api_address
 from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES
 from tulle.controlplane.ca import persist
 from tulle.controlplane.ca.admission import Admission
@@ -62,7 +65,13 @@ class ControlPlane:
                  stream_max_pending_hellos: int = DEFAULT_MAX_PENDING_HELLOS,
                  api_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                  ca_cert: str = "", ca_key: str = "",
-                 cert_ttl: dt.timedelta = DEFAULT_CERT_TTL) -> None:
+                 cert_ttl: dt.timedelta = DEFAULT_CERT_TTL,
+                 admin_token_file: Path | None = None,
+                 api_tls_cert: Path | None = None, api_tls_key: Path | None = None,
+                 api_allow_plaintext: bool = False) -> None:
+        """`admin_token_file`: where the first admin API token is kept (admin_token.py); None
+        keeps it only in `admin_token`.  The API refuses a non-loopback `api_host` without TLS
+        unless `api_allow_plaintext` (exposure.py)."""
         if bool(ca_cert) != bool(ca_key):
             raise ValueError("give both --ca-cert and --ca-key, or neither")
         self.store_url = store_url
@@ -77,8 +86,16 @@ class ControlPlane:
         self.ca_files = (Path(ca_cert), Path(ca_key)) if ca_cert else None
         self.cert_ttl = cert_ttl
         self.ca: CertificateAuthority | None = None
-        self.tokens: TokenService | None = None
+        self.bootstrap_tokens: TokenService | None = None
         self.admission: Admission | None = None
+        self.admin_token_file = admin_token_file
+        if (api_tls_cert is None) != (api_tls_key is None):
+            raise ValueError("--api-tls-cert and --api-tls-key go together")
+        self.api_tls_cert, self.api_tls_key = api_tls_cert, api_tls_key
+        self.exposure_warning = check_api_address(api_host, tls=api_tls_cert is not None,
+                                                  allow_plaintext=api_allow_plaintext)
+        self.admin_token = ""
+        """An admin token valid in this control plane's store (set by `start`); a secret."""
         self.store: ResourceStore | None = None
         self.cache = SnapshotCache()
         self.reconciler: Reconciler | None = None
@@ -94,9 +111,10 @@ class ControlPlane:
         else:
             self.ca = await persist.load_or_create(self.store, await _trust_domain(self.store))
             persist.restrict_sqlite_file(self.store_url)
-        self.tokens = TokenService(self.store, TokenSigner(self.ca.derive_secret(PURPOSE)))
-        self.admission = Admission(self.ca, self.tokens, self.reconciler.trust_domain,
-                                   cert_ttl=self.cert_ttl)
+        self.bootstrap_tokens = TokenService(
+            self.store, TokenSigner(self.ca.derive_secret(PURPOSE)))
+        self.admission = Admission(self.ca, self.bootstrap_tokens,
+                                   self.reconciler.trust_domain, cert_ttl=self.cert_ttl)
         self.push = PushServer(self.cache, on_register=self.reconciler.register,
                                admission=self.admission,
                                instance=self.instance,
@@ -105,10 +123,17 @@ class ControlPlane:
                                max_pending_hellos=self.stream_max_pending_hellos)
         self.stream_port = await self.push.start(self.stream_host, self.stream_port)
         self.reconciler.start()
+        api_tokens = TokenStore(self.store)
+        self.admin_token = await ensure_admin_token(api_tokens, self.admin_token_file)
         app = create_app(self.store, self.push, self.cache, self.reconciler,
-                         max_body_bytes=self.api_max_body_bytes, tokens=self.tokens)
+                         max_body_bytes=self.api_max_body_bytes,
+                         api_tokens=api_tokens, bootstrap_tokens=self.bootstrap_tokens)
+        if self.exposure_warning:
+            log.warning("%s", self.exposure_warning)
+        tls = ({"ssl_certfile": str(self.api_tls_cert), "ssl_keyfile": str(self.api_tls_key)}
+               if self.api_tls_cert is not None else {})
         config = uvicorn.Config(app, host=self.api_host, port=self.api_port, log_level="warning",
-                                access_log=False, lifespan="off")
+                                access_log=False, lifespan="off", **tls)  # type: ignore[arg-type]
         self.http = _Server(config)
         self._http_task = asyncio.get_running_loop().create_task(self.http.serve())
         while not self.http.started:
@@ -118,13 +143,14 @@ class ControlPlane:
             await asyncio.sleep(0.01)
         sock = self.http.servers[0].sockets[0]
         self.api_port = int(sock.getsockname()[1])
-        log.info("control plane %s: store %s, proxy stream %s:%d, API http://%s:%d",
+        log.info("control plane %s: store %s, proxy stream %s:%d, API %s",
                  self.instance, self.store_url.split("@")[-1], self.stream_host,
-                 self.stream_port, self.api_host, self.api_port)
+                 self.stream_port, self.api_url)
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.api_host}:{self.api_port}"
+        scheme = "https" if self.api_tls_cert is not None else "http"
+        return f"{scheme}://{self.api_host}:{self.api_port}"
 
     async def stop(self) -> None:
         if self.http is not None:
@@ -155,7 +181,11 @@ async def run(store_url: str, **kwargs: object) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    cp = ControlPlane(store_url, **kwargs)  # type: ignore[arg-type]
+    try:
+        cp = ControlPlane(store_url, **kwargs)  # type: ignore[arg-type]
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
     try:
         await cp.start()
         await stop.wait()

@@ -13,6 +13,7 @@ import pytest
 from cryptography import x509
 from tests.support.controlplane import (
     apply,
+    auth,
     eventually,
     issue_token,
     running_control_plane,
@@ -89,15 +90,16 @@ async def test_proxy_bootstraps_with_a_token_and_gets_its_spiffe_id(
             assert [i.name for i in running.identities] == ["workload"]
             assert [b.name for b in running.trust_bundles] == ["mesh"]
             # The Workload was made with the token's identity and labels.
-            async with aiohttp.ClientSession() as s:
+            async with aiohttp.ClientSession(headers=auth(cp.api_url)) as s:
                 async with s.get(f"{cp.api_url}/api/v1/resources/workloads/web-0",
                                  params={"namespace": NS}) as r:
                     wl = await r.json()
                 async with s.get(f"{cp.api_url}/api/v1/proxies/{NS}/web-0/config") as r:
                     cfg_text = await r.text()
-                # The CA and token records are not API kinds.
+                # The CA's, the bootstrap tokens' and the API tokens' records are not API
+                # kinds: not even an admin reaches them.
                 for kind in ("InternalCertificateAuthority", "InternalBootstrapToken",
-                             "InternalTokenUse"):
+                             "InternalTokenUse", "APIToken"):
                     async with s.get(f"{cp.api_url}/api/v1/resources/{kind}") as r:
                         assert r.status == 404
             assert wl["spec"]["serviceAccount"] == "web"
@@ -114,10 +116,11 @@ async def test_proxy_bootstraps_with_a_token_and_gets_its_spiffe_id(
 async def test_expired_revoked_replayed_tokens_are_refused(
         caplog: pytest.LogCaptureFixture) -> None:
     async with running_control_plane() as cp:
-        assert cp.tokens is not None
+        assert cp.bootstrap_tokens is not None
         csr = WorkloadKey().csr(NS, "web-0")
-        expired, _ = await cp.tokens.issue(NS, "web-0", "web", ttl=dt.timedelta(seconds=1),
-                                           now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+        expired, _ = await cp.bootstrap_tokens.issue(
+            NS, "web-0", "web", ttl=dt.timedelta(seconds=1),
+            now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
         reply = await _hello(cp.stream_port, _h("web-0", token=expired, csr=csr))
         assert isinstance(reply, Error) and "expired" in reply.reason
         assert expired not in reply.reason
@@ -125,8 +128,8 @@ async def test_expired_revoked_replayed_tokens_are_refused(
         w = WorkloadInfo(name="web-0", namespace=NS)
         revoked = await issue_token(cp.api_url, w)
         tid = revoked.split(".")[1]
-        claims = cp.tokens.signer.open(revoked)
-        async with aiohttp.ClientSession() as s, s.delete(
+        claims = cp.bootstrap_tokens.signer.open(revoked)
+        async with aiohttp.ClientSession(headers=auth(cp.api_url)) as s, s.delete(
                 f"{cp.api_url}/api/v1/tokens/{NS}/{claims.id}") as r:
             assert r.status == 200
         reply = await _hello(cp.stream_port, _h("web-0", token=revoked, csr=csr))
@@ -209,7 +212,7 @@ async def test_hello_can_no_longer_repoint_a_service() -> None:
         await _hello(cp.stream_port, Hello(
             workload=evil, api_versions=[CONFIG_API_VERSION], token=token,
             csr=WorkloadKey().csr(NS, "api-v1")))
-        async with aiohttp.ClientSession() as s, s.get(
+        async with aiohttp.ClientSession(headers=auth(cp.api_url)) as s, s.get(
                 f"{cp.api_url}/api/v1/resources/workloads/api-v1",
                 params={"namespace": NS}) as r:
             wl = await r.json()

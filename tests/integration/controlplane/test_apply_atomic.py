@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import pytest
-from tests.support.controlplane import ControlPlaneProcess, apply, control_plane_process
+from tests.support.controlplane import ControlPlaneProcess, apply, auth, control_plane_process
 from tests.support.postgres import fresh_schema, postgres_server
 from tests.support.resources import service
 
@@ -56,7 +56,7 @@ def sqlite_probe(path: Path) -> Callable[[], Awaitable[str | None]]:
 
 
 async def count_services(api: str) -> int:
-    async with aiohttp.ClientSession() as s, s.get(
+    async with aiohttp.ClientSession(headers=auth(api)) as s, s.get(
             f"{api}/api/v1/resources/services", params={"namespace": "bulk"}) as r:
         assert r.status == 200, await r.text()
         return len((await r.json())["items"])

@@ -12,7 +12,12 @@ from typing import Any
 import yaml
 from click.testing import CliRunner
 from tests.support.cli import tulle
-from tests.support.controlplane import eventually, running_control_plane, subscribe
+from tests.support.controlplane import (
+    eventually,
+    public_records,
+    running_control_plane,
+    subscribe,
+)
 from tests.support.proxy import free_port
 
 from tulle.cli.resources import apply_cmd
@@ -188,8 +193,8 @@ async def test_apply_refuses_a_yaml_alias_bomb_at_once(tmp_path: Path) -> None:
         took = time.perf_counter() - start
         assert result.exit_code == 1 and "the input expands to more than" in result.output
         assert took < 1.0, f"took {took:.2f}s"
-        # nothing reached the control plane (its store holds only its CA)
-        assert await cp.store.list() == await cp.store.list("InternalCertificateAuthority")
+        # nothing reached the control plane: its store holds only its CA and admin API token
+        assert await public_records(cp.store) == []
 
 
 async def test_apply_refuses_two_copies_of_one_document(tmp_path: Path) -> None:

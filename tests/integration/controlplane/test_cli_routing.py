@@ -12,7 +12,7 @@ from typing import Any
 import aiohttp
 import yaml
 from tests.support.cli import tulle
-from tests.support.controlplane import eventually, running_control_plane
+from tests.support.controlplane import auth, eventually, running_control_plane
 
 from tulle.api import kinds, load_path
 from tulle.api.conditions import summary
@@ -43,7 +43,8 @@ def docs(*objs: dict[str, Any]) -> str:
 async def get_json(api: str, type_: str, name: str = "", namespace: str = "shop") -> Any:
     """The REST API's answer (what `tulle get -o json` prints), without a CLI process per poll."""
     path = f"/api/v1/resources/{type_}" + (f"/{name}" if name else "")
-    async with aiohttp.ClientSession() as s, s.get(api + path, params={"namespace": namespace}) as r:
+    async with aiohttp.ClientSession(headers=auth(api)) as s, \
+            s.get(api + path, params={"namespace": namespace}) as r:
         assert r.status == 200, await r.text()
         return await r.json()
 

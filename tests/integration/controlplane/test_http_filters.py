@@ -14,6 +14,7 @@ import aiohttp
 from aiohttp import web
 from tests.support.controlplane import (
     apply,
+    auth,
     eventually,
     running_control_plane,
     serve_handler,
@@ -100,7 +101,7 @@ async def test_header_modifiers_from_an_httproute_reach_traffic(tmp_path: Path) 
                 seen, returned = got
                 assert seen["x-env"] == "dev" and seen["x-secret"] == "s"
                 assert returned["x-debug"] == "secret" and "x-mesh" not in returned
-                async with aiohttp.ClientSession() as s, s.get(
+                async with aiohttp.ClientSession(headers=auth(cp.api_url)) as s, s.get(
                         f"{cp.api_url}/api/v1/proxies") as r:
                     items = {p["name"]: p for p in (await r.json())["items"]}
                 assert items["web-1"]["withheld"] == [{
@@ -109,7 +110,7 @@ async def test_header_modifiers_from_an_httproute_reach_traffic(tmp_path: Path) 
                 assert items["web-0"]["withheld"] == []
 
                 # The route's status no longer says the header filters are unsupported.
-                async with aiohttp.ClientSession() as s, s.get(
+                async with aiohttp.ClientSession(headers=auth(cp.api_url)) as s, s.get(
                         f"{cp.api_url}/api/v1/resources/httproutes/api-headers",
                         params={"namespace": NS}) as r:
                     assert r.status == 200

@@ -11,6 +11,7 @@ from pathlib import Path
 import aiohttp
 from tests.support.controlplane import (
     apply,
+    auth,
     eventually,
     named_origin,
     running_control_plane,
@@ -53,7 +54,7 @@ async def test_apply_route_traffic_follows_then_control_plane_outage(tmp_path: P
                 took = await eventually(lambda: _served_by(url, "v2"), timeout=1.0)
                 assert took < 1.0
                 # Deleting it sends traffic back to api (v1).
-                async with aiohttp.ClientSession() as s, s.delete(
+                async with aiohttp.ClientSession(headers=auth(cp.api_url)) as s, s.delete(
                         f"{cp.api_url}/api/v1/resources/httproutes/api-route",
                         params={"namespace": NS}) as r:
                     assert r.status == 200
@@ -67,7 +68,7 @@ async def test_apply_route_traffic_follows_then_control_plane_outage(tmp_path: P
             # It comes back (same stream port, same store and CA): proxies present their
             # certificates and resync; once no Service exists, web-0 has no outbound listener.
             async with running_control_plane(store, stream_port=stream_port) as cp2:
-                async with aiohttp.ClientSession() as s:
+                async with aiohttp.ClientSession(headers=auth(cp2.api_url)) as s:
                     for svc in ("api", "api-v2"):
                         async with s.delete(f"{cp2.api_url}/api/v1/resources/services/{svc}",
                                             params={"namespace": NS}) as r:

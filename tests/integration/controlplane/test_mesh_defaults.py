@@ -10,7 +10,14 @@ from pathlib import Path
 
 import aiohttp
 from aiohttp import web
-from tests.support.controlplane import apply, eventually, running_control_plane, serve_handler, subscribe
+from tests.support.controlplane import (
+    apply,
+    auth,
+    eventually,
+    running_control_plane,
+    serve_handler,
+    subscribe,
+)
 from tests.support.proxy import free_port
 from tests.support.resources import NS, service, workload
 
@@ -55,7 +62,7 @@ async def test_a_mesh_request_timeout_reaches_traffic_and_status(tmp_path: Path)
             assert await get(out, "/slow") == 504
             assert time.monotonic() - started < 5.0  # the Mesh's 300 ms, not the proxy's 15 s
 
-            async with aiohttp.ClientSession() as s, s.get(
+            async with aiohttp.ClientSession(headers=auth(cp.api_url)) as s, s.get(
                     f"{cp.api_url}/api/v1/resources/meshes/default") as r:
                 assert r.status == 200
                 mesh = await r.json()
@@ -65,7 +72,7 @@ async def test_a_mesh_request_timeout_reaches_traffic_and_status(tmp_path: Path)
             if not applied():  # the status write may trail the compilation by a moment
                 async def refreshed() -> bool:
                     nonlocal mesh
-                    async with aiohttp.ClientSession() as s, s.get(
+                    async with aiohttp.ClientSession(headers=auth(cp.api_url)) as s, s.get(
                             f"{cp.api_url}/api/v1/resources/meshes/default") as r:
                         mesh = await r.json()
                     return applied()

@@ -12,7 +12,9 @@ from typing import Any
 
 import aiohttp
 from tests.support.controlplane import (
+    admin_token,
     apply,
+    auth,
     authenticated,
     control_plane_process,
     eventually,
@@ -77,13 +79,14 @@ class RawProxy:
 
 
 async def proxies(api: str) -> dict[str, dict[str, Any]]:
-    async with aiohttp.ClientSession() as s, s.get(f"{api}/api/v1/proxies") as r:
+    async with aiohttp.ClientSession(headers=auth(api)) as s, \
+            s.get(f"{api}/api/v1/proxies") as r:
         body = await r.json()
     return {p["name"]: p | {"_stream": body["stream"]} for p in body["items"]}
 
 
 async def tulle(api: str, *args: str) -> str:
-    env = {"TULLE_SERVER": api, "PATH": "/usr/bin:/bin",
+    env = {"TULLE_SERVER": api, "PATH": "/usr/bin:/bin", "TULLE_TOKEN": admin_token(api),
            **{k: v for k, v in os.environ.items() if k == "PYTHONPATH"}}
     proc = await asyncio.create_subprocess_exec(
         TULLE, *args, env=env, stdin=asyncio.subprocess.DEVNULL,
@@ -177,7 +180,8 @@ async def test_an_unsupported_protocol_is_refused_with_the_reason_and_logged_onc
             raw.close()
         ps = await proxies(cp.api)
         assert "future-0" not in ps and "future-1" not in ps
-        async with aiohttp.ClientSession() as s, s.get(f"{cp.api}/api/v1/proxies") as r:
+        async with aiohttp.ClientSession(headers=auth(cp.api)) as s, \
+                s.get(f"{cp.api}/api/v1/proxies") as r:
             assert (await r.json())["stream"]["unsupportedHellos"] == 4
         refused = [ln for ln in cp.log().splitlines() if "future-0" in ln and "refused" in ln]
         assert len(refused) == 1, cp.log()

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from tests.support.controlplane import apply, eventually, named_origin, running_control_plane
+from tests.support.controlplane import apply, auth, eventually, named_origin, running_control_plane
 from tests.support.proxy import free_port
 from tests.support.resources import NS, service, workload
 
@@ -27,7 +27,8 @@ async def get(url: str, host: str | None = None) -> str:
 
 
 async def proxies(api: str) -> dict[str, dict[str, Any]]:
-    async with aiohttp.ClientSession() as s, s.get(f"{api}/api/v1/proxies") as r:
+    async with aiohttp.ClientSession(headers=auth(api)) as s, \
+            s.get(f"{api}/api/v1/proxies") as r:
         return {p["name"]: p for p in (await r.json())["items"]}
 
 

@@ -17,6 +17,7 @@ from tests.integration.controlplane.test_grpc_routing import _channel, grpc_rout
 from tests.integration.controlplane.test_routing import backend, client, mesh
 from tests.support.controlplane import (
     apply,
+    auth,
     eventually,
     running_control_plane,
     serve_handler,
@@ -126,7 +127,7 @@ async def test_redirect_and_rewrite_from_an_httproute_reach_traffic(tmp_path: Pa
                 # The route's status does not say anything is unsupported.
                 async with aiohttp.ClientSession() as s, s.get(
                         f"{cp.api_url}/api/v1/resources/httproutes/api-filters",
-                        params={"namespace": NS}) as r:
+                        params={"namespace": NS}, headers=auth(cp.api_url)) as r:
                     text = await r.text()
                 assert '"Accepted"' in text and "not supported" not in text, text
             finally:

@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 from tests.support.controlplane import (
     ControlPlaneProcess,
+    auth,
     control_plane_process,
     eventually,
     subscribe,
@@ -28,7 +29,8 @@ from tulle.proxyconfig.stream import Hello, WorkloadInfo, encode
 
 
 async def stream_status(cp: ControlPlaneProcess) -> dict[str, Any]:
-    async with aiohttp.ClientSession() as s, s.get(f"{cp.api}/api/v1/proxies") as r:
+    async with aiohttp.ClientSession(headers=auth(cp.api)) as s, \
+            s.get(f"{cp.api}/api/v1/proxies") as r:
         assert r.status == 200
         body: dict[str, Any] = await r.json()
     return body

@@ -6,8 +6,14 @@
     POST   /api/v1/apply?dryRun=false&strict=false      {"documents": [...], "sources": [...]}
     GET    /api/v1/proxies                              connected proxies and their versions
     GET    /api/v1/proxies/{namespace}/{name}/config    the snapshot a proxy runs
-    POST   /api/v1/tokens, DELETE /api/v1/tokens/{namespace}/{id}   bootstrap tokens (tokens.py)
+    POST   /api/v1/tokens, DELETE /api/v1/tokens/{namespace}/{id}   proxies' bootstrap tokens
+                                                 (bootstrap_tokens.py)
+    POST   /api/v1/api-tokens, GET /api/v1/api-tokens, DELETE /api/v1/api-tokens/{id}
+                                                 API tokens (api_token_routes.py)
     GET    /healthz, /readyz
+
+Every path but the two probes needs `Authorization: Bearer <token>` (auth.py): 401 without a
+valid one, 403 when a read-only token asks for more than GET or for either kind of token.
 
 `{type}` is any name kubectl would accept: plural, singular, kind or short name.  Errors are
 JSON `{"error": ..., "details": [...]}` with the HTTP status Kubernetes would use (404, 409,
@@ -27,10 +33,13 @@ from fastapi import Body, FastAPI, Query
 from fastapi.responses import JSONResponse
 
 from tulle.api.registry import KindInfo, resolve
+from tulle.controlplane.api.api_token_routes import api_tokens_router
+from tulle.controlplane.api.api_tokens import TokenStore
 from tulle.controlplane.api.apply import apply_documents
 from tulle.controlplane.api.apply import error as _error
+from tulle.controlplane.api.auth import Authenticate, BearerTokens
+from tulle.controlplane.api.bootstrap_tokens import add_token_routes
 from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
-from tulle.controlplane.api.tokens import add_token_routes
 from tulle.controlplane.ca.tokens import TokenService
 from tulle.controlplane.push.server import PushServer, SnapshotCache
 from tulle.controlplane.reconcile import Reconciler
@@ -52,11 +61,19 @@ def _ns(info: KindInfo, namespace: str | None) -> str | None:
 def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
                reconciler: Reconciler | None = None, *,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-               tokens: TokenService | None = None) -> FastAPI:
+               api_tokens: TokenStore | None = None,
+               bootstrap_tokens: TokenService | None = None) -> FastAPI:
+    """`api_tokens`: who may call the API (default: kept in `store`); there is no way to turn
+    authentication off.  `bootstrap_tokens`: the CA's proxy tokens; without it (no CA) the
+    `/api/v1/tokens` endpoints are absent."""
+    api_tokens = api_tokens if api_tokens is not None else TokenStore(store)
     app = FastAPI(title="Tulle control plane", version="v1",
                   description="Declare mesh intent; see proxies and what they run.")
     if max_body_bytes:
         app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    # Added last, so outermost: nobody unauthenticated gets as far as the body limit.
+    app.add_middleware(Authenticate, authenticators=[BearerTokens(api_tokens)])
+    app.include_router(api_tokens_router(api_tokens))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -148,7 +165,7 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
                 "source": "acked" if running is not None else "desired",
                 "config": msgspec.to_builtins(cfg)}
 
-    if tokens is not None:
-        add_token_routes(app, store, tokens)
+    if bootstrap_tokens is not None:
+        add_token_routes(app, store, bootstrap_tokens)
     return app
 

@@ -7,9 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
 
-from tests.support.controlplane import apply
+from tests.support.controlplane import apply, public_records, running_control_plane
 from tests.support.resources import service
 
 from tulle.controlplane.main import ControlPlane
@@ -17,15 +16,8 @@ from tulle.controlplane.main import ControlPlane
 LIMIT = 64 * 1024
 
 
-@contextlib.asynccontextmanager
-async def bounded_control_plane() -> AsyncIterator[ControlPlane]:
-    cp = ControlPlane("memory", api_port=0, stream_port=0, debounce=0.05,
-                      api_max_body_bytes=LIMIT)
-    await cp.start()
-    try:
-        yield cp
-    finally:
-        await cp.stop()
+def bounded_control_plane() -> contextlib.AbstractAsyncContextManager[ControlPlane]:
+    return running_control_plane("memory", api_max_body_bytes=LIMIT)
 
 
 async def exchange(port: int, head: bytes, body_chunks: list[bytes]) -> tuple[int, dict[str, str]]:
@@ -49,6 +41,7 @@ async def exchange(port: int, head: bytes, body_chunks: list[bytes]) -> tuple[in
 async def test_a_declared_body_over_the_bound_is_refused_unread() -> None:
     async with bounded_control_plane() as cp:
         head = (f"POST /api/v1/apply HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                f"authorization: Bearer {cp.admin_token}\r\n"
                 f"content-length: {1 << 30}\r\n\r\n").encode()
         status, body = await exchange(cp.api_port, head, [])  # not one byte of the 1 GiB sent
         assert status == 413
@@ -60,10 +53,12 @@ async def test_a_chunked_body_is_refused_once_it_passes_the_bound() -> None:
     async with bounded_control_plane() as cp:
         assert cp.store is not None
         head = (b"POST /api/v1/apply HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+                b"authorization: Bearer " + cp.admin_token.encode() + b"\r\n"
                 b"transfer-encoding: chunked\r\n\r\n")
         piece = b'{"documents": [' + b" " * 16_000
         chunks = [f"{len(piece):x}\r\n".encode() + piece + b"\r\n"] * 8  # ~128 KB in all
         status, body = await exchange(cp.api_port, head, chunks)
         assert status == 413, body
-        assert await cp.store.list() == await cp.store.list("InternalCertificateAuthority")
+        # nothing reached the store: it holds only its CA and the first admin API token
+        assert await public_records(cp.store) == []
         assert (await apply(cp.api_url, service("after")))[0] == 200

@@ -1,0 +1,107 @@
+"""Which API token `tulle` sends, so that the local quickstart needs no copying of tokens.
+
+The first of these that gives a token wins:
+
+1. `--token` or `TULLE_TOKEN`;
+2. the file named by `TULLE_TOKEN_FILE`;
+3. `$XDG_CONFIG_HOME/tulle/token` (default `~/.config/tulle/token`);
+4. only when the server is on loopback: the local control plane's admin token file,
+   `TULLE_ADMIN_TOKEN_FILE` or the default next to its SQLite store (`TULLE_STORE`, default
+   `sqlite:tulle.db` -> `tulle.db.admin-token`), the file `tulle control-plane run` writes.
+
+Step 4 is limited to loopback so that a `TULLE_SERVER` pointing elsewhere never receives the
+local admin token.  A token file readable by group or others is still used, with a warning.
+Stdlib only: `tulle` starts fast.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import stat
+import sys
+import urllib.parse
+from pathlib import Path
+
+DEFAULT_STORE = "sqlite:tulle.db"
+ADMIN_TOKEN_SUFFIX = ".admin-token"
+"""As `tulle.controlplane.api.admin_token` names the file (a test keeps the two in step)."""
+
+_TOKEN_RE = re.compile(r"^tulle_([0-9a-f]{16})_[A-Za-z0-9_-]{43}$")
+"""The shape `tulle.controlplane.api.api_tokens` mints (a test keeps the two in step)."""
+
+_explicit: list[str] = []
+
+
+def token_id(token: str) -> str | None:
+    """The non-secret id of a whole token; None if `token` is not one."""
+    m = _TOKEN_RE.match(token.strip())
+    return m.group(1) if m else None
+
+
+def set_explicit(token: str | None) -> None:
+    """What `--token`/`TULLE_TOKEN` gave for this invocation (None: nothing)."""
+    _explicit.clear()
+    if token:
+        _explicit.append(token)
+
+
+def user_token_file() -> Path:
+    base = os.environ.get("XDG_CONFIG_HOME") or str(Path.home() / ".config")
+    return Path(base) / "tulle" / "token"
+
+
+def local_admin_token_file() -> Path | None:
+    named = os.environ.get("TULLE_ADMIN_TOKEN_FILE")
+    if named:
+        return Path(named)
+    store = os.environ.get("TULLE_STORE") or DEFAULT_STORE
+    if store.startswith("sqlite:") and store[len("sqlite:"):] not in ("", ":memory:"):
+        return Path(store[len("sqlite:"):] + ADMIN_TOKEN_SUFFIX)
+    return None
+
+
+def is_loopback_url(server: str) -> bool:
+    host = urllib.parse.urlsplit(server).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve(server: str) -> str | None:
+    """The token to send to `server`, or None."""
+    if _explicit:
+        return _explicit[0]
+    env = os.environ.get("TULLE_TOKEN")
+    if env:
+        return env.strip()
+    candidates: list[Path] = []
+    named = os.environ.get("TULLE_TOKEN_FILE")
+    if named:
+        candidates.append(Path(named))
+    candidates.append(user_token_file())
+    if is_loopback_url(server):
+        local = local_admin_token_file()
+        if local is not None:
+            candidates.append(local)
+    for path in candidates:
+        token = _read(path)
+        if token:
+            return token
+    return None
+
+
+def _read(path: Path) -> str | None:
+    try:
+        mode = path.stat().st_mode
+        text = path.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if text and stat.S_IMODE(mode) & 0o077:
+        print(f"warning: token file {path} is readable by others (chmod 600 it)",
+              file=sys.stderr)
+    return text or None

@@ -1,0 +1,105 @@
+"""Where the two kinds of token meet (ADRs 0028 and 0029), against a real `tulle control-plane
+run` process on 127.0.0.1: issuing and revoking the proxies' bootstrap tokens
+(`/api/v1/tokens`, `tulle token issue|revoke`) needs an admin API token; a read-only one is 403,
+none is 401; a bootstrap token is no API credential and an API token admits no proxy; no token
+of either kind reaches an answer or the control plane's log."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+from tests.support.cli import tulle
+from tests.support.controlplane import control_plane_process
+
+from tulle.dataplane.identity import WorkloadKey
+from tulle.proxyconfig.model import CONFIG_API_VERSION
+from tulle.proxyconfig.stream import Error, FrameDecoder, Hello, Message, WorkloadInfo, encode
+
+NS = "shop"
+ISSUE = {"workload": "web-0", "namespace": NS, "serviceAccount": "web"}
+
+
+async def call(api: str, method: str, path: str, token: str | None,
+               body: Any = None) -> tuple[int, str]:
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    async with aiohttp.ClientSession() as s, s.request(method, api + path, headers=headers,
+                                                       json=body) as r:
+        return r.status, await r.text()
+
+
+async def first_answer(port: int, hello: Hello) -> Message:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(encode(hello))
+        dec = FrameDecoder()
+        for _ in range(100):
+            data = await asyncio.wait_for(reader.read(65536), 10)
+            assert data, "closed without an answer"
+            if msgs := dec.feed(data):
+                return msgs[0]
+        raise AssertionError("no answer in 100 reads")
+    finally:
+        writer.close()
+
+
+async def test_bootstrap_tokens_need_an_admin_api_token(tmp_path: Path) -> None:
+    async with control_plane_process(f"sqlite:{tmp_path / 'cp.db'}", tmp_path) as cp:
+        admin, api = cp.admin_token, cp.api
+        status, text = await call(api, "POST", "/api/v1/api-tokens", admin, {"role": "read-only"})
+        assert status == 201, text
+        reader = yaml.safe_load(text)["token"]
+        answers: list[str] = []
+
+        for token, want in ((None, 401), ("tulle_0123456789abcdef_" + "Q" * 43, 401),
+                            (reader, 403)):
+            status, text = await call(api, "POST", "/api/v1/tokens", token, ISSUE)
+            assert status == want, text
+            answers.append(text)
+        status, text = await call(api, "POST", "/api/v1/tokens", admin, ISSUE)
+        assert status == 201, text
+        issued = yaml.safe_load(text)
+        bootstrap, tid = issued["token"], issued["id"]
+        assert bootstrap.startswith("tbt1.") and issued["serviceAccount"] == "web"
+
+        # A bootstrap token is not an API credential, and an API token admits no proxy.
+        status, text = await call(api, "GET", "/api/v1/proxies", bootstrap)
+        assert status == 401 and "invalid or revoked token" in text
+        answers.append(text)
+        hello = Hello(workload=WorkloadInfo(name="web-0", namespace=NS),
+                      api_versions=[CONFIG_API_VERSION], token=admin,
+                      csr=WorkloadKey().csr(NS, "web-0"))
+        refused = await first_answer(cp.stream_port, hello)
+        assert isinstance(refused, Error), refused
+        answers.append(refused.reason)
+
+        for token, want in ((None, 401), (reader, 403), (admin, 200), (admin, 404)):
+            status, text = await call(api, "DELETE", f"/api/v1/tokens/{NS}/{tid}", token)
+            assert status == want, text
+            answers.append(text)
+
+        # The CLI: `tulle token issue|revoke` with the API token it finds.
+        code, out, err = await tulle(api, "token", "issue", "--workload", "web-1", "-n", NS,
+                                     token=reader)
+        assert code == 1 and "forbidden" in err and "admin token" in err, err
+        answers.append(out + err)
+        code, out, err = await tulle(api, "token", "issue", "--workload", "web-1", "-n", NS,
+                                     "--ttl", "10m", token=None)
+        assert code == 1 and "unauthorized" in err, err
+        code, out, err = await tulle(api, "token", "issue", "--workload", "web-1", "-n", NS,
+                                     "--ttl", "10m", "--token", admin, token=None)
+        assert code == 0 and out.strip().startswith("tbt1.") and "single-use" in err, err
+        cli_token = out.strip()
+        cli_id = err.split()[1].rstrip(":")
+        code, out, err = await tulle(api, "token", "revoke", cli_id, "-n", NS, token=reader)
+        assert code == 1 and "forbidden" in err, err
+        code, out, err = await tulle(api, "token", "revoke", cli_id, "-n", NS)
+        assert code == 0 and "revoked" in out, err
+
+        log = cp.log()
+        for secret in (admin, reader, bootstrap, cli_token):
+            assert secret not in log, "a token reached the log"
+            assert all(secret not in a for a in answers), "a token was echoed"

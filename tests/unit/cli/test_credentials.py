@@ -1,0 +1,99 @@
+"""Which token `tulle` sends: --token, TULLE_TOKEN, TULLE_TOKEN_FILE, the user's token file,
+and the local control plane's admin token file only for a server on loopback."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tulle.cli import credentials
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    for name in ("TULLE_TOKEN", "TULLE_TOKEN_FILE", "TULLE_ADMIN_TOKEN_FILE", "TULLE_STORE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.chdir(tmp_path)
+    credentials.set_explicit(None)
+    yield
+    credentials.set_explicit(None)
+
+
+def write(path: Path, text: str, mode: int = 0o600) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text + "\n")
+    path.chmod(mode)
+    return path
+
+
+LOCAL = "http://127.0.0.1:15681"
+
+
+def test_nothing_found_is_none() -> None:
+    assert credentials.resolve(LOCAL) is None
+
+
+def test_the_order(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    write(tmp_path / "tulle.db.admin-token", "from-store")
+    assert credentials.resolve(LOCAL) == "from-store"
+    write(tmp_path / "config" / "tulle" / "token", "from-user-file")
+    assert credentials.resolve(LOCAL) == "from-user-file"
+    monkeypatch.setenv("TULLE_TOKEN_FILE", str(write(tmp_path / "named", "from-named-file")))
+    assert credentials.resolve(LOCAL) == "from-named-file"
+    monkeypatch.setenv("TULLE_TOKEN", "from-env")
+    assert credentials.resolve(LOCAL) == "from-env"
+    credentials.set_explicit("from-flag")
+    assert credentials.resolve(LOCAL) == "from-flag"
+
+
+def test_the_local_admin_token_goes_only_to_loopback(monkeypatch: pytest.MonkeyPatch,
+                                                     tmp_path: Path) -> None:
+    monkeypatch.setenv("TULLE_STORE", f"sqlite:{tmp_path / 'state' / 'cp.db'}")
+    write(tmp_path / "state" / "cp.db.admin-token", "local-admin")
+    for server in (LOCAL, "http://localhost:15681", "https://[::1]:15681"):
+        assert credentials.resolve(server) == "local-admin", server
+    for server in ("http://10.0.0.5:15681", "https://cp.example:15681", "http://0.0.0.0:1"):
+        assert credentials.resolve(server) is None, server
+    monkeypatch.setenv("TULLE_ADMIN_TOKEN_FILE", str(write(tmp_path / "elsewhere", "named")))
+    assert credentials.resolve(LOCAL) == "named"
+
+
+def test_a_loose_token_file_is_used_with_a_warning(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    write(tmp_path / "config" / "tulle" / "token", "loose-secret", mode=0o644)
+    assert credentials.resolve(LOCAL) == "loose-secret"
+    err = capsys.readouterr().err
+    assert "readable by others" in err and "loose-secret" not in err
+
+
+def test_the_proxy_never_takes_the_api_token_file_for_its_bootstrap_token(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`TULLE_TOKEN_FILE` names the CLI's API token; `tulle proxy run` would send a bootstrap
+    token file's content over the (plaintext) stream, so it reads its own variable only."""
+    from click.testing import CliRunner
+
+    from tulle.cli import controlplane
+    from tulle.cli.main import cli
+    from tulle.dataplane import runner
+
+    seen: list[str | None] = []
+
+    def fake_run_subscribed(*args: object) -> int:
+        seen.append(args[-1])  # type: ignore[arg-type]
+        return 0
+
+    monkeypatch.setattr(controlplane, "run_subscribed", fake_run_subscribed)
+    monkeypatch.setattr(runner, "configure_logging", lambda _level: None)
+    api_token = write(tmp_path / "api-token", "tulle_0123456789abcdef_" + "A" * 43)
+    bootstrap = write(tmp_path / "bootstrap", "tbt1.x.y")
+    argv = ["proxy", "run", "--control-plane", "127.0.0.1:1", "--workload", "w",
+            "--log-level", "error"]
+    runner = CliRunner()
+    assert runner.invoke(cli, argv, env={"TULLE_TOKEN_FILE": str(api_token)}).exit_code == 0
+    assert runner.invoke(cli, argv, env={"TULLE_TOKEN_FILE": str(api_token),
+                                         "TULLE_BOOTSTRAP_TOKEN_FILE": str(bootstrap)}
+                         ).exit_code == 0
+    assert seen == [None, str(bootstrap)]
