@@ -227,7 +227,9 @@ async def test_a_failing_filter_is_a_500_counted_and_the_listener_serves_on(prot
     def boom(self: Any, stream: Any) -> int:
         raise RuntimeError("filter bug")
     mp = pytest.MonkeyPatch()
-    mp.setattr(headers_filter._RequestFilter, "on_request_head", boom)
+    # A chain of header modifiers only applies their edits straight to the head (no hook
+    # call): the edit itself fails, which is what either path runs.
+    mp.setattr(headers_filter.HeaderEdit, "apply", lambda self, headers: boom(self, headers))
     try:
         async with proxied() as (p, o):
             status = (await h1(p, b"/f/x"))[0] if proto == "h1" else (await h2(p, "/f/x")).status

@@ -72,7 +72,7 @@ class _ResponseFilter(HttpFilter):
 class HeadersFactory:
     """The factory of one modifier (request or response), built once per route per snapshot."""
 
-    __slots__ = ("_filter", "filter_type")
+    __slots__ = ("_filter", "filter_type", "request_edit", "response_edit")
 
     name = "headers"
     stateless = True
@@ -82,6 +82,10 @@ class HeadersFactory:
         edit = HeaderEdit(cfg)
         self._filter: HttpFilter = _ResponseFilter(edit) if response else _RequestFilter(edit)
         self.filter_type: type[HttpFilter] = type(self._filter)
+        # A pure edit of a head's header list (`chain.Chain.edits_only`): a chain of nothing
+        # else applies it straight to the head, without a per-request run of the chain.
+        self.request_edit = None if response else edit.apply
+        self.response_edit = edit.apply if response else None
 
     def create(self) -> HttpFilter:
         return self._filter

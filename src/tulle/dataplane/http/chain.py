@@ -19,7 +19,7 @@ request head has passed every filter (`filters_continue`, called only after a ST
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from tulle.dataplane.http.filter import (
@@ -65,6 +65,10 @@ DEFAULT_BUFFER_LIMIT = 1_048_576
 """Bytes a data hook may hold with BUFFER before the request is answered locally."""
 
 
+HeaderListEdit = Callable[[list[tuple[bytes, bytes]]], None]
+"""An edit of a head's header list in place (`filters/headers.py` `HeaderEdit.apply`)."""
+
+
 class ChainPort(RequestRecord, Protocol):
     """What the request stream does for the chain (`stream.RequestStream` implements it); it
     is also the request's record the observers read."""
@@ -104,8 +108,9 @@ class Chain:
     """A route's filters for one snapshot: factories in the declared order, and for each hook
     the positions whose filter implements it (a hook left at the default is never called)."""
 
-    __slots__ = ("buffer_limit", "factories", "logged", "observers", "request_datas",
-                 "request_heads", "response_datas", "response_heads", "shared")
+    __slots__ = ("buffer_limit", "edits_only", "factories", "logged", "observers",
+                 "request_datas", "request_edits", "request_heads", "response_datas",
+                 "response_edits", "response_heads", "shared")
 
     def __init__(self, factories: Sequence[FilterFactory],
                  buffer_limit: int = DEFAULT_BUFFER_LIMIT) -> None:
@@ -128,6 +133,19 @@ class Chain:
         """When every filter is stateless: the instances all requests share (no allocation)."""
         if all(f.stateless for f in self.factories):
             self.shared = tuple(f.create() for f in self.factories)
+        req: list[HeaderListEdit | None] = [getattr(f, "request_edit", None)
+                                            for f in self.factories]
+        resp: list[HeaderListEdit | None] = [getattr(f, "response_edit", None)
+                                             for f in self.factories]
+        self.edits_only = all(a is not None or b is not None for a, b in zip(req, resp,
+                                                                             strict=True))
+        """Every filter is a pure header-list edit (a header modifier: never stops, replies,
+        buffers or observes): the request stream applies `request_edits` to the request head
+        and `response_edits` to the response head itself, with no `ChainRun` per request.
+        The order is the chain's: requests first to last, responses last to first."""
+        self.request_edits: tuple[HeaderListEdit, ...] = tuple(e for e in req if e is not None)
+        self.response_edits: tuple[HeaderListEdit, ...] = tuple(
+            e for e in reversed(resp) if e is not None)
 
 
 class ChainRun:

@@ -35,10 +35,13 @@ A route with no filters has no `ChainRun`: every filter check is one attribute t
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Protocol
 
-from tulle.dataplane.http.chain import ChainRun
+from tulle.dataplane.http.chain import Chain, ChainRun, HeaderListEdit
 from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
+
+log = logging.getLogger("tulle.proxy")
 
 if TYPE_CHECKING:
     import asyncio
@@ -102,8 +105,8 @@ class _HeldResponse:
 class RequestStream:
     """One request: head, decision, filters, deadline, upstream, and its record."""
 
-    __slots__ = ("authz", "bodiless", "body", "body_size", "bytes_in", "bytes_out", "cluster", "conn",
-                 "decision", "done", "due", "expect_continue", "flags", "head",
+    __slots__ = ("authz", "bodiless", "body", "body_size", "bytes_in", "bytes_out", "cluster",
+                 "conn", "decision", "done", "due", "edits", "expect_continue", "flags", "head",
                  "head_sent", "request_done", "resp", "run", "start", "stats", "status", "timer",
                  "trailers", "tried", "upstream")
 
@@ -129,6 +132,9 @@ class RequestStream:
         self.decision: Decision
         """Set by `route` (a request refused before routing has none)."""
         self.run: ChainRun | None = None
+        self.edits: tuple[HeaderListEdit, ...] = ()
+        """The response-head edits of a route whose filters are only header edits
+        (`Chain.edits_only`): applied here, with no `ChainRun`."""
         """The route's filters on this request; None when the route has none."""
         self.upstream: UpstreamStream | None = None
         self.tried: UpstreamStream | None = None
@@ -252,9 +258,19 @@ class RequestStream:
                     self.timer = conn.loop.call_later(timeout, self.on_timeout)
             chain = d.chain
             if chain is not None:
-                self.run = run = ChainRun(chain, head, self, ctx)
-                if not run.request_head():
-                    return  # answered, or stopped: filters_continue() comes back here
+                if chain.edits_only:
+                    headers = head.headers
+                    try:
+                        for edit in chain.request_edits:
+                            edit(headers)
+                    except Exception as exc:
+                        self._edit_failed(chain, exc)
+                        return
+                    self.edits = chain.response_edits
+                else:
+                    self.run = run = ChainRun(chain, head, self, ctx)
+                    if not run.request_head():
+                        return  # answered, or stopped: filters_continue() comes back here
         cluster = d.cluster
         if cluster is None:  # the filters let it through to a backend that cannot take it
             self.flags = d.flag
@@ -380,6 +396,16 @@ class RequestStream:
                 # past the bound can still be answered 500 instead of a response cut short.
                 self.resp = _HeldResponse(head, False, stopped=False)
                 return
+        else:
+            edits = self.edits
+            if edits:
+                headers = head.headers
+                try:
+                    for edit in edits:
+                        edit(headers)
+                except Exception as exc:
+                    self._edit_failed(self.decision.chain, exc)
+                    return
         self.head_sent = True
         self.send_head(head, end_stream)
         if end_stream:
@@ -457,6 +483,16 @@ class RequestStream:
             self.send_local(status, body, headers)
         else:
             self.send_local(status, body)
+
+    def _edit_failed(self, chain: Chain | None, exc: Exception) -> None:
+        """A header edit of an edits-only chain raised: as a failing hook (`ChainRun`), it
+        is counted and logged once per chain, and the request answered 500."""
+        self.conn.ctx.filter_error("headers")
+        if chain is not None and not chain.logged:
+            chain.logged = True
+            log.warning("filter headers failed (logged once per route and snapshot; counted "
+                        "in tulle_proxy_filter_errors_total)", exc_info=exc)
+        self.filter_reply(500, b"filter error\n")
 
     def upstream_cluster(self, name: str) -> ClusterRuntime | None:
         """A cluster of the snapshot this request runs on (for a mirror)."""

@@ -222,3 +222,41 @@ def test_buffer_at_end_of_stream_lets_everything_through() -> None:
     run = ChainRun(chain, head(), port, port)
     assert run.request_data(b"ab", False) is None
     assert run.request_data(b"cd", True) == b"abcd"
+
+
+def test_a_chain_of_header_modifiers_only_is_applied_as_edits_in_chain_order() -> None:
+    """Header modifiers are pure header-list edits: their chain is `edits_only` and the stream
+    applies the edits itself (requests first to last, responses last to first), as the hooks
+    would; any other filter in the chain makes it a normal one."""
+    from tulle.dataplane.filters import factory_for
+    from tulle.proxyconfig.filters import RequestHeaderModifier, ResponseHeaderModifier
+    from tulle.proxyconfig.filters.headers import HTTPHeader
+
+    def req(v: str) -> RequestHeaderModifier:
+        return RequestHeaderModifier(add=[HTTPHeader(name="x-req", value=v)])
+
+    def resp(v: str) -> ResponseHeaderModifier:
+        return ResponseHeaderModifier(add=[HTTPHeader(name="x-resp", value=v)])
+
+    chain = build_chain([factory_for(f) for f in (req("1"), resp("a"), req("2"), resp("b"))])
+    assert chain is not None and chain.edits_only
+    headers: list[tuple[bytes, bytes]] = []
+    for edit in chain.request_edits:
+        edit(headers)
+    assert headers == [(b"x-req", b"1"), (b"x-req", b"2")]
+    headers = []
+    for edit in chain.response_edits:
+        edit(headers)
+    assert headers == [(b"x-resp", b"b"), (b"x-resp", b"a")]
+
+    @dataclass
+    class Other:
+        name: str = "fault"
+        filter_type: type[HttpFilter] = HttpFilter
+        stateless: bool = True
+
+        def create(self) -> HttpFilter:
+            return HttpFilter()
+
+    mixed = build_chain([factory_for(req("1")), Other()])
+    assert mixed is not None and not mixed.edits_only
