@@ -1,0 +1,118 @@
+"""The newest snapshot per proxy, and what the control plane knows of each proxy.
+
+Why a module of its own: the reconciler writes `SnapshotCache`, the push server's sessions read
+it and keep a `ProxyStatus` per workload, and the REST API serves both; none of that is the
+stream protocol's business (`server.py`), which stays about connections and sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from tulle.controlplane.push.wire import WireCache
+from tulle.proxyconfig.features import Feature
+from tulle.proxyconfig.model import ProxyConfig
+
+ProxyKey = tuple[str, str]
+"""(namespace, workload name)."""
+
+
+class SnapshotCache:
+    """The newest snapshot per proxy, with change notification."""
+
+    def __init__(self) -> None:
+        self._snapshots: dict[ProxyKey, ProxyConfig] = {}
+        self._waiters: dict[ProxyKey, set[asyncio.Event]] = {}
+        self.wire = WireCache()
+
+    def update(self, snapshots: dict[ProxyKey, ProxyConfig],
+               keep: frozenset[ProxyKey] = frozenset()) -> int:
+        """One compilation round: store every snapshot (waking only proxies whose version
+        changed), drop proxies that are gone unless in `keep`; returns how many changed."""
+        self.wire.rotate()
+        changed = 0
+        for key, cfg in snapshots.items():
+            changed += self.set(key, cfg)
+        for key in [k for k in self._snapshots if k not in snapshots and k not in keep]:
+            self.remove(key)
+        return changed
+
+    def get(self, key: ProxyKey) -> ProxyConfig | None:
+        return self._snapshots.get(key)
+
+    def set(self, key: ProxyKey, cfg: ProxyConfig) -> bool:
+        """Store a snapshot; returns False (and wakes nobody) when the version is unchanged."""
+        old = self._snapshots.get(key)
+        if old is not None and old.version == cfg.version:
+            return False
+        self._snapshots[key] = cfg
+        for ev in self._waiters.get(key, ()):
+            ev.set()
+        return True
+
+    def remove(self, key: ProxyKey) -> None:
+        self._snapshots.pop(key, None)
+
+    def subscribe(self, key: ProxyKey, ev: asyncio.Event | None = None) -> asyncio.Event:
+        """An event set whenever `key`'s snapshot changes (`ev`: one shared with other keys)."""
+        ev = ev or asyncio.Event()
+        self._waiters.setdefault(key, set()).add(ev)
+        return ev
+
+    def unsubscribe(self, key: ProxyKey, ev: asyncio.Event) -> None:
+        self._waiters.get(key, set()).discard(ev)
+
+    def proxies(self) -> list[ProxyKey]:
+        return list(self._snapshots)
+
+
+@dataclass
+class ProxyStatus:
+    namespace: str
+    name: str
+    connected: bool = False
+    peer: str = ""
+    connected_since: float = 0.0
+    last_seen: float = 0.0
+    sent_version: str = ""
+    acked_version: str = ""
+    acked_at: float = 0.0
+    nack_version: str = ""
+    nack_reason: str = ""
+    nack_paths: list[str] = field(default_factory=list)
+    pushes: int = 0
+    protocol: int = 0
+    """The stream protocol version of the proxy's last hello."""
+    features: list[str] = field(default_factory=list)
+    """The config features the proxy announced."""
+    withheld: tuple[Feature, ...] = ()
+    """Features this control plane has and the proxy lacks: left out of its snapshots."""
+    delta_units: frozenset[str] = frozenset()
+    """The delta units (`proxyconfig/delta.py`) the proxy takes; others go as whole resources."""
+    node: list[str] = field(default_factory=list)
+    """A proxy fronting several workloads: all of them (`namespace/name`), its own first; the
+    status of each is kept under its own name, versions being that workload's part."""
+    control_plane: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+    running: ProxyConfig | None = field(default=None, repr=False)
+    """The snapshot the proxy ACKed last: what it runs (not in `to_dict`; served whole by the
+    proxy-config endpoint)."""
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "namespace": self.namespace, "name": self.name, "connected": self.connected,
+            "peer": self.peer, "connectedSince": self.connected_since,
+            "lastSeen": self.last_seen, "sentVersion": self.sent_version,
+            "ackedVersion": self.acked_version, "ackedAt": self.acked_at,
+            "lastNack": {"version": self.nack_version, "reason": self.nack_reason,
+                         "paths": self.nack_paths}
+            if self.nack_version else None,
+            "pushes": self.pushes, "controlPlane": self.control_plane,
+            "protocol": self.protocol, "features": self.features,
+            "withheld": [{"feature": f.name, "paths": list(f.paths)} for f in self.withheld],
+            "deltaUnits": sorted(self.delta_units), "node": self.node,
+        }
+
+
+__all__ = ["ProxyKey", "ProxyStatus", "SnapshotCache"]
