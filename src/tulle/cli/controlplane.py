@@ -109,6 +109,17 @@ def parse_ports(values: tuple[str, ...]) -> list[dict[str, object]]:
     return out
 
 
+def parse_labels(values: tuple[str, ...]) -> dict[str, str]:
+    """`--label KEY=VALUE` options as a map (a later KEY wins); BadParameter without `=`."""
+    out: dict[str, str] = {}
+    for lv in values:
+        k, sep, v = lv.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{lv!r}: use KEY=VALUE", param_hint="--label")
+        out[k] = v
+    return out
+
+
 def run_subscribed(control_planes: tuple[str, ...], workload: str, namespace: str,
                    address: str, ports: tuple[str, ...], labels: tuple[str, ...],
                    service_account: str, outbound_port: int, cache_dir: str | None,
@@ -118,14 +129,8 @@ def run_subscribed(control_planes: tuple[str, ...], workload: str, namespace: st
     from tulle.dataplane.subscribed import run
     from tulle.proxyconfig.stream import WorkloadInfo
 
-    label_map = {}
-    for lv in labels:
-        k, sep, v = lv.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{lv!r}: use KEY=VALUE", param_hint="--label")
-        label_map[k] = v
     info = WorkloadInfo(name=workload, namespace=namespace, address=address,
-                        service_account=service_account, labels=label_map,
+                        service_account=service_account, labels=parse_labels(labels),
                         ports=parse_ports(ports), outbound_port=outbound_port)
     token = os.environ.get("TULLE_BOOTSTRAP_TOKEN", "")
     if token_file:

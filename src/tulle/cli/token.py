@@ -14,6 +14,7 @@ import sys
 import click
 
 from tulle.cli.client import APIError, call, server_url
+from tulle.cli.controlplane import parse_labels
 from tulle.cli.resources import server_option
 
 _DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
@@ -50,13 +51,7 @@ def issue_cmd(workload: str, namespace: str, service_account: str | None,
     if service_account:
         body["serviceAccount"] = service_account
     if labels:
-        label_map = {}
-        for lv in labels:
-            k, sep, v = lv.partition("=")
-            if not sep:
-                raise click.BadParameter(f"{lv!r}: use KEY=VALUE", param_hint="--label")
-            label_map[k] = v
-        body["labels"] = label_map
+        body["labels"] = parse_labels(labels)
     try:
         out = call(server_url(server), "POST", "/api/v1/tokens", body=body)
     except APIError as exc:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from tulle.proxyconfig import regex
 from tulle.proxyconfig.model import HeaderMatch, PathMatch, QueryParamMatch, RouteMatch
@@ -40,42 +40,38 @@ def _pattern(value: str, path: str, problems: list[str]) -> bool:
     return True
 
 
-def _headers(items: list[dict[str, Any]], path: str,
-             problems: list[str]) -> list[HeaderMatch] | None:
-    out: list[HeaderMatch] = []
+_Named = TypeVar("_Named", HeaderMatch, QueryParamMatch)
+
+
+def _named(kind: type[_Named], items: list[dict[str, Any]], path: str, problems: list[str],
+           fold: Callable[[str], str]) -> list[_Named] | None:
+    """Header or query-parameter matches: the first entry per `fold`ed name counts (Gateway
+    API), a regular expression only if the proxy runs it as written."""
+    out: list[_Named] = []
     seen: set[str] = set()
-    for i, h in enumerate(items):
-        name = str(h["name"])
-        if name.lower() in seen:
+    for i, item in enumerate(items):
+        name = str(item["name"])
+        if fold(name) in seen:
             continue  # Gateway API: only the first entry for a name counts
-        seen.add(name.lower())
-        value = str(h.get("value", ""))
-        if h.get("type") == "RegularExpression":
+        seen.add(fold(name))
+        value = str(item.get("value", ""))
+        if item.get("type") == "RegularExpression":
             if not _pattern(value, f"{path}[{i}].value", problems):
                 return None
-            out.append(HeaderMatch(type="RegularExpression", name=name, value=value))
+            out.append(kind(type="RegularExpression", name=name, value=value))
         else:
-            out.append(HeaderMatch(type="Exact", name=name, value=value))
+            out.append(kind(type="Exact", name=name, value=value))
     return out
+
+
+def _headers(items: list[dict[str, Any]], path: str,
+             problems: list[str]) -> list[HeaderMatch] | None:
+    return _named(HeaderMatch, items, path, problems, str.lower)  # names case-insensitive
 
 
 def _query(items: list[dict[str, Any]], path: str,
            problems: list[str]) -> list[QueryParamMatch] | None:
-    out: list[QueryParamMatch] = []
-    seen: set[str] = set()
-    for i, q in enumerate(items):
-        name = str(q["name"])
-        if name in seen:
-            continue
-        seen.add(name)
-        value = str(q.get("value", ""))
-        if q.get("type") == "RegularExpression":
-            if not _pattern(value, f"{path}[{i}].value", problems):
-                return None
-            out.append(QueryParamMatch(type="RegularExpression", name=name, value=value))
-        else:
-            out.append(QueryParamMatch(type="Exact", name=name, value=value))
-    return out
+    return _named(QueryParamMatch, items, path, problems, str)  # names case-sensitive
 
 
 def http_matches(matches: list[dict[str, Any]], path: str,

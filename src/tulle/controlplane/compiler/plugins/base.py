@@ -11,10 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import msgspec
 from msgspec.structs import replace
 
-from tulle.controlplane.compiler.ir import MeshModel, Route
+from tulle.controlplane.compiler.ir import MeshModel, Route, RuleFilter
+from tulle.proxyconfig import filters as proxy_filters
+from tulle.proxyconfig.filters import HTTPFilter
+from tulle.proxyconfig.validate import convert_error
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,4 +39,21 @@ def map_routes(mesh: MeshModel, edit: Callable[[Route], Route]) -> MeshModel:
     return replace(mesh, routes=routes)
 
 
-__all__ = ["Plugin", "map_routes"]
+def claim_filter(f: RuleFilter, plugin: str, entry: dict[str, Any], path: str,
+                 invalid: list[str]) -> RuleFilter:
+    """`f` claimed by `plugin` and configured with `entry` as the proxy's filter config, checked
+    as the proxy will check it; on any problem (appended to `invalid` with `path`) claimed but
+    left without a config, so its rule is left out."""
+    try:
+        cfg = msgspec.convert(entry, HTTPFilter)
+    except msgspec.ValidationError as exc:
+        invalid.append(str(convert_error(exc, path)))
+        return replace(f, claimed_by=plugin)
+    errs = proxy_filters.errors(cfg, path)
+    if errs:
+        invalid.extend(str(e) for e in errs)
+        return replace(f, claimed_by=plugin)
+    return replace(f, claimed_by=plugin, config=cfg)
+
+
+__all__ = ["Plugin", "claim_filter", "map_routes"]

@@ -15,14 +15,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from msgspec.structs import replace
 
 from tulle.controlplane.compiler.ir import Dropped, MeshModel, Route, Rule, RuleFilter
-from tulle.controlplane.compiler.plugins.base import Plugin, map_routes
-from tulle.proxyconfig import filters as proxy_filters
-from tulle.proxyconfig.filters import HTTPFilter
-from tulle.proxyconfig.validate import convert_error
+from tulle.controlplane.compiler.plugins.base import Plugin, claim_filter, map_routes
 
 NAME = "header_modifiers"
 
@@ -38,16 +34,7 @@ def _configure(f: RuleFilter, user: dict[str, Any], path: str,
     for key in ("set", "add", "remove"):
         if spec.get(key):
             entry[key] = spec[key]
-    try:
-        cfg = msgspec.convert(entry, HTTPFilter)
-    except msgspec.ValidationError as exc:
-        invalid.append(str(convert_error(exc, path)))
-        return replace(f, claimed_by=NAME)
-    errs = proxy_filters.errors(cfg, path)
-    if errs:
-        invalid.extend(str(e) for e in errs)
-        return replace(f, claimed_by=NAME)
-    return replace(f, claimed_by=NAME, config=cfg)
+    return claim_filter(f, NAME, entry, path, invalid)
 
 
 def _backend_filters(r: Rule, invalid: list[str], unsupported: list[str]) -> Rule:

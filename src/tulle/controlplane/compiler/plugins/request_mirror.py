@@ -13,14 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
 from msgspec.structs import replace
 
 from tulle.controlplane.compiler.ir import Dropped, MeshModel, Route, Rule, RuleFilter
-from tulle.controlplane.compiler.plugins.base import Plugin, map_routes
-from tulle.proxyconfig import filters as proxy_filters
-from tulle.proxyconfig.filters import HTTPFilter
-from tulle.proxyconfig.validate import convert_error
+from tulle.controlplane.compiler.plugins.base import Plugin, claim_filter, map_routes
 
 NAME = "request_mirror"
 KIND = "RequestMirror"
@@ -65,16 +61,7 @@ def _configure(mesh: MeshModel, ns: str, f: RuleFilter, user: dict[str, Any], wh
                      denominator=(fraction or {}).get("denominator", 100))
     if len(invalid) > before:
         return replace(f, claimed_by=NAME)
-    try:
-        cfg: HTTPFilter = msgspec.convert(entry, HTTPFilter)
-    except msgspec.ValidationError as exc:
-        invalid.append(str(convert_error(exc, where)))
-        return replace(f, claimed_by=NAME)
-    errs = proxy_filters.errors(cfg, where)
-    if errs:
-        invalid.extend(str(e) for e in errs)
-        return replace(f, claimed_by=NAME)
-    return replace(f, claimed_by=NAME, config=cfg)
+    return claim_filter(f, NAME, entry, where, invalid)
 
 
 def _rule(mesh: MeshModel, ns: str, r: Rule, invalid: list[str]) -> Rule:
