@@ -279,3 +279,16 @@ async def cut_off(reader: asyncio.StreamReader, seconds: float = 3.0) -> bool:
         except ConnectionError:
             pass
     return True
+
+
+def named_origin(name: bytes) -> Handler:
+    """Keep-alive HTTP/1.1: records each request head and answers 200 with `name` as the body, so
+    a test sees which origin a request reached."""
+    async def handler(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            head = await r.readuntil(b"\r\n\r\n")
+            srv.requests.append(head)
+            w.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%b" % (len(name), name))
+            await w.drain()
+
+    return handler

@@ -6,51 +6,20 @@ patches for one resource, two additions at one position) is refused, never half-
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from tests.integration.dataplane.test_agent_contract import NewerControlPlane, config, get
+from tests.support.newer_cp import AgentOnV1, agent_on_v1, get
 from tests.support.proxy import free_port
 
-from tulle.dataplane.agent import Agent
-from tulle.dataplane.server import ProxyServer
-from tulle.proxyconfig.stream import Ack, Nack, Pong, WorkloadInfo
-
-
-@dataclass
-class Stream:
-    cp: NewerControlPlane
-    proxy: ProxyServer
-    listen: int
-    origin: int
+from tulle.proxyconfig.stream import Ack, Nack, Pong
 
 
 @pytest.fixture
-async def stream(origin: int) -> AsyncIterator[Stream]:
-    listen = free_port()
-    cp = NewerControlPlane()
-    srv = await asyncio.start_server(cp.serve, "127.0.0.1", 0)
-    proxy = ProxyServer()
-    agent = Agent(proxy, [("127.0.0.1", srv.sockets[0].getsockname()[1])],
-                  WorkloadInfo(name="web-0", namespace="shop"),
-                  backoff_initial=0.01, backoff_max=0.05)
-    task = asyncio.create_task(agent.run())
-    try:
-        async with asyncio.timeout(5):
-            await cp.connected.wait()
-        assert await cp.send({"type": "snapshot", "version": "v1",
-                              "config": config("v1", listen, origin)}) == Ack(version="v1")
-        yield Stream(cp, proxy, listen, origin)
-    finally:
-        agent.stop()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await proxy.close()
-        srv.close()
-        await srv.wait_closed()
+async def stream(origin: int) -> AsyncIterator[AgentOnV1]:
+    async with agent_on_v1(origin) as a:
+        yield a
 
 
 def vhost(name: str, prefix: str) -> dict[str, Any]:
@@ -101,7 +70,7 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
 @pytest.mark.parametrize(("delta", "path", "why"), [b[1:] for b in BAD],
                          ids=[b[0] for b in BAD])
 async def test_a_delta_that_does_not_fit_is_nacked_with_its_path(
-        stream: Stream, delta: dict[str, Any], path: str, why: str) -> None:
+        stream: AgentOnV1, delta: dict[str, Any], path: str, why: str) -> None:
     cp = stream.cp
     nack = await cp.send({"type": "delta",
                           "delta": {"version": "v2", "base_version": "v1", **delta}})
@@ -116,7 +85,7 @@ async def test_a_delta_that_does_not_fit_is_nacked_with_its_path(
 
 
 async def test_removing_and_re_adding_in_one_delta_replaces_the_resource(
-        stream: Stream) -> None:
+        stream: AgentOnV1) -> None:
     """Well defined, so taken: the removed cluster comes back with the new endpoints."""
     cp = stream.cp
     dead = free_port()

@@ -15,13 +15,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from tests.integration.dataplane.test_agent_contract import NewerControlPlane, config
 from tests.support.h2peers import H2Client
-from tests.support.proxy import RunningProxy, free_port, running_proxy
+from tests.support.newer_cp import agent_on_v1, config
+from tests.support.proxy import RunningProxy, running_proxy
 
-from tulle.dataplane.agent import Agent
-from tulle.dataplane.server import ProxyServer
-from tulle.proxyconfig.stream import Ack, Nack, WorkloadInfo
+from tulle.proxyconfig.stream import Nack
 
 
 def stamped(name: str, *matches: dict[str, Any], cluster: str = "app") -> dict[str, Any]:
@@ -159,19 +157,8 @@ async def test_route_state_survives_a_swap_of_another_route_and_resets_when_it_c
 
 async def test_a_route_regex_the_proxy_cannot_run_safely_is_nacked_with_its_path(
         origin: int) -> None:
-    listen = free_port()
-    cp = NewerControlPlane()
-    srv = await asyncio.start_server(cp.serve, "127.0.0.1", 0)
-    proxy = ProxyServer()
-    agent = Agent(proxy, [("127.0.0.1", srv.sockets[0].getsockname()[1])],
-                  WorkloadInfo(name="web-0", namespace="shop"),
-                  backoff_initial=0.01, backoff_max=0.05)
-    task = asyncio.create_task(agent.run())
-    try:
-        async with asyncio.timeout(5):
-            await cp.connected.wait()
-        assert await cp.send({"type": "snapshot", "version": "v1",
-                              "config": config("v1", listen, origin)}) == Ack(version="v1")
+    async with agent_on_v1(origin) as a:
+        cp, proxy, listen = a.cp, a.proxy, a.listen
         v2 = config("v2", listen, origin)
         v2["route_tables"][0]["virtual_hosts"][0]["rules"][0]["matches"] = [
             {"path": {"type": "RegularExpression", "value": "/(a+)+$"}},
@@ -191,10 +178,3 @@ async def test_a_route_regex_the_proxy_cannot_run_safely_is_nacked_with_its_path
         assert proxy.config.version == "v1"
         async with aiohttp.ClientSession() as s, s.get(f"http://127.0.0.1:{listen}/echo") as r:
             assert r.status == 200
-    finally:
-        agent.stop()
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await proxy.close()
-        srv.close()
-        await srv.wait_closed()

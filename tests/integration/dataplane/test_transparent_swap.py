@@ -23,22 +23,11 @@ import pytest
 from tests.support.h2peers import H2Client
 from tests.support.proxy import RunningProxy, running_proxy
 from tests.support.rawhttp import RawClient
-from tests.support.rawservers import RawServer, raw_server
+from tests.support.rawservers import RawServer, named_origin, raw_server
 
 from tulle.dataplane.listeners import detect
 
 DESTINATION = ("10.9.9.9", 80)
-
-
-def named_origin(name: bytes) -> Any:
-    async def handler(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        while True:
-            head = await r.readuntil(b"\r\n\r\n")
-            srv.requests.append(head)
-            w.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%b" % (len(name), name))
-            await w.drain()
-
-    return handler
 
 
 def config(a: int, b: int, *, table_to: str = "a", rule: dict[str, Any] | None = None,
