@@ -16,7 +16,7 @@ from tests.support.proxy import RunningProxy, running_proxy
 from tests.support.rawhttp import RawClient
 from tests.support.rawservers import RawServer, named_origin, raw_server
 
-from tulle.dataplane.listeners import chain_accept
+from tulle.dataplane.listeners import detect
 
 DESTINATION = ["10.9.9.9", 80]
 
@@ -57,7 +57,8 @@ def config(a: int, b: int, db: int, *, web_to: str = "a", web_name: str = "web",
 @pytest.fixture
 async def setup(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[
         tuple[RunningProxy, RawServer, RawServer, RawServer]]:
-    monkeypatch.setattr(chain_accept, "original_destination", lambda sock: tuple(DESTINATION))
+    # ChainAccept looks the original destination up through `detect.Deciding`.
+    monkeypatch.setattr(detect, "original_destination", lambda sock: tuple(DESTINATION))
     async with (raw_server(named_origin(b"A")) as a, raw_server(named_origin(b"B")) as b,
                 raw_server(greeter) as db,
                 running_proxy(config(a.port, b.port, db.port)) as p):

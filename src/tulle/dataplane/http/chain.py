@@ -227,39 +227,26 @@ class ChainRun:
         """Run the request-head hooks (from the `start`-th that has one).  True: go on now.
         False: answered (the port's `filter_reply` was called) or stopped (`filters_continue`
         follows on resume)."""
-        filters = self.filters
-        order = self.chain.request_heads
-        for i in order[start:] if start else order:
-            self._in_hook = True
-            try:
-                r = filters[i].on_request_head(self)
-            except Exception as exc:
-                self._in_hook = False
-                self._failed(i, exc)
-                return False
-            self._in_hook = False
-            if self.answered:
-                self._answer()
-                return False
-            if r == STOP:
-                self.index = order.index(i)
-                self.stopped = True
-                return False
-            if r != CONTINUE:
-                self._failed(i, ValueError(f"on_request_head returned {r}"))
-                return False
-        return True
+        return self._heads(self.chain.request_heads, start,
+                           lambda f: f.on_request_head(self), "on_request_head", None)
 
     def response_head(self, head: ResponseHead, start: int = 0) -> bool:
         """Run the response-head hooks (last filter first, from the `start`-th that has one).
         True: go on now.  False: answered, or stopped (`response_continue` follows on
         resume)."""
+        return self._heads(self.chain.response_heads, start,
+                           lambda f: f.on_response_head(self, head), "on_response_head", head)
+
+    def _heads(self, order: tuple[int, ...], start: int, hook: Callable[[HttpFilter], int],
+               name: str, held: ResponseHead | None) -> bool:
+        """The head hooks of `order` (from the `start`-th): the one loop behind `request_head`
+        and `response_head`.  A STOP keeps `held` (the response head; None for the request's)
+        until `resume`."""
         filters = self.filters
-        order = self.chain.response_heads
         for i in order[start:] if start else order:
             self._in_hook = True
             try:
-                r = filters[i].on_response_head(self, head)
+                r = hook(filters[i])
             except Exception as exc:
                 self._in_hook = False
                 self._failed(i, exc)
@@ -271,10 +258,10 @@ class ChainRun:
             if r == STOP:
                 self.index = order.index(i)
                 self.stopped = True
-                self.response = head
+                self.response = held
                 return False
             if r != CONTINUE:
-                self._failed(i, ValueError(f"on_response_head returned {r}"))
+                self._failed(i, ValueError(f"{name} returned {r}"))
                 return False
         return True
 

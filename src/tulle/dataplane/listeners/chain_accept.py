@@ -36,14 +36,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from tulle.dataplane.listeners.chains import ChainRule, by_destination, by_hello
-from tulle.dataplane.listeners.context import Connection, ListenerContext, ListenerHandle, reset
-from tulle.dataplane.listeners.detect import handover
+from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle
+from tulle.dataplane.listeners.detect import Deciding, handover
 from tulle.dataplane.listeners.http1 import H1Downstream
 from tulle.dataplane.network.relay import Target, relay
 from tulle.dataplane.protocols.clienthello import ClientHelloReader
 from tulle.dataplane.protocols.detect import MAX_SNIFF_BYTES, detect, undecided
 from tulle.dataplane.security.spiffe import TCP_ALPN
-from tulle.net.origdst import original_destination
 
 if TYPE_CHECKING:
     from tulle.dataplane.listeners.tls import Starter
@@ -60,43 +59,28 @@ def _set_scheme(proto: asyncio.Protocol, scheme: bytes) -> None:
         proto.codec._scheme = scheme
 
 
-class ChainAccept(asyncio.Protocol, Connection):
+class ChainAccept(Deciding):
     """A connection whose filter chain is not chosen yet (see the module docstring)."""
 
     def __init__(self, handle: ListenerHandle) -> None:
-        self.handle = handle
-        self.ctx: ListenerContext = handle.ctx
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
-        self.buffer = b""
+        super().__init__(handle)
         self.destination: tuple[str, int] = ("", 0)
         self.candidates: list[ChainRule] = []
         self.chain: ChainRule | None = None
         """Chosen for a plaintext `auto` connection whose protocol is still being sniffed."""
         self.hello: ClientHelloReader | None = None
-        self.deadline = 0.0
-        self._timer: asyncio.TimerHandle | None = None
-        self._done = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = t = cast(asyncio.Transport, transport)
-        ctx = self.ctx
-        if not self.handle.connection_opened(self):
-            self._done = True
-            self.transport = None
-            reset(t)
+        t = cast(asyncio.Transport, transport)
+        if not self._opened(t):
             return
+        ctx = self.ctx
         local = t.get_extra_info("sockname")
         if ctx.cfg.mode == "transparent":
-            sock = t.get_extra_info("socket")
-            dst = original_destination(sock) if sock is not None else None
+            dst = self._original_destination(t, local)
             if dst is None:
-                self._refuse("no_original_destination")
-                return
-            if local is not None and dst == (str(local[0]), int(local[1])):
-                self._refuse("loop")
                 return
             self.destination = dst
         elif local is not None:
@@ -146,17 +130,7 @@ class ChainAccept(asyncio.Protocol, Connection):
             return False
         t = self.transport
         self._plaintext(final=True)
-        successor = t.get_protocol() if t is not None else None
-        if successor is None or successor is self:
-            return False
-        return bool(successor.eof_received())  # type: ignore[attr-defined]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._done:
-            return
-        self._finish()
-        self.transport = None
-        self.handle.connection_closed(self)
+        return self._eof_to_successor(t)
 
     # -- decisions -----------------------------------------------------------------------
 
@@ -288,43 +262,6 @@ class ChainAccept(asyncio.Protocol, Connection):
         self._pass(lambda t, initial: relay(self.handle, t, initial, target, dst,
                                             network=network))
 
-    def _pass(self, start: Callable[[asyncio.Transport, bytes], object]) -> None:
-        t = self.transport
-        if t is None:
-            return
-        initial = self.buffer
-        self.buffer = b""
-        self._finish()
-        self.transport = None
-        self.handle.hand_over(self)
-        start(t, initial)
-
-    def _refuse(self, kind: str) -> None:
-        self.ctx.protocol_error(kind)
-        self.abort()
-
-    def _count(self, what: str) -> None:
-        self.ctx.metrics.protocol_detected.labels(self.ctx.name, what).value += 1
-
     def _finish(self) -> None:
-        self._done = True
+        super()._finish()
         self.hello = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    # -- Connection ----------------------------------------------------------------------
-
-    def on_deadline(self, now: float) -> None:
-        pass
-
-    def start_drain(self) -> None:
-        self.abort()  # nothing in flight yet
-
-    def abort(self) -> None:
-        t = self.transport
-        self._finish()
-        self.transport = None
-        self.handle.connection_closed(self)
-        if t is not None:
-            t.abort()

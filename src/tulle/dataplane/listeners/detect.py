@@ -75,8 +75,10 @@ def handover(transport: asyncio.Transport, protocol: asyncio.Protocol, initial: 
         protocol.data_received(initial)
 
 
-class DetectDownstream(asyncio.Protocol, Connection):
-    """A connection whose driver is not chosen yet."""
+class Deciding(asyncio.Protocol, Connection):
+    """A connection whose driver is not chosen yet: the life cycle `DetectDownstream` and
+    `listeners.chain_accept.ChainAccept` share (opening, the original destination, hand-over,
+    refusal, close).  Subclasses decide; `_finish` is where they drop what deciding held."""
 
     def __init__(self, handle: ListenerHandle) -> None:
         self.handle = handle
@@ -84,33 +86,110 @@ class DetectDownstream(asyncio.Protocol, Connection):
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.buffer = b""
-        self.destination: tuple[str, int] | None = None
-        self.rule: DestinationRule | None = None
         self.deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._done = False
 
+    def _opened(self, t: asyncio.Transport) -> bool:
+        """`connection_made`'s first step: counted in, or (over the listener's limit) reset."""
+        self.transport = t
+        if self.handle.connection_opened(self):
+            return True
+        self._done = True
+        self.transport = None
+        reset(t)
+        return False
+
+    def _original_destination(self, t: asyncio.Transport,
+                              local: tuple[str, int] | None) -> tuple[str, int] | None:
+        """Where a transparent connection was going; None (refused) when unknown or a loop."""
+        sock = t.get_extra_info("socket")
+        dst = original_destination(sock) if sock is not None else None
+        if dst is None:
+            self._refuse("no_original_destination")
+            return None
+        if local is not None and dst == (str(local[0]), int(local[1])):
+            self._refuse("loop")
+            return None
+        return dst
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._done:
+            return
+        self._finish()
+        self.transport = None
+        self.handle.connection_closed(self)
+
+    def _eof_to_successor(self, t: asyncio.Transport | None) -> bool:
+        """After a decision on EOF: the kernel reports the EOF again to whoever reads the
+        socket next, so the successor (if one took the transport) hears it now."""
+        successor = t.get_protocol() if t is not None else None
+        if successor is None or successor is self:
+            return False
+        return bool(successor.eof_received())  # type: ignore[attr-defined]
+
+    def _pass(self, start: Callable[[asyncio.Transport, bytes], object]) -> None:
+        t = self.transport
+        if t is None:
+            return
+        initial = self.buffer
+        self.buffer = b""
+        self._finish()
+        self.transport = None
+        self.handle.hand_over(self)
+        start(t, initial)
+
+    def _refuse(self, kind: str) -> None:
+        self.ctx.protocol_error(kind)
+        self.abort()
+
+    def _count(self, protocol: str) -> None:
+        self.ctx.metrics.protocol_detected.labels(self.ctx.name, protocol).value += 1
+
+    def _finish(self) -> None:
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    # -- Connection ----------------------------------------------------------------------
+
+    def on_deadline(self, now: float) -> None:
+        pass
+
+    def start_drain(self) -> None:
+        self.abort()  # nothing in flight yet
+
+    def abort(self) -> None:
+        t = self.transport
+        self._finish()
+        self.transport = None
+        self.handle.connection_closed(self)
+        if t is not None:
+            t.abort()
+
+
+class DetectDownstream(Deciding):
+    """A connection whose driver is not chosen yet."""
+
+    def __init__(self, handle: ListenerHandle) -> None:
+        super().__init__(handle)
+        self.destination: tuple[str, int] | None = None
+        self.rule: DestinationRule | None = None
+
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = t = cast(asyncio.Transport, transport)
+        t = cast(asyncio.Transport, transport)
+        if not self._opened(t):
+            return
         ctx = self.ctx
         cfg = ctx.cfg
-        if not self.handle.connection_opened(self):
-            self._done = True
-            self.transport = None
-            reset(t)
-            return
         local = t.get_extra_info("sockname")
         protocol: str = cfg.protocol
         if cfg.mode == "transparent":
-            sock = t.get_extra_info("socket")
-            dst = original_destination(sock) if sock is not None else None
+            dst = self._original_destination(t, local)
             if dst is None:
-                self._refuse("no_original_destination")
-                return
-            if local is not None and dst == (str(local[0]), int(local[1])):
-                self._refuse("loop")
                 return
             self.destination = dst
             rule = self.rule = ctx.destination_for(*dst)
@@ -158,17 +237,7 @@ class DetectDownstream(asyncio.Protocol, Connection):
         t = self.transport
         self._count("partial")
         self._decide(undecided(self.buffer))
-        successor = t.get_protocol() if t is not None else None
-        if successor is None or successor is self:
-            return False
-        return bool(successor.eof_received())  # type: ignore[attr-defined]
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._done:
-            return
-        self._finish()
-        self.transport = None
-        self.handle.connection_closed(self)
+        return self._eof_to_successor(t)
 
     # -- decisions -----------------------------------------------------------------------
 
@@ -235,43 +304,3 @@ class DetectDownstream(asyncio.Protocol, Connection):
     def _relay(self, target: Target) -> None:
         dst = self.destination if self.ctx.cfg.mode == "transparent" else None
         self._pass(lambda t, initial: relay(self.handle, t, initial, target, dst))
-
-    def _pass(self, start: Callable[[asyncio.Transport, bytes], object]) -> None:
-        t = self.transport
-        if t is None:
-            return
-        initial = self.buffer
-        self.buffer = b""
-        self._finish()
-        self.transport = None
-        self.handle.hand_over(self)
-        start(t, initial)
-
-    def _refuse(self, kind: str) -> None:
-        self.ctx.protocol_error(kind)
-        self.abort()
-
-    def _count(self, protocol: str) -> None:
-        self.ctx.metrics.protocol_detected.labels(self.ctx.name, protocol).value += 1
-
-    def _finish(self) -> None:
-        self._done = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    # -- Connection ----------------------------------------------------------------------
-
-    def on_deadline(self, now: float) -> None:
-        pass
-
-    def start_drain(self) -> None:
-        self.abort()  # nothing in flight yet
-
-    def abort(self) -> None:
-        t = self.transport
-        self._finish()
-        self.transport = None
-        self.handle.connection_closed(self)
-        if t is not None:
-            t.abort()

@@ -138,11 +138,12 @@ _NOT_INDEXED = _SECURE | _UNIQUE
 _SPACE = (0x20, 0x09)
 
 
-def _filtered(headers: Headers) -> Headers:
-    """Regular fields of an exchange head as HTTP/2 sends them (rule 5)."""
+def _filtered(headers: Headers, trailers: bool = False) -> Headers:
+    """Regular fields of an exchange head as HTTP/2 sends them (rule 5); `trailers`: of a
+    trailer section, where even `te: trailers` is dropped (`encode_trailers`)."""
     out: Headers = []
     for n, raw in headers:
-        if n[:1] == b":" or (n in _OUT_SKIP and (n != b"te" or raw != b"trailers")):
+        if n[:1] == b":" or (n in _OUT_SKIP and (trailers or n != b"te" or raw != b"trailers")):
             continue
         v = raw.strip(b" \t") if raw and (raw[0] in _SPACE or raw[-1] in _SPACE) else raw
         if n in _NOT_INDEXED or (n == b"cookie" and len(v) < 20):
@@ -177,18 +178,8 @@ def encode_response(head: ResponseHead) -> Headers:
 
 def encode_trailers(headers: Headers) -> Headers:
     """A trailer section as HTTP/2 sends it: `_filtered`, and never `te` (its one legitimate
-    value, `trailers`, means nothing after the body).  One loop, not `_filtered` plus a second
-    pass: it runs once per gRPC exchange."""
-    out: Headers = []
-    for n, raw in headers:
-        if n[:1] == b":" or n in _OUT_SKIP:
-            continue
-        v = raw.strip(b" \t") if raw and (raw[0] in _SPACE or raw[-1] in _SPACE) else raw
-        if n in _NOT_INDEXED or (n == b"cookie" and len(v) < 20):
-            out.append(NeverIndexedHeaderTuple(n, v))
-        else:
-            out.append((n, v))
-    return out
+    value, `trailers`, means nothing after the body)."""
+    return _filtered(headers, trailers=True)
 
 
 def decode_trailers(headers: list[tuple[bytes, bytes]]) -> Headers | None:
