@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 from cryptography import x509
 from tests.support.certs import self_signed
-from tests.support.controlplane import named_origin
+from tests.support.controlplane import eventually, named_origin
 from tests.support.origin import running_origin
 from tests.support.proxy import running_proxy
 from tests.support.rawhttp import RawClient
@@ -133,7 +133,12 @@ async def test_sni_selects_the_chain_its_certificate_and_its_origin(
             c.send("GET", "/who")
             r = await c.response()
             assert (r.status, json.loads(r.body)["name"]) == (200, name)
+            # The connection's facts carry the server name the chain was chosen by.
+            drivers = [x for x in p.server.listeners["edge"].connections if hasattr(x, "facts")]
+            assert [(d.facts.tls, d.facts.sni) for d in drivers] == [(True, sni)]
             c.writer.close()
+            await c.writer.wait_closed()
+            await eventually(lambda: not p.server.listeners["edge"].connections)
         async with AsyncExitStack() as stack:  # x-forwarded-proto is the chain's scheme
             echo = await stack.enter_async_context(running_origin())
             cfg["clusters"][0] = cluster("a", echo)

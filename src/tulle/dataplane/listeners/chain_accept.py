@@ -50,15 +50,6 @@ if TYPE_CHECKING:
 _TLS_RECORD = 0x16
 
 
-def _set_scheme(proto: asyncio.Protocol, scheme: bytes) -> None:
-    """The scheme of an HTTP/1 connection's requests (x-forwarded-proto) is its chain's, not
-    the listener's: the codec took the listener's (`ListenerContext.scheme`) when it was built.
-    (HTTP/2 requests carry `:scheme`.)  Guarded by tests/integration/dataplane/
-    test_filter_chains.py; the request-stream driver split should take it as a parameter."""
-    if isinstance(proto, H1Downstream):
-        proto.codec._scheme = scheme
-
-
 class ChainAccept(Deciding):
     """A connection whose filter chain is not chosen yet (see the module docstring)."""
 
@@ -69,6 +60,8 @@ class ChainAccept(Deciding):
         self.chain: ChainRule | None = None
         """Chosen for a plaintext `auto` connection whose protocol is still being sniffed."""
         self.hello: ClientHelloReader | None = None
+        self.sni = ""
+        """The ClientHello's server name (for the connection's facts)."""
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -117,6 +110,7 @@ class ChainAccept(Deciding):
         if got.status == "not_tls":
             self._plaintext()
         elif got.status == "hello":
+            self.sni = got.sni or ""
             self._chosen(by_hello(self.candidates, "tls", got.sni, got.alpn), tls=True)
         else:
             self._refuse(f"tls_client_hello_{got.status}")
@@ -194,8 +188,7 @@ class ChainAccept(Deciding):
             self._relay_chain(chain)
             return
         proto = driver(self.handle)
-        proto.route_by_chain(chain.name)
-        _set_scheme(proto, b"http")
+        proto.route_by_chain(chain.name, b"http")
         self._pass(lambda t, initial: handover(t, proto, initial))
 
     @staticmethod
@@ -219,8 +212,7 @@ class ChainAccept(Deciding):
                 return self._tls_relay(chain)
             driver = self._driver("http2" if alpn == "h2" else "http1") or H1Downstream
             proto = driver(handle)
-            proto.route_by_chain(name)
-            _set_scheme(proto, b"https")
+            proto.route_by_chain(name, b"https", self.sni)
             return proto
 
         assert chain.tls_ref is not None

@@ -384,6 +384,8 @@ class RoutedConnection(Connection):
     chain that does (`route_by_chain`); None: the listener's own `route_table` / `cluster`
     do."""
     deadline_kind: str = ""
+    sni: str = ""
+    """The ClientHello's server name, when a filter chain chose this connection by it."""
 
     def init_routing(self, handle: ListenerHandle, router: Router | None = None,
                      cluster: str | None = None) -> None:
@@ -402,10 +404,13 @@ class RoutedConnection(Connection):
         self.route_key = destination
         self._resolve(self.handle.ctx)
 
-    def route_by_chain(self, name: str) -> None:
+    def route_by_chain(self, name: str, scheme: bytes = b"", sni: str = "") -> None:
         """Route this connection by the listener's filter chain called `name`, in this and
-        every later snapshot (`listeners.chains`)."""
+        every later snapshot (`listeners.chains`).  `scheme`: the chain's (`https` when it
+        terminates TLS), which an HTTP/1 driver gives its requests instead of the listener's;
+        `sni`: the server name of the ClientHello the chain was chosen by (`facts.sni`)."""
         self.route_key = name
+        self.sni = sni
         self._resolve(self.handle.ctx)
 
     def follow_snapshot(self) -> None:

@@ -88,6 +88,11 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         self.deadline = 0.0
         self.deadline_kind = ""
 
+    def route_by_chain(self, name: str, scheme: bytes = b"", sni: str = "") -> None:
+        super().route_by_chain(name, scheme, sni)
+        if scheme:
+            self.codec.scheme = scheme  # the chain's, not the listener's (x-forwarded-proto)
+
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -95,6 +100,7 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         transport.set_write_buffer_limits(high=self.ctx.high_water)
         ctx = self.ctx
         self.facts = facts = facts_for(transport, ctx.name, ctx.cfg.direction, self.peer_ip)
+        facts.sni = self.sni
         key = self.route_key
         if isinstance(key, tuple):  # (a transparent listener's original destination)
             facts.original_dst = key

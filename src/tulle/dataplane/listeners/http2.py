@@ -114,6 +114,7 @@ class H2Downstream(asyncio.Protocol, RoutedConnection):
         transport.set_write_buffer_limits(high=self.ctx.high_water)
         ctx = self.ctx
         self.facts = facts = facts_for(transport, ctx.name, ctx.cfg.direction, self.peer_ip)
+        facts.sni = self.sni
         key = self.route_key
         if isinstance(key, tuple):  # (a transparent listener's original destination)
             facts.original_dst = key

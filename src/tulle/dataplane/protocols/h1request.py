@@ -53,14 +53,15 @@ class RequestCodec(_Bounds):
     __slots__ = ("_chunked", "_cl", "_done_head", "_fed", "_feed_start", "_good_host",
                  "_handler", "_head_bytes", "_headers", "_held", "_in_message", "_last_end", "_limit",
                  "_msg_start",
-                 "_parser", "_resume", "_scheme", "_url", "head_started", "upgrade_offset_data")
+                 "_parser", "_resume", "_url", "head_started", "scheme", "upgrade_offset_data")
 
     def __init__(self, handler: RequestHandler, max_header_bytes: int,
                  scheme: bytes = b"http", *, limits: H1Limits = DEFAULT_LIMITS) -> None:
         self._handler: RequestHandler | None = handler
         self._limit = max_header_bytes
         self._set_limits(limits)
-        self._scheme = scheme
+        self.scheme = scheme
+        """What requests on this connection carry as their scheme (`http`, `https`)."""
         self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
         self._head_bytes = 0
         self._fed = 0
@@ -288,7 +289,7 @@ class RequestCodec(_Bounds):
                 self._start_chunked(-1, None)
             else:
                 self._start_chunked(len(method) + len(self._url) + 14, self._headers)
-        head = RequestHead(method, url, authority, self._scheme, out, cl, version, upgrade)
+        head = RequestHead(method, url, authority, self.scheme, out, cl, version, upgrade)
         has_body = chunked or (cl is not None and cl > 0)
         handler = self._handler
         assert handler is not None
