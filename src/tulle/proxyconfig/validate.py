@@ -325,6 +325,10 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
     for i, c in enumerate(cfg.clusters):
         if c.unresolved and c.endpoints:
             out.append(FieldError(f"clusters[{i}].endpoints", "an unresolved cluster has none"))
+        if c.protocol == "tcp" and c.limits is not None:
+            # The TCP relay does not count against them yet: refused, never ignored.
+            out.append(FieldError(f"clusters[{i}].limits", "not enforced on a tcp cluster (the "
+                                  "TCP relay takes no cluster limits yet)"))
         if c.tls is not None and c.tls.cert_file and not c.tls.key_file:
             out.append(FieldError(f"clusters[{i}].tls.key_file", "required with cert_file"))
         if c.tls is not None:

@@ -186,3 +186,12 @@ def test_a_bad_method_or_header_name_is_a_structural_error() -> None:
     p = "route_tables[0].virtual_hosts[0].rules[0].matches[0]"
     assert errors[0].startswith(f"{p}.headers[0].name: must match")
     assert errors[1].startswith(f"{p}.method: ")
+
+
+def test_cluster_limits_are_refused_on_a_tcp_cluster_whose_relay_does_not_take_them() -> None:
+    limits = {"max_connections": 10}
+    assert errors_of({"clusters": [{"name": "db", "protocol": "tcp", "limits": limits}]}) == [
+        "clusters[0].limits: not enforced on a tcp cluster (the TCP relay takes no cluster "
+        "limits yet)"]
+    cfg = validate({"clusters": [{"name": "web", "protocol": "http1", "limits": limits}]})
+    assert cfg.clusters[0].limits is not None and cfg.clusters[0].limits.max_connections == 10
