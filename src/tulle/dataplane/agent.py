@@ -28,16 +28,23 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import msgspec
 
-from tulle.dataplane.identity import HeldIdentity, ReservedSection, WorkloadKey, check_reserved
+from tulle.dataplane.identity import (
+    HeldIdentity,
+    ReservedSection,
+    WorkloadKey,
+    check_reserved,
+    inject,
+)
 from tulle.dataplane.server import ApplyError, ProxyServer
 from tulle.proxyconfig import features
 from tulle.proxyconfig.delta import DeltaError
 from tulle.proxyconfig.model import CONFIG_API_VERSION, ProxyConfig
+from tulle.proxyconfig.reserved import workload_identity
 from tulle.proxyconfig.stream import (
     Ack,
     Certificate,
@@ -52,6 +59,7 @@ from tulle.proxyconfig.stream import (
     Ping,
     Pong,
     Snapshot,
+    WorkloadCredential,
     WorkloadInfo,
     apply_checked,
     decode_delta,
@@ -88,7 +96,8 @@ class Agent:
                  token: str = "", backoff_initial: float = 0.1, backoff_max: float = 5.0,
                  idle_timeout: float = 40.0,
                  features: Sequence[str] = features.SUPPORTED,
-                 workloads: Sequence[WorkloadInfo] = ()) -> None:
+                 workloads: Sequence[WorkloadInfo] = (),
+                 node_tokens: Mapping[str, str] | None = None) -> None:
         if not addresses:
             raise ValueError("at least one control-plane address is needed")
         self.server = server
@@ -119,6 +128,11 @@ class Agent:
         self.renewals = 0
         self.identity_changed = asyncio.Event()
         """Set whenever a new certificate is in force (tests wait on it)."""
+        self.node_tokens = dict(node_tokens or {})
+        """Bootstrap tokens of the further `workloads`, by `namespace/name` (ADR 0032)."""
+        self.node_held: dict[str, HeldIdentity] = {}
+        """The further workloads' certificates in force, by `namespace/name`."""
+        self._node_pending: dict[str, WorkloadKey] = {}
 
     async def start_from_cache(self) -> bool:
         """Serve the cached snapshot, if any, before the control plane is reachable."""
@@ -176,18 +190,64 @@ class Agent:
                 auth["csr"] = self._pending_key.csr(w.namespace, w.name)
         return Hello(workload=w, last_version=self.current.version if self.current else "",
                      api_versions=[CONFIG_API_VERSION], features=self.features,
-                     workloads=self.workloads, **auth)  # type: ignore[arg-type]
+                     workloads=self.workloads, credentials=self._node_credentials(),
+                     **auth)  # type: ignore[arg-type]
+
+    def _node_credentials(self) -> list[WorkloadCredential]:
+        """How this node proves each further workload: its certificate and a proof when it
+        holds one, else its bootstrap token with a CSR for a fresh key."""
+        out = []
+        self._node_pending.clear()  # a new stream: what the last one asked for is void
+        for w in self.workloads:
+            k = f"{w.namespace}/{w.name}"
+            held = self.node_held.get(k)
+            if held is None:
+                self._node_pending[k] = key = WorkloadKey()
+                out.append(WorkloadCredential(namespace=w.namespace, name=w.name,
+                                              token=self.node_tokens.get(k, ""),
+                                              csr=key.csr(w.namespace, w.name)))
+                continue
+            at = int(time.time())  # noqa: TID251 - wall clock, compared with the CP's
+            out.append(WorkloadCredential(namespace=w.namespace, name=w.name,
+                                          certificate=held.cert.cert_chain, proof_time=at,
+                                          proof=held.key.proof(w.namespace, w.name, at)))
+        return out
+
+    def _held_all(self) -> list[HeldIdentity]:
+        """Every certificate in force: the proxy's own first, then the node's others."""
+        return ([self.held] if self.held else []) + list(self.node_held.values())
+
+    def _renew_node(self, writer: asyncio.StreamWriter) -> float:
+        """Send a renewal CSR for each further workload whose certificate is due (and not
+        already asked for); the seconds until the next one is due."""
+        now = time.time()  # noqa: TID251 - wall clock vs cert times
+        wait = float("inf")
+        for k, held in self.node_held.items():
+            if k in self._node_pending:
+                continue
+            due = held.renew_at() - now
+            if due > 0:
+                wait = min(wait, due)
+                continue
+            ns, _, name = k.partition("/")
+            self._node_pending[k] = key = WorkloadKey()
+            writer.write(encode(Csr(csr=key.csr(ns, name), workload=k)))
+        return wait
 
     async def _renew_when_due(self, writer: asyncio.StreamWriter) -> None:
         """Send a renewal CSR at about half the certificate's lifetime (once per certificate;
         the next one is scheduled when the new certificate arrives)."""
         while not self._stop:
+            node_wait = self._renew_node(writer)
             held = self.held
             if held is None:
-                await self.identity_changed.wait()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.identity_changed.wait(),
+                                           timeout=min(node_wait, 86400.0))
                 self.identity_changed.clear()
                 continue
-            delay = held.renew_at() - time.time()  # noqa: TID251 - wall clock vs cert times
+            delay = min(held.renew_at() - time.time(),  # noqa: TID251 - wall clock vs cert
+                        node_wait)
             if delay > 0:
                 self.identity_changed.clear()
                 with contextlib.suppress(TimeoutError):
@@ -200,19 +260,32 @@ class Agent:
             await self.identity_changed.wait()
 
     async def _take_certificate(self, msg: Certificate) -> None:
-        key = self._pending_key
-        if key is None:
-            log.warning("ignoring a certificate this proxy did not ask for")
-            return
-        self._pending_key = None
-        renewed = self.held is not None
-        self.held = HeldIdentity(key, msg)
+        if msg.workload:
+            nkey = self._node_pending.pop(msg.workload, None)
+            if nkey is None:
+                log.warning("ignoring a certificate for %s this proxy did not ask for",
+                            msg.workload)
+                return
+            renewed = msg.workload in self.node_held
+            ns, _, name = msg.workload.partition("/")
+            self.node_held[msg.workload] = HeldIdentity(
+                nkey, msg, workload_identity(ns, name, first=False))
+        else:
+            key = self._pending_key
+            if key is None:
+                log.warning("ignoring a certificate this proxy did not ask for")
+                return
+            self._pending_key = None
+            renewed = self.held is not None
+            self.held = HeldIdentity(key, msg)
         self.renewals += renewed
-        log.info("workload certificate %s, valid until %s", "renewed" if renewed else "issued",
+        log.info("workload certificate%s %s, valid until %s",
+                 f" of {msg.workload}" if msg.workload else "",
+                 "renewed" if renewed else "issued",
                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(msg.not_after)))
         if self.current is not None:
             try:
-                await self.server.apply(self.held.inject(self.current))
+                await self.server.apply(inject(self.current, self._held_all()))
             except ApplyError as exc:
                 log.warning("the new certificate cannot be put in force: %s", exc)
         self.identity_changed.set()
@@ -280,7 +353,7 @@ class Agent:
         try:
             cfg = build(ignored)
             check_reserved(cfg)
-            await self.server.apply(self.held.inject(cfg) if self.held else cfg)
+            await self.server.apply(inject(cfg, self._held_all()))
         except ConfigError as exc:
             reason = "; ".join(str(e) for e in exc.errors)
             paths = [e.path for e in exc.errors if e.path]

@@ -8,7 +8,8 @@ identities already (ADR 0019).
 The certificate is put into every snapshot the proxy applies as the reserved sections
 `identities[name=workload]` and `trust_bundles[name=mesh]` (ADR 0028): compiled TLS settings
 refer to "this workload's identity" and "the mesh's CAs" by those names, and a snapshot that
-itself carries a section with either name is refused.
+itself carries a section with either name is refused.  A node's further workloads hold
+theirs as `workload:<namespace>/<name>` (ADR 0032; the names are in `proxyconfig/reserved.py`).
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from tulle.proxyconfig.model import Identity, ProxyConfig, TrustBundle
+from tulle.proxyconfig.reserved import MESH_BUNDLE, WORKLOAD_IDENTITY, is_reserved_identity
 from tulle.proxyconfig.stream import Certificate, hello_proof_payload
 
-WORKLOAD_IDENTITY = "workload"
-"""The reserved `identities` name of the proxy's own certificate."""
-MESH_BUNDLE = "mesh"
-"""The reserved `trust_bundles` name of the mesh CA's roots."""
+__all__ = ["MESH_BUNDLE", "WORKLOAD_IDENTITY", "HeldIdentity", "ReservedSection", "WorkloadKey",
+           "check_reserved", "inject"]
 RENEW_JITTER = 0.1
 """Renewal happens at half the lifetime, give or take this share of it."""
 
@@ -70,10 +70,11 @@ class HeldIdentity:
 
     __slots__ = ("bundle", "cert", "identity", "key")
 
-    def __init__(self, key: WorkloadKey, cert: Certificate) -> None:
+    def __init__(self, key: WorkloadKey, cert: Certificate,
+                 name: str = WORKLOAD_IDENTITY) -> None:
         self.key = key
         self.cert = cert
-        self.identity = Identity(name=WORKLOAD_IDENTITY, cert_chain_pem=cert.cert_chain,
+        self.identity = Identity(name=name, cert_chain_pem=cert.cert_chain,
                                  private_key_pem=key.pem())
         self.bundle = TrustBundle(name=MESH_BUNDLE, ca_pems=list(cert.trust_bundle))
 
@@ -88,17 +89,26 @@ class HeldIdentity:
 
     def inject(self, cfg: ProxyConfig) -> ProxyConfig:
         """`cfg` with this identity and the mesh bundle in their reserved sections."""
-        return msgspec.structs.replace(
-            cfg, identities=[*cfg.identities, self.identity],
-            trust_bundles=[*cfg.trust_bundles, self.bundle])
+        return inject(cfg, [self])
+
+
+def inject(cfg: ProxyConfig, held: list[HeldIdentity]) -> ProxyConfig:
+    """`cfg` with every held identity (a node holds one per workload, ADR 0032) and the mesh
+    bundle of the newest certificate in their reserved sections; `cfg` itself when none."""
+    if not held:
+        return cfg
+    newest = max(held, key=lambda h: h.cert.not_before)
+    return msgspec.structs.replace(
+        cfg, identities=[*cfg.identities, *(h.identity for h in held)],
+        trust_bundles=[*cfg.trust_bundles, newest.bundle])
 
 
 def check_reserved(cfg: ProxyConfig) -> None:
     """Refuse a snapshot that carries a section the proxy fills itself."""
     for i in cfg.identities:
-        if i.name == WORKLOAD_IDENTITY:
-            raise ReservedSection(f"identities[name={WORKLOAD_IDENTITY}]: reserved for the "
-                                  f"proxy's own certificate")
+        if is_reserved_identity(i.name):
+            raise ReservedSection(f"identities[name={i.name}]: reserved for the proxy's own "
+                                  f"workload certificates")
     for b in cfg.trust_bundles:
         if b.name == MESH_BUNDLE:
             raise ReservedSection(f"trust_bundles[name={MESH_BUNDLE}]: reserved for the "

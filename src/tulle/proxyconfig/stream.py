@@ -17,9 +17,11 @@ Exchange:
                         protocol, api_versions,       stream protocol version, contract
                         features, workloads,          versions, config features (features.py),
                         token | certificate+proof,    further workloads of a node; how it
-                        csr)                          proves who it is (ADR 0028)
-    cp -> proxy   Certificate(cert_chain, bundle)     the signed CSR, before any snapshot
-    proxy -> cp   Csr(csr)                            renewal, at half-life
+                        csr, credentials)             proves who it is, for each (ADR 0028,
+                                                      0032)
+    cp -> proxy   Certificate(cert_chain, bundle,     the signed CSR, before any snapshot
+                        workload)                     (one per fronted workload)
+    proxy -> cp   Csr(csr, workload)                  renewal, at half-life
     cp -> proxy   Snapshot(version, config)           full config, first and on resync
     cp -> proxy   DeltaMsg(delta)                     afterwards, against the last ACKed version
     proxy -> cp   Ack(version) | Nack(version,        for each Snapshot/Delta
@@ -82,6 +84,24 @@ class WorkloadInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     """The loopback port of the outbound listener (0: the mesh default, 15001)."""
 
 
+class WorkloadCredential(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """How a node proves it may front one more workload (`Hello.workloads`): the same two ways
+    as the hello's own workload, a bootstrap token with a CSR, or that workload's certificate
+    with a proof of its key (ADR 0032)."""
+
+    namespace: str = "default"
+    name: str
+    token: str = ""
+    csr: str = ""
+    certificate: str = ""
+    proof: str = ""
+    proof_time: int = 0
+
+    def __repr__(self) -> str:  # never print the token
+        return (f"WorkloadCredential({self.namespace}/{self.name}, "
+                f"token={'<redacted>' if self.token else ''!r})")
+
+
 class Hello(_Msg, frozen=True, tag="hello"):
     workload: WorkloadInfo
     last_version: str = ""
@@ -107,6 +127,9 @@ class Hello(_Msg, frozen=True, tag="hello"):
     """With `certificate`: base64 ECDSA signature by its key over `hello_proof_payload`."""
     proof_time: int = 0
     """Unix seconds the proof was made at (accepted within a short window)."""
+    credentials: list[WorkloadCredential] = msgspec.field(default_factory=list)
+    """One per workload of `workloads`: how this proxy proves it may front each (ADR 0032).
+    Every workload is admitted, or the hello is refused."""
 
     def __repr__(self) -> str:  # never print the token
         return (f"Hello(workload={self.workload.namespace}/{self.workload.name}, "
@@ -161,6 +184,9 @@ class Csr(_Msg, frozen=True, tag="csr"):
     """A renewal: a CSR for a new key, signed for the identity this stream was admitted as."""
 
     csr: str
+    workload: str = ""
+    """`namespace/name` of the fronted workload to renew (a node, ADR 0032); empty: the
+    hello's own workload."""
 
 
 class Certificate(_Msg, frozen=True, tag="certificate"):
@@ -173,6 +199,9 @@ class Certificate(_Msg, frozen=True, tag="certificate"):
     not_before: int = 0
     """Unix seconds it was issued at (the certificate itself starts a little earlier, for
     clock skew); the lifetime counts from here."""
+    workload: str = ""
+    """`namespace/name` of the fronted workload it is for (a node, ADR 0032); empty: the
+    hello's own workload."""
 
 
 Message = Hello | Snapshot | DeltaMsg | Ack | Nack | Ping | Pong | Error | Csr | Certificate

@@ -20,14 +20,18 @@ from tests.support.controlplane import (
     subscribe,
 )
 
+from tulle.dataplane.agent import Agent
 from tulle.dataplane.identity import WorkloadKey
+from tulle.dataplane.server import ProxyServer
 from tulle.proxyconfig.model import CONFIG_API_VERSION
 from tulle.proxyconfig.stream import (
     Certificate,
+    Csr,
     Error,
     FrameDecoder,
     Hello,
     Message,
+    WorkloadCredential,
     WorkloadInfo,
     encode,
 )
@@ -41,20 +45,32 @@ def _workload(name: str, **spec: Any) -> dict[str, Any]:
             "spec": {"address": "127.0.0.1", "serviceAccount": name, **spec}}
 
 
-async def _hello(port: int, hello: Hello) -> Message:
-    """Send one hello on a fresh connection; the first answer (Certificate or Error)."""
+async def _answers(port: int, hello: Hello, n: int, *then: Message) -> list[Message]:
+    """Send one hello on a fresh connection (and `then` after the first answer); the first
+    `n` answers, fewer when the control plane closes the stream."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    out: list[Message] = []
     try:
         writer.write(encode(hello))
         dec = FrameDecoder()
-        while True:
+        while len(out) < n:
             data = await asyncio.wait_for(reader.read(65536), timeout=5)
-            assert data, "closed without an answer"
-            msgs = dec.feed(data)
-            if msgs:
-                return msgs[0]
+            if not data:
+                break
+            had = len(out)
+            out += dec.feed(data)
+            if had == 0 and out and then:
+                writer.write(b"".join(encode(m) for m in then))
+        return out[:n]
     finally:
         writer.close()
+
+
+async def _hello(port: int, hello: Hello) -> Message:
+    """Send one hello on a fresh connection; the first answer (Certificate or Error)."""
+    got = await _answers(port, hello, 1)
+    assert got, "closed without an answer"
+    return got[0]
 
 
 def _h(name: str, **kw: Any) -> Hello:
@@ -235,3 +251,98 @@ async def test_certificate_is_renewed_at_half_life_and_reconnects_use_it() -> No
                 proxy.agent.held.cert.cert_chain
         finally:
             await proxy.stop()
+
+
+def _cn(chain: str) -> str:
+    """The subject CN: the workload a certificate is bound to (ADR 0028)."""
+    return str(_leaf(chain).subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value)
+
+
+def _node(*workloads: str, **kw: Any) -> Hello:
+    return _h("web-0", workloads=[WorkloadInfo(name=w, namespace=NS) for w in workloads], **kw)
+
+
+async def test_a_node_proves_every_workload_or_none_is_admitted() -> None:
+    """ADR 0032: a hello fronting further workloads needs a credential for each; one refused
+    credential refuses the hello and consumes no token (not even the good ones)."""
+    async with running_control_plane() as cp:
+        web, api, db = (WorkloadInfo(name=n, namespace=NS) for n in ("web-0", "api-0", "db-0"))
+        web_t, api_t, db_t = [await issue_token(cp.api_url, w) for w in (web, api, db)]
+        keys = {n: WorkloadKey() for n in ("web-0", "api-0")}
+        own = {"token": web_t, "csr": keys["web-0"].csr(NS, "web-0")}
+
+        def cred(name: str, token: str) -> WorkloadCredential:
+            return WorkloadCredential(namespace=NS, name=name, token=token,
+                                      csr=keys["api-0"].csr(NS, name))
+
+        refused = [
+            (_node("api-0", **own), "no credential for the further workload shop/api-0"),
+            (_node("api-0", credentials=[cred("api-0", db_t)], **own),
+             "is for workload shop/db-0, not shop/api-0"),
+            (_node("api-0", credentials=[cred("api-0", api_t), cred("db-0", db_t)], **own),
+             "credentials for workloads the hello does not front: shop/db-0"),
+            (_node("api-0", "api-0", credentials=[cred("api-0", api_t)], **own),
+             "named twice"),
+            (_node("web-0", **own), "named twice"),
+        ]
+        for hello, why in refused:
+            reply = await _hello(cp.stream_port, hello)
+            assert isinstance(reply, Error) and why in reply.reason, (why, reply)
+            assert not any(t in reply.reason for t in (web_t, api_t, db_t))
+        # Nothing was burnt: the same tokens admit the node, one certificate per workload.
+        got = await _answers(cp.stream_port, _node("api-0", credentials=[cred("api-0", api_t)],
+                                                   **own), 2)
+        assert [type(m) for m in got] == [Certificate, Certificate]
+        first, second = got
+        assert isinstance(first, Certificate) and isinstance(second, Certificate)
+        assert (first.workload, second.workload) == ("", "shop/api-0")
+        assert _cn(second.cert_chain) == "api-0"
+        # A node cannot renew for a workload it was not admitted for.
+        reply = await _hello(cp.stream_port, _h("db-0", token=db_t, csr=WorkloadKey().csr(
+            NS, "db-0")))
+        assert isinstance(reply, Certificate)  # db-0's token was never consumed either
+        web2 = await issue_token(cp.api_url, web)
+        got = await _answers(cp.stream_port, _h("web-0", token=web2,
+                                                csr=keys["web-0"].csr(NS, "web-0")), 2,
+                             Csr(csr=WorkloadKey().csr(NS, "db-0"), workload="shop/db-0"))
+        assert isinstance(got[0], Certificate)
+        assert isinstance(got[-1], Error) and "not a further workload" in got[-1].reason
+
+
+async def test_a_node_renews_each_workload_and_reconnects_with_their_certificates() -> None:
+    async with running_control_plane(cert_ttl=dt.timedelta(seconds=4)) as cp:
+        web = WorkloadInfo(name="web-0", namespace=NS, address="127.0.0.1")
+        api = WorkloadInfo(name="api-0", namespace=NS, address="127.0.0.1")
+        server = ProxyServer()
+        agent = Agent(server, [("127.0.0.1", cp.stream_port)], web,
+                      token=await issue_token(cp.api_url, web), workloads=[api],
+                      node_tokens={"shop/api-0": await issue_token(cp.api_url, api)},
+                      backoff_max=0.2)
+        task = asyncio.get_running_loop().create_task(agent.run())
+        try:
+            await eventually(lambda: "shop/api-0" in agent.node_held)
+            first = agent.node_held["shop/api-0"].cert.cert_chain
+            await eventually(lambda: agent.node_held["shop/api-0"].cert.cert_chain != first,
+                             timeout=8)
+            renewed = agent.node_held["shop/api-0"].cert.cert_chain
+            assert _cn(renewed) == "api-0"
+            # The config in force carries the renewed certificate under the node's name.
+            await eventually(lambda: server.config is not None and any(
+                i.name == "workload:shop/api-0" and i.cert_chain_pem ==
+                agent.node_held["shop/api-0"].cert.cert_chain
+                for i in server.config.identities))
+            # Reconnecting, the tokens are spent: the node proves both with certificates.
+            push = cp.push
+            assert push is not None
+            before = push.counters()["unauthenticatedHellos"]
+            since = push.status[(NS, "api-0")].connected_since
+            for t in list(push._sessions):  # drop the stream from the control plane's side
+                t.cancel()
+            await eventually(lambda: push.status[(NS, "api-0")].connected
+                             and push.status[(NS, "api-0")].connected_since > since
+                             and push.status[(NS, "web-0")].connected)
+            assert push.counters()["unauthenticatedHellos"] == before
+        finally:
+            agent.stop()
+            task.cancel()
+            await server.close()

@@ -9,8 +9,15 @@ import asyncio
 from typing import Any
 
 import aiohttp
-import pytest
-from tests.support.controlplane import apply, auth, eventually, named_origin, running_control_plane
+from cryptography import x509
+from tests.support.controlplane import (
+    apply,
+    auth,
+    eventually,
+    issue_token,
+    named_origin,
+    running_control_plane,
+)
 from tests.support.proxy import free_port
 from tests.support.resources import NS, service, workload
 
@@ -26,29 +33,39 @@ async def get(url: str, host: str | None = None) -> str:
         return str((await r.json())["name"])
 
 
+def with_sa(doc: dict[str, Any], account: str) -> dict[str, Any]:
+    return {**doc, "spec": {**doc["spec"], "serviceAccount": account}}
+
+
+def spiffe(chain: str) -> str:
+    leaf = x509.load_pem_x509_certificates(chain.encode())[0]
+    san = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return str(san.get_values_for_type(x509.UniformResourceIdentifier)[0])
+
+
 async def proxies(api: str) -> dict[str, dict[str, Any]]:
     async with aiohttp.ClientSession(headers=auth(api)) as s, \
             s.get(f"{api}/api/v1/proxies") as r:
         return {p["name"]: p for p in (await r.json())["items"]}
 
 
-@pytest.mark.xfail(strict=True, reason="ADR 0028: a hello for several workloads cannot be "
-                   "authenticated yet (one identity per stream); a node agent needs a token "
-                   "and a certificate per workload")
 async def test_one_proxy_serves_two_workloads_from_one_snapshot() -> None:
     async with named_origin("web") as web_app, named_origin("api") as api_app, \
             running_control_plane() as cp:
         web_in, api_in, web_out, api_out = (free_port() for _ in range(4))
         status, body = await apply(
             cp.api_url, service("web", app="web"), service("api", app="api"),
-            workload("web-0", web_in, web_app, web_out, app="web"),
-            workload("api-0", api_in, api_app, api_out, app="api"))
+            with_sa(workload("web-0", web_in, web_app, web_out, app="web"), "web"),
+            with_sa(workload("api-0", api_in, api_app, api_out, app="api"), "api"))
         assert status == 200, body
         server = ProxyServer()
-        agent = Agent(server, [("127.0.0.1", cp.stream_port)],
-                      WorkloadInfo(name="web-0", namespace=NS, address="127.0.0.1"),
-                      workloads=[WorkloadInfo(name="api-0", namespace=NS,
-                                              address="127.0.0.1")], backoff_max=0.2)
+        web_w = WorkloadInfo(name="web-0", namespace=NS, address="127.0.0.1")
+        api_w = WorkloadInfo(name="api-0", namespace=NS, address="127.0.0.1")
+        # ADR 0032: a node proves each workload it fronts with that workload's own token.
+        agent = Agent(server, [("127.0.0.1", cp.stream_port)], web_w,
+                      token=await issue_token(cp.api_url, web_w), workloads=[api_w],
+                      node_tokens={"shop/api-0": await issue_token(cp.api_url, api_w)},
+                      backoff_max=0.2)
         task = asyncio.get_running_loop().create_task(agent.run())
         try:
             async def converged() -> bool:
@@ -62,6 +79,13 @@ async def test_one_proxy_serves_two_workloads_from_one_snapshot() -> None:
             assert cfg is not None and cfg.version.startswith("node-")
             assert {lc.workload for lc in cfg.listeners} == {"shop/web-0", "shop/api-0"}
             assert agent.unserved == []
+            # Each workload holds its own certificate, for its own SPIFFE ID, in force.
+            assert agent.held is not None and set(agent.node_held) == {"shop/api-0"}
+            names = {i.name: i for i in server.config.identities} if server.config else {}
+            assert set(names) == {"workload", "workload:shop/api-0"}
+            assert [spiffe(names[n].cert_chain_pem) for n in ("workload", "workload:shop/api-0")
+                    ] == ["spiffe://cluster.local/ns/shop/sa/web",
+                          "spiffe://cluster.local/ns/shop/sa/api"]
             # Inbound: each workload's port reaches its own app.
             assert await get(f"http://127.0.0.1:{web_in}/") == "web"
             assert await get(f"http://127.0.0.1:{api_in}/") == "api"
@@ -75,8 +99,8 @@ async def test_one_proxy_serves_two_workloads_from_one_snapshot() -> None:
             # A change to one workload's part reaches the node as a delta of that part.
             acked = ps["api-0"]["ackedVersion"]
             web_acked = ps["web-0"]["ackedVersion"]
-            status, body = await apply(cp.api_url, workload("api-0", api_in, api_app, api_out,
-                                                            app="api", tier="backend"),
+            status, body = await apply(cp.api_url, with_sa(workload(
+                "api-0", api_in, api_app, api_out, app="api", tier="backend"), "api"),
                                        service("api2", tier="backend"))
             assert status == 200, body
 

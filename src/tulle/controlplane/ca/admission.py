@@ -1,6 +1,7 @@
 """Who may use the proxy stream, and for which workload (issue 9 item 6, stream half).
 
-A hello is admitted for exactly one workload, proven one of two ways:
+A hello is admitted for its workload, and a node's hello for each further workload it fronts
+(`Hello.credentials`, ADR 0032), each proven on its own one of two ways:
 - a **bootstrap token** (`tokens.py`) naming that namespace and workload, with a CSR: the token
   is checked, the CSR is checked against the token's identity, the token is consumed (single
   use), and the CSR is signed;
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,8 +35,8 @@ from tulle.controlplane.ca.authority import (
     check_csr,
 )
 from tulle.controlplane.ca.spiffe import SpiffeId
-from tulle.controlplane.ca.tokens import TokenError, TokenService
-from tulle.proxyconfig.stream import Certificate, Hello, hello_proof_payload
+from tulle.controlplane.ca.tokens import Claims, TokenError, TokenService
+from tulle.proxyconfig.stream import Certificate, Hello, WorkloadCredential, hello_proof_payload
 
 PROOF_WINDOW = dt.timedelta(seconds=60)
 
@@ -54,6 +56,22 @@ class Admitted:
     """From the token: the labels a Workload made by this hello gets."""
     issued: Certificate | None = None
     """The certificate signed for the hello's CSR, to send before any snapshot."""
+    node: tuple[Admitted, ...] = ()
+    """The further workloads a node fronts, each admitted on its own credential (ADR 0032)."""
+
+    def all(self) -> tuple[Admitted, ...]:
+        """This workload, then the node's others: one entry per fronted workload."""
+        return (self, *self.node)
+
+
+@dataclass(frozen=True, slots=True)
+class _Checked:
+    """A credential that verified; nothing consumed or signed yet."""
+
+    identity: SpiffeId
+    via: str
+    labels: dict[str, str]
+    claims: Claims | None
 
 
 def certificate_message(ca: CertificateAuthority, signed: Signed) -> Certificate:
@@ -75,71 +93,117 @@ class Admission:
         self.signed = 0
 
     async def admit(self, hello: Hello) -> Admitted:
+        """The hello's workload, and each further one it fronts (`Admitted.node`), or
+        AdmissionError naming the first that is refused.  All or nothing: tokens are consumed
+        only once every credential has checked out, so one bad credential burns none."""
         w = hello.workload
-        if hello.workloads:
-            raise AdmissionError("a hello for several workloads cannot be authenticated yet: "
-                                 "run one proxy per workload")
-        if hello.token and hello.certificate:
-            raise AdmissionError("give a bootstrap token or a certificate, not both")
-        if hello.token:
-            return await self._by_token(hello)
-        if hello.certificate:
-            return self._by_certificate(hello)
-        raise AdmissionError(f"proxy for {w.namespace}/{w.name}: authentication required "
+        own = WorkloadCredential(namespace=w.namespace, name=w.name, token=hello.token,
+                                 csr=hello.csr, certificate=hello.certificate,
+                                 proof=hello.proof, proof_time=hello.proof_time)
+        creds = [own, *self._node_credentials(hello)]
+        checked = [await self._check(c) for c in creds]
+        for c in checked:
+            if c.claims is not None:
+                try:
+                    await self.tokens.consume(c.claims)
+                except TokenError as exc:
+                    raise AdmissionError(str(exc)) from None
+        admitted = [self._admit(cred, c) for cred, c in zip(creds, checked, strict=True)]
+        return dataclasses.replace(admitted[0], node=tuple(admitted[1:]))
+
+    @staticmethod
+    def _node_credentials(hello: Hello) -> list[WorkloadCredential]:
+        """The credentials of `hello.workloads`, in their order; exactly one each."""
+        by_key: dict[tuple[str, str], WorkloadCredential] = {}
+        for c in hello.credentials:
+            if (c.namespace, c.name) in by_key:
+                raise AdmissionError(f"two credentials for workload {c.namespace}/{c.name}")
+            by_key[(c.namespace, c.name)] = c
+        out = []
+        seen = {(hello.workload.namespace, hello.workload.name)}
+        for x in hello.workloads:
+            if (x.namespace, x.name) in seen:
+                raise AdmissionError(f"workload {x.namespace}/{x.name} is named twice in the "
+                                     f"hello")
+            seen.add((x.namespace, x.name))
+            found = by_key.pop((x.namespace, x.name), None)
+            if found is None:
+                raise AdmissionError(f"proxy for {hello.workload.namespace}/"
+                                     f"{hello.workload.name}: no credential for the further "
+                                     f"workload {x.namespace}/{x.name} (each workload a node "
+                                     f"fronts needs its own token or certificate)")
+            out.append(found)
+        if by_key:
+            extra = ", ".join(f"{ns}/{n}" for ns, n in sorted(by_key))
+            raise AdmissionError(f"credentials for workloads the hello does not front: {extra}")
+        return out
+
+    async def _check(self, c: WorkloadCredential) -> _Checked:
+        """Verify one credential without side effects (no token consumed, nothing signed)."""
+        if c.token and c.certificate:
+            raise AdmissionError(f"workload {c.namespace}/{c.name}: give a bootstrap token or "
+                                 f"a certificate, not both")
+        if c.token:
+            return await self._check_token(c)
+        if c.certificate:
+            return self._check_certificate(c)
+        raise AdmissionError(f"proxy for {c.namespace}/{c.name}: authentication required "
                              f"(a bootstrap token from `tulle token issue`, or the workload's "
                              f"certificate)")
 
-    async def _by_token(self, hello: Hello) -> Admitted:
-        w = hello.workload
+    async def _check_token(self, c: WorkloadCredential) -> _Checked:
         try:
-            claims = await self.tokens.verify(hello.token)
+            claims = await self.tokens.verify(c.token)
         except TokenError as exc:
             raise AdmissionError(str(exc)) from None
-        if (claims.namespace, claims.workload) != (w.namespace, w.name):
+        if (claims.namespace, claims.workload) != (c.namespace, c.name):
             raise AdmissionError(f"bootstrap token {claims.id} is for workload "
                                  f"{claims.namespace}/{claims.workload}, not "
-                                 f"{w.namespace}/{w.name}")
-        if not hello.csr:
+                                 f"{c.namespace}/{c.name}")
+        if not c.csr:
             raise AdmissionError("a bootstrap token is only accepted with a CSR")
         try:
             identity = SpiffeId(self.trust_domain(), claims.namespace, claims.service_account)
-            check_csr(hello.csr, identity)
+            check_csr(c.csr, identity)
         except (CsrError, ValueError) as exc:
             raise AdmissionError(str(exc)) from None
-        try:
-            await self.tokens.consume(claims)
-        except TokenError as exc:
-            raise AdmissionError(str(exc)) from None
-        issued = self.sign(hello.csr, identity, w.name)
-        return Admitted(w.namespace, w.name, identity, "token", claims.labels, issued)
+        return _Checked(identity, "token", claims.labels, claims)
 
-    def _by_certificate(self, hello: Hello) -> Admitted:
-        w = hello.workload
+    def _check_certificate(self, c: WorkloadCredential) -> _Checked:
         try:
-            identity, workload, leaf = self.ca.verify_workload(hello.certificate)
+            identity, workload, leaf = self.ca.verify_workload(c.certificate)
         except ValueError as exc:
             raise AdmissionError(f"certificate refused: {exc}") from None
-        if (identity.namespace, workload) != (w.namespace, w.name):
+        if (identity.namespace, workload) != (c.namespace, c.name):
             raise AdmissionError(f"the certificate is for workload {identity.namespace}/"
-                                 f"{workload}, not {w.namespace}/{w.name}")
+                                 f"{workload}, not {c.namespace}/{c.name}")
         now = dt.datetime.now(dt.UTC).timestamp()
-        if abs(now - hello.proof_time) > PROOF_WINDOW.total_seconds():
+        if abs(now - c.proof_time) > PROOF_WINDOW.total_seconds():
             raise AdmissionError("certificate proof missing or outside the time window")
         key = leaf.public_key()
         try:
-            sig = base64.b64decode(hello.proof, validate=True)
+            sig = base64.b64decode(c.proof, validate=True)
             assert isinstance(key, ec.EllipticCurvePublicKey)
-            key.verify(sig, hello_proof_payload(w.namespace, w.name, hello.proof_time),
+            key.verify(sig, hello_proof_payload(c.namespace, c.name, c.proof_time),
                        ec.ECDSA(hashes.SHA256()))
         except (binascii.Error, ValueError, AssertionError, InvalidSignature):
             raise AdmissionError("certificate proof does not verify with its key") from None
-        issued = None
-        if hello.csr:
+        if c.csr:  # a renewal at once: refuse a bad CSR before anything is consumed
             try:
-                issued = self.sign(hello.csr, identity, w.name)
+                check_csr(c.csr, identity)
             except CsrError as exc:
                 raise AdmissionError(str(exc)) from None
-        return Admitted(w.namespace, w.name, identity, "certificate", {}, issued)
+        return _Checked(identity, "certificate", {}, None)
+
+    def _admit(self, c: WorkloadCredential, checked: _Checked) -> Admitted:
+        issued = None
+        if c.csr:
+            try:
+                issued = self.sign(c.csr, checked.identity, c.name)
+            except CsrError as exc:
+                raise AdmissionError(str(exc)) from None
+        return Admitted(c.namespace, c.name, checked.identity, checked.via, checked.labels,
+                        issued)
 
     def sign(self, csr: str, identity: SpiffeId, workload: str) -> Certificate:
         """Sign for an admitted caller; CsrError for a CSR that is refused."""

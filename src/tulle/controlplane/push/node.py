@@ -12,6 +12,9 @@ snapshots, built here:
   workload's `outbound` listener) is made unique per workload, `namespace/name|<name>`, and the
   references inside that workload's resources (listener -> route table / cluster, route rule ->
   cluster) follow the rename;
+* each further workload's TLS settings present its own certificate
+  (`identities[name=workload:<namespace>/<name>]`, filled by the proxy, ADR 0032), so
+  its outbound clusters differ from the first workload's and are renamed, as above;
 * node, admin and settings are the first workload's; the compiler makes settings and admin
   mesh-wide, so workloads that disagree are an error (`NodeError`), never a silent pick.
 
@@ -28,7 +31,8 @@ from typing import Any
 
 import msgspec
 
-from tulle.proxyconfig.model import Cluster, Listener, ProxyConfig, RouteTable
+from tulle.proxyconfig.model import Cluster, Listener, ProxyConfig, RouteTable, TLSContext
+from tulle.proxyconfig.reserved import WORKLOAD_IDENTITY, workload_identity
 
 ProxyKey = tuple[str, str]
 
@@ -94,6 +98,38 @@ def _listener(lc: Listener, wl: str, tables: dict[str, str],
         cluster=clusters.get(lc.cluster, lc.cluster), destinations=dests)
 
 
+def _tls(tls: TLSContext | None, name: str) -> TLSContext | None:
+    if tls is None or tls.identity != WORKLOAD_IDENTITY:
+        return tls
+    return msgspec.structs.replace(tls, identity=name)
+
+
+def _own_identity(cfg: ProxyConfig, key: ProxyKey) -> ProxyConfig:
+    """`cfg` (a further workload's part) with its TLS settings presenting that workload's own
+    certificate, not the node's first one.  A cluster shared with another workload then
+    differs from it and is renamed per workload: each workload's traffic leaves with its own
+    identity."""
+    name = workload_identity(*key, first=False)
+
+    def listener(lc: Listener) -> Listener:
+        chains = [msgspec.structs.replace(fc, tls=_tls(fc.tls, name))
+                  if fc.tls is not None and fc.tls.identity == WORKLOAD_IDENTITY else fc
+                  for fc in lc.filter_chains]
+        tls = _tls(lc.tls, name)
+        if tls is lc.tls and all(a is b for a, b in zip(chains, lc.filter_chains, strict=True)):
+            return lc
+        return msgspec.structs.replace(lc, tls=tls, filter_chains=chains)
+
+    listeners = [listener(lc) for lc in cfg.listeners]
+    clusters = [msgspec.structs.replace(c, tls=_tls(c.tls, name))
+                if c.tls is not None and c.tls.identity == WORKLOAD_IDENTITY else c
+                for c in cfg.clusters]
+    if all(a is b for a, b in zip(listeners, cfg.listeners, strict=True)) and all(
+            a is b for a, b in zip(clusters, cfg.clusters, strict=True)):
+        return cfg
+    return msgspec.structs.replace(cfg, listeners=listeners, clusters=clusters)
+
+
 def merge(parts: Sequence[tuple[ProxyKey, ProxyConfig]]) -> ProxyConfig:
     """One snapshot serving every workload of `parts` (the first is the node's own)."""
     if not parts:
@@ -103,6 +139,7 @@ def merge(parts: Sequence[tuple[ProxyKey, ProxyConfig]]) -> ProxyConfig:
         if cfg.settings != first.settings or cfg.admin != first.admin:
             raise NodeError(f"workload {workload_name(key)} has other settings or admin than "
                             f"{workload_name(parts[0][0])}: they cannot share a proxy")
+    parts = [parts[0], *((key, _own_identity(cfg, key)) for key, cfg in parts[1:])]
     # Inbound clusters first: a cluster a listener names belongs to that listener's workload.
     tagged: list[list[Cluster]] = []
     for key, cfg in parts:

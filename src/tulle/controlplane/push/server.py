@@ -51,6 +51,8 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
+import msgspec
+
 from tulle.controlplane.ca.admission import Admission, AdmissionError, Admitted
 from tulle.controlplane.ca.authority import CsrError
 from tulle.controlplane.push.cache import ProxyKey, ProxyStatus, SnapshotCache
@@ -379,15 +381,19 @@ class ProxySession:
         key: ProxyKey = (w.namespace, w.name)
         fronted = [w, *hello.workloads]
         keys: list[ProxyKey] = list(dict.fromkeys((x.namespace, x.name) for x in fronted))
+        admitted = self._admitted_by_key()
         if srv.on_register is not None:
             try:
                 for x in fronted:
-                    await srv.on_register(x, self.peer.rsplit(":", 1)[0], self.admitted)
+                    await srv.on_register(x, self.peer.rsplit(":", 1)[0],
+                                          admitted.get((x.namespace, x.name)))
             except ValueError as exc:
                 self.send(Error(reason=str(exc)))
                 return
-        if self.admitted is not None and self.admitted.issued is not None:
-            self.send(self.admitted.issued)  # before any snapshot: it may name the identity
+        for i, a in enumerate(admitted.values()):
+            if a.issued is not None:  # before any snapshot: it may name the identity
+                self.send(a.issued if i == 0 else msgspec.structs.replace(
+                    a.issued, workload=f"{a.namespace}/{a.workload}"))
         self.node = NodeSnapshots(keys)
         self.missing = tuple(f for f in lacking(hello.features) if f.paths)
         self.units = units_of(hello.features)
@@ -528,16 +534,35 @@ class ProxySession:
         elif isinstance(msg, Csr):
             self._renew(msg)
 
+    def _admitted_by_key(self) -> dict[ProxyKey, Admitted]:
+        """Each fronted workload's admission, the hello's own first (empty without a CA)."""
+        if self.admitted is None:
+            return {}
+        return {(a.namespace, a.workload): a for a in self.admitted.all()}
+
     def _renew(self, msg: Csr) -> None:
-        """Sign a renewal CSR for the identity this stream was admitted as; a refused CSR
-        ends the stream with the reason (the proxy keeps its current certificate)."""
-        admission, who = self.server.admission, self.admitted
-        if admission is None or who is None:
+        """Sign a renewal CSR for the identity this stream was admitted as (for a node, the
+        one of the workload the CSR names); a refused CSR ends the stream with the reason
+        (the proxy keeps its current certificate)."""
+        admission = self.server.admission
+        if admission is None or self.admitted is None:
             self.send(Error(reason="this control plane issues no certificates"))
             self.writer.close()
             return
+        who = self.admitted
+        if msg.workload:
+            ns, _, name = msg.workload.partition("/")
+            found = self._admitted_by_key().get((ns, name))
+            if found is None or found is self.admitted:
+                self.send(Error(reason=f"renewal for {msg.workload!r}: not a further workload "
+                                       f"this stream was admitted for"))
+                self.writer.close()
+                return
+            who = found
         try:
-            self.send(admission.sign(msg.csr, who.identity, who.workload))
+            cert = admission.sign(msg.csr, who.identity, who.workload)
+            self.send(cert if who is self.admitted else msgspec.structs.replace(
+                cert, workload=msg.workload))
         except CsrError as exc:
             log.warning("proxy %s/%s: renewal refused: %s", who.namespace, who.workload, exc)
             self.send(Error(reason=str(exc)))

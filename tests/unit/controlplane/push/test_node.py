@@ -12,7 +12,8 @@ from tests.support.resources import service
 
 from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh
 from tulle.controlplane.push.node import NodeError, NodeSnapshots, merge
-from tulle.proxyconfig.model import ProxyConfig
+from tulle.proxyconfig.model import ProxyConfig, TLSContext
+from tulle.proxyconfig.reserved import MESH_BUNDLE, WORKLOAD_IDENTITY
 from tulle.proxyconfig.validate import check
 
 NS = "shop"
@@ -117,3 +118,43 @@ def test_references_follow_a_renamed_cluster_and_table() -> None:
     assert lst["shop/a|tcp"].cluster == "shop/a|x"
     assert {c.name: c.workload for c in node.clusters} == {"shop/a|x": "shop/a",
                                                           "shop/b|x": "shop/b"}
+
+
+def _with_mesh_tls(cfg: ProxyConfig) -> ProxyConfig:
+    """`cfg` as automatic mTLS compiles it: inbound and outbound TLS present `workload`."""
+    tls = TLSContext(identity=WORKLOAD_IDENTITY, trust_bundle=MESH_BUNDLE)
+    return msgspec.structs.replace(
+        cfg, listeners=[msgspec.structs.replace(lc, tls=tls) if lc.name.startswith("inbound")
+                        else lc for lc in cfg.listeners],
+        clusters=[msgspec.structs.replace(c, tls=tls) for c in cfg.clusters])
+
+
+def test_each_workload_of_a_node_presents_its_own_certificate() -> None:
+    """ADR 0032: the node's first workload keeps `workload`; the others' TLS settings name
+    `workload:<ns>/<name>`, so the outbound clusters the compiler shares become one per
+    workload (each workload's calls leave with its own identity) and the references follow."""
+    snaps = compiled()
+    web, api = (NS, "web-0"), (NS, "api-0")
+    node = merge([(web, _with_mesh_tls(snaps[web])), (api, _with_mesh_tls(snaps[api]))])
+    listeners = {lc.name: lc for lc in node.listeners}
+    web_in, api_in = listeners["shop/web-0|inbound|8080"], listeners["shop/api-0|inbound|8080"]
+    assert web_in.tls is not None and web_in.tls.identity == "workload"
+    assert api_in.tls is not None and api_in.tls.identity == "workload:shop/api-0"
+    clusters = {c.name: c for c in node.clusters}
+    # Every cluster of a workload presents that workload's certificate, never another's.
+    assert {c.tls.identity for c in node.clusters if c.tls} == {"workload",
+                                                                 "workload:shop/api-0"}
+    tables = {t.name: t for t in node.route_tables}
+    assert set(tables) == {"shop/web-0|outbound", "shop/api-0|outbound"}
+    for wl, ident in (("shop/web-0", "workload"), ("shop/api-0", "workload:shop/api-0")):
+        assert listeners[f"{wl}|outbound"].route_table == f"{wl}|outbound"
+        named = {b.cluster for vh in tables[f"{wl}|outbound"].virtual_hosts
+                 for r in vh.rules for b in r.backends}
+        assert named and all(n.startswith(f"{wl}|") for n in named)
+        for n in named:
+            tls = clusters[n].tls
+            assert tls is not None and tls.identity == ident
+    # Without TLS nothing is renamed for identity's sake (the test above): the shared table
+    # stays shared.
+    plain = merge([(web, snaps[web]), (api, snaps[api])])
+    assert [t.name for t in plain.route_tables] == ["outbound"]
