@@ -156,6 +156,9 @@ def trace_hop(cluster: Cluster, ep: Endpoint, lookup: Lookup, identity_of: Ident
         return doc
     cfg, state = got
     doc["destinationConfig"] = {"version": cfg.version, "source": state}
+    if state != "acked":
+        doc["destinationConfig"]["note"] = ("its proxy has not ACKed this snapshot (not "
+                                            "connected yet, or it NACKed): traced as desired")
     server_id = identity_of(ns, name)
     doc["serverIdentity"] = server_id
     expected = client.get("expectedIdentities") or []

@@ -37,6 +37,9 @@ def _route(r: dict[str, Any], indent: str, label: str = "") -> list[str]:
 
 def _hop(ep: dict[str, Any]) -> list[str]:
     lines = [f"    endpoint {ep['endpoint']} -> workload {ep.get('workload') or '?'}"]
+    note = (ep.get("destinationConfig") or {}).get("note")
+    if note:
+        lines.append(f"      note: {note}")
     c = ep.get("client") or {}
     lines.append(f"      caller dials {c.get('mode')}: {c.get('why')}")
     if c.get("expectedIdentities"):
