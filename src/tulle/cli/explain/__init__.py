@@ -24,6 +24,7 @@ from typing import Any
 from tulle.cli.explain.hop import IdentityOf, Lookup, trace_hop
 from tulle.cli.explain.request import ExplainError, ExplainRequest, build_request
 from tulle.cli.explain.routing import head_for, normalized, trace_table
+from tulle.proxyconfig.filters import RequestHeaderModifier, URLRewrite
 
 API_VERSION = "explain.tulle.dev/v1alpha1"
 MAX_HOPS = 16
@@ -71,6 +72,12 @@ def explain(req: ExplainRequest, lookup: Lookup, identity_of: IdentityOf) -> dic
                           "summary": f"the caller's proxy answers {routed.get('status', 404)}:"
                                      f" {routed.get('why')}"}
         return doc
+    changes = sorted({type(f).__name__ for f in route.rule.filters
+                      if isinstance(f, URLRewrite | RequestHeaderModifier)})
+    if changes:
+        outbound["note"] = (f"this rule's {' and '.join(changes)} changes the request before "
+                            "the destination decides; the inbound steps below see it as the "
+                            "application sent it")
     if "localReply" in routed:
         doc["outcome"] = {"status": None, "summary": routed["localReply"]}
         return doc

@@ -92,6 +92,8 @@ def render(doc: dict[str, Any]) -> str:
         if out["filters"]:
             lines.append("  filters, in run order:")
             lines += _filters(out["filters"])
+        if out.get("note"):
+            lines.append(f"  note: {out['note']}")
         lines.append("  backends: " + ", ".join(f"{b['cluster']} weight {b['weight']} "
                                                 f"({b['percent']}%)" for b in out["backends"]))
     for h in doc.get("hops") or []:

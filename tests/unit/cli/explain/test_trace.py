@@ -266,3 +266,9 @@ def test_the_text_trace_names_the_rule_the_policy_and_the_hop() -> None:
     assert "RequestHeaderModifier (rule)" in text
     assert "outcome: 90.0% (outbound|80||api.shop): forwarded to shop/api-0 over plaintext" in text
     assert "10.0% (outbound|80||api-v2.shop): forwarded to shop/api2-0" in text
+
+
+def test_a_rule_that_changes_the_request_says_the_inbound_side_sees_it_unchanged() -> None:
+    out = run(snapshots(), "/x", headers=("x-canary=no",))["outbound"]
+    assert "RequestHeaderModifier changes the request" in out["note"]
+    assert "note" not in run(snapshots(), "/x", headers=("x-canary=yes",))["outbound"]
