@@ -242,6 +242,12 @@ def test_without_tls_in_the_snapshot_the_hop_is_plaintext() -> None:
     ({"headers": ("host=x",)}, "header", 400),
     ({"path": "items"}, "path", 400),
     ({"method": "BREW"}, "method", 400),
+    ({"headers": ("x-a=b\r\nx-injected: 1",)}, "header x-a", 400),
+    ({"headers": ("x-a=" + "v" * 5000,)}, "header x-a", 400),
+    ({"headers": tuple(f"x-{i}=1" for i in range(33))}, "header", 400),
+    ({"path": "/a b"}, "path", 400),
+    ({"path": "/" + "a" * 9000}, "path", 400),
+    ({"source": "shop/"}, "from", 400),
 ])
 def test_bad_input_is_refused_with_the_field(kwargs: dict[str, Any], field: str,
                                              status: int) -> None:
