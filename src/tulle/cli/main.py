@@ -2,7 +2,7 @@
 
 `tulle proxy` runs a data-plane proxy (from a static file, or subscribed to a control plane)
 and validates proxy config files; `tulle control-plane run` runs the control plane;
-`apply`, `get`, `delete`, `describe` and `proxy-config` talk to its REST API.  Heavy imports
+`apply`, `get`, `delete`, `describe`, `proxy-config` and `explain` talk to its REST API.  Heavy imports
 happen inside the commands, so `tulle proxy run` loads only what a proxy needs.
 """
 
@@ -137,6 +137,7 @@ def _register() -> bool:
     _registered.append(True)
     from tulle.cli.api_tokens import api_token
     from tulle.cli.controlplane import control_plane
+    from tulle.cli.explain.command import explain_cmd
     from tulle.cli.resources import COMMANDS
     from tulle.cli.token import token
 
@@ -145,6 +146,7 @@ def _register() -> bool:
     for cmd in COMMANDS:
         cli.add_command(cmd)
     cli.add_command(api_token)
+    cli.add_command(explain_cmd)
     return True
 
 

@@ -216,9 +216,13 @@ class CompiledPolicy:
         self.rules = tuple((tuple(_Source(s) for s in r.sources),
                             tuple(_Operation(o) for o in r.operations)) for r in p.rules)
 
-    def matches(self, peer: Peer, head: RequestHead | None, path: bytes) -> bool:
+    def matches(self, peer: Peer, head: RequestHead | None, path: bytes) -> int:
+        """1 + the index of the first rule that matches, 0 when none (truthy: it matches;
+        `tulle explain` names the rule from it)."""
         l4_deny = self.l4_deny
+        n = 0
         for sources, operations in self.rules:
+            n += 1
             if sources:
                 for s in sources:
                     if s.matches(peer):
@@ -231,19 +235,22 @@ class CompiledPolicy:
                         break
                 else:
                     continue
-            return True
-        return False
+            return n
+        return 0
 
 
 class Verdict:
     """The outcome of one decision: admitted or not, by which policy, and what to count."""
 
-    __slots__ = ("action", "allowed", "events", "policy", "result")
+    __slots__ = ("action", "allowed", "events", "policy", "result", "rule")
 
-    def __init__(self, allowed: bool, policy: str, action: str) -> None:
+    def __init__(self, allowed: bool, policy: str, action: str, rule: int = -1) -> None:
         self.allowed = allowed
         self.policy = policy
         self.action = action
+        self.rule = rule
+        """Index of the deciding policy's rule that matched; -1: none did (no policy applies,
+        or no ALLOW policy matched)."""
         self.result = "allow" if allowed else "deny"
         self.events: list[tuple[str, str, str]] = [(policy, action, self.result)]
         """(policy, action, result) to count: the decision, then audits and dry-run denials."""
@@ -258,13 +265,15 @@ class Verdict:
 def _decide(deny: Sequence[CompiledPolicy], allow: Sequence[CompiledPolicy], peer: Peer,
             head: RequestHead | None, path: bytes) -> Verdict:
     for p in deny:
-        if p.matches(peer, head, path):
-            return Verdict(False, p.name, "DENY")
+        hit = p.matches(peer, head, path)
+        if hit:
+            return Verdict(False, p.name, "DENY", hit - 1)
     if not allow:
         return Verdict(True, "-", "-")
     for p in allow:
-        if p.matches(peer, head, path):
-            return Verdict(True, p.name, "ALLOW")
+        hit = p.matches(peer, head, path)
+        if hit:
+            return Verdict(True, p.name, "ALLOW", hit - 1)
     return Verdict(False, ",".join(p.name for p in allow), "ALLOW")
 
 

@@ -103,9 +103,11 @@ _PATH_RANK = {"Exact": 0, "RegularExpression": 1, "PathPrefix": 2}
 
 
 class CompiledMatch:
-    __slots__ = ("conditions", "path", "prefix", "route", "specificity")
+    __slots__ = ("conditions", "match", "path", "prefix", "route", "specificity")
 
     def __init__(self, match: RouteMatch, route: Route) -> None:
+        self.match = match
+        """The contract's match this was built from (`tulle explain` names it)."""
         self.path = PathMatcher(match.path)
         self.prefix = self.path.prefix
         """The normalised path prefix (None for Exact and regular expressions)."""

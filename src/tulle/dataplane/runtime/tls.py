@@ -195,8 +195,13 @@ def build_client_context(tls: TLSContext, protocol: str,
     elif tls.expected_spiffe_ids:
         ctx.check_hostname = False  # verify_mode stays CERT_REQUIRED
     _load_chain(ctx, tls, sections)
-    ctx.set_alpn_protocols(list(tls.alpn) or _default_alpn(protocol, tls))
+    ctx.set_alpn_protocols(client_alpn(protocol, tls))
     return ctx
+
+
+def client_alpn(protocol: str, tls: TLSContext) -> list[str]:
+    """The ALPN protocols a cluster of `protocol` offers upstream (`tulle explain` reads it)."""
+    return list(tls.alpn) or _default_alpn(protocol, tls)
 
 
 def _default_alpn(protocol: str, tls: TLSContext) -> list[str]:

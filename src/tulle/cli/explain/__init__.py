@@ -1,0 +1,148 @@
+"""`tulle explain`: an offline decision trace of one request over the compiled configuration.
+
+Why: "RBAC: access denied" with no way to tell which policy decided (istio/istio#39802) is what
+operators get from meshes today.  This walks one request the way the proxies would -- the
+caller's outbound side (listener, route table, virtual host, the rule and match that win and
+why the ones ahead did not, filters in run order, weighted backends, timeouts), then each hop
+to a destination workload (mTLS or plaintext and why, the filter chain, the inbound route, the
+authorization policy and rule that decide) -- and says what the client would get.
+
+It is not a second implementation: every decision is made by the data plane's own pure code
+on the snapshots the control plane serves those proxies (`routing.py`, `hop.py`), so the trace
+cannot drift from what the proxies do; the tests send the same request through real proxies
+and compare.  The CLI computes it from what the REST API already serves (`proxy-config`, the
+Workload resources), so a read-only token suffices, the control plane never runs data-plane
+code (tests/unit/test_import_directions.py) and the request's header values never leave the
+operator's machine.  `-o json` prints the document built here (`API_VERSION`, documented in
+docs/reference/explain.md).  ADR 0036.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tulle.cli.explain.hop import IdentityOf, Lookup, trace_hop
+from tulle.cli.explain.request import ExplainError, ExplainRequest, build_request
+from tulle.cli.explain.routing import head_for, normalized, trace_table
+from tulle.proxyconfig.filters import RequestHeaderModifier, URLRewrite
+
+API_VERSION = "explain.tulle.dev/v1alpha1"
+MAX_HOPS = 16
+"""Destination endpoints traced per request (a backend with hundreds of endpoints is shown by
+its first ones; `endpointsNotShown` counts the rest)."""
+
+
+def explain(req: ExplainRequest, lookup: Lookup, identity_of: IdentityOf) -> dict[str, Any]:
+    """The trace document of `req`; raises `ExplainError` for an unknown workload or service."""
+    got = lookup(req.namespace, req.workload)
+    if got is None:
+        raise ExplainError(404, "from", f"no proxy snapshot for workload {req.source}")
+    cfg, state = got
+    doc: dict[str, Any] = {
+        "apiVersion": API_VERSION,
+        "request": {"from": req.source, "authority": req.authority, "method": req.method,
+                    "path": req.path, "headers": [n for n, _ in req.headers]},
+        "source": {"workload": req.source, "configVersion": cfg.version,
+                   "configSource": state}}
+    listener = next((x for x in cfg.listeners if x.direction == "outbound"
+                     and x.route_table), None)
+    if listener is None:
+        raise ExplainError(404, "from", f"workload {req.source} has no outbound listener with "
+                                        "a route table (no Service to call in its snapshot)")
+    address = next((x.address for x in cfg.listeners if x.direction == "inbound"), "127.0.0.1")
+    doc["source"]["address"] = address
+    path, why = normalized(cfg, req.path)
+    outbound: dict[str, Any] = {"listener": listener.name, "path": path, "pathWhy": why}
+    doc["outbound"] = outbound
+    if path is None:
+        doc["outcome"] = {"status": 400, "summary": f"the caller's proxy refuses the path: "
+                                                   f"{why[5:]}"}
+        return doc
+    head = head_for(req.method, path, req.authority, req.headers)
+    routed, route = trace_table(cfg, listener.route_table, head)
+    outbound.update(routed)
+    if routed.get("result") == "no_virtual_host":
+        raise ExplainError(404, "to", f"{routed['why']}: unknown service or port")
+    if ":" in req.authority and req.authority not in outbound.get("domains", ()):
+        raise ExplainError(404, "to", f"no Service port answers to {req.authority!r} (the "
+                                      f"proxy would route it to {outbound['virtualHost']} by "
+                                      "the name without the port)")
+    if route is None:
+        doc["outcome"] = {"status": routed.get("status", 404),
+                          "summary": f"the caller's proxy answers {routed.get('status', 404)}:"
+                                     f" {routed.get('why')}"}
+        return doc
+    changes = sorted({type(f).__name__ for f in route.rule.filters
+                      if isinstance(f, URLRewrite | RequestHeaderModifier)})
+    if changes:
+        outbound["note"] = (f"this rule's {' and '.join(changes)} changes the request before "
+                            "the destination decides; the inbound steps below see it as the "
+                            "application sent it")
+    if "localReply" in routed:
+        doc["outcome"] = {"status": None, "summary": routed["localReply"]}
+        return doc
+    clusters = {c.name: c for c in cfg.clusters}
+    hops: list[dict[str, Any]] = []
+    shown = 0
+    for b in route.rule.backends:
+        c = clusters.get(b.cluster)
+        entry: dict[str, Any] = {"cluster": b.cluster, "weight": b.weight}
+        hops.append(entry)
+        if b.weight == 0:
+            entry["why"] = "weight 0: never chosen"
+            continue
+        if c is None or c.unresolved:
+            entry.update(status=500, why="unresolved backend: the caller's proxy answers 500")
+            continue
+        if not c.endpoints:
+            entry.update(status=503, why="no endpoints: the caller's proxy answers 503 UH")
+            continue
+        entry["endpoints"] = []
+        for ep in c.endpoints:
+            if shown >= MAX_HOPS:
+                entry["endpointsNotShown"] = entry.get("endpointsNotShown", 0) + 1
+                continue
+            shown += 1
+            entry["endpoints"].append(trace_hop(c, ep, lookup, identity_of,
+                                                (req.namespace, req.workload), address, head))
+    doc["hops"] = hops
+    doc["outcome"] = outcome(hops)
+    return doc
+
+
+def outcome(hops: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the client gets: per chosen backend (with its share when there are several) the
+    first endpoint's result; `status`, `policy` and `rule` are those of the first backend."""
+    live = [h for h in hops if h.get("weight", 0) > 0]
+    total = sum(h["weight"] for h in live)
+    parts: list[dict[str, Any]] = [_backend_outcome(h) for h in live]
+    if not parts:
+        return {"status": 503, "summary": "no backend with a weight: the caller's proxy "
+                                          "answers 503"}
+    if len(parts) == 1:
+        return parts[0]
+    summary = "; ".join(f"{round(100 * h['weight'] / total, 2)}% ({h['cluster']}): "
+                        f"{p['summary']}" for h, p in zip(live, parts, strict=True))
+    return {**parts[0], "summary": summary, "byBackend": parts}
+
+
+def _backend_outcome(h: dict[str, Any]) -> dict[str, Any]:
+    if not h.get("endpoints"):
+        return {"status": h.get("status"), "summary": h.get("why", "")}
+    ep = h["endpoints"][0]
+    a = ep.get("authorization") or {}
+    where = ep.get("workload") or ep.get("endpoint")
+    if ep.get("result") in ("denied", "closed"):
+        return {"status": 403 if ep["result"] == "denied" else None,
+                "summary": f"{'403' if ep['result'] == 'denied' else 'closed'} by {where}: "
+                           f"{a.get('why')}", "policy": a.get("policy"), "rule": a.get("rule")}
+    if ep.get("result") == "forwarded":
+        return {"status": None, "summary": f"forwarded to {where} over "
+                                           f"{ep.get('mtls', 'plaintext')} "
+                                           f"({a.get('why', 'allowed')})",
+                "policy": a.get("policy"), "rule": a.get("rule")}
+    why = ep.get("why") or (ep.get("server") or {}).get("why") or ep.get("result")
+    return {"status": ep.get("status"), "summary": f"{where}: {why}"}
+
+
+__all__ = ["API_VERSION", "ExplainError", "ExplainRequest", "build_request", "explain"]

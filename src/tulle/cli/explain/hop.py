@@ -1,0 +1,238 @@
+"""One hop of a trace: from the caller's proxy, through a backend cluster, to one destination
+workload's inbound listener -- how the connection is secured, which filter chain takes it, and
+which authorization decision the destination's proxy makes.
+
+mTLS is read from the compiled configuration only, whatever the compiler emits for
+`Mesh.spec.mtls` (ADR 0030: no "mode" field, the mode *is* the config): the client side from
+the cluster's `tls` (`expected_spiffe_ids`, `identity`, `trust_bundle`, the ALPN the dialler
+offers: `runtime.tls.client_alpn`), the server side from the inbound listener's filter chains,
+chosen by the proxy's own selection (`listeners/chains.select`) on the facts the connection
+would have (destination, transport, SNI, ALPN).  Authorization runs the proxy's `Engine`
+(`dataplane/filters/authz.py`) compiled from the route's `Authorization` filter, or the L4
+`authz` network filter for opaque TCP ports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from tulle.cli.explain.routing import trace_table
+from tulle.dataplane.exchange import RequestHead
+from tulle.dataplane.filters.authz import Engine, Peer, Verdict, authz_path, denied_body
+from tulle.dataplane.listeners.chains import ChainRule, select
+from tulle.dataplane.runtime.tls import SERVER_ALPN, client_alpn
+from tulle.proxyconfig.filters import Authorization
+from tulle.proxyconfig.model import Cluster, Endpoint, Listener, ProxyConfig, TLSContext
+from tulle.proxyconfig.network.authz import NetworkAuthz
+
+Lookup = Callable[[str, str], "tuple[ProxyConfig, str] | None"]
+"""(namespace, workload) -> (its proxy's snapshot, "acked" | "desired"), or None."""
+IdentityOf = Callable[[str, str], str]
+"""(namespace, workload) -> the SPIFFE ID its certificate carries."""
+
+
+def client_tls(cluster: Cluster) -> dict[str, Any]:
+    """What the caller's proxy does when it dials `cluster`."""
+    tls = cluster.tls
+    if tls is None:
+        return {"mode": "plaintext", "why": f"cluster {cluster.name} has no tls: the proxy "
+                                            "dials plaintext"}
+    mtls = bool(tls.identity or tls.cert_file)
+    out: dict[str, Any] = {
+        "mode": "mTLS" if mtls else "TLS",
+        "presents": tls.identity or tls.cert_file or None,
+        "verifiesWith": tls.trust_bundle or tls.ca_file or None,
+        "expectedIdentities": list(tls.expected_spiffe_ids),
+        "serverName": tls.server_name or None,
+        "alpn": client_alpn(cluster.protocol, tls),
+        "minVersion": tls.min_version}
+    out["why"] = (f"cluster {cluster.name} has tls"
+                  + (f" with identity {out['presents']}" if mtls else " without a client "
+                     "certificate")
+                  + (f"; the server must be one of {len(tls.expected_spiffe_ids)} SPIFFE IDs"
+                     if tls.expected_spiffe_ids else "; no SPIFFE ID check"))
+    return out
+
+
+def _requires_client_cert(tls: TLSContext | None) -> bool:
+    return tls is not None and bool(tls.trust_bundle or tls.ca_file)
+
+
+def server_modes(listener: Listener) -> str:
+    """What the inbound port accepts, in the Mesh's words (derived from the chains)."""
+    tls = any(fc.tls is not None and fc.match.transport in ("tls", "any")
+              and _requires_client_cert(fc.tls) for fc in listener.filter_chains)
+    plain = any(fc.tls is None and fc.match.transport in ("plaintext", "any")
+                for fc in listener.filter_chains) or (
+        listener.tls is None and bool(listener.route_table or listener.cluster))
+    if listener.tls is not None and _requires_client_cert(listener.tls):
+        tls = True
+    if tls and plain:
+        return "PERMISSIVE (mTLS or plaintext)"
+    if tls:
+        return "STRICT (mTLS only)"
+    return "DISABLED (plaintext only)"
+
+
+def _inbound_listener(cfg: ProxyConfig, ep: Endpoint) -> Listener | None:
+    for lst in cfg.listeners:
+        if lst.direction == "inbound" and lst.port == ep.port and lst.address in (
+                ep.address, "0.0.0.0", "::"):
+            return lst
+    return None
+
+
+def _chain(listener: Listener, ep: Endpoint, client: dict[str, Any]
+           ) -> tuple[str | None, TLSContext | None, str, str, list[Any], str]:
+    """(chain name or None when refused, its tls, route table, cluster, network filters,
+    why) for a connection from a client doing `client` to `ep`."""
+    transport = "plaintext" if client["mode"] == "plaintext" else "tls"
+    if listener.filter_chains:
+        rules = [ChainRule(fc.name, fc.match, fc.protocol, fc.tls, None, None, fc.cluster,
+                           None) for fc in listener.filter_chains]
+        got = select(rules, ep.address, ep.port, transport, client.get("serverName"),
+                     client.get("alpn") or ())
+        if got is not None:
+            fc = next(f for f in listener.filter_chains if f.name == got.name)
+            return (fc.name, fc.tls, fc.route_table, fc.cluster, list(fc.network_filters),
+                    f"filter chain {fc.name!r} takes a {transport} connection")
+    if listener.route_table or listener.cluster:
+        return ("(listener default)", listener.tls, listener.route_table, listener.cluster,
+                list(listener.network_filters),
+                f"{'no filter chain matches' if listener.filter_chains else 'no filter chains'}"
+                f": the listener's own fields take the {transport} connection")
+    return (None, None, "", "", [], f"no filter chain of {listener.name} takes a {transport} "
+                                   "connection and the listener has no default: the proxy "
+                                   "closes it (counted no_filter_chain)")
+
+
+def _alpn(server: TLSContext | None, offered: list[str]) -> str | None:
+    ours = list(server.alpn) if server is not None and server.alpn else list(SERVER_ALPN)
+    return next((p for p in ours if p in offered), None)
+
+
+def _verdict_doc(v: Verdict, engine_policies: list[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "allowed": v.allowed, "policy": v.policy if v.policy != "-" else "default",
+        "action": v.action if v.action != "-" else None,
+        "rule": v.rule if v.rule >= 0 else None,
+        "events": [{"policy": p, "action": a, "result": r} for p, a, r in v.events[1:]],
+        "policies": engine_policies}
+    if v.policy == "-":
+        out["why"] = "no policy applies to this port: allowed by default"
+    elif not v.allowed and v.action == "DENY":
+        out["why"] = f"DENY policy {v.policy} rule {v.rule} matches (DENY beats ALLOW)"
+    elif not v.allowed:
+        out["why"] = f"ALLOW policies apply and none matches ({v.policy})"
+    else:
+        out["why"] = f"ALLOW policy {v.policy} rule {v.rule} matches and no DENY policy does"
+    if not v.allowed:
+        out["status"] = 403
+        out["body"] = denied_body(v).decode()
+    return out
+
+
+def _policies(cfg: Authorization | NetworkAuthz) -> list[dict[str, Any]]:
+    return [{"name": p.name, "action": p.action, "dryRun": p.dry_run, "rules": len(p.rules)}
+            for p in cfg.policies]
+
+
+def trace_hop(cluster: Cluster, ep: Endpoint, lookup: Lookup, identity_of: IdentityOf,
+              source: tuple[str, str], source_address: str, head: RequestHead
+              ) -> dict[str, Any]:
+    """One endpoint of a backend cluster, as the destination's proxy sees the request."""
+    md = ep.metadata
+    ns, name = (md.namespace, md.workload) if md is not None else ("", "")
+    doc: dict[str, Any] = {"endpoint": f"{ep.address}:{ep.port}",
+                           "workload": f"{ns}/{name}" if name else None}
+    client = client_tls(cluster)
+    doc["client"] = client
+    got = lookup(ns, name) if name else None
+    if got is None:
+        doc.update(result="unknown_destination",
+                   why="the endpoint names no workload with a proxy snapshot: what answers "
+                       "there is not known to the mesh")
+        return doc
+    cfg, state = got
+    doc["destinationConfig"] = {"version": cfg.version, "source": state}
+    if state != "acked":
+        doc["destinationConfig"]["note"] = ("its proxy has not ACKed this snapshot (not "
+                                            "connected yet, or it NACKed): traced as desired")
+    server_id = identity_of(ns, name)
+    doc["serverIdentity"] = server_id
+    expected = client.get("expectedIdentities") or []
+    if expected and server_id not in expected:
+        doc.update(result="refused_by_client", status=503,
+                   why=f"the server's identity {server_id} is not one expected for the "
+                       "destination: the caller's proxy refuses the connection (503 UF)")
+        return doc
+    listener = _inbound_listener(cfg, ep)
+    if listener is None:
+        doc.update(result="no_listener", why=f"{ns}/{name}'s proxy has no inbound listener "
+                                             f"on {ep.address}:{ep.port}")
+        return doc
+    chain, tls, table, target, network, why = _chain(listener, ep, client)
+    server: dict[str, Any] = {"listener": listener.name, "accepts": server_modes(listener),
+                              "chain": chain, "why": why}
+    doc["server"] = server
+    if chain is None:
+        doc.update(result="refused_by_server", status=503, mtls="refused")
+        return doc
+    if tls is not None and client["mode"] == "plaintext":
+        doc.update(result="refused_by_server", status=503, mtls="refused",
+                   why="the chain terminates TLS and the caller's proxy dials plaintext: "
+                       "the connection fails")
+        return doc
+    if tls is None and client["mode"] != "plaintext":
+        doc.update(result="refused_by_server", status=503, mtls="refused",
+                   why="the chain does not terminate TLS: the caller's TLS handshake fails")
+        return doc
+    mtls_on = tls is not None and _requires_client_cert(tls) and client["mode"] == "mTLS"
+    doc["mtls"] = "mTLS" if mtls_on else ("TLS" if tls is not None else "plaintext")
+    peer_identity = identity_of(*source) if mtls_on else ""
+    doc["peerIdentity"] = peer_identity or None
+    if tls is not None:
+        server["alpn"] = _alpn(tls, client.get("alpn") or [])
+    if server.get("alpn") == "tulle-tcp" or listener.protocol == "tcp":
+        return _l4(doc, network, peer_identity, source_address, target)
+    if not table:
+        doc.update(result="forwarded", cluster=target or None, authorization={
+            "allowed": True, "policy": "default", "why": "no route table on this port: no "
+            "authorization policy targets it, HTTP goes to the application as it is"})
+        return doc
+    routed, route = trace_table(cfg, table, head)
+    doc["inboundRoute"] = routed
+    if route is None:
+        doc.update(result="no_route", status=routed.get("status", 404))
+        return doc
+    authz = next((f for f in route.rule.filters if isinstance(f, Authorization)), None)
+    if authz is None:
+        doc.update(result="forwarded", authorization={
+            "allowed": True, "policy": "default", "why": "no authorization filter on the "
+            "route: no policy targets this port"}, cluster=route.clusters[0] if
+            route.clusters else None)
+        return doc
+    v = Engine(authz.policies).decide(Peer(peer_identity, source_address), head,
+                                      authz_path(head.path))
+    doc["authorization"] = _verdict_doc(v, _policies(authz))
+    doc["result"] = "forwarded" if v.allowed else "denied"
+    if v.allowed:
+        doc["cluster"] = route.clusters[0] if route.clusters else None
+    else:
+        doc["status"] = 403
+    return doc
+
+
+def _l4(doc: dict[str, Any], network: list[Any], identity: str, address: str,
+        target: str) -> dict[str, Any]:
+    authz = next((f for f in network if isinstance(f, NetworkAuthz)), None)
+    doc["relay"] = "opaque TCP"
+    if authz is None:
+        doc.update(result="forwarded", cluster=target or None, authorization={
+            "allowed": True, "policy": "default", "why": "no authz network filter"})
+        return doc
+    v = Engine(authz.policies).decide(Peer(identity, address), None)
+    doc["authorization"] = _verdict_doc(v, _policies(authz))
+    doc["result"] = "forwarded" if v.allowed else "closed"
+    return doc

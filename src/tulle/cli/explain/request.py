@@ -1,0 +1,90 @@
+"""What `tulle explain` is asked: one request from a workload to a Service, checked at the
+boundary (every error names the field it is about, ADR 0036).
+
+The request is described as the calling application would send it through its proxy's
+outbound listener: `to` is the authority (`Host`) it uses -- `SERVICE[.NAMESPACE][:PORT]`,
+any of the names the Service answers to -- and the path, method and headers are the request's.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from tulle.proxyconfig.model import HTTPMethod
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_AUTHORITY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$")
+_METHODS: frozenset[str] = frozenset(HTTPMethod.__args__)  # type: ignore[attr-defined]
+MAX_HEADERS = 32
+MAX_VALUE = 4096
+MAX_PATH = 8192
+
+
+class ExplainError(Exception):
+    """Bad input or nothing to explain: `status` says which (400 bad input, 404 an unknown
+    workload / service / port; the CLI exits 2 for both); `field` the option it is about."""
+
+    def __init__(self, status: int, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.status = status
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class ExplainRequest:
+    namespace: str
+    workload: str
+    authority: str
+    """As the application sends it (`Host`), lower-cased."""
+    path: str = "/"
+    method: str = "GET"
+    headers: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    """(lower-case name, value) in the order given."""
+
+    @property
+    def source(self) -> str:
+        return f"{self.namespace}/{self.workload}"
+
+
+def parse_header(text: str) -> tuple[str, str]:
+    """`NAME=VALUE` (or `NAME:VALUE`) -> (lower-case name, value); raises `ExplainError`."""
+    sep = min((i for i in (text.find("="), text.find(":")) if i > 0), default=-1)
+    if sep < 0:
+        raise ExplainError(400, "header", f"{text[:64]!r} is not NAME=VALUE")
+    name, value = text[:sep].strip(), text[sep + 1:].strip()
+    if not _TOKEN.match(name):
+        raise ExplainError(400, "header", f"{name[:64]!r} is not a valid header name")
+    if len(value) > MAX_VALUE or any(c in value for c in "\r\n\0"):
+        raise ExplainError(400, f"header {name}", "value has a line break, NUL or is over "
+                                                  f"{MAX_VALUE} characters")
+    return name.lower(), value
+
+
+def build_request(source: str, namespace: str, to: str, path: str, method: str,
+                  headers: list[str]) -> ExplainRequest:
+    """The checked request; `source` is `NAME` or `NAMESPACE/NAME`."""
+    ns, _, name = source.rpartition("/") if "/" in source else (namespace, "", source)
+    if not name or not ns:
+        raise ExplainError(400, "from", "give a workload as NAME or NAMESPACE/NAME")
+    to = to.strip().lower()
+    if not to or not _AUTHORITY.match(to):
+        raise ExplainError(400, "to", f"{to[:64]!r} is not SERVICE[.NAMESPACE][:PORT]")
+    port = to.rpartition(":")[2] if ":" in to else ""
+    if port and not 1 <= int(port) <= 65535:
+        raise ExplainError(400, "to", f"port {port} is out of range")
+    if not path.startswith("/") or len(path) > MAX_PATH or any(
+            c in path for c in " \r\n\0"):
+        raise ExplainError(400, "path", "must start with '/' and hold no space, line break "
+                                        f"or NUL (at most {MAX_PATH} characters)")
+    method = method.upper()
+    if method not in _METHODS:
+        raise ExplainError(400, "method", f"{method[:16]!r} is not one of "
+                                          f"{', '.join(sorted(_METHODS))}")
+    if len(headers) > MAX_HEADERS:
+        raise ExplainError(400, "header", f"at most {MAX_HEADERS} headers")
+    parsed = tuple(parse_header(h) for h in headers)
+    if any(n == "host" for n, _ in parsed):
+        raise ExplainError(400, "header", "give the authority with --to, not a host header")
+    return ExplainRequest(ns, name, to, path, method, parsed)

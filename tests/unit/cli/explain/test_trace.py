@@ -1,0 +1,280 @@
+"""The decision trace over snapshots the compiler really makes: routes with a header match and
+a weighted split, an AuthorizationPolicy that denies one path, mTLS read from the clusters and
+chains, and bad input refused with the field it is about."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from tulle.cli.explain import ExplainError, build_request, explain
+from tulle.controlplane.compiler import MeshInputs, compile_mesh
+from tulle.proxyconfig.model import FilterChain, FilterChainMatch, ProxyConfig, TLSContext
+
+V1 = "mesh.tulle.dev/v1alpha1"
+GW = "gateway.networking.k8s.io/v1"
+POLICY = "policy.tulle.dev/v1alpha1"
+
+
+def workload(name: str, port: int, **labels: str) -> dict[str, Any]:
+    return {"apiVersion": V1, "kind": "Workload",
+            "metadata": {"name": name, "namespace": "shop", "labels": labels},
+            "spec": {"address": "127.0.0.1", "serviceAccount": name.split("-", maxsplit=1)[0],
+                     "ports": [{"name": "http", "port": port, "targetPort": port + 1000}]}}
+
+
+def service(name: str, **selector: str) -> dict[str, Any]:
+    return {"apiVersion": V1, "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"selector": selector,
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
+
+
+ROUTE = {"apiVersion": GW, "kind": "HTTPRoute", "metadata": {"name": "api", "namespace": "shop"},
+         "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "api", "port": 80}],
+                  "rules": [
+                      {"name": "canary-header",
+                       "matches": [{"path": {"type": "PathPrefix", "value": "/"},
+                                    "headers": [{"name": "x-canary", "value": "yes"}]}],
+                       "backendRefs": [{"name": "api-v2", "port": 80}]},
+                      {"name": "split",
+                       "matches": [{"path": {"type": "PathPrefix", "value": "/"}}],
+                       "timeouts": {"request": "3s"},
+                       "filters": [{"type": "RequestHeaderModifier",
+                                    "requestHeaderModifier": {"set": [
+                                        {"name": "x-via", "value": "split"}]}}],
+                       "backendRefs": [{"name": "api", "port": 80, "weight": 90},
+                                       {"name": "api-v2", "port": 80, "weight": 10}]}]}}
+DENY_ADMIN = {"apiVersion": POLICY, "kind": "AuthorizationPolicy",
+              "metadata": {"name": "no-admin", "namespace": "shop"},
+              "spec": {"targetRef": {"group": "", "kind": "Service", "name": "api"},
+                       "action": "DENY",
+                       "rules": [{"to": [{"methods": ["DELETE"]}]},
+                                 {"to": [{"paths": ["/admin*"]}]}]}}
+
+
+def snapshots(*extra: dict[str, Any]) -> dict[tuple[str, str], ProxyConfig]:
+    docs = [workload("web-0", 17000, app="web"), workload("api-0", 17100, app="api", v="1"),
+            workload("api2-0", 17200, app="api2"), service("api", app="api"),
+            service("api-v2", app="api2"), ROUTE, DENY_ADMIN, *extra]
+    res = compile_mesh(MeshInputs.from_resources(docs))
+    assert not res.errors, res.errors
+    return res.snapshots
+
+
+def run(snaps: dict[tuple[str, str], ProxyConfig], path: str = "/", method: str = "GET",
+        headers: tuple[str, ...] = (), to: str = "api", source: str = "shop/web-0",
+        ) -> dict[str, Any]:
+    def lookup(ns: str, name: str) -> tuple[ProxyConfig, str] | None:
+        cfg = snaps.get((ns, name))
+        return (cfg, "desired") if cfg is not None else None
+
+    def identity_of(ns: str, name: str) -> str:
+        return f"spiffe://cluster.local/ns/{ns}/sa/{name.split('-', maxsplit=1)[0]}"
+
+    req = build_request(source, "default", to, path, method, list(headers))
+    doc = explain(req, lookup, identity_of)
+    msgspec.json.encode(doc)  # a JSON document, nothing else
+    return doc
+
+
+def test_a_header_match_wins_over_the_split_and_the_trace_says_why() -> None:
+    doc = run(snapshots(), "/items", headers=("x-canary=yes",))
+    out = doc["outbound"]
+    assert out["result"] == "matched"
+    assert out["virtualHost"] == "api.shop:80"
+    assert "canary-header" in out["route"]
+    assert out["ruleIndex"] == 0
+    assert out["taken"]["conditions"] == ["path PathPrefix '/'", "header x-canary Exact 'yes'"]
+    assert out["notTaken"] == []
+    assert [h["cluster"] for h in doc["hops"]] == ["outbound|80||api-v2.shop"]
+    ep = doc["hops"][0]["endpoints"][0]
+    assert ep["workload"] == "shop/api2-0"
+    assert ep["result"] == "forwarded"
+    assert ep["mtls"] == "plaintext"
+    assert ep["authorization"]["policy"] == "default"
+
+
+def test_without_the_header_the_weighted_split_is_taken_and_the_header_rule_skipped() -> None:
+    doc = run(snapshots(), "/items", headers=("x-canary=no",))
+    out = doc["outbound"]
+    assert out["ruleIndex"] == 1
+    assert len(out["notTaken"]) == 1
+    skipped = out["notTaken"][0]
+    assert "canary-header" in skipped["route"]
+    assert skipped["why"] == "header x-canary Exact 'yes' does not hold"
+    assert out["backends"] == [{"cluster": "outbound|80||api.shop", "weight": 90, "percent": 90.0},
+                               {"cluster": "outbound|80||api-v2.shop", "weight": 10, "percent": 10.0}]
+    assert out["timeouts"]["requestMs"] == 3000
+    assert out["timeouts"]["requestFrom"] == "rule"
+    assert [f["type"] for f in out["filters"]] == ["RequestHeaderModifier"]
+    assert [h["weight"] for h in doc["hops"]] == [90, 10]
+    # header values are used, never echoed: only names come back
+    assert doc["request"]["headers"] == ["x-canary"]
+    assert "no" not in msgspec.json.encode(doc["request"]).decode().replace("normal", "")
+
+
+def test_a_deny_policy_is_named_with_its_rule_and_the_403_body() -> None:
+    doc = run(snapshots(), "/admin/users")
+    api = doc["hops"][0]["endpoints"][0]
+    assert api["workload"] == "shop/api-0"
+    assert api["result"] == "denied"
+    a = api["authorization"]
+    assert (a["policy"], a["action"], a["rule"], a["allowed"]) == (
+        "shop/no-admin", "DENY", 1, False)
+    assert a["body"] == "RBAC: access denied by DENY policy shop/no-admin\n"
+    assert doc["outcome"]["status"] == 403
+    assert doc["outcome"]["policy"] == "shop/no-admin"
+    # the first rule decides a DELETE
+    doc = run(snapshots(), "/items", method="DELETE")
+    assert doc["hops"][0]["endpoints"][0]["authorization"]["rule"] == 0
+    # and an allowed path names no rule: no ALLOW policy, no DENY matched
+    doc = run(snapshots(), "/items")
+    a = doc["hops"][0]["endpoints"][0]["authorization"]
+    assert a["allowed"] and a["policy"] == "default"
+    assert doc["outcome"]["status"] is None
+
+
+def test_the_path_is_normalised_as_the_proxy_does_before_routing_and_authz() -> None:
+    doc = run(snapshots(), "/public/../admin/x")
+    assert doc["outbound"]["path"] == "/admin/x"
+    assert doc["hops"][0]["endpoints"][0]["result"] == "denied"
+    doc = run(snapshots(), "/a%00b")
+    assert doc["outcome"]["status"] == 400
+
+
+def test_an_allow_policy_that_does_not_match_says_which_policies_were_tried() -> None:
+    allow = {"apiVersion": POLICY, "kind": "AuthorizationPolicy",
+             "metadata": {"name": "reads", "namespace": "shop"},
+             "spec": {"targetRef": {"group": "", "kind": "Service", "name": "api"},
+                      "rules": [{"to": [{"methods": ["GET"]}]}]}}
+    doc = run(snapshots(allow), "/items", method="POST")
+    a = doc["hops"][0]["endpoints"][0]["authorization"]
+    assert (a["allowed"], a["policy"], a["action"], a["rule"]) == (
+        False, "shop/reads", "ALLOW", None)
+    assert {p["name"] for p in a["policies"]} == {"shop/reads", "shop/no-admin"}
+    doc = run(snapshots(allow), "/items")
+    a = doc["hops"][0]["endpoints"][0]["authorization"]
+    assert (a["allowed"], a["policy"], a["rule"]) == (True, "shop/reads", 0)
+
+
+def _with_mtls(snaps: dict[tuple[str, str], ProxyConfig], permissive: bool,
+               expected: str) -> dict[tuple[str, str], ProxyConfig]:
+    """What a compiler emitting mesh mTLS would give (ADR 0030's shape): the client's clusters
+    with tls and expected SPIFFE IDs; the server's inbound listener with a TLS chain (and a
+    plaintext one when permissive)."""
+    out = dict(snaps)
+    web = snaps[("shop", "web-0")]
+    tls = TLSContext(identity="svid", trust_bundle="mesh", min_version="1.3",
+                     expected_spiffe_ids=[expected])
+    out[("shop", "web-0")] = msgspec.structs.replace(web, clusters=[
+        msgspec.structs.replace(c, tls=tls) if c.name.startswith("outbound|") else c
+        for c in web.clusters])
+    api = snaps[("shop", "api-0")]
+    listeners = []
+    for lst in api.listeners:
+        if lst.direction == "inbound":
+            chains = [FilterChain(name="mtls", match=FilterChainMatch(transport="tls"),
+                                  tls=TLSContext(identity="svid", trust_bundle="mesh"),
+                                  route_table=lst.route_table, cluster=lst.cluster)]
+            if permissive:
+                chains.append(FilterChain(name="plain",
+                                          match=FilterChainMatch(transport="plaintext"),
+                                          route_table=lst.route_table, cluster=lst.cluster))
+            listeners.append(msgspec.structs.replace(lst, filter_chains=chains,
+                                                     route_table="", cluster=""))
+        else:
+            listeners.append(lst)
+    out[("shop", "api-0")] = msgspec.structs.replace(api, listeners=listeners)
+    return out
+
+
+def test_mtls_is_read_from_the_compiled_clusters_and_chains() -> None:
+    snaps = _with_mtls(snapshots(), False, "spiffe://cluster.local/ns/shop/sa/api")
+    doc = run(snaps, "/items", headers=("x-canary=no",))
+    ep = doc["hops"][0]["endpoints"][0]
+    assert ep["client"]["mode"] == "mTLS"
+    assert ep["client"]["expectedIdentities"] == ["spiffe://cluster.local/ns/shop/sa/api"]
+    assert ep["client"]["alpn"] == ["http/1.1"]
+    assert ep["server"]["chain"] == "mtls"
+    assert ep["server"]["accepts"] == "STRICT (mTLS only)"
+    assert ep["server"]["alpn"] == "http/1.1"
+    assert ep["mtls"] == "mTLS"
+    assert ep["peerIdentity"] == "spiffe://cluster.local/ns/shop/sa/web"
+    assert ep["result"] == "forwarded"
+    # a client dialling plaintext into STRICT is refused by the server
+    plain = dict(snaps)
+    plain[("shop", "web-0")] = snapshots()[("shop", "web-0")]
+    ep = run(plain, "/items", headers=("x-canary=no",))["hops"][0]["endpoints"][0]
+    assert ep["result"] == "refused_by_server"
+    assert ep["server"]["chain"] is None
+    # PERMISSIVE takes it on the plaintext chain
+    perm = _with_mtls(snapshots(), True, "spiffe://cluster.local/ns/shop/sa/api")
+    perm[("shop", "web-0")] = snapshots()[("shop", "web-0")]
+    ep = run(perm, "/items", headers=("x-canary=no",))["hops"][0]["endpoints"][0]
+    assert ep["server"]["accepts"] == "PERMISSIVE (mTLS or plaintext)"
+    assert (ep["server"]["chain"], ep["mtls"], ep["peerIdentity"]) == ("plain", "plaintext",
+                                                                       None)
+
+
+def test_a_server_identity_not_expected_is_refused_by_the_client() -> None:
+    snaps = _with_mtls(snapshots(), False, "spiffe://cluster.local/ns/shop/sa/other")
+    ep = run(snaps, "/items", headers=("x-canary=no",))["hops"][0]["endpoints"][0]
+    assert ep["result"] == "refused_by_client"
+    assert ep["status"] == 503
+
+
+def test_without_tls_in_the_snapshot_the_hop_is_plaintext() -> None:
+    ep = run(snapshots(), "/x", headers=("x-canary=no",))["hops"][0]["endpoints"][0]
+    assert ep["client"] == {"mode": "plaintext", "why": ep["client"]["why"]}
+    assert ep["server"]["accepts"] == "DISABLED (plaintext only)"
+
+
+@pytest.mark.parametrize(("kwargs", "field", "status"), [
+    ({"source": "shop/nobody"}, "from", 404),
+    ({"to": "nothing.shop"}, "to", 404),
+    ({"to": "api.shop:81"}, "to", 404),
+    ({"to": "api shop"}, "to", 400),
+    ({"to": "api:99999"}, "to", 400),
+    ({"headers": ("novalue",)}, "header", 400),
+    ({"headers": ("bad name=x",)}, "header", 400),
+    ({"headers": ("host=x",)}, "header", 400),
+    ({"path": "items"}, "path", 400),
+    ({"method": "BREW"}, "method", 400),
+    ({"headers": ("x-a=b\r\nx-injected: 1",)}, "header x-a", 400),
+    ({"headers": ("x-a=" + "v" * 5000,)}, "header x-a", 400),
+    ({"headers": tuple(f"x-{i}=1" for i in range(33))}, "header", 400),
+    ({"path": "/a b"}, "path", 400),
+    ({"path": "/" + "a" * 9000}, "path", 400),
+    ({"source": "shop/"}, "from", 400),
+])
+def test_bad_input_is_refused_with_the_field(kwargs: dict[str, Any], field: str,
+                                             status: int) -> None:
+    with pytest.raises(ExplainError) as err:
+        run(snapshots(), **kwargs)
+    assert err.value.field == field
+    assert err.value.status == status
+
+
+def test_the_text_trace_names_the_rule_the_policy_and_the_hop() -> None:
+    from tulle.cli.explain.render import render
+
+    text = render(run(snapshots(), "/admin/x", headers=("x-canary=secret-value",)))
+    assert "secret-value" not in text
+    assert "x canary-header" not in text  # the header rule was taken
+    assert "authorization: DENY by shop/no-admin rule 1 (DENY)" in text
+    assert "response: 403 RBAC: access denied by DENY policy shop/no-admin" in text
+    assert "hop: plaintext" in text
+    text = render(run(snapshots(), "/x", headers=("x-canary=no",)))
+    assert "x shop/api/canary-header match 0: header x-canary Exact 'yes' does not hold" in \
+        text or "header x-canary Exact 'yes' does not hold" in text
+    assert "RequestHeaderModifier (rule)" in text
+    assert "outcome: 90.0% (outbound|80||api.shop): forwarded to shop/api-0 over plaintext" in text
+    assert "10.0% (outbound|80||api-v2.shop): forwarded to shop/api2-0" in text
+
+
+def test_a_rule_that_changes_the_request_says_the_inbound_side_sees_it_unchanged() -> None:
+    out = run(snapshots(), "/x", headers=("x-canary=no",))["outbound"]
+    assert "RequestHeaderModifier changes the request" in out["note"]
+    assert "note" not in run(snapshots(), "/x", headers=("x-canary=yes",))["outbound"]
