@@ -145,6 +145,10 @@ def _register() -> bool:
     for cmd in COMMANDS:
         cli.add_command(cmd)
     cli.add_command(api_token)
+    from tulle.cli.ca import ca, check_cmd
+
+    cli.add_command(ca)
+    cli.add_command(check_cmd)
     return True
 
 

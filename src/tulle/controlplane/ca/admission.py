@@ -21,6 +21,7 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -31,7 +32,9 @@ from tulle.controlplane.ca.authority import (
     CsrError,
     Signed,
     check_csr,
+    verify_workload,
 )
+from tulle.controlplane.ca.rotation import CAState, fingerprint
 from tulle.controlplane.ca.spiffe import SpiffeId
 from tulle.controlplane.ca.tokens import TokenError, TokenService
 from tulle.proxyconfig.stream import Certificate, Hello, hello_proof_payload
@@ -54,25 +57,42 @@ class Admitted:
     """From the token: the labels a Workload made by this hello gets."""
     issued: Certificate | None = None
     """The certificate signed for the hello's CSR, to send before any snapshot."""
+    cert_issuer: str = ""
+    """Fingerprint of the CA certificate that signed the certificate the proxy serves (the
+    one issued now, else the one it presented): CA rotation tracks who has moved."""
+    cert_not_before: int = 0
+    cert_not_after: int = 0
 
 
-def certificate_message(ca: CertificateAuthority, signed: Signed) -> Certificate:
-    return Certificate(cert_chain=signed.chain_pem, trust_bundle=ca.trust_bundle(),
+def certificate_message(ca: CertificateAuthority | CAState, signed: Signed) -> Certificate:
+    bundle = ca.bundle() if isinstance(ca, CAState) else ca.trust_bundle()
+    return Certificate(cert_chain=signed.chain_pem, trust_bundle=bundle,
                        not_after=int(signed.not_after.timestamp()),
                        not_before=int(signed.issued_at.timestamp()))
 
 
 class Admission:
-    """Checks hellos and signs CSRs; `trust_domain` is read at each call (Mesh may change)."""
+    """Checks hellos and signs CSRs; `trust_domain` is read at each call (Mesh may change).
 
-    def __init__(self, ca: CertificateAuthority, tokens: TokenService,
+    `state` is the CA in force (rotation.py): who signs, which roots go into bundles, whose
+    certificates a hello may present; `use()` replaces it when a rotation moves on."""
+
+    def __init__(self, ca: CertificateAuthority | CAState, tokens: TokenService,
                  trust_domain: Callable[[], str], *,
                  cert_ttl: dt.timedelta = DEFAULT_CERT_TTL) -> None:
-        self.ca = ca
+        self.state = ca if isinstance(ca, CAState) else CAState.single(ca)
         self.tokens = tokens
         self.trust_domain = trust_domain
         self.cert_ttl = cert_ttl
         self.signed = 0
+
+    @property
+    def ca(self) -> CertificateAuthority:
+        """The CA that signs now."""
+        return self.state.signing
+
+    def use(self, state: CAState) -> None:
+        self.state = state
 
     async def admit(self, hello: Hello) -> Admitted:
         w = hello.workload
@@ -111,12 +131,14 @@ class Admission:
         except TokenError as exc:
             raise AdmissionError(str(exc)) from None
         issued = self.sign(hello.csr, identity, w.name)
-        return Admitted(w.namespace, w.name, identity, "token", claims.labels, issued)
+        return Admitted(w.namespace, w.name, identity, "token", claims.labels, issued,
+                        self.state.signing_id(), issued.not_before, issued.not_after)
 
     def _by_certificate(self, hello: Hello) -> Admitted:
         w = hello.workload
         try:
-            identity, workload, leaf = self.ca.verify_workload(hello.certificate)
+            identity, workload, leaf = verify_workload(hello.certificate,
+                                                       self.state.issuers())
         except ValueError as exc:
             raise AdmissionError(f"certificate refused: {exc}") from None
         if (identity.namespace, workload) != (w.namespace, w.name):
@@ -134,15 +156,32 @@ class Admission:
         except (binascii.Error, ValueError, AssertionError, InvalidSignature):
             raise AdmissionError("certificate proof does not verify with its key") from None
         issued = None
+        issuer = _issuer_of(leaf, self.state)
+        not_before = int(leaf.not_valid_before_utc.timestamp())
+        not_after = int(leaf.not_valid_after_utc.timestamp())
         if hello.csr:
             try:
                 issued = self.sign(hello.csr, identity, w.name)
             except CsrError as exc:
                 raise AdmissionError(str(exc)) from None
-        return Admitted(w.namespace, w.name, identity, "certificate", {}, issued)
+            issuer = self.state.signing_id()
+            not_before, not_after = issued.not_before, issued.not_after
+        return Admitted(w.namespace, w.name, identity, "certificate", {}, issued, issuer,
+                        not_before, not_after)
 
     def sign(self, csr: str, identity: SpiffeId, workload: str) -> Certificate:
         """Sign for an admitted caller; CsrError for a CSR that is refused."""
-        signed = self.ca.sign_csr(csr, identity, workload, ttl=self.cert_ttl)
+        signed = self.state.signing.sign_csr(csr, identity, workload, ttl=self.cert_ttl)
         self.signed += 1
-        return certificate_message(self.ca, signed)
+        return certificate_message(self.state, signed)
+
+
+def _issuer_of(leaf: x509.Certificate, state: CAState) -> str:
+    """The fingerprint of the CA certificate in `state.issuers()` that signed `leaf`."""
+    for issuer in state.issuers():
+        try:
+            leaf.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return fingerprint(issuer)
+    return ""
