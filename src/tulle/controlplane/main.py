@@ -41,6 +41,7 @@ from tulle.controlplane.push.server import (
     PushServer,
     SnapshotCache,
 )
+from tulle.controlplane.push.trust import view
 from tulle.controlplane.reconcile import Reconciler
 from tulle.controlplane.store.factory import open_store
 from tulle.controlplane.store.protocol import ResourceStore
@@ -114,7 +115,8 @@ class ControlPlane:
         else:
             self.ca = await persist.load_or_create(self.store, await _trust_domain(self.store))
             persist.restrict_sqlite_file(self.store_url)
-        self.ca_keeper = CAKeeper(self.store, from_files=self.ca_files is not None)
+        self.ca_keeper = CAKeeper(self.store, from_files=self.ca_files is not None,
+                                  instance=self.instance)
         state = await self.ca_keeper.load(self.ca)
         self.ca = state.signing
         self.bootstrap_tokens = TokenService(self.store, TokenSigner(
@@ -129,6 +131,8 @@ class ControlPlane:
                                max_pending_hellos=self.stream_max_pending_hellos)
         self.stream_port = await self.push.start(self.stream_host, self.stream_port)
         self.ca_keeper.on_change.append(self._ca_changed)
+        push = self.push
+        self.ca_keeper.local = lambda: [view(st) for st in push.statuses() if st.connected]
         self.ca_keeper.start()
         self.reconciler.start()
         api_tokens = TokenStore(self.store)

@@ -12,14 +12,17 @@ server proxy (and by the stream), and the listener still serves.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import ssl
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgspec
+import pytest
 from cryptography import x509
 from tests.support.cli import tulle
 from tests.support.controlplane import (
@@ -37,6 +40,7 @@ from tulle.controlplane.ca.spiffe import SpiffeId
 from tulle.controlplane.main import ControlPlane
 from tulle.controlplane.push.cache import ProxyKey
 from tulle.dataplane.identity import WorkloadKey
+from tulle.proxyconfig.features import SUPPORTED
 from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.stream import WorkloadInfo
 
@@ -288,8 +292,6 @@ async def test_a_stage_waits_for_a_proxy_that_has_not_moved() -> None:
     """A proxy that does not take trust updates (an older build) holds the rotation at
     add-root, named with the reason; advancing is refused (409) and changes nothing."""
     async with running_control_plane() as cp:
-        from tulle.proxyconfig.features import SUPPORTED
-
         w = WorkloadInfo(name="old", namespace=NS, address="127.0.0.1", service_account="old")
         older = await subscribe([cp.stream_port], w,
                                 features=[f for f in SUPPORTED if f != "ca-rotation"])
@@ -309,3 +311,58 @@ async def test_a_stage_waits_for_a_proxy_that_has_not_moved() -> None:
             assert code == 1 and "have not moved within the timeout" in err
         finally:
             await older.stop()
+
+
+async def test_replicas_share_the_rotation_and_wait_for_each_others_proxies(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two replicas on one SQLite store: the stage taken through A reaches B's proxies (B
+    follows the CA record), traffic from B's client to A's server fails no request, and A
+    counts B's proxies before advancing (B publishes their progress)."""
+    from tulle.controlplane import main as cp_main
+    from tulle.controlplane.store.factory import open_store
+
+    monkeypatch.setattr(cp_main, "open_store", functools.partial(open_store, poll_interval=0.05))
+    store = f"sqlite:{tmp_path / 'cp.db'}"
+    async with running_control_plane(store, instance="a") as a, \
+            running_control_plane(store, instance="b") as b, AsyncExitStack() as stack:
+        app = await stack.enter_async_context(named_origin("app"))
+        in_port, out_port = free_port(), free_port()
+        _pin(a, {(NS, "server"): _server_cfg(in_port, app)})
+        _pin(b, {(NS, "client"): _client_cfg(out_port, in_port)})
+        proxies = []
+        for name, cp in (("server", a), ("client", b)):
+            w = WorkloadInfo(name=name, namespace=NS, address="127.0.0.1", service_account=name)
+            p = await subscribe([cp.stream_port], w)
+            stack.push_async_callback(p.stop)
+            proxies.append(p)
+        w = WorkloadInfo(name="old", namespace=NS, address="127.0.0.1", service_account="old")
+        older = await subscribe([b.stream_port], w, features=[
+            f for f in SUPPORTED if f != "ca-rotation"])
+        stack.push_async_callback(older.stop)
+        await eventually(lambda: all(p.agent.current is not None for p in proxies)
+                         and older.agent.held is not None, timeout=10)
+
+        load = Load(a, out_port)
+        load.start()
+        await eventually(lambda: load.ok.get("idle", 0) >= 5, timeout=10)
+        code, _, err = await tulle(a.api_url, "ca", "rotate", "--step")
+        assert code == 0, err
+        # A sees B's older proxy holding the stage up (B's published progress) ...
+        await eventually(lambda: _not_moved(a.api_url, f"{NS}/old"), timeout=10)
+        await older.stop()  # ... until it goes away; then the rotation completes.
+        code, out, err = await tulle(a.api_url, "ca", "rotate", "--timeout", "60s")
+        assert code == 0, err
+        assert "stage idle:" in out
+        await eventually(lambda: b.ca_keeper is not None and b.ca_keeper.state is not None
+                         and b.ca_keeper.state.stage == "" and b.ca is not None
+                         and a.ca is not None and b.ca.cert == a.ca.cert)
+        await eventually(lambda: load.ok.get("idle", 0) >= 10, timeout=10)
+        await load.stop()
+        assert load.failed == [], load.failed[:5]
+        assert a.ca is not None
+        for p in proxies:
+            assert p.agent.held is not None and _issued_by(p.agent.held.cert.cert_chain, a.ca)
+
+
+async def _not_moved(api: str, name: str) -> bool:
+    return name in [p["proxy"] for p in (await _ca_status(api))["notMoved"]]

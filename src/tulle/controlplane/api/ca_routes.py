@@ -34,7 +34,6 @@ from tulle.controlplane.ca.expiry import (
 from tulle.controlplane.ca.keeper import CAKeeper
 from tulle.controlplane.ca.rotation import CAState, RotationError, fingerprint
 from tulle.controlplane.push.server import PushServer
-from tulle.controlplane.push.trust import view
 
 MAX_PEM_CHARS = 64 * 1024
 
@@ -59,12 +58,9 @@ def _describe(state: CAState) -> dict[str, Any]:
 
 
 def add_ca_routes(app: FastAPI, keeper: CAKeeper, push: PushServer) -> None:
-    def connected() -> list[Any]:
-        return [view(st) for st in push.statuses() if st.connected]
-
-    def status() -> dict[str, Any]:
+    async def status() -> dict[str, Any]:
         assert keeper.state is not None
-        done = keeper.progress(connected())
+        done = keeper.progress(await keeper.views())
         out = _describe(keeper.state)
         out.update(waitingFor=done.waiting_for or None, notMoved=[
             {"proxy": name, "reason": why} for name, why in done.pending.items()],
@@ -73,7 +69,7 @@ def add_ca_routes(app: FastAPI, keeper: CAKeeper, push: PushServer) -> None:
 
     @app.get("/api/v1/ca")
     async def ca_status() -> dict[str, Any]:
-        return status()
+        return await status()
 
     @app.post("/api/v1/ca/rotation", response_model=None)
     async def rotation_start(body: dict[str, Any] = Body(default={})) -> Any:  # noqa: B008
@@ -95,15 +91,15 @@ def add_ca_routes(app: FastAPI, keeper: CAKeeper, push: PushServer) -> None:
             await keeper.begin(new)
         except RotationError as exc:
             return _error(409, str(exc))
-        return status()
+        return await status()
 
     @app.post("/api/v1/ca/rotation/advance", response_model=None)
     async def rotation_advance(force: bool = Query(False)) -> Any:
         try:
-            await keeper.advance(connected(), force=force)
+            await keeper.advance(await keeper.views(), force=force)
         except RotationError as exc:
             return _error(409, str(exc))
-        return status()
+        return await status()
 
     @app.get("/api/v1/check")
     async def check(root_warn_days: float = Query(DEFAULT_ROOT_WARN.days,
@@ -115,5 +111,5 @@ def add_ca_routes(app: FastAPI, keeper: CAKeeper, push: PushServer) -> None:
         found += proxy_findings((ProxyCert(f"{st.namespace}/{st.name}", st.cert_not_before,
                                            st.cert_not_after)
                                  for st in push.statuses() if st.connected), now)
-        found += rotation_findings(state, keeper.progress(connected()), now)
+        found += rotation_findings(state, keeper.progress(await keeper.views()), now)
         return {"findings": [f.to_dict() for f in order(found)]}

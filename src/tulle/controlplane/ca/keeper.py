@@ -9,6 +9,12 @@ bundle goes out) and has the stream tell its proxies (`PushServer.trust_changed`
 hooks get it too (the stream's own TLS server certificate, when it has one, must follow the
 new root: ADR 0035).
 
+Each replica knows only the proxies connected to it, so while a rotation is in progress it
+publishes what they hold (one `InternalCARotationProgress` record per replica, written when it
+changes and at least every `HEARTBEAT` seconds), and a stage is checked against its own live
+view plus every other replica's record younger than `STALE` (a dead replica's proxies
+reconnect elsewhere; its record then stops counting).
+
 A CA from the operator's files (`--ca-cert`, `--ca-key`) is not in the store and is not
 rotated here: the operator replaces the files (refused with that reason).
 """
@@ -19,10 +25,11 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Iterable
 
 from tulle.controlplane.ca.authority import CAError, CertificateAuthority
-from tulle.controlplane.ca.persist import CA_KIND, CA_NAME
+from tulle.controlplane.ca.persist import CA_KIND, CA_NAME, INTERNAL_GROUP
 from tulle.controlplane.ca.rotation import (
     IDLE,
     CAState,
@@ -33,23 +40,36 @@ from tulle.controlplane.ca.rotation import (
     progress,
     to_spec,
 )
-from tulle.controlplane.store.errors import ConflictError, NotFoundError
+from tulle.controlplane.store.errors import AlreadyExistsError, ConflictError, NotFoundError
 from tulle.controlplane.store.protocol import Obj, ResourceStore
 
 log = logging.getLogger("tulle.controlplane.ca")
 
 StateHook = Callable[[CAState], None]
+PROGRESS_KIND = "InternalCARotationProgress"
+PUBLISH_INTERVAL = 0.25
+"""How often a replica looks whether its proxies' progress changed (mid-rotation only)."""
+HEARTBEAT = 5.0
+STALE = 20.0
+"""A replica's progress record older than this is ignored (wall-clock seconds)."""
 
 
 class CAKeeper:
-    def __init__(self, store: ResourceStore, *, from_files: bool = False) -> None:
+    def __init__(self, store: ResourceStore, *, from_files: bool = False,
+                 instance: str = "cp") -> None:
         self.store = store
         self.from_files = from_files
+        self.instance = instance
+        self.local: Callable[[], list[ProxyView]] = list
+        """The proxies connected to this replica (set by the control plane)."""
+        self._published: tuple[list[ProxyView], float] | None = None
+        self._progress_rv = ""
         self.state: CAState | None = None
         self.revision = 0
         """The resourceVersion of the record `state` came from."""
         self.on_change: list[StateHook] = []
         self._task: asyncio.Task[None] | None = None
+        self._publisher: asyncio.Task[None] | None = None
 
     async def load(self, ca: CertificateAuthority) -> CAState:
         """The state in force at start: the stored record's, or `ca` alone (files)."""
@@ -83,13 +103,16 @@ class CAKeeper:
 
     def start(self) -> None:
         if not self.from_files and self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._follow())
+            loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._follow())
+            self._publisher = loop.create_task(self._publish_loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        for task in (self._task, self._publisher):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
 
     async def _follow(self) -> None:
         """Adopt every new version of the record; re-list and carry on if the watch fails."""
@@ -106,6 +129,81 @@ class CAKeeper:
                 await asyncio.sleep(1.0)
                 with contextlib.suppress(Exception):
                     self._take(await self.store.get(CA_KIND, None, CA_NAME))
+
+    # -- progress across replicas ---------------------------------------------------------------
+
+    async def views(self) -> list[ProxyView]:
+        """This replica's connected proxies, then those other replicas published recently."""
+        own = self.local()
+        if self.from_files:
+            return own
+        seen = {v.name for v in own}
+        out = list(own)
+        items, _ = await self.store.list(PROGRESS_KIND)
+        now = time.time()  # noqa: TID251 - compared with other replicas' wall clocks
+        for obj in items:
+            spec = obj.get("spec") or {}
+            if (obj.get("metadata") or {}).get("name") == self.instance or \
+                    now - float(spec.get("updatedAt") or 0) > STALE:
+                continue
+            for p in spec.get("proxies") or []:
+                if isinstance(p, dict) and p.get("name") not in seen:
+                    seen.add(str(p.get("name")))
+                    out.append(ProxyView(str(p.get("name")), bool(p.get("takesUpdates")),
+                                         str(p.get("bundle") or ""),
+                                         str(p.get("issuer") or "")))
+        return out
+
+    async def _publish_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PUBLISH_INTERVAL)
+            try:
+                await self.publish()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("could not publish this replica's CA rotation progress: %s", exc)
+
+    async def publish(self) -> None:
+        """Write this replica's progress record if it changed (or is due), mid-rotation; drop
+        it once the rotation is over."""
+        state = self.state
+        if state is None:
+            return
+        now = time.time()  # noqa: TID251 - read by other replicas
+        if state.stage == IDLE:
+            if self._published is not None:
+                self._published = None
+                with contextlib.suppress(NotFoundError, ConflictError):
+                    await self.store.delete(PROGRESS_KIND, None, self.instance)
+                self._progress_rv = ""
+            return
+        views = sorted(self.local(), key=lambda v: v.name)
+        if self._published is not None and self._published[0] == views and \
+                now - self._published[1] < HEARTBEAT:
+            return
+        spec = {"updatedAt": now, "proxies": [
+            {"name": v.name, "takesUpdates": v.takes_updates, "bundle": v.bundle_id,
+             "issuer": v.cert_issuer} for v in views]}
+        obj: Obj = {"apiVersion": INTERNAL_GROUP, "kind": PROGRESS_KIND,
+                    "metadata": {"name": self.instance}, "spec": spec}
+        try:
+            if self._progress_rv:
+                obj["metadata"]["resourceVersion"] = self._progress_rv
+                stored = await self.store.update(obj)
+            else:
+                stored = await self.store.create(obj)
+        except (AlreadyExistsError, ConflictError, NotFoundError):
+            # A record of a previous run of this instance name: take it over.
+            with contextlib.suppress(NotFoundError):
+                cur = await self.store.get(PROGRESS_KIND, None, self.instance)
+                obj["metadata"]["resourceVersion"] = cur["metadata"]["resourceVersion"]
+                stored = await self.store.update(obj)
+                self._progress_rv = str(stored["metadata"]["resourceVersion"])
+                self._published = (views, now)
+            return
+        self._progress_rv = str(stored["metadata"]["resourceVersion"])
+        self._published = (views, now)
 
     # -- stages --------------------------------------------------------------------------------
 
