@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tests.support.cli import tulle
-from tests.support.controlplane import auth, running_control_plane
+from tests.support.controlplane import auth, eventually, running_control_plane
 
 from tulle.controlplane.ca.authority import CertificateAuthority
 from tulle.controlplane.ca.persist import CA_KIND, CA_NAME
@@ -226,3 +226,38 @@ async def test_the_operators_ca_becomes_the_mesh_ca_and_check_reports_expiry(
         assert code == 0 and out.strip() == "no findings"
         code, out, _ = await tulle(cp.api_url, "check")
         assert code == 0 and out.startswith("WARNING  RootExpiresSoon")
+
+
+async def test_check_warns_of_a_proxy_certificate_not_renewed_then_errs_once_expired() -> None:
+    """A proxy that never renews (a raw stream client) with 3 s certificates: past 2 s its
+    certificate is past 2/3 of its lifetime (warning), past 3 s expired (error, exit 1); the
+    expiry is in `tulle get proxies` too."""
+    from tests.support.controlplane import authenticated
+
+    async with running_control_plane(cert_ttl=dt.timedelta(seconds=3)) as cp:
+        hello = await authenticated(cp.api_url, Hello(
+            workload=WorkloadInfo(name="stuck", namespace=NS, address="127.0.0.1"),
+            api_versions=[CONFIG_API_VERSION], features=list(SUPPORTED)))
+        reader, writer = await asyncio.open_connection("127.0.0.1", cp.stream_port)
+        try:
+            writer.write(encode(hello))
+            assert await reader.read(65536)  # the certificate: admitted
+
+            async def codes() -> list[str]:
+                code, out, _ = await tulle(cp.api_url, "check", "-o", "json")
+                found = [f["code"] for f in json.loads(out)["findings"]]
+                assert code == (1 if "CertExpired" in found else 0)
+                return found
+
+            async def past_renewal() -> bool:
+                return await codes() == ["CertPastRenewal"]
+
+            async def expired() -> bool:
+                return await codes() == ["CertExpired"]
+
+            await eventually(past_renewal, timeout=10, interval=0.2)
+            await eventually(expired, timeout=10, interval=0.2)
+            code, out, _ = await tulle(cp.api_url, "get", "proxies", "-n", NS)
+            assert "stuck" in out and "Z" in out.splitlines()[1]  # the expiry, in UTC
+        finally:
+            writer.close()
