@@ -36,6 +36,7 @@ from tests.support.controlplane import (
 from tests.support.proxy import free_port
 
 from tulle.controlplane.ca.authority import CertificateAuthority
+from tulle.controlplane.ca.keeper import PROGRESS_KIND
 from tulle.controlplane.ca.spiffe import SpiffeId
 from tulle.controlplane.main import ControlPlane
 from tulle.controlplane.push.cache import ProxyKey
@@ -362,6 +363,12 @@ async def test_replicas_share_the_rotation_and_wait_for_each_others_proxies(
         assert a.ca is not None
         for p in proxies:
             assert p.agent.held is not None and _issued_by(p.agent.held.cert.cert_chain, a.ca)
+
+        async def no_progress_records() -> bool:  # both replicas tidied up after the rotation
+            assert a.store is not None
+            return (await a.store.list(PROGRESS_KIND))[0] == []
+
+        await eventually(no_progress_records)
 
 
 async def _not_moved(api: str, name: str) -> bool:

@@ -32,7 +32,7 @@ from tulle.controlplane.ca.expiry import (
     rotation_findings,
 )
 from tulle.controlplane.ca.keeper import CAKeeper
-from tulle.controlplane.ca.rotation import CAState, RotationError, fingerprint
+from tulle.controlplane.ca.rotation import CAState, RotationError, fingerprint, subject
 from tulle.controlplane.push.server import PushServer
 
 MAX_PEM_CHARS = 64 * 1024
@@ -46,13 +46,13 @@ def _describe(state: CAState) -> dict[str, Any]:
     return {
         "stage": state.stage or "idle",
         "startedAt": state.started_at or None,
-        "signing": {"subject": state.signing.cert.subject.rfc4514_string(),
+        "signing": {"subject": subject(state.signing.cert),
                     "fingerprint": state.signing_id(),
                     "notAfter": _ts(state.signing.cert.not_valid_after_utc)},
-        "next": {"subject": state.next.cert.subject.rfc4514_string(),
+        "next": {"subject": subject(state.next.cert),
                  "fingerprint": fingerprint(state.next.cert)} if state.next else None,
         "trustBundle": state.bundle_id(),
-        "roots": [{"subject": r.subject.rfc4514_string(), "fingerprint": fingerprint(r),
+        "roots": [{"subject": subject(r), "fingerprint": fingerprint(r),
                    "notAfter": _ts(r.not_valid_after_utc)} for r in state.roots],
     }
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
-from tulle.controlplane.ca.rotation import IDLE, CAState, Progress, fingerprint
+from tulle.controlplane.ca.rotation import IDLE, CAState, Progress, fingerprint, subject
 
 DEFAULT_ROOT_WARN = dt.timedelta(days=30)
 CERT_WARN_SHARE = 2 / 3
@@ -56,7 +56,7 @@ def _when(t: dt.datetime) -> str:
 def _ca_cert(cert: x509.Certificate, what: str, now: dt.datetime,
              warn: dt.timedelta) -> list[Finding]:
     end = cert.not_valid_after_utc
-    obj = f"{what} {cert.subject.rfc4514_string()} ({fingerprint(cert)[:16]})"
+    obj = f"{what} {subject(cert)} ({fingerprint(cert)[:16]})"
     if end <= now:
         return [Finding("error", "RootExpired", obj, f"expired at {_when(end)}: no proxy can "
                         f"verify a certificate it signed; rotate now (`tulle ca rotate`)")]

@@ -172,11 +172,16 @@ class CAKeeper:
             return
         now = time.time()  # noqa: TID251 - read by other replicas
         if state.stage == IDLE:
-            if self._published is not None:
+            if self._published is not None:  # the rotation just ended: tidy up
                 self._published = None
-                with contextlib.suppress(NotFoundError, ConflictError):
-                    await self.store.delete(PROGRESS_KIND, None, self.instance)
                 self._progress_rv = ""
+                items, _ = await self.store.list(PROGRESS_KIND)
+                for rec in items:
+                    name = str((rec.get("metadata") or {}).get("name"))
+                    updated = float((rec.get("spec") or {}).get("updatedAt") or 0)
+                    if name == self.instance or now - updated > STALE:  # ours, or a dead one's
+                        with contextlib.suppress(NotFoundError, ConflictError):
+                            await self.store.delete(PROGRESS_KIND, None, name)
             return
         views = sorted(self.local(), key=lambda v: v.name)
         if self._published is not None and self._published[0] == views and \

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 
 from tulle.controlplane.ca.authority import CAError, CertificateAuthority
 from tulle.proxyconfig.stream import bundle_id
@@ -49,6 +50,11 @@ class RotationError(Exception):
 def fingerprint(cert: x509.Certificate) -> str:
     """SHA-256 of the DER certificate, hex: how a CA certificate is named in status."""
     return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def subject(cert: x509.Certificate) -> str:
+    """The subject as RFC 4514 text, the serial number named (generated roots carry one)."""
+    return cert.subject.rfc4514_string({NameOID.SERIAL_NUMBER: "serialNumber"})
 
 
 def pem(cert: x509.Certificate) -> str:
