@@ -202,7 +202,8 @@ async def test_the_stream_admits_old_root_certificates_while_reissuing_never_aft
 
 
 async def test_the_operators_ca_becomes_the_mesh_ca_and_check_reports_expiry(
-        tmp_path: Path) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
     async with running_control_plane() as cp:
         key = ec.generate_private_key(ec.SECP256R1())
         root = _root(key)
@@ -215,6 +216,10 @@ async def test_the_operators_ca_becomes_the_mesh_ca_and_check_reports_expiry(
         st = await _get(cp.api_url, "/api/v1/ca")
         assert [r["subject"] for r in st["roots"]] == ["CN=operator root"]
         assert "PRIVATE KEY" not in json.dumps(st)
+        code, out, _ = await tulle(cp.api_url, "ca", "rotate", "--status", "-o", "json")
+        assert code == 0 and "PRIVATE KEY" not in out
+        for line in _key_lines(key):
+            assert line not in caplog.text and line not in out
 
         # The operator's root expires in 20 days: within the default 30, a warning.
         code, out, _ = await tulle(cp.api_url, "check", "-o", "json")
