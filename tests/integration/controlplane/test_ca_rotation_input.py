@@ -266,3 +266,19 @@ async def test_check_warns_of_a_proxy_certificate_not_renewed_then_errs_once_exp
             assert "stuck" in out and "Z" in out.splitlines()[1]  # the expiry, in UTC
         finally:
             writer.close()
+
+
+async def test_a_ca_from_files_is_not_rotated_by_the_command(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert_path, key_path = _ca_files(tmp_path, _root(key), key, name="files")
+    async with running_control_plane(ca_cert=str(cert_path), ca_key=str(key_path)) as cp:
+        st = await _get(cp.api_url, "/api/v1/ca")
+        assert st["rotatable"] is False and st["stage"] == "idle"
+        code, _, err = await tulle(cp.api_url, "ca", "rotate")
+        assert code == 1
+        assert "comes from --ca-cert/--ca-key files" in err and "replace the files" in err
+        assert cp.ca is not None and cp.ca.cert == _root_of(cert_path)
+
+
+def _root_of(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
