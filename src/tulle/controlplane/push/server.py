@@ -551,7 +551,9 @@ class ProxySession:
         `TrustUpdate`."""
         adm, st = self.server.admission, self.st
         if adm is not None and st is not None and st.trust_updates and not self.closed:
-            self.send(update_for(adm.state, st))
+            update = update_for(adm.state, st)
+            if update.renew or update.id != st.trust_bundle:  # else it holds this already
+                self.send(update)
 
     def _renew(self, msg: Csr) -> None:
         """Sign a renewal CSR for the identity this stream was admitted as; a refused CSR
