@@ -147,6 +147,10 @@ def _register() -> bool:
         cli.add_command(cmd)
     cli.add_command(api_token)
     cli.add_command(explain_cmd)
+    from tulle.cli.ca import ca, check_cmd
+
+    cli.add_command(ca)
+    cli.add_command(check_cmd)
     return True
 
 

@@ -275,12 +275,15 @@ def _get_proxies(srv: str, name: str | None, namespace: str | None, output: str)
     if _emit({"items": items}, output):
         return
     rows = [["NAMESPACE", "NAME", "CONNECTED", "ACKED", "DESIRED", "PROTOCOL", "WITHHELD",
-             "LAST-NACK"]]
+             "CERT-EXPIRES", "LAST-NACK"]]
     for p in items:
         nack = p.get("lastNack") or {}
+        cert = p.get("certificate") or {}
         rows.append([p["namespace"], p["name"], "yes" if p.get("connected") else "no",
                      p.get("ackedVersion") or "-", p.get("desiredVersion") or "-",
                      str(p.get("protocol") or "-"), _withheld(p) or "-",
+                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cert["notAfter"]))
+                     if cert.get("notAfter") else "-",
                      f"{nack.get('version')}: {nack.get('reason')}" if nack else
                      (f"config error: {p['configError']}" if p.get("configError") else "-")])
     _table(rows)

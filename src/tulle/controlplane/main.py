@@ -30,6 +30,8 @@ from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES
 from tulle.controlplane.ca import persist
 from tulle.controlplane.ca.admission import Admission
 from tulle.controlplane.ca.authority import DEFAULT_CERT_TTL, CertificateAuthority
+from tulle.controlplane.ca.keeper import CAKeeper
+from tulle.controlplane.ca.rotation import CAState
 from tulle.controlplane.ca.spiffe import DEFAULT_TRUST_DOMAIN
 from tulle.controlplane.ca.tokens import PURPOSE, TokenService, TokenSigner
 from tulle.controlplane.push.server import (
@@ -39,6 +41,7 @@ from tulle.controlplane.push.server import (
     PushServer,
     SnapshotCache,
 )
+from tulle.controlplane.push.trust import view
 from tulle.controlplane.reconcile import Reconciler
 from tulle.controlplane.store.factory import open_store
 from tulle.controlplane.store.protocol import ResourceStore
@@ -88,6 +91,7 @@ class ControlPlane:
         self.ca: CertificateAuthority | None = None
         self.bootstrap_tokens: TokenService | None = None
         self.admission: Admission | None = None
+        self.ca_keeper: CAKeeper | None = None
         self.admin_token_file = admin_token_file
         if (api_tls_cert is None) != (api_tls_key is None):
             raise ValueError("--api-tls-cert and --api-tls-key go together")
@@ -111,9 +115,13 @@ class ControlPlane:
         else:
             self.ca = await persist.load_or_create(self.store, await _trust_domain(self.store))
             persist.restrict_sqlite_file(self.store_url)
-        self.bootstrap_tokens = TokenService(
-            self.store, TokenSigner(self.ca.derive_secret(PURPOSE)))
-        self.admission = Admission(self.ca, self.bootstrap_tokens,
+        self.ca_keeper = CAKeeper(self.store, from_files=self.ca_files is not None,
+                                  instance=self.instance)
+        state = await self.ca_keeper.load(self.ca)
+        self.ca = state.signing
+        self.bootstrap_tokens = TokenService(self.store, TokenSigner(
+            state.token_secret or self.ca.derive_secret(PURPOSE)))
+        self.admission = Admission(state, self.bootstrap_tokens,
                                    self.reconciler.trust_domain, cert_ttl=self.cert_ttl)
         self.push = PushServer(self.cache, on_register=self.reconciler.register,
                                admission=self.admission,
@@ -122,12 +130,17 @@ class ControlPlane:
                                max_connections=self.stream_max_connections,
                                max_pending_hellos=self.stream_max_pending_hellos)
         self.stream_port = await self.push.start(self.stream_host, self.stream_port)
+        self.ca_keeper.on_change.append(self._ca_changed)
+        push = self.push
+        self.ca_keeper.local = lambda: [view(st) for st in push.statuses() if st.connected]
+        self.ca_keeper.start()
         self.reconciler.start()
         api_tokens = TokenStore(self.store)
         self.admin_token = await ensure_admin_token(api_tokens, self.admin_token_file)
         app = create_app(self.store, self.push, self.cache, self.reconciler,
                          max_body_bytes=self.api_max_body_bytes,
-                         api_tokens=api_tokens, bootstrap_tokens=self.bootstrap_tokens)
+                         api_tokens=api_tokens, bootstrap_tokens=self.bootstrap_tokens,
+                         ca_keeper=self.ca_keeper)
         if self.exposure_warning:
             log.warning("%s", self.exposure_warning)
         tls = ({"ssl_certfile": str(self.api_tls_cert), "ssl_keyfile": str(self.api_tls_key)}
@@ -147,6 +160,14 @@ class ControlPlane:
                  self.instance, self.store_url.split("@")[-1], self.stream_host,
                  self.stream_port, self.api_url)
 
+    def _ca_changed(self, state: CAState) -> None:
+        """A rotation stage (ADR 0035): sign and admit by the new state, tell the proxies."""
+        self.ca = state.signing
+        if self.admission is not None:
+            self.admission.use(state)
+        if self.push is not None:
+            self.push.trust_changed()
+
     @property
     def api_url(self) -> str:
         scheme = "https" if self.api_tls_cert is not None else "http"
@@ -158,6 +179,8 @@ class ControlPlane:
         if self._http_task is not None:
             with contextlib.suppress(Exception):
                 await self._http_task
+        if self.ca_keeper is not None:
+            await self.ca_keeper.stop()
         if self.reconciler is not None:
             await self.reconciler.stop()
         if self.push is not None:

@@ -119,6 +119,8 @@ class Reconciler:
 
     async def _follow(self, revision: int) -> None:
         async for ev in self.store.watch(since_revision=revision):
+            if ev.object.get("apiVersion") == "internal.tulle.dev/v1":
+                continue  # the control plane's own records (CA, tokens): no compiler input
             key = self._key(ev.object)
             if ev.type == "DELETED":
                 self._resources.pop(key, None)

@@ -59,9 +59,12 @@ from tulle.proxyconfig.stream import (
     Ping,
     Pong,
     Snapshot,
+    TrustAck,
+    TrustUpdate,
     WorkloadCredential,
     WorkloadInfo,
     apply_checked,
+    bundle_id,
     decode_delta,
     decode_snapshot,
     encode,
@@ -133,6 +136,9 @@ class Agent:
         self.node_held: dict[str, HeldIdentity] = {}
         """The further workloads' certificates in force, by `namespace/name`."""
         self._node_pending: dict[str, WorkloadKey] = {}
+        self._renew_now = asyncio.Event()
+        """Set by a `TrustUpdate` asking for a renewal (CA rotation): renew before half-life."""
+        self.trust_updates = 0
 
     async def start_from_cache(self) -> bool:
         """Serve the cached snapshot, if any, before the control plane is reachable."""
@@ -184,7 +190,8 @@ class Agent:
         else:
             at = int(time.time())  # noqa: TID251 - wall clock, compared with the CP's
             auth = {"certificate": held.cert.cert_chain, "proof_time": at,
-                    "proof": held.key.proof(w.namespace, w.name, at)}
+                    "proof": held.key.proof(w.namespace, w.name, at),
+                    "trust_bundle": bundle_id(held.cert.trust_bundle)}
             if at >= held.renew_at():
                 self._pending_key = WorkloadKey()
                 auth["csr"] = self._pending_key.csr(w.namespace, w.name)
@@ -225,7 +232,7 @@ class Agent:
         for k, held in self.node_held.items():
             if k in self._node_pending:
                 continue
-            due = held.renew_at() - now
+            due = -1.0 if self._renew_now.is_set() else held.renew_at() - now
             if due > 0:
                 wait = min(wait, due)
                 continue
@@ -248,16 +255,53 @@ class Agent:
                 continue
             delay = min(held.renew_at() - time.time(),  # noqa: TID251 - wall clock vs cert
                         node_wait)
-            if delay > 0:
+            if delay > 0 and not self._renew_now.is_set():
                 self.identity_changed.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.identity_changed.wait(), timeout=delay)
+                    await asyncio.wait_for(self._changed_or_asked(), timeout=delay)
                 continue
+            self._renew_now.clear()
             w = self.workload
             self._pending_key = WorkloadKey()
             writer.write(encode(Csr(csr=self._pending_key.csr(w.namespace, w.name))))
             self.identity_changed.clear()
             await self.identity_changed.wait()
+
+    async def _changed_or_asked(self) -> None:
+        """Until a new certificate is in force or a renewal is asked for."""
+        waits = [asyncio.ensure_future(self.identity_changed.wait()),
+                 asyncio.ensure_future(self._renew_now.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    async def _take_trust(self, msg: TrustUpdate) -> Message | None:
+        """Put a new mesh trust bundle in force with the certificate held (ADR 0035); confirm
+        it only once applied, so the control plane never counts a proxy that failed."""
+        held, node_held = self.held, dict(self.node_held)
+
+        def rebundled(h: HeldIdentity) -> HeldIdentity:
+            return HeldIdentity(h.key, msgspec.structs.replace(
+                h.cert, trust_bundle=list(msg.trust_bundle)), h.identity.name)
+
+        if held is not None:
+            self.held = rebundled(held)
+            self.node_held = {k: rebundled(h) for k, h in node_held.items()}
+            if self.current is not None:
+                try:
+                    await self.server.apply(inject(self.current, self._held_all()))
+                except ApplyError as exc:
+                    self.held, self.node_held = held, node_held
+                    log.warning("the new trust bundle cannot be put in force: %s", exc)
+                    return None
+        self.trust_updates += 1
+        log.info("mesh trust bundle %s in force (%d roots)%s", msg.id, len(msg.trust_bundle),
+                 "; renewing the certificate now" if msg.renew else "")
+        if msg.renew and self._pending_key is None:
+            self._renew_now.set()
+        return TrustAck(id=msg.id)
 
     async def _take_certificate(self, msg: Certificate) -> None:
         if msg.workload:
@@ -322,13 +366,15 @@ class Agent:
         if isinstance(msg, Certificate):
             await self._take_certificate(msg)
             return None
+        if isinstance(msg, TrustUpdate):
+            return await self._take_trust(msg)
         if isinstance(msg, Snapshot):
             self.connected.set()
             raw, optional = msg.config, msg.optional
 
             def checked(ignored: list[str]) -> ProxyConfig:
                 cfg = decode_snapshot(raw, optional, ignored)
-                check(cfg)
+                self._check(cfg)
                 return cfg
 
             return await self._apply(_payload_version(raw, msg), checked)
@@ -341,11 +387,18 @@ class Agent:
                 if self.current is None:
                     raise DeltaError("delta received before any snapshot")
                 new = apply_checked(self.current, d)
-                check(new)
+                self._check(new)
                 return new
 
             return await self._apply(_payload_version(draw, msg), build)
         return None
+
+    def _check(self, cfg: ProxyConfig) -> None:
+        """Validate `cfg` as it will run: with the reserved sections the proxy injects, so TLS
+        settings may refer to `workload` and `mesh` (ADR 0028); a snapshot carrying either
+        name itself is refused first."""
+        check_reserved(cfg)
+        check(inject(cfg, self._held_all()))
 
     async def _apply(self, version: str, build: Callable[[list[str]], ProxyConfig]) -> Message:
         ignored: list[str] = []

@@ -142,6 +142,8 @@ FEATURES: tuple[Feature, ...] = (
     # goes whole (its requests take the next matching rule, else 404), as for authorization.
     Feature("url-rewrite", (), "the `URLRewrite` HTTP filter (hostname and path rewrites)",
             drops=_RULES, uses=partial(_rule_has_filter, "URLRewrite")),
+    Feature("ca-rotation", (), "stream messages `TrustUpdate` / `TrustAck`: the mesh's trust "
+            "bundle replaced in force, renewal on request (CA rotation, ADR 0035)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

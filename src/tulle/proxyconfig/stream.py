@@ -29,6 +29,8 @@ Exchange:
     either        Ping / Pong                         keepalive
     cp -> proxy   Error(reason)                       then close (unsupported protocol,
                                                       unknown workload, bad auth)
+    cp -> proxy   TrustUpdate(id, bundle, renew)      the mesh roots changed (CA rotation,
+    proxy -> cp   TrustAck(id)                        ADR 0035; feature `ca-rotation` only)
 
 Evolution: a new optional field in a message is an addition with a default (both ends ignore
 unknown envelope fields); a new message type or a changed meaning is a new `PROTOCOL_VERSION`,
@@ -37,6 +39,8 @@ and the control plane refuses a version it does not speak with an `Error` saying
 
 from __future__ import annotations
 
+import hashlib
+import ssl
 from typing import Any
 
 import msgspec
@@ -130,10 +134,21 @@ class Hello(_Msg, frozen=True, tag="hello"):
     credentials: list[WorkloadCredential] = msgspec.field(default_factory=list)
     """One per workload of `workloads`: how this proxy proves it may front each (ADR 0032).
     Every workload is admitted, or the hello is refused."""
+    trust_bundle: str = ""
+    """`bundle_id` of the mesh trust bundle the proxy holds (with `certificate`): the
+    control plane sends a `TrustUpdate` only when it differs (ADR 0035)."""
 
     def __repr__(self) -> str:  # never print the token
         return (f"Hello(workload={self.workload.namespace}/{self.workload.name}, "
                 f"protocol={self.protocol}, token={'<redacted>' if self.token else ''!r})")
+
+
+def bundle_id(pems: list[str]) -> str:
+    """Names a trust bundle: a hash over its certificates' SHA-256 fingerprints, in order.
+    Both ends compute it (the proxy for its hello, the control plane for `TrustUpdate.id`)."""
+    prints = "".join(hashlib.sha256(ssl.PEM_cert_to_DER_cert(p.strip())).hexdigest()
+                     for p in pems)
+    return hashlib.sha256(prints.encode()).hexdigest()[:16]
 
 
 def hello_proof_payload(namespace: str, name: str, at: int) -> bytes:
@@ -204,7 +219,24 @@ class Certificate(_Msg, frozen=True, tag="certificate"):
     hello's own workload."""
 
 
-Message = Hello | Snapshot | DeltaMsg | Ack | Nack | Ping | Pong | Error | Csr | Certificate
+class TrustUpdate(_Msg, frozen=True, tag="trust-update"):
+    """The mesh's trust anchors changed (a CA rotation, ADR 0035): put `trust_bundle` in force
+    with the certificate held, answer `TrustAck(id)`; with `renew`, send a `Csr` now.  Sent
+    only to a proxy that announced the feature `ca-rotation`."""
+
+    id: str
+    trust_bundle: list[str]
+    renew: bool = False
+
+
+class TrustAck(_Msg, frozen=True, tag="trust-ack"):
+    """The bundle `id` of a `TrustUpdate` is in force (new handshakes verify with it)."""
+
+    id: str
+
+
+Message = (Hello | Snapshot | DeltaMsg | Ack | Nack | Ping | Pong | Error | Csr | Certificate
+           | TrustUpdate | TrustAck)
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Message)

@@ -10,6 +10,8 @@
                                                  (bootstrap_tokens.py)
     POST   /api/v1/api-tokens, GET /api/v1/api-tokens, DELETE /api/v1/api-tokens/{id}
                                                  API tokens (api_token_routes.py)
+    GET    /api/v1/ca, POST /api/v1/ca/rotation[/advance], GET /api/v1/check
+                                                 CA rotation and findings (ca_routes.py)
     GET    /healthz, /readyz
 
 Every path but the two probes needs `Authorization: Bearer <token>` (auth.py): 401 without a
@@ -39,7 +41,9 @@ from tulle.controlplane.api.apply import apply_documents
 from tulle.controlplane.api.apply import error as _error
 from tulle.controlplane.api.auth import Authenticate, BearerTokens
 from tulle.controlplane.api.bootstrap_tokens import add_token_routes
+from tulle.controlplane.api.ca_routes import add_ca_routes
 from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
+from tulle.controlplane.ca.keeper import CAKeeper
 from tulle.controlplane.ca.tokens import TokenService
 from tulle.controlplane.push.server import PushServer, SnapshotCache
 from tulle.controlplane.reconcile import Reconciler
@@ -62,7 +66,8 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
                reconciler: Reconciler | None = None, *,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                api_tokens: TokenStore | None = None,
-               bootstrap_tokens: TokenService | None = None) -> FastAPI:
+               bootstrap_tokens: TokenService | None = None,
+               ca_keeper: CAKeeper | None = None) -> FastAPI:
     """`api_tokens`: who may call the API (default: kept in `store`); there is no way to turn
     authentication off.  `bootstrap_tokens`: the CA's proxy tokens; without it (no CA) the
     `/api/v1/tokens` endpoints are absent."""
@@ -167,5 +172,7 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
 
     if bootstrap_tokens is not None:
         add_token_routes(app, store, bootstrap_tokens)
+    if ca_keeper is not None:
+        add_ca_routes(app, ca_keeper, push)
     return app
 

@@ -23,6 +23,7 @@ import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -33,7 +34,9 @@ from tulle.controlplane.ca.authority import (
     CsrError,
     Signed,
     check_csr,
+    verify_workload,
 )
+from tulle.controlplane.ca.rotation import CAState, fingerprint
 from tulle.controlplane.ca.spiffe import SpiffeId
 from tulle.controlplane.ca.tokens import Claims, TokenError, TokenService
 from tulle.proxyconfig.stream import Certificate, Hello, WorkloadCredential, hello_proof_payload
@@ -58,6 +61,11 @@ class Admitted:
     """The certificate signed for the hello's CSR, to send before any snapshot."""
     node: tuple[Admitted, ...] = ()
     """The further workloads a node fronts, each admitted on its own credential (ADR 0032)."""
+    cert_issuer: str = ""
+    """Fingerprint of the CA certificate that signed the certificate the proxy serves (the
+    one issued now, else the one it presented): CA rotation tracks who has moved."""
+    cert_not_before: int = 0
+    cert_not_after: int = 0
 
     def all(self) -> tuple[Admitted, ...]:
         """This workload, then the node's others: one entry per fronted workload."""
@@ -72,25 +80,41 @@ class _Checked:
     via: str
     labels: dict[str, str]
     claims: Claims | None
+    issuer: str = ""
+    """With a presented certificate: the CA that signed it, and its validity."""
+    not_before: int = 0
+    not_after: int = 0
 
 
-def certificate_message(ca: CertificateAuthority, signed: Signed) -> Certificate:
-    return Certificate(cert_chain=signed.chain_pem, trust_bundle=ca.trust_bundle(),
+def certificate_message(ca: CertificateAuthority | CAState, signed: Signed) -> Certificate:
+    bundle = ca.bundle() if isinstance(ca, CAState) else ca.trust_bundle()
+    return Certificate(cert_chain=signed.chain_pem, trust_bundle=bundle,
                        not_after=int(signed.not_after.timestamp()),
                        not_before=int(signed.issued_at.timestamp()))
 
 
 class Admission:
-    """Checks hellos and signs CSRs; `trust_domain` is read at each call (Mesh may change)."""
+    """Checks hellos and signs CSRs; `trust_domain` is read at each call (Mesh may change).
 
-    def __init__(self, ca: CertificateAuthority, tokens: TokenService,
+    `state` is the CA in force (rotation.py): who signs, which roots go into bundles, whose
+    certificates a hello may present; `use()` replaces it when a rotation moves on."""
+
+    def __init__(self, ca: CertificateAuthority | CAState, tokens: TokenService,
                  trust_domain: Callable[[], str], *,
                  cert_ttl: dt.timedelta = DEFAULT_CERT_TTL) -> None:
-        self.ca = ca
+        self.state = ca if isinstance(ca, CAState) else CAState.single(ca)
         self.tokens = tokens
         self.trust_domain = trust_domain
         self.cert_ttl = cert_ttl
         self.signed = 0
+
+    @property
+    def ca(self) -> CertificateAuthority:
+        """The CA that signs now."""
+        return self.state.signing
+
+    def use(self, state: CAState) -> None:
+        self.state = state
 
     async def admit(self, hello: Hello) -> Admitted:
         """The hello's workload, and each further one it fronts (`Admitted.node`), or
@@ -171,7 +195,7 @@ class Admission:
 
     def _check_certificate(self, c: WorkloadCredential) -> _Checked:
         try:
-            identity, workload, leaf = self.ca.verify_workload(c.certificate)
+            identity, workload, leaf = verify_workload(c.certificate, self.state.issuers())
         except ValueError as exc:
             raise AdmissionError(f"certificate refused: {exc}") from None
         if (identity.namespace, workload) != (c.namespace, c.name):
@@ -193,20 +217,37 @@ class Admission:
                 check_csr(c.csr, identity)
             except CsrError as exc:
                 raise AdmissionError(str(exc)) from None
-        return _Checked(identity, "certificate", {}, None)
+        return _Checked(identity, "certificate", {}, None, _issuer_of(leaf, self.state),
+                        int(leaf.not_valid_before_utc.timestamp()),
+                        int(leaf.not_valid_after_utc.timestamp()))
 
     def _admit(self, c: WorkloadCredential, checked: _Checked) -> Admitted:
-        issued = None
-        if c.csr:
-            try:
-                issued = self.sign(c.csr, checked.identity, c.name)
-            except CsrError as exc:
-                raise AdmissionError(str(exc)) from None
+        if not c.csr:
+            return Admitted(c.namespace, c.name, checked.identity, checked.via, checked.labels,
+                            None, cert_issuer=checked.issuer,
+                            cert_not_before=checked.not_before,
+                            cert_not_after=checked.not_after)
+        try:
+            issued = self.sign(c.csr, checked.identity, c.name)
+        except CsrError as exc:
+            raise AdmissionError(str(exc)) from None
         return Admitted(c.namespace, c.name, checked.identity, checked.via, checked.labels,
-                        issued)
+                        issued, cert_issuer=self.state.signing_id(),
+                        cert_not_before=issued.not_before, cert_not_after=issued.not_after)
 
     def sign(self, csr: str, identity: SpiffeId, workload: str) -> Certificate:
         """Sign for an admitted caller; CsrError for a CSR that is refused."""
-        signed = self.ca.sign_csr(csr, identity, workload, ttl=self.cert_ttl)
+        signed = self.state.signing.sign_csr(csr, identity, workload, ttl=self.cert_ttl)
         self.signed += 1
-        return certificate_message(self.ca, signed)
+        return certificate_message(self.state, signed)
+
+
+def _issuer_of(leaf: x509.Certificate, state: CAState) -> str:
+    """The fingerprint of the CA certificate in `state.issuers()` that signed `leaf`."""
+    for issuer in state.issuers():
+        try:
+            leaf.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return fingerprint(issuer)
+    return ""

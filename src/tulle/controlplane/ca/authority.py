@@ -96,8 +96,11 @@ class CertificateAuthority:
         """A new self-signed P-256 root for `trust_domain`."""
         now = now or _now()
         key = ec.generate_private_key(ec.SECP256R1())
+        # A serial number in the name: two roots live side by side during a rotation (ADR
+        # 0035), and TLS stacks look issuers up by name first.
         name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tulle"),
-                          x509.NameAttribute(NameOID.COMMON_NAME, f"tulle root {trust_domain}")])
+                          x509.NameAttribute(NameOID.COMMON_NAME, f"tulle root {trust_domain}"),
+                          x509.NameAttribute(NameOID.SERIAL_NUMBER, secrets.token_hex(8))])
         cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
                 .not_valid_before(now - CLOCK_SKEW).not_valid_after(now + ROOT_TTL)
@@ -180,34 +183,57 @@ class CertificateAuthority:
                 .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
                                                       ExtendedKeyUsageOID.CLIENT_AUTH]),
                                critical=False)
+                .add_extension(self._authority_key_id(), critical=False)
                 .sign(self._key, hashes.SHA256()))
         leaf = cert.public_bytes(serialization.Encoding.PEM).decode()
         return Signed(leaf + self._chain_pem, now - CLOCK_SKEW, not_after, serial, now)
+
+    def _authority_key_id(self) -> x509.AuthorityKeyIdentifier:
+        """Names the signing key in each leaf, so a peer trusting two CAs of the same name
+        (mid-rotation) picks the right one."""
+        try:
+            ski = self.cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        except x509.ExtensionNotFound:
+            pub = self.cert.public_key()
+            assert isinstance(pub, ec.EllipticCurvePublicKey)
+            return x509.AuthorityKeyIdentifier.from_issuer_public_key(pub)
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
     def verify_workload(self, chain_pem: str, now: dt.datetime | None = None
                         ) -> tuple[SpiffeId, str, x509.Certificate]:
         """A workload certificate this CA issued and that is valid now: its SPIFFE ID, its
         workload name (subject CN) and the certificate; ValueError otherwise."""
+        return verify_workload(chain_pem, [self.cert], now)
+
+
+def verify_workload(chain_pem: str, issuers: list[x509.Certificate],
+                    now: dt.datetime | None = None) -> tuple[SpiffeId, str, x509.Certificate]:
+    """A workload certificate signed by one of `issuers` (CA certificates; two during a
+    rotation, ADR 0035) and valid now: its SPIFFE ID, workload name and the certificate."""
+    try:
+        leaf = x509.load_pem_x509_certificates(chain_pem.encode()[:MAX_CSR_BYTES * 4])[0]
+    except ValueError as exc:
+        raise ValueError("the certificate is not PEM X.509") from exc
+    for issuer in issuers:
+        if leaf.issuer != issuer.subject:
+            continue
         try:
-            leaf = x509.load_pem_x509_certificates(chain_pem.encode()[:MAX_CSR_BYTES * 4])[0]
-        except ValueError as exc:
-            raise ValueError("the certificate is not PEM X.509") from exc
-        if leaf.issuer != self.cert.subject:
-            raise ValueError("the certificate was not issued by this mesh's CA")
-        try:
-            leaf.verify_directly_issued_by(self.cert)
-        except (ValueError, TypeError, InvalidSignature) as exc:
-            raise ValueError("the certificate was not issued by this mesh's CA") from exc
-        now = now or _now()
-        if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
-            raise ValueError("the certificate has expired or is not yet valid")
-        uris = _uris(leaf)
-        if len(uris) != 1:
-            raise ValueError("the certificate does not carry exactly one SPIFFE ID")
-        cns = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        if len(cns) != 1:
-            raise ValueError("the certificate does not name its workload")
-        return SpiffeId.parse(uris[0]), str(cns[0].value), leaf
+            leaf.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        break
+    else:
+        raise ValueError("the certificate was not issued by this mesh's CA")
+    now = now or _now()
+    if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
+        raise ValueError("the certificate has expired or is not yet valid")
+    uris = _uris(leaf)
+    if len(uris) != 1:
+        raise ValueError("the certificate does not carry exactly one SPIFFE ID")
+    cns = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(cns) != 1:
+        raise ValueError("the certificate does not name its workload")
+    return SpiffeId.parse(uris[0]), str(cns[0].value), leaf
 
 
 def check_csr(csr_pem: str | bytes, identity: SpiffeId) -> x509.CertificateSigningRequest:

@@ -94,6 +94,15 @@ class ProxyStatus:
     """A proxy fronting several workloads: all of them (`namespace/name`), its own first; the
     status of each is kept under its own name, versions being that workload's part."""
     control_plane: str = ""
+    cert_issuer: str = ""
+    """Fingerprint of the CA certificate that signed the workload certificate it serves."""
+    cert_not_before: int = 0
+    """Unix seconds it was issued at (lifetimes count from here)."""
+    cert_not_after: int = 0
+    trust_updates: bool = False
+    """It takes `TrustUpdate` (feature `ca-rotation`)."""
+    trust_bundle: str = ""
+    """The id of the trust bundle it last confirmed (`TrustAck`)."""
     extra: dict[str, str] = field(default_factory=dict)
     running: ProxyConfig | None = field(default=None, repr=False)
     """The snapshot the proxy ACKed last: what it runs (not in `to_dict`; served whole by the
@@ -112,6 +121,9 @@ class ProxyStatus:
             "protocol": self.protocol, "features": self.features,
             "withheld": [{"feature": f.name, "paths": list(f.paths)} for f in self.withheld],
             "deltaUnits": sorted(self.delta_units), "node": self.node,
+            "certificate": {"issuer": self.cert_issuer, "notBefore": self.cert_not_before,
+                            "notAfter": self.cert_not_after} if self.cert_not_after else None,
+            "trustBundle": self.trust_bundle,
         }
 
 

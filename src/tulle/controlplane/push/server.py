@@ -68,6 +68,7 @@ from tulle.controlplane.push.limits import (
     soft_fd_limit,
 )
 from tulle.controlplane.push.node import NodeError, NodeSnapshots, workload_name
+from tulle.controlplane.push.trust import after_hello, record_signed, update_for
 from tulle.controlplane.push.wire import withheld_delta_frame, withheld_snapshot_frame
 from tulle.proxyconfig.delta import units_of
 from tulle.proxyconfig.features import Feature, lacking
@@ -87,6 +88,7 @@ from tulle.proxyconfig.stream import (
     Nack,
     Ping,
     Pong,
+    TrustAck,
     WorkloadInfo,
     encode,
 )
@@ -152,6 +154,13 @@ class PushServer:
         self.status: dict[ProxyKey, ProxyStatus] = {}
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
+        self.live: set[ProxySession] = set()
+        """Admitted sessions, for `trust_changed`."""
+
+    def trust_changed(self) -> None:
+        """The CA state changed (a rotation stage, ADR 0035): tell every proxy that takes it."""
+        for session in list(self.live):
+            session.send_trust()
 
     def update_caps(self) -> tuple[int, int]:
         """The caps in force for the current soft RLIMIT_NOFILE; logged when it changes them
@@ -408,6 +417,11 @@ class ProxySession:
             st.withheld, st.delta_units = self.missing, self.units
             st.node = [workload_name(x) for x in keys] if len(keys) > 1 else []
         st = self.st = self.node_statuses[0]
+        if srv.admission is not None:
+            srv.live.add(self)
+            update = after_hello(srv.admission.state, self.node_statuses, self.admitted, hello)
+            if update is not None:
+                self.send(update)
         log.info("proxy %s/%s connected from %s (serving %r)%s", w.namespace, w.name, self.peer,
                  hello.last_version or "nothing",
                  f"; withholding {', '.join(f.name for f in self.missing)}"
@@ -437,6 +451,7 @@ class ProxySession:
                     self.send(Ping())
                     next_ping = loop.time() + srv.ping_interval
         finally:
+            srv.live.discard(self)
             for k in keys:
                 srv.cache.unsubscribe(k, wake)
             reader.cancel()
@@ -533,6 +548,18 @@ class ProxySession:
             pass
         elif isinstance(msg, Csr):
             self._renew(msg)
+        elif isinstance(msg, TrustAck):
+            for s in self.node_statuses:
+                s.trust_bundle = msg.id
+
+    def send_trust(self) -> None:
+        """The CA's trust bundle (and a renewal request, mid-rotation), to a proxy that takes
+        `TrustUpdate`."""
+        adm, st = self.server.admission, self.st
+        if adm is not None and st is not None and st.trust_updates and not self.closed:
+            update = update_for(adm.state, *self.node_statuses)
+            if update.renew or update.id != st.trust_bundle:  # else it holds this already
+                self.send(update)
 
     def _admitted_by_key(self) -> dict[ProxyKey, Admitted]:
         """Each fronted workload's admission, the hello's own first (empty without a CA)."""
@@ -561,6 +588,9 @@ class ProxySession:
             who = found
         try:
             cert = admission.sign(msg.csr, who.identity, who.workload)
+            record_signed([s for s in self.node_statuses
+                           if (s.namespace, s.name) == (who.namespace, who.workload)],
+                          cert, admission.state)
             self.send(cert if who is self.admitted else msgspec.structs.replace(
                 cert, workload=msg.workload))
         except CsrError as exc:

@@ -1,0 +1,116 @@
+"""What `tulle check` says about certificates: findings with a severity, never a guess.
+
+Why here: the control plane signs every certificate, so it knows each root's and each proxy's
+expiry (`ProxyStatus.cert_*`, recorded when it signs or admits), and whether a rotation is
+half done.  linkerd/linkerd2#4808 is a mesh that learnt its trust anchor expired from the
+outage; these are the warnings that come first.  Pure functions of the state and a clock, so
+every threshold is a unit test.
+
+    RootExpired / RootExpiresSoon    a trusted root or the signing CA (error / warning within
+                                     `root_warn`, default 30 days)
+    CertExpired / CertPastRenewal    a connected proxy's certificate expired (error) / past 2/3
+                                     of its lifetime (warning: renewal at 1/2 has not happened)
+    RotationInProgress               a CA rotation is between stages (warning), naming the
+                                     proxies that hold it up
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from cryptography import x509
+
+from tulle.controlplane.ca.rotation import IDLE, CAState, Progress, fingerprint, subject
+
+DEFAULT_ROOT_WARN = dt.timedelta(days=30)
+CERT_WARN_SHARE = 2 / 3
+"""A certificate past this share of its lifetime should have been renewed (at 1/2 ± 10 %)."""
+SEVERITIES = ("error", "warning", "info")
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    severity: str
+    code: str
+    object: str
+    message: str
+
+    def to_dict(self) -> dict[str, str]:
+        return {"severity": self.severity, "code": self.code, "object": self.object,
+                "message": self.message}
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyCert:
+    name: str
+    not_before: int
+    not_after: int
+
+
+def _when(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _ca_cert(cert: x509.Certificate, what: str, now: dt.datetime,
+             warn: dt.timedelta) -> list[Finding]:
+    end = cert.not_valid_after_utc
+    obj = f"{what} {subject(cert)} ({fingerprint(cert)[:16]})"
+    if end <= now:
+        return [Finding("error", "RootExpired", obj, f"expired at {_when(end)}: no proxy can "
+                        f"verify a certificate it signed; rotate now (`tulle ca rotate`)")]
+    if end - now <= warn:
+        days = (end - now).total_seconds() / 86400
+        return [Finding("warning", "RootExpiresSoon", obj,
+                        f"expires at {_when(end)} ({days:.1f} days); rotate before "
+                        f"(`tulle ca rotate`)")]
+    return []
+
+
+def ca_findings(state: CAState, now: dt.datetime,
+                root_warn: dt.timedelta = DEFAULT_ROOT_WARN) -> list[Finding]:
+    out: list[Finding] = []
+    seen: set[str] = set()
+    for root in state.roots:
+        seen.add(fingerprint(root))
+        out += _ca_cert(root, "root", now, root_warn)
+    if fingerprint(state.signing.cert) not in seen:
+        out += _ca_cert(state.signing.cert, "signing CA", now, root_warn)
+    return out
+
+
+def proxy_findings(certs: Iterable[ProxyCert], now: dt.datetime) -> list[Finding]:
+    out: list[Finding] = []
+    t = now.timestamp()
+    for c in certs:
+        if not c.not_after:
+            continue
+        end = dt.datetime.fromtimestamp(c.not_after, dt.UTC)
+        if c.not_after <= t:
+            out.append(Finding("error", "CertExpired", f"proxy {c.name}",
+                               f"its workload certificate expired at {_when(end)}: peers "
+                               f"refuse it; it needs a new bootstrap token"))
+            continue
+        life = max(1, c.not_after - c.not_before)
+        if t - c.not_before >= CERT_WARN_SHARE * life:
+            out.append(Finding("warning", "CertPastRenewal", f"proxy {c.name}",
+                               f"its workload certificate is past 2/3 of its lifetime "
+                               f"(expires {_when(end)}) and was not renewed"))
+    return out
+
+
+def rotation_findings(state: CAState, done: Progress, now: dt.datetime) -> list[Finding]:
+    if state.stage == IDLE:
+        return []
+    since = _when(dt.datetime.fromtimestamp(state.started_at, dt.UTC))
+    waiting = (f"; waiting for {len(done.pending)} prox{'y' if len(done.pending) == 1 else 'ies'}"
+               f": {', '.join(list(done.pending)[:5])}" if done.pending
+               else "; every connected proxy has moved: run `tulle ca rotate` to go on")
+    return [Finding("warning", "RotationInProgress", "mesh CA",
+                    f"a CA rotation started at {since} is at stage {state.stage}{waiting}")]
+
+
+def order(findings: Iterable[Finding]) -> list[Finding]:
+    """Errors first, then warnings, each by object."""
+    return sorted(findings, key=lambda f: (SEVERITIES.index(f.severity), f.object, f.code))

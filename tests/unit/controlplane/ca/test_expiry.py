@@ -1,0 +1,56 @@
+"""`tulle check`'s certificate findings: each threshold, and the order they are listed in."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from tulle.controlplane.ca.authority import CertificateAuthority
+from tulle.controlplane.ca.expiry import (
+    ProxyCert,
+    ca_findings,
+    order,
+    proxy_findings,
+    rotation_findings,
+)
+from tulle.controlplane.ca.rotation import CAState, ProxyView, progress
+
+NOW = dt.datetime.now(dt.UTC)
+
+
+def test_root_expiry_warns_within_the_window_and_errs_after() -> None:
+    ca = CertificateAuthority.generate("cluster.local", now=NOW)  # ten years
+    state = CAState.single(ca)
+    assert ca_findings(state, NOW) == []
+    near = ca_findings(state, NOW + dt.timedelta(days=3650 - 29))
+    assert [(f.severity, f.code) for f in near] == [("warning", "RootExpiresSoon")]
+    assert "tulle ca rotate" in near[0].message
+    assert ca_findings(state, NOW, dt.timedelta(days=3651))[0].code == "RootExpiresSoon"
+    gone = ca_findings(state, NOW + dt.timedelta(days=3651))
+    assert [(f.severity, f.code) for f in gone] == [("error", "RootExpired")]
+
+
+def test_proxy_certificates_past_two_thirds_or_expired() -> None:
+    t = int(NOW.timestamp())
+    day = 86400
+    found = proxy_findings([
+        ProxyCert("shop/fresh", t - day // 2, t + day // 2),        # at 1/2: fine
+        ProxyCert("shop/late", t - day * 7 // 10, t + day * 3 // 10),  # at 7/10: warning
+        ProxyCert("shop/dead", t - day - 5, t - 5),                  # expired: error
+        ProxyCert("shop/unknown", 0, 0),                             # never signed here
+    ], NOW)
+    assert [(f.severity, f.code, f.object) for f in order(found)] == [
+        ("error", "CertExpired", "proxy shop/dead"),
+        ("warning", "CertPastRenewal", "proxy shop/late")]
+
+
+def test_a_rotation_half_done_is_a_warning_naming_who_holds_it() -> None:
+    old, new = (CertificateAuthority.generate("cluster.local"),
+                CertificateAuthority.generate("cluster.local"))
+    idle = CAState.single(old)
+    assert rotation_findings(idle, progress(idle, []), NOW) == []
+    s = idle.start(new, NOW)
+    held = progress(s, [ProxyView("shop/a", True, "", "")])
+    f = rotation_findings(s, held, NOW)
+    assert [(x.severity, x.code) for x in f] == [("warning", "RotationInProgress")]
+    assert "add-root" in f[0].message and "shop/a" in f[0].message
+    assert "run `tulle ca rotate` to go on" in rotation_findings(s, progress(s, []), NOW)[0].message
