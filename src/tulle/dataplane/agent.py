@@ -254,9 +254,7 @@ class Agent:
             raw, optional = msg.config, msg.optional
 
             def checked(ignored: list[str]) -> ProxyConfig:
-                cfg = decode_snapshot(raw, optional, ignored)
-                check(cfg)
-                return cfg
+                return decode_snapshot(raw, optional, ignored)
 
             return await self._apply(_payload_version(raw, msg), checked)
         if isinstance(msg, DeltaMsg):
@@ -267,9 +265,7 @@ class Agent:
                 d = decode_delta(draw, doptional, ignored)
                 if self.current is None:
                     raise DeltaError("delta received before any snapshot")
-                new = apply_checked(self.current, d)
-                check(new)
-                return new
+                return apply_checked(self.current, d)
 
             return await self._apply(_payload_version(draw, msg), build)
         return None
@@ -280,7 +276,12 @@ class Agent:
         try:
             cfg = build(ignored)
             check_reserved(cfg)
-            await self.server.apply(self.held.inject(cfg) if self.held else cfg)
+            # Checked with the sections this proxy fills (its SVID, the mesh roots), which
+            # compiled TLS settings refer to; without a certificate yet, such a reference is
+            # refused by name (`...tls.identity: no identity named 'workload'`).
+            full = self.held.inject(cfg) if self.held else cfg
+            check(full)
+            await self.server.apply(full)
         except ConfigError as exc:
             reason = "; ".join(str(e) for e in exc.errors)
             paths = [e.path for e in exc.errors if e.path]

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from tests.support.resources import service
 
-from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh
+from tulle.controlplane.compiler import MeshInputs, PartCache, check_compiled, compile_mesh
 from tulle.controlplane.push.node import NodeError, NodeSnapshots, merge
 from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.validate import check
@@ -37,14 +37,18 @@ def test_two_workloads_share_one_snapshot_that_the_proxy_takes() -> None:
     snaps = compiled()
     web, api = (NS, "web-0"), (NS, "api-0")
     node = merge([(web, snaps[web]), (api, snaps[api])])
-    check(node)  # valid as one proxy's config: unique names, references resolve
+    # valid as one proxy's config: unique names, references resolve (the mesh mTLS
+    # settings name the SVID and roots the proxy fills itself)
+    check_compiled(node)
     by_name = {lc.name: lc for lc in node.listeners}
     # Both workloads use `inbound|8080` and `outbound` for different things: made unique.
     assert sorted(by_name) == ["shop/api-0|inbound|8080", "shop/api-0|outbound",
                                "shop/web-0|inbound|8080", "shop/web-0|outbound"]
     assert {lc.workload for lc in node.listeners} == {"shop/web-0", "shop/api-0"}
     web_in = by_name["shop/web-0|inbound|8080"]
-    assert (web_in.address, web_in.cluster) == ("127.0.0.2", "shop/web-0|inbound|8080")
+    # (mesh mTLS, STRICT by default: the routing is the filter chain's)
+    assert (web_in.address, web_in.filter_chains[0].cluster) == ("127.0.0.2",
+                                                                "shop/web-0|inbound|8080")
     inbound = {c.name: c for c in node.clusters if c.workload}
     assert set(inbound) == {"shop/web-0|inbound|8080", "shop/api-0|inbound|8080"}
     # The outbound side is the compiler's one table and its clusters, kept once, untouched.
