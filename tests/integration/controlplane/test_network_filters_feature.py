@@ -7,7 +7,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
-
 from tests.integration.controlplane.test_negotiation import RawProxy, proxies
 from tests.support.controlplane import apply, control_plane_process, eventually, named_origin
 from tests.support.proxy import free_port
