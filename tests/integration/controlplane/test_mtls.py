@@ -175,6 +175,12 @@ async def test_the_default_mesh_is_strict_mtls_between_sidecars(tmp_path: Path) 
         assert 'kind="no_filter_chain"' in m.server_metric("tulle_proxy_protocol_errors_total")
         # ... and the listener still serves the mesh
         assert (await m.call())[0] == 200
+        # what the operator sees names the TLS settings, never key material
+        code, out, err = await tulle(m.cp.api_url, "proxy-config", "api-0", "-n", NS,
+                                     "-o", "json")
+        assert code == 0, err
+        assert '"identity": "workload"' in out and '"min_version": "1.3"' in out
+        assert "PRIVATE KEY" not in out and "BEGIN CERTIFICATE" not in out
 
 
 async def test_permissive_accepts_plaintext_and_sidecars_still_use_mtls(tmp_path: Path) -> None:
