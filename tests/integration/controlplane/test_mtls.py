@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import grpc
 import pytest
 from tests.integration.controlplane.test_cli_routing import get_json
 from tests.integration.controlplane.test_routing import echo
@@ -30,6 +31,7 @@ from tests.support.controlplane import (
     running_control_plane,
     subscribe,
 )
+from tests.support.grpc_peers import running_grpc_server, who
 from tests.support.proxy import free_port
 
 from tulle.controlplane.main import ControlPlane
@@ -301,6 +303,49 @@ async def test_authorization_sees_the_callers_spiffe_id(tmp_path: Path) -> None:
         decisions = m.server_metric("tulle_proxy_authz_decisions_total{")
         assert 'policy="shop/only-a",action="ALLOW",result="allow"' in decisions
         assert 'policy="shop/only-a",action="ALLOW",result="deny"' in decisions
+
+
+async def test_grpc_rides_mtls_with_alpn_h2(tmp_path: Path) -> None:
+    """A gRPC Service port (appProtocol grpc): the client's cluster offers ALPN `h2` only, the
+    server's mTLS chain speaks HTTP/2, calls go through."""
+    inbound, out = free_port(), free_port()
+    with running_grpc_server("greeter") as origin:
+        async with running_control_plane() as cp:
+            status, body = await apply(
+                cp.api_url,
+                workload("greeter-0", "greeter", SERVER_ADDR,
+                         [{"name": "grpc", "port": inbound, "targetPort": origin,
+                           "appProtocol": "grpc"}], outbound=free_port(), app="greeter"),
+                {"apiVersion": V1, "kind": "Service",
+                 "metadata": {"name": "greeter", "namespace": NS},
+                 "spec": {"selector": {"app": "greeter"}, "ports": [
+                     {"name": "grpc", "port": 80, "targetPort": "grpc", "appProtocol": "grpc"}]}},
+                workload("a-0", "a", "127.0.0.10", [], outbound=out, app="client-a"))
+            assert status == 200, body
+            started = [await subscribe([cp.stream_port], WorkloadInfo(
+                name=n, namespace=NS, address=a), cache_dir=tmp_path)
+                for n, a in (("greeter-0", SERVER_ADDR), ("a-0", "127.0.0.10"))]
+            try:
+                with grpc.insecure_channel(f"127.0.0.1:{out}", options=[
+                        ("grpc.default_authority", "greeter")]) as ch:
+                    async def called() -> bool:
+                        try:
+                            return await asyncio.to_thread(who, ch, timeout=2) == "greeter"
+                        except grpc.RpcError:
+                            return False
+
+                    await eventually(called, timeout=15)
+                client_cfg = started[1].server.config
+                assert client_cfg is not None
+                (cluster,) = [c for c in client_cfg.clusters
+                              if c.name == "outbound|80||greeter.shop"]
+                assert cluster.protocol == "http2" and cluster.tls is not None
+                assert cluster.tls.alpn == ["h2"]
+                server_metrics = started[0].server.metrics.registry.render()
+                assert 'protocol="chain:mtls"' in server_metrics
+            finally:
+                for p in started:
+                    await p.stop()
 
 
 pytestmark = pytest.mark.timeout(60)
