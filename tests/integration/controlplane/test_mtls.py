@@ -6,13 +6,16 @@ The server workload `api-0` (service account `api`, 127.0.0.2) runs a proxy in f
 HTTP echo; client workloads (`a-0`, `b-0`: service accounts `a` and `b`) run proxies whose
 outbound listener the test calls with `Host: api`.  mTLS is proved from both ends: the server's
 listener counts the connection on its `mtls` chain, authorization sees the caller's SPIFFE ID,
-and a plaintext client straight at the inbound port is closed under STRICT.
+and a plaintext client straight at the inbound port is closed under STRICT.  gRPC rides it with
+ALPN `h2`; an opaque TCP port with ALPN `tulle-tcp` (the client there holds a certificate the
+control plane signed, as a proxy's, and speaks TLS itself).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,13 +24,16 @@ from typing import Any
 import aiohttp
 import grpc
 import pytest
+from tests.integration.controlplane.test_authorization import tcp_echo
 from tests.integration.controlplane.test_cli_routing import get_json
+from tests.integration.controlplane.test_negotiation import RawProxy
 from tests.integration.controlplane.test_routing import echo
 from tests.support.cli import tulle
 from tests.support.controlplane import (
     SubscribedProxy,
     apply,
     eventually,
+    issue_token,
     running_control_plane,
     subscribe,
 )
@@ -35,7 +41,8 @@ from tests.support.grpc_peers import running_grpc_server, who
 from tests.support.proxy import free_port
 
 from tulle.controlplane.main import ControlPlane
-from tulle.proxyconfig.stream import WorkloadInfo
+from tulle.dataplane.identity import WorkloadKey
+from tulle.proxyconfig.stream import Certificate, Hello, WorkloadInfo
 
 V1 = "mesh.tulle.dev/v1alpha1"
 POLICY = "policy.tulle.dev/v1alpha1"
@@ -346,6 +353,88 @@ async def test_grpc_rides_mtls_with_alpn_h2(tmp_path: Path) -> None:
             finally:
                 for p in started:
                     await p.stop()
+
+
+async def test_an_opaque_tcp_port_is_mtls_with_alpn_tulle_tcp(tmp_path: Path) -> None:
+    """A `tcp` workload port under STRICT: a client holding a certificate the control plane
+    signed (admitted over the stream like a proxy) gets relayed over TLS 1.3 with ALPN
+    `tulle-tcp`, an L4 authorization policy sees its SPIFFE ID; plaintext is closed."""
+    inbound = free_port()
+    only_dbc = {"apiVersion": POLICY, "kind": "AuthorizationPolicy",
+                "metadata": {"name": "only-dbc", "namespace": NS},
+                "spec": {"targetRef": {"group": "", "kind": "Service", "name": "db"},
+                         "rules": [{"from": [{"serviceAccounts": ["shop/dbc"]}]}]}}
+    async with tcp_echo() as origin, running_control_plane() as cp:
+        status, body = await apply(
+            cp.api_url,
+            workload("db-0", "db", SERVER_ADDR, [{"name": "tcp-pg", "port": inbound,
+                                                  "targetPort": origin, "appProtocol": "tcp"}],
+                     outbound=free_port(), app="db"),
+            {"apiVersion": V1, "kind": "Service", "metadata": {"name": "db", "namespace": NS},
+             "spec": {"selector": {"app": "db"}, "ports": [
+                 {"name": "pg", "port": 5432, "targetPort": "tcp-pg", "appProtocol": "tcp"}]}},
+            workload("dbc-0", "dbc", "127.0.0.10", [], outbound=free_port(), app="dbc"),
+            only_dbc)
+        assert status == 200, body
+        server = await subscribe([cp.stream_port], WorkloadInfo(
+            name="db-0", namespace=NS, address=SERVER_ADDR), cache_dir=tmp_path)
+        # A client's SVID, signed by the control plane's CA as a proxy's would be.
+        key = WorkloadKey()
+        who_ = WorkloadInfo(name="dbc-0", namespace=NS, address="127.0.0.10")
+        raw = await RawProxy.connect(cp.stream_port, Hello(
+            workload=who_, token=await issue_token(cp.api_url, who_),
+            csr=key.csr(NS, "dbc-0")))
+        try:
+            cert = await raw.next()
+            assert isinstance(cert, Certificate), cert
+            (tmp_path / "dbc.pem").write_text(cert.cert_chain)
+            (tmp_path / "dbc.key").write_text(key.pem())
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+            ctx.load_verify_locations(cadata="".join(cert.trust_bundle))
+            ctx.load_cert_chain(tmp_path / "dbc.pem", tmp_path / "dbc.key")
+            ctx.set_alpn_protocols(["tulle-tcp"])
+
+            async def echoed() -> bytes:
+                try:
+                    r, w = await asyncio.open_connection(SERVER_ADDR, inbound, ssl=ctx)
+                except (OSError, ssl.SSLError):
+                    return b""
+                try:
+                    ssl_obj = w.get_extra_info("ssl_object")
+                    assert ssl_obj.selected_alpn_protocol() == "tulle-tcp"
+                    assert ssl_obj.version() == "TLSv1.3"
+                    w.write(b"ping")
+                    await w.drain()
+                    return await asyncio.wait_for(r.read(4), 5)
+                except (ConnectionError, OSError):
+                    return b""
+                finally:
+                    w.close()
+
+            await eventually(lambda: _is(echoed(), b"ping"), timeout=15)
+            decisions = "\n".join(
+                line for line in server.server.metrics.registry.render().splitlines()
+                if line.startswith("tulle_proxy_authz_decisions_total{"))
+            assert 'policy="shop/only-dbc",action="ALLOW",result="allow"' in decisions
+            # plaintext on the same port matches no chain: closed, nothing relayed
+            r, w = await asyncio.open_connection(SERVER_ADDR, inbound)
+            w.write(b"ping")
+            try:
+                assert await asyncio.wait_for(r.read(4), 5) == b""
+            except ConnectionError:
+                pass
+            finally:
+                w.close()
+            assert await echoed() == b"ping"  # and the listener still serves
+        finally:
+            raw.close()
+            await server.stop()
+
+
+async def _is(got: Any, want: bytes) -> bool:
+    return bool(await got == want)
 
 
 pytestmark = pytest.mark.timeout(60)
