@@ -42,10 +42,17 @@ import msgspec
 
 from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh
 from tulle.dataplane.agent import Agent
+from tulle.dataplane.identity import HeldIdentity, WorkloadKey
 from tulle.dataplane.server import ProxyServer
 from tulle.proxyconfig.delta import apply_delta, diff
 from tulle.proxyconfig.model import ProxyConfig
-from tulle.proxyconfig.stream import FrameDecoder, WorkloadInfo, delta_message, encode
+from tulle.proxyconfig.stream import (
+    Certificate,
+    FrameDecoder,
+    WorkloadInfo,
+    delta_message,
+    encode,
+)
 
 NS = "bench"
 TARGET_MS = 5.0
@@ -61,6 +68,39 @@ def _resources(services: int, extra: bool) -> list[dict[str, Any]]:
     if extra:
         docs.append(workload_doc("extra-0", "svc-3", 2 * services))
     return docs
+
+
+def held_identity() -> HeldIdentity:
+    """An SVID as the proxy holds one (its key, a certificate from a throwaway root): compiled
+    snapshots use mesh mTLS (STRICT by default, ADR 0033) and name the proxy's own `workload`
+    identity and `mesh` bundle, which the agent injects before applying."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = WorkloadKey()
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.datetime.now(datetime.UTC)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench root")])
+    root = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(root_key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(root_key, hashes.SHA256()))
+    csr = x509.load_pem_x509_csr(key.csr(NS, "w-0-0").encode())
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(name)
+            .public_key(csr.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(
+                f"spiffe://cluster.local/ns/{NS}/sa/default")]), critical=True)
+            .sign(root_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    return HeldIdentity(key, Certificate(
+        cert_chain=leaf.public_bytes(pem).decode(), trust_bundle=[root.public_bytes(pem).decode()],
+        not_before=int(now.timestamp()), not_after=int(now.timestamp()) + 86400))
 
 
 def _local(cfg: ProxyConfig) -> ProxyConfig:
@@ -112,8 +152,9 @@ async def measure(services: int, rounds: int) -> dict[str, Any]:
         await real_apply(cfg)
         apply_ms.append((time.perf_counter() - t0) * 1000)
 
+    held = agent.held = held_identity()
     try:
-        await server.apply(base)
+        await server.apply(held.inject(base))
         agent.current = base
         server.apply = timed_apply  # type: ignore[method-assign]
         for i in range(rounds):
@@ -132,7 +173,7 @@ async def measure(services: int, rounds: int) -> dict[str, Any]:
             target = grown if i % 2 == 0 else base
             fresh = msgspec.json.decode(msgspec.json.encode(target), type=ProxyConfig)
             t0 = time.perf_counter()
-            await server.apply(fresh)
+            await server.apply(held.inject(fresh))
             full_ms.append((time.perf_counter() - t0) * 1000)
         clusters = len(base.clusters)
     finally:
@@ -161,14 +202,16 @@ async def _route_change(services: int, rounds: int) -> tuple[list[float], int]:
     server = ProxyServer()
     out: list[float] = []
     built = -1
+    held = held_identity()
     try:
-        await server.apply(base)
+        await server.apply(held.inject(base))
         current = base
         for i in range(rounds):
             target = moved if i % 2 == 0 else base
             cfg = apply_delta(current, diff(current, target))
+            full = held.inject(cfg)
             t0 = time.perf_counter()
-            await server.apply(cfg)
+            await server.apply(full)
             out.append((time.perf_counter() - t0) * 1000)
             current = cfg
             counts = server.runtime.counts

@@ -2,8 +2,12 @@
 traffic with a canary shift, and where to look.
 
     load ─> [frontend sidecar] ─> frontend ─> [frontend sidecar, outbound: Host backend]
-              ─> 80% [backend-v1 sidecar] ─> backend v1
-              ─> 20% [backend-v2 sidecar] ─> backend v2     (then 50/50, live)
+              ═mTLS═> 80% [backend-v1 sidecar] ─> backend v1
+              ═mTLS═> 20% [backend-v2 sidecar] ─> backend v2     (then 50/50, live)
+
+Sidecars talk mTLS (STRICT, the Mesh's default); the load generator has no sidecar, so the
+frontend's port is PERMISSIVE (a MutualTLSPolicy in demo/mesh.yaml).  At the end the demo shows
+how each sidecar's inbound port took its connections (filter chain `mtls` or `plaintext`).
 
 Everything is a real process on 127.0.0.1 with free ports: `tulle control-plane run` on a
 SQLite file, three sample apps, three `tulle proxy run --control-plane` sidecars that register
@@ -183,6 +187,24 @@ async def load(demo: Demo, url: str, seconds: float, rps: int, admin: int) -> No
           + "; served by " + ", ".join(f"{k}: {v}" for k, v in sorted(versions.items())))
 
 
+async def show_mtls(p: dict[str, int]) -> None:
+    """How each sidecar's inbound port took its connections: filter chain `mtls` (a sidecar
+    with a mesh certificate) or `plaintext` (the load generator, frontend only)."""
+    print("\nmTLS (ADR 0033): connections per inbound filter chain")
+    async with aiohttp.ClientSession() as s:
+        for name, admin in (("frontend-0", p["fe_admin"]), ("backend-v1-0", p["v1_admin"]),
+                            ("backend-v2-0", p["v2_admin"])):
+            async with s.get(f"http://127.0.0.1:{admin}/metrics") as r:
+                text = await r.text()
+            mtls = metric_sum(text, "tulle_proxy_protocol_detected_total", protocol="chain:mtls")
+            plain = metric_sum(text, "tulle_proxy_protocol_detected_total",
+                               protocol="chain:plaintext")
+            refused = metric_sum(text, "tulle_proxy_protocol_errors_total",
+                                 kind="no_filter_chain")
+            print(f"  {name:13s} mtls={mtls:4.0f}  plaintext={plain:4.0f}  "
+                  f"closed (no chain)={refused:3.0f}")
+
+
 async def main() -> int:
     seconds = float(os.environ.get("DEMO_SECONDS", "20"))
     rps = int(os.environ.get("DEMO_RPS", "50"))
@@ -233,6 +255,9 @@ Where to look while it runs ({seconds:.0f} s at {rps} rps), in another shell:
   logs: {demo.tmp}
 """, flush=True)
         await load(demo, f"http://127.0.0.1:{p['fe_in']}/", seconds, rps, p["fe_admin"])
+        await show_mtls(p)
+        print(f"\n$ tulle get mutualtlspolicies -n {NS}")
+        print(demo.tulle("get", "mutualtlspolicies", "-n", NS).rstrip())
         print("\n$ tulle get proxies")
         print(demo.tulle("get", "proxies").rstrip())
         print(f"\n$ tulle proxy-config frontend-0 -n {NS} routes")

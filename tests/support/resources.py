@@ -34,3 +34,11 @@ def route(name: str, *rules: tuple[str, str], parent: str = "api", ns: str = NS)
                      "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
                                 "backendRefs": [{"name": backend, "port": 80}]}
                                for prefix, backend in rules]}}
+
+
+def permissive_mesh() -> dict[str, Any]:
+    """The Mesh with mTLS PERMISSIVE: for tests whose client is outside the mesh (it calls a
+    proxy's inbound port itself, with no sidecar of its own), which STRICT — the default —
+    refuses (ADR 0033).  Sidecars still talk mTLS to each other."""
+    return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Mesh",
+            "metadata": {"name": "default"}, "spec": {"mtls": {"mode": "PERMISSIVE"}}}

@@ -62,6 +62,11 @@ class WorkloadSpec(Model):
     outboundPort: Port | None = None
     """Universal mode without interception: the loopback port of the proxy's outbound
     listener, which routes HTTP to every Service by Host (default 15001)."""
+    sidecar: bool = True
+    """False: no Tulle proxy runs in front of this workload (a database on a host, an
+    application not yet onboarded).  Mesh clients then send it plaintext whatever the mTLS
+    mode, as they cannot expect a mesh identity from it (ADR 0033); true (the default): its
+    proxy terminates mTLS and clients originate it."""
 
     @model_validator(mode="after")
     def _ports(self) -> WorkloadSpec:

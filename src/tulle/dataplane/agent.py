@@ -373,9 +373,7 @@ class Agent:
             raw, optional = msg.config, msg.optional
 
             def checked(ignored: list[str]) -> ProxyConfig:
-                cfg = decode_snapshot(raw, optional, ignored)
-                self._check(cfg)
-                return cfg
+                return decode_snapshot(raw, optional, ignored)
 
             return await self._apply(_payload_version(raw, msg), checked)
         if isinstance(msg, DeltaMsg):
@@ -386,19 +384,10 @@ class Agent:
                 d = decode_delta(draw, doptional, ignored)
                 if self.current is None:
                     raise DeltaError("delta received before any snapshot")
-                new = apply_checked(self.current, d)
-                self._check(new)
-                return new
+                return apply_checked(self.current, d)
 
             return await self._apply(_payload_version(draw, msg), build)
         return None
-
-    def _check(self, cfg: ProxyConfig) -> None:
-        """Validate `cfg` as it will run: with the reserved sections the proxy injects, so TLS
-        settings may refer to `workload` and `mesh` (ADR 0028); a snapshot carrying either
-        name itself is refused first."""
-        check_reserved(cfg)
-        check(inject(cfg, self._held_all()))
 
     async def _apply(self, version: str, build: Callable[[list[str]], ProxyConfig]) -> Message:
         ignored: list[str] = []
@@ -406,7 +395,12 @@ class Agent:
         try:
             cfg = build(ignored)
             check_reserved(cfg)
-            await self.server.apply(inject(cfg, self._held_all()))
+            # Checked with the sections this proxy fills (its SVIDs, the mesh roots), which
+            # compiled TLS settings refer to; without a certificate yet, such a reference is
+            # refused by name (`...tls.identity: no identity named 'workload'`).
+            full = inject(cfg, self._held_all())
+            check(full)
+            await self.server.apply(full)
         except ConfigError as exc:
             reason = "; ".join(str(e) for e in exc.errors)
             paths = [e.path for e in exc.errors if e.path]

@@ -4,7 +4,9 @@ enforced by a real proxy on its workload's inbound side (HTTP, gRPC and opaque T
 The server workload `api-0` runs a proxy subscribed to the control plane; its ports forward to
 real origins on loopback (an HTTP echo, a gRPC server, a TCP echo).  Callers connect to the
 proxy's inbound listeners directly, from 127.0.0.1 or (to test source CIDRs) 127.0.0.2.
-Identity rules need mTLS (Z3): they are tested at unit level with the peer identity set
+Those callers are outside the mesh (no sidecar), so the Mesh here is PERMISSIVE (STRICT, the
+default, would close them).  Identity rules need mTLS: they are tested through real sidecars in
+tests/integration/controlplane/test_mtls.py, and at unit level with the peer identity set
 (tests/unit/dataplane/filters/test_authz.py).
 """
 
@@ -24,6 +26,7 @@ from tests.integration.controlplane.test_routing import echo
 from tests.support.controlplane import apply, eventually, running_control_plane, subscribe
 from tests.support.grpc_peers import running_grpc_server, who
 from tests.support.proxy import free_port
+from tests.support.resources import permissive_mesh
 
 from tulle.dataplane.server import ProxyServer
 from tulle.proxyconfig.stream import WorkloadInfo
@@ -124,7 +127,7 @@ async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
                    "metadata": {"name": "api", "namespace": "shop"},
                    "spec": {"selector": {"app": "api"}, "ports": [
                        {"name": "http", "port": 80, "targetPort": "http"}]}}
-            status, body = await apply(cp.api_url, workload, svc)
+            status, body = await apply(cp.api_url, workload, svc, permissive_mesh())
             assert status == 200, body
             proxy = await subscribe([cp.stream_port], WorkloadInfo(
                 name="api-0", namespace="shop", address="127.0.0.1"), cache_dir=tmp_path)

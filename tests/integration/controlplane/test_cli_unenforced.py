@@ -43,9 +43,10 @@ async def test_mesh_settings_not_in_force_are_a_warning_a_column_and_a_condition
         assert code == 0 and "mesh/default created" in out, (out, err)
         warning = next(line for line in err.splitlines() if "SettingsApplied" in line)
         assert warning.startswith("Warning: mesh/default: SettingsApplied=False (UnsupportedValue)")
-        for setting in ("spec.trustDomain example.org", "spec.mtls.mode STRICT",
-                        "spec.outboundTrafficPolicy.mode REGISTRY_ONLY"):
-            assert setting in warning, warning
+        # trust domain and mTLS mode are in force (ADR 0033); the outbound policy is not
+        assert "in force: trustDomain example.org, mtls.mode STRICT" in warning, warning
+        assert "spec.outboundTrafficPolicy.mode REGISTRY_ONLY" in warning, warning
+        assert "spec.mtls.mode" not in warning and "spec.trustDomain" not in warning, warning
 
         async def written() -> bool:
             conds = ((await get_json(api, "mesh", "default", "")).get("status") or {}).get(
@@ -60,13 +61,13 @@ async def test_mesh_settings_not_in_force_are_a_warning_a_column_and_a_condition
             "default", "Partial", "UnsupportedValue"), out
         code, out, _ = await tulle(api, "describe", "mesh", "default")
         assert code == 0
-        assert "SettingsApplied=False (UnsupportedValue)" in out and "spec.mtls.mode STRICT" in out
+        assert "SettingsApplied=False (UnsupportedValue)" in out and "mtls.mode STRICT" in out
 
-        # DISABLED is what the proxies do: that setting is in force, and no longer named
+        # every mTLS mode is in force, DISABLED as well
         disabled = {**MESH, "spec": {**MESH["spec"], "mtls": {"mode": "DISABLED"}}}
         code, out, err = await tulle(api, "apply", "-f", "-", stdin=docs(disabled))
         assert code == 0, err
-        assert "in force: mtls.mode DISABLED" in err and "spec.mtls.mode" not in err
+        assert "mtls.mode DISABLED" in err and "spec.mtls.mode" not in err
 
 
 async def test_tcproute_is_a_warning_per_parent_a_column_and_a_condition() -> None:

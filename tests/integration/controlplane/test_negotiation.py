@@ -22,7 +22,7 @@ from tests.support.controlplane import (
     subscribe,
 )
 from tests.support.proxy import free_port
-from tests.support.resources import NS, workload
+from tests.support.resources import NS, permissive_mesh, workload
 
 from tulle.proxyconfig.features import SUPPORTED
 from tulle.proxyconfig.stream import (
@@ -103,7 +103,8 @@ async def test_an_older_proxy_gets_what_it_understands_and_the_status_says_so(
         status, body = await apply(
             cp.api, workload("old-0", old_port, app, free_port()),
             workload("new-0", new_port, app, free_port()),
-            workload("raw-0", free_port(), app, free_port()))
+            workload("raw-0", free_port(), app, free_port()),
+            permissive_mesh())  # the test calls old-0's inbound port itself (no sidecar)
         assert status == 200, body
 
         # The bytes an older proxy receives: no path_normalization anywhere; the rest is there.

@@ -19,7 +19,7 @@ from tests.support.controlplane import (
     running_control_plane,
 )
 from tests.support.proxy import free_port
-from tests.support.resources import NS, service, workload
+from tests.support.resources import NS, permissive_mesh, service, workload
 
 from tulle.dataplane.agent import Agent
 from tulle.dataplane.server import ProxyServer
@@ -31,6 +31,11 @@ async def get(url: str, host: str | None = None) -> str:
             url, headers={"Host": host} if host else {}) as r:
         assert r.status == 200, await r.text()
         return str((await r.json())["name"])
+
+
+async def status_of(url: str, host: str) -> int:
+    async with aiohttp.ClientSession() as s, s.get(url, headers={"Host": host}) as r:
+        return r.status
 
 
 def with_sa(doc: dict[str, Any], account: str) -> dict[str, Any]:
@@ -53,8 +58,10 @@ async def test_one_proxy_serves_two_workloads_from_one_snapshot() -> None:
     async with named_origin("web") as web_app, named_origin("api") as api_app, \
             running_control_plane() as cp:
         web_in, api_in, web_out, api_out = (free_port() for _ in range(4))
+        # PERMISSIVE: the test's own client calls the inbound ports straight (ADR 0033);
+        # the node's workloads still call each other over mTLS.
         status, body = await apply(
-            cp.api_url, service("web", app="web"), service("api", app="api"),
+            cp.api_url, permissive_mesh(), service("web", app="web"), service("api", app="api"),
             with_sa(workload("web-0", web_in, web_app, web_out, app="web"), "web"),
             with_sa(workload("api-0", api_in, api_app, api_out, app="api"), "api"))
         assert status == 200, body
@@ -111,6 +118,21 @@ async def test_one_proxy_serves_two_workloads_from_one_snapshot() -> None:
             await eventually(moved, timeout=10)
             assert (await proxies(cp.api_url))["web-0"]["ackedVersion"] != web_acked
             assert await get(f"http://127.0.0.1:{web_out}/", host="api2.shop") == "api"
+
+            # Each workload's calls leave with its own identity (ADR 0032): with only
+            # shop/web allowed into api, web's outbound gets through, api's own does not.
+            status, body = await apply(cp.api_url, {
+                "apiVersion": "policy.tulle.dev/v1alpha1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": "only-web", "namespace": NS},
+                "spec": {"targetRef": {"group": "", "kind": "Service", "name": "api"},
+                         "rules": [{"from": [{"serviceAccounts": ["shop/web"]}]}]}})
+            assert status == 200, body
+
+            async def api_refuses_itself() -> bool:
+                return await status_of(f"http://127.0.0.1:{api_out}/", "api.shop") == 403
+
+            await eventually(api_refuses_itself, timeout=10)
+            assert await get(f"http://127.0.0.1:{web_out}/", host="api.shop") == "api"
         finally:
             agent.stop()
             task.cancel()

@@ -51,10 +51,12 @@ async def echo(name: str, host: str = "127.0.0.1", port: int = 0) -> AsyncIterat
 
 
 def backend(name: str, port: int, ns: str = "shop", **labels: str) -> dict[str, Any]:
-    """A workload without a proxy: its `http` port is the origin's."""
+    """A workload without a proxy: its `http` port is the origin's, so clients send it
+    plaintext (`sidecar: false`, ADR 0033)."""
     return {"apiVersion": V1, "kind": "Workload",
             "metadata": {"name": name, "namespace": ns, "labels": labels},
-            "spec": {"address": "127.0.0.1", "ports": [{"name": "http", "port": port}]}}
+            "spec": {"address": "127.0.0.1", "sidecar": False,
+                     "ports": [{"name": "http", "port": port}]}}
 
 
 def client(name: str, ns: str, outbound: int) -> dict[str, Any]:
@@ -280,6 +282,8 @@ async def test_the_readme_canary_example_as_written(tmp_path: Path) -> None:
     for d in docs:
         if d["kind"] == "Workload" and d["metadata"]["name"] in addresses:
             d["spec"]["address"] = addresses[d["metadata"]["name"]]
+            # no proxy runs in front of them here: the origin is the workload (ADR 0033)
+            d["spec"]["sidecar"] = False
     out = free_port()
     async with contextlib.AsyncExitStack() as origins:
         try:

@@ -101,7 +101,12 @@ def inbound_config(app_port: int) -> tuple[dict[str, Any], str]:
         "spec": {"address": "127.0.0.1",
                  "ports": [{"name": "http", "port": free_port(), "targetPort": app_port}]},
     }
-    result = compile_mesh(MeshInputs.from_resources([workload]))
+    # mTLS DISABLED: the attack is on the port's HTTP parsing by raw plaintext clients.  Under
+    # STRICT (the default) the same listener sits behind an mTLS filter chain and they would be
+    # closed before any HTTP (tests/integration/controlplane/test_mtls.py, ADR 0033).
+    mesh = {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Mesh",
+            "metadata": {"name": "default"}, "spec": {"mtls": {"mode": "DISABLED"}}}
+    result = compile_mesh(MeshInputs.from_resources([mesh, workload]))
     raw = msgspec.to_builtins(result.snapshots[("shop", "app-0")])
     (listener,) = raw["listeners"]
     assert listener["protocol"] == "http1" and listener["direction"] == "inbound"

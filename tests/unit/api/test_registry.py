@@ -16,6 +16,7 @@ EXPECTED = {
     ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"): ("Namespaced", "referencegrants"),
     ("policy.tulle.dev/v1alpha1", "TimeoutPolicy"): ("Namespaced", "timeoutpolicies"),
     ("policy.tulle.dev/v1alpha1", "AuthorizationPolicy"): ("Namespaced", "authorizationpolicies"),
+    ("policy.tulle.dev/v1alpha1", "MutualTLSPolicy"): ("Namespaced", "mutualtlspolicies"),
 }
 
 
@@ -37,6 +38,7 @@ def test_every_kind_is_registered() -> None:
         ("meshes", "Mesh"),
         ("tp", "TimeoutPolicy"),
         ("authz", "AuthorizationPolicy"),
+        ("mtls", "MutualTLSPolicy"),
     ],
 )
 def test_resolve(name: str, kind: str) -> None:

@@ -29,7 +29,7 @@ import msgspec
 from tulle.controlplane.compiler import plugins
 from tulle.controlplane.compiler.inputs import Key, MeshInputs
 from tulle.controlplane.compiler.ir import MeshModel, Proxy, ProxyDefaults
-from tulle.controlplane.compiler.outbound import outbound_shared
+from tulle.controlplane.compiler.outbound import MESH_BUNDLE, MESH_IDENTITY, outbound_shared
 from tulle.controlplane.compiler.policies import derive_mesh, derive_policies
 from tulle.controlplane.compiler.proxies import (
     ProxyMemo,
@@ -43,16 +43,29 @@ from tulle.controlplane.compiler.services import ServiceMemo, derive_services
 from tulle.controlplane.compiler.status import conditions
 from tulle.proxyconfig.model import (
     Cluster,
+    Identity,
     Listener,
     Node,
     ProxyConfig,
     RouteTable,
     Settings,
+    TLSContext,
+    TrustBundle,
     VirtualHost,
 )
+from tulle.proxyconfig.reserved import is_reserved_identity
 from tulle.proxyconfig.validate import ConfigError, check
 
 _DEFAULT_SETTINGS = Settings()
+
+_STAND_INS: dict[str, Any] = {
+    "identities": [Identity(name=MESH_IDENTITY,
+                            cert_chain_pem="-----BEGIN CERTIFICATE-----stand-in",
+                            private_key_pem="-----BEGIN PRIVATE KEY-----stand-in")],
+    "trust_bundles": [TrustBundle(name=MESH_BUNDLE,
+                                  ca_pems=["-----BEGIN CERTIFICATE-----stand-in"])]}
+"""The sections each proxy fills itself (its SVID, the mesh roots: ADR 0028), standing in by
+name when the compiler checks what it rendered — they are never sent."""
 
 ORDER = ("services", "routes", "policies", "proxies", "plugins", "render")
 """The compiler's steps; the plugins' own order is `plugins.ORDER`."""
@@ -85,6 +98,26 @@ class Shared:
         return own if own is not None else (self.tables, self.digest)
 
 
+def check_compiled(cfg: ProxyConfig) -> None:
+    """`check` for a compiled snapshot, whose TLS settings may name the sections the proxy
+    fills itself (`_STAND_INS`; on a node's merged snapshot, each further workload's own
+    `workload:<ns>/<name>` too, ADR 0032)."""
+    stand_in = _STAND_INS["identities"][0]
+    named = {t.identity for t in _tls_settings(cfg)} - {stand_in.name}
+    node = [msgspec.structs.replace(stand_in, name=n) for n in sorted(named)
+            if is_reserved_identity(n)]
+    check(msgspec.structs.replace(
+        cfg, identities=[*cfg.identities, *_STAND_INS["identities"], *node],
+        trust_bundles=[*cfg.trust_bundles, *_STAND_INS["trust_bundles"]]))
+
+
+def _tls_settings(cfg: ProxyConfig) -> list[TLSContext]:
+    out = [c.tls for c in cfg.clusters if c.tls is not None]
+    for lc in cfg.listeners:
+        out += [t for t in (lc.tls, *(fc.tls for fc in lc.filter_chains)) if t is not None]
+    return out
+
+
 def _digest(value: Any) -> bytes:
     return hashlib.sha256(msgspec.json.encode(value, order="sorted")).digest()
 
@@ -101,7 +134,7 @@ def _namespace_tables(tables: list[RouteTable], clusters: list[Cluster], digest:
         own = [cache.struct(h, VirtualHost) if cache is not None
                else msgspec.convert(h, VirtualHost) for h in hosts_raw]
         check(ProxyConfig(route_tables=[RouteTable(name="outbound", virtual_hosts=own)],
-                          clusters=clusters))
+                          clusters=clusters, **_STAND_INS))
         by_name = {vh.name: vh for vh in own}
         table = tables[0]
         merged = RouteTable(name=table.name, virtual_hosts=[
@@ -121,7 +154,7 @@ def build_shared(tables_raw: list[dict[str, Any]], clusters_raw: list[dict[str, 
         tables = [cache.struct(t, RouteTable) for t in tables_raw]
         clusters = [cache.struct(c, Cluster) for c in clusters_raw]
     # Check the shared part once (route references, names) as a config of its own.
-    check(ProxyConfig(route_tables=tables, clusters=clusters))
+    check(ProxyConfig(route_tables=tables, clusters=clusters, **_STAND_INS))
     digest = (_digest([tables, clusters]) if settings == _DEFAULT_SETTINGS
               else _digest([tables, clusters, settings]))
     by_ns = (_namespace_tables(tables, clusters, digest, consumer_raw, cache)
@@ -201,7 +234,7 @@ def own_part(proxy: Proxy, has_outbound: bool) -> OwnPart:
     # The proxy's own part, checked on its own (the outbound table stands in by name).
     check(ProxyConfig(listeners=listeners, clusters=own_clusters,
                       route_tables=own_tables + ([RouteTable(name="outbound")] if has_outbound
-                                                 else [])))
+                                                 else []), **_STAND_INS))
     parts: list[Any] = [node, listeners, own_clusters]
     if own_tables:  # (only then: the digest of a proxy without any stays what it was)
         parts.append(own_tables)
@@ -265,5 +298,5 @@ def compile_mesh(m: MeshInputs, cache: PartCache | None = None) -> CompileResult
     return compile_model(plugins.run(derive(m, cache)), cache)
 
 
-__all__ = ["ORDER", "CompileResult", "MeshInputs", "MeshModel", "PartCache", "compile_mesh",
-           "compile_model", "compile_proxy", "derive"]
+__all__ = ["ORDER", "CompileResult", "MeshInputs", "MeshModel", "PartCache", "check_compiled",
+           "compile_mesh", "compile_model", "compile_proxy", "derive"]

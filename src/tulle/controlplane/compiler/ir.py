@@ -65,6 +65,12 @@ class Endpoint(msgspec.Struct, frozen=True):
     metadata: Metadata
 
 
+class UpstreamMTLS(msgspec.Struct, frozen=True):
+    """What a client of a Service port checks: the SPIFFE IDs its endpoints may present."""
+
+    expected_spiffe_ids: tuple[str, ...]
+
+
 class ServicePort(msgspec.Struct, frozen=True):
     """One port of one Service: one cluster and one virtual host of the outbound table."""
 
@@ -76,6 +82,10 @@ class ServicePort(msgspec.Struct, frozen=True):
     endpoints: tuple[Endpoint, ...]
     domains: tuple[str, ...]
     """The names a client may use for it (`services` module docstring)."""
+    port_name: str = ""
+    """The Service port's `name` (a policy's `sectionName`)."""
+    tls: UpstreamMTLS | None = None
+    """mTLS its clients originate (`plugins/mtls.py`); None: plaintext."""
 
     @property
     def key(self) -> Key:
@@ -248,6 +258,9 @@ class InboundPort(msgspec.Struct, frozen=True):
     """auto, http1, http2 or tcp (`protocols.port_protocol`, default `auto`)."""
 
 
+MTLSMode = Literal["STRICT", "PERMISSIVE", "DISABLED"]
+
+
 class InboundAuthz(msgspec.Struct, frozen=True):
     """The authorization policies of one inbound port, as the proxy runs them (ports resolved:
     an operation for other ports is gone, `plugins/authorization.py`)."""
@@ -270,6 +283,13 @@ class Proxy(msgspec.Struct, frozen=True):
     metadata: Metadata
     authz: tuple[InboundAuthz, ...] = ()
     """Per inbound port with policies (`plugins/authorization.py`); () : none apply."""
+    service_account: str = "default"
+    """`Workload.spec.serviceAccount`: the SPIFFE ID its certificate carries."""
+    sidecar: bool = True
+    """`Workload.spec.sidecar`: false when no proxy fronts it (clients send plaintext)."""
+    mtls: tuple[tuple[int, MTLSMode], ...] = ()
+    """Per inbound port, the mode its listener enforces (`plugins/mtls.py`); a port not
+    listed is plaintext (DISABLED)."""
 
     @property
     def namespace(self) -> str:
@@ -325,6 +345,6 @@ class MeshModel(msgspec.Struct, frozen=True):
 
 
 __all__ = ["INVALID_BACKEND", "Backend", "Condition", "Dropped", "Endpoint", "InboundAuthz",
-           "InboundPort", "Key", "MeshModel", "MeshResource", "Metadata", "ObjectRef", "Policy", "Proxy",
-           "ProxyDefaults", "Route", "Rule", "RuleFilter", "ServicePort", "TCPParent", "TCPRoute",
-           "cluster_name"]
+           "InboundPort", "Key", "MTLSMode", "MeshModel", "MeshResource", "Metadata", "ObjectRef",
+           "Policy", "Proxy", "ProxyDefaults", "Route", "Rule", "RuleFilter", "ServicePort",
+           "TCPParent", "TCPRoute", "UpstreamMTLS", "cluster_name"]

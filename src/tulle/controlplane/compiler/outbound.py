@@ -27,6 +27,7 @@ from tulle.controlplane.compiler.ir import (
     ServicePort,
 )
 from tulle.proxyconfig.model import RouteMatch
+from tulle.proxyconfig.reserved import MESH_BUNDLE, WORKLOAD_IDENTITY
 
 
 def service_cluster(sp: ServicePort, connect_timeout_ms: int | None = None) -> dict[str, Any]:
@@ -42,7 +43,22 @@ def service_cluster(sp: ServicePort, connect_timeout_ms: int | None = None) -> d
                            "metadata": sp.metadata.render()}
     if connect_timeout_ms is not None:
         out["connect_timeout_ms"] = connect_timeout_ms
+    if sp.tls is not None:
+        out["tls"] = upstream_mtls(out["protocol"], sp.tls.expected_spiffe_ids)
     return out
+
+
+MESH_IDENTITY = WORKLOAD_IDENTITY
+"""The proxy's own certificate: the reserved `identities` name it injects (ADR 0028)."""
+ALPN = {"http1": "http/1.1", "http2": "h2", "tcp": "tulle-tcp"}
+"""What a mesh mTLS connection carries, by the cluster's protocol (ADR 0030)."""
+
+
+def upstream_mtls(protocol: str, expected: tuple[str, ...]) -> dict[str, Any]:
+    """Mesh mTLS from a client proxy (ADR 0033): its own SVID, the mesh roots, TLS 1.3, the
+    application protocol in ALPN, the server's SPIFFE ID checked."""
+    return {"identity": MESH_IDENTITY, "trust_bundle": MESH_BUNDLE, "min_version": "1.3",
+            "alpn": [ALPN[protocol]], "expected_spiffe_ids": list(expected)}
 
 
 def _match(m: RouteMatch) -> dict[str, Any]:
@@ -185,4 +201,5 @@ def outbound_shared(mesh: MeshModel) -> Outbound:
                     [clusters[k] for k in sorted(clusters)], consumer_hosts)
 
 
-__all__ = ["Attached", "Outbound", "outbound_shared", "rule", "service_cluster"]
+__all__ = ["ALPN", "MESH_BUNDLE", "MESH_IDENTITY", "Attached", "Outbound", "outbound_shared",
+           "rule", "service_cluster", "upstream_mtls"]

@@ -19,6 +19,7 @@ import msgspec
 
 from tulle.controlplane.compiler.inputs import Key, MeshInputs, Resource, key_of, spec_of
 from tulle.controlplane.compiler.ir import InboundPort, Metadata, Proxy
+from tulle.controlplane.compiler.outbound import MESH_BUNDLE, MESH_IDENTITY
 from tulle.controlplane.compiler.protocols import port_protocol
 
 DEFAULT_OUTBOUND_PORT = 15001
@@ -36,7 +37,9 @@ def derive_proxy(workload: Resource) -> Proxy:
                  outbound_port=int(spec.get("outboundPort") or DEFAULT_OUTBOUND_PORT),
                  metadata=Metadata(service=labels.get("app", ""), namespace=ns, workload=name,
                                    labels=tuple(sorted(labels.items())),
-                                   zone=spec.get("zone") or ""))
+                                   zone=spec.get("zone") or ""),
+                 service_account=spec.get("serviceAccount") or "default",
+                 sidecar=spec.get("sidecar") is not False)
 
 
 ProxyMemo = dict[Key, tuple[bytes, Proxy]]
@@ -72,6 +75,7 @@ def inbound(proxy: Proxy) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     listeners: list[dict[str, Any]] = []
     clusters: list[dict[str, Any]] = []
     guarded = {a.port: a for a in proxy.authz}
+    modes = dict(proxy.mtls)
     for p in proxy.inbound:
         name = f"inbound|{p.port}"
         listener: dict[str, Any] = {"name": name, "address": proxy.address, "port": p.port,
@@ -84,10 +88,36 @@ def inbound(proxy: Proxy) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         elif authz is not None:
             del listener["cluster"]
             listener["route_table"] = name
+        mode = modes.get(p.port, "DISABLED")
+        if mode != "DISABLED":
+            listener = mtls_chains(listener, mode == "PERMISSIVE")
         listeners.append(listener)
         clusters.append({"name": name, "protocol": "http1" if p.protocol == "auto" else p.protocol,
                          "endpoints": [{"address": "127.0.0.1", "port": p.target_port}]})
     return listeners, clusters
+
+
+INBOUND_MTLS = {"identity": MESH_IDENTITY, "trust_bundle": MESH_BUNDLE, "min_version": "1.3"}
+"""An inbound port's mTLS (ADR 0033): the proxy's SVID, client certificates verified against
+the mesh roots (which makes the client's SPIFFE ID the connection's peer identity), TLS 1.3.
+ALPN is the listener's default (`h2`, `http/1.1`, `tulle-tcp`): it picks the HTTP driver or
+the TCP relay."""
+
+
+def mtls_chains(listener: dict[str, Any], permissive: bool) -> dict[str, Any]:
+    """`listener` with its routing moved into filter chains (ADR 0030): one terminating mTLS;
+    with `permissive`, one more for plaintext.  The listener keeps no routing of its own, so a
+    connection no chain takes (plaintext on a STRICT port) is closed and counted."""
+    route: dict[str, Any] = {k: listener.pop(k) for k in ("route_table", "cluster", "network_filters")
+             if k in listener}
+    chains = [{"name": "mtls", "match": {"transport": "tls"}, "protocol": listener["protocol"],
+               "tls": INBOUND_MTLS, **route}]
+    if permissive:
+        chains.append({"name": "plaintext", "match": {"transport": "plaintext"},
+                       "protocol": listener["protocol"], **route})
+    # The chains carry the protocol; the listener's own is only that of a default chain,
+    # which it no longer has.
+    return {**listener, "protocol": "auto", "filter_chains": chains}
 
 
 def inbound_tables(proxy: Proxy) -> list[dict[str, Any]]:

@@ -93,9 +93,13 @@ def _listener(lc: Listener, wl: str, tables: dict[str, str],
     dests = [msgspec.structs.replace(d, route_table=tables.get(d.route_table, d.route_table),
                                      cluster=clusters.get(d.cluster, d.cluster))
              for d in lc.destinations] if (tables or clusters) else lc.destinations
+    chains = [msgspec.structs.replace(fc, route_table=tables.get(fc.route_table, fc.route_table),
+                                      cluster=clusters.get(fc.cluster, fc.cluster))
+              for fc in lc.filter_chains] if (tables or clusters) else lc.filter_chains
     return msgspec.structs.replace(
         lc, workload=wl, route_table=tables.get(lc.route_table, lc.route_table),
-        cluster=clusters.get(lc.cluster, lc.cluster), destinations=dests)
+        cluster=clusters.get(lc.cluster, lc.cluster), destinations=dests,
+        filter_chains=chains)
 
 
 def _tls(tls: TLSContext | None, name: str) -> TLSContext | None:
@@ -144,7 +148,8 @@ def merge(parts: Sequence[tuple[ProxyKey, ProxyConfig]]) -> ProxyConfig:
     tagged: list[list[Cluster]] = []
     for key, cfg in parts:
         own = {lc.cluster for lc in cfg.listeners} | {
-            d.cluster for lc in cfg.listeners for d in lc.destinations}
+            d.cluster for lc in cfg.listeners for d in lc.destinations} | {
+            fc.cluster for lc in cfg.listeners for fc in lc.filter_chains}
         own.discard("")
         wl = workload_name(key)
         tagged.append([msgspec.structs.replace(c, workload=wl) if c.name in own else c

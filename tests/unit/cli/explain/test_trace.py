@@ -11,7 +11,7 @@ import pytest
 
 from tulle.cli.explain import ExplainError, build_request, explain
 from tulle.controlplane.compiler import MeshInputs, compile_mesh
-from tulle.proxyconfig.model import FilterChain, FilterChainMatch, ProxyConfig, TLSContext
+from tulle.proxyconfig.model import ProxyConfig
 
 V1 = "mesh.tulle.dev/v1alpha1"
 GW = "gateway.networking.k8s.io/v1"
@@ -92,7 +92,7 @@ def test_a_header_match_wins_over_the_split_and_the_trace_says_why() -> None:
     ep = doc["hops"][0]["endpoints"][0]
     assert ep["workload"] == "shop/api2-0"
     assert ep["result"] == "forwarded"
-    assert ep["mtls"] == "plaintext"
+    assert ep["mtls"] == "mTLS"  # the Mesh's default, STRICT (ADR 0033)
     assert ep["authorization"]["policy"] == "default"
 
 
@@ -159,39 +159,25 @@ def test_an_allow_policy_that_does_not_match_says_which_policies_were_tried() ->
     assert (a["allowed"], a["policy"], a["rule"]) == (True, "shop/reads", 0)
 
 
-def _with_mtls(snaps: dict[tuple[str, str], ProxyConfig], permissive: bool,
+def mesh(mode: str) -> dict[str, Any]:
+    return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Mesh",
+            "metadata": {"name": "default"}, "spec": {"mtls": {"mode": mode}}}
+
+
+def _expecting(snaps: dict[tuple[str, str], ProxyConfig],
                expected: str) -> dict[tuple[str, str], ProxyConfig]:
-    """What a compiler emitting mesh mTLS would give (ADR 0030's shape): the client's clusters
-    with tls and expected SPIFFE IDs; the server's inbound listener with a TLS chain (and a
-    plaintext one when permissive)."""
+    """`snaps` with the caller's mesh clusters expecting another server identity."""
     out = dict(snaps)
     web = snaps[("shop", "web-0")]
-    tls = TLSContext(identity="svid", trust_bundle="mesh", min_version="1.3",
-                     expected_spiffe_ids=[expected])
     out[("shop", "web-0")] = msgspec.structs.replace(web, clusters=[
-        msgspec.structs.replace(c, tls=tls) if c.name.startswith("outbound|") else c
+        msgspec.structs.replace(c, tls=msgspec.structs.replace(
+            c.tls, expected_spiffe_ids=[expected])) if c.tls is not None else c
         for c in web.clusters])
-    api = snaps[("shop", "api-0")]
-    listeners = []
-    for lst in api.listeners:
-        if lst.direction == "inbound":
-            chains = [FilterChain(name="mtls", match=FilterChainMatch(transport="tls"),
-                                  tls=TLSContext(identity="svid", trust_bundle="mesh"),
-                                  route_table=lst.route_table, cluster=lst.cluster)]
-            if permissive:
-                chains.append(FilterChain(name="plain",
-                                          match=FilterChainMatch(transport="plaintext"),
-                                          route_table=lst.route_table, cluster=lst.cluster))
-            listeners.append(msgspec.structs.replace(lst, filter_chains=chains,
-                                                     route_table="", cluster=""))
-        else:
-            listeners.append(lst)
-    out[("shop", "api-0")] = msgspec.structs.replace(api, listeners=listeners)
     return out
 
 
 def test_mtls_is_read_from_the_compiled_clusters_and_chains() -> None:
-    snaps = _with_mtls(snapshots(), False, "spiffe://cluster.local/ns/shop/sa/api")
+    snaps = snapshots()  # the Mesh's default: STRICT
     doc = run(snaps, "/items", headers=("x-canary=no",))
     ep = doc["hops"][0]["endpoints"][0]
     assert ep["client"]["mode"] == "mTLS"
@@ -203,30 +189,31 @@ def test_mtls_is_read_from_the_compiled_clusters_and_chains() -> None:
     assert ep["mtls"] == "mTLS"
     assert ep["peerIdentity"] == "spiffe://cluster.local/ns/shop/sa/web"
     assert ep["result"] == "forwarded"
-    # a client dialling plaintext into STRICT is refused by the server
+    # a client dialling plaintext (compiled with mTLS DISABLED) into STRICT is refused
+    web = ("shop", "web-0")
     plain = dict(snaps)
-    plain[("shop", "web-0")] = snapshots()[("shop", "web-0")]
+    plain[web] = snapshots(mesh("DISABLED"))[web]
     ep = run(plain, "/items", headers=("x-canary=no",))["hops"][0]["endpoints"][0]
     assert ep["result"] == "refused_by_server"
     assert ep["server"]["chain"] is None
     # PERMISSIVE takes it on the plaintext chain
-    perm = _with_mtls(snapshots(), True, "spiffe://cluster.local/ns/shop/sa/api")
-    perm[("shop", "web-0")] = snapshots()[("shop", "web-0")]
+    perm = snapshots(mesh("PERMISSIVE"))
+    perm[web] = plain[web]
     ep = run(perm, "/items", headers=("x-canary=no",))["hops"][0]["endpoints"][0]
     assert ep["server"]["accepts"] == "PERMISSIVE (mTLS or plaintext)"
-    assert (ep["server"]["chain"], ep["mtls"], ep["peerIdentity"]) == ("plain", "plaintext",
-                                                                       None)
+    assert (ep["server"]["chain"], ep["mtls"], ep["peerIdentity"]) == ("plaintext",
+                                                                       "plaintext", None)
 
 
 def test_a_server_identity_not_expected_is_refused_by_the_client() -> None:
-    snaps = _with_mtls(snapshots(), False, "spiffe://cluster.local/ns/shop/sa/other")
+    snaps = _expecting(snapshots(), "spiffe://cluster.local/ns/shop/sa/other")
     ep = run(snaps, "/items", headers=("x-canary=no",))["hops"][0]["endpoints"][0]
     assert ep["result"] == "refused_by_client"
     assert ep["status"] == 503
 
 
 def test_without_tls_in_the_snapshot_the_hop_is_plaintext() -> None:
-    ep = run(snapshots(), "/x", headers=("x-canary=no",))["hops"][0]["endpoints"][0]
+    ep = run(snapshots(mesh("DISABLED")), "/x", headers=("x-canary=no",))["hops"][0]["endpoints"][0]
     assert ep["client"] == {"mode": "plaintext", "why": ep["client"]["why"]}
     assert ep["server"]["accepts"] == "DISABLED (plaintext only)"
 
@@ -265,8 +252,8 @@ def test_the_text_trace_names_the_rule_the_policy_and_the_hop() -> None:
     assert "x canary-header" not in text  # the header rule was taken
     assert "authorization: DENY by shop/no-admin rule 1 (DENY)" in text
     assert "response: 403 RBAC: access denied by DENY policy shop/no-admin" in text
-    assert "hop: plaintext" in text
-    text = render(run(snapshots(), "/x", headers=("x-canary=no",)))
+    assert "hop: mTLS" in text
+    text = render(run(snapshots(mesh("DISABLED")), "/x", headers=("x-canary=no",)))
     assert "x shop/api/canary-header match 0: header x-canary Exact 'yes' does not hold" in \
         text or "header x-canary Exact 'yes' does not hold" in text
     assert "RequestHeaderModifier (rule)" in text

@@ -10,10 +10,9 @@ import msgspec
 import pytest
 from tests.support.resources import service
 
-from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh
+from tulle.controlplane.compiler import MeshInputs, PartCache, check_compiled, compile_mesh
 from tulle.controlplane.push.node import NodeError, NodeSnapshots, merge
-from tulle.proxyconfig.model import ProxyConfig, TLSContext
-from tulle.proxyconfig.reserved import MESH_BUNDLE, WORKLOAD_IDENTITY
+from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.validate import check
 
 NS = "shop"
@@ -34,11 +33,17 @@ def compiled(*extra: dict[str, Any], cache: PartCache | None = None) -> dict[Any
     return dict(compile_mesh(MeshInputs.from_resources(docs), cache).snapshots)
 
 
+PLAINTEXT = {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Mesh",
+             "metadata": {"name": "default"}, "spec": {"mtls": {"mode": "DISABLED"}}}
+"""Without mTLS the workloads' outbound parts are equal and shared (with it, each workload
+presents its own certificate and gets its own: the test after this one)."""
+
+
 def test_two_workloads_share_one_snapshot_that_the_proxy_takes() -> None:
-    snaps = compiled()
+    snaps = compiled(PLAINTEXT)
     web, api = (NS, "web-0"), (NS, "api-0")
     node = merge([(web, snaps[web]), (api, snaps[api])])
-    check(node)  # valid as one proxy's config: unique names, references resolve
+    check_compiled(node)  # valid as one proxy's config: unique names, references resolve
     by_name = {lc.name: lc for lc in node.listeners}
     # Both workloads use `inbound|8080` and `outbound` for different things: made unique.
     assert sorted(by_name) == ["shop/api-0|inbound|8080", "shop/api-0|outbound",
@@ -120,26 +125,19 @@ def test_references_follow_a_renamed_cluster_and_table() -> None:
                                                           "shop/b|x": "shop/b"}
 
 
-def _with_mesh_tls(cfg: ProxyConfig) -> ProxyConfig:
-    """`cfg` as automatic mTLS compiles it: inbound and outbound TLS present `workload`."""
-    tls = TLSContext(identity=WORKLOAD_IDENTITY, trust_bundle=MESH_BUNDLE)
-    return msgspec.structs.replace(
-        cfg, listeners=[msgspec.structs.replace(lc, tls=tls) if lc.name.startswith("inbound")
-                        else lc for lc in cfg.listeners],
-        clusters=[msgspec.structs.replace(c, tls=tls) for c in cfg.clusters])
-
-
 def test_each_workload_of_a_node_presents_its_own_certificate() -> None:
     """ADR 0032: the node's first workload keeps `workload`; the others' TLS settings name
     `workload:<ns>/<name>`, so the outbound clusters the compiler shares become one per
     workload (each workload's calls leave with its own identity) and the references follow."""
-    snaps = compiled()
+    snaps = compiled()  # the Mesh's default: STRICT mTLS
     web, api = (NS, "web-0"), (NS, "api-0")
-    node = merge([(web, _with_mesh_tls(snaps[web])), (api, _with_mesh_tls(snaps[api]))])
+    node = merge([(web, snaps[web]), (api, snaps[api])])
+    check_compiled(node)
     listeners = {lc.name: lc for lc in node.listeners}
     web_in, api_in = listeners["shop/web-0|inbound|8080"], listeners["shop/api-0|inbound|8080"]
-    assert web_in.tls is not None and web_in.tls.identity == "workload"
-    assert api_in.tls is not None and api_in.tls.identity == "workload:shop/api-0"
+    assert [fc.tls.identity for fc in web_in.filter_chains if fc.tls] == ["workload"]
+    assert [fc.tls.identity for fc in api_in.filter_chains if fc.tls] == [
+        "workload:shop/api-0"]
     clusters = {c.name: c for c in node.clusters}
     # Every cluster of a workload presents that workload's certificate, never another's.
     assert {c.tls.identity for c in node.clusters if c.tls} == {"workload",
@@ -154,7 +152,7 @@ def test_each_workload_of_a_node_presents_its_own_certificate() -> None:
         for n in named:
             tls = clusters[n].tls
             assert tls is not None and tls.identity == ident
-    # Without TLS nothing is renamed for identity's sake (the test above): the shared table
-    # stays shared.
-    plain = merge([(web, snaps[web]), (api, snaps[api])])
-    assert [t.name for t in plain.route_tables] == ["outbound"]
+    # Without TLS nothing is renamed for identity's sake: the shared table stays shared.
+    plain = compiled(PLAINTEXT)
+    assert [t.name for t in merge([(web, plain[web]), (api, plain[api])]).route_tables] == [
+        "outbound"]

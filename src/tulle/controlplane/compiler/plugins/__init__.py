@@ -21,6 +21,7 @@ from tulle.controlplane.compiler.plugins import (
     header_modifiers,
     mesh_defaults,
     mesh_settings,
+    mtls,
     request_mirror,
     request_redirect,
     route_timeouts,
@@ -60,6 +61,11 @@ ORDER: tuple[tuple[Plugin, str], ...] = (
      "the inbound side's policies, after the route plugins (it edits proxies, not routes) and "
      "after mesh_settings (it reads whether mTLS is in force to warn about identity rules); "
      "before unenforced_policies, which must see the status it writes"),
+    (mtls.PLUGIN,
+     "after authorization, which binds policies to a Service's workloads through its "
+     "endpoints (this one may leave out endpoints that cannot take mTLS); it edits the "
+     "Service ports' client TLS and the proxies' inbound modes; before unenforced_policies, "
+     "which must see the MutualTLSPolicy status it writes"),
     (unenforced_policies.PLUGIN,
      "last: a policy no plugin wrote a status for is not enforced, and must say so"),
 )

@@ -12,7 +12,7 @@ filter (`tcp` ports).
 
 Status: `Accepted=True` naming how many workloads enforce it, `TargetNotFound` otherwise.  A
 policy whose rules use identities (`identities`, `namespaces`, `serviceAccounts`) while the
-Mesh's mTLS is not in force (STRICT and reported in force by `mesh_settings`) gets
+mesh-wide mTLS is not STRICT (`mtls.mesh_mode`, a Mesh-targeted MutualTLSPolicy included) gets
 `IdentitiesVerified=False` (`MTLSNotEnforced`): such rules never match a plaintext caller.
 """
 
@@ -33,7 +33,7 @@ from tulle.controlplane.compiler.ir import (
     Policy,
     Proxy,
 )
-from tulle.controlplane.compiler.plugins import mesh_settings
+from tulle.controlplane.compiler.plugins import mesh_settings, mtls
 from tulle.controlplane.compiler.plugins.base import Plugin
 from tulle.proxyconfig.filters.authz import AuthzPolicy
 
@@ -42,11 +42,13 @@ KIND = "AuthorizationPolicy"
 
 
 def mtls_enforced(mesh: MeshModel) -> bool:
-    """The Mesh asks for STRICT mTLS and the proxies do it (what `mesh_settings` reports)."""
-    if mesh.mesh is None:
-        return False
-    applied, _ = mesh_settings.not_in_force(mesh.mesh.spec)
-    return "mtls.mode STRICT" in applied
+    """The mesh-wide mTLS mode is STRICT (the default, with or without a Mesh resource; a
+    Mesh-targeted MutualTLSPolicy counts) and the proxies do it (ADR 0033)."""
+    if mesh.mesh is not None:
+        applied, _ = mesh_settings.not_in_force(mesh.mesh.spec)
+        if not any(a.startswith("mtls.mode ") for a in applied):
+            return False
+    return mtls.Decisions(mesh).mesh_level(mtls.mesh_mode(mesh)) == "STRICT"
 
 
 def _uses_identities(spec: Mapping[str, Any]) -> bool:

@@ -1,14 +1,11 @@
 """`Mesh.spec` outside `defaults` (trust domain, mTLS mode, outbound traffic policy): what of it
 the proxies do, and a condition naming each setting they do not.
 
-None of these is in force yet, and a Mesh must not look as if it were (issue 8, item 8):
-
-- `trustDomain`: no workload identities (SPIFFE IDs, certificates) are issued yet, so there is
-  nothing the trust domain names;
-- `mtls.mode`: proxies talk to each other in plaintext and accept plaintext inbound, which is
-  what `DISABLED` says: that value is in force, `STRICT` and `PERMISSIVE` are not;
-- `outboundTrafficPolicy.mode`: traffic is not intercepted yet (issue 11), so an application
-  reaches a destination outside the mesh directly, whatever the mode.
+- `trustDomain`: in force — workload certificates carry it (ADR 0028) and clients expect it in
+  the servers' SPIFFE IDs (`mtls` plugin, ADR 0033);
+- `mtls.mode`: in force, every value — the `mtls` plugin compiles it (ADR 0033);
+- `outboundTrafficPolicy.mode`: not in force: traffic is not intercepted yet (issue 11), so an
+  application reaches a destination outside the mesh directly, whatever the mode.
 
 The stored Mesh carries every field (the API fills in the defaults), so these settings are
 always reported: the Mesh gets `SettingsApplied`, `False` with reason `UnsupportedValue` and each
@@ -28,8 +25,8 @@ from tulle.controlplane.compiler.plugins.base import Plugin
 
 NAME = "mesh_settings"
 
-IN_FORCE_MTLS = "DISABLED"
-"""The only mTLS mode the proxies run today: plaintext both ways."""
+IN_FORCE_MTLS = ("STRICT", "PERMISSIVE", "DISABLED")
+"""The mTLS modes the proxies run (all of them since ADR 0033)."""
 
 
 def _section(spec: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -43,13 +40,12 @@ def not_in_force(spec: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     left_out: list[str] = []
     domain = spec.get("trustDomain")
     if domain is not None:
-        left_out.append(f"spec.trustDomain {domain}: no workload identities are issued yet")
+        applied.append(f"trustDomain {domain}")
     mode = _section(spec, "mtls").get("mode")
-    if mode == IN_FORCE_MTLS:
+    if mode in IN_FORCE_MTLS:
         applied.append(f"mtls.mode {mode}")
     elif mode is not None:
-        left_out.append(f"spec.mtls.mode {mode}: proxies speak plaintext between themselves "
-                        "and accept it inbound (only DISABLED is in force)")
+        left_out.append(f"spec.mtls.mode {mode}: not a mode the proxies know")
     outbound = _section(spec, "outboundTrafficPolicy").get("mode")
     if outbound is not None:
         left_out.append(f"spec.outboundTrafficPolicy.mode {outbound}: traffic is not "
