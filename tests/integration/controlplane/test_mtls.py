@@ -293,14 +293,19 @@ async def test_a_server_with_another_identity_is_refused_by_the_client(tmp_path:
             await evil.stop()
 
 
-async def test_authorization_sees_the_callers_spiffe_id(tmp_path: Path) -> None:
+@pytest.mark.parametrize("source", [
+    {"identities": ["spiffe://cluster.local/ns/shop/sa/a"]},
+    {"workloadLabels": {"app": "client-a"}},  # resolved to a's service account
+], ids=["identity", "workload-labels"])
+async def test_authorization_sees_the_callers_spiffe_id(tmp_path: Path,
+                                                        source: dict[str, Any]) -> None:
     """Issue 9 item 5 through real sidecars: only `a` may call api; `b` gets 403 naming the
-    policy.  The identity is the one in the caller's certificate, nothing it says."""
+    policy.  The identity is the one in the caller's certificate, nothing it says; a source by
+    workload labels is resolved to the service accounts of the workloads it selects."""
     allow_a = {"apiVersion": POLICY, "kind": "AuthorizationPolicy",
                "metadata": {"name": "only-a", "namespace": NS},
                "spec": {"targetRef": {"group": "", "kind": "Service", "name": "api"},
-                        "rules": [{"from": [{"identities": [
-                            "spiffe://cluster.local/ns/shop/sa/a"]}]}]}}
+                        "rules": [{"from": [source]}]}}
     async with running_mesh(tmp_path, allow_a, clients=("a", "b")) as m:
         await eventually(lambda: _answers(m, "a"), timeout=15)
         await eventually(lambda: _answers(m, "b", 403), timeout=15)

@@ -8,8 +8,10 @@ ALLOW; AUDIT only counts; `dryRun` only counts and logs what the policy would re
 policy with no rules allows nothing (deny-all); one with a rule `{}` allows everything.
 
 Identity fields (`identities`, `namespaces`, `serviceAccounts`) match the caller's verified
-SPIFFE ID, so only over mTLS.  Workload labels are not a source field: a SPIFFE ID carries no
-labels, so select callers by their service account (or namespace) instead.
+SPIFFE ID, so only over mTLS.  `workloadLabels` selects callers by the labels of their
+Workload: a SPIFFE ID carries no labels, so the compiler resolves the labels to the service
+accounts of the sidecar workloads that have them (and says, in the policy's status, when a
+service account is shared with a workload the labels do not select).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from tulle.api.errors import field_error, quote
-from tulle.api.fields import DNS1123_LABEL_RE, Checked, Port
+from tulle.api.fields import DNS1123_LABEL_RE, Checked, Labels, Port
 from tulle.api.meta import Model
 from tulle.api.policy import MESH_TARGET, POLICY_API_VERSION, SERVICE_TARGET, Policy, PolicySpec
 from tulle.api.registry import register
@@ -109,13 +111,19 @@ class Source(Model):
     namespaces: Annotated[list[NamespacePattern], Field(min_length=1, max_length=64)] | None = None
     serviceAccounts: Annotated[list[Account], Field(min_length=1, max_length=64)] | None = None
     ipBlocks: Annotated[list[CIDR], Field(min_length=1, max_length=64)] | None = None
+    workloadLabels: Labels | None = None
+    """Callers whose Workload has every one of these labels (resolved by the compiler to
+    their service accounts; needs mTLS like the identity fields)."""
 
     @model_validator(mode="after")
     def _some(self) -> Source:
         if (self.identities is None and self.namespaces is None and self.serviceAccounts is None
-                and self.ipBlocks is None):
-            raise field_error((), "set identities, namespaces, serviceAccounts or ipBlocks "
-                                  "(an empty source would match everyone)")
+                and self.ipBlocks is None and self.workloadLabels is None):
+            raise field_error((), "set identities, namespaces, serviceAccounts, ipBlocks or "
+                                  "workloadLabels (an empty source would match everyone)")
+        if self.workloadLabels is not None and not self.workloadLabels:
+            raise field_error(("workloadLabels",), "name at least one label (an empty selector "
+                                                   "would match every workload)")
         return self
 
 

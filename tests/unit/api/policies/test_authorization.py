@@ -55,7 +55,14 @@ R = "spec.rules.0"
             f"{R}.from.0",
             {},
             "spec.rules[0].from[0]",
-            "set identities, namespaces, serviceAccounts or ipBlocks (an empty source would match everyone)",
+            "set identities, namespaces, serviceAccounts, ipBlocks or workloadLabels (an empty source would "
+            "match everyone)",
+        ),
+        (
+            f"{R}.from.0",
+            {"workloadLabels": {}},
+            "spec.rules[0].from[0].workloadLabels",
+            "name at least one label (an empty selector would match every workload)",
         ),
         (
             f"{R}.to.0",

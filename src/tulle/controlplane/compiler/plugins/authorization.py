@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 from msgspec.structs import replace
 
+from tulle.controlplane.compiler import authz_labels
 from tulle.controlplane.compiler.ir import (
     Condition,
     InboundAuthz,
@@ -53,6 +54,7 @@ def mtls_enforced(mesh: MeshModel) -> bool:
 
 def _uses_identities(spec: Mapping[str, Any]) -> bool:
     return any(s.get("identities") or s.get("namespaces") or s.get("serviceAccounts")
+               or s.get("workloadLabels")
                for r in spec.get("rules") or [] for s in r.get("from") or [])
 
 
@@ -110,8 +112,9 @@ def apply(mesh: MeshModel) -> MeshModel:
     mtls = mtls_enforced(mesh)
     conditions: dict[ObjectRef, tuple[Condition, ...]] = dict(mesh.conditions)
     applies: dict[Key, list[Policy]] = {}
-    for p in policies:
-        gen = p.generation
+    for written in policies:
+        gen = written.generation
+        p, resolved = authz_labels.resolve(written, mesh.proxies)
         workloads = _workloads(mesh, p, members)
         if workloads is None:
             target = (f"namespace {p.target_name} is not the policy's own ({p.namespace})"
@@ -128,10 +131,11 @@ def apply(mesh: MeshModel) -> MeshModel:
         if _uses_identities(p.spec) and not mtls:
             conds.append(Condition(
                 "IdentitiesVerified", False, "MTLSNotEnforced",
-                "rules match callers by identity (identities, namespaces, serviceAccounts), "
+                "rules match callers by identity (identities, namespaces, serviceAccounts, "
+                "workloadLabels), "
                 "but the Mesh's mTLS is not STRICT and in force: a plaintext caller has no "
                 "identity, so those rules never match it", gen))
-        conditions[p.ref] = tuple(conds)
+        conditions[p.ref] = (*conds, *resolved)
 
     def bind(proxy: Proxy) -> Proxy:
         mine = applies.get(proxy.key)
