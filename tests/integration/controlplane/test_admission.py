@@ -16,6 +16,7 @@ from tests.support.controlplane import (
     auth,
     eventually,
     issue_token,
+    open_stream,
     running_control_plane,
     subscribe,
 )
@@ -43,7 +44,7 @@ def _workload(name: str, **spec: Any) -> dict[str, Any]:
 
 async def _hello(port: int, hello: Hello) -> Message:
     """Send one hello on a fresh connection; the first answer (Certificate or Error)."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await open_stream(port)
     try:
         writer.write(encode(hello))
         dec = FrameDecoder()

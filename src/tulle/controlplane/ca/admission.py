@@ -35,6 +35,7 @@ from tulle.controlplane.ca.authority import (
 from tulle.controlplane.ca.spiffe import SpiffeId
 from tulle.controlplane.ca.tokens import TokenError, TokenService
 from tulle.proxyconfig.stream import Certificate, Hello, hello_proof_payload
+from tulle.proxyconfig.stream_trust import is_control_plane_id
 
 PROOF_WINDOW = dt.timedelta(seconds=60)
 
@@ -104,6 +105,7 @@ class Admission:
         try:
             identity = SpiffeId(self.trust_domain(), claims.namespace, claims.service_account)
             check_csr(hello.csr, identity)
+            not_reserved(identity)
         except (CsrError, ValueError) as exc:
             raise AdmissionError(str(exc)) from None
         try:
@@ -143,6 +145,15 @@ class Admission:
 
     def sign(self, csr: str, identity: SpiffeId, workload: str) -> Certificate:
         """Sign for an admitted caller; CsrError for a CSR that is refused."""
+        not_reserved(identity)
         signed = self.ca.sign_csr(csr, identity, workload, ttl=self.cert_ttl)
         self.signed += 1
         return certificate_message(self.ca, signed)
+
+
+def not_reserved(identity: SpiffeId) -> None:
+    """CsrError for the control plane's own SPIFFE ID: a workload holding it could play the
+    control plane to proxies (ADR 0034)."""
+    if is_control_plane_id(identity.uri):
+        raise CsrError(f"{identity.uri} is the control plane's own identity; no workload may "
+                       f"have it")

@@ -39,6 +39,12 @@ then served that one workload only, and its certificate is sent before any snaps
 hello gets an `Error` with the reason (never the token) and is counted (`unauthenticatedHellos`).
 A `Csr` on an admitted stream renews the certificate for the same identity.
 
+TLS (ADR 0034): with a `tls` context (the control plane always passes one unless started with
+`--stream-plaintext`) each connection is counted against the caps first, then upgraded to
+TLS 1.3 within `hello_timeout`; a peer that fails the handshake (a plaintext client, a port
+scan, a client that does not trust us) is closed, counted as `tlsHandshakeFailures` and
+logged at most once per `REFUSAL_LOG_INTERVAL`.  The hello timeout starts after the handshake.
+
 `statuses()` is what `tulle get proxies` shows; `counters()` what the stream refused.
 """
 
@@ -48,11 +54,14 @@ import asyncio
 import collections
 import contextlib
 import logging
+import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
 from tulle.controlplane.ca.admission import Admission, AdmissionError, Admitted
 from tulle.controlplane.ca.authority import CsrError
+from tulle.controlplane.push.accept import TlsListener, abort_socket, handshake, peer_of
 from tulle.controlplane.push.cache import ProxyKey, ProxyStatus, SnapshotCache
 from tulle.controlplane.push.limits import (
     DEFAULT_HELLO_TIMEOUT,
@@ -110,7 +119,8 @@ class PushServer:
                  max_pending_hellos: int = DEFAULT_MAX_PENDING_HELLOS,
                  hello_max_frame: int = HELLO_MAX_FRAME,
                  fd_limit: Callable[[], int] = soft_fd_limit,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         if hello_timeout <= 0:
             raise ValueError("hello_timeout must be positive")
         if max_connections < 0:
@@ -134,6 +144,11 @@ class PushServer:
         self.unsupported_hellos = 0
         self.unauthenticated_hellos = 0
         self.admission = admission
+        self.tls = tls
+        """The server context (live: a re-issued certificate reaches new handshakes); None
+        serves plaintext (unit tests of the stream, `--stream-plaintext`)."""
+        self.tls_failures = 0
+        self._log_tls = _Throttled("closed: TLS handshake failed")
         """None only in unit tests of the stream itself; the control plane always sets it."""
         self._told: set[tuple[str, str, str]] = set()
         self.disconnects_before_hello = 0
@@ -150,6 +165,7 @@ class PushServer:
         self.status: dict[ProxyKey, ProxyStatus] = {}
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
+        self._listener: TlsListener | None = None
 
     def update_caps(self) -> tuple[int, int]:
         """The caps in force for the current soft RLIMIT_NOFILE; logged when it changes them
@@ -169,12 +185,17 @@ class PushServer:
 
     async def start(self, host: str, port: int) -> int:
         self.update_caps()
-        self._server = await asyncio.start_server(self._serve, host, port)
+        if self.tls is not None:
+            self._listener = TlsListener(self._serve_tls)
+            return await self._listener.start(host, port)
+        self._server = await asyncio.start_server(self._serve_plain, host, port)
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._listener is not None:
+            await self._listener.close()
         for t in list(self._sessions):
             t.cancel()
         for t in list(self._sessions):
@@ -194,7 +215,8 @@ class PushServer:
                 "helloTimeouts": self.hello_timeouts, "badHellos": self.bad_hellos,
                 "unsupportedHellos": self.unsupported_hellos,
                 "unauthenticatedHellos": self.unauthenticated_hellos,
-                "disconnectsBeforeHello": self.disconnects_before_hello}
+                "disconnectsBeforeHello": self.disconnects_before_hello,
+                "tlsHandshakeFailures": self.tls_failures}
 
     def unsupported(self, hello: Hello, peer: str, reason: str) -> None:
         """A hello this control plane cannot serve: count it, log it once per proxy and reason
@@ -222,9 +244,9 @@ class PushServer:
         self._told.add(told)
         log.warning("proxy %s/%s from %s not admitted: %s", w.namespace, w.name, peer, reason)
 
-    def _refuse(self, writer: asyncio.StreamWriter, peer: str, pending: bool) -> None:
+    def _refuse(self, abort: Callable[[], None], peer: str, pending: bool) -> None:
         """Over a cap: close at once (RST, nothing buffered), count, log."""
-        writer.transport.abort()
+        abort()
         self.refused_connections += 1
         if pending:
             self.refused_pending += 1
@@ -249,32 +271,62 @@ class PushServer:
             self.bad_hellos += 1
         self._log_no_hello(peer, detail)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_plain(self, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> None:
+        async def opened() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return reader, writer
+
+        await self._serve(peer_of(writer.get_extra_info("peername")), writer.transport.abort,
+                          opened)
+
+    async def _serve_tls(self, sock: socket.socket, peer: str) -> None:
+        tls = self.tls
+        assert tls is not None
+        await self._serve(peer, lambda: abort_socket(sock),
+                          lambda: handshake(sock, tls, self.hello_timeout))
+
+    async def _serve(self, peer_s: str, abort: Callable[[], None],
+                     opened: Callable[[], Awaitable[tuple[asyncio.StreamReader,
+                                                          asyncio.StreamWriter]]]) -> None:
+        """One connection: the caps (on the raw connection), the TLS handshake if any, then
+        the session."""
         task = asyncio.current_task()
         assert task is not None
-        peer = writer.get_extra_info("peername")
-        peer_s = f"{peer[0]}:{peer[1]}" if peer else "?"
         total, pending = self.update_caps()
         if total and len(self._sessions) >= total:
-            self._refuse(writer, peer_s, False)
+            self._refuse(abort, peer_s, False)
             return
         if pending and self.pending_hellos >= pending:
-            self._refuse(writer, peer_s, True)
+            self._refuse(abort, peer_s, True)
             return
         self._sessions.add(task)
         self.pending_hellos += 1
-        session = ProxySession(self, reader, writer, peer_s)
+        session: ProxySession | None = None
+        writer: asyncio.StreamWriter | None = None
         try:
+            try:
+                reader, writer = await opened()
+            except (ConnectionError, EOFError):
+                self.disconnected_before_hello(peer_s)  # a port probe, a proxy giving up
+                abort()
+                return
+            except (ssl.SSLError, OSError, TimeoutError) as exc:
+                self.tls_failures += 1
+                self._log_tls(peer_s, getattr(exc, "reason", None) or type(exc).__name__)
+                abort()
+                return
+            session = ProxySession(self, reader, writer, peer_s)
             await session.run()
         except (ConnectionError, FrameError, asyncio.IncompleteReadError) as exc:
             log.info("proxy stream from %s ended: %s", peer_s, exc)
         finally:
-            if not session.hello_seen:
+            if session is None or not session.hello_seen:
                 self.pending_hellos -= 1
             self._sessions.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
 
 
 class ProxySession:
