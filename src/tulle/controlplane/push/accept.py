@@ -7,6 +7,14 @@ read into the plaintext reader before the upgrade and the handshake hangs (seen 
 machine).  So the listener accepts raw sockets itself; the server checks its caps on the raw
 socket (refusing with an RST, nothing read) and only then hands it to TLS with
 `connect_accepted_socket`, bounded by the hello timeout.
+
+Writing big frames over TLS (`write_paced`): the TLS transport encrypts whatever it is given
+and hands it all to the TCP transport below, so its own buffer is empty again at once and
+`drain()` returns while the whole encrypted snapshot still waits in the TCP transport.  A push
+slot (`max_inflight_pushes`) would then be released with the frame still in memory: measured
+at 2,000 simulated proxies, peak RSS 2.7 GB instead of 192 MB.  Written in chunks with a
+`drain()` after each, the TCP transport's high-water mark pauses the TLS layer, `drain()` waits
+again, and a slot holds at most a chunk or two until the frame has left.
 """
 
 from __future__ import annotations
@@ -84,6 +92,8 @@ class TlsListener:
                 await asyncio.sleep(ACCEPT_ERROR_PAUSE)
                 continue
             conn.setblocking(False)
+            with contextlib.suppress(OSError):  # as start_server does: small frames go now
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             task = loop.create_task(self.on_socket(conn, peer_of(addr)))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -96,3 +106,34 @@ class TlsListener:
                 await self._loop_task
         if self._sock is not None:
             self._sock.close()
+
+
+WRITE_CHUNK = 64 * 1024
+"""Bytes handed to the TLS transport before waiting for them to drain."""
+
+
+async def write_paced(writer: asyncio.StreamWriter, frame: list[bytes] | tuple[bytes, ...],
+                      timeout: float) -> None:
+    """Write `frame` (its pieces in order) in chunks, draining after each, for at most
+    `timeout` seconds; after that the rest is written at once (a proxy that stopped reading
+    holds its own frame, as on a plaintext stream) and we return."""
+    pieces = [memoryview(p) for p in frame]
+    i = 0
+    try:
+        async with asyncio.timeout(timeout):
+            while i < len(pieces):
+                chunk: list[memoryview] = []
+                size = 0
+                while i < len(pieces) and size < WRITE_CHUNK:
+                    p = pieces[i]
+                    take = p[:WRITE_CHUNK - size]
+                    chunk.append(take)
+                    size += len(take)
+                    if len(take) == len(p):
+                        i += 1
+                    else:
+                        pieces[i] = p[len(take):]
+                writer.writelines(chunk)
+                await writer.drain()
+    except TimeoutError:
+        writer.writelines(pieces[i:])

@@ -61,7 +61,13 @@ from collections.abc import Awaitable, Callable
 
 from tulle.controlplane.ca.admission import Admission, AdmissionError, Admitted
 from tulle.controlplane.ca.authority import CsrError
-from tulle.controlplane.push.accept import TlsListener, abort_socket, handshake, peer_of
+from tulle.controlplane.push.accept import (
+    TlsListener,
+    abort_socket,
+    handshake,
+    peer_of,
+    write_paced,
+)
 from tulle.controlplane.push.cache import ProxyKey, ProxyStatus, SnapshotCache
 from tulle.controlplane.push.limits import (
     DEFAULT_HELLO_TIMEOUT,
@@ -515,12 +521,16 @@ class ProxySession:
             else:
                 frame = (wire.snapshot_frame(current) if self.acked is None
                          else wire.delta_frame(self.acked, current, self.units))
-            self.writer.writelines(frame)
+            if srv.tls is None:
+                self.writer.writelines(frame)
             self.inflight = current
             self.inflight_parts = self.node.parts()
             for st, part in self._by_part():
                 st.sent_version = part.version
                 st.pushes += 1
+            if srv.tls is not None:  # paced: see accept.write_paced
+                await write_paced(self.writer, frame, srv.drain_timeout)
+                return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(srv.drain_timeout):
                     await self.writer.drain()
