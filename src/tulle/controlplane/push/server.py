@@ -80,16 +80,15 @@ from tulle.controlplane.push.limits import (
     effective_caps,
     soft_fd_limit,
 )
+from tulle.controlplane.push.negotiation import negotiation_error
 from tulle.controlplane.push.node import NodeError, NodeSnapshots, workload_name
 from tulle.controlplane.push.wire import withheld_delta_frame, withheld_snapshot_frame
 from tulle.proxyconfig.delta import units_of
 from tulle.proxyconfig.features import Feature, lacking
-from tulle.proxyconfig.model import CONFIG_API_VERSION, ProxyConfig
+from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.stream import (
     HELLO_MAX_FRAME,
     MAX_FRAME,
-    PROTOCOL_VERSION,
-    SUPPORTED_PROTOCOLS,
     Ack,
     Csr,
     Error,
@@ -604,15 +603,3 @@ class ProxySession:
             log.warning("proxy %s/%s: renewal refused: %s", who.namespace, who.workload, exc)
             self.send(Error(reason=str(exc)))
             self.writer.close()
-
-
-def negotiation_error(hello: Hello) -> str:
-    """Why this control plane cannot serve a proxy that said `hello`; empty when it can."""
-    if hello.protocol not in SUPPORTED_PROTOCOLS:
-        speaks = ", ".join(str(v) for v in sorted(SUPPORTED_PROTOCOLS))
-        return (f"unsupported stream protocol version {hello.protocol}: this control plane "
-                f"speaks {speaks} (current {PROTOCOL_VERSION})")
-    if hello.api_versions and CONFIG_API_VERSION not in hello.api_versions:
-        return (f"the proxy decodes config versions {', '.join(hello.api_versions)}; this "
-                f"control plane compiles {CONFIG_API_VERSION}")
-    return ""
