@@ -248,3 +248,31 @@ async def test_replicas_sharing_the_ca_each_make_their_own_key(tmp_path: object)
             writer.close()
         finally:
             await proxy.stop()
+
+
+async def test_plaintext_is_an_opt_out_on_both_ends_and_said_loudly(
+        caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING):
+        async with running_control_plane(stream_plaintext=True) as cp:
+            assert cp.stream_cert is None
+            token = await issue_token(cp.api_url, WEB)
+            # A proxy that expects TLS refuses the plaintext server: nothing sent, token kept.
+            agent, server, task = await agent_against(cp.stream_port, token)
+            try:
+                assert cp.push is not None
+                push = cp.push  # its ClientHello reads as a bad first frame
+                await eventually(lambda: push.counters()["badHellos"] >= 2)
+            finally:
+                await stop(agent, server, task)
+            assert agent.held is None
+            assert cp.push is not None and cp.push.counters()["unauthenticatedHellos"] == 0
+            # Both ends opted out: it works, and both said so.
+            plain = StreamTrust.insecure_plaintext()
+            agent, server, task = await agent_against(cp.stream_port, token, plain)
+            try:
+                await eventually(lambda: agent.held is not None)
+            finally:
+                await stop(agent, server, task)
+    insecure = [r.message for r in caplog.records if "INSECURE" in r.message]
+    assert len(insecure) == 2, insecure
+    assert token not in caplog.text
