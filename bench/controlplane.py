@@ -47,6 +47,7 @@ import re
 import resource
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -314,6 +315,10 @@ class API:
         async with self.s.get(f"{self.base}/api/v1/proxies") as r:
             return list((await r.json())["items"])
 
+    async def pending_hellos(self) -> int:
+        async with self.s.get(f"{self.base}/api/v1/proxies") as r:
+            return int((await r.json())["stream"]["pendingHellos"])
+
     async def ready(self) -> bool:
         try:
             async with self.s.get(f"{self.base}/readyz") as r:
@@ -378,6 +383,23 @@ async def wait_until(what: str, cond: Callable[[], Awaitable[bool]], timeout: fl
     return loop.time() - start
 
 
+async def _below(api: API, n: int) -> bool:
+    return await api.pending_hellos() < n
+
+
+async def stream_client_context(token: str, port: int) -> ssl.SSLContext:
+    """A client context trusting the CA the token pins (learnt as a proxy learns it)."""
+    from tulle.dataplane.stream_tls import StreamTrust, client_context
+
+    trust = StreamTrust.from_options(token)
+    _, writer = await trust.connect("127.0.0.1", port)
+    writer.close()
+    ctx = client_context()
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata="".join(trust.anchors))
+    return ctx
+
+
 async def bench(args: argparse.Namespace, procs: ProcessSet, tmp: Path) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     n_svc, n_proxies = args.services, 2 * args.services
@@ -438,12 +460,20 @@ async def bench(args: argparse.Namespace, procs: ProcessSet, tmp: Path) -> dict[
                                       checked=(2 * i + j) % args.check_every == 0,
                                       features=features, token=tokens[(i, j)], csr=csr)
                              for i in range(n_svc) for j in range(2)]
+            # The stream is TLS (ADR 0034): the root is learnt by the tokens' CA pin, once,
+            # and every simulated proxy verifies the control plane with it.
+            ctx = await stream_client_context(tokens[(0, 0)], stream_port)
             fleet.mark()
             cpu0, t0 = cpu_seconds([cp.pid])[0], loop.time()
             sim0 = cpu_seconds([os.getpid()])[0]
             for i in range(0, n_proxies, 100):  # the listen backlog is 100
+                # Each TLS handshake costs the control plane ~1 ms of CPU, so hellos queue
+                # behind handshakes: pace the batches to stay under --stream-max-pending-hellos
+                # (256), as a fleet's backoff would, instead of being refused.
+                await wait_until("hellos admitted", lambda: _below(api, 100), 120, 0.05)
                 await asyncio.gather(*(loop.create_connection(partial(_same, p), "127.0.0.1",
-                                                              stream_port)
+                                                              stream_port, ssl=ctx,
+                                                              server_hostname="127.0.0.1")
                                        for p in fleet.proxies[i:i + 100]))
             missing = await fleet.wait(120)
             res["initial_sync_s"] = round(loop.time() - t0, 2)

@@ -13,6 +13,8 @@ nothing but `cryptography`.
 from __future__ import annotations
 
 import datetime
+import os
+import ssl
 import uuid
 from typing import Any
 
@@ -20,6 +22,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tulle.dataplane.stream_tls import StreamTrust
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> str:
@@ -92,3 +96,28 @@ class TestCA:
     def bundle(self, name: str) -> dict[str, Any]:
         """A `trust_bundles` section trusting this root."""
         return {"name": name, "ca_pems": [self.pem]}
+
+
+def server_context(cert_pem: str, key_pem: str) -> ssl.SSLContext:
+    """A TLS 1.3 server context holding `cert_pem` / `key_pem` (loaded from memory)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    fds = [os.memfd_create("test-pem", os.MFD_CLOEXEC) for _ in range(2)]
+    try:
+        for fd, pem in zip(fds, (cert_pem, key_pem), strict=True):
+            os.write(fd, pem.encode())
+        ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return ctx
+
+
+def stream_tls(ca: TestCA | None = None, spiffe_id: str = "spiffe://mesh.local/ns/tulle-system"
+               "/sa/control-plane") -> tuple[ssl.SSLContext, StreamTrust]:
+    """For a bare `PushServer` (or a raw stream server) and an `Agent`: a server context whose
+    certificate `ca` (default: a fresh one) signed for `spiffe_id` (default: the control
+    plane's), and the agent's trust in `ca` (as with `--ca-file`)."""
+    ca = ca or TestCA()
+    cert, key = ca.svid(spiffe_id)
+    return server_context(cert + ca.pem, key), StreamTrust(ca_pems=[ca.pem])

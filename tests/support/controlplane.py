@@ -9,7 +9,10 @@ labels.
 
 The API wants a token (ADR 0029): each control plane started here records its admin token by
 API URL, and `auth(api)` gives the headers that send it (`apply`, `proxies`, `issue_token` and
-the CLI helper use it)."""
+the CLI helper use it).
+
+The stream is TLS (ADR 0034): proxies verify it by the CA pin in their token; a test that
+speaks the stream itself opens it with `open_stream(port)`, verified as a proxy would."""
 
 from __future__ import annotations
 
@@ -33,6 +36,25 @@ from tulle.proxyconfig.stream import Hello, WorkloadInfo
 
 _APIS: dict[int, str] = {}
 """Stream port -> REST API URL of the control planes these helpers started."""
+_ROOTS: dict[int, Callable[[], list[str]]] = {}
+"""Stream port -> the CA roots (PEM) the in-process control planes these helpers started trust
+now (they change with `tulle ca rotate`)."""
+
+
+async def open_stream(port: int, token: str = "") -> tuple[asyncio.StreamReader,
+                                                          asyncio.StreamWriter]:
+    """A TLS connection to the stream of the control plane started here at `port`, verified
+    (CA and control-plane SPIFFE ID) exactly as a proxy's agent verifies it: by its CA for an
+    in-process control plane, else by the CA pin in `token` (a bootstrap token it issued;
+    without one, a token issued for the purpose provides the pin)."""
+    from tulle.dataplane.stream_tls import StreamTrust
+
+    if port not in _ROOTS and not token:
+        token = await issue_token(_APIS[port], WorkloadInfo(name="pin-probe",
+                                                            namespace="default"))
+    trust = (StreamTrust(ca_pems=_ROOTS[port]()) if port in _ROOTS
+             else StreamTrust.from_options(token))
+    return await trust.connect("127.0.0.1", port)
 
 
 async def issue_token(api: str, workload: WorkloadInfo, ttl_seconds: float = 300) -> str:
@@ -83,10 +105,21 @@ async def running_control_plane(store_url: str = "memory", *, stream_port: int =
     await cp.start()
     _ADMIN_TOKENS[cp.api_url] = cp.admin_token
     _APIS[cp.stream_port] = cp.api_url
+    assert cp.ca is not None
+
+    def roots(cp: ControlPlane = cp) -> list[str]:
+        keeper = cp.ca_keeper
+        if keeper is not None and keeper.state is not None:
+            return keeper.state.bundle()
+        assert cp.ca is not None
+        return cp.ca.trust_bundle()
+
+    _ROOTS[cp.stream_port] = roots
     try:
         yield cp
     finally:
         _APIS.pop(cp.stream_port, None)
+        _ROOTS.pop(cp.stream_port, None)
         _ADMIN_TOKENS.pop(cp.api_url, None)
         await cp.stop()
 

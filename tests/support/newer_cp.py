@@ -4,7 +4,8 @@
         nack = await a.cp.send({"type": "snapshot", "version": "v2", "config": v2})
 
 The proxy and its agent are production code on loopback sockets; only the control plane's side
-of the stream is the test's, so a test can send frames no real control plane would."""
+of the stream is the test's, so a test can send frames no real control plane would.  It speaks TLS
+with a control-plane certificate from a test CA the agent trusts (ADR 0034)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from tests.support.ca import stream_tls
 from tests.support.proxy import free_port
 from tulle.dataplane.agent import Agent
 from tulle.dataplane.server import ProxyServer
@@ -92,11 +94,12 @@ async def agent_on_v1(origin: int) -> AsyncIterator[AgentOnV1]:
     sent and acked; the agent, proxy and server are stopped on the way out."""
     listen = free_port()
     cp = NewerControlPlane()
-    srv = await asyncio.start_server(cp.serve, "127.0.0.1", 0)
+    tls, trust = stream_tls()
+    srv = await asyncio.start_server(cp.serve, "127.0.0.1", 0, ssl=tls)
     proxy = ProxyServer()
     agent = Agent(proxy, [("127.0.0.1", srv.sockets[0].getsockname()[1])],
                   WorkloadInfo(name="web-0", namespace="shop"),
-                  backoff_initial=0.01, backoff_max=0.05)
+                  backoff_initial=0.01, backoff_max=0.05, trust=trust)
     task = asyncio.create_task(agent.run())
     try:
         async with asyncio.timeout(5):

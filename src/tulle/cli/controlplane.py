@@ -58,6 +58,14 @@ def control_plane() -> None:
 @click.option("--api-allow-plaintext", is_flag=True, default=False,
               help="Allow a non-loopback --api-address without TLS (tokens in plaintext on the "
                    "network; for TLS terminated in front).  Logged as a warning.")
+@click.option("--stream-san", "stream_sans", multiple=True, metavar="NAME|IP",
+              envvar="TULLE_STREAM_SANS",
+              help="A DNS name or IP address proxies reach the stream by, added to its TLS "
+                   "certificate (repeat; default: localhost, 127.0.0.1, ::1, this host's name "
+                   "and --stream-address).")
+@click.option("--stream-plaintext", is_flag=True, default=False,
+              help="Serve the proxy stream WITHOUT TLS (development only; tokens and proofs "
+                   "in the clear).  Logged as insecure.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str,
@@ -65,7 +73,8 @@ def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str
             stream_max_connections: int, stream_max_pending_hellos: int,
             api_max_body_bytes: int, ca_cert: str, ca_key: str, cert_ttl: str,
             admin_token_file: str | None, api_tls_cert: str | None,
-            api_tls_key: str | None, api_allow_plaintext: bool, log_level: str) -> None:
+            api_tls_key: str | None, api_allow_plaintext: bool,
+            stream_sans: tuple[str, ...], stream_plaintext: bool, log_level: str) -> None:
     """Serve the REST API and the proxy stream from a store.
 
     The API needs a token on every call but /healthz and /readyz; the first admin token is
@@ -90,7 +99,8 @@ def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str
                   admin_token_file=token_file,
                   api_tls_cert=Path(api_tls_cert) if api_tls_cert else None,
                   api_tls_key=Path(api_tls_key) if api_tls_key else None,
-                  api_allow_plaintext=api_allow_plaintext))
+                  api_allow_plaintext=api_allow_plaintext, stream_sans=stream_sans,
+                  stream_plaintext=stream_plaintext))
 
 
 def parse_ports(values: tuple[str, ...]) -> list[dict[str, object]]:
@@ -123,9 +133,11 @@ def parse_labels(values: tuple[str, ...]) -> dict[str, str]:
 def run_subscribed(control_planes: tuple[str, ...], workload: str, namespace: str,
                    address: str, ports: tuple[str, ...], labels: tuple[str, ...],
                    service_account: str, outbound_port: int, cache_dir: str | None,
-                   admin_port: int, token_file: str | None = None) -> int:
+                   admin_port: int, token_file: str | None = None,
+                   ca_file: str | None = None, stream_plaintext: bool = False) -> int:
     import os
 
+    from tulle.dataplane.stream_tls import StreamTrust
     from tulle.dataplane.subscribed import run
     from tulle.proxyconfig.stream import WorkloadInfo
 
@@ -139,5 +151,12 @@ def run_subscribed(control_planes: tuple[str, ...], workload: str, namespace: st
         except OSError as exc:
             raise click.BadParameter(f"{token_file}: {exc.strerror}",
                                      param_hint="--token-file") from None
+    if stream_plaintext:
+        trust = StreamTrust.insecure_plaintext()
+    else:
+        try:
+            trust = StreamTrust.from_options(token, Path(ca_file) if ca_file else None)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
     return run(control_planes, info, cache_dir=Path(cache_dir) if cache_dir else None,
-               admin_port=admin_port, token=token)
+               admin_port=admin_port, token=token, trust=trust)

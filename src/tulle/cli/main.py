@@ -71,13 +71,21 @@ def proxy() -> None:
               help="With --control-plane: a file holding the bootstrap token (tulle token "
                    "issue); also read from $TULLE_BOOTSTRAP_TOKEN.  Not $TULLE_TOKEN_FILE: "
                    "that is the CLI's API token, which must never go to the stream.")
+@click.option("--ca-file", default=None, type=click.Path(dir_okay=False),
+              envvar="TULLE_STREAM_CA_FILE",
+              help="With --control-plane: the mesh CA certificate(s) (PEM) to verify the "
+                   "control plane by, instead of the pin in the bootstrap token.")
+@click.option("--stream-plaintext", is_flag=True, default=False,
+              help="With --control-plane: talk to a control plane run with "
+                   "--stream-plaintext (no TLS; development only).  Logged as insecure.")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def proxy_run(config: str | None, control_planes: tuple[str, ...], workload: str | None,
               namespace: str, address: str, ports: tuple[str, ...], labels: tuple[str, ...],
               service_account: str, outbound_port: int, cache_dir: str | None,
               admin_port: int,
-              watch_interval: float, token_file: str | None, log_level: str) -> None:
+              watch_interval: float, token_file: str | None, ca_file: str | None,
+              stream_plaintext: bool, log_level: str) -> None:
     """Run a proxy until SIGTERM, from a static file (--config) or from a control plane
     (--control-plane ... --workload NAME).
 
@@ -96,7 +104,7 @@ def proxy_run(config: str | None, control_planes: tuple[str, ...], workload: str
 
         sys.exit(run_subscribed(control_planes, workload, namespace, address, ports, labels,
                                 service_account, outbound_port, cache_dir, admin_port,
-                                token_file))
+                                token_file, ca_file, stream_plaintext))
     assert config is not None
     try:
         code = run(config, watch_interval=watch_interval)

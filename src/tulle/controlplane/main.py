@@ -7,6 +7,11 @@ control plane dies reconnects to another (`--control-plane` may be given several
 The mesh CA (ADR 0028) is the operator's (`ca_cert`, `ca_key` files) or the store's (made at
 the first start, shared by replicas); proxies are admitted to the stream by bootstrap tokens
 and their certificates (`controlplane/ca/`).
+
+The proxy stream is served over TLS 1.3 with a certificate from that CA for the control plane's
+SPIFFE ID (ADR 0034, `push/stream_tls.py`), and the bootstrap tokens carry the pin of the CA's
+root, so a proxy holding only a token can verify us.  `stream_plaintext` (development only)
+serves it without TLS and says so loudly.
 """
 
 from __future__ import annotations
@@ -41,10 +46,12 @@ from tulle.controlplane.push.server import (
     PushServer,
     SnapshotCache,
 )
+from tulle.controlplane.push.stream_tls import StreamCertificate, parse_sans
 from tulle.controlplane.push.trust import view
 from tulle.controlplane.reconcile import Reconciler
 from tulle.controlplane.store.factory import open_store
 from tulle.controlplane.store.protocol import ResourceStore
+from tulle.proxyconfig.stream_trust import ca_pin
 
 log = logging.getLogger("tulle.controlplane")
 
@@ -71,7 +78,9 @@ class ControlPlane:
                  cert_ttl: dt.timedelta = DEFAULT_CERT_TTL,
                  admin_token_file: Path | None = None,
                  api_tls_cert: Path | None = None, api_tls_key: Path | None = None,
-                 api_allow_plaintext: bool = False) -> None:
+                 api_allow_plaintext: bool = False,
+                 stream_sans: tuple[str, ...] | list[str] = (),
+                 stream_plaintext: bool = False) -> None:
         """`admin_token_file`: where the first admin API token is kept (admin_token.py); None
         keeps it only in `admin_token`.  The API refuses a non-loopback `api_host` without TLS
         unless `api_allow_plaintext` (exposure.py)."""
@@ -93,6 +102,11 @@ class ControlPlane:
         self.admission: Admission | None = None
         self.ca_keeper: CAKeeper | None = None
         self.admin_token_file = admin_token_file
+        parse_sans(stream_sans)  # a bad --stream-san is refused here, naming it
+        self.stream_sans = list(stream_sans)
+        self.stream_plaintext = stream_plaintext
+        self.stream_cert: StreamCertificate | None = None
+        self._stream_cert_task: asyncio.Task[None] | None = None
         if (api_tls_cert is None) != (api_tls_key is None):
             raise ValueError("--api-tls-cert and --api-tls-key go together")
         self.api_tls_cert, self.api_tls_key = api_tls_cert, api_tls_key
@@ -120,11 +134,22 @@ class ControlPlane:
         state = await self.ca_keeper.load(self.ca)
         self.ca = state.signing
         self.bootstrap_tokens = TokenService(self.store, TokenSigner(
-            state.token_secret or self.ca.derive_secret(PURPOSE)))
+            state.token_secret or self.ca.derive_secret(PURPOSE)), ca_pins=self.ca_pins)
         self.admission = Admission(state, self.bootstrap_tokens,
                                    self.reconciler.trust_domain, cert_ttl=self.cert_ttl)
+        if self.stream_plaintext:
+            log.warning("INSECURE: the proxy stream is served WITHOUT TLS (--stream-plaintext): "
+                        "bootstrap tokens and certificate proofs cross the network in the "
+                        "clear; for development only")
+        else:
+            self.stream_cert = StreamCertificate(self.ca, self.reconciler.trust_domain,
+                                                 host=self.stream_host, sans=self.stream_sans,
+                                                 ttl=self.cert_ttl)
+            self._stream_cert_task = asyncio.get_running_loop().create_task(
+                self.stream_cert.keep_fresh())
         self.push = PushServer(self.cache, on_register=self.reconciler.register,
                                admission=self.admission,
+                               tls=self.stream_cert.context if self.stream_cert else None,
                                instance=self.instance,
                                hello_timeout=self.stream_hello_timeout,
                                max_connections=self.stream_max_connections,
@@ -161,12 +186,26 @@ class ControlPlane:
                  self.stream_port, self.api_url)
 
     def _ca_changed(self, state: CAState) -> None:
-        """A rotation stage (ADR 0035): sign and admit by the new state, tell the proxies."""
+        """A rotation stage (ADR 0035): sign and admit by the new state, tell the proxies, and
+        serve the stream with a certificate of the CA that signs now (proxies trust every root
+        of the bundle, so the switch drops no one)."""
+        moved = self.ca is not state.signing
         self.ca = state.signing
         if self.admission is not None:
             self.admission.use(state)
+        if self.stream_cert is not None and moved:
+            self.stream_cert.ca = state.signing
+            self.stream_cert.renew()
         if self.push is not None:
             self.push.trust_changed()
+
+    def ca_pins(self) -> list[str]:
+        """The pins (`sha256:` of the SPKI) of every root proxies trust now, put into bootstrap
+        tokens: mid-rotation both, so a token works whichever root signs the stream."""
+        if self.ca_keeper is not None and self.ca_keeper.state is not None:
+            return [ca_pin(r) for r in self.ca_keeper.state.roots]
+        assert self.ca is not None
+        return [ca_pin(self.ca.root)]
 
     @property
     def api_url(self) -> str:
@@ -183,6 +222,10 @@ class ControlPlane:
             await self.ca_keeper.stop()
         if self.reconciler is not None:
             await self.reconciler.stop()
+        if self._stream_cert_task is not None:
+            self._stream_cert_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._stream_cert_task
         if self.push is not None:
             await self.push.close()
         if self.store is not None:

@@ -18,6 +18,10 @@ every applied snapshot as the reserved `workload` identity and `mesh` bundle; a 
 re-applies the config in force, so new handshakes use the new certificate (TLS contexts rotate
 in place) and open connections are untouched.  What is cached on disk is the control plane's
 config, without those sections: the key never reaches the disk.
+
+The stream runs over TLS (ADR 0034): `trust` (`stream_tls.py`) verifies the control plane —
+by the CA pin in the bootstrap token on first contact, or `--ca-file`, then by the mesh bundle
+of the certificate received — before the hello, which carries the token or proof, is sent.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from tulle.dataplane.identity import (
     inject,
 )
 from tulle.dataplane.server import ApplyError, ProxyServer
+from tulle.dataplane.stream_tls import StreamTrust
 from tulle.proxyconfig import features
 from tulle.proxyconfig.delta import DeltaError
 from tulle.proxyconfig.model import CONFIG_API_VERSION, ProxyConfig
@@ -100,9 +105,15 @@ class Agent:
                  idle_timeout: float = 40.0,
                  features: Sequence[str] = features.SUPPORTED,
                  workloads: Sequence[WorkloadInfo] = (),
-                 node_tokens: Mapping[str, str] | None = None) -> None:
+                 node_tokens: Mapping[str, str] | None = None,
+                 trust: StreamTrust | None = None) -> None:
+        """`trust`: how the control plane is verified; default: by the pins of `token`
+        (ValueError for a token without one)."""
         if not addresses:
             raise ValueError("at least one control-plane address is needed")
+        if trust is None:
+            trust = StreamTrust.from_options(token) if token else StreamTrust()
+        self.trust = trust
         self.server = server
         self.addresses = list(addresses)
         self.workload = workload
@@ -296,6 +307,7 @@ class Agent:
                     self.held, self.node_held = held, node_held
                     log.warning("the new trust bundle cannot be put in force: %s", exc)
                     return None
+        self.trust.learn(msg.trust_bundle)  # the stream's own trust follows the rotation
         self.trust_updates += 1
         log.info("mesh trust bundle %s in force (%d roots)%s", msg.id, len(msg.trust_bundle),
                  "; renewing the certificate now" if msg.renew else "")
@@ -322,6 +334,7 @@ class Agent:
             self._pending_key = None
             renewed = self.held is not None
             self.held = HeldIdentity(key, msg)
+        self.trust.learn(msg.trust_bundle)
         self.renewals += renewed
         log.info("workload certificate%s %s, valid until %s",
                  f" of {msg.workload}" if msg.workload else "",
@@ -335,7 +348,7 @@ class Agent:
         self.identity_changed.set()
 
     async def _session(self, host: str, port: int) -> None:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout=5)
+        reader, writer = await self.trust.connect(host, port, timeout=5)
         renewer = asyncio.get_running_loop().create_task(self._renew_when_due(writer))
         try:
             writer.write(encode(self._hello()))

@@ -18,6 +18,7 @@ from pathlib import Path
 from tulle.dataplane.agent import Agent
 from tulle.dataplane.listeners.admin import start_admin
 from tulle.dataplane.server import ProxyServer
+from tulle.dataplane.stream_tls import StreamTrust
 from tulle.proxyconfig.stream import WorkloadInfo
 
 log = logging.getLogger("tulle.proxy")
@@ -32,13 +33,15 @@ def parse_address(text: str, default_port: int = 15680) -> tuple[str, int]:
 
 async def serve(addresses: Sequence[tuple[str, int]], workload: WorkloadInfo, *,
                 cache_dir: Path | None, admin_address: str = "127.0.0.1",
-                admin_port: int = 15000, drain_timeout: float = 15.0, token: str = "") -> int:
+                admin_port: int = 15000, drain_timeout: float = 15.0, token: str = "",
+                trust: StreamTrust | None = None) -> int:
     loop = asyncio.get_running_loop()
     server = ProxyServer()
     admin = await start_admin(server, admin_address, admin_port) if admin_port else None
     cache_path = (cache_dir / f"{workload.namespace}.{workload.name}.json"
                   if cache_dir is not None else None)
-    agent = Agent(server, addresses, workload, cache_path=cache_path, token=token)
+    agent = Agent(server, addresses, workload, cache_path=cache_path, token=token,
+                  trust=trust)
     await agent.start_from_cache()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -60,8 +63,9 @@ async def serve(addresses: Sequence[tuple[str, int]], workload: WorkloadInfo, *,
 
 
 def run(addresses: Sequence[str], workload: WorkloadInfo, *, cache_dir: Path | None,
-        admin_port: int = 15000, token: str = "") -> int:
+        admin_port: int = 15000, token: str = "", trust: StreamTrust | None = None) -> int:
     import uvloop
 
     return uvloop.run(serve([parse_address(a) for a in addresses], workload,
-                            cache_dir=cache_dir, admin_port=admin_port, token=token))
+                            cache_dir=cache_dir, admin_port=admin_port, token=token,
+                            trust=trust))

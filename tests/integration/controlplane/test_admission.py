@@ -16,6 +16,7 @@ from tests.support.controlplane import (
     auth,
     eventually,
     issue_token,
+    open_stream,
     running_control_plane,
     subscribe,
 )
@@ -48,7 +49,7 @@ def _workload(name: str, **spec: Any) -> dict[str, Any]:
 async def _answers(port: int, hello: Hello, n: int, *then: Message) -> list[Message]:
     """Send one hello on a fresh connection (and `then` after the first answer); the first
     `n` answers, fewer when the control plane closes the stream."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await open_stream(port)
     out: list[Message] = []
     try:
         writer.write(encode(hello))

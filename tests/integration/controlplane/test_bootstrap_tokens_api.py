@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import yaml
 from tests.support.cli import tulle
-from tests.support.controlplane import control_plane_process
+from tests.support.controlplane import control_plane_process, open_stream
 
 from tulle.dataplane.identity import WorkloadKey
 from tulle.proxyconfig.model import CONFIG_API_VERSION
@@ -31,8 +31,9 @@ async def call(api: str, method: str, path: str, token: str | None,
         return r.status, await r.text()
 
 
-async def first_answer(port: int, hello: Hello) -> Message:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+async def first_answer(port: int, hello: Hello, pinned_by: str) -> Message:
+    """The first answer to `hello` on a stream verified by the CA pin in `pinned_by`."""
+    reader, writer = await open_stream(port, pinned_by)
     try:
         writer.write(encode(hello))
         dec = FrameDecoder()
@@ -63,7 +64,7 @@ async def test_bootstrap_tokens_need_an_admin_api_token(tmp_path: Path) -> None:
         assert status == 201, text
         issued = yaml.safe_load(text)
         bootstrap, tid = issued["token"], issued["id"]
-        assert bootstrap.startswith("tbt1.") and issued["serviceAccount"] == "web"
+        assert bootstrap.startswith("tbt2.") and issued["serviceAccount"] == "web"
 
         # A bootstrap token is not an API credential, and an API token admits no proxy.
         status, text = await call(api, "GET", "/api/v1/proxies", bootstrap)
@@ -72,7 +73,7 @@ async def test_bootstrap_tokens_need_an_admin_api_token(tmp_path: Path) -> None:
         hello = Hello(workload=WorkloadInfo(name="web-0", namespace=NS),
                       api_versions=[CONFIG_API_VERSION], token=admin,
                       csr=WorkloadKey().csr(NS, "web-0"))
-        refused = await first_answer(cp.stream_port, hello)
+        refused = await first_answer(cp.stream_port, hello, bootstrap)
         assert isinstance(refused, Error), refused
         answers.append(refused.reason)
 
@@ -91,7 +92,7 @@ async def test_bootstrap_tokens_need_an_admin_api_token(tmp_path: Path) -> None:
         assert code == 1 and "unauthorized" in err, err
         code, out, err = await tulle(api, "token", "issue", "--workload", "web-1", "-n", NS,
                                      "--ttl", "10m", "--token", admin, token=None)
-        assert code == 0 and out.strip().startswith("tbt1.") and "single-use" in err, err
+        assert code == 0 and out.strip().startswith("tbt2.") and "single-use" in err, err
         cli_token = out.strip()
         cli_id = err.split()[1].rstrip(":")
         code, out, err = await tulle(api, "token", "revoke", cli_id, "-n", NS, token=reader)

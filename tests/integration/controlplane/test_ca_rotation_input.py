@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tests.support.cli import tulle
-from tests.support.controlplane import auth, eventually, running_control_plane
+from tests.support.controlplane import auth, eventually, open_stream, running_control_plane
 
 from tulle.controlplane.ca.authority import CertificateAuthority
 from tulle.controlplane.ca.persist import CA_KIND, CA_NAME
@@ -152,7 +152,7 @@ async def test_a_read_only_token_cannot_rotate(tmp_path: Path) -> None:
 
 
 async def _hello(port: int, hello: Hello) -> Message:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    reader, writer = await open_stream(port)
     try:
         writer.write(encode(hello))
         dec = FrameDecoder()
@@ -243,7 +243,7 @@ async def test_check_warns_of_a_proxy_certificate_not_renewed_then_errs_once_exp
         hello = await authenticated(cp.api_url, Hello(
             workload=WorkloadInfo(name="stuck", namespace=NS, address="127.0.0.1"),
             api_versions=[CONFIG_API_VERSION], features=list(SUPPORTED)))
-        reader, writer = await asyncio.open_connection("127.0.0.1", cp.stream_port)
+        reader, writer = await open_stream(cp.stream_port)
         try:
             writer.write(encode(hello))
             assert await reader.read(65536)  # the certificate: admitted

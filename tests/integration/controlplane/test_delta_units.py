@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+from tests.support.ca import stream_tls
 from tests.support.controlplane import eventually, named_origin
 from tests.support.proxy import free_port
 
@@ -57,13 +58,14 @@ async def test_units_reach_a_proxy_that_takes_them_and_whole_resources_one_that_
         ) -> None:
     async with named_origin("a") as a, named_origin("b") as b, named_origin("c") as c:
         cache = SnapshotCache()
-        push = PushServer(cache, ping_interval=0.5)
+        tls, trust = stream_tls()
+        push = PushServer(cache, ping_interval=0.5, tls=tls)
         cp_port = await push.start("127.0.0.1", 0)
         proxies: dict[str, tuple[ProxyServer, Agent, int, asyncio.Task[None]]] = {}
         for name, features in (("new-0", list(SUPPORTED)), ("old-0", WITHOUT_UNITS)):
             server = ProxyServer()
             agent = Agent(server, [("127.0.0.1", cp_port)], WorkloadInfo(name=name, namespace=NS),
-                          backoff_max=0.2, features=features)
+                          backoff_max=0.2, features=features, trust=trust)
             proxies[name] = (server, agent, free_port(),
                              asyncio.get_running_loop().create_task(agent.run()))
         try:

@@ -19,6 +19,7 @@ from tests.support.controlplane import (
     control_plane_process,
     eventually,
     named_origin,
+    open_stream,
     subscribe,
 )
 from tests.support.proxy import free_port
@@ -56,7 +57,7 @@ class RawProxy:
         certificate that comes first is skipped."""
         if api:
             hello = await authenticated(api, hello)
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        reader, writer = await open_stream(port, hello.token)
         writer.write(encode(hello))
         raw = cls(reader, writer)
         if api:

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from tests.support.ca import stream_tls
 from tests.support.origin import running_origin
 
 from tulle.controlplane.push.server import PushServer, SnapshotCache
@@ -55,11 +56,12 @@ async def test_snapshot_then_delta_then_nack_then_outage(tmp_path: Path, origin:
 
     listen = free_port()
     cache = SnapshotCache()
-    push = PushServer(cache, ping_interval=0.2)
+    tls, trust = stream_tls()
+    push = PushServer(cache, ping_interval=0.2, tls=tls)
     cp_port = await push.start("127.0.0.1", 0)
     proxy = ProxyServer()
     agent = Agent(proxy, [("127.0.0.1", cp_port)], WorkloadInfo(name="web-0", namespace="shop"),
-                  cache_path=tmp_path / "snapshot.json", backoff_max=0.2)
+                  cache_path=tmp_path / "snapshot.json", backoff_max=0.2, trust=trust)
     task = asyncio.create_task(agent.run())
     try:
         cache.set(KEY, snapshot("v1", origin, listen))
@@ -91,7 +93,7 @@ async def test_snapshot_then_delta_then_nack_then_outage(tmp_path: Path, origin:
 
         # A control plane comes back (same port) with a newer snapshot: the proxy resyncs.
         cache2 = SnapshotCache()
-        push2 = PushServer(cache2, ping_interval=0.2)
+        push2 = PushServer(cache2, ping_interval=0.2, tls=tls)
         await push2.start("127.0.0.1", cp_port)
         cache2.set(KEY, snapshot("v4", origin, listen))
         try:
@@ -113,12 +115,13 @@ async def test_restarted_proxy_serves_its_cached_snapshot_without_a_control_plan
     listen = free_port()
     async with running_origin() as origin:
         cache = SnapshotCache()
-        push = PushServer(cache)
+        tls, trust = stream_tls()
+        push = PushServer(cache, tls=tls)
         cp_port = await push.start("127.0.0.1", 0)
         cache.set(KEY, snapshot("v7", origin, listen))
         first = ProxyServer()
         agent = Agent(first, [("127.0.0.1", cp_port)], WorkloadInfo(name="web-0", namespace="shop"),
-                      cache_path=tmp_path / "snap.json", backoff_max=0.2)
+                      cache_path=tmp_path / "snap.json", backoff_max=0.2, trust=trust)
         task = asyncio.create_task(agent.run())
         await wait_for(lambda: KEY in push.status and push.status[KEY].acked_version == "v7")
         agent.stop()
@@ -130,7 +133,7 @@ async def test_restarted_proxy_serves_its_cached_snapshot_without_a_control_plan
         second = ProxyServer()
         agent2 = Agent(second, [("127.0.0.1", cp_port)],
                        WorkloadInfo(name="web-0", namespace="shop"),
-                       cache_path=tmp_path / "snap.json")
+                       cache_path=tmp_path / "snap.json", trust=trust)
         try:
             assert await agent2.start_from_cache()
             assert await status(f"http://127.0.0.1:{listen}/echo") == 200

@@ -3,6 +3,10 @@ deadline to say it, and a cap on connections -- against a real control-plane pro
 sockets.  (The attack: three anonymous connections announcing 64 MiB frames grew the control
 plane by 185 MB.)
 
+The stream is TLS (ADR 0034): the caps hold on raw TCP connections (counted before the
+handshake, which shares the hello deadline); what is sent before a hello is sent over a
+verified TLS stream (`tls`), as a proxy would.
+
 Each test asserts what the peer saw (the connection closed, and how soon), that an honest
 proxy is still served, and the counter (`stream` in GET /api/v1/proxies) that counted it.
 """
@@ -22,6 +26,7 @@ from tests.support.controlplane import (
     auth,
     control_plane_process,
     eventually,
+    open_stream,
     subscribe,
 )
 
@@ -51,6 +56,24 @@ async def closed_within(sock: socket.socket, timeout: float) -> float:
     return loop.time() - start
 
 
+async def tls(cp: ControlPlaneProcess) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await open_stream(cp.stream_port)
+
+
+async def stream_closed_within(reader: asyncio.StreamReader, timeout: float) -> float:
+    """Seconds until the peer closes a TLS stream (EOF or reset)."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                if not await reader.read(65536):
+                    break
+            except (ConnectionError, OSError):
+                break
+    return loop.time() - start
+
+
 def raw(cp: ControlPlaneProcess) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", cp.stream_port))
     sock.setblocking(False)
@@ -76,21 +99,21 @@ async def honest_proxy_connects(cp: ControlPlaneProcess, name: str) -> Any:
 async def test_a_huge_frame_before_hello_is_refused_without_buffering(tmp_path: Path) -> None:
     async with control_plane_process("memory", tmp_path) as cp:
         before = cp.rss_kib()
-        loop = asyncio.get_running_loop()
         sent = []
         for _ in range(3):
-            sock = raw(cp)
+            reader, writer = await tls(cp)
             try:
-                await loop.sock_sendall(sock, (64 << 20).to_bytes(4, "big"))  # a 64 MiB frame
+                writer.write((64 << 20).to_bytes(4, "big"))  # a 64 MiB frame
                 total = 0
                 with contextlib.suppress(ConnectionError):
                     for _ in range(128):  # then up to 8 MiB of it
-                        await loop.sock_sendall(sock, b"x" * 65536)
+                        writer.write(b"x" * 65536)
+                        await writer.drain()
                         total += 65536
                 sent.append(total)
-                assert await closed_within(sock, 5) < 5
+                assert await stream_closed_within(reader, 5) < 5
             finally:
-                sock.close()
+                writer.transport.abort()
         grown_mib = (cp.rss_kib() - before) / 1024
         assert grown_mib < 8, f"RSS grew {grown_mib:.1f} MiB (the peers got {sent} bytes in)"
         assert (await stream_status(cp))["stream"]["badHellos"] == 3
@@ -103,18 +126,24 @@ async def test_a_huge_frame_before_hello_is_refused_without_buffering(tmp_path: 
 
 async def test_a_connection_that_does_not_say_hello_is_dropped(tmp_path: Path) -> None:
     async with control_plane_process("memory", tmp_path, "--stream-hello-timeout", "0.5") as cp:
-        silent, trickle = raw(cp), raw(cp)
+        reader, trickle = await tls(cp)
+        silent, quiet = raw(cp), raw(cp)  # no TLS handshake / TLS but no hello
+        quiet_r, quiet_w = await tls(cp)
         try:
-            loop = asyncio.get_running_loop()
             hello = encode(Hello(workload=WorkloadInfo(name="slow", namespace="shop")))
-            await loop.sock_sendall(trickle, hello[:5])  # a hello started, never finished
+            trickle.write(hello[:5])  # a hello started, never finished
             took = await closed_within(silent, 5)
             assert 0.4 < took < 3
-            assert await closed_within(trickle, 3) < 3
+            assert await stream_closed_within(reader, 3) < 3
+            assert await stream_closed_within(quiet_r, 3) < 3
         finally:
             silent.close()
-            trickle.close()
-        assert (await stream_status(cp))["stream"]["helloTimeouts"] == 2
+            quiet.close()
+            trickle.transport.abort()
+            quiet_w.transport.abort()
+        stream = (await stream_status(cp))["stream"]
+        assert stream["helloTimeouts"] == 2, stream
+        assert stream["tlsHandshakeFailures"] == 2, stream  # the raw ones: no handshake
         proxy = await honest_proxy_connects(cp, "web-0")  # says hello at once: served
         await proxy.stop()
 

@@ -82,7 +82,7 @@ def test_the_proxy_never_takes_the_api_token_file_for_its_bootstrap_token(
     seen: list[str | None] = []
 
     def fake_run_subscribed(*args: object) -> int:
-        seen.append(args[-1])  # type: ignore[arg-type]
+        seen.append(args[10])  # type: ignore[arg-type]  # token_file
         return 0
 
     monkeypatch.setattr(controlplane, "run_subscribed", fake_run_subscribed)

@@ -40,6 +40,7 @@ from tulle.controlplane.ca.rotation import CAState, fingerprint
 from tulle.controlplane.ca.spiffe import SpiffeId
 from tulle.controlplane.ca.tokens import Claims, TokenError, TokenService
 from tulle.proxyconfig.stream import Certificate, Hello, WorkloadCredential, hello_proof_payload
+from tulle.proxyconfig.stream_trust import is_control_plane_id
 
 PROOF_WINDOW = dt.timedelta(seconds=60)
 
@@ -189,6 +190,7 @@ class Admission:
         try:
             identity = SpiffeId(self.trust_domain(), claims.namespace, claims.service_account)
             check_csr(c.csr, identity)
+            not_reserved(identity)
         except (CsrError, ValueError) as exc:
             raise AdmissionError(str(exc)) from None
         return _Checked(identity, "token", claims.labels, claims)
@@ -237,9 +239,18 @@ class Admission:
 
     def sign(self, csr: str, identity: SpiffeId, workload: str) -> Certificate:
         """Sign for an admitted caller; CsrError for a CSR that is refused."""
+        not_reserved(identity)
         signed = self.state.signing.sign_csr(csr, identity, workload, ttl=self.cert_ttl)
         self.signed += 1
         return certificate_message(self.state, signed)
+
+
+def not_reserved(identity: SpiffeId) -> None:
+    """CsrError for the control plane's own SPIFFE ID: a workload holding it could play the
+    control plane to proxies (ADR 0034)."""
+    if is_control_plane_id(identity.uri):
+        raise CsrError(f"{identity.uri} is the control plane's own identity; no workload may "
+                       f"have it")
 
 
 def _issuer_of(leaf: x509.Certificate, state: CAState) -> str:

@@ -14,6 +14,7 @@ silently corrected, so a confused or malicious proxy learns why.  Accepted CSRs:
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import secrets
 from dataclasses import dataclass
 
@@ -198,6 +199,39 @@ class CertificateAuthority:
             assert isinstance(pub, ec.EllipticCurvePublicKey)
             return x509.AuthorityKeyIdentifier.from_issuer_public_key(pub)
         return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
+    def sign_server(self, public_key: ec.EllipticCurvePublicKey, spiffe_uri: str,
+                    dns_names: list[str], ips: list[ipaddress.IPv4Address | ipaddress.IPv6Address],
+                    *, ttl: dt.timedelta = DEFAULT_CERT_TTL, now: dt.datetime | None = None
+                    ) -> Signed:
+        """A server certificate for the control plane's own stream (ADR 0034): the SPIFFE ID
+        first among the SANs, then the DNS names and addresses it is reached by; serverAuth
+        only.  The caller made the key (each replica its own)."""
+        now = now or _now()
+        not_after = min(now + ttl, self.cert.not_valid_after_utc)
+        sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(spiffe_uri)]
+        sans += [x509.DNSName(d) for d in dns_names]
+        sans += [x509.IPAddress(i) for i in ips]
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "tulle"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, "tulle control plane")]))
+                .issuer_name(self.cert.subject)
+                .public_key(public_key)
+                .serial_number(int.from_bytes(secrets.token_bytes(16), "big") >> 1)
+                .not_valid_before(now - CLOCK_SKEW).not_valid_after(not_after)
+                .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.KeyUsage(
+                    digital_signature=True, content_commitment=False, key_encipherment=False,
+                    data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                    crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
+                               critical=False)
+                .add_extension(self._authority_key_id(), critical=False)
+                .sign(self._key, hashes.SHA256()))
+        leaf = cert.public_bytes(serialization.Encoding.PEM).decode()
+        return Signed(leaf + self._chain_pem, now - CLOCK_SKEW, not_after, cert.serial_number,
+                      now)
 
     def verify_workload(self, chain_pem: str, now: dt.datetime | None = None
                         ) -> tuple[SpiffeId, str, x509.Certificate]:

@@ -1,7 +1,8 @@
 """Bootstrap tokens: what a proxy presents once to get its first certificate.
 
-A token is `tbt1.<claims>.<mac>`: base64url JSON claims (id, namespace, workload, service
-account, labels, expiry) and an HMAC-SHA256 over them with a secret derived from the CA key
+A token is `tbt2.<claims>.<mac>`: base64url JSON claims (id, namespace, workload, service
+account, labels, expiry, and the pins of the CA roots, `ca`, which a proxy reads to verify the
+control plane on first contact: ADR 0034) and an HMAC-SHA256 over them with a secret derived from the CA key
 (`CertificateAuthority.derive_secret`), so every replica verifies it without a second secret.
 It names exactly one workload identity and can claim nothing else.
 
@@ -10,6 +11,9 @@ token itself, which is shown once, to the operator who issued it).  Revoking del
 record; using it creates an `InternalTokenUse` record with the same name, whose create is
 the single-use check: a second use (a replay, on this replica or another) finds it and is
 refused.  Both kinds are internal: not in the API registry, ignored by the compiler.
+
+`tbt1` tokens (no pin, issued before the stream moved to TLS) still verify here; a proxy
+takes one only together with an explicit `--ca-file` (`proxyconfig/stream_trust.py`).
 
 Refusals say *why* (expired, revoked, already used, bad signature) and name the token's id at
 most, never its text.  Z2 may reuse `TokenSigner` for API tokens with its own purpose string.
@@ -24,13 +28,16 @@ import hashlib
 import hmac
 import json
 import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from tulle.controlplane.store.errors import AlreadyExistsError, NotFoundError
 from tulle.controlplane.store.protocol import ResourceStore
+from tulle.proxyconfig.stream_trust import TOKEN_PREFIX_PINNED, TOKEN_PREFIX_UNPINNED
 
-PREFIX = "tbt1"
+PREFIX = TOKEN_PREFIX_PINNED
+PREFIXES = (TOKEN_PREFIX_PINNED, TOKEN_PREFIX_UNPINNED)
 TOKEN_KIND = "InternalBootstrapToken"
 USE_KIND = "InternalTokenUse"
 INTERNAL_GROUP = "internal.tulle.dev/v1"
@@ -53,10 +60,17 @@ class Claims:
     expires: int
     """Unix seconds."""
     labels: dict[str, str] = field(default_factory=dict)
+    ca: tuple[str, ...] = ()
+    """Pins (`sha256:<hex>` of the SPKI) of the CA roots the proxy may trust on first contact;
+    empty only in a `tbt1` token."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "ns": self.namespace, "wl": self.workload,
-                "sa": self.service_account, "exp": self.expires, "labels": self.labels}
+        out: dict[str, Any] = {"id": self.id, "ns": self.namespace, "wl": self.workload,
+                               "sa": self.service_account, "exp": self.expires,
+                               "labels": self.labels}
+        if self.ca:
+            out["ca"] = list(self.ca)
+        return out
 
 
 def _b64(data: bytes) -> str:
@@ -87,21 +101,23 @@ class TokenSigner:
     def sign(self, claims: Claims) -> str:
         body = _b64(json.dumps(claims.to_json(), sort_keys=True,
                                separators=(",", ":")).encode())
-        mac = hmac.new(self._key, f"{PREFIX}.{body}".encode(), hashlib.sha256).digest()
-        return f"{PREFIX}.{body}.{_b64(mac)}"
+        prefix = PREFIX if claims.ca else TOKEN_PREFIX_UNPINNED
+        mac = hmac.new(self._key, f"{prefix}.{body}".encode(), hashlib.sha256).digest()
+        return f"{prefix}.{body}.{_b64(mac)}"
 
     def open(self, token: str, now: dt.datetime | None = None) -> Claims:
         """The claims of an authentic, unexpired token; TokenError otherwise."""
         if len(token) > MAX_TOKEN_BYTES:
             raise TokenError("bootstrap token malformed: too long")
         parts = token.split(".")
-        if len(parts) != 3 or parts[0] != PREFIX:
+        if len(parts) != 3 or parts[0] not in PREFIXES:
             raise TokenError("bootstrap token malformed")
         try:
             mac = _unb64(parts[2])
         except (binascii.Error, ValueError):
             raise TokenError("bootstrap token malformed") from None
-        want = hmac.new(self._key, f"{PREFIX}.{parts[1]}".encode(), hashlib.sha256).digest()
+        want = hmac.new(self._key, f"{parts[0]}.{parts[1]}".encode(),
+                        hashlib.sha256).digest()
         if not hmac.compare_digest(mac, want):
             raise TokenError("bootstrap token refused: bad signature (not issued by this "
                              "mesh's CA)")
@@ -110,7 +126,8 @@ class TokenSigner:
             claims = Claims(id=str(raw["id"]), namespace=str(raw["ns"]),
                             workload=str(raw["wl"]), service_account=str(raw["sa"]),
                             expires=int(raw["exp"]),
-                            labels={str(k): str(v) for k, v in (raw.get("labels") or {}).items()})
+                            labels={str(k): str(v) for k, v in (raw.get("labels") or {}).items()},
+                            ca=tuple(str(p) for p in (raw.get("ca") or ())))
         except (ValueError, KeyError, TypeError, AttributeError):
             raise TokenError("bootstrap token malformed") from None
         if (now or _now()).timestamp() >= claims.expires:
@@ -121,9 +138,13 @@ class TokenSigner:
 class TokenService:
     """Issue, revoke and consume tokens against the store (shared by replicas)."""
 
-    def __init__(self, store: ResourceStore, signer: TokenSigner) -> None:
+    def __init__(self, store: ResourceStore, signer: TokenSigner,
+                 ca_pins: Callable[[], Sequence[str]] = tuple) -> None:
+        """`ca_pins`: the pins put into each token issued (read at each issue, so a rotated
+        root reaches the next token)."""
         self.store = store
         self.signer = signer
+        self.ca_pins = ca_pins
 
     async def issue(self, namespace: str, workload: str, service_account: str, *,
                     labels: dict[str, str] | None = None, ttl: dt.timedelta = DEFAULT_TTL,
@@ -133,7 +154,8 @@ class TokenService:
         now = now or _now()
         claims = Claims(id=secrets.token_hex(8), namespace=namespace, workload=workload,
                         service_account=service_account,
-                        expires=int((now + ttl).timestamp()), labels=dict(labels or {}))
+                        expires=int((now + ttl).timestamp()), labels=dict(labels or {}),
+                        ca=tuple(self.ca_pins()))
         await self.store.create({
             "apiVersion": INTERNAL_GROUP, "kind": TOKEN_KIND,
             "metadata": {"name": claims.id, "namespace": namespace},

@@ -39,6 +39,12 @@ then served that one workload only, and its certificate is sent before any snaps
 hello gets an `Error` with the reason (never the token) and is counted (`unauthenticatedHellos`).
 A `Csr` on an admitted stream renews the certificate for the same identity.
 
+TLS (ADR 0034): with a `tls` context (the control plane always passes one unless started with
+`--stream-plaintext`) each connection is counted against the caps first, then upgraded to
+TLS 1.3 within `hello_timeout`; a peer that fails the handshake (a plaintext client, a port
+scan, a client that does not trust us) is closed, counted as `tlsHandshakeFailures` and
+logged at most once per `REFUSAL_LOG_INTERVAL`.  The hello timeout starts after the handshake.
+
 `statuses()` is what `tulle get proxies` shows; `counters()` what the stream refused.
 """
 
@@ -48,6 +54,8 @@ import asyncio
 import collections
 import contextlib
 import logging
+import socket
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 
@@ -55,6 +63,13 @@ import msgspec
 
 from tulle.controlplane.ca.admission import Admission, AdmissionError, Admitted
 from tulle.controlplane.ca.authority import CsrError
+from tulle.controlplane.push.accept import (
+    TlsListener,
+    abort_socket,
+    handshake,
+    peer_of,
+    write_paced,
+)
 from tulle.controlplane.push.cache import ProxyKey, ProxyStatus, SnapshotCache
 from tulle.controlplane.push.limits import (
     DEFAULT_HELLO_TIMEOUT,
@@ -67,17 +82,16 @@ from tulle.controlplane.push.limits import (
     effective_caps,
     soft_fd_limit,
 )
+from tulle.controlplane.push.negotiation import negotiation_error
 from tulle.controlplane.push.node import NodeError, NodeSnapshots, workload_name
 from tulle.controlplane.push.trust import after_hello, record_signed, update_for
 from tulle.controlplane.push.wire import withheld_delta_frame, withheld_snapshot_frame
 from tulle.proxyconfig.delta import units_of
 from tulle.proxyconfig.features import Feature, lacking
-from tulle.proxyconfig.model import CONFIG_API_VERSION, ProxyConfig
+from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.stream import (
     HELLO_MAX_FRAME,
     MAX_FRAME,
-    PROTOCOL_VERSION,
-    SUPPORTED_PROTOCOLS,
     Ack,
     Csr,
     Error,
@@ -114,7 +128,8 @@ class PushServer:
                  max_pending_hellos: int = DEFAULT_MAX_PENDING_HELLOS,
                  hello_max_frame: int = HELLO_MAX_FRAME,
                  fd_limit: Callable[[], int] = soft_fd_limit,
-                 admission: Admission | None = None) -> None:
+                 admission: Admission | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         if hello_timeout <= 0:
             raise ValueError("hello_timeout must be positive")
         if max_connections < 0:
@@ -138,6 +153,11 @@ class PushServer:
         self.unsupported_hellos = 0
         self.unauthenticated_hellos = 0
         self.admission = admission
+        self.tls = tls
+        """The server context (live: a re-issued certificate reaches new handshakes); None
+        serves plaintext (unit tests of the stream, `--stream-plaintext`)."""
+        self.tls_failures = 0
+        self._log_tls = _Throttled("closed: TLS handshake failed")
         """None only in unit tests of the stream itself; the control plane always sets it."""
         self._told: set[tuple[str, str, str]] = set()
         self.disconnects_before_hello = 0
@@ -154,6 +174,7 @@ class PushServer:
         self.status: dict[ProxyKey, ProxyStatus] = {}
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
+        self._listener: TlsListener | None = None
         self.live: set[ProxySession] = set()
         """Admitted sessions, for `trust_changed`."""
 
@@ -180,12 +201,17 @@ class PushServer:
 
     async def start(self, host: str, port: int) -> int:
         self.update_caps()
-        self._server = await asyncio.start_server(self._serve, host, port)
+        if self.tls is not None:
+            self._listener = TlsListener(self._serve_tls)
+            return await self._listener.start(host, port)
+        self._server = await asyncio.start_server(self._serve_plain, host, port)
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
+        if self._listener is not None:
+            await self._listener.close()
         for t in list(self._sessions):
             t.cancel()
         for t in list(self._sessions):
@@ -205,7 +231,8 @@ class PushServer:
                 "helloTimeouts": self.hello_timeouts, "badHellos": self.bad_hellos,
                 "unsupportedHellos": self.unsupported_hellos,
                 "unauthenticatedHellos": self.unauthenticated_hellos,
-                "disconnectsBeforeHello": self.disconnects_before_hello}
+                "disconnectsBeforeHello": self.disconnects_before_hello,
+                "tlsHandshakeFailures": self.tls_failures}
 
     def unsupported(self, hello: Hello, peer: str, reason: str) -> None:
         """A hello this control plane cannot serve: count it, log it once per proxy and reason
@@ -233,9 +260,9 @@ class PushServer:
         self._told.add(told)
         log.warning("proxy %s/%s from %s not admitted: %s", w.namespace, w.name, peer, reason)
 
-    def _refuse(self, writer: asyncio.StreamWriter, peer: str, pending: bool) -> None:
+    def _refuse(self, abort: Callable[[], None], peer: str, pending: bool) -> None:
         """Over a cap: close at once (RST, nothing buffered), count, log."""
-        writer.transport.abort()
+        abort()
         self.refused_connections += 1
         if pending:
             self.refused_pending += 1
@@ -260,32 +287,62 @@ class PushServer:
             self.bad_hellos += 1
         self._log_no_hello(peer, detail)
 
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _serve_plain(self, reader: asyncio.StreamReader,
+                           writer: asyncio.StreamWriter) -> None:
+        async def opened() -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            return reader, writer
+
+        await self._serve(peer_of(writer.get_extra_info("peername")), writer.transport.abort,
+                          opened)
+
+    async def _serve_tls(self, sock: socket.socket, peer: str) -> None:
+        tls = self.tls
+        assert tls is not None
+        await self._serve(peer, lambda: abort_socket(sock),
+                          lambda: handshake(sock, tls, self.hello_timeout))
+
+    async def _serve(self, peer_s: str, abort: Callable[[], None],
+                     opened: Callable[[], Awaitable[tuple[asyncio.StreamReader,
+                                                          asyncio.StreamWriter]]]) -> None:
+        """One connection: the caps (on the raw connection), the TLS handshake if any, then
+        the session."""
         task = asyncio.current_task()
         assert task is not None
-        peer = writer.get_extra_info("peername")
-        peer_s = f"{peer[0]}:{peer[1]}" if peer else "?"
         total, pending = self.update_caps()
         if total and len(self._sessions) >= total:
-            self._refuse(writer, peer_s, False)
+            self._refuse(abort, peer_s, False)
             return
         if pending and self.pending_hellos >= pending:
-            self._refuse(writer, peer_s, True)
+            self._refuse(abort, peer_s, True)
             return
         self._sessions.add(task)
         self.pending_hellos += 1
-        session = ProxySession(self, reader, writer, peer_s)
+        session: ProxySession | None = None
+        writer: asyncio.StreamWriter | None = None
         try:
+            try:
+                reader, writer = await opened()
+            except (ConnectionError, EOFError):
+                self.disconnected_before_hello(peer_s)  # a port probe, a proxy giving up
+                abort()
+                return
+            except (ssl.SSLError, OSError, TimeoutError) as exc:
+                self.tls_failures += 1
+                self._log_tls(peer_s, getattr(exc, "reason", None) or type(exc).__name__)
+                abort()
+                return
+            session = ProxySession(self, reader, writer, peer_s)
             await session.run()
         except (ConnectionError, FrameError, asyncio.IncompleteReadError) as exc:
             log.info("proxy stream from %s ended: %s", peer_s, exc)
         finally:
-            if not session.hello_seen:
+            if session is None or not session.hello_seen:
                 self.pending_hellos -= 1
             self._sessions.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            if writer is not None:
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
 
 
 class ProxySession:
@@ -484,12 +541,16 @@ class ProxySession:
             else:
                 frame = (wire.snapshot_frame(current) if self.acked is None
                          else wire.delta_frame(self.acked, current, self.units))
-            self.writer.writelines(frame)
+            if srv.tls is None:
+                self.writer.writelines(frame)
             self.inflight = current
             self.inflight_parts = self.node.parts()
             for st, part in self._by_part():
                 st.sent_version = part.version
                 st.pushes += 1
+            if srv.tls is not None:  # paced: see accept.write_paced
+                await write_paced(self.writer, frame, srv.drain_timeout)
+                return
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(srv.drain_timeout):
                     await self.writer.drain()
@@ -597,15 +658,3 @@ class ProxySession:
             log.warning("proxy %s/%s: renewal refused: %s", who.namespace, who.workload, exc)
             self.send(Error(reason=str(exc)))
             self.writer.close()
-
-
-def negotiation_error(hello: Hello) -> str:
-    """Why this control plane cannot serve a proxy that said `hello`; empty when it can."""
-    if hello.protocol not in SUPPORTED_PROTOCOLS:
-        speaks = ", ".join(str(v) for v in sorted(SUPPORTED_PROTOCOLS))
-        return (f"unsupported stream protocol version {hello.protocol}: this control plane "
-                f"speaks {speaks} (current {PROTOCOL_VERSION})")
-    if hello.api_versions and CONFIG_API_VERSION not in hello.api_versions:
-        return (f"the proxy decodes config versions {', '.join(hello.api_versions)}; this "
-                f"control plane compiles {CONFIG_API_VERSION}")
-    return ""

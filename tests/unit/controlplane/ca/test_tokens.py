@@ -72,3 +72,39 @@ async def test_forged_or_tampered_refused() -> None:
 
 def test_signer_repr_hides_key() -> None:
     assert "k" * 8 not in repr(TokenSigner(KEY))
+
+
+PIN = "sha256:" + "ab" * 32
+
+
+async def test_a_token_carries_the_ca_pins_the_proxy_reads_and_the_mac_covers_them() -> None:
+    from tulle.proxyconfig.stream_trust import token_pins
+
+    svc = TokenService(MemoryStore(), TokenSigner(KEY), ca_pins=lambda: [PIN])
+    token, claims = await svc.issue("shop", "web-0", "web")
+    assert token.startswith("tbt2.") and claims.ca == (PIN,)
+    assert token_pins(token) == [PIN]  # what the proxy reads, without the key
+    assert (await svc.verify(token)).ca == (PIN,)
+    # Another pin in the claims (a MITM handing out doctored tokens) breaks the MAC.
+    import base64
+    import json
+
+    prefix, body, mac = token.split(".")
+    raw = json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))
+    raw["ca"] = ["sha256:" + "cd" * 32]
+    forged = base64.urlsafe_b64encode(json.dumps(raw).encode()).rstrip(b"=").decode()
+    with pytest.raises(TokenError, match="bad signature"):
+        await svc.verify(f"{prefix}.{forged}.{mac}")
+
+
+async def test_a_tbt1_token_from_before_tls_still_verifies_and_carries_no_pin() -> None:
+    from tulle.proxyconfig.stream_trust import token_pins
+
+    svc = await _service()  # no pins: signs the tbt1 form
+    token, _ = await svc.issue("shop", "web-0", "web")
+    assert token.startswith("tbt1.")
+    assert token_pins(token) == []
+    assert (await svc.verify(token)).ca == ()
+    # A tbt1 token relabelled tbt2 does not verify (the prefix is under the MAC).
+    with pytest.raises(TokenError):
+        await svc.verify("tbt2." + token.split(".", 1)[1])
