@@ -55,6 +55,9 @@ from tulle.proxyconfig.stream_trust import ca_pin
 
 log = logging.getLogger("tulle.controlplane")
 
+TOKEN_PURGE_INTERVAL = 600.0
+"""Seconds between purges of expired bootstrap tokens' records."""
+
 
 class _Server(uvicorn.Server):
     """uvicorn without its own signal handling: the control plane owns SIGTERM/SIGINT (uvicorn
@@ -107,6 +110,7 @@ class ControlPlane:
         self.stream_plaintext = stream_plaintext
         self.stream_cert: StreamCertificate | None = None
         self._stream_cert_task: asyncio.Task[None] | None = None
+        self._purge_task: asyncio.Task[None] | None = None
         if (api_tls_cert is None) != (api_tls_key is None):
             raise ValueError("--api-tls-cert and --api-tls-key go together")
         self.api_tls_cert, self.api_tls_key = api_tls_cert, api_tls_key
@@ -147,6 +151,8 @@ class ControlPlane:
                                                  ttl=self.cert_ttl)
             self._stream_cert_task = asyncio.get_running_loop().create_task(
                 self.stream_cert.keep_fresh())
+        self._purge_task = asyncio.get_running_loop().create_task(
+            self._purge_tokens(self.bootstrap_tokens))
         self.push = PushServer(self.cache, on_register=self.reconciler.register,
                                admission=self.admission,
                                tls=self.stream_cert.context if self.stream_cert else None,
@@ -199,6 +205,20 @@ class ControlPlane:
         if self.push is not None:
             self.push.trust_changed()
 
+    @staticmethod
+    async def _purge_tokens(tokens: TokenService) -> None:
+        """Delete expired bootstrap tokens' records at start and every TOKEN_PURGE_INTERVAL
+        (each replica does; a record already gone is skipped)."""
+        while True:
+            try:
+                gone = await tokens.purge()
+            except Exception:  # a store hiccup must not end the loop
+                log.exception("purging expired bootstrap tokens failed; retrying later")
+            else:
+                if gone:
+                    log.info("purged %d records of expired bootstrap tokens", gone)
+            await asyncio.sleep(TOKEN_PURGE_INTERVAL)
+
     def ca_pins(self) -> list[str]:
         """The pins (`sha256:` of the SPKI) of every root proxies trust now, put into bootstrap
         tokens: mid-rotation both, so a token works whichever root signs the stream."""
@@ -222,6 +242,10 @@ class ControlPlane:
             await self.ca_keeper.stop()
         if self.reconciler is not None:
             await self.reconciler.stop()
+        if self._purge_task is not None:
+            self._purge_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._purge_task
         if self._stream_cert_task is not None:
             self._stream_cert_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

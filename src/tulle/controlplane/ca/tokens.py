@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -179,6 +180,24 @@ class TokenService:
         except NotFoundError:
             return claims
         raise TokenError(f"bootstrap token {claims.id} already used (single-use)")
+
+    async def purge(self, now: dt.datetime | None = None) -> int:
+        """Delete the records of tokens past their expiry (outstanding or used): an expired
+        token is refused by its own claims before the store is asked, so its records only
+        grow the store.  Returns how many were deleted; a record another replica deleted
+        first is skipped."""
+        cutoff = (now or _now()).timestamp()
+        gone = 0
+        for kind in (TOKEN_KIND, USE_KIND):
+            items, _ = await self.store.list(kind)
+            for obj in items:
+                if int((obj.get("spec") or {}).get("expires", 0)) > cutoff:
+                    continue
+                md = obj["metadata"]
+                with contextlib.suppress(NotFoundError):
+                    await self.store.delete(kind, md.get("namespace"), md["name"])
+                    gone += 1
+        return gone
 
     async def consume(self, claims: Claims) -> None:
         """Mark the token used; TokenError if someone used it first (a replay)."""

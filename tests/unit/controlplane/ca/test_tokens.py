@@ -6,7 +6,13 @@ import datetime as dt
 
 import pytest
 
-from tulle.controlplane.ca.tokens import TokenError, TokenService, TokenSigner
+from tulle.controlplane.ca.tokens import (
+    TOKEN_KIND,
+    USE_KIND,
+    TokenError,
+    TokenService,
+    TokenSigner,
+)
 from tulle.controlplane.store.memory import MemoryStore
 
 KEY = b"k" * 32
@@ -108,3 +114,25 @@ async def test_a_tbt1_token_from_before_tls_still_verifies_and_carries_no_pin() 
     # A tbt1 token relabelled tbt2 does not verify (the prefix is under the MAC).
     with pytest.raises(TokenError):
         await svc.verify("tbt2." + token.split(".", 1)[1])
+
+
+async def test_purge_deletes_only_expired_records_and_an_expired_token_stays_refused() -> None:
+    svc = await _service()
+    now = dt.datetime.now(dt.UTC)
+    past = now - dt.timedelta(hours=2)
+    old_used, old_claims = await svc.issue("shop", "web-0", "web", now=past)
+    await svc.consume(old_claims)  # used, then expired: a token record and a use record
+    await svc.issue("shop", "web-1", "web", now=past)  # never used, expired
+    live_used, live_claims = await svc.issue("shop", "web-2", "web")
+    await svc.consume(await svc.verify(live_used))
+    live, _ = await svc.issue("shop", "web-3", "web")
+
+    assert await svc.purge(now) == 3
+    assert await svc.purge(now) == 0  # nothing left to do; a second replica finds nothing
+    kinds = [o["kind"] for o in (await svc.store.list())[0]]
+    assert sorted(kinds) == sorted([TOKEN_KIND, TOKEN_KIND, USE_KIND])
+    with pytest.raises(TokenError, match="expired"):  # still refused by its own claims
+        await svc.verify(old_used)
+    with pytest.raises(TokenError, match="already used"):  # live records untouched
+        await svc.verify(live_used)
+    assert (await svc.verify(live)).workload == "web-3"
