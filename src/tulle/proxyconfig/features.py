@@ -142,6 +142,11 @@ FEATURES: tuple[Feature, ...] = (
     # goes whole (its requests take the next matching rule, else 404), as for authorization.
     Feature("url-rewrite", (), "the `URLRewrite` HTTP filter (hostname and path rewrites)",
             drops=_RULES, uses=partial(_rule_has_filter, "URLRewrite")),
+    # A proxy without it cannot decode the new `lb_policy` values: the field goes too, and
+    # that proxy balances round robin (traffic still flows, to the same endpoints).
+    Feature("load-balancing", ("clusters[].lb_policy", "clusters[].lb"),
+            "balancers beyond round robin (random, least request, peak-EWMA, ring hash, "
+            "Maglev), hash policies, slow start, locality, panic threshold"),
 )
 """Every feature this build's contract has, in the order they were added."""
 
