@@ -42,6 +42,8 @@ def service_cluster(sp: ServicePort, connect_timeout_ms: int | None = None) -> d
                            "metadata": sp.metadata.render()}
     if connect_timeout_ms is not None:
         out["connect_timeout_ms"] = connect_timeout_ms
+    if sp.lb is not None:  # `lb_policy` and `lb` (the load_balancing plugin)
+        out.update(sp.lb)
     return out
 
 

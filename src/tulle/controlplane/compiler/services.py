@@ -69,7 +69,8 @@ def service_ports(m: MeshInputs, key: Key, svc: Resource,
         if port == 80:
             domains = names + domains
         out.append(ServicePort(ns, name, port, port_protocol(p, "http1"), tuple(endpoints),
-                               tuple(domains)))
+                               tuple(domains), generation=int(
+                                   (svc.get("metadata") or {}).get("generation") or 1)))
     return out
 
 
