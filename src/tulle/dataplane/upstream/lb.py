@@ -103,11 +103,11 @@ class Panic:
         self._epoch = -1
 
     def __call__(self, eps: Sequence[EndpointState], threshold: int) -> bool:
-        epoch = HEALTH_EPOCH[0]
-        if self._epoch != epoch:
-            self._epoch = epoch
-            healthy = sum(1 for e in eps if e._healthy)
-            self._state = healthy * 100 < threshold * len(eps)
+        if self._epoch == HEALTH_EPOCH[0]:
+            return self._state
+        self._epoch = HEALTH_EPOCH[0]
+        healthy = sum(1 for e in eps if e._healthy)
+        self._state = healthy * 100 < threshold * len(eps)
         return self._state
 
 

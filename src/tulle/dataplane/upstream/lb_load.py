@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Collection, Sequence
+from math import exp as _exp
 
 from tulle.dataplane.upstream.lb import NO_AVOID, EndpointState, Options, Panic
 
@@ -105,10 +106,14 @@ class LeastRequest(_Drawn):
             if j >= i:
                 j += 1
             a, b = eps[i], eps[j]
-            if (a.healthy and b.healthy and (not avoid or (a not in avoid and b not in avoid))
+            if (a._healthy and b._healthy and (not avoid or (a not in avoid and b not in avoid))
                     and not self._panic(eps, opts.panic)):
-                return a if self._load(a, now) <= self._load(b, now) else b
+                return a if self._fast(a, now) <= self._fast(b, now) else b
         return self._choose(self._usable(avoid), now)
+
+    def _fast(self, ep: EndpointState, now: float) -> float:
+        """`_load` when every weight is equal and nothing ramps (the fast path)."""
+        return float(ep.active)
 
     def _choose(self, pool: list[EndpointState], now: float) -> EndpointState | None:
         """The least loaded of `choices` different endpoints of `pool`, drawn by weight."""
@@ -128,14 +133,24 @@ class LeastRequest(_Drawn):
         return min(drawn, key=lambda e: self._load(e, now))
 
     def _single(self, avoid: Collection[EndpointState]) -> EndpointState | None:
-        usable = self._usable(avoid)
-        return usable[0] if usable else None
+        """Zero or one endpoint (a sidecar's inbound cluster): nothing to compare."""
+        eps = self._endpoints
+        if not eps:
+            return None
+        ep = eps[0]
+        return ep if ep.healthy or self._opts.panic else None
 
 
 class PeakEwma(LeastRequest):
     """Power of two choices on `latency x (active + 1)` (see the module docstring)."""
 
     __slots__ = ()
+
+    def _fast(self, ep: EndpointState, now: float) -> float:
+        cost = ep.ewma
+        if cost == 0.0:
+            return PENALTY + ep.active if ep.active else 0.0
+        return cost * _exp((ep.stamp - now) / self._opts.decay) * (ep.active + 1)
 
     def _load(self, ep: EndpointState, now: float) -> float:
         cost = ep.ewma
