@@ -68,3 +68,17 @@ def test_good_settings_for_each_policy_are_taken() -> None:
 def test_bad_settings_are_refused_with_their_path(raw: dict[str, Any], expected: str) -> None:
     errors = errors_of(raw)
     assert any(e.startswith(expected) for e in errors), errors
+
+
+def test_a_proxy_without_the_feature_gets_round_robin_and_no_settings() -> None:
+    import msgspec
+
+    from tulle.proxyconfig.features import lacking, withhold_config
+    from tulle.proxyconfig.stream import decode_snapshot
+
+    raw = cfg("maglev", {"hash_policies": [{"type": "source_ip"}]})
+    doc = msgspec.to_builtins(validate(raw))
+    withhold_config(doc, [f for f in lacking([]) if f.name == "load-balancing"])
+    assert "lb" not in doc["clusters"][0] and "lb_policy" not in doc["clusters"][0]
+    old = decode_snapshot(msgspec.Raw(msgspec.json.encode(doc)))
+    assert old.clusters[0].lb_policy == "round_robin" and old.clusters[0].lb is None
