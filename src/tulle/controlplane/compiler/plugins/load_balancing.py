@@ -4,8 +4,8 @@
 For every Service port: the LoadBalancingPolicies that apply (Service, then its namespace, then
 the Mesh; at one level the older first), then the Mesh default, then the built-in default
 (peak-EWMA) are merged field by field; each compiled value keeps who set it
-(`ServicePort.set_by`), and the Service gets a `LoadBalancing` condition listing them when
-anything but the built-in defaults applies — what `tulle describe service` shows.  The merged
+(`ServicePort.set_by`), and every Service gets a `LoadBalancing` condition listing them (its
+ports' values and sources, built-in defaults included) — what `tulle describe service` shows.  The merged
 result must fit the balancer it chose:
 
 * a setting that does not fit the type and comes from a level no more specific than the type's
@@ -189,10 +189,11 @@ def apply(mesh: MeshModel) -> MeshModel:
         if lb:
             rendered["lb"] = lb
         services.append(replace(sp, lb=rendered, set_by=sp.set_by + tuple(set_by)))
-        if any(src != BUILTIN_SOURCE for _, src in set_by):
-            described.setdefault(("Service", sp.namespace, sp.name), (sp.generation, []))[1].append(
-                f"port {sp.port}: " + _describe(set_by, policy, lb)
-                + ("; not applied: " + ", ".join(notes) if notes else ""))
+        # Every Service, defaults or not: the reconciler only writes the conditions a
+        # compilation has, so one left out would keep a deleted policy's name forever.
+        described.setdefault(("Service", sp.namespace, sp.name), (sp.generation, []))[1].append(
+            f"port {sp.port}: " + _describe(set_by, policy, lb)
+            + ("; not applied: " + ", ".join(notes) if notes else ""))
     for ref, (gen, texts) in described.items():
         conditions[ref] = (*conditions.get(ref, ()), Condition(
             "LoadBalancing", True, "Resolved", " | ".join(texts), gen))
