@@ -16,14 +16,21 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Collection, Sequence
 
-from tulle.dataplane.upstream.lb import NO_AVOID, EndpointState, LoadBalancer, Options
+from tulle.dataplane.upstream.lb import (
+    HEALTH_EPOCH,
+    NO_AVOID,
+    EndpointState,
+    LoadBalancer,
+    Options,
+    Panic,
+)
 
 OVERPROVISIONING = 1.4
 
 
 class Zoned:
     __slots__ = ("_all", "_endpoints", "_factory", "_inner_opts", "_local", "_local_eps",
-                 "_opts", "_rest")
+                 "_opts", "_panic", "_rest", "_share", "_share_epoch")
 
     def __init__(self, endpoints: Sequence[EndpointState], opts: Options,
                  factory: Callable[[Sequence[EndpointState], Options], LoadBalancer]) -> None:
@@ -33,6 +40,7 @@ class Zoned:
         inner.panic = 0
         inner.local_zone = ""
         self._inner_opts = inner
+        self._panic = Panic()
         self.set_endpoints(endpoints)
 
     def set_endpoints(self, endpoints: Sequence[EndpointState]) -> None:
@@ -43,27 +51,33 @@ class Zoned:
         self._local = self._factory(self._local_eps, self._inner_opts)
         self._rest = self._factory(rest, self._inner_opts)
         self._all = self._factory(self._endpoints, self._opts)
+        self._panic.reset()
+        self._share_epoch = -1
+        self._share = 0.0
 
     def local_share(self) -> float:
-        """The share of requests the caller's zone keeps now (module docstring)."""
-        local = self._local_eps
-        if not local:
-            return 0.0
-        healthy = sum(1 for e in local if e.healthy)
-        return min(1.0, OVERPROVISIONING * healthy / len(local))
+        """The share of requests the caller's zone keeps now (module docstring); recounted
+        only after a health change."""
+        if self._share_epoch != HEALTH_EPOCH[0]:
+            self._share_epoch = HEALTH_EPOCH[0]
+            local = self._local_eps
+            healthy = sum(1 for e in local if e.healthy)
+            self._share = (min(1.0, OVERPROVISIONING * healthy / len(local)) if local
+                           else 0.0)
+        return self._share
 
     def pick(self, key: int | None = None,
              avoid: Collection[EndpointState] = NO_AVOID) -> EndpointState | None:
-        eps = self._endpoints
-        healthy = sum(1 for e in eps if e.healthy)
-        if healthy * 100 < self._opts.panic * len(eps):
+        if self._panic(self._endpoints, self._opts.panic):
             return self._all.pick(key, avoid)
         share = self.local_share()
         first, second = ((self._local, self._rest) if self._opts.rng.random() < share
                          else (self._rest, self._local))
         ep = first.pick(key, avoid)
-        if ep is None:
-            ep = second.pick(key, avoid)
+        if ep is None or (avoid and ep in avoid):  # e.g. a retry of the zone's one endpoint
+            other = second.pick(key, avoid)
+            if other is not None and (ep is None or other not in avoid):
+                ep = other
         return ep
 
 

@@ -53,3 +53,10 @@ def test_panic_over_the_whole_cluster_uses_every_endpoint() -> None:
 def test_hashing_balancers_are_not_wrapped() -> None:
     e = [EndpointState("127.0.0.1", 9000, zone="a")]
     assert not isinstance(build("maglev", e, Options(local_zone="a")), Zoned)
+
+
+def test_a_retry_leaves_the_zone_when_its_only_endpoint_is_avoided() -> None:
+    e = [EndpointState("127.0.0.1", 9000, zone="a"), EndpointState("127.0.0.1", 9001, zone="b")]
+    lb = build("peak_ewma", e, Options(local_zone="a", rng=random.Random(2)))
+    assert {lb.pick() for _ in range(50)} == {e[0]}
+    assert {lb.pick(None, (e[0],)) for _ in range(50)} == {e[1]}
