@@ -63,6 +63,8 @@ class Endpoint(msgspec.Struct, frozen=True):
     address: str
     port: int
     metadata: Metadata
+    weight: int = 1
+    """The Workload's `spec.weight` (rendered only when not 1)."""
 
 
 class ServicePort(msgspec.Struct, frozen=True):

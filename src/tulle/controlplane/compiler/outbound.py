@@ -36,6 +36,8 @@ def service_cluster(sp: ServicePort, connect_timeout_ms: int | None = None) -> d
                               "metadata": e.metadata.render()}
         if e.metadata.zone:
             ep["zone"] = e.metadata.zone
+        if e.weight != 1:
+            ep["weight"] = e.weight
         endpoints.append(ep)
     out: dict[str, Any] = {"name": sp.cluster_name, "endpoints": endpoints,
                            "protocol": "http1" if sp.protocol == "tcp" else sp.protocol,

@@ -61,7 +61,8 @@ def service_ports(m: MeshInputs, key: Key, svc: Resource,
             else:
                 labels, zone = _labels(w), wspec.get("zone") or ""
             endpoints.append(Endpoint(addr, wp, Metadata(
-                service=name, namespace=ns, workload=wkey[1], labels=labels, zone=zone)))
+                service=name, namespace=ns, workload=wkey[1], labels=labels, zone=zone),
+                weight=int(wspec.get("weight") or 1)))
         names = [name, f"{name}.{ns}", f"{name}.{ns}.svc", f"{name}.{ns}.svc.cluster.local"]
         if vip:
             names.append(vip)

@@ -94,7 +94,8 @@ def _errors(sp: ServicePort, policy: str, lb: dict[str, Any]) -> list[str]:
         cfg = Cluster(name=sp.cluster_name, lb_policy=policy,  # type: ignore[arg-type]
                       protocol="http1" if sp.protocol == "tcp" else sp.protocol,  # type: ignore[arg-type]
                       lb=msgspec.convert(lb, LoadBalancing),
-                      endpoints=[Endpoint(address=e.address, port=e.port) for e in sp.endpoints])
+                      endpoints=[Endpoint(address=e.address, port=e.port, weight=e.weight)
+                                 for e in sp.endpoints])
     except (msgspec.ValidationError, ValueError) as exc:
         return [str(exc)]
     return [f"{e.path.removeprefix('cluster.')}: {e.message}"
