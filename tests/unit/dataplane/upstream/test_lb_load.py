@@ -164,3 +164,26 @@ def test_build_knows_every_policy_of_the_contract() -> None:
         assert build(p, eps(1, 1), opts()).pick(1) is not None
     with pytest.raises(ValueError, match="unknown lb_policy"):
         build("nope", eps(1))
+
+
+@pytest.mark.parametrize("policy", ["least_request", "peak_ewma"])
+def test_under_steady_load_weights_1_to_3_give_25_percent_within_3_points(policy: str) -> None:
+    """32 requests in flight, each finishing after 32 more picks (equal latency): the P2C
+    balancers spread in-flight requests by weight, so picks follow the weights."""
+    from collections import deque
+
+    e = eps(1, 3)
+    for x in e:
+        x.sample(0.001, 100.0)
+    lb = build(policy, e, opts(clock=Clock(100.0)))
+    in_flight: deque[EndpointState] = deque()
+    light = 0
+    for _ in range(N):
+        ep = lb.pick()
+        assert ep is not None
+        ep.active += 1
+        in_flight.append(ep)
+        light += ep is e[0]
+        if len(in_flight) > 32:
+            in_flight.popleft().active -= 1
+    assert light / N == pytest.approx(0.25, abs=0.03)
