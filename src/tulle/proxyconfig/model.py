@@ -50,8 +50,8 @@ class Node(_Base, frozen=True, kw_only=True):
     service: str = ""
     """The service the local workload belongs to (the `destination_service` of inbound traffic)."""
     zone: str = ""
-    """Locality of the node (e.g. `eu-west-1a`).  Carried and shown in /config_dump; nothing
-    reads it yet (locality-aware balancing and telemetry will)."""
+    """Locality of the node (e.g. `eu-west-1a`): the zone clusters with `lb.locality_aware`
+    prefer (ADR 0038); shown in /config_dump."""
 
 
 class Admin(_Base, frozen=True, kw_only=True):
