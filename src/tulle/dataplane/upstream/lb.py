@@ -6,16 +6,18 @@ least request, peak-EWMA; `lb_hash.py`: ring hash, Maglev and the request's hash
 `lb_zone.py`: locality-aware spill-over).  ADR 0038.
 
 Every balancer implements `LoadBalancer.pick(key, avoid)`.  `key` is the request's hash key
-(`AttemptRequest.hash_key`, from the route's hash policy): the consistent-hashing balancer
-(`Rendezvous`) sends equal keys to the same endpoint while the endpoint set allows it; round
-robin, the default, ignores it (as Envoy's does).  `avoid` names endpoints a retry should not
-go back to; every balancer skips them while another healthy endpoint exists, and picks among
-them rather than fail when none does (one endpoint: a retry goes to it again).  P2C
-least-request and peak-EWMA read the per-endpoint `active` / `ewma` state that the attempt
-layer maintains (`attempt.py`), so adding them is a new class here and one line in `build`.
-Balancers are built per cluster runtime; `EndpointState` objects (and their counters) carry
-over.  An endpoint-only change calls `set_endpoints` on the balancer in force: it takes the new
-list (and weights) and keeps its own state (the round-robin position).
+(`lb_hash.hash_key` from the cluster's hash policies, computed by `ClusterRuntime.open_stream`
+only for clusters that have them; or `AttemptRequest.hash_key`): the hashing balancers send
+equal keys to the same endpoint while the endpoint set allows it; the others ignore it (as
+Envoy's do).  `avoid` names endpoints a retry should not go back to; every balancer skips them
+while another usable endpoint exists, and picks among them rather than fail when none does
+(one endpoint: a retry goes to it again).  Every balancer skips unhealthy endpoints, and uses
+all of them when fewer than the panic threshold are healthy (`Options.usable`, `Panic`).
+Least request and peak-EWMA read the per-endpoint `active` / `ewma` state that the attempt
+layer maintains (`attempt.py`).  Balancers are built per cluster runtime; `EndpointState`
+objects (and their counters) carry over.  An endpoint-only change calls `set_endpoints` on the
+balancer in force: it takes the new list (and weights) and keeps its own state (the
+round-robin position).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ NO_AVOID: tuple[EndpointState, ...] = ()
 
 
 class EndpointState:
-    """Per-endpoint runtime state shared by balancers, pools and (later) health checking."""
+    """Per-endpoint runtime state shared by balancers, pools, the attempt layer and health
+    checking (which sets `healthy`)."""
 
     __slots__ = ("_healthy", "active", "added", "address", "ewma", "key", "port", "seed",
                  "stamp", "weight", "zone")
@@ -306,8 +309,8 @@ class Rendezvous:
 
 def build(policy: str, endpoints: Sequence[EndpointState],
           opts: Options | None = None) -> LoadBalancer:
-    """The balancer of `policy` (the contract's `lb_policy`; `rendezvous` is not in the
-    contract: the tests' and the mirror's), wrapped for locality when `opts.local_zone`."""
+    """The balancer of `policy` (the contract's `lb_policy`, or `rendezvous`, which is not in
+    the contract), wrapped for locality when `opts.local_zone` (not the hashing ones)."""
     from tulle.dataplane.upstream import lb_hash, lb_load, lb_zone
 
     opts = opts if opts is not None else Options()
