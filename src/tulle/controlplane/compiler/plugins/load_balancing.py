@@ -113,8 +113,11 @@ def _unfit(field: str, value: Any, hashing: bool) -> bool:
 
 
 def _fit(merged: dict[str, tuple[Any, str]], order: list[str], by_source: dict[str, Policy],
-         invalid: dict[ObjectRef, list[str]], sp: ServicePort) -> list[str]:
-    """Make `merged` fit its type, in place (module docstring); the notes for the Service."""
+         invalid: dict[ObjectRef, list[str]], skipped: dict[ObjectRef, set[str]],
+         sp: ServicePort) -> list[str]:
+    """Make `merged` fit its type, in place (module docstring); the notes for the Service.
+    Policies whose field was left out for not fitting go to `skipped` (less specific than the
+    type: their status says so) or `invalid` (more specific: their mistake)."""
 
     def rank(src: str) -> int:
         return order.index(src) if src in order else len(order)
@@ -140,6 +143,8 @@ def _fit(merged: dict[str, tuple[Any, str]], order: list[str], by_source: dict[s
         del merged[field]
         if rank(src) >= rank(type_src):
             notes.append(f"{field} ({src}) does not apply to type {type_}")
+            if src in by_source:
+                skipped.setdefault(by_source[src].ref, set()).add(field)
         elif src in by_source:
             invalid.setdefault(by_source[src].ref, []).append(
                 f"{where}: {field} does not apply to type {type_} (set by {type_src})")
@@ -163,6 +168,7 @@ def apply(mesh: MeshModel) -> MeshModel:
     used: dict[ObjectRef, set[str]] = {}
     won: dict[ObjectRef, set[str]] = {}
     invalid: dict[ObjectRef, list[str]] = {}
+    skipped: dict[ObjectRef, set[str]] = {}
     by_source = {source_of(p): p for p in policies}
     services: list[ServicePort] = []
     described: dict[ObjectRef, tuple[int, list[str]]] = {}
@@ -174,7 +180,7 @@ def apply(mesh: MeshModel) -> MeshModel:
         for p in applying:
             used.setdefault(p.ref, set()).update(f for f in FIELDS if p.spec.get(f) is not None)
         merged = merge_fields(layers, FIELDS)
-        notes = _fit(merged, [s for s, _ in layers], by_source, invalid, sp)
+        notes = _fit(merged, [s for s, _ in layers], by_source, invalid, skipped, sp)
         policy, lb, set_by = _contract(merged)
         errors = _errors(sp, policy, lb)
         if errors:
@@ -200,12 +206,12 @@ def apply(mesh: MeshModel) -> MeshModel:
             "LoadBalancing", True, "Resolved", " | ".join(texts), gen))
     for p in policies:
         conditions[p.ref] = (_status(p, used.get(p.ref), won.get(p.ref, set()),
-                                     invalid.get(p.ref)),)
+                                     skipped.get(p.ref, set()), invalid.get(p.ref)),)
     return replace(mesh, services=tuple(services), conditions=conditions)
 
 
-def _status(p: Policy, used: set[str] | None, won: set[str], invalid: list[str] | None,
-            ) -> Condition:
+def _status(p: Policy, used: set[str] | None, won: set[str], skipped: set[str],
+            invalid: list[str] | None) -> Condition:
     gen = p.generation
     if used is None:
         if p.target_kind == "Namespace" and p.target_name != p.namespace:
@@ -220,14 +226,18 @@ def _status(p: Policy, used: set[str] | None, won: set[str], invalid: list[str] 
                          "merged with the other levels, settings of it are refused (left out "
                          "there): " + "; ".join(sorted(set(invalid))),
                          gen)
-    lost = sorted(used - won)
-    if lost and not won:
-        return Condition("Accepted", True, "Overridden", "every field it sets is set by a more "
-                         "specific or older policy: " + ", ".join(lost), gen)
-    msg = "sets " + ", ".join(sorted(won))
+    lost = sorted(used - won - skipped)
+    unfit = sorted(skipped - won)
+    parts = []
+    if won:
+        parts.append("sets " + ", ".join(sorted(won)))
     if lost:
-        msg += "; overridden by a more specific or older policy: " + ", ".join(lost)
-    return Condition("Accepted", True, "Enforced", msg, gen)
+        parts.append("overridden by a more specific or older policy: " + ", ".join(lost))
+    if unfit:
+        parts.append("not applied where a more specific level chose a type it does not fit: "
+                     + ", ".join(unfit))
+    return Condition("Accepted", True, "Enforced" if won else "Overridden", "; ".join(parts),
+                     gen)
 
 
 PLUGIN = Plugin(NAME, apply, affects=("services", "conditions"))
