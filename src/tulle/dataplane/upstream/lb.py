@@ -245,29 +245,33 @@ class RoundRobin:
         return self._slow(avoid)
 
     def _slow(self, avoid: Collection[EndpointState]) -> EndpointState | None:
-        """Weighted, or some endpoints unhealthy or avoided: smooth WRR over the usable ones."""
+        """Weighted, or some endpoints unhealthy or avoided: smooth WRR over the usable ones
+        (healthy unless in panic; not avoided unless that leaves none).  No list is built."""
         opts = self._opts
-        usable = opts.usable(self._endpoints, avoid)
-        if not usable:
-            return None
-        now = opts.clock()
-        if self._ramp_until and now >= self._ramp_until:  # every ramp is over
-            self._ramp_until = 0.0
-            self._weighted = len({e.weight for e in self._endpoints}) > 1
-        best = -1
-        cur = self._current
-        total = 0.0
-        ok = set(usable)
-        for i, ep in enumerate(self._endpoints):
-            if ep not in ok:
-                continue
-            w = opts.weight(ep, now)
-            cur[i] += w
-            total += w
-            if best < 0 or cur[i] > cur[best]:
-                best = i
-        cur[best] -= total
-        return self._endpoints[best]
+        eps = self._endpoints
+        panic = self._panic(eps, opts.panic)
+        now = 0.0
+        if self._ramp_until:
+            now = opts.clock()
+            if now >= self._ramp_until:  # every ramp is over
+                self._ramp_until = 0.0
+                self._weighted = len({e.weight for e in eps}) > 1
+        for skip in ((avoid, NO_AVOID) if avoid else (NO_AVOID,)):
+            best = -1
+            cur = self._current
+            total = 0.0
+            for i, ep in enumerate(eps):
+                if (not panic and not ep._healthy) or (skip and ep in skip):
+                    continue
+                w = opts.weight(ep, now) if self._ramp_until else float(ep.weight)
+                cur[i] += w
+                total += w
+                if best < 0 or cur[i] > cur[best]:
+                    best = i
+            if best >= 0:
+                cur[best] -= total
+                return eps[best]
+        return None
 
 
 class Rendezvous:
