@@ -51,3 +51,10 @@ bench-controlplane: deps
 .PHONY: bench-ca
 bench-ca: deps
 	$(BENCH_PY) -m bench.ca --json bench/results/mtls.json
+
+# Issue 10's resilience scenarios, each a module writing its keys into
+# bench/results/resilience.json (merged: every scenario keeps the others' keys).
+# One line per scenario; the other parts append theirs.
+.PHONY: bench-resilience
+bench-resilience: deps
+	$(BENCH_PY) -m bench.slow_endpoint --requests 20000 --concurrency 16

@@ -113,7 +113,8 @@ def build(filters: bool = False, routes: bool = False) -> tuple[ListenerHandle, 
         rule["filters"] = FILTERS
     cfg = validate(tulle_routing_config(18080, 18079, 18081, 18082) if routes else {
         "listeners": [{"name": "bench", "port": 18080, "protocol": "http1", "route_table": "rt"}],
-        "clusters": [{"name": "origin", "endpoints": [{"address": "127.0.0.1", "port": 18081}]}],
+        "clusters": [{"name": "origin", "lb_policy": os.environ.get("TULLE_BENCH_LB", "round_robin"),
+                      "endpoints": [{"address": "127.0.0.1", "port": 18081}]}],
         "route_tables": [{"name": "rt", "virtual_hosts": [
             {"name": "any", "domains": ["*"], "rules": [rule]}]}],
     })

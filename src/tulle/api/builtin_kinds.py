@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tulle.api import mesh, service, workload
 from tulle.api.gateway import grpcroute, httproute, referencegrant, tcproute
-from tulle.api.policies import authorization, mtls, timeout
+from tulle.api.policies import authorization, load_balancing, mtls, timeout
 
-__all__ = ["authorization", "grpcroute", "httproute", "mesh", "mtls", "referencegrant", "service",
-           "tcproute", "timeout", "workload"]
+__all__ = ["authorization", "grpcroute", "httproute", "load_balancing", "mesh", "mtls",
+           "referencegrant", "service", "tcproute", "timeout", "workload"]

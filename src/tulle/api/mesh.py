@@ -13,6 +13,7 @@ from pydantic import Field
 
 from tulle.api.fields import Duration, pattern
 from tulle.api.meta import Model, Resource, Status
+from tulle.api.policies.load_balancing import LoadBalancingSettings
 from tulle.api.registry import register
 
 MESH_API_VERSION: Final = "mesh.tulle.dev/v1alpha1"
@@ -55,6 +56,9 @@ class MeshDefaults(Model):
     idleTimeout: Duration = "5m"
     """Idle connections are closed after this long; "0s" disables."""
     retryBudget: RetryBudget = Field(default_factory=RetryBudget)
+    loadBalancing: LoadBalancingSettings | None = None
+    """Every Service's balancer where no LoadBalancingPolicy says otherwise (ADR 0037: the same
+    settings as the policy's spec); unset: peak-EWMA with the documented defaults."""
 
 
 class MeshSpec(Model):

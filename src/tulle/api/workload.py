@@ -59,6 +59,10 @@ class WorkloadSpec(Model):
     serviceAccount: DNSSubdomain = "default"
     zone: Annotated[str, Field(min_length=1, max_length=63)] | None = None
     """Locality for locality-aware load balancing (same form as a label value)."""
+    weight: Annotated[int, Field(ge=1, le=1_000_000)] = 1
+    """Its share of its Services' traffic relative to their other endpoints (every balancer
+    but the hashing ones' affinity honours it; ADR 0038).  At least 1: a workload is taken out
+    of traffic by readiness or health, not by a weight of 0."""
     outboundPort: Port | None = None
     """Universal mode without interception: the loopback port of the proxy's outbound
     listener, which routes HTTP to every Service by Host (default 15001)."""

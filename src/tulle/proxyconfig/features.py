@@ -144,6 +144,11 @@ FEATURES: tuple[Feature, ...] = (
             drops=_RULES, uses=partial(_rule_has_filter, "URLRewrite")),
     Feature("ca-rotation", (), "stream messages `TrustUpdate` / `TrustAck`: the mesh's trust "
             "bundle replaced in force, renewal on request (CA rotation, ADR 0035)"),
+    # A proxy without it cannot decode the new `lb_policy` values: the field goes too, and
+    # that proxy balances round robin (traffic still flows, to the same endpoints).
+    Feature("load-balancing", ("clusters[].lb_policy", "clusters[].lb"),
+            "balancers beyond round robin (random, least request, peak-EWMA, ring hash, "
+            "Maglev), hash policies, slow start, locality, panic threshold"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

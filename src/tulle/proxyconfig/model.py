@@ -50,8 +50,8 @@ class Node(_Base, frozen=True, kw_only=True):
     service: str = ""
     """The service the local workload belongs to (the `destination_service` of inbound traffic)."""
     zone: str = ""
-    """Locality of the node (e.g. `eu-west-1a`).  Carried and shown in /config_dump; nothing
-    reads it yet (locality-aware balancing and telemetry will)."""
+    """Locality of the node (e.g. `eu-west-1a`): the zone clusters with `lb.locality_aware`
+    prefer (ADR 0038); shown in /config_dump."""
 
 
 class Admin(_Base, frozen=True, kw_only=True):
@@ -120,6 +120,38 @@ class ClusterLimits(_Base, frozen=True, kw_only=True):
     counts too); 0: no retries."""
 
 
+class HashPolicy(_Base, frozen=True, kw_only=True):
+    """What a consistent-hashing balancer (`ring_hash`, `maglev`) hashes for a request."""
+
+    type: Literal["header", "cookie", "source_ip", "query_parameter"]
+    name: str = ""
+    """The header, cookie or query parameter; empty for `source_ip`."""
+
+
+class LoadBalancing(_Base, frozen=True, kw_only=True):
+    """Settings of a cluster's balancer (feature `load-balancing`, ADR 0038)."""
+
+    hash_policies: list[HashPolicy] = msgspec.field(default_factory=list)
+    """For `ring_hash` / `maglev` (required there, refused elsewhere): the first that finds a
+    value in the request gives its key; a request none applies to is balanced at random."""
+    ring_points: Annotated[int, Meta(ge=1, le=4096)] = 160
+    """Points per unit of weight on the `ring_hash` ring (Ketama's 160): fixed per endpoint,
+    so an endpoint leaving moves only its own keys.  At most 1,048,576 points in all."""
+    maglev_table_size: Annotated[int, Meta(ge=7, le=65_537)] = 8191
+    """A prime."""
+    choice_count: Annotated[int, Meta(ge=2, le=16)] = 2
+    """Endpoints drawn per pick by `least_request` and `peak_ewma`."""
+    ewma_decay_ms: Annotated[int, Meta(ge=1, le=600_000)] = 10_000
+    """How fast `peak_ewma`'s latency estimate of an endpoint fades."""
+    slow_start_window_ms: Annotated[int, Meta(ge=0, le=3_600_000)] = 0
+    """A new endpoint's weight ramps over this long (0: off).  Not for hashing balancers."""
+    slow_start_min_percent: Annotated[int, Meta(ge=1, le=100)] = 10
+    locality_aware: bool = False
+    """Prefer endpoints in the node's zone; spill over as the zone's healthy share drops."""
+    panic_threshold_percent: Annotated[int, Meta(ge=0, le=100)] = 50
+    """With fewer healthy endpoints than this, every endpoint is used (0: never)."""
+
+
 class Cluster(_Base, frozen=True, kw_only=True):
     """A set of interchangeable endpoints and how to talk to them."""
 
@@ -127,7 +159,9 @@ class Cluster(_Base, frozen=True, kw_only=True):
     endpoints: list[Endpoint] = msgspec.field(default_factory=list)
     protocol: Literal["http1", "http2", "tcp"] = "http1"
     """Upstream protocol.  `http2` means h2c prior knowledge, or ALPN h2 when `tls` is set."""
-    lb_policy: Literal["round_robin"] = "round_robin"
+    lb_policy: Literal["round_robin", "random", "least_request", "peak_ewma", "ring_hash",
+                       "maglev"] = "round_robin"
+    """Values other than `round_robin`: feature `load-balancing`."""
     connect_timeout_ms: Annotated[int, Meta(ge=1, le=600_000)] = 1000
     max_idle_per_endpoint: Annotated[int, Meta(ge=0, le=100_000)] = 64
     """HTTP/1 keep-alive connections kept idle per endpoint; 0 disables reuse."""
@@ -150,6 +184,8 @@ class Cluster(_Base, frozen=True, kw_only=True):
     `unresolved-backends`)."""
     limits: ClusterLimits | None = None
     """Connection and request limits; None: the defaults of `ClusterLimits`."""
+    lb: LoadBalancing | None = None
+    """The balancer's settings; None: the defaults of `LoadBalancing`."""
 
 
 class PathMatch(_Base, frozen=True, kw_only=True):

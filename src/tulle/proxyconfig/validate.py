@@ -21,6 +21,7 @@ from msgspec import inspect as mi
 
 from tulle.errors import FieldError
 from tulle.proxyconfig import filters, network, regex
+from tulle.proxyconfig.lb_checks import cluster_lb_errors
 from tulle.proxyconfig.model import (
     FilterChain,
     FilterChainMatch,
@@ -329,6 +330,7 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
             # The TCP relay does not count against them yet: refused, never ignored.
             out.append(FieldError(f"clusters[{i}].limits", "not enforced on a tcp cluster (the "
                                   "TCP relay takes no cluster limits yet)"))
+        out += cluster_lb_errors(c, f"clusters[{i}]")
         if c.tls is not None and c.tls.cert_file and not c.tls.key_file:
             out.append(FieldError(f"clusters[{i}].tls.key_file", "required with cert_file"))
         if c.tls is not None:

@@ -119,6 +119,7 @@ async def test_clusters_lists_endpoints_and_connection_counts(origin: int) -> No
     [ep] = backend["endpoints"]
     assert ep["address"] == f"127.0.0.1:{origin}"
     assert (ep["connections_idle"], ep["connections_busy"]) == (1, 0)
+    assert ep["latency_ewma_ms"] > 0  # the one response was sampled (peak-EWMA's input)
     assert by_name["dead"]["connections_total"] == 0
 
 

@@ -17,6 +17,7 @@ EXPECTED = {
     ("policy.tulle.dev/v1alpha1", "TimeoutPolicy"): ("Namespaced", "timeoutpolicies"),
     ("policy.tulle.dev/v1alpha1", "AuthorizationPolicy"): ("Namespaced", "authorizationpolicies"),
     ("policy.tulle.dev/v1alpha1", "MutualTLSPolicy"): ("Namespaced", "mutualtlspolicies"),
+    ("policy.tulle.dev/v1alpha1", "LoadBalancingPolicy"): ("Namespaced", "loadbalancingpolicies"),
 }
 
 

@@ -53,3 +53,10 @@ def test_rules(errors: Errors) -> None:
     assert errors(with_(WL, "spec.address", None)) == [("spec.address", "must be a string, got null")]
     no_address = with_(WL, "spec", {"ports": []})
     assert errors(no_address) == [("spec.address", "required")]
+
+
+def test_weight_is_1_by_default_and_0_is_refused(errors: Errors) -> None:
+    assert parse(WL).spec.weight == 1  # type: ignore[attr-defined]
+    assert parse(with_(WL, "spec.weight", 5)).spec.weight == 5  # type: ignore[attr-defined]
+    got = errors(with_(WL, "spec.weight", 0))
+    assert [p for p, _ in got] == ["spec.weight"], got

@@ -63,6 +63,8 @@ class Endpoint(msgspec.Struct, frozen=True):
     address: str
     port: int
     metadata: Metadata
+    weight: int = 1
+    """The Workload's `spec.weight` (rendered only when not 1)."""
 
 
 class UpstreamMTLS(msgspec.Struct, frozen=True):
@@ -86,6 +88,14 @@ class ServicePort(msgspec.Struct, frozen=True):
     """The Service port's `name` (a policy's `sectionName`)."""
     tls: UpstreamMTLS | None = None
     """mTLS its clients originate (`plugins/mtls.py`); None: plaintext."""
+    lb: Mapping[str, Any] | None = None
+    """Its cluster's `lb_policy` and `lb` as the contract writes them (the `load_balancing`
+    plugin); None: not set, the proxy's own default."""
+    generation: int = 1
+    """The Service's `metadata.generation` (for conditions a plugin writes on it)."""
+    set_by: tuple[tuple[str, str], ...] = ()
+    """(value, who set it) for every value a policy plugin compiled into this port's cluster,
+    e.g. ("lb_policy", "LoadBalancingPolicy shop/sticky"): what `describe` shows (ADR 0037)."""
 
     @property
     def key(self) -> Key:
@@ -223,6 +233,9 @@ class Policy(msgspec.Struct, frozen=True):
     target_found: bool
     spec: Mapping[str, Any]
     """The policy's spec as the user wrote it, for the plugin of its kind."""
+    created: str = ""
+    """`metadata.creationTimestamp`: between two policies at one level, the older wins a field
+    (GEP-713; ADR 0037)."""
 
     @property
     def ref(self) -> ObjectRef:

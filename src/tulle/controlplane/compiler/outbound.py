@@ -37,6 +37,8 @@ def service_cluster(sp: ServicePort, connect_timeout_ms: int | None = None) -> d
                               "metadata": e.metadata.render()}
         if e.metadata.zone:
             ep["zone"] = e.metadata.zone
+        if e.weight != 1:
+            ep["weight"] = e.weight
         endpoints.append(ep)
     out: dict[str, Any] = {"name": sp.cluster_name, "endpoints": endpoints,
                            "protocol": "http1" if sp.protocol == "tcp" else sp.protocol,
@@ -45,6 +47,8 @@ def service_cluster(sp: ServicePort, connect_timeout_ms: int | None = None) -> d
         out["connect_timeout_ms"] = connect_timeout_ms
     if sp.tls is not None:
         out["tls"] = upstream_mtls(out["protocol"], sp.tls.expected_spiffe_ids)
+    if sp.lb is not None:  # `lb_policy` and `lb` (the load_balancing plugin)
+        out.update(sp.lb)
     return out
 
 

@@ -8,10 +8,11 @@ in the policy's own namespace (Gateway API policy attachment); a `Mesh` target i
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from tulle.controlplane.compiler.inputs import MeshInputs, spec_of
-from tulle.controlplane.compiler.ir import MeshResource, Policy
+from tulle.controlplane.compiler.ir import Key, MeshResource, ObjectRef, Policy
 
 
 def _target_exists(m: MeshInputs, ns: str, ref: dict[str, Any]) -> bool:
@@ -41,8 +42,70 @@ def derive_policies(m: MeshInputs) -> tuple[Policy, ...]:
             kind=kind, namespace=ns, name=name,
             generation=int((policy.get("metadata") or {}).get("generation") or 1),
             target_kind=str(ref.get("kind")), target_name=str(ref.get("name")),
-            target_found=_target_exists(m, ns, ref), spec=spec))
+            target_found=_target_exists(m, ns, ref), spec=spec,
+            created=str((policy.get("metadata") or {}).get("creationTimestamp") or "")))
     return tuple(out)
 
 
-__all__ = ["derive_mesh", "derive_policies"]
+# --- Precedence and provenance (ADR 0037), shared by the client-side policy plugins ----------
+
+DEFAULTS_SOURCE = "Mesh.spec.defaults"
+BUILTIN_SOURCE = "default"
+
+
+def source_of(p: Policy) -> str:
+    """How `describe` names a policy that set a value."""
+    return f"{p.kind} {p.namespace}/{p.name}"
+
+
+def _level(p: Policy, service: Key, route: ObjectRef | None, rule: str | None) -> int | None:
+    """How specific `p`'s target is for traffic to `service` (and `route`, rule `rule`): 0 the
+    route rule, 1 the route, 2 the Service, 3 its namespace, 4 the Mesh; None: it does not
+    apply.  (Level 1 of ADR 0037, the route's own Gateway API field, is the plugin's.)"""
+    if not p.target_found and p.target_kind != "Namespace":
+        return None
+    section = (p.spec.get("targetRef") or {}).get("sectionName")
+    if p.target_kind == "Mesh":
+        return 4
+    if p.target_kind == "Namespace":
+        return 3 if p.target_name == p.namespace == service[0] else None
+    if p.target_kind == "Service":
+        return 2 if (p.namespace, p.target_name) == service else None
+    if route is not None and (p.target_kind, p.namespace, p.target_name) == route:
+        if section is None:
+            return 1
+        return 0 if section == rule else None
+    return None
+
+
+def layered(policies: Iterable[Policy], kind: str, service: Key,
+            route: ObjectRef | None = None, rule: str | None = None) -> list[Policy]:
+    """The policies of `kind` that apply to traffic for `service` (through `route`'s rule
+    `rule`), most specific first; at one level the oldest first (then namespace/name)."""
+    found: list[tuple[int, str, str, str, Policy]] = []
+    for p in policies:
+        if p.kind != kind:
+            continue
+        level = _level(p, service, route, rule)
+        if level is not None:
+            found.append((level, p.created, p.namespace, p.name, p))
+    found.sort(key=lambda t: t[:4])
+    return [t[4] for t in found]
+
+
+def merge_fields(layers: Sequence[tuple[str, Mapping[str, Any]]],
+                 fields: Sequence[str]) -> dict[str, tuple[Any, str]]:
+    """Field by field, the first layer (most specific first) that sets each field: its value
+    and the layer's source.  A field that is an object is taken whole (ADR 0037)."""
+    out: dict[str, tuple[Any, str]] = {}
+    for f in fields:
+        for source, values in layers:
+            value = values.get(f)
+            if value is not None:
+                out[f] = (value, source)
+                break
+    return out
+
+
+__all__ = ["BUILTIN_SOURCE", "DEFAULTS_SOURCE", "derive_mesh", "derive_policies", "layered",
+           "merge_fields", "source_of"]

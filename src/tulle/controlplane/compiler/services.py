@@ -61,7 +61,8 @@ def service_ports(m: MeshInputs, key: Key, svc: Resource,
             else:
                 labels, zone = _labels(w), wspec.get("zone") or ""
             endpoints.append(Endpoint(addr, wp, Metadata(
-                service=name, namespace=ns, workload=wkey[1], labels=labels, zone=zone)))
+                service=name, namespace=ns, workload=wkey[1], labels=labels, zone=zone),
+                weight=int(wspec.get("weight") or 1)))
         names = [name, f"{name}.{ns}", f"{name}.{ns}.svc", f"{name}.{ns}.svc.cluster.local"]
         if vip:
             names.append(vip)
@@ -69,7 +70,8 @@ def service_ports(m: MeshInputs, key: Key, svc: Resource,
         if port == 80:
             domains = names + domains
         out.append(ServicePort(ns, name, port, port_protocol(p, "http1"), tuple(endpoints),
-                               tuple(domains), port_name=p.get("name") or ""))
+                               tuple(domains), port_name=p.get("name") or "",
+                               generation=int((svc.get("metadata") or {}).get("generation") or 1)))
     return out
 
 

@@ -59,6 +59,8 @@ def clusters_view(server: ProxyServer) -> list[dict[str, object]]:
             eps.append({
                 "address": e.key, "weight": e.weight, "zone": e.zone, "healthy": e.healthy,
                 "requests_active": e.active,
+                # What peak-EWMA balances on (ADR 0038): the latency estimate as last sampled.
+                "latency_ewma_ms": round(e.ewma * 1000, 3),
                 # HTTP/1 pools: idle and busy; multiplexed (HTTP/2) pools: `all` connections.
                 "connections_open": _count(pool, "all") if hasattr(pool, "all") else idle + busy,
                 "connections_idle": idle,

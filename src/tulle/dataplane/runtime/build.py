@@ -123,8 +123,10 @@ class SnapshotBuilder:
                 h_kept += router.compiled.kept
                 h_built += len(t.virtual_hosts) - router.compiled.kept
         by_name = {name: r for name, (_, _, r) in routers.items()}
-        clusters = (self._clusters_in_force(cfg.clusters, settings)
-                    or self.clusters.prepare(cfg.clusters, settings))
+        zone = cfg.node.zone
+        clusters = ((self._clusters_in_force(cfg.clusters, settings)
+                     if zone == self.clusters.zone else None)
+                    or self.clusters.prepare(cfg.clusters, settings, zone))
         contexts: dict[str, ListenerContext] = {}
         c_kept = 0
         for lc in cfg.listeners:
@@ -153,7 +155,7 @@ class SnapshotBuilder:
                 or not _same(self._settings, settings) or not all(map(is_, last, cfgs))):
             return None
         current = self.clusters.clusters
-        return PreparedClusters(current, [], [], len(current))
+        return PreparedClusters(current, [], [], len(current), self.clusters.zone)
 
     @staticmethod
     def _reusable(ctx: ListenerContext, lc: Listener, settings: Settings,

@@ -8,7 +8,8 @@ try the attempt layer:
 * counts it against its cluster's `requests` limit (and `retries`, when the router opened it as
   a retry) and its endpoint's `active` (in-flight) count, released exactly once when the try
   ends: response complete, error, per-try timeout, or the downstream's reset;
-* samples the time to the response head into the endpoint's `ewma` (latency for peak-EWMA);
+* samples the time to the response head into the endpoint's peak-EWMA (`EndpointState.sample`,
+  the latency peak-EWMA balancing reads);
 * reports every try's outcome, naming the endpoint, to the cluster's `on_outcome` hook (outlier
   detection subscribes): `(endpoint, status, flag, seconds)`, status 0 when no head came, flag
   "" for a response, the error's flag, or "DC" when the downstream reset it;
@@ -49,10 +50,8 @@ if TYPE_CHECKING:
 OutcomeHook = Callable[[EndpointState, int, str, float], None]
 """Called once per try: (endpoint, status, flag, seconds from the try's start to its end)."""
 
-EWMA_WEIGHT = 0.3
-"""Weight of a new latency sample in an endpoint's `ewma` (about the last 5 samples count).
-Samples use the monotonic clock itself, not the loop's: uvloop's has millisecond steps, which
-would make every local sub-millisecond answer sample 0."""
+# Latency samples use the monotonic clock itself, not the loop's: uvloop's has millisecond
+# steps, which would make every local sub-millisecond answer sample 0.
 
 _NO_REPLAY = frozenset({"UF", "UO"})
 """Retry-safe failures the attempt leaves to the router's retry policy."""
@@ -142,8 +141,8 @@ class Attempt:
         HTTP/1 pool inlines this on its hot path.)"""
         if not self.status:
             self.status = status
-            ep = self.pool.endpoint
-            ep.ewma += EWMA_WEIGHT * (_now() - self.start - ep.ewma)
+            t = _now()
+            self.pool.endpoint.sample(t - self.start, t)
 
     def _over(self, status: int, flag: str) -> None:
         """The try is over: release what it counted, report its outcome (once)."""

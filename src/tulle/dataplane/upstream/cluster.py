@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections.abc import Callable, Collection, Iterable
+from time import monotonic
 from typing import Protocol
 
 import msgspec
@@ -41,7 +42,8 @@ from tulle.dataplane.runtime.tls import TLSContexts, build_client_context
 from tulle.dataplane.security.spiffe import PeerCheck, expect
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.upstream.attempt import AttemptRequest, OutcomeHook, Refused
-from tulle.dataplane.upstream.lb import NO_AVOID, EndpointState, LoadBalancer, build
+from tulle.dataplane.upstream.lb import NO_AVOID, EndpointState, LoadBalancer, Options, build
+from tulle.dataplane.upstream.lb_hash import hash_key
 from tulle.dataplane.upstream.limits import Limits
 from tulle.proxyconfig.model import Cluster, Settings
 
@@ -92,9 +94,10 @@ def client_ssl_context(cfg: Cluster) -> ssl.SSLContext | None:
     return None if cfg.tls is None else build_client_context(cfg.tls, cfg.protocol)
 
 
-def _settings_key(settings: Settings) -> tuple[int, int]:
-    """The process settings a `ClusterRuntime` copies: a change needs new runtimes."""
-    return (settings.max_response_header_bytes, settings.buffer_high_water_bytes)
+def _settings_key(settings: Settings, zone: str = "") -> tuple[int, int, str]:
+    """The process settings (and the node's zone) a `ClusterRuntime` copies: a change needs
+    new runtimes."""
+    return (settings.max_response_header_bytes, settings.buffer_high_water_bytes, zone)
 
 
 class ClusterRuntime:
@@ -103,11 +106,15 @@ class ClusterRuntime:
     def __init__(self, cfg: Cluster, settings: Settings, metrics: ProxyMetrics,
                  endpoints: list[EndpointState], pools: dict[str, Pool],
                  tls: TLSContexts | None = None, limits: Limits | None = None,
-                 on_outcome: OutcomeHook | None = None) -> None:
+                 on_outcome: OutcomeHook | None = None, zone: str = "") -> None:
         self.cfg = cfg
         """The config in force; an endpoint-only change replaces it (and the endpoints) in
         place at commit."""
-        self.settings_key = _settings_key(settings)
+        self.settings_key = _settings_key(settings, zone)
+        self.lb_options = Options.of(cfg.lb, zone)
+        """The balancer's settings (kept across balancer rebuilds of this runtime)."""
+        self.hash_policies = cfg.lb.hash_policies if cfg.lb is not None else None
+        """What a request's hash key is made of; None (no hashing): nothing is computed."""
         self.name = cfg.name
         self.protocol = cfg.protocol
         self.connect_timeout = cfg.connect_timeout_ms / 1000
@@ -126,7 +133,7 @@ class ClusterRuntime:
         """Checks the server's SPIFFE ID after each TLS handshake (the dialler's
         `peer_check`); None without `tls.expected_spiffe_ids`."""
         self.endpoints = endpoints
-        self.lb: LoadBalancer = build(cfg.lb_policy, endpoints)
+        self.lb: LoadBalancer = build(cfg.lb_policy, endpoints, self.lb_options)
         self.pools = pools
         self.m_connect_failures = metrics.upstream_connect_failures.labels(cfg.name)
         self.m_mirrors = metrics.mirror_requests
@@ -171,9 +178,13 @@ class ClusterRuntime:
         if limits.requests >= limits.max_requests:
             return Refused(sink, limits.overflow("requests"), self.loop)
         if request is None:
-            ep = self.lb.pick(None)
+            ep = self.lb.pick(hash_key(head, self.hash_policies) if self.hash_policies
+                              else None)
         else:
-            ep = self.lb.pick(request.hash_key, request.avoid)
+            key = request.hash_key
+            if key is None and self.hash_policies:
+                key = hash_key(head, self.hash_policies)
+            ep = self.lb.pick(key, request.avoid)
             if request.retry and limits.retries >= limits.max_retries:
                 return Refused(sink, limits.overflow("retries"), self.loop)
         if ep is None:
@@ -201,12 +212,17 @@ def _endpoints_only(old: Cluster, new: Cluster) -> bool:
 
 
 def _states(cfg: Cluster, old: ClusterRuntime | None) -> list[EndpointState]:
-    """`cfg`'s endpoints as state objects, the surviving ones carried over from `old`."""
+    """`cfg`'s endpoints as state objects, the surviving ones carried over from `old`.  An
+    endpoint joining a cluster that had endpoints is marked `added` now (slow start)."""
     old_eps = {e.key: e for e in old.endpoints} if old is not None else {}
+    joined = monotonic() if old_eps else 0.0
     out = []
     for e in cfg.endpoints:
         st = old_eps.get(f"{e.address}:{e.port}")
-        out.append(st if st is not None else EndpointState(e.address, e.port, e.weight, e.zone))
+        if st is None:
+            st = EndpointState(e.address, e.port, e.weight, e.zone)
+            st.added = joined
+        out.append(st)
     return out
 
 
@@ -240,10 +256,12 @@ class EndpointUpdate:
 class PreparedClusters:
     """A snapshot's cluster runtimes, built but not in force (`ClusterManager.prepare`)."""
 
-    __slots__ = ("fresh", "kept", "runtimes", "updates")
+    __slots__ = ("fresh", "kept", "runtimes", "updates", "zone")
 
     def __init__(self, runtimes: dict[str, ClusterRuntime], fresh: list[ClusterRuntime],
-                 updates: list[EndpointUpdate], kept: int) -> None:
+                 updates: list[EndpointUpdate], kept: int, zone: str = "") -> None:
+        self.zone = zone
+        """The node's zone these runtimes balance for."""
         self.runtimes = runtimes
         """By name.  The very dict in force when every runtime is kept: listener contexts
         holding it stay valid."""
@@ -268,6 +286,8 @@ class ClusterManager:
         self.tls = tls if tls is not None else TLSContexts()
         self.clusters: dict[str, ClusterRuntime] = {}
         self.on_outcome: OutcomeHook | None = None
+        self.zone = ""
+        """The node's zone the runtimes in force were built for (locality-aware balancing)."""
 
     def subscribe(self, hook: OutcomeHook | None) -> None:
         """Have `hook` told every try's outcome, on every cluster, now and after swaps (one
@@ -276,13 +296,14 @@ class ClusterManager:
         for rt in self.clusters.values():
             rt.on_outcome = hook
 
-    def prepare(self, clusters: Iterable[Cluster], settings: Settings) -> PreparedClusters:
+    def prepare(self, clusters: Iterable[Cluster], settings: Settings,
+                zone: str = "") -> PreparedClusters:
         """Build the runtimes of a snapshot without changing anything in force.
 
         May raise (e.g. an unreadable client certificate); then nothing has changed.
         """
         current = self.clusters
-        skey = _settings_key(settings)
+        skey = _settings_key(settings, zone)
         runtimes: dict[str, ClusterRuntime] = {}
         fresh: list[ClusterRuntime] = []
         updates: list[EndpointUpdate] = []
@@ -304,12 +325,12 @@ class ClusterManager:
                 pools = {e.key: old.pools[e.key] for e in eps if e.key in old.pools}
             rt = ClusterRuntime(cfg, settings, self.metrics, eps, pools, self.tls,
                                 limits=old.limits if old is not None else None,
-                                on_outcome=self.on_outcome)
+                                on_outcome=self.on_outcome, zone=zone)
             runtimes[cfg.name] = rt
             fresh.append(rt)
         if not fresh and len(runtimes) == len(current):
             runtimes = current  # same runtimes under the same names: the dict in force
-        return PreparedClusters(runtimes, fresh, updates, kept)
+        return PreparedClusters(runtimes, fresh, updates, kept, zone)
 
     def commit(self, prepared: PreparedClusters) -> None:
         """Put prepared runtimes in force; pools that were not carried over wind down."""
@@ -325,7 +346,7 @@ class ClusterManager:
                     if key in keys:
                         rt.pools.setdefault(key, pool)
             _set_weights(rt.cfg, rt.endpoints)
-            rt.lb = build(rt.cfg.lb_policy, rt.endpoints)  # after the weights are in force
+            rt.lb = build(rt.cfg.lb_policy, rt.endpoints, rt.lb_options)  # weights in force
             rt.limits.configure(rt.cfg.limits)  # a carried-over counter takes the new limits
             rt.on_outcome = self.on_outcome
             for pool in rt.pools.values():
@@ -340,6 +361,7 @@ class ClusterManager:
                     if live is None or live.pools.get(key) is not pool:
                         pool.close()
         self.clusters = new
+        self.zone = prepared.zone
 
     def sweep(self, now: float) -> None:
         for c in self.clusters.values():

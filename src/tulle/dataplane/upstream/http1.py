@@ -52,7 +52,7 @@ from tulle.dataplane.protocols.http1 import (
     encode_last_chunk,
     serialize_request_head,
 )
-from tulle.dataplane.upstream.attempt import EWMA_WEIGHT, Attempt, now
+from tulle.dataplane.upstream.attempt import Attempt, now
 from tulle.dataplane.upstream.connect import ConnectFailed, dial_transport
 
 if TYPE_CHECKING:
@@ -312,8 +312,8 @@ class H1Connection(asyncio.Protocol):
         self.keep_alive = keep_alive
         if not s.status:  # `s._head(head.status)`, inlined: every response passes here
             s.status = head.status
-            ep = s.pool.endpoint
-            ep.ewma += EWMA_WEIGHT * (now() - s.start - ep.ewma)
+            t = now()
+            s.pool.endpoint.sample(t - s.start, t)
         s.sink.on_response_head(head, end_stream)
 
     def on_informational(self, head: ResponseHead) -> None:

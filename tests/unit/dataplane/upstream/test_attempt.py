@@ -160,7 +160,7 @@ async def test_a_response_is_counted_in_flight_until_its_end_and_reported() -> N
     assert in_flight(rt) == [0, 0, 0]
     assert outcomes == [(1, 200, "")]
     assert sink.events == [("head", 200), ("end", None)]
-    assert rt.endpoints[0].ewma == pytest.approx(0.03, abs=0.01)  # 0.3 of the first sample
+    assert rt.endpoints[0].ewma == pytest.approx(0.1, abs=0.01)  # peak: the first sample
 
 
 async def test_a_bodiless_head_ends_the_try() -> None:

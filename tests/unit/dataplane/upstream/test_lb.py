@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tulle.dataplane.upstream.lb import EndpointState, Rendezvous, RoundRobin, build
+from tulle.dataplane.upstream.lb import EndpointState, Options, Rendezvous, RoundRobin, build
+
+NO_PANIC = Options(panic=0)
 
 
 def eps(*weights: int) -> list[EndpointState]:
@@ -30,7 +32,7 @@ def test_smooth_weighted_round_robin_spreads_heavy_turns() -> None:
 def test_unhealthy_endpoints_are_skipped_and_none_when_all_down() -> None:
     e = eps(1, 1)
     e[0].healthy = False
-    lb = RoundRobin(e)
+    lb = RoundRobin(e, NO_PANIC)
     assert {lb.pick() for _ in range(4)} == {e[1]}
     e[1].healthy = False
     assert lb.pick() is None
@@ -52,7 +54,7 @@ def test_when_every_healthy_endpoint_is_avoided_the_pick_ignores_avoid() -> None
     e[1].healthy = False
     assert RoundRobin(e).pick(None, (e[0],)) is e[0]
     e[0].healthy = False
-    assert RoundRobin(e).pick(None, (e[0],)) is None
+    assert RoundRobin(e, NO_PANIC).pick(None, (e[0],)) is None
 
 
 def test_weighted_round_robin_skips_avoided_endpoints() -> None:
@@ -108,7 +110,8 @@ def test_build_knows_both_policies() -> None:
 
 def test_a_single_endpoint_is_picked_while_healthy() -> None:
     one = eps(1)
-    lb = RoundRobin(one)
+    lb = RoundRobin(one, NO_PANIC)
     assert [lb.pick(), lb.pick(None, (one[0],))] == [one[0], one[0]]
     one[0].healthy = False
     assert lb.pick() is None
+    assert RoundRobin(one).pick() is one[0]  # panic mode (the default, 50%): use it anyway

@@ -19,6 +19,7 @@ from tulle.controlplane.compiler.ir import MeshModel
 from tulle.controlplane.compiler.plugins import (
     authorization,
     header_modifiers,
+    load_balancing,
     mesh_defaults,
     mesh_settings,
     mtls,
@@ -51,6 +52,10 @@ ORDER: tuple[tuple[Plugin, str], ...] = (
     (mesh_settings.PLUGIN,
      "right after mesh_defaults, whose DefaultsApplied condition it keeps and adds its own to: "
      "the Mesh's settings outside `defaults`, reported as not in force until each is"),
+    (load_balancing.PLUGIN,
+     "edits Service clusters, not routes: after the route plugins, before "
+     "unenforced_policies, which must see the conditions it writes on its policies; it reads "
+     "the Mesh's `defaults.loadBalancing` itself (mesh_defaults does not)"),
     (unclaimed_filters.PLUGIN,
      "after every plugin that claims filter types: what is still unclaimed nobody runs, so "
      "its rule is left out and reported"),

@@ -55,6 +55,8 @@ def _read(defaults: dict[str, Any]) -> tuple[dict[str, int], list[str], list[str
         applied.append(f"{user} {text}")
         if ms != proxy_default:
             values[ours] = ms
+    if defaults.get("loadBalancing"):  # enforced by the load_balancing plugin (ADR 0038)
+        applied.append("loadBalancing (each Service's LoadBalancing condition shows its values)")
     if defaults.get("retryBudget") is not None:
         left_out.append("spec.defaults.retryBudget: retries are not enforced yet")
     return values, applied, left_out
