@@ -142,6 +142,10 @@ FEATURES: tuple[Feature, ...] = (
     # goes whole (its requests take the next matching rule, else 404), as for authorization.
     Feature("url-rewrite", (), "the `URLRewrite` HTTP filter (hostname and path rewrites)",
             drops=_RULES, uses=partial(_rule_has_filter, "URLRewrite")),
+    Feature("outlier-detection", ("clusters[].outlier_detection",),
+            "passive health: endpoints ejected by their requests' outcomes"),
+    Feature("health-checks", ("clusters[].health_check",),
+            "active health: HTTP, gRPC health and TCP probes of each endpoint"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

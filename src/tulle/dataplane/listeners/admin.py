@@ -58,6 +58,7 @@ def clusters_view(server: ProxyServer) -> list[dict[str, object]]:
             idle, busy = _count(pool, "idle"), _count(pool, "busy")
             eps.append({
                 "address": e.key, "weight": e.weight, "zone": e.zone, "healthy": e.healthy,
+                "health": server.health.why(name, e.key),
                 "requests_active": e.active,
                 # HTTP/1 pools: idle and busy; multiplexed (HTTP/2) pools: `all` connections.
                 "connections_open": _count(pool, "all") if hasattr(pool, "all") else idle + busy,
