@@ -119,7 +119,7 @@ class ClusterHealth:
                 return
             try:
                 failure = await probe(rt, eh.ep, hc)
-            except Exception as exc:  # noqa: BLE001 - a probe's bug must not end the loop
+            except Exception as exc:
                 failure = f"probe error: {exc!r}"
             self.record_probe(eh, hc, failure)
             await asyncio.sleep(hc.interval_ms / 1000 + rng.uniform(0, hc.jitter_ms / 1000))

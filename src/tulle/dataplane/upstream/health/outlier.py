@@ -40,8 +40,22 @@ Listener = Callable[["EndpointHealth", str], None]
 class EndpointHealth:
     """One endpoint's health in one cluster: outlier counters, ejection, probe results."""
 
-    __slots__ = ("c5xx", "check_fails", "check_ok", "check_passes", "cgw", "clocal", "ejected",
-                 "ejected_at", "ejected_until", "ejections", "ep", "ok", "reason", "total")
+    __slots__ = (
+        "c5xx",
+        "cgw",
+        "check_fails",
+        "check_ok",
+        "check_passes",
+        "clocal",
+        "ejected",
+        "ejected_at",
+        "ejected_until",
+        "ejections",
+        "ep",
+        "ok",
+        "reason",
+        "total",
+    )
 
     def __init__(self, ep: EndpointState) -> None:
         self.ep = ep
