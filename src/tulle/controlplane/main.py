@@ -22,6 +22,7 @@ from pathlib import Path
 
 import uvicorn
 
+from tulle.controlplane import readiness
 from tulle.controlplane.api.admin_token import ensure_admin_token
 from tulle.controlplane.api.api_tokens import TokenStore
 from tulle.controlplane.api.app import create_app
@@ -39,6 +40,7 @@ from tulle.controlplane.push.server import (
     PushServer,
     SnapshotCache,
 )
+from tulle.controlplane.readiness import DEFAULT_LIVENESS_TIMEOUT
 from tulle.controlplane.reconcile import Reconciler
 from tulle.controlplane.store.factory import open_store
 from tulle.controlplane.store.protocol import ResourceStore
@@ -68,7 +70,8 @@ class ControlPlane:
                  cert_ttl: dt.timedelta = DEFAULT_CERT_TTL,
                  admin_token_file: Path | None = None,
                  api_tls_cert: Path | None = None, api_tls_key: Path | None = None,
-                 api_allow_plaintext: bool = False) -> None:
+                 api_allow_plaintext: bool = False,
+                 stream_liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT) -> None:
         """`admin_token_file`: where the first admin API token is kept (admin_token.py); None
         keeps it only in `admin_token`.  The API refuses a non-loopback `api_host` without TLS
         unless `api_allow_plaintext` (exposure.py)."""
@@ -82,6 +85,7 @@ class ControlPlane:
         self.stream_hello_timeout = stream_hello_timeout
         self.stream_max_connections = stream_max_connections
         self.stream_max_pending_hellos = stream_max_pending_hellos
+        self.stream_liveness_timeout = stream_liveness_timeout
         self.api_max_body_bytes = api_max_body_bytes
         self.ca_files = (Path(ca_cert), Path(ca_key)) if ca_cert else None
         self.cert_ttl = cert_ttl
@@ -103,6 +107,15 @@ class ControlPlane:
         self.http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
 
+    async def _presence(self, keys: list[tuple[str, str]], connected: bool, reason: str,
+                        session: str) -> None:
+        """A proxy's session started or ended: into its Workloads' status (ADR 0040)."""
+        assert self.store is not None
+        for ns, name in keys:
+            await readiness.record(self.store, ns, name,
+                                   "Connected" if connected else "Disconnected", reason,
+                                   session, self.instance)
+
     async def start(self) -> None:
         self.store = await open_store(self.store_url)
         self.reconciler = Reconciler(self.store, self.cache, debounce=self.debounce)
@@ -120,7 +133,9 @@ class ControlPlane:
                                instance=self.instance,
                                hello_timeout=self.stream_hello_timeout,
                                max_connections=self.stream_max_connections,
-                               max_pending_hellos=self.stream_max_pending_hellos)
+                               max_pending_hellos=self.stream_max_pending_hellos,
+                               on_presence=self._presence,
+                               liveness_timeout=self.stream_liveness_timeout)
         self.stream_port = await self.push.start(self.stream_host, self.stream_port)
         self.reconciler.start()
         api_tokens = TokenStore(self.store)
