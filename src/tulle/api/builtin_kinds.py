@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from tulle.api import mesh, service, workload
 from tulle.api.gateway import grpcroute, httproute, referencegrant, tcproute
-from tulle.api.policies import authorization, timeout
+from tulle.api.policies import authorization, health_check, outlier_detection, timeout
 
 __all__ = ["authorization", "grpcroute", "httproute", "mesh", "referencegrant", "service",
            "tcproute", "timeout", "workload"]
+__all__ += ["health_check", "outlier_detection"]

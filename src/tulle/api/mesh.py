@@ -13,6 +13,8 @@ from pydantic import Field
 
 from tulle.api.fields import Duration, pattern
 from tulle.api.meta import Model, Resource, Status
+from tulle.api.policies.health_check import HealthCheckSettings
+from tulle.api.policies.outlier_detection import OutlierDetectionSettings
 from tulle.api.registry import register
 
 MESH_API_VERSION: Final = "mesh.tulle.dev/v1alpha1"
@@ -55,6 +57,12 @@ class MeshDefaults(Model):
     idleTimeout: Duration = "5m"
     """Idle connections are closed after this long; "0s" disables."""
     retryBudget: RetryBudget = Field(default_factory=RetryBudget)
+    outlierDetection: OutlierDetectionSettings | None = None
+    """Every Service's outlier detection where no OutlierDetectionPolicy says otherwise (ADR
+    0037: the policy's settings); unset: none unless a policy asks."""
+    healthCheck: HealthCheckSettings | None = None
+    """Every Service's active health check where no HealthCheckPolicy says otherwise; unset:
+    none unless a policy asks."""
 
 
 class MeshSpec(Model):

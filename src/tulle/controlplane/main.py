@@ -71,7 +71,8 @@ class ControlPlane:
                  admin_token_file: Path | None = None,
                  api_tls_cert: Path | None = None, api_tls_key: Path | None = None,
                  api_allow_plaintext: bool = False,
-                 stream_liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT) -> None:
+                 stream_liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT,
+                 stream_ping_interval: float = 10.0) -> None:
         """`admin_token_file`: where the first admin API token is kept (admin_token.py); None
         keeps it only in `admin_token`.  The API refuses a non-loopback `api_host` without TLS
         unless `api_allow_plaintext` (exposure.py)."""
@@ -85,7 +86,14 @@ class ControlPlane:
         self.stream_hello_timeout = stream_hello_timeout
         self.stream_max_connections = stream_max_connections
         self.stream_max_pending_hellos = stream_max_pending_hellos
+        if stream_liveness_timeout and stream_liveness_timeout <= stream_ping_interval:
+            raise ValueError(f"--stream-liveness-timeout must be 0 or more than the stream's "
+                             f"ping interval ({stream_ping_interval:g}s), got "
+                             f"{stream_liveness_timeout:g}")
+        if stream_liveness_timeout < 0:
+            raise ValueError("--stream-liveness-timeout must not be negative")
         self.stream_liveness_timeout = stream_liveness_timeout
+        self.stream_ping_interval = stream_ping_interval
         self.api_max_body_bytes = api_max_body_bytes
         self.ca_files = (Path(ca_cert), Path(ca_key)) if ca_cert else None
         self.cert_ttl = cert_ttl
@@ -135,7 +143,8 @@ class ControlPlane:
                                max_connections=self.stream_max_connections,
                                max_pending_hellos=self.stream_max_pending_hellos,
                                on_presence=self._presence,
-                               liveness_timeout=self.stream_liveness_timeout)
+                               liveness_timeout=self.stream_liveness_timeout,
+                               ping_interval=self.stream_ping_interval)
         self.stream_port = await self.push.start(self.stream_host, self.stream_port)
         self.reconciler.start()
         api_tokens = TokenStore(self.store)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from tests.support.controlplane import (
     SubscribedProxy,
     apply,
@@ -87,9 +88,7 @@ async def _both(url: str) -> bool:
 
 async def test_a_silent_sidecar_is_taken_out_after_the_liveness_timeout() -> None:
     async with named_origin("a") as app_a, named_origin("b") as app_b, \
-            running_control_plane(stream_liveness_timeout=0.6) as cp:
-        assert cp.push is not None
-        cp.push.ping_interval = 0.1
+            running_control_plane(stream_liveness_timeout=0.6, stream_ping_interval=0.1) as cp:
         out = free_port()
         await apply(cp.api_url, workload("web-0", free_port(), 1, out, app="web"),
                     workload("api-a", free_port(), app_a, free_port(), app="api"),
@@ -113,6 +112,11 @@ async def test_a_silent_sidecar_is_taken_out_after_the_liveness_timeout() -> Non
         finally:
             for p in proxies.values():
                 await p.stop()
+
+
+def test_a_liveness_timeout_within_the_ping_interval_is_refused() -> None:
+    with pytest.raises(ValueError, match="more than the stream's ping interval"):
+        ControlPlane("memory", stream_liveness_timeout=5)
 
 
 async def test_a_workload_that_never_had_a_proxy_stays_an_endpoint() -> None:

@@ -76,6 +76,9 @@ class ServicePort(msgspec.Struct, frozen=True):
     endpoints: tuple[Endpoint, ...]
     domains: tuple[str, ...]
     """The names a client may use for it (`services` module docstring)."""
+    health: Mapping[str, Any] | None = None
+    """Its cluster's `outlier_detection` / `health_check` as the contract writes them (the
+    `endpoint_health` plugin); None: neither."""
 
     @property
     def key(self) -> Key:

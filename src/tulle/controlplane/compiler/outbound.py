@@ -42,6 +42,8 @@ def service_cluster(sp: ServicePort, connect_timeout_ms: int | None = None) -> d
                            "metadata": sp.metadata.render()}
     if connect_timeout_ms is not None:
         out["connect_timeout_ms"] = connect_timeout_ms
+    if sp.health is not None:  # `outlier_detection`, `health_check` (endpoint_health plugin)
+        out.update(sp.health)
     return out
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from tulle.controlplane.compiler.ir import MeshModel
 from tulle.controlplane.compiler.plugins import (
     authorization,
+    endpoint_health,
     header_modifiers,
     mesh_defaults,
     mesh_settings,
@@ -60,6 +61,10 @@ ORDER: tuple[tuple[Plugin, str], ...] = (
      "the inbound side's policies, after the route plugins (it edits proxies, not routes) and "
      "after mesh_settings (it reads whether mTLS is in force to warn about identity rules); "
      "before unenforced_policies, which must see the status it writes"),
+    (endpoint_health.PLUGIN,
+     "edits Service clusters, not routes (outlier detection, health checks): after the route "
+     "plugins, before unenforced_policies, which must see the conditions it writes on its "
+     "policies; it reads the Mesh's `defaults.outlierDetection` / `healthCheck` itself"),
     (unenforced_policies.PLUGIN,
      "last: a policy no plugin wrote a status for is not enforced, and must say so"),
 )
