@@ -42,11 +42,13 @@ class Origin(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        self.conns.add(self.transport)  # type: ignore[arg-type]
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.conns.add(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.conns.discard(self.transport)  # type: ignore[arg-type]
+        if self.transport is not None:
+            self.conns.discard(self.transport)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
