@@ -82,6 +82,10 @@ async def test_a_stopped_sidecar_leaves_the_endpoints_and_comes_back(tmp_path: P
                 await p.stop()
 
 
+async def _state_is(cp: ControlPlane, name: str, state: str) -> bool:
+    return (await proxy_state(cp, name)).get("state") == state
+
+
 async def _both(url: str) -> bool:
     return set(await names(url, 6)) == {"a", "b"}
 
@@ -98,6 +102,7 @@ async def test_a_silent_sidecar_is_taken_out_after_the_liveness_timeout() -> Non
             name=n, namespace=NS, address="127.0.0.1")) for n in ("web-0", "api-a", "api-b")}
         try:
             await eventually(lambda: endpoints(proxies["web-0"]) == 2, timeout=10)
+            await eventually(lambda: _state_is(cp, "api-b", "Connected"), timeout=10)
             agent = proxies["api-b"].agent
             real = agent._handle
 
