@@ -32,3 +32,17 @@ async def test_an_old_sessions_disconnect_does_not_undo_a_reconnect() -> None:
 async def test_a_deleted_workload_is_not_recreated() -> None:
     store = MemoryStore()
     assert not await readiness.record(store, "shop", "gone", "Connected", "c", "s1", "cp")
+
+
+def test_only_in_or_out_of_a_proxys_status_makes_a_compilation() -> None:
+    from tulle.controlplane.reconcile import _same_inputs
+
+    def with_proxy(state: str, session: str) -> dict[str, object]:
+        return {**WL, "status": {"proxy": {"state": state, "session": session,
+                                           "since": session}}}
+
+    assert _same_inputs(with_proxy("Connected", "s1"), with_proxy("Connected", "s2"))
+    assert _same_inputs(with_proxy("Disconnected", "s1"), with_proxy("Disconnected", "s2"))
+    assert not _same_inputs(with_proxy("Connected", "s1"), with_proxy("Disconnected", "s1"))
+    assert _same_inputs(WL, with_proxy("Connected", "s1"))  # first connect: still in
+    assert not _same_inputs(WL, with_proxy("Disconnected", "s1"))
