@@ -443,8 +443,10 @@ class ProxySession:
             srv.cache.subscribe(k, wake)
         reader = asyncio.get_running_loop().create_task(self._read_loop(key, wake))
         cancelled = False
+        # Recorded beside the first push, not before it: a fleet connecting at once must not
+        # wait for one store write each before its first snapshot.
+        started = asyncio.get_running_loop().create_task(self._presence(keys, True, "connected"))
         try:
-            await self._presence(keys, True, "connected")
             current = self._current()
             if current is not None and hello.last_version == current.version:
                 self.acked = current  # it already runs this (from its disk cache)
@@ -471,8 +473,12 @@ class ProxySession:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-            if not cancelled:
+            if cancelled:
+                started.cancel()
+            else:
                 self.writer.close()  # (a lost peer: nothing more is written to it)
+                with contextlib.suppress(Exception):
+                    await started  # "out" is written after "in", never before
                 await self._presence(keys, False, self.end_reason)
 
     async def _presence(self, keys: list[ProxyKey], connected: bool, reason: str) -> None:
