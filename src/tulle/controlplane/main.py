@@ -111,6 +111,7 @@ class ControlPlane:
         self.store: ResourceStore | None = None
         self.cache = SnapshotCache()
         self.reconciler: Reconciler | None = None
+        self.presence: readiness.PresenceWriter | None = None
         self.push: PushServer | None = None
         self.http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
@@ -118,15 +119,14 @@ class ControlPlane:
     async def _presence(self, keys: list[tuple[str, str]], connected: bool, reason: str,
                         session: str) -> None:
         """A proxy's session started or ended: into its Workloads' status (ADR 0040)."""
-        assert self.store is not None
-        for ns, name in keys:
-            await readiness.record(self.store, ns, name,
-                                   "Connected" if connected else "Disconnected", reason,
-                                   session, self.instance)
+        assert self.presence is not None
+        self.presence.submit(keys, connected, reason, session)
 
     async def start(self) -> None:
         self.store = await open_store(self.store_url)
         self.reconciler = Reconciler(self.store, self.cache, debounce=self.debounce)
+        self.presence = readiness.PresenceWriter(self.store, self.instance)
+        self.presence.start()
         if self.ca_files is not None:
             self.ca = persist.load_files(*self.ca_files)
         else:
@@ -186,6 +186,8 @@ class ControlPlane:
             await self.reconciler.stop()
         if self.push is not None:
             await self.push.close()
+        if self.presence is not None:
+            await self.presence.stop()
         if self.store is not None:
             await self.store.close()
 

@@ -25,6 +25,8 @@ tracked.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
 from typing import Any, Literal
@@ -74,3 +76,48 @@ async def record(store: ResourceStore, namespace: str, name: str, state: State, 
     log.warning("workload %s/%s: could not record proxy %s (conflicts)", namespace, name,
                 state.lower())
     return False
+
+
+class PresenceWriter:
+    """Writes `status.proxy` one at a time, in the order sessions reported them.
+
+    Why a queue: a fleet connecting at once (after a control-plane restart) reports thousands
+    of sessions within a second.  Written concurrently, those writes would all queue in the
+    store ahead of the admissions of the proxies still saying hello (each consumes a token: a
+    store write too).  One write in flight keeps them behind the admissions, and FIFO keeps
+    one workload's Connected before its Disconnected.  (`make bench-controlplane` at 200
+    Services / 400 proxies: initial sync 2.14 s before readiness, 2.24 s with it.)"""
+
+    def __init__(self, store: ResourceStore, instance: str) -> None:
+        self.store = store
+        self.instance = instance
+        self.queue: asyncio.Queue[tuple[str, str, State, str, str]] = asyncio.Queue()
+        self.written = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop writing; what is still queued is dropped (this replica stops: its proxies
+        reconnect elsewhere and report again)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def submit(self, keys: list[tuple[str, str]], connected: bool, reason: str,
+               session: str) -> None:
+        state: State = "Connected" if connected else "Disconnected"
+        for ns, name in keys:
+            self.queue.put_nowait((ns, name, state, reason, session))
+
+    async def _run(self) -> None:
+        while True:
+            ns, name, state, reason, session = await self.queue.get()
+            try:
+                await record(self.store, ns, name, state, reason, session, self.instance)
+                self.written += 1
+            except Exception:
+                log.exception("workload %s/%s: cannot record its proxy %s", ns, name,
+                              state.lower())
