@@ -109,7 +109,7 @@ RegisterHook = Callable[[WorkloadInfo, str, Admitted | None], Awaitable[None]]
 
 PresenceHook = Callable[[list[ProxyKey], bool, str, str], Awaitable[None]]
 """Called with the workloads of a session, whether it is starting (True) or over (False), why,
-and the session's id."""
+and the session's id.  Awaited on the session's path: it should only queue the write."""
 
 
 class PushServer:
@@ -443,9 +443,7 @@ class ProxySession:
             srv.cache.subscribe(k, wake)
         reader = asyncio.get_running_loop().create_task(self._read_loop(key, wake))
         cancelled = False
-        # Recorded beside the first push, not before it: a fleet connecting at once must not
-        # wait for one store write each before its first snapshot.
-        started = asyncio.get_running_loop().create_task(self._presence(keys, True, "connected"))
+        await self._presence(keys, True, "connected")  # (queued: no store write awaited)
         try:
             current = self._current()
             if current is not None and hello.last_version == current.version:
@@ -473,12 +471,8 @@ class ProxySession:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-            if cancelled:
-                started.cancel()
-            else:
+            if not cancelled:
                 self.writer.close()  # (a lost peer: nothing more is written to it)
-                with contextlib.suppress(Exception):
-                    await started  # "out" is written after "in", never before
                 await self._presence(keys, False, self.end_reason)
 
     async def _presence(self, keys: list[ProxyKey], connected: bool, reason: str) -> None:
