@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from tulle.api import mesh, service, workload
 from tulle.api.gateway import grpcroute, httproute, referencegrant, tcproute
-from tulle.api.policies import authorization, load_balancing, mtls, timeout
+from tulle.api.policies import (
+    authorization,
+    health_check,
+    load_balancing,
+    mtls,
+    outlier_detection,
+    timeout,
+)
 
-__all__ = ["authorization", "grpcroute", "httproute", "load_balancing", "mesh", "mtls",
-           "referencegrant", "service", "tcproute", "timeout", "workload"]
+__all__ = ["authorization", "grpcroute", "health_check", "httproute", "load_balancing", "mesh",
+           "mtls", "outlier_detection", "referencegrant", "service", "tcproute", "timeout",
+           "workload"]

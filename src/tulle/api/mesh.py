@@ -13,7 +13,9 @@ from pydantic import Field
 
 from tulle.api.fields import Duration, pattern
 from tulle.api.meta import Model, Resource, Status
+from tulle.api.policies.health_check import HealthCheckSettings
 from tulle.api.policies.load_balancing import LoadBalancingSettings
+from tulle.api.policies.outlier_detection import OutlierDetectionSettings
 from tulle.api.registry import register
 
 MESH_API_VERSION: Final = "mesh.tulle.dev/v1alpha1"
@@ -59,6 +61,12 @@ class MeshDefaults(Model):
     loadBalancing: LoadBalancingSettings | None = None
     """Every Service's balancer where no LoadBalancingPolicy says otherwise (ADR 0037: the same
     settings as the policy's spec); unset: peak-EWMA with the documented defaults."""
+    outlierDetection: OutlierDetectionSettings | None = None
+    """Every Service's outlier detection where no OutlierDetectionPolicy says otherwise (ADR
+    0037: the policy's settings); unset: none unless a policy asks."""
+    healthCheck: HealthCheckSettings | None = None
+    """Every Service's active health check where no HealthCheckPolicy says otherwise; unset:
+    none unless a policy asks."""
 
 
 class MeshSpec(Model):

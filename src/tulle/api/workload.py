@@ -82,9 +82,27 @@ class WorkloadSpec(Model):
         return self
 
 
+class WorkloadProxyStatus(Model):
+    """What the control plane saw of the workload's proxy (ADR 0040); absent until a proxy
+    connects.  `Disconnected` takes the workload out of every Service's endpoints."""
+
+    state: Literal["Connected", "Disconnected"]
+    reason: Annotated[str, Field(max_length=256)] = ""
+    since: Annotated[str, Field(max_length=32)] = ""
+    """When the state began (RFC 3339, UTC)."""
+    session: Annotated[str, Field(max_length=64)] = ""
+    """The stream session that wrote it: an old session never overwrites a newer one."""
+    controlPlane: Annotated[str, Field(max_length=253)] = ""
+    """The control-plane replica that held the stream."""
+
+
+class WorkloadStatus(Status):
+    proxy: WorkloadProxyStatus | None = None
+
+
 @register(api_version=MESH_API_VERSION, kind="Workload", plural="workloads", short_names=("wl",))
 class Workload(Resource):
     apiVersion: Literal["mesh.tulle.dev/v1alpha1"] = MESH_API_VERSION
     kind: Literal["Workload"] = "Workload"
     spec: WorkloadSpec
-    status: Status | None = None
+    status: WorkloadStatus | None = None

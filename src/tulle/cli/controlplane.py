@@ -36,6 +36,11 @@ def control_plane() -> None:
               help="Open stream connections that have not said hello yet, at most (0: no cap "
                    "of their own); more are closed at once. Held to a quarter of the soft "
                    "RLIMIT_NOFILE.")
+@click.option("--stream-liveness-timeout", default=30.0, show_default=True, type=float,
+              envvar="TULLE_STREAM_LIVENESS_TIMEOUT",
+              help="Seconds without a frame from a connected proxy (it answers a ping every "
+                   "10 s) before its stream is closed and its workload leaves its Services' "
+                   "endpoints (0: never).")
 @click.option("--api-max-body-bytes", default=16 * 1024 * 1024, show_default=True, type=int,
               envvar="TULLE_API_MAX_BODY_BYTES",
               help="Largest REST API request body (0: no limit); larger ones get 413.")
@@ -71,7 +76,7 @@ def control_plane() -> None:
 def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str,
             stream_port: int, instance: str, debounce_ms: int, stream_hello_timeout: float,
             stream_max_connections: int, stream_max_pending_hellos: int,
-            api_max_body_bytes: int, ca_cert: str, ca_key: str, cert_ttl: str,
+            stream_liveness_timeout: float, api_max_body_bytes: int, ca_cert: str, ca_key: str, cert_ttl: str,
             admin_token_file: str | None, api_tls_cert: str | None,
             api_tls_key: str | None, api_allow_plaintext: bool,
             stream_sans: tuple[str, ...], stream_plaintext: bool, log_level: str) -> None:
@@ -100,7 +105,8 @@ def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str
                   api_tls_cert=Path(api_tls_cert) if api_tls_cert else None,
                   api_tls_key=Path(api_tls_key) if api_tls_key else None,
                   api_allow_plaintext=api_allow_plaintext, stream_sans=stream_sans,
-                  stream_plaintext=stream_plaintext))
+                  stream_plaintext=stream_plaintext,
+                  stream_liveness_timeout=stream_liveness_timeout))
 
 
 def parse_ports(values: tuple[str, ...]) -> list[dict[str, object]]:

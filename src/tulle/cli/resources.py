@@ -165,6 +165,18 @@ def _age(md: dict[str, Any]) -> str:
     return f"{s}s"
 
 
+def _proxy_state(proxy: Any) -> str:
+    """A Workload's proxy as `get workloads` shows it (ADR 0040): `-` never connected,
+    `connected`, or why and since when its endpoints are out."""
+    if not isinstance(proxy, dict):
+        return "-"
+    if proxy.get("state") == "Connected":
+        return "connected"
+    age = _age({"creationTimestamp": proxy.get("since")})
+    ago = f" {age} ago" if age != "-" else ""
+    return f"disconnected{ago}, out of endpoints: {proxy.get('reason') or '?'}"
+
+
 def _accepted(obj: dict[str, Any]) -> list[tuple[str, str]]:
     from tulle.api.conditions import summary
 
@@ -184,7 +196,8 @@ def _columns(kind: str, obj: dict[str, Any], wide: bool) -> list[tuple[str, str]
             cols.append(("SELECTOR", sel or "<none>"))
     elif kind == "Workload":
         ports = ",".join(str(p.get("port")) for p in spec.get("ports") or [])
-        cols = [("ADDRESS", spec.get("address") or "-"), ("PORTS", ports or "-")]
+        cols = [("ADDRESS", spec.get("address") or "-"), ("PORTS", ports or "-"),
+                ("PROXY", _proxy_state(status.get("proxy")))]
         if wide:
             labels = ",".join(f"{k}={v}" for k, v in sorted(
                 ((obj.get("metadata") or {}).get("labels") or {}).items()))

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import uvicorn
 
+from tulle.controlplane import readiness
 from tulle.controlplane.api.admin_token import ensure_admin_token
 from tulle.controlplane.api.api_tokens import TokenStore
 from tulle.controlplane.api.app import create_app
@@ -48,6 +49,7 @@ from tulle.controlplane.push.server import (
 )
 from tulle.controlplane.push.stream_tls import StreamCertificate, parse_sans
 from tulle.controlplane.push.trust import view
+from tulle.controlplane.readiness import DEFAULT_LIVENESS_TIMEOUT
 from tulle.controlplane.reconcile import Reconciler
 from tulle.controlplane.store.factory import open_store
 from tulle.controlplane.store.protocol import ResourceStore
@@ -83,7 +85,9 @@ class ControlPlane:
                  api_tls_cert: Path | None = None, api_tls_key: Path | None = None,
                  api_allow_plaintext: bool = False,
                  stream_sans: tuple[str, ...] | list[str] = (),
-                 stream_plaintext: bool = False) -> None:
+                 stream_plaintext: bool = False,
+                 stream_liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT,
+                 stream_ping_interval: float = 10.0) -> None:
         """`admin_token_file`: where the first admin API token is kept (admin_token.py); None
         keeps it only in `admin_token`.  The API refuses a non-loopback `api_host` without TLS
         unless `api_allow_plaintext` (exposure.py)."""
@@ -97,6 +101,14 @@ class ControlPlane:
         self.stream_hello_timeout = stream_hello_timeout
         self.stream_max_connections = stream_max_connections
         self.stream_max_pending_hellos = stream_max_pending_hellos
+        if stream_liveness_timeout and stream_liveness_timeout <= stream_ping_interval:
+            raise ValueError(f"--stream-liveness-timeout must be 0 or more than the stream's "
+                             f"ping interval ({stream_ping_interval:g}s), got "
+                             f"{stream_liveness_timeout:g}")
+        if stream_liveness_timeout < 0:
+            raise ValueError("--stream-liveness-timeout must not be negative")
+        self.stream_liveness_timeout = stream_liveness_timeout
+        self.stream_ping_interval = stream_ping_interval
         self.api_max_body_bytes = api_max_body_bytes
         self.ca_files = (Path(ca_cert), Path(ca_key)) if ca_cert else None
         self.cert_ttl = cert_ttl
@@ -121,13 +133,22 @@ class ControlPlane:
         self.store: ResourceStore | None = None
         self.cache = SnapshotCache()
         self.reconciler: Reconciler | None = None
+        self.presence: readiness.PresenceWriter | None = None
         self.push: PushServer | None = None
         self.http: uvicorn.Server | None = None
         self._http_task: asyncio.Task[None] | None = None
 
+    async def _presence(self, keys: list[tuple[str, str]], connected: bool, reason: str,
+                        session: str) -> None:
+        """A proxy's session started or ended: into its Workloads' status (ADR 0040)."""
+        assert self.presence is not None
+        self.presence.submit(keys, connected, reason, session)
+
     async def start(self) -> None:
         self.store = await open_store(self.store_url)
         self.reconciler = Reconciler(self.store, self.cache, debounce=self.debounce)
+        self.presence = readiness.PresenceWriter(self.store, self.instance)
+        self.presence.start()
         if self.ca_files is not None:
             self.ca = persist.load_files(*self.ca_files)
         else:
@@ -159,7 +180,10 @@ class ControlPlane:
                                instance=self.instance,
                                hello_timeout=self.stream_hello_timeout,
                                max_connections=self.stream_max_connections,
-                               max_pending_hellos=self.stream_max_pending_hellos)
+                               max_pending_hellos=self.stream_max_pending_hellos,
+                               on_presence=self._presence,
+                               liveness_timeout=self.stream_liveness_timeout,
+                               ping_interval=self.stream_ping_interval)
         self.stream_port = await self.push.start(self.stream_host, self.stream_port)
         self.ca_keeper.on_change.append(self._ca_changed)
         push = self.push
@@ -252,6 +276,8 @@ class ControlPlane:
                 await self._stream_cert_task
         if self.push is not None:
             await self.push.close()
+        if self.presence is not None:
+            await self.presence.stop()
         if self.store is not None:
             await self.store.close()
 

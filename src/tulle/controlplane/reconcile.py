@@ -51,13 +51,17 @@ real address; they only exist as names in route tables (and in mesh DNS later)."
 def _same_inputs(old: Obj, new: Obj) -> bool:
     """Whether two versions of a resource differ only in what the compiler never reads: the
     resourceVersion and the status conditions, top-level or per route parent (which the
-    compiler itself produces).  The writes of conditions then do not cost a whole-mesh
-    compilation each."""
+    compiler itself produces), and of a Workload's `status.proxy` everything but whether it
+    is out (a proxy's reconnect is a store write, not a compilation; ADR 0040).  The writes of
+    conditions then do not cost a whole-mesh compilation each."""
 
     def strip(obj: Obj) -> Obj:
         md = {k: v for k, v in (obj.get("metadata") or {}).items() if k != "resourceVersion"}
         status = {k: v for k, v in (obj.get("status") or {}).items()
                   if k not in ("conditions", "parents")}
+        proxy = status.pop("proxy", None)  # a Workload's proxy: only "out" counts
+        if isinstance(proxy, dict) and proxy.get("state") == "Disconnected":
+            status["proxyGone"] = True
         return {**obj, "metadata": md, "status": status}
 
     return strip(old) == strip(new)

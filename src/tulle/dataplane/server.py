@@ -38,6 +38,7 @@ from tulle.dataplane.runtime.build import Prepared, SnapshotBuilder
 from tulle.dataplane.runtime.tls import ServerRef, TLSContexts
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.upstream.cluster import ClusterManager, run_sweeper
+from tulle.dataplane.upstream.health.manager import HealthManager
 from tulle.proxyconfig.model import Listener, ProxyConfig
 
 log = logging.getLogger("tulle.proxy")
@@ -89,6 +90,8 @@ class ProxyServer:
         """SSL contexts shared per distinct TLS config (clusters and listeners)."""
         self.clusters = ClusterManager(self.metrics, self.tls)
         self.runtime = SnapshotBuilder(self.metrics, self.clusters)
+        self.health = HealthManager(self.clusters, self.metrics)
+        """Outlier detection and active health checks of the clusters in force."""
         """The runtime objects in force, and the incremental build of the next snapshot."""
         self.overload = OverloadGuard(self.metrics)
         """Connection caps and overload state shared by every listener (admin excluded)."""
@@ -240,6 +243,7 @@ class ProxyServer:
         self.listeners = plan.handles
         self._ports = {h: plan.ports[h] for h in plan.handles.values()}
         self.config = plan.cfg
+        self.health.sync()
         self.overload.configure(plan.cfg.settings)
         if len(self.tls):
             self.tls.retain([*(h.tls_ref.ctx for h in self.listeners.values() if h.tls_ref),
@@ -329,6 +333,7 @@ class ProxyServer:
         for h in handles:
             for conn in list(h.connections):
                 conn.abort()
+        self.health.close()
         self.clusters.close()
         return clean
 
@@ -338,6 +343,7 @@ class ProxyServer:
                 s.close()
             for conn in list(h.connections):
                 conn.abort()
+        self.health.close()
         self.clusters.abort()
         for t in list(self._tasks):
             t.cancel()

@@ -149,6 +149,10 @@ FEATURES: tuple[Feature, ...] = (
     Feature("load-balancing", ("clusters[].lb_policy", "clusters[].lb"),
             "balancers beyond round robin (random, least request, peak-EWMA, ring hash, "
             "Maglev), hash policies, slow start, locality, panic threshold"),
+    Feature("outlier-detection", ("clusters[].outlier_detection",),
+            "passive health: endpoints ejected by their requests' outcomes"),
+    Feature("health-checks", ("clusters[].health_check",),
+            "active health: HTTP, gRPC health and TCP probes of each endpoint"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -26,6 +26,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from tulle.proxyconfig.filters import HTTPFilter
+from tulle.proxyconfig.health import HealthCheck, OutlierDetection
 from tulle.proxyconfig.network import NetworkFilterConfig
 
 Port = Annotated[int, Meta(ge=1, le=65535)]
@@ -186,6 +187,10 @@ class Cluster(_Base, frozen=True, kw_only=True):
     """Connection and request limits; None: the defaults of `ClusterLimits`."""
     lb: LoadBalancing | None = None
     """The balancer's settings; None: the defaults of `LoadBalancing`."""
+    outlier_detection: OutlierDetection | None = None
+    """Eject endpoints by what requests see (`proxyconfig/health.py`); None: off."""
+    health_check: HealthCheck | None = None
+    """Probe every endpoint actively (`proxyconfig/health.py`); None: off."""
 
 
 class PathMatch(_Base, frozen=True, kw_only=True):

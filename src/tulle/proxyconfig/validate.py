@@ -20,7 +20,7 @@ import msgspec
 from msgspec import inspect as mi
 
 from tulle.errors import FieldError
-from tulle.proxyconfig import filters, network, regex
+from tulle.proxyconfig import filters, health, network, regex
 from tulle.proxyconfig.lb_checks import cluster_lb_errors
 from tulle.proxyconfig.model import (
     FilterChain,
@@ -335,6 +335,9 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
             out.append(FieldError(f"clusters[{i}].tls.key_file", "required with cert_file"))
         if c.tls is not None:
             out += _tls_refs(c.tls, f"clusters[{i}].tls", cfg)
+        if c.outlier_detection is not None or c.health_check is not None:
+            out += health.errors(c.outlier_detection, c.health_check, c.protocol,
+                                 f"clusters[{i}]")
     out += _sections(cfg)
     return out
 

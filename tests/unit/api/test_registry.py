@@ -18,6 +18,9 @@ EXPECTED = {
     ("policy.tulle.dev/v1alpha1", "AuthorizationPolicy"): ("Namespaced", "authorizationpolicies"),
     ("policy.tulle.dev/v1alpha1", "MutualTLSPolicy"): ("Namespaced", "mutualtlspolicies"),
     ("policy.tulle.dev/v1alpha1", "LoadBalancingPolicy"): ("Namespaced", "loadbalancingpolicies"),
+    ("policy.tulle.dev/v1alpha1", "OutlierDetectionPolicy"): ("Namespaced",
+                                                            "outlierdetectionpolicies"),
+    ("policy.tulle.dev/v1alpha1", "HealthCheckPolicy"): ("Namespaced", "healthcheckpolicies"),
 }
 
 

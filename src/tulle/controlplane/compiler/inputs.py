@@ -26,6 +26,14 @@ def spec_of(obj: Resource) -> dict[str, Any]:
     return obj.get("spec") or {}
 
 
+def _proxy_gone(workload: Resource) -> bool:
+    """A Workload whose proxy had connected and is gone (`status.proxy.state`, written by the
+    control plane that held its stream: `controlplane/readiness.py`).  One that never had a
+    proxy has no `status.proxy` and is selected as declared."""
+    proxy = (workload.get("status") or {}).get("proxy")
+    return isinstance(proxy, dict) and proxy.get("state") == "Disconnected"
+
+
 @dataclass
 class MeshInputs:
     mesh: Resource | None = None
@@ -61,6 +69,8 @@ class MeshInputs:
             elif kind == "Workload":
                 key = key_of(obj)
                 m.workloads[key] = obj
+                if _proxy_gone(obj):
+                    continue  # not selected by any Service (ADR 0040: readiness)
                 for lk, lv in ((obj.get("metadata") or {}).get("labels") or {}).items():
                     m._by_label.setdefault((key[0], lk, lv), set()).add(key)
             elif kind == "Service":

@@ -96,6 +96,9 @@ class ServicePort(msgspec.Struct, frozen=True):
     set_by: tuple[tuple[str, str], ...] = ()
     """(value, who set it) for every value a policy plugin compiled into this port's cluster,
     e.g. ("lb_policy", "LoadBalancingPolicy shop/sticky"): what `describe` shows (ADR 0037)."""
+    health: Mapping[str, Any] | None = None
+    """Its cluster's `outlier_detection` / `health_check` as the contract writes them (the
+    `endpoint_health` plugin); None: neither."""
 
     @property
     def key(self) -> Key:

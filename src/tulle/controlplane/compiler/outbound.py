@@ -49,6 +49,8 @@ def service_cluster(sp: ServicePort, connect_timeout_ms: int | None = None) -> d
         out["tls"] = upstream_mtls(out["protocol"], sp.tls.expected_spiffe_ids)
     if sp.lb is not None:  # `lb_policy` and `lb` (the load_balancing plugin)
         out.update(sp.lb)
+    if sp.health is not None:  # `outlier_detection`, `health_check` (endpoint_health plugin)
+        out.update(sp.health)
     return out
 
 

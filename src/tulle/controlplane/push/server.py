@@ -45,6 +45,11 @@ TLS 1.3 within `hello_timeout`; a peer that fails the handshake (a plaintext cli
 scan, a client that does not trust us) is closed, counted as `tlsHandshakeFailures` and
 logged at most once per `REFUSAL_LOG_INTERVAL`.  The hello timeout starts after the handshake.
 
+Readiness (ADR 0040): `on_presence` is told when a proxy's session starts and when it ends
+(with why: the proxy closed or reset the stream, or sent nothing for `liveness_timeout`
+seconds, after which the stream is closed); `controlplane/readiness.py` writes it into the
+Workload's status.  A session cancelled because this control plane stops reports nothing.
+
 `statuses()` is what `tulle get proxies` shows; `counters()` what the stream refused.
 """
 
@@ -57,6 +62,7 @@ import logging
 import socket
 import ssl
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 
 import msgspec
@@ -117,6 +123,10 @@ RegisterHook = Callable[[WorkloadInfo, str, Admitted | None], Awaitable[None]]
 """Called with the workload a proxy announced, its peer address and who it was admitted as
 (None without admission), before it is served."""
 
+PresenceHook = Callable[[list[ProxyKey], bool, str, str], Awaitable[None]]
+"""Called with the workloads of a session, whether it is starting (True) or over (False), why,
+and the session's id.  Awaited on the session's path: it should only queue the write."""
+
 
 class PushServer:
     def __init__(self, cache: SnapshotCache, *, on_register: RegisterHook | None = None,
@@ -129,7 +139,9 @@ class PushServer:
                  hello_max_frame: int = HELLO_MAX_FRAME,
                  fd_limit: Callable[[], int] = soft_fd_limit,
                  admission: Admission | None = None,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None,
+                 on_presence: PresenceHook | None = None,
+                 liveness_timeout: float = 30.0) -> None:
         if hello_timeout <= 0:
             raise ValueError("hello_timeout must be positive")
         if max_connections < 0:
@@ -166,6 +178,10 @@ class PushServer:
         self._log_no_hello = _Throttled("closed before a valid hello")
         self.cache = cache
         self.on_register = on_register
+        self.on_presence = on_presence
+        self.liveness_timeout = liveness_timeout
+        """Seconds without a frame from a proxy (it answers every ping) before its stream is
+        closed as lost; 0: never."""
         self.on_ack = on_ack
         self.instance = instance
         self.ping_interval = ping_interval
@@ -373,6 +389,8 @@ class ProxySession:
         self.hello_seen = False
         """Set (and the server's pending count released) once the hello is in."""
         self.admitted: Admitted | None = None
+        self.session_id = uuid.uuid4().hex
+        self.end_reason = "the proxy closed the stream"
 
     def send(self, msg: Message) -> None:
         self.writer.write(encode(msg))
@@ -432,11 +450,17 @@ class ProxySession:
         (an ACK may let the next version go out) and when the stream ends."""
         st = self.st
         assert st is not None
+        timeout = self.server.liveness_timeout or None
         try:
-            while (msg := await self._next()) is not None:
+            while (msg := await asyncio.wait_for(self._next(), timeout)) is not None:
                 st.last_seen = time.time()  # noqa: TID251 - wall clock, for display
                 self._handle(key, msg)
                 wake.set()
+        except TimeoutError:
+            self.end_reason = f"nothing from the proxy for {timeout:g}s"
+        except (ConnectionError, FrameError) as exc:
+            self.end_reason = f"stream failed: {type(exc).__name__}"
+            raise
         finally:
             self.closed = True
             wake.set()
@@ -489,6 +513,8 @@ class ProxySession:
         for k in keys[1:]:
             srv.cache.subscribe(k, wake)
         reader = asyncio.get_running_loop().create_task(self._read_loop(key, wake))
+        cancelled = False
+        await self._presence(keys, True, "connected")  # (queued: no store write awaited)
         try:
             current = self._current()
             if current is not None and hello.last_version == current.version:
@@ -507,6 +533,9 @@ class ProxySession:
                 if loop.time() >= next_ping and not self.closed:
                     self.send(Ping())
                     next_ping = loop.time() + srv.ping_interval
+        except asyncio.CancelledError:
+            cancelled = True  # this control plane stops: the proxy reconnects elsewhere
+            raise
         finally:
             srv.live.discard(self)
             for k in keys:
@@ -514,6 +543,19 @@ class ProxySession:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+            if not cancelled:
+                self.writer.close()  # (a lost peer: nothing more is written to it)
+                await self._presence(keys, False, self.end_reason)
+
+    async def _presence(self, keys: list[ProxyKey], connected: bool, reason: str) -> None:
+        hook = self.server.on_presence
+        if hook is None:
+            return
+        try:
+            await hook(keys, connected, reason, self.session_id)
+        except Exception:
+            log.exception("proxy %s: cannot record that it %s", workload_name(keys[0]),
+                          "connected" if connected else "disconnected")
 
     def _pending(self, key: ProxyKey) -> ProxyConfig | None:
         """The snapshot to push now, if any."""

@@ -58,6 +58,7 @@ def clusters_view(server: ProxyServer) -> list[dict[str, object]]:
             idle, busy = _count(pool, "idle"), _count(pool, "busy")
             eps.append({
                 "address": e.key, "weight": e.weight, "zone": e.zone, "healthy": e.healthy,
+                "health": server.health.why(name, e.key),
                 "requests_active": e.active,
                 # What peak-EWMA balances on (ADR 0038): the latency estimate as last sampled.
                 "latency_ewma_ms": round(e.ewma * 1000, 3),

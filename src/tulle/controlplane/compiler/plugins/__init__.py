@@ -18,6 +18,7 @@ from __future__ import annotations
 from tulle.controlplane.compiler.ir import MeshModel
 from tulle.controlplane.compiler.plugins import (
     authorization,
+    endpoint_health,
     header_modifiers,
     load_balancing,
     mesh_defaults,
@@ -71,6 +72,10 @@ ORDER: tuple[tuple[Plugin, str], ...] = (
      "endpoints (this one may leave out endpoints that cannot take mTLS); it edits the "
      "Service ports' client TLS and the proxies' inbound modes; before unenforced_policies, "
      "which must see the MutualTLSPolicy status it writes"),
+    (endpoint_health.PLUGIN,
+     "edits Service clusters, not routes (outlier detection, health checks): after the route "
+     "plugins, before unenforced_policies, which must see the conditions it writes on its "
+     "policies; it reads the Mesh's `defaults.outlierDetection` / `healthCheck` itself"),
     (unenforced_policies.PLUGIN,
      "last: a policy no plugin wrote a status for is not enforced, and must say so"),
 )

@@ -1,0 +1,123 @@
+"""Readiness from the stream: a workload whose proxy is gone leaves its Services' endpoints.
+
+Why through the store (ADR 0040): with two control-plane replicas on one store, a proxy is
+connected to one of them, but both compile every Service.  So the replica that holds (or lost)
+the stream writes what it saw into the Workload's `status.proxy`, and every replica's compiler
+reads it from there like any other input (`compiler/inputs.py` leaves a `Disconnected`
+workload out of Service selection).  Nothing here is per replica memory.
+
+What each replica writes:
+
+* `Connected` when a proxy's session starts (after its hello is admitted), with a fresh
+  session id and the replica's name;
+* `Disconnected` when that session ends: at once when the proxy closed the stream (a draining
+  sidecar closes it first thing, `dataplane/subscribed.py`) or reset it; after the stream's
+  liveness timeout when the proxy vanished without a word (no frame for
+  `--stream-liveness-timeout`, 30 s by default: three missed pings).  The write only holds if
+  the stored session is still this one: a proxy that already reconnected (to this replica or
+  another) is never marked out by its old, half-open stream.
+* Nothing when the replica itself stops: the proxies reconnect to another one.
+
+Workloads whose proxy never connected have no `status.proxy` and are selected as before
+(declared endpoints without a sidecar keep working); only a workload that has had a proxy is
+tracked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any, Literal
+
+from tulle.controlplane.store.errors import ConflictError, NotFoundError
+from tulle.controlplane.store.protocol import ResourceStore
+
+log = logging.getLogger("tulle.controlplane.readiness")
+
+DEFAULT_LIVENESS_TIMEOUT = 30.0
+"""Seconds without a frame from a proxy before its stream is closed and its workload marked
+Disconnected (the proxy answers every ping, sent every 10 s)."""
+
+State = Literal["Connected", "Disconnected"]
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+async def record(store: ResourceStore, namespace: str, name: str, state: State, reason: str,
+                 session: str, instance: str) -> bool:
+    """Write `status.proxy` of one Workload; False when it no longer applies (the Workload is
+    gone, or a Disconnected for a session that is no longer the stored one)."""
+    for _ in range(5):
+        try:
+            current = await store.get("Workload", namespace, name)
+        except NotFoundError:
+            return False
+        status: dict[str, Any] = dict(current.get("status") or {})
+        stored = status.get("proxy") or {}
+        if state == "Disconnected" and stored.get("session") not in (None, session):
+            return False  # the proxy is back on another stream
+        proxy = {"state": state, "reason": reason, "since": _now(), "session": session,
+                 "controlPlane": instance}
+        if stored.get("state") == state and stored.get("session") == session:
+            return True
+        status["proxy"] = proxy
+        try:
+            await store.update_status({**current, "status": status})
+        except ConflictError:
+            continue
+        except NotFoundError:
+            return False
+        log.info("workload %s/%s: proxy %s (%s)", namespace, name, state.lower(), reason)
+        return True
+    log.warning("workload %s/%s: could not record proxy %s (conflicts)", namespace, name,
+                state.lower())
+    return False
+
+
+class PresenceWriter:
+    """Writes `status.proxy` one at a time, in the order sessions reported them.
+
+    Why a queue: a fleet connecting at once (after a control-plane restart) reports thousands
+    of sessions within a second.  Written concurrently, those writes would all queue in the
+    store ahead of the admissions of the proxies still saying hello (each consumes a token: a
+    store write too).  One write in flight keeps them behind the admissions, and FIFO keeps
+    one workload's Connected before its Disconnected.  (`make bench-controlplane` at 200
+    Services / 400 proxies: initial sync 2.14 s before readiness, 2.24 s with it.)"""
+
+    def __init__(self, store: ResourceStore, instance: str) -> None:
+        self.store = store
+        self.instance = instance
+        self.queue: asyncio.Queue[tuple[str, str, State, str, str]] = asyncio.Queue()
+        self.written = 0
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Stop writing; what is still queued is dropped (this replica stops: its proxies
+        reconnect elsewhere and report again)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def submit(self, keys: list[tuple[str, str]], connected: bool, reason: str,
+               session: str) -> None:
+        state: State = "Connected" if connected else "Disconnected"
+        for ns, name in keys:
+            self.queue.put_nowait((ns, name, state, reason, session))
+
+    async def _run(self) -> None:
+        while True:
+            ns, name, state, reason, session = await self.queue.get()
+            try:
+                await record(self.store, ns, name, state, reason, session, self.instance)
+                self.written += 1
+            except Exception:
+                log.exception("workload %s/%s: cannot record its proxy %s", ns, name,
+                              state.lower())

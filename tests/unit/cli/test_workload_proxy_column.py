@@ -1,0 +1,19 @@
+"""`tulle get workloads` says why a workload's endpoints are out (ADR 0040)."""
+
+from __future__ import annotations
+
+import time
+
+from tulle.cli.resources import _proxy_state
+
+
+def test_the_proxy_column() -> None:
+    assert _proxy_state(None) == "-"  # never had a proxy: selected as declared
+    assert _proxy_state({"state": "Connected", "since": "2026-01-01T00:00:00Z"}) == "connected"
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 12))  # noqa: TID251
+    got = _proxy_state({"state": "Disconnected", "since": since,
+                        "reason": "the proxy closed the stream"})
+    assert got in (f"disconnected {n}s ago, out of endpoints: the proxy closed the stream"
+                   for n in (12, 13))
+    assert _proxy_state({"state": "Disconnected", "reason": "x"}) == (
+        "disconnected, out of endpoints: x")
