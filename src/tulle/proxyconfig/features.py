@@ -142,6 +142,9 @@ FEATURES: tuple[Feature, ...] = (
     # goes whole (its requests take the next matching rule, else 404), as for authorization.
     Feature("url-rewrite", (), "the `URLRewrite` HTTP filter (hostname and path rewrites)",
             drops=_RULES, uses=partial(_rule_has_filter, "URLRewrite")),
+    # A proxy without retries runs the rule with one try (and no budget): what it did before.
+    Feature("retries", ("route_tables[].virtual_hosts[].rules[].retry", "clusters[].retry_budget"),
+            "retries of failed tries on route rules, and per-cluster retry budgets"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

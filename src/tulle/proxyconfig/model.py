@@ -27,6 +27,7 @@ from msgspec import Meta, Struct
 
 from tulle.proxyconfig.filters import HTTPFilter
 from tulle.proxyconfig.network import NetworkFilterConfig
+from tulle.proxyconfig.retry import RetryBudget, RetryPolicy
 
 Port = Annotated[int, Meta(ge=1, le=65535)]
 PortOrZero = Annotated[int, Meta(ge=0, le=65535)]
@@ -150,6 +151,9 @@ class Cluster(_Base, frozen=True, kw_only=True):
     `unresolved-backends`)."""
     limits: ClusterLimits | None = None
     """Connection and request limits; None: the defaults of `ClusterLimits`."""
+    retry_budget: RetryBudget | None = None
+    """Retries the cluster takes on top of its requests (`proxyconfig/retry.py`); None: the
+    defaults of `RetryBudget` (20% + 10/s over 10 s): the budget is always on."""
 
 
 class PathMatch(_Base, frozen=True, kw_only=True):
@@ -223,6 +227,9 @@ class RouteRule(_Base, frozen=True, kw_only=True):
     backend_timeout_ms: Millis | None = None
     """Per try (Gateway API `timeouts.backendRequest`): from opening the upstream request to
     its response's end, 504 `UT` past it; None or 0: no per-try limit (only `timeout_ms`)."""
+    retry: RetryPolicy | None = None
+    """Retries of failed tries (`proxyconfig/retry.py`); None: no retries (a reused connection
+    found closed is still replayed once, ADR 0017)."""
 
 
 class VirtualHost(_Base, frozen=True, kw_only=True):

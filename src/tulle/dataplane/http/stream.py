@@ -39,6 +39,7 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from tulle.dataplane.http.chain import Chain, ChainRun, HeaderListEdit
+from tulle.dataplane.http.retry import Retrier
 from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
 
 log = logging.getLogger("tulle.proxy")
@@ -276,7 +277,11 @@ class RequestStream:
             self.flags = d.flag
             self.send_local(d.status, d.body)
             return
-        up = cluster.open_stream(head, self, self.bodiless, d.attempt)
+        retry = d.retry
+        if retry is None:
+            up = cluster.open_stream(head, self, self.bodiless, d.attempt)
+        else:
+            up = Retrier(retry, cluster, head, self, self.bodiless).open(d.attempt)
         if up is None:
             self.flags = "UH"
             self.reply_local(503, b"no healthy endpoint in cluster '%b'\n"
