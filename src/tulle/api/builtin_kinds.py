@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tulle.api import mesh, service, workload
 from tulle.api.gateway import grpcroute, httproute, referencegrant, tcproute
-from tulle.api.policies import authorization, timeout
+from tulle.api.policies import authorization, retry, timeout
 
-__all__ = ["authorization", "grpcroute", "httproute", "mesh", "referencegrant", "service",
-           "tcproute", "timeout", "workload"]
+__all__ = ["authorization", "grpcroute", "httproute", "mesh", "referencegrant", "retry",
+           "service", "tcproute", "timeout", "workload"]

@@ -16,6 +16,7 @@ EXPECTED = {
     ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"): ("Namespaced", "referencegrants"),
     ("policy.tulle.dev/v1alpha1", "TimeoutPolicy"): ("Namespaced", "timeoutpolicies"),
     ("policy.tulle.dev/v1alpha1", "AuthorizationPolicy"): ("Namespaced", "authorizationpolicies"),
+    ("policy.tulle.dev/v1alpha1", "RetryPolicy"): ("Namespaced", "retrypolicies"),
 }
 
 

@@ -76,6 +76,13 @@ class ServicePort(msgspec.Struct, frozen=True):
     endpoints: tuple[Endpoint, ...]
     domains: tuple[str, ...]
     """The names a client may use for it (`services` module docstring)."""
+    retry: Mapping[str, Any] | None = None
+    """Retries of the Service's default rule and of route rules that set none more
+    specifically (`plugins/retries.py`); None: one try."""
+    retry_budget: Mapping[str, Any] | None = None
+    """The contract's `RetryBudget` of the Service's cluster; None: the proxy's default."""
+    retry_set_by: tuple[tuple[str, str], ...] = ()
+    """For each Service-level retry field set (and `budget`): who set it."""
 
     @property
     def key(self) -> Key:
@@ -131,6 +138,10 @@ class Rule(msgspec.Struct, frozen=True):
     timeout_ms: int | None = None
     backend_timeout_ms: int | None = None
     """Per try (`timeouts.backendRequest`); None: no per-try limit."""
+    retry: Mapping[str, Any] | None = None
+    """The contract's `RetryPolicy` for this rule (`plugins/retries.py`); None: one try."""
+    retry_set_by: tuple[tuple[str, str], ...] = ()
+    """For each retry field set: who set it (ADR 0037 provenance, for `describe`)."""
     left_out: bool = False
     """Not in force: no match the proxy can do (not rendered: its traffic cannot be told
     apart), or a plugin refused a setting of it (rendered to answer 500, Gateway API's answer
@@ -213,6 +224,10 @@ class Policy(msgspec.Struct, frozen=True):
     target_found: bool
     spec: Mapping[str, Any]
     """The policy's spec as the user wrote it, for the plugin of its kind."""
+    section: str = ""
+    """`targetRef.sectionName` (a route rule's name); empty: the whole target."""
+    created: str = ""
+    """`metadata.creationTimestamp`: between two policies at one level, the oldest wins."""
 
     @property
     def ref(self) -> ObjectRef:

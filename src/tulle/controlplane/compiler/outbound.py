@@ -42,6 +42,8 @@ def service_cluster(sp: ServicePort, connect_timeout_ms: int | None = None) -> d
                            "metadata": sp.metadata.render()}
     if connect_timeout_ms is not None:
         out["connect_timeout_ms"] = connect_timeout_ms
+    if sp.retry_budget is not None:
+        out["retry_budget"] = dict(sp.retry_budget)
     return out
 
 
@@ -76,6 +78,8 @@ def rule(r: Rule) -> dict[str, Any]:
         out["timeout_ms"] = r.timeout_ms
     if r.backend_timeout_ms:
         out["backend_timeout_ms"] = r.backend_timeout_ms
+    if r.retry is not None:
+        out["retry"] = dict(r.retry)
     out["backends"] = [_backend(b) for b in r.backends]
     filters = [msgspec.to_builtins(f.config) for f in r.filters if f.config is not None]
     if filters:
@@ -113,8 +117,11 @@ class Attached:
 def _host(sp: ServicePort, routes: list[Route] | None,
           rendered: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
     if routes is None:
-        rules = [{"name": f"default/{sp.namespace}/{sp.name}/{sp.port}",
-                  "backends": [{"cluster": sp.cluster_name}]}]
+        default: dict[str, Any] = {"name": f"default/{sp.namespace}/{sp.name}/{sp.port}",
+                                   "backends": [{"cluster": sp.cluster_name}]}
+        if sp.retry is not None:
+            default["retry"] = dict(sp.retry)
+        rules = [default]
     else:
         # Routes attached: only their rules.  None of them matching is a 404 (GAMMA), never
         # the Service's default route.

@@ -8,7 +8,10 @@ in the policy's own namespace (Gateway API policy attachment); a `Mesh` target i
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
+
+import msgspec
 
 from tulle.controlplane.compiler.inputs import MeshInputs, spec_of
 from tulle.controlplane.compiler.ir import MeshResource, Policy
@@ -41,8 +44,57 @@ def derive_policies(m: MeshInputs) -> tuple[Policy, ...]:
             kind=kind, namespace=ns, name=name,
             generation=int((policy.get("metadata") or {}).get("generation") or 1),
             target_kind=str(ref.get("kind")), target_name=str(ref.get("name")),
-            target_found=_target_exists(m, ns, ref), spec=spec))
+            target_found=_target_exists(m, ns, ref), spec=spec,
+            section=str(ref.get("sectionName") or ""),
+            created=str((policy.get("metadata") or {}).get("creationTimestamp") or "")))
     return tuple(out)
 
 
-__all__ = ["derive_mesh", "derive_policies"]
+class SetBy(msgspec.Struct, frozen=True):
+    """Who set one compiled value (ADR 0037): `"RetryPolicy ns/name"`, `"HTTPRoute ns/name
+    rule r1"`, `"Mesh.spec.defaults"`, `"default"`."""
+
+    source: str
+
+
+def layered(policies: Iterable[Policy], kind: str, service: tuple[str, str] | None,
+            route: tuple[str, str, str] | None = None, rule: str = "") -> list[Policy]:
+    """The policies of `kind` that apply, most specific first: the route rule (`route` =
+    (kind, namespace, name) and `rule` its name), the route, the Service (namespace, name),
+    the Mesh.  Within a level the oldest first (then namespace/name): the first wins."""
+    levels: list[list[Policy]] = [[], [], [], []]
+    for p in policies:
+        if p.kind != kind or not p.target_found:
+            continue
+        if route is not None and (p.target_kind, p.namespace, p.target_name) == route:
+            if p.section:
+                if rule and p.section == rule:
+                    levels[0].append(p)
+            else:
+                levels[1].append(p)
+        elif (service is not None and p.target_kind == "Service"
+              and (p.namespace, p.target_name) == service):
+            levels[2].append(p)
+        elif p.target_kind == "Mesh":
+            levels[3].append(p)
+    out: list[Policy] = []
+    for level in levels:
+        out.extend(sorted(level, key=lambda p: (p.created, p.namespace, p.name)))
+    return out
+
+
+def merge_fields(layers: Sequence[tuple[str, Mapping[str, Any]]],
+                 fields: Iterable[str]) -> dict[str, tuple[Any, SetBy]]:
+    """Field by field, the first layer (most specific first) that sets a field wins; an
+    object-valued field is one value.  `layers`: (source, spec or defaults)."""
+    out: dict[str, tuple[Any, SetBy]] = {}
+    for f in fields:
+        for source, spec in layers:
+            value = spec.get(f)
+            if value is not None:
+                out[f] = (value, SetBy(source))
+                break
+    return out
+
+
+__all__ = ["SetBy", "derive_mesh", "derive_policies", "layered", "merge_fields"]

@@ -23,6 +23,7 @@ from tulle.controlplane.compiler.plugins import (
     mesh_settings,
     request_mirror,
     request_redirect,
+    retries,
     route_timeouts,
     tcp_routes,
     unclaimed_filters,
@@ -44,6 +45,9 @@ ORDER: tuple[tuple[Plugin, str], ...] = (
     (route_timeouts.PLUGIN,
      "the route's own timeout, before any policy that sets defaults, which must see which "
      "rules already have one"),
+    (retries.PLUGIN,
+     "after route_timeouts (a rule's own settings first), before mesh_defaults: a rule's "
+     "retry, then RetryPolicy by precedence, and every Service cluster's retry budget"),
     (mesh_defaults.PLUGIN,
      "the least specific values, after everything more specific (a route's own timeout) is "
      "in place; a TimeoutPolicy plugin goes between route_timeouts and this one"),
