@@ -2,8 +2,9 @@
 
 `script` is consumed one entry per request: `"ok"`, `"503"` (or any status), `"reset"` (close
 the connection after reading the request, no response), `"hang"` (read the request, answer
-nothing until the test ends).  When the script is empty, `default` applies.  Every request is
-recorded (method, path, body) so a test can count tries and check replayed bodies.
+nothing until the test ends), `"drip"` (a chunked 200 of 8 chunks, 60 ms apart).  When the
+script is empty, `default` applies.  Every request is recorded (method, path, body) so a test
+can count tries and check replayed bodies.
 """
 
 from __future__ import annotations
@@ -59,6 +60,14 @@ class FlakyOrigin:
                 if action == "hang":
                     self._hung.append(w)
                     return
+                if action == "drip":
+                    w.write(b"HTTP/1.1 200 X\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    for _ in range(8):
+                        await asyncio.sleep(0.06)  # the origin's pace, not a wait for a result
+                        w.write(b"1\r\n.\r\n")
+                    w.write(b"0\r\n\r\n")
+                    await w.drain()
+                    continue
                 status = 200 if action == "ok" else int(action)
                 payload = self.name + b"\n"
                 w.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%b"

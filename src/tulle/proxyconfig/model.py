@@ -230,6 +230,10 @@ class RouteRule(_Base, frozen=True, kw_only=True):
     retry: RetryPolicy | None = None
     """Retries of failed tries (`proxyconfig/retry.py`); None: no retries (a reused connection
     found closed is still replayed once, ADR 0017)."""
+    stream_idle_timeout_ms: Millis | None = None
+    """A request with no body bytes either way this long is ended: 408 while the client's
+    body is awaited, 504 while the upstream's answer is, a reset once the response began
+    (flag `SI`); None or 0: none (the whole-request `timeout_ms` still bounds it)."""
 
 
 class VirtualHost(_Base, frozen=True, kw_only=True):

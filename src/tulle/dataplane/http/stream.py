@@ -39,6 +39,7 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from tulle.dataplane.http.chain import Chain, ChainRun, HeaderListEdit
+from tulle.dataplane.http.idle import StreamIdle
 from tulle.dataplane.http.retry import Retrier
 from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
 
@@ -108,8 +109,8 @@ class RequestStream:
 
     __slots__ = ("authz", "bodiless", "body", "body_size", "bytes_in", "bytes_out", "cluster",
                  "conn", "decision", "done", "due", "edits", "expect_continue", "flags", "head",
-                 "head_sent", "request_done", "resp", "run", "start", "stats", "status", "timer",
-                 "trailers", "tried", "upstream")
+                 "head_sent", "idle", "request_done", "resp", "run", "start", "stats", "status",
+                 "timer", "trailers", "tried", "upstream")
 
     def __init__(self, conn: StreamOwner, head: RequestHead, bodiless: bool,
                  start: float, expect_continue: bool = False) -> None:
@@ -155,6 +156,8 @@ class RequestStream:
         self.trailers: Headers | None
         """Request trailers that arrived before the upstream opened (set by `request_end`)."""
         self.resp: _HeldResponse | None = None
+        self.idle: StreamIdle | None = None
+        """The stream idle timeout's watch (`http/idle.py`), on routes that have one."""
 
     @property
     def facts(self) -> ConnectionFacts:
@@ -257,6 +260,8 @@ class RequestStream:
                         conn.deadline_kind = "request"
                 else:
                     self.timer = conn.loop.call_later(timeout, self.on_timeout)
+            if d.stream_idle:
+                self.idle = StreamIdle(self, d.stream_idle, conn.loop)
             chain = d.chain
             if chain is not None:
                 if chain.edits_only:
@@ -316,6 +321,9 @@ class RequestStream:
 
     def request_data(self, data: bytes) -> None:
         """Request body from the client."""
+        idle = self.idle
+        if idle is not None:
+            idle.moved = True
         up = self.upstream
         if up is not None:
             run = self.run
@@ -370,18 +378,32 @@ class RequestStream:
         """The route timeout passed (from the timer, or the connection's sweeper)."""
         self.timer = None
         self.due = 0.0
+        self._expire("UT", 504, b"upstream request timeout\n")
+
+    def on_idle(self) -> None:
+        """No body bytes either way for the route's stream idle timeout (`http/idle.py`):
+        408 while the client's body is awaited, 504 while the upstream's answer is."""
+        self.idle = None
+        if self.request_done:
+            self._expire("SI", 504, b"upstream stream idle timeout\n")
+        else:
+            self._expire("SI", 408, b"request body idle timeout\n")
+
+    def _expire(self, flag: str, status: int, body: bytes) -> None:
+        """A timeout ended the request: drop the upstream, answer (or reset a response
+        already begun)."""
         if self.done:
             return
         up, self.upstream = self.upstream, None
         if up is not None:
             up.reset()
-        self.flags = "UT"
+        self.flags = flag
         self.resp = None
         if self.head_sent:
-            self.status = self.status or 504
+            self.status = self.status or status
             self.send_reset()
         else:
-            self.send_local(504, b"upstream request timeout\n")
+            self.send_local(status, body)
 
     # -- ResponseSink (the upstream reports here) -------------------------------------------
 
@@ -419,6 +441,9 @@ class RequestStream:
     def on_response_data(self, data: bytes) -> None:
         if self.done:
             return
+        idle = self.idle
+        if idle is not None:
+            idle.moved = True
         run = self.run
         if run is not None:  # (a held response needs filters: `resp` is tested only here)
             if self.resp is not None:
@@ -599,6 +624,10 @@ class RequestStream:
         if timer is not None:
             self.timer = None
             timer.cancel()
+        idle = self.idle
+        if idle is not None:
+            self.idle = None
+            idle.cancel()
         if self.done:
             return
         self.done = True

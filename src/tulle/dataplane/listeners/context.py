@@ -177,7 +177,7 @@ class ListenerContext:
 
     def decision(self, cluster: str, timeout_ms: int, chain: Chain | None = None,
                  attempt: AttemptRequest | None = None,
-                 retry: RetryRuntime | None = None) -> Decision:
+                 retry: RetryRuntime | None = None, stream_idle: float = 0.0) -> Decision:
         """The shared decision for requests routed to `cluster` with `timeout_ms` (and, for a
         route with filters or a per-try request, its `chain` and `attempt`: one decision per
         route and cluster, keyed by whichever of the two the route has)."""
@@ -188,7 +188,7 @@ class ListenerContext:
                 d = by_cluster.get(cluster)
                 if d is not None:
                     return d
-            return self._chained(cluster, timeout_ms, chain, attempt, key, retry)
+            return self._chained(cluster, timeout_ms, chain, attempt, key, retry, stream_idle)
         by_timeout = self._decisions.get(cluster)
         if by_timeout is not None:
             d = by_timeout.get(timeout_ms)
@@ -205,7 +205,7 @@ class ListenerContext:
 
     def _chained(self, cluster: str, timeout_ms: int, chain: Chain | None,
                  attempt: AttemptRequest | None, key: object,
-                 retry: RetryRuntime | None = None) -> Decision:
+                 retry: RetryRuntime | None = None, stream_idle: float = 0.0) -> Decision:
         """The first request to `cluster` through `chain` (a route with filters).  A cluster
         that is missing or unresolved keeps the chain: its filters run first (a redirect
         answers before the backend would matter), then the request is answered 503/500."""
@@ -215,7 +215,7 @@ class ListenerContext:
             d.chain = chain
         else:
             d = Decision(rt, cluster, timeout_ms, stats=self.stats(cluster), chain=chain,
-                         attempt=attempt, retry=retry)
+                         attempt=attempt, retry=retry, stream_idle=stream_idle)
         self._chain_decisions.setdefault(key, {})[cluster] = d
         return d
 

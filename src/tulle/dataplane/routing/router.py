@@ -54,7 +54,7 @@ class Route:
 
     __slots__ = ("_cum", "_total", "attempt", "backend_chains", "chain", "clusters",
                  "default_timeout_ms", "name", "requests", "retry", "rule", "single", "special",
-                 "state", "timeout_ms")
+                 "state", "stream_idle", "timeout_ms")
 
     def __init__(self, name: str, rule: RouteRule, default_timeout_ms: int,
                  state: RouteState | None = None) -> None:
@@ -88,7 +88,9 @@ class Route:
         self.retry = (RetryRuntime(rule.retry, per_try)
                       if rule.retry is not None and rule.retry.num_retries else None)
         """The rule's retry policy, compiled; None: no retries (and nothing paid for them)."""
-        if self.retry is not None and self.attempt is None:
+        self.stream_idle = (rule.stream_idle_timeout_ms or 0) / 1000
+        """Seconds a request may go without body bytes either way (0: no limit)."""
+        if (self.retry is not None or self.stream_idle) and self.attempt is None:
             self.attempt = AttemptRequest()  # the decision's key: one per route
         self.special = (self.chain is not None or self.attempt is not None
                         or self.backend_chains is not None)
