@@ -83,6 +83,12 @@ class ServicePort(msgspec.Struct, frozen=True):
     """The contract's `RetryBudget` of the Service's cluster; None: the proxy's default."""
     retry_set_by: tuple[tuple[str, str], ...] = ()
     """For each Service-level retry field set (and `budget`): who set it."""
+    default_timeouts: Mapping[str, int] = msgspec.field(default_factory=dict)
+    """Contract timeouts of the Service's default rule (`timeout_ms`, `backend_timeout_ms`,
+    `stream_idle_timeout_ms`) from TimeoutPolicy (`plugins/timeouts.py`)."""
+    cluster_timeouts: Mapping[str, int] = msgspec.field(default_factory=dict)
+    """Contract timeouts of the Service's cluster (`connect_timeout_ms`, `idle_timeout_ms`)."""
+    timeout_set_by: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> Key:
@@ -142,6 +148,10 @@ class Rule(msgspec.Struct, frozen=True):
     """The contract's `RetryPolicy` for this rule (`plugins/retries.py`); None: one try."""
     retry_set_by: tuple[tuple[str, str], ...] = ()
     """For each retry field set: who set it (ADR 0037 provenance, for `describe`)."""
+    stream_idle_timeout_ms: int | None = None
+    """No body bytes either way this long ends the request (`plugins/timeouts.py`)."""
+    timeout_set_by: tuple[tuple[str, str], ...] = ()
+    """For each timeout field a TimeoutPolicy set on this rule: who set it."""
     left_out: bool = False
     """Not in force: no match the proxy can do (not rendered: its traffic cannot be told
     apart), or a plugin refused a setting of it (rendered to answer 500, Gateway API's answer

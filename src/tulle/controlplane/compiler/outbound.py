@@ -44,6 +44,7 @@ def service_cluster(sp: ServicePort, connect_timeout_ms: int | None = None) -> d
         out["connect_timeout_ms"] = connect_timeout_ms
     if sp.retry_budget is not None:
         out["retry_budget"] = dict(sp.retry_budget)
+    out.update(sp.cluster_timeouts)  # a TimeoutPolicy's, over the Mesh default
     return out
 
 
@@ -80,6 +81,8 @@ def rule(r: Rule) -> dict[str, Any]:
         out["backend_timeout_ms"] = r.backend_timeout_ms
     if r.retry is not None:
         out["retry"] = dict(r.retry)
+    if r.stream_idle_timeout_ms:
+        out["stream_idle_timeout_ms"] = r.stream_idle_timeout_ms
     out["backends"] = [_backend(b) for b in r.backends]
     filters = [msgspec.to_builtins(f.config) for f in r.filters if f.config is not None]
     if filters:
@@ -121,6 +124,7 @@ def _host(sp: ServicePort, routes: list[Route] | None,
                                    "backends": [{"cluster": sp.cluster_name}]}
         if sp.retry is not None:
             default["retry"] = dict(sp.retry)
+        default.update(sp.default_timeouts)
         rules = [default]
     else:
         # Routes attached: only their rules.  None of them matching is a 404 (GAMMA), never
