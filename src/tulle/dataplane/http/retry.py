@@ -26,6 +26,11 @@ Decisions, per try (ADR 0039):
   250 ms cap by default); the request's whole timeout keeps running through it.
 * *Another endpoint*: every endpoint a try failed on is avoided while the cluster has others.
 * *Exhausted*: the last try's answer goes to the client with flag `URX` added.
+
+A bodiless request (a GET) has no `Retrier` until its first try fails: the stream opens that
+try itself and hands it over (`adopt`) only then, so a healthy GET on a retrying route pays the
+budget's deposit and one attribute test.  A request with a body has one from the start: its
+body must be kept while it is sent.
 """
 
 from __future__ import annotations
@@ -160,6 +165,20 @@ class Retrier:
         self.cur = up
         return self
 
+    @classmethod
+    def adopt(cls, policy: RetryRuntime, stream: RequestStream) -> Retrier:
+        """Take over a bodiless request whose first try the stream opened itself (its first
+        failure is the first moment a retry layer is needed: a healthy GET never pays for
+        one).  The failed try is `stream.upstream`; the budget was counted at dispatch."""
+        d = stream.decision
+        assert d.cluster is not None
+        self = cls(policy, d.cluster, stream.head, stream, True)
+        self.cur = stream.upstream
+        stream.upstream = self
+        if stream.run is not None:
+            stream.tried = self
+        return self
+
     # -- UpstreamStream (the request stream calls these) ------------------------------------
 
     @property
@@ -212,14 +231,24 @@ class Retrier:
     # -- ResponseSink (the try reports here until a response is accepted) -------------------
 
     def on_response_head(self, head: ResponseHead, end_stream: bool) -> None:
-        if not self.committed and self.policy.status_retried(head, end_stream):
-            if self._retry(str(head.status), idempotent_only=True):
-                return
-            if self.exhausted:
-                stream = self.stream
-                stream.flags = f"{stream.flags},URX" if stream.flags else "URX"
-        self._commit()
-        self.stream.on_response_head(head, end_stream)
+        stream = self.stream
+        if not self.committed:
+            status = head.status
+            policy = self.policy
+            if ((status >= 500 or policy.grpc or status in policy.statuses)
+                    and policy.status_retried(head, end_stream)):
+                if self._retry(str(status), idempotent_only=True):
+                    return
+                if self.exhausted:
+                    stream.flags = f"{stream.flags},URX" if stream.flags else "URX"
+            # accepted (`_commit`, inline: this runs once per request)
+            self.committed = True
+            self.replayable = False
+            self.chunks = []
+            cur = self.cur
+            if isinstance(cur, Attempt):
+                cur.sink = stream
+        stream.on_response_head(head, end_stream)
 
     def on_upstream_error(self, error: UpstreamError) -> None:
         if not self.committed and self.policy.error_retried(error):

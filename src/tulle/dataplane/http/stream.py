@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from tulle.dataplane.http.chain import Chain, ChainRun, HeaderListEdit
 from tulle.dataplane.http.idle import StreamIdle
-from tulle.dataplane.http.retry import Retrier
+from tulle.dataplane.http.retry import Retrier, RetryRuntime
 from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
 
 log = logging.getLogger("tulle.proxy")
@@ -109,8 +109,8 @@ class RequestStream:
 
     __slots__ = ("authz", "bodiless", "body", "body_size", "bytes_in", "bytes_out", "cluster",
                  "conn", "decision", "done", "due", "edits", "expect_continue", "flags", "head",
-                 "head_sent", "idle", "request_done", "resp", "run", "start", "stats", "status",
-                 "timer", "trailers", "tried", "upstream")
+                 "head_sent", "idle", "request_done", "resp", "retry", "run", "start", "stats",
+                 "status", "timer", "trailers", "tried", "upstream")
 
     def __init__(self, conn: StreamOwner, head: RequestHead, bodiless: bool,
                  start: float, expect_continue: bool = False) -> None:
@@ -156,6 +156,9 @@ class RequestStream:
         self.trailers: Headers | None
         """Request trailers that arrived before the upstream opened (set by `request_end`)."""
         self.resp: _HeldResponse | None = None
+        self.retry: RetryRuntime | None = None
+        """The route's retries while a bodiless request's first try has not answered (its
+        failure hands the try to a `Retrier`, `http/retry.py`); None otherwise."""
         self.idle: StreamIdle | None = None
         """The stream idle timeout's watch (`http/idle.py`), on routes that have one."""
 
@@ -285,8 +288,12 @@ class RequestStream:
         retry = d.retry
         if retry is None:
             up = cluster.open_stream(head, self, self.bodiless, d.attempt)
+        elif self.bodiless:  # a Retrier only if this try fails (`Retrier.adopt`)
+            cluster.limits.budget.deposit()
+            self.retry = retry
+            up = cluster.open_stream(head, self, True, d.attempt)
         else:
-            up = Retrier(retry, cluster, head, self, self.bodiless).open(d.attempt)
+            up = Retrier(retry, cluster, head, self, False).open(d.attempt)
         if up is None:
             self.flags = "UH"
             self.reply_local(503, b"no healthy endpoint in cluster '%b'\n"
@@ -410,6 +417,14 @@ class RequestStream:
     def on_response_head(self, head: ResponseHead, end_stream: bool) -> None:
         if self.done:
             return
+        retry = self.retry
+        if retry is not None:
+            self.retry = None
+            status = head.status
+            if ((status >= 500 or retry.grpc or status in retry.statuses)
+                    and retry.status_retried(head, end_stream)):
+                Retrier.adopt(retry, self).on_response_head(head, end_stream)
+                return
         self.status = head.status
         run = self.run
         if run is not None:
@@ -483,6 +498,12 @@ class RequestStream:
     def on_upstream_error(self, error: UpstreamError) -> None:
         if self.done:
             return
+        retry = self.retry
+        if retry is not None:
+            self.retry = None
+            if retry.error_retried(error):
+                Retrier.adopt(retry, self).on_upstream_error(error)
+                return
         self.flags = error.flag
         self.upstream = None
         self.resp = None

@@ -177,11 +177,13 @@ class ListenerContext:
 
     def decision(self, cluster: str, timeout_ms: int, chain: Chain | None = None,
                  attempt: AttemptRequest | None = None,
-                 retry: RetryRuntime | None = None, stream_idle: float = 0.0) -> Decision:
+                 retry: RetryRuntime | None = None, stream_idle: float = 0.0,
+                 route: object = None) -> Decision:
         """The shared decision for requests routed to `cluster` with `timeout_ms` (and, for a
-        route with filters or a per-try request, its `chain` and `attempt`: one decision per
-        route and cluster, keyed by whichever of the two the route has)."""
-        key = chain if chain is not None else attempt
+        route with filters, a per-try request, retries or a stream idle timeout, its `chain`,
+        `attempt`, `retry` and `stream_idle`: one decision per route and cluster, keyed by
+        the chain or attempt the route has, else by the `route` itself)."""
+        key = chain if chain is not None else attempt if attempt is not None else route
         if key is not None:
             by_cluster = self._chain_decisions.get(key)
             if by_cluster is not None:

@@ -90,10 +90,9 @@ class Route:
         """The rule's retry policy, compiled; None: no retries (and nothing paid for them)."""
         self.stream_idle = (rule.stream_idle_timeout_ms or 0) / 1000
         """Seconds a request may go without body bytes either way (0: no limit)."""
-        if (self.retry is not None or self.stream_idle) and self.attempt is None:
-            self.attempt = AttemptRequest()  # the decision's key: one per route
         self.special = (self.chain is not None or self.attempt is not None
-                        or self.backend_chains is not None)
+                        or self.backend_chains is not None or self.retry is not None
+                        or self.stream_idle > 0)
         """Filters or a try request: the router step's one test for the plain path."""
         self.state = state if state is not None else RouteState()
         """What this route keeps across swaps (request stats; later buckets and budgets)."""
