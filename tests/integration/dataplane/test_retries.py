@@ -8,8 +8,9 @@ import asyncio
 from typing import Any
 
 from tests.support.flaky import flaky_origin, refused_port
+from tests.support.h2peers import H2Client, running_h2_origin
 from tests.support.proxy import RunningProxy, running_proxy, simple_config
-from tests.support.rawservers import connect, read_response_within
+from tests.support.rawservers import connect, cut_off, read_response_within
 
 
 def retrying(ports: list[int], retry: dict[str, Any] | None = None,
@@ -177,3 +178,29 @@ async def test_one_of_three_endpoints_dead_success_stays_above_99_9_percent() ->
             ok = statuses.count(200) / len(statuses)
             assert ok >= 0.999, (ok, sorted(set(statuses)))
             assert p.metric("tulle_proxy_upstream_retries_total", reason="UF") > 0
+
+
+async def test_an_http2_client_gets_the_retried_answer() -> None:
+    cfg = retrying([0])
+    cfg["listeners"][0]["protocol"] = "http2"
+    async with flaky_origin(["503", "reset"]) as o:
+        cfg["clusters"][0]["endpoints"][0]["port"] = o.port
+        async with running_proxy(cfg) as p:
+            c = await H2Client.connect(p.port())
+            resp = await c.request("GET", "/x")
+            c.close()
+            assert resp.status == 200 and len(o.seen) == 3
+
+
+async def test_a_response_that_began_is_never_retried() -> None:
+    """The HTTP/2 origin's `/reset` sends a head and 1 KiB, then resets the stream: the client
+    has the head already, so the reset reaches it (cut off), never a second try."""
+    async with running_h2_origin() as (port, _):
+        cfg = retrying([port], {"retry_on": ["reset", "5xx"]})
+        cfg["clusters"][0]["protocol"] = "http2"
+        async with running_proxy(cfg) as p:
+            r, w = await connect(p.port())
+            w.write(b"GET /reset HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert await cut_off(r)
+            w.close()
+            assert p.metric("tulle_proxy_upstream_retries_total") == 0

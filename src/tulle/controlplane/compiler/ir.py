@@ -76,6 +76,8 @@ class ServicePort(msgspec.Struct, frozen=True):
     endpoints: tuple[Endpoint, ...]
     domains: tuple[str, ...]
     """The names a client may use for it (`services` module docstring)."""
+    generation: int = 1
+    """The Service's `metadata.generation` (for conditions plugins write on it)."""
     retry: Mapping[str, Any] | None = None
     """Retries of the Service's default rule and of route rules that set none more
     specifically (`plugins/retries.py`); None: one try."""

@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from tulle.controlplane.compiler.inputs import MeshInputs, spec_of
-from tulle.controlplane.compiler.ir import MeshResource, Policy
+from tulle.controlplane.compiler.ir import Condition, MeshResource, ObjectRef, Policy
 
 
 def _target_exists(m: MeshInputs, ns: str, ref: dict[str, Any]) -> bool:
@@ -97,4 +97,28 @@ def merge_fields(layers: Sequence[tuple[str, Mapping[str, Any]]],
     return out
 
 
-__all__ = ["SetBy", "derive_mesh", "derive_policies", "layered", "merge_fields"]
+def sources(set_by: Sequence[tuple[str, str]]) -> str:
+    """`(field, source)` pairs as one line, fields grouped by who set them:
+    `attempts, backoff from RetryPolicy shop/a; budget from Mesh.spec.defaults`."""
+    groups: dict[str, list[str]] = {}
+    for field, source in set_by:
+        groups.setdefault(source, []).append(field)
+    return "; ".join(f"{', '.join(fields)} from {source}" for source, fields in groups.items())
+
+
+def with_provenance(conditions: Mapping[ObjectRef, tuple[Condition, ...]], type_: str,
+                    lines: Mapping[tuple[str, str, int], list[str]],
+                    ) -> dict[ObjectRef, tuple[Condition, ...]]:
+    """`conditions` plus, on each Service with `lines` ((namespace, name, generation) ->
+    what was set where), a condition `type_` listing them (`tulle describe service` shows who
+    set each value, ADR 0037); another plugin's conditions on the Service are kept."""
+    out = dict(conditions)
+    for (ns, name, generation), said in sorted(lines.items()):
+        ref = ("Service", ns, name)
+        kept = tuple(c for c in out.get(ref, ()) if c.type != type_)
+        out[ref] = (*kept, Condition(type_, True, "Applied", " | ".join(said), generation))
+    return out
+
+
+__all__ = ["SetBy", "derive_mesh", "derive_policies", "layered", "merge_fields", "sources",
+           "with_provenance"]

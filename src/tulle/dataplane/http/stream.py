@@ -42,6 +42,7 @@ from tulle.dataplane.http.chain import Chain, ChainRun, HeaderListEdit
 from tulle.dataplane.http.idle import StreamIdle
 from tulle.dataplane.http.retry import Retrier, RetryRuntime
 from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
+from tulle.dataplane.upstream.budget import FLUSH_EVERY
 
 log = logging.getLogger("tulle.proxy")
 
@@ -289,7 +290,10 @@ class RequestStream:
         if retry is None:
             up = cluster.open_stream(head, self, self.bodiless, d.attempt)
         elif self.bodiless:  # a Retrier only if this try fails (`Retrier.adopt`)
-            cluster.limits.budget.deposit()
+            budget = cluster.limits.budget
+            budget.pending += 1  # (`Budget.deposit`, inlined: this runs per request)
+            if budget.pending >= FLUSH_EVERY:
+                budget.flush()
             self.retry = retry
             up = cluster.open_stream(head, self, True, d.attempt)
         else:

@@ -42,6 +42,7 @@ def test_requests_age_out_of_the_window() -> None:
     b = Budget(RetryBudget(percent=50, min_retries_per_second=0, ttl_ms=10_000), clock)
     for _ in range(100):
         b.deposit()
+    b.flush()  # (dated now: see the pending test below for batches dated late)
     clock.t += 5
     assert b.deposited == 100
     clock.t += 5.0  # ten seconds later: the deposits' slot has left the window
@@ -70,6 +71,7 @@ def test_a_long_pause_clears_everything_at_once() -> None:
     retries_allowed(b)
     clock.t += 3600
     b.deposit()
+    b.flush()
     assert (b.deposited, b.withdrawn) == (1, 0)
 
 
@@ -77,8 +79,10 @@ def test_a_clock_that_goes_back_counts_into_the_current_slot() -> None:
     clock = Clock()
     b = Budget(RetryBudget(percent=100, min_retries_per_second=0), clock)
     b.deposit()
+    b.flush()
     clock.t -= 50
     b.deposit()
+    b.flush()
     assert b.deposited == 2 and retries_allowed(b) == 2
 
 
@@ -91,3 +95,19 @@ def test_a_new_window_starts_afresh_other_parameters_keep_the_counts() -> None:
     assert retries_allowed(b) == 25
     b.configure(RetryBudget(percent=50, min_retries_per_second=0, ttl_ms=20_000))
     assert (b.deposited, b.withdrawn) == (0, 0)
+
+
+def test_pending_requests_are_dated_at_most_one_flush_late() -> None:
+    """The request path only counts; a batch is dated when it is flushed (every 64 requests
+    or at the next retry): it leaves the window late, never early."""
+    clock = Clock()
+    b = Budget(RetryBudget(percent=20, min_retries_per_second=0, ttl_ms=10_000), clock)
+    for _ in range(63):
+        b.deposit()
+    assert (b.pending, b.deposited) == (63, 0)
+    b.deposit()  # the 64th flushes
+    assert (b.pending, b.deposited) == (0, 64)
+    for _ in range(10):
+        b.deposit()
+    clock.t += 10  # the first 64 leave the window; the 10 pending are dated now
+    assert retries_allowed(b) == 2 and b.deposited == 10

@@ -36,7 +36,12 @@ from tulle.controlplane.compiler.ir import (
     ServicePort,
 )
 from tulle.controlplane.compiler.plugins.base import Plugin
-from tulle.controlplane.compiler.policies import layered, merge_fields
+from tulle.controlplane.compiler.policies import (
+    layered,
+    merge_fields,
+    sources,
+    with_provenance,
+)
 from tulle.proxyconfig.retry import RetryBudget, RetryPolicy
 
 NAME = "retries"
@@ -200,9 +205,32 @@ def apply(mesh: MeshModel) -> MeshModel:
     used: set[ObjectRef] = set()
     routes = tuple(_route(r, policies, used) for r in mesh.routes)
     services = tuple(_service(sp, policies, mesh_budget, used) for sp in mesh.services)
-    conditions = _conditions(mesh, used)
-    return replace(mesh, routes=routes, services=services,
-                   conditions={**mesh.conditions, **conditions})
+    conditions = with_provenance({**mesh.conditions, **_conditions(mesh, used)},
+                                 "RetriesApplied", _provenance(routes, services))
+    return replace(mesh, routes=routes, services=services, conditions=conditions)
 
 
 PLUGIN = Plugin(NAME, apply, affects=("routes", "services", "conditions"))
+
+
+def _provenance(routes: tuple[Route, ...], services: tuple[ServicePort, ...],
+                ) -> dict[tuple[str, str, int], list[str]]:
+    """Per Service: who set each retries value of its ports' default rules and clusters and of
+    the rules of routes attached to it (its first parent), for `RetriesApplied`."""
+    gens = {sp.key: sp.generation for sp in services}
+    lines: dict[tuple[str, str, int], list[str]] = {}
+    for sp in services:
+        if sp.retry_set_by:
+            lines.setdefault((*sp.key, sp.generation), []).append(
+                f"port {sp.port}: {sources(sp.retry_set_by)}")
+    for route in routes:
+        if not route.parents or route.parents[0][0] not in gens:
+            continue
+        key = route.parents[0][0]
+        for r in route.rules:
+            if r.retry_set_by:
+                label = r.spec.get("name") or f"rules[{r.index}]"
+                lines.setdefault((*key, gens[key]), []).append(
+                    f"{route.kind} {route.namespace}/{route.name} {label}: "
+                    f"{sources(r.retry_set_by)}")
+    return lines
