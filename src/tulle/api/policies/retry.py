@@ -15,7 +15,6 @@ from pydantic import Field, model_validator
 
 from tulle.api.errors import field_error
 from tulle.api.fields import Duration, duration_ms
-from tulle.api.mesh import RetryBudget
 from tulle.api.meta import Model
 from tulle.api.policy import (
     GRPCROUTE_TARGET,
@@ -40,6 +39,22 @@ GRPCStatusName = Literal["Canceled", "Unknown", "InvalidArgument", "DeadlineExce
                          "NotFound", "AlreadyExists", "PermissionDenied", "ResourceExhausted",
                          "FailedPrecondition", "Aborted", "OutOfRange", "Unimplemented",
                          "Internal", "Unavailable", "DataLoss", "Unauthenticated"]
+
+
+class RetryBudget(Model):
+    """Retries allowed on top of regular traffic: `percent` of requests plus a floor per second
+    (also `Mesh.spec.defaults.retryBudget`, which is where `tulle.api.mesh` takes it from)."""
+
+    percent: Annotated[int, Field(ge=0, le=100)] = 20
+    minRetriesPerSecond: Annotated[int, Field(ge=0, le=1_000_000)] = 10
+    ttl: Duration = "10s"
+    """Window over which requests and retries are counted (1s .. 10m)."""
+
+    @model_validator(mode="after")
+    def _window(self) -> RetryBudget:
+        if not 1000 <= duration_ms(self.ttl) <= 600_000:
+            raise field_error(("ttl",), "must be between 1s and 10m")
+        return self
 
 
 class RetryBackoff(Model):

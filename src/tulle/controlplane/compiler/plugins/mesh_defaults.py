@@ -58,6 +58,8 @@ def _read(defaults: dict[str, Any]) -> tuple[dict[str, int], list[str], list[str
             values[ours] = ms
     if defaults.get("retryBudget") is not None:
         applied.append("retryBudget")  # (rendered on each Service cluster by `retries`)
+    if defaults.get("retry") is not None:
+        applied.append("retry")  # (every rule nothing more specific sets, by `retries`)
     return values, applied, left_out
 
 

@@ -3,13 +3,14 @@ each rule's `retry` and each Service cluster's `retry_budget` (ADR 0037 preceden
 
 For a route rule the layers are, most specific first: the rule's own `retry` (Gateway API,
 GEP-1731: `attempts`, `codes`, `backoff`; connection errors -- connect failure, reset, refused
-stream -- are always retried, as the GEP asks), a RetryPolicy on the rule (`sectionName`), on the
-route, on the route's Service (its first parent), on the Mesh.  Field by field the first layer
-that sets a field wins; `backoff` and `budget` are one value each.  A Service's default rule
-(no route attached) takes the Service and Mesh layers.  A rule that ends with no field set has
-no retries: retries are opt-in, the budget is not (every Service cluster has one: a
-RetryPolicy's `budget` on the Service or Mesh, else `Mesh.spec.defaults.retryBudget`, else the
-proxy's 20% + 10/s over 10 s).
+stream -- are always retried, as the GEP asks), a RetryPolicy on the rule (`sectionName`), on
+the route, on the route's Service (its first parent), on the Mesh, then
+`Mesh.spec.defaults.retry`.  Field by field the first layer that sets a field wins; `backoff`
+and `budget` are one value each.  A Service's default rule (no route attached) takes the
+Service, Mesh and Mesh-default layers.  A rule that ends with no field set has no retries:
+retries are opt-in, the budget is not (every Service cluster has one: a RetryPolicy's `budget`
+on the Service or Mesh, else `Mesh.spec.defaults.retryBudget`, else the proxy's 20% + 10/s
+over 10 s).
 
 Each compiled value keeps who set it (`retry_set_by`, for `tulle describe`).  Every RetryPolicy
 whose target exists gets `Accepted`: `True`/`Enforced`, or `False`/`SectionNotFound` when its
@@ -136,7 +137,8 @@ def _merge(layers: list[tuple[str, Mapping[str, Any]]],
             tuple((f, by.source) for f, (_, by) in merged.items()))
 
 
-def _route(route: Route, policies: tuple[Policy, ...], used: set[ObjectRef]) -> Route:
+def _route(route: Route, policies: tuple[Policy, ...], used: set[ObjectRef],
+           mesh_retry: Mapping[str, Any] | None) -> Route:
     service = route.parents[0][0] if route.parents else None
     ref = (route.kind, route.namespace, route.name)
     dropped: list[Dropped] = []
@@ -151,6 +153,8 @@ def _route(route: Route, policies: tuple[Policy, ...], used: set[ObjectRef]) -> 
         for p in layered(policies, KIND, service, ref, section):
             layers.append((_source(p), p.spec))
             used.add(p.ref)
+        if mesh_retry is not None:
+            layers.append(("Mesh.spec.defaults.retry", mesh_retry))
         values, set_by = _merge(layers, RULE_FIELDS)
         retry = to_contract(values)
         rules.append(replace(r, retry=retry, retry_set_by=set_by) if retry is not None else r)
@@ -160,11 +164,13 @@ def _route(route: Route, policies: tuple[Policy, ...], used: set[ObjectRef]) -> 
 
 
 def _service(sp: ServicePort, policies: tuple[Policy, ...], mesh_budget: Any,
-             used: set[ObjectRef]) -> ServicePort:
+             used: set[ObjectRef], mesh_retry: Mapping[str, Any] | None) -> ServicePort:
     layers: list[tuple[str, Mapping[str, Any]]] = []
     for p in layered(policies, KIND, sp.key):
         layers.append((_source(p), p.spec))
         used.add(p.ref)
+    if mesh_retry is not None:
+        layers.append(("Mesh.spec.defaults.retry", mesh_retry))
     if isinstance(mesh_budget, Mapping):
         layers.append(("Mesh.spec.defaults", {"budget": mesh_budget}))
     values, set_by = _merge(layers, (*RULE_FIELDS, "budget"))
@@ -202,9 +208,11 @@ def apply(mesh: MeshModel) -> MeshModel:
     policies = tuple(p for p in mesh.policies if p.kind == KIND)
     defaults = (mesh.mesh.spec.get("defaults") or {}) if mesh.mesh is not None else {}
     mesh_budget = defaults.get("retryBudget")
+    mesh_retry = defaults.get("retry") if isinstance(defaults.get("retry"), Mapping) else None
     used: set[ObjectRef] = set()
-    routes = tuple(_route(r, policies, used) for r in mesh.routes)
-    services = tuple(_service(sp, policies, mesh_budget, used) for sp in mesh.services)
+    routes = tuple(_route(r, policies, used, mesh_retry) for r in mesh.routes)
+    services = tuple(_service(sp, policies, mesh_budget, used, mesh_retry)
+                     for sp in mesh.services)
     conditions = with_provenance({**mesh.conditions, **_conditions(mesh, used)},
                                  "RetriesApplied", _provenance(routes, services))
     return replace(mesh, routes=routes, services=services, conditions=conditions)
