@@ -111,3 +111,22 @@ def test_pending_requests_are_dated_at_most_one_flush_late() -> None:
         b.deposit()
     clock.t += 10  # the first 64 leave the window; the 10 pending are dated now
     assert retries_allowed(b) == 2 and b.deposited == 10
+
+
+def test_a_swap_keeps_the_clusters_budget_and_its_counts_with_new_parameters() -> None:
+    from tulle.dataplane.telemetry.metrics import ProxyMetrics
+    from tulle.dataplane.upstream.cluster import ClusterManager
+    from tulle.proxyconfig.model import Cluster, Endpoint, Settings
+
+    m = ClusterManager(ProxyMetrics())
+    ep = [Endpoint(address="127.0.0.1", port=1)]
+    m.commit(m.prepare([Cluster(name="c", endpoints=ep)], Settings()))
+    budget = m.clusters["c"].limits.budget
+    assert (budget.ratio, budget.reserve) == (0.2, 100.0)  # on by default
+    for _ in range(10):
+        budget.deposit()
+    budget.flush()
+    changed = Cluster(name="c", endpoints=ep, retry_budget=RetryBudget(percent=50))
+    m.commit(m.prepare([changed], Settings()))
+    assert m.clusters["c"].limits.budget is budget  # carried over by name
+    assert (budget.ratio, budget.deposited) == (0.5, 10)
