@@ -162,7 +162,8 @@ class Retrier:
         up = self.cluster.open_stream(self.head, self, self.bodiless, request)
         if up is None:
             return None
-        self.cur = up
+        if self.retries == 0 and not self.committed and self.cur is None and up is not None:
+            self.cur = up  # (unless the pool failed it synchronously and that was handled)
         return self
 
     @classmethod

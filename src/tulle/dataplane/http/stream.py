@@ -305,6 +305,8 @@ class RequestStream:
             return
         if self.head_sent:
             return  # the pool failed the exchange synchronously and it was answered already
+        if self.upstream is not None:
+            return  # ... or a Retrier took that failure over (`Retrier.adopt`) and retries
         self.upstream = up
         if self.run is not None:
             self.tried = up

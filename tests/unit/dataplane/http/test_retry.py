@@ -216,3 +216,26 @@ async def test_the_budget_refuses_a_retry_and_counts_it() -> None:
     r.on_response_head(ResponseHead(503, []), True)
     assert stream.heads == [503] and r.timer is None
     assert cluster.m_budget_exhausted.labels("c").value == 1
+
+
+async def test_a_try_that_fails_inside_open_is_retried_not_kept() -> None:
+    """A pool may fail an exchange synchronously: the Retrier must not keep that try as the
+    current one (the request body would go to it)."""
+    r, cluster, stream = retrier(b"PUT", bodiless=False)
+    failing = FakeCluster(cluster.loop)
+    first = failing.open_stream
+
+    def fail_first(head: object, sink: object, end: bool, request: object) -> FakeTry:
+        t = first(head, sink, end, request)
+        if len(failing.tries) == 1:
+            r2.on_upstream_error(connect_failure("refused at once"))
+        return t
+
+    failing.open_stream = fail_first  # type: ignore[method-assign]
+    r2 = Retrier(r.policy, failing, r.head, stream, False)  # type: ignore[arg-type]
+    assert r2.open(None) is r2
+    assert r2.cur is None and r2.timer is not None  # waiting to retry, nothing current
+    r2.send_data(b"body")
+    r2.timer.cancel()
+    r2._next()
+    assert failing.tries[1].data == [b"body"] and failing.tries[0].data == []
