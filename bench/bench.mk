@@ -11,6 +11,9 @@
 #                      apply -> ACK propagation, CPU, RSS -> bench/results/controlplane.json and
 #                      its section of docs/performance.md
 #   make bench-micro   ~30 s, no sockets: the HTTP/1.1 proxy's Python CPU per request
+#   make bench-resilience-retries  ~15 s: all endpoints down, 20,000 requests through a real
+#                      proxy: retries / requests stays within the retry budget ->
+#                      `all_down_retry_ratio` in bench/results/resilience.json (keys merged)
 #   make bench-mtls    ~40 s: two hops over mTLS vs two plaintext hops vs HAProxy's two TLS
 #                      hops, and new mTLS handshakes per second -> bench/results/mtls.json
 #                      (`make bench` measures the same row in its full run)
@@ -19,7 +22,8 @@ BENCH_PY ?= .venv/bin/python
 BENCH_PEERS ?= tulle,tulle-filters,tulle-routes,haproxy,haproxy-routes,nginx
 BENCH_MTLS_PEERS ?= tulle-mtls,tulle-2hop,haproxy-tls
 
-.PHONY: bench bench-quick bench-profile bench-setup bench-controlplane bench-micro bench-mtls
+.PHONY: bench bench-quick bench-profile bench-setup bench-controlplane bench-micro bench-mtls \
+	bench-resilience-retries
 
 bench-setup:
 	bash bench/setup.sh
@@ -54,7 +58,11 @@ bench-ca: deps
 
 # Issue 10's resilience scenarios, each at >= 20,000 requests; every scenario merges its own
 # keys into bench/results/resilience.json (one line per scenario: add yours below).
-.PHONY: bench-resilience
+.PHONY: bench-resilience bench-resilience-retries
 bench-resilience: deps
 	$(BENCH_PY) -m bench.slow_endpoint --requests 20000 --concurrency 16
 	$(BENCH_PY) -m bench.one_down --requests 20000 --json bench/results/resilience.json
+	$(BENCH_PY) -m bench.resilience_retries --requests 20000 --json bench/results/resilience.json
+
+bench-resilience-retries: deps
+	$(BENCH_PY) -m bench.resilience_retries --requests 20000 --json bench/results/resilience.json

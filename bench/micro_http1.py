@@ -1,7 +1,7 @@
 """The HTTP/1.1 proxy's Python cost per request, without sockets or a load generator.
 
     .venv/bin/python -m bench.micro_http1 [-n 3000] [--repeat 25] [--only get,post] [--profile get]
-                                          [--filters]
+                                          [--filters] [--retry]
 
 `make bench-quick` measures the proxy as a whole but needs an idle two-CPU machine and 45 s;
 this feeds the same bytes through the same objects in one process in half a minute, so a
@@ -21,6 +21,8 @@ function calls per request, which no neighbour can move; compare times from the 
 only.  Each scenario first checks the bytes the client and the origin see, so a faster but
 wrong path cannot be measured.  `--filters` gives the route a request and a response header
 modifier (`FILTERS`), the issue's "+10% at most" case; without it the route has no filters.
+`--retry` gives the route a retry policy (`RETRY`; the cluster's retry budget is on): issue
+10's "the budget costs < 3% on a healthy path".
 """
 
 from __future__ import annotations
@@ -104,6 +106,11 @@ FILTERS = [
 ]
 
 
+RETRY = {"num_retries": 2, "retry_on": ["5xx", "connect-failure", "refused-stream"]}
+WITH_RETRY = [False]
+"""Set by `--retry`: the route of `build` gets `RETRY`."""
+
+
 def build(filters: bool = False, routes: bool = False) -> tuple[ListenerHandle, H1Pool]:
     """A one-listener, one-route, one-cluster snapshot, as `ProxyServer` builds it; with
     `routes`, the routing row's table instead (`bench/routing_peers.py`: ten rules, the
@@ -111,6 +118,8 @@ def build(filters: bool = False, routes: bool = False) -> tuple[ListenerHandle, 
     rule: dict[str, Any] = {"backends": [{"cluster": "origin"}]}
     if filters:
         rule["filters"] = FILTERS
+    if WITH_RETRY[0]:
+        rule["retry"] = RETRY
     cfg = validate(tulle_routing_config(18080, 18079, 18081, 18082) if routes else {
         "listeners": [{"name": "bench", "port": 18080, "protocol": "http1", "route_table": "rt"}],
         "clusters": [{"name": "origin", "lb_policy": os.environ.get("TULLE_BENCH_LB", "round_robin"),
@@ -198,7 +207,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--routes", action="store_true",
                     help="the routing row's ten-rule table (with the filters); use with "
                          "--only routed")
+    ap.add_argument("--retry", action="store_true",
+                    help="give the route a retry policy (and so the cluster's budget)")
     args = ap.parse_args(argv)
+    WITH_RETRY[0] = args.retry
     try:
         import uvloop
         runner: Callable[[Any], Any] = uvloop.run

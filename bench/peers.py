@@ -183,8 +183,13 @@ HEADER_FILTERS = [
 "two header modifiers cost at most +10% CPU per request" case (as in `bench.micro_http1`)."""
 
 
+RETRY = {"num_retries": 2, "retry_on": ["5xx", "connect-failure", "refused-stream"]}
+"""The `tulle-retry` peer's route: retries on, with the cluster's default budget (20% + 10/s),
+on a healthy origin: what retries and their budget cost when nothing fails (issue 10: < 3%)."""
+
+
 def tulle_config(port: int, admin_port: int, origin_port: int, protocol: str,
-                 filters: bool = False) -> dict[str, object]:
+                 filters: bool = False, retry: bool = False) -> dict[str, object]:
     listener: dict[str, object] = {"name": "bench", "address": "127.0.0.1", "port": port}
     cluster: dict[str, object] = {
         "name": "origin", "protocol": "http1", "max_idle_per_endpoint": 1024,
@@ -192,6 +197,8 @@ def tulle_config(port: int, admin_port: int, origin_port: int, protocol: str,
     rule: dict[str, object] = {"backends": [{"cluster": "origin"}]}
     if filters:
         rule["filters"] = HEADER_FILTERS
+    if retry:
+        rule["retry"] = RETRY
     if protocol == "tcp":
         listener.update(protocol="tcp", cluster="origin")
         cluster["protocol"] = "tcp"
@@ -221,11 +228,11 @@ def tulle_cmd() -> list[str]:
 
 
 def start_tulle(ps: ProcessSet, origin_port: int, protocol: str,
-                filters: bool = False) -> Running:
+                filters: bool = False, retry: bool = False) -> Running:
     port, admin = free_port(), free_port()
-    name = "tulle-filters" if filters else "tulle"
+    name = "tulle-filters" if filters else "tulle-retry" if retry else "tulle"
     conf = ps.tmp / f"{name}-{protocol}.json"
-    conf.write_text(json.dumps(tulle_config(port, admin, origin_port, protocol, filters),
+    conf.write_text(json.dumps(tulle_config(port, admin, origin_port, protocol, filters, retry),
                                indent=2))
     proc = ps.start(f"{name}-{protocol}", [*tulle_cmd(), "proxy", "run", "--config", str(conf),
                                           "--watch-interval", "0", "--log-level", "warning"],
@@ -245,6 +252,13 @@ def start_tulle_filters(ps: ProcessSet, origin_port: int, protocol: str) -> Runn
     if protocol != "http1":
         raise Skip("the filter cost is measured on HTTP/1.1 only")
     return start_tulle(ps, origin_port, protocol, filters=True)
+
+
+def start_tulle_retry(ps: ProcessSet, origin_port: int, protocol: str) -> Running:
+    """Tulle with retries (and so the retry budget) on its route; HTTP/1.1 rounds only."""
+    if protocol != "http1":
+        raise Skip("the retry budget's cost is measured on HTTP/1.1 only")
+    return start_tulle(ps, origin_port, protocol, retry=True)
 
 
 # -- HAProxy --------------------------------------------------------------------------------
@@ -370,6 +384,7 @@ def _with_workers(proc: Proc, timeout: float = 5.0) -> list[int]:
 
 
 STARTERS = {"tulle": start_tulle, "tulle-filters": start_tulle_filters,
+            "tulle-retry": start_tulle_retry,
             "haproxy": start_haproxy, "nginx": start_nginx}
 
 

@@ -72,10 +72,13 @@ TARGET_ADDED_P99_MS = 0.3
 TARGET_FILTER_COST = 1.10
 """Issue 7: a route with a request and a response header modifier costs at most +10% CPU per
 request over the same route without filters (`tulle-filters` vs `tulle`, same run)."""
+TARGET_RETRY_COST = 1.03
+"""Issue 10: retries with their budget on a healthy path cost under 3% CPU per request over
+the same route without (`tulle-retry` vs `tulle`, same run)."""
 TARGET_ROUTING_CPU_RATIO = 2.0
 """Issue 8: ten rules and two header filters cost Tulle at most 2x what the same ACL routing
 costs HAProxy, CPU per request (`tulle-routes` vs `haproxy-routes`, same run)."""
-HTTP1_ONLY = ("tulle-filters", "tulle-routes", "haproxy-routes", *MTLS_STARTERS)
+HTTP1_ONLY = ("tulle-filters", "tulle-retry", "tulle-routes", "haproxy-routes", *MTLS_STARTERS)
 """Peers measured in the HTTP/1.1 rounds only (not in the h2c, TCP and gRPC passes)."""
 ALL_STARTERS = {**STARTERS, **ROUTING_STARTERS, **MTLS_STARTERS}
 TARGET_MTLS_ADDED_P99_MS = 0.3
@@ -148,6 +151,17 @@ def derive(res: dict[str, Any]) -> None:
                                       f"per request over no filters ({label})",
                             "value": tf[key], "limit": rnd(limit, 1), "unit": "µs",
                             "ratio": rnd(tf[key] / tu[key], 3), "met": tf[key] <= limit})
+    trt = res.get("tulle-retry", {})
+    for key, label in (("cpu_us_per_req", "at 1,000 rps"), ("cpu_us_per_req_sat", "at saturation")):
+        if key in trt and key in tu and tu[key] > 0:
+            limit = TARGET_RETRY_COST * tu[key]
+            targets.append({"target": f"retries and their budget on a healthy path < "
+                                      f"+{TARGET_RETRY_COST - 1:.0%} CPU per request ({label})",
+                            "value": trt[key], "limit": rnd(limit, 2), "unit": "µs",
+                            "ratio": rnd(trt[key] / tu[key], 3), "met": trt[key] < limit})
+    if trt and tu:
+        ratios["tulle_retry_vs_tulle"] = _ratios(trt, tu, ("cpu_us_per_req", "cpu_us_per_req_sat",
+                                                          "p50_ms", "p99_ms", "rps_max"))
     if tf and tu:
         ratios["tulle_filters_vs_tulle"] = _ratios(tf, tu, ("cpu_us_per_req", "cpu_us_per_req_sat",
                                                             "p50_ms", "p99_ms", "rps_max"))

@@ -16,9 +16,10 @@ from tulle.api.policies import (
     load_balancing,
     mtls,
     outlier_detection,
+    retry,
     timeout,
 )
 
 __all__ = ["authorization", "grpcroute", "health_check", "httproute", "load_balancing", "mesh",
-           "mtls", "outlier_detection", "referencegrant", "service", "tcproute", "timeout",
-           "workload"]
+           "mtls", "outlier_detection", "referencegrant", "retry", "service", "tcproute",
+           "timeout", "workload"]

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Final, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
+from tulle.api.errors import field_error
 from tulle.api.fields import Duration, pattern
 from tulle.api.meta import Model, Resource, Status
 from tulle.api.policies.health_check import HealthCheckSettings
 from tulle.api.policies.load_balancing import LoadBalancingSettings
 from tulle.api.policies.outlier_detection import OutlierDetectionSettings
+from tulle.api.policies.retry import RetryBudget, RetrySettings
 from tulle.api.registry import register
 
 MESH_API_VERSION: Final = "mesh.tulle.dev/v1alpha1"
@@ -40,15 +42,6 @@ class OutboundTrafficPolicy(Model):
     """ALLOW_ANY passes traffic to unknown destinations through; REGISTRY_ONLY refuses it."""
 
 
-class RetryBudget(Model):
-    """Retries allowed on top of regular traffic: `percent` of requests plus a floor per second."""
-
-    percent: Annotated[int, Field(ge=0, le=100)] = 20
-    minRetriesPerSecond: Annotated[int, Field(ge=0, le=1_000_000)] = 10
-    ttl: Duration = "10s"
-    """Window over which requests and retries are counted."""
-
-
 class MeshDefaults(Model):
     """Mesh-wide defaults; a policy attached to a Service or route overrides them."""
 
@@ -67,6 +60,16 @@ class MeshDefaults(Model):
     healthCheck: HealthCheckSettings | None = None
     """Every Service's active health check where no HealthCheckPolicy says otherwise; unset:
     none unless a policy asks."""
+    retry: RetrySettings | None = None
+    """Retries of every route rule no RetryPolicy or rule `retry` sets (the shape of a
+    RetryPolicy's spec without `targetRef` and `budget`: the budget is `retryBudget`);
+    unset: no retries (ADR 0037, ADR 0039)."""
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> MeshDefaults:
+        if self.retry is not None and self.retry.budget is not None:
+            raise field_error(("retry", "budget"), "the Mesh's budget is retryBudget")
+        return self
 
 
 class MeshSpec(Model):

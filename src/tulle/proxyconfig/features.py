@@ -153,6 +153,12 @@ FEATURES: tuple[Feature, ...] = (
             "passive health: endpoints ejected by their requests' outcomes"),
     Feature("health-checks", ("clusters[].health_check",),
             "active health: HTTP, gRPC health and TCP probes of each endpoint"),
+    # A proxy without retries runs the rule with one try (and no budget): what it did before.
+    Feature("retries", ("route_tables[].virtual_hosts[].rules[].retry", "clusters[].retry_budget"),
+            "retries of failed tries on route rules, and per-cluster retry budgets"),
+    Feature("stream-idle-timeout",
+            ("route_tables[].virtual_hosts[].rules[].stream_idle_timeout_ms",),
+            "a per-request idle timeout on route rules"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -28,6 +28,7 @@ from msgspec import Meta, Struct
 from tulle.proxyconfig.filters import HTTPFilter
 from tulle.proxyconfig.health import HealthCheck, OutlierDetection
 from tulle.proxyconfig.network import NetworkFilterConfig
+from tulle.proxyconfig.retry import RetryBudget, RetryPolicy
 
 Port = Annotated[int, Meta(ge=1, le=65535)]
 PortOrZero = Annotated[int, Meta(ge=0, le=65535)]
@@ -191,6 +192,9 @@ class Cluster(_Base, frozen=True, kw_only=True):
     """Eject endpoints by what requests see (`proxyconfig/health.py`); None: off."""
     health_check: HealthCheck | None = None
     """Probe every endpoint actively (`proxyconfig/health.py`); None: off."""
+    retry_budget: RetryBudget | None = None
+    """Retries the cluster takes on top of its requests (`proxyconfig/retry.py`); None: the
+    defaults of `RetryBudget` (20% + 10/s over 10 s): the budget is always on."""
 
 
 class PathMatch(_Base, frozen=True, kw_only=True):
@@ -264,6 +268,13 @@ class RouteRule(_Base, frozen=True, kw_only=True):
     backend_timeout_ms: Millis | None = None
     """Per try (Gateway API `timeouts.backendRequest`): from opening the upstream request to
     its response's end, 504 `UT` past it; None or 0: no per-try limit (only `timeout_ms`)."""
+    retry: RetryPolicy | None = None
+    """Retries of failed tries (`proxyconfig/retry.py`); None: no retries (a reused connection
+    found closed is still replayed once, ADR 0017)."""
+    stream_idle_timeout_ms: Millis | None = None
+    """A request with no body bytes either way this long is ended: 408 while the client's
+    body is awaited, 504 while the upstream's answer is, a reset once the response began
+    (flag `SI`); None or 0: none (the whole-request `timeout_ms` still bounds it)."""
 
 
 class VirtualHost(_Base, frozen=True, kw_only=True):

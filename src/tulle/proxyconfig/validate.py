@@ -306,6 +306,9 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
                         and rule.backend_timeout_ms > rule.timeout_ms):
                     out.append(FieldError(f"{rp}.backend_timeout_ms", "must not be longer than "
                                           f"timeout_ms ({rule.timeout_ms})"))
+                if rule.retry is not None:
+                    out.extend(FieldError(f"{rp}.retry.{f}", msg) for f, msg in
+                               rule.retry.problems())
                 if not rule.backends:
                     out.append(FieldError(f"{rp}.backends", "at least one backend is required"))
                 elif sum(b.weight for b in rule.backends) == 0:
@@ -622,4 +625,3 @@ def validate(raw: Any, *, optional: Collection[str] = (),
 
 __all__ = ["ConfigError", "FieldError", "check", "convert_error", "errors_in", "schema_path",
            "validate"]
-

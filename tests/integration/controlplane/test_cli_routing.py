@@ -140,8 +140,8 @@ async def test_every_accepted_route_version_is_stored_and_served_as_written() ->
 async def test_what_is_stored_but_not_enforced_is_a_warning_a_column_and_a_condition() -> None:
     policy = {"apiVersion": "policy.tulle.dev/v1alpha1", "kind": "TimeoutPolicy",
               "metadata": {"name": "slow", "namespace": "shop"},
-              "spec": {"targetRef": {"group": "", "kind": "Service", "name": "web"},
-                       "requestTimeout": "5s"}}
+              "spec": {"targetRef": {"group": "", "kind": "Service", "name": "ghost"},
+                       "requestTimeout": "5s"}}  # (a target that does not exist)
     async with running_control_plane() as cp:
         api = cp.api_url
         code, out, err = await tulle(api, "apply", "--strict", "-f", "-", stdin=docs(service("web")))
@@ -152,7 +152,7 @@ async def test_what_is_stored_but_not_enforced_is_a_warning_a_column_and_a_condi
                                                                    backend="nowhere")))
         assert code == 0, err
         assert "timeoutpolicy/slow -n shop created" in out
-        assert "Warning: timeoutpolicy/slow -n shop: Accepted=False (Unsupported)" in err
+        assert "Warning: timeoutpolicy/slow -n shop: Accepted=False (TargetNotFound)" in err
         assert ("Warning: httproute/lost -n shop: ResolvedRefs=False (BackendNotFound)" in err), err
 
         async def written() -> bool:
@@ -163,7 +163,7 @@ async def test_what_is_stored_but_not_enforced_is_a_warning_a_column_and_a_condi
         _, pol, _ = await tulle(api, "get", "timeoutpolicies", "-n", "shop")
         header, row = (line.split() for line in pol.strip().splitlines())
         assert header == ["NAMESPACE", "NAME", "TARGET", "ACCEPTED", "REASON", "AGE"]
-        assert row[:5] == ["shop", "slow", "Service/web", "False", "Unsupported"]
+        assert row[:5] == ["shop", "slow", "Service/ghost", "False", "TargetNotFound"]
         _, rt, _ = await tulle(api, "get", "httproutes", "-n", "shop")
         assert rt.strip().splitlines()[1].split()[:5] == ["shop", "lost", "web", "Partial", "BackendNotFound"]
         code, out, _ = await tulle(api, "describe", "httproute", "lost", "-n", "shop")
@@ -176,7 +176,7 @@ async def test_what_is_stored_but_not_enforced_is_a_warning_a_column_and_a_condi
                                      stdin=docs(stricter, service("api")))
         assert code == 1
         assert "would be stored but not (wholly) enforced; nothing was applied" in err
-        assert "Accepted=False (Unsupported)" in err
+        assert "Accepted=False (TargetNotFound)" in err
         code, _, err = await tulle(api, "get", "timeoutpolicy", "slower", "-n", "shop")
         assert code == 1 and "not found" in err
         code, _, err = await tulle(api, "get", "svc", "api", "-n", "shop")
@@ -184,4 +184,4 @@ async def test_what_is_stored_but_not_enforced_is_a_warning_a_column_and_a_condi
 
         # a dry run reports the same warnings and writes nothing
         code, out, err = await tulle(api, "apply", "--dry-run", "-f", "-", stdin=docs(stricter))
-        assert code == 0 and "(dry run)" in out and "Accepted=False (Unsupported)" in err
+        assert code == 0 and "(dry run)" in out and "Accepted=False (TargetNotFound)" in err

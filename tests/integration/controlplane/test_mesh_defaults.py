@@ -82,8 +82,9 @@ async def test_a_mesh_request_timeout_reaches_traffic_and_status(tmp_path: Path)
             # The settings outside `defaults` are reported by their own plugin (mesh_settings).
             assert conds["SettingsApplied"]["status"] == "False"
             assert "requestTimeout 300ms" in cond["message"]
-            # The API stores the documented retry budget; no retries exist yet to bound.
-            assert cond["status"] == "False" and "retryBudget" in cond["message"]
+            # The API stores the documented retry budget: applied (every Service cluster's
+            # retry budget, the `retries` plugin; ADR 0039).
+            assert cond["status"] == "True" and "retryBudget" in cond["message"]
         finally:
             release.set()
             for p in proxies:

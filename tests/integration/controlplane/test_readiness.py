@@ -27,7 +27,6 @@ from tests.support.resources import NS, service, workload
 from tulle.controlplane.main import ControlPlane
 from tulle.proxyconfig.stream import Ping, WorkloadInfo
 
-
 ROUND_ROBIN = {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Mesh",
                "metadata": {"name": "default"},
                "spec": {"defaults": {"loadBalancing": {"type": "RoundRobin"}}}}

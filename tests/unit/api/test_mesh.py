@@ -42,3 +42,11 @@ def test_rules(errors: Errors) -> None:
     assert errors(with_(MESH, "metadata", {"name": "default", "namespace": "x"})) == [
         ("metadata.namespace", "Mesh is cluster-scoped and takes no namespace")
     ]
+
+
+def test_defaults_retry_and_its_budget(errors: Errors) -> None:
+    assert errors(with_(MESH, "spec", {"defaults": {"retry": {"attempts": 1}}})) == []
+    assert errors(with_(MESH, "spec", {"defaults": {"retry": {"budget": {"percent": 5}}}})) == [
+        ("spec.defaults.retry.budget", "the Mesh's budget is retryBudget")]
+    assert errors(with_(MESH, "spec", {"defaults": {"retryBudget": {"ttl": "100ms"}}})) == [
+        ("spec.defaults.retryBudget.ttl", "must be between 1s and 10m")]

@@ -21,6 +21,7 @@ EXPECTED = {
     ("policy.tulle.dev/v1alpha1", "OutlierDetectionPolicy"): ("Namespaced",
                                                             "outlierdetectionpolicies"),
     ("policy.tulle.dev/v1alpha1", "HealthCheckPolicy"): ("Namespaced", "healthcheckpolicies"),
+    ("policy.tulle.dev/v1alpha1", "RetryPolicy"): ("Namespaced", "retrypolicies"),
 }
 
 

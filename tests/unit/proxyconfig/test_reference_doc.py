@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from msgspec import inspect as mi
 
-from tulle.proxyconfig import health, model, network
+from tulle.proxyconfig import health, model, network, retry
 from tulle.proxyconfig.filters import authz, headers, mirror, paths, redirect, rewrite
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "reference" / "proxyconfig.md"
@@ -30,6 +30,7 @@ STRUCTS += [authz.Authorization, authz.AuthzPolicy, authz.AuthzRule, authz.Authz
 STRUCTS += [redirect.RequestRedirect, rewrite.URLRewrite, paths.PathModifier]
 STRUCTS += [mirror.RequestMirror]
 STRUCTS += [health.OutlierDetection, health.SuccessRate, health.HealthCheck]
+STRUCTS += [retry.RetryPolicy, retry.RetryBudget]
 
 
 def _doc_tables() -> dict[str, dict[str, str]]:

@@ -1,8 +1,11 @@
-"""`TimeoutPolicy`: connect, request and idle timeouts for a Mesh, Service or route.
+"""`TimeoutPolicy`: connect, request, per-try, idle and stream idle timeouts for a Mesh,
+Service or route (rule).
 
-Schema and validation only; the traffic-management issue compiles it.  Each field overrides the
-same field of `Mesh.spec.defaults`; an unset field inherits.  "0s" disables a request or idle
-timeout; a connect timeout must be positive.
+Compiled by `controlplane/compiler/plugins/timeouts.py` (ADR 0037 precedence, ADR 0039): an
+unset field inherits from the next less specific level, finally `Mesh.spec.defaults` and the
+proxy's defaults.  "0s" disables a request, per-try, idle or stream idle timeout; a connect
+timeout must be positive.  `connectTimeout` and `idleTimeout` are a Service's connections'
+(its cluster's): they may not be set on a route target.
 """
 
 from __future__ import annotations
@@ -31,11 +34,18 @@ class TimeoutPolicySpec(PolicySpec):
     requestTimeout: Duration | None = None
     """HTTP/gRPC only: first request byte to last response byte."""
     idleTimeout: Duration | None = None
+    """Idle upstream connections of the Service's cluster are closed after this long."""
+    perTryTimeout: Duration | None = None
+    """HTTP/gRPC only: each try to a backend (Gateway API `timeouts.backendRequest`)."""
+    streamIdleTimeout: Duration | None = None
+    """HTTP/gRPC only: a request with no body bytes either way this long is ended."""
 
     @model_validator(mode="after")
     def _some(self) -> TimeoutPolicySpec:
-        if self.connectTimeout is None and self.requestTimeout is None and self.idleTimeout is None:
-            raise field_error((), "set at least one of connectTimeout, requestTimeout, idleTimeout")
+        fields = ("connectTimeout", "requestTimeout", "idleTimeout", "perTryTimeout",
+                  "streamIdleTimeout")
+        if all(getattr(self, f) is None for f in fields):
+            raise field_error((), "set at least one of " + ", ".join(fields))
         if self.connectTimeout is not None and duration_ms(self.connectTimeout) == 0:
             raise field_error(("connectTimeout",), "must be greater than 0")
         return self
@@ -53,8 +63,16 @@ class TimeoutPolicy(Policy):
 
     @model_validator(mode="after")
     def _request_needs_l7(self) -> TimeoutPolicy:
-        if self.spec.targetRef.target == TCPROUTE_TARGET and self.spec.requestTimeout is not None:
-            raise field_error(
-                ("spec", "requestTimeout"), "does not apply to a TCPRoute (TCP has no requests)"
-            )
+        target = self.spec.targetRef.target
+        if target == TCPROUTE_TARGET:
+            for f in ("requestTimeout", "perTryTimeout", "streamIdleTimeout"):
+                if getattr(self.spec, f) is not None:
+                    raise field_error(("spec", f), "does not apply to a TCPRoute (TCP has no "
+                                      "requests)")
+        if target in (HTTPROUTE_TARGET, GRPCROUTE_TARGET):
+            for f in ("connectTimeout", "idleTimeout"):
+                if getattr(self.spec, f) is not None:
+                    raise field_error(("spec", f), "applies to a Service's connections (its "
+                                      "cluster), shared by every route: target the Service or "
+                                      "the Mesh")
         return self

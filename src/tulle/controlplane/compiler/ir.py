@@ -99,6 +99,19 @@ class ServicePort(msgspec.Struct, frozen=True):
     health: Mapping[str, Any] | None = None
     """Its cluster's `outlier_detection` / `health_check` as the contract writes them (the
     `endpoint_health` plugin); None: neither."""
+    retry: Mapping[str, Any] | None = None
+    """Retries of the Service's default rule and of route rules that set none more
+    specifically (`plugins/retries.py`); None: one try."""
+    retry_budget: Mapping[str, Any] | None = None
+    """The contract's `RetryBudget` of the Service's cluster; None: the proxy's default."""
+    retry_set_by: tuple[tuple[str, str], ...] = ()
+    """For each Service-level retry field set (and `budget`): who set it."""
+    default_timeouts: Mapping[str, int] = msgspec.field(default_factory=dict)
+    """Contract timeouts of the Service's default rule (`timeout_ms`, `backend_timeout_ms`,
+    `stream_idle_timeout_ms`) from TimeoutPolicy (`plugins/timeouts.py`)."""
+    cluster_timeouts: Mapping[str, int] = msgspec.field(default_factory=dict)
+    """Contract timeouts of the Service's cluster (`connect_timeout_ms`, `idle_timeout_ms`)."""
+    timeout_set_by: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> Key:
@@ -154,6 +167,14 @@ class Rule(msgspec.Struct, frozen=True):
     timeout_ms: int | None = None
     backend_timeout_ms: int | None = None
     """Per try (`timeouts.backendRequest`); None: no per-try limit."""
+    retry: Mapping[str, Any] | None = None
+    """The contract's `RetryPolicy` for this rule (`plugins/retries.py`); None: one try."""
+    retry_set_by: tuple[tuple[str, str], ...] = ()
+    """For each retry field set: who set it (ADR 0037 provenance, for `describe`)."""
+    stream_idle_timeout_ms: int | None = None
+    """No body bytes either way this long ends the request (`plugins/timeouts.py`)."""
+    timeout_set_by: tuple[tuple[str, str], ...] = ()
+    """For each timeout field a TimeoutPolicy set on this rule: who set it."""
     left_out: bool = False
     """Not in force: no match the proxy can do (not rendered: its traffic cannot be told
     apart), or a plugin refused a setting of it (rendered to answer 500, Gateway API's answer
@@ -236,6 +257,8 @@ class Policy(msgspec.Struct, frozen=True):
     target_found: bool
     spec: Mapping[str, Any]
     """The policy's spec as the user wrote it, for the plugin of its kind."""
+    section: str = ""
+    """`targetRef.sectionName` (a route rule's name); empty: the whole target."""
     created: str = ""
     """`metadata.creationTimestamp`: between two policies at one level, the older wins a field
     (GEP-713; ADR 0037)."""

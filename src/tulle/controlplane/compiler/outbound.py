@@ -51,6 +51,9 @@ def service_cluster(sp: ServicePort, connect_timeout_ms: int | None = None) -> d
         out.update(sp.lb)
     if sp.health is not None:  # `outlier_detection`, `health_check` (endpoint_health plugin)
         out.update(sp.health)
+    if sp.retry_budget is not None:
+        out["retry_budget"] = dict(sp.retry_budget)
+    out.update(sp.cluster_timeouts)  # a TimeoutPolicy's, over the Mesh default
     return out
 
 
@@ -98,6 +101,10 @@ def rule(r: Rule) -> dict[str, Any]:
         out["timeout_ms"] = r.timeout_ms
     if r.backend_timeout_ms:
         out["backend_timeout_ms"] = r.backend_timeout_ms
+    if r.retry is not None:
+        out["retry"] = dict(r.retry)
+    if r.stream_idle_timeout_ms:
+        out["stream_idle_timeout_ms"] = r.stream_idle_timeout_ms
     out["backends"] = [_backend(b) for b in r.backends]
     filters = [msgspec.to_builtins(f.config) for f in r.filters if f.config is not None]
     if filters:
@@ -135,8 +142,12 @@ class Attached:
 def _host(sp: ServicePort, routes: list[Route] | None,
           rendered: dict[int, list[dict[str, Any]]]) -> dict[str, Any]:
     if routes is None:
-        rules = [{"name": f"default/{sp.namespace}/{sp.name}/{sp.port}",
-                  "backends": [{"cluster": sp.cluster_name}]}]
+        default: dict[str, Any] = {"name": f"default/{sp.namespace}/{sp.name}/{sp.port}",
+                                   "backends": [{"cluster": sp.cluster_name}]}
+        if sp.retry is not None:
+            default["retry"] = dict(sp.retry)
+        default.update(sp.default_timeouts)
+        rules = [default]
     else:
         # Routes attached: only their rules.  None of them matching is a 404 (GAMMA), never
         # the Service's default route.

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from tulle.controlplane.compiler.inputs import MeshInputs, spec_of
-from tulle.controlplane.compiler.ir import Key, MeshResource, ObjectRef, Policy
+from tulle.controlplane.compiler.ir import Condition, Key, MeshResource, ObjectRef, Policy
 
 
 def _target_exists(m: MeshInputs, ns: str, ref: dict[str, Any]) -> bool:
@@ -43,6 +43,7 @@ def derive_policies(m: MeshInputs) -> tuple[Policy, ...]:
             generation=int((policy.get("metadata") or {}).get("generation") or 1),
             target_kind=str(ref.get("kind")), target_name=str(ref.get("name")),
             target_found=_target_exists(m, ns, ref), spec=spec,
+            section=str(ref.get("sectionName") or ""),
             created=str((policy.get("metadata") or {}).get("creationTimestamp") or "")))
     return tuple(out)
 
@@ -58,30 +59,33 @@ def source_of(p: Policy) -> str:
     return f"{p.kind} {p.namespace}/{p.name}"
 
 
-def _level(p: Policy, service: Key, route: ObjectRef | None, rule: str | None) -> int | None:
+def _level(p: Policy, service: Key | None, route: ObjectRef | None,
+           rule: str | None) -> int | None:
     """How specific `p`'s target is for traffic to `service` (and `route`, rule `rule`): 0 the
     route rule, 1 the route, 2 the Service, 3 its namespace, 4 the Mesh; None: it does not
     apply.  (Level 1 of ADR 0037, the route's own Gateway API field, is the plugin's.)"""
     if not p.target_found and p.target_kind != "Namespace":
         return None
-    section = (p.spec.get("targetRef") or {}).get("sectionName")
+    section = p.section or (p.spec.get("targetRef") or {}).get("sectionName")
     if p.target_kind == "Mesh":
         return 4
     if p.target_kind == "Namespace":
-        return 3 if p.target_name == p.namespace == service[0] else None
+        return (3 if service is not None and p.target_name == p.namespace == service[0]
+                else None)
     if p.target_kind == "Service":
-        return 2 if (p.namespace, p.target_name) == service else None
+        return 2 if service is not None and (p.namespace, p.target_name) == service else None
     if route is not None and (p.target_kind, p.namespace, p.target_name) == route:
-        if section is None:
+        if not section:
             return 1
-        return 0 if section == rule else None
+        return 0 if rule and section == rule else None
     return None
 
 
-def layered(policies: Iterable[Policy], kind: str, service: Key,
+def layered(policies: Iterable[Policy], kind: str, service: Key | None,
             route: ObjectRef | None = None, rule: str | None = None) -> list[Policy]:
     """The policies of `kind` that apply to traffic for `service` (through `route`'s rule
-    `rule`), most specific first; at one level the oldest first (then namespace/name)."""
+    `rule`), most specific first; at one level the oldest first (then namespace/name): the
+    first that sets a field wins it."""
     found: list[tuple[int, str, str, str, Policy]] = []
     for p in policies:
         if p.kind != kind:
@@ -94,9 +98,10 @@ def layered(policies: Iterable[Policy], kind: str, service: Key,
 
 
 def merge_fields(layers: Sequence[tuple[str, Mapping[str, Any]]],
-                 fields: Sequence[str]) -> dict[str, tuple[Any, str]]:
+                 fields: Iterable[str]) -> dict[str, tuple[Any, str]]:
     """Field by field, the first layer (most specific first) that sets each field: its value
-    and the layer's source.  A field that is an object is taken whole (ADR 0037)."""
+    and the layer's source (`"RetryPolicy ns/name"`, `"HTTPRoute ns/name rule r1"`,
+    `DEFAULTS_SOURCE`, `BUILTIN_SOURCE`).  A field that is an object is taken whole (ADR 0037)."""
     out: dict[str, tuple[Any, str]] = {}
     for f in fields:
         for source, values in layers:
@@ -107,5 +112,28 @@ def merge_fields(layers: Sequence[tuple[str, Mapping[str, Any]]],
     return out
 
 
+def sources(set_by: Sequence[tuple[str, str]]) -> str:
+    """`(field, source)` pairs as one line, fields grouped by who set them:
+    `attempts, backoff from RetryPolicy shop/a; budget from Mesh.spec.defaults`."""
+    groups: dict[str, list[str]] = {}
+    for field, source in set_by:
+        groups.setdefault(source, []).append(field)
+    return "; ".join(f"{', '.join(fields)} from {source}" for source, fields in groups.items())
+
+
+def with_provenance(conditions: Mapping[ObjectRef, tuple[Condition, ...]], type_: str,
+                    lines: Mapping[tuple[str, str, int], list[str]],
+                    ) -> dict[ObjectRef, tuple[Condition, ...]]:
+    """`conditions` plus, on each Service with `lines` ((namespace, name, generation) ->
+    what was set where), a condition `type_` listing them (`tulle describe service` shows who
+    set each value, ADR 0037); another plugin's conditions on the Service are kept."""
+    out = dict(conditions)
+    for (ns, name, generation), said in sorted(lines.items()):
+        ref = ("Service", ns, name)
+        kept = tuple(c for c in out.get(ref, ()) if c.type != type_)
+        out[ref] = (*kept, Condition(type_, True, "Applied", " | ".join(said), generation))
+    return out
+
+
 __all__ = ["BUILTIN_SOURCE", "DEFAULTS_SOURCE", "derive_mesh", "derive_policies", "layered",
-           "merge_fields", "source_of"]
+           "merge_fields", "source_of", "sources", "with_provenance"]

@@ -43,6 +43,7 @@ def service_ports(m: MeshInputs, key: Key, svc: Resource,
     spec = spec_of(svc)
     selector = spec.get("selector") or {}
     vip = ((svc.get("status") or {}).get("virtualIP") or "")
+    generation = int((svc.get("metadata") or {}).get("generation") or 1)
     selected = m.select(ns, selector)
     out: list[ServicePort] = []
     for p in spec.get("ports") or []:
@@ -71,7 +72,7 @@ def service_ports(m: MeshInputs, key: Key, svc: Resource,
             domains = names + domains
         out.append(ServicePort(ns, name, port, port_protocol(p, "http1"), tuple(endpoints),
                                tuple(domains), port_name=p.get("name") or "",
-                               generation=int((svc.get("metadata") or {}).get("generation") or 1)))
+                               generation=generation))
     return out
 
 

@@ -39,7 +39,10 @@ import logging
 from typing import TYPE_CHECKING, Protocol
 
 from tulle.dataplane.http.chain import Chain, ChainRun, HeaderListEdit
+from tulle.dataplane.http.idle import StreamIdle
+from tulle.dataplane.http.retry import Retrier, RetryRuntime
 from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
+from tulle.dataplane.upstream.budget import FLUSH_EVERY
 
 log = logging.getLogger("tulle.proxy")
 
@@ -107,8 +110,8 @@ class RequestStream:
 
     __slots__ = ("authz", "bodiless", "body", "body_size", "bytes_in", "bytes_out", "cluster",
                  "conn", "decision", "done", "due", "edits", "expect_continue", "flags", "head",
-                 "head_sent", "request_done", "resp", "run", "start", "stats", "status", "timer",
-                 "trailers", "tried", "upstream")
+                 "head_sent", "idle", "request_done", "resp", "retry", "run", "start", "stats",
+                 "status", "timer", "trailers", "tried", "upstream")
 
     def __init__(self, conn: StreamOwner, head: RequestHead, bodiless: bool,
                  start: float, expect_continue: bool = False) -> None:
@@ -154,6 +157,11 @@ class RequestStream:
         self.trailers: Headers | None
         """Request trailers that arrived before the upstream opened (set by `request_end`)."""
         self.resp: _HeldResponse | None = None
+        self.retry: RetryRuntime | None = None
+        """The route's retries while a bodiless request's first try has not answered (its
+        failure hands the try to a `Retrier`, `http/retry.py`); None otherwise."""
+        self.idle: StreamIdle | None = None
+        """The stream idle timeout's watch (`http/idle.py`), on routes that have one."""
 
     @property
     def facts(self) -> ConnectionFacts:
@@ -256,6 +264,8 @@ class RequestStream:
                         conn.deadline_kind = "request"
                 else:
                     self.timer = conn.loop.call_later(timeout, self.on_timeout)
+            if d.stream_idle:
+                self.idle = StreamIdle(self, d.stream_idle, conn.loop)
             chain = d.chain
             if chain is not None:
                 if chain.edits_only:
@@ -276,7 +286,18 @@ class RequestStream:
             self.flags = d.flag
             self.send_local(d.status, d.body)
             return
-        up = cluster.open_stream(head, self, self.bodiless, d.attempt)
+        retry = d.retry
+        if retry is None:
+            up = cluster.open_stream(head, self, self.bodiless, d.attempt)
+        elif self.bodiless:  # a Retrier only if this try fails (`Retrier.adopt`)
+            budget = cluster.limits.budget
+            budget.pending += 1  # (`Budget.deposit`, inlined: this runs per request)
+            if budget.pending >= FLUSH_EVERY:
+                budget.flush()
+            self.retry = retry
+            up = cluster.open_stream(head, self, True, d.attempt)
+        else:
+            up = Retrier(retry, cluster, head, self, False).open(d.attempt)
         if up is None:
             self.flags = "UH"
             self.reply_local(503, b"no healthy endpoint in cluster '%b'\n"
@@ -284,6 +305,8 @@ class RequestStream:
             return
         if self.head_sent:
             return  # the pool failed the exchange synchronously and it was answered already
+        if self.upstream is not None:
+            return  # ... or a Retrier took that failure over (`Retrier.adopt`) and retries
         self.upstream = up
         if self.run is not None:
             self.tried = up
@@ -311,6 +334,9 @@ class RequestStream:
 
     def request_data(self, data: bytes) -> None:
         """Request body from the client."""
+        idle = self.idle
+        if idle is not None:
+            idle.moved = True
         up = self.upstream
         if up is not None:
             run = self.run
@@ -365,24 +391,46 @@ class RequestStream:
         """The route timeout passed (from the timer, or the connection's sweeper)."""
         self.timer = None
         self.due = 0.0
+        self._expire("UT", 504, b"upstream request timeout\n")
+
+    def on_idle(self) -> None:
+        """No body bytes either way for the route's stream idle timeout (`http/idle.py`):
+        408 while the client's body is awaited, 504 while the upstream's answer is."""
+        self.idle = None
+        if self.request_done:
+            self._expire("SI", 504, b"upstream stream idle timeout\n")
+        else:
+            self._expire("SI", 408, b"request body idle timeout\n")
+
+    def _expire(self, flag: str, status: int, body: bytes) -> None:
+        """A timeout ended the request: drop the upstream, answer (or reset a response
+        already begun)."""
         if self.done:
             return
         up, self.upstream = self.upstream, None
         if up is not None:
             up.reset()
-        self.flags = "UT"
+        self.flags = flag
         self.resp = None
         if self.head_sent:
-            self.status = self.status or 504
+            self.status = self.status or status
             self.send_reset()
         else:
-            self.send_local(504, b"upstream request timeout\n")
+            self.send_local(status, body)
 
     # -- ResponseSink (the upstream reports here) -------------------------------------------
 
     def on_response_head(self, head: ResponseHead, end_stream: bool) -> None:
         if self.done:
             return
+        retry = self.retry
+        if retry is not None:
+            self.retry = None
+            status = head.status
+            if ((status >= 500 or retry.grpc or status in retry.statuses)
+                    and retry.status_retried(head, end_stream)):
+                Retrier.adopt(retry, self).on_response_head(head, end_stream)
+                return
         self.status = head.status
         run = self.run
         if run is not None:
@@ -414,6 +462,9 @@ class RequestStream:
     def on_response_data(self, data: bytes) -> None:
         if self.done:
             return
+        idle = self.idle
+        if idle is not None:
+            idle.moved = True
         run = self.run
         if run is not None:  # (a held response needs filters: `resp` is tested only here)
             if self.resp is not None:
@@ -453,6 +504,12 @@ class RequestStream:
     def on_upstream_error(self, error: UpstreamError) -> None:
         if self.done:
             return
+        retry = self.retry
+        if retry is not None:
+            self.retry = None
+            if retry.error_retried(error):
+                Retrier.adopt(retry, self).on_upstream_error(error)
+                return
         self.flags = error.flag
         self.upstream = None
         self.resp = None
@@ -594,6 +651,10 @@ class RequestStream:
         if timer is not None:
             self.timer = None
             timer.cancel()
+        idle = self.idle
+        if idle is not None:
+            self.idle = None
+            idle.cancel()
         if self.done:
             return
         self.done = True

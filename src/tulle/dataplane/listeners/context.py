@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import ssl
 
     from tulle.dataplane.http.chain import Chain
+    from tulle.dataplane.http.retry import RetryRuntime
     from tulle.dataplane.runtime.tls import ServerRef, TLSContexts
     from tulle.dataplane.upstream.attempt import AttemptRequest
     from tulle.dataplane.upstream.cluster import ClusterRuntime
@@ -175,18 +176,21 @@ class ListenerContext:
                 if c.tls_ref is not None]
 
     def decision(self, cluster: str, timeout_ms: int, chain: Chain | None = None,
-                 attempt: AttemptRequest | None = None) -> Decision:
+                 attempt: AttemptRequest | None = None,
+                 retry: RetryRuntime | None = None, stream_idle: float = 0.0,
+                 route: object = None) -> Decision:
         """The shared decision for requests routed to `cluster` with `timeout_ms` (and, for a
-        route with filters or a per-try request, its `chain` and `attempt`: one decision per
-        route and cluster, keyed by whichever of the two the route has)."""
-        key = chain if chain is not None else attempt
+        route with filters, a per-try request, retries or a stream idle timeout, its `chain`,
+        `attempt`, `retry` and `stream_idle`: one decision per route and cluster, keyed by
+        the chain or attempt the route has, else by the `route` itself)."""
+        key = chain if chain is not None else attempt if attempt is not None else route
         if key is not None:
             by_cluster = self._chain_decisions.get(key)
             if by_cluster is not None:
                 d = by_cluster.get(cluster)
                 if d is not None:
                     return d
-            return self._chained(cluster, timeout_ms, chain, attempt, key)
+            return self._chained(cluster, timeout_ms, chain, attempt, key, retry, stream_idle)
         by_timeout = self._decisions.get(cluster)
         if by_timeout is not None:
             d = by_timeout.get(timeout_ms)
@@ -202,7 +206,8 @@ class ListenerContext:
         return d
 
     def _chained(self, cluster: str, timeout_ms: int, chain: Chain | None,
-                 attempt: AttemptRequest | None, key: object) -> Decision:
+                 attempt: AttemptRequest | None, key: object,
+                 retry: RetryRuntime | None = None, stream_idle: float = 0.0) -> Decision:
         """The first request to `cluster` through `chain` (a route with filters).  A cluster
         that is missing or unresolved keeps the chain: its filters run first (a redirect
         answers before the backend would matter), then the request is answered 503/500."""
@@ -212,7 +217,7 @@ class ListenerContext:
             d.chain = chain
         else:
             d = Decision(rt, cluster, timeout_ms, stats=self.stats(cluster), chain=chain,
-                         attempt=attempt)
+                         attempt=attempt, retry=retry, stream_idle=stream_idle)
         self._chain_decisions.setdefault(key, {})[cluster] = d
         return d
 

@@ -21,6 +21,7 @@ from tulle.dataplane.routing.paths import PathRejected
 
 if TYPE_CHECKING:
     from tulle.dataplane.http.chain import Chain
+    from tulle.dataplane.http.retry import RetryRuntime
     from tulle.dataplane.listeners.context import ListenerContext, RequestStats
     from tulle.dataplane.routing.router import Router
     from tulle.dataplane.upstream.attempt import AttemptRequest
@@ -34,13 +35,14 @@ class Decision:
     listener context builds it once (`ListenerContext.decision`) and every request that takes
     that route shares it: treat it as immutable."""
 
-    __slots__ = ("attempt", "body", "chain", "cluster", "cluster_name", "flag", "stats",
-                 "status", "timeout", "timeout_ms")
+    __slots__ = ("attempt", "body", "chain", "cluster", "cluster_name", "flag", "retry",
+                 "stats", "status", "stream_idle", "timeout", "timeout_ms")
 
     def __init__(self, cluster: ClusterRuntime | None, cluster_name: str, timeout_ms: int,
                  status: int = 0, body: bytes = b"", flag: str = "",
                  stats: RequestStats | None = None, chain: Chain | None = None,
-                 attempt: AttemptRequest | None = None) -> None:
+                 attempt: AttemptRequest | None = None,
+                 retry: RetryRuntime | None = None, stream_idle: float = 0.0) -> None:
         self.cluster = cluster
         self.cluster_name = cluster_name
         self.timeout_ms = timeout_ms
@@ -55,6 +57,10 @@ class Decision:
         """The route's filters to run before the upstream is opened; None: no filters."""
         self.attempt = attempt
         """What each try asks of the cluster (a per-try deadline); None: nothing."""
+        self.retry = retry
+        """The route's retries (`http/retry.py`); None: one try."""
+        self.stream_idle = stream_idle
+        """Seconds the request may go without body bytes either way; 0: no limit."""
 
 
 def resolve(ctx: ListenerContext, router: Router | None, default_cluster: str,
@@ -79,7 +85,8 @@ def resolve(ctx: ListenerContext, router: Router | None, default_cluster: str,
         cluster = route.pick_cluster()
         chains = route.backend_chains
         chain = chains.get(cluster, route.chain) if chains is not None else route.chain
-        return ctx.decision(cluster, route.timeout_ms, chain, route.attempt)
+        return ctx.decision(cluster, route.timeout_ms, chain, route.attempt, route.retry,
+                            route.stream_idle, route)
     return ctx.decision(route.pick_cluster(), route.timeout_ms)
 
 

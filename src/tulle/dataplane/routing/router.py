@@ -36,6 +36,7 @@ from collections.abc import Callable, Sequence
 from tulle.dataplane.exchange import RequestHead
 from tulle.dataplane.filters import factory_for
 from tulle.dataplane.http.chain import Chain, build_chain
+from tulle.dataplane.http.retry import RetryRuntime
 from tulle.dataplane.routing.decide import Decision
 from tulle.dataplane.routing.match import Condition, PathMatcher, conditions_of
 from tulle.dataplane.routing.state import RouteState
@@ -52,8 +53,8 @@ class Route:
     per snapshot."""
 
     __slots__ = ("_cum", "_total", "attempt", "backend_chains", "chain", "clusters",
-                 "default_timeout_ms", "name", "requests", "rule", "single", "special", "state",
-                 "timeout_ms")
+                 "default_timeout_ms", "name", "requests", "retry", "rule", "single", "special",
+                 "state", "stream_idle", "timeout_ms")
 
     def __init__(self, name: str, rule: RouteRule, default_timeout_ms: int,
                  state: RouteState | None = None) -> None:
@@ -83,8 +84,15 @@ class Route:
                         if rule.backend_timeout_ms else None)
         """What each try of this route asks of its cluster (the per-try deadline); None:
         nothing, and the route pays nothing."""
+        per_try = (rule.backend_timeout_ms or 0) / 1000
+        self.retry = (RetryRuntime(rule.retry, per_try)
+                      if rule.retry is not None and rule.retry.num_retries else None)
+        """The rule's retry policy, compiled; None: no retries (and nothing paid for them)."""
+        self.stream_idle = (rule.stream_idle_timeout_ms or 0) / 1000
+        """Seconds a request may go without body bytes either way (0: no limit)."""
         self.special = (self.chain is not None or self.attempt is not None
-                        or self.backend_chains is not None)
+                        or self.backend_chains is not None or self.retry is not None
+                        or self.stream_idle > 0)
         """Filters or a try request: the router step's one test for the plain path."""
         self.state = state if state is not None else RouteState()
         """What this route keeps across swaps (request stats; later buckets and budgets)."""

@@ -258,3 +258,16 @@ class ProxyMetrics:
             "tulle_proxy_upstream_peer_identity_rejected_total",
             "Upstream mTLS connections refused because the server's SPIFFE ID is not one "
             "expected for the cluster (also counted as connect failures).", ("cluster",))
+        self.upstream_retries = r.counter(
+            "tulle_proxy_upstream_retries_total",
+            "Retries a route's retry policy made to a cluster (within its budget), by what the "
+            "failed try got (a status code, or the error's response flag); one the cluster's "
+            "max_retries refused is also in tulle_proxy_upstream_overflow_total.",
+            ("cluster", "reason"))
+        self.upstream_retry_budget_exhausted = r.counter(
+            "tulle_proxy_upstream_retry_budget_exhausted_total",
+            "Retries not made because the cluster's retry budget was spent.", ("cluster",))
+        self.upstream_retries_exhausted = r.counter(
+            "tulle_proxy_upstream_retries_exhausted_total",
+            "Requests whose last try failed after all its retries were used (flag URX).",
+            ("cluster",))

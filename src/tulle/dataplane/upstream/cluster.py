@@ -142,6 +142,13 @@ class ClusterRuntime:
         self.m_connections_total = metrics.upstream_connections_total.labels(cfg.name)
         self._factory = POOL_FACTORIES.get(cfg.protocol)
         self.limits = limits if limits is not None else Limits(cfg.name, cfg.limits, metrics)
+        if limits is None:
+            self.limits.budget.configure(cfg.retry_budget)
+        self.m_retries = metrics.upstream_retries
+        """Retry counters, labelled when first used (`http/retry.py`): clusters that never
+        retry add nothing to /metrics."""
+        self.m_budget_exhausted = metrics.upstream_retry_budget_exhausted
+        self.m_retries_exhausted = metrics.upstream_retries_exhausted
         """Counters shared by every runtime of this cluster name (carried over by
         `ClusterManager`); thresholds of the config in force."""
         self.on_outcome = on_outcome
@@ -348,6 +355,7 @@ class ClusterManager:
             _set_weights(rt.cfg, rt.endpoints)
             rt.lb = build(rt.cfg.lb_policy, rt.endpoints, rt.lb_options)  # weights in force
             rt.limits.configure(rt.cfg.limits)  # a carried-over counter takes the new limits
+            rt.limits.budget.configure(rt.cfg.retry_budget)
             rt.on_outcome = self.on_outcome
             for pool in rt.pools.values():
                 pool.cluster = rt

@@ -457,6 +457,10 @@ class H1Pool:
         del self._connecting[task]
         if task.cancelled() or not task.result():
             self.limits.connections -= 1  # else the connection's loss will (`forget`)
+        if self.waiting:
+            # A request that came while this finished dial still counted in `_connecting`
+            # (between its failure and this callback) found "enough" dials and has none.
+            self._dial_for_waiting()
 
     async def _connect(self) -> bool:
         """Dial a connection for the oldest waiting request; True when one was made."""

@@ -123,6 +123,10 @@ class H2Pool:
         self._connecting.discard(task)
         if task.cancelled() or not task.result():
             self.limits.connections -= 1  # else the connection's loss will
+        if self.waiting:
+            # Streams that came while this finished dial still counted in `_connecting`
+            # found enough dials in flight; they need one now (as the HTTP/1 pool).
+            self._assign()
 
     async def _connect(self) -> bool:
         """Dial a connection for waiting streams; True when a transport was made (its loss

@@ -20,8 +20,11 @@ Envoy's `upstream_cx_overflow`).  Every overflow is counted by limit.
 
 from __future__ import annotations
 
+from time import monotonic
+
 from tulle.dataplane.exchange import UpstreamError
 from tulle.dataplane.telemetry.metrics import Counter, ProxyMetrics
+from tulle.dataplane.upstream.budget import Budget
 from tulle.proxyconfig.model import ClusterLimits
 
 DEFAULTS = ClusterLimits()
@@ -30,7 +33,7 @@ DEFAULTS = ClusterLimits()
 class Limits:
     """The counters and thresholds of one cluster."""
 
-    __slots__ = ("connections", "m_overflow", "max_connections", "max_pending", "max_requests",
+    __slots__ = ("budget", "connections", "m_overflow", "max_connections", "max_pending", "max_requests",
                  "max_retries", "name", "pending", "requests", "retries")
 
     def __init__(self, name: str, cfg: ClusterLimits | None, metrics: ProxyMetrics) -> None:
@@ -41,6 +44,9 @@ class Limits:
         self.retries = 0
         self.max_requests = self.max_pending = self.max_connections = self.max_retries = 0
         self.configure(cfg)
+        self.budget = Budget(None, monotonic)
+        """The cluster's retry budget (`budget.py`): carried over with the counters; its
+        parameters are set at commit (`ClusterRuntime`, `ClusterManager.commit`)."""
         self.m_overflow: Counter = metrics.upstream_overflow
         """Children are made at the first overflow: a thousand clusters that never overflow
         add nothing to /metrics."""

@@ -1,4 +1,5 @@
-"""TimeoutPolicy: connect/request/idle durations attached to a Mesh, Service or route."""
+"""TimeoutPolicy: connect/request/per-try/idle/stream-idle durations attached to a Mesh,
+Service or route."""
 
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ TP: dict[str, Any] = {
             "name": "r",
             "sectionName": "main",
         },
-        "connectTimeout": "250ms",
         "requestTimeout": "0s",
-        "idleTimeout": "1h",
+        "perTryTimeout": "2s",
+        "streamIdleTimeout": "1h",
     },
 }
+SERVICE = {"group": "", "kind": "Service", "name": "web"}
 
 
 def test_valid() -> None:
@@ -36,12 +38,14 @@ def test_valid() -> None:
 def test_rules(errors: Errors) -> None:
     only_target = with_(TP, "spec", {"targetRef": TP["spec"]["targetRef"]})
     assert errors(only_target) == [
-        ("spec", "set at least one of connectTimeout, requestTimeout, idleTimeout")
+        ("spec", "set at least one of connectTimeout, requestTimeout, idleTimeout, "
+                 "perTryTimeout, streamIdleTimeout")
     ]
-    assert errors(with_(TP, "spec.connectTimeout", "0s")) == [
+    service = with_(TP, "spec.targetRef", SERVICE)
+    assert errors(with_(service, "spec.connectTimeout", "0s")) == [
         ("spec.connectTimeout", "must be greater than 0")
     ]
-    assert errors(with_(TP, "spec.idleTimeout", "1d")) == [
+    assert errors(with_(service, "spec.idleTimeout", "1d")) == [
         (
             "spec.idleTimeout",
             'must be a duration such as "10s", "1m30s" or "250ms" (units h, m, s, ms), got "1d"',
@@ -51,4 +55,13 @@ def test_rules(errors: Errors) -> None:
         TP, "spec.targetRef", {"group": "gateway.networking.k8s.io", "kind": "TCPRoute", "name": "db"}
     )
     assert errors(tcp) == [("spec.requestTimeout", "does not apply to a TCPRoute (TCP has no requests)")]
-    assert errors(with_(tcp, "spec.requestTimeout", None)) == []
+    bare_tcp = with_(with_(with_(tcp, "spec.requestTimeout", None), "spec.perTryTimeout", None),
+                     "spec.streamIdleTimeout", None)
+    assert errors(with_(bare_tcp, "spec.idleTimeout", "1m")) == []
+
+
+def test_connection_timeouts_are_a_services(errors: Errors) -> None:
+    assert errors(with_(TP, "spec.connectTimeout", "1s")) == [
+        ("spec.connectTimeout", "applies to a Service's connections (its cluster), shared by "
+                                "every route: target the Service or the Mesh")]
+    assert errors(with_(with_(TP, "spec.targetRef", SERVICE), "spec.idleTimeout", "1m")) == []

@@ -206,3 +206,24 @@ async def test_a_connect_failure_is_503_uf_retry_safe_and_counted_out() -> None:
     await settle(rt, 0)
     assert counts(rt) == (0, 0, 0, 0)
     assert rt.m_connect_failures.value == 1
+
+
+async def test_a_request_opened_as_a_failed_dial_ends_still_gets_a_dial_of_its_own() -> None:
+    """A request that arrives from the failure callback of a dial (a retry, a client's next
+    request) finds that dial still counted in flight; it must get one of its own when that
+    dial is counted out, not wait forever (seen with retries against a dead endpoint)."""
+    rt = runtime(free_port())  # nothing listens there
+    second = Sink()
+    first = Sink()
+
+    def open_another(error: UpstreamError) -> None:
+        Sink.on_upstream_error(first, error)
+        rt.open_stream(get(b"/2"), second, True)  # from inside the failed dial's callback
+
+    first.on_upstream_error = open_another  # type: ignore[method-assign]
+    rt.open_stream(get(b"/1"), first, True)
+    await asyncio.wait_for(first.done.wait(), 5)
+    await asyncio.wait_for(second.done.wait(), 5)  # hung here before the fix
+    assert second.error is not None and second.error.flag == "UF"
+    await settle(rt, 0)
+    assert counts(rt) == (0, 0, 0, 0)

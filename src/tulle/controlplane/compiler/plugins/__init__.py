@@ -26,8 +26,10 @@ from tulle.controlplane.compiler.plugins import (
     mtls,
     request_mirror,
     request_redirect,
+    retries,
     route_timeouts,
     tcp_routes,
+    timeouts,
     unclaimed_filters,
     unenforced_policies,
     url_rewrite,
@@ -47,9 +49,15 @@ ORDER: tuple[tuple[Plugin, str], ...] = (
     (route_timeouts.PLUGIN,
      "the route's own timeout, before any policy that sets defaults, which must see which "
      "rules already have one"),
+    (timeouts.PLUGIN,
+     "TimeoutPolicy: after route_timeouts (a rule's own timeouts win), before mesh_defaults "
+     "(whose values are the proxy-wide fallback beneath every policy)"),
+    (retries.PLUGIN,
+     "after route_timeouts (a rule's own settings first), before mesh_defaults: a rule's "
+     "retry, then RetryPolicy by precedence, and every Service cluster's retry budget"),
     (mesh_defaults.PLUGIN,
-     "the least specific values, after everything more specific (a route's own timeout) is "
-     "in place; a TimeoutPolicy plugin goes between route_timeouts and this one"),
+     "the least specific values, after everything more specific (a route's own timeout, "
+     "TimeoutPolicy, RetryPolicy) is in place"),
     (mesh_settings.PLUGIN,
      "right after mesh_defaults, whose DefaultsApplied condition it keeps and adds its own to: "
      "the Mesh's settings outside `defaults`, reported as not in force until each is"),

@@ -8,7 +8,8 @@
 A value equal to the proxy's own default is not rendered, so a Mesh with the documented
 defaults changes no snapshot.  What the proxies cannot enforce is never accepted silently: the
 Mesh gets a `DefaultsApplied` condition, `False` with reason `UnsupportedValue` naming each
-setting left out (a value out of the proxy's range; `retryBudget`, until retries exist).  The
+setting left out (a value out of the proxy's range).  `retryBudget` is rendered on every
+Service cluster by the `retries` plugin (a RetryPolicy's `budget` takes precedence).  The
 Mesh's other settings (mTLS, outbound traffic policy) are not this plugin's.
 """
 
@@ -58,7 +59,9 @@ def _read(defaults: dict[str, Any]) -> tuple[dict[str, int], list[str], list[str
     if defaults.get("loadBalancing"):  # enforced by the load_balancing plugin (ADR 0038)
         applied.append("loadBalancing (each Service's LoadBalancing condition shows its values)")
     if defaults.get("retryBudget") is not None:
-        left_out.append("spec.defaults.retryBudget: retries are not enforced yet")
+        applied.append("retryBudget")  # (rendered on each Service cluster by `retries`)
+    if defaults.get("retry") is not None:
+        applied.append("retry")  # (every rule nothing more specific sets, by `retries`)
     return values, applied, left_out
 
 

@@ -3,8 +3,9 @@
 A stored policy must not look as if it worked.  A plugin that enforces a policy kind writes
 that policy's conditions itself; whatever policy has none when this plugin runs (last) is one
 the data plane does not enforce: `Unsupported` — or `TargetNotFound` when its target does not
-exist, which is worth knowing whatever the kind.  Today that is TimeoutPolicy;
-AuthorizationPolicy is `authorization`'s, which writes its own status.  Each later plugin that
+exist, which is worth knowing whatever the kind.  Today that is a TimeoutPolicy on a TCPRoute
+(TCPRoutes are not run yet); TimeoutPolicy is otherwise `timeouts`', RetryPolicy `retries'`,
+AuthorizationPolicy `authorization`'s, each writing its own status.  Each later plugin that
 enforces a kind takes it off this list the same way.
 """
 
