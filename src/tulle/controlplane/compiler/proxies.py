@@ -39,7 +39,9 @@ def derive_proxy(workload: Resource) -> Proxy:
                                    labels=tuple(sorted(labels.items())),
                                    zone=spec.get("zone") or ""),
                  service_account=spec.get("serviceAccount") or "default",
-                 sidecar=spec.get("sidecar") is not False)
+                 sidecar=spec.get("sidecar") is not False,
+                 interception=("transparent" if spec.get("interception") == "transparent"
+                               else "explicit"))
 
 
 ProxyMemo = dict[Key, tuple[bytes, Proxy]]
