@@ -132,6 +132,14 @@ def resources() -> list[dict[str, Any]]:
         service("echo-a", {"app": "web"}, 9000, "tcp"),
         service("echo-b", {"app": "echo-b"}, 9000, "tcp"),
         {**service("echo", {"app": "nothing-selected"}, 9000, "tcp")},
+        # The Service's route marks what it routes: a pod-IP call must not carry the mark.
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+         "metadata": {"name": "web", "namespace": "shop"},
+         "spec": {"parentRefs": [{"kind": "Service", "name": "web", "port": 80}],
+                  "rules": [{"filters": [{"type": "RequestHeaderModifier",
+                                          "requestHeaderModifier": {"set": [
+                                              {"name": "x-route", "value": "web"}]}}],
+                             "backendRefs": [{"name": "web", "port": 80}]}]}},
         {"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute",
          "metadata": {"name": "echo-split", "namespace": "shop"},
          "spec": {"parentRefs": [{"kind": "Service", "name": "echo", "port": 9000}],
@@ -260,6 +268,7 @@ def test_service_vip_pod_ip_tcproute_and_registry_only(mesh: dict[str, Any]) -> 
     seen = json.loads(got["body"])
     assert (seen["name"], seen["path"]) == ("web-a", "/hello")
     assert seen["headers"]["host"] == "not-the-service.example"
+    assert seen["headers"]["x-route"] == "web"  # the Service's HTTPRoute ran
     assert len(seen["headers"]["x-request-id"]) == 36  # through the client's HTTP path
     server = metrics(mesh["web-a"])
     # The server's sidecar took it on the mTLS chain of port 8080 (STRICT: no other chain).
@@ -270,7 +279,9 @@ def test_service_vip_pod_ip_tcproute_and_registry_only(mesh: dict[str, Any]) -> 
 
     # 2. A pod IP: to that pod unchanged (its own port, not the Service's), still over mTLS.
     got = client(mesh, "http", "10.231.0.3", "8080", "/direct")
-    assert got["status"] == 200 and json.loads(got["body"])["path"] == "/direct", got
+    assert got["status"] == 200, got
+    direct = json.loads(got["body"])
+    assert direct["path"] == "/direct" and "x-route" not in direct["headers"], direct
     assert ('tulle_proxy_protocol_detected_total{listener="inbound",protocol="chain:8080|mtls"} 2'
             in metrics(mesh["web-a"]))
     assert 'cluster="pod|8080||web-a.shop"' in metrics(mesh["client"])

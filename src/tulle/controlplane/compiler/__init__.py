@@ -9,7 +9,8 @@ Three steps, each over typed values (`ir.py`), never the user's dicts between th
              (header modifiers, route timeouts, unclaimed filters, unenforced policies...);
 3. render  — the outbound side (all services, all routes: `outbound`) once, shared by every
              snapshot; per proxy only its own inbound side (`proxies`); status conditions
-             from the model (`status`).
+             from the model (`status`).  Transparent workloads (ADR 0044) add the listener on
+             15001 with its per-Service tables and clusters (`transparent`), also once.
 
 Cost: the outbound side is built, checked and hashed once per compilation and shared by
 reference between snapshots; per proxy only its own inbound side is built and checked, and
