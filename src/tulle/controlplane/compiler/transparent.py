@@ -28,6 +28,7 @@ destination and decide from it alone -- never from a Host header:
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from typing import Any, NamedTuple
 
@@ -106,16 +107,27 @@ def _tcp_cluster(sp: ServicePort, route: TCPRoute | None,
     return out
 
 
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
 def _pod_destinations(mesh: MeshModel) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A destination and a cluster per workload port: the pod IP to that pod, unchanged."""
     td = trust_domain(mesh)
     dests: list[dict[str, Any]] = []
     clusters: list[dict[str, Any]] = []
+    seen: set[tuple[str, int]] = set()
     for proxy in mesh.proxies:
-        if not proxy.address:
-            continue
+        if not proxy.address or _loopback(proxy.address):
+            continue  # a loopback workload is nobody's pod IP (and iptables leaves 127/8 alone)
         modes = dict(proxy.mtls)
         for p in proxy.inbound:
+            if (proxy.address, p.port) in seen:
+                continue  # two workloads claim one address:port: the first by namespace/name
+            seen.add((proxy.address, p.port))
             name = pod_cluster_name(proxy, p.port)
             protocol = "http1" if p.protocol == "auto" else p.protocol
             cluster: dict[str, Any] = {"name": name, "protocol": protocol, "endpoints": [

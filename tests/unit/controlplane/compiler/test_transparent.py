@@ -209,3 +209,10 @@ def test_incremental_compilation_gives_the_same_snapshots() -> None:
     for key, cfg in fresh.snapshots.items():
         assert msgspec.json.encode(first.snapshots[key]) == msgspec.json.encode(cfg)
         assert msgspec.json.encode(again.snapshots[key]) == msgspec.json.encode(cfg)
+
+
+def test_loopback_workloads_are_no_pod_destinations() -> None:
+    cfg = compiled(*BASE, workload("local", "127.0.0.1", [{"port": 18080}],
+                                   transparent=False))["shop/client"]
+    assert not any(d.address == "127.0.0.1" for d in listener(cfg, "outbound").destinations)
+    assert not any(c.name == "pod|18080||local.shop" for c in cfg.clusters)
