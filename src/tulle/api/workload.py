@@ -71,6 +71,13 @@ class WorkloadSpec(Model):
     application not yet onboarded).  Mesh clients then send it plaintext whatever the mTLS
     mode, as they cannot expect a mesh identity from it (ADR 0033); true (the default): its
     proxy terminates mTLS and clients originate it."""
+    interception: Literal["explicit", "transparent"] = "explicit"
+    """How the application's traffic reaches its proxy.  `explicit` (the default, loopback
+    setups): the application calls the outbound listener on 127.0.0.1:`outboundPort`, which
+    routes by Host, and clients reach it on its own inbound ports.  `transparent` (a Pod, a
+    network namespace with `tulle iptables apply`): the proxy takes iptables-redirected
+    traffic, outbound on `outboundPort` (15001) routed by original destination, inbound on
+    15006 by destination port (ADR 0044)."""
 
     @model_validator(mode="after")
     def _ports(self) -> WorkloadSpec:

@@ -79,8 +79,9 @@ async def test_a_mesh_request_timeout_reaches_traffic_and_status(tmp_path: Path)
                 await eventually(refreshed, timeout=5.0)
             conds = {c["type"]: c for c in mesh["status"]["conditions"]}
             cond = conds["DefaultsApplied"]
-            # The settings outside `defaults` are reported by their own plugin (mesh_settings).
-            assert conds["SettingsApplied"]["status"] == "False"
+            # The settings outside `defaults` are reported by their own plugin (mesh_settings),
+            # all in force since transparent listeners (ADR 0044).
+            assert conds["SettingsApplied"]["status"] == "True"
             assert "requestTimeout 300ms" in cond["message"]
             # The API stores the documented retry budget: applied (every Service cluster's
             # retry budget, the `retries` plugin; ADR 0039).

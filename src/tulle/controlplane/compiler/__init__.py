@@ -9,7 +9,8 @@ Three steps, each over typed values (`ir.py`), never the user's dicts between th
              (header modifiers, route timeouts, unclaimed filters, unenforced policies...);
 3. render  — the outbound side (all services, all routes: `outbound`) once, shared by every
              snapshot; per proxy only its own inbound side (`proxies`); status conditions
-             from the model (`status`).
+             from the model (`status`).  Transparent workloads (ADR 0044) add the listener on
+             15001 with its per-Service tables and clusters (`transparent`), also once.
 
 Cost: the outbound side is built, checked and hashed once per compilation and shared by
 reference between snapshots; per proxy only its own inbound side is built and checked, and
@@ -20,6 +21,7 @@ an unchanged proxy keeps its version and gets no push.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,11 +29,13 @@ from typing import Any
 import msgspec
 
 from tulle.controlplane.compiler import plugins
+from tulle.controlplane.compiler.inbound_protocols import with_service_protocols
 from tulle.controlplane.compiler.inputs import Key, MeshInputs
 from tulle.controlplane.compiler.ir import MeshModel, Proxy, ProxyDefaults
 from tulle.controlplane.compiler.outbound import MESH_BUNDLE, MESH_IDENTITY, outbound_shared
 from tulle.controlplane.compiler.policies import derive_mesh, derive_policies
 from tulle.controlplane.compiler.proxies import (
+    DEFAULT_OUTBOUND_PORT,
     ProxyMemo,
     derive_proxies,
     inbound,
@@ -41,6 +45,7 @@ from tulle.controlplane.compiler.proxies import (
 from tulle.controlplane.compiler.routes import derive_routes, derive_tcp_routes
 from tulle.controlplane.compiler.services import ServiceMemo, derive_services
 from tulle.controlplane.compiler.status import conditions
+from tulle.controlplane.compiler.transparent import inbound_listener, render_outbound
 from tulle.proxyconfig.model import (
     Cluster,
     Identity,
@@ -92,10 +97,51 @@ class Shared:
     """The tables (and digest) of the proxies of a namespace that has consumer routes: the
     same table objects but for the hosts those routes change (GAMMA; ADR 0023)."""
 
+    transparent: Transparent | None = None
+    """The outbound side of transparent proxies (ADR 0044); None when the mesh has none."""
+
     def for_namespace(self, ns: str) -> tuple[list[RouteTable], bytes]:
         """The tables a proxy in `ns` gets, and the digest that stands for them."""
         own = self.by_namespace.get(ns)
         return own if own is not None else (self.tables, self.digest)
+
+
+@dataclass(frozen=True)
+class Transparent:
+    """What a transparent proxy gets on top of `Shared` (`transparent.py`), built once: the
+    listener on 15001, one route table per HTTP Service port, the clusters only it names."""
+
+    listener: Listener
+    tables: list[RouteTable]
+    clusters: list[Cluster]
+    digest: bytes
+    by_namespace: dict[str, tuple[list[RouteTable], bytes]] = field(default_factory=dict)
+
+    def for_namespace(self, ns: str) -> tuple[list[RouteTable], bytes]:
+        own = self.by_namespace.get(ns)
+        return own if own is not None else (self.tables, self.digest)
+
+
+def build_transparent(listener_raw: dict[str, Any], tables_raw: list[dict[str, Any]],
+                      clusters_raw: list[dict[str, Any]], shared_clusters: list[Cluster],
+                      consumer_raw: dict[str, list[dict[str, Any]]]) -> Transparent:
+    """Convert and check the transparent outbound side once; per client namespace with
+    consumer routes, its own versions of the tables those routes change (same names)."""
+    listener = msgspec.convert(listener_raw, Listener)
+    tables = [msgspec.convert(t, RouteTable) for t in tables_raw]
+    clusters = [msgspec.convert(c, Cluster) for c in clusters_raw]
+    check(ProxyConfig(listeners=[listener], route_tables=tables,
+                      clusters=shared_clusters + clusters, **_STAND_INS))
+    digest = _digest([listener, tables, clusters])
+    by_ns: dict[str, tuple[list[RouteTable], bytes]] = {}
+    for ns, hosts_raw in consumer_raw.items():
+        own = {vh.name: vh for vh in (msgspec.convert(h, VirtualHost) for h in hosts_raw)}
+        merged = [RouteTable(name=t.name, virtual_hosts=[own[t.virtual_hosts[0].name]])
+                  if t.virtual_hosts and t.virtual_hosts[0].name in own else t for t in tables]
+        check(ProxyConfig(listeners=[listener], route_tables=merged,
+                          clusters=shared_clusters + clusters, **_STAND_INS))
+        by_ns[ns] = (merged, hashlib.sha256(digest + _digest(list(own.values()))).digest())
+    return Transparent(listener, tables, clusters, digest, by_ns)
 
 
 def check_compiled(cfg: ProxyConfig) -> None:
@@ -224,10 +270,14 @@ class PartCache:
 
 def own_part(proxy: Proxy, has_outbound: bool) -> OwnPart:
     in_listeners_raw, in_clusters_raw = inbound(proxy)
+    transparent = proxy.interception == "transparent"
+    if transparent:  # one listener on 15006; its outbound one is the mesh's (`Transparent`)
+        one = inbound_listener(proxy, in_listeners_raw)
+        in_listeners_raw = [one] if one is not None else []
     listeners = [msgspec.convert(x, Listener) for x in in_listeners_raw]
     own_clusters = [msgspec.convert(x, Cluster) for x in in_clusters_raw]
     own_tables = [msgspec.convert(x, RouteTable) for x in inbound_tables(proxy)]
-    if has_outbound:
+    if has_outbound and not transparent:
         listeners.append(msgspec.convert(outbound_listener(proxy), Listener))
     node = Node(name=proxy.name, namespace=proxy.namespace, service=proxy.service,
                 zone=proxy.metadata.zone)
@@ -251,11 +301,20 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
         part = own_part(proxy, has_outbound)
         if cache is not None:
             cache.put(proxy, has_outbound, part)
+    listeners, clusters = part.listeners, part.clusters + shared.clusters
+    t = shared.transparent
+    if proxy.interception == "transparent" and t is not None:
+        t_tables, t_digest = t.for_namespace(proxy.namespace)
+        out = t.listener
+        if out.port != proxy.outbound_port:
+            out = msgspec.structs.replace(out, port=proxy.outbound_port)
+        listeners, tables, clusters = [*listeners, out], tables + t_tables, clusters + t.clusters
+        digest = hashlib.sha256(digest + t_digest + str(out.port).encode()).digest()
     version = hashlib.sha256(part.digest + digest).hexdigest()[:16]
     return ProxyConfig(version=version, node=part.node, settings=shared.settings,
-                       listeners=part.listeners,
+                       listeners=listeners,
                        route_tables=tables + part.route_tables if part.route_tables else tables,
-                       clusters=part.clusters + shared.clusters)
+                       clusters=clusters)
 
 
 def settings(defaults: ProxyDefaults) -> Settings:
@@ -271,6 +330,7 @@ def derive(m: MeshInputs, cache: PartCache | None = None) -> MeshModel:
     proxies = derive_proxies(m, cache.proxies if cache is not None else None)
     services = derive_services(m, {p.key: p for p in proxies},
                                cache.services if cache is not None else None)
+    proxies = with_service_protocols(proxies, services)
     return MeshModel(services=services, routes=derive_routes(m, services),
                      policies=derive_policies(m), proxies=proxies, mesh=derive_mesh(m),
                      tcp_routes=derive_tcp_routes(m, services))
@@ -282,6 +342,10 @@ def compile_model(mesh: MeshModel, cache: PartCache | None = None) -> CompileRes
     out = outbound_shared(mesh)
     shared = build_shared(out.tables, out.clusters, cache, settings(mesh.defaults),
                           out.consumer_hosts)
+    if any(p.interception == "transparent" for p in mesh.proxies):
+        t = render_outbound(mesh, out, DEFAULT_OUTBOUND_PORT)
+        shared = dataclasses.replace(shared, transparent=build_transparent(
+            t.listener, t.tables, t.clusters, shared.clusters, t.consumer_hosts))
     for proxy in mesh.proxies:
         try:
             result.snapshots[proxy.key] = compile_proxy(proxy, shared, cache)

@@ -112,6 +112,12 @@ class ServicePort(msgspec.Struct, frozen=True):
     cluster_timeouts: Mapping[str, int] = msgspec.field(default_factory=dict)
     """Contract timeouts of the Service's cluster (`connect_timeout_ms`, `idle_timeout_ms`)."""
     timeout_set_by: tuple[tuple[str, str], ...] = ()
+    vip: str = ""
+    """The Service's virtual IP (`status.virtualIP`): a transparent client's connections to
+    `vip:port` take this port's routes (`transparent.py`); empty: none allocated yet."""
+    declared: str = ""
+    """The protocol the Service port itself declares (`appProtocol` or name), without the
+    default; lends it to the inbound ports it selects (`inbound_protocols.py`)."""
 
     @property
     def key(self) -> Key:
@@ -227,11 +233,14 @@ class TCPParent(msgspec.Struct, frozen=True):
     label: str
     """`Service ns/name:port`, for messages."""
     problem: str = ""
+    targets: tuple[tuple[Key, int], ...] = ()
+    """The Service ports it resolves to (all the Service's ports when it names none)."""
 
 
 class TCPRoute(msgspec.Struct, frozen=True):
-    """A TCPRoute as stored: which parents and backends resolve.  The proxies do not run it
-    (that needs intercepted traffic, issue 11); its plugin says so in its status."""
+    """A TCPRoute: which parents and backends resolve.  Transparent clients run it on their
+    outbound listener (`transparent.py`, ADR 0044): connections to a parent's `vip:port` go to
+    the backends, weighted."""
 
     namespace: str
     name: str
@@ -239,6 +248,10 @@ class TCPRoute(msgspec.Struct, frozen=True):
     parents: tuple[TCPParent, ...]
     ref_problems: tuple[str, ...] = ()
     ref_reason: str = "BackendNotFound"
+    backends: tuple[Backend, ...] = ()
+    """Every rule's backendRefs, in order (an unresolved one on `INVALID_BACKEND`)."""
+    created: str = ""
+    """`metadata.creationTimestamp`: the oldest route on a Service port wins."""
 
     @property
     def ref(self) -> ObjectRef:
@@ -329,6 +342,9 @@ class Proxy(msgspec.Struct, frozen=True):
     mtls: tuple[tuple[int, MTLSMode], ...] = ()
     """Per inbound port, the mode its listener enforces (`plugins/mtls.py`); a port not
     listed is plaintext (DISABLED)."""
+    interception: Literal["explicit", "transparent"] = "explicit"
+    """`Workload.spec.interception`: transparent proxies get the listeners on 15001 / 15006
+    that take iptables-redirected traffic (`transparent.py`, ADR 0044)."""
 
     @property
     def namespace(self) -> str:

@@ -6,9 +6,10 @@ The listener speaks the port's protocol (`protocols.port_protocol`: `appProtocol
 port name, else `auto`): an HTTP port's listener speaks only HTTP, so nothing reaches the
 application without going through the HTTP stack; a `tcp` port is relayed unsniffed; only a
 port nobody described is sniffed.  One outbound listener (default 127.0.0.1:15001,
-`spec.outboundPort` to change) routes HTTP by Host to every Service of the mesh.  Transparent
-interception (iptables) reuses the same route table and clusters behind 15001/15006 — only
-the listeners change.
+`spec.outboundPort` to change) routes HTTP by Host to every Service of the mesh.  A
+`transparent` workload's proxy (iptables) has these per-port listeners turned into the filter
+chains of one listener on 15006, and the mesh's transparent outbound listener in place of the
+explicit one (`transparent.py`, ADR 0044).
 """
 
 from __future__ import annotations
@@ -39,7 +40,9 @@ def derive_proxy(workload: Resource) -> Proxy:
                                    labels=tuple(sorted(labels.items())),
                                    zone=spec.get("zone") or ""),
                  service_account=spec.get("serviceAccount") or "default",
-                 sidecar=spec.get("sidecar") is not False)
+                 sidecar=spec.get("sidecar") is not False,
+                 interception=("transparent" if spec.get("interception") == "transparent"
+                               else "explicit"))
 
 
 ProxyMemo = dict[Key, tuple[bytes, Proxy]]

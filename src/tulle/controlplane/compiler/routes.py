@@ -1,5 +1,6 @@
 """HTTPRoute and GRPCRoute with a Service parent (GAMMA) -> the model's routes (and TCPRoutes
--> what their parents and backends resolve to, for their status: the proxies do not run them).
+-> the Service ports they attach to and their weighted backends, which transparent clients run:
+`transparent.py`).
 
 A route attached to a Service replaces the Service's default rule for the parent's port (or all
 its ports when the parentRef names none).  Several routes on one Service are merged; the router
@@ -182,20 +183,25 @@ def _tcp_route(m: MeshInputs, key: Key, route: Resource,
         pkey = (ref.get("namespace") or ns, str(ref.get("name")))
         label = f"Service {pkey[0]}/{pkey[1]}" + (f":{ref['port']}" if ref.get("port") else "")
         problem = ""
+        targets: tuple[tuple[Key, int], ...] = ()
         if ref.get("kind", "Service") != "Service":
             problem = "only Service parents (GAMMA) are supported"
         elif pkey not in ports_of:
             problem = f"parent Service {pkey[0]}/{pkey[1]} does not exist"
         elif not _parent_ports(ref, ports_of[pkey]):
             problem = f"parent Service {pkey[0]}/{pkey[1]} has no port {ref.get('port')}"
-        parents.append(TCPParent(i, label, problem))
+        else:
+            targets = tuple((pkey, p) for p in _parent_ports(ref, ports_of[pkey]))
+        parents.append(TCPParent(i, label, problem, targets))
     refs = _Refs(m, "TCPRoute", ns, ports_of)
+    backends: list[Backend] = []
     for rule in spec.get("rules") or []:
-        refs.backends(rule.get("backendRefs") or [], 0)
-    return TCPRoute(namespace=ns, name=name,
-                    generation=int((route.get("metadata") or {}).get("generation") or 1),
+        backends += refs.backends(rule.get("backendRefs") or [], 0)
+    meta = route.get("metadata") or {}
+    return TCPRoute(namespace=ns, name=name, generation=int(meta.get("generation") or 1),
                     parents=tuple(parents), ref_problems=tuple(refs.problems),
-                    ref_reason=refs.reason)
+                    ref_reason=refs.reason, backends=tuple(backends),
+                    created=str(meta.get("creationTimestamp") or ""))
 
 
 def derive_tcp_routes(m: MeshInputs, services: tuple[ServicePort, ...]) -> tuple[TCPRoute, ...]:

@@ -72,7 +72,8 @@ def service_ports(m: MeshInputs, key: Key, svc: Resource,
             domains = names + domains
         out.append(ServicePort(ns, name, port, port_protocol(p, "http1"), tuple(endpoints),
                                tuple(domains), port_name=p.get("name") or "",
-                               generation=generation))
+                               generation=generation, vip=vip,
+                               declared=port_protocol(p, "")))
     return out
 
 

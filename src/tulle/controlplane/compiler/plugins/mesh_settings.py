@@ -4,8 +4,10 @@ the proxies do, and a condition naming each setting they do not.
 - `trustDomain`: in force — workload certificates carry it (ADR 0028) and clients expect it in
   the servers' SPIFFE IDs (`mtls` plugin, ADR 0033);
 - `mtls.mode`: in force, every value — the `mtls` plugin compiles it (ADR 0033);
-- `outboundTrafficPolicy.mode`: not in force: traffic is not intercepted yet (issue 11), so an
-  application reaches a destination outside the mesh directly, whatever the mode.
+- `outboundTrafficPolicy.mode`: in force, both values, on the transparent outbound listener
+  (ADR 0044): `ALLOW_ANY` passes an unknown destination through, `REGISTRY_ONLY` refuses it.
+  An `interception: explicit` workload's application dials destinations outside the mesh
+  itself, which no proxy setting can stop (the message says so).
 
 The stored Mesh carries every field (the API fills in the defaults), so these settings are
 always reported: the Mesh gets `SettingsApplied`, `False` with reason `UnsupportedValue` and each
@@ -47,10 +49,12 @@ def not_in_force(spec: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     elif mode is not None:
         left_out.append(f"spec.mtls.mode {mode}: not a mode the proxies know")
     outbound = _section(spec, "outboundTrafficPolicy").get("mode")
-    if outbound is not None:
-        left_out.append(f"spec.outboundTrafficPolicy.mode {outbound}: traffic is not "
-                        "intercepted yet, so applications reach destinations outside the mesh "
-                        "directly")
+    if outbound in ("ALLOW_ANY", "REGISTRY_ONLY"):
+        applied.append(f"outboundTrafficPolicy.mode {outbound} (transparent workloads; "
+                       "explicit ones dial outside the mesh directly)")
+    elif outbound is not None:
+        left_out.append(f"spec.outboundTrafficPolicy.mode {outbound}: not a mode the proxies "
+                        "know")
     return applied, left_out
 
 

@@ -1,36 +1,75 @@
-"""Every TCPRoute gets `Accepted=False` on each parent, saying why: the proxies do not run it.
+"""TCPRoute status: which parents the transparent listeners enforce the route on, and why not.
 
-A TCPRoute steers connections to a Service's port, which only works once those connections
-reach a proxy without the client choosing to send them there — transparent interception
-(issue 11).  Until then the route is validated and stored, and must not look as if it worked
-(issue 8, item 8): each `spec.parentRefs[i]` gets `Accepted=False` with reason
-`UnsupportedValue` (Gateway API's reason for a route an implementation cannot honour), or
-`NoMatchingParent` when that parent does not resolve (worth knowing either way), and the route
-`ResolvedRefs` as its backends resolve, so that fixing them before interception lands is
-possible.  When interception lands, this plugin becomes the one that renders TCPRoutes.
+A TCPRoute steers connections to a Service's port; the proxies run it on the transparent
+outbound listener (`transparent.py`, ADR 0044): a client's connection to the parent Service's
+`virtualIP:port` goes to the route's backends, weighted.  Each `spec.parentRefs[i]` gets its
+`Accepted` condition:
+
+- `True` (`Accepted`) for a producer route (in the parent Service's namespace) that decides
+  that port -- the oldest route on a port, then by namespace/name;
+- `False`, `NoMatchingParent`, when the parent does not resolve;
+- `False`, `Conflicted`, when an older producer route decides the same Service port;
+- `False`, `UnsupportedValue`, for a consumer route (another namespace's Service): per-namespace
+  TCP routing is not compiled (the transparent listener is one for the mesh), so it is
+  reported, never half-applied.
+
+The route's `ResolvedRefs` says which backends resolve; one that does not takes no share.
+Clients whose workload is `interception: explicit` send TCP to a Service nowhere through their
+proxy, so a TCPRoute is a transparent client's affair by construction.
 """
 
 from __future__ import annotations
 
 from msgspec.structs import replace
 
-from tulle.controlplane.compiler.ir import Condition, MeshModel, ObjectRef, TCPRoute
+from tulle.controlplane.compiler.ir import Condition, Key, MeshModel, ObjectRef, TCPRoute
 from tulle.controlplane.compiler.plugins.base import Plugin
 
 NAME = "tcp_routes"
 
-WHY = ("TCPRoute is validated and stored, but not enforced: TCP routing needs intercepted "
-       "traffic (transparent listeners, not there yet), so connections to {parent} go to its "
-       "endpoints as if no route were attached")
+CONSUMER = ("a TCPRoute in another namespace than its parent {parent} (a consumer route) is not "
+            "enforced: transparent TCP routing is compiled once for the mesh, not per client "
+            "namespace")
+ENFORCED = ("enforced on transparent clients' outbound listener: connections to {parent}'s "
+            "virtual IP go to this route's backends")
 
 
-def route_conditions(route: TCPRoute) -> tuple[Condition, ...]:
+def winning_tcp_routes(mesh: MeshModel) -> dict[tuple[Key, int], TCPRoute]:
+    """The TCPRoute that decides each Service port: producer routes only (the route in the
+    Service's namespace; a consumer TCPRoute is reported, not run), the oldest first, then by
+    namespace/name (Gateway API's tie-break)."""
+    out: dict[tuple[Key, int], TCPRoute] = {}
+    for route in sorted(mesh.tcp_routes, key=lambda r: (r.created, r.namespace, r.name)):
+        for parent in route.parents:
+            for target in parent.targets:
+                if target[0][0] == route.namespace:
+                    out.setdefault(target, route)
+    return out
+
+
+def route_conditions(route: TCPRoute, winners: dict[tuple[Key, int], TCPRoute]
+                     ) -> tuple[Condition, ...]:
     gen = route.generation
-    conds = [Condition("Accepted", False, "NoMatchingParent", p.problem, gen, p.index)
-             if p.problem else
-             Condition("Accepted", False, "UnsupportedValue", WHY.format(parent=p.label), gen,
-                       p.index)
-             for p in route.parents]
+    conds = []
+    for p in route.parents:
+        if p.problem:
+            conds.append(Condition("Accepted", False, "NoMatchingParent", p.problem, gen,
+                                   p.index))
+            continue
+        if any(t[0][0] != route.namespace for t in p.targets):
+            conds.append(Condition("Accepted", False, "UnsupportedValue",
+                                   CONSUMER.format(parent=p.label), gen, p.index))
+            continue
+        lost = [(t, winners[t]) for t in p.targets if winners.get(t) is not route]
+        if lost:
+            t, w = lost[0]
+            conds.append(Condition("Accepted", False, "Conflicted",
+                                   f"TCPRoute {w.namespace}/{w.name} decides Service "
+                                   f"{t[0][0]}/{t[0][1]}:{t[1]} (the oldest, then by "
+                                   "namespace/name)", gen, p.index))
+            continue
+        conds.append(Condition("Accepted", True, "Accepted", ENFORCED.format(parent=p.label),
+                               gen, p.index))
     refs = route.ref_problems
     conds.append(Condition("ResolvedRefs", not refs, route.ref_reason if refs else "ResolvedRefs",
                            "; ".join(refs), gen))
@@ -40,9 +79,10 @@ def route_conditions(route: TCPRoute) -> tuple[Condition, ...]:
 def apply(mesh: MeshModel) -> MeshModel:
     if not mesh.tcp_routes:
         return mesh
+    winners = winning_tcp_routes(mesh)
     conditions: dict[ObjectRef, tuple[Condition, ...]] = dict(mesh.conditions)
     for route in mesh.tcp_routes:
-        conditions[route.ref] = route_conditions(route)
+        conditions[route.ref] = route_conditions(route, winners)
     return replace(mesh, conditions=conditions)
 
 

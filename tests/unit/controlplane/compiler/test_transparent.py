@@ -1,0 +1,218 @@
+"""The listeners of `interception: transparent` workloads (compiler/transparent.py, ADR 0044):
+what the outbound one routes by original destination, the inbound one's chains per port, and
+what stays as it was for explicit workloads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh
+from tulle.controlplane.compiler.inbound_protocols import declared_by_services
+from tulle.proxyconfig.model import Listener, ProxyConfig
+
+
+def workload(name: str, address: str, ports: list[dict[str, Any]], ns: str = "shop",
+             app: str = "", transparent: bool = True, **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Workload",
+            "metadata": {"name": name, "namespace": ns, "labels": {"app": app or name}},
+            "spec": {"address": address, "ports": ports,
+                     **({"interception": "transparent"} if transparent else {}), **spec}}
+
+
+def service(name: str, app: str, ports: list[dict[str, Any]], vip: str,
+            ns: str = "shop") -> dict[str, Any]:
+    return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns},
+            "spec": {"selector": {"app": app}, "ports": ports},
+            "status": {"virtualIP": vip}}
+
+
+def mesh_resource(**spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Mesh",
+            "metadata": {"name": "default"}, "spec": spec}
+
+
+def compiled(*resources: dict[str, Any]) -> dict[str, ProxyConfig]:
+    result = compile_mesh(MeshInputs.from_resources(list(resources)))
+    assert not result.errors, result.errors
+    return {f"{ns}/{name}": cfg for (ns, name), cfg in result.snapshots.items()}
+
+
+def listener(cfg: ProxyConfig, name: str) -> Listener:
+    return next(lst for lst in cfg.listeners if lst.name == name)
+
+
+BASE = (
+    workload("client", "10.0.0.2", []),
+    workload("web-0", "10.0.0.3", [{"port": 8080}, {"name": "tcp-db", "port": 5432}]),
+    service("web", "web-0", [{"port": 80, "targetPort": 8080, "appProtocol": "http"}],
+            "240.240.0.1"),
+    service("db", "web-0", [{"port": 5432, "appProtocol": "tcp"}], "240.240.0.2"),
+)
+
+
+def test_the_outbound_listener_routes_by_original_destination() -> None:
+    cfg = compiled(*BASE)["shop/client"]
+    out = listener(cfg, "outbound")
+    assert (out.mode, out.address, out.port, out.passthrough) == (
+        "transparent", "127.0.0.1", 15001, True)  # ALLOW_ANY is the default
+    by_dst = {(d.address, d.port): d for d in out.destinations}
+    web = by_dst[("240.240.0.1", 80)]
+    assert (web.protocol, web.route_table, web.cluster) == ("http1", "outbound|web.shop:80", "")
+    # The Service's own table, answering any Host: the VIP chose the Service, not the header.
+    table = next(t for t in cfg.route_tables if t.name == web.route_table)
+    assert [vh.domains for vh in table.virtual_hosts] == [["*"]]
+    assert table.virtual_hosts[0].rules[0].backends[0].cluster == "outbound|80||web.shop"
+    db = by_dst[("240.240.0.2", 5432)]
+    assert (db.protocol, db.cluster) == ("tcp", "outbound-tcp|5432||db.shop")
+    tcp = next(c for c in cfg.clusters if c.name == db.cluster)
+    assert tcp.protocol == "tcp" and tcp.tls is not None and tcp.tls.alpn == ["tulle-tcp"]
+    # A pod IP goes to that pod, on its own port, over mTLS expecting its own identity.
+    pod = by_dst[("10.0.0.3", 8080)]
+    pod_cluster = next(c for c in cfg.clusters if c.name == pod.cluster)
+    assert [(e.address, e.port) for e in pod_cluster.endpoints] == [("10.0.0.3", 8080)]
+    assert pod_cluster.tls is not None
+    assert pod_cluster.tls.expected_spiffe_ids == ["spiffe://cluster.local/ns/shop/sa/default"]
+    # No explicit listener beside it (it would take 127.0.0.1:15001 too).
+    assert [lst.name for lst in cfg.listeners] == ["outbound"]
+
+
+def test_registry_only_refuses_what_is_not_in_the_mesh() -> None:
+    cfg = compiled(mesh_resource(outboundTrafficPolicy={"mode": "REGISTRY_ONLY"}),
+                   *BASE)["shop/client"]
+    assert listener(cfg, "outbound").passthrough is False
+
+
+def test_a_workload_without_mtls_is_called_in_plaintext_by_pod_ip() -> None:
+    cfg = compiled(*BASE, workload("legacy", "10.0.0.9", [{"port": 80}], sidecar=False)
+                   )["shop/client"]
+    dst = next(d for d in listener(cfg, "outbound").destinations if d.address == "10.0.0.9")
+    assert next(c for c in cfg.clusters if c.name == dst.cluster).tls is None
+
+
+def test_explicit_workloads_are_unchanged() -> None:
+    explicit = [workload("client", "127.0.0.2", [], transparent=False), *BASE[1:]]
+    with_transparent = compiled(*BASE, workload("other", "127.0.0.3", [], transparent=False))
+    alone = compiled(*explicit)
+    assert [lst.name for lst in alone["shop/client"].listeners] == ["outbound"]
+    assert listener(alone["shop/client"], "outbound").mode == "explicit"
+    other = with_transparent["shop/other"]
+    assert listener(other, "outbound").mode == "explicit"
+    assert not any(c.name.startswith(("pod|", "outbound-tcp|")) for c in other.clusters)
+    assert [t.name for t in other.route_tables] == ["outbound"]
+
+
+def test_the_inbound_listener_takes_each_port_by_destination_port_with_its_mtls() -> None:
+    cfg = compiled(*BASE)["shop/web-0"]
+    inbound = listener(cfg, "inbound")
+    assert (inbound.mode, inbound.address, inbound.port, inbound.passthrough) == (
+        "transparent", "10.0.0.3", 15006, False)
+    chains = {c.name: c for c in inbound.filter_chains}
+    assert sorted(chains) == ["5432|mtls", "8080|mtls"]  # STRICT: mTLS only; no other port
+    http = chains["8080|mtls"]
+    assert (http.match.destination_port, http.match.transport, http.protocol, http.cluster) == (
+        8080, "tls", "http1", "inbound|8080")  # http1: from the Service's appProtocol
+    assert http.tls is not None and http.tls.trust_bundle == "mesh"
+    assert chains["5432|mtls"].protocol == "tcp"
+    assert inbound.opaque_ports == [5432]
+    assert not any(lst.name.startswith("inbound|") for lst in cfg.listeners)
+
+
+def test_permissive_ports_get_a_plaintext_chain_too() -> None:
+    cfg = compiled(mesh_resource(mtls={"mode": "PERMISSIVE"}), *BASE)["shop/web-0"]
+    names = sorted(c.name for c in listener(cfg, "inbound").filter_chains)
+    assert names == ["5432|mtls", "5432|plaintext", "8080|mtls", "8080|plaintext"]
+
+
+def test_consumer_routes_reach_only_their_own_namespace() -> None:
+    route = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "mine", "namespace": "front"},
+             "spec": {"parentRefs": [{"kind": "Service", "name": "web", "namespace": "shop",
+                                      "port": 80}],
+                      "rules": [{"matches": [{"path": {"type": "PathPrefix",
+                                                       "value": "/front-only"}}]}]}}
+    snaps = compiled(*BASE, workload("front", "10.0.0.5", [], ns="front"), route)
+
+    def rules(key: str) -> list[str]:
+        table = next(t for t in snaps[key].route_tables if t.name == "outbound|web.shop:80")
+        assert table.virtual_hosts[0].domains == ["*"]
+        return [r.name for r in table.virtual_hosts[0].rules]
+
+    assert rules("front/front") == ["httproute/front/mine/0"]
+    assert rules("shop/client") == ["default/shop/web/80"]
+    assert snaps["front/front"].version != snaps["shop/client"].version
+
+
+def test_a_tcproute_splits_by_backend_weight_whatever_the_endpoint_counts() -> None:
+    pods = [workload(f"a-{i}", f"10.0.1.{i}", [{"name": "tcp", "port": 9000}], app="a")
+            for i in range(2)] + [
+            workload(f"b-{i}", f"10.0.2.{i}", [{"name": "tcp", "port": 9000}], app="b")
+            for i in range(3)]
+    route = {"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute",
+             "metadata": {"name": "split", "namespace": "shop"},
+             "spec": {"parentRefs": [{"kind": "Service", "name": "echo", "port": 9000}],
+                      "rules": [{"backendRefs": [{"name": "a", "port": 9000, "weight": 1},
+                                                 {"name": "b", "port": 9000, "weight": 1}]}]}}
+    cfg = compiled(
+        workload("client", "10.0.0.2", []), *pods, route,
+        service("echo", "none", [{"port": 9000, "appProtocol": "tcp"}], "240.240.0.9"),
+        service("a", "a", [{"port": 9000, "appProtocol": "tcp"}], "240.240.0.10"),
+        service("b", "b", [{"port": 9000, "appProtocol": "tcp"}], "240.240.0.11"),
+    )["shop/client"]
+    echo = next(c for c in cfg.clusters if c.name == "outbound-tcp|9000||echo.shop")
+    weights = {e.address: e.weight for e in echo.endpoints}
+    assert weights == {"10.0.1.0": 3, "10.0.1.1": 3, "10.0.2.0": 2, "10.0.2.1": 2,
+                       "10.0.2.2": 2}  # 6 and 6: one half each
+    assert echo.tls is not None and echo.tls.alpn == ["tulle-tcp"]
+
+
+@pytest.mark.parametrize(("declared", "expected"), [
+    ([("http", "http")], "http1"),
+    ([("grpc", "grpc")], "http2"),
+    ([("http", "web"), ("grpc", "api")], "auto"),   # Services disagree: sniffed
+    ([(None, "web")], "auto"),                      # nothing declared
+])
+def test_an_undeclared_workload_port_takes_its_services_protocol(
+        declared: list[tuple[str | None, str]], expected: str) -> None:
+    services = [service(name, "web-0", [{"port": 80 + i, "targetPort": 8080,
+                                         **({"appProtocol": proto} if proto else {})}],
+                        f"240.240.0.{i + 1}")
+                for i, (proto, name) in enumerate(declared)]
+    cfg = compiled(workload("web-0", "10.0.0.3", [{"port": 8080}]), *services)["shop/web-0"]
+    chain = listener(cfg, "inbound").filter_chains[0]
+    assert chain.protocol == expected
+
+
+def test_the_workload_port_s_own_protocol_wins() -> None:
+    cfg = compiled(workload("web-0", "10.0.0.3", [{"port": 8080, "appProtocol": "tcp"}]),
+                   service("web", "web-0", [{"port": 80, "targetPort": 8080,
+                                             "appProtocol": "http"}], "240.240.0.1"))
+    assert listener(cfg["shop/web-0"], "inbound").filter_chains[0].protocol == "tcp"
+
+
+def test_service_protocols_only_when_declared() -> None:
+    m = MeshInputs.from_resources([*BASE])
+    from tulle.controlplane.compiler import derive
+
+    assert declared_by_services(derive(m).services) == {
+        (("shop", "web-0"), 8080): "http1", (("shop", "web-0"), 5432): "tcp"}
+
+
+def test_incremental_compilation_gives_the_same_snapshots() -> None:
+    cache = PartCache()
+    first = compile_mesh(MeshInputs.from_resources(list(BASE)), cache)
+    again = compile_mesh(MeshInputs.from_resources(list(BASE)), cache)
+    fresh = compile_mesh(MeshInputs.from_resources(list(BASE)))
+    for key, cfg in fresh.snapshots.items():
+        assert msgspec.json.encode(first.snapshots[key]) == msgspec.json.encode(cfg)
+        assert msgspec.json.encode(again.snapshots[key]) == msgspec.json.encode(cfg)
+
+
+def test_loopback_workloads_are_no_pod_destinations() -> None:
+    cfg = compiled(*BASE, workload("local", "127.0.0.1", [{"port": 18080}],
+                                   transparent=False))["shop/client"]
+    assert not any(d.address == "127.0.0.1" for d in listener(cfg, "outbound").destinations)
+    assert not any(c.name == "pod|18080||local.shop" for c in cfg.clusters)
