@@ -1,10 +1,13 @@
 """A throw-away network of Linux network namespaces, for end-to-end tests and demos.
 
     with Testbed() as tb:
-        client = tb.node("10.231.0.2/24")
+        client = tb.node("10.231.0.2/24", "fd00:231::2/64")   # IPv6 optional
         server = tb.node("10.231.0.3/24")
-        server.popen([...])                     # runs inside the namespace
+        server.popen([...], user=1001)          # runs inside the namespace, under uid 1001
         client.run(["curl", "http://10.231.0.3:8080/"])
+
+Addresses come from private ranges (10.231.0.0/24, fd00:231::/64 by default) that exist only
+inside the testbed's namespaces: nodes have no default route and nothing joins the host.
 
 Every namespace is named `tl-<pid>-<n>` (pid of the process that made it).  Nodes are joined by
 veth pairs to a bridge that lives in a namespace of its own, so nothing is created in, routed
@@ -116,18 +119,26 @@ class Namespace:
         self.address: str = ""
         """The node's IPv4 address on the bridge, without the prefix length."""
 
-    def argv(self, args: Sequence[str]) -> list[str]:
+        self.address6: str = ""
+        """The node's IPv6 address on the bridge, when it has one."""
+
+    def argv(self, args: Sequence[str], user: int | None = None) -> list[str]:
+        """`args` inside the namespace; under `user` (uid = gid, no groups) when given."""
+        if user is not None:
+            args = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *args]
         return ["ip", "netns", "exec", self.name, *args]
 
     def run(self, args: Sequence[str], check: bool = True, timeout: float = 60,
-            **kw: Any) -> subprocess.CompletedProcess[str]:
+            user: int | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
         """Run a command inside the namespace to completion."""
         kw.setdefault("capture_output", True)
-        return subprocess.run(self.argv(args), check=check, text=True, timeout=timeout, **kw)
+        return subprocess.run(self.argv(args, user), check=check, text=True, timeout=timeout,
+                              **kw)
 
-    def popen(self, args: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
+    def popen(self, args: Sequence[str], user: int | None = None,
+              **kw: Any) -> subprocess.Popen[bytes]:
         """Start a long-running command inside the namespace; the testbed stops it on close."""
-        proc = subprocess.Popen(self.argv(args), start_new_session=True, **kw)
+        proc = subprocess.Popen(self.argv(args, user), start_new_session=True, **kw)
         self.testbed.processes.append(proc)
         return proc
 
@@ -140,12 +151,16 @@ class Testbed:
 
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(self, subnet: str = "10.231.0.0/24") -> None:
+    def __init__(self, subnet: str = "10.231.0.0/24", subnet6: str = "fd00:231::/64") -> None:
         why = missing_requirements()
         if why is not None:
             raise RuntimeError(why)
         self.prefix = f"{PREFIX}{os.getpid()}-"
         self.subnet = ipaddress.ip_network(subnet)
+        self.subnet6 = ipaddress.ip_network(subnet6)
+        for net in (self.subnet, self.subnet6):
+            if not net.is_private:
+                raise ValueError(f"{net} is not a private range")
         self.namespaces: list[Namespace] = []
         self.processes: list[subprocess.Popen[bytes]] = []
         self._bridge: Namespace | None = None
@@ -171,17 +186,25 @@ class Testbed:
             br.ip("link", "set", "br0", "up")
         return self._bridge
 
-    def node(self, address: str) -> Namespace:
-        """A namespace with `eth0` on the bridge at `address` (CIDR, inside the subnet)."""
+    def node(self, address: str, address6: str | None = None) -> Namespace:
+        """A namespace with `eth0` on the bridge at `address` (CIDR, inside the subnet), and at
+        `address6` too when given (inside `subnet6`)."""
         iface = ipaddress.ip_interface(address)
         if iface.ip not in self.subnet:
             raise ValueError(f"{address} is outside the testbed subnet {self.subnet}")
+        iface6 = ipaddress.ip_interface(address6) if address6 is not None else None
+        if iface6 is not None and iface6.ip not in self.subnet6:
+            raise ValueError(f"{address6} is outside the testbed subnet {self.subnet6}")
         bridge = self.bridge
         ns = self.namespace()
         port = f"v{next(self._ports)}"
         ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", bridge.name)
         bridge.ip("link", "set", port, "master", "br0", "up")
         ns.ip("addr", "add", address, "dev", "eth0")
+        if iface6 is not None:
+            # nodad: usable at once, no duplicate-address detection to wait for.
+            ns.ip("-6", "addr", "add", str(iface6), "dev", "eth0", "nodad")
+            ns.address6 = str(iface6.ip)
         ns.ip("link", "set", "eth0", "up")
         ns.address = str(iface.ip)
         return ns
