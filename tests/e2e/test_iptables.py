@@ -290,3 +290,28 @@ def test_legacy_backend_apply_and_clean(pods: dict[str, Any]) -> None:
     tulle(a, "clean")
     assert "TULLE" not in a.run(["iptables-legacy-save"]).stdout
     assert call(a, "tcp", "10.231.0.3", 8080) == "server 8080"
+
+
+def _host_state() -> dict[str, str]:
+    """The host namespace's tables, routes and links (this process runs in it)."""
+    def run(*argv: str) -> str:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
+        return "\n".join(re.sub(r"\[\d+:\d+\]", "[]", line) for line in out.splitlines()
+                         if not line.startswith("#"))
+    return {" ".join(argv): run(*argv) for argv in (
+        ("iptables-save",), ("ip6tables-save",), ("ip", "route"), ("ip", "-6", "route"),
+        ("ip", "-o", "link"))}
+
+
+def test_the_host_namespace_is_never_touched() -> None:
+    require_tools("iptables-save", "ip6tables-save")
+    before = _host_state()
+    with Testbed() as tb:
+        a = tb.node("10.231.0.2/24", "fd00:231::2/64")
+        b = tb.node("10.231.0.3/24", "fd00:231::3/64")
+        start(b, SERVER, "server", "8080")
+        tulle(a, "apply", "--vip-cidr", "10.96.0.0/16", "--vip-cidr", "fd00:96::/112")
+        assert call(a, "tcp", "10.231.0.3", 8080, user=PROXY_UID) == "server 8080"
+        assert _host_state() == before
+        tulle(a, "clean")
+    assert _host_state() == before

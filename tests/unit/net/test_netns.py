@@ -83,3 +83,68 @@ def test_the_host_namespace_is_left_alone(testbed: Testbed) -> None:  # noqa: F8
     testbed.node("10.231.0.3/24")
     assert host("ip", "-o", "link") == links
     assert host("ip", "route") == routes
+
+
+CRASHING = r'''
+import sys, time
+from tulle.net.netns import Testbed
+tb = Testbed()
+a = tb.node("10.231.0.2/24", "fd00:231::2/64")
+b = tb.node("10.231.0.3/24")
+sleeper = a.popen(["sleep", "300"], user=1001)
+print(" ".join(ns.name for ns in tb.namespaces), sleeper.pid, flush=True)
+time.sleep(300)
+'''
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_run_killed_by_sigkill_is_cleaned_up_at_the_next_start() -> None:
+    if (why := netns.missing_requirements()) is not None:
+        pytest.skip(why)
+    child = subprocess.Popen([sys.executable, "-c", CRASHING], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    *names, pid = child.stdout.readline().split()
+    sleeper = int(pid)
+    try:
+        child.kill()  # SIGKILL: no atexit, no close()
+        child.wait(timeout=10)
+        assert set(names) <= namespaces()  # the crash left them behind
+        assert not _gone(sleeper)
+        with Testbed() as tb:  # the next start removes them
+            assert not set(names) & namespaces()
+            assert _gone(sleeper)
+            tb.node("10.231.0.2/24")  # and the same addresses are usable again
+    finally:
+        for name in names:
+            subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
+    assert not any(n.startswith(f"{netns.PREFIX}{child.pid}-") for n in namespaces())
+
+
+def test_nodes_have_ipv6_on_the_bridge_and_run_processes_under_their_uid(
+        testbed: Testbed) -> None:  # noqa: F811
+    a = testbed.node("10.231.0.2/24", "fd00:231::2/64")
+    b = testbed.node("10.231.0.3/24", "fd00:231::3/64")
+    assert (a.address6, b.address6) == ("fd00:231::2", "fd00:231::3")
+    listener = b.popen([sys.executable, "-c",
+                        "import os, socket; s = socket.create_server(('fd00:231::3', 7000), "
+                        "family=socket.AF_INET6); c, _ = s.accept(); "
+                        "c.sendall(b'v6 %d' % os.getuid())"], user=1001)
+    got = a.run([sys.executable, "-c",
+                 "import socket, time, os\n"
+                 "for _ in range(100):\n"
+                 "    try:\n"
+                 "        s = socket.create_connection(('fd00:231::3', 7000), timeout=5); break\n"
+                 "    except ConnectionRefusedError:\n"
+                 "        time.sleep(0.05)\n"
+                 "print(s.recv(20).decode(), os.getuid())"], user=4242)
+    assert got.stdout.split() == ["v6", "1001", "4242"]  # server's uid, then the client's
+    listener.wait(timeout=10)
+    with pytest.raises(ValueError, match="outside the testbed subnet"):
+        testbed.node("10.231.0.4/24", "fd00:999::4/64")
