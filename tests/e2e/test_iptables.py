@@ -315,3 +315,22 @@ def test_the_host_namespace_is_never_touched() -> None:
         assert _host_state() == before
         tulle(a, "clean")
     assert _host_state() == before
+
+
+def test_a_pod_behind_a_node_has_its_vips_routed_already(testbed: Testbed) -> None:  # noqa: F811
+    """A Kubernetes-like pod (default route to its node): the VIP range needs no route of ours,
+    and a pod on another node is reached through the redirect."""
+    require_tools("iptables-save", "setpriv")
+    n1 = testbed.node("10.231.0.2/24", "fd00:231::2/64")
+    n2 = testbed.node("10.231.0.3/24", "fd00:231::3/64")
+    a = testbed.pod(n1, "10.232.1.2", "fd00:232::1:2")
+    b = testbed.pod(n2, "10.232.2.2", "fd00:232::2:2")
+    start(b, SERVER, "server", "8080")
+    start(a, RECORDER, user=PROXY_UID)
+    out = tulle(a, "apply", "--vip-cidr", "10.96.0.0/16").stdout
+    assert "10.96.0.0/16: already routed" in out
+    assert a.run(["ip", "route", "show", "proto", "157"]).stdout == ""
+    got = json.loads(call(a, "tcp", "10.96.0.10", 80))
+    assert got["orig"] == ["10.96.0.10", 80]
+    got = json.loads(call(a, "tcp", "fd00:232::2:2", 8080))
+    assert got["orig"] == ["fd00:232::2:2", 8080] and got["upstream"] == "server 8080\n"

@@ -5,6 +5,11 @@
         server = tb.node("10.231.0.3/24")
         server.popen([...], user=1001)          # runs inside the namespace, under uid 1001
         client.run(["curl", "http://10.231.0.3:8080/"])
+        pod = tb.pod(server, "10.232.0.5", "fd00:232::5")  # a pod behind node `server`
+
+N nodes sit on the bridge; M pods hang off their nodes by veth pairs and are routed like
+Kubernetes pods (a default route to their node, the node forwarding, the other nodes routing
+the pod's address via its node).
 
 Addresses come from private ranges (10.231.0.0/24, fd00:231::/64 by default) that exist only
 inside the testbed's namespaces: nodes have no default route and nothing joins the host.
@@ -121,6 +126,8 @@ class Namespace:
 
         self.address6: str = ""
         """The node's IPv6 address on the bridge, when it has one."""
+        self.node: Namespace | None = None
+        """For a pod: the node namespace its `eth0` is plugged into."""
 
     def argv(self, args: Sequence[str], user: int | None = None) -> list[str]:
         """`args` inside the namespace; under `user` (uid = gid, no groups) when given."""
@@ -151,20 +158,25 @@ class Testbed:
 
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(self, subnet: str = "10.231.0.0/24", subnet6: str = "fd00:231::/64") -> None:
+    def __init__(self, subnet: str = "10.231.0.0/24", subnet6: str = "fd00:231::/64",
+                 pod_subnet: str = "10.232.0.0/16", pod_subnet6: str = "fd00:232::/64") -> None:
         why = missing_requirements()
         if why is not None:
             raise RuntimeError(why)
         self.prefix = f"{PREFIX}{os.getpid()}-"
         self.subnet = ipaddress.ip_network(subnet)
         self.subnet6 = ipaddress.ip_network(subnet6)
-        for net in (self.subnet, self.subnet6):
+        self.pod_subnet = ipaddress.ip_network(pod_subnet)
+        self.pod_subnet6 = ipaddress.ip_network(pod_subnet6)
+        for net in (self.subnet, self.subnet6, self.pod_subnet, self.pod_subnet6):
             if not net.is_private:
                 raise ValueError(f"{net} is not a private range")
         self.namespaces: list[Namespace] = []
         self.processes: list[subprocess.Popen[bytes]] = []
         self._bridge: Namespace | None = None
         self._ports = itertools.count()
+        self._nodes: list[Namespace] = []
+        self._pods: list[Namespace] = []
         self._closed = False
         remove_stale()
         atexit.register(self.close)
@@ -207,7 +219,64 @@ class Testbed:
             ns.address6 = str(iface6.ip)
         ns.ip("link", "set", "eth0", "up")
         ns.address = str(iface.ip)
+        self._nodes.append(ns)
+        for pod in self._pods:
+            self._route_to_pod(ns, pod)
         return ns
+
+    def pod(self, node: Namespace, address: str, address6: str | None = None) -> Namespace:
+        """A pod namespace plugged into `node` by a veth, routed like a Kubernetes pod.
+
+        The pod's `eth0` holds `address` (/32, inside `pod_subnet`) and `address6` (/128);
+        its default route goes to the node's end of the veth (169.254.1.1 and fe80::1, as
+        Calico does), the node forwards, and every other node routes the pod's address via
+        this node's bridge address.  The node has no default route: nothing leaves the testbed.
+        """
+        ip = ipaddress.ip_interface(address).ip
+        if ip not in self.pod_subnet:
+            raise ValueError(f"{address} is outside the testbed pod subnet {self.pod_subnet}")
+        ip6 = ipaddress.ip_interface(address6).ip if address6 is not None else None
+        if ip6 is not None and ip6 not in self.pod_subnet6:
+            raise ValueError(f"{address6} is outside the testbed pod subnet {self.pod_subnet6}")
+        if ip6 is not None and not node.address6:
+            raise ValueError(f"{address6}: node {node.name} has no IPv6 address")
+        if node not in self._nodes:
+            raise ValueError(f"{node.name} is not a node of this testbed")
+        pod = self.namespace()
+        pod.node = node
+        port = f"p{next(self._ports)}"
+        pod.ip("link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", node.name)
+        node.run(["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])
+        node.ip("addr", "add", "169.254.1.1/32", "dev", port)
+        node.ip("-6", "addr", "add", "fe80::1/64", "dev", port, "nodad")
+        node.ip("link", "set", port, "up")
+        pod.ip("addr", "add", f"{ip}/32", "dev", "eth0")
+        if ip6 is not None:
+            pod.ip("-6", "addr", "add", f"{ip6}/128", "dev", "eth0", "nodad")
+            pod.address6 = str(ip6)
+        pod.ip("link", "set", "eth0", "up")
+        pod.ip("route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
+        pod.ip("route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
+        if ip6 is not None:
+            pod.ip("-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0")
+        node.ip("route", "add", f"{ip}/32", "dev", port)
+        if ip6 is not None:
+            node.ip("-6", "route", "add", f"{ip6}/128", "dev", port)
+        pod.address = str(ip)
+        self._pods.append(pod)
+        for other in self._nodes:
+            self._route_to_pod(other, pod)
+        return pod
+
+    @staticmethod
+    def _route_to_pod(node: Namespace, pod: Namespace) -> None:
+        """On another node, the pod's addresses via its node's bridge addresses."""
+        home = pod.node
+        if home is None or home is node:
+            return
+        node.ip("route", "add", f"{pod.address}/32", "via", home.address)
+        if pod.address6 and node.address6:
+            node.ip("-6", "route", "add", f"{pod.address6}/128", "via", home.address6)
 
     def close(self) -> None:
         if self._closed:
@@ -227,6 +296,8 @@ class Testbed:
         for ns in reversed(self.namespaces):
             _delete_namespace(ns.name)
         self.namespaces.clear()
+        self._nodes.clear()
+        self._pods.clear()
         with contextlib.suppress(Exception):
             atexit.unregister(self.close)
 

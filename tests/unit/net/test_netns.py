@@ -9,7 +9,7 @@ import pytest
 from tests.support.netns import testbed  # noqa: F401
 
 from tulle.net import netns
-from tulle.net.netns import Testbed
+from tulle.net.netns import Namespace, Testbed
 
 pytestmark = pytest.mark.netns
 
@@ -87,7 +87,7 @@ def test_the_host_namespace_is_left_alone(testbed: Testbed) -> None:  # noqa: F8
 
 CRASHING = r'''
 import sys, time
-from tulle.net.netns import Testbed
+from tulle.net.netns import Namespace, Testbed
 tb = Testbed()
 a = tb.node("10.231.0.2/24", "fd00:231::2/64")
 b = tb.node("10.231.0.3/24")
@@ -148,3 +148,45 @@ def test_nodes_have_ipv6_on_the_bridge_and_run_processes_under_their_uid(
     listener.wait(timeout=10)
     with pytest.raises(ValueError, match="outside the testbed subnet"):
         testbed.node("10.231.0.4/24", "fd00:999::4/64")
+
+
+REPLY = ("import os, socket, sys\n"
+         "s = socket.create_server(('::', 7000), family=socket.AF_INET6, dualstack_ipv6=True)\n"
+         "print('ready', flush=True)\n"
+         "while True:\n"
+         "    c, peer = s.accept()\n"
+         "    c.sendall(sys.argv[1].encode() + b' ' + peer[0].removeprefix('::ffff:').encode())\n"
+         "    c.close()\n")
+ASK = ("import socket, sys\n"
+       "with socket.create_connection((sys.argv[1], 7000), timeout=5) as s:\n"
+       "    print(s.recv(100).decode())\n")
+
+
+def test_pods_on_nodes_reach_each_other_across_nodes_in_both_families(
+        testbed: Testbed) -> None:  # noqa: F811
+    n1 = testbed.node("10.231.0.2/24", "fd00:231::2/64")
+    n2 = testbed.node("10.231.0.3/24", "fd00:231::3/64")
+    a = testbed.pod(n1, "10.232.1.2", "fd00:232::1:2")
+    b = testbed.pod(n1, "10.232.1.3", "fd00:232::1:3")
+    n3 = testbed.node("10.231.0.4/24", "fd00:231::4/64")  # a node added after the pods
+    c = testbed.pod(n3, "10.232.3.2", "fd00:232::3:2")
+    for pod, name in ((b, "b"), (c, "c"), (n2, "n2")):
+        proc = pod.popen([sys.executable, "-c", REPLY, name], stdout=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+
+    def ask(src: Namespace, dst: str) -> str:
+        return src.run([sys.executable, "-c", ASK, dst], timeout=30).stdout.strip()
+
+    assert ask(a, "10.232.1.3") == "b 10.232.1.2"          # same node
+    assert ask(a, "10.232.3.2") == "c 10.232.1.2"          # across nodes, source kept
+    assert ask(a, "fd00:232::3:2") == "c fd00:232::1:2"
+    assert ask(c, "fd00:232::1:3") == "b fd00:232::3:2"
+    assert ask(a, "10.231.0.3") == "n2 10.232.1.2"  # a pod reaches another node
+    assert ask(n2, "10.232.3.2") == "c 10.231.0.3"  # and a node another node's pod
+    # Pods route by default to their node; nodes have no default route: nothing leaves.
+    assert "default via 169.254.1.1" in a.run(["ip", "route"]).stdout
+    assert "default" not in n1.run(["ip", "route"]).stdout
+    unreachable = a.run([sys.executable, "-c", ASK, "192.0.2.1"], check=False, timeout=30)
+    assert unreachable.returncode != 0
+    with pytest.raises(ValueError, match="outside the testbed pod subnet"):
+        testbed.pod(n1, "10.231.0.9")
