@@ -124,9 +124,13 @@ def apply(cfg: Interception, backend: Backend = "auto", runner: Runner = run) ->
     check_environment()
     done: list[str] = []
     for family in cfg.families:
-        tools = choose_backend(backend, family, runner)[0]
+        tools, *others = choose_backend(backend, family, runner)
         _restore(tools, restore_input(cfg, family, installed(_saved(tools, runner))), runner)
         done.append(f"IPv{family}: rules installed with {tools.restore}")
+        for other in others:  # Tulle's chains in a second backend would redirect twice
+            _restore(other, restore_input(None, family, installed(_saved(other, runner))),
+                     runner)
+            done.append(f"IPv{family}: earlier rules removed with {other.restore}")
     done += routes_apply(cfg.vip_ranges, runner)
     return done
 
