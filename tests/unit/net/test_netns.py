@@ -108,6 +108,7 @@ def _gone(pid: int) -> bool:
 def test_a_run_killed_by_sigkill_is_cleaned_up_at_the_next_start() -> None:
     if (why := netns.missing_requirements()) is not None:
         pytest.skip(why)
+    links = host("ip", "-o", "link")
     child = subprocess.Popen([sys.executable, "-c", CRASHING], stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
     *names, pid = child.stdout.readline().split()
@@ -125,6 +126,7 @@ def test_a_run_killed_by_sigkill_is_cleaned_up_at_the_next_start() -> None:
         for name in names:
             subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
     assert not any(n.startswith(f"{netns.PREFIX}{child.pid}-") for n in namespaces())
+    assert host("ip", "-o", "link") == links  # no stray link in the host namespace either
 
 
 def test_nodes_have_ipv6_on_the_bridge_and_run_processes_under_their_uid(
