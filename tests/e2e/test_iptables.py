@@ -334,3 +334,22 @@ def test_a_pod_behind_a_node_has_its_vips_routed_already(testbed: Testbed) -> No
     assert got["orig"] == ["10.96.0.10", 80]
     got = json.loads(call(a, "tcp", "fd00:232::2:2", 8080))
     assert got["orig"] == ["fd00:232::2:2", 8080] and got["upstream"] == "server 8080\n"
+
+
+def test_a_pod_calling_itself_goes_through_the_inbound_side_without_a_loop(
+        pods: dict[str, Any]) -> None:
+    a = pods["a"]
+    tulle(a, "apply", "--exclude-inbound-ports", "9091")
+    # app -> its own address -> outbound (15001) -> the proxy dials that address -> inbound (15006)
+    got = json.loads(call(a, "tcp", "10.231.0.2", 9090))
+    assert got["via"] == "outbound" and got["orig"] == ["10.231.0.2", 9090]
+    assert json.loads(got["upstream"]) == {"via": "inbound", "orig": ["10.231.0.2", 9090]}
+    got6 = json.loads(call(a, "tcp", "fd00:231::2", 9090))
+    assert json.loads(got6["upstream"]) == {"via": "inbound", "orig": ["fd00:231::2", 9090]}
+    # The inbound side's own dial to the app on loopback, and excluded ports, reach the app.
+    assert call(a, "tcp", "127.0.0.1", 9091, user=PROXY_UID) == "app 9091"
+    assert call(a, "tcp", "::1", 9091, user=PROXY_UID) == "app 9091"
+    assert call(a, "tcp", "10.231.0.2", 9091, user=PROXY_UID) == "app 9091"
+    # Without inbound interception the proxy's call to its own pod is left alone.
+    tulle(a, "apply", "--inbound-ports", "")
+    assert call(a, "tcp", "10.231.0.2", 9091, user=PROXY_UID) == "app 9091"

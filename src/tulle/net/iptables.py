@@ -138,6 +138,20 @@ def _exclusions(cfg: Interception, chain: str) -> list[str]:
     return lines
 
 
+def _to_self(cfg: Interception, family: Family) -> list[str]:
+    """The proxy's own connections to this pod's non-loopback address (a pod calling its own
+    Service: app -> outbound -> this pod's IP) go through the inbound side like any other
+    caller's (Istio does the same).  They leave on `lo`; the inbound side then dials the app
+    on loopback, which these rules skip, so there is no loop."""
+    match = f"-A {CHAIN_OUTPUT} -o lo ! -d {LOOPBACK[family]}"
+    lines = []
+    if cfg.proxy_uid is not None:
+        lines.append(f"{match} -m owner --uid-owner {cfg.proxy_uid} -j {CHAIN_INBOUND}")
+    if cfg.proxy_mark is not None:
+        lines.append(f"{match} -m mark --mark {cfg.proxy_mark} -j {CHAIN_INBOUND}")
+    return lines
+
+
 def chain_rules(cfg: Interception, family: Family) -> dict[str, list[str]]:
     """The rules of each of Tulle's chains that `cfg` uses, for one address family."""
     chains: dict[str, list[str]] = {}
@@ -147,7 +161,9 @@ def chain_rules(cfg: Interception, family: Family) -> dict[str, list[str]]:
             f"-A {CHAIN_DNS} -p udp -j REDIRECT --to-ports {cfg.dns_port}",
             f"-A {CHAIN_DNS} -p tcp -j REDIRECT --to-ports {cfg.dns_port}",
         ]
-    out = [*_exclusions(cfg, CHAIN_OUTPUT), f"-A {CHAIN_OUTPUT} -d {LOOPBACK[family]} -j RETURN"]
+    inbound_on = cfg.include_inbound_ports is None or bool(cfg.include_inbound_ports)
+    out = _to_self(cfg, family) if inbound_on else []
+    out += [*_exclusions(cfg, CHAIN_OUTPUT), f"-A {CHAIN_OUTPUT} -d {LOOPBACK[family]} -j RETURN"]
     out += [f"-A {CHAIN_OUTPUT} -p tcp --dport {p} -j RETURN" for p in cfg.exclude_outbound_ports]
     out += [f"-A {CHAIN_OUTPUT} -d {n} -j RETURN" for n in _mine(cfg.exclude_outbound, family)]
     redirect = f"-p tcp -j REDIRECT --to-ports {cfg.outbound_port}"
@@ -157,7 +173,7 @@ def chain_rules(cfg: Interception, family: Family) -> dict[str, list[str]]:
         out += [f"-A {CHAIN_OUTPUT} -d {n} {redirect}"
                 for n in _mine(cfg.include_outbound, family)]
     chains[CHAIN_OUTPUT] = out
-    if cfg.include_inbound_ports is None or cfg.include_inbound_ports:
+    if inbound_on:
         redirect = f"-j REDIRECT --to-ports {cfg.inbound_port}"
         if cfg.include_inbound_ports is None:
             inbound = [f"-A {CHAIN_INBOUND} -p tcp --dport {p} -j RETURN"

@@ -40,6 +40,8 @@ COMMIT
 def test_defaults_redirect_outbound_inbound_and_dns_and_exempt_the_proxy_uid() -> None:
     rules = chain_rules(Interception(), 4)
     assert rules["TULLE_OUTPUT"] == [
+        # The proxy calling this pod's own address goes through the inbound side.
+        "-A TULLE_OUTPUT -o lo ! -d 127.0.0.0/8 -m owner --uid-owner 1337 -j TULLE_PREROUTING",
         "-A TULLE_OUTPUT -m owner --uid-owner 1337 -j RETURN",
         "-A TULLE_OUTPUT -d 127.0.0.0/8 -j RETURN",
         "-A TULLE_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
@@ -74,7 +76,13 @@ def test_excluded_ports_mark_and_explicit_inbound_ports() -> None:
     assert rules["TULLE_PREROUTING"] == [
         "-A TULLE_PREROUTING -p tcp --dport 8080 -j REDIRECT --to-ports 15006",
         "-A TULLE_PREROUTING -p tcp --dport 9090 -j REDIRECT --to-ports 15006"]
-    assert "TULLE_PREROUTING" not in chain_rules(Interception(include_inbound_ports=()), 4)
+    no_inbound = chain_rules(Interception(include_inbound_ports=()), 4)
+    assert "TULLE_PREROUTING" not in no_inbound
+    assert not any("TULLE_PREROUTING" in r for r in no_inbound["TULLE_OUTPUT"])
+    assert ("-A TULLE_OUTPUT -o lo ! -d 127.0.0.0/8 -m mark --mark 0x539/0xfff -j TULLE_PREROUTING"
+            in rules["TULLE_OUTPUT"])
+    assert "-A TULLE_OUTPUT -o lo ! -d ::1/128 -m owner --uid-owner 1337 -j TULLE_PREROUTING" \
+        in chain_rules(Interception(), 6)["TULLE_OUTPUT"]
     excl = chain_rules(Interception(exclude_inbound_ports=(15021,)), 4)["TULLE_PREROUTING"]
     assert excl == ["-A TULLE_PREROUTING -p tcp --dport 15021 -j RETURN",
                     "-A TULLE_PREROUTING -p tcp -j REDIRECT --to-ports 15006"]
