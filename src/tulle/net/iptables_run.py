@@ -112,8 +112,9 @@ def check_environment() -> None:
                                 "use --dry-run to print the rules", EXIT_ENVIRONMENT)
 
 
-def _restore(tools: Tools, text: str, runner: Runner) -> None:
-    done = runner([tools.restore, "--noflush", "--wait", "5"], text)
+def _restore(tools: Tools, text: str, runner: Runner, test: bool = False) -> None:
+    done = runner([tools.restore, "--noflush", "--wait", "5", *(["--test"] if test else [])],
+                  text)
     if done.returncode != 0:
         raise InterceptionError(f"{tools.restore} refused the ruleset: "
                                 f"{(done.stderr or done.stdout).strip()}", EXIT_REFUSED)
@@ -123,14 +124,21 @@ def apply(cfg: Interception, backend: Backend = "auto", runner: Runner = run) ->
     """Install `cfg` (replacing any earlier apply); returns what was done, one line each."""
     check_environment()
     done: list[str] = []
+    plan: list[tuple[Tools, str, str]] = []
     for family in cfg.families:
         tools, *others = choose_backend(backend, family, runner)
-        _restore(tools, restore_input(cfg, family, installed(_saved(tools, runner))), runner)
-        done.append(f"IPv{family}: rules installed with {tools.restore}")
+        text = restore_input(cfg, family, installed(_saved(tools, runner)))
+        plan.append((tools, text, f"IPv{family}: rules installed with {tools.restore}"))
         for other in others:  # Tulle's chains in a second backend would redirect twice
-            _restore(other, restore_input(None, family, installed(_saved(other, runner))),
-                     runner)
-            done.append(f"IPv{family}: earlier rules removed with {other.restore}")
+            text = restore_input(None, family, installed(_saved(other, runner)))
+            plan.append((other, text, f"IPv{family}: earlier rules removed with {other.restore}"))
+    # Every transaction is checked (`--test`) before any is committed: a family the kernel
+    # refuses (IPv6 disabled, a module missing) leaves the other one untouched too.
+    for tools, text, _ in plan:
+        _restore(tools, text, runner, test=True)
+    for tools, text, line in plan:
+        _restore(tools, text, runner)
+        done.append(line)
     done += routes_apply(cfg.vip_ranges, runner)
     return done
 

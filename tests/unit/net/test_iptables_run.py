@@ -33,7 +33,9 @@ class Script:
         return subprocess.CompletedProcess(list(argv), 0, "", "")
 
     def fed(self, tool: str) -> list[str]:
-        return [stdin or "" for argv, stdin in self.calls if argv[0] == tool]
+        """What was committed to `tool` (its `--test` runs left out)."""
+        return [stdin or "" for argv, stdin in self.calls
+                if argv[0] == tool and "--test" not in argv]
 
 
 @pytest.fixture(autouse=True)
@@ -111,3 +113,15 @@ def test_dry_run_needs_no_root_and_shows_both_families(monkeypatch: pytest.Monke
     assert text.count("COMMIT") == 2
     assert "# ip6tables-restore --noflush" in text
     assert "ip -4 route add 10.96.0.0/16 dev <pod interface> proto 157" in text
+
+
+def test_every_family_is_tested_before_any_is_committed() -> None:
+    script = Script({"ip6tables-nft-restore --noflush --wait 5 --test":
+                     (2, "ip6tables-restore v1.8.9: can't initialize ip6tables table `nat'")})
+    with pytest.raises(InterceptionError, match="can't initialize ip6tables table") as exc:
+        iptables_run.apply(Interception(), runner=script)
+    assert exc.value.code == 4
+    committed = [argv for argv, _ in script.calls if "restore" in argv[0] and "--test" not in argv]
+    assert committed == []
+    assert [argv[0] for argv, _ in script.calls if "--test" in argv] == [
+        "iptables-nft-restore", "ip6tables-nft-restore"]
