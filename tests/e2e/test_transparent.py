@@ -2,13 +2,14 @@
 
     [client ns 10.231.0.2]                                    [server ns 10.231.0.3]
       curl / python client (uid 0)                             :8080 HTTP, :9000 echo,
-        │ iptables -t nat OUTPUT REDIRECT --to-ports 15001       :25 and :2525 greet first
+        │ `tulle iptables apply`: nat OUTPUT → 15001             :25 and :2525 greet first
         ▼
       tulle proxy (uid 1337, excluded from the redirect) ──────────────▶
                         (bridge in a namespace of its own)
 
-The proxy is the real `tulle proxy run` process.  Its outbound connections are excluded from the
-redirect by an owner match on its uid (Istio's convention: 1337).  Connections to 127.0.0.0/8
+The proxy is the real `tulle proxy run` process; the interception is the real `tulle iptables
+apply` (outbound only here: no inbound or DNS redirect).  Its outbound connections are excluded
+from the redirect by an owner match on its uid (Istio's convention: 1337).  Connections to 127.0.0.0/8
 are not redirected, so dialling the proxy's port directly reaches it un-NATed: a loop.
 """
 
@@ -18,6 +19,7 @@ import json
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -34,9 +36,10 @@ pytestmark = pytest.mark.netns
 PROXY_UID = 1337
 PROXY_PORT = 15001
 ADMIN_PORT = 15000
-ROOT = Path(__file__).resolve().parents[2]
-PYTHON = str(ROOT / ".venv" / "bin" / "python")
-TULLE = str(ROOT / ".venv" / "bin" / "tulle")
+# The interpreter running the tests, with this checkout's sources (PYTHONPATH passes through
+# `ip netns exec` and setpriv).
+PYTHON = sys.executable
+TULLE = [PYTHON, "-m", "tulle.cli.main"]
 
 SERVER = r'''
 import asyncio, json, sys
@@ -147,17 +150,10 @@ def proxy_config(server_ip: str) -> dict[str, Any]:
 
 def redirect_outbound(ns: Namespace) -> None:
     """The sidecar's interception, inside the client namespace only."""
-    rules = [
-        ["-t", "nat", "-N", "TULLE_OUTBOUND"],
-        ["-t", "nat", "-A", "TULLE_OUTBOUND", "-m", "owner", "--uid-owner", str(PROXY_UID),
-         "-j", "RETURN"],
-        ["-t", "nat", "-A", "TULLE_OUTBOUND", "-d", "127.0.0.0/8", "-j", "RETURN"],
-        ["-t", "nat", "-A", "TULLE_OUTBOUND", "-p", "tcp", "-j", "REDIRECT", "--to-ports",
-         str(PROXY_PORT)],
-        ["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", "TULLE_OUTBOUND"],
-    ]
-    for r in rules:
-        ns.run(["iptables", *r])
+    ns.run([*TULLE, "iptables", "apply", "--proxy-uid", str(PROXY_UID),
+            "--outbound-port", str(PROXY_PORT), "--inbound-ports", "", "--no-redirect-dns"])
+    saved = ns.run(["iptables-save", "-t", "nat"]).stdout
+    assert "-A OUTPUT -p tcp -j TULLE_OUTPUT" in saved
 
 
 def wait_listening(ns: Namespace, port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -202,7 +198,7 @@ def mesh(testbed: Testbed, workdir: Path) -> Iterator[dict[str, Any]]:  # noqa: 
     with proxy_log.open("wb") as out:
         proxy = client.popen(
             ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups",
-             TULLE, "proxy", "run", "--config", str(cfg), "--watch-interval", "0"],
+             *TULLE, "proxy", "run", "--config", str(cfg), "--watch-interval", "0"],
             stdout=out, stderr=out)
     wait_listening(client, PROXY_PORT, proxy, proxy_log)
     try:

@@ -159,6 +159,9 @@ def _register() -> bool:
 
     cli.add_command(ca)
     cli.add_command(check_cmd)
+    from tulle.cli.iptables import iptables
+
+    cli.add_command(iptables)
     return True
 
 

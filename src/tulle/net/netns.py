@@ -1,10 +1,18 @@
 """A throw-away network of Linux network namespaces, for end-to-end tests and demos.
 
     with Testbed() as tb:
-        client = tb.node("10.231.0.2/24")
+        client = tb.node("10.231.0.2/24", "fd00:231::2/64")   # IPv6 optional
         server = tb.node("10.231.0.3/24")
-        server.popen([...])                     # runs inside the namespace
+        server.popen([...], user=1001)          # runs inside the namespace, under uid 1001
         client.run(["curl", "http://10.231.0.3:8080/"])
+        pod = tb.pod(server, "10.232.0.5", "fd00:232::5")  # a pod behind node `server`
+
+N nodes sit on the bridge; M pods hang off their nodes by veth pairs and are routed like
+Kubernetes pods (a default route to their node, the node forwarding, the other nodes routing
+the pod's address via its node).
+
+Addresses come from private ranges (10.231.0.0/24, fd00:231::/64 by default) that exist only
+inside the testbed's namespaces: nodes have no default route and nothing joins the host.
 
 Every namespace is named `tl-<pid>-<n>` (pid of the process that made it).  Nodes are joined by
 veth pairs to a bridge that lives in a namespace of its own, so nothing is created in, routed
@@ -116,18 +124,28 @@ class Namespace:
         self.address: str = ""
         """The node's IPv4 address on the bridge, without the prefix length."""
 
-    def argv(self, args: Sequence[str]) -> list[str]:
+        self.address6: str = ""
+        """The node's IPv6 address on the bridge, when it has one."""
+        self.node: Namespace | None = None
+        """For a pod: the node namespace its `eth0` is plugged into."""
+
+    def argv(self, args: Sequence[str], user: int | None = None) -> list[str]:
+        """`args` inside the namespace; under `user` (uid = gid, no groups) when given."""
+        if user is not None:
+            args = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups", *args]
         return ["ip", "netns", "exec", self.name, *args]
 
     def run(self, args: Sequence[str], check: bool = True, timeout: float = 60,
-            **kw: Any) -> subprocess.CompletedProcess[str]:
+            user: int | None = None, **kw: Any) -> subprocess.CompletedProcess[str]:
         """Run a command inside the namespace to completion."""
         kw.setdefault("capture_output", True)
-        return subprocess.run(self.argv(args), check=check, text=True, timeout=timeout, **kw)
+        return subprocess.run(self.argv(args, user), check=check, text=True, timeout=timeout,
+                              **kw)
 
-    def popen(self, args: Sequence[str], **kw: Any) -> subprocess.Popen[bytes]:
+    def popen(self, args: Sequence[str], user: int | None = None,
+              **kw: Any) -> subprocess.Popen[bytes]:
         """Start a long-running command inside the namespace; the testbed stops it on close."""
-        proc = subprocess.Popen(self.argv(args), start_new_session=True, **kw)
+        proc = subprocess.Popen(self.argv(args, user), start_new_session=True, **kw)
         self.testbed.processes.append(proc)
         return proc
 
@@ -140,16 +158,25 @@ class Testbed:
 
     __test__ = False  # not a pytest test class, despite the name
 
-    def __init__(self, subnet: str = "10.231.0.0/24") -> None:
+    def __init__(self, subnet: str = "10.231.0.0/24", subnet6: str = "fd00:231::/64",
+                 pod_subnet: str = "10.232.0.0/16", pod_subnet6: str = "fd00:232::/64") -> None:
         why = missing_requirements()
         if why is not None:
             raise RuntimeError(why)
         self.prefix = f"{PREFIX}{os.getpid()}-"
         self.subnet = ipaddress.ip_network(subnet)
+        self.subnet6 = ipaddress.ip_network(subnet6)
+        self.pod_subnet = ipaddress.ip_network(pod_subnet)
+        self.pod_subnet6 = ipaddress.ip_network(pod_subnet6)
+        for net in (self.subnet, self.subnet6, self.pod_subnet, self.pod_subnet6):
+            if not net.is_private:
+                raise ValueError(f"{net} is not a private range")
         self.namespaces: list[Namespace] = []
         self.processes: list[subprocess.Popen[bytes]] = []
         self._bridge: Namespace | None = None
         self._ports = itertools.count()
+        self._nodes: list[Namespace] = []
+        self._pods: list[Namespace] = []
         self._closed = False
         remove_stale()
         atexit.register(self.close)
@@ -171,20 +198,85 @@ class Testbed:
             br.ip("link", "set", "br0", "up")
         return self._bridge
 
-    def node(self, address: str) -> Namespace:
-        """A namespace with `eth0` on the bridge at `address` (CIDR, inside the subnet)."""
+    def node(self, address: str, address6: str | None = None) -> Namespace:
+        """A namespace with `eth0` on the bridge at `address` (CIDR, inside the subnet), and at
+        `address6` too when given (inside `subnet6`)."""
         iface = ipaddress.ip_interface(address)
         if iface.ip not in self.subnet:
             raise ValueError(f"{address} is outside the testbed subnet {self.subnet}")
+        iface6 = ipaddress.ip_interface(address6) if address6 is not None else None
+        if iface6 is not None and iface6.ip not in self.subnet6:
+            raise ValueError(f"{address6} is outside the testbed subnet {self.subnet6}")
         bridge = self.bridge
         ns = self.namespace()
         port = f"v{next(self._ports)}"
         ns.ip("link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", bridge.name)
         bridge.ip("link", "set", port, "master", "br0", "up")
         ns.ip("addr", "add", address, "dev", "eth0")
+        if iface6 is not None:
+            # nodad: usable at once, no duplicate-address detection to wait for.
+            ns.ip("-6", "addr", "add", str(iface6), "dev", "eth0", "nodad")
+            ns.address6 = str(iface6.ip)
         ns.ip("link", "set", "eth0", "up")
         ns.address = str(iface.ip)
+        self._nodes.append(ns)
+        for pod in self._pods:
+            self._route_to_pod(ns, pod)
         return ns
+
+    def pod(self, node: Namespace, address: str, address6: str | None = None) -> Namespace:
+        """A pod namespace plugged into `node` by a veth, routed like a Kubernetes pod.
+
+        The pod's `eth0` holds `address` (/32, inside `pod_subnet`) and `address6` (/128);
+        its default route goes to the node's end of the veth (169.254.1.1 and fe80::1, as
+        Calico does), the node forwards, and every other node routes the pod's address via
+        this node's bridge address.  The node has no default route: nothing leaves the testbed.
+        """
+        ip = ipaddress.ip_interface(address).ip
+        if ip not in self.pod_subnet:
+            raise ValueError(f"{address} is outside the testbed pod subnet {self.pod_subnet}")
+        ip6 = ipaddress.ip_interface(address6).ip if address6 is not None else None
+        if ip6 is not None and ip6 not in self.pod_subnet6:
+            raise ValueError(f"{address6} is outside the testbed pod subnet {self.pod_subnet6}")
+        if ip6 is not None and not node.address6:
+            raise ValueError(f"{address6}: node {node.name} has no IPv6 address")
+        if node not in self._nodes:
+            raise ValueError(f"{node.name} is not a node of this testbed")
+        pod = self.namespace()
+        pod.node = node
+        port = f"p{next(self._ports)}"
+        pod.ip("link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", node.name)
+        node.run(["sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])
+        node.ip("addr", "add", "169.254.1.1/32", "dev", port)
+        node.ip("-6", "addr", "add", "fe80::1/64", "dev", port, "nodad")
+        node.ip("link", "set", port, "up")
+        pod.ip("addr", "add", f"{ip}/32", "dev", "eth0")
+        if ip6 is not None:
+            pod.ip("-6", "addr", "add", f"{ip6}/128", "dev", "eth0", "nodad")
+            pod.address6 = str(ip6)
+        pod.ip("link", "set", "eth0", "up")
+        pod.ip("route", "add", "169.254.1.1", "dev", "eth0", "scope", "link")
+        pod.ip("route", "add", "default", "via", "169.254.1.1", "dev", "eth0")
+        if ip6 is not None:
+            pod.ip("-6", "route", "add", "default", "via", "fe80::1", "dev", "eth0")
+        node.ip("route", "add", f"{ip}/32", "dev", port)
+        if ip6 is not None:
+            node.ip("-6", "route", "add", f"{ip6}/128", "dev", port)
+        pod.address = str(ip)
+        self._pods.append(pod)
+        for other in self._nodes:
+            self._route_to_pod(other, pod)
+        return pod
+
+    @staticmethod
+    def _route_to_pod(node: Namespace, pod: Namespace) -> None:
+        """On another node, the pod's addresses via its node's bridge addresses."""
+        home = pod.node
+        if home is None or home is node:
+            return
+        node.ip("route", "add", f"{pod.address}/32", "via", home.address)
+        if pod.address6 and node.address6:
+            node.ip("-6", "route", "add", f"{pod.address6}/128", "via", home.address6)
 
     def close(self) -> None:
         if self._closed:
@@ -204,6 +296,8 @@ class Testbed:
         for ns in reversed(self.namespaces):
             _delete_namespace(ns.name)
         self.namespaces.clear()
+        self._nodes.clear()
+        self._pods.clear()
         with contextlib.suppress(Exception):
             atexit.unregister(self.close)
 

@@ -9,7 +9,7 @@ import pytest
 from tests.support.netns import testbed  # noqa: F401
 
 from tulle.net import netns
-from tulle.net.netns import Testbed
+from tulle.net.netns import Namespace, Testbed
 
 pytestmark = pytest.mark.netns
 
@@ -83,3 +83,112 @@ def test_the_host_namespace_is_left_alone(testbed: Testbed) -> None:  # noqa: F8
     testbed.node("10.231.0.3/24")
     assert host("ip", "-o", "link") == links
     assert host("ip", "route") == routes
+
+
+CRASHING = r'''
+import sys, time
+from tulle.net.netns import Namespace, Testbed
+tb = Testbed()
+a = tb.node("10.231.0.2/24", "fd00:231::2/64")
+b = tb.node("10.231.0.3/24")
+sleeper = a.popen(["sleep", "300"], user=1001)
+print(" ".join(ns.name for ns in tb.namespaces), sleeper.pid, flush=True)
+time.sleep(300)
+'''
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def test_a_run_killed_by_sigkill_is_cleaned_up_at_the_next_start() -> None:
+    if (why := netns.missing_requirements()) is not None:
+        pytest.skip(why)
+    links = host("ip", "-o", "link")
+    child = subprocess.Popen([sys.executable, "-c", CRASHING], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    *names, pid = child.stdout.readline().split()
+    sleeper = int(pid)
+    try:
+        child.kill()  # SIGKILL: no atexit, no close()
+        child.wait(timeout=10)
+        assert set(names) <= namespaces()  # the crash left them behind
+        assert not _gone(sleeper)
+        with Testbed() as tb:  # the next start removes them
+            assert not set(names) & namespaces()
+            assert _gone(sleeper)
+            tb.node("10.231.0.2/24")  # and the same addresses are usable again
+    finally:
+        for name in names:
+            subprocess.run(["ip", "netns", "delete", name], check=False, capture_output=True)
+    assert not any(n.startswith(f"{netns.PREFIX}{child.pid}-") for n in namespaces())
+    assert host("ip", "-o", "link") == links  # no stray link in the host namespace either
+
+
+def test_nodes_have_ipv6_on_the_bridge_and_run_processes_under_their_uid(
+        testbed: Testbed) -> None:  # noqa: F811
+    a = testbed.node("10.231.0.2/24", "fd00:231::2/64")
+    b = testbed.node("10.231.0.3/24", "fd00:231::3/64")
+    assert (a.address6, b.address6) == ("fd00:231::2", "fd00:231::3")
+    listener = b.popen([sys.executable, "-c",
+                        "import os, socket; s = socket.create_server(('fd00:231::3', 7000), "
+                        "family=socket.AF_INET6); c, _ = s.accept(); "
+                        "c.sendall(b'v6 %d' % os.getuid())"], user=1001)
+    got = a.run([sys.executable, "-c",
+                 "import socket, time, os\n"
+                 "for _ in range(100):\n"
+                 "    try:\n"
+                 "        s = socket.create_connection(('fd00:231::3', 7000), timeout=5); break\n"
+                 "    except ConnectionRefusedError:\n"
+                 "        time.sleep(0.05)\n"
+                 "print(s.recv(20).decode(), os.getuid())"], user=4242)
+    assert got.stdout.split() == ["v6", "1001", "4242"]  # server's uid, then the client's
+    listener.wait(timeout=10)
+    with pytest.raises(ValueError, match="outside the testbed subnet"):
+        testbed.node("10.231.0.4/24", "fd00:999::4/64")
+
+
+REPLY = ("import os, socket, sys\n"
+         "s = socket.create_server(('::', 7000), family=socket.AF_INET6, dualstack_ipv6=True)\n"
+         "print('ready', flush=True)\n"
+         "while True:\n"
+         "    c, peer = s.accept()\n"
+         "    c.sendall(sys.argv[1].encode() + b' ' + peer[0].removeprefix('::ffff:').encode())\n"
+         "    c.close()\n")
+ASK = ("import socket, sys\n"
+       "with socket.create_connection((sys.argv[1], 7000), timeout=5) as s:\n"
+       "    print(s.recv(100).decode())\n")
+
+
+def test_pods_on_nodes_reach_each_other_across_nodes_in_both_families(
+        testbed: Testbed) -> None:  # noqa: F811
+    n1 = testbed.node("10.231.0.2/24", "fd00:231::2/64")
+    n2 = testbed.node("10.231.0.3/24", "fd00:231::3/64")
+    a = testbed.pod(n1, "10.232.1.2", "fd00:232::1:2")
+    b = testbed.pod(n1, "10.232.1.3", "fd00:232::1:3")
+    n3 = testbed.node("10.231.0.4/24", "fd00:231::4/64")  # a node added after the pods
+    c = testbed.pod(n3, "10.232.3.2", "fd00:232::3:2")
+    for pod, name in ((b, "b"), (c, "c"), (n2, "n2")):
+        proc = pod.popen([sys.executable, "-c", REPLY, name], stdout=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
+
+    def ask(src: Namespace, dst: str) -> str:
+        return src.run([sys.executable, "-c", ASK, dst], timeout=30).stdout.strip()
+
+    assert ask(a, "10.232.1.3") == "b 10.232.1.2"          # same node
+    assert ask(a, "10.232.3.2") == "c 10.232.1.2"          # across nodes, source kept
+    assert ask(a, "fd00:232::3:2") == "c fd00:232::1:2"
+    assert ask(c, "fd00:232::1:3") == "b fd00:232::3:2"
+    assert ask(a, "10.231.0.3") == "n2 10.232.1.2"  # a pod reaches another node
+    assert ask(n2, "10.232.3.2") == "c 10.231.0.3"  # and a node another node's pod
+    # Pods route by default to their node; nodes have no default route: nothing leaves.
+    assert "default via 169.254.1.1" in a.run(["ip", "route"]).stdout
+    assert "default" not in n1.run(["ip", "route"]).stdout
+    unreachable = a.run([sys.executable, "-c", ASK, "192.0.2.1"], check=False, timeout=30)
+    assert unreachable.returncode != 0
+    with pytest.raises(ValueError, match="outside the testbed pod subnet"):
+        testbed.pod(n1, "10.231.0.9")
