@@ -35,6 +35,7 @@ from typing import Any, Final
 import msgspec
 
 from tulle.proxyconfig.model import (
+    DNS,
     Admin,
     Cluster,
     Endpoint,
@@ -103,10 +104,15 @@ class Delta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Clusters whose endpoint list is replaced (applied after `clusters`)."""
     identities: CollectionDelta = msgspec.field(default_factory=CollectionDelta)
     trust_bundles: CollectionDelta = msgspec.field(default_factory=CollectionDelta)
+    dns: dict[str, Any] | None = None
+    """The `dns` section, whole, when it changed (feature `dns`)."""
+    dns_removed: bool = False
+    """The new snapshot has no `dns` section (the old one had)."""
 
     @property
     def empty(self) -> bool:
         return (self.node is None and self.admin is None and self.settings is None
+                and self.dns is None and not self.dns_removed
                 and not self.virtual_hosts and not self.endpoints
                 and all(not getattr(self, c).upsert and not getattr(self, c).remove
                         and not getattr(self, c).order and not getattr(self, c).at
@@ -195,6 +201,9 @@ def diff(old: ProxyConfig, new: ProxyConfig, units: frozenset[str] = UNITS) -> D
         endpoints=eps,
         identities=_diff_collection(old.identities, new.identities, positions),
         trust_bundles=_diff_collection(old.trust_bundles, new.trust_bundles, positions),
+        dns=(None if old.dns == new.dns or new.dns is None
+             else msgspec.to_builtins(new.dns)),
+        dns_removed=old.dns is not None and new.dns is None,
     )
 
 
@@ -325,4 +334,6 @@ def apply_delta(base: ProxyConfig, d: Delta) -> ProxyConfig:
                                       "delta.identities"),
         trust_bundles=_apply_collection(base.trust_bundles, d.trust_bundles, TrustBundle,
                                          "delta.trust_bundles"),
+        dns=(None if d.dns_removed
+             else base.dns if d.dns is None else msgspec.convert(d.dns, DNS)),
     )

@@ -144,6 +144,8 @@ FEATURES: tuple[Feature, ...] = (
             drops=_RULES, uses=partial(_rule_has_filter, "URLRewrite")),
     Feature("ca-rotation", (), "stream messages `TrustUpdate` / `TrustAck`: the mesh's trust "
             "bundle replaced in force, renewal on request (CA rotation, ADR 0035)"),
+    Feature("dns", ("dns",), "the mesh DNS resolver: Services' names answered with their "
+            "virtual IPs, other names forwarded (ADR 0042)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -20,7 +20,7 @@ import msgspec
 from msgspec import inspect as mi
 
 from tulle.errors import FieldError
-from tulle.proxyconfig import filters, network, regex
+from tulle.proxyconfig import dns, filters, network, regex
 from tulle.proxyconfig.model import (
     FilterChain,
     FilterChainMatch,
@@ -334,6 +334,7 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
         if c.tls is not None:
             out += _tls_refs(c.tls, f"clusters[{i}].tls", cfg)
     out += _sections(cfg)
+    out += dns.errors(cfg)
     return out
 
 

@@ -29,6 +29,7 @@ STRUCTS += [authz.Authorization, authz.AuthzPolicy, authz.AuthzRule, authz.Authz
             authz.AuthzOperation, authz.AuthzHeader, network.NetworkAuthz]
 STRUCTS += [redirect.RequestRedirect, rewrite.URLRewrite, paths.PathModifier]
 STRUCTS += [mirror.RequestMirror]
+STRUCTS += [model.DNS, model.DNSHost]
 
 
 def _doc_tables() -> dict[str, dict[str, str]]:
