@@ -67,6 +67,9 @@ class WorkloadSpec(Model):
     application not yet onboarded).  Mesh clients then send it plaintext whatever the mTLS
     mode, as they cannot expect a mesh identity from it (ADR 0033); true (the default): its
     proxy terminates mTLS and clients originate it."""
+    dnsPort: Port | None = None
+    """The loopback port of the proxy's mesh DNS resolver (15053 where `tulle iptables`
+    redirects port 53 to it); absent: the proxy runs no resolver (ADR 0042)."""
 
     @model_validator(mode="after")
     def _ports(self) -> WorkloadSpec:

@@ -1,7 +1,9 @@
-"""What the `dns` section's types cannot say: addresses, upstreams, unique hosts, a free port.
+"""What the `dns` section's types cannot say: addresses, upstreams, unique hosts, a free port;
+and the names a host answers to.
 
 Kept apart from `validate.py` (which calls `errors`) so the resolver's rules sit in one place;
-`upstream_address` is also what the proxy uses to read `DNS.upstreams`.
+`upstream_address` is also what the proxy uses to read `DNS.upstreams`, `names_of` what its
+name table and `tulle proxy-config` derive names with.
 """
 
 from __future__ import annotations
@@ -37,6 +39,17 @@ def _port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise ValueError(f"port must be 1..65535, got {text!r}")
     return int(text)
+
+
+def names_of(service: str, namespace: str, domain: str, mesh_domain: str,
+             local_namespace: str) -> list[str]:
+    """Every name a `DNSHost` answers to, for a pod in `local_namespace` (the contract's rule,
+    shared by the proxy's table and `tulle proxy-config`)."""
+    out = [f"{service}.{namespace}.svc.{domain}", f"{service}.{namespace}.{mesh_domain}",
+           f"{service}.{namespace}"]
+    if namespace == local_namespace:
+        out.append(service)
+    return out
 
 
 def errors(cfg: ProxyConfig) -> list[FieldError]:

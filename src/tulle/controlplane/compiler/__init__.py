@@ -20,6 +20,7 @@ an unchanged proxy keeps its version and gets no push.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from typing import Any
 import msgspec
 
 from tulle.controlplane.compiler import plugins
+from tulle.controlplane.compiler.dns import DnsHosts, dns_hosts, dns_section
 from tulle.controlplane.compiler.inputs import Key, MeshInputs
 from tulle.controlplane.compiler.ir import MeshModel, Proxy, ProxyDefaults
 from tulle.controlplane.compiler.outbound import MESH_BUNDLE, MESH_IDENTITY, outbound_shared
@@ -91,6 +93,8 @@ class Shared:
     by_namespace: dict[str, tuple[list[RouteTable], bytes]] = field(default_factory=dict)
     """The tables (and digest) of the proxies of a namespace that has consumer routes: the
     same table objects but for the hosts those routes change (GAMMA; ADR 0023)."""
+    dns: DnsHosts = field(default_factory=DnsHosts)
+    """The mesh DNS hosts, for the proxies that run a resolver (`compiler/dns.py`)."""
 
     def for_namespace(self, ns: str) -> tuple[list[RouteTable], bytes]:
         """The tables a proxy in `ns` gets, and the digest that stands for them."""
@@ -251,11 +255,17 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
         part = own_part(proxy, has_outbound)
         if cache is not None:
             cache.put(proxy, has_outbound, part)
+    dns = dns_section(proxy, shared.dns)
+    if dns is not None:  # (only then: other proxies' versions stay what they were)
+        check(ProxyConfig(listeners=part.listeners, dns=dns, clusters=part.clusters,
+                          route_tables=[*part.route_tables, RouteTable(name="outbound")],
+                          **_STAND_INS))
+        digest = hashlib.sha256(digest + shared.dns.digest + b"%d" % dns.port).digest()
     version = hashlib.sha256(part.digest + digest).hexdigest()[:16]
     return ProxyConfig(version=version, node=part.node, settings=shared.settings,
                        listeners=part.listeners,
                        route_tables=tables + part.route_tables if part.route_tables else tables,
-                       clusters=part.clusters + shared.clusters)
+                       clusters=part.clusters + shared.clusters, dns=dns)
 
 
 def settings(defaults: ProxyDefaults) -> Settings:
@@ -282,6 +292,7 @@ def compile_model(mesh: MeshModel, cache: PartCache | None = None) -> CompileRes
     out = outbound_shared(mesh)
     shared = build_shared(out.tables, out.clusters, cache, settings(mesh.defaults),
                           out.consumer_hosts)
+    shared = dataclasses.replace(shared, dns=dns_hosts(mesh))
     for proxy in mesh.proxies:
         try:
             result.snapshots[proxy.key] = compile_proxy(proxy, shared, cache)

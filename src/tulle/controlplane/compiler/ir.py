@@ -86,6 +86,8 @@ class ServicePort(msgspec.Struct, frozen=True):
     """The Service port's `name` (a policy's `sectionName`)."""
     tls: UpstreamMTLS | None = None
     """mTLS its clients originate (`plugins/mtls.py`); None: plaintext."""
+    vip: str = ""
+    """The Service's `status.virtualIP` ("" until allocated): what mesh DNS answers."""
 
     @property
     def key(self) -> Key:
@@ -290,6 +292,8 @@ class Proxy(msgspec.Struct, frozen=True):
     mtls: tuple[tuple[int, MTLSMode], ...] = ()
     """Per inbound port, the mode its listener enforces (`plugins/mtls.py`); a port not
     listed is plaintext (DISABLED)."""
+    dns_port: int = 0
+    """`Workload.spec.dnsPort`: its proxy's mesh DNS resolver port on loopback; 0: none."""
 
     @property
     def namespace(self) -> str:

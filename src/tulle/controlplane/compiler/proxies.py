@@ -39,7 +39,8 @@ def derive_proxy(workload: Resource) -> Proxy:
                                    labels=tuple(sorted(labels.items())),
                                    zone=spec.get("zone") or ""),
                  service_account=spec.get("serviceAccount") or "default",
-                 sidecar=spec.get("sidecar") is not False)
+                 sidecar=spec.get("sidecar") is not False,
+                 dns_port=int(spec.get("dnsPort") or 0))
 
 
 ProxyMemo = dict[Key, tuple[bytes, Proxy]]

@@ -69,7 +69,7 @@ def service_ports(m: MeshInputs, key: Key, svc: Resource,
         if port == 80:
             domains = names + domains
         out.append(ServicePort(ns, name, port, port_protocol(p, "http1"), tuple(endpoints),
-                               tuple(domains), port_name=p.get("name") or ""))
+                               tuple(domains), port_name=p.get("name") or "", vip=vip))
     return out
 
 

@@ -10,6 +10,7 @@ import ipaddress
 from dataclasses import dataclass
 
 from tulle.dataplane.protocols import dns as wire
+from tulle.proxyconfig.dns import names_of
 from tulle.proxyconfig.model import DNS
 
 
@@ -35,15 +36,6 @@ class NameTable:
         return name.endswith(self.mesh_suffix) or name == self.mesh_suffix[1:]
 
 
-def names_of(service: str, namespace: str, cfg: DNS, local_namespace: str) -> list[str]:
-    """Every name a Service answers to, for a pod in `local_namespace`."""
-    out = [f"{service}.{namespace}.svc.{cfg.domain}", f"{service}.{namespace}.{cfg.mesh_domain}",
-           f"{service}.{namespace}"]
-    if namespace == local_namespace:
-        out.append(service)
-    return out
-
-
 def build(cfg: DNS, local_namespace: str) -> NameTable:
     names: dict[bytes, Records] = {}
     ttl = cfg.ttl_s
@@ -53,7 +45,7 @@ def build(cfg: DNS, local_namespace: str) -> NameTable:
         aaaa = [wire.rr(wire.AAAA, ttl, ipaddress.ip_address(x).packed) for x in h.addresses
                 if ipaddress.ip_address(x).version == 6]
         rec = Records(b"".join(a), len(a), b"".join(aaaa), len(aaaa))
-        for n in names_of(h.service, h.namespace, cfg, local_namespace):
+        for n in names_of(h.service, h.namespace, cfg.domain, cfg.mesh_domain, local_namespace):
             # A bare `svc` (local namespace) never shadows a `svc.ns` name: `svc.ns` is a
             # two-label name and a service name is one label, so keys cannot collide except
             # `<svc>.<ns>` against a Service named like a namespace; the full form wins.
