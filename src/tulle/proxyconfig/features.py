@@ -253,3 +253,4 @@ def withhold_delta(doc: dict[str, Any], missing: Iterable[Feature]) -> None:
                 _strip(doc.get(segments[0]), segments[1:])
             else:
                 doc.pop(segments[0], None)  # a whole top-level section
+                doc.pop(f"{segments[0]}_removed", None)  # and its removal flag (`dns`)

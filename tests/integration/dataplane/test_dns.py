@@ -223,3 +223,45 @@ async def test_a_udp_forward_flood_is_bounded_and_counted() -> None:
         assert p.server.dns.current.shared.inflight <= 8
         assert p.metric("tulle_proxy_dns_queries_total", result="dropped") >= 150
         assert addresses(await udp(p, "catalog.shop")) == ["10.96.0.7"]
+
+
+async def test_an_idle_tcp_client_is_closed() -> None:
+    async with running_proxy(config(tcp_idle_timeout_ms=50)) as p:
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.server.dns.port)
+        assert await asyncio.wait_for(reader.read(), 3) == b""
+        writer.close()
+
+
+async def test_tcp_forwards_past_the_in_flight_bound_get_servfail_at_once() -> None:
+    async with upstream_dns() as up, running_proxy(config(up.port, max_inflight=1,
+                                                          upstream_timeout_ms=5000)) as p:
+        port = p.server.dns.port
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for i in range(2):  # the first waits on the silent upstream, the second is over
+            q = dns.message.make_query("slow.example.org", "A")
+            q.id = i
+            wire = q.to_wire()
+            writer.write(len(wire).to_bytes(2, "big") + wire)
+        n = int.from_bytes(await asyncio.wait_for(reader.readexactly(2), 3), "big")
+        r = dns.message.from_wire(await reader.readexactly(n))
+        assert r.id == 1 and r.rcode() == dns.rcode.SERVFAIL
+        writer.close()
+
+
+async def test_a_taken_port_refuses_the_snapshot_and_keeps_the_running_one() -> None:
+    from tulle.dataplane.server import ApplyError
+    blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    blocker.bind(("127.0.0.1", 0))
+    taken = blocker.getsockname()[1]
+    try:
+        async with running_proxy(config()) as p:
+            port = p.server.dns.port
+            raw = config()
+            raw["dns"]["port"] = taken
+            raw["dns"]["hosts"] = []
+            with pytest.raises(ApplyError, match=f"dns 127.0.0.1:{taken}: cannot bind"):
+                await p.apply(raw)
+            assert p.server.dns.port == port
+            assert addresses(await udp(p, "catalog.shop")) == ["10.96.0.7"]
+    finally:
+        blocker.close()
