@@ -22,6 +22,7 @@ from functools import partial
 from typing import Any
 
 from tulle.proxyconfig.delta import ENDPOINTS, POSITIONS, VIRTUAL_HOSTS
+from tulle.proxyconfig.dns_delta import DNS_HOSTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +147,8 @@ FEATURES: tuple[Feature, ...] = (
             "bundle replaced in force, renewal on request (CA rotation, ADR 0035)"),
     Feature("dns", ("dns",), "the mesh DNS resolver: Services' names answered with their "
             "virtual IPs, other names forwarded (ADR 0042)"),
+    Feature(DNS_HOSTS, (), "a dns section changed only in its hosts is sent as the added, "
+            "changed and removed hosts"),
 )
 """Every feature this build's contract has, in the order they were added."""
 
@@ -254,3 +257,4 @@ def withhold_delta(doc: dict[str, Any], missing: Iterable[Feature]) -> None:
             else:
                 doc.pop(segments[0], None)  # a whole top-level section
                 doc.pop(f"{segments[0]}_removed", None)  # and its removal flag (`dns`)
+                doc.pop(f"{segments[0]}_hosts", None)  # and its delta unit (`dns`)

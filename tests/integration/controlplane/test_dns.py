@@ -62,5 +62,18 @@ async def test_a_pushed_dns_section_answers_the_services_vip() -> None:
             assert code == 0, err
             assert f"127.0.0.1:{dns_port}" in out
             assert "catalog.shop.svc.cluster.local" in out and want in out
+
+            # A new Service reaches the running resolver through a delta (its hosts alone).
+            stock = {**docs(dns_port)[0], "metadata": {"name": "stock", "namespace": "shop"}}
+            code, body = await apply(cp.api_url, stock)
+            assert code == 200, body
+
+            async def stock_answers() -> list[str]:
+                q = dns.message.make_query("stock.shop.mesh", "A")
+                r = await dns.asyncquery.udp(q, "127.0.0.1", port=dns_port, timeout=2)
+                return [x.address for rrset in r.answer for x in rrset]
+
+            await eventually(stock_answers, timeout=10)
+            assert (await stock_answers())[0] not in ("", want)
         finally:
             await proxy.stop()

@@ -7,11 +7,15 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from tulle.proxyconfig.delta import apply_delta, diff
+from tulle.proxyconfig.delta import UNITS, WHOLE, Delta, DeltaError, apply_delta, diff
 from tulle.proxyconfig.dns import upstream_address
+from tulle.proxyconfig.dns_delta import DnsHostsDelta
 from tulle.proxyconfig.features import BY_NAME, withhold_config, withhold_delta
 from tulle.proxyconfig.model import DNS, DNSHost, ProxyConfig
+from tulle.proxyconfig.stream import apply_checked, decode_delta
 from tulle.proxyconfig.validate import ConfigError, validate
 
 
@@ -87,3 +91,59 @@ def test_a_proxy_without_the_feature_gets_no_section_in_snapshots_or_deltas() ->
     assert ddoc["dns_removed"] is True
     withhold_delta(ddoc, [BY_NAME["dns"]])
     assert "dns_removed" not in ddoc
+
+
+# -- the `delta-dns-hosts` unit -----------------------------------------------------------
+
+@st.composite
+def dns_snapshots(draw: st.DrawFn) -> ProxyConfig:
+    if draw(st.booleans()) and draw(st.booleans()):
+        return ProxyConfig(version=str(draw(st.integers(0, 99))))
+    keys = draw(st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), unique=True, max_size=5))
+    hosts = [DNSHost(service=k, namespace=draw(st.sampled_from(["x", "y"])) if k == "e" else "x",
+                     addresses=[f"10.96.0.{draw(st.integers(1, 3))}"]) for k in keys]
+    return ProxyConfig(version=str(draw(st.integers(0, 99))),
+                       dns=DNS(hosts=hosts, ttl_s=draw(st.sampled_from([5, 5, 30]))))
+
+
+@settings(max_examples=300, deadline=None)
+@given(dns_snapshots(), dns_snapshots(), st.sampled_from([UNITS, WHOLE]))
+def test_diff_then_apply_rebuilds_the_dns_section(a: ProxyConfig, b: ProxyConfig,
+                                                  units: frozenset[str]) -> None:
+    b = msgspec.structs.replace(b, version=a.version + "+")
+    d = diff(a, b, units)
+    assert apply_delta(a, d) == b
+    wire = msgspec.json.encode(d)  # and through the stream's decoder
+    assert apply_checked(a, decode_delta(msgspec.Raw(wire))) == b
+    if units == WHOLE:
+        assert d.dns_hosts is None
+
+
+def test_a_new_service_sends_one_host_not_the_list() -> None:
+    many = [DNSHost(service=f"s{i}", namespace="x", addresses=[f"10.96.1.{i}"])
+            for i in range(1, 200)]
+    a = ProxyConfig(version="1", dns=DNS(hosts=many))
+    b = ProxyConfig(version="2", dns=DNS(hosts=[*many, DNSHost(service="t", namespace="x",
+                                                               addresses=["10.96.2.1"])]))
+    d = diff(a, b)
+    assert d.dns is None and d.dns_hosts is not None
+    assert d.dns_hosts.upsert == [{"service": "t", "namespace": "x", "addresses": ["10.96.2.1"]}]
+    assert not d.dns_hosts.order and len(msgspec.json.encode(d)) < 200
+    # Changed beyond its hosts (the TTL): sent whole.
+    c = ProxyConfig(version="3", dns=DNS(hosts=many, ttl_s=30))
+    assert diff(a, c).dns is not None and diff(a, c).dns_hosts is None
+
+
+@pytest.mark.parametrize(("patch", "message"), [
+    (DnsHostsDelta(remove=["x/nope"]), "cannot remove unknown DNS host 'x/nope'"),
+    (DnsHostsDelta(upsert=[{"service": "t", "namespace": "x", "addresses": ["10.0.0.1"]}] * 2),
+     "upserted twice"),
+    (DnsHostsDelta(order=["x/zzz"]), "order does not list the same hosts"),
+])
+def test_a_hosts_patch_that_does_not_fit_is_refused(patch: DnsHostsDelta, message: str) -> None:
+    base = ProxyConfig(version="1", dns=DNS(hosts=HOSTS))
+    with pytest.raises(DeltaError, match=message):
+        apply_delta(base, Delta(version="2", base_version="1", dns_hosts=patch))
+    with pytest.raises(DeltaError, match="no dns section"):
+        apply_delta(ProxyConfig(version="1"), Delta(version="2", base_version="1",
+                                                    dns_hosts=patch))
