@@ -88,6 +88,8 @@ class WorkloadInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     zone: str = ""
     outbound_port: int = 0
     """The loopback port of the outbound listener (0: the mesh default, 15001)."""
+    dns_port: int = 0
+    """The loopback port of the mesh DNS resolver (`Workload.spec.dnsPort`); 0: none."""
 
 
 class WorkloadCredential(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

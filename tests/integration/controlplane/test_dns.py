@@ -77,3 +77,28 @@ async def test_a_pushed_dns_section_answers_the_services_vip() -> None:
             assert (await stock_answers())[0] not in ("", want)
         finally:
             await proxy.stop()
+
+
+async def test_a_proxy_announcing_its_dns_port_gets_a_resolver_without_a_workload_applied(
+        ) -> None:
+    dns_port = free_port()
+    async with running_control_plane() as cp:
+        code, body = await apply(cp.api_url, docs(dns_port)[0])
+        assert code == 200, body
+        proxy = await subscribe([cp.stream_port], WorkloadInfo(
+            name="web-1", namespace="shop", address="127.0.0.1", dns_port=dns_port,
+            outbound_port=free_port()))
+        try:
+            async def answers() -> int:
+                if proxy.server.dns.port != dns_port:
+                    return 0
+                q = dns.message.make_query("catalog.shop", "A")
+                r = await dns.asyncquery.udp(q, "127.0.0.1", port=dns_port, timeout=2)
+                return len(r.answer)
+
+            await eventually(answers, timeout=10)
+            _, out, _ = await tulle(cp.api_url, "get", "workload", "web-1", "-n", "shop",
+                                    "-o", "json")
+            assert json.loads(out)["spec"]["dnsPort"] == dns_port
+        finally:
+            await proxy.stop()
