@@ -265,3 +265,36 @@ async def test_a_taken_port_refuses_the_snapshot_and_keeps_the_running_one() -> 
             assert addresses(await udp(p, "catalog.shop")) == ["10.96.0.7"]
     finally:
         blocker.close()
+
+
+async def test_a_tcp_client_that_never_reads_its_answers_stops_being_read() -> None:
+    """Pipelined queries whose answers the client never reads: the proxy stops reading once
+    its write buffer is full, so the client's sends block long before 64 MB (otherwise the
+    proxy would buffer every answer)."""
+    async with running_proxy(config()) as p:
+        q = dns.message.make_query("catalog.shop", "A").to_wire()
+        frame = (len(q).to_bytes(2, "big") + q) * 1000
+        with socket.create_connection(("127.0.0.1", p.server.dns.port)) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.setblocking(False)
+            sent = 0
+            stalled = 0
+            while sent < 64 * 1024 * 1024 and stalled < 50:  # bounded both ways
+                try:
+                    sent += s.send(frame)
+                    stalled = 0
+                except BlockingIOError:
+                    stalled += 1
+                    await asyncio.sleep(0.01)  # let the proxy run (it shares this loop)
+            assert stalled >= 50 and sent < 64 * 1024 * 1024
+        assert addresses(await udp(p, "catalog.shop")) == ["10.96.0.7"]
+
+
+async def test_an_upstream_that_is_the_resolver_itself_is_skipped() -> None:
+    from tests.support.proxy import free_port
+    port = free_port()
+    raw = config(port=port, upstreams=[f"127.0.0.1:{port}"])
+    async with running_proxy(raw) as p:
+        r = await udp(p, "example.org")
+        assert r.rcode() == dns.rcode.SERVFAIL
+        assert p.metric("tulle_proxy_dns_queries_total", result="servfail") == 1

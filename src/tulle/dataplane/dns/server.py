@@ -8,8 +8,9 @@ the `DnsState` pointer moves, and queries in flight finish on the state they sta
 Bounds (each one an attack the tests replay): forwarded queries in flight (`max_inflight`,
 UDP past it dropped, TCP past it SERVFAIL); UDP answers not sent while the socket's write
 buffer is full (dropped); client TCP connections (`max_tcp_connections`), their message size
-(`max_tcp_message_bytes`, a larger prefix closes the connection), their idle time, and 16
-forwarded queries pending per connection (reading pauses).
+(`max_tcp_message_bytes`, a larger prefix closes the connection), their idle time, 16
+forwarded queries pending per connection, and a client not reading its answers (reading
+pauses for both).  An upstream that is this resolver itself is skipped (it would loop).
 """
 
 from __future__ import annotations
@@ -154,6 +155,8 @@ class _Tcp(asyncio.Protocol):
         self.pending = 0
         self.idle: asyncio.TimerHandle | None = None
         self.counted = False
+        self.write_blocked = False
+        """The client does not read its answers: reading stops until it does."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -178,6 +181,16 @@ class _Tcp(asyncio.Protocol):
             self.transport.close()
         else:
             self._arm()
+
+    def pause_writing(self) -> None:
+        self.write_blocked = True
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.write_blocked = False
+        if self.transport is not None and self.pending < PENDING_PER_CONNECTION:
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.idle is not None:
@@ -233,7 +246,8 @@ class _Tcp(asyncio.Protocol):
         finally:
             self.shared.inflight -= 1
             self.pending -= 1
-        if self.transport is not None and self.pending == PENDING_PER_CONNECTION - 1:
+        if (self.transport is not None and self.pending == PENDING_PER_CONNECTION - 1
+                and not self.write_blocked):
             self.transport.resume_reading()
         assert d.query is not None
         if reply is None:
@@ -287,14 +301,18 @@ class DnsService:
         key = (d.address, d.port)
         cur = self.current
         if cur.key == key and cur.shared is not None:
-            return DnsPlan(state, key, shared=cur.shared, port=cur.port)
-        shared = _Shared(state, self.counters)
-        plan = DnsPlan(state, key, shared=shared)
-        try:
-            await self._bind(plan, d, shared)
-        except BaseException:
-            plan.discard()
-            raise
+            plan = DnsPlan(state, key, shared=cur.shared, port=cur.port)
+        else:
+            plan = DnsPlan(state, key, shared=_Shared(state, self.counters))
+            try:
+                await self._bind(plan, d, plan.shared)  # type: ignore[arg-type]
+            except BaseException:
+                plan.discard()
+                raise
+        own = (d.address, plan.port)
+        if own in ups:  # forwarding to ourselves would loop until every forward timed out
+            log.warning("dns: upstream %s:%d is this resolver itself: skipped", *own)
+            state.upstreams = tuple(u for u in ups if u != own)
         return plan
 
     async def _bind(self, plan: DnsPlan, d: DNS, shared: _Shared) -> None:
