@@ -258,7 +258,9 @@ class _Tcp(asyncio.Protocol):
 
 @dataclass
 class DnsPlan:
-    """A prepared `dns` section: state built, sockets bound (not yet serving) if new."""
+    """A prepared `dns` section: state built and, when address or port changed, new sockets
+    bound (TCP not yet accepting; a datagram endpoint has no such switch, so new UDP sockets
+    answer from the moment they are bound, already with the new state)."""
 
     state: DnsState | None
     key: tuple[str, int] | None
@@ -284,7 +286,6 @@ class DnsService:
     def __init__(self, metrics: ProxyMetrics) -> None:
         self.counters = _Counters(metrics)
         self.current: DnsPlan = DnsPlan(None, None)
-        self._retired: list[_Shared] = []
 
     @property
     def port(self) -> int:
