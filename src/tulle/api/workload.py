@@ -78,6 +78,9 @@ class WorkloadSpec(Model):
     network namespace with `tulle iptables apply`): the proxy takes iptables-redirected
     traffic, outbound on `outboundPort` (15001) routed by original destination, inbound on
     15006 by destination port (ADR 0044)."""
+    dnsPort: Port | None = None
+    """The loopback port of the proxy's mesh DNS resolver (15053 where `tulle iptables`
+    redirects port 53 to it); absent: the proxy runs no resolver (ADR 0042)."""
 
     @model_validator(mode="after")
     def _ports(self) -> WorkloadSpec:

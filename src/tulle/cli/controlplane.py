@@ -140,7 +140,8 @@ def run_subscribed(control_planes: tuple[str, ...], workload: str, namespace: st
                    address: str, ports: tuple[str, ...], labels: tuple[str, ...],
                    service_account: str, outbound_port: int, cache_dir: str | None,
                    admin_port: int, token_file: str | None = None,
-                   ca_file: str | None = None, stream_plaintext: bool = False) -> int:
+                   ca_file: str | None = None, stream_plaintext: bool = False,
+                   dns_port: int = 0) -> int:
     import os
 
     from tulle.dataplane.stream_tls import StreamTrust
@@ -149,7 +150,8 @@ def run_subscribed(control_planes: tuple[str, ...], workload: str, namespace: st
 
     info = WorkloadInfo(name=workload, namespace=namespace, address=address,
                         service_account=service_account, labels=parse_labels(labels),
-                        ports=parse_ports(ports), outbound_port=outbound_port)
+                        ports=parse_ports(ports), outbound_port=outbound_port,
+                        dns_port=dns_port)
     token = os.environ.get("TULLE_BOOTSTRAP_TOKEN", "")
     if token_file:
         try:

@@ -57,6 +57,9 @@ def proxy() -> None:
 @click.option("--service-account", default="default", show_default=True)
 @click.option("--outbound-port", default=0, type=int,
               help="Loopback port of the outbound listener (default 15001).")
+@click.option("--dns-port", default=0, type=click.IntRange(0, 65535),
+              help="Loopback port of the mesh DNS resolver (15053 in a pod whose port 53 "
+                   "`tulle iptables` redirects); 0: no resolver.")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False),
               help="Keep the last good snapshot here, to serve it after a restart even when "
                    "the control plane is down.")
@@ -85,7 +88,7 @@ def proxy_run(config: str | None, control_planes: tuple[str, ...], workload: str
               service_account: str, outbound_port: int, cache_dir: str | None,
               admin_port: int,
               watch_interval: float, token_file: str | None, ca_file: str | None,
-              stream_plaintext: bool, log_level: str) -> None:
+              stream_plaintext: bool, log_level: str, dns_port: int) -> None:
     """Run a proxy until SIGTERM, from a static file (--config) or from a control plane
     (--control-plane ... --workload NAME).
 
@@ -104,7 +107,7 @@ def proxy_run(config: str | None, control_planes: tuple[str, ...], workload: str
 
         sys.exit(run_subscribed(control_planes, workload, namespace, address, ports, labels,
                                 service_account, outbound_port, cache_dir, admin_port,
-                                token_file, ca_file, stream_plaintext))
+                                token_file, ca_file, stream_plaintext, dns_port=dns_port))
     assert config is not None
     try:
         code = run(config, watch_interval=watch_interval)

@@ -401,7 +401,8 @@ SECTIONS = {"listeners": "listeners", "routes": "route_tables", "clusters": "clu
 @click.command("proxy-config")
 @click.argument("workload")
 @click.argument("section", required=False,
-                type=click.Choice(["all", "listeners", "routes", "clusters", "endpoints"]),
+                type=click.Choice(["all", "listeners", "routes", "clusters", "endpoints",
+                                   "dns"]),
                 default="all")
 @click.option("-n", "--namespace", default="default")
 @click.option("-o", "--output", type=click.Choice(["table", "yaml", "json"]), default="table")
@@ -416,6 +417,9 @@ def proxy_config_cmd(workload: str, section: str, namespace: str, output: str,
         _fail(exc)
         return
     cfg = out["config"]
+    if section == "dns":
+        _dns_section(cfg, output)
+        return
     data: Any = cfg if section == "all" else cfg.get(SECTIONS[section], [])
     if output != "table" or section == "all":
         _emit(data, "json" if output == "json" else "yaml")
@@ -449,6 +453,28 @@ def proxy_config_cmd(workload: str, section: str, namespace: str, output: str,
             for e in c["endpoints"]:
                 rows.append([c["name"], f"{e['address']}:{e['port']}", str(e["weight"]),
                              e.get("zone") or "-"])
+    _table(rows)
+
+
+def _dns_section(cfg: dict[str, Any], output: str) -> None:
+    """`proxy-config WORKLOAD dns`: the resolver's port and upstreams, and each Service's
+    names as this proxy answers them (ADR 0042)."""
+    from tulle.proxyconfig.dns import names_of  # (the CLI imports the contract lazily)
+
+    d = cfg.get("dns")
+    if output != "table":
+        _emit(d, "json" if output == "json" else "yaml")
+        return
+    if not d:
+        click.echo("# no mesh DNS resolver (Workload spec.dnsPort not set)")
+        return
+    ups = ", ".join(d.get("upstreams") or []) or f"from {d.get('resolv_conf')}"
+    click.echo(f"# resolver {d['address']}:{d['port']}, ttl {d['ttl_s']}s, upstreams: {ups}")
+    local = (cfg.get("node") or {}).get("namespace", "")
+    rows = [["NAME", "ADDRESSES"]]
+    for h in d.get("hosts") or []:
+        for n in names_of(h["service"], h["namespace"], d["domain"], d["mesh_domain"], local):
+            rows.append([n, ",".join(h["addresses"])])
     _table(rows)
 
 

@@ -231,6 +231,8 @@ class Reconciler:
             announced["zone"] = w.zone
         if w.outbound_port:
             announced["outboundPort"] = w.outbound_port
+        if w.dns_port:
+            announced["dnsPort"] = w.dns_port
         from tulle.api.registry import parse  # what proxies send is validated like user input
 
         for _ in range(5):

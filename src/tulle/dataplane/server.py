@@ -31,6 +31,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from tulle.dataplane.dns.server import DnsError, DnsPlan, DnsService
 from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle
 from tulle.dataplane.listeners.factory import protocol_factory
 from tulle.dataplane.overload import OverloadGuard
@@ -105,6 +106,8 @@ class ProxyServer:
         self._lock = asyncio.Lock()
         self._idle = asyncio.Event()
         self.on_applied: list[Callable[[ProxyConfig], None]] = []
+        self.dns = DnsService(self.metrics)
+        """The mesh DNS resolver (`ProxyConfig.dns`, ADR 0042)."""
 
     # -- configuration -------------------------------------------------------------------
 
@@ -114,10 +117,17 @@ class ProxyServer:
             if self.draining:
                 raise ApplyError("the proxy is draining")
             plan = await self._prepare(cfg)
+            try:
+                dns_plan = await self._prepare_dns(cfg)
+            except BaseException:
+                plan.discard()
+                raise
             if self.draining:  # SIGTERM arrived while sockets were being bound
                 plan.discard()
+                dns_plan.discard()
                 raise ApplyError("the proxy is draining")
             self._commit(plan)
+            await self.dns.commit(dns_plan)
             for h in plan.fresh:
                 for s in h.servers:
                     await s.start_serving()
@@ -181,6 +191,12 @@ class ProxyServer:
             plan.discard()
             raise
         return plan
+
+    async def _prepare_dns(self, cfg: ProxyConfig) -> DnsPlan:
+        try:
+            return await self.dns.prepare(cfg)
+        except (DnsError, OSError, ValueError) as exc:
+            raise ApplyError(str(exc)) from exc
 
     async def _serve(self, handle: ListenerHandle, lc: Listener, donor: ListenerHandle | None,
                      plan: _Plan) -> None:
@@ -312,6 +328,7 @@ class ProxyServer:
         drain_timeout_ms); the rest are aborted.
         """
         self.draining = True
+        self.dns.close()
         if timeout is None:
             timeout = (self.config.settings.drain_timeout_ms / 1000) if self.config else 5.0
         handles = self._all_handles()
@@ -338,6 +355,7 @@ class ProxyServer:
         return clean
 
     async def close(self) -> None:
+        self.dns.close()
         for h in self._all_handles():
             for s in h.servers:
                 s.close()

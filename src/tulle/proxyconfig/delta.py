@@ -34,7 +34,15 @@ from typing import Any, Final
 
 import msgspec
 
+from tulle.proxyconfig.dns_delta import (
+    DNS_HOSTS,
+    DnsHostsDelta,
+    DnsHostsError,
+    apply_hosts,
+    diff_hosts,
+)
 from tulle.proxyconfig.model import (
+    DNS,
     Admin,
     Cluster,
     Endpoint,
@@ -53,7 +61,7 @@ COLLECTIONS = ("listeners", "route_tables", "clusters", "identities", "trust_bun
 VIRTUAL_HOSTS: Final = "delta-virtual-hosts"
 ENDPOINTS: Final = "delta-endpoints"
 POSITIONS: Final = "delta-positions"
-UNITS: Final = frozenset({VIRTUAL_HOSTS, ENDPOINTS, POSITIONS})
+UNITS: Final = frozenset({VIRTUAL_HOSTS, ENDPOINTS, POSITIONS, DNS_HOSTS})
 """The delta refinements this build speaks (each is also a `Feature` in `features.py`)."""
 WHOLE: Final = frozenset[str]()
 """No refinement: changed resources sent whole (a proxy from before ADR 0018)."""
@@ -103,10 +111,17 @@ class Delta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """Clusters whose endpoint list is replaced (applied after `clusters`)."""
     identities: CollectionDelta = msgspec.field(default_factory=CollectionDelta)
     trust_bundles: CollectionDelta = msgspec.field(default_factory=CollectionDelta)
+    dns: dict[str, Any] | None = None
+    """The `dns` section, whole, when it changed (feature `dns`)."""
+    dns_removed: bool = False
+    """The new snapshot has no `dns` section (the old one had)."""
+    dns_hosts: DnsHostsDelta | None = None
+    """`delta-dns-hosts`: the `dns` section changed in its hosts alone (`dns_delta.py`)."""
 
     @property
     def empty(self) -> bool:
         return (self.node is None and self.admin is None and self.settings is None
+                and self.dns is None and not self.dns_removed and self.dns_hosts is None
                 and not self.virtual_hosts and not self.endpoints
                 and all(not getattr(self, c).upsert and not getattr(self, c).remove
                         and not getattr(self, c).order and not getattr(self, c).at
@@ -195,7 +210,20 @@ def diff(old: ProxyConfig, new: ProxyConfig, units: frozenset[str] = UNITS) -> D
         endpoints=eps,
         identities=_diff_collection(old.identities, new.identities, positions),
         trust_bundles=_diff_collection(old.trust_bundles, new.trust_bundles, positions),
+        **dns_fields(old, new, units),
     )
+
+
+def dns_fields(old: ProxyConfig, new: ProxyConfig, units: frozenset[str]) -> dict[str, Any]:
+    """The `Delta` fields for the `dns` section (`diff` and the push's frames share them)."""
+    if new.dns is None:
+        return {"dns_removed": True} if old.dns is not None else {}
+    if old.dns is new.dns or old.dns == new.dns:
+        return {}
+    if DNS_HOSTS in units and old.dns is not None and changed_only_in(old.dns, new.dns,
+                                                                      "hosts"):
+        return {"dns_hosts": diff_hosts(old.dns.hosts, new.dns.hosts)}
+    return {"dns": msgspec.to_builtins(new.dns)}
 
 
 def virtual_hosts_delta(old: RouteTable, new: RouteTable, positions: bool) -> VirtualHostsDelta:
@@ -325,4 +353,20 @@ def apply_delta(base: ProxyConfig, d: Delta) -> ProxyConfig:
                                       "delta.identities"),
         trust_bundles=_apply_collection(base.trust_bundles, d.trust_bundles, TrustBundle,
                                          "delta.trust_bundles"),
+        dns=_apply_dns(base.dns, d),
     )
+
+
+def _apply_dns(base: DNS | None, d: Delta) -> DNS | None:
+    if d.dns_removed:
+        return None
+    if d.dns is not None:
+        return msgspec.convert(d.dns, DNS)
+    if d.dns_hosts is None:
+        return base
+    if base is None:
+        raise DeltaError("DNS hosts for a proxy with no dns section", "delta.dns_hosts")
+    try:
+        return msgspec.structs.replace(base, hosts=apply_hosts(base.hosts, d.dns_hosts))
+    except DnsHostsError as exc:
+        raise DeltaError(str(exc), exc.path) from exc

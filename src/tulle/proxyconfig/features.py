@@ -22,6 +22,7 @@ from functools import partial
 from typing import Any
 
 from tulle.proxyconfig.delta import ENDPOINTS, POSITIONS, VIRTUAL_HOSTS
+from tulle.proxyconfig.dns_delta import DNS_HOSTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +160,10 @@ FEATURES: tuple[Feature, ...] = (
     Feature("stream-idle-timeout",
             ("route_tables[].virtual_hosts[].rules[].stream_idle_timeout_ms",),
             "a per-request idle timeout on route rules"),
+    Feature("dns", ("dns",), "the mesh DNS resolver: Services' names answered with their "
+            "virtual IPs, other names forwarded (ADR 0042)"),
+    Feature(DNS_HOSTS, (), "a dns section changed only in its hosts is sent as the added, "
+            "changed and removed hosts"),
 )
 """Every feature this build's contract has, in the order they were added."""
 
@@ -266,3 +271,5 @@ def withhold_delta(doc: dict[str, Any], missing: Iterable[Feature]) -> None:
                 _strip(doc.get(segments[0]), segments[1:])
             else:
                 doc.pop(segments[0], None)  # a whole top-level section
+                doc.pop(f"{segments[0]}_removed", None)  # and its removal flag (`dns`)
+                doc.pop(f"{segments[0]}_hosts", None)  # and its delta unit (`dns`)

@@ -49,8 +49,10 @@ from tulle.proxyconfig.delta import Delta, apply_delta
 from tulle.proxyconfig.framing import HELLO_MAX_FRAME, MAX_FRAME, FrameError, FrameSplitter, frame
 from tulle.proxyconfig.model import (
     CONFIG_API_VERSION,
+    DNS,
     Admin,
     Cluster,
+    DNSHost,
     Endpoint,
     Identity,
     Listener,
@@ -86,6 +88,8 @@ class WorkloadInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     zone: str = ""
     outbound_port: int = 0
     """The loopback port of the outbound listener (0: the mesh default, 15001)."""
+    dns_port: int = 0
+    """The loopback port of the mesh DNS resolver (`Workload.spec.dnsPort`); 0: none."""
 
 
 class WorkloadCredential(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -360,6 +364,9 @@ def _delta_errors(d: Delta, optional: list[str] | None = None,
                 f"route_tables[name={v.route_table}].virtual_hosts", item, i)))
     for e in d.endpoints:
         parts.append((e.endpoints, list[Endpoint], f"clusters[name={e.cluster}].endpoints"))
+    parts.append((d.dns, DNS, "dns"))
+    for i, item in enumerate(d.dns_hosts.upsert if d.dns_hosts is not None else ()):
+        parts.append((item, DNSHost, f"dns.hosts[{i}]"))
     errors: list[FieldError] = []
     for value, typ, path in parts:
         if value is not None:

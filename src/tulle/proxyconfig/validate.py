@@ -20,7 +20,7 @@ import msgspec
 from msgspec import inspect as mi
 
 from tulle.errors import FieldError
-from tulle.proxyconfig import filters, health, network, regex
+from tulle.proxyconfig import dns, filters, health, network, regex
 from tulle.proxyconfig.lb_checks import cluster_lb_errors
 from tulle.proxyconfig.model import (
     FilterChain,
@@ -342,6 +342,7 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
             out += health.errors(c.outlier_detection, c.health_check, c.protocol,
                                  f"clusters[{i}]")
     out += _sections(cfg)
+    out += dns.errors(cfg)
     return out
 
 

@@ -81,7 +81,7 @@ def test_the_proxy_never_takes_the_api_token_file_for_its_bootstrap_token(
 
     seen: list[str | None] = []
 
-    def fake_run_subscribed(*args: object) -> int:
+    def fake_run_subscribed(*args: object, **kwargs: object) -> int:
         seen.append(args[10])  # type: ignore[arg-type]  # token_file
         return 0
 

@@ -31,6 +31,7 @@ STRUCTS += [redirect.RequestRedirect, rewrite.URLRewrite, paths.PathModifier]
 STRUCTS += [mirror.RequestMirror]
 STRUCTS += [health.OutlierDetection, health.SuccessRate, health.HealthCheck]
 STRUCTS += [retry.RetryPolicy, retry.RetryBudget]
+STRUCTS += [model.DNS, model.DNSHost]
 
 
 def _doc_tables() -> dict[str, dict[str, str]]:

@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 
 from tulle.controlplane.compiler import plugins
+from tulle.controlplane.compiler.dns import DnsHosts, dns_hosts, dns_section
 from tulle.controlplane.compiler.inbound_protocols import with_service_protocols
 from tulle.controlplane.compiler.inputs import Key, MeshInputs
 from tulle.controlplane.compiler.ir import MeshModel, Proxy, ProxyDefaults
@@ -96,6 +97,8 @@ class Shared:
     by_namespace: dict[str, tuple[list[RouteTable], bytes]] = field(default_factory=dict)
     """The tables (and digest) of the proxies of a namespace that has consumer routes: the
     same table objects but for the hosts those routes change (GAMMA; ADR 0023)."""
+    dns: DnsHosts = field(default_factory=DnsHosts)
+    """The mesh DNS hosts, for the proxies that run a resolver (`compiler/dns.py`)."""
 
     transparent: Transparent | None = None
     """The outbound side of transparent proxies (ADR 0044); None when the mesh has none."""
@@ -310,11 +313,17 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
             out = msgspec.structs.replace(out, port=proxy.outbound_port)
         listeners, tables, clusters = [*listeners, out], tables + t_tables, clusters + t.clusters
         digest = hashlib.sha256(digest + t_digest + str(out.port).encode()).digest()
+    dns = dns_section(proxy, shared.dns)
+    if dns is not None:  # (only then: other proxies' versions stay what they were)
+        check(ProxyConfig(listeners=part.listeners, dns=dns, clusters=part.clusters,
+                          route_tables=[*part.route_tables, RouteTable(name="outbound")],
+                          **_STAND_INS))
+        digest = hashlib.sha256(digest + shared.dns.digest + b"%d" % dns.port).digest()
     version = hashlib.sha256(part.digest + digest).hexdigest()[:16]
     return ProxyConfig(version=version, node=part.node, settings=shared.settings,
                        listeners=listeners,
                        route_tables=tables + part.route_tables if part.route_tables else tables,
-                       clusters=clusters)
+                       clusters=clusters, dns=dns)
 
 
 def settings(defaults: ProxyDefaults) -> Settings:
@@ -346,6 +355,7 @@ def compile_model(mesh: MeshModel, cache: PartCache | None = None) -> CompileRes
         t = render_outbound(mesh, out, DEFAULT_OUTBOUND_PORT)
         shared = dataclasses.replace(shared, transparent=build_transparent(
             t.listener, t.tables, t.clusters, shared.clusters, t.consumer_hosts))
+    shared = dataclasses.replace(shared, dns=dns_hosts(mesh))
     for proxy in mesh.proxies:
         try:
             result.snapshots[proxy.key] = compile_proxy(proxy, shared, cache)

@@ -114,7 +114,8 @@ class ServicePort(msgspec.Struct, frozen=True):
     timeout_set_by: tuple[tuple[str, str], ...] = ()
     vip: str = ""
     """The Service's virtual IP (`status.virtualIP`): a transparent client's connections to
-    `vip:port` take this port's routes (`transparent.py`); empty: none allocated yet."""
+    `vip:port` take this port's routes (`transparent.py`) and mesh DNS answers it
+    (`dns.py`); empty: none allocated yet."""
     declared: str = ""
     """The protocol the Service port itself declares (`appProtocol` or name), without the
     default; lends it to the inbound ports it selects (`inbound_protocols.py`)."""
@@ -345,6 +346,8 @@ class Proxy(msgspec.Struct, frozen=True):
     interception: Literal["explicit", "transparent"] = "explicit"
     """`Workload.spec.interception`: transparent proxies get the listeners on 15001 / 15006
     that take iptables-redirected traffic (`transparent.py`, ADR 0044)."""
+    dns_port: int = 0
+    """`Workload.spec.dnsPort`: its proxy's mesh DNS resolver port on loopback; 0: none."""
 
     @property
     def namespace(self) -> str:

@@ -42,7 +42,8 @@ def derive_proxy(workload: Resource) -> Proxy:
                  service_account=spec.get("serviceAccount") or "default",
                  sidecar=spec.get("sidecar") is not False,
                  interception=("transparent" if spec.get("interception") == "transparent"
-                               else "explicit"))
+                               else "explicit"),
+                 dns_port=int(spec.get("dnsPort") or 0))
 
 
 ProxyMemo = dict[Key, tuple[bytes, Proxy]]

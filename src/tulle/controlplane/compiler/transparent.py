@@ -99,6 +99,10 @@ def _tcp_cluster(sp: ServicePort, route: TCPRoute | None,
                 ep["zone"] = e.metadata.zone
             eps.append(ep)
         out["endpoints"] = eps
+        # The route's weights are the split asked for: weighted round robin gives exactly
+        # that share of connections (a latency-aware balancer would move it).
+        out["lb_policy"] = "round_robin"
+        out.pop("lb", None)
         if ids is not None:
             out["tls"] = upstream_mtls("tcp", ids)
     out = {**out, "name": tcp_cluster_name(sp), "protocol": "tcp"}

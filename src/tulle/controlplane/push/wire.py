@@ -49,6 +49,7 @@ from tulle.proxyconfig.delta import (
     VirtualHostsDelta,
     changed_only_in,
     diff,
+    dns_fields,
     placement,
     virtual_hosts_delta,
 )
@@ -185,6 +186,7 @@ class WireCache:
             identities=self._collection(old.identities, new.identities, holes, positions)[0],
             trust_bundles=self._collection(old.trust_bundles, new.trust_bundles, holes,
                                            positions)[0],
+            **dns_fields(old, new, units),
         )
         return _frame(DeltaMsg(delta=msgspec.Raw(_encoder.encode(d))), holes)
 

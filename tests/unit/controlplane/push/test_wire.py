@@ -18,6 +18,7 @@ from tulle.proxyconfig.delta import (
     apply_delta,
     diff,
 )
+from tulle.proxyconfig.dns_delta import DNS_HOSTS
 from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.stream import (
     DeltaMsg,
@@ -40,15 +41,17 @@ def canon(doc: dict[str, Any]) -> dict[str, Any]:
 def workload(name: str, app: str, port: int = 8080, **labels: str) -> dict[str, Any]:
     return canon({"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Workload",
                   "metadata": {"name": name, "namespace": NS, "labels": {"app": app, **labels}},
-                  "spec": {"address": "127.0.0.1",
+                  "spec": {"address": "127.0.0.1", "dnsPort": 15053,  # (mesh DNS hosts too)
                            "ports": [{"name": "http", "port": port, "targetPort": 9000}]}})
 
 
 def service(name: str) -> dict[str, Any]:
-    return canon({"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Service",
-                  "metadata": {"name": name, "namespace": NS},
-                  "spec": {"selector": {"app": name},
-                           "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}})
+    doc = canon({"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Service",
+                 "metadata": {"name": name, "namespace": NS},
+                 "spec": {"selector": {"app": name},
+                          "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}})
+    doc["status"] = {"virtualIP": f"10.96.0.{int(name.rsplit('-', 1)[1]) + 1}"}
+    return doc
 
 
 def route(parent: str, backend: str) -> dict[str, Any]:
@@ -166,5 +169,6 @@ def _units_in(frame: bytes) -> set[str]:
     d = decode_delta(msg.delta)
     return {u for u, there in ((VIRTUAL_HOSTS, d.virtual_hosts), (ENDPOINTS, d.endpoints),
                                (POSITIONS, any(v.at for v in [
-                                   d.listeners, d.route_tables, d.clusters, *d.virtual_hosts])))
+                                   d.listeners, d.route_tables, d.clusters, *d.virtual_hosts])),
+                               (DNS_HOSTS, d.dns_hosts is not None))
             if there}

@@ -1,0 +1,46 @@
+"""The mesh DNS section of each sidecar's snapshot: every Service with a virtual IP, by name.
+
+The host list is built once per compilation from the model's Service ports (one entry per
+Service, not per port) and shared by reference between snapshots, like the outbound table; a
+proxy gets a `dns` section only when its workload names a resolver port (`spec.dnsPort`), so
+the snapshots of every other proxy are unchanged, byte for byte.  Which names a host answers
+to is the proxy's rule (`dataplane/dns/table.py`, from `node.namespace`), so the table does
+not grow four-fold and one table serves every namespace.  ADR 0042.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+import msgspec
+
+from tulle.controlplane.compiler.ir import MeshModel, Proxy
+from tulle.proxyconfig.model import DNS, DNSHost
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+"""A Service or namespace whose name is not one DNS label has no DNS name (it is left out)."""
+
+
+@dataclass(frozen=True)
+class DnsHosts:
+    hosts: list[DNSHost] = field(default_factory=list)
+    digest: bytes = b""
+
+
+def dns_hosts(mesh: MeshModel) -> DnsHosts:
+    vips: dict[tuple[str, str], str] = {}
+    for sp in mesh.services:
+        if sp.vip and _LABEL.match(sp.name) and _LABEL.match(sp.namespace):
+            vips.setdefault((sp.namespace, sp.name), sp.vip)
+    hosts = [DNSHost(service=name, namespace=ns, addresses=[vip])
+             for (ns, name), vip in sorted(vips.items())]
+    digest = hashlib.sha256(msgspec.json.encode(hosts)).digest()
+    return DnsHosts(hosts, digest)
+
+
+def dns_section(proxy: Proxy, shared: DnsHosts) -> DNS | None:
+    if not proxy.dns_port or not proxy.sidecar:
+        return None
+    return DNS(port=proxy.dns_port, hosts=shared.hosts)

@@ -1,0 +1,231 @@
+"""DNS messages (RFC 1035) for the proxy's mesh resolver: parse a query, build its answer.
+
+Sans-I/O, as every codec here: bytes in, a `Query` (or a `Malformed` saying what to answer)
+out; answers are bytes.  The resolver only ever *reads* queries and *writes* answers of its
+own; forwarded answers are relayed as the upstream sent them and never parsed beyond their
+header and question (`same_question`).
+
+Rules of this module (each one an attack the tests replay):
+
+* Nothing past the message is read: every offset is checked against the length first.
+* A name is at most 255 octets and labels at most 63; label types 0x40 / 0x80 (RFC 6891's
+  extended labels, never deployed) are refused.
+* A compression pointer must point before every offset the name has been read from so far
+  (each jump lands strictly earlier than the last), so a pointer loop is impossible and the
+  walk is bounded by the message length; at most `MAX_POINTERS` are followed per name anyway.
+* A message with QR set (an answer) is never answered: that is how two resolvers reflecting at
+  each other would loop.
+* Only the question and an OPT record (EDNS(0), RFC 6891) are read from a query; anything else
+  in it is FORMERR, as for a query with more or less than one question.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+HEADER: Final = 12
+MAX_NAME: Final = 255
+MAX_POINTERS: Final = 16
+MAX_UDP_PLAIN: Final = 512
+"""Largest UDP answer to a client that sent no EDNS(0) OPT record (RFC 1035 section 4.2.1)."""
+EDNS_PAYLOAD: Final = 1232
+"""The UDP payload size this resolver announces (the DNS flag day 2020 value)."""
+
+A: Final = 1
+AAAA: Final = 28
+OPT: Final = 41
+ANY: Final = 255
+CLASS_IN: Final = 1
+
+NOERROR: Final = 0
+FORMERR: Final = 1
+SERVFAIL: Final = 2
+NXDOMAIN: Final = 3
+NOTIMP: Final = 4
+REFUSED: Final = 5
+
+_QR: Final = 0x8000
+_OPCODE: Final = 0x7800
+_AA: Final = 0x0400
+_TC: Final = 0x0200
+_RD: Final = 0x0100
+_RA: Final = 0x0080
+
+_H = struct.Struct("!HHHHHH")
+_Q = struct.Struct("!HH")
+_RR = struct.Struct("!HHIH")
+
+
+class MalformedName(ValueError):
+    """A name that cannot be read; the message is answered FORMERR."""
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    """One question, read from a client's query."""
+
+    id: int
+    flags: int
+    name: bytes
+    """Lower-cased, dotted, no trailing dot (`catalog.shop.svc.cluster.local`; root is b"")."""
+    wire_name: bytes
+    """The name as the client wrote it (case kept, uncompressed labels): echoed in answers."""
+    qtype: int
+    qclass: int
+    edns: int | None
+    """The client's UDP payload size from its OPT record; None without EDNS(0)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Malformed:
+    """A message that is not an answerable query: answer `rcode` (a header could be read) with
+    `id` and `flags`, or drop it (`rcode` None)."""
+
+    reason: str
+    rcode: int | None = None
+    id: int = 0
+    flags: int = 0
+
+
+def read_name(data: bytes, offset: int) -> tuple[bytes, bytes, int]:
+    """The name at `offset`: (lower-cased dotted name, uncompressed wire form, offset after
+    it in the message).  Raises MalformedName."""
+    labels: list[bytes] = []
+    end = -1  # where the name ends in the message (before the first pointer's target)
+    total = 0
+    pointers = 0
+    pos = offset
+    floor = offset  # lowest offset read from so far: a pointer must land below it
+    size = len(data)
+    while True:
+        if pos >= size:
+            raise MalformedName("name runs past the message")
+        n = data[pos]
+        if n == 0:
+            pos += 1
+            break
+        kind = n & 0xC0
+        if kind == 0xC0:
+            if pos + 1 >= size:
+                raise MalformedName("truncated compression pointer")
+            target = ((n & 0x3F) << 8) | data[pos + 1]
+            if target >= floor or target < HEADER:
+                raise MalformedName("compression pointer does not point backwards")
+            floor = target
+            pointers += 1
+            if pointers > MAX_POINTERS:
+                raise MalformedName("too many compression pointers")
+            if end < 0:
+                end = pos + 2
+            pos = target
+            continue
+        if kind:
+            raise MalformedName(f"unsupported label type 0x{kind:02x}")
+        if pos + 1 + n > size:
+            raise MalformedName("label runs past the message")
+        total += n + 1
+        if total + 1 > MAX_NAME:
+            raise MalformedName("name longer than 255 octets")
+        labels.append(data[pos + 1:pos + 1 + n])
+        pos += 1 + n
+    wire = b"".join(bytes((len(lab),)) + lab for lab in labels) + b"\x00"
+    return b".".join(labels).lower(), wire, (end if end >= 0 else pos)
+
+
+def _skip_rr(data: bytes, pos: int) -> tuple[int, int, int, bytes]:
+    """Read one resource record at `pos`: (type, class-or-size, end offset, name)."""
+    name, _, pos = read_name(data, pos)
+    if pos + _RR.size > len(data):
+        raise MalformedName("record header runs past the message")
+    rtype, rclass, _, rdlen = _RR.unpack_from(data, pos)
+    pos += _RR.size + rdlen
+    if pos > len(data):
+        raise MalformedName("record data runs past the message")
+    return rtype, rclass, pos, name
+
+
+def parse_query(data: bytes) -> Query | Malformed:
+    """Read a client's query.  Never raises: a bad message is a `Malformed`."""
+    if len(data) < HEADER:
+        return Malformed("shorter than a header")
+    qid, flags, qd, an, ns, ar = _H.unpack_from(data)
+    if flags & _QR:
+        return Malformed("a response, not a query")
+    keep = flags & (_OPCODE | _RD)
+    if flags & _OPCODE:
+        return Malformed("opcode is not QUERY", NOTIMP, qid, keep)
+    if qd != 1 or an or ns:
+        return Malformed("not exactly one question", FORMERR, qid, keep)
+    try:
+        name, wire, pos = read_name(data, HEADER)
+        if pos + _Q.size > len(data):
+            raise MalformedName("question runs past the message")
+        qtype, qclass = _Q.unpack_from(data, pos)
+        pos += _Q.size
+        edns: int | None = None
+        for _ in range(ar):
+            rtype, rclass, pos, rname = _skip_rr(data, pos)
+            if rtype != OPT or rname or edns is not None:
+                raise MalformedName("additional record other than one OPT")
+            edns = max(rclass, MAX_UDP_PLAIN)
+    except MalformedName as exc:
+        return Malformed(str(exc), FORMERR, qid, keep)
+    if pos != len(data):
+        return Malformed("bytes after the last record", FORMERR, qid, keep)
+    return Query(qid, flags, name, wire, qtype, qclass, edns)
+
+
+def _opt() -> bytes:
+    return b"\x00" + _RR.pack(OPT, EDNS_PAYLOAD, 0, 0)
+
+
+def answer(q: Query, rcode: int, records: bytes = b"", count: int = 0, *,
+           authoritative: bool = True) -> bytes:
+    """The answer to `q`: its question echoed (case kept), `count` answer records already in
+    wire form (`records`, their owner a pointer to the question: `rr`), an OPT record when
+    the query had one.  An answer too large for the client's UDP size is the caller's to
+    truncate (`truncated`)."""
+    flags = _QR | _RA | (q.flags & _RD) | (_AA if authoritative else 0) | rcode
+    ar = 1 if q.edns is not None else 0
+    head = _H.pack(q.id, flags, 1, count, 0, ar)
+    tail = _opt() if ar else b""
+    return b"".join((head, q.wire_name, _Q.pack(q.qtype, q.qclass), records, tail))
+
+
+def truncated(q: Query) -> bytes:
+    """`q`'s answer with TC set and no records: the client retries over TCP."""
+    msg = bytearray(answer(q, NOERROR))
+    msg[2] |= _TC >> 8
+    return bytes(msg)
+
+
+def error(m: Malformed) -> bytes:
+    """The header-only answer to a malformed query (no question echoed: it could not be read)."""
+    assert m.rcode is not None
+    return _H.pack(m.id, _QR | _RA | m.flags | m.rcode, 0, 0, 0, 0)
+
+
+def rr(rtype: int, ttl: int, rdata: bytes) -> bytes:
+    """One answer record whose owner is the question's name (a pointer to offset 12)."""
+    return b"\xc0\x0c" + _RR.pack(rtype, CLASS_IN, ttl, len(rdata)) + rdata
+
+
+def same_question(query: bytes, reply: bytes) -> bool:
+    """`reply` answers `query`: same ID, QR set, and the same question (names compared
+    case-insensitively).  An upstream datagram that fails this is dropped (spoofing)."""
+    if len(reply) < HEADER or reply[:2] != query[:2] or not reply[2] & 0x80:
+        return False
+    try:
+        qname, _, qpos = read_name(query, HEADER)
+        rname, _, rpos = read_name(reply, HEADER)
+    except MalformedName:
+        return False
+    if int.from_bytes(reply[4:6], "big") != 1:
+        return False
+    return qname == rname and query[qpos:qpos + 4] == reply[rpos:rpos + 4]
+
+
+def reply_id(reply: bytes) -> int:
+    return int.from_bytes(reply[:2], "big")

@@ -1,0 +1,86 @@
+"""What the `dns` section's types cannot say: addresses, upstreams, unique hosts, a free port;
+and the names a host answers to.
+
+Kept apart from `validate.py` (which calls `errors`) so the resolver's rules sit in one place;
+`upstream_address` is also what the proxy uses to read `DNS.upstreams`, `names_of` what its
+name table and `tulle proxy-config` derive names with.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from tulle.errors import FieldError
+from tulle.proxyconfig.model import DNS, ProxyConfig
+
+DNS_PORT = 53
+
+
+def upstream_address(text: str) -> tuple[str, int]:
+    """`ip`, `ip:port` or `[v6]:port` as (ip, port); raises ValueError with the reason."""
+    host, port = text, DNS_PORT
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError("missing ']'")
+        host, rest = text[1:end], text[end + 1:]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError("expected ':port' after ']'")
+            port = _port(rest[1:])
+    elif text.count(":") == 1:
+        host, _, p = text.partition(":")
+        port = _port(p)
+    ipaddress.ip_address(host)  # ValueError names the problem
+    return host, port
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise ValueError(f"port must be 1..65535, got {text!r}")
+    return int(text)
+
+
+def names_of(service: str, namespace: str, domain: str, mesh_domain: str,
+             local_namespace: str) -> list[str]:
+    """Every name a `DNSHost` answers to, for a pod in `local_namespace` (the contract's rule,
+    shared by the proxy's table and `tulle proxy-config`)."""
+    out = [f"{service}.{namespace}.svc.{domain}", f"{service}.{namespace}.{mesh_domain}",
+           f"{service}.{namespace}"]
+    if namespace == local_namespace:
+        out.append(service)
+    return out
+
+
+def errors(cfg: ProxyConfig) -> list[FieldError]:
+    d: DNS | None = cfg.dns
+    if d is None:
+        return []
+    out: list[FieldError] = []
+    try:
+        ipaddress.ip_address(d.address)
+    except ValueError:
+        out.append(FieldError("dns.address", f"must be an IP address, got {d.address!r}"))
+    for i, u in enumerate(d.upstreams):
+        try:
+            upstream_address(u)
+        except ValueError as exc:
+            out.append(FieldError(f"dns.upstreams[{i}]", f"not an ip[:port] ({exc})"))
+    seen: set[tuple[str, str]] = set()
+    for i, h in enumerate(d.hosts):
+        if (h.service, h.namespace) in seen:
+            out.append(FieldError(f"dns.hosts[{i}]",
+                                  f"duplicate host {h.service}.{h.namespace}"))
+        seen.add((h.service, h.namespace))
+        for j, a in enumerate(h.addresses):
+            try:
+                ipaddress.ip_address(a)
+            except ValueError:
+                out.append(FieldError(f"dns.hosts[{i}].addresses[{j}]",
+                                      f"must be an IP address, got {a!r}"))
+    if d.port:
+        for i, lc in enumerate(cfg.listeners):
+            if (lc.address, lc.port) == (d.address, d.port):
+                out.append(FieldError("dns.port", f"{d.address}:{d.port} is also listener "
+                                      f"listeners[{i}] ({lc.name})"))
+    return out

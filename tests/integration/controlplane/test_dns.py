@@ -1,0 +1,104 @@
+"""Mesh DNS end to end on loopback: a control plane allocates a Service's virtual IP, compiles a
+`dns` section for the workload that names a resolver port, pushes it, and the subscribed proxy
+answers the Service's names with that VIP; `tulle proxy-config WORKLOAD dns` shows them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import dns.asyncquery
+import dns.message
+import dns.rcode
+from tests.support.cli import tulle
+from tests.support.controlplane import apply, eventually, running_control_plane, subscribe
+from tests.support.proxy import free_port
+
+from tulle.proxyconfig.stream import WorkloadInfo
+
+
+def docs(dns_port: int) -> list[dict[str, Any]]:
+    return [
+        {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Service",
+         "metadata": {"name": "catalog", "namespace": "shop"},
+         "spec": {"selector": {"app": "catalog"},
+                  "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}},
+        {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Workload",
+         "metadata": {"name": "web-0", "namespace": "shop", "labels": {"app": "web"}},
+         "spec": {"address": "127.0.0.1", "outboundPort": free_port(), "dnsPort": dns_port,
+                  "ports": [{"name": "http", "port": free_port(), "targetPort": 9}]}}]
+
+
+async def test_a_pushed_dns_section_answers_the_services_vip() -> None:
+    dns_port = free_port()
+    async with running_control_plane() as cp:
+        code, body = await apply(cp.api_url, *docs(dns_port))
+        assert code == 200, body
+        proxy = await subscribe([cp.stream_port], WorkloadInfo(name="web-0", namespace="shop"))
+        try:
+            async def vip() -> str:
+                _, out, _ = await tulle(cp.api_url, "get", "svc", "catalog", "-n", "shop",
+                                        "-o", "json")
+                return str((json.loads(out).get("status") or {}).get("virtualIP") or "")
+
+            await eventually(vip, timeout=10)
+            want = await vip()
+
+            async def answers() -> list[str]:
+                if proxy.server.dns.port != dns_port:
+                    return []
+                q = dns.message.make_query("catalog", "A")
+                r = await dns.asyncquery.udp(q, "127.0.0.1", port=dns_port, timeout=2)
+                return [x.address for rrset in r.answer for x in rrset]
+
+            await eventually(answers, timeout=10)
+            assert await answers() == [want]
+            r = await dns.asyncquery.tcp(dns.message.make_query("catalog.shop.svc.cluster.local",
+                                                                "A"),
+                                         "127.0.0.1", port=dns_port, timeout=2)
+            assert r.rcode() == dns.rcode.NOERROR
+            code, out, err = await tulle(cp.api_url, "proxy-config", "web-0", "-n", "shop",
+                                         "dns")
+            assert code == 0, err
+            assert f"127.0.0.1:{dns_port}" in out
+            assert "catalog.shop.svc.cluster.local" in out and want in out
+
+            # A new Service reaches the running resolver through a delta (its hosts alone).
+            stock = {**docs(dns_port)[0], "metadata": {"name": "stock", "namespace": "shop"}}
+            code, body = await apply(cp.api_url, stock)
+            assert code == 200, body
+
+            async def stock_answers() -> list[str]:
+                q = dns.message.make_query("stock.shop.mesh", "A")
+                r = await dns.asyncquery.udp(q, "127.0.0.1", port=dns_port, timeout=2)
+                return [x.address for rrset in r.answer for x in rrset]
+
+            await eventually(stock_answers, timeout=10)
+            assert (await stock_answers())[0] not in ("", want)
+        finally:
+            await proxy.stop()
+
+
+async def test_a_proxy_announcing_its_dns_port_gets_a_resolver_without_a_workload_applied(
+        ) -> None:
+    dns_port = free_port()
+    async with running_control_plane() as cp:
+        code, body = await apply(cp.api_url, docs(dns_port)[0])
+        assert code == 200, body
+        proxy = await subscribe([cp.stream_port], WorkloadInfo(
+            name="web-1", namespace="shop", address="127.0.0.1", dns_port=dns_port,
+            outbound_port=free_port()))
+        try:
+            async def answers() -> int:
+                if proxy.server.dns.port != dns_port:
+                    return 0
+                q = dns.message.make_query("catalog.shop", "A")
+                r = await dns.asyncquery.udp(q, "127.0.0.1", port=dns_port, timeout=2)
+                return len(r.answer)
+
+            await eventually(answers, timeout=10)
+            _, out, _ = await tulle(cp.api_url, "get", "workload", "web-1", "-n", "shop",
+                                    "-o", "json")
+            assert json.loads(out)["spec"]["dnsPort"] == dns_port
+        finally:
+            await proxy.stop()

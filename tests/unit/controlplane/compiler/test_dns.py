@@ -1,0 +1,73 @@
+"""The compiler's mesh DNS section: emitted for workloads that name a resolver port, with
+every Service's virtual IP, shared by reference; nothing changes for the others."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh
+from tulle.proxyconfig.model import DNSHost
+
+
+def workload(name: str, ns: str = "shop", dns_port: int | None = None, **labels: str
+             ) -> dict[str, Any]:
+    spec: dict[str, Any] = {"address": "127.0.0.1",
+                            "ports": [{"name": "http", "port": 18080, "targetPort": 19080}]}
+    if dns_port is not None:
+        spec["dnsPort"] = dns_port
+    return {"kind": "Workload", "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": spec}
+
+
+def service(name: str, ns: str = "shop", vip: str | None = None) -> dict[str, Any]:
+    obj: dict[str, Any] = {
+        "kind": "Service", "metadata": {"name": name, "namespace": ns},
+        "spec": {"selector": {"app": name}, "ports": [
+            {"name": "http", "port": 80, "targetPort": "http"},
+            {"name": "admin", "port": 81, "targetPort": "http"}]}}
+    if vip is not None:
+        obj["status"] = {"virtualIP": vip}
+    return obj
+
+
+RESOURCES = [workload("web", dns_port=15053, app="web"), workload("catalog", app="catalog"),
+             service("catalog", vip="10.96.0.7"), service("web", ns="front", vip="fd00::9"),
+             service("pending")]
+
+
+def test_a_workload_with_a_dns_port_gets_every_service_with_a_vip_once() -> None:
+    res = compile_mesh(MeshInputs.from_resources(RESOURCES))
+    cfg = res.snapshots[("shop", "web")]
+    assert cfg.dns is not None and cfg.dns.port == 15053 and cfg.dns.address == "127.0.0.1"
+    # One host per Service (not per port), sorted; `pending` has no VIP yet.
+    assert cfg.dns.hosts == [
+        DNSHost(service="web", namespace="front", addresses=["fd00::9"]),
+        DNSHost(service="catalog", namespace="shop", addresses=["10.96.0.7"])]
+    assert cfg.node.namespace == "shop"  # the proxy's search namespace
+
+
+def test_a_workload_without_one_gets_no_section_and_keeps_its_version() -> None:
+    res = compile_mesh(MeshInputs.from_resources(RESOURCES))
+    assert res.snapshots[("shop", "catalog")].dns is None
+    before = compile_mesh(MeshInputs.from_resources(
+        [workload("web", app="web"), *RESOURCES[1:]])).snapshots
+    assert before[("shop", "catalog")].version == res.snapshots[("shop", "catalog")].version
+
+
+def test_a_new_vip_changes_the_resolving_proxys_version_and_shares_the_table() -> None:
+    cache = PartCache()
+    one = compile_mesh(MeshInputs.from_resources(RESOURCES), cache).snapshots
+    more = [*RESOURCES, workload("two", dns_port=15053, app="two"),
+            service("extra", vip="10.96.0.8")]
+    two = compile_mesh(MeshInputs.from_resources(more), cache).snapshots
+    assert two[("shop", "web")].version != one[("shop", "web")].version
+    a, b = two[("shop", "web")].dns, two[("shop", "two")].dns
+    assert a is not None and b is not None and a.hosts is b.hosts
+
+
+def test_the_dns_port_may_not_be_a_listener_port() -> None:
+    w = workload("web", dns_port=18080, app="web")
+    w["spec"]["address"] = "127.0.0.1"
+    res = compile_mesh(MeshInputs.from_resources([w]))
+    assert ("shop", "web") not in res.snapshots
+    assert "dns.port" in res.errors[("shop", "web")]

@@ -1,0 +1,99 @@
+"""The resolver's decision per query, without sockets: mesh answers, NXDOMAIN only under the
+mesh domain, forwards for the rest, FORMERR / drops for bad bytes."""
+
+from __future__ import annotations
+
+import dns.flags
+import dns.message
+import dns.rcode
+
+from tulle.dataplane.dns import resolver
+from tulle.dataplane.dns.server import resolv_conf_upstreams
+from tulle.dataplane.dns.table import build
+from tulle.proxyconfig.model import DNS, DNSHost
+
+CFG = DNS(hosts=[DNSHost(service="catalog", namespace="shop", addresses=["10.96.0.7"]),
+                 DNSHost(service="many", namespace="shop",
+                         addresses=[f"10.96.1.{i}" for i in range(1, 17)]),
+                 DNSHost(service="web", namespace="default", addresses=["fd00::9"])],
+          ttl_s=7)
+TABLE = build(CFG, "shop")
+
+
+def ask(name: str, rtype: str = "A", udp: bool = True, **kw: object) -> resolver.Decision:
+    return resolver.decide(dns.message.make_query(name, rtype, **kw).to_wire(), TABLE, udp)  # type: ignore[arg-type]
+
+
+def test_the_four_forms_and_only_them_are_mesh_names() -> None:
+    for name in ("catalog.shop.svc.cluster.local", "catalog.shop.mesh", "catalog.shop",
+                 "catalog", "CaTaLoG.sHoP.SVC.Cluster.Local."):
+        d = ask(name)
+        assert d.result == resolver.MESH and d.reply is not None, name
+        r = dns.message.from_wire(d.reply)
+        assert [x.address for x in r.answer[0]] == ["10.96.0.7"] and r.answer[0].ttl == 7
+    assert ask("web").result == resolver.FORWARDED  # another namespace's bare name
+    assert ask("web.default").result == resolver.MESH
+    assert ask("catalog.shop.svc").result == resolver.FORWARDED
+    assert ask("catalog.other.svc.cluster.local").result == resolver.FORWARDED
+
+
+def test_any_answers_both_families_and_other_types_are_nodata() -> None:
+    d = ask("web.default", "ANY")
+    assert d.reply is not None
+    assert [x.address for x in dns.message.from_wire(d.reply).answer[0]] == ["fd00::9"]
+    for rtype in ("A", "SRV", "HTTPS"):
+        d = ask("web.default", rtype)
+        assert d.reply is not None
+        r = dns.message.from_wire(d.reply)
+        assert r.rcode() == dns.rcode.NOERROR and not r.answer
+
+
+def test_the_mesh_domain_is_authoritative_the_cluster_domain_is_not() -> None:
+    d = ask("ghost.shop.mesh")
+    assert d.result == resolver.NXDOMAIN and d.reply is not None
+    assert dns.message.from_wire(d.reply).rcode() == dns.rcode.NXDOMAIN
+    assert ask("mesh").result == resolver.NXDOMAIN
+    assert ask("ghost.shop.svc.cluster.local").result == resolver.FORWARDED
+    assert ask("notmesh").result == resolver.FORWARDED
+
+
+def test_a_class_other_than_in_is_forwarded() -> None:
+    q = dns.message.make_query("catalog.shop", "A", rdclass="CH")
+    assert resolver.decide(q.to_wire(), TABLE, True).result == resolver.FORWARDED
+
+
+def test_an_answer_too_big_for_plain_udp_is_truncated_not_over_tcp_or_edns() -> None:
+    d = ask("many.shop")  # 16 A records: 12 + 14 + 16 * 16 = 282 bytes, fits
+    assert d.reply is not None and not dns.message.from_wire(d.reply).flags & dns.flags.TC
+    big = DNS(hosts=[DNSHost(service="x", namespace="shop",
+                             addresses=[f"fd00::{i:x}" for i in range(1, 17)])])
+    table = build(big, "shop")
+    q = dns.message.make_query("x.shop", "AAAA").to_wire()  # 16 * 28 + 28 = 476: fits
+    reply = resolver.decide(q, table, True).reply
+    assert reply is not None and len(dns.message.from_wire(reply).answer[0]) == 16
+    long_name = DNS(hosts=[DNSHost(service="x" * 63, namespace="y" * 63,
+                                   addresses=[f"fd00::{i:x}" for i in range(1, 17)])])
+    table = build(long_name, "shop")
+    name = f"{'x' * 63}.{'y' * 63}.svc.cluster.local"
+    d = resolver.decide(dns.message.make_query(name, "AAAA").to_wire(), table, True)
+    assert d.reply is not None and dns.message.from_wire(d.reply).flags & dns.flags.TC
+    d = resolver.decide(dns.message.make_query(name, "AAAA").to_wire(), table, False)
+    assert d.reply is not None and len(dns.message.from_wire(d.reply).answer[0]) == 16
+    d = resolver.decide(dns.message.make_query(name, "AAAA", use_edns=0).to_wire(), table, True)
+    assert d.reply is not None and len(dns.message.from_wire(d.reply).answer[0]) == 16
+
+
+def test_bad_bytes_are_formerr_or_dropped() -> None:
+    assert resolver.decide(b"\x00", TABLE, True) == resolver.Decision(resolver.DROPPED)
+    d = resolver.decide(b"\x12\x34\x01\x00\x00\x02" + b"\x00" * 6, TABLE, True)
+    assert d.result == resolver.FORMERR and d.reply is not None
+    assert dns.message.from_wire(d.reply).rcode() == dns.rcode.FORMERR
+
+
+def test_resolv_conf_nameservers_are_read_and_junk_skipped(tmp_path: object) -> None:
+    from pathlib import Path
+    conf = Path(str(tmp_path)) / "resolv.conf"
+    conf.write_text("# comment\nsearch a b\nnameserver 10.0.0.2\nnameserver fe80::1%eth0\n"
+                    "nameserver not-an-ip\nnameserver\noptions ndots:5\n")
+    assert resolv_conf_upstreams(str(conf)) == (("10.0.0.2", 53), ("fe80::1", 53))
+    assert resolv_conf_upstreams(str(conf) + ".missing") == ()
