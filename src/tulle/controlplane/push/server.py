@@ -84,6 +84,7 @@ from tulle.controlplane.push.limits import (
 )
 from tulle.controlplane.push.negotiation import negotiation_error
 from tulle.controlplane.push.node import NodeError, NodeSnapshots, workload_name
+from tulle.controlplane.push.renewals import RenewalBudget
 from tulle.controlplane.push.trust import after_hello, record_signed, update_for
 from tulle.controlplane.push.wire import withheld_delta_frame, withheld_snapshot_frame
 from tulle.proxyconfig.delta import units_of
@@ -373,6 +374,8 @@ class ProxySession:
         self.hello_seen = False
         """Set (and the server's pending count released) once the hello is in."""
         self.admitted: Admitted | None = None
+        self.renewals: RenewalBudget | None = None
+        """Certificates this stream may still have signed (set once admitted)."""
 
     def send(self, msg: Message) -> None:
         self.writer.write(encode(msg))
@@ -433,7 +436,9 @@ class ProxySession:
         st = self.st
         assert st is not None
         try:
-            while (msg := await self._next()) is not None:
+            # `closed` also set by a handler ending the stream: what is still buffered from
+            # the peer is not handled (a burst of frames must not outlive the refusal).
+            while not self.closed and (msg := await self._next()) is not None:
                 st.last_seen = time.time()  # noqa: TID251 - wall clock, for display
                 self._handle(key, msg)
                 wake.set()
@@ -636,6 +641,20 @@ class ProxySession:
         if admission is None or self.admitted is None:
             self.send(Error(reason="this control plane issues no certificates"))
             self.writer.close()
+            self.closed = True
+            return
+        loop_now = asyncio.get_running_loop().time()
+        if self.renewals is None:
+            self.renewals = RenewalBudget(len(self.admitted.all()),
+                                          admission.cert_ttl.total_seconds(), loop_now)
+        if not self.renewals.take(loop_now):
+            log.warning("proxy %s/%s: renewal refused: too many certificate requests on one "
+                        "stream; stream closed", self.admitted.namespace,
+                        self.admitted.workload)
+            self.send(Error(reason="renewal refused: too many certificate requests on this "
+                                   "stream; reconnect and renew at half-life"))
+            self.writer.close()
+            self.closed = True
             return
         who = self.admitted
         if msg.workload:
@@ -645,6 +664,7 @@ class ProxySession:
                 self.send(Error(reason=f"renewal for {msg.workload!r}: not a further workload "
                                        f"this stream was admitted for"))
                 self.writer.close()
+                self.closed = True
                 return
             who = found
         try:
@@ -658,3 +678,4 @@ class ProxySession:
             log.warning("proxy %s/%s: renewal refused: %s", who.namespace, who.workload, exc)
             self.send(Error(reason=str(exc)))
             self.writer.close()
+            self.closed = True
