@@ -18,6 +18,7 @@ from tests.support.controlplane import (
 )
 
 from tulle.controlplane.push.renewals import BURST
+from tulle.controlplane.push.server import REPLY_BACKLOG
 from tulle.dataplane.identity import WorkloadKey
 from tulle.proxyconfig.model import CONFIG_API_VERSION
 from tulle.proxyconfig.stream import (
@@ -157,3 +158,24 @@ async def test_what_an_admitted_proxy_reports_is_bounded_and_shown_escaped(
         assert "FORGED" in status["lastNack"]["reason"]  # kept, escaped, not dropped
         assert caplog.text.count("rejected version") == 1  # 50 identical NACKs, one line
     _clean(caplog.text)
+
+
+async def test_a_proxy_that_pings_without_reading_is_held_back_not_buffered() -> None:
+    async with running_control_plane() as cp:
+        reader, writer, _ = await _admitted(cp.api_url, cp.stream_port)
+        writer.transport.pause_reading()  # never read a pong
+        chunk = encode(Ping()) * 50_000  # ~1 MB of pings
+        sent = 0
+        try:
+            while sent < 60 * len(chunk):
+                writer.write(chunk)
+                await asyncio.wait_for(writer.drain(), 1.0)
+                sent += len(chunk)
+        except TimeoutError:
+            pass  # the control plane stopped reading us: what we want
+        assert cp.push is not None
+        (session,) = cp.push.live
+        buffered = session.writer.transport.get_write_buffer_size()
+        writer.transport.abort()
+        assert sent < 60 * len(chunk), "sent everything: nothing held us back"
+        assert buffered < 2 * REPLY_BACKLOG, buffered
