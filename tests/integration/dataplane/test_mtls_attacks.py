@@ -67,3 +67,72 @@ async def test_alpn_tulle_tcp_does_not_skip_http_authorization(
             assert got == b""
             assert server.metric("tulle_proxy_protocol_errors_total", kind="tls_alpn") == 1
             assert (await request(port, http)).startswith(b"HTTP/1.1 403")  # still serving
+
+
+def _client_with_chain(ca: TestCA, chain_pem: str, key_pem: str,
+                       **versions: ssl.TLSVersion) -> ssl.SSLContext:
+    import os
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cadata=ca.pem)
+    for k, v in versions.items():
+        setattr(ctx, k, v)
+    fds = []
+    for data in (chain_pem, key_pem):
+        fd = os.memfd_create("t")
+        os.write(fd, data.encode())
+        fds.append(fd)
+    ctx.load_cert_chain(f"/proc/self/fd/{fds[0]}", f"/proc/self/fd/{fds[1]}")
+    for fd in fds:
+        os.close(fd)
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+async def test_a_workload_certificate_cannot_sign_another_identity() -> None:
+    """A compromised workload signs itself a certificate for `sa/admin` with its own SVID's
+    key and presents the chain [admin, its SVID]: the SVID is not a CA (basicConstraints
+    CA:FALSE, as the mesh CA issues them), so the handshake fails."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    ca = TestCA()
+    leaf_pem, leaf_key_pem = ca.svid(CLIENT_ID)
+    leaf = x509.load_pem_x509_certificate(leaf_pem.encode())
+    leaf_key = serialization.load_pem_private_key(leaf_key_pem.encode(), None)
+    assert isinstance(leaf_key, ec.EllipticCurvePrivateKey)
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = dt.datetime.now(dt.UTC)
+    forged = (x509.CertificateBuilder().subject_name(x509.Name([]))
+              .issuer_name(leaf.subject).public_key(key.public_key())
+              .serial_number(x509.random_serial_number())
+              .not_valid_before(now - dt.timedelta(minutes=1))
+              .not_valid_after(now + dt.timedelta(hours=1))
+              .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(
+                  "spiffe://mesh.local/ns/default/sa/admin")]), critical=True)
+              .sign(leaf_key, hashes.SHA256()))
+    chain = forged.public_bytes(serialization.Encoding.PEM).decode() + leaf_pem
+    key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+    async with named_origin("app") as app, \
+            running_proxy(server_config(ca, app, "explicit")) as server:
+        port = server.port("in")
+        assert await request(port, _client_with_chain(ca, chain, key_pem)) == b""
+        assert server.metric("tulle_proxy_protocol_errors_total",
+                             kind="tls_client_certificate") == 1
+        assert (await request(port, mtls_client(ca, CLIENT_ID))).startswith(b"HTTP/1.1 403")
+
+
+async def test_tls_1_2_is_refused_where_the_mesh_asks_for_1_3() -> None:
+    ca = TestCA()
+    cert, key = ca.svid(CLIENT_ID)
+    async with named_origin("app") as app, \
+            running_proxy(server_config(ca, app, "explicit")) as server:
+        port = server.port("in")
+        old = _client_with_chain(ca, cert, key, maximum_version=ssl.TLSVersion.TLSv1_2)
+        assert await request(port, old) == b""
+        assert (await request(port, mtls_client(ca, CLIENT_ID))).startswith(b"HTTP/1.1 403")
