@@ -194,6 +194,7 @@ class Agent:
         w = self.workload
         auth: dict[str, object] = {}
         held = self.held
+        self._pending_key = None  # a new stream: a CSR the last one sent is void
         if held is None:
             if self.token:
                 self._pending_key = WorkloadKey()
@@ -266,7 +267,9 @@ class Agent:
                 continue
             delay = min(held.renew_at() - time.time(),  # noqa: TID251 - wall clock vs cert
                         node_wait)
-            if delay > 0 and not self._renew_now.is_set():
+            if self._pending_key is not None or (delay > 0 and not self._renew_now.is_set()):
+                # (a CSR is out, the hello's own say: one at a time, or the answer to the
+                # first would be paired with the second's key)
                 self.identity_changed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed_or_asked(), timeout=delay)
@@ -318,7 +321,7 @@ class Agent:
     async def _take_certificate(self, msg: Certificate) -> None:
         if msg.workload:
             nkey = self._node_pending.pop(msg.workload, None)
-            if nkey is None:
+            if nkey is None or not nkey.certified_by(msg.cert_chain):
                 log.warning("ignoring a certificate for %s this proxy did not ask for",
                             msg.workload)
                 return
@@ -328,7 +331,7 @@ class Agent:
                 nkey, msg, workload_identity(ns, name, first=False))
         else:
             key = self._pending_key
-            if key is None:
+            if key is None or not key.certified_by(msg.cert_chain):
                 log.warning("ignoring a certificate this proxy did not ask for")
                 return
             self._pending_key = None

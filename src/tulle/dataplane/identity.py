@@ -59,6 +59,17 @@ class WorkloadKey:
         sig = self._key.sign(hello_proof_payload(namespace, name, at), ec.ECDSA(hashes.SHA256()))
         return base64.b64encode(sig).decode()
 
+    def certified_by(self, chain_pem: str) -> bool:
+        """True when the chain's leaf certifies this key (a certificate for another key, e.g.
+        the answer to an earlier CSR, must never be paired with this one)."""
+        try:
+            leaf = x509.load_pem_x509_certificates(chain_pem.encode())[0]
+        except (ValueError, IndexError):
+            return False
+        spki = serialization.PublicFormat.SubjectPublicKeyInfo
+        return bool(leaf.public_key().public_bytes(serialization.Encoding.DER, spki)
+                    == self._key.public_key().public_bytes(serialization.Encoding.DER, spki))
+
     def pem(self) -> str:
         return self._key.private_bytes(serialization.Encoding.PEM,
                                        serialization.PrivateFormat.PKCS8,

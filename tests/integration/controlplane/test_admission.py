@@ -338,8 +338,8 @@ async def test_a_node_renews_each_workload_and_reconnects_with_their_certificate
             assert push is not None
             before = push.counters()["unauthenticatedHellos"]
             since = push.status[(NS, "api-0")].connected_since
-            for t in list(push._sessions):  # drop the stream from the control plane's side
-                t.cancel()
+            for session in list(push.live):  # drop the stream from the control plane's side
+                session.writer.close()
             await eventually(lambda: push.status[(NS, "api-0")].connected
                              and push.status[(NS, "api-0")].connected_since > since
                              and push.status[(NS, "web-0")].connected)

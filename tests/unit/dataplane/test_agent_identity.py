@@ -36,3 +36,30 @@ async def test_mtls_without_a_certificate_yet_is_nacked_by_name_and_nothing_is_s
         assert agent.current is None
     finally:
         await server.close()
+
+
+async def test_a_certificate_for_another_key_is_never_paired_with_the_pending_one() -> None:
+    """Two CSRs out at once (a reconnect's hello and a renewal) used to pair the first answer
+    with the second key: the next hello's proof then failed ('does not verify with its key')
+    until the certificate expired.  A certificate is taken only for the key it certifies."""
+    from tulle.controlplane.ca.admission import certificate_message
+    from tulle.controlplane.ca.authority import CertificateAuthority
+    from tulle.controlplane.ca.spiffe import SpiffeId
+    from tulle.dataplane.identity import WorkloadKey
+
+    ca = CertificateAuthority.generate("cluster.local")
+    who = SpiffeId("cluster.local", "ns", "web")
+    server = ProxyServer()
+    agent = Agent(server, [("127.0.0.1", 9)], WorkloadInfo(name="web-0", namespace="ns"))
+    try:
+        earlier, pending = WorkloadKey(), WorkloadKey()
+        agent._pending_key = pending
+        stale = certificate_message(ca, ca.sign_csr(earlier.csr("ns", "web-0"), who, "web-0"))
+        await agent._handle(stale)
+        assert agent.held is None and agent._pending_key is pending
+        fresh = certificate_message(ca, ca.sign_csr(pending.csr("ns", "web-0"), who, "web-0"))
+        await agent._handle(fresh)
+        assert agent.held is not None and agent.held.key is pending
+        assert agent._pending_key is None
+    finally:
+        await server.close()

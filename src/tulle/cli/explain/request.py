@@ -19,6 +19,9 @@ _METHODS: frozenset[str] = frozenset(HTTPMethod.__args__)  # type: ignore[attr-d
 MAX_HEADERS = 32
 MAX_VALUE = 4096
 MAX_PATH = 8192
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+"""What llhttp refuses in a field value (a proxy answers 400): control characters but HTAB.
+Taken, explain traced a request no proxy serves and echoed it to the terminal."""
 
 
 class ExplainError(Exception):
@@ -56,8 +59,9 @@ def parse_header(text: str) -> tuple[str, str]:
     name, value = text[:sep].strip(), text[sep + 1:].strip()
     if not _TOKEN.match(name):
         raise ExplainError(400, "header", f"{name[:64]!r} is not a valid header name")
-    if len(value) > MAX_VALUE or any(c in value for c in "\r\n\0"):
-        raise ExplainError(400, f"header {name}", "value has a line break, NUL or is over "
+    if len(value) > MAX_VALUE or _CONTROL.search(value):
+        raise ExplainError(400, f"header {name}", "value has a line break or another "
+                                                  f"control character, or is over "
                                                   f"{MAX_VALUE} characters")
     return name.lower(), value
 
@@ -74,10 +78,10 @@ def build_request(source: str, namespace: str, to: str, path: str, method: str,
     port = to.rpartition(":")[2] if ":" in to else ""
     if port and not 1 <= int(port) <= 65535:
         raise ExplainError(400, "to", f"port {port} is out of range")
-    if not path.startswith("/") or len(path) > MAX_PATH or any(
-            c in path for c in " \r\n\0"):
-        raise ExplainError(400, "path", "must start with '/' and hold no space, line break "
-                                        f"or NUL (at most {MAX_PATH} characters)")
+    if not path.startswith("/") or len(path) > MAX_PATH or " " in path or _CONTROL.search(
+            path) or "\t" in path:
+        raise ExplainError(400, "path", "must start with '/' and hold no space, tab or "
+                                        f"control character (at most {MAX_PATH} characters)")
     method = method.upper()
     if method not in _METHODS:
         raise ExplainError(400, "method", f"{method[:16]!r} is not one of "

@@ -90,6 +90,8 @@ from tulle.controlplane.push.limits import (
 )
 from tulle.controlplane.push.negotiation import negotiation_error
 from tulle.controlplane.push.node import NodeError, NodeSnapshots, workload_name
+from tulle.controlplane.push.renewals import RenewalBudget
+from tulle.controlplane.push.reported import SHOWN_REASON, shown, shown_list
 from tulle.controlplane.push.trust import after_hello, record_signed, update_for
 from tulle.controlplane.push.wire import withheld_delta_frame, withheld_snapshot_frame
 from tulle.proxyconfig.delta import units_of
@@ -255,26 +257,27 @@ class PushServer:
         (the proxy retries with backoff; the log says it once, the counter counts them all)."""
         self.unsupported_hellos += 1
         w = hello.workload
-        told = (f"{w.namespace}/{w.name}", str(hello.protocol), ",".join(hello.api_versions))
+        told = (shown(f"{w.namespace}/{w.name}"), str(hello.protocol),
+                shown(",".join(hello.api_versions)))
         if told in self._told:
             return
         if len(self._told) >= 4096:  # bounded: a peer inventing names cannot grow it forever
             self._told.clear()
         self._told.add(told)
-        log.warning("proxy %s/%s from %s refused: %s", w.namespace, w.name, peer, reason)
+        log.warning("proxy %s from %s refused: %s", told[0], peer, shown(reason, SHOWN_REASON))
 
     def unauthenticated(self, hello: Hello, peer: str, reason: str) -> None:
         """A hello that did not prove its workload: counted; logged once per workload and
         reason (the reason never holds a token or key)."""
         self.unauthenticated_hellos += 1
         w = hello.workload
-        told = (f"{w.namespace}/{w.name}", "auth", reason)
+        told = (shown(f"{w.namespace}/{w.name}"), "auth", shown(reason, SHOWN_REASON))
         if told in self._told:
             return
         if len(self._told) >= 4096:
             self._told.clear()
         self._told.add(told)
-        log.warning("proxy %s/%s from %s not admitted: %s", w.namespace, w.name, peer, reason)
+        log.warning("proxy %s from %s not admitted: %s", told[0], peer, told[2])
 
     def _refuse(self, abort: Callable[[], None], peer: str, pending: bool) -> None:
         """Over a cap: close at once (RST, nothing buffered), count, log."""
@@ -361,6 +364,12 @@ class PushServer:
                     await writer.wait_closed()
 
 
+REPLY_BACKLOG = 1 << 20
+"""Bytes of unsent output above which a session stops reading what its proxy sends until the
+output has drained.  Unbounded, a proxy sending pings without reading the pongs grew the
+control plane by what it sent: measured, 38 MB of pings left 71 MB in the buffer (ADR 0045)."""
+
+
 class ProxySession:
     """One connected proxy."""
 
@@ -391,6 +400,8 @@ class ProxySession:
         self.admitted: Admitted | None = None
         self.session_id = uuid.uuid4().hex
         self.end_reason = "the proxy closed the stream"
+        self.renewals: RenewalBudget | None = None
+        """Certificates this stream may still have signed (set once admitted)."""
 
     def send(self, msg: Message) -> None:
         self.writer.write(encode(msg))
@@ -452,12 +463,21 @@ class ProxySession:
         assert st is not None
         timeout = self.server.liveness_timeout or None
         try:
-            while (msg := await asyncio.wait_for(self._next(), timeout)) is not None:
+            # `closed` also set by a handler ending the stream: what is still buffered from
+            # the peer is not handled (a burst of frames must not outlive the refusal).
+            while not self.closed and (
+                    msg := await asyncio.wait_for(self._next(), timeout)) is not None:
                 st.last_seen = time.time()  # noqa: TID251 - wall clock, for display
                 self._handle(key, msg)
                 wake.set()
+                if self.writer.transport.get_write_buffer_size() > REPLY_BACKLOG:
+                    # Our answers (pongs, certificates) wait for a peer that does not read:
+                    # stop reading its requests until they have left (backpressure), or a
+                    # ping flood grows this buffer without bound (and one that reads nothing
+                    # for the liveness timeout is ended like a silent one).
+                    await asyncio.wait_for(self.writer.drain(), timeout)
         except TimeoutError:
-            self.end_reason = f"nothing from the proxy for {timeout:g}s"
+            self.end_reason = f"nothing from the proxy (or nothing read by it) for {timeout:g}s"
         except (ConnectionError, FrameError) as exc:
             self.end_reason = f"stream failed: {type(exc).__name__}"
             raise
@@ -494,7 +514,7 @@ class ProxySession:
             self.node_statuses.append(st)
             st.connected, st.peer, st.connected_since, st.last_seen = True, self.peer, now, now
             st.control_plane = srv.instance
-            st.protocol, st.features = hello.protocol, list(hello.features)
+            st.protocol, st.features = hello.protocol, shown_list(hello.features)
             st.withheld, st.delta_units = self.missing, self.units
             st.node = [workload_name(x) for x in keys] if len(keys) > 1 else []
         st = self.st = self.node_statuses[0]
@@ -631,17 +651,21 @@ class ProxySession:
                 self._acked(self.acked)
                 acks = [((s.namespace, s.name), part.version) for s, part in self._by_part()]
             else:
-                st.acked_version = msg.version
+                st.acked_version = shown(msg.version)
                 st.acked_at = time.time()  # noqa: TID251
-                acks = [(key, msg.version)]
+                acks = [(key, st.acked_version)]
             if self.server.on_ack is not None:
                 for k, v in acks:
                     self.server.on_ack(k, v)
         elif isinstance(msg, Nack):
-            log.warning("proxy %s/%s rejected version %s: %s", key[0], key[1], msg.version,
-                        msg.reason)
-            st.nack_version, st.nack_reason = msg.version, msg.reason
-            st.nack_paths = list(msg.paths)
+            # What the proxy says is kept bounded and escaped (reported.py), and the same
+            # NACK again is not logged again.
+            version, reason = shown(msg.version), shown(msg.reason, SHOWN_REASON)
+            if (version, reason) != (st.nack_version, st.nack_reason):
+                log.warning("proxy %s/%s rejected version %s: %s", key[0], key[1], version,
+                            reason)
+            st.nack_version, st.nack_reason = version, reason
+            st.nack_paths = shown_list(msg.paths)
             if self.inflight is not None and msg.version == self.inflight.version:
                 # Never resend a rejected version; the next change is diffed against the
                 # last good one (or sent whole if there is none).
@@ -653,7 +677,7 @@ class ProxySession:
             self._renew(msg)
         elif isinstance(msg, TrustAck):
             for s in self.node_statuses:
-                s.trust_bundle = msg.id
+                s.trust_bundle = shown(msg.id)
 
     def send_trust(self) -> None:
         """The CA's trust bundle (and a renewal request, mid-rotation), to a proxy that takes
@@ -678,6 +702,20 @@ class ProxySession:
         if admission is None or self.admitted is None:
             self.send(Error(reason="this control plane issues no certificates"))
             self.writer.close()
+            self.closed = True
+            return
+        loop_now = asyncio.get_running_loop().time()
+        if self.renewals is None:
+            self.renewals = RenewalBudget(len(self.admitted.all()),
+                                          admission.cert_ttl.total_seconds(), loop_now)
+        if not self.renewals.take(loop_now):
+            log.warning("proxy %s/%s: renewal refused: too many certificate requests on one "
+                        "stream; stream closed", self.admitted.namespace,
+                        self.admitted.workload)
+            self.send(Error(reason="renewal refused: too many certificate requests on this "
+                                   "stream; reconnect and renew at half-life"))
+            self.writer.close()
+            self.closed = True
             return
         who = self.admitted
         if msg.workload:
@@ -687,6 +725,7 @@ class ProxySession:
                 self.send(Error(reason=f"renewal for {msg.workload!r}: not a further workload "
                                        f"this stream was admitted for"))
                 self.writer.close()
+                self.closed = True
                 return
             who = found
         try:
@@ -700,3 +739,4 @@ class ProxySession:
             log.warning("proxy %s/%s: renewal refused: %s", who.namespace, who.workload, exc)
             self.send(Error(reason=str(exc)))
             self.writer.close()
+            self.closed = True

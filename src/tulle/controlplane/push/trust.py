@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from tulle.controlplane.ca.admission import Admitted
 from tulle.controlplane.ca.rotation import FEATURE, IDLE, CAState, ProxyView
 from tulle.controlplane.push.cache import ProxyStatus
+from tulle.controlplane.push.reported import shown
 from tulle.proxyconfig.stream import Certificate, Hello, TrustUpdate
 
 
@@ -47,7 +48,7 @@ def after_hello(state: CAState, statuses: list[ProxyStatus], who: Admitted | Non
     if who is None:
         return None
     record_admitted(statuses, who)
-    held = state.bundle_id() if who.issued is not None else hello.trust_bundle
+    held = state.bundle_id() if who.issued is not None else shown(hello.trust_bundle)
     for st in statuses:
         st.trust_updates, st.trust_bundle = takes_updates(hello.features), held
     update = update_for(state, *statuses)

@@ -34,6 +34,7 @@ from tulle.dataplane.routing.match import (
     StringMatcher,
     Suffix,
 )
+from tulle.dataplane.routing.paths import remove_dot_segments
 
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import RequestHead
@@ -182,6 +183,11 @@ class _Operation:
                     break
             else:
                 return False
+        if l4_deny:  # a DENY holds when any value the request carries matches
+            for h in self.headers:  # noqa: SIM110 (a loop allocates nothing)
+                if not h.matches_any(head):
+                    return False
+            return True
         for h in self.headers:  # noqa: SIM110 (a loop allocates nothing)
             if not h.matches(head, b""):
                 return False
@@ -203,6 +209,29 @@ class _AnyHeader(HeaderMatcher):
             return False
         joined = values[0] if len(values) == 1 else b",".join(values)
         return any(m.matches(joined) for m in self.options)
+
+    def matches_any(self, head: RequestHead) -> bool:
+        """For a DENY rule: the joined value, any one field line, or any element of the
+        comma-separated list they make (RFC 9110 section 5.3: `x: a` twice means `x: a, a`).
+        Matched only as a whole, `x-debug: true` sent twice ("true,true") or as
+        `true, true` dodged a DENY on "true" that the application, reading the first value
+        or the list, still saw (attack review A1, ADR 0045)."""
+        values = [v for n, v in head.headers if n == self.name]
+        if not values:
+            return False
+        options = self.options
+        joined = values[0] if len(values) == 1 else b",".join(values)
+        if any(m.matches(joined) for m in options):
+            return True
+        for v in values:
+            if len(values) > 1 and any(m.matches(v) for m in options):
+                return True
+            if b"," in v:
+                for raw in v.split(b","):
+                    item = raw.strip(b" \t")
+                    if any(m.matches(item) for m in options):
+                        return True
+        return False
 
 
 class CompiledPolicy:
@@ -264,10 +293,13 @@ class Verdict:
 
 def _decide(deny: Sequence[CompiledPolicy], allow: Sequence[CompiledPolicy], peer: Peer,
             head: RequestHead | None, path: bytes) -> Verdict:
-    for p in deny:
-        hit = p.matches(peer, head, path)
-        if hit:
-            return Verdict(False, p.name, "DENY", hit - 1)
+    if deny:
+        paths = deny_paths(path) if head is not None else (path,)
+        for p in deny:
+            for one in paths:
+                hit = p.matches(peer, head, one)
+                if hit:
+                    return Verdict(False, p.name, "DENY", hit - 1)
     if not allow:
         return Verdict(True, "-", "-")
     for p in allow:
@@ -308,6 +340,9 @@ class Engine:
 
 
 _SLASHES = re.compile(rb"/{2,}")
+_DENY_SUSPECT = re.compile(rb";|%(?:2[fF]|5[cC])").search
+_PARAMS = re.compile(rb";[^/]*")
+_ESCAPED_SLASH = re.compile(rb"%(?:2[fF]|5[cC])")
 
 
 def authz_path(target: bytes) -> bytes:
@@ -317,6 +352,25 @@ def authz_path(target: bytes) -> bytes:
     so a DENY on `/admin*` must see it as that (attack finding, ADR 0031)."""
     path = target.split(b"?", 1)[0]
     return _SLASHES.sub(b"/", path) if b"//" in path else path
+
+
+def deny_paths(path: bytes) -> tuple[bytes, ...]:
+    """The paths a DENY rule is tried on: the path policies see, and what an application
+    may read it as.  Path parameters (`/admin;x`: Tomcat and Spring serve `/admin`) and
+    escaped slashes (`/admin%2Fx`: kept opaque by the proxy, decoded to `/admin/x` by WSGI
+    servers and others) dodged a DENY on `/admin` or `/admin/*` (attack review A1, ADR 0045).
+    An ALLOW rule sees only the path itself: a variant never widens what is allowed."""
+    if _DENY_SUSPECT(path) is None:
+        return (path,)
+    out = [path]
+    bare = _PARAMS.sub(b"", path) if b";" in path else path
+    for raw in (bare, _ESCAPED_SLASH.sub(b"/", bare), _ESCAPED_SLASH.sub(b"/", path)):
+        v = _SLASHES.sub(b"/", raw)
+        if v.startswith(b"/"):
+            v = remove_dot_segments(v)
+        if v not in out:
+            out.append(v)
+    return tuple(out)
 
 
 def denied_body(v: Verdict) -> bytes:

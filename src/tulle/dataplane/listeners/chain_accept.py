@@ -208,7 +208,15 @@ class ChainAccept(Deciding):
         name = chain.name
 
         def by_alpn(alpn: str | None) -> asyncio.Protocol | Starter | None:
-            if alpn == TCP_ALPN or chain.protocol == "tcp":
+            if chain.protocol == "tcp":
+                return self._tls_relay(chain)
+            if alpn == TCP_ALPN:
+                # An opaque stream only where the chain carries no HTTP: on an HTTP chain
+                # it would skip the route's filters (authorization first) -- on a
+                # transparent listener the relay went straight to the application
+                # (attack review A1, ADR 0045).  Refused, counted `tls_alpn`.
+                if chain.router is not None or chain.protocol in ("http1", "http2"):
+                    return None
                 return self._tls_relay(chain)
             driver = self._driver("http2" if alpn == "h2" else "http1") or H1Downstream
             proto = driver(handle)

@@ -187,3 +187,37 @@ def test_the_filter_config_refuses_bad_values_with_paths() -> None:
         "f.policies[0].rules[0].operations[0].paths[0]: must start with \"/\": 'api'",
         "f.policies[0].rules[0].operations[0].methods[0]: not an upper-case method: 'get'",
         "f.policies[1].name: duplicate policy name 'a'"])
+
+
+def test_a_deny_on_a_header_holds_for_each_value_and_list_element_allow_stays_whole() -> None:
+    """Attack review A1: `x-debug: true` sent twice, or as `x, true`, dodged a DENY on
+    "true" (the joined value was compared); an ALLOW is not widened by the same rule."""
+    deny = Engine(policies({"name": "ns/no-debug", "action": "DENY", "rules": [{"operations": [
+        {"headers": [{"name": "x-debug", "values": ["true"]}]}]}]}))
+    for fields in ([(b"x-debug", b"true")], [(b"x-debug", b"true"), (b"x-debug", b"true")],
+                   [(b"x-debug", b"x"), (b"x-debug", b"true")], [(b"x-debug", b"true, true")],
+                   [(b"x-debug", b"no,\ttrue")]):
+        assert decide(deny, h=head(headers=fields))[:2] == (False, "ns/no-debug"), fields
+    assert decide(deny, h=head(headers=[(b"x-debug", b"truer, untrue")]))[0] is True
+    allow = Engine(policies({"name": "ns/admins", "rules": [{"operations": [
+        {"headers": [{"name": "x-role", "values": ["admin"]}]}]}]}))
+    assert decide(allow, h=head(headers=[(b"x-role", b"admin")]))[0] is True
+    assert decide(allow, h=head(headers=[(b"x-role", b"user"), (b"x-role", b"admin")]))[0] \
+        is False
+    assert decide(allow, h=head(headers=[(b"x-role", b"user, admin")]))[0] is False
+
+
+def test_a_deny_on_a_path_holds_for_path_parameters_and_escaped_slashes() -> None:
+    deny = Engine(policies({"name": "ns/no-admin", "action": "DENY", "rules": [{"operations": [
+        {"paths": ["/admin", "/admin/*"]}]}]}))
+    for path in (b"/admin;jsessionid=1", b"/admin/;x/users", b"/admin%2Fusers", b"/admin%2f",
+                 b"/admin%5Cusers", b"/public/..;/admin", b"/public%2F..%2Fadmin"):
+        assert decide(deny, h=head(path=path))[:2] == (False, "ns/no-admin"), path
+    for path in (b"/public;x", b"/public%2Fadmin", b"/administrator"):
+        assert decide(deny, h=head(path=path))[0] is True, path
+    allow = Engine(policies({"name": "ns/public", "rules": [{"operations": [
+        {"paths": ["/public/*"]}]}]}))
+    assert decide(allow, h=head(path=b"/public/x"))[0] is True
+    # the variants are for DENY only: an ALLOW never admits more than the path itself says
+    assert decide(allow, h=head(path=b"/public%2Fx"))[0] is False
+    assert decide(allow, h=head(path=b"/x/..;/public/x"))[0] is False

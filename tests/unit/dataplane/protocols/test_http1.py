@@ -510,3 +510,14 @@ def test_known_field_name_tables_agree_with_the_general_path() -> None:
         for spelling, (name, what) in table.items():
             assert name == spelling.lower()
             assert what == special.get(name)
+
+
+def test_whitespace_after_a_field_value_is_not_part_of_it() -> None:
+    """RFC 9110 section 5.5; llhttp keeps it.  Kept, `x-debug: true ` did not match a header
+    rule on "true" (an authorization DENY let it through: attack review A1)."""
+    got = Requests()
+    RequestCodec(got, 1 << 20).feed(b"GET / HTTP/1.1\r\nHost: h \r\nx-debug:true \t \r\n"
+                                    b"x-b:  a  b\t\r\n\r\n")
+    (parsed,) = got.heads
+    assert parsed.headers == [(b"x-debug", b"true"), (b"x-b", b"a  b")]
+    assert parsed.authority == b"h"

@@ -1,0 +1,41 @@
+"""How many certificates one admitted stream may have signed: a token bucket per stream.
+
+Why: a renewal `Csr` on an admitted stream was signed every time it arrived, in the stream's
+read loop.  A proxy that holds one valid credential (a leaked token, a compromised workload)
+could send a few hundred CSRs in one write and have each signed on the event loop -- measured:
+200 CSRs in one write, 200 certificates signed (attack review A1, ADR 0045) -- every other
+proxy's stream and the REST API waiting meanwhile.  A real proxy renews each certificate once
+per half-life, plus once when a CA rotation asks it to: a bucket of `BURST` renewals per
+fronted workload, refilled with one per workload every `cert_ttl / 4` (at most every
+`MAX_REFILL` seconds, so a short-lived certificate setup still renews freely), is never empty
+for it, and holds a flood to a handful of signatures.
+"""
+
+from __future__ import annotations
+
+BURST = 4
+"""Renewals a stream may ask for at once, per workload it fronts."""
+MAX_REFILL = 60.0
+"""Seconds: a stream earns at least one renewal per workload this often."""
+
+
+class RenewalBudget:
+    """`take(now)` is True while the stream may have one more certificate signed."""
+
+    __slots__ = ("_at", "_capacity", "_interval", "_tokens")
+
+    def __init__(self, workloads: int, cert_ttl_s: float, now: float) -> None:
+        n = max(1, workloads)
+        self._capacity = float(BURST * n)
+        self._tokens = self._capacity
+        self._interval = min(MAX_REFILL, max(cert_ttl_s / 4, 0.001)) / n
+        """Seconds per renewal earned (all workloads together)."""
+        self._at = now
+
+    def take(self, now: float) -> bool:
+        self._tokens = min(self._capacity, self._tokens + (now - self._at) / self._interval)
+        self._at = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
