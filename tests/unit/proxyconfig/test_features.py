@@ -62,7 +62,8 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
         "filter-chains", "tls-sections", "metadata", "route-matches", "multi-workload",
         "unresolved-backends", "cluster-limits", "mtls", "authorization",
         "network-authorization", "request-redirect", "backend-request-timeout",
-        "request-mirror", "backend-filters", "url-rewrite", "ca-rotation"]
+        "request-mirror", "backend-filters", "url-rewrite", "ca-rotation", "fault-injection",
+        "rate-limit", "network-rate-limit"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:
