@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from tulle.api import mesh, service, workload
 from tulle.api.gateway import grpcroute, httproute, referencegrant, tcproute
-from tulle.api.policies import authorization, mtls, timeout
+from tulle.api.policies import authorization, fault_injection, mtls, rate_limit, timeout
 
-__all__ = ["authorization", "grpcroute", "httproute", "mesh", "mtls", "referencegrant", "service",
-           "tcproute", "timeout", "workload"]
+__all__ = ["authorization", "fault_injection", "grpcroute", "httproute", "mesh", "mtls",
+           "rate_limit", "referencegrant", "service", "tcproute", "timeout", "workload"]

@@ -17,6 +17,9 @@ EXPECTED = {
     ("policy.tulle.dev/v1alpha1", "TimeoutPolicy"): ("Namespaced", "timeoutpolicies"),
     ("policy.tulle.dev/v1alpha1", "AuthorizationPolicy"): ("Namespaced", "authorizationpolicies"),
     ("policy.tulle.dev/v1alpha1", "MutualTLSPolicy"): ("Namespaced", "mutualtlspolicies"),
+    ("policy.tulle.dev/v1alpha1", "FaultInjectionPolicy"): ("Namespaced",
+                                                            "faultinjectionpolicies"),
+    ("policy.tulle.dev/v1alpha1", "RateLimitPolicy"): ("Namespaced", "ratelimitpolicies"),
 }
 
 
@@ -39,6 +42,8 @@ def test_every_kind_is_registered() -> None:
         ("tp", "TimeoutPolicy"),
         ("authz", "AuthorizationPolicy"),
         ("mtls", "MutualTLSPolicy"),
+        ("fip", "FaultInjectionPolicy"),
+        ("rlp", "RateLimitPolicy"),
     ],
 )
 def test_resolve(name: str, kind: str) -> None:
@@ -76,7 +81,8 @@ def test_unknown_kind_lists_known_ones() -> None:
     [(path, message)] = info.value.pairs()
     assert path == "kind"
     assert message.startswith(
-        'unknown kind "Pod" (apiVersion "x/v1"); known kinds: AuthorizationPolicy, GRPCRoute'
+        'unknown kind "Pod" (apiVersion "x/v1"); known kinds: AuthorizationPolicy, '
+        'FaultInjectionPolicy, GRPCRoute'
     )
 
 
