@@ -8,10 +8,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import grpc
 from tests.integration.dataplane.test_http_filters import recording_origin
 from tests.integration.dataplane.test_mtls import mtls_client, server_config
 from tests.support.ca import TestCA
-from tests.support.proxy import running_proxy
+from tests.support.grpc_peers import SERVICE, running_grpc_server, unary
+from tests.support.proxy import running_proxy, simple_config
 from tests.support.rawservers import connect, raw_server, read_response_within
 
 ALICE = "spiffe://mesh.local/ns/default/sa/alice"
@@ -135,3 +137,33 @@ async def test_tcp_connections_past_the_rate_are_reset_and_the_listener_keeps_se
             assert [await echoed() for _ in range(4)] == [b"ping", b"ping", b"", b""]
             assert p.metric("tulle_proxy_network_filter_rejections_total",
                             filter="rate_limit", reason="rate_limited") == 2
+
+
+async def test_grpc_callers_get_resource_exhausted_and_the_fault_grpc_status() -> None:
+    with running_grpc_server() as port:
+        cfg = simple_config(port, protocol="http2", cluster_protocol="http2")
+        rule = cfg["route_tables"][0]["virtual_hosts"][0]["rules"][0]
+        rule["filters"] = [
+            {"type": "RateLimit", "local": {"requests": 2, "interval_ms": 60_000}},
+            {"type": "FaultInjection", "abort": {"grpc_status": 4},
+             "headers": [{"name": "x-chaos", "value": "on"}]}]
+        async with running_proxy(cfg) as p:
+            with grpc.insecure_channel(f"127.0.0.1:{p.port()}") as ch:
+                def chaos() -> None:
+                    call = ch.unary_unary(f"/{SERVICE}/Unary",
+                                          request_serializer=lambda b: b,
+                                          response_deserializer=lambda b: b)
+                    call(b"x", timeout=10, metadata=(("x-chaos", "on"),))
+
+                try:
+                    await asyncio.to_thread(chaos)
+                    raise AssertionError("the fault did not abort")
+                except grpc.RpcError as err:
+                    assert err.code() is grpc.StatusCode.DEADLINE_EXCEEDED  # status 4
+                assert await asyncio.to_thread(unary, ch, b"hi") == b"echo:hi"
+                try:
+                    await asyncio.to_thread(unary, ch, b"hi")
+                    raise AssertionError("the limit did not hold")
+                except grpc.RpcError as err:
+                    assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert p.metric("tulle_proxy_rate_limited_total", scope="local") == 1

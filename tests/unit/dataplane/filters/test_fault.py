@@ -46,13 +46,17 @@ class Stream:
         self.counters = counters or Counters()
         self.replies: list[tuple[int, bytes, tuple[tuple[bytes, bytes], ...]]] = []
         self.resumed = asyncio.Event()
+        self.settled = asyncio.Event()
+        """Set by the first reply or resume: the request's fate is known."""
 
     def reply(self, status: int, body: bytes, headers: tuple[tuple[bytes, bytes], ...] = ()
               ) -> None:
         self.replies.append((status, body, headers))
+        self.settled.set()
 
     def resume(self) -> None:
         self.resumed.set()
+        self.settled.set()
 
 
 def factory(raw: dict[str, Any]) -> FilterFactory:

@@ -91,12 +91,7 @@ async def outcome(f: FilterFactory, c: Counters) -> str:
         return "pass"
     if s.replies:
         return "429"
-    done = asyncio.create_task(s.resumed.wait())
-    for _ in range(400):
-        if s.replies or done.done():
-            break
-        await asyncio.sleep(0.005)
-    done.cancel()
+    await asyncio.wait_for(s.settled.wait(), 2)
     if s.resumed.is_set():
         return "pass"
     assert s.replies, "neither resumed nor answered"
@@ -127,6 +122,15 @@ async def test_redis_out_fails_closed_with_429() -> None:
     f = factory(global_cfg(f"127.0.0.1:{free_port()}", failure_mode="closed"))
     c = Counters()
     assert [await outcome(f, c) for _ in range(3)] == ["429"] * 3
+
+
+async def test_a_redis_error_reply_applies_the_failure_mode() -> None:
+    async with redis_server() as r:
+        await r.command(b"SET", b"tulle:rl:unit/g", b"not-a-number")  # INCR will fail
+        c = Counters()
+        assert await outcome(factory(global_cfg(r.address, failure_mode="closed")), c) == "429"
+        assert ("backend_failure", "ns/g") in c.events
+        assert await outcome(factory(global_cfg(r.address)), Counters()) == "pass"
 
 
 async def test_a_redis_that_never_answers_costs_at_most_the_timeout() -> None:
