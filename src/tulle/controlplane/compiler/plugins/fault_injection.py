@@ -58,12 +58,15 @@ def http_filter(merged: Merged) -> FaultInjection | None:
     return msgspec.convert(cfg, FaultInjection)
 
 
+def _render_abort(v: dict[str, Any]) -> str:
+    statuses = [f"{label} {v[k]}" for label, k in (("HTTP", "httpStatus"), ("gRPC", "grpcStatus"))
+                if v.get(k) is not None]
+    return f"{', '.join(statuses)} for {v.get('percent', 100)}%"
+
+
 RENDER = {
     "delay": lambda v: f"{v['fixedDelay']} for {v.get('percent', 100)}%",
-    "abort": lambda v: ", ".join(
-        [f"HTTP {v['httpStatus']}"] * (v.get("httpStatus") is not None)
-        + [f"gRPC {v['grpcStatus']}"] * (v.get("grpcStatus") is not None))
-    + f" for {v.get('percent', 100)}%",
+    "abort": _render_abort,
     "match": lambda v: ",".join(f"{h['name']}={h['value']}" for h in v.get("headers") or []),
 }
 
