@@ -47,6 +47,13 @@ class Tally:
     won: dict[ObjectRef, set[str]] = field(default_factory=dict)
     conflicts: dict[ObjectRef, set[str]] = field(default_factory=dict)
     missing_rule: dict[ObjectRef, str] = field(default_factory=dict)
+    invalid: dict[str, str] = field(default_factory=dict)
+    """Source (`source_of`) -> why a merged value of it could not become the proxy's config
+    (its scope is then left without the filter; never seen from a validated spec)."""
+
+    def refuse(self, merged: Merged, why: str) -> None:
+        for _, source in merged.values():
+            self.invalid.setdefault(source, why)
 
 
 def merge(levels: Sequence[Sequence[Policy]], fields: Sequence[str], tally: Tally,
@@ -204,6 +211,10 @@ def conditions(mesh: MeshModel, kind: str, tally: Tally,
             out[p.ref] = (Condition("Accepted", False, "TargetNotFound",
                                     f"target {p.target_kind} {p.namespace}/{p.target_name} "
                                     "does not exist", gen),)
+            continue
+        if source_of(p) in tally.invalid:
+            out[p.ref] = (Condition("Accepted", False, "Invalid",
+                                    f"not compiled: {tally.invalid[source_of(p)]}", gen),)
             continue
         if p.ref in tally.missing_rule:
             out[p.ref] = (Condition("Accepted", False, "TargetNotFound",

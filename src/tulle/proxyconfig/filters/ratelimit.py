@@ -57,7 +57,7 @@ class GlobalLimit(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True)
     """The window (fixed windows aligned on multiples of it)."""
     redis: Annotated[str, Meta(min_length=3, max_length=300)]
     """`host:port` of the Redis server (`[v6]:port` for IPv6)."""
-    key: Annotated[str, Meta(min_length=1, max_length=300, pattern=r"^[A-Za-z0-9._:/|-]+$")]
+    key: Annotated[str, Meta(min_length=1, max_length=300, pattern=r"^[A-Za-z0-9._:/|+-]+$")]
     """The counter's name; proxies with the same key share the limit."""
     failure_mode: Literal["open", "closed"] = "open"
     timeout_ms: Annotated[int, Meta(ge=1, le=1000)] = 10

@@ -81,7 +81,11 @@ def apply(mesh: MeshModel) -> MeshModel:
         for sc in found.get(proxy.key, []):
             if protocols[proxy.key].get(sc.port) == "tcp":
                 continue
-            f = http_filter(sc.merged)
+            try:
+                f = http_filter(sc.merged)
+            except msgspec.ValidationError as exc:
+                tally.refuse(sc.merged, str(exc))
+                continue
             if f is not None:
                 http.append((sc, f))
         return add_filters(proxy, http, ()) if http else proxy

@@ -15,6 +15,7 @@ per Service a `RateLimits` condition with each value and who set it (`describe`)
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import msgspec
@@ -66,9 +67,12 @@ def _key(scope: Scope, source: str, proxy: Proxy) -> str:
     set counts that rule's requests on their own, any other counts with the port's."""
     policy = source.split(" ", 1)[1]
     own = scope.name if source in scope.route_sources else ""
-    where = own or ",".join(f"{ns}/{n}" for ns, n in scope.services) or (
+    where = own or "+".join(f"{ns}/{n}" for ns, n in scope.services) or (
         f"{proxy.key[0]}/{proxy.service or proxy.key[1]}")
-    return f"{policy}|{where}"
+    key = f"{policy}|{where}"
+    if len(key) > 250:  # many Services: a digest of them, the same on every replica
+        key = f"{policy}|{hashlib.sha256(where.encode()).hexdigest()[:32]}"
+    return key
 
 
 def http_filter(scope: Scope, merged: Merged, proxy: Proxy) -> RateLimit | None:
@@ -119,7 +123,11 @@ def apply(mesh: MeshModel) -> MeshModel:
                     network.append((sc.port, ConnectionRateLimit(
                         connections=v["connections"], interval_ms=duration_ms(v["interval"]))))
                 continue
-            f = http_filter(sc, sc.merged, proxy)
+            try:
+                f = http_filter(sc, sc.merged, proxy)
+            except msgspec.ValidationError as exc:
+                tally.refuse(sc.merged, str(exc))
+                continue
             if f is not None:
                 http.append((sc, f))
         return add_filters(proxy, http, network) if http or network else proxy
