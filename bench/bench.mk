@@ -51,3 +51,9 @@ bench-controlplane: deps
 .PHONY: bench-ca
 bench-ca: deps
 	$(BENCH_PY) -m bench.ca --json bench/results/mtls.json
+
+## Issue 10's global-limit scenario at scale (two proxies, one redis-server, 20,000 requests)
+## -> bench/results/resilience.json (global_limit_error_ratio); one of bench-resilience's.
+.PHONY: bench-global-limit
+bench-global-limit: deps
+	$(BENCH_PY) -m bench.global_limit
