@@ -71,13 +71,13 @@ class _FaultFilter(HttpFilter):
 
 
 class FaultFactory:
-    """Built once per route per snapshot."""
+    """Built once per route per snapshot.  Without a delay the filter keeps no per-request
+    state (no timer to cancel): one instance serves every request."""
 
-    __slots__ = ("abort_share", "delay_s", "delay_share", "grpc_status", "headers",
-                 "http_status", "policy", "rng")
+    __slots__ = ("_shared", "abort_share", "delay_s", "delay_share", "grpc_status", "headers",
+                 "http_status", "policy", "rng", "stateless")
 
     name = "fault"
-    stateless = False
     filter_type: type[HttpFilter] = _FaultFilter
 
     def __init__(self, cfg: FaultInjection) -> None:
@@ -91,6 +91,8 @@ class FaultFactory:
         delay = cfg.delay
         self.delay_share = float(delay.percent) if delay is not None else 0.0
         self.delay_s = delay.fixed_delay_ms / 1000.0 if delay is not None else 0.0
+        self.stateless = delay is None
+        self._shared = _FaultFilter(self)
 
     def create(self) -> HttpFilter:
-        return _FaultFilter(self)
+        return self._shared if self.stateless else _FaultFilter(self)

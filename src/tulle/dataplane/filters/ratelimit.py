@@ -114,6 +114,26 @@ class GlobalLimiter:
                          if cfg.fallback_requests else None)
 
 
+class _LocalFilter(HttpFilter):
+    """A route with only a local limit: no per-request state, one instance serves all."""
+
+    __slots__ = ("factory",)
+
+    def __init__(self, factory: RateLimitFactory) -> None:
+        self.factory = factory
+
+    def on_request_head(self, stream: FilterStream) -> int:
+        f = self.factory
+        local = f.local
+        assert local is not None
+        now = asyncio.get_running_loop().time()
+        b = local.bucket(stream, now)
+        if b.take(now):
+            return CONTINUE
+        _limited(stream, f, b"local", local.quota, local.window_s, math.ceil(b.wait(now)))
+        return STOP
+
+
 class _RateLimitFilter(HttpFilter):
     __slots__ = ("factory", "futures", "stream", "timer")
 
@@ -200,18 +220,21 @@ class _RateLimitFilter(HttpFilter):
 
 
 class RateLimitFactory:
-    """Built once per route per snapshot: the buckets and the Redis client live here."""
+    """Built once per route per snapshot: the buckets and the Redis client live here.  With
+    only a local limit the filter is stateless (a request allocates nothing for it)."""
 
-    __slots__ = ("global_", "local", "policy")
+    __slots__ = ("_shared", "filter_type", "global_", "local", "policy", "stateless")
 
     name = "rate_limit"
-    stateless = False
-    filter_type: type[HttpFilter] = _RateLimitFilter
 
     def __init__(self, cfg: RateLimit, now: float = 0.0) -> None:
         self.policy = cfg.name or "-"
         self.local = LocalLimiter(cfg.local, now) if cfg.local is not None else None
         self.global_ = GlobalLimiter(cfg.global_, now) if cfg.global_ is not None else None
+        self.stateless = self.global_ is None
+        self.filter_type: type[HttpFilter] = (_LocalFilter if self.stateless
+                                              else _RateLimitFilter)
+        self._shared = _LocalFilter(self)
 
     def create(self) -> HttpFilter:
-        return _RateLimitFilter(self)
+        return self._shared if self.stateless else _RateLimitFilter(self)

@@ -131,3 +131,10 @@ async def test_zero_percent_never_fires() -> None:
                  "delay": {"fixed_delay_ms": 5, "percent": 0}})
     assert all(f.create().on_request_head(Stream()) == CONTINUE  # type: ignore[arg-type]
                for _ in range(500))
+
+
+def test_only_a_delay_needs_a_filter_per_request() -> None:
+    abort = factory({"type": "FaultInjection", "abort": {"http_status": 500}})
+    assert abort.stateless and abort.create() is abort.create()
+    delay = factory({"type": "FaultInjection", "delay": {"fixed_delay_ms": 5}})
+    assert not delay.stateless and delay.create() is not delay.create()

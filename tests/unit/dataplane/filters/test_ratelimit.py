@@ -150,3 +150,10 @@ async def test_a_redis_that_never_answers_costs_at_most_the_timeout() -> None:
         w.close()
     srv.close()
     await srv.wait_closed()
+
+
+def test_a_local_only_limit_allocates_nothing_per_request_a_global_one_does() -> None:
+    local = factory({"local": {"requests": 1, "interval_ms": 1000}})
+    assert local.stateless and local.create() is local.create()
+    both = factory(global_cfg("127.0.0.1:1"))
+    assert not both.stateless and both.create() is not both.create()
