@@ -18,12 +18,21 @@ import random
 from typing import TYPE_CHECKING
 
 from tulle.dataplane.http.filter import CONTINUE, STOP, FilterStream, HttpFilter
-from tulle.dataplane.protocols.h2translate import is_grpc
 
 if TYPE_CHECKING:
+    from tulle.dataplane.exchange import RequestHead
     from tulle.proxyconfig.filters.fault import FaultInjection
 
 ABORT_BODY = b"fault filter abort\n"
+
+
+def is_grpc(head: RequestHead) -> bool:
+    """A gRPC request (its local replies are trailers-only with a grpc-status).  Here, not
+    `h2translate.is_grpc`: an HTTP/1-only proxy must not load the HTTP/2 modules."""
+    for n, v in head.headers:
+        if n == b"content-type":
+            return v[:16] == b"application/grpc"
+    return False
 
 
 def header_value(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:

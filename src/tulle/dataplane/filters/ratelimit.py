@@ -5,7 +5,7 @@ authz (refused callers spend nothing), before faults and everything that does wo
 (`chain.ORDER`).
 
 Local: a bucket per route, per source (the verified SPIFFE ID when the connection is mTLS,
-else the peer IP) or per header value (values over 128 bytes keyed by a digest; at most
+else the peer IP) or per header value (values over 128 bytes keyed by their SipHash; at most
 `max_buckets` keys, LRU).  Checked synchronously: an admitted request costs a dict lookup and
 a subtraction.
 
@@ -28,13 +28,11 @@ Buckets belong to the factory: a new snapshot starts them full (not yet carried 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import math
 from typing import TYPE_CHECKING
 
-from tulle.dataplane.filters.fault import header_value
+from tulle.dataplane.filters.fault import header_value, is_grpc
 from tulle.dataplane.http.filter import CONTINUE, STOP, FilterStream, HttpFilter
-from tulle.dataplane.protocols.h2translate import is_grpc
 from tulle.dataplane.ratelimit.buckets import KeyedBuckets, TokenBucket
 from tulle.dataplane.ratelimit.redis import RedisClient, encode
 from tulle.proxyconfig.filters.ratelimit import split_address
@@ -88,8 +86,8 @@ class LocalLimiter:
                    else b"ip:" + facts.peer_ip)
         else:
             key = header_value(stream.head.headers, self.header) or b""
-            if len(key) > MAX_KEY:
-                key = hashlib.blake2b(key, digest_size=16).digest()
+            if len(key) > MAX_KEY:  # bounded memory per key; SipHash (randomised per process)
+                key = b"#" + hash(key).to_bytes(8, "big", signed=True)
         return self.keyed.get(key, now)
 
 
