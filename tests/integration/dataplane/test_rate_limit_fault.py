@@ -167,3 +167,28 @@ async def test_grpc_callers_get_resource_exhausted_and_the_fault_grpc_status() -
                 except grpc.RpcError as err:
                     assert err.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
             assert p.metric("tulle_proxy_rate_limited_total", scope="local") == 1
+
+
+async def test_buckets_carry_over_a_config_swap_while_the_limit_is_unchanged() -> None:
+    def cfg(origin: int, requests: int, timeout_ms: int) -> dict[str, Any]:
+        c = config(origin, {"type": "RateLimit",
+                            "local": {"requests": requests, "interval_ms": 60_000}})
+        rule = c["route_tables"][0]["virtual_hosts"][0]["rules"][0]
+        rule["name"] = "limited"
+        rule["timeout_ms"] = timeout_ms
+        return c
+
+    async def status(port: int) -> int:
+        r, w = await connect(port)
+        try:
+            w.write(b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n")
+            return (await read_response_within(r)).status
+        finally:
+            w.close()
+
+    async with raw_server(recording_origin) as o, running_proxy(cfg(o.port, 2, 5000)) as p:
+        assert [await status(p.port()) for _ in range(3)] == [200, 200, 429]
+        await p.apply(cfg(o.port, 2, 6000))  # the rule changes, its limit does not
+        assert await status(p.port()) == 429  # no fresh burst from a config push
+        await p.apply(cfg(o.port, 3, 6000))  # a new limit starts a new bucket
+        assert [await status(p.port()) for _ in range(4)] == [200, 200, 200, 429]

@@ -22,7 +22,8 @@ draft's structured fields; scope `local` or `global`), flag `RL`; a gRPC request
 trailers-only `RESOURCE_EXHAUSTED` (8).  Each is counted in
 `tulle_proxy_rate_limited_total{listener,policy,scope}`.
 
-Buckets belong to the factory: a new snapshot starts them full (not yet carried across swaps).
+Buckets and the Redis client belong to the factory, and carry over a snapshot swap through the
+route's state (`adopt`, `routing/state.py`) while their settings stay the same.
 """
 
 from __future__ import annotations
@@ -217,16 +218,32 @@ class _RateLimitFilter(HttpFilter):
         self.stream = None
 
 
+class _Carried:
+    """A factory's state as its successor may adopt it, with the settings it was built for."""
+
+    __slots__ = ("global_", "global_cfg", "local", "local_cfg")
+
+    def __init__(self, local_cfg: LocalLimit | None, local: LocalLimiter | None,
+                 global_cfg: GlobalLimit | None, global_: GlobalLimiter | None) -> None:
+        self.local_cfg = local_cfg
+        self.local = local
+        self.global_cfg = global_cfg
+        self.global_ = global_
+
+
 class RateLimitFactory:
     """Built once per route per snapshot: the buckets and the Redis client live here.  With
     only a local limit the filter is stateless (a request allocates nothing for it)."""
 
-    __slots__ = ("_shared", "filter_type", "global_", "local", "policy", "stateless")
+    __slots__ = ("_shared", "filter_type", "global_", "global_cfg", "local", "local_cfg",
+                 "policy", "stateless")
 
     name = "rate_limit"
 
     def __init__(self, cfg: RateLimit, now: float = 0.0) -> None:
         self.policy = cfg.name or "-"
+        self.local_cfg = cfg.local
+        self.global_cfg = cfg.global_
         self.local = LocalLimiter(cfg.local, now) if cfg.local is not None else None
         self.global_ = GlobalLimiter(cfg.global_, now) if cfg.global_ is not None else None
         self.stateless = self.global_ is None
@@ -236,3 +253,17 @@ class RateLimitFactory:
 
     def create(self) -> HttpFilter:
         return self._shared if self.stateless else _RateLimitFilter(self)
+
+    def adopt(self, store: dict[str, object]) -> None:
+        """Carry state across a snapshot swap (the route's `RouteState.filters`): a limit
+        whose settings did not change keeps its buckets (no fresh burst on every config push)
+        and its Redis connection; a changed one starts afresh.  Then leave ours for the next."""
+        prev = store.get(self.name)
+        if isinstance(prev, _Carried):
+            if self.local is not None and prev.local is not None and \
+                    prev.local_cfg == self.local_cfg:
+                self.local = prev.local
+            if self.global_ is not None and prev.global_ is not None and \
+                    prev.global_cfg == self.global_cfg:
+                self.global_ = prev.global_
+        store[self.name] = _Carried(self.local_cfg, self.local, self.global_cfg, self.global_)

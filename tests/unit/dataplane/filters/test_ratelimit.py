@@ -157,3 +157,17 @@ def test_a_local_only_limit_allocates_nothing_per_request_a_global_one_does() ->
     assert local.stateless and local.create() is local.create()
     both = factory(global_cfg("127.0.0.1:1"))
     assert not both.stateless and both.create() is not both.create()
+
+
+def test_a_successor_with_the_same_settings_adopts_buckets_and_redis_client() -> None:
+    store: dict[str, object] = {}
+    raw = {"local": {"requests": 1, "interval_ms": 1000}, **global_cfg("127.0.0.1:1")}
+    old = factory(raw)
+    old.adopt(store)  # type: ignore[attr-defined]
+    new = factory(raw)
+    new.adopt(store)  # type: ignore[attr-defined]
+    assert new.local is old.local and new.global_ is old.global_  # type: ignore[attr-defined]
+    changed = factory({**raw, "local": {"requests": 2, "interval_ms": 1000}})
+    changed.adopt(store)  # type: ignore[attr-defined]
+    assert changed.local is not old.local  # type: ignore[attr-defined]
+    assert changed.global_ is old.global_  # type: ignore[attr-defined]  # global unchanged
