@@ -47,6 +47,8 @@ async def test_past_n_requests_a_429_with_retry_after_and_ratelimit_headers() ->
         w.close()
         assert len(o.requests) == 5  # the limited ones never reached the origin
         assert p.metric("tulle_proxy_rate_limited_total", policy="ns/five", scope="local") == 2
+        assert p.metric("tulle_proxy_requests_total", response_code="429",
+                        response_flags="RL") == 2  # the flag on each request's record
 
 
 async def test_buckets_per_identity_keep_two_mtls_callers_apart() -> None:
@@ -90,6 +92,7 @@ async def test_abort_half_of_two_thousand_requests_within_five_percent() -> None
         assert 900 <= aborted <= 1100  # 50% +- 5% of 2,000
         assert len(o.requests) == 2000 - aborted
         assert p.metric("tulle_proxy_faults_injected_total", fault="abort") == aborted
+        assert p.metric("tulle_proxy_requests_total", response_flags="FI") == aborted
 
 
 async def test_a_delay_is_applied_only_to_requests_with_the_header() -> None:
@@ -110,6 +113,7 @@ async def test_a_delay_is_applied_only_to_requests_with_the_header() -> None:
         assert delayed >= 0.15
         assert plain < 0.15
         assert p.metric("tulle_proxy_faults_injected_total", fault="delay") == 1
+        assert p.metric("tulle_proxy_requests_total", response_flags="DI") == 1
 
 
 async def test_tcp_connections_past_the_rate_are_reset_and_the_listener_keeps_serving() -> None:
