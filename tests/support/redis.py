@@ -5,7 +5,7 @@
 Each server listens on a free 127.0.0.1 port with its own temp dir (no persistence: `save ""`,
 `appendonly no`), is started as a child process and is stopped (SIGTERM, then SIGKILL) and its
 dir removed at the end, also when the test fails.  `stop()` ends it mid-test (the
-"Redis went away" scenarios).  `scripts/install-system-deps.sh test` installs the binary;
+"Redis went away" scenarios), `start()` brings it back on the same port.  `scripts/install-system-deps.sh test` installs the binary;
 without it the tests that need one are skipped, saying so.
 """
 
@@ -29,7 +29,28 @@ START_TIMEOUT = 10.0
 @dataclass
 class RedisServer:
     port: int
+    root: str = ""
     proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
+
+    async def start(self) -> None:
+        """Start (or restart, after `stop()`) the server on its port; back when it answers."""
+        self.proc = await asyncio.create_subprocess_exec(
+            BINARY, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.root,
+            "--save", "", "--appendonly", "no", "--protected-mode", "yes",
+            "--logfile", f"{self.root}/redis.log", "--daemonize", "no",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + START_TIMEOUT
+        while True:
+            try:
+                if (await self.command(b"PING")).startswith(b"+PONG"):
+                    return
+            except OSError:
+                pass
+            if loop.time() > deadline or self.proc.returncode is not None:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            await asyncio.sleep(0.02)
 
     @property
     def address(self) -> str:
@@ -66,26 +87,9 @@ async def redis_server() -> AsyncIterator[RedisServer]:
     if not available():
         pytest.skip("redis-server is not installed (scripts/install-system-deps.sh test)")
     root = tempfile.mkdtemp(prefix="tulle-redistest-")
-    port = free_port()
-    server = RedisServer(port)
+    server = RedisServer(free_port(), root)
     try:
-        server.proc = await asyncio.create_subprocess_exec(
-            BINARY, "--bind", "127.0.0.1", "--port", str(port), "--dir", root,
-            "--save", "", "--appendonly", "no", "--protected-mode", "yes",
-            "--logfile", f"{root}/redis.log", "--daemonize", "no",
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + START_TIMEOUT
-        while True:
-            try:
-                if (await server.command(b"PING")).startswith(b"+PONG"):
-                    break
-            except OSError:
-                pass
-            if loop.time() > deadline or server.proc.returncode is not None:
-                raise RuntimeError(f"redis-server did not start on port {port}")
-            await asyncio.sleep(0.02)
+        await server.start()
         yield server
     finally:
         await server.stop()

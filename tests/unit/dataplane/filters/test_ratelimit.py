@@ -171,3 +171,17 @@ def test_a_successor_with_the_same_settings_adopts_buckets_and_redis_client() ->
     changed.adopt(store)  # type: ignore[attr-defined]
     assert changed.local is not old.local  # type: ignore[attr-defined]
     assert changed.global_ is old.global_  # type: ignore[attr-defined]  # global unchanged
+
+
+async def test_after_redis_comes_back_the_global_window_counts_again() -> None:
+    async with redis_server() as r:
+        f = factory(global_cfg(r.address, failure_mode="closed"))
+        assert await outcome(f, Counters()) == "pass"
+        await r.stop()
+        assert await outcome(f, Counters()) == "429"  # closed while it is away
+        await r.start()
+        client = f.global_.client  # type: ignore[attr-defined]
+        loop = asyncio.get_running_loop()
+        client.down_until = loop.time()  # past the retry interval (no sleeping here)
+        got = [await outcome(f, Counters()) for _ in range(6)]
+        assert got == ["pass"] * 5 + ["429"]  # a fresh window in the restarted Redis
