@@ -5,8 +5,9 @@
 Each server listens on a free 127.0.0.1 port with its own temp dir (no persistence: `save ""`,
 `appendonly no`), is started as a child process and is stopped (SIGTERM, then SIGKILL) and its
 dir removed at the end, also when the test fails.  `stop()` ends it mid-test (the
-"Redis went away" scenarios), `start()` brings it back on the same port.  `scripts/install-system-deps.sh test` installs the binary;
-without it the tests that need one are skipped, saying so.
+"Redis went away" scenarios), `start()` brings it back on the same port.
+`scripts/install-system-deps.sh test` installs the binary; without it the tests that need one
+are skipped, saying so.
 """
 
 from __future__ import annotations
