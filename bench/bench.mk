@@ -58,11 +58,17 @@ bench-ca: deps
 
 # Issue 10's resilience scenarios, each at >= 20,000 requests; every scenario merges its own
 # keys into bench/results/resilience.json (one line per scenario: add yours below).
-.PHONY: bench-resilience bench-resilience-retries
+.PHONY: bench-resilience bench-resilience-retries bench-global-limit
 bench-resilience: deps
 	$(BENCH_PY) -m bench.slow_endpoint --requests 20000 --concurrency 16
 	$(BENCH_PY) -m bench.one_down --requests 20000 --json bench/results/resilience.json
 	$(BENCH_PY) -m bench.resilience_retries --requests 20000 --json bench/results/resilience.json
+	$(BENCH_PY) -m bench.global_limit
 
 bench-resilience-retries: deps
 	$(BENCH_PY) -m bench.resilience_retries --requests 20000 --json bench/results/resilience.json
+
+## Issue 10's global-limit scenario at scale (two proxies, one redis-server, 20,000 requests)
+## -> bench/results/resilience.json (global_limit_error_ratio); one of bench-resilience's.
+bench-global-limit: deps
+	$(BENCH_PY) -m bench.global_limit

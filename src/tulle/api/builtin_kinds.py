@@ -12,14 +12,16 @@ from tulle.api import mesh, service, workload
 from tulle.api.gateway import grpcroute, httproute, referencegrant, tcproute
 from tulle.api.policies import (
     authorization,
+    fault_injection,
     health_check,
     load_balancing,
     mtls,
     outlier_detection,
+    rate_limit,
     retry,
     timeout,
 )
 
-__all__ = ["authorization", "grpcroute", "health_check", "httproute", "load_balancing", "mesh",
-           "mtls", "outlier_detection", "referencegrant", "retry", "service", "tcproute",
-           "timeout", "workload"]
+__all__ = ["authorization", "fault_injection", "grpcroute", "health_check", "httproute",
+           "load_balancing", "mesh", "mtls", "outlier_detection", "rate_limit", "referencegrant",
+           "retry", "service", "tcproute", "timeout", "workload"]

@@ -164,6 +164,16 @@ FEATURES: tuple[Feature, ...] = (
             "virtual IPs, other names forwarded (ADR 0042)"),
     Feature(DNS_HOSTS, (), "a dns section changed only in its hosts is sent as the added, "
             "changed and removed hosts"),
+    # Chaos, not protection: a proxy lacking it runs the rule without faults (entry withheld).
+    Feature("fault-injection", (), "the `FaultInjection` HTTP filter (delays and aborts)",
+            drops=_FILTERS, uses=partial(_filter_is, "FaultInjection")),
+    # Withheld entry by entry (the rule still serves, unlimited) rather than dropping the rule,
+    # which would answer every request 404: a limit is protection, and its absence is listed.
+    Feature("rate-limit", (), "the `RateLimit` HTTP filter (local buckets, global Redis window)",
+            drops=_FILTERS, uses=partial(_filter_is, "RateLimit")),
+    # As network-authorization: not withheld, a proxy lacking it refuses the snapshot (NACK).
+    Feature("network-rate-limit", (), "the `rate_limit` network filter (new TCP connections "
+            "per interval)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -22,6 +22,9 @@ EXPECTED = {
                                                             "outlierdetectionpolicies"),
     ("policy.tulle.dev/v1alpha1", "HealthCheckPolicy"): ("Namespaced", "healthcheckpolicies"),
     ("policy.tulle.dev/v1alpha1", "RetryPolicy"): ("Namespaced", "retrypolicies"),
+    ("policy.tulle.dev/v1alpha1", "FaultInjectionPolicy"): ("Namespaced",
+                                                            "faultinjectionpolicies"),
+    ("policy.tulle.dev/v1alpha1", "RateLimitPolicy"): ("Namespaced", "ratelimitpolicies"),
 }
 
 
@@ -44,6 +47,8 @@ def test_every_kind_is_registered() -> None:
         ("tp", "TimeoutPolicy"),
         ("authz", "AuthorizationPolicy"),
         ("mtls", "MutualTLSPolicy"),
+        ("fip", "FaultInjectionPolicy"),
+        ("rlp", "RateLimitPolicy"),
     ],
 )
 def test_resolve(name: str, kind: str) -> None:
@@ -81,7 +86,8 @@ def test_unknown_kind_lists_known_ones() -> None:
     [(path, message)] = info.value.pairs()
     assert path == "kind"
     assert message.startswith(
-        'unknown kind "Pod" (apiVersion "x/v1"); known kinds: AuthorizationPolicy, GRPCRoute'
+        'unknown kind "Pod" (apiVersion "x/v1"); known kinds: AuthorizationPolicy, '
+        'FaultInjectionPolicy, GRPCRoute'
     )
 
 

@@ -11,7 +11,17 @@ import pytest
 from msgspec import inspect as mi
 
 from tulle.proxyconfig import health, model, network, retry
-from tulle.proxyconfig.filters import authz, headers, mirror, paths, redirect, rewrite
+from tulle.proxyconfig.filters import (
+    authz,
+    fault,
+    headers,
+    mirror,
+    paths,
+    ratelimit,
+    redirect,
+    rewrite,
+)
+from tulle.proxyconfig.network import rate_limit
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "reference" / "proxyconfig.md"
 STRUCTS = [model.ProxyConfig, model.Node, model.Admin, model.Settings, model.Listener,
@@ -32,6 +42,9 @@ STRUCTS += [mirror.RequestMirror]
 STRUCTS += [health.OutlierDetection, health.SuccessRate, health.HealthCheck]
 STRUCTS += [retry.RetryPolicy, retry.RetryBudget]
 STRUCTS += [model.DNS, model.DNSHost]
+STRUCTS += [fault.FaultInjection, fault.FaultDelay, fault.FaultAbort, fault.FaultHeader,
+            ratelimit.RateLimit, ratelimit.LocalLimit, ratelimit.GlobalLimit,
+            rate_limit.ConnectionRateLimit]
 
 
 def _doc_tables() -> dict[str, dict[str, str]]:
@@ -70,7 +83,7 @@ def test_every_field_is_documented_with_its_default(cls: type[msgspec.Struct]) -
     assert doc is not None, f"no section for {cls.__name__} in {DOC.name}"
     info = mi.type_info(cls)
     assert isinstance(info, mi.StructType)
-    fields = {f.name: f for f in info.fields}
+    fields = {f.encode_name: f for f in info.fields}  # the wire name (`global`)
     assert set(doc) == set(fields), f"{cls.__name__}: documented {sorted(doc)} vs {sorted(fields)}"
     for name, f in fields.items():
         if f.required:

@@ -27,6 +27,7 @@ import msgspec
 from tulle.proxyconfig.filters import HTTPFilter
 from tulle.proxyconfig.filters.authz import AuthzPolicy
 from tulle.proxyconfig.model import RouteMatch
+from tulle.proxyconfig.network import NetworkFilterConfig
 
 Key = tuple[str, str]
 """(namespace, name)."""
@@ -322,6 +323,26 @@ class InboundAuthz(msgspec.Struct, frozen=True):
     policies: tuple[AuthzPolicy, ...]
 
 
+class InboundRule(msgspec.Struct, frozen=True):
+    """Server-side HTTP filters of one inbound port (rate limits, faults: ADR 0041), for the
+    requests of one route rule (`matches`, a route-targeted policy) or, with `scope` "", for
+    the whole port.  Rendered after the port's authorization (`proxies.inbound_tables`)."""
+
+    port: int
+    scope: str
+    """"" the whole port; else the name of the route rule it stands for
+    (`<kind>/<ns>/<route>/<rule>`, `Rule.name`)."""
+    matches: tuple[RouteMatch, ...]
+    filters: tuple[HTTPFilter, ...]
+
+
+class InboundNetwork(msgspec.Struct, frozen=True):
+    """Server-side network filters of one opaque TCP inbound port (connection-rate limits)."""
+
+    port: int
+    filters: tuple[NetworkFilterConfig, ...]
+
+
 class Proxy(msgspec.Struct, frozen=True):
     """One workload's proxy: what its own part of the snapshot is rendered from."""
 
@@ -348,6 +369,11 @@ class Proxy(msgspec.Struct, frozen=True):
     that take iptables-redirected traffic (`transparent.py`, ADR 0044)."""
     dns_port: int = 0
     """`Workload.spec.dnsPort`: its proxy's mesh DNS resolver port on loopback; 0: none."""
+    inbound_rules: tuple[InboundRule, ...] = ()
+    """Server-side HTTP filters by port and scope (`plugins/rate_limit.py`,
+    `plugins/fault_injection.py`); () : none."""
+    inbound_network: tuple[InboundNetwork, ...] = ()
+    """Server-side network filters by port (`plugins/rate_limit.py`); () : none."""
 
     @property
     def namespace(self) -> str:
@@ -402,7 +428,31 @@ class MeshModel(msgspec.Struct, frozen=True):
     """Sorted by (namespace, name); not rendered (`plugins/tcp_routes`)."""
 
 
-__all__ = ["INVALID_BACKEND", "Backend", "Condition", "Dropped", "Endpoint", "InboundAuthz",
-           "InboundPort", "Key", "MTLSMode", "MeshModel", "MeshResource", "Metadata", "ObjectRef",
-           "Policy", "Proxy", "ProxyDefaults", "Route", "Rule", "RuleFilter", "ServicePort",
-           "TCPParent", "TCPRoute", "UpstreamMTLS", "cluster_name"]
+__all__ = [
+    "INVALID_BACKEND",
+    "Backend",
+    "Condition",
+    "Dropped",
+    "Endpoint",
+    "InboundAuthz",
+    "InboundNetwork",
+    "InboundPort",
+    "InboundRule",
+    "Key",
+    "MTLSMode",
+    "MeshModel",
+    "MeshResource",
+    "Metadata",
+    "ObjectRef",
+    "Policy",
+    "Proxy",
+    "ProxyDefaults",
+    "Route",
+    "Rule",
+    "RuleFilter",
+    "ServicePort",
+    "TCPParent",
+    "TCPRoute",
+    "UpstreamMTLS",
+    "cluster_name",
+]

@@ -75,10 +75,15 @@ def inbound(proxy: Proxy) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     table (`inbound_tables`: one catch-all rule whose `Authorization` filter runs first), a
     `tcp` port relays through an `authz` network filter, and an `auto` port takes only HTTP
     (no `cluster` for opaque TCP, which could not be authorized per request: declare such a
-    port `tcp`)."""
+    port `tcp`).  Server-side filters (rate limits, faults: `proxy.inbound_rules`,
+    `proxy.inbound_network`, ADR 0041) route an HTTP port through its table too (an `auto`
+    port without authorization keeps relaying opaque TCP), and add network filters to a
+    `tcp` port after its authorization."""
     listeners: list[dict[str, Any]] = []
     clusters: list[dict[str, Any]] = []
     guarded = {a.port: a for a in proxy.authz}
+    filtered = {r.port for r in proxy.inbound_rules}
+    nets = {n.port: n for n in proxy.inbound_network}
     modes = dict(proxy.mtls)
     for p in proxy.inbound:
         name = f"inbound|{p.port}"
@@ -86,11 +91,21 @@ def inbound(proxy: Proxy) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
                                     "direction": "inbound", "protocol": p.protocol,
                                     "cluster": name}
         authz = guarded.get(p.port)
-        if authz is not None and p.protocol == "tcp":
-            listener["network_filters"] = [
-                {"type": "authz", "policies": [msgspec.to_builtins(x) for x in authz.policies]}]
+        if p.protocol == "tcp":
+            network = ([{"type": "authz", "policies": [msgspec.to_builtins(x)
+                                                       for x in authz.policies]}]
+                       if authz is not None else [])
+            net = nets.get(p.port)
+            if net is not None:
+                network += [msgspec.to_builtins(f) for f in net.filters]
+            if network:
+                listener["network_filters"] = network
         elif authz is not None:
             del listener["cluster"]
+            listener["route_table"] = name
+        elif p.port in filtered:
+            if p.protocol != "auto":
+                del listener["cluster"]
             listener["route_table"] = name
         mode = modes.get(p.port, "DISABLED")
         if mode != "DISABLED":
@@ -125,19 +140,42 @@ def mtls_chains(listener: dict[str, Any], permissive: bool) -> dict[str, Any]:
 
 
 def inbound_tables(proxy: Proxy) -> list[dict[str, Any]]:
-    """The route table of each HTTP inbound port with authorization policies: everything to the
-    port's cluster, through the `Authorization` filter."""
+    """The route table of each HTTP inbound port with authorization policies or server-side
+    filters: a rule per route-rule scope (its matches; most specific filters), then the
+    catch-all, everything to the port's cluster.  Every rule runs the port's `Authorization`
+    filter, and a rule scope also runs the port scope's filters of the types it lacks (a
+    limit on one rule does not lift the port's faults)."""
     protocols = {p.port: p.protocol for p in proxy.inbound}
+    authz = {a.port: a for a in proxy.authz}
+    rules_of: dict[int, list[Any]] = {}
+    for r in proxy.inbound_rules:
+        rules_of.setdefault(r.port, []).append(r)
     tables: list[dict[str, Any]] = []
-    for a in proxy.authz:
-        if protocols.get(a.port) == "tcp":
+    for port in sorted(set(authz) | set(rules_of)):
+        if protocols.get(port) == "tcp":
             continue
-        name = f"inbound|{a.port}"
-        rule = {"name": name, "backends": [{"cluster": name}],
-                "filters": [{"type": "Authorization",
-                             "policies": [msgspec.to_builtins(x) for x in a.policies]}]}
+        name = f"inbound|{port}"
+        guard = ([{"type": "Authorization",
+                   "policies": [msgspec.to_builtins(x) for x in authz[port].policies]}]
+                 if port in authz else [])
+        scoped = rules_of.get(port, [])
+        whole = next((r.filters for r in scoped if r.scope == ""), ())
+        rules: list[dict[str, Any]] = []
+        for r in scoped:
+            if r.scope == "":
+                continue
+            own = {type(f) for f in r.filters}
+            filters = [*r.filters, *(f for f in whole if type(f) not in own)]
+            rules.append({"name": f"{name}|{r.scope}", "backends": [{"cluster": name}],
+                          "matches": [msgspec.to_builtins(m) for m in r.matches],
+                          "filters": guard + [msgspec.to_builtins(f) for f in filters]})
+        rule: dict[str, Any] = {"name": name, "backends": [{"cluster": name}]}
+        catch_all = guard + [msgspec.to_builtins(f) for f in whole]
+        if catch_all:
+            rule["filters"] = catch_all
+        rules.append(rule)
         tables.append({"name": name, "virtual_hosts": [
-            {"name": name, "domains": ["*"], "rules": [rule]}]})
+            {"name": name, "domains": ["*"], "rules": rules}]})
     return tables
 
 

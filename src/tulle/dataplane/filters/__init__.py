@@ -11,14 +11,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from tulle.dataplane.filters.authz import AuthzFactory
+from tulle.dataplane.filters.fault import FaultFactory
 from tulle.dataplane.filters.headers import HeadersFactory
 from tulle.dataplane.filters.mirror import MirrorFactory
+from tulle.dataplane.filters.ratelimit import RateLimitFactory
 from tulle.dataplane.filters.redirect import RedirectFactory
 from tulle.dataplane.filters.rewrite import RewriteFactory
 from tulle.dataplane.http.filter import FilterFactory
 from tulle.proxyconfig.filters import (
     Authorization,
+    FaultInjection,
     HTTPFilter,
+    RateLimit,
     RequestHeaderModifier,
     RequestMirror,
     RequestRedirect,
@@ -43,4 +47,8 @@ def factory_for(cfg: HTTPFilter, matches: Sequence[RouteMatch] = ()) -> FilterFa
         return RewriteFactory(cfg, list(matches))
     if isinstance(cfg, RequestMirror):
         return MirrorFactory(cfg)
+    if isinstance(cfg, FaultInjection):
+        return FaultFactory(cfg)
+    if isinstance(cfg, RateLimit):
+        return RateLimitFactory(cfg)
     raise TypeError(f"no filter for {type(cfg).__name__}")  # pragma: no cover

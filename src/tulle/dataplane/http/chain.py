@@ -99,6 +99,15 @@ class ErrorCounter(Protocol):
     def authz_decision(self, policy: str, action: str, result: str) -> None:
         """One authorization decision (`filters/authz.py`)."""
 
+    def fault_injected(self, policy: str, fault: str) -> None:
+        """One injected fault, `abort` or `delay` (`filters/fault.py`)."""
+
+    def rate_limited(self, policy: str, scope: str) -> None:
+        """One request refused by a rate limit, `local` or `global` (`filters/ratelimit.py`)."""
+
+    def rate_limit_backend_failure(self, policy: str) -> None:
+        """Redis did not answer a global limit's check in time (`filters/ratelimit.py`)."""
+
 
 def _overrides(cls: type[HttpFilter], hook: str) -> bool:
     return getattr(cls, hook) is not getattr(HttpFilter, hook)

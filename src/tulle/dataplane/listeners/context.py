@@ -229,6 +229,15 @@ class ListenerContext:
         """An authorization decision on a request of this listener (`filters/authz.py`)."""
         self.metrics.authz_decisions.labels(self.name, policy, action, result).value += 1
 
+    def fault_injected(self, policy: str, fault: str) -> None:
+        self.metrics.faults_injected.labels(self.name, policy, fault).value += 1
+
+    def rate_limited(self, policy: str, scope: str) -> None:
+        self.metrics.rate_limited.labels(self.name, policy, scope).value += 1
+
+    def rate_limit_backend_failure(self, policy: str) -> None:
+        self.metrics.rate_limit_backend_failures.labels(self.name, policy).value += 1
+
     def stats(self, cluster: str) -> RequestStats:
         st = self._stats.get(cluster)
         if st is None:

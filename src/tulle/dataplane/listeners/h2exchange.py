@@ -89,7 +89,7 @@ class H2Exchange(RequestStream):
         codec = self.conn.codec
         if self.grpc:
             detail = body.decode("latin-1").rstrip("\n")
-            codec.send_headers(self.sid, grpc_trailers_only(status, detail), True)
+            codec.send_headers(self.sid, grpc_trailers_only(status, detail, headers), True)
         elif codec.send_headers(self.sid, [
                 (b":status", b"%d" % status), (b"content-type", b"text/plain"),
                 (b"content-length", b"%d" % len(body)), *headers], False):

@@ -4,7 +4,7 @@ A listener's `network_filters` run in this order whatever order the config lists
 (several of one type keep their config order among themselves); the TCP proxy is always the
 terminal.  Places marked "reserved" have no filter yet: they say where one goes when it comes.
 
-    source_ip -> authz -> connection_limit -> (rate_limit) -> tcp_proxy;  flow_log sees only
+    source_ip -> authz -> connection_limit -> rate_limit -> tcp_proxy;  flow_log sees only
     close
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Final
 
-from tulle.dataplane.network import authz, connection_limit, flow_log, source_ip
+from tulle.dataplane.network import authz, connection_limit, flow_log, rate_limit, source_ip
 from tulle.dataplane.network.filter import NetworkFilterFactory
 
 ORDER: Final[tuple[tuple[str, str], ...]] = (
@@ -27,7 +27,7 @@ ORDER: Final[tuple[tuple[str, str], ...]] = (
      "Concurrent connections, after authorization for the reason above; before the "
      "rate limit so a connection refused for concurrency spends no rate budget."),
     ("rate_limit",
-     "(reserved) New connections per second: last of the deciders, so only connections that "
+     "New connections per interval: last of the deciders, so only connections that "
      "would otherwise be relayed spend tokens."),
     ("flow_log",
      "Observer: sees only close, for every connection including the rejected ones, after the "
@@ -43,5 +43,6 @@ BUILDERS: Final[dict[str, Callable[[Any], NetworkFilterFactory]]] = {
     "connection_limit": connection_limit.build,
     "flow_log": flow_log.build,
     "authz": authz.build,
+    "rate_limit": rate_limit.build,
 }
 """Config type tag -> the factory builder of its runtime module."""

@@ -10,6 +10,8 @@ Pure functions of bytes, no h2 state; they run once per head, on the hot path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from hpack import NeverIndexedHeaderTuple
 
 from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
@@ -220,8 +222,20 @@ def grpc_message(detail: str) -> bytes:
     return bytes(out)
 
 
-def grpc_trailers_only(http_status: int, detail: str) -> Headers:
-    """A trailers-only gRPC response standing for a local HTTP error."""
+def grpc_trailers_only(http_status: int, detail: str,
+                       extra: Sequence[tuple[bytes, bytes]] = ()) -> Headers:
+    """A trailers-only gRPC response standing for a local HTTP error.  A `grpc-status` in
+    `extra` (a fault's, a rate limit's RESOURCE_EXHAUSTED) replaces the mapped one; the other
+    `extra` fields (`retry-after`, ...) are sent along."""
     code = GRPC_STATUS_FOR_HTTP.get(http_status, 2)
+    rest: list[tuple[bytes, bytes]] = []
+    for n, v in extra:
+        if n == b"grpc-status" and v.isdigit():
+            code = int(v)
+        else:
+            rest.append((n, v))
+    if rest:
+        return [(b":status", b"200"), (b"content-type", b"application/grpc"),
+                (b"grpc-status", b"%d" % code), (b"grpc-message", grpc_message(detail)), *rest]
     return [(b":status", b"200"), (b"content-type", b"application/grpc"),
             (b"grpc-status", b"%d" % code), (b"grpc-message", grpc_message(detail))]

@@ -72,7 +72,13 @@ class Route:
         self._cum = cum
         self._total = total
         self.timeout_ms = default_timeout_ms if rule.timeout_ms is None else rule.timeout_ms
+        self.state = state if state is not None else RouteState()
+        """What this route keeps across swaps (request stats, rate-limit buckets)."""
         own = [factory_for(f, rule.matches) for f in rule.filters]
+        for f in own:
+            adopt = getattr(f, "adopt", None)
+            if adopt is not None:
+                adopt(self.state.filters)
         self.chain: Chain | None = build_chain(own)
         """The rule's filters, factories built once here; None (nothing to run) without any."""
         self.backend_chains: dict[str, Chain | None] | None = {
@@ -94,8 +100,6 @@ class Route:
                         or self.backend_chains is not None or self.retry is not None
                         or self.stream_idle > 0)
         """Filters or a try request: the router step's one test for the plain path."""
-        self.state = state if state is not None else RouteState()
-        """What this route keeps across swaps (request stats; later buckets and budgets)."""
         self.requests = self.state.requests
         """`state.requests`, one attribute hop nearer: the router step counts each request."""
 

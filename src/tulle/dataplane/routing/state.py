@@ -15,8 +15,12 @@ from tulle.dataplane.telemetry.metrics import CounterChild
 
 
 class RouteState:
-    __slots__ = ("requests",)
+    __slots__ = ("filters", "requests")
 
     def __init__(self) -> None:
         self.requests = CounterChild()
         """Requests the router sent to this route (counted when routed, whatever followed)."""
+        self.filters: dict[str, object] = {}
+        """What filters keep across swaps, by filter name: a factory with an `adopt(store)`
+        takes its predecessor's state from here and leaves its own (rate-limit buckets and
+        the Redis connection, `filters/ratelimit.py`)."""

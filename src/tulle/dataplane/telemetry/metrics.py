@@ -250,6 +250,18 @@ class ProxyMetrics:
             "Authorization decisions (HTTP requests and opaque TCP connections), by listener, "
             "deciding policy, its action and the result (allow, deny, audit, dry_run_deny).",
             ("listener", "policy", "action", "result"))
+        self.faults_injected = r.counter(
+            "tulle_proxy_faults_injected_total",
+            "Faults injected by FaultInjection filters, by policy and fault (abort, delay).",
+            ("listener", "policy", "fault"))
+        self.rate_limited = r.counter(
+            "tulle_proxy_rate_limited_total",
+            "Requests answered 429 by RateLimit filters, by policy and scope (local, global).",
+            ("listener", "policy", "scope"))
+        self.rate_limit_backend_failures = r.counter(
+            "tulle_proxy_rate_limit_backend_failures_total",
+            "Global rate-limit checks Redis did not answer in time (failure_mode applied).",
+            ("listener", "policy"))
         self.network_filter_errors = r.counter(
             "tulle_proxy_network_filter_errors_total",
             "Network filter hooks that raised (the connection is reset), by filter and hook.",

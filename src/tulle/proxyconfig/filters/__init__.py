@@ -13,15 +13,17 @@ from collections.abc import Container, Sequence
 from typing import Any
 
 from tulle.errors import FieldError
-from tulle.proxyconfig.filters import authz, headers, mirror, redirect, rewrite
+from tulle.proxyconfig.filters import authz, fault, headers, mirror, ratelimit, redirect, rewrite
 from tulle.proxyconfig.filters.authz import Authorization
+from tulle.proxyconfig.filters.fault import FaultInjection
 from tulle.proxyconfig.filters.headers import RequestHeaderModifier, ResponseHeaderModifier
 from tulle.proxyconfig.filters.mirror import RequestMirror
+from tulle.proxyconfig.filters.ratelimit import RateLimit
 from tulle.proxyconfig.filters.redirect import RequestRedirect
 from tulle.proxyconfig.filters.rewrite import URLRewrite
 
 HTTPFilter = (RequestHeaderModifier | ResponseHeaderModifier | RequestRedirect | URLRewrite
-              | RequestMirror | Authorization)
+              | RequestMirror | Authorization | FaultInjection | RateLimit)
 """Every HTTP filter config this contract has, tagged by `type`."""
 
 
@@ -39,6 +41,10 @@ def errors(f: HTTPFilter, path: str, match_types: Sequence[str] | None = None) -
         return rewrite.errors(f, path, match_types)
     if isinstance(f, RequestMirror):
         return mirror.errors(f, path)
+    if isinstance(f, FaultInjection):
+        return fault.errors(f, path)
+    if isinstance(f, RateLimit):
+        return ratelimit.errors(f, path)
     return []  # pragma: no cover - every member has a branch above
 
 
@@ -78,5 +84,6 @@ def backend_errors(backends: Sequence[Any], rp: str) -> list[FieldError]:
     return out
 
 
-__all__ = ["Authorization", "HTTPFilter", "RequestHeaderModifier", "RequestMirror", "RequestRedirect",
-           "ResponseHeaderModifier", "URLRewrite", "backend_errors", "errors", "rule_errors"]
+__all__ = ["Authorization", "FaultInjection", "HTTPFilter", "RateLimit", "RequestHeaderModifier",
+           "RequestMirror", "RequestRedirect", "ResponseHeaderModifier", "URLRewrite",
+           "backend_errors", "errors", "rule_errors"]

@@ -10,13 +10,14 @@ runtime module, its place in the order, docs.
 from __future__ import annotations
 
 from tulle.errors import FieldError
-from tulle.proxyconfig.network import authz, connection_limit, flow_log, source_ip
+from tulle.proxyconfig.network import authz, connection_limit, flow_log, rate_limit, source_ip
 from tulle.proxyconfig.network.authz import NetworkAuthz
 from tulle.proxyconfig.network.connection_limit import ConnectionLimit
 from tulle.proxyconfig.network.flow_log import FlowLog
+from tulle.proxyconfig.network.rate_limit import ConnectionRateLimit
 from tulle.proxyconfig.network.source_ip import SourceIP
 
-NetworkFilterConfig = SourceIP | ConnectionLimit | FlowLog | NetworkAuthz
+NetworkFilterConfig = SourceIP | ConnectionLimit | FlowLog | NetworkAuthz | ConnectionRateLimit
 
 
 def check(cfg: NetworkFilterConfig, path: str) -> list[FieldError]:
@@ -27,8 +28,10 @@ def check(cfg: NetworkFilterConfig, path: str) -> list[FieldError]:
         return connection_limit.check(cfg, path)
     if isinstance(cfg, NetworkAuthz):
         return authz.check(cfg, path)
+    if isinstance(cfg, ConnectionRateLimit):
+        return rate_limit.check(cfg, path)
     return flow_log.check(cfg, path)
 
 
-__all__ = ["ConnectionLimit", "FlowLog", "NetworkAuthz", "NetworkFilterConfig", "SourceIP",
-           "check"]
+__all__ = ["ConnectionLimit", "ConnectionRateLimit", "FlowLog", "NetworkAuthz",
+           "NetworkFilterConfig", "SourceIP", "check"]

@@ -7,8 +7,6 @@ the proxy's filters).  Where the next ones go:
 
 - retries, circuit breaking, outlier detection (traffic management): after `route_timeouts`
   (a retry's per-try timeout is read against the rule's timeout), before `unclaimed_filters`;
-- rate limits: on the proxies' inbound side, after `authorization` (refused callers spend no
-  budget, as in the proxy's filter order), before `unenforced_policies`;
 - a TimeoutPolicy plugin: between `route_timeouts` and `mesh_defaults`, filling in only rules
   the route left without a timeout (Service, then route targets, most specific first).
 """
@@ -19,11 +17,13 @@ from tulle.controlplane.compiler.ir import MeshModel
 from tulle.controlplane.compiler.plugins import (
     authorization,
     endpoint_health,
+    fault_injection,
     header_modifiers,
     load_balancing,
     mesh_defaults,
     mesh_settings,
     mtls,
+    rate_limit,
     request_mirror,
     request_redirect,
     retries,
@@ -75,6 +75,13 @@ ORDER: tuple[tuple[Plugin, str], ...] = (
      "the inbound side's policies, after the route plugins (it edits proxies, not routes) and "
      "after mesh_settings (it reads whether mTLS is in force to warn about identity rules); "
      "before unenforced_policies, which must see the status it writes"),
+    (rate_limit.PLUGIN,
+     "server side, after authorization (refused callers spend no budget, as in the proxy's "
+     "filter order) and the route plugins (a route-targeted limit reads its rules' matches); "
+     "before unenforced_policies, which must see the status it writes"),
+    (fault_injection.PLUGIN,
+     "server side, after rate_limit (it adds its filters to the inbound rules the rate limit "
+     "made; the proxy's chain order, not this one, runs limits before faults)"),
     (mtls.PLUGIN,
      "after authorization, which binds policies to a Service's workloads through its "
      "endpoints (this one may leave out endpoints that cannot take mTLS); it edits the "
