@@ -62,7 +62,8 @@ def test_mixed_good_and_bad_documents_report_every_error() -> None:
 
 
 def _known() -> str:
-    return ("AuthorizationPolicy, GRPCRoute, HTTPRoute, HealthCheckPolicy, LoadBalancingPolicy, "
+    return ("AuthorizationPolicy, CircuitBreakerPolicy, GRPCRoute, HTTPRoute, HealthCheckPolicy, "
+            "LoadBalancingPolicy, "
             "Mesh, MutualTLSPolicy, OutlierDetectionPolicy, ReferenceGrant, RetryPolicy, Service, "
             "TCPRoute, TimeoutPolicy, Workload")
 

@@ -22,6 +22,8 @@ EXPECTED = {
                                                             "outlierdetectionpolicies"),
     ("policy.tulle.dev/v1alpha1", "HealthCheckPolicy"): ("Namespaced", "healthcheckpolicies"),
     ("policy.tulle.dev/v1alpha1", "RetryPolicy"): ("Namespaced", "retrypolicies"),
+    ("policy.tulle.dev/v1alpha1", "CircuitBreakerPolicy"): ("Namespaced",
+                                                          "circuitbreakerpolicies"),
 }
 
 
@@ -81,7 +83,8 @@ def test_unknown_kind_lists_known_ones() -> None:
     [(path, message)] = info.value.pairs()
     assert path == "kind"
     assert message.startswith(
-        'unknown kind "Pod" (apiVersion "x/v1"); known kinds: AuthorizationPolicy, GRPCRoute'
+        'unknown kind "Pod" (apiVersion "x/v1"); known kinds: AuthorizationPolicy, '
+        'CircuitBreakerPolicy, GRPCRoute'
     )
 
 
