@@ -63,6 +63,7 @@ bench-resilience: deps
 	$(BENCH_PY) -m bench.slow_endpoint --requests 20000 --concurrency 16
 	$(BENCH_PY) -m bench.one_down --requests 20000 --json bench/results/resilience.json
 	$(BENCH_PY) -m bench.resilience_retries --requests 20000 --json bench/results/resilience.json
+	$(BENCH_PY) -m bench.bulkhead --requests 20000 --json bench/results/resilience.json
 
 bench-resilience-retries: deps
 	$(BENCH_PY) -m bench.resilience_retries --requests 20000 --json bench/results/resilience.json
