@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from tulle.api.errors import field_error
 from tulle.api.fields import Duration, duration_ms
 from tulle.api.meta import Model
+from tulle.api.policies.authorization import NAMESPACE_TARGET
 from tulle.api.policy import (
     GRPCROUTE_TARGET,
     HTTPROUTE_TARGET,
@@ -104,7 +105,7 @@ class RetryPolicySpec(PolicySpec, RetrySettings):
           short_names=("rp",))
 class RetryPolicy(Policy):
     TARGETS: ClassVar[frozenset[tuple[str, str]]] = frozenset(
-        {MESH_TARGET, SERVICE_TARGET, HTTPROUTE_TARGET, GRPCROUTE_TARGET})
+        {MESH_TARGET, NAMESPACE_TARGET, SERVICE_TARGET, HTTPROUTE_TARGET, GRPCROUTE_TARGET})
 
     apiVersion: Literal["policy.tulle.dev/v1alpha1"] = POLICY_API_VERSION
     kind: Literal["RetryPolicy"] = "RetryPolicy"
