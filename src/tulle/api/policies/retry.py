@@ -2,9 +2,9 @@
 
 Shape per ADR 0037 (Kuma's MeshRetry, flattened: the targetRef is the destination): every field
 optional, an unset one inherits from the next less specific level (route rule > route > Service
-> Mesh > `Mesh.spec.defaults`); `backoff` and `budget` are merged as one value each.  ADR 0039
+> its namespace > Mesh > `Mesh.spec.defaults`); `backoff` and `budget` are merged as one value each.  ADR 0039
 says what each field does in the proxy.  `budget` is the Service's (its cluster's) retry budget,
-shared by every route to it: it may be set on a Service or Mesh target only.
+shared by every route to it: it may be set on a Service, Namespace or Mesh target only.
 """
 
 from __future__ import annotations
