@@ -4,7 +4,8 @@
 #   make bench-quick   ~70 s: HTTP/1.1 direct vs Tulle (without and with two header modifiers;
 #                      ten routing rules) vs HAProxy (also with the same ten rules as ACLs) vs
 #                      nginx -> bench/results/quick.json
-#   make bench         ~2-3 min: the same, longer, plus h2c and raw TCP -> bench/results/full.json
+#   make bench         ~3-4 min: the same, longer, plus h2c and raw TCP, the mTLS and resilience
+#                      rows -> bench/results/full.json
 #                      and the results section of docs/performance.md
 #   make bench-profile py-spy on Tulle under wrk: hottest functions -> bench/results/profile.json
 #   make bench-controlplane  ~1 min: 1,000 services, 2,000 simulated proxies, one control plane:
@@ -14,6 +15,11 @@
 #   make bench-resilience-retries  ~15 s: all endpoints down, 20,000 requests through a real
 #                      proxy: retries / requests stays within the retry budget ->
 #                      `all_down_retry_ratio` in bench/results/resilience.json (keys merged)
+#   make bench-resilience-cpu  ~3 min: three quick runs of Tulle with peak-EWMA, retries and
+#                      limits vs HAProxy with leastconn, retries and maxconn/queue over the same
+#                      two origins, and tulle-retry vs tulle (the retry budget on a healthy
+#                      path): medians and spread -> `resilience_cpu` in
+#                      bench/results/resilience.json (`make bench` measures both rows once)
 #   make bench-mtls    ~40 s: two hops over mTLS vs two plaintext hops vs HAProxy's two TLS
 #                      hops, and new mTLS handshakes per second -> bench/results/mtls.json
 #                      (`make bench` measures the same row in its full run)
@@ -21,9 +27,10 @@
 BENCH_PY ?= .venv/bin/python
 BENCH_PEERS ?= tulle,tulle-filters,tulle-routes,haproxy,haproxy-routes,nginx
 BENCH_MTLS_PEERS ?= tulle-mtls,tulle-2hop,haproxy-tls
+BENCH_RESILIENCE_PEERS ?= tulle-retry,tulle-resilience,haproxy-resilience
 
 .PHONY: bench bench-quick bench-profile bench-setup bench-controlplane bench-micro bench-mtls \
-	bench-resilience-retries
+	bench-resilience-retries bench-resilience-cpu
 
 bench-setup:
 	bash bench/setup.sh
@@ -32,13 +39,17 @@ bench-quick: deps bench-setup
 	$(BENCH_PY) -m bench.run --mode quick --peers $(BENCH_PEERS) --json bench/results/quick.json
 
 bench: deps bench-setup
-	$(BENCH_PY) -m bench.run --mode full --peers $(BENCH_PEERS),$(BENCH_MTLS_PEERS) \
+	$(BENCH_PY) -m bench.run --mode full \
+		--peers $(BENCH_PEERS),$(BENCH_MTLS_PEERS),$(BENCH_RESILIENCE_PEERS) \
 		--json bench/results/full.json --doc docs/performance.md \
 		--mtls-json bench/results/mtls.json
 
 bench-mtls: deps bench-setup
 	$(BENCH_PY) -m bench.run --mode quick --peers $(BENCH_MTLS_PEERS) \
 		--json bench/results/mtls-quick.json --mtls-json bench/results/mtls.json
+
+bench-resilience-cpu: deps bench-setup
+	$(BENCH_PY) -m bench.resilience_cpu --runs 3 --json bench/results/resilience.json
 
 bench-profile: deps bench-setup
 	test -x $(dir $(BENCH_PY))py-spy || $(BENCH_PY) -m pip install -q 'py-spy>=0.3.14,<0.5'
@@ -64,6 +75,7 @@ bench-resilience: deps
 	$(BENCH_PY) -m bench.one_down --requests 20000 --json bench/results/resilience.json
 	$(BENCH_PY) -m bench.resilience_retries --requests 20000 --json bench/results/resilience.json
 	$(BENCH_PY) -m bench.global_limit
+	$(BENCH_PY) -m bench.bulkhead --requests 20000 --json bench/results/resilience.json
 
 bench-resilience-retries: deps
 	$(BENCH_PY) -m bench.resilience_retries --requests 20000 --json bench/results/resilience.json

@@ -57,6 +57,7 @@ from bench.peers import (
     versions,
 )
 from bench.procs import ProcessSet
+from bench.resilience_peers import RESILIENCE_STARTERS
 from bench.routing_peers import ROUTING_STARTERS
 
 PLANS = {
@@ -78,9 +79,14 @@ the same route without (`tulle-retry` vs `tulle`, same run)."""
 TARGET_ROUTING_CPU_RATIO = 2.0
 """Issue 8: ten rules and two header filters cost Tulle at most 2x what the same ACL routing
 costs HAProxy, CPU per request (`tulle-routes` vs `haproxy-routes`, same run)."""
-HTTP1_ONLY = ("tulle-filters", "tulle-retry", "tulle-routes", "haproxy-routes", *MTLS_STARTERS)
+TARGET_RESILIENCE_CPU_RATIO = 2.0
+"""Issue 10: peak-EWMA, retries and a circuit breaker with metrics on cost Tulle at most 2x what
+HAProxy's equivalent (leastconn, retries/retry-on, maxconn/queue) costs, CPU per request
+(`tulle-resilience` vs `haproxy-resilience`, same run; `bench/resilience_peers.py`)."""
+HTTP1_ONLY = ("tulle-filters", "tulle-retry", "tulle-routes", "haproxy-routes", *MTLS_STARTERS,
+              *RESILIENCE_STARTERS)
 """Peers measured in the HTTP/1.1 rounds only (not in the h2c, TCP and gRPC passes)."""
-ALL_STARTERS = {**STARTERS, **ROUTING_STARTERS, **MTLS_STARTERS}
+ALL_STARTERS = {**STARTERS, **ROUTING_STARTERS, **MTLS_STARTERS, **RESILIENCE_STARTERS}
 TARGET_MTLS_ADDED_P99_MS = 0.3
 """Issue 9: two hops over mTLS add at most 0.3 ms p99 at 1,000 rps (Istio 1.20: +0.298 ms)."""
 TARGET_MTLS_RSS_MB = 40.0
@@ -177,6 +183,18 @@ def derive(res: dict[str, Any]) -> None:
     if tr and hr:
         ratios["tulle_routes_vs_haproxy_routes"] = _ratios(
             tr, hr, ("cpu_us_per_req", "cpu_us_per_req_sat", "p50_ms", "p99_ms", "rps_max"))
+    ts, hs = res.get("tulle-resilience", {}), res.get("haproxy-resilience", {})
+    for key, label in (("cpu_us_per_req", "at 1,000 rps"), ("cpu_us_per_req_sat", "at saturation")):
+        if key in ts and key in hs and hs[key] > 0:
+            limit = TARGET_RESILIENCE_CPU_RATIO * hs[key]
+            targets.append({"target": f"peak-EWMA + retries + circuit breaker ≤ "
+                                      f"{TARGET_RESILIENCE_CPU_RATIO:g}x HAProxy's leastconn + "
+                                      f"retries + maxconn, CPU per request ({label})",
+                            "value": ts[key], "limit": rnd(limit, 1), "unit": "µs",
+                            "ratio": rnd(ts[key] / hs[key], 2), "met": ts[key] <= limit})
+    if ts and hs:
+        ratios["tulle_resilience_vs_haproxy_resilience"] = _ratios(
+            ts, hs, ("cpu_us_per_req", "cpu_us_per_req_sat", "p50_ms", "p99_ms", "rps_max"))
     mtls = derive_mtls(res)
     if "added_p99_ms" in mtls:
         v = mtls["added_p99_ms"]

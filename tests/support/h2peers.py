@@ -9,6 +9,9 @@ The origin (prior knowledge, no TLS) serves:
     /reset       a 200 head and 1 KiB, then RST_STREAM(INTERNAL_ERROR)
     /hold        like /sink, but acknowledges no request DATA until `origin.release` is set
     /stream/N    N pieces of 16 KiB, one per event-loop turn (for mid-response resets)
+    /script      one entry of `origin.script` per request (then "ok"): "ok" a gRPC OK answer
+                 (a 5-byte message, trailers `grpc-status: 0`), "grpc-N" a trailers-only gRPC
+                 answer with status N, "refuse" RST_STREAM(REFUSED_STREAM) before any answer
 
 `origin.goaway_connections = K` makes each of the next K connections answer its first request
 with GOAWAY(last_stream_id=0) and close, so the request was provably not processed.
@@ -56,6 +59,9 @@ class H2Origin:
         self.held_bytes = 0
         self.resets_received = 0
         self.reset_seen = asyncio.Event()
+        self.script: list[str] = []
+        self.scripted = 0
+        """Requests `/script` received."""
 
 
 class _OriginConn(asyncio.Protocol):
@@ -184,6 +190,19 @@ class _OriginConn(asyncio.Protocol):
                 self.conn.send_headers(sid, [(b":status", b"200")])
                 await self._send_body(sid, b"r" * 1024, False)
                 self.conn.reset_stream(sid, h2.errors.ErrorCodes.INTERNAL_ERROR)
+            elif path == "/script":
+                self.origin.scripted += 1
+                action = self.origin.script.pop(0) if self.origin.script else "ok"
+                grpc = [(b":status", b"200"), (b"content-type", b"application/grpc")]
+                if action == "refuse":
+                    self.conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+                elif action.startswith("grpc-"):
+                    self.conn.send_headers(sid, [*grpc, (b"grpc-status", action[5:].encode())],
+                                           end_stream=True)
+                else:
+                    self.conn.send_headers(sid, grpc)
+                    await self._send_body(sid, b"\x00\x00\x00\x00\x00", False)
+                    self.conn.send_headers(sid, [(b"grpc-status", b"0")], end_stream=True)
             elif path.startswith("/stream/"):
                 self.conn.send_headers(sid, [(b":status", b"200")])
                 for _ in range(int(path[8:])):

@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from tulle.api.errors import field_error
 from tulle.api.fields import Duration, pattern
 from tulle.api.meta import Model, Resource, Status
+from tulle.api.policies.circuit_breaker import CircuitBreakerSettings
 from tulle.api.policies.health_check import HealthCheckSettings
 from tulle.api.policies.load_balancing import LoadBalancingSettings
 from tulle.api.policies.outlier_detection import OutlierDetectionSettings
@@ -64,6 +65,10 @@ class MeshDefaults(Model):
     """Retries of every route rule no RetryPolicy or rule `retry` sets (the shape of a
     RetryPolicy's spec without `targetRef` and `budget`: the budget is `retryBudget`);
     unset: no retries (ADR 0037, ADR 0039)."""
+
+    circuitBreaker: CircuitBreakerSettings | None = None
+    """Every Service's cluster limits where no CircuitBreakerPolicy says otherwise (ADR 0037:
+    the policy's settings); unset: the proxy's 1024 / 1024 / 1024 / 3."""
 
     @model_validator(mode="after")
     def _one_budget(self) -> MeshDefaults:

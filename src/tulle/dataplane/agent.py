@@ -78,6 +78,9 @@ from tulle.proxyconfig.validate import ConfigError, check, validate
 
 log = logging.getLogger("tulle.agent")
 
+CLOSE_TIMEOUT = 1.0
+"""Seconds a closed stream may take to shut down before the agent reconnects anyway."""
+
 
 def load_cached(path: Path) -> ProxyConfig | None:
     try:
@@ -370,8 +373,10 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
             writer.close()
+            # Bounded: a TLS close waits for the peer's close_notify (up to asyncio's 30 s
+            # shutdown timeout), and a control plane that dropped us may never send one.
             with contextlib.suppress(Exception):
-                await writer.wait_closed()
+                await asyncio.wait_for(writer.wait_closed(), CLOSE_TIMEOUT)
 
     async def _handle(self, msg: Message) -> Message | None:
         if isinstance(msg, Ping):

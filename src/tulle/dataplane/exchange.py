@@ -70,14 +70,21 @@ class UpstreamError(Exception):
     refused it, or it never left on a reused connection the peer had closed (HTTP/2:
     REFUSED_STREAM, or above a GOAWAY's last stream id).  Pools never retry; the attempt layer
     and the router decide (`upstream/attempt.py`).
+
+    `unprocessed` (default: `retry_safe`): the upstream did not process the request, though
+    some of its body may have left (HTTP/2 REFUSED_STREAM, a stream above GOAWAY's last id, RFC
+    9113 8.7).  Not safe for a pool to replay (the body is gone) but for the router's retry,
+    which keeps the body it sent (`http/retry.py`).
     """
 
-    def __init__(self, status: int, flag: str, detail: str, retry_safe: bool = False) -> None:
+    def __init__(self, status: int, flag: str, detail: str, retry_safe: bool = False,
+                 unprocessed: bool | None = None) -> None:
         super().__init__(f"{flag}: {detail}")
         self.status = status
         self.flag = flag
         self.detail = detail
         self.retry_safe = retry_safe
+        self.unprocessed = retry_safe if unprocessed is None else unprocessed
 
 
 def connect_failure(detail: str) -> UpstreamError:

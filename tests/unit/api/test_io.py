@@ -62,9 +62,10 @@ def test_mixed_good_and_bad_documents_report_every_error() -> None:
 
 
 def _known() -> str:
-    return ("AuthorizationPolicy, FaultInjectionPolicy, GRPCRoute, HTTPRoute, HealthCheckPolicy, "
-            "LoadBalancingPolicy, Mesh, MutualTLSPolicy, OutlierDetectionPolicy, RateLimitPolicy, "
-            "ReferenceGrant, RetryPolicy, Service, TCPRoute, TimeoutPolicy, Workload")
+    return ("AuthorizationPolicy, CircuitBreakerPolicy, FaultInjectionPolicy, GRPCRoute, "
+            "HTTPRoute, HealthCheckPolicy, LoadBalancingPolicy, Mesh, MutualTLSPolicy, "
+            "OutlierDetectionPolicy, RateLimitPolicy, ReferenceGrant, RetryPolicy, Service, "
+            "TCPRoute, TimeoutPolicy, Workload")
 
 
 def test_empty_documents_and_comments_are_skipped() -> None:

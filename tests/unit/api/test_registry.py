@@ -25,6 +25,8 @@ EXPECTED = {
     ("policy.tulle.dev/v1alpha1", "FaultInjectionPolicy"): ("Namespaced",
                                                             "faultinjectionpolicies"),
     ("policy.tulle.dev/v1alpha1", "RateLimitPolicy"): ("Namespaced", "ratelimitpolicies"),
+    ("policy.tulle.dev/v1alpha1", "CircuitBreakerPolicy"): ("Namespaced",
+                                                          "circuitbreakerpolicies"),
 }
 
 
@@ -87,7 +89,7 @@ def test_unknown_kind_lists_known_ones() -> None:
     assert path == "kind"
     assert message.startswith(
         'unknown kind "Pod" (apiVersion "x/v1"); known kinds: AuthorizationPolicy, '
-        'FaultInjectionPolicy, GRPCRoute'
+        'CircuitBreakerPolicy, FaultInjectionPolicy, GRPCRoute'
     )
 
 

@@ -2,9 +2,9 @@
 
 Shape per ADR 0037 (Kuma's MeshRetry, flattened: the targetRef is the destination): every field
 optional, an unset one inherits from the next less specific level (route rule > route > Service
-> Mesh > `Mesh.spec.defaults`); `backoff` and `budget` are merged as one value each.  ADR 0039
+> its namespace > Mesh > `Mesh.spec.defaults`); `backoff` and `budget` are merged as one value each.  ADR 0039
 says what each field does in the proxy.  `budget` is the Service's (its cluster's) retry budget,
-shared by every route to it: it may be set on a Service or Mesh target only.
+shared by every route to it: it may be set on a Service, Namespace or Mesh target only.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pydantic import Field, model_validator
 from tulle.api.errors import field_error
 from tulle.api.fields import Duration, duration_ms
 from tulle.api.meta import Model
+from tulle.api.policies.authorization import NAMESPACE_TARGET
 from tulle.api.policy import (
     GRPCROUTE_TARGET,
     HTTPROUTE_TARGET,
@@ -104,7 +105,7 @@ class RetryPolicySpec(PolicySpec, RetrySettings):
           short_names=("rp",))
 class RetryPolicy(Policy):
     TARGETS: ClassVar[frozenset[tuple[str, str]]] = frozenset(
-        {MESH_TARGET, SERVICE_TARGET, HTTPROUTE_TARGET, GRPCROUTE_TARGET})
+        {MESH_TARGET, NAMESPACE_TARGET, SERVICE_TARGET, HTTPROUTE_TARGET, GRPCROUTE_TARGET})
 
     apiVersion: Literal["policy.tulle.dev/v1alpha1"] = POLICY_API_VERSION
     kind: Literal["RetryPolicy"] = "RetryPolicy"

@@ -16,6 +16,7 @@ from pydantic import model_validator
 
 from tulle.api.errors import field_error
 from tulle.api.fields import Duration, duration_ms
+from tulle.api.policies.authorization import NAMESPACE_TARGET
 from tulle.api.policy import (
     GRPCROUTE_TARGET,
     HTTPROUTE_TARGET,
@@ -54,7 +55,7 @@ class TimeoutPolicySpec(PolicySpec):
 @register(api_version=POLICY_API_VERSION, kind="TimeoutPolicy", plural="timeoutpolicies", short_names=("tp",))
 class TimeoutPolicy(Policy):
     TARGETS: ClassVar[frozenset[tuple[str, str]]] = frozenset(
-        {MESH_TARGET, SERVICE_TARGET, HTTPROUTE_TARGET, GRPCROUTE_TARGET, TCPROUTE_TARGET}
+        {MESH_TARGET, NAMESPACE_TARGET, SERVICE_TARGET, HTTPROUTE_TARGET, GRPCROUTE_TARGET, TCPROUTE_TARGET}
     )
 
     apiVersion: Literal["policy.tulle.dev/v1alpha1"] = POLICY_API_VERSION

@@ -120,6 +120,9 @@ class ServicePort(msgspec.Struct, frozen=True):
     declared: str = ""
     """The protocol the Service port itself declares (`appProtocol` or name), without the
     default; lends it to the inbound ports it selects (`inbound_protocols.py`)."""
+    limits: Mapping[str, int] | None = None
+    """Its cluster's `limits` (only the fields a level sets; `plugins/circuit_breaker.py`);
+    None: the proxy's defaults."""
 
     @property
     def key(self) -> Key:

@@ -53,6 +53,8 @@ def service_cluster(sp: ServicePort, connect_timeout_ms: int | None = None) -> d
         out.update(sp.health)
     if sp.retry_budget is not None:
         out["retry_budget"] = dict(sp.retry_budget)
+    if sp.limits is not None:  # bulkheads (the circuit_breaker plugin)
+        out["limits"] = dict(sp.limits)
     out.update(sp.cluster_timeouts)  # a TimeoutPolicy's, over the Mesh default
     return out
 

@@ -135,5 +135,17 @@ def with_provenance(conditions: Mapping[ObjectRef, tuple[Condition, ...]], type_
     return out
 
 
+def namespace_status(p: Policy, used: bool) -> Condition:
+    """The status of a policy targeting a Namespace (which is no stored resource, so
+    `target_found` is False): it may only name its own (ADR 0037); `used`: it reached a
+    Service."""
+    if p.target_name != p.namespace:
+        return Condition("Accepted", False, "TargetNotFound", f"namespace {p.target_name} is "
+                         f"not the policy's own ({p.namespace})", p.generation)
+    return Condition("Accepted", True, "Enforced",
+                     f"applied to the Services of namespace {p.namespace}" if used
+                     else f"namespace {p.namespace} has no Service yet", p.generation)
+
+
 __all__ = ["BUILTIN_SOURCE", "DEFAULTS_SOURCE", "derive_mesh", "derive_policies", "layered",
-           "merge_fields", "source_of", "sources", "with_provenance"]
+           "merge_fields", "namespace_status", "source_of", "sources", "with_provenance"]

@@ -13,19 +13,25 @@ Decisions, per try (ADR 0039):
 
 * *Retry on* (`RetryPolicy.retry_on`, Envoy's names): a status (`5xx`, `gateway-error`,
   listed codes, a trailers-only gRPC status) or an error, by its response flag: `UF` connect
-  failure, `UC` reset (a retry-safe `UC` is a refused stream), `UT` per-try timeout, `UPE`.
+  failure, `UC` reset (an `unprocessed` `UC` is a refused stream), `UT` per-try timeout, `UPE`.
   `UO` (a cluster limit) is never retried: the limit is the answer.
 * *May retry*: retries left; the cluster's `max_retries` (retries in flight) not reached;
   the request body seen so far is within `max_body_bytes` (it is
   buffered while it is sent, never held back for it); the method is idempotent unless the
   policy allows others -- or the upstream cannot have acted on it (connect failure, refused
-  stream); the cluster's budget (`upstream/budget.py`) has room.  A retry past the budget is
+  stream), or the answer is a gRPC status the policy lists (every gRPC call is a POST: the
+  listed statuses are the user's word that the call may be repeated, as in Envoy and Istio);
+  the cluster's budget (`upstream/budget.py`) has room.  A retry past the budget is
   not made: the failed try's answer goes to the client, counted in
   `tulle_proxy_upstream_retry_budget_exhausted_total`.
 * *Backoff*: full jitter, uniform in [0, min(cap, base x 2^(n-1))] before retry n (25 ms base,
   250 ms cap by default); the request's whole timeout keeps running through it.
 * *Another endpoint*: every endpoint a try failed on is avoided while the cluster has others.
 * *Exhausted*: the last try's answer goes to the client with flag `URX` added.
+* *Refused by a limit after the backoff* (the cluster's `max_requests` or `max_retries` filled
+  while the retry waited): the client gets the failure that was being retried -- its status
+  and flag, with `UO` added (`UF,UO`; a retried status answers as a local reply of that
+  status, `UO`: its body is gone) -- not a bare 503 `UO` that would hide what failed (ADR 0048).
 
 A bodiless request (a GET) has no `Retrier` until its first try fails: the stream opens that
 try itself and hands it over (`adopt`) only then, so a healthy GET on a retrying route pays the
@@ -97,21 +103,24 @@ class RetryRuntime:
         self.max_body = cfg.max_body_bytes
         self.per_try_timeout = per_try_timeout
 
-    def status_retried(self, head: ResponseHead, end: bool) -> bool:
+    def status_retried(self, head: ResponseHead, end: bool) -> str | None:
+        """Why `head` is retried (`"503"`, `"grpc-14"`: the retry metric's reason); None: it
+        is not."""
         status = head.status
         if status in self.statuses or (self.any_5xx and status >= 500):
-            return True
+            return str(status)
         if self.grpc and end:  # a trailers-only gRPC answer: its status is in the head
             for name, value in head.headers:
                 if name == b"grpc-status":
-                    return value in self.grpc
-        return False
+                    return "grpc-" + value.decode("ascii", "replace") if value in self.grpc \
+                        else None
+        return None
 
     def error_retried(self, error: UpstreamError) -> bool:
         flag = error.flag
         if flag in self.error_flags:
             return True
-        return error.retry_safe and flag in self.safe_flags
+        return error.unprocessed and flag in self.safe_flags
 
     def backoff(self, n: int, rng: random.Random | None = None) -> float:
         """Seconds to wait before retry `n` (1-based): full jitter under an exponential cap."""
@@ -128,7 +137,7 @@ class Retrier:
     sink."""
 
     __slots__ = ("avoid", "bodiless", "chunks", "cluster", "committed", "cur", "ended",
-                 "exhausted", "head", "last_key", "paused", "policy", "replayable", "retries",
+                 "exhausted", "failed", "head", "last_key", "paused", "policy", "replayable", "retries",
                  "size", "stream", "timer", "trailers")
 
     def __init__(self, policy: RetryRuntime, cluster: ClusterRuntime, head: RequestHead,
@@ -155,6 +164,9 @@ class Retrier:
         self.last_key = ""
         self.exhausted = False
         """The last failure was retriable but the retries were used up (flag `URX`)."""
+        self.failed: UpstreamError | None = None
+        """The failure the scheduled retry retries: what the client gets if a limit refuses
+        that retry after its backoff."""
 
     def open(self, request: AttemptRequest | None) -> UpstreamStream | None:
         """The first try; None when the cluster has no endpoint (as `open_stream`)."""
@@ -237,8 +249,10 @@ class Retrier:
             status = head.status
             policy = self.policy
             if ((status >= 500 or policy.grpc or status in policy.statuses)
-                    and policy.status_retried(head, end_stream)):
-                if self._retry(str(status), idempotent_only=True):
+                    and (reason := policy.status_retried(head, end_stream)) is not None):
+                failed = UpstreamError(status if status >= 400 else 503, "",
+                                       f"upstream answered {reason}")
+                if self._retry(reason, not reason.startswith("grpc-"), failed):
                     return
                 if self.exhausted:
                     stream.flags = f"{stream.flags},URX" if stream.flags else "URX"
@@ -253,11 +267,15 @@ class Retrier:
 
     def on_upstream_error(self, error: UpstreamError) -> None:
         if not self.committed and self.policy.error_retried(error):
-            if self._retry(error.flag, idempotent_only=not error.retry_safe):
+            if self._retry(error.flag, not error.unprocessed, error):
                 return
             if self.exhausted:
                 error = UpstreamError(error.status, error.flag + ",URX", error.detail,
                                       error.retry_safe)
+        elif error.flag == "UO" and self.failed is not None:  # a limit refused the retry
+            f = self.failed
+            error = UpstreamError(f.status, f"{f.flag},UO" if f.flag else "UO",
+                                  f"{f.detail}; its retry refused: {error.detail}")
         self.cur = None
         self.stream.on_upstream_error(error)
 
@@ -295,9 +313,10 @@ class Retrier:
         if isinstance(cur, Attempt):
             cur.sink = self.stream
 
-    def _retry(self, reason: str, idempotent_only: bool) -> bool:
+    def _retry(self, reason: str, idempotent_only: bool, failed: UpstreamError) -> bool:
         """Retry the request if the policy, its body and the budget allow: drop the failed
-        try, wait out the backoff, then try again.  False: the failure stands."""
+        try (`failed` says what it got), wait out the backoff, then try again.  False: the
+        failure stands."""
         policy = self.policy
         cluster = self.cluster
         if self.retries >= policy.num_retries:
@@ -324,6 +343,7 @@ class Retrier:
             self.last_key = cur.endpoint_key
             cur.reset()  # (a try that failed is over already; a response is dropped)
         self.retries += 1
+        self.failed = failed
         cluster.m_retries.labels(cluster.name, reason).value += 1
         self.timer = cluster.loop.call_later(policy.backoff(self.retries), self._next)
         return True

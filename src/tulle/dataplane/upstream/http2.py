@@ -15,7 +15,8 @@ retries; it marks what is safe to send again (`retry_safe`) and the attempt laye
 
 * connect failure or timeout: `connect_failure` (503) for the exchanges that waited for it;
 * RST_STREAM from the server: `upstream_reset` (502); REFUSED_STREAM on a stream that sent no
-  body yet is retry-safe (the server did not process it, RFC 9113 8.7);
+  body yet is retry-safe (the server did not process it, RFC 9113 8.7); with some body sent
+  it is still `unprocessed` (the router's retry, which kept the body, may send it again);
 * GOAWAY: streams above the last stream id were not processed: `upstream_reset`, retry-safe for
   those that sent no body yet.  The connection takes no new streams and closes when its last
   stream ends;
@@ -280,7 +281,9 @@ class H2UpConnection(asyncio.Protocol):
                     s._failed(UpstreamError(
                         502, "UC", f"upstream reset the stream (HTTP/2 error code "
                         f"{ev.error_code})",
-                        retry_safe=ev.error_code == REFUSED_STREAM and s.retryable))
+                        retry_safe=ev.error_code == REFUSED_STREAM and s.retryable,
+                        unprocessed=ev.error_code == REFUSED_STREAM
+                        and not s.response_started))
             elif isinstance(ev, GoAwayReceived):
                 self._on_goaway(ev.last_stream_id)
         if held is not None:
@@ -296,7 +299,7 @@ class H2UpConnection(asyncio.Protocol):
             self._done(s)
             s._failed(UpstreamError(
                 502, "UC", "upstream sent GOAWAY before processing the stream",
-                retry_safe=s.retryable))
+                retry_safe=s.retryable, unprocessed=not s.response_started))
         if not self.streams:
             self._close()
 

@@ -60,3 +60,16 @@ def test_without_any_policy_clusters_have_neither() -> None:
     c = api_cluster([workload("web", 18000, app="web"), workload("a", 18001, app="api"),
                      SERVICE])
     assert c.outlier_detection is None and c.health_check is None
+
+
+def test_two_policies_at_one_level_the_oldest_wins_a_field() -> None:
+    def od(name: str, created: str, n: int) -> dict[str, Any]:
+        return {"kind": "OutlierDetectionPolicy",
+                "metadata": {"name": name, "namespace": "ns", "creationTimestamp": created},
+                "spec": {"targetRef": {"group": "", "kind": "Service", "name": "api"},
+                         "consecutive5xx": n}}
+
+    base = [workload("web", 18000, app="web"), workload("a", 18001, app="api"), SERVICE]
+    c = api_cluster([*base, od("a-new", "2026-02-01T00:00:00Z", 2),
+                     od("z-old", "2026-01-01T00:00:00Z", 7)])
+    assert c.outlier_detection is not None and c.outlier_detection.consecutive_5xx == 7

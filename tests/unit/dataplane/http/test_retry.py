@@ -239,3 +239,44 @@ async def test_a_try_that_fails_inside_open_is_retried_not_kept() -> None:
     r2.timer.cancel()
     r2._next()
     assert failing.tries[1].data == [b"body"] and failing.tries[0].data == []
+
+
+async def test_a_retry_a_limit_refuses_after_the_backoff_answers_the_failure_it_retried() -> None:
+    r, cluster, stream = retrier(retry_on=["connect-failure"])
+    r.on_upstream_error(connect_failure("refused"))
+    assert r.timer is not None
+    r.timer.cancel()
+    r._next()
+    r.on_upstream_error(cluster.limits.overflow("requests"))  # the limit filled meanwhile
+    assert stream.errors == ["UF,UO"]
+
+
+async def test_a_retried_status_a_limit_refuses_is_answered_with_that_status() -> None:
+    got: list[UpstreamError] = []
+    r, cluster, stream = retrier()
+    stream.on_upstream_error = got.append  # type: ignore[method-assign]
+    r.on_response_head(ResponseHead(502, []), True)
+    assert r.timer is not None
+    r.timer.cancel()
+    r._next()
+    r.on_upstream_error(cluster.limits.overflow("retries"))
+    assert [(e.status, e.flag) for e in got] == [(502, "UO")]
+    assert "upstream answered 502" in got[0].detail
+
+
+def test_a_listed_grpc_status_names_itself_as_the_reason() -> None:
+    r = runtime(retry_on=["retriable-grpc-statuses"], grpc_statuses=[14])
+    assert r.status_retried(ResponseHead(200, [(b"grpc-status", b"14")]), True) == "grpc-14"
+    assert runtime(retry_on=["5xx"]).status_retried(ResponseHead(503, []), True) == "503"
+
+
+async def test_a_refused_stream_after_some_body_is_retried_with_the_kept_body() -> None:
+    r, cluster, stream = retrier(b"POST", bodiless=False, retry_on=["refused-stream"])
+    r.send_data(b"body")
+    r.send_end()
+    refused = UpstreamError(502, "UC", "REFUSED_STREAM", retry_safe=False, unprocessed=True)
+    r.on_upstream_error(refused)
+    assert r.timer is not None  # not processed: safe for a POST, the body is kept
+    r.timer.cancel()
+    r._next()
+    assert cluster.tries[1].data == [b"body"] and cluster.tries[1].ended

@@ -16,6 +16,7 @@ from __future__ import annotations
 from tulle.controlplane.compiler.ir import MeshModel
 from tulle.controlplane.compiler.plugins import (
     authorization,
+    circuit_breaker,
     endpoint_health,
     fault_injection,
     header_modifiers,
@@ -91,6 +92,10 @@ ORDER: tuple[tuple[Plugin, str], ...] = (
      "edits Service clusters, not routes (outlier detection, health checks): after the route "
      "plugins, before unenforced_policies, which must see the conditions it writes on its "
      "policies; it reads the Mesh's `defaults.outlierDetection` / `healthCheck` itself"),
+    (circuit_breaker.PLUGIN,
+     "edits Service clusters, not routes (their limits): after the route plugins, before "
+     "unenforced_policies, which must see the conditions it writes on its policies; it reads "
+     "the Mesh's `defaults.circuitBreaker` itself"),
     (unenforced_policies.PLUGIN,
      "last: a policy no plugin wrote a status for is not enforced, and must say so"),
 )

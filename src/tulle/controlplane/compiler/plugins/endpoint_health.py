@@ -13,14 +13,14 @@ Ports the settings cannot apply to are left without them and say so in the Servi
 condition: outlier detection on a `tcp` port (the TCP relay reports no outcomes yet), an HTTP
 or gRPC probe on a `tcp` port, a gRPC probe on a port that is not `http2`.
 
-Precedence ties (two policies at one level): the first by namespace/name wins a field here;
-the shared helper of ADR 0037 (`compiler/policies.py`: `layered`, `merge_fields`, oldest wins)
-replaces `_layered` / `_merge` once it lands.
+Precedence is the shared helper's (ADR 0037, `compiler/policies.py`: `layered`,
+`merge_fields`): Service, namespace, Mesh; two policies at one level: the oldest
+(`creationTimestamp`, then namespace/name) wins a field.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 from msgspec.structs import replace
@@ -30,35 +30,17 @@ from tulle.api.policies import outlier_detection as od_api
 from tulle.controlplane.compiler.durations import to_ms
 from tulle.controlplane.compiler.ir import Condition, MeshModel, ObjectRef, Policy, ServicePort
 from tulle.controlplane.compiler.plugins.base import Plugin
+from tulle.controlplane.compiler.policies import DEFAULTS_SOURCE as DEFAULTS
+from tulle.controlplane.compiler.policies import layered, merge_fields
+from tulle.controlplane.compiler.policies import source_of as _source
 
 NAME = "endpoint_health"
 OD_KIND = "OutlierDetectionPolicy"
 HC_KIND = "HealthCheckPolicy"
-DEFAULTS = "Mesh.spec.defaults"
 PROBE = "probe"
 """The merge unit standing for whichever of `http`, `grpc`, `tcp` a level sets."""
 
 Layers = list[tuple[str, Mapping[str, Any]]]
-
-
-def _source(p: Policy) -> str:
-    return f"{p.kind} {p.namespace}/{p.name}"
-
-
-def _level(p: Policy, sp: ServicePort) -> int | None:
-    if p.target_kind == "Service":
-        return 0 if p.target_found and (p.namespace, p.target_name) == sp.key else None
-    if p.target_kind == "Namespace":
-        return 1 if p.target_name == p.namespace == sp.namespace else None
-    if p.target_kind == "Mesh":
-        return 2 if p.target_found else None
-    return None
-
-
-def _layered(policies: Iterable[Policy], sp: ServicePort) -> list[Policy]:
-    found = [(lv, p.namespace, p.name, p) for p in policies
-             if (lv := _level(p, sp)) is not None]
-    return [t[3] for t in sorted(found, key=lambda t: t[:3])]
 
 
 def _probe_view(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -67,17 +49,6 @@ def _probe_view(values: Mapping[str, Any]) -> dict[str, Any]:
     for kind in hc_api.PROBES:
         if values.get(kind) is not None:
             out[PROBE] = (kind, values[kind])
-    return out
-
-
-def _merge(layers: Sequence[tuple[str, Mapping[str, Any]]],
-           fields: Sequence[str]) -> dict[str, tuple[Any, str]]:
-    out: dict[str, tuple[Any, str]] = {}
-    for f in fields:
-        for source, values in layers:
-            if values.get(f) is not None:
-                out[f] = (values[f], source)
-                break
     return out
 
 
@@ -161,7 +132,7 @@ def apply(mesh: MeshModel) -> MeshModel:
     described: dict[ObjectRef, list[str]] = {}
     hc_fields = [*(f for f in hc_api.FIELDS if f not in hc_api.PROBES), PROBE]
     for sp in mesh.services:
-        applying = _layered(policies, sp)
+        applying = [*layered(policies, OD_KIND, sp.key), *layered(policies, HC_KIND, sp.key)]
         od_layers: Layers = [(_source(p), p.spec) for p in applying if p.kind == OD_KIND]
         hc_layers: Layers = [(_source(p), _probe_view(p.spec)) for p in applying
                              if p.kind == HC_KIND]
@@ -169,8 +140,8 @@ def apply(mesh: MeshModel) -> MeshModel:
             od_layers.append((DEFAULTS, od_default))
         if hc_default:
             hc_layers.append((DEFAULTS, _probe_view(hc_default)))
-        od_merged = _merge(od_layers, od_api.FIELDS) if od_layers else {}
-        hc_merged = _merge(hc_layers, hc_fields) if hc_layers else {}
+        od_merged = merge_fields(od_layers, od_api.FIELDS) if od_layers else {}
+        hc_merged = merge_fields(hc_layers, hc_fields) if hc_layers else {}
         for p in applying:
             view = p.spec if p.kind == OD_KIND else _probe_view(p.spec)
             fields = od_api.FIELDS if p.kind == OD_KIND else hc_fields

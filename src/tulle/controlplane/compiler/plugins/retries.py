@@ -40,6 +40,7 @@ from tulle.controlplane.compiler.plugins.base import Plugin
 from tulle.controlplane.compiler.policies import (
     layered,
     merge_fields,
+    namespace_status,
     sources,
     with_provenance,
 )
@@ -187,6 +188,9 @@ def _conditions(mesh: MeshModel, used: set[ObjectRef]) -> dict[ObjectRef, tuple[
                   for r in mesh.routes}
     out: dict[ObjectRef, tuple[Condition, ...]] = {}
     for p in mesh.policies:
+        if p.kind == KIND and p.target_kind == "Namespace":
+            out[p.ref] = (namespace_status(p, p.ref in used),)
+            continue
         if p.kind != KIND or not p.target_found:
             continue  # (a missing target: unenforced_policies says TargetNotFound)
         names = rule_names.get((p.target_kind, p.namespace, p.target_name))

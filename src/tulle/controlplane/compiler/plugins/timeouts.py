@@ -37,6 +37,7 @@ from tulle.controlplane.compiler.plugins.base import Plugin
 from tulle.controlplane.compiler.policies import (
     layered,
     merge_fields,
+    namespace_status,
     sources,
     with_provenance,
 )
@@ -140,6 +141,9 @@ def _conditions(mesh: MeshModel, used: set[ObjectRef],
                   for r in mesh.routes}
     out: dict[ObjectRef, tuple[Condition, ...]] = {}
     for p in mesh.policies:
+        if p.kind == KIND and p.target_kind == "Namespace":
+            out[p.ref] = (namespace_status(p, p.ref in used),)
+            continue
         if p.kind != KIND or not p.target_found or p.target_kind == "TCPRoute":
             continue
         names = rule_names.get((p.target_kind, p.namespace, p.target_name))
