@@ -1,0 +1,215 @@
+"""Steer every pod's outbound TCP to the node agent's listener for that pod (agent mode, ADR 0047).
+
+A per-node agent runs in the node's network namespace and fronts the pods behind it.  Each pod
+gets an outbound listener of its own on the agent (`127.0.0.1:<outboundPort>`, the port the
+pod's workload registers), so the listener a connection arrives on *is* the pod it came from,
+and the agent presents that pod's certificate (ADR 0032).  This module installs, in the
+**node's** namespace (never a pod's, never the host's), one nat chain, `TULLE_NODE`, jumped to
+from `PREROUTING`, holding per pod::
+
+    -A TULLE_NODE -i <pod's veth> -s <pod address>/32 -p tcp -j DNAT --to-destination 127.0.0.1:<port>
+
+and sets `net.ipv4.conf.<pod's veth>.route_localnet=1`, without which the kernel drops a packet
+arriving on a non-loopback interface for 127.0.0.1.  The DNAT happens in the namespace the
+agent's socket lives in, so `SO_ORIGINAL_DST` (conntrack's original tuple) gives the agent the
+destination the pod dialled, as after a REDIRECT.  Matching both the interface and the source
+address means a packet claiming a pod's address from anywhere else (the bridge, another veth) is
+not steered to that pod's listener: it cannot borrow the pod's identity.
+
+`clean` removes the jump and the chain and resets `route_localnet` on the interfaces the chain
+named; nothing else is touched.  IPv4 only (the testbed's pods and the compiled outbound
+listener are IPv4).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from tulle.net.iptables_run import EXIT_ENVIRONMENT, EXIT_REFUSED, InterceptionError
+
+CHAIN: Final = "TULLE_NODE"
+JUMP: Final = f"-A PREROUTING -j {CHAIN}"
+AGENT_ADDRESS: Final = "127.0.0.1"
+_DEVICE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
+
+Runner = Callable[[Sequence[str], str | None], subprocess.CompletedProcess[str]]
+
+
+def run(argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=30,
+                          check=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PodSteer:
+    """One pod: its address, the interface it is behind on this node, its agent port."""
+
+    address: ipaddress.IPv4Address
+    port: int
+    device: str = ""
+
+
+def parse_pod(text: str) -> PodSteer:
+    """`--pod ADDRESS=PORT` -> PodSteer (device still unknown); OptionError-like ValueError
+    naming the option."""
+    addr, sep, port = text.partition("=")
+    if not sep:
+        raise ValueError(f"--pod: {text!r}: use ADDRESS=PORT (the pod's agent port)")
+    try:
+        ip = ipaddress.ip_address(addr.strip())
+    except ValueError:
+        raise ValueError(f"--pod: {addr!r} is not an IP address") from None
+    if not isinstance(ip, ipaddress.IPv4Address):
+        raise ValueError(f"--pod: {addr!r}: agent steering is IPv4 only")
+    if ip.is_loopback or ip.is_unspecified or ip.is_multicast:
+        raise ValueError(f"--pod: {addr!r} cannot be a pod's address")
+    if not port.strip().isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--pod: {port!r} is not a port (1-65535)")
+    return PodSteer(ip, int(port))
+
+
+def check_pods(pods: Sequence[PodSteer]) -> None:
+    seen_addr: set[ipaddress.IPv4Address] = set()
+    seen_port: dict[int, ipaddress.IPv4Address] = {}
+    for p in pods:
+        if p.address in seen_addr:
+            raise ValueError(f"--pod: {p.address} is given twice")
+        if p.port in seen_port:
+            raise ValueError(f"--pod: port {p.port} is given to {seen_port[p.port]} and "
+                             f"{p.address}: each pod needs an agent port of its own (its "
+                             "identity is chosen by the port)")
+        seen_addr.add(p.address)
+        seen_port[p.port] = p.address
+        if p.device and not _DEVICE.match(p.device):
+            raise ValueError(f"--pod: {p.address}: bad interface name {p.device!r}")
+
+
+def chain_rules(pods: Sequence[PodSteer]) -> list[str]:
+    return [f"-A {CHAIN} -i {p.device} -s {p.address}/32 -p tcp -j DNAT --to-destination "
+            f"{AGENT_ADDRESS}:{p.port}" for p in pods]
+
+
+def restore_input(pods: Sequence[PodSteer] | None, saved: str) -> str:
+    """One `iptables-restore --noflush` transaction: drop our jump if present, (re)declare the
+    chain (which flushes it), fill it and jump to it; with `pods` None, remove it all."""
+    lines = saved.splitlines()
+    have_chain = any(line.startswith(f":{CHAIN} ") for line in lines)
+    have_jump = JUMP in lines
+    out = ["*nat"]
+    if have_jump:
+        out.append(f"-D PREROUTING -j {CHAIN}")
+    if pods is None:
+        if have_chain:
+            out += [f"-F {CHAIN}", f"-X {CHAIN}"]
+    else:
+        out.append(f":{CHAIN} - [0:0]")
+        out += chain_rules(pods)
+        out.append(JUMP)
+    out.append("COMMIT")
+    return "\n".join(out) + "\n"
+
+
+def devices_in(saved: str) -> list[str]:
+    """The interfaces our chain names (to reset their route_localnet on clean)."""
+    out = []
+    for line in saved.splitlines():
+        if line.startswith(f"-A {CHAIN} "):
+            parts = line.split()
+            if "-i" in parts:
+                dev = parts[parts.index("-i") + 1]
+                if _DEVICE.match(dev) and dev not in out:
+                    out.append(dev)
+    return out
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise InterceptionError(f"{name} not found on PATH (install iptables)", EXIT_ENVIRONMENT)
+    return path
+
+
+def _saved(runner: Runner) -> str:
+    done = runner([_tool("iptables-save")], None)
+    return done.stdout if done.returncode == 0 else ""
+
+
+def device_of(address: ipaddress.IPv4Address, runner: Runner) -> str:
+    """The interface this namespace reaches `address` by (the pod's veth)."""
+    done = runner(["ip", "-o", "-4", "route", "get", str(address)], None)
+    parts = done.stdout.split()
+    if done.returncode != 0 or "dev" not in parts:
+        raise InterceptionError(f"--pod {address}: no route to it in this namespace "
+                                f"({(done.stderr or done.stdout).strip()})", EXIT_REFUSED)
+    dev = parts[parts.index("dev") + 1]
+    if dev == "lo" or parts[0] == "local":
+        raise InterceptionError(f"--pod {address}: that address is this namespace's own; "
+                                "run this in the node's namespace, for pods behind it",
+                                EXIT_REFUSED)
+    if not _DEVICE.match(dev):
+        raise InterceptionError(f"--pod {address}: odd interface name {dev!r}", EXIT_REFUSED)
+    return dev
+
+
+def _route_localnet(dev: str, on: bool) -> None:
+    path = f"/proc/sys/net/ipv4/conf/{dev}/route_localnet"
+    try:
+        with open(path, "w") as f:
+            f.write("1" if on else "0")
+    except FileNotFoundError:
+        pass  # the interface is gone (its pod was deleted): nothing to reset
+    except OSError as exc:
+        raise InterceptionError(f"{path}: {exc.strerror}", EXIT_REFUSED) from None
+
+
+def _restore(text: str, runner: Runner) -> None:
+    done = runner([_tool("iptables-restore"), "--noflush", "--wait", "5"], text)
+    if done.returncode != 0:
+        raise InterceptionError(f"iptables-restore refused the ruleset: "
+                                f"{(done.stderr or done.stdout).strip()}", EXIT_REFUSED)
+
+
+def _root() -> None:
+    if os.geteuid() != 0:
+        raise InterceptionError("needs root (CAP_NET_ADMIN in the node's network namespace); "
+                                "use --dry-run to print the rules", EXIT_ENVIRONMENT)
+
+
+def resolve(pods: Sequence[PodSteer], runner: Runner = run) -> list[PodSteer]:
+    out = [PodSteer(p.address, p.port, p.device or device_of(p.address, runner)) for p in pods]
+    check_pods(out)
+    return out
+
+
+def apply(pods: Sequence[PodSteer], runner: Runner = run) -> list[str]:
+    """Steer `pods` (replacing an earlier apply); returns what was done, one line each."""
+    _root()
+    resolved = resolve(pods, runner)
+    saved = _saved(runner)
+    for dev in set(devices_in(saved)) - {p.device for p in resolved}:
+        _route_localnet(dev, False)
+    for p in resolved:
+        _route_localnet(p.device, True)
+    _restore(restore_input(resolved, saved), runner)
+    return [f"steered {p.address} (via {p.device}) to {AGENT_ADDRESS}:{p.port}"
+            for p in resolved]
+
+
+def clean(runner: Runner = run) -> list[str]:
+    """Remove exactly what `apply` installed."""
+    _root()
+    saved = _saved(runner)
+    devs = devices_in(saved)
+    if f":{CHAIN} " not in saved and JUMP not in saved.splitlines():
+        return []
+    _restore(restore_input(None, saved), runner)
+    for dev in devs:
+        _route_localnet(dev, False)
+    return [f"removed {CHAIN}", *(f"route_localnet off on {d}" for d in devs)]
