@@ -156,3 +156,48 @@ def test_each_workload_of_a_node_presents_its_own_certificate() -> None:
     plain = compiled(PLAINTEXT)
     assert [t.name for t in merge([(web, plain[web]), (api, plain[api])]).route_tables] == [
         "outbound"]
+
+
+def transparent(name: str, address: str, outbound: int | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"address": address, "interception": "transparent",
+                            "serviceAccount": name}
+    if outbound is not None:
+        spec["outboundPort"] = outbound
+    return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Workload",
+            "metadata": {"name": name, "namespace": NS, "labels": {"app": name}},
+            "spec": spec}
+
+
+def test_transparent_pods_of_one_agent_each_get_their_own_outbound_listener() -> None:
+    """ADR 0047: agent mode.  Each pod's transparent `outbound` listener on its own port, its
+    destinations pointing at that pod's own tables and clusters (its own certificate)."""
+    docs = [service("web", app="web"), workload("web-0", "10.232.1.9", 8080, 15001, app="web"),
+            transparent("pod-a", "10.232.0.2", 15001), transparent("pod-b", "10.232.0.3", 15002)]
+    snaps = dict(compile_mesh(MeshInputs.from_resources(docs)).snapshots)
+    a, b = (NS, "pod-a"), (NS, "pod-b")
+    node = merge([(a, snaps[a]), (b, snaps[b])])
+    check_compiled(node)
+    by_name = {lc.name: lc for lc in node.listeners}
+    assert {n: (lc.address, lc.port) for n, lc in by_name.items()} == {
+        "shop/pod-a|outbound": ("127.0.0.1", 15001), "shop/pod-b|outbound": ("127.0.0.1", 15002)}
+    clusters = {c.name: c for c in node.clusters}
+    for key, lc in ((a, by_name["shop/pod-a|outbound"]), (b, by_name["shop/pod-b|outbound"])):
+        names = {d.cluster for d in lc.destinations if d.cluster} | {
+            r.backends[0].cluster for d in lc.destinations if d.route_table
+            for t in node.route_tables if t.name == d.route_table
+            for vh in t.virtual_hosts for r in vh.rules}
+        assert names and all(n.startswith(f"shop/{key[1]}|") for n in names), names
+        identities = {clusters[n].tls.identity for n in names if clusters[n].tls is not None}
+        want = "workload" if key == a else "workload:shop/pod-b"
+        assert identities == {want}, (key, identities)
+
+
+def test_two_transparent_pods_on_the_default_port_are_refused_with_the_reason() -> None:
+    docs = [service("web", app="web"), workload("web-0", "10.232.1.9", 8080, 15001, app="web"),
+            transparent("pod-a", "10.232.0.2", None), transparent("pod-b", "10.232.0.3", None)]
+    snaps = dict(compile_mesh(MeshInputs.from_resources(docs)).snapshots)
+    a, b = (NS, "pod-a"), (NS, "pod-b")
+    with pytest.raises(NodeError, match=r"shop/pod-a \(listener outbound\) and shop/pod-b "
+                                        r"\(listener outbound\) both listen on 127\.0\.0\.1:15001"
+                                        r".*own outboundPort"):
+        merge([(a, snaps[a]), (b, snaps[b])])
