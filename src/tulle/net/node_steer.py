@@ -16,7 +16,12 @@ destination the pod dialled, as after a REDIRECT.  Matching both the interface a
 address means a packet claiming a pod's address from anywhere else (the bridge, another veth) is
 not steered to that pod's listener: it cannot borrow the pod's identity.
 
-`clean` removes the jump and the chain and resets `route_localnet` on the interfaces the chain
+`route_localnet` would also let a packet a pod crafts for 127.0.0.0/8 (with a raw socket) reach
+the node's loopback services, the agent's admin port among them; such packets are dropped before
+any NAT, in the `raw` table (`TULLE_NODE_GUARD`, `-i <veth> -d 127.0.0.0/8 -j DROP`).  The
+steered packets are not affected: their original destination is the pod's, never loopback.
+
+`clean` removes the jumps and the chains and resets `route_localnet` on the interfaces the chain
 named; nothing else is touched.  IPv4 only (the testbed's pods and the compiled outbound
 listener are IPv4).
 """
@@ -36,6 +41,8 @@ from tulle.net.iptables_run import EXIT_ENVIRONMENT, EXIT_REFUSED, InterceptionE
 
 CHAIN: Final = "TULLE_NODE"
 JUMP: Final = f"-A PREROUTING -j {CHAIN}"
+GUARD: Final = "TULLE_NODE_GUARD"
+GUARD_JUMP: Final = f"-A PREROUTING -j {GUARD}"
 AGENT_ADDRESS: Final = "127.0.0.1"
 _DEVICE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 
@@ -96,24 +103,32 @@ def chain_rules(pods: Sequence[PodSteer]) -> list[str]:
             f"{AGENT_ADDRESS}:{p.port}" for p in pods]
 
 
-def restore_input(pods: Sequence[PodSteer] | None, saved: str) -> str:
-    """One `iptables-restore --noflush` transaction: drop our jump if present, (re)declare the
-    chain (which flushes it), fill it and jump to it; with `pods` None, remove it all."""
-    lines = saved.splitlines()
-    have_chain = any(line.startswith(f":{CHAIN} ") for line in lines)
-    have_jump = JUMP in lines
-    out = ["*nat"]
-    if have_jump:
-        out.append(f"-D PREROUTING -j {CHAIN}")
-    if pods is None:
-        if have_chain:
-            out += [f"-F {CHAIN}", f"-X {CHAIN}"]
+def guard_rules(pods: Sequence[PodSteer]) -> list[str]:
+    return [f"-A {GUARD} -i {p.device} -d 127.0.0.0/8 -j DROP" for p in pods]
+
+
+def _table(table: str, chain: str, jump: str, rules: list[str] | None,
+           lines: list[str]) -> list[str]:
+    out = [f"*{table}"]
+    if jump in lines:
+        out.append(f"-D PREROUTING -j {chain}")
+    if rules is None:
+        if any(line.startswith(f":{chain} ") for line in lines):
+            out += [f"-F {chain}", f"-X {chain}"]
     else:
-        out.append(f":{CHAIN} - [0:0]")
-        out += chain_rules(pods)
-        out.append(JUMP)
+        out += [f":{chain} - [0:0]", *rules, jump]
     out.append("COMMIT")
-    return "\n".join(out) + "\n"
+    return out
+
+
+def restore_input(pods: Sequence[PodSteer] | None, saved: str) -> str:
+    """One `iptables-restore --noflush` transaction: drop our jumps if present, (re)declare the
+    chains (which flushes them), fill them and jump to them; with `pods` None, remove it all.
+    (`saved` is `iptables-save` of every table; a chain name is ours in one table only.)"""
+    lines = saved.splitlines()
+    nat = _table("nat", CHAIN, JUMP, None if pods is None else chain_rules(pods), lines)
+    raw = _table("raw", GUARD, GUARD_JUMP, None if pods is None else guard_rules(pods), lines)
+    return "\n".join(nat + raw) + "\n"
 
 
 def devices_in(saved: str) -> list[str]:
@@ -207,9 +222,11 @@ def clean(runner: Runner = run) -> list[str]:
     _root()
     saved = _saved(runner)
     devs = devices_in(saved)
-    if f":{CHAIN} " not in saved and JUMP not in saved.splitlines():
+    lines = saved.splitlines()
+    if not any(line.startswith((f":{CHAIN} ", f":{GUARD} ")) or line in (JUMP, GUARD_JUMP)
+               for line in lines):
         return []
     _restore(restore_input(None, saved), runner)
     for dev in devs:
         _route_localnet(dev, False)
-    return [f"removed {CHAIN}", *(f"route_localnet off on {d}" for d in devs)]
+    return [f"removed {CHAIN} and {GUARD}", *(f"route_localnet off on {d}" for d in devs)]

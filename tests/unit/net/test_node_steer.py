@@ -24,6 +24,12 @@ def test_apply_renders_one_dnat_per_pod_by_interface_and_source() -> None:
         "-A TULLE_NODE -i p1 -s 10.232.0.2/32 -p tcp -j DNAT --to-destination 127.0.0.1:15001\n"
         "-A TULLE_NODE -i p2 -s 10.232.0.3/32 -p tcp -j DNAT --to-destination 127.0.0.1:15002\n"
         "-A PREROUTING -j TULLE_NODE\n"
+        "COMMIT\n"
+        "*raw\n"
+        ":TULLE_NODE_GUARD - [0:0]\n"
+        "-A TULLE_NODE_GUARD -i p1 -d 127.0.0.0/8 -j DROP\n"
+        "-A TULLE_NODE_GUARD -i p2 -d 127.0.0.0/8 -j DROP\n"
+        "-A PREROUTING -j TULLE_NODE_GUARD\n"
         "COMMIT\n")
 
 
@@ -33,7 +39,7 @@ def test_apply_again_replaces_the_jump_instead_of_adding_one() -> None:
              "127.0.0.1:15001\nCOMMIT\n")
     text = restore_input([B], saved)
     assert text.splitlines()[1] == "-D PREROUTING -j TULLE_NODE"
-    assert text.count("-A PREROUTING -j TULLE_NODE") == 1 and "p1" not in text
+    assert text.count("-A PREROUTING -j TULLE_NODE\n") == 1 and "p1" not in text
     assert devices_in(saved) == ["p1"]
 
 
@@ -41,8 +47,9 @@ def test_clean_removes_only_our_chain_and_jump() -> None:
     saved = ("*nat\n:TULLE_NODE - [0:0]\n:OTHER - [0:0]\n-A PREROUTING -j TULLE_NODE\n"
              "-A PREROUTING -j OTHER\nCOMMIT\n")
     assert restore_input(None, saved) == (
-        "*nat\n-D PREROUTING -j TULLE_NODE\n-F TULLE_NODE\n-X TULLE_NODE\nCOMMIT\n")
-    assert restore_input(None, "*nat\nCOMMIT\n") == "*nat\nCOMMIT\n"
+        "*nat\n-D PREROUTING -j TULLE_NODE\n-F TULLE_NODE\n-X TULLE_NODE\nCOMMIT\n"
+        "*raw\nCOMMIT\n")
+    assert restore_input(None, "") == "*nat\nCOMMIT\n*raw\nCOMMIT\n"
 
 
 @pytest.mark.parametrize(("text", "error"), [
