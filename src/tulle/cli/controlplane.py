@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from tulle.dataplane.stream_tls import StreamTrust
 
 
 @click.group("control-plane")
@@ -136,7 +140,7 @@ def parse_labels(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-def _trust(token: str, ca_file: str | None, stream_plaintext: bool) -> object:
+def _trust(token: str, ca_file: str | None, stream_plaintext: bool) -> StreamTrust:
     from tulle.dataplane.stream_tls import StreamTrust
 
     if stream_plaintext:
@@ -152,7 +156,6 @@ def run_node(control_planes: tuple[str, ...], node_config: str, cache_dir: str |
              stream_plaintext: bool = False) -> int:
     """A node agent: one proxy for every workload of `node_config` (ADR 0047)."""
     from tulle.cli.node_config import NodeConfigError, load
-    from tulle.dataplane.stream_tls import StreamTrust
     from tulle.dataplane.subscribed import run
 
     try:
@@ -161,7 +164,6 @@ def run_node(control_planes: tuple[str, ...], node_config: str, cache_dir: str |
         raise click.BadParameter(str(exc), param_hint="--node-config") from None
     first, rest = node[0], node[1:]
     trust = _trust(first.token, ca_file, stream_plaintext)
-    assert isinstance(trust, StreamTrust)
     return run(control_planes, first.info, cache_dir=Path(cache_dir) if cache_dir else None,
                admin_port=admin_port, token=first.token, trust=trust,
                workloads=[w.info for w in rest],

@@ -201,3 +201,16 @@ def test_two_transparent_pods_on_the_default_port_are_refused_with_the_reason() 
                                         r"\(listener outbound\) both listen on 127\.0\.0\.1:15001"
                                         r".*own outboundPort"):
         merge([(a, snaps[a]), (b, snaps[b])])
+
+
+def test_a_transparent_pod_with_inbound_ports_cannot_be_served_by_an_agent() -> None:
+    """Its inbound listener is on the pod's own address, which the node does not hold: a
+    clear refusal, not a snapshot the agent would NACK for every pod (ADR 0047)."""
+    server = {**transparent("srv", "10.232.0.4", 15003)}
+    server["spec"]["ports"] = [{"port": 8080, "appProtocol": "http"}]
+    docs = [transparent("pod-a", "10.232.0.2", 15001), server]
+    snaps = dict(compile_mesh(MeshInputs.from_resources(docs)).snapshots)
+    a, s = (NS, "pod-a"), (NS, "srv")
+    with pytest.raises(NodeError, match=r"shop/srv is transparent with inbound ports "
+                                        r"\(listener inbound on 10\.232\.0\.4:15006\)"):
+        merge([(a, snaps[a]), (s, snaps[s])])
