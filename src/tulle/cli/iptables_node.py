@@ -22,9 +22,11 @@ def node() -> None:
 
 
 @node.command("apply")
-@click.option("--pod", "pods", multiple=True, required=True, metavar="ADDRESS=PORT",
+@click.option("--pod", "pods", multiple=True, required=True,
+              metavar="ADDRESS=PORT[:INBOUND_PORT]",
               help="A pod behind this node and its outbound port on the agent (the workload's "
-                   "outboundPort); repeat for every pod.")
+                   "outboundPort), and its inbound port there for a pod with "
+                   "`interception: agent` and ports (inboundPort); repeat for every pod.")
 @click.option("--dry-run", is_flag=True, help="Print the rules; change nothing (no root needed; "
               "interfaces are shown as <dev>).")
 def apply_cmd(pods: tuple[str, ...], dry_run: bool) -> None:
@@ -39,8 +41,8 @@ def apply_cmd(pods: tuple[str, ...], dry_run: bool) -> None:
         _fail(str(exc), 2)
         return
     if dry_run:
-        shown = [node_steer.PodSteer(p.address, p.port, "<dev>") for p in parsed]
-        click.echo(node_steer.restore_input(shown, ""), nl=False)
+        shown = [node_steer.PodSteer(p.address, p.port, "<dev>", p.inbound) for p in parsed]
+        click.echo(node_steer.restore_input(shown, "", ["<uplink>"]), nl=False)
         return
     try:
         for line in node_steer.apply(parsed):

@@ -16,6 +16,15 @@ destination the pod dialled, as after a REDIRECT.  Matching both the interface a
 address means a packet claiming a pod's address from anywhere else (the bridge, another veth) is
 not steered to that pod's listener: it cannot borrow the pod's identity.
 
+A pod with `interception: agent` and inbound ports also gives its agent inbound port
+(`--pod ADDRESS=PORT:INBOUND`): TCP for the pod's address arriving on any other interface of
+the node (the uplink, the veths of pods not served by the agent) is DNAT'd to
+`127.0.0.1:<inbound>`, where the agent terminates mTLS with the pod's certificate, applies its
+policies and forwards to the pod.  These rules come after the per-pod outbound ones, so a served
+pod calling another one goes through its own outbound listener first.  The agent's own dial to
+the pod leaves from the node (OUTPUT, not PREROUTING) and is not steered back.  Those
+interfaces get `route_localnet` and the guard below too.
+
 `route_localnet` would also let a packet a pod crafts for 127.0.0.0/8 (with a raw socket) reach
 the node's loopback services, the agent's admin port among them; such packets are dropped before
 any NAT, in the `raw` table (`TULLE_NODE_GUARD`, `-i <veth> -d 127.0.0.0/8 -j DROP`).  The
@@ -61,6 +70,8 @@ class PodSteer:
     address: ipaddress.IPv4Address
     port: int
     device: str = ""
+    inbound: int = 0
+    """The agent's inbound port for this pod (0: its inbound traffic is not steered)."""
 
 
 def parse_pod(text: str) -> PodSteer:
@@ -77,9 +88,11 @@ def parse_pod(text: str) -> PodSteer:
         raise ValueError(f"--pod: {addr!r}: agent steering is IPv4 only")
     if ip.is_loopback or ip.is_unspecified or ip.is_multicast:
         raise ValueError(f"--pod: {addr!r} cannot be a pod's address")
-    if not port.strip().isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--pod: {port!r} is not a port (1-65535)")
-    return PodSteer(ip, int(port))
+    out, _, inbound = port.partition(":")
+    for p in (out, *([inbound] if inbound or port.endswith(":") else [])):
+        if not p.strip().isdigit() or not 0 < int(p) < 65536:
+            raise ValueError(f"--pod: {p!r} is not a port (1-65535)")
+    return PodSteer(ip, int(out), inbound=int(inbound) if inbound else 0)
 
 
 def check_pods(pods: Sequence[PodSteer]) -> None:
@@ -88,23 +101,28 @@ def check_pods(pods: Sequence[PodSteer]) -> None:
     for p in pods:
         if p.address in seen_addr:
             raise ValueError(f"--pod: {p.address} is given twice")
-        if p.port in seen_port:
-            raise ValueError(f"--pod: port {p.port} is given to {seen_port[p.port]} and "
-                             f"{p.address}: each pod needs an agent port of its own (its "
-                             "identity is chosen by the port)")
+        for port in (p.port, p.inbound):
+            if port in seen_port:
+                raise ValueError(f"--pod: port {port} is given to {seen_port[port]} and "
+                                 f"{p.address}: each pod needs agent ports of its own (its "
+                                 "identity is chosen by the port)")
+            if port:
+                seen_port[port] = p.address
         seen_addr.add(p.address)
-        seen_port[p.port] = p.address
         if p.device and not _DEVICE.match(p.device):
             raise ValueError(f"--pod: {p.address}: bad interface name {p.device!r}")
 
 
-def chain_rules(pods: Sequence[PodSteer]) -> list[str]:
-    return [f"-A {CHAIN} -i {p.device} -s {p.address}/32 -p tcp -j DNAT --to-destination "
-            f"{AGENT_ADDRESS}:{p.port}" for p in pods]
+def chain_rules(pods: Sequence[PodSteer], uplinks: Sequence[str] = ()) -> list[str]:
+    out = [f"-A {CHAIN} -i {p.device} -s {p.address}/32 -p tcp -j DNAT --to-destination "
+           f"{AGENT_ADDRESS}:{p.port}" for p in pods]
+    return out + [f"-A {CHAIN} -i {dev} -d {p.address}/32 -p tcp -j DNAT --to-destination "
+                  f"{AGENT_ADDRESS}:{p.inbound}" for p in pods if p.inbound for dev in uplinks]
 
 
-def guard_rules(pods: Sequence[PodSteer]) -> list[str]:
-    return [f"-A {GUARD} -i {p.device} -d 127.0.0.0/8 -j DROP" for p in pods]
+def guard_rules(pods: Sequence[PodSteer], uplinks: Sequence[str] = ()) -> list[str]:
+    devs = [p.device for p in pods] + [d for d in uplinks if any(p.inbound for p in pods)]
+    return [f"-A {GUARD} -i {d} -d 127.0.0.0/8 -j DROP" for d in devs]
 
 
 def _table(table: str, chain: str, jump: str, rules: list[str] | None,
@@ -121,13 +139,16 @@ def _table(table: str, chain: str, jump: str, rules: list[str] | None,
     return out
 
 
-def restore_input(pods: Sequence[PodSteer] | None, saved: str) -> str:
+def restore_input(pods: Sequence[PodSteer] | None, saved: str,
+                  uplinks: Sequence[str] = ()) -> str:
     """One `iptables-restore --noflush` transaction: drop our jumps if present, (re)declare the
     chains (which flushes them), fill them and jump to them; with `pods` None, remove it all.
     (`saved` is `iptables-save` of every table; a chain name is ours in one table only.)"""
     lines = saved.splitlines()
-    nat = _table("nat", CHAIN, JUMP, None if pods is None else chain_rules(pods), lines)
-    raw = _table("raw", GUARD, GUARD_JUMP, None if pods is None else guard_rules(pods), lines)
+    nat = _table("nat", CHAIN, JUMP, None if pods is None else chain_rules(pods, uplinks),
+                 lines)
+    raw = _table("raw", GUARD, GUARD_JUMP,
+                 None if pods is None else guard_rules(pods, uplinks), lines)
     return "\n".join(nat + raw) + "\n"
 
 
@@ -173,6 +194,25 @@ def device_of(address: ipaddress.IPv4Address, runner: Runner) -> str:
     return dev
 
 
+def uplinks(pods: Sequence[PodSteer], runner: Runner) -> list[str]:
+    """Every interface of this namespace but loopback and the served pods' veths: where a
+    served pod's inbound traffic can arrive from."""
+    done = runner(["ip", "-o", "link", "show"], None)
+    if done.returncode != 0:
+        raise InterceptionError(f"ip link: {(done.stderr or done.stdout).strip()}",
+                                EXIT_REFUSED)
+    mine = {p.device for p in pods}
+    out = []
+    for line in done.stdout.splitlines():
+        parts = line.split(":")
+        if len(parts) < 2:
+            continue
+        dev = parts[1].strip().split("@")[0]
+        if dev and dev != "lo" and dev not in mine and _DEVICE.match(dev) and dev not in out:
+            out.append(dev)
+    return out
+
+
 def _route_localnet(dev: str, on: bool) -> None:
     path = f"/proc/sys/net/ipv4/conf/{dev}/route_localnet"
     try:
@@ -207,14 +247,17 @@ def apply(pods: Sequence[PodSteer], runner: Runner = run) -> list[str]:
     """Steer `pods` (replacing an earlier apply); returns what was done, one line each."""
     _root()
     resolved = resolve(pods, runner)
+    ups = uplinks(resolved, runner) if any(p.inbound for p in resolved) else []
     saved = _saved(runner)
-    for dev in set(devices_in(saved)) - {p.device for p in resolved}:
+    wanted = {p.device for p in resolved} | set(ups)
+    for dev in set(devices_in(saved)) - wanted:
         _route_localnet(dev, False)
-    for p in resolved:
-        _route_localnet(p.device, True)
-    _restore(restore_input(resolved, saved), runner)
+    for dev in sorted(wanted):
+        _route_localnet(dev, True)
+    _restore(restore_input(resolved, saved, ups), runner)
     return [f"steered {p.address} (via {p.device}) to {AGENT_ADDRESS}:{p.port}"
-            for p in resolved]
+            + (f", its inbound (via {', '.join(ups)}) to {AGENT_ADDRESS}:{p.inbound}"
+               if p.inbound else "") for p in resolved]
 
 
 def clean(runner: Runner = run) -> list[str]:

@@ -78,4 +78,4 @@ def test_iptables_node_dry_run_needs_no_root_and_bad_pods_exit_2() -> None:
            "127.0.0.1:15002" in r.output
     r = CliRunner().invoke(cli, ["iptables", "node", "apply", "--dry-run",
                                  "--pod", "10.232.0.2=15001", "--pod", "10.232.0.3=15001"])
-    assert r.exit_code == 2 and "agent port of its own" in r.output
+    assert r.exit_code == 2 and "agent ports of its own" in r.output

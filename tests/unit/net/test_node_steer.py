@@ -68,7 +68,7 @@ def test_bad_pods_are_refused_with_the_option_named(text: str, error: str) -> No
 
 
 def test_two_pods_on_one_port_or_one_address_twice_are_refused() -> None:
-    with pytest.raises(ValueError, match="each pod needs an agent port of its own"):
+    with pytest.raises(ValueError, match="each pod needs agent ports of its own"):
         check_pods([A, PodSteer(B.address, A.port, "p2")])
     with pytest.raises(ValueError, match="given twice"):
         check_pods([A, PodSteer(A.address, 15009, "p2")])
@@ -90,3 +90,34 @@ def test_the_pods_interface_comes_from_the_route_and_a_local_address_is_refused(
         node_steer.device_of(ip, _route("local 10.232.0.2 dev lo src 10.232.0.2 uid 0"))
     with pytest.raises(InterceptionError, match="no route"):
         node_steer.device_of(ip, _route("", 2))
+
+
+def test_an_agent_pods_inbound_is_steered_from_every_other_interface_after_the_outbound() -> None:
+    c = PodSteer(ipaddress.IPv4Address("10.232.0.4"), 15003, "p3", inbound=15103)
+    text = restore_input([A, c], "", ["eth0", "p9"])
+    nat = text.split("*raw")[0].splitlines()
+    rules = [line for line in nat if line.startswith("-A TULLE_NODE ")]
+    assert rules == [
+        "-A TULLE_NODE -i p1 -s 10.232.0.2/32 -p tcp -j DNAT --to-destination 127.0.0.1:15001",
+        "-A TULLE_NODE -i p3 -s 10.232.0.4/32 -p tcp -j DNAT --to-destination 127.0.0.1:15003",
+        "-A TULLE_NODE -i eth0 -d 10.232.0.4/32 -p tcp -j DNAT --to-destination 127.0.0.1:15103",
+        "-A TULLE_NODE -i p9 -d 10.232.0.4/32 -p tcp -j DNAT --to-destination 127.0.0.1:15103"]
+    # route_localnet is on for the uplinks too: they are guarded as well.
+    assert [line.split()[3] for line in text.splitlines()
+            if line.startswith("-A TULLE_NODE_GUARD")] == ["p1", "p3", "eth0", "p9"]
+    assert devices_in(text.replace("*raw", "")) == ["p1", "p3", "eth0", "p9"]
+    assert parse_pod("10.232.0.4=15003:15103") == PodSteer(c.address, 15003, inbound=15103)
+    with pytest.raises(ValueError, match="not a port"):
+        parse_pod("10.232.0.4=15003:")
+    with pytest.raises(ValueError, match="agent ports of its own"):
+        check_pods([A, PodSteer(c.address, 15003, "p3", inbound=15001)])
+
+
+def test_uplinks_are_every_interface_but_loopback_and_the_served_pods() -> None:
+    def runner(argv: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
+        return subprocess.CompletedProcess(list(argv), 0, (
+            "1: lo: <LOOPBACK,UP> mtu 65536\n"
+            "2: eth0@if7: <BROADCAST,UP> mtu 1500\n"
+            "3: p1@if2: <BROADCAST,UP> mtu 1500\n"
+            "4: p9@if2: <BROADCAST,UP> mtu 1500\n"), "")
+    assert node_steer.uplinks([A], runner) == ["eth0", "p9"]

@@ -41,8 +41,10 @@ def derive_proxy(workload: Resource) -> Proxy:
                                    zone=spec.get("zone") or ""),
                  service_account=spec.get("serviceAccount") or "default",
                  sidecar=spec.get("sidecar") is not False,
-                 interception=("transparent" if spec.get("interception") == "transparent"
-                               else "explicit"))
+                 interception=(spec.get("interception")
+                               if spec.get("interception") in ("transparent", "agent")
+                               else "explicit"),
+                 inbound_port=int(spec.get("inboundPort") or 15006))
 
 
 ProxyMemo = dict[Key, tuple[bytes, Proxy]]

@@ -23,9 +23,10 @@ Listeners of two workloads on one address and port cannot share a proxy: that is
 `NodeError` naming both workloads and the port, not a snapshot the proxy would NACK.  The
 common case is two transparent workloads on one node agent, each with the default outbound
 port 15001: in agent mode every pod needs an `outboundPort` of its own, the port its traffic is
-steered to and by which the agent knows the pod (ADR 0047).  A transparent workload with
+steered to and by which the agent knows the pod (ADR 0047).  A `transparent` workload with
 inbound ports is refused too: its inbound listener sits on the pod's own address, which the node
-does not hold; an agent serves its pods' outbound side only (ADR 0047: inbound not built).
+does not hold; a pod served by an agent says `interception: agent`, which puts that listener
+on the agent's loopback at the pod's `inboundPort`.
 """
 
 from __future__ import annotations
@@ -150,11 +151,13 @@ def merge(parts: Sequence[tuple[ProxyKey, ProxyConfig]]) -> ProxyConfig:
                             f"{workload_name(parts[0][0])}: they cannot share a proxy")
     for key, cfg in parts:
         for lc in cfg.listeners:
-            if lc.mode == "transparent" and lc.direction == "inbound":
+            if lc.mode == "transparent" and lc.direction == "inbound" and \
+                    lc.address != "127.0.0.1":
                 raise NodeError(
                     f"workload {workload_name(key)} is transparent with inbound ports "
-                    f"(listener {lc.name} on {lc.address}:{lc.port}): a node agent serves "
-                    "its pods' outbound traffic only; give this pod a sidecar")
+                    f"(listener {lc.name} on {lc.address}:{lc.port}, the pod's own address, "
+                    "which the node does not hold): a pod served by a node agent says "
+                    "`interception: agent` (and its own inboundPort)")
     parts = [parts[0], *((key, _own_identity(cfg, key)) for key, cfg in parts[1:])]
     # Inbound clusters first: a cluster a listener names belongs to that listener's workload.
     tagged: list[list[Cluster]] = []

@@ -212,5 +212,34 @@ def test_a_transparent_pod_with_inbound_ports_cannot_be_served_by_an_agent() -> 
     snaps = dict(compile_mesh(MeshInputs.from_resources(docs)).snapshots)
     a, s = (NS, "pod-a"), (NS, "srv")
     with pytest.raises(NodeError, match=r"shop/srv is transparent with inbound ports "
-                                        r"\(listener inbound on 10\.232\.0\.4:15006\)"):
+                                        r"\(listener inbound on 10\.232\.0\.4:15006, .*"
+                                        r"`interception: agent`"):
         merge([(a, snaps[a]), (s, snaps[s])])
+
+
+def test_an_agent_pod_gets_its_inbound_listener_on_the_agent_forwarding_to_the_pod() -> None:
+    """`interception: agent` (ADR 0047): inbound on 127.0.0.1:inboundPort, chains by
+    destination port as for a sidecar, the application dialled at the pod's address; the
+    merged listener presents the pod's own certificate."""
+    srv = transparent("srv", "10.232.0.4", 15003)
+    srv["spec"].update(interception="agent", inboundPort=15103,
+                       ports=[{"port": 8080, "targetPort": 9090, "appProtocol": "http"}])
+    pod_a = transparent("pod-a", "10.232.0.2", 15001)
+    pod_a["spec"]["interception"] = "agent"
+    snaps = dict(compile_mesh(MeshInputs.from_resources([pod_a, srv])).snapshots)
+    a, s = (NS, "pod-a"), (NS, "srv")
+    node = merge([(a, snaps[a]), (s, snaps[s])])
+    check_compiled(node)
+    by_name = {lc.name: lc for lc in node.listeners}
+    inbound = by_name["inbound"]
+    assert (inbound.address, inbound.port, inbound.mode, inbound.workload) == (
+        "127.0.0.1", 15103, "transparent", "shop/srv")
+    assert {fc.match.destination_port for fc in inbound.filter_chains} == {8080}
+    assert {fc.tls.identity for fc in inbound.filter_chains if fc.tls is not None} == {
+        "workload:shop/srv"}
+    clusters = {c.name: c for c in node.clusters}
+    (target,) = {fc.cluster or fc.route_table for fc in inbound.filter_chains}
+    app = clusters.get(target) or clusters["inbound|8080"]
+    assert [(e.address, e.port) for e in app.endpoints] == [("10.232.0.4", 9090)]
+    assert (by_name["shop/pod-a|outbound"].port, by_name["shop/srv|outbound"].port) == (
+        15001, 15003)
