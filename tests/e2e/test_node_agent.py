@@ -5,13 +5,17 @@
     [node 10.231.0.5]     ONE agent: tulle proxy run --node-config (pod-a, pod-b)
        │  TULLE_NODE: -i <veth> -s <pod> -p tcp -j DNAT 127.0.0.1:<pod's port>
        ├── [pod-a 10.232.0.2]  plain python client, no proxy, no iptables  ─▶ agent :15001
-       └── [pod-b 10.232.0.3]  plain python client, no proxy, no iptables  ─▶ agent :15002
+       ├── [pod-b 10.232.0.3]  plain python client, no proxy, no iptables  ─▶ agent :15002
+       └── [api 10.232.0.4]    app :8080 ◀─ agent :15103 ◀─ DNAT -d 10.232.0.4 ◀─ mTLS from
+                               the server's sidecar (`interception: agent`, inbound too)
 
 The pods run nothing of Tulle's: their traffic reaches the agent because the node steers it
 (`tulle iptables node apply`).  The agent holds one certificate per pod and calls the server
 with the certificate of the pod the connection came from; the server's sidecar allows only
 pod-a's service account, so pod-a gets 200 and pod-b 403 from the *server's* authorization:
-two distinct SPIFFE identities through one agent.
+two distinct SPIFFE identities through one agent.  The other way, the server's sidecar calls
+the `api` Service, whose pod is served by the same agent: the agent terminates mTLS with api's
+certificate, applies api's policy and forwards to the pod.
 """
 
 from __future__ import annotations
@@ -41,14 +45,16 @@ ENV = {**os.environ, "PYTHONPATH": SRC}
 STREAM = 15680
 API = 15681
 PODS = {"pod-a": ("10.232.0.2", 15001), "pod-b": ("10.232.0.3", 15002)}
+API_POD, API_OUT, API_IN = "10.232.0.4", 15003, 15103
 
 APP = r'''
-import asyncio, json
+import asyncio, json, sys
 
 async def http(r, w):
     head = await r.readuntil(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
-    body = json.dumps({"name": "server", "path": lines[0].split(" ")[1]}).encode()
+    body = json.dumps({"name": sys.argv[1], "path": lines[0].split(" ")[1],
+                       "peer": w.get_extra_info("peername")[0]}).encode()
     w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
             + body)
     await w.drain()
@@ -89,25 +95,36 @@ print(json.dumps({"http": http, "refused": refused}[what](*args)))
 
 
 def resources() -> list[dict[str, Any]]:
-    def workload(name: str, address: str, ports: list[dict[str, Any]]) -> dict[str, Any]:
+    def workload(name: str, address: str, ports: list[dict[str, Any]],
+                 **spec: Any) -> dict[str, Any]:
         return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Workload",
                 "metadata": {"name": name, "namespace": "shop", "labels": {"app": name}},
                 "spec": {"address": address, "interception": "transparent", "ports": ports,
-                         "serviceAccount": name}}
+                         "serviceAccount": name, **spec}}
+
+    def service(name: str) -> dict[str, Any]:
+        return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Service",
+                "metadata": {"name": name, "namespace": "shop"},
+                "spec": {"selector": {"app": name},
+                         "ports": [{"port": 80, "targetPort": 8080, "appProtocol": "http"}]}}
+
+    def only(name: str, target: str, account: str) -> dict[str, Any]:
+        return {"apiVersion": "policy.tulle.dev/v1alpha1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": name, "namespace": "shop"},
+                "spec": {"targetRef": {"group": "", "kind": "Service", "name": target},
+                         "rules": [{"from": [{"serviceAccounts": [account]}]}]}}
 
     return [
         {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Mesh", "metadata": {"name": "default"},
          "spec": {"mtls": {"mode": "STRICT"}, "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}},
         workload("server", "10.231.0.3", [{"port": 8080}]),
-        *(workload(name, ip, []) for name, (ip, _) in PODS.items()),
-        {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Service",
-         "metadata": {"name": "server", "namespace": "shop"},
-         "spec": {"selector": {"app": "server"},
-                  "ports": [{"port": 80, "targetPort": 8080, "appProtocol": "http"}]}},
-        {"apiVersion": "policy.tulle.dev/v1alpha1", "kind": "AuthorizationPolicy",
-         "metadata": {"name": "only-pod-a", "namespace": "shop"},
-         "spec": {"targetRef": {"group": "", "kind": "Service", "name": "server"},
-                  "rules": [{"from": [{"serviceAccounts": ["shop/pod-a"]}]}]}},
+        *(workload(name, ip, [], interception="agent", outboundPort=port)
+          for name, (ip, port) in PODS.items()),
+        workload("api", API_POD, [{"port": 8080}], interception="agent",
+                 outboundPort=API_OUT, inboundPort=API_IN),
+        service("server"), service("api"),
+        only("only-pod-a", "server", "shop/pod-a"),
+        only("only-server", "api", "shop/server"),
     ]
 
 
@@ -153,6 +170,7 @@ def mesh(testbed: Testbed, workdir: Path) -> Iterator[dict[str, Any]]:  # noqa: 
     server = testbed.node("10.231.0.3/24")
     node = testbed.node("10.231.0.5/24")
     pods = {name: testbed.pod(node, ip) for name, (ip, _) in PODS.items()}
+    api = testbed.pod(node, API_POD)
     (workdir / "app.py").write_text(APP)
     (workdir / "client.py").write_text(CLIENT)
     (workdir / "mesh.yaml").write_text(yaml.safe_dump_all(resources()))
@@ -178,9 +196,14 @@ def mesh(testbed: Testbed, workdir: Path) -> Iterator[dict[str, Any]]:  # noqa: 
     # The server: a sidecar, intercepted by `tulle iptables apply`.
     log = workdir / "server-app.log"
     with log.open("wb") as out:
-        server.popen([sys.executable, str(workdir / "app.py")], stdout=out, stderr=out)
+        server.popen([sys.executable, str(workdir / "app.py"), "server"], stdout=out, stderr=out)
     wait_for("the server's app", lambda: listening(server, 8080), log)
-    server.run([*TULLE, "iptables", "apply", "--no-ipv6", "--no-redirect-dns"], env=ENV)
+    log = workdir / "api-app.log"
+    with log.open("wb") as out:
+        api.popen([sys.executable, str(workdir / "app.py"), "api"], stdout=out, stderr=out)
+    wait_for("the api pod's app", lambda: listening(api, 8080), log)
+    server.run([*TULLE, "iptables", "apply", "--no-ipv6", "--no-redirect-dns",
+                "--vip-cidr", "240.240.0.0/16"], env=ENV)
     log = workdir / "server-proxy.log"
     _proxy(server, ["--control-plane", f"{cp.address}:{STREAM}", "--workload", "server",
                     "-n", "shop", "--address", server.address,
@@ -191,17 +214,21 @@ def mesh(testbed: Testbed, workdir: Path) -> Iterator[dict[str, Any]]:  # noqa: 
     node_cfg = {"workloads": [
         {"name": name, "namespace": "shop", "address": ip, "serviceAccount": name,
          "outboundPort": port, "tokenFile": str(token(name))}
-        for name, (ip, port) in PODS.items()]}
+        for name, (ip, port) in (*PODS.items(), ("api", (API_POD, API_OUT)))]}
     (workdir / "node.yaml").write_text(yaml.safe_dump(node_cfg))
     log = workdir / "agent.log"
     _proxy(node, ["--control-plane", f"{cp.address}:{STREAM}", "--node-config",
                   str(workdir / "node.yaml")], log)
-    wait_for("the agent's two outbound listeners",
-             lambda: all(listening(node, port) for _, port in PODS.values()), log)
-    node.run([*TULLE, "iptables", "node", "apply",
-              *(f"--pod={ip}={port}" for ip, port in PODS.values())], env=ENV)
+    wait_for("the agent's outbound listeners and api's inbound one",
+             lambda: all(listening(node, port) for port in (*STEER.values(), API_IN)), log)
+    node.run([*TULLE, "iptables", "node", "apply", *STEER_ARGS], env=ENV)
     yield {"cp": cp, "server": server, "node": node, "workdir": workdir, "agent_log": log,
-           **pods}
+           "api": api, **pods}
+
+
+STEER = {ip: port for ip, port in (*PODS.values(), (API_POD, API_OUT))}
+STEER_ARGS = [*(f"--pod={ip}={port}" for ip, port in PODS.values()),
+              f"--pod={API_POD}={API_OUT}:{API_IN}"]
 
 
 def client(m: dict[str, Any], pod: str, *args: str) -> dict[str, Any]:
@@ -209,22 +236,22 @@ def client(m: dict[str, Any], pod: str, *args: str) -> dict[str, Any]:
     return dict(json.loads(out.stdout))
 
 
-def vip(m: dict[str, Any]) -> str:
-    """The server Service's virtual IP, once it is in the agent's listeners."""
+def vip(m: dict[str, Any], service: str = "server", proxy: str = "node") -> str:
+    """A Service's virtual IP, once it is in the listeners of `proxy` (the agent)."""
     got: list[str] = []
 
     def allocated() -> bool:
-        out = m["cp"].run([*TULLE, "get", "service", "server", "-n", "shop", "-o", "json"],
+        out = m["cp"].run([*TULLE, "get", "service", service, "-n", "shop", "-o", "json"],
                           env={**ENV, "TULLE_TOKEN_FILE": str(m["workdir"] / "admin-token")})
         ip = (json.loads(out.stdout).get("status") or {}).get("virtualIP")
         if not ip:
             return False
-        dump = m["node"].run(["curl", "-sS", "--max-time", "5",
+        dump = m[proxy].run(["curl", "-sS", "--max-time", "5",
                               "http://127.0.0.1:15000/config_dump"]).stdout
         got[:] = [ip]
         return f'"{ip}"' in dump
 
-    wait_for("the server's virtual IP in the agent's outbound listeners", allocated)
+    wait_for(f"{service}'s virtual IP in {proxy}'s outbound listener", allocated)
     return got[0]
 
 
@@ -237,7 +264,8 @@ def test_one_agent_two_pods_two_identities(mesh: dict[str, Any]) -> None:
     # pod-a: allowed by the server's policy, so it arrived as spiffe://.../sa/pod-a.
     got = client(mesh, "pod-a", "http", ip, "80", "/from-a")
     assert got["status"] == 200, (got, mesh["agent_log"].read_text()[-3000:])
-    assert json.loads(got["body"]) == {"name": "server", "path": "/from-a"}
+    seen = json.loads(got["body"])
+    assert (seen["name"], seen["path"]) == ("server", "/from-a")
     # pod-b: the same agent, the same route, but its own certificate: the server refuses it.
     got = client(mesh, "pod-b", "http", ip, "80", "/from-b")
     assert got["status"] == 403, got
@@ -274,12 +302,12 @@ def test_a_pod_cannot_borrow_another_pods_listener(mesh: dict[str, Any]) -> None
 def test_node_steering_apply_is_idempotent_and_clean_removes_it(mesh: dict[str, Any]) -> None:
     node: Namespace = mesh["node"]
     before = nat_rules(node)
-    assert before.count("-j TULLE_NODE\n") == 1 and before.count("DNAT") == 2, before
+    # Three pods out, api in (from the node's one uplink).
+    assert before.count("-j TULLE_NODE\n") == 1 and before.count("DNAT") == 4, before
     # A packet a pod crafts for the node's loopback (route_localnet is on) is dropped first.
     assert len([ln for ln in before.splitlines() if ln.startswith("-A TULLE_NODE_GUARD")
-                and "-d 127.0.0.0/8" in ln and ln.endswith("-j DROP")]) == 2, before
-    node.run([*TULLE, "iptables", "node", "apply",
-              *(f"--pod={ip}={port}" for ip, port in PODS.values())], env=ENV)
+                and "-d 127.0.0.0/8" in ln and ln.endswith("-j DROP")]) == 4, before
+    node.run([*TULLE, "iptables", "node", "apply", *STEER_ARGS], env=ENV)
     assert nat_rules(node) == before
     devs = [line.split()[line.split().index("-i") + 1] for line in before.splitlines()
             if line.startswith("-A TULLE_NODE")]
@@ -298,3 +326,29 @@ def test_node_steering_apply_is_idempotent_and_clean_removes_it(mesh: dict[str, 
     assert client(mesh, "pod-a", "refused", "10.231.0.3", "8080")["data"] == ""
     assert metrics(node).count("downstream_connections_total") == before_calls.count(
         "downstream_connections_total")
+
+
+def test_the_agent_serves_a_pods_inbound_side_with_that_pods_identity(
+        mesh: dict[str, Any]) -> None:
+    ip = vip(mesh, "api", "server")
+    # From the server pod (its sidecar, as shop/server): VIP -> mTLS to 10.232.0.4:8080, which
+    # the node steers to the agent; api's policy (only shop/server) lets it through.
+    out = mesh["server"].run([sys.executable, str(mesh["workdir"] / "client.py"), "http", ip,
+                              "80", "/in"], timeout=60)
+    got = json.loads(out.stdout)
+    assert got["status"] == 200, (got, mesh["agent_log"].read_text()[-3000:])
+    seen = json.loads(got["body"])
+    # The app was called by the agent (from the node's end of its veth), not by the caller.
+    assert (seen["name"], seen["path"], seen["peer"]) == ("api", "/in", "169.254.1.1")
+    agent = metrics(mesh["node"])
+    assert ('tulle_proxy_protocol_detected_total{listener="inbound",protocol="chain:8080|mtls"} 1'
+            in agent), agent
+    # Plaintext straight to the pod from a namespace without a sidecar: steered to the agent
+    # too, where STRICT has no plaintext chain; an undeclared port has none either.  Nothing
+    # reaches the app around the agent.
+    for port in ("8080", "9999"):
+        out = mesh["cp"].run(["curl", "-sS", "--max-time", "5", f"http://{API_POD}:{port}/"],
+                             check=False)
+        assert out.returncode != 0 and "api" not in out.stdout, out.stdout
+    assert ('tulle_proxy_protocol_errors_total{listener="inbound",kind="no_filter_chain"} 2'
+            in metrics(mesh["node"]))

@@ -238,7 +238,8 @@ def _root() -> None:
 
 
 def resolve(pods: Sequence[PodSteer], runner: Runner = run) -> list[PodSteer]:
-    out = [PodSteer(p.address, p.port, p.device or device_of(p.address, runner)) for p in pods]
+    out = [PodSteer(p.address, p.port, p.device or device_of(p.address, runner), p.inbound)
+           for p in pods]
     check_pods(out)
     return out
 

@@ -121,3 +121,9 @@ def test_uplinks_are_every_interface_but_loopback_and_the_served_pods() -> None:
             "3: p1@if2: <BROADCAST,UP> mtu 1500\n"
             "4: p9@if2: <BROADCAST,UP> mtu 1500\n"), "")
     assert node_steer.uplinks([A], runner) == ["eth0", "p9"]
+
+
+def test_resolving_the_interface_keeps_the_inbound_port() -> None:
+    pod = parse_pod("10.232.0.4=15003:15103")
+    (got,) = node_steer.resolve([pod], _route("10.232.0.4 dev p5 src 169.254.1.1 uid 0"))
+    assert got == PodSteer(pod.address, 15003, "p5", 15103)
