@@ -88,6 +88,9 @@ class WorkloadSpec(Model):
     @model_validator(mode="after")
     def _ports(self) -> WorkloadSpec:
         check_ports(self.ports)
+        if self.inboundPort is not None and self.interception != "agent":
+            raise field_error(("inboundPort",), "only with interception: agent (a sidecar "
+                                                "takes inbound traffic on 15006)")
         if self.zone is not None:
             problem = label_value_problem(self.zone)
             if problem:
