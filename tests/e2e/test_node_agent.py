@@ -275,6 +275,13 @@ def test_one_agent_two_pods_two_identities(mesh: dict[str, Any]) -> None:
             in server), server
     agent = metrics(mesh["node"])
     # Each pod's connection came in on its own listener of the agent.
+    # No pod's token reaches the agent's log, nor the agent's config dump.
+    dump = mesh["node"].run(["curl", "-sS", "--max-time", "5",
+                             "http://127.0.0.1:15000/config_dump"]).stdout
+    for name in (*PODS, "api"):
+        token = (mesh["workdir"] / f"{name}.token").read_text().strip()
+        assert token not in mesh["agent_log"].read_text() and token not in dump
+        assert token.split(".")[-1] not in dump  # not even its signature
     # Each pod's connection came in on its own listener of the agent and left through that
     # pod's own cluster (its certificate): the 200 on pod-a's, the 403 on pod-b's.
     for name, code in (("pod-a", 200), ("pod-b", 403)):
