@@ -71,20 +71,29 @@ class WorkloadSpec(Model):
     application not yet onboarded).  Mesh clients then send it plaintext whatever the mTLS
     mode, as they cannot expect a mesh identity from it (ADR 0033); true (the default): its
     proxy terminates mTLS and clients originate it."""
-    interception: Literal["explicit", "transparent"] = "explicit"
+    interception: Literal["explicit", "transparent", "agent"] = "explicit"
     """How the application's traffic reaches its proxy.  `explicit` (the default, loopback
     setups): the application calls the outbound listener on 127.0.0.1:`outboundPort`, which
     routes by Host, and clients reach it on its own inbound ports.  `transparent` (a Pod, a
     network namespace with `tulle iptables apply`): the proxy takes iptables-redirected
     traffic, outbound on `outboundPort` (15001) routed by original destination, inbound on
-    15006 by destination port (ADR 0044)."""
+    15006 by destination port (ADR 0044).  `agent` (a pod served by its node's agent,
+    steered there by `tulle iptables node apply`): as `transparent`, but both listeners are on
+    the agent's loopback, outbound on `outboundPort` and inbound on `inboundPort`, one of each
+    per pod, and the inbound side forwards to the pod's address (ADR 0047)."""
     dnsPort: Port | None = None
     """The loopback port of the proxy's mesh DNS resolver (15053 where `tulle iptables`
     redirects port 53 to it); absent: the proxy runs no resolver (ADR 0042)."""
+    inboundPort: Port | None = None
+    """With `interception: agent`: the agent's loopback port for this pod's inbound traffic
+    (default 15006; every pod of one node needs its own)."""
 
     @model_validator(mode="after")
     def _ports(self) -> WorkloadSpec:
         check_ports(self.ports)
+        if self.inboundPort is not None and self.interception != "agent":
+            raise field_error(("inboundPort",), "only with interception: agent (a sidecar "
+                                                "takes inbound traffic on 15006)")
         if self.zone is not None:
             problem = label_value_problem(self.zone)
             if problem:

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
+
+if TYPE_CHECKING:
+    from tulle.dataplane.stream_tls import StreamTrust
 
 
 @click.group("control-plane")
@@ -134,6 +138,36 @@ def parse_labels(values: tuple[str, ...]) -> dict[str, str]:
             raise click.BadParameter(f"{lv!r}: use KEY=VALUE", param_hint="--label")
         out[k] = v
     return out
+
+
+def _trust(token: str, ca_file: str | None, stream_plaintext: bool) -> StreamTrust:
+    from tulle.dataplane.stream_tls import StreamTrust
+
+    if stream_plaintext:
+        return StreamTrust.insecure_plaintext()
+    try:
+        return StreamTrust.from_options(token, Path(ca_file) if ca_file else None)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def run_node(control_planes: tuple[str, ...], node_config: str, cache_dir: str | None,
+             admin_port: int, ca_file: str | None = None,
+             stream_plaintext: bool = False) -> int:
+    """A node agent: one proxy for every workload of `node_config` (ADR 0047)."""
+    from tulle.cli.node_config import NodeConfigError, load
+    from tulle.dataplane.subscribed import run
+
+    try:
+        node = load(Path(node_config))
+    except NodeConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--node-config") from None
+    first, rest = node[0], node[1:]
+    trust = _trust(first.token, ca_file, stream_plaintext)
+    return run(control_planes, first.info, cache_dir=Path(cache_dir) if cache_dir else None,
+               admin_port=admin_port, token=first.token, trust=trust,
+               workloads=[w.info for w in rest],
+               node_tokens={f"{w.info.namespace}/{w.info.name}": w.token for w in rest})
 
 
 def run_subscribed(control_planes: tuple[str, ...], workload: str, namespace: str,

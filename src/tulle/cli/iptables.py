@@ -124,3 +124,12 @@ def clean_cmd(ipv4: bool, ipv6: bool, backend: str) -> None:
         return
     for line in done or ["nothing to remove"]:
         click.echo(line)
+
+
+def _add_node_commands() -> None:
+    from tulle.cli.iptables_node import node
+
+    iptables.add_command(node)
+
+
+_add_node_commands()

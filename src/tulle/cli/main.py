@@ -48,6 +48,9 @@ def proxy() -> None:
               help="Subscribe to this control plane's proxy stream instead of reading a file "
                    "(repeat for replicas; tried in order).")
 @click.option("--workload", default=None, help="With --control-plane: the workload's name.")
+@click.option("--node-config", default=None, type=click.Path(dir_okay=False),
+              help="With --control-plane, instead of --workload: run as a node agent for "
+                   "every workload this file lists, each with its own token (ADR 0047).")
 @click.option("-n", "--namespace", default="default", show_default=True)
 @click.option("--address", default="", help="The workload's address (default: as seen by the "
                                             "control plane).")
@@ -88,7 +91,8 @@ def proxy_run(config: str | None, control_planes: tuple[str, ...], workload: str
               service_account: str, outbound_port: int, cache_dir: str | None,
               admin_port: int,
               watch_interval: float, token_file: str | None, ca_file: str | None,
-              stream_plaintext: bool, log_level: str, dns_port: int) -> None:
+              stream_plaintext: bool, log_level: str, dns_port: int,
+              node_config: str | None = None) -> None:
     """Run a proxy until SIGTERM, from a static file (--config) or from a control plane
     (--control-plane ... --workload NAME).
 
@@ -101,9 +105,16 @@ def proxy_run(config: str | None, control_planes: tuple[str, ...], workload: str
     if bool(config) == bool(control_planes):
         raise click.UsageError("give exactly one of --config FILE or --control-plane ADDR")
     if control_planes:
-        if not workload:
-            raise click.UsageError("--control-plane needs --workload NAME")
+        if bool(workload) == bool(node_config):
+            raise click.UsageError("--control-plane needs --workload NAME or --node-config FILE")
         from tulle.cli.controlplane import run_subscribed
+
+        if node_config:
+            from tulle.cli.controlplane import run_node
+
+            sys.exit(run_node(control_planes, node_config, cache_dir, admin_port, ca_file,
+                              stream_plaintext))
+        assert workload is not None
 
         sys.exit(run_subscribed(control_planes, workload, namespace, address, ports, labels,
                                 service_account, outbound_port, cache_dir, admin_port,

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tulle.dataplane.agent import Agent
@@ -34,20 +34,24 @@ def parse_address(text: str, default_port: int = 15680) -> tuple[str, int]:
 async def serve(addresses: Sequence[tuple[str, int]], workload: WorkloadInfo, *,
                 cache_dir: Path | None, admin_address: str = "127.0.0.1",
                 admin_port: int = 15000, drain_timeout: float = 15.0, token: str = "",
-                trust: StreamTrust | None = None) -> int:
+                trust: StreamTrust | None = None, workloads: Sequence[WorkloadInfo] = (),
+                node_tokens: Mapping[str, str] | None = None) -> int:
+    """`workloads` / `node_tokens`: a node agent's further workloads and their bootstrap
+    tokens by `namespace/name` (ADR 0032, 0047)."""
     loop = asyncio.get_running_loop()
     server = ProxyServer()
     admin = await start_admin(server, admin_address, admin_port) if admin_port else None
     cache_path = (cache_dir / f"{workload.namespace}.{workload.name}.json"
                   if cache_dir is not None else None)
     agent = Agent(server, addresses, workload, cache_path=cache_path, token=token,
-                  trust=trust)
+                  trust=trust, workloads=workloads, node_tokens=node_tokens)
     await agent.start_from_cache()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     task = loop.create_task(agent.run())
-    log.info("proxy for %s/%s subscribing to %s", workload.namespace, workload.name,
+    log.info("proxy for %s subscribing to %s",
+             ", ".join(f"{w.namespace}/{w.name}" for w in (workload, *workloads)),
              ", ".join(f"{h}:{p}" for h, p in addresses))
     await stop.wait()
     agent.stop()
@@ -63,9 +67,11 @@ async def serve(addresses: Sequence[tuple[str, int]], workload: WorkloadInfo, *,
 
 
 def run(addresses: Sequence[str], workload: WorkloadInfo, *, cache_dir: Path | None,
-        admin_port: int = 15000, token: str = "", trust: StreamTrust | None = None) -> int:
+        admin_port: int = 15000, token: str = "", trust: StreamTrust | None = None,
+        workloads: Sequence[WorkloadInfo] = (),
+        node_tokens: Mapping[str, str] | None = None) -> int:
     import uvloop
 
     return uvloop.run(serve([parse_address(a) for a in addresses], workload,
                             cache_dir=cache_dir, admin_port=admin_port, token=token,
-                            trust=trust))
+                            trust=trust, workloads=workloads, node_tokens=node_tokens))

@@ -60,3 +60,13 @@ def test_weight_is_1_by_default_and_0_is_refused(errors: Errors) -> None:
     assert parse(with_(WL, "spec.weight", 5)).spec.weight == 5  # type: ignore[attr-defined]
     got = errors(with_(WL, "spec.weight", 0))
     assert [p for p, _ in got] == ["spec.weight"], got
+
+
+def test_agent_interception_and_its_inbound_port(errors: Errors) -> None:
+    wl = parse(with_(WL, "spec", {"address": "10.232.0.4", "interception": "agent",
+                                  "outboundPort": 15003, "inboundPort": 15103}))
+    assert wl.spec.inboundPort == 15103  # type: ignore[attr-defined]
+    assert errors(with_(WL, "spec.inboundPort", 15103)) == [
+        ("spec.inboundPort", "only with interception: agent (a sidecar takes inbound traffic "
+                             "on 15006)")]
+    assert errors(with_(WL, "spec.interception", "node"))[0][0] == "spec.interception"

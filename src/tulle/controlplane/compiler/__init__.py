@@ -46,7 +46,7 @@ from tulle.controlplane.compiler.proxies import (
 from tulle.controlplane.compiler.routes import derive_routes, derive_tcp_routes
 from tulle.controlplane.compiler.services import ServiceMemo, derive_services
 from tulle.controlplane.compiler.status import conditions
-from tulle.controlplane.compiler.transparent import inbound_listener, render_outbound
+from tulle.controlplane.compiler.transparent import agent_cluster, inbound_listener, render_outbound
 from tulle.proxyconfig.model import (
     Cluster,
     Identity,
@@ -273,8 +273,10 @@ class PartCache:
 
 def own_part(proxy: Proxy, has_outbound: bool) -> OwnPart:
     in_listeners_raw, in_clusters_raw = inbound(proxy)
-    transparent = proxy.interception == "transparent"
+    transparent = proxy.intercepted
     if transparent:  # one listener on 15006; its outbound one is the mesh's (`Transparent`)
+        if proxy.interception == "agent":  # on the node agent: the app is at the pod's address
+            in_clusters_raw = [agent_cluster(c, proxy.address) for c in in_clusters_raw]
         one = inbound_listener(proxy, in_listeners_raw)
         in_listeners_raw = [one] if one is not None else []
     listeners = [msgspec.convert(x, Listener) for x in in_listeners_raw]
@@ -306,7 +308,7 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
             cache.put(proxy, has_outbound, part)
     listeners, clusters = part.listeners, part.clusters + shared.clusters
     t = shared.transparent
-    if proxy.interception == "transparent" and t is not None:
+    if proxy.intercepted and t is not None:
         t_tables, t_digest = t.for_namespace(proxy.namespace)
         out = t.listener
         if out.port != proxy.outbound_port:
@@ -351,7 +353,7 @@ def compile_model(mesh: MeshModel, cache: PartCache | None = None) -> CompileRes
     out = outbound_shared(mesh)
     shared = build_shared(out.tables, out.clusters, cache, settings(mesh.defaults),
                           out.consumer_hosts)
-    if any(p.interception == "transparent" for p in mesh.proxies):
+    if any(p.intercepted for p in mesh.proxies):
         t = render_outbound(mesh, out, DEFAULT_OUTBOUND_PORT)
         shared = dataclasses.replace(shared, transparent=build_transparent(
             t.listener, t.tables, t.clusters, shared.clusters, t.consumer_hosts))

@@ -367,9 +367,10 @@ class Proxy(msgspec.Struct, frozen=True):
     mtls: tuple[tuple[int, MTLSMode], ...] = ()
     """Per inbound port, the mode its listener enforces (`plugins/mtls.py`); a port not
     listed is plaintext (DISABLED)."""
-    interception: Literal["explicit", "transparent"] = "explicit"
+    interception: Literal["explicit", "transparent", "agent"] = "explicit"
     """`Workload.spec.interception`: transparent proxies get the listeners on 15001 / 15006
-    that take iptables-redirected traffic (`transparent.py`, ADR 0044)."""
+    that take iptables-redirected traffic (`transparent.py`, ADR 0044); `agent` ones the same
+    listeners on the node agent's loopback, inbound on `inbound_port` (ADR 0047)."""
     dns_port: int = 0
     """`Workload.spec.dnsPort`: its proxy's mesh DNS resolver port on loopback; 0: none."""
     inbound_rules: tuple[InboundRule, ...] = ()
@@ -377,6 +378,13 @@ class Proxy(msgspec.Struct, frozen=True):
     `plugins/fault_injection.py`); () : none."""
     inbound_network: tuple[InboundNetwork, ...] = ()
     """Server-side network filters by port (`plugins/rate_limit.py`); () : none."""
+    inbound_port: int = 15006
+    """`Workload.spec.inboundPort`: the inbound listener's port on a node agent."""
+
+    @property
+    def intercepted(self) -> bool:
+        """Transparent or agent: listeners by original destination, not explicit ones."""
+        return self.interception != "explicit"
 
     @property
     def namespace(self) -> str:

@@ -14,7 +14,7 @@ explicit one (`transparent.py`, ADR 0044).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -41,9 +41,14 @@ def derive_proxy(workload: Resource) -> Proxy:
                                    zone=spec.get("zone") or ""),
                  service_account=spec.get("serviceAccount") or "default",
                  sidecar=spec.get("sidecar") is not False,
-                 interception=("transparent" if spec.get("interception") == "transparent"
-                               else "explicit"),
-                 dns_port=int(spec.get("dnsPort") or 0))
+                 interception=_INTERCEPTION.get(spec.get("interception") or "", "explicit"),
+                 dns_port=int(spec.get("dnsPort") or 0),
+                 inbound_port=int(spec.get("inboundPort") or 15006))
+
+
+_INTERCEPTION: dict[str, Literal["transparent", "agent"]] = {
+    "transparent": "transparent", "agent": "agent"}
+"""`Workload.spec.interception` values other than the default `explicit` (ADR 0044, 0047)."""
 
 
 ProxyMemo = dict[Key, tuple[bytes, Proxy]]

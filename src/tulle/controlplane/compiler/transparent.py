@@ -216,7 +216,10 @@ def inbound_listener(proxy: Proxy, per_port: list[dict[str, Any]]) -> dict[str, 
             opaque.append(port)
     if not chains:
         return None
-    out: dict[str, Any] = {"name": "inbound", "address": proxy.address, "port": INBOUND_PORT,
+    agent = proxy.interception == "agent"  # ADR 0047: on the node agent's loopback
+    out: dict[str, Any] = {"name": "inbound",
+                           "address": OUTBOUND_ADDRESS if agent else proxy.address,
+                           "port": proxy.inbound_port if agent else INBOUND_PORT,
                            "direction": "inbound", "mode": "transparent", "protocol": "auto",
                            "filter_chains": chains}
     if opaque:
@@ -224,6 +227,26 @@ def inbound_listener(proxy: Proxy, per_port: list[dict[str, Any]]) -> dict[str, 
     return out
 
 
-__all__ = ["INBOUND_PORT", "OUTBOUND_ADDRESS", "TransparentOut", "inbound_listener",
-           "outbound_policy", "pod_cluster_name", "render_outbound", "table_name",
-           "tcp_cluster_name"]
+def agent_cluster(cluster: dict[str, Any], address: str) -> dict[str, Any]:
+    """An inbound cluster of a pod served by its node's agent (ADR 0047): the application is
+    not on the agent's loopback but at the pod's own address (the agent's dial leaves the
+    node's namespace through the pod's veth; `tulle iptables node` does not steer it back)."""
+    eps = cluster.get("endpoints") or []
+    if not any(e.get("address") == "127.0.0.1" for e in eps):
+        return cluster
+    return {**cluster, "endpoints": [{**e, "address": address}
+                                     if e.get("address") == "127.0.0.1" else e for e in eps]}
+
+
+__all__ = [
+    "INBOUND_PORT",
+    "OUTBOUND_ADDRESS",
+    "TransparentOut",
+    "agent_cluster",
+    "inbound_listener",
+    "outbound_policy",
+    "pod_cluster_name",
+    "render_outbound",
+    "table_name",
+    "tcp_cluster_name",
+]

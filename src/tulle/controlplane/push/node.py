@@ -19,8 +19,14 @@ snapshots, built here:
   mesh-wide, so workloads that disagree are an error (`NodeError`), never a silent pick.
 
 The merged version is a digest of the parts' versions, so it changes exactly when a part does.
-Listeners of two workloads on one address and port still collide: the proxy's validator
-refuses that snapshot (NACK with the path), as it would for one workload.
+Listeners of two workloads on one address and port cannot share a proxy: that is a
+`NodeError` naming both workloads and the port, not a snapshot the proxy would NACK.  The
+common case is two transparent workloads on one node agent, each with the default outbound
+port 15001: in agent mode every pod needs an `outboundPort` of its own, the port its traffic is
+steered to and by which the agent knows the pod (ADR 0047).  A `transparent` workload with
+inbound ports is refused too: its inbound listener sits on the pod's own address, which the node
+does not hold; a pod served by an agent says `interception: agent`, which puts that listener
+on the agent's loopback at the pod's `inboundPort`.
 """
 
 from __future__ import annotations
@@ -143,6 +149,15 @@ def merge(parts: Sequence[tuple[ProxyKey, ProxyConfig]]) -> ProxyConfig:
         if cfg.settings != first.settings or cfg.admin != first.admin:
             raise NodeError(f"workload {workload_name(key)} has other settings or admin than "
                             f"{workload_name(parts[0][0])}: they cannot share a proxy")
+    for key, cfg in parts:
+        for lc in cfg.listeners:
+            if lc.mode == "transparent" and lc.direction == "inbound" and \
+                    lc.address != "127.0.0.1":
+                raise NodeError(
+                    f"workload {workload_name(key)} is transparent with inbound ports "
+                    f"(listener {lc.name} on {lc.address}:{lc.port}, the pod's own address, "
+                    "which the node does not hold): a pod served by a node agent says "
+                    "`interception: agent` (and its own inboundPort)")
     parts = [parts[0], *((key, _own_identity(cfg, key)) for key, cfg in parts[1:])]
     # Inbound clusters first: a cluster a listener names belongs to that listener's workload.
     tagged: list[list[Cluster]] = []
@@ -163,6 +178,7 @@ def merge(parts: Sequence[tuple[ProxyKey, ProxyConfig]]) -> ProxyConfig:
               for (key, _), ren in zip(parts, _renames(tables), strict=True)]
     listeners = [[_listener(lc, workload_name(key), tm, cm) for lc in cfg.listeners]
                  for (key, cfg), tm, cm in zip(parts, t_maps, c_maps, strict=True)]
+    _check_addresses(parts, listeners)
     l_maps = [{n: _unique(key, n) for n in ren}
               for (key, _), ren in zip(parts, _renames(listeners), strict=True)]
     return msgspec.structs.replace(
@@ -170,6 +186,22 @@ def merge(parts: Sequence[tuple[ProxyKey, ProxyConfig]]) -> ProxyConfig:
         listeners=_collect(listeners, l_maps),
         route_tables=_collect(tables, t_maps),
         clusters=_collect(tagged, c_maps))
+
+
+def _check_addresses(parts: Sequence[tuple[ProxyKey, ProxyConfig]],
+                     listeners: list[list[Listener]]) -> None:
+    """Refuse two workloads listening on one address and port (ADR 0047)."""
+    owner: dict[tuple[str, int], tuple[ProxyKey, str]] = {}
+    for (key, _), items in zip(parts, listeners, strict=True):
+        for lc in items:
+            other = owner.setdefault((lc.address, lc.port), (key, lc.name))
+            if other[0] != key:
+                hint = (" (give each workload its own outboundPort: in agent mode a pod's "
+                        "traffic is steered to its own port)") if lc.name == "outbound" else ""
+                raise NodeError(
+                    f"workloads {workload_name(other[0])} (listener {other[1]}) and "
+                    f"{workload_name(key)} (listener {lc.name}) both listen on "
+                    f"{lc.address}:{lc.port}: they cannot share a proxy{hint}")
 
 
 def _collect(per: list[list[Any]], maps: list[dict[str, str]]) -> list[Any]:

@@ -156,3 +156,90 @@ def test_each_workload_of_a_node_presents_its_own_certificate() -> None:
     plain = compiled(PLAINTEXT)
     assert [t.name for t in merge([(web, plain[web]), (api, plain[api])]).route_tables] == [
         "outbound"]
+
+
+def transparent(name: str, address: str, outbound: int | None) -> dict[str, Any]:
+    spec: dict[str, Any] = {"address": address, "interception": "transparent",
+                            "serviceAccount": name}
+    if outbound is not None:
+        spec["outboundPort"] = outbound
+    return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Workload",
+            "metadata": {"name": name, "namespace": NS, "labels": {"app": name}},
+            "spec": spec}
+
+
+def test_transparent_pods_of_one_agent_each_get_their_own_outbound_listener() -> None:
+    """ADR 0047: agent mode.  Each pod's transparent `outbound` listener on its own port, its
+    destinations pointing at that pod's own tables and clusters (its own certificate)."""
+    docs = [service("web", app="web"), workload("web-0", "10.232.1.9", 8080, 15001, app="web"),
+            transparent("pod-a", "10.232.0.2", 15001), transparent("pod-b", "10.232.0.3", 15002)]
+    snaps = dict(compile_mesh(MeshInputs.from_resources(docs)).snapshots)
+    a, b = (NS, "pod-a"), (NS, "pod-b")
+    node = merge([(a, snaps[a]), (b, snaps[b])])
+    check_compiled(node)
+    by_name = {lc.name: lc for lc in node.listeners}
+    assert {n: (lc.address, lc.port) for n, lc in by_name.items()} == {
+        "shop/pod-a|outbound": ("127.0.0.1", 15001), "shop/pod-b|outbound": ("127.0.0.1", 15002)}
+    clusters = {c.name: c for c in node.clusters}
+    for key, lc in ((a, by_name["shop/pod-a|outbound"]), (b, by_name["shop/pod-b|outbound"])):
+        names = {d.cluster for d in lc.destinations if d.cluster} | {
+            r.backends[0].cluster for d in lc.destinations if d.route_table
+            for t in node.route_tables if t.name == d.route_table
+            for vh in t.virtual_hosts for r in vh.rules}
+        assert names and all(n.startswith(f"shop/{key[1]}|") for n in names), names
+        identities = {clusters[n].tls.identity for n in names if clusters[n].tls is not None}
+        want = "workload" if key == a else "workload:shop/pod-b"
+        assert identities == {want}, (key, identities)
+
+
+def test_two_transparent_pods_on_the_default_port_are_refused_with_the_reason() -> None:
+    docs = [service("web", app="web"), workload("web-0", "10.232.1.9", 8080, 15001, app="web"),
+            transparent("pod-a", "10.232.0.2", None), transparent("pod-b", "10.232.0.3", None)]
+    snaps = dict(compile_mesh(MeshInputs.from_resources(docs)).snapshots)
+    a, b = (NS, "pod-a"), (NS, "pod-b")
+    with pytest.raises(NodeError, match=r"shop/pod-a \(listener outbound\) and shop/pod-b "
+                                        r"\(listener outbound\) both listen on 127\.0\.0\.1:15001"
+                                        r".*own outboundPort"):
+        merge([(a, snaps[a]), (b, snaps[b])])
+
+
+def test_a_transparent_pod_with_inbound_ports_cannot_be_served_by_an_agent() -> None:
+    """Its inbound listener is on the pod's own address, which the node does not hold: a
+    clear refusal, not a snapshot the agent would NACK for every pod (ADR 0047)."""
+    server = {**transparent("srv", "10.232.0.4", 15003)}
+    server["spec"]["ports"] = [{"port": 8080, "appProtocol": "http"}]
+    docs = [transparent("pod-a", "10.232.0.2", 15001), server]
+    snaps = dict(compile_mesh(MeshInputs.from_resources(docs)).snapshots)
+    a, s = (NS, "pod-a"), (NS, "srv")
+    with pytest.raises(NodeError, match=r"shop/srv is transparent with inbound ports "
+                                        r"\(listener inbound on 10\.232\.0\.4:15006, .*"
+                                        r"`interception: agent`"):
+        merge([(a, snaps[a]), (s, snaps[s])])
+
+
+def test_an_agent_pod_gets_its_inbound_listener_on_the_agent_forwarding_to_the_pod() -> None:
+    """`interception: agent` (ADR 0047): inbound on 127.0.0.1:inboundPort, chains by
+    destination port as for a sidecar, the application dialled at the pod's address; the
+    merged listener presents the pod's own certificate."""
+    srv = transparent("srv", "10.232.0.4", 15003)
+    srv["spec"].update(interception="agent", inboundPort=15103,
+                       ports=[{"port": 8080, "targetPort": 9090, "appProtocol": "http"}])
+    pod_a = transparent("pod-a", "10.232.0.2", 15001)
+    pod_a["spec"]["interception"] = "agent"
+    snaps = dict(compile_mesh(MeshInputs.from_resources([pod_a, srv])).snapshots)
+    a, s = (NS, "pod-a"), (NS, "srv")
+    node = merge([(a, snaps[a]), (s, snaps[s])])
+    check_compiled(node)
+    by_name = {lc.name: lc for lc in node.listeners}
+    inbound = by_name["inbound"]
+    assert (inbound.address, inbound.port, inbound.mode, inbound.workload) == (
+        "127.0.0.1", 15103, "transparent", "shop/srv")
+    assert {fc.match.destination_port for fc in inbound.filter_chains} == {8080}
+    assert {fc.tls.identity for fc in inbound.filter_chains if fc.tls is not None} == {
+        "workload:shop/srv"}
+    clusters = {c.name: c for c in node.clusters}
+    (target,) = {fc.cluster or fc.route_table for fc in inbound.filter_chains}
+    app = clusters.get(target) or clusters["inbound|8080"]
+    assert [(e.address, e.port) for e in app.endpoints] == [("10.232.0.4", 9090)]
+    assert (by_name["shop/pod-a|outbound"].port, by_name["shop/srv|outbound"].port) == (
+        15001, 15003)

@@ -1,0 +1,66 @@
+"""`tulle iptables node apply|clean`: steer the pods behind a node to its agent (ADR 0047).
+
+Runs in the node's network namespace, where the per-node agent runs.  Exit codes as for
+`tulle iptables apply`: 2 a bad option, 3 not root or iptables missing, 4 refused.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"tulle iptables node: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group("node")
+def node() -> None:
+    """Steer the outbound TCP of the pods behind this node to the node agent (agent mode)."""
+
+
+@node.command("apply")
+@click.option("--pod", "pods", multiple=True, required=True,
+              metavar="ADDRESS=PORT[:INBOUND_PORT]",
+              help="A pod behind this node and its outbound port on the agent (the workload's "
+                   "outboundPort), and its inbound port there for a pod with "
+                   "`interception: agent` and ports (inboundPort); repeat for every pod.")
+@click.option("--dry-run", is_flag=True, help="Print the rules; change nothing (no root needed; "
+              "interfaces are shown as <dev>).")
+def apply_cmd(pods: tuple[str, ...], dry_run: bool) -> None:
+    """Install the steering rules (again: replaces what an earlier apply installed)."""
+    from tulle.net import node_steer
+    from tulle.net.iptables_run import InterceptionError
+
+    try:
+        parsed = [node_steer.parse_pod(p) for p in pods]
+        node_steer.check_pods(parsed)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+        return
+    if dry_run:
+        shown = [node_steer.PodSteer(p.address, p.port, "<dev>", p.inbound) for p in parsed]
+        click.echo(node_steer.restore_input(shown, "", ["<uplink>"]), nl=False)
+        return
+    try:
+        for line in node_steer.apply(parsed):
+            click.echo(line)
+    except (InterceptionError, ValueError) as exc:
+        _fail(str(exc), getattr(exc, "code", 2))
+
+
+@node.command("clean")
+def clean_cmd() -> None:
+    """Remove exactly what `apply` installed (the chain, its jump, route_localnet)."""
+    from tulle.net import node_steer
+    from tulle.net.iptables_run import InterceptionError
+
+    try:
+        done = node_steer.clean()
+    except InterceptionError as exc:
+        _fail(str(exc), exc.code)
+        return
+    for line in done or ["nothing to remove"]:
+        click.echo(line)

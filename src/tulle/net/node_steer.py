@@ -1,0 +1,276 @@
+"""Steer every pod's outbound TCP to the node agent's listener for that pod (agent mode, ADR 0047).
+
+A per-node agent runs in the node's network namespace and fronts the pods behind it.  Each pod
+gets an outbound listener of its own on the agent (`127.0.0.1:<outboundPort>`, the port the
+pod's workload registers), so the listener a connection arrives on *is* the pod it came from,
+and the agent presents that pod's certificate (ADR 0032).  This module installs, in the
+**node's** namespace (never a pod's, never the host's), one nat chain, `TULLE_NODE`, jumped to
+from `PREROUTING`, holding per pod::
+
+    -A TULLE_NODE -i <pod's veth> -s <pod address>/32 -p tcp -j DNAT --to-destination 127.0.0.1:<port>
+
+and sets `net.ipv4.conf.<pod's veth>.route_localnet=1`, without which the kernel drops a packet
+arriving on a non-loopback interface for 127.0.0.1.  The DNAT happens in the namespace the
+agent's socket lives in, so `SO_ORIGINAL_DST` (conntrack's original tuple) gives the agent the
+destination the pod dialled, as after a REDIRECT.  Matching both the interface and the source
+address means a packet claiming a pod's address from anywhere else (the bridge, another veth) is
+not steered to that pod's listener: it cannot borrow the pod's identity.
+
+A pod with `interception: agent` and inbound ports also gives its agent inbound port
+(`--pod ADDRESS=PORT:INBOUND`): TCP for the pod's address arriving on any other interface of
+the node (the uplink, the veths of pods not served by the agent) is DNAT'd to
+`127.0.0.1:<inbound>`, where the agent terminates mTLS with the pod's certificate, applies its
+policies and forwards to the pod.  These rules come after the per-pod outbound ones, so a served
+pod calling another one goes through its own outbound listener first.  The agent's own dial to
+the pod leaves from the node (OUTPUT, not PREROUTING) and is not steered back.  Those
+interfaces get `route_localnet` and the guard below too.
+
+`route_localnet` would also let a packet a pod crafts for 127.0.0.0/8 (with a raw socket) reach
+the node's loopback services, the agent's admin port among them; such packets are dropped before
+any NAT, in the `raw` table (`TULLE_NODE_GUARD`, `-i <veth> -d 127.0.0.0/8 -j DROP`).  The
+steered packets are not affected: their original destination is the pod's, never loopback.
+
+`clean` removes the jumps and the chains and resets `route_localnet` on the interfaces the chain
+named; nothing else is touched.  IPv4 only (the testbed's pods and the compiled outbound
+listener are IPv4).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Final
+
+from tulle.net.iptables_run import EXIT_ENVIRONMENT, EXIT_REFUSED, InterceptionError
+
+CHAIN: Final = "TULLE_NODE"
+JUMP: Final = f"-A PREROUTING -j {CHAIN}"
+GUARD: Final = "TULLE_NODE_GUARD"
+GUARD_JUMP: Final = f"-A PREROUTING -j {GUARD}"
+AGENT_ADDRESS: Final = "127.0.0.1"
+_DEVICE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
+
+Runner = Callable[[Sequence[str], str | None], subprocess.CompletedProcess[str]]
+
+
+def run(argv: Sequence[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), input=stdin, capture_output=True, text=True, timeout=30,
+                          check=False)
+
+
+@dataclass(frozen=True, slots=True)
+class PodSteer:
+    """One pod: its address, the interface it is behind on this node, its agent port."""
+
+    address: ipaddress.IPv4Address
+    port: int
+    device: str = ""
+    inbound: int = 0
+    """The agent's inbound port for this pod (0: its inbound traffic is not steered)."""
+
+
+def parse_pod(text: str) -> PodSteer:
+    """`--pod ADDRESS=PORT` -> PodSteer (device still unknown); OptionError-like ValueError
+    naming the option."""
+    addr, sep, port = text.partition("=")
+    if not sep:
+        raise ValueError(f"--pod: {text!r}: use ADDRESS=PORT (the pod's agent port)")
+    try:
+        ip = ipaddress.ip_address(addr.strip())
+    except ValueError:
+        raise ValueError(f"--pod: {addr!r} is not an IP address") from None
+    if not isinstance(ip, ipaddress.IPv4Address):
+        raise ValueError(f"--pod: {addr!r}: agent steering is IPv4 only")
+    if ip.is_loopback or ip.is_unspecified or ip.is_multicast:
+        raise ValueError(f"--pod: {addr!r} cannot be a pod's address")
+    out, _, inbound = port.partition(":")
+    for p in (out, *([inbound] if inbound or port.endswith(":") else [])):
+        if not p.strip().isdigit() or not 0 < int(p) < 65536:
+            raise ValueError(f"--pod: {p!r} is not a port (1-65535)")
+    return PodSteer(ip, int(out), inbound=int(inbound) if inbound else 0)
+
+
+def check_pods(pods: Sequence[PodSteer]) -> None:
+    seen_addr: set[ipaddress.IPv4Address] = set()
+    seen_port: dict[int, ipaddress.IPv4Address] = {}
+    for p in pods:
+        if p.address in seen_addr:
+            raise ValueError(f"--pod: {p.address} is given twice")
+        for port in (p.port, p.inbound):
+            if port in seen_port:
+                raise ValueError(f"--pod: port {port} is given to {seen_port[port]} and "
+                                 f"{p.address}: each pod needs agent ports of its own (its "
+                                 "identity is chosen by the port)")
+            if port:
+                seen_port[port] = p.address
+        seen_addr.add(p.address)
+        if p.device and not _DEVICE.match(p.device):
+            raise ValueError(f"--pod: {p.address}: bad interface name {p.device!r}")
+
+
+def chain_rules(pods: Sequence[PodSteer], uplinks: Sequence[str] = ()) -> list[str]:
+    out = [f"-A {CHAIN} -i {p.device} -s {p.address}/32 -p tcp -j DNAT --to-destination "
+           f"{AGENT_ADDRESS}:{p.port}" for p in pods]
+    return out + [f"-A {CHAIN} -i {dev} -d {p.address}/32 -p tcp -j DNAT --to-destination "
+                  f"{AGENT_ADDRESS}:{p.inbound}" for p in pods if p.inbound for dev in uplinks]
+
+
+def guard_rules(pods: Sequence[PodSteer], uplinks: Sequence[str] = ()) -> list[str]:
+    devs = [p.device for p in pods] + [d for d in uplinks if any(p.inbound for p in pods)]
+    return [f"-A {GUARD} -i {d} -d 127.0.0.0/8 -j DROP" for d in devs]
+
+
+def _table(table: str, chain: str, jump: str, rules: list[str] | None,
+           lines: list[str]) -> list[str]:
+    out = [f"*{table}"]
+    if jump in lines:
+        out.append(f"-D PREROUTING -j {chain}")
+    if rules is None:
+        if any(line.startswith(f":{chain} ") for line in lines):
+            out += [f"-F {chain}", f"-X {chain}"]
+    else:
+        out += [f":{chain} - [0:0]", *rules, jump]
+    out.append("COMMIT")
+    return out
+
+
+def restore_input(pods: Sequence[PodSteer] | None, saved: str,
+                  uplinks: Sequence[str] = ()) -> str:
+    """One `iptables-restore --noflush` transaction: drop our jumps if present, (re)declare the
+    chains (which flushes them), fill them and jump to them; with `pods` None, remove it all.
+    (`saved` is `iptables-save` of every table; a chain name is ours in one table only.)"""
+    lines = saved.splitlines()
+    nat = _table("nat", CHAIN, JUMP, None if pods is None else chain_rules(pods, uplinks),
+                 lines)
+    raw = _table("raw", GUARD, GUARD_JUMP,
+                 None if pods is None else guard_rules(pods, uplinks), lines)
+    return "\n".join(nat + raw) + "\n"
+
+
+def devices_in(saved: str) -> list[str]:
+    """The interfaces our chain names (to reset their route_localnet on clean)."""
+    out = []
+    for line in saved.splitlines():
+        if line.startswith(f"-A {CHAIN} "):
+            parts = line.split()
+            if "-i" in parts:
+                dev = parts[parts.index("-i") + 1]
+                if _DEVICE.match(dev) and dev not in out:
+                    out.append(dev)
+    return out
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        raise InterceptionError(f"{name} not found on PATH (install iptables)", EXIT_ENVIRONMENT)
+    return path
+
+
+def _saved(runner: Runner) -> str:
+    done = runner([_tool("iptables-save")], None)
+    return done.stdout if done.returncode == 0 else ""
+
+
+def device_of(address: ipaddress.IPv4Address, runner: Runner) -> str:
+    """The interface this namespace reaches `address` by (the pod's veth)."""
+    done = runner(["ip", "-o", "-4", "route", "get", str(address)], None)
+    parts = done.stdout.split()
+    if done.returncode != 0 or "dev" not in parts:
+        raise InterceptionError(f"--pod {address}: no route to it in this namespace "
+                                f"({(done.stderr or done.stdout).strip()})", EXIT_REFUSED)
+    dev = parts[parts.index("dev") + 1]
+    if dev == "lo" or parts[0] == "local":
+        raise InterceptionError(f"--pod {address}: that address is this namespace's own; "
+                                "run this in the node's namespace, for pods behind it",
+                                EXIT_REFUSED)
+    if not _DEVICE.match(dev):
+        raise InterceptionError(f"--pod {address}: odd interface name {dev!r}", EXIT_REFUSED)
+    return dev
+
+
+def uplinks(pods: Sequence[PodSteer], runner: Runner) -> list[str]:
+    """Every interface of this namespace but loopback and the served pods' veths: where a
+    served pod's inbound traffic can arrive from."""
+    done = runner(["ip", "-o", "link", "show"], None)
+    if done.returncode != 0:
+        raise InterceptionError(f"ip link: {(done.stderr or done.stdout).strip()}",
+                                EXIT_REFUSED)
+    mine = {p.device for p in pods}
+    out = []
+    for line in done.stdout.splitlines():
+        parts = line.split(":")
+        if len(parts) < 2:
+            continue
+        dev = parts[1].strip().split("@")[0]
+        if dev and dev != "lo" and dev not in mine and _DEVICE.match(dev) and dev not in out:
+            out.append(dev)
+    return out
+
+
+def _route_localnet(dev: str, on: bool) -> None:
+    path = f"/proc/sys/net/ipv4/conf/{dev}/route_localnet"
+    try:
+        with open(path, "w") as f:
+            f.write("1" if on else "0")
+    except FileNotFoundError:
+        pass  # the interface is gone (its pod was deleted): nothing to reset
+    except OSError as exc:
+        raise InterceptionError(f"{path}: {exc.strerror}", EXIT_REFUSED) from None
+
+
+def _restore(text: str, runner: Runner) -> None:
+    done = runner([_tool("iptables-restore"), "--noflush", "--wait", "5"], text)
+    if done.returncode != 0:
+        raise InterceptionError(f"iptables-restore refused the ruleset: "
+                                f"{(done.stderr or done.stdout).strip()}", EXIT_REFUSED)
+
+
+def _root() -> None:
+    if os.geteuid() != 0:
+        raise InterceptionError("needs root (CAP_NET_ADMIN in the node's network namespace); "
+                                "use --dry-run to print the rules", EXIT_ENVIRONMENT)
+
+
+def resolve(pods: Sequence[PodSteer], runner: Runner = run) -> list[PodSteer]:
+    out = [PodSteer(p.address, p.port, p.device or device_of(p.address, runner), p.inbound)
+           for p in pods]
+    check_pods(out)
+    return out
+
+
+def apply(pods: Sequence[PodSteer], runner: Runner = run) -> list[str]:
+    """Steer `pods` (replacing an earlier apply); returns what was done, one line each."""
+    _root()
+    resolved = resolve(pods, runner)
+    ups = uplinks(resolved, runner) if any(p.inbound for p in resolved) else []
+    saved = _saved(runner)
+    wanted = {p.device for p in resolved} | set(ups)
+    for dev in set(devices_in(saved)) - wanted:
+        _route_localnet(dev, False)
+    for dev in sorted(wanted):
+        _route_localnet(dev, True)
+    _restore(restore_input(resolved, saved, ups), runner)
+    return [f"steered {p.address} (via {p.device}) to {AGENT_ADDRESS}:{p.port}"
+            + (f", its inbound (via {', '.join(ups)}) to {AGENT_ADDRESS}:{p.inbound}"
+               if p.inbound else "") for p in resolved]
+
+
+def clean(runner: Runner = run) -> list[str]:
+    """Remove exactly what `apply` installed."""
+    _root()
+    saved = _saved(runner)
+    devs = devices_in(saved)
+    lines = saved.splitlines()
+    if not any(line.startswith((f":{CHAIN} ", f":{GUARD} ")) or line in (JUMP, GUARD_JUMP)
+               for line in lines):
+        return []
+    _restore(restore_input(None, saved), runner)
+    for dev in devs:
+        _route_localnet(dev, False)
+    return [f"removed {CHAIN} and {GUARD}", *(f"route_localnet off on {d}" for d in devs)]

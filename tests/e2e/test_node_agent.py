@@ -1,0 +1,361 @@
+"""Per-node agent mode end to end in network namespaces (issue 11 item 4, ADR 0047).
+
+    [cp 10.231.0.10]      tulle control-plane run
+    [server 10.231.0.3]   sidecar (tulle iptables apply) :15006 ─▶ app :8080   STRICT, authz
+    [node 10.231.0.5]     ONE agent: tulle proxy run --node-config (pod-a, pod-b)
+       │  TULLE_NODE: -i <veth> -s <pod> -p tcp -j DNAT 127.0.0.1:<pod's port>
+       ├── [pod-a 10.232.0.2]  plain python client, no proxy, no iptables  ─▶ agent :15001
+       ├── [pod-b 10.232.0.3]  plain python client, no proxy, no iptables  ─▶ agent :15002
+       └── [api 10.232.0.4]    app :8080 ◀─ agent :15103 ◀─ DNAT -d 10.232.0.4 ◀─ mTLS from
+                               the server's sidecar (`interception: agent`, inbound too)
+
+The pods run nothing of Tulle's: their traffic reaches the agent because the node steers it
+(`tulle iptables node apply`).  The agent holds one certificate per pod and calls the server
+with the certificate of the pod the connection came from; the server's sidecar allows only
+pod-a's service account, so pod-a gets 200 and pod-b 403 from the *server's* authorization:
+two distinct SPIFFE identities through one agent.  The other way, the server's sidecar calls
+the `api` Service, whose pod is served by the same agent: the agent terminates mTLS with api's
+certificate, applies api's policy and forwards to the pod.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from tests.support.netns import require_tools, testbed  # noqa: F401
+
+from tulle.net.netns import Namespace, Testbed
+
+pytestmark = pytest.mark.netns
+
+PROXY_UID = 1337
+SRC = str(Path(__file__).resolve().parents[2] / "src")
+TULLE = [sys.executable, "-m", "tulle.cli.main"]
+ENV = {**os.environ, "PYTHONPATH": SRC}
+STREAM = 15680
+API = 15681
+PODS = {"pod-a": ("10.232.0.2", 15001), "pod-b": ("10.232.0.3", 15002)}
+API_POD, API_OUT, API_IN = "10.232.0.4", 15003, 15103
+
+APP = r'''
+import asyncio, json, sys
+
+async def http(r, w):
+    head = await r.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    body = json.dumps({"name": sys.argv[1], "path": lines[0].split(" ")[1],
+                       "peer": w.get_extra_info("peername")[0]}).encode()
+    w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+            + body)
+    await w.drain()
+    w.close()
+
+async def main():
+    server = await asyncio.start_server(http, "0.0.0.0", 8080)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+'''
+
+CLIENT = r'''
+import json, socket, sys
+
+def http(host, port, path):
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(b"GET %b HTTP/1.1\r\nHost: server\r\nConnection: close\r\n\r\n"
+                  % path.encode())
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return {"status": int(head.split()[1]) if head else 0, "body": body.decode("latin-1")}
+
+def refused(host, port):
+    try:
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: server\r\n\r\n")
+            data = s.recv(100)
+    except (ConnectionResetError, ConnectionRefusedError, BrokenPipeError):
+        data = b""
+    return {"data": data.decode("latin-1")}
+
+what, *args = sys.argv[1:]
+print(json.dumps({"http": http, "refused": refused}[what](*args)))
+'''
+
+
+def resources() -> list[dict[str, Any]]:
+    def workload(name: str, address: str, ports: list[dict[str, Any]],
+                 **spec: Any) -> dict[str, Any]:
+        return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Workload",
+                "metadata": {"name": name, "namespace": "shop", "labels": {"app": name}},
+                "spec": {"address": address, "interception": "transparent", "ports": ports,
+                         "serviceAccount": name, **spec}}
+
+    def service(name: str) -> dict[str, Any]:
+        return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Service",
+                "metadata": {"name": name, "namespace": "shop"},
+                "spec": {"selector": {"app": name},
+                         "ports": [{"port": 80, "targetPort": 8080, "appProtocol": "http"}]}}
+
+    def only(name: str, target: str, account: str) -> dict[str, Any]:
+        return {"apiVersion": "policy.tulle.dev/v1alpha1", "kind": "AuthorizationPolicy",
+                "metadata": {"name": name, "namespace": "shop"},
+                "spec": {"targetRef": {"group": "", "kind": "Service", "name": target},
+                         "rules": [{"from": [{"serviceAccounts": [account]}]}]}}
+
+    return [
+        {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Mesh", "metadata": {"name": "default"},
+         "spec": {"mtls": {"mode": "STRICT"}, "outboundTrafficPolicy": {"mode": "REGISTRY_ONLY"}}},
+        workload("server", "10.231.0.3", [{"port": 8080}]),
+        *(workload(name, ip, [], interception="agent", outboundPort=port)
+          for name, (ip, port) in PODS.items()),
+        workload("api", API_POD, [{"port": 8080}], interception="agent",
+                 outboundPort=API_OUT, inboundPort=API_IN),
+        service("server"), service("api"),
+        only("only-pod-a", "server", "shop/pod-a"),
+        only("only-server", "api", "shop/server"),
+    ]
+
+
+def wait_for(what: str, ok: Any, log: Path | None = None, limit: float = 30.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if ok():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"{what} never happened" + (f":\n{log.read_text()[-4000:]}" if log else ""))
+
+
+def listening(ns: Namespace, port: int) -> bool:
+    return bool(ns.run(["ss", "-Hltn", f"sport = :{port}"]).stdout.strip())
+
+
+def nat_rules(ns: Namespace) -> str:
+    """Every table's rules (the comments with their timestamps left out)."""
+    return "".join(line for line in ns.run(["iptables-save"]).stdout.splitlines(keepends=True)
+                   if not line.startswith("#"))
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    d = Path(tempfile.mkdtemp(prefix="tulle-e2e-n6-"))
+    d.chmod(0o755)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+def _proxy(ns: Namespace, args: list[str], log: Path) -> None:
+    with log.open("wb") as out:
+        ns.popen(["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups",
+                  *TULLE, "proxy", "run", *args], stdout=out, stderr=out, env=ENV)
+
+
+@pytest.fixture
+def mesh(testbed: Testbed, workdir: Path) -> Iterator[dict[str, Any]]:  # noqa: F811
+    require_tools("iptables", "iptables-save", "ss", "setpriv", "curl")
+    cp = testbed.node("10.231.0.10/24")
+    server = testbed.node("10.231.0.3/24")
+    node = testbed.node("10.231.0.5/24")
+    pods = {name: testbed.pod(node, ip) for name, (ip, _) in PODS.items()}
+    api = testbed.pod(node, API_POD)
+    (workdir / "app.py").write_text(APP)
+    (workdir / "client.py").write_text(CLIENT)
+    (workdir / "mesh.yaml").write_text(yaml.safe_dump_all(resources()))
+    admin = workdir / "admin-token"
+    cp_log = workdir / "cp.log"
+    with cp_log.open("wb") as out:
+        cp.popen([*TULLE, "control-plane", "run", "--store", "memory", "--stream-address",
+                  "0.0.0.0", "--stream-port", str(STREAM), "--api-port", str(API),
+                  "--debounce-ms", "20", "--admin-token-file", str(admin)],
+                 stdout=out, stderr=out, env=ENV)
+    wait_for("the control plane's API", lambda: listening(cp, API), cp_log)
+    cli_env = {**ENV, "TULLE_TOKEN_FILE": str(admin)}
+    cp.run([*TULLE, "apply", "-f", str(workdir / "mesh.yaml")], env=cli_env)
+
+    def token(name: str) -> Path:
+        text = cp.run([*TULLE, "token", "issue", "--workload", name, "-n", "shop"],
+                      env=cli_env).stdout.strip().splitlines()[0]
+        f = workdir / f"{name}.token"
+        f.write_text(text)
+        f.chmod(0o644)  # the proxy's uid reads it (the workdir is the test's own)
+        return f
+
+    # The server: a sidecar, intercepted by `tulle iptables apply`.
+    log = workdir / "server-app.log"
+    with log.open("wb") as out:
+        server.popen([sys.executable, str(workdir / "app.py"), "server"], stdout=out, stderr=out)
+    wait_for("the server's app", lambda: listening(server, 8080), log)
+    log = workdir / "api-app.log"
+    with log.open("wb") as out:
+        api.popen([sys.executable, str(workdir / "app.py"), "api"], stdout=out, stderr=out)
+    wait_for("the api pod's app", lambda: listening(api, 8080), log)
+    server.run([*TULLE, "iptables", "apply", "--no-ipv6", "--no-redirect-dns",
+                "--vip-cidr", "240.240.0.0/16"], env=ENV)
+    log = workdir / "server-proxy.log"
+    _proxy(server, ["--control-plane", f"{cp.address}:{STREAM}", "--workload", "server",
+                    "-n", "shop", "--address", server.address,
+                    "--token-file", str(token("server"))], log)
+    wait_for("the server's sidecar", lambda: listening(server, 15006), log)
+
+    # The node: one agent for both pods, each with its own token and outbound port.
+    node_cfg = {"workloads": [
+        {"name": name, "namespace": "shop", "address": ip, "serviceAccount": name,
+         "outboundPort": port, "tokenFile": str(token(name))}
+        for name, (ip, port) in (*PODS.items(), ("api", (API_POD, API_OUT)))]}
+    (workdir / "node.yaml").write_text(yaml.safe_dump(node_cfg))
+    log = workdir / "agent.log"
+    _proxy(node, ["--control-plane", f"{cp.address}:{STREAM}", "--node-config",
+                  str(workdir / "node.yaml")], log)
+    wait_for("the agent's outbound listeners and api's inbound one",
+             lambda: all(listening(node, port) for port in (*STEER.values(), API_IN)), log)
+    node.run([*TULLE, "iptables", "node", "apply", *STEER_ARGS], env=ENV)
+    yield {"cp": cp, "server": server, "node": node, "workdir": workdir, "agent_log": log,
+           "api": api, **pods}
+
+
+STEER = {ip: port for ip, port in (*PODS.values(), (API_POD, API_OUT))}
+STEER_ARGS = [*(f"--pod={ip}={port}" for ip, port in PODS.values()),
+              f"--pod={API_POD}={API_OUT}:{API_IN}"]
+
+
+def client(m: dict[str, Any], pod: str, *args: str) -> dict[str, Any]:
+    out = m[pod].run([sys.executable, str(m["workdir"] / "client.py"), *args], timeout=60)
+    return dict(json.loads(out.stdout))
+
+
+def vip(m: dict[str, Any], service: str = "server", proxy: str = "node") -> str:
+    """A Service's virtual IP, once it is in the listeners of `proxy` (the agent)."""
+    got: list[str] = []
+
+    def allocated() -> bool:
+        out = m["cp"].run([*TULLE, "get", "service", service, "-n", "shop", "-o", "json"],
+                          env={**ENV, "TULLE_TOKEN_FILE": str(m["workdir"] / "admin-token")})
+        ip = (json.loads(out.stdout).get("status") or {}).get("virtualIP")
+        if not ip:
+            return False
+        dump = m[proxy].run(["curl", "-sS", "--max-time", "5",
+                              "http://127.0.0.1:15000/config_dump"]).stdout
+        got[:] = [ip]
+        return f'"{ip}"' in dump
+
+    wait_for(f"{service}'s virtual IP in {proxy}'s outbound listener", allocated)
+    return got[0]
+
+
+def metrics(ns: Namespace) -> str:
+    return ns.run(["curl", "-sS", "--max-time", "5", "http://127.0.0.1:15000/metrics"]).stdout
+
+
+def test_one_agent_two_pods_two_identities(mesh: dict[str, Any]) -> None:
+    ip = vip(mesh)
+    # pod-a: allowed by the server's policy, so it arrived as spiffe://.../sa/pod-a.
+    got = client(mesh, "pod-a", "http", ip, "80", "/from-a")
+    assert got["status"] == 200, (got, mesh["agent_log"].read_text()[-3000:])
+    seen = json.loads(got["body"])
+    assert (seen["name"], seen["path"]) == ("server", "/from-a")
+    # pod-b: the same agent, the same route, but its own certificate: the server refuses it.
+    got = client(mesh, "pod-b", "http", ip, "80", "/from-b")
+    assert got["status"] == 403, got
+    server = metrics(mesh["server"])
+    # Both arrived at the server's sidecar over mTLS on port 8080's chain.
+    assert ('tulle_proxy_protocol_detected_total{listener="inbound",protocol="chain:8080|mtls"} 2'
+            in server), server
+    agent = metrics(mesh["node"])
+    # Each pod's connection came in on its own listener of the agent.
+    # No pod's token reaches the agent's log, nor the agent's config dump.
+    dump = mesh["node"].run(["curl", "-sS", "--max-time", "5",
+                             "http://127.0.0.1:15000/config_dump"]).stdout
+    for name in (*PODS, "api"):
+        token = (mesh["workdir"] / f"{name}.token").read_text().strip()
+        assert token not in mesh["agent_log"].read_text() and token not in dump
+        assert token.split(".")[-1] not in dump  # not even its signature
+    # Each pod's connection came in on its own listener of the agent and left through that
+    # pod's own cluster (its certificate): the 200 on pod-a's, the 403 on pod-b's.
+    for name, code in (("pod-a", 200), ("pod-b", 403)):
+        assert (f'tulle_proxy_requests_total{{listener="shop/{name}|outbound",'
+                f'cluster="shop/{name}|outbound|80||server.shop",response_code="{code}",'
+                'response_flags="-"} 1') in agent, agent
+
+
+def test_a_pod_cannot_borrow_another_pods_listener(mesh: dict[str, Any]) -> None:
+    ip = vip(mesh)
+    # pod-b dials pod-a's agent port on its gateway: steered to pod-b's own listener, whose
+    # original destination (169.254.1.1:15001) is no mesh destination: refused (REGISTRY_ONLY).
+    assert client(mesh, "pod-b", "refused", "169.254.1.1", "15001")["data"] == ""
+    assert ('tulle_proxy_protocol_errors_total{listener="shop/pod-b|outbound",'
+            'kind="no_destination"} 1') in metrics(mesh["node"])
+    # From another node, the agent's pod listeners are not reachable at all (loopback only).
+    out = mesh["cp"].run(["curl", "-sS", "--max-time", "5",
+                          f"http://{mesh['node'].address}:15001/"], check=False)
+    assert out.returncode != 0
+    # Nothing reached the server as pod-a from pod-b; the agent keeps serving.
+    assert client(mesh, "pod-a", "http", ip, "80", "/again")["status"] == 200
+    assert client(mesh, "pod-b", "http", ip, "80", "/again")["status"] == 403
+
+
+def test_node_steering_apply_is_idempotent_and_clean_removes_it(mesh: dict[str, Any]) -> None:
+    node: Namespace = mesh["node"]
+    before = nat_rules(node)
+    # Three pods out, api in (from the node's one uplink).
+    assert before.count("-j TULLE_NODE\n") == 1 and before.count("DNAT") == 4, before
+    # A packet a pod crafts for the node's loopback (route_localnet is on) is dropped first.
+    assert len([ln for ln in before.splitlines() if ln.startswith("-A TULLE_NODE_GUARD")
+                and "-d 127.0.0.0/8" in ln and ln.endswith("-j DROP")]) == 4, before
+    node.run([*TULLE, "iptables", "node", "apply", *STEER_ARGS], env=ENV)
+    assert nat_rules(node) == before
+    devs = [line.split()[line.split().index("-i") + 1] for line in before.splitlines()
+            if line.startswith("-A TULLE_NODE")]
+    assert all(node.run(["sysctl", "-n", f"net.ipv4.conf.{d}.route_localnet"]).stdout.strip()
+               == "1" for d in devs)
+    node.run([*TULLE, "iptables", "node", "clean"], env=ENV)
+    after = nat_rules(node)
+    assert "TULLE_NODE" not in after, after  # both chains and both jumps
+    assert all(node.run(["sysctl", "-n", f"net.ipv4.conf.{d}.route_localnet"]).stdout.strip()
+               == "0" for d in devs)
+    # Without steering the pod's call is forwarded in plaintext, unauthenticated: the
+    # server's STRICT sidecar refuses it (nothing falls back to a weaker path silently).
+    out = client(mesh, "pod-a", "refused", "10.231.0.3", "8080")
+    assert "server" not in out["data"]
+    before_calls = metrics(node)
+    assert client(mesh, "pod-a", "refused", "10.231.0.3", "8080")["data"] == ""
+    assert metrics(node).count("downstream_connections_total") == before_calls.count(
+        "downstream_connections_total")
+
+
+def test_the_agent_serves_a_pods_inbound_side_with_that_pods_identity(
+        mesh: dict[str, Any]) -> None:
+    ip = vip(mesh, "api", "server")
+    # From the server pod (its sidecar, as shop/server): VIP -> mTLS to 10.232.0.4:8080, which
+    # the node steers to the agent; api's policy (only shop/server) lets it through.
+    out = mesh["server"].run([sys.executable, str(mesh["workdir"] / "client.py"), "http", ip,
+                              "80", "/in"], timeout=60)
+    got = json.loads(out.stdout)
+    assert got["status"] == 200, (got, mesh["agent_log"].read_text()[-3000:])
+    seen = json.loads(got["body"])
+    # The app was called by the agent (from the node's end of its veth), not by the caller.
+    assert (seen["name"], seen["path"], seen["peer"]) == ("api", "/in", "169.254.1.1")
+    agent = metrics(mesh["node"])
+    assert ('tulle_proxy_protocol_detected_total{listener="inbound",protocol="chain:8080|mtls"} 1'
+            in agent), agent
+    # Plaintext straight to the pod from a namespace without a sidecar: steered to the agent
+    # too, where STRICT has no plaintext chain; an undeclared port has none either.  Nothing
+    # reaches the app around the agent.
+    for port in ("8080", "9999"):
+        out = mesh["cp"].run(["curl", "-sS", "--max-time", "5", f"http://{API_POD}:{port}/"],
+                             check=False)
+        assert out.returncode != 0 and "api" not in out.stdout, out.stdout
+    assert ('tulle_proxy_protocol_errors_total{listener="inbound",kind="no_filter_chain"} 2'
+            in metrics(mesh["node"]))
