@@ -46,10 +46,12 @@ from tulle.dataplane.identity import (
 )
 from tulle.dataplane.server import ApplyError, ProxyServer
 from tulle.dataplane.stream_tls import StreamTrust
+from tulle.dataplane.telemetry.summary import Summarizer
 from tulle.proxyconfig import features
 from tulle.proxyconfig.delta import DeltaError
 from tulle.proxyconfig.model import CONFIG_API_VERSION, ProxyConfig
 from tulle.proxyconfig.reserved import workload_identity
+from tulle.proxyconfig.stats import STATS_MAX_INTERVAL_MS, STATS_MIN_INTERVAL_MS
 from tulle.proxyconfig.stream import (
     Ack,
     Certificate,
@@ -64,6 +66,8 @@ from tulle.proxyconfig.stream import (
     Ping,
     Pong,
     Snapshot,
+    StatsReport,
+    StatsRequest,
     TrustAck,
     TrustUpdate,
     WorkloadCredential,
@@ -150,6 +154,12 @@ class Agent:
         self._renew_now = asyncio.Event()
         """Set by a `TrustUpdate` asking for a renewal (CA rotation): renew before half-life."""
         self.trust_updates = 0
+        self.summarizer: Summarizer | None = None
+        """Built at the first `StatsRequest`; kept across sessions, so a report after a
+        reconnect covers the gap (ADR 0046)."""
+        self._stats_last = 0.0
+        self._stats_task: asyncio.Task[None] | None = None
+        self.stats_reports = 0
 
     async def start_from_cache(self) -> bool:
         """Serve the cached snapshot, if any, before the control plane is reachable."""
@@ -358,6 +368,9 @@ class Agent:
                 if not data:
                     raise ConnectionResetError("control plane closed the stream")
                 for msg in decoder.feed(data):
+                    if isinstance(msg, StatsRequest):
+                        self._start_stats(writer, msg.interval_ms)
+                        continue
                     reply = await self._handle(msg)
                     if reply is not None:
                         writer.write(encode(reply))
@@ -366,9 +379,43 @@ class Agent:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
+            await self._stop_stats()
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    def _start_stats(self, writer: asyncio.StreamWriter, interval_ms: int) -> None:
+        """Report traffic summaries on this stream every `interval_ms` (clamped to the
+        contract's bounds) until it ends (ADR 0046)."""
+        interval = min(max(interval_ms, STATS_MIN_INTERVAL_MS), STATS_MAX_INTERVAL_MS) / 1000
+        loop = asyncio.get_running_loop()
+        if self.summarizer is None:
+            self.summarizer = Summarizer(self.server.metrics)
+            self.summarizer.report(self.current)  # the baseline: history is not this window's
+            self._stats_last = loop.time()
+        if self._stats_task is not None:
+            self._stats_task.cancel()
+        self._stats_task = loop.create_task(self._report_stats(writer, interval))
+
+    async def _report_stats(self, writer: asyncio.StreamWriter, interval: float) -> None:
+        summarizer = self.summarizer
+        assert summarizer is not None
+        loop = asyncio.get_running_loop()
+        while not self._stop and not writer.is_closing():
+            await asyncio.sleep(interval)
+            now = loop.time()
+            rows = summarizer.report(self.current)
+            writer.write(encode(StatsReport(interval_ms=round((now - self._stats_last) * 1000),
+                                            rows=rows)))
+            self._stats_last = now
+            self.stats_reports += 1
+
+    async def _stop_stats(self) -> None:
+        task, self._stats_task = self._stats_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _handle(self, msg: Message) -> Message | None:
         if isinstance(msg, Ping):

@@ -159,6 +159,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("stream-idle-timeout",
             ("route_tables[].virtual_hosts[].rules[].stream_idle_timeout_ms",),
             "a per-request idle timeout on route rules"),
+    Feature("stats-reports", (), "stream messages `StatsRequest` / `StatsReport`: traffic "
+            "summaries for `tulle stat` (ADR 0046)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -63,7 +63,8 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
         "unresolved-backends", "cluster-limits", "mtls", "authorization",
         "network-authorization", "request-redirect", "backend-request-timeout",
         "request-mirror", "backend-filters", "url-rewrite", "ca-rotation", "load-balancing",
-        "outlier-detection", "health-checks", "retries", "stream-idle-timeout"]
+        "outlier-detection", "health-checks", "retries", "stream-idle-timeout",
+        "stats-reports"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:

@@ -90,8 +90,10 @@ from tulle.controlplane.push.limits import (
 )
 from tulle.controlplane.push.negotiation import negotiation_error
 from tulle.controlplane.push.node import NodeError, NodeSnapshots, workload_name
+from tulle.controlplane.push.stats import stats_request, take_report
 from tulle.controlplane.push.trust import after_hello, record_signed, update_for
 from tulle.controlplane.push.wire import withheld_delta_frame, withheld_snapshot_frame
+from tulle.controlplane.telemetry.window import StatsWindow
 from tulle.proxyconfig.delta import units_of
 from tulle.proxyconfig.features import Feature, lacking
 from tulle.proxyconfig.model import ProxyConfig
@@ -108,6 +110,7 @@ from tulle.proxyconfig.stream import (
     Nack,
     Ping,
     Pong,
+    StatsReport,
     TrustAck,
     WorkloadInfo,
     encode,
@@ -141,7 +144,8 @@ class PushServer:
                  admission: Admission | None = None,
                  tls: ssl.SSLContext | None = None,
                  on_presence: PresenceHook | None = None,
-                 liveness_timeout: float = 30.0) -> None:
+                 liveness_timeout: float = 30.0,
+                 stats: StatsWindow | None = None, stats_interval: float = 5.0) -> None:
         if hello_timeout <= 0:
             raise ValueError("hello_timeout must be positive")
         if max_connections < 0:
@@ -193,6 +197,9 @@ class PushServer:
         self._listener: TlsListener | None = None
         self.live: set[ProxySession] = set()
         """Admitted sessions, for `trust_changed`."""
+        self.stats = stats
+        """Where proxies' traffic reports go (`tulle stat`, ADR 0046); None: none asked for."""
+        self.stats_interval = stats_interval
 
     def trust_changed(self) -> None:
         """The CA state changed (a rotation stage, ADR 0035): tell every proxy that takes it."""
@@ -391,6 +398,7 @@ class ProxySession:
         self.admitted: Admitted | None = None
         self.session_id = uuid.uuid4().hex
         self.end_reason = "the proxy closed the stream"
+        self.stats_warned = False
 
     def send(self, msg: Message) -> None:
         self.writer.write(encode(msg))
@@ -503,6 +511,9 @@ class ProxySession:
             update = after_hello(srv.admission.state, self.node_statuses, self.admitted, hello)
             if update is not None:
                 self.send(update)
+        ask = stats_request(srv.stats, srv.stats_interval, hello.features)
+        if ask is not None:
+            self.send(ask)
         log.info("proxy %s/%s connected from %s (serving %r)%s", w.namespace, w.name, self.peer,
                  hello.last_version or "nothing",
                  f"; withholding {', '.join(f.name for f in self.missing)}"
@@ -654,6 +665,9 @@ class ProxySession:
         elif isinstance(msg, TrustAck):
             for s in self.node_statuses:
                 s.trust_bundle = msg.id
+        elif isinstance(msg, StatsReport):
+            self.stats_warned = take_report(self.server.stats, self.node_statuses, msg,
+                                            self.stats_warned)
 
     def send_trust(self) -> None:
         """The CA's trust bundle (and a renewal request, mid-rotation), to a proxy that takes
