@@ -44,7 +44,7 @@ INTERVAL = 0.2
 
 def workload(name: str, address: str, ports: list[dict[str, Any]], outbound: int = 0,
              **labels: str) -> dict[str, Any]:
-    spec: dict[str, Any] = {"address": address, "serviceAccount": name.split("-")[0],
+    spec: dict[str, Any] = {"address": address, "serviceAccount": name.split("-", maxsplit=1)[0],
                             "ports": ports}
     if outbound:
         spec["outboundPort"] = outbound
