@@ -11,6 +11,8 @@
 #                      apply -> ACK propagation, CPU, RSS -> bench/results/controlplane.json and
 #                      its section of docs/performance.md
 #   make bench-micro   ~30 s, no sockets: the HTTP/1.1 proxy's Python CPU per request
+#   make bench-stat    ~30 s, no sockets: `tulle stat` reports' proxy CPU and frame size, the
+#                      control plane's memory per proxy -> bench/results/stat.json
 #   make bench-resilience-retries  ~15 s: all endpoints down, 20,000 requests through a real
 #                      proxy: retries / requests stays within the retry budget ->
 #                      `all_down_retry_ratio` in bench/results/resilience.json (keys merged)
@@ -23,7 +25,7 @@ BENCH_PEERS ?= tulle,tulle-filters,tulle-routes,haproxy,haproxy-routes,nginx
 BENCH_MTLS_PEERS ?= tulle-mtls,tulle-2hop,haproxy-tls
 
 .PHONY: bench bench-quick bench-profile bench-setup bench-controlplane bench-micro bench-mtls \
-	bench-resilience-retries
+	bench-resilience-retries bench-stat
 
 bench-setup:
 	bash bench/setup.sh
@@ -46,6 +48,10 @@ bench-profile: deps bench-setup
 
 bench-micro: deps
 	$(BENCH_PY) -m bench.micro_http1
+
+bench-stat: deps
+	$(BENCH_PY) -m bench.micro_stat > bench/results/stat.json
+	cat bench/results/stat.json
 
 bench-controlplane: deps
 	$(BENCH_PY) -m bench.controlplane --json bench/results/controlplane.json \

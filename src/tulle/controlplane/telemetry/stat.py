@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tulle.controlplane.telemetry.quantiles import empty, merge, quantile
-from tulle.controlplane.telemetry.window import Received, StatsWindow
+from tulle.controlplane.telemetry.window import StatsWindow
 
 STAT_API_VERSION = "stat.tulle.dev/v1"
 Kind = Literal["Service", "Workload"]
@@ -58,40 +58,37 @@ def _split(key: str) -> tuple[str, str]:
     return ns, name
 
 
-def _add(s: Stat, proxy: str, reports: list[Received], cover: float, row_of: Any) -> None:
-    for rep in reports:
-        for r in rep.rows:
-            if row_of(r):
-                s.requests += r.requests
-                s.failures += r.failures
-                s.rps += r.requests / cover
-                merge(s.buckets, r.buckets)
-                s.latency_sum_ms += r.latency_sum_ms
-    s.tcp_open += sum(r.tcp_open for r in reports[-1].rows if row_of(r))
-
-
 def aggregate(win: StatsWindow, window: float) -> tuple[dict[tuple[Kind, str], Stat],
                                                         dict[tuple[str, str], Stat]]:
-    """Rows by (kind, `namespace/name`) and edges by (client workload, Service)."""
+    """Rows by (kind, `namespace/name`) and edges by (client workload, Service); one pass
+    over each proxy's reports in the window."""
     rows: dict[tuple[Kind, str], Stat] = {}
     edges: dict[tuple[str, str], Stat] = {}
-    for proxy, reports in win.recent(window).items():
+    for reports in win.recent(window).values():
         cover = max(sum(r.interval for r in reports), 1e-3)
-        keys: set[tuple[str, str, str]] = {(r.direction, r.workload, r.service)
-                                           for rep in reports for r in rep.rows}
-        for direction, workload, service in keys:
-            def same(r: Any, d: str = direction, w: str = workload, s: str = service) -> bool:
-                return bool(r.direction == d and r.workload == w and r.service == s)
-
-            wl = rows.setdefault(("Workload", workload), Stat())
-            wl.meshed.add(workload)
-            if direction == "inbound":
-                _add(wl, proxy, reports, cover, same)
-                if service:
-                    rows.setdefault(("Service", service), Stat()).meshed.add(workload)
-            else:
-                _add(rows.setdefault(("Service", service), Stat()), proxy, reports, cover, same)
-                _add(edges.setdefault((workload, service), Stat()), proxy, reports, cover, same)
+        last = reports[-1]
+        for rep in reports:
+            for r in rep.rows():
+                direction, workload, service = r.key
+                wl = rows.get(("Workload", workload))
+                if wl is None:
+                    wl = rows[("Workload", workload)] = Stat()
+                wl.meshed.add(workload)
+                if direction == "inbound":
+                    targets = [wl]
+                    if service:
+                        rows.setdefault(("Service", service), Stat()).meshed.add(workload)
+                else:
+                    targets = [rows.setdefault(("Service", service), Stat()),
+                               edges.setdefault((workload, service), Stat())]
+                for s in targets:
+                    s.requests += r.requests
+                    s.failures += r.failures
+                    s.rps += r.requests / cover
+                    merge(s.buckets, r.buckets)
+                    s.latency_sum_ms += r.latency_sum_ms
+                    if rep is last:  # open connections: the latest gauge
+                        s.tcp_open += r.tcp_open
     return rows, edges
 
 

@@ -40,6 +40,21 @@ def test_reports_age_out_of_the_window_and_of_retention() -> None:
     assert len(win) == 1
 
 
+def test_rows_come_back_as_they_were_sent() -> None:
+    win = StatsWindow(clock=Clock())
+    sent = report(requests=7, failures=2, buckets=[(0, 3), (19, 4)], latency_sum_ms=12.345,
+                  tcp_open=3)
+    win.ingest("shop/a-0", sent, ME)
+    win.ingest("shop/a-0", sent, ME)
+    (first, second) = win.recent(1)["shop/a-0"]
+    for rec in (first, second):
+        (row,) = rec.rows()
+        assert row.key == ("outbound", "shop/a-0", "shop/api")
+        assert (row.requests, row.failures, row.tcp_open) == (7, 2, 3)
+        assert row.buckets == [(0, 3), (19, 4)] and row.latency_sum_ms == 12.345
+    assert first.keys is second.keys and len(first.keys) == 1  # one key table per proxy
+
+
 def test_a_proxy_keeps_a_bounded_number_of_reports() -> None:
     clock = Clock()
     win = StatsWindow(retention=2, clock=clock)  # at most 2 s / 0.2 s + 2 = 12 reports
@@ -54,6 +69,8 @@ def test_a_proxy_keeps_a_bounded_number_of_reports() -> None:
     (report(requests=-1), "counts must be >= 0"),
     (report(requests=1, buckets=[(0, 5)]), "more observations than requests"),
     (report(interval_ms=0), "interval_ms: 0 out of range"),
+    (report(requests=5, buckets=[(99, 1)]), "a bucket index out of range"),
+    (report(requests=5, latency_sum_ms=-1.0), "counts out of range"),
     (StatsReport(interval_ms=1000, rows=[report().rows[0]] * (MAX_STATS_ROWS + 1)),
      "more than"),
 ])
