@@ -82,6 +82,10 @@ from tulle.proxyconfig.validate import ConfigError, check, validate
 
 log = logging.getLogger("tulle.agent")
 
+STATS_MAX_GAP = 600.0
+"""Seconds: traffic older than this when a control plane asks for reports is not reported
+(the control plane keeps no longer a window)."""
+
 
 def load_cached(path: Path) -> ProxyConfig | None:
     try:
@@ -154,10 +158,10 @@ class Agent:
         self._renew_now = asyncio.Event()
         """Set by a `TrustUpdate` asking for a renewal (CA rotation): renew before half-life."""
         self.trust_updates = 0
-        self.summarizer: Summarizer | None = None
-        """Built at the first `StatsRequest`; kept across sessions, so a report after a
-        reconnect covers the gap (ADR 0046)."""
-        self._stats_last = 0.0
+        self.summarizer = Summarizer(server.metrics)
+        """Kept across sessions: the first report covers everything since the proxy started,
+        one after a reconnect the gap (ADR 0046)."""
+        self._stats_last = time.monotonic()
         self._stats_task: asyncio.Task[None] | None = None
         self.stats_reports = 0
 
@@ -388,22 +392,20 @@ class Agent:
         """Report traffic summaries on this stream every `interval_ms` (clamped to the
         contract's bounds) until it ends (ADR 0046)."""
         interval = min(max(interval_ms, STATS_MIN_INTERVAL_MS), STATS_MAX_INTERVAL_MS) / 1000
-        loop = asyncio.get_running_loop()
-        if self.summarizer is None:
-            self.summarizer = Summarizer(self.server.metrics)
-            self.summarizer.report(self.current)  # the baseline: history is not this window's
-            self._stats_last = loop.time()
+        if time.monotonic() - self._stats_last > STATS_MAX_GAP:
+            # Long unreported (no control plane asked): that history is no window's.
+            self.summarizer.report(self.current)
+            self._stats_last = time.monotonic()
         if self._stats_task is not None:
             self._stats_task.cancel()
-        self._stats_task = loop.create_task(self._report_stats(writer, interval))
+        self._stats_task = asyncio.get_running_loop().create_task(
+            self._report_stats(writer, interval))
 
     async def _report_stats(self, writer: asyncio.StreamWriter, interval: float) -> None:
         summarizer = self.summarizer
-        assert summarizer is not None
-        loop = asyncio.get_running_loop()
         while not self._stop and not writer.is_closing():
             await asyncio.sleep(interval)
-            now = loop.time()
+            now = time.monotonic()
             rows = summarizer.report(self.current)
             writer.write(encode(StatsReport(interval_ms=round((now - self._stats_last) * 1000),
                                             rows=rows)))

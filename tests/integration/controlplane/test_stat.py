@@ -34,7 +34,15 @@ from tests.support.proxy import free_port
 from tulle.controlplane.main import ControlPlane
 from tulle.proxyconfig.features import SUPPORTED
 from tulle.proxyconfig.stats import StatsRow
-from tulle.proxyconfig.stream import Hello, StatsReport, StatsRequest, WorkloadInfo, encode
+from tulle.proxyconfig.stream import (
+    Ack,
+    Hello,
+    Snapshot,
+    StatsReport,
+    StatsRequest,
+    WorkloadInfo,
+    encode,
+)
 
 V1 = "mesh.tulle.dev/v1alpha1"
 NS = "shop"
@@ -254,8 +262,10 @@ async def test_a_report_for_a_workload_the_stream_does_not_front_is_dropped(
             workload=WorkloadInfo(name="b-0", namespace=NS, address="127.0.0.11"),
             features=list(SUPPORTED)), api=m.cp.api_url)
         try:
-            for _ in range(10):
+            for _ in range(10):  # asked after its first ACK
                 msg = await raw.next()
+                if isinstance(msg, Snapshot):
+                    raw.writer.write(encode(Ack(version=msg.version)))
                 if isinstance(msg, StatsRequest):
                     break
             assert isinstance(msg, StatsRequest) and msg.interval_ms == INTERVAL * 1000

@@ -111,6 +111,7 @@ from tulle.proxyconfig.stream import (
     Ping,
     Pong,
     StatsReport,
+    StatsRequest,
     TrustAck,
     WorkloadInfo,
     encode,
@@ -399,6 +400,9 @@ class ProxySession:
         self.session_id = uuid.uuid4().hex
         self.end_reason = "the proxy closed the stream"
         self.stats_warned = False
+        self.stats_ask: StatsRequest | None = None
+        """Sent once, after the proxy's first ACK: a proxy serves traffic only once it runs a
+        config, and the messages before it (certificates, the snapshot) keep their order."""
 
     def send(self, msg: Message) -> None:
         self.writer.write(encode(msg))
@@ -511,9 +515,7 @@ class ProxySession:
             update = after_hello(srv.admission.state, self.node_statuses, self.admitted, hello)
             if update is not None:
                 self.send(update)
-        ask = stats_request(srv.stats, srv.stats_interval, hello.features)
-        if ask is not None:
-            self.send(ask)
+        self.stats_ask = stats_request(srv.stats, srv.stats_interval, hello.features)
         log.info("proxy %s/%s connected from %s (serving %r)%s", w.namespace, w.name, self.peer,
                  hello.last_version or "nothing",
                  f"; withholding {', '.join(f.name for f in self.missing)}"
@@ -532,6 +534,7 @@ class ProxySession:
                 self.acked = current  # it already runs this (from its disk cache)
                 self.inflight_parts = self.node.parts()
                 self._acked(current)
+                self._ask_stats()
             loop = asyncio.get_running_loop()
             next_ping = loop.time() + srv.ping_interval
             while not self.closed:
@@ -636,6 +639,7 @@ class ProxySession:
         if isinstance(msg, Ping):
             self.send(Pong())
         elif isinstance(msg, Ack):
+            self._ask_stats()
             if self.inflight is not None and msg.version == self.inflight.version:
                 self.acked = self.inflight
                 self.inflight = None
@@ -668,6 +672,11 @@ class ProxySession:
         elif isinstance(msg, StatsReport):
             self.stats_warned = take_report(self.server.stats, self.node_statuses, msg,
                                             self.stats_warned)
+
+    def _ask_stats(self) -> None:
+        ask, self.stats_ask = self.stats_ask, None
+        if ask is not None:
+            self.send(ask)
 
     def send_trust(self) -> None:
         """The CA's trust bundle (and a renewal request, mid-rotation), to a proxy that takes
