@@ -12,6 +12,8 @@
 #                      apply -> ACK propagation, CPU, RSS -> bench/results/controlplane.json and
 #                      its section of docs/performance.md
 #   make bench-micro   ~30 s, no sockets: the HTTP/1.1 proxy's Python CPU per request
+#   make bench-stat    ~30 s, no sockets: `tulle stat` reports' proxy CPU and frame size, the
+#                      control plane's memory per proxy -> bench/results/stat.json
 #   make bench-resilience-retries  ~15 s: all endpoints down, 20,000 requests through a real
 #                      proxy: retries / requests stays within the retry budget ->
 #                      `all_down_retry_ratio` in bench/results/resilience.json (keys merged)
@@ -31,6 +33,7 @@ BENCH_RESILIENCE_PEERS ?= tulle-retry,tulle-resilience,haproxy-resilience
 
 .PHONY: bench bench-quick bench-profile bench-setup bench-controlplane bench-micro bench-mtls \
 	bench-resilience-retries bench-resilience-cpu
+	bench-resilience-retries bench-stat
 
 bench-setup:
 	bash bench/setup.sh
@@ -57,6 +60,10 @@ bench-profile: deps bench-setup
 
 bench-micro: deps
 	$(BENCH_PY) -m bench.micro_http1
+
+bench-stat: deps
+	$(BENCH_PY) -m bench.micro_stat > bench/results/stat.json
+	cat bench/results/stat.json
 
 bench-controlplane: deps
 	$(BENCH_PY) -m bench.controlplane --json bench/results/controlplane.json \

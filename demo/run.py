@@ -248,6 +248,8 @@ Where to look while it runs ({seconds:.0f} s at {rps} rps), in another shell:
   .venv/bin/tulle get workloads -n {NS} -o wide     # registered by the sidecars themselves
   .venv/bin/tulle describe httproute backend-canary -n {NS}
   .venv/bin/tulle proxy-config frontend-0 -n {NS} routes
+  .venv/bin/tulle stat svc -n {NS} --watch         # rps, success rate, p50/p95/p99 per Service
+  .venv/bin/tulle stat workload/frontend-0 -n {NS} -o wide   # and its edges to each Service
   curl -s http://127.0.0.1:{p['fe_admin']}/metrics | grep tulle_proxy_requests_total
   curl -s -H "Authorization: Bearer $(cat {demo.tmp / 'tulle.db.admin-token'})" \\
       http://127.0.0.1:{demo.api}/openapi.json | head -c 300

@@ -45,6 +45,10 @@ def control_plane() -> None:
               help="Seconds without a frame from a connected proxy (it answers a ping every "
                    "10 s) before its stream is closed and its workload leaves its Services' "
                    "endpoints (0: never).")
+@click.option("--stats-interval", default=5.0, show_default=True,
+              type=click.FloatRange(min=0), envvar="TULLE_STATS_INTERVAL",
+              help="Seconds between the traffic reports proxies send for `tulle stat` "
+                   "(0: none asked for).")
 @click.option("--api-max-body-bytes", default=16 * 1024 * 1024, show_default=True, type=int,
               envvar="TULLE_API_MAX_BODY_BYTES",
               help="Largest REST API request body (0: no limit); larger ones get 413.")
@@ -80,6 +84,7 @@ def control_plane() -> None:
 def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str,
             stream_port: int, instance: str, debounce_ms: int, stream_hello_timeout: float,
             stream_max_connections: int, stream_max_pending_hellos: int,
+            stats_interval: float,
             stream_liveness_timeout: float, api_max_body_bytes: int, ca_cert: str, ca_key: str, cert_ttl: str,
             admin_token_file: str | None, api_tls_cert: str | None,
             api_tls_key: str | None, api_allow_plaintext: bool,
@@ -110,7 +115,8 @@ def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str
                   api_tls_key=Path(api_tls_key) if api_tls_key else None,
                   api_allow_plaintext=api_allow_plaintext, stream_sans=stream_sans,
                   stream_plaintext=stream_plaintext,
-                  stream_liveness_timeout=stream_liveness_timeout))
+                  stream_liveness_timeout=stream_liveness_timeout,
+                  stats_interval=stats_interval))
 
 
 def parse_ports(values: tuple[str, ...]) -> list[dict[str, object]]:

@@ -176,6 +176,9 @@ def _register() -> bool:
     from tulle.cli.iptables import iptables
 
     cli.add_command(iptables)
+    from tulle.cli.stat import stat_cmd
+
+    cli.add_command(stat_cmd)
     return True
 
 

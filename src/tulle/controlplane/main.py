@@ -53,6 +53,7 @@ from tulle.controlplane.readiness import DEFAULT_LIVENESS_TIMEOUT
 from tulle.controlplane.reconcile import Reconciler
 from tulle.controlplane.store.factory import open_store
 from tulle.controlplane.store.protocol import ResourceStore
+from tulle.controlplane.telemetry.window import StatsWindow
 from tulle.proxyconfig.stream_trust import ca_pin
 
 log = logging.getLogger("tulle.controlplane")
@@ -87,7 +88,8 @@ class ControlPlane:
                  stream_sans: tuple[str, ...] | list[str] = (),
                  stream_plaintext: bool = False,
                  stream_liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT,
-                 stream_ping_interval: float = 10.0) -> None:
+                 stream_ping_interval: float = 10.0,
+                 stats_interval: float = 5.0) -> None:
         """`admin_token_file`: where the first admin API token is kept (admin_token.py); None
         keeps it only in `admin_token`.  The API refuses a non-loopback `api_host` without TLS
         unless `api_allow_plaintext` (exposure.py)."""
@@ -109,6 +111,10 @@ class ControlPlane:
             raise ValueError("--stream-liveness-timeout must not be negative")
         self.stream_liveness_timeout = stream_liveness_timeout
         self.stream_ping_interval = stream_ping_interval
+        if stats_interval < 0:
+            raise ValueError("--stats-interval must not be negative (0: no reports)")
+        self.stats_interval = stats_interval
+        """Seconds between the proxies' traffic reports for `tulle stat` (ADR 0046)."""
         self.api_max_body_bytes = api_max_body_bytes
         self.ca_files = (Path(ca_cert), Path(ca_key)) if ca_cert else None
         self.cert_ttl = cert_ttl
@@ -183,7 +189,8 @@ class ControlPlane:
                                max_pending_hellos=self.stream_max_pending_hellos,
                                on_presence=self._presence,
                                liveness_timeout=self.stream_liveness_timeout,
-                               ping_interval=self.stream_ping_interval)
+                               ping_interval=self.stream_ping_interval,
+                               stats=StatsWindow(), stats_interval=self.stats_interval)
         self.stream_port = await self.push.start(self.stream_host, self.stream_port)
         self.ca_keeper.on_change.append(self._ca_changed)
         push = self.push

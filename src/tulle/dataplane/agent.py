@@ -46,10 +46,12 @@ from tulle.dataplane.identity import (
 )
 from tulle.dataplane.server import ApplyError, ProxyServer
 from tulle.dataplane.stream_tls import StreamTrust
+from tulle.dataplane.telemetry.summary import Summarizer
 from tulle.proxyconfig import features
 from tulle.proxyconfig.delta import DeltaError
 from tulle.proxyconfig.model import CONFIG_API_VERSION, ProxyConfig
 from tulle.proxyconfig.reserved import workload_identity
+from tulle.proxyconfig.stats import STATS_MAX_INTERVAL_MS, STATS_MIN_INTERVAL_MS
 from tulle.proxyconfig.stream import (
     Ack,
     Certificate,
@@ -64,6 +66,8 @@ from tulle.proxyconfig.stream import (
     Ping,
     Pong,
     Snapshot,
+    StatsReport,
+    StatsRequest,
     TrustAck,
     TrustUpdate,
     WorkloadCredential,
@@ -80,6 +84,9 @@ log = logging.getLogger("tulle.agent")
 
 CLOSE_TIMEOUT = 1.0
 """Seconds a closed stream may take to shut down before the agent reconnects anyway."""
+STATS_MAX_GAP = 600.0
+"""Seconds: traffic older than this when a control plane asks for reports is not reported
+(the control plane keeps no longer a window)."""
 
 
 def load_cached(path: Path) -> ProxyConfig | None:
@@ -153,6 +160,12 @@ class Agent:
         self._renew_now = asyncio.Event()
         """Set by a `TrustUpdate` asking for a renewal (CA rotation): renew before half-life."""
         self.trust_updates = 0
+        self.summarizer = Summarizer(server.metrics)
+        """Kept across sessions: the first report covers everything since the proxy started,
+        one after a reconnect the gap (ADR 0046)."""
+        self._stats_last = time.monotonic()
+        self._stats_task: asyncio.Task[None] | None = None
+        self.stats_reports = 0
 
     async def start_from_cache(self) -> bool:
         """Serve the cached snapshot, if any, before the control plane is reachable."""
@@ -364,6 +377,9 @@ class Agent:
                 if not data:
                     raise ConnectionResetError("control plane closed the stream")
                 for msg in decoder.feed(data):
+                    if isinstance(msg, StatsRequest):
+                        self._start_stats(writer, msg.interval_ms)
+                        continue
                     reply = await self._handle(msg)
                     if reply is not None:
                         writer.write(encode(reply))
@@ -372,11 +388,43 @@ class Agent:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
+            await self._stop_stats()
             writer.close()
             # Bounded: a TLS close waits for the peer's close_notify (up to asyncio's 30 s
             # shutdown timeout), and a control plane that dropped us may never send one.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), CLOSE_TIMEOUT)
+
+    def _start_stats(self, writer: asyncio.StreamWriter, interval_ms: int) -> None:
+        """Report traffic summaries on this stream every `interval_ms` (clamped to the
+        contract's bounds) until it ends (ADR 0046)."""
+        interval = min(max(interval_ms, STATS_MIN_INTERVAL_MS), STATS_MAX_INTERVAL_MS) / 1000
+        if time.monotonic() - self._stats_last > STATS_MAX_GAP:
+            # Long unreported (no control plane asked): that history is no window's.
+            self.summarizer.report(self.current)
+            self._stats_last = time.monotonic()
+        if self._stats_task is not None:
+            self._stats_task.cancel()
+        self._stats_task = asyncio.get_running_loop().create_task(
+            self._report_stats(writer, interval))
+
+    async def _report_stats(self, writer: asyncio.StreamWriter, interval: float) -> None:
+        summarizer = self.summarizer
+        while not self._stop and not writer.is_closing():
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            rows = summarizer.report(self.current)
+            writer.write(encode(StatsReport(interval_ms=round((now - self._stats_last) * 1000),
+                                            rows=rows)))
+            self._stats_last = now
+            self.stats_reports += 1
+
+    async def _stop_stats(self) -> None:
+        task, self._stats_task = self._stats_task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def _handle(self, msg: Message) -> Message | None:
         if isinstance(msg, Ping):

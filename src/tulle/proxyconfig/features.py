@@ -174,6 +174,8 @@ FEATURES: tuple[Feature, ...] = (
     # As network-authorization: not withheld, a proxy lacking it refuses the snapshot (NACK).
     Feature("network-rate-limit", (), "the `rate_limit` network filter (new TCP connections "
             "per interval)"),
+    Feature("stats-reports", (), "stream messages `StatsRequest` / `StatsReport`: traffic "
+            "summaries for `tulle stat` (ADR 0046)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -31,6 +31,9 @@ Exchange:
                                                       unknown workload, bad auth)
     cp -> proxy   TrustUpdate(id, bundle, renew)      the mesh roots changed (CA rotation,
     proxy -> cp   TrustAck(id)                        ADR 0035; feature `ca-rotation` only)
+    cp -> proxy   StatsRequest(interval_ms)           report traffic summaries (ADR 0046;
+    proxy -> cp   StatsReport(interval_ms, rows)      feature `stats-reports` only), then
+                                                      one report every interval
 
 Evolution: a new optional field in a message is an addition with a default (both ends ignore
 unknown envelope fields); a new message type or a changed meaning is a new `PROTOCOL_VERSION`,
@@ -63,6 +66,7 @@ from tulle.proxyconfig.model import (
     TrustBundle,
     VirtualHost,
 )
+from tulle.proxyconfig.stats import StatsRow
 from tulle.proxyconfig.validate import ConfigError, FieldError, convert_error, errors_in
 
 PROTOCOL_VERSION = 2
@@ -239,8 +243,24 @@ class TrustAck(_Msg, frozen=True, tag="trust-ack"):
     id: str
 
 
+class StatsRequest(_Msg, frozen=True, tag="stats-request"):
+    """Send a `StatsReport` every `interval_ms` on this stream (ADR 0046).  Sent only to a
+    proxy that announced the feature `stats-reports`; a proxy sends reports only once asked,
+    so a control plane from before them never gets one."""
+
+    interval_ms: int
+
+
+class StatsReport(_Msg, frozen=True, tag="stats"):
+    """What the proxy saw since its previous report (`proxyconfig/stats.py`)."""
+
+    interval_ms: int
+    """The time the counts cover, measured by the proxy's monotonic clock."""
+    rows: list[StatsRow] = msgspec.field(default_factory=list)
+
+
 Message = (Hello | Snapshot | DeltaMsg | Ack | Nack | Ping | Pong | Error | Csr | Certificate
-           | TrustUpdate | TrustAck)
+           | TrustUpdate | TrustAck | StatsRequest | StatsReport)
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Message)
@@ -393,6 +413,8 @@ __all__ = [
     "Ping",
     "Pong",
     "Snapshot",
+    "StatsReport",
+    "StatsRequest",
     "WorkloadInfo",
     "apply_checked",
     "decode_delta",

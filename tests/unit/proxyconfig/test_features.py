@@ -64,7 +64,8 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
         "network-authorization", "request-redirect", "backend-request-timeout",
         "request-mirror", "backend-filters", "url-rewrite", "ca-rotation", "load-balancing",
         "outlier-detection", "health-checks", "retries", "stream-idle-timeout", "dns",
-        "delta-dns-hosts", "fault-injection", "rate-limit", "network-rate-limit"]
+        "delta-dns-hosts", "fault-injection", "rate-limit", "network-rate-limit",
+        "stats-reports"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:

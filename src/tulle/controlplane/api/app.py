@@ -12,6 +12,8 @@
                                                  API tokens (api_token_routes.py)
     GET    /api/v1/ca, POST /api/v1/ca/rotation[/advance], GET /api/v1/check
                                                  CA rotation and findings (ca_routes.py)
+    GET    /api/v1/stat?kind=&name=&namespace=&window=   traffic per Service, workload and
+                                                 edge over a sliding window (stat_routes.py)
     GET    /healthz, /readyz
 
 Every path but the two probes needs `Authorization: Bearer <token>` (auth.py): 401 without a
@@ -43,6 +45,7 @@ from tulle.controlplane.api.auth import Authenticate, BearerTokens
 from tulle.controlplane.api.bootstrap_tokens import add_token_routes
 from tulle.controlplane.api.ca_routes import add_ca_routes
 from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
+from tulle.controlplane.api.stat_routes import add_stat_routes
 from tulle.controlplane.ca.keeper import CAKeeper
 from tulle.controlplane.ca.tokens import TokenService
 from tulle.controlplane.push.server import PushServer, SnapshotCache
@@ -174,5 +177,7 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
         add_token_routes(app, store, bootstrap_tokens)
     if ca_keeper is not None:
         add_ca_routes(app, ca_keeper, push)
+    if push.stats is not None:
+        add_stat_routes(app, push.stats)
     return app
 

@@ -92,8 +92,10 @@ from tulle.controlplane.push.negotiation import negotiation_error
 from tulle.controlplane.push.node import NodeError, NodeSnapshots, workload_name
 from tulle.controlplane.push.renewals import RenewalBudget
 from tulle.controlplane.push.reported import SHOWN_REASON, shown, shown_list
+from tulle.controlplane.push.stats import stats_request, take_report
 from tulle.controlplane.push.trust import after_hello, record_signed, update_for
 from tulle.controlplane.push.wire import withheld_delta_frame, withheld_snapshot_frame
+from tulle.controlplane.telemetry.window import StatsWindow
 from tulle.proxyconfig.delta import units_of
 from tulle.proxyconfig.features import Feature, lacking
 from tulle.proxyconfig.model import ProxyConfig
@@ -110,6 +112,8 @@ from tulle.proxyconfig.stream import (
     Nack,
     Ping,
     Pong,
+    StatsReport,
+    StatsRequest,
     TrustAck,
     WorkloadInfo,
     encode,
@@ -143,7 +147,8 @@ class PushServer:
                  admission: Admission | None = None,
                  tls: ssl.SSLContext | None = None,
                  on_presence: PresenceHook | None = None,
-                 liveness_timeout: float = 30.0) -> None:
+                 liveness_timeout: float = 30.0,
+                 stats: StatsWindow | None = None, stats_interval: float = 5.0) -> None:
         if hello_timeout <= 0:
             raise ValueError("hello_timeout must be positive")
         if max_connections < 0:
@@ -195,6 +200,9 @@ class PushServer:
         self._listener: TlsListener | None = None
         self.live: set[ProxySession] = set()
         """Admitted sessions, for `trust_changed`."""
+        self.stats = stats
+        """Where proxies' traffic reports go (`tulle stat`, ADR 0046); None: none asked for."""
+        self.stats_interval = stats_interval
 
     def trust_changed(self) -> None:
         """The CA state changed (a rotation stage, ADR 0035): tell every proxy that takes it."""
@@ -402,6 +410,10 @@ class ProxySession:
         self.end_reason = "the proxy closed the stream"
         self.renewals: RenewalBudget | None = None
         """Certificates this stream may still have signed (set once admitted)."""
+        self.stats_warned = False
+        self.stats_ask: StatsRequest | None = None
+        """Sent once, after the proxy's first ACK: a proxy serves traffic only once it runs a
+        config, and the messages before it (certificates, the snapshot) keep their order."""
 
     def send(self, msg: Message) -> None:
         self.writer.write(encode(msg))
@@ -523,6 +535,7 @@ class ProxySession:
             update = after_hello(srv.admission.state, self.node_statuses, self.admitted, hello)
             if update is not None:
                 self.send(update)
+        self.stats_ask = stats_request(srv.stats, srv.stats_interval, hello.features)
         log.info("proxy %s/%s connected from %s (serving %r)%s", w.namespace, w.name, self.peer,
                  hello.last_version or "nothing",
                  f"; withholding {', '.join(f.name for f in self.missing)}"
@@ -541,6 +554,7 @@ class ProxySession:
                 self.acked = current  # it already runs this (from its disk cache)
                 self.inflight_parts = self.node.parts()
                 self._acked(current)
+                self._ask_stats()
             loop = asyncio.get_running_loop()
             next_ping = loop.time() + srv.ping_interval
             while not self.closed:
@@ -645,6 +659,7 @@ class ProxySession:
         if isinstance(msg, Ping):
             self.send(Pong())
         elif isinstance(msg, Ack):
+            self._ask_stats()
             if self.inflight is not None and msg.version == self.inflight.version:
                 self.acked = self.inflight
                 self.inflight = None
@@ -678,6 +693,14 @@ class ProxySession:
         elif isinstance(msg, TrustAck):
             for s in self.node_statuses:
                 s.trust_bundle = shown(msg.id)
+        elif isinstance(msg, StatsReport):
+            self.stats_warned = take_report(self.server.stats, self.node_statuses, msg,
+                                            self.stats_warned)
+
+    def _ask_stats(self) -> None:
+        ask, self.stats_ask = self.stats_ask, None
+        if ask is not None:
+            self.send(ask)
 
     def send_trust(self) -> None:
         """The CA's trust bundle (and a renewal request, mid-rotation), to a proxy that takes

@@ -15,11 +15,10 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 
-# Milliseconds; the same boundaries as Istio's request_duration_milliseconds.
-DURATION_BUCKETS_MS: tuple[float, ...] = (
-    0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
-    1800000, 3600000,
-)
+from tulle.proxyconfig.stats import DURATION_BUCKETS_MS
+
+# DURATION_BUCKETS_MS: milliseconds, Istio's request_duration_milliseconds boundaries; part of
+# the contract since the stream's stats reports carry these buckets' counts (ADR 0046).
 
 
 def _escape(v: str) -> str:

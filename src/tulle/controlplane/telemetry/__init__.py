@@ -1,0 +1,1 @@
+"""What the control plane aggregates of the proxies' traffic reports (`tulle stat`, ADR 0046)."""

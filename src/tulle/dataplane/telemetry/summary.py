@@ -1,0 +1,135 @@
+"""Traffic summaries for the control plane (`tulle stat`, ADR 0046), built from the metrics.
+
+Why from the registry and not from the request path: the counters and duration histograms the
+proxy keeps for /metrics already hold everything `tulle stat` shows, so a summary costs the
+hot path nothing.  Every interval `Summarizer.report()` walks the children of four families,
+subtracts what it saw last time and groups the deltas by edge (direction, local workload, peer
+Service), which the listener and cluster names of the config in force resolve.  Its cost grows
+with the number of series, not with traffic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tulle.dataplane.telemetry.metrics import CounterChild, GaugeChild, HistogramChild, ProxyMetrics
+from tulle.proxyconfig.model import ProxyConfig
+from tulle.proxyconfig.stats import MAX_STATS_ROWS, StatsRow
+
+RowKey = tuple[str, str, str]
+"""(direction, workload, service)."""
+
+
+@dataclass(slots=True)
+class _Acc:
+    requests: int = 0
+    failures: int = 0
+    buckets: dict[int, int] = field(default_factory=dict)
+    latency_sum_ms: float = 0.0
+    tcp_open: int = 0
+
+
+def _failed(code: str) -> bool:
+    """5xx, or no response at all (a reset or a connect failure counted with status 0)."""
+    try:
+        status = int(code)
+    except ValueError:
+        return True
+    return status >= 500 or status < 100
+
+
+class Summarizer:
+    """Remembers the counters it reported last and answers the deltas since then."""
+
+    __slots__ = ("_hist", "_metrics", "_requests")
+
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        self._metrics = metrics
+        self._requests: dict[tuple[str, ...], int] = {}
+        self._hist: dict[tuple[str, ...], tuple[list[int], float]] = {}
+
+    def report(self, cfg: ProxyConfig | None) -> list[StatsRow]:
+        """The rows since the previous call.  Series of listeners or clusters the config does
+        not name (gone in a swap) are still consumed, so they are not reported twice."""
+        local = f"{cfg.node.namespace}/{cfg.node.name}" if cfg else ""
+        own_service = (f"{cfg.node.namespace}/{cfg.node.service}"
+                       if cfg and cfg.node.service else "")
+        listeners: dict[str, tuple[str, str]] = {}
+        services: dict[str, str] = {}
+        if cfg is not None:
+            for lst in cfg.listeners:
+                listeners[lst.name] = (lst.direction, lst.workload or local)
+            for c in cfg.clusters:
+                md = c.metadata
+                if md is not None and md.service:
+                    services[c.name] = f"{md.namespace or cfg.node.namespace}/{md.service}"
+        acc: dict[RowKey, _Acc] = {}
+
+        def row(listener: str, cluster: str) -> _Acc | None:
+            where = listeners.get(listener)
+            if where is None:
+                return None
+            direction, workload = where
+            svc = own_service if direction == "inbound" else services.get(cluster, "")
+            if direction == "outbound" and not svc:
+                return None  # passthrough and unnamed clusters: no Service to show them under
+            key = (direction, workload, svc)
+            a = acc.get(key)
+            if a is None:
+                a = acc[key] = _Acc()
+            return a
+
+        m = self._metrics
+        seen = self._requests
+        for labels, child in m.requests.children.items():
+            assert isinstance(child, CounterChild)
+            delta = child.value - seen.get(labels, 0)
+            if delta <= 0:
+                continue
+            seen[labels] = child.value
+            a = row(labels[0], labels[1])
+            if a is not None:
+                a.requests += delta
+                if _failed(labels[2]):
+                    a.failures += delta
+        hist = self._hist
+        for labels, h in m.duration.children.items():
+            assert isinstance(h, HistogramChild)
+            before = hist.get(labels)
+            if before is not None and before[0] == h.counts:
+                continue
+            old = before[0] if before is not None else [0] * len(h.counts)
+            hist[labels] = (list(h.counts), h.sum)
+            a = row(labels[0], labels[1])
+            if a is None:
+                continue
+            for i, (now_n, old_n) in enumerate(zip(h.counts, old, strict=True)):
+                if now_n != old_n:
+                    a.buckets[i] = a.buckets.get(i, 0) + now_n - old_n
+            a.latency_sum_ms += h.sum - (before[1] if before is not None else 0.0)
+        for (listener,), g in m.connections_active.children.items():
+            assert isinstance(g, GaugeChild)
+            where = listeners.get(listener)
+            if g.value and where is not None and where[0] == "inbound":
+                a = row(listener, "")
+                if a is not None:
+                    a.tcp_open += int(g.value)
+        outbound = next((n for n, (d, _) in listeners.items() if d == "outbound"), "")
+        for (cluster,), g in m.upstream_connections_active.children.items():
+            assert isinstance(g, GaugeChild)
+            if g.value and outbound and cluster in services:
+                a = row(outbound, cluster)
+                if a is not None:
+                    a.tcp_open += int(g.value)
+        rows = [StatsRow(direction=k[0], workload=k[1], service=k[2],  # type: ignore[arg-type]
+                         requests=a.requests, failures=a.failures,
+                         buckets=sorted(a.buckets.items()),
+                         latency_sum_ms=round(a.latency_sum_ms, 3), tcp_open=a.tcp_open)
+                for k, a in acc.items() if a.requests or a.tcp_open]
+        if len(rows) > MAX_STATS_ROWS:
+            rows.sort(key=lambda r: (-r.requests, -r.tcp_open))
+            del rows[MAX_STATS_ROWS:]
+        return rows
+
+
+__all__ = ["Summarizer"]

@@ -1,0 +1,315 @@
+"""`tulle stat` end to end (ADR 0046): a real control plane, real sidecars on 127.0.0.x with
+mTLS between them, an origin answering some requests 500, and the stat rows the control plane
+aggregates from the proxies' stream reports.
+
+Counts are checked exactly (every request the clients made, every 500 the origin gave); the
+request rate within a tolerance against the rate the test measured itself; edges by name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from tests.integration.controlplane.test_negotiation import RawProxy
+from tests.support.cli import tulle
+from tests.support.controlplane import (
+    SubscribedProxy,
+    apply,
+    auth,
+    eventually,
+    running_control_plane,
+    serve_handler,
+    subscribe,
+)
+from tests.support.proxy import free_port
+
+from tulle.controlplane.main import ControlPlane
+from tulle.proxyconfig.features import SUPPORTED
+from tulle.proxyconfig.stats import StatsRow
+from tulle.proxyconfig.stream import (
+    Ack,
+    Hello,
+    Snapshot,
+    StatsReport,
+    StatsRequest,
+    WorkloadInfo,
+    encode,
+)
+
+V1 = "mesh.tulle.dev/v1alpha1"
+NS = "shop"
+SERVER_ADDR = "127.0.0.2"
+INTERVAL = 0.2
+
+
+def workload(name: str, address: str, ports: list[dict[str, Any]], outbound: int = 0,
+             **labels: str) -> dict[str, Any]:
+    spec: dict[str, Any] = {"address": address, "serviceAccount": name.split("-", maxsplit=1)[0],
+                            "ports": ports}
+    if outbound:
+        spec["outboundPort"] = outbound
+    return {"apiVersion": V1, "kind": "Workload",
+            "metadata": {"name": name, "namespace": NS, "labels": labels}, "spec": spec}
+
+
+async def origin(request: web.Request) -> web.Response:
+    if request.path.startswith("/fail"):
+        return web.Response(status=500, text="broken")
+    return web.Response(text="ok")
+
+
+@dataclass
+class Mesh:
+    cp: ControlPlane
+    server: SubscribedProxy
+    clients: dict[str, tuple[SubscribedProxy, int]] = field(default_factory=dict)
+    sent: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+
+    async def call(self, who: str, path: str = "/", session: aiohttp.ClientSession | None = None
+                   ) -> int:
+        """One GET through `who`'s sidecar to Service `api`; counted when answered."""
+        port = self.clients[who][1]
+        async with contextlib.AsyncExitStack() as stack:
+            s = session or await stack.enter_async_context(aiohttp.ClientSession())
+            async with s.get(f"http://127.0.0.1:{port}{path}", headers={"Host": "api"}) as r:
+                await r.read()
+                status = r.status
+        self.sent[who] = self.sent.get(who, 0) + 1
+        if status >= 500:
+            self.failed[who] = self.failed.get(who, 0) + 1
+        return status
+
+    async def stat(self, *query: str) -> dict[str, Any]:
+        params = dict(q.split("=", 1) for q in query)
+        async with aiohttp.ClientSession(headers=auth(self.cp.api_url)) as s, s.get(
+                f"{self.cp.api_url}/api/v1/stat", params=params) as r:
+            body: dict[str, Any] = await r.json()
+            assert r.status == 200, body
+            return body
+
+
+@contextlib.asynccontextmanager
+async def running_mesh(tmp_path: Path, clients: tuple[str, ...] = ("a", "b"),
+                       features: list[str] | None = None) -> AsyncIterator[Mesh]:
+    inbound = free_port()
+    async with serve_handler(origin) as port, running_control_plane(
+            stats_interval=INTERVAL) as cp:
+        outbound = {c: free_port() for c in clients}
+        status, body = await apply(cp.api_url, workload(
+            "api-0", SERVER_ADDR, [{"name": "http", "port": inbound, "targetPort": port}],
+            outbound=free_port(), app="api"),
+            {"apiVersion": V1, "kind": "Service", "metadata": {"name": "api", "namespace": NS},
+             "spec": {"selector": {"app": "api"},
+                      "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}},
+            *(workload(f"{c}-0", f"127.0.0.{10 + i}", [], outbound=outbound[c], app=c)
+              for i, c in enumerate(clients)))
+        assert status == 200, body
+        started: list[SubscribedProxy] = []
+        try:
+            server = await subscribe([cp.stream_port], WorkloadInfo(
+                name="api-0", namespace=NS, address=SERVER_ADDR), cache_dir=tmp_path)
+            started.append(server)
+            m = Mesh(cp, server)
+            for i, c in enumerate(clients):
+                p = await subscribe([cp.stream_port], WorkloadInfo(
+                    name=f"{c}-0", namespace=NS, address=f"127.0.0.{10 + i}"),
+                    cache_dir=tmp_path, features=features)
+                started.append(p)
+                m.clients[c] = (p, outbound[c])
+            for c in clients:
+                async def up(c: str = c) -> bool:
+                    with contextlib.suppress(aiohttp.ClientError):
+                        return await m.call(c) == 200
+                    return False
+                await eventually(up, timeout=15)
+            yield m
+        finally:
+            for p in started:
+                await p.stop()
+
+
+def by_name(items: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {it["name"]: it for it in items}
+
+
+async def test_rows_count_every_request_and_every_500_and_name_the_edges(tmp_path: Path) -> None:
+    async with running_mesh(tmp_path) as m:
+        async with aiohttp.ClientSession() as s:
+            for i in range(40):
+                await m.call("a", "/fail" if i % 4 == 0 else "/", s)
+            for _ in range(20):
+                await m.call("b", "/", s)
+        total = sum(m.sent.values())
+        failed = sum(m.failed.values())
+        assert failed == 10
+
+        async def counted() -> dict[str, Any] | None:
+            doc = await m.stat("kind=svc", "namespace=shop", "window=60s")
+            api = by_name(doc["items"]).get("api")
+            return doc if api and api["requests"] == total else None
+
+        await eventually(counted, timeout=10)
+        doc = await m.stat("kind=svc", "name=api", "namespace=shop", "window=60s")
+        (api,) = doc["items"]
+        assert (api["requests"], api["failures"]) == (total, failed)
+        assert api["successRate"] == round(1 - failed / total, 6)
+        assert api["meshed"] == 1  # api-0's sidecar serves it
+        assert 0 < api["latencyMs"]["p50"] <= api["latencyMs"]["p95"] <= api["latencyMs"]["p99"]
+        edges = {(e["from"]["name"], e["to"]["name"]): e for e in doc["edges"]}
+        assert set(edges) == {("a-0", "api"), ("b-0", "api")}
+        assert edges[("a-0", "api")]["requests"] == m.sent["a"]
+        assert edges[("a-0", "api")]["failures"] == 10
+        assert edges[("b-0", "api")]["failures"] == 0
+        assert edges[("b-0", "api")]["successRate"] == 1.0
+        # The server's own view: every request it served (the 500s are the origin's).
+        await eventually(lambda: _served(m, total), timeout=10)
+        wl = by_name((await m.stat("kind=workload", "namespace=shop", "window=60s"))["items"])
+        assert set(wl) == {"api-0", "a-0", "b-0"}
+        assert (wl["api-0"]["requests"], wl["api-0"]["failures"]) == (total, failed)
+        # Open connections: the clients' pooled upstream connections to api, as they report.
+        gauges = sum(int(p.server.metrics.upstream_connections_active.labels(
+            "outbound|80||api.shop").value) for p, _ in m.clients.values())
+
+        async def tcp_matches() -> bool:
+            doc = await m.stat("kind=svc", "name=api", "namespace=shop")
+            return bool(doc["items"]) and doc["items"][0]["tcpConnections"] == gauges
+        assert gauges >= 1
+        await eventually(tcp_matches, timeout=5)
+
+        # The CLI: a kubectl-like table, the edges with KIND/NAME, JSON unchanged, --watch.
+        code, out, err = await tulle(m.cp.api_url, "stat", "svc/api", "-n", NS,
+                                     "--window", "60s")
+        assert code == 0, err
+        lines = out.splitlines()
+        assert lines[0].split() == ["NAME", "MESHED", "SUCCESS", "RPS", "LATENCY_P50",
+                                    "LATENCY_P95", "LATENCY_P99", "TCP_CONN"]
+        assert lines[1].split()[:3] == ["api", "1", f"{(1 - failed / total) * 100:.2f}%"]
+        assert any(line.split()[:2] == ["a-0", "api"] for line in lines[2:])
+        code, out, err = await tulle(m.cp.api_url, "stat", "workloads", "-n", NS, "-o", "wide")
+        assert code == 0, err
+        assert "REQUESTS" in out.splitlines()[0] and "api-0" in out
+        code, out, err = await tulle(m.cp.api_url, "stat", "svc", "-n", NS, "-o", "json",
+                                     "--window", "60s")
+        assert code == 0, err
+        assert json.loads(out)["items"][0]["requests"] == total
+        code, out, err = await tulle(m.cp.api_url, "stat", "-n", NS, "--watch", "--count", "2",
+                                     "--interval", "0.1")
+        assert code == 0, err
+        assert out.count("NAME") == 2
+
+
+async def _served(m: Mesh, total: int) -> bool:
+    wl = by_name((await m.stat("kind=workload", "namespace=shop", "window=60s"))["items"])
+    return "api-0" in wl and wl["api-0"]["requests"] == total
+
+
+async def test_rps_within_tolerance_of_the_measured_rate(tmp_path: Path) -> None:
+    async with running_mesh(tmp_path, clients=("a",)) as m:
+        loop = asyncio.get_running_loop()
+        done: list[float] = []
+        stop = asyncio.Event()
+
+        async def traffic() -> None:
+            async with aiohttp.ClientSession() as s:
+                for _ in range(100_000):  # bounded; stopped long before
+                    if stop.is_set():
+                        return
+                    await m.call("a", "/", s)
+                    done.append(loop.time())
+
+        task = loop.create_task(traffic())
+        try:
+            await eventually(lambda: bool(done) and done[-1] - done[0] > 3.5, timeout=30)
+            doc = await m.stat("kind=svc", "name=api", "namespace=shop", "window=2s")
+            now = loop.time()
+            measured = sum(1 for t in done if t > now - 2) / 2
+        finally:
+            stop.set()
+            await task
+        (api,) = doc["items"]
+        assert measured > 5, measured
+        assert abs(api["rps"] - measured) <= 0.3 * measured, (api["rps"], measured)
+        assert api["requests"] < len(done)  # the window slid: not everything since the start
+
+
+async def test_a_proxy_without_the_feature_is_never_asked_and_its_stream_stays_up(
+        tmp_path: Path) -> None:
+    old = [f for f in SUPPORTED if f != "stats-reports"]
+    async with running_mesh(tmp_path, clients=("a",), features=old) as m:
+        for _ in range(5):
+            assert await m.call("a") == 200
+        await eventually(lambda: _served(m, m.sent["a"]), timeout=10)  # api-0 reports
+        doc = await m.stat("kind=svc", "namespace=shop", "window=60s")
+        assert doc["items"] == [] or doc["items"][0]["requests"] == 0  # no client reports
+        client = m.clients["a"][0]
+        assert client.agent.stats_reports == 0 and client.agent.connected.is_set()
+        assert m.server.agent.stats_reports > 0
+
+
+async def test_a_report_for_a_workload_the_stream_does_not_front_is_dropped(
+        tmp_path: Path) -> None:
+    async with running_mesh(tmp_path, clients=("a",)) as m:
+        raw = await RawProxy.connect(m.cp.stream_port, Hello(
+            workload=WorkloadInfo(name="b-0", namespace=NS, address="127.0.0.11"),
+            features=list(SUPPORTED)), api=m.cp.api_url)
+        try:
+            for _ in range(10):  # asked after its first ACK
+                msg = await raw.next()
+                if isinstance(msg, Snapshot):
+                    raw.writer.write(encode(Ack(version=msg.version)))
+                if isinstance(msg, StatsRequest):
+                    break
+            assert isinstance(msg, StatsRequest) and msg.interval_ms == INTERVAL * 1000
+            forged = StatsRow(direction="inbound", workload="shop/api-0", service="shop/api",
+                              requests=1_000_000)
+            raw.writer.write(encode(StatsReport(interval_ms=200, rows=[forged])))
+            raw.writer.write(encode(StatsReport(interval_ms=200, rows=[StatsRow(
+                direction="outbound", workload="shop/b-0", service="shop/api", requests=3,
+                failures=5)])))
+            assert m.cp.push is not None and m.cp.push.stats is not None
+            window = m.cp.push.stats
+            await eventually(lambda: window.refused == 2, timeout=5)
+            await eventually(lambda: _served(m, m.sent["a"]), timeout=10)  # not 1,000,000 more
+            wl = by_name((await m.stat("kind=workload", "namespace=shop",
+                                       "window=60s"))["items"])
+            assert "b-0" not in wl  # its only report was refused whole
+            # the stream is still up: the control plane still answers it
+            status = await m.stat("kind=svc")
+            assert status["kind"] == "Stat"
+        finally:
+            raw.close()
+
+
+async def test_the_endpoint_is_read_only_and_refuses_bad_queries(tmp_path: Path) -> None:
+    async with running_control_plane(stats_interval=INTERVAL) as cp:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"{cp.api_url}/api/v1/stat") as r:
+                assert r.status == 401
+            h = auth(cp.api_url)
+            async with s.post(f"{cp.api_url}/api/v1/api-tokens", headers=h,
+                              json={"role": "read-only", "name": "viewer"}) as r:
+                assert r.status == 201
+                reader = (await r.json())["token"]
+            ro = {"authorization": f"Bearer {reader}"}
+            async with s.get(f"{cp.api_url}/api/v1/stat", headers=ro) as r:
+                body = await r.json()
+                assert r.status == 200 and body["items"] == [] and body["window"] == "30s"
+            for query, reason in (({"kind": "pods"}, "kind: 'pods'"),
+                                  ({"window": "soon"}, "window: invalid duration"),
+                                  ({"window": "1h"}, "window: must be more than 0")):
+                async with s.get(f"{cp.api_url}/api/v1/stat", headers=ro, params=query) as r:
+                    text = await r.text()
+                    assert r.status == 400 and reason in text, text
+        code, out, err = await tulle(cp.api_url, "stat", "pods")
+        assert code == 1 and "kind: 'pods'" in err
+        code, out, err = await tulle(cp.api_url, "stat")
+        assert code == 0 and "No traffic reported" in out

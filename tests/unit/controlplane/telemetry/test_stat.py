@@ -1,0 +1,85 @@
+"""Aggregation into Service, Workload and edge rows over the window."""
+
+from __future__ import annotations
+
+import pytest
+
+from tulle.controlplane.telemetry.stat import stat_document
+from tulle.controlplane.telemetry.window import StatsWindow
+from tulle.proxyconfig.stats import StatsRow
+from tulle.proxyconfig.stream import StatsReport
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 50.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def row(direction: str, workload: str, service: str, requests: int, failures: int = 0,
+        bucket: int = 3, tcp: int = 0) -> StatsRow:
+    return StatsRow(direction=direction, workload=workload, service=service,  # type: ignore[arg-type]
+                    requests=requests, failures=failures,
+                    buckets=[(bucket, requests)] if requests else [],
+                    latency_sum_ms=7.5 * requests, tcp_open=tcp)
+
+
+@pytest.fixture
+def win() -> StatsWindow:
+    """Two clients (a-0 for 10 s at 10 rps, b-0 for only 2 s at 5 rps) calling shop/api,
+    served by api-0 (which sees both); a-0 also calls shop/db."""
+    clock = Clock()
+    w = StatsWindow(clock=clock)
+    for i in range(10):
+        clock.now += 1
+        w.ingest("shop/a-0", StatsReport(interval_ms=1000, rows=[
+            row("outbound", "shop/a-0", "shop/api", 10, failures=1, tcp=2),
+            row("outbound", "shop/a-0", "shop/db", 4, bucket=1)]), {"shop/a-0"})
+        if i >= 8:
+            w.ingest("shop/b-0", StatsReport(interval_ms=1000, rows=[
+                row("outbound", "shop/b-0", "shop/api", 5, tcp=1)]), {"shop/b-0"})
+        w.ingest("shop/api-0", StatsReport(interval_ms=1000, rows=[
+            row("inbound", "shop/api-0", "shop/api", 10 + (5 if i >= 8 else 0), tcp=3)]),
+            {"shop/api-0"})
+    return w
+
+
+def test_service_rows_are_the_clients_view(win: StatsWindow) -> None:
+    doc = stat_document(win, 30, "Service", namespace="shop")
+    by = {it["name"]: it for it in doc["items"]}
+    api = by["api"]
+    assert api["requests"] == 110 and api["failures"] == 10
+    assert api["successRate"] == pytest.approx(100 / 110)
+    # a-0: 100 requests over 10 s covered; b-0: 10 over 2 s -> 10 + 5 rps, not 110 / 30
+    assert api["rps"] == pytest.approx(15.0)
+    assert api["latencyMs"]["p50"] == pytest.approx(7.5)  # the middle of the (5, 10] bucket
+    assert api["latencyMs"]["mean"] == pytest.approx(7.5)
+    assert api["tcpConnections"] == 3  # each client's latest gauge, summed
+    assert api["meshed"] == 1  # api-0 serves it
+    assert by["db"]["rps"] == pytest.approx(4.0) and by["db"]["meshed"] == 0
+    edges = {(e["from"]["name"], e["to"]["name"]): e for e in doc["edges"]}
+    assert set(edges) == {("a-0", "api"), ("b-0", "api"), ("a-0", "db")}
+    assert edges[("a-0", "api")]["successRate"] == pytest.approx(0.9)
+    assert edges[("b-0", "api")]["rps"] == pytest.approx(5.0)
+
+
+def test_workload_rows_are_the_servers_view(win: StatsWindow) -> None:
+    doc = stat_document(win, 30, "Workload")
+    by = {it["name"]: it for it in doc["items"]}
+    assert set(by) == {"a-0", "b-0", "api-0"}
+    assert by["api-0"]["requests"] == 110 and by["api-0"]["rps"] == pytest.approx(11.0)
+    assert by["api-0"]["tcpConnections"] == 3 and by["api-0"]["successRate"] == 1.0
+    assert by["a-0"]["requests"] == 0 and by["a-0"]["successRate"] is None  # a pure client
+    one = stat_document(win, 30, "Workload", name="a-0", namespace="shop")
+    assert [it["name"] for it in one["items"]] == ["a-0"]
+    assert {e["to"]["name"] for e in one["edges"]} == {"api", "db"}
+
+
+def test_the_window_slides(win: StatsWindow) -> None:
+    doc = stat_document(win, 1.5, "Service", name="api")  # reports at t-1, t
+    (api,) = doc["items"]
+    assert api["requests"] == 2 * 10 + 2 * 5 + 0  # the last two seconds only
+    assert api["rps"] == pytest.approx(15.0)
+    assert stat_document(win, 30, "Service", namespace="other")["items"] == []

@@ -1,0 +1,81 @@
+"""The sliding window: what is kept, for how long, and what is refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from tulle.controlplane.telemetry.window import ReportError, StatsWindow
+from tulle.proxyconfig.stats import MAX_STATS_ROWS, StatsRow
+from tulle.proxyconfig.stream import StatsReport
+
+ME = {"shop/a-0"}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def report(requests: int = 10, failures: int = 0, workload: str = "shop/a-0",
+           interval_ms: int = 1000, **kw: object) -> StatsReport:
+    row = StatsRow(direction="outbound", workload=workload, service="shop/api",
+                   requests=requests, failures=failures, **kw)  # type: ignore[arg-type]
+    return StatsReport(interval_ms=interval_ms, rows=[row])
+
+
+def test_reports_age_out_of_the_window_and_of_retention() -> None:
+    clock = Clock()
+    win = StatsWindow(retention=60, clock=clock)
+    for _ in range(10):
+        win.ingest("shop/a-0", report(), ME)
+        clock.now += 1
+    assert len(win.recent(5)["shop/a-0"]) == 5
+    assert len(win.recent(60)["shop/a-0"]) == 10
+    clock.now += 100
+    win.ingest("shop/b-0", report(workload="shop/b-0"), {"shop/b-0"})
+    assert "shop/a-0" not in win.recent(600)  # past retention: dropped with its proxy
+    assert len(win) == 1
+
+
+def test_rows_come_back_as_they_were_sent() -> None:
+    win = StatsWindow(clock=Clock())
+    sent = report(requests=7, failures=2, buckets=[(0, 3), (19, 4)], latency_sum_ms=12.345,
+                  tcp_open=3)
+    win.ingest("shop/a-0", sent, ME)
+    win.ingest("shop/a-0", sent, ME)
+    (first, second) = win.recent(1)["shop/a-0"]
+    for rec in (first, second):
+        (row,) = rec.rows()
+        assert row.key == ("outbound", "shop/a-0", "shop/api")
+        assert (row.requests, row.failures, row.tcp_open) == (7, 2, 3)
+        assert row.buckets == [(0, 3), (19, 4)] and row.latency_sum_ms == 12.345
+    assert first.keys is second.keys and len(first.keys) == 1  # one key table per proxy
+
+
+def test_a_proxy_keeps_a_bounded_number_of_reports() -> None:
+    clock = Clock()
+    win = StatsWindow(retention=2, clock=clock)  # at most 2 s / 0.2 s + 2 = 12 reports
+    for _ in range(1000):
+        win.ingest("shop/a-0", report(), ME)
+    assert len(win.recent(2)["shop/a-0"]) == 12
+
+
+@pytest.mark.parametrize(("bad", "reason"), [
+    (report(workload="shop/other-0"), "rows[0].workload: 'shop/other-0' is not a workload"),
+    (report(requests=1, failures=2), "failures <= requests"),
+    (report(requests=-1), "counts must be >= 0"),
+    (report(requests=1, buckets=[(0, 5)]), "more observations than requests"),
+    (report(interval_ms=0), "interval_ms: 0 out of range"),
+    (report(requests=5, buckets=[(99, 1)]), "a bucket index out of range"),
+    (report(requests=5, latency_sum_ms=-1.0), "counts out of range"),
+    (StatsReport(interval_ms=1000, rows=[report().rows[0]] * (MAX_STATS_ROWS + 1)),
+     "more than"),
+])
+def test_bad_reports_are_refused_whole_with_the_reason(bad: StatsReport, reason: str) -> None:
+    win = StatsWindow(clock=Clock())
+    with pytest.raises(ReportError, match=reason.replace("[", r"\[").replace("]", r"\]")):
+        win.ingest("shop/a-0", bad, ME)
+    assert win.refused == 1 and win.recent(600) == {}

@@ -1,0 +1,74 @@
+"""The proxy's traffic summaries: deltas of its own metrics, grouped by edge."""
+
+from __future__ import annotations
+
+import msgspec
+
+from tulle.dataplane.listeners.context import RequestStats
+from tulle.dataplane.telemetry.metrics import ProxyMetrics
+from tulle.dataplane.telemetry.summary import Summarizer
+from tulle.proxyconfig.model import ProxyConfig
+
+CFG = msgspec.convert({
+    "version": "1",
+    "node": {"name": "a-0", "namespace": "shop", "service": "a"},
+    "listeners": [
+        {"name": "outbound", "address": "127.0.0.1", "port": 15001, "direction": "outbound",
+         "route_table": "outbound"},
+        {"name": "inbound|8080", "address": "127.0.0.1", "port": 18080, "direction": "inbound",
+         "cluster": "inbound|8080"},
+    ],
+    "clusters": [
+        {"name": "outbound|80||api.shop", "metadata": {"service": "api", "namespace": "shop"}},
+        {"name": "inbound|8080"},
+        {"name": "passthrough"},
+    ],
+}, ProxyConfig)
+
+
+def test_rows_are_deltas_grouped_by_edge() -> None:
+    m = ProxyMetrics()
+    out = RequestStats(m, "outbound", "outbound|80||api.shop")
+    inbound = RequestStats(m, "inbound|8080", "inbound|8080")
+    s = Summarizer(m)
+    assert s.report(CFG) == []
+    for _ in range(8):
+        out.count(200, "", 3.0)
+    out.count(503, "UH", 0.2)
+    out.count(0, "UF", 40.0)  # no response at all: a failure
+    inbound.count(200, "", 7.0)
+    RequestStats(m, "outbound", "passthrough").count(200, "", 1.0)  # no Service: not shown
+    m.upstream_connections_active.labels("outbound|80||api.shop").value = 2
+    m.connections_active.labels("inbound|8080").value = 1
+    rows = {(r.direction, r.workload, r.service): r for r in s.report(CFG)}
+    assert set(rows) == {("outbound", "shop/a-0", "shop/api"), ("inbound", "shop/a-0", "shop/a")}
+    o = rows[("outbound", "shop/a-0", "shop/api")]
+    assert (o.requests, o.failures, o.tcp_open) == (10, 2, 2)
+    assert dict(o.buckets) == {0: 1, 2: 8, 5: 1}  # (0, 0.5], (1, 5], (25, 50]
+    assert o.latency_sum_ms == 8 * 3.0 + 0.2 + 40.0
+    i = rows[("inbound", "shop/a-0", "shop/a")]
+    assert (i.requests, i.failures, i.tcp_open, i.buckets) == (1, 0, 1, [(3, 1)])
+    # Nothing new: only the gauges remain; counts are never reported twice.
+    again = {(r.direction, r.service): r for r in s.report(CFG)}
+    assert again[("outbound", "shop/api")].requests == 0
+    assert again[("outbound", "shop/api")].tcp_open == 2
+    out.count(200, "", 3.0)
+    (o2,) = [r for r in s.report(CFG) if r.direction == "outbound"]
+    assert (o2.requests, o2.buckets) == (1, [(2, 1)])
+
+
+def test_a_node_agent_reports_per_workload() -> None:
+    cfg = msgspec.structs.replace(CFG, listeners=[
+        msgspec.structs.replace(CFG.listeners[1], workload="shop/b-0")])
+    m = ProxyMetrics()
+    RequestStats(m, "inbound|8080", "inbound|8080").count(500, "", 2.0)
+    (r,) = Summarizer(m).report(cfg)
+    assert (r.direction, r.workload, r.failures) == ("inbound", "shop/b-0", 1)
+
+
+def test_without_a_config_counts_are_consumed_not_reported() -> None:
+    m = ProxyMetrics()
+    s = Summarizer(m)
+    RequestStats(m, "outbound", "outbound|80||api.shop").count(200, "", 1.0)
+    assert s.report(None) == []
+    assert s.report(CFG) == []  # consumed before: not reported late as this interval's
