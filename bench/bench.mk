@@ -32,8 +32,7 @@ BENCH_MTLS_PEERS ?= tulle-mtls,tulle-2hop,haproxy-tls
 BENCH_RESILIENCE_PEERS ?= tulle-retry,tulle-resilience,haproxy-resilience
 
 .PHONY: bench bench-quick bench-profile bench-setup bench-controlplane bench-micro bench-mtls \
-	bench-resilience-retries bench-resilience-cpu
-	bench-resilience-retries bench-stat
+	bench-resilience-retries bench-resilience-cpu bench-stat
 
 bench-setup:
 	bash bench/setup.sh
