@@ -7,29 +7,27 @@ addresses).  Only a document with no errors is converted into a `ProxyConfig`.
 
 Error form: `listeners[0].port: must be <= 65535` (the path is dotted, list indices in
 brackets), the same form the control plane uses for user resources.
+
+The structural walk lives in `walk.py`; TLS and key-material checks in `tls_checks.py`, filter
+chains in `chain_checks.py`, cluster balancers in `lb_checks.py`.  This module runs them in
+order and keeps the rest of the semantic checks (names, references, routes).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Collection, Iterable
 from typing import Any
 
 import msgspec
-from msgspec import inspect as mi
 
 from tulle.errors import FieldError
 from tulle.proxyconfig import dns, filters, health, network, regex
+from tulle.proxyconfig.chain_checks import chain_errors
 from tulle.proxyconfig.lb_checks import cluster_lb_errors
-from tulle.proxyconfig.model import (
-    FilterChain,
-    FilterChainMatch,
-    Listener,
-    ProxyConfig,
-    RouteMatch,
-    TLSContext,
-)
+from tulle.proxyconfig.model import Listener, ProxyConfig, RouteMatch
+from tulle.proxyconfig.tls_checks import key_material_errors, tls_ref_errors
+from tulle.proxyconfig.walk import errors_in, schema_path
 
 
 class ConfigError(ValueError):
@@ -40,175 +38,6 @@ class ConfigError(ValueError):
         super().__init__("\n".join(str(e) for e in errors))
 
 
-def _join(path: str, key: str | int) -> str:
-    if isinstance(key, int):
-        return f"{path}[{key}]"
-    return f"{path}.{key}" if path else key
-
-
-_TYPE_NAMES = {
-    mi.IntType: "an integer",
-    mi.StrType: "a string",
-    mi.BoolType: "a boolean",
-    mi.FloatType: "a number",
-    mi.ListType: "a list",
-    mi.DictType: "a mapping",
-    mi.StructType: "a mapping",
-    mi.NoneType: "null",
-}
-
-
-def _check_tagged(value: dict[str, Any], options: list[mi.StructType], path: str,
-                  out: list[FieldError], w: _Walk) -> None:
-    """A tagged union: the tag names the struct, whose errors are reported with their paths."""
-    field = options[0].tag_field
-    assert field is not None
-    tags = {o.tag: o for o in options}
-    allowed = ", ".join(repr(k) for k in tags)
-    if field not in value:
-        out.append(FieldError(_join(path, field), f"required field is missing (one of {allowed})"))
-        return
-    option = tags.get(value[field])
-    if option is None:
-        out.append(FieldError(_join(path, field), f"must be one of {allowed}, "
-                                                  f"got {value[field]!r}"))
-        return
-    _check(value, option, path, out, w)
-
-
-def _describe(t: mi.Type) -> str:
-    if isinstance(t, mi.LiteralType):
-        return "one of " + ", ".join(repr(v) for v in t.values)
-    if isinstance(t, mi.StructType) and t.tag_field:
-        return f"a mapping with {t.tag_field}: {t.tag!r}"
-    return _TYPE_NAMES.get(type(t), type(t).__name__)
-
-
-class _Walk:
-    """What one walk carries besides the errors: the schema paths whose unknown fields may be
-    dropped (marked optional by the sender) and the concrete paths that were dropped."""
-
-    __slots__ = ("ignored", "optional")
-
-    def __init__(self, optional: Collection[str] = ()) -> None:
-        self.optional = frozenset(optional)
-        self.ignored: list[str] = []
-
-
-_INDEX = re.compile(r"\[[^\]]*\]")
-
-
-def schema_path(path: str) -> str:
-    """`listeners[3].port` and `listeners[name=web].port` -> `listeners[].port`: the form
-    feature and optional-field paths are written in."""
-    return _INDEX.sub("[]", path)
-
-
-def _tagged(t: mi.UnionType) -> list[mi.StructType] | None:
-    """The options of a tagged union of structs (msgspec's `tag_field`), else None."""
-    real = [o for o in t.types if not isinstance(o, mi.NoneType)]
-    if len(real) < 2 or not all(isinstance(o, mi.StructType) and o.tag_field for o in real):
-        return None
-    return real  # type: ignore[return-value]
-
-
-def _check(value: Any, t: mi.Type, path: str, out: list[FieldError], w: _Walk) -> None:
-    if isinstance(t, mi.AnyType):
-        return
-    if isinstance(t, mi.UnionType):
-        tagged = _tagged(t)
-        if tagged is not None and isinstance(value, dict):
-            _check_tagged(value, tagged, path, out, w)  # the tag decides; no guessing
-            return
-        for option in t.types:
-            trial: list[FieldError] = []
-            tw = _Walk(w.optional)
-            _check(value, option, path, trial, tw)
-            if not trial:
-                w.ignored += tw.ignored
-                return
-        # Prefer the errors of the non-null option so the message is about the real shape.
-        real = [o for o in t.types if not isinstance(o, mi.NoneType)]
-        if len(real) == 1:
-            _check(value, real[0], path, out, w)
-        else:
-            out.append(FieldError(path, "expected " + " or ".join(_describe(o) for o in t.types)))
-        return
-    if isinstance(t, mi.NoneType):
-        if value is not None:
-            out.append(FieldError(path, "expected null"))
-        return
-    if isinstance(t, mi.LiteralType):
-        if value not in t.values:
-            allowed = ", ".join(repr(v) for v in t.values)
-            out.append(FieldError(path, f"must be one of {allowed}, got {value!r}"))
-        return
-    if isinstance(t, mi.BoolType):
-        if not isinstance(value, bool):
-            out.append(FieldError(path, f"expected a boolean, got {type(value).__name__}"))
-        return
-    if isinstance(t, mi.IntType):
-        if isinstance(value, bool) or not isinstance(value, int):
-            out.append(FieldError(path, f"expected an integer, got {type(value).__name__}"))
-            return
-        if t.ge is not None and value < t.ge:
-            out.append(FieldError(path, f"must be >= {t.ge}, got {value}"))
-        if t.le is not None and value > t.le:
-            out.append(FieldError(path, f"must be <= {t.le}, got {value}"))
-        return
-    if isinstance(t, mi.StrType):
-        if not isinstance(value, str):
-            out.append(FieldError(path, f"expected a string, got {type(value).__name__}"))
-            return
-        if t.min_length is not None and len(value) < t.min_length:
-            out.append(FieldError(path, f"must be at least {t.min_length} characters"))
-        if t.max_length is not None and len(value) > t.max_length:
-            out.append(FieldError(path, f"must be at most {t.max_length} characters"))
-        if t.pattern is not None and not re.search(t.pattern, value):
-            out.append(FieldError(path, f"must match {t.pattern}, got {value!r}"))
-        return
-    if isinstance(t, mi.ListType):
-        if not isinstance(value, list):
-            out.append(FieldError(path, f"expected a list, got {type(value).__name__}"))
-            return
-        if t.max_length is not None and len(value) > t.max_length:
-            out.append(FieldError(path, f"must have at most {t.max_length} items"))
-        for i, item in enumerate(value):
-            _check(item, t.item_type, _join(path, i), out, w)
-        return
-    if isinstance(t, mi.DictType):
-        if not isinstance(value, dict):
-            out.append(FieldError(path, f"expected a mapping, got {type(value).__name__}"))
-            return
-        for k, v in value.items():
-            _check(v, t.value_type, _join(path, str(k)), out, w)
-        return
-    if isinstance(t, mi.StructType):
-        if not isinstance(value, dict):
-            out.append(FieldError(path, f"expected a mapping, got {type(value).__name__}"))
-            return
-        if t.tag_field and t.tag_field in value and value[t.tag_field] != t.tag:
-            out.append(FieldError(_join(path, t.tag_field), f"must be {t.tag!r}"))
-        known = {f.encode_name: f for f in t.fields}
-        unknown = [k for k in value if k not in known and k != t.tag_field]
-        if unknown and t.forbid_unknown_fields:
-            for key in unknown:
-                where = _join(path, str(key))
-                if w.optional and schema_path(where) in w.optional:
-                    del value[key]  # the sender said an older proxy may go without it
-                    w.ignored.append(where)
-                else:
-                    out.append(FieldError(where, "unknown field"))
-        for f in t.fields:
-            if f.encode_name in value:
-                _check(value[f.encode_name], f.type, _join(path, f.encode_name), out, w)
-            elif f.required:
-                out.append(FieldError(_join(path, f.encode_name), "required field is missing"))
-        return
-    out.append(FieldError(path, f"unsupported type {type(t).__name__}"))  # pragma: no cover
-
-
-_SCHEMA: mi.Type = mi.type_info(ProxyConfig)
 
 
 def _duplicates(names: Iterable[str]) -> set[str]:
@@ -271,9 +100,9 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
             out.append(FieldError(f"{p}.tls", "a TLS listener needs cert_file and key_file"
                                   " (or an identity)"))
         if lst.tls is not None:
-            out += _tls_refs(lst.tls, f"{p}.tls", cfg, server=True)
+            out += tls_ref_errors(lst.tls, f"{p}.tls", cfg, server=True)
         if lst.filter_chains:
-            out += _chains(lst, p, cfg, tables, clusters)
+            out += chain_errors(lst, p, cfg, tables, clusters)
         if lst.network_filters:
             out.extend(_network_filters(lst, p))
         for j, d in enumerate(lst.destinations):
@@ -337,193 +166,13 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
         if c.tls is not None and c.tls.cert_file and not c.tls.key_file:
             out.append(FieldError(f"clusters[{i}].tls.key_file", "required with cert_file"))
         if c.tls is not None:
-            out += _tls_refs(c.tls, f"clusters[{i}].tls", cfg)
+            out += tls_ref_errors(c.tls, f"clusters[{i}].tls", cfg)
         if c.outlier_detection is not None or c.health_check is not None:
             out += health.errors(c.outlier_detection, c.health_check, c.protocol,
                                  f"clusters[{i}]")
-    out += _sections(cfg)
+    out += key_material_errors(cfg)
     out += dns.errors(cfg)
     return out
-
-
-_SPIFFE_ID = re.compile(r"^spiffe://[a-z0-9._-]{1,255}(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*$")
-"""A SPIFFE ID: lower-case trust domain, then path segments (SPIFFE ID spec, section 2)."""
-
-
-def _tls_refs(tls: TLSContext, p: str, cfg: ProxyConfig,
-              server: bool = False) -> list[FieldError]:
-    """References to the snapshot's identity and trust-bundle sections resolve, and a setting
-    comes from a section or from files, not both; expected SPIFFE IDs are well formed, on the
-    upstream side only, and come with trust anchors to verify the server against."""
-    out: list[FieldError] = []
-    if tls.expected_spiffe_ids:
-        if server:
-            out.append(FieldError(f"{p}.expected_spiffe_ids", "upstream (cluster) TLS only: a "
-                                  "listener learns the client's identity, authorization "
-                                  "decides on it"))
-        elif not (tls.trust_bundle or tls.ca_file):
-            out.append(FieldError(f"{p}.expected_spiffe_ids", "needs a trust_bundle or ca_file "
-                                  "to verify the server's certificate against"))
-        for k, sid in enumerate(tls.expected_spiffe_ids):
-            if len(sid) > 2048 or not _SPIFFE_ID.match(sid):
-                out.append(FieldError(f"{p}.expected_spiffe_ids[{k}]", "must be a SPIFFE ID "
-                                      f"(spiffe://<trust-domain>/<path>), got {sid[:80]!r}"))
-    if tls.identity:
-        if not any(i.name == tls.identity for i in cfg.identities):
-            out.append(FieldError(f"{p}.identity", f"no identity named {tls.identity!r}"))
-        if tls.cert_file or tls.key_file:
-            out.append(FieldError(f"{p}.identity", "not together with cert_file / key_file"))
-    if tls.trust_bundle:
-        if not any(b.name == tls.trust_bundle for b in cfg.trust_bundles):
-            out.append(FieldError(f"{p}.trust_bundle",
-                                  f"no trust bundle named {tls.trust_bundle!r}"))
-        if tls.ca_file:
-            out.append(FieldError(f"{p}.trust_bundle", "not together with ca_file"))
-    return out
-
-
-def _sections(cfg: ProxyConfig) -> list[FieldError]:
-    """The shape of the key material (never quoted back: it may be a private key)."""
-    out: list[FieldError] = []
-    for i, ident in enumerate(cfg.identities):
-        p = f"identities[{i}]"
-        if "-----BEGIN CERTIFICATE-----" not in ident.cert_chain_pem:
-            out.append(FieldError(f"{p}.cert_chain_pem", "must hold a PEM certificate"))
-        if _KEY_BLOCK.search(ident.cert_chain_pem):
-            out.append(FieldError(f"{p}.cert_chain_pem", f"{_NOT_PUBLIC}: put the key in "
-                                  "private_key_pem"))
-        if not re.search(r"-----BEGIN [A-Z ]*PRIVATE KEY-----", ident.private_key_pem):
-            out.append(FieldError(f"{p}.private_key_pem", "must hold a PEM private key"))
-        if "ENCRYPTED" in ident.private_key_pem:
-            out.append(FieldError(f"{p}.private_key_pem", "must not be encrypted"))
-    for i, b in enumerate(cfg.trust_bundles):
-        if not b.ca_pems:
-            out.append(FieldError(f"trust_bundles[{i}].ca_pems", "at least one CA is required"))
-        for j, pem in enumerate(b.ca_pems):
-            if "-----BEGIN CERTIFICATE-----" not in pem:
-                out.append(FieldError(f"trust_bundles[{i}].ca_pems[{j}]",
-                                      "must hold a PEM certificate"))
-            if _KEY_BLOCK.search(pem):
-                out.append(FieldError(f"trust_bundles[{i}].ca_pems[{j}]", _NOT_PUBLIC))
-    return out
-
-
-_KEY_BLOCK = re.compile(r"PRIVATE KEY-----")
-"""A PEM block holding a private key (any algorithm, OpenSSH's too), pasted into a field whose
-content is public: certificates and CAs are shown in full by /config_dump (ADR 0021)."""
-_NOT_PUBLIC = "must not hold a private key (it would be shown as public material)"
-
-
-_LABEL = r"[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?"
-_SERVER_NAME = re.compile(rf"^(\*\.)?{_LABEL}(\.{_LABEL})*$")
-
-
-def _chains(lst: Listener, p: str, cfg: ProxyConfig, tables: set[str],
-            clusters: set[str]) -> list[FieldError]:
-    """Filter chains (ADR 0019): each refers to what exists, can be served as configured, and
-    no two chains have the same match (one would never be chosen)."""
-    out: list[FieldError] = []
-    if lst.destinations:
-        out.append(FieldError(f"{p}.filter_chains", "not together with destinations"))
-    seen: dict[bytes, int] = {}
-    names: set[str] = set()
-    for j, fc in enumerate(lst.filter_chains):
-        cp = f"{p}.filter_chains[{j}]"
-        if fc.name in names:
-            out.append(FieldError(f"{cp}.name", f"duplicate name {fc.name!r}"))
-        names.add(fc.name)
-        m = fc.match
-        for k, a in enumerate(m.destination):
-            try:
-                ipaddress.ip_network(a, strict=False)
-            except ValueError:
-                out.append(FieldError(f"{cp}.match.destination[{k}]",
-                                      f"not an IP address or CIDR: {a!r}"))
-        for k, n in enumerate(m.server_names):
-            if len(n) > 253 or not _SERVER_NAME.match(n.lower()):
-                out.append(FieldError(f"{cp}.match.server_names[{k}]", "must be a host name or "
-                                      f"`*.` and a domain, got {n!r}"))
-        if m.transport == "plaintext" and (m.server_names or m.alpn):
-            out.append(FieldError(f"{cp}.match", "server_names and alpn need transport "
-                                  "`tls` or `any`"))
-        key = _match_key(fc)
-        if key in seen:
-            out.append(FieldError(f"{cp}.match", "the same match as filter_chains"
-                                  f"[{seen[key]}]: one of them would never be chosen"))
-        else:
-            out += _overlap(lst.filter_chains, j, cp)
-        seen.setdefault(key, j)
-        if fc.route_table and fc.route_table not in tables:
-            out.append(FieldError(f"{cp}.route_table", f"no route table named {fc.route_table!r}"))
-        if fc.cluster and fc.cluster not in clusters:
-            out.append(FieldError(f"{cp}.cluster", f"no cluster named {fc.cluster!r}"))
-        if not (fc.route_table or fc.cluster or lst.cluster or lst.mode == "transparent"):
-            out.append(FieldError(cp, "a filter chain needs a route_table or a cluster"))
-        if fc.tls is not None:
-            if m.transport != "tls":
-                out.append(FieldError(f"{cp}.match.transport", "must be `tls` on a chain that "
-                                      "terminates TLS"))
-            if not (fc.tls.identity or (fc.tls.cert_file and fc.tls.key_file)):
-                out.append(FieldError(f"{cp}.tls", "needs an identity or cert_file and key_file"))
-            out += _tls_refs(fc.tls, f"{cp}.tls", cfg, server=True)
-        if fc.network_filters:
-            if fc.protocol != "tcp":
-                out.append(FieldError(f"{cp}.network_filters", "only a chain with protocol "
-                                      f"`tcp` takes network filters (this one is "
-                                      f"{fc.protocol!r})"))
-            for k, f in enumerate(fc.network_filters):
-                out.extend(network.check(f, f"{cp}.network_filters[{k}]"))
-    if lst.network_filters and lst.filter_chains:
-        out.append(FieldError(f"{p}.network_filters", "with filter_chains, network filters "
-                              "belong to each chain"))
-    return out
-
-
-def _values(m: FilterChainMatch) -> tuple[tuple[str, set[str]], ...]:
-    """A match's list fields as the sets of values chain selection compares."""
-    nets = set()
-    for a in m.destination:
-        try:
-            nets.add(str(ipaddress.ip_network(a, strict=False)))
-        except ValueError:
-            pass  # reported above
-    return (("destination", nets), ("server name", {n.lower() for n in m.server_names}),
-            ("ALPN", set(m.alpn)))
-
-
-def _overlap(chains: list[FilterChain], j: int, cp: str) -> list[FieldError]:
-    """Chain `j` against the chains before it: two chains with the same port and transport
-    whose destination, server-name and ALPN lists each share a value (or are both empty)
-    tie for a connection with those values, and only list order would decide (Envoy refuses
-    them as "multiple filter chains with the same matching rules")."""
-    m = chains[j].match
-    mine = _values(m)
-    for i in range(j):
-        other = chains[i].match
-        if other.destination_port != m.destination_port or other.transport != m.transport:
-            continue
-        shared = []
-        for (what, a), (_, b) in zip(mine, _values(other), strict=True):
-            if a or b:
-                common = a & b
-                if not common:
-                    break
-                shared.append(f"{what} {min(common)!r}")
-        else:
-            if shared:
-                return [FieldError(f"{cp}.match", f"overlaps filter_chains[{i}] ({shared[0]}): "
-                                   "a connection matching both would be decided by list "
-                                   "order")]
-    return []
-
-
-def _match_key(fc: FilterChain) -> bytes:
-    m = fc.match
-    return msgspec.json.encode([m.destination_port, sorted(m.destination),
-                                sorted(n.lower() for n in m.server_names), m.transport,
-                                sorted(m.alpn)])
-
-
 def _regex(pattern: str, path: str) -> list[FieldError]:
     why = regex.problem(pattern)
     return [] if why is None else [FieldError(path, f"regular expression refused: {why}")]
@@ -584,18 +233,6 @@ def check(cfg: ProxyConfig) -> None:
     if errors:
         raise ConfigError(errors)
 
-
-def errors_in(raw: Any, typ: Any, path: str = "", *, optional: Collection[str] = (),
-              ignored: list[str] | None = None) -> list[FieldError]:
-    """The structural errors of `raw` read as `typ` (any msgspec type of the contract), each
-    with its path below `path`.  Unknown fields at a schema path in `optional` are removed
-    from `raw` (it is changed in place) and their paths appended to `ignored`."""
-    w = _Walk(optional)
-    errors: list[FieldError] = []
-    _check(raw, _SCHEMA if typ is ProxyConfig else mi.type_info(typ), path, errors, w)
-    if ignored is not None:
-        ignored.extend(w.ignored)
-    return errors
 
 
 def convert_error(exc: msgspec.ValidationError, prefix: str = "") -> FieldError:

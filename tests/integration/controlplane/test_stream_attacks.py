@@ -18,7 +18,7 @@ from tests.support.controlplane import (
 )
 
 from tulle.controlplane.push.renewals import BURST
-from tulle.controlplane.push.server import REPLY_BACKLOG
+from tulle.controlplane.push.session import REPLY_BACKLOG
 from tulle.dataplane.identity import WorkloadKey
 from tulle.proxyconfig.model import CONFIG_API_VERSION
 from tulle.proxyconfig.stream import (

@@ -11,7 +11,8 @@ Shape:
   (`H1Exchange`, `H2Exchange`), which is the stream's *port* to the client: it renders what the
   stream sends (`send_head` / `send_data` / `end_response`, a local reply, a reset) for its
   protocol and does the connection's part of pausing and resuming.  One object per request:
-  the port costs no allocation of its own (ADR 0015).
+  the port costs no allocation of its own (ADR 0015).  `http/port.py` declares the port
+  (`StreamPort`) and what the stream needs of its connection (`StreamOwner`).
 * The driver feeds the stream the request: `dispatch()` once the head is parsed (the stream
   routes it by the connection's routing key), then `request_data` / `request_end`.  The
   stream runs the route's filters (`http/chain.py`) and opens the upstream when they let it;
@@ -36,10 +37,12 @@ A route with no filters has no `ChainRun`: every filter check is one attribute t
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from tulle.dataplane.http.chain import Chain, ChainRun, HeaderListEdit
+from tulle.dataplane.http.held import HeldResponse
 from tulle.dataplane.http.idle import StreamIdle
+from tulle.dataplane.http.port import StreamOwner, StreamPort
 from tulle.dataplane.http.retry import Retrier, RetryRuntime
 from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
 from tulle.dataplane.upstream.budget import FLUSH_EVERY
@@ -53,59 +56,17 @@ if TYPE_CHECKING:
         Headers,
         RequestHead,
         ResponseHead,
-        TunnelStream,
         UpstreamError,
         UpstreamStream,
     )
     from tulle.dataplane.http.facts import ConnectionFacts
     from tulle.dataplane.http.filter import ReplyHeaders
-    from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle, RequestStats
+    from tulle.dataplane.listeners.context import RequestStats
     from tulle.dataplane.listeners.dispatch import Decision
-    from tulle.dataplane.overload import OverloadGuard
-    from tulle.dataplane.routing.router import Router
     from tulle.dataplane.upstream.cluster import ClusterRuntime
 
 
-class StreamOwner(Protocol):
-    """What a request stream needs of its connection (the drivers implement it; routing
-    state is `RoutedConnection`'s)."""
-
-    handle: ListenerHandle
-    guard: OverloadGuard
-    ctx: ListenerContext
-    router: Router | None
-    cluster: str
-    loop: asyncio.AbstractEventLoop
-    facts: ConnectionFacts
-    write_paused: bool
-    """The client is not taking more response now: a new upstream starts paused."""
-
-    def follow_snapshot(self) -> None:
-        """Resolve the connection's routing key against the snapshot now in force."""
-    deadline: float
-    deadline_kind: str
-    """The connection's next deadline for the listener's sweeper; kind `request` when it is
-    the earliest `due` of its requests (the sweeper then calls their `on_timeout`)."""
-
-
-class _HeldResponse:
-    """A response head held back by the filters (a STOP, or data hooks that must see the body
-    before the head may leave), with what arrived behind it."""
-
-    __slots__ = ("bodiless", "chunks", "end", "head", "size", "stopped", "trailers")
-
-    def __init__(self, head: ResponseHead, end: bool, stopped: bool) -> None:
-        self.head = head
-        self.bodiless = end
-        """The head arrived ended: it leaves ended, the data hooks see nothing."""
-        self.end = end
-        self.stopped = stopped
-        self.chunks: list[bytes] = []
-        self.size = 0
-        self.trailers: Headers | None = None
-
-
-class RequestStream:
+class RequestStream(StreamPort):
     """One request: head, decision, filters, deadline, upstream, and its record."""
 
     __slots__ = ("authz", "bodiless", "body", "body_size", "bytes_in", "bytes_out", "cluster",
@@ -156,7 +117,7 @@ class RequestStream:
         """Bytes in `body` (set with it)."""
         self.trailers: Headers | None
         """Request trailers that arrived before the upstream opened (set by `request_end`)."""
-        self.resp: _HeldResponse | None = None
+        self.resp: HeldResponse | None = None
         self.retry: RetryRuntime | None = None
         """The route's retries while a bodiless request's first try has not answered (its
         failure hands the try to a `Retrier`, `http/retry.py`); None otherwise."""
@@ -167,61 +128,6 @@ class RequestStream:
     def facts(self) -> ConnectionFacts:
         """The connection the request came on (`FilterStream.facts`)."""
         return self.conn.facts
-
-    # -- the port: what a driver's subclass renders for its protocol -----------------------
-
-    def send_head(self, head: ResponseHead, end: bool) -> None:
-        raise NotImplementedError
-
-    def send_data(self, data: bytes) -> None:
-        raise NotImplementedError
-
-    def end_response(self, trailers: Headers | None) -> None:
-        """The response body is complete: write its end, then `complete`."""
-        raise NotImplementedError
-
-    def complete(self) -> None:
-        """The response is complete: record it and let the connection go on."""
-        raise NotImplementedError
-
-    def send_local(self, status: int, body: bytes, headers: ReplyHeaders = ()) -> None:
-        """Answer with a response of our own (nothing was sent yet) and complete; `headers`
-        go with it (a filter's reply: a redirect's `location`)."""
-        raise NotImplementedError
-
-    def send_reset(self) -> None:
-        """The response began and cannot be finished: abort it towards the client, record."""
-        raise NotImplementedError
-
-    def pause_request(self) -> None:
-        """Stop taking request body from the client for now (the held body is full)."""
-
-    def resume_request(self) -> None: ...
-
-    def overloaded(self) -> None:
-        """The proxy is overloaded: refuse this request (503, flag OL already set) and tell
-        the client not to reuse the connection."""
-        raise NotImplementedError
-
-    def send_continue(self) -> None:
-        """The upstream is open and the client waits for `100 Continue` to send its body."""
-
-    # The parts of `ResponseSink` that differ per protocol.
-
-    def on_informational(self, head: ResponseHead) -> None:
-        raise NotImplementedError
-
-    def on_read_end(self) -> None:
-        raise NotImplementedError
-
-    def on_upgraded(self, head: ResponseHead, stream: TunnelStream) -> None:
-        raise NotImplementedError
-
-    def pause_request_body(self) -> None:
-        raise NotImplementedError
-
-    def resume_request_body(self) -> None:
-        raise NotImplementedError
 
     # -- driver -> stream: the request -----------------------------------------------------
 
@@ -442,7 +348,7 @@ class RequestStream:
             if chain.response_datas and not end_stream:
                 # The data hooks see the body before the head leaves, so a hook that buffers
                 # past the bound can still be answered 500 instead of a response cut short.
-                self.resp = _HeldResponse(head, False, stopped=False)
+                self.resp = HeldResponse(head, False, stopped=False)
                 return
         else:
             edits = self.edits
@@ -591,7 +497,7 @@ class RequestStream:
 
     def _hold_response(self, head: ResponseHead, end: bool) -> None:
         """A response-head hook stopped: hold the head, pause the upstream."""
-        self.resp = _HeldResponse(head, end, stopped=True)
+        self.resp = HeldResponse(head, end, stopped=True)
         up = self.upstream
         if up is not None and not end:
             up.pause_response()

@@ -1,0 +1,454 @@
+"""One connected proxy's side of the stream: hello and admission, the push loop, what the
+proxy sends (ACK/NACK, pings, renewal CSRs, trust ACKs, traffic reports), and presence.
+
+Kept apart from `server.py`, which accepts connections, holds them to the caps and counts what
+it refuses, because a session's protocol is a job of its own; the server creates one
+`ProxySession` per connection and reaches live sessions only through `send_trust`.  The rules
+(one push in flight, deltas against the last ACK, withheld features, admission first,
+backpressure on replies) are described in `server.py`'s docstring and ADRs 0011, 0018, 0028
+and 0045.
+"""
+
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from tulle.controlplane.ca.admission import AdmissionError, Admitted
+from tulle.controlplane.ca.authority import CsrError
+from tulle.controlplane.push.accept import write_paced
+from tulle.controlplane.push.cache import ProxyKey, ProxyStatus
+from tulle.controlplane.push.negotiation import negotiation_error
+from tulle.controlplane.push.node import NodeError, NodeSnapshots, workload_name
+from tulle.controlplane.push.renewals import RenewalBudget
+from tulle.controlplane.push.reported import SHOWN_REASON, shown, shown_list
+from tulle.controlplane.push.stats import stats_request, take_report
+from tulle.controlplane.push.trust import after_hello, record_signed, update_for
+from tulle.controlplane.push.wire import withheld_delta_frame, withheld_snapshot_frame
+from tulle.proxyconfig.delta import units_of
+from tulle.proxyconfig.features import Feature, lacking
+from tulle.proxyconfig.model import ProxyConfig
+from tulle.proxyconfig.stream import (
+    MAX_FRAME,
+    Ack,
+    Csr,
+    Error,
+    FrameDecoder,
+    FrameError,
+    Hello,
+    Message,
+    Nack,
+    Ping,
+    Pong,
+    StatsReport,
+    StatsRequest,
+    TrustAck,
+    encode,
+)
+
+if TYPE_CHECKING:
+    from tulle.controlplane.push.server import PushServer
+
+
+log = logging.getLogger("tulle.controlplane.push")
+
+
+REPLY_BACKLOG = 1 << 20
+"""Bytes of unsent output above which a session stops reading what its proxy sends until the
+output has drained.  Unbounded, a proxy sending pings without reading the pongs grew the
+control plane by what it sent: measured, 38 MB of pings left 71 MB in the buffer (ADR 0045)."""
+
+
+class ProxySession:
+    """One connected proxy."""
+
+    def __init__(self, server: PushServer, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, peer: str) -> None:
+        self.server = server
+        self.reader = reader
+        self.writer = writer
+        self.peer = peer
+        self.decoder = FrameDecoder(server.hello_max_frame)
+        self.backlog: collections.deque[Message] = collections.deque()
+        self.closed = False
+        self.acked: ProxyConfig | None = None
+        self.inflight: ProxyConfig | None = None
+        self.rejected = ""
+        self.st: ProxyStatus | None = None
+        self.missing: tuple[Feature, ...] = ()
+        """Features whose fields this proxy cannot take (withheld from its frames)."""
+        self.units: frozenset[str] = frozenset()
+        """Delta units this proxy takes."""
+        self.node = NodeSnapshots([])
+        """The workloads this proxy fronts (usually one) and their merged snapshot."""
+        self.node_statuses: list[ProxyStatus] = []
+        self.inflight_parts: tuple[ProxyConfig, ...] = ()
+        self._node_error = ""
+        self.hello_seen = False
+        """Set (and the server's pending count released) once the hello is in."""
+        self.admitted: Admitted | None = None
+        self.session_id = uuid.uuid4().hex
+        self.end_reason = "the proxy closed the stream"
+        self.renewals: RenewalBudget | None = None
+        """Certificates this stream may still have signed (set once admitted)."""
+        self.stats_warned = False
+        self.stats_ask: StatsRequest | None = None
+        """Sent once, after the proxy's first ACK: a proxy serves traffic only once it runs a
+        config, and the messages before it (certificates, the snapshot) keep their order."""
+
+    def send(self, msg: Message) -> None:
+        self.writer.write(encode(msg))
+
+    async def _next(self) -> Message | None:
+        """The proxy's next message; None once it closed the stream."""
+        while not self.backlog:
+            data = await self.reader.read(65536)
+            if not data:
+                return None
+            self.backlog.extend(self.decoder.feed(data))
+        return self.backlog.popleft()
+
+    async def run(self) -> None:
+        srv = self.server
+        try:
+            try:
+                first = await asyncio.wait_for(self._next(), timeout=srv.hello_timeout)
+            except TimeoutError:
+                srv.no_hello(self.peer, True, f"no hello within {srv.hello_timeout}s")
+                return
+            except FrameError as exc:
+                srv.no_hello(self.peer, False, str(exc))
+                return
+            except ConnectionError:
+                srv.disconnected_before_hello(self.peer)
+                return
+            if first is None:
+                srv.disconnected_before_hello(self.peer)
+                return
+            if not isinstance(first, Hello):
+                srv.no_hello(self.peer, False, "first message is not a hello")
+                self.send(Error(reason="expected hello"))
+                return
+            reason = negotiation_error(first)
+            if reason:
+                srv.unsupported(first, self.peer, reason)
+                self.send(Error(reason=reason))
+                return
+            if srv.admission is not None:
+                try:
+                    self.admitted = await srv.admission.admit(first)
+                except AdmissionError as exc:
+                    srv.unauthenticated(first, self.peer, str(exc))
+                    self.send(Error(reason=str(exc)))
+                    return
+            self.decoder.max_frame = MAX_FRAME
+            self.hello_seen = True
+            srv.said_hello()
+            await self._session(first)
+        finally:
+            for st in self.node_statuses:
+                st.connected = False
+
+    async def _read_loop(self, key: ProxyKey, wake: asyncio.Event) -> None:
+        """Handle what the proxy sends as it arrives, waking the push loop after each message
+        (an ACK may let the next version go out) and when the stream ends."""
+        st = self.st
+        assert st is not None
+        timeout = self.server.liveness_timeout or None
+        try:
+            # `closed` also set by a handler ending the stream: what is still buffered from
+            # the peer is not handled (a burst of frames must not outlive the refusal).
+            while not self.closed and (
+                    msg := await asyncio.wait_for(self._next(), timeout)) is not None:
+                st.last_seen = time.time()  # noqa: TID251 - wall clock, for display
+                self._handle(key, msg)
+                wake.set()
+                if self.writer.transport.get_write_buffer_size() > REPLY_BACKLOG:
+                    # Our answers (pongs, certificates) wait for a peer that does not read:
+                    # stop reading its requests until they have left (backpressure), or a
+                    # ping flood grows this buffer without bound (and one that reads nothing
+                    # for the liveness timeout is ended like a silent one).
+                    await asyncio.wait_for(self.writer.drain(), timeout)
+        except TimeoutError:
+            self.end_reason = f"nothing from the proxy (or nothing read by it) for {timeout:g}s"
+        except (ConnectionError, FrameError) as exc:
+            self.end_reason = f"stream failed: {type(exc).__name__}"
+            raise
+        finally:
+            self.closed = True
+            wake.set()
+
+    async def _session(self, hello: Hello) -> None:
+        srv = self.server
+        w = hello.workload
+        key: ProxyKey = (w.namespace, w.name)
+        fronted = [w, *hello.workloads]
+        keys: list[ProxyKey] = list(dict.fromkeys((x.namespace, x.name) for x in fronted))
+        admitted = self._admitted_by_key()
+        if srv.on_register is not None:
+            try:
+                for x in fronted:
+                    await srv.on_register(x, self.peer.rsplit(":", 1)[0],
+                                          admitted.get((x.namespace, x.name)))
+            except ValueError as exc:
+                self.send(Error(reason=str(exc)))
+                return
+        for i, a in enumerate(admitted.values()):
+            if a.issued is not None:  # before any snapshot: it may name the identity
+                self.send(a.issued if i == 0 else msgspec.structs.replace(
+                    a.issued, workload=f"{a.namespace}/{a.workload}"))
+        self.node = NodeSnapshots(keys)
+        self.missing = tuple(f for f in lacking(hello.features) if f.paths)
+        self.units = units_of(hello.features)
+        now = time.time()  # noqa: TID251 - wall-clock timestamps for display, not durations
+        for k in keys:
+            st = srv.status.get(k) or ProxyStatus(*k)
+            srv.status[k] = st
+            self.node_statuses.append(st)
+            st.connected, st.peer, st.connected_since, st.last_seen = True, self.peer, now, now
+            st.control_plane = srv.instance
+            st.protocol, st.features = hello.protocol, shown_list(hello.features)
+            st.withheld, st.delta_units = self.missing, self.units
+            st.node = [workload_name(x) for x in keys] if len(keys) > 1 else []
+        st = self.st = self.node_statuses[0]
+        if srv.admission is not None:
+            srv.live.add(self)
+            update = after_hello(srv.admission.state, self.node_statuses, self.admitted, hello)
+            if update is not None:
+                self.send(update)
+        self.stats_ask = stats_request(srv.stats, srv.stats_interval, hello.features)
+        log.info("proxy %s/%s connected from %s (serving %r)%s", w.namespace, w.name, self.peer,
+                 hello.last_version or "nothing",
+                 f"; withholding {', '.join(f.name for f in self.missing)}"
+                 if self.missing else "")
+        # One event wakes this loop: a new snapshot for this proxy (the cache sets it), a
+        # message from the proxy, or the end of the stream (the reader sets it).
+        wake = srv.cache.subscribe(key)
+        for k in keys[1:]:
+            srv.cache.subscribe(k, wake)
+        reader = asyncio.get_running_loop().create_task(self._read_loop(key, wake))
+        cancelled = False
+        await self._presence(keys, True, "connected")  # (queued: no store write awaited)
+        try:
+            current = self._current()
+            if current is not None and hello.last_version == current.version:
+                self.acked = current  # it already runs this (from its disk cache)
+                self.inflight_parts = self.node.parts()
+                self._acked(current)
+                self._ask_stats()
+            loop = asyncio.get_running_loop()
+            next_ping = loop.time() + srv.ping_interval
+            while not self.closed:
+                wake.clear()
+                await self._maybe_push(key)
+                if not wake.is_set():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout_at(next_ping):
+                            await wake.wait()
+                if loop.time() >= next_ping and not self.closed:
+                    self.send(Ping())
+                    next_ping = loop.time() + srv.ping_interval
+        except asyncio.CancelledError:
+            cancelled = True  # this control plane stops: the proxy reconnects elsewhere
+            raise
+        finally:
+            srv.live.discard(self)
+            for k in keys:
+                srv.cache.unsubscribe(k, wake)
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await reader
+            if not cancelled:
+                self.writer.close()  # (a lost peer: nothing more is written to it)
+                await self._presence(keys, False, self.end_reason)
+
+    async def _presence(self, keys: list[ProxyKey], connected: bool, reason: str) -> None:
+        hook = self.server.on_presence
+        if hook is None:
+            return
+        try:
+            await hook(keys, connected, reason, self.session_id)
+        except Exception:
+            log.exception("proxy %s: cannot record that it %s", workload_name(keys[0]),
+                          "connected" if connected else "disconnected")
+
+    def _pending(self, key: ProxyKey) -> ProxyConfig | None:
+        """The snapshot to push now, if any."""
+        if self.inflight is not None:
+            return None
+        current = self._current()
+        if current is None or current.version == self.rejected or (
+                self.acked is not None and self.acked.version == current.version):
+            return None
+        return current
+
+    async def _maybe_push(self, key: ProxyKey) -> None:
+        srv = self.server
+        if self._pending(key) is None:
+            return
+        async with srv.push_slots:
+            current = self._pending(key)  # the newest, now that it is our turn
+            if current is None:
+                return
+            wire = srv.cache.wire
+            if self.missing:  # an older proxy: frames of its own (see wire.py)
+                frame = (withheld_snapshot_frame(current, self.missing) if self.acked is None
+                         else withheld_delta_frame(self.acked, current, self.missing,
+                                                   self.units))
+            else:
+                frame = (wire.snapshot_frame(current) if self.acked is None
+                         else wire.delta_frame(self.acked, current, self.units))
+            if srv.tls is None:
+                self.writer.writelines(frame)
+            self.inflight = current
+            self.inflight_parts = self.node.parts()
+            for st, part in self._by_part():
+                st.sent_version = part.version
+                st.pushes += 1
+            if srv.tls is not None:  # paced: see accept.write_paced
+                await write_paced(self.writer, frame, srv.drain_timeout)
+                return
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(srv.drain_timeout):
+                    await self.writer.drain()
+
+    def _current(self) -> ProxyConfig | None:
+        """The snapshot this proxy should run: its workload's, or the merge of its node's."""
+        try:
+            cfg = self.node.current(self.server.cache.get)
+        except NodeError as exc:
+            if str(exc) != self._node_error:
+                log.warning("proxy %s: %s", workload_name(self.node.keys[0]), exc)
+            self._node_error = str(exc)
+            return None
+        self._node_error = ""
+        return cfg
+
+    def _by_part(self) -> list[tuple[ProxyStatus, ProxyConfig]]:
+        """Each workload's status with its part of the snapshot in flight (or just ACKed)."""
+        return list(zip(self.node_statuses, self.inflight_parts, strict=False))
+
+    def _acked(self, cfg: ProxyConfig) -> None:
+        """The proxy runs `cfg`: each workload's status gets its own part's version."""
+        now = time.time()  # noqa: TID251
+        for st, part in self._by_part():
+            st.acked_version, st.acked_at, st.running = part.version, now, cfg
+
+    def _handle(self, key: ProxyKey, msg: Message) -> None:
+        st = self.st
+        assert st is not None
+        if isinstance(msg, Ping):
+            self.send(Pong())
+        elif isinstance(msg, Ack):
+            self._ask_stats()
+            if self.inflight is not None and msg.version == self.inflight.version:
+                self.acked = self.inflight
+                self.inflight = None
+                self._acked(self.acked)
+                acks = [((s.namespace, s.name), part.version) for s, part in self._by_part()]
+            else:
+                st.acked_version = shown(msg.version)
+                st.acked_at = time.time()  # noqa: TID251
+                acks = [(key, st.acked_version)]
+            if self.server.on_ack is not None:
+                for k, v in acks:
+                    self.server.on_ack(k, v)
+        elif isinstance(msg, Nack):
+            # What the proxy says is kept bounded and escaped (reported.py), and the same
+            # NACK again is not logged again.
+            version, reason = shown(msg.version), shown(msg.reason, SHOWN_REASON)
+            if (version, reason) != (st.nack_version, st.nack_reason):
+                log.warning("proxy %s/%s rejected version %s: %s", key[0], key[1], version,
+                            reason)
+            st.nack_version, st.nack_reason = version, reason
+            st.nack_paths = shown_list(msg.paths)
+            if self.inflight is not None and msg.version == self.inflight.version:
+                # Never resend a rejected version; the next change is diffed against the
+                # last good one (or sent whole if there is none).
+                self.rejected = msg.version
+                self.inflight = None
+        elif isinstance(msg, Pong):
+            pass
+        elif isinstance(msg, Csr):
+            self._renew(msg)
+        elif isinstance(msg, TrustAck):
+            for s in self.node_statuses:
+                s.trust_bundle = shown(msg.id)
+        elif isinstance(msg, StatsReport):
+            self.stats_warned = take_report(self.server.stats, self.node_statuses, msg,
+                                            self.stats_warned)
+
+    def _ask_stats(self) -> None:
+        ask, self.stats_ask = self.stats_ask, None
+        if ask is not None:
+            self.send(ask)
+
+    def send_trust(self) -> None:
+        """The CA's trust bundle (and a renewal request, mid-rotation), to a proxy that takes
+        `TrustUpdate`."""
+        adm, st = self.server.admission, self.st
+        if adm is not None and st is not None and st.trust_updates and not self.closed:
+            update = update_for(adm.state, *self.node_statuses)
+            if update.renew or update.id != st.trust_bundle:  # else it holds this already
+                self.send(update)
+
+    def _admitted_by_key(self) -> dict[ProxyKey, Admitted]:
+        """Each fronted workload's admission, the hello's own first (empty without a CA)."""
+        if self.admitted is None:
+            return {}
+        return {(a.namespace, a.workload): a for a in self.admitted.all()}
+
+    def _renew(self, msg: Csr) -> None:
+        """Sign a renewal CSR for the identity this stream was admitted as (for a node, the
+        one of the workload the CSR names); a refused CSR ends the stream with the reason
+        (the proxy keeps its current certificate)."""
+        admission = self.server.admission
+        if admission is None or self.admitted is None:
+            self.send(Error(reason="this control plane issues no certificates"))
+            self.writer.close()
+            self.closed = True
+            return
+        loop_now = asyncio.get_running_loop().time()
+        if self.renewals is None:
+            self.renewals = RenewalBudget(len(self.admitted.all()),
+                                          admission.cert_ttl.total_seconds(), loop_now)
+        if not self.renewals.take(loop_now):
+            log.warning("proxy %s/%s: renewal refused: too many certificate requests on one "
+                        "stream; stream closed", self.admitted.namespace,
+                        self.admitted.workload)
+            self.send(Error(reason="renewal refused: too many certificate requests on this "
+                                   "stream; reconnect and renew at half-life"))
+            self.writer.close()
+            self.closed = True
+            return
+        who = self.admitted
+        if msg.workload:
+            ns, _, name = msg.workload.partition("/")
+            found = self._admitted_by_key().get((ns, name))
+            if found is None or found is self.admitted:
+                self.send(Error(reason=f"renewal for {msg.workload!r}: not a further workload "
+                                       f"this stream was admitted for"))
+                self.writer.close()
+                self.closed = True
+                return
+            who = found
+        try:
+            cert = admission.sign(msg.csr, who.identity, who.workload)
+            record_signed([s for s in self.node_statuses
+                           if (s.namespace, s.name) == (who.namespace, who.workload)],
+                          cert, admission.state)
+            self.send(cert if who is self.admitted else msgspec.structs.replace(
+                cert, workload=msg.workload))
+        except CsrError as exc:
+            log.warning("proxy %s/%s: renewal refused: %s", who.namespace, who.workload, exc)
+            self.send(Error(reason=str(exc)))
+            self.writer.close()
+            self.closed = True

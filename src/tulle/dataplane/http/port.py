@@ -1,0 +1,106 @@
+"""The request stream's two sides towards its driver: the connection it runs on
+(`StreamOwner`) and the port a driver's subclass renders for its protocol (`StreamPort`).
+
+Kept apart from `stream.py` so the protocol-neutral request path there reads on its own; what
+a driver (`listeners/h1exchange.py`, `listeners/h2exchange.py`) must provide is declared here.
+`StreamPort` is a base class with empty `__slots__`, not a wrapper: a driver's overrides are
+found first, so the request path pays nothing for the split (ADR 0015: one object per request).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from tulle.dataplane.exchange import Headers, ResponseHead, TunnelStream
+    from tulle.dataplane.http.facts import ConnectionFacts
+    from tulle.dataplane.http.filter import ReplyHeaders
+    from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle
+    from tulle.dataplane.overload import OverloadGuard
+    from tulle.dataplane.routing.router import Router
+
+
+class StreamOwner(Protocol):
+    """What a request stream needs of its connection (the drivers implement it; routing
+    state is `RoutedConnection`'s)."""
+
+    handle: ListenerHandle
+    guard: OverloadGuard
+    ctx: ListenerContext
+    router: Router | None
+    cluster: str
+    loop: asyncio.AbstractEventLoop
+    facts: ConnectionFacts
+    write_paused: bool
+    """The client is not taking more response now: a new upstream starts paused."""
+
+    def follow_snapshot(self) -> None:
+        """Resolve the connection's routing key against the snapshot now in force."""
+    deadline: float
+    deadline_kind: str
+    """The connection's next deadline for the listener's sweeper; kind `request` when it is
+    the earliest `due` of its requests (the sweeper then calls their `on_timeout`)."""
+
+
+class StreamPort:
+    """What the stream sends towards the client and asks of the connection; a driver's subclass
+    of `RequestStream` implements it for its protocol."""
+
+    __slots__ = ()
+
+    # -- the port: what a driver's subclass renders for its protocol -----------------------
+
+    def send_head(self, head: ResponseHead, end: bool) -> None:
+        raise NotImplementedError
+
+    def send_data(self, data: bytes) -> None:
+        raise NotImplementedError
+
+    def end_response(self, trailers: Headers | None) -> None:
+        """The response body is complete: write its end, then `complete`."""
+        raise NotImplementedError
+
+    def complete(self) -> None:
+        """The response is complete: record it and let the connection go on."""
+        raise NotImplementedError
+
+    def send_local(self, status: int, body: bytes, headers: ReplyHeaders = ()) -> None:
+        """Answer with a response of our own (nothing was sent yet) and complete; `headers`
+        go with it (a filter's reply: a redirect's `location`)."""
+        raise NotImplementedError
+
+    def send_reset(self) -> None:
+        """The response began and cannot be finished: abort it towards the client, record."""
+        raise NotImplementedError
+
+    def pause_request(self) -> None:
+        """Stop taking request body from the client for now (the held body is full)."""
+
+    def resume_request(self) -> None: ...
+
+    def overloaded(self) -> None:
+        """The proxy is overloaded: refuse this request (503, flag OL already set) and tell
+        the client not to reuse the connection."""
+        raise NotImplementedError
+
+    def send_continue(self) -> None:
+        """The upstream is open and the client waits for `100 Continue` to send its body."""
+
+    # The parts of `ResponseSink` that differ per protocol.
+
+    def on_informational(self, head: ResponseHead) -> None:
+        raise NotImplementedError
+
+    def on_read_end(self) -> None:
+        raise NotImplementedError
+
+    def on_upgraded(self, head: ResponseHead, stream: TunnelStream) -> None:
+        raise NotImplementedError
+
+    def pause_request_body(self) -> None:
+        raise NotImplementedError
+
+    def resume_request_body(self) -> None:
+        raise NotImplementedError
