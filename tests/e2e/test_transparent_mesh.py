@@ -309,3 +309,15 @@ def test_a_plaintext_caller_cannot_reach_a_strict_port(mesh: dict[str, Any]) -> 
     assert out.returncode != 0 and "name" not in out.stdout
     m = metrics(mesh["web-a"])
     assert 'tulle_proxy_protocol_errors_total{listener="inbound",kind="no_filter_chain"} 1' in m
+
+
+def test_a_transparent_pod_resolves_service_names_at_its_sidecar(mesh: dict[str, Any]) -> None:
+    """A transparent pod's sidecar runs mesh DNS on 15053 without being asked (ADR 0042: the
+    port `tulle iptables` sends the pod's DNS to): the Service's name answers its VIP."""
+    address = vip(mesh, "web")
+    query = ("import dns.message, dns.query, sys; "
+             "r = dns.query.udp(dns.message.make_query(sys.argv[1], 'A'), '127.0.0.1', "
+             "port=15053, timeout=5); print(r.answer[0][0].address)")
+    for name in ("web.shop.svc.cluster.local", "web"):
+        out = mesh["client"].run([sys.executable, "-c", query, name], timeout=30)
+        assert out.stdout.strip() == address, (name, out.stdout, out.stderr)

@@ -2,8 +2,11 @@
 
 The host list is built once per compilation from the model's Service ports (one entry per
 Service, not per port) and shared by reference between snapshots, like the outbound table; a
-proxy gets a `dns` section only when its workload names a resolver port (`spec.dnsPort`), so
-the snapshots of every other proxy are unchanged, byte for byte.  Which names a host answers
+proxy gets a `dns` section only when its workload names a resolver port (`spec.dnsPort`) or is
+`interception: transparent` (a pod: 15053 by default, where `tulle iptables` sends its DNS), so
+the snapshots of every other proxy are unchanged, byte for byte.  Explicit workloads share the
+host's loopback, and agent-mode pods' DNS is not steered to their agent yet: neither gets one
+by default.  Which names a host answers
 to is the proxy's rule (`dataplane/dns/table.py`, from `node.namespace`), so the table does
 not grow four-fold and one table serves every namespace.  ADR 0042.
 """
@@ -40,7 +43,13 @@ def dns_hosts(mesh: MeshModel) -> DnsHosts:
     return DnsHosts(hosts, digest)
 
 
+TRANSPARENT_DNS_PORT = 15053
+"""Where a transparent workload's resolver listens when it names none: the port `tulle iptables
+apply` redirects the pod's DNS to (a pod has its own loopback, so the default cannot clash)."""
+
+
 def dns_section(proxy: Proxy, shared: DnsHosts) -> DNS | None:
-    if not proxy.dns_port or not proxy.sidecar:
+    port = proxy.dns_port or (TRANSPARENT_DNS_PORT if proxy.interception == "transparent" else 0)
+    if not port or not proxy.sidecar:
         return None
-    return DNS(port=proxy.dns_port, hosts=shared.hosts)
+    return DNS(port=port, hosts=shared.hosts)

@@ -71,3 +71,21 @@ def test_the_dns_port_may_not_be_a_listener_port() -> None:
     res = compile_mesh(MeshInputs.from_resources([w]))
     assert ("shop", "web") not in res.snapshots
     assert "dns.port" in res.errors[("shop", "web")]
+
+
+def test_a_transparent_pod_gets_a_resolver_on_15053_by_default_and_others_do_not() -> None:
+    """A pod (`interception: transparent`) has its own loopback and `tulle iptables` sends its
+    DNS to 15053, so it gets a resolver there without asking; an explicit workload shares the
+    host's loopback and an agent-mode pod's DNS is not steered to its agent: neither does."""
+    pod = workload("pod", app="pod")
+    pod["spec"].update({"address": "10.232.0.5", "interception": "transparent"})
+    agent = workload("agented", app="agented")
+    agent["spec"].update({"address": "10.232.0.6", "interception": "agent",
+                          "outboundPort": 15101, "inboundPort": 15102})
+    res = compile_mesh(MeshInputs.from_resources([pod, agent, *RESOURCES]))
+    assert not res.errors, res.errors
+    cfg = res.snapshots[("shop", "pod")]
+    assert cfg.dns is not None and cfg.dns.port == 15053
+    assert [h.service for h in cfg.dns.hosts] == ["web", "catalog"]
+    assert res.snapshots[("shop", "agented")].dns is None
+    assert res.snapshots[("shop", "catalog")].dns is None  # explicit, no dnsPort
