@@ -13,7 +13,9 @@ cannot drift from what the proxies do; the tests send the same request through r
 and compare.  The CLI computes it from what the REST API already serves (`proxy-config`, the
 Workload resources), so a read-only token suffices, the control plane never runs data-plane
 code (tests/unit/test_import_directions.py) and the request's header values never leave the
-operator's machine.  `-o json` prints the document built here (`API_VERSION`, documented in
+operator's machine.  A transparent caller (ADR 0044) has no Host-routed table: its hop is
+the outbound destination whose address:port is the Service's VIP and port (`transparent.py`),
+and the trace says so.  `-o json` prints the document built here (`API_VERSION`, documented in
 docs/reference/explain.md).  ADR 0036.
 """
 
@@ -24,7 +26,10 @@ from typing import Any
 from tulle.cli.explain.hop import IdentityOf, Lookup, trace_hop
 from tulle.cli.explain.request import ExplainError, ExplainRequest, build_request
 from tulle.cli.explain.routing import head_for, normalized, trace_table
+from tulle.cli.explain.transparent import original_destination, transparent_outbound
+from tulle.dataplane.exchange import RequestHead
 from tulle.proxyconfig.filters import RequestHeaderModifier, URLRewrite
+from tulle.proxyconfig.model import ProxyConfig
 
 API_VERSION = "explain.tulle.dev/v1alpha1"
 MAX_HOPS = 16
@@ -46,6 +51,12 @@ def explain(req: ExplainRequest, lookup: Lookup, identity_of: IdentityOf) -> dic
                    "configSource": state}}
     listener = next((x for x in cfg.listeners if x.direction == "outbound"
                      and x.route_table), None)
+    table = listener.route_table if listener is not None else ""
+    original: dict[str, Any] | None = None
+    tcp_cluster = ""
+    if listener is None and (listener := transparent_outbound(cfg)) is not None:
+        dest, original = original_destination(listener, req.authority, req.namespace)
+        table, tcp_cluster = dest.route_table, "" if dest.route_table else dest.cluster
     if listener is None:
         raise ExplainError(404, "from", f"workload {req.source} has no outbound listener with "
                                         "a route table (no Service to call in its snapshot)")
@@ -53,17 +64,26 @@ def explain(req: ExplainRequest, lookup: Lookup, identity_of: IdentityOf) -> dic
     doc["source"]["address"] = address
     path, why = normalized(cfg, req.path)
     outbound: dict[str, Any] = {"listener": listener.name, "path": path, "pathWhy": why}
+    if original is not None:
+        outbound["originalDestination"] = original
     doc["outbound"] = outbound
+    head = head_for(req.method, path or "/", req.authority, req.headers)
+    if tcp_cluster:
+        outbound.update(result="tcp", cluster=tcp_cluster,
+                        why=f"TCP cluster {tcp_cluster}, no HTTP routing")
+        doc["hops"] = _hops(req, [(tcp_cluster, 1)], cfg, lookup, identity_of, address, head)
+        doc["outcome"] = outcome(doc["hops"])
+        return doc
     if path is None:
         doc["outcome"] = {"status": 400, "summary": f"the caller's proxy refuses the path: "
                                                    f"{why[5:]}"}
         return doc
-    head = head_for(req.method, path, req.authority, req.headers)
-    routed, route = trace_table(cfg, listener.route_table, head)
+    routed, route = trace_table(cfg, table, head)
     outbound.update(routed)
     if routed.get("result") == "no_virtual_host":
         raise ExplainError(404, "to", f"{routed['why']}: unknown service or port")
-    if ":" in req.authority and req.authority not in outbound.get("domains", ()):
+    if original is None and ":" in req.authority and req.authority not in outbound.get(
+            "domains", ()):
         raise ExplainError(404, "to", f"no Service port answers to {req.authority!r} (the "
                                       f"proxy would route it to {outbound['virtualHost']} by "
                                       "the name without the port)")
@@ -81,14 +101,25 @@ def explain(req: ExplainRequest, lookup: Lookup, identity_of: IdentityOf) -> dic
     if "localReply" in routed:
         doc["outcome"] = {"status": None, "summary": routed["localReply"]}
         return doc
+    hops = _hops(req, [(b.cluster, b.weight) for b in route.rule.backends], cfg, lookup,
+                 identity_of, address, head)
+    doc["hops"] = hops
+    doc["outcome"] = outcome(hops)
+    return doc
+
+
+def _hops(req: ExplainRequest, backends: list[tuple[str, int]], cfg: ProxyConfig,
+          lookup: Lookup, identity_of: IdentityOf, address: str, head: RequestHead
+          ) -> list[dict[str, Any]]:
+    """Each backend (cluster, weight) and up to `MAX_HOPS` of its endpoints, traced."""
     clusters = {c.name: c for c in cfg.clusters}
     hops: list[dict[str, Any]] = []
     shown = 0
-    for b in route.rule.backends:
-        c = clusters.get(b.cluster)
-        entry: dict[str, Any] = {"cluster": b.cluster, "weight": b.weight}
+    for name, weight in backends:
+        c = clusters.get(name)
+        entry: dict[str, Any] = {"cluster": name, "weight": weight}
         hops.append(entry)
-        if b.weight == 0:
+        if weight == 0:
             entry["why"] = "weight 0: never chosen"
             continue
         if c is None or c.unresolved:
@@ -105,9 +136,7 @@ def explain(req: ExplainRequest, lookup: Lookup, identity_of: IdentityOf) -> dic
             shown += 1
             entry["endpoints"].append(trace_hop(c, ep, lookup, identity_of,
                                                 (req.namespace, req.workload), address, head))
-    doc["hops"] = hops
-    doc["outcome"] = outcome(hops)
-    return doc
+    return hops
 
 
 def outcome(hops: list[dict[str, Any]]) -> dict[str, Any]:

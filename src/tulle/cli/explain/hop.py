@@ -76,8 +76,15 @@ def server_modes(listener: Listener) -> str:
 
 
 def _inbound_listener(cfg: ProxyConfig, ep: Endpoint) -> Listener | None:
+    """The listener on the endpoint's port; else a transparent inbound listener on its
+    address, which iptables hands every inbound connection (its chains pick by the original
+    destination port, ADR 0044)."""
     for lst in cfg.listeners:
         if lst.direction == "inbound" and lst.port == ep.port and lst.address in (
+                ep.address, "0.0.0.0", "::"):
+            return lst
+    for lst in cfg.listeners:
+        if lst.direction == "inbound" and lst.mode == "transparent" and lst.address in (
                 ep.address, "0.0.0.0", "::"):
             return lst
     return None

@@ -84,6 +84,8 @@ def render(doc: dict[str, Any]) -> str:
              f"  caller's snapshot {src['configVersion']} ({src['configSource']})", ""]
     out = doc["outbound"]
     lines.append(f"outbound ({out['listener']}): path {out['path'] or '-'} ({out['pathWhy']})")
+    if out.get("originalDestination"):
+        lines.append(f"  {out['originalDestination']['why']}")
     lines += _route(out, "  ")
     if out.get("result") == "matched":
         t = out["timeouts"]

@@ -1,0 +1,72 @@
+"""The outbound hop of a transparent caller (ADR 0044): chosen by original destination.
+
+Why: a workload with `interception: transparent` has no Host-routed outbound table; its
+outbound listener picks a `Destination` by the address:port the application connected to (a
+Service's VIP and port), and that destination names the route table (`outbound|SVC.NS:PORT`,
+whose only virtual host answers to any Host) or, for an opaque TCP port, a cluster
+(`outbound-tcp|PORT||SVC.NS`).  Explain must find that same destination -- by the names the
+compiler gives the destination's table or cluster, or by a VIP given literally -- and report
+the VIP it stands for, rather than route by Host over a table the caller does not have.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from tulle.cli.explain.request import ExplainError
+from tulle.proxyconfig.model import Destination, Listener, ProxyConfig
+
+
+def transparent_outbound(cfg: ProxyConfig) -> Listener | None:
+    """The caller's transparent outbound listener, if it has one with destinations."""
+    return next((x for x in cfg.listeners if x.direction == "outbound"
+                 and x.mode == "transparent" and x.destinations), None)
+
+
+def _target(authority: str, namespace: str) -> tuple[str, str, int]:
+    """(host, namespace or "" for an IP literal, port) of `SERVICE[.NS[.svc...]][:PORT]`."""
+    host, _, port = authority.partition(":")
+    number = int(port) if port else 80
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return host, "", number
+    parts = host.split(".")
+    if len(parts) > 2 and parts[2] != "svc":
+        raise ExplainError(404, "to", f"{host!r} is not SERVICE[.NAMESPACE[.svc...]]: a "
+                                      "transparent caller's hop is chosen by the Service's "
+                                      "address")
+    return parts[0], parts[1] if len(parts) > 1 else namespace, number
+
+
+def _matches(d: Destination, host: str, ns: str, port: int) -> bool:
+    if not ns:
+        return d.address == host and d.port == port
+    return (d.route_table == f"outbound|{host}.{ns}:{port}"
+            or d.cluster == f"outbound-tcp|{port}||{host}.{ns}")
+
+
+def original_destination(listener: Listener, authority: str, namespace: str
+                         ) -> tuple[Destination, dict[str, Any]]:
+    """The destination the caller's proxy picks for a connection to the Service `authority`
+    names (resolved in the caller's `namespace` when it has none), and its trace entry;
+    raises `ExplainError` (404, `to`) when no destination is that Service's VIP and port."""
+    host, ns, port = _target(authority, namespace)
+    dest = next((d for d in listener.destinations if _matches(d, host, ns, port)), None)
+    if dest is None:
+        what = f"{host}:{port}" if not ns else f"Service {ns}/{host} port {port}"
+        raise ExplainError(404, "to", f"no original destination of {listener.name} is {what} "
+                                      "(unknown service or port, or the Service has no "
+                                      "status.virtualIP)")
+    target = (f"route table {dest.route_table}" if dest.route_table
+              else f"cluster {dest.cluster}")
+    doc: dict[str, Any] = {
+        "address": dest.address, "port": dest.port, "protocol": dest.protocol,
+        "routeTable": dest.route_table or None, "cluster": dest.cluster or None,
+        "why": f"transparent listener {listener.name}: the hop is chosen by original "
+               f"destination {dest.address}:{dest.port} (the Service's VIP and port), not by "
+               f"Host; it selects {target}"}
+    return dest, doc

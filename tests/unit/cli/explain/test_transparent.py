@@ -1,0 +1,129 @@
+"""Explain for a transparent caller (ADR 0044): the outbound hop is the destination whose
+address:port is the Service's VIP and port, routed by that destination's table (Host does not
+choose the Service); an opaque TCP port is a cluster with no HTTP routing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+
+from tulle.cli.explain import ExplainError, build_request, explain
+from tulle.cli.explain.render import render
+from tulle.controlplane.compiler import MeshInputs, compile_mesh
+from tulle.proxyconfig.model import ProxyConfig
+
+V1 = "mesh.tulle.dev/v1alpha1"
+GW = "gateway.networking.k8s.io/v1"
+
+
+def workload(name: str, ns: str, address: str, *ports: int, **labels: str) -> dict[str, Any]:
+    return {"apiVersion": V1, "kind": "Workload",
+            "metadata": {"name": name, "namespace": ns, "labels": labels},
+            "spec": {"address": address, "interception": "transparent",
+                     "ports": [{"port": p} for p in ports]}}
+
+
+def service(name: str, vip: str, ports: list[dict[str, Any]], **selector: str
+            ) -> dict[str, Any]:
+    return {"apiVersion": V1, "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"selector": selector, "ports": ports}, "status": {"virtualIP": vip}}
+
+
+ROUTE = {"apiVersion": GW, "kind": "HTTPRoute",
+         "metadata": {"name": "split", "namespace": "shop"},
+         "spec": {"parentRefs": [{"kind": "Service", "name": "api", "port": 80}],
+                  "rules": [
+                      {"matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}],
+                       "backendRefs": [{"name": "api-v2", "port": 80}]},
+                      {"backendRefs": [{"name": "api", "port": 80, "weight": 3},
+                                       {"name": "api-v2", "port": 80, "weight": 1}]}]}}
+
+
+@pytest.fixture(scope="module")
+def snaps() -> dict[tuple[str, str], ProxyConfig]:
+    http = [{"port": 80, "targetPort": 8080, "appProtocol": "http"}]
+    docs = [{"apiVersion": V1, "kind": "Mesh", "metadata": {"name": "default"}, "spec": {}},
+            workload("client-0", "web", "10.231.0.2"),
+            workload("api-0", "shop", "10.231.0.3", 8080, app="api"),
+            workload("api2-0", "shop", "10.231.0.4", 8080, app="api2"),
+            workload("db-0", "shop", "10.231.0.5", 5432, app="db"),
+            service("api", "240.240.0.1", http, app="api"),
+            service("api-v2", "240.240.0.2", http, app="api2"),
+            service("db", "240.240.0.3", [{"port": 5432, "appProtocol": "tcp"}], app="db"),
+            ROUTE]
+    res = compile_mesh(MeshInputs.from_resources(docs))
+    assert not res.errors, res.errors
+    return res.snapshots
+
+
+def run(snaps: dict[tuple[str, str], ProxyConfig], to: str, path: str = "/") -> dict[str, Any]:
+    def lookup(ns: str, name: str) -> tuple[ProxyConfig, str] | None:
+        cfg = snaps.get((ns, name))
+        return (cfg, "acked") if cfg is not None else None
+
+    def identity_of(ns: str, name: str) -> str:
+        return f"spiffe://cluster.local/ns/{ns}/sa/default"
+
+    doc = explain(build_request("web/client-0", "default", to, path, "GET", []), lookup,
+                  identity_of)
+    msgspec.json.encode(doc)
+    return doc
+
+
+def test_the_caller_has_no_host_routed_table_only_destinations(
+        snaps: dict[tuple[str, str], ProxyConfig]) -> None:
+    listeners = snaps[("web", "client-0")].listeners
+    assert not any(x.route_table for x in listeners if x.direction == "outbound")
+    assert any(x.destinations for x in listeners if x.mode == "transparent")
+
+
+@pytest.mark.parametrize("to", ["api.shop", "api.shop:80", "api.shop.svc.cluster.local",
+                                "240.240.0.1:80"])
+def test_the_vip_destination_chooses_the_table_and_the_router_the_rule(
+        snaps: dict[tuple[str, str], ProxyConfig], to: str) -> None:
+    doc = run(snaps, to, "/items")
+    out = doc["outbound"]
+    od = out["originalDestination"]
+    assert (od["address"], od["port"], od["routeTable"]) == (
+        "240.240.0.1", 80, "outbound|api.shop:80")
+    assert "chosen by original destination 240.240.0.1:80" in od["why"]
+    assert out["routeTable"] == "outbound|api.shop:80"
+    assert (out["result"], out["ruleIndex"]) == ("matched", 1)
+    assert out["notTaken"][0]["why"] == "path PathPrefix '/v2' does not match"
+    assert out["backends"] == [
+        {"cluster": "outbound|80||api.shop", "weight": 3, "percent": 75.0},
+        {"cluster": "outbound|80||api-v2.shop", "weight": 1, "percent": 25.0}]
+    eps = [(e["workload"], e["result"], e["mtls"]) for h in doc["hops"] for e in h["endpoints"]]
+    assert eps == [("shop/api-0", "forwarded", "mTLS"), ("shop/api2-0", "forwarded", "mTLS")]
+    assert doc["hops"][0]["endpoints"][0]["server"]["chain"] == "8080|mtls"
+    assert "chosen by original destination" in render(doc)
+
+
+def test_the_path_rule_of_the_same_table_wins(
+        snaps: dict[tuple[str, str], ProxyConfig]) -> None:
+    doc = run(snaps, "api.shop", "/v2/x")
+    assert doc["outbound"]["ruleIndex"] == 0
+    assert [h["cluster"] for h in doc["hops"]] == ["outbound|80||api-v2.shop"]
+
+
+def test_an_opaque_tcp_port_is_a_cluster_with_no_http_routing(
+        snaps: dict[tuple[str, str], ProxyConfig]) -> None:
+    doc = run(snaps, "db.shop:5432")
+    out = doc["outbound"]
+    assert out["originalDestination"]["address"] == "240.240.0.3"
+    assert out["result"] == "tcp"
+    assert out["why"] == "TCP cluster outbound-tcp|5432||db.shop, no HTTP routing"
+    ep = doc["hops"][0]["endpoints"][0]
+    assert (ep["workload"], ep["relay"], ep["result"]) == ("shop/db-0", "opaque TCP", "forwarded")
+    assert "TCP cluster outbound-tcp|5432||db.shop, no HTTP routing" in render(doc)
+
+
+@pytest.mark.parametrize("to", ["api.shop:8080", "nothing.shop", "api", "240.240.0.9:80"])
+def test_no_destination_for_the_service_is_a_404_on_to(
+        snaps: dict[tuple[str, str], ProxyConfig], to: str) -> None:
+    with pytest.raises(ExplainError) as exc:
+        run(snaps, to)  # "api" resolves in the caller's namespace, web: no such Service
+    assert (exc.value.status, exc.value.field) == (404, "to")
+    assert "no original destination" in exc.value.message
