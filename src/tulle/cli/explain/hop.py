@@ -76,18 +76,20 @@ def server_modes(listener: Listener) -> str:
 
 
 def _inbound_listener(cfg: ProxyConfig, ep: Endpoint) -> Listener | None:
-    """The listener on the endpoint's port; else a transparent inbound listener on its
-    address, which iptables hands every inbound connection (its chains pick by the original
-    destination port, ADR 0044)."""
+    """The listener on the endpoint's port; else the transparent inbound listener iptables
+    hands every inbound connection (its chains pick by the original destination port): on the
+    endpoint's address (sidecar, ADR 0044), else the one on the node agent's loopback that
+    the pod's address is DNAT'd to (`interception: agent`, ADR 0047)."""
     for lst in cfg.listeners:
         if lst.direction == "inbound" and lst.port == ep.port and lst.address in (
                 ep.address, "0.0.0.0", "::"):
             return lst
-    for lst in cfg.listeners:
-        if lst.direction == "inbound" and lst.mode == "transparent" and lst.address in (
-                ep.address, "0.0.0.0", "::"):
-            return lst
-    return None
+    md = ep.metadata
+    owner = f"{md.namespace}/{md.workload}" if md is not None else ""
+    transparent = [x for x in cfg.listeners if x.direction == "inbound"
+                   and x.mode == "transparent" and x.workload in ("", owner)]
+    return next((x for x in transparent if x.address in (ep.address, "0.0.0.0", "::")),
+                transparent[0] if len(transparent) == 1 else None)
 
 
 def _chain(listener: Listener, ep: Endpoint, client: dict[str, Any]

@@ -127,3 +127,25 @@ def test_no_destination_for_the_service_is_a_404_on_to(
         run(snaps, to)  # "api" resolves in the caller's namespace, web: no such Service
     assert (exc.value.status, exc.value.field) == (404, "to")
     assert "no original destination" in exc.value.message
+
+
+def test_an_agent_mode_caller_and_destination_are_traced_through_the_agent_listeners() -> None:
+    """`interception: agent` (ADR 0047): outbound by original destination on the pod's own
+    loopback port, inbound on the agent's 127.0.0.1:inboundPort the pod address is DNAT'd to."""
+    def agent(name: str, ns: str, address: str, n: int, *ports: int) -> dict[str, Any]:
+        w = workload(name, ns, address, *ports, app=name.split("-", maxsplit=1)[0])
+        w["spec"].update(interception="agent", outboundPort=15100 + n, inboundPort=15200 + n)
+        return w
+
+    docs = [agent("client-0", "web", "10.231.0.2", 1), agent("api-0", "shop", "10.231.0.3", 2, 8080),
+            service("api", "240.240.0.1", [{"port": 80, "targetPort": 8080,
+                                             "appProtocol": "http"}], app="api")]
+    res = compile_mesh(MeshInputs.from_resources(docs))
+    assert not res.errors, res.errors
+    doc = run(res.snapshots, "api.shop")
+    assert doc["outbound"]["originalDestination"]["address"] == "240.240.0.1"
+    assert doc["outbound"]["route"] == "default/shop/api/80"
+    ep = doc["hops"][0]["endpoints"][0]
+    assert ep["server"]["listener"] == "inbound"
+    assert ep["server"]["chain"] == "8080|mtls"
+    assert (ep["result"], ep["mtls"]) == ("forwarded", "mTLS")
