@@ -12,7 +12,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from tulle.controlplane.compiler.inputs import MeshInputs, spec_of
-from tulle.controlplane.compiler.ir import Condition, Key, MeshResource, ObjectRef, Policy
+from tulle.controlplane.compiler.ir import (
+    Condition,
+    Key,
+    MeshResource,
+    ObjectRef,
+    Policy,
+    Route,
+    ServicePort,
+)
 
 
 def _target_exists(m: MeshInputs, ns: str, ref: dict[str, Any]) -> bool:
@@ -121,6 +129,31 @@ def sources(set_by: Sequence[tuple[str, str]]) -> str:
     return "; ".join(f"{', '.join(fields)} from {source}" for source, fields in groups.items())
 
 
+def provenance(routes: Iterable[Route], services: Iterable[ServicePort],
+               field: str) -> dict[tuple[str, str, int], list[str]]:
+    """Per Service: who set each value of its ports' default rules and clusters and of the
+    rules of routes attached to it by their first parent, read from the `field` (a
+    `(value, source)` tuple, e.g. `retry_set_by`) of `ServicePort` and the route `Rule`, as
+    `with_provenance` takes it."""
+    services = list(services)
+    gens = {sp.key: sp.generation for sp in services}
+    lines: dict[tuple[str, str, int], list[str]] = {}
+    for sp in services:
+        if set_by := getattr(sp, field):
+            lines.setdefault((*sp.key, sp.generation), []).append(
+                f"port {sp.port}: {sources(set_by)}")
+    for route in routes:
+        if not route.parents or route.parents[0][0] not in gens:
+            continue
+        key = route.parents[0][0]
+        for r in route.rules:
+            if set_by := getattr(r, field):
+                label = r.spec.get("name") or f"rules[{r.index}]"
+                lines.setdefault((*key, gens[key]), []).append(
+                    f"{route.kind} {route.namespace}/{route.name} {label}: {sources(set_by)}")
+    return lines
+
+
 def with_provenance(conditions: Mapping[ObjectRef, tuple[Condition, ...]], type_: str,
                     lines: Mapping[tuple[str, str, int], list[str]],
                     ) -> dict[ObjectRef, tuple[Condition, ...]]:
@@ -135,6 +168,32 @@ def with_provenance(conditions: Mapping[ObjectRef, tuple[Condition, ...]], type_
     return out
 
 
+def field_status(p: Policy, used: set[str] | None, won: set[str]) -> Condition:
+    """The status of a client-side policy merged field by field (ADR 0037): `used` the fields
+    it sets on the Service ports it reached (None: it reached none), `won` those in force."""
+    gen = p.generation
+    if used is None:
+        if p.target_kind == "Namespace" and p.target_name != p.namespace:
+            return Condition("Accepted", False, "TargetNotFound",
+                             f"namespace {p.target_name} is not the policy's own "
+                             f"({p.namespace})", gen)
+        if p.target_found or p.target_kind == "Namespace":
+            return Condition("Accepted", True, "Enforced", "applies to no Service port yet",
+                             gen)
+        return Condition("Accepted", False, "TargetNotFound",
+                         f"target {p.target_kind} {p.namespace}/{p.target_name} does not "
+                         f"exist", gen)
+    lost = sorted(used - won)
+    if lost and not won:
+        return Condition("Accepted", True, "Overridden", "every field it sets is set by a "
+                         "more specific or older policy (or none of its ports can take it): "
+                         + ", ".join(lost), gen)
+    msg = "sets " + ", ".join(sorted(won))
+    if lost:
+        msg += "; overridden by a more specific or older policy: " + ", ".join(lost)
+    return Condition("Accepted", True, "Enforced", msg, gen)
+
+
 def namespace_status(p: Policy, used: bool) -> Condition:
     """The status of a policy targeting a Namespace (which is no stored resource, so
     `target_found` is False): it may only name its own (ADR 0037); `used`: it reached a
@@ -147,5 +206,16 @@ def namespace_status(p: Policy, used: bool) -> Condition:
                      else f"namespace {p.namespace} has no Service yet", p.generation)
 
 
-__all__ = ["BUILTIN_SOURCE", "DEFAULTS_SOURCE", "derive_mesh", "derive_policies", "layered",
-           "merge_fields", "namespace_status", "source_of", "sources", "with_provenance"]
+__all__ = [
+    "BUILTIN_SOURCE",
+    "DEFAULTS_SOURCE",
+    "derive_mesh",
+    "derive_policies",
+    "field_status",
+    "layered",
+    "merge_fields",
+    "namespace_status",
+    "source_of",
+    "sources",
+    "with_provenance",
+]

@@ -26,6 +26,7 @@ from tulle.controlplane.compiler.plugins.base import Plugin
 from tulle.controlplane.compiler.policies import (
     BUILTIN_SOURCE,
     DEFAULTS_SOURCE,
+    field_status,
     layered,
     merge_fields,
     source_of,
@@ -85,31 +86,8 @@ def apply(mesh: MeshModel) -> MeshModel:
         kept = tuple(c for c in conditions.get(ref, ()) if c.type != CONDITION)
         conditions[ref] = (*kept, Condition(CONDITION, True, "Resolved", " | ".join(texts), gen))
     for p in policies:
-        conditions[p.ref] = (_status(p, used.get(p.ref), won.get(p.ref, set())),)
+        conditions[p.ref] = (field_status(p, used.get(p.ref), won.get(p.ref, set())),)
     return replace(mesh, services=tuple(services), conditions=conditions)
-
-
-def _status(p: Policy, used: set[str] | None, won: set[str]) -> Condition:
-    gen = p.generation
-    if used is None:
-        if p.target_kind == "Namespace" and p.target_name != p.namespace:
-            return Condition("Accepted", False, "TargetNotFound",
-                             f"namespace {p.target_name} is not the policy's own "
-                             f"({p.namespace})", gen)
-        if p.target_found or p.target_kind == "Namespace":
-            return Condition("Accepted", True, "Enforced", "applies to no Service port yet",
-                             gen)
-        return Condition("Accepted", False, "TargetNotFound",
-                         f"target {p.target_kind} {p.namespace}/{p.target_name} does not "
-                         f"exist", gen)
-    lost = sorted(used - won)
-    if not won:
-        return Condition("Accepted", True, "Overridden", "every field it sets is set by a "
-                         "more specific or older policy: " + ", ".join(lost), gen)
-    msg = "sets " + ", ".join(sorted(won))
-    if lost:
-        msg += "; overridden by a more specific or older policy: " + ", ".join(lost)
-    return Condition("Accepted", True, "Enforced", msg, gen)
 
 
 PLUGIN = Plugin(NAME, apply, affects=("services", "conditions"))

@@ -28,10 +28,10 @@ from msgspec.structs import replace
 from tulle.api.policies import health_check as hc_api
 from tulle.api.policies import outlier_detection as od_api
 from tulle.controlplane.compiler.durations import to_ms
-from tulle.controlplane.compiler.ir import Condition, MeshModel, ObjectRef, Policy, ServicePort
+from tulle.controlplane.compiler.ir import Condition, MeshModel, ObjectRef, ServicePort
 from tulle.controlplane.compiler.plugins.base import Plugin
 from tulle.controlplane.compiler.policies import DEFAULTS_SOURCE as DEFAULTS
-from tulle.controlplane.compiler.policies import layered, merge_fields
+from tulle.controlplane.compiler.policies import field_status, layered, merge_fields
 from tulle.controlplane.compiler.policies import source_of as _source
 
 NAME = "endpoint_health"
@@ -174,7 +174,7 @@ def apply(mesh: MeshModel) -> MeshModel:
         conditions[ref] = (*conditions.get(ref, ()), Condition(
             "EndpointHealth", True, "Resolved", " | ".join(texts), generations.get(ref, 1)))
     for p in policies:
-        conditions[p.ref] = (_status(p, used.get(p.ref), won.get(p.ref, set())),)
+        conditions[p.ref] = (field_status(p, used.get(p.ref), won.get(p.ref, set())),)
     return replace(mesh, services=tuple(services), conditions=conditions)
 
 
@@ -187,30 +187,6 @@ def _text(value: Any) -> str:
 def _service_generations(mesh: MeshModel) -> dict[tuple[str, str], int]:
     """Services' generations, where the model has them (1 otherwise)."""
     return {sp.key: int(getattr(sp, "generation", 1)) for sp in mesh.services}
-
-
-def _status(p: Policy, used: set[str] | None, won: set[str]) -> Condition:
-    gen = p.generation
-    if used is None:
-        if p.target_kind == "Namespace" and p.target_name != p.namespace:
-            return Condition("Accepted", False, "TargetNotFound",
-                             f"namespace {p.target_name} is not the policy's own "
-                             f"({p.namespace})", gen)
-        if p.target_found or p.target_kind == "Namespace":
-            return Condition("Accepted", True, "Enforced", "applies to no Service port yet",
-                             gen)
-        return Condition("Accepted", False, "TargetNotFound",
-                         f"target {p.target_kind} {p.namespace}/{p.target_name} does not "
-                         f"exist", gen)
-    lost = sorted(used - won)
-    if lost and not won:
-        return Condition("Accepted", True, "Overridden", "every field it sets is set by a "
-                         "more specific policy (or none of its ports can take it): "
-                         + ", ".join(lost), gen)
-    msg = "sets " + ", ".join(sorted(won))
-    if lost:
-        msg += "; overridden by a more specific policy: " + ", ".join(lost)
-    return Condition("Accepted", True, "Enforced", msg, gen)
 
 
 PLUGIN = Plugin(NAME, apply, affects=("services", "conditions"))

@@ -41,7 +41,7 @@ from tulle.controlplane.compiler.policies import (
     layered,
     merge_fields,
     namespace_status,
-    sources,
+    provenance,
     with_provenance,
 )
 from tulle.proxyconfig.retry import RetryBudget, RetryPolicy
@@ -218,31 +218,10 @@ def apply(mesh: MeshModel) -> MeshModel:
     services = tuple(_service(sp, policies, mesh_budget, used, mesh_retry)
                      for sp in mesh.services)
     conditions = with_provenance({**mesh.conditions, **_conditions(mesh, used)},
-                                 "RetriesApplied", _provenance(routes, services))
+                                 "RetriesApplied",
+                                 provenance(routes, services, "retry_set_by"))
     return replace(mesh, routes=routes, services=services, conditions=conditions)
 
 
 PLUGIN = Plugin(NAME, apply, affects=("routes", "services", "conditions"))
 
-
-def _provenance(routes: tuple[Route, ...], services: tuple[ServicePort, ...],
-                ) -> dict[tuple[str, str, int], list[str]]:
-    """Per Service: who set each retries value of its ports' default rules and clusters and of
-    the rules of routes attached to it (its first parent), for `RetriesApplied`."""
-    gens = {sp.key: sp.generation for sp in services}
-    lines: dict[tuple[str, str, int], list[str]] = {}
-    for sp in services:
-        if sp.retry_set_by:
-            lines.setdefault((*sp.key, sp.generation), []).append(
-                f"port {sp.port}: {sources(sp.retry_set_by)}")
-    for route in routes:
-        if not route.parents or route.parents[0][0] not in gens:
-            continue
-        key = route.parents[0][0]
-        for r in route.rules:
-            if r.retry_set_by:
-                label = r.spec.get("name") or f"rules[{r.index}]"
-                lines.setdefault((*key, gens[key]), []).append(
-                    f"{route.kind} {route.namespace}/{route.name} {label}: "
-                    f"{sources(r.retry_set_by)}")
-    return lines

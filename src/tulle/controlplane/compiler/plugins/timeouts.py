@@ -38,7 +38,7 @@ from tulle.controlplane.compiler.policies import (
     layered,
     merge_fields,
     namespace_status,
-    sources,
+    provenance,
     with_provenance,
 )
 
@@ -172,31 +172,10 @@ def apply(mesh: MeshModel) -> MeshModel:
     routes = tuple(_route(r, policies, used, notes) for r in mesh.routes)
     services = tuple(_service(sp, policies, used, notes) for sp in mesh.services)
     conditions = with_provenance({**mesh.conditions, **_conditions(mesh, used, notes)},
-                                 "TimeoutsApplied", _provenance(routes, services))
+                                 "TimeoutsApplied",
+                                 provenance(routes, services, "timeout_set_by"))
     return replace(mesh, routes=routes, services=services, conditions=conditions)
 
 
 PLUGIN = Plugin(NAME, apply, affects=("routes", "services", "conditions"))
 
-
-def _provenance(routes: tuple[Route, ...], services: tuple[ServicePort, ...],
-                ) -> dict[tuple[str, str, int], list[str]]:
-    """Per Service: who set each timeouts value of its ports' default rules and clusters and of
-    the rules of routes attached to it (its first parent), for `TimeoutsApplied`."""
-    gens = {sp.key: sp.generation for sp in services}
-    lines: dict[tuple[str, str, int], list[str]] = {}
-    for sp in services:
-        if sp.timeout_set_by:
-            lines.setdefault((*sp.key, sp.generation), []).append(
-                f"port {sp.port}: {sources(sp.timeout_set_by)}")
-    for route in routes:
-        if not route.parents or route.parents[0][0] not in gens:
-            continue
-        key = route.parents[0][0]
-        for r in route.rules:
-            if r.timeout_set_by:
-                label = r.spec.get("name") or f"rules[{r.index}]"
-                lines.setdefault((*key, gens[key]), []).append(
-                    f"{route.kind} {route.namespace}/{route.name} {label}: "
-                    f"{sources(r.timeout_set_by)}")
-    return lines
