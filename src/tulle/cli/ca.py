@@ -1,4 +1,4 @@
-"""`tulle ca rotate` (staged root rotation, ADR 0035) and `tulle check` (findings).
+"""`tulle ca rotate`: staged root rotation (ADR 0035).
 
 `tulle ca rotate` drives the control plane through the stages (add-root, reissue, retire),
 printing each, waiting between them until every connected proxy has moved; the state is in the
@@ -7,8 +7,8 @@ control plane's store, so an interrupted run is resumed by running it again (fro
 `--ca-cert` / `--ca-key` the new CA is the operator's (the key file must be mode 0600; it is
 sent to the control plane over the API, which keeps it in its store like the CA it makes).
 
-`tulle check` lists findings with a severity (certificate expiry, a rotation half done); exit
-status 1 when any is an error.  Both are thin clients of `/api/v1/ca` and `/api/v1/check`.
+It is a thin client of `/api/v1/ca`; certificate findings are part of `tulle check`
+(cli/check.py).
 """
 
 from __future__ import annotations
@@ -164,29 +164,3 @@ def _wait_moved(srv: str, st: dict[str, Any], limit: int, force: bool) -> dict[s
         time.sleep(0.2)
         st = call(srv, "GET", "/api/v1/ca")
     return st
-
-
-@click.command("check")
-@click.option("--root-warn-days", default=30.0, show_default=True, type=click.FloatRange(0),
-              help="Warn when a root or the signing CA expires within this many days.")
-@click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text")
-@server_option
-def check_cmd(root_warn_days: float, output: str, server: str | None) -> None:
-    """Check the mesh: certificate expiry, a CA rotation half done.
-
-    Exit status 1 when a finding is an error, else 0.
-    """
-    try:
-        out = call(server_url(server), "GET", "/api/v1/check",
-                   query={"rootWarnDays": root_warn_days})
-    except APIError as exc:
-        _fail(str(exc))
-    findings = out["findings"]
-    if output == "json":
-        click.echo(json.dumps(out, indent=2))
-    elif not findings:
-        click.echo("no findings")
-    else:
-        for f in findings:
-            click.echo(f"{f['severity'].upper():8} {f['code']:20} {f['object']}: {f['message']}")
-    sys.exit(1 if any(f["severity"] == "error" for f in findings) else 0)

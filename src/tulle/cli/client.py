@@ -14,6 +14,8 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+import click
+
 from tulle.cli import credentials
 
 DEFAULT_SERVER = "http://127.0.0.1:15681"
@@ -26,8 +28,30 @@ class APIError(Exception):
         self.body = body
 
 
+class ServerURLError(click.UsageError):
+    """`--server` / `TULLE_SERVER` is not a URL the CLI can call (a usage error: exit 2)."""
+
+
 def server_url(explicit: str | None) -> str:
-    return (explicit or os.environ.get("TULLE_SERVER") or DEFAULT_SERVER).rstrip("/")
+    """The API's base URL.  `HOST:PORT` (what people type after using `--control-plane
+    HOST:PORT` for proxies) means `http://HOST:PORT`; any other scheme is refused with the
+    form expected, never urllib's "unknown url type"."""
+    raw = (explicit or os.environ.get("TULLE_SERVER") or DEFAULT_SERVER).strip()
+    where = "--server / TULLE_SERVER" if explicit or os.environ.get("TULLE_SERVER") \
+        else "the default server"
+    if "://" not in raw:
+        raw = "http://" + raw
+    parts = urllib.parse.urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ServerURLError(f"{where} {raw!r}: expected http://HOST:PORT or "
+                             f"https://HOST:PORT (or HOST:PORT, taken as http://)")
+    try:
+        parts.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        raise ServerURLError(f"{where} {raw!r}: the port is not a number 0-65535") from None
+    if parts.query or parts.fragment:
+        raise ServerURLError(f"{where} {raw!r}: no query or fragment, just the base URL")
+    return raw.rstrip("/")
 
 
 def call(server: str, method: str, path: str, *, query: dict[str, Any] | None = None,

@@ -101,6 +101,8 @@ def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str
     from tulle.dataplane.runner import configure_logging
 
     configure_logging(log_level)
+    ports_free([("the REST API", api_address, api_port, "--api-port"),
+                ("the proxy stream", stream_address, stream_port, "--stream-port")])
     token_file = Path(admin_token_file) if admin_token_file else \
         default_admin_token_file(store_url)
     sys.exit(main(store_url, api_host=api_address, api_port=api_port,
@@ -117,6 +119,17 @@ def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str
                   stream_plaintext=stream_plaintext,
                   stream_liveness_timeout=stream_liveness_timeout,
                   stats_interval=stats_interval))
+
+
+def ports_free(wanted: list[tuple[str, str, int, str]]) -> None:
+    """Refuse to start, naming the port, the process holding it and the flag that moves it,
+    when another process listens on one of `wanted` (what, address, port, flag): one line and
+    exit status 1, never a traceback from deep inside the server."""
+    from tulle.net.ports import Wanted, first_taken
+
+    msg = first_taken([Wanted(a, p, what, flag) for what, a, p, flag in wanted])
+    if msg:
+        raise click.ClickException(msg)
 
 
 def parse_ports(values: tuple[str, ...]) -> list[dict[str, object]]:
@@ -169,6 +182,7 @@ def run_node(control_planes: tuple[str, ...], node_config: str, cache_dir: str |
     except NodeConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--node-config") from None
     first, rest = node[0], node[1:]
+    ports_free([("the admin port", "127.0.0.1", admin_port, "--admin-port (0 disables it)")])
     trust = _trust(first.token, ca_file, stream_plaintext)
     return run(control_planes, first.info, cache_dir=Path(cache_dir) if cache_dir else None,
                admin_port=admin_port, token=first.token, trust=trust,
@@ -206,5 +220,9 @@ def run_subscribed(control_planes: tuple[str, ...], workload: str, namespace: st
             trust = StreamTrust.from_options(token, Path(ca_file) if ca_file else None)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
+    wanted = [("the admin port", "127.0.0.1", admin_port, "--admin-port (0 disables it)")]
+    if dns_port:
+        wanted.append(("the mesh DNS port", "127.0.0.1", dns_port, "--dns-port"))
+    ports_free(wanted)
     return run(control_planes, info, cache_dir=Path(cache_dir) if cache_dir else None,
                admin_port=admin_port, token=token, trust=trust)

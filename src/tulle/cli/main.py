@@ -169,10 +169,14 @@ def _register() -> bool:
         cli.add_command(cmd)
     cli.add_command(api_token)
     cli.add_command(explain_cmd)
-    from tulle.cli.ca import ca, check_cmd
+    from tulle.cli.ca import ca
+    from tulle.cli.check import check_cmd
+    from tulle.cli.discovery import api_resources_cmd, version_cmd
 
     cli.add_command(ca)
     cli.add_command(check_cmd)
+    cli.add_command(version_cmd)
+    cli.add_command(api_resources_cmd)
     from tulle.cli.iptables import iptables
 
     cli.add_command(iptables)

@@ -44,6 +44,7 @@ from tulle.dataplane.identity import (
     check_reserved,
     inject,
 )
+from tulle.dataplane.outage import OutageLog
 from tulle.dataplane.server import ApplyError, ProxyServer
 from tulle.dataplane.stream_tls import StreamTrust
 from tulle.dataplane.telemetry.summary import Summarizer
@@ -134,6 +135,8 @@ class Agent:
         self.idle_timeout = idle_timeout
         self.connected = asyncio.Event()
         self.current: ProxyConfig | None = None
+        self._back: Callable[[], None] = lambda: None
+        """Says the control plane is back (`outage.py`): set per session by `run`."""
         self.features = list(features)
         """Announced in the hello; tests announce fewer to play an older proxy."""
         self.workloads = list(workloads)
@@ -187,15 +190,21 @@ class Agent:
         """Stay subscribed until `stop()`; never raises for connection trouble."""
         attempt = 0
         i = 0
+        outage = OutageLog(self.backoff_initial, self.backoff_max, len(self.addresses))
         while not self._stop:
             host, port = self.addresses[i % len(self.addresses)]
+            where = f"{host}:{port}"
             try:
+                self._back = lambda: outage.back(where)  # noqa: B023 - called within this turn
                 await self._session(host, port)
                 attempt = 0  # a session that got going resets the backoff
+                reason = "closed the stream"
             except (OSError, FrameError, asyncio.IncompleteReadError, TimeoutError) as exc:
-                log.info("control plane %s:%d: %s", host, port, exc or type(exc).__name__)
+                reason = str(exc) or type(exc).__name__
             finally:
                 self.connected.clear()
+            if not self._stop:
+                outage.failed(where, reason, self.current.version if self.current else None)
             if self._stop:
                 break
             i += 1
@@ -438,7 +447,9 @@ class Agent:
         if isinstance(msg, TrustUpdate):
             return await self._take_trust(msg)
         if isinstance(msg, Snapshot):
-            self.connected.set()
+            if not self.connected.is_set():
+                self.connected.set()
+                self._back()
             raw, optional = msg.config, msg.optional
 
             def checked(ignored: list[str]) -> ProxyConfig:

@@ -228,9 +228,9 @@ async def test_the_operators_ca_becomes_the_mesh_ca_and_check_reports_expiry(
         assert [(f["severity"], f["code"]) for f in findings] == [
             ("warning", "RootExpiresSoon")]
         code, out, _ = await tulle(cp.api_url, "check", "--root-warn-days", "10")
-        assert code == 0 and out.strip() == "no findings"
+        assert code == 0 and out.splitlines()[1:] == ["no findings"]
         code, out, _ = await tulle(cp.api_url, "check")
-        assert code == 0 and out.startswith("WARNING  RootExpiresSoon")
+        assert code == 0 and out.splitlines()[1].startswith("WARNING  RootExpiresSoon")
 
 
 async def test_check_warns_of_a_proxy_certificate_not_renewed_then_errs_once_expired() -> None:
@@ -252,7 +252,8 @@ async def test_check_warns_of_a_proxy_certificate_not_renewed_then_errs_once_exp
                 code, out, _ = await tulle(cp.api_url, "check", "-o", "json")
                 found = [f["code"] for f in json.loads(out)["findings"]]
                 assert code == (1 if "CertExpired" in found else 0)
-                return found
+                # (the raw client never ACKs: it is also ProxyNotInSync, not the point here)
+                return [c for c in found if c.startswith("Cert")]
 
             async def past_renewal() -> bool:
                 return await codes() == ["CertPastRenewal"]

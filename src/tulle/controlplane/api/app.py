@@ -10,8 +10,10 @@
                                                  (bootstrap_tokens.py)
     POST   /api/v1/api-tokens, GET /api/v1/api-tokens, DELETE /api/v1/api-tokens/{id}
                                                  API tokens (api_token_routes.py)
-    GET    /api/v1/ca, POST /api/v1/ca/rotation[/advance], GET /api/v1/check
-                                                 CA rotation and findings (ca_routes.py)
+    GET    /api/v1/ca, POST /api/v1/ca/rotation[/advance]   CA rotation (ca_routes.py)
+    GET    /api/v1/check                                `tulle check`'s findings (check_routes.py)
+    GET    /api/v1/version, /api/v1/api-resources      what this server is and serves
+                                                 (discovery_routes.py)
     GET    /api/v1/stat?kind=&name=&namespace=&window=   traffic per Service, workload and
                                                  edge over a sliding window (stat_routes.py)
     GET    /healthz, /readyz
@@ -44,6 +46,8 @@ from tulle.controlplane.api.apply import error as _error
 from tulle.controlplane.api.auth import Authenticate, BearerTokens
 from tulle.controlplane.api.bootstrap_tokens import add_token_routes
 from tulle.controlplane.api.ca_routes import add_ca_routes
+from tulle.controlplane.api.check_routes import add_check_routes
+from tulle.controlplane.api.discovery_routes import add_discovery_routes
 from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from tulle.controlplane.api.stat_routes import add_stat_routes
 from tulle.controlplane.ca.keeper import CAKeeper
@@ -142,8 +146,7 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
                                      dry_run, strict=strict,
                                      preview=reconciler.preview if reconciler else None)
 
-    @app.get("/api/v1/proxies")
-    async def proxies() -> dict[str, Any]:
+    def proxy_rows() -> list[dict[str, Any]]:
         items = []
         known = {s.namespace + "/" + s.name: s for s in push.statuses()}
         for key in sorted(set(known) | {f"{ns}/{n}" for ns, n in cache.proxies()}):
@@ -156,7 +159,11 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
             if reconciler is not None and (ns, name) in reconciler.errors:
                 row["configError"] = reconciler.errors[(ns, name)]
             items.append(row)
-        return {"items": items, "stream": push.counters()}
+        return items
+
+    @app.get("/api/v1/proxies")
+    async def proxies() -> dict[str, Any]:
+        return {"items": proxy_rows(), "stream": push.counters()}
 
     @app.get("/api/v1/proxies/{namespace}/{name}/config", response_model=None)
     async def proxy_config(namespace: str, name: str) -> Any:
@@ -179,5 +186,7 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
         add_ca_routes(app, ca_keeper, push)
     if push.stats is not None:
         add_stat_routes(app, push.stats)
+    add_check_routes(app, store, push, proxy_rows, ca_keeper)
+    add_discovery_routes(app, type(store).__name__.removesuffix("Store").lower())
     return app
 

@@ -1,4 +1,4 @@
-"""REST endpoints for the mesh CA: rotation (ADR 0035) and `tulle check`'s findings.
+"""REST endpoints for the mesh CA: rotation (ADR 0035); its findings are in check_routes.py.
 
     GET  /api/v1/ca                        the CA in force: roots, signer, rotation stage, and
                                            the connected proxies not moved yet
@@ -6,8 +6,6 @@
                                            {"certPem", "keyPem"} the operator's (admin)
     POST /api/v1/ca/rotation/advance       the next stage, once every connected proxy moved
                                            (?force=true skips the check) (admin)
-    GET  /api/v1/check?rootWarnDays=30     findings: root / proxy certificate expiry, a
-                                           rotation half done
 
 Writes are admin-only by the API's role rule (every POST); reading is open to read-only tokens
 and shows no key.  A refused operator CA answers 422 with the reason (never its key), a stage
@@ -23,14 +21,6 @@ from fastapi import Body, FastAPI, Query
 
 from tulle.controlplane.api.apply import error as _error
 from tulle.controlplane.ca.authority import CAError, CertificateAuthority
-from tulle.controlplane.ca.expiry import (
-    DEFAULT_ROOT_WARN,
-    ProxyCert,
-    ca_findings,
-    order,
-    proxy_findings,
-    rotation_findings,
-)
 from tulle.controlplane.ca.keeper import CAKeeper
 from tulle.controlplane.ca.rotation import CAState, RotationError, fingerprint, subject
 from tulle.controlplane.push.server import PushServer
@@ -100,16 +90,3 @@ def add_ca_routes(app: FastAPI, keeper: CAKeeper, push: PushServer) -> None:
         except RotationError as exc:
             return _error(409, str(exc))
         return await status()
-
-    @app.get("/api/v1/check")
-    async def check(root_warn_days: float = Query(DEFAULT_ROOT_WARN.days,
-                                                  alias="rootWarnDays", ge=0)) -> Any:
-        assert keeper.state is not None
-        now = dt.datetime.now(dt.UTC)
-        state = keeper.state
-        found = ca_findings(state, now, dt.timedelta(days=root_warn_days))
-        found += proxy_findings((ProxyCert(f"{st.namespace}/{st.name}", st.cert_not_before,
-                                           st.cert_not_after)
-                                 for st in push.statuses() if st.connected), now)
-        found += rotation_findings(state, keeper.progress(await keeper.views()), now)
-        return {"findings": [f.to_dict() for f in order(found)]}

@@ -23,23 +23,11 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from tulle.controlplane.ca.rotation import IDLE, CAState, Progress, fingerprint, subject
+from tulle.controlplane.check.finding import SEVERITIES, Finding, order
 
 DEFAULT_ROOT_WARN = dt.timedelta(days=30)
 CERT_WARN_SHARE = 2 / 3
 """A certificate past this share of its lifetime should have been renewed (at 1/2 ± 10 %)."""
-SEVERITIES = ("error", "warning", "info")
-
-
-@dataclass(frozen=True, slots=True)
-class Finding:
-    severity: str
-    code: str
-    object: str
-    message: str
-
-    def to_dict(self) -> dict[str, str]:
-        return {"severity": self.severity, "code": self.code, "object": self.object,
-                "message": self.message}
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +99,5 @@ def rotation_findings(state: CAState, done: Progress, now: dt.datetime) -> list[
                     f"a CA rotation started at {since} is at stage {state.stage}{waiting}")]
 
 
-def order(findings: Iterable[Finding]) -> list[Finding]:
-    """Errors first, then warnings, each by object."""
-    return sorted(findings, key=lambda f: (SEVERITIES.index(f.severity), f.object, f.code))
+__all__ = ["CERT_WARN_SHARE", "DEFAULT_ROOT_WARN", "SEVERITIES", "Finding", "ProxyCert",
+           "ca_findings", "order", "proxy_findings", "rotation_findings"]
