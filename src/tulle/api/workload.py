@@ -84,6 +84,10 @@ class WorkloadSpec(Model):
     dnsPort: Port | None = None
     """The loopback port of the proxy's mesh DNS resolver (15053 where `tulle iptables`
     redirects port 53 to it); absent: the proxy runs no resolver (ADR 0042)."""
+    adminPort: Annotated[int, Field(ge=0, le=65535)] | None = None
+    """The loopback port of its proxy's admin endpoint, as the proxy announces it
+    (`tulle proxy run --admin-port`; 0: disabled); absent: the default, 15000.  So that
+    `proxy-config` shows the port the proxy really serves."""
     inboundPort: Port | None = None
     """With `interception: agent`: the agent's loopback port for this pod's inbound traffic
     (default 15006; every pod of one node needs its own)."""

@@ -205,7 +205,7 @@ def run_subscribed(control_planes: tuple[str, ...], workload: str, namespace: st
     info = WorkloadInfo(name=workload, namespace=namespace, address=address,
                         service_account=service_account, labels=parse_labels(labels),
                         ports=parse_ports(ports), outbound_port=outbound_port,
-                        dns_port=dns_port)
+                        dns_port=dns_port, admin_port=admin_port)
     token = os.environ.get("TULLE_BOOTSTRAP_TOKEN", "")
     if token_file:
         try:

@@ -159,7 +159,9 @@ def _register() -> bool:
     _registered.append(True)
     from tulle.cli.api_tokens import api_token
     from tulle.cli.controlplane import control_plane
+    from tulle.cli.delete import delete_cmd
     from tulle.cli.explain.command import explain_cmd
+    from tulle.cli.get import get_cmd
     from tulle.cli.resources import COMMANDS
     from tulle.cli.token import token
 
@@ -167,6 +169,8 @@ def _register() -> bool:
     cli.add_command(token)
     for cmd in COMMANDS:
         cli.add_command(cmd)
+    cli.add_command(get_cmd)
+    cli.add_command(delete_cmd)
     cli.add_command(api_token)
     cli.add_command(explain_cmd)
     from tulle.cli.ca import ca

@@ -1,4 +1,5 @@
-"""kubectl-like commands against the control plane: apply, get, delete, describe, proxy-config.
+"""kubectl-like commands against the control plane: apply, describe, proxy-config (get.py and
+delete.py hold `get` and `delete`).
 
 Files are read and split here (multi-document YAML or JSON, a directory, or `-` for stdin);
 validation happens on the server, which refuses the whole request if any document is invalid
@@ -7,9 +8,7 @@ and reports each error with its document, source and field path.
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ import click
 
 from tulle.cli import credentials
 from tulle.cli.client import APIError, call, server_url
+from tulle.cli.output import emit, table
 
 _server_option = click.option("--server", envvar="TULLE_SERVER", default=None,
                               help="Control-plane API URL (default http://127.0.0.1:15681).")
@@ -150,185 +150,6 @@ def _print_results(results: list[dict[str, Any]]) -> None:
             click.echo(f"Warning: {ident}: {w}", err=True)
 
 
-def _age(md: dict[str, Any]) -> str:
-    ts = md.get("creationTimestamp")
-    if not ts:
-        return "-"
-    try:
-        t = time.mktime(time.strptime(str(ts)[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
-    except ValueError:
-        return "-"
-    s = max(0, int(time.time() - t))  # noqa: TID251 - wall clock for display
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= n:
-            return f"{s // n}{unit}"
-    return f"{s}s"
-
-
-def _proxy_state(proxy: Any) -> str:
-    """A Workload's proxy as `get workloads` shows it (ADR 0040): `-` never connected,
-    `connected`, or why and since when its endpoints are out."""
-    if not isinstance(proxy, dict):
-        return "-"
-    if proxy.get("state") == "Connected":
-        return "connected"
-    age = _age({"creationTimestamp": proxy.get("since")})
-    ago = f" {age} ago" if age != "-" else ""
-    return f"disconnected{ago}, out of endpoints: {proxy.get('reason') or '?'}"
-
-
-def _accepted(obj: dict[str, Any]) -> list[tuple[str, str]]:
-    from tulle.api.conditions import summary
-
-    accepted, reason = summary(obj)
-    return [("ACCEPTED", accepted), ("REASON", reason)]
-
-
-def _columns(kind: str, obj: dict[str, Any], wide: bool) -> list[tuple[str, str]]:
-    spec, status = obj.get("spec") or {}, obj.get("status") or {}
-    cols: list[tuple[str, str]] = []
-    if kind == "Service":
-        ports = ",".join(f"{p.get('port')}/{p.get('appProtocol') or 'http'}"
-                         for p in spec.get("ports") or [])
-        cols = [("VIRTUAL-IP", status.get("virtualIP") or "<pending>"), ("PORTS", ports)]
-        if wide:
-            sel = ",".join(f"{k}={v}" for k, v in sorted((spec.get("selector") or {}).items()))
-            cols.append(("SELECTOR", sel or "<none>"))
-    elif kind == "Workload":
-        ports = ",".join(str(p.get("port")) for p in spec.get("ports") or [])
-        cols = [("ADDRESS", spec.get("address") or "-"), ("PORTS", ports or "-"),
-                ("PROXY", _proxy_state(status.get("proxy")))]
-        if wide:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(
-                ((obj.get("metadata") or {}).get("labels") or {}).items()))
-            cols += [("SERVICE-ACCOUNT", spec.get("serviceAccount") or "-"),
-                     ("LABELS", labels or "<none>")]
-    elif kind in ("HTTPRoute", "GRPCRoute", "TCPRoute"):
-        parents = ",".join(str(p.get("name")) for p in spec.get("parentRefs") or [])
-        cols = [("PARENTS", parents or "-"), *_accepted(obj)]
-    elif "targetRef" in spec:
-        t = spec["targetRef"]
-        cols = [("TARGET", f"{t.get('kind')}/{t.get('name')}"), *_accepted(obj)]
-    elif kind == "Mesh":
-        cols = _accepted(obj)
-    cols.append(("AGE", _age(obj.get("metadata") or {})))
-    return cols
-
-
-def _table(rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        click.echo("   ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip())
-
-
-def _emit(data: Any, output: str) -> bool:
-    import yaml
-
-    if output == "json":
-        click.echo(json.dumps(data, indent=2, sort_keys=False))
-        return True
-    if output == "yaml":
-        click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
-        return True
-    return False
-
-
-@click.command("get")
-@click.argument("type_", metavar="TYPE")
-@click.argument("name", required=False)
-@click.option("-n", "--namespace", default=None)
-@click.option("-A", "--all-namespaces", is_flag=True)
-@click.option("-l", "--selector", default=None, help="Label selector, e.g. app=web,tier!=db")
-@click.option("-o", "--output", type=click.Choice(["table", "wide", "yaml", "json"]),
-              default="table")
-@server_option
-def get_cmd(type_: str, name: str | None, namespace: str | None, all_namespaces: bool,
-            selector: str | None, output: str, server: str | None) -> None:
-    """List resources of a type, or show one.  `tulle get proxies` lists connected proxies."""
-    srv = server_url(server)
-    try:
-        if type_ in ("proxies", "proxy", "px"):
-            _get_proxies(srv, name, None if all_namespaces else namespace, output)
-            return
-        if name:
-            obj = call(srv, "GET", f"/api/v1/resources/{type_}/{name}",
-                       query={"namespace": namespace})
-            items = [obj]
-        else:
-            ns = None if all_namespaces else (namespace or "default")
-            items = call(srv, "GET", f"/api/v1/resources/{type_}",
-                         query={"namespace": ns, "labelSelector": selector})["items"]
-    except APIError as exc:
-        _fail(exc)
-        return
-    # One object as it is; several as kubectl prints them: a `kind: List` `apply` reads back.
-    if _emit(items[0] if name else {"apiVersion": "v1", "kind": "List", "items": items}, output):
-        return
-    if not items:
-        where = "" if all_namespaces else f" in namespace {namespace or 'default'}"
-        click.echo(f"No resources found{where}.", err=True)
-        return
-    kind = items[0].get("kind", "")
-    wide = output == "wide"
-    header = ["NAMESPACE", "NAME"] + [c for c, _ in _columns(kind, items[0], wide)]
-    rows = [header]
-    for obj in items:
-        md = obj.get("metadata") or {}
-        rows.append([md.get("namespace") or "-", md.get("name") or "?"]
-                    + [v for _, v in _columns(kind, obj, wide)])
-    _table(rows)
-
-
-def _get_proxies(srv: str, name: str | None, namespace: str | None, output: str) -> None:
-    items = call(srv, "GET", "/api/v1/proxies")["items"]
-    if namespace:
-        items = [p for p in items if p["namespace"] == namespace]
-    if name:
-        items = [p for p in items if p["name"] == name]
-    if _emit({"items": items}, output):
-        return
-    rows = [["NAMESPACE", "NAME", "CONNECTED", "ACKED", "DESIRED", "PROTOCOL", "WITHHELD",
-             "CERT-EXPIRES", "LAST-NACK"]]
-    for p in items:
-        nack = p.get("lastNack") or {}
-        cert = p.get("certificate") or {}
-        rows.append([p["namespace"], p["name"], "yes" if p.get("connected") else "no",
-                     p.get("ackedVersion") or "-", p.get("desiredVersion") or "-",
-                     str(p.get("protocol") or "-"), _withheld(p) or "-",
-                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cert["notAfter"]))
-                     if cert.get("notAfter") else "-",
-                     f"{nack.get('version')}: {nack.get('reason')}" if nack else
-                     (f"config error: {p['configError']}" if p.get("configError") else "-")])
-    _table(rows)
-
-
-def _withheld(p: dict[str, Any]) -> str:
-    """The config features left out of a proxy's snapshots because it lacks them."""
-    return ",".join(w["feature"] for w in p.get("withheld") or [])
-
-
-@click.command("delete")
-@click.argument("type_", metavar="TYPE")
-@click.argument("names", nargs=-1, required=True)
-@click.option("-n", "--namespace", default=None)
-@server_option
-def delete_cmd(type_: str, names: tuple[str, ...], namespace: str | None,
-               server: str | None) -> None:
-    """Delete resources by type and name."""
-    srv = server_url(server)
-    failed = False
-    for name in names:
-        try:
-            obj = call(srv, "DELETE", f"/api/v1/resources/{type_}/{name}",
-                       query={"namespace": namespace})
-            click.echo(f"{obj['kind'].lower()}/{name} deleted")
-        except APIError as exc:
-            click.echo(f"error: {exc}", err=True)
-            failed = True
-    if failed:
-        sys.exit(1)
-
-
 @click.command("describe")
 @click.argument("type_", metavar="TYPE")
 @click.argument("name")
@@ -399,18 +220,25 @@ SECTIONS = {"listeners": "listeners", "routes": "route_tables", "clusters": "clu
 
 
 @click.command("proxy-config")
-@click.argument("workload")
+@click.argument("workload", metavar="WORKLOAD[.NAMESPACE]")
 @click.argument("section", required=False,
                 type=click.Choice(["all", "listeners", "routes", "clusters", "endpoints",
                                    "dns"]),
                 default="all")
-@click.option("-n", "--namespace", default="default")
+@click.option("-n", "--namespace", default=None,
+              help="The workload's namespace (default: the one after a dot, else default).")
 @click.option("-o", "--output", type=click.Choice(["table", "yaml", "json"]), default="table")
 @server_option
-def proxy_config_cmd(workload: str, section: str, namespace: str, output: str,
+def proxy_config_cmd(workload: str, section: str, namespace: str | None, output: str,
                      server: str | None) -> None:
     """What a workload's proxy runs: the snapshot it ACKed last (the desired one until it has
-    ACKed any), fetched through the control plane."""
+    ACKed any), fetched through the control plane.  `web-0.shop` is `web-0 -n shop`, as
+    istioctl takes it (with -n, a dot belongs to the name); `all` as a table prints every
+    section's table."""
+    name, dot, ns_in_name = workload.rpartition(".")
+    if namespace is None and dot and name:  # (with -n, a dot is part of the name)
+        workload, namespace = name, ns_in_name
+    namespace = namespace or "default"
     try:
         out = call(server_url(server), "GET", f"/api/v1/proxies/{namespace}/{workload}/config")
     except APIError as exc:
@@ -420,13 +248,23 @@ def proxy_config_cmd(workload: str, section: str, namespace: str, output: str,
     if section == "dns":
         _dns_section(cfg, output)
         return
-    data: Any = cfg if section == "all" else cfg.get(SECTIONS[section], [])
-    if output != "table" or section == "all":
-        _emit(data, "json" if output == "json" else "yaml")
+    if output != "table":
+        emit(cfg if section == "all" else cfg.get(SECTIONS[section], []), output)
         return
     shown = "running (acked)" if out.get("source") == "acked" else "desired (not acked yet)"
-    click.echo(f"# {shown} {cfg.get('version')}; desired {out.get('desiredVersion') or '-'}, "
-               f"acked {out.get('ackedVersion') or '-'}")
+    admin = cfg.get("admin") or {}
+    click.echo(f"# {namespace}/{workload}: {shown} {cfg.get('version')}; desired "
+               f"{out.get('desiredVersion') or '-'}, acked {out.get('ackedVersion') or '-'}; "
+               f"admin " + (f"{admin.get('address', '127.0.0.1')}:{admin.get('port')}"
+                            if admin.get("port") else "disabled"))
+    parts = ["listeners", "routes", "clusters", "endpoints"] if section == "all" else [section]
+    for i, part in enumerate(parts):
+        if section == "all":
+            click.echo(("\n" if i else "") + f"{part.upper()}:")
+        _section_table(part, cfg.get(SECTIONS[part], []))
+
+
+def _section_table(section: str, data: list[dict[str, Any]]) -> None:
     if section == "listeners":
         rows = [["NAME", "ADDRESS", "DIRECTION", "PROTOCOL", "TARGET"]]
         for lst in data:
@@ -453,7 +291,10 @@ def proxy_config_cmd(workload: str, section: str, namespace: str, output: str,
             for e in c["endpoints"]:
                 rows.append([c["name"], f"{e['address']}:{e['port']}", str(e["weight"]),
                              e.get("zone") or "-"])
-    _table(rows)
+    if len(rows) == 1:
+        click.echo("  <none>")
+        return
+    table(rows)
 
 
 def _dns_section(cfg: dict[str, Any], output: str) -> None:
@@ -463,7 +304,7 @@ def _dns_section(cfg: dict[str, Any], output: str) -> None:
 
     d = cfg.get("dns")
     if output != "table":
-        _emit(d, "json" if output == "json" else "yaml")
+        emit(d, "json" if output == "json" else "yaml")
         return
     if not d:
         click.echo("# no mesh DNS resolver (Workload spec.dnsPort not set)")
@@ -475,7 +316,7 @@ def _dns_section(cfg: dict[str, Any], output: str) -> None:
     for h in d.get("hosts") or []:
         for n in names_of(h["service"], h["namespace"], d["domain"], d["mesh_domain"], local):
             rows.append([n, ",".join(h["addresses"])])
-    _table(rows)
+    table(rows)
 
 
-COMMANDS = [apply_cmd, get_cmd, delete_cmd, describe_cmd, proxy_config_cmd]
+COMMANDS = [apply_cmd, describe_cmd, proxy_config_cmd]

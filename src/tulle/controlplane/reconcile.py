@@ -233,6 +233,8 @@ class Reconciler:
             announced["outboundPort"] = w.outbound_port
         if w.dns_port:
             announced["dnsPort"] = w.dns_port
+        if w.admin_port is not None:
+            announced["adminPort"] = w.admin_port
         from tulle.api.registry import parse  # what proxies send is validated like user input
 
         for _ in range(5):

@@ -94,6 +94,8 @@ class WorkloadInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     """The loopback port of the outbound listener (0: the mesh default, 15001)."""
     dns_port: int = 0
     """The loopback port of the mesh DNS resolver (`Workload.spec.dnsPort`); 0: none."""
+    admin_port: int | None = None
+    """The proxy's admin port (`Workload.spec.adminPort`; 0: disabled); None: not said."""
 
 
 class WorkloadCredential(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):

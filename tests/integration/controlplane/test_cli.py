@@ -165,11 +165,21 @@ async def test_get_proxies_and_proxy_config(tmp_path: Path) -> None:
 
                 await eventually(nacked, timeout=10)
                 code, out, _ = await tulle(cp.api_url, "get", "proxies")
-                assert "cannot bind" in out
+                assert "cannot bind" in out  # the NACK of the desired version stands
+                code, wide, _ = await tulle(cp.api_url, "get", "proxies", "-o", "wide")
+                assert wide.splitlines()[0].split()[-5:] == ["PEER", "SINCE", "CONTROL-PLANE",
+                                                             "PUSHES", "FEATURES"]
                 code, out, _ = await tulle(cp.api_url, "proxy-config", "api-0", "-n", "shop",
                                            "listeners")
-                assert "# running (acked)" in out
+                assert out.startswith("# shop/api-0: running (acked) ")
                 assert f"127.0.0.1:{out_port}" in out and f"127.0.0.1:{taken}" not in out
+                # NAME.NAMESPACE as istioctl takes it; `all` as tables, one per section.
+                code, out, _ = await tulle(cp.api_url, "proxy-config", "api-0.shop")
+                assert code == 0 and "admin 127.0.0.1:15000" in out.splitlines()[0]
+                assert [line for line in out.splitlines() if line.endswith(":")
+                        and line.isupper()] == ["LISTENERS:", "ROUTES:", "CLUSTERS:",
+                                                "ENDPOINTS:"]
+                assert "outbound|80||api.shop" in out
             finally:
                 blocker.close()
         finally:

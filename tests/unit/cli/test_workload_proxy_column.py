@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from tulle.cli.resources import _proxy_state
+from tulle.cli.get import _proxy_state
 
 
 def test_the_proxy_column() -> None:

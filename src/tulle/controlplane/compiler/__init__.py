@@ -48,6 +48,7 @@ from tulle.controlplane.compiler.services import ServiceMemo, derive_services
 from tulle.controlplane.compiler.status import conditions
 from tulle.controlplane.compiler.transparent import agent_cluster, inbound_listener, render_outbound
 from tulle.proxyconfig.model import (
+    Admin,
     Cluster,
     Identity,
     Listener,
@@ -63,6 +64,7 @@ from tulle.proxyconfig.reserved import is_reserved_identity
 from tulle.proxyconfig.validate import ConfigError, check
 
 _DEFAULT_SETTINGS = Settings()
+_DEFAULT_ADMIN = Admin()
 
 _STAND_INS: dict[str, Any] = {
     "identities": [Identity(name=MESH_IDENTITY,
@@ -321,11 +323,15 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
                           route_tables=[*part.route_tables, RouteTable(name="outbound")],
                           **_STAND_INS))
         digest = hashlib.sha256(digest + shared.dns.digest + b"%d" % dns.port).digest()
+    admin = _DEFAULT_ADMIN
+    if proxy.admin_port is not None and proxy.admin_port != _DEFAULT_ADMIN.port:
+        admin = Admin(port=proxy.admin_port)
+        digest = hashlib.sha256(digest + b"admin:%d" % proxy.admin_port).digest()
     version = hashlib.sha256(part.digest + digest).hexdigest()[:16]
     return ProxyConfig(version=version, node=part.node, settings=shared.settings,
                        listeners=listeners,
                        route_tables=tables + part.route_tables if part.route_tables else tables,
-                       clusters=clusters, dns=dns)
+                       clusters=clusters, dns=dns, admin=admin)
 
 
 def settings(defaults: ProxyDefaults) -> Settings:

@@ -373,6 +373,9 @@ class Proxy(msgspec.Struct, frozen=True):
     listeners on the node agent's loopback, inbound on `inbound_port` (ADR 0047)."""
     dns_port: int = 0
     """`Workload.spec.dnsPort`: its proxy's mesh DNS resolver port on loopback; 0: none."""
+    admin_port: int | None = None
+    """`Workload.spec.adminPort`: the admin port its proxy announced (0: disabled); None:
+    the default (the snapshot's `admin` section says what the proxy serves)."""
     inbound_rules: tuple[InboundRule, ...] = ()
     """Server-side HTTP filters by port and scope (`plugins/rate_limit.py`,
     `plugins/fault_injection.py`); () : none."""

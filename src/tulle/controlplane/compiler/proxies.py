@@ -43,6 +43,7 @@ def derive_proxy(workload: Resource) -> Proxy:
                  sidecar=spec.get("sidecar") is not False,
                  interception=_INTERCEPTION.get(spec.get("interception") or "", "explicit"),
                  dns_port=int(spec.get("dnsPort") or 0),
+                 admin_port=None if spec.get("adminPort") is None else int(spec["adminPort"]),
                  inbound_port=int(spec.get("inboundPort") or 15006))
 
 

@@ -1,0 +1,265 @@
+"""`tulle get`: list resources of one or several kinds (`svc,httproute`), or show one;
+`--watch` prints changes as they happen; `tulle get proxies` lists the connected proxies.
+
+Tables follow kubectl: NAMESPACE and NAME first, the kind's own columns, AGE last; several
+kinds print one table each under a `KIND` heading, and `-o yaml|json` one `kind: List` that
+`tulle apply -f -` reads back.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Any
+
+import click
+
+from tulle.cli.client import APIError, call, server_url
+from tulle.cli.output import emit, table
+from tulle.cli.resources import _fail, server_option
+
+WATCH_INTERVAL = 1.0
+"""Seconds between polls of `--watch` (the API has no watch endpoint for the CLI yet)."""
+
+
+def _age(md: dict[str, Any]) -> str:
+    ts = md.get("creationTimestamp")
+    if not ts:
+        return "-"
+    try:
+        t = time.mktime(time.strptime(str(ts)[:19], "%Y-%m-%dT%H:%M:%S")) - time.timezone
+    except ValueError:
+        return "-"
+    s = max(0, int(time.time() - t))  # noqa: TID251 - wall clock for display
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s // n}{unit}"
+    return f"{s}s"
+
+
+def _proxy_state(proxy: Any) -> str:
+    """A Workload's proxy as `get workloads` shows it (ADR 0040): `-` never connected,
+    `connected`, or why and since when its endpoints are out."""
+    if not isinstance(proxy, dict):
+        return "-"
+    if proxy.get("state") == "Connected":
+        return "connected"
+    age = _age({"creationTimestamp": proxy.get("since")})
+    ago = f" {age} ago" if age != "-" else ""
+    return f"disconnected{ago}, out of endpoints: {proxy.get('reason') or '?'}"
+
+
+def _accepted(obj: dict[str, Any]) -> list[tuple[str, str]]:
+    from tulle.api.conditions import summary
+
+    accepted, reason = summary(obj)
+    return [("ACCEPTED", accepted), ("REASON", reason)]
+
+
+def _columns(kind: str, obj: dict[str, Any], wide: bool) -> list[tuple[str, str]]:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    cols: list[tuple[str, str]] = []
+    if kind == "Service":
+        ports = ",".join(f"{p.get('port')}/{p.get('appProtocol') or 'http'}"
+                         for p in spec.get("ports") or [])
+        cols = [("VIRTUAL-IP", status.get("virtualIP") or "<pending>"), ("PORTS", ports)]
+        if wide:
+            sel = ",".join(f"{k}={v}" for k, v in sorted((spec.get("selector") or {}).items()))
+            cols.append(("SELECTOR", sel or "<none>"))
+    elif kind == "Workload":
+        ports = ",".join(str(p.get("port")) for p in spec.get("ports") or [])
+        cols = [("ADDRESS", spec.get("address") or "-"), ("PORTS", ports or "-"),
+                ("PROXY", _proxy_state(status.get("proxy")))]
+        if wide:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(
+                ((obj.get("metadata") or {}).get("labels") or {}).items()))
+            cols += [("SERVICE-ACCOUNT", spec.get("serviceAccount") or "-"),
+                     ("LABELS", labels or "<none>")]
+    elif kind in ("HTTPRoute", "GRPCRoute", "TCPRoute"):
+        parents = ",".join(str(p.get("name")) for p in spec.get("parentRefs") or [])
+        cols = [("PARENTS", parents or "-"), *_accepted(obj)]
+    elif "targetRef" in spec:
+        t = spec["targetRef"]
+        cols = [("TARGET", f"{t.get('kind')}/{t.get('name')}"), *_accepted(obj)]
+    elif kind == "Mesh":
+        cols = _accepted(obj)
+    cols.append(("AGE", _age(obj.get("metadata") or {})))
+    return cols
+
+
+def _list(srv: str, type_: str, namespace: str | None, selector: str | None
+          ) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = call(srv, "GET", f"/api/v1/resources/{type_}",
+                                       query={"namespace": namespace,
+                                              "labelSelector": selector})["items"]
+    return items
+
+
+def _rows(items: list[dict[str, Any]], wide: bool) -> list[list[str]]:
+    kind = items[0].get("kind", "")
+    header = ["NAMESPACE", "NAME"] + [c for c, _ in _columns(kind, items[0], wide)]
+    rows = [header]
+    for obj in items:
+        md = obj.get("metadata") or {}
+        rows.append([md.get("namespace") or "-", md.get("name") or "?"]
+                    + [v for _, v in _columns(kind, obj, wide)])
+    return rows
+
+
+@click.command("get")
+@click.argument("type_", metavar="TYPE[,TYPE...]")
+@click.argument("name", required=False)
+@click.option("-n", "--namespace", default=None)
+@click.option("-A", "--all-namespaces", is_flag=True)
+@click.option("-l", "--selector", default=None, help="Label selector, e.g. app=web,tier!=db")
+@click.option("-o", "--output", type=click.Choice(["table", "wide", "yaml", "json"]),
+              default="table")
+@click.option("-w", "--watch", is_flag=True,
+              help="After the list, print each object again when it changes (and `DELETED` "
+                   "when it goes), until Ctrl-C.")
+@click.option("--all", "show_all", is_flag=True,
+              help="`get proxies`: also the disconnected ones.")
+@server_option
+def get_cmd(type_: str, name: str | None, namespace: str | None, all_namespaces: bool,
+            selector: str | None, output: str, watch: bool, show_all: bool,
+            server: str | None) -> None:
+    """List resources of one or several kinds (`svc,httproute`), or show one.
+    `tulle get proxies` lists the connected proxies (`--all`: disconnected ones too)."""
+    srv = server_url(server)
+    types = [t for t in type_.split(",") if t]
+    if not types:
+        raise click.UsageError("TYPE: give a kind, e.g. `svc` or `svc,httproute`")
+    if name and len(types) > 1:
+        raise click.UsageError("NAME: one kind only when a name is given")
+    ns = None if all_namespaces else (namespace or "default")
+    try:
+        if types == ["proxies"] or types[0] in ("proxies", "proxy", "px"):
+            _get_proxies(srv, name, None if all_namespaces else namespace, output, show_all)
+            return
+        if name:
+            obj = call(srv, "GET", f"/api/v1/resources/{types[0]}/{name}",
+                       query={"namespace": namespace})
+            if not emit(obj, output):
+                table(_rows([obj], output == "wide"))
+            if watch:
+                _watch(srv, types, namespace or "default", None, output,
+                       seen={_key(obj): _rv(obj)}, only=name)
+            return
+        lists = [(t, _list(srv, t, ns, selector)) for t in types]
+    except APIError as exc:
+        _fail(exc)
+        return
+    everything = [o for _, items in lists for o in items]
+    # Several as kubectl prints them: a `kind: List` `apply` reads back.
+    if not emit({"apiVersion": "v1", "kind": "List", "items": everything}, output):
+        if not everything:
+            where = "" if all_namespaces else f" in namespace {ns}"
+            click.echo(f"No resources found{where}.", err=True)
+        shown = 0
+        for _t, items in lists:
+            if not items:
+                continue
+            if len(types) > 1:
+                click.echo(("\n" if shown else "") + f"{items[0].get('kind', '')}:")
+            table(_rows(items, output == "wide"))
+            shown += 1
+    if watch:
+        _watch(srv, types, ns, selector, output, seen={_key(o): _rv(o) for o in everything})
+
+
+def _key(obj: dict[str, Any]) -> tuple[str, str, str]:
+    md = obj.get("metadata") or {}
+    return str(obj.get("kind")), str(md.get("namespace") or ""), str(md.get("name"))
+
+
+def _rv(obj: dict[str, Any]) -> str:
+    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def _watch(srv: str, types: list[str], ns: str | None, selector: str | None, output: str,
+           seen: dict[tuple[str, str, str], str] | None = None, only: str | None = None
+           ) -> None:
+    """Poll and print what changed, one line (or document) per change, until Ctrl-C."""
+    seen = dict(seen or {})
+    try:
+        while True:
+            time.sleep(WATCH_INTERVAL)
+            try:
+                now = [o for t in types for o in _list(srv, t, ns, selector)
+                       if only is None or (o.get("metadata") or {}).get("name") == only]
+            except APIError as exc:
+                click.echo(f"error: {exc} (still watching)", err=True)
+                continue
+            current = {_key(o): o for o in now}
+            for k, o in current.items():
+                if seen.get(k) != _rv(o):
+                    _print_change(o, output)
+                    seen[k] = _rv(o)
+            for k in [k for k in seen if k not in current]:
+                click.echo(f"DELETED   {k[0].lower()}/{k[2]}" + (f" -n {k[1]}" if k[1] else ""))
+                del seen[k]
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return
+
+
+def _print_change(obj: dict[str, Any], output: str) -> None:
+    if emit(obj, output):
+        return
+    row = _rows([obj], output == "wide")[1]
+    click.echo("   ".join(row))
+
+
+def _get_proxies(srv: str, name: str | None, namespace: str | None, output: str,
+                 show_all: bool) -> None:
+    items = call(srv, "GET", "/api/v1/proxies")["items"]
+    if namespace:
+        items = [p for p in items if p["namespace"] == namespace]
+    if name:
+        items = [p for p in items if p["name"] == name]
+    hidden = 0
+    if not show_all and not name:
+        hidden = sum(1 for p in items if not p.get("connected"))
+        items = [p for p in items if p.get("connected")]
+    if emit({"items": items}, output):
+        return
+    wide = output == "wide"
+    rows = [["NAMESPACE", "NAME", "CONNECTED", "ACKED", "DESIRED", "PROTOCOL", "WITHHELD",
+             "CERT-EXPIRES", "LAST-NACK"]
+            + (["PEER", "SINCE", "CONTROL-PLANE", "PUSHES", "FEATURES"] if wide else [])]
+    for p in items:
+        cert = p.get("certificate") or {}
+        rows.append([p["namespace"], p["name"], "yes" if p.get("connected") else "no",
+                     p.get("ackedVersion") or "-", p.get("desiredVersion") or "-",
+                     str(p.get("protocol") or "-"), _withheld(p) or "-",
+                     time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cert["notAfter"]))
+                     if cert.get("notAfter") else "-", _nack(p)]
+                    + ([p.get("peer") or "-",
+                        _age({"creationTimestamp": time.strftime(
+                            "%Y-%m-%dT%H:%M:%S", time.gmtime(p["connectedSince"]))})
+                        if p.get("connectedSince") else "-",
+                        p.get("controlPlane") or "-", str(p.get("pushes", 0)),
+                        str(len(p.get("features") or []))] if wide else []))
+    if len(rows) > 1:
+        table(rows)
+    else:
+        click.echo("No proxies connected.", err=True)
+    if hidden:
+        click.echo(f"({hidden} disconnected prox{'y' if hidden == 1 else 'ies'} not shown: "
+                   f"--all shows them)", err=True)
+
+
+def _nack(p: dict[str, Any]) -> str:
+    """The last NACK while it still stands: a proxy that has ACKed its desired version since
+    has moved past it (it is history, shown by `describe workload`)."""
+    if p.get("configError"):
+        return f"config error: {p['configError']}"
+    nack = p.get("lastNack") or {}
+    if not nack or (p.get("desiredVersion") and p.get("ackedVersion") == p["desiredVersion"]):
+        return "-"
+    return f"{nack.get('version')}: {nack.get('reason')}"
+
+
+def _withheld(p: dict[str, Any]) -> str:
+    """The config features left out of a proxy's snapshots because it lacks them."""
+    return ",".join(w["feature"] for w in p.get("withheld") or [])
