@@ -22,6 +22,8 @@
 #                      two origins, and tulle-retry vs tulle (the retry budget on a healthy
 #                      path): medians and spread -> `resilience_cpu` in
 #                      bench/results/resilience.json (`make bench` measures both rows once)
+#   make bench-cli     ~30 s: `tulle get` as a whole process against a running control plane,
+#                      beside `python -c pass` and a bare urllib GET -> bench/results/cli.json
 #   make bench-mtls    ~40 s: two hops over mTLS vs two plaintext hops vs HAProxy's two TLS
 #                      hops, and new mTLS handshakes per second -> bench/results/mtls.json
 #                      (`make bench` measures the same row in its full run)
@@ -32,7 +34,7 @@ BENCH_MTLS_PEERS ?= tulle-mtls,tulle-2hop,haproxy-tls
 BENCH_RESILIENCE_PEERS ?= tulle-retry,tulle-resilience,haproxy-resilience
 
 .PHONY: bench bench-quick bench-profile bench-setup bench-controlplane bench-micro bench-mtls \
-	bench-resilience-retries bench-resilience-cpu bench-stat
+	bench-resilience-retries bench-resilience-cpu bench-stat bench-cli
 
 bench-setup:
 	bash bench/setup.sh
@@ -90,3 +92,7 @@ bench-resilience-retries: deps
 ## -> bench/results/resilience.json (global_limit_error_ratio); one of bench-resilience's.
 bench-global-limit: deps
 	$(BENCH_PY) -m bench.global_limit
+
+bench-cli: deps
+	$(BENCH_PY) -m bench.cli > bench/results/cli.json.tmp && mv bench/results/cli.json.tmp bench/results/cli.json
+	cat bench/results/cli.json

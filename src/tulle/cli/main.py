@@ -3,7 +3,8 @@
 `tulle proxy` runs a data-plane proxy (from a static file, or subscribed to a control plane)
 and validates proxy config files; `tulle control-plane run` runs the control plane;
 `apply`, `get`, `delete`, `describe`, `proxy-config` and `explain` talk to its REST API.  Heavy imports
-happen inside the commands, so `tulle proxy run` loads only what a proxy needs.
+happen inside the commands (LAZY), so `tulle proxy run` loads only what a proxy needs and
+`tulle get` only what a REST call needs.
 """
 
 from __future__ import annotations
@@ -12,22 +13,44 @@ import sys
 
 import click
 
-from tulle.proxyconfig.validate import ConfigError
+LAZY: dict[str, tuple[str, str]] = {
+    "control-plane": ("tulle.cli.controlplane", "control_plane"),
+    "token": ("tulle.cli.token", "token"),
+    "apply": ("tulle.cli.resources", "apply_cmd"),
+    "get": ("tulle.cli.get", "get_cmd"),
+    "delete": ("tulle.cli.delete", "delete_cmd"),
+    "describe": ("tulle.cli.resources", "describe_cmd"),
+    "proxy-config": ("tulle.cli.resources", "proxy_config_cmd"),
+    "api-token": ("tulle.cli.api_tokens", "api_token"),
+    "explain": ("tulle.cli.explain.command", "explain_cmd"),
+    "ca": ("tulle.cli.ca", "ca"),
+    "check": ("tulle.cli.check", "check_cmd"),
+    "version": ("tulle.cli.discovery", "version_cmd"),
+    "api-resources": ("tulle.cli.discovery", "api_resources_cmd"),
+    "iptables": ("tulle.cli.iptables", "iptables"),
+    "stat": ("tulle.cli.stat", "stat_cmd"),
+}
+"""Commands imported only when run (or listed by --help): `tulle get` then loads the HTTP
+client and `get.py`, not the explain tracer, the proxy config validator or PyYAML (issue:
+every CLI call took ~0.7 s; `python -X importtime` shows what each import costs)."""
 
 
 class _Commands(click.Group):
-    """Adds the control-plane commands (`_register`) only when a name is not built in, or for
-    `--help`: `tulle proxy run` then never imports urllib, http.client and email (~3.5 MB)."""
+    """Built-in commands (`proxy`) plus the LAZY table, each module imported on first use."""
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         found = super().get_command(ctx, cmd_name)
-        if found is None and _register():
-            found = super().get_command(ctx, cmd_name)
+        if found is None and cmd_name in LAZY:
+            import importlib
+
+            module, attr = LAZY[cmd_name]
+            found = getattr(importlib.import_module(module), attr)
+            assert isinstance(found, click.Command)
+            self.add_command(found, cmd_name)
         return found
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        _register()
-        return super().list_commands(ctx)
+        return sorted({*super().list_commands(ctx), *LAZY})
 
 
 @click.group(cls=_Commands)
@@ -100,6 +123,7 @@ def proxy_run(config: str | None, control_planes: tuple[str, ...], workload: str
     invalid configuration file or options.
     """
     from tulle.dataplane.runner import configure_logging, run
+    from tulle.proxyconfig.validate import ConfigError
 
     configure_logging(log_level)
     if bool(config) == bool(control_planes):
@@ -137,6 +161,7 @@ def proxy_validate(file: str) -> None:
     Exit status: 0 when valid, 1 otherwise.
     """
     from tulle.proxyconfig.load import load_file
+    from tulle.proxyconfig.validate import ConfigError
 
     try:
         cfg = load_file(file)
@@ -147,47 +172,6 @@ def proxy_validate(file: str) -> None:
         sys.exit(1)
     click.echo(f"{file}: valid ({len(cfg.listeners)} listeners, {len(cfg.route_tables)} route "
                f"tables, {len(cfg.clusters)} clusters)")
-
-
-_registered: list[bool] = []
-
-
-def _register() -> bool:
-    """Add the control-plane commands once; True when this call added them."""
-    if _registered:
-        return False
-    _registered.append(True)
-    from tulle.cli.api_tokens import api_token
-    from tulle.cli.controlplane import control_plane
-    from tulle.cli.delete import delete_cmd
-    from tulle.cli.explain.command import explain_cmd
-    from tulle.cli.get import get_cmd
-    from tulle.cli.resources import COMMANDS
-    from tulle.cli.token import token
-
-    cli.add_command(control_plane)
-    cli.add_command(token)
-    for cmd in COMMANDS:
-        cli.add_command(cmd)
-    cli.add_command(get_cmd)
-    cli.add_command(delete_cmd)
-    cli.add_command(api_token)
-    cli.add_command(explain_cmd)
-    from tulle.cli.ca import ca
-    from tulle.cli.check import check_cmd
-    from tulle.cli.discovery import api_resources_cmd, version_cmd
-
-    cli.add_command(ca)
-    cli.add_command(check_cmd)
-    cli.add_command(version_cmd)
-    cli.add_command(api_resources_cmd)
-    from tulle.cli.iptables import iptables
-
-    cli.add_command(iptables)
-    from tulle.cli.stat import stat_cmd
-
-    cli.add_command(stat_cmd)
-    return True
 
 
 def main() -> None:

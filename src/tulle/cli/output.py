@@ -17,12 +17,12 @@ def table(rows: list[list[str]]) -> None:
 
 def emit(data: Any, output: str) -> bool:
     """Print `data` as JSON or YAML when `output` asks for it; False for a table format."""
-    import yaml
-
     if output == "json":
         click.echo(json.dumps(data, indent=2, sort_keys=False))
         return True
     if output == "yaml":
+        import yaml  # (only here: PyYAML costs ~10 ms of start-up)
+
         click.echo(yaml.safe_dump(data, sort_keys=False).rstrip())
         return True
     return False
