@@ -156,7 +156,8 @@ def _print_results(results: list[dict[str, Any]]) -> None:
 @click.option("-n", "--namespace", default=None)
 @server_option
 def describe_cmd(type_: str, name: str, namespace: str | None, server: str | None) -> None:
-    """Show a resource with its status conditions (and, for a Workload, its proxy)."""
+    """Show a resource with its status conditions; for a Workload, its proxy; for a Service,
+    its endpoints, attached routes and policies, and what each proxy got for it."""
     import yaml
 
     srv = server_url(server)
@@ -192,6 +193,10 @@ def describe_cmd(type_: str, name: str, namespace: str | None, server: str | Non
     for f in conds:
         since = f.condition.get("lastTransitionTime")
         click.echo(f"  {f.line()}" + (f" (since {since})" if since else ""))
+    if obj.get("kind") == "Service":
+        from tulle.cli.describe_service import describe_service
+
+        describe_service(srv, obj)
     if obj.get("kind") == "Workload":
         try:
             proxies = call(srv, "GET", "/api/v1/proxies")["items"]

@@ -121,3 +121,40 @@ async def test_disconnected_proxies_are_hidden_and_the_admin_port_is_the_real_on
         assert "1 disconnected proxy not shown: --all shows them" in err
         code, out, _ = await tulle(cp.api_url, "get", "proxies", "--all")
         assert "api-0" in out and " no " in f" {out} "
+
+
+async def test_describe_service_shows_endpoints_routes_policies_and_proxies() -> None:
+    timeout = {"apiVersion": "policy.tulle.dev/v1alpha1", "kind": "TimeoutPolicy",
+               "metadata": {"name": "t", "namespace": "shop"},
+               "spec": {"targetRef": {"group": "", "kind": "Service",
+                                      "name": "a"}, "requestTimeout": "2s"}}
+    consumer = {**ROUTE, "metadata": {"name": "mine", "namespace": "web"},
+                "spec": {**ROUTE["spec"], "parentRefs": [
+                    {"group": "mesh.tulle.dev", "kind": "Service", "name": "a",
+                     "namespace": "shop", "port": 80}]}}
+    async with running_control_plane() as cp:
+        code, _, err = await tulle(cp.api_url, "apply", "-f", "-", stdin=yaml.safe_dump_all(
+            [svc("a"), ROUTE, consumer, timeout]))
+        assert code == 0, err
+        info = WorkloadInfo(name="a-0", namespace="shop", address="127.0.0.1",
+                            labels={"app": "a"},
+                            ports=[{"name": "http", "port": free_port(), "targetPort": 1}])
+        proxy = await subscribe([cp.stream_port], info)
+        try:
+            async def routed() -> bool:
+                _, out, _ = await tulle(cp.api_url, "describe", "svc", "a", "-n", "shop")
+                return "shop/a-0" in out.split("Proxies that route to it:")[-1]
+
+            await eventually(routed, timeout=10)
+            code, out, err = await tulle(cp.api_url, "describe", "svc", "a", "-n", "shop")
+            assert code == 0, err
+            ends = out.split("Endpoints:")[1].split("Routes:")[0]
+            assert "a-0" in ends and "127.0.0.1" in ends and "connected" in ends
+            routes = out.split("Routes:")[1].split("Policies:")[0]
+            assert "httproute/r " in routes and "producer" in routes
+            assert "httproute/mine" in routes and "consumer" in routes and " 80 " in routes
+            assert "timeoutpolicy/t" in out.split("Policies:")[1]
+            last = out.split("Proxies that route to it:")[1]
+            assert "outbound|80||a.shop" in last
+        finally:
+            await proxy.stop()
