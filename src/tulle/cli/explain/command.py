@@ -69,9 +69,10 @@ class _Fetch:
 
 
 @click.command("explain")
-@click.option("--from", "source", required=True, metavar="WORKLOAD",
+@click.argument("what", required=False, metavar="[KIND[.FIELD...]]")
+@click.option("--from", "source", default=None, metavar="WORKLOAD",
               help="The calling workload (NAME, or NAMESPACE/NAME).")
-@click.option("--to", "to", required=True, metavar="SERVICE[:PORT]",
+@click.option("--to", "to", default=None, metavar="SERVICE[:PORT]",
               help="The authority the caller uses: SERVICE, SERVICE.NAMESPACE, ... with the "
                    "port unless it is 80.")
 @click.option("--path", default="/", show_default=True)
@@ -84,11 +85,25 @@ class _Fetch:
 @click.option("-o", "--output", type=click.Choice(["text", "json"]), default="text",
               show_default=True)
 @server_option
-def explain_cmd(source: str, to: str, path: str, method: str, headers: tuple[str, ...],
-                namespace: str, output: str, server: str | None) -> None:
+def explain_cmd(what: str | None, source: str | None, to: str | None, path: str, method: str,
+                headers: tuple[str, ...], namespace: str, output: str,
+                server: str | None) -> None:
     """Which route rule, filters, backends, mTLS mode and authorization policy apply to one
-    request from a workload to a Service, and why: evaluated offline by the proxies' own
-    decision code over the snapshots they run."""
+    request from a workload to a Service, and why (--from W --to S): evaluated offline by the
+    proxies' own decision code over the snapshots they run.
+
+    `tulle explain KIND[.FIELD...]` instead documents a resource kind's fields, as `kubectl
+    explain` does (e.g. `tulle explain httproute.spec.rules`)."""
+    if what is not None:
+        if source or to:
+            raise click.UsageError("give KIND[.FIELD] or --from/--to, not both")
+        from tulle.cli.explain_schema import explain_kind
+
+        click.echo(explain_kind(what), nl=False)
+        return
+    if not source or not to:
+        raise click.UsageError("give --from WORKLOAD and --to SERVICE (a request to trace), "
+                               "or KIND[.FIELD] (a resource's fields)")
     try:
         req = build_request(source, namespace, to, path, method, list(headers))
     except ExplainError as exc:
