@@ -120,6 +120,9 @@ def apply_cmd(files: tuple[str, ...], dry_run: bool, strict: bool, server: str |
     docs, sources = _read_documents(files)
     if not docs:
         raise click.UsageError("no documents found")
+    if len(docs) > 1 and sys.stderr.isatty():
+        files_read = len({s.rsplit("#", 1)[0] for s in sources})
+        click.echo(f"applying {len(docs)} documents from {files_read} file(s)...", err=True)
     try:
         out = call(server_url(server), "POST", "/api/v1/apply",
                    query={"dryRun": dry_run, "strict": strict},
@@ -133,21 +136,33 @@ def apply_cmd(files: tuple[str, ...], dry_run: bool, strict: bool, server: str |
 
 
 def _print_results(results: list[dict[str, Any]]) -> None:
+    from tulle.cli.style import paint
+
+    colour = {"created": "green", "configured": "cyan", "unchanged": "dim"}
     for r in results:
         ident = f"{r['kind'].lower()}/{r['name']}"
         if r.get("namespace"):
             ident += f" -n {r['namespace']}"
         suffix = " (dry run)" if r.get("dryRun") else ""
-        line = f"{ident} {r['result']}{suffix}"
+        line = f"{ident} {paint(str(r['result']), colour.get(str(r['result']), ''))}{suffix}"
         if r.get("error"):
             line += f": {r['error']}"
         click.echo(line)
+    warned = 0
     for r in results:
         ident = f"{r['kind'].lower()}/{r['name']}"
         if r.get("namespace"):
             ident += f" -n {r['namespace']}"
         for w in r.get("warnings") or []:
-            click.echo(f"Warning: {ident}: {w}", err=True)
+            warned += 1
+            click.echo(f"{paint('Warning:', 'yellow')} {ident}: {w}", err=True)
+    if len(results) > 1:
+        counts: dict[str, int] = {}
+        for r in results:
+            counts[str(r["result"])] = counts.get(str(r["result"]), 0) + 1
+        summary = ", ".join(f"{n} {what}" for what, n in counts.items())
+        click.echo(f"{len(results)} objects: {summary}"
+                   + (f"; {warned} warning(s) above" if warned else ""), err=True)
 
 
 @click.command("describe")

@@ -37,8 +37,10 @@ async def test_get_several_kinds_and_delete_by_file_selector_and_all(tmp_path: P
         f = tmp_path / "docs.yaml"
         f.write_text(yaml.safe_dump_all([svc("a", tier="front"), svc("b", tier="back"),
                                          svc("c", tier="back"), ROUTE]))
-        code, _, err = await tulle(cp.api_url, "apply", "-f", str(f))
+        code, out, err = await tulle(cp.api_url, "apply", "-f", str(f))
         assert code == 0, err
+        assert "\x1b[" not in out  # no colour when stdout is not a terminal
+        assert err.splitlines()[-1] == "4 objects: 4 created"
         code, out, err = await tulle(cp.api_url, "get", "svc,httproute", "-n", "shop")
         assert code == 0, err
         assert out.splitlines()[0] == "Service:" and "\nHTTPRoute:\n" in out
