@@ -14,3 +14,9 @@ def test_examples_validate() -> None:
     assert result.ok, "\n".join(result.error_lines())
     assert {r.kind_name for r in result.resources} == {k.kind for k in kinds()}
     assert len([r for r in result.resources if r.kind_name == "Workload"]) == 2
+
+
+def test_quickstart_examples_validate() -> None:
+    result = load_path(EXAMPLES.parent / "quickstart")
+    assert result.ok, "\n".join(result.error_lines())
+    assert len(result.resources) == 6
