@@ -33,12 +33,19 @@ def server_option(f: Any) -> Any:
 
 
 def _fail(exc: APIError) -> None:
+    """Print the API's refusal and exit 1.  Per-document errors read as the library's
+    (`tulle.api.load_path`, docs/reference/resources.md): `FILE, document N (Kind ns/name):
+    path: reason`."""
     click.echo(f"error: {exc}", err=True)
     for d in exc.body.get("details") or []:
-        where = d.get("source") or f"document {d.get('document')}"
-        what = f"{d.get('kind') or '?'} {d.get('name') or '?'}"
+        src = str(d.get("source") or "")
+        file, sep, index = src.rpartition("#")
+        where = f"{file}, document {index}" if sep else (src or f"document {d.get('document')}")
+        name = f"{d['namespace']}/{d.get('name') or '?'}" if d.get("namespace") \
+            else str(d.get("name") or "?")
+        what = f"{d.get('kind') or '?'} {name}"
         for e in d.get("errors") or []:
-            click.echo(f"  {where}: {what}: {e.get('path') or '<root>'}: {e.get('message')}",
+            click.echo(f"  {where} ({what}): {e.get('path') or '<root>'}: {e.get('message')}",
                        err=True)
     sys.exit(1)
 

@@ -95,8 +95,8 @@ async def test_an_invalid_file_is_rejected_whole_with_field_paths(tmp_path: Path
         code, out, err = await tulle(cp.api_url, "apply", "-f", str(f))
         assert code == 1
         assert "nothing was applied" in err
-        assert f"{f}#1: Service web: spec.ports[0].port:" in err
-        assert f"{f}#2: HTTPRoute r: spec.rules[0].matches[0].path.value:" in err
+        assert f"{f}, document 1 (Service shop/web): spec.ports[0].port:" in err
+        assert f"{f}, document 2 (HTTPRoute shop/r): spec.rules[0].matches[0].path.value:" in err
         code, _, err = await tulle(cp.api_url, "get", "svc", "good", "-n", "shop")
         assert code == 1 and "not found" in err  # the valid document was not applied either
 
@@ -215,5 +215,6 @@ async def test_apply_refuses_two_copies_of_one_document(tmp_path: Path) -> None:
         code, _, err = await tulle(cp.api_url, "apply", "-f", str(f))
         assert code == 1
         assert "duplicate documents: nothing was applied" in err
-        assert f"{f}#2: Service a: metadata.name: document 2 and document 0 are the same" in err
+        assert (f"{f}, document 2 (Service shop/a): metadata.name: document 2 and document 0 "
+                "are the same") in err
         assert (await cp.store.list("Service"))[0] == []

@@ -79,7 +79,7 @@ def doc_errors(index: int, source: str | None, doc: Any,
     md = (doc.get("metadata") or {}) if isinstance(doc, dict) else {}
     return {"document": index, "source": source,
             "kind": doc.get("kind") if isinstance(doc, dict) else None,
-            "name": md.get("name"), "errors": errors}
+            "name": md.get("name"), "namespace": md.get("namespace"), "errors": errors}
 
 
 def _key(info: KindInfo, obj: Obj) -> Key:
