@@ -135,8 +135,10 @@ class Agent:
         self.idle_timeout = idle_timeout
         self.connected = asyncio.Event()
         self.current: ProxyConfig | None = None
-        self._back: Callable[[], None] = lambda: None
-        """Says the control plane is back (`outage.py`): set per session by `run`."""
+        self._back: Callable[[], None] | None = None
+        """Says the control plane is back (`outage.py`): set per session by `run`, called at
+        the session's first frame (a proxy that reconnects with its version current gets no
+        snapshot, only pings)."""
         self.features = list(features)
         """Announced in the hello; tests announce fewer to play an older proxy."""
         self.workloads = list(workloads)
@@ -386,6 +388,9 @@ class Agent:
                 if not data:
                     raise ConnectionResetError("control plane closed the stream")
                 for msg in decoder.feed(data):
+                    if self._back is not None:  # the first frame: this session got going
+                        self._back()
+                        self._back = None
                     if isinstance(msg, StatsRequest):
                         self._start_stats(writer, msg.interval_ms)
                         continue
@@ -447,9 +452,7 @@ class Agent:
         if isinstance(msg, TrustUpdate):
             return await self._take_trust(msg)
         if isinstance(msg, Snapshot):
-            if not self.connected.is_set():
-                self.connected.set()
-                self._back()
+            self.connected.set()
             raw, optional = msg.config, msg.optional
 
             def checked(ignored: list[str]) -> ProxyConfig:
