@@ -250,6 +250,69 @@ async def test_request_mirror_copies_requests_and_never_slows_them(tmp_path: Pat
                     await p.stop()
 
 
+async def test_a_mirror_to_another_namespace_needs_its_consent(tmp_path: Path) -> None:
+    """A mirror to Service `shadow` in namespace `qa`: without a ReferenceGrant in `qa` the rule
+    is refused (the route's status says why, nothing is copied); with one, requests are copied
+    there (Gateway API: a cross-namespace reference needs the target namespace's consent)."""
+    copies: list[str] = []
+
+    async def shadow_handler(request: web.Request) -> web.Response:
+        copies.append(request.path_qs)
+        return web.Response(text="shadow")
+
+    async def main_handler(request: web.Request) -> web.Response:
+        return web.Response(text="main")
+
+    grant = {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+             "metadata": {"name": "shop-mirrors", "namespace": "qa"},
+             "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute",
+                                "namespace": NS}],
+                      "to": [{"group": "", "kind": "Service", "name": "shadow"}]}}
+    async with serve_handler(main_handler) as app, serve_handler(shadow_handler) as sh:
+        out = free_port()
+        r = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": "api-mirror", "namespace": NS},
+             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "api",
+                                      "port": 80}],
+                      "rules": [{"filters": [{"type": "RequestMirror", "requestMirror": {
+                          "backendRef": {"name": "shadow", "namespace": "qa", "port": 80}}}],
+                          "backendRefs": [{"name": "api", "port": 80}]}]}}
+        async with running_control_plane() as cp:
+            status, body = await apply(
+                cp.api_url, workload("web-0", free_port(), 1, out, app="web"),
+                workload("api-0", free_port(), app, free_port(), app="api"),
+                workload("shadow-0", free_port(), sh, free_port(), ns="qa", app="shadow"),
+                service("api", app="api"), service("shadow", ns="qa", app="shadow"), r)
+            assert status == 200, body
+            [res] = body["results"][-1:]
+            assert any("no ReferenceGrant in qa lets HTTPRoutes in shop" in w
+                       for w in res.get("warnings") or []), res
+            proxies = [await subscribe([cp.stream_port], WorkloadInfo(
+                name=n, namespace=ns, address="127.0.0.1"), cache_dir=tmp_path)
+                for n, ns in (("web-0", NS), ("api-0", NS), ("shadow-0", "qa"))]
+            try:
+                async def answered() -> int:
+                    try:
+                        return (await h1(out, "/before"))[0]
+                    except aiohttp.ClientConnectionError:
+                        return 0
+                # the rule is left out: the route matches nothing else, so 404 (GAMMA)
+                await eventually(lambda: answered(), timeout=5.0)
+                assert copies == []
+                status, body = await apply(cp.api_url, grant)
+                assert status == 200, body
+
+                async def copied() -> bool:
+                    await answered()
+                    return bool(copies)
+
+                await eventually(copied, timeout=10.0)
+                assert all(c.startswith("/before") for c in copies)
+            finally:
+                for p in proxies:
+                    await p.stop()
+
+
 async def test_backend_ref_filters_apply_only_to_the_backend_picked(tmp_path: Path) -> None:
     """A 1:1 split where only the v2 backendRef has header modifiers: requests that reach v2
     carry its request header and come back with its response header; v1's never do."""

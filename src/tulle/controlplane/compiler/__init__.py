@@ -43,7 +43,7 @@ from tulle.controlplane.compiler.proxies import (
     inbound_tables,
     outbound_listener,
 )
-from tulle.controlplane.compiler.routes import derive_routes, derive_tcp_routes
+from tulle.controlplane.compiler.routes import derive_grants, derive_routes, derive_tcp_routes
 from tulle.controlplane.compiler.services import ServiceMemo, derive_services
 from tulle.controlplane.compiler.status import conditions
 from tulle.controlplane.compiler.transparent import agent_cluster, inbound_listener, render_outbound
@@ -350,7 +350,7 @@ def derive(m: MeshInputs, cache: PartCache | None = None) -> MeshModel:
     proxies = with_service_protocols(proxies, services)
     return MeshModel(services=services, routes=derive_routes(m, services),
                      policies=derive_policies(m), proxies=proxies, mesh=derive_mesh(m),
-                     tcp_routes=derive_tcp_routes(m, services))
+                     tcp_routes=derive_tcp_routes(m, services), grants=derive_grants(m))
 
 
 def compile_model(mesh: MeshModel, cache: PartCache | None = None) -> CompileResult:

@@ -423,6 +423,20 @@ class ProxyDefaults(msgspec.Struct, frozen=True):
     """`connect_timeout_ms` of every Service cluster."""
 
 
+class Grant(msgspec.Struct, frozen=True):
+    """One permission a Gateway API ReferenceGrant gives: routes of `from_kind` in `from_ns`
+    may name Service `to_name` (any Service when "") in `to_ns`."""
+
+    from_kind: str
+    from_ns: str
+    to_ns: str
+    to_name: str = ""
+
+    def admits(self, kind: str, from_ns: str, to_ns: str, to_name: str) -> bool:
+        return (self.from_kind == kind and self.from_ns == from_ns and self.to_ns == to_ns
+                and self.to_name in ("", to_name))
+
+
 class MeshModel(msgspec.Struct, frozen=True):
     """Everything the compiler derived from one set of inputs, in deterministic order."""
 
@@ -440,6 +454,9 @@ class MeshModel(msgspec.Struct, frozen=True):
     defaults: ProxyDefaults = ProxyDefaults()
     tcp_routes: tuple[TCPRoute, ...] = ()
     """Sorted by (namespace, name); not rendered (`plugins/tcp_routes`)."""
+    grants: tuple[Grant, ...] = ()
+    """What the ReferenceGrants permit, for references plugins resolve (a mirror's backend);
+    backendRefs are resolved with them already (`routes.py`)."""
 
 
 __all__ = [
@@ -448,6 +465,7 @@ __all__ = [
     "Condition",
     "Dropped",
     "Endpoint",
+    "Grant",
     "InboundAuthz",
     "InboundNetwork",
     "InboundPort",

@@ -22,6 +22,7 @@ from tulle.controlplane.compiler.ir import (
     INVALID_BACKEND,
     Backend,
     Dropped,
+    Grant,
     Route,
     Rule,
     RuleFilter,
@@ -57,6 +58,20 @@ def granted(m: MeshInputs, kind: str, from_ns: str, to: Key) -> bool:
                and t.get("name") in (None, "", to[1]) for t in spec.get("to") or []):
             return True
     return False
+
+
+def derive_grants(m: MeshInputs) -> tuple[Grant, ...]:
+    """Every (route kind, from namespace) -> (namespace, Service) permission of the
+    ReferenceGrants, flattened and sorted (the same reading as `granted`)."""
+    out: set[Grant] = set()
+    for (gns, _), grant in m.reference_grants.items():
+        spec = spec_of(grant)
+        tos = [str(t.get("name") or "") for t in spec.get("to") or []
+               if t.get("group", "") in SERVICE_GROUPS and t.get("kind") == "Service"]
+        for f in spec.get("from") or []:
+            if f.get("group") == GATEWAY_GROUP and f.get("kind") and f.get("namespace"):
+                out.update(Grant(str(f["kind"]), str(f["namespace"]), gns, t) for t in tos)
+    return tuple(sorted(out, key=lambda g: (g.to_ns, g.to_name, g.from_kind, g.from_ns)))
 
 
 class _Refs:
