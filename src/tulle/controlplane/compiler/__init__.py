@@ -121,15 +121,24 @@ class Transparent:
     clusters: list[Cluster]
     digest: bytes
     by_namespace: dict[str, tuple[list[RouteTable], bytes]] = field(default_factory=dict)
+    clusters_by_namespace: dict[str, tuple[list[Cluster], bytes]] = field(default_factory=dict)
+    """Client namespace -> its clusters where consumer TCPRoutes change some (same names), and
+    the digest that adds."""
 
     def for_namespace(self, ns: str) -> tuple[list[RouteTable], bytes]:
         own = self.by_namespace.get(ns)
         return own if own is not None else (self.tables, self.digest)
 
+    def clusters_for(self, ns: str) -> tuple[list[Cluster], bytes]:
+        own = self.clusters_by_namespace.get(ns)
+        return own if own is not None else (self.clusters, b"")
+
 
 def build_transparent(listener_raw: dict[str, Any], tables_raw: list[dict[str, Any]],
                       clusters_raw: list[dict[str, Any]], shared_clusters: list[Cluster],
-                      consumer_raw: dict[str, list[dict[str, Any]]]) -> Transparent:
+                      consumer_raw: dict[str, list[dict[str, Any]]],
+                      consumer_clusters_raw: dict[str, list[dict[str, Any]]] | None = None
+                      ) -> Transparent:
     """Convert and check the transparent outbound side once; per client namespace with
     consumer routes, its own versions of the tables those routes change (same names)."""
     listener = msgspec.convert(listener_raw, Listener)
@@ -146,7 +155,14 @@ def build_transparent(listener_raw: dict[str, Any], tables_raw: list[dict[str, A
         check(ProxyConfig(listeners=[listener], route_tables=merged,
                           clusters=shared_clusters + clusters, **_STAND_INS))
         by_ns[ns] = (merged, hashlib.sha256(digest + _digest(list(own.values()))).digest())
-    return Transparent(listener, tables, clusters, digest, by_ns)
+    clusters_by_ns: dict[str, tuple[list[Cluster], bytes]] = {}
+    for ns, raw in (consumer_clusters_raw or {}).items():
+        mine = {c.name: c for c in (msgspec.convert(r, Cluster) for r in raw)}
+        merged_clusters = [mine.get(c.name, c) for c in clusters]
+        check(ProxyConfig(listeners=[listener], route_tables=by_ns.get(ns, (tables, b""))[0],
+                          clusters=shared_clusters + merged_clusters, **_STAND_INS))
+        clusters_by_ns[ns] = (merged_clusters, _digest(list(mine.values())))
+    return Transparent(listener, tables, clusters, digest, by_ns, clusters_by_ns)
 
 
 def check_compiled(cfg: ProxyConfig) -> None:
@@ -315,8 +331,9 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
         out = t.listener
         if out.port != proxy.outbound_port:
             out = msgspec.structs.replace(out, port=proxy.outbound_port)
-        listeners, tables, clusters = [*listeners, out], tables + t_tables, clusters + t.clusters
-        digest = hashlib.sha256(digest + t_digest + str(out.port).encode()).digest()
+        t_clusters, c_digest = t.clusters_for(proxy.namespace)
+        listeners, tables, clusters = [*listeners, out], tables + t_tables, clusters + t_clusters
+        digest = hashlib.sha256(digest + t_digest + c_digest + str(out.port).encode()).digest()
     dns = dns_section(proxy, shared.dns)
     if dns is not None:  # (only then: other proxies' versions stay what they were)
         check(ProxyConfig(listeners=part.listeners, dns=dns, clusters=part.clusters,
@@ -362,7 +379,8 @@ def compile_model(mesh: MeshModel, cache: PartCache | None = None) -> CompileRes
     if any(p.intercepted for p in mesh.proxies):
         t = render_outbound(mesh, out, DEFAULT_OUTBOUND_PORT)
         shared = dataclasses.replace(shared, transparent=build_transparent(
-            t.listener, t.tables, t.clusters, shared.clusters, t.consumer_hosts))
+            t.listener, t.tables, t.clusters, shared.clusters, t.consumer_hosts,
+            t.consumer_clusters))
     shared = dataclasses.replace(shared, dns=dns_hosts(mesh))
     for proxy in mesh.proxies:
         try:

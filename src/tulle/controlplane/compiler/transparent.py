@@ -35,7 +35,10 @@ from typing import Any, NamedTuple
 from tulle.controlplane.compiler.ir import Endpoint, MeshModel, Proxy, ServicePort, TCPRoute
 from tulle.controlplane.compiler.outbound import Outbound, service_cluster, upstream_mtls
 from tulle.controlplane.compiler.plugins.mtls import spiffe_id, trust_domain
-from tulle.controlplane.compiler.plugins.tcp_routes import winning_tcp_routes
+from tulle.controlplane.compiler.plugins.tcp_routes import (
+    winning_consumer_tcp_routes,
+    winning_tcp_routes,
+)
 
 OUTBOUND_ADDRESS = "127.0.0.1"
 """Where iptables' REDIRECT sends a pod's own outbound connections (OUTPUT chain: loopback)."""
@@ -156,6 +159,9 @@ class TransparentOut(NamedTuple):
     """Clusters only the transparent listener names (TCP Service ports, pods)."""
     consumer_hosts: dict[str, list[dict[str, Any]]]
     """Client namespace -> its own version of some virtual hosts of `tables` (domains `*`)."""
+    consumer_clusters: dict[str, list[dict[str, Any]]] = {}
+    """Client namespace -> its own version of some TCP clusters of `clusters` (same names):
+    the Service ports a consumer TCPRoute of that namespace decides."""
 
 
 def render_outbound(mesh: MeshModel, out: Outbound, port: int) -> TransparentOut:
@@ -191,8 +197,14 @@ def render_outbound(mesh: MeshModel, out: Outbound, port: int) -> TransparentOut
                 "destinations": dests + pod_dests}
     consumer = {ns: [{**h, "domains": ["*"]} for h in hs]
                 for ns, hs in out.consumer_hosts.items()}
+    tcp_ports = {(sp.key, sp.port): sp for sp in mesh.services if sp.protocol == "tcp"}
+    consumer_clusters = {
+        ns: [_tcp_cluster(tcp_ports[t], route, by_cluster, connect_ms)
+             for t, route in sorted(decided.items()) if t in tcp_ports]
+        for ns, decided in sorted(winning_consumer_tcp_routes(mesh).items())}
     return TransparentOut(listener, tables, sorted(clusters + pod_clusters,
-                                                   key=lambda c: str(c["name"])), consumer)
+                                                   key=lambda c: str(c["name"])), consumer,
+                          {ns: cs for ns, cs in consumer_clusters.items() if cs})
 
 
 def inbound_listener(proxy: Proxy, per_port: list[dict[str, Any]]) -> dict[str, Any] | None:

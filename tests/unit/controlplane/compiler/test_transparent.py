@@ -169,6 +169,41 @@ def test_a_tcproute_splits_by_backend_weight_whatever_the_endpoint_counts() -> N
     assert echo.tls is not None and echo.tls.alpn == ["tulle-tcp"]
 
 
+def test_a_consumer_tcproute_decides_for_its_own_namespace_only() -> None:
+    """A TCPRoute in `front` on Service `db` of `shop` sends front's clients to `db-v2`;
+    shop's clients keep the producer's default (every db endpoint), and their snapshot's
+    version does not move because front has a consumer route."""
+    pods = [workload("db-0", "10.0.1.1", [{"name": "tcp", "port": 5432}], app="db"),
+            workload("db2-0", "10.0.2.1", [{"name": "tcp", "port": 5432}], app="db2")]
+    services = [service("db", "db", [{"port": 5432, "appProtocol": "tcp"}], "240.240.0.20"),
+                service("db-v2", "db2", [{"port": 5432, "appProtocol": "tcp"}],
+                        "240.240.0.21")]
+    clients = [workload("client", "10.0.0.2", []),
+               workload("front", "10.0.0.4", [], ns="front")]
+    route = {"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute",
+             "metadata": {"name": "to-v2", "namespace": "front"},
+             "spec": {"parentRefs": [{"kind": "Service", "name": "db", "namespace": "shop",
+                                      "port": 5432}],
+                      "rules": [{"backendRefs": [{"name": "db-v2", "namespace": "shop",
+                                                 "port": 5432}]}]}}
+    grant = {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+             "metadata": {"name": "front-db", "namespace": "shop"},
+             "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "TCPRoute",
+                                "namespace": "front"}],
+                      "to": [{"group": "", "kind": "Service"}]}}
+    without = compiled(*pods, *services, *clients, grant)
+    snaps = compiled(*pods, *services, *clients, grant, route)
+
+    def db(key: str) -> list[str]:
+        c = next(c for c in snaps[key].clusters if c.name == "outbound-tcp|5432||db.shop")
+        return [e.address for e in c.endpoints]
+
+    assert db("front/front") == ["10.0.2.1"]
+    assert db("shop/client") == ["10.0.1.1"]
+    assert snaps["shop/client"].version == without["shop/client"].version
+    assert snaps["front/front"].version != without["front/front"].version
+
+
 @pytest.mark.parametrize(("declared", "expected"), [
     ([("http", "http")], "http1"),
     ([("grpc", "grpc")], "http2"),
