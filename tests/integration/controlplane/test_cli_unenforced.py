@@ -54,31 +54,37 @@ async def test_every_mesh_setting_is_in_force() -> None:
         assert "trustDomain example.org, mtls.mode STRICT" in cond["message"], cond
 
 
-async def test_a_tcproute_is_accepted_on_its_service_and_a_consumer_one_is_a_warning() -> None:
+async def test_a_tcproute_is_accepted_on_its_service_and_a_consumer_one_for_its_namespace(
+        ) -> None:
     async with running_control_plane() as cp:
         api = cp.api_url
         code, _, err = await tulle(api, "apply", "-f", "-", stdin=docs(service("web")))
         assert code == 0, err
         # A producer route on an existing port: enforced, so --strict takes it.
         code, out, err = await tulle(api, "apply", "--strict", "-f", "-",
-                                     stdin=docs({**tcp_route("db", "gone"), "spec": {
-                                         **tcp_route("db", "gone")["spec"],
-                                         "parentRefs": tcp_route("db", "gone")["spec"][
-                                             "parentRefs"][:1]}}))
+                                     stdin=docs(one_parent(tcp_route("db", "gone"))))
         assert code == 0 and "tcproute/db -n shop created" in out, (out, err)
 
-        # A consumer route (in `front`, on shop's Service) is not enforced: --strict refuses.
-        code, _, err = await tulle(api, "apply", "--strict", "-f", "-",
-                                   stdin=docs(tcp_route("theirs", "gone", "front")))
+        # A consumer route (in `front`, on shop's Service) runs for front's clients; its
+        # backend in shop needs shop's consent first, else --strict refuses it.
+        mine = one_parent(tcp_route("mine", "gone", "front"))
+        code, _, err = await tulle(api, "apply", "--strict", "-f", "-", stdin=docs(mine))
         assert code == 1 and "nothing was applied" in err
-        assert "Accepted=False (UnsupportedValue)" in err, err
+        assert "ResolvedRefs=False (RefNotPermitted)" in err, err
+        grant = {"apiVersion": "gateway.networking.k8s.io/v1beta1", "kind": "ReferenceGrant",
+                 "metadata": {"name": "front-tcp", "namespace": "shop"},
+                 "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "TCPRoute",
+                                    "namespace": "front"}],
+                          "to": [{"group": "", "kind": "Service"}]}}
+        code, out, err = await tulle(api, "apply", "--strict", "-f", "-",
+                                     stdin=docs(grant, mine))
+        assert code == 0 and "tcproute/mine -n front created" in out, (out, err)
 
+        # A parent that does not exist is still a warning (and refused by --strict).
         code, out, err = await tulle(api, "apply", "-f", "-",
                                      stdin=docs(tcp_route("theirs", "gone", "front")))
         assert code == 0 and "tcproute/theirs -n front created" in out, (out, err)
         lines = [line for line in err.splitlines() if line.startswith("Warning: tcproute/theirs")]
-        assert any("Accepted=False (UnsupportedValue): a TCPRoute in another namespace" in line
-                   for line in lines), lines
         assert any("Service gone: Accepted=False (NoMatchingParent): parent Service front/gone "
                    "does not exist" in line for line in lines), lines
 
@@ -91,7 +97,15 @@ async def test_a_tcproute_is_accepted_on_its_service_and_a_consumer_one_is_a_war
         accepted = {c["type"]: c for c in route["status"]["parents"][0]["conditions"]}
         assert accepted["Accepted"]["status"] == "True", accepted
         assert accepted["Accepted"]["reason"] == "Accepted"
-        code, out, _ = await tulle(api, "describe", "tcproute", "theirs", "-n", "front")
+        code, out, _ = await tulle(api, "describe", "tcproute", "mine", "-n", "front")
         assert code == 0
-        assert "Accepted=False (UnsupportedValue)" in out
+        assert "Accepted=True (Accepted): enforced for transparent clients in namespace front" \
+            in out, out
+        code, out, _ = await tulle(api, "describe", "tcproute", "theirs", "-n", "front")
         assert "Service gone: Accepted=False (NoMatchingParent)" in out
+        # (`mine` is older: it decides web:80 for front's clients; `theirs` is Conflicted there)
+        assert "Conflicted" in out, out
+
+
+def one_parent(route: dict[str, Any]) -> dict[str, Any]:
+    return {**route, "spec": {**route["spec"], "parentRefs": route["spec"]["parentRefs"][:1]}}
