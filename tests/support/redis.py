@@ -32,21 +32,23 @@ class RedisServer:
     port: int
     root: str = ""
     proc: asyncio.subprocess.Process | None = field(default=None, repr=False)
+    extra: tuple[str, ...] = ()
+    """More redis-server arguments (`--requirepass`, `--user`, `--tls-port` ...)."""
 
     async def start(self) -> None:
         """Start (or restart, after `stop()`) the server on its port; back when it answers."""
         self.proc = await asyncio.create_subprocess_exec(
             BINARY, "--bind", "127.0.0.1", "--port", str(self.port), "--dir", self.root,
             "--save", "", "--appendonly", "no", "--protected-mode", "yes",
-            "--logfile", f"{self.root}/redis.log", "--daemonize", "no",
+            "--logfile", f"{self.root}/redis.log", "--daemonize", "no", *self.extra,
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT
         while True:
             try:
-                if (await self.command(b"PING")).startswith(b"+PONG"):
-                    return
+                if (await self.command(b"PING")).startswith((b"+PONG", b"-NOAUTH")):
+                    return  # (NOAUTH: up, with a password)
             except OSError:
                 pass
             if loop.time() > deadline or self.proc.returncode is not None:
@@ -84,11 +86,13 @@ def available() -> bool:
 
 
 @contextlib.asynccontextmanager
-async def redis_server() -> AsyncIterator[RedisServer]:
+async def redis_server(*extra: str) -> AsyncIterator[RedisServer]:
+    """`extra`: more redis-server arguments; `{root}` in one is the server's own directory
+    (for TLS files written there before the start: see `tls_files`)."""
     if not available():
         pytest.skip("redis-server is not installed (scripts/install-system-deps.sh test)")
     root = tempfile.mkdtemp(prefix="tulle-redistest-")
-    server = RedisServer(free_port(), root)
+    server = RedisServer(free_port(), root, extra=tuple(a.format(root=root) for a in extra))
     try:
         await server.start()
         yield server

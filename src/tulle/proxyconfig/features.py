@@ -176,6 +176,13 @@ FEATURES: tuple[Feature, ...] = (
             "per interval)"),
     Feature("stats-reports", (), "stream messages `StatsRequest` / `StatsReport`: traffic "
             "summaries for `tulle stat` (ADR 0046)"),
+    # As rate-limit: a proxy lacking it would talk to Redis without AUTH or TLS, so the entry
+    # is withheld (the rule serves unlimited, listed as withheld) rather than half-applied.
+    Feature("rate-limit-redis-auth", tuple(f"{_FILTERS}.global.{k}" for k in (
+                "username", "password_file", "tls")), "`RateLimit.global` with `username`, "
+            "`password_file` and `tls`: Redis AUTH and TLS",
+            drops=_FILTERS, uses=lambda f: f.get("type") == "RateLimit" and any(
+                (f.get("global") or {}).get(k) for k in ("username", "password_file", "tls"))),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -34,7 +34,11 @@ def _field_type(t: mi.Type, segments: list[str]) -> mi.Type:
         many = seg.endswith("[]")
         name = seg[:-2] if many else seg
         if isinstance(t, mi.UnionType):  # an optional struct (`tls: TLSContext | None`)
-            (t,) = [o for o in t.types if not isinstance(o, mi.NoneType)]
+            options = [o for o in t.types if not isinstance(o, mi.NoneType)]
+            if len(options) > 1:  # a tagged union (a filter): the member with that field
+                options = [o for o in options if isinstance(o, mi.StructType)
+                           and any(f.encode_name == name for f in o.fields)][:1]
+            (t,) = options
         assert isinstance(t, mi.StructType), f"{seg}: not inside a struct"
         (f,) = [f for f in t.fields if f.encode_name == name] or [None]  # type: ignore[list-item]
         assert f is not None, f"no field {name!r}"
@@ -65,7 +69,7 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
         "request-mirror", "backend-filters", "url-rewrite", "ca-rotation", "load-balancing",
         "outlier-detection", "health-checks", "retries", "stream-idle-timeout", "dns",
         "delta-dns-hosts", "fault-injection", "rate-limit", "network-rate-limit",
-        "stats-reports"]
+        "stats-reports", "rate-limit-redis-auth"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:
@@ -285,3 +289,21 @@ def test_filter_types_added_later_are_withheld_entry_by_entry() -> None:
     got = decode_snapshot(msgspec.Raw(msgspec.json.encode(doc)))
     # A rewrite changes what the upstream is sent: without it the rule goes whole.
     assert got.route_tables[0].virtual_hosts[0].rules == []
+
+
+def test_a_proxy_without_redis_auth_never_gets_a_limit_that_needs_it() -> None:
+    """`rate-limit-redis-auth` withheld: the RateLimit entry that uses AUTH/TLS is removed (the
+    rule serves unlimited, listed as withheld: never a limit that talks to Redis without its
+    password), an entry without them is kept and its new fields (at defaults) stripped."""
+    def limit(**extra: Any) -> dict[str, Any]:
+        return {"type": "RateLimit", "global": {"requests": 5, "interval_ms": 1000,
+                                                "redis": "r:6379", "key": "k", **extra}}
+
+    doc = {"route_tables": [{"name": "t", "virtual_hosts": [{"name": "h", "rules": [
+        {"name": "auth", "filters": [limit(password_file="/p", tls={"ca_file": "/c"})]},
+        {"name": "plain", "filters": [limit(username="", password_file="", tls=None)]}]}]}]}
+    withhold_config(doc, [BY_NAME["rate-limit-redis-auth"]])
+    rules = doc["route_tables"][0]["virtual_hosts"][0]["rules"]
+    assert rules[0]["filters"] == []
+    assert rules[1]["filters"][0]["global"] == {"requests": 5, "interval_ms": 1000,
+                                                "redis": "r:6379", "key": "k"}

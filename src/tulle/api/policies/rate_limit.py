@@ -81,6 +81,13 @@ class LocalRateLimit(Model):
         return self
 
 
+class RedisTLSConfig(Model):
+    caFile: Annotated[str, Field(max_length=4096, pattern=r"^/")] | None = None
+    """A PEM bundle on each proxy's host to verify Redis by; absent: the system's CAs."""
+    serverName: Annotated[str, Field(min_length=1, max_length=253)] | None = None
+    """The name (or IP) Redis's certificate must carry; absent: the host of `redis`."""
+
+
 class GlobalRateLimit(Model):
     requests: Count
     interval: Duration
@@ -89,6 +96,14 @@ class GlobalRateLimit(Model):
     failureMode: Literal["Open", "Closed"] = "Open"
     timeout: Duration = "10ms"
     fallbackRequests: Annotated[int, Field(ge=0, le=1_000_000_000)] | None = None
+    username: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[!-~]+$")] | None \
+        = None
+    """A Redis ACL user for `AUTH`; needs `passwordFile`."""
+    passwordFile: Annotated[str, Field(max_length=4096, pattern=r"^/")] | None = None
+    """A file on each proxy's host holding the Redis password (absolute path).  The password
+    itself never goes through the control plane, the API or `proxy-config`."""
+    tls: RedisTLSConfig | None = None
+    """Speak TLS to Redis (its `tls-port`)."""
 
     @model_validator(mode="after")
     def _check(self) -> GlobalRateLimit:
@@ -99,6 +114,8 @@ class GlobalRateLimit(Model):
             raise field_error(("redis",), "the port must be 1-65535")
         if self.fallbackRequests is not None and self.failureMode == "Closed":
             raise field_error(("fallbackRequests",), "only with failureMode Open")
+        if self.username is not None and self.passwordFile is None:
+            raise field_error(("username",), "needs passwordFile")
         return self
 
 

@@ -100,7 +100,11 @@ class GlobalLimiter:
     def __init__(self, cfg: GlobalLimit, now: float) -> None:
         address = split_address(cfg.redis)
         assert address is not None  # validated with the config
-        self.client = RedisClient(*address)
+        tls = cfg.tls
+        self.client = RedisClient(*address, username=cfg.username,
+                                  password_file=cfg.password_file, tls=tls is not None,
+                                  ca_file=tls.ca_file if tls else "",
+                                  server_name=tls.server_name if tls else "")
         key = b"tulle:rl:" + cfg.key.encode()
         self.commands = (encode(b"INCR", key),
                          encode(b"PEXPIRE", key, b"%d" % cfg.interval_ms, b"NX"),

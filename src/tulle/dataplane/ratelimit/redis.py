@@ -12,16 +12,26 @@ parse) the client stays *down* for `retry_interval` seconds, during which every 
 once, so a dead Redis costs a request nothing, not even the caller's timeout.  How long a
 request waits for an answer is the caller's (`filters/ratelimit.py` bounds it).  A command
 whose caller gave up is still answered by Redis; its reply is read and dropped in order.
+
+Credentials and TLS: with a `password_file`, each new connection first sends `AUTH [user]
+password` (the file is read then, so a rotated password is used from the next connection on;
+it is never logged, and a refused AUTH takes the client down like a refused connection). With
+an `ssl` context the connection is TLS, the server verified by its certificate.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import ssl
 import weakref
 from collections import deque
 from typing import cast
 
+log = logging.getLogger("tulle.ratelimit")
+
 MAX_PENDING = 4096
+MAX_PASSWORD_BYTES = 1024
 """Commands awaiting replies (or a connection) at most; past it calls fail at once."""
 
 
@@ -117,22 +127,35 @@ class RedisClient:
 
     __slots__ = (
         "__weakref__",
+        "ca_file",
         "conn",
         "connect_timeout",
         "connecting",
         "down_until",
         "host",
         "loop",
+        "password_file",
         "port",
         "queued",
         "retry_interval",
+        "server_name",
+        "ssl",
+        "username",
         "waiting",
     )
 
     def __init__(self, host: str, port: int, *, connect_timeout: float = 0.5,
-                 retry_interval: float = 0.5) -> None:
+                 retry_interval: float = 0.5, username: str = "", password_file: str = "",
+                 tls: bool = False, ca_file: str = "", server_name: str = "") -> None:
         self.host = host
         self.port = port
+        self.username = username
+        self.password_file = password_file
+        self.ssl: ssl.SSLContext | bool = tls
+        """False: plaintext; True: TLS, its context made at the first connection (reading
+        `ca_file`); then the context."""
+        self.ca_file = ca_file
+        self.server_name = server_name or host
         self.connect_timeout = connect_timeout
         self.retry_interval = retry_interval
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -167,18 +190,63 @@ class RedisClient:
         loop = self.loop
         assert loop is not None
         conn = _Conn(self)
+        if self.ssl is True:
+            try:
+                self.ssl = ssl.create_default_context(cafile=self.ca_file or None)
+            except (OSError, ValueError) as exc:
+                log.warning("redis %s:%d: cannot use tls.ca_file %s: %s", self.host, self.port,
+                            self.ca_file, getattr(exc, "strerror", None) or exc)
+                self.connecting = None
+                self.failed(None)
+                return
+        context = self.ssl if isinstance(self.ssl, ssl.SSLContext) else None
+        auth = b""
+        if self.password_file:
+            try:
+                auth = self._auth_command()
+            except (OSError, ValueError) as exc:
+                log.warning("redis %s:%d: cannot read password_file %s: %s", self.host,
+                            self.port, self.password_file, getattr(exc, "strerror", exc))
+                self.connecting = None
+                self.failed(None)
+                return
         try:
-            await asyncio.wait_for(loop.create_connection(lambda: conn, self.host, self.port),
-                                   self.connect_timeout)
-        except (OSError, TimeoutError):
+            await asyncio.wait_for(loop.create_connection(
+                lambda: conn, self.host, self.port, ssl=context,
+                server_hostname=self.server_name if context is not None else None),
+                self.connect_timeout)
+        except (OSError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+            if isinstance(exc, ssl.SSLError):
+                log.warning("redis %s:%d: TLS failed: %s", self.host, self.port, exc.reason)
             self.connecting = None
             self.failed(None)
             return
         self.connecting = None
         self.conn = conn
-        if self.queued and conn.transport is not None:
-            conn.transport.write(b"".join(self.queued))
+        if auth:
+            checked = loop.create_future()
+            checked.add_done_callback(lambda f: self._authenticated(f, conn))
+            self.waiting.appendleft(checked)  # AUTH's reply comes before every other one
+        if (self.queued or auth) and conn.transport is not None:
+            conn.transport.write(auth + b"".join(self.queued))
         self.queued = []
+
+    def _auth_command(self) -> bytes:
+        with open(self.password_file, "rb") as f:
+            secret = f.read(MAX_PASSWORD_BYTES + 1)
+        secret = secret.rstrip(b"\r\n")
+        if not secret or len(secret) > MAX_PASSWORD_BYTES:
+            raise ValueError(f"empty or longer than {MAX_PASSWORD_BYTES} bytes")
+        if self.username:
+            return encode(b"AUTH", self.username.encode(), secret)
+        return encode(b"AUTH", secret)
+
+    def _authenticated(self, f: asyncio.Future[int | bytes | None], conn: _Conn) -> None:
+        if f.cancelled() or f.exception() in (None, DOWN):
+            return  # (DOWN: the connection went first; `failed` said so)
+        # The error Redis gives (WRONGPASS, NOAUTH...) never contains the password.
+        log.warning("redis %s:%d: AUTH refused: %s", self.host, self.port, f.exception())
+        self.failed(conn)
 
     def replies(self, replies: list[int | bytes | RedisError | None]) -> None:
         waiting = self.waiting

@@ -50,6 +50,15 @@ class LocalLimit(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     """Keyed buckets kept at most (`source` / `header`), least recently used dropped."""
 
 
+class RedisTLS(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """TLS to Redis (`tls-port`), the server verified against `ca_file` or the system's CAs."""
+
+    ca_file: Annotated[str, Meta(max_length=4096)] = ""
+    """PEM bundle on the proxy's host to verify Redis by; empty: the system's CAs."""
+    server_name: Annotated[str, Meta(max_length=253)] = ""
+    """The name (or IP) Redis's certificate must carry; empty: the host of `redis`."""
+
+
 class GlobalLimit(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     requests: Count
     """Requests admitted per window by all proxies sharing `key`."""
@@ -65,6 +74,14 @@ class GlobalLimit(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True)
     fallback_requests: Annotated[int, Meta(ge=0, le=1_000_000_000)] = 0
     """`failure_mode: open`: requests per interval this proxy admits while Redis is out;
     0: no local limit."""
+    username: Annotated[str, Meta(max_length=128, pattern=r"^[!-~]*$")] = ""
+    """Redis ACL user for `AUTH` (with `password_file`); empty: the default user."""
+    password_file: Annotated[str, Meta(max_length=4096)] = ""
+    """A file on the proxy's host holding the Redis password (read at each connection, so a
+    rotated password is picked up; never sent to or through the control plane); empty: no
+    `AUTH`."""
+    tls: RedisTLS | None = None
+    """Speak TLS to Redis; null: plaintext."""
 
 
 class RateLimit(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True,
@@ -106,4 +123,12 @@ def errors(f: RateLimit, path: str) -> list[FieldError]:
                                   "(framing field or credential)"))
     if f.global_ is not None and split_address(f.global_.redis) is None:
         out.append(FieldError(f"{path}.global.redis", "expected host:port"))
+    g = f.global_
+    if g is not None:
+        for field, value in (("password_file", g.password_file),
+                             ("tls.ca_file", g.tls.ca_file if g.tls else "")):
+            if value and not value.startswith("/"):
+                out.append(FieldError(f"{path}.global.{field}", "must be an absolute path"))
+        if g.username and not g.password_file:
+            out.append(FieldError(f"{path}.global.username", "needs password_file"))
     return out

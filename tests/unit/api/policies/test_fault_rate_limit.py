@@ -75,3 +75,16 @@ def test_rate_limit_bad_input_has_paths() -> None:
                                  "requests, not connections)")]
     empty = {**RLP, "spec": {"targetRef": RLP["spec"]["targetRef"]}}
     assert errors_of(empty)[0][1] == "set at least one of local, global, tcp"
+
+
+def test_redis_credentials_and_tls_are_paths_never_secrets() -> None:
+    assert errors_of(with_(RLP, "spec.global.passwordFile", "/etc/tulle/pw")) == []
+    assert errors_of(with_(RLP, "spec.global.passwordFile", "pw"))[0][0] == \
+        "spec.global.passwordFile"  # absolute paths only
+    assert errors_of(with_(RLP, "spec.global.username", "tulle")) == [
+        ("spec.global.username", "needs passwordFile")]
+    assert errors_of(with_(RLP, "spec.global.tls", {"caFile": "ca.pem"}))[0][0] == \
+        "spec.global.tls.caFile"
+    assert errors_of(with_(RLP, "spec.global.tls", {"serverName": "redis.shop"})) == []
+    assert errors_of(with_(RLP, "spec.global.password", "hunter2"))[0][0] == \
+        "spec.global.password"  # no field takes the password itself

@@ -59,6 +59,14 @@ def _global(v: dict[str, Any], key: str) -> dict[str, Any]:
            "timeout_ms": duration_ms(v.get("timeout") or "10ms")}
     if v.get("fallbackRequests"):
         out["fallback_requests"] = v["fallbackRequests"]
+    if v.get("passwordFile"):
+        out["password_file"] = v["passwordFile"]
+        if v.get("username"):
+            out["username"] = v["username"]
+    if isinstance(v.get("tls"), dict):
+        tls = v["tls"]
+        out["tls"] = {k: tls[src] for k, src in (("ca_file", "caFile"),
+                                                 ("server_name", "serverName")) if tls.get(src)}
     return out
 
 
@@ -96,7 +104,9 @@ def _render_local(v: dict[str, Any]) -> str:
 
 
 def _render_global(v: dict[str, Any]) -> str:
-    return (f"{v['requests']}/{v['interval']} via {v['redis']} "
+    extra = (", TLS" if v.get("tls") is not None else "") + \
+        (", AUTH" if v.get("passwordFile") else "")
+    return (f"{v['requests']}/{v['interval']} via {v['redis']}{extra} "
             f"(fail {str(v.get('failureMode') or 'Open').lower()})")
 
 
