@@ -179,6 +179,9 @@ def _register() -> bool:
     from tulle.cli.stat import stat_cmd
 
     cli.add_command(stat_cmd)
+    from tulle.demo.run import demo_cmd
+
+    cli.add_command(demo_cmd)
     return True
 
 
