@@ -24,9 +24,9 @@ def banner(pods: list[Pod], api: str, cp_stream: str, state: str, token_file: st
         f"{'agent (shared)' if p.agent_ports else 'sidecar':15s} "
         f"spiffe://demo.tulle.local/ns/{NAMESPACE}/sa/{p.service_account}"
         for p in pods)
-    t = "tulle" if default_port else f"tulle --server {api}"
+    t = "tulle"
     how = ("no flags or variables needed" if default_port
-           else "--server because --api-port is not the default")
+           else f"after `export TULLE_SERVER={api}`: --api-port is not the default")
     return f"""
 Tulle demo — a meshed shop in network namespaces (nothing routed to or from this host)
   control plane  API {api} (host loopback), proxy stream {cp_stream} (inside the testbed),
@@ -85,13 +85,14 @@ def live_line(elapsed: float, services: dict[str, Any], workloads: dict[str, Any
             f"{inv.get('rps', 0.0):5.1f} rps")
 
 
-def chains(metrics: str, pod: str) -> dict[str, int]:
+def chains(metrics: str, pod: str, agent: bool) -> dict[str, int]:
     """`pod`'s inbound connections per filter-chain kind (`mtls`, `plaintext`) in its proxy's
-    /metrics: a sidecar's listener is `inbound`, a node agent's `<namespace>/<pod>|inbound`."""
+    /metrics: a sidecar's listener is `inbound`, a node agent's (several pods, ADR 0032's
+    renaming) `<namespace>/<pod>|inbound`."""
     out = {"mtls": 0, "plaintext": 0}
-    mine = ("inbound", f"{NAMESPACE}/{pod}|inbound")
+    mine = f"{NAMESPACE}/{pod}|inbound" if agent else "inbound"
     for listener, kind, n in _CHAIN.findall(metrics):
-        if listener in mine:
+        if listener == mine:
             out[kind] += int(n)
     return out
 

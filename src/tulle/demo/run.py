@@ -89,7 +89,8 @@ def run_namespaces(duration: float, rps: float, interval: float, api_port: int,
             except OSError as exc:
                 line = f"  (stat not available: {exc})"
             print(line, flush=True)
-        print("\n" + report.mtls_table({p.name: report.chains(topo.metrics(p), p.name)
+        print("\n" + report.mtls_table({p.name: report.chains(topo.metrics(p), p.name,
+                                                          p.agent_ports is not None)
                                          for p in topo.pods if p.port is not None}))
         print(f"\n$ tulle stat svc -n {NAMESPACE} --window 30s\n"
               + topo.tulle("stat", "svc", "-n", NAMESPACE, "--window", "30s").rstrip(),
