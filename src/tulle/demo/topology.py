@@ -111,6 +111,7 @@ class Topology:
         if port_in_use(self.api_port):
             raise DemoError(f"127.0.0.1:{self.api_port} is in use (another control plane?); "
                             "stop it or give --api-port")
+        self._preflight()
         remove_stale_state()
         self.state.mkdir(mode=0o711)
         self.token_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -133,6 +134,21 @@ class Topology:
             if pod.port is None:  # the load generator: once everything it calls is up
                 self._sidecar(pod)
                 self._app(pod)
+
+    def _preflight(self) -> None:
+        """The proxies and apps run under their own uids: they must be able to read this
+        Python and the tulle package (a checkout under /root is not readable by them)."""
+        for uid in (PROXY_UID, APP_UID):
+            res = subprocess.run(
+                ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                 sys.executable, "-c", "import tulle.demo.apps, grpc"],
+                env=self.env, capture_output=True, text=True, timeout=60, check=False)
+            if res.returncode != 0:
+                last = (res.stderr.strip().splitlines() or ["?"])[-1]
+                raise DemoError(f"uid {uid} cannot run {sys.executable} with the tulle package "
+                                f"from {SRC} ({last}); the demo runs proxies and apps under "
+                                "their own uids, so put the checkout and its .venv where "
+                                "other users can read them")
 
     def close(self) -> None:
         if self.testbed is not None:
