@@ -26,7 +26,8 @@ from tulle.net.netns import missing_requirements
               envvar="DEMO_SECONDS", show_envvar=True, help="Seconds of traffic, then clean up and exit "
               "(0: until Ctrl-C).")
 @click.option("--rps", default=20.0, show_default=True, type=click.FloatRange(0.1, 2000),
-              envvar="DEMO_RPS", show_envvar=True, help="Requests per second the load generator sends to web.")
+              envvar="DEMO_RPS", show_envvar=True,
+              help="Requests per second the load generator sends to web.")
 @click.option("--interval", default=5.0, show_default=True, type=click.FloatRange(min=1),
               help="Seconds between live summaries.")
 @click.option("--loopback", is_flag=True, default=False,
