@@ -51,3 +51,44 @@ def test_errors_come_back_to_the_caller(testbed: Testbed) -> None:  # noqa: F811
     for bad in ("../etc", "", "a/b"):
         with pytest.raises(ValueError):
             nsock.run_in(bad, lambda: None)
+
+
+def _serve_once(server: socket.socket, reply: bytes, repeat: int = 1) -> threading.Thread:
+    def run() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(1024)
+            try:
+                for _ in range(repeat):
+                    conn.sendall(reply)
+            except OSError:
+                pass  # the client stopped reading: what the bound is for
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def test_http_get_is_bounded_against_a_hostile_peer(testbed: Testbed) -> None:  # noqa: F811
+    a = testbed.node("10.231.0.2/24")
+    server = nsock.listen_in(a.name, "10.231.0.2", 18081)
+    try:
+        # Not HTTP at all: refused with the reason, nothing parsed.
+        _serve_once(server, b"\x16\x03\x01 garbage")
+        with pytest.raises(OSError, match="not an HTTP answer"):
+            nsock.http_get(a.name, "10.231.0.2", 18081, "/metrics")
+        # An endless body: read up to the bound, then cut; memory stays bounded.
+        chunk = b"x" * 65536
+        t = _serve_once(server, b"HTTP/1.0 200 OK\r\n\r\n" + chunk, repeat=1000)
+        status, body = nsock.http_get(a.name, "10.231.0.2", 18081, "/metrics")
+        assert status == 200 and nsock.MAX_BODY <= len(body) <= nsock.MAX_BODY + 2 * len(chunk)
+        t.join(10)
+        # A peer that says nothing: the timeout ends the wait.
+        held: list[tuple[socket.socket, object]] = []
+        threading.Thread(target=lambda: held.append(server.accept()), daemon=True).start()
+        with pytest.raises(TimeoutError):
+            nsock.http_get(a.name, "10.231.0.2", 18081, "/", timeout=0.5)
+        for conn, _ in held:
+            conn.close()
+    finally:
+        server.close()

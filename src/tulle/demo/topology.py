@@ -291,7 +291,10 @@ class Topology:
     def metrics(self, pod: Pod) -> str:
         """The /metrics of the proxy serving `pod` (its sidecar, or node-2's agent)."""
         ns = self.ns[pod.node if pod.agent_ports else pod.name]
-        status, body = nsock.http_get(ns.name, "127.0.0.1", 15000, "/metrics")
+        try:
+            status, body = nsock.http_get(ns.name, "127.0.0.1", 15000, "/metrics")
+        except OSError:  # a proxy that is gone shows no connections
+            return ""
         return body if status == 200 else ""
 
     def stat(self, kind: str, window: str) -> dict[str, Any]:
