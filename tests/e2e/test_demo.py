@@ -137,6 +137,25 @@ def stat_rps(output: str, service: str) -> float:
     return float(m.group(1))
 
 
+GET = """
+import sys, urllib.error, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=10) as r:
+        print(r.status, r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code, e.read().decode())
+"""
+
+
+def pod_get(netns: str, url: str) -> tuple[int, str]:
+    """GET `url` from inside a pod, as an unmodified program would (its resolver, its socket)."""
+    out = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", GET, url],
+                         capture_output=True, text=True, timeout=30, check=True,
+                         env={"PATH": os.environ["PATH"]})
+    code, _, body = out.stdout.partition(" ")
+    return int(code), body
+
+
 @pytest.fixture
 def demo_env() -> None:
     require_tools("ip", "iptables", "iptables-restore", "ss", "setpriv")
@@ -162,6 +181,13 @@ def test_the_demo_meshes_the_shop_and_leaves_nothing(tmp_path: Path) -> None:
                      if ln.split()[2:3] == ["yes"]]
         assert sorted(connected) == ["catalog-v1-0", "catalog-v2-0", "flaky-0", "inventory-0",
                                      "load-0", "web-0"], got.stdout
+        # An ordinary client inside load-0's pod, by service name: web answers; the catalog
+        # refuses anyone but web (AuthorizationPolicy catalog-callers), enforced server-side.
+        netns = re.search(r"^  load-0\s+\S+\s+node-1\s+sidecar\s+(tl-\S+)", demo.output, re.M)
+        assert netns, demo.output
+        assert pod_get(netns.group(1), "http://web.shop.svc.cluster.local/")[0] == 200
+        status, body = pod_get(netns.group(1), "http://catalog.shop.svc.cluster.local/items/1")
+        assert status == 403 and "catalog-callers" in body, (status, body)
         demo.wait_for(r"^\s+t=\s+\d+s\s+web\s+[1-9]")  # a live line with traffic
         assert demo.finish() == 0, demo.output
     finally:

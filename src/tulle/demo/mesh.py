@@ -4,6 +4,8 @@
                    ├─▶ inventory (gRPC, :50051)
                    └─▶ flaky (answers 503 to 30%; RetryPolicy flaky-retries hides it)
 
+AuthorizationPolicy catalog-callers lets only web's identity call the catalog.
+
 node-1 runs every pod but catalog-v2-0 and flaky-0 with a sidecar each (`tulle iptables
 apply` in the pod); node-2 runs those two behind ONE node agent (`interception: agent`,
 ADR 0047).  Neither of node-2's pods calls anything, and nothing on node-2 calls them: the
@@ -110,6 +112,13 @@ def resources(rps: float) -> list[dict[str, Any]]:
         service("inventory", {"app": "inventory"}, GRPC_PORT, GRPC_PORT, "grpc"),
         service("flaky", {"app": "flaky"}),
         canary(90, 10),
+        # Zero trust: only web's identity may call the catalog (both versions, both modes).
+        {"apiVersion": "policy.tulle.dev/v1alpha1", "kind": "AuthorizationPolicy",
+         "metadata": {"name": "catalog-callers", "namespace": NAMESPACE},
+         "spec": {"targetRef": {"group": "", "kind": "Service", "name": "catalog"},
+                  "action": "ALLOW",
+                  "rules": [{"from": [{"serviceAccounts": [f"{NAMESPACE}/web"]}],
+                             "to": [{"methods": ["GET"], "paths": ["/items/*"]}]}]}},
         {"apiVersion": "policy.tulle.dev/v1alpha1", "kind": "RetryPolicy",
          "metadata": {"name": "flaky-retries", "namespace": NAMESPACE},
          "spec": {"targetRef": {"group": "", "kind": "Service", "name": "flaky"},

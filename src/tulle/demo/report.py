@@ -17,13 +17,15 @@ _CHAIN = re.compile(r'^tulle_proxy_protocol_detected_total\{listener="([^"]*)",'
                     r'protocol="chain:(?:[^"|]*\|)?(mtls|plaintext)"\} (\d+)', re.M)
 
 
-def banner(pods: list[Pod], api: str, cp_stream: str, state: str, token_file: str,
-           default_port: bool) -> str:
+def banner(pods: list[Pod], netns: dict[str, str], api: str, cp_stream: str, state: str,
+           token_file: str, default_port: bool) -> str:
+    """`netns`: each pod's network namespace name (for `ip netns exec`)."""
     rows = "\n".join(
         f"  {p.name:13s} {p.address:11s} {p.node:7s} "
-        f"{'agent (shared)' if p.agent_ports else 'sidecar':15s} "
+        f"{'agent (shared)' if p.agent_ports else 'sidecar':15s} {netns.get(p.name, '?'):12s} "
         f"spiffe://demo.tulle.local/ns/{NAMESPACE}/sa/{p.service_account}"
         for p in pods)
+    load = netns.get("load-0", "?")
     t = "tulle"
     how = ("no flags or variables needed" if default_port
            else f"after `export TULLE_SERVER={api}`: --api-port is not the default")
@@ -31,11 +33,12 @@ def banner(pods: list[Pod], api: str, cp_stream: str, state: str, token_file: st
 Tulle demo — a meshed shop in network namespaces (nothing routed to or from this host)
   control plane  API {api} (host loopback), proxy stream {cp_stream} (inside the testbed),
                  store {state}/tulle.db, admin token {token_file}
-  pod            address     node    proxy           identity
+  pod            address     node    proxy           netns        identity
 {rows}
   load-0 ─▶ web ─▶ catalog (HTTPRoute catalog-canary: 90% catalog-v1 / 10% catalog-v2)
                ├─▶ inventory (gRPC)    └─▶ flaky (30% 503s, RetryPolicy flaky-retries)
   every hop: the pod's own socket ─▶ iptables ─▶ its proxy ═mTLS (STRICT)═▶ the server's proxy
+  AuthorizationPolicy catalog-callers: only web's identity may call the catalog
 
 Try, in another shell as root ({how}):
   {t} get proxies                          # who is connected, which version they ACKed
@@ -46,6 +49,8 @@ Try, in another shell as root ({how}):
   {t} proxy-config web-0 -n {NAMESPACE} dns      # the names web's sidecar answers
   {t} explain --from web-0 -n {NAMESPACE} --to catalog --path /items/1   # route, mTLS, authz
   {t} describe retrypolicy flaky-retries -n {NAMESPACE}
+  ip netns exec {load} curl -s http://web.{NAMESPACE}.svc.cluster.local/      # from inside a pod
+  ip netns exec {load} curl -s http://catalog.{NAMESPACE}.svc.cluster.local/items/1  # 403: not web
   move the canary to 50/50 and watch the split follow within seconds:
   {t} get httproute catalog-canary -n {NAMESPACE} -o yaml \
       | sed 's/weight: 90/weight: 50/; s/weight: 10/weight: 50/' | {t} apply -f -

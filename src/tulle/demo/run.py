@@ -73,7 +73,8 @@ def run_namespaces(duration: float, rps: float, interval: float, api_port: int,
         print("tulle demo: building the network (namespaces, control plane, proxies) ...",
               flush=True)
         topo.start()
-        print(report.banner(topo.pods, topo.api, f"{CP_ADDRESS}:{stream_port}",
+        netns = {n: ns.name for n, ns in topo.ns.items()}
+        print(report.banner(topo.pods, netns, topo.api, f"{CP_ADDRESS}:{stream_port}",
                             str(topo.state), str(topo.token_file), api_port == 15681),
               flush=True)
         started = time.monotonic()

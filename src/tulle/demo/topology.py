@@ -20,6 +20,7 @@ with the demo (parent-death signal).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -47,6 +48,14 @@ PROXY_UID: Final = 1337
 APP_UID: Final = 1000
 CP_ADDRESS: Final = "10.231.0.10"
 NODES: Final = {"node-1": "10.231.0.2", "node-2": "10.231.0.3"}
+CALLS: Final = {
+    "web-0": ("outbound|80||catalog-v1.shop", "outbound|80||catalog-v2.shop",
+              "outbound|80||flaky.shop", "outbound|50051||inventory.shop"),
+    "load-0": ("outbound|80||web.shop",),
+}
+"""The clusters a caller's sidecar must have a healthy endpoint in before traffic starts, so
+the first summaries are not skewed by a backend still registering (a 90/10 split that shows
+100/0 for its first seconds)."""
 STATE_PREFIX: Final = "tulle-demo-ns-"
 SRC: Final = str(Path(__file__).resolve().parents[2])
 """The directory holding the `tulle` package, for the processes started in namespaces."""
@@ -133,6 +142,11 @@ class Topology:
         for pod in self.pods:
             if pod.port is None:  # the load generator: once everything it calls is up
                 self._sidecar(pod)
+        for name in CALLS:
+            self._wait(f"{name}'s sidecar to know its backends",
+                       functools.partial(self._backends_ready, name), f"{name}-proxy")
+        for pod in self.pods:
+            if pod.port is None:
                 self._app(pod)
 
     def _preflight(self) -> None:
@@ -281,6 +295,15 @@ class Topology:
             time.sleep(0.1)
         raise DemoError(f"{what} did not come up within {limit:.0f} s; its log:\n"
                         + self.tail(log))
+
+    def _backends_ready(self, name: str) -> bool:
+        try:
+            status, body = nsock.http_get(self.ns[name].name, "127.0.0.1", 15000, "/clusters")
+            clusters = {c.get("name"): c for c in json.loads(body)} if status == 200 else {}
+        except (OSError, ValueError, AttributeError):
+            return False
+        return all(any(e.get("healthy") for e in (clusters.get(c) or {}).get("endpoints", []))
+                   for c in CALLS[name])
 
     def tail(self, log: str, chars: int = 3000) -> str:
         try:

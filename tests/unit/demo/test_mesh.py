@@ -22,6 +22,9 @@ def test_strict_mtls_a_90_10_canary_and_a_grpc_service() -> None:
                ["backendRefs"]]
     assert weights == [90, 10]
     assert docs[("Service", "inventory")]["spec"]["ports"][0]["appProtocol"] == "grpc"
+    authz = docs[("AuthorizationPolicy", "catalog-callers")]["spec"]
+    assert authz["targetRef"]["name"] == "catalog" and authz["action"] == "ALLOW"
+    assert authz["rules"][0]["from"] == [{"serviceAccounts": ["shop/web"]}]
 
 
 def test_one_agent_serves_two_pods_that_neither_call_nor_are_called_from_its_node() -> None:

@@ -45,11 +45,14 @@ def test_chains_count_only_the_pods_own_inbound_listener() -> None:
 
 
 def test_the_banner_names_every_pod_and_the_commands() -> None:
-    text = report.banner(pods(20), "http://127.0.0.1:15681", "10.231.0.10:15680", "/tmp/x",
-                         "/run/tulle/admin-token", default_port=True)
+    text = report.banner(pods(20), {"load-0": "tl-1-7"}, "http://127.0.0.1:15681",
+                         "10.231.0.10:15680", "/tmp/x", "/run/tulle/admin-token",
+                         default_port=True)
     for p in pods(20):
         assert p.name in text and p.address in text
     assert "tulle get proxies" in text and "--server" not in text
     assert "spiffe://demo.tulle.local/ns/shop/sa/web" in text
-    other = report.banner(pods(20), "http://127.0.0.1:9", "x", "y", "z", default_port=False)
+    assert "ip netns exec tl-1-7 curl -s http://web.shop.svc.cluster.local/" in text
+    other = report.banner(pods(20), {}, "http://127.0.0.1:9", "x", "y", "z",
+                          default_port=False)
     assert "export TULLE_SERVER=http://127.0.0.1:9" in other
