@@ -67,7 +67,7 @@ def run_namespaces(duration: float, rps: float, interval: float, api_port: int,
         stop.set()
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    topo = Topology(api_port=api_port, stream_port=stream_port, rps=rps)
+    topo = Topology(api_port=api_port, stream_port=stream_port, rps=rps, stop=stop)
     code = 0
     try:
         print("tulle demo: building the network (namespaces, control plane, proxies) ...",
@@ -98,8 +98,11 @@ def run_namespaces(duration: float, rps: float, interval: float, api_port: int,
               + topo.tulle("stat", "svc", "-n", NAMESPACE, "--window", "30s").rstrip(),
               flush=True)
     except DemoError as exc:
-        print(f"tulle demo: {exc}", file=sys.stderr, flush=True)
-        code = 1
+        # Ctrl-C reaches the short commands the build runs too; say what happened, not what
+        # the interrupted command said.
+        why = "interrupted while building" if stop.is_set() else str(exc)
+        print(f"tulle demo: {why}", file=sys.stderr, flush=True)
+        code = 130 if stop.is_set() else 1
     finally:
         for s, h in old.items():
             signal.signal(s, h)

@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -97,10 +98,11 @@ class Topology:
     """Builds and tears down the whole demo; `close()` is safe to call at any point."""
 
     def __init__(self, *, api_port: int, stream_port: int, rps: float,
-                 stats_interval: float = 1.0, log: Callable[[str], None] = print) -> None:
+                 stats_interval: float = 1.0, stop: threading.Event | None = None) -> None:
+        """`stop`: set by Ctrl-C / SIGTERM; the build gives up at its next wait."""
         self.api_port, self.stream_port, self.rps = api_port, stream_port, rps
         self.stats_interval = stats_interval
-        self.log = log
+        self.stop = stop or threading.Event()
         self.api = f"http://127.0.0.1:{api_port}"
         self.pods = mesh.pods(rps)
         self.state = Path(tempfile.gettempdir()) / f"{STATE_PREFIX}{os.getpid()}"
@@ -290,6 +292,8 @@ class Topology:
     def _wait(self, what: str, ok: Callable[[], bool], log: str, limit: float = 60.0) -> None:
         deadline = time.monotonic() + limit
         while time.monotonic() < deadline:
+            if self.stop.is_set():
+                raise DemoError(f"interrupted while waiting for {what}")
             if ok():
                 return
             time.sleep(0.1)
