@@ -235,6 +235,26 @@ def test_loopback_fallback_says_why(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("demo_env")
+def test_sigint_while_building_stops_the_build_and_cleans_up(tmp_path: Path) -> None:
+    links = host_links()
+    demo = Demo(tmp_path)
+    try:
+        demo.wait_for(r"building the network")
+        deadline = time.monotonic() + 30  # until the first sidecar is being started
+        while time.monotonic() < deadline and len(demo.processes()) < 3:
+            time.sleep(0.1)
+        pids = demo.processes()
+        assert pids, demo.output
+        demo.proc.send_signal(signal.SIGINT)
+        assert demo.finish(60) == 130, demo.output
+    finally:
+        demo.stop()
+    assert "interrupted while building" in demo.output
+    assert "Logs:" not in demo.output  # it never got to the banner
+    assert_all_gone(demo, pids, links)
+
+
+@pytest.mark.usefixtures("demo_env")
 def test_after_a_crash_the_control_plane_dies_and_the_next_start_removes_the_rest(
         tmp_path: Path) -> None:
     from tulle.demo.topology import remove_stale_state
