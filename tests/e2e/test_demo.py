@@ -1,5 +1,5 @@
 """`tulle demo` end to end, as a user runs it: a subprocess building namespaces, a control plane
-and eight proxies' worth of mesh, traffic through mTLS, a 90/10 canary, and nothing left after
+four sidecars and a node agent, traffic through mTLS, a 90/10 canary, and nothing left after
 it exits — by --duration or by SIGINT mid-run (issue 11 item 6, ADR 0049).
 
 The API port is a free one (`--api-port`), so a suite or a demo running at the same time is not
