@@ -1,4 +1,4 @@
-"""`tulle demo` end to end, as a user runs it: a subprocess building namespaces, a control plane
+"""`tulle demo` end to end, as a user runs it: a subprocess building namespaces, a control plane,
 four sidecars and a node agent, traffic through mTLS, a 90/10 canary, and nothing left after
 it exits — by --duration or by SIGINT mid-run (issue 11 item 6, ADR 0049).
 
