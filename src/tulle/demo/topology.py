@@ -124,6 +124,7 @@ class Topology:
                             "stop it or give --api-port")
         self._preflight()
         remove_stale_state()
+        shutil.rmtree(self.state, ignore_errors=True)  # only a dead demo with our pid left one
         self.state.mkdir(mode=0o711)
         self.token_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.testbed = tb = Testbed()  # deletes namespaces left by a crashed run
@@ -189,7 +190,8 @@ class Topology:
 
     # -- pieces ------------------------------------------------------------------------------
     def _logfile(self, name: str) -> Any:
-        f = (self.state / f"{name}.log").open("wb")
+        fd = os.open(self.state / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        f = os.fdopen(fd, "wb")  # root's only; each process writes through its inherited fd
         self._logs.append(f)
         return f
 
