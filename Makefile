@@ -32,9 +32,11 @@ test: deps lint typecheck
 unit: deps
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit
 
-## Two sample services meshed by Tulle sidecars on loopback, live traffic, metrics printed.
+## `tulle demo`: a meshed shop in network namespaces (sidecars, a node agent, mTLS, a canary,
+## gRPC, retries), live traffic until Ctrl-C; without root the loopback demo (docs/demo.md).
+## DEMO_SECONDS=N stops after N seconds, DEMO_RPS=N sets the load (both read by `tulle demo`).
 demo: deps
-	$(BIN)/python demo/run.py
+	$(BIN)/tulle demo
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist

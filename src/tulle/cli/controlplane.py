@@ -79,6 +79,10 @@ def control_plane() -> None:
 @click.option("--stream-plaintext", is_flag=True, default=False,
               help="Serve the proxy stream WITHOUT TLS (development only; tokens and proofs "
                    "in the clear).  Logged as insecure.")
+@click.option("--stream-fd", default=None, type=click.IntRange(min=3), metavar="FD",
+              help="Serve the proxy stream on this inherited, already listening TCP socket "
+                   "instead of binding --stream-address/--stream-port (socket activation; "
+                   "`tulle demo` opens it inside a network namespace).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str,
@@ -88,7 +92,8 @@ def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str
             stream_liveness_timeout: float, api_max_body_bytes: int, ca_cert: str, ca_key: str, cert_ttl: str,
             admin_token_file: str | None, api_tls_cert: str | None,
             api_tls_key: str | None, api_allow_plaintext: bool,
-            stream_sans: tuple[str, ...], stream_plaintext: bool, log_level: str) -> None:
+            stream_sans: tuple[str, ...], stream_plaintext: bool, stream_fd: int | None,
+            log_level: str) -> None:
     """Serve the REST API and the proxy stream from a store.
 
     The API needs a token on every call but /healthz and /readyz; the first admin token is
@@ -101,8 +106,9 @@ def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str
     from tulle.dataplane.runner import configure_logging
 
     configure_logging(log_level)
-    ports_free([("the REST API", api_address, api_port, "--api-port"),
-                ("the proxy stream", stream_address, stream_port, "--stream-port")])
+    ports_free([("the REST API", api_address, api_port, "--api-port")]
+               + ([] if stream_fd is not None else  # (a handed-over socket is bound already)
+                  [("the proxy stream", stream_address, stream_port, "--stream-port")]))
     token_file = Path(admin_token_file) if admin_token_file else \
         default_admin_token_file(store_url)
     sys.exit(main(store_url, api_host=api_address, api_port=api_port,
@@ -118,7 +124,7 @@ def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str
                   api_allow_plaintext=api_allow_plaintext, stream_sans=stream_sans,
                   stream_plaintext=stream_plaintext,
                   stream_liveness_timeout=stream_liveness_timeout,
-                  stats_interval=stats_interval))
+                  stats_interval=stats_interval, stream_fd=stream_fd))
 
 
 def ports_free(wanted: list[tuple[str, str, int, str]]) -> None:

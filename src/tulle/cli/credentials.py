@@ -7,7 +7,10 @@ The first of these that gives a token wins:
 3. `$XDG_CONFIG_HOME/tulle/token` (default `~/.config/tulle/token`);
 4. only when the server is on loopback: the local control plane's admin token file,
    `TULLE_ADMIN_TOKEN_FILE` or the default next to its SQLite store (`TULLE_STORE`, default
-   `sqlite:tulle.db` -> `tulle.db.admin-token`), the file `tulle control-plane run` writes.
+   `sqlite:tulle.db` -> `tulle.db.admin-token`), the file `tulle control-plane run` writes;
+   then the runtime admin token file (`$XDG_RUNTIME_DIR/tulle/admin-token`, for root
+   without it `/run/tulle/admin-token`), where `tulle demo` puts its control plane's token so
+   that `tulle` in another shell works with no flags or variables.
 
 Step 4 is limited to loopback so that a `TULLE_SERVER` pointing elsewhere never receives the
 local admin token.  A token file readable by group or others is still used, with a warning.
@@ -62,6 +65,18 @@ def local_admin_token_file() -> Path | None:
     return None
 
 
+def runtime_admin_token_file() -> Path | None:
+    """Where a local control plane that keeps no SQLite file of its own (`tulle demo`)
+    publishes its admin token: `$XDG_RUNTIME_DIR/tulle/admin-token`, for root without that
+    variable `/run/tulle/admin-token`; None for anyone else (no shared /tmp path to squat)."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if base:
+        return Path(base) / "tulle" / "admin-token"
+    if os.geteuid() == 0:
+        return Path("/run/tulle/admin-token")
+    return None
+
+
 def is_loopback_url(server: str) -> bool:
     host = urllib.parse.urlsplit(server).hostname or ""
     if host == "localhost":
@@ -85,9 +100,9 @@ def resolve(server: str) -> str | None:
         candidates.append(Path(named))
     candidates.append(user_token_file())
     if is_loopback_url(server):
-        local = local_admin_token_file()
-        if local is not None:
-            candidates.append(local)
+        for local in (local_admin_token_file(), runtime_admin_token_file()):
+            if local is not None:
+                candidates.append(local)
     for path in candidates:
         token = _read(path)
         if token:

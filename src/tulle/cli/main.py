@@ -29,6 +29,7 @@ LAZY: dict[str, tuple[str, str]] = {
     "api-resources": ("tulle.cli.discovery", "api_resources_cmd"),
     "iptables": ("tulle.cli.iptables", "iptables"),
     "stat": ("tulle.cli.stat", "stat_cmd"),
+    "demo": ("tulle.demo.run", "demo_cmd"),
 }
 """Commands imported only when run (or listed by --help): `tulle get` then loads the HTTP
 client and `get.py`, not the explain tracer, the proxy config validator or PyYAML (issue:

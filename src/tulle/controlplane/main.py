@@ -89,7 +89,8 @@ class ControlPlane:
                  stream_plaintext: bool = False,
                  stream_liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT,
                  stream_ping_interval: float = 10.0,
-                 stats_interval: float = 5.0) -> None:
+                 stats_interval: float = 5.0,
+                 stream_fd: int | None = None) -> None:
         """`admin_token_file`: where the first admin API token is kept (admin_token.py); None
         keeps it only in `admin_token`.  The API refuses a non-loopback `api_host` without TLS
         unless `api_allow_plaintext` (exposure.py)."""
@@ -98,6 +99,11 @@ class ControlPlane:
         self.store_url = store_url
         self.api_host, self.api_port = api_host, api_port
         self.stream_host, self.stream_port = stream_host, stream_port
+        self.stream_socket = inherited_listener(stream_fd) if stream_fd is not None else None
+        """A listening socket handed over (`--stream-fd`), served instead of binding: how
+        `tulle demo` serves the stream inside a network namespace (ADR 0049)."""
+        if self.stream_socket is not None:
+            self.stream_host, self.stream_port = self.stream_socket.getsockname()[:2]
         self.instance = instance or f"{socket.gethostname()}-{os.getpid()}"
         self.debounce = debounce
         self.stream_hello_timeout = stream_hello_timeout
@@ -191,7 +197,8 @@ class ControlPlane:
                                liveness_timeout=self.stream_liveness_timeout,
                                ping_interval=self.stream_ping_interval,
                                stats=StatsWindow(), stats_interval=self.stats_interval)
-        self.stream_port = await self.push.start(self.stream_host, self.stream_port)
+        self.stream_port = await self.push.start(self.stream_host, self.stream_port,
+                                                 self.stream_socket)
         self.ca_keeper.on_change.append(self._ca_changed)
         push = self.push
         self.ca_keeper.local = lambda: [view(st) for st in push.statuses() if st.connected]
@@ -287,6 +294,21 @@ class ControlPlane:
             await self.presence.stop()
         if self.store is not None:
             await self.store.close()
+
+
+def inherited_listener(fd: int) -> socket.socket:
+    """The listening TCP socket open on `fd` (inherited from the parent process); ValueError
+    naming `--stream-fd` for anything else."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as exc:
+        raise ValueError(f"--stream-fd {fd}: {exc.strerror or exc}") from None
+    if sock.type != socket.SOCK_STREAM or sock.family not in (socket.AF_INET, socket.AF_INET6) \
+            or not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
+        sock.detach()
+        raise ValueError(f"--stream-fd {fd}: not a listening TCP socket")
+    sock.setblocking(False)
+    return sock
 
 
 async def _trust_domain(store: ResourceStore) -> str:

@@ -276,3 +276,27 @@ async def test_plaintext_is_an_opt_out_on_both_ends_and_said_loudly(
     insecure = [r.message for r in caplog.records if "INSECURE" in r.message]
     assert len(insecure) == 2, insecure
     assert token not in caplog.text
+
+
+async def test_a_stream_socket_handed_over_is_served_over_tls() -> None:
+    """`--stream-fd` (ADR 0049): the control plane serves a listening socket it did not bind
+    (as `tulle demo` opens it inside a namespace); a proxy is admitted on it over TLS, and the
+    certificate names the socket's own address."""
+    import os
+    import socket
+
+    listener = socket.create_server(("127.0.0.2", 0))
+    port = listener.getsockname()[1]
+    fd = os.dup(listener.fileno())
+    listener.close()  # the control plane holds the only copy now
+    async with running_control_plane(stream_fd=fd) as cp:
+        assert (cp.stream_host, cp.stream_port) == ("127.0.0.2", port)
+        token = await issue_token(cp.api_url, WEB)
+        server = ProxyServer()
+        agent = Agent(server, [("127.0.0.2", port)], WEB, token=token, backoff_max=0.05)
+        task = asyncio.get_running_loop().create_task(agent.run())
+        try:
+            await eventually(lambda: agent.held is not None)
+        finally:
+            await stop(agent, server, task)
+        assert cp.push is not None and cp.push.counters()["tlsHandshakeFailures"] == 0

@@ -16,6 +16,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]
     for name in ("TULLE_TOKEN", "TULLE_TOKEN_FILE", "TULLE_ADMIN_TOKEN_FILE", "TULLE_STORE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))  # not a running demo's
     monkeypatch.chdir(tmp_path)
     credentials.set_explicit(None)
     yield
@@ -59,6 +60,21 @@ def test_the_local_admin_token_goes_only_to_loopback(monkeypatch: pytest.MonkeyP
         assert credentials.resolve(server) is None, server
     monkeypatch.setenv("TULLE_ADMIN_TOKEN_FILE", str(write(tmp_path / "elsewhere", "named")))
     assert credentials.resolve(LOCAL) == "named"
+
+
+def test_the_runtime_admin_token_is_last_and_only_for_loopback(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`tulle demo` publishes its control plane's token in the runtime directory."""
+    write(tmp_path / "run" / "tulle" / "admin-token", "demo-admin")
+    assert credentials.resolve(LOCAL) == "demo-admin"
+    assert credentials.resolve("http://10.0.0.5:15681") is None
+    write(tmp_path / "tulle.db.admin-token", "from-store")  # a store in the cwd comes first
+    assert credentials.resolve(LOCAL) == "from-store"
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    monkeypatch.setattr(credentials.os, "geteuid", lambda: 1000)
+    assert credentials.runtime_admin_token_file() is None  # no shared path for non-root
+    monkeypatch.setattr(credentials.os, "geteuid", lambda: 0)
+    assert credentials.runtime_admin_token_file() == Path("/run/tulle/admin-token")
 
 
 def test_a_loose_token_file_is_used_with_a_warning(tmp_path: Path,

@@ -71,12 +71,15 @@ class TlsListener:
         self._loop_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, sock: socket.socket | None = None) -> int:
+        """Bind `host:port`, or serve `sock`, a socket already listening (handed over by
+        the process that made it, e.g. inside another network namespace)."""
         loop = asyncio.get_running_loop()
-        infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
-                                       flags=socket.AI_PASSIVE)
-        family = infos[0][0]
-        sock = socket.create_server(infos[0][4][:2], family=family, backlog=1024)
+        if sock is None:
+            infos = await loop.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                           flags=socket.AI_PASSIVE)
+            family = infos[0][0]
+            sock = socket.create_server(infos[0][4][:2], family=family, backlog=1024)
         sock.setblocking(False)
         self._sock = sock
         self._loop_task = loop.create_task(self._accept_loop(sock))

@@ -197,12 +197,16 @@ class PushServer:
                             self.max_pending_hellos)
         return self.caps
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, sock: socket.socket | None = None) -> int:
+        """Listen on `host:port`, or on `sock` when given (already listening)."""
         self.update_caps()
         if self.tls is not None:
             self._listener = TlsListener(self._serve_tls)
-            return await self._listener.start(host, port)
-        self._server = await asyncio.start_server(self._serve_plain, host, port)
+            return await self._listener.start(host, port, sock)
+        if sock is not None:
+            self._server = await asyncio.start_server(self._serve_plain, sock=sock)
+        else:
+            self._server = await asyncio.start_server(self._serve_plain, host, port)
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:

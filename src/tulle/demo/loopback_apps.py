@@ -1,8 +1,10 @@
-"""The demo's sample application: a `frontend` that calls a `backend` through its sidecar.
+"""The loopback demo's sample application: a `frontend` that calls a `backend` through its
+sidecar.
 
-Run one with `python demo/apps.py frontend PORT OUTBOUND_URL` or `python demo/apps.py backend
-PORT VERSION`.  The frontend knows the backend only by name (`http://backend/...`); it reaches it through
-its sidecar's outbound listener, exactly as a meshed workload would.
+Run one with `python -m tulle.demo.loopback_apps frontend PORT OUTBOUND_URL` or
+`python -m tulle.demo.loopback_apps backend PORT VERSION`.  The frontend knows the backend
+only by name (`http://backend/...`); it reaches it through its sidecar's outbound listener,
+exactly as a meshed workload would.
 """
 
 from __future__ import annotations
