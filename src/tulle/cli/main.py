@@ -179,6 +179,9 @@ def _register() -> bool:
     from tulle.cli.stat import stat_cmd
 
     cli.add_command(stat_cmd)
+    from tulle.cli.tap import tap_cmd
+
+    cli.add_command(tap_cmd)
     return True
 
 

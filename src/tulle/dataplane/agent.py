@@ -46,6 +46,7 @@ from tulle.dataplane.identity import (
 )
 from tulle.dataplane.server import ApplyError, ProxyServer
 from tulle.dataplane.stream_tls import StreamTrust
+from tulle.dataplane.tap_link import TapLink
 from tulle.dataplane.telemetry.summary import Summarizer
 from tulle.proxyconfig import features
 from tulle.proxyconfig.delta import DeltaError
@@ -68,6 +69,8 @@ from tulle.proxyconfig.stream import (
     Snapshot,
     StatsReport,
     StatsRequest,
+    TapStart,
+    TapStop,
     TrustAck,
     TrustUpdate,
     WorkloadCredential,
@@ -369,6 +372,7 @@ class Agent:
     async def _session(self, host: str, port: int) -> None:
         reader, writer = await self.trust.connect(host, port, timeout=5)
         renewer = asyncio.get_running_loop().create_task(self._renew_when_due(writer))
+        taps = TapLink(self.server.taps, writer)
         try:
             writer.write(encode(self._hello()))
             decoder = FrameDecoder()
@@ -380,6 +384,9 @@ class Agent:
                     if isinstance(msg, StatsRequest):
                         self._start_stats(writer, msg.interval_ms)
                         continue
+                    if isinstance(msg, TapStart | TapStop):
+                        taps.handle(msg)
+                        continue
                     reply = await self._handle(msg)
                     if reply is not None:
                         writer.write(encode(reply))
@@ -389,6 +396,7 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
             await self._stop_stats()
+            await taps.close()
             writer.close()
             # Bounded: a TLS close waits for the peer's close_notify (up to asyncio's 30 s
             # shutdown timeout), and a control plane that dropped us may never send one.

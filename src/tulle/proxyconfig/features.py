@@ -176,6 +176,8 @@ FEATURES: tuple[Feature, ...] = (
             "per interval)"),
     Feature("stats-reports", (), "stream messages `StatsRequest` / `StatsReport`: traffic "
             "summaries for `tulle stat` (ADR 0046)"),
+    Feature("tap", (), "stream messages `TapStart` / `TapStop` / `TapEvents`: live request "
+            "records for `tulle tap`, `tulle top` and the dashboard (ADR 0056)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

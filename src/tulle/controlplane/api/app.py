@@ -46,6 +46,7 @@ from tulle.controlplane.api.bootstrap_tokens import add_token_routes
 from tulle.controlplane.api.ca_routes import add_ca_routes
 from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from tulle.controlplane.api.stat_routes import add_stat_routes
+from tulle.controlplane.api.tap_routes import add_tap_routes
 from tulle.controlplane.ca.keeper import CAKeeper
 from tulle.controlplane.ca.tokens import TokenService
 from tulle.controlplane.push.server import PushServer, SnapshotCache
@@ -179,5 +180,7 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
         add_ca_routes(app, ca_keeper, push)
     if push.stats is not None:
         add_stat_routes(app, push.stats)
+    if push.taps is not None:
+        add_tap_routes(app, push.taps)
     return app
 
