@@ -182,6 +182,9 @@ def _register() -> bool:
     from tulle.cli.tap import tap_cmd
 
     cli.add_command(tap_cmd)
+    from tulle.cli.top import top_cmd
+
+    cli.add_command(top_cmd)
     return True
 
 

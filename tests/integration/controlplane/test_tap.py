@@ -240,3 +240,39 @@ async def test_the_cli_prints_records_as_lines_and_as_json(tmp_path: Path) -> No
             stop.set()
             await task
         await eventually(lambda: running_taps(m) == 0 and not broker(m).watches)
+
+
+async def test_top_ranks_the_busiest_paths_from_the_tap(tmp_path: Path) -> None:
+    async with running_mesh(tmp_path) as m:
+        stop = asyncio.Event()
+
+        async def traffic() -> None:
+            async with aiohttp.ClientSession() as s:
+                for i in range(5000):  # bounded; stopped long before
+                    if stop.is_set():
+                        return
+                    await m.call("a" if i % 2 else "b", "/hot" if i % 4 else "/fail/cold", s)
+                    await asyncio.sleep(0.01)
+
+        task = asyncio.get_running_loop().create_task(traffic())
+        try:
+            code, out, err = await tulle(m.cp.api_url, "top", "svc/api", "-n", NS, "-o", "json",
+                                         "--count", "2", "--interval", "1.5",
+                                         "--max-rps", "100")
+        finally:
+            stop.set()
+            await task
+        assert code == 0, err
+        last = json.loads(out.splitlines()[-1])
+        rows = {(r["source"].rsplit("/", 1)[-1], r["path"]): r for r in last["items"]}
+        # The servers' view (inbound), once per request: callers by their SPIFFE IDs.
+        assert set(rows) <= {("a", "/hot"), ("b", "/hot"), ("b", "/fail/cold")}
+        hot = rows[("a", "/hot")]
+        assert hot["destination"] == "shop/api-0" and hot["successRate"] == 1.0
+        assert last["items"][0]["path"] == "/hot"  # the busiest first
+        assert rows[("b", "/fail/cold")]["successRate"] == 0.0
+        code, out, err = await tulle(m.cp.api_url, "top", "deploy/a", "-n", NS, "--count", "1",
+                                     "--interval", "0.3")
+        assert code == 0, err
+        assert out.splitlines()[0] == "(no requests yet)"  # the traffic has stopped
+        await eventually(lambda: not broker(m).watches and running_taps(m) == 0)
