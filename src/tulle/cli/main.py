@@ -185,6 +185,9 @@ def _register() -> bool:
     from tulle.cli.top import top_cmd
 
     cli.add_command(top_cmd)
+    from tulle.cli.dashboard import dashboard_cmd
+
+    cli.add_command(dashboard_cmd)
     return True
 
 
