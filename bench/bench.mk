@@ -90,3 +90,10 @@ bench-resilience-retries: deps
 ## -> bench/results/resilience.json (global_limit_error_ratio); one of bench-resilience's.
 bench-global-limit: deps
 	$(BENCH_PY) -m bench.global_limit
+
+# make bench-tap: ~10 s, no sockets: live tap's cost per request in the proxy (none running, a
+# tap that does not match, one that records, one over its rate) -> bench/results/tap.json
+.PHONY: bench-tap
+bench-tap: deps
+	$(BENCH_PY) -m bench.micro_tap > bench/results/tap.json
+	cat bench/results/tap.json

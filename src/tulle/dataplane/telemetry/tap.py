@@ -189,20 +189,21 @@ class TapHub:
         service = self._own_service if inbound else self._services.get(s.cluster, "")
         head = s.head
         status = s.status
-        now = self._clock()
+        now = 0.0
         record: TapRecord | None = None
         for tap in self.taps:
-            if ((tap.workload and tap.workload != workload)
+            if ((tap.path and not head.path.startswith(tap.path))
                     or (tap.service and tap.service != service)
+                    or (tap.workload and tap.workload != workload)
                     or (tap.direction and tap.direction != direction)
                     or (tap.method and tap.method != head.method)
-                    or (tap.path and not head.path.startswith(tap.path))
                     or (tap.authority and tap.authority != head.authority.lower())
                     or (tap.status_min and status < tap.status_min)
-                    or (tap.status_max and status > tap.status_max)
-                    or now >= tap.expires):
+                    or (tap.status_max and status > tap.status_max)):
                 continue
-            if not tap.take(now):
+            if not now:  # the clock only once something matched
+                now = self._clock()
+            if now >= tap.expires or not tap.take(now):
                 continue
             if record is None or tap.headers != bool(record.headers):
                 record = self._record(s, direction, workload, service, inbound, tap.headers)
