@@ -186,7 +186,7 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
     if push.stats is not None:
         add_stat_routes(app, push.stats)
     if push.taps is not None:
-        add_tap_routes(app, push.taps)
+        add_tap_routes(app, push.taps, store)
     add_dashboard_routes(app, store, cache, push.stats)
     return app
 

@@ -12,6 +12,9 @@ The answer is `application/x-ndjson`, one object per line: `{"type": "started", 
 `proxy-gone` notices, a `heartbeat` every few seconds (so a watcher that went away is noticed
 and its tap stopped at the proxies), and `{"type": "end"}` when `duration` is over.
 
+The Mesh may forbid taps or header values, and caps the rate
+(`Mesh.spec.observability.tap`, read at every start and renewal).
+
 Who may tap: any API token, read-only included (it is a GET, like `stat`): records carry what
 the mesh's metrics already show per request.  Header values are more (a path or a header may
 carry a secret the operator's app put there): `headers=true` needs an admin token, and the
@@ -21,6 +24,7 @@ values of credential headers (`Authorization`, `Cookie`, ...) are never sent by 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
@@ -28,8 +32,10 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
+from tulle.api.observability_tap import TapSettings
 from tulle.controlplane.api.api_tokens import Principal, Role
 from tulle.controlplane.api.apply import error as _error
+from tulle.controlplane.store.protocol import ResourceStore
 from tulle.controlplane.telemetry.tap import (
     EXPIRES_MS,
     MAX_DURATION,
@@ -61,11 +67,24 @@ def parse_status(text: str) -> tuple[int, int]:
     return a, b
 
 
+async def mesh_tap_settings(store: ResourceStore) -> TapSettings:
+    """`Mesh.spec.observability.tap` of the mesh (its defaults without a Mesh)."""
+    items, _ = await store.list("Mesh")
+    for obj in sorted(items, key=lambda o: (o.get("metadata") or {}).get("name") != "default"):
+        raw = ((obj.get("spec") or {}).get("observability") or {}).get("tap")
+        if isinstance(raw, dict):
+            with contextlib.suppress(ValueError):  # (the store holds validated documents)
+                return TapSettings.model_validate(raw)
+        break
+    return TapSettings()
+
+
 def _line(item: dict[str, Any]) -> bytes:
     return json.dumps(item, separators=(",", ":")).encode() + b"\n"
 
 
-def add_tap_routes(app: FastAPI, broker: TapBroker, heartbeat: float = EXPIRES_MS / 3000) -> None:
+def add_tap_routes(app: FastAPI, broker: TapBroker, store: ResourceStore,
+                   heartbeat: float = EXPIRES_MS / 3000) -> None:
     @app.get("/api/v1/tap", response_model=None)
     async def tap(request: Request, kind: str = "Workload", name: str = "",
                   namespace: str = "default", path: str = "", method: str = "",
@@ -99,6 +118,13 @@ def add_tap_routes(app: FastAPI, broker: TapBroker, heartbeat: float = EXPIRES_M
         principal = request.scope.get("tulle.principal")
         if headers and not (isinstance(principal, Principal) and principal.role is Role.ADMIN):
             return _error(403, "headers: request headers are shown to admin tokens only")
+        mesh = await mesh_tap_settings(store)
+        if not mesh.enabled:
+            return _error(403, "taps are off in this mesh (Mesh.spec.observability.tap.enabled)")
+        if headers and not mesh.headers:
+            return _error(403, "headers: not shown in this mesh "
+                               "(Mesh.spec.observability.tap.headers)")
+        rate = min(rate, mesh.maxRate)
         dir_: Literal["", "inbound", "outbound"] = direction  # type: ignore[assignment]
         try:
             watch = broker.open(TapTarget(k, namespace, name), path_prefix=path,
@@ -113,6 +139,7 @@ def add_tap_routes(app: FastAPI, broker: TapBroker, heartbeat: float = EXPIRES_M
             try:
                 yield _line({"type": "started", "id": watch.id,
                              "target": {"kind": k, "namespace": namespace, "name": name},
+                             "rate": watch.rate,
                              "proxies": sorted(set(watch.sessions.values()))})
                 end = loop.time() + duration
                 beat = loop.time() + heartbeat
@@ -122,6 +149,10 @@ def add_tap_routes(app: FastAPI, broker: TapBroker, heartbeat: float = EXPIRES_M
                         yield _line({"type": "end", "reason": "duration"})
                         return
                     if now >= beat:
+                        if not (await mesh_tap_settings(store)).enabled:
+                            yield _line({"type": "end", "reason": "taps turned off in the "
+                                         "mesh (Mesh.spec.observability.tap.enabled)"})
+                            return
                         broker.renew(watch)
                         beat = now + heartbeat
                         yield _line({"type": "heartbeat"})
