@@ -141,16 +141,20 @@ class TapHub:
                 tap.renew(msg, now)
                 return True
         if not msg.id or len(msg.id) > MAX_ID:
-            self.refused += 1
-            self.ended.append(TapEvents(id=msg.id[:MAX_ID], ended="refused: bad tap id"))
+            self._refuse(msg.id[:MAX_ID], "refused: bad tap id")
             return False
         if len(self.taps) >= MAX_TAPS:
-            self.refused += 1
-            self.ended.append(TapEvents(
-                id=msg.id, ended=f"refused: this proxy runs {MAX_TAPS} taps already"))
+            self._refuse(msg.id, f"refused: this proxy runs {MAX_TAPS} taps already")
             return False
         self.taps = (*self.taps, _Tap(msg, now))
         return True
+
+    def _refuse(self, tap_id: str, why: str) -> None:
+        """Count a refusal and queue its answer; a flood of starts queues at most
+        `MAX_TAPS` answers per flush (the rest are counted only)."""
+        self.refused += 1
+        if len(self.ended) < MAX_TAPS:
+            self.ended.append(TapEvents(id=tap_id, ended=why))
 
     def stop(self, tap_id: str) -> None:
         self.taps = tuple(t for t in self.taps if t.id != tap_id)

@@ -177,3 +177,13 @@ def test_a_nan_or_huge_rate_is_clamped() -> None:
     h.see(request())
     (batch,) = h.flush()
     assert (len(batch.records), batch.dropped) == (1, 1)
+
+
+def test_a_flood_of_starts_queues_a_bounded_number_of_answers() -> None:
+    h, _ = hub()
+    for i in range(10_000):
+        h.start(TapStart(id=f"t{i}"))
+    assert len(h.taps) == MAX_TAPS and h.refused == 10_000 - MAX_TAPS
+    answers = h.flush()
+    assert len([b for b in answers if b.ended]) == MAX_TAPS  # the rest only counted
+    assert all(b.id for b in answers)
