@@ -276,3 +276,14 @@ async def test_top_ranks_the_busiest_paths_from_the_tap(tmp_path: Path) -> None:
         assert code == 0, err
         assert out.splitlines()[0] == "(no requests yet)"  # the traffic has stopped
         await eventually(lambda: not broker(m).watches and running_taps(m) == 0)
+
+
+async def test_a_proxy_without_the_feature_is_never_sent_a_tap_and_stays_up(
+        tmp_path: Path) -> None:
+    old = [f for f in SUPPORTED if f != "tap"]
+    async with running_mesh(tmp_path, clients=("a",), features=old) as m, watching(
+            m, kind="deploy", name="a", namespace=NS) as w:
+        assert w.items[0]["proxies"] == []  # a-0 did not announce `tap`
+        assert await m.call("a") == 200
+        client = m.clients["a"][0]
+        assert client.server.taps.taps == () and client.agent.connected.is_set()
