@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tulle.proxyconfig.model import ProxyConfig
-from tulle.proxyconfig.stream import TapEvents, TapStart
 from tulle.proxyconfig.tap import (
     MAX_EXPIRES_MS,
     MAX_FIELD,
@@ -37,7 +36,10 @@ from tulle.proxyconfig.tap import (
 )
 
 if TYPE_CHECKING:
+    # (not at run time: a proxy run from a file never loads the stream protocol, which pulls
+    # in hashlib; tests/integration/dataplane/test_footprint.py)
     from tulle.dataplane.http.stream import RequestStream
+    from tulle.proxyconfig.stream import TapEvents, TapStart
 
 _PROTOCOLS = {b"1.0": "HTTP/1.0", b"1.1": "HTTP/1.1", b"2": "HTTP/2"}
 
@@ -154,6 +156,8 @@ class TapHub:
         `MAX_TAPS` answers per flush (the rest are counted only)."""
         self.refused += 1
         if len(self.ended) < MAX_TAPS:
+            from tulle.proxyconfig.stream import TapEvents  # lazily: see the imports
+
             self.ended.append(TapEvents(id=tap_id, ended=why))
 
     def stop(self, tap_id: str) -> None:
@@ -166,6 +170,8 @@ class TapHub:
 
     def flush(self) -> list[TapEvents]:
         """Pending batches, and the `ended` answers of refused and expired taps."""
+        from tulle.proxyconfig.stream import TapEvents  # lazily: see the imports
+
         out, self.ended = self.ended, []
         now = self._clock()
         keep = []
