@@ -172,6 +172,7 @@
       cell(tr, pct(n.successRate), "success");
       cell(tr, ms(n.latencyMs && n.latencyMs.p50));
       cell(tr, ms(n.latencyMs && n.latencyMs.p99), "p99");
+      cell(tr, String(n.tcpConnections || 0), "tcp");
       cell(tr, String(n.meshed));
       cell(tr, sparkline(h.rps, 0));
       cell(tr, sparkline(h.success, 1));
