@@ -135,12 +135,37 @@ async def test_the_dashboard_draws_the_mesh_updates_and_taps(tmp_path: Path) -> 
             cells = await page.evaluate(
                 "[...document.querySelector('#tap tbody tr').cells].map(c => c.textContent)")
             assert cells[3] == "GET" and cells[9] in ("yes", "no")
+
+            # A hostile path (httptools takes it raw) reaches the page as text, never as HTML.
+            hostile = "/x<img/src=x/onerror=window.pwned=1>"
+            assert await raw_get(m.clients["a"][1], hostile) == 200
+
+            async def shown() -> bool:
+                paths: list[str] = await page.evaluate(
+                    "[...document.querySelectorAll('#tap td.path')].map(c => c.textContent)")
+                return hostile in paths
+            await eventually(shown, timeout=10, interval=0.1)
+            assert await page.evaluate("document.querySelectorAll('#tap img').length") == 0
+            assert await page.evaluate("typeof window.pwned") == "undefined"
             await page.evaluate("document.getElementById('tap-stop').click()")
             assert m.cp.push is not None and m.cp.push.taps is not None
             broker = m.cp.push.taps
             await eventually(lambda: not broker.watches, timeout=10)
 
             assert page.errors == [], page.errors
+
+
+async def raw_get(port: int, path: str) -> int:
+    """A GET with `path` sent byte for byte (no client library would send it unquoted)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n".encode())
+        async with asyncio.timeout(10):
+            status_line = await reader.readline()
+            await reader.read()
+        return int(status_line.split()[1])
+    finally:
+        writer.close()
 
 
 async def _refreshed(page: Page, n: int) -> bool:
