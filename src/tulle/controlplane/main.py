@@ -192,7 +192,8 @@ class ControlPlane:
                                liveness_timeout=self.stream_liveness_timeout,
                                ping_interval=self.stream_ping_interval,
                                stats=StatsWindow(), stats_interval=self.stats_interval,
-                               taps=TapBroker(labels=self.reconciler.workload_labels))
+                               taps=TapBroker(labels=self.reconciler.workload_labels,
+                                              snapshots=self.cache.get))
         self.stream_port = await self.push.start(self.stream_host, self.stream_port)
         self.ca_keeper.on_change.append(self._ca_changed)
         push = self.push

@@ -26,6 +26,7 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
+from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.stream import Message, TapEvents, TapStart, TapStop, WorkloadInfo
 from tulle.proxyconfig.tap import MAX_RATE, MIN_RATE, TapMatch
 
@@ -69,6 +70,26 @@ class TapTarget:
 
 Labels = Callable[[str, str], dict[str, str]]
 """The labels of Workload (namespace, name), as the store has them."""
+Snapshots = Callable[[tuple[str, str]], ProxyConfig | None]
+"""The snapshot compiled for workload (namespace, name), if any."""
+
+
+def sees_service(snapshots: Snapshots, workloads: Sequence[WorkloadInfo], service: str) -> bool:
+    """Whether a proxy fronting `workloads` can see requests to Service `namespace/name`: one
+    of its snapshots serves it (`node.service`) or has a cluster for it.  Unknown (no
+    snapshot yet): True, the proxy filters anyway."""
+    ns, _, name = service.partition("/")
+    for w in workloads:
+        cfg = snapshots((w.namespace, w.name))
+        if cfg is None:
+            return True
+        if cfg.node.service == name and cfg.node.namespace == ns:
+            return True
+        for c in cfg.clusters:
+            md = c.metadata
+            if md is not None and md.service == name and (md.namespace or cfg.node.namespace) == ns:
+                return True
+    return False
 GROUP_LABELS = ("app", "app.kubernetes.io/name")
 """Labels naming the group (a Kubernetes Deployment, an app) a workload belongs to."""
 
@@ -105,6 +126,8 @@ class TapWatch:
     sessions: dict[TapSession, str] = field(default_factory=dict)
     """The proxies this tap was sent to, with the `namespace/name` each is shown as."""
     admitted: dict[TapSession, frozenset[str]] = field(default_factory=dict)
+    refused_by: set[TapSession] = field(default_factory=set)
+    """Proxies that refused this tap (over their cap): not asked again."""
     dropped: int = 0
     """Items this watcher lost because it did not read fast enough."""
     closed: bool = False
@@ -124,9 +147,13 @@ class TapBroker:
     """Every tap-capable proxy session, and every open watch."""
 
     def __init__(self, max_watches: int = MAX_WATCHES,
-                 labels: Labels = lambda namespace, name: {}) -> None:
+                 labels: Labels = lambda namespace, name: {},
+                 snapshots: Snapshots | None = None) -> None:
         self.max_watches = max_watches
         self.labels = labels
+        self.snapshots = snapshots
+        """With it, a Service tap goes only to the proxies whose config can see the Service
+        (`sees_service`), and renewals bring in proxies whose config came to see it."""
         self.sessions: dict[TapSession, list[WorkloadInfo]] = {}
         self.watches: dict[str, TapWatch] = {}
         self.refused = 0
@@ -151,11 +178,14 @@ class TapBroker:
         for watch in self.watches.values():
             who = watch.sessions.pop(session, None)
             watch.admitted.pop(session, None)
+            watch.refused_by.discard(session)
             if who is not None:
                 watch.put({"type": "proxy-gone", "proxy": who})
 
     def _enlist(self, watch: TapWatch, session: TapSession,
                 workloads: list[WorkloadInfo]) -> bool:
+        if session in watch.refused_by:
+            return False
         t = watch.target
         match = watch.match
         if t.kind == "Workload":
@@ -165,6 +195,9 @@ class TapBroker:
             if len(covered) == 1:  # a node agent: only that workload's requests
                 w = covered[0]
                 match = msgspec.structs.replace(match, workload=f"{w.namespace}/{w.name}")
+        elif self.snapshots is not None and not sees_service(self.snapshots, workloads,
+                                                             match.service):
+            return False
         names = frozenset(f"{w.namespace}/{w.name}" for w in workloads)
         watch.sessions[session] = f"{workloads[0].namespace}/{workloads[0].name}"
         watch.admitted[session] = names
@@ -195,11 +228,12 @@ class TapBroker:
         return watch
 
     def renew(self, watch: TapWatch) -> None:
-        """Tell the watch's proxies it is still wanted (before `EXPIRES_MS` runs out)."""
-        for session in list(watch.sessions):
+        """Tell the watch's proxies it is still wanted (before `EXPIRES_MS` runs out), and
+        start it on proxies whose config came to see its target since."""
+        for session, workloads in list(self.sessions.items()):
             if not session.closed:
                 # Resent whole: a proxy that ended it (a restart) starts it again.
-                self._enlist(watch, session, self.sessions.get(session) or [])
+                self._enlist(watch, session, workloads)
 
     def close(self, watch: TapWatch) -> None:
         """The watcher went: stop the tap at every proxy now."""
@@ -212,6 +246,7 @@ class TapBroker:
                 session.send(TapStop(id=watch.id))
         watch.sessions.clear()
         watch.admitted.clear()
+        watch.refused_by.clear()
 
     # -- what proxies send -----------------------------------------------------------------
 
@@ -235,6 +270,8 @@ class TapBroker:
             watch.put({"type": "dropped", "proxy": who, "count": msg.dropped})
         if msg.ended:
             watch.sessions.pop(session, None)
+            if msg.ended.startswith("refused"):
+                watch.refused_by.add(session)
             watch.put({"type": "ended", "proxy": who, "reason": msg.ended[:200]})
 
 

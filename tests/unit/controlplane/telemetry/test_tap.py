@@ -109,3 +109,36 @@ async def test_a_closed_session_is_not_written_to() -> None:
     a.closed = True
     b.close(w)
     assert len(a.sent) == 1
+
+
+async def test_with_snapshots_a_service_tap_goes_to_the_proxies_that_can_see_it() -> None:
+    from tulle.proxyconfig.model import Cluster, Metadata, Node, ProxyConfig
+
+    configs = {
+        ("shop", "caller-0"): ProxyConfig(version="1", node=Node(name="caller-0", namespace="shop"),
+                                          clusters=[Cluster(name="c", metadata=Metadata(
+                                              service="api", namespace="shop"))]),
+        ("shop", "api-0"): ProxyConfig(version="1", node=Node(name="api-0", namespace="shop",
+                                                              service="api")),
+        ("shop", "other-0"): ProxyConfig(version="1", node=Node(name="other-0", namespace="shop")),
+    }
+    b = TapBroker(snapshots=configs.get)
+    sessions = {name: Session() for name in ("caller-0", "api-0", "other-0", "new-0")}
+    for name, s in sessions.items():
+        b.attach(s, [wl(name)], ["tap"])
+    w = b.open(TapTarget("Service", "shop", "api"))
+    assert set(w.sessions.values()) == {"shop/caller-0", "shop/api-0", "shop/new-0"}  # new: no
+    assert sessions["other-0"].sent == []                      # snapshot yet, asked anyway
+    configs[("shop", "other-0")] = configs[("shop", "caller-0")]  # it came to call api
+    b.renew(w)
+    assert "shop/other-0" in w.sessions.values()
+
+
+async def test_a_proxy_that_refused_a_tap_is_not_asked_again_at_renewal() -> None:
+    b = TapBroker()
+    a = Session()
+    b.attach(a, [wl("a-0")], ["tap"])
+    w = b.open(TapTarget("Workload", "shop", "a-0"))
+    b.take(a, TapEvents(id=w.id, ended="refused: this proxy runs 8 taps already"))
+    b.renew(w)
+    assert len(a.sent) == 1 and a not in w.sessions
