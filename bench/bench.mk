@@ -96,3 +96,9 @@ bench-global-limit: deps
 bench-cli: deps
 	$(BENCH_PY) -m bench.cli > bench/results/cli.json.tmp && mv bench/results/cli.json.tmp bench/results/cli.json
 	cat bench/results/cli.json
+# make bench-tap: ~10 s, no sockets: live tap's cost per request in the proxy (none running, a
+# tap that does not match, one that records, one over its rate) -> bench/results/tap.json
+.PHONY: bench-tap
+bench-tap: deps
+	$(BENCH_PY) -m bench.micro_tap > bench/results/tap.json
+	cat bench/results/tap.json

@@ -30,6 +30,9 @@ LAZY: dict[str, tuple[str, str]] = {
     "iptables": ("tulle.cli.iptables", "iptables"),
     "stat": ("tulle.cli.stat", "stat_cmd"),
     "demo": ("tulle.demo.run", "demo_cmd"),
+    "tap": ("tulle.cli.tap", "tap_cmd"),
+    "top": ("tulle.cli.top", "top_cmd"),
+    "dashboard": ("tulle.cli.dashboard", "dashboard_cmd"),
 }
 """Commands imported only when run (or listed by --help): `tulle get` then loads the HTTP
 client and `get.py`, not the explain tracer, the proxy config validator or PyYAML (issue:

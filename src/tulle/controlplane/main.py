@@ -53,6 +53,7 @@ from tulle.controlplane.readiness import DEFAULT_LIVENESS_TIMEOUT
 from tulle.controlplane.reconcile import Reconciler
 from tulle.controlplane.store.factory import open_store
 from tulle.controlplane.store.protocol import ResourceStore
+from tulle.controlplane.telemetry.tap import TapBroker
 from tulle.controlplane.telemetry.window import StatsWindow
 from tulle.proxyconfig.stream_trust import ca_pin
 
@@ -196,7 +197,9 @@ class ControlPlane:
                                on_presence=self._presence,
                                liveness_timeout=self.stream_liveness_timeout,
                                ping_interval=self.stream_ping_interval,
-                               stats=StatsWindow(), stats_interval=self.stats_interval)
+                               stats=StatsWindow(), stats_interval=self.stats_interval,
+                               taps=TapBroker(labels=self.reconciler.workload_labels,
+                                              snapshots=self.cache.get))
         self.stream_port = await self.push.start(self.stream_host, self.stream_port,
                                                  self.stream_socket)
         self.ca_keeper.on_change.append(self._ca_changed)

@@ -83,6 +83,13 @@ class Reconciler:
         self._task: asyncio.Task[None] | None = None
         self.on_compiled: list[Callable[[], None]] = []
 
+    def workload_labels(self, namespace: str, name: str) -> dict[str, str]:
+        """The labels of Workload `namespace/name` as last seen (empty when unknown): which
+        Deployment-like group a proxy belongs to, for `tulle tap deploy/NAME` (ADR 0056)."""
+        obj = self._resources.get(("Workload", namespace, name))
+        labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
+        return {str(k): str(v) for k, v in labels.items()}
+
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:

@@ -47,6 +47,7 @@ from tulle.dataplane.identity import (
 from tulle.dataplane.outage import OutageLog
 from tulle.dataplane.server import ApplyError, ProxyServer
 from tulle.dataplane.stream_tls import StreamTrust
+from tulle.dataplane.tap_link import TapLink
 from tulle.dataplane.telemetry.summary import Summarizer
 from tulle.proxyconfig import features
 from tulle.proxyconfig.delta import DeltaError
@@ -69,6 +70,8 @@ from tulle.proxyconfig.stream import (
     Snapshot,
     StatsReport,
     StatsRequest,
+    TapStart,
+    TapStop,
     TrustAck,
     TrustUpdate,
     WorkloadCredential,
@@ -380,6 +383,7 @@ class Agent:
     async def _session(self, host: str, port: int) -> None:
         reader, writer = await self.trust.connect(host, port, timeout=5)
         renewer = asyncio.get_running_loop().create_task(self._renew_when_due(writer))
+        taps = TapLink(self.server.taps, writer)
         try:
             writer.write(encode(self._hello()))
             decoder = FrameDecoder()
@@ -394,6 +398,9 @@ class Agent:
                     if isinstance(msg, StatsRequest):
                         self._start_stats(writer, msg.interval_ms)
                         continue
+                    if isinstance(msg, TapStart | TapStop):
+                        taps.handle(msg)
+                        continue
                     reply = await self._handle(msg)
                     if reply is not None:
                         writer.write(encode(reply))
@@ -403,6 +410,7 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
             await self._stop_stats()
+            await taps.close()
             writer.close()
             # Bounded: a TLS close waits for the peer's close_notify (up to asyncio's 30 s
             # shutdown timeout), and a control plane that dropped us may never send one.

@@ -38,6 +38,7 @@ from tulle.dataplane.overload import OverloadGuard
 from tulle.dataplane.runtime.build import Prepared, SnapshotBuilder
 from tulle.dataplane.runtime.tls import ServerRef, TLSContexts
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
+from tulle.dataplane.telemetry.tap import TapHub
 from tulle.dataplane.upstream.cluster import ClusterManager, run_sweeper
 from tulle.dataplane.upstream.health.manager import HealthManager
 from tulle.proxyconfig.model import Listener, ProxyConfig
@@ -90,7 +91,9 @@ class ProxyServer:
         self.tls = TLSContexts()
         """SSL contexts shared per distinct TLS config (clusters and listeners)."""
         self.clusters = ClusterManager(self.metrics, self.tls)
-        self.runtime = SnapshotBuilder(self.metrics, self.clusters)
+        self.taps = TapHub()
+        """Live taps (ADR 0056): started by the agent, seen by every request's record."""
+        self.runtime = SnapshotBuilder(self.metrics, self.clusters, self.taps)
         self.health = HealthManager(self.clusters, self.metrics)
         """Outlier detection and active health checks of the clusters in force."""
         """The runtime objects in force, and the incremental build of the next snapshot."""
@@ -105,7 +108,7 @@ class ProxyServer:
         self._sweeper: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._idle = asyncio.Event()
-        self.on_applied: list[Callable[[ProxyConfig], None]] = []
+        self.on_applied: list[Callable[[ProxyConfig], None]] = [self.taps.configure]
         self.dns = DnsService(self.metrics)
         """The mesh DNS resolver (`ProxyConfig.dns`, ADR 0042)."""
 

@@ -183,6 +183,8 @@ FEATURES: tuple[Feature, ...] = (
             "`password_file` and `tls`: Redis AUTH and TLS",
             drops=_FILTERS, uses=lambda f: f.get("type") == "RateLimit" and any(
                 (f.get("global") or {}).get(k) for k in ("username", "password_file", "tls"))),
+    Feature("tap", (), "stream messages `TapStart` / `TapStop` / `TapEvents`: live request "
+            "records for `tulle tap`, `tulle top` and the dashboard (ADR 0056)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -34,6 +34,11 @@ Exchange:
     cp -> proxy   StatsRequest(interval_ms)           report traffic summaries (ADR 0046;
     proxy -> cp   StatsReport(interval_ms, rows)      feature `stats-reports` only), then
                                                       one report every interval
+    cp -> proxy   TapStart(id, match, rate,           live tap (ADR 0056; feature `tap` only):
+                        expires_ms, headers)          start or renew; TapStop ends it early
+    cp -> proxy   TapStop(id)
+    proxy -> cp   TapEvents(id, records, dropped,     what the tap saw, in batches; `ended`
+                        ended)                        when the proxy refused or expired it
 
 Evolution: a new optional field in a message is an addition with a default (both ends ignore
 unknown envelope fields); a new message type or a changed meaning is a new `PROTOCOL_VERSION`,
@@ -67,6 +72,7 @@ from tulle.proxyconfig.model import (
     VirtualHost,
 )
 from tulle.proxyconfig.stats import StatsRow
+from tulle.proxyconfig.tap import TapMatch, TapRecord
 from tulle.proxyconfig.validate import ConfigError, FieldError, convert_error, errors_in
 
 PROTOCOL_VERSION = 2
@@ -261,8 +267,38 @@ class StatsReport(_Msg, frozen=True, tag="stats"):
     rows: list[StatsRow] = msgspec.field(default_factory=list)
 
 
+class TapStart(_Msg, frozen=True, tag="tap-start", omit_defaults=True):
+    """Start (or, with an id already running, renew) a live tap (ADR 0056,
+    `proxyconfig/tap.py`).  Sent only to a proxy that announced the feature `tap`."""
+
+    id: str
+    match: TapMatch = msgspec.field(default_factory=TapMatch)
+    rate: float = 10.0
+    """Records per second at most (the proxy clamps it to its own bounds)."""
+    expires_ms: int = 30_000
+    """The tap ends by itself this long after this message unless renewed."""
+    headers: bool = False
+    """Records carry the request headers (credentials always redacted)."""
+
+
+class TapStop(_Msg, frozen=True, tag="tap-stop"):
+    id: str
+
+
+class TapEvents(_Msg, frozen=True, tag="tap-events", omit_defaults=True):
+    """What tap `id` saw since the previous batch."""
+
+    id: str
+    records: list[TapRecord] = msgspec.field(default_factory=list)
+    dropped: int = 0
+    """Requests that matched but were not recorded (over the rate) since the last batch."""
+    ended: str = ""
+    """Non-empty: the tap is over at this proxy, and why (refused, expired)."""
+
+
 Message = (Hello | Snapshot | DeltaMsg | Ack | Nack | Ping | Pong | Error | Csr | Certificate
-           | TrustUpdate | TrustAck | StatsRequest | StatsReport)
+           | TrustUpdate | TrustAck | StatsRequest | StatsReport | TapStart | TapStop
+           | TapEvents)
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Message)
@@ -417,6 +453,9 @@ __all__ = [
     "Snapshot",
     "StatsReport",
     "StatsRequest",
+    "TapEvents",
+    "TapStart",
+    "TapStop",
     "WorkloadInfo",
     "apply_checked",
     "decode_delta",

@@ -16,6 +16,10 @@
                                                  (discovery_routes.py)
     GET    /api/v1/stat?kind=&name=&namespace=&window=   traffic per Service, workload and
                                                  edge over a sliding window (stat_routes.py)
+    GET    /api/v1/tap?kind=&name=&...              live request records, JSON lines
+                                                 (tap_routes.py)
+    GET    /api/v1/topology, /api/v1/services/{ns}/{name}/attached, /dashboard/...
+                                                 the dashboard (dashboard_routes.py)
     GET    /healthz, /readyz
 
 Every path but the two probes needs `Authorization: Bearer <token>` (auth.py): 401 without a
@@ -47,9 +51,11 @@ from tulle.controlplane.api.auth import Authenticate, BearerTokens
 from tulle.controlplane.api.bootstrap_tokens import add_token_routes
 from tulle.controlplane.api.ca_routes import add_ca_routes
 from tulle.controlplane.api.check_routes import add_check_routes
+from tulle.controlplane.api.dashboard_routes import add_dashboard_routes
 from tulle.controlplane.api.discovery_routes import add_discovery_routes
 from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from tulle.controlplane.api.stat_routes import add_stat_routes
+from tulle.controlplane.api.tap_routes import add_tap_routes
 from tulle.controlplane.ca.keeper import CAKeeper
 from tulle.controlplane.ca.tokens import TokenService
 from tulle.controlplane.push.server import PushServer, SnapshotCache
@@ -188,5 +194,8 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
         add_stat_routes(app, push.stats)
     add_check_routes(app, store, push, proxy_rows, ca_keeper)
     add_discovery_routes(app, type(store).__name__.removesuffix("Store").lower())
+    if push.taps is not None:
+        add_tap_routes(app, push.taps, store)
+    add_dashboard_routes(app, store, cache, push.stats)
     return app
 

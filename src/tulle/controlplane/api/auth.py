@@ -26,11 +26,15 @@ from typing import Protocol
 
 from tulle.controlplane.api.api_tokens import Principal, Role, TokenStore
 from tulle.controlplane.api.limits import ASGIApp, Receive, Scope, Send
+from tulle.dashboard import ASSETS
 
 log = logging.getLogger("tulle.controlplane.api.auth")
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
-"""Answered without a credential: liveness and readiness probes say nothing of the mesh."""
+OPEN_PATHS = frozenset({"/healthz", "/readyz"}) | frozenset(
+    {"/dashboard", "/dashboard/"} | {f"/dashboard/{name}" for name in ASSETS})
+"""Answered without a credential: liveness and readiness probes say nothing of the mesh, nor
+do the dashboard's static files (a fixed list; the page's data calls carry the token,
+ADR 0056)."""
 
 READ_METHODS = frozenset({"GET", "HEAD"})
 ADMIN_ONLY_PREFIXES = ("/api/v1/api-tokens", "/api/v1/tokens")

@@ -83,6 +83,7 @@ from tulle.controlplane.push.limits import (
 )
 from tulle.controlplane.push.reported import SHOWN_REASON, shown
 from tulle.controlplane.push.session import ProxySession
+from tulle.controlplane.telemetry.tap import TapBroker
 from tulle.controlplane.telemetry.window import StatsWindow
 from tulle.proxyconfig.stream import (
     HELLO_MAX_FRAME,
@@ -120,7 +121,8 @@ class PushServer:
                  tls: ssl.SSLContext | None = None,
                  on_presence: PresenceHook | None = None,
                  liveness_timeout: float = 30.0,
-                 stats: StatsWindow | None = None, stats_interval: float = 5.0) -> None:
+                 stats: StatsWindow | None = None, stats_interval: float = 5.0,
+                 taps: TapBroker | None = None) -> None:
         if hello_timeout <= 0:
             raise ValueError("hello_timeout must be positive")
         if max_connections < 0:
@@ -175,6 +177,8 @@ class PushServer:
         self.stats = stats
         """Where proxies' traffic reports go (`tulle stat`, ADR 0046); None: none asked for."""
         self.stats_interval = stats_interval
+        self.taps = taps
+        """Live taps (`tulle tap`, ADR 0056); None: this control plane starts none."""
 
     def trust_changed(self) -> None:
         """The CA state changed (a rotation stage, ADR 0035): tell every proxy that takes it."""

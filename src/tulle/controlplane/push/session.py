@@ -50,6 +50,7 @@ from tulle.proxyconfig.stream import (
     Pong,
     StatsReport,
     StatsRequest,
+    TapEvents,
     TrustAck,
     encode,
 )
@@ -225,6 +226,8 @@ class ProxySession:
             if update is not None:
                 self.send(update)
         self.stats_ask = stats_request(srv.stats, srv.stats_interval, hello.features)
+        if srv.taps is not None:  # live tap (ADR 0056), if the proxy takes it
+            srv.taps.attach(self, fronted, hello.features)
         log.info("proxy %s/%s connected from %s (serving %r)%s", w.namespace, w.name, self.peer,
                  hello.last_version or "nothing",
                  f"; withholding {', '.join(f.name for f in self.missing)}"
@@ -261,6 +264,8 @@ class ProxySession:
             raise
         finally:
             srv.live.discard(self)
+            if srv.taps is not None:
+                srv.taps.detach(self)
             for k in keys:
                 srv.cache.unsubscribe(k, wake)
             reader.cancel()
@@ -385,6 +390,8 @@ class ProxySession:
         elif isinstance(msg, StatsReport):
             self.stats_warned = take_report(self.server.stats, self.node_statuses, msg,
                                             self.stats_warned)
+        elif isinstance(msg, TapEvents) and self.server.taps is not None:
+            self.server.taps.take(self, msg)
 
     def _ask_stats(self) -> None:
         ask, self.stats_ask = self.stats_ask, None

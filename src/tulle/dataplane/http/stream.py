@@ -571,7 +571,12 @@ class RequestStream(StreamPort):
                 run.done()
             else:
                 run.finished = True  # what done() does when nobody observes: no call
-            self.tried = None  # read by the observers; breaks stream <-> exchange
         conn = self.conn
-        stats = self.stats or conn.ctx.stats(self.cluster)
+        ctx = conn.ctx
+        stats = self.stats or ctx.stats(self.cluster)
         stats.count(self.status, self.flags, (conn.loop.time() - self.start) * 1000.0)
+        tap = ctx.tap
+        if tap.taps:  # a live tap runs (ADR 0056): it sees the request done
+            tap.see(self)
+        if run is not None:
+            self.tried = None  # read by the observers; breaks stream <-> exchange

@@ -28,6 +28,7 @@ from tulle.dataplane.protocols.http1 import H1Limits
 from tulle.dataplane.routing.paths import normalizer_for
 from tulle.dataplane.routing.router import Router
 from tulle.dataplane.telemetry.metrics import CounterChild, HistogramChild, ProxyMetrics
+from tulle.dataplane.telemetry.tap import TapHub
 from tulle.proxyconfig.model import Destination, Listener, RouteTable, Settings
 
 if TYPE_CHECKING:
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
     from tulle.dataplane.runtime.tls import ServerRef, TLSContexts
     from tulle.dataplane.upstream.attempt import AttemptRequest
     from tulle.dataplane.upstream.cluster import ClusterRuntime
+
+IDLE_TAP = TapHub()
+"""The taps of a context built without a proxy's hub (tests, tools): never started."""
 
 NO_ROUTE = Router(RouteTable(name="no-route"), 0)
 """The router of a connection whose routing key no rule matches any more: every request 404."""
@@ -112,8 +116,10 @@ class ListenerContext:
 
     def __init__(self, cfg: Listener, settings: Settings, routers: dict[str, Router],
                  clusters: dict[str, ClusterRuntime], metrics: ProxyMetrics,
-                 tls: TLSContexts | None = None) -> None:
+                 tls: TLSContexts | None = None, tap: TapHub | None = None) -> None:
         self.cfg = cfg
+        self.tap = tap if tap is not None else IDLE_TAP
+        """The proxy's live taps (`telemetry/tap.py`): `record()` calls it while one runs."""
         self.name = cfg.name
         self.settings = settings
         self.router = routers.get(cfg.route_table) if cfg.route_table else None

@@ -37,6 +37,7 @@ from tulle.dataplane.listeners.context import ListenerContext
 from tulle.dataplane.routing.router import Router
 from tulle.dataplane.runtime.tls import Rotation
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
+from tulle.dataplane.telemetry.tap import TapHub
 from tulle.dataplane.upstream.cluster import ClusterManager, PreparedClusters
 from tulle.proxyconfig.model import Cluster, Listener, ProxyConfig, RouteTable, Settings
 
@@ -92,9 +93,12 @@ def _wanted_routers(lc: Listener, routers: dict[str, Router]) -> list[Router | N
 class SnapshotBuilder:
     """Keeps the runtime objects of the snapshot in force and builds the next one from them."""
 
-    def __init__(self, metrics: ProxyMetrics, clusters: ClusterManager) -> None:
+    def __init__(self, metrics: ProxyMetrics, clusters: ClusterManager,
+                 tap: TapHub | None = None) -> None:
         self.metrics = metrics
         self.clusters = clusters
+        self.tap = tap
+        """The proxy's live taps, handed to every listener context (ADR 0056)."""
         self._routers: dict[str, tuple[RouteTable, int, Router]] = {}
         self._contexts: dict[str, ListenerContext] = {}
         self.counts: BuildCounts | None = None
@@ -135,7 +139,7 @@ class SnapshotBuilder:
                 c_kept += 1
             else:
                 ctx = ListenerContext(lc, settings, by_name, clusters.runtimes, self.metrics,
-                                      self.clusters.tls)
+                                      self.clusters.tls, tap=self.tap)
             contexts[lc.name] = ctx
         counts = BuildCounts(
             routers_built=len(routers) - r_kept, routers_kept=r_kept,

@@ -21,6 +21,7 @@ from tulle.dataplane.http.facts import ConnectionFacts
 from tulle.dataplane.http.filter import BUFFER, CONTINUE, STOP, FilterStream, HttpFilter
 from tulle.dataplane.http.stream import RequestStream
 from tulle.dataplane.listeners.dispatch import Decision
+from tulle.dataplane.telemetry.tap import TapHub
 
 # -- the scripted world ------------------------------------------------------------------------
 
@@ -69,6 +70,7 @@ class Ctx:
 
     paths = None
     generate_request_id = False
+    tap = TapHub()  # never started: the request path's one test for a live tap
 
     def __init__(self, high_water: int = 1000, sweep_timeout_min: float = 10.0) -> None:
         self.high_water = high_water
