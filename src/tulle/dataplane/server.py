@@ -259,6 +259,9 @@ class ProxyServer:
         self.listeners = plan.handles
         self._ports = {h: plan.ports[h] for h in plan.handles.values()}
         self.config = plan.cfg
+        info = self.metrics.config_info
+        info.children.clear()  # one series: the version in force
+        info.labels(plan.cfg.version).value = 1
         self.health.sync()
         self.overload.configure(plan.cfg.settings)
         if len(self.tls):

@@ -176,6 +176,10 @@ FEATURES: tuple[Feature, ...] = (
             "per interval)"),
     Feature("stats-reports", (), "stream messages `StatsRequest` / `StatsReport`: traffic "
             "summaries for `tulle stat` (ADR 0046)"),
+    # The whole `telemetry` section: a proxy without it keeps its own tulle_proxy_* metrics.
+    # Later signals (access logs, tracing, ...) add features for `telemetry.<signal>`.
+    Feature("golden-metrics", ("telemetry",), "the `telemetry` section and its `metrics`: "
+            "Istio's standard metrics and labels (ADR 0053)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -187,6 +187,8 @@ class WireCache:
             trust_bundles=self._collection(old.trust_bundles, new.trust_bundles, holes,
                                            positions)[0],
             **dns_fields(old, new, units),
+            telemetry=(None if old.telemetry == new.telemetry
+                       else msgspec.to_builtins(new.telemetry)),
         )
         return _frame(DeltaMsg(delta=msgspec.Raw(_encoder.encode(d))), holes)
 
