@@ -21,7 +21,7 @@ from tests.integration.dataplane.test_mtls import CLIENT_ID, SERVER_ID, client_c
 from tests.support.ca import TestCA
 from tests.support.controlplane import serve_handler
 from tests.support.prometheus import prometheus_server
-from tests.support.proxy import RunningProxy, running_proxy
+from tests.support.proxy import RunningProxy, free_port, running_proxy
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -52,6 +52,12 @@ async def two_proxies() -> AsyncIterator[tuple[RunningProxy, RunningProxy]]:
         ccfg["node"] = {"name": "web-v2-xyz", "namespace": "shop"}
         ccfg["telemetry"] = {"metrics": CLIENT_METRICS}
         ccfg["clusters"][0]["metadata"] = API
+        # /down goes to a cluster whose only endpoint refuses connections: 503, flag UF.
+        ccfg["clusters"].append({"name": "down", "connect_timeout_ms": 2000, "endpoints": [
+            {"address": "127.0.0.1", "port": free_port()}]})
+        ccfg["route_tables"][0]["virtual_hosts"][0]["rules"].insert(0, {
+            "matches": [{"path": {"type": "PathPrefix", "value": "/down"}}],
+            "backends": [{"cluster": "down"}]})
         client = await stack.enter_async_context(running_proxy(ccfg, admin=True))
         yield client, server
 
@@ -129,3 +135,9 @@ async def test_prometheus_scrapes_golden_metrics_and_promql_gives_the_success_ra
         assert sizes == 33
         body = await prom.scalar('sum(istio_response_bytes_sum{reporter="source"})')
         assert body == 33 * 50
+
+        # A failure with its response flag, as Envoy spells it.
+        async with aiohttp.ClientSession() as s, s.get(client.url("out", "/down")) as r:
+            assert r.status == 503
+        await prom.wait_until('sum(istio_requests_total{reporter="source",response_flags="UF",'
+                              'response_code="503",destination_service_name="down"})', 1)

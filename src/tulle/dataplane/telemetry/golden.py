@@ -16,7 +16,7 @@ Where each label comes from (ADR 0053):
   connection's facts), looked up in `telemetry.metrics.peers`; an identity not listed gives its
   SPIFFE namespace and workload `unknown`; plaintext gives `unknown` throughout;
 * per request: `request_protocol` (`http`, `grpc`), `response_code`, `grpc_response_status`,
-  `response_flags` (`response_flags()`, the one call site) and `connection_security_policy`
+  `response_flags` (Envoy's codes, `telemetry/flags.py`, one call site) and `connection_security_policy`
   (`mutual_tls` when the caller was verified, else `none`; `unknown` on the source side).
 
 Cost: the labels that do not change per request are one tuple per (listener, cluster), built
@@ -30,6 +30,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import TYPE_CHECKING
 
+from tulle.dataplane.telemetry.flags import response_flags as envoy_flags
 from tulle.dataplane.telemetry.metrics import (
     Counter,
     CounterChild,
@@ -74,9 +75,9 @@ Side = tuple[str, ...]
 
 
 def response_flags(stream: RequestStream) -> str:
-    """The `response_flags` label of a finished request: the one call site to switch to the
-    shared flags module (`telemetry/flags.py`) once it lands; until then always `-`."""
-    return "-"
+    """The `response_flags` label of a finished request: Envoy's codes from the stream's raw
+    flags, through the one module the access log shares (`telemetry/flags.py`)."""
+    return envoy_flags(stream.flags)
 
 
 def _spiffe_namespace(principal: str) -> str:

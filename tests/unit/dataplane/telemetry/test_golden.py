@@ -50,12 +50,14 @@ def _golden(metrics: ProxyMetrics | None = None, **kw: Any) -> tuple[Golden, Pro
 
 
 def _stream(identity: str = "", status: int = 200, *, grpc: bool = False,
-            grpc_status: str = "", bytes_in: int = 0, bytes_out: int = 0) -> Any:
+            grpc_status: str = "", bytes_in: int = 0, bytes_out: int = 0,
+            flags: str = "") -> Any:
     headers = [(b"content-type", b"application/grpc")] if grpc else []
     return SimpleNamespace(conn=SimpleNamespace(facts=SimpleNamespace(peer_identity=identity)),
                            status=status, head=SimpleNamespace(version=b"2" if grpc else b"1.1",
                                                                headers=headers),
-                           grpc_status=grpc_status, bytes_in=bytes_in, bytes_out=bytes_out)
+                           grpc_status=grpc_status, bytes_in=bytes_in, bytes_out=bytes_out,
+                           flags=flags)
 
 
 def _series(m: ProxyMetrics, name: str) -> list[dict[str, str]]:
@@ -175,3 +177,13 @@ def test_a_snapshot_without_telemetry_metrics_has_none_and_unchanged_config_keep
     changed = build_golden(m, _convert(_cfg(cluster="c2")), first)
     assert changed is not first and changed is not None
     assert changed.families is first.families  # type: ignore[union-attr]
+
+
+def test_response_flags_are_envoys_codes_from_the_shared_module() -> None:
+    g, m, cfg = _golden()
+    rec = g.http(cfg.listeners[1], cfg.clusters[1])
+    rec.count(_stream(status=503, flags="URX,UF"), 1.0)  # raw order: Envoy's order out
+    rec.count(_stream(status=503, flags="OL"), 1.0)  # Tulle's overload code is Envoy's OM
+    rec.count(_stream(status=200), 1.0)
+    got = sorted(r["response_flags"] for r in _series(m, "requests"))
+    assert got == ["-", "OM", "UF,URX"]
