@@ -46,6 +46,7 @@ from tulle.controlplane.compiler.proxies import (
 from tulle.controlplane.compiler.routes import derive_routes, derive_tcp_routes
 from tulle.controlplane.compiler.services import ServiceMemo, derive_services
 from tulle.controlplane.compiler.status import conditions
+from tulle.controlplane.compiler.telemetry import MeshTelemetry, mesh_telemetry, telemetry_section
 from tulle.controlplane.compiler.transparent import agent_cluster, inbound_listener, render_outbound
 from tulle.proxyconfig.model import (
     Cluster,
@@ -102,6 +103,8 @@ class Shared:
 
     transparent: Transparent | None = None
     """The outbound side of transparent proxies (ADR 0044); None when the mesh has none."""
+    telemetry: MeshTelemetry = field(default_factory=lambda: MeshTelemetry(enabled=False))
+    """What every proxy's `telemetry` section shares (`compiler/telemetry.py`)."""
 
     def for_namespace(self, ns: str) -> tuple[list[RouteTable], bytes]:
         """The tables a proxy in `ns` gets, and the digest that stands for them."""
@@ -321,11 +324,16 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
                           route_tables=[*part.route_tables, RouteTable(name="outbound")],
                           **_STAND_INS))
         digest = hashlib.sha256(digest + shared.dns.digest + b"%d" % dns.port).digest()
+    tele = shared.telemetry
+    telemetry = telemetry_section(proxy, tele)
+    if telemetry.metrics is not None:  # (only then: with metrics off, versions stay as they were)
+        own = msgspec.structs.replace(telemetry.metrics, peers=[])
+        digest = hashlib.sha256(digest + tele.digest + msgspec.json.encode(own)).digest()
     version = hashlib.sha256(part.digest + digest).hexdigest()[:16]
     return ProxyConfig(version=version, node=part.node, settings=shared.settings,
                        listeners=listeners,
                        route_tables=tables + part.route_tables if part.route_tables else tables,
-                       clusters=clusters, dns=dns)
+                       clusters=clusters, dns=dns, telemetry=telemetry)
 
 
 def settings(defaults: ProxyDefaults) -> Settings:
@@ -357,7 +365,7 @@ def compile_model(mesh: MeshModel, cache: PartCache | None = None) -> CompileRes
         t = render_outbound(mesh, out, DEFAULT_OUTBOUND_PORT)
         shared = dataclasses.replace(shared, transparent=build_transparent(
             t.listener, t.tables, t.clusters, shared.clusters, t.consumer_hosts))
-    shared = dataclasses.replace(shared, dns=dns_hosts(mesh))
+    shared = dataclasses.replace(shared, dns=dns_hosts(mesh), telemetry=mesh_telemetry(mesh))
     for proxy in mesh.proxies:
         try:
             result.snapshots[proxy.key] = compile_proxy(proxy, shared, cache)
