@@ -282,11 +282,21 @@ class Golden:
             return (UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, UNKNOWN, name, name, "latest", name,
                     UNKNOWN, UNKNOWN)
         ns = md.namespace or self.node.namespace
-        app = md.labels.get("app", "")
-        version = md.labels.get("version", "")
+        workload, labels = md.workload, md.labels
+        if not workload and cluster is not None:
+            # A Service's cluster names no workload; when all its endpoints are one workload
+            # (the common case), it is that one.
+            eps = {(e.metadata.workload, tuple(sorted(e.metadata.labels.items())))
+                   for e in cluster.endpoints if e.metadata is not None}
+            if len(eps) == 1:
+                workload, pairs = eps.pop()
+                labels = {**dict(pairs), **labels}
+        app = labels.get("app", "")
+        version = labels.get("version", "")
         svc = md.service
         ids = cluster.tls.expected_spiffe_ids if cluster is not None and cluster.tls else []
-        return (md.workload or UNKNOWN, ns if md.workload else UNKNOWN,
+        md_workload = workload
+        return (md_workload or UNKNOWN, ns if md_workload else UNKNOWN,
                 ids[0] if len(ids) == 1 else UNKNOWN, app or UNKNOWN, version or UNKNOWN,
                 self.fqdn(svc, ns) if svc else UNKNOWN, svc or md.workload or UNKNOWN,
                 version or "latest", svc or UNKNOWN, ns if svc else UNKNOWN, self.cluster)

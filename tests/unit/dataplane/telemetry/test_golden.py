@@ -187,3 +187,25 @@ def test_response_flags_are_envoys_codes_from_the_shared_module() -> None:
     rec.count(_stream(status=200), 1.0)
     got = sorted(r["response_flags"] for r in _series(m, "requests"))
     assert got == ["-", "OM", "UF,URX"]
+
+
+def test_a_service_cluster_of_one_workload_names_it_from_its_endpoints() -> None:
+    raw = _cfg()
+    ep = {"workload": "cache-0", "namespace": "data", "labels": {"app": "cache", "version": "7"}}
+    raw["clusters"].append({"name": "cache", "metadata": {"service": "cache", "namespace": "data"},
+                            "endpoints": [{"address": "127.0.0.1", "port": 4, "metadata": ep},
+                                          {"address": "127.0.0.2", "port": 4, "metadata": ep}]})
+    raw["clusters"].append({"name": "mixed", "metadata": {"service": "mixed"}, "endpoints": [
+        {"address": "127.0.0.1", "port": 5, "metadata": {"workload": "a"}},
+        {"address": "127.0.0.1", "port": 6, "metadata": {"workload": "b"}}]})
+    m = ProxyMetrics()
+    cfg = _convert(raw)
+    g = build_golden(m, cfg, None)
+    assert g is not None
+    labels = dict(zip(HTTP_LABELS[9:20], g.destination(cfg.clusters[3]), strict=True))
+    assert labels["destination_workload"] == "cache-0"
+    assert labels["destination_version"] == "7" and labels["destination_app"] == "cache"
+    assert labels["destination_service"] == "cache.data.svc.cluster.local"
+    mixed = dict(zip(HTTP_LABELS[9:20], g.destination(cfg.clusters[4]), strict=True))
+    assert mixed["destination_workload"] == "unknown"
+    assert mixed["destination_service_name"] == "mixed"
