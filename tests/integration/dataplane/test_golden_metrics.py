@@ -1,0 +1,128 @@
+"""The golden metrics through real proxies: opaque TCP over mTLS, the admin's content
+negotiation (and a hostile Accept), and a snapshot that turns them off and on again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import aiohttp
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
+from tests.integration.dataplane.test_mtls import (
+    CLIENT_ID,
+    SERVER_ID,
+    client_config,
+    greeting_server,
+    server_config,
+)
+from tests.support.ca import TestCA
+from tests.support.controlplane import named_origin
+from tests.support.proxy import RunningProxy, running_proxy
+
+PEERS = [{"principal": CLIENT_ID, "workload": "web-v2", "app": "web", "version": "v2"}]
+
+
+@asynccontextmanager
+async def pair(ca: TestCA) -> AsyncIterator[tuple[RunningProxy, RunningProxy, dict[str, Any]]]:
+    async with named_origin("app") as app, greeting_server() as tcp_app:
+        scfg = server_config(ca, app, tcp_app)
+        scfg["node"] = {"name": "api-0", "namespace": "shop", "service": "api"}
+        scfg["telemetry"] = {"metrics": {"workload": "api-v1", "principal": SERVER_ID,
+                                         "peers": PEERS}}
+        async with running_proxy(scfg, admin=True) as server:
+            ccfg = client_config(ca, server.port("in"))
+            ccfg["telemetry"] = {"metrics": {"workload": "web-v2", "principal": CLIENT_ID}}
+            ccfg["clusters"][1]["metadata"] = {"service": "api", "namespace": "shop"}
+            async with running_proxy(ccfg, admin=True) as client:
+                yield client, server, scfg
+
+
+async def until(proxy: RunningProxy, name: str, value: float, **labels: str) -> None:
+    for _ in range(500):
+        if proxy.metric(name, **labels) == value:
+            return
+        await asyncio.sleep(0.01)
+    assert proxy.metric(name, **labels) == value
+
+
+async def test_tcp_over_mtls_is_counted_on_both_sides_with_the_verified_caller() -> None:
+    async with pair(TestCA()) as (client, server, _):
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port("tcp-out"))
+        assert await asyncio.wait_for(reader.readline(), 10) == b"hello\n"
+        writer.write(b"ping\n")
+        assert await asyncio.wait_for(reader.readline(), 10) == b"PING\n"
+        assert server.metric("istio_tcp_connections_opened_total",
+                             reporter="destination") == 1
+        writer.close()
+        await writer.wait_closed()
+        dest = {"reporter": "destination", "source_principal": CLIENT_ID,
+                "source_workload": "web-v2", "destination_workload": "api-v1",
+                "destination_principal": SERVER_ID, "request_protocol": "tcp",
+                "connection_security_policy": "mutual_tls",
+                "destination_service": "api.shop.svc.cluster.local"}
+        await until(server, "istio_tcp_connections_closed_total", 1, **dest)
+        assert server.metric("istio_tcp_received_bytes_total", **dest) == 5  # "ping\n"
+        assert server.metric("istio_tcp_sent_bytes_total", **dest) == 11  # "hello\nPING\n"
+        src = {"reporter": "source", "source_workload": "web-v2", "source_principal": CLIENT_ID,
+               "destination_service_name": "api", "destination_principal": SERVER_ID,
+               "connection_security_policy": "unknown"}
+        await until(client, "istio_tcp_connections_closed_total", 1, **src)
+        assert client.metric("istio_tcp_connections_opened_total", **src) == 1
+        assert client.metric("istio_tcp_received_bytes_total", **src) == 5
+
+
+async def _admin(port: int, accept: bytes | None) -> tuple[bytes, bytes]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        extra = b"accept: " + accept + b"\r\n" if accept is not None else b""
+        writer.write(b"GET /metrics HTTP/1.1\r\nhost: x\r\n" + extra + b"connection: close\r\n\r\n")
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return head, body
+
+
+async def test_admin_negotiates_openmetrics_and_survives_a_hostile_accept() -> None:
+    async with pair(TestCA()) as (client, _server, _):
+        async with aiohttp.ClientSession() as s, s.get(client.url("out", "/")) as r:
+            assert r.status == 200
+        head, body = await _admin(client.admin_port, b"application/openmetrics-text;"
+                                  b"version=1.0.0,text/plain;version=0.0.4;q=0.5")
+        assert b"content-type: application/openmetrics-text; version=1.0.0" in head
+        assert body.endswith(b"# EOF\n")
+        fams = {f.name: f for f in om_parse(body.decode())}
+        assert fams["istio_requests"].type == "counter"
+        (sample,) = [s for s in fams["istio_requests"].samples if s.name == "istio_requests_total"]
+        assert sample.labels["reporter"] == "source" and sample.value == 1
+        head, body = await _admin(client.admin_port, None)
+        assert b"content-type: text/plain; version=0.0.4" in head
+        assert b"# EOF" not in body and b"istio_requests_total{" in body
+        # 12 KiB of separators and bogus q values: answered (text), the admin keeps serving.
+        hostile = b",;q=" * 3000
+        head, body = await _admin(client.admin_port, hostile)
+        assert head.startswith(b"HTTP/1.1 200") and b"text/plain" in head
+        head, _ = await _admin(client.admin_port, b"application/openmetrics-text")
+        assert b"openmetrics" in head
+
+
+async def test_a_snapshot_without_telemetry_stops_the_golden_metrics_and_one_with_it_resumes() -> None:
+    async with pair(TestCA()) as (client, server, scfg):
+        async def call() -> None:
+            async with aiohttp.ClientSession() as s, s.get(client.url("out", "/")) as r:
+                assert r.status == 200
+
+        await call()
+        assert server.metric("istio_requests_total", reporter="destination") == 1
+        off = {k: v for k, v in scfg.items() if k != "telemetry"}
+        await server.apply(off)
+        await call()
+        assert server.metric("istio_requests_total", reporter="destination") == 1
+        assert server.metric("tulle_proxy_requests_total", listener="in") == 2
+        await server.apply({**scfg, "telemetry": {"metrics": {"workload": "api-v2",
+                                                              "peers": PEERS}}})
+        await call()
+        assert server.metric("istio_requests_total", reporter="destination",
+                             destination_workload="api-v2", source_workload="web-v2") == 1
