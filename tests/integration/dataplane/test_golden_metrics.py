@@ -126,3 +126,36 @@ async def test_a_snapshot_without_telemetry_stops_the_golden_metrics_and_one_wit
         await call()
         assert server.metric("istio_requests_total", reporter="destination",
                              destination_workload="api-v2", source_workload="web-v2") == 1
+
+
+async def test_grpc_statuses_from_the_upstream_and_for_local_answers() -> None:
+    import grpc
+    from tests.support.grpc_peers import SERVICE, running_grpc_server, unary
+    from tests.support.proxy import free_port, simple_config
+
+    with running_grpc_server() as port:
+        cfg = simple_config(port, protocol="http2", cluster_protocol="http2")
+        cfg["telemetry"] = {"metrics": {}}
+        cfg["clusters"].append({"name": "down", "protocol": "http2", "endpoints": [
+            {"address": "127.0.0.1", "port": free_port()}]})
+        cfg["route_tables"][0]["virtual_hosts"][0]["rules"].insert(0, {
+            "matches": [{"headers": [{"name": "x-down", "value": "1"}]}],
+            "backends": [{"cluster": "down"}]})
+        async with running_proxy(cfg) as p:
+            with grpc.insecure_channel(f"127.0.0.1:{p.port()}") as ch:
+                assert await asyncio.to_thread(unary, ch, b"hello") == b"echo:hello"
+                call = ch.unary_unary(f"/{SERVICE}/Unary", request_serializer=bytes,
+                                      response_deserializer=bytes)
+                codes = []
+                for payload, metadata in ((b"missing", ()), (b"hello", (("x-down", "1"),))):
+                    try:
+                        await asyncio.to_thread(call, payload, metadata=metadata, timeout=10)
+                    except grpc.RpcError as exc:
+                        codes.append(exc.code())
+                assert codes == [grpc.StatusCode.NOT_FOUND, grpc.StatusCode.UNAVAILABLE]
+            grpc_src = {"reporter": "source", "request_protocol": "grpc"}
+            assert p.metric("istio_requests_total", response_code="200",
+                            grpc_response_status="0", **grpc_src) == 1
+            assert p.metric("istio_requests_total", grpc_response_status="5", **grpc_src) == 1
+            assert p.metric("istio_requests_total", grpc_response_status="14",
+                            response_flags="UF", **grpc_src) == 1
