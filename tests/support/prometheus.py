@@ -6,7 +6,8 @@
 
 It listens on a free 127.0.0.1 port with its own temp dir for the TSDB, scrapes the given
 `127.0.0.1:<port>` targets' `/metrics` every `interval`, and is stopped (SIGTERM, then SIGKILL)
-and its dir removed at the end, also when the test fails.
+and its dir removed at the end, also when the test fails; if the test process itself dies,
+Prometheus gets SIGTERM (PR_SET_PDEATHSIG, as `tests.support.subproc` does for proxies).
 `scripts/install-system-deps.sh test` installs the binary; without it the tests that need one
 are skipped, saying so.
 """
@@ -27,6 +28,7 @@ from urllib.parse import urlencode
 import pytest
 
 from tests.support.proxy import free_port
+from tests.support.subproc import _die_with_test
 
 BINARY = shutil.which("prometheus") or "/usr/bin/prometheus"
 START_TIMEOUT = 30.0
@@ -155,7 +157,7 @@ async def prometheus_server(targets: list[int], *, interval: str = "500ms",
             f"--web.listen-address=127.0.0.1:{server.port}",
             "--storage.tsdb.retention.time=1h", "--log.level=warn",
             stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log,
-            start_new_session=True)
+            start_new_session=True, preexec_fn=_die_with_test)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + START_TIMEOUT
         while not await server.ready():

@@ -16,7 +16,8 @@ Where each label comes from (ADR 0053):
   connection's facts), looked up in `telemetry.metrics.peers`; an identity not listed gives its
   SPIFFE namespace and workload `unknown`; plaintext gives `unknown` throughout;
 * per request: `request_protocol` (`http`, `grpc`), `response_code`, `grpc_response_status`,
-  `response_flags` (Envoy's codes, `telemetry/flags.py`, one call site) and `connection_security_policy`
+  `response_flags` (Envoy's codes from the stream's raw flags, by `telemetry/flags.py`, the
+  module the access log shares; mapped once per distinct series) and `connection_security_policy`
   (`mutual_tls` when the caller was verified, else `none`; `unknown` on the source side).
 
 Cost: the labels that do not change per request are one tuple per (listener, cluster), built
@@ -72,12 +73,6 @@ _GRPC_FOR_HTTP = {400: "13", 401: "16", 403: "7", 404: "12", 429: "14", 502: "14
 
 Side = tuple[str, ...]
 """The values of `SOURCE_LABELS` or of `DESTINATION_LABELS`."""
-
-
-def response_flags(stream: RequestStream) -> str:
-    """The `response_flags` label of a finished request: Envoy's codes from the stream's raw
-    flags, through the one module the access log shares (`telemetry/flags.py`)."""
-    return envoy_flags(stream.flags)
 
 
 def _spiffe_namespace(principal: str) -> str:
@@ -169,8 +164,7 @@ class HttpGolden:
         if grpc:
             grpc_status = stream.grpc_status or _GRPC_FOR_HTTP.get(status, "2" if status != 200
                                                                    else "0")
-        flags = response_flags(stream)
-        key = (identity, status, grpc_status, flags, grpc)
+        key = (identity, status, grpc_status, stream.flags, grpc)  # raw flags: mapped on a miss
         s = self._cache.get(key)
         if s is None:
             s = self._series(key)
@@ -191,7 +185,8 @@ class HttpGolden:
         d.count += 1
 
     def _series(self, key: tuple[str, int, str, str, bool]) -> _Series:
-        identity, status, grpc_status, flags, grpc = key
+        identity, status, grpc_status, raw_flags, grpc = key
+        flags = envoy_flags(raw_flags)
         g = self._golden
         if self._inbound:
             source = g.peer(identity)
@@ -363,4 +358,4 @@ def _families(metrics: ProxyMetrics) -> GoldenFamilies:
 
 
 __all__ = ["HTTP_LABELS", "TCP_LABELS", "Golden", "GoldenFamilies", "HttpGolden", "TcpGolden",
-           "build_golden", "response_flags"]
+           "build_golden"]

@@ -209,3 +209,19 @@ def test_a_service_cluster_of_one_workload_names_it_from_its_endpoints() -> None
     mixed = dict(zip(HTTP_LABELS[9:20], g.destination(cfg.clusters[4]), strict=True))
     assert mixed["destination_workload"] == "unknown"
     assert mixed["destination_service_name"] == "mixed"
+
+
+def test_hostile_label_values_are_escaped_in_both_formats() -> None:
+    from prometheus_client.parser import text_string_to_metric_families as text_parse
+
+    g, m, cfg = _golden()
+    rec = g.http(cfg.listeners[0], cfg.clusters[0])
+    evil = 'spiffe://mesh.local/ns/a"b\\c\nd/sa/x'  # a peer's identity is not ours to trust
+    rec.count(_stream(evil, 200), 1.0)
+    for parse, text in ((text_parse, m.registry.render()),
+                        (om_parse, m.registry.render(openmetrics=True))):
+        fams = {f.name: f for f in parse(text)}
+        fam = fams.get("istio_requests") or fams["istio_requests_total"]
+        (s,) = [s for s in fam.samples if s.labels.get("source_principal") == evil]
+        assert s.labels["source_workload_namespace"] == 'a"b\\c\nd'
+        assert s.value == 1
