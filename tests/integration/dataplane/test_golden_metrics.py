@@ -126,6 +126,11 @@ async def test_a_snapshot_without_telemetry_stops_the_golden_metrics_and_one_wit
         await call()
         assert server.metric("istio_requests_total", reporter="destination",
                              destination_workload="api-v2", source_workload="web-v2") == 1
+        # The config version in force, one series (the snapshots here all say "0").
+        assert server.metric("tulle_proxy_config_info", version="0") == 1
+        await server.apply({**scfg, "version": "v9"})
+        assert server.metric("tulle_proxy_config_info", version="v9") == 1
+        assert server.metric("tulle_proxy_config_info") == 1
 
 
 async def test_grpc_statuses_from_the_upstream_and_for_local_answers() -> None:
