@@ -245,6 +245,33 @@ class Golden:
             name, node.namespace, own_identity, app, version,
             self.fqdn(svc, node.namespace) if svc else UNKNOWN, canonical, revision,
             svc or UNKNOWN, node.namespace if svc else UNKNOWN, mt.cluster)
+        self._by_workload = {(p.namespace, p.workload): p for p in mt.peers if p.namespace}
+        self._locals: dict[str, tuple[Side, Side]] = {}
+
+    def locals_for(self, listener: Listener) -> tuple[Side, Side]:
+        """(source side, destination side) of the local workload of `listener`: on a node
+        agent a listener carries one of several workloads (`Listener.workload`, ADR 0047),
+        named with its labels from `peers`; else the proxy's own workload."""
+        key = listener.workload
+        own = f"{self.node.namespace}/{self.cfg.workload or self.node.name}"
+        if not key or key == own or "/" not in key:
+            return self.source_local, self.destination_local
+        sides = self._locals.get(key)
+        if sides is None:
+            ns, name = key.split("/", 1)
+            p = self._by_workload.get((ns, name))
+            app = p.app if p is not None else ""
+            version = p.version if p is not None else ""
+            principal = p.principal if p is not None else UNKNOWN
+            canonical = (p.canonical_service if p is not None else "") or app or name
+            revision = (p.canonical_revision if p is not None else "") or version or "latest"
+            source = (name, canonical, revision, ns, principal, app or UNKNOWN,
+                      version or UNKNOWN, self.cluster)
+            destination = (name, ns, principal, app or UNKNOWN, version or UNKNOWN,
+                           self.fqdn(app, ns) if app else UNKNOWN, canonical, revision,
+                           app or UNKNOWN, ns if app else UNKNOWN, self.cluster)
+            sides = self._locals[key] = (source, destination)
+        return sides
 
     def fqdn(self, service: str, namespace: str) -> str:
         return f"{service}.{namespace}.{self.cfg.service_domain}"
@@ -297,18 +324,20 @@ class Golden:
                 version or "latest", svc or UNKNOWN, ns if svc else UNKNOWN, self.cluster)
 
     def http(self, listener: Listener, cluster: Cluster | None) -> HttpGolden:
+        source_local, destination_local = self.locals_for(listener)
         if listener.direction == "inbound":
-            return HttpGolden(self, True, self.destination_local, ())
-        return HttpGolden(self, False, self.source_local, self.destination(cluster))
+            return HttpGolden(self, True, destination_local, ())
+        return HttpGolden(self, False, source_local, self.destination(cluster))
 
     def tcp(self, listener: Listener, cluster: Cluster | None, identity: str) -> TcpGolden:
+        source_local, destination_local = self.locals_for(listener)
         if listener.direction == "inbound":
             source = self.peer(identity)
-            destination = self.destination_local
+            destination = destination_local
             reporter = "destination"
             policy = "mutual_tls" if identity else "none"
         else:
-            source, destination = self.source_local, self.destination(cluster)
+            source, destination = source_local, self.destination(cluster)
             reporter = "source"
             policy = UNKNOWN
         values = (reporter, *source, *destination, "tcp", "-", policy)

@@ -225,3 +225,29 @@ def test_hostile_label_values_are_escaped_in_both_formats() -> None:
         (s,) = [s for s in fam.samples if s.labels.get("source_principal") == evil]
         assert s.labels["source_workload_namespace"] == 'a"b\\c\nd'
         assert s.value == 1
+
+
+def test_a_node_agent_listener_names_the_workload_it_carries() -> None:
+    raw = _cfg()
+    raw["telemetry"]["metrics"]["peers"].append(
+        {"principal": "spiffe://mesh.local/ns/shop/sa/pod-b", "workload": "pod-b",
+         "namespace": "shop", "app": "b", "version": "v3"})
+    raw["listeners"].append({"name": "b-in", "port": 0, "direction": "inbound",
+                             "cluster": "app", "workload": "shop/pod-b"})
+    raw["listeners"].append({"name": "b-out", "port": 0, "cluster": "db",
+                             "workload": "shop/pod-b"})
+    g, m, _ = _golden()
+    cfg = _convert(raw)
+    g = build_golden(m, cfg, None)
+    assert g is not None
+    g.http(cfg.listeners[2], cfg.clusters[0]).count(_stream(CALLER), 1.0)
+    g.http(cfg.listeners[3], cfg.clusters[1]).count(_stream(), 1.0)
+    rows = _series(m, "requests")
+    (inbound,) = [r for r in rows if r["reporter"] == "destination"]
+    assert inbound["destination_workload"] == "pod-b"
+    assert inbound["destination_principal"] == "spiffe://mesh.local/ns/shop/sa/pod-b"
+    assert inbound["destination_version"] == "v3"
+    assert inbound["destination_service"] == "b.shop.svc.cluster.local"
+    (outbound,) = [r for r in rows if r["reporter"] == "source"]
+    assert outbound["source_workload"] == "pod-b" and outbound["source_app"] == "b"
+    assert outbound["destination_service_name"] == "db"
