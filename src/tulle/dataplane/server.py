@@ -302,6 +302,17 @@ class ProxyServer:
     def _all_handles(self) -> list[ListenerHandle]:
         return [*self.listeners.values(), *self.retired]
 
+    def flush_telemetry(self) -> None:
+        """Bring the golden TCP byte counters of live relays up to date (the admin calls it
+        before rendering /metrics): O(open connections) per scrape, nothing per packet."""
+        if self.runtime.golden is None:
+            return
+        for h in self._all_handles():
+            for conn in h.connections:
+                flush = getattr(conn, "flush_golden", None)
+                if flush is not None:
+                    flush()
+
     async def _deadline_sweeper(self) -> None:
         """Header and idle timeouts for all downstream connections, checked in one place."""
         loop = asyncio.get_running_loop()

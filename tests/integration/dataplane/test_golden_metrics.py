@@ -55,6 +55,11 @@ async def test_tcp_over_mtls_is_counted_on_both_sides_with_the_verified_caller()
         assert await asyncio.wait_for(reader.readline(), 10) == b"PING\n"
         assert server.metric("istio_tcp_connections_opened_total",
                              reporter="destination") == 1
+        # While it lives, a scrape brings its bytes up to date (no timer, no per-packet work).
+        status, _ = await _admin(server.admin_port, None)
+        assert status.startswith(b"HTTP/1.1 200")
+        assert server.metric("istio_tcp_received_bytes_total", reporter="destination") == 5
+        assert server.metric("istio_tcp_connections_closed_total", reporter="destination") == 0
         writer.close()
         await writer.wait_closed()
         dest = {"reporter": "destination", "source_principal": CLIENT_ID,

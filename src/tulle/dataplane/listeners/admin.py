@@ -162,6 +162,7 @@ class AdminProtocol(asyncio.Protocol):
         return 200, b"READY\n", TEXT
 
     def metrics(self) -> tuple[int, bytes, bytes]:
+        self.server.flush_telemetry()
         if wants_openmetrics(self.accept[:4096]):
             return 200, self.server.metrics.registry.render(True).encode(), OPENMETRICS
         return 200, self.server.metrics.registry.render().encode(), PROMETHEUS

@@ -157,6 +157,12 @@ class TcpProxy(Connection):
         if self._endpoint is not None:
             self._endpoint.active += 1
 
+    def flush_golden(self) -> None:
+        """Add the bytes moved so far to the golden TCP counters (before /metrics renders)."""
+        golden = self.golden
+        if golden is not None and self._up_active is not None and not self.ended:
+            golden.flush(*self.bytes_moved())
+
     def connect_failed(self) -> None:
         self.set_reason("connect_failed")
         cluster = self.target.cluster

@@ -345,25 +345,40 @@ class Golden:
 
 
 class TcpGolden:
-    """One relayed connection's golden series: opened when connected, bytes and closed at
-    its end (a long connection's bytes show when it closes)."""
+    """One relayed connection's golden series: opened when connected, closed at its end, and
+    its bytes added at its end and whenever /metrics is read while it lives (`flush`, run by
+    the admin before rendering), so a long connection's bytes show as they move, with no
+    timer and nothing per packet."""
 
-    __slots__ = ("_fam", "_values")
+    __slots__ = ("_fam", "_received", "_sent", "_values")
 
     def __init__(self, families: GoldenFamilies, values: tuple[str, ...]) -> None:
         self._fam = families
         self._values = values
+        self._received = 0
+        self._sent = 0
+        """Bytes already added to the counters."""
 
     def opened(self) -> None:
         f = self._fam
         bounded(f.tcp_opened, self._values, f.limit, f.overflow).value += 1  # type: ignore[union-attr]
 
-    def closed(self, received: int, sent: int) -> None:
+    def flush(self, received: int, sent: int) -> None:
+        """Add the bytes moved since the last flush (`received`, `sent`: totals so far)."""
         f = self._fam
         v, limit = self._values, f.limit
-        bounded(f.tcp_closed, v, limit, f.overflow).value += 1  # type: ignore[union-attr]
-        bounded(f.tcp_received, v, limit, f.overflow).value += received  # type: ignore[union-attr]
-        bounded(f.tcp_sent, v, limit, f.overflow).value += sent  # type: ignore[union-attr]
+        if received > self._received:
+            bounded(f.tcp_received, v, limit, f.overflow).value += (  # type: ignore[union-attr]
+                received - self._received)
+            self._received = received
+        if sent > self._sent:
+            bounded(f.tcp_sent, v, limit, f.overflow).value += sent - self._sent  # type: ignore[union-attr]
+            self._sent = sent
+
+    def closed(self, received: int, sent: int) -> None:
+        f = self._fam
+        bounded(f.tcp_closed, self._values, f.limit, f.overflow).value += 1  # type: ignore[union-attr]
+        self.flush(received, sent)
 
 
 def build_golden(metrics: ProxyMetrics, cfg: ProxyConfig, previous: Golden | None) -> Golden | None:
