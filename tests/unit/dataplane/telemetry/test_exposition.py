@@ -7,6 +7,8 @@ import shutil
 import subprocess
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 from prometheus_client.parser import text_string_to_metric_families as text_parse
 
@@ -82,3 +84,8 @@ def test_promtool_accepts_the_text_exposition() -> None:
 ])
 def test_content_negotiation(accept: bytes, want: bool) -> None:
     assert wants_openmetrics(accept) is want
+
+
+@given(st.binary(max_size=512))
+def test_any_accept_header_is_answered_without_raising(accept: bytes) -> None:
+    assert wants_openmetrics(accept) in (True, False)
