@@ -4,6 +4,10 @@
         await prom.wait_for_targets()
         result = await prom.query('sum(rate(istio_requests_total[1m]))')
 
+Debian's Prometheus (2.42) scrapes with `Accept: application/openmetrics-text;version=1.0.0,
+...,text/plain;version=0.0.4;q=0.5,*/*;q=0.1` (seen on the wire), so through it the proxies'
+OpenMetrics exposition is what gets parsed.
+
 It listens on a free 127.0.0.1 port with its own temp dir for the TSDB, scrapes the given
 `127.0.0.1:<port>` targets' `/metrics` every `interval`, and is stopped (SIGTERM, then SIGKILL)
 and its dir removed at the end, also when the test fails; if the test process itself dies,
