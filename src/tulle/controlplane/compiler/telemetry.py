@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
@@ -37,7 +37,8 @@ class MeshTelemetry:
     max_series: int = 2000
     cluster: str = "unknown"
     trust_domain: str = ""
-    peers: tuple[PeerWorkload, ...] = ()
+    peers: list[PeerWorkload] = field(default_factory=list)
+    """One list, the same object in every proxy's section (never mutated)."""
     digest: bytes = b""
 
 
@@ -69,7 +70,7 @@ def mesh_telemetry(mesh: MeshModel) -> MeshTelemetry:
     max_series = int(m.get("maxSeriesPerFamily", 2000))
     cluster = str(m.get("clusterName", "unknown"))
     digest = hashlib.sha256(msgspec.json.encode([max_series, cluster, td, peers])).digest()
-    return MeshTelemetry(True, max_series, cluster, td, tuple(peers), digest)
+    return MeshTelemetry(True, max_series, cluster, td, peers, digest)
 
 
 def telemetry_section(proxy: Proxy, shared: MeshTelemetry) -> Telemetry:
@@ -81,7 +82,7 @@ def telemetry_section(proxy: Proxy, shared: MeshTelemetry) -> Telemetry:
         max_series_per_family=shared.max_series, workload=proxy.key[1],
         principal=spiffe_id(shared.trust_domain, proxy.key[0], proxy.service_account),
         app=labels.get("app", ""), version=labels.get("version", ""), cluster=shared.cluster,
-        peers=list(shared.peers)))
+        peers=shared.peers))
 
 
 __all__ = ["MeshTelemetry", "mesh_telemetry", "telemetry_section"]
