@@ -169,3 +169,33 @@ async def test_grpc_statuses_from_the_upstream_and_for_local_answers() -> None:
             assert p.metric("istio_requests_total", grpc_response_status="5", **grpc_src) == 1
             assert p.metric("istio_requests_total", grpc_response_status="14",
                             response_flags="UF", **grpc_src) == 1
+
+
+async def test_a_flood_of_label_sets_stays_within_the_bound_and_the_proxy_keeps_serving() -> None:
+    """An upstream answering with 300 different status codes (a label it controls): the
+    family keeps its bound, the rest lands in the overflow series and is counted."""
+    from aiohttp import web
+    from tests.support.controlplane import serve_handler
+    from tests.support.proxy import simple_config
+
+    async def origin(request: web.Request) -> web.Response:
+        return web.Response(status=int(request.path.strip("/")))
+
+    async with serve_handler(origin) as port:
+        cfg = simple_config(port)
+        cfg["telemetry"] = {"metrics": {"max_series_per_family": 20}}
+        async with running_proxy(cfg) as p, aiohttp.ClientSession() as s:
+            codes = [c for c in range(200, 600) if c not in (204, 304)][:300]
+            for code in codes:
+                async with s.get(p.url("out", f"/{code}")) as r:
+                    assert r.status == code
+                    await r.read()
+            fams = p.server.metrics.golden  # type: ignore[attr-defined]
+            for fam in (fams.requests, fams.duration, fams.request_bytes, fams.response_bytes):
+                assert len(fam.children) == 21, fam.name  # 20 and the overflow series
+            assert p.metric("istio_requests_total") == 300
+            assert p.metric("istio_requests_total", response_code="overflow") == 280
+            assert p.metric("tulle_proxy_metric_overflow_total",
+                            family="istio_requests_total") == 280
+            async with s.get(p.url("out", "/200")) as r:  # still serving
+                assert r.status == 200
