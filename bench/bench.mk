@@ -32,6 +32,7 @@ BENCH_PY ?= .venv/bin/python
 BENCH_PEERS ?= tulle,tulle-filters,tulle-routes,haproxy,haproxy-routes,nginx
 BENCH_MTLS_PEERS ?= tulle-mtls,tulle-2hop,haproxy-tls
 BENCH_RESILIENCE_PEERS ?= tulle-retry,tulle-resilience,haproxy-resilience
+BENCH_TELEMETRY_PEERS ?= tulle-telemetry
 
 .PHONY: bench bench-quick bench-profile bench-setup bench-controlplane bench-micro bench-mtls \
 	bench-resilience-retries bench-resilience-cpu bench-stat bench-cli
@@ -44,7 +45,7 @@ bench-quick: deps bench-setup
 
 bench: deps bench-setup
 	$(BENCH_PY) -m bench.run --mode full \
-		--peers $(BENCH_PEERS),$(BENCH_MTLS_PEERS),$(BENCH_RESILIENCE_PEERS) \
+		--peers $(BENCH_PEERS),$(BENCH_MTLS_PEERS),$(BENCH_RESILIENCE_PEERS),$(BENCH_TELEMETRY_PEERS) \
 		--json bench/results/full.json --doc docs/performance.md \
 		--mtls-json bench/results/mtls.json
 

@@ -59,6 +59,7 @@ from bench.peers import (
 from bench.procs import ProcessSet
 from bench.resilience_peers import RESILIENCE_STARTERS
 from bench.routing_peers import ROUTING_STARTERS
+from bench.telemetry_peers import TELEMETRY_STARTERS
 
 PLANS = {
     "quick": Plan(fixed_rate=1000, rounds=2, fixed_s=2, warmup_s=0.3, fixed_conns=10, wrk_s=2,
@@ -84,9 +85,14 @@ TARGET_RESILIENCE_CPU_RATIO = 2.0
 HAProxy's equivalent (leastconn, retries/retry-on, maxconn/queue) costs, CPU per request
 (`tulle-resilience` vs `haproxy-resilience`, same run; `bench/resilience_peers.py`)."""
 HTTP1_ONLY = ("tulle-filters", "tulle-retry", "tulle-routes", "haproxy-routes", *MTLS_STARTERS,
-              *RESILIENCE_STARTERS)
+              *RESILIENCE_STARTERS, *TELEMETRY_STARTERS)
 """Peers measured in the HTTP/1.1 rounds only (not in the h2c, TCP and gRPC passes)."""
-ALL_STARTERS = {**STARTERS, **ROUTING_STARTERS, **MTLS_STARTERS, **RESILIENCE_STARTERS}
+ALL_STARTERS = {**STARTERS, **ROUTING_STARTERS, **MTLS_STARTERS, **RESILIENCE_STARTERS,
+                **TELEMETRY_STARTERS}
+TARGET_TELEMETRY_COST = 1.15
+"""Issue 12: metrics, access logs and tracing (1%) on cost at most +15% CPU per request over
+the same proxy with them off (`tulle-telemetry` vs `tulle`, same run;
+`bench/telemetry_peers.py`)."""
 TARGET_MTLS_ADDED_P99_MS = 0.3
 """Issue 9: two hops over mTLS add at most 0.3 ms p99 at 1,000 rps (Istio 1.20: +0.298 ms)."""
 TARGET_MTLS_RSS_MB = 40.0
@@ -168,6 +174,17 @@ def derive(res: dict[str, Any]) -> None:
     if trt and tu:
         ratios["tulle_retry_vs_tulle"] = _ratios(trt, tu, ("cpu_us_per_req", "cpu_us_per_req_sat",
                                                           "p50_ms", "p99_ms", "rps_max"))
+    tt = res.get("tulle-telemetry", {})
+    for key, label in (("cpu_us_per_req", "at 1,000 rps"), ("cpu_us_per_req_sat", "at saturation")):
+        if key in tt and key in tu and tu[key] > 0:
+            limit = TARGET_TELEMETRY_COST * tu[key]
+            targets.append({"target": f"telemetry on ≤ +{TARGET_TELEMETRY_COST - 1:.0%} CPU per "
+                                      f"request over the same proxy with it off ({label})",
+                            "value": tt[key], "limit": rnd(limit, 2), "unit": "µs",
+                            "ratio": rnd(tt[key] / tu[key], 3), "met": tt[key] <= limit})
+    if tt and tu:
+        ratios["telemetry_on_vs_off"] = _ratios(tt, tu, ("cpu_us_per_req", "cpu_us_per_req_sat",
+                                                         "p50_ms", "p99_ms", "rps_max", "rss_mb"))
     if tf and tu:
         ratios["tulle_filters_vs_tulle"] = _ratios(tf, tu, ("cpu_us_per_req", "cpu_us_per_req_sat",
                                                             "p50_ms", "p99_ms", "rps_max"))

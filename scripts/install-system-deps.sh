@@ -6,7 +6,7 @@
 set -euo pipefail
 what=${1:-test}
 case "$what" in
-  test)  pkgs=(curl iproute2 iptables nghttp2-client postgresql procps redis-server chromium) ;;
+  test)  pkgs=(chromium curl iproute2 iptables nghttp2-client postgresql procps prometheus redis-server) ;;
   bench) pkgs=(curl haproxy nginx-light wrk nghttp2-client procps util-linux) ;;
   *) echo "usage: $0 test|bench" >&2; exit 2 ;;
 esac

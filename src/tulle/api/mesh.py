@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from tulle.api.errors import field_error
 from tulle.api.fields import Duration, pattern
 from tulle.api.meta import Model, Resource, Status
-from tulle.api.observability_tap import TapSettings
+from tulle.api.observability import Observability
 from tulle.api.policies.circuit_breaker import CircuitBreakerSettings
 from tulle.api.policies.health_check import HealthCheckSettings
 from tulle.api.policies.load_balancing import LoadBalancingSettings
@@ -78,19 +78,14 @@ class MeshDefaults(Model):
         return self
 
 
-class Observability(Model):
-    """What the mesh observes and who may look, one part per signal."""
-
-    tap: TapSettings = Field(default_factory=TapSettings)
-    """Live tap (`tulle tap`, `tulle top`, the dashboard; ADR 0056)."""
-
-
 class MeshSpec(Model):
     trustDomain: TrustDomain = "cluster.local"
     mtls: MTLS = Field(default_factory=MTLS)
     outboundTrafficPolicy: OutboundTrafficPolicy = Field(default_factory=OutboundTrafficPolicy)
     defaults: MeshDefaults = Field(default_factory=MeshDefaults)
     observability: Observability = Field(default_factory=Observability)
+    """What every proxy observes and who may look: golden metrics (`metrics`), live tap (`tap`),
+    ... (`api/observability.py`)."""
 
 
 @register(api_version=MESH_API_VERSION, kind="Mesh", plural="meshes", scope="Cluster", short_names=("mesh",))

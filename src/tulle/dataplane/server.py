@@ -262,6 +262,9 @@ class ProxyServer:
         self.listeners = plan.handles
         self._ports = {h: plan.ports[h] for h in plan.handles.values()}
         self.config = plan.cfg
+        info = self.metrics.config_info
+        info.children.clear()  # one series: the version in force
+        info.labels(plan.cfg.version).value = 1
         self.health.sync()
         self.overload.configure(plan.cfg.settings)
         if len(self.tls):
@@ -301,6 +304,17 @@ class ProxyServer:
 
     def _all_handles(self) -> list[ListenerHandle]:
         return [*self.listeners.values(), *self.retired]
+
+    def flush_telemetry(self) -> None:
+        """Bring the golden TCP byte counters of live relays up to date (the admin calls it
+        before rendering /metrics): O(open connections) per scrape, nothing per packet."""
+        if self.runtime.golden is None:
+            return
+        for h in self._all_handles():
+            for conn in h.connections:
+                flush = getattr(conn, "flush_golden", None)
+                if flush is not None:
+                    flush()
 
     async def _deadline_sweeper(self) -> None:
         """Header and idle timeouts for all downstream connections, checked in one place."""

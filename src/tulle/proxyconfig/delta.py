@@ -55,13 +55,21 @@ from tulle.proxyconfig.model import (
     TrustBundle,
     VirtualHost,
 )
+from tulle.proxyconfig.telemetry import Telemetry
+from tulle.proxyconfig.telemetry_delta import (
+    TELEMETRY_PEERS,
+    PeersDelta,
+    PeersDeltaError,
+    apply_peers,
+    telemetry_fields,
+)
 
 COLLECTIONS = ("listeners", "route_tables", "clusters", "identities", "trust_bundles")
 
 VIRTUAL_HOSTS: Final = "delta-virtual-hosts"
 ENDPOINTS: Final = "delta-endpoints"
 POSITIONS: Final = "delta-positions"
-UNITS: Final = frozenset({VIRTUAL_HOSTS, ENDPOINTS, POSITIONS, DNS_HOSTS})
+UNITS: Final = frozenset({VIRTUAL_HOSTS, ENDPOINTS, POSITIONS, DNS_HOSTS, TELEMETRY_PEERS})
 """The delta refinements this build speaks (each is also a `Feature` in `features.py`)."""
 WHOLE: Final = frozenset[str]()
 """No refinement: changed resources sent whole (a proxy from before ADR 0018)."""
@@ -117,11 +125,16 @@ class Delta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The new snapshot has no `dns` section (the old one had)."""
     dns_hosts: DnsHostsDelta | None = None
     """`delta-dns-hosts`: the `dns` section changed in its hosts alone (`dns_delta.py`)."""
+    telemetry: dict[str, Any] | None = None
+    """The `telemetry` section, whole, when it changed."""
+    telemetry_peers: PeersDelta | None = None
+    """`delta-telemetry-peers`: the section changed in `metrics.peers` alone."""
 
     @property
     def empty(self) -> bool:
         return (self.node is None and self.admin is None and self.settings is None
                 and self.dns is None and not self.dns_removed and self.dns_hosts is None
+                and self.telemetry is None and self.telemetry_peers is None
                 and not self.virtual_hosts and not self.endpoints
                 and all(not getattr(self, c).upsert and not getattr(self, c).remove
                         and not getattr(self, c).order and not getattr(self, c).at
@@ -211,6 +224,7 @@ def diff(old: ProxyConfig, new: ProxyConfig, units: frozenset[str] = UNITS) -> D
         identities=_diff_collection(old.identities, new.identities, positions),
         trust_bundles=_diff_collection(old.trust_bundles, new.trust_bundles, positions),
         **dns_fields(old, new, units),
+        **telemetry_fields(old, new, units),
     )
 
 
@@ -354,7 +368,19 @@ def apply_delta(base: ProxyConfig, d: Delta) -> ProxyConfig:
         trust_bundles=_apply_collection(base.trust_bundles, d.trust_bundles, TrustBundle,
                                          "delta.trust_bundles"),
         dns=_apply_dns(base.dns, d),
+        telemetry=_apply_telemetry(base.telemetry, d),
     )
+
+
+def _apply_telemetry(base: Telemetry, d: Delta) -> Telemetry:
+    if d.telemetry is not None:
+        return msgspec.convert(d.telemetry, Telemetry)
+    if d.telemetry_peers is None:
+        return base
+    try:
+        return apply_peers(base, d.telemetry_peers)
+    except PeersDeltaError as exc:
+        raise DeltaError(str(exc), exc.path) from exc
 
 
 def _apply_dns(base: DNS | None, d: Delta) -> DNS | None:

@@ -23,6 +23,7 @@ from typing import Any
 
 from tulle.proxyconfig.delta import ENDPOINTS, POSITIONS, VIRTUAL_HOSTS
 from tulle.proxyconfig.dns_delta import DNS_HOSTS
+from tulle.proxyconfig.telemetry_delta import TELEMETRY_PEERS
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +186,12 @@ FEATURES: tuple[Feature, ...] = (
                 (f.get("global") or {}).get(k) for k in ("username", "password_file", "tls"))),
     Feature("tap", (), "stream messages `TapStart` / `TapStop` / `TapEvents`: live request "
             "records for `tulle tap`, `tulle top` and the dashboard (ADR 0056)"),
+    # The whole `telemetry` section: a proxy without it keeps its own tulle_proxy_* metrics.
+    # Later signals (access logs, tracing, ...) add features for `telemetry.<signal>`.
+    Feature("golden-metrics", ("telemetry",), "the `telemetry` section and its `metrics`: "
+            "Istio's standard metrics and labels (ADR 0053)"),
+    Feature(TELEMETRY_PEERS, (), "a telemetry section changed only in `metrics.peers` is sent "
+            "as the peers added, changed and removed"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

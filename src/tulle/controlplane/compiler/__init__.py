@@ -46,6 +46,7 @@ from tulle.controlplane.compiler.proxies import (
 from tulle.controlplane.compiler.routes import derive_grants, derive_routes, derive_tcp_routes
 from tulle.controlplane.compiler.services import ServiceMemo, derive_services
 from tulle.controlplane.compiler.status import conditions
+from tulle.controlplane.compiler.telemetry import MeshTelemetry, mesh_telemetry, telemetry_section
 from tulle.controlplane.compiler.transparent import agent_cluster, inbound_listener, render_outbound
 from tulle.proxyconfig.model import (
     Admin,
@@ -104,6 +105,8 @@ class Shared:
 
     transparent: Transparent | None = None
     """The outbound side of transparent proxies (ADR 0044); None when the mesh has none."""
+    telemetry: MeshTelemetry = field(default_factory=lambda: MeshTelemetry(enabled=False))
+    """What every proxy's `telemetry` section shares (`compiler/telemetry.py`)."""
 
     def for_namespace(self, ns: str) -> tuple[list[RouteTable], bytes]:
         """The tables a proxy in `ns` gets, and the digest that stands for them."""
@@ -344,11 +347,16 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
     if proxy.admin_port is not None and proxy.admin_port != _DEFAULT_ADMIN.port:
         admin = Admin(port=proxy.admin_port)
         digest = hashlib.sha256(digest + b"admin:%d" % proxy.admin_port).digest()
+    tele = shared.telemetry
+    telemetry = telemetry_section(proxy, tele)
+    if telemetry.metrics is not None:  # (only then: with metrics off, versions stay as they were)
+        own = msgspec.structs.replace(telemetry.metrics, peers=[])
+        digest = hashlib.sha256(digest + tele.digest + msgspec.json.encode(own)).digest()
     version = hashlib.sha256(part.digest + digest).hexdigest()[:16]
     return ProxyConfig(version=version, node=part.node, settings=shared.settings,
                        listeners=listeners,
                        route_tables=tables + part.route_tables if part.route_tables else tables,
-                       clusters=clusters, dns=dns, admin=admin)
+                       clusters=clusters, dns=dns, admin=admin, telemetry=telemetry)
 
 
 def settings(defaults: ProxyDefaults) -> Settings:
@@ -381,7 +389,7 @@ def compile_model(mesh: MeshModel, cache: PartCache | None = None) -> CompileRes
         shared = dataclasses.replace(shared, transparent=build_transparent(
             t.listener, t.tables, t.clusters, shared.clusters, t.consumer_hosts,
             t.consumer_clusters))
-    shared = dataclasses.replace(shared, dns=dns_hosts(mesh))
+    shared = dataclasses.replace(shared, dns=dns_hosts(mesh), telemetry=mesh_telemetry(mesh))
     for proxy in mesh.proxies:
         try:
             result.snapshots[proxy.key] = compile_proxy(proxy, shared, cache)

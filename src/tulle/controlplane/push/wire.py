@@ -56,6 +56,7 @@ from tulle.proxyconfig.delta import (
 from tulle.proxyconfig.features import Feature, withhold_config, withhold_delta
 from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.stream import DeltaMsg, Message, Snapshot
+from tulle.proxyconfig.telemetry_delta import telemetry_fields
 
 _name = operator.attrgetter("name")
 _encoder = msgspec.json.Encoder()
@@ -187,6 +188,7 @@ class WireCache:
             trust_bundles=self._collection(old.trust_bundles, new.trust_bundles, holes,
                                            positions)[0],
             **dns_fields(old, new, units),
+            **telemetry_fields(old, new, units),
         )
         return _frame(DeltaMsg(delta=msgspec.Raw(_encoder.encode(d))), holes)
 

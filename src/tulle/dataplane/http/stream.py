@@ -28,8 +28,8 @@ Shape:
   timer; either way `on_timeout` answers 504 (or resets a response already begun).
 * The stream is also the request's record for logs and traces (start, status, response flags,
   bytes in and out, cluster); `record()` counts it exactly once, runs the observers' `on_done`
-  once, however the request ended.  Bytes are counted only on routes with filters: observers
-  are filters, and a route without them pays nothing for a count nobody reads.
+  once, however the request ended.  Body bytes are counted on every request (one addition
+  per chunk): the golden metrics (`telemetry/golden.py`) read them on every route.
 
 A route with no filters has no `ChainRun`: every filter check is one attribute test.
 """
@@ -70,7 +70,8 @@ class RequestStream(StreamPort):
     """One request: head, decision, filters, deadline, upstream, and its record."""
 
     __slots__ = ("authz", "bodiless", "body", "body_size", "bytes_in", "bytes_out", "cluster",
-                 "conn", "decision", "done", "due", "edits", "expect_continue", "flags", "head",
+                 "conn", "decision", "done", "due", "edits", "expect_continue", "flags", "grpc_status",
+                 "head",
                  "head_sent", "idle", "request_done", "resp", "retry", "run", "start", "stats",
                  "status", "timer", "trailers", "tried", "upstream")
 
@@ -89,10 +90,11 @@ class RequestStream(StreamPort):
         self.cluster = "-"
         self.stats: RequestStats | None = None
         self.bytes_in = 0
-        """Request body bytes, counted when the route has filters (the observers that read
-        them are filters); the listener's byte counters cover every request."""
+        """Request body bytes (the golden metrics' `istio_request_bytes`, the observers)."""
         self.bytes_out = 0
         """Response body bytes sent to the client, counted likewise."""
+        self.grpc_status = ""
+        """The upstream's `grpc-status` when its response ended with trailers carrying one."""
         self.decision: Decision
         """Set by `route` (a request refused before routing has none)."""
         self.run: ChainRun | None = None
@@ -223,8 +225,7 @@ class RequestStream(StreamPort):
         body = self.body
         if body is not None:
             self.body = None
-            if self.run is not None:
-                self.bytes_in += self.body_size
+            self.bytes_in += self.body_size
             hooks = self.run if self.run is not None and self.run.chain.request_datas else None
             for chunk in body:
                 out = hooks.request_data(chunk, False) if hooks is not None else chunk
@@ -245,14 +246,13 @@ class RequestStream(StreamPort):
             idle.moved = True
         up = self.upstream
         if up is not None:
+            self.bytes_in += len(data)
             run = self.run
-            if run is not None:
-                self.bytes_in += len(data)
-                if run.chain.request_datas:
-                    out = run.request_data(data, False)
-                    if out is None:
-                        return
-                    data = out
+            if run is not None and run.chain.request_datas:
+                out = run.request_data(data, False)
+                if out is None:
+                    return
+                data = out
             up.send_data(data)
         elif not self.head_sent and not self.done:
             body = self.body
@@ -338,6 +338,10 @@ class RequestStream(StreamPort):
                 Retrier.adopt(retry, self).on_response_head(head, end_stream)
                 return
         self.status = head.status
+        if end_stream and head.status == 200 and self.head.version == b"2":
+            for n, v in head.headers:  # a trailers-only gRPC response: the status is here
+                if n == b"grpc-status":
+                    self.grpc_status = v.decode("latin-1")
         run = self.run
         if run is not None:
             chain = run.chain
@@ -381,12 +385,16 @@ class RequestStream(StreamPort):
                 if out is None:
                     return
                 data = out
-            self.bytes_out += len(data)
+        self.bytes_out += len(data)
         self.send_data(data)
 
     def on_response_end(self, trailers: Headers | None) -> None:
         if self.done:
             return
+        if trailers:
+            for n, v in trailers:
+                if n == b"grpc-status":
+                    self.grpc_status = v.decode("latin-1")
         run = self.run
         if run is not None:
             held = self.resp
@@ -574,7 +582,11 @@ class RequestStream(StreamPort):
         conn = self.conn
         ctx = conn.ctx
         stats = self.stats or ctx.stats(self.cluster)
-        stats.count(self.status, self.flags, (conn.loop.time() - self.start) * 1000.0)
+        ms = (conn.loop.time() - self.start) * 1000.0
+        stats.count(self.status, self.flags, ms)
+        golden = stats.golden
+        if golden is not None:
+            golden.count(self, ms)
         tap = ctx.tap
         if tap.taps:  # a live tap runs (ADR 0056): it sees the request done
             tap.see(self)

@@ -5,7 +5,8 @@ from the proxy's own state.  Never exposed beyond loopback by default; it reveal
 configuration.
 
     /ready        200 when a config is in force and the proxy is not draining, else 503
-    /metrics      Prometheus text exposition (version 0.0.4)
+    /metrics      Prometheus text exposition (version 0.0.4), or OpenMetrics 1.0.0 when the
+                  `Accept` header prefers `application/openmetrics-text`
     /config_dump  the config in force, canonical JSON
     /clusters     clusters, endpoints, pool and connection counts, JSON
 
@@ -31,6 +32,30 @@ if TYPE_CHECKING:
 TEXT = b"text/plain; charset=utf-8"
 JSON = b"application/json"
 PROMETHEUS = b"text/plain; version=0.0.4; charset=utf-8"
+OPENMETRICS = b"application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+def wants_openmetrics(accept: bytes) -> bool:
+    """Whether an `Accept` header prefers OpenMetrics to Prometheus text: the media type with
+    the highest `q` wins, Prometheus text on a tie or when neither is named (what a scraper
+    that does not negotiate, or a person with curl, reads)."""
+    best_om = best_text = -1.0
+    for item in accept.split(b","):
+        parts = item.split(b";")
+        media = parts[0].strip().lower()
+        q = 1.0
+        for p in parts[1:]:
+            k, _, v = p.strip().partition(b"=")
+            if k.strip().lower() == b"q":
+                try:
+                    q = float(v.strip())
+                except ValueError:
+                    q = 0.0
+        if media == b"application/openmetrics-text":
+            best_om = max(best_om, q)
+        elif media in (b"text/plain", b"text/*", b"*/*"):
+            best_text = max(best_text, q)
+    return best_om > 0 and best_om > best_text
 
 
 def _response(status: int, body: bytes, ctype: bytes, *, head_only: bool = False,
@@ -82,6 +107,8 @@ class AdminProtocol(asyncio.Protocol):
         self.server = server
         self.codec = RequestCodec(self, 16384)
         self.transport: asyncio.Transport | None = None
+        self.accept = b""
+        """The `Accept` header of the request being answered (content negotiation)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -114,6 +141,7 @@ class AdminProtocol(asyncio.Protocol):
             t.write(_response(405, b"method not allowed\n", TEXT, close=close,
                               extra=b"allow: GET, HEAD\r\n"))
         else:
+            self.accept = next((v for n, v in head.headers if n == b"accept"), b"")
             status, body, ctype = handler(self)
             t.write(_response(status, body, ctype, close=close, head_only=head.method == b"HEAD"))
         if close:
@@ -134,6 +162,9 @@ class AdminProtocol(asyncio.Protocol):
         return 200, b"READY\n", TEXT
 
     def metrics(self) -> tuple[int, bytes, bytes]:
+        self.server.flush_telemetry()
+        if wants_openmetrics(self.accept[:4096]):
+            return 200, self.server.metrics.registry.render(True).encode(), OPENMETRICS
         return 200, self.server.metrics.registry.render().encode(), PROMETHEUS
 
     def config_dump(self) -> tuple[int, bytes, bytes]:

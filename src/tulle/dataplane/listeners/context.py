@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from tulle.dataplane.http.chain import Chain
     from tulle.dataplane.http.retry import RetryRuntime
     from tulle.dataplane.runtime.tls import ServerRef, TLSContexts
+    from tulle.dataplane.telemetry.golden import Golden, HttpGolden
     from tulle.dataplane.upstream.attempt import AttemptRequest
     from tulle.dataplane.upstream.cluster import ClusterRuntime
 
@@ -54,9 +55,11 @@ class RequestStats:
     lookup by status code and the histogram's bisect; other combinations one tuple-keyed
     lookup more."""
 
-    __slots__ = ("_bounds", "_buckets", "_by_status", "_codes", "_family", "_labels", "duration")
+    __slots__ = ("_bounds", "_buckets", "_by_status", "_codes", "_family", "_labels", "duration",
+                 "golden")
 
-    def __init__(self, metrics: ProxyMetrics, listener: str, cluster: str) -> None:
+    def __init__(self, metrics: ProxyMetrics, listener: str, cluster: str,
+                 golden: HttpGolden | None = None) -> None:
         self._family = metrics.requests
         self._labels = (listener, cluster)
         self._codes: dict[tuple[int, str], CounterChild] = {}
@@ -65,6 +68,9 @@ class RequestStats:
         self.duration: HistogramChild = metrics.duration.labels(listener, cluster)
         self._bounds = self.duration.bounds
         self._buckets = self.duration.counts
+        self.golden = golden
+        """The golden metrics' recorder for these requests (`telemetry/golden.py`); None when
+        the snapshot has no `telemetry.metrics`."""
 
     def count(self, status: int, flags: str, duration_ms: float) -> None:
         child = None if flags else self._by_status.get(status)
@@ -116,8 +122,11 @@ class ListenerContext:
 
     def __init__(self, cfg: Listener, settings: Settings, routers: dict[str, Router],
                  clusters: dict[str, ClusterRuntime], metrics: ProxyMetrics,
-                 tls: TLSContexts | None = None, tap: TapHub | None = None) -> None:
+                 tls: TLSContexts | None = None, golden: Golden | None = None,
+                 tap: TapHub | None = None) -> None:
         self.cfg = cfg
+        self.golden = golden
+        """The snapshot's golden metrics (`telemetry/golden.py`); None: off."""
         self.tap = tap if tap is not None else IDLE_TAP
         """The proxy's live taps (`telemetry/tap.py`): `record()` calls it while one runs."""
         self.name = cfg.name
@@ -247,7 +256,11 @@ class ListenerContext:
     def stats(self, cluster: str) -> RequestStats:
         st = self._stats.get(cluster)
         if st is None:
-            st = self._stats[cluster] = RequestStats(self.metrics, self.name, cluster)
+            g = self.golden
+            rt = self.clusters.get(cluster)
+            st = self._stats[cluster] = RequestStats(
+                self.metrics, self.name, cluster,
+                g.http(self.cfg, rt.cfg if rt is not None else None) if g is not None else None)
         return st
 
     def protocol_error(self, kind: str) -> None:

@@ -66,6 +66,15 @@ def relay(handle: ListenerHandle, transport: asyncio.Transport, initial: bytes,
              and transport.get_extra_info("socket") is not None
              and (cluster is None or cluster.ssl_context is None))
     conn: TcpProxy = (SpliceRelay if USE_SPLICE and plain else CopyRelay)(handle, target, chain)
+    golden = handle.ctx.golden
+    if golden is not None:
+        if chain is not None:
+            identity = chain.facts.peer_identity or ""
+        else:
+            ssl_object = transport.get_extra_info("ssl_object")
+            identity = spiffe_id(ssl_object) if ssl_object is not None else ""
+        conn.golden = golden.tcp(handle.ctx.cfg, cluster.cfg if cluster is not None else None,
+                                 identity)
     conn.start(transport, initial)
     return conn
 

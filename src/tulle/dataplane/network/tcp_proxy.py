@@ -42,6 +42,7 @@ from tulle.dataplane.network.filter import ConnectionRecord
 
 if TYPE_CHECKING:
     from tulle.dataplane.network.chain import ConnectionChain
+    from tulle.dataplane.telemetry.golden import TcpGolden
     from tulle.dataplane.telemetry.metrics import CounterChild, GaugeChild
     from tulle.dataplane.upstream.cluster import ClusterRuntime
     from tulle.dataplane.upstream.lb import EndpointState
@@ -73,6 +74,11 @@ class Target:
 class TcpProxy(Connection):
     """What both engines share: the filter verdict, the destination, metrics, the record,
     registration with the listener."""
+
+    golden: TcpGolden | None = None
+    """The golden metrics' series of this connection (`telemetry/golden.py`), set by `relay`
+    when the snapshot has them: opened when connected, closed with its bytes at the end."""
+    _up_counted = False
 
     def __init__(self, handle: ListenerHandle, target: Target,
                  chain: ConnectionChain | None = None) -> None:
@@ -135,6 +141,9 @@ class TcpProxy(Connection):
         return ep.address, ep.port, t.cluster.connect_timeout
 
     def connected(self) -> None:
+        golden = self.golden
+        if golden is not None:
+            golden.opened()
         m = self.ctx.metrics
         m.tcp_connections.labels(self.ctx.name, self.target.name).value += 1
         cluster = self.target.cluster
@@ -147,6 +156,12 @@ class TcpProxy(Connection):
         self._up_active.value += 1
         if self._endpoint is not None:
             self._endpoint.active += 1
+
+    def flush_golden(self) -> None:
+        """Add the bytes moved so far to the golden TCP counters (before /metrics renders)."""
+        golden = self.golden
+        if golden is not None and self._up_active is not None and not self.ended:
+            golden.flush(*self.bytes_moved())
 
     def connect_failed(self) -> None:
         self.set_reason("connect_failed")
@@ -164,6 +179,7 @@ class TcpProxy(Connection):
         task = self._task
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
+        self._up_counted = self._up_active is not None
         if self._up_active is not None:
             self._up_active.value -= 1
             self._up_active = None
@@ -171,6 +187,9 @@ class TcpProxy(Connection):
             self._endpoint.active -= 1
         self._endpoint = None
         self.handle.connection_closed(self)
+        golden = self.golden
+        if golden is not None and self._up_counted:
+            golden.closed(*self.bytes_moved())
         chain = self.chain
         if chain is not None:
             record = ConnectionRecord(chain.facts, self.target.name)

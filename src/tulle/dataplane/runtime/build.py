@@ -36,6 +36,7 @@ from operator import is_
 from tulle.dataplane.listeners.context import ListenerContext
 from tulle.dataplane.routing.router import Router
 from tulle.dataplane.runtime.tls import Rotation
+from tulle.dataplane.telemetry.golden import Golden, build_golden
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.telemetry.tap import TapHub
 from tulle.dataplane.upstream.cluster import ClusterManager, PreparedClusters
@@ -72,6 +73,8 @@ class Prepared:
     """The routers in force when this was prepared (the ones the new routers built from)."""
     cluster_cfgs: list[Cluster]
     settings: Settings
+    golden: Golden | None = None
+    """The golden metrics its contexts record into (`telemetry/golden.py`)."""
 
 
 def _same(a: object, b: object) -> bool:
@@ -106,6 +109,8 @@ class SnapshotBuilder:
         self._cluster_cfgs: list[Cluster] | None = None
         """The cluster structs of the snapshot in force, and its settings."""
         self._settings: Settings | None = None
+        self.golden: Golden | None = None
+        """The golden metrics of the snapshot in force (`telemetry/golden.py`)."""
 
     def prepare(self, cfg: ProxyConfig) -> Prepared:
         """Build `cfg`'s runtime objects, reusing what is unchanged.  May raise; then nothing
@@ -133,13 +138,15 @@ class SnapshotBuilder:
                     or self.clusters.prepare(cfg.clusters, settings, zone))
         contexts: dict[str, ListenerContext] = {}
         c_kept = 0
+        golden = build_golden(self.metrics, cfg, self.golden)
         for lc in cfg.listeners:
             ctx = self._contexts.get(lc.name)
-            if ctx is not None and self._reusable(ctx, lc, settings, clusters, by_name):
+            if (ctx is not None and ctx.golden is golden
+                    and self._reusable(ctx, lc, settings, clusters, by_name)):
                 c_kept += 1
             else:
                 ctx = ListenerContext(lc, settings, by_name, clusters.runtimes, self.metrics,
-                                      self.clusters.tls, tap=self.tap)
+                                      self.clusters.tls, golden, tap=self.tap)
             contexts[lc.name] = ctx
         counts = BuildCounts(
             routers_built=len(routers) - r_kept, routers_kept=r_kept,
@@ -148,7 +155,7 @@ class SnapshotBuilder:
             contexts_built=len(contexts) - c_kept, contexts_kept=c_kept,
             hosts_built=h_built, hosts_kept=h_kept)
         return Prepared(routers, clusters, contexts, counts, rotation, self._routers,
-                        cfg.clusters, settings)
+                        cfg.clusters, settings, golden)
 
     def _clusters_in_force(self, cfgs: list[Cluster], settings: Settings) -> PreparedClusters | None:
         """What `ClusterManager.prepare` would return when every cluster is the very struct in
@@ -187,6 +194,7 @@ class SnapshotBuilder:
                 self._export_route_stats(prepared.routers)
         self._routers = prepared.routers
         self._contexts = prepared.contexts
+        self.golden = prepared.golden
         self._cluster_cfgs = prepared.cluster_cfgs
         self._settings = prepared.settings
         self.counts = prepared.counts

@@ -5,9 +5,10 @@ holds *children* (one labelled series) resolved once per listener/cluster and bu
 `value` attribute directly; nothing is locked because each worker process has its own registry
 and the event loop is single-threaded.
 
-Names are the proxy's own (`tulle_proxy_*`).  The Istio-compatible golden metrics
-(`istio_requests_total` with source/destination labels) belong to the observability issue and
-will be added as another family here, not a second registry.
+Names are the proxy's own (`tulle_proxy_*`); the Istio-compatible golden metrics
+(`istio_requests_total` with source/destination labels, `telemetry/golden.py`) are families of
+the same registry.  `Registry.render` writes Prometheus text or OpenMetrics (the admin
+/metrics negotiates by `Accept`).
 """
 
 from __future__ import annotations
@@ -23,6 +24,12 @@ from tulle.proxyconfig.stats import DURATION_BUCKETS_MS
 
 def _escape(v: str) -> str:
     return v.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(v: str, openmetrics: bool) -> str:
+    """HELP text: `\\` and newlines escaped (and `"` in OpenMetrics, which escapes it too)."""
+    v = v.replace("\\", "\\\\").replace("\n", "\\n")
+    return v.replace('"', '\\"') if openmetrics else v
 
 
 def _labels(names: tuple[str, ...], values: tuple[str, ...], extra: str = "") -> str:
@@ -74,8 +81,19 @@ class _Family:
         self.labelnames = labels
         self.children: dict[tuple[str, ...], object] = {}
 
-    def header(self) -> list[str]:
-        return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+    def header(self, openmetrics: bool = False) -> list[str]:
+        """HELP and TYPE lines.  OpenMetrics names a counter family without its `_total`
+        suffix (its samples keep it); a counter whose name lacks the suffix is `unknown`
+        there, since OpenMetrics requires it of counter samples."""
+        name, kind = self.name, self.kind
+        if openmetrics:
+            if kind == "counter":
+                if name.endswith("_total"):
+                    name = name[:-6]
+                else:
+                    kind = "unknown"
+            return [f"# TYPE {name} {kind}", f"# HELP {name} {_escape_help(self.help, True)}"]
+        return [f"# HELP {name} {_escape_help(self.help, False)}", f"# TYPE {name} {kind}"]
 
 
 class Counter(_Family):
@@ -154,13 +172,17 @@ class Registry:
                   buckets: tuple[float, ...] = DURATION_BUCKETS_MS) -> Histogram:
         return self._add(Histogram(name, help_, labels, buckets))  # type: ignore[return-value]
 
-    def render(self) -> str:
+    def render(self, openmetrics: bool = False) -> str:
+        """The exposition: Prometheus text 0.0.4, or OpenMetrics 1.0.0 (the same samples,
+        counter families named without `_total`, and the closing `# EOF`)."""
         lines: list[str] = []
         for fam in self._families.values():
             if not fam.children:
                 continue
-            lines.extend(fam.header())
+            lines.extend(fam.header(openmetrics))
             lines.extend(fam.render())  # type: ignore[attr-defined]
+        if openmetrics:
+            lines.append("# EOF")
         return "\n".join(lines) + "\n"
 
 
@@ -278,6 +300,9 @@ class ProxyMetrics:
         self.upstream_retry_budget_exhausted = r.counter(
             "tulle_proxy_upstream_retry_budget_exhausted_total",
             "Retries not made because the cluster's retry budget was spent.", ("cluster",))
+        self.config_info = r.gauge(
+            "tulle_proxy_config_info",
+            "The snapshot in force: 1 for its version (one series).", ("version",))
         self.upstream_retries_exhausted = r.counter(
             "tulle_proxy_upstream_retries_exhausted_total",
             "Requests whose last try failed after all its retries were used (flag URX).",

@@ -28,6 +28,7 @@ from tulle.proxyconfig.stream import (
     encode,
     snapshot_message,
 )
+from tulle.proxyconfig.telemetry_delta import TELEMETRY_PEERS
 
 NS = "shop"
 Key = tuple[str, str]
@@ -83,7 +84,14 @@ def route_weights(parent: str, weights: dict[str, int]) -> dict[str, Any]:
     return doc
 
 
+def own_identity(doc: dict[str, Any], sa: str) -> dict[str, Any]:
+    doc["spec"]["serviceAccount"] = sa  # an identity no other workload has: a mesh peer
+    return doc
+
+
 STEPS += [
+    ("a workload with its own identity", [*BASE, service("svc-10"),
+                                          own_identity(workload("w-9", "svc-3"), "w9")]),
     ("a canary weight", [*BASE, service("svc-10"), route_weights("svc-1", {"svc-1": 9,
                                                                             "svc-2": 1})]),
     ("the canary moved", [*BASE, service("svc-10"), route_weights("svc-1", {"svc-1": 5,
@@ -170,5 +178,6 @@ def _units_in(frame: bytes) -> set[str]:
     return {u for u, there in ((VIRTUAL_HOSTS, d.virtual_hosts), (ENDPOINTS, d.endpoints),
                                (POSITIONS, any(v.at for v in [
                                    d.listeners, d.route_tables, d.clusters, *d.virtual_hosts])),
-                               (DNS_HOSTS, d.dns_hosts is not None))
+                               (DNS_HOSTS, d.dns_hosts is not None),
+                               (TELEMETRY_PEERS, d.telemetry_peers is not None))
             if there}
