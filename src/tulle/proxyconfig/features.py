@@ -176,6 +176,10 @@ FEATURES: tuple[Feature, ...] = (
             "per interval)"),
     Feature("stats-reports", (), "stream messages `StatsRequest` / `StatsReport`: traffic "
             "summaries for `tulle stat` (ADR 0046)"),
+    Feature("telemetry", ("telemetry",), "the `telemetry` section; each of its parts is a "
+            "feature of its own"),
+    Feature("tracing", ("telemetry.tracing",), "W3C/B3 propagation, sampled spans, OTLP "
+            "export (ADR 0055)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -37,6 +37,8 @@ from tulle.dataplane.listeners.context import ListenerContext
 from tulle.dataplane.routing.router import Router
 from tulle.dataplane.runtime.tls import Rotation
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
+from tulle.dataplane.telemetry.tracing.runtime import SpanExporter, TracingRuntime
+from tulle.dataplane.telemetry.tracing.tracer import Tracer
 from tulle.dataplane.upstream.cluster import ClusterManager, PreparedClusters
 from tulle.proxyconfig.model import Cluster, Listener, ProxyConfig, RouteTable, Settings
 
@@ -71,6 +73,8 @@ class Prepared:
     """The routers in force when this was prepared (the ones the new routers built from)."""
     cluster_cfgs: list[Cluster]
     settings: Settings
+    tracer: Tracer | None = None
+    """The snapshot's tracer (the one in force when `telemetry.tracing` is unchanged)."""
 
 
 def _same(a: object, b: object) -> bool:
@@ -102,6 +106,8 @@ class SnapshotBuilder:
         self._cluster_cfgs: list[Cluster] | None = None
         """The cluster structs of the snapshot in force, and its settings."""
         self._settings: Settings | None = None
+        self.tracing = TracingRuntime()
+        """The tracer in force and its exporter (ADR 0055)."""
 
     def prepare(self, cfg: ProxyConfig) -> Prepared:
         """Build `cfg`'s runtime objects, reusing what is unchanged.  May raise; then nothing
@@ -129,13 +135,15 @@ class SnapshotBuilder:
                     or self.clusters.prepare(cfg.clusters, settings, zone))
         contexts: dict[str, ListenerContext] = {}
         c_kept = 0
+        tracer = self.tracing.prepare(cfg)
         for lc in cfg.listeners:
             ctx = self._contexts.get(lc.name)
-            if ctx is not None and self._reusable(ctx, lc, settings, clusters, by_name):
+            if (ctx is not None and ctx.tracing is tracer
+                    and self._reusable(ctx, lc, settings, clusters, by_name)):
                 c_kept += 1
             else:
                 ctx = ListenerContext(lc, settings, by_name, clusters.runtimes, self.metrics,
-                                      self.clusters.tls)
+                                      self.clusters.tls, tracer)
             contexts[lc.name] = ctx
         counts = BuildCounts(
             routers_built=len(routers) - r_kept, routers_kept=r_kept,
@@ -144,7 +152,7 @@ class SnapshotBuilder:
             contexts_built=len(contexts) - c_kept, contexts_kept=c_kept,
             hosts_built=h_built, hosts_kept=h_kept)
         return Prepared(routers, clusters, contexts, counts, rotation, self._routers,
-                        cfg.clusters, settings)
+                        cfg.clusters, settings, tracer)
 
     def _clusters_in_force(self, cfgs: list[Cluster], settings: Settings) -> PreparedClusters | None:
         """What `ClusterManager.prepare` would return when every cluster is the very struct in
@@ -167,8 +175,10 @@ class SnapshotBuilder:
         return all(a is b for a, b in zip(_routers_of(ctx), _wanted_routers(lc, routers),
                                           strict=True))
 
-    def commit(self, prepared: Prepared) -> None:
-        """Put `prepared` in force (the caller moves the listener handles' pointers)."""
+    def commit(self, prepared: Prepared) -> list[SpanExporter]:
+        """Put `prepared` in force (the caller moves the listener handles' pointers).  Answers
+        the span exporters a tracing change retired (the caller closes them: they flush)."""
+        retired = self.tracing.commit(prepared.tracer)
         self.clusters.commit(prepared.clusters)
         if prepared.rotation:
             swapped = self.clusters.tls.rotate(prepared.rotation)
@@ -186,6 +196,7 @@ class SnapshotBuilder:
         self._cluster_cfgs = prepared.cluster_cfgs
         self._settings = prepared.settings
         self.counts = prepared.counts
+        return retired
 
     def _export_route_stats(self, routers: dict[str, tuple[RouteTable, int, Router]]) -> None:
         """The per-route request series are the states of the routes in force: a route that

@@ -1,0 +1,94 @@
+"""The tracer in force, kept across snapshots that do not change `telemetry.tracing`.
+
+Why its own keeper: a tracer owns an exporter (a queue and a task that POSTs batches), which
+must outlive swaps that do not touch tracing (so a snapshot change neither drops queued spans
+nor rebuilds every listener context) and must be flushed and stopped when tracing changes or
+the proxy closes.  `prepare` builds without starting anything (an apply that fails leaves
+nothing running); `commit` starts the new exporter and retires the old one.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from tulle.dataplane.telemetry.tracing.span import SpanSink
+from tulle.dataplane.telemetry.tracing.tracer import Tracer
+from tulle.proxyconfig.model import ProxyConfig
+from tulle.proxyconfig.telemetry import Tracing
+
+log = logging.getLogger("tulle.proxy")
+
+
+class SpanExporter(SpanSink, Protocol):
+    """A sink with a life: started once in force, closed (flushing what it holds) after."""
+
+    def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class ExporterFactory(Protocol):
+    def __call__(self, section: Tracing, service: str, node: str,
+                 namespace: str) -> SpanExporter: ...
+
+
+def service_name(cfg: ProxyConfig, section: Tracing) -> str:
+    """`service.name` of the spans: configured, else the node's service, else its name."""
+    return section.service_name or cfg.node.service or cfg.node.name
+
+
+class TracingRuntime:
+    """Builds the `Tracer` of a snapshot, reusing the one in force when nothing changed."""
+
+    __slots__ = ("_exporters", "_factory", "_key", "tracer")
+
+    def __init__(self, factory: ExporterFactory | None = None) -> None:
+        self._factory = factory
+        self._key: tuple[object, ...] | None = None
+        self.tracer: Tracer | None = None
+        """The tracer in force (None: tracing off)."""
+        self._exporters: dict[int, SpanExporter] = {}
+        """Exporters by the id of the tracer that owns them (started at commit)."""
+
+    def prepare(self, cfg: ProxyConfig) -> Tracer | None:
+        section = cfg.telemetry.tracing
+        if section is None:
+            return None
+        service = service_name(cfg, section)
+        key = (section, service, cfg.node.name, cfg.node.namespace)
+        if self.tracer is not None and self._key == key:
+            return self.tracer
+        exporter = None
+        if section.otlp_endpoint and self._factory is not None:
+            exporter = self._factory(section, service, cfg.node.name, cfg.node.namespace)
+        tracer = Tracer(section, exporter)
+        tracer.key = key
+        if exporter is not None:
+            self._exporters[id(tracer)] = exporter
+        return tracer
+
+    def commit(self, tracer: Tracer | None) -> list[SpanExporter]:
+        """Put `tracer` in force; answers the exporters to close (the caller awaits them)."""
+        if tracer is self.tracer:
+            return []
+        retired: list[SpanExporter] = []
+        if self.tracer is not None:
+            old = self._exporters.pop(id(self.tracer), None)
+            if old is not None:
+                retired.append(old)
+        self.tracer = tracer
+        self._key = tracer.key if tracer is not None else None
+        if tracer is not None:
+            exporter = self._exporters.get(id(tracer))
+            if exporter is not None:
+                exporter.start()
+        # Exporters of tracers prepared but never committed (a failed apply) were not started.
+        keep = id(tracer) if tracer is not None else None
+        for k in [k for k in self._exporters if k != keep]:
+            del self._exporters[k]
+        return retired
+
+    def close(self) -> list[SpanExporter]:
+        """The proxy closes: the exporter in force, to close (flush) by the caller."""
+        return self.commit(None)
