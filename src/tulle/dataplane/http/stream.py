@@ -590,12 +590,11 @@ class RequestStream(StreamPort):
             else:
                 run.finished = True  # what done() does when nobody observes: no call
             self.tried = None  # read by the observers; breaks stream <-> exchange
-        conn = self.conn
-        elapsed = conn.loop.time() - self.start
         trace = self.trace
         if trace is not None:
             if trace.sampled:
-                trace.tracer.finish(trace, self, elapsed)
+                trace.tracer.finish(trace, self)
             self.tried = None
+        conn = self.conn
         stats = self.stats or conn.ctx.stats(self.cluster)
-        stats.count(self.status, self.flags, elapsed * 1000.0)
+        stats.count(self.status, self.flags, (conn.loop.time() - self.start) * 1000.0)

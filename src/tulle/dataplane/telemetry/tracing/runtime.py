@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from typing import Protocol
 
+from tulle.dataplane.telemetry.otlp.traces import TraceExporter
 from tulle.dataplane.telemetry.tracing.span import SpanSink
 from tulle.dataplane.telemetry.tracing.tracer import Tracer
 from tulle.proxyconfig.model import ProxyConfig
@@ -33,6 +34,13 @@ class ExporterFactory(Protocol):
                  namespace: str) -> SpanExporter: ...
 
 
+def otlp_exporter(section: Tracing, service: str, node: str, namespace: str) -> SpanExporter:
+    """The exporter of a section with an `otlp_endpoint` (validated by the contract)."""
+    return TraceExporter(section.otlp_endpoint, {
+        "service.name": service, "service.namespace": namespace,
+        "service.instance.id": f"{node}.{namespace}"})
+
+
 def service_name(cfg: ProxyConfig, section: Tracing) -> str:
     """`service.name` of the spans: configured, else the node's service, else its name."""
     return section.service_name or cfg.node.service or cfg.node.name
@@ -43,7 +51,7 @@ class TracingRuntime:
 
     __slots__ = ("_exporters", "_factory", "_key", "tracer")
 
-    def __init__(self, factory: ExporterFactory | None = None) -> None:
+    def __init__(self, factory: ExporterFactory | None = otlp_exporter) -> None:
         self._factory = factory
         self._key: tuple[object, ...] | None = None
         self.tracer: Tracer | None = None

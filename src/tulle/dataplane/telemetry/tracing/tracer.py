@@ -111,8 +111,10 @@ class ListenerTracer:
         return RequestTrace(self, trace_id, span_id, parent_id, sampled, tracestate,
                             time.time_ns() if sampled else 0)
 
-    def finish(self, trace: RequestTrace, record: SpanRecord, duration_s: float) -> None:
-        """The request is done: its span to the sink, when it was sampled."""
+    def finish(self, trace: RequestTrace, record: SpanRecord) -> None:
+        """The request is done: its span to the sink, when it was sampled.  Both ends are
+        wall-clock reads (the loop's clock is per iteration, milliseconds under uvloop: too
+        coarse for a span nested in another)."""
         sink = self.sink
         if not trace.sampled or sink is None:
             return
@@ -126,7 +128,7 @@ class ListenerTracer:
         sink.add(Span(
             trace_id=trace.trace_id, span_id=trace.span_id, parent_id=trace.parent_id,
             name=method if cluster == "-" else f"{method} {cluster}", kind=kind,
-            start_ns=start, end_ns=start + int(duration_s * 1e9),
+            start_ns=start, end_ns=max(start, time.time_ns()),
             attributes=attributes(record, self.listener, method), error=error,
             status_message=record.flags, tracestate=trace.tracestate))
 

@@ -98,7 +98,7 @@ def test_an_unsampled_request_still_propagates_not_sampled() -> None:
     trace = lt.start(head)
     got = extract(head.headers)
     assert got is not None and got.sampled == 0 and got.trace_id == trace.trace_id
-    lt.finish(trace, Record(head), 0.01)
+    lt.finish(trace, Record(head))
     assert sink.spans == []
 
 
@@ -116,11 +116,11 @@ def test_the_span_of_a_client_side_request() -> None:
     head = _head((b"traceparent", b"00-" + T + b"-" + S + b"-01"), (b"user-agent", b"curl/8"),
                  (b"x-request-id", b"rid-1"))
     trace = lt.start(head)
-    lt.finish(trace, Record(head, status=503, flags="UF"), 0.25)
+    lt.finish(trace, Record(head, status=503, flags="UF"))
     [span] = sink.spans
     assert (span.trace_id, span.span_id, span.parent_id) == (T, trace.span_id, S)
     assert span.kind == CLIENT and span.name == "GET backend"
-    assert span.end_ns - span.start_ns == 250_000_000
+    assert 0 <= span.end_ns - span.start_ns < 10**9
     assert span.error and span.status_message == "UF"
     attrs = dict(span.attributes)
     assert attrs == {
@@ -139,7 +139,7 @@ def test_server_spans_and_error_status() -> None:
     facts.peer_identity = "spiffe://cluster.local/ns/shop/sa/web"
     for status in (404, 500, 0):
         head = _head()
-        lt.finish(lt.start(head), Record(head, status=status, facts=facts), 0.001)
+        lt.finish(lt.start(head), Record(head, status=status, facts=facts))
     assert [s.kind for s in sink.spans] == [SERVER] * 3
     assert [s.error for s in sink.spans] == [False, True, True]
     assert dict(sink.spans[0].attributes)["tulle.peer.identity"] == facts.peer_identity
