@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from tulle.api.errors import field_error
 from tulle.api.fields import Duration, pattern
 from tulle.api.meta import Model, Resource, Status
+from tulle.api.observability_tracing import TracingSettings
 from tulle.api.policies.circuit_breaker import CircuitBreakerSettings
 from tulle.api.policies.health_check import HealthCheckSettings
 from tulle.api.policies.load_balancing import LoadBalancingSettings
@@ -77,11 +78,19 @@ class MeshDefaults(Model):
         return self
 
 
+class Observability(Model):
+    """What the proxies report about the traffic they carry, one part per signal."""
+
+    tracing: TracingSettings | None = None
+    """W3C/B3 trace propagation and spans over OTLP (ADR 0055); unset: no tracing."""
+
+
 class MeshSpec(Model):
     trustDomain: TrustDomain = "cluster.local"
     mtls: MTLS = Field(default_factory=MTLS)
     outboundTrafficPolicy: OutboundTrafficPolicy = Field(default_factory=OutboundTrafficPolicy)
     defaults: MeshDefaults = Field(default_factory=MeshDefaults)
+    observability: Observability = Field(default_factory=Observability)
 
 
 @register(api_version=MESH_API_VERSION, kind="Mesh", plural="meshes", scope="Cluster", short_names=("mesh",))

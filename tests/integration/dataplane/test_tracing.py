@@ -179,3 +179,55 @@ async def test_an_error_answer_makes_an_error_span() -> None:
         assert c.status.code == trace_pb2.Status.STATUS_CODE_ERROR
         assert c.status.message == "UF"
         assert attrs(c)["response_flags"] == "UF"
+
+
+async def _raw_get(port: int, extra: bytes) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 request from a raw peer: (status line, body)."""
+    import asyncio
+
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET / HTTP/1.1\r\nhost: app\r\nconnection: close\r\n" + extra + b"\r\n")
+        data = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    return head.split(b"\r\n", 1)[0], body
+
+
+_HOSTILE = [
+    b"traceparent: 00-" + TRACE.encode() + b"-" + APP_SPAN.encode() + b"-01" + b"x" * 6000
+    + b"\r\n",
+    b"traceparent: ff-" + TRACE.encode() + b"-" + APP_SPAN.encode() + b"-01\r\n",
+    b"traceparent: 00-" + b"0" * 32 + b"-" + APP_SPAN.encode() + b"-01\r\n",
+    b"traceparent: 00-" + TRACE.encode() + b"-" + b"0" * 16 + b"-01\r\n",
+    b"traceparent: 00-" + TRACE.upper().encode() + b"-" + APP_SPAN.encode() + b"-01\r\n",
+    b"traceparent: \xff\xfe-\x80\r\nb3: \xc3\xa9\r\n",
+    b"b3: " + TRACE.encode() + b"-" + APP_SPAN.encode() + b"-1-" + b"9" * 400 + b"\r\n",
+    b"x-b3-traceid: " + b"f" * 5000 + b"\r\nx-b3-spanid: zz\r\n",
+    b"traceparent: garbage\r\ntracestate: " + b",".join(b"k%d=v" % i for i in range(500))
+    + b"\r\n",
+    b"".join(b"tracestate: a%d=b\r\n" % i for i in range(90)),
+]
+
+
+async def test_hostile_trace_headers_start_a_new_trace_and_the_listener_keeps_serving() -> None:
+    import json
+
+    async with running_receiver() as receiver, traced_mesh(receiver) as (client, _):
+        port = client.port("out")
+        for extra in _HOSTILE:
+            status, body = await _raw_get(port, extra)
+            assert status == b"HTTP/1.1 200 OK", (extra[:60], status)
+            seen = json.loads(body)
+            version, trace_id, parent, flags = seen["traceparent"].split("-")
+            assert (version, len(trace_id), len(parent)) == ("00", 32, 16)
+            assert trace_id != TRACE and trace_id != "0" * 32, extra[:60]
+            assert len(seen["tracestate"]) <= 512
+        # A header split by CR alone is a protocol error (400 by the parser), never a header
+        # of ours; the listener goes on serving.
+        for bad in (b"\rx: y", b"\x00", b"\nx-b3-sampled: 1"):
+            status, _ = await _raw_get(port, b"traceparent: 00-" + TRACE.encode() + bad + b"\r\n")
+            assert status.startswith(b"HTTP/1.1 400"), bad
+        status, _ = await _raw_get(port, b"")
+        assert status == b"HTTP/1.1 200 OK"

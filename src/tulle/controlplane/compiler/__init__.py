@@ -46,6 +46,7 @@ from tulle.controlplane.compiler.proxies import (
 from tulle.controlplane.compiler.routes import derive_routes, derive_tcp_routes
 from tulle.controlplane.compiler.services import ServiceMemo, derive_services
 from tulle.controlplane.compiler.status import conditions
+from tulle.controlplane.compiler.telemetry import telemetry_section
 from tulle.controlplane.compiler.transparent import agent_cluster, inbound_listener, render_outbound
 from tulle.proxyconfig.model import (
     Cluster,
@@ -60,6 +61,7 @@ from tulle.proxyconfig.model import (
     VirtualHost,
 )
 from tulle.proxyconfig.reserved import is_reserved_identity
+from tulle.proxyconfig.telemetry import Telemetry
 from tulle.proxyconfig.validate import ConfigError, check
 
 _DEFAULT_SETTINGS = Settings()
@@ -99,6 +101,8 @@ class Shared:
     same table objects but for the hosts those routes change (GAMMA; ADR 0023)."""
     dns: DnsHosts = field(default_factory=DnsHosts)
     """The mesh DNS hosts, for the proxies that run a resolver (`compiler/dns.py`)."""
+    telemetry: Telemetry = field(default_factory=Telemetry)
+    """`Mesh.spec.observability` as every proxy gets it (`compiler/telemetry.py`)."""
 
     transparent: Transparent | None = None
     """The outbound side of transparent proxies (ADR 0044); None when the mesh has none."""
@@ -321,11 +325,14 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
                           route_tables=[*part.route_tables, RouteTable(name="outbound")],
                           **_STAND_INS))
         digest = hashlib.sha256(digest + shared.dns.digest + b"%d" % dns.port).digest()
+    telemetry = shared.telemetry
+    if telemetry.tracing is not None:  # (only then: versions without it stay what they were)
+        digest = hashlib.sha256(digest + msgspec.json.encode(telemetry)).digest()
     version = hashlib.sha256(part.digest + digest).hexdigest()[:16]
     return ProxyConfig(version=version, node=part.node, settings=shared.settings,
                        listeners=listeners,
                        route_tables=tables + part.route_tables if part.route_tables else tables,
-                       clusters=clusters, dns=dns)
+                       clusters=clusters, dns=dns, telemetry=telemetry)
 
 
 def settings(defaults: ProxyDefaults) -> Settings:
@@ -357,7 +364,7 @@ def compile_model(mesh: MeshModel, cache: PartCache | None = None) -> CompileRes
         t = render_outbound(mesh, out, DEFAULT_OUTBOUND_PORT)
         shared = dataclasses.replace(shared, transparent=build_transparent(
             t.listener, t.tables, t.clusters, shared.clusters, t.consumer_hosts))
-    shared = dataclasses.replace(shared, dns=dns_hosts(mesh))
+    shared = dataclasses.replace(shared, dns=dns_hosts(mesh), telemetry=telemetry_section(mesh))
     for proxy in mesh.proxies:
         try:
             result.snapshots[proxy.key] = compile_proxy(proxy, shared, cache)
