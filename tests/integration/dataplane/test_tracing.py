@@ -9,6 +9,7 @@ proxy's span → what the app sees as its parent.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -123,6 +124,13 @@ async def test_client_span_then_server_span_then_the_app_across_two_proxies(
         assert s.start_time_unix_nano >= c.start_time_unix_nano
         assert s.end_time_unix_nano <= c.end_time_unix_nano
         assert c.status.code == s.status.code == trace_pb2.Status.STATUS_CODE_UNSET
+        # The exporter counts what the collector took (after its answer: bounded wait).
+        for _ in range(500):
+            if client.metric("tulle_proxy_trace_spans_total", result="exported") >= 1:
+                break
+            await asyncio.sleep(0.01)
+        assert client.metric("tulle_proxy_trace_spans_total", result="exported") == 1
+        assert client.metric("tulle_proxy_trace_spans_total", result="dropped") == 0
 
 
 async def test_a_request_without_context_starts_a_trace_at_the_client_proxy() -> None:
@@ -183,8 +191,6 @@ async def test_an_error_answer_makes_an_error_span() -> None:
 
 async def _raw_get(port: int, extra: bytes) -> tuple[bytes, bytes]:
     """One HTTP/1.1 request from a raw peer: (status line, body)."""
-    import asyncio
-
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(b"GET / HTTP/1.1\r\nhost: app\r\nconnection: close\r\n" + extra + b"\r\n")

@@ -106,7 +106,7 @@ class SnapshotBuilder:
         self._cluster_cfgs: list[Cluster] | None = None
         """The cluster structs of the snapshot in force, and its settings."""
         self._settings: Settings | None = None
-        self.tracing = TracingRuntime()
+        self.tracing = TracingRuntime(metrics)
         """The tracer in force and its exporter (ADR 0055)."""
 
     def prepare(self, cfg: ProxyConfig) -> Prepared:

@@ -40,7 +40,38 @@ FLAG_HAS_IS_REMOTE = 0x100
 FLAG_IS_REMOTE = 0x200
 
 
-def encode_span(span: Span) -> bytearray:
+MAX_CACHED = 4096
+"""Encoded attributes an encoder keeps (most repeat from span to span: method, host, cluster,
+listener, status); past this many the cache starts over."""
+UNIQUE = frozenset({"guid:x-request-id", "url.path", "user_agent.original", "client.address"})
+"""Attributes whose values rarely repeat: encoded each time, never cached."""
+
+
+class AttributeCache:
+    """`attributes = 9` fields of a span, encoded once per distinct (key, value)."""
+
+    __slots__ = ("_done",)
+
+    def __init__(self) -> None:
+        self._done: dict[tuple[str, type, object], bytes] = {}
+
+    def put(self, buf: bytearray, k: str, v: str | int | bool) -> None:
+        if k in UNIQUE:
+            put_message(buf, 9, key_value(k, v))
+            return
+        ck = (k, type(v), v)
+        done = self._done.get(ck)
+        if done is None:
+            field = bytearray()
+            put_message(field, 9, key_value(k, v))
+            done = bytes(field)
+            if len(self._done) >= MAX_CACHED:
+                self._done.clear()
+            self._done[ck] = done
+        buf += done
+
+
+def encode_span(span: Span, cache: AttributeCache | None = None) -> bytearray:
     """One `Span` message."""
     buf = bytearray()
     put_bytes(buf, 1, bytes.fromhex(span.trace_id.decode()))
@@ -53,8 +84,12 @@ def encode_span(span: Span) -> bytearray:
     put_uint(buf, 6, span.kind)
     put_fixed64(buf, 7, span.start_ns)
     put_fixed64(buf, 8, max(span.end_ns, span.start_ns))
-    for k, v in span.attributes:
-        put_message(buf, 9, key_value(k, v))
+    if cache is None:
+        for k, v in span.attributes:
+            put_message(buf, 9, key_value(k, v))
+    else:
+        for k, v in span.attributes:
+            cache.put(buf, k, v)
     if span.error:
         status = bytearray()
         if span.status_message:
@@ -72,12 +107,13 @@ def encoder(resource_attributes: Mapping[str, Value]) -> Callable[[Sequence[Span
     """The batch encoder of one proxy: its resource and scope are encoded once."""
     scope_msg = scope(SCOPE_NAME, __version__)
     resource_msg = resource(resource_attributes)
+    cache = AttributeCache()
 
     def encode(spans: Sequence[Span]) -> bytes:
         scope_spans = bytearray()
         put_message(scope_spans, 1, scope_msg)
         for span in spans:
-            put_message(scope_spans, 2, encode_span(span))
+            put_message(scope_spans, 2, encode_span(span, cache))
         resource_spans = bytearray()
         put_message(resource_spans, 1, resource_msg)
         put_message(resource_spans, 2, scope_spans)
@@ -92,7 +128,7 @@ class TraceExporter:
     """Spans to a collector over OTLP/HTTP: `add` queues (never blocks, drops when full and
     counts it), a background task POSTs batches (`exporter.OtlpExporter`)."""
 
-    __slots__ = ("exporter",)
+    __slots__ = ("closed", "exporter")
 
     def __init__(self, endpoint: str, resource_attributes: Mapping[str, Value], *,
                  flush_interval: float = 1.0, max_queue: int = 2048,
@@ -100,6 +136,8 @@ class TraceExporter:
         self.exporter: OtlpExporter[Span] = OtlpExporter(
             endpoint, SIGNAL_PATH, encoder(resource_attributes), max_queue=max_queue,
             max_batch=max_batch, flush_interval=flush_interval)
+        self.closed = False
+        """Closed and flushed: its counts will not move again."""
 
     def add(self, span: Span) -> None:
         self.exporter.offer(span)
@@ -108,4 +146,7 @@ class TraceExporter:
         self.exporter.start()
 
     async def close(self) -> None:
-        await self.exporter.close()
+        try:
+            await self.exporter.close()
+        finally:
+            self.closed = True

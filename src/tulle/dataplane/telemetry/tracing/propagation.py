@@ -141,20 +141,23 @@ def parse_b3_multi(trace_id: bytes, span_id: bytes, sampled: bytes,
 
 def extract(headers: Headers) -> Incoming | None:
     """The context of a request's headers (see the module's reading order); None: none."""
+    found = [h for h in headers if h[0] in TRACE_HEADERS]
+    return read(found) if found else None
+
+
+def read(found: Headers) -> Incoming | None:
+    """`extract` of the trace fields of a request, already picked out (`TRACE_HEADERS`)."""
     traceparent = tracestate = b3 = b""
     multi: dict[bytes, bytes] | None = None
-    for name, value in headers:
-        first = name[:1]
-        if first == b"t":
-            if name == b"traceparent":
-                traceparent = value
-            elif name == b"tracestate":
-                # Several fields combine into one list (RFC 9110 5.3).
-                tracestate = tracestate + b"," + value if tracestate else value
-        elif first == b"b":
-            if name == b"b3":
-                b3 = value
-        elif first == b"x" and name[:5] == b"x-b3-":
+    for name, value in found:
+        if name == b"traceparent":
+            traceparent = value
+        elif name == b"tracestate":
+            # Several fields combine into one list (RFC 9110 5.3).
+            tracestate = tracestate + b"," + value if tracestate else value
+        elif name == b"b3":
+            b3 = value
+        else:
             if multi is None:
                 multi = {}
             multi[name] = value
@@ -181,20 +184,30 @@ def extract(headers: Headers) -> Incoming | None:
     return got
 
 
-def inject(headers: Headers, formats: int, trace_id: bytes, span_id: bytes, parent_id: bytes,
-           sampled: bool, tracestate: bytes) -> None:
-    """Write the context the upstream sees: `span_id` (the proxy's span) as its parent, in
-    every format of `formats`, replacing what the request carried in those formats.  Formats
-    not configured pass through as received.  `tracestate` goes with `traceparent` (empty:
-    none; a received one that was not passed on is removed)."""
+def written(formats: int) -> frozenset[bytes]:
+    """The field names `inject` replaces for `formats` (computed once per tracer)."""
     drop: set[bytes] = set()
     for bit, names in _WRITES.items():
         if formats & bit:
             drop.update(names)
     if formats & W3C:
         drop.add(b"tracestate")
-    if any(n in drop for n, _ in headers):
-        headers[:] = [(n, v) for n, v in headers if n not in drop]
+    return frozenset(drop)
+
+
+def inject(headers: Headers, formats: int, trace_id: bytes, span_id: bytes, parent_id: bytes,
+           sampled: bool, tracestate: bytes, drop: frozenset[bytes] | None = None,
+           present: bool = True) -> None:
+    """Write the context the upstream sees: `span_id` (the proxy's span) as its parent, in
+    every format of `formats`, replacing what the request carried in those formats (`drop`:
+    `written(formats)`; `present`: False when the request has no trace field at all).
+    Formats not configured pass through as received.  `tracestate` goes with `traceparent`
+    (empty: none; a received one that was not passed on is removed)."""
+    if present:
+        if drop is None:
+            drop = written(formats)
+        if any(n in drop for n, _ in headers):
+            headers[:] = [(n, v) for n, v in headers if n not in drop]
     flag = b"1" if sampled else b"0"
     if formats & W3C:
         headers.append((b"traceparent", b"00-%b-%b-0%b" % (trace_id, span_id, flag)))

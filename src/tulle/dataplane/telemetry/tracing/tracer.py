@@ -27,8 +27,11 @@ from typing import TYPE_CHECKING, Protocol
 from tulle.dataplane.telemetry.tracing.propagation import (
     FORMATS,
     NO_DECISION,
-    extract,
+    TRACE_HEADERS,
+    W3C,
     inject,
+    read,
+    written,
 )
 from tulle.dataplane.telemetry.tracing.span import CLIENT, SERVER, Attributes, Span, SpanSink
 
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
 
 _rand = random.random
 _bits = random.getrandbits
+_SPAN_BITS = (1 << 64) - 1
 
 
 class RequestTrace:
@@ -65,7 +69,7 @@ class RequestTrace:
 class Tracer:
     """The `telemetry.tracing` section compiled, once per snapshot that changes it."""
 
-    __slots__ = ("formats", "key", "sink", "threshold")
+    __slots__ = ("drop", "formats", "key", "sink", "threshold")
 
     def __init__(self, cfg: Tracing, sink: SpanSink | None) -> None:
         self.key: tuple[object, ...] | None = None
@@ -76,6 +80,7 @@ class Tracer:
         for name in cfg.propagation:
             formats |= FORMATS[name]
         self.formats = formats
+        self.drop = written(formats)
         self.sink = sink
         """Where spans go; None: context is propagated, no span is made."""
 
@@ -86,19 +91,37 @@ class Tracer:
 class ListenerTracer:
     """A tracer as one listener uses it (the span kind follows the listener's direction)."""
 
-    __slots__ = ("formats", "kind", "listener", "sink", "threshold", "tracer")
+    __slots__ = ("drop", "formats", "kind", "listener", "sink", "threshold", "tracer")
 
     def __init__(self, tracer: Tracer, listener: str, kind: int) -> None:
         self.tracer = tracer
         self.listener = listener
         self.kind = kind
         self.formats = tracer.formats
+        self.drop = tracer.drop
         self.threshold = tracer.threshold
         self.sink = tracer.sink
 
     def start(self, head: RequestHead) -> RequestTrace:
         """Read the request's context, decide, and write the proxy's on the head."""
-        got = extract(head.headers)
+        headers = head.headers
+        found = [h for h in headers if h[0] in TRACE_HEADERS]  # (usually none or one)
+        if not found:  # a new trace, the common case at the caller's proxy: one draw of ids
+            r = _bits(192)
+            if not r & _SPAN_BITS:
+                r |= 1  # never the all-zero span id W3C forbids
+            ids = b"%048x" % r
+            trace_id, span_id = ids[:32], ids[32:]
+            sampled = _rand() < self.threshold
+            if self.formats == W3C:
+                headers.append((b"traceparent", b"00-%b-%b-0%b" % (
+                    trace_id, span_id, b"1" if sampled else b"0")))
+            else:
+                inject(headers, self.formats, trace_id, span_id, b"", sampled, b"",
+                       self.drop, False)
+            return RequestTrace(self, trace_id, span_id, b"", sampled, b"",
+                                time.time_ns() if sampled else 0)
+        got = read(found)
         if got is not None and got.trace_id:
             trace_id, parent_id, tracestate = got.trace_id, got.span_id, got.tracestate
         else:
@@ -107,7 +130,8 @@ class ListenerTracer:
         decision = NO_DECISION if got is None else got.sampled
         sampled = (_rand() < self.threshold) if decision == NO_DECISION else decision == 1
         span_id = b"%016x" % (_bits(64) or 1)
-        inject(head.headers, self.formats, trace_id, span_id, parent_id, sampled, tracestate)
+        inject(headers, self.formats, trace_id, span_id, parent_id, sampled, tracestate,
+               self.drop, bool(found))
         return RequestTrace(self, trace_id, span_id, parent_id, sampled, tracestate,
                             time.time_ns() if sampled else 0)
 

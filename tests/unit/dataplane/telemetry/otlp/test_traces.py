@@ -65,3 +65,27 @@ def test_an_end_before_the_start_is_clamped() -> None:
     msg = _decode(encoder({})([_span(end_ns=1)]))
     span = msg.resource_spans[0].scope_spans[0].spans[0]
     assert span.end_time_unix_nano == span.start_time_unix_nano
+
+
+def test_cached_attributes_encode_as_fresh_ones_and_the_cache_is_bounded() -> None:
+    from tulle.dataplane.telemetry.otlp import traces
+    from tulle.dataplane.telemetry.otlp.traces import AttributeCache, encode_span
+
+    cache = AttributeCache()
+    spans = [_span(attributes=(("n", i % 3), ("b", i % 2 == 0), ("s", f"v{i % 5}"),
+                               ("url.path", f"/p{i}"))) for i in range(20)]
+    assert [encode_span(s, cache) for s in spans] == [encode_span(s) for s in spans]
+    # True == 1 in Python: the cache keeps them apart by type.
+    one = _span(attributes=(("x", 1),))
+    true = _span(attributes=(("x", True),))
+    assert encode_span(one, cache) != encode_span(true, cache)
+    assert encode_span(true, cache) == encode_span(true)
+    small = AttributeCache()
+    old = traces.MAX_CACHED
+    traces.MAX_CACHED = 4
+    try:
+        for i in range(50):
+            encode_span(_span(attributes=(("k", f"v{i}"),)), small)
+            assert len(small._done) <= 4
+    finally:
+        traces.MAX_CACHED = old
