@@ -17,18 +17,19 @@ does (the caller's span), so collectors can tell a cross-process edge.
 
 from __future__ import annotations
 
+from binascii import unhexlify
 from collections.abc import Callable, Mapping, Sequence
 
 from tulle import __version__
 from tulle.dataplane.telemetry.otlp.common import Value, key_value, resource, scope
 from tulle.dataplane.telemetry.otlp.exporter import OtlpExporter
 from tulle.dataplane.telemetry.otlp.wire import (
-    put_bytes,
     put_fixed32,
     put_fixed64,
     put_message,
     put_string,
     put_uint,
+    varint,
 )
 from tulle.dataplane.telemetry.tracing.span import Span
 
@@ -40,56 +41,75 @@ FLAG_HAS_IS_REMOTE = 0x100
 FLAG_IS_REMOTE = 0x200
 
 
-MAX_CACHED = 4096
-"""Encoded attributes an encoder keeps (most repeat from span to span: method, host, cluster,
-listener, status); past this many the cache starts over."""
-UNIQUE = frozenset({"guid:x-request-id", "url.path", "user_agent.original", "client.address"})
-"""Attributes whose values rarely repeat: encoded each time, never cached."""
+MAX_CACHED = 1024
+"""Distinct `Span.attributes` sets an encoder keeps encoded (they repeat: one per route,
+status and peer, roughly); past this many the cache starts over."""
+
+
+def put_attribute(buf: bytearray, k: str, v: str | int | bool) -> None:
+    """One `attributes = 9` KeyValue field; a string value (nearly all of a span's) is framed
+    here in one go rather than through `common.key_value`'s general path."""
+    if v.__class__ is not str:
+        put_message(buf, 9, key_value(k, v))
+        return
+    kb = k.encode()
+    try:
+        vb = v.encode()
+    except UnicodeEncodeError:  # a lone surrogate: `put_string`'s replacement
+        put_message(buf, 9, key_value(k, v))
+        return
+    any_value = b"\x0a" + varint(len(vb)) + vb
+    kv = b"\x0a" + varint(len(kb)) + kb + b"\x12" + varint(len(any_value)) + any_value
+    buf += b"\x4a"  # field 9, length-delimited
+    buf += varint(len(kv))
+    buf += kv
 
 
 class AttributeCache:
-    """`attributes = 9` fields of a span, encoded once per distinct (key, value)."""
+    """The `attributes = 9` fields of `Span.attributes`, encoded once per distinct set.  Keyed
+    by the set itself: each key keeps one value type (the tracer's do), so `True == 1` cannot
+    make two sets collide."""
 
     __slots__ = ("_done",)
 
     def __init__(self) -> None:
-        self._done: dict[tuple[str, type, object], bytes] = {}
+        self._done: dict[tuple[tuple[str, str | int | bool], ...], bytes] = {}
 
-    def put(self, buf: bytearray, k: str, v: str | int | bool) -> None:
-        if k in UNIQUE:
-            put_message(buf, 9, key_value(k, v))
-            return
-        ck = (k, type(v), v)
-        done = self._done.get(ck)
+    def put(self, buf: bytearray, attributes: tuple[tuple[str, str | int | bool], ...]) -> None:
+        done = self._done.get(attributes)
         if done is None:
-            field = bytearray()
-            put_message(field, 9, key_value(k, v))
-            done = bytes(field)
+            fields = bytearray()
+            for k, v in attributes:
+                put_attribute(fields, k, v)
+            done = bytes(fields)
             if len(self._done) >= MAX_CACHED:
                 self._done.clear()
-            self._done[ck] = done
+            self._done[attributes] = done
         buf += done
 
 
 def encode_span(span: Span, cache: AttributeCache | None = None) -> bytearray:
     """One `Span` message."""
-    buf = bytearray()
-    put_bytes(buf, 1, bytes.fromhex(span.trace_id.decode()))
-    put_bytes(buf, 2, bytes.fromhex(span.span_id.decode()))
+    buf = bytearray(b"\x0a\x10")  # trace_id = 1: 16 bytes
+    buf += unhexlify(span.trace_id)
+    buf += b"\x12\x08"  # span_id = 2: 8 bytes
+    buf += unhexlify(span.span_id)
     if span.tracestate:
         put_string(buf, 3, span.tracestate.decode("latin-1"))
     if span.parent_id:
-        put_bytes(buf, 4, bytes.fromhex(span.parent_id.decode()))
+        buf += b"\x22\x08"  # parent_span_id = 4: 8 bytes
+        buf += unhexlify(span.parent_id)
     put_string(buf, 5, span.name)
     put_uint(buf, 6, span.kind)
     put_fixed64(buf, 7, span.start_ns)
     put_fixed64(buf, 8, max(span.end_ns, span.start_ns))
     if cache is None:
         for k, v in span.attributes:
-            put_message(buf, 9, key_value(k, v))
+            put_attribute(buf, k, v)
     else:
-        for k, v in span.attributes:
-            cache.put(buf, k, v)
+        cache.put(buf, span.attributes)
+    for k, v in span.extra:
+        put_attribute(buf, k, v)
     if span.error:
         status = bytearray()
         if span.status_message:

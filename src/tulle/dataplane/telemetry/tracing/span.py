@@ -34,10 +34,14 @@ class Span:
     """Unix time in nanoseconds."""
     end_ns: int
     attributes: Attributes
+    """Attributes whose values repeat from span to span (method, host, cluster, status...):
+    the encoder encodes each distinct set once."""
     error: bool
     """OTLP status ERROR (else UNSET)."""
     status_message: str = ""
     tracestate: bytes = b""
+    extra: Attributes = ()
+    """Attributes that rarely repeat (path, client address, request id), encoded each time."""
 
 
 class SpanSink(Protocol):

@@ -149,12 +149,13 @@ class ListenerTracer:
         kind = self.kind
         error = status == 0 or status >= 500 or (kind == CLIENT and status >= 400)
         start = trace.start_ns
+        common, extra = attributes(record, self.listener, method)
         sink.add(Span(
             trace_id=trace.trace_id, span_id=trace.span_id, parent_id=trace.parent_id,
             name=method if cluster == "-" else f"{method} {cluster}", kind=kind,
             start_ns=start, end_ns=max(start, time.time_ns()),
-            attributes=attributes(record, self.listener, method), error=error,
-            status_message=record.flags, tracestate=trace.tracestate))
+            attributes=common, extra=extra, error=error, status_message=record.flags,
+            tracestate=trace.tracestate))
 
 
 class SpanRecord(Protocol):
@@ -179,9 +180,10 @@ def _header(head: RequestHead, name: bytes) -> bytes:
     return b""
 
 
-def attributes(record: SpanRecord, listener: str, method: str) -> Attributes:
+def attributes(record: SpanRecord, listener: str, method: str) -> tuple[Attributes, Attributes]:
     """OTel HTTP semantic conventions, then the proxy's own (Envoy's names where it has one,
-    so queries written for Envoy/Istio spans work)."""
+    so queries written for Envoy/Istio spans work): (those whose values repeat from request
+    to request, those that rarely do: `Span.attributes`, `Span.extra`)."""
     head = record.head
     path = head.path.split(b"?", 1)[0].decode("latin-1")
     authority = head.authority.decode("latin-1")
@@ -190,7 +192,6 @@ def attributes(record: SpanRecord, listener: str, method: str) -> Attributes:
         host = host[1:-1]
     out: list[tuple[str, str | int | bool]] = [
         ("http.request.method", method),
-        ("url.path", path),
         ("url.scheme", head.scheme.decode("latin-1")),
         ("server.address", host or authority),
         ("network.protocol.name", "http"),
@@ -201,14 +202,15 @@ def attributes(record: SpanRecord, listener: str, method: str) -> Attributes:
     if record.status:
         out.append(("http.response.status_code", record.status))
     facts = record.facts
+    extra: list[tuple[str, str | int | bool]] = [("url.path", path)]
     if facts.peer is not None:
-        out.append(("client.address", facts.peer[0]))
+        extra.append(("client.address", facts.peer[0]))
     agent = _header(head, b"user-agent")
     if agent:
-        out.append(("user_agent.original", agent.decode("latin-1")))
+        extra.append(("user_agent.original", agent.decode("latin-1")))
     request_id = _header(head, b"x-request-id")
     if request_id:
-        out.append(("guid:x-request-id", request_id.decode("latin-1")))
+        extra.append(("guid:x-request-id", request_id.decode("latin-1")))
     out.append(("upstream_cluster", record.cluster))
     upstream = record.upstream_host
     if upstream:
@@ -218,4 +220,4 @@ def attributes(record: SpanRecord, listener: str, method: str) -> Attributes:
     if facts.peer_identity:
         out.append(("tulle.peer.identity", facts.peer_identity))
     out.append(("tulle.listener", listener))
-    return tuple(out)
+    return tuple(out), tuple(extra)

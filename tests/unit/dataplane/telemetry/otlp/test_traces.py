@@ -72,14 +72,20 @@ def test_cached_attributes_encode_as_fresh_ones_and_the_cache_is_bounded() -> No
     from tulle.dataplane.telemetry.otlp.traces import AttributeCache, encode_span
 
     cache = AttributeCache()
-    spans = [_span(attributes=(("n", i % 3), ("b", i % 2 == 0), ("s", f"v{i % 5}"),
-                               ("url.path", f"/p{i}"))) for i in range(20)]
+    spans = [_span(attributes=(("n", i % 3), ("b", i % 2 == 0), ("s", f"v{i % 5}")),
+                   extra=(("url.path", f"/p{i}"),)) for i in range(20)]
     assert [encode_span(s, cache) for s in spans] == [encode_span(s) for s in spans]
-    # True == 1 in Python: the cache keeps them apart by type.
-    one = _span(attributes=(("x", 1),))
-    true = _span(attributes=(("x", True),))
-    assert encode_span(one, cache) != encode_span(true, cache)
-    assert encode_span(true, cache) == encode_span(true)
+    msg = _decode(encoder({})(spans[:1]))
+    got = {a.key for a in msg.resource_spans[0].scope_spans[0].spans[0].attributes}
+    assert got == {"n", "b", "s", "url.path"}
+    # Values of every type and text that is not ASCII (or not even encodable) read back.
+    odd = _span(attributes=(("i", -5), ("f", True), ("s", "\u00e9\u4e2d")),
+                extra=(("bad", "a\ud800b"), ("big", 1 << 70)))
+    span = _decode(encoder({})([odd])).resource_spans[0].scope_spans[0].spans[0]
+    got = {a.key: a.value for a in span.attributes}
+    assert got["i"].int_value == -5 and got["f"].bool_value is True
+    assert got["s"].string_value == "\u00e9\u4e2d" and got["bad"].string_value == "a\ufffdb"
+    assert got["big"].string_value == str(1 << 70)
     small = AttributeCache()
     old = traces.MAX_CACHED
     traces.MAX_CACHED = 4

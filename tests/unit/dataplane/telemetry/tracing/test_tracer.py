@@ -122,7 +122,9 @@ def test_the_span_of_a_client_side_request() -> None:
     assert span.kind == CLIENT and span.name == "GET backend"
     assert 0 <= span.end_ns - span.start_ns < 10**9
     assert span.error and span.status_message == "UF"
-    attrs = dict(span.attributes)
+    attrs = dict(span.attributes + span.extra)
+    assert dict(span.extra).keys() == {"url.path", "client.address", "user_agent.original",
+                                       "guid:x-request-id"}
     assert attrs == {
         "http.request.method": "GET", "url.path": "/api/items", "url.scheme": "http",
         "server.address": "shop.example", "server.port": 8080,
