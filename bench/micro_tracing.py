@@ -13,6 +13,10 @@ With tracing on every request pays for reading and writing the trace context; a 
 also for its span: the span goes to a real `TraceExporter` whose queue is encoded into an
 `ExportTraceServiceRequest` every 64 requests (what the export task does, less the POST), so
 the encoder's CPU is in the figure too.
+
+On a busy machine, count instructions instead (load does not move them): run
+`valgrind --tool=callgrind python -m bench.micro_tracing --once MODE -n N` for N = 4000 and
+12000 (each adds a quarter of N as warm-up) and divide the difference of the totals by 10,000.
 """
 
 from __future__ import annotations
@@ -88,12 +92,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--percent", default="1,100", help="sampling percentages to measure")
     ap.add_argument("--only", default="get,get-curl")
+    ap.add_argument("--once", metavar="MODE", default="",
+                    help="`off` or a percentage: run the `get` exchange once for -n requests "
+                         "(plus warm-up), untimed, for an instruction counter (valgrind)")
     args = ap.parse_args(argv)
     try:
         import uvloop
         runner: Callable[[Any], Any] = uvloop.run
     except ImportError:  # pragma: no cover
         runner = asyncio.run
+    if args.once:
+        build, _ = _with_tracing(None if args.once == "off" else float(args.once))
+        micro_http1.build = build  # type: ignore[assignment]
+        runner(micro_http1.run(micro_http1.SCENARIOS[0], args.n, 1, None))
+        return
     percents = [float(p) for p in args.percent.split(",")]
     wanted = set(args.only.split(","))
     print(f"CPU µs per request: median of {args.rounds} rounds (min..max), each the best of "
