@@ -32,7 +32,7 @@ from bench import micro_http1
 from tulle.dataplane.telemetry.otlp.traces import TraceExporter
 from tulle.dataplane.telemetry.tracing.span import Span
 from tulle.dataplane.telemetry.tracing.tracer import Tracer
-from tulle.proxyconfig.telemetry import Tracing
+from tulle.proxyconfig.tracing import Tracing
 
 
 class EncodingSink:

@@ -14,7 +14,8 @@ from typing import Any
 import msgspec
 
 from tulle.controlplane.compiler.ir import MeshModel
-from tulle.proxyconfig.telemetry import Telemetry, Tracing
+from tulle.proxyconfig.telemetry import Telemetry
+from tulle.proxyconfig.tracing import Tracing
 
 _EMPTY = Telemetry()
 

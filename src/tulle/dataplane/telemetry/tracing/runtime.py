@@ -18,7 +18,7 @@ from tulle.dataplane.telemetry.otlp.traces import TraceExporter
 from tulle.dataplane.telemetry.tracing.span import Span, SpanSink
 from tulle.dataplane.telemetry.tracing.tracer import Tracer
 from tulle.proxyconfig.model import ProxyConfig
-from tulle.proxyconfig.telemetry import Tracing
+from tulle.proxyconfig.tracing import Tracing
 
 log = logging.getLogger("tulle.proxy")
 

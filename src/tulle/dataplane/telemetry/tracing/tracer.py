@@ -38,7 +38,7 @@ from tulle.dataplane.telemetry.tracing.span import CLIENT, SERVER, Attributes, S
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import RequestHead
     from tulle.dataplane.http.facts import ConnectionFacts
-    from tulle.proxyconfig.telemetry import Tracing
+    from tulle.proxyconfig.tracing import Tracing
 
 _rand = random.random
 _bits = random.getrandbits

@@ -13,7 +13,7 @@ from tulle.dataplane.telemetry.tracing import tracer as tracer_mod
 from tulle.dataplane.telemetry.tracing.propagation import extract
 from tulle.dataplane.telemetry.tracing.span import CLIENT, SERVER, Span
 from tulle.dataplane.telemetry.tracing.tracer import Tracer
-from tulle.proxyconfig.telemetry import Tracing
+from tulle.proxyconfig.tracing import Tracing
 
 T = b"4bf92f3577b34da6a3ce929d0e0e4736"
 S = b"00f067aa0ba902b7"
