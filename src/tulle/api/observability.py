@@ -14,6 +14,7 @@ from pydantic import Field
 
 from tulle.api.meta import Model
 from tulle.api.observability_tap import TapSettings
+from tulle.api.observability_tracing import TracingSettings
 
 ClusterName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9._-]+$")]
 
@@ -35,6 +36,8 @@ class Observability(Model):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     tap: TapSettings = Field(default_factory=TapSettings)
     """Live tap (`tulle tap`, `tulle top`, the dashboard; ADR 0056)."""
+    tracing: TracingSettings | None = None
+    """W3C/B3 trace propagation and spans over OTLP (ADR 0055); unset: no tracing."""
 
 
 __all__ = ["MetricsSettings", "Observability"]

@@ -253,7 +253,8 @@ class ProxyServer:
 
     def _commit(self, plan: _Plan) -> None:
         """Put a prepared plan in force.  Nothing here may fail."""
-        self.runtime.commit(plan.built)
+        for exporter in self.runtime.commit(plan.built):
+            self._spawn(exporter.close())  # a tracing change: the old exporter flushes
         for handle, ctx in plan.kept:
             handle.ctx = ctx
         for name, old in self.listeners.items():
@@ -373,6 +374,8 @@ class ProxyServer:
 
     async def close(self) -> None:
         self.dns.close()
+        for exporter in self.runtime.tracing.close():
+            await exporter.close()  # flushes the spans it holds (bounded by its timeout)
         for h in self._all_handles():
             for s in h.servers:
                 s.close()

@@ -186,12 +186,16 @@ FEATURES: tuple[Feature, ...] = (
                 (f.get("global") or {}).get(k) for k in ("username", "password_file", "tls"))),
     Feature("tap", (), "stream messages `TapStart` / `TapStop` / `TapEvents`: live request "
             "records for `tulle tap`, `tulle top` and the dashboard (ADR 0056)"),
-    # The whole `telemetry` section: a proxy without it keeps its own tulle_proxy_* metrics.
-    # Later signals (access logs, tracing, ...) add features for `telemetry.<signal>`.
-    Feature("golden-metrics", ("telemetry",), "the `telemetry` section and its `metrics`: "
-            "Istio's standard metrics and labels (ADR 0053)"),
+    # Each signal of the `telemetry` section is a feature of its own (`telemetry` is the
+    # section): a proxy without golden-metrics keeps its own tulle_proxy_* metrics.
+    Feature("golden-metrics", ("telemetry.metrics",), "`telemetry.metrics`: Istio's standard "
+            "metrics and labels (ADR 0053)"),
     Feature(TELEMETRY_PEERS, (), "a telemetry section changed only in `metrics.peers` is sent "
             "as the peers added, changed and removed"),
+    Feature("telemetry", ("telemetry",), "the `telemetry` section; each of its parts is a "
+            "feature of its own"),
+    Feature("tracing", ("telemetry.tracing",), "W3C/B3 propagation, sampled spans, OTLP "
+            "export (ADR 0055)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -18,6 +18,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from tulle.proxyconfig.tracing import Tracing
 from tulle.proxyconfig.values import Base
 
 Label = Annotated[str, Meta(max_length=253)]
@@ -73,6 +74,8 @@ class Telemetry(Base, frozen=True, kw_only=True):
 
     metrics: MetricsTelemetry | None = None
     """The golden metrics (feature `golden-metrics`); null: only `tulle_proxy_*`."""
+    tracing: Tracing | None = None
+    """Trace propagation and spans (feature `tracing`, ADR 0055); null: no tracing at all."""
 
 
 __all__ = ["MetricsTelemetry", "PeerWorkload", "Telemetry"]

@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 
 from tulle.errors import FieldError
-from tulle.proxyconfig import dns, filters, health, network, regex
+from tulle.proxyconfig import dns, filters, health, network, regex, telemetry_checks
 from tulle.proxyconfig.chain_checks import chain_errors
 from tulle.proxyconfig.lb_checks import cluster_lb_errors
 from tulle.proxyconfig.model import Listener, ProxyConfig, RouteMatch
@@ -172,6 +172,7 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
                                  f"clusters[{i}]")
     out += key_material_errors(cfg)
     out += dns.errors(cfg)
+    out += telemetry_checks.errors(cfg)
     return out
 def _regex(pattern: str, path: str) -> list[FieldError]:
     why = regex.problem(pattern)

@@ -352,6 +352,8 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
     if telemetry.metrics is not None:  # (only then: with metrics off, versions stay as they were)
         own = msgspec.structs.replace(telemetry.metrics, peers=[])
         digest = hashlib.sha256(digest + tele.digest + msgspec.json.encode(own)).digest()
+    if telemetry.tracing is not None:  # (only then: versions without it stay what they were)
+        digest = hashlib.sha256(digest + msgspec.json.encode(telemetry.tracing)).digest()
     version = hashlib.sha256(part.digest + digest).hexdigest()[:16]
     return ProxyConfig(version=version, node=part.node, settings=shared.settings,
                        listeners=listeners,

@@ -10,6 +10,7 @@ such callers are labelled by their SPIFFE namespace with workload `unknown`.
 
 Pure and deterministic like the rest of the compiler: the peers are built once per compilation,
 sorted, and shared by every proxy's section; a digest of them enters each proxy's version.
+`tracing` (ADR 0055) is mesh-wide too: the same struct in every proxy's section.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import msgspec
 from tulle.controlplane.compiler.ir import MeshModel, Proxy
 from tulle.controlplane.compiler.plugins.mtls import spiffe_id, trust_domain
 from tulle.proxyconfig.telemetry import MetricsTelemetry, PeerWorkload, Telemetry
+from tulle.proxyconfig.tracing import Tracing
 
 MAX_PEERS = 100_000
 """The contract's bound on `telemetry.metrics.peers`; a bigger mesh's rest is `unknown`."""
@@ -40,6 +42,8 @@ class MeshTelemetry:
     peers: list[PeerWorkload] = field(default_factory=list)
     """One list, the same object in every proxy's section (never mutated)."""
     digest: bytes = b""
+    tracing: Tracing | None = None
+    """The mesh's tracing (ADR 0055); None: off."""
 
 
 def _metrics_spec(mesh: MeshModel) -> Mapping[str, Any]:
@@ -49,10 +53,32 @@ def _metrics_spec(mesh: MeshModel) -> Mapping[str, Any]:
     return metrics if isinstance(metrics, Mapping) else {}
 
 
+def _section(spec: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
+    value = spec.get(key)
+    return value if isinstance(value, Mapping) else None
+
+
+def tracing(spec: Mapping[str, Any]) -> Tracing | None:
+    """The contract's tracing of a Mesh spec (validated by `api.mesh`); None when unset."""
+    obs = _section(spec, "observability")
+    t = _section(obs, "tracing") if obs is not None else None
+    if t is None:
+        return None
+    otlp = _section(t, "otlp")
+    return msgspec.convert({
+        "sampling_percent": float(t.get("sampling", 1.0)),
+        "propagation": list(t.get("propagation") or ["w3c"]),
+        "otlp_endpoint": str(otlp.get("endpoint", "")) if otlp is not None else "",
+        "service_name": str(t.get("serviceName", "")),
+    }, Tracing)
+
+
 def mesh_telemetry(mesh: MeshModel) -> MeshTelemetry:
     m = _metrics_spec(mesh)
+    spec = mesh.mesh.spec if mesh.mesh is not None else {}
+    traced = tracing(spec if isinstance(spec, Mapping) else {})
     if m.get("enabled", True) is False:
-        return MeshTelemetry(enabled=False, digest=b"off")
+        return MeshTelemetry(enabled=False, digest=b"off", tracing=traced)
     td = trust_domain(mesh)
     by_principal: dict[str, list[Proxy]] = {}
     for p in mesh.proxies:
@@ -70,19 +96,20 @@ def mesh_telemetry(mesh: MeshModel) -> MeshTelemetry:
     max_series = int(m.get("maxSeriesPerFamily", 2000))
     cluster = str(m.get("clusterName", "unknown"))
     digest = hashlib.sha256(msgspec.json.encode([max_series, cluster, td, peers])).digest()
-    return MeshTelemetry(True, max_series, cluster, td, peers, digest)
+    return MeshTelemetry(True, max_series, cluster, td, peers, digest, traced)
 
 
 def telemetry_section(proxy: Proxy, shared: MeshTelemetry) -> Telemetry:
-    """The proxy's `telemetry` section; empty when the mesh turned the metrics off."""
+    """The proxy's `telemetry` section: its golden metrics unless the mesh turned them off,
+    and the mesh's tracing when set."""
     if not shared.enabled:
-        return Telemetry()
+        return Telemetry(tracing=shared.tracing)
     labels = dict(proxy.metadata.labels)
     return Telemetry(metrics=MetricsTelemetry(
         max_series_per_family=shared.max_series, workload=proxy.key[1],
         principal=spiffe_id(shared.trust_domain, proxy.key[0], proxy.service_account),
         app=labels.get("app", ""), version=labels.get("version", ""), cluster=shared.cluster,
-        peers=shared.peers))
+        peers=shared.peers), tracing=shared.tracing)
 
 
-__all__ = ["MeshTelemetry", "mesh_telemetry", "telemetry_section"]
+__all__ = ["MeshTelemetry", "mesh_telemetry", "telemetry_section", "tracing"]

@@ -81,6 +81,12 @@ class RequestRecord(Protocol):
     """Response body bytes sent."""
     authz: str
     """The authorization decision, `<result>:<policy>` (`filters/authz.py`); "" when none ran."""
+    @property
+    def trace_id(self) -> str:
+        """The trace id (32 hex digits) when the listener traces (ADR 0055); else ""."""
+    @property
+    def span_id(self) -> str:
+        """This proxy's span id (16 hex digits) when the listener traces; else ""."""
 
 
 class FilterStream(Protocol):

@@ -63,6 +63,7 @@ if TYPE_CHECKING:
     from tulle.dataplane.http.filter import ReplyHeaders
     from tulle.dataplane.listeners.context import RequestStats
     from tulle.dataplane.listeners.dispatch import Decision
+    from tulle.dataplane.telemetry.tracing.tracer import RequestTrace
     from tulle.dataplane.upstream.cluster import ClusterRuntime
 
 
@@ -73,7 +74,7 @@ class RequestStream(StreamPort):
                  "conn", "decision", "done", "due", "edits", "expect_continue", "flags", "grpc_status",
                  "head",
                  "head_sent", "idle", "request_done", "resp", "retry", "run", "start", "stats",
-                 "status", "timer", "trailers", "tried", "upstream")
+                 "status", "timer", "trace", "trailers", "tried", "upstream")
 
     def __init__(self, conn: StreamOwner, head: RequestHead, bodiless: bool,
                  start: float, expect_continue: bool = False) -> None:
@@ -125,6 +126,8 @@ class RequestStream(StreamPort):
         failure hands the try to a `Retrier`, `http/retry.py`); None otherwise."""
         self.idle: StreamIdle | None = None
         """The stream idle timeout's watch (`http/idle.py`), on routes that have one."""
+        self.trace: RequestTrace | None = None
+        """The request's trace context, on listeners that trace (`telemetry/tracing`)."""
 
     @property
     def facts(self) -> ConnectionFacts:
@@ -154,6 +157,9 @@ class RequestStream(StreamPort):
             # Before routing, as Envoy does: a route may match on x-forwarded-for or
             # x-request-id as the upstream will see them.
             add_forwarding_headers(head, conn.facts.peer_ip, ctx.generate_request_id)
+            tracer = ctx.tracer
+            if tracer is not None:  # the proxy's context on the head before routing, too
+                self.trace = tracer.start(head)
             self.decision = d = resolve(ctx, conn.router, conn.cluster or "", head)
             self.cluster = d.cluster_name
             self.stats = d.stats
@@ -216,7 +222,7 @@ class RequestStream(StreamPort):
         if self.upstream is not None:
             return  # ... or a Retrier took that failure over (`Retrier.adopt`) and retries
         self.upstream = up
-        if self.run is not None:
+        if self.run is not None or self.trace is not None:
             self.tried = up
         if self.conn.write_paused:
             up.pause_response()  # the client is not reading: neither does this upstream
@@ -553,6 +559,18 @@ class RequestStream(StreamPort):
         self.complete()
 
     @property
+    def trace_id(self) -> str:
+        """The request's trace id (32 hex digits; "" when its listener does not trace)."""
+        trace = self.trace
+        return "" if trace is None else trace.trace_id.decode()
+
+    @property
+    def span_id(self) -> str:
+        """This proxy's span of the request (16 hex digits; "" when not traced)."""
+        trace = self.trace
+        return "" if trace is None else trace.span_id.decode()
+
+    @property
     def upstream_host(self) -> str:
         """`address:port` of the endpoint that took the request (routes with filters only;
         empty when no endpoint did)."""
@@ -579,6 +597,9 @@ class RequestStream(StreamPort):
                 run.done()
             else:
                 run.finished = True  # what done() does when nobody observes: no call
+        trace = self.trace
+        if trace is not None and trace.sampled:
+            trace.tracer.finish(trace, self)
         conn = self.conn
         ctx = conn.ctx
         stats = self.stats or ctx.stats(self.cluster)
@@ -590,5 +611,5 @@ class RequestStream(StreamPort):
         tap = ctx.tap
         if tap.taps:  # a live tap runs (ADR 0056): it sees the request done
             tap.see(self)
-        if run is not None:
+        if run is not None or trace is not None:
             self.tried = None  # read by the observers; breaks stream <-> exchange

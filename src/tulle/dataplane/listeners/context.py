@@ -38,6 +38,7 @@ if TYPE_CHECKING:
     from tulle.dataplane.http.retry import RetryRuntime
     from tulle.dataplane.runtime.tls import ServerRef, TLSContexts
     from tulle.dataplane.telemetry.golden import Golden, HttpGolden
+    from tulle.dataplane.telemetry.tracing.tracer import Tracer
     from tulle.dataplane.upstream.attempt import AttemptRequest
     from tulle.dataplane.upstream.cluster import ClusterRuntime
 
@@ -123,7 +124,7 @@ class ListenerContext:
     def __init__(self, cfg: Listener, settings: Settings, routers: dict[str, Router],
                  clusters: dict[str, ClusterRuntime], metrics: ProxyMetrics,
                  tls: TLSContexts | None = None, golden: Golden | None = None,
-                 tap: TapHub | None = None) -> None:
+                 tap: TapHub | None = None, tracing: Tracer | None = None) -> None:
         self.cfg = cfg
         self.golden = golden
         """The snapshot's golden metrics (`telemetry/golden.py`); None: off."""
@@ -157,6 +158,10 @@ class ListenerContext:
         self.idle_timeout = settings.idle_timeout_ms / 1000
         self.high_water = settings.buffer_high_water_bytes
         self.generate_request_id = settings.generate_request_id
+        self.tracing = tracing
+        self.tracer = (tracing.for_listener(cfg.name, cfg.direction)
+                       if tracing is not None else None)
+        """Trace context and spans for this listener's requests (ADR 0055); None: off."""
         self.max_connections = cfg.max_connections
         self.paths = normalizer_for(settings.path_normalization)
         """Path normalisation before routing (`resolve`); None forwards paths as received."""

@@ -39,6 +39,8 @@ from tulle.dataplane.runtime.tls import Rotation
 from tulle.dataplane.telemetry.golden import Golden, build_golden
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.telemetry.tap import TapHub
+from tulle.dataplane.telemetry.tracing.runtime import SpanExporter, TracingRuntime
+from tulle.dataplane.telemetry.tracing.tracer import Tracer
 from tulle.dataplane.upstream.cluster import ClusterManager, PreparedClusters
 from tulle.proxyconfig.model import Cluster, Listener, ProxyConfig, RouteTable, Settings
 
@@ -75,6 +77,8 @@ class Prepared:
     settings: Settings
     golden: Golden | None = None
     """The golden metrics its contexts record into (`telemetry/golden.py`)."""
+    tracer: Tracer | None = None
+    """The snapshot's tracer (the one in force when `telemetry.tracing` is unchanged)."""
 
 
 def _same(a: object, b: object) -> bool:
@@ -111,6 +115,8 @@ class SnapshotBuilder:
         self._settings: Settings | None = None
         self.golden: Golden | None = None
         """The golden metrics of the snapshot in force (`telemetry/golden.py`)."""
+        self.tracing = TracingRuntime(metrics)
+        """The tracer in force and its exporter (ADR 0055)."""
 
     def prepare(self, cfg: ProxyConfig) -> Prepared:
         """Build `cfg`'s runtime objects, reusing what is unchanged.  May raise; then nothing
@@ -139,14 +145,16 @@ class SnapshotBuilder:
         contexts: dict[str, ListenerContext] = {}
         c_kept = 0
         golden = build_golden(self.metrics, cfg, self.golden)
+        tracer = self.tracing.prepare(cfg)
         for lc in cfg.listeners:
             ctx = self._contexts.get(lc.name)
-            if (ctx is not None and ctx.golden is golden
+            if (ctx is not None and ctx.golden is golden and ctx.tracing is tracer
                     and self._reusable(ctx, lc, settings, clusters, by_name)):
                 c_kept += 1
             else:
                 ctx = ListenerContext(lc, settings, by_name, clusters.runtimes, self.metrics,
-                                      self.clusters.tls, golden, tap=self.tap)
+                                      self.clusters.tls, golden, tap=self.tap,
+                                      tracing=tracer)
             contexts[lc.name] = ctx
         counts = BuildCounts(
             routers_built=len(routers) - r_kept, routers_kept=r_kept,
@@ -155,7 +163,7 @@ class SnapshotBuilder:
             contexts_built=len(contexts) - c_kept, contexts_kept=c_kept,
             hosts_built=h_built, hosts_kept=h_kept)
         return Prepared(routers, clusters, contexts, counts, rotation, self._routers,
-                        cfg.clusters, settings, golden)
+                        cfg.clusters, settings, golden, tracer)
 
     def _clusters_in_force(self, cfgs: list[Cluster], settings: Settings) -> PreparedClusters | None:
         """What `ClusterManager.prepare` would return when every cluster is the very struct in
@@ -178,8 +186,10 @@ class SnapshotBuilder:
         return all(a is b for a, b in zip(_routers_of(ctx), _wanted_routers(lc, routers),
                                           strict=True))
 
-    def commit(self, prepared: Prepared) -> None:
-        """Put `prepared` in force (the caller moves the listener handles' pointers)."""
+    def commit(self, prepared: Prepared) -> list[SpanExporter]:
+        """Put `prepared` in force (the caller moves the listener handles' pointers).  Answers
+        the span exporters a tracing change retired (the caller closes them: they flush)."""
+        retired = self.tracing.commit(prepared.tracer)
         self.clusters.commit(prepared.clusters)
         if prepared.rotation:
             swapped = self.clusters.tls.rotate(prepared.rotation)
@@ -198,6 +208,7 @@ class SnapshotBuilder:
         self._cluster_cfgs = prepared.cluster_cfgs
         self._settings = prepared.settings
         self.counts = prepared.counts
+        return retired
 
     def _export_route_stats(self, routers: dict[str, tuple[RouteTable, int, Router]]) -> None:
         """The per-route request series are the states of the routes in force: a route that

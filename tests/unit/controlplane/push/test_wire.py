@@ -98,6 +98,18 @@ STEPS += [
                                                                              "svc-2": 5})]),
 ]
 
+def mesh_tracing(percent: float) -> dict[str, Any]:
+    return canon({"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Mesh",
+                  "metadata": {"name": "default"},
+                  "spec": {"observability": {"tracing": {"sampling": percent}}}})
+
+
+STEPS += [
+    ("tracing on", [*BASE, service("svc-10"), mesh_tracing(1.0)]),
+    ("tracing's rate changed", [*BASE, service("svc-10"), mesh_tracing(5.0)]),
+    ("tracing off", [*BASE, service("svc-10")]),
+]
+
 UNIT_SETS = [UNITS, WHOLE, frozenset({VIRTUAL_HOSTS}), frozenset({ENDPOINTS, POSITIONS})]
 
 

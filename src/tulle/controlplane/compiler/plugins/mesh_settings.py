@@ -4,6 +4,7 @@ the proxies do, and a condition naming each setting they do not.
 - `trustDomain`: in force — workload certificates carry it (ADR 0028) and clients expect it in
   the servers' SPIFFE IDs (`mtls` plugin, ADR 0033);
 - `mtls.mode`: in force, every value — the `mtls` plugin compiles it (ADR 0033);
+- `observability.tracing`: in force, every field (ADR 0055, `compiler/telemetry.py`);
 - `outboundTrafficPolicy.mode`: in force, both values, on the transparent outbound listener
   (ADR 0044): `ALLOW_ANY` passes an unknown destination through, `REGISTRY_ONLY` refuses it.
   An `interception: explicit` workload's application dials destinations outside the mesh
@@ -55,6 +56,12 @@ def not_in_force(spec: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     elif outbound is not None:
         left_out.append(f"spec.outboundTrafficPolicy.mode {outbound}: not a mode the proxies "
                         "know")
+    tracing = _section(_section(spec, "observability"), "tracing")
+    if tracing:  # every field in force (ADR 0055): `compiler/telemetry.py`
+        otlp = _section(tracing, "otlp").get("endpoint")
+        applied.append(f"observability.tracing (sampling {tracing.get('sampling', 1.0)}%, "
+                       f"propagation {','.join(tracing.get('propagation') or ['w3c'])}, "
+                       + (f"spans to {otlp})" if otlp else "no span export)"))
     return applied, left_out
 
 

@@ -1,0 +1,223 @@
+"""Tracing on the request path: read the caller's context, decide, write ours, make the span.
+
+Why here and not as a route filter: like `x-request-id`, trace context is the connection
+manager's business (Envoy's HCM does it, not a filter): every request of a listener is traced
+or none is, whatever its route, and a route with no filters keeps its plain path.  The request
+stream (`http/stream.py`) calls `ListenerTracer.start` right after the forwarding headers are
+set, before routing (so the route's filters and the upstream see the proxy's context), and
+`ListenerTracer.finish` when it records the request: the span is an observer of `done`.
+
+Per request, sampled or not: one pass over the headers (`propagation.extract`), a sampling
+draw when the caller made no decision, one random span id (and trace id for a new trace), the
+propagation headers written.  Only a sampled request reads the wall clock, builds attributes
+and a `Span`, and hands it to the sink (a queue).
+
+Which span: the proxy makes one span per request.  On an `outbound` listener (the local app
+calls out) it is a CLIENT span, on an `inbound` one a SERVER span, as Envoy and Istio make
+them; the upstream request carries the proxy's span as its parent, so the chain reads
+app → client proxy → server proxy → app.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import TYPE_CHECKING, Protocol
+
+from tulle.dataplane.telemetry.tracing.propagation import (
+    FORMATS,
+    NO_DECISION,
+    TRACE_HEADERS,
+    W3C,
+    inject,
+    read,
+    written,
+)
+from tulle.dataplane.telemetry.tracing.span import CLIENT, SERVER, Attributes, Span, SpanSink
+
+if TYPE_CHECKING:
+    from tulle.dataplane.exchange import RequestHead
+    from tulle.dataplane.http.facts import ConnectionFacts
+    from tulle.proxyconfig.tracing import Tracing
+
+_rand = random.random
+_bits = random.getrandbits
+_SPAN_BITS = (1 << 64) - 1
+
+
+class RequestTrace:
+    """One request's trace context: what the access log reads (`trace_id`, `span_id`) and
+    what its span is made from."""
+
+    __slots__ = ("parent_id", "sampled", "span_id", "start_ns", "trace_id", "tracer",
+                 "tracestate")
+
+    def __init__(self, tracer: ListenerTracer, trace_id: bytes, span_id: bytes,
+                 parent_id: bytes, sampled: bool, tracestate: bytes, start_ns: int) -> None:
+        self.tracer = tracer
+        """The listener's tracer the request started on (it makes the span, even after a
+        swap)."""
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_id = parent_id
+        self.sampled = sampled
+        self.tracestate = tracestate
+        self.start_ns = start_ns
+        """Unix nanoseconds at the head (sampled requests only; 0 otherwise)."""
+
+
+class Tracer:
+    """The `telemetry.tracing` section compiled, once per snapshot that changes it."""
+
+    __slots__ = ("drop", "formats", "key", "sink", "threshold")
+
+    def __init__(self, cfg: Tracing, sink: SpanSink | None) -> None:
+        self.key: tuple[object, ...] | None = None
+        """What it was built from (`runtime.TracingRuntime` compares it)."""
+        self.threshold = cfg.sampling_percent / 100.0
+        """A request without a caller's decision is sampled when a draw in [0, 1) is below."""
+        formats = 0
+        for name in cfg.propagation:
+            formats |= FORMATS[name]
+        self.formats = formats
+        self.drop = written(formats)
+        self.sink = sink
+        """Where spans go; None: context is propagated, no span is made."""
+
+    def for_listener(self, name: str, direction: str) -> ListenerTracer:
+        return ListenerTracer(self, name, SERVER if direction == "inbound" else CLIENT)
+
+
+class ListenerTracer:
+    """A tracer as one listener uses it (the span kind follows the listener's direction)."""
+
+    __slots__ = ("drop", "formats", "kind", "listener", "sink", "threshold", "tracer")
+
+    def __init__(self, tracer: Tracer, listener: str, kind: int) -> None:
+        self.tracer = tracer
+        self.listener = listener
+        self.kind = kind
+        self.formats = tracer.formats
+        self.drop = tracer.drop
+        self.threshold = tracer.threshold
+        self.sink = tracer.sink
+
+    def start(self, head: RequestHead) -> RequestTrace:
+        """Read the request's context, decide, and write the proxy's on the head."""
+        headers = head.headers
+        found = [h for h in headers if h[0] in TRACE_HEADERS]  # (usually none or one)
+        if not found:  # a new trace, the common case at the caller's proxy: one draw of ids
+            r = _bits(192)
+            if not r & _SPAN_BITS:
+                r |= 1  # never the all-zero span id W3C forbids
+            ids = b"%048x" % r
+            trace_id, span_id = ids[:32], ids[32:]
+            sampled = _rand() < self.threshold
+            if self.formats == W3C:
+                headers.append((b"traceparent", b"00-%b-%b-0%b" % (
+                    trace_id, span_id, b"1" if sampled else b"0")))
+            else:
+                inject(headers, self.formats, trace_id, span_id, b"", sampled, b"",
+                       self.drop, False)
+            return RequestTrace(self, trace_id, span_id, b"", sampled, b"",
+                                time.time_ns() if sampled else 0)
+        got = read(found)
+        if got is not None and got.trace_id:
+            trace_id, parent_id, tracestate = got.trace_id, got.span_id, got.tracestate
+        else:
+            trace_id = b"%032x" % (_bits(128) or 1)
+            parent_id = tracestate = b""
+        decision = NO_DECISION if got is None else got.sampled
+        sampled = (_rand() < self.threshold) if decision == NO_DECISION else decision == 1
+        span_id = b"%016x" % (_bits(64) or 1)
+        inject(headers, self.formats, trace_id, span_id, parent_id, sampled, tracestate,
+               self.drop, bool(found))
+        return RequestTrace(self, trace_id, span_id, parent_id, sampled, tracestate,
+                            time.time_ns() if sampled else 0)
+
+    def finish(self, trace: RequestTrace, record: SpanRecord) -> None:
+        """The request is done: its span to the sink, when it was sampled.  Both ends are
+        wall-clock reads (the loop's clock is per iteration, milliseconds under uvloop: too
+        coarse for a span nested in another)."""
+        sink = self.sink
+        if not trace.sampled or sink is None:
+            return
+        status = record.status
+        head = record.head
+        method = head.method.decode("latin-1")
+        cluster = record.cluster
+        kind = self.kind
+        error = status == 0 or status >= 500 or (kind == CLIENT and status >= 400)
+        start = trace.start_ns
+        common, extra = attributes(record, self.listener, method)
+        sink.add(Span(
+            trace_id=trace.trace_id, span_id=trace.span_id, parent_id=trace.parent_id,
+            name=method if cluster == "-" else f"{method} {cluster}", kind=kind,
+            start_ns=start, end_ns=max(start, time.time_ns()),
+            attributes=common, extra=extra, error=error, status_message=record.flags,
+            tracestate=trace.tracestate))
+
+
+class SpanRecord(Protocol):
+    """What `finish` reads of the request (`stream.RequestStream` has it)."""
+
+    head: RequestHead
+    status: int
+    flags: str
+    cluster: str
+
+    @property
+    def facts(self) -> ConnectionFacts: ...
+
+    @property
+    def upstream_host(self) -> str: ...
+
+
+def _header(head: RequestHead, name: bytes) -> bytes:
+    for n, v in head.headers:
+        if n == name:
+            return v
+    return b""
+
+
+def attributes(record: SpanRecord, listener: str, method: str) -> tuple[Attributes, Attributes]:
+    """OTel HTTP semantic conventions, then the proxy's own (Envoy's names where it has one,
+    so queries written for Envoy/Istio spans work): (those whose values repeat from request
+    to request, those that rarely do: `Span.attributes`, `Span.extra`)."""
+    head = record.head
+    path = head.path.split(b"?", 1)[0].decode("latin-1")
+    authority = head.authority.decode("latin-1")
+    host, _, port = authority.rpartition(":") if authority[-1:].isdigit() else (authority, "", "")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    out: list[tuple[str, str | int | bool]] = [
+        ("http.request.method", method),
+        ("url.scheme", head.scheme.decode("latin-1")),
+        ("server.address", host or authority),
+        ("network.protocol.name", "http"),
+        ("network.protocol.version", head.version.decode("latin-1")),
+    ]
+    if port:
+        out.append(("server.port", int(port)))
+    if record.status:
+        out.append(("http.response.status_code", record.status))
+    facts = record.facts
+    extra: list[tuple[str, str | int | bool]] = [("url.path", path)]
+    if facts.peer is not None:
+        extra.append(("client.address", facts.peer[0]))
+    agent = _header(head, b"user-agent")
+    if agent:
+        extra.append(("user_agent.original", agent.decode("latin-1")))
+    request_id = _header(head, b"x-request-id")
+    if request_id:
+        extra.append(("guid:x-request-id", request_id.decode("latin-1")))
+    out.append(("upstream_cluster", record.cluster))
+    upstream = record.upstream_host
+    if upstream:
+        out.append(("upstream_address", upstream))
+    if record.flags:
+        out.append(("response_flags", record.flags))
+    if facts.peer_identity:
+        out.append(("tulle.peer.identity", facts.peer_identity))
+    out.append(("tulle.listener", listener))
+    return tuple(out), tuple(extra)
