@@ -45,6 +45,7 @@ bench: deps bench-setup
 		--peers $(BENCH_PEERS),$(BENCH_MTLS_PEERS),$(BENCH_RESILIENCE_PEERS) \
 		--json bench/results/full.json --doc docs/performance.md \
 		--mtls-json bench/results/mtls.json
+	$(BENCH_PY) -m bench.netns --rounds 3 --json bench/results/netns.json
 
 bench-mtls: deps bench-setup
 	$(BENCH_PY) -m bench.run --mode quick --peers $(BENCH_MTLS_PEERS) \
@@ -90,3 +91,10 @@ bench-resilience-retries: deps
 ## -> bench/results/resilience.json (global_limit_error_ratio); one of bench-resilience's.
 bench-global-limit: deps
 	$(BENCH_PY) -m bench.global_limit
+
+## Issue 11's full path in network namespaces (root): client pod -> sidecar -> mTLS -> sidecar
+## -> server pod, and the same through two node agents, vs no mesh, three rotating rounds
+## -> bench/results/netns.json (`make bench` runs it after the one-hop rows).
+.PHONY: bench-netns
+bench-netns: deps bench-setup
+	$(BENCH_PY) -m bench.netns --rounds 3 --json bench/results/netns.json
