@@ -52,8 +52,9 @@ def _missing() -> str | None:
     return f"not installed: {', '.join(tools)}" if tools else None
 
 
-def load(path: BenchPath, args: argparse.Namespace) -> dict[str, Any]:
-    """One fixed-rate phase from inside the client pod; the proxies' CPU meanwhile."""
+def load(path: BenchPath, args: argparse.Namespace, cp_pids: list[int]) -> dict[str, Any]:
+    """One fixed-rate phase from inside the client pod; the proxies' CPU meanwhile (and the
+    control plane's, which shares CPU 1 with the load generator)."""
     cmd = path.client.argv(["taskset", "-c", str(LOAD_CPU), sys.executable, "-m",
                             "bench.loadgen", "--host", path.host, "--port", str(path.port),
                             "--path", BODY_PATH, "--rate", str(args.rate), "--duration",
@@ -61,11 +62,13 @@ def load(path: BenchPath, args: argparse.Namespace) -> dict[str, Any]:
                             "--connections", str(args.connections)])
     busy0 = cpu_busy()
     cpu0 = cpu_seconds(path.proxy_pids)[0]
+    cp0 = cpu_seconds(cp_pids)[0]
     t0 = time.monotonic()
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, check=False,
                          timeout=args.warmup + args.duration + 30)
     wall = time.monotonic() - t0
     cpu = cpu_seconds(path.proxy_pids)[0] - cpu0
+    cp = cpu_seconds(cp_pids)[0] - cp0
     busy1 = cpu_busy()
     if out.returncode != 0:
         raise RuntimeError(f"{path.mode}: loadgen failed: {out.stderr.strip()[-2000:]}")
@@ -78,7 +81,8 @@ def load(path: BenchPath, args: argparse.Namespace) -> dict[str, Any]:
            "achieved_rps": res["achieved_rps"],
            "send_lag_p99_ms": res["send_lag_ms"].get("p99", 0.0),
            "others_on_proxy_cpu": round(max(0.0, cpu0_busy - cpu) / wall, 3),
-           "load_cpu_busy": round((busy1[LOAD_CPU][0] - busy0[LOAD_CPU][0]) / wall, 3)}
+           "load_cpu_busy": round((busy1[LOAD_CPU][0] - busy0[LOAD_CPU][0]) / wall, 3),
+           "control_plane_cpu": round(cp / wall, 3)}
     if path.proxy_pids:
         row["cpu_us_per_req"] = round(cpu * 1e6 / max(1, res["completed"]), 1)
     return row
@@ -134,7 +138,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rounds: list[dict[str, dict[str, Any]]] = []
         for r in range(args.rounds):
             order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]
-            got = {mode: load(paths[mode], args) for mode in order}
+            got = {mode: load(paths[mode], args, net.proxy_pids("cp")) for mode in order}
             rounds.append(got)
             print(f"round {r + 1}: " + ", ".join(
                 f"{m} p50 {got[m]['p50_ms']:.3f} p99 {got[m]['p99_ms']:.3f}" for m in MODES),

@@ -20,6 +20,7 @@ certificate, applies api's policy and forwards to the pod.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -34,7 +35,7 @@ import pytest
 import yaml
 from tests.support.netns import require_tools, testbed  # noqa: F401
 
-from tulle.net.netns import Namespace, Testbed
+from tulle.net.netns import Namespace, Testbed, python_for
 
 pytestmark = pytest.mark.netns
 
@@ -158,9 +159,12 @@ def workdir() -> Iterator[Path]:
 
 
 def _proxy(ns: Namespace, args: list[str], log: Path) -> None:
+    py, paths = python_for(PROXY_UID)  # (the test's interpreter may be out of its uid's reach)
+    env = {**ENV, "PYTHONPATH": ":".join([SRC, *paths])}
     with log.open("wb") as out:
         ns.popen(["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups",
-                  *TULLE, "proxy", "run", *args], stdout=out, stderr=out, env=ENV)
+                  py, "-m", "tulle.cli.main", "proxy", "run", *args], stdout=out, stderr=out,
+                 env=env)
 
 
 @pytest.fixture
@@ -309,8 +313,10 @@ def test_a_pod_cannot_borrow_another_pods_listener(mesh: dict[str, Any]) -> None
 def test_node_steering_apply_is_idempotent_and_clean_removes_it(mesh: dict[str, Any]) -> None:
     node: Namespace = mesh["node"]
     before = nat_rules(node)
-    # Three pods out, api in (from the node's one uplink).
-    assert before.count("-j TULLE_NODE\n") == 1 and before.count("DNAT") == 4, before
+    # Three pods out, their DNS (UDP and TCP) to the agent's resolver, api in (from the
+    # node's one uplink).
+    assert before.count("-j TULLE_NODE\n") == 1 and before.count("DNAT") == 4 + 6, before
+    assert before.count("--dport 53 -j DNAT --to-destination 127.0.0.1:15053") == 6, before
     # A packet a pod crafts for the node's loopback (route_localnet is on) is dropped first.
     assert len([ln for ln in before.splitlines() if ln.startswith("-A TULLE_NODE_GUARD")
                 and "-d 127.0.0.0/8" in ln and ln.endswith("-j DROP")]) == 4, before
@@ -359,3 +365,42 @@ def test_the_agent_serves_a_pods_inbound_side_with_that_pods_identity(
         assert out.returncode != 0 and "api" not in out.stdout, out.stdout
     assert ('tulle_proxy_protocol_errors_total{listener="inbound",kind="no_filter_chain"} 2'
             in metrics(mesh["node"]))
+
+
+RESOLVE = r'''
+import json, sys
+import dns.message, dns.query, dns.rcode
+proto, name = sys.argv[1], sys.argv[2]
+ask = dns.query.udp if proto == "udp" else dns.query.tcp
+# Any nameserver the pod routes (its default route, through the node): the node steers port 53.
+r = ask(dns.message.make_query(name, "A"), "10.96.0.10", timeout=5)
+print(json.dumps({"rcode": dns.rcode.to_text(r.rcode()),
+                  "addresses": [x.address for rrset in r.answer for x in rrset]}))
+'''
+
+
+def test_an_agent_pod_resolves_mesh_names_at_its_agent(mesh: dict[str, Any]) -> None:
+    """ADR 0050: the pod runs nothing of Tulle's and asks an ordinary nameserver; the node
+    steers its port 53 to the agent's resolver, which answers the Service names with their
+    virtual IPs (the bare name in the pod's own namespace, by the query's source)."""
+    ip = vip(mesh)
+    (mesh["workdir"] / "resolve.py").write_text(RESOLVE)
+    for proto in ("udp", "tcp"):
+        for name in ("server.shop.svc.cluster.local", "server.shop.mesh", "server"):
+            out = mesh["pod-a"].run([sys.executable, str(mesh["workdir"] / "resolve.py"),
+                                     proto, name], timeout=30)
+            assert json.loads(out.stdout) == {"rcode": "NOERROR", "addresses": [ip]}, (
+                proto, name, out.stdout, out.stderr)
+    out = mesh["pod-b"].run([sys.executable, str(mesh["workdir"] / "resolve.py"), "udp",
+                             "nothing.shop.mesh"], timeout=30)
+    assert json.loads(out.stdout)["rcode"] == "NXDOMAIN"
+    m = metrics(mesh["node"])
+    assert 'tulle_proxy_dns_queries_total{protocol="udp",result="mesh"} 3' in m, m
+    assert 'tulle_proxy_dns_queries_total{protocol="tcp",result="mesh"} 3' in m, m
+    # An unmodified client then calls the name end to end: glibc asks the pod's nameserver
+    # (resolv.conf), the agent answers, the call goes through the agent.
+    servers = [line.split()[1] for line in Path("/etc/resolv.conf").read_text().splitlines()
+               if line.startswith("nameserver")]
+    if servers and not ipaddress.ip_address(servers[0]).is_loopback:
+        got = client(mesh, "pod-a", "http", "server.shop.svc.cluster.local", "80", "/by-name")
+        assert got["status"] == 200 and json.loads(got["body"])["path"] == "/by-name", got

@@ -18,7 +18,8 @@ def _fail(message: str, code: int) -> None:
 
 @click.group("node")
 def node() -> None:
-    """Steer the outbound TCP of the pods behind this node to the node agent (agent mode)."""
+    """Steer the outbound TCP and the DNS of the pods behind this node to the node agent
+    (agent mode)."""
 
 
 @node.command("apply")
@@ -27,9 +28,13 @@ def node() -> None:
               help="A pod behind this node and its outbound port on the agent (the workload's "
                    "outboundPort), and its inbound port there for a pod with "
                    "`interception: agent` and ports (inboundPort); repeat for every pod.")
+@click.option("--dns-port", default=15053, show_default=True, type=click.IntRange(1, 65535),
+              help="The agent's mesh DNS resolver port on its loopback.")
+@click.option("--redirect-dns/--no-redirect-dns", default=True, show_default=True,
+              help="Steer the pods' DNS (UDP and TCP 53) to the agent's resolver.")
 @click.option("--dry-run", is_flag=True, help="Print the rules; change nothing (no root needed; "
               "interfaces are shown as <dev>).")
-def apply_cmd(pods: tuple[str, ...], dry_run: bool) -> None:
+def apply_cmd(pods: tuple[str, ...], dns_port: int, redirect_dns: bool, dry_run: bool) -> None:
     """Install the steering rules (again: replaces what an earlier apply installed)."""
     from tulle.net import node_steer
     from tulle.net.iptables_run import InterceptionError
@@ -42,10 +47,11 @@ def apply_cmd(pods: tuple[str, ...], dry_run: bool) -> None:
         return
     if dry_run:
         shown = [node_steer.PodSteer(p.address, p.port, "<dev>", p.inbound) for p in parsed]
-        click.echo(node_steer.restore_input(shown, "", ["<uplink>"]), nl=False)
+        click.echo(node_steer.restore_input(shown, "", ["<uplink>"],
+                                            dns_port if redirect_dns else 0), nl=False)
         return
     try:
-        for line in node_steer.apply(parsed):
+        for line in node_steer.apply(parsed, dns_port=dns_port if redirect_dns else 0):
             click.echo(line)
     except (InterceptionError, ValueError) as exc:
         _fail(str(exc), getattr(exc, "code", 2))

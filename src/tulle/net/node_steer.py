@@ -30,6 +30,10 @@ the node's loopback services, the agent's admin port among them; such packets ar
 any NAT, in the `raw` table (`TULLE_NODE_GUARD`, `-i <veth> -d 127.0.0.0/8 -j DROP`).  The
 steered packets are not affected: their original destination is the pod's, never loopback.
 
+A pod's DNS (UDP and TCP port 53, whatever nameserver it asks) is DNAT'd first, to the agent's
+mesh DNS resolver (`--dns-port`, 15053 by default, ADR 0050): the query keeps the pod's
+source address, by which the resolver answers the pod's bare names in the pod's namespace.
+
 `clean` removes the jumps and the chains and resets `route_localnet` on the interfaces the chain
 named; nothing else is touched.  IPv4 only (the testbed's pods and the compiled outbound
 listener are IPv4).
@@ -113,9 +117,13 @@ def check_pods(pods: Sequence[PodSteer]) -> None:
             raise ValueError(f"--pod: {p.address}: bad interface name {p.device!r}")
 
 
-def chain_rules(pods: Sequence[PodSteer], uplinks: Sequence[str] = ()) -> list[str]:
-    out = [f"-A {CHAIN} -i {p.device} -s {p.address}/32 -p tcp -j DNAT --to-destination "
-           f"{AGENT_ADDRESS}:{p.port}" for p in pods]
+def chain_rules(pods: Sequence[PodSteer], uplinks: Sequence[str] = (),
+                dns_port: int = 0) -> list[str]:
+    dns = [f"-A {CHAIN} -i {p.device} -s {p.address}/32 -p {proto} --dport 53 -j DNAT "
+           f"--to-destination {AGENT_ADDRESS}:{dns_port}"
+           for p in pods for proto in ("udp", "tcp")] if dns_port else []
+    out = dns + [f"-A {CHAIN} -i {p.device} -s {p.address}/32 -p tcp -j DNAT --to-destination "
+                 f"{AGENT_ADDRESS}:{p.port}" for p in pods]
     return out + [f"-A {CHAIN} -i {dev} -d {p.address}/32 -p tcp -j DNAT --to-destination "
                   f"{AGENT_ADDRESS}:{p.inbound}" for p in pods if p.inbound for dev in uplinks]
 
@@ -140,13 +148,13 @@ def _table(table: str, chain: str, jump: str, rules: list[str] | None,
 
 
 def restore_input(pods: Sequence[PodSteer] | None, saved: str,
-                  uplinks: Sequence[str] = ()) -> str:
+                  uplinks: Sequence[str] = (), dns_port: int = 0) -> str:
     """One `iptables-restore --noflush` transaction: drop our jumps if present, (re)declare the
     chains (which flushes them), fill them and jump to them; with `pods` None, remove it all.
     (`saved` is `iptables-save` of every table; a chain name is ours in one table only.)"""
     lines = saved.splitlines()
-    nat = _table("nat", CHAIN, JUMP, None if pods is None else chain_rules(pods, uplinks),
-                 lines)
+    nat = _table("nat", CHAIN, JUMP,
+                 None if pods is None else chain_rules(pods, uplinks, dns_port), lines)
     raw = _table("raw", GUARD, GUARD_JUMP,
                  None if pods is None else guard_rules(pods, uplinks), lines)
     return "\n".join(nat + raw) + "\n"
@@ -244,8 +252,9 @@ def resolve(pods: Sequence[PodSteer], runner: Runner = run) -> list[PodSteer]:
     return out
 
 
-def apply(pods: Sequence[PodSteer], runner: Runner = run) -> list[str]:
-    """Steer `pods` (replacing an earlier apply); returns what was done, one line each."""
+def apply(pods: Sequence[PodSteer], runner: Runner = run, dns_port: int = 0) -> list[str]:
+    """Steer `pods` (replacing an earlier apply), and their DNS (UDP and TCP 53) to the
+    agent's resolver on `dns_port` (0: not); returns what was done, one line each."""
     _root()
     resolved = resolve(pods, runner)
     ups = uplinks(resolved, runner) if any(p.inbound for p in resolved) else []
@@ -255,8 +264,9 @@ def apply(pods: Sequence[PodSteer], runner: Runner = run) -> list[str]:
         _route_localnet(dev, False)
     for dev in sorted(wanted):
         _route_localnet(dev, True)
-    _restore(restore_input(resolved, saved, ups), runner)
+    _restore(restore_input(resolved, saved, ups, dns_port), runner)
     return [f"steered {p.address} (via {p.device}) to {AGENT_ADDRESS}:{p.port}"
+            + (f", its DNS to {AGENT_ADDRESS}:{dns_port}" if dns_port else "")
             + (f", its inbound (via {', '.join(ups)}) to {AGENT_ADDRESS}:{p.inbound}"
                if p.inbound else "") for p in resolved]
 

@@ -176,6 +176,10 @@ FEATURES: tuple[Feature, ...] = (
             "per interval)"),
     Feature("stats-reports", (), "stream messages `StatsRequest` / `StatsReport`: traffic "
             "summaries for `tulle stat` (ADR 0046)"),
+    # A proxy without it answers every pod's bare names in the node's first namespace only;
+    # the fully qualified names still resolve.  Withheld, never refused.
+    Feature("dns-clients", ("dns.clients",), "per source address, the namespace whose "
+            "Services answer bare names (a node agent's pods, ADR 0050)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -127,3 +127,17 @@ def test_resolving_the_interface_keeps_the_inbound_port() -> None:
     pod = parse_pod("10.232.0.4=15003:15103")
     (got,) = node_steer.resolve([pod], _route("10.232.0.4 dev p5 src 169.254.1.1 uid 0"))
     assert got == PodSteer(pod.address, 15003, "p5", 15103)
+
+
+def test_a_pods_dns_goes_to_the_agents_resolver_before_its_tcp_catch_all() -> None:
+    """ADR 0050: UDP and TCP 53 from the pod, by interface and source (the source is kept:
+    the resolver answers the pod's bare names by it), ahead of the pod's outbound rule,
+    which would take TCP 53 to its outbound listener."""
+    rules = [line for line in restore_input([A], "", (), 15053).splitlines()
+             if line.startswith("-A TULLE_NODE ")]
+    assert rules == [
+        "-A TULLE_NODE -i p1 -s 10.232.0.2/32 -p udp --dport 53 -j DNAT --to-destination "
+        "127.0.0.1:15053",
+        "-A TULLE_NODE -i p1 -s 10.232.0.2/32 -p tcp --dport 53 -j DNAT --to-destination "
+        "127.0.0.1:15053",
+        "-A TULLE_NODE -i p1 -s 10.232.0.2/32 -p tcp -j DNAT --to-destination 127.0.0.1:15001"]

@@ -320,7 +320,8 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
         check(ProxyConfig(listeners=part.listeners, dns=dns, clusters=part.clusters,
                           route_tables=[*part.route_tables, RouteTable(name="outbound")],
                           **_STAND_INS))
-        digest = hashlib.sha256(digest + shared.dns.digest + b"%d" % dns.port).digest()
+        digest = hashlib.sha256(digest + shared.dns.digest + b"%d" % dns.port + "".join(
+            f";{c.address}/{c.namespace}" for c in dns.clients).encode()).digest()
     version = hashlib.sha256(part.digest + digest).hexdigest()[:16]
     return ProxyConfig(version=version, node=part.node, settings=shared.settings,
                        listeners=listeners,

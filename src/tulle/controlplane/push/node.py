@@ -17,6 +17,10 @@ snapshots, built here:
   its outbound clusters differ from the first workload's and are renamed, as above;
 * node, admin and settings are the first workload's; the compiler makes settings and admin
   mesh-wide, so workloads that disagree are an error (`NodeError`), never a silent pick.
+* the node runs one mesh DNS resolver: the workloads' `dns` sections must agree but for their
+  `clients` (each agent-mode pod names itself, `compiler/dns.py`), which are joined, so each
+  pod's bare names resolve in its own namespace (ADR 0050); sections that differ otherwise (a
+  port, the hosts) are a `NodeError`.
 
 The merged version is a digest of the parts' versions, so it changes exactly when a part does.
 Listeners of two workloads on one address and port cannot share a proxy: that is a
@@ -37,7 +41,7 @@ from typing import Any
 
 import msgspec
 
-from tulle.proxyconfig.model import Cluster, Listener, ProxyConfig, RouteTable, TLSContext
+from tulle.proxyconfig.model import DNS, Cluster, Listener, ProxyConfig, RouteTable, TLSContext
 from tulle.proxyconfig.reserved import WORKLOAD_IDENTITY, workload_identity
 
 ProxyKey = tuple[str, str]
@@ -185,7 +189,32 @@ def merge(parts: Sequence[tuple[ProxyKey, ProxyConfig]]) -> ProxyConfig:
         first, version=node_version(parts),
         listeners=_collect(listeners, l_maps),
         route_tables=_collect(tables, t_maps),
-        clusters=_collect(tagged, c_maps))
+        clusters=_collect(tagged, c_maps), dns=_dns(parts))
+
+
+def _dns(parts: Sequence[tuple[ProxyKey, ProxyConfig]]) -> DNS | None:
+    """The node's one resolver: the workloads' sections with their `clients` joined."""
+    with_dns = [(key, cfg.dns) for key, cfg in parts if cfg.dns is not None]
+    if not with_dns:
+        return None
+    key0, base = with_dns[0]
+    if len(with_dns) == 1:
+        return base
+    bare = msgspec.structs.replace(base, clients=[], hosts=[])
+    clients = {c.address: c for c in base.clients}
+    for key, d in with_dns[1:]:
+        if d is not base and (msgspec.structs.replace(d, clients=[], hosts=[]) != bare or (
+                d.hosts is not base.hosts and d.hosts != base.hosts)):
+            where = (f"port {base.port} vs {d.port}" if d.port != base.port else
+                     "address" if d.address != base.address else "settings or hosts")
+            raise NodeError(f"workloads {workload_name(key0)} and {workload_name(key)} run the "
+                            f"mesh DNS resolver differently ({where}): a node runs one")
+        for c in d.clients:
+            seen = clients.setdefault(c.address, c)
+            if seen != c:
+                raise NodeError(f"workload {workload_name(key)}: DNS client {c.address} is "
+                                f"also in namespace {seen.namespace}")
+    return msgspec.structs.replace(base, clients=list(clients.values()))
 
 
 def _check_addresses(parts: Sequence[tuple[ProxyKey, ProxyConfig]],

@@ -243,3 +243,35 @@ def test_an_agent_pod_gets_its_inbound_listener_on_the_agent_forwarding_to_the_p
     assert [(e.address, e.port) for e in app.endpoints] == [("10.232.0.4", 9090)]
     assert (by_name["shop/pod-a|outbound"].port, by_name["shop/srv|outbound"].port) == (
         15001, 15003)
+
+
+def agent_pod(name: str, address: str, outbound: int, namespace: str = NS,
+              **spec: Any) -> dict[str, Any]:
+    doc = transparent(name, address, outbound)
+    doc["metadata"]["namespace"] = namespace
+    doc["spec"].update(interception="agent", **spec)
+    return doc
+
+
+def test_the_agent_runs_one_resolver_answering_each_pod_in_its_own_namespace() -> None:
+    """ADR 0050: each agent-mode pod's part names the pod as a DNS client with its namespace;
+    the node's one resolver joins them."""
+    docs = [service("web", app="web"), workload("web-0", "10.232.1.9", 8080, 15001, app="web"),
+            agent_pod("pod-a", "10.232.0.2", 15001),
+            agent_pod("pod-b", "10.232.0.3", 15002, namespace="blue")]
+    snaps = dict(compile_mesh(MeshInputs.from_resources(docs)).snapshots)
+    a, b = (NS, "pod-a"), ("blue", "pod-b")
+    assert snaps[a].dns is not None and snaps[a].dns.port == 15053
+    assert [(c.address, c.namespace) for c in snaps[a].dns.clients] == [("10.232.0.2", "shop")]
+    assert snaps[(NS, "web-0")].dns is None  # an explicit workload still gets none
+    node = merge([(a, snaps[a]), (b, snaps[b])])
+    check_compiled(node)
+    assert node.dns is not None and node.dns.hosts is snaps[a].dns.hosts
+    assert [(c.address, c.namespace) for c in node.dns.clients] == [
+        ("10.232.0.2", "shop"), ("10.232.0.3", "blue")]
+    # A pod that names another resolver port cannot share the node's one resolver.
+    docs[-1] = agent_pod("pod-b", "10.232.0.3", 15002, namespace="blue", dnsPort=15054)
+    snaps = dict(compile_mesh(MeshInputs.from_resources(docs)).snapshots)
+    with pytest.raises(NodeError, match=r"shop/pod-a and blue/pod-b run the mesh DNS resolver "
+                                        r"differently \(port 15053 vs 15054\)"):
+        merge([(a, snaps[a]), (b, snaps[b])])
