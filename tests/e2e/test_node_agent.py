@@ -126,6 +126,9 @@ def resources() -> list[dict[str, Any]]:
         service("server"), service("api"),
         only("only-pod-a", "server", "shop/pod-a"),
         only("only-server", "api", "shop/server"),
+        # ALLOW policies add up: api takes the server's sidecar and pod-a, a pod of its own
+        # agent (ADR 0050), not pod-b.
+        only("and-pod-a", "api", "shop/pod-a"),
     ]
 
 
@@ -315,7 +318,10 @@ def test_node_steering_apply_is_idempotent_and_clean_removes_it(mesh: dict[str, 
     before = nat_rules(node)
     # Three pods out, their DNS (UDP and TCP) to the agent's resolver, api in (from the
     # node's one uplink).
-    assert before.count("-j TULLE_NODE\n") == 1 and before.count("DNAT") == 4 + 6, before
+    assert before.count("-j TULLE_NODE\n") == 1 and before.count("DNAT") == 4 + 6 + 1, before
+    # The agent's own dials to api's loopback alias go to api's inbound listener.
+    assert ("-A TULLE_NODE_OUT -d 127.1.58.255/32 -p tcp -j DNAT --to-destination "
+            "127.0.0.1:15103") in before, before
     assert before.count("--dport 53 -j DNAT --to-destination 127.0.0.1:15053") == 6, before
     # A packet a pod crafts for the node's loopback (route_localnet is on) is dropped first.
     assert len([ln for ln in before.splitlines() if ln.startswith("-A TULLE_NODE_GUARD")
@@ -323,12 +329,12 @@ def test_node_steering_apply_is_idempotent_and_clean_removes_it(mesh: dict[str, 
     node.run([*TULLE, "iptables", "node", "apply", *STEER_ARGS], env=ENV)
     assert nat_rules(node) == before
     devs = [line.split()[line.split().index("-i") + 1] for line in before.splitlines()
-            if line.startswith("-A TULLE_NODE")]
+            if line.startswith("-A TULLE_NODE") and " -i " in line]
     assert all(node.run(["sysctl", "-n", f"net.ipv4.conf.{d}.route_localnet"]).stdout.strip()
                == "1" for d in devs)
     node.run([*TULLE, "iptables", "node", "clean"], env=ENV)
     after = nat_rules(node)
-    assert "TULLE_NODE" not in after, after  # both chains and both jumps
+    assert "TULLE_NODE" not in after, after  # every chain and jump
     assert all(node.run(["sysctl", "-n", f"net.ipv4.conf.{d}.route_localnet"]).stdout.strip()
                == "0" for d in devs)
     # Without steering the pod's call is forwarded in plaintext, unauthenticated: the
@@ -404,3 +410,26 @@ def test_an_agent_pod_resolves_mesh_names_at_its_agent(mesh: dict[str, Any]) -> 
     if servers and not ipaddress.ip_address(servers[0]).is_loopback:
         got = client(mesh, "pod-a", "http", "server.shop.svc.cluster.local", "80", "/by-name")
         assert got["status"] == 200 and json.loads(got["body"])["path"] == "/by-name", got
+
+
+def test_two_pods_of_one_agent_call_each_other_each_with_its_own_identity(
+        mesh: dict[str, Any]) -> None:
+    """ADR 0050: pod-a and pod-b call `api`, a pod behind the same agent.  The agent dials
+    api's loopback alias with the caller's certificate, the node DNATs it to api's inbound
+    listener, which terminates mTLS with api's certificate and applies api's policy: pod-a is
+    allowed, pod-b refused, and the application is reached by the agent only."""
+    ip = vip(mesh, "api")
+    got = client(mesh, "pod-a", "http", ip, "80", "/a-to-api")
+    assert got["status"] == 200, (got, mesh["agent_log"].read_text()[-3000:])
+    seen = json.loads(got["body"])
+    assert (seen["name"], seen["path"], seen["peer"]) == ("api", "/a-to-api", "169.254.1.1")
+    assert client(mesh, "pod-b", "http", ip, "80", "/b-to-api")["status"] == 403
+    # By pod IP too (no Service routes): the same inbound listener, the same policy.
+    assert client(mesh, "pod-a", "http", API_POD, "8080", "/by-ip")["status"] == 200
+    m = metrics(mesh["node"])
+    assert ('tulle_proxy_protocol_detected_total{listener="inbound",protocol="chain:8080|mtls"} 3'
+            in m), m
+    for name, code in (("pod-a", 200), ("pod-b", 403)):
+        assert (f'tulle_proxy_requests_total{{listener="shop/{name}|outbound",'
+                f'cluster="shop/{name}|outbound|80||api.shop",response_code="{code}",'
+                'response_flags="-"} 1') in m, m

@@ -30,6 +30,12 @@ the node's loopback services, the agent's admin port among them; such packets ar
 any NAT, in the `raw` table (`TULLE_NODE_GUARD`, `-i <veth> -d 127.0.0.0/8 -j DROP`).  The
 steered packets are not affected: their original destination is the pod's, never loopback.
 
+Two pods of the node calling each other: the agent's mTLS dial to a pod it serves inbound and
+its plaintext dial to that pod's application would be the same to the kernel, so the control
+plane has the former dial the pod's loopback alias (`agent_inbound_alias`) instead, and a nat
+`OUTPUT` chain, `TULLE_NODE_OUT`, DNATs each alias to the pod's inbound listener; the original
+destination's port is still the pod's (ADR 0050).
+
 A pod's DNS (UDP and TCP port 53, whatever nameserver it asks) is DNAT'd first, to the agent's
 mesh DNS resolver (`--dns-port`, 15053 by default, ADR 0050): the query keeps the pod's
 source address, by which the resolver answers the pod's bare names in the pod's namespace.
@@ -51,9 +57,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from tulle.net.iptables_run import EXIT_ENVIRONMENT, EXIT_REFUSED, InterceptionError
+from tulle.proxyconfig.reserved import agent_inbound_alias
 
 CHAIN: Final = "TULLE_NODE"
 JUMP: Final = f"-A PREROUTING -j {CHAIN}"
+CHAIN_OUT: Final = "TULLE_NODE_OUT"
+JUMP_OUT: Final = f"-A OUTPUT -j {CHAIN_OUT}"
 GUARD: Final = "TULLE_NODE_GUARD"
 GUARD_JUMP: Final = f"-A PREROUTING -j {GUARD}"
 AGENT_ADDRESS: Final = "127.0.0.1"
@@ -128,21 +137,31 @@ def chain_rules(pods: Sequence[PodSteer], uplinks: Sequence[str] = (),
                   f"{AGENT_ADDRESS}:{p.inbound}" for p in pods if p.inbound for dev in uplinks]
 
 
+def out_rules(pods: Sequence[PodSteer]) -> list[str]:
+    """The agent's own dials to a pod it serves inbound (another pod of the node calling it)
+    go to the pod's loopback alias; DNAT'd here to the pod's inbound listener, the pod's
+    port stays the original destination (ADR 0050)."""
+    return [f"-A {CHAIN_OUT} -d {agent_inbound_alias(p.inbound)}/32 -p tcp -j DNAT "
+            f"--to-destination {AGENT_ADDRESS}:{p.inbound}" for p in pods if p.inbound]
+
+
 def guard_rules(pods: Sequence[PodSteer], uplinks: Sequence[str] = ()) -> list[str]:
     devs = [p.device for p in pods] + [d for d in uplinks if any(p.inbound for p in pods)]
     return [f"-A {GUARD} -i {d} -d 127.0.0.0/8 -j DROP" for d in devs]
 
 
-def _table(table: str, chain: str, jump: str, rules: list[str] | None,
+def _table(table: str, chains: Sequence[tuple[str, str, list[str] | None]],
            lines: list[str]) -> list[str]:
+    """`chains`: (chain, parent chain, its rules; None or [] to remove it)."""
     out = [f"*{table}"]
-    if jump in lines:
-        out.append(f"-D PREROUTING -j {chain}")
-    if rules is None:
-        if any(line.startswith(f":{chain} ") for line in lines):
-            out += [f"-F {chain}", f"-X {chain}"]
-    else:
-        out += [f":{chain} - [0:0]", *rules, jump]
+    for chain, parent, rules in chains:
+        if f"-A {parent} -j {chain}" in lines:
+            out.append(f"-D {parent} -j {chain}")
+        if not rules and (rules is None or chain == CHAIN_OUT):
+            if any(line.startswith(f":{chain} ") for line in lines):
+                out += [f"-F {chain}", f"-X {chain}"]
+        else:
+            out += [f":{chain} - [0:0]", *rules, f"-A {parent} -j {chain}"]
     out.append("COMMIT")
     return out
 
@@ -153,10 +172,11 @@ def restore_input(pods: Sequence[PodSteer] | None, saved: str,
     chains (which flushes them), fill them and jump to them; with `pods` None, remove it all.
     (`saved` is `iptables-save` of every table; a chain name is ours in one table only.)"""
     lines = saved.splitlines()
-    nat = _table("nat", CHAIN, JUMP,
-                 None if pods is None else chain_rules(pods, uplinks, dns_port), lines)
-    raw = _table("raw", GUARD, GUARD_JUMP,
-                 None if pods is None else guard_rules(pods, uplinks), lines)
+    nat = _table("nat", [
+        (CHAIN, "PREROUTING", None if pods is None else chain_rules(pods, uplinks, dns_port)),
+        (CHAIN_OUT, "OUTPUT", None if pods is None else out_rules(pods))], lines)
+    raw = _table("raw", [
+        (GUARD, "PREROUTING", None if pods is None else guard_rules(pods, uplinks))], lines)
     return "\n".join(nat + raw) + "\n"
 
 
@@ -277,10 +297,10 @@ def clean(runner: Runner = run) -> list[str]:
     saved = _saved(runner)
     devs = devices_in(saved)
     lines = saved.splitlines()
-    if not any(line.startswith((f":{CHAIN} ", f":{GUARD} ")) or line in (JUMP, GUARD_JUMP)
-               for line in lines):
+    if not any(line.startswith((f":{CHAIN} ", f":{GUARD} ", f":{CHAIN_OUT} "))
+               or line in (JUMP, GUARD_JUMP, JUMP_OUT) for line in lines):
         return []
     _restore(restore_input(None, saved), runner)
     for dev in devs:
         _route_localnet(dev, False)
-    return [f"removed {CHAIN} and {GUARD}", *(f"route_localnet off on {d}" for d in devs)]
+    return [f"removed {CHAIN}, {CHAIN_OUT} and {GUARD}", *(f"route_localnet off on {d}" for d in devs)]
