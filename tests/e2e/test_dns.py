@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 from tests.support.netns import require_tools, testbed  # noqa: F401
+from tests.support.pods import as_user, as_user_env
 
 from tulle.net.netns import Namespace, Testbed
 
@@ -129,11 +130,10 @@ def pod(workdir: Path) -> Iterator[dict[str, Any]]:
         redirect_dns(client)
         log = workdir / "proxy.log"
         with log.open("wb") as out:
-            proxy = client.popen(
-                ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups",
-                 sys.executable, "-c", "from tulle.cli.main import main; main()",
-                 "proxy", "run", "--config", str(workdir / "proxy.json"),
-                 "--watch-interval", "0"], stdout=out, stderr=out, env=env)
+            proxy = client.popen(as_user(PROXY_UID, [
+                "-c", "from tulle.cli.main import main; main()", "proxy", "run", "--config",
+                str(workdir / "proxy.json"), "--watch-interval", "0"]),
+                stdout=out, stderr=out, env=as_user_env(PROXY_UID, env))
         wait_for(client, ["ss", "-Hlun", f"sport = :{DNS_PORT}"], proxy, log)
         yield {"client": client, "workdir": workdir, "proxy": proxy, "log": log}
     finally:

@@ -34,8 +34,9 @@ from typing import Any
 import pytest
 import yaml
 from tests.support.netns import require_tools, testbed  # noqa: F401
+from tests.support.pods import as_user, as_user_env, write_scripts
 
-from tulle.net.netns import Namespace, Testbed, python_for
+from tulle.net.netns import Namespace, Testbed
 
 pytestmark = pytest.mark.netns
 
@@ -47,53 +48,6 @@ STREAM = 15680
 API = 15681
 PODS = {"pod-a": ("10.232.0.2", 15001), "pod-b": ("10.232.0.3", 15002)}
 API_POD, API_OUT, API_IN = "10.232.0.4", 15003, 15103
-
-APP = r'''
-import asyncio, json, sys
-
-async def http(r, w):
-    head = await r.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    body = json.dumps({"name": sys.argv[1], "path": lines[0].split(" ")[1],
-                       "peer": w.get_extra_info("peername")[0]}).encode()
-    w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-            + body)
-    await w.drain()
-    w.close()
-
-async def main():
-    server = await asyncio.start_server(http, "0.0.0.0", 8080)
-    await asyncio.Event().wait()
-
-asyncio.run(main())
-'''
-
-CLIENT = r'''
-import json, socket, sys
-
-def http(host, port, path):
-    with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(b"GET %b HTTP/1.1\r\nHost: server\r\nConnection: close\r\n\r\n"
-                  % path.encode())
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return {"status": int(head.split()[1]) if head else 0, "body": body.decode("latin-1")}
-
-def refused(host, port):
-    try:
-        with socket.create_connection((host, int(port)), timeout=10) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: server\r\n\r\n")
-            data = s.recv(100)
-    except (ConnectionResetError, ConnectionRefusedError, BrokenPipeError):
-        data = b""
-    return {"data": data.decode("latin-1")}
-
-what, *args = sys.argv[1:]
-print(json.dumps({"http": http, "refused": refused}[what](*args)))
-'''
-
 
 def resources() -> list[dict[str, Any]]:
     def workload(name: str, address: str, ports: list[dict[str, Any]],
@@ -162,12 +116,9 @@ def workdir() -> Iterator[Path]:
 
 
 def _proxy(ns: Namespace, args: list[str], log: Path) -> None:
-    py, paths = python_for(PROXY_UID)  # (the test's interpreter may be out of its uid's reach)
-    env = {**ENV, "PYTHONPATH": ":".join([SRC, *paths])}
     with log.open("wb") as out:
-        ns.popen(["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups",
-                  py, "-m", "tulle.cli.main", "proxy", "run", *args], stdout=out, stderr=out,
-                 env=env)
+        ns.popen(as_user(PROXY_UID, ["-m", "tulle.cli.main", "proxy", "run", *args]),
+                 stdout=out, stderr=out, env=as_user_env(PROXY_UID, ENV))
 
 
 @pytest.fixture
@@ -178,8 +129,7 @@ def mesh(testbed: Testbed, workdir: Path) -> Iterator[dict[str, Any]]:  # noqa: 
     node = testbed.node("10.231.0.5/24")
     pods = {name: testbed.pod(node, ip) for name, (ip, _) in PODS.items()}
     api = testbed.pod(node, API_POD)
-    (workdir / "app.py").write_text(APP)
-    (workdir / "client.py").write_text(CLIENT)
+    write_scripts(workdir)
     (workdir / "mesh.yaml").write_text(yaml.safe_dump_all(resources()))
     admin = workdir / "admin-token"
     cp_log = workdir / "cp.log"
