@@ -42,7 +42,7 @@ source address, by which the resolver answers the pod's bare names in the pod's 
 
 `clean` removes the jumps and the chains and resets `route_localnet` on the interfaces the chain
 named; nothing else is touched.  IPv4 only (the testbed's pods and the compiled outbound
-listener are IPv4).
+listener are IPv4); a served pod's IPv6 is refused instead (`node_steer6.py`, ADR 0050).
 """
 
 from __future__ import annotations
