@@ -10,7 +10,7 @@ the Services' virtual IPs while other names come from a real upstream in another
       tulle proxy run (uid 1337, excluded) :15053 ──────── forwards ───────▶
                         (bridge in a namespace of its own)
 
-The redirect is written by hand here (`tulle iptables` is issue 11 item 1).  The pod's
+The redirect is `tulle iptables apply`'s, DNS only.  The pod's
 nameserver is whatever the host's resolv.conf names: a default route through the bridge makes
 it routable inside the pod, and the redirect takes every query before it could leave.
 """
@@ -75,10 +75,12 @@ print(json.dumps(out))
 
 
 def redirect_dns(ns: Namespace) -> None:
-    for proto in ("udp", "tcp"):
-        ns.run(["iptables", "-t", "nat", "-A", "OUTPUT", "-p", proto, "--dport", "53",
-                "-m", "owner", "!", "--uid-owner", str(PROXY_UID),
-                "-j", "REDIRECT", "--to-ports", str(DNS_PORT)])
+    """`tulle iptables apply` with the DNS redirect alone (no TCP interception: the test is
+    about the resolver, the rules are tests/e2e/test_iptables.py's)."""
+    ns.run([sys.executable, "-m", "tulle.cli.main", "iptables", "apply", "--no-ipv6",
+            "--proxy-uid", str(PROXY_UID), "--dns-port", str(DNS_PORT),
+            "--outbound-cidrs", "", "--inbound-ports", ""],
+           env={**os.environ, "PYTHONPATH": SRC})
 
 
 def wait_for(ns: Namespace, args: list[str], proc: subprocess.Popen[bytes], log: Path) -> None:
