@@ -126,6 +126,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "git": _git_rev(),
         "rate": args.rate, "duration_s": args.duration, "warmup_s": args.warmup,
         "connections": args.connections, "rounds": args.rounds, "cpus": os.cpu_count(),
+        "nice": getattr(args, "nice", 0),
         "loadavg_before": os.getloadavg()[0]}
     why = _missing()
     if why is not None:
@@ -157,7 +158,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--connections", type=int, default=10)
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--nice", type=int, default=0,
+                    help="scheduling niceness for the runner and everything it starts (e.g. -10 "
+                         "as root on a shared machine), as bench.run's")
     args = ap.parse_args(argv)
+    if args.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by every process started
     result = run(args)
     text = json.dumps(result, indent=1)
     if args.json:
