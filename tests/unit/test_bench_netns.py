@@ -3,8 +3,10 @@ spread over rounds, the goal judged on the median; and its mesh is resources the
 
 from __future__ import annotations
 
+import argparse
 from typing import Any
 
+import pytest
 from bench.netns import TARGET_ADDED_P99_MS, summarize
 from bench.netns_mesh import _resources
 
@@ -41,3 +43,14 @@ def test_added_latency_is_paired_per_round_then_the_median_and_spread() -> None:
 def test_the_benchmark_mesh_is_valid_resources() -> None:
     kinds = [parse(r).kind for r in _resources()]
     assert kinds.count("Workload") == 4 and kinds.count("Service") == 2
+
+
+def test_without_namespaces_the_run_is_skipped_with_the_reason(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.netns as netns_bench
+
+    monkeypatch.setattr(netns_bench, "missing_requirements", lambda: "network namespaces need root")
+    args = argparse.Namespace(rate=1000.0, duration=1.0, warmup=0.1, connections=1, rounds=1,
+                              nice=0)
+    got = netns_bench.run(args)
+    assert got["skipped"] == "network namespaces need root" and "none" not in got
