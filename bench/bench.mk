@@ -48,6 +48,7 @@ bench: deps bench-setup
 		--peers $(BENCH_PEERS),$(BENCH_MTLS_PEERS),$(BENCH_RESILIENCE_PEERS),$(BENCH_TELEMETRY_PEERS) \
 		--json bench/results/full.json --doc docs/performance.md \
 		--mtls-json bench/results/mtls.json
+	$(BENCH_PY) -m bench.netns --rounds 3 --json bench/results/netns.json
 
 bench-mtls: deps bench-setup
 	$(BENCH_PY) -m bench.run --mode quick --peers $(BENCH_MTLS_PEERS) \
@@ -103,3 +104,9 @@ bench-cli: deps
 bench-tap: deps
 	$(BENCH_PY) -m bench.micro_tap > bench/results/tap.json
 	cat bench/results/tap.json
+## Issue 11's full path in network namespaces (root): client pod -> sidecar -> mTLS -> sidecar
+## -> server pod, and the same through two node agents, vs no mesh, three rotating rounds
+## -> bench/results/netns.json (`make bench` runs it after the one-hop rows).
+.PHONY: bench-netns
+bench-netns: deps bench-setup
+	$(BENCH_PY) -m bench.netns --rounds 3 --json bench/results/netns.json

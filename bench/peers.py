@@ -76,7 +76,7 @@ def _nginx_temp_paths(tmp: Path, tag: str) -> str:
 # -- origin ---------------------------------------------------------------------------------
 
 
-def origin_config(tmp: Path, port: int) -> str:
+def origin_config(tmp: Path, port: int, host: str = "127.0.0.1") -> str:
     www = tmp / "www"
     www.mkdir(exist_ok=True)
     (www / BODY_PATH.lstrip("/")).write_bytes(b"x" * (BODY_SIZE - 1) + b"\n")
@@ -96,7 +96,7 @@ http {{
   keepalive_timeout 600s;
   open_file_cache max=16;
   server {{
-    listen 127.0.0.1:{port} backlog=4096;
+    listen {host}:{port} backlog=4096;
     root {www};
   }}
 }}

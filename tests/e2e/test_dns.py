@@ -10,7 +10,7 @@ the Services' virtual IPs while other names come from a real upstream in another
       tulle proxy run (uid 1337, excluded) :15053 ──────── forwards ───────▶
                         (bridge in a namespace of its own)
 
-The redirect is written by hand here (`tulle iptables` is issue 11 item 1).  The pod's
+The redirect is `tulle iptables apply`'s, DNS only.  The pod's
 nameserver is whatever the host's resolv.conf names: a default route through the bridge makes
 it routable inside the pod, and the redirect takes every query before it could leave.
 """
@@ -30,6 +30,7 @@ from typing import Any
 
 import pytest
 from tests.support.netns import require_tools, testbed  # noqa: F401
+from tests.support.pods import as_user, as_user_env
 
 from tulle.net.netns import Namespace, Testbed
 
@@ -74,10 +75,12 @@ print(json.dumps(out))
 
 
 def redirect_dns(ns: Namespace) -> None:
-    for proto in ("udp", "tcp"):
-        ns.run(["iptables", "-t", "nat", "-A", "OUTPUT", "-p", proto, "--dport", "53",
-                "-m", "owner", "!", "--uid-owner", str(PROXY_UID),
-                "-j", "REDIRECT", "--to-ports", str(DNS_PORT)])
+    """`tulle iptables apply` with the DNS redirect alone (no TCP interception: the test is
+    about the resolver, the rules are tests/e2e/test_iptables.py's)."""
+    ns.run([sys.executable, "-m", "tulle.cli.main", "iptables", "apply", "--no-ipv6",
+            "--proxy-uid", str(PROXY_UID), "--dns-port", str(DNS_PORT),
+            "--outbound-cidrs", "", "--inbound-ports", ""],
+           env={**os.environ, "PYTHONPATH": SRC})
 
 
 def wait_for(ns: Namespace, args: list[str], proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -129,11 +132,10 @@ def pod(workdir: Path) -> Iterator[dict[str, Any]]:
         redirect_dns(client)
         log = workdir / "proxy.log"
         with log.open("wb") as out:
-            proxy = client.popen(
-                ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups",
-                 sys.executable, "-c", "from tulle.cli.main import main; main()",
-                 "proxy", "run", "--config", str(workdir / "proxy.json"),
-                 "--watch-interval", "0"], stdout=out, stderr=out, env=env)
+            proxy = client.popen(as_user(PROXY_UID, [
+                "-c", "from tulle.cli.main import main; main()", "proxy", "run", "--config",
+                str(workdir / "proxy.json"), "--watch-interval", "0"]),
+                stdout=out, stderr=out, env=as_user_env(PROXY_UID, env))
         wait_for(client, ["ss", "-Hlun", f"sport = :{DNS_PORT}"], proxy, log)
         yield {"client": client, "workdir": workdir, "proxy": proxy, "log": log}
     finally:

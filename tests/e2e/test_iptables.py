@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 from tests.support.netns import require_tools, testbed  # noqa: F401
+from tests.support.pods import as_user, as_user_env
 
 from tulle.net.netns import Namespace, Testbed
 
@@ -121,7 +122,9 @@ else:
 
 
 def start(ns: Namespace, code: str, *args: str, user: int | None = None) -> None:
-    proc = ns.popen([PYTHON, "-c", code, *args], user=user, stdout=subprocess.PIPE)
+    argv = ["-c", code, *args]
+    proc = (ns.popen([PYTHON, *argv], stdout=subprocess.PIPE) if user is None else
+            ns.popen(as_user(user, argv), stdout=subprocess.PIPE, env=as_user_env(user)))
     assert proc.stdout is not None
     if proc.stdout.readline() != b"ready\n":  # EOF when it failed: bounded, no polling
         proc.wait(timeout=5)
@@ -129,8 +132,10 @@ def start(ns: Namespace, code: str, *args: str, user: int | None = None) -> None
 
 
 def call(ns: Namespace, what: str, host: str, port: int, user: int | None = None) -> str:
-    return ns.run([PYTHON, "-c", CLIENT, what, host, str(port)], user=user,
-                  timeout=30).stdout.strip()
+    argv = ["-c", CLIENT, what, host, str(port)]
+    if user is None:
+        return ns.run([PYTHON, *argv], timeout=30).stdout.strip()
+    return ns.run(as_user(user, argv), timeout=30, env=as_user_env(user)).stdout.strip()
 
 
 def tulle(ns: Namespace, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -266,7 +271,8 @@ def test_the_vip_range_is_routed_and_intercepted(pods: dict[str, Any]) -> None:
 
 def test_errors_say_why_and_exit_non_zero(pods: dict[str, Any]) -> None:
     a = pods["a"]
-    not_root = a.run([*TULLE, "iptables", "apply"], user=1001, check=False)
+    cli = ["-m", "tulle.cli.main", "iptables", "apply"]
+    not_root = a.run(as_user(1001, cli), env=as_user_env(1001), check=False)
     assert not_root.returncode == 3
     assert "needs root" in not_root.stderr
     no_tools = a.run(["env", "PATH=/nonexistent", *TULLE, "iptables", "apply"], check=False)
@@ -276,7 +282,7 @@ def test_errors_say_why_and_exit_non_zero(pods: dict[str, Any]) -> None:
     assert bad.returncode == 2
     assert "--exclude-outbound-cidrs: '10.0.0.1/8' is not a CIDR" in bad.stderr
     assert "TULLE" not in tables(a)  # nothing half-applied
-    dry = a.run([*TULLE, "iptables", "apply", "--dry-run"], user=1001)
+    dry = a.run(as_user(1001, [*cli, "--dry-run"]), env=as_user_env(1001))
     assert "-A OUTPUT -p tcp -j TULLE_OUTPUT" in dry.stdout
 
 

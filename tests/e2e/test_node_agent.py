@@ -20,6 +20,7 @@ certificate, applies api's policy and forwards to the pod.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -33,6 +34,7 @@ from typing import Any
 import pytest
 import yaml
 from tests.support.netns import require_tools, testbed  # noqa: F401
+from tests.support.pods import as_user, as_user_env, write_scripts
 
 from tulle.net.netns import Namespace, Testbed
 
@@ -46,53 +48,6 @@ STREAM = 15680
 API = 15681
 PODS = {"pod-a": ("10.232.0.2", 15001), "pod-b": ("10.232.0.3", 15002)}
 API_POD, API_OUT, API_IN = "10.232.0.4", 15003, 15103
-
-APP = r'''
-import asyncio, json, sys
-
-async def http(r, w):
-    head = await r.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    body = json.dumps({"name": sys.argv[1], "path": lines[0].split(" ")[1],
-                       "peer": w.get_extra_info("peername")[0]}).encode()
-    w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-            + body)
-    await w.drain()
-    w.close()
-
-async def main():
-    server = await asyncio.start_server(http, "0.0.0.0", 8080)
-    await asyncio.Event().wait()
-
-asyncio.run(main())
-'''
-
-CLIENT = r'''
-import json, socket, sys
-
-def http(host, port, path):
-    with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(b"GET %b HTTP/1.1\r\nHost: server\r\nConnection: close\r\n\r\n"
-                  % path.encode())
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return {"status": int(head.split()[1]) if head else 0, "body": body.decode("latin-1")}
-
-def refused(host, port):
-    try:
-        with socket.create_connection((host, int(port)), timeout=10) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: server\r\n\r\n")
-            data = s.recv(100)
-    except (ConnectionResetError, ConnectionRefusedError, BrokenPipeError):
-        data = b""
-    return {"data": data.decode("latin-1")}
-
-what, *args = sys.argv[1:]
-print(json.dumps({"http": http, "refused": refused}[what](*args)))
-'''
-
 
 def resources() -> list[dict[str, Any]]:
     def workload(name: str, address: str, ports: list[dict[str, Any]],
@@ -125,6 +80,9 @@ def resources() -> list[dict[str, Any]]:
         service("server"), service("api"),
         only("only-pod-a", "server", "shop/pod-a"),
         only("only-server", "api", "shop/server"),
+        # ALLOW policies add up: api takes the server's sidecar and pod-a, a pod of its own
+        # agent (ADR 0050), not pod-b.
+        only("and-pod-a", "api", "shop/pod-a"),
     ]
 
 
@@ -159,8 +117,8 @@ def workdir() -> Iterator[Path]:
 
 def _proxy(ns: Namespace, args: list[str], log: Path) -> None:
     with log.open("wb") as out:
-        ns.popen(["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups",
-                  *TULLE, "proxy", "run", *args], stdout=out, stderr=out, env=ENV)
+        ns.popen(as_user(PROXY_UID, ["-m", "tulle.cli.main", "proxy", "run", *args]),
+                 stdout=out, stderr=out, env=as_user_env(PROXY_UID, ENV))
 
 
 @pytest.fixture
@@ -171,8 +129,7 @@ def mesh(testbed: Testbed, workdir: Path) -> Iterator[dict[str, Any]]:  # noqa: 
     node = testbed.node("10.231.0.5/24")
     pods = {name: testbed.pod(node, ip) for name, (ip, _) in PODS.items()}
     api = testbed.pod(node, API_POD)
-    (workdir / "app.py").write_text(APP)
-    (workdir / "client.py").write_text(CLIENT)
+    write_scripts(workdir)
     (workdir / "mesh.yaml").write_text(yaml.safe_dump_all(resources()))
     admin = workdir / "admin-token"
     cp_log = workdir / "cp.log"
@@ -309,20 +266,25 @@ def test_a_pod_cannot_borrow_another_pods_listener(mesh: dict[str, Any]) -> None
 def test_node_steering_apply_is_idempotent_and_clean_removes_it(mesh: dict[str, Any]) -> None:
     node: Namespace = mesh["node"]
     before = nat_rules(node)
-    # Three pods out, api in (from the node's one uplink).
-    assert before.count("-j TULLE_NODE\n") == 1 and before.count("DNAT") == 4, before
+    # Three pods out, their DNS (UDP and TCP) to the agent's resolver, api in (from the
+    # node's one uplink).
+    assert before.count("-j TULLE_NODE\n") == 1 and before.count("DNAT") == 4 + 6 + 1, before
+    # The agent's own dials to api's loopback alias go to api's inbound listener.
+    assert ("-A TULLE_NODE_OUT -d 127.1.58.255/32 -p tcp -j DNAT --to-destination "
+            "127.0.0.1:15103") in before, before
+    assert before.count("--dport 53 -j DNAT --to-destination 127.0.0.1:15053") == 6, before
     # A packet a pod crafts for the node's loopback (route_localnet is on) is dropped first.
     assert len([ln for ln in before.splitlines() if ln.startswith("-A TULLE_NODE_GUARD")
                 and "-d 127.0.0.0/8" in ln and ln.endswith("-j DROP")]) == 4, before
     node.run([*TULLE, "iptables", "node", "apply", *STEER_ARGS], env=ENV)
     assert nat_rules(node) == before
     devs = [line.split()[line.split().index("-i") + 1] for line in before.splitlines()
-            if line.startswith("-A TULLE_NODE")]
+            if line.startswith("-A TULLE_NODE") and " -i " in line]
     assert all(node.run(["sysctl", "-n", f"net.ipv4.conf.{d}.route_localnet"]).stdout.strip()
                == "1" for d in devs)
     node.run([*TULLE, "iptables", "node", "clean"], env=ENV)
     after = nat_rules(node)
-    assert "TULLE_NODE" not in after, after  # both chains and both jumps
+    assert "TULLE_NODE" not in after, after  # every chain and jump
     assert all(node.run(["sysctl", "-n", f"net.ipv4.conf.{d}.route_localnet"]).stdout.strip()
                == "0" for d in devs)
     # Without steering the pod's call is forwarded in plaintext, unauthenticated: the
@@ -359,3 +321,65 @@ def test_the_agent_serves_a_pods_inbound_side_with_that_pods_identity(
         assert out.returncode != 0 and "api" not in out.stdout, out.stdout
     assert ('tulle_proxy_protocol_errors_total{listener="inbound",kind="no_filter_chain"} 2'
             in metrics(mesh["node"]))
+
+
+RESOLVE = r'''
+import json, sys
+import dns.message, dns.query, dns.rcode
+proto, name = sys.argv[1], sys.argv[2]
+ask = dns.query.udp if proto == "udp" else dns.query.tcp
+# Any nameserver the pod routes (its default route, through the node): the node steers port 53.
+r = ask(dns.message.make_query(name, "A"), "10.96.0.10", timeout=5)
+print(json.dumps({"rcode": dns.rcode.to_text(r.rcode()),
+                  "addresses": [x.address for rrset in r.answer for x in rrset]}))
+'''
+
+
+def test_an_agent_pod_resolves_mesh_names_at_its_agent(mesh: dict[str, Any]) -> None:
+    """ADR 0050: the pod runs nothing of Tulle's and asks an ordinary nameserver; the node
+    steers its port 53 to the agent's resolver, which answers the Service names with their
+    virtual IPs (the bare name in the pod's own namespace, by the query's source)."""
+    ip = vip(mesh)
+    (mesh["workdir"] / "resolve.py").write_text(RESOLVE)
+    for proto in ("udp", "tcp"):
+        for name in ("server.shop.svc.cluster.local", "server.shop.mesh", "server"):
+            out = mesh["pod-a"].run([sys.executable, str(mesh["workdir"] / "resolve.py"),
+                                     proto, name], timeout=30)
+            assert json.loads(out.stdout) == {"rcode": "NOERROR", "addresses": [ip]}, (
+                proto, name, out.stdout, out.stderr)
+    out = mesh["pod-b"].run([sys.executable, str(mesh["workdir"] / "resolve.py"), "udp",
+                             "nothing.shop.mesh"], timeout=30)
+    assert json.loads(out.stdout)["rcode"] == "NXDOMAIN"
+    m = metrics(mesh["node"])
+    assert 'tulle_proxy_dns_queries_total{protocol="udp",result="mesh"} 3' in m, m
+    assert 'tulle_proxy_dns_queries_total{protocol="tcp",result="mesh"} 3' in m, m
+    # An unmodified client then calls the name end to end: glibc asks the pod's nameserver
+    # (resolv.conf), the agent answers, the call goes through the agent.
+    servers = [line.split()[1] for line in Path("/etc/resolv.conf").read_text().splitlines()
+               if line.startswith("nameserver")]
+    if servers and not ipaddress.ip_address(servers[0]).is_loopback:
+        got = client(mesh, "pod-a", "http", "server.shop.svc.cluster.local", "80", "/by-name")
+        assert got["status"] == 200 and json.loads(got["body"])["path"] == "/by-name", got
+
+
+def test_two_pods_of_one_agent_call_each_other_each_with_its_own_identity(
+        mesh: dict[str, Any]) -> None:
+    """ADR 0050: pod-a and pod-b call `api`, a pod behind the same agent.  The agent dials
+    api's loopback alias with the caller's certificate, the node DNATs it to api's inbound
+    listener, which terminates mTLS with api's certificate and applies api's policy: pod-a is
+    allowed, pod-b refused, and the application is reached by the agent only."""
+    ip = vip(mesh, "api")
+    got = client(mesh, "pod-a", "http", ip, "80", "/a-to-api")
+    assert got["status"] == 200, (got, mesh["agent_log"].read_text()[-3000:])
+    seen = json.loads(got["body"])
+    assert (seen["name"], seen["path"], seen["peer"]) == ("api", "/a-to-api", "169.254.1.1")
+    assert client(mesh, "pod-b", "http", ip, "80", "/b-to-api")["status"] == 403
+    # By pod IP too (no Service routes): the same inbound listener, the same policy.
+    assert client(mesh, "pod-a", "http", API_POD, "8080", "/by-ip")["status"] == 200
+    m = metrics(mesh["node"])
+    assert ('tulle_proxy_protocol_detected_total{listener="inbound",protocol="chain:8080|mtls"} 3'
+            in m), m
+    for name, code in (("pod-a", 200), ("pod-b", 403)):
+        assert (f'tulle_proxy_requests_total{{listener="shop/{name}|outbound",'
+                f'cluster="shop/{name}|outbound|80||api.shop",response_code="{code}",'
+                'response_flags="-"} 1') in m, m

@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 from tests.support.netns import require_tools, testbed  # noqa: F401
+from tests.support.pods import as_user, as_user_env
 
 from tulle.net.netns import Namespace, Testbed
 
@@ -196,10 +197,9 @@ def mesh(testbed: Testbed, workdir: Path) -> Iterator[dict[str, Any]]:  # noqa: 
     redirect_outbound(client)
     proxy_log = workdir / "proxy.log"
     with proxy_log.open("wb") as out:
-        proxy = client.popen(
-            ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups",
-             *TULLE, "proxy", "run", "--config", str(cfg), "--watch-interval", "0"],
-            stdout=out, stderr=out)
+        proxy = client.popen(as_user(PROXY_UID, [
+            "-m", "tulle.cli.main", "proxy", "run", "--config", str(cfg), "--watch-interval",
+            "0"]), stdout=out, stderr=out, env=as_user_env(PROXY_UID))
     wait_listening(client, PROXY_PORT, proxy, proxy_log)
     try:
         yield {"client": client, "server": server, "workdir": workdir, "proxy": proxy,

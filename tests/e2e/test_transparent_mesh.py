@@ -9,11 +9,10 @@
 Every sidecar is the real `tulle proxy run --control-plane` process under uid 1337, admitted by a
 bootstrap token; the Workloads say `interception: transparent`, so each gets the outbound
 listener (by original destination) and the inbound one (chains by destination port) from the
-compiler.  The iptables rules are set by hand here, as tests/e2e/test_transparent.py does --
-`tulle iptables apply` (issue 11 item 1) is built in parallel and should replace
-`intercept()` when it lands.  The client pod routes the virtual-IP range to its eth0 (also
-`tulle iptables`' job).  Nothing touches the host namespace: the control plane lives in a pod
-namespace of its own and the CLI runs there.
+compiler.  Interception is `tulle iptables apply` in each pod (the rules themselves are
+tests/e2e/test_iptables.py's subject), which also routes the virtual-IP range to eth0.  The
+pods' application and client are tests/support/pods.py's.  Nothing touches the host
+namespace: the control plane lives in a pod namespace of its own and the CLI runs there.
 """
 
 from __future__ import annotations
@@ -31,6 +30,7 @@ from typing import Any
 import pytest
 import yaml
 from tests.support.netns import require_tools, testbed  # noqa: F401
+from tests.support.pods import as_user, as_user_env, write_scripts
 
 from tulle.net.netns import Namespace, Testbed
 
@@ -42,70 +42,6 @@ TULLE = [sys.executable, "-m", "tulle.cli.main"]
 ENV = {**os.environ, "PYTHONPATH": SRC}
 STREAM = 15680
 API = 15681
-
-APP = r'''
-import asyncio, json, sys
-NAME = sys.argv[1].encode()
-
-async def http(r, w):
-    head = await r.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.lower(): v.strip() for k, _, v in (l.partition(":") for l in lines[1:] if l)}
-    body = json.dumps({"name": NAME.decode(), "path": lines[0].split(" ")[1],
-                       "headers": headers}).encode()
-    w.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
-            + body)
-    await w.drain()
-    w.close()
-
-async def echo(r, w):
-    while line := await r.readline():
-        w.write(NAME + b" " + line)
-        await w.drain()
-    w.close()
-
-async def main():
-    servers = [await asyncio.start_server(http, "0.0.0.0", 8080),
-               await asyncio.start_server(echo, "0.0.0.0", 9000)]
-    await asyncio.Event().wait()
-
-asyncio.run(main())
-'''
-
-CLIENT = r'''
-import json, socket, sys
-
-def http(host, port, path):
-    with socket.create_connection((host, int(port)), timeout=10) as s:
-        s.sendall(b"GET %b HTTP/1.1\r\nHost: not-the-service.example\r\nConnection: close\r\n\r\n"
-                  % path.encode())
-        data = b""
-        while chunk := s.recv(65536):
-            data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    return {"status": int(head.split()[1]), "body": body.decode("latin-1")}
-
-def echoes(host, port, n):
-    seen = []
-    for _ in range(int(n)):
-        with socket.create_connection((host, int(port)), timeout=10) as s:
-            s.sendall(b"ping\n")
-            seen.append(s.makefile("rb").readline().decode().split(" ")[0])
-    return {"seen": seen}
-
-def refused(host, port):
-    try:
-        with socket.create_connection((host, int(port)), timeout=10) as s:
-            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            data = s.recv(100)
-    except (ConnectionResetError, ConnectionRefusedError, BrokenPipeError):
-        data = b""
-    return {"data": data.decode("latin-1")}
-
-what, *args = sys.argv[1:]
-print(json.dumps({"http": http, "echoes": echoes, "refused": refused}[what](*args)))
-'''
-
 
 def resources() -> list[dict[str, Any]]:
     def workload(name: str, address: str, app: str, ports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -149,20 +85,10 @@ def resources() -> list[dict[str, Any]]:
 
 
 def intercept(ns: Namespace) -> None:
-    """A sidecar's interception by hand: the pod's outbound TCP to 15001 (not the proxy's own,
-    by uid, nor loopback), inbound TCP to 15006; the virtual-IP range routed to eth0."""
-    for r in (
-        ["-t", "nat", "-N", "TULLE_OUTBOUND"],
-        ["-t", "nat", "-A", "TULLE_OUTBOUND", "-m", "owner", "--uid-owner", str(PROXY_UID),
-         "-j", "RETURN"],
-        ["-t", "nat", "-A", "TULLE_OUTBOUND", "-d", "127.0.0.0/8", "-j", "RETURN"],
-        ["-t", "nat", "-A", "TULLE_OUTBOUND", "-p", "tcp", "-j", "REDIRECT", "--to-ports",
-         "15001"],
-        ["-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-j", "TULLE_OUTBOUND"],
-        ["-t", "nat", "-A", "PREROUTING", "-p", "tcp", "-j", "REDIRECT", "--to-ports", "15006"],
-    ):
-        ns.run(["iptables", *r])
-    ns.ip("route", "add", "240.240.0.0/16", "dev", "eth0")
+    """A sidecar's interception, as a pod's init step would do it: outbound TCP to 15001 (not
+    the proxy's own, by uid), inbound TCP to 15006, the virtual-IP range routed to eth0."""
+    ns.run([*TULLE, "iptables", "apply", "--no-ipv6", "--no-redirect-dns",
+            "--proxy-uid", str(PROXY_UID), "--vip-cidr", "240.240.0.0/16"], env=ENV)
 
 
 def wait_for(what: str, ok: Any, log: Path | None = None, limit: float = 30.0) -> None:
@@ -194,8 +120,7 @@ def mesh(testbed: Testbed, workdir: Path) -> Iterator[dict[str, Any]]:  # noqa: 
     cp = testbed.node("10.231.0.10/24")
     pods = {name: testbed.node(f"{ip}/24") for name, ip in
             (("client", "10.231.0.2"), ("web-a", "10.231.0.3"), ("web-b", "10.231.0.4"))}
-    (workdir / "app.py").write_text(APP)
-    (workdir / "client.py").write_text(CLIENT)
+    write_scripts(workdir)
     (workdir / "mesh.yaml").write_text(yaml.safe_dump_all(resources()))
     admin = workdir / "admin-token"
     cp_log = workdir / "cp.log"
@@ -222,11 +147,11 @@ def mesh(testbed: Testbed, workdir: Path) -> Iterator[dict[str, Any]]:  # noqa: 
         token_file.chmod(0o644)  # the proxy's uid reads it (the workdir is the test's own)
         log = workdir / f"{name}-proxy.log"
         with log.open("wb") as out:
-            pod.popen(["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}",
-                       "--clear-groups", *TULLE, "proxy", "run", "--control-plane",
-                       f"{cp.address}:{STREAM}", "--workload", name, "-n", "shop",
-                       "--address", pod.address, "--token-file", str(token_file)],
-                      stdout=out, stderr=out, env=ENV)
+            pod.popen(as_user(PROXY_UID, [
+                "-m", "tulle.cli.main", "proxy", "run", "--control-plane",
+                f"{cp.address}:{STREAM}", "--workload", name, "-n", "shop", "--address",
+                pod.address, "--token-file", str(token_file)]),
+                stdout=out, stderr=out, env=as_user_env(PROXY_UID, ENV))
         wait_for(f"{name}'s transparent listeners",
                  lambda pod=pod, name=name: listening(pod, 15001) and (
                      name == "client" or listening(pod, 15006)), log)

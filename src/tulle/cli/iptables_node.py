@@ -18,7 +18,8 @@ def _fail(message: str, code: int) -> None:
 
 @click.group("node")
 def node() -> None:
-    """Steer the outbound TCP of the pods behind this node to the node agent (agent mode)."""
+    """Steer the outbound TCP and the DNS of the pods behind this node to the node agent
+    (agent mode)."""
 
 
 @node.command("apply")
@@ -27,11 +28,19 @@ def node() -> None:
               help="A pod behind this node and its outbound port on the agent (the workload's "
                    "outboundPort), and its inbound port there for a pod with "
                    "`interception: agent` and ports (inboundPort); repeat for every pod.")
+@click.option("--dns-port", default=15053, show_default=True, type=click.IntRange(1, 65535),
+              help="The agent's mesh DNS resolver port on its loopback.")
+@click.option("--redirect-dns/--no-redirect-dns", default=True, show_default=True,
+              help="Steer the pods' DNS (UDP and TCP 53) to the agent's resolver.")
+@click.option("--ipv6/--no-ipv6", default=True, show_default=True,
+              help="Refuse the served pods' IPv6 TCP and UDP (agent mode is IPv4: nothing may "
+                   "pass around the agent); where the namespace has IPv6 and ip6tables.")
 @click.option("--dry-run", is_flag=True, help="Print the rules; change nothing (no root needed; "
               "interfaces are shown as <dev>).")
-def apply_cmd(pods: tuple[str, ...], dry_run: bool) -> None:
+def apply_cmd(pods: tuple[str, ...], dns_port: int, redirect_dns: bool, ipv6: bool,
+              dry_run: bool) -> None:
     """Install the steering rules (again: replaces what an earlier apply installed)."""
-    from tulle.net import node_steer
+    from tulle.net import node_steer, node_steer6
     from tulle.net.iptables_run import InterceptionError
 
     try:
@@ -42,10 +51,17 @@ def apply_cmd(pods: tuple[str, ...], dry_run: bool) -> None:
         return
     if dry_run:
         shown = [node_steer.PodSteer(p.address, p.port, "<dev>", p.inbound) for p in parsed]
-        click.echo(node_steer.restore_input(shown, "", ["<uplink>"]), nl=False)
+        click.echo(node_steer.restore_input(shown, "", ["<uplink>"],
+                                            dns_port if redirect_dns else 0), nl=False)
+        if ipv6:
+            click.echo("# ip6tables-restore --noflush")
+            click.echo(node_steer6.restore_input(["<dev>"], ""), nl=False)
         return
     try:
-        for line in node_steer.apply(parsed):
+        done = node_steer.apply(parsed, dns_port=dns_port if redirect_dns else 0)
+        if ipv6 and node_steer6.available():
+            done += node_steer6.apply([p.device for p in node_steer.resolve(parsed)])
+        for line in done:
             click.echo(line)
     except (InterceptionError, ValueError) as exc:
         _fail(str(exc), getattr(exc, "code", 2))
@@ -53,12 +69,14 @@ def apply_cmd(pods: tuple[str, ...], dry_run: bool) -> None:
 
 @node.command("clean")
 def clean_cmd() -> None:
-    """Remove exactly what `apply` installed (the chain, its jump, route_localnet)."""
-    from tulle.net import node_steer
+    """Remove exactly what `apply` installed (the chains, their jumps, route_localnet)."""
+    from tulle.net import node_steer, node_steer6
     from tulle.net.iptables_run import InterceptionError
 
     try:
         done = node_steer.clean()
+        if node_steer6.available():
+            done += node_steer6.clean()
     except InterceptionError as exc:
         _fail(str(exc), exc.code)
         return

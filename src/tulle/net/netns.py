@@ -37,7 +37,10 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
+import sys
+import sysconfig
 import time
 from collections.abc import Sequence
 from typing import Any, Final
@@ -104,6 +107,38 @@ def remove_stale() -> list[str]:
         _delete_namespace(name)
         removed.append(name)
     return removed
+
+
+def python_for(user: int) -> tuple[str, list[str]]:
+    """An interpreter `user` can execute, and what to add to its PYTHONPATH.
+
+    `sys.executable` when every directory on its real path lets `user` through; otherwise
+    (a virtualenv over an interpreter under a private home, such as pyenv's under /root) the
+    system's interpreter of the same version with this environment's site-packages added,
+    so a proxy started under its own uid still finds its dependencies.
+    """
+    exe = os.path.realpath(sys.executable)
+    if _reachable(exe, user):
+        return sys.executable, []
+    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    if not os.path.exists(system):
+        return sys.executable, []  # nothing better: the caller's start fails and says why
+    paths = [sysconfig.get_paths()[k] for k in ("purelib", "platlib")]
+    return system, [p for i, p in enumerate(paths) if p not in paths[:i]]
+
+
+def _reachable(path: str, user: int) -> bool:
+    """Whether `user` (not root, no groups) may traverse to and execute `path`."""
+    parts = path.split("/")
+    for i in range(2, len(parts) + 1):
+        try:
+            st = os.stat("/".join(parts[:i]) or "/")
+        except OSError:
+            return False
+        bit = stat.S_IXUSR if st.st_uid == user else stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
 
 
 def missing_requirements() -> str | None:

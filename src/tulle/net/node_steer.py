@@ -30,9 +30,19 @@ the node's loopback services, the agent's admin port among them; such packets ar
 any NAT, in the `raw` table (`TULLE_NODE_GUARD`, `-i <veth> -d 127.0.0.0/8 -j DROP`).  The
 steered packets are not affected: their original destination is the pod's, never loopback.
 
+Two pods of the node calling each other: the agent's mTLS dial to a pod it serves inbound and
+its plaintext dial to that pod's application would be the same to the kernel, so the control
+plane has the former dial the pod's loopback alias (`agent_inbound_alias`) instead, and a nat
+`OUTPUT` chain, `TULLE_NODE_OUT`, DNATs each alias to the pod's inbound listener; the original
+destination's port is still the pod's (ADR 0050).
+
+A pod's DNS (UDP and TCP port 53, whatever nameserver it asks) is DNAT'd first, to the agent's
+mesh DNS resolver (`--dns-port`, 15053 by default, ADR 0050): the query keeps the pod's
+source address, by which the resolver answers the pod's bare names in the pod's namespace.
+
 `clean` removes the jumps and the chains and resets `route_localnet` on the interfaces the chain
 named; nothing else is touched.  IPv4 only (the testbed's pods and the compiled outbound
-listener are IPv4).
+listener are IPv4); a served pod's IPv6 is refused instead (`node_steer6.py`, ADR 0050).
 """
 
 from __future__ import annotations
@@ -47,9 +57,12 @@ from dataclasses import dataclass
 from typing import Final
 
 from tulle.net.iptables_run import EXIT_ENVIRONMENT, EXIT_REFUSED, InterceptionError
+from tulle.proxyconfig.reserved import agent_inbound_alias
 
 CHAIN: Final = "TULLE_NODE"
 JUMP: Final = f"-A PREROUTING -j {CHAIN}"
+CHAIN_OUT: Final = "TULLE_NODE_OUT"
+JUMP_OUT: Final = f"-A OUTPUT -j {CHAIN_OUT}"
 GUARD: Final = "TULLE_NODE_GUARD"
 GUARD_JUMP: Final = f"-A PREROUTING -j {GUARD}"
 AGENT_ADDRESS: Final = "127.0.0.1"
@@ -113,11 +126,23 @@ def check_pods(pods: Sequence[PodSteer]) -> None:
             raise ValueError(f"--pod: {p.address}: bad interface name {p.device!r}")
 
 
-def chain_rules(pods: Sequence[PodSteer], uplinks: Sequence[str] = ()) -> list[str]:
-    out = [f"-A {CHAIN} -i {p.device} -s {p.address}/32 -p tcp -j DNAT --to-destination "
-           f"{AGENT_ADDRESS}:{p.port}" for p in pods]
+def chain_rules(pods: Sequence[PodSteer], uplinks: Sequence[str] = (),
+                dns_port: int = 0) -> list[str]:
+    dns = [f"-A {CHAIN} -i {p.device} -s {p.address}/32 -p {proto} --dport 53 -j DNAT "
+           f"--to-destination {AGENT_ADDRESS}:{dns_port}"
+           for p in pods for proto in ("udp", "tcp")] if dns_port else []
+    out = dns + [f"-A {CHAIN} -i {p.device} -s {p.address}/32 -p tcp -j DNAT --to-destination "
+                 f"{AGENT_ADDRESS}:{p.port}" for p in pods]
     return out + [f"-A {CHAIN} -i {dev} -d {p.address}/32 -p tcp -j DNAT --to-destination "
                   f"{AGENT_ADDRESS}:{p.inbound}" for p in pods if p.inbound for dev in uplinks]
+
+
+def out_rules(pods: Sequence[PodSteer]) -> list[str]:
+    """The agent's own dials to a pod it serves inbound (another pod of the node calling it)
+    go to the pod's loopback alias; DNAT'd here to the pod's inbound listener, the pod's
+    port stays the original destination (ADR 0050)."""
+    return [f"-A {CHAIN_OUT} -d {agent_inbound_alias(p.inbound)}/32 -p tcp -j DNAT "
+            f"--to-destination {AGENT_ADDRESS}:{p.inbound}" for p in pods if p.inbound]
 
 
 def guard_rules(pods: Sequence[PodSteer], uplinks: Sequence[str] = ()) -> list[str]:
@@ -125,30 +150,33 @@ def guard_rules(pods: Sequence[PodSteer], uplinks: Sequence[str] = ()) -> list[s
     return [f"-A {GUARD} -i {d} -d 127.0.0.0/8 -j DROP" for d in devs]
 
 
-def _table(table: str, chain: str, jump: str, rules: list[str] | None,
+def _table(table: str, chains: Sequence[tuple[str, str, list[str] | None]],
            lines: list[str]) -> list[str]:
+    """`chains`: (chain, parent chain, its rules; None or [] to remove it)."""
     out = [f"*{table}"]
-    if jump in lines:
-        out.append(f"-D PREROUTING -j {chain}")
-    if rules is None:
-        if any(line.startswith(f":{chain} ") for line in lines):
-            out += [f"-F {chain}", f"-X {chain}"]
-    else:
-        out += [f":{chain} - [0:0]", *rules, jump]
+    for chain, parent, rules in chains:
+        if f"-A {parent} -j {chain}" in lines:
+            out.append(f"-D {parent} -j {chain}")
+        if not rules and (rules is None or chain == CHAIN_OUT):
+            if any(line.startswith(f":{chain} ") for line in lines):
+                out += [f"-F {chain}", f"-X {chain}"]
+        else:
+            out += [f":{chain} - [0:0]", *rules, f"-A {parent} -j {chain}"]
     out.append("COMMIT")
     return out
 
 
 def restore_input(pods: Sequence[PodSteer] | None, saved: str,
-                  uplinks: Sequence[str] = ()) -> str:
+                  uplinks: Sequence[str] = (), dns_port: int = 0) -> str:
     """One `iptables-restore --noflush` transaction: drop our jumps if present, (re)declare the
     chains (which flushes them), fill them and jump to them; with `pods` None, remove it all.
     (`saved` is `iptables-save` of every table; a chain name is ours in one table only.)"""
     lines = saved.splitlines()
-    nat = _table("nat", CHAIN, JUMP, None if pods is None else chain_rules(pods, uplinks),
-                 lines)
-    raw = _table("raw", GUARD, GUARD_JUMP,
-                 None if pods is None else guard_rules(pods, uplinks), lines)
+    nat = _table("nat", [
+        (CHAIN, "PREROUTING", None if pods is None else chain_rules(pods, uplinks, dns_port)),
+        (CHAIN_OUT, "OUTPUT", None if pods is None else out_rules(pods))], lines)
+    raw = _table("raw", [
+        (GUARD, "PREROUTING", None if pods is None else guard_rules(pods, uplinks))], lines)
     return "\n".join(nat + raw) + "\n"
 
 
@@ -244,8 +272,9 @@ def resolve(pods: Sequence[PodSteer], runner: Runner = run) -> list[PodSteer]:
     return out
 
 
-def apply(pods: Sequence[PodSteer], runner: Runner = run) -> list[str]:
-    """Steer `pods` (replacing an earlier apply); returns what was done, one line each."""
+def apply(pods: Sequence[PodSteer], runner: Runner = run, dns_port: int = 0) -> list[str]:
+    """Steer `pods` (replacing an earlier apply), and their DNS (UDP and TCP 53) to the
+    agent's resolver on `dns_port` (0: not); returns what was done, one line each."""
     _root()
     resolved = resolve(pods, runner)
     ups = uplinks(resolved, runner) if any(p.inbound for p in resolved) else []
@@ -255,8 +284,9 @@ def apply(pods: Sequence[PodSteer], runner: Runner = run) -> list[str]:
         _route_localnet(dev, False)
     for dev in sorted(wanted):
         _route_localnet(dev, True)
-    _restore(restore_input(resolved, saved, ups), runner)
+    _restore(restore_input(resolved, saved, ups, dns_port), runner)
     return [f"steered {p.address} (via {p.device}) to {AGENT_ADDRESS}:{p.port}"
+            + (f", its DNS to {AGENT_ADDRESS}:{dns_port}" if dns_port else "")
             + (f", its inbound (via {', '.join(ups)}) to {AGENT_ADDRESS}:{p.inbound}"
                if p.inbound else "") for p in resolved]
 
@@ -267,10 +297,10 @@ def clean(runner: Runner = run) -> list[str]:
     saved = _saved(runner)
     devs = devices_in(saved)
     lines = saved.splitlines()
-    if not any(line.startswith((f":{CHAIN} ", f":{GUARD} ")) or line in (JUMP, GUARD_JUMP)
-               for line in lines):
+    if not any(line.startswith((f":{CHAIN} ", f":{GUARD} ", f":{CHAIN_OUT} "))
+               or line in (JUMP, GUARD_JUMP, JUMP_OUT) for line in lines):
         return []
     _restore(restore_input(None, saved), runner)
     for dev in devs:
         _route_localnet(dev, False)
-    return [f"removed {CHAIN} and {GUARD}", *(f"route_localnet off on {d}" for d in devs)]
+    return [f"removed {CHAIN}, {CHAIN_OUT} and {GUARD}", *(f"route_localnet off on {d}" for d in devs)]

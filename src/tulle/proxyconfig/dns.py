@@ -78,6 +78,17 @@ def errors(cfg: ProxyConfig) -> list[FieldError]:
             except ValueError:
                 out.append(FieldError(f"dns.hosts[{i}].addresses[{j}]",
                                       f"must be an IP address, got {a!r}"))
+    sources: set[str] = set()
+    for i, c in enumerate(d.clients):
+        try:
+            addr = str(ipaddress.ip_address(c.address))
+        except ValueError:
+            out.append(FieldError(f"dns.clients[{i}].address",
+                                  f"must be an IP address, got {c.address!r}"))
+            continue
+        if addr in sources:
+            out.append(FieldError(f"dns.clients[{i}].address", f"duplicate client {addr}"))
+        sources.add(addr)
     if d.port:
         for i, lc in enumerate(cfg.listeners):
             if (lc.address, lc.port) == (d.address, d.port):

@@ -28,6 +28,17 @@ class DNSHost(_Base, frozen=True, kw_only=True):
     the other with no records (NODATA), never NXDOMAIN."""
 
 
+class DNSClient(_Base, frozen=True, kw_only=True):
+    """A source address whose bare names resolve in a namespace of its own (a pod behind a
+    node agent: the agent's one resolver answers every pod of the node, ADR 0050)."""
+
+    address: Annotated[str, Meta(min_length=1, max_length=45)]
+    """The pod's address, as the query's source (DNAT keeps it)."""
+    namespace: Annotated[str, Meta(min_length=1, max_length=63,
+                                   pattern=r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")]
+    """Whose Services answer to a bare `svc` for queries from `address`."""
+
+
 class DNS(_Base, frozen=True, kw_only=True):
     """The proxy's DNS resolver (UDP and TCP on one port): Services' names answered with their
     virtual IPs, every other name forwarded to the upstream resolvers and relayed unchanged.
@@ -66,3 +77,7 @@ class DNS(_Base, frozen=True, kw_only=True):
     """A client TCP connection with no complete query this long is closed."""
     max_tcp_message_bytes: Annotated[int, Meta(ge=512, le=65_535)] = 4096
     """A TCP query whose length prefix exceeds this is refused (the connection closed)."""
+    clients: Annotated[list[DNSClient], Meta(max_length=4096)] = msgspec.field(
+        default_factory=list)
+    """Per source address, the namespace of bare names (feature `dns-clients`); a query from
+    any other address takes `node.namespace`.  Empty: every query takes `node.namespace`."""

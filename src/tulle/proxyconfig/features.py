@@ -196,6 +196,10 @@ FEATURES: tuple[Feature, ...] = (
             "feature of its own"),
     Feature("tracing", ("telemetry.tracing",), "W3C/B3 propagation, sampled spans, OTLP "
             "export (ADR 0055)"),
+    # A proxy without it answers every pod's bare names in the node's first namespace only;
+    # the fully qualified names still resolve.  Withheld, never refused.
+    Feature("dns-clients", ("dns.clients",), "per source address, the namespace whose "
+            "Services answer bare names (a node agent's pods, ADR 0050)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -27,3 +27,15 @@ def workload_identity(namespace: str, name: str, *, first: bool = True) -> str:
 def is_reserved_identity(name: str) -> bool:
     """True for names only the proxy may fill (a snapshot carrying one is refused)."""
     return name == WORKLOAD_IDENTITY or name.startswith(_NODE_PREFIX)
+
+
+def agent_inbound_alias(inbound_port: int) -> str:
+    """The loopback address by which a node agent reaches the inbound listener of a pod it
+    serves itself (a pod of the node calling another, ADR 0050): `127.1.<hi>.<lo>` of the
+    pod's inbound port, unique per pod on a node.  The control plane's node merge dials it
+    instead of the pod's address; `tulle iptables node apply` DNATs it (nat OUTPUT) to
+    127.0.0.1:<inbound port>, so the listener still sees the pod's port as the original
+    destination.  Shared by both planes, which may not import each other."""
+    if not 0 < inbound_port < 65536:
+        raise ValueError(f"not a port: {inbound_port}")
+    return f"127.1.{inbound_port >> 8}.{inbound_port & 0xFF}"

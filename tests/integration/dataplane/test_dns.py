@@ -298,3 +298,35 @@ async def test_an_upstream_that_is_the_resolver_itself_is_skipped() -> None:
         r = await udp(p, "example.org")
         assert r.rcode() == dns.rcode.SERVFAIL
         assert p.metric("tulle_proxy_dns_queries_total", result="servfail") == 1
+
+
+async def test_a_clients_bare_names_resolve_in_its_own_namespace_over_udp_and_tcp() -> None:
+    """`dns.clients` (a node agent's pods, ADR 0050): the query's source address picks the
+    namespace of bare names; every other source keeps `node.namespace`."""
+    clients = [{"address": "127.0.0.2", "namespace": "shop"}]
+    async with running_proxy(config(clients=clients)) as p:
+        port = p.server.dns.port
+        for ask in (dns.asyncquery.udp, dns.asyncquery.tcp):
+            from_pod = await ask(dns.message.make_query("catalog", "A"), "127.0.0.1",
+                                 port=port, timeout=3, source="127.0.0.2")
+            assert addresses(from_pod) == ["10.96.0.7"], ask
+            r = await ask(dns.message.make_query("web", "A"), "127.0.0.1", port=port,
+                          timeout=3, source="127.0.0.2")
+            assert r.rcode() == dns.rcode.SERVFAIL  # `default`'s web is not the pod's bare name
+            # The fully qualified form answers every client alike.
+            r = await ask(dns.message.make_query("web.default", "A"), "127.0.0.1", port=port,
+                          timeout=3, source="127.0.0.2")
+            assert addresses(r) == ["10.96.0.9"]
+        assert addresses(await udp(p, "web")) == ["10.96.0.9"]  # from 127.0.0.1: node's
+        assert (await udp(p, "catalog")).rcode() == dns.rcode.SERVFAIL
+
+
+def test_dns_clients_are_checked() -> None:
+    from tulle.proxyconfig import ConfigError, validate
+
+    for clients, path in (([{"address": "pod-a", "namespace": "shop"}], "dns.clients[0].address"),
+                          ([{"address": "10.0.0.1", "namespace": "a"},
+                            {"address": "10.0.0.1", "namespace": "b"}], "dns.clients[1].address")):
+        with pytest.raises(ConfigError) as exc:
+            validate(config(clients=clients))
+        assert path in str(exc.value)

@@ -192,3 +192,38 @@ def test_pods_on_nodes_reach_each_other_across_nodes_in_both_families(
     assert unreachable.returncode != 0
     with pytest.raises(ValueError, match="outside the testbed pod subnet"):
         testbed.pod(n1, "10.231.0.9")
+
+
+def test_python_for_a_uid_that_cannot_reach_the_interpreter(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A virtualenv over an interpreter under a private home: the proxy's uid gets the system
+    interpreter of the same version and this environment's site-packages."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    base = Path(tempfile.mkdtemp())  # (pytest's tmp_path sits in a 0700 directory)
+    base.chmod(0o755)
+    try:
+        home = base / "home"
+        (home / "bin").mkdir(parents=True)
+        exe = home / "bin" / "python"
+        exe.write_text("")
+        exe.chmod(0o755)
+        home.chmod(0o700)
+        assert not netns._reachable(str(exe), 4242)
+        assert netns._reachable(str(exe), os.stat(home).st_uid)  # its owner gets through
+        home.chmod(0o755)
+        assert netns._reachable(str(exe), 4242)
+        monkeypatch.setattr(sys, "executable", str(exe))
+        assert netns.python_for(4242) == (str(exe), [])
+        home.chmod(0o700)
+        py, paths = netns.python_for(4242)
+        system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+        if os.path.exists(system):
+            assert py == system and paths and all(os.path.isdir(p) for p in paths)
+        else:
+            assert (py, paths) == (str(exe), [])
+    finally:
+        shutil.rmtree(base)

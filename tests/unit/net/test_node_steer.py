@@ -127,3 +127,32 @@ def test_resolving_the_interface_keeps_the_inbound_port() -> None:
     pod = parse_pod("10.232.0.4=15003:15103")
     (got,) = node_steer.resolve([pod], _route("10.232.0.4 dev p5 src 169.254.1.1 uid 0"))
     assert got == PodSteer(pod.address, 15003, "p5", 15103)
+
+
+def test_a_pods_dns_goes_to_the_agents_resolver_before_its_tcp_catch_all() -> None:
+    """ADR 0050: UDP and TCP 53 from the pod, by interface and source (the source is kept:
+    the resolver answers the pod's bare names by it), ahead of the pod's outbound rule,
+    which would take TCP 53 to its outbound listener."""
+    rules = [line for line in restore_input([A], "", (), 15053).splitlines()
+             if line.startswith("-A TULLE_NODE ")]
+    assert rules == [
+        "-A TULLE_NODE -i p1 -s 10.232.0.2/32 -p udp --dport 53 -j DNAT --to-destination "
+        "127.0.0.1:15053",
+        "-A TULLE_NODE -i p1 -s 10.232.0.2/32 -p tcp --dport 53 -j DNAT --to-destination "
+        "127.0.0.1:15053",
+        "-A TULLE_NODE -i p1 -s 10.232.0.2/32 -p tcp -j DNAT --to-destination 127.0.0.1:15001"]
+
+
+def test_the_agents_own_dials_to_a_served_pods_alias_go_to_its_inbound_listener() -> None:
+    """ADR 0050: one nat OUTPUT rule per pod served inbound, from its loopback alias to its
+    inbound listener; none (and no chain) when no pod is served inbound; clean removes it."""
+    c = PodSteer(ipaddress.IPv4Address("10.232.0.4"), 15003, "p3", inbound=15103)
+    text = restore_input([A, c], "", ["eth0"])
+    assert [line for line in text.splitlines() if "TULLE_NODE_OUT" in line] == [
+        ":TULLE_NODE_OUT - [0:0]",
+        "-A TULLE_NODE_OUT -d 127.1.58.255/32 -p tcp -j DNAT --to-destination 127.0.0.1:15103",
+        "-A OUTPUT -j TULLE_NODE_OUT"]
+    assert "TULLE_NODE_OUT" not in restore_input([A], "")
+    saved = "*nat\n:TULLE_NODE_OUT - [0:0]\n-A OUTPUT -j TULLE_NODE_OUT\nCOMMIT\n"
+    for again in (restore_input([A], saved), restore_input(None, saved)):
+        assert "-D OUTPUT -j TULLE_NODE_OUT\n-F TULLE_NODE_OUT\n-X TULLE_NODE_OUT\n" in again

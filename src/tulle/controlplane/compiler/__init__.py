@@ -342,7 +342,8 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
         check(ProxyConfig(listeners=part.listeners, dns=dns, clusters=part.clusters,
                           route_tables=[*part.route_tables, RouteTable(name="outbound")],
                           **_STAND_INS))
-        digest = hashlib.sha256(digest + shared.dns.digest + b"%d" % dns.port).digest()
+        digest = hashlib.sha256(digest + shared.dns.digest + b"%d" % dns.port + "".join(
+            f";{c.address}/{c.namespace}" for c in dns.clients).encode()).digest()
     admin = _DEFAULT_ADMIN
     if proxy.admin_port is not None and proxy.admin_port != _DEFAULT_ADMIN.port:
         admin = Admin(port=proxy.admin_port)

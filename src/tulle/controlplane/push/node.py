@@ -17,6 +17,15 @@ snapshots, built here:
   its outbound clusters differ from the first workload's and are renamed, as above;
 * node, admin and settings are the first workload's; the compiler makes settings and admin
   mesh-wide, so workloads that disagree are an error (`NodeError`), never a silent pick.
+* a pod of the node with an inbound listener on the agent is reached by the node's other
+  pods at a loopback alias (`agent_inbound_alias`), which `tulle iptables node apply` DNATs to
+  that listener: every cluster but the pods' own inbound ones dials the alias instead of the
+  pod's address, so a call between two pods of one agent leaves with the caller's
+  certificate and is terminated with the callee's (ADR 0050);
+* the node runs one mesh DNS resolver: the workloads' `dns` sections must agree but for their
+  `clients` (each agent-mode pod names itself, `compiler/dns.py`), which are joined, so each
+  pod's bare names resolve in its own namespace (ADR 0050); sections that differ otherwise (a
+  port, the hosts) are a `NodeError`.
 
 The merged version is a digest of the parts' versions, so it changes exactly when a part does.
 Listeners of two workloads on one address and port cannot share a proxy: that is a
@@ -37,8 +46,12 @@ from typing import Any
 
 import msgspec
 
-from tulle.proxyconfig.model import Cluster, Listener, ProxyConfig, RouteTable, TLSContext
-from tulle.proxyconfig.reserved import WORKLOAD_IDENTITY, workload_identity
+from tulle.proxyconfig.model import DNS, Cluster, Listener, ProxyConfig, RouteTable, TLSContext
+from tulle.proxyconfig.reserved import (
+    WORKLOAD_IDENTITY,
+    agent_inbound_alias,
+    workload_identity,
+)
 
 ProxyKey = tuple[str, str]
 
@@ -169,6 +182,7 @@ def merge(parts: Sequence[tuple[ProxyKey, ProxyConfig]]) -> ProxyConfig:
         wl = workload_name(key)
         tagged.append([msgspec.structs.replace(c, workload=wl) if c.name in own else c
                        for c in cfg.clusters])
+    tagged = _dial_local_pods_by_alias(parts, tagged)
     c_ren = _renames(tagged)
     c_maps = [{n: _unique(key, n) for n in ren} for (key, _), ren in zip(parts, c_ren,
                                                                            strict=True)]
@@ -185,7 +199,74 @@ def merge(parts: Sequence[tuple[ProxyKey, ProxyConfig]]) -> ProxyConfig:
         first, version=node_version(parts),
         listeners=_collect(listeners, l_maps),
         route_tables=_collect(tables, t_maps),
-        clusters=_collect(tagged, c_maps))
+        clusters=_collect(tagged, c_maps), dns=_dns(parts))
+
+
+def _dns(parts: Sequence[tuple[ProxyKey, ProxyConfig]]) -> DNS | None:
+    """The node's one resolver: the workloads' sections with their `clients` joined."""
+    with_dns = [(key, cfg.dns) for key, cfg in parts if cfg.dns is not None]
+    if not with_dns:
+        return None
+    key0, base = with_dns[0]
+    if len(with_dns) == 1:
+        return base
+    bare = msgspec.structs.replace(base, clients=[], hosts=[])
+    clients = {c.address: c for c in base.clients}
+    for key, d in with_dns[1:]:
+        if d is not base and (msgspec.structs.replace(d, clients=[], hosts=[]) != bare or (
+                d.hosts is not base.hosts and d.hosts != base.hosts)):
+            where = (f"port {base.port} vs {d.port}" if d.port != base.port else
+                     "address" if d.address != base.address else "settings or hosts")
+            raise NodeError(f"workloads {workload_name(key0)} and {workload_name(key)} run the "
+                            f"mesh DNS resolver differently ({where}): a node runs one")
+        for c in d.clients:
+            seen = clients.setdefault(c.address, c)
+            if seen != c:
+                raise NodeError(f"workload {workload_name(key)}: DNS client {c.address} is "
+                                f"also in namespace {seen.namespace}")
+    return msgspec.structs.replace(base, clients=list(clients.values()))
+
+
+def _inbound_clusters(cfg: ProxyConfig) -> dict[int, set[str]]:
+    """Per inbound port on the agent's loopback: the clusters its chains name (the pod's
+    application)."""
+    out: dict[int, set[str]] = {}
+    for lc in cfg.listeners:
+        if lc.direction != "inbound" or lc.mode != "transparent" or lc.address != "127.0.0.1":
+            continue
+        names = {lc.cluster, *(fc.cluster for fc in lc.filter_chains)}
+        tables = {lc.route_table, *(fc.route_table for fc in lc.filter_chains)}
+        names |= {b.cluster for t in cfg.route_tables if t.name in tables
+                  for vh in t.virtual_hosts for r in vh.rules for b in r.backends}
+        names.discard("")
+        out.setdefault(lc.port, set()).update(names)
+    return out
+
+
+def _dial_local_pods_by_alias(parts: Sequence[tuple[ProxyKey, ProxyConfig]],
+                              tagged: list[list[Cluster]]) -> list[list[Cluster]]:
+    """Endpoints at the address of a pod this node serves inbound point at that pod's
+    loopback alias, in every cluster but the pods' own inbound ones."""
+    alias: dict[str, str] = {}
+    inbound: set[str] = set()
+    for (_, cfg), clusters in zip(parts, tagged, strict=True):
+        for port, names in _inbound_clusters(cfg).items():
+            inbound |= names
+            for c in clusters:
+                if c.name in names:
+                    for e in c.endpoints:
+                        alias[e.address] = agent_inbound_alias(port)
+    if not alias:
+        return tagged
+
+    def rewrite(c: Cluster) -> Cluster:
+        if c.name in inbound or not any(e.address in alias for e in c.endpoints):
+            return c
+        return msgspec.structs.replace(c, endpoints=[
+            msgspec.structs.replace(e, address=alias[e.address]) if e.address in alias else e
+            for e in c.endpoints])
+
+    return [[rewrite(c) for c in clusters] for clusters in tagged]
 
 
 def _check_addresses(parts: Sequence[tuple[ProxyKey, ProxyConfig]],

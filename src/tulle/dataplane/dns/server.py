@@ -16,6 +16,7 @@ pauses for both).  An upstream that is this resolver itself is skipped (it would
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 from dataclasses import dataclass, field
@@ -70,10 +71,26 @@ class DnsState:
     cfg: DNS
     table: NameTable
     upstreams: tuple[tuple[str, int], ...]
+    by_source: dict[str, NameTable] = field(default_factory=dict)
+    """`DNS.clients`: the table of the namespace of each client address (a node agent's pods);
+    any other source takes `table`."""
     timeout: float = field(init=False)
 
     def __post_init__(self) -> None:
         self.timeout = self.cfg.upstream_timeout_ms / 1000
+
+
+def _by_source(d: DNS) -> dict[str, NameTable]:
+    """One table per namespace the clients name, keyed by each client's address as the
+    socket reports it (the canonical text form)."""
+    tables: dict[str, NameTable] = {}
+    out: dict[str, NameTable] = {}
+    for c in d.clients:
+        t = tables.get(c.namespace)
+        if t is None:
+            t = tables[c.namespace] = build(d, c.namespace)
+        out[str(ipaddress.ip_address(c.address))] = t
+    return out
 
 
 class _Shared:
@@ -120,7 +137,8 @@ class _Udp(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
         sh = self.shared
         st = sh.state
-        d = resolver.decide(data, st.table, udp=True)
+        d = resolver.decide(data, st.by_source.get(addr[0], st.table) if st.by_source
+                            else st.table, udp=True)
         if d.reply is not None:
             self._send(d.reply, addr, d.result)
         elif d.query is None:
@@ -157,9 +175,12 @@ class _Tcp(asyncio.Protocol):
         self.counted = False
         self.write_blocked = False
         """The client does not read its answers: reading stops until it does."""
+        self.peer = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if peer else ""
         sh = self.shared
         if sh.tcp_connections >= sh.state.cfg.max_tcp_connections:
             sh.count("tcp", resolver.DROPPED)
@@ -219,7 +240,8 @@ class _Tcp(asyncio.Protocol):
 
     def _query(self, msg: bytes, st: DnsState) -> None:
         sh = self.shared
-        d = resolver.decide(msg, st.table, udp=False)
+        d = resolver.decide(msg, st.by_source.get(self.peer, st.table) if st.by_source
+                            else st.table, udp=False)
         if d.reply is not None:
             self._write(d.reply, d.result)
         elif d.query is None:
@@ -298,7 +320,7 @@ class DnsService:
             return DnsPlan(None, None)
         ups = (tuple(upstream_address(u) for u in d.upstreams) if d.upstreams
                else resolv_conf_upstreams(d.resolv_conf))
-        state = DnsState(d, build(d, cfg.node.namespace), ups)
+        state = DnsState(d, build(d, cfg.node.namespace), ups, _by_source(d))
         key = (d.address, d.port)
         cur = self.current
         if cur.key == key and cur.shared is not None:

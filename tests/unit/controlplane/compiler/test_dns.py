@@ -75,8 +75,10 @@ def test_the_dns_port_may_not_be_a_listener_port() -> None:
 
 def test_a_transparent_pod_gets_a_resolver_on_15053_by_default_and_others_do_not() -> None:
     """A pod (`interception: transparent`) has its own loopback and `tulle iptables` sends its
-    DNS to 15053, so it gets a resolver there without asking; an explicit workload shares the
-    host's loopback and an agent-mode pod's DNS is not steered to its agent: neither does."""
+    DNS to 15053, so it gets a resolver there without asking; so does an agent-mode pod (on its
+    agent, where `tulle iptables node apply` sends its DNS), naming itself as the client whose
+    bare names are its namespace's (ADR 0050); an explicit workload shares the host's loopback:
+    it does not."""
     pod = workload("pod", app="pod")
     pod["spec"].update({"address": "10.232.0.5", "interception": "transparent"})
     agent = workload("agented", app="agented")
@@ -87,5 +89,8 @@ def test_a_transparent_pod_gets_a_resolver_on_15053_by_default_and_others_do_not
     cfg = res.snapshots[("shop", "pod")]
     assert cfg.dns is not None and cfg.dns.port == 15053
     assert [h.service for h in cfg.dns.hosts] == ["web", "catalog"]
-    assert res.snapshots[("shop", "agented")].dns is None
+    agented = res.snapshots[("shop", "agented")].dns
+    assert agented is not None and agented.port == 15053 and agented.hosts is cfg.dns.hosts
+    assert [(c.address, c.namespace) for c in agented.clients] == [("10.232.0.6", "shop")]
+    assert not cfg.dns.clients
     assert res.snapshots[("shop", "catalog")].dns is None  # explicit, no dnsPort

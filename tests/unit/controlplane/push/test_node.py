@@ -243,3 +243,62 @@ def test_an_agent_pod_gets_its_inbound_listener_on_the_agent_forwarding_to_the_p
     assert [(e.address, e.port) for e in app.endpoints] == [("10.232.0.4", 9090)]
     assert (by_name["shop/pod-a|outbound"].port, by_name["shop/srv|outbound"].port) == (
         15001, 15003)
+
+
+def agent_pod(name: str, address: str, outbound: int, namespace: str = NS,
+              **spec: Any) -> dict[str, Any]:
+    doc = transparent(name, address, outbound)
+    doc["metadata"]["namespace"] = namespace
+    doc["spec"].update(interception="agent", **spec)
+    return doc
+
+
+def test_the_agent_runs_one_resolver_answering_each_pod_in_its_own_namespace() -> None:
+    """ADR 0050: each agent-mode pod's part names the pod as a DNS client with its namespace;
+    the node's one resolver joins them."""
+    docs = [service("web", app="web"), workload("web-0", "10.232.1.9", 8080, 15001, app="web"),
+            agent_pod("pod-a", "10.232.0.2", 15001),
+            agent_pod("pod-b", "10.232.0.3", 15002, namespace="blue")]
+    snaps = dict(compile_mesh(MeshInputs.from_resources(docs)).snapshots)
+    a, b = (NS, "pod-a"), ("blue", "pod-b")
+    assert snaps[a].dns is not None and snaps[a].dns.port == 15053
+    assert [(c.address, c.namespace) for c in snaps[a].dns.clients] == [("10.232.0.2", "shop")]
+    assert snaps[(NS, "web-0")].dns is None  # an explicit workload still gets none
+    node = merge([(a, snaps[a]), (b, snaps[b])])
+    check_compiled(node)
+    assert node.dns is not None and node.dns.hosts is snaps[a].dns.hosts
+    assert [(c.address, c.namespace) for c in node.dns.clients] == [
+        ("10.232.0.2", "shop"), ("10.232.0.3", "blue")]
+    # A pod that names another resolver port cannot share the node's one resolver.
+    docs[-1] = agent_pod("pod-b", "10.232.0.3", 15002, namespace="blue", dnsPort=15054)
+    snaps = dict(compile_mesh(MeshInputs.from_resources(docs)).snapshots)
+    with pytest.raises(NodeError, match=r"shop/pod-a and blue/pod-b run the mesh DNS resolver "
+                                        r"differently \(port 15053 vs 15054\)"):
+        merge([(a, snaps[a]), (b, snaps[b])])
+
+
+def test_pods_of_one_agent_dial_each_other_at_the_callees_loopback_alias() -> None:
+    """ADR 0050: pod-a's clusters (by the Service and by pod IP) reach srv, a pod of the same
+    agent, at srv's alias, which the node DNATs to srv's inbound listener; srv's own inbound
+    cluster still dials its application at the pod's address."""
+    srv = agent_pod("srv", "10.232.0.4", 15003, inboundPort=15103, ports=[
+        {"name": "http", "port": 8080, "targetPort": 9090, "appProtocol": "http"}])
+    docs = [service("srv", app="srv"), agent_pod("pod-a", "10.232.0.2", 15001), srv]
+    snaps = dict(compile_mesh(MeshInputs.from_resources(docs)).snapshots)
+    a, s = (NS, "pod-a"), (NS, "srv")
+    assert any(e.address == "10.232.0.4" for c in snaps[a].clusters for e in c.endpoints)
+    node = merge([(a, snaps[a]), (s, snaps[s])])
+    check_compiled(node)
+    by_name = {c.name: c for c in node.clusters}
+    dialled = {(c.name, e.address, e.port) for c in node.clusters for e in c.endpoints}
+    assert not any(addr == "10.232.0.4" and port == 8080 for _, addr, port in dialled), dialled
+    aliased = {name for name, addr, port in dialled if (addr, port) == ("127.1.58.255", 8080)}
+    # By the Service and by pod IP, from pod-a (its own certificate) and from srv itself.
+    assert aliased == {f"shop/{who}|{c}" for who in ("pod-a", "srv")
+                       for c in ("outbound|80||srv.shop", "pod|8080||srv.shop")}, aliased
+    assert by_name["shop/pod-a|outbound|80||srv.shop"].tls.identity == "workload"  # type: ignore[union-attr]
+    inbound = {lc.name: lc for lc in node.listeners}["inbound"]
+    assert all(not fc.match.destination for fc in inbound.filter_chains)  # by port alone
+    app = {fc.cluster or fc.route_table for fc in inbound.filter_chains}
+    assert {(addr, port) for name, addr, port in dialled
+            if name in app or name == "inbound|8080"} == {("10.232.0.4", 9090)}
