@@ -37,6 +37,7 @@ from tulle.dataplane.listeners.factory import protocol_factory
 from tulle.dataplane.overload import OverloadGuard
 from tulle.dataplane.runtime.build import Prepared, SnapshotBuilder
 from tulle.dataplane.runtime.tls import ServerRef, TLSContexts
+from tulle.dataplane.telemetry.logs_runtime import close_loggers
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.upstream.cluster import ClusterManager, run_sweeper
 from tulle.dataplane.upstream.health.manager import HealthManager
@@ -251,6 +252,9 @@ class ProxyServer:
     def _commit(self, plan: _Plan) -> None:
         """Put a prepared plan in force.  Nothing here may fail."""
         self.runtime.commit(plan.built)
+        retired, self.runtime.retired_loggers = self.runtime.retired_loggers, []
+        if retired:
+            self._spawn(close_loggers(retired))
         for handle, ctx in plan.kept:
             handle.ctx = ctx
         for name, old in self.listeners.items():
@@ -356,6 +360,7 @@ class ProxyServer:
 
     async def close(self) -> None:
         self.dns.close()
+        await close_loggers(self.runtime.logs.all())
         for h in self._all_handles():
             for s in h.servers:
                 s.close()

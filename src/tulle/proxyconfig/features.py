@@ -176,6 +176,15 @@ FEATURES: tuple[Feature, ...] = (
             "per interval)"),
     Feature("stats-reports", (), "stream messages `StatsRequest` / `StatsReport`: traffic "
             "summaries for `tulle stat` (ADR 0046)"),
+    # The section itself (a proxy without it cannot decode even an empty one), then one
+    # feature per signal inside it.  Observers only: a proxy lacking one serves the same
+    # traffic, unobserved (withheld).
+    Feature("telemetry", ("telemetry",), "the `telemetry` section (one part per signal)"),
+    Feature("access-log", ("telemetry.access_log",),
+            "access logs: one record per HTTP request to stdout, a file or OTLP (ADR 0054)"),
+    Feature("flow-logs", ("telemetry.flow_log",),
+            "flow logs: one record per relayed TCP connection, at its end and periodically "
+            "(ADR 0054)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

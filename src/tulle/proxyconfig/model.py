@@ -31,6 +31,7 @@ from tulle.proxyconfig.health import HealthCheck, OutlierDetection
 from tulle.proxyconfig.network import NetworkFilterConfig
 from tulle.proxyconfig.retry import RetryBudget, RetryPolicy
 from tulle.proxyconfig.settings import Overload, PathNormalization, Settings
+from tulle.proxyconfig.telemetry import Telemetry
 from tulle.proxyconfig.values import Base as _Base
 from tulle.proxyconfig.values import Millis, Name, Port, PortOrZero
 
@@ -364,6 +365,8 @@ class ProxyConfig(_Base, frozen=True, kw_only=True):
     """CA sets, referenced by name from `TLSContext.trust_bundle`."""
     dns: DNS | None = None
     """The mesh DNS resolver (feature `dns`, ADR 0042); None: the proxy runs none."""
+    telemetry: Telemetry = msgspec.field(default_factory=Telemetry)
+    """What the proxy observes of its traffic: one part per signal, each off when absent."""
 
 
 class Metadata(_Base, frozen=True, kw_only=True):

@@ -8,6 +8,7 @@ the push stream (`stream.py`) also reads its messages with it.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Collection
 from typing import Any
@@ -128,6 +129,16 @@ def _check(value: Any, t: mi.Type, path: str, out: list[FieldError], w: _Walk) -
     if isinstance(t, mi.IntType):
         if isinstance(value, bool) or not isinstance(value, int):
             out.append(FieldError(path, f"expected an integer, got {type(value).__name__}"))
+            return
+        if t.ge is not None and value < t.ge:
+            out.append(FieldError(path, f"must be >= {t.ge}, got {value}"))
+        if t.le is not None and value > t.le:
+            out.append(FieldError(path, f"must be <= {t.le}, got {value}"))
+        return
+    if isinstance(t, mi.FloatType):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) \
+                or not math.isfinite(value):
+            out.append(FieldError(path, f"expected a number, got {value!r}"))
             return
         if t.ge is not None and value < t.ge:
             out.append(FieldError(path, f"must be >= {t.ge}, got {value}"))

@@ -65,7 +65,7 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
         "request-mirror", "backend-filters", "url-rewrite", "ca-rotation", "load-balancing",
         "outlier-detection", "health-checks", "retries", "stream-idle-timeout", "dns",
         "delta-dns-hosts", "fault-injection", "rate-limit", "network-rate-limit",
-        "stats-reports"]
+        "stats-reports", "telemetry", "access-log", "flow-logs"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:

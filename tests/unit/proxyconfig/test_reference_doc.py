@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from msgspec import inspect as mi
 
-from tulle.proxyconfig import health, model, network, retry
+from tulle.proxyconfig import health, logs, model, network, retry, telemetry
 from tulle.proxyconfig.filters import (
     authz,
     fault,
@@ -45,6 +45,8 @@ STRUCTS += [model.DNS, model.DNSHost]
 STRUCTS += [fault.FaultInjection, fault.FaultDelay, fault.FaultAbort, fault.FaultHeader,
             ratelimit.RateLimit, ratelimit.LocalLimit, ratelimit.GlobalLimit,
             rate_limit.ConnectionRateLimit]
+STRUCTS += [telemetry.Telemetry, logs.AccessLogTelemetry, logs.FlowLogTelemetry, logs.LogSink,
+            logs.LogFilter]
 
 
 def _doc_tables() -> dict[str, dict[str, str]]:

@@ -28,8 +28,8 @@ Shape:
   timer; either way `on_timeout` answers 504 (or resets a response already begun).
 * The stream is also the request's record for logs and traces (start, status, response flags,
   bytes in and out, cluster); `record()` counts it exactly once, runs the observers' `on_done`
-  once, however the request ended.  Bytes are counted only on routes with filters: observers
-  are filters, and a route without them pays nothing for a count nobody reads.
+  once, however the request ended.  Body bytes are counted on every request (one addition
+  per chunk): the golden metrics (`telemetry/golden.py`) read them on every route.
 
 A route with no filters has no `ChainRun`: every filter check is one attribute test.
 """
@@ -63,16 +63,48 @@ if TYPE_CHECKING:
     from tulle.dataplane.http.filter import ReplyHeaders
     from tulle.dataplane.listeners.context import RequestStats
     from tulle.dataplane.listeners.dispatch import Decision
+    from tulle.dataplane.routing.router import Route
+    from tulle.dataplane.telemetry.access_log import AccessLogger
     from tulle.dataplane.upstream.cluster import ClusterRuntime
 
 
 class RequestStream(StreamPort):
     """One request: head, decision, filters, deadline, upstream, and its record."""
 
-    __slots__ = ("authz", "bodiless", "body", "body_size", "bytes_in", "bytes_out", "cluster",
-                 "conn", "decision", "done", "due", "edits", "expect_continue", "flags", "head",
-                 "head_sent", "idle", "request_done", "resp", "retry", "run", "start", "stats",
-                 "status", "timer", "trailers", "tried", "upstream")
+    __slots__ = (
+        "alog",
+        "authz",
+        "bodiless",
+        "body",
+        "body_size",
+        "bytes_in",
+        "bytes_out",
+        "cluster",
+        "conn",
+        "decision",
+        "done",
+        "due",
+        "edits",
+        "expect_continue",
+        "first_byte",
+        "flags",
+        "head",
+        "head_sent",
+        "idle",
+        "request_done",
+        "resp",
+        "retry",
+        "route",
+        "run",
+        "start",
+        "stats",
+        "status",
+        "timer",
+        "trailers",
+        "tried",
+        "up_start",
+        "upstream",
+    )
 
     def __init__(self, conn: StreamOwner, head: RequestHead, bodiless: bool,
                  start: float, expect_continue: bool = False) -> None:
@@ -89,8 +121,7 @@ class RequestStream(StreamPort):
         self.cluster = "-"
         self.stats: RequestStats | None = None
         self.bytes_in = 0
-        """Request body bytes, counted when the route has filters (the observers that read
-        them are filters); the listener's byte counters cover every request."""
+        """Request body bytes (the golden metrics' `istio_request_bytes`, the observers)."""
         self.bytes_out = 0
         """Response body bytes sent to the client, counted likewise."""
         self.decision: Decision
@@ -123,6 +154,15 @@ class RequestStream(StreamPort):
         failure hands the try to a `Retrier`, `http/retry.py`); None otherwise."""
         self.idle: StreamIdle | None = None
         """The stream idle timeout's watch (`http/idle.py`), on routes that have one."""
+        self.alog: AccessLogger | None = None
+        """The access log of the listener's snapshot (`telemetry/access_log.py`), when it has
+        one: then the stream also keeps the timings and the route below for its record."""
+        self.first_byte = 0.0
+        """Loop time the response head arrived from upstream (access log only)."""
+        self.up_start = 0.0
+        """Loop time the upstream exchange was opened (access log only)."""
+        self.route: Route | None = None
+        """The route the request matched (access log only)."""
 
     @property
     def facts(self) -> ConnectionFacts:
@@ -142,6 +182,7 @@ class RequestStream(StreamPort):
             conn = self.conn
             guard = conn.guard
             if guard.rejecting:
+                self.alog = conn.ctx.access_log
                 guard.count("reject_request")
                 self.flags = "OL"
                 self.overloaded()
@@ -149,10 +190,15 @@ class RequestStream(StreamPort):
             if conn.handle.ctx is not conn.ctx:
                 conn.follow_snapshot()
             ctx = conn.ctx
+            self.alog = alog = ctx.access_log
             # Before routing, as Envoy does: a route may match on x-forwarded-for or
             # x-request-id as the upstream will see them.
             add_forwarding_headers(head, conn.facts.peer_ip, ctx.generate_request_id)
+            if alog is not None:
+                ctx.matched_route = None
             self.decision = d = resolve(ctx, conn.router, conn.cluster or "", head)
+            if alog is not None:
+                self.route = ctx.matched_route
             self.cluster = d.cluster_name
             self.stats = d.stats
             if d.cluster is None and d.chain is None:
@@ -216,6 +262,9 @@ class RequestStream(StreamPort):
         self.upstream = up
         if self.run is not None:
             self.tried = up
+        if self.alog is not None:
+            self.tried = up
+            self.up_start = self.conn.loop.time()
         if self.conn.write_paused:
             up.pause_response()  # the client is not reading: neither does this upstream
         if self.expect_continue and not self.request_done:
@@ -223,8 +272,7 @@ class RequestStream(StreamPort):
         body = self.body
         if body is not None:
             self.body = None
-            if self.run is not None:
-                self.bytes_in += self.body_size
+            self.bytes_in += self.body_size
             hooks = self.run if self.run is not None and self.run.chain.request_datas else None
             for chunk in body:
                 out = hooks.request_data(chunk, False) if hooks is not None else chunk
@@ -245,14 +293,13 @@ class RequestStream(StreamPort):
             idle.moved = True
         up = self.upstream
         if up is not None:
+            self.bytes_in += len(data)
             run = self.run
-            if run is not None:
-                self.bytes_in += len(data)
-                if run.chain.request_datas:
-                    out = run.request_data(data, False)
-                    if out is None:
-                        return
-                    data = out
+            if run is not None and run.chain.request_datas:
+                out = run.request_data(data, False)
+                if out is None:
+                    return
+                data = out
             up.send_data(data)
         elif not self.head_sent and not self.done:
             body = self.body
@@ -338,6 +385,8 @@ class RequestStream(StreamPort):
                 Retrier.adopt(retry, self).on_response_head(head, end_stream)
                 return
         self.status = head.status
+        if self.alog is not None and not self.first_byte:
+            self.first_byte = self.conn.loop.time()
         run = self.run
         if run is not None:
             chain = run.chain
@@ -381,7 +430,7 @@ class RequestStream(StreamPort):
                 if out is None:
                     return
                 data = out
-            self.bytes_out += len(data)
+        self.bytes_out += len(data)
         self.send_data(data)
 
     def on_response_end(self, trailers: Headers | None) -> None:
@@ -564,6 +613,11 @@ class RequestStream(StreamPort):
         if self.done:
             return
         self.done = True
+        alog = self.alog
+        if alog is not None:  # before the observers' done(), which lets `tried` go
+            alog.log(self, self.conn.loop.time())
+            if self.run is None:
+                self.tried = None
         run = self.run
         if run is not None:
             self.run = None  # breaks stream -> run -> stream: freed without the GC

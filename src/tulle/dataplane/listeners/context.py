@@ -35,7 +35,10 @@ if TYPE_CHECKING:
 
     from tulle.dataplane.http.chain import Chain
     from tulle.dataplane.http.retry import RetryRuntime
+    from tulle.dataplane.routing.router import Route
     from tulle.dataplane.runtime.tls import ServerRef, TLSContexts
+    from tulle.dataplane.telemetry.access_log import AccessLogger
+    from tulle.dataplane.telemetry.flow_records import FlowLogger
     from tulle.dataplane.upstream.attempt import AttemptRequest
     from tulle.dataplane.upstream.cluster import ClusterRuntime
 
@@ -158,6 +161,12 @@ class ListenerContext:
         # ADR 0010.
         tick = max(0.01, min(1.0, settings.header_timeout_ms / 4000))
         self.sweep_timeout_min = 10 * tick
+        self.access_log: AccessLogger | None = None
+        """The snapshot's access log (`telemetry.access_log`), set when it is committed."""
+        self.flow_log: FlowLogger | None = None
+        """The snapshot's flow log (`telemetry.flow_log`), set likewise."""
+        self.matched_route: Route | None = None
+        """The route `resolve` matched last (read at once by the stream, for its log)."""
 
     def follow(self, previous: ListenerContext) -> None:
         """This context replaces `previous` on the same listener: carry the state that must

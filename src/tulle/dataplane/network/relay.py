@@ -58,14 +58,20 @@ def relay(handle: ListenerHandle, transport: asyncio.Transport, initial: bytes,
     if network == "listener":
         network = handle.ctx.network
     chain: ConnectionChain | None = None
-    if network is not None:
-        chain = network.connection(facts_of(handle, transport, original_destination))
+    flow = handle.ctx.flow_log
+    facts = None
+    if network is not None or flow is not None:
+        facts = facts_of(handle, transport, original_destination)
+    if network is not None and facts is not None:
+        chain = network.connection(facts)
     cluster = target.cluster
     plain = (transport.get_extra_info("sslcontext") is None
              and transport.get_extra_info("ssl_object") is None
              and transport.get_extra_info("socket") is not None
              and (cluster is None or cluster.ssl_context is None))
     conn: TcpProxy = (SpliceRelay if USE_SPLICE and plain else CopyRelay)(handle, target, chain)
+    if flow is not None and facts is not None:
+        flow.opened(conn, facts)
     conn.start(transport, initial)
     return conn
 

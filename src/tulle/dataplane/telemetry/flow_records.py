@@ -1,0 +1,185 @@
+"""Flow logs: one record per relayed TCP connection when it ends, and periodically while it
+lasts — what a network team expects from VPC flow logs.
+
+Why here: every opaque relay (a `tcp` cluster, a passthrough to an original destination, an
+SNI-passthrough TLS connection) goes through `network/relay.py` and `TcpProxy`, so that is
+where a flow starts and ends whether or not its listener has network filters.  The
+listener's snapshot carries the `FlowLogger` (`telemetry.flow_log`); without it nothing is
+tracked.  The per-listener `flow_log` network filter (`network/flow_log.py`) is the older,
+narrower observer (Python logging only); both read the same `ConnectionRecord`.
+
+Packets: counted by the kernel, not by us — `TCP_INFO`'s `tcpi_segs_in` / `tcpi_segs_out`
+of the client's and the upstream's socket (every segment, pure ACKs included, as a VPC flow
+log counts packets), read when the connection ends (before its sockets close) and at each
+interim report.  Where a socket is not ours to read (already closed by the peer's side on
+the copy engine) the count is null, never a guess.
+
+Interim records (`event: interim`): every `interval_ms`, each connection open at least that
+long gets a record with its counts so far and no close reason; the end record has the
+totals (`event: end`).  The report task runs on the loop and costs nothing per byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from tulle.dataplane.telemetry.access_log import start_time
+from tulle.dataplane.telemetry.logformat import TextFormat, render_json
+from tulle.dataplane.telemetry.sinks import LineSink, OtlpLogSink, build_sink
+from tulle.proxyconfig.logs import FlowLogTelemetry
+
+if TYPE_CHECKING:
+    from tulle.dataplane.network.filter import ConnectionFacts, ConnectionRecord
+    from tulle.dataplane.network.tcp_proxy import TcpProxy
+    from tulle.dataplane.telemetry.otlp.common import Value
+    from tulle.proxyconfig.model import Node
+
+_TCP_INFO_SEGS = struct.Struct("=II")
+_SEGS_OFFSET = 136
+"""`tcpi_segs_out`, `tcpi_segs_in` (u32 each) in Linux's `struct tcp_info` (since 4.2)."""
+_TCP_INFO_LEN = 144
+
+
+def segments(sock: socket.socket | None) -> tuple[int, int] | None:
+    """(segments in, segments out) of a TCP socket, from the kernel; None when unreadable."""
+    if sock is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+    except (OSError, ValueError):
+        return None
+    if len(raw) < _TCP_INFO_LEN:
+        return None
+    segs_out, segs_in = _TCP_INFO_SEGS.unpack_from(raw, _SEGS_OFFSET)
+    return segs_in, segs_out
+
+
+def _address(a: tuple[str, int] | None) -> str | None:
+    if a is None:
+        return None
+    return f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
+
+
+class FlowLogger:
+    """One snapshot's flow log: the live relays, their records, the sink."""
+
+    def __init__(self, cfg: FlowLogTelemetry, resource: Mapping[str, Value], node: Node) -> None:
+        self.cfg = cfg
+        self.interval = cfg.interval_ms / 1000
+        self.local_workload = f"{node.namespace}/{node.name}"
+        self.text = TextFormat(cfg.text_format) if cfg.format == "text" else None
+        render = self.text.render if self.text is not None else render_json
+        self.sink: LineSink | OtlpLogSink = build_sink("flow_log", cfg.sink, render,
+                                                       self.text is not None, resource)
+        self.live: dict[TcpProxy, ConnectionFacts] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    # -- the relay's side --------------------------------------------------------------------
+
+    def opened(self, conn: TcpProxy, facts: ConnectionFacts) -> None:
+        self.live[conn] = facts
+        conn.flow_log = self
+
+    def closed(self, conn: TcpProxy, record: ConnectionRecord) -> None:
+        self.live.pop(conn, None)
+        ns = time.time_ns()
+        wall = ns - int(record.duration * 1e9)
+        self.sink.offer(self.entry(conn, record.facts, "end", wall, record.duration,
+                                   record.bytes_received, record.bytes_sent, conn.packets,
+                                   record), ns)
+
+    # -- life ----------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.sink.start()
+        if self.interval and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._report())
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.sink.close()
+
+    async def _report(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.interval)
+            now = loop.time()
+            ns = time.time_ns()
+            for conn, facts in list(self.live.items()):
+                age = now - conn.started
+                if age < self.interval or conn.ended:
+                    continue
+                received, sent = conn.bytes_moved()
+                self.sink.offer(self.entry(conn, facts, "interim", ns - int(age * 1e9), age,
+                                           received, sent, conn.read_packets(), None), ns)
+
+    # -- the record ---------------------------------------------------------------------------
+
+    def entry(self, conn: TcpProxy, facts: ConnectionFacts, event: str, wall_ns: int,
+              duration: float, received: int, sent: int,
+              packets: tuple[tuple[int, int] | None, tuple[int, int] | None],
+              record: ConnectionRecord | None) -> dict[str, Any]:
+        inbound = facts.direction == "inbound"
+        target = conn.target
+        cluster = target.cluster
+        dest_workload = None
+        dest_principal = None
+        if cluster is not None:
+            meta = cluster.cfg.metadata
+            if meta is not None and meta.workload:
+                dest_workload = f"{meta.namespace}/{meta.workload}" if meta.namespace \
+                    else meta.workload
+            tls = cluster.cfg.tls
+            if tls is not None and len(tls.expected_spiffe_ids) == 1:
+                dest_principal = tls.expected_spiffe_ids[0]
+        if inbound:
+            dest_workload = self.local_workload
+        dst = facts.original_destination or facts.local
+        client, upstream = packets
+        verdict = "allow"
+        reason = None
+        if record is not None:
+            reason = record.close_reason
+            if record.rejected_by:
+                verdict = f"deny:{record.rejected_by}:{record.reject_reason or 'rejected'}"
+        elif conn.close_reason in ("rejected", "filter_error"):
+            verdict = "deny"
+        out: dict[str, Any] = {
+            "start_time": start_time(wall_ns),
+            "event": event,
+            "direction": facts.direction,
+            "listener": facts.listener,
+            "transport": "tcp",
+            "protocol": "tls" if facts.tls else "tcp",
+            "source_address": facts.peer[0] or None,
+            "source_port": facts.peer[1] or None,
+            "destination_address": dst[0] if dst else None,
+            "destination_port": dst[1] if dst else None,
+            "original_destination": _address(facts.original_destination),
+            "upstream_host": _address(conn.upstream_address),
+            "upstream_cluster": target.name,
+            "source_workload": None if inbound else self.local_workload,
+            "source_principal": (facts.peer_identity or None) if inbound else None,
+            "destination_workload": dest_workload,
+            "destination_principal": None if inbound else dest_principal,
+            "bytes_received": received,
+            "bytes_sent": sent,
+            "packets_received": client[0] if client else None,
+            "packets_sent": client[1] if client else None,
+            "upstream_packets_sent": upstream[1] if upstream else None,
+            "upstream_packets_received": upstream[0] if upstream else None,
+            "duration": round(duration * 1000, 3),
+            "close_reason": reason,
+            "verdict": verdict,
+        }
+        return out

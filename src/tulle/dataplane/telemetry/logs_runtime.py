@@ -1,0 +1,86 @@
+"""The access and flow loggers in force, across snapshots.
+
+Why a holder: a logger owns a sink (a writer thread, or an OTLP exporter with its queue and
+connection), which must outlive snapshots that do not change its settings and be closed
+(flushed) when one does.  `prepare` builds loggers only for a changed `telemetry.access_log`
+/ `telemetry.flow_log` (or node, which names the records' resource); `commit` puts them in
+every listener context and hands back the retired ones, which the server closes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from tulle.dataplane.telemetry.access_log import AccessLogger
+from tulle.dataplane.telemetry.flow_records import FlowLogger
+
+if TYPE_CHECKING:
+    from tulle.dataplane.listeners.context import ListenerContext
+    from tulle.dataplane.telemetry.otlp.common import Value
+    from tulle.proxyconfig.model import Node, ProxyConfig
+
+Logger = AccessLogger | FlowLogger
+
+
+def resource_of(node: Node) -> dict[str, Value]:
+    """The OTLP resource of the proxy's records (OpenTelemetry semantic conventions)."""
+    out: dict[str, Value] = {"service.name": node.service or node.name,
+                             "service.namespace": node.namespace,
+                             "service.instance.id": node.name,
+                             "telemetry.sdk.name": "tulle"}
+    if node.zone:
+        out["cloud.availability_zone"] = node.zone
+    return out
+
+
+class LogsRuntime:
+    """The loggers in force (None: that log is off)."""
+
+    def __init__(self) -> None:
+        self.access: AccessLogger | None = None
+        self.flow: FlowLogger | None = None
+        self._node: Node | None = None
+
+    def prepare(self, cfg: ProxyConfig) -> tuple[AccessLogger | None, FlowLogger | None]:
+        """The loggers `cfg` asks for: those in force when their settings are unchanged."""
+        t = cfg.telemetry
+        same_node = self._node == cfg.node
+        access = self.access
+        if t.access_log is None:
+            access = None
+        elif access is None or not same_node or access.cfg != t.access_log:
+            access = AccessLogger(t.access_log, resource_of(cfg.node))
+        flow = self.flow
+        if t.flow_log is None:
+            flow = None
+        elif flow is None or not same_node or flow.cfg != t.flow_log:
+            flow = FlowLogger(t.flow_log, resource_of(cfg.node), cfg.node)
+        return access, flow
+
+    def commit(self, node: Node, loggers: tuple[AccessLogger | None, FlowLogger | None],
+               contexts: Iterable[ListenerContext]) -> list[Logger]:
+        """Put `loggers` in force; the ones they replace are returned (close them)."""
+        access, flow = loggers
+        retired: list[Logger] = [old for old, new in ((self.access, access), (self.flow, flow))
+                                 if old is not None and old is not new]
+        for new in (access, flow):
+            if new is not None and new not in (self.access, self.flow):
+                new.start() if isinstance(new, FlowLogger) else new.sink.start()
+        self.access, self.flow, self._node = access, flow, node
+        for ctx in contexts:
+            ctx.access_log = access
+            ctx.flow_log = flow
+        return retired
+
+    def all(self) -> list[Logger]:
+        return [x for x in (self.access, self.flow) if x is not None]
+
+
+async def close_loggers(loggers: Iterable[Logger]) -> None:
+    """Flush and stop retired loggers (their sinks)."""
+    for logger in loggers:
+        if isinstance(logger, FlowLogger):
+            await logger.close()
+        else:
+            await logger.sink.close()
