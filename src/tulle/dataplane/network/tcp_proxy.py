@@ -195,7 +195,7 @@ class TcpProxy(Connection):
         chain = self.chain
         flow = self.flow_log
         if chain is not None or flow is not None:
-            facts = chain.facts if chain is not None else flow.live.get(self) if flow else None
+            facts = chain.facts if chain is not None else flow.facts(self) if flow else None
             if facts is None:
                 return
             record = ConnectionRecord(facts, self.target.name)

@@ -108,7 +108,7 @@ class SnapshotBuilder:
         self._cluster_cfgs: list[Cluster] | None = None
         """The cluster structs of the snapshot in force, and its settings."""
         self._settings: Settings | None = None
-        self.logs = LogsRuntime()
+        self.logs = LogsRuntime(metrics)
         """The access and flow loggers in force (ADR 0054)."""
         self.retired_loggers: list[Logger] = []
         """Loggers the last commit replaced; the server closes (flushes) them."""

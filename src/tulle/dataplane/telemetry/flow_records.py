@@ -77,19 +77,24 @@ class FlowLogger:
         render = self.text.render if self.text is not None else render_json
         self.sink: LineSink | OtlpLogSink = build_sink("flow_log", cfg.sink, render,
                                                        self.text is not None, resource)
-        self.live: dict[TcpProxy, ConnectionFacts] = {}
+        self.live: dict[TcpProxy, tuple[ConnectionFacts, int]] = {}
+        """Open relays: their facts and wall-clock start (Unix ns), one per flow."""
         self._task: asyncio.Task[None] | None = None
 
     # -- the relay's side --------------------------------------------------------------------
 
     def opened(self, conn: TcpProxy, facts: ConnectionFacts) -> None:
-        self.live[conn] = facts
+        self.live[conn] = (facts, time.time_ns())
         conn.flow_log = self
 
+    def facts(self, conn: TcpProxy) -> ConnectionFacts | None:
+        entry = self.live.get(conn)
+        return entry[0] if entry is not None else None
+
     def closed(self, conn: TcpProxy, record: ConnectionRecord) -> None:
-        self.live.pop(conn, None)
+        entry = self.live.pop(conn, None)
         ns = time.time_ns()
-        wall = ns - int(record.duration * 1e9)
+        wall = entry[1] if entry is not None else ns - int(record.duration * 1e9)
         self.sink.offer(self.entry(conn, record.facts, "end", wall, record.duration,
                                    record.bytes_received, record.bytes_sent, conn.packets,
                                    record), ns)
@@ -115,12 +120,12 @@ class FlowLogger:
             await asyncio.sleep(self.interval)
             now = loop.time()
             ns = time.time_ns()
-            for conn, facts in list(self.live.items()):
+            for conn, (facts, wall) in list(self.live.items()):
                 age = now - conn.started
                 if age < self.interval or conn.ended:
                     continue
                 received, sent = conn.bytes_moved()
-                self.sink.offer(self.entry(conn, facts, "interim", ns - int(age * 1e9), age,
+                self.sink.offer(self.entry(conn, facts, "interim", wall, age,
                                            received, sent, conn.read_packets(), None), ns)
 
     # -- the record ---------------------------------------------------------------------------

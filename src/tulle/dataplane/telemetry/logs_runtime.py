@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from tulle.dataplane.telemetry.access_log import AccessLogger
 from tulle.dataplane.telemetry.flow_records import FlowLogger
+from tulle.dataplane.telemetry.metrics import Counter, ProxyMetrics
+from tulle.dataplane.telemetry.sinks import SinkStats
 
 if TYPE_CHECKING:
     from tulle.dataplane.listeners.context import ListenerContext
@@ -21,6 +23,10 @@ if TYPE_CHECKING:
     from tulle.proxyconfig.model import Node, ProxyConfig
 
 Logger = AccessLogger | FlowLogger
+
+
+def _name(logger: Logger) -> str:
+    return "access_log" if isinstance(logger, AccessLogger) else "flow_log"
 
 
 def resource_of(node: Node) -> dict[str, Value]:
@@ -34,13 +40,47 @@ def resource_of(node: Node) -> dict[str, Value]:
     return out
 
 
+OUTCOMES = ("offered", "dropped", "written", "failed")
+
+
+class LogRecordCounts(Counter):
+    """`tulle_proxy_log_records_total{log,outcome}`, read from the sinks when /metrics is
+    rendered (the sinks count in plain attributes; a retired sink's counts stay in)."""
+
+    def __init__(self, runtime: LogsRuntime) -> None:
+        super().__init__("tulle_proxy_log_records_total",
+                         "Access and flow log records by outcome: offered to the sink, dropped "
+                         "(queue full), written (or exported), failed (write or export failed).",
+                         ("log", "outcome"))
+        self.runtime = runtime
+
+    def render(self) -> Iterable[str]:
+        totals: dict[tuple[str, str], int] = {}
+        for name, stats in self.runtime.stats():
+            for outcome in OUTCOMES:
+                key = (name, outcome)
+                totals[key] = totals.get(key, 0) + getattr(stats, outcome)
+        for key, n in totals.items():
+            self.labels(*key).value = n
+        return super().render()
+
+
 class LogsRuntime:
     """The loggers in force (None: that log is off)."""
 
-    def __init__(self) -> None:
+    def __init__(self, metrics: ProxyMetrics | None = None) -> None:
         self.access: AccessLogger | None = None
         self.flow: FlowLogger | None = None
         self._node: Node | None = None
+        self._past: list[Logger] = []
+        """Retired loggers (their sinks' counts stay in the totals)."""
+        self.family: LogRecordCounts | None = None
+        if metrics is not None:  # (the registry has no public add for a custom family)
+            self.family = LogRecordCounts(self)
+            metrics.registry._add(self.family)
+
+    def stats(self) -> list[tuple[str, SinkStats]]:
+        return [(_name(x), x.sink.stats) for x in (*self._past, *self.all())]
 
     def prepare(self, cfg: ProxyConfig) -> tuple[AccessLogger | None, FlowLogger | None]:
         """The loggers `cfg` asks for: those in force when their settings are unchanged."""
@@ -68,6 +108,13 @@ class LogsRuntime:
             if new is not None and new not in (self.access, self.flow):
                 new.start() if isinstance(new, FlowLogger) else new.sink.start()
         self.access, self.flow, self._node = access, flow, node
+        self._past += retired
+        family = self.family
+        if family is not None:  # the series exist from the start (zeros)
+            for new in (access, flow):
+                if new is not None:
+                    for outcome in OUTCOMES:
+                        family.labels(_name(new), outcome)
         for ctx in contexts:
             ctx.access_log = access
             ctx.flow_log = flow
