@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 from tulle.api.errors import field_error
 from tulle.api.fields import Duration, pattern
 from tulle.api.meta import Model, Resource, Status
+from tulle.api.observability import Observability
 from tulle.api.policies.circuit_breaker import CircuitBreakerSettings
 from tulle.api.policies.health_check import HealthCheckSettings
 from tulle.api.policies.load_balancing import LoadBalancingSettings
@@ -82,6 +83,9 @@ class MeshSpec(Model):
     mtls: MTLS = Field(default_factory=MTLS)
     outboundTrafficPolicy: OutboundTrafficPolicy = Field(default_factory=OutboundTrafficPolicy)
     defaults: MeshDefaults = Field(default_factory=MeshDefaults)
+    observability: Observability = Field(default_factory=Observability)
+    """What every proxy observes: access logs (`accessLog`), flow logs (`flowLog`), ...
+    (`api/observability.py`)."""
 
 
 @register(api_version=MESH_API_VERSION, kind="Mesh", plural="meshes", scope="Cluster", short_names=("mesh",))

@@ -1,6 +1,6 @@
 """The fields of access and flow log records: their JSON names, which are also the `%NAME%`
 commands of a text format (upper-cased).  Part of the contract: operators' log queries read
-these names, docs/reference/telemetry.md documents each, a test keeps the runtime's records
+these names, docs/observability/logs.md documents each, a test keeps the runtime's records
 and this list in step.
 
 The names follow Envoy's access log commands lower-cased (`response_flags` is

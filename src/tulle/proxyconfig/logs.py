@@ -5,7 +5,7 @@ connection) to the same kinds of sink (stdout, a file, OTLP logs) with the same 
 never-blocking queue, so the sink and its limits are one struct here, shared.  Runtime:
 `tulle.dataplane.telemetry.access_log`, `flow_records`, `sinks` (ADR 0054).
 
-Formats: `json` (one object per line, the fields named in docs/reference/telemetry.md) or
+Formats: `json` (one object per line, the fields named in docs/observability/logs.md) or
 `text` with an Envoy-style format string (`%START_TIME% %REQ(:METHOD)% %RESPONSE_CODE%`);
 every JSON field is also a `%FIELD_NAME%` command.  An unknown command is refused with the
 field path (`check`).

@@ -33,6 +33,7 @@ from tulle.controlplane.compiler.dns import DnsHosts, dns_hosts, dns_section
 from tulle.controlplane.compiler.inbound_protocols import with_service_protocols
 from tulle.controlplane.compiler.inputs import Key, MeshInputs
 from tulle.controlplane.compiler.ir import MeshModel, Proxy, ProxyDefaults
+from tulle.controlplane.compiler.logs import MeshLogs, mesh_logs
 from tulle.controlplane.compiler.outbound import MESH_BUNDLE, MESH_IDENTITY, outbound_shared
 from tulle.controlplane.compiler.policies import derive_mesh, derive_policies
 from tulle.controlplane.compiler.proxies import (
@@ -60,6 +61,7 @@ from tulle.proxyconfig.model import (
     VirtualHost,
 )
 from tulle.proxyconfig.reserved import is_reserved_identity
+from tulle.proxyconfig.telemetry import Telemetry
 from tulle.proxyconfig.validate import ConfigError, check
 
 _DEFAULT_SETTINGS = Settings()
@@ -102,6 +104,8 @@ class Shared:
 
     transparent: Transparent | None = None
     """The outbound side of transparent proxies (ADR 0044); None when the mesh has none."""
+    logs: MeshLogs = field(default_factory=MeshLogs)
+    """Every proxy's access and flow log settings (`compiler/logs.py`, ADR 0054)."""
 
     def for_namespace(self, ns: str) -> tuple[list[RouteTable], bytes]:
         """The tables a proxy in `ns` gets, and the digest that stands for them."""
@@ -321,11 +325,15 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
                           route_tables=[*part.route_tables, RouteTable(name="outbound")],
                           **_STAND_INS))
         digest = hashlib.sha256(digest + shared.dns.digest + b"%d" % dns.port).digest()
+    logs = shared.logs
+    if logs.digest:  # (only then: with logs off, versions stay as they were)
+        digest = hashlib.sha256(digest + logs.digest).digest()
     version = hashlib.sha256(part.digest + digest).hexdigest()[:16]
     return ProxyConfig(version=version, node=part.node, settings=shared.settings,
                        listeners=listeners,
                        route_tables=tables + part.route_tables if part.route_tables else tables,
-                       clusters=clusters, dns=dns)
+                       clusters=clusters, dns=dns,
+                       telemetry=Telemetry(access_log=logs.access, flow_log=logs.flow))
 
 
 def settings(defaults: ProxyDefaults) -> Settings:
@@ -357,7 +365,7 @@ def compile_model(mesh: MeshModel, cache: PartCache | None = None) -> CompileRes
         t = render_outbound(mesh, out, DEFAULT_OUTBOUND_PORT)
         shared = dataclasses.replace(shared, transparent=build_transparent(
             t.listener, t.tables, t.clusters, shared.clusters, t.consumer_hosts))
-    shared = dataclasses.replace(shared, dns=dns_hosts(mesh))
+    shared = dataclasses.replace(shared, dns=dns_hosts(mesh), logs=mesh_logs(mesh))
     for proxy in mesh.proxies:
         try:
             result.snapshots[proxy.key] = compile_proxy(proxy, shared, cache)
