@@ -24,7 +24,8 @@ Record = Mapping[str, Any]
 """The fields of one record (`log_fields.ACCESS_FIELDS` / `FLOW_FIELDS` keys), plus
 `REQ(...)` keys holding header values a text format asked for."""
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+"""C0 and C1 controls (C1 `\\x85` is a line break to some readers)."""
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 
+from hypothesis import given
+from hypothesis import strategies as st
+
 from tulle.dataplane.telemetry.access_log import start_time, trace_id_of
 from tulle.dataplane.telemetry.logformat import TextFormat, render_json, request_headers
 
@@ -58,3 +61,18 @@ def test_trace_ids_from_w3c_and_b3() -> None:
 
 def test_start_time_is_envoys_default() -> None:
     assert start_time(1_700_000_000_123_456_789) == "2023-11-14T22:13:20.123Z"
+
+
+@given(st.lists(st.tuples(st.sampled_from([b"traceparent", b"x-b3-traceid", b"b3", b"x"]),
+                          st.binary(max_size=80)), max_size=6))
+def test_peer_trace_headers_never_break_a_record(headers: list[tuple[bytes, bytes]]) -> None:
+    out = trace_id_of(headers)
+    assert out is None or (len(out) == 32 and all(c in "0123456789abcdef" for c in out))
+
+
+@given(st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7e), max_size=30),
+       st.binary(max_size=40))
+def test_no_header_value_can_break_a_line(fmt: str, value: bytes) -> None:
+    text = TextFormat(fmt + "%REQ(X-A)%")
+    line = text.render(request_headers(text, {}, [(b"x-a", value)]))
+    assert len(line.splitlines()) <= 1 and "\r" not in line and "\n" not in line
