@@ -25,7 +25,6 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from tulle.dataplane.telemetry.flags import flag_details, response_flags
@@ -40,17 +39,21 @@ if TYPE_CHECKING:
 _PROTOCOLS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0", b"2": "HTTP/2"}
 
 
+_second: list[Any] = [-1, ""]
+"""The last second formatted, and its text up to the milliseconds (one strftime a second)."""
+
+
 def start_time(ns: int) -> str:
     """Envoy's default `%START_TIME%`: `2026-12-03T15:04:05.123Z` (UTC, milliseconds)."""
-    dt = datetime.fromtimestamp(ns / 1e9, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    sec, rest = divmod(ns, 1_000_000_000)
+    cached = _second
+    if cached[0] != sec:
+        cached[1] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
+        cached[0] = sec
+    return f"{cached[1]}{rest // 1_000_000:03d}Z"
 
 
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    for n, v in headers:
-        if n == name:
-            return v.decode("latin-1")
-    return None
+_TRACE_HEADERS = frozenset({b"traceparent", b"x-b3-traceid", b"b3"})
 
 
 def trace_id_of(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -126,6 +129,17 @@ class AccessLogger:
                wall_ns: int) -> dict[str, Any]:
         head = stream.head
         headers = head.headers
+        request_id = user_agent = forwarded = None
+        traced = False
+        for n, v in headers:  # one pass for the headers a record names
+            if n == b"x-request-id":
+                request_id = v.decode("latin-1")
+            elif n == b"user-agent":
+                user_agent = v.decode("latin-1")
+            elif n == b"x-forwarded-for":
+                forwarded = v.decode("latin-1")
+            elif n in _TRACE_HEADERS:
+                traced = True
         facts = stream.facts
         flags = stream.flags
         first_byte = stream.first_byte
@@ -163,11 +177,11 @@ class AccessLogger:
             "upstream_cluster": cluster if cluster != "-" else None,
             "route_name": route.name if route is not None else None,
             "upstream_request_attempt_count": attempts,
-            "request_id": _header(headers, b"x-request-id"),
-            "trace_id": trace_id_of(headers),
+            "request_id": request_id,
+            "trace_id": trace_id_of(headers) if traced else None,
             "authority": head.authority.decode("latin-1") or None,
-            "user_agent": _header(headers, b"user-agent"),
-            "x_forwarded_for": _header(headers, b"x-forwarded-for"),
+            "user_agent": user_agent,
+            "x_forwarded_for": forwarded,
             "downstream_remote_address": _address(facts.peer),
             "requested_server_name": facts.sni or None,
             "source_principal": facts.peer_identity or None if inbound else None,

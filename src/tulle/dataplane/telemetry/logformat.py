@@ -12,10 +12,11 @@ them; in text, control characters are escaped (`\\x1b`) so a request cannot forg
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
+
+import msgspec
 
 from tulle.dataplane.telemetry.flags import response_flags_long
 from tulle.proxyconfig.logs import COMMAND
@@ -24,9 +25,9 @@ Record = Mapping[str, Any]
 """The fields of one record (`log_fields.ACCESS_FIELDS` / `FLOW_FIELDS` keys), plus
 `REQ(...)` keys holding header values a text format asked for."""
 
+_encode = msgspec.json.Encoder().encode
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 """C0 and C1 controls (C1 `\\x85` is a line break to some readers)."""
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 def _escape(m: re.Match[str]) -> str:
@@ -41,8 +42,9 @@ def _text(value: Any) -> str:
 
 
 def render_json(record: Record) -> str:
-    """One JSON object on one line (fields in the record's order; `REQ(...)` keys left out)."""
-    return _dumps({k: v for k, v in record.items() if not k.startswith("REQ(")})
+    """One JSON object on one line, fields in the record's order (msgspec: ~10x the stdlib's
+    speed; a JSON-format record has no `REQ(...)` keys, only a text format asks for them)."""
+    return _encode(record).decode()
 
 
 class TextFormat:

@@ -14,10 +14,10 @@ from tulle.dataplane.telemetry.logformat import TextFormat, render_json, request
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
-def test_json_keeps_the_order_and_leaves_header_copies_out() -> None:
-    line = render_json({"b": 1, "a": None, "REQ(X)": "y", "p": "/é\n"})
-    assert line == '{"b":1,"a":null,"p":"/é\\n"}'
-    assert "\n" not in line and json.loads(line)["p"] == "/é\n"
+def test_json_keeps_the_order_and_escapes_peer_text() -> None:
+    line = render_json({"b": 1, "a": None, "f": 1.5, "p": "/é\n\x1b"})
+    assert line == '{"b":1,"a":null,"f":1.5,"p":"/é\\n\\u001b"}'
+    assert "\n" not in line and json.loads(line)["p"] == "/é\n\x1b"
 
 
 def test_text_format_fields_literals_missing_values_and_lengths() -> None:
