@@ -14,7 +14,7 @@ import pytest
 from tests.support.grpc_peers import running_grpc_server, unary
 from tests.support.logsink import log_config, read_lines, read_records
 from tests.support.proxy import free_port, running_proxy, simple_config
-from tests.support.rawservers import half_then_reset, raw_server, reset_before_head
+from tests.support.rawservers import half_then_reset, raw_server, reset_before_head, rst
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 ISO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
@@ -220,3 +220,39 @@ async def test_sampling_zero_logs_nothing(origin: int, tmp_path: Path) -> None:
         stats = p.server.runtime.logs.access.sink.stats  # type: ignore[union-attr]
         assert stats.offered == 0
     assert not log.exists() or log.read_text() == ""
+
+
+async def test_retries_are_counted_and_exhausted_ones_flagged_URX(origin: int,
+                                                                 tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    cfg = logged(free_port(), log)  # nothing listens: every try fails to connect
+    rule = cfg["route_tables"][0]["virtual_hosts"][0]["rules"][0]
+    rule["retry"] = {"num_retries": 2, "retry_on": ["connect-failure"], "backoff_base_ms": 1,
+                     "backoff_max_ms": 2}
+    cfg["clusters"].append({"name": "good", "protocol": "http1",
+                            "endpoints": [{"address": "127.0.0.1", "port": origin}]})
+    cfg["route_tables"][0]["virtual_hosts"].insert(0, {
+        "name": "g", "domains": ["good.example"],
+        "rules": [{"backends": [{"cluster": "good"}], "retry": rule["retry"]}]})
+    async with running_proxy(cfg) as p, aiohttp.ClientSession() as s:
+        async with s.get(p.url(path="/a")) as r:
+            assert r.status == 503
+        async with s.get(p.url(path="/echo"), headers={"host": "good.example"}) as r:
+            assert r.status == 200
+        failed, ok = await read_records(log, 2)
+    assert failed["response_flags"] == "UF,URX"
+    assert failed["upstream_request_attempt_count"] == 3
+    assert ok["response_flags"] == "-" and ok["upstream_request_attempt_count"] == 1
+
+
+async def test_a_client_that_goes_away_is_DC(origin: int, tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    async with running_proxy(logged(origin, log)) as p:
+        r, w = await asyncio.open_connection("127.0.0.1", p.port())
+        w.write(b"GET /delay/2000 HTTP/1.1\r\nhost: x\r\n\r\n")
+        await w.drain()
+        await asyncio.sleep(0.2)  # the request is upstream now
+        rst(w)  # gone (a FIN would be a half-close, after which HTTP/1 still answers)
+        (rec,) = await read_records(log, 1)
+    assert rec["response_flags"] == "DC" and rec["response_code"] == 0, rec
+    assert rec["path"] == "/delay/2000" and rec["upstream_host"] == f"127.0.0.1:{origin}"
