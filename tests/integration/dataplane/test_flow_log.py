@@ -135,3 +135,56 @@ async def test_a_passthrough_connection(tmp_path: Path, monkeypatch: pytest.Monk
     assert rec["upstream_host"] == f"127.0.0.1:{o.port}"
     assert (rec["bytes_received"], rec["bytes_sent"]) == (4, len(REPLY))
     assert rec["close_reason"] == "eof" and rec["verdict"] == "allow"
+
+
+async def test_http_connections_have_flows_with_wire_counts(tmp_path: Path) -> None:
+    """An HTTP/1 connection carrying two requests is one flow; its bytes are the kernel's
+    (`tcpi_bytes_received` / `tcpi_bytes_acked`), requests and responses with their heads."""
+    from tests.support.origin import running_origin
+    from tests.support.proxy import simple_config
+
+    log = tmp_path / "flow.log"
+    async with running_origin() as origin_port:
+        cfg = simple_config(origin_port)
+        cfg["telemetry"] = {"flow_log": log_config(log)}
+        async with running_proxy(cfg) as p:
+            r, w = await asyncio.open_connection("127.0.0.1", p.port())
+            request = b"GET /bytes/5000 HTTP/1.1\r\nhost: x\r\n\r\n"
+            for _ in range(2):
+                w.write(request)
+                await w.drain()
+                head = await r.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200")
+                await r.readexactly(5000)
+            local = w.get_extra_info("sockname")
+            w.close()
+            (rec,) = await read_records(log, 1)
+    assert rec["event"] == "end" and rec["protocol"] == "http1"
+    assert (rec["source_address"], rec["source_port"]) == tuple(local)
+    assert (rec["destination_address"], rec["destination_port"]) == ("127.0.0.1", p.port())
+    # The kernel counts sequence numbers: the client's FIN is one more.
+    assert 2 * len(request) <= rec["bytes_received"] <= 2 * len(request) + 1
+    assert 2 * 5000 < rec["bytes_sent"] < 2 * 5000 + 2000  # bodies plus two heads
+    assert rec["packets_received"] >= 3 and rec["packets_sent"] >= 2
+    assert rec["upstream_host"] is None and rec["close_reason"] == "closed"
+    assert rec["source_workload"] is not None and rec["verdict"] == "allow"
+
+
+async def test_an_http2_connection_is_one_flow(tmp_path: Path) -> None:
+    from tests.support.origin import running_origin
+    from tests.support.proxy import simple_config
+
+    log = tmp_path / "flow.log"
+    async with running_origin() as origin_port:
+        cfg = simple_config(origin_port, protocol="http2")
+        cfg["telemetry"] = {"flow_log": log_config(log)}
+        async with running_proxy(cfg) as p:
+            url = f"http://127.0.0.1:{p.port()}/bytes/6000"
+            proc = await asyncio.create_subprocess_exec(
+                "curl", "-sS", "--http2-prior-knowledge", "-o", "/dev/null", url,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            _, err = await asyncio.wait_for(proc.communicate(), 30)
+            assert proc.returncode == 0, err
+            (rec,) = await read_records(log, 1)
+    assert rec["protocol"] == "http2" and rec["event"] == "end"
+    assert rec["bytes_sent"] > 6000 and rec["bytes_received"] > 24  # the h2 preface

@@ -298,6 +298,8 @@ class ListenerHandle:
     tls_ref: ServerRef | None = None
     """The shared server TLS entry its sockets accept with (`.ctx`, read per accept)."""
     _handover: bool = False
+    flows: dict[Connection, FlowLogger] = field(default_factory=dict)
+    """The flow log that follows each connection (the one in force when it opened)."""
 
     def connection_opened(self, conn: Connection) -> bool:
         """Register a new connection; False when it must be refused (it is then not
@@ -316,6 +318,9 @@ class ListenerHandle:
         self.connections.add(conn)
         self.m_active.value += 1  # type: ignore[attr-defined]
         self.m_total.value += 1  # type: ignore[attr-defined]
+        flow = self.ctx.flow_log
+        if flow is not None and flow.connection_opened(conn):  # an HTTP connection's flow
+            self.flows[conn] = flow
         return True
 
     def count_refusal(self) -> None:
@@ -340,9 +345,15 @@ class ListenerHandle:
             self.m_active.value -= 1  # type: ignore[attr-defined]
             self.m_total.value -= 1  # type: ignore[attr-defined]
             self._handover = True
+            self.flows.pop(conn, None)
 
     def connection_closed(self, conn: Connection) -> None:
         if conn in self.connections:
+            flows = self.flows
+            if flows:
+                flow = flows.pop(conn, None)
+                if flow is not None:
+                    flow.connection_closed(conn)
             self.connections.discard(conn)
             self.guard.active -= 1
             self.m_active.value -= 1  # type: ignore[attr-defined]

@@ -29,6 +29,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from tulle.dataplane.http.facts import ConnectionFacts as HttpFacts
 from tulle.dataplane.telemetry.access_log import start_time
 from tulle.dataplane.telemetry.logformat import TextFormat, render_json
 from tulle.dataplane.telemetry.sinks import LineSink, OtlpLogSink, build_sink
@@ -44,6 +45,40 @@ _TCP_INFO_SEGS = struct.Struct("=II")
 _SEGS_OFFSET = 136
 """`tcpi_segs_out`, `tcpi_segs_in` (u32 each) in Linux's `struct tcp_info` (since 4.2)."""
 _TCP_INFO_LEN = 144
+_TCP_INFO_BYTES = struct.Struct("=QQ")
+_BYTES_OFFSET = 120
+"""`tcpi_bytes_acked`, `tcpi_bytes_received` (u64 each, since 4.1)."""
+
+
+def wire_counts(sock: socket.socket | None) -> tuple[int, int, int, int] | None:
+    """(bytes received, bytes sent and acknowledged, segments in, segments out) of a TCP
+    socket, as the kernel counts them (TLS records and all); None when unreadable."""
+    if sock is None:
+        return None
+    try:
+        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+    except (OSError, ValueError):
+        return None
+    if len(raw) < _TCP_INFO_LEN:
+        return None
+    acked, received = _TCP_INFO_BYTES.unpack_from(raw, _BYTES_OFFSET)
+    segs_out, segs_in = _TCP_INFO_SEGS.unpack_from(raw, _SEGS_OFFSET)
+    return received, acked, segs_in, segs_out
+
+
+class HttpFlow:
+    """An HTTP connection the flow log follows: its facts, socket and start."""
+
+    __slots__ = ("facts", "local", "protocol", "sock", "started", "wall_ns")
+
+    def __init__(self, facts: HttpFacts, sock: socket.socket, local: tuple[str, int] | None,
+                 protocol: str, started: float) -> None:
+        self.facts = facts
+        self.sock = sock
+        self.local = local
+        self.protocol = protocol
+        self.started = started
+        self.wall_ns = time.time_ns()
 
 
 def segments(sock: socket.socket | None) -> tuple[int, int] | None:
@@ -79,6 +114,8 @@ class FlowLogger:
                                                        self.text is not None, resource)
         self.live: dict[TcpProxy, tuple[ConnectionFacts, int]] = {}
         """Open relays: their facts and wall-clock start (Unix ns), one per flow."""
+        self.http: dict[object, HttpFlow] = {}
+        """Open HTTP connections (the drivers, keyed by identity)."""
         self._task: asyncio.Task[None] | None = None
 
     # -- the relay's side --------------------------------------------------------------------
@@ -98,6 +135,69 @@ class FlowLogger:
         self.sink.offer(self.entry(conn, record.facts, "end", wall, record.duration,
                                    record.bytes_received, record.bytes_sent, conn.packets,
                                    record), ns)
+
+    # -- HTTP connections (the listener handle's side) -----------------------------------------
+
+    def connection_opened(self, conn: object) -> bool:
+        """A driver took a client connection (`ListenerHandle.connection_opened`): follow it
+        when it is an HTTP connection (relays register through `opened`); True if so."""
+        facts = getattr(conn, "facts", None)
+        transport = getattr(conn, "transport", None)
+        if not isinstance(facts, HttpFacts) or transport is None:
+            return False
+        sock = transport.get_extra_info("socket")
+        if sock is None:
+            return False
+        local = transport.get_extra_info("sockname")
+        local = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
+        protocol = "http2" if type(conn).__name__.startswith("H2") else "http1"
+        loop = asyncio.get_running_loop()
+        self.http[conn] = HttpFlow(facts, sock, local, protocol, loop.time())
+        return True
+
+    def connection_closed(self, conn: object) -> None:
+        """The driver's connection is lost (its socket still open: read the counts now)."""
+        flow = self.http.pop(conn, None)
+        if flow is None:
+            return
+        duration = asyncio.get_running_loop().time() - flow.started
+        self.sink.offer(self.http_entry(flow, "end", duration, wire_counts(flow.sock)),
+                        time.time_ns())
+
+    def http_entry(self, flow: HttpFlow, event: str, duration: float,
+                   counts: tuple[int, int, int, int] | None) -> dict[str, Any]:
+        f = flow.facts
+        inbound = f.direction == "inbound"
+        dst = f.original_dst or flow.local
+        peer = f.peer or ("", 0)
+        return {
+            "start_time": start_time(flow.wall_ns),
+            "event": event,
+            "direction": f.direction,
+            "listener": f.listener,
+            "transport": "tcp",
+            "protocol": f"{flow.protocol}+tls" if f.tls else flow.protocol,
+            "source_address": peer[0] or None,
+            "source_port": peer[1] or None,
+            "destination_address": dst[0] if dst else None,
+            "destination_port": dst[1] if dst else None,
+            "original_destination": _address(f.original_dst),
+            "upstream_host": None,  # each request chooses its own (see the access log)
+            "upstream_cluster": None,
+            "source_workload": None if inbound else self.local_workload,
+            "source_principal": (f.peer_identity or None) if inbound else None,
+            "destination_workload": self.local_workload if inbound else None,
+            "destination_principal": None,
+            "bytes_received": counts[0] if counts else None,
+            "bytes_sent": counts[1] if counts else None,
+            "packets_received": counts[2] if counts else None,
+            "packets_sent": counts[3] if counts else None,
+            "upstream_packets_sent": None,
+            "upstream_packets_received": None,
+            "duration": round(duration * 1000, 3),
+            "close_reason": "closed" if event == "end" else None,
+            "verdict": "allow",
+        }
 
     # -- life ----------------------------------------------------------------------------------
 
@@ -127,6 +227,11 @@ class FlowLogger:
                 received, sent = conn.bytes_moved()
                 self.sink.offer(self.entry(conn, facts, "interim", wall, age,
                                            received, sent, conn.read_packets(), None), ns)
+            for flow in list(self.http.values()):
+                age = now - flow.started
+                if age >= self.interval:
+                    self.sink.offer(self.http_entry(flow, "interim", age,
+                                                    wire_counts(flow.sock)), ns)
 
     # -- the record ---------------------------------------------------------------------------
 
