@@ -81,10 +81,15 @@ async def test_a_mesh_access_log_reaches_every_proxy(tmp_path: Path) -> None:
         finally:
             for p in proxies:
                 await p.stop()
-    teapot = [x for x in records if x["response_code"] == 418]
-    assert sorted(x["direction"] for x in teapot) == ["inbound", "outbound"]
-    assert all(x["path"] == "/teapot" for x in teapot)
-    assert len({x["request_id"] for x in teapot}) == 1  # one request, seen by both proxies
+    teapot = {x["direction"]: x for x in records if x["response_code"] == 418}
+    assert sorted(teapot) == ["inbound", "outbound"]
+    assert all(x["path"] == "/teapot" for x in teapot.values())
+    assert len({x["request_id"] for x in teapot.values()}) == 1  # one request, both proxies
+    # Over mesh mTLS: the caller's verified identity on the server's side, the identity the
+    # server had to present on the client's.
+    me = f"spiffe://cluster.local/ns/{NS}/sa/default"
+    assert teapot["inbound"]["source_principal"] == me
+    assert teapot["outbound"]["destination_principal"] == me
     conds = {c["type"]: c for c in stored["status"]["conditions"]}
     assert conds["SettingsApplied"]["status"] == "True"
     assert "observability.accessLog (to file)" in conds["SettingsApplied"]["message"]
