@@ -55,6 +55,7 @@ from tulle.proxyconfig.model import (
     TrustBundle,
     VirtualHost,
 )
+from tulle.proxyconfig.telemetry import Telemetry
 
 COLLECTIONS = ("listeners", "route_tables", "clusters", "identities", "trust_bundles")
 
@@ -117,11 +118,14 @@ class Delta(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """The new snapshot has no `dns` section (the old one had)."""
     dns_hosts: DnsHostsDelta | None = None
     """`delta-dns-hosts`: the `dns` section changed in its hosts alone (`dns_delta.py`)."""
+    telemetry: dict[str, Any] | None = None
+    """The `telemetry` section, whole, when it changed (feature `telemetry`)."""
 
     @property
     def empty(self) -> bool:
         return (self.node is None and self.admin is None and self.settings is None
                 and self.dns is None and not self.dns_removed and self.dns_hosts is None
+                and self.telemetry is None
                 and not self.virtual_hosts and not self.endpoints
                 and all(not getattr(self, c).upsert and not getattr(self, c).remove
                         and not getattr(self, c).order and not getattr(self, c).at
@@ -211,7 +215,15 @@ def diff(old: ProxyConfig, new: ProxyConfig, units: frozenset[str] = UNITS) -> D
         identities=_diff_collection(old.identities, new.identities, positions),
         trust_bundles=_diff_collection(old.trust_bundles, new.trust_bundles, positions),
         **dns_fields(old, new, units),
+        telemetry=telemetry_field(old, new),
     )
+
+
+def telemetry_field(old: ProxyConfig, new: ProxyConfig) -> dict[str, Any] | None:
+    """The `Delta.telemetry` of a change (`diff` and the push's frames share it)."""
+    if old.telemetry is new.telemetry or old.telemetry == new.telemetry:
+        return None
+    return msgspec.to_builtins(new.telemetry)  # type: ignore[no-any-return]
 
 
 def dns_fields(old: ProxyConfig, new: ProxyConfig, units: frozenset[str]) -> dict[str, Any]:
@@ -354,6 +366,8 @@ def apply_delta(base: ProxyConfig, d: Delta) -> ProxyConfig:
         trust_bundles=_apply_collection(base.trust_bundles, d.trust_bundles, TrustBundle,
                                          "delta.trust_bundles"),
         dns=_apply_dns(base.dns, d),
+        telemetry=(base.telemetry if d.telemetry is None
+                   else msgspec.convert(d.telemetry, Telemetry)),
     )
 
 

@@ -67,6 +67,7 @@ from tulle.proxyconfig.model import (
     VirtualHost,
 )
 from tulle.proxyconfig.stats import StatsRow
+from tulle.proxyconfig.telemetry import Telemetry
 from tulle.proxyconfig.validate import ConfigError, FieldError, convert_error, errors_in
 
 PROTOCOL_VERSION = 2
@@ -372,7 +373,8 @@ def _named(where: str, item: Any, i: int) -> str:
 def _delta_errors(d: Delta, optional: list[str] | None = None,
                   ignored: list[str] | None = None) -> list[FieldError]:
     parts: list[tuple[Any, Any, str]] = [
-        (d.node, Node, "node"), (d.admin, Admin, "admin"), (d.settings, Settings, "settings")]
+        (d.node, Node, "node"), (d.admin, Admin, "admin"), (d.settings, Settings, "settings"),
+        (d.telemetry, Telemetry, "telemetry")]
     for coll, typ in (("listeners", Listener), ("route_tables", RouteTable),
                       ("clusters", Cluster), ("identities", Identity),
                       ("trust_bundles", TrustBundle)):

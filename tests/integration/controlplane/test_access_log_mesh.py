@@ -42,7 +42,8 @@ async def test_a_mesh_access_log_reaches_every_proxy(tmp_path: Path) -> None:
                 "filter": {"statusMin": 200}}}}}
 
     async def handler(request: web.Request) -> web.Response:
-        return web.Response(text="ok", status=418 if request.path == "/teapot" else 200)
+        status = {"/teapot": 418, "/boom": 503}.get(request.path, 200)
+        return web.Response(text="ok", status=status)
 
     async with serve_handler(handler) as app, running_control_plane() as cp:
         out = free_port()
@@ -78,6 +79,25 @@ async def test_a_mesh_access_log_reaches_every_proxy(tmp_path: Path) -> None:
                     if log.exists() else []
                 return sum(1 for x in records if x["response_code"] == 418) == 2
             await eventually(teapots, timeout=5.0)
+
+            # A change of the Mesh reaches running proxies (in a delta): only 5xx from now on.
+            mesh["spec"]["observability"]["accessLog"]["filter"] = {"statusMin": 500}
+            status, body = await apply(cp.api_url, mesh)
+            assert status == 200, body
+
+            async def only_errors() -> bool:
+                assert await get(out, "/teapot") == 418
+                assert await get(out, "/boom") == 503
+                lines = [json.loads(x) for x in log.read_text().splitlines()]
+                return any(x["response_code"] == 503 for x in lines)
+            await eventually(only_errors, timeout=10.0)
+            await eventually(lambda: sum(1 for x in log.read_text().splitlines()
+                                         if '"response_code":503' in x) >= 2, timeout=5.0)
+            later = [json.loads(x) for x in log.read_text().splitlines()][len(records):]
+            first_503 = next(i for i, x in enumerate(later) if x["response_code"] == 503)
+            # Once the new filter is in force on a proxy, it logs no 418 any more.
+            assert all(x["response_code"] >= 500 for x in later[first_503:]
+                       if x["direction"] == later[first_503]["direction"])
         finally:
             for p in proxies:
                 await p.stop()

@@ -51,6 +51,7 @@ from tulle.proxyconfig.delta import (
     diff,
     dns_fields,
     placement,
+    telemetry_field,
     virtual_hosts_delta,
 )
 from tulle.proxyconfig.features import Feature, withhold_config, withhold_delta
@@ -187,6 +188,7 @@ class WireCache:
             trust_bundles=self._collection(old.trust_bundles, new.trust_bundles, holes,
                                            positions)[0],
             **dns_fields(old, new, units),
+            telemetry=telemetry_field(old, new),
         )
         return _frame(DeltaMsg(delta=msgspec.Raw(_encoder.encode(d))), holes)
 

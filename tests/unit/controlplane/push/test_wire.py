@@ -90,6 +90,18 @@ STEPS += [
                                                                              "svc-2": 5})]),
 ]
 
+def mesh_access_log(percent: float) -> dict[str, Any]:
+    return canon({"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Mesh",
+                  "metadata": {"name": "default"},
+                  "spec": {"observability": {"accessLog": {"samplePercent": percent}}}})
+
+
+STEPS += [
+    ("access log on", [*BASE, service("svc-10"), mesh_access_log(1.0)]),
+    ("access log's sampling changed", [*BASE, service("svc-10"), mesh_access_log(5.0)]),
+    ("access log off", [*BASE, service("svc-10")]),
+]
+
 UNIT_SETS = [UNITS, WHOLE, frozenset({VIRTUAL_HOSTS}), frozenset({ENDPOINTS, POSITIONS})]
 
 
