@@ -105,3 +105,25 @@ async def test_access_logs_into_a_real_otlp_receiver(origin: int) -> None:
     assert ok.event_name == "tulle.access_log" and ok.severity_text == "INFO"
     assert {a.key: a.value for a in failed.attributes}["response_code"].int_value == 503
     assert written == 2
+
+
+async def test_a_stalled_collector_never_blocks_requests(origin: int) -> None:
+    async with running_receiver() as rx:
+        rx.stall = asyncio.Event()  # the collector takes the first batch and never answers
+        cfg = simple_config(origin)
+        cfg["telemetry"] = {"access_log": {"sink": {
+            "kind": "otlp", "endpoint": rx.url, "queue_size": 5, "flush_interval_ms": 10}}}
+        async with running_proxy(cfg) as p, aiohttp.ClientSession() as s:
+            async with asyncio.timeout(20):
+                for _ in range(40):
+                    async with s.get(p.url(path="/echo")) as r:
+                        assert r.status == 200
+            metric = p.metric
+            assert metric("tulle_proxy_log_records_total", log="access_log",
+                          outcome="offered") == 40
+            # At most the queue (5) and the batch in flight (5) are held; the rest dropped.
+            assert 30 <= metric("tulle_proxy_log_records_total", log="access_log",
+                                outcome="dropped") <= 35
+            assert metric("tulle_proxy_log_records_total", log="access_log",
+                          outcome="written") == 0
+            rx.stall.set()
