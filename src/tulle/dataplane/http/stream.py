@@ -71,40 +71,11 @@ if TYPE_CHECKING:
 class RequestStream(StreamPort):
     """One request: head, decision, filters, deadline, upstream, and its record."""
 
-    __slots__ = (
-        "alog",
-        "authz",
-        "bodiless",
-        "body",
-        "body_size",
-        "bytes_in",
-        "bytes_out",
-        "cluster",
-        "conn",
-        "decision",
-        "done",
-        "due",
-        "edits",
-        "expect_continue",
-        "first_byte",
-        "flags",
-        "head",
-        "head_sent",
-        "idle",
-        "request_done",
-        "resp",
-        "retry",
-        "route",
-        "run",
-        "start",
-        "stats",
-        "status",
-        "timer",
-        "trailers",
-        "tried",
-        "up_start",
-        "upstream",
-    )
+    __slots__ = ("alog", "authz", "bodiless", "body", "body_size", "bytes_in", "bytes_out",
+                 "cluster", "conn", "decision", "done", "due", "edits", "expect_continue",
+                 "first_byte", "flags", "head", "head_sent", "idle", "request_done", "resp",
+                 "retry", "route", "run", "start", "stats", "status", "timer", "trailers",
+                 "tried", "up_start", "upstream")
 
     def __init__(self, conn: StreamOwner, head: RequestHead, bodiless: bool,
                  start: float, expect_continue: bool = False) -> None:
