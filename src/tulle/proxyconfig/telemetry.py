@@ -7,6 +7,10 @@ feature, compiled from `Mesh.spec.observability`.  This branch adds `access_log`
 
 from __future__ import annotations
 
+from typing import Annotated
+
+from msgspec import Meta
+
 from tulle.proxyconfig.logs import AccessLogTelemetry, FlowLogTelemetry
 from tulle.proxyconfig.values import Base
 
@@ -18,6 +22,10 @@ class Telemetry(Base, frozen=True, kw_only=True):
     """One record per HTTP request (feature `access-log`); null: none."""
     flow_log: FlowLogTelemetry | None = None
     """One record per relayed TCP connection (feature `flow-logs`); null: none."""
+    principal: Annotated[str, Meta(max_length=2048)] = ""
+    """The proxy's own workload identity (SPIFFE ID) for the records that name both sides
+    (the source of its outbound requests, the destination of its inbound ones); empty:
+    unnamed."""
 
 
 __all__ = ["Telemetry"]

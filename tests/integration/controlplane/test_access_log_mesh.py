@@ -110,6 +110,9 @@ async def test_a_mesh_access_log_reaches_every_proxy(tmp_path: Path) -> None:
     me = f"spiffe://cluster.local/ns/{NS}/sa/default"
     assert teapot["inbound"]["source_principal"] == me
     assert teapot["outbound"]["destination_principal"] == me
+    # ... and each proxy's own side, named by the control plane (`telemetry.principal`).
+    assert teapot["outbound"]["source_principal"] == me
+    assert teapot["inbound"]["destination_principal"] == me
     conds = {c["type"]: c for c in stored["status"]["conditions"]}
     assert conds["SettingsApplied"]["status"] == "True"
     assert "observability.accessLog (to file)" in conds["SettingsApplied"]["message"]

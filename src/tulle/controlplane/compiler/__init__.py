@@ -34,6 +34,7 @@ from tulle.controlplane.compiler.inbound_protocols import with_service_protocols
 from tulle.controlplane.compiler.inputs import Key, MeshInputs
 from tulle.controlplane.compiler.ir import MeshModel, Proxy, ProxyDefaults
 from tulle.controlplane.compiler.logs import MeshLogs, mesh_logs
+from tulle.controlplane.compiler.logs import principal as log_principal
 from tulle.controlplane.compiler.outbound import MESH_BUNDLE, MESH_IDENTITY, outbound_shared
 from tulle.controlplane.compiler.policies import derive_mesh, derive_policies
 from tulle.controlplane.compiler.proxies import (
@@ -326,14 +327,16 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
                           **_STAND_INS))
         digest = hashlib.sha256(digest + shared.dns.digest + b"%d" % dns.port).digest()
     logs = shared.logs
+    me = log_principal(proxy, logs)
     if logs.digest:  # (only then: with logs off, versions stay as they were)
-        digest = hashlib.sha256(digest + logs.digest).digest()
+        digest = hashlib.sha256(digest + logs.digest + me.encode()).digest()
     version = hashlib.sha256(part.digest + digest).hexdigest()[:16]
     return ProxyConfig(version=version, node=part.node, settings=shared.settings,
                        listeners=listeners,
                        route_tables=tables + part.route_tables if part.route_tables else tables,
                        clusters=clusters, dns=dns,
-                       telemetry=Telemetry(access_log=logs.access, flow_log=logs.flow))
+                       telemetry=Telemetry(access_log=logs.access, flow_log=logs.flow,
+                                           principal=me))
 
 
 def settings(defaults: ProxyDefaults) -> Settings:

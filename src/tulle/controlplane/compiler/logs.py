@@ -16,7 +16,8 @@ from typing import Any
 import msgspec
 
 from tulle.controlplane.compiler.durations import to_ms
-from tulle.controlplane.compiler.ir import MeshModel
+from tulle.controlplane.compiler.ir import MeshModel, Proxy
+from tulle.controlplane.compiler.plugins.mtls import spiffe_id, trust_domain
 from tulle.proxyconfig.logs import (
     DEFAULT_ACCESS_FORMAT,
     DEFAULT_FLOW_FORMAT,
@@ -33,6 +34,8 @@ class MeshLogs:
     flow: FlowLogTelemetry | None = None
     digest: bytes = b""
     """Empty when both are off (then proxies' versions are what they were without logs)."""
+    trust_domain: str = ""
+    """For each proxy's own SPIFFE ID (`telemetry.principal`), set only when a log is on."""
 
 
 def _observability(mesh: MeshModel) -> Mapping[str, Any]:
@@ -66,7 +69,15 @@ def mesh_logs(mesh: MeshModel) -> MeshLogs:
             sink=_sink(f.get("sink") or {}), interval_ms=to_ms(f.get("interval", "60s")))
     if access is None and flow is None:
         return MeshLogs()
-    return MeshLogs(access, flow, hashlib.sha256(msgspec.json.encode([access, flow])).digest())
+    return MeshLogs(access, flow, hashlib.sha256(msgspec.json.encode([access, flow])).digest(),
+                    trust_domain(mesh))
 
 
-__all__ = ["MeshLogs", "mesh_logs"]
+def principal(proxy: Proxy, logs: MeshLogs) -> str:
+    """The proxy's own SPIFFE ID when a log is on (the records name both sides), else ""."""
+    if not logs.digest:
+        return ""
+    return spiffe_id(logs.trust_domain, proxy.key[0], proxy.service_account)
+
+
+__all__ = ["MeshLogs", "mesh_logs", "principal"]

@@ -16,8 +16,8 @@ format) and writing happen off the request path.  Response flags are Envoy's
 Identities: `source_principal` is the verified peer of an inbound connection (its client
 certificate's SPIFFE ID); `destination_principal` is the SPIFFE ID an outbound cluster's TLS
 requires (`expected_spiffe_ids`, when it names exactly one: the only identity the upstream
-can have had).  The proxy's own identity is not written yet (the contract does not carry it
-to the proxy in a form it can read without parsing its certificate).
+can have had).  The proxy's own side is `telemetry.principal` (the control plane names it;
+empty in a static config that does not).
 """
 
 from __future__ import annotations
@@ -91,11 +91,14 @@ def _address(a: tuple[str, int] | None) -> str | None:
 class AccessLogger:
     """One snapshot's access log: its decision, its record, its sink."""
 
-    __slots__ = ("cfg", "duration_min", "errors_only", "filtered", "sample", "sink",
+    __slots__ = ("cfg", "duration_min", "errors_only", "filtered", "principal", "sample", "sink",
                  "status_min", "text")
 
-    def __init__(self, cfg: AccessLogTelemetry, resource: Mapping[str, Value]) -> None:
+    def __init__(self, cfg: AccessLogTelemetry, resource: Mapping[str, Value],
+                 principal: str = "") -> None:
         self.cfg = cfg
+        self.principal = principal or None
+        """The proxy's own SPIFFE ID (`telemetry.principal`); None: unnamed."""
         f = cfg.filter
         self.status_min = f.status_min
         self.duration_min = f.duration_min_ms / 1000
@@ -184,8 +187,8 @@ class AccessLogger:
             "x_forwarded_for": forwarded,
             "downstream_remote_address": _address(facts.peer),
             "requested_server_name": facts.sni or None,
-            "source_principal": facts.peer_identity or None if inbound else None,
-            "destination_principal": destination,
+            "source_principal": (facts.peer_identity or None) if inbound else self.principal,
+            "destination_principal": self.principal if inbound else destination,
             "direction": facts.direction,
             "listener": facts.listener,
             "authz": stream.authz or None,

@@ -104,8 +104,11 @@ def _address(a: tuple[str, int] | None) -> str | None:
 class FlowLogger:
     """One snapshot's flow log: the live relays, their records, the sink."""
 
-    def __init__(self, cfg: FlowLogTelemetry, resource: Mapping[str, Value], node: Node) -> None:
+    def __init__(self, cfg: FlowLogTelemetry, resource: Mapping[str, Value], node: Node,
+                 principal: str = "") -> None:
         self.cfg = cfg
+        self.principal = principal or None
+        """The proxy's own SPIFFE ID (`telemetry.principal`); None: unnamed."""
         self.interval = cfg.interval_ms / 1000
         self.local_workload = f"{node.namespace}/{node.name}"
         self.text = TextFormat(cfg.text_format) if cfg.format == "text" else None
@@ -185,9 +188,9 @@ class FlowLogger:
             "upstream_host": None,  # each request chooses its own (see the access log)
             "upstream_cluster": None,
             "source_workload": None if inbound else self.local_workload,
-            "source_principal": (f.peer_identity or None) if inbound else None,
+            "source_principal": (f.peer_identity or None) if inbound else self.principal,
             "destination_workload": self.local_workload if inbound else None,
-            "destination_principal": None,
+            "destination_principal": self.principal if inbound else None,
             "bytes_received": counts[0] if counts else None,
             "bytes_sent": counts[1] if counts else None,
             "packets_received": counts[2] if counts else None,
@@ -279,9 +282,9 @@ class FlowLogger:
             "upstream_host": _address(conn.upstream_address),
             "upstream_cluster": target.name,
             "source_workload": None if inbound else self.local_workload,
-            "source_principal": (facts.peer_identity or None) if inbound else None,
+            "source_principal": (facts.peer_identity or None) if inbound else self.principal,
             "destination_workload": dest_workload,
-            "destination_principal": None if inbound else dest_principal,
+            "destination_principal": self.principal if inbound else dest_principal,
             "bytes_received": received,
             "bytes_sent": sent,
             "packets_received": client[0] if client else None,

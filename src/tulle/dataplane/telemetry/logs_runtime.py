@@ -85,17 +85,19 @@ class LogsRuntime:
     def prepare(self, cfg: ProxyConfig) -> tuple[AccessLogger | None, FlowLogger | None]:
         """The loggers `cfg` asks for: those in force when their settings are unchanged."""
         t = cfg.telemetry
+        me = t.principal or None
         same_node = self._node == cfg.node
         access = self.access
         if t.access_log is None:
             access = None
-        elif access is None or not same_node or access.cfg != t.access_log:
-            access = AccessLogger(t.access_log, resource_of(cfg.node))
+        elif (access is None or not same_node or access.cfg != t.access_log
+              or access.principal != me):
+            access = AccessLogger(t.access_log, resource_of(cfg.node), t.principal)
         flow = self.flow
         if t.flow_log is None:
             flow = None
-        elif flow is None or not same_node or flow.cfg != t.flow_log:
-            flow = FlowLogger(t.flow_log, resource_of(cfg.node), cfg.node)
+        elif flow is None or not same_node or flow.cfg != t.flow_log or flow.principal != me:
+            flow = FlowLogger(t.flow_log, resource_of(cfg.node), cfg.node, t.principal)
         return access, flow
 
     def commit(self, node: Node, loggers: tuple[AccessLogger | None, FlowLogger | None],

@@ -34,6 +34,7 @@ BASE = [workload("web-1", 18001), workload("api-1", 18002)]
 def test_off_unless_set() -> None:
     snap = compile_mesh(MeshInputs.from_resources(BASE)).snapshots[("ns", "web-1")]
     assert snap.telemetry.access_log is None and snap.telemetry.flow_log is None
+    assert snap.telemetry.principal == ""  # (nothing names it: versions stay as they were)
 
 
 def test_every_proxy_gets_the_mesh_settings_and_a_new_version() -> None:
@@ -58,6 +59,7 @@ def test_every_proxy_gets_the_mesh_settings_and_a_new_version() -> None:
         assert t.flow_log == FlowLogTelemetry(
             sink=LogSink(kind="file", path="/var/log/tulle/flows.log"), interval_ms=300_000)
         assert after[key].version != before[key].version
+        assert t.principal == "spiffe://cluster.local/ns/ns/sa/default"
         # What the compiler emits a proxy takes (the contract's own checks of the section).
         assert log_checks(t.access_log, t.flow_log) == []
 
