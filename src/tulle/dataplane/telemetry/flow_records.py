@@ -153,6 +153,8 @@ class FlowLogger:
             return False
         local = transport.get_extra_info("sockname")
         local = (str(local[0]), int(local[1])) if isinstance(local, tuple) else None
+        # The drivers are H1Downstream / H2Downstream (`listeners/http1.py`, `http2.py`); named,
+        # not imported: the listeners import this module's users.
         protocol = "http2" if type(conn).__name__.startswith("H2") else "http1"
         loop = asyncio.get_running_loop()
         self.http[conn] = HttpFlow(facts, sock, local, protocol, loop.time())

@@ -19,6 +19,7 @@ that failed: those records are lost), for `tulle_proxy_log_records_total`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -102,8 +103,6 @@ class LineSink:
 
     async def close(self, deadline: float = 2.0) -> None:
         """Write what is queued (the thread does, within `deadline`), then stop."""
-        import asyncio
-
         self._stop = True
         self._wake.set()
         if self._thread.is_alive():
