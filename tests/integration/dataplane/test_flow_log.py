@@ -188,3 +188,31 @@ async def test_an_http2_connection_is_one_flow(tmp_path: Path) -> None:
             (rec,) = await read_records(log, 1)
     assert rec["protocol"] == "http2" and rec["event"] == "end"
     assert rec["bytes_sent"] > 6000 and rec["bytes_received"] > 24  # the h2 preface
+
+
+def client_hello(server_name: str) -> bytes:
+    """A real TLS ClientHello, as an ssl client would send it first."""
+    import ssl
+
+    ctx = ssl.create_default_context()
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+async def test_a_relayed_client_hello_is_tls(tmp_path: Path) -> None:
+    """On a sniffing listener, a TLS ClientHello it does not terminate is relayed as it came
+    (SNI passthrough) and logged as `tls`."""
+    log = tmp_path / "flow.log"
+    hello = client_hello("db.example")
+    async with origin() as o:
+        cfg = config(o.port, log)
+        cfg["listeners"][0]["protocol"] = "auto"
+        async with running_proxy(cfg) as p:
+            assert await exchange(p, hello) == REPLY
+            (rec,) = await read_records(log, 1)
+        assert await o.done.get() == hello  # relayed byte for byte
+    assert rec["protocol"] == "tls" and rec["bytes_received"] == len(hello)
+    assert rec["upstream_host"] == f"127.0.0.1:{o.port}"

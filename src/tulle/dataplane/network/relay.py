@@ -71,7 +71,8 @@ def relay(handle: ListenerHandle, transport: asyncio.Transport, initial: bytes,
              and (cluster is None or cluster.ssl_context is None))
     conn: TcpProxy = (SpliceRelay if USE_SPLICE and plain else CopyRelay)(handle, target, chain)
     if flow is not None and facts is not None:
-        flow.opened(conn, facts)
+        # A ClientHello relayed as it came (SNI passthrough) is TLS to a flow log too.
+        flow.opened(conn, facts, tls=facts.tls or initial[:2] == b"\x16\x03")
     conn.start(transport, initial)
     return conn
 

@@ -117,14 +117,18 @@ class FlowLogger:
                                                        self.text is not None, resource)
         self.live: dict[TcpProxy, tuple[ConnectionFacts, int]] = {}
         """Open relays: their facts and wall-clock start (Unix ns), one per flow."""
+        self.tls: set[TcpProxy] = set()
+        """Open relays that carry TLS (terminated here, or a ClientHello relayed as is)."""
         self.http: dict[object, HttpFlow] = {}
         """Open HTTP connections (the drivers, keyed by identity)."""
         self._task: asyncio.Task[None] | None = None
 
     # -- the relay's side --------------------------------------------------------------------
 
-    def opened(self, conn: TcpProxy, facts: ConnectionFacts) -> None:
+    def opened(self, conn: TcpProxy, facts: ConnectionFacts, tls: bool = False) -> None:
         self.live[conn] = (facts, time.time_ns())
+        if tls:
+            self.tls.add(conn)
         conn.flow_log = self
 
     def facts(self, conn: TcpProxy) -> ConnectionFacts | None:
@@ -133,11 +137,13 @@ class FlowLogger:
 
     def closed(self, conn: TcpProxy, record: ConnectionRecord) -> None:
         entry = self.live.pop(conn, None)
+        tls = conn in self.tls
+        self.tls.discard(conn)
         ns = time.time_ns()
         wall = entry[1] if entry is not None else ns - int(record.duration * 1e9)
         self.sink.offer(self.entry(conn, record.facts, "end", wall, record.duration,
                                    record.bytes_received, record.bytes_sent, conn.packets,
-                                   record), ns)
+                                   record, tls), ns)
 
     # -- HTTP connections (the listener handle's side) -----------------------------------------
 
@@ -231,7 +237,8 @@ class FlowLogger:
                     continue
                 received, sent = conn.bytes_moved()
                 self.sink.offer(self.entry(conn, facts, "interim", wall, age,
-                                           received, sent, conn.read_packets(), None), ns)
+                                           received, sent, conn.read_packets(), None,
+                                           conn in self.tls), ns)
             for flow in list(self.http.values()):
                 age = now - flow.started
                 if age >= self.interval:
@@ -243,7 +250,7 @@ class FlowLogger:
     def entry(self, conn: TcpProxy, facts: ConnectionFacts, event: str, wall_ns: int,
               duration: float, received: int, sent: int,
               packets: tuple[tuple[int, int] | None, tuple[int, int] | None],
-              record: ConnectionRecord | None) -> dict[str, Any]:
+              record: ConnectionRecord | None, tls_seen: bool = False) -> dict[str, Any]:
         inbound = facts.direction == "inbound"
         target = conn.target
         cluster = target.cluster
@@ -275,7 +282,7 @@ class FlowLogger:
             "direction": facts.direction,
             "listener": facts.listener,
             "transport": "tcp",
-            "protocol": "tls" if facts.tls else "tcp",
+            "protocol": "tls" if tls_seen or facts.tls else "tcp",
             "source_address": facts.peer[0] or None,
             "source_port": facts.peer[1] or None,
             "destination_address": dst[0] if dst else None,
