@@ -18,7 +18,7 @@ RUNS = int(os.environ.get("TULLE_FUZZ_RUNS", "20000"))
 
 
 @pytest.mark.parametrize("target", ["http1_request", "http1_response", "h2_request",
-                                    "dns_query"])
+                                    "dns_query", "otlp_response"])
 def test_fuzz_target_finds_nothing(target: str, tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     corpus.mkdir()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,9 +53,11 @@ class OtlpReceiver:
     stall: asyncio.Event | None = None
     """When set to an unset Event, requests wait for it before being answered."""
 
+    tls: bool = False
+
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     async def wait_for(self, count: int, timeout: float = 10.0) -> list[Export]:
         """Wait until `count` exports have been decoded."""
@@ -98,13 +101,15 @@ class OtlpReceiver:
 
 
 @contextlib.asynccontextmanager
-async def running_receiver() -> AsyncIterator[OtlpReceiver]:
-    receiver = OtlpReceiver()
+async def running_receiver(ssl_context: ssl.SSLContext | None = None
+                           ) -> AsyncIterator[OtlpReceiver]:
+    """`ssl_context`: serve HTTPS with it (OTLP/HTTP over TLS)."""
+    receiver = OtlpReceiver(tls=ssl_context is not None)
     app = web.Application()
     app.router.add_post("/{tail:.*}", receiver.handle)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
     receiver.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:

@@ -84,8 +84,9 @@ class MeshSpec(Model):
     outboundTrafficPolicy: OutboundTrafficPolicy = Field(default_factory=OutboundTrafficPolicy)
     defaults: MeshDefaults = Field(default_factory=MeshDefaults)
     observability: Observability = Field(default_factory=Observability)
-    """What every proxy observes and who may look: golden metrics (`metrics`), live tap (`tap`),
-    ... (`api/observability.py`)."""
+    """What every proxy observes and who may look: golden metrics (`metrics`), access and flow
+    logs (`accessLog`, `flowLog`), tracing (`tracing`), live tap (`tap`)
+    (`api/observability.py`)."""
 
 
 @register(api_version=MESH_API_VERSION, kind="Mesh", plural="meshes", scope="Cluster", short_names=("mesh",))

@@ -4,6 +4,7 @@ Why on the Mesh: the golden metrics are what dashboards read across the whole me
 switched and bounded in one place (Istio's Telemetry API at the root namespace plays the same
 role).  Each signal compiles into its own struct of the proxy contract's `telemetry` section
 (`proxyconfig/telemetry.py`); every field here is enforced by the proxies, none is only stored.
+Access and flow logs: `api/logs.py` (ADR 0054).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Annotated
 
 from pydantic import Field
 
+from tulle.api.logs import AccessLogSettings, FlowLogSettings
 from tulle.api.meta import Model
 from tulle.api.observability_tap import TapSettings
 from tulle.api.observability_tracing import TracingSettings
@@ -38,6 +40,10 @@ class Observability(Model):
     """Live tap (`tulle tap`, `tulle top`, the dashboard; ADR 0056)."""
     tracing: TracingSettings | None = None
     """W3C/B3 trace propagation and spans over OTLP (ADR 0055); unset: no tracing."""
+    accessLog: AccessLogSettings | None = None
+    """One record per HTTP request (ADR 0054; unset: none)."""
+    flowLog: FlowLogSettings | None = None
+    """One record per relayed TCP connection (ADR 0054; unset: none)."""
 
 
 __all__ = ["MetricsSettings", "Observability"]

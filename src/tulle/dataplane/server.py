@@ -37,6 +37,7 @@ from tulle.dataplane.listeners.factory import protocol_factory
 from tulle.dataplane.overload import OverloadGuard
 from tulle.dataplane.runtime.build import Prepared, SnapshotBuilder
 from tulle.dataplane.runtime.tls import ServerRef, TLSContexts
+from tulle.dataplane.telemetry.logs_runtime import close_loggers
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.telemetry.tap import TapHub
 from tulle.dataplane.upstream.cluster import ClusterManager, run_sweeper
@@ -255,6 +256,9 @@ class ProxyServer:
         """Put a prepared plan in force.  Nothing here may fail."""
         for exporter in self.runtime.commit(plan.built):
             self._spawn(exporter.close())  # a tracing change: the old exporter flushes
+        retired, self.runtime.retired_loggers = self.runtime.retired_loggers, []
+        if retired:
+            self._spawn(close_loggers(retired))
         for handle, ctx in plan.kept:
             handle.ctx = ctx
         for name, old in self.listeners.items():
@@ -376,6 +380,7 @@ class ProxyServer:
         self.dns.close()
         for exporter in self.runtime.tracing.close():
             await exporter.close()  # flushes the spans it holds (bounded by its timeout)
+        await close_loggers(self.runtime.logs.all())
         for h in self._all_handles():
             for s in h.servers:
                 s.close()

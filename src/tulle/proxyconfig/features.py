@@ -200,6 +200,11 @@ FEATURES: tuple[Feature, ...] = (
     # the fully qualified names still resolve.  Withheld, never refused.
     Feature("dns-clients", ("dns.clients",), "per source address, the namespace whose "
             "Services answer bare names (a node agent's pods, ADR 0050)"),
+    Feature("access-log", ("telemetry.access_log",),
+            "access logs: one record per HTTP request to stdout, a file or OTLP (ADR 0054)"),
+    Feature("flow-logs", ("telemetry.flow_log",),
+            "flow logs: one record per relayed TCP connection, at its end and periodically "
+            "(ADR 0054)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -9,6 +9,10 @@ The section travels whole in a delta when anything in it changed (it is small).
 0053).  Absent: the proxy keeps only its own `tulle_proxy_*` families and pays nothing per
 request for the golden ones.  The local workload's and the mesh peers' names, apps and versions
 travel here because labels name workloads and a proxy knows only addresses and identities.
+
+`access_log` and `flow_log` (`proxyconfig/logs.py`, ADR 0054): one record per HTTP request,
+one per relayed TCP connection; absent: off, and nothing is paid for them.  `tracing` (ADR
+0055): trace propagation and spans.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Annotated
 import msgspec
 from msgspec import Meta
 
+from tulle.proxyconfig.logs import AccessLogTelemetry, FlowLogTelemetry
 from tulle.proxyconfig.tracing import Tracing
 from tulle.proxyconfig.values import Base
 
@@ -76,6 +81,14 @@ class Telemetry(Base, frozen=True, kw_only=True):
     """The golden metrics (feature `golden-metrics`); null: only `tulle_proxy_*`."""
     tracing: Tracing | None = None
     """Trace propagation and spans (feature `tracing`, ADR 0055); null: no tracing at all."""
+    access_log: AccessLogTelemetry | None = None
+    """One record per HTTP request (feature `access-log`); null: none."""
+    flow_log: FlowLogTelemetry | None = None
+    """One record per relayed TCP connection (feature `flow-logs`); null: none."""
+    principal: Annotated[str, Meta(max_length=2048)] = ""
+    """The proxy's own workload identity (SPIFFE ID) for the records that name both sides
+    (the source of its outbound requests, the destination of its inbound ones); empty:
+    unnamed."""
 
 
 __all__ = ["MetricsTelemetry", "PeerWorkload", "Telemetry"]

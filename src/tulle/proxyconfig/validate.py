@@ -25,6 +25,7 @@ from tulle.errors import FieldError
 from tulle.proxyconfig import dns, filters, health, network, regex, telemetry_checks
 from tulle.proxyconfig.chain_checks import chain_errors
 from tulle.proxyconfig.lb_checks import cluster_lb_errors
+from tulle.proxyconfig.logs import check as log_checks
 from tulle.proxyconfig.model import Listener, ProxyConfig, RouteMatch
 from tulle.proxyconfig.tls_checks import key_material_errors, tls_ref_errors
 from tulle.proxyconfig.walk import errors_in, schema_path
@@ -173,6 +174,7 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
     out += key_material_errors(cfg)
     out += dns.errors(cfg)
     out += telemetry_checks.errors(cfg)
+    out += log_checks(cfg.telemetry.access_log, cfg.telemetry.flow_log)
     return out
 def _regex(pattern: str, path: str) -> list[FieldError]:
     why = regex.problem(pattern)

@@ -10,11 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
 
 import pytest
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.resource.v1 import resource_pb2
+from tests.support.certs import self_signed
 from tests.support.otlp_receiver import OtlpReceiver, running_receiver
 
 from tulle.dataplane.telemetry.otlp.common import resource
@@ -267,3 +270,26 @@ def test_bad_configuration_is_refused() -> None:
         OtlpExporter("http://x:1", "/v1/logs", _encode, headers=[("a", "b\r\nc: d")])
     with pytest.raises(ValueError):
         OtlpExporter("http://x:1", "/v1/logs", _encode, max_queue=0)
+
+
+async def test_https_to_a_trusted_collector_and_a_refused_untrusted_one(tmp_path: Path) -> None:
+    crt, key = self_signed(tmp_path)
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(crt, key)
+    async with running_receiver(server) as rx:
+        trusting = ssl.create_default_context(cafile=crt)
+        ex = _exporter(rx.url, ssl_context=trusting)
+        ex.start()
+        for i in range(4):
+            ex.offer(i)
+        await _until(lambda: ex.stats.exported == 4)
+        await ex.close()
+        assert _records(rx) == list(range(4))
+        # The system's CAs do not know this certificate: the batch fails, nothing is sent.
+        stranger = _exporter(rx.url, max_retries=0)
+        stranger.start()
+        for i in range(4):
+            stranger.offer(i)
+        await _until(lambda: stranger.stats.failed == 4)
+        await stranger.close()
+        assert len(rx.raw) == 1

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from msgspec import inspect as mi
 
-from tulle.proxyconfig import health, model, network, retry, telemetry, tracing
+from tulle.proxyconfig import health, logs, model, network, retry, telemetry, tracing
 from tulle.proxyconfig.filters import (
     authz,
     fault,
@@ -46,7 +46,8 @@ STRUCTS += [fault.FaultInjection, fault.FaultDelay, fault.FaultAbort, fault.Faul
             ratelimit.RateLimit, ratelimit.LocalLimit, ratelimit.GlobalLimit,
             rate_limit.ConnectionRateLimit]
 STRUCTS += [telemetry.Telemetry, telemetry.MetricsTelemetry, telemetry.PeerWorkload,
-            tracing.Tracing]
+            tracing.Tracing, logs.AccessLogTelemetry, logs.FlowLogTelemetry, logs.LogSink,
+            logs.LogFilter]
 
 
 def _doc_tables() -> dict[str, dict[str, str]]:

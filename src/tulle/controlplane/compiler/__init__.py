@@ -33,6 +33,8 @@ from tulle.controlplane.compiler.dns import DnsHosts, dns_hosts, dns_section
 from tulle.controlplane.compiler.inbound_protocols import with_service_protocols
 from tulle.controlplane.compiler.inputs import Key, MeshInputs
 from tulle.controlplane.compiler.ir import MeshModel, Proxy, ProxyDefaults
+from tulle.controlplane.compiler.logs import MeshLogs, mesh_logs
+from tulle.controlplane.compiler.logs import principal as log_principal
 from tulle.controlplane.compiler.outbound import MESH_BUNDLE, MESH_IDENTITY, outbound_shared
 from tulle.controlplane.compiler.policies import derive_mesh, derive_policies
 from tulle.controlplane.compiler.proxies import (
@@ -107,6 +109,8 @@ class Shared:
     """The outbound side of transparent proxies (ADR 0044); None when the mesh has none."""
     telemetry: MeshTelemetry = field(default_factory=lambda: MeshTelemetry(enabled=False))
     """What every proxy's `telemetry` section shares (`compiler/telemetry.py`)."""
+    logs: MeshLogs = field(default_factory=MeshLogs)
+    """Every proxy's access and flow log settings (`compiler/logs.py`, ADR 0054)."""
 
     def for_namespace(self, ns: str) -> tuple[list[RouteTable], bytes]:
         """The tables a proxy in `ns` gets, and the digest that stands for them."""
@@ -355,6 +359,12 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
         digest = hashlib.sha256(digest + tele.digest + msgspec.json.encode(own)).digest()
     if telemetry.tracing is not None:  # (only then: versions without it stay what they were)
         digest = hashlib.sha256(digest + msgspec.json.encode(telemetry.tracing)).digest()
+    logs = shared.logs
+    me = log_principal(proxy, logs)
+    if logs.digest:  # (only then: with logs off, versions stay as they were)
+        digest = hashlib.sha256(digest + logs.digest + me.encode()).digest()
+    telemetry = msgspec.structs.replace(telemetry, access_log=logs.access, flow_log=logs.flow,
+                                        principal=me)
     version = hashlib.sha256(part.digest + digest).hexdigest()[:16]
     return ProxyConfig(version=version, node=part.node, settings=shared.settings,
                        listeners=listeners,
@@ -392,7 +402,8 @@ def compile_model(mesh: MeshModel, cache: PartCache | None = None) -> CompileRes
         shared = dataclasses.replace(shared, transparent=build_transparent(
             t.listener, t.tables, t.clusters, shared.clusters, t.consumer_hosts,
             t.consumer_clusters))
-    shared = dataclasses.replace(shared, dns=dns_hosts(mesh), telemetry=mesh_telemetry(mesh))
+    shared = dataclasses.replace(shared, dns=dns_hosts(mesh), telemetry=mesh_telemetry(mesh),
+                                 logs=mesh_logs(mesh))
     for proxy in mesh.proxies:
         try:
             result.snapshots[proxy.key] = compile_proxy(proxy, shared, cache)

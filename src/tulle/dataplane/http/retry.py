@@ -188,7 +188,7 @@ class Retrier:
         self = cls(policy, d.cluster, stream.head, stream, True)
         self.cur = stream.upstream
         stream.upstream = self
-        if stream.run is not None:
+        if stream.run is not None or stream.alog is not None:
             stream.tried = self
         return self
 

@@ -63,6 +63,8 @@ if TYPE_CHECKING:
     from tulle.dataplane.http.filter import ReplyHeaders
     from tulle.dataplane.listeners.context import RequestStats
     from tulle.dataplane.listeners.dispatch import Decision
+    from tulle.dataplane.routing.router import Route
+    from tulle.dataplane.telemetry.access_log import AccessLogger
     from tulle.dataplane.telemetry.tracing.tracer import RequestTrace
     from tulle.dataplane.upstream.cluster import ClusterRuntime
 
@@ -70,11 +72,11 @@ if TYPE_CHECKING:
 class RequestStream(StreamPort):
     """One request: head, decision, filters, deadline, upstream, and its record."""
 
-    __slots__ = ("authz", "bodiless", "body", "body_size", "bytes_in", "bytes_out", "cluster",
-                 "conn", "decision", "done", "due", "edits", "expect_continue", "flags", "grpc_status",
-                 "head",
-                 "head_sent", "idle", "request_done", "resp", "retry", "run", "start", "stats",
-                 "status", "timer", "trace", "trailers", "tried", "upstream")
+    __slots__ = ("alog", "authz", "bodiless", "body", "body_size", "bytes_in", "bytes_out",
+                 "cluster", "conn", "decision", "done", "due", "edits", "expect_continue",
+                 "first_byte", "flags", "grpc_status", "head", "head_sent", "idle",
+                 "request_done", "resp", "retry", "route", "run", "start", "stats", "status",
+                 "timer", "trace", "trailers", "tried", "up_start", "upstream")
 
     def __init__(self, conn: StreamOwner, head: RequestHead, bodiless: bool,
                  start: float, expect_continue: bool = False) -> None:
@@ -128,6 +130,15 @@ class RequestStream(StreamPort):
         """The stream idle timeout's watch (`http/idle.py`), on routes that have one."""
         self.trace: RequestTrace | None = None
         """The request's trace context, on listeners that trace (`telemetry/tracing`)."""
+        self.alog: AccessLogger | None = None
+        """The access log of the listener's snapshot (`telemetry/access_log.py`), when it has
+        one: then the stream also keeps the timings and the route below for its record."""
+        self.first_byte = 0.0
+        """Loop time the response head arrived from upstream (access log only)."""
+        self.up_start = 0.0
+        """Loop time the upstream exchange was opened (access log only)."""
+        self.route: Route | None = None
+        """The route the request matched (access log only)."""
 
     @property
     def facts(self) -> ConnectionFacts:
@@ -147,6 +158,7 @@ class RequestStream(StreamPort):
             conn = self.conn
             guard = conn.guard
             if guard.rejecting:
+                self.alog = conn.ctx.access_log
                 guard.count("reject_request")
                 self.flags = "OL"
                 self.overloaded()
@@ -154,13 +166,18 @@ class RequestStream(StreamPort):
             if conn.handle.ctx is not conn.ctx:
                 conn.follow_snapshot()
             ctx = conn.ctx
+            self.alog = alog = ctx.access_log
             # Before routing, as Envoy does: a route may match on x-forwarded-for or
             # x-request-id as the upstream will see them.
             add_forwarding_headers(head, conn.facts.peer_ip, ctx.generate_request_id)
             tracer = ctx.tracer
             if tracer is not None:  # the proxy's context on the head before routing, too
                 self.trace = tracer.start(head)
+            if alog is not None:
+                ctx.matched_route = None
             self.decision = d = resolve(ctx, conn.router, conn.cluster or "", head)
+            if alog is not None:
+                self.route = ctx.matched_route
             self.cluster = d.cluster_name
             self.stats = d.stats
             if d.cluster is None and d.chain is None:
@@ -224,6 +241,9 @@ class RequestStream(StreamPort):
         self.upstream = up
         if self.run is not None or self.trace is not None:
             self.tried = up
+        if self.alog is not None:
+            self.tried = up
+            self.up_start = self.conn.loop.time()
         if self.conn.write_paused:
             up.pause_response()  # the client is not reading: neither does this upstream
         if self.expect_continue and not self.request_done:
@@ -348,6 +368,8 @@ class RequestStream(StreamPort):
             for n, v in head.headers:  # a trailers-only gRPC response: the status is here
                 if n == b"grpc-status":
                     self.grpc_status = v.decode("latin-1")
+        if self.alog is not None and not self.first_byte:
+            self.first_byte = self.conn.loop.time()
         run = self.run
         if run is not None:
             chain = run.chain
@@ -590,6 +612,11 @@ class RequestStream(StreamPort):
         if self.done:
             return
         self.done = True
+        alog = self.alog
+        if alog is not None:  # before the observers' done(), which lets `tried` go
+            alog.log(self, self.conn.loop.time())
+            if self.run is None:
+                self.tried = None
         run = self.run
         if run is not None:
             self.run = None  # breaks stream -> run -> stream: freed without the GC

@@ -36,7 +36,10 @@ if TYPE_CHECKING:
 
     from tulle.dataplane.http.chain import Chain
     from tulle.dataplane.http.retry import RetryRuntime
+    from tulle.dataplane.routing.router import Route
     from tulle.dataplane.runtime.tls import ServerRef, TLSContexts
+    from tulle.dataplane.telemetry.access_log import AccessLogger
+    from tulle.dataplane.telemetry.flow_records import FlowLogger
     from tulle.dataplane.telemetry.golden import Golden, HttpGolden
     from tulle.dataplane.telemetry.tracing.tracer import Tracer
     from tulle.dataplane.upstream.attempt import AttemptRequest
@@ -178,6 +181,12 @@ class ListenerContext:
         # ADR 0010.
         tick = max(0.01, min(1.0, settings.header_timeout_ms / 4000))
         self.sweep_timeout_min = 10 * tick
+        self.access_log: AccessLogger | None = None
+        """The snapshot's access log (`telemetry.access_log`), set when it is committed."""
+        self.flow_log: FlowLogger | None = None
+        """The snapshot's flow log (`telemetry.flow_log`), set likewise."""
+        self.matched_route: Route | None = None
+        """The route `resolve` matched last (read at once by the stream, for its log)."""
 
     def follow(self, previous: ListenerContext) -> None:
         """This context replaces `previous` on the same listener: carry the state that must
@@ -313,6 +322,8 @@ class ListenerHandle:
     tls_ref: ServerRef | None = None
     """The shared server TLS entry its sockets accept with (`.ctx`, read per accept)."""
     _handover: bool = False
+    flows: dict[Connection, FlowLogger] = field(default_factory=dict)
+    """The flow log that follows each connection (the one in force when it opened)."""
 
     def connection_opened(self, conn: Connection) -> bool:
         """Register a new connection; False when it must be refused (it is then not
@@ -331,6 +342,9 @@ class ListenerHandle:
         self.connections.add(conn)
         self.m_active.value += 1  # type: ignore[attr-defined]
         self.m_total.value += 1  # type: ignore[attr-defined]
+        flow = self.ctx.flow_log
+        if flow is not None and flow.connection_opened(conn):  # an HTTP connection's flow
+            self.flows[conn] = flow
         return True
 
     def count_refusal(self) -> None:
@@ -355,9 +369,15 @@ class ListenerHandle:
             self.m_active.value -= 1  # type: ignore[attr-defined]
             self.m_total.value -= 1  # type: ignore[attr-defined]
             self._handover = True
+            self.flows.pop(conn, None)
 
     def connection_closed(self, conn: Connection) -> None:
         if conn in self.connections:
+            flows = self.flows
+            if flows:
+                flow = flows.pop(conn, None)
+                if flow is not None:
+                    flow.connection_closed(conn)
             self.connections.discard(conn)
             self.guard.active -= 1
             self.m_active.value -= 1  # type: ignore[attr-defined]

@@ -76,6 +76,7 @@ def resolve(ctx: ListenerContext, router: Router | None, default_cluster: str,
     if router is None:
         return ctx.decision(default_cluster, ctx.settings.request_timeout_ms)
     route = router.only or router.route(head)
+    ctx.matched_route = route  # for the access log's `route_name` (one store per request)
     if route is None:
         return Decision(None, "-", 0, 404, b"no route for host '%b' path '%b' on listener "
                         b"%b\n" % (head.authority, head.path.split(b"?", 1)[0],

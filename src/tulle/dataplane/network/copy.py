@@ -156,7 +156,15 @@ class CopyRelay(TcpProxy):
         if self.down.transport is not None:
             self.down.transport.pause_reading()  # resumed once connected
 
+    def sockets(self) -> tuple[socket.socket | None, socket.socket | None]:
+        out: list[socket.socket | None] = []
+        for side in (self.down, self.up):
+            t = side.transport
+            out.append(t.get_extra_info("socket") if t is not None else None)
+        return out[0], out[1]
+
     def close(self) -> None:
+        self.closing()
         for side in (self.down, self.up):
             if side.transport is not None:
                 side.transport.close()
@@ -166,6 +174,7 @@ class CopyRelay(TcpProxy):
         self.close()
 
     def abort(self) -> None:
+        self.closing()
         self.set_reason("aborted")
         for side in (self.down, self.up):
             t = side.transport

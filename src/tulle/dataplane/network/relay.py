@@ -58,8 +58,12 @@ def relay(handle: ListenerHandle, transport: asyncio.Transport, initial: bytes,
     if network == "listener":
         network = handle.ctx.network
     chain: ConnectionChain | None = None
-    if network is not None:
-        chain = network.connection(facts_of(handle, transport, original_destination))
+    flow = handle.ctx.flow_log
+    facts = None
+    if network is not None or flow is not None:
+        facts = facts_of(handle, transport, original_destination)
+    if network is not None and facts is not None:
+        chain = network.connection(facts)
     cluster = target.cluster
     plain = (transport.get_extra_info("sslcontext") is None
              and transport.get_extra_info("ssl_object") is None
@@ -75,6 +79,9 @@ def relay(handle: ListenerHandle, transport: asyncio.Transport, initial: bytes,
             identity = spiffe_id(ssl_object) if ssl_object is not None else ""
         conn.golden = golden.tcp(handle.ctx.cfg, cluster.cfg if cluster is not None else None,
                                  identity)
+    if flow is not None and facts is not None:
+        # A ClientHello relayed as it came (SNI passthrough) is TLS to a flow log too.
+        flow.opened(conn, facts, tls=facts.tls or initial[:2] == b"\x16\x03")
     conn.start(transport, initial)
     return conn
 

@@ -256,7 +256,11 @@ class SpliceRelay(TcpProxy):
     def idle_close(self) -> None:
         self._close(reset=False)
 
+    def sockets(self) -> tuple[socket.socket | None, socket.socket | None]:
+        return self.client, self.upstream
+
     def _close(self, reset: bool) -> None:
+        self.closing()
         for p in self.pumps:
             p.close()
         for s in (self.client, self.upstream):

@@ -34,14 +34,17 @@ endpoint).  Without filters none of this is built.
 from __future__ import annotations
 
 import asyncio
+import socket
 import struct
 from typing import TYPE_CHECKING, Final
 
 from tulle.dataplane.listeners.context import Connection, ListenerHandle
 from tulle.dataplane.network.filter import ConnectionRecord
+from tulle.dataplane.telemetry.flow_records import segments
 
 if TYPE_CHECKING:
     from tulle.dataplane.network.chain import ConnectionChain
+    from tulle.dataplane.telemetry.flow_records import FlowLogger
     from tulle.dataplane.telemetry.golden import TcpGolden
     from tulle.dataplane.telemetry.metrics import CounterChild, GaugeChild
     from tulle.dataplane.upstream.cluster import ClusterRuntime
@@ -94,6 +97,11 @@ class TcpProxy(Connection):
         """Loop time of the last bytes moved (or of the start)."""
         self.deadline = now + self.idle_timeout if self.idle_timeout else 0.0
         self.upstream_address: tuple[str, int] | None = None
+        self.flow_log: FlowLogger | None = None
+        """The snapshot's flow log when it has one (`telemetry/flow_records.py`)."""
+        self.packets: tuple[tuple[int, int] | None, tuple[int, int] | None] = (None, None)
+        """(segments in, out) of the client's and the upstream's socket, read from TCP_INFO
+        just before they close (flow log only)."""
         self._task: asyncio.Task[None] | None = None
         self._endpoint: EndpointState | None = None
         self._up_active: GaugeChild | None = None
@@ -108,6 +116,19 @@ class TcpProxy(Connection):
     def bytes_moved(self) -> tuple[int, int]:
         """(client -> upstream, upstream -> client) bytes of this connection so far."""
         raise NotImplementedError
+
+    def sockets(self) -> tuple[socket.socket | None, socket.socket | None]:
+        """The client's and the upstream's socket while they are open (for TCP_INFO)."""
+        return None, None
+
+    def read_packets(self) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+        client, upstream = self.sockets()
+        return segments(client), segments(upstream)
+
+    def closing(self) -> None:
+        """The engine is about to close the sockets: keep their packet counts (flow log)."""
+        if self.flow_log is not None and self.packets == (None, None):
+            self.packets = self.read_packets()
 
     def set_reason(self, reason: str) -> None:
         """Why the relay ends; the first reason given wins."""
@@ -191,14 +212,21 @@ class TcpProxy(Connection):
         if golden is not None and self._up_counted:
             golden.closed(*self.bytes_moved())
         chain = self.chain
-        if chain is not None:
-            record = ConnectionRecord(chain.facts, self.target.name)
+        flow = self.flow_log
+        if chain is not None or flow is not None:
+            facts = chain.facts if chain is not None else flow.facts(self) if flow else None
+            if facts is None:
+                return
+            record = ConnectionRecord(facts, self.target.name)
             record.upstream = self.upstream_address if self.close_reason not in (
                 "rejected", "filter_error") else None
             record.bytes_received, record.bytes_sent = self.bytes_moved()
             record.duration = self.loop.time() - self.started
             record.close_reason = self.close_reason or "aborted"
-            chain.closed(record)
+            if chain is not None:
+                chain.closed(record)
+            if flow is not None:
+                flow.closed(self, record)
 
     # -- Connection ----------------------------------------------------------------------
 

@@ -36,13 +36,16 @@ from operator import is_
 from tulle.dataplane.listeners.context import ListenerContext
 from tulle.dataplane.routing.router import Router
 from tulle.dataplane.runtime.tls import Rotation
+from tulle.dataplane.telemetry.access_log import AccessLogger
+from tulle.dataplane.telemetry.flow_records import FlowLogger
 from tulle.dataplane.telemetry.golden import Golden, build_golden
+from tulle.dataplane.telemetry.logs_runtime import Logger, LogsRuntime
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.telemetry.tap import TapHub
 from tulle.dataplane.telemetry.tracing.runtime import SpanExporter, TracingRuntime
 from tulle.dataplane.telemetry.tracing.tracer import Tracer
 from tulle.dataplane.upstream.cluster import ClusterManager, PreparedClusters
-from tulle.proxyconfig.model import Cluster, Listener, ProxyConfig, RouteTable, Settings
+from tulle.proxyconfig.model import Cluster, Listener, Node, ProxyConfig, RouteTable, Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,9 @@ class Prepared:
     """The golden metrics its contexts record into (`telemetry/golden.py`)."""
     tracer: Tracer | None = None
     """The snapshot's tracer (the one in force when `telemetry.tracing` is unchanged)."""
+    loggers: tuple[AccessLogger | None, FlowLogger | None] = (None, None)
+    """The snapshot's access and flow loggers (`telemetry/logs_runtime.py`)."""
+    node: Node | None = None
 
 
 def _same(a: object, b: object) -> bool:
@@ -117,6 +123,10 @@ class SnapshotBuilder:
         """The golden metrics of the snapshot in force (`telemetry/golden.py`)."""
         self.tracing = TracingRuntime(metrics)
         """The tracer in force and its exporter (ADR 0055)."""
+        self.logs = LogsRuntime(metrics)
+        """The access and flow loggers in force (ADR 0054)."""
+        self.retired_loggers: list[Logger] = []
+        """Loggers the last commit replaced; the server closes (flushes) them."""
 
     def prepare(self, cfg: ProxyConfig) -> Prepared:
         """Build `cfg`'s runtime objects, reusing what is unchanged.  May raise; then nothing
@@ -163,7 +173,7 @@ class SnapshotBuilder:
             contexts_built=len(contexts) - c_kept, contexts_kept=c_kept,
             hosts_built=h_built, hosts_kept=h_kept)
         return Prepared(routers, clusters, contexts, counts, rotation, self._routers,
-                        cfg.clusters, settings, golden, tracer)
+                        cfg.clusters, settings, golden, tracer, self.logs.prepare(cfg), cfg.node)
 
     def _clusters_in_force(self, cfgs: list[Cluster], settings: Settings) -> PreparedClusters | None:
         """What `ClusterManager.prepare` would return when every cluster is the very struct in
@@ -208,6 +218,9 @@ class SnapshotBuilder:
         self._cluster_cfgs = prepared.cluster_cfgs
         self._settings = prepared.settings
         self.counts = prepared.counts
+        if prepared.node is not None:
+            self.retired_loggers += self.logs.commit(prepared.node, prepared.loggers,
+                                                     prepared.contexts.values())
         return retired
 
     def _export_route_stats(self, routers: dict[str, tuple[RouteTable, int, Router]]) -> None:

@@ -104,10 +104,19 @@ def mesh_tracing(percent: float) -> dict[str, Any]:
                   "spec": {"observability": {"tracing": {"sampling": percent}}}})
 
 
+def mesh_access_log(percent: float) -> dict[str, Any]:
+    return canon({"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Mesh",
+                  "metadata": {"name": "default"},
+                  "spec": {"observability": {"accessLog": {"samplePercent": percent}}}})
+
+
 STEPS += [
     ("tracing on", [*BASE, service("svc-10"), mesh_tracing(1.0)]),
     ("tracing's rate changed", [*BASE, service("svc-10"), mesh_tracing(5.0)]),
     ("tracing off", [*BASE, service("svc-10")]),
+    ("access log on", [*BASE, service("svc-10"), mesh_access_log(1.0)]),
+    ("access log's sampling changed", [*BASE, service("svc-10"), mesh_access_log(5.0)]),
+    ("access log off", [*BASE, service("svc-10")]),
 ]
 
 UNIT_SETS = [UNITS, WHOLE, frozenset({VIRTUAL_HOSTS}), frozenset({ENDPOINTS, POSITIONS})]

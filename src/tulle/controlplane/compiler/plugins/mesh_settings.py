@@ -9,6 +9,7 @@ the proxies do, and a condition naming each setting they do not.
   (ADR 0044): `ALLOW_ANY` passes an unknown destination through, `REGISTRY_ONLY` refuses it.
   An `interception: explicit` workload's application dials destinations outside the mesh
   itself, which no proxy setting can stop (the message says so).
+- `observability.accessLog` / `.flowLog`: in force, every field (`compiler/logs.py`, ADR 0054).
 
 The stored Mesh carries every field (the API fills in the defaults), so these settings are
 always reported: the Mesh gets `SettingsApplied`, `False` with reason `UnsupportedValue` and each
@@ -62,6 +63,12 @@ def not_in_force(spec: Mapping[str, Any]) -> tuple[list[str], list[str]]:
         applied.append(f"observability.tracing (sampling {tracing.get('sampling', 1.0)}%, "
                        f"propagation {','.join(tracing.get('propagation') or ['w3c'])}, "
                        + (f"spans to {otlp})" if otlp else "no span export)"))
+    observability = _section(spec, "observability")
+    for key in ("accessLog", "flowLog"):  # every field compiled, none only stored (ADR 0054)
+        logs = observability.get(key)
+        if isinstance(logs, Mapping):
+            sink = _section(logs, "sink").get("type", "stdout")
+            applied.append(f"observability.{key} (to {sink})")
     return applied, left_out
 
 

@@ -18,12 +18,15 @@ from collections.abc import Mapping, Sequence
 from typing import TypeAlias
 
 from tulle.dataplane.telemetry.otlp.wire import (
+    LEN,
+    key,
     put_bool,
     put_bytes,
     put_double,
     put_int64,
     put_message,
     put_string,
+    varint,
 )
 
 Value: TypeAlias = ("str | bool | int | float | bytes | Sequence[Value] | Mapping[str, Value]"
@@ -80,10 +83,52 @@ def key_value(k: str, value: Value, depth: int = 0) -> bytearray:
     return buf
 
 
+_KEYS: dict[str, bytes] = {}
+"""A KeyValue's `key` field, encoded, per key (records repeat the same few dozen keys)."""
+_PAIRS: dict[tuple[int, str, type, object], bytes] = {}
+"""Whole framed KeyValues of short scalar values seen before (`direction: outbound`, a
+status, a route name): most attributes of a record repeat; bounded, cleared when full."""
+_PAIRS_MAX = 4096
+
+
+def _key(k: str) -> bytes:
+    b = _KEYS.get(k)
+    if b is None:
+        buf = bytearray()
+        put_string(buf, 1, k)
+        b = bytes(buf)
+        if len(_KEYS) < _PAIRS_MAX:
+            _KEYS[k] = b
+    return b
+
+
+def attribute(field: int, k: str, v: Value) -> bytes:
+    """One KeyValue as field `field` of its message (key, length, KeyValue), encoded; the
+    scalar cases without building buffers, repeated pairs from a bounded cache (a record's
+    28 attributes cost a few dict lookups)."""
+    t = type(v)
+    cacheable = t is int or t is bool or (isinstance(v, str) and len(v) <= 64)
+    if cacheable:
+        hit = _PAIRS.get((field, k, t, v))
+        if hit is not None:
+            return hit
+    if isinstance(v, str) and v.isascii():  # (the common case: UTF-8 is the bytes themselves)
+        data = v.encode()
+        av = b"\x0a" + varint(len(data)) + data
+        kv = _key(k) + b"\x12" + varint(len(av)) + av
+    else:
+        kv = bytes(key_value(k, v))
+    out = key(field, LEN) + varint(len(kv)) + kv
+    if cacheable:
+        if len(_PAIRS) >= _PAIRS_MAX:
+            _PAIRS.clear()
+        _PAIRS[(field, k, t, v)] = out
+    return out
+
+
 def put_attributes(buf: bytearray, field: int, attributes: Mapping[str, Value]) -> None:
     """A repeated KeyValue field (`attributes`), one entry per key, in the mapping's order."""
-    for k, v in attributes.items():
-        put_message(buf, field, key_value(k, v))
+    buf += b"".join([attribute(field, k, v) for k, v in attributes.items()])
 
 
 def resource(attributes: Mapping[str, Value]) -> bytearray:

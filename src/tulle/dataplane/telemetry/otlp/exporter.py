@@ -97,18 +97,20 @@ class Endpoint:
         return f"{host}:{self.port}"
 
 
-def _rejected(body: bytes) -> int:
-    """`partial_success.rejected_*` (field 1 of field 1 in every Export*ServiceResponse);
-    0 when absent or unreadable."""
+def rejected_count(body: bytes) -> int:
+    """`partial_success.rejected_*` (field 1 of field 1 in every Export*ServiceResponse), as
+    protobuf reads it (a message field seen twice is merged: the last value wins); 0 when
+    absent, negative or unreadable."""
+    found = 0
     try:
         for number, wire_type, value in fields(body):
             if number == 1 and wire_type == LEN and isinstance(value, bytes):
                 for n2, w2, v2 in fields(value):
                     if n2 == 1 and w2 == VARINT and isinstance(v2, int):
-                        return v2 if v2 < 1 << 63 else 0
+                        found = v2 if v2 < 1 << 63 else 0
     except ValueError:
         return 0
-    return 0
+    return found
 
 
 class OtlpExporter(Generic[T]):
@@ -291,7 +293,7 @@ class OtlpExporter(Generic[T]):
         if not keep or headers.get("connection", "").lower() == "close":
             self._drop_conn()
         if 200 <= status < 300:
-            return _rejected(resp)
+            return rejected_count(resp)
         retry_after = 0.0
         if status in RETRYABLE:
             value = headers.get("retry-after", "")

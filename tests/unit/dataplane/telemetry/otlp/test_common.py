@@ -76,3 +76,21 @@ def test_key_value_resource_scope() -> None:
     sc = common_pb2.InstrumentationScope()
     sc.ParseFromString(bytes(scope("tulle.access_log", "0.1.0")))
     assert (sc.name, sc.version) == ("tulle.access_log", "0.1.0")
+
+
+def test_attributes_from_the_cache_decode_as_the_first_time() -> None:
+    from opentelemetry.proto.logs.v1 import logs_pb2
+
+    from tulle.dataplane.telemetry.otlp.common import put_attributes
+
+    attrs: dict[str, Value] = {"a": True, "b": 1, "c": "x" * 100, "d": "é", "e": 1.5,
+                               "f": None, "g": [1, "y"], "h": "short"}
+    for _ in range(2):  # the second pass comes from the cache where it can
+        buf = bytearray()
+        put_attributes(buf, 6, attrs)
+        rec = logs_pb2.LogRecord()
+        rec.ParseFromString(bytes(buf))
+        got = {kv.key: _py(kv.value) for kv in rec.attributes}
+        assert got == {"a": True, "b": 1, "c": "x" * 100, "d": "é", "e": 1.5, "f": None,
+                       "g": [1, "y"], "h": "short"}
+        assert rec.attributes[0].value.WhichOneof("value") == "bool_value"  # True is not 1

@@ -1,0 +1,201 @@
+"""Access logs: one record per HTTP request, made when the request is over.
+
+Why here and not a route filter: every request of every listener is logged (Envoy's
+listener access log), including those refused before routing (404 NR, 400 DPE, 503 OL), and
+observers see only the end (DESIGN.md section 4).  The request stream calls `log()` from
+`record()` once per request when its listener's snapshot has `telemetry.access_log`; a proxy
+without it pays one attribute test per request.
+
+`log()` decides first (filter, then sampling: two comparisons and at most one random draw),
+then builds the record: the fields `proxyconfig/log_fields.ACCESS_FIELDS` lists, in that
+order, from the stream (its record), the request head and the connection's facts.  The
+record goes to the sink's bounded queue (`sinks.py`); rendering (JSON or the compiled text
+format) and writing happen off the request path.  Response flags are Envoy's
+(`telemetry/flags.py`, shared with the metrics).
+
+Identities: `source_principal` is the verified peer of an inbound connection (its client
+certificate's SPIFFE ID); `destination_principal` is the SPIFFE ID an outbound cluster's TLS
+requires (`expected_spiffe_ids`, when it names exactly one: the only identity the upstream
+can have had).  The proxy's own side is `telemetry.principal` (the control plane names it;
+empty in a static config that does not).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from tulle.dataplane.telemetry.flags import flag_details, response_flags
+from tulle.dataplane.telemetry.logformat import TextFormat, render_json, request_headers
+from tulle.dataplane.telemetry.sinks import LineSink, OtlpLogSink, build_sink
+from tulle.proxyconfig.logs import AccessLogTelemetry
+
+if TYPE_CHECKING:
+    from tulle.dataplane.http.stream import RequestStream
+    from tulle.dataplane.telemetry.otlp.common import Value
+
+_PROTOCOLS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0", b"2": "HTTP/2"}
+
+
+_second: list[Any] = [-1, ""]
+"""The last second formatted, and its text up to the milliseconds (one strftime a second)."""
+
+
+def start_time(ns: int) -> str:
+    """Envoy's default `%START_TIME%`: `2026-12-03T15:04:05.123Z` (UTC, milliseconds)."""
+    sec, rest = divmod(ns, 1_000_000_000)
+    cached = _second
+    if cached[0] != sec:
+        cached[1] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
+        cached[0] = sec
+    return f"{cached[1]}{rest // 1_000_000:03d}Z"
+
+
+_TRACE_HEADERS = frozenset({b"traceparent", b"x-b3-traceid", b"b3"})
+
+
+def trace_id_of(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The trace id the request carries (W3C `traceparent`, B3 multi or single header),
+    as 32 lowercase hex digits; None without one.  The proxy's own tracing writes its
+    context on the request head before routing, so this is also the proxy's trace."""
+    b3 = None
+    for n, v in headers:
+        if n == b"traceparent":
+            parts = v.split(b"-")
+            if len(parts) >= 4 and len(parts[1]) == 32:
+                return _hex(parts[1], 32)
+        elif n == b"x-b3-traceid":
+            b3 = _hex(v, 32) if len(v) == 32 else _hex(b"0" * 16 + v, 32) if len(v) == 16 else None
+        elif n == b"b3" and b3 is None:
+            first = v.split(b"-", 1)[0]
+            if len(first) in (16, 32):
+                b3 = _hex(first.rjust(32, b"0"), 32)
+    return b3
+
+
+def _hex(value: bytes, n: int) -> str | None:
+    text = value.decode("latin-1").lower()
+    if len(text) != n or any(c not in "0123456789abcdef" for c in text) or not text.strip("0"):
+        return None
+    return text
+
+
+def _address(a: tuple[str, int] | None) -> str | None:
+    if a is None:
+        return None
+    return f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
+
+
+class AccessLogger:
+    """One snapshot's access log: its decision, its record, its sink."""
+
+    __slots__ = ("cfg", "duration_min", "errors_only", "filtered", "principal", "sample", "sink",
+                 "status_min", "text")
+
+    def __init__(self, cfg: AccessLogTelemetry, resource: Mapping[str, Value],
+                 principal: str = "") -> None:
+        self.cfg = cfg
+        self.principal = principal or None
+        """The proxy's own SPIFFE ID (`telemetry.principal`); None: unnamed."""
+        f = cfg.filter
+        self.status_min = f.status_min
+        self.duration_min = f.duration_min_ms / 1000
+        self.errors_only = f.errors_only
+        self.filtered = bool(f.status_min or f.duration_min_ms or f.errors_only)
+        self.sample = cfg.sample_percent / 100
+        self.text = TextFormat(cfg.text_format) if cfg.format == "text" else None
+        render = self.text.render if self.text is not None else render_json
+        self.sink: LineSink | OtlpLogSink = build_sink("access_log", cfg.sink, render,
+                                                       self.text is not None, resource)
+
+    def wanted(self, status: int, flags: str, duration: float) -> bool:
+        """The filter and the sampling decision for one request."""
+        if self.filtered and not (
+                (self.status_min and status >= self.status_min)
+                or (self.duration_min and duration >= self.duration_min)
+                or (self.errors_only and (status >= 500 or status == 0 or bool(flags)))):
+            return False
+        sample = self.sample
+        return sample >= 1.0 or (sample > 0.0 and random.random() < sample)
+
+    def log(self, stream: RequestStream, now: float) -> None:
+        """The request is over (`RequestStream.record`): maybe write its record."""
+        duration = now - stream.start
+        if not self.wanted(stream.status, stream.flags, duration):
+            return
+        wall_ns = time.time_ns() - int(duration * 1e9)
+        self.sink.offer(self.record(stream, now, duration, wall_ns), wall_ns)
+
+    def record(self, stream: RequestStream, now: float, duration: float,
+               wall_ns: int) -> dict[str, Any]:
+        head = stream.head
+        headers = head.headers
+        request_id = user_agent = forwarded = None
+        traced = False
+        for n, v in headers:  # one pass for the headers a record names
+            if n == b"x-request-id":
+                request_id = v.decode("latin-1")
+            elif n == b"user-agent":
+                user_agent = v.decode("latin-1")
+            elif n == b"x-forwarded-for":
+                forwarded = v.decode("latin-1")
+            elif n in _TRACE_HEADERS:
+                traced = True
+        facts = stream.facts
+        flags = stream.flags
+        first_byte = stream.first_byte
+        up_start = stream.up_start
+        tried = stream.tried
+        attempts = 0
+        if tried is not None:
+            attempts = getattr(tried, "retries", 0) + 1
+        elif up_start:
+            attempts = 1
+        route = stream.route
+        cluster = stream.cluster
+        inbound = facts.direction == "inbound"
+        destination = None
+        if not inbound:
+            rt = stream.conn.ctx.clusters.get(cluster)
+            tls = rt.cfg.tls if rt is not None else None
+            if tls is not None and len(tls.expected_spiffe_ids) == 1:
+                destination = tls.expected_spiffe_ids[0]
+        record: dict[str, Any] = {
+            "start_time": start_time(wall_ns),
+            "method": head.method.decode("latin-1") or None,
+            "path": head.path.decode("latin-1") or None,
+            "protocol": _PROTOCOLS.get(head.version, head.version.decode("latin-1")),
+            "response_code": stream.status,
+            "response_flags": response_flags(flags),
+            "response_code_details": flag_details(flags) or None,
+            "bytes_received": stream.bytes_in,
+            "bytes_sent": stream.bytes_out,
+            "duration": round(duration * 1000, 3),
+            "response_duration": round((first_byte - stream.start) * 1000, 3)
+            if first_byte else None,
+            "upstream_duration": round((now - up_start) * 1000, 3) if up_start else None,
+            "upstream_host": stream.upstream_host or None,
+            "upstream_cluster": cluster if cluster != "-" else None,
+            "route_name": route.name if route is not None else None,
+            "upstream_request_attempt_count": attempts,
+            "request_id": request_id,
+            "trace_id": trace_id_of(headers) if traced else None,
+            "authority": head.authority.decode("latin-1") or None,
+            "user_agent": user_agent,
+            "x_forwarded_for": forwarded,
+            "downstream_remote_address": _address(facts.peer),
+            "requested_server_name": facts.sni or None,
+            "source_principal": (facts.peer_identity or None) if inbound else self.principal,
+            "destination_principal": self.principal if inbound else destination,
+            "direction": facts.direction,
+            "listener": facts.listener,
+            "authz": stream.authz or None,
+        }
+        text = self.text
+        if text is not None and text.headers:
+            pseudo = {b":method": head.method, b":path": head.path,
+                      b":authority": head.authority, b":scheme": head.scheme}
+            record.update(request_headers(text, pseudo, headers))
+        return record

@@ -1,0 +1,240 @@
+"""Where access and flow log records go: stdout, a file, or an OTLP collector.
+
+Why this shape: a record is made on the request path (or a connection's close) and must
+never wait for its sink.  Every sink takes records with `offer()`, which appends to a
+bounded queue and returns at once; a full queue drops the record and counts it.  The slow
+part runs elsewhere:
+
+* `LineSink` (stdout, file): a writer *thread* renders and writes lines.  A write to a pipe
+  nobody reads, or to a file on a stalled disk, blocks that thread only; the event loop
+  goes on, the queue fills, drops are counted.  A file is opened for append by the thread
+  and reopened when it was moved or removed (logrotate's default `create` mode), checked
+  at most once a second, before a write.
+* `OtlpLogSink`: the shared OTLP/HTTP exporter (`otlp/exporter.py`) on the loop, records
+  encoded as OTLP log records (`otlp/logs.py`) when a batch is sent.
+
+`SinkStats` counts offered, dropped (queue full), written, failed (a write or an export
+that failed: those records are lost), for `tulle_proxy_log_records_total`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from tulle.dataplane.telemetry.otlp.common import Value
+from tulle.dataplane.telemetry.otlp.exporter import OtlpExporter
+from tulle.dataplane.telemetry.otlp.logs import LogItem, LogsEncoder
+from tulle.proxyconfig.logs import LogSink
+
+log = logging.getLogger("tulle.telemetry.logs")
+
+Item = tuple[Mapping[str, Any], int]
+"""A record and its time (Unix nanoseconds)."""
+
+BATCH = 512
+"""Records written (or exported) in one go; a full batch wakes the writer early."""
+REOPEN_CHECK = 1.0
+"""Seconds between checks that a file sink's path still names the file it writes."""
+
+
+class SinkStats:
+    __slots__ = ("dropped", "failed", "offered", "written")
+
+    def __init__(self) -> None:
+        self.offered = 0
+        self.dropped = 0
+        self.written = 0
+        self.failed = 0
+
+
+class RecordSink(Protocol):
+    @property
+    def stats(self) -> SinkStats: ...
+
+    def offer(self, record: Mapping[str, Any], time_ns: int) -> bool: ...
+
+    def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class LineSink:
+    """Lines to stdout or a file, written by a thread of its own."""
+
+    def __init__(self, name: str, cfg: LogSink, render: Callable[[Mapping[str, Any]], str]) -> None:
+        self.name = name
+        self.path = cfg.path if cfg.kind == "file" else ""
+        self.max_queue = cfg.queue_size
+        self.interval = cfg.flush_interval_ms / 1000
+        self.render = render
+        self.stats = SinkStats()
+        self._queue: deque[Item] = deque()
+        self._wake = threading.Event()
+        self._stop = False
+        self._fd = -1
+        self._inode: tuple[int, int] | None = None
+        self._checked = 0.0
+        self._failing = False
+        self._thread = threading.Thread(target=self._run, name=f"tulle-{name}", daemon=True)
+
+    def offer(self, record: Mapping[str, Any], time_ns: int) -> bool:
+        stats = self.stats
+        stats.offered += 1
+        queue = self._queue
+        if len(queue) >= self.max_queue or self._stop:
+            stats.dropped += 1
+            return False
+        queue.append((record, time_ns))
+        if len(queue) == BATCH:
+            self._wake.set()
+        return True
+
+    def start(self) -> None:
+        if not self._thread.is_alive():
+            self._thread.start()
+
+    async def close(self, deadline: float = 2.0) -> None:
+        """Write what is queued (the thread does, within `deadline`), then stop."""
+        self._stop = True
+        self._wake.set()
+        if self._thread.is_alive():
+            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, deadline)
+        if self._thread.is_alive():  # blocked in a write: it stays blocked, as a daemon
+            return
+        self.stats.failed += len(self._queue)
+        self._queue.clear()
+
+    # -- the writer thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        queue = self._queue
+        while True:
+            self._wake.wait(self.interval)
+            self._wake.clear()
+            while queue:
+                self._write_batch()
+            if self._stop:
+                break
+        if self._fd > 2:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = -1
+
+    def _write_batch(self) -> None:
+        queue = self._queue
+        lines = []
+        render = self.render
+        for _ in range(min(len(queue), BATCH)):
+            record, _ns = queue.popleft()
+            try:
+                lines.append(render(record))
+            except Exception:  # a bug in a renderer loses its record, not the sink
+                self.stats.failed += 1
+                log.exception("%s: a record could not be rendered", self.name)
+        if not lines:
+            return
+        data = ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace")
+        try:
+            fd = self._open()
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+        except OSError as exc:
+            self.stats.failed += len(lines)
+            self._close_file()
+            if not self._failing:
+                self._failing = True
+                log.warning("%s: writing failed (%s); records are dropped and counted until it "
+                            "works again", self.name, exc.strerror or exc)
+            return
+        self.stats.written += len(lines)
+        self._failing = False
+
+    def _open(self) -> int:
+        if not self.path:
+            return 1
+        now = time.monotonic()
+        if self._fd >= 0 and now - self._checked >= REOPEN_CHECK:
+            self._checked = now
+            try:
+                st = os.stat(self.path)
+                moved = (st.st_dev, st.st_ino) != self._inode
+            except FileNotFoundError:
+                moved = True
+            if moved:  # rotated: the old file is someone else's now
+                self._close_file()
+        if self._fd < 0:
+            # A FIFO nobody reads blocks here, in this thread only.
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            st = os.fstat(fd)
+            self._fd, self._inode, self._checked = fd, (st.st_dev, st.st_ino), now
+        return self._fd
+
+    def _close_file(self) -> None:
+        if self._fd > 2:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd = -1
+
+
+class OtlpLogSink:
+    """Records as OTLP log records, POSTed in batches to `<endpoint>/v1/logs`."""
+
+    def __init__(self, name: str, cfg: LogSink, resource_attributes: Mapping[str, Value],
+                 body: Callable[[Mapping[str, Any]], str] | None) -> None:
+        encoder = LogsEncoder(resource_attributes, f"tulle.{name}")
+        self.body = body
+        self.name = name
+
+        def encode(items: Sequence[Item]) -> bytes:
+            return encoder.encode([self._item(r, ns) for r, ns in items], time.time_ns())
+
+        self.exporter: OtlpExporter[Item] = OtlpExporter(
+            cfg.endpoint, "/v1/logs", encode, max_queue=cfg.queue_size,
+            max_batch=min(BATCH, cfg.queue_size), flush_interval=cfg.flush_interval_ms / 1000)
+        self._stats = SinkStats()
+
+    def _item(self, record: Mapping[str, Any], ns: int) -> LogItem:
+        attributes = {k: v for k, v in record.items() if not k.startswith("REQ(")}
+        trace = record.get("trace_id")
+        trace_id = b""
+        if isinstance(trace, str) and len(trace) == 32:
+            with contextlib.suppress(ValueError):
+                trace_id = bytes.fromhex(trace)
+        body = self.body(record) if self.body is not None else None
+        return LogItem(ns, attributes, body, trace_id=trace_id, event_name=f"tulle.{self.name}")
+
+    def offer(self, record: Mapping[str, Any], time_ns: int) -> bool:
+        return self.exporter.offer((record, time_ns))
+
+    def start(self) -> None:
+        self.exporter.start()
+
+    async def close(self) -> None:
+        await self.exporter.close()
+
+    @property
+    def stats(self) -> SinkStats:
+        """The exporter's counts in the sinks' terms."""
+        e = self.exporter.stats
+        s = self._stats
+        s.offered, s.dropped, s.written, s.failed = e.offered, e.dropped, e.exported, e.failed
+        return s
+
+
+def build_sink(name: str, cfg: LogSink, render: Callable[[Mapping[str, Any]], str],
+               text: bool, resource_attributes: Mapping[str, Value]) -> LineSink | OtlpLogSink:
+    """The sink `cfg` asks for; `render` makes a line, `text`: the OTLP body is that line
+    (with `json` the record's fields are the log record's attributes and it has no body)."""
+    if cfg.kind == "otlp":
+        return OtlpLogSink(name, cfg, resource_attributes, render if text else None)
+    return LineSink(name, cfg, render)
