@@ -143,6 +143,11 @@ def _flood(kind: str, c: RawH2) -> bytes:
         return b"".join(h2raw.priority(2 * i + 101) for i in range(3000))
     if kind == "h2_unknown_frame_flood":
         return h2raw.frame(0xFA, 0, 0, b"x") * 3000
+    if kind == "h2_continuation_flood":  # CVE-2024-27316: a header block that never ends
+        sid = c.next_sid
+        c.next_sid += 2
+        head = h2raw.frame(h2raw.HEADERS, 0, sid, c.encoder.encode(request("GET", "/c")))
+        return head + h2raw.frame(0x9, 0, sid, b"") * 3000
     assert kind == "h2_empty_frame_flood"
     sid, raw = c.headers_frame(request("POST", "/upload"), end=False)
     return raw + h2raw.data(sid) * 3000
@@ -150,7 +155,8 @@ def _flood(kind: str, c: RawH2) -> bytes:
 
 @pytest.mark.parametrize("kind", ["h2_ping_flood", "h2_settings_flood", "h2_window_update_flood",
                                   "h2_priority_flood", "h2_unknown_frame_flood",
-                                  "h2_empty_frame_flood"])
+                                  "h2_empty_frame_flood",
+                                  *(["h2_continuation_flood"] if ENGINE == "nghttp2" else [])])
 async def test_control_frame_flood_gets_enhance_your_calm(kind: str) -> None:
     async with setup() as (srv, p):
         c = await RawH2.connect(p.port())
