@@ -170,3 +170,20 @@ def test_thousands_of_streams_leave_no_state_behind() -> None:
         codec.data_to_send()
     assert codec.idle and not codec._unanswered and not codec._ours
     assert not codec.stream_open(9_999)  # closed streams are forgotten by nghttp2 too
+
+
+def test_a_request_reset_before_its_headers_left_sends_nothing_and_frees_its_slot() -> None:
+    # The router cancels an attempt in the same loop turn it opened it: nghttp2 cancels the
+    # queued HEADERS, and the connection's count of open streams (its capacity) is restored.
+    from tulle.dataplane.exchange import RequestHead
+    codec = NgCodec(client_side=True)
+    codec.data_to_send()
+    head = RequestHead(b"POST", b"/x", b"o.test", b"http", [])
+    sid = codec.send_request(head, b"http", False)
+    codec.send_data(sid, b"body")
+    assert codec.open_outbound_streams == 1
+    codec.reset(sid)
+    assert codec.data_to_send() == b""  # no HEADERS, no DATA, no RST_STREAM for an idle id
+    assert codec.open_outbound_streams == 0 and codec.idle
+    again = codec.send_request(head, b"http", True)
+    assert again > sid and codec.open_outbound_streams == 1

@@ -448,10 +448,12 @@ int tl_reset(tl_sess *t, int32_t sid, uint32_t code) {
   }
   for (tl_out *o = t->outs.next; o != &t->outs; o = o->next) {
     if (o->sid == sid && !o->done) {
-      /* our request's HEADERS are still queued: nghttp2 cancels them (nothing is sent) */
+      /* our request's HEADERS are still queued: nghttp2 cancels them (nothing is sent, and
+       * no stream is ever opened or closed, so it leaves the count of ours here) */
       nghttp2_submit_rst_stream(t->s, NGHTTP2_FLAG_NONE, sid, code);
       o->done = 1;
       t->active--;
+      if (t->outbound) t->outbound--;
       free(o->buf);
       o->buf = NULL;
       o->head = o->tail = o->cap = 0;
