@@ -431,6 +431,12 @@ class NgCodec:
     def reset(self, stream_id: int, error_code: int = CANCEL) -> None:
         if self._unanswered:
             self._unanswered.pop(stream_id, None)
+        # Server side, what was submitted before goes out before the RST_STREAM: nghttp2
+        # would otherwise drop a response head still queued on the stream (a trailers-only
+        # gRPC reply followed by RST_STREAM(NO_ERROR) for the unread request body).  Client
+        # side, a request whose HEADERS are still queued is better cancelled unsent.
+        if not self.client_side:
+            self._pump()
         if lib.tl_reset(self._t, stream_id, error_code) and error_code != NO_ERROR:
             self._ours.add(stream_id)
 

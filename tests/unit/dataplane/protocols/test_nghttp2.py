@@ -187,3 +187,22 @@ def test_a_request_reset_before_its_headers_left_sends_nothing_and_frees_its_slo
     assert codec.open_outbound_streams == 0 and codec.idle
     again = codec.send_request(head, b"http", True)
     assert again > sid and codec.open_outbound_streams == 1
+
+
+def test_an_early_complete_response_goes_out_before_the_reset_that_ends_the_request() -> None:
+    # RFC 9113 8.1: a complete response, then RST_STREAM(NO_ERROR) so the client stops
+    # sending the body.  nghttp2 would drop a response still queued behind the reset.
+    codec = server()
+    codec.feed(h2raw.frame(h2raw.HEADERS, h2raw.END_HEADERS, 1,
+                           block(Encoder(), h2raw.request("POST"))))
+    codec.send_headers(1, [(b":status", b"200"), (b"content-type", b"application/grpc"),
+                           (b"grpc-status", b"14")], True)
+    codec.reset(1, 0)
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    client.initiate_connection()
+    client.send_headers(1, h2raw.request("POST"))
+    events = client.receive_data(codec.data_to_send())
+    kinds = [type(e).__name__ for e in events if not isinstance(
+        e, (h2.events.RemoteSettingsChanged, h2.events.SettingsAcknowledged,
+            h2.events.WindowUpdated))]
+    assert kinds == ["ResponseReceived", "StreamEnded", "StreamReset"]

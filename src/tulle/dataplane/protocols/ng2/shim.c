@@ -30,6 +30,8 @@ enum {
                      offset = -lib_error_code */
 };
 
+#define TL_KEEP 262144 /* bytes of buffer a connection keeps between reads */
+
 typedef struct tl_out {
   struct tl_out *next, *prev;
   int32_t sid;
@@ -466,6 +468,11 @@ int tl_reset(tl_sess *t, int32_t sid, uint32_t code) {
 /* Everything nghttp2 has to send, into t->obuf.  Returns its length or an error (< 0). */
 long tl_mem_send(tl_sess *t) {
   t->olen = 0;
+  if (t->ocap > TL_KEEP) { /* a large flight went out last time: give the peak back */
+    free(t->obuf);
+    t->obuf = NULL;
+    t->ocap = 0;
+  }
   for (;;) {
     const uint8_t *p;
     ssize_t n = nghttp2_session_mem_send(t->s, &p);
@@ -493,6 +500,17 @@ void tl_clear(tl_sess *t) {
     t->block_start = 0;
   } else if (!t->in_block) {
     t->alen = 0;
+  }
+  /* One read can fill the arena with up to 100 streams' header blocks of twice the limit
+   * each: give such a peak back instead of keeping it for the connection's life. */
+  if (t->acap > TL_KEEP && t->alen <= TL_KEEP / 2) {
+    uint8_t *a = realloc(t->arena, TL_KEEP);
+    if (a) { t->arena = a; t->acap = TL_KEEP; }
+  }
+  if (t->cev > TL_KEEP / 4) {
+    free(t->ev);
+    t->ev = NULL;
+    t->cev = 0;
   }
 }
 
