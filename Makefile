@@ -45,6 +45,7 @@ demo: deps
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist
+	rm -f $(NG2)/_ng2*.so $(NG2_STAMP)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 -include bench/bench.mk
