@@ -1,6 +1,6 @@
 """The HTTP/2 codec's cost per gRPC unary exchange, h2 engine against the libnghttp2 engine.
 
-    .venv/bin/python -m bench.micro_h2 [-n 2000] [--rounds 3]
+    .venv/bin/python -m bench.micro_h2 [-n 2000] [--rounds 3] [--ngh2 DIR]
 
 Why: ADR 0051 chose the engine on this figure.  No sockets and no proxy: what one codec does
 for one exchange, on both of the proxy's sides, with the bytes a real gRPC peer sends:
@@ -15,6 +15,10 @@ The peers' bytes are recorded once with h2 (one connection, so HPACK's dynamic t
 play as it is in production) and replayed to each engine.  Engines alternate in ABAB order
 within each round; the figure is CPU µs per exchange (process time), the median over the
 rounds with the spread (min-max).  Both engines are checked to produce the same events first.
+
+`--ngh2 DIR` adds the server side alone for the `ngh2` package (a libnghttp2 binding on PyPI
+that ADR 0051 weighed), imported from DIR (an unpacked wheel: it is not a dependency), driven
+with its own events and no translation into ours, next to our two engines' server side.
 """
 
 from __future__ import annotations
@@ -135,6 +139,33 @@ def run_client(cls: Any, preface: bytes, responses: list[bytes]) -> float:
     return time.process_time() - t0
 
 
+def run_ngh2_server(ngh2: Any, preface: bytes, requests: list[bytes]) -> float:
+    """`run_server`'s loop on ngh2's own API (its events, no translation into ours)."""
+    c = ngh2.Connection(ngh2.Role.SERVER, ngh2.Configuration(auto_window_update=False))
+    c.initiate_connection()
+    c.data_to_send()
+    c.receive_data(preface)
+    c.events()
+    c.data_to_send()
+    data_received = ngh2.DataReceived
+    t0 = time.process_time()
+    out = b""
+    for wire in requests:
+        c.receive_data(wire)
+        for ev in c.events():
+            if isinstance(ev, data_received):
+                c.acknowledge_received_data(len(ev.data), ev.stream_id)
+                if ev.end_stream:
+                    sid = ev.stream_id
+                    c.send_response(sid, RESP)
+                    c.send_data(sid, BODY)
+                    c.send_trailers(sid, TRAILERS)
+        out = c.data_to_send()
+    elapsed = time.process_time() - t0
+    assert TRAILERS[0][1] in out or len(out) > 20, "ngh2 sent no response"
+    return elapsed
+
+
 def check(preface: bytes, requests: list[bytes]) -> None:
     """Both engines see the same requests, bodies and ends."""
     seen = []
@@ -156,6 +187,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-n", type=int, default=2000, help="exchanges per run")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--ngh2", metavar="DIR", help="also ngh2's server side, imported from DIR")
     args = ap.parse_args()
     n = args.n
     rpre, reqs = record_requests(n)
@@ -174,6 +206,20 @@ def main() -> None:
         med[name] = statistics.median(xs)
         print(f"  {name:8s} {med[name]:7.1f} us  ({min(xs):.1f}-{max(xs):.1f})")
     print(f"  h2 / nghttp2: {med['h2'] / med['nghttp2']:.1f}x")
+    if args.ngh2:
+        import importlib
+        import sys
+        sys.path.insert(0, args.ngh2)
+        ngh2 = importlib.import_module("ngh2")
+        server: dict[str, list[float]] = {}
+        for _ in range(args.rounds):
+            for name, run in (("ngh2 (its events)", lambda: run_ngh2_server(ngh2, rpre, reqs)),
+                              ("nghttp2 (ours)", lambda: run_server(NgCodec, rpre, reqs)),
+                              ("h2", lambda: run_server(H2Codec, rpre, reqs))):
+                server.setdefault(name, []).append(run() * 1e6 / n)
+        print("server side alone (median, min-max):")
+        for name, xs in server.items():
+            print(f"  {name:18s} {statistics.median(xs):7.1f} us  ({min(xs):.1f}-{max(xs):.1f})")
 
 
 if __name__ == "__main__":
