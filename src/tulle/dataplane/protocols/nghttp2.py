@@ -16,7 +16,8 @@ The rules of `http2.py` hold, with these differences of engine:
   PROTOCOL_ERROR, `StreamRejected` status 0), where h2 made some of them connection errors.
   Which fields stay out of the HPACK table is decided in C (`no_index`): credentials, short
   cookies and per-request ids, as before.  Heads go out through `_pack`, which applies
-  `h2translate._filtered`'s rule without building tuples.
+  `h2translate._filtered`'s rule without building tuples, joined with NUL into one buffer;
+  a field holding a NUL itself is refused (the head is not sent), never split.
 * Rule 6: nghttp2 keeps a connection going after a graceful GOAWAY both ways by itself.
 * Rules 8 and 9: nghttp2 refuses a stream past our SETTINGS_MAX_CONCURRENT_STREAMS alone
   (REFUSED_STREAM) and reports it, which spends the premature-reset budget; the frame budgets
@@ -28,12 +29,11 @@ The rules of `http2.py` hold, with these differences of engine:
 
 from __future__ import annotations
 
-from array import array
-
 from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
 from tulle.dataplane.protocols.h2common import (
     CANCEL,
     ENHANCE_YOUR_CALM,
+    INTERNAL_ERROR,
     NO_ERROR,
     PROTOCOL_ERROR,
     H2Abuse,
@@ -339,9 +339,10 @@ class NgCodec:
         return int(lib.nghttp2_session_get_next_stream_id(self._t.s))
 
     def _submit(self, sid: int, flat: list[bytes], end: bool) -> int:
-        lens = array("I", map(len, flat))
-        return int(lib.tl_submit_headers(self._t, sid, end, b"".join(flat),
-                                         ffi.from_buffer("uint32_t[]", lens), len(flat) // 2))
+        """HEADERS from `flat` (name, value, name, ...), joined with NUL: shim.c splits it and
+        refuses a field holding a NUL of its own (HTTP/2 forbids it) rather than split it."""
+        blob = b"\0".join(flat)
+        return int(lib.tl_submit_headers(self._t, sid, end, blob, len(blob), len(flat) // 2))
 
     def send_request(self, head: RequestHead, scheme: bytes, end_stream: bool) -> int:
         """Open a stream with `head` (client side); H2ProtocolError when nghttp2 refuses."""
@@ -396,11 +397,11 @@ class NgCodec:
             flat: list[bytes] = []
             _pack(flat, trailers, trailers=True)
             if flat:
-                lens = array("I", map(len, flat))
-                lib.tl_send_end(self._t, stream_id, b"".join(flat), sum(lens),
-                                ffi.from_buffer("uint32_t[]", lens), len(flat) // 2)
+                blob = b"\0".join(flat)
+                if lib.tl_send_end(self._t, stream_id, blob, len(blob), len(flat) // 2) == -2:
+                    self.reset(stream_id, INTERNAL_ERROR)  # a trailer we cannot send as is
                 return
-        lib.tl_send_end(self._t, stream_id, ffi.NULL, 0, ffi.NULL, 0)
+        lib.tl_send_end(self._t, stream_id, ffi.NULL, 0, 0)
 
     @property
     def idle(self) -> bool:

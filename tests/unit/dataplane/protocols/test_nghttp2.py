@@ -206,3 +206,24 @@ def test_an_early_complete_response_goes_out_before_the_reset_that_ends_the_requ
         e, (h2.events.RemoteSettingsChanged, h2.events.SettingsAcknowledged,
             h2.events.WindowUpdated))]
     assert kinds == ["ResponseReceived", "StreamEnded", "StreamReset"]
+
+
+def test_a_field_holding_a_nul_is_refused_never_split_into_other_fields() -> None:
+    # The head crosses into C as one NUL-joined buffer: a NUL inside a value must not become
+    # a field boundary (header injection); the head is refused instead.
+    codec = server()
+    codec.feed(h2raw.frame(h2raw.HEADERS, h2raw.END_HEADERS, 1,
+                           block(Encoder(), h2raw.request("POST"))))
+    assert not codec.send_response(1, ResponseHead(200, [(b"x-a", b"1\0x-injected\0yes")]),
+                                   True)
+    assert codec.send_response(1, ResponseHead(200, [(b"x-a", b"1")]), False)
+    codec.send_end(1, [(b"grpc-status", b"0\0x-injected\0yes")])  # trailers: reset instead
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
+                                                                  header_encoding=None))
+    client.initiate_connection()
+    client.send_headers(1, h2raw.request("POST"))
+    events = client.receive_data(codec.data_to_send())
+    heads = [e.headers for e in events if isinstance(e, h2.events.ResponseReceived)]
+    assert heads == [[(b":status", b"200"), (b"x-a", b"1")]]
+    assert not any(isinstance(e, h2.events.TrailersReceived) for e in events)
+    assert [e.error_code for e in events if isinstance(e, h2.events.StreamReset)] == [2]

@@ -43,11 +43,10 @@ void tl_del(tl_sess *t);
 long tl_recv(tl_sess *t, const uint8_t *data, size_t len);
 void tl_clear(tl_sess *t);
 long tl_mem_send(tl_sess *t);
-int32_t tl_submit_headers(tl_sess *t, int32_t sid, int end, const uint8_t *flat,
-                          const uint32_t *lens, size_t n);
+int32_t tl_submit_headers(tl_sess *t, int32_t sid, int end, const uint8_t *blob, size_t len,
+                          size_t n);
 long tl_send_data(tl_sess *t, int32_t sid, const uint8_t *data, size_t len);
-int tl_send_end(tl_sess *t, int32_t sid, const uint8_t *flat, size_t flatlen,
-                const uint32_t *lens, size_t n);
+int tl_send_end(tl_sess *t, int32_t sid, const uint8_t *blob, size_t len, size_t n);
 int tl_mark_over(tl_sess *t, int32_t sid);
 size_t tl_pending(tl_sess *t, int32_t sid);
 int tl_reset(tl_sess *t, int32_t sid, uint32_t code);

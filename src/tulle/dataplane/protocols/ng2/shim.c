@@ -365,22 +365,24 @@ size_t tl_pending(tl_sess *t, int32_t sid) {
   return o && !o->done ? o->tail - o->head : 0;
 }
 
-static int nv_build(const uint8_t *flat, const uint32_t *lens, size_t n, nghttp2_nv *nv);
+static int nv_split(const uint8_t *blob, size_t len, size_t n, nghttp2_nv *nv);
 
-/* End the stream after its queue, with trailers when `n` > 0.  -1: the stream is gone. */
-int tl_send_end(tl_sess *t, int32_t sid, const uint8_t *flat, size_t flatlen,
-                const uint32_t *lens, size_t n) {
+/* End the stream after its queue, with trailers when `n` > 0 (`blob` as tl_submit_headers
+ * takes it).  -1: the stream is gone or ended; -2: the trailers are not n fields. */
+int tl_send_end(tl_sess *t, int32_t sid, const uint8_t *blob, size_t len, size_t n) {
   tl_out *o = out_for(t, sid);
   if (!o || o->end) return -1;
-  o->end = 1;
   if (n) {
-    o->tbuf = malloc(flatlen ? flatlen : 1);
-    o->trailers = calloc(n, sizeof(nghttp2_nv));
-    if (!o->tbuf || !o->trailers) return -1;
-    memcpy(o->tbuf, flat, flatlen);
-    nv_build(o->tbuf, lens, n, o->trailers);
+    uint8_t *tbuf = malloc(len ? len : 1);
+    nghttp2_nv *nv = calloc(n, sizeof(nghttp2_nv));
+    if (!tbuf || !nv) { free(tbuf); free(nv); return -1; }
+    memcpy(tbuf, blob, len);
+    if (nv_split(tbuf, len, n, nv)) { free(tbuf); free(nv); return -2; }
+    o->tbuf = tbuf;
+    o->trailers = nv;
     o->ntrailers = n;
   }
+  o->end = 1;
   wake(t, o);
   return 0;
 }
@@ -394,31 +396,44 @@ static int no_index(const uint8_t *name, size_t len, size_t vlen) {
 #undef IS
 }
 
-/* `flat` holds name0 value0 name1 value1 ... back to back; `lens` their 2n lengths. */
-static int nv_build(const uint8_t *flat, const uint32_t *lens, size_t n, nghttp2_nv *nv) {
-  size_t off = 0;
-  for (size_t i = 0; i < n; i++) {
-    nv[i].name = (uint8_t *)flat + off;
-    nv[i].namelen = lens[2 * i];
-    off += lens[2 * i];
-    nv[i].value = (uint8_t *)flat + off;
-    nv[i].valuelen = lens[2 * i + 1];
-    off += lens[2 * i + 1];
-    nv[i].flags = no_index(nv[i].name, nv[i].namelen, nv[i].valuelen)
-                      ? NGHTTP2_NV_FLAG_NO_INDEX : NGHTTP2_NV_FLAG_NONE;
+/* `blob` is "name0\0value0\0name1\0...\0value(n-1)": exactly 2n - 1 NULs, so no name or
+ * value holds one (HTTP/2 forbids NUL in both; a head that has one is refused, never split
+ * into other fields).  Returns -1 when the blob is not n fields. */
+static int nv_split(const uint8_t *blob, size_t len, size_t n, nghttp2_nv *nv) {
+  const uint8_t *p = blob, *end = blob + len;
+  if (!n) return len ? -1 : 0;
+  for (size_t i = 0; i < 2 * n; i++) {
+    const uint8_t *z = i + 1 < 2 * n ? memchr(p, 0, (size_t)(end - p)) : end;
+    if (!z) return -1;
+    if (i & 1) {
+      nghttp2_nv *f = &nv[i / 2];
+      f->value = (uint8_t *)p;
+      f->valuelen = (size_t)(z - p);
+      f->flags = no_index(f->name, f->namelen, f->valuelen) ? NGHTTP2_NV_FLAG_NO_INDEX
+                                                              : NGHTTP2_NV_FLAG_NONE;
+    } else {
+      nv[i / 2].name = (uint8_t *)p;
+      nv[i / 2].namelen = (size_t)(z - p);
+    }
+    if (z == end) break;
+    p = z + 1;
   }
+  if (memchr(nv[n - 1].value, 0, nv[n - 1].valuelen)) return -1;
   return 0;
 }
 
 /* HEADERS on `sid` (-1: open a new stream, client side).  Returns the stream id or an
  * nghttp2 error (< 0). */
-int32_t tl_submit_headers(tl_sess *t, int32_t sid, int end, const uint8_t *flat,
-                          const uint32_t *lens, size_t n) {
+int32_t tl_submit_headers(tl_sess *t, int32_t sid, int end, const uint8_t *blob, size_t len,
+                          size_t n) {
   if (sid != -1 && !nghttp2_session_find_stream(t->s, sid)) return NGHTTP2_ERR_STREAM_CLOSED;
   nghttp2_nv stack[48];
   nghttp2_nv *nv = n <= 48 ? stack : calloc(n, sizeof(nghttp2_nv));
   if (!nv) return NGHTTP2_ERR_NOMEM;
-  nv_build(flat, lens, n, nv);
+  if (!n || nv_split(blob, len, n, nv)) {
+    if (nv != stack) free(nv);
+    return NGHTTP2_ERR_INVALID_ARGUMENT;
+  }
   int32_t rv;
   if (sid == -1 && !end) { /* a request with a body: its queue goes with it */
     tl_out *o = calloc(1, sizeof(*o));
