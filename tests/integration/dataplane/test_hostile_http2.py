@@ -337,3 +337,26 @@ async def test_what_h2_refuses_is_a_connection_error_and_never_reaches_the_origi
         assert calm_count(p, "h2_protocol_error") == 1
         assert srv.connections == 0 and srv.requests == []
         await fresh_client_is_served(srv, p)
+
+
+# -- HPACK bomb -------------------------------------------------------------------------------
+
+async def test_an_hpack_bomb_is_cut_off_before_it_is_decoded_and_the_listener_serves_on() -> None:
+    # One 4 KB field in the dynamic table, then a block of one-byte references to it: 10 KB on
+    # the wire that would decode to 39 MB.  Counted as decoded, it stops at twice the head
+    # limit (64 KiB by default): GOAWAY, nothing reaches the origin, others are served.
+    async with setup() as (srv, p):
+        c = await RawH2.connect(p.port())
+        # 3,900 bytes: with :authority and :path the table holds all three (4,034 of 4,096).
+        sid = c.headers(request("GET", "/seed", extra=[(b"x-bomb", b"b" * 3900)]))
+        await c.wait_stream(sid)
+        assert c.status.get(sid) == 200
+        # The same pseudo-headers again (all indexed already), so x-bomb stays entry 62.
+        bomb = c.encoder.encode(request("GET", "/seed")) + b"\xbe" * 10_000
+        c.write(h2raw.frame(h2raw.HEADERS, h2raw.END_HEADERS | h2raw.END_STREAM, c.next_sid,
+                            bomb))
+        await c.wait_closed()
+        assert c.goaway_code is not None and c.goaway_code != 0
+        assert calm_count(p, "header_too_large") == 1
+        assert [h.split(b"\r\n")[0] for h in srv.requests] == [b"GET /seed HTTP/1.1"]
+        await fresh_client_is_served(srv, p)
