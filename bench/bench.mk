@@ -90,3 +90,13 @@ bench-resilience-retries: deps
 ## -> bench/results/resilience.json (global_limit_error_ratio); one of bench-resilience's.
 bench-global-limit: deps
 	$(BENCH_PY) -m bench.global_limit
+
+## Issue 13's HTTP/2 figures: gRPC unary and h2c against HAProxy in ABAB rounds (median of 3),
+## Tulle's RSS after 100,000 gRPC calls on one connection -> bench/results/h2.json; and the
+## codec alone, h2 against libnghttp2 (ADR 0051).
+.PHONY: bench-h2 bench-micro-h2
+bench-h2: deps
+	$(BENCH_PY) -m bench.h2_rounds --rss --json bench/results/h2.json
+
+bench-micro-h2: deps
+	$(BENCH_PY) -m bench.micro_h2
