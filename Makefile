@@ -17,7 +17,14 @@ $(STAMP): pyproject.toml
 system-deps:
 	scripts/install-system-deps.sh test
 
-deps: system-deps $(STAMP)
+# The libnghttp2 HTTP/2 engine's C half (cffi, ADR 0051): built in place, never committed.
+NG2 := src/tulle/dataplane/protocols/ng2
+NG2_STAMP := $(NG2)/.stamp-built
+$(NG2_STAMP): $(STAMP) $(NG2)/shim.c $(NG2)/build.py
+	$(BIN)/python -m tulle.dataplane.protocols.ng2.build
+	touch $@
+
+deps: system-deps $(STAMP) $(NG2_STAMP)
 
 lint: deps
 	$(BIN)/ruff check src tests bench demo fuzz
@@ -40,6 +47,7 @@ demo: deps
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist
+	rm -f $(NG2)/_ng2*.so $(NG2_STAMP)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 -include bench/bench.mk

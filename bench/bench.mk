@@ -110,3 +110,13 @@ bench-tap: deps
 .PHONY: bench-netns
 bench-netns: deps bench-setup
 	$(BENCH_PY) -m bench.netns --rounds 3 --json bench/results/netns.json
+
+## Issue 13's HTTP/2 figures: gRPC unary and h2c against HAProxy in ABAB rounds (median of 3),
+## Tulle's RSS after 100,000 gRPC calls on one connection -> bench/results/h2.json; and the
+## codec alone, h2 against libnghttp2 (ADR 0051).
+.PHONY: bench-h2 bench-micro-h2
+bench-h2: deps
+	$(BENCH_PY) -m bench.h2_rounds --rss --json bench/results/h2.json
+
+bench-micro-h2: deps
+	$(BENCH_PY) -m bench.micro_h2

@@ -264,3 +264,27 @@ def measure_grpc(r: Running, plan: Plan, tmp: Path) -> dict[str, Any]:
     if failed:
         out["problems"] = [f"{load.get('failed', 0)} failed calls, {load['not200']} not 200"]
     return out
+
+
+GRPC_RSS_CALLS = 100_000
+
+
+def grpc_rss_after_calls(r: Running, tmp: Path, calls: int = GRPC_RSS_CALLS) -> dict[str, Any]:
+    """Issue 13: RSS after `calls` gRPC calls on ONE connection (10 streams at a time), next
+    to the RSS after the first tenth of them: memory must not grow with the number of calls
+    (closed streams forgotten).  RSS is read with the connection still open."""
+    first = max(1, calls // 10)
+    cmd = ["taskset", "-c", str(LOAD_CPU), "h2load", "-t1", "-c1", f"-m{GRPC_STREAMS}",
+           "-d", str(tmp / GRPC_REQUEST_FILE), *GRPC_H2LOAD_HEADERS,
+           f"http://127.0.0.1:{r.port}{GRPC_PATH}"]
+    out: dict[str, Any] = {"calls": calls}
+    for label, n in (("rss_mb_after_10k", first), ("rss_mb_after_100k", calls)):
+        res = subprocess.run([*cmd[:6], f"-n{n}", *cmd[6:]], capture_output=True, text=True,
+                             check=False, timeout=600)
+        if res.returncode != 0:
+            raise RuntimeError(f"h2load failed ({res.returncode}): {res.stderr.strip()}")
+        load = parse_h2load(res.stdout)
+        if load.get("failed", 0) or load.get("requests", 0) < n:
+            raise RuntimeError(f"h2load: {load}")
+        out[label] = rnd(rss_bytes(r.pids) / MB, 1)
+    return out

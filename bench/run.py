@@ -41,7 +41,14 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
-from bench.measure import Plan, http1_rounds, measure_extra, measure_grpc, rnd
+from bench.measure import (
+    Plan,
+    grpc_rss_after_calls,
+    http1_rounds,
+    measure_extra,
+    measure_grpc,
+    rnd,
+)
 from bench.mtls_peers import MTLS_STARTERS, hop_rss_mb, measure_handshakes, stop_pair
 from bench.peers import (
     LOAD_CPU,
@@ -138,6 +145,9 @@ def derive(res: dict[str, Any]) -> None:
         if grpc:
             ratios[f"grpc_{name}_vs_haproxy"] = _ratios(grpc.get(name, {}),
                                                        grpc.get("haproxy", {}), grpc_keys)
+        if res.get("h2c"):  # issue 13: h2c to an HTTP/1.1 origin
+            ratios[f"h2c_{name}_vs_haproxy"] = _ratios(res["h2c"].get(name, {}),
+                                                      res["h2c"].get("haproxy", {}), grpc_keys)
     res["ratios"] = ratios
     tu = res.get("tulle", {})
     targets = []
@@ -391,6 +401,8 @@ def _extra(ps: ProcessSet, name: str, protocol: str, origin_port: int, plan: Pla
         if protocol == "grpc":
             check_grpc(r, ps.tmp)
             res[protocol][name] = measure_grpc(r, plan, ps.tmp)
+            if name == "tulle":  # issue 13: memory after 100,000 calls on one connection
+                res[protocol][name].update(grpc_rss_after_calls(r, ps.tmp))
         else:
             if protocol == "h2c":
                 check_h2c(r)

@@ -26,9 +26,10 @@ with atheris.instrument_imports():
     from hyperframe.frame import HeadersFrame, SettingsFrame
 
     from fuzz._oracle import origin_reads_request
+    from tulle.dataplane.protocols.h2common import H2ProtocolError
+    from tulle.dataplane.protocols.h2engine import H2Codec
     from tulle.dataplane.protocols.h2events import RequestReceived
     from tulle.dataplane.protocols.http1 import serialize_request_head
-    from tulle.dataplane.protocols.http2 import H2Codec, H2ProtocolError
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + SettingsFrame(0).serialize()
 _NAMES = [b":method", b":path", b":authority", b":scheme", b"host", b"content-length",

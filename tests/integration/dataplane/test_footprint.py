@@ -23,6 +23,8 @@ from tests.support.h2peers import running_h2_origin
 from tests.support.proxy import simple_config
 from tests.support.subproc import assign_ports, http_get
 
+from tulle.dataplane.protocols.h2engine import ENGINE
+
 # The entry point exactly as the `tulle` console script calls it; `atexit` and `sys` are loaded
 # before any user code, so the hook adds nothing to what it reports.
 DRIVER = """\
@@ -49,9 +51,13 @@ FORBIDDEN_ALWAYS = (
 )
 """Never on the path of a proxy run from a file."""
 
-HTTP2 = ("h2", "hpack", "hyperframe", "tulle.dataplane.protocols.http2",
+H2_ENGINE = ("h2", "hpack", "hyperframe", "tulle.dataplane.protocols.http2")
+NG_ENGINE = ("tulle.dataplane.protocols.nghttp2", "tulle.dataplane.protocols.ng2._ng2")
+HTTP2 = (*(NG_ENGINE if ENGINE == "nghttp2" else H2_ENGINE),
          "tulle.dataplane.protocols.h2translate")
 """Only when a listener or a cluster speaks HTTP/2 (or a sniffing listener meets h2)."""
+NOT_WITH_THIS_ENGINE = H2_ENGINE if ENGINE == "nghttp2" else NG_ENGINE
+"""The other engine is never loaded (ADR 0051: the pure-Python h2 stack costs 1.2 MB)."""
 
 
 def _loaded(name: str, modules: set[str]) -> bool:
@@ -130,6 +136,7 @@ async def test_http2_is_loaded_when_a_listener_speaks_it(origin: int, tmp_path: 
     modules = await _run_proxy(cfg, tmp_path, traffic)
     assert [m for m in HTTP2 if not _loaded(m, modules)] == []
     assert [m for m in FORBIDDEN_ALWAYS if _loaded(m, modules)] == []
+    assert [m for m in NOT_WITH_THIS_ENGINE if _loaded(m, modules)] == []
 
 
 async def test_http2_cluster_loads_http2_at_its_first_request(tmp_path: Path) -> None:

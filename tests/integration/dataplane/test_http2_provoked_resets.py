@@ -19,7 +19,10 @@ from tests.support.h2raw import RawH2, request
 from tests.support.proxy import running_proxy, simple_config
 from tests.support.rawservers import RawServer, raw_server
 
+from tulle.dataplane.protocols.h2engine import ENGINE
+
 ENHANCE_YOUR_CALM = 0xB
+STREAM_CLOSED = 0x5
 
 
 async def hold_all_but_after(srv: RawServer, r: asyncio.StreamReader,
@@ -62,9 +65,15 @@ async def test_resets_the_client_provokes_are_premature_resets(kind: str) -> Non
             if c.closed.is_set():
                 break
         await c.wait_closed()
-        assert c.goaway_code == ENHANCE_YOUR_CALM
+        if ENGINE == "nghttp2" and kind == "data_after_end":
+            # nghttp2 makes DATA on a half-closed stream a connection error: the first round
+            # ends the connection, nothing to budget
+            assert c.goaway_code == STREAM_CLOSED and len(srv.requests) <= 20
+            assert p.metric("tulle_proxy_protocol_errors_total", kind="h2_protocol_error") == 1
+        else:
+            assert c.goaway_code == ENHANCE_YOUR_CALM
+            assert p.metric("tulle_proxy_protocol_errors_total", kind="h2_rapid_reset") == 1
         assert len(srv.requests) <= 100 + 20  # the budget, and the round that blew it
-        assert p.metric("tulle_proxy_protocol_errors_total", kind="h2_rapid_reset") == 1
         fresh = await RawH2.connect(p.port())
         sid = fresh.headers(request("GET", "/after"))
         await fresh.wait_stream(sid)

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING
 
 from tulle.dataplane.exchange import RequestHead
 from tulle.dataplane.http.stream import RequestStream
+from tulle.dataplane.protocols.h2common import INTERNAL_ERROR, NO_ERROR
 from tulle.dataplane.protocols.h2translate import encode_response, grpc_trailers_only, is_grpc
-from tulle.dataplane.protocols.http2 import INTERNAL_ERROR, NO_ERROR
 
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import Headers, ResponseHead, TunnelStream

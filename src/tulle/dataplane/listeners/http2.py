@@ -44,6 +44,13 @@ from tulle.dataplane.listeners.context import (
     reset,
 )
 from tulle.dataplane.listeners.h2exchange import H2Exchange
+from tulle.dataplane.protocols.h2common import (
+    NO_ERROR,
+    REFUSED_STREAM,
+    H2Limits,
+    H2ProtocolError,
+)
+from tulle.dataplane.protocols.h2engine import H2Codec
 from tulle.dataplane.protocols.h2events import (
     DataReceived,
     EndReceived,
@@ -55,13 +62,6 @@ from tulle.dataplane.protocols.h2events import (
     StreamRejected,
 )
 from tulle.dataplane.protocols.h2guard import GuardLimits
-from tulle.dataplane.protocols.http2 import (
-    NO_ERROR,
-    REFUSED_STREAM,
-    H2Codec,
-    H2Limits,
-    H2ProtocolError,
-)
 
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import RequestHead

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from hpack import NeverIndexedHeaderTuple
-
 from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
 from tulle.dataplane.protocols.h2fields import (
     KNOWN_METHODS,
@@ -142,7 +140,10 @@ _SPACE = (0x20, 0x09)
 
 def _filtered(headers: Headers, trailers: bool = False) -> Headers:
     """Regular fields of an exchange head as HTTP/2 sends them (rule 5); `trailers`: of a
-    trailer section, where even `te: trailers` is dropped (`encode_trailers`)."""
+    trailer section, where even `te: trailers` is dropped (`encode_trailers`).  (hpack is
+    imported here, not at the top: the libnghttp2 engine never loads it, ADR 0051.)"""
+    from hpack import NeverIndexedHeaderTuple
+
     out: Headers = []
     for n, raw in headers:
         if n[:1] == b":" or (n in _OUT_SKIP and (trailers or n != b"te" or raw != b"trailers")):

@@ -58,7 +58,6 @@ Rules of the codec:
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 
 import h2.config
 import h2.connection
@@ -70,6 +69,18 @@ from h2.events import Event as H2Event
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame
 
 from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
+from tulle.dataplane.protocols.h2common import (  # noqa: F401  (re-exported)
+    CANCEL,
+    ENHANCE_YOUR_CALM,
+    INTERNAL_ERROR,
+    NO_ERROR,
+    PREFACE,
+    PROTOCOL_ERROR,
+    REFUSED_STREAM,
+    H2Abuse,
+    H2Limits,
+    H2ProtocolError,
+)
 from tulle.dataplane.protocols.h2events import (
     DataReceived,
     EndReceived,
@@ -87,7 +98,6 @@ from tulle.dataplane.protocols.h2guard import (
     PREMATURE_LIFETIME,
     Abuse,
     FrameGuard,
-    GuardLimits,
     ResetBudget,
 )
 from tulle.dataplane.protocols.h2translate import (
@@ -101,52 +111,13 @@ from tulle.dataplane.protocols.h2translate import (
 )
 from tulle.dataplane.protocols.hpack_memo import MemoDecoder, MemoEncoder
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-NO_ERROR = int(h2.errors.ErrorCodes.NO_ERROR)
-PROTOCOL_ERROR = int(h2.errors.ErrorCodes.PROTOCOL_ERROR)
-INTERNAL_ERROR = int(h2.errors.ErrorCodes.INTERNAL_ERROR)
-REFUSED_STREAM = int(h2.errors.ErrorCodes.REFUSED_STREAM)
-CANCEL = int(h2.errors.ErrorCodes.CANCEL)
-ENHANCE_YOUR_CALM = int(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
-
-
-class H2ProtocolError(Exception):
-    """The peer broke HTTP/2; GOAWAY is queued in `data_to_send`.  `kind` is the metric label."""
-
-    abuse = False
-    """True: the peer blew an abuse budget (GOAWAY ENHANCE_YOUR_CALM), worth a warning."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(detail)
-        self.kind = kind
-        self.detail = detail
-
-
-class H2Abuse(H2ProtocolError):
-    abuse = True
-
 
 def _raw(headers: object) -> list[tuple[bytes, bytes]]:
     """h2 hands out HeaderTuples of bytes (header_encoding=None); this is only a typed view."""
     return headers  # type: ignore[return-value]
 
 
-@dataclass(frozen=True, slots=True)
-class H2Limits:
-    """Per-connection sizes, taken from `Settings` once per snapshot."""
-
-    max_header_bytes: int = 65_536
-    """Request head limit: above it 431 on the stream, above twice it a connection error."""
-    stream_window: int = 262_144
-    """Our SETTINGS_INITIAL_WINDOW_SIZE: what a peer may send on one stream unacknowledged."""
-    connection_window: int = 4_194_304
-    high_water: int = 65_536
-    """Queued outbound DATA per stream above which `send_data` asks to pause the producer."""
-    max_concurrent_streams: int = 100
-    """Server side: our SETTINGS_MAX_CONCURRENT_STREAMS; streams past it are refused (rule 8)."""
-    guard: GuardLimits | None = None
-    """Server side: abuse budgets (rule 9); None turns them off (upstream connections)."""
+_DEFAULT_LIMITS = H2Limits()
 
 
 class _GracefulStateMachine(h2.connection.H2ConnectionStateMachine):
@@ -226,7 +197,7 @@ class H2Codec:
         "write_blocked",
     )
 
-    def __init__(self, *, client_side: bool, limits: H2Limits = H2Limits(),
+    def __init__(self, *, client_side: bool, limits: H2Limits = _DEFAULT_LIMITS,
                  now: float = 0.0) -> None:
         cfg = h2.config.H2Configuration(client_side=client_side, header_encoding=None,
                                         validate_inbound_headers=True,

@@ -45,6 +45,14 @@ from tulle.dataplane.exchange import (
     upstream_protocol_error,
     upstream_reset,
 )
+from tulle.dataplane.protocols.h2common import (
+    CANCEL,
+    NO_ERROR,
+    REFUSED_STREAM,
+    H2Limits,
+    H2ProtocolError,
+)
+from tulle.dataplane.protocols.h2engine import H2Codec
 from tulle.dataplane.protocols.h2events import (
     DataReceived,
     EndReceived,
@@ -54,14 +62,6 @@ from tulle.dataplane.protocols.h2events import (
     ResetReceived,
     ResponseReceived,
     SendDrained,
-)
-from tulle.dataplane.protocols.http2 import (
-    CANCEL,
-    NO_ERROR,
-    REFUSED_STREAM,
-    H2Codec,
-    H2Limits,
-    H2ProtocolError,
 )
 from tulle.dataplane.upstream.attempt import Attempt, now
 

@@ -13,6 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tulle.dataplane.protocols.h2common import H2ProtocolError
+from tulle.dataplane.protocols.h2engine import H2Codec
 from tulle.dataplane.protocols.h2events import RequestReceived, StreamRejected
 from tulle.dataplane.protocols.h2fields import (
     authority_ok,
@@ -24,7 +26,6 @@ from tulle.dataplane.protocols.h2fields import (
 )
 from tulle.dataplane.protocols.h2translate import request_head
 from tulle.dataplane.protocols.http1 import serialize_request_head
-from tulle.dataplane.protocols.http2 import H2Codec, H2ProtocolError
 
 
 @pytest.mark.parametrize("m", [b"GET", b"PROPFIND", b"M-SEARCH", b"get", b"!#$%&'*+-.^_`|~"])
