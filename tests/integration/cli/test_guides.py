@@ -13,7 +13,7 @@ from tests.support.cli import tulle
 from tests.support.controlplane import running_control_plane
 
 GUIDES = Path(__file__).resolve().parents[3] / "docs" / "guide"
-WITH_EXAMPLES = ("routing.md", "resilience.md", "security.md")
+WITH_EXAMPLES = ("routing.md", "resilience.md", "security.md", "observability.md")
 
 
 def blocks(guide: str) -> list[str]:
@@ -32,6 +32,6 @@ async def test_every_example_applies_strictly(guide: str) -> None:
         for block in found:
             for doc in yaml.safe_load_all(block):
                 md = doc["metadata"]
-                code, out, _ = await tulle(cp.api_url, "describe", doc["kind"], md["name"],
-                                           "-n", md["namespace"])
+                ns = ["-n", md["namespace"]] if md.get("namespace") else []
+                code, out, _ = await tulle(cp.api_url, "describe", doc["kind"], md["name"], *ns)
                 assert code == 0 and "=False" not in out.split("Conditions:")[1], out
