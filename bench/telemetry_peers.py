@@ -8,7 +8,8 @@ peers round by round so a busy neighbour disturbs both alike).
 What "on" means is whatever `OBSERVABILITY` turns on, written as a `Mesh.spec.observability`
 and compiled by the real compiler into the proxy's `telemetry` section, so a signal added to
 the Mesh (access logs, tracing at 1%) is priced here by adding it to `OBSERVABILITY`: today
-the golden metrics (ADR 0053).  The baseline `tulle` peer has no `telemetry` section.
+the golden metrics (ADR 0053), access logs of every request (ADR 0054) and tracing at 1%
+(ADR 0055).  The baseline `tulle` peer has no `telemetry` section.
 """
 
 from __future__ import annotations
@@ -21,8 +22,13 @@ import msgspec
 from bench.peers import PROXY_CPU, Running, Skip, tulle_cmd, tulle_config
 from bench.procs import ProcessSet, free_port, tree, wait_port
 
-OBSERVABILITY: dict[str, Any] = {"metrics": {"enabled": True}}
-"""`Mesh.spec.observability` of the `tulle-telemetry` peer (what the budget prices)."""
+OBSERVABILITY: dict[str, Any] = {
+    "metrics": {"enabled": True},
+    "accessLog": {"sink": {"type": "file", "path": "/dev/null"}},  # every request, JSON
+    "tracing": {"sampling": 1},  # 1%, propagation and spans (no collector: none exported)
+}
+"""`Mesh.spec.observability` of the `tulle-telemetry` peer (what the budget prices): the
+issue's "metrics, access logs and tracing on (sampling 1%)"."""
 
 
 def telemetry_section(observability: dict[str, Any] | None = None) -> dict[str, Any]:
