@@ -193,6 +193,12 @@ def test_the_demo_meshes_the_shop_and_leaves_nothing(tmp_path: Path) -> None:
     finally:
         demo.stop()
     out = demo.output
+    # The build says each step as it is done, with the time since it began.
+    steps = re.findall(r"^\s+\d+\.\d s  (.+)$", out, re.M)
+    assert steps[:3] == ["network: 2 nodes and 6 pods as namespaces, a bridge in its own "
+                         "namespace", "control plane up (SQLite store, stream inside the "
+                         "testbed)", "Services, routes and policies applied"], steps
+    assert "load-0: traffic started" in steps, steps
     # Every server's proxy took its connections on the mTLS chain, none in plaintext.
     for pod in ("web-0", "catalog-v1-0", "inventory-0", "catalog-v2-0", "flaky-0"):
         m = re.search(rf"^\s+{pod}\s+mtls=(\d+)\s+plaintext=(\d+)", out, re.M)

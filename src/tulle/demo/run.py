@@ -72,6 +72,7 @@ def run_namespaces(duration: float, rps: float, interval: float, api_port: int,
     try:
         print("tulle demo: building the network (namespaces, control plane, proxies) ...",
               flush=True)
+        topo.progress = lambda line: print(line, flush=True)
         topo.start()
         netns = {n: ns.name for n, ns in topo.ns.items()}
         print(report.banner(topo.pods, netns, topo.api, f"{CP_ADDRESS}:{stream_port}",

@@ -112,13 +112,20 @@ class Topology:
         self.cp: subprocess.Popen[bytes] | None = None
         self._logs: list[Any] = []
         self._token_text = ""
+        self.progress: Callable[[str], None] = lambda _line: None
+        """Told each step of the build as it is done (`tulle demo` prints them)."""
+        self._began = time.monotonic()
         self.env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
                     "PYTHONPATH": SRC, "LANG": "C.UTF-8", "HOME": "/",
                     "GRPC_DNS_RESOLVER": "native"}
         """What every process in the testbed gets: no proxy variables, no tokens."""
 
     # -- life cycle --------------------------------------------------------------------------
+    def _step(self, what: str) -> None:
+        self.progress(f"  {time.monotonic() - self._began:5.1f} s  {what}")
+
     def start(self) -> None:
+        self._began = time.monotonic()
         if port_in_use(self.api_port):
             raise DemoError(f"127.0.0.1:{self.api_port} is in use (another control plane?); "
                             "stop it or give --api-port")
@@ -133,24 +140,33 @@ class Topology:
             self.ns[name] = tb.node(f"{ip}/24")
         for pod in self.pods:
             self.ns[pod.name] = tb.pod(self.ns[pod.node], pod.address)
+        self._step(f"network: {len(NODES)} nodes and {len(self.pods)} pods as namespaces, "
+                   "a bridge in its own namespace")
         self._start_control_plane()
+        self._step("control plane up (SQLite store, stream inside the testbed)")
         docs = self.state / "mesh.yaml"
         docs.write_text(yaml.safe_dump_all(mesh.resources(self.rps), sort_keys=False))
         self.tulle("apply", "-f", str(docs))
+        self._step("Services, routes and policies applied")
         for pod in self.pods:
             if pod.agent_ports is None and pod.port is not None:
                 self._app(pod)
                 self._sidecar(pod)
+                self._step(f"{pod.name}: app and sidecar up")
         self._agent([p for p in self.pods if p.agent_ports is not None])
+        self._step("node agent up for " + ", ".join(p.name for p in self.pods
+                                                     if p.agent_ports is not None))
         for pod in self.pods:
             if pod.port is None:  # the load generator: once everything it calls is up
                 self._sidecar(pod)
         for name in CALLS:
             self._wait(f"{name}'s sidecar to know its backends",
                        functools.partial(self._backends_ready, name), f"{name}-proxy")
+        self._step("every caller's sidecar knows its backends")
         for pod in self.pods:
             if pod.port is None:
                 self._app(pod)
+                self._step(f"{pod.name}: traffic started")
 
     def _preflight(self) -> None:
         """The proxies and apps run under their own uids: they must be able to read this
