@@ -114,7 +114,7 @@ def bounded(r: TapRecord, headers: bool) -> dict[str, Any]:
     0060): no headers unless the watch asked for them (a read-only watcher never asks), the
     values of credential headers redacted, at most `MAX_HEADERS` of them, and every string
     cut to the bounds a proxy keeps itself -- a watcher's queue holds `QUEUE` of these."""
-    item = msgspec.to_builtins(r)
+    item: dict[str, Any] = msgspec.to_builtins(r)
     for k, v in item.items():
         if isinstance(v, str) and len(v) > MAX_FIELD:
             item[k] = _cut(v, MAX_FIELD)
