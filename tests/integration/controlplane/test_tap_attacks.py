@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from pathlib import Path
 
 import aiohttp
@@ -124,3 +125,36 @@ async def test_a_read_only_callers_path_cannot_forge_a_log_line(
         assert lines, [rec.getMessage() for rec in caplog.records]
         for text in lines:
             assert "\n" not in text and "\x1b" not in text and len(text) < 1000, text[:300]
+
+
+async def test_a_watcher_that_never_reads_costs_a_bounded_queue(tmp_path: Path) -> None:
+    """Held: the response blocks on the unread socket, the watch's queue stays at `QUEUE`
+    and the rest is counted as dropped; the control plane keeps answering."""
+    from tulle.controlplane.telemetry.tap import QUEUE
+
+    async with running_mesh(tmp_path, clients=("a",)) as m:
+        raw = await admitted_raw_proxy(m, "b-0")
+        host, port = m.cp.api_url.removeprefix("http://").rsplit(":", 1)
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, int(port)))
+        r, w = await asyncio.open_connection(sock=sock)
+        try:
+            w.write(f"GET /api/v1/tap?kind=wl&name=b-0&namespace={NS} HTTP/1.1\r\nHost: x\r\n"
+                    f"Authorization: {auth(m.cp.api_url)['Authorization']}\r\n\r\n".encode())
+            start = await next_tap_start(raw)
+            record = TapRecord(ts_ms=1, direction="inbound", workload="shop/b-0",
+                               method="GET", path="/" + "p" * 1000)
+            for _ in range(60):  # 6,000 records of ~1.1 KB; nobody reads them
+                raw.writer.write(encode(TapEvents(id=start.id, records=[record] * 100)))
+                await raw.writer.drain()
+            (watch,) = broker(m).watches.values()
+            await eventually(lambda: watch.dropped > 0, timeout=20)
+            assert watch.queue.qsize() <= QUEUE
+            async with aiohttp.ClientSession() as s, s.get(f"{m.cp.api_url}/healthz") as resp:
+                assert resp.status == 200
+        finally:
+            w.close()
+            raw.close()
+        await eventually(lambda: not broker(m).watches, timeout=20)

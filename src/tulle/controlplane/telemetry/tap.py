@@ -105,6 +105,8 @@ def sees_service(snapshots: Snapshots, workloads: Sequence[WorkloadInfo], servic
             if md is not None and md.service == name and (md.namespace or cfg.node.namespace) == ns:
                 return True
     return False
+
+
 def _cut(value: str, limit: int) -> str:
     return value if len(value) <= limit else value[:limit] + "..."
 
