@@ -100,9 +100,13 @@ def resolve(server: str) -> str | None:
         candidates.append((Path(named), False))
     candidates.append((user_token_file(), False))
     if is_loopback_url(server):
-        for local in (local_admin_token_file(), runtime_admin_token_file()):
-            if local is not None:
-                candidates.append((local, True))
+        named_admin = bool(os.environ.get("TULLE_ADMIN_TOKEN_FILE"))
+        local = local_admin_token_file()
+        if local is not None:
+            candidates.append((local, not named_admin))
+        runtime = runtime_admin_token_file()
+        if runtime is not None:
+            candidates.append((runtime, True))
     for path, own_only in candidates:
         token = _read(path, own_only=own_only)
         if token:

@@ -153,3 +153,12 @@ def test_a_token_file_the_user_names_may_still_be_a_link(monkeypatch: pytest.Mon
     (tmp_path / "named").symlink_to(target)
     monkeypatch.setenv("TULLE_TOKEN_FILE", str(tmp_path / "named"))
     assert credentials.resolve(LOCAL) == "mine"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_an_admin_token_file_named_in_the_environment_may_be_another_users(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = write(tmp_path / "shared" / "admin-token", "named")
+    os.chown(path, OTHER_UID, OTHER_UID)
+    monkeypatch.setenv("TULLE_ADMIN_TOKEN_FILE", str(path))
+    assert credentials.resolve(LOCAL) == "named"
