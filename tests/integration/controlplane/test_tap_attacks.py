@@ -146,10 +146,15 @@ async def test_a_watcher_that_never_reads_costs_a_bounded_queue(tmp_path: Path) 
             start = await next_tap_start(raw)
             record = TapRecord(ts_ms=1, direction="inbound", workload="shop/b-0",
                                method="GET", path="/" + "p" * 1000)
-            for _ in range(60):  # 6,000 records of ~1.1 KB; nobody reads them
-                raw.writer.write(encode(TapEvents(id=start.id, records=[record] * 100)))
-                await raw.writer.drain()
             (watch,) = broker(m).watches.values()
+            batch = encode(TapEvents(id=start.id, records=[record] * 100))
+            for _ in range(400):  # at most 40,000 records of ~1.1 KB; nobody reads them
+                raw.writer.write(batch)
+                await raw.writer.drain()
+                await asyncio.sleep(0)
+                assert watch.queue.qsize() <= QUEUE
+                if watch.dropped:
+                    break
             await eventually(lambda: watch.dropped > 0, timeout=20)
             assert watch.queue.qsize() <= QUEUE
             async with aiohttp.ClientSession() as s, s.get(f"{m.cp.api_url}/healthz") as resp:
