@@ -94,29 +94,48 @@ def resolve(server: str) -> str | None:
     env = os.environ.get("TULLE_TOKEN")
     if env:
         return env.strip()
-    candidates: list[Path] = []
+    candidates: list[tuple[Path, bool]] = []
     named = os.environ.get("TULLE_TOKEN_FILE")
     if named:
-        candidates.append(Path(named))
-    candidates.append(user_token_file())
+        candidates.append((Path(named), False))
+    candidates.append((user_token_file(), False))
     if is_loopback_url(server):
-        for local in (local_admin_token_file(), runtime_admin_token_file()):
-            if local is not None:
-                candidates.append(local)
-    for path in candidates:
-        token = _read(path)
+        named_admin = bool(os.environ.get("TULLE_ADMIN_TOKEN_FILE"))
+        local = local_admin_token_file()
+        if local is not None:
+            candidates.append((local, not named_admin))
+        runtime = runtime_admin_token_file()
+        if runtime is not None:
+            candidates.append((runtime, True))
+    for path, own_only in candidates:
+        token = _read(path, own_only=own_only)
         if token:
             return token
     return None
 
 
-def _read(path: Path) -> str | None:
+def _read(path: Path, *, own_only: bool = False) -> str | None:
+    """The token in `path`.  `own_only` (the local admin token files, found by their place,
+    not named by the user): only a regular file owned by this user, opened without following
+    a symbolic link -- another user could plant one in a shared directory, or race one in,
+    and have `tulle` act with a token of their choosing (attack review A2, ADR 0060)."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | (os.O_NOFOLLOW | os.O_NONBLOCK if own_only else 0)
     try:
-        mode = path.stat().st_mode
-        text = path.read_text(encoding="ascii").strip()
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if own_only and (not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid()):
+            print(f"warning: not using {path}: not a file of this user's", file=sys.stderr)
+            return None
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            text = f.read(4096).decode("ascii").strip()
     except (OSError, UnicodeDecodeError):
         return None
-    if text and stat.S_IMODE(mode) & 0o077:
+    finally:
+        os.close(fd)
+    if text and stat.S_IMODE(st.st_mode) & 0o077:
         print(f"warning: token file {path} is readable by others (chmod 600 it)",
               file=sys.stderr)
     return text or None

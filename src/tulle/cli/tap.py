@@ -11,6 +11,7 @@ proxies.
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from typing import Any
@@ -21,12 +22,21 @@ from tulle.cli.client import APIError, server_url
 from tulle.cli.resources import server_option
 from tulle.cli.tap_stream import stream, tap_query
 
-_CONTROL = {i: f"\\x{i:02x}" for i in (*range(0x20), 0x7F)}
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]")
+"""C0 and C1 controls (U+009B is CSI: `\\u009b2J` clears a terminal as `ESC [ 2J` does) and
+bidi overrides / invisible characters: the set `controlplane/push/reported.py` escapes in
+what proxies report (ADR 0045, 0060; a test keeps the two in step).  A Host header carries
+any of them past the HTTP/1 parser into a tap record."""
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = ord(m.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
 
 
 def safe(value: Any) -> str:
-    """`value` as text with control characters escaped (terminal-safe)."""
-    return str(value).translate(_CONTROL)
+    """`value` as text with control and bidi characters escaped (terminal-safe)."""
+    return _UNSAFE.sub(_escape, str(value))
 
 
 def line(r: dict[str, Any]) -> str:

@@ -26,6 +26,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -72,8 +73,8 @@ def remove_stale_state(tmp: Path | None = None) -> list[Path]:
     base = tmp or Path(tempfile.gettempdir())
     for d in base.glob(f"{STATE_PREFIX}*"):
         pid = d.name[len(STATE_PREFIX):]
-        if not pid.isdigit():
-            continue
+        if not pid.isdigit() or d.is_symlink():
+            continue  # (a demo's state is a directory, never a link: not ours, not followed)
         try:
             os.kill(int(pid), 0)
         except ProcessLookupError:
@@ -82,6 +83,27 @@ def remove_stale_state(tmp: Path | None = None) -> list[Path]:
         except PermissionError:
             pass
     return gone
+
+
+def make_state_dir(path: Path, tries: int = 3) -> None:
+    """Create the demo's state directory `path` (0711, ours).  Its name is predictable (the
+    pid, so the next start can find a crashed run's): whatever another user put there first
+    -- a link, a file, a directory -- is removed without following it, and the directory is
+    made afresh; `mkdir` never reuses one (attack review A2, ADR 0060).  A link there used to
+    survive `rmtree` and stop the demo with a traceback."""
+    for _ in range(tries):
+        try:
+            path.mkdir(mode=0o711)
+            return
+        except FileExistsError:
+            pass
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISDIR(path.lstat().st_mode):
+                shutil.rmtree(path)  # (fd-based: links inside are not followed)
+            else:
+                path.unlink()
+    raise DemoError(f"cannot create the state directory {path}: something keeps taking its "
+                    f"place (another user?)")
 
 
 def port_in_use(port: int) -> bool:
@@ -131,8 +153,7 @@ class Topology:
                             "stop it or give --api-port")
         self._preflight()
         remove_stale_state()
-        shutil.rmtree(self.state, ignore_errors=True)  # only a dead demo with our pid left one
-        self.state.mkdir(mode=0o711)
+        make_state_dir(self.state)
         self.token_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.testbed = tb = Testbed()  # deletes namespaces left by a crashed run
         self.ns["cp"] = tb.node(f"{CP_ADDRESS}/24")

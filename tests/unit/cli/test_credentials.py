@@ -3,6 +3,7 @@ and the local control plane's admin token file only for a server on loopback."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -113,3 +114,51 @@ def test_the_proxy_never_takes_the_api_token_file_for_its_bootstrap_token(
                                          "TULLE_BOOTSTRAP_TOKEN_FILE": str(bootstrap)}
                          ).exit_code == 0
     assert seen == [None, str(bootstrap)]
+
+
+# -- attack review A2 (ADR 0060): the local admin token files are found by their place, so
+# -- only a regular file of this user's is taken, without following a link.
+
+OTHER_UID = 65534  # nobody
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+@pytest.mark.parametrize("place", ["store", "runtime"])
+def test_a_local_admin_token_file_of_another_user_is_not_used(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], place: str) -> None:
+    path = (tmp_path / "tulle.db.admin-token" if place == "store"
+            else tmp_path / "run" / "tulle" / "admin-token")
+    write(path, "planted")
+    os.chown(path, OTHER_UID, OTHER_UID)
+    assert credentials.resolve(LOCAL) is None
+    assert "not a file of this user's" in capsys.readouterr().err
+    os.chown(path, os.geteuid(), os.getegid())
+    assert credentials.resolve(LOCAL) == "planted"
+
+
+def test_a_local_admin_token_file_that_is_a_link_or_a_fifo_is_not_used(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = write(tmp_path / "elsewhere", "planted")
+    (tmp_path / "tulle.db.admin-token").symlink_to(target)
+    assert credentials.resolve(LOCAL) is None
+    (tmp_path / "tulle.db.admin-token").unlink()
+    os.mkfifo(tmp_path / "tulle.db.admin-token")  # would block a plain open for ever
+    assert credentials.resolve(LOCAL) is None
+    assert "not a file of this user's" in capsys.readouterr().err
+
+
+def test_a_token_file_the_user_names_may_still_be_a_link(monkeypatch: pytest.MonkeyPatch,
+                                                          tmp_path: Path) -> None:
+    target = write(tmp_path / "elsewhere", "mine")
+    (tmp_path / "named").symlink_to(target)
+    monkeypatch.setenv("TULLE_TOKEN_FILE", str(tmp_path / "named"))
+    assert credentials.resolve(LOCAL) == "mine"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+def test_an_admin_token_file_named_in_the_environment_may_be_another_users(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    path = write(tmp_path / "shared" / "admin-token", "named")
+    os.chown(path, OTHER_UID, OTHER_UID)
+    monkeypatch.setenv("TULLE_ADMIN_TOKEN_FILE", str(path))
+    assert credentials.resolve(LOCAL) == "named"

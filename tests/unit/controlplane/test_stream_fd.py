@@ -42,3 +42,24 @@ def test_a_udp_socket_is_refused() -> None:
         s.bind(("127.0.0.1", 0))
         with pytest.raises(ValueError, match="not a listening TCP socket"):
             inherited_listener(s.fileno())
+
+
+# -- attack review A2 (ADR 0060): held, pinned here.
+
+def test_a_listening_unix_socket_is_refused_and_left_open() -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d, socket.socket(socket.AF_UNIX) as u:
+        u.bind(f"{d}/s")
+        u.listen()
+        with pytest.raises(ValueError, match="not a listening TCP socket"):
+            inherited_listener(u.fileno())
+        assert u.fileno() >= 0 and u.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+
+
+def test_an_fd_that_is_not_open_is_refused() -> None:
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    with pytest.raises(ValueError, match=rf"--stream-fd {r}: Bad file descriptor"):
+        inherited_listener(r)

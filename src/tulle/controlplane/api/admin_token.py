@@ -41,12 +41,12 @@ def default_admin_token_file(store_url: str) -> Path | None:
 async def ensure_admin_token(tokens: TokenStore, path: Path | None) -> str:
     """An admin token valid in `tokens`, kept in `path` (when given) with mode 0600."""
     if path is not None:
-        current = _read(path)
+        current, loose = _read(path)
         if current is not None:
             principal = await tokens.verify(current)
             if principal is not None and principal.role is Role.ADMIN:
-                if stat.S_IMODE(path.stat().st_mode) & 0o077:
-                    os.chmod(path, 0o600)
+                if loose:
+                    _tighten(path)
                     log.warning("admin token file %s was readable by others; now 0600", path)
                 return current
     token, info = await tokens.create(Role.ADMIN, "bootstrap-admin")
@@ -56,11 +56,35 @@ async def ensure_admin_token(tokens: TokenStore, path: Path | None) -> str:
     return token
 
 
-def _read(path: Path) -> str | None:
+def _read(path: Path) -> tuple[str | None, bool]:
+    """The token in `path` and whether others may read the file.  Only a regular file of
+    this user's counts, opened without following a link: a link (or another user's file) in
+    its place is replaced by a new token rather than read, or chmod-ed through to its target
+    (attack review A2, ADR 0060)."""
     try:
-        return path.read_text(encoding="ascii").strip() or None
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None, False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            log.warning("admin token file %s is not a file of this user's; replacing it", path)
+            return None, False
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            text = f.read(4096).decode("ascii").strip()
     except (OSError, UnicodeDecodeError):
-        return None
+        return None, False
+    finally:
+        os.close(fd)
+    return text or None, bool(stat.S_IMODE(st.st_mode) & 0o077)
+
+
+def _tighten(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW | os.O_NONBLOCK)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
 
 
 def write_secret(path: Path, text: str) -> None:

@@ -26,6 +26,7 @@ from typing import Protocol
 
 from tulle.controlplane.api.api_tokens import Principal, Role, TokenStore
 from tulle.controlplane.api.limits import ASGIApp, Receive, Scope, Send
+from tulle.controlplane.push.reported import shown
 from tulle.dashboard import ASSETS
 
 log = logging.getLogger("tulle.controlplane.api.auth")
@@ -128,8 +129,10 @@ class Authenticate:
 
 
 def _client_log(what: str, scope: Scope, detail: str) -> None:
+    # `detail` holds the caller's path, percent-decoded by the server: `%0A` would start a
+    # forged log line, a 16 KB path would be logged whole (attack review A2, ADR 0060).
     client = scope.get("client") or ("?", 0)
-    log.info("API request %s from %s: %s", what, client[0], detail)
+    log.info("API request %s from %s: %s", what, client[0], shown(detail))
 
 
 async def _answer(send: Send, status: int, message: str, *, challenge: bool = False) -> None:

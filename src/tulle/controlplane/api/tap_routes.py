@@ -79,6 +79,13 @@ async def mesh_tap_settings(store: ResourceStore) -> TapSettings:
     return TapSettings()
 
 
+def _reader(principal: object) -> str:
+    """The subject a read-only caller's taps are counted under (ADR 0060); "" for admins."""
+    if isinstance(principal, Principal) and principal.role is not Role.ADMIN:
+        return principal.subject
+    return ""
+
+
 def _line(item: dict[str, Any]) -> bytes:
     return json.dumps(item, separators=(",", ":")).encode() + b"\n"
 
@@ -130,7 +137,7 @@ def add_tap_routes(app: FastAPI, broker: TapBroker, store: ResourceStore,
             watch = broker.open(TapTarget(k, namespace, name), path_prefix=path,
                                 method=method, status_min=smin, status_max=smax,
                                 authority=authority, direction=dir_, rate=rate,
-                                headers=headers)
+                                headers=headers, reader=_reader(principal))
         except TapError as exc:
             return _error(exc.status, str(exc))
 

@@ -28,13 +28,28 @@ import msgspec
 
 from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.stream import Message, TapEvents, TapStart, TapStop, WorkloadInfo
-from tulle.proxyconfig.tap import MAX_RATE, MIN_RATE, TapMatch
+from tulle.proxyconfig.tap import (
+    MAX_FIELD,
+    MAX_HEADER_VALUE,
+    MAX_HEADERS,
+    MAX_RATE,
+    MAX_RECORDS_PER_BATCH,
+    MIN_RATE,
+    REDACTED,
+    REDACTED_HEADERS,
+    TapMatch,
+    TapRecord,
+)
 
 log = logging.getLogger("tulle.controlplane.tap")
 
 FEATURE = "tap"
 MAX_WATCHES = 16
 """Taps this control plane runs at once, every watcher together."""
+MAX_WATCHES_PER_READER = 4
+"""Taps one read-only token runs at once, so that one viewer cannot hold every slot for an
+hour and lock the admins out (attack review A2, ADR 0060); admin tokens are held only by
+`MAX_WATCHES`."""
 QUEUE = 1000
 """Items one watcher may have waiting (records, notices); beyond: dropped and counted."""
 EXPIRES_MS = 30_000
@@ -90,6 +105,32 @@ def sees_service(snapshots: Snapshots, workloads: Sequence[WorkloadInfo], servic
             if md is not None and md.service == name and (md.namespace or cfg.node.namespace) == ns:
                 return True
     return False
+
+
+def _cut(value: str, limit: int) -> str:
+    return value if len(value) <= limit else value[:limit] + "..."
+
+
+def bounded(r: TapRecord, headers: bool) -> dict[str, Any]:
+    """Record `r` as a watcher gets it, whatever the proxy put in it (attack review A2, ADR
+    0060): no headers unless the watch asked for them (a read-only watcher never asks), the
+    values of credential headers redacted, at most `MAX_HEADERS` of them, and every string
+    cut to the bounds a proxy keeps itself -- a watcher's queue holds `QUEUE` of these."""
+    item: dict[str, Any] = msgspec.to_builtins(r)
+    for k, v in item.items():
+        if isinstance(v, str) and len(v) > MAX_FIELD:
+            item[k] = _cut(v, MAX_FIELD)
+    if "headers" in item:
+        if not headers:
+            del item["headers"]
+        else:
+            item["headers"] = [
+                (n := _cut(str(name).lower(), 128),
+                 REDACTED if n in REDACTED_HEADERS else _cut(str(value), MAX_HEADER_VALUE))
+                for name, value in item["headers"][:MAX_HEADERS]]
+    return item
+
+
 GROUP_LABELS = ("app", "app.kubernetes.io/name")
 """Labels naming the group (a Kubernetes Deployment, an app) a workload belongs to."""
 
@@ -128,6 +169,9 @@ class TapWatch:
     admitted: dict[TapSession, frozenset[str]] = field(default_factory=dict)
     refused_by: set[TapSession] = field(default_factory=set)
     """Proxies that refused this tap (over their cap): not asked again."""
+    owner: str = ""
+    """The read-only token's subject that opened it (held to `MAX_WATCHES_PER_READER`);
+    empty for admins."""
     dropped: int = 0
     """Items this watcher lost because it did not read fast enough."""
     closed: bool = False
@@ -209,18 +253,24 @@ class TapBroker:
     def open(self, target: TapTarget, *, path_prefix: str = "", method: str = "",
              status_min: int = 0, status_max: int = 0, authority: str = "",
              direction: Literal["", "inbound", "outbound"] = "", rate: float = 10.0,
-             headers: bool = False) -> TapWatch:
+             headers: bool = False, reader: str = "") -> TapWatch:
+        """`reader`: the subject of a read-only token, held to `MAX_WATCHES_PER_READER`."""
         if len(self.watches) >= self.max_watches:
             self.refused += 1
             raise TapError(429, f"this control plane runs {self.max_watches} taps already; "
                                 f"try again when one ends")
+        if reader and sum(w.owner == reader for w in self.watches.values()) \
+                >= MAX_WATCHES_PER_READER:
+            self.refused += 1
+            raise TapError(429, f"a read-only token runs at most {MAX_WATCHES_PER_READER} "
+                                f"taps at once; end one first")
         service = (f"{target.namespace}/{target.name}" if target.kind == "Service" else "")
         match = TapMatch(service=service, direction=direction, method=method.upper(),
                          path_prefix=path_prefix, authority=authority.lower(),
                          status_min=status_min, status_max=status_max)
         rate = min(max(rate, MIN_RATE), MAX_RATE)
         watch = TapWatch(id=f"t{next(self._ids)}-{secrets.token_hex(4)}", target=target,
-                         match=match, rate=rate, headers=headers)
+                         match=match, rate=rate, headers=headers, owner=reader)
         self.watches[watch.id] = watch
         for session, workloads in list(self.sessions.items()):
             if not session.closed:
@@ -258,14 +308,16 @@ class TapBroker:
             return  # a tap that just ended (or never was): its late batches are dropped
         who = watch.sessions[session]
         allowed = watch.admitted.get(session, frozenset())
-        for r in msg.records:
+        for r in msg.records[:MAX_RECORDS_PER_BATCH]:
             if r.workload not in allowed:
                 self.refused += 1
                 continue
-            item = msgspec.to_builtins(r)
+            item = bounded(r, watch.headers)
             item["type"] = "request"
             item["proxy"] = who
             watch.put(item)
+        if len(msg.records) > MAX_RECORDS_PER_BATCH:
+            self.refused += len(msg.records) - MAX_RECORDS_PER_BATCH
         if msg.dropped:
             watch.put({"type": "dropped", "proxy": who, "count": msg.dropped})
         if msg.ended:
@@ -275,5 +327,5 @@ class TapBroker:
             watch.put({"type": "ended", "proxy": who, "reason": msg.ended[:200]})
 
 
-__all__ = ["EXPIRES_MS", "FEATURE", "MAX_DURATION", "MAX_WATCHES", "QUEUE", "TapBroker",
-           "TapError", "TapSession", "TapTarget", "TapWatch"]
+__all__ = ["EXPIRES_MS", "FEATURE", "MAX_DURATION", "MAX_WATCHES", "MAX_WATCHES_PER_READER",
+           "QUEUE", "TapBroker", "TapError", "TapSession", "TapTarget", "TapWatch", "bounded"]

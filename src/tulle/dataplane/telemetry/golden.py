@@ -70,6 +70,10 @@ OVERFLOW = "overflow"
 _GRPC_FOR_HTTP = {400: "13", 401: "16", 403: "7", 404: "12", 429: "14", 502: "14", 503: "14",
                   504: "14"}
 """gRPC's HTTP-to-gRPC status mapping, for a gRPC request answered without a grpc-status."""
+_GRPC_CODES = frozenset(str(i) for i in range(17))
+"""The `grpc-status` values kept as a label; any other text an upstream sends is `2`
+(UNKNOWN, as a gRPC client reads it): the label's value is never the peer's bytes, so it
+cannot be kilobytes long or anything a dashboard does not expect (attack review A2, ADR 0060)."""
 
 Side = tuple[str, ...]
 """The values of `SOURCE_LABELS` or of `DESTINATION_LABELS`."""
@@ -162,8 +166,11 @@ class HttpGolden:
         grpc = head.version == b"2" and _is_grpc(head.headers)
         grpc_status = ""
         if grpc:
-            grpc_status = stream.grpc_status or _GRPC_FOR_HTTP.get(status, "2" if status != 200
-                                                                   else "0")
+            gs = stream.grpc_status
+            if gs:
+                grpc_status = gs if gs in _GRPC_CODES else "2"
+            else:
+                grpc_status = _GRPC_FOR_HTTP.get(status, "2" if status != 200 else "0")
         key = (identity, status, grpc_status, stream.flags, grpc)  # raw flags: mapped on a miss
         s = self._cache.get(key)
         if s is None:

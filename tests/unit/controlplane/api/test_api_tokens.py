@@ -4,6 +4,7 @@ the bootstrap admin token file is 0600 and survives restarts only while it is va
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -134,3 +135,30 @@ async def test_the_cli_and_the_control_plane_agree_on_file_and_shape(
     token, info = await TokenStore(MemoryStore()).create(Role.ADMIN)
     assert credentials.token_id(token) == info.id
     assert credentials.token_id(info.id) is None
+
+
+async def test_an_admin_token_file_that_is_a_link_is_replaced_not_followed(
+        tmp_path: Path) -> None:
+    """Attack review A2 (ADR 0060): a link in the file's place -- planted or raced in -- is
+    neither read nor chmod-ed through to its target; the control plane writes a file of its
+    own in its place."""
+    ts = TokenStore(MemoryStore())
+    valid = await ensure_admin_token(ts, tmp_path / "first")
+    target = tmp_path / "target"
+    target.write_text(valid)
+    target.chmod(0o644)
+    path = tmp_path / "tulle.db.admin-token"
+    path.symlink_to(target)
+    got = await ensure_admin_token(ts, path)
+    assert got != valid and not path.is_symlink() and path.read_text().strip() == got
+    assert stat.S_IMODE(target.stat().st_mode) == 0o644 and target.read_text() == valid
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give a file to another user")
+async def test_an_admin_token_file_of_another_user_is_replaced(tmp_path: Path) -> None:
+    ts = TokenStore(MemoryStore())
+    path = tmp_path / "tulle.db.admin-token"
+    planted = await ensure_admin_token(ts, path)
+    os.chown(path, 65534, 65534)  # as if another user had put a token they know there
+    got = await ensure_admin_token(ts, path)
+    assert got != planted and path.stat().st_uid == os.geteuid()
