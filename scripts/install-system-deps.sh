@@ -6,7 +6,8 @@
 set -euo pipefail
 what=${1:-test}
 case "$what" in
-  test)  pkgs=(curl iproute2 iptables nghttp2-client postgresql procps redis-server) ;;
+  test)  pkgs=(curl iproute2 iptables nghttp2-client postgresql procps redis-server
+               gcc libc6-dev python3-dev) ;;  # the last three: mypyc's build (make native)
   bench) pkgs=(curl haproxy nginx-light wrk nghttp2-client procps util-linux) ;;
   *) echo "usage: $0 test|bench" >&2; exit 2 ;;
 esac

@@ -59,7 +59,10 @@ class ResponseCodec(_Bounds):
                  "_head_request", "_headers", "_keep_alive", "_limit", "_parser", "_reason",
                  "_state", "_until_close", "_upgrade_head", "_upgrade_request")
 
-    IDLE, HEAD, BODY, DONE = _IDLE, _HEAD, _BODY, _DONE
+    IDLE = _IDLE
+    HEAD = _HEAD
+    BODY = _BODY
+    DONE = _DONE
 
     def __init__(self, handler: ResponseHandler, max_header_bytes: int, *,
                  limits: H1Limits = DEFAULT_LIMITS) -> None:
