@@ -96,17 +96,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=4)
     ap.add_argument("--base", default="", help="a source tree (its src/) to run as tulle-base")
     ap.add_argument("--json", default="")
+    ap.add_argument("--peers", default="haproxy,tulle,tulle-pure,tulle-auto",
+                    help="which peers (tulle-base is added by --base)")
+    ap.add_argument("--phases", default=",".join(PHASES))
     args = ap.parse_args(argv)
     env = dict(os.environ)
     env.pop("TULLE_PURE", None)
     with tempfile.TemporaryDirectory(prefix="tulle-hotpath-") as tmp, \
             ProcessSet(Path(tmp)) as ps:
+        Path(tmp).chmod(0o755)  # nginx workers drop privileges and must read the origin's file
         origin = start_origin(ps)
-        peers = [start_haproxy(ps, origin.port, "http1"),
-                 start_tulle_variant(ps, origin.port, "tulle", env=env),
-                 start_tulle_variant(ps, origin.port, "tulle-pure",
-                                     env={**env, "TULLE_PURE": "1"}),
-                 start_tulle_variant(ps, origin.port, "tulle-auto", protocol="auto", env=env)]
+        starters = {
+            "haproxy": lambda: start_haproxy(ps, origin.port, "http1"),
+            "tulle": lambda: start_tulle_variant(ps, origin.port, "tulle", env=env),
+            "tulle-pure": lambda: start_tulle_variant(ps, origin.port, "tulle-pure",
+                                                      env={**env, "TULLE_PURE": "1"}),
+            "tulle-auto": lambda: start_tulle_variant(ps, origin.port, "tulle-auto",
+                                                      protocol="auto", env=env)}
+        names = ["haproxy", *(n for n in args.peers.split(",") if n != "haproxy")]
+        peers = [starters[name]() for name in names if name in starters]  # haproxy: the ratios
+        phases = [p for p in args.phases.split(",") if p in PHASES]
         if args.base:
             base_src = str(Path(args.base).resolve() / "src")
             peers.append(start_tulle_variant(ps, origin.port, "tulle-base",
@@ -119,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         for i in range(args.rounds):
             order = peers[i % len(peers):] + peers[:i % len(peers)]
             got: dict[str, dict[str, Any]] = {}
-            for phase in PHASES:
+            for phase in phases:
                 for r in order:
                     got.setdefault(r.name, {})[phase] = m = load(r, phase, args.seconds)
                     print(f"round {i} {phase:9} {r.name:11} {m['cpu_us_per_req']:7.1f} µs/req "
@@ -134,12 +143,12 @@ def main(argv: list[str] | None = None) -> None:
                 phase: {"cpu_us_per_req": summary([g[r.name][phase]["cpu_us_per_req"]
                                                    for g in rounds]),
                         "rps": summary([g[r.name][phase]["rps"] for g in rounds])}
-                for phase in PHASES}
+                for phase in phases}
             if r.name != "haproxy":
                 out["ratios"][f"{r.name}_vs_haproxy"] = {
                     phase: summary([g[r.name][phase]["cpu_us_per_req"]
                                     / g["haproxy"][phase]["cpu_us_per_req"] for g in rounds])
-                    for phase in PHASES}
+                    for phase in phases}
     text = json.dumps(out, indent=1)
     if args.json:
         Path(args.json).write_text(text + "\n")
