@@ -225,8 +225,12 @@ def main(argv: list[str] | None = None) -> None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(int(os.environ.get("PROFILE_ROWS", "25")))
         return
     wanted = set(args.only.split(",")) if args.only else None
+    from tulle import native
+
+    mode, why = native.mode()
     print(f"CPU µs per request, best of {args.repeat} x {args.n}; function calls per request "
-          f"(Python {sys.version.split()[0]})")
+          f"(Python {sys.version.split()[0]}; hot path {mode}: {why}; compiled code's calls are "
+          f"not counted)")
     for sc in SCENARIOS:
         if wanted is not None and sc.name not in wanted:
             continue

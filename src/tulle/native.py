@@ -41,6 +41,8 @@ COMPILED: Final = (
     "tulle.dataplane.protocols.h1request",
     "tulle.dataplane.protocols.h1response",
     "tulle.dataplane.protocols.h1serialize",
+    "tulle.dataplane.protocols.detect",
+    "tulle.dataplane.listeners.detect",
     "tulle.dataplane.listeners.dispatch",
     "tulle.dataplane.listeners.h1exchange",
     "tulle.dataplane.listeners.http1",
@@ -52,7 +54,8 @@ COMPILED: Final = (
     "tulle.dataplane.upstream.http1",
     "tulle.dataplane.upstream.lb",
 )
-"""The modules on the per-request HTTP/1 path, compiled together (one mypyc group)."""
+"""The modules on the per-request HTTP/1 path and a sniffing listener's per-connection path,
+compiled together (one mypyc group)."""
 
 GROUP: Final = "tulle_native"
 """The mypyc group: its shared library is `tulle_native__mypyc` beside the `tulle` package."""

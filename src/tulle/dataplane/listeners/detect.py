@@ -29,21 +29,15 @@ driver that serves it, then steps aside:
    the client stayed silent, `partial` when it stopped or half-closed mid-prefix).
    The HTTP/2 driver, and h2 with it, is imported at the first h2 preface: a proxy that never
    sees HTTP/2 never loads it.
-
-When the first bytes arrive with the connection (a client that writes its request as soon as
-it connects: almost all of them), sniffing costs one `recv(MSG_PEEK)` in `connection_made`
-(`peek`): an HTTP/1 or HTTP/2 verdict hands the transport to its driver at once, with the
-bytes still in the socket for the driver to read, and no timer, buffer or second dispatch of
-the data is ever made for it (issue 13 item 3, ADR 0052).  Anything else (nothing yet, a
-prefix, TLS, TCP) takes the path above.
 """
 
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
+
+from mypy_extensions import mypyc_attr
 
 from tulle.dataplane.listeners.context import (
     Connection,
@@ -75,29 +69,6 @@ def _h2_driver() -> type[H2Downstream] | None:
     return H2Downstream
 
 
-PEEK_BYTES: Final = 1024
-"""What `peek` looks at: far more than an HTTP/1 method or the HTTP/2 preface needs."""
-_PEEK_FLAGS: Final = socket.MSG_PEEK | socket.MSG_DONTWAIT
-
-
-def peek(t: asyncio.Transport) -> bytes:
-    """The bytes already waiting in the connection's socket, left there; b"" when there are
-    none yet (never blocks) or the transport has no socket (a test's in-memory one)."""
-    sock = t.get_extra_info("socket")
-    if sock is None:
-        return b""
-    try:
-        raw = socket.socket(sock.family, sock.type, sock.proto, sock.fileno())
-    except (OSError, ValueError, AttributeError):
-        return b""
-    try:
-        return raw.recv(PEEK_BYTES, _PEEK_FLAGS)
-    except OSError:
-        return b""  # EAGAIN: nothing yet
-    finally:
-        raw.detach()  # the fd stays the transport's
-
-
 def handover(transport: asyncio.Transport, protocol: asyncio.Protocol, initial: bytes) -> None:
     """Give a live transport to another protocol object, with the bytes already read from it."""
     transport.set_protocol(protocol)
@@ -106,6 +77,7 @@ def handover(transport: asyncio.Transport, protocol: asyncio.Protocol, initial: 
         protocol.data_received(initial)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # listeners.chain_accept.ChainAccept (ADR 0052)
 class Deciding(asyncio.Protocol, Connection):
     """A connection whose driver is not chosen yet: the life cycle `DetectDownstream` and
     `listeners.chain_accept.ChainAccept` share (opening, the original destination, hand-over,
@@ -241,13 +213,6 @@ class DetectDownstream(Deciding):
             self._count("opaque")
             protocol = "tcp"
         if protocol == "auto":
-            first = peek(t)
-            if first:
-                sniffed = detect(first).protocol
-                if sniffed in ("http1", "http2"):
-                    self._count(sniffed)
-                    self._decide(sniffed)  # the driver reads the peeked bytes itself
-                    return
             self._timer = self.loop.call_later(cfg.detect_timeout_ms / 1000, self._on_timeout)
         else:
             self._decide(protocol)
