@@ -38,6 +38,8 @@ def needs_build() -> str | None:
     built = native.read_manifest()
     if not built:
         return "not built"
+    if set(built) != set(native.COMPILED):
+        return "the list of compiled modules changed"
     for name in native.COMPILED:
         if not native.has_extension(name):
             return f"{name}: no compiled module"
@@ -82,11 +84,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def clean() -> None:
+    """The manifest first, then every extension in the package (the tree has no others; a
+    module dropped from `COMPILED` must not leave its old one behind) and the group's."""
     native.MANIFEST.unlink(missing_ok=True)
-    for name in native.COMPILED:
-        base = native.SRC.joinpath(*name.split("."))
-        for old in base.parent.glob(base.name + ".*.so"):
-            old.unlink()
+    for old in (native.SRC / "tulle").rglob("*.so"):
+        old.unlink()
     for old in native.SRC.glob(native.GROUP + "__mypyc.*.so"):
         old.unlink()
 

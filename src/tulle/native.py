@@ -105,6 +105,8 @@ def stale(manifest: Path = MANIFEST, root: Path = SRC,
     built = read_manifest(manifest)
     if not built:
         return "not built"
+    if set(built) != set(modules):
+        return "the list of compiled modules changed since the build"
     for name in modules:
         if not has_extension(name, root):
             return f"{name}: no compiled module"
@@ -151,7 +153,8 @@ def select(environ: dict[str, str] | None = None) -> str:
     if reason is None:
         _state[:] = ["compiled", "built from the current source"]
     else:
-        sys.meta_path.insert(0, PureFinder(COMPILED))
+        # Also what an older build compiled: its leftover extensions must not load either.
+        sys.meta_path.insert(0, PureFinder((*COMPILED, *read_manifest())))
         _state[:] = ["pure", reason]
     return _state[0]
 

@@ -88,3 +88,13 @@ def test_this_run_uses_the_copy_it_was_asked_for() -> None:
         pytest.skip("neither TULLE_EXPECT_COMPILED nor TULLE_PURE is set")
     assert native.mode()[0] == expected, native.mode()
     assert str(stream.__file__).endswith(".py") == (expected == "pure")
+
+
+def test_a_build_of_another_module_list_is_stale(tmp_path: Path) -> None:
+    """A module added to or dropped from the list since the build: rebuild (the build also
+    removes a dropped module's extension, and until then the finder hides it)."""
+    root, manifest = tree(tmp_path)
+    assert native.stale(manifest, root, MODS[:1]) == (
+        "the list of compiled modules changed since the build")
+    assert native.stale(manifest, root, (*MODS, "pkg.gamma")) == (
+        "the list of compiled modules changed since the build")
