@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+PURE_TESTS := tests/unit/dataplane tests/unit/test_native.py tests/integration/dataplane
 
-.PHONY: deps system-deps test lint typecheck unit demo clean
+.PHONY: deps system-deps test lint typecheck unit demo clean native
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,6 +27,10 @@ $(NG2_STAMP): $(STAMP) $(NG2)/shim.c $(NG2)/build.py
 
 deps: system-deps $(STAMP) $(NG2_STAMP)
 
+## The HTTP/1 hot path compiled with mypyc (ADR 0052); a no-op when the sources are unchanged.
+native: deps
+	$(BIN)/python scripts/build_native.py
+
 lint: deps
 	$(BIN)/ruff check src tests bench demo fuzz
 
@@ -33,21 +38,25 @@ typecheck: deps
 	$(BIN)/mypy
 
 ## The whole suite: lint, types, unit, integration and network-namespace e2e tests.
-test: deps lint typecheck
-	$(BIN)/pytest -q -p no:cacheprovider
+## Then the data plane's tests once more on the pure-Python fallback (TULLE_PURE=1, ADR 0052).
+test: deps lint typecheck native
+	TULLE_EXPECT_COMPILED=1 $(BIN)/pytest -q -p no:cacheprovider
+	TULLE_PURE=1 $(BIN)/pytest -q -p no:cacheprovider $(PURE_TESTS)
 
-unit: deps
+unit: deps native
 	$(BIN)/pytest -q -p no:cacheprovider tests/unit
 
 ## `tulle demo`: a meshed shop in network namespaces (sidecars, a node agent, mTLS, a canary,
 ## gRPC, retries), live traffic until Ctrl-C; without root the loopback demo (docs/demo.md).
 ## DEMO_SECONDS=N stops after N seconds, DEMO_RPS=N sets the load (both read by `tulle demo`).
-demo: deps
+demo: deps native
 	$(BIN)/tulle demo
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist
 	rm -f $(NG2)/_ng2*.so $(NG2_STAMP)
+	rm -f src/tulle/_native_build.txt
+	find src -name '*.so' -delete
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 -include bench/bench.mk

@@ -40,10 +40,10 @@ BENCH_TELEMETRY_PEERS ?= tulle-telemetry
 bench-setup:
 	bash bench/setup.sh
 
-bench-quick: deps bench-setup
+bench-quick: deps bench-setup native
 	$(BENCH_PY) -m bench.run --mode quick --peers $(BENCH_PEERS) --json bench/results/quick.json
 
-bench: deps bench-setup
+bench: deps bench-setup native
 	$(BENCH_PY) -m bench.run --mode full \
 		--peers $(BENCH_PEERS),$(BENCH_MTLS_PEERS),$(BENCH_RESILIENCE_PEERS),$(BENCH_TELEMETRY_PEERS) \
 		--json bench/results/full.json --doc docs/performance.md \
@@ -57,11 +57,11 @@ bench-mtls: deps bench-setup
 bench-resilience-cpu: deps bench-setup
 	$(BENCH_PY) -m bench.resilience_cpu --runs 3 --json bench/results/resilience.json
 
-bench-profile: deps bench-setup
+bench-profile: deps bench-setup native
 	test -x $(dir $(BENCH_PY))py-spy || $(BENCH_PY) -m pip install -q 'py-spy>=0.3.14,<0.5'
 	$(BENCH_PY) -m bench.profile --seconds 10
 
-bench-micro: deps
+bench-micro: deps native
 	$(BENCH_PY) -m bench.micro_http1
 
 bench-stat: deps
@@ -120,3 +120,9 @@ bench-h2: deps
 
 bench-micro-h2: deps
 	$(BENCH_PY) -m bench.micro_h2
+
+## Issue 13 items 2-3 (ADR 0052): the compiled and pure-Python proxies and an `auto` listener vs
+## HAProxy, keep-alive and Connection: close, ABAB rounds -> bench/results/hot_path.json
+.PHONY: bench-hot-path
+bench-hot-path: deps bench-setup native
+	$(BENCH_PY) -m bench.hot_path --json bench/results/hot_path.json

@@ -111,17 +111,19 @@ WITH_RETRY = [False]
 """Set by `--retry`: the route of `build` gets `RETRY`."""
 
 
-def build(filters: bool = False, routes: bool = False) -> tuple[ListenerHandle, H1Pool]:
+def build(filters: bool = False, routes: bool = False,
+          protocol: str = "http1") -> tuple[ListenerHandle, H1Pool]:
     """A one-listener, one-route, one-cluster snapshot, as `ProxyServer` builds it; with
     `routes`, the routing row's table instead (`bench/routing_peers.py`: ten rules, the
-    `routed` request matching the last, which has the header filters)."""
+    `routed` request matching the last, which has the header filters); `protocol` is the
+    listener's (`bench.micro_connect` builds an `auto` one)."""
     rule: dict[str, Any] = {"backends": [{"cluster": "origin"}]}
     if filters:
         rule["filters"] = FILTERS
     if WITH_RETRY[0]:
         rule["retry"] = RETRY
     cfg = validate(tulle_routing_config(18080, 18079, 18081, 18082) if routes else {
-        "listeners": [{"name": "bench", "port": 18080, "protocol": "http1", "route_table": "rt"}],
+        "listeners": [{"name": "bench", "port": 18080, "protocol": protocol, "route_table": "rt"}],
         "clusters": [{"name": "origin", "lb_policy": os.environ.get("TULLE_BENCH_LB", "round_robin"),
                       "endpoints": [{"address": "127.0.0.1", "port": 18081}]}],
         "route_tables": [{"name": "rt", "virtual_hosts": [
@@ -223,8 +225,12 @@ def main(argv: list[str] | None = None) -> None:
         pstats.Stats(prof).sort_stats("tottime").print_stats(int(os.environ.get("PROFILE_ROWS", "25")))
         return
     wanted = set(args.only.split(",")) if args.only else None
+    from tulle import native
+
+    mode, why = native.mode()
     print(f"CPU µs per request, best of {args.repeat} x {args.n}; function calls per request "
-          f"(Python {sys.version.split()[0]})")
+          f"(Python {sys.version.split()[0]}; hot path {mode}: {why}; compiled code's calls are "
+          f"not counted)")
     for sc in SCENARIOS:
         if wanted is not None and sc.name not in wanted:
             continue

@@ -7,7 +7,8 @@ set -euo pipefail
 what=${1:-test}
 case "$what" in
   test)  pkgs=(chromium curl iproute2 iptables nghttp2-client postgresql procps prometheus
-         redis-server gcc libnghttp2-dev python3-dev) ;;  # gcc..: the HTTP/2 engine's cffi build
+         redis-server gcc libc6-dev libnghttp2-dev python3-dev) ;;  # gcc..: the HTTP/2
+         # engine's cffi build and mypyc's (make native)
   bench) pkgs=(curl haproxy nginx-light wrk nghttp2-client procps util-linux) ;;
   *) echo "usage: $0 test|bench" >&2; exit 2 ;;
 esac

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import msgspec
 
+from tulle import native
 from tulle.dataplane.listeners.admin import start_admin
 from tulle.dataplane.server import ApplyError, ProxyServer
 from tulle.proxyconfig.load import load_file, load_text
@@ -162,9 +163,10 @@ class ProxyProcess:
         loop.add_signal_handler(signal.SIGHUP, on_hup)
         watcher = loop.create_task(self._watch()) if self.watch_interval > 0 else None
         ports = ", ".join(f"{n}={self.server.bound_port(n)}" for n in self.server.listeners)
-        log.info("proxy %s ready (pid %d, worker %d): %s; admin %s", cfg.node.name, os.getpid(),
-                 self.index, ports,
-                 f"{cfg.admin.address}:{cfg.admin.port}" if admin else "off")
+        hot_path, why = native.mode()
+        log.info("proxy %s ready (pid %d, worker %d): %s; admin %s; hot path %s (%s)",
+                 cfg.node.name, os.getpid(), self.index, ports,
+                 f"{cfg.admin.address}:{cfg.admin.port}" if admin else "off", hot_path, why)
         await self._stop.wait()
         if watcher is not None:
             watcher.cancel()

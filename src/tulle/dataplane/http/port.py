@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
+from mypy_extensions import mypyc_attr
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -44,6 +46,7 @@ class StreamOwner(Protocol):
     the earliest `due` of its requests (the sweeper then calls their `on_timeout`)."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # via RequestStream (ADR 0052)
 class StreamPort:
     """What the stream sends towards the client and asks of the connection; a driver's subclass
     of `RequestStream` implements it for its protocol."""

@@ -39,6 +39,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from mypy_extensions import mypyc_attr
+
 from tulle.dataplane.http.chain import Chain, ChainRun, HeaderListEdit
 from tulle.dataplane.http.held import HeldResponse
 from tulle.dataplane.http.idle import StreamIdle
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
     from tulle.dataplane.upstream.cluster import ClusterRuntime
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # HTTP/2 and tests subclass it (ADR 0052)
 class RequestStream(StreamPort):
     """One request: head, decision, filters, deadline, upstream, and its record."""
 

@@ -37,6 +37,8 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
+from mypy_extensions import mypyc_attr
+
 from tulle.dataplane.listeners.context import (
     Connection,
     ListenerContext,
@@ -75,6 +77,7 @@ def handover(transport: asyncio.Transport, protocol: asyncio.Protocol, initial: 
         protocol.data_received(initial)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # listeners.chain_accept.ChainAccept (ADR 0052)
 class Deciding(asyncio.Protocol, Connection):
     """A connection whose driver is not chosen yet: the life cycle `DetectDownstream` and
     `listeners.chain_accept.ChainAccept` share (opening, the original destination, hand-over,

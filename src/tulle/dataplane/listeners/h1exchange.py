@@ -37,11 +37,13 @@ _CLOSES = frozenset((400, 408, 431, 501, 505))
 class H1Exchange(RequestStream):
     """One request on a downstream HTTP/1 connection (the upstream's `ResponseSink`)."""
 
-    __slots__ = ("chunked", "close_after", "started")
+    __slots__ = ("chunked", "close_after", "down", "started")
 
-    conn: H1Downstream
-    # No `__init__` of its own (one call less per request): the driver sets these three right
+    # No `__init__` of its own (one call less per request): the driver sets these four right
     # after making the exchange.
+    down: H1Downstream
+    """`conn`, typed as the HTTP/1 connection it is (a subclass may not narrow an attribute's
+    type when compiled with mypyc, ADR 0052)."""
     close_after: bool
     """Close the connection after this response."""
     chunked: bool
@@ -52,7 +54,7 @@ class H1Exchange(RequestStream):
     # -- the port --------------------------------------------------------------------------
 
     def send_head(self, head: ResponseHead, end: bool) -> None:
-        conn = self.conn
+        conn = self.down
         if conn.handle.draining:
             self.close_after = True
         elif conn.guard.rejecting and not self.close_after:
@@ -76,13 +78,13 @@ class H1Exchange(RequestStream):
             conn.write_head(data)
 
     def send_data(self, data: bytes) -> None:
-        conn = self.conn
+        conn = self.down
         if conn.tunnel is not None:
             conn.tunnel_active = conn.loop.time()
         conn.write(encode_chunk(data) if self.chunked else data)
 
     def end_response(self, trailers: Headers | None) -> None:
-        conn = self.conn
+        conn = self.down
         if conn.tunnel is not None:
             conn.tunnel_eof_from_upstream()  # the upgraded tunnel's upstream half-closed
             return
@@ -93,24 +95,24 @@ class H1Exchange(RequestStream):
 
     def complete(self) -> None:
         self.record()
-        self.conn.exchange_done(self)
+        self.down.exchange_done(self)
 
     def send_local(self, status: int, body: bytes, headers: ReplyHeaders = ()) -> None:
         self.status = status
         self.head_sent = True
         if not self.request_done or status in _CLOSES:
             self.close_after = True
-        self.conn.write(local_response(status, body, close=self.close_after, extra=headers))
+        self.down.write(local_response(status, body, close=self.close_after, extra=headers))
         self.complete()
 
     def send_reset(self) -> None:
-        self.conn.exchange_failed(self)
+        self.down.exchange_failed(self)
 
     def pause_request(self) -> None:
-        self.conn.pause_reading("buffer")
+        self.down.pause_reading("buffer")
 
     def resume_request(self) -> None:
-        conn = self.conn
+        conn = self.down
         if conn.paused:
             conn.resume_reading("buffer")
 
@@ -119,7 +121,7 @@ class H1Exchange(RequestStream):
         self.send_local(503, b"overloaded\n")
 
     def send_continue(self) -> None:
-        self.conn.write(CONTINUE)
+        self.down.write(CONTINUE)
 
     # -- ResponseSink: what only HTTP/1 has --------------------------------------------------
 
@@ -127,23 +129,23 @@ class H1Exchange(RequestStream):
         if head.status == 100 and self.expect_continue:
             return  # we already said 100 Continue ourselves
         if self.head.version == b"1.1":
-            self.conn.write(serialize_response_head(head, chunked=False, close=False))
+            self.down.write(serialize_response_head(head, chunked=False, close=False))
 
     def on_read_end(self) -> None:
-        conn = self.conn
+        conn = self.down
         if conn.out is not None:
             conn.flush()
 
     def on_upgraded(self, head: ResponseHead, stream: TunnelStream) -> None:
         self.status = 101
         self.head_sent = True
-        self.conn.write(serialize_response_head(
+        self.down.write(serialize_response_head(
             head, chunked=False, close=False,
             extra=[(b"connection", b"upgrade")]))
-        self.conn.start_tunnel(self, stream)
+        self.down.start_tunnel(self, stream)
 
     def pause_request_body(self) -> None:
-        self.conn.pause_reading("upstream")
+        self.down.pause_reading("upstream")
 
     def resume_request_body(self) -> None:
-        self.conn.resume_reading("upstream")
+        self.down.resume_reading("upstream")

@@ -207,6 +207,7 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         # An upgrade closes unless it becomes a tunnel: the parser is done with the connection.
         ex.close_after = not keep_alive or head.upgrade != b""
         ex.chunked = False
+        ex.down = self
         self._receiving = ex
         q = self._queue
         q.append(ex)

@@ -52,6 +52,13 @@ class MemoryTransport:
     def is_closing(self) -> bool:
         return self.closed
 
+    def set_protocol(self, protocol: Any) -> None:
+        """A detecting driver's hand-over (`listeners.detect.handover`)."""
+        self.protocol = protocol
+
+    def get_protocol(self) -> Any:
+        return self.protocol
+
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
         self.high_water = high
 

@@ -7,7 +7,7 @@ The rules it keeps are in `protocols/http1.py`; the shared tables and bounds in 
 from __future__ import annotations
 
 import re
-from typing import Protocol
+from typing import Final, Protocol
 
 import httptools
 
@@ -59,7 +59,10 @@ class ResponseCodec(_Bounds):
                  "_head_request", "_headers", "_keep_alive", "_limit", "_parser", "_reason",
                  "_state", "_until_close", "_upgrade_head", "_upgrade_request")
 
-    IDLE, HEAD, BODY, DONE = _IDLE, _HEAD, _BODY, _DONE
+    IDLE: Final = _IDLE  # (Final: a class constant when compiled, not an instance slot)
+    HEAD: Final = _HEAD
+    BODY: Final = _BODY
+    DONE: Final = _DONE
 
     def __init__(self, handler: ResponseHandler, max_header_bytes: int, *,
                  limits: H1Limits = DEFAULT_LIMITS) -> None:

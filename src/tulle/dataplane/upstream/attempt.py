@@ -41,6 +41,8 @@ from collections.abc import Callable, Collection
 from time import monotonic as _now
 from typing import TYPE_CHECKING, Any
 
+from mypy_extensions import mypyc_attr
+
 from tulle.dataplane.exchange import Headers, ResponseSink, UpstreamError, upstream_timeout
 from tulle.dataplane.upstream.lb import NO_AVOID, EndpointState
 
@@ -95,6 +97,7 @@ class TryOptions:
         self.replayed = False
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # HTTP/2 and tests subclass it (ADR 0052)
 class Attempt:
     """One try of a request: the base of a pool's stream (see the module docstring).
 
@@ -102,7 +105,7 @@ class Attempt:
     counts the try in (`pool.limits.requests`, `pool.endpoint.active`) and sets `status` 0,
     `try_done` False, `opts` None and `start` `now()`."""
 
-    __slots__ = ("opts", "start", "status", "try_done")
+    __slots__ = ("opts", "pool", "sink", "start", "status", "try_done")
 
     pool: Any
     sink: ResponseSink

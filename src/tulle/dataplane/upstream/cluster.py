@@ -35,6 +35,7 @@ from time import monotonic
 from typing import Protocol
 
 import msgspec
+from mypy_extensions import mypyc_attr
 
 from tulle.dataplane.exchange import RequestHead, ResponseSink, UpstreamError, UpstreamStream
 from tulle.dataplane.protocols.http1 import H1Limits
@@ -100,6 +101,7 @@ def _settings_key(settings: Settings, zone: str = "") -> tuple[int, int, str]:
     return (settings.max_response_header_bytes, settings.buffer_high_water_bytes, zone)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # tests stand in for it (ADR 0052)
 class ClusterRuntime:
     """One cluster of one snapshot.  Everything a request needs is an attribute lookup away."""
 

@@ -65,7 +65,7 @@ class H1Stream(Attempt):
     try it is (`Attempt`: counted in here, out at its end)."""
 
     __slots__ = ("chunked", "conn", "end_stream", "got_response", "head", "paused", "pending",
-                 "pending_bytes", "pool", "request_done", "sink", "tunnel", "upload_paused",
+                 "pending_bytes", "request_done", "tunnel", "upload_paused",
                  "waiting", "was_reset")
 
     def __init__(self, pool: H1Pool, head: RequestHead, sink: ResponseSink,

@@ -74,7 +74,7 @@ class H2UpStream(Attempt):
     (`Attempt`: counted in here, out at its end)."""
 
     __slots__ = ("conn", "data_sent", "end_sent", "end_stream", "head", "paused", "pending",
-                 "pending_size", "pool", "req_paused", "response_started", "sid", "sink",
+                 "pending_size", "req_paused", "response_started", "sid",
                  "trailers", "unacked", "was_reset")
 
     def __init__(self, pool: H2Pool, head: RequestHead, sink: ResponseSink,

@@ -22,6 +22,7 @@ from tulle.dataplane.http.filter import BUFFER, CONTINUE, STOP, FilterStream, Ht
 from tulle.dataplane.http.stream import RequestStream
 from tulle.dataplane.listeners.dispatch import Decision
 from tulle.dataplane.telemetry.tap import TapHub
+from tulle.dataplane.upstream.cluster import ClusterRuntime
 
 # -- the scripted world ------------------------------------------------------------------------
 
@@ -146,7 +147,9 @@ class Upstream:
         self.paused = False
 
 
-class Cluster:
+class Cluster(ClusterRuntime):
+    """Stands in for a cluster (a subclass: the compiled stream checks the type)."""
+
     def __init__(self, log: list[object], available: bool = True) -> None:
         self.log = log
         self.available = available

@@ -31,7 +31,7 @@ from tulle.proxyconfig.model import Cluster, ClusterLimits, Endpoint, Settings
 class ScriptedStream(Attempt):
     """A pool stream that does what the pools do for the attempt, and records the rest."""
 
-    __slots__ = ("calls", "pool", "sink")
+    __slots__ = ("calls",)  # `pool` and `sink` are the base's
 
     def __init__(self, pool: ScriptedPool, sink: Any) -> None:
         self.pool = pool

@@ -1,0 +1,160 @@
+"""The compiled HTTP/1 hot path and cheap detection against HAProxy, in one run (ADR 0052).
+
+    .venv/bin/python -m bench.hot_path [--rounds 3] [--seconds 4] [--base DIR] [--json FILE]
+
+Peers, all started together and loaded one at a time in rotating order (ABAB...), each round
+running every phase on every peer, so a burst of other work on a shared machine hits all alike:
+
+* `haproxy`: one thread, keep-alive both sides (`bench/peers.py`'s config);
+* `tulle`: an `http1` listener, the compiled hot path (checked: the proxy process has the mypyc
+  group library mapped, /proc/PID/maps);
+* `tulle-pure`: the same with ``TULLE_PURE=1`` (the Python source of the same modules);
+* `tulle-auto`: the compiled proxy with an `auto` listener (protocol detection per connection);
+* `tulle-base` (with ``--base DIR``): the tree at DIR (e.g. ``git archive`` of the commit
+  before this work) with its defaults: the "before".
+
+Phases: `keepalive` (wrk, 1 thread, 50 connections: CPU µs per request at saturation) and
+`close` (wrk, 10 connections, ``Connection: close``: a new connection per request, where
+detection is paid).  Figures: per peer and phase, the median over the rounds of proxy CPU µs
+per request, with min and max; per round the ratio to HAProxy, and the median of those.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.peers import (
+    PROXY_CPU,
+    Running,
+    start_haproxy,
+    start_origin,
+    tulle_cmd,
+    tulle_config,
+)
+from bench.procs import ProcessSet, cpu_seconds, free_port, tree, wait_port
+from bench.tools import run_wrk
+
+PHASES = {"keepalive": {"connections": 50, "headers": ()},
+          "close": {"connections": 10, "headers": ("Connection: close",)}}
+
+
+def start_tulle_variant(ps: ProcessSet, origin_port: int, name: str, *, protocol: str = "http1",
+                        env: dict[str, str] | None = None) -> Running:
+    port, admin = free_port(), free_port()
+    cfg: dict[str, Any] = tulle_config(port, admin, origin_port, "http1")
+    cfg["listeners"][0]["protocol"] = protocol  # type: ignore[index]
+    conf = ps.tmp / f"{name}.json"
+    conf.write_text(json.dumps(cfg, indent=2))
+    proc = ps.start(name, [*tulle_cmd(), "proxy", "run", "--config", str(conf),
+                           "--watch-interval", "0", "--log-level", "warning"],
+                    cpu=PROXY_CPU, env=env)
+    wait_port(port, proc)
+    return Running(name, port, proc, tree(proc.pid))
+
+
+def compiled(pids: list[int]) -> bool:
+    """Whether the mypyc group library is mapped into any of `pids`."""
+    for pid in pids:
+        try:
+            if "tulle_native__mypyc" in Path(f"/proc/{pid}/maps").read_text():
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def load(r: Running, phase: str, seconds: float) -> dict[str, Any]:
+    spec = PHASES[phase]
+    c0, _ = cpu_seconds(r.pids)
+    t0 = time.monotonic()
+    res = run_wrk(r.port, duration=seconds, connections=int(spec["connections"]),  # type: ignore[call-overload]
+                  headers=tuple(spec["headers"]))  # type: ignore[arg-type]
+    wall = time.monotonic() - t0
+    c1, _ = cpu_seconds(r.pids)
+    n = max(res["requests"], 1)
+    return {"cpu_us_per_req": (c1 - c0) / n * 1e6, "rps": res["rps"],
+            "cpu_util": (c1 - c0) / wall, "requests": res["requests"],
+            "errors": res["socket_errors"] + res["non2xx"]}
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    return {"median": round(statistics.median(values), 2), "min": round(min(values), 2),
+            "max": round(max(values), 2)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=4)
+    ap.add_argument("--base", default="", help="a source tree (its src/) to run as tulle-base")
+    ap.add_argument("--json", default="")
+    ap.add_argument("--peers", default="haproxy,tulle,tulle-pure,tulle-auto",
+                    help="which peers (tulle-base is added by --base)")
+    ap.add_argument("--phases", default=",".join(PHASES))
+    args = ap.parse_args(argv)
+    env = dict(os.environ)
+    env.pop("TULLE_PURE", None)
+    with tempfile.TemporaryDirectory(prefix="tulle-hotpath-") as tmp, \
+            ProcessSet(Path(tmp)) as ps:
+        Path(tmp).chmod(0o755)  # nginx workers drop privileges and must read the origin's file
+        origin = start_origin(ps)
+        starters = {
+            "haproxy": lambda: start_haproxy(ps, origin.port, "http1"),
+            "tulle": lambda: start_tulle_variant(ps, origin.port, "tulle", env=env),
+            "tulle-pure": lambda: start_tulle_variant(ps, origin.port, "tulle-pure",
+                                                      env={**env, "TULLE_PURE": "1"}),
+            "tulle-auto": lambda: start_tulle_variant(ps, origin.port, "tulle-auto",
+                                                      protocol="auto", env=env)}
+        names = ["haproxy", *(n for n in args.peers.split(",") if n != "haproxy")]
+        peers = [starters[name]() for name in names if name in starters]  # haproxy: the ratios
+        phases = [p for p in args.phases.split(",") if p in PHASES]
+        if args.base:
+            base_src = str(Path(args.base).resolve() / "src")
+            peers.append(start_tulle_variant(ps, origin.port, "tulle-base",
+                                             env={**env, "PYTHONPATH": base_src}))
+        modes = {r.name: ("compiled" if compiled(r.pids) else "pure")
+                 for r in peers if r.name.startswith("tulle")}
+        print("modes:", modes, file=sys.stderr)
+        loadavg_before = os.getloadavg()
+        rounds: list[dict[str, dict[str, Any]]] = []
+        for i in range(args.rounds):
+            order = peers[i % len(peers):] + peers[:i % len(peers)]
+            got: dict[str, dict[str, Any]] = {}
+            for phase in phases:
+                for r in order:
+                    got.setdefault(r.name, {})[phase] = m = load(r, phase, args.seconds)
+                    print(f"round {i} {phase:9} {r.name:11} {m['cpu_us_per_req']:7.1f} µs/req "
+                          f"{m['rps']:9.0f} rps util {m['cpu_util']:.2f} err {m['errors']}",
+                          file=sys.stderr)
+            rounds.append(got)
+        out: dict[str, Any] = {"rounds": rounds, "modes": modes,
+                               "loadavg_before": loadavg_before,
+                               "loadavg_after": os.getloadavg(), "peers": {}, "ratios": {}}
+        for r in peers:
+            out["peers"][r.name] = {
+                phase: {"cpu_us_per_req": summary([g[r.name][phase]["cpu_us_per_req"]
+                                                   for g in rounds]),
+                        "rps": summary([g[r.name][phase]["rps"] for g in rounds])}
+                for phase in phases}
+            if r.name != "haproxy":
+                out["ratios"][f"{r.name}_vs_haproxy"] = {
+                    phase: summary([g[r.name][phase]["cpu_us_per_req"]
+                                    / g["haproxy"][phase]["cpu_us_per_req"] for g in rounds])
+                    for phase in phases}
+    text = json.dumps(out, indent=1)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(json.dumps({"peers": out["peers"], "ratios": out["ratios"], "modes": modes,
+                      "loadavg": [loadavg_before, out["loadavg_after"]]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

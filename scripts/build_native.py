@@ -1,0 +1,114 @@
+"""Compile the HTTP/1 hot path (`tulle.native.COMPILED`) with mypyc, in place (ADR 0052).
+
+    .venv/bin/python scripts/build_native.py [--force] [--check]
+
+The extension modules land beside their sources in src/ (never in git: .gitignore), the C
+sources and objects under build/native/.  Nothing is compiled when the manifest
+(`src/tulle/_native_build.txt`) lists the current SHA-256 of every source and every extension
+exists; if only sizes or times moved (a checkout, a `touch`) the manifest is refreshed.
+Otherwise the old extensions and the manifest are removed first, so a build that fails leaves
+the Python source in force (`tulle.native.select`), never a stale compiled copy.  Needs gcc
+and the Python headers (scripts/install-system-deps.sh test) and mypy (the `test` extra).
+`--check` exits 1 when a build is needed, without building.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import sys
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SRC = ROOT / "src"
+os.environ["TULLE_PURE"] = "1"  # this process needs only the list, never the extensions
+sys.path.insert(0, str(SRC))
+
+from tulle import native  # noqa: E402
+
+
+def sha256(name: str) -> str:
+    return hashlib.sha256(native.source_path(name).read_bytes()).hexdigest()
+
+
+def needs_build() -> str | None:
+    """Why the extensions do not match the sources (None: they do)."""
+    built = native.read_manifest()
+    if not built:
+        return "not built"
+    if set(built) != set(native.COMPILED):
+        return "the list of compiled modules changed"
+    for name in native.COMPILED:
+        if not native.has_extension(name):
+            return f"{name}: no compiled module"
+        if built.get(name, ("", ""))[1] != sha256(name):
+            return f"{name}: source changed since the build"
+    return None
+
+
+def write_manifest(hashes: dict[str, str], stamps: dict[str, str]) -> None:
+    native.MANIFEST.write_text("".join(f"{name} {stamps[name]} {hashes[name]}\n"
+                                       for name in native.COMPILED))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--force", action="store_true", help="build even when up to date")
+    ap.add_argument("--check", action="store_true", help="exit 1 if a build is needed")
+    args = ap.parse_args(argv)
+    why = needs_build()
+    if args.check:
+        print(why or "up to date")
+        return 1 if why else 0
+    if why is None and not args.force:
+        if native.stale() is not None:  # same contents, new times: only the manifest moves
+            write_manifest({n: sha256(n) for n in native.COMPILED},
+                           {n: native.source_stamp(n) for n in native.COMPILED})
+        print("tulle native: up to date")
+        return 0
+    print(f"tulle native: building ({why or 'forced'}): {len(native.COMPILED)} modules")
+    clean()
+    # Taken before compiling: a source edited during the build then reads as stale.
+    hashes = {name: sha256(name) for name in native.COMPILED}
+    stamps = {name: native.source_stamp(name) for name in native.COMPILED}
+    build()
+    missing = [name for name in native.COMPILED if not native.has_extension(name)]
+    if missing:
+        print(f"tulle native: the build produced no module for {missing}", file=sys.stderr)
+        return 1
+    write_manifest(hashes, stamps)
+    print("tulle native: built")
+    return 0
+
+
+def clean() -> None:
+    """The manifest first, then every extension in the package (the tree has no others; a
+    module dropped from `COMPILED` must not leave its old one behind) and the group's."""
+    native.MANIFEST.unlink(missing_ok=True)
+    for old in (native.SRC / "tulle").rglob("*.so"):
+        old.unlink()
+    for old in native.SRC.glob(native.GROUP + "__mypyc.*.so"):
+        old.unlink()
+
+
+def build() -> None:
+    from mypyc.build import mypycify
+    from setuptools import setup
+
+    warnings.filterwarnings("ignore")  # setuptools' notes on pyproject.toml's license table
+    os.chdir(ROOT)
+    paths = [str(native.source_path(name).relative_to(ROOT)) for name in native.COMPILED]
+    os.environ.setdefault("MYPYPATH", str(SRC))
+    setup(
+        name="tulle-native",
+        package_dir={"": "src"},
+        ext_modules=mypycify(paths, opt_level="3", group_name=native.GROUP,
+                             target_dir="build/native"),
+        script_args=["-q", "build_ext", "--inplace", "--build-temp", "build/native/obj"],
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

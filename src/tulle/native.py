@@ -1,0 +1,165 @@
+"""Which copy of the HTTP/1 hot path runs: the mypyc-compiled one or the Python source.
+
+The modules in `COMPILED` carry every request of an HTTP/1 connection (codec, driver, request
+stream, router, pool).  `scripts/build_native.py` (`make native`, a step of `make test`,
+`make demo` and `.ci/run`) compiles them with mypyc from the same typed source into extension
+modules beside the `.py` files, and writes `MANIFEST`: per source compiled, its size and
+modification time (what this module compares: a `stat`, no hashing on the proxy's start-up path)
+and its SHA-256 (what the build compares, so a touched but unchanged file costs no rebuild)
+(ADR 0052).  Python's import system takes an extension module over the source next to it
+whatever their ages, so `select()` decides once, when `tulle` is first imported:
+
+* ``TULLE_PURE=1``: the source, always (how the suite runs the pure-Python fallback).
+* No manifest (never built, or the build failed): the source, silently.
+* A manifest whose sizes or times do not match the sources (a module edited since the
+  build, or checked out again), or an extension missing: the source, with a
+  `RuntimeWarning` naming the first stale module.  Compiled modules reach each other's
+  classes through their C layout, so a mix of compiled and source copies is never an option:
+  it is all or nothing.
+* Otherwise the compiled modules.
+
+In the source case a finder placed first on `sys.meta_path` loads the `.py` of each module in
+`COMPILED`; every other import is untouched.  `mode()` says which copy runs and why (the
+proxy's `/config_dump` and the benchmark record it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from importlib.machinery import EXTENSION_SUFFIXES, ModuleSpec
+from pathlib import Path
+from types import ModuleType
+from typing import Final
+
+COMPILED: Final = (
+    "tulle.dataplane.exchange",
+    "tulle.dataplane.protocols.h1common",
+    "tulle.dataplane.protocols.h1request",
+    "tulle.dataplane.protocols.h1response",
+    "tulle.dataplane.protocols.h1serialize",
+    "tulle.dataplane.protocols.detect",
+    "tulle.dataplane.listeners.detect",
+    "tulle.dataplane.listeners.dispatch",
+    "tulle.dataplane.listeners.h1exchange",
+    "tulle.dataplane.listeners.http1",
+    "tulle.dataplane.http.port",
+    "tulle.dataplane.http.stream",
+    "tulle.dataplane.routing.router",
+    "tulle.dataplane.upstream.attempt",
+    "tulle.dataplane.upstream.cluster",
+    "tulle.dataplane.upstream.http1",
+    "tulle.dataplane.upstream.lb",
+)
+"""The modules on the per-request HTTP/1 path and a sniffing listener's per-connection path,
+compiled together (one mypyc group)."""
+
+GROUP: Final = "tulle_native"
+"""The mypyc group: its shared library is `tulle_native__mypyc` beside the `tulle` package."""
+
+SRC: Final = Path(__file__).resolve().parent.parent
+"""The directory holding the `tulle` package (`src/` in a checkout)."""
+
+MANIFEST: Final = SRC / "tulle" / "_native_build.txt"
+"""Written by the build: one line per module compiled, `name size mtime_ns sha256`."""
+
+_state: list[str] = []
+"""[mode, reason] once `select` ran."""
+
+
+def source_path(name: str, root: Path = SRC) -> Path:
+    return root.joinpath(*name.split(".")).with_suffix(".py")
+
+
+def source_stamp(name: str, root: Path = SRC) -> str:
+    """`size mtime_ns` of the module's source."""
+    st = source_path(name, root).stat()
+    return f"{st.st_size} {st.st_mtime_ns}"
+
+
+def read_manifest(manifest: Path = MANIFEST) -> dict[str, tuple[str, str]]:
+    """{name: (stamp, sha256)}; empty when there is none."""
+    out: dict[str, tuple[str, str]] = {}
+    try:
+        text = manifest.read_text()
+    except OSError:
+        return out
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 4:
+            out[parts[0]] = (f"{parts[1]} {parts[2]}", parts[3])
+    return out
+
+
+def has_extension(name: str, root: Path = SRC) -> bool:
+    base = root.joinpath(*name.split("."))
+    return any(base.with_name(base.name + suffix).exists() for suffix in EXTENSION_SUFFIXES)
+
+
+def stale(manifest: Path = MANIFEST, root: Path = SRC,
+          modules: Sequence[str] = COMPILED) -> str | None:
+    """Why the compiled copy cannot be used (None: it can)."""
+    built = read_manifest(manifest)
+    if not built:
+        return "not built"
+    if set(built) != set(modules):
+        return "the list of compiled modules changed since the build"
+    for name in modules:
+        if not has_extension(name, root):
+            return f"{name}: no compiled module"
+        try:
+            if built.get(name, ("", ""))[0] != source_stamp(name, root):
+                return f"{name}: source changed since the build"
+        except OSError:
+            return f"{name}: no source"
+    return None
+
+
+class PureFinder:
+    """Finds the `.py` of the modules in `names`, never their extension modules."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = frozenset(names)
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> ModuleSpec | None:
+        if fullname not in self.names:
+            return None
+        leaf = fullname.rpartition(".")[2] + ".py"
+        for entry in path or sys.path:
+            candidate = os.path.join(entry, leaf)
+            if os.path.isfile(candidate):
+                return importlib.util.spec_from_file_location(fullname, candidate)
+        return None
+
+
+def select(environ: dict[str, str] | None = None) -> str:
+    """Decide once which copy runs (see the module docstring); returns the mode."""
+    if _state:
+        return _state[0]
+    env = os.environ if environ is None else environ
+    if env.get("TULLE_PURE", "") not in ("", "0"):
+        reason: str | None = "TULLE_PURE is set"
+    elif not MANIFEST.exists():
+        reason = "not built"
+    else:
+        reason = stale()
+        if reason is not None:
+            warnings.warn(f"tulle: running the Python source of the hot path ({reason}); "
+                          f"`make native` rebuilds it", RuntimeWarning, stacklevel=2)
+    if reason is None:
+        _state[:] = ["compiled", "built from the current source"]
+    else:
+        # Also what an older build compiled: its leftover extensions must not load either.
+        sys.meta_path.insert(0, PureFinder((*COMPILED, *read_manifest())))
+        _state[:] = ["pure", reason]
+    return _state[0]
+
+
+def mode() -> tuple[str, str]:
+    """(``compiled`` | ``pure``, why)."""
+    select()
+    return _state[0], _state[1]

@@ -1,0 +1,100 @@
+"""Which copy of the hot path runs (`tulle.native`, ADR 0052): the compiled modules only when
+every one was built from the source beside it, the Python source otherwise, never a mix."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tulle import native
+
+MODS = ("pkg.alpha", "pkg.beta")
+SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
+
+
+def tree(tmp_path: Path, built: bool = True) -> tuple[Path, Path]:
+    """A source tree with two modules, their (fake) extensions and a manifest of the build."""
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    for name in MODS:
+        leaf = name.rpartition(".")[2]
+        (pkg / f"{leaf}.py").write_text(f"WHO = {leaf!r}\n")
+        (pkg / f"{leaf}{SUFFIX}").write_bytes(b"not really a shared object")
+    manifest = tmp_path / "build.txt"
+    if built:
+        manifest.write_text("".join(f"{name} {native.source_stamp(name, tmp_path)} {'0' * 64}\n"
+                                    for name in MODS))
+    return tmp_path, manifest
+
+
+def test_a_build_of_the_current_sources_is_used(tmp_path: Path) -> None:
+    root, manifest = tree(tmp_path)
+    assert native.stale(manifest, root, MODS) is None
+
+
+def test_no_manifest_means_not_built(tmp_path: Path) -> None:
+    root, manifest = tree(tmp_path, built=False)
+    assert native.stale(manifest, root, MODS) == "not built"
+    manifest.write_text("garbage\n")
+    assert native.stale(manifest, root, MODS) == "not built"
+
+
+def test_a_source_edited_after_the_build_is_stale(tmp_path: Path) -> None:
+    root, manifest = tree(tmp_path)
+    (root / "pkg" / "beta.py").write_text("WHO = 'edited, longer'\n")
+    assert native.stale(manifest, root, MODS) == "pkg.beta: source changed since the build"
+
+
+def test_a_missing_extension_is_stale(tmp_path: Path) -> None:
+    root, manifest = tree(tmp_path)
+    (root / "pkg" / f"alpha{SUFFIX}").unlink()
+    assert native.stale(manifest, root, MODS) == "pkg.alpha: no compiled module"
+
+
+def test_the_pure_finder_loads_the_source_beside_an_extension(tmp_path: Path) -> None:
+    root, _ = tree(tmp_path)
+    finder = native.PureFinder(MODS)
+    spec = finder.find_spec("pkg.alpha", [str(root / "pkg")])
+    assert spec is not None and spec.origin == str(root / "pkg" / "alpha.py")
+    assert finder.find_spec("pkg.gamma", [str(root / "pkg")]) is None  # not ours: untouched
+    assert finder.find_spec("pkg.alpha", [str(tmp_path / "nowhere")]) is None
+
+
+def test_a_fresh_process_obeys_tulle_pure() -> None:
+    """`TULLE_PURE=1` runs every hot-path module from its `.py`, whatever is built."""
+    env = {**os.environ, "TULLE_PURE": "1"}
+    code = ("import tulle.native as n, importlib; "
+            "print(n.mode()[0], all(importlib.import_module(m).__file__.endswith('.py') "
+            "for m in n.COMPILED))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    assert out == ["pure", "True"]
+
+
+def test_this_run_uses_the_copy_it_was_asked_for() -> None:
+    """`make test` sets TULLE_EXPECT_COMPILED=1 for its compiled pass and TULLE_PURE=1 for the
+    fallback pass: each must really run the copy it names."""
+    import tulle.dataplane.http.stream as stream
+
+    expected = ("compiled" if os.environ.get("TULLE_EXPECT_COMPILED")
+                else "pure" if os.environ.get("TULLE_PURE") else None)
+    if expected is None:
+        pytest.skip("neither TULLE_EXPECT_COMPILED nor TULLE_PURE is set")
+    assert native.mode()[0] == expected, native.mode()
+    assert str(stream.__file__).endswith(".py") == (expected == "pure")
+
+
+def test_a_build_of_another_module_list_is_stale(tmp_path: Path) -> None:
+    """A module added to or dropped from the list since the build: rebuild (the build also
+    removes a dropped module's extension, and until then the finder hides it)."""
+    root, manifest = tree(tmp_path)
+    assert native.stale(manifest, root, MODS[:1]) == (
+        "the list of compiled modules changed since the build")
+    assert native.stale(manifest, root, (*MODS, "pkg.gamma")) == (
+        "the list of compiled modules changed since the build")
