@@ -84,10 +84,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def clean() -> None:
-    """The manifest first, then every extension in the package (the tree has no others; a
-    module dropped from `COMPILED` must not leave its old one behind) and the group's."""
+    """The manifest first, then every mypyc extension in the package (a module dropped from
+    `COMPILED` must not leave its old one behind) and the group's.  Not the libnghttp2
+    engine's cffi module (`ng2/_ng2*.so`, ADR 0051): that one is `make deps`'s."""
     native.MANIFEST.unlink(missing_ok=True)
     for old in (native.SRC / "tulle").rglob("*.so"):
+        if old.parent.name == "ng2" and old.name.startswith("_ng2"):
+            continue
         old.unlink()
     for old in native.SRC.glob(native.GROUP + "__mypyc.*.so"):
         old.unlink()
