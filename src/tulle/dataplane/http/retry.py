@@ -341,7 +341,10 @@ class Retrier:
             if ep is not None and ep not in self.avoid:
                 self.avoid.append(ep)
             self.last_key = cur.endpoint_key
-            cur.reset()  # (a try that failed is over already; a response is dropped)
+            if isinstance(cur, Attempt) and cur.status and not cur.try_done:
+                cur.drop()  # a response: its connection is kept when it ends whole
+            else:
+                cur.reset()  # (a try that failed is over already)
         self.retries += 1
         self.failed = failed
         cluster.m_retries.labels(cluster.name, reason).value += 1
