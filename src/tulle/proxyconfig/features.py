@@ -192,6 +192,9 @@ FEATURES: tuple[Feature, ...] = (
             "Istio's standard metrics and labels (ADR 0053)"),
     Feature(TELEMETRY_PEERS, (), "a telemetry section changed only in `metrics.peers` is sent "
             "as the peers added, changed and removed"),
+    Feature("addressed-service", ("route_tables[].virtual_hosts[].service",),
+            "the Service a virtual host's requests are addressed to: `tulle stat` counts them "
+            "under it as well as under their backends' Services"),
 )
 """Every feature this build's contract has, in the order they were added."""
 
