@@ -27,6 +27,9 @@ Invariants that keep one exchange from leaking into the next:
   exists is bounded by `buffer_high_water_bytes`; above it the downstream is paused.
 * A close-delimited body ends only on a clean close (FIN); a reset truncates it and is reported
   as an upstream reset.
+* A response the router retries past (a retried 5xx) is dropped, not reset (`H1Stream.drop`):
+  complete within the read that brought its head, its connection is reused like any other;
+  otherwise the connection is closed (ADR 0059).
 """
 
 from __future__ import annotations
