@@ -4,7 +4,8 @@
 the connection after reading the request, no response), `"hang"` (read the request, answer
 nothing until the test ends), `"drip"` (a chunked 200 of 8 chunks, 60 ms apart),
 `"503-close"` (a 503 with `Connection: close`, then close), `"503-big"` (a 503 whose 256 KiB
-body takes several reads).  When the script is empty, `default` applies.  Every request is
+body takes several reads), `"503-stall"` (a 503 head and 10 of its 1,000 body bytes, then
+nothing), `"503-junk"` (a 503 and, in the same write, a response nobody asked for).  When the script is empty, `default` applies.  Every request is
 recorded (method, path, body) so a test can count tries and check replayed bodies; `connections`
 counts the connections accepted (does the proxy reuse its upstream connections?).
 """
@@ -77,6 +78,15 @@ class FlakyOrigin:
                     await w.drain()
                     w.close()
                     return
+                if action == "503-stall":  # a head and 10 of 1,000 body bytes, then nothing
+                    w.write(b"HTTP/1.1 503 X\r\nContent-Length: 1000\r\n\r\n" + b"s" * 10)
+                    self._hung.append(w)
+                    return
+                if action == "503-junk":  # a whole 503, then bytes no request asked for
+                    w.write(b"HTTP/1.1 503 X\r\nContent-Length: 5\r\n\r\nbusy\n"
+                            b"HTTP/1.1 200 X\r\nContent-Length: 5\r\n\r\nfake\n")
+                    await w.drain()
+                    continue
                 if action == "503-big":
                     big = b"b" * (256 * 1024)
                     w.write(b"HTTP/1.1 503 X\r\nContent-Length: %d\r\n\r\n" % len(big))
