@@ -5,9 +5,10 @@ the connection after reading the request, no response), `"hang"` (read the reque
 nothing until the test ends), `"drip"` (a chunked 200 of 8 chunks, 60 ms apart),
 `"503-close"` (a 503 with `Connection: close`, then close), `"503-big"` (a 503 whose 256 KiB
 body takes several reads), `"503-stall"` (a 503 head and 10 of its 1,000 body bytes, then
-nothing), `"503-junk"` (a 503 and, in the same write, a response nobody asked for).  When the script is empty, `default` applies.  Every request is
-recorded (method, path, body) so a test can count tries and check replayed bodies; `connections`
-counts the connections accepted (does the proxy reuse its upstream connections?).
+nothing), `"503-junk"` (a 503 and, in the same write, a response nobody asked for).  When
+the script is empty, `default` applies.  Every request is recorded (method, path, body) so a
+test can count tries and check replayed bodies; `connections` counts the connections accepted
+(does the proxy reuse its upstream connections?).
 """
 
 from __future__ import annotations

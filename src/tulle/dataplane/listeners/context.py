@@ -101,8 +101,15 @@ class AddressedStats(RequestStats):
     __slots__ = ("addressed",)
 
     def __init__(self, base: RequestStats, addressed: AddressedSeries) -> None:
-        for name in RequestStats.__slots__:  # the same children, shared with `base`
-            setattr(self, name, getattr(base, name))
+        # the same children as `base` (its dicts shared: a child made by either is the other's)
+        self._family = base._family
+        self._labels = base._labels
+        self._codes = base._codes
+        self._by_status = base._by_status
+        self.duration = base.duration
+        self._bounds = base._bounds
+        self._buckets = base._buckets
+        self.golden = base.golden
         self.addressed = addressed
 
     def count(self, status: int, flags: str, duration_ms: float) -> None:
