@@ -5,9 +5,9 @@ Who sees what (ADR 0046, 0059):
   caller's view, after retries and timeouts, like `linkerd viz stat` of an authority.  It
   counts the requests addressed to the Service (a route of it splitting them to other
   Services' backends: rows with that `parent`) and the requests its own backends took (its
-  share of such a split).  Its MESHED counts the reporting workloads behind it: those whose
-  sidecar names it as their own Service, and those its clusters list as endpoints (a pod
-  behind `catalog` and `catalog-v1` alike);
+  share of such a split).  Its MESHED counts the reporting workloads its clusters list as
+  endpoints (a pod behind `catalog` and `catalog-v1` alike), or, for a Service no snapshot
+  has a cluster of, those whose sidecar names it as their own Service;
 - a **Workload** row is what the workload's own sidecar served (its inbound rows): every
   client, meshed or not;
 - an **edge** is one client workload's outbound rows to one Service.
@@ -111,8 +111,8 @@ def members_from(snapshots: Snapshots) -> Members:
 def aggregate(win: StatsWindow, window: float, members: Members | None = None
               ) -> tuple[dict[tuple[Kind, str], Stat], dict[tuple[str, str], Stat]]:
     """Rows by (kind, `namespace/name`) and edges by (client workload, Service); one pass
-    over each proxy's reports in the window.  `members`: who is behind each Service (for its
-    MESHED); without it, only the workloads whose sidecar names the Service as its own."""
+    over each proxy's reports in the window.  `members`: who is behind each Service (its
+    MESHED, where known); else the workloads whose sidecar names the Service as its own."""
     rows: dict[tuple[Kind, str], Stat] = {}
     edges: dict[tuple[str, str], Stat] = {}
     for reports in win.recent(window).values():
@@ -146,7 +146,9 @@ def aggregate(win: StatsWindow, window: float, members: Members | None = None
         reporting = {key for kind, key in rows if kind == "Workload"}
         services = [key for kind, key in rows if kind == "Service"]
         for svc, behind in members(services, reporting).items():
-            rows[("Service", svc)].meshed |= behind & reporting
+            # The endpoints are the better answer: a node agent's inbound rows name the
+            # node's one Service for every workload it fronts.
+            rows[("Service", svc)].meshed = behind & reporting
     return rows, edges
 
 

@@ -100,7 +100,8 @@ def test_a_split_counts_under_the_service_addressed_and_each_backend() -> None:
             StatsRow(direction="outbound", workload="shop/web-0", service="shop/catalog-v2",
                      parent="shop/catalog", requests=2, failures=1, buckets=[(3, 2)]),
             row("outbound", "shop/web-0", "shop/catalog-v1", 1)]), {"shop/web-0"})
-        for pod in ("v1-0", "v2-0"):
+        for pod in ("v1-0", "v2-0", "other-0"):  # other-0: on v2-0's node agent, which
+            # names the node's one Service (catalog) for every workload it fronts
             w.ingest(f"shop/catalog-{pod}", StatsReport(interval_ms=1000, rows=[
                 row("inbound", f"shop/catalog-{pod}", "shop/catalog", 4)]),
                 {f"shop/catalog-{pod}"})
@@ -118,7 +119,8 @@ def test_a_split_counts_under_the_service_addressed_and_each_backend() -> None:
     assert by["catalog-v1"]["requests"] == 35 and by["catalog-v1"]["rps"] == pytest.approx(7.0)
     assert by["catalog-v2"]["requests"] == 10 and by["catalog-v2"]["failures"] == 5
     assert (by["catalog"]["meshed"], by["catalog-v1"]["meshed"], by["catalog-v2"]["meshed"]) \
-        == (2, 1, 1)  # the pods with a proxy that report; not-reporting is not counted
+        == (2, 1, 1)  # the pods behind each that report: not other-0, not not-reporting
     # without the snapshots' members: only the sidecars' own Service (the old answer)
     rows, _ = aggregate(w, 30)
     assert len(rows[("Service", "shop/catalog-v1")].meshed) == 0
+    assert len(rows[("Service", "shop/catalog")].meshed) == 3
