@@ -2,9 +2,13 @@
 
 `script` is consumed one entry per request: `"ok"`, `"503"` (or any status), `"reset"` (close
 the connection after reading the request, no response), `"hang"` (read the request, answer
-nothing until the test ends), `"drip"` (a chunked 200 of 8 chunks, 60 ms apart).  When the
-script is empty, `default` applies.  Every request is recorded (method, path, body) so a test
-can count tries and check replayed bodies.
+nothing until the test ends), `"drip"` (a chunked 200 of 8 chunks, 60 ms apart),
+`"503-close"` (a 503 with `Connection: close`, then close), `"503-big"` (a 503 whose 256 KiB
+body takes several reads), `"503-stall"` (a 503 head and 10 of its 1,000 body bytes, then
+nothing), `"503-junk"` (a 503 and, in the same write, a response nobody asked for).  When
+the script is empty, `default` applies.  Every request is recorded (method, path, body) so a
+test can count tries and check replayed bodies; `connections` counts the connections accepted
+(does the proxy reuse its upstream connections?).
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ class FlakyOrigin:
     name: bytes = b"origin"
     seen: list[Seen] = field(default_factory=list)
     port: int = 0
+    connections: int = 0
     _hung: list[asyncio.StreamWriter] = field(default_factory=list)
 
     def next_action(self) -> str:
         return self.script.pop(0) if self.script else self.default
 
     async def handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        self.connections += 1
         try:
             while True:
                 try:
@@ -67,6 +73,28 @@ class FlakyOrigin:
                         w.write(b"1\r\n.\r\n")
                     w.write(b"0\r\n\r\n")
                     await w.drain()
+                    continue
+                if action == "503-close":
+                    w.write(b"HTTP/1.1 503 X\r\nConnection: close\r\nContent-Length: 5\r\n\r\nbusy\n")
+                    await w.drain()
+                    w.close()
+                    return
+                if action == "503-stall":  # a head and 10 of 1,000 body bytes, then nothing
+                    w.write(b"HTTP/1.1 503 X\r\nContent-Length: 1000\r\n\r\n" + b"s" * 10)
+                    self._hung.append(w)
+                    return
+                if action == "503-junk":  # a whole 503, then bytes no request asked for
+                    w.write(b"HTTP/1.1 503 X\r\nContent-Length: 5\r\n\r\nbusy\n"
+                            b"HTTP/1.1 200 X\r\nContent-Length: 5\r\n\r\nfake\n")
+                    await w.drain()
+                    continue
+                if action == "503-big":
+                    big = b"b" * (256 * 1024)
+                    w.write(b"HTTP/1.1 503 X\r\nContent-Length: %d\r\n\r\n" % len(big))
+                    for i in range(0, len(big), 16 * 1024):
+                        w.write(big[i:i + 16 * 1024])
+                        await w.drain()
+                        await asyncio.sleep(0)  # the body spans reads
                     continue
                 status = 200 if action == "ok" else int(action)
                 payload = self.name + b"\n"

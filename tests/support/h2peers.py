@@ -11,7 +11,8 @@ The origin (prior knowledge, no TLS) serves:
     /stream/N    N pieces of 16 KiB, one per event-loop turn (for mid-response resets)
     /script      one entry of `origin.script` per request (then "ok"): "ok" a gRPC OK answer
                  (a 5-byte message, trailers `grpc-status: 0`), "grpc-N" a trailers-only gRPC
-                 answer with status N, "refuse" RST_STREAM(REFUSED_STREAM) before any answer
+                 answer with status N, "refuse" RST_STREAM(REFUSED_STREAM) before any answer,
+                 "503" a 503 with a 5-byte body
 
 `origin.goaway_connections = K` makes each of the next K connections answer its first request
 with GOAWAY(last_stream_id=0) and close, so the request was provably not processed.
@@ -196,6 +197,10 @@ class _OriginConn(asyncio.Protocol):
                 grpc = [(b":status", b"200"), (b"content-type", b"application/grpc")]
                 if action == "refuse":
                     self.conn.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
+                elif action == "503":  # a plain HTTP error with a body (a retried status)
+                    self.conn.send_headers(sid, [(b":status", b"503"),
+                                                 (b"content-length", b"5")])
+                    await self._send_body(sid, b"busy\n", True)
                 elif action.startswith("grpc-"):
                     self.conn.send_headers(sid, [*grpc, (b"grpc-status", action[5:].encode())],
                                            end_stream=True)

@@ -205,6 +205,9 @@ FEATURES: tuple[Feature, ...] = (
     Feature("flow-logs", ("telemetry.flow_log",),
             "flow logs: one record per relayed TCP connection, at its end and periodically "
             "(ADR 0054)"),
+    Feature("addressed-service", ("route_tables[].virtual_hosts[].service",),
+            "the Service a virtual host's requests are addressed to: `tulle stat` counts them "
+            "under it as well as under their backends' Services"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

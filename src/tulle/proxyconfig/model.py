@@ -279,6 +279,10 @@ class VirtualHost(_Base, frozen=True, kw_only=True):
     """Exact host names, `*.suffix` / `prefix.*` wildcards, or `*` for any.  A port in the request's
     authority is ignored unless the domain itself names one."""
     rules: list[RouteRule] = msgspec.field(default_factory=list)
+    service: str = ""
+    """`namespace/name` of the Service whose authority this host answers (a route's parent):
+    `tulle stat` counts its requests under that Service whichever backends they go to.  Empty:
+    none (inbound tables, gateways)."""
 
 
 class RouteTable(_Base, frozen=True, kw_only=True):

@@ -54,6 +54,11 @@ class StatsRow(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     tcp_open: int = 0
     """Connections open at the end of the interval (a gauge, not a delta): inbound, downstream
     connections of the workload's listeners; outbound, upstream connections to the Service."""
+    parent: str = ""
+    """Outbound: `namespace/name` of the Service these requests were addressed to when it is
+    not `service` (a route of `parent` sent them to `service`'s backends: a canary split).
+    The same requests then count for both Services (ADR 0059).  An older control plane
+    ignores the field and counts them for `service` alone, as before."""
 
 
 __all__ = ["DURATION_BUCKETS_MS", "MAX_STATS_ROWS", "STATS_MAX_INTERVAL_MS", "STATS_MIN_INTERVAL_MS",

@@ -191,7 +191,7 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
     if ca_keeper is not None:
         add_ca_routes(app, ca_keeper, push)
     if push.stats is not None:
-        add_stat_routes(app, push.stats)
+        add_stat_routes(app, push.stats, cache.get)
     add_check_routes(app, store, push, proxy_rows, ca_keeper)
     add_discovery_routes(app, type(store).__name__.removesuffix("Store").lower())
     if push.taps is not None:

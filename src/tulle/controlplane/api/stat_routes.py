@@ -15,7 +15,7 @@ from fastapi import FastAPI, Query
 
 from tulle.controlplane.api.apply import error as _error
 from tulle.controlplane.compiler.durations import to_ms
-from tulle.controlplane.telemetry.stat import Kind, stat_document
+from tulle.controlplane.telemetry.stat import Kind, Snapshots, members_from, stat_document
 from tulle.controlplane.telemetry.window import StatsWindow
 
 KINDS: dict[str, Kind] = {
@@ -25,7 +25,11 @@ KINDS: dict[str, Kind] = {
 DEFAULT_WINDOW = "30s"
 
 
-def add_stat_routes(app: FastAPI, window: StatsWindow) -> None:
+def add_stat_routes(app: FastAPI, window: StatsWindow, snapshots: Snapshots | None = None) -> None:
+    """`snapshots`: the compiled snapshot per workload, to tell who is behind each Service
+    (its MESHED column); without it, only the workloads whose sidecar names it."""
+    members = members_from(snapshots) if snapshots is not None else None
+
     @app.get("/api/v1/stat", response_model=None)
     async def stat(kind: str = "Service", name: str | None = None,
                    namespace: str | None = None,
@@ -41,7 +45,7 @@ def add_stat_routes(app: FastAPI, window: StatsWindow) -> None:
             return _error(400, f"window: must be more than 0 and at most "
                                f"{window.retention:g}s, got {window_}")
         return stat_document(window, ms / 1000, k, name=name or None,
-                             namespace=namespace or None, window_text=window_)
+                             namespace=namespace or None, window_text=window_, members=members)
 
 
 __all__ = ["DEFAULT_WINDOW", "KINDS", "add_stat_routes"]

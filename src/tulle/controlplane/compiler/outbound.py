@@ -161,7 +161,7 @@ def _host(sp: ServicePort, routes: list[Route] | None,
                 got = rendered[id(route)] = [rule(r) for r in route.rules if r.matches]
             rules.extend(got)
     return {"name": f"{sp.name}.{sp.namespace}:{sp.port}", "domains": list(sp.domains),
-            "rules": rules}
+            "rules": rules, "service": f"{sp.namespace}/{sp.name}"}
 
 
 class Outbound(NamedTuple):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Literal
 
-from tulle.controlplane.telemetry.stat import STAT_API_VERSION, aggregate
+from tulle.controlplane.telemetry.stat import STAT_API_VERSION, aggregate, members_from
 from tulle.controlplane.telemetry.window import StatsWindow
 from tulle.proxyconfig.model import ProxyConfig
 
@@ -62,7 +62,7 @@ def server_mtls(cfg: ProxyConfig | None) -> Literal["strict", "permissive", "off
 def topology_document(win: StatsWindow, window: float, snapshots: Snapshots, *,
                       namespace: str | None = None, window_text: str = "") -> dict[str, Any]:
     """The JSON document of `GET /api/v1/topology` (docs/reference/dashboard.md)."""
-    rows, edges = aggregate(win, window)
+    rows, edges = aggregate(win, window, members_from(snapshots))
 
     def shown(key: str) -> bool:
         return namespace is None or _split(key)[0] == namespace

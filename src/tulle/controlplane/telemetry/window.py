@@ -29,8 +29,8 @@ DEFAULT_RETENTION = 600.0
 """Seconds of reports kept: the longest `--window` `tulle stat` can ask for."""
 
 
-RowKey = tuple[str, str, str]
-"""(direction, workload, service) of a `StatsRow`."""
+RowKey = tuple[str, str, str, str]
+"""(direction, workload, service, parent) of a `StatsRow`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +80,7 @@ class _Proxy:
             self.reports.clear()
         out = array("q")
         for r in rows:
-            key = (r.direction, r.workload, r.service)
+            key = (r.direction, r.workload, r.service, r.parent)
             k = self.index.get(key)
             if k is None:
                 k = self.index[key] = len(self.keys)

@@ -28,6 +28,8 @@ Decisions, per try (ADR 0039):
   250 ms cap by default); the request's whole timeout keeps running through it.
 * *Another endpoint*: every endpoint a try failed on is avoided while the cluster has others.
 * *Exhausted*: the last try's answer goes to the client with flag `URX` added.
+* *The retried try*: a response is dropped (`Attempt.drop`: counted out with its status, its
+  connection kept when it ended whole, ADR 0059); a failed try is reset.
 * *Refused by a limit after the backoff* (the cluster's `max_requests` or `max_retries` filled
   while the retry waited): the client gets the failure that was being retried -- its status
   and flag, with `UO` added (`UF,UO`; a retried status answers as a local reply of that
@@ -341,7 +343,10 @@ class Retrier:
             if ep is not None and ep not in self.avoid:
                 self.avoid.append(ep)
             self.last_key = cur.endpoint_key
-            cur.reset()  # (a try that failed is over already; a response is dropped)
+            if isinstance(cur, Attempt) and cur.status and not cur.try_done:
+                cur.drop()  # a response: its connection is kept when it ends whole
+            else:
+                cur.reset()  # (a try that failed is over already)
         self.retries += 1
         self.failed = failed
         cluster.m_retries.labels(cluster.name, reason).value += 1

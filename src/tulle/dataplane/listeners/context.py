@@ -27,6 +27,7 @@ from tulle.dataplane.overload import OverloadGuard
 from tulle.dataplane.protocols.http1 import H1Limits
 from tulle.dataplane.routing.paths import normalizer_for
 from tulle.dataplane.routing.router import Router
+from tulle.dataplane.telemetry.addressed import AddressedSeries
 from tulle.dataplane.telemetry.metrics import CounterChild, HistogramChild, ProxyMetrics
 from tulle.dataplane.telemetry.tap import TapHub
 from tulle.proxyconfig.model import Destination, Listener, RouteTable, Settings
@@ -94,6 +95,30 @@ class RequestStats:
             if not flags:
                 self._by_status[status] = child
         return child
+
+
+class AddressedStats(RequestStats):
+    """The stats of requests a route addressed to one Service sent to another Service's
+    cluster: counted as the cluster's (the same children) and in the addressed Service's
+    series (`telemetry/addressed.py`) too.  Only such routes pay the second count."""
+
+    __slots__ = ("addressed",)
+
+    def __init__(self, base: RequestStats, addressed: AddressedSeries) -> None:
+        # the same children as `base` (its dicts shared: a child made by either is the other's)
+        self._family = base._family
+        self._labels = base._labels
+        self._codes = base._codes
+        self._by_status = base._by_status
+        self.duration = base.duration
+        self._bounds = base._bounds
+        self._buckets = base._buckets
+        self.golden = base.golden
+        self.addressed = addressed
+
+    def count(self, status: int, flags: str, duration_ms: float) -> None:
+        RequestStats.count(self, status, flags, duration_ms)
+        self.addressed.count(status, duration_ms)
 
 
 @dataclass(slots=True)
@@ -207,11 +232,12 @@ class ListenerContext:
     def decision(self, cluster: str, timeout_ms: int, chain: Chain | None = None,
                  attempt: AttemptRequest | None = None,
                  retry: RetryRuntime | None = None, stream_idle: float = 0.0,
-                 route: object = None) -> Decision:
+                 route: object = None, addressed: str = "") -> Decision:
         """The shared decision for requests routed to `cluster` with `timeout_ms` (and, for a
         route with filters, a per-try request, retries or a stream idle timeout, its `chain`,
         `attempt`, `retry` and `stream_idle`: one decision per route and cluster, keyed by
-        the chain or attempt the route has, else by the `route` itself)."""
+        the chain or attempt the route has, else by the `route` itself; `addressed`: the
+        Service the route's requests were addressed to, for their stats)."""
         key = chain if chain is not None else attempt if attempt is not None else route
         if key is not None:
             by_cluster = self._chain_decisions.get(key)
@@ -219,7 +245,8 @@ class ListenerContext:
                 d = by_cluster.get(cluster)
                 if d is not None:
                     return d
-            return self._chained(cluster, timeout_ms, chain, attempt, key, retry, stream_idle)
+            return self._chained(cluster, timeout_ms, chain, attempt, key, retry, stream_idle,
+                                 addressed)
         by_timeout = self._decisions.get(cluster)
         if by_timeout is not None:
             d = by_timeout.get(timeout_ms)
@@ -236,7 +263,8 @@ class ListenerContext:
 
     def _chained(self, cluster: str, timeout_ms: int, chain: Chain | None,
                  attempt: AttemptRequest | None, key: object,
-                 retry: RetryRuntime | None = None, stream_idle: float = 0.0) -> Decision:
+                 retry: RetryRuntime | None = None, stream_idle: float = 0.0,
+                 addressed: str = "") -> Decision:
         """The first request to `cluster` through `chain` (a route with filters).  A cluster
         that is missing or unresolved keeps the chain: its filters run first (a redirect
         answers before the backend would matter), then the request is answered 503/500."""
@@ -245,7 +273,7 @@ class ListenerContext:
             d = no_cluster(cluster) if rt is None else unresolved(cluster)
             d.chain = chain
         else:
-            d = Decision(rt, cluster, timeout_ms, stats=self.stats(cluster), chain=chain,
+            d = Decision(rt, cluster, timeout_ms, stats=self.stats(cluster, addressed), chain=chain,
                          attempt=attempt, retry=retry, stream_idle=stream_idle)
         self._chain_decisions.setdefault(key, {})[cluster] = d
         return d
@@ -267,7 +295,18 @@ class ListenerContext:
     def rate_limit_backend_failure(self, policy: str) -> None:
         self.metrics.rate_limit_backend_failures.labels(self.name, policy).value += 1
 
-    def stats(self, cluster: str) -> RequestStats:
+    def stats(self, cluster: str, addressed: str = "") -> RequestStats:
+        """The request stats of `cluster`; for requests addressed to another Service than the
+        cluster's (a route splitting Service `addressed` to other Services' backends), stats
+        that also count them for `addressed` (`telemetry/summary.py`)."""
+        if addressed and addressed != self._service_of(cluster):
+            key = f"{cluster}\x00{addressed}"
+            st = self._stats.get(key)
+            if st is None:
+                base = self.stats(cluster)
+                st = self._stats[key] = AddressedStats(
+                    base, self.metrics.addressed.series(self.name, cluster, addressed))
+            return st
         st = self._stats.get(cluster)
         if st is None:
             g = self.golden
@@ -276,6 +315,13 @@ class ListenerContext:
                 self.metrics, self.name, cluster,
                 g.http(self.cfg, rt.cfg if rt is not None else None) if g is not None else None)
         return st
+
+    def _service_of(self, cluster: str) -> str:
+        rt = self.clusters.get(cluster)
+        md = rt.cfg.metadata if rt is not None else None
+        if md is None or not md.service:
+            return ""
+        return f"{md.namespace}/{md.service}" if md.namespace else md.service
 
     def protocol_error(self, kind: str) -> None:
         self.m_protocol_errors.labels(self.name, kind).value += 1

@@ -87,7 +87,7 @@ def resolve(ctx: ListenerContext, router: Router | None, default_cluster: str,
         chains = route.backend_chains
         chain = chains.get(cluster, route.chain) if chains is not None else route.chain
         return ctx.decision(cluster, route.timeout_ms, chain, route.attempt, route.retry,
-                            route.stream_idle, route)
+                            route.stream_idle, route, route.addressed)
     return ctx.decision(route.pick_cluster(), route.timeout_ms)
 
 

@@ -52,13 +52,17 @@ class Route:
     unchanged (`Router`), so whatever it holds (filter factories, `state`) is per route, not
     per snapshot."""
 
-    __slots__ = ("_cum", "_total", "attempt", "backend_chains", "chain", "clusters",
+    __slots__ = ("_cum", "_total", "addressed", "attempt", "backend_chains", "chain", "clusters",
                  "default_timeout_ms", "name", "requests", "retry", "rule", "single", "special",
                  "state", "stream_idle", "timeout_ms")
 
     def __init__(self, name: str, rule: RouteRule, default_timeout_ms: int,
-                 state: RouteState | None = None) -> None:
+                 state: RouteState | None = None, addressed: str = "") -> None:
         self.name = name
+        self.addressed = addressed
+        """`namespace/name` of the Service its requests were addressed to (its virtual host's
+        `service`): the request stats count them under it too when their backend is another
+        Service's (`ListenerContext.stats`).  Empty: none."""
         self.rule = rule
         self.default_timeout_ms = default_timeout_ms
         live = [b for b in rule.backends if b.weight > 0]
@@ -98,8 +102,9 @@ class Route:
         """Seconds a request may go without body bytes either way (0: no limit)."""
         self.special = (self.chain is not None or self.attempt is not None
                         or self.backend_chains is not None or self.retry is not None
-                        or self.stream_idle > 0)
-        """Filters or a try request: the router step's one test for the plain path."""
+                        or self.stream_idle > 0 or addressed != "")
+        """Filters, a try request or an addressed Service: the router step's one test for the
+        plain path (a decision per route: as cheap, two dict lookups either way)."""
         self.requests = self.state.requests
         """`state.requests`, one attribute hop nearer: the router step counts each request."""
 
@@ -290,11 +295,12 @@ def _compile(table: str, vh: VirtualHost, default_timeout_ms: int, routes: dict[
         name = route_name(table, vh, i, rule)
         same = routes.get(name)
         if same is None:
-            route = routes[name] = _carry(old.get(name), name, rule, default_timeout_ms)
-        elif same.rule is rule or same.rule == rule:
+            route = routes[name] = _carry(old.get(name), name, rule, default_timeout_ms,
+                                          vh.service)
+        elif (same.rule is rule or same.rule == rule) and same.addressed == vh.service:
             route = same  # one rule under several hosts (a route on several ports)
         else:  # another rule of the same name: a route of its own, the same state
-            route = Route(name, rule, default_timeout_ms, same.state)
+            route = Route(name, rule, default_timeout_ms, same.state, vh.service)
         mine.append(route)
         for m in rule.matches:
             cm = CompiledMatch(m, route)
@@ -304,13 +310,15 @@ def _compile(table: str, vh: VirtualHost, default_timeout_ms: int, routes: dict[
     return HostEntry(vh, CompiledHost(vh.name, [cm for _, cm in compiled]), mine)
 
 
-def _carry(old: Route | None, name: str, rule: RouteRule, default_timeout_ms: int) -> Route:
+def _carry(old: Route | None, name: str, rule: RouteRule, default_timeout_ms: int,
+           addressed: str = "") -> Route:
     """The route for `rule` given the route of the same name in the previous snapshot: kept
     whole when the rule is the same; else a new route that takes over the old one's state
     when the rule is named (an unnamed rule's name is only its position: a changed rule there
     is another route, and starts afresh)."""
     if old is None:
-        return Route(name, rule, default_timeout_ms)
-    if old.default_timeout_ms == default_timeout_ms and (old.rule is rule or old.rule == rule):
+        return Route(name, rule, default_timeout_ms, addressed=addressed)
+    if (old.default_timeout_ms == default_timeout_ms and (old.rule is rule or old.rule == rule)
+            and old.addressed == addressed):
         return old
-    return Route(name, rule, default_timeout_ms, old.state if rule.name else None)
+    return Route(name, rule, default_timeout_ms, old.state if rule.name else None, addressed)

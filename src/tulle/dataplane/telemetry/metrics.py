@@ -16,6 +16,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 
+from tulle.dataplane.telemetry.addressed import Addressed
 from tulle.proxyconfig.stats import DURATION_BUCKETS_MS
 
 # DURATION_BUCKETS_MS: milliseconds, Istio's request_duration_milliseconds boundaries; part of
@@ -261,6 +262,9 @@ class ProxyMetrics:
             "tulle_proxy_network_filter_rejections_total",
             "Opaque TCP connections a network filter refused, by filter and reason.",
             ("listener", "filter", "reason"))
+        self.addressed = Addressed()
+        """Requests by the Service they were addressed to, where a route sent them to another
+        Service's backends (not exposed; `tulle stat`'s summary reads it, `addressed.py`)."""
         self.route_requests = r.counter(
             "tulle_proxy_route_requests_total",
             "HTTP requests routed, by route table and route (the routes of the snapshot in "

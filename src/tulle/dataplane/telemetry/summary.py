@@ -6,18 +6,24 @@ hot path nothing.  Every interval `Summarizer.report()` walks the children of fo
 subtracts what it saw last time and groups the deltas by edge (direction, local workload, peer
 Service), which the listener and cluster names of the config in force resolve.  Its cost grows
 with the number of series, not with traffic.
+
+Requests a route addressed to one Service and sent to another Service's backends (a canary
+split) are also counted apart, by the Service addressed (`addressed.py`): their share of an
+edge's counts is moved to a row of its own whose `parent` names that Service (ADR 0059), so the
+control plane counts them under both Services and nothing twice under one.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from tulle.dataplane.telemetry.metrics import CounterChild, GaugeChild, HistogramChild, ProxyMetrics
 from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.stats import MAX_STATS_ROWS, StatsRow
 
-RowKey = tuple[str, str, str]
-"""(direction, workload, service)."""
+RowKey = tuple[str, str, str, str]
+"""(direction, workload, service, parent)."""
 
 
 @dataclass(slots=True)
@@ -41,12 +47,13 @@ def _failed(code: str) -> bool:
 class Summarizer:
     """Remembers the counters it reported last and answers the deltas since then."""
 
-    __slots__ = ("_hist", "_metrics", "_requests")
+    __slots__ = ("_addressed", "_hist", "_metrics", "_requests")
 
     def __init__(self, metrics: ProxyMetrics) -> None:
         self._metrics = metrics
         self._requests: dict[tuple[str, ...], int] = {}
         self._hist: dict[tuple[str, ...], tuple[list[int], float]] = {}
+        self._addressed: dict[tuple[str, str, str], tuple[int, int, list[int], float]] = {}
 
     def report(self, cfg: ProxyConfig | None) -> list[StatsRow]:
         """The rows since the previous call.  Series of listeners or clusters the config does
@@ -65,7 +72,7 @@ class Summarizer:
                     services[c.name] = f"{md.namespace or cfg.node.namespace}/{md.service}"
         acc: dict[RowKey, _Acc] = {}
 
-        def row(listener: str, cluster: str) -> _Acc | None:
+        def row(listener: str, cluster: str, parent: str = "") -> _Acc | None:
             where = listeners.get(listener)
             if where is None:
                 return None
@@ -73,7 +80,7 @@ class Summarizer:
             svc = own_service if direction == "inbound" else services.get(cluster, "")
             if direction == "outbound" and not svc:
                 return None  # passthrough and unnamed clusters: no Service to show them under
-            key = (direction, workload, svc)
+            key = (direction, workload, svc, parent if parent != svc else "")
             a = acc.get(key)
             if a is None:
                 a = acc[key] = _Acc()
@@ -114,6 +121,7 @@ class Summarizer:
                 a = row(listener, "")
                 if a is not None:
                     a.tcp_open += int(g.value)
+        self._move_addressed(row)
         outbound = next((n for n, (d, _) in listeners.items() if d == "outbound"), "")
         for (cluster,), g in m.upstream_connections_active.children.items():
             assert isinstance(g, GaugeChild)
@@ -122,7 +130,7 @@ class Summarizer:
                 if a is not None:
                     a.tcp_open += int(g.value)
         rows = [StatsRow(direction=k[0], workload=k[1], service=k[2],  # type: ignore[arg-type]
-                         requests=a.requests, failures=a.failures,
+                         parent=k[3], requests=a.requests, failures=a.failures,
                          buckets=sorted(a.buckets.items()),
                          latency_sum_ms=round(a.latency_sum_ms, 3), tcp_open=a.tcp_open)
                 for k, a in acc.items() if a.requests or a.tcp_open]
@@ -130,6 +138,39 @@ class Summarizer:
             rows.sort(key=lambda r: (-r.requests, -r.tcp_open))
             del rows[MAX_STATS_ROWS:]
         return rows
+
+    def _move_addressed(self, row: Callable[[str, str, str], _Acc | None]) -> None:
+        """Move each addressed series' deltas from its edge's row to the row with its
+        `parent` (the deltas are a subset of the edge's, read in the same pass)."""
+        seen = self._addressed
+        for key, s in self._metrics.addressed.children.items():
+            before = seen.get(key)
+            if before is not None and before[0] == s.requests:
+                continue
+            r0, f0, c0, s0 = before if before is not None else (0, 0, [0] * len(s.counts), 0.0)
+            seen[key] = (s.requests, s.failures, list(s.counts), s.sum)
+            listener, cluster, parent = key
+            base = row(listener, cluster, "")
+            moved = row(listener, cluster, parent)
+            if base is None or moved is None or base is moved:
+                continue
+            n, f, ms = s.requests - r0, s.failures - f0, s.sum - s0
+            n = min(n, base.requests)  # (never more than the edge has: a consistent read)
+            f = min(f, base.failures, n)
+            base.requests -= n
+            base.failures -= f
+            moved.requests += n
+            moved.failures += f
+            for i, (now_n, old_n) in enumerate(zip(s.counts, c0, strict=True)):
+                d = min(now_n - old_n, base.buckets.get(i, 0))
+                if d > 0:
+                    base.buckets[i] -= d
+                    if not base.buckets[i]:
+                        del base.buckets[i]
+                    moved.buckets[i] = moved.buckets.get(i, 0) + d
+            ms = min(ms, base.latency_sum_ms)
+            base.latency_sum_ms -= ms
+            moved.latency_sum_ms += ms
 
 
 __all__ = ["Summarizer"]

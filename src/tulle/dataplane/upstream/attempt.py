@@ -226,6 +226,15 @@ class Attempt:
     def reset(self) -> None:
         raise NotImplementedError
 
+    def drop(self) -> None:
+        """The router retries past this try's response (a retried status): the try is over as
+        the response it got (its outcome is that status, not the downstream's reset), and its
+        exchange is given up.  A pool whose connection outlives a reset stream (HTTP/2) needs
+        nothing more; the HTTP/1 pool overrides this to keep a complete response's
+        connection."""
+        self._over(self.status, "")
+        self.reset()  # (counted out already: the reset's DC is not reported)
+
     def _rehome(self, pool: Any) -> None:
         """Put this request on `pool` (another endpoint's) as if it were new."""
         raise NotImplementedError

@@ -27,6 +27,9 @@ Invariants that keep one exchange from leaking into the next:
   exists is bounded by `buffer_high_water_bytes`; above it the downstream is paused.
 * A close-delimited body ends only on a clean close (FIN); a reset truncates it and is reported
   as an upstream reset.
+* A response the router retries past (a retried 5xx) is dropped, not reset (`H1Stream.drop`):
+  complete within the read that brought its head, its connection is reused like any other;
+  otherwise the connection is closed (ADR 0059).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from tulle.dataplane.upstream.attempt import Attempt, now
 from tulle.dataplane.upstream.connect import ConnectFailed, dial_transport
 
 if TYPE_CHECKING:
+    from tulle.dataplane.exchange import TunnelStream
     from tulle.dataplane.upstream.cluster import ClusterRuntime
     from tulle.dataplane.upstream.lb import EndpointState
 
@@ -140,6 +144,21 @@ class H1Stream(Attempt):
         elif self.waiting:
             self.pool.unwait(self)
 
+    def drop(self) -> None:
+        """The router retries past this response (a retried 5xx): count the try out as that
+        response, and let the response run to its end into nothing -- when it ends in the read
+        that brought its head (a small error body: the usual case), the connection goes back
+        to the pool as after any complete exchange.  One still unfinished at the end of that
+        read (a long or slow body), a request not sent whole, or a tunnel, closes it: we do
+        not hold a connection or wait on a peer for an answer nobody will read."""
+        if self.was_reset:
+            return
+        if self.conn is None or not self.request_done or self.tunnel:
+            Attempt.drop(self)
+            return
+        self._over(self.status, "")
+        self.sink = _Dropped(self)
+
     def _rehome(self, pool: H1Pool) -> None:
         """A replay: nothing of the request left (no body, no response), so it starts over on
         `pool` as if new (the head is serialised again)."""
@@ -161,6 +180,45 @@ class H1Stream(Attempt):
         if conn is not None and conn.transport is not None:
             conn.read_paused = False
             conn.transport.resume_reading()
+
+
+class _Dropped:
+    """The sink of a dropped response (`H1Stream.drop`): discards it; at the end of the read
+    that brought its head, an exchange still on its connection is reset (closing it)."""
+
+    __slots__ = ("stream",)
+
+    def __init__(self, stream: H1Stream) -> None:
+        self.stream = stream
+
+    def on_read_end(self) -> None:
+        s = self.stream
+        if s.conn is not None:
+            s.reset()
+
+    def on_response_head(self, head: ResponseHead, end_stream: bool) -> None:
+        pass
+
+    def on_informational(self, head: ResponseHead) -> None:
+        pass
+
+    def on_response_data(self, data: bytes) -> None:
+        pass
+
+    def on_response_end(self, trailers: Headers | None) -> None:
+        pass
+
+    def on_upstream_error(self, error: UpstreamError) -> None:
+        pass
+
+    def on_upgraded(self, head: ResponseHead, stream: TunnelStream) -> None:
+        pass
+
+    def pause_request_body(self) -> None:
+        pass
+
+    def resume_request_body(self) -> None:
+        pass
 
 
 class H1Connection(asyncio.Protocol):

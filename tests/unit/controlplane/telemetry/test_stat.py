@@ -83,3 +83,44 @@ def test_the_window_slides(win: StatsWindow) -> None:
     assert api["requests"] == 2 * 10 + 2 * 5 + 0  # the last two seconds only
     assert api["rps"] == pytest.approx(15.0)
     assert stat_document(win, 30, "Service", namespace="other")["items"] == []
+
+
+def test_a_split_counts_under_the_service_addressed_and_each_backend() -> None:
+    """web-0 addresses `catalog` (an HTTPRoute splits it 3:1 to catalog-v1 / catalog-v2)
+    and calls catalog-v1 directly too; the pods' sidecars name `catalog` as their own
+    Service, and the snapshots list them behind catalog, catalog-v1 and catalog-v2."""
+    from tulle.controlplane.telemetry.stat import aggregate
+    clock = Clock()
+    w = StatsWindow(clock=clock)
+    for _ in range(5):
+        clock.now += 1
+        w.ingest("shop/web-0", StatsReport(interval_ms=1000, rows=[
+            StatsRow(direction="outbound", workload="shop/web-0", service="shop/catalog-v1",
+                     parent="shop/catalog", requests=6, buckets=[(3, 6)]),
+            StatsRow(direction="outbound", workload="shop/web-0", service="shop/catalog-v2",
+                     parent="shop/catalog", requests=2, failures=1, buckets=[(3, 2)]),
+            row("outbound", "shop/web-0", "shop/catalog-v1", 1)]), {"shop/web-0"})
+        for pod in ("v1-0", "v2-0", "other-0"):  # other-0: on v2-0's node agent, which
+            # names the node's one Service (catalog) for every workload it fronts
+            w.ingest(f"shop/catalog-{pod}", StatsReport(interval_ms=1000, rows=[
+                row("inbound", f"shop/catalog-{pod}", "shop/catalog", 4)]),
+                {f"shop/catalog-{pod}"})
+    behind = {"shop/catalog": {"shop/catalog-v1-0", "shop/catalog-v2-0"},
+              "shop/catalog-v1": {"shop/catalog-v1-0"},
+              "shop/catalog-v2": {"shop/catalog-v2-0", "shop/not-reporting"}}
+
+    def members(services: object, reporting: object) -> dict[str, set[str]]:
+        return behind
+
+    doc = stat_document(win=w, window=30, kind="Service", namespace="shop", members=members)
+    by = {it["name"]: it for it in doc["items"]}
+    assert by["catalog"]["requests"] == 40 and by["catalog"]["rps"] == pytest.approx(8.0)
+    assert by["catalog"]["failures"] == 5
+    assert by["catalog-v1"]["requests"] == 35 and by["catalog-v1"]["rps"] == pytest.approx(7.0)
+    assert by["catalog-v2"]["requests"] == 10 and by["catalog-v2"]["failures"] == 5
+    assert (by["catalog"]["meshed"], by["catalog-v1"]["meshed"], by["catalog-v2"]["meshed"]) \
+        == (2, 1, 1)  # the pods behind each that report: not other-0, not not-reporting
+    # without the snapshots' members: only the sidecars' own Service (the old answer)
+    rows, _ = aggregate(w, 30)
+    assert len(rows[("Service", "shop/catalog-v1")].meshed) == 0
+    assert len(rows[("Service", "shop/catalog")].meshed) == 3

@@ -49,7 +49,7 @@ def test_rows_come_back_as_they_were_sent() -> None:
     (first, second) = win.recent(1)["shop/a-0"]
     for rec in (first, second):
         (row,) = rec.rows()
-        assert row.key == ("outbound", "shop/a-0", "shop/api")
+        assert row.key == ("outbound", "shop/a-0", "shop/api", "")
         assert (row.requests, row.failures, row.tcp_open) == (7, 2, 3)
         assert row.buckets == [(0, 3), (19, 4)] and row.latency_sum_ms == 12.345
     assert first.keys is second.keys and len(first.keys) == 1  # one key table per proxy

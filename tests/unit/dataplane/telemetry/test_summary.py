@@ -72,3 +72,41 @@ def test_without_a_config_counts_are_consumed_not_reported() -> None:
     RequestStats(m, "outbound", "outbound|80||api.shop").count(200, "", 1.0)
     assert s.report(None) == []
     assert s.report(CFG) == []  # consumed before: not reported late as this interval's
+
+
+SPLIT = msgspec.convert({
+    "version": "1",
+    "node": {"name": "web-0", "namespace": "shop", "service": "web"},
+    "listeners": [{"name": "outbound", "address": "127.0.0.1", "port": 15001,
+                   "direction": "outbound", "route_table": "outbound"}],
+    "clusters": [
+        {"name": f"outbound|80||{s}.shop", "metadata": {"service": s, "namespace": "shop"}}
+        for s in ("catalog", "catalog-v1", "catalog-v2")],
+}, ProxyConfig)
+
+
+def test_requests_addressed_to_another_service_are_moved_to_a_row_with_its_parent() -> None:
+    """Route `catalog` splits to catalog-v1 (addressed stats); catalog-v1 is also called
+    directly: the row without parent keeps only the direct calls."""
+    from tulle.dataplane.listeners.context import AddressedStats
+    m = ProxyMetrics()
+    direct = RequestStats(m, "outbound", "outbound|80||catalog-v1.shop")
+    split = AddressedStats(direct, m.addressed.series("outbound", "outbound|80||catalog-v1.shop",
+                                                      "shop/catalog"))
+    s = Summarizer(m)
+    for _ in range(6):
+        split.count(200, "", 3.0)
+    split.count(503, "", 30.0)
+    direct.count(200, "", 0.2)
+    rows = {(r.service, r.parent): r for r in s.report(SPLIT)}
+    assert set(rows) == {("shop/catalog-v1", ""), ("shop/catalog-v1", "shop/catalog")}
+    moved = rows[("shop/catalog-v1", "shop/catalog")]
+    assert (moved.requests, moved.failures, dict(moved.buckets)) == (7, 1, {2: 6, 5: 1})
+    assert moved.latency_sum_ms == 6 * 3.0 + 30.0
+    own = rows[("shop/catalog-v1", "")]
+    assert (own.requests, own.failures, dict(own.buckets)) == (1, 0, {0: 1})
+    # the metrics stay whole: the cluster's series counted all eight
+    assert sum(c.value for c in m.requests.children.values()) == 8
+    split.count(200, "", 3.0)
+    (again,) = s.report(SPLIT)
+    assert (again.parent, again.requests) == ("shop/catalog", 1)
