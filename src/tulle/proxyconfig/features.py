@@ -192,6 +192,11 @@ FEATURES: tuple[Feature, ...] = (
             "Istio's standard metrics and labels (ADR 0053)"),
     Feature(TELEMETRY_PEERS, (), "a telemetry section changed only in `metrics.peers` is sent "
             "as the peers added, changed and removed"),
+    # As load-balancing: a proxy lacking it balances the rule's requests as usual (no
+    # affinity, no token issued); the entry alone is withheld and listed.
+    Feature("session-persistence", (), "the `SessionPersistence` HTTP filter (Gateway API "
+            "`sessionPersistence`: a cookie or header pins a client to an endpoint, ADR 0058)",
+            drops=_FILTERS, uses=partial(_filter_is, "SessionPersistence")),
 )
 """Every feature this build's contract has, in the order they were added."""
 

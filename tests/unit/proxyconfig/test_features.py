@@ -70,7 +70,7 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
         "outlier-detection", "health-checks", "retries", "stream-idle-timeout", "dns",
         "delta-dns-hosts", "fault-injection", "rate-limit", "network-rate-limit",
         "stats-reports", "rate-limit-redis-auth", "tap", "golden-metrics",
-        "delta-telemetry-peers"]
+        "delta-telemetry-peers", "session-persistence"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:
