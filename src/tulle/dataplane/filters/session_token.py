@@ -18,8 +18,9 @@ Layout, before base64url without padding (always `TOKEN_CHARS` characters):
   it, and may be presented to another replica); 0 means none.  A token is expired when either
   expiry is at or before now.
 
-Everything else — a wrong length, a character outside the base64url alphabet, another
-version, a token past its expiry — decodes to None, and the request is balanced as usual.
+Everything else — a wrong length, a character outside the base64url alphabet, a last
+character with its unused bits set (a second spelling of a token), another version, a token
+past its expiry — decodes to None, and the request is balanced as usual.
 """
 
 from __future__ import annotations
@@ -32,7 +33,11 @@ VERSION = 1
 _LAYOUT = struct.Struct(">B8sII")
 TOKEN_CHARS = 23
 """`_LAYOUT.size` (17 bytes) in base64url without padding."""
-_ALPHABET = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_B64URL = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_ALPHABET = frozenset(_B64URL)
+_LAST = frozenset(_B64URL[::4])
+"""The last character carries 4 bits of the token and 2 unused ones, which must be 0: one
+spelling per token."""
 MAX_EXPIRY = 0xFFFFFFFF
 
 
@@ -66,7 +71,8 @@ def decode(value: bytes, now: float) -> Token | None:
     """The token in `value` if it is well formed and unexpired at `now` (epoch seconds);
     None otherwise.  Costs nothing beyond a length test for a value of the wrong size."""
     value = value.strip(b" \t")
-    if len(value) != TOKEN_CHARS or not _ALPHABET.issuperset(value):
+    if (len(value) != TOKEN_CHARS or value[-1] not in _LAST
+            or not _ALPHABET.issuperset(value)):
         return None
     try:
         raw = base64.urlsafe_b64decode(value + b"=")
