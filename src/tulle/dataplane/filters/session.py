@@ -31,10 +31,16 @@ import time
 from collections.abc import Callable, Sequence
 
 from tulle.dataplane.exchange import ResponseHead
-from tulle.dataplane.filters.session_token import cookie_value, decode, encode, endpoint_id
+from tulle.dataplane.filters.session_token import Token, cookie_value, encode, endpoint_id, parse
 from tulle.dataplane.http.filter import CONTINUE, FilterStream, HttpFilter
 from tulle.dataplane.upstream.lb import EndpointState
 from tulle.proxyconfig.filters.session import SessionPersistence
+
+CACHE = 4096
+"""Entries each of a factory's caches holds before it starts over."""
+MAX_CACHED = 64
+"""Longer values are not tokens (23 characters, some whitespace) and are not remembered: the
+token cache holds at most `CACHE` x this many bytes of keys."""
 
 Clock = Callable[[], float]
 """Seconds since the epoch (wall clock: tokens outlive processes)."""
@@ -57,8 +63,8 @@ class _Ids:
 class SessionFactory:
     """Built once per route per snapshot: the compiled names and the rule's backends."""
 
-    __slots__ = ("_ids", "absolute", "cfg", "clock", "clusters", "cookie", "filter_type",
-                 "header", "idle", "set_cookie_suffix")
+    __slots__ = ("_ids", "_issued", "_names", "_tokens", "absolute", "cfg", "clock", "clusters",
+                 "cookie", "filter_type", "header", "idle", "set_cookie_suffix")
 
     name = "session"
     stateless = False
@@ -85,6 +91,14 @@ class SessionFactory:
             suffix += b"; Max-Age=%d" % self.absolute
         self.set_cookie_suffix = suffix
         self._ids: dict[str, _Ids] = {}
+        self._names: dict[tuple[str, str], bytes] = {}
+        """(cluster, `address:port`) -> endpoint id, for the responses (bounded: `CACHE`)."""
+        self._tokens: dict[bytes, Token | None] = {}
+        """Token field values seen -> what they parse to (expiry checked per request):
+        a returning client costs one lookup (bounded: `CACHE`)."""
+        self._issued: dict[tuple[bytes, int, int], bytes] = {}
+        """(endpoint id, idle expiry, absolute expiry) -> the field value to send: without
+        timeouts one per endpoint, with them one per endpoint and second (bounded: `CACHE`)."""
         self.filter_type: type[HttpFilter] = SessionFilter
 
     def create(self) -> HttpFilter:
@@ -103,6 +117,45 @@ class SessionFactory:
             if ep is not None:
                 return name, ep
         return None
+
+    def token(self, raw: bytes) -> Token | None:
+        """The unexpired token in `raw` (`session_token.decode`, memoised)."""
+        if len(raw) > MAX_CACHED:
+            return None  # never a token (nor kept: the cache's keys stay small)
+        tokens = self._tokens
+        if raw in tokens:
+            token = tokens[raw]
+        else:
+            if len(tokens) >= CACHE:
+                tokens.clear()
+            token = tokens[raw] = parse(raw)
+        if token is None or (
+                (token.idle_expiry or token.absolute_expiry) and token.expired(self.clock())):
+            return None
+        return token
+
+    def endpoint_id(self, cluster: str, host: str) -> bytes:
+        names = self._names
+        key = (cluster, host)
+        ep_id = names.get(key)
+        if ep_id is None:
+            if len(names) >= CACHE:
+                names.clear()
+            ep_id = names[key] = endpoint_id(cluster, host)
+        return ep_id
+
+    def issue(self, ep_id: bytes, idle_expiry: int, absolute_expiry: int) -> bytes:
+        """The response field's value for a token naming `ep_id`."""
+        issued = self._issued
+        key = (ep_id, idle_expiry, absolute_expiry)
+        value = issued.get(key)
+        if value is None:
+            if len(issued) >= CACHE:
+                issued.clear()
+            token = encode(ep_id, idle_expiry, absolute_expiry)
+            value = issued[key] = (token if self.cookie is None
+                                   else self.cookie + b"=" + token + self.set_cookie_suffix)
+        return value
 
     def token_value(self, stream: FilterStream) -> bytes | None:
         """The token the request carries (the first cookie or header of the name)."""
@@ -139,7 +192,7 @@ class SessionFilter(HttpFilter):
         raw = f.token_value(stream)
         if raw is None:
             return CONTINUE
-        token = decode(raw, f.clock())
+        token = f.token(raw)
         if token is None:
             return CONTINUE
         found = f.lookup(stream, token.endpoint)
@@ -148,7 +201,7 @@ class SessionFilter(HttpFilter):
         self.pinned = token.endpoint
         self.absolute = token.absolute_expiry
         cluster, ep = found
-        if ep.healthy:
+        if ep._healthy:
             stream.prefer_endpoint(cluster, ep)
         return CONTINUE
 
@@ -158,20 +211,23 @@ class SessionFilter(HttpFilter):
         if not host:
             return CONTINUE
         f = self.factory
-        ep_id = endpoint_id(record.cluster, host)
+        ep_id = f.endpoint_id(record.cluster, host)
         same = ep_id == self.pinned
         if same and not f.idle:
             return CONTINUE  # the client's token still names this endpoint: nothing to say
-        now = int(f.clock())
-        absolute = self.absolute if same else (now + f.absolute if f.absolute else 0)
-        token = encode(ep_id, now + f.idle if f.idle else 0, absolute)
-        headers = head.headers
-        if f.cookie is not None:
-            headers.append((b"set-cookie", f.cookie + b"=" + token + f.set_cookie_suffix))
+        if f.idle or f.absolute:
+            now = int(f.clock())
+            absolute = self.absolute if same else (now + f.absolute if f.absolute else 0)
+            value = f.issue(ep_id, now + f.idle if f.idle else 0, absolute)
         else:
-            name = f.header
+            value = f.issue(ep_id, 0, 0)
+        headers = head.headers
+        name = f.header
+        if name is None:
+            headers.append((b"set-cookie", value))
+        else:
             headers[:] = [h for h in headers if h[0] != name]
-            headers.append((name or b"", token))
+            headers.append((name, value))
         return CONTINUE
 
 

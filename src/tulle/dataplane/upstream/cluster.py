@@ -214,8 +214,9 @@ class ClusterRuntime:
             stream = pool.open_stream(head, sink, end_stream)  # counts the try in
         except UpstreamError as err:  # the pool's pending limit
             return Refused(sink, err, self.loop)
-        if request is not None:
-            stream._start_try(request)
+        if request is not None and (request.per_try_timeout or request.retry
+                                    or request.hash_key is not None):
+            stream._start_try(request)  # (a try that only preferred an endpoint has no extras)
         return stream
 
 

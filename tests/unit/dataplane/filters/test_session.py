@@ -203,3 +203,16 @@ def test_a_header_session_reads_and_replaces_its_header() -> None:
 def test_a_local_reply_gets_no_token() -> None:
     f = factory(Clock())
     assert cookie_of(run(f, Port({"a": Runtime("10.0.0.1:80")}), [], None)) is None
+
+
+def test_a_flood_of_distinct_tokens_keeps_the_cache_bounded() -> None:
+    from tulle.dataplane.filters.session import CACHE
+
+    f = factory(Clock())
+    port = Port({"a": Runtime("10.0.0.1:80")})
+    for i in range(CACHE + 50):
+        f.token(encode(i.to_bytes(8, "big"), 0, 0))
+        f.token(b"x" * 10_000 + str(i).encode())  # oversized: refused, never remembered
+    assert len(f._tokens) <= CACHE
+    assert all(len(k) <= 64 for k in f._tokens)
+    run(f, port, [], ("a", "10.0.0.1:80"))  # still serving
