@@ -17,7 +17,6 @@ from tulle.dataplane.filters.mirror import MirrorFactory
 from tulle.dataplane.filters.ratelimit import RateLimitFactory
 from tulle.dataplane.filters.redirect import RedirectFactory
 from tulle.dataplane.filters.rewrite import RewriteFactory
-from tulle.dataplane.filters.session import SessionFactory
 from tulle.dataplane.http.filter import FilterFactory
 from tulle.proxyconfig.filters import (
     Authorization,
@@ -55,5 +54,7 @@ def factory_for(cfg: HTTPFilter, matches: Sequence[RouteMatch] = (),
     if isinstance(cfg, RateLimit):
         return RateLimitFactory(cfg)
     if isinstance(cfg, SessionPersistence):
+        from tulle.dataplane.filters.session import SessionFactory  # only where one is used
+
         return SessionFactory(cfg, clusters)
     raise TypeError(f"no filter for {type(cfg).__name__}")  # pragma: no cover
