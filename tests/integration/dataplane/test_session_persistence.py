@@ -198,3 +198,29 @@ async def test_hostile_tokens_are_balanced_and_replaced_and_the_listener_keeps_s
         status, _, _ = await get(port, b"cookie: sid=" + b"A" * 200_000 + b"\r\n")
         assert status == 431
         assert (await get(port))[0] == 200
+
+
+async def test_a_token_for_another_backend_of_a_weighted_rule_takes_that_backend() -> None:
+    """A rule split 50/50 over two clusters: a token naming the second cluster's endpoint
+    sends every request there, whichever backend the split would have picked."""
+    async with upstreams() as ups:
+        cfg = config(ups.ports[:1], {"name": "sid"})
+        cfg["clusters"].append({"name": "shop-b", "endpoints": [
+            {"address": "127.0.0.1", "port": ups.ports[1]}]})
+        rule = cfg["route_tables"][0]["virtual_hosts"][0]["rules"][0]
+        rule["backends"] = [{"cluster": "shop", "weight": 1}, {"cluster": "shop-b", "weight": 1}]
+        async with proxy(cfg) as (_, port):
+            tokens: dict[bytes, bytes] = {}
+            for _ in range(40):
+                _, fields, body = await get(port)
+                tok = cookie_token(fields)
+                assert tok is not None
+                tokens[body] = tok
+                if len(tokens) == 2:
+                    break
+            assert set(tokens) == {b"A", b"B"}  # the split sends new sessions to both
+            for name, tok in tokens.items():
+                for _ in range(8):
+                    status, fields, body = await get(port, b"cookie: sid=" + tok + b"\r\n")
+                    assert (status, body) == (200, name)
+                    assert cookie_token(fields) is None
