@@ -208,6 +208,11 @@ FEATURES: tuple[Feature, ...] = (
     Feature("addressed-service", ("route_tables[].virtual_hosts[].service",),
             "the Service a virtual host's requests are addressed to: `tulle stat` counts them "
             "under it as well as under their backends' Services"),
+    # As load-balancing: a proxy lacking it balances the rule's requests as usual (no
+    # affinity, no token issued); the entry alone is withheld and listed.
+    Feature("session-persistence", (), "the `SessionPersistence` HTTP filter (Gateway API "
+            "`sessionPersistence`: a cookie or header pins a client to an endpoint, ADR 0058)",
+            drops=_FILTERS, uses=partial(_filter_is, "SessionPersistence")),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -71,7 +71,7 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
         "delta-dns-hosts", "fault-injection", "rate-limit", "network-rate-limit",
         "stats-reports", "rate-limit-redis-auth", "tap", "golden-metrics",
         "delta-telemetry-peers", "telemetry", "tracing", "dns-clients", "access-log",
-        "flow-logs", "addressed-service"]
+        "flow-logs", "addressed-service", "session-persistence"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:
@@ -309,3 +309,16 @@ def test_a_proxy_without_redis_auth_never_gets_a_limit_that_needs_it() -> None:
     assert rules[0]["filters"] == []
     assert rules[1]["filters"][0]["global"] == {"requests": 5, "interval_ms": 1000,
                                                 "redis": "r:6379", "key": "k"}
+
+
+def test_a_proxy_without_session_persistence_serves_the_rule_balanced() -> None:
+    """`session-persistence` withheld: the entry alone goes (the rule still serves, balanced
+    as usual, the feature listed as withheld); the rule's other filters stay."""
+    doc = {"route_tables": [{"name": "t", "virtual_hosts": [{"name": "h", "rules": [
+        {"name": "cart", "backends": [{"cluster": "c"}], "filters": [
+            {"type": "RequestHeaderModifier", "set": [{"name": "x-a", "value": "1"}]},
+            {"type": "SessionPersistence", "name": "sid"}]}]}]}]}
+    withhold_config(doc, [BY_NAME["session-persistence"]])
+    (rule,) = doc["route_tables"][0]["virtual_hosts"][0]["rules"]
+    assert [f["type"] for f in rule["filters"]] == ["RequestHeaderModifier"]
+    assert rule["backends"] == [{"cluster": "c"}]

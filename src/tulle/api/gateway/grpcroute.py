@@ -28,6 +28,7 @@ from tulle.api.gateway.common import (
     check_unique_filter_types,
     check_unique_rule_names,
 )
+from tulle.api.gateway.session import SessionPersistence
 from tulle.api.meta import Model, Resource
 from tulle.api.registry import register
 
@@ -125,6 +126,7 @@ class GRPCRouteRule(Model):
     """None or empty matches every call."""
     filters: Annotated[list[GRPCRouteFilter], Field(max_length=16)] | None = None
     backendRefs: Annotated[list[GRPCBackendRef], Field(max_length=16)] = Field(default_factory=list)
+    sessionPersistence: SessionPersistence | None = None
 
     @model_validator(mode="after")
     def _filters(self) -> GRPCRouteRule:

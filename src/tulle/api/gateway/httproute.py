@@ -32,6 +32,7 @@ from tulle.api.gateway.common import (
     check_unique_filter_types,
     check_unique_rule_names,
 )
+from tulle.api.gateway.session import SessionPersistence
 from tulle.api.meta import Model, Resource
 from tulle.api.registry import register
 
@@ -230,6 +231,7 @@ class HTTPRouteRule(Model):
     backendRefs: Annotated[list[HTTPBackendRef], Field(max_length=16)] = Field(default_factory=list)
     timeouts: HTTPRouteTimeouts | None = None
     retry: HTTPRouteRetry | None = None
+    sessionPersistence: SessionPersistence | None = None
 
     @model_validator(mode="after")
     def _rules(self) -> HTTPRouteRule:

@@ -26,6 +26,7 @@ import msgspec
 
 from tulle.proxyconfig.filters import HTTPFilter
 from tulle.proxyconfig.filters.authz import AuthzPolicy
+from tulle.proxyconfig.filters.session import SessionPersistence
 from tulle.proxyconfig.model import RouteMatch
 from tulle.proxyconfig.network import NetworkFilterConfig
 
@@ -186,6 +187,9 @@ class Rule(msgspec.Struct, frozen=True):
     """No body bytes either way this long ends the request (`plugins/timeouts.py`)."""
     timeout_set_by: tuple[tuple[str, str], ...] = ()
     """For each timeout field a TimeoutPolicy set on this rule: who set it."""
+    session: SessionPersistence | None = None
+    """The rule's Gateway API `sessionPersistence` as the proxy's filter config
+    (`plugins/session_persistence.py`); None: none."""
     left_out: bool = False
     """Not in force: no match the proxy can do (not rendered: its traffic cannot be told
     apart), or a plugin refused a setting of it (rendered to answer 500, Gateway API's answer

@@ -109,6 +109,8 @@ def rule(r: Rule) -> dict[str, Any]:
         out["stream_idle_timeout_ms"] = r.stream_idle_timeout_ms
     out["backends"] = [_backend(b) for b in r.backends]
     filters = [msgspec.to_builtins(f.config) for f in r.filters if f.config is not None]
+    if r.session is not None:
+        filters.append(msgspec.to_builtins(r.session))
     if filters:
         out["filters"] = filters
     return out

@@ -27,14 +27,16 @@ from tulle.proxyconfig.filters import (
     RequestMirror,
     RequestRedirect,
     ResponseHeaderModifier,
+    SessionPersistence,
     URLRewrite,
 )
 from tulle.proxyconfig.model import RouteMatch
 
 
-def factory_for(cfg: HTTPFilter, matches: Sequence[RouteMatch] = ()) -> FilterFactory:
-    """The factory for one filter config of a rule with `matches`, built once per route per
-    snapshot."""
+def factory_for(cfg: HTTPFilter, matches: Sequence[RouteMatch] = (),
+                clusters: Sequence[str] = ()) -> FilterFactory:
+    """The factory for one filter config of a rule with `matches` and backend `clusters`,
+    built once per route per snapshot."""
     if isinstance(cfg, RequestHeaderModifier):
         return HeadersFactory(cfg, response=False)
     if isinstance(cfg, ResponseHeaderModifier):
@@ -51,4 +53,8 @@ def factory_for(cfg: HTTPFilter, matches: Sequence[RouteMatch] = ()) -> FilterFa
         return FaultFactory(cfg)
     if isinstance(cfg, RateLimit):
         return RateLimitFactory(cfg)
+    if isinstance(cfg, SessionPersistence):
+        from tulle.dataplane.filters.session import SessionFactory  # only where one is used
+
+        return SessionFactory(cfg, clusters)
     raise TypeError(f"no filter for {type(cfg).__name__}")  # pragma: no cover

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from tulle.dataplane.exchange import RequestHead, ResponseHead
     from tulle.dataplane.http.facts import ConnectionFacts
     from tulle.dataplane.upstream.cluster import ClusterRuntime
+    from tulle.dataplane.upstream.lb import EndpointState
 
 log = logging.getLogger("tulle.proxy")
 
@@ -54,8 +55,11 @@ ORDER: tuple[tuple[str, str], ...] = (
                 "first of the response"),
     ("mirror", "copies the request exactly as the upstream will receive it, so after every "
                "edit"),
+    ("session", "session persistence prefers an endpoint for the router: last, next to the "
+                "router, so no filter after it can stop or answer a request it pinned; the "
+                "first to see the response, which reaches it with the endpoint that answered"),
 )
-"""Every position of the chain, first to last; the router is the terminal after `mirror`.
+"""Every position of the chain, first to last; the router is the terminal after `session`.
 `redirect`, `rewrite`, `headers` and `mirror` have filters (`dataplane/filters/`); the other
 names reserve their place."""
 
@@ -89,6 +93,9 @@ class ChainPort(RequestRecord, Protocol):
 
     def upstream_cluster(self, name: str) -> ClusterRuntime | None:
         """A cluster of the snapshot the request runs on (`FilterStream.cluster`)."""
+
+    def prefer_endpoint(self, cluster: str, endpoint: EndpointState) -> None:
+        """Pin the request's first try (`FilterStream.prefer_endpoint`)."""
 
 
 class ErrorCounter(Protocol):
@@ -217,6 +224,9 @@ class ChainRun:
 
     def cluster(self, name: str) -> ClusterRuntime | None:
         return self.port.upstream_cluster(name)
+
+    def prefer_endpoint(self, cluster: str, endpoint: EndpointState) -> None:
+        self.port.prefer_endpoint(cluster, endpoint)
 
     def resume(self) -> None:
         if not self.stopped or self.answered or self.finished:

@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from tulle.dataplane.http.chain import ErrorCounter
     from tulle.dataplane.http.facts import ConnectionFacts
     from tulle.dataplane.upstream.cluster import ClusterRuntime
+    from tulle.dataplane.upstream.lb import EndpointState
 
 ReplyHeaders = tuple[tuple[bytes, bytes], ...]
 """Fields of a local reply besides its framing: lower-case names, validated values."""
@@ -120,6 +121,11 @@ class FilterStream(Protocol):
     def cluster(self, name: str) -> ClusterRuntime | None:
         """An upstream cluster of the snapshot this request runs on, for a filter that sends
         requests of its own (a mirror); None when the snapshot has none of that name."""
+
+    def prefer_endpoint(self, cluster: str, endpoint: EndpointState) -> None:
+        """Send the request's first try to `endpoint`, a current endpoint of `cluster` (one of
+        the route's backends), while it is healthy; retries go where the balancer says
+        (session persistence, `filters/session.py`).  From a request-head hook only."""
 
 
 class HttpFilter:

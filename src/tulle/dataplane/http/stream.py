@@ -46,7 +46,8 @@ from tulle.dataplane.http.held import HeldResponse
 from tulle.dataplane.http.idle import StreamIdle
 from tulle.dataplane.http.port import StreamOwner, StreamPort
 from tulle.dataplane.http.retry import Retrier, RetryRuntime
-from tulle.dataplane.listeners.dispatch import add_forwarding_headers, resolve
+from tulle.dataplane.listeners.dispatch import Decision, add_forwarding_headers, resolve
+from tulle.dataplane.upstream.attempt import AttemptRequest
 from tulle.dataplane.upstream.budget import FLUSH_EVERY
 
 log = logging.getLogger("tulle.proxy")
@@ -64,11 +65,11 @@ if TYPE_CHECKING:
     from tulle.dataplane.http.facts import ConnectionFacts
     from tulle.dataplane.http.filter import ReplyHeaders
     from tulle.dataplane.listeners.context import RequestStats
-    from tulle.dataplane.listeners.dispatch import Decision
     from tulle.dataplane.routing.router import Route
     from tulle.dataplane.telemetry.access_log import AccessLogger
     from tulle.dataplane.telemetry.tracing.tracer import RequestTrace
     from tulle.dataplane.upstream.cluster import ClusterRuntime
+    from tulle.dataplane.upstream.lb import EndpointState
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # HTTP/2 and tests subclass it (ADR 0052)
@@ -215,6 +216,7 @@ class RequestStream(StreamPort):
                     self.run = run = ChainRun(chain, head, self, ctx)
                     if not run.request_head():
                         return  # answered, or stopped: filters_continue() comes back here
+                    d = self.decision  # a filter may have pinned the request (`prefer_endpoint`)
         cluster = d.cluster
         if cluster is None:  # the filters let it through to a backend that cannot take it
             self.flags = d.flag
@@ -499,6 +501,26 @@ class RequestStream(StreamPort):
     def upstream_cluster(self, name: str) -> ClusterRuntime | None:
         """A cluster of the snapshot this request runs on (for a mirror)."""
         return self.conn.ctx.clusters.get(name)
+
+    def prefer_endpoint(self, cluster: str, endpoint: EndpointState) -> None:
+        """Send this request's first try to `endpoint` of `cluster` (one of its route's
+        backends) while it is healthy (session persistence, ADR 0058).  The request gets a
+        decision of its own: the route's for that cluster, with a try request that prefers
+        the endpoint (its per-try deadline kept; retries go where the balancer says)."""
+        d = self.decision
+        if cluster != d.cluster_name:
+            d = self.conn.ctx.decision(cluster, d.timeout_ms, d.chain, d.attempt, d.retry,
+                                       d.stream_idle)
+            if d.cluster is None:
+                return
+        base = d.attempt
+        attempt = AttemptRequest(per_try_timeout=base.per_try_timeout if base else 0.0,
+                                 prefer=endpoint)
+        self.decision = Decision(d.cluster, cluster, d.timeout_ms, stats=d.stats,
+                                 chain=d.chain, attempt=attempt, retry=d.retry,
+                                 stream_idle=d.stream_idle)
+        self.cluster = cluster
+        self.stats = d.stats
 
     def response_continue(self) -> None:
         """The response head passed every filter after a STOP: let it and what waited go."""

@@ -78,7 +78,7 @@ class Route:
         self.timeout_ms = default_timeout_ms if rule.timeout_ms is None else rule.timeout_ms
         self.state = state if state is not None else RouteState()
         """What this route keeps across swaps (request stats, rate-limit buckets)."""
-        own = [factory_for(f, rule.matches) for f in rule.filters]
+        own = [factory_for(f, rule.matches, self.clusters) for f in rule.filters]
         for f in own:
             adopt = getattr(f, "adopt", None)
             if adopt is not None:

@@ -68,11 +68,11 @@ class AttemptRequest:
     Build one per route per snapshot when nothing in it varies per request (a route without a
     hash policy or retries passes None and pays for nothing)."""
 
-    __slots__ = ("avoid", "hash_key", "per_try_timeout", "retry")
+    __slots__ = ("avoid", "hash_key", "per_try_timeout", "prefer", "retry")
 
     def __init__(self, hash_key: int | None = None,
                  avoid: Collection[EndpointState] = NO_AVOID, per_try_timeout: float = 0.0,
-                 retry: bool = False) -> None:
+                 retry: bool = False, prefer: EndpointState | None = None) -> None:
         self.hash_key = hash_key
         """The request's hash for consistent-hashing balancers; None: no affinity."""
         self.avoid = avoid
@@ -81,6 +81,10 @@ class AttemptRequest:
         """Seconds this try may take to its response's end (0: no per-try limit)."""
         self.retry = retry
         """This try is a retry: it counts against the cluster's `max_retries`."""
+        self.prefer = prefer
+        """The endpoint this try goes to, before the balancer is asked, while it is one of
+        the cluster's endpoints, healthy and not avoided (session persistence, ADR 0058);
+        None: the balancer picks."""
 
 
 class TryOptions:

@@ -168,6 +168,13 @@ class ClusterRuntime:
              avoid: Collection[EndpointState] = NO_AVOID) -> EndpointState | None:
         return self.lb.pick(key, avoid)
 
+    def takes(self, ep: EndpointState, avoid: Collection[EndpointState] = NO_AVOID) -> bool:
+        """Whether a try may go to `ep`, one of this runtime's current endpoints, without the
+        balancer: healthy and not avoided.  Only tries that prefer an endpoint
+        (`AttemptRequest.prefer`) ask; whoever set it found `ep` among `endpoints` in the
+        same loop turn (`filters/session.py`)."""
+        return ep._healthy and not (avoid and ep in avoid)
+
     def pool_for(self, ep: EndpointState) -> Pool:
         pool = self.pools.get(ep.key)
         if pool is None:
@@ -190,10 +197,14 @@ class ClusterRuntime:
             ep = self.lb.pick(hash_key(head, self.hash_policies) if self.hash_policies
                               else None)
         else:
-            key = request.hash_key
-            if key is None and self.hash_policies:
-                key = hash_key(head, self.hash_policies)
-            ep = self.lb.pick(key, request.avoid)
+            ep = request.prefer
+            if ep is not None and not self.takes(ep, request.avoid):
+                ep = None
+            if ep is None:
+                key = request.hash_key
+                if key is None and self.hash_policies:
+                    key = hash_key(head, self.hash_policies)
+                ep = self.lb.pick(key, request.avoid)
             if request.retry and limits.retries >= limits.max_retries:
                 return Refused(sink, limits.overflow("retries"), self.loop)
         if ep is None:
@@ -205,8 +216,9 @@ class ClusterRuntime:
             stream = pool.open_stream(head, sink, end_stream)  # counts the try in
         except UpstreamError as err:  # the pool's pending limit
             return Refused(sink, err, self.loop)
-        if request is not None:
-            stream._start_try(request)
+        if request is not None and (request.per_try_timeout or request.retry
+                                    or request.hash_key is not None):
+            stream._start_try(request)  # (a try that only preferred an endpoint has no extras)
         return stream
 
 

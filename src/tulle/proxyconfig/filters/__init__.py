@@ -13,7 +13,16 @@ from collections.abc import Container, Sequence
 from typing import Any
 
 from tulle.errors import FieldError
-from tulle.proxyconfig.filters import authz, fault, headers, mirror, ratelimit, redirect, rewrite
+from tulle.proxyconfig.filters import (
+    authz,
+    fault,
+    headers,
+    mirror,
+    ratelimit,
+    redirect,
+    rewrite,
+    session,
+)
 from tulle.proxyconfig.filters.authz import Authorization
 from tulle.proxyconfig.filters.fault import FaultInjection
 from tulle.proxyconfig.filters.headers import RequestHeaderModifier, ResponseHeaderModifier
@@ -21,9 +30,11 @@ from tulle.proxyconfig.filters.mirror import RequestMirror
 from tulle.proxyconfig.filters.ratelimit import RateLimit
 from tulle.proxyconfig.filters.redirect import RequestRedirect
 from tulle.proxyconfig.filters.rewrite import URLRewrite
+from tulle.proxyconfig.filters.session import SessionPersistence
 
 HTTPFilter = (RequestHeaderModifier | ResponseHeaderModifier | RequestRedirect | URLRewrite
-              | RequestMirror | Authorization | FaultInjection | RateLimit)
+              | RequestMirror | Authorization | FaultInjection | RateLimit
+              | SessionPersistence)
 """Every HTTP filter config this contract has, tagged by `type`."""
 
 
@@ -45,6 +56,8 @@ def errors(f: HTTPFilter, path: str, match_types: Sequence[str] | None = None) -
         return fault.errors(f, path)
     if isinstance(f, RateLimit):
         return ratelimit.errors(f, path)
+    if isinstance(f, SessionPersistence):
+        return session.errors(f, path)
     return []  # pragma: no cover - every member has a branch above
 
 
@@ -53,8 +66,14 @@ def rule_errors(rule: Any, rp: str, clusters: Container[str]) -> list[FieldError
     its matches, and its backends'); a mirror must name a cluster of `clusters`."""
     out = backend_errors(rule.backends, rp)
     types = [match.path.type for match in rule.matches]
+    sessions = 0
     for m, f in enumerate(rule.filters):
         out += errors(f, f"{rp}.filters[{m}]", types)
+        if isinstance(f, SessionPersistence):
+            sessions += 1
+            if sessions > 1:
+                out.append(FieldError(f"{rp}.filters[{m}].type",
+                                      "a rule has at most one SessionPersistence"))
         if isinstance(f, RequestMirror) and f.cluster not in clusters:
             out.append(FieldError(f"{rp}.filters[{m}].cluster",
                                   f"no cluster named {f.cluster!r}"))
@@ -85,5 +104,6 @@ def backend_errors(backends: Sequence[Any], rp: str) -> list[FieldError]:
 
 
 __all__ = ["Authorization", "FaultInjection", "HTTPFilter", "RateLimit", "RequestHeaderModifier",
-           "RequestMirror", "RequestRedirect", "ResponseHeaderModifier", "URLRewrite",
+           "RequestMirror", "RequestRedirect", "ResponseHeaderModifier", "SessionPersistence",
+           "URLRewrite",
            "backend_errors", "errors", "rule_errors"]

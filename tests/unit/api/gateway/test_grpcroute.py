@@ -79,3 +79,12 @@ def test_filters_and_limits(errors: Errors) -> None:
 def test_no_matches_matches_everything() -> None:
     route = parse(with_(ROUTE, "spec.rules.0", {"backendRefs": [{"name": "r", "port": 1}]}))
     assert route.spec.rules[0].matches is None  # type: ignore[attr-defined]
+
+
+def test_session_persistence_on_a_grpc_rule(errors: Errors) -> None:
+    sp = "spec.rules.0.sessionPersistence"
+    assert errors(with_(ROUTE, sp, {"type": "Header", "sessionName": "x-session",
+                                    "idleTimeout": "30m"})) == []
+    assert errors(with_(ROUTE, sp, {"cookieConfig": {"lifetimeType": "Permanent"}})) == [
+        ("spec.rules[0].sessionPersistence.absoluteTimeout",
+         "required when cookieConfig.lifetimeType is Permanent")]

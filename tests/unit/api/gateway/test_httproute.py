@@ -385,3 +385,30 @@ def test_rule_names_unique(errors: Errors) -> None:
     assert errors(with_(ROUTE, "spec.rules", [rule, rule])) == [
         ("spec.rules[1].name", 'duplicate rule name "main"')
     ]
+
+
+def test_session_persistence_fields_and_rules(errors: Errors) -> None:
+    sp = "spec.rules.0.sessionPersistence"
+    at = "spec.rules[0].sessionPersistence"
+    ok = {"sessionName": "Session-A", "type": "Cookie", "absoluteTimeout": "1h",
+          "idleTimeout": "10m", "cookieConfig": {"lifetimeType": "Permanent"}}
+    assert errors(with_(ROUTE, sp, ok)) == []
+    assert errors(with_(ROUTE, sp, {})) == []  # every field has a default
+    assert errors(with_(ROUTE, sp, {"type": "Header", "sessionName": "x-session"})) == []
+    assert errors(with_(ROUTE, sp, {"cookieConfig": {"lifetimeType": "Permanent"}})) == [
+        (f"{at}.absoluteTimeout", "required when cookieConfig.lifetimeType is Permanent")]
+    assert errors(with_(ROUTE, sp, {"type": "Header", "absoluteTimeout": "1h",
+                                    "cookieConfig": {"lifetimeType": "Permanent"}})) == [
+        (f"{at}.cookieConfig.lifetimeType", "Permanent applies to Cookie sessions only")]
+    assert errors(with_(ROUTE, sp, {"absoluteTimeout": "500ms",
+                                    "cookieConfig": {"lifetimeType": "Permanent"}})) == [
+        (f"{at}.absoluteTimeout",
+         "a Permanent cookie's lifetime (its Max-Age) must be at least 1s")]
+    assert errors(with_(ROUTE, sp, {"idleTimeout": "9000h"})) == [
+        (f"{at}.idleTimeout", "must be at most 8760h (a year)")]
+    bad = errors(with_(ROUTE, sp, {"sessionName": "a b;c"}))
+    assert [p for p, _ in bad] == [f"{at}.sessionName"]
+    assert [p for p, _ in errors(with_(ROUTE, sp, {"sessionName": "a" * 129}))] == [
+        f"{at}.sessionName"]
+    assert [p for p, _ in errors(with_(ROUTE, sp, {"type": "QueryParam"}))] == [f"{at}.type"]
+    assert [p for p, _ in errors(with_(ROUTE, sp, {"cookieName": "x"}))] == [f"{at}.cookieName"]

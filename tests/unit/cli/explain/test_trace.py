@@ -272,3 +272,14 @@ def test_a_rule_that_changes_the_request_says_the_inbound_side_sees_it_unchanged
     out = run(snapshots(), "/x", headers=("x-canary=no",))["outbound"]
     assert "RequestHeaderModifier changes the request" in out["note"]
     assert "note" not in run(snapshots(), "/x", headers=("x-canary=yes",))["outbound"]
+
+
+def test_a_rules_session_persistence_is_listed_last_among_its_filters() -> None:
+    route = msgspec.json.decode(msgspec.json.encode(ROUTE))
+    route["spec"]["rules"][1]["sessionPersistence"] = {"sessionName": "sid", "idleTimeout": "5m"}
+    doc = run(snapshots(route), "/items", headers=("x-canary=no",))
+    filters = doc["outbound"]["filters"]
+    assert [f["type"] for f in filters] == ["RequestHeaderModifier", "SessionPersistence"]
+    assert filters[1] == {"from": "rule", "type": "SessionPersistence", "name": "sid",
+                          "kind": "Cookie", "path": "/", "permanent": False,
+                          "absolute_timeout_ms": 0, "idle_timeout_ms": 300_000}

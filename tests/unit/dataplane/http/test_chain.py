@@ -99,7 +99,8 @@ def test_no_filters_no_chain() -> None:
 
 def test_order_is_declared_once_with_a_reason_each_and_ends_before_the_router() -> None:
     names = [n for n, _ in ORDER]
-    assert names == ["authz", "rate_limit", "fault", "redirect", "rewrite", "headers", "mirror"]
+    assert names == ["authz", "rate_limit", "fault", "redirect", "rewrite", "headers", "mirror",
+                     "session"]
     assert all(len(why) > 20 for _, why in ORDER)
 
 

@@ -92,3 +92,35 @@ class _Spy:
 class _Sink:
     def __getattr__(self, name: str) -> Any:
         return lambda *a, **k: None
+
+
+class _Pool:
+    """Records that a try was opened on it (no connection)."""
+
+    def __init__(self) -> None:
+        self.opened = 0
+
+    def open_stream(self, head: Any, sink: Any, end: bool) -> Any:
+        self.opened += 1
+        return _Sink()
+
+
+async def test_a_preferred_endpoint_takes_the_try_while_healthy_and_not_avoided() -> None:
+    from tulle.dataplane.upstream.attempt import AttemptRequest
+
+    m = ClusterManager(ProxyMetrics())
+    rt = swap(m, cluster(1, 2, 3))
+    pools = {e.key: _Pool() for e in rt.endpoints}
+    rt.pools = pools  # type: ignore[assignment]
+    spy = _Spy(rt.lb)
+    rt.lb = spy
+    head = RequestHead(b"GET", b"/", b"c", b"http", [])
+    two = rt.endpoints[1]
+    for _ in range(5):
+        rt.open_stream(head, _Sink(), True, AttemptRequest(prefer=two))  # type: ignore[arg-type]
+    assert pools[two.key].opened == 5 and spy.keys == []  # the balancer was not asked
+    rt.open_stream(head, _Sink(), True,  # type: ignore[arg-type]
+                   AttemptRequest(prefer=two, avoid=(two,)))  # a retry leaves it
+    two.healthy = False
+    rt.open_stream(head, _Sink(), True, AttemptRequest(prefer=two))  # type: ignore[arg-type]
+    assert pools[two.key].opened == 5 and len(spy.keys) == 2

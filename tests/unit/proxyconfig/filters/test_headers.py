@@ -40,7 +40,8 @@ def test_a_good_pair_is_taken() -> None:
 
 def test_unknown_and_missing_type_name_the_entry() -> None:
     kinds = ("'RequestHeaderModifier', 'ResponseHeaderModifier', 'RequestRedirect', 'URLRewrite', "
-             "'RequestMirror', 'Authorization', 'FaultInjection', 'RateLimit'")
+             "'RequestMirror', 'Authorization', 'FaultInjection', 'RateLimit', "
+             "'SessionPersistence'")
     assert errors([{"set": []}, {"type": "Teleport"}]) == [
         f"{P}[0].type: required field is missing (one of {kinds})",
         f"{P}[1].type: must be one of {kinds}, got 'Teleport'"]

@@ -29,6 +29,7 @@ from tulle.controlplane.compiler.plugins import (
     request_redirect,
     retries,
     route_timeouts,
+    session_persistence,
     tcp_routes,
     timeouts,
     unclaimed_filters,
@@ -56,6 +57,9 @@ ORDER: tuple[tuple[Plugin, str], ...] = (
     (retries.PLUGIN,
      "after route_timeouts (a rule's own settings first), before mesh_defaults: a rule's "
      "retry, then RetryPolicy by precedence, and every Service cluster's retry budget"),
+    (session_persistence.PLUGIN,
+     "a route rule's own Gateway API field with nothing to merge; with the route plugins, "
+     "before unclaimed_filters (a rule it leaves out drops its session too)"),
     (mesh_defaults.PLUGIN,
      "the least specific values, after everything more specific (a route's own timeout, "
      "TimeoutPolicy, RetryPolicy) is in place"),
