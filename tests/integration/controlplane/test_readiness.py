@@ -116,6 +116,9 @@ async def test_a_silent_sidecar_is_taken_out_after_the_liveness_timeout() -> Non
                 return None if isinstance(msg, Ping) else await real(msg)
 
             agent._handle = mute  # type: ignore[method-assign]
+            # ... and stays gone: when the control plane drops the silent stream, the agent's
+            # reconnection must not race the check below (port 1 refuses at once).
+            agent.addresses = [("127.0.0.1", 1)]
             took = await eventually(lambda: endpoints(proxies["web-0"]) == 1, timeout=5)
             assert 0.5 < took < 3.0
             st = await proxy_state(cp, "api-b")
