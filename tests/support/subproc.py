@@ -109,22 +109,6 @@ def _die_with_test() -> None:
         ctypes.CDLL(None).prctl(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG
 
 
-def listening_inodes(port: int) -> set[int]:
-    """Inodes of the sockets listening on `port` (Linux /proc/net/tcp*): a listener that kept its
-    socket across a reload keeps its inode; a rebound one gets a new one."""
-    out: set[int] = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            f = line.split()
-            if f[3] == "0A" and int(f[1].rsplit(":", 1)[1], 16) == port:
-                out.add(int(f[9]))
-    return out
-
-
 class ProxyProcess:
     """A proxy running as a child process; see the module docstring."""
 

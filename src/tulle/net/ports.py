@@ -27,8 +27,9 @@ class Wanted:
     flag: str
 
 
-def _inodes(port: int) -> set[str]:
-    found: set[str] = set()
+def listening_inodes(port: int) -> set[int]:
+    """Inodes of the sockets listening on `port` (Linux /proc/net/tcp and tcp6)."""
+    found: set[int] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
             lines = Path(table).read_text().splitlines()[1:]
@@ -37,13 +38,13 @@ def _inodes(port: int) -> set[str]:
         for line in lines:
             f = line.split()
             if len(f) > 9 and f[3] == _LISTEN and int(f[1].rsplit(":", 1)[1], 16) == port:
-                found.add(f[9])
+                found.add(int(f[9]))
     return found
 
 
 def holder(port: int) -> str | None:
     """`pid 1234 (tulle proxy run ...)` for the process listening on `port`, if it can tell."""
-    inodes = {f"socket:[{i}]" for i in _inodes(port)}
+    inodes = {f"socket:[{i}]" for i in listening_inodes(port)}
     if not inodes:
         return None
     for pid in (p for p in os.listdir("/proc") if p.isdigit()):
@@ -92,4 +93,4 @@ def first_taken(wanted: list[Wanted]) -> str | None:
     return None
 
 
-__all__ = ["Wanted", "first_taken", "holder", "in_use"]
+__all__ = ["Wanted", "first_taken", "holder", "in_use", "listening_inodes"]

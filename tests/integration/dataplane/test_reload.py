@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 from tests.support.proxy import free_port
 from tests.support.rawhttp import RawClient
-from tests.support.subproc import ProxyProcess, listening_inodes, proxy_process
+from tests.support.subproc import ProxyProcess, proxy_process
+
+from tulle.net.ports import listening_inodes
 
 RELOADS = "tulle_proxy_config_reloads_total"
 

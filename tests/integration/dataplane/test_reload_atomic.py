@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from tests.support.proxy import free_port, running_proxy, simple_config
 from tests.support.rawhttp import RawClient
-from tests.support.subproc import listening_inodes
 
 from tulle.dataplane.server import ApplyError
+from tulle.net.ports import listening_inodes
 
 
 def _base(origin: int) -> dict[str, Any]:

@@ -11,7 +11,9 @@ from pathlib import Path
 
 from tests.support.proxy import simple_config
 from tests.support.rawhttp import RawClient
-from tests.support.subproc import children_of, listening_inodes, proxy_process
+from tests.support.subproc import children_of, proxy_process
+
+from tulle.net.ports import listening_inodes
 
 REQUESTS = "tulle_proxy_requests_total"
 
