@@ -91,6 +91,15 @@ def _tagged(t: mi.UnionType) -> list[mi.StructType] | None:
     return real  # type: ignore[return-value]
 
 
+
+def _bounds(t: mi.IntType | mi.FloatType, value: float, path: str,
+            out: list[FieldError]) -> None:
+    """The `ge` / `le` bounds of a number field (integers and floats alike)."""
+    if t.ge is not None and value < t.ge:
+        out.append(FieldError(path, f"must be >= {t.ge}, got {value}"))
+    if t.le is not None and value > t.le:
+        out.append(FieldError(path, f"must be <= {t.le}, got {value}"))
+
 def _check(value: Any, t: mi.Type, path: str, out: list[FieldError], w: _Walk) -> None:
     if isinstance(t, mi.AnyType):
         return
@@ -130,10 +139,7 @@ def _check(value: Any, t: mi.Type, path: str, out: list[FieldError], w: _Walk) -
         if isinstance(value, bool) or not isinstance(value, int):
             out.append(FieldError(path, f"expected an integer, got {type(value).__name__}"))
             return
-        if t.ge is not None and value < t.ge:
-            out.append(FieldError(path, f"must be >= {t.ge}, got {value}"))
-        if t.le is not None and value > t.le:
-            out.append(FieldError(path, f"must be <= {t.le}, got {value}"))
+        _bounds(t, value, path, out)
         return
     if isinstance(t, mi.FloatType):  # (`telemetry.tracing.sampling_percent`)
         if isinstance(value, bool) or not isinstance(value, int | float):
@@ -142,10 +148,7 @@ def _check(value: Any, t: mi.Type, path: str, out: list[FieldError], w: _Walk) -
         if not math.isfinite(value):
             out.append(FieldError(path, "must be a finite number"))
             return
-        if t.ge is not None and value < t.ge:
-            out.append(FieldError(path, f"must be >= {t.ge}, got {value}"))
-        if t.le is not None and value > t.le:
-            out.append(FieldError(path, f"must be <= {t.le}, got {value}"))
+        _bounds(t, value, path, out)
         return
     if isinstance(t, mi.StrType):
         if not isinstance(value, str):
