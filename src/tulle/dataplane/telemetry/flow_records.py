@@ -83,16 +83,8 @@ class HttpFlow:
 
 def segments(sock: socket.socket | None) -> tuple[int, int] | None:
     """(segments in, segments out) of a TCP socket, from the kernel; None when unreadable."""
-    if sock is None:
-        return None
-    try:
-        raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
-    except (OSError, ValueError):
-        return None
-    if len(raw) < _TCP_INFO_LEN:
-        return None
-    segs_out, segs_in = _TCP_INFO_SEGS.unpack_from(raw, _SEGS_OFFSET)
-    return segs_in, segs_out
+    counts = wire_counts(sock)
+    return None if counts is None else (counts[2], counts[3])
 
 
 def _address(a: tuple[str, int] | None) -> str | None:
