@@ -111,7 +111,18 @@ def _route(route: Route) -> Route:
         if not isinstance(sp, Mapping) or r.left_out:
             rules.append(r)
             continue
-        cfg = _session(r, sp, f"rules[{r.index}].sessionPersistence", dropped)
+        where = f"rules[{r.index}].sessionPersistence"
+        refs = r.spec.get("backendRefs") or []
+        if len(refs) > 1 and any(isinstance(b, Mapping) and b.get("filters") for b in refs):
+            # A token may move a request to another backend than the one whose filters the
+            # chain was built for: refused rather than run with the wrong backend's filters.
+            dropped.append(Dropped(f"{where}: not applied on a rule whose backendRefs carry "
+                                   "filters of their own (a session may move a request to "
+                                   "another backend than the one its filters were chosen "
+                                   "for); the rule is balanced as usual", "unsupported"))
+            rules.append(r)
+            continue
+        cfg = _session(r, sp, where, dropped)
         rules.append(replace(r, session=cfg) if cfg is not None else r)
     return replace(route, rules=tuple(rules), dropped=route.dropped + tuple(dropped))
 
