@@ -91,7 +91,7 @@ TARGET_RESILIENCE_CPU_RATIO = 2.0
 """Issue 10: peak-EWMA, retries and a circuit breaker with metrics on cost Tulle at most 2x what
 HAProxy's equivalent (leastconn, retries/retry-on, maxconn/queue) costs, CPU per request
 (`tulle-resilience` vs `haproxy-resilience`, same run; `bench/resilience_peers.py`)."""
-HTTP1_ONLY = ("tulle-filters", "tulle-retry", "tulle-routes", "haproxy-routes", *MTLS_STARTERS,
+HTTP1_ONLY = ("relay", "tulle-filters", "tulle-retry", "tulle-routes", "haproxy-routes", *MTLS_STARTERS,
               *RESILIENCE_STARTERS, *TELEMETRY_STARTERS)
 """Peers measured in the HTTP/1.1 rounds only (not in the h2c, TCP and gRPC passes)."""
 ALL_STARTERS = {**STARTERS, **ROUTING_STARTERS, **MTLS_STARTERS, **RESILIENCE_STARTERS,
@@ -148,6 +148,9 @@ def derive(res: dict[str, Any]) -> None:
         if res.get("h2c"):  # issue 13: h2c to an HTTP/1.1 origin
             ratios[f"h2c_{name}_vs_haproxy"] = _ratios(res["h2c"].get(name, {}),
                                                       res["h2c"].get("haproxy", {}), grpc_keys)
+    if res.get("relay"):  # issue 13: the floor of a Python proxy, against HAProxy and Tulle
+        ratios["relay_vs_haproxy"] = _ratios(res["relay"], ha, keys)
+        ratios["tulle_vs_relay"] = _ratios(res.get("tulle", {}), res["relay"], keys)
     res["ratios"] = ratios
     tu = res.get("tulle", {})
     targets = []
@@ -440,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Tulle data-plane benchmark")
     ap.add_argument("--mode", choices=sorted(PLANS), default="quick")
     ap.add_argument("--peers",
-                    default="tulle,tulle-filters,tulle-routes,haproxy,haproxy-routes,nginx",
+                    default="tulle,tulle-filters,tulle-routes,haproxy,haproxy-routes,nginx,relay",
                     help="comma-separated subset of: " + ",".join(ALL_STARTERS))
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--nice", type=int, default=0,
