@@ -50,13 +50,21 @@ def _fmt(v: object) -> str:
     return str(v)
 
 
+def _cell(d: dict[str, Any], key: str) -> str:
+    """A figure, with its rounds' spread when it is a median of rounds: `29.1 (28.0-30.2)`."""
+    lo_hi = d.get(f"{key}_range")
+    if not lo_hi or lo_hi[0] == lo_hi[1]:
+        return _fmt(d.get(key))
+    return f"{_fmt(d.get(key))} ({_fmt(lo_hi[0])}-{_fmt(lo_hi[1])})"
+
+
 def http1_table(res: dict[str, Any]) -> list[str]:
     peers = [p for p in PEERS if p in res]
     ratio = res.get("ratios", {}).get("tulle_vs_haproxy", {})
     lines = ["| | " + " | ".join(TITLES[p] for p in peers) + " | Tulle ÷ HAProxy |",
              "|---|" + "---:|" * (len(peers) + 1)]
     for key, label in ROWS:
-        cells = [_fmt(res[p].get(key)) for p in peers]
+        cells = [_cell(res[p], key) for p in peers]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(ratio.get(key))} |")
     for key, label in (("others_on_proxy_cpu", "other processes on CPU 0 (fixed / max)"),
                        ("load_cpu_busy", "CPU 1 busy (fixed / max)")):
@@ -87,12 +95,16 @@ def extra_table(res: dict[str, Any], protocol: str) -> list[str]:
         key = f"{name}/{protocol}"
         if name in section:
             d = section[name]
-            lines.append(f"| {TITLES[name]} | {_fmt(d['rps_max'])} | {_fmt(d['cpu_us_per_req_sat'])} "
-                         f"| {_fmt(d['cpu_util_sat'])} | {_fmt(d['rss_mb'])} |")
+            lines.append(f"| {TITLES[name]} | {_cell(d, 'rps_max')} | {_cell(d, 'cpu_us_per_req_sat')} "
+                         f"| {_cell(d, 'cpu_util_sat')} | {_fmt(d['rss_mb'])} |")
         elif key in res.get("skipped", {}):
             lines.append(f"| {TITLES[name]} | skipped: {_one_line(res['skipped'][key])} | | | |")
         elif key in res.get("errors", {}):
             lines.append(f"| {TITLES[name]} | error: {_one_line(res['errors'][key])} | | | |")
+    ratio = res.get("ratios", {}).get(f"{protocol}_tulle_vs_haproxy")
+    if ratio:
+        lines.append(f"| Tulle ÷ HAProxy | {_fmt(ratio.get('rps_max'))} | "
+                     f"{_fmt(ratio.get('cpu_us_per_req_sat'))} | | {_fmt(ratio.get('rss_mb'))} |")
     return lines
 
 
@@ -113,7 +125,7 @@ def grpc_table(res: dict[str, Any]) -> list[str]:
         if name in section:
             d = section[name]
             lines.append(f"| {TITLES[name]} | "
-                         + " | ".join(_fmt(d.get(k)) for k, _ in GRPC_COLUMNS) + " |")
+                         + " | ".join(_cell(d, k) for k, _ in GRPC_COLUMNS) + " |")
         elif key in res.get("skipped", {}):
             lines.append(f"| {TITLES[name]} | skipped: {_one_line(res['skipped'][key])} |"
                          + " |" * (len(GRPC_COLUMNS) - 1))
@@ -164,7 +176,11 @@ def section(res: dict[str, Any]) -> str:
         "",
         f"Fixed rate: {plan['fixed_rate']:g} req/s for {plan['fixed_s']:g} s "
         f"(+{plan['warmup_s']:g} s warm-up) over {plan['fixed_conns']} connections. "
-        f"Max rate: wrk, 1 thread, {plan['wrk_conns']} connections, {plan['wrk_s']:g} s.",
+        f"Max rate: wrk, 1 thread, {plan['wrk_conns']} connections, {plan['wrk_s']:g} s. "
+        f"Each figure is the median of {plan['rounds']} rounds (peers loaded in rotating order) "
+        f"with the smallest and largest round in brackets; ratios are medians of the per-round "
+        f"ratios. The relay is `bench/relay.py`, a minimal uvloop + httptools proxy: the floor "
+        f"a proxy written in Python reaches on this machine.",
         "",
         *http1_table(res),
         "",
@@ -175,21 +191,29 @@ def section(res: dict[str, Any]) -> str:
     ]
     for protocol, title, how in (
             ("h2c", "HTTP/2 cleartext (h2c) to an HTTP/1.1 origin",
-             f"h2load, 1 thread, 10 clients x 10 streams, {plan['extra_s']:g} s."),
+             f"h2load, 1 thread, 10 clients x 10 streams, {plan['extra_s']:g} s; median of "
+             f"{plan['rounds']} rounds (min-max)."),
             ("tcp", "Raw TCP relay (HTTP/1.1 requests carried at L4)",
-             f"wrk, 1 thread, {plan['wrk_conns']} connections, {plan['extra_s']:g} s.")):
+             f"wrk, 1 thread, {plan['wrk_conns']} connections, {plan['extra_s']:g} s; median of "
+             f"{plan['rounds']} rounds (min-max).")):
         rows = extra_table(res, protocol)
         if rows:
             out += [f"### {title}", "", how, "", *rows, ""]
     rows = grpc_table(res)
     if rows:
         out += ["### gRPC unary, h2c end to end", "",
-                f"h2load, 1 thread, 10 clients x 10 streams, {plan['extra_s']:g} s, each call a "
+                f"h2load, 1 thread, 10 clients x 10 streams, {plan['extra_s']:g} s per round, median "
+                f"of {plan['rounds']} rounds (min-max), each call a "
                 f"POST of one 71-byte gRPC message answered by a 71-byte message and the trailer "
                 f"`grpc-status: 0` (an nginx gRPC origin on CPU 1). Every path is first checked "
                 f"with a grpcio client: status OK, the reply byte for byte, the origin's own "
                 f"trailer relayed. Latency is per call under that closed-loop load (100 in "
                 f"flight), from h2load's per-request log.", "", *rows, ""]
+        tg = res.get("grpc", {}).get("tulle", {})
+        if "rss_mb_after_100k" in tg:
+            out += [f"Tulle's RSS with one connection open after 10,000 calls: "
+                    f"{_fmt(tg.get('rss_mb_after_10k'))} MB; after 100,000: "
+                    f"{_fmt(tg['rss_mb_after_100k'])} MB.", ""]
     problems = [f"- {name}: {p}" for name in PEERS if name in res
                 for p in res[name].get("problems", [])]
     problems += [f"- {name}/grpc: {p}" for name in PEERS if name in res.get("grpc", {})
