@@ -29,7 +29,7 @@
 #                      (`make bench` measures the same row in its full run)
 
 BENCH_PY ?= .venv/bin/python
-BENCH_PEERS ?= tulle,tulle-filters,tulle-routes,haproxy,haproxy-routes,nginx
+BENCH_PEERS ?= tulle,tulle-filters,tulle-routes,haproxy,haproxy-routes,nginx,relay
 BENCH_MTLS_PEERS ?= tulle-mtls,tulle-2hop,haproxy-tls
 BENCH_RESILIENCE_PEERS ?= tulle-retry,tulle-resilience,haproxy-resilience
 BENCH_TELEMETRY_PEERS ?= tulle-telemetry

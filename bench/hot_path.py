@@ -10,6 +10,8 @@ running every phase on every peer, so a burst of other work on a shared machine 
   group library mapped, /proc/PID/maps);
 * `tulle-pure`: the same with ``TULLE_PURE=1`` (the Python source of the same modules);
 * `tulle-auto`: the compiled proxy with an `auto` listener (protocol detection per connection);
+* `relay`: `bench/relay.py`, a minimal uvloop + httptools relay on the same CPU: the floor a
+  proxy written in Python on this event loop can reach (issue 13 asks for it as a row);
 * `tulle-base` (with ``--base DIR``): the tree at DIR (e.g. ``git archive`` of the commit
   before this work) with its defaults: the "before".
 
@@ -36,6 +38,7 @@ from bench.peers import (
     Running,
     start_haproxy,
     start_origin,
+    start_relay,
     tulle_cmd,
     tulle_config,
 )
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seconds", type=float, default=4)
     ap.add_argument("--base", default="", help="a source tree (its src/) to run as tulle-base")
     ap.add_argument("--json", default="")
-    ap.add_argument("--peers", default="haproxy,tulle,tulle-pure,tulle-auto",
+    ap.add_argument("--peers", default="haproxy,tulle,tulle-pure,tulle-auto,relay",
                     help="which peers (tulle-base is added by --base)")
     ap.add_argument("--phases", default=",".join(PHASES))
     args = ap.parse_args(argv)
@@ -112,7 +115,10 @@ def main(argv: list[str] | None = None) -> None:
             "tulle-pure": lambda: start_tulle_variant(ps, origin.port, "tulle-pure",
                                                       env={**env, "TULLE_PURE": "1"}),
             "tulle-auto": lambda: start_tulle_variant(ps, origin.port, "tulle-auto",
-                                                      protocol="auto", env=env)}
+                                                      protocol="auto", env=env),
+            "tulle-batch": lambda: start_tulle_variant(ps, origin.port, "tulle-batch",
+                                                       env={**env, "TULLE_BATCH": "1"}),
+            "relay": lambda: start_relay(ps, origin.port)}
         names = ["haproxy", *(n for n in args.peers.split(",") if n != "haproxy")]
         peers = [starters[name]() for name in names if name in starters]  # haproxy: the ratios
         phases = [p for p in args.phases.split(",") if p in PHASES]

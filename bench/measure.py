@@ -4,12 +4,15 @@ The machine the benchmark runs on may be shared, so the HTTP/1 measurements are 
 *rounds*: every peer (and the direct connection) is running at once, idle but for the one
 being loaded, and each round loads each of them in turn — rotating the order — so a burst of
 someone else's work lands on all peers alike instead of on whichever happened to run then.
-Latency samples of all rounds are merged before percentiles are taken; CPU time and request
-counts are summed; the maximum rate is the best round (noise only ever lowers it).
+Every figure is taken per round and reported as the **median of the rounds with their
+spread** (`<key>_range`: the smallest and largest round, `<key>_by_round`: each), never the
+best round (issue 13); percentiles of all rounds' latency samples merged are kept beside
+them (`pooled_ms`).  The h2c, TCP and gRPC passes run in rounds the same way (`extra_rounds`).
 """
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -33,6 +36,26 @@ MB = 1024 * 1024
 
 def rnd(x: float, nd: int = 3) -> float:
     return round(x, nd)
+
+
+SPREAD_KEYS = ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "cpu_us_per_req", "rps_max",
+               "cpu_us_per_req_sat", "cpu_util_sat")
+"""The figures reported as the median of the rounds with their spread."""
+
+
+def with_spread(out: dict[str, Any], rounds: list[dict[str, Any]],
+                keys: tuple[str, ...] = SPREAD_KEYS) -> dict[str, Any]:
+    """Set each of `keys` found in every round to the median of the rounds, with
+    `<key>_range` ([min, max]) and `<key>_by_round` beside it."""
+    for key in keys:
+        values = [r[key] for r in rounds if isinstance(r.get(key), (int, float))]
+        if not values or len(values) != len(rounds):
+            continue
+        nd = 0 if key == "rps_max" else 4 if key.endswith("_ms") else 2 if key == "cpu_util_sat" else 1
+        out[key] = rnd(statistics.median(values), nd) if nd else round(statistics.median(values))
+        out[f"{key}_range"] = [rnd(min(values), nd), rnd(max(values), nd)]
+        out[f"{key}_by_round"] = [rnd(v, nd) for v in values]
+    return out
 
 
 @dataclass(frozen=True)
@@ -122,6 +145,7 @@ class Tally:
                           path=self.target.path, headers=self.target.headers)
         res["contention"] = m.contention()
         res["proxy_cpu_s"] = rnd(m.proxy_s, 4)
+        res["wall_s"] = rnd(m.wall, 4)
         self.wrk_rounds.append(res)
         self.sat_cpu += m.proxy_s
         self.sat_wall += m.wall
@@ -129,21 +153,24 @@ class Tally:
 
     def result(self) -> dict[str, Any]:
         lat = percentiles(self.samples)
-        best = max(self.wrk_rounds, key=lambda w: w["rps"])
+        per_round: list[dict[str, Any]] = []
+        for f, w in zip(self.fixed_rounds, self.wrk_rounds, strict=True):
+            r: dict[str, Any] = {f"{k}_ms": f["latency_ms"][k] for k in ("p50", "p90", "p99", "p999")}
+            r["rps_max"] = w["rps"]
+            if self.target.pids:
+                r["cpu_us_per_req"] = f["proxy_cpu_s"] * 1e6 / max(1, f["completed"])
+                r["cpu_us_per_req_sat"] = w["proxy_cpu_s"] * 1e6 / max(1, w["requests"])
+                r["cpu_util_sat"] = w["proxy_cpu_s"] / max(1e-9, w["wall_s"])
+            per_round.append(r)
         out: dict[str, Any] = {
-            "p50_ms": rnd(lat["p50"], 4), "p90_ms": rnd(lat["p90"], 4),
-            "p99_ms": rnd(lat["p99"], 4), "p999_ms": rnd(lat["p999"], 4),
-            "max_ms": rnd(lat["max"], 4), "mean_ms": rnd(lat["mean"], 4),
+            "pooled_ms": {k: rnd(lat[k], 4) for k in ("p50", "p90", "p99", "p999", "max", "mean")},
             "latency_samples": len(self.samples),
             "p99_ms_by_round": [f["latency_ms"]["p99"] for f in self.fixed_rounds],
-            "rps_max": round(best["rps"]),
             "rps_by_round": [round(w["rps"]) for w in self.wrk_rounds],
         }
+        with_spread(out, per_round)
         if self.target.pids:
-            out["cpu_us_per_req"] = rnd(self.fixed_cpu * 1e6 / max(1, self.fixed_done), 1)
             out["cpu_us_per_req_ticks"] = rnd(self.fixed_ticks * 1e6 / max(1, self.fixed_done), 1)
-            out["cpu_us_per_req_sat"] = rnd(self.sat_cpu * 1e6 / max(1, self.sat_done), 1)
-            out["cpu_util_sat"] = rnd(self.sat_cpu / max(1e-9, self.sat_wall), 2)
             out["rss_idle_mb"] = rnd(self.rss_idle / MB, 1)
             out["rss_mb"] = rnd(self.sampler.peak / MB, 1)
 

@@ -383,9 +383,22 @@ def _with_workers(proc: Proc, timeout: float = 5.0) -> list[int]:
     return pids
 
 
+def start_relay(ps: ProcessSet, origin_port: int, protocol: str = "http1") -> Running:
+    """`bench/relay.py`: a minimal uvloop + httptools relay, the floor of a Python proxy
+    (issue 13); HTTP/1.1 rounds only."""
+    if protocol != "http1":
+        raise Skip("the relay floor is an HTTP/1.1 proxy")
+    port = free_port()
+    proc = ps.start("relay", [sys.executable, str(Path(__file__).with_name("relay.py")),
+                              "--port", str(port), "--origin-port", str(origin_port)],
+                    cpu=PROXY_CPU)
+    wait_port(port, proc)
+    return Running("relay", port, proc, tree(proc.pid))
+
+
 STARTERS = {"tulle": start_tulle, "tulle-filters": start_tulle_filters,
             "tulle-retry": start_tulle_retry,
-            "haproxy": start_haproxy, "nginx": start_nginx}
+            "haproxy": start_haproxy, "nginx": start_nginx, "relay": start_relay}
 
 
 def check_http(r: Running) -> None:

@@ -33,6 +33,7 @@ import os
 import platform
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -48,6 +49,7 @@ from bench.measure import (
     measure_extra,
     measure_grpc,
     rnd,
+    with_spread,
 )
 from bench.mtls_peers import MTLS_STARTERS, hop_rss_mb, measure_handshakes, stop_pair
 from bench.peers import (
@@ -91,7 +93,7 @@ TARGET_RESILIENCE_CPU_RATIO = 2.0
 """Issue 10: peak-EWMA, retries and a circuit breaker with metrics on cost Tulle at most 2x what
 HAProxy's equivalent (leastconn, retries/retry-on, maxconn/queue) costs, CPU per request
 (`tulle-resilience` vs `haproxy-resilience`, same run; `bench/resilience_peers.py`)."""
-HTTP1_ONLY = ("tulle-filters", "tulle-retry", "tulle-routes", "haproxy-routes", *MTLS_STARTERS,
+HTTP1_ONLY = ("relay", "tulle-filters", "tulle-retry", "tulle-routes", "haproxy-routes", *MTLS_STARTERS,
               *RESILIENCE_STARTERS, *TELEMETRY_STARTERS)
 """Peers measured in the HTTP/1.1 rounds only (not in the h2c, TCP and gRPC passes)."""
 ALL_STARTERS = {**STARTERS, **ROUTING_STARTERS, **MTLS_STARTERS, **RESILIENCE_STARTERS,
@@ -145,9 +147,13 @@ def derive(res: dict[str, Any]) -> None:
         if grpc:
             ratios[f"grpc_{name}_vs_haproxy"] = _ratios(grpc.get(name, {}),
                                                        grpc.get("haproxy", {}), grpc_keys)
-        if res.get("h2c"):  # issue 13: h2c to an HTTP/1.1 origin
-            ratios[f"h2c_{name}_vs_haproxy"] = _ratios(res["h2c"].get(name, {}),
-                                                      res["h2c"].get("haproxy", {}), grpc_keys)
+        for extra in ("h2c", "tcp"):  # issue 13: h2c to an HTTP/1.1 origin; raw TCP
+            if res.get(extra):
+                ratios[f"{extra}_{name}_vs_haproxy"] = _ratios(
+                    res[extra].get(name, {}), res[extra].get("haproxy", {}), grpc_keys)
+    if res.get("relay"):  # issue 13: the floor of a Python proxy, against HAProxy and Tulle
+        ratios["relay_vs_haproxy"] = _ratios(res["relay"], ha, keys)
+        ratios["tulle_vs_relay"] = _ratios(res.get("tulle", {}), res["relay"], keys)
     res["ratios"] = ratios
     tu = res.get("tulle", {})
     targets = []
@@ -260,9 +266,17 @@ def derive_mtls(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ratios(peer: dict[str, Any], ha: dict[str, Any], keys: tuple[str, ...]) -> dict[str, float]:
-    return {k: rnd(peer[k] / ha[k], 2) for k in keys
-            if isinstance(peer.get(k), (int, float)) and isinstance(ha.get(k), (int, float))
-            and ha[k] > 0}
+    """Peer ÷ reference per key: the median of the per-round ratios where both were measured
+    in the same rounds (round i of each ran back to back), else the ratio of the figures."""
+    out: dict[str, float] = {}
+    for k in keys:
+        a, b = peer.get(f"{k}_by_round"), ha.get(f"{k}_by_round")
+        if a and b and len(a) == len(b) and all(x > 0 for x in b):
+            out[k] = rnd(statistics.median(x / y for x, y in zip(a, b, strict=True)), 2)
+        elif (isinstance(peer.get(k), (int, float)) and isinstance(ha.get(k), (int, float))
+              and ha[k] > 0):
+            out[k] = rnd(peer[k] / ha[k], 2)
+    return out
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -314,11 +328,7 @@ def run(mode: str, peers: list[str]) -> dict[str, Any]:
                     ps.stop(t.proc)
             if plan.extra_s:
                 for protocol in ("h2c", "tcp"):
-                    res[protocol] = {}
-                    for name in peers:
-                        if name in HTTP1_ONLY:
-                            continue
-                        _extra(ps, name, protocol, origin.port, plan, res)
+                    _extra_rounds(ps, peers, protocol, origin.port, plan, res)
                 if origin.proc is not None:
                     ps.stop(origin.proc)  # idle from here on; the gRPC origin replaces it
                 _grpc(ps, peers, plan, res)
@@ -368,57 +378,98 @@ def write_mtls(path: Path, res: dict[str, Any]) -> None:
 
 
 def _grpc(ps: ProcessSet, peers: list[str], plan: Plan, res: dict[str, Any]) -> None:
-    """gRPC unary: the gRPC origin directly, then each peer in front of it."""
-    res["grpc"] = {}
-    print("grpc direct ...", flush=True)
+    """gRPC unary: the gRPC origin directly and each peer in front of it, in rounds."""
+    print("grpc origin ...", flush=True)
     try:
         direct = start_grpc_origin(ps)
     except (Skip, RuntimeError, ValueError, subprocess.SubprocessError, OSError) as exc:
+        res["grpc"] = {}
         res["errors"]["origin/grpc"] = str(exc)
         print(f"  error: {exc}", flush=True)
         return
     try:
-        res["grpc"]["direct"] = measure_grpc(direct, plan, ps.tmp)
-        _show("grpc direct", res["grpc"]["direct"])
-        for name in peers:
-            if name not in HTTP1_ONLY:
-                _extra(ps, name, "grpc", direct.port, plan, res)
-    except (RuntimeError, ValueError, subprocess.SubprocessError, OSError) as exc:
-        res["errors"]["direct/grpc"] = str(exc)
-        print(f"  error: {exc}", flush=True)
+        _extra_rounds(ps, peers, "grpc", direct.port, plan, res, direct=direct)
     finally:
         if direct.proc is not None:
             ps.stop(direct.proc)
 
 
-def _extra(ps: ProcessSet, name: str, protocol: str, origin_port: int, plan: Plan,
-           res: dict[str, Any]) -> None:
-    """One peer, one of the extra protocols: its own instance, measured alone."""
-    print(f"{protocol} {name} ...", flush=True)
-    r: Running | None = None
-    try:
-        r = ALL_STARTERS[name](ps, origin_port, protocol)
-        if protocol == "grpc":
-            check_grpc(r, ps.tmp)
-            res[protocol][name] = measure_grpc(r, plan, ps.tmp)
-            if name == "tulle":  # issue 13: memory after 100,000 calls on one connection
-                res[protocol][name].update(grpc_rss_after_calls(r, ps.tmp))
-        else:
-            if protocol == "h2c":
+def _extra_rounds(ps: ProcessSet, peers: list[str], protocol: str, origin_port: int,
+                  plan: Plan, res: dict[str, Any], direct: Running | None = None) -> None:
+    """One of the extra protocols: every peer started and checked, then `plan.rounds` rounds
+    loading each in turn (rotating the order, as the HTTP/1 rounds do); each figure is the
+    median of the rounds with its spread (`measure.with_spread`)."""
+    res[protocol] = {}
+    started: list[Running] = [direct] if direct is not None else []
+    for name in peers:
+        if name in HTTP1_ONLY:
+            continue
+        print(f"{protocol} {name}: start", flush=True)
+        try:
+            r = ALL_STARTERS[name](ps, origin_port, protocol)
+        except Skip as exc:
+            res["skipped"][f"{name}/{protocol}"] = str(exc)
+            print(f"  skipped: {exc}", flush=True)
+            continue
+        except (RuntimeError, ValueError, subprocess.SubprocessError, OSError) as exc:
+            res["errors"][f"{name}/{protocol}"] = str(exc)
+            print(f"  error: {exc}", flush=True)
+            continue
+        try:
+            if protocol == "grpc":
+                check_grpc(r, ps.tmp)
+            elif protocol == "h2c":
                 check_h2c(r)
             else:
                 check_http(r)
-            res[protocol][name] = measure_extra(r, protocol, plan)
-        _show(f"{protocol} {name}", res[protocol][name])
-    except Skip as exc:
-        res["skipped"][f"{name}/{protocol}"] = str(exc)
-        print(f"  skipped: {exc}", flush=True)
-    except (RuntimeError, ValueError, subprocess.SubprocessError, OSError) as exc:
-        res["errors"][f"{name}/{protocol}"] = str(exc)
-        print(f"  error: {exc}", flush=True)
-    finally:
-        if r is not None and r.proc is not None:
+            started.append(r)
+        except (RuntimeError, ValueError, subprocess.SubprocessError, OSError) as exc:
+            res["errors"][f"{name}/{protocol}"] = str(exc)
+            print(f"  error: {exc}", flush=True)
+            if r.proc is not None:
+                ps.stop(r.proc)
+    got: dict[str, list[dict[str, Any]]] = {r.name: [] for r in started}
+    failed: set[str] = set()
+    n = len(started)
+    for i in range(plan.rounds):
+        for r in started[i % n:] + started[:i % n] if n else []:
+            if r.name in failed:
+                continue
+            print(f"  {protocol} round {i + 1}/{plan.rounds}: {r.name}", flush=True)
+            try:
+                m = (measure_grpc(r, plan, ps.tmp) if protocol == "grpc"
+                     else measure_extra(r, protocol, plan))
+            except (RuntimeError, ValueError, subprocess.SubprocessError, OSError) as exc:
+                res["errors"][f"{r.name}/{protocol}"] = str(exc)
+                print(f"  error: {exc}", flush=True)
+                failed.add(r.name)
+                continue
+            got[r.name].append(m)
+    for r in started:
+        rounds = got[r.name]
+        if r.name not in failed and rounds:
+            res[protocol][r.name] = out = _combine(rounds)
+            if protocol == "grpc" and r.name == "tulle":  # issue 13: after 100,000 calls
+                out.update(grpc_rss_after_calls(r, ps.tmp))
+            _show(f"{protocol} {r.name}", out)
+        if r is not direct and r.proc is not None:
             ps.stop(r.proc)
+
+
+def _combine(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One peer's rounds of an extra protocol: medians with spread, the first round's idle
+    memory, the highest peak, the worst contention, every problem."""
+    out: dict[str, Any] = {"rounds": rounds}
+    with_spread(out, rounds)
+    if "rss_idle_mb" in rounds[0]:
+        out["rss_idle_mb"] = rounds[0]["rss_idle_mb"]
+        out["rss_mb"] = max(r["rss_mb"] for r in rounds)
+    out["contention"] = {k: max(r["contention"][k] for r in rounds)
+                         for k in rounds[0].get("contention", {})}
+    problems = [p for r in rounds for p in r.get("problems", ())]
+    if problems:
+        out["problems"] = problems
+    return out
 
 
 def _show(name: str, d: dict[str, Any]) -> None:
@@ -440,7 +491,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Tulle data-plane benchmark")
     ap.add_argument("--mode", choices=sorted(PLANS), default="quick")
     ap.add_argument("--peers",
-                    default="tulle,tulle-filters,tulle-routes,haproxy,haproxy-routes,nginx",
+                    default="tulle,tulle-filters,tulle-routes,haproxy,haproxy-routes,nginx,relay",
                     help="comma-separated subset of: " + ",".join(ALL_STARTERS))
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--nice", type=int, default=0,

@@ -53,6 +53,7 @@ COMPILED: Final = (
     "tulle.dataplane.upstream.cluster",
     "tulle.dataplane.upstream.http1",
     "tulle.dataplane.upstream.lb",
+    "tulle.dataplane.turn",
 )
 """The modules on the per-request HTTP/1 path and a sniffing listener's per-connection path,
 compiled together (one mypyc group)."""

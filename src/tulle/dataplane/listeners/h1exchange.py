@@ -72,10 +72,7 @@ class H1Exchange(RequestStream):
         data = serialize_response_head(
             head, chunked=self.chunked, close=self.close_after,
             extra=_KEEP_ALIVE if version == b"1.0" and not self.close_after else ())
-        if end:
-            conn.write(data)
-        else:
-            conn.write_head(data)
+        conn.write(data)  # held to the turn's end: usually leaves with the body (ADR 0065)
 
     def send_data(self, data: bytes) -> None:
         conn = self.down
@@ -132,9 +129,8 @@ class H1Exchange(RequestStream):
             self.down.write(serialize_response_head(head, chunked=False, close=False))
 
     def on_read_end(self) -> None:
-        conn = self.down
-        if conn.out is not None:
-            conn.flush()
+        """Nothing to do: a head held for its body's first bytes leaves with the turn's writes
+        (`H1Downstream.write`, ADR 0065)."""
 
     def on_upgraded(self, head: ResponseHead, stream: TunnelStream) -> None:
         self.status = 101

@@ -46,6 +46,7 @@ from tulle.dataplane.http.facts import ConnectionFacts, facts_for
 from tulle.dataplane.listeners.context import ListenerHandle, RoutedConnection, reset
 from tulle.dataplane.listeners.h1exchange import H1Exchange
 from tulle.dataplane.protocols.http1 import ProtocolError, RequestCodec, local_response
+from tulle.dataplane.turn import WRITE_NOW, turn_writes
 
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import Headers, RequestHead, TunnelStream
@@ -75,8 +76,12 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         self._advancing = False
         self._initial = initial
         self._early_tunnel: list[bytes] | None = None
-        self.out: bytes | None = None
-        """A response head held back by `write_head`."""
+        self.turn = turn_writes(self.loop)
+        self.out: list[bytes] = []
+        """Bytes held for the end of the loop's turn (`tulle.dataplane.turn`), `out_bytes` long."""
+        self.out_bytes = 0
+        self.held = False
+        """Registered with `turn` for this turn."""
         self.tunnel: TunnelStream | None = None
         self.tunnel_active = 0.0
         """Loop time bytes last moved through the upgrade tunnel (its idle timeout)."""
@@ -324,33 +329,34 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
     # -- transport helpers ---------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
-        t = self.transport
-        if t is None:
-            return
-        self.ctx.m_bytes_sent.value += len(data)
-        held = self.out
-        if held is not None:
-            self.out = None
-            data = held + data
-        t.write(data)
-
-    def write_head(self, data: bytes) -> None:
-        """Hold a response head back until the body's first bytes (usually in the same read of
-        the upstream) so both leave in one system call; flushed when the upstream has handled
-        the read that brought it (`H1Exchange.on_read_end`) if no body came in it."""
+        """Send `data` at the end of this turn with the turn's other writes (ADR 0065), or now
+        with what is held when that reaches `WRITE_NOW` bytes."""
         if self.transport is None:
             return
-        self.ctx.m_bytes_sent.value += len(data)
-        if self.out is not None:
+        n = len(data)
+        self.ctx.m_bytes_sent.value += n
+        self.out.append(data)
+        self.out_bytes += n
+        if self.out_bytes >= WRITE_NOW:
             self.flush()
-        self.out = data
+        elif not self.held:
+            self.held = True
+            self.turn.hold(self)
 
     def flush(self) -> None:
+        """Write what is held now (before closing, half-closing, or at the turn's end)."""
+        self.held = False
         out = self.out
-        self.out = None
+        if not out:
+            return
         t = self.transport
-        if out is not None and t is not None:
-            t.write(out)
+        if t is not None and not t.is_closing():
+            if len(out) == 1:
+                t.write(out[0])
+            else:
+                t.writelines(out)
+        out.clear()
+        self.out_bytes = 0
 
     def pause_reading(self, why: str) -> None:
         if not self.paused and self.transport is not None:
@@ -452,5 +458,6 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
 
     def abort(self) -> None:
         self.closing = True
+        self.flush()  # what was sent before the failure (a response's head) goes first
         if self.transport is not None:
             self.transport.abort()

@@ -55,6 +55,7 @@ from tulle.dataplane.protocols.http1 import (
     encode_last_chunk,
     serialize_request_head,
 )
+from tulle.dataplane.turn import WRITE_NOW, turn_writes
 from tulle.dataplane.upstream.attempt import Attempt, now
 from tulle.dataplane.upstream.connect import ConnectFailed, dial_transport
 
@@ -104,7 +105,7 @@ class H1Stream(Attempt):
     def _write(self, data: bytes) -> None:
         conn = self.conn
         if conn is not None and conn.transport is not None:
-            conn.transport.write(data)
+            conn.write(data)
         elif self.pending is not None:
             self.pending.append(data)
             self.pending_bytes += len(data)
@@ -128,6 +129,7 @@ class H1Stream(Attempt):
         """Tunnels: the downstream half-closed."""
         conn = self.conn
         if conn is not None and conn.transport is not None and conn.transport.can_write_eof():
+            conn.flush()
             conn.transport.write_eof()
 
     def close(self) -> None:
@@ -230,6 +232,12 @@ class H1Connection(asyncio.Protocol):
         self.codec = ResponseCodec(self, pool.cluster.max_response_header_bytes,
                                    limits=pool.cluster.h1_limits)
         self.stream: H1Stream | None = None
+        self.turn = turn_writes(pool.loop)
+        self.out: list[bytes] = []
+        """Bytes held for the end of the loop's turn (`tulle.dataplane.turn`), `out_bytes` long."""
+        self.out_bytes = 0
+        self.held = False
+        """Registered with `turn` for this turn."""
         self.keep_alive = True
         self.reused = False
         self.idle_since = 0.0
@@ -339,11 +347,9 @@ class H1Connection(asyncio.Protocol):
         if stream.paused:
             self.read_paused = True
             transport.pause_reading()
-        wire = serialize_request_head(head, stream.chunked)
-        if pending:
-            transport.writelines([wire, *pending])
-        else:
-            transport.write(wire)
+        self.write(serialize_request_head(head, stream.chunked))
+        for data in pending or ():
+            self.write(data)
         if stream.upload_paused:
             stream.upload_paused = False
             if not self.write_paused:  # else resume_writing will resume the downstream
@@ -357,8 +363,36 @@ class H1Connection(asyncio.Protocol):
 
     def _close(self) -> None:
         self.keep_alive = False
+        self.out.clear()  # closing means done with this peer: what was held is dropped
+        self.out_bytes = 0
         if self.transport is not None:
             self.transport.close()
+
+    def write(self, data: bytes) -> None:
+        """Send `data` at the end of this turn with the turn's other writes (ADR 0065), or now
+        with what is held when that reaches `WRITE_NOW` bytes."""
+        self.out.append(data)
+        self.out_bytes += len(data)
+        if self.out_bytes >= WRITE_NOW:
+            self.flush()
+        elif not self.held:
+            self.held = True
+            self.turn.hold(self)
+
+    def flush(self) -> None:
+        """Write what is held now (before half-closing, or at the turn's end)."""
+        self.held = False
+        out = self.out
+        if not out:
+            return
+        t = self.transport
+        if t is not None and not t.is_closing():
+            if len(out) == 1:
+                t.write(out[0])
+            else:
+                t.writelines(out)
+        out.clear()
+        self.out_bytes = 0
 
     # -- ResponseHandler (from the codec) ------------------------------------------------
 

@@ -1,0 +1,90 @@
+"""The HTTP/1 drivers hold small writes to the end of the loop's turn (ADR 0065).
+
+Real drivers (`H1Downstream`, `H1Connection`) on in-memory transports that count writes: what
+one turn produces leaves when its callbacks are done, one write per connection (a response's
+head with its body); large writes, closes and aborts do not wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.support.transport import FakeTransport
+from tests.unit.dataplane.listeners.test_http1_garbage import build, connect
+
+from tulle.dataplane.turn import WRITE_NOW
+from tulle.dataplane.upstream.http1 import H1Connection, H1Pool
+
+OK = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+
+
+def upstreams(pool: H1Pool, n: int) -> list[tuple[H1Connection, FakeTransport]]:
+    ups = []
+    for _ in range(n):
+        up, t = H1Connection(pool), FakeTransport()
+        t.protocol = up
+        up.connection_made(t)  # type: ignore[arg-type]
+        pool.idle.append(up)
+        pool.cluster.m_connections_active.value += 1
+        ups.append((up, t))
+    return ups
+
+
+async def test_one_turns_requests_and_responses_leave_at_its_end_one_write_each() -> None:
+    handle, pool = build()
+    ups = upstreams(pool, 3)
+    downs = [connect(handle) for _ in range(3)]
+    for down, _ in downs:
+        down.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert [t.writes for _, t in ups] == [0, 0, 0]  # held while the turn runs
+    await asyncio.sleep(0)
+    assert [t.writes for _, t in ups] == [1, 1, 1]
+    assert all(t.take().startswith(b"GET /x HTTP/1.1\r\n") for _, t in ups)
+    for up, _ in reversed(ups):  # pool.idle is a stack: the last connection went first
+        up.data_received(OK)
+    assert [t.writes for _, t in downs] == [0, 0, 0]
+    await asyncio.sleep(0)
+    assert [t.writes for _, t in downs] == [1, 1, 1]  # head and body in one write
+    assert all(t.take().endswith(b"\r\n\r\nok") for _, t in downs)
+
+
+async def test_a_large_write_leaves_at_once() -> None:
+    handle, pool = build()
+    (up, _), = upstreams(pool, 1)
+    down, t = connect(handle)
+    down.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    await asyncio.sleep(0)
+    body = b"b" * WRITE_NOW
+    up.data_received(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+    assert t.writes == 1 and t.out.endswith(body)  # not held: a copy, not a wake-up, to save
+
+
+async def test_a_close_writes_what_is_held_before_the_fin() -> None:
+    handle, pool = build()
+    (up, _), = upstreams(pool, 1)
+    down, t = connect(handle)
+    down.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    await asyncio.sleep(0)
+    up.data_received(OK)
+    assert t.eof  # the exchange ended and the close began in this turn ...
+    assert t.out.endswith(b"\r\n\r\nok")  # ... and the response left before the FIN
+
+
+async def test_a_local_error_answer_leaves_before_the_close() -> None:
+    handle, _ = build()
+    down, t = connect(handle)
+    down.data_received(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
+    assert t.out.startswith(b"HTTP/1.1 400 ") and t.eof
+
+
+async def test_an_upstream_failure_after_the_head_writes_the_head_then_resets() -> None:
+    handle, pool = build()
+    (up, _), = upstreams(pool, 1)
+    down, t = connect(handle)
+    down.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    await asyncio.sleep(0)
+    up.data_received(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n")
+    assert t.out.startswith(b"HTTP/1.1 200 OK\r\n")  # what was sent of the response ...
+    assert t.closed and not t.eof  # ... then a reset, as before the writes were held
+    await asyncio.sleep(0)  # the turn's flush finds nothing left to write, and does not fail
+    assert t.writes == 1
