@@ -53,6 +53,12 @@ COMPILED: Final = (
     "tulle.dataplane.upstream.cluster",
     "tulle.dataplane.upstream.http1",
     "tulle.dataplane.upstream.lb",
+    "tulle.dataplane.telemetry.flags",
+    "tulle.dataplane.telemetry.access_log",
+    "tulle.dataplane.telemetry.golden",
+    "tulle.dataplane.telemetry.sinks",
+    "tulle.dataplane.telemetry.tracing.propagation",
+    "tulle.dataplane.telemetry.tracing.tracer",
 )
 """The modules on the per-request HTTP/1 path and a sniffing listener's per-connection path,
 compiled together (one mypyc group)."""

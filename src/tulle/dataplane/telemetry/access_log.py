@@ -23,6 +23,7 @@ empty in a static config that does not).
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -75,9 +76,12 @@ def trace_id_of(headers: list[tuple[bytes, bytes]]) -> str | None:
     return b3
 
 
+_HEX = re.compile("[0-9a-f]*")
+
+
 def _hex(value: bytes, n: int) -> str | None:
     text = value.decode("latin-1").lower()
-    if len(text) != n or any(c not in "0123456789abcdef" for c in text) or not text.strip("0"):
+    if len(text) != n or _HEX.fullmatch(text) is None or not text.strip("0"):
         return None
     return text
 

@@ -83,7 +83,7 @@ class LineSink:
         self._inode: tuple[int, int] | None = None
         self._checked = 0.0
         self._failing = False
-        self._thread = threading.Thread(target=self._run, name=f"tulle-{name}", daemon=True)
+        self._writer = threading.Thread(target=self._run, name=f"tulle-{name}", daemon=True)
 
     def offer(self, record: Mapping[str, Any], time_ns: int) -> bool:
         stats = self.stats
@@ -98,16 +98,16 @@ class LineSink:
         return True
 
     def start(self) -> None:
-        if not self._thread.is_alive():
-            self._thread.start()
+        if not self._writer.is_alive():
+            self._writer.start()
 
     async def close(self, deadline: float = 2.0) -> None:
         """Write what is queued (the thread does, within `deadline`), then stop."""
         self._stop = True
         self._wake.set()
-        if self._thread.is_alive():
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, deadline)
-        if self._thread.is_alive():  # blocked in a write: it stays blocked, as a daemon
+        if self._writer.is_alive():
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.join, deadline)
+        if self._writer.is_alive():  # blocked in a write: it stays blocked, as a daemon
             return
         self.stats.failed += len(self._queue)
         self._queue.clear()
