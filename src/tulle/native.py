@@ -59,6 +59,7 @@ COMPILED: Final = (
     "tulle.dataplane.telemetry.sinks",
     "tulle.dataplane.telemetry.tracing.propagation",
     "tulle.dataplane.telemetry.tracing.tracer",
+    "tulle.dataplane.telemetry.series",
 )
 """The modules on the per-request HTTP/1 path and a sniffing listener's per-connection path,
 compiled together (one mypyc group)."""
