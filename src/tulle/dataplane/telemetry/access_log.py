@@ -73,16 +73,24 @@ def _ms(seconds: float) -> float:
 _TRACE_HEADERS = frozenset({b"traceparent", b"x-b3-traceid", b"b3"})
 
 
-def trace_id_of(headers: list[tuple[bytes, bytes]]) -> str | None:
+_ZERO_TRACE = b"0" * 32
+
+
+def trace_id_of(headers: list[tuple[bytes, bytes]], known: bytes = b"") -> str | None:
     """The trace id the request carries (W3C `traceparent`, B3 multi or single header),
     as 32 lowercase hex digits; None without one.  The proxy's own tracing writes its
-    context on the request head before routing, so this is also the proxy's trace."""
+    context on the request head before routing, so this is also the proxy's trace.
+    `known`: the proxy's own trace id (validated lowercase hex): a `traceparent` carrying it
+    needs no second check."""
     b3 = None
     for n, v in headers:
         if n == b"traceparent":
             parts = v.split(b"-")
             if len(parts) >= 4 and len(parts[1]) == 32:
-                return _hex(parts[1], 32)
+                tid = parts[1]
+                if tid == known and known != _ZERO_TRACE:
+                    return known.decode()
+                return _hex(tid, 32)
         elif n == b"x-b3-traceid":
             b3 = _hex(v, 32) if len(v) == 32 else _hex(b"0" * 16 + v, 32) if len(v) == 16 else None
         elif n == b"b3" and b3 is None:
@@ -195,7 +203,10 @@ class AccessLogger:
             protocol = head.version.decode("latin-1")
         status = stream.status
         upstream_host = stream.upstream_host or None
-        trace_id = trace_id_of(headers) if traced else None
+        trace_id = None
+        if traced:
+            trace = stream.trace
+            trace_id = trace_id_of(headers, trace.trace_id if trace is not None else b"")
         authority = head.authority.decode("latin-1") or None
         peer = _address(facts.peer)
         sni = facts.sni or None

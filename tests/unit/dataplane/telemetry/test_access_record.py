@@ -53,3 +53,21 @@ def test_start_time_is_the_same_text_from_the_millisecond_cache() -> None:
         want = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec)) + f"{rest // 1_000_000:03d}Z"
         assert start_time(ns) == want
         assert start_time(ns) == want  # the second read is the cached one
+
+
+def test_the_proxys_own_trace_id_short_cut_gives_the_same_id() -> None:
+    from tulle.dataplane.telemetry.access_log import trace_id_of
+
+    tid = b"4bf92f3577b34da6a3ce929d0e0e4736"
+    cases = [
+        [(b"traceparent", b"00-" + tid + b"-00f067aa0ba902b7-01")],
+        [(b"traceparent", b"00-" + tid.upper() + b"-00f067aa0ba902b7-01")],
+        [(b"traceparent", b"00-" + b"0" * 32 + b"-00f067aa0ba902b7-01")],
+        [(b"b3", tid + b"-00f067aa0ba902b7-1"), (b"traceparent", b"00-" + tid + b"-0-0")],
+        [(b"traceparent", b"00-zz" + tid[2:] + b"-00f067aa0ba902b7-01")],
+        [(b"x-b3-traceid", tid[:16])],
+    ]
+    for headers in cases:
+        for known in (tid, b"0" * 32, b""):
+            assert trace_id_of(headers, known) == trace_id_of(headers), (headers, known)
+    assert trace_id_of(cases[0], tid) == tid.decode()
