@@ -10,7 +10,9 @@ without it pays one attribute test per request.
 then builds the record: the fields `proxyconfig/log_fields.ACCESS_FIELDS` lists, in that
 order, from the stream (its record), the request head and the connection's facts.  The
 record goes to the sink's bounded queue (`sinks.py`); rendering (JSON or the compiled text
-format) and writing happen off the request path.  Response flags are Envoy's
+format) and writing happen off the request path.  For JSON lines the record is an
+`access_record.AccessRecord` struct (the same fields in the same order, no dict, a batch
+encoded in one call); text formats and OTLP sinks get a dict (ADR 0062).  Response flags are Envoy's
 (`telemetry/flags.py`, shared with the metrics).
 
 Identities: `source_principal` is the verified peer of an inbound connection (its client
