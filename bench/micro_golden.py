@@ -25,6 +25,8 @@ from typing import Any
 import msgspec
 
 from bench import micro_http1
+from tulle.dataplane.exchange import RequestHead
+from tulle.dataplane.http.stream import RequestStream
 from tulle.dataplane.telemetry.golden import build_golden
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.proxyconfig.model import ProxyConfig
@@ -42,10 +44,10 @@ def observer_us(n: int, repeat: int) -> float:
     g = build_golden(ProxyMetrics(), cfg, None)
     assert g is not None
     rec = g.http(cfg.listeners[0], cfg.clusters[0])
-    stream: Any = SimpleNamespace(
-        conn=SimpleNamespace(facts=SimpleNamespace(peer_identity="spiffe://mesh.local/ns/a/sa/b")),
-        status=200, head=SimpleNamespace(version=b"1.1", headers=[]), grpc_status="",
-        bytes_in=0, bytes_out=1024, flags="")
+    conn: Any = SimpleNamespace(
+        facts=SimpleNamespace(peer_identity="spiffe://mesh.local/ns/a/sa/b"))
+    stream = RequestStream(conn, RequestHead(b"GET", b"/", b"web", b"http", []), True, 0.0)
+    stream.status, stream.bytes_out = 200, 1024
     count = rec.count
     best = float("inf")
     for _ in range(repeat):

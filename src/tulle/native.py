@@ -54,9 +54,16 @@ COMPILED: Final = (
     "tulle.dataplane.upstream.http1",
     "tulle.dataplane.upstream.lb",
     "tulle.dataplane.turn",
+    "tulle.dataplane.telemetry.flags",
+    "tulle.dataplane.telemetry.access_log",
+    "tulle.dataplane.telemetry.golden",
+    "tulle.dataplane.telemetry.sinks",
+    "tulle.dataplane.telemetry.tracing.propagation",
+    "tulle.dataplane.telemetry.tracing.tracer",
+    "tulle.dataplane.telemetry.series",
 )
-"""The modules on the per-request HTTP/1 path and a sniffing listener's per-connection path,
-compiled together (one mypyc group)."""
+"""The modules on the per-request HTTP/1 path, a sniffing listener's per-connection path and
+the per-request telemetry observers (ADR 0062), compiled together (one mypyc group)."""
 
 GROUP: Final = "tulle_native"
 """The mypyc group: its shared library is `tulle_native__mypyc` beside the `tulle` package."""

@@ -10,7 +10,9 @@ without it pays one attribute test per request.
 then builds the record: the fields `proxyconfig/log_fields.ACCESS_FIELDS` lists, in that
 order, from the stream (its record), the request head and the connection's facts.  The
 record goes to the sink's bounded queue (`sinks.py`); rendering (JSON or the compiled text
-format) and writing happen off the request path.  Response flags are Envoy's
+format) and writing happen off the request path.  For JSON lines the record is an
+`access_record.AccessRecord` struct (the same fields in the same order, no dict, a batch
+encoded in one call); text formats and OTLP sinks get a dict (ADR 0062).  Response flags are Envoy's
 (`telemetry/flags.py`, shared with the metrics).
 
 Identities: `source_principal` is the verified peer of an inbound connection (its client
@@ -23,10 +25,12 @@ empty in a static config that does not).
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from tulle.dataplane.telemetry.access_record import AccessRecord, json_lines
 from tulle.dataplane.telemetry.flags import flag_details, response_flags
 from tulle.dataplane.telemetry.logformat import TextFormat, render_json, request_headers
 from tulle.dataplane.telemetry.sinks import LineSink, OtlpLogSink, build_sink
@@ -39,33 +43,56 @@ if TYPE_CHECKING:
 _PROTOCOLS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0", b"2": "HTTP/2"}
 
 
-_second: list[Any] = [-1, ""]
-"""The last second formatted, and its text up to the milliseconds (one strftime a second)."""
+_second: list[Any] = [-1, "", -1, ""]
+"""The last second formatted and its text up to the milliseconds (one strftime a second),
+then the last millisecond and its whole text (one format a millisecond: under load many
+requests end in the same one)."""
 
 
 def start_time(ns: int) -> str:
     """Envoy's default `%START_TIME%`: `2026-12-03T15:04:05.123Z` (UTC, milliseconds)."""
-    sec, rest = divmod(ns, 1_000_000_000)
+    ms = ns // 1_000_000
     cached = _second
+    if cached[2] == ms:
+        text: str = cached[3]
+        return text
+    sec, rest = divmod(ms, 1000)
     if cached[0] != sec:
         cached[1] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
         cached[0] = sec
-    return f"{cached[1]}{rest // 1_000_000:03d}Z"
+    text = f"{cached[1]}{rest:03d}Z"
+    cached[2], cached[3] = ms, text
+    return text
+
+
+def _ms(seconds: float) -> float:
+    """Seconds as milliseconds rounded to 3 decimals: `round(seconds * 1000, 3)` for the
+    non-negative durations a record has, at half its cost (an integer division instead of
+    round()'s decimal conversion)."""
+    return int(seconds * 1e6 + 0.5) / 1000
 
 
 _TRACE_HEADERS = frozenset({b"traceparent", b"x-b3-traceid", b"b3"})
 
 
-def trace_id_of(headers: list[tuple[bytes, bytes]]) -> str | None:
+_ZERO_TRACE = b"0" * 32
+
+
+def trace_id_of(headers: list[tuple[bytes, bytes]], known: bytes = b"") -> str | None:
     """The trace id the request carries (W3C `traceparent`, B3 multi or single header),
     as 32 lowercase hex digits; None without one.  The proxy's own tracing writes its
-    context on the request head before routing, so this is also the proxy's trace."""
+    context on the request head before routing, so this is also the proxy's trace.
+    `known`: the proxy's own trace id (validated lowercase hex): a `traceparent` carrying it
+    needs no second check."""
     b3 = None
     for n, v in headers:
         if n == b"traceparent":
             parts = v.split(b"-")
             if len(parts) >= 4 and len(parts[1]) == 32:
-                return _hex(parts[1], 32)
+                tid = parts[1]
+                if tid == known and known != _ZERO_TRACE:
+                    return known.decode()
+                return _hex(tid, 32)
         elif n == b"x-b3-traceid":
             b3 = _hex(v, 32) if len(v) == 32 else _hex(b"0" * 16 + v, 32) if len(v) == 16 else None
         elif n == b"b3" and b3 is None:
@@ -75,9 +102,12 @@ def trace_id_of(headers: list[tuple[bytes, bytes]]) -> str | None:
     return b3
 
 
+_HEX = re.compile("[0-9a-f]*")
+
+
 def _hex(value: bytes, n: int) -> str | None:
     text = value.decode("latin-1").lower()
-    if len(text) != n or any(c not in "0123456789abcdef" for c in text) or not text.strip("0"):
+    if len(text) != n or _HEX.fullmatch(text) is None or not text.strip("0"):
         return None
     return text
 
@@ -92,7 +122,7 @@ class AccessLogger:
     """One snapshot's access log: its decision, its record, its sink."""
 
     __slots__ = ("cfg", "duration_min", "errors_only", "filtered", "principal", "sample", "sink",
-                 "status_min", "text")
+                 "status_min", "structs", "text")
 
     def __init__(self, cfg: AccessLogTelemetry, resource: Mapping[str, Value],
                  principal: str = "") -> None:
@@ -109,6 +139,12 @@ class AccessLogger:
         render = self.text.render if self.text is not None else render_json
         self.sink: LineSink | OtlpLogSink = build_sink("access_log", cfg.sink, render,
                                                        self.text is not None, resource)
+        sink = self.sink
+        self.structs = self.text is None and isinstance(sink, LineSink)
+        """JSON lines: records are `AccessRecord` structs, encoded a batch at a time (the
+        text format and OTLP read records as mappings: dicts)."""
+        if self.structs and isinstance(sink, LineSink):
+            sink.lines = json_lines
 
     def wanted(self, status: int, flags: str, duration: float) -> bool:
         """The filter and the sampling decision for one request."""
@@ -129,7 +165,7 @@ class AccessLogger:
         self.sink.offer(self.record(stream, now, duration, wall_ns), wall_ns)
 
     def record(self, stream: RequestStream, now: float, duration: float,
-               wall_ns: int) -> dict[str, Any]:
+               wall_ns: int) -> dict[str, Any] | AccessRecord:
         head = stream.head
         headers = head.headers
         request_id = user_agent = forwarded = None
@@ -162,36 +198,63 @@ class AccessLogger:
             tls = rt.cfg.tls if rt is not None else None
             if tls is not None and len(tls.expected_spiffe_ids) == 1:
                 destination = tls.expected_spiffe_ids[0]
+        method = head.method.decode("latin-1") or None
+        path = head.path.decode("latin-1") or None
+        protocol = _PROTOCOLS.get(head.version)
+        if protocol is None:
+            protocol = head.version.decode("latin-1")
+        status = stream.status
+        upstream_host = stream.upstream_host or None
+        trace_id = None
+        if traced:
+            trace = stream.trace
+            trace_id = trace_id_of(headers, trace.trace_id if trace is not None else b"")
+        authority = head.authority.decode("latin-1") or None
+        peer = _address(facts.peer)
+        sni = facts.sni or None
+        source = (facts.peer_identity or None) if inbound else self.principal
+        dest = self.principal if inbound else destination
+        direction = facts.direction
+        listener = facts.listener
+        authz = stream.authz or None
+        if self.structs:  # the same fields in the same order, without a dict
+            return AccessRecord(
+                start_time(wall_ns), method, path, protocol, status, response_flags(flags),
+                flag_details(flags) or None, stream.bytes_in, stream.bytes_out,
+                _ms(duration), _ms(first_byte - stream.start) if first_byte else None,
+                _ms(now - up_start) if up_start else None, upstream_host,
+                cluster if cluster != "-" else None, route.name if route is not None else None,
+                attempts, request_id, trace_id, authority, user_agent, forwarded, peer, sni,
+                source, dest, direction, listener, authz)
         record: dict[str, Any] = {
             "start_time": start_time(wall_ns),
-            "method": head.method.decode("latin-1") or None,
-            "path": head.path.decode("latin-1") or None,
-            "protocol": _PROTOCOLS.get(head.version, head.version.decode("latin-1")),
-            "response_code": stream.status,
+            "method": method,
+            "path": path,
+            "protocol": protocol,
+            "response_code": status,
             "response_flags": response_flags(flags),
             "response_code_details": flag_details(flags) or None,
             "bytes_received": stream.bytes_in,
             "bytes_sent": stream.bytes_out,
-            "duration": round(duration * 1000, 3),
-            "response_duration": round((first_byte - stream.start) * 1000, 3)
-            if first_byte else None,
-            "upstream_duration": round((now - up_start) * 1000, 3) if up_start else None,
-            "upstream_host": stream.upstream_host or None,
+            "duration": _ms(duration),
+            "response_duration": _ms(first_byte - stream.start) if first_byte else None,
+            "upstream_duration": _ms(now - up_start) if up_start else None,
+            "upstream_host": upstream_host,
             "upstream_cluster": cluster if cluster != "-" else None,
             "route_name": route.name if route is not None else None,
             "upstream_request_attempt_count": attempts,
             "request_id": request_id,
-            "trace_id": trace_id_of(headers) if traced else None,
-            "authority": head.authority.decode("latin-1") or None,
+            "trace_id": trace_id,
+            "authority": authority,
             "user_agent": user_agent,
             "x_forwarded_for": forwarded,
-            "downstream_remote_address": _address(facts.peer),
-            "requested_server_name": facts.sni or None,
-            "source_principal": (facts.peer_identity or None) if inbound else self.principal,
-            "destination_principal": self.principal if inbound else destination,
-            "direction": facts.direction,
-            "listener": facts.listener,
-            "authz": stream.authz or None,
+            "downstream_remote_address": peer,
+            "requested_server_name": sni,
+            "source_principal": source,
+            "destination_principal": dest,
+            "direction": direction,
+            "listener": listener,
+            "authz": authz,
         }
         text = self.text
         if text is not None and text.headers:

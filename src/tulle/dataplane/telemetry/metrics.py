@@ -13,10 +13,11 @@ the same registry.  `Registry.render` writes Prometheus text or OpenMetrics (the
 
 from __future__ import annotations
 
-import bisect
 from collections.abc import Iterable
 
 from tulle.dataplane.telemetry.addressed import Addressed
+from tulle.dataplane.telemetry.series import CounterChild as CounterChild  # noqa: PLC0414 (re-exported)
+from tulle.dataplane.telemetry.series import HistogramChild as HistogramChild  # noqa: PLC0414
 from tulle.proxyconfig.stats import DURATION_BUCKETS_MS
 
 # DURATION_BUCKETS_MS: milliseconds, Istio's request_duration_milliseconds boundaries; part of
@@ -44,33 +45,12 @@ def _num(v: float) -> str:
     return str(int(v)) if float(v).is_integer() else repr(float(v))
 
 
-class CounterChild:
-    __slots__ = ("value",)
-
-    def __init__(self) -> None:
-        self.value = 0
-
-
 class GaugeChild:
     __slots__ = ("value",)
 
     def __init__(self) -> None:
         self.value: float = 0
 
-
-class HistogramChild:
-    __slots__ = ("bounds", "count", "counts", "sum")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
-        self.count = 0
-
-    def observe(self, v: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, v)] += 1
-        self.sum += v
-        self.count += 1
 
 
 class _Family:

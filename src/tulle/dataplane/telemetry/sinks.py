@@ -36,8 +36,9 @@ from tulle.proxyconfig.logs import LogSink
 
 log = logging.getLogger("tulle.telemetry.logs")
 
-Item = tuple[Mapping[str, Any], int]
-"""A record and its time (Unix nanoseconds)."""
+Item = tuple[Any, int]
+"""A record (a mapping of fields, or a struct a line sink's `lines` encodes) and its time
+(Unix nanoseconds)."""
 
 BATCH = 512
 """Records written (or exported) in one go; a full batch wakes the writer early."""
@@ -59,7 +60,7 @@ class RecordSink(Protocol):
     @property
     def stats(self) -> SinkStats: ...
 
-    def offer(self, record: Mapping[str, Any], time_ns: int) -> bool: ...
+    def offer(self, record: Any, time_ns: int) -> bool: ...
 
     def start(self) -> None: ...
 
@@ -75,6 +76,10 @@ class LineSink:
         self.max_queue = cfg.queue_size
         self.interval = cfg.flush_interval_ms / 1000
         self.render = render
+        self.lines: Callable[[list[Any]], bytes] | None = None
+        """When set, a whole batch of records as lines, each ended by a newline, in one call
+        (JSON: `access_record.json_lines`); `render` is then the fallback for a batch it
+        cannot encode, record by record."""
         self.stats = SinkStats()
         self._queue: deque[Item] = deque()
         self._wake = threading.Event()
@@ -83,9 +88,9 @@ class LineSink:
         self._inode: tuple[int, int] | None = None
         self._checked = 0.0
         self._failing = False
-        self._thread = threading.Thread(target=self._run, name=f"tulle-{name}", daemon=True)
+        self._writer = threading.Thread(target=self._run, name=f"tulle-{name}", daemon=True)
 
-    def offer(self, record: Mapping[str, Any], time_ns: int) -> bool:
+    def offer(self, record: Any, time_ns: int) -> bool:
         stats = self.stats
         stats.offered += 1
         queue = self._queue
@@ -98,16 +103,16 @@ class LineSink:
         return True
 
     def start(self) -> None:
-        if not self._thread.is_alive():
-            self._thread.start()
+        if not self._writer.is_alive():
+            self._writer.start()
 
     async def close(self, deadline: float = 2.0) -> None:
         """Write what is queued (the thread does, within `deadline`), then stop."""
         self._stop = True
         self._wake.set()
-        if self._thread.is_alive():
-            await asyncio.get_running_loop().run_in_executor(None, self._thread.join, deadline)
-        if self._thread.is_alive():  # blocked in a write: it stays blocked, as a daemon
+        if self._writer.is_alive():
+            await asyncio.get_running_loop().run_in_executor(None, self._writer.join, deadline)
+        if self._writer.is_alive():  # blocked in a write: it stays blocked, as a daemon
             return
         self.stats.failed += len(self._queue)
         self._queue.clear()
@@ -130,18 +135,36 @@ class LineSink:
 
     def _write_batch(self) -> None:
         queue = self._queue
+        popleft = queue.popleft
+        records = [popleft()[0] for _ in range(min(len(queue), BATCH))]
+        data = b""
+        count = len(records)
+        batch = self.lines
+        if batch is not None:
+            try:
+                data = batch(records)
+            except Exception:  # e.g. a lone surrogate: record by record, as below
+                data = b""
+        if not data:
+            data, count = self._render(records)
+            if not count:
+                return
+        self._write(data, count)
+
+    def _render(self, records: list[Any]) -> tuple[bytes, int]:
         lines = []
         render = self.render
-        for _ in range(min(len(queue), BATCH)):
-            record, _ns = queue.popleft()
+        for record in records:
             try:
                 lines.append(render(record))
             except Exception:  # a bug in a renderer loses its record, not the sink
                 self.stats.failed += 1
                 log.exception("%s: a record could not be rendered", self.name)
         if not lines:
-            return
-        data = ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace")
+            return b"", 0
+        return ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"), len(lines)
+
+    def _write(self, data: bytes, count: int) -> None:
         try:
             fd = self._open()
             view = memoryview(data)
@@ -149,14 +172,14 @@ class LineSink:
                 n = os.write(fd, view)
                 view = view[n:]
         except OSError as exc:
-            self.stats.failed += len(lines)
+            self.stats.failed += count
             self._close_file()
             if not self._failing:
                 self._failing = True
                 log.warning("%s: writing failed (%s); records are dropped and counted until it "
                             "works again", self.name, exc.strerror or exc)
             return
-        self.stats.written += len(lines)
+        self.stats.written += count
         self._failing = False
 
     def _open(self) -> int:
@@ -213,7 +236,8 @@ class OtlpLogSink:
         body = self.body(record) if self.body is not None else None
         return LogItem(ns, attributes, body, trace_id=trace_id, event_name=f"tulle.{self.name}")
 
-    def offer(self, record: Mapping[str, Any], time_ns: int) -> bool:
+    def offer(self, record: Any, time_ns: int) -> bool:
+        """`record`: a mapping (the access log gives an OTLP sink dicts, never structs)."""
         return self.exporter.offer((record, time_ns))
 
     def start(self) -> None:

@@ -8,6 +8,8 @@ from typing import Any
 import msgspec
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 
+from tulle.dataplane.exchange import RequestHead
+from tulle.dataplane.http.stream import RequestStream
 from tulle.dataplane.telemetry.golden import HTTP_LABELS, TCP_LABELS, Golden, build_golden
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.proxyconfig.model import ProxyConfig
@@ -52,12 +54,15 @@ def _golden(metrics: ProxyMetrics | None = None, **kw: Any) -> tuple[Golden, Pro
 def _stream(identity: str = "", status: int = 200, *, grpc: bool = False,
             grpc_status: str = "", bytes_in: int = 0, bytes_out: int = 0,
             flags: str = "") -> Any:
+    """A real `RequestStream` (compiled, `HttpGolden.count` takes nothing else) on a stand-in
+    connection that has only what the golden metrics read."""
     headers = [(b"content-type", b"application/grpc")] if grpc else []
-    return SimpleNamespace(conn=SimpleNamespace(facts=SimpleNamespace(peer_identity=identity)),
-                           status=status, head=SimpleNamespace(version=b"2" if grpc else b"1.1",
-                                                               headers=headers),
-                           grpc_status=grpc_status, bytes_in=bytes_in, bytes_out=bytes_out,
-                           flags=flags)
+    conn: Any = SimpleNamespace(facts=SimpleNamespace(peer_identity=identity))
+    head = RequestHead(b"GET", b"/", b"web", b"http", headers, version=b"2" if grpc else b"1.1")
+    s = RequestStream(conn, head, True, 0.0)
+    s.status, s.grpc_status, s.flags = status, grpc_status, flags
+    s.bytes_in, s.bytes_out = bytes_in, bytes_out
+    return s
 
 
 def _series(m: ProxyMetrics, name: str) -> list[dict[str, str]]:

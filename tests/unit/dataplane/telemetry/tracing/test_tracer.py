@@ -146,3 +146,20 @@ def test_server_spans_and_error_status() -> None:
     assert [s.error for s in sink.spans] == [False, True, True]
     assert dict(sink.spans[0].attributes)["tulle.peer.identity"] == facts.peer_identity
     assert "http.response.status_code" not in dict(sink.spans[2].attributes)
+
+
+def test_new_ids_are_fixed_width_lower_case_hex_and_what_was_written(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ids are drawn as integers and written as hex (`hexlify` of their bytes): small
+    draws keep their leading zeros, large ones all their digits (ADR 0062)."""
+    draws = iter([5, (1 << 192) - 1, 7, (1 << 64) - 1])
+    monkeypatch.setattr(tracer_mod, "_bits", lambda n: next(draws))
+    lt = Tracer(Tracing(sampling_percent=0), None).for_listener("out", "outbound")
+    for want in (b"%048x" % 5, b"%048x" % ((1 << 192) - 1)):
+        head = RequestHead(b"GET", b"/", b"a", b"http", [])
+        trace = lt.start(head)
+        assert trace.trace_id + trace.span_id == want
+        assert head.headers == [(b"traceparent", b"00-%b-%b-00" % (want[:32], want[32:]))]
+    head = RequestHead(b"GET", b"/", b"a", b"http", [(b"b3", b"1")])  # a decision, no ids
+    trace = lt.start(head)
+    assert (trace.trace_id, trace.span_id) == (b"%032x" % 7, b"f" * 16)
