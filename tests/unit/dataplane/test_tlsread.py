@@ -166,3 +166,59 @@ async def test_the_end_of_the_connection_and_write_flow_control_reach_the_driver
     assert rec.lost.done() and rec.lost.result() is None
     reader.data_received(b"early")  # a transport that calls the plain method still works
     assert rec.received() == b"early"
+
+
+class Pausing(Recorder):
+    """Pauses reading at its first bytes, as a driver under backpressure does."""
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.transport is not None and len(self.chunks) == 1:
+            self.transport.pause_reading()
+
+
+async def test_a_driver_that_pauses_reading_gets_nothing_more_until_it_resumes(
+        tmp_path: Path) -> None:
+    """A peer flooding a paused connection: the driver hears nothing more until it resumes
+    (the reader honours `pause_reading` as the copied path did; what waits stays in the
+    kernel and the TLS layer, bounded by their limits), then gets every byte in order."""
+    crt, key = self_signed(tmp_path)
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(crt, key)
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cctx.load_verify_locations(crt)
+    made: asyncio.Queue[Pausing] = asyncio.Queue()
+
+    def factory() -> TLSReader:
+        rec = Pausing()
+        made.put_nowait(rec)
+        return TLSReader(rec)
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(factory, "127.0.0.1", 0, ssl=sctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=cctx,
+                                                  server_hostname="localhost")
+        rec = await asyncio.wait_for(made.get(), 10)
+        writer.write(b"first")
+        await rec.until(5)
+        flood = b"y" * (8 * 1024 * 1024)
+        writer.write(flood)  # far more than the socket buffers hold
+        await writer.drain()
+        # A sync point without a sleep: a second connection's handshake and first bytes take
+        # many loop turns, in each of which the paused connection has bytes to read.
+        _, second = await asyncio.open_connection("127.0.0.1", port, ssl=cctx,
+                                                  server_hostname="localhost")
+        other = await asyncio.wait_for(made.get(), 10)
+        second.write(b"ping")
+        await other.until(4)
+        assert rec.size == 5  # nothing since the pause
+        second.close()
+        assert rec.transport is not None
+        rec.transport.resume_reading()
+        await rec.until(5 + len(flood))
+        assert rec.received() == b"first" + flood
+        writer.close()
+    finally:
+        server.close()
