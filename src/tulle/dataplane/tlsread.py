@@ -6,14 +6,16 @@ Why (ADR 0063): uvloop's TLS transport gives a plain `asyncio.Protocol` its data
 `mmap` above its mmap threshold and shrinks it with `mremap`; freeing it is a `munmap` with a
 TLB flush.  Measured under 1,000 req/s of mesh mTLS, one proxy paid those three system calls
 and a page fault on every request (whether a process pays depends on its allocation history:
-glibc raises the threshold only after freeing a large block whole).  For a
+glibc raises the threshold only after freeing a large block whole).  For an
 `asyncio.BufferedProtocol` uvloop instead decrypts into the protocol's own buffer
 (`_do_read__buffered`), with no allocation of its own.
 
-`TLSReader` is that buffered protocol in front of a driver (the HTTP/1 driver, the upstream
-HTTP/1 connection): the buffer is one per process, because uvloop fills it and calls
-`buffer_updated` back to back, and `buffer_updated` copies the bytes out before the driver
-sees them, so no second read can overwrite bytes still in use.  The driver keeps seeing
+`TLSReader` is that buffered protocol in front of a driver (the HTTP/1 and HTTP/2 drivers of a
+TLS listener, a dialled TLS connection, the TCP relay's TLS side).  The buffer is shared by the
+connections of one thread (one event loop): the loop fills it and calls `buffer_updated` back to
+back, and `buffer_updated` copies the bytes out before the driver sees them, so no later read
+can overwrite bytes still in use.  Not across threads: OpenSSL decrypts with the GIL released,
+so two threads' loops could write into one buffer at once.  The driver keeps seeing
 `data_received(bytes)` and keeps calling the transport it was given; a driver that hands the
 transport to another protocol (`set_protocol`) replaces the reader, which then hears nothing.
 """
@@ -22,18 +24,21 @@ from __future__ import annotations
 
 import asyncio
 import mmap
+import threading
 
 BUFFER_SIZE = 256 * 1024
 """uvloop's own read size for TLS (`SSL_READ_MAX_SIZE`): a larger batch of records than this
 waits one loop turn; anonymous memory, so only the pages written become resident."""
 
-_buffer: list[mmap.mmap] = []
+_local = threading.local()
 
 
-def _shared() -> mmap.mmap:
-    if not _buffer:
-        _buffer.append(mmap.mmap(-1, BUFFER_SIZE))
-    return _buffer[0]
+def shared_buffer() -> mmap.mmap:
+    """This thread's buffer (made at its first TLS connection)."""
+    buf: mmap.mmap | None = getattr(_local, "buffer", None)
+    if buf is None:
+        buf = _local.buffer = mmap.mmap(-1, BUFFER_SIZE)
+    return buf
 
 
 class TLSReader(asyncio.BufferedProtocol):
@@ -43,7 +48,7 @@ class TLSReader(asyncio.BufferedProtocol):
 
     def __init__(self, app: asyncio.Protocol) -> None:
         self.app = app
-        self.buf = _shared()
+        self.buf = shared_buffer()
         self.view = memoryview(self.buf)
 
     def get_buffer(self, sizehint: int) -> memoryview:

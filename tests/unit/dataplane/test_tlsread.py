@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from tests.support.certs import self_signed
 
-from tulle.dataplane.tlsread import BUFFER_SIZE, TLSReader
+from tulle.dataplane.tlsread import BUFFER_SIZE, TLSReader, shared_buffer
 
 pytestmark = pytest.mark.both_loops
 
@@ -222,3 +223,14 @@ async def test_a_driver_that_pauses_reading_gets_nothing_more_until_it_resumes(
         writer.close()
     finally:
         server.close()
+
+
+def test_one_buffer_per_thread() -> None:
+    """OpenSSL decrypts with the GIL released: two threads' loops never share a buffer."""
+    mine = shared_buffer()
+    assert shared_buffer() is mine  # one per thread, made once
+    theirs: list[object] = []
+    t = threading.Thread(target=lambda: theirs.append(shared_buffer()))
+    t.start()
+    t.join()
+    assert theirs and theirs[0] is not mine
