@@ -24,6 +24,8 @@ from tests.support.ca import TestCA
 from tests.support.controlplane import named_origin
 from tests.support.proxy import RunningProxy, running_proxy
 
+from tulle.dataplane.tlsread import TLSReader
+
 pytestmark = pytest.mark.both_loops
 
 SERVER_ID = "spiffe://mesh.local/ns/default/sa/server"
@@ -179,6 +181,9 @@ async def test_two_hops_over_mtls_carry_http_and_the_server_learns_the_client(
         assert conns[0].facts.alpn == ("h2" if protocol == "http2" else "http/1.1")
         assert conns[0].facts.tls
         assert server.metric("tulle_proxy_protocol_detected_total", protocol="chain:mtls") == 1
+        # ADR 0063: the server side's TLS reads go through the shared buffer
+        reader = conns[0].transport.get_protocol()
+        assert isinstance(reader, TLSReader) and reader.app is conns[0]
 
 
 async def test_opaque_server_first_tcp_over_mtls_with_the_peer_in_the_flow_log(

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, cast
 
 from tulle.dataplane.listeners.context import Connection, reset
 from tulle.dataplane.runtime.tls import build_server_context
+from tulle.dataplane.tlsread import TLSReader
 from tulle.proxyconfig.model import TLSContext
 
 if TYPE_CHECKING:
@@ -172,7 +173,7 @@ class TLSAccept(asyncio.Protocol, Connection):
                 if eof is not None and not eof():
                     tls.close()
             return
-        tls.set_protocol(driver)
+        tls.set_protocol(TLSReader(driver))  # decrypted into a shared buffer (ADR 0063)
         driver.connection_made(tls)
         for data in self._early:
             driver.data_received(data)

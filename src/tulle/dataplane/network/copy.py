@@ -13,6 +13,7 @@ import socket
 from typing import TYPE_CHECKING, cast
 
 from tulle.dataplane.network.tcp_proxy import LINGER_RESET, Target, TcpProxy
+from tulle.dataplane.tlsread import TLSReader
 from tulle.dataplane.upstream.connect import ConnectFailed, dial_transport
 
 if TYPE_CHECKING:
@@ -102,7 +103,8 @@ class CopyRelay(TcpProxy):
         transport.pause_reading()
         if initial:
             self._early.append(initial)
-        transport.set_protocol(self.down)
+        tls = transport.get_extra_info("ssl_object") is not None  # ADR 0063
+        transport.set_protocol(TLSReader(self.down) if tls else self.down)
         self.down.connection_made(transport)
         transport.set_write_buffer_limits(high=self.ctx.high_water)
         self._task = self.loop.create_task(self._run())

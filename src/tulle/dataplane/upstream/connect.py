@@ -31,6 +31,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from tulle.dataplane.security.spiffe import PeerCheck
+from tulle.dataplane.tlsread import TLSReader
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
@@ -158,6 +159,8 @@ async def dial_transport(protocol_factory: Callable[[], P], host: str, port: int
             if refused is not None:
                 transport.abort()
                 raise ConnectFailed(host, port, refused)
+        if ssl_context is not None and isinstance(proto, asyncio.Protocol):
+            transport.set_protocol(TLSReader(proto))  # decrypted into a shared buffer (ADR 0063)
         return transport, proto
 
     try:

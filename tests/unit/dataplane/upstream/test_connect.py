@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
+from pathlib import Path
 
 import pytest
+from tests.support.certs import self_signed
 from tests.support.proxy import free_port
 
+from tulle.dataplane.tlsread import TLSReader
 from tulle.dataplane.upstream.connect import ConnectFailed, dial_socket, dial_transport
 
 pytestmark = pytest.mark.both_loops
@@ -41,6 +44,7 @@ async def test_a_transport_drives_the_protocol() -> None:
     try:
         transport, proto = await dial_transport(asyncio.Protocol, "127.0.0.1", port, 1.0)
         assert isinstance(proto, asyncio.Protocol)
+        assert transport.get_protocol() is proto  # plaintext: nothing in between
         sock = transport.get_extra_info("socket")
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
         transport.write(b"hello")
@@ -81,3 +85,42 @@ async def test_a_name_that_does_not_resolve_fails_cleanly() -> None:
     with pytest.raises(ConnectFailed) as exc:
         await dial_socket("no-such-host.invalid", 1, 2.0)
     assert exc.value.what.startswith("does not resolve")
+
+
+class _Collect(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.data = b""
+        self.got = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        if self.data.endswith(b"\n") and not self.got.done():
+            self.got.set_result(self.data)
+
+
+async def test_a_tls_transport_reads_through_the_shared_buffer(tmp_path: Path) -> None:
+    """ADR 0063: over TLS the protocol is read by a `TLSReader` (no 256 KiB block per read);
+    the caller still gets its own protocol, which still gets `bytes`."""
+    crt, key = self_signed(tmp_path)
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(crt, key)
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cctx.load_verify_locations(crt)
+
+    async def greet(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        w.write(b"hello over tls\n")
+        await w.drain()
+
+    server = await asyncio.start_server(greet, "127.0.0.1", 0, ssl=sctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        transport, proto = await dial_transport(_Collect, "127.0.0.1", port, 5.0,
+                                                ssl_context=cctx, server_name="localhost")
+        assert isinstance(proto, _Collect)
+        reader = transport.get_protocol()
+        assert isinstance(reader, TLSReader) and reader.app is proto
+        assert await asyncio.wait_for(proto.got, 5) == b"hello over tls\n"
+        assert type(proto.data) is bytes
+        transport.close()
+    finally:
+        server.close()

@@ -1,0 +1,236 @@
+"""`TLSReader` (ADR 0063): decrypted bytes read into one shared buffer reach the driver as
+`bytes`, whole and in order, on real TLS connections over loopback, also when connections
+interleave and when a read fills the buffer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl
+import threading
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+from tests.support.certs import self_signed
+
+from tulle.dataplane.tlsread import BUFFER_SIZE, TLSReader, shared_buffer
+
+pytestmark = pytest.mark.both_loops
+
+
+class Recorder(asyncio.Protocol):
+    """A driver: what it was told, in order."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.chunks: list[bytes] = []
+        self.types: set[type] = set()
+        self.lost: asyncio.Future[Exception | None] = (
+            asyncio.get_running_loop().create_future())
+        self.eof = False
+        self.paused = 0
+        self.resumed = 0
+        self.size = 0
+        self.waiting: tuple[int, asyncio.Future[None]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.types.add(type(data))
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.waiting is not None and self.size >= self.waiting[0]:
+            self.waiting[1].set_result(None)
+            self.waiting = None
+
+    async def until(self, size: int) -> None:
+        """Returns once `size` bytes in all have arrived."""
+        if self.size < size:
+            fut = asyncio.get_running_loop().create_future()
+            self.waiting = (size, fut)
+            await asyncio.wait_for(fut, 10)
+
+    def eof_received(self) -> bool | None:
+        self.eof = True
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+    def pause_writing(self) -> None:
+        self.paused += 1
+
+    def resume_writing(self) -> None:
+        self.resumed += 1
+
+    def received(self) -> bytes:
+        return b"".join(self.chunks)
+
+
+class CountingReader(TLSReader):
+    """Counts the reads uvloop / asyncio made into the buffer."""
+
+    __slots__ = ("reads",)
+
+    def __init__(self, app: asyncio.Protocol) -> None:
+        super().__init__(app)
+        self.reads = 0
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self.reads += 1
+        super().buffer_updated(nbytes)
+
+
+@asynccontextmanager
+async def tls_server(tmp_path: Path) -> AsyncIterator[
+        tuple[int, asyncio.Queue[CountingReader], ssl.SSLContext]]:
+    """A TLS server whose connections are read by a `CountingReader` in front of a
+    `Recorder`; yields (port, each connection's reader as it comes, a client context)."""
+    crt, key = self_signed(tmp_path)
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(crt, key)
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cctx.load_verify_locations(crt)
+    readers: asyncio.Queue[CountingReader] = asyncio.Queue()
+
+    def factory() -> CountingReader:
+        r = CountingReader(Recorder())
+        readers.put_nowait(r)
+        return r
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(factory, "127.0.0.1", 0, ssl=sctx)
+    try:
+        yield server.sockets[0].getsockname()[1], readers, cctx
+    finally:
+        server.close()
+
+
+def _rec(r: CountingReader) -> Recorder:
+    assert isinstance(r.app, Recorder)
+    return r.app
+
+
+async def test_a_large_body_arrives_whole_as_bytes_through_the_buffer(tmp_path: Path) -> None:
+    payload = os.urandom(3 * BUFFER_SIZE + 12345)  # more than one buffer's worth
+    async with tls_server(tmp_path) as (port, readers, cctx):
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=cctx,
+                                                  server_hostname="localhost")
+        writer.write(b"hello" + payload)
+        await writer.drain()
+        server_side = await asyncio.wait_for(readers.get(), 10)
+        rec = _rec(server_side)
+        await rec.until(5 + len(payload))
+        assert rec.received() == b"hello" + payload
+        assert rec.types == {bytes}  # never the shared buffer itself
+        assert server_side.reads >= 2  # the buffered path ran (the loop called it)
+        writer.close()
+        await asyncio.wait_for(rec.lost, 10)  # the end reached the driver too
+
+
+async def test_connections_interleaving_never_see_each_others_bytes(tmp_path: Path) -> None:
+    async with tls_server(tmp_path) as (port, readers, cctx):
+        writers = []
+        recs = []
+        for _ in range(3):
+            _, w = await asyncio.open_connection("127.0.0.1", port, ssl=cctx,
+                                                 server_hostname="localhost")
+            writers.append(w)
+            recs.append(_rec(await asyncio.wait_for(readers.get(), 10)))
+        sent: list[list[bytes]] = [[], [], []]
+        for i in range(60):  # round-robin: each connection's reads fall between the others'
+            for k, w in enumerate(writers):
+                chunk = bytes([65 + k]) * (1000 + 37 * i)
+                sent[k].append(chunk)
+                w.write(chunk)
+            await asyncio.gather(*(w.drain() for w in writers))
+        for rec, s in zip(recs, sent, strict=True):
+            want = b"".join(s)
+            await rec.until(len(want))
+            assert rec.received() == want
+        for w in writers:
+            w.close()
+
+
+async def test_the_end_of_the_connection_and_write_flow_control_reach_the_driver() -> None:
+    rec = Recorder()
+    reader = TLSReader(rec)
+    reader.pause_writing()
+    reader.resume_writing()
+    assert reader.eof_received() is None and rec.eof
+    reader.connection_lost(None)
+    assert (rec.paused, rec.resumed) == (1, 1)
+    assert rec.lost.done() and rec.lost.result() is None
+    reader.data_received(b"early")  # a transport that calls the plain method still works
+    assert rec.received() == b"early"
+
+
+class Pausing(Recorder):
+    """Pauses reading at its first bytes, as a driver under backpressure does."""
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.transport is not None and len(self.chunks) == 1:
+            self.transport.pause_reading()
+
+
+async def test_a_driver_that_pauses_reading_gets_nothing_more_until_it_resumes(
+        tmp_path: Path) -> None:
+    """A peer flooding a paused connection: the driver hears nothing more until it resumes
+    (the reader honours `pause_reading` as the copied path did; what waits stays in the
+    kernel and the TLS layer, bounded by their limits), then gets every byte in order."""
+    crt, key = self_signed(tmp_path)
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(crt, key)
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cctx.load_verify_locations(crt)
+    made: asyncio.Queue[Pausing] = asyncio.Queue()
+
+    def factory() -> TLSReader:
+        rec = Pausing()
+        made.put_nowait(rec)
+        return TLSReader(rec)
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(factory, "127.0.0.1", 0, ssl=sctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=cctx,
+                                                  server_hostname="localhost")
+        rec = await asyncio.wait_for(made.get(), 10)
+        writer.write(b"first")
+        await rec.until(5)
+        flood = b"y" * (8 * 1024 * 1024)
+        writer.write(flood)  # far more than the socket buffers hold
+        await writer.drain()
+        # A sync point without a sleep: a second connection's handshake and first bytes take
+        # many loop turns, in each of which the paused connection has bytes to read.
+        _, second = await asyncio.open_connection("127.0.0.1", port, ssl=cctx,
+                                                  server_hostname="localhost")
+        other = await asyncio.wait_for(made.get(), 10)
+        second.write(b"ping")
+        await other.until(4)
+        assert rec.size == 5  # nothing since the pause
+        second.close()
+        assert rec.transport is not None
+        rec.transport.resume_reading()
+        await rec.until(5 + len(flood))
+        assert rec.received() == b"first" + flood
+        writer.close()
+    finally:
+        server.close()
+
+
+def test_one_buffer_per_thread() -> None:
+    """OpenSSL decrypts with the GIL released: two threads' loops never share a buffer."""
+    mine = shared_buffer()
+    assert shared_buffer() is mine  # one per thread, made once
+    theirs: list[object] = []
+    t = threading.Thread(target=lambda: theirs.append(shared_buffer()))
+    t.start()
+    t.join()
+    assert theirs and theirs[0] is not mine
