@@ -53,6 +53,10 @@ COMPILED: Final = (
     "tulle.dataplane.upstream.cluster",
     "tulle.dataplane.upstream.http1",
     "tulle.dataplane.upstream.lb",
+    "tulle.dataplane.routing.decide",
+    "tulle.dataplane.routing.match",
+    "tulle.dataplane.upstream.lb_load",
+    "tulle.dataplane.filters.header_edit",
 )
 """The modules on the per-request HTTP/1 path and a sniffing listener's per-connection path,
 compiled together (one mypyc group)."""

@@ -30,6 +30,8 @@ import re
 from typing import Literal
 from urllib.parse import unquote_to_bytes
 
+from mypy_extensions import mypyc_attr
+
 from tulle.dataplane.exchange import RequestHead
 from tulle.proxyconfig.model import HeaderMatch, PathMatch, QueryParamMatch, RouteMatch
 from tulle.proxyconfig.regex import compile_safe
@@ -37,6 +39,7 @@ from tulle.proxyconfig.regex import compile_safe
 StringKind = Literal["Exact", "Prefix", "Suffix", "Contains", "RegularExpression"]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # authz's `_Any` subclasses it (ADR 0052)
 class StringMatcher:
     """Matches one bytes value.  Subclasses hold the compiled value; `matches` is the test."""
 
@@ -107,6 +110,7 @@ def string_matcher(kind: StringKind, value: str, ignore_case: bool = False) -> S
     return _KINDS[kind](value.encode(), ignore_case)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a compiled base of `HeaderMatcher`
 class Condition:
     """One condition on a request besides its path."""
 
@@ -116,6 +120,7 @@ class Condition:
         raise NotImplementedError
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # authz's `_AnyHeader` subclasses it
 class HeaderMatcher(Condition):
     """A header condition: `value` None tests presence alone."""
 
