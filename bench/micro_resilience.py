@@ -2,6 +2,7 @@
 endpoints, retries with their budget and the circuit breaker's limits, next to the plain route.
 
     .venv/bin/python -m bench.micro_resilience [-n 3000] [--repeat 15] [--profile]
+    .venv/bin/python -m bench.micro_resilience --balancers [--repeat 3]
 
 `bench.run --peers tulle-resilience,haproxy-resilience` measures the whole proxy and needs an
 idle machine; this builds the same cluster and route (`bench/resilience_peers.py`: two
@@ -14,6 +15,10 @@ gets the whole response and that both endpoints take requests (peak-EWMA spreads
 latencies are equal), so a faster but wrong path cannot be measured.  Numbers are the median
 and spread of best-of-batch CPU µs per request over `--repeat` runs, with Python function calls
 per request from the profiler, which no neighbour on a shared machine can move.
+
+`--balancers` times the balancers alone, per request: peak-EWMA's pick over two endpoints with
+equal latencies, and ring hash and Maglev over three, each with the request's hash key taken
+from a header (`lb_hash.hash_key`), as a cluster with hash policies does.
 """
 
 from __future__ import annotations
@@ -131,14 +136,69 @@ async def _run(resilience: bool, n: int, repeat: int, profile: cProfile.Profile 
     return out
 
 
+def balancers(repeat: int, n: int = 20000) -> dict[str, list[float]]:
+    """CPU µs per pick, per balancer: `repeat` runs, each the best of 5 batches of `n`."""
+    from tulle.dataplane.exchange import RequestHead
+    from tulle.dataplane.upstream.lb import EndpointState
+    from tulle.dataplane.upstream.lb_hash import Maglev, RingHash, hash_key
+    from tulle.dataplane.upstream.lb_load import PeakEwma
+    from tulle.proxyconfig.model import HashPolicy
+
+    head = RequestHead(b"GET", b"/1k", b"127.0.0.1:18080", b"http",
+                       [(b"user-agent", b"wrk"), (b"x-user", b"alice")])
+    policies = [HashPolicy(type="header", name="x-user")]
+    two = [EndpointState("127.0.0.1", 18081 + i) for i in range(2)]
+    for ep in two:
+        ep.sample(0.0002, time.monotonic())
+    ewma = PeakEwma(two)
+    three = [EndpointState("127.0.0.1", 18081 + i) for i in range(3)]
+    ring, maglev = RingHash(three), Maglev(three)
+
+    def peak_ewma() -> None:
+        ep = ewma.pick()
+        assert ep is not None
+        ep.active += 1  # as an attempt does while the request is in flight
+        ep.active -= 1
+
+    def hashing(lb: RingHash | Maglev) -> Any:
+        def pick() -> None:
+            assert lb.pick(hash_key(head, policies)) is not None
+        return pick
+
+    out: dict[str, list[float]] = {}
+    for name, call in (("peak_ewma", peak_ewma), ("ring_hash", hashing(ring)),
+                       ("maglev", hashing(maglev))):
+        runs = []
+        for _ in range(repeat):
+            best = float("inf")
+            for _ in range(5):
+                t0 = time.process_time()
+                for _ in range(n):
+                    call()
+                best = min(best, time.process_time() - t0)
+            runs.append(best / n * 1e6)
+        out[name] = runs
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("-n", type=int, default=3000)
     ap.add_argument("--repeat", type=int, default=15, help="runs; each the best of 3 batches")
     ap.add_argument("--profile", action="store_true",
                     help="cProfile the resilience case and print the top functions")
+    ap.add_argument("--balancers", action="store_true",
+                    help="time the balancers' pick alone (peak-EWMA, ring hash, Maglev)")
     args = ap.parse_args(argv)
     import uvloop
+
+    if args.balancers:
+        mode, why = native.mode()
+        print(f"CPU µs per pick, median (min-max) of {args.repeat} runs; hot path {mode}: {why}")
+        for name, runs in balancers(args.repeat).items():
+            print(f"  {name:<10} {statistics.median(runs):5.2f} µs "
+                  f"({min(runs):.2f}-{max(runs):.2f})")
+        return
 
     if args.profile:
         prof = cProfile.Profile()

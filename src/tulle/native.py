@@ -57,6 +57,7 @@ COMPILED: Final = (
     "tulle.dataplane.routing.match",
     "tulle.dataplane.upstream.lb_load",
     "tulle.dataplane.filters.header_edit",
+    "tulle.dataplane.upstream.lb_hash",
 )
 """The modules on the per-request HTTP/1 path and a sniffing listener's per-connection path,
 compiled together (one mypyc group)."""

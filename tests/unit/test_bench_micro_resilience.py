@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 
 from bench.micro_http1 import BODY
-from bench.micro_resilience import Rig, _config, _run
+from bench.micro_resilience import Rig, _config, _run, balancers
 from bench.resilience_peers import LIMITS
 
 
@@ -39,3 +39,9 @@ def test_both_cases_run_and_report_a_time() -> None:
     for resilience in (False, True):
         runs = asyncio.run(_run(resilience, 300, 1, None))
         assert len(runs) == 1 and runs[0] > 0
+
+
+def test_the_balancers_are_timed_each() -> None:
+    got = balancers(1, n=200)
+    assert set(got) == {"peak_ewma", "ring_hash", "maglev"}
+    assert all(len(v) == 1 and v[0] > 0 for v in got.values())
