@@ -58,6 +58,8 @@ COMPILED: Final = (
     "tulle.dataplane.upstream.lb_load",
     "tulle.dataplane.filters.header_edit",
     "tulle.dataplane.upstream.lb_hash",
+    "tulle.dataplane.upstream.budget",
+    "tulle.dataplane.upstream.limits",
 )
 """The modules on the per-request HTTP/1 path and a sniffing listener's per-connection path,
 compiled together (one mypyc group)."""
