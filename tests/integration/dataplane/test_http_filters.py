@@ -226,6 +226,7 @@ async def test_a_local_reply_renders_per_protocol_and_reaches_no_origin(proto: s
 async def test_a_failing_filter_is_a_500_counted_and_the_listener_serves_on(proto: str) -> None:
     def boom(self: Any, stream: Any) -> int:
         raise RuntimeError("filter bug")
+
     class FailingEdit:
         """Stands in for the (compiled) `HeaderEdit`, which cannot be patched in place."""
 
