@@ -61,6 +61,13 @@ COMPILED: Final = (
     "tulle.dataplane.telemetry.tracing.propagation",
     "tulle.dataplane.telemetry.tracing.tracer",
     "tulle.dataplane.telemetry.series",
+    "tulle.dataplane.routing.decide",
+    "tulle.dataplane.routing.match",
+    "tulle.dataplane.upstream.lb_load",
+    "tulle.dataplane.filters.header_edit",
+    "tulle.dataplane.upstream.lb_hash",
+    "tulle.dataplane.upstream.budget",
+    "tulle.dataplane.upstream.limits",
 )
 """The modules on the per-request HTTP/1 path, a sniffing listener's per-connection path and
 the per-request telemetry observers (ADR 0062), compiled together (one mypyc group)."""

@@ -226,10 +226,20 @@ async def test_a_local_reply_renders_per_protocol_and_reaches_no_origin(proto: s
 async def test_a_failing_filter_is_a_500_counted_and_the_listener_serves_on(proto: str) -> None:
     def boom(self: Any, stream: Any) -> int:
         raise RuntimeError("filter bug")
+
+    class FailingEdit:
+        """Stands in for the (compiled) `HeaderEdit`, which cannot be patched in place."""
+
+        def __init__(self, cfg: Any) -> None:
+            pass
+
+        def apply(self, headers: Any) -> None:
+            boom(self, headers)
+
     mp = pytest.MonkeyPatch()
     # A chain of header modifiers only applies their edits straight to the head (no hook
     # call): the edit itself fails, which is what either path runs.
-    mp.setattr(headers_filter.HeaderEdit, "apply", lambda self, headers: boom(self, headers))
+    mp.setattr(headers_filter, "HeaderEdit", FailingEdit)
     try:
         async with proxied() as (p, o):
             status = (await h1(p, b"/f/x"))[0] if proto == "h1" else (await h2(p, "/f/x")).status

@@ -5,46 +5,20 @@ values carry no CR/LF/NUL, framing and routing fields are refused.  Here the fac
 the names once per snapshot (heads carry lower-case names, `exchange.py`), and the filter edits
 the head's header list in place in one pass: `remove` and `set` names drop every existing value,
 then the `set` values and the `add` values are appended.  The filter has no per-request state,
-so the factory is `stateless` and one instance serves every request.
+so the factory is `stateless` and one instance serves every request.  The edit itself
+(`HeaderEdit`, which runs per request) is compiled, in `filters/header_edit.py`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from tulle.dataplane.filters.header_edit import HeaderEdit
 from tulle.dataplane.http.filter import CONTINUE, FilterStream, HttpFilter
 
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import ResponseHead
-    from tulle.proxyconfig.filters.headers import (
-        HeaderModifier,
-        RequestHeaderModifier,
-        ResponseHeaderModifier,
-    )
-
-
-class HeaderEdit:
-    """One compiled modifier: names to drop and fields to append, applied to a header list in
-    one pass from the end (deleting in place) and one extend; it runs per request."""
-
-    __slots__ = ("append", "drop")
-
-    def __init__(self, cfg: HeaderModifier) -> None:
-        self.drop = frozenset([n.lower().encode() for n in cfg.remove]
-                              + [h.name.lower().encode() for h in cfg.set])
-        self.append: tuple[tuple[bytes, bytes], ...] = tuple(
-            [(h.name.lower().encode(), h.value.encode()) for h in cfg.set]
-            + [(h.name.lower().encode(), h.value.encode()) for h in cfg.add])
-
-    def apply(self, headers: list[tuple[bytes, bytes]]) -> None:
-        drop = self.drop
-        if drop:
-            i = len(headers)
-            while i:
-                i -= 1
-                if headers[i][0] in drop:
-                    del headers[i]
-        headers += self.append
+    from tulle.proxyconfig.filters.headers import RequestHeaderModifier, ResponseHeaderModifier
 
 
 class _RequestFilter(HttpFilter):

@@ -37,7 +37,7 @@ compiled host, so an unchanged host keeps its decision across snapshots (ADR 002
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from tulle.dataplane.exchange import Headers, RequestHead
 from tulle.dataplane.routing.match import (
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 Test = Callable[[bytes], Any]
 """A test of a present value: truthy when it holds (a bound `fullmatch` for regexes)."""
 _NO_VALUES: dict[bytes, bytes] = {}
-_FLAT_MAX = 8
+_FLAT_MAX: Final = 8
 """Up to this many general tests in a host are run in one flat loop, each once while some
 candidate requires it; with more, candidates are walked in precedence order, so the first
 that holds ends the search however many tests the matches it outranks have."""
@@ -65,7 +65,10 @@ _TODO = object()
 """A test not run yet for this request."""
 
 
-PATH, HEADER, QUERY, AUTHORITY = range(4)
+PATH: Final = 0
+HEADER: Final = 1
+QUERY: Final = 2
+AUTHORITY: Final = 3
 """What a general test reads: the path, a header's value, a query parameter's, the authority."""
 
 

@@ -27,8 +27,10 @@ first `?` of the path, b"" without one), split off once per request by the calle
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Final, Literal
 from urllib.parse import unquote_to_bytes
+
+from mypy_extensions import mypyc_attr
 
 from tulle.dataplane.exchange import RequestHead
 from tulle.proxyconfig.model import HeaderMatch, PathMatch, QueryParamMatch, RouteMatch
@@ -37,6 +39,7 @@ from tulle.proxyconfig.regex import compile_safe
 StringKind = Literal["Exact", "Prefix", "Suffix", "Contains", "RegularExpression"]
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # authz's `_Any` subclasses it (ADR 0052)
 class StringMatcher:
     """Matches one bytes value.  Subclasses hold the compiled value; `matches` is the test."""
 
@@ -107,6 +110,7 @@ def string_matcher(kind: StringKind, value: str, ignore_case: bool = False) -> S
     return _KINDS[kind](value.encode(), ignore_case)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a compiled base of `HeaderMatcher`
 class Condition:
     """One condition on a request besides its path."""
 
@@ -116,6 +120,7 @@ class Condition:
         raise NotImplementedError
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # authz's `_AnyHeader` subclasses it
 class HeaderMatcher(Condition):
     """A header condition: `value` None tests presence alone."""
 
@@ -169,16 +174,21 @@ class AuthorityMatcher(HeaderMatcher):
         return (value is None or value.matches(found)) is not self.invert
 
 
+_PERCENT: Final = 37
+"""`%` as an int: `37 in part` is a `memchr`, `b"%" in part` goes through the buffer protocol
+and costs about seven times as much (0.17 against 0.024 µs here), twice per parameter."""
+
+
 def parse_query(query: bytes) -> dict[bytes, bytes]:
     """Each parameter's percent-decoded name -> its first value, percent-decoded.  `+` is left
     as it is (it means a space only in HTML form encoding); `;` is no separator (as Envoy)."""
     out: dict[bytes, bytes] = {}
     for part in query.split(b"&"):
         key, _, value = part.partition(b"=")
-        if b"%" in key:
+        if _PERCENT in key:
             key = unquote_to_bytes(key)
         if key not in out:
-            out[key] = unquote_to_bytes(value) if b"%" in value else value
+            out[key] = unquote_to_bytes(value) if _PERCENT in value else value
     return out
 
 

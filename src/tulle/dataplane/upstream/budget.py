@@ -16,11 +16,12 @@ across snapshot swaps with its counts (`Limits.budget`).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Final
 
 from tulle.proxyconfig.retry import RetryBudget
 
-SLOTS = 10
-FLUSH_EVERY = 64
+SLOTS: Final = 10
+FLUSH_EVERY: Final = 64
 DEFAULTS = RetryBudget()
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import bisect
 import zlib
 from collections.abc import Collection, Sequence
+from typing import Final
 
 from tulle.dataplane.exchange import RequestHead
 from tulle.dataplane.upstream.lb import NO_AVOID, EndpointState, Options, Panic, _mix
@@ -31,7 +32,7 @@ from tulle.proxyconfig.model import HashPolicy
 HASHING = frozenset({"ring_hash", "maglev", "rendezvous"})
 """Policies that take a key (locality does not wrap them: affinity wins)."""
 
-_M64 = 0xFFFFFFFFFFFFFFFF
+_M64: Final = 0xFFFFFFFFFFFFFFFF
 
 
 def _h(value: bytes) -> int:

@@ -231,21 +231,24 @@ def test_a_regex_whose_matches_are_ruled_out_is_not_run(
 
 
 def test_the_headers_are_read_once_whatever_the_number_of_header_conditions() -> None:
-    reads = 0
+    # Counted by how often the fields' names are hashed: a pass over the fields hashes each
+    # name a few times (looked up in the host's names, kept); the compiled module (ADR 0052)
+    # iterates a list without calling `__iter__`, so that cannot be what is counted.
+    hashes = 0
 
-    class Fields(list[tuple[bytes, bytes]]):
-        def __iter__(self):  # type: ignore[no-untyped-def]
-            nonlocal reads
-            reads += 1
-            return super().__iter__()
+    class Name(bytes):
+        def __hash__(self) -> int:
+            nonlocal hashes
+            hashes += 1
+            return bytes.__hash__(self)
 
     table = [[_m(headers=((n, "RegularExpression", f"v{i}"),))]
              for i in range(8) for n in ("x", "y")]
     router = _router(table)
-    head = RequestHead(b"GET", b"/", b"h", b"http", Fields([(b"x", b"v7"), (b"y", b"no")]))
+    head = RequestHead(b"GET", b"/", b"h", b"http", [(Name(b"x"), b"v7"), (Name(b"y"), b"no")])
     route = router.route(head)
     assert route is not None and route.name == "r14"
-    assert reads == 1
+    assert 0 < hashes <= 3 * 2  # at most three per field: one pass, not one per condition
 
 
 def test_an_authority_is_looked_up_once_and_the_memo_is_bounded() -> None:
