@@ -94,10 +94,9 @@ class Rig:
     def one(self) -> None:
         """One request: to the downstream, then the picked upstream answers it."""
         ups = self.ups
-        before = [t.writes for t, _ in ups]
         self.down.data_received(REQUEST)
-        for i, (t, up) in enumerate(ups):
-            if t.writes != before[i]:
+        for i, (_, up) in enumerate(ups):
+            if up.stream is not None:  # the picked connection (its request leaves at the turn's end)
                 self.served[i] += 1
                 up.data_received(RESPONSE)
                 return

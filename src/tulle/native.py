@@ -68,6 +68,7 @@ COMPILED: Final = (
     "tulle.dataplane.upstream.lb_hash",
     "tulle.dataplane.upstream.budget",
     "tulle.dataplane.upstream.limits",
+    "tulle.dataplane.listeners.request_stats",
 )
 """The modules on the per-request HTTP/1 path, a sniffing listener's per-connection path and
 the per-request telemetry observers (ADR 0062), compiled together (one mypyc group)."""

@@ -21,7 +21,8 @@ def test_the_resilience_rig_is_the_rows_config_and_uses_both_endpoints() -> None
 
     rig = asyncio.run(main())
     assert len(rig.ups) == 2 and min(rig.served) > 0 and sum(rig.served) == 200
-    assert rig.down_t.writes == 200  # one write per response (the transport keeps the last)
+    # 200 responses held to the turn's end leave in a few writes of up to 32 KiB (ADR 0065)
+    assert 200 * 1024 // (32 * 1024) <= rig.down_t.writes < 200
     assert rig.down_t.take().endswith(b"\r\n\r\n" + BODY)
     assert all(pool.idle == [up] for pool, (_, up) in zip(rig.pools, rig.ups, strict=True))
 

@@ -64,7 +64,7 @@ if TYPE_CHECKING:
     )
     from tulle.dataplane.http.facts import ConnectionFacts
     from tulle.dataplane.http.filter import ReplyHeaders
-    from tulle.dataplane.listeners.context import RequestStats
+    from tulle.dataplane.listeners.request_stats import RequestStats
     from tulle.dataplane.routing.router import Route
     from tulle.dataplane.telemetry.access_log import AccessLogger
     from tulle.dataplane.telemetry.tracing.tracer import RequestTrace

@@ -15,20 +15,19 @@ import asyncio
 import ipaddress
 import socket
 import struct
-from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from tulle.dataplane.listeners.chains import ChainRule, build_rules
 from tulle.dataplane.listeners.dispatch import Decision, no_cluster, unresolved
+from tulle.dataplane.listeners.request_stats import AddressedStats, RequestStats
 from tulle.dataplane.network.chain import build_chain
 from tulle.dataplane.overload import OverloadGuard
 from tulle.dataplane.protocols.http1 import H1Limits
 from tulle.dataplane.routing.paths import normalizer_for
 from tulle.dataplane.routing.router import Router
-from tulle.dataplane.telemetry.addressed import AddressedSeries
-from tulle.dataplane.telemetry.metrics import CounterChild, HistogramChild, ProxyMetrics
+from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.telemetry.tap import TapHub
 from tulle.proxyconfig.model import Destination, Listener, RouteTable, Settings
 
@@ -41,7 +40,7 @@ if TYPE_CHECKING:
     from tulle.dataplane.runtime.tls import ServerRef, TLSContexts
     from tulle.dataplane.telemetry.access_log import AccessLogger
     from tulle.dataplane.telemetry.flow_records import FlowLogger
-    from tulle.dataplane.telemetry.golden import Golden, HttpGolden
+    from tulle.dataplane.telemetry.golden import Golden
     from tulle.dataplane.telemetry.tracing.tracer import Tracer
     from tulle.dataplane.upstream.attempt import AttemptRequest
     from tulle.dataplane.upstream.cluster import ClusterRuntime
@@ -51,74 +50,6 @@ IDLE_TAP = TapHub()
 
 NO_ROUTE = Router(RouteTable(name="no-route"), 0)
 """The router of a connection whose routing key no rule matches any more: every request 404."""
-
-
-class RequestStats:
-    """Metric children for one (listener, cluster) pair, resolved on first use.
-
-    `count` is on every request's path: a flagless response (the common case) costs one dict
-    lookup by status code and the histogram's bisect; other combinations one tuple-keyed
-    lookup more."""
-
-    __slots__ = ("_bounds", "_buckets", "_by_status", "_codes", "_family", "_labels", "duration",
-                 "golden")
-
-    def __init__(self, metrics: ProxyMetrics, listener: str, cluster: str,
-                 golden: HttpGolden | None = None) -> None:
-        self._family = metrics.requests
-        self._labels = (listener, cluster)
-        self._codes: dict[tuple[int, str], CounterChild] = {}
-        self._by_status: dict[int, CounterChild] = {}
-        """The `_codes` children without a response flag, by status alone."""
-        self.duration: HistogramChild = metrics.duration.labels(listener, cluster)
-        self._bounds = self.duration.bounds
-        self._buckets = self.duration.counts
-        self.golden = golden
-        """The golden metrics' recorder for these requests (`telemetry/golden.py`); None when
-        the snapshot has no `telemetry.metrics`."""
-
-    def count(self, status: int, flags: str, duration_ms: float) -> None:
-        child = None if flags else self._by_status.get(status)
-        if child is None:
-            child = self._child(status, flags)
-        child.value += 1
-        d = self.duration  # HistogramChild.observe, inlined: this runs once per request
-        self._buckets[bisect_left(self._bounds, duration_ms)] += 1
-        d.sum += duration_ms
-        d.count += 1
-
-    def _child(self, status: int, flags: str) -> CounterChild:
-        child = self._codes.get((status, flags))
-        if child is None:
-            child = self._codes[(status, flags)] = self._family.labels(
-                *self._labels, str(status), flags or "-")
-            if not flags:
-                self._by_status[status] = child
-        return child
-
-
-class AddressedStats(RequestStats):
-    """The stats of requests a route addressed to one Service sent to another Service's
-    cluster: counted as the cluster's (the same children) and in the addressed Service's
-    series (`telemetry/addressed.py`) too.  Only such routes pay the second count."""
-
-    __slots__ = ("addressed",)
-
-    def __init__(self, base: RequestStats, addressed: AddressedSeries) -> None:
-        # the same children as `base` (its dicts shared: a child made by either is the other's)
-        self._family = base._family
-        self._labels = base._labels
-        self._codes = base._codes
-        self._by_status = base._by_status
-        self.duration = base.duration
-        self._bounds = base._bounds
-        self._buckets = base._buckets
-        self.golden = base.golden
-        self.addressed = addressed
-
-    def count(self, status: int, flags: str, duration_ms: float) -> None:
-        RequestStats.count(self, status, flags, duration_ms)
-        self.addressed.count(status, duration_ms)
 
 
 @dataclass(slots=True)

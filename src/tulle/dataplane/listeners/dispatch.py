@@ -22,7 +22,8 @@ from tulle.dataplane.routing.paths import PathRejected
 if TYPE_CHECKING:
     from tulle.dataplane.http.chain import Chain
     from tulle.dataplane.http.retry import RetryRuntime
-    from tulle.dataplane.listeners.context import ListenerContext, RequestStats
+    from tulle.dataplane.listeners.context import ListenerContext
+    from tulle.dataplane.listeners.request_stats import RequestStats
     from tulle.dataplane.routing.router import Router
     from tulle.dataplane.upstream.attempt import AttemptRequest
     from tulle.dataplane.upstream.cluster import ClusterRuntime
