@@ -53,6 +53,16 @@ COMPILED: Final = (
     "tulle.dataplane.upstream.cluster",
     "tulle.dataplane.upstream.http1",
     "tulle.dataplane.upstream.lb",
+    "tulle.dataplane.protocols.h2common",
+    "tulle.dataplane.protocols.h2events",
+    "tulle.dataplane.protocols.h2fields",
+    "tulle.dataplane.protocols.h2guard",
+    "tulle.dataplane.protocols.h2translate",
+    "tulle.dataplane.protocols.nghttp2",
+    "tulle.dataplane.listeners.h2exchange",
+    "tulle.dataplane.listeners.http2",
+    "tulle.dataplane.upstream.http2",
+    "tulle.dataplane.upstream.http2_pool",
 )
 """The modules on the per-request HTTP/1 path and a sniffing listener's per-connection path,
 compiled together (one mypyc group)."""

@@ -52,7 +52,7 @@ from tulle.dataplane.protocols.h2common import (
     H2Limits,
     H2ProtocolError,
 )
-from tulle.dataplane.protocols.h2engine import H2Codec
+from tulle.dataplane.protocols.h2engine import new_codec
 from tulle.dataplane.protocols.h2events import (
     DataReceived,
     EndReceived,
@@ -178,7 +178,7 @@ class H2UpConnection(asyncio.Protocol):
         self.pool = pool
         cluster = pool.cluster
         hw = cluster.high_water
-        self.codec = H2Codec(client_side=True, limits=H2Limits(
+        self.codec = new_codec(client_side=True, limits=H2Limits(
             max_header_bytes=cluster.max_response_header_bytes,
             stream_window=max(65_535, 4 * hw), connection_window=max(1_048_576, 64 * hw),
             high_water=hw))
