@@ -86,7 +86,7 @@ def request_head(headers: list[tuple[bytes, bytes]], limit: int,
                 return 0, MALFORMED, "invalid or conflicting content-length"
             cl = n_cl  # RFC 9110 8.6: an equal repeat collapses into one value
             continue
-        out.append((n, v))
+        out.append(field)
     if size > limit:
         return 431, "header_too_large", f"request head exceeds {limit} bytes"
     if method == b"CONNECT":

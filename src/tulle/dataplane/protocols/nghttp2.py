@@ -29,6 +29,8 @@ The rules of `http2.py` hold, with these differences of engine:
 
 from __future__ import annotations
 
+from typing import Final
+
 from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
 from tulle.dataplane.protocols.h2common import (
     CANCEL,
@@ -69,15 +71,22 @@ from tulle.dataplane.protocols.h2translate import (
 )
 from tulle.dataplane.protocols.ng2._ng2 import ffi, lib
 
-# Event types of shim.c.
-_HEADERS, _DATA, _END, _RESET, _CLOSE, _GOAWAY, _DRAINED, _INVALID = range(1, 9)
-_FRAME_HEADERS = 1
-_HCAT_REQUEST = 0
-_ERR_REFUSED_STREAM = 533
-_ERR_BAD_CLIENT_MAGIC = -903
-_ERR_FLOODED = -904
-_ERR_TOO_MANY_CONTINUATIONS = -905
-_SETTINGS_MAX_CONCURRENT_STREAMS = 3
+# Event types of shim.c.  (`Final`: the compiled module has them as C constants.)
+_HEADERS: Final = 1
+_DATA: Final = 2
+_END: Final = 3
+_RESET: Final = 4
+_CLOSE: Final = 5
+_GOAWAY: Final = 6
+_DRAINED: Final = 7
+_INVALID: Final = 8
+_FRAME_HEADERS: Final = 1
+_HCAT_REQUEST: Final = 0
+_ERR_REFUSED_STREAM: Final = 533
+_ERR_BAD_CLIENT_MAGIC: Final = -903
+_ERR_FLOODED: Final = -904
+_ERR_TOO_MANY_CONTINUATIONS: Final = -905
+_SETTINGS_MAX_CONCURRENT_STREAMS: Final = 3
 _SPACE = (0x20, 0x09)
 _PING = b"tullepng"
 
@@ -91,7 +100,7 @@ def _pack(flat: list[bytes], headers: Headers, trailers: bool = False) -> None:
     (`te: trailers` kept outside trailers), surrounding whitespace trimmed."""
     skip = _OUT_SKIP
     for n, raw in headers:
-        if n[:1] == b":" or (n in skip and (trailers or n != b"te" or raw != b"trailers")):
+        if n.startswith(b":") or (n in skip and (trailers or n != b"te" or raw != b"trailers")):
             continue
         flat.append(n)
         flat.append(raw.strip(b" \t") if raw and (raw[0] in _SPACE or raw[-1] in _SPACE)
@@ -149,24 +158,28 @@ class NgCodec:
             except Abuse as exc:
                 self._terminate(ENHANCE_YOUR_CALM)
                 raise H2Abuse(exc.kind, exc.detail) from exc
-        rv = lib.tl_recv(t, data, len(data))
-        if rv < 0:
-            self._fatal(rv)
+        nev: int = lib.tl_recv(t, data, len(data))
+        if nev < 0:
+            self._fatal(nev)
         events: list[Event] = []
-        if t.nev:
-            self._collect(events, now)
+        if nev:
+            self._collect(events, now, nev)
         self._pump()
         if t.term_code and not self._terminated:
             self._terminated = True
             self._raise_terminated()
-        if t.nev:
-            self._collect(events, now)
+        nev = t.nev
+        if nev:
+            self._collect(events, now, nev)
         return events
 
-    def _collect(self, events: list[Event], now: float) -> None:
+    def _collect(self, events: list[Event], now: float, nev: int) -> None:
+        """Read the `nev` event words shim.c queued (typed, so the compiled loop reads them as
+        C integers) and the arena they point into, once."""
         t = self._t
-        ev = ffi.unpack(t.ev, t.nev)
-        arena = ffi.buffer(t.arena, t.alen)[:] if t.alen else b""
+        ev: list[int] = ffi.unpack(t.ev, nev)
+        alen: int = t.alen
+        arena: bytes = ffi.buffer(t.arena, alen)[:] if alen else b""
         lib.tl_clear(t)
         client = self.client_side
         for i in range(0, len(ev), 5):
@@ -180,7 +193,7 @@ class NgCodec:
                 off = ev[i + 3]
                 n = ev[i + 4]
                 parts = arena[off:off + n - 1].split(b"\0") if n else []
-                fields = list(zip(parts[::2], parts[1::2], strict=True))
+                fields = [(parts[k], parts[k + 1]) for k in range(0, len(parts) - 1, 2)]
                 flags = ev[i + 2]
                 end = bool(flags & 1)
                 if not client:
@@ -322,7 +335,7 @@ class NgCodec:
 
     def _pump(self) -> None:
         t = self._t
-        n = lib.tl_mem_send(t)
+        n: int = lib.tl_mem_send(t)
         if n > 0:
             self._out.append(ffi.buffer(t.obuf, n)[:])
 
@@ -385,7 +398,7 @@ class NgCodec:
         """Queue `data`; send what the windows allow.  True when the queue is above high water
         (once, until `SendDrained`)."""
         t = self._t
-        queued = lib.tl_send_data(t, stream_id, data, len(data))
+        queued: int = lib.tl_send_data(t, stream_id, data, len(data))
         if queued > self.high_water:
             self._pump()
             if lib.tl_pending(t, stream_id) > self.high_water:
@@ -425,8 +438,9 @@ class NgCodec:
         """Send queued DATA the windows now allow; returns the streams that drained."""
         self._pump()
         events: list[Event] = []
-        if self._t.nev:
-            self._collect(events, 0.0)
+        nev: int = self._t.nev
+        if nev:
+            self._collect(events, 0.0, nev)
         return events
 
     def reset(self, stream_id: int, error_code: int = CANCEL) -> None:
