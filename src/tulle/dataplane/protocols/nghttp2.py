@@ -71,6 +71,20 @@ from tulle.dataplane.protocols.h2translate import (
 )
 from tulle.dataplane.protocols.ng2._ng2 import ffi, lib
 
+# The C functions of every read and write, bound once: a call through `lib.name` (or
+# `ffi.name`) looks the name up on each call.
+_recv: Final = lib.tl_recv
+_clear: Final = lib.tl_clear
+_mem_send: Final = lib.tl_mem_send
+_submit_headers: Final = lib.tl_submit_headers
+_send_data: Final = lib.tl_send_data
+_send_end: Final = lib.tl_send_end
+_pending: Final = lib.tl_pending
+_consume: Final = lib.nghttp2_session_consume
+_remote_settings: Final = lib.nghttp2_session_get_remote_settings
+_unpack: Final = ffi.unpack
+_buffer: Final = ffi.buffer
+
 # Event types of shim.c.  (`Final`: the compiled module has them as C constants.)
 _HEADERS: Final = 1
 _DATA: Final = 2
@@ -141,7 +155,11 @@ class NgCodec:
         self._ours: set[int] = set()
         """Streams we reset with an error code whose close is still to be reported (and
         ignored: the driver already knows)."""
-        self._memo = FieldMemo() if not client_side else None
+        self._memo = FieldMemo()
+        """What this connection already accepted: server side, request fields and the
+        authority (`request_head`); client side, trailer fields (`decode_trailers`).  Never
+        both: the two checks differ (a trailer value also may not start or end with
+        whitespace)."""
 
     # -- inbound -------------------------------------------------------------------------
 
@@ -158,7 +176,7 @@ class NgCodec:
             except Abuse as exc:
                 self._terminate(ENHANCE_YOUR_CALM)
                 raise H2Abuse(exc.kind, exc.detail) from exc
-        nev: int = lib.tl_recv(t, data, len(data))
+        nev: int = _recv(t, data, len(data))
         if nev < 0:
             self._fatal(nev)
         events: list[Event] = []
@@ -177,10 +195,10 @@ class NgCodec:
         """Read the `nev` event words shim.c queued (typed, so the compiled loop reads them as
         C integers) and the arena they point into, once."""
         t = self._t
-        ev: list[int] = ffi.unpack(t.ev, nev)
+        ev: list[int] = _unpack(t.ev, nev)
         alen: int = t.alen
-        arena: bytes = ffi.buffer(t.arena, alen)[:] if alen else b""
-        lib.tl_clear(t)
+        arena: bytes = _buffer(t.arena, alen)[:] if alen else b""
+        _clear(t)
         client = self.client_side
         for i in range(0, len(ev), 5):
             typ = ev[i]
@@ -243,7 +261,7 @@ class NgCodec:
 
     def _on_trailers(self, sid: int, fields: list[tuple[bytes, bytes]], now: float,
                      events: list[Event]) -> None:
-        trailers = decode_trailers(fields)
+        trailers = decode_trailers(fields, self._memo if self.client_side else None)
         if trailers is not None:
             events.append(EndReceived(sid, trailers))
             return
@@ -329,15 +347,15 @@ class NgCodec:
     def ack(self, stream_id: int, n: int) -> None:
         """The driver consumed `n` flow-controlled bytes of `stream_id`: reopen the window."""
         if n > 0:
-            lib.nghttp2_session_consume(self._t.s, stream_id, n)
+            _consume(self._t.s, stream_id, n)
 
     # -- outbound ------------------------------------------------------------------------
 
     def _pump(self) -> None:
         t = self._t
-        n: int = lib.tl_mem_send(t)
+        n: int = _mem_send(t)
         if n > 0:
-            self._out.append(ffi.buffer(t.obuf, n)[:])
+            self._out.append(_buffer(t.obuf, n)[:])
 
     def data_to_send(self) -> bytes:
         self._pump()
@@ -355,7 +373,7 @@ class NgCodec:
         """HEADERS from `flat` (name, value, name, ...), joined with NUL: shim.c splits it and
         refuses a field holding a NUL of its own (HTTP/2 forbids it) rather than split it."""
         blob = b"\0".join(flat)
-        return int(lib.tl_submit_headers(self._t, sid, end, blob, len(blob), len(flat) // 2))
+        return int(_submit_headers(self._t, sid, end, blob, len(blob), len(flat) // 2))
 
     def send_request(self, head: RequestHead, scheme: bytes, end_stream: bool) -> int:
         """Open a stream with `head` (client side); H2ProtocolError when nghttp2 refuses."""
@@ -398,10 +416,10 @@ class NgCodec:
         """Queue `data`; send what the windows allow.  True when the queue is above high water
         (once, until `SendDrained`)."""
         t = self._t
-        queued: int = lib.tl_send_data(t, stream_id, data, len(data))
+        queued: int = _send_data(t, stream_id, data, len(data))
         if queued > self.high_water:
             self._pump()
-            if lib.tl_pending(t, stream_id) > self.high_water:
+            if _pending(t, stream_id) > self.high_water:
                 return bool(lib.tl_mark_over(t, stream_id))
         return False
 
@@ -411,10 +429,10 @@ class NgCodec:
             _pack(flat, trailers, trailers=True)
             if flat:
                 blob = b"\0".join(flat)
-                if lib.tl_send_end(self._t, stream_id, blob, len(blob), len(flat) // 2) == -2:
+                if _send_end(self._t, stream_id, blob, len(blob), len(flat) // 2) == -2:
                     self.reset(stream_id, INTERNAL_ERROR)  # a trailer we cannot send as is
                 return
-        lib.tl_send_end(self._t, stream_id, ffi.NULL, 0, 0)
+        _send_end(self._t, stream_id, ffi.NULL, 0, 0)
 
     @property
     def idle(self) -> bool:
@@ -422,7 +440,7 @@ class NgCodec:
         return not self._t.active
 
     def pending(self, stream_id: int) -> int:
-        return int(lib.tl_pending(self._t, stream_id))
+        return int(_pending(self._t, stream_id))
 
     @property
     def write_blocked(self) -> bool:
@@ -479,7 +497,7 @@ class NgCodec:
 
     @property
     def remote_max_concurrent_streams(self) -> int:
-        return int(lib.nghttp2_session_get_remote_settings(
+        return int(_remote_settings(
             self._t.s, _SETTINGS_MAX_CONCURRENT_STREAMS))
 
     def stream_open(self, stream_id: int) -> bool:
