@@ -176,10 +176,11 @@ class NgCodec:
             except Abuse as exc:
                 self._terminate(ENHANCE_YOUR_CALM)
                 raise H2Abuse(exc.kind, exc.detail) from exc
-        nev: int = _recv(t, data, len(data))
-        if nev < 0:
-            self._fatal(nev)
+        rv: int = _recv(t, data, len(data))
+        if rv < 0:
+            self._fatal(rv)
         events: list[Event] = []
+        nev: int = t.nev
         if nev:
             self._collect(events, now, nev)
         self._pump()

@@ -499,13 +499,11 @@ long tl_mem_send(tl_sess *t) {
   }
 }
 
-/* Feed `len` bytes to nghttp2.  Returns the event words now queued (`t->nev`, >= 0; what
- * Python reads next, saving it a field read) or nghttp2's error (< 0). */
 long tl_recv(tl_sess *t, const uint8_t *data, size_t len) {
   t->rst_sid = 0;
   ssize_t rv = nghttp2_session_mem_recv(t->s, data, len);
   t->rst_sid = 0;
-  return rv < 0 ? (long)rv : (long)t->nev;
+  return (long)rv;
 }
 
 /* The events were read: forget them, and the arena but for a header block still arriving. */
