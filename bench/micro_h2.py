@@ -90,6 +90,7 @@ def record_responses(n: int) -> tuple[bytes, list[bytes]]:
         c.send_headers(sid, REQ, end_stream=True)
         s.receive_data(c.data_to_send())
         s.send_headers(sid, RESP)
+        s.outbound_flow_control_window = 1 << 30  # (the proxy's WINDOW_UPDATEs are not read)
         s.send_data(sid, BODY)
         s.send_headers(sid, TRAILERS, end_stream=True)
         out.append(s.data_to_send())

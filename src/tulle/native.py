@@ -69,6 +69,16 @@ COMPILED: Final = (
     "tulle.dataplane.upstream.budget",
     "tulle.dataplane.upstream.limits",
     "tulle.dataplane.listeners.request_stats",
+    "tulle.dataplane.protocols.h2common",
+    "tulle.dataplane.protocols.h2events",
+    "tulle.dataplane.protocols.h2fields",
+    "tulle.dataplane.protocols.h2guard",
+    "tulle.dataplane.protocols.h2translate",
+    "tulle.dataplane.protocols.nghttp2",
+    "tulle.dataplane.listeners.h2exchange",
+    "tulle.dataplane.listeners.http2",
+    "tulle.dataplane.upstream.http2",
+    "tulle.dataplane.upstream.http2_pool",
 )
 """The modules on the per-request HTTP/1 path, a sniffing listener's per-connection path and
 the per-request telemetry observers (ADR 0062), compiled together (one mypyc group)."""

@@ -50,7 +50,7 @@ from tulle.dataplane.protocols.h2common import (
     H2Limits,
     H2ProtocolError,
 )
-from tulle.dataplane.protocols.h2engine import H2Codec
+from tulle.dataplane.protocols.h2engine import new_codec
 from tulle.dataplane.protocols.h2events import (
     DataReceived,
     EndReceived,
@@ -93,8 +93,8 @@ class H2Downstream(asyncio.Protocol, RoutedConnection):
         self.peer_ip = peer_ip
         self.facts = ConnectionFacts(handle.name, "")
         """Replaced by the transport's facts in `connection_made`."""
-        self.codec = H2Codec(client_side=False, limits=limits_for(self.ctx),
-                             now=self.loop.time())
+        self.codec = new_codec(client_side=False, limits=limits_for(self.ctx),
+                                now=self.loop.time())
         self.exchanges: dict[int, H2Exchange] = {}
         self._initial = initial
         self.guard = handle.guard

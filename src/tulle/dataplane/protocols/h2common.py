@@ -8,6 +8,7 @@ libnghttp2 engine is the one in use.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from tulle.dataplane.protocols.h2guard import GuardLimits
 
@@ -27,7 +28,7 @@ ENHANCE_YOUR_CALM = 0xB
 class H2ProtocolError(Exception):
     """The peer broke HTTP/2; GOAWAY is queued in `data_to_send`.  `kind` is the metric label."""
 
-    abuse = False
+    abuse: ClassVar[bool] = False
     """True: the peer blew an abuse budget (GOAWAY ENHANCE_YOUR_CALM), worth a warning."""
 
     def __init__(self, kind: str, detail: str) -> None:
@@ -37,7 +38,7 @@ class H2ProtocolError(Exception):
 
 
 class H2Abuse(H2ProtocolError):
-    abuse = True
+    abuse: ClassVar[bool] = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,12 +8,20 @@ where the C half cannot be built, and as the reference the engine was checked ag
     TULLE_H2_ENGINE=h2                     the pure-Python h2 stack
 
 Both engines expose the same class interface; `H2Codec` is typed as the default engine's.
+The drivers type the codec they hold as `Codec`, the interface both engines' classes have:
+the drivers are compiled with mypyc (ADR 0061), which checks a declared class at run time,
+and the h2 engine's codec is not an `NgCodec`.
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
+    from tulle.dataplane.protocols.h2common import H2Limits
+    from tulle.dataplane.protocols.h2events import Event
 
 ENGINE = os.environ.get("TULLE_H2_ENGINE", "nghttp2")
 """The engine in use: "nghttp2" or "h2"."""
@@ -33,4 +41,42 @@ elif ENGINE == "nghttp2":
 else:
     raise ValueError(f"TULLE_H2_ENGINE={ENGINE!r}: expected 'nghttp2' or 'h2'")
 
-__all__ = ["ENGINE", "H2Codec"]
+
+
+class Codec(Protocol):
+    """What the drivers use of a codec (`nghttp2.NgCodec`, `http2.H2Codec`)."""
+
+    high_water: int
+    write_blocked: bool
+
+    def feed(self, data: bytes, now: float = 0.0) -> list[Event]: ...
+    def flush(self) -> list[Event]: ...
+    def data_to_send(self) -> bytes: ...
+    def ack(self, stream_id: int, n: int) -> None: ...
+    def send_request(self, head: RequestHead, scheme: bytes, end_stream: bool) -> int: ...
+    def send_response(self, stream_id: int, head: ResponseHead, end_stream: bool) -> bool: ...
+    def send_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> bool: ...
+    def send_data(self, stream_id: int, data: bytes) -> bool: ...
+    def send_end(self, stream_id: int, trailers: Headers | None = None) -> None: ...
+    def pending(self, stream_id: int) -> int: ...
+    def reset(self, stream_id: int, error_code: int = ...) -> None: ...
+    def goaway(self, error_code: int = ..., last_stream_id: int | None = None) -> None: ...
+
+    @property
+    def idle(self) -> bool: ...
+    @property
+    def highest_inbound_stream_id(self) -> int: ...
+    @property
+    def open_outbound_streams(self) -> int: ...
+    @property
+    def remote_max_concurrent_streams(self) -> int: ...
+
+
+def new_codec(*, client_side: bool, limits: H2Limits, now: float = 0.0) -> Codec:
+    """A codec of the engine in use.  The compiled drivers make theirs here, never by calling
+    `H2Codec` themselves: mypyc, seeing the default engine's class behind the name, would call
+    that class's constructor directly whichever engine runs."""
+    return H2Codec(client_side=client_side, limits=limits, now=now)
+
+
+__all__ = ["ENGINE", "Codec", "H2Codec", "new_codec"]

@@ -17,6 +17,7 @@ hands out the same field objects again, their hashes already computed).
 from __future__ import annotations
 
 import re
+from typing import Final
 
 _DIGITS = b"0123456789"
 _LOWER = b"abcdefghijklmnopqrstuvwxyz"
@@ -81,7 +82,7 @@ class FieldMemo:
     Bounded and per connection, so a peer sending ever new fields only stops being remembered
     (and pays the full check), it cannot grow memory or slow other connections."""
 
-    MAX = 128
+    MAX: Final = 128
     __slots__ = ("authority", "fields")
 
     def __init__(self) -> None:

@@ -86,7 +86,7 @@ def request_head(headers: list[tuple[bytes, bytes]], limit: int,
                 return 0, MALFORMED, "invalid or conflicting content-length"
             cl = n_cl  # RFC 9110 8.6: an equal repeat collapses into one value
             continue
-        out.append((n, v))
+        out.append(field)
     if size > limit:
         return 431, "header_too_large", f"request head exceeds {limit} bytes"
     if method == b"CONNECT":
@@ -185,16 +185,23 @@ def encode_trailers(headers: Headers) -> Headers:
     return _filtered(headers, trailers=True)
 
 
-def decode_trailers(headers: list[tuple[bytes, bytes]]) -> Headers | None:
+def decode_trailers(headers: list[tuple[bytes, bytes]],
+                    memo: FieldMemo | None = None) -> Headers | None:
     """h2's validated trailer list -> regular fields (pseudo and hop-by-hop dropped), or None
-    when a field would not survive HTTP/1 (rule 7 of http2.py: a stream error)."""
+    when a field would not survive HTTP/1 (rule 7 of http2.py: a stream error).  `memo`: the
+    fields this connection already accepted (gRPC's `grpc-status: 0` on every call)."""
     out: Headers = []
-    for n, v in headers:
-        if n[:1] == b":" or n in HOP_BY_HOP:
+    known = memo.fields if memo is not None else _NO_FIELDS
+    for field in headers:
+        n, v = field
+        if n.startswith(b":") or n in HOP_BY_HOP:
             continue
-        if not (name_ok(n) and value_ok(v)):
-            return None
-        out.append((n, v))
+        if field not in known:
+            if not (name_ok(n) and value_ok(v)):
+                return None
+            if memo is not None and len(memo.fields) < FieldMemo.MAX:
+                memo.fields.add(field)
+        out.append(field)
     return out
 
 

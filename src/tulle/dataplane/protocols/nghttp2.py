@@ -29,6 +29,8 @@ The rules of `http2.py` hold, with these differences of engine:
 
 from __future__ import annotations
 
+from typing import Final
+
 from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
 from tulle.dataplane.protocols.h2common import (
     CANCEL,
@@ -69,15 +71,36 @@ from tulle.dataplane.protocols.h2translate import (
 )
 from tulle.dataplane.protocols.ng2._ng2 import ffi, lib
 
-# Event types of shim.c.
-_HEADERS, _DATA, _END, _RESET, _CLOSE, _GOAWAY, _DRAINED, _INVALID = range(1, 9)
-_FRAME_HEADERS = 1
-_HCAT_REQUEST = 0
-_ERR_REFUSED_STREAM = 533
-_ERR_BAD_CLIENT_MAGIC = -903
-_ERR_FLOODED = -904
-_ERR_TOO_MANY_CONTINUATIONS = -905
-_SETTINGS_MAX_CONCURRENT_STREAMS = 3
+# The C functions of every read and write, bound once: a call through `lib.name` (or
+# `ffi.name`) looks the name up on each call.
+_recv: Final = lib.tl_recv
+_clear: Final = lib.tl_clear
+_mem_send: Final = lib.tl_mem_send
+_submit_headers: Final = lib.tl_submit_headers
+_send_data: Final = lib.tl_send_data
+_send_end: Final = lib.tl_send_end
+_pending: Final = lib.tl_pending
+_consume: Final = lib.nghttp2_session_consume
+_remote_settings: Final = lib.nghttp2_session_get_remote_settings
+_unpack: Final = ffi.unpack
+_buffer: Final = ffi.buffer
+
+# Event types of shim.c.  (`Final`: the compiled module has them as C constants.)
+_HEADERS: Final = 1
+_DATA: Final = 2
+_END: Final = 3
+_RESET: Final = 4
+_CLOSE: Final = 5
+_GOAWAY: Final = 6
+_DRAINED: Final = 7
+_INVALID: Final = 8
+_FRAME_HEADERS: Final = 1
+_HCAT_REQUEST: Final = 0
+_ERR_REFUSED_STREAM: Final = 533
+_ERR_BAD_CLIENT_MAGIC: Final = -903
+_ERR_FLOODED: Final = -904
+_ERR_TOO_MANY_CONTINUATIONS: Final = -905
+_SETTINGS_MAX_CONCURRENT_STREAMS: Final = 3
 _SPACE = (0x20, 0x09)
 _PING = b"tullepng"
 
@@ -91,7 +114,7 @@ def _pack(flat: list[bytes], headers: Headers, trailers: bool = False) -> None:
     (`te: trailers` kept outside trailers), surrounding whitespace trimmed."""
     skip = _OUT_SKIP
     for n, raw in headers:
-        if n[:1] == b":" or (n in skip and (trailers or n != b"te" or raw != b"trailers")):
+        if n.startswith(b":") or (n in skip and (trailers or n != b"te" or raw != b"trailers")):
             continue
         flat.append(n)
         flat.append(raw.strip(b" \t") if raw and (raw[0] in _SPACE or raw[-1] in _SPACE)
@@ -132,7 +155,11 @@ class NgCodec:
         self._ours: set[int] = set()
         """Streams we reset with an error code whose close is still to be reported (and
         ignored: the driver already knows)."""
-        self._memo = FieldMemo() if not client_side else None
+        self._memo = FieldMemo()
+        """What this connection already accepted: server side, request fields and the
+        authority (`request_head`); client side, trailer fields (`decode_trailers`).  Never
+        both: the two checks differ (a trailer value also may not start or end with
+        whitespace)."""
 
     # -- inbound -------------------------------------------------------------------------
 
@@ -149,25 +176,30 @@ class NgCodec:
             except Abuse as exc:
                 self._terminate(ENHANCE_YOUR_CALM)
                 raise H2Abuse(exc.kind, exc.detail) from exc
-        rv = lib.tl_recv(t, data, len(data))
+        rv: int = _recv(t, data, len(data))
         if rv < 0:
             self._fatal(rv)
         events: list[Event] = []
-        if t.nev:
-            self._collect(events, now)
+        nev: int = t.nev
+        if nev:
+            self._collect(events, now, nev)
         self._pump()
         if t.term_code and not self._terminated:
             self._terminated = True
             self._raise_terminated()
-        if t.nev:
-            self._collect(events, now)
+        nev = t.nev
+        if nev:
+            self._collect(events, now, nev)
         return events
 
-    def _collect(self, events: list[Event], now: float) -> None:
+    def _collect(self, events: list[Event], now: float, nev: int) -> None:
+        """Read the `nev` event words shim.c queued (typed, so the compiled loop reads them as
+        C integers) and the arena they point into, once."""
         t = self._t
-        ev = ffi.unpack(t.ev, t.nev)
-        arena = ffi.buffer(t.arena, t.alen)[:] if t.alen else b""
-        lib.tl_clear(t)
+        ev: list[int] = _unpack(t.ev, nev)
+        alen: int = t.alen
+        arena: bytes = _buffer(t.arena, alen)[:] if alen else b""
+        _clear(t)
         client = self.client_side
         for i in range(0, len(ev), 5):
             typ = ev[i]
@@ -180,7 +212,7 @@ class NgCodec:
                 off = ev[i + 3]
                 n = ev[i + 4]
                 parts = arena[off:off + n - 1].split(b"\0") if n else []
-                fields = list(zip(parts[::2], parts[1::2], strict=True))
+                fields = [(parts[k], parts[k + 1]) for k in range(0, len(parts) - 1, 2)]
                 flags = ev[i + 2]
                 end = bool(flags & 1)
                 if not client:
@@ -230,7 +262,7 @@ class NgCodec:
 
     def _on_trailers(self, sid: int, fields: list[tuple[bytes, bytes]], now: float,
                      events: list[Event]) -> None:
-        trailers = decode_trailers(fields)
+        trailers = decode_trailers(fields, self._memo if self.client_side else None)
         if trailers is not None:
             events.append(EndReceived(sid, trailers))
             return
@@ -316,15 +348,15 @@ class NgCodec:
     def ack(self, stream_id: int, n: int) -> None:
         """The driver consumed `n` flow-controlled bytes of `stream_id`: reopen the window."""
         if n > 0:
-            lib.nghttp2_session_consume(self._t.s, stream_id, n)
+            _consume(self._t.s, stream_id, n)
 
     # -- outbound ------------------------------------------------------------------------
 
     def _pump(self) -> None:
         t = self._t
-        n = lib.tl_mem_send(t)
+        n: int = _mem_send(t)
         if n > 0:
-            self._out.append(ffi.buffer(t.obuf, n)[:])
+            self._out.append(_buffer(t.obuf, n)[:])
 
     def data_to_send(self) -> bytes:
         self._pump()
@@ -342,7 +374,7 @@ class NgCodec:
         """HEADERS from `flat` (name, value, name, ...), joined with NUL: shim.c splits it and
         refuses a field holding a NUL of its own (HTTP/2 forbids it) rather than split it."""
         blob = b"\0".join(flat)
-        return int(lib.tl_submit_headers(self._t, sid, end, blob, len(blob), len(flat) // 2))
+        return int(_submit_headers(self._t, sid, end, blob, len(blob), len(flat) // 2))
 
     def send_request(self, head: RequestHead, scheme: bytes, end_stream: bool) -> int:
         """Open a stream with `head` (client side); H2ProtocolError when nghttp2 refuses."""
@@ -385,10 +417,10 @@ class NgCodec:
         """Queue `data`; send what the windows allow.  True when the queue is above high water
         (once, until `SendDrained`)."""
         t = self._t
-        queued = lib.tl_send_data(t, stream_id, data, len(data))
+        queued: int = _send_data(t, stream_id, data, len(data))
         if queued > self.high_water:
             self._pump()
-            if lib.tl_pending(t, stream_id) > self.high_water:
+            if _pending(t, stream_id) > self.high_water:
                 return bool(lib.tl_mark_over(t, stream_id))
         return False
 
@@ -398,10 +430,10 @@ class NgCodec:
             _pack(flat, trailers, trailers=True)
             if flat:
                 blob = b"\0".join(flat)
-                if lib.tl_send_end(self._t, stream_id, blob, len(blob), len(flat) // 2) == -2:
+                if _send_end(self._t, stream_id, blob, len(blob), len(flat) // 2) == -2:
                     self.reset(stream_id, INTERNAL_ERROR)  # a trailer we cannot send as is
                 return
-        lib.tl_send_end(self._t, stream_id, ffi.NULL, 0, 0)
+        _send_end(self._t, stream_id, ffi.NULL, 0, 0)
 
     @property
     def idle(self) -> bool:
@@ -409,7 +441,7 @@ class NgCodec:
         return not self._t.active
 
     def pending(self, stream_id: int) -> int:
-        return int(lib.tl_pending(self._t, stream_id))
+        return int(_pending(self._t, stream_id))
 
     @property
     def write_blocked(self) -> bool:
@@ -425,8 +457,9 @@ class NgCodec:
         """Send queued DATA the windows now allow; returns the streams that drained."""
         self._pump()
         events: list[Event] = []
-        if self._t.nev:
-            self._collect(events, 0.0)
+        nev: int = self._t.nev
+        if nev:
+            self._collect(events, 0.0, nev)
         return events
 
     def reset(self, stream_id: int, error_code: int = CANCEL) -> None:
@@ -465,7 +498,7 @@ class NgCodec:
 
     @property
     def remote_max_concurrent_streams(self) -> int:
-        return int(lib.nghttp2_session_get_remote_settings(
+        return int(_remote_settings(
             self._t.s, _SETTINGS_MAX_CONCURRENT_STREAMS))
 
     def stream_open(self, stream_id: int) -> bool:

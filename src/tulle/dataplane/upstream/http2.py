@@ -52,7 +52,7 @@ from tulle.dataplane.protocols.h2common import (
     H2Limits,
     H2ProtocolError,
 )
-from tulle.dataplane.protocols.h2engine import H2Codec
+from tulle.dataplane.protocols.h2engine import new_codec
 from tulle.dataplane.protocols.h2events import (
     DataReceived,
     EndReceived,
@@ -178,11 +178,13 @@ class H2UpConnection(asyncio.Protocol):
         self.pool = pool
         cluster = pool.cluster
         hw = cluster.high_water
-        self.codec = H2Codec(client_side=True, limits=H2Limits(
+        self.codec = new_codec(client_side=True, limits=H2Limits(
             max_header_bytes=cluster.max_response_header_bytes,
             stream_window=max(65_535, 4 * hw), connection_window=max(1_048_576, 64 * hw),
             high_water=hw))
         self.scheme = b"https" if cluster.ssl_context is not None else b"http"
+        self.loop = cluster.loop
+        """(Kept: `asyncio.get_running_loop()` costs a `getpid` system call each time.)"""
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2UpStream] = {}
         self.goaway = False
@@ -197,7 +199,7 @@ class H2UpConnection(asyncio.Protocol):
         transport.set_write_buffer_limits(high=self.pool.cluster.high_water)
         self.pool.cluster.m_connections_total.value += 1
         self.pool.cluster.m_connections_active.value += 1
-        self.idle_since = asyncio.get_running_loop().time()
+        self.idle_since = self.loop.time()
         self.write_out()  # preface + SETTINGS
 
     def data_received(self, data: bytes) -> None:
@@ -361,7 +363,7 @@ class H2UpConnection(asyncio.Protocol):
         if self.streams:
             self.pool.kick()
             return
-        self.idle_since = asyncio.get_running_loop().time()
+        self.idle_since = self.loop.time()
         if self.goaway or self.pool.closed:
             self._close()
         else:
@@ -387,7 +389,7 @@ class H2UpConnection(asyncio.Protocol):
         downstream read opened, their bodies and ends go out in one write."""
         if not self._write_pending:
             self._write_pending = True
-            asyncio.get_running_loop().call_soon(self._write_later)
+            self.loop.call_soon(self._write_later)
 
     def _write_later(self) -> None:
         self._write_pending = False

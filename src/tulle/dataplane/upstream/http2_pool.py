@@ -50,11 +50,18 @@ class H2Pool:
                     end_stream: bool) -> H2UpStream:
         """A stream on a connection with room, or waiting for one (raises the 503 UO
         `UpstreamError` when the cluster's pending requests are at their limit)."""
-        if self.waiting or self._free() is None:
+        conn = None if self.waiting else self._free()
+        if conn is None:
             limits = self.limits
             if limits.pending >= limits.max_pending:
                 raise limits.overflow("pending")
         s = H2UpStream(self, head, sink, end_stream)
+        if conn is not None:  # room now: straight onto it, as `_assign` would put it
+            if not conn.start(s):
+                self.cluster.loop.call_soon(
+                    s._failed,
+                    upstream_protocol_error("request head not accepted by HTTP/2 upstream"))
+            return s
         self.limits.pending += 1
         self.waiting.append(s)
         self._assign()
@@ -93,7 +100,7 @@ class H2Pool:
     def kick(self) -> None:
         """Assign waiting streams soon (not from inside another connection's event loop)."""
         if self.waiting and self._kick is None:
-            self._kick = asyncio.get_running_loop().call_soon(self._assign)
+            self._kick = self.cluster.loop.call_soon(self._assign)
 
     def _assign(self) -> None:
         self._kick = None
@@ -104,7 +111,7 @@ class H2Pool:
                 break
             s = self._next()
             if not conn.start(s):
-                asyncio.get_running_loop().call_soon(
+                self.cluster.loop.call_soon(
                     s._failed,
                     upstream_protocol_error("request head not accepted by HTTP/2 upstream"))
         if waiting:

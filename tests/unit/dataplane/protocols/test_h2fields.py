@@ -220,3 +220,24 @@ def test_whatever_the_codec_accepts_is_one_identical_http1_request(
         return  # llhttp knows a fixed list of methods: refused, never read differently
     assert p.complete == 1 and p.url == path and parser.get_method() == method
     assert p.heads == expected
+
+
+def test_trailers_remembered_per_connection_are_still_checked_when_new() -> None:
+    """`decode_trailers` with a connection's memo: a trailer it accepted before passes again
+    without the checks, a new one is still checked (a bad one refused, never remembered), and
+    the memo stops growing at its bound."""
+    from tulle.dataplane.protocols.h2fields import FieldMemo
+    from tulle.dataplane.protocols.h2translate import decode_trailers
+
+    memo = FieldMemo()
+    good = [(b"grpc-status", b"0"), (b"grpc-message", b"")]
+    assert decode_trailers(good, memo) == good
+    assert memo.fields == set(good)
+    assert decode_trailers([(b":status", b"200"), (b"te", b"trailers"), *good], memo) == good
+    for bad in ([(b"grpc-status", b" 0")], [(b"Grpc-Status", b"0")], [(b"x", b"a\x01b")]):
+        assert decode_trailers(bad, memo) is None
+        assert decode_trailers(bad, None) is None
+    assert memo.fields == set(good)
+    for i in range(2 * FieldMemo.MAX):
+        assert decode_trailers([(b"x-n", b"%d" % i)], memo) == [(b"x-n", b"%d" % i)]
+    assert len(memo.fields) == FieldMemo.MAX
