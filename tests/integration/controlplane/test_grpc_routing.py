@@ -87,7 +87,7 @@ async def test_grpc_split_and_service_method_header_matches(tmp_path: Path) -> N
                 await eventually(routed)
                 split = await asyncio.to_thread(_calls, ch, 500)
                 assert set(split) == {"v1", "v2"}, split
-                assert abs(split["v1"] / 500 - 0.70) <= 0.05, split
+                assert abs(split["v1"] / 500 - 0.70) <= 0.08, split  # 3.9 sd of a 500-call draw
                 # 30 calls each: by chance alone all-v1 is 0.7**30 (2e-5), all-v2 0.3**30.
                 assert await asyncio.to_thread(_calls, ch, 30, ADMIN) == {"v1": 30}
                 assert await asyncio.to_thread(

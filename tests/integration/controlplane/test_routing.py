@@ -267,10 +267,10 @@ async def test_weighted_split_and_a_missing_backends_share(tmp_path: Path) -> No
             await eventually(lambda: _routed(c, "/half-gone", "500"))
             got = await c.spread("/split", 500)
             assert set(got) == {"v1", "v2"}, got
-            assert abs(got["v1"] / 500 - 0.70) <= 0.05, got
+            assert abs(got["v1"] / 500 - 0.70) <= 0.08, got  # 3.9 sd of a 500-call draw
             got = await c.spread("/half-gone", 500)
             assert set(got) == {"v1", "500"}, got  # its share fails, the rest is served
-            assert abs(got["500"] / 500 - 0.50) <= 0.07, got
+            assert abs(got["500"] / 500 - 0.50) <= 0.09, got  # 4 sd
 
 
 async def test_the_readme_canary_example_as_written(tmp_path: Path) -> None:
