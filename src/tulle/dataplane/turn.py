@@ -14,9 +14,9 @@ the turn's other callbacks have run (tens of µs under load, nothing when one so
 Large writes (`WRITE_NOW` bytes or more held on one connection) go at once: they cost a copy
 per byte, not a wake-up, and holding them would only hold memory.
 
-A connection that holds bytes (`H1Downstream`, `H1Connection`) is registered here once per turn
-and must write what it holds before it closes or half-closes its transport (its `flush`), and
-drop it when the transport is gone.  The turn's flush runs as a `call_soon` callback, which
+A connection's held bytes are a `HeldWrites` (one per `H1Downstream` and `H1Connection`),
+registered here once per turn; the connection flushes it before it closes or half-closes its
+transport, and drops it when the transport is gone.  The turn's flush runs as a `call_soon` callback, which
 uvloop and asyncio both run after the turn's I/O callbacks and before the next poll.
 """
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Final, Protocol
+from typing import Final
 
 WRITE_NOW: Final = 32 * 1024
 """Bytes held on one connection at which its writes stop waiting for the turn's end."""
@@ -32,37 +32,74 @@ WRITE_NOW: Final = 32 * 1024
 log = logging.getLogger(__name__)
 
 
-class Holder(Protocol):
-    """A connection holding bytes for the end of the turn."""
-
-    def flush(self) -> None:
-        """Write what is held (nothing if the transport is gone)."""
-
-
 class TurnWrites:
-    """The connections of one event loop that hold bytes in the current turn."""
+    """The held writes of one event loop that have bytes in the current turn."""
 
     __slots__ = ("held", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
-        self.held: list[Holder] = []
+        self.held: list[HeldWrites] = []
 
-    def hold(self, conn: Holder) -> None:
-        """Flush `conn` at the end of this turn (call once per turn: the caller keeps a flag)."""
+    def hold(self, w: HeldWrites) -> None:
+        """Flush `w` at the end of this turn (once per turn: `w.held` says it is listed)."""
         held = self.held
         if not held:
             self.loop.call_soon(self.run)
-        held.append(conn)
+        held.append(w)
 
     def run(self) -> None:
         held = self.held
         self.held = []
-        for conn in held:
+        for w in held:
             try:
-                conn.flush()
+                w.flush()
             except Exception:  # one connection's failure must not strand the others' bytes
                 log.exception("writing held bytes failed")
+
+
+class HeldWrites:
+    """One connection's writes, held to the end of the turn (or to `WRITE_NOW` bytes)."""
+
+    __slots__ = ("held", "out", "size", "transport", "turn")
+
+    def __init__(self, turn: TurnWrites) -> None:
+        self.turn = turn
+        self.transport: asyncio.Transport | None = None
+        """Set by the connection once it has one; None again when it is gone."""
+        self.out: list[bytes] = []
+        self.size = 0
+        self.held = False
+        """Listed with `turn` for this turn."""
+
+    def write(self, data: bytes) -> None:
+        self.out.append(data)
+        self.size += len(data)
+        if self.size >= WRITE_NOW:
+            self.flush()
+        elif not self.held:
+            self.held = True
+            self.turn.hold(self)
+
+    def flush(self) -> None:
+        """Write what is held now (before closing or half-closing, or at the turn's end)."""
+        self.held = False
+        out = self.out
+        if not out:
+            return
+        t = self.transport
+        if t is not None and not t.is_closing():
+            if len(out) == 1:
+                t.write(out[0])
+            else:
+                t.writelines(out)
+        out.clear()
+        self.size = 0
+
+    def drop(self) -> None:
+        """Forget what is held (the connection is being closed without it)."""
+        self.out.clear()
+        self.size = 0
 
 
 _current: TurnWrites | None = None

@@ -4,28 +4,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 import pytest
 
-from tulle.dataplane.turn import TurnWrites, turn_writes
+from tulle.dataplane.listeners.memory import MemoryTransport
+from tulle.dataplane.turn import WRITE_NOW, HeldWrites, TurnWrites, turn_writes
 
 
-class Holder:
-    def __init__(self, name: str, log: list[str], fail: bool = False) -> None:
-        self.name = name
-        self.log = log
-        self.fail = fail
-
-    def flush(self) -> None:
-        self.log.append(self.name)
-        if self.fail:
-            raise RuntimeError("boom")
+def held(turn: TurnWrites, transport: Any) -> HeldWrites:
+    w = HeldWrites(turn)
+    w.transport = transport
+    return w
 
 
-async def test_held_connections_flush_together_after_the_turns_callbacks() -> None:
+async def test_held_writes_leave_together_after_the_turns_callbacks() -> None:
     loop = asyncio.get_running_loop()
     turn = TurnWrites(loop)
-    log: list[str] = []
+    a, b = MemoryTransport(), MemoryTransport()
+    wa, wb = held(turn, a), held(turn, b)
     scheduled: list[object] = []
     real = loop.call_soon
 
@@ -35,27 +32,56 @@ async def test_held_connections_flush_together_after_the_turns_callbacks() -> No
 
     loop.call_soon = counting_call_soon  # type: ignore[method-assign]
     try:
-        turn.hold(Holder("a", log))
-        turn.hold(Holder("b", log))
-        assert log == []  # nothing leaves while the turn is still running
+        wa.write(b"head ")
+        wb.write(b"x")
+        wa.write(b"body")
+        assert (a.writes, b.writes) == (0, 0)  # nothing leaves while the turn is still running
     finally:
         loop.call_soon = real  # type: ignore[method-assign]
     assert len(scheduled) == 1  # one flush per turn, however many connections hold bytes
     await asyncio.sleep(0)
-    assert log == ["a", "b"]
-    turn.hold(Holder("c", log))  # the next turn schedules its own flush
+    assert (a.writes, b.writes) == (1, 1)  # one write per connection
+    assert (a.take(), b.take()) == (b"head body", b"x")
+    wa.write(b"next")  # the next turn schedules its own flush
     await asyncio.sleep(0)
-    assert log == ["a", "b", "c"]
+    assert a.take() == b"next"
 
 
-async def test_a_failing_flush_does_not_strand_the_others(caplog: pytest.LogCaptureFixture) -> None:
+async def test_a_connection_holding_write_now_bytes_writes_at_once() -> None:
+    t = MemoryTransport()
+    w = held(TurnWrites(asyncio.get_running_loop()), t)
+    w.write(b"a" * (WRITE_NOW - 1))
+    assert t.writes == 0
+    w.write(b"b")
+    assert t.writes == 1 and len(t.out) == WRITE_NOW and w.size == 0
+
+
+async def test_dropped_or_orphaned_bytes_are_not_written() -> None:
     turn = TurnWrites(asyncio.get_running_loop())
-    log: list[str] = []
-    turn.hold(Holder("bad", log, fail=True))
-    turn.hold(Holder("good", log))
+    t1, t2 = MemoryTransport(), MemoryTransport()
+    w1, w2 = held(turn, t1), held(turn, t2)
+    w1.write(b"dropped")
+    w1.drop()
+    w2.write(b"orphaned")
+    w2.transport = None  # the connection is gone
+    t2.close()
+    await asyncio.sleep(0)
+    assert (t1.writes, t2.writes) == (0, 0)
+
+
+class Failing(MemoryTransport):
+    def write(self, data: bytes) -> None:
+        raise RuntimeError("boom")
+
+
+async def test_a_failing_write_does_not_strand_the_others(caplog: pytest.LogCaptureFixture) -> None:
+    turn = TurnWrites(asyncio.get_running_loop())
+    good = MemoryTransport()
+    held(turn, Failing()).write(b"a")
+    held(turn, good).write(b"b")
     with caplog.at_level(logging.ERROR, logger="tulle.dataplane.turn"):
         await asyncio.sleep(0)
-    assert log == ["bad", "good"]
+    assert good.take() == b"b"
     assert "writing held bytes failed" in caplog.text
 
 

@@ -46,7 +46,7 @@ from tulle.dataplane.http.facts import ConnectionFacts, facts_for
 from tulle.dataplane.listeners.context import ListenerHandle, RoutedConnection, reset
 from tulle.dataplane.listeners.h1exchange import H1Exchange
 from tulle.dataplane.protocols.http1 import ProtocolError, RequestCodec, local_response
-from tulle.dataplane.turn import WRITE_NOW, turn_writes
+from tulle.dataplane.turn import HeldWrites, turn_writes
 
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import Headers, RequestHead, TunnelStream
@@ -76,12 +76,8 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         self._advancing = False
         self._initial = initial
         self._early_tunnel: list[bytes] | None = None
-        self.turn = turn_writes(self.loop)
-        self.out: list[bytes] = []
-        """Bytes held for the end of the loop's turn (`tulle.dataplane.turn`), `out_bytes` long."""
-        self.out_bytes = 0
-        self.held = False
-        """Registered with `turn` for this turn."""
+        self.outq = HeldWrites(turn_writes(self.loop))
+        """What this connection writes, held to the end of the loop's turn (ADR 0065)."""
         self.tunnel: TunnelStream | None = None
         self.tunnel_active = 0.0
         """Loop time bytes last moved through the upgrade tunnel (its idle timeout)."""
@@ -114,6 +110,7 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
             self.closing = True
             reset(transport)
             return
+        self.outq.transport = transport
         self._set_deadline("header")
         if self._initial:
             data, self._initial = self._initial, b""
@@ -164,7 +161,8 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = None
+        self.transport = self.outq.transport = None
+        self.outq.drop()
         self.closing = True
         self.codec.close()  # breaks codec <-> parser <-> self: nothing waits for the cyclic GC
         self.handle.connection_closed(self)
@@ -330,33 +328,15 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
 
     def write(self, data: bytes) -> None:
         """Send `data` at the end of this turn with the turn's other writes (ADR 0065), or now
-        with what is held when that reaches `WRITE_NOW` bytes."""
+        with what is held when that reaches `turn.WRITE_NOW` bytes."""
         if self.transport is None:
             return
-        n = len(data)
-        self.ctx.m_bytes_sent.value += n
-        self.out.append(data)
-        self.out_bytes += n
-        if self.out_bytes >= WRITE_NOW:
-            self.flush()
-        elif not self.held:
-            self.held = True
-            self.turn.hold(self)
+        self.ctx.m_bytes_sent.value += len(data)
+        self.outq.write(data)
 
     def flush(self) -> None:
-        """Write what is held now (before closing, half-closing, or at the turn's end)."""
-        self.held = False
-        out = self.out
-        if not out:
-            return
-        t = self.transport
-        if t is not None and not t.is_closing():
-            if len(out) == 1:
-                t.write(out[0])
-            else:
-                t.writelines(out)
-        out.clear()
-        self.out_bytes = 0
+        """Write what is held now (before closing, half-closing, or aborting)."""
+        self.outq.flush()
 
     def pause_reading(self, why: str) -> None:
         if not self.paused and self.transport is not None:

@@ -55,7 +55,7 @@ from tulle.dataplane.protocols.http1 import (
     encode_last_chunk,
     serialize_request_head,
 )
-from tulle.dataplane.turn import WRITE_NOW, turn_writes
+from tulle.dataplane.turn import HeldWrites, turn_writes
 from tulle.dataplane.upstream.attempt import Attempt, now
 from tulle.dataplane.upstream.connect import ConnectFailed, dial_transport
 
@@ -232,12 +232,8 @@ class H1Connection(asyncio.Protocol):
         self.codec = ResponseCodec(self, pool.cluster.max_response_header_bytes,
                                    limits=pool.cluster.h1_limits)
         self.stream: H1Stream | None = None
-        self.turn = turn_writes(pool.loop)
-        self.out: list[bytes] = []
-        """Bytes held for the end of the loop's turn (`tulle.dataplane.turn`), `out_bytes` long."""
-        self.out_bytes = 0
-        self.held = False
-        """Registered with `turn` for this turn."""
+        self.outq = HeldWrites(turn_writes(pool.loop))
+        """What this connection writes, held to the end of the loop's turn (ADR 0065)."""
         self.keep_alive = True
         self.reused = False
         self.idle_since = 0.0
@@ -252,7 +248,7 @@ class H1Connection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport = cast(asyncio.Transport, transport)
+        self.transport = self.outq.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=self.pool.cluster.high_water)
 
     def data_received(self, data: bytes) -> None:
@@ -294,7 +290,8 @@ class H1Connection(asyncio.Protocol):
 
     def _lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.transport = None
+        self.transport = self.outq.transport = None
+        self.outq.drop()
         self.pool.forget(self)
         stream = self.stream
         self.stream = None
@@ -363,36 +360,18 @@ class H1Connection(asyncio.Protocol):
 
     def _close(self) -> None:
         self.keep_alive = False
-        self.out.clear()  # closing means done with this peer: what was held is dropped
-        self.out_bytes = 0
+        self.outq.drop()  # closing means done with this peer: what was held is dropped
         if self.transport is not None:
             self.transport.close()
 
     def write(self, data: bytes) -> None:
         """Send `data` at the end of this turn with the turn's other writes (ADR 0065), or now
-        with what is held when that reaches `WRITE_NOW` bytes."""
-        self.out.append(data)
-        self.out_bytes += len(data)
-        if self.out_bytes >= WRITE_NOW:
-            self.flush()
-        elif not self.held:
-            self.held = True
-            self.turn.hold(self)
+        with what is held when that reaches `turn.WRITE_NOW` bytes."""
+        self.outq.write(data)
 
     def flush(self) -> None:
-        """Write what is held now (before half-closing, or at the turn's end)."""
-        self.held = False
-        out = self.out
-        if not out:
-            return
-        t = self.transport
-        if t is not None and not t.is_closing():
-            if len(out) == 1:
-                t.write(out[0])
-            else:
-                t.writelines(out)
-        out.clear()
-        self.out_bytes = 0
+        """Write what is held now (before half-closing)."""
+        self.outq.flush()
 
     # -- ResponseHandler (from the codec) ------------------------------------------------
 
