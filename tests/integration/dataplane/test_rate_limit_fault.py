@@ -110,8 +110,10 @@ async def test_a_delay_is_applied_only_to_requests_with_the_header() -> None:
         assert (await read_response_within(r)).status == 200
         plain = loop.time() - t0
         w.close()
-        assert delayed >= 0.15
-        assert plain < 0.15
+        # libuv's timers tick in whole milliseconds: the 150 ms timer may fire when this loop's
+        # clock has moved 149.99... ms (seen once in CI: 0.14999999999417923)
+        assert delayed >= 0.149
+        assert plain < 0.149
         assert p.metric("tulle_proxy_faults_injected_total", fault="delay") == 1
         assert p.metric("tulle_proxy_requests_total", response_flags="DI") == 1
 
