@@ -10,11 +10,17 @@ Otherwise the old extensions and the manifest are removed first, so a build that
 the Python source in force (`tulle.native.select`), never a stale compiled copy.  Needs gcc
 and the Python headers (scripts/install-system-deps.sh test) and mypy (the `test` extra).
 `--check` exits 1 when a build is needed, without building.
+
+It also byte-compiles the package (`__pycache__/*.pyc`, never in git), as installing a wheel
+does: an editable checkout run with PYTHONDONTWRITEBYTECODE=1 otherwise compiles every module
+from source at every start, which costs each proxy ~0.8 MB of heap left behind by the compiler
+and ~0.1 s of start-up (ADR 0068).  Only stale or missing files are written.
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import hashlib
 import os
 import sys
@@ -62,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(why or "up to date")
         return 1 if why else 0
+    byte_compile()
     if why is None and not args.force:
         if native.stale() is not None:  # same contents, new times: only the manifest moves
             write_manifest({n: sha256(n) for n in native.COMPILED},
@@ -81,6 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     write_manifest(hashes, stamps)
     print("tulle native: built")
     return 0
+
+
+def byte_compile() -> None:
+    """`.pyc` beside every module of the package that has none or a stale one."""
+    if not compileall.compile_dir(str(SRC / "tulle"), quiet=1, workers=1):
+        print("tulle native: some modules could not be byte-compiled", file=sys.stderr)
 
 
 def clean() -> None:

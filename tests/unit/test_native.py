@@ -98,3 +98,20 @@ def test_a_build_of_another_module_list_is_stale(tmp_path: Path) -> None:
         "the list of compiled modules changed since the build")
     assert native.stale(manifest, root, (*MODS, "pkg.gamma")) == (
         "the list of compiled modules changed since the build")
+
+
+def test_the_build_byte_compiles_the_package_even_when_python_may_not_write_bytecode(
+        tmp_path: Path) -> None:
+    """ADR 0068: a checkout run with PYTHONDONTWRITEBYTECODE=1 would otherwise compile every
+    module from source at every proxy start (~0.8 MiB of compiler garbage per proxy)."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "build_native.py"
+    pkg = tmp_path / "tulle"
+    pkg.mkdir()
+    (pkg / "mod.py").write_text("X = 1\n")
+    code = (f"import importlib.util, sys; sys.dont_write_bytecode = True; "
+            f"spec = importlib.util.spec_from_file_location('b', {str(script)!r}); "
+            f"m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+            f"m.SRC = __import__('pathlib').Path({str(tmp_path)!r}); m.byte_compile()")
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+    assert list((pkg / "__pycache__").glob("mod.*.pyc"))

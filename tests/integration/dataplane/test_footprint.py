@@ -48,6 +48,7 @@ FORBIDDEN_ALWAYS = (
     "hashlib",  # the file watcher compares contents
     "ctypes",  # only the worker supervisor's prctl needs it
     "encodings.idna",  # uvloop resolving a numeric admin address through the thread pool
+    "click", "tulle.cli.commands",  # `tulle proxy run` is parsed without click (ADR 0068)
 )
 """Never on the path of a proxy run from a file."""
 
