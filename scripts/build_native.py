@@ -36,7 +36,7 @@ from tulle import native  # noqa: E402
 
 
 def sha256(name: str) -> str:
-    return hashlib.sha256(native.source_path(name).read_bytes()).hexdigest()
+    return hashlib.sha256(Path(native.source_path(name)).read_bytes()).hexdigest()
 
 
 def needs_build() -> str | None:
@@ -55,7 +55,7 @@ def needs_build() -> str | None:
 
 
 def write_manifest(hashes: dict[str, str], stamps: dict[str, str]) -> None:
-    native.MANIFEST.write_text("".join(f"{name} {stamps[name]} {hashes[name]}\n"
+    Path(native.MANIFEST).write_text("".join(f"{name} {stamps[name]} {hashes[name]}\n"
                                        for name in native.COMPILED))
 
 
@@ -100,12 +100,12 @@ def clean() -> None:
     """The manifest first, then every mypyc extension in the package (a module dropped from
     `COMPILED` must not leave its old one behind) and the group's.  Not the libnghttp2
     engine's cffi module (`ng2/_ng2*.so`, ADR 0051): that one is `make deps`'s."""
-    native.MANIFEST.unlink(missing_ok=True)
-    for old in (native.SRC / "tulle").rglob("*.so"):
+    Path(native.MANIFEST).unlink(missing_ok=True)
+    for old in (Path(native.SRC) / "tulle").rglob("*.so"):
         if old.parent.name == "ng2" and old.name.startswith("_ng2"):
             continue
         old.unlink()
-    for old in native.SRC.glob(native.GROUP + "__mypyc.*.so"):
+    for old in Path(native.SRC).glob(native.GROUP + "__mypyc.*.so"):
         old.unlink()
 
 
@@ -115,7 +115,7 @@ def build() -> None:
 
     warnings.filterwarnings("ignore")  # setuptools' notes on pyproject.toml's license table
     os.chdir(ROOT)
-    paths = [str(native.source_path(name).relative_to(ROOT)) for name in native.COMPILED]
+    paths = [str(Path(native.source_path(name)).relative_to(ROOT)) for name in native.COMPILED]
     os.environ.setdefault("MYPYPATH", str(SRC))
     setup(
         name="tulle-native",

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
@@ -286,6 +285,8 @@ def parse_labels(values: tuple[str, ...]) -> dict[str, str]:
 
 
 def _trust(token: str, ca_file: str | None, stream_plaintext: bool) -> StreamTrust:
+    from pathlib import Path
+
     from tulle.dataplane.stream_tls import StreamTrust
 
     if stream_plaintext:
@@ -300,6 +301,8 @@ def run_node(control_planes: tuple[str, ...], node_config: str, cache_dir: str |
              admin_port: int, ca_file: str | None = None,
              stream_plaintext: bool = False) -> int:
     """A node agent: one proxy for every workload of `node_config` (ADR 0047)."""
+    from pathlib import Path
+
     from tulle.cli.node_config import NodeConfigError, load
     from tulle.dataplane.subscribed import run as run_stream
 
@@ -324,6 +327,8 @@ def run_subscribed(control_planes: tuple[str, ...], workload: str, namespace: st
                    ca_file: str | None = None, stream_plaintext: bool = False,
                    dns_port: int = 0) -> int:
     """A sidecar subscribed to the control plane for one workload."""
+    from pathlib import Path
+
     from tulle.dataplane.subscribed import run as run_stream
     from tulle.proxyconfig.stream import WorkloadInfo
 
