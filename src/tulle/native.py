@@ -25,7 +25,6 @@ proxy's `/config_dump` and the benchmark record it).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import warnings
@@ -158,6 +157,8 @@ class PureFinder:
                   target: ModuleType | None = None) -> ModuleSpec | None:
         if fullname not in self.names:
             return None
+        import importlib.util  # only in the source case
+
         leaf = fullname.rpartition(".")[2] + ".py"
         for entry in path or sys.path:
             candidate = os.path.join(entry, leaf)
