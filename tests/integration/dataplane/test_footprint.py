@@ -59,6 +59,8 @@ ONLY_WHEN_NAMED = (
     "tulle.dataplane.filters.rewrite", "tulle.dataplane.filters.ratelimit",
     "tulle.dataplane.network.authz", "tulle.dataplane.network.rate_limit",  # L4 filters
     "tulle.dataplane.network.connection_limit", "tulle.dataplane.network.flow_log",
+    "tulle.dataplane.telemetry.otlp",  # an OTLP log sink or trace exporter
+    "pathlib", "ipaddress", "urllib.parse",  # a CIDR, an OTLP endpoint, a percent-escape
 )
 """Loaded only when the config names them (ADR 0068); the first test's config names none."""
 
