@@ -9,7 +9,7 @@ A control plane on free loopback ports with a SQLite store in a temporary direct
 Services applied; then, per round, `--runs` alternating runs of each command (ABAB, so a busy
 moment hits all three alike).  Reported per command: the median of the rounds' medians, with
 the spread (min and max of the round medians), in milliseconds, as JSON.  `python -X importtime
--c "from tulle.cli.main import cli"` shows what a command imports, if the figure grows.
+-c "from tulle.cli.commands import cli"` shows what a command imports, if the figure grows.
 """
 
 from __future__ import annotations

@@ -25,15 +25,13 @@ proxy's `/config_dump` and the benchmark record it).
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
 import warnings
 from collections.abc import Sequence
 from importlib.machinery import EXTENSION_SUFFIXES, ModuleSpec
-from pathlib import Path
 from types import ModuleType
-from typing import Final
+from typing import Final, TypeAlias
 
 COMPILED: Final = (
     "tulle.dataplane.exchange",
@@ -86,31 +84,36 @@ the per-request telemetry observers (ADR 0062), compiled together (one mypyc gro
 GROUP: Final = "tulle_native"
 """The mypyc group: its shared library is `tulle_native__mypyc` beside the `tulle` package."""
 
-SRC: Final = Path(__file__).resolve().parent.parent
-"""The directory holding the `tulle` package (`src/` in a checkout)."""
+SRC: Final = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+"""The directory holding the `tulle` package (`src/` in a checkout).  Paths here are strings:
+`pathlib` costs a proxy 0.7 MB of imports nothing else on its path needs (ADR 0068)."""
 
-MANIFEST: Final = SRC / "tulle" / "_native_build.txt"
+MANIFEST: Final = os.path.join(SRC, "tulle", "_native_build.txt")
 """Written by the build: one line per module compiled, `name size mtime_ns sha256`."""
+
+StrPath: TypeAlias = "str | os.PathLike[str]"
+"""A path as a string or a `Path` (tests and the build pass either)."""
 
 _state: list[str] = []
 """[mode, reason] once `select` ran."""
 
 
-def source_path(name: str, root: Path = SRC) -> Path:
-    return root.joinpath(*name.split(".")).with_suffix(".py")
+def source_path(name: str, root: StrPath = SRC) -> str:
+    return os.path.join(root, *name.split(".")) + ".py"
 
 
-def source_stamp(name: str, root: Path = SRC) -> str:
+def source_stamp(name: str, root: StrPath = SRC) -> str:
     """`size mtime_ns` of the module's source."""
-    st = source_path(name, root).stat()
+    st = os.stat(source_path(name, root))
     return f"{st.st_size} {st.st_mtime_ns}"
 
 
-def read_manifest(manifest: Path = MANIFEST) -> dict[str, tuple[str, str]]:
+def read_manifest(manifest: StrPath = MANIFEST) -> dict[str, tuple[str, str]]:
     """{name: (stamp, sha256)}; empty when there is none."""
     out: dict[str, tuple[str, str]] = {}
     try:
-        text = manifest.read_text()
+        with open(manifest, encoding="utf-8") as f:
+            text = f.read()
     except OSError:
         return out
     for line in text.splitlines():
@@ -120,12 +123,12 @@ def read_manifest(manifest: Path = MANIFEST) -> dict[str, tuple[str, str]]:
     return out
 
 
-def has_extension(name: str, root: Path = SRC) -> bool:
-    base = root.joinpath(*name.split("."))
-    return any(base.with_name(base.name + suffix).exists() for suffix in EXTENSION_SUFFIXES)
+def has_extension(name: str, root: StrPath = SRC) -> bool:
+    base = os.path.join(root, *name.split("."))
+    return any(os.path.exists(base + suffix) for suffix in EXTENSION_SUFFIXES)
 
 
-def stale(manifest: Path = MANIFEST, root: Path = SRC,
+def stale(manifest: StrPath = MANIFEST, root: StrPath = SRC,
           modules: Sequence[str] = COMPILED) -> str | None:
     """Why the compiled copy cannot be used (None: it can)."""
     built = read_manifest(manifest)
@@ -154,6 +157,8 @@ class PureFinder:
                   target: ModuleType | None = None) -> ModuleSpec | None:
         if fullname not in self.names:
             return None
+        import importlib.util  # only in the source case
+
         leaf = fullname.rpartition(".")[2] + ".py"
         for entry in path or sys.path:
             candidate = os.path.join(entry, leaf)
@@ -169,7 +174,7 @@ def select(environ: dict[str, str] | None = None) -> str:
     env = os.environ if environ is None else environ
     if env.get("TULLE_PURE", "") not in ("", "0"):
         reason: str | None = "TULLE_PURE is set"
-    elif not MANIFEST.exists():
+    elif not os.path.exists(MANIFEST):
         reason = "not built"
     else:
         reason = stale()

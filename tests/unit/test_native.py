@@ -98,3 +98,57 @@ def test_a_build_of_another_module_list_is_stale(tmp_path: Path) -> None:
         "the list of compiled modules changed since the build")
     assert native.stale(manifest, root, (*MODS, "pkg.gamma")) == (
         "the list of compiled modules changed since the build")
+
+
+def test_the_build_byte_compiles_the_package_even_when_python_may_not_write_bytecode(
+        tmp_path: Path) -> None:
+    """ADR 0068: a checkout run with PYTHONDONTWRITEBYTECODE=1 would otherwise compile every
+    module from source at every proxy start (~0.8 MiB of compiler garbage per proxy)."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "build_native.py"
+    pkg = tmp_path / "tulle"
+    pkg.mkdir()
+    (pkg / "mod.py").write_text("X = 1\n")
+    code = (f"import importlib.util, sys; sys.dont_write_bytecode = True; "
+            f"spec = importlib.util.spec_from_file_location('b', {str(script)!r}); "
+            f"m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m); "
+            f"m.SRC = __import__('pathlib').Path({str(tmp_path)!r}); m.byte_compile()")
+    env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+    assert list((pkg / "__pycache__").glob("mod.*.pyc"))
+
+
+def _build_script() -> object:
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "build_native.py"
+    spec = importlib.util.spec_from_file_location("build_native_flags", script)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize(("libc", "relr"), [
+    ("glibc 2.36", True), ("glibc 2.41", True), ("glibc 2.35", False), ("glibc 2.9", False),
+    ("", False), ("musl 1.2", False),
+])
+def test_link_flags_pack_relocations_only_where_the_loader_reads_them(
+        tmp_path: Path, libc: str, relr: bool) -> None:
+    flags = _build_script().link_flags(tmp_path, libc)  # type: ignore[attr-defined]
+    assert ("-Wl,-z,pack-relative-relocs" in flags) is relr
+    script = tmp_path / "exports.map"
+    assert f"-Wl,--version-script={script}" in flags
+    assert "global: PyInit_*;" in script.read_text() and "local: *;" in script.read_text()
+
+
+def test_the_built_group_exports_only_module_inits() -> None:
+    """ADR 0068: the group's symbols stay inside it (when it is built)."""
+    import subprocess as sp
+
+    libs = list(Path(native.SRC).glob(native.GROUP + "__mypyc.*.so"))
+    if not libs or native.stale() is not None:
+        pytest.skip("the compiled group is not built")
+    out = sp.run(["nm", "-D", "--defined-only", str(libs[0])], capture_output=True, text=True,
+                 check=True, timeout=60).stdout
+    names = [line.split()[-1] for line in out.splitlines() if line.strip()]
+    assert names and all(n.startswith("PyInit_") for n in names), names[:5]

@@ -1,15 +1,11 @@
-"""`tulle control-plane run` and the proxy's control-plane mode options."""
+"""`tulle control-plane run` (the proxy's control-plane mode lives in `proxy_run.py`)."""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
-
-if TYPE_CHECKING:
-    from tulle.dataplane.stream_tls import StreamTrust
 
 
 @click.group("control-plane")
@@ -128,107 +124,20 @@ def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str
 
 
 def ports_free(wanted: list[tuple[str, str, int, str]]) -> None:
-    """Refuse to start, naming the port, the process holding it and the flag that moves it,
-    when another process listens on one of `wanted` (what, address, port, flag): one line and
-    exit status 1, never a traceback from deep inside the server."""
-    from tulle.net.ports import Wanted, first_taken
+    """`proxy_run.ports_free` for a click command: a taken port exits 1 with one line."""
+    from tulle.cli import proxy_run
 
-    msg = first_taken([Wanted(a, p, what, flag) for what, a, p, flag in wanted])
-    if msg:
-        raise click.ClickException(msg)
-
-
-def parse_ports(values: tuple[str, ...]) -> list[dict[str, object]]:
-    """`--port http:18001:8001[:appProtocol]` -> Workload ports (name:port[:targetPort[:proto]])."""
-    out: list[dict[str, object]] = []
-    for v in values:
-        parts = v.split(":")
-        if len(parts) < 2 or not parts[1].isdigit():
-            raise click.BadParameter(f"{v!r}: use NAME:PORT[:TARGET_PORT[:APP_PROTOCOL]]")
-        port: dict[str, object] = {"name": parts[0], "port": int(parts[1])}
-        if len(parts) > 2 and parts[2]:
-            port["targetPort"] = int(parts[2])
-        if len(parts) > 3 and parts[3]:
-            port["appProtocol"] = parts[3]
-        out.append(port)
-    return out
+    try:
+        proxy_run.ports_free(wanted)
+    except proxy_run.StartError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 def parse_labels(values: tuple[str, ...]) -> dict[str, str]:
     """`--label KEY=VALUE` options as a map (a later KEY wins); BadParameter without `=`."""
-    out: dict[str, str] = {}
-    for lv in values:
-        k, sep, v = lv.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{lv!r}: use KEY=VALUE", param_hint="--label")
-        out[k] = v
-    return out
-
-
-def _trust(token: str, ca_file: str | None, stream_plaintext: bool) -> StreamTrust:
-    from tulle.dataplane.stream_tls import StreamTrust
-
-    if stream_plaintext:
-        return StreamTrust.insecure_plaintext()
-    try:
-        return StreamTrust.from_options(token, Path(ca_file) if ca_file else None)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from None
-
-
-def run_node(control_planes: tuple[str, ...], node_config: str, cache_dir: str | None,
-             admin_port: int, ca_file: str | None = None,
-             stream_plaintext: bool = False) -> int:
-    """A node agent: one proxy for every workload of `node_config` (ADR 0047)."""
-    from tulle.cli.node_config import NodeConfigError, load
-    from tulle.dataplane.subscribed import run
+    from tulle.cli import proxy_run
 
     try:
-        node = load(Path(node_config))
-    except NodeConfigError as exc:
-        raise click.BadParameter(str(exc), param_hint="--node-config") from None
-    first, rest = node[0], node[1:]
-    ports_free([("the admin port", "127.0.0.1", admin_port, "--admin-port (0 disables it)")])
-    trust = _trust(first.token, ca_file, stream_plaintext)
-    return run(control_planes, first.info, cache_dir=Path(cache_dir) if cache_dir else None,
-               admin_port=admin_port, token=first.token, trust=trust,
-               workloads=[w.info for w in rest],
-               node_tokens={f"{w.info.namespace}/{w.info.name}": w.token for w in rest})
-
-
-def run_subscribed(control_planes: tuple[str, ...], workload: str, namespace: str,
-                   address: str, ports: tuple[str, ...], labels: tuple[str, ...],
-                   service_account: str, outbound_port: int, cache_dir: str | None,
-                   admin_port: int, token_file: str | None = None,
-                   ca_file: str | None = None, stream_plaintext: bool = False,
-                   dns_port: int = 0) -> int:
-    import os
-
-    from tulle.dataplane.stream_tls import StreamTrust
-    from tulle.dataplane.subscribed import run
-    from tulle.proxyconfig.stream import WorkloadInfo
-
-    info = WorkloadInfo(name=workload, namespace=namespace, address=address,
-                        service_account=service_account, labels=parse_labels(labels),
-                        ports=parse_ports(ports), outbound_port=outbound_port,
-                        dns_port=dns_port, admin_port=admin_port)
-    token = os.environ.get("TULLE_BOOTSTRAP_TOKEN", "")
-    if token_file:
-        try:
-            token = Path(token_file).read_text().strip()
-        except OSError as exc:
-            raise click.BadParameter(f"{token_file}: {exc.strerror}",
-                                     param_hint="--token-file") from None
-    if stream_plaintext:
-        trust = StreamTrust.insecure_plaintext()
-    else:
-        try:
-            trust = StreamTrust.from_options(token, Path(ca_file) if ca_file else None)
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from None
-    wanted = [("the admin port", "127.0.0.1", admin_port, "--admin-port (0 disables it)")]
-    if dns_port:
-        wanted.append(("the mesh DNS port", "127.0.0.1", dns_port, "--dns-port"))
-    ports_free(wanted)
-    return run(control_planes, info, cache_dir=Path(cache_dir) if cache_dir else None,
-               admin_port=admin_port, token=token, trust=trust)
+        return proxy_run.parse_labels(values)
+    except proxy_run.UsageError as exc:
+        raise click.BadParameter(str(exc), param_hint=exc.hint) from None

@@ -29,9 +29,8 @@ import os
 import socket
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tulle.dataplane.dns.server import DnsError, DnsPlan, DnsService
 from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle
 from tulle.dataplane.listeners.factory import protocol_factory
 from tulle.dataplane.overload import OverloadGuard
@@ -44,9 +43,50 @@ from tulle.dataplane.upstream.cluster import ClusterManager, run_sweeper
 from tulle.dataplane.upstream.health.manager import HealthManager
 from tulle.proxyconfig.model import Listener, ProxyConfig
 
+if TYPE_CHECKING:
+    from tulle.dataplane.dns.server import DnsPlan, DnsService
+
 log = logging.getLogger("tulle.proxy")
 
 BACKLOG = 4096
+
+
+class MeshDns:
+    """The mesh DNS resolver of the proxy, its module (table, resolver, forwarder, codec)
+    imported only when a config first has a `dns` section: a proxy without one pays nothing
+    for it in memory (ADR 0068).  Its metric family appears with it."""
+
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        self.metrics = metrics
+        self.service: DnsService | None = None
+
+    @property
+    def port(self) -> int:
+        """The port bound (useful with port 0); 0 when no resolver runs."""
+        return self.service.port if self.service is not None else 0
+
+    async def prepare(self, cfg: ProxyConfig) -> DnsPlan | None:
+        """A plan for `cfg`'s `dns` section; None when there is none and never was."""
+        if self.service is None:
+            if cfg.dns is None:
+                return None
+            from tulle.dataplane.dns.server import DnsService
+
+            self.service = DnsService(self.metrics)
+        from tulle.dataplane.dns.server import DnsError
+
+        try:
+            return await self.service.prepare(cfg)
+        except DnsError as exc:
+            raise ApplyError(str(exc)) from exc
+
+    async def commit(self, plan: DnsPlan) -> None:
+        if self.service is not None:
+            await self.service.commit(plan)
+
+    def close(self) -> None:
+        if self.service is not None:
+            self.service.close()
 
 
 class ApplyError(Exception):
@@ -110,7 +150,7 @@ class ProxyServer:
         self._lock = asyncio.Lock()
         self._idle = asyncio.Event()
         self.on_applied: list[Callable[[ProxyConfig], None]] = [self.taps.configure]
-        self.dns = DnsService(self.metrics)
+        self.dns = MeshDns(self.metrics)
         """The mesh DNS resolver (`ProxyConfig.dns`, ADR 0042)."""
 
     # -- configuration -------------------------------------------------------------------
@@ -128,10 +168,12 @@ class ProxyServer:
                 raise
             if self.draining:  # SIGTERM arrived while sockets were being bound
                 plan.discard()
-                dns_plan.discard()
+                if dns_plan is not None:
+                    dns_plan.discard()
                 raise ApplyError("the proxy is draining")
             self._commit(plan)
-            await self.dns.commit(dns_plan)
+            if dns_plan is not None:
+                await self.dns.commit(dns_plan)
             for h in plan.fresh:
                 for s in h.servers:
                     await s.start_serving()
@@ -196,10 +238,10 @@ class ProxyServer:
             raise
         return plan
 
-    async def _prepare_dns(self, cfg: ProxyConfig) -> DnsPlan:
+    async def _prepare_dns(self, cfg: ProxyConfig) -> DnsPlan | None:
         try:
             return await self.dns.prepare(cfg)
-        except (DnsError, OSError, ValueError) as exc:
+        except (OSError, ValueError) as exc:
             raise ApplyError(str(exc)) from exc
 
     async def _serve(self, handle: ListenerHandle, lc: Listener, donor: ListenerHandle | None,

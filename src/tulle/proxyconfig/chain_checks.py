@@ -7,7 +7,6 @@ selection's rules (specificity, overlap) are a topic of their own.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 
 import msgspec
@@ -37,6 +36,8 @@ def chain_errors(lst: Listener, p: str, cfg: ProxyConfig, tables: set[str],
         names.add(fc.name)
         m = fc.match
         for k, a in enumerate(m.destination):
+            import ipaddress  # not at module level: only CIDRs need it (ADR 0068)
+
             try:
                 ipaddress.ip_network(a, strict=False)
             except ValueError:
@@ -86,6 +87,8 @@ def _values(m: FilterChainMatch) -> tuple[tuple[str, set[str]], ...]:
     """A match's list fields as the sets of values chain selection compares."""
     nets = set()
     for a in m.destination:
+        import ipaddress
+
         try:
             nets.add(str(ipaddress.ip_network(a, strict=False)))
         except ValueError:

@@ -8,8 +8,6 @@ name table and `tulle proxy-config` derive names with.
 
 from __future__ import annotations
 
-import ipaddress
-
 from tulle.errors import FieldError
 from tulle.proxyconfig.model import DNS, ProxyConfig
 
@@ -31,6 +29,8 @@ def upstream_address(text: str) -> tuple[str, int]:
     elif text.count(":") == 1:
         host, _, p = text.partition(":")
         port = _port(p)
+    import ipaddress  # not at module level: only a `dns` section needs it (ADR 0068)
+
     ipaddress.ip_address(host)  # ValueError names the problem
     return host, port
 
@@ -57,6 +57,8 @@ def errors(cfg: ProxyConfig) -> list[FieldError]:
     if d is None:
         return []
     out: list[FieldError] = []
+    import ipaddress
+
     try:
         ipaddress.ip_address(d.address)
     except ValueError:

@@ -12,7 +12,7 @@ a superset of JSON, so the result is the same, without the import).
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import Any
 
 import msgspec
@@ -70,15 +70,16 @@ def load_text(text: str, *, source: str = "<config>") -> ProxyConfig:
     return validate(raw)
 
 
-def load_file(path: str | Path) -> ProxyConfig:
-    p = Path(path)
+def load_file(path: str | os.PathLike[str]) -> ProxyConfig:
+    p = os.fspath(path)  # not pathlib: it is not on a proxy's import path (ADR 0068)
     try:
-        text = p.read_text(encoding="utf-8")
+        with open(p, encoding="utf-8") as f:
+            text = f.read()
     except OSError as exc:
         raise ConfigError([FieldError("", f"cannot read {p}: {exc.strerror or exc}")]) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError([FieldError("", f"{p} is not UTF-8 text")]) from exc
-    return load_text(text, source=str(p))
+    return load_text(text, source=p)
 
 
 REDACTED = "<redacted>"

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Final, Literal
-from urllib.parse import urlsplit
 
 import msgspec
 from msgspec import Meta
@@ -103,6 +102,8 @@ def _sink_errors(sink: LogSink, path: str) -> list[FieldError]:
     elif sink.path:
         out.append(FieldError(f"{path}.path", "only a file sink has a path"))
     if sink.kind == "otlp":
+        from urllib.parse import urlsplit  # only for an OTLP sink (ADR 0068)
+
         parts = urlsplit(sink.endpoint)
         if parts.scheme not in ("http", "https") or not parts.hostname or parts.query \
                 or parts.fragment or any(c in sink.endpoint for c in "\r\n\0 "):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
 from tulle.errors import FieldError
 from tulle.proxyconfig.model import ProxyConfig
 
@@ -11,6 +9,8 @@ from tulle.proxyconfig.model import ProxyConfig
 def otlp_endpoint_error(endpoint: str, path: str) -> FieldError | None:
     """An OTLP/HTTP base URL: `http(s)://host[:port][/prefix]`, nothing else (no user info,
     query or fragment: the proxy appends `/v1/traces`)."""
+    from urllib.parse import urlsplit  # only when an endpoint is configured (ADR 0068)
+
     try:
         u = urlsplit(endpoint)
         port = u.port

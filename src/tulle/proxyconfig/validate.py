@@ -15,7 +15,7 @@ order and keeps the rest of the semantic checks (names, references, routes).
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -50,6 +50,19 @@ def _duplicates(names: Iterable[str]) -> set[str]:
 
 
 def _is_ip(text: str) -> bool:
+    """An IPv4 or IPv6 address, as `ipaddress.ip_address` decides.  `inet_pton` gives the same
+    answer for anything without a zone (`%eth0`), without importing `ipaddress` (0.3 MB a proxy
+    would otherwise hold for this check alone, ADR 0068)."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, text)
+        except (OSError, ValueError):  # ValueError: an embedded NUL
+            continue
+        return True
+    if "%" not in text:
+        return False
+    import ipaddress
+
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -109,6 +122,8 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
         for j, d in enumerate(lst.destinations):
             dp = f"{p}.destinations[{j}]"
             if d.address:
+                import ipaddress
+
                 try:
                     ipaddress.ip_network(d.address, strict=False)
                 except ValueError:

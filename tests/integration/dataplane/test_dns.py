@@ -219,8 +219,9 @@ async def test_a_udp_forward_flood_is_bounded_and_counted() -> None:
             if done >= 200:
                 break
             await asyncio.sleep(0.01)
-        assert p.server.dns.current.shared is not None
-        assert p.server.dns.current.shared.inflight <= 8
+        service = p.server.dns.service
+        assert service is not None and service.current.shared is not None
+        assert service.current.shared.inflight <= 8
         assert p.metric("tulle_proxy_dns_queries_total", result="dropped") >= 150
         assert addresses(await udp(p, "catalog.shop")) == ["10.96.0.7"]
 
@@ -330,3 +331,17 @@ def test_dns_clients_are_checked() -> None:
         with pytest.raises(ConfigError) as exc:
             validate(config(clients=clients))
         assert path in str(exc.value)
+
+
+async def test_a_proxy_without_a_dns_section_loads_no_resolver_until_one_comes() -> None:
+    """ADR 0068: the resolver's modules and metric family arrive with the first `dns` section."""
+    cfg = config()
+    no_dns = {k: v for k, v in cfg.items() if k != "dns"}
+    async with running_proxy(no_dns) as p:
+        assert p.server.dns.service is None and p.server.dns.port == 0
+        assert "tulle_proxy_dns_queries_total" not in p.server.metrics.registry.render()
+        await p.apply(cfg)
+        assert p.server.dns.service is not None and p.server.dns.port > 0
+        assert addresses(await udp(p, "catalog.shop")) == ["10.96.0.7"]
+        await p.apply(no_dns)
+        assert p.server.dns.port == 0

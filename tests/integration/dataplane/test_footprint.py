@@ -48,8 +48,21 @@ FORBIDDEN_ALWAYS = (
     "hashlib",  # the file watcher compares contents
     "ctypes",  # only the worker supervisor's prctl needs it
     "encodings.idna",  # uvloop resolving a numeric admin address through the thread pool
+    "click", "tulle.cli.commands",  # `tulle proxy run` is parsed without click (ADR 0068)
 )
 """Never on the path of a proxy run from a file."""
+
+ONLY_WHEN_NAMED = (
+    "tulle.dataplane.dns.server", "tulle.dataplane.dns.resolver",  # a `dns` section
+    "tulle.dataplane.filters.authz", "tulle.dataplane.filters.mirror",  # a route's filters
+    "tulle.dataplane.filters.fault", "tulle.dataplane.filters.redirect",
+    "tulle.dataplane.filters.rewrite", "tulle.dataplane.filters.ratelimit",
+    "tulle.dataplane.network.authz", "tulle.dataplane.network.rate_limit",  # L4 filters
+    "tulle.dataplane.network.connection_limit", "tulle.dataplane.network.flow_log",
+    "tulle.dataplane.telemetry.otlp",  # an OTLP log sink or trace exporter
+    "pathlib", "ipaddress", "urllib.parse",  # a CIDR, an OTLP endpoint, a percent-escape
+)
+"""Loaded only when the config names them (ADR 0068); the first test's config names none."""
 
 H2_ENGINE = ("h2", "hpack", "hyperframe", "tulle.dataplane.protocols.http2")
 NG_ENGINE = ("tulle.dataplane.protocols.nghttp2", "tulle.dataplane.protocols.ng2._ng2")
@@ -122,8 +135,23 @@ async def test_http1_proxy_from_a_json_file_loads_no_http2_yaml_or_control_plane
     for name in ("tulle.dataplane.server", "tulle.dataplane.upstream.http1", "httptools",
                  "tulle.dataplane.listeners.detect", "uvloop"):
         assert name in modules, name
-    loaded = [m for m in (*FORBIDDEN_ALWAYS, *HTTP2) if _loaded(m, modules)]
+    loaded = [m for m in (*FORBIDDEN_ALWAYS, *HTTP2, *ONLY_WHEN_NAMED) if _loaded(m, modules)]
     assert loaded == []
+
+
+async def test_a_plain_http1_listener_loads_no_protocol_detection(
+        origin: int, tmp_path: Path) -> None:
+    cfg = simple_config(origin)
+
+    async def traffic(cfg: dict[str, Any]) -> None:
+        status, body = await http_get(_port(cfg, "out"), "/echo")
+        assert status == 200, body
+
+    modules = await _run_proxy(cfg, tmp_path, traffic)
+    assert "tulle.dataplane.listeners.http1" in modules
+    detection = ("tulle.dataplane.listeners.detect", "tulle.dataplane.network.relay",
+                 "tulle.dataplane.protocols.clienthello", *ONLY_WHEN_NAMED)
+    assert [m for m in detection if _loaded(m, modules)] == []
 
 
 async def test_http2_is_loaded_when_a_listener_speaks_it(origin: int, tmp_path: Path) -> None:

@@ -92,8 +92,8 @@ def test_the_proxy_never_takes_the_api_token_file_for_its_bootstrap_token(
     token file's content over the (plaintext) stream, so it reads its own variable only."""
     from click.testing import CliRunner
 
-    from tulle.cli import controlplane
-    from tulle.cli.main import cli
+    from tulle.cli import proxy_run
+    from tulle.cli.commands import cli
     from tulle.dataplane import runner
 
     seen: list[str | None] = []
@@ -102,7 +102,7 @@ def test_the_proxy_never_takes_the_api_token_file_for_its_bootstrap_token(
         seen.append(args[10])  # type: ignore[arg-type]  # token_file
         return 0
 
-    monkeypatch.setattr(controlplane, "run_subscribed", fake_run_subscribed)
+    monkeypatch.setattr(proxy_run, "run_subscribed", fake_run_subscribed)
     monkeypatch.setattr(runner, "configure_logging", lambda _level: None)
     api_token = write(tmp_path / "api-token", "tulle_0123456789abcdef_" + "A" * 43)
     bootstrap = write(tmp_path / "bootstrap", "tbt1.x.y")

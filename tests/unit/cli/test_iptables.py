@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from tulle.cli.main import cli
+from tulle.cli.commands import cli
 
 
 def _run(*args: str) -> tuple[int, str, str]:

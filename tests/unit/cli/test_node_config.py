@@ -10,7 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from tulle.cli.main import cli
+from tulle.cli.commands import cli
 from tulle.cli.node_config import NodeConfigError, load
 
 SECRET = "tok-SECRET-value"

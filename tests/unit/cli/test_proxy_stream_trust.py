@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from tulle.cli.main import cli
+from tulle.cli.commands import cli
 from tulle.dataplane.stream_tls import StreamTrust
 
 ARGV = ["proxy", "run", "--control-plane", "127.0.0.1:1", "--workload", "w",

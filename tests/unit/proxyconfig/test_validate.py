@@ -195,3 +195,27 @@ def test_cluster_limits_are_refused_on_a_tcp_cluster_whose_relay_does_not_take_t
         "limits yet)"]
     cfg = validate({"clusters": [{"name": "web", "protocol": "http1", "limits": limits}]})
     assert cfg.clusters[0].limits is not None and cfg.clusters[0].limits.max_connections == 10
+
+
+def test_an_address_is_what_ipaddress_calls_one_without_importing_it() -> None:
+    """ADR 0068: `_is_ip` answers as `ipaddress.ip_address` does (zones included), through
+    `inet_pton` for everything without a zone."""
+    import ipaddress
+    import random
+
+    from tulle.proxyconfig.validate import _is_ip
+
+    def reference(text: str) -> bool:
+        try:
+            ipaddress.ip_address(text)
+        except ValueError:
+            return False
+        return True
+
+    cases = ["1.2.3.4", "01.2.3.4", "1.2.3.04", "256.1.1.1", "1.2.3", " 1.2.3.4", "1.2.3.4\n",
+             "::", "::1", "fe80::1%eth0", "fe80::1%", "1.2.3.4%eth0", "::ffff:1.2.3.4",
+             "1::2::3", "12345::", "", "localhost", "0x1.1.1.1", "\u0661.2.3.4", "1.2.3.4\0"]
+    rnd = random.Random(7)
+    cases += ["".join(rnd.choice("0123456789abcdef:.%") for _ in range(rnd.randint(1, 16)))
+              for _ in range(20000)]
+    assert [c for c in cases if _is_ip(c) != reference(c)] == []

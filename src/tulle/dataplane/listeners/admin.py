@@ -16,10 +16,8 @@ Other paths get 404; other methods than GET and HEAD on these paths get 405.
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import TYPE_CHECKING, cast
 
 from tulle.dataplane.exchange import Headers, RequestHead
@@ -60,6 +58,8 @@ def wants_openmetrics(accept: bytes) -> bool:
 
 def _response(status: int, body: bytes, ctype: bytes, *, head_only: bool = False,
               close: bool = False, extra: bytes = b"") -> bytes:
+    from http import HTTPStatus  # the admin port's own imports wait for its first request
+
     reason = HTTPStatus(status).phrase.encode()
     conn = b"connection: close\r\n" if close else b""
     return (b"HTTP/1.1 %d %b\r\ncontent-type: %b\r\ncontent-length: %d\r\n"
@@ -172,6 +172,8 @@ class AdminProtocol(asyncio.Protocol):
         return 200, (dump(cfg) + b"\n" if cfg is not None else b"{}\n"), JSON
 
     def clusters(self) -> tuple[int, bytes, bytes]:
+        import json
+
         return 200, json.dumps(clusters_view(self.server), indent=2).encode() + b"\n", JSON
 
     ROUTES: dict[bytes, Callable[[AdminProtocol], tuple[int, bytes, bytes]]] = {

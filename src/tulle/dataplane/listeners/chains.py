@@ -30,21 +30,22 @@ keeps the chosen chain's *name* as its routing key and resolves it again after a
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Union
 
 from tulle.dataplane.network.chain import NetworkChain, build_chain
 from tulle.dataplane.runtime.tls import TLSContexts
 from tulle.proxyconfig.model import FilterChain, FilterChainMatch, Listener, TLSContext
 
 if TYPE_CHECKING:
+    import ipaddress
+
     from tulle.dataplane.routing.router import Router
     from tulle.dataplane.runtime.tls import ServerRef
     from tulle.dataplane.telemetry.metrics import ProxyMetrics
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = Union["ipaddress.IPv4Network", "ipaddress.IPv6Network"]
+IPAddress = Union["ipaddress.IPv4Address", "ipaddress.IPv6Address"]
 
 _EXACT = 1 << 16
 """Score of an exact server name: above any suffix length (host names are at most 255)."""
@@ -62,6 +63,8 @@ class ChainRule:
                  router: Router | None, cluster: str, network: NetworkChain | None) -> None:
         self.name = name
         self.port = match.destination_port
+        import ipaddress  # not at module level: only filter chains need it (ADR 0068)
+
         self.networks = tuple(ipaddress.ip_network(a, strict=False) for a in match.destination)
         names = [n.lower() for n in match.server_names]
         self.exact_names = frozenset(n for n in names if not n.startswith("*."))
@@ -142,6 +145,8 @@ def _narrow(candidates: list[ChainRule], score: Callable[[ChainRule], int]) -> l
 
 def parse_ip(ip: str) -> IPAddress | None:
     """An address as matched (an IPv4-mapped IPv6 address as its IPv4 address)."""
+    import ipaddress
+
     try:
         addr = ipaddress.ip_address(ip)
     except ValueError:

@@ -12,7 +12,6 @@ a routing key, never routing objects (`RoutedConnection`).
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import socket
 import struct
 from collections.abc import Callable
@@ -32,6 +31,7 @@ from tulle.dataplane.telemetry.tap import TapHub
 from tulle.proxyconfig.model import Destination, Listener, RouteTable, Settings
 
 if TYPE_CHECKING:
+    import ipaddress
     import ssl
 
     from tulle.dataplane.http.chain import Chain
@@ -62,6 +62,8 @@ class DestinationRule:
 
     @classmethod
     def build(cls, d: Destination, routers: dict[str, Router]) -> DestinationRule:
+        import ipaddress  # not at module level: only destinations need it (ADR 0068)
+
         net = ipaddress.ip_network(d.address, strict=False) if d.address else None
         return cls(net, d.port, d.protocol, routers.get(d.route_table) if d.route_table else None,
                    d.cluster)
@@ -70,6 +72,8 @@ class DestinationRule:
         if self.port and self.port != port:
             return False
         if self.network is not None:
+            import ipaddress
+
             try:
                 return ipaddress.ip_address(ip) in self.network
             except ValueError:

@@ -14,7 +14,6 @@ import asyncio
 from collections.abc import Callable
 
 from tulle.dataplane.listeners.context import ListenerHandle, Refused
-from tulle.dataplane.listeners.detect import DetectDownstream
 from tulle.dataplane.listeners.http1 import H1Downstream
 from tulle.dataplane.runtime.tls import ServerRef
 
@@ -71,6 +70,8 @@ def _driver_factory(handle: ListenerHandle, tls: ServerRef | None) -> ProtocolFa
         # `runtime.tls`) serves the next handshake without a new server.
         return lambda: TLSAccept(handle, ref.ctx, by_alpn)
     if cfg.tls is None and (cfg.mode == "transparent" or cfg.protocol in ("auto", "tcp")):
+        from tulle.dataplane.listeners.detect import DetectDownstream  # its relay, its parsers
+
         return lambda: DetectDownstream(handle)  # sniffing, TCP relay, original destination
     raise NotImplementedError(
         f"listener {cfg.name}: protocol {cfg.protocol!r} in {cfg.mode} mode is not available")

@@ -24,7 +24,7 @@ from tulle.dataplane.network.filter import (
     NetworkFilterFactory,
     Reject,
 )
-from tulle.dataplane.network.order import BUILDERS, POSITION
+from tulle.dataplane.network.order import POSITION, builder
 
 if TYPE_CHECKING:
     from tulle.dataplane.telemetry.metrics import ProxyMetrics
@@ -85,7 +85,7 @@ def build_chain(configs: Sequence[NetworkFilterConfig], listener: str,
     """The chain of a listener's `network_filters`; None when it has none (nothing to pay)."""
     if not configs:
         return None
-    factories = [BUILDERS[type(c).__struct_config__.tag](c) for c in configs]  # type: ignore[index]
+    factories = [builder(type(c).__struct_config__.tag)(c) for c in configs]  # type: ignore[arg-type]
     return NetworkChain(factories, listener, metrics)
 
 

@@ -10,10 +10,10 @@ terminal.  Places marked "reserved" have no filter yet: they say where one goes 
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Any, Final
 
-from tulle.dataplane.network import authz, connection_limit, flow_log, rate_limit, source_ip
 from tulle.dataplane.network.filter import NetworkFilterFactory
 
 ORDER: Final[tuple[tuple[str, str], ...]] = (
@@ -38,11 +38,12 @@ TERMINAL: Final = "tcp_proxy"
 
 POSITION: Final = {name: i for i, (name, _) in enumerate(ORDER)}
 
-BUILDERS: Final[dict[str, Callable[[Any], NetworkFilterFactory]]] = {
-    "source_ip": source_ip.build,
-    "connection_limit": connection_limit.build,
-    "flow_log": flow_log.build,
-    "authz": authz.build,
-    "rate_limit": rate_limit.build,
-}
-"""Config type tag -> the factory builder of its runtime module."""
+def builder(tag: str) -> Callable[[Any], NetworkFilterFactory]:
+    """The factory builder of config type `tag`: `build` of `tulle.dataplane.network.<tag>`,
+    imported the first time a listener uses that filter (a proxy pays in memory only for the
+    filters its config names, ADR 0068)."""
+    if tag not in POSITION:
+        raise KeyError(tag)
+    build: Callable[[Any], NetworkFilterFactory] = importlib.import_module(
+        f"tulle.dataplane.network.{tag}").build
+    return build

@@ -27,12 +27,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from tulle.dataplane.telemetry.otlp.common import Value
-from tulle.dataplane.telemetry.otlp.exporter import OtlpExporter
-from tulle.dataplane.telemetry.otlp.logs import LogItem, LogsEncoder
 from tulle.proxyconfig.logs import LogSink
+
+if TYPE_CHECKING:  # imported by an OTLP sink when one is built (ADR 0068)
+    from tulle.dataplane.telemetry.otlp.common import Value
+    from tulle.dataplane.telemetry.otlp.exporter import OtlpExporter
+    from tulle.dataplane.telemetry.otlp.logs import LogItem
 
 log = logging.getLogger("tulle.telemetry.logs")
 
@@ -214,6 +216,10 @@ class OtlpLogSink:
 
     def __init__(self, name: str, cfg: LogSink, resource_attributes: Mapping[str, Value],
                  body: Callable[[Mapping[str, Any]], str] | None) -> None:
+        from tulle.dataplane.telemetry.otlp.exporter import OtlpExporter
+        from tulle.dataplane.telemetry.otlp.logs import LogItem, LogsEncoder
+
+        self._log_item = LogItem
         encoder = LogsEncoder(resource_attributes, f"tulle.{name}")
         self.body = body
         self.name = name
@@ -234,7 +240,8 @@ class OtlpLogSink:
             with contextlib.suppress(ValueError):
                 trace_id = bytes.fromhex(trace)
         body = self.body(record) if self.body is not None else None
-        return LogItem(ns, attributes, body, trace_id=trace_id, event_name=f"tulle.{self.name}")
+        return self._log_item(ns, attributes, body, trace_id=trace_id,
+                              event_name=f"tulle.{self.name}")
 
     def offer(self, record: Any, time_ns: int) -> bool:
         """`record`: a mapping (the access log gives an OTLP sink dicts, never structs)."""

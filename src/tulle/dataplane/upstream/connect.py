@@ -23,7 +23,6 @@ server that is not one expected for the destination fails the dial like a refuse
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import os
 import socket
 import ssl
@@ -70,15 +69,34 @@ def _set_options(sock: socket.socket) -> None:
 
 async def _address(loop: asyncio.AbstractEventLoop, host: str,
                    port: int) -> tuple[socket.AddressFamily, tuple[str, int]]:
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
+    family = numeric_family(host)
+    if family is None:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         if not infos:
             raise socket.gaierror(socket.EAI_NONAME, "no address") from None
         family, _, _, _, sa = infos[0]
         return family, (str(sa[0]), int(sa[1]))
-    return (socket.AF_INET6 if ip.version == 6 else socket.AF_INET), (host, port)
+    return family, (host, port)
+
+
+def numeric_family(host: str) -> socket.AddressFamily | None:
+    """The family of a numeric address (None: a name).  `inet_pton`, which agrees with
+    `ipaddress.ip_address` on everything without a zone, so that a proxy need not import
+    `ipaddress` (ADR 0068); an address with a zone (`fe80::1%eth0`) is left to it."""
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except (OSError, ValueError):
+            continue
+        return family
+    if "%" in host:
+        import ipaddress
+
+        try:
+            return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else None
+        except ValueError:
+            return None
+    return None
 
 
 async def _sock_connect(loop: asyncio.AbstractEventLoop, sock: socket.socket,

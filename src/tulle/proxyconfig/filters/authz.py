@@ -22,7 +22,6 @@ anything else exact.  The runtime is `tulle/dataplane/filters/authz.py` (and
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from typing import Annotated, Literal
 
@@ -131,6 +130,8 @@ def policy_errors(policies: list[AuthzPolicy], path: str) -> list[FieldError]:
                         out.append(FieldError(f"{sp}.service_accounts[{n}]",
                                               f"not namespace/account: {v!r}"))
                 for n, v in enumerate(s.ip_blocks):
+                    import ipaddress  # only for CIDRs given (ADR 0068)
+
                     try:
                         ipaddress.ip_network(v, strict=False)
                     except ValueError:

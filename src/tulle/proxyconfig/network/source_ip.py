@@ -6,8 +6,6 @@ Runtime: `tulle.dataplane.network.source_ip`.
 
 from __future__ import annotations
 
-import ipaddress
-
 import msgspec
 from msgspec import Struct
 
@@ -29,6 +27,8 @@ def check(cfg: SourceIP, path: str) -> list[FieldError]:
     out: list[FieldError] = []
     for key, items in (("allow", cfg.allow), ("deny", cfg.deny)):
         for i, text in enumerate(items):
+            import ipaddress  # only for CIDRs given (ADR 0068)
+
             try:
                 ipaddress.ip_network(text, strict=False)
             except ValueError:

@@ -10,15 +10,16 @@ nothing running); `commit` starts the new exporter and retires the old one.
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
-from tulle.dataplane.telemetry.otlp.exporter import OtlpExporter
-from tulle.dataplane.telemetry.otlp.traces import TraceExporter
 from tulle.dataplane.telemetry.tracing.span import Span, SpanSink
 from tulle.dataplane.telemetry.tracing.tracer import Tracer
 from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.tracing import Tracing
+
+if TYPE_CHECKING:  # imported when a section names an OTLP endpoint (ADR 0068)
+    from tulle.dataplane.telemetry.otlp.exporter import OtlpExporter
 
 log = logging.getLogger("tulle.proxy")
 
@@ -42,6 +43,8 @@ class ExporterFactory(Protocol):
 
 def otlp_exporter(section: Tracing, service: str, node: str, namespace: str) -> SpanExporter:
     """The exporter of a section with an `otlp_endpoint` (validated by the contract)."""
+    from tulle.dataplane.telemetry.otlp.traces import TraceExporter
+
     return TraceExporter(section.otlp_endpoint, {
         "service.name": service, "service.namespace": namespace,
         "service.instance.id": f"{node}.{namespace}"})
