@@ -37,6 +37,8 @@ async def run(protocol: str, n: int, repeat: int, profile: cProfile.Profile | No
     pool.idle.append(up)
     resp = micro.NGINX_HEAD + micro.BODY
 
+    answered: list[MemoryTransport] = []
+
     def one() -> None:
         t = MemoryTransport(keep=1 << 12)
         proto = make()
@@ -44,14 +46,24 @@ async def run(protocol: str, n: int, repeat: int, profile: cProfile.Profile | No
         proto.connection_made(t)  # type: ignore[arg-type]
         proto.data_received(REQUEST)  # type: ignore[attr-defined]
         up.data_received(resp)
-        t.close()  # the client read the response and closed (or the linger ended)
+        answered.append(t)
+
+    async def turn_end() -> None:
+        """The turn's writes leave (the responses and their FINs, ADR 0069); then each client,
+        having read its response, closes (or the linger ends)."""
+        await asyncio.sleep(0)
+        for t in answered:
+            t.close()
+        answered.clear()
 
     one()
-    await asyncio.sleep(0)
+    first = answered[0]
+    await turn_end()
+    assert first.writes and first.eof, "the response and its FIN were not written"
     assert pool.idle == [up] and not handle.connections, "a connection was left behind"
     for _ in range(500):
         one()
-    await asyncio.sleep(0)
+    await turn_end()
     best = float("inf")
     for _ in range(repeat):
         if profile is not None:
@@ -60,8 +72,8 @@ async def run(protocol: str, n: int, repeat: int, profile: cProfile.Profile | No
         for i in range(n):
             one()
             if i % micro.BATCH == 0:
-                await asyncio.sleep(0)
-        await asyncio.sleep(0)
+                await turn_end()
+        await turn_end()
         best = min(best, time.process_time() - t0)
         if profile is not None:
             profile.disable()

@@ -16,7 +16,11 @@ per byte, not a wake-up, and holding them would only hold memory.
 
 A connection's held bytes are a `HeldWrites` (one per `H1Downstream` and `H1Connection`),
 registered here once per turn; the connection flushes it before it closes or half-closes its
-transport, and drops it when the transport is gone.  The turn's flush runs as a `call_soon` callback, which
+transport, and drops it when the transport is gone.  A client connection's close (the FIN of
+a `Connection: close` response, ADR 0069) is held too, behind its bytes (`finish`): written at
+once, a closing connection's response woke its reader alone, once per response, while the
+turn's other writes went together -- that cost the `Connection: close` path more than holding
+saved.  The turn's flush runs as a `call_soon` callback, which
 uvloop and asyncio both run after the turn's I/O callbacks and before the next poll.
 """
 
@@ -28,6 +32,11 @@ from typing import Final
 
 WRITE_NOW: Final = 32 * 1024
 """Bytes held on one connection at which its writes stop waiting for the turn's end."""
+
+HALF_CLOSE: Final = 1
+"""`HeldWrites.finish`: `write_eof()` after the held bytes (a lingering close's FIN)."""
+CLOSE: Final = 2
+"""`HeldWrites.finish`: `close()` after the held bytes."""
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +70,7 @@ class TurnWrites:
 class HeldWrites:
     """One connection's writes, held to the end of the turn (or to `WRITE_NOW` bytes)."""
 
-    __slots__ = ("held", "out", "size", "transport", "turn")
+    __slots__ = ("end", "held", "out", "size", "transport", "turn")
 
     def __init__(self, turn: TurnWrites) -> None:
         self.turn = turn
@@ -71,6 +80,8 @@ class HeldWrites:
         self.size = 0
         self.held = False
         """Listed with `turn` for this turn."""
+        self.end = 0
+        """What follows the held bytes: 0 nothing, `HALF_CLOSE` or `CLOSE`."""
 
     def write(self, data: bytes) -> None:
         self.out.append(data)
@@ -81,25 +92,42 @@ class HeldWrites:
             self.held = True
             self.turn.hold(self)
 
+    def finish(self, how: int) -> None:
+        """Half-close (`HALF_CLOSE`) or close (`CLOSE`) the transport at the end of this turn,
+        after what is held; nothing may be written after it."""
+        self.end = how
+        if not self.held:
+            self.held = True
+            self.turn.hold(self)
+
     def flush(self) -> None:
-        """Write what is held now (before closing or half-closing, or at the turn's end)."""
+        """Write what is held now (before closing or half-closing, or at the turn's end), then
+        the close `finish` held, if any."""
         self.held = False
         out = self.out
-        if not out:
-            return
         t = self.transport
-        if t is not None and not t.is_closing():
-            if len(out) == 1:
-                t.write(out[0])
-            else:
-                t.writelines(out)
-        out.clear()
-        self.size = 0
+        if out:
+            if t is not None and not t.is_closing():
+                if len(out) == 1:
+                    t.write(out[0])
+                else:
+                    t.writelines(out)
+            out.clear()
+            self.size = 0
+        end = self.end
+        if end:
+            self.end = 0
+            if t is not None and not t.is_closing():
+                if end == HALF_CLOSE:
+                    t.write_eof()
+                else:
+                    t.close()
 
     def drop(self) -> None:
-        """Forget what is held (the connection is being closed without it)."""
+        """Forget what is held, and a held close (the connection is being closed without it)."""
         self.out.clear()
         self.size = 0
+        self.end = 0
 
 
 _current: TurnWrites | None = None

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from tulle.dataplane.listeners.memory import MemoryTransport
-from tulle.dataplane.turn import WRITE_NOW, HeldWrites, TurnWrites, turn_writes
+from tulle.dataplane.turn import CLOSE, HALF_CLOSE, WRITE_NOW, HeldWrites, TurnWrites, turn_writes
 
 
 def held(turn: TurnWrites, transport: Any) -> HeldWrites:
@@ -95,3 +95,47 @@ def test_one_per_event_loop() -> None:
     finally:
         first.close()
         second.close()
+
+
+async def test_a_held_close_follows_the_held_bytes_at_the_turns_end() -> None:
+    turn = TurnWrites(asyncio.get_running_loop())
+    half, whole, bare = MemoryTransport(), MemoryTransport(), MemoryTransport()
+    wh, ww, wb = held(turn, half), held(turn, whole), held(turn, bare)
+    wh.write(b"answer")
+    wh.finish(HALF_CLOSE)
+    ww.write(b"bye")
+    ww.finish(CLOSE)
+    wb.finish(HALF_CLOSE)  # nothing held: the close alone still waits for the turn's end
+    assert len(turn.held) == 3
+    assert not (half.eof or whole.closed or bare.eof) and half.writes == whole.writes == 0
+    await asyncio.sleep(0)
+    assert half.take() == b"answer" and half.eof and not half.closed
+    assert whole.take() == b"bye" and whole.closed
+    assert bare.eof and bare.writes == 0
+    assert wh.end == ww.end == wb.end == 0
+
+
+async def test_a_dropped_connections_held_close_is_forgotten() -> None:
+    turn = TurnWrites(asyncio.get_running_loop())
+    t = MemoryTransport()
+    w = held(turn, t)
+    w.write(b"x")
+    w.finish(CLOSE)
+    w.drop()
+    await asyncio.sleep(0)
+    assert t.writes == 0 and not t.closed
+    w.flush()  # flushed again (the connection's own flush): nothing left to do
+    assert t.writes == 0 and not t.closed
+
+
+async def test_flush_before_the_turns_end_writes_then_closes_once() -> None:
+    turn = TurnWrites(asyncio.get_running_loop())
+    t = MemoryTransport()
+    w = held(turn, t)
+    w.write(b"x")
+    w.finish(HALF_CLOSE)
+    w.flush()  # e.g. the client's EOF arrived in the same turn
+    assert t.take() == b"x" and t.eof and w.end == 0
+    t.eof = False
+    await asyncio.sleep(0)  # the turn's flush: nothing left, no second FIN
+    assert not t.eof and t.writes == 1

@@ -46,7 +46,7 @@ from tulle.dataplane.http.facts import ConnectionFacts, facts_for
 from tulle.dataplane.listeners.context import ListenerHandle, RoutedConnection, reset
 from tulle.dataplane.listeners.h1exchange import H1Exchange
 from tulle.dataplane.protocols.http1 import ProtocolError, RequestCodec, local_response
-from tulle.dataplane.turn import HeldWrites, turn_writes
+from tulle.dataplane.turn import CLOSE, HALF_CLOSE, HeldWrites, turn_writes
 
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import Headers, RequestHead, TunnelStream
@@ -143,6 +143,7 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
 
     def eof_received(self) -> bool:
         if self._lingering:
+            self.flush()  # our answer (and FIN) may still be held for the turn's end
             return False  # the client has read our answer and closed: done
         if self.tunnel is not None:
             self._eof_in = True
@@ -421,16 +422,17 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
             self._close()
 
     def _close(self) -> None:
+        """Close after what is written, at the end of the turn with its other writes (ADR
+        0069): a lingering close's FIN, or a close when the client already sent its own."""
         self.closing = True
         t = self.transport
         if t is None or self._lingering:
             return
-        self.flush()
         if self._eof_in or self.tunnel is not None or not t.can_write_eof():
-            t.close()
+            self.outq.finish(CLOSE)
             return
         self._lingering = True
-        t.write_eof()
+        self.outq.finish(HALF_CLOSE)
         self.paused.clear()
         t.resume_reading()  # drain (and drop) what the client still sends
         self.deadline_kind = "linger"

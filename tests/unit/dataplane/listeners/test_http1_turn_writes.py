@@ -2,7 +2,8 @@
 
 Real drivers (`H1Downstream`, `H1Connection`) on in-memory transports that count writes: what
 one turn produces leaves when its callbacks are done, one write per connection (a response's
-head with its body); large writes, closes and aborts do not wait.
+head with its body); large writes and aborts do not wait; a client connection's close waits
+behind its bytes (ADR 0069).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import asyncio
 from tests.support.transport import FakeTransport
 from tests.unit.dataplane.listeners.test_http1_garbage import build, connect
 
+from tulle.dataplane.listeners.context import ListenerHandle
+from tulle.dataplane.listeners.http1 import H1Downstream
 from tulle.dataplane.turn import WRITE_NOW
 from tulle.dataplane.upstream.http1 import H1Connection, H1Pool
 
@@ -59,22 +62,96 @@ async def test_a_large_write_leaves_at_once() -> None:
     assert t.writes == 1 and t.out.endswith(body)  # not held: a copy, not a wake-up, to save
 
 
-async def test_a_close_writes_what_is_held_before_the_fin() -> None:
+class Recording(FakeTransport):
+    """Remembers the order of writes and closes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[str] = []
+
+    def write(self, data: bytes) -> None:
+        assert not self.eof and not self.closed, "a write after the FIN or the close"
+        self.events.append("write")
+        super().write(data)
+
+    def write_eof(self) -> None:
+        self.events.append("eof")
+        super().write_eof()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.events.append("close")
+        super().close()
+
+
+def connect_recording(handle: ListenerHandle) -> tuple[H1Downstream, Recording]:
+    down, t = H1Downstream(handle), Recording()
+    t.protocol = down
+    down.connection_made(t)  # type: ignore[arg-type]
+    return down, t
+
+
+async def test_a_closing_connections_response_and_fin_leave_at_the_turns_end() -> None:
     handle, pool = build()
     (up, _), = upstreams(pool, 1)
-    down, t = connect(handle)
+    down, t = connect_recording(handle)
     down.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     await asyncio.sleep(0)
     up.data_received(OK)
-    assert t.eof  # the exchange ended and the close began in this turn ...
-    assert t.out.endswith(b"\r\n\r\nok")  # ... and the response left before the FIN
+    assert t.events == []  # the exchange ended and the close began in this turn: held ...
+    await asyncio.sleep(0)
+    assert t.events == ["write", "eof"]  # ... then the response, then the FIN, together
+    assert t.out.endswith(b"\r\n\r\nok") and not t.closed  # lingering: still reading
+    down.data_received(b"late bytes")  # discarded while lingering
+    down.eof_received()
+    assert t.writes == 1
+
+
+async def test_a_client_eof_while_the_close_is_held_still_gets_the_response() -> None:
+    handle, pool = build()
+    (up, _), = upstreams(pool, 1)
+    down, t = connect_recording(handle)
+    down.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    await asyncio.sleep(0)
+    up.data_received(OK)
+    assert not down.eof_received()  # in the same turn: the held answer goes first
+    assert t.events == ["write", "eof"] and t.out.endswith(b"\r\n\r\nok")
+    t.close()
+    await asyncio.sleep(0)  # the turn's flush finds nothing left and writes nothing
+    assert t.events == ["write", "eof", "close"]
+
+
+async def test_a_half_closed_client_gets_its_response_then_the_close() -> None:
+    handle, pool = build()
+    (up, _), = upstreams(pool, 1)
+    down, t = connect_recording(handle)
+    down.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert down.eof_received()  # whole requests, then the client's FIN: answer, then close
+    await asyncio.sleep(0)
+    up.data_received(OK)
+    assert t.events == []
+    await asyncio.sleep(0)
+    assert t.events == ["write", "close"] and t.out.endswith(b"\r\n\r\nok")
+
+
+async def test_a_close_dropped_with_the_connection_does_nothing() -> None:
+    handle, pool = build()
+    (up, _), = upstreams(pool, 1)
+    down, t = connect_recording(handle)
+    down.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    await asyncio.sleep(0)
+    up.data_received(OK)
+    down.connection_lost(ConnectionResetError())  # the client reset while all was held
+    await asyncio.sleep(0)
+    assert t.events == [] and t.writes == 0
 
 
 async def test_a_local_error_answer_leaves_before_the_close() -> None:
     handle, _ = build()
-    down, t = connect(handle)
+    down, t = connect_recording(handle)
     down.data_received(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n")
-    assert t.out.startswith(b"HTTP/1.1 400 ") and t.eof
+    await asyncio.sleep(0)
+    assert t.out.startswith(b"HTTP/1.1 400 ") and t.events == ["write", "eof"]
 
 
 async def test_an_upstream_failure_after_the_head_writes_the_head_then_resets() -> None:
