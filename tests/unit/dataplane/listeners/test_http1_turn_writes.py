@@ -91,13 +91,19 @@ def connect_recording(handle: ListenerHandle) -> tuple[H1Downstream, Recording]:
     return down, t
 
 
-async def test_a_closing_connections_response_and_fin_leave_at_the_turns_end() -> None:
+async def answered_with_close() -> tuple[H1Downstream, Recording]:
+    """A client's `Connection: close` request, its origin's answer just in: all still held."""
     handle, pool = build()
     (up, _), = upstreams(pool, 1)
     down, t = connect_recording(handle)
     down.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
     await asyncio.sleep(0)
     up.data_received(OK)
+    return down, t
+
+
+async def test_a_closing_connections_response_and_fin_leave_at_the_turns_end() -> None:
+    down, t = await answered_with_close()
     assert t.events == []  # the exchange ended and the close began in this turn: held ...
     await asyncio.sleep(0)
     assert t.events == ["write", "eof"]  # ... then the response, then the FIN, together
@@ -108,12 +114,7 @@ async def test_a_closing_connections_response_and_fin_leave_at_the_turns_end() -
 
 
 async def test_a_client_eof_while_the_close_is_held_still_gets_the_response() -> None:
-    handle, pool = build()
-    (up, _), = upstreams(pool, 1)
-    down, t = connect_recording(handle)
-    down.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-    await asyncio.sleep(0)
-    up.data_received(OK)
+    down, t = await answered_with_close()
     assert not down.eof_received()  # in the same turn: the held answer goes first
     assert t.events == ["write", "eof"] and t.out.endswith(b"\r\n\r\nok")
     t.close()
@@ -135,12 +136,7 @@ async def test_a_half_closed_client_gets_its_response_then_the_close() -> None:
 
 
 async def test_a_close_dropped_with_the_connection_does_nothing() -> None:
-    handle, pool = build()
-    (up, _), = upstreams(pool, 1)
-    down, t = connect_recording(handle)
-    down.data_received(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
-    await asyncio.sleep(0)
-    up.data_received(OK)
+    down, t = await answered_with_close()
     down.connection_lost(ConnectionResetError())  # the client reset while all was held
     await asyncio.sleep(0)
     assert t.events == [] and t.writes == 0
