@@ -41,7 +41,7 @@ if TYPE_CHECKING:
     from tulle.dataplane.http.facts import ConnectionFacts
     from tulle.proxyconfig.tracing import Tracing
 
-_rand = random.random
+_rand: Final = random.random
 _bits = random.getrandbits
 _IDS_PER_DRAW: Final = 64
 _IDS_CHARS: Final = 48 * _IDS_PER_DRAW
@@ -72,7 +72,7 @@ def _maybe_trace(name: bytes) -> bool:
     if not name:
         return False
     c = name[0]
-    return c == 116 or c == 98 or (c == 120 and len(name) > 2 and name[2] == 98)
+    return c in {116, 98} or (c == 120 and len(name) > 2 and name[2] == 98)
 
 
 class RequestTrace:
