@@ -41,6 +41,7 @@ if TYPE_CHECKING:
     from tulle.dataplane.http.stream import RequestStream
     from tulle.dataplane.telemetry.otlp.common import Value
 
+_time_ns: Final = time.time_ns
 _PROTOCOLS: Final = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0", b"2": "HTTP/2"}
 
 
@@ -70,7 +71,7 @@ def _ms(seconds: float) -> float:
     """Seconds as milliseconds rounded to 3 decimals: `round(seconds * 1000, 3)` for the
     non-negative durations a record has, at half its cost (an integer division instead of
     round()'s decimal conversion)."""
-    return int(seconds * 1e6 + 0.5) / 1000
+    return float(int(seconds * 1e6 + 0.5)) / 1000.0  # (exact below 2**53 µs: the same float)
 
 
 
@@ -152,8 +153,8 @@ class ConnectionFields:
 class AccessLogger:
     """One snapshot's access log: its decision, its record, its sink."""
 
-    __slots__ = ("cfg", "duration_min", "errors_only", "filtered", "principal", "sample", "sink",
-                 "status_min", "structs", "text")
+    __slots__ = ("cfg", "duration_min", "errors_only", "filtered", "lines", "principal", "sample",
+                 "sink", "status_min", "structs", "text")
 
     def __init__(self, cfg: AccessLogTelemetry, resource: Mapping[str, Value],
                  principal: str = "") -> None:
@@ -174,8 +175,13 @@ class AccessLogger:
         self.structs = self.text is None and isinstance(sink, LineSink)
         """JSON lines: records are `AccessRecord` structs, encoded a batch at a time (the
         text format and OTLP read records as mappings: dicts)."""
-        if self.structs and isinstance(sink, LineSink):
-            sink.lines = json_lines
+        self.lines: LineSink | None = None
+        """The sink again when it is a line sink (a direct call of its compiled `offer`
+        instead of a method looked up on a union)."""
+        if isinstance(sink, LineSink):
+            self.lines = sink
+            if self.structs:
+                sink.lines = json_lines
 
     def wanted(self, status: int, flags: str, duration: float) -> bool:
         """The filter and the sampling decision for one request."""
@@ -192,8 +198,12 @@ class AccessLogger:
         duration = now - stream.start
         if not self.wanted(stream.status, stream.flags, duration):
             return
-        wall_ns = time.time_ns() - int(duration * 1e9)
-        self.sink.offer(self.record(stream, now, duration, wall_ns), wall_ns)
+        wall_ns = _time_ns() - int(duration * 1e9)
+        lines = self.lines
+        if lines is not None:
+            lines.offer(self.record(stream, now, duration, wall_ns), wall_ns)
+        else:
+            self.sink.offer(self.record(stream, now, duration, wall_ns), wall_ns)
 
     def fields(self, stream: RequestStream, facts: ConnectionFacts) -> ConnectionFields:
         """What a record takes from its connection, kept on the connection's facts for its
