@@ -30,6 +30,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
+from tulle.dataplane.http.retry import Retrier
 from tulle.dataplane.telemetry.access_record import AccessRecord, json_lines
 from tulle.dataplane.telemetry.flags import flag_details, response_flags
 from tulle.dataplane.telemetry.logformat import TextFormat, render_json, request_headers
@@ -255,8 +256,9 @@ class AccessLogger:
         up_start = stream.up_start
         tried = stream.tried
         attempts = 0
-        if tried is not None:
-            attempts = getattr(tried, "retries", 0) + 1
+        if tried is not None:  # a Retrier's count, or the one try (an isinstance test: a
+            # getattr with a default made and dropped an AttributeError per request)
+            attempts = tried.retries + 1 if isinstance(tried, Retrier) else 1
         elif up_start:
             attempts = 1
         route = stream.route
