@@ -23,8 +23,8 @@ from tulle.dataplane.security.spiffe import spiffe_id
 class ConnectionFacts:
     """One downstream connection, as the requests on it see it."""
 
-    __slots__ = ("alpn", "direction", "listener", "original_dst", "peer", "peer_identity",
-                 "peer_ip", "sni", "tls")
+    __slots__ = ("alpn", "direction", "listener", "log_fields", "original_dst", "peer",
+                 "peer_identity", "peer_ip", "sni", "tls")
 
     def __init__(self, listener: str, direction: str, peer: tuple[str, int] | None = None,
                  *, tls: bool = False, alpn: str = "", sni: str = "") -> None:
@@ -42,6 +42,10 @@ class ConnectionFacts:
         """The verified identity of the peer (SPIFFE ID); empty: not authenticated."""
         self.original_dst: tuple[str, int] | None = None
         """Where a transparently redirected connection was going (its routing key)."""
+        self.log_fields: object = None
+        """The access log's view of these facts, made on the connection's first logged
+        request and kept for the next (`telemetry/access_log.ConnectionFields`): the facts
+        are complete before a request is read and do not change after."""
 
 
 def facts_for(transport: asyncio.BaseTransport, listener: str, direction: str,

@@ -28,8 +28,9 @@ import random
 import re
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+from tulle.dataplane.http.retry import Retrier
 from tulle.dataplane.telemetry.access_record import AccessRecord, json_lines
 from tulle.dataplane.telemetry.flags import flag_details, response_flags
 from tulle.dataplane.telemetry.logformat import TextFormat, render_json, request_headers
@@ -37,13 +38,15 @@ from tulle.dataplane.telemetry.sinks import LineSink, OtlpLogSink, build_sink
 from tulle.proxyconfig.logs import AccessLogTelemetry
 
 if TYPE_CHECKING:
+    from tulle.dataplane.http.facts import ConnectionFacts
     from tulle.dataplane.http.stream import RequestStream
     from tulle.dataplane.telemetry.otlp.common import Value
 
-_PROTOCOLS = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0", b"2": "HTTP/2"}
+_time_ns: Final = time.time_ns
+_PROTOCOLS: Final = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0", b"2": "HTTP/2"}
 
 
-_second: list[Any] = [-1, "", -1, ""]
+_second: Final[list[Any]] = [-1, "", -1, ""]
 """The last second formatted and its text up to the milliseconds (one strftime a second),
 then the last millisecond and its whole text (one format a millisecond: under load many
 requests end in the same one)."""
@@ -69,13 +72,13 @@ def _ms(seconds: float) -> float:
     """Seconds as milliseconds rounded to 3 decimals: `round(seconds * 1000, 3)` for the
     non-negative durations a record has, at half its cost (an integer division instead of
     round()'s decimal conversion)."""
-    return int(seconds * 1e6 + 0.5) / 1000
+    return float(int(seconds * 1e6 + 0.5)) / 1000.0  # (exact below 2**53 µs: the same float)
 
 
-_TRACE_HEADERS = frozenset({b"traceparent", b"x-b3-traceid", b"b3"})
 
 
-_ZERO_TRACE = b"0" * 32
+_ZERO_TRACE: Final = b"0" * 32
+_B3_FIELDS: Final = frozenset({b"x-b3-traceid", b"b3"})
 
 
 def trace_id_of(headers: list[tuple[bytes, bytes]], known: bytes = b"") -> str | None:
@@ -102,7 +105,7 @@ def trace_id_of(headers: list[tuple[bytes, bytes]], known: bytes = b"") -> str |
     return b3
 
 
-_HEX = re.compile("[0-9a-f]*")
+_HEX: Final = re.compile("[0-9a-f]*")
 
 
 def _hex(value: bytes, n: int) -> str | None:
@@ -118,11 +121,41 @@ def _address(a: tuple[str, int] | None) -> str | None:
     return f"[{a[0]}]:{a[1]}" if ":" in a[0] else f"{a[0]}:{a[1]}"
 
 
+def _carries(traceparent: bytes, trace_id: bytes) -> bool:
+    """Whether a `traceparent` field reads `vv-<trace_id>-<16 characters>-...`: then
+    `trace_id_of` (four or more parts, the second of 32 characters) answers `trace_id`, valid
+    as the proxy's own context is, without splitting the field."""
+    return (len(traceparent) >= 55 and traceparent[2] == 45 and traceparent[35] == 45
+            and traceparent[52] == 45 and traceparent[0] != 45 and traceparent[1] != 45
+            and traceparent[3:35] == trace_id)
+
+
+class ConnectionFields:
+    """The record's fields that come from the connection (and the cluster's TLS), made once
+    per connection instead of once per request (ADR 0066)."""
+
+    __slots__ = ("cluster", "ctx", "dest", "direction", "listener", "logger", "peer", "sni",
+                 "source")
+
+    def __init__(self, logger: AccessLogger, ctx: object, cluster: str, peer: str | None,
+                 sni: str | None, source: str | None, dest: str | None, direction: str,
+                 listener: str) -> None:
+        self.logger = logger
+        self.ctx = ctx
+        self.cluster = cluster
+        self.peer = peer
+        self.sni = sni
+        self.source = source
+        self.dest = dest
+        self.direction = direction
+        self.listener = listener
+
+
 class AccessLogger:
     """One snapshot's access log: its decision, its record, its sink."""
 
-    __slots__ = ("cfg", "duration_min", "errors_only", "filtered", "principal", "sample", "sink",
-                 "status_min", "structs", "text")
+    __slots__ = ("cfg", "duration_min", "errors_only", "filtered", "lines", "principal", "sample",
+                 "sink", "status_min", "structs", "text")
 
     def __init__(self, cfg: AccessLogTelemetry, resource: Mapping[str, Value],
                  principal: str = "") -> None:
@@ -143,8 +176,13 @@ class AccessLogger:
         self.structs = self.text is None and isinstance(sink, LineSink)
         """JSON lines: records are `AccessRecord` structs, encoded a batch at a time (the
         text format and OTLP read records as mappings: dicts)."""
-        if self.structs and isinstance(sink, LineSink):
-            sink.lines = json_lines
+        self.lines: LineSink | None = None
+        """The sink again when it is a line sink (a direct call of its compiled `offer`
+        instead of a method looked up on a union)."""
+        if isinstance(sink, LineSink):
+            self.lines = sink
+            if self.structs:
+                sink.lines = json_lines
 
     def wanted(self, status: int, flags: str, duration: float) -> bool:
         """The filter and the sampling decision for one request."""
@@ -161,14 +199,43 @@ class AccessLogger:
         duration = now - stream.start
         if not self.wanted(stream.status, stream.flags, duration):
             return
-        wall_ns = time.time_ns() - int(duration * 1e9)
-        self.sink.offer(self.record(stream, now, duration, wall_ns), wall_ns)
+        wall_ns = _time_ns() - int(duration * 1e9)
+        lines = self.lines
+        if lines is not None:
+            lines.offer(self.record(stream, now, duration, wall_ns), wall_ns)
+        else:
+            self.sink.offer(self.record(stream, now, duration, wall_ns), wall_ns)
+
+    def fields(self, stream: RequestStream, facts: ConnectionFacts) -> ConnectionFields:
+        """What a record takes from its connection, kept on the connection's facts for its
+        next requests (made again after a swap of this logger, of the listener's context
+        or when the request's cluster differs)."""
+        cached = facts.log_fields
+        ctx = stream.conn.ctx
+        cluster = stream.cluster
+        if (isinstance(cached, ConnectionFields) and cached.logger is self
+                and cached.ctx is ctx and cached.cluster == cluster):
+            return cached
+        inbound = facts.direction == "inbound"
+        destination = None
+        if not inbound:
+            rt = ctx.clusters.get(cluster)
+            tls = rt.cfg.tls if rt is not None else None
+            if tls is not None and len(tls.expected_spiffe_ids) == 1:
+                destination = tls.expected_spiffe_ids[0]
+        made = ConnectionFields(
+            self, ctx, cluster, _address(facts.peer), facts.sni or None,
+            (facts.peer_identity or None) if inbound else self.principal,
+            self.principal if inbound else destination, facts.direction, facts.listener)
+        facts.log_fields = made
+        return made
 
     def record(self, stream: RequestStream, now: float, duration: float,
                wall_ns: int) -> dict[str, Any] | AccessRecord:
         head = stream.head
         headers = head.headers
         request_id = user_agent = forwarded = None
+        traceparent = b""
         traced = False
         for n, v in headers:  # one pass for the headers a record names
             if n == b"x-request-id":
@@ -177,27 +244,25 @@ class AccessLogger:
                 user_agent = v.decode("latin-1")
             elif n == b"x-forwarded-for":
                 forwarded = v.decode("latin-1")
-            elif n in _TRACE_HEADERS:
+            elif n == b"traceparent":
+                if not traced:
+                    traceparent = v
                 traced = True
-        facts = stream.facts
+            elif len(n) <= 12 and n in _B3_FIELDS:  # (a length test before a hash)
+                traced = True
+        conn = self.fields(stream, stream.facts)
         flags = stream.flags
         first_byte = stream.first_byte
         up_start = stream.up_start
         tried = stream.tried
         attempts = 0
-        if tried is not None:
-            attempts = getattr(tried, "retries", 0) + 1
+        if tried is not None:  # a Retrier's count, or the one try (an isinstance test: a
+            # getattr with a default made and dropped an AttributeError per request)
+            attempts = tried.retries + 1 if isinstance(tried, Retrier) else 1
         elif up_start:
             attempts = 1
         route = stream.route
         cluster = stream.cluster
-        inbound = facts.direction == "inbound"
-        destination = None
-        if not inbound:
-            rt = stream.conn.ctx.clusters.get(cluster)
-            tls = rt.cfg.tls if rt is not None else None
-            if tls is not None and len(tls.expected_spiffe_ids) == 1:
-                destination = tls.expected_spiffe_ids[0]
         method = head.method.decode("latin-1") or None
         path = head.path.decode("latin-1") or None
         protocol = _PROTOCOLS.get(head.version)
@@ -208,19 +273,27 @@ class AccessLogger:
         trace_id = None
         if traced:
             trace = stream.trace
-            trace_id = trace_id_of(headers, trace.trace_id if trace is not None else b"")
+            known = trace.trace_id if trace is not None else b""
+            if traceparent and known and _carries(traceparent, known):
+                trace_id = known.decode()  # the proxy's own context, as it wrote it
+            else:
+                trace_id = trace_id_of(headers, known)
         authority = head.authority.decode("latin-1") or None
-        peer = _address(facts.peer)
-        sni = facts.sni or None
-        source = (facts.peer_identity or None) if inbound else self.principal
-        dest = self.principal if inbound else destination
-        direction = facts.direction
-        listener = facts.listener
+        peer = conn.peer
+        sni = conn.sni
+        source = conn.source
+        dest = conn.dest
+        direction = conn.direction
+        listener = conn.listener
         authz = stream.authz or None
+        if flags:
+            short, details = response_flags(flags), flag_details(flags) or None
+        else:
+            short, details = "-", None
         if self.structs:  # the same fields in the same order, without a dict
             return AccessRecord(
-                start_time(wall_ns), method, path, protocol, status, response_flags(flags),
-                flag_details(flags) or None, stream.bytes_in, stream.bytes_out,
+                start_time(wall_ns), method, path, protocol, status, short, details,
+                stream.bytes_in, stream.bytes_out,
                 _ms(duration), _ms(first_byte - stream.start) if first_byte else None,
                 _ms(now - up_start) if up_start else None, upstream_host,
                 cluster if cluster != "-" else None, route.name if route is not None else None,
@@ -232,8 +305,8 @@ class AccessLogger:
             "path": path,
             "protocol": protocol,
             "response_code": status,
-            "response_flags": response_flags(flags),
-            "response_code_details": flag_details(flags) or None,
+            "response_flags": short,
+            "response_code_details": details,
             "bytes_received": stream.bytes_in,
             "bytes_sent": stream.bytes_out,
             "duration": _ms(duration),

@@ -28,7 +28,6 @@ beyond the bound goes to one overflow series and is counted, never grown.
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from typing import TYPE_CHECKING
 
 from tulle.dataplane.telemetry.flags import response_flags as envoy_flags
@@ -39,6 +38,7 @@ from tulle.dataplane.telemetry.metrics import (
     HistogramChild,
     ProxyMetrics,
 )
+from tulle.dataplane.telemetry.series import bucket
 from tulle.proxyconfig.stats import DURATION_BUCKETS_MS
 
 if TYPE_CHECKING:
@@ -148,7 +148,7 @@ class _Series:
 class HttpGolden:
     """The golden children of one (listener, cluster): `count` runs once per request."""
 
-    __slots__ = ("_cache", "_fam", "_golden", "_inbound", "_local")
+    __slots__ = ("_cache", "_fam", "_golden", "_inbound", "_local", "_plain")
 
     def __init__(self, golden: Golden, inbound: bool, local: Side, destination: Side) -> None:
         self._golden = golden
@@ -158,36 +158,51 @@ class HttpGolden:
         """Inbound: (destination side = the local workload, unused); outbound: (source side =
         the local workload, destination side = the cluster's)."""
         self._cache: dict[tuple[str, int, str, str, bool], _Series] = {}
+        self._plain: dict[int, _Series] = {}
+        """The series of `_cache` whose key is only a status (no peer identity, no flags,
+        not gRPC: most requests), by status: an int lookup, no key tuple (ADR 0066)."""
 
     def count(self, stream: RequestStream, duration_ms: float) -> None:
         identity = stream.conn.facts.peer_identity if self._inbound else ""
         status = stream.status
         head = stream.head
-        grpc = head.version == b"2" and _is_grpc(head.headers)
-        grpc_status = ""
-        if grpc:
-            gs = stream.grpc_status
-            if gs:
-                grpc_status = gs if gs in _GRPC_CODES else "2"
-            else:
-                grpc_status = _GRPC_FOR_HTTP.get(status, "2" if status != 200 else "0")
-        key = (identity, status, grpc_status, stream.flags, grpc)  # raw flags: mapped on a miss
-        s = self._cache.get(key)
-        if s is None:
-            s = self._series(key)
+        flags = stream.flags
+        s: _Series | None
+        if not identity and not flags and head.version != b"2":  # the common key: by status
+            s = self._plain.get(status)
+            if s is None:
+                key = ("", status, "", "", False)
+                s = self._cache.get(key)
+                if s is None:
+                    s = self._series(key)
+                if key in self._cache:  # (an overflowed key is not: see _series)
+                    self._plain[status] = s
+        else:
+            grpc = head.version == b"2" and _is_grpc(head.headers)
+            grpc_status = ""
+            if grpc:
+                gs = stream.grpc_status
+                if gs:
+                    grpc_status = gs if gs in _GRPC_CODES else "2"
+                else:
+                    grpc_status = _GRPC_FOR_HTTP.get(status, "2" if status != 200 else "0")
+            key = (identity, status, grpc_status, flags, grpc)  # raw flags: mapped on a miss
+            s = self._cache.get(key)
+            if s is None:
+                s = self._series(key)
         s.requests.value += 1
         d = s.duration
-        d.counts[bisect_left(d.bounds, duration_ms)] += 1
+        d.counts[bucket(d.bounds, duration_ms)] += 1
         d.sum += duration_ms
         d.count += 1
         n = stream.bytes_in
         d = s.request_bytes
-        d.counts[bisect_left(d.bounds, n)] += 1
+        d.counts[bucket(d.bounds, float(n))] += 1
         d.sum += n
         d.count += 1
         n = stream.bytes_out
         d = s.response_bytes
-        d.counts[bisect_left(d.bounds, n)] += 1
+        d.counts[bucket(d.bounds, float(n))] += 1
         d.sum += n
         d.count += 1
 

@@ -83,7 +83,9 @@ class LineSink:
         (JSON: `access_record.json_lines`); `render` is then the fallback for a batch it
         cannot encode, record by record."""
         self.stats = SinkStats()
-        self._queue: deque[Item] = deque()
+        self._queue: deque[Any] = deque()
+        """Records alone: a line carries its time inside the record, so the `time_ns` of
+        `offer` is not kept (no tuple per record for the cycle collector to scan, ADR 0066)."""
         self._wake = threading.Event()
         self._stop = False
         self._fd = -1
@@ -99,7 +101,7 @@ class LineSink:
         if len(queue) >= self.max_queue or self._stop:
             stats.dropped += 1
             return False
-        queue.append((record, time_ns))
+        queue.append(record)
         if len(queue) == BATCH:
             self._wake.set()
         return True
@@ -138,7 +140,7 @@ class LineSink:
     def _write_batch(self) -> None:
         queue = self._queue
         popleft = queue.popleft
-        records = [popleft()[0] for _ in range(min(len(queue), BATCH))]
+        records = [popleft() for _ in range(min(len(queue), BATCH))]
         data = b""
         count = len(records)
         batch = self.lines

@@ -154,6 +154,25 @@ def test_series_are_bounded_per_family_with_an_overflow_series_and_a_count() -> 
     assert len(rec._cache) <= 3  # an overflowed key is never cached
 
 
+def test_the_by_status_path_counts_in_the_same_bounded_series() -> None:
+    """Requests keyed by their status alone (no identity, no flags, not gRPC) take the int
+    lookup; they count in the series the general key names, and within the same bound."""
+    g, m, cfg = _golden(max_series_per_family=3)
+    rec = g.http(cfg.listeners[1], cfg.clusters[1])  # outbound: no source identity
+    for status in (200, 200, 503, 200, 404, 500, 501, 502, 200):
+        rec.count(_stream("", status, bytes_out=10), 1.0)
+    rec.count(_stream("", 200, flags="UF"), 1.0)  # the general path, its own series
+    fams = m.golden  # type: ignore[attr-defined]
+    codes = {k[fams.requests.labelnames.index("response_code")]: c.value
+             for k, c in fams.requests.children.items()}
+    assert codes["200"] == 4 and codes["503"] == 1 and codes["404"] == 1
+    assert codes["overflow"] == 4  # 500, 501, 502 and the UF request: past the bound
+    assert sorted(rec._plain) == [200, 404, 503]  # an overflowed status is never kept
+    assert rec._plain[200] is rec._cache[("", 200, "", "", False)]
+    sizes = [k for k in fams.response_bytes.children if k[1] != "overflow"]
+    assert sum(fams.response_bytes.children[k].sum for k in sizes) == 60
+
+
 def test_tcp_labels_and_counts() -> None:
     g, m, cfg = _golden()
     conn = g.tcp(cfg.listeners[0], cfg.clusters[0], CALLER)

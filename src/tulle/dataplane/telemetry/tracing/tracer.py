@@ -23,7 +23,7 @@ from __future__ import annotations
 import random
 import time
 from binascii import hexlify
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from tulle.dataplane.telemetry.tracing.propagation import (
     FORMATS,
@@ -41,9 +41,38 @@ if TYPE_CHECKING:
     from tulle.dataplane.http.facts import ConnectionFacts
     from tulle.proxyconfig.tracing import Tracing
 
-_rand = random.random
+_rand: Final = random.random
 _bits = random.getrandbits
-_SPAN_BITS = (1 << 64) - 1
+_IDS_PER_DRAW: Final = 64
+_IDS_CHARS: Final = 48 * _IDS_PER_DRAW
+_ZERO_TRACE: Final = b"0" * 32
+_ZERO_SPAN: Final = b"0" * 16
+
+
+def _fresh_ids() -> bytes:
+    """Random lower-case hex for `_IDS_PER_DRAW` new traces: one draw from the process's
+    generator (`random`, seeded from the OS at start-up and again in a forked child, as
+    ids drawn one by one were; W3C asks trace ids to be random, not secret), one hexlify,
+    where a draw per request cost a big integer, its bytes and their hex each time."""
+    return hexlify(_bits(8 * 24 * _IDS_PER_DRAW).to_bytes(24 * _IDS_PER_DRAW, "big"))
+
+
+def _nonzero(trace_id: bytes, span_id: bytes) -> tuple[bytes, bytes]:
+    """The ids with an all-zero one made valid (its last digit 1: a 2^-64 case)."""
+    if trace_id == _ZERO_TRACE:
+        trace_id = _ZERO_TRACE[:31] + b"1"
+    if span_id == _ZERO_SPAN:
+        span_id = _ZERO_SPAN[:15] + b"1"
+    return trace_id, span_id
+
+
+def _maybe_trace(name: bytes) -> bool:
+    """A cheap look at a field name before the set lookup (which hashes it): every name of
+    `TRACE_HEADERS` starts with `t`, `b` or `x-b`."""
+    if not name:
+        return False
+    c = name[0]
+    return c in {116, 98} or (c == 120 and len(name) > 2 and name[2] == 98)
 
 
 class RequestTrace:
@@ -92,10 +121,16 @@ class Tracer:
 class ListenerTracer:
     """A tracer as one listener uses it (the span kind follows the listener's direction)."""
 
-    __slots__ = ("drop", "formats", "kind", "listener", "sink", "threshold", "tracer")
+    __slots__ = ("at", "drop", "formats", "ids", "kind", "listener", "sink", "threshold",
+                 "tracer")
 
     def __init__(self, tracer: Tracer, listener: str, kind: int) -> None:
         self.tracer = tracer
+        self.ids = b""
+        """Random hex for the ids of new traces, 48 characters (a trace id and a span id) per
+        request, drawn `_IDS_PER_DRAW` requests at a time (ADR 0066)."""
+        self.at = _IDS_CHARS
+        """Where the next request's ids start in `ids` (at the end: draw first)."""
         self.listener = listener
         self.kind = kind
         self.formats = tracer.formats
@@ -106,17 +141,28 @@ class ListenerTracer:
     def start(self, head: RequestHead) -> RequestTrace:
         """Read the request's context, decide, and write the proxy's on the head."""
         headers = head.headers
-        found = [h for h in headers if h[0] in TRACE_HEADERS]  # (usually none or one)
-        if not found:  # a new trace, the common case at the caller's proxy: one draw of ids
-            r = _bits(192)
-            if not r & _SPAN_BITS:
-                r |= 1  # never the all-zero span id W3C forbids
-            ids = hexlify(r.to_bytes(24, "big"))  # b"%048x" % r, at half its cost
-            trace_id, span_id = ids[:32], ids[32:]
+        found: list[tuple[bytes, bytes]] | None = None
+        for h in headers:  # (usually none or one)
+            if _maybe_trace(h[0]) and h[0] in TRACE_HEADERS:
+                if found is None:
+                    found = [h]
+                else:
+                    found.append(h)
+        at = self.at
+        if at >= _IDS_CHARS:
+            self.ids = _fresh_ids()
+            at = 0
+        ids = self.ids
+        self.at = at + 48
+        span_id = ids[at + 32:at + 48]
+        if found is None:  # a new trace, the common case at the caller's proxy
+            trace_id = ids[at:at + 32]
+            if span_id == _ZERO_SPAN or trace_id == _ZERO_TRACE:  # W3C forbids all-zero ids
+                trace_id, span_id = _nonzero(trace_id, span_id)
             sampled = _rand() < self.threshold
             if self.formats == W3C:
-                headers.append((b"traceparent", b"00-%b-%b-0%b" % (
-                    trace_id, span_id, b"1" if sampled else b"0")))
+                headers.append((b"traceparent", b"".join(
+                    (b"00-", trace_id, b"-", span_id, b"-01" if sampled else b"-00"))))
             else:
                 inject(headers, self.formats, trace_id, span_id, b"", sampled, b"",
                        self.drop, False)
@@ -126,13 +172,14 @@ class ListenerTracer:
         if got is not None and got.trace_id:
             trace_id, parent_id, tracestate = got.trace_id, got.span_id, got.tracestate
         else:
-            trace_id = hexlify((_bits(128) or 1).to_bytes(16, "big"))
+            trace_id = ids[at:at + 32]
             parent_id = tracestate = b""
+        if span_id == _ZERO_SPAN or trace_id == _ZERO_TRACE:
+            trace_id, span_id = _nonzero(trace_id, span_id)
         decision = NO_DECISION if got is None else got.sampled
         sampled = (_rand() < self.threshold) if decision == NO_DECISION else decision == 1
-        span_id = hexlify((_bits(64) or 1).to_bytes(8, "big"))
         inject(headers, self.formats, trace_id, span_id, parent_id, sampled, tracestate,
-               self.drop, bool(found))
+               self.drop, True)
         return RequestTrace(self, trace_id, span_id, parent_id, sampled, tracestate,
                             time.time_ns() if sampled else 0)
 
