@@ -12,6 +12,7 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.support.certs import self_signed
@@ -327,5 +328,60 @@ async def test_a_direct_ssl_object_fails_an_untrusted_server_as_before(tmp_path:
             await asyncio.wait_for(loop.create_connection(
                 Recorder, "127.0.0.1", port, ssl=cctx, server_hostname="localhost"), 10)
         assert all(r.transport is None for r in made)
+    finally:
+        server.close()
+
+
+class CountingSSLObject(DirectSSLObject):
+    """Counts `SSL_write` calls: each one is a TLS record (or more, past 16 KiB)."""
+
+    writes = 0
+
+    @classmethod
+    def _create(cls, *args: Any, **kwargs: Any) -> DirectSSLObject:
+        self = super()._create(*args, **kwargs)
+        inner_write = self.write
+
+        def write(data: bytes) -> int:
+            CountingSSLObject.writes += 1
+            return int(inner_write(data))
+
+        self.write = write  # type: ignore[method-assign]
+        return self
+
+
+async def test_a_response_held_in_one_turn_leaves_as_one_tls_record(tmp_path: Path) -> None:
+    """`HeldWrites` (ADR 0065) over a real TLS transport: a head and a body written in one turn
+    reach OpenSSL as one write, so the peer decrypts one record, not two (ADR 0067)."""
+    from tulle.dataplane.turn import HeldWrites, TurnWrites
+
+    sctx, cctx = _direct_contexts(tmp_path)
+    sctx.sslobject_class = CountingSSLObject
+    made: asyncio.Queue[Recorder] = asyncio.Queue()
+
+    def factory() -> TLSReader:
+        rec = Recorder()
+        made.put_nowait(rec)
+        return TLSReader(rec)
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(factory, "127.0.0.1", 0, ssl=sctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = Recorder()
+        transport, _ = await loop.create_connection(lambda: client, "127.0.0.1", port,
+                                                    ssl=cctx, server_hostname="localhost")
+        rec = await asyncio.wait_for(made.get(), 10)
+        assert rec.transport is not None
+        w = HeldWrites(TurnWrites(loop))
+        w.transport = rec.transport
+        head, body = b"HTTP/1.1 200 OK\r\ncontent-length: 1024\r\n\r\n", b"x" * 1024
+        before = CountingSSLObject.writes
+        w.write(head)
+        w.write(body)
+        await client.until(len(head) + len(body))
+        assert CountingSSLObject.writes - before == 1
+        assert client.received() == head + body
+        transport.close()
     finally:
         server.close()
