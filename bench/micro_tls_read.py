@@ -13,7 +13,10 @@ protocol:
   default thresholds;
 - `reader`: `tulle.dataplane.tlsread.TLSReader` in front of the same protocol;
 - `tuned`: `copied` with glibc's mmap threshold raised to 512 KiB (`mallopt`), the
-  alternative ADR 0063 measured and did not take.
+  alternative ADR 0063 measured and did not take;
+- `direct`: `reader` with both contexts' `sslobject_class` set to
+  `tulle.dataplane.tlsread.DirectSSLObject`, as the proxy's contexts have it (ADR 0067): the
+  transport calls OpenSSL's read, write and pending without `ssl.SSLObject`'s Python wrappers.
 
 CPU time, not wall time: a busy machine moves it much less than latency.
 """
@@ -32,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("copied", "reader", "tuned")
+VARIANTS = ("copied", "reader", "tuned", "direct")
 PAYLOAD = b"x" * 1024
 
 
@@ -93,20 +96,23 @@ def _minor_faults() -> int:
 
 
 async def _one(variant: str, exchanges: int, tmp: Path) -> dict[str, float]:
-    from tulle.dataplane.tlsread import TLSReader
+    from tulle.dataplane.tlsread import DirectSSLObject, TLSReader
 
     loop = asyncio.get_running_loop()
     sctx, cctx = _contexts(tmp)
+    buffered = variant in ("reader", "direct")
+    if variant == "direct":
+        sctx.sslobject_class = cctx.sslobject_class = DirectSSLObject
 
     def server_proto() -> asyncio.BaseProtocol:
-        return TLSReader(Echo()) if variant == "reader" else Echo()
+        return TLSReader(Echo()) if buffered else Echo()
 
     server = await loop.create_server(server_proto, "127.0.0.1", 0, ssl=sctx)
     port = server.sockets[0].getsockname()[1]
     done: asyncio.Future[None] = loop.create_future()
     client = Client(exchanges, done)
     transport, _ = await loop.create_connection(lambda: client, "127.0.0.1", port, ssl=cctx)
-    if variant == "reader":
+    if buffered:
         transport.set_protocol(TLSReader(client))
     # warm up, then measure
     warm: asyncio.Future[None] = loop.create_future()
@@ -151,7 +157,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     res: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
     for r in range(args.rounds):
-        order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
+        k = r % len(VARIANTS)
+        order = VARIANTS[k:] + VARIANTS[:k]
         for v in order:
             out = subprocess.run([sys.executable, "-m", "bench.micro_tls_read", "--child", v,
                                   "--exchanges", str(args.exchanges)], capture_output=True,

@@ -110,6 +110,13 @@ class HeldWrites:
             if t is not None and not t.is_closing():
                 if len(out) == 1:
                     t.write(out[0])
+                elif self.size < WRITE_NOW and t.get_extra_info("ssl_object") is not None:
+                    # Over TLS one buffer, not `writelines`: each buffer given to a TLS
+                    # transport becomes a TLS record of its own (uvloop's and asyncio's SSL
+                    # protocols call `SSL_write` per buffer), each ~11,000 instructions to
+                    # encrypt and as many to decrypt; a response's head and body are one record
+                    # this way (ADR 0067).  Plaintext keeps `writelines` (one `writev`, no copy).
+                    t.write(b"".join(out))
                 else:
                     t.writelines(out)
             out.clear()

@@ -1,6 +1,7 @@
 """`TLSReader` (ADR 0063): decrypted bytes read into one shared buffer reach the driver as
 `bytes`, whole and in order, on real TLS connections over loopback, also when connections
-interleave and when a read fills the buffer."""
+interleave and when a read fills the buffer.  `DirectSSLObject` (ADR 0067): the transports call
+OpenSSL's read, write and pending directly and behave as with `ssl.SSLObject`."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.support.certs import self_signed
 
-from tulle.dataplane.tlsread import BUFFER_SIZE, TLSReader, shared_buffer
+from tulle.dataplane.tlsread import BUFFER_SIZE, DirectSSLObject, TLSReader, shared_buffer
 
 pytestmark = pytest.mark.both_loops
 
@@ -234,3 +236,152 @@ def test_one_buffer_per_thread() -> None:
     t.start()
     t.join()
     assert theirs and theirs[0] is not mine
+
+
+class Echoing(Recorder):
+    """Writes back every chunk it gets (the server side of the exchange below)."""
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        assert self.transport is not None
+        self.transport.write(data)
+
+
+def _direct_contexts(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    crt, key = self_signed(tmp_path)
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(crt, key)
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cctx.load_verify_locations(crt)
+    sctx.sslobject_class = cctx.sslobject_class = DirectSSLObject
+    return sctx, cctx
+
+
+def _is_direct(obj: object) -> None:
+    """The transport's SSL object calls OpenSSL's methods with no Python frame between."""
+    assert isinstance(obj, DirectSSLObject) and isinstance(obj, ssl.SSLObject)
+    inner = obj._sslobj  # type: ignore[attr-defined]
+    for name in ("read", "write", "pending"):
+        method = getattr(obj, name)
+        assert type(method).__name__ == "builtin_function_or_method", name
+        assert method.__self__ is inner, name
+
+
+async def test_direct_ssl_objects_carry_both_directions_whole_and_end_cleanly(
+        tmp_path: Path) -> None:
+    """Both ends with `DirectSSLObject`, the server read by a `TLSReader`: a payload larger
+    than the shared buffer goes out in many records and comes back echoed, byte for byte; the
+    client's close (close_notify) reaches the server's driver as the end of the connection."""
+    sctx, cctx = _direct_contexts(tmp_path)
+    made: asyncio.Queue[Echoing] = asyncio.Queue()
+
+    def factory() -> TLSReader:
+        rec = Echoing()
+        made.put_nowait(rec)
+        return TLSReader(rec)
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(factory, "127.0.0.1", 0, ssl=sctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = Recorder()
+        transport, _ = await loop.create_connection(lambda: client, "127.0.0.1", port,
+                                                    ssl=cctx, server_hostname="localhost")
+        transport.set_protocol(TLSReader(client))
+        echo = await asyncio.wait_for(made.get(), 10)
+        payload = os.urandom(2 * BUFFER_SIZE + 777)
+        small = b"GET / HTTP/1.1\r\n\r\n"
+        transport.write(small)
+        await client.until(len(small))
+        transport.write(payload)
+        await client.until(len(small) + len(payload))
+        assert client.received() == small + payload
+        assert echo.received() == small + payload
+        _is_direct(transport.get_extra_info("ssl_object"))
+        assert echo.transport is not None
+        _is_direct(echo.transport.get_extra_info("ssl_object"))
+        transport.close()
+        assert await asyncio.wait_for(echo.lost, 10) is None
+    finally:
+        server.close()
+
+
+async def test_a_direct_ssl_object_fails_an_untrusted_server_as_before(tmp_path: Path) -> None:
+    """Errors are OpenSSL's, unchanged: a client that does not trust the server's certificate
+    fails the handshake with a certificate verification error, and the server's driver never
+    hears of the connection."""
+    sctx, _ = _direct_contexts(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    _, cctx = _direct_contexts(other)  # trusts another self-signed certificate
+    made: list[Recorder] = []
+
+    def factory() -> TLSReader:
+        made.append(Recorder())
+        return TLSReader(made[-1])
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(factory, "127.0.0.1", 0, ssl=sctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(ssl.SSLCertVerificationError):
+            await asyncio.wait_for(loop.create_connection(
+                Recorder, "127.0.0.1", port, ssl=cctx, server_hostname="localhost"), 10)
+        assert all(r.transport is None for r in made)
+    finally:
+        server.close()
+
+
+class CountingSSLObject(DirectSSLObject):
+    """Counts `SSL_write` calls: each one is a TLS record (or more, past 16 KiB)."""
+
+    writes = 0
+
+    @classmethod
+    def _create(cls, *args: Any, **kwargs: Any) -> DirectSSLObject:
+        self = super()._create(*args, **kwargs)
+        inner_write = self.write
+
+        def write(data: bytes) -> int:
+            CountingSSLObject.writes += 1
+            return int(inner_write(data))
+
+        self.write = write  # type: ignore[method-assign]
+        return self
+
+
+async def test_a_response_held_in_one_turn_leaves_as_one_tls_record(tmp_path: Path) -> None:
+    """`HeldWrites` (ADR 0065) over a real TLS transport: a head and a body written in one turn
+    reach OpenSSL as one write, so the peer decrypts one record, not two (ADR 0067)."""
+    from tulle.dataplane.turn import HeldWrites, TurnWrites
+
+    sctx, cctx = _direct_contexts(tmp_path)
+    sctx.sslobject_class = CountingSSLObject
+    made: asyncio.Queue[Recorder] = asyncio.Queue()
+
+    def factory() -> TLSReader:
+        rec = Recorder()
+        made.put_nowait(rec)
+        return TLSReader(rec)
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(factory, "127.0.0.1", 0, ssl=sctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        client = Recorder()
+        transport, _ = await loop.create_connection(lambda: client, "127.0.0.1", port,
+                                                    ssl=cctx, server_hostname="localhost")
+        rec = await asyncio.wait_for(made.get(), 10)
+        assert rec.transport is not None
+        w = HeldWrites(TurnWrites(loop))
+        w.transport = rec.transport
+        head, body = b"HTTP/1.1 200 OK\r\ncontent-length: 1024\r\n\r\n", b"x" * 1024
+        before = CountingSSLObject.writes
+        w.write(head)
+        w.write(body)
+        await client.until(len(head) + len(body))
+        assert CountingSSLObject.writes - before == 1
+        assert client.received() == head + body
+        transport.close()
+    finally:
+        server.close()

@@ -139,3 +139,44 @@ async def test_flush_before_the_turns_end_writes_then_closes_once() -> None:
     t.eof = False
     await asyncio.sleep(0)  # the turn's flush: nothing left, no second FIN
     assert not t.eof and t.writes == 1
+class Calls(MemoryTransport):
+    """Records which method each write came through, and its buffers."""
+
+    def __init__(self, tls: bool) -> None:
+        super().__init__(extra={"ssl_object": object()} if tls else None)
+        self.calls: list[tuple[str, int]] = []
+
+    def write(self, data: bytes) -> None:
+        self.calls.append(("write", 1))
+        super().write(data)
+
+    def writelines(self, chunks: list[bytes]) -> None:
+        self.calls.append(("writelines", len(chunks)))
+        super().write(b"".join(chunks))
+
+
+async def test_small_held_writes_over_tls_leave_as_one_buffer() -> None:
+    """Over TLS a response's head and body held in one turn go to the transport as one buffer
+    (one buffer is one TLS record, ADR 0067); bytes reaching `WRITE_NOW` go as the list they
+    are (no copy of a large body); plaintext keeps `writelines` (one writev, no copy)."""
+    turn = TurnWrites(asyncio.get_running_loop())
+    head = b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\n"
+    t = Calls(tls=True)
+    w = held(turn, t)
+    w.write(head)
+    w.write(b"body")
+    await asyncio.sleep(0)
+    assert t.calls == [("write", 1)]
+    assert t.take() == head + b"body"
+    t.calls.clear()
+    w.write(b"head")
+    w.write(b"b" * WRITE_NOW)
+    assert t.calls == [("writelines", 2)]
+    assert t.take() == b"head" + b"b" * WRITE_NOW
+    plain = Calls(tls=False)
+    w = held(turn, plain)
+    w.write(head)
+    w.write(b"body")
+    await asyncio.sleep(0)
+    assert plain.calls == [("writelines", 2)]
+    assert plain.take() == head + b"body"

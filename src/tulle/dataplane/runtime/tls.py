@@ -39,6 +39,7 @@ from collections.abc import Iterable
 import msgspec
 
 from tulle.dataplane.security.spiffe import TCP_ALPN
+from tulle.dataplane.tlsread import DirectSSLObject
 from tulle.proxyconfig.model import Cluster, Identity, ProxyConfig, TLSContext, TrustBundle
 
 _encode = msgspec.json.encode
@@ -188,6 +189,7 @@ def build_client_context(tls: TLSContext, protocol: str,
     the server is verified against the trust anchors and then by its SPIFFE ID (the dialler's
     peer check), not by host name: an SVID names a workload, not a DNS name (ADR 0030)."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.sslobject_class = DirectSSLObject  # one C call per TLS record operation (ADR 0067)
     ctx.minimum_version = _min_version(tls)
     if not _load_anchors(ctx, tls, sections):
         ctx.check_hostname = False
@@ -223,6 +225,7 @@ def build_server_context(tls: TLSContext, sections: Sections = NO_SECTIONS) -> s
     """A server (listener) context: TLS 1.2+ (or 1.3 only), the client verified -- a client
     certificate *required* -- when a CA is set."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.sslobject_class = DirectSSLObject  # one C call per TLS record operation (ADR 0067)
     ctx.minimum_version = _min_version(tls)
     if not (tls.identity or tls.cert_file):
         raise ValueError("a server TLS context needs an identity or cert_file and key_file")

@@ -12,8 +12,9 @@ import pytest
 from tests.support.certs import self_signed
 
 from tulle.dataplane.runtime.build import SnapshotBuilder
-from tulle.dataplane.runtime.tls import TLSContexts
+from tulle.dataplane.runtime.tls import TLSContexts, build_client_context, build_server_context
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
+from tulle.dataplane.tlsread import DirectSSLObject
 from tulle.dataplane.upstream.cluster import ClusterManager
 from tulle.proxyconfig import validate
 from tulle.proxyconfig.model import Cluster, TLSContext
@@ -143,3 +144,19 @@ def test_changed_trust_anchors_replace_a_listener_context_so_a_removed_ca_is_gon
     assert (cache.reloaded, cache.replaced) == (0, 1)
     cache.retain([ref.ctx])  # what a listener reports in use: its entry's current context
     assert len(cache) == 1
+
+
+def test_the_proxys_contexts_make_direct_ssl_objects(tmp_path: Path) -> None:
+    """Every context the proxy builds (client and server) wraps its connections in
+    `DirectSSLObject` (ADR 0067): the TLS transport's record calls go straight to OpenSSL."""
+    crt, key = self_signed(tmp_path)
+    server = build_server_context(TLSContext(cert_file=str(crt), key_file=str(key)))
+    client = build_client_context(TLSContext(ca_file=str(crt)), "http1")
+    for ctx, side in ((server, True), (client, False)):
+        assert ctx.sslobject_class is DirectSSLObject
+        obj = ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_side=side,
+                           server_hostname=None if side else "localhost")
+        assert isinstance(obj, DirectSSLObject)
+        assert obj.pending() == 0
+        with pytest.raises(ssl.SSLWantReadError):  # nothing arrived yet: OpenSSL says so
+            obj.read(1024)
