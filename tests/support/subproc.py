@@ -38,8 +38,10 @@ from tests.support.proxy import free_port
 TULLE = str(Path(sys.executable).with_name("tulle"))
 
 
-def _free_block(n: int, tries: int = 50) -> int:
-    """A port p with p .. p+n-1 all free on 127.0.0.1."""
+def _free_block(n: int, tries: int = 200) -> int:
+    """A port p with p .. p+n-1 all free on 127.0.0.1, as the proxy binds them (with
+    SO_REUSEADDR, as asyncio's servers do: a port some closed connection holds in TIME_WAIT,
+    plentiful while a benchmark ran, is free to it)."""
     for _ in range(tries):
         base = free_port()
         if base + n > 65535:
@@ -49,6 +51,7 @@ def _free_block(n: int, tries: int = 50) -> int:
             for p in range(base, base + n):
                 s = socket.socket()
                 socks.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 s.bind(("127.0.0.1", p))
             return base
         except OSError:
