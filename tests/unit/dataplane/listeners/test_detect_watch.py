@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import asyncio
 
+import bench.micro_http1 as micro
 import msgspec
 
-import bench.micro_http1 as micro
 from tulle.dataplane.listeners.context import ListenerHandle
 from tulle.dataplane.listeners.detect import DetectDownstream, SilenceWatch
 from tulle.dataplane.listeners.factory import protocol_factory
