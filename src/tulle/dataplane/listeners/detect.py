@@ -20,7 +20,8 @@ driver that serves it, then steps aside:
    and closed otherwise; one that sent a prefix and then stopped (or half-closed) goes to the
    driver of what the prefix was becoming (`protocols.detect.undecided`), so an HTTP-looking
    trickle meets the HTTP header timeout, not an unbounded relay.  TLS is relayed as opaque
-   TCP for now.
+   TCP for now.  The timeout is kept by the listener's `SilenceWatch`: one timer for all its
+   undecided connections, not one per connection (ADR 0071).
 3. **Hand-over.**  HTTP/1 and HTTP/2 go to their drivers through `handover` with the bytes
    already read; TCP goes to `network.relay` (the listener's network filters, then the TCP
    proxy, which has an idle timeout).  Each outcome of an
