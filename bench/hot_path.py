@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> None:
             base_src = str(Path(args.base).resolve() / "src")
             peers.append(start_tulle_variant(ps, origin.port, "tulle-base",
                                              env={**env, "PYTHONPATH": base_src}))
+            if "tulle-auto" in names:  # the base tree's auto listener: detection's "before"
+                peers.append(start_tulle_variant(ps, origin.port, "tulle-auto-base",
+                                                 protocol="auto",
+                                                 env={**env, "PYTHONPATH": base_src}))
         modes = {r.name: ("compiled" if compiled(r.pids) else "pure")
                  for r in peers if r.name.startswith("tulle")}
         print("modes:", modes, file=sys.stderr)

@@ -187,3 +187,41 @@ async def test_a_client_that_leaves_without_a_word_is_not_relayed() -> None:
             await asyncio.sleep(0.01)
         assert p.metric("tulle_proxy_tcp_connections_total") == 0
         assert p.metric("tulle_proxy_downstream_connections_active", listener="auto") == 0
+
+
+async def test_a_flood_of_silent_and_slow_connections_times_out_together() -> None:
+    """80 raw connections that say nothing and 40 that trickle one byte of a method (one
+    detection timer for all, ADR 0071): each is decided at its deadline, the listener keeps
+    serving, and nothing is left registered."""
+    async with server(GREETING) as upstream, \
+            running_proxy(auto_config(upstream, detect_timeout_ms=150)) as p:
+        loop = asyncio.get_running_loop()
+        port = p.port("auto")
+        start = loop.time()
+        silent = [await asyncio.open_connection("127.0.0.1", port) for _ in range(80)]
+        slow = [await asyncio.open_connection("127.0.0.1", port) for _ in range(40)]
+        for _r, w in slow:
+            w.write(b"G")
+        # Every silent one is relayed when detection gives up: the greeting arrives, not sooner.
+        for r, _w in silent:
+            assert await asyncio.wait_for(r.readline(), 10) == GREETING
+        assert loop.time() - start >= 0.149
+        # The trickling ones went to the HTTP/1 driver (its header timeout), never to the relay.
+        assert p.metric("tulle_proxy_protocol_detected_total", protocol="timeout") == 80
+        end = loop.time() + 5  # (the trickling ones connected later: later deadlines)
+        while p.metric("tulle_proxy_protocol_detected_total", protocol="partial") < 40:
+            assert loop.time() < end
+            await asyncio.sleep(0.01)
+        assert p.metric("tulle_proxy_protocol_detected_total", protocol="partial") == 40
+        assert p.metric("tulle_proxy_tcp_connections_total", listener="auto") == 80
+        r, w = await asyncio.open_connection("127.0.0.1", port)  # still up, still sniffing
+        w.write(b"*1\r\n")
+        assert await asyncio.wait_for(r.readline(), 10) == GREETING
+        assert await asyncio.wait_for(r.readline(), 10) == b"echo *1\r\n"
+        w.close()
+        for _r, w in silent + slow:
+            w.close()
+        end = loop.time() + 5
+        while p.server.listeners["auto"].connections:
+            assert loop.time() < end
+            await asyncio.sleep(0.01)

@@ -20,7 +20,8 @@ driver that serves it, then steps aside:
    and closed otherwise; one that sent a prefix and then stopped (or half-closed) goes to the
    driver of what the prefix was becoming (`protocols.detect.undecided`), so an HTTP-looking
    trickle meets the HTTP header timeout, not an unbounded relay.  TLS is relayed as opaque
-   TCP for now.
+   TCP for now.  The timeout is kept by the listener's `SilenceWatch`: one timer for all its
+   undecided connections, not one per connection (ADR 0071).
 3. **Hand-over.**  HTTP/1 and HTTP/2 go to their drivers through `handover` with the bytes
    already read; TCP goes to `network.relay` (the listener's network filters, then the TCP
    proxy, which has an idle timeout).  Each outcome of an
@@ -34,6 +35,7 @@ driver that serves it, then steps aside:
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, cast
 
@@ -53,6 +55,7 @@ from tulle.net.origdst import original_destination
 if TYPE_CHECKING:
     from tulle.dataplane.listeners.context import DestinationRule
     from tulle.dataplane.listeners.http2 import H2Downstream
+    from tulle.dataplane.telemetry.series import CounterChild
 
 DEFAULT_OPAQUE_PORTS: Final = frozenset({25, 587, 3306, 4444, 5432, 6379, 9300, 11211})
 """Never sniffed, whatever the listener says: Linkerd's default opaque ports (since 2.11) —
@@ -172,13 +175,90 @@ class Deciding(asyncio.Protocol, Connection):
             t.abort()
 
 
+class SilenceWatch:
+    """One listener's detection deadlines: one timer for all its undecided connections.
+
+    Every connection on a listener waits the same `detect_timeout_ms`, so deadlines arrive in
+    the order connections do: a FIFO whose head is the next to expire, and one loop timer armed
+    for that head (same precision as a timer per connection, ADR 0071).  A connection that
+    decides is only marked (`watched = False`); the timer, or a compaction when dead entries
+    outnumber live ones two to one, drops it, so the queue holds at most ``2 * live + 64``
+    entries whatever the connection rate.  A deadline earlier than the tail's (the timeout was
+    lowered by a reload) gets a timer of its own, so order never costs precision.
+
+    It also keeps the listener's `protocol_detected` children, looked up once per protocol."""
+
+    __slots__ = ("_counted", "_ctx", "live", "queue", "timer")
+
+    def __init__(self) -> None:
+        self.queue: deque[DetectDownstream] = deque()
+        self.live = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self._ctx: ListenerContext | None = None
+        self._counted: dict[str, CounterChild] = {}
+
+    def add(self, conn: DetectDownstream, loop: asyncio.AbstractEventLoop,
+            timeout: float) -> None:
+        """Time `conn` out after `timeout` seconds unless it decides first."""
+        at = loop.time() + timeout
+        q = self.queue
+        if q and at < q[-1].detect_at:
+            conn._timer = loop.call_at(at, conn._on_timeout)
+            return
+        conn.detect_at = at
+        conn.watched = True
+        q.append(conn)
+        self.live += 1
+        if self.timer is None:
+            self.timer = loop.call_at(at, self._fire, loop)
+        elif len(q) > 64 and len(q) > 2 * self.live:
+            self.queue = deque([c for c in q if c.watched])
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.timer = None
+        q = self.queue
+        now = loop.time() + 0.001  # the loop clock's resolution: due is due
+        while q:
+            conn = q[0]
+            if conn.watched:
+                if conn.detect_at > now:
+                    break
+                conn.watched = False
+                self.live -= 1
+                q.popleft()
+                try:
+                    conn._on_timeout()
+                except Exception as exc:  # one connection's failure never stops the others'
+                    loop.call_exception_handler({"message": "detection timeout failed",
+                                                 "exception": exc, "protocol": conn})
+            else:
+                q.popleft()
+        if q:
+            self.timer = loop.call_at(q[0].detect_at, self._fire, loop)
+
+    def counter(self, ctx: ListenerContext, protocol: str) -> CounterChild:
+        """The `protocol_detected{listener, protocol}` child (the context may be replaced)."""
+        if ctx is not self._ctx:
+            self._ctx = ctx
+            self._counted = {}
+        child = self._counted.get(protocol)
+        if child is None:
+            child = self._counted[protocol] = ctx.metrics.protocol_detected.labels(
+                ctx.name, protocol)
+        return child
+
+
 class DetectDownstream(Deciding):
     """A connection whose driver is not chosen yet."""
 
-    def __init__(self, handle: ListenerHandle) -> None:
+    def __init__(self, handle: ListenerHandle, watch: SilenceWatch | None = None) -> None:
         super().__init__(handle)
         self.destination: tuple[str, int] | None = None
         self.rule: DestinationRule | None = None
+        self.watch = watch if watch is not None else SilenceWatch()
+        self.watched = False
+        """In `watch`'s queue, not yet decided."""
+        self.detect_at = 0.0
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -213,7 +293,7 @@ class DetectDownstream(Deciding):
             self._count("opaque")
             protocol = "tcp"
         if protocol == "auto":
-            self._timer = self.loop.call_later(cfg.detect_timeout_ms / 1000, self._on_timeout)
+            self.watch.add(self, self.loop, cfg.detect_timeout_ms / 1000)
         else:
             self._decide(protocol)
 
@@ -241,6 +321,15 @@ class DetectDownstream(Deciding):
         self._count("partial")
         self._decide(undecided(self.buffer))
         return self._eof_to_successor(t)
+
+    def _finish(self) -> None:
+        if self.watched:
+            self.watched = False
+            self.watch.live -= 1
+        super()._finish()
+
+    def _count(self, protocol: str) -> None:
+        self.watch.counter(self.ctx, protocol).value += 1
 
     # -- decisions -----------------------------------------------------------------------
 

@@ -70,8 +70,12 @@ def _driver_factory(handle: ListenerHandle, tls: ServerRef | None) -> ProtocolFa
         # `runtime.tls`) serves the next handshake without a new server.
         return lambda: TLSAccept(handle, ref.ctx, by_alpn)
     if cfg.tls is None and (cfg.mode == "transparent" or cfg.protocol in ("auto", "tcp")):
-        from tulle.dataplane.listeners.detect import DetectDownstream  # its relay, its parsers
+        from tulle.dataplane.listeners.detect import (  # its relay, its parsers
+            DetectDownstream,
+            SilenceWatch,
+        )
 
-        return lambda: DetectDownstream(handle)  # sniffing, TCP relay, original destination
+        watch = SilenceWatch()  # one detection timer per listener, not per connection
+        return lambda: DetectDownstream(handle, watch)  # sniffing, TCP relay, original destination
     raise NotImplementedError(
         f"listener {cfg.name}: protocol {cfg.protocol!r} in {cfg.mode} mode is not available")
