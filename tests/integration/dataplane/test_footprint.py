@@ -150,7 +150,8 @@ async def test_a_plain_http1_listener_loads_no_protocol_detection(
     modules = await _run_proxy(cfg, tmp_path, traffic)
     assert "tulle.dataplane.listeners.http1" in modules
     detection = ("tulle.dataplane.listeners.detect", "tulle.dataplane.network.relay",
-                 "tulle.dataplane.protocols.clienthello", *ONLY_WHEN_NAMED)
+                 "tulle.dataplane.protocols.clienthello", *ONLY_WHEN_NAMED,
+                 "tulle.dataplane.tlsread", "mmap")  # TLS (and the TCP relay's TLS side)
     assert [m for m in detection if _loaded(m, modules)] == []
 
 

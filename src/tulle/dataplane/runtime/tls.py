@@ -39,7 +39,6 @@ from collections.abc import Iterable
 import msgspec
 
 from tulle.dataplane.security.spiffe import TCP_ALPN
-from tulle.dataplane.tlsread import DirectSSLObject
 from tulle.proxyconfig.model import Cluster, Identity, ProxyConfig, TLSContext, TrustBundle
 
 _encode = msgspec.json.encode
@@ -188,6 +187,8 @@ def build_client_context(tls: TLSContext, protocol: str,
     """A client (upstream) context for a cluster's TLS settings.  With `expected_spiffe_ids`
     the server is verified against the trust anchors and then by its SPIFFE ID (the dialler's
     peer check), not by host name: an SVID names a workload, not a DNS name (ADR 0030)."""
+    from tulle.dataplane.tlsread import DirectSSLObject  # with the first TLS context (ADR 0068)
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.sslobject_class = DirectSSLObject  # one C call per TLS record operation (ADR 0067)
     ctx.minimum_version = _min_version(tls)
@@ -224,6 +225,8 @@ among what the client offers)."""
 def build_server_context(tls: TLSContext, sections: Sections = NO_SECTIONS) -> ssl.SSLContext:
     """A server (listener) context: TLS 1.2+ (or 1.3 only), the client verified -- a client
     certificate *required* -- when a CA is set."""
+    from tulle.dataplane.tlsread import DirectSSLObject
+
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.sslobject_class = DirectSSLObject  # one C call per TLS record operation (ADR 0067)
     ctx.minimum_version = _min_version(tls)

@@ -30,7 +30,6 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from tulle.dataplane.security.spiffe import PeerCheck
-from tulle.dataplane.tlsread import TLSReader
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
@@ -178,6 +177,8 @@ async def dial_transport(protocol_factory: Callable[[], P], host: str, port: int
                 transport.abort()
                 raise ConnectFailed(host, port, refused)
         if ssl_context is not None and isinstance(proto, asyncio.Protocol):
+            from tulle.dataplane.tlsread import TLSReader  # TLS only (ADR 0068)
+
             transport.set_protocol(TLSReader(proto))  # decrypted into a shared buffer (ADR 0063)
         return transport, proto
 
