@@ -9,10 +9,10 @@ import asyncio
 import os
 import ssl
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from tests.support.certs import self_signed
@@ -20,6 +20,24 @@ from tests.support.certs import self_signed
 from tulle.dataplane.tlsread import BUFFER_SIZE, DirectSSLObject, TLSReader, shared_buffer
 
 pytestmark = pytest.mark.both_loops
+
+P = TypeVar("P", bound=asyncio.Protocol)
+
+
+async def _tls_server(sctx: ssl.SSLContext, make: Callable[[], P]
+                      ) -> tuple[asyncio.Server, int, asyncio.Queue[P]]:
+    """A TLS server on loopback whose every connection is a `TLSReader` in front of `make()`;
+    the queue gets each driver as its connection is accepted."""
+    made: asyncio.Queue[P] = asyncio.Queue()
+
+    def factory() -> TLSReader:
+        rec = make()
+        made.put_nowait(rec)
+        return TLSReader(rec)
+
+    server = await asyncio.get_running_loop().create_server(factory, "127.0.0.1", 0, ssl=sctx)
+    return server, server.sockets[0].getsockname()[1], made
+
 
 
 class Recorder(asyncio.Protocol):
@@ -190,16 +208,7 @@ async def test_a_driver_that_pauses_reading_gets_nothing_more_until_it_resumes(
     sctx.load_cert_chain(crt, key)
     cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     cctx.load_verify_locations(crt)
-    made: asyncio.Queue[Pausing] = asyncio.Queue()
-
-    def factory() -> TLSReader:
-        rec = Pausing()
-        made.put_nowait(rec)
-        return TLSReader(rec)
-
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(factory, "127.0.0.1", 0, ssl=sctx)
-    port = server.sockets[0].getsockname()[1]
+    server, port, made = await _tls_server(sctx, Pausing)
     try:
         _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=cctx,
                                                   server_hostname="localhost")
@@ -273,16 +282,8 @@ async def test_direct_ssl_objects_carry_both_directions_whole_and_end_cleanly(
     than the shared buffer goes out in many records and comes back echoed, byte for byte; the
     client's close (close_notify) reaches the server's driver as the end of the connection."""
     sctx, cctx = _direct_contexts(tmp_path)
-    made: asyncio.Queue[Echoing] = asyncio.Queue()
-
-    def factory() -> TLSReader:
-        rec = Echoing()
-        made.put_nowait(rec)
-        return TLSReader(rec)
-
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(factory, "127.0.0.1", 0, ssl=sctx)
-    port = server.sockets[0].getsockname()[1]
+    server, port, made = await _tls_server(sctx, Echoing)
     try:
         client = Recorder()
         transport, _ = await loop.create_connection(lambda: client, "127.0.0.1", port,
@@ -357,16 +358,8 @@ async def test_a_response_held_in_one_turn_leaves_as_one_tls_record(tmp_path: Pa
 
     sctx, cctx = _direct_contexts(tmp_path)
     sctx.sslobject_class = CountingSSLObject
-    made: asyncio.Queue[Recorder] = asyncio.Queue()
-
-    def factory() -> TLSReader:
-        rec = Recorder()
-        made.put_nowait(rec)
-        return TLSReader(rec)
-
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(factory, "127.0.0.1", 0, ssl=sctx)
-    port = server.sockets[0].getsockname()[1]
+    server, port, made = await _tls_server(sctx, Recorder)
     try:
         client = Recorder()
         transport, _ = await loop.create_connection(lambda: client, "127.0.0.1", port,
