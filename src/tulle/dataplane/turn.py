@@ -70,7 +70,7 @@ class TurnWrites:
 class HeldWrites:
     """One connection's writes, held to the end of the turn (or to `WRITE_NOW` bytes)."""
 
-    __slots__ = ("end", "held", "out", "size", "transport", "turn")
+    __slots__ = ("end", "held", "join", "out", "size", "transport", "turn")
 
     def __init__(self, turn: TurnWrites) -> None:
         self.turn = turn
@@ -82,6 +82,18 @@ class HeldWrites:
         """Listed with `turn` for this turn."""
         self.end = 0
         """What follows the held bytes: 0 nothing, `HALF_CLOSE` or `CLOSE`."""
+        self.join = False
+        """Several held buffers go out as one (`attach`: a TLS transport)."""
+
+    def attach(self, transport: asyncio.Transport | None) -> None:
+        """Write to `transport` from now on (None: the connection is gone).  Whether it is TLS
+        is decided here, once per connection, not at each flush: over TLS each buffer given to
+        the transport becomes a TLS record of its own (uvloop's and asyncio's SSL protocols
+        call `SSL_write` per buffer, ~11,000 instructions each to encrypt and as many to
+        decrypt), so there held buffers are joined and a response's head and body are one
+        record (ADR 0067); plaintext keeps `writelines` (one `writev`, no copy)."""
+        self.transport = transport
+        self.join = transport is not None and transport.get_extra_info("ssl_object") is not None
 
     def write(self, data: bytes) -> None:
         self.out.append(data)
@@ -110,12 +122,7 @@ class HeldWrites:
             if t is not None and not t.is_closing():
                 if len(out) == 1:
                     t.write(out[0])
-                elif self.size < WRITE_NOW and t.get_extra_info("ssl_object") is not None:
-                    # Over TLS one buffer, not `writelines`: each buffer given to a TLS
-                    # transport becomes a TLS record of its own (uvloop's and asyncio's SSL
-                    # protocols call `SSL_write` per buffer), each ~11,000 instructions to
-                    # encrypt and as many to decrypt; a response's head and body are one record
-                    # this way (ADR 0067).  Plaintext keeps `writelines` (one `writev`, no copy).
+                elif self.join and self.size < WRITE_NOW:  # TLS: one record (`attach`)
                     t.write(b"".join(out))
                 else:
                     t.writelines(out)

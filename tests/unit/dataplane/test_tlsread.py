@@ -367,7 +367,7 @@ async def test_a_response_held_in_one_turn_leaves_as_one_tls_record(tmp_path: Pa
         rec = await asyncio.wait_for(made.get(), 10)
         assert rec.transport is not None
         w = HeldWrites(TurnWrites(loop))
-        w.transport = rec.transport
+        w.attach(rec.transport)
         head, body = b"HTTP/1.1 200 OK\r\ncontent-length: 1024\r\n\r\n", b"x" * 1024
         before = CountingSSLObject.writes
         w.write(head)

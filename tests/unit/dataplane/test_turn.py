@@ -14,7 +14,7 @@ from tulle.dataplane.turn import CLOSE, HALF_CLOSE, WRITE_NOW, HeldWrites, TurnW
 
 def held(turn: TurnWrites, transport: Any) -> HeldWrites:
     w = HeldWrites(turn)
-    w.transport = transport
+    w.attach(transport)
     return w
 
 

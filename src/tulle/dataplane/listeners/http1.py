@@ -110,7 +110,7 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
             self.closing = True
             reset(transport)
             return
-        self.outq.transport = transport
+        self.outq.attach(transport)
         self._set_deadline("header")
         if self._initial:
             data, self._initial = self._initial, b""
@@ -162,7 +162,8 @@ class H1Downstream(asyncio.Protocol, RoutedConnection):
         return True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.transport = self.outq.transport = None
+        self.transport = None
+        self.outq.attach(None)
         self.outq.drop()
         self.closing = True
         self.codec.close()  # breaks codec <-> parser <-> self: nothing waits for the cyclic GC

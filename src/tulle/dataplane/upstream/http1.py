@@ -248,7 +248,8 @@ class H1Connection(asyncio.Protocol):
     # -- asyncio.Protocol ----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = self.outq.transport = transport = cast(asyncio.Transport, transport)
+        self.transport = transport = cast(asyncio.Transport, transport)
+        self.outq.attach(transport)
         transport.set_write_buffer_limits(high=self.pool.cluster.high_water)
 
     def data_received(self, data: bytes) -> None:
@@ -290,7 +291,8 @@ class H1Connection(asyncio.Protocol):
 
     def _lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.transport = self.outq.transport = None
+        self.transport = None
+        self.outq.attach(None)
         self.outq.drop()
         self.pool.forget(self)
         stream = self.stream

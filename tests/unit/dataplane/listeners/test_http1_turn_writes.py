@@ -9,6 +9,7 @@ behind its bytes (ADR 0069).
 from __future__ import annotations
 
 import asyncio
+import ssl
 
 from tests.support.transport import FakeTransport
 from tests.unit.dataplane.listeners.test_http1_garbage import build, connect
@@ -161,3 +162,21 @@ async def test_an_upstream_failure_after_the_head_writes_the_head_then_resets() 
     assert t.closed and not t.eof  # ... then a reset, as before the writes were held
     await asyncio.sleep(0)  # the turn's flush finds nothing left to write, and does not fail
     assert t.writes == 1
+
+
+async def test_the_drivers_join_held_buffers_only_on_a_tls_transport() -> None:
+    """Decided once, when the transport arrives (ADR 0067): a TLS connection's held head and
+    body leave as one buffer (one TLS record), a plaintext one's as a `writev`."""
+    handle, pool = build()
+    ctx = ssl.create_default_context()
+    sslobj = ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO())  # a real one, not yet shaken hands
+    plain = H1Downstream(handle)
+    plain.connection_made(FakeTransport())
+    tls = H1Downstream(handle)
+    tls.connection_made(FakeTransport(extra={"ssl_object": sslobj}))
+    assert not plain.outq.join and tls.outq.join
+    up = H1Connection(pool)
+    up.connection_made(FakeTransport(extra={"ssl_object": sslobj}))
+    assert up.outq.join
+    up.connection_lost(None)
+    assert up.outq.transport is None and not up.outq.join
