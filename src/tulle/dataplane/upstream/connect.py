@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from tulle.dataplane.security.spiffe import PeerCheck
+from tulle.proxyconfig.address import numeric_family
 
 P = TypeVar("P", bound=asyncio.BaseProtocol)
 
@@ -76,26 +77,6 @@ async def _address(loop: asyncio.AbstractEventLoop, host: str,
         family, _, _, _, sa = infos[0]
         return family, (str(sa[0]), int(sa[1]))
     return family, (host, port)
-
-
-def numeric_family(host: str) -> socket.AddressFamily | None:
-    """The family of a numeric address (None: a name).  `inet_pton`, which agrees with
-    `ipaddress.ip_address` on everything without a zone, so that a proxy need not import
-    `ipaddress` (ADR 0068); an address with a zone (`fe80::1%eth0`) is left to it."""
-    for family in (socket.AF_INET, socket.AF_INET6):
-        try:
-            socket.inet_pton(family, host)
-        except (OSError, ValueError):
-            continue
-        return family
-    if "%" in host:
-        import ipaddress
-
-        try:
-            return socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else None
-        except ValueError:
-            return None
-    return None
 
 
 async def _sock_connect(loop: asyncio.AbstractEventLoop, sock: socket.socket,

@@ -1,5 +1,5 @@
-"""The dialler tells a numeric address from a name without `ipaddress` (ADR 0068), and
-decides as `ipaddress.ip_address` would."""
+"""A numeric address told from a name without `ipaddress` (ADR 0068), as
+`ipaddress.ip_address` decides: what the validator and the proxy's dialler both ask."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from tulle.dataplane.upstream.connect import numeric_family
+from tulle.proxyconfig.address import numeric_family
 
 
 def _reference(host: str) -> socket.AddressFamily | None:
