@@ -49,6 +49,16 @@ _CLIENT_CERT_REASONS = frozenset({
 another CA, expired): counted as `tls_client_certificate`, apart from other failures."""
 
 
+TIMER_SLACK = 0.002
+"""Seconds a loop timer may fire early against `loop.time()`: libuv keeps whole milliseconds,
+so a 300 ms handshake timeout can fire when the clock has moved 299.9 ms."""
+
+
+def handshake_timed_out(elapsed: float, timeout_ms: int) -> bool:
+    """A failed handshake that took `elapsed` seconds was the timeout of `timeout_ms` (0: none)."""
+    return bool(timeout_ms) and elapsed >= timeout_ms / 1000 - TIMER_SLACK
+
+
 def _failure_kind(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError) and exc.reason in _CLIENT_CERT_REASONS:
         return "tls_client_certificate"
@@ -145,7 +155,7 @@ class TLSAccept(asyncio.Protocol, Connection):
         except Exception as exc:  # any failure ends this connection alone
             # The loop reports a timeout as one of several exception types; the clock is
             # what says it was one.
-            timed_out = bool(ms) and loop.time() - started >= ms / 1000
+            timed_out = handshake_timed_out(loop.time() - started, ms)
             handle.ctx.protocol_error("tls_handshake_timeout" if timed_out
                                       else _failure_kind(exc))
             log.debug("listener %s: TLS handshake failed: %r", handle.name, exc)
