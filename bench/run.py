@@ -80,6 +80,7 @@ PLANS = {
 TARGET_CPU_RATIO = 1.5
 TARGET_RSS_MB = 30.0
 TARGET_ADDED_P99_MS = 0.3
+MTLS_KEPT_KEYS = ("ca_signs_per_s", "ca_signs_target")  # bench/ca.py writes them
 TARGET_FILTER_COST = 1.10
 """Issue 7: a route with a request and a response header modifier costs at most +10% CPU per
 request over the same route without filters (`tulle-filters` vs `tulle`, same run)."""
@@ -246,6 +247,7 @@ def derive(res: dict[str, Any]) -> None:
 def derive_mtls(res: dict[str, Any]) -> dict[str, Any]:
     """The mTLS row's figures (issue 9), as `bench/results/mtls.json` holds them."""
     out: dict[str, Any] = {}
+    direct = res.get("direct", {})
     for key, name in (("", "tulle-mtls"), ("plaintext_", "tulle-2hop"),
                       ("haproxy_", "haproxy-tls")):
         peer = res.get(name)
@@ -254,6 +256,12 @@ def derive_mtls(res: dict[str, Any]) -> dict[str, Any]:
         out[f"{key}added_p50_ms"] = peer.get("added_p50_ms_vs_direct")
         out[f"{key}added_p99_ms"] = peer.get("added_p99_ms_vs_direct")
         out[f"{key}cpu_us_per_req"] = peer.get("cpu_us_per_req")
+        for q in ("p50", "p99"):  # each round's own added figure: round i of both ran back to back
+            a, b = peer.get(f"{q}_ms_by_round"), direct.get(f"{q}_ms_by_round")
+            if a and b and len(a) == len(b):
+                out[f"{key}added_{q}_ms_by_round"] = [rnd(x - y) for x, y in zip(a, b, strict=True)]
+        if peer.get("cpu_us_per_req_range"):
+            out[f"{key}cpu_us_per_req_range"] = peer["cpu_us_per_req_range"]
         if "handshakes" in peer:
             out[f"{key}handshakes_per_s"] = peer["handshakes"]["handshakes_per_s"]
         if "hop_rss_mb" in peer:
@@ -358,15 +366,21 @@ def _mtls_extra(ps: ProcessSet, name: str, res: dict[str, Any]) -> None:
 
 
 def write_mtls(path: Path, res: dict[str, Any]) -> None:
-    """Merge the mTLS figures into `path`, keeping keys others write there (the CA's signing
-    rate comes from the control plane's bench)."""
+    """Merge the mTLS figures into `path`, keeping the keys others write there (the CA's
+    signing rate comes from the control plane's bench) and nothing else of an older run: a
+    range or a round list left from another run would contradict this run's figures."""
     try:
         old = json.loads(path.read_text())
     except (OSError, ValueError):
         old = {}
     if not isinstance(old, dict):
         old = {}
+    old = {k: v for k, v in old.items() if k in MTLS_KEPT_KEYS}
     old.update(res.get("mtls", {}))
+    old["added_p99_goal_ms"] = TARGET_ADDED_P99_MS
+    old["method"] = ("one `bench.run` run: each figure the median of its rounds "
+                     f"({res.get('plan', {}).get('rounds', '?')}); added = the peer's median "
+                     "minus the direct path's; *_by_round: each round's peer minus direct")
     old["mtls_run"] = {"mode": res["mode"], "timestamp": res["timestamp"],
                        "git_rev": res["machine"]["git_rev"],
                        "loadavg_before": res["loadavg_before"],

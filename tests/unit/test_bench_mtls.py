@@ -27,7 +27,8 @@ def test_both_hops_validate_with_and_without_mtls() -> None:
 
 def test_results_are_merged_into_the_file(tmp_path: Path) -> None:
     path = tmp_path / "mtls.json"
-    path.write_text(json.dumps({"ca_signs_per_s": 1234.5, "added_p99_ms": 9.9}))
+    path.write_text(json.dumps({"ca_signs_per_s": 1234.5, "added_p99_ms": 9.9,
+                                "added_p99_ms_range": [5.0, 9.9], "rounds": [{"x": 1}]}))
     res = {"mode": "quick", "timestamp": "t", "machine": {"git_rev": "r"},
            "loadavg_before": [0.0], "direct": {"p99_ms": 0.1},
            "mtls": {"added_p99_ms": 0.2, "handshakes_per_s": 500.0}}
@@ -36,3 +37,17 @@ def test_results_are_merged_into_the_file(tmp_path: Path) -> None:
     assert got["ca_signs_per_s"] == 1234.5
     assert got["added_p99_ms"] == 0.2 and got["handshakes_per_s"] == 500.0
     assert got["mtls_run"]["direct_p99_ms"] == 0.1
+    # an older run's ranges and rounds would contradict this run's figures: they go
+    assert "added_p99_ms_range" not in got and "rounds" not in got
+
+
+def test_each_rounds_added_latency_is_kept() -> None:
+    from bench.run import derive_mtls
+    res = {"direct": {"p50_ms_by_round": [0.1, 0.2], "p99_ms_by_round": [0.3, 0.4]},
+           "tulle-mtls": {"p99_ms": 1.0, "added_p99_ms_vs_direct": 0.5,
+                          "p50_ms_by_round": [0.4, 0.6], "p99_ms_by_round": [0.9, 0.8],
+                          "cpu_us_per_req_range": [200.0, 230.0]}}
+    out = derive_mtls(res)
+    assert out["added_p50_ms_by_round"] == [0.3, 0.4]
+    assert out["added_p99_ms_by_round"] == [0.6, 0.4]
+    assert out["cpu_us_per_req_range"] == [200.0, 230.0]
