@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from typing import Any
 
 import aiohttp
@@ -252,6 +253,46 @@ async def test_certificate_is_renewed_at_half_life_and_reconnects_use_it() -> No
                 proxy.agent.held.cert.cert_chain
         finally:
             await proxy.stop()
+
+
+async def test_a_proxy_on_a_new_stream_stays_connected_when_its_old_stream_ends() -> None:
+    """A proxy that reconnected at once (or whose old stream the control plane sees end only
+    later) holds its status with the new stream: the old one's end must not mark it
+    disconnected (seen as a node agent that "never came back" in a CI run)."""
+    async with running_control_plane() as cp:
+        w = WorkloadInfo(name="web-0", namespace=NS, address="127.0.0.1")
+        key = WorkloadKey()
+        push = cp.push
+        assert push is not None
+        r1, w1 = await open_stream(cp.stream_port)
+        try:
+            w1.write(encode(_h("web-0", token=await issue_token(cp.api_url, w),
+                               csr=key.csr(NS, "web-0"))))
+            dec, got = FrameDecoder(), list[Message]()
+            while not any(isinstance(m, Certificate) for m in got):
+                data = await asyncio.wait_for(r1.read(65536), timeout=5)
+                assert data, "closed without a certificate"
+                got += dec.feed(data)
+            cert = next(m for m in got if isinstance(m, Certificate))
+            since = push.status[(NS, "web-0")].connected_since
+            # The same proxy on a second stream, proving itself with its new certificate.
+            at = int(time.time())  # noqa: TID251 - wall clock, as the proof carries it
+            r2, w2 = await open_stream(cp.stream_port)
+            try:
+                w2.write(encode(_h("web-0", certificate=cert.cert_chain, proof_time=at,
+                                   proof=key.proof(NS, "web-0", at))))
+                await eventually(lambda: push.counters()["connections"] == 2
+                                 and push.status[(NS, "web-0")].connected_since > since)
+                w1.close()  # the old stream ends; `connections` drops once its end is handled
+                await eventually(lambda: push.counters()["connections"] == 1)
+                assert push.status[(NS, "web-0")].connected
+                w2.close()
+                await eventually(lambda: push.counters()["connections"] == 0)
+                assert not push.status[(NS, "web-0")].connected
+            finally:
+                w2.close()
+        finally:
+            w1.close()
 
 
 def _cn(chain: str) -> str:

@@ -104,6 +104,10 @@ class ProxyStatus:
     trust_bundle: str = ""
     """The id of the trust bundle it last confirmed (`TrustAck`)."""
     extra: dict[str, str] = field(default_factory=dict)
+    session: object | None = field(default=None, repr=False, compare=False)
+    """The stream session that holds this status now: a session that ends marks the proxy
+    disconnected only if no newer one took it over (a proxy that reconnected at once must
+    not be shown disconnected when its old stream's end is handled after the new hello)."""
     running: ProxyConfig | None = field(default=None, repr=False)
     """The snapshot the proxy ACKed last: what it runs (not in `to_dict`; served whole by the
     proxy-config endpoint)."""

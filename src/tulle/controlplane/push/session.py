@@ -156,7 +156,8 @@ class ProxySession:
             await self._session(first)
         finally:
             for st in self.node_statuses:
-                st.connected = False
+                if st.session is self:  # (not when a newer stream of the proxy took over)
+                    st.connected, st.session = False, None
 
     async def _read_loop(self, key: ProxyKey, wake: asyncio.Event) -> None:
         """Handle what the proxy sends as it arrives, waking the push loop after each message
@@ -215,6 +216,7 @@ class ProxySession:
             srv.status[k] = st
             self.node_statuses.append(st)
             st.connected, st.peer, st.connected_since, st.last_seen = True, self.peer, now, now
+            st.session = self
             st.control_plane = srv.instance
             st.protocol, st.features = hello.protocol, shown_list(hello.features)
             st.withheld, st.delta_units = self.missing, self.units
