@@ -167,9 +167,10 @@ class RequestStream(StreamPort):
                 self.flags = "OL"
                 self.overloaded()
                 return
-            if conn.handle.ctx is not conn.ctx:
-                conn.follow_snapshot()
             ctx = conn.ctx
+            if conn.handle.ctx is not ctx:
+                conn.follow_snapshot()
+                ctx = conn.ctx
             self.alog = alog = ctx.access_log
             # Before routing, as Envoy does: a route may match on x-forwarded-for or
             # x-request-id as the upstream will see them.

@@ -133,7 +133,9 @@ class ListenerContext:
         self.m_bytes_received = metrics.bytes_received.labels(cfg.name)
         self.m_bytes_sent = metrics.bytes_sent.labels(cfg.name)
         self._stats: dict[str, RequestStats] = {}
-        self._decisions: dict[str, dict[int, Decision]] = {}
+        self.decisions: dict[str, dict[int, Decision]] = {}
+        """The shared decision of a route without filters, by cluster and timeout (`decision`
+        builds them; `dispatch.resolve` reads this first, sparing every request a call)."""
         self._chain_decisions: dict[object, dict[str, Decision]] = {}
         # Route timeouts at least this long are checked by the proxy's deadline sweeper, which
         # ticks every header_timeout/4 clamped to [10 ms, 1 s] (server.py `_deadline_sweeper`):
@@ -182,7 +184,7 @@ class ListenerContext:
                     return d
             return self._chained(cluster, timeout_ms, chain, attempt, key, retry, stream_idle,
                                  addressed)
-        by_timeout = self._decisions.get(cluster)
+        by_timeout = self.decisions.get(cluster)
         if by_timeout is not None:
             d = by_timeout.get(timeout_ms)
             if d is not None:
@@ -193,7 +195,7 @@ class ListenerContext:
         if rt.cfg.unresolved:
             return unresolved(cluster)
         d = Decision(rt, cluster, timeout_ms, stats=self.stats(cluster))
-        self._decisions.setdefault(cluster, {})[timeout_ms] = d
+        self.decisions.setdefault(cluster, {})[timeout_ms] = d
         return d
 
     def _chained(self, cluster: str, timeout_ms: int, chain: Chain | None,

@@ -75,7 +75,7 @@ def resolve(ctx: ListenerContext, router: Router | None, default_cluster: str,
             ctx.protocol_error("invalid_path")
             return Decision(None, "-", 0, 400, exc.detail.encode() + b"\n", "DPE")
     if router is None:
-        return ctx.decision(default_cluster, ctx.settings.request_timeout_ms)
+        return _shared(ctx, default_cluster, ctx.settings.request_timeout_ms)
     route = router.only or router.route(head)
     ctx.matched_route = route  # for the access log's `route_name` (one store per request)
     if route is None:
@@ -83,13 +83,25 @@ def resolve(ctx: ListenerContext, router: Router | None, default_cluster: str,
                         b"%b\n" % (head.authority, head.path.split(b"?", 1)[0],
                                    ctx.name.encode()), "NR")
     route.requests.value += 1
+    cluster = route.pick_cluster()
     if route.special:  # filters (the rule's, a backend's) or a per-try deadline
-        cluster = route.pick_cluster()
         chains = route.backend_chains
         chain = chains.get(cluster, route.chain) if chains is not None else route.chain
         return ctx.decision(cluster, route.timeout_ms, chain, route.attempt, route.retry,
                             route.stream_idle, route, route.addressed)
-    return ctx.decision(route.pick_cluster(), route.timeout_ms)
+    return _shared(ctx, cluster, route.timeout_ms)
+
+
+def _shared(ctx: ListenerContext, cluster: str, timeout_ms: int) -> Decision:
+    """`ctx.decision(cluster, timeout_ms)` for a route without filters, its lookup done here:
+    the context is interpreted code, and a call into it costs a Python frame per request.
+    The first request of a cluster and timeout builds the decision there."""
+    by_timeout = ctx.decisions.get(cluster)
+    if by_timeout is not None:
+        d = by_timeout.get(timeout_ms)
+        if d is not None:
+            return d
+    return ctx.decision(cluster, timeout_ms)
 
 
 def no_cluster(name: str) -> Decision:

@@ -50,6 +50,7 @@ from tulle.dataplane.turn import CLOSE, HALF_CLOSE, HeldWrites, turn_writes
 
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import Headers, RequestHead, TunnelStream
+    from tulle.dataplane.listeners.context import ListenerContext
     from tulle.dataplane.routing.router import Router
 
 LINGER_SECONDS = 1.0
@@ -58,8 +59,22 @@ LINGER_SECONDS = 1.0
 class H1Downstream(asyncio.Protocol, RoutedConnection):
     """A client connection speaking HTTP/1.x."""
 
+    # `RoutedConnection`'s attributes, declared again here: compiled, this class keeps them in
+    # its own fields and reads them directly; inherited from the (interpreted) base, every read
+    # would be a generic attribute lookup in the instance dict (ADR 0072).
+    handle: ListenerHandle
+    ctx: ListenerContext
+    router: Router | None
+    cluster: str
+    loop: asyncio.AbstractEventLoop
+    route_key: tuple[str, int] | str | None
+    deadline: float
+    deadline_kind: str
+    sni: str
+
     def __init__(self, handle: ListenerHandle, peer_ip: str = "", initial: bytes = b"",
                  router: Router | None = None, cluster: str | None = None) -> None:
+        self.sni = ""  # (the base's class default, which a compiled field does not see)
         self.init_routing(handle, router, cluster)
         self.loop = asyncio.get_running_loop()
         self.guard = handle.guard

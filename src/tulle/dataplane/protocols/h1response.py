@@ -186,18 +186,19 @@ class ResponseCodec(_Bounds):
         chunked = False
         conn_tokens = _NO_TOKENS
         out: Headers = []
-        append = out.append
-        special = _RESPONSE_SPECIAL.get
-        known = _RESPONSE_NAMES.get
+        # (The tables as typed locals, their methods called directly: compiled, each is a C
+        # call per field, where a bound-method local would be a generic Python call.)
+        special = _RESPONSE_SPECIAL
+        known = _RESPONSE_NAMES
         for raw_name, value in self._headers:
-            hit = known(raw_name)
+            hit = known.get(raw_name)
             if hit is None:
                 name = raw_name.lower()
-                what = special(name)
+                what = special.get(name)
             else:
                 name, what = hit
             if what is None:
-                append((name, value))
+                out.append((name, value))
             elif what == _CL:
                 cl = int(value)
             elif what == _TE:
@@ -209,7 +210,7 @@ class ResponseCodec(_Bounds):
                 tokens = _COMMON_TOKENS.get(value) or _connection_tokens(value)
                 conn_tokens = conn_tokens | tokens if conn_tokens else tokens
             elif what == _UPGRADE and status == 101:
-                append((name, value))
+                out.append((name, value))
         if conn_tokens and not conn_tokens <= _NOT_HEADERS:
             named = conn_tokens - _NOT_HEADERS
             out = [(n, v) for n, v in out if n not in named]

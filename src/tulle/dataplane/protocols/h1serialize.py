@@ -29,10 +29,19 @@ def reason_phrase(status: int) -> bytes:
 
 
 # Heads never hold HTTP/2 pseudo-headers (both codecs keep them out), so header lines are
-# joined as they are: `b": ".join` of each pair, one `b"\r\n".join` (the fastest spelling we
-# measured; this runs twice per proxied request).  The pairs are joined by `map` over the bound
-# `join`, not a list comprehension: no Python frame per head (a comprehension is a call).
-_JOIN_FIELD = b": ".join
+# written as they are: name, ": ", value and the line end appended to one list and joined once.
+# Compiled, a plain loop of list appends is the cheapest spelling (no bytes object per field
+# and no call through Python); `map` over a bound `b": ".join` was cheaper only interpreted,
+# and this runs twice per proxied request (ADR 0072).
+
+
+def _add_fields(out: list[bytes], fields: Headers) -> None:
+    for name, value in fields:
+        out.append(name)
+        out.append(b": ")
+        out.append(value)
+        out.append(b"\r\n")
+
 
 def serialize_request_head(head: RequestHead, chunked: bool, extra: HeaderSeq = ()) -> bytes:
     """Request line and headers for an HTTP/1.1 upstream.  `extra` goes after the head's own.
@@ -40,19 +49,19 @@ def serialize_request_head(head: RequestHead, chunked: bool, extra: HeaderSeq = 
     The framing is ours (rule 2): `transfer-encoding: chunked` when `chunked`, else
     `content-length` from `head.content_length` when the body length is known; with neither the
     request has no body."""
-    lines = [b"%b %b HTTP/1.1\r\nhost: %b" % (head.method, head.path, head.authority)]
-    lines += map(_JOIN_FIELD, head.headers)
+    out = [b"%b %b HTTP/1.1\r\nhost: %b\r\n" % (head.method, head.path, head.authority)]
+    _add_fields(out, head.headers)
     if extra:
-        lines += map(_JOIN_FIELD, extra)
+        _add_fields(out, list(extra))
     if head.upgrade:
-        lines.append(b"connection: upgrade\r\nupgrade: %b" % head.upgrade)
+        out.append(b"connection: upgrade\r\nupgrade: %b\r\n" % head.upgrade)
     if chunked:
-        lines.append(b"transfer-encoding: chunked\r\n\r\n")
+        out.append(b"transfer-encoding: chunked\r\n\r\n")
     elif head.content_length is not None:
-        lines.append(b"content-length: %d\r\n\r\n" % head.content_length)
+        out.append(b"content-length: %d\r\n\r\n" % head.content_length)
     else:
-        lines.append(b"\r\n")
-    return b"\r\n".join(lines)
+        out.append(b"\r\n")
+    return b"".join(out)
 
 
 def serialize_response_head(head: ResponseHead, *, chunked: bool, close: bool,
@@ -63,16 +72,16 @@ def serialize_response_head(head: ResponseHead, *, chunked: bool, close: bool,
     for HEAD and 304 answers, where it describes the representation; never on 1xx or 204, RFC
     9110 8.6), else the body is close-delimited and the caller passes `close`."""
     status = head.status
-    lines = [b"HTTP/1.1 %d %b" % (status, head.reason or _REASONS.get(status, b""))]
-    lines += map(_JOIN_FIELD, head.headers)
+    out = [b"HTTP/1.1 %d %b\r\n" % (status, head.reason or _REASONS.get(status, b""))]
+    _add_fields(out, head.headers)
     if extra:
-        lines += map(_JOIN_FIELD, extra)
+        _add_fields(out, list(extra))
     if chunked:
-        lines.append(b"transfer-encoding: chunked")
+        out.append(b"transfer-encoding: chunked\r\n")
     elif head.content_length is not None and status >= 200 and status != 204:
-        lines.append(b"content-length: %d" % head.content_length)
-    lines.append(b"connection: close\r\n\r\n" if close else b"\r\n")
-    return b"\r\n".join(lines)
+        out.append(b"content-length: %d\r\n" % head.content_length)
+    out.append(b"connection: close\r\n\r\n" if close else b"\r\n")
+    return b"".join(out)
 
 
 def encode_chunk(data: bytes) -> bytes:

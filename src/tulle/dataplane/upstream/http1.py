@@ -69,13 +69,17 @@ class H1Stream(Attempt):
     """One request/response exchange on an HTTP/1 upstream (the `UpstreamStream`), and the
     try it is (`Attempt`: counted in here, out at its end)."""
 
-    __slots__ = ("chunked", "conn", "end_stream", "got_response", "head", "paused", "pending",
-                 "pending_bytes", "request_done", "tunnel", "upload_paused",
+    __slots__ = ("chunked", "conn", "end_stream", "got_response", "h1pool", "head", "paused",
+                 "pending", "pending_bytes", "request_done", "tunnel", "upload_paused",
                  "waiting", "was_reset")
 
     def __init__(self, pool: H1Pool, head: RequestHead, sink: ResponseSink,
                  end_stream: bool) -> None:
         self.pool = pool
+        self.h1pool = pool
+        """`pool` with its type: `Attempt.pool` is untyped (each protocol's pool is its own
+        class), so compiled code reaches through it by generic attribute lookups; the pool's
+        hot paths read this instead (ADR 0072).  Both always name the same pool."""
         self.head = head
         self.sink = sink
         self.end_stream = end_stream
@@ -109,7 +113,7 @@ class H1Stream(Attempt):
         elif self.pending is not None:
             self.pending.append(data)
             self.pending_bytes += len(data)
-            if not self.upload_paused and self.pending_bytes > self.pool.cluster.high_water:
+            if not self.upload_paused and self.pending_bytes > self.h1pool.cluster.high_water:
                 self.upload_paused = True
                 self.sink.pause_request_body()
 
@@ -144,7 +148,7 @@ class H1Stream(Attempt):
         if conn is not None:
             conn.abandon(self)
         elif self.waiting:
-            self.pool.unwait(self)
+            self.h1pool.unwait(self)
 
     def drop(self) -> None:
         """The router retries past this response (a retried 5xx): count the try out as that
@@ -164,7 +168,7 @@ class H1Stream(Attempt):
     def _rehome(self, pool: H1Pool) -> None:
         """A replay: nothing of the request left (no body, no response), so it starts over on
         `pool` as if new (the head is serialised again)."""
-        self.pool = pool
+        self.pool = self.h1pool = pool
         self.conn = None
         self.got_response = False
         pool.adopt(self)
@@ -386,7 +390,7 @@ class H1Connection(asyncio.Protocol):
         if not s.status:  # `s._head(head.status)`, inlined: every response passes here
             s.status = head.status
             t = now()
-            s.pool.endpoint.sample(t - s.start, t)
+            s.h1pool.endpoint.sample(t - s.start, t)
         s.sink.on_response_head(head, end_stream)
 
     def on_informational(self, head: ResponseHead) -> None:
@@ -415,10 +419,10 @@ class H1Connection(asyncio.Protocol):
             else:
                 self._close()
         if not s.was_reset:
-            if not s.try_done and s.opts is None and s.pool.cluster.on_outcome is None:
+            pool = s.h1pool
+            if not s.try_done and s.opts is None and pool.cluster.on_outcome is None:
                 # `s._over(s.status, "")` for a plain try, inlined: every response ends here
                 s.try_done = True
-                pool = s.pool
                 pool.endpoint.active -= 1
                 pool.limits.requests -= 1
             else:

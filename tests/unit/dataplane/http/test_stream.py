@@ -86,6 +86,7 @@ class Ctx:
         self.st = Stats()
         self.filter_errors: list[str] = []
         self.routed_to: Decision | None = None
+        self.decisions: dict[str, dict[int, Decision]] = {}  # none shared: `decision` routes
 
     @property
     def settings(self) -> Any:

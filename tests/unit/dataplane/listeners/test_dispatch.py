@@ -134,3 +134,31 @@ def test_an_unresolved_cluster_may_not_have_endpoints() -> None:
     with pytest.raises(ConfigError, match="an unresolved cluster has none"):
         validate({"clusters": [{"name": "gone", "unresolved": True,
                                 "endpoints": [{"address": "127.0.0.1", "port": 1}]}]})
+
+
+def test_requests_of_a_route_without_filters_share_the_decision_the_context_built() -> None:
+    from tulle.dataplane.upstream.cluster import ClusterRuntime
+    from tulle.proxyconfig import validate
+
+    cfg = validate({
+        "listeners": [{"name": "l", "port": 0, "route_table": "rt"},
+                      {"name": "plain", "port": 0, "cluster": "b"}],
+        "route_tables": [{"name": "rt", "virtual_hosts": [{"name": "any", "rules": [
+            {"backends": [{"cluster": "b"}], "timeout_ms": 2500}]}]}],
+        "clusters": [{"name": "b"}],
+    })
+    metrics = ProxyMetrics()
+    clusters = {c.name: ClusterRuntime(c, cfg.settings, metrics, [], {}) for c in cfg.clusters}
+    routers = {"rt": Router(cfg.route_tables[0], 15000)}
+    ctx = ListenerContext(cfg.listeners[0], cfg.settings, routers, clusters, metrics)
+    assert ctx.decisions == {}
+    first = resolve(ctx, ctx.router, "", head())
+    assert (first.cluster_name, first.timeout_ms) == ("b", 2500)
+    assert ctx.decisions == {"b": {2500: first}}  # built once, by the context ...
+    assert resolve(ctx, ctx.router, "", head()) is first  # ... then found by `resolve`
+    # A listener without a route table: its cluster and the request timeout, shared likewise.
+    plain = ListenerContext(cfg.listeners[1], cfg.settings, routers, clusters, metrics)
+    d = resolve(plain, plain.router, plain.cluster, head())
+    assert (d.cluster_name, d.timeout_ms) == ("b", cfg.settings.request_timeout_ms)
+    assert resolve(plain, plain.router, plain.cluster, head()) is d
+    assert plain.decisions == {"b": {cfg.settings.request_timeout_ms: d}}
