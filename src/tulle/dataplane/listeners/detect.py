@@ -24,7 +24,10 @@ driver that serves it, then steps aside:
    undecided connections, not one per connection (ADR 0071).
 3. **Hand-over.**  HTTP/1 and HTTP/2 go to their drivers through `handover` with the bytes
    already read; TCP goes to `network.relay` (the listener's network filters, then the TCP
-   proxy, which has an idle timeout).  Each outcome of an
+   proxy, which has an idle timeout).  An explicit `auto` listener's connections start as
+   `listeners.h1sniff.H1SniffDownstream` instead, which stays the HTTP/1 driver when the first
+   bytes say HTTP/1 and gives every other case to a `DetectDownstream` (`take_over`), so the
+   decisions below are made here for both (ADR 0074).  Each outcome of an
    `auto` listener is counted in `tulle_proxy_protocol_detected_total{listener,protocol}`
    (`http1`, `http2`, `tls`, `tcp`, `opaque` when sniffing was skipped by port, `timeout` when
    the client stayed silent, `partial` when it stopped or half-closed mid-prefix).
@@ -176,7 +179,8 @@ class Deciding(asyncio.Protocol, Connection):
 
 
 class Sniffing(Protocol):
-    """What `SilenceWatch` keeps of a connection still sniffing (`DetectDownstream`)."""
+    """What `SilenceWatch` keeps of a connection still sniffing: `DetectDownstream`, and
+    `listeners.h1sniff.H1SniffDownstream` (an `auto` listener's HTTP/1-first driver)."""
 
     watched: bool
     """In the watch's queue, not yet decided."""
@@ -324,6 +328,20 @@ class DetectDownstream(Deciding):
             self.watch.add(self, self.loop, cfg.detect_timeout_ms / 1000)
         else:
             self._decide(protocol)
+
+    def take_over(self, t: asyncio.Transport, sniffer: Connection, buffered: bytes) -> None:
+        """Stand in for `sniffer`, an `auto` listener's HTTP/1-first driver
+        (`listeners.h1sniff`), whose connection is not HTTP/1 after all, or is still
+        undecided at its detection deadline or an EOF: the transport, its admission (the same
+        client connection, not counted twice) and the `buffered` bytes come here.  The
+        caller then replays the event on this object (`data_received`, `_on_timeout`,
+        `eof_received`), so every decision but the HTTP/1 one is made here, in one place."""
+        handle = self.handle
+        handle.hand_over(sniffer)
+        self.transport = t
+        self.buffer = buffered
+        handle.connection_opened(self)  # (after hand_over: admitted, whatever the counts)
+        t.set_protocol(self)
 
     def data_received(self, data: bytes) -> None:
         if self._done:
