@@ -323,11 +323,14 @@ class ListenerHandle:
         self.connections.add(conn)
         self.m_active.value += 1  # type: ignore[attr-defined]
         self.m_total.value += 1  # type: ignore[attr-defined]
-        self.follow(conn)
+        flow = self.ctx.flow_log
+        if flow is not None and flow.connection_opened(conn):  # an HTTP connection's flow
+            self.flows[conn] = flow
         return True
 
     def follow(self, conn: Connection) -> None:
-        """Have the flow log in force follow `conn` when it is an HTTP connection."""
+        """Have the flow log in force follow `conn` when it is an HTTP connection (as
+        `connection_opened` does, inlined there: once per connection of every listener)."""
         flow = self.ctx.flow_log
         if flow is not None and flow.connection_opened(conn):
             self.flows[conn] = flow
