@@ -77,6 +77,7 @@ COMPILED: Final = (
     "tulle.dataplane.listeners.http2",
     "tulle.dataplane.upstream.http2",
     "tulle.dataplane.upstream.http2_pool",
+    "tulle.dataplane.listeners.h1sniff",
 )
 """The modules on the per-request HTTP/1 path, a sniffing listener's per-connection path and
 the per-request telemetry observers (ADR 0062), compiled together (one mypyc group)."""

@@ -330,6 +330,20 @@ class ListenerHandle:
             self.flows[conn] = flow
         return True
 
+    def follow(self, conn: Connection) -> None:
+        """Have the flow log in force follow `conn` when it is an HTTP connection (as
+        `connection_opened` does, inlined there: once per connection of every listener)."""
+        flow = self.ctx.flow_log
+        if flow is not None and flow.connection_opened(conn):
+            self.flows[conn] = flow
+
+    def unfollow(self, conn: Connection) -> None:
+        """`conn` is not (or not yet) an HTTP connection's driver: no flow of it, no record
+        (an `auto` listener's HTTP/1-first driver until its first bytes say HTTP/1)."""
+        flow = self.flows.pop(conn, None)
+        if flow is not None:
+            flow.forget(conn)
+
     def count_refusal(self) -> None:
         cap = self.ctx.max_connections
         reason = ("listener_limit" if cap and len(self.connections) >= cap
@@ -352,7 +366,7 @@ class ListenerHandle:
             self.m_active.value -= 1  # type: ignore[attr-defined]
             self.m_total.value -= 1  # type: ignore[attr-defined]
             self._handover = True
-            self.flows.pop(conn, None)
+            self.unfollow(conn)
 
     def connection_closed(self, conn: Connection) -> None:
         if conn in self.connections:

@@ -24,7 +24,10 @@ driver that serves it, then steps aside:
    undecided connections, not one per connection (ADR 0071).
 3. **Hand-over.**  HTTP/1 and HTTP/2 go to their drivers through `handover` with the bytes
    already read; TCP goes to `network.relay` (the listener's network filters, then the TCP
-   proxy, which has an idle timeout).  Each outcome of an
+   proxy, which has an idle timeout).  An explicit `auto` listener's connections start as
+   `listeners.h1sniff.H1SniffDownstream` instead, which stays the HTTP/1 driver when the first
+   bytes say HTTP/1 and gives every other case to a `DetectDownstream` (`take_over`), so the
+   decisions below are made here for both (ADR 0074).  Each outcome of an
    `auto` listener is counted in `tulle_proxy_protocol_detected_total{listener,protocol}`
    (`http1`, `http2`, `tls`, `tcp`, `opaque` when sniffing was skipped by port, `timeout` when
    the client stayed silent, `partial` when it stopped or half-closed mid-prefix).
@@ -37,7 +40,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast
 
 from mypy_extensions import mypyc_attr
 
@@ -175,30 +178,59 @@ class Deciding(asyncio.Protocol, Connection):
             t.abort()
 
 
+class Sniffing(Protocol):
+    """What `SilenceWatch` keeps of a connection still sniffing: `DetectDownstream`, and
+    `listeners.h1sniff.H1SniffDownstream` (an `auto` listener's HTTP/1-first driver)."""
+
+    watched: bool
+    """In the watch's queue, not yet decided."""
+    detect_at: float
+    """Loop time its detection times out (while `watched`)."""
+    _timer: asyncio.TimerHandle | None
+    """A timer of its own instead (a deadline earlier than the queue's tail)."""
+
+    def _on_timeout(self) -> None: ...
+
+
 class SilenceWatch:
     """One listener's detection deadlines: one timer for all its undecided connections.
 
     Every connection on a listener waits the same `detect_timeout_ms`, so deadlines arrive in
     the order connections do: a FIFO whose head is the next to expire, and one loop timer armed
     for that head (same precision as a timer per connection, ADR 0071).  A connection that
-    decides is only marked (`watched = False`); the timer, or a compaction when dead entries
-    outnumber live ones two to one, drops it, so the queue holds at most ``2 * live + 64``
-    entries whatever the connection rate.  A deadline earlier than the tail's (the timeout was
-    lowered by a reload) gets a timer of its own, so order never costs precision.
+    decides leaves through `forget`: it is marked (`watched = False`), and dead entries at the
+    queue's tail are dropped at once (the newest connection is usually the one whose first
+    bytes just arrived, ADR 0074), so a connection that decided and closed is not kept alive by
+    the queue.  Others are dropped by the timer, or by a compaction when dead entries outnumber
+    live ones two to one: the queue holds at most ``2 * live + 64`` entries whatever the
+    connection rate.  A deadline earlier than the tail's (the timeout was lowered by a reload)
+    gets a timer of its own, so order never costs precision.
 
     It also keeps the listener's `protocol_detected` children, looked up once per protocol."""
 
     __slots__ = ("_counted", "_ctx", "live", "queue", "timer")
 
     def __init__(self) -> None:
-        self.queue: deque[DetectDownstream] = deque()
+        self.queue: deque[Sniffing] = deque()
         self.live = 0
         self.timer: asyncio.TimerHandle | None = None
         self._ctx: ListenerContext | None = None
         self._counted: dict[str, CounterChild] = {}
 
-    def add(self, conn: DetectDownstream, loop: asyncio.AbstractEventLoop,
-            timeout: float) -> None:
+    def forget(self, conn: Sniffing) -> None:
+        """`conn` decided (or closed): it times out no more.  O(1) amortised: each entry is
+        dropped once, here from the tail or later from the head or by a compaction."""
+        if conn.watched:
+            conn.watched = False
+            self.live -= 1
+            q = self.queue
+            while q and not q[-1].watched:
+                q.pop()
+        elif conn._timer is not None:
+            conn._timer.cancel()
+            conn._timer = None
+
+    def add(self, conn: Sniffing, loop: asyncio.AbstractEventLoop, timeout: float) -> None:
         """Time `conn` out after `timeout` seconds unless it decides first."""
         at = loop.time() + timeout
         q = self.queue
@@ -297,6 +329,20 @@ class DetectDownstream(Deciding):
         else:
             self._decide(protocol)
 
+    def take_over(self, t: asyncio.Transport, sniffer: Connection, buffered: bytes) -> None:
+        """Stand in for `sniffer`, an `auto` listener's HTTP/1-first driver
+        (`listeners.h1sniff`), whose connection is not HTTP/1 after all, or is still
+        undecided at its detection deadline or an EOF: the transport, its admission (the same
+        client connection, not counted twice) and the `buffered` bytes come here.  The
+        caller then replays the event on this object (`data_received`, `_on_timeout`,
+        `eof_received`), so every decision but the HTTP/1 one is made here, in one place."""
+        handle = self.handle
+        handle.hand_over(sniffer)
+        self.transport = t
+        self.buffer = buffered
+        handle.connection_opened(self)  # (after hand_over: admitted, whatever the counts)
+        t.set_protocol(self)
+
     def data_received(self, data: bytes) -> None:
         if self._done:
             return
@@ -323,9 +369,7 @@ class DetectDownstream(Deciding):
         return self._eof_to_successor(t)
 
     def _finish(self) -> None:
-        if self.watched:
-            self.watched = False
-            self.watch.live -= 1
+        self.watch.forget(self)
         super()._finish()
 
     def _count(self, protocol: str) -> None:

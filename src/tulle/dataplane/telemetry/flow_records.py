@@ -158,6 +158,10 @@ class FlowLogger:
         self.http[conn] = HttpFlow(facts, sock, local, protocol, loop.time())
         return True
 
+    def forget(self, conn: object) -> None:
+        """`conn` turned out not to be an HTTP connection's driver: no record of it."""
+        self.http.pop(conn, None)
+
     def connection_closed(self, conn: object) -> None:
         """The driver's connection is lost (its socket still open: read the counts now)."""
         flow = self.http.pop(conn, None)

@@ -10,11 +10,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tulle.dataplane.protocols.detect import (
+    COMMON_STARTS,
     H2_PREFACE,
     HTTP1_METHODS,
     MAX_SNIFF_BYTES,
     TCHARS,
     Detection,
+    _detect_http1,
     detect,
     undecided,
 )
@@ -209,3 +211,13 @@ def test_undecided_of_nothing_or_of_a_decided_prefix_is_tcp(data: bytes) -> None
 @given(st.binary(max_size=64))
 def test_undecided_never_raises_and_is_a_protocol(data: bytes) -> None:
     assert undecided(data) in ("http1", "http2", "tls", "tcp")
+
+
+@given(st.sampled_from(COMMON_STARTS), st.binary(max_size=64))
+def test_the_common_starts_shortcut_answers_as_the_general_rule(start: bytes, rest: bytes) -> None:
+    """`detect` answers ``http1`` for the common request-line starts before its general rule
+    (ADR 0074): the rule must give the same answer, and none of them is the h2 preface's."""
+    data = start + rest
+    assert detect(data) is _detect_http1(data) is detect(start)
+    assert not H2_PREFACE.startswith(start)
+    assert all(m + b" " in COMMON_STARTS or m in (b"TRACE", b"CONNECT") for m in HTTP1_METHODS)

@@ -1,0 +1,240 @@
+"""Hostile clients on an `auto` listener, whose HTTP/1 connections are served by the object that
+sniffed them (`H1SniffDownstream`, ADR 0074).
+
+The sniffed path must be exactly as strict as an `http1` listener: each case sends raw bytes,
+whole or a byte at a time across the detection boundary, and checks the status, that the
+error is counted, that the origin (a raw server recording every head) received nothing it
+should not have, and that a client connected beside it is still served.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from tests.support.proxy import RunningProxy, running_proxy, simple_config
+from tests.support.rawservers import (
+    RawServer,
+    closed_by_peer,
+    connect,
+    named_origin,
+    raw_server,
+    read_response_within,
+)
+
+from tulle.dataplane.protocols.detect import H2_PREFACE
+
+pytestmark = pytest.mark.both_loops
+
+H = b"GET / HTTP/1.1\r\nHost: a\r\n"
+
+SMUGGLING = {
+    "cl_and_te": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "duplicate_cl": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n"
+                    b"\r\nabcd",
+    "obs_fold": H + b"X-A: b\r\n c\r\n\r\n",
+    "bare_lf": b"GET / HTTP/1.1\nHost: a\n\n",
+    "bare_lf_in_headers": H + b"X-A: b\nX-B: c\r\n\r\n",
+}
+
+SPLITS = ["whole", "bytewise"]
+"""How the first bytes arrive: in one segment, or the first eight one segment each."""
+
+
+@contextlib.asynccontextmanager
+async def auto_proxy(**settings: Any) -> AsyncIterator[tuple[RunningProxy, RawServer]]:
+    """An `auto` listener in front of a raw origin that records every request head."""
+    async with raw_server(named_origin(b"origin")) as srv:
+        cfg = simple_config(srv.port, protocol="auto", settings=settings or None)
+        async with running_proxy(cfg) as p:
+            yield p, srv
+
+
+async def send(w: asyncio.StreamWriter, wire: bytes, split: str) -> None:
+    if split == "bytewise":
+        for i in range(8):  # each its own segment: detection sees one byte more each time
+            w.write(wire[i:i + 1])
+            await w.drain()
+            await asyncio.sleep(0.01)
+        wire = wire[8:]
+    w.write(wire)
+    await w.drain()
+
+
+@contextlib.asynccontextmanager
+async def bystander(p: RunningProxy,
+                    srv: RawServer) -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """A keep-alive client connected before the hostile one; call it to check it is served."""
+    r, w = await connect(p.port())
+
+    async def check() -> None:
+        w.write(b"GET /bystander HTTP/1.1\r\nHost: a\r\n\r\n")
+        resp = await read_response_within(r)
+        assert (resp.status, resp.body) == (200, b"origin")
+
+    try:
+        yield check
+    finally:
+        w.close()
+
+
+def heads(srv: RawServer) -> list[bytes]:
+    """The request-lines the origin received, the bystander's left out."""
+    return [h.split(b"\r\n", 1)[0] for h in srv.requests if b"/bystander" not in h]
+
+
+@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("name", sorted(SMUGGLING))
+async def test_smuggling_shapes_get_400_and_never_reach_the_origin(name: str,
+                                                                   split: str) -> None:
+    async with auto_proxy() as (p, srv), bystander(p, srv) as check:
+        r, w = await connect(p.port())
+        await send(w, SMUGGLING[name], split)
+        resp = await read_response_within(r)
+        assert resp.status == 400
+        assert await closed_by_peer(r)
+        w.close()
+        assert p.metric("tulle_proxy_protocol_errors_total", kind="malformed_request") == 1
+        assert p.metric("tulle_proxy_protocol_detected_total", protocol="http1") == 1
+        await check()  # (the bystander's is the second connection detected as HTTP/1)
+        assert heads(srv) == []
+
+
+@pytest.mark.parametrize("name", sorted(SMUGGLING))
+async def test_a_smuggled_request_behind_a_good_one_in_the_first_segment(name: str) -> None:
+    """As on an `http1` listener: the good request is answered, then the connection closes
+    (the bad bytes followed a request in flight), and the origin saw only the good one."""
+    async with auto_proxy() as (p, srv):
+        r, w = await connect(p.port())
+        w.write(b"GET /first HTTP/1.1\r\nHost: a\r\n\r\n" + SMUGGLING[name])
+        first = await read_response_within(r)
+        assert (first.status, first.body) == (200, b"origin")
+        assert await closed_by_peer(r)
+        w.close()
+        assert p.metric("tulle_proxy_protocol_errors_total", kind="malformed_request") == 1
+        assert heads(srv) == [b"GET /first HTTP/1.1"]
+
+
+async def test_pipelined_requests_in_the_first_segment_are_served_in_order() -> None:
+    async with auto_proxy() as (p, srv):
+        r, w = await connect(p.port())
+        w.write(b"".join(b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(5)))
+        for _ in range(5):
+            resp = await read_response_within(r)
+            assert (resp.status, resp.body) == (200, b"origin")
+        w.close()
+        assert heads(srv) == [b"GET /%d HTTP/1.1" % i for i in range(5)]
+        assert p.metric("tulle_proxy_protocol_detected_total", protocol="http1") == 1
+
+
+@pytest.mark.parametrize("split", SPLITS)
+@pytest.mark.parametrize("wire", [
+    pytest.param(b"GET /" + b"a" * 8000 + b" HTTP/1.1\r\nHost: a\r\n\r\n", id="long_line"),
+    pytest.param(b"GET /" + b"a" * 8000, id="long_line_unfinished"),
+    pytest.param(H + b"".join(b"X-%d: %s\r\n" % (i, b"v" * 60) for i in range(100)) + b"\r\n",
+                 id="many_headers"),
+])
+async def test_oversized_heads_while_sniffing_get_431(wire: bytes, split: str) -> None:
+    async with auto_proxy(max_request_header_bytes=4096) as (p, srv), \
+            bystander(p, srv) as check:
+        r, w = await connect(p.port())
+        await send(w, wire, split)
+        assert (await read_response_within(r)).status == 431
+        assert await closed_by_peer(r)
+        w.close()
+        assert p.metric("tulle_proxy_protocol_errors_total", kind="header_too_large") == 1
+        await check()
+        assert heads(srv) == []
+
+
+async def test_a_method_token_that_never_ends_is_refused_by_the_http1_parser() -> None:
+    """Detection buffers a token up to its cap (16 KiB), then the HTTP/1 parser answers it."""
+    async with auto_proxy() as (p, srv), bystander(p, srv) as check:
+        r, w = await connect(p.port())
+        w.write(b"G" * 20_000)
+        resp = await read_response_within(r)
+        assert resp.status in (400, 431)
+        assert await closed_by_peer(r)
+        w.close()
+        await check()
+        assert heads(srv) == []
+
+
+async def test_a_flood_of_connections_that_never_send_is_closed_at_the_deadline() -> None:
+    """300 clients that say nothing on a listener with no TCP target: each is closed when
+    detection gives up, the listener keeps serving HTTP, and nothing stays registered."""
+    async with raw_server(named_origin(b"origin")) as srv:
+        cfg = simple_config(srv.port, protocol="auto")
+        cfg["listeners"][0]["detect_timeout_ms"] = 200
+        async with running_proxy(cfg) as p:
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            silent = [await connect(p.port()) for _ in range(300)]
+            for r, _w in silent:
+                assert await asyncio.wait_for(closed_by_peer(r), 10)
+            assert loop.time() - start >= 0.19
+            assert p.metric("tulle_proxy_protocol_detected_total", protocol="timeout") == 300
+            assert p.metric("tulle_proxy_upstream_connections_total") == 0
+            r, w = await connect(p.port())
+            w.write(b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert (await read_response_within(r)).status == 200
+            w.close()
+            for _r, w in silent:
+                w.close()
+            end = loop.time() + 5
+            while p.server.listeners["out"].connections:
+                assert loop.time() < end
+                await asyncio.sleep(0.01)
+            assert p.metric("tulle_proxy_downstream_connections_active", listener="out") == 0
+
+
+async def test_a_trickled_method_then_silence_meets_the_header_timeout() -> None:
+    async with auto_proxy(header_timeout_ms=300) as (p, srv):
+        r, w = await connect(p.port())
+        await send(w, b"GET / HT", "bytewise")  # then nothing: a slowloris
+        resp = await read_response_within(r, 5)
+        assert resp.status == 408
+        assert await closed_by_peer(r)
+        w.close()
+        assert p.metric("tulle_proxy_protocol_errors_total", kind="header_timeout") == 1
+        assert heads(srv) == []
+
+
+@pytest.mark.parametrize("split", SPLITS)
+async def test_the_h2_preface_split_at_the_boundary_is_http2(split: str) -> None:
+    async with auto_proxy() as (p, srv):
+        r, w = await connect(p.port())
+        await send(w, H2_PREFACE, split)
+        frame = await asyncio.wait_for(r.readexactly(9), 5)
+        assert frame[3] == 0x4  # the server's SETTINGS
+        w.close()
+        assert p.metric("tulle_proxy_protocol_detected_total", protocol="http2") == 1
+        assert p.metric("tulle_proxy_protocol_detected_total", protocol="http1") == 0
+
+
+async def test_a_preface_that_turns_into_http1_meets_the_http1_parser() -> None:
+    async with auto_proxy() as (p, srv):
+        r, w = await connect(p.port())
+        await send(w, b"PRI * HTTP/1.1\r\nHost: a\r\n\r\n", "bytewise")
+        assert (await read_response_within(r)).status in (400, 501, 505)
+        assert await closed_by_peer(r)
+        w.close()
+        assert heads(srv) == []
+
+
+async def test_tls_on_a_listener_without_a_tcp_target_is_refused() -> None:
+    hello = (bytes.fromhex("160301002f0100002b0303") + bytes(32)
+             + bytes.fromhex("000002130101000000"))
+    async with auto_proxy() as (p, srv), bystander(p, srv) as check:
+        r, w = await connect(p.port())
+        await send(w, hello, "bytewise")
+        assert await asyncio.wait_for(closed_by_peer(r), 5)
+        w.close()
+        assert p.metric("tulle_proxy_protocol_detected_total", protocol="tls") == 1
+        assert p.metric("tulle_proxy_protocol_errors_total", kind="no_cluster") == 1
+        await check()
+        assert heads(srv) == []
