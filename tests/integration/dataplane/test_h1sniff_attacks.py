@@ -238,3 +238,22 @@ async def test_tls_on_a_listener_without_a_tcp_target_is_refused() -> None:
         assert p.metric("tulle_proxy_protocol_errors_total", kind="no_cluster") == 1
         await check()
         assert heads(srv) == []
+
+
+async def test_a_lowered_detect_timeout_holds_no_silent_client_to_the_old_one() -> None:
+    """A reload lowers `detect_timeout_ms` after an HTTP/1 client came and left the silence
+    watch empty: a silent client is closed at the new deadline, not at the old one."""
+    async with raw_server(named_origin(b"origin")) as srv:
+        cfg = simple_config(srv.port, protocol="auto")
+        cfg["listeners"][0]["detect_timeout_ms"] = 60_000
+        async with running_proxy(cfg) as p:
+            r, w = await connect(p.port())
+            w.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert (await read_response_within(r)).status == 200
+            w.close()
+            cfg["listeners"][0]["detect_timeout_ms"] = 100
+            await p.apply(cfg)
+            r, w = await connect(p.port())
+            assert await asyncio.wait_for(closed_by_peer(r), 2)
+            w.close()
+            assert p.metric("tulle_proxy_protocol_detected_total", protocol="timeout") == 1
