@@ -374,3 +374,39 @@ async def test_sniffed_connections_are_logged_once_each_as_what_they_turned_out_
     assert {(f["event"], f["listener"]) for f in flow} == {("end", "out")}
     paths = [json.loads(line)["path"] for line in access.read_text().splitlines()]
     assert sorted(paths) == ["/1", "/2", "/3"]
+
+
+async def test_a_drain_closes_the_sniffing_at_once_and_lets_a_decided_request_finish() -> None:
+    """Drain while one client sent a prefix, one sent nothing, one sent half a head just after
+    the decision, and one has a request at a slow origin: the first three are closed at once,
+    the request in flight is answered (and told to close), and the drain ends clean."""
+    answer = asyncio.get_running_loop().create_future()
+
+    async def slow(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        srv.requests.append(await r.readuntil(b"\r\n\r\n"))
+        await answer
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow")
+        await w.drain()
+
+    async with raw_server(slow) as srv, running_proxy(simple_config(srv.port,
+                                                                    protocol="auto")) as p:
+        prefix, silent, half, busy = [await connect(p.port()) for _ in range(4)]
+        prefix[1].write(b"GE")
+        half[1].write(b"GET /half HTTP/1.1\r\nHo")
+        busy[1].write(b"GET /busy HTTP/1.1\r\nHost: a\r\n\r\n")
+        async with asyncio.timeout(5):
+            while not srv.requests:
+                await asyncio.sleep(0.01)
+        drain = asyncio.ensure_future(p.server.drain(5))
+        for r, _w in (prefix, silent, half):
+            assert await asyncio.wait_for(closed_by_peer(r), 1)
+        assert not drain.done()
+        answer.set_result(None)
+        resp = await read_response_within(busy[0])
+        assert (resp.status, resp.body, resp.header(b"connection")) == (200, b"slow", b"close")
+        assert await closed_by_peer(busy[0])
+        for _r, w in (prefix, silent, half, busy):
+            w.close()
+        assert await asyncio.wait_for(drain, 3)
+        assert p.metric("tulle_proxy_downstream_connections_active", listener="out") == 0
+        assert heads(srv) == [b"GET /busy HTTP/1.1"]
