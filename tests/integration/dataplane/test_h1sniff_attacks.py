@@ -11,18 +11,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.support.logsink import log_config
 from tests.support.proxy import RunningProxy, running_proxy, simple_config
 from tests.support.rawservers import (
     RawServer,
     closed_by_peer,
     connect,
+    cut_off,
     named_origin,
     raw_server,
     read_response_within,
+    rst,
 )
 
 from tulle.dataplane.protocols.detect import H2_PREFACE
@@ -238,3 +243,170 @@ async def test_tls_on_a_listener_without_a_tcp_target_is_refused() -> None:
         assert p.metric("tulle_proxy_protocol_errors_total", kind="no_cluster") == 1
         await check()
         assert heads(srv) == []
+
+
+async def test_a_lowered_detect_timeout_holds_no_silent_client_to_the_old_one() -> None:
+    """A reload lowers `detect_timeout_ms` after an HTTP/1 client came and left the silence
+    watch empty: a silent client is closed at the new deadline, not at the old one."""
+    async with raw_server(named_origin(b"origin")) as srv:
+        cfg = simple_config(srv.port, protocol="auto")
+        cfg["listeners"][0]["detect_timeout_ms"] = 60_000
+        async with running_proxy(cfg) as p:
+            r, w = await connect(p.port())
+            w.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert (await read_response_within(r)).status == 200
+            w.close()
+            cfg["listeners"][0]["detect_timeout_ms"] = 100
+            await p.apply(cfg)
+            r, w = await connect(p.port())
+            assert await asyncio.wait_for(closed_by_peer(r), 2)
+            w.close()
+            assert p.metric("tulle_proxy_protocol_detected_total", protocol="timeout") == 1
+
+
+HELLO = (bytes.fromhex("160301002f0100002b0303") + bytes(32)
+         + bytes.fromhex("000002130101000000"))
+
+ENDINGS: dict[str, tuple[bytes, str]] = {
+    # what the client sends, then how it ends: the proxy closes, the client closes, or resets
+    "http1": (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", "response"),
+    "http2": (H2_PREFACE, "settings"),
+    "tls": (HELLO, "closed"),
+    "garbage": (b"\x00\x01junk", "closed"),
+    "silence": (b"", "closed"),
+    "eof_at_once": (b"", "eof"),
+    "eof_mid_prefix": (b"GE", "eof"),
+    "rst_mid_prefix": (b"GE", "rst"),
+}
+
+
+async def test_every_way_out_of_sniffing_releases_its_slot_once() -> None:
+    """Each connection is admitted as the sniffing driver, and most are handed over: twice
+    over, one of each kind on a listener whose limit is their number, then the listener is
+    empty, its gauge at zero, and it serves exactly its limit again."""
+    async with raw_server(named_origin(b"origin")) as srv:
+        cfg = simple_config(srv.port, protocol="auto")
+        cfg["listeners"][0].update(detect_timeout_ms=100, max_connections=len(ENDINGS))
+        async with running_proxy(cfg) as p:
+            handle = p.server.listeners["out"]
+            loop = asyncio.get_running_loop()
+            for _ in range(2):
+                for wire, ending in ENDINGS.values():
+                    r, w = await connect(p.port())
+                    w.write(wire)
+                    if ending == "response":
+                        assert (await read_response_within(r)).status == 200
+                    elif ending == "settings":
+                        assert (await asyncio.wait_for(r.readexactly(9), 5))[3] == 0x4
+                    elif ending == "eof":
+                        w.write_eof()
+                    if ending == "rst":
+                        await asyncio.sleep(0.01)
+                        rst(w)
+                        continue
+                    if ending in ("closed", "eof"):
+                        assert await asyncio.wait_for(closed_by_peer(r), 5)
+                    w.close()
+                end = loop.time() + 5
+                while handle.connections:
+                    assert loop.time() < end
+                    await asyncio.sleep(0.01)
+                assert p.metric("tulle_proxy_downstream_connections_active", listener="out") == 0
+                assert handle.guard.active == 0
+            clients = [await connect(p.port()) for _ in ENDINGS]
+            for r, w in clients:
+                w.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                assert (await read_response_within(r)).status == 200
+            r, w = await connect(p.port())
+            w.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert await cut_off(r)
+            w.close()
+            for _r, w in clients:
+                w.close()
+            assert p.metric("tulle_proxy_downstream_connections_overflow_total",
+                            reason="listener_limit") == 1
+            assert p.metric("tulle_proxy_downstream_connections_total",  # each counted once
+                            listener="out") == 3 * len(ENDINGS)
+            detected = {k: p.metric("tulle_proxy_protocol_detected_total", protocol=k)
+                        for k in ("http1", "http2", "tls", "tcp", "timeout", "partial")}
+            assert detected == {"http1": 2 + len(ENDINGS), "http2": 2, "tls": 2, "tcp": 2,
+                                "timeout": 2, "partial": 2}
+
+
+async def test_sniffed_connections_are_logged_once_each_as_what_they_turned_out_to_be(
+        tmp_path: Path) -> None:
+    """One flow record per HTTP connection, with its protocol, and one access record per
+    request, whichever way the decision came: at the first bytes, a byte at a time, at the
+    detection deadline (a fresh HTTP/1 driver), or HTTP/2.  A client that never spoke is no
+    HTTP connection and has no record."""
+    flows, access = tmp_path / "flow.log", tmp_path / "access.log"
+    async with raw_server(named_origin(b"origin")) as srv:
+        cfg = simple_config(srv.port, protocol="auto")
+        cfg["listeners"][0]["detect_timeout_ms"] = 100
+        cfg["telemetry"] = {"flow_log": log_config(flows), "access_log": log_config(access)}
+        async with running_proxy(cfg) as p:
+            r, w = await connect(p.port())
+            await send(w, b"GET /1 HTTP/1.1\r\nHost: a\r\n\r\nGET /2 HTTP/1.1\r\nHost: a\r\n\r\n",
+                       "bytewise")
+            for _ in range(2):
+                assert (await read_response_within(r)).status == 200
+            w.close()
+            r, w = await connect(p.port())
+            w.write(b"GE")  # then the detection deadline: the prefix goes to HTTP/1
+            await asyncio.sleep(0.2)
+            w.write(b"T /3 HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            assert (await read_response_within(r)).status == 200
+            w.close()
+            r, w = await connect(p.port())
+            w.write(H2_PREFACE)
+            assert (await asyncio.wait_for(r.readexactly(9), 5))[3] == 0x4
+            w.close()
+            r, w = await connect(p.port())
+            assert await asyncio.wait_for(closed_by_peer(r), 5)  # silent: closed at the deadline
+            w.close()
+            handle = p.server.listeners["out"]
+            end = asyncio.get_running_loop().time() + 5
+            while handle.connections:
+                assert asyncio.get_running_loop().time() < end
+                await asyncio.sleep(0.01)
+    flow = [json.loads(line) for line in flows.read_text().splitlines()]
+    assert sorted(f["protocol"] for f in flow) == ["http1", "http1", "http2"]
+    assert {(f["event"], f["listener"]) for f in flow} == {("end", "out")}
+    paths = [json.loads(line)["path"] for line in access.read_text().splitlines()]
+    assert sorted(paths) == ["/1", "/2", "/3"]
+
+
+async def test_a_drain_closes_the_sniffing_at_once_and_lets_a_decided_request_finish() -> None:
+    """Drain while one client sent a prefix, one sent nothing, one sent half a head just after
+    the decision, and one has a request at a slow origin: the first three are closed at once,
+    the request in flight is answered (and told to close), and the drain ends clean."""
+    answer = asyncio.get_running_loop().create_future()
+
+    async def slow(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        srv.requests.append(await r.readuntil(b"\r\n\r\n"))
+        await answer
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow")
+        await w.drain()
+
+    async with raw_server(slow) as srv, running_proxy(simple_config(srv.port,
+                                                                    protocol="auto")) as p:
+        prefix, silent, half, busy = [await connect(p.port()) for _ in range(4)]
+        prefix[1].write(b"GE")
+        half[1].write(b"GET /half HTTP/1.1\r\nHo")
+        busy[1].write(b"GET /busy HTTP/1.1\r\nHost: a\r\n\r\n")
+        async with asyncio.timeout(5):
+            while not srv.requests:
+                await asyncio.sleep(0.01)
+        drain = asyncio.ensure_future(p.server.drain(5))
+        for r, _w in (prefix, silent, half):
+            assert await asyncio.wait_for(closed_by_peer(r), 1)
+        assert not drain.done()
+        answer.set_result(None)
+        resp = await read_response_within(busy[0])
+        assert (resp.status, resp.body, resp.header(b"connection")) == (200, b"slow", b"close")
+        assert await closed_by_peer(busy[0])
+        for _r, w in (prefix, silent, half, busy):
+            w.close()
+        assert await asyncio.wait_for(drain, 3)
+        assert p.metric("tulle_proxy_downstream_connections_active", listener="out") == 0
+        assert heads(srv) == [b"GET /busy HTTP/1.1"]

@@ -204,16 +204,19 @@ class SilenceWatch:
     the queue.  Others are dropped by the timer, or by a compaction when dead entries outnumber
     live ones two to one: the queue holds at most ``2 * live + 64`` entries whatever the
     connection rate.  A deadline earlier than the tail's (the timeout was lowered by a reload)
-    gets a timer of its own, so order never costs precision.
+    gets a timer of its own, so order never costs precision; one earlier than the timer's
+    when `forget` emptied the queue under it re-arms the timer.
 
     It also keeps the listener's `protocol_detected` children, looked up once per protocol."""
 
-    __slots__ = ("_counted", "_ctx", "live", "queue", "timer")
+    __slots__ = ("_counted", "_ctx", "due", "live", "queue", "timer")
 
     def __init__(self) -> None:
         self.queue: deque[Sniffing] = deque()
         self.live = 0
         self.timer: asyncio.TimerHandle | None = None
+        self.due = 0.0
+        """Loop time `timer` fires (while armed)."""
         self._ctx: ListenerContext | None = None
         self._counted: dict[str, CounterChild] = {}
 
@@ -241,7 +244,11 @@ class SilenceWatch:
         conn.watched = True
         q.append(conn)
         self.live += 1
-        if self.timer is None:
+        timer = self.timer
+        if timer is None or at < self.due:  # (armed for entries `forget` dropped, later)
+            if timer is not None:
+                timer.cancel()
+            self.due = at
             self.timer = loop.call_at(at, self._fire, loop)
         elif len(q) > 64 and len(q) > 2 * self.live:
             self.queue = deque([c for c in q if c.watched])
@@ -266,7 +273,8 @@ class SilenceWatch:
             else:
                 q.popleft()
         if q:
-            self.timer = loop.call_at(q[0].detect_at, self._fire, loop)
+            self.due = q[0].detect_at
+            self.timer = loop.call_at(self.due, self._fire, loop)
 
     def counter(self, ctx: ListenerContext, protocol: str) -> CounterChild:
         """The `protocol_detected{listener, protocol}` child (the context may be replaced)."""

@@ -130,3 +130,21 @@ async def test_a_lowered_timeout_is_not_held_behind_earlier_longer_ones() -> Non
     assert patient.watched and patient.transport is not None
     patient.abort()
     assert patient.watch.live == 0
+
+
+async def test_a_lowered_timeout_is_not_held_by_the_timer_of_one_that_decided() -> None:
+    """The first connection decided and left the queue empty, its deadline still armed: a
+    connection after a reload that lowered the timeout times out at its own deadline."""
+    loop = asyncio.get_running_loop()
+    handle = auto_listener(600_000)
+    make = protocol_factory(handle)
+    decided = open_one(make, Watched())
+    decided.data_received(b"\x00\x01")  # not HTTP: refused, and out of the watch at once
+    assert not decided.watch.queue
+    handle.ctx.cfg = msgspec.structs.replace(handle.ctx.cfg, detect_timeout_ms=20)  # a reload
+    quick_closed: asyncio.Future[float] = loop.create_future()
+    start = loop.time()
+    open_one(make, Watched(quick_closed))
+    closed_at = await asyncio.wait_for(quick_closed, 2)
+    assert closed_at - start < 1.0
+    assert decided.watch.live == 0 and not decided.watch.queue
