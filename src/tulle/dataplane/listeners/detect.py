@@ -52,7 +52,7 @@ from tulle.dataplane.listeners.context import (
 )
 from tulle.dataplane.listeners.http1 import H1Downstream
 from tulle.dataplane.network.relay import Target, relay
-from tulle.dataplane.protocols.detect import MAX_SNIFF_BYTES, detect, undecided
+from tulle.dataplane.protocols.detect import MAX_SNIFF_BYTES, detect_next, undecided
 from tulle.net.origdst import original_destination
 
 if TYPE_CHECKING:
@@ -354,8 +354,9 @@ class DetectDownstream(Deciding):
     def data_received(self, data: bytes) -> None:
         if self._done:
             return
-        buf = self.buffer = self.buffer + data if self.buffer else data
-        protocol = detect(buf).protocol
+        before = self.buffer
+        buf = self.buffer = before + data if before else data
+        protocol = detect_next(buf, len(before)).protocol  # (no rescan of `before`)
         if protocol == "need_more":
             if len(buf) < MAX_SNIFF_BYTES:
                 return

@@ -35,7 +35,7 @@ from typing import cast
 from tulle.dataplane.listeners.context import ListenerHandle
 from tulle.dataplane.listeners.detect import DEFAULT_OPAQUE_PORTS, DetectDownstream, SilenceWatch
 from tulle.dataplane.listeners.http1 import H1Downstream
-from tulle.dataplane.protocols.detect import MAX_SNIFF_BYTES, detect
+from tulle.dataplane.protocols.detect import MAX_SNIFF_BYTES, detect_next
 
 
 class H1SniffDownstream(H1Downstream):
@@ -78,8 +78,9 @@ class H1SniffDownstream(H1Downstream):
 
     def data_received(self, data: bytes) -> None:
         if self.sniffing:
-            buf = self.sniffed + data if self.sniffed else data
-            protocol = detect(buf).protocol
+            before = self.sniffed
+            buf = before + data if before else data
+            protocol = detect_next(buf, len(before)).protocol  # (no rescan of `before`)
             if protocol != "http1":
                 if protocol == "need_more" and len(buf) < MAX_SNIFF_BYTES:
                     self.sniffed = buf

@@ -12,12 +12,16 @@ from hypothesis import strategies as st
 from tulle.dataplane.protocols.detect import (
     COMMON_STARTS,
     H2_PREFACE,
+    HTTP1,
     HTTP1_METHODS,
     MAX_SNIFF_BYTES,
+    NEED_MORE,
     TCHARS,
+    TCP,
     Detection,
     _detect_http1,
     detect,
+    detect_next,
     undecided,
 )
 
@@ -221,3 +225,42 @@ def test_the_common_starts_shortcut_answers_as_the_general_rule(start: bytes, re
     assert detect(data) is _detect_http1(data) is detect(start)
     assert not H2_PREFACE.startswith(start)
     assert all(m + b" " in COMMON_STARTS or m in (b"TRACE", b"CONNECT") for m in HTTP1_METHODS)
+
+
+_SEGMENTS = st.lists(st.integers(min_value=1, max_value=40), min_size=1, max_size=40)
+
+
+@given(st.one_of(
+    st.binary(max_size=400),
+    st.builds(lambda lines, token, tail: lines + token + tail,
+              st.sampled_from([b"", b"\r\n", b"\n" * 70, b"\r\n" * 40]),
+              st.lists(st.sampled_from(list(TCHARS)), max_size=300).map(bytes),
+              st.binary(max_size=4))), _SEGMENTS)
+def test_a_resumed_scan_answers_as_a_whole_one(data: bytes, cuts: list[int]) -> None:
+    """`detect_next` over a prefix delivered in segments, as a driver calls it (resuming while
+    `need_more`), answers what `detect` answers for each prefix, whatever the segments."""
+    before, i = 0, 0
+    for n in cuts * 20:
+        if i >= len(data):
+            break
+        i = min(len(data), i + n)
+        got = detect_next(data[:i], before)
+        assert got == detect(data[:i])
+        if got.protocol != "need_more":
+            break
+        before = i
+
+
+def test_a_long_token_resumed_at_every_byte_decides_as_a_whole_one() -> None:
+    """A method token trickled one byte per segment up to the cap (the shape that made the
+    whole-prefix rule quadratic): every step waits, and the byte that ends it decides."""
+    token = b"X" * (MAX_SNIFF_BYTES - 1)
+    before = 0
+    for i in range(1, len(token) + 1, 97):
+        assert detect_next(token[:i], before) is NEED_MORE
+        before = i
+    assert detect_next(token, before) is NEED_MORE
+    assert detect_next(token + b" ", len(token)) == HTTP1
+    assert detect_next(token + b"\r", len(token)) == TCP
+    assert detect_next(b"\r\n" * 40 + b" ", 80) == TCP  # no token before the space
+    assert detect_next(b"\r\n" * 40 + b"GET ", 80) == HTTP1
