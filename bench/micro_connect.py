@@ -6,7 +6,7 @@ sockets, on an `http1` listener and on an `auto` one (protocol detection).
 Like `bench.micro_http1` (whose snapshot it builds), but each request comes on a fresh
 in-memory transport: the driver is made by the listener's own protocol factory
 (`listeners/factory.py`), so an `auto` listener runs its sniffing driver (`H1SniffDownstream`,
-which stays the HTTP/1 driver: ADR 0074; before it, `DetectDownstream` and a hand-over to
+which stays the HTTP/1 driver: ADR 0073; before it, `DetectDownstream` and a hand-over to
 `H1Downstream`), and the connection is closed after the response as the client asked.  The
 difference between the two rows is what detection costs a connection whose first bytes come
 with it.  Prints best-of-N CPU µs and function calls per connection.

@@ -1,5 +1,5 @@
 """Hostile clients on an `auto` listener, whose HTTP/1 connections are served by the object that
-sniffed them (`H1SniffDownstream`, ADR 0074).
+sniffed them (`H1SniffDownstream`, ADR 0073).
 
 The sniffed path must be exactly as strict as an `http1` listener: each case sends raw bytes,
 whole or a byte at a time across the detection boundary, and checks the status, that the

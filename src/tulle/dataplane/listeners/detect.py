@@ -27,7 +27,7 @@ driver that serves it, then steps aside:
    proxy, which has an idle timeout).  An explicit `auto` listener's connections start as
    `listeners.h1sniff.H1SniffDownstream` instead, which stays the HTTP/1 driver when the first
    bytes say HTTP/1 and gives every other case to a `DetectDownstream` (`take_over`), so the
-   decisions below are made here for both (ADR 0074).  Each outcome of an
+   decisions below are made here for both (ADR 0073).  Each outcome of an
    `auto` listener is counted in `tulle_proxy_protocol_detected_total{listener,protocol}`
    (`http1`, `http2`, `tls`, `tcp`, `opaque` when sniffing was skipped by port, `timeout` when
    the client stayed silent, `partial` when it stopped or half-closed mid-prefix).
@@ -200,7 +200,7 @@ class SilenceWatch:
     for that head (same precision as a timer per connection, ADR 0071).  A connection that
     decides leaves through `forget`: it is marked (`watched = False`), and dead entries at the
     queue's tail are dropped at once (the newest connection is usually the one whose first
-    bytes just arrived, ADR 0074), so a connection that decided and closed is not kept alive by
+    bytes just arrived, ADR 0073), so a connection that decided and closed is not kept alive by
     the queue.  Others are dropped by the timer, or by a compaction when dead entries outnumber
     live ones two to one: the queue holds at most ``2 * live + 64`` entries whatever the
     connection rate.  A deadline earlier than the tail's (the timeout was lowered by a reload)

@@ -79,7 +79,7 @@ def _driver_factory(handle: ListenerHandle, tls: ServerRef | None) -> ProtocolFa
         if cfg.protocol == "auto" and cfg.mode == "explicit":
             from tulle.dataplane.listeners.h1sniff import H1SniffDownstream
 
-            # HTTP/1 first: no hand-over when the first bytes say HTTP/1 (ADR 0074).
+            # HTTP/1 first: no hand-over when the first bytes say HTTP/1 (ADR 0073).
             return lambda: H1SniffDownstream(handle, watch)
         return lambda: DetectDownstream(handle, watch)  # sniffing, TCP relay, original destination
     raise NotImplementedError(

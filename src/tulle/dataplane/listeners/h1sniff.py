@@ -3,7 +3,7 @@
 Most connections on an `auto` listener speak HTTP/1.  `DetectDownstream` decides what a
 connection is and then hands its transport to a new driver object (`transport.set_protocol`,
 a second admission, a second object); for HTTP/1 that hand-over was most of what detection
-cost a connection (ADR 0074).  `H1SniffDownstream` is an `H1Downstream` that starts out
+cost a connection (ADR 0073).  `H1SniffDownstream` is an `H1Downstream` that starts out
 sniffing instead:
 
 * **Opening.**  It is admitted, its facts read and its write buffer set up as any HTTP/1

@@ -88,7 +88,7 @@ TLS_OPAQUE: Final = Detection("tls")
 
 def detect(data: bytes) -> Detection:
     """Classify the first bytes of a connection (see the module docstring)."""
-    if data.startswith(COMMON_STARTS):  # most connections: one call, no regex (ADR 0074)
+    if data.startswith(COMMON_STARTS):  # most connections: one call, no regex (ADR 0073)
         return HTTP1
     if not data:
         return NEED_MORE

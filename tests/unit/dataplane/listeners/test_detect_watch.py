@@ -38,7 +38,7 @@ def auto_listener(timeout_ms: int) -> ListenerHandle:
 
 
 def open_one(make: object, t: MemoryTransport) -> DetectDownstream | H1SniffDownstream:
-    """An `auto` listener's connection: the HTTP/1-first driver (ADR 0074), which keeps the
+    """An `auto` listener's connection: the HTTP/1-first driver (ADR 0073), which keeps the
     same watch as `DetectDownstream` and hands it everything that is not HTTP/1."""
     proto = make()  # type: ignore[operator]
     assert isinstance(proto, (DetectDownstream, H1SniffDownstream))

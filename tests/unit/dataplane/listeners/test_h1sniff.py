@@ -1,5 +1,5 @@
 """`H1SniffDownstream`: an `auto` listener's connection is the HTTP/1 driver as soon as its first
-bytes say HTTP/1, and hands everything else to `DetectDownstream` (ADR 0074).
+bytes say HTTP/1, and hands everything else to `DetectDownstream` (ADR 0073).
 
 Each test is an exchange on an in-memory transport: what the client sends, which object serves
 it afterwards, what was counted, and what the listener still holds."""

@@ -220,7 +220,7 @@ def test_undecided_never_raises_and_is_a_protocol(data: bytes) -> None:
 @given(st.sampled_from(COMMON_STARTS), st.binary(max_size=64))
 def test_the_common_starts_shortcut_answers_as_the_general_rule(start: bytes, rest: bytes) -> None:
     """`detect` answers ``http1`` for the common request-line starts before its general rule
-    (ADR 0074): the rule must give the same answer, and none of them is the h2 preface's."""
+    (ADR 0073): the rule must give the same answer, and none of them is the h2 preface's."""
     data = start + rest
     assert detect(data) is _detect_http1(data) is detect(start)
     assert not H2_PREFACE.startswith(start)
