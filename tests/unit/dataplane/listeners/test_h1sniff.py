@@ -11,17 +11,15 @@ from typing import Any
 
 import msgspec
 import pytest
+from tests.support.listener import listener_handle
 from tests.support.transport import FakeTransport
 
-from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle
+from tulle.dataplane.listeners.context import ListenerHandle
 from tulle.dataplane.listeners.detect import DetectDownstream, SilenceWatch
 from tulle.dataplane.listeners.factory import protocol_factory
 from tulle.dataplane.listeners.h1sniff import H1SniffDownstream
 from tulle.dataplane.listeners.http1 import H1Downstream
 from tulle.dataplane.protocols.detect import H2_PREFACE, MAX_SNIFF_BYTES
-from tulle.dataplane.routing.router import Router
-from tulle.dataplane.telemetry.metrics import ProxyMetrics
-from tulle.dataplane.upstream.cluster import ClusterManager
 from tulle.proxyconfig import validate
 
 GOOD = b"GET /x HTTP/1.1\r\nHost: elsewhere\r\n\r\n"
@@ -47,14 +45,7 @@ def build(*, tcp_target: bool = False, timeout_ms: int = 600_000, port: int = 18
             {"name": "a", "domains": ["a"], "rules": [{"backends": [{"cluster": "origin"}]}]}]}],
         "settings": settings,
     })
-    metrics = ProxyMetrics()
-    routers = {t.name: Router(t, cfg.settings.request_timeout_ms) for t in cfg.route_tables}
-    manager = ClusterManager(metrics)
-    prepared = manager.prepare(cfg.clusters, cfg.settings)
-    manager.commit(prepared)
-    ctx = ListenerContext(cfg.listeners[0], cfg.settings, routers, manager.clusters, metrics)
-    return ListenerHandle("l", ctx, m_active=metrics.connections_active.labels("l"),
-                          m_total=metrics.connections_total.labels("l"))
+    return listener_handle(cfg)
 
 
 def accept(handle: ListenerHandle, make: Any = None) -> tuple[Any, FakeTransport]:

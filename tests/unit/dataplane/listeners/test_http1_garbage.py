@@ -15,13 +15,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from tests.support.listener import listener_handle
 from tests.support.transport import FakeTransport
 
-from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle
+from tulle.dataplane.listeners.context import ListenerHandle
 from tulle.dataplane.listeners.http1 import H1Downstream
-from tulle.dataplane.routing.router import Router
-from tulle.dataplane.telemetry.metrics import ProxyMetrics
-from tulle.dataplane.upstream.cluster import ClusterManager
 from tulle.dataplane.upstream.http1 import H1Connection, H1Pool
 from tulle.proxyconfig import validate
 
@@ -40,17 +38,8 @@ def build(filters: bool = False) -> tuple[ListenerHandle, H1Pool]:
             {"name": "any", "domains": ["*"], "rules": [rule]}]}],
         "settings": {"max_request_header_bytes": 4096},
     })
-    metrics = ProxyMetrics()
-    settings = cfg.settings
-    routers = {t.name: Router(t, settings.request_timeout_ms) for t in cfg.route_tables}
-    manager = ClusterManager(metrics)
-    prepared = manager.prepare(cfg.clusters, settings)
-    manager.commit(prepared)
-    clusters = prepared.runtimes
-    ctx = ListenerContext(cfg.listeners[0], settings, routers, clusters, metrics)
-    handle = ListenerHandle("l", ctx, m_active=metrics.connections_active.labels("l"),
-                            m_total=metrics.connections_total.labels("l"))
-    cluster = clusters["origin"]
+    handle = listener_handle(cfg)
+    cluster = handle.ctx.clusters["origin"]
     pool = cluster.pool_for(cluster.endpoints[0])
     assert isinstance(pool, H1Pool)
     return handle, pool

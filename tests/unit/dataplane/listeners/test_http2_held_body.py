@@ -19,15 +19,13 @@ import pytest
 from hpack import Encoder
 from tests.support.h2raw import END_HEADERS, HEADERS, PREFACE, WINDOW_UPDATE, data, frame, request
 from tests.support.h2raw import settings as settings_frame
+from tests.support.listener import listener_handle
 from tests.support.transport import FakeTransport
 
 from tulle.dataplane.http.filter import STOP, FilterStream, HttpFilter
-from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle
+from tulle.dataplane.listeners.context import ListenerHandle
 from tulle.dataplane.listeners.http2 import H2Downstream
 from tulle.dataplane.routing import router as router_mod
-from tulle.dataplane.routing.router import Router
-from tulle.dataplane.telemetry.metrics import ProxyMetrics
-from tulle.dataplane.upstream.cluster import ClusterManager
 from tulle.dataplane.upstream.http1 import H1Connection, H1Pool
 from tulle.proxyconfig import validate
 
@@ -70,15 +68,8 @@ def build() -> tuple[ListenerHandle, H1Pool]:
             "rules": [{"backends": [{"cluster": "origin"}], "filters": [
                 {"type": "RequestHeaderModifier", "set": [{"name": "x-a", "value": "1"}]}]}]}]}],
     })
-    metrics = ProxyMetrics()
-    routers = {t.name: Router(t, cfg.settings.request_timeout_ms) for t in cfg.route_tables}
-    manager = ClusterManager(metrics)
-    prepared = manager.prepare(cfg.clusters, cfg.settings)
-    manager.commit(prepared)
-    ctx = ListenerContext(cfg.listeners[0], cfg.settings, routers, prepared.runtimes, metrics)
-    handle = ListenerHandle("l", ctx, m_active=metrics.connections_active.labels("l"),
-                            m_total=metrics.connections_total.labels("l"))
-    cluster = prepared.runtimes["origin"]
+    handle = listener_handle(cfg)
+    cluster = handle.ctx.clusters["origin"]
     pool = cluster.pool_for(cluster.endpoints[0])
     assert isinstance(pool, H1Pool)
     return handle, pool
