@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -25,14 +24,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from tulle.net.ports import unused_port
+
 PY = sys.executable
 TULLE = str(Path(PY).parent / "tulle")
 
 
 def _free() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return unused_port()  # (not port 0's pick: see tulle.net.ports)
 
 
 def _timed(argv: list[str], env: dict[str, str]) -> float:

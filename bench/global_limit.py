@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import json
 import shutil
-import socket
 import tempfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tulle.dataplane.server import ProxyServer
+from tulle.net.ports import unused_port
 from tulle.proxyconfig import validate
 
 _RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
@@ -47,9 +47,7 @@ def write_results(values: dict[str, Any], path: Path = RESULTS) -> None:
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return unused_port()  # (not port 0's pick: see tulle.net.ports)
 
 
 class Redis:

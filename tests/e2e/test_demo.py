@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,8 @@ from pathlib import Path
 import pytest
 from tests.support.netns import require_tools
 
+from tulle.net.ports import unused_port
+
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(180)]
 
 SRC = str(Path(__file__).resolve().parents[2] / "src")
@@ -30,9 +31,7 @@ TULLE = [sys.executable, "-m", "tulle.cli.main"]
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return unused_port()  # (not port 0's pick: see tulle.net.ports)
 
 
 def host_links() -> set[str]:

@@ -10,55 +10,19 @@ the process around it is the test's.
 from __future__ import annotations
 
 import contextlib
-import os
-import random
-import socket
 from collections.abc import AsyncIterator
-from typing import Any, Final
+from typing import Any
 
 from tulle.dataplane.listeners.admin import start_admin
 from tulle.dataplane.server import ProxyServer
+from tulle.net.ports import unused_port
 from tulle.proxyconfig import validate
 
 
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low, high = (int(v) for v in f.read().split())
-    except (OSError, ValueError):
-        low, high = 32768, 60999
-    return low, high
-
-
-_EPHEMERAL: Final = _ephemeral_range()
-# Ports below the kernel's ephemeral range, in an order of their own per test process: a port
-# handed out here is never some client socket's source port by the time a listener binds it.
-_CANDIDATES: Final = [p for p in range(10_000, 30_000)
-                      if not _EPHEMERAL[0] <= p <= _EPHEMERAL[1]]
-random.Random(os.getpid()).shuffle(_CANDIDATES)
-_next = 0
-
-
 def free_port() -> int:
-    """A loopback TCP port nothing listens on, for a test's listener to bind a moment later.
-
-    Not port 0's pick: the kernel takes that from the ephemeral range, where any connection
-    opened before the listener binds (a sidecar dialling its control plane, an HTTP client)
-    can take the same port as its source port; a CI run lost a sidecar's outbound listener that
-    way ("cannot bind ...: Address already in use").  Each port is handed out once per process
-    (20,000 of them, in a shuffled order) and only if a bind to it succeeds now.
-    """
-    global _next
-    for _ in range(len(_CANDIDATES)):
-        port = _CANDIDATES[_next % len(_CANDIDATES)]
-        _next += 1
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free loopback port below the ephemeral range")
+    """A loopback TCP port nothing listens on (`tulle.net.ports.unused_port`: never one
+    from the kernel's ephemeral range, where a client socket could take it first)."""
+    return unused_port()
 
 
 def simple_config(upstream_port: int, *, protocol: str = "http1",

@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,8 @@ from typing import Any
 
 import aiohttp
 import yaml
+
+from tulle.net.ports import unused_port
 
 HERE = Path(__file__).resolve().parent
 PY = sys.executable
@@ -44,9 +45,7 @@ NS = "demo"
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return unused_port()  # (not port 0's pick: see tulle.net.ports)
 
 
 class Demo:

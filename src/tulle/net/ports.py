@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import random
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,4 +94,54 @@ def first_taken(wanted: list[Wanted]) -> str | None:
     return None
 
 
-__all__ = ["Wanted", "first_taken", "holder", "in_use", "listening_inodes"]
+def _ephemeral_range() -> tuple[int, int]:
+    """The kernel's range for the source ports of outgoing connections."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(v) for v in f.read().split())
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+    return low, high
+
+
+class _Picker:
+    """Ports below the ephemeral range, in an order of this process's own, each once."""
+
+    def __init__(self) -> None:
+        low, high = _ephemeral_range()
+        self.ports = [p for p in range(10_000, 30_000) if not low <= p <= high]
+        random.Random(os.getpid()).shuffle(self.ports)
+        self.next = 0
+
+
+_picker: _Picker | None = None
+
+
+def unused_port(address: str = "127.0.0.1") -> int:
+    """A TCP port nothing is bound to on `address`, for a listener to bind a moment later.
+
+    Why not port 0's pick: the kernel takes that from its ephemeral range, where any
+    connection opened before the listener binds (a sidecar dialling its control plane, an
+    HTTP client) may get the same port as its source port, and the listener then fails with
+    "address already in use" (a CI run lost a sidecar's listener that way).  These ports come
+    from 10000-29999 outside the ephemeral range, shuffled per process, each handed out once
+    per process (then the order starts over), and only after a bind to it succeeds now.
+    For the demo, the tests and the benchmarks, which start listeners they choose ports for.
+    """
+    global _picker
+    picker = _picker or _Picker()
+    _picker = picker
+    ports = picker.ports
+    for _ in range(len(ports)):
+        port = ports[picker.next % len(ports)]
+        picker.next += 1
+        with socket.socket() as s:
+            try:
+                s.bind((address, port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no unused TCP port on {address} below the ephemeral range")
+
+
+__all__ = ["Wanted", "first_taken", "holder", "in_use", "listening_inodes", "unused_port"]
