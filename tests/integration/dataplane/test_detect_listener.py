@@ -15,6 +15,7 @@ import pytest
 from tests.support.proxy import free_port, running_proxy
 
 from tulle.dataplane.listeners import detect as detect_listener
+from tulle.dataplane.listeners.context import DEFAULT_OPAQUE_PORTS
 
 pytestmark = pytest.mark.both_loops
 
@@ -90,7 +91,7 @@ async def test_server_first_protocol_elsewhere_flows_after_the_detect_timeout() 
 
 
 async def test_well_known_server_first_ports_are_opaque_by_default() -> None:
-    assert {25, 587, 3306} <= detect_listener.DEFAULT_OPAQUE_PORTS
+    assert {25, 587, 3306} <= DEFAULT_OPAQUE_PORTS
 
 
 async def test_client_first_non_http_is_relayed_as_tcp() -> None:

@@ -16,7 +16,7 @@ import socket
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from tulle.dataplane.listeners.chains import ChainRule, build_rules
 from tulle.dataplane.listeners.dispatch import Decision, no_cluster, unresolved
@@ -50,6 +50,13 @@ IDLE_TAP = TapHub()
 
 NO_ROUTE = Router(RouteTable(name="no-route"), 0)
 """The router of a connection whose routing key no rule matches any more: every request 404."""
+
+
+DEFAULT_OPAQUE_PORTS: Final = frozenset({25, 587, 3306, 4444, 5432, 6379, 9300, 11211})
+"""Never sniffed, whatever the listener says: Linkerd's default opaque ports (since 2.11) —
+SMTP (25, 587) and MySQL (3306) speak first; Galera (4444), PostgreSQL (5432), Redis (6379),
+Elasticsearch transport (9300) and Memcached (11211) gain nothing from sniffing.  Part of every
+`ListenerContext.opaque_ports`."""
 
 
 @dataclass(slots=True)
@@ -100,7 +107,9 @@ class ListenerContext:
         self.clusters = clusters
         self.metrics = metrics
         self.destinations = [DestinationRule.build(d, routers) for d in cfg.destinations]
-        self.opaque_ports = frozenset(cfg.opaque_ports)
+        self.opaque_ports = DEFAULT_OPAQUE_PORTS | frozenset(cfg.opaque_ports)
+        """The ports an `auto` listener never sniffs: the listener's `opaque_ports` and the
+        built-in defaults, joined once per snapshot."""
         self.network = build_chain(cfg.network_filters, cfg.name, metrics)
         """The network (L4) filters of this listener's relays; None when it has none."""
         self.chains: tuple[ChainRule, ...] = ()

@@ -40,7 +40,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, Protocol, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from mypy_extensions import mypyc_attr
 
@@ -60,10 +60,6 @@ if TYPE_CHECKING:
     from tulle.dataplane.listeners.http2 import H2Downstream
     from tulle.dataplane.telemetry.series import CounterChild
 
-DEFAULT_OPAQUE_PORTS: Final = frozenset({25, 587, 3306, 4444, 5432, 6379, 9300, 11211})
-"""Never sniffed, whatever the listener says: Linkerd's default opaque ports (since 2.11) —
-SMTP (25, 587) and MySQL (3306) speak first; Galera (4444), PostgreSQL (5432), Redis (6379),
-Elasticsearch transport (9300) and Memcached (11211) gain nothing from sniffing."""
 
 
 def _h2_driver() -> type[H2Downstream] | None:
@@ -329,7 +325,7 @@ class DetectDownstream(Deciding):
         elif local is not None:
             self.destination = (str(local[0]), int(local[1]))
         port = self.destination[1] if self.destination is not None else 0
-        if protocol == "auto" and (port in ctx.opaque_ports or port in DEFAULT_OPAQUE_PORTS):
+        if protocol == "auto" and port in ctx.opaque_ports:
             self._count("opaque")
             protocol = "tcp"
         if protocol == "auto":

@@ -33,7 +33,7 @@ import asyncio
 from typing import cast
 
 from tulle.dataplane.listeners.context import ListenerHandle
-from tulle.dataplane.listeners.detect import DEFAULT_OPAQUE_PORTS, DetectDownstream, SilenceWatch
+from tulle.dataplane.listeners.detect import DetectDownstream, SilenceWatch
 from tulle.dataplane.listeners.http1 import H1Downstream
 from tulle.dataplane.protocols.detect import MAX_SNIFF_BYTES, detect_next
 
@@ -62,7 +62,7 @@ class H1SniffDownstream(H1Downstream):
         if not port:  # bound to a port the kernel chose
             local = t.get_extra_info("sockname")
             port = int(local[1]) if isinstance(local, tuple) else 0
-        if port in ctx.opaque_ports or port in DEFAULT_OPAQUE_PORTS:
+        if port in ctx.opaque_ports:
             self._never_sniff(t)
             return
         super().connection_made(t)

@@ -346,3 +346,16 @@ async def test_a_lowered_timeout_gets_its_own_timer_which_a_decision_cancels() -
     assert quick._timer is None
     await later(0.1)
     assert t.get_protocol() is quick and counted(handle, "timeout") == 0
+
+
+def test_the_never_sniffed_ports_are_joined_once_per_snapshot() -> None:
+    """The listener's `opaque_ports` and the built-in defaults are one set on its context,
+    which both sniffing drivers test a connection's port against."""
+    from tulle.dataplane.listeners.context import DEFAULT_OPAQUE_PORTS
+
+    cfg = validate({
+        "listeners": [{"name": "l", "port": 1, "protocol": "auto", "cluster": "origin",
+                       "opaque_ports": [7000]}],
+        "clusters": [{"name": "origin", "endpoints": [{"address": "127.0.0.1", "port": 9}]}]})
+    ctx = listener_handle(cfg).ctx
+    assert ctx.opaque_ports == DEFAULT_OPAQUE_PORTS | {7000}
