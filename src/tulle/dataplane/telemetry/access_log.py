@@ -46,25 +46,41 @@ _time_ns: Final = time.time_ns
 _PROTOCOLS: Final = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0", b"2": "HTTP/2"}
 
 
-_second: Final[list[Any]] = [-1, "", -1, ""]
-"""The last second formatted and its text up to the milliseconds (one strftime a second),
-then the last millisecond and its whole text (one format a millisecond: under load many
-requests end in the same one)."""
+_MILLIS: Final = tuple(f"{ms:03d}Z" for ms in range(1000))
+"""`000Z` to `999Z`: a start time's last characters, made once (a `:03d` format cost ~0.6 µs,
+paid by every request when requests are more than a millisecond apart)."""
+
+
+class _StartClock:
+    """The last second formatted up to the milliseconds (one strftime a second), then the
+    last millisecond and its whole text (under load many requests end in the same one).
+    Typed fields, not a list: a millisecond's text is then one concatenation, no boxing."""
+
+    __slots__ = ("ms", "prefix", "sec", "text")
+
+    def __init__(self) -> None:
+        self.sec = -1
+        self.prefix = ""
+        self.ms = -1
+        self.text = ""
+
+
+_clock: Final = _StartClock()
 
 
 def start_time(ns: int) -> str:
     """Envoy's default `%START_TIME%`: `2026-12-03T15:04:05.123Z` (UTC, milliseconds)."""
     ms = ns // 1_000_000
-    cached = _second
-    if cached[2] == ms:
-        text: str = cached[3]
-        return text
-    sec, rest = divmod(ms, 1000)
-    if cached[0] != sec:
-        cached[1] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
-        cached[0] = sec
-    text = f"{cached[1]}{rest:03d}Z"
-    cached[2], cached[3] = ms, text
+    clock = _clock
+    if clock.ms == ms:
+        return clock.text
+    sec = ms // 1000
+    if clock.sec != sec:
+        clock.prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(sec))
+        clock.sec = sec
+    text = clock.prefix + _MILLIS[ms - sec * 1000]
+    clock.ms = ms
+    clock.text = text
     return text
 
 

@@ -4,6 +4,8 @@ without splitting its `traceparent` (ADR 0066)."""
 
 from __future__ import annotations
 
+import datetime as dt
+import random
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,7 +14,7 @@ import msgspec
 from tulle.dataplane.exchange import RequestHead
 from tulle.dataplane.http.facts import ConnectionFacts
 from tulle.dataplane.http.stream import RequestStream
-from tulle.dataplane.telemetry.access_log import AccessLogger, _carries, trace_id_of
+from tulle.dataplane.telemetry.access_log import AccessLogger, _carries, start_time, trace_id_of
 from tulle.dataplane.telemetry.access_record import AccessRecord
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.upstream.cluster import ClusterRuntime
@@ -139,3 +141,22 @@ def test_the_trace_id_of_a_record_is_the_first_traceparents() -> None:
     assert _record(log, s).trace_id == "0" * 16 + other[16:].decode()
     s = _stream(facts, _ctx(None), headers=[(b"b3", other + b"-00f067aa0ba902b7-1")])
     assert _record(log, s).trace_id == other.decode()
+
+
+def _reference(ns: int) -> str:
+    at = dt.datetime.fromtimestamp(ns // 1_000_000 / 1000, dt.UTC)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"
+
+
+def test_start_time_is_envoys_utc_milliseconds_across_every_boundary() -> None:
+    """Within a millisecond (the cached text), into the next one, across a second, a minute
+    and a day, backwards (a record may end before the previous one started), and at random."""
+    base = 1_764_806_399_998_000_000  # 2025-12-03T23:59:59.998Z: a day ends 2 ms later
+    steps = [0, 1, 999_999, 1_000_000, 1_000_001, 2_000_000, 61_000_000_000, -5_000_000, 0]
+    draws = random.Random(7)
+    steps += [draws.randrange(0, 10**17) for _ in range(300)]
+    for step in steps:
+        ns = base + step
+        assert start_time(ns) == _reference(ns), ns
+    assert start_time(0) == "1970-01-01T00:00:00.000Z"
+    assert start_time(1_999_999_999) == "1970-01-01T00:00:01.999Z"
