@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -376,10 +377,12 @@ async def test_sniffed_connections_are_logged_once_each_as_what_they_turned_out_
     assert sorted(paths) == ["/1", "/2", "/3"]
 
 
-async def test_a_drain_closes_the_sniffing_at_once_and_lets_a_decided_request_finish() -> None:
+async def test_a_drain_closes_the_sniffing_in_order_and_lets_a_decided_request_finish() -> None:
     """Drain while one client sent a prefix, one sent nothing, one sent half a head just after
-    the decision, and one has a request at a slow origin: the first three are closed at once,
-    the request in flight is answered (and told to close), and the drain ends clean."""
+    the decision, and one has a request at a slow origin: the first three are closed at once
+    and in order (an EOF, never a reset: the silent one may be a pool's connection opened
+    ahead of its request), the request in flight is answered (and told to close), and the
+    drain ends clean."""
     answer = asyncio.get_running_loop().create_future()
 
     async def slow(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
@@ -399,7 +402,7 @@ async def test_a_drain_closes_the_sniffing_at_once_and_lets_a_decided_request_fi
                 await asyncio.sleep(0.01)
         drain = asyncio.ensure_future(p.server.drain(5))
         for r, _w in (prefix, silent, half):
-            assert await asyncio.wait_for(closed_by_peer(r), 1)
+            assert await asyncio.wait_for(r.read(1), 1) == b""  # (a reset raises)
         assert not drain.done()
         answer.set_result(None)
         resp = await read_response_within(busy[0])
@@ -410,3 +413,27 @@ async def test_a_drain_closes_the_sniffing_at_once_and_lets_a_decided_request_fi
         assert await asyncio.wait_for(drain, 3)
         assert p.metric("tulle_proxy_downstream_connections_active", listener="out") == 0
         assert heads(srv) == [b"GET /busy HTTP/1.1"]
+
+
+async def test_a_request_that_races_a_drain_of_its_silent_connection_meets_an_eof() -> None:
+    """A client that opened its connection ahead of its first request (a pool warming up) and
+    sends that request just after the drain closed its side: what it sent is read and dropped
+    (a lingering close), so it reads an orderly EOF and retries elsewhere, not a reset that the
+    kernel answers data to a closed socket with.  Nothing reaches the origin."""
+    async with raw_server(named_origin(b"origin")) as srv, running_proxy(
+            simple_config(srv.port, protocol="auto")) as p:
+        r, w = await connect(p.port())
+        async with asyncio.timeout(5):
+            while p.metric("tulle_proxy_downstream_connections_active", listener="out") < 1:
+                await asyncio.sleep(0.01)
+        drain = asyncio.ensure_future(p.server.drain(5))
+        await asyncio.sleep(0.1)  # the proxy's FIN is on its way, unread by the client
+        w.write(b"GET /raced HTTP/1.1\r\nHost: a\r\n\r\n")
+        await w.drain()
+        await asyncio.sleep(0.1)  # a reset, if one came, has come
+        sock = w.get_extra_info("socket")
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0  # no reset
+        assert await asyncio.wait_for(r.read(1), 1) == b""  # (a reset raises)
+        w.close()
+        assert await asyncio.wait_for(drain, 3)
+        assert srv.requests == []

@@ -163,7 +163,16 @@ class Deciding(asyncio.Protocol, Connection):
         pass
 
     def start_drain(self) -> None:
-        self.abort()  # nothing in flight yet
+        """Nothing is in flight yet: an orderly close (a FIN, as an idle HTTP/1 connection
+        gets), never a reset, so a client that connected ahead of its first request opens a
+        new connection instead of seeing an error.  Counted closed now, as `abort` does."""
+        t = self.transport
+        if t is None or self._done:
+            return
+        self._finish()
+        self.transport = None
+        self.handle.connection_closed(self)
+        t.close()
 
     def abort(self) -> None:
         t = self.transport

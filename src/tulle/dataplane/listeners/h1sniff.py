@@ -20,8 +20,10 @@ sniffing instead:
   while undecided -- goes to a `DetectDownstream` (`DetectDownstream.take_over`), which makes
   that decision exactly as it does for a connection it sniffed itself: one place decides
   everything but HTTP/1.
-* **Drain and abort while sniffing** close the connection at once, as `DetectDownstream`
-  does: there is nothing in flight.
+* **A drain while sniffing** closes the connection as a drain closes an idle HTTP/1
+  connection: a lingering close (FIN, then what the client still sends is read and dropped),
+  never a reset; a client that opened its connection ahead of its first request (a pool
+  warming up) sees an orderly close and opens a new one.  An abort resets it.
 
 Only explicit plain `auto` listeners use it (`listeners.factory`); transparent listeners, whose
 original destination picks a rule first, and `tcp` listeners keep `DetectDownstream`.
@@ -108,9 +110,8 @@ class H1SniffDownstream(H1Downstream):
     # -- Connection ----------------------------------------------------------------------
 
     def start_drain(self) -> None:
-        if self.sniffing:
-            self.abort()  # nothing in flight yet (as `DetectDownstream`)
-            return
+        if self.sniffing:  # nothing in flight: closed as an idle HTTP/1 connection is
+            self._stop_sniffing()
         super().start_drain()
 
     def abort(self) -> None:

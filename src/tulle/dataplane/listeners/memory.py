@@ -28,6 +28,8 @@ class MemoryTransport:
         self.protocol: Any = None
         """Told `connection_lost(None)` on close, when set."""
         self.closed = False
+        self.aborted = False
+        """Closed by `abort` (a reset, on a socket), not by `close`."""
         self.eof = False
         self.reading = True
         self.high_water: int | None = None
@@ -90,4 +92,7 @@ class MemoryTransport:
             if protocol is not None:
                 protocol.connection_lost(None)
 
-    abort = close
+    def abort(self) -> None:
+        if not self.closed:
+            self.aborted = True
+        self.close()

@@ -266,18 +266,63 @@ async def test_a_connection_over_the_listener_limit_is_reset_and_never_watched()
 
 # -- drain, abort, close while sniffing ----------------------------------------------------
 
-@pytest.mark.parametrize("how", ["start_drain", "abort", "connection_lost"])
-async def test_drain_abort_and_loss_while_sniffing_leave_nothing(how: str) -> None:
+@pytest.mark.parametrize("how", ["abort", "connection_lost"])
+async def test_abort_and_loss_while_sniffing_leave_nothing(how: str) -> None:
     handle = build()
     proto, t = accept(handle)
     proto.data_received(b"GE")
     if how == "connection_lost":
         t.close()
     else:
-        getattr(proto, how)()
+        proto.abort()
     assert t.closed and not handle.connections
+    assert t.aborted == (how == "abort")
     assert not proto.sniffing and proto.watch.live == 0 and not proto.watch.queue
     assert counted(handle, "partial") == counted(handle, "timeout") == 0
+
+
+@pytest.mark.parametrize("sent", [b"", b"GE"])
+async def test_a_drain_while_sniffing_is_an_idle_http1_connections_lingering_close(
+        sent: bytes) -> None:
+    """Silent (a pool's connection opened ahead of its request) or a prefix: a FIN, what the
+    client still sends is dropped, never a reset; gone from the listener at the client's EOF."""
+    handle = build()
+    proto, t = accept(handle)
+    if sent:
+        proto.data_received(sent)
+    proto.start_drain()
+    await written(t)
+    assert t.eof and not t.aborted and t.out == b""
+    assert not proto.sniffing and proto.watch.live == 0 and not proto.watch.queue
+    assert handle.connections == {proto}  # lingering: the client's side still open
+    proto.data_received(b"T / HTTP/1.1\r\nHost: a\r\n\r\n")  # raced the drain: dropped
+    await written(t)
+    assert t.out == b""
+    if not proto.eof_received():  # (what asyncio does then: close the transport)
+        t.close()
+    await written(t)
+    assert t.closed and not t.aborted and not handle.connections
+    assert counted(handle, "partial") == counted(handle, "timeout") == counted(handle, "http1") == 0
+
+
+@pytest.mark.parametrize("sent", [b"", b"\x16\x03"])
+async def test_a_drain_while_the_detector_sniffs_closes_in_order(sent: bytes) -> None:
+    """`DetectDownstream` (transparent listeners, and what the HTTP/1 driver hands over):
+    closed, not reset, and counted closed at once."""
+    handle = build()
+    watch = SilenceWatch()
+    proto = DetectDownstream(handle, watch)
+    t = FakeTransport(extra={"sockname": ("127.0.0.1", handle.ctx.cfg.port)})
+    t.protocol = proto
+    proto.connection_made(t)
+    if sent:
+        proto.data_received(sent)
+    assert handle.connections == {proto} and watch.live == 1
+    proto.start_drain()
+    assert t.closed and not t.aborted and not handle.connections
+    assert watch.live == 0 and not watch.queue
+    proto.start_drain()  # again, or after the close: nothing more
+    assert not handle.connections
 
 
 async def test_a_drain_after_it_is_http1_is_the_http1_drivers() -> None:
