@@ -1,5 +1,5 @@
 """The request stream's two sides towards its driver: the connection it runs on
-(`StreamOwner`) and the port a driver's subclass renders for its protocol (`StreamPort`).
+(`StreamConn`) and the port a driver's subclass renders for its protocol (`StreamPort`).
 
 Kept apart from `stream.py` so the protocol-neutral request path there reads on its own; what
 a driver (`listeners/h1exchange.py`, `listeners/h2exchange.py`) must provide is declared here.
@@ -24,9 +24,17 @@ if TYPE_CHECKING:
     from tulle.dataplane.routing.router import Router
 
 
-class StreamOwner(Protocol):
-    """What a request stream needs of its connection (the drivers implement it; routing
-    state is `RoutedConnection`'s)."""
+@mypyc_attr(allow_interpreted_subclasses=True)  # (tests' stand-in connections)
+class StreamConn:
+    """What a request stream reads of its connection, as the fields of a compiled class.
+
+    Both drivers (`listeners.http1.H1Downstream`, `listeners.http2.H2Downstream`) derive from
+    it first, then from `asyncio.Protocol` and `listeners.context.RoutedConnection`, which keeps
+    the routing logic.  Typed as this class, the stream's reads of these fields on every
+    request (`RequestStream.dispatch` had sixteen) are loads from the connection's struct; typed
+    as a protocol, each was a generic attribute lookup by name (ADR 0075).  `follow_snapshot`
+    stays `RoutedConnection`'s: the stream reaches it through `RoutedOwner`, on a snapshot swap.
+    """
 
     handle: ListenerHandle
     guard: OverloadGuard
@@ -34,16 +42,23 @@ class StreamOwner(Protocol):
     router: Router | None
     cluster: str
     loop: asyncio.AbstractEventLoop
+    route_key: tuple[str, int] | str | None
+    """(`RoutedConnection`'s routing key, kept here with the rest of its state.)"""
+    sni: str
     facts: ConnectionFacts
     write_paused: bool
     """The client is not taking more response now: a new upstream starts paused."""
-
-    def follow_snapshot(self) -> None:
-        """Resolve the connection's routing key against the snapshot now in force."""
     deadline: float
     deadline_kind: str
     """The connection's next deadline for the listener's sweeper; kind `request` when it is
     the earliest `due` of its requests (the sweeper then calls their `on_timeout`)."""
+
+
+class RoutedOwner(Protocol):
+    """The one call a stream makes on its connection's routing (`RoutedConnection`)."""
+
+    def follow_snapshot(self) -> None:
+        """Resolve the connection's routing key against the snapshot now in force."""
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # via RequestStream (ADR 0052)

@@ -12,7 +12,7 @@ Shape:
   stream sends (`send_head` / `send_data` / `end_response`, a local reply, a reset) for its
   protocol and does the connection's part of pausing and resuming.  One object per request:
   the port costs no allocation of its own (ADR 0015).  `http/port.py` declares the port
-  (`StreamPort`) and what the stream needs of its connection (`StreamOwner`).
+  (`StreamPort`) and what the stream needs of its connection (`StreamConn`).
 * The driver feeds the stream the request: `dispatch()` once the head is parsed (the stream
   routes it by the connection's routing key), then `request_data` / `request_end`.  The
   stream runs the route's filters (`http/chain.py`) and opens the upstream when they let it;
@@ -37,14 +37,14 @@ A route with no filters has no `ChainRun`: every filter check is one attribute t
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from mypy_extensions import mypyc_attr
 
 from tulle.dataplane.http.chain import Chain, ChainRun, HeaderListEdit
 from tulle.dataplane.http.held import HeldResponse
 from tulle.dataplane.http.idle import StreamIdle
-from tulle.dataplane.http.port import StreamOwner, StreamPort
+from tulle.dataplane.http.port import RoutedOwner, StreamConn, StreamPort
 from tulle.dataplane.http.retry import Retrier, RetryRuntime
 from tulle.dataplane.listeners.dispatch import Decision, add_forwarding_headers, resolve
 from tulle.dataplane.upstream.attempt import AttemptRequest
@@ -82,7 +82,7 @@ class RequestStream(StreamPort):
                  "request_done", "resp", "retry", "route", "run", "start", "stats", "status",
                  "timer", "trace", "trailers", "tried", "up_start", "upstream")
 
-    def __init__(self, conn: StreamOwner, head: RequestHead, bodiless: bool,
+    def __init__(self, conn: StreamConn, head: RequestHead, bodiless: bool,
                  start: float, expect_continue: bool = False) -> None:
         self.conn = conn
         self.head = head
@@ -169,7 +169,7 @@ class RequestStream(StreamPort):
                 return
             ctx = conn.ctx
             if conn.handle.ctx is not ctx:
-                conn.follow_snapshot()
+                cast(RoutedOwner, conn).follow_snapshot()
                 ctx = conn.ctx
             self.alog = alog = ctx.access_log
             # Before routing, as Envoy does: a route may match on x-forwarded-for or

@@ -43,6 +43,7 @@ from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from tulle.dataplane.http.facts import ConnectionFacts, facts_for
+from tulle.dataplane.http.port import StreamConn
 from tulle.dataplane.listeners.context import ListenerHandle, RoutedConnection, reset
 from tulle.dataplane.listeners.h1exchange import H1Exchange
 from tulle.dataplane.protocols.http1 import ProtocolError, RequestCodec, local_response
@@ -50,27 +51,17 @@ from tulle.dataplane.turn import CLOSE, HALF_CLOSE, HeldWrites, turn_writes
 
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import Headers, RequestHead, TunnelStream
-    from tulle.dataplane.listeners.context import ListenerContext
     from tulle.dataplane.routing.router import Router
 
 LINGER_SECONDS = 1.0
 
 
-class H1Downstream(asyncio.Protocol, RoutedConnection):
+class H1Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
     """A client connection speaking HTTP/1.x."""
 
-    # `RoutedConnection`'s attributes, declared again here: compiled, this class keeps them in
-    # its own fields and reads them directly; inherited from the (interpreted) base, every read
-    # would be a generic attribute lookup in the instance dict (ADR 0072).
-    handle: ListenerHandle
-    ctx: ListenerContext
-    router: Router | None
-    cluster: str
-    loop: asyncio.AbstractEventLoop
-    route_key: tuple[str, int] | str | None
-    deadline: float
-    deadline_kind: str
-    sni: str
+    # `RoutedConnection`'s attributes are `StreamConn`'s fields: compiled, this class and its
+    # requests read them directly; inherited from the (interpreted) base, every read would be
+    # a generic attribute lookup in the instance dict (ADR 0072, ADR 0075).
 
     def __init__(self, handle: ListenerHandle, peer_ip: str = "", initial: bytes = b"",
                  router: Router | None = None, cluster: str | None = None) -> None:

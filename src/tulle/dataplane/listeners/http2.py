@@ -37,6 +37,7 @@ import logging
 from typing import TYPE_CHECKING, cast
 
 from tulle.dataplane.http.facts import ConnectionFacts, facts_for
+from tulle.dataplane.http.port import StreamConn
 from tulle.dataplane.listeners.context import (
     ListenerContext,
     ListenerHandle,
@@ -82,11 +83,14 @@ def limits_for(ctx: ListenerContext) -> H2Limits:
                                       max_premature_resets=st.http2_max_premature_resets))
 
 
-class H2Downstream(asyncio.Protocol, RoutedConnection):
+class H2Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
     """A client connection speaking HTTP/2."""
+
+    # `RoutedConnection`'s attributes are `StreamConn`'s fields (ADR 0075).
 
     def __init__(self, handle: ListenerHandle, peer_ip: str = "", initial: bytes = b"",
                  router: Router | None = None, cluster: str | None = None) -> None:
+        self.sni = ""  # (the base's class default, which a compiled field does not see)
         self.init_routing(handle, router, cluster)
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None

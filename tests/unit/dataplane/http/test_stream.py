@@ -19,6 +19,7 @@ from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead, upstrea
 from tulle.dataplane.http.chain import build_chain
 from tulle.dataplane.http.facts import ConnectionFacts
 from tulle.dataplane.http.filter import BUFFER, CONTINUE, STOP, FilterStream, HttpFilter
+from tulle.dataplane.http.port import StreamConn
 from tulle.dataplane.http.stream import RequestStream
 from tulle.dataplane.listeners.dispatch import Decision
 from tulle.dataplane.listeners.request_stats import RequestStats
@@ -103,8 +104,8 @@ class Ctx:
         self.filter_errors.append(name)
 
 
-class Conn:
-    """The connection side a stream needs (`StreamOwner`)."""
+class Conn(StreamConn):
+    """The connection side a stream needs (`StreamConn`), on stand-ins."""
 
     def __init__(self, **ctx: Any) -> None:
         self.ctx: Any = Ctx(**ctx)

@@ -13,6 +13,7 @@ import msgspec
 
 from tulle.dataplane.exchange import RequestHead
 from tulle.dataplane.http.facts import ConnectionFacts
+from tulle.dataplane.http.port import StreamConn
 from tulle.dataplane.http.stream import RequestStream
 from tulle.dataplane.telemetry.access_log import AccessLogger, _carries, start_time, trace_id_of
 from tulle.dataplane.telemetry.access_record import AccessRecord
@@ -47,7 +48,8 @@ def _ctx(db_identity: str | None) -> Any:
 
 def _stream(facts: ConnectionFacts, ctx: Any, cluster: str = "db",
             headers: list[tuple[bytes, bytes]] | None = None) -> RequestStream:
-    conn: Any = SimpleNamespace(facts=facts, ctx=ctx)
+    conn = StreamConn()
+    conn.facts, conn.ctx = facts, ctx
     head = RequestHead(b"GET", b"/a", b"web:80", b"http", headers or [], version=b"1.1")
     s = RequestStream(conn, head, True, 10.0)
     s.status, s.cluster = 200, cluster
