@@ -210,6 +210,27 @@ async def test_a_trickled_method_then_silence_meets_the_header_timeout() -> None
         assert heads(srv) == []
 
 
+async def test_time_spent_sniffing_is_no_extra_time_for_a_slowloris() -> None:
+    """One byte, a pause shorter than the detection timeout, the rest of a request-line, then
+    silence: the 408 comes a header timeout after the *first* byte, as on an `http1` listener
+    (the deadline counted from the decision gave the pause on top: 3.5 s here)."""
+    async with auto_proxy(header_timeout_ms=2000) as (p, srv):
+        r, w = await connect(p.port())
+        loop = asyncio.get_running_loop()
+        w.write(b"G")
+        await w.drain()
+        first = loop.time()
+        await asyncio.sleep(1.5)
+        w.write(b"ET / HTTP/1.1\r\n")  # decided HTTP/1 here; then nothing
+        await w.drain()
+        resp = await read_response_within(r, 6)
+        waited = loop.time() - first
+        assert resp.status == 408
+        assert 1.9 < waited < 3.0, waited  # 2 s, plus at most one sweeper tick (0.5 s)
+        w.close()
+        assert heads(srv) == []
+
+
 @pytest.mark.parametrize("split", SPLITS)
 async def test_the_h2_preface_split_at_the_boundary_is_http2(split: str) -> None:
     async with auto_proxy() as (p, srv):

@@ -304,6 +304,9 @@ class DetectDownstream(Deciding):
         self.watched = False
         """In `watch`'s queue, not yet decided."""
         self.detect_at = 0.0
+        self.first_at = 0.0
+        """Loop time its first byte arrived (an HTTP driver's first header deadline counts
+        from it)."""
 
     # -- asyncio.Protocol ----------------------------------------------------------------
 
@@ -360,6 +363,8 @@ class DetectDownstream(Deciding):
         if self._done:
             return
         before = self.buffer
+        if not before and not self.first_at:
+            self.first_at = self.loop.time()
         buf = self.buffer = before + data if before else data
         protocol = detect_next(buf, len(before)).protocol  # (no rescan of `before`)
         if protocol == "need_more":
@@ -430,6 +435,7 @@ class DetectDownstream(Deciding):
             proto: H1Downstream | H2Downstream
             driver = h2_driver if h2_driver is not None else H1Downstream
             proto = driver(self.handle)
+            proto.header_from = self.first_at
             if rule is not None and self.destination is not None:
                 # A routing key, resolved against the snapshot in force at each request.
                 proto.route_by_destination(self.destination)

@@ -81,6 +81,8 @@ class H1SniffDownstream(H1Downstream):
     def data_received(self, data: bytes) -> None:
         if self.sniffing:
             before = self.sniffed
+            if not before:
+                self.header_from = self.loop.time()  # a request head's time starts here
             buf = before + data if before else data
             protocol = detect_next(buf, len(before)).protocol  # (no rescan of `before`)
             if protocol != "http1":
@@ -132,7 +134,7 @@ class H1SniffDownstream(H1Downstream):
         self._stop_sniffing()
         ctx = self.ctx
         self.watch.counter(ctx, "http1").value += 1
-        self._set_deadline("header")
+        self._set_first_header_deadline()
         handle = self.handle
         if handle.ctx.flow_log is not None:
             handle.follow(self)
@@ -148,6 +150,7 @@ class H1SniffDownstream(H1Downstream):
         self._stop_sniffing()
         self._let_go()
         detector = DetectDownstream(self.handle, self.watch)
+        detector.first_at = self.header_from  # (0 when nothing came yet)
         detector.take_over(t, self, buffered)
         return detector
 

@@ -117,7 +117,7 @@ class H1Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
             reset(transport)
             return
         self.outq.attach(transport)
-        self._set_deadline("header")
+        self._set_first_header_deadline()
         if self._initial:
             data, self._initial = self._initial, b""
             self.data_received(data)

@@ -127,7 +127,7 @@ class H2Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
             self.closing = True
             reset(transport)
             return
-        self._set_deadline("header")
+        self._set_first_header_deadline()
         self.write_out()  # our SETTINGS
         if self._initial:
             data, self._initial = self._initial, b""

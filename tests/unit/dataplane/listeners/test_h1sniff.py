@@ -404,3 +404,40 @@ def test_the_never_sniffed_ports_are_joined_once_per_snapshot() -> None:
         "clusters": [{"name": "origin", "endpoints": [{"address": "127.0.0.1", "port": 9}]}]})
     ctx = listener_handle(cfg).ctx
     assert ctx.opaque_ports == DEFAULT_OPAQUE_PORTS | {7000}
+
+
+# -- the first request head's time counts from the first byte ------------------------------
+
+async def test_sniffing_time_counts_against_the_first_header_timeout() -> None:
+    """A client that trickles its first bytes while the listener sniffs gets no more time for
+    its head than on an `http1` listener: the deadline counts from the first byte (Envoy's
+    `request_headers_timeout`), not from the decision."""
+    handle = build(header_timeout_ms=10_000)
+    proto, _t = accept(handle)
+    loop = asyncio.get_running_loop()
+    first = loop.time()
+    proto.data_received(b"G")
+    assert proto.sniffing and proto.deadline == 0.0
+    await later(0.3)
+    proto.data_received(b"ET / HTTP/1.1\r\n")
+    assert not proto.sniffing and proto.deadline_kind == "header"
+    assert first <= proto.deadline - 10.0 <= first + 0.05  # not the decision's + 10 s
+
+
+async def test_a_head_decided_by_the_detector_keeps_the_first_bytes_time() -> None:
+    """The same through `DetectDownstream` (a prefix still undecided at the detection
+    timeout goes to the HTTP/1 driver): the driver's header deadline counts from the first
+    byte the sniffing driver saw."""
+    handle = build(header_timeout_ms=10_000, timeout_ms=200)
+    proto, t = accept(handle)
+    loop = asyncio.get_running_loop()
+    first = loop.time()
+    proto.data_received(b"GE")
+    async with asyncio.timeout(5):
+        while t.get_protocol() is proto:  # the silence watch hands it over at 200 ms
+            await later(0.02)
+    successor = t.get_protocol()
+    assert type(successor).__name__ == "H1Downstream"
+    assert counted(handle, "partial") == 1
+    assert successor.deadline_kind == "header"
+    assert first <= successor.deadline - 10.0 <= first + 0.05
