@@ -85,8 +85,22 @@ def limits_for(ctx: ListenerContext) -> H2Limits:
 class H2Downstream(asyncio.Protocol, RoutedConnection):
     """A client connection speaking HTTP/2."""
 
+    # `RoutedConnection`'s attributes, declared again here: compiled, this class keeps them in
+    # its own fields and reads them directly; inherited from the (interpreted) base, every read
+    # would be a generic attribute lookup in the instance dict (ADR 0072, ADR 0074).
+    handle: ListenerHandle
+    ctx: ListenerContext
+    router: Router | None
+    cluster: str
+    loop: asyncio.AbstractEventLoop
+    route_key: tuple[str, int] | str | None
+    deadline: float
+    deadline_kind: str
+    sni: str
+
     def __init__(self, handle: ListenerHandle, peer_ip: str = "", initial: bytes = b"",
                  router: Router | None = None, cluster: str | None = None) -> None:
+        self.sni = ""  # (the base's class default, which a compiled field does not see)
         self.init_routing(handle, router, cluster)
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
