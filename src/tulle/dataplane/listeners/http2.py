@@ -262,7 +262,11 @@ class H2Downstream(asyncio.Protocol, RoutedConnection):
             if self.codec.idle:
                 self._close()
             return
-        self._set_deadline("idle")
+        # (`_set_deadline("idle")`, inlined: it runs whenever the last stream ends, and the
+        # base's method is interpreted: a Python frame per request)
+        self.deadline_kind = "idle"
+        timeout = self.ctx.idle_timeout
+        self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0
 
     def _reset_all(self) -> None:
         for ex in list(self.exchanges.values()):
