@@ -86,7 +86,8 @@ def limits_for(ctx: ListenerContext) -> H2Limits:
 class H2Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
     """A client connection speaking HTTP/2."""
 
-    # `RoutedConnection`'s attributes are `StreamConn`'s fields (ADR 0075).
+    # `RoutedConnection`'s attributes are `StreamConn`'s fields: compiled, this class and its
+    # requests read them directly (ADR 0072, ADR 0074, ADR 0075).
 
     def __init__(self, handle: ListenerHandle, peer_ip: str = "", initial: bytes = b"",
                  router: Router | None = None, cluster: str | None = None) -> None:
@@ -252,7 +253,11 @@ class H2Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
             if self.codec.idle:
                 self._close()
             return
-        self._set_deadline("idle")
+        # (`_set_deadline("idle")`, inlined: it runs whenever the last stream ends, and the
+        # base's method is interpreted: a Python frame per request)
+        self.deadline_kind = "idle"
+        timeout = self.ctx.idle_timeout
+        self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0
 
     def _reset_all(self) -> None:
         for ex in list(self.exchanges.values()):

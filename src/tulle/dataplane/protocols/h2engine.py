@@ -8,20 +8,22 @@ where the C half cannot be built, and as the reference the engine was checked ag
     TULLE_H2_ENGINE=h2                     the pure-Python h2 stack
 
 Both engines expose the same class interface; `H2Codec` is typed as the default engine's.
-The drivers type the codec they hold as `Codec`, the interface both engines' classes have:
-the drivers are compiled with mypyc (ADR 0061), which checks a declared class at run time,
-and the h2 engine's codec is not an `NgCodec`.
+The drivers type the codec they hold as `Codec`, the union of both engines' classes: the
+drivers are compiled with mypyc (ADR 0061), which checks a declared class at run time, and the
+h2 engine's codec is not an `NgCodec`.  Through the union, mypyc calls an `NgCodec` natively
+(one type test, then a C call) and the h2 engine's codec as any Python object; through a
+`typing.Protocol` every call was a method lookup by name and an argument parse (ADR 0074).
 """
 
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, TypeAlias
 
 if TYPE_CHECKING:
-    from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
     from tulle.dataplane.protocols.h2common import H2Limits
-    from tulle.dataplane.protocols.h2events import Event
+    from tulle.dataplane.protocols.http2 import H2Codec as H2PyCodec
+    from tulle.dataplane.protocols.nghttp2 import NgCodec
 
 ENGINE = os.environ.get("TULLE_H2_ENGINE", "nghttp2")
 """The engine in use: "nghttp2" or "h2"."""
@@ -43,33 +45,8 @@ else:
 
 
 
-class Codec(Protocol):
-    """What the drivers use of a codec (`nghttp2.NgCodec`, `http2.H2Codec`)."""
-
-    high_water: int
-    write_blocked: bool
-
-    def feed(self, data: bytes, now: float = 0.0) -> list[Event]: ...
-    def flush(self) -> list[Event]: ...
-    def data_to_send(self) -> bytes: ...
-    def ack(self, stream_id: int, n: int) -> None: ...
-    def send_request(self, head: RequestHead, scheme: bytes, end_stream: bool) -> int: ...
-    def send_response(self, stream_id: int, head: ResponseHead, end_stream: bool) -> bool: ...
-    def send_headers(self, stream_id: int, headers: Headers, end_stream: bool) -> bool: ...
-    def send_data(self, stream_id: int, data: bytes) -> bool: ...
-    def send_end(self, stream_id: int, trailers: Headers | None = None) -> None: ...
-    def pending(self, stream_id: int) -> int: ...
-    def reset(self, stream_id: int, error_code: int = ...) -> None: ...
-    def goaway(self, error_code: int = ..., last_stream_id: int | None = None) -> None: ...
-
-    @property
-    def idle(self) -> bool: ...
-    @property
-    def highest_inbound_stream_id(self) -> int: ...
-    @property
-    def open_outbound_streams(self) -> int: ...
-    @property
-    def remote_max_concurrent_streams(self) -> int: ...
+Codec: TypeAlias = "NgCodec | H2PyCodec"
+"""What the drivers hold: the codec of either engine (`nghttp2.NgCodec`, `http2.H2Codec`)."""
 
 
 def new_codec(*, client_side: bool, limits: H2Limits, now: float = 0.0) -> Codec:
