@@ -4,8 +4,11 @@
 
 The extension modules land beside their sources in src/ (never in git: .gitignore), the C
 sources and objects under build/native/.  Nothing is compiled when the manifest
-(`src/tulle/_native_build.txt`) lists the current SHA-256 of every source and every extension
-exists; if only sizes or times moved (a checkout, a `touch`) the manifest is refreshed.
+(`src/tulle/_native_build.txt`) lists the current SHA-256 of every source, every extension
+exists, and no module the compiled ones take types from has changed since the build
+(`src/tulle/_native_types.txt`: every `tulle` module they import, directly or through
+others, with its SHA-256; the proxy's start-up checks only the compiled sources' sizes and
+times); if only sizes or times moved (a checkout, a `touch`) the manifest is refreshed.
 Otherwise the old extensions and the manifest are removed first, so a build that fails leaves
 the Python source in force (`tulle.native.select`), never a stale compiled copy.  Needs gcc
 and the Python headers (scripts/install-system-deps.sh test) and mypy (the `test` extra).
@@ -20,6 +23,7 @@ and ~0.1 s of start-up (ADR 0068).  Only stale or missing files are written.
 from __future__ import annotations
 
 import argparse
+import ast
 import compileall
 import hashlib
 import os
@@ -39,6 +43,74 @@ def sha256(name: str) -> str:
     return hashlib.sha256(Path(native.source_path(name)).read_bytes()).hexdigest()
 
 
+TYPES = SRC / "tulle" / "_native_types.txt"
+"""The type sources of the last build (`type_sources`): `name sha256` per line."""
+
+
+def module_file(name: str) -> Path | None:
+    """The source of a `tulle` module or package; None for a name that is not one (a class
+    imported from a module, a third-party module)."""
+    base = SRC.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def type_sources() -> dict[str, str]:
+    """Every `tulle` module the compiled ones import, directly or through each other, and not
+    compiled itself, with the SHA-256 of its source.  mypyc compiled against their types (a
+    protocol or a union the compiled code calls through, a class's fields), so a change there
+    can leave the extensions wrong although no compiled source changed: a union that gained a
+    class is a `TypeError` at run time.  Imports under `TYPE_CHECKING` count: mypyc reads them."""
+    seen: set[str] = set()
+    todo = list(native.COMPILED)
+    while todo:
+        path = module_file(todo.pop())
+        if path is None:
+            continue
+        for node in ast.walk(ast.parse(path.read_bytes())):
+            if isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            for name in names:
+                if (name.split(".", 1)[0] == "tulle" and name not in seen
+                        and module_file(name) is not None):
+                    seen.add(name)
+                    todo.append(name)
+    return {name: hashlib.sha256(path.read_bytes()).hexdigest()
+            for name in sorted(seen - set(native.COMPILED))
+            if (path := module_file(name)) is not None}
+
+
+def read_types(path: Path = TYPES) -> dict[str, str] | None:
+    """The type sources a build recorded; None when it recorded none."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return None
+    return dict(line.split(" ", 1) for line in lines if " " in line)
+
+
+def types_changed(recorded: dict[str, str] | None, current: dict[str, str]) -> str | None:
+    """Why the type sources now differ from the build's (None: they do not)."""
+    if recorded is None:
+        return "the modules the compiled ones take types from were not recorded"
+    for name, digest in current.items():
+        if recorded.get(name) != digest:
+            return f"{name}: changed since the build (the compiled modules take types from it)"
+    gone = sorted(set(recorded) - set(current))
+    return f"{gone[0]}: no longer imported by the compiled modules" if gone else None
+
+
+def write_types(current: dict[str, str], path: Path = TYPES) -> None:
+    path.write_text("".join(f"{name} {digest}\n" for name, digest in current.items()),
+                    encoding="utf-8")
+
+
 def needs_build() -> str | None:
     """Why the extensions do not match the sources (None: they do)."""
     built = native.read_manifest()
@@ -51,7 +123,7 @@ def needs_build() -> str | None:
             return f"{name}: no compiled module"
         if built.get(name, ("", ""))[1] != sha256(name):
             return f"{name}: source changed since the build"
-    return None
+    return types_changed(read_types(), type_sources())
 
 
 def write_manifest(hashes: dict[str, str], stamps: dict[str, str]) -> None:
@@ -80,11 +152,13 @@ def main(argv: list[str] | None = None) -> int:
     # Taken before compiling: a source edited during the build then reads as stale.
     hashes = {name: sha256(name) for name in native.COMPILED}
     stamps = {name: native.source_stamp(name) for name in native.COMPILED}
+    types = type_sources()
     build()
     missing = [name for name in native.COMPILED if not native.has_extension(name)]
     if missing:
         print(f"tulle native: the build produced no module for {missing}", file=sys.stderr)
         return 1
+    write_types(types)
     write_manifest(hashes, stamps)
     print("tulle native: built")
     return 0
@@ -101,6 +175,7 @@ def clean() -> None:
     `COMPILED` must not leave its old one behind) and the group's.  Not the libnghttp2
     engine's cffi module (`ng2/_ng2*.so`, ADR 0051): that one is `make deps`'s."""
     Path(native.MANIFEST).unlink(missing_ok=True)
+    TYPES.unlink(missing_ok=True)
     for old in (Path(native.SRC) / "tulle").rglob("*.so"):
         if old.parent.name == "ng2" and old.name.startswith("_ng2"):
             continue

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -152,3 +153,32 @@ def test_the_built_group_exports_only_module_inits() -> None:
                  check=True, timeout=60).stdout
     names = [line.split()[-1] for line in out.splitlines() if line.strip()]
     assert names and all(n.startswith("PyInit_") for n in names), names[:5]
+
+
+def test_the_build_tracks_the_modules_the_compiled_ones_take_types_from() -> None:
+    """A compiled module typed against an interpreted one's protocol or union (the HTTP/2
+    drivers against `h2engine.Codec`) is wrong after that module changes although its own
+    source did not: the build follows the imports (`TYPE_CHECKING` ones too) and records them."""
+    mod: Any = _build_script()
+    current = mod.type_sources()
+    assert "tulle.dataplane.protocols.h2engine" in current  # (imported by the HTTP/2 drivers)
+    assert "tulle.dataplane.listeners.context" in current
+    assert not set(current) & set(native.COMPILED)
+    assert all(len(digest) == 64 for digest in current.values())
+    assert mod.types_changed(dict(current), current) is None
+    assert mod.types_changed(None, current) == (
+        "the modules the compiled ones take types from were not recorded")
+    edited = dict(current, **{"tulle.dataplane.protocols.h2engine": "0" * 64})
+    assert mod.types_changed(edited, current) == (
+        "tulle.dataplane.protocols.h2engine: changed since the build (the compiled modules take "
+        "types from it)")
+    assert mod.types_changed(dict(current, **{"tulle.gone": "0" * 64}), current) == (
+        "tulle.gone: no longer imported by the compiled modules")
+
+
+def test_recorded_type_sources_read_back(tmp_path: Path) -> None:
+    mod: Any = _build_script()
+    path = tmp_path / "types.txt"
+    assert mod.read_types(path) is None
+    mod.write_types({"tulle.a": "1" * 64, "tulle.b": "2" * 64}, path)
+    assert mod.read_types(path) == {"tulle.a": "1" * 64, "tulle.b": "2" * 64}
