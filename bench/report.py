@@ -80,8 +80,10 @@ def targets_table(res: dict[str, Any]) -> list[str]:
     lines = ["| target | Tulle | limit | met |", "|---|---:|---:|:---:|"]
     for t in res.get("targets", []):
         extra = f" ({_fmt(t['ratio'])}x)" if "ratio" in t else ""
+        met = ("⚠️ undecided: " + _one_line(t["undecided"]) if t["met"] is None
+               else "✅ yes" if t["met"] else "❌ no")
         lines.append(f"| {t['target']} | {_fmt(t['value'])} {t['unit']}{extra} | "
-                     f"{_fmt(t['limit'])} {t['unit']} | {'✅ yes' if t['met'] else '❌ no'} |")
+                     f"{_fmt(t['limit'])} {t['unit']} | {met} |")
     return lines
 
 
@@ -159,6 +161,17 @@ def _contention_note(res: dict[str, Any]) -> list[str]:
             f"and RSS are still comparable between peers.", ""]
 
 
+def _saturation_note(res: dict[str, Any]) -> list[str]:
+    """A warning above the tables when a ratio at saturation was taken below it."""
+    undecided = res.get("not_saturated") or {}
+    if not undecided:
+        return []
+    listed = "; ".join(f"`{name}`: {why}" for name, why in sorted(undecided.items()))
+    return [f"**Not at saturation:** the ratios and targets at the maximum rate below decide "
+            f"nothing for these comparisons, whose figures were taken below saturation "
+            f"(fewer requests per wake-up, more system calls per request): {listed}.", ""]
+
+
 def section(res: dict[str, Any]) -> str:
     m = res["machine"]
     v = m["versions"]
@@ -172,6 +185,7 @@ def section(res: dict[str, Any]) -> str:
         f"{res['loadavg_before'][0]:.2f} / {res['loadavg_after'][0]:.2f}.",
         "",
         *_contention_note(res),
+        *_saturation_note(res),
         "### HTTP/1.1, 1 KiB responses, keep-alive, one hop",
         "",
         f"Fixed rate: {plan['fixed_rate']:g} req/s for {plan['fixed_s']:g} s "
