@@ -52,6 +52,28 @@ class StreamConn:
     deadline_kind: str
     """The connection's next deadline for the listener's sweeper; kind `request` when it is
     the earliest `due` of its requests (the sweeper then calls their `on_timeout`)."""
+    header_from: float
+    """Loop time of the connection's first byte when detection read it before this driver
+    took the connection (0: this driver read it): the first request head's time counts from
+    then, so sniffing gives a slow client no time beyond the header timeout."""
+
+    def set_deadline(self, kind: str) -> None:
+        """Arm the connection's header (`header`) or keep-alive (`idle`) timeout; the listener's
+        sweeper calls `on_deadline` when it passes (ADR 0004).  Compiled here, for both
+        drivers: they call it on every keep-alive request."""
+        ctx = self.ctx
+        timeout = ctx.header_timeout if kind == "header" else ctx.idle_timeout
+        self.deadline_kind = kind
+        self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0
+
+    def set_first_header_deadline(self) -> None:
+        """The header timeout of the connection's first request head: from its first byte
+        (Envoy's `request_headers_timeout`), also when detection read that byte before this
+        driver took the connection (`header_from`)."""
+        self.set_deadline("header")
+        first = self.header_from
+        if first and self.deadline:
+            self.deadline = min(self.deadline, first + self.ctx.header_timeout)
 
 
 class RoutedOwner(Protocol):

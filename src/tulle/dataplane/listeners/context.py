@@ -450,10 +450,6 @@ class RoutedConnection(Connection):
     deadline_kind: str = ""
     sni: str = ""
     """The ClientHello's server name, when a filter chain chose this connection by it."""
-    header_from: float = 0.0
-    """Loop time of the connection's first byte when detection read it before this driver
-    took the connection (0: this driver read it): the first request head's time counts from
-    then, so sniffing gives a slow client no time beyond the header timeout."""
 
     def init_routing(self, handle: ListenerHandle, router: Router | None = None,
                      cluster: str | None = None) -> None:
@@ -508,20 +504,3 @@ class RoutedConnection(Connection):
         self.router = rule.router
         self.cluster = cluster
         return True
-
-    def _set_first_header_deadline(self) -> None:
-        """The header timeout of the connection's first request head: from the first byte
-        (Envoy's `request_headers_timeout`), also when detection read it before this driver
-        took the connection (`header_from`)."""
-        self._set_deadline("header")
-        first = self.header_from
-        if first and self.deadline:
-            self.deadline = min(self.deadline, first + self.ctx.header_timeout)
-
-    def _set_deadline(self, kind: str) -> None:
-        """Arm the connection's header (`header`) or keep-alive (`idle`) timeout; the listener's
-        sweeper calls `on_deadline` when it passes (ADR 0004)."""
-        ctx = self.ctx
-        timeout = ctx.header_timeout if kind == "header" else ctx.idle_timeout
-        self.deadline_kind = kind
-        self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0

@@ -134,7 +134,7 @@ class H1SniffDownstream(H1Downstream):
         self._stop_sniffing()
         ctx = self.ctx
         self.watch.counter(ctx, "http1").value += 1
-        self._set_first_header_deadline()
+        self.set_first_header_deadline()
         handle = self.handle
         if handle.ctx.flow_log is not None:
             handle.follow(self)

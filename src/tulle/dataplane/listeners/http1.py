@@ -66,6 +66,7 @@ class H1Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
     def __init__(self, handle: ListenerHandle, peer_ip: str = "", initial: bytes = b"",
                  router: Router | None = None, cluster: str | None = None) -> None:
         self.sni = ""  # (the base's class default, which a compiled field does not see)
+        self.header_from = 0.0
         self.init_routing(handle, router, cluster)
         self.loop = asyncio.get_running_loop()
         self.guard = handle.guard
@@ -117,7 +118,7 @@ class H1Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
             reset(transport)
             return
         self.outq.attach(transport)
-        self._set_first_header_deadline()
+        self.set_first_header_deadline()
         if self._initial:
             data, self._initial = self._initial, b""
             self.data_received(data)
@@ -130,10 +131,8 @@ class H1Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
             return
         if self.closing:
             return
-        if self.deadline_kind == "idle":  # (_set_deadline("header"), inlined: once a request)
-            self.deadline_kind = "header"
-            timeout = self.ctx.header_timeout
-            self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0
+        if self.deadline_kind == "idle":  # a new request head begins
+            self.set_deadline("header")
         try:
             self.codec.feed(data)
         except ProtocolError as exc:
@@ -281,11 +280,9 @@ class H1Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
         if q:
             self._advance()
         elif self.codec.head_started:
-            self._set_deadline("header")
-        else:  # (_set_deadline("idle"), inlined: this runs once a keep-alive request)
-            self.deadline_kind = "idle"
-            timeout = self.ctx.idle_timeout
-            self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0
+            self.set_deadline("header")
+        else:
+            self.set_deadline("idle")
 
     def exchange_failed(self, ex: H1Exchange) -> None:
         """The response was cut off after its head went out: the client must see an abort."""

@@ -92,6 +92,7 @@ class H2Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
     def __init__(self, handle: ListenerHandle, peer_ip: str = "", initial: bytes = b"",
                  router: Router | None = None, cluster: str | None = None) -> None:
         self.sni = ""  # (the base's class default, which a compiled field does not see)
+        self.header_from = 0.0
         self.init_routing(handle, router, cluster)
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -128,7 +129,7 @@ class H2Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
             self.closing = True
             reset(transport)
             return
-        self._set_first_header_deadline()
+        self.set_first_header_deadline()
         self.write_out()  # our SETTINGS
         if self._initial:
             data, self._initial = self._initial, b""
@@ -253,11 +254,7 @@ class H2Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
             if self.codec.idle:
                 self._close()
             return
-        # (`_set_deadline("idle")`, inlined: it runs whenever the last stream ends, and the
-        # base's method is interpreted: a Python frame per request)
-        self.deadline_kind = "idle"
-        timeout = self.ctx.idle_timeout
-        self.deadline = self.loop.time() + timeout if timeout > 0 else 0.0
+        self.set_deadline("idle")
 
     def _reset_all(self) -> None:
         for ex in list(self.exchanges.values()):

@@ -1,8 +1,10 @@
-"""An in-memory transport: drives a connection's protocol object without a socket.
+"""An in-memory transport, and a listener's handle built from a config without a socket:
+what drives a connection's protocol object in one process.
 
 Why it is in the product tree: two things outside the tests drive the real drivers in one
-process — the driver unit tests (`tests/support/transport.py` re-exports this) and the CPU
-micro-benchmark (`bench/micro_http1.py`), which must not import the test tree.  One
+process — the driver unit tests (`tests/support/transport.py` and `tests/support/listener.py`
+re-export these) and the CPU micro-benchmarks (`bench/micro_http1.py`), which must not import
+the test tree.  One
 implementation keeps the two from drifting apart (they had already: one copy reported a close,
 the other refused it).  Nothing in the proxy itself uses it.
 
@@ -13,6 +15,27 @@ and reports a close to its protocol as a real transport does (`connection_lost`,
 from __future__ import annotations
 
 from typing import Any
+
+from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle
+from tulle.dataplane.routing.router import Router
+from tulle.dataplane.telemetry.metrics import ProxyMetrics
+from tulle.dataplane.upstream.cluster import ClusterManager
+from tulle.proxyconfig.model import ProxyConfig
+
+
+def memory_handle(cfg: ProxyConfig, name: str = "l") -> ListenerHandle:
+    """The handle of `cfg`'s first listener, as the server makes one (its routers, its
+    clusters prepared and committed, its context, its connection gauges), labelled `name` in
+    the metrics.  The context reaches everything else (`handle.ctx.metrics`,
+    `handle.ctx.clusters["name"]`)."""
+    metrics = ProxyMetrics()
+    settings = cfg.settings
+    routers = {t.name: Router(t, settings.request_timeout_ms) for t in cfg.route_tables}
+    manager = ClusterManager(metrics)
+    manager.commit(manager.prepare(cfg.clusters, settings))
+    ctx = ListenerContext(cfg.listeners[0], settings, routers, manager.clusters, metrics)
+    return ListenerHandle(name, ctx, m_active=metrics.connections_active.labels(name),
+                          m_total=metrics.connections_total.labels(name))
 
 
 class MemoryTransport:
