@@ -39,12 +39,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.routing_peers import tulle_routing_config
-from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle
+from tulle.dataplane.listeners.context import ListenerHandle
 from tulle.dataplane.listeners.http1 import H1Downstream
-from tulle.dataplane.listeners.memory import MemoryTransport
-from tulle.dataplane.routing.router import Router
-from tulle.dataplane.telemetry.metrics import ProxyMetrics
-from tulle.dataplane.upstream.cluster import ClusterManager
+from tulle.dataplane.listeners.memory import MemoryTransport, memory_handle
 from tulle.dataplane.upstream.http1 import H1Connection, H1Pool
 from tulle.proxyconfig import validate
 
@@ -129,17 +126,8 @@ def build(filters: bool = False, routes: bool = False,
         "route_tables": [{"name": "rt", "virtual_hosts": [
             {"name": "any", "domains": ["*"], "rules": [rule]}]}],
     })
-    metrics = ProxyMetrics()
-    settings = cfg.settings
-    routers = {t.name: Router(t, settings.request_timeout_ms) for t in cfg.route_tables}
-    manager = ClusterManager(metrics)
-    prepared = manager.prepare(cfg.clusters, settings)
-    manager.commit(prepared)
-    clusters = manager.clusters
-    ctx = ListenerContext(cfg.listeners[0], settings, routers, clusters, metrics)
-    handle = ListenerHandle("bench", ctx, m_active=metrics.connections_active.labels("bench"),
-                            m_total=metrics.connections_total.labels("bench"))
-    cluster = clusters["origin"]
+    handle = memory_handle(cfg, "bench")
+    cluster = handle.ctx.clusters["origin"]
     pool = cluster.pool_for(cluster.endpoints[0])
     assert isinstance(pool, H1Pool)
     return handle, pool

@@ -117,17 +117,6 @@ figure at a lower rate, and a ratio with it decides nothing (docs/performance.md
 headline is still the 00:03 run": HAProxy at 0.90-0.92 on a host whose wrk and origin top out
 at 45,000 req/s)."""
 
-SAT_PEERS: dict[str, tuple[str, str]] = {
-    "CPU per request ≤": ("tulle", "haproxy"),
-    "two header modifiers": ("tulle-filters", "tulle"),
-    "retries and their budget": ("tulle-retry", "tulle"),
-    "telemetry on": ("tulle-telemetry", "tulle"),
-    "ten rules + two header filters": ("tulle-routes", "haproxy-routes"),
-    "peak-EWMA + retries": ("tulle-resilience", "haproxy-resilience"),
-}
-"""The two peers each saturation target compares, by the start of its text."""
-
-
 def unsaturated(res: dict[str, Any], peers: tuple[str, ...]) -> str | None:
     """Why a comparison at saturation between `peers` is not decided by this run: the first
     whose proxy was busy for less than `SATURATED` of its CPU at its maximum rate."""
@@ -139,19 +128,12 @@ def unsaturated(res: dict[str, Any], peers: tuple[str, ...]) -> str | None:
     return None
 
 
-def mark_unsaturated(res: dict[str, Any], targets: list[dict[str, Any]]) -> None:
-    """A saturation target whose peers were not both saturated is undecided (`met` None, and
-    `undecided` says why), never met or missed on a figure taken below saturation."""
-    for t in targets:
-        if not t["target"].endswith("(at saturation)"):
-            continue
-        for start, peers in SAT_PEERS.items():
-            if t["target"].startswith(start):
-                why = unsaturated(res, peers)
-                if why is not None:
-                    t["met"] = None
-                    t["undecided"] = why
-                break
+def verdict(res: dict[str, Any], key: str, peers: tuple[str, str], met: bool) -> dict[str, Any]:
+    """A target's `met`; at saturation (`key` a `*_sat` figure) None with `undecided` saying
+    why when a peer it compares was not saturated: never met or missed on a figure taken
+    below saturation."""
+    why = unsaturated(res, peers) if key.endswith("_sat") else None
+    return {"met": met} if why is None else {"met": None, "undecided": why}
 
 
 def _loadavg() -> list[float]:
@@ -208,7 +190,8 @@ def derive(res: dict[str, Any]) -> None:
             limit = TARGET_CPU_RATIO * ha[key]
             targets.append({"target": f"CPU per request ≤ {TARGET_CPU_RATIO}x HAProxy ({label})",
                             "value": tu[key], "limit": rnd(limit, 1), "unit": "µs",
-                            "ratio": rnd(tu[key] / ha[key], 2), "met": tu[key] <= limit})
+                            "ratio": rnd(tu[key] / ha[key], 2),
+                            **verdict(res, key, ("tulle", "haproxy"), tu[key] <= limit)})
     if "rss_mb" in tu:
         targets.append({"target": f"RSS under load ≤ {TARGET_RSS_MB:g} MB", "value": tu["rss_mb"],
                         "limit": TARGET_RSS_MB, "unit": "MB", "met": tu["rss_mb"] <= TARGET_RSS_MB})
@@ -224,7 +207,8 @@ def derive(res: dict[str, Any]) -> None:
             targets.append({"target": f"two header modifiers ≤ +{TARGET_FILTER_COST - 1:.0%} CPU "
                                       f"per request over no filters ({label})",
                             "value": tf[key], "limit": rnd(limit, 1), "unit": "µs",
-                            "ratio": rnd(tf[key] / tu[key], 3), "met": tf[key] <= limit})
+                            "ratio": rnd(tf[key] / tu[key], 3),
+                            **verdict(res, key, ("tulle-filters", "tulle"), tf[key] <= limit)})
     trt = res.get("tulle-retry", {})
     for key, label in (("cpu_us_per_req", "at 1,000 rps"), ("cpu_us_per_req_sat", "at saturation")):
         if key in trt and key in tu and tu[key] > 0:
@@ -232,7 +216,8 @@ def derive(res: dict[str, Any]) -> None:
             targets.append({"target": f"retries and their budget on a healthy path < "
                                       f"+{TARGET_RETRY_COST - 1:.0%} CPU per request ({label})",
                             "value": trt[key], "limit": rnd(limit, 2), "unit": "µs",
-                            "ratio": rnd(trt[key] / tu[key], 3), "met": trt[key] < limit})
+                            "ratio": rnd(trt[key] / tu[key], 3),
+                            **verdict(res, key, ("tulle-retry", "tulle"), trt[key] < limit)})
     if trt and tu:
         ratios["tulle_retry_vs_tulle"] = _ratios(trt, tu, ("cpu_us_per_req", "cpu_us_per_req_sat",
                                                           "p50_ms", "p99_ms", "rps_max"))
@@ -243,7 +228,8 @@ def derive(res: dict[str, Any]) -> None:
             targets.append({"target": f"telemetry on ≤ +{TARGET_TELEMETRY_COST - 1:.0%} CPU per "
                                       f"request over the same proxy with it off ({label})",
                             "value": tt[key], "limit": rnd(limit, 2), "unit": "µs",
-                            "ratio": rnd(tt[key] / tu[key], 3), "met": tt[key] <= limit})
+                            "ratio": rnd(tt[key] / tu[key], 3),
+                            **verdict(res, key, ("tulle-telemetry", "tulle"), tt[key] <= limit)})
     if tt and tu:
         ratios["telemetry_on_vs_off"] = _ratios(tt, tu, ("cpu_us_per_req", "cpu_us_per_req_sat",
                                                          "p50_ms", "p99_ms", "rps_max", "rss_mb"))
@@ -258,7 +244,9 @@ def derive(res: dict[str, Any]) -> None:
                                       f"{TARGET_ROUTING_CPU_RATIO:g}x HAProxy's ACL routing, CPU "
                                       f"per request ({label})",
                             "value": tr[key], "limit": rnd(limit, 1), "unit": "µs",
-                            "ratio": rnd(tr[key] / hr[key], 2), "met": tr[key] <= limit})
+                            "ratio": rnd(tr[key] / hr[key], 2),
+                            **verdict(res, key, ("tulle-routes", "haproxy-routes"),
+                                      tr[key] <= limit)})
     if tr and hr:
         ratios["tulle_routes_vs_haproxy_routes"] = _ratios(
             tr, hr, ("cpu_us_per_req", "cpu_us_per_req_sat", "p50_ms", "p99_ms", "rps_max"))
@@ -270,7 +258,9 @@ def derive(res: dict[str, Any]) -> None:
                                       f"{TARGET_RESILIENCE_CPU_RATIO:g}x HAProxy's leastconn + "
                                       f"retries + maxconn, CPU per request ({label})",
                             "value": ts[key], "limit": rnd(limit, 1), "unit": "µs",
-                            "ratio": rnd(ts[key] / hs[key], 2), "met": ts[key] <= limit})
+                            "ratio": rnd(ts[key] / hs[key], 2),
+                            **verdict(res, key, ("tulle-resilience", "haproxy-resilience"),
+                                      ts[key] <= limit)})
     if ts and hs:
         ratios["tulle_resilience_vs_haproxy_resilience"] = _ratios(
             ts, hs, ("cpu_us_per_req", "cpu_us_per_req_sat", "p50_ms", "p99_ms", "rps_max"))
@@ -286,7 +276,6 @@ def derive(res: dict[str, Any]) -> None:
         targets.append({"target": f"proxy RSS with an identity ≤ {TARGET_MTLS_RSS_MB:g} MB",
                         "value": v, "limit": TARGET_MTLS_RSS_MB, "unit": "MB",
                         "met": v <= TARGET_MTLS_RSS_MB})
-    mark_unsaturated(res, targets)
     res["targets"] = targets
     pairs: dict[str, tuple[dict[str, Any], tuple[str, ...]]] = {
         "tulle_vs_haproxy": (res, ("tulle", "haproxy")),
