@@ -41,12 +41,9 @@ import h2.settings
 from bench.micro_h2 import BODY, REQ, record_requests, record_responses
 from bench.micro_http1 import BODY as BODY_1K
 from bench.micro_http1 import NGINX_HEAD
-from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle
+from tulle.dataplane.listeners.context import ListenerHandle
 from tulle.dataplane.listeners.http2 import H2Downstream
-from tulle.dataplane.listeners.memory import MemoryTransport
-from tulle.dataplane.routing.router import Router
-from tulle.dataplane.telemetry.metrics import ProxyMetrics
-from tulle.dataplane.upstream.cluster import ClusterManager
+from tulle.dataplane.listeners.memory import MemoryTransport, memory_handle
 from tulle.dataplane.upstream.http1 import H1Connection, H1Pool
 from tulle.dataplane.upstream.http2 import H2UpConnection
 from tulle.dataplane.upstream.http2_pool import H2Pool
@@ -70,15 +67,8 @@ def build(protocol: str) -> tuple[ListenerHandle, Any]:
         "route_tables": [{"name": "rt", "virtual_hosts": [
             {"name": "any", "domains": ["*"], "rules": [rule]}]}],
     })
-    metrics = ProxyMetrics()
-    settings = cfg.settings
-    routers = {t.name: Router(t, settings.request_timeout_ms) for t in cfg.route_tables}
-    manager = ClusterManager(metrics)
-    manager.commit(manager.prepare(cfg.clusters, settings))
-    ctx = ListenerContext(cfg.listeners[0], settings, routers, manager.clusters, metrics)
-    handle = ListenerHandle("bench", ctx, m_active=metrics.connections_active.labels("bench"),
-                            m_total=metrics.connections_total.labels("bench"))
-    cluster = manager.clusters["origin"]
+    handle = memory_handle(cfg, "bench")
+    cluster = handle.ctx.clusters["origin"]
     return handle, cluster.pool_for(cluster.endpoints[0])
 
 
