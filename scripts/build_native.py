@@ -1,4 +1,5 @@
-"""Compile the HTTP/1 hot path (`tulle.native.COMPILED`) with mypyc, in place (ADR 0052).
+"""Compile the HTTP/1 hot path (`tulle.native.COMPILED`) with mypyc, in place (ADR 0052),
+and the C modules beside it (`C_MODULES`: the access log's line encoder, ADR 0076).
 
     .venv/bin/python scripts/build_native.py [--force] [--check]
 
@@ -44,7 +45,12 @@ def sha256(name: str) -> str:
 
 
 TYPES = SRC / "tulle" / "_native_types.txt"
-"""The type sources of the last build (`type_sources`): `name sha256` per line."""
+"""The type sources of the last build (`type_sources`) and the C modules' sources: `name
+sha256` per line."""
+
+C_MODULES = {"tulle.dataplane.telemetry._aline": "src/tulle/dataplane/telemetry/_aline.c"}
+"""Hand-written C extension modules built with the compiled ones (module: its source,
+relative to the checkout).  Each has a pure-Python equivalent its importer falls back to."""
 
 
 def module_file(name: str) -> Path | None:
@@ -81,9 +87,12 @@ def type_sources() -> dict[str, str]:
                         and module_file(name) is not None):
                     seen.add(name)
                     todo.append(name)
-    return {name: hashlib.sha256(path.read_bytes()).hexdigest()
-            for name in sorted(seen - set(native.COMPILED))
-            if (path := module_file(name)) is not None}
+    found = {name: hashlib.sha256(path.read_bytes()).hexdigest()
+             for name in sorted(seen - set(native.COMPILED))
+             if (path := module_file(name)) is not None}
+    for name, source in C_MODULES.items():  # a changed C source needs a build as well
+        found[f"{name}.c"] = hashlib.sha256((ROOT / source).read_bytes()).hexdigest()
+    return found
 
 
 def read_types(path: Path = TYPES) -> dict[str, str] | None:
@@ -101,6 +110,8 @@ def types_changed(recorded: dict[str, str] | None, current: dict[str, str]) -> s
         return "the modules the compiled ones take types from were not recorded"
     for name, digest in current.items():
         if recorded.get(name) != digest:
+            if name.endswith(".c"):
+                return f"{name}: C source changed since the build"
             return f"{name}: changed since the build (the compiled modules take types from it)"
     gone = sorted(set(recorded) - set(current))
     return f"{gone[0]}: no longer imported by the compiled modules" if gone else None
@@ -118,9 +129,10 @@ def needs_build() -> str | None:
         return "not built"
     if set(built) != set(native.COMPILED):
         return "the list of compiled modules changed"
-    for name in native.COMPILED:
+    for name in (*native.COMPILED, *C_MODULES):
         if not native.has_extension(name):
             return f"{name}: no compiled module"
+    for name in native.COMPILED:
         if built.get(name, ("", ""))[1] != sha256(name):
             return f"{name}: source changed since the build"
     return types_changed(read_types(), type_sources())
@@ -154,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     stamps = {name: native.source_stamp(name) for name in native.COMPILED}
     types = type_sources()
     build()
-    missing = [name for name in native.COMPILED if not native.has_extension(name)]
+    missing = [name for name in (*native.COMPILED, *C_MODULES) if not native.has_extension(name)]
     if missing:
         print(f"tulle native: the build produced no module for {missing}", file=sys.stderr)
         return 1
@@ -186,7 +198,7 @@ def clean() -> None:
 
 def build() -> None:
     from mypyc.build import mypycify
-    from setuptools import setup
+    from setuptools import Extension, setup
 
     warnings.filterwarnings("ignore")  # setuptools' notes on pyproject.toml's license table
     os.chdir(ROOT)
@@ -194,6 +206,8 @@ def build() -> None:
     os.environ.setdefault("MYPYPATH", str(SRC))
     exts = mypycify(paths, opt_level="3", group_name=native.GROUP, target_dir="build/native")
     flags = link_flags(ROOT / "build" / "native")
+    exts += [Extension(name, [source], extra_compile_args=["-O2", "-Wall", "-Werror"])
+             for name, source in C_MODULES.items()]
     for ext in exts:
         ext.extra_link_args = [*ext.extra_link_args, *flags]
     setup(

@@ -89,6 +89,9 @@ def test_this_run_uses_the_copy_it_was_asked_for() -> None:
         pytest.skip("neither TULLE_EXPECT_COMPILED nor TULLE_PURE is set")
     assert native.mode()[0] == expected, native.mode()
     assert str(stream.__file__).endswith(".py") == (expected == "pure")
+    from tulle.dataplane.telemetry import access_record  # its C line encoder (ADR 0076)
+
+    assert (access_record.NATIVE_LINE is not None) == (expected == "compiled")
 
 
 def test_a_build_of_another_module_list_is_stale(tmp_path: Path) -> None:
@@ -174,6 +177,11 @@ def test_the_build_tracks_the_modules_the_compiled_ones_take_types_from() -> Non
         "types from it)")
     assert mod.types_changed(dict(current, **{"tulle.gone": "0" * 64}), current) == (
         "tulle.gone: no longer imported by the compiled modules")
+    # The hand-written C modules' sources are tracked the same way.
+    c_source = "tulle.dataplane.telemetry._aline.c"
+    assert c_source in current
+    assert mod.types_changed(dict(current, **{c_source: "0" * 64}), current) == (
+        f"{c_source}: C source changed since the build")
 
 
 def test_recorded_type_sources_read_back(tmp_path: Path) -> None:

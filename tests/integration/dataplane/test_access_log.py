@@ -256,3 +256,35 @@ async def test_a_client_that_goes_away_is_DC(origin: int, tmp_path: Path) -> Non
         (rec,) = await read_records(log, 1)
     assert rec["response_flags"] == "DC" and rec["response_code"] == 0, rec
     assert rec["path"] == "/delay/2000" and rec["upstream_host"] == f"127.0.0.1:{origin}"
+
+
+async def test_hostile_request_bytes_stay_inside_their_json_fields(origin: int,
+                                                                   tmp_path: Path) -> None:
+    """A raw client puts what a JSON line must escape into every field it controls: quotes,
+    backslashes, tabs, Latin-1's upper half and a try at injecting a key.  The record is
+    one line, valid JSON, each field the text of the bytes sent (read as Latin-1, as the
+    record always did), and no key was added (ADR 0076: the line is written in C)."""
+    log = tmp_path / "access.log"
+    inject = b'x","response_code":999,"injected":"y'
+    agent = b'probe "quoted" \\back\\slash\ttab \xe9\xff ' + inject
+    rid = b'r\\"1\x80'
+    xff = b'10.0.0.1, "evil"'
+    async with running_proxy(logged(origin, log)) as p:
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.port())
+        writer.write(b"GET /echo?q=%22" + inject.replace(b'"', b"%22") + b" HTTP/1.1\r\n"
+                     b"Host: h\r\nUser-Agent: " + agent + b"\r\nX-Request-Id: " + rid +
+                     b"\r\nX-Forwarded-For: " + xff + b"\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        response = await asyncio.wait_for(reader.read(), 10)
+        writer.close()
+        assert response.startswith(b"HTTP/1.1 200 ")
+        (line,) = await read_lines(log, 1)
+        (rec,) = await read_records(log, 1)
+    assert "\n" not in line.rstrip("\n")
+    assert list(rec) == list(__import__("tulle.proxyconfig.log_fields",
+                                        fromlist=["ACCESS_FIELDS"]).ACCESS_FIELDS)
+    assert rec["response_code"] == 200
+    assert rec["user_agent"] == agent.decode("latin-1")
+    assert rec["request_id"] == rid.decode("latin-1")
+    assert rec["x_forwarded_for"] == xff.decode("latin-1") + ", 127.0.0.1"
+    assert rec["path"] == "/echo?q=%22" + inject.replace(b'"', b"%22").decode()

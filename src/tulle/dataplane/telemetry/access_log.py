@@ -9,11 +9,12 @@ without it pays one attribute test per request.
 `log()` decides first (filter, then sampling: two comparisons and at most one random draw),
 then builds the record: the fields `proxyconfig/log_fields.ACCESS_FIELDS` lists, in that
 order, from the stream (its record), the request head and the connection's facts.  The
-record goes to the sink's bounded queue (`sinks.py`); rendering (JSON or the compiled text
-format) and writing happen off the request path.  For JSON lines the record is an
-`access_record.AccessRecord` struct (the same fields in the same order, no dict, a batch
-encoded in one call); text formats and OTLP sinks get a dict (ADR 0062).  Response flags are Envoy's
-(`telemetry/flags.py`, shared with the metrics).
+record goes to the sink's bounded queue (`sinks.py`); writing, and rendering a text format,
+happen off the request path.  For JSON lines the record is its line, written when the request
+ends by `access_record.access_line` (in C where that is built: ADR 0076) straight from the
+request's bytes and integers, and the sink's thread joins a batch of them; text formats and
+OTLP sinks get a dict (ADR 0062).  Response flags are Envoy's (`telemetry/flags.py`, shared
+with the metrics).
 
 Identities: `source_principal` is the verified peer of an inbound connection (its client
 certificate's SPIFFE ID); `destination_principal` is the SPIFFE ID an outbound cluster's TLS
@@ -31,7 +32,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from tulle.dataplane.http.retry import Retrier
-from tulle.dataplane.telemetry.access_record import AccessRecord, json_lines
+from tulle.dataplane.telemetry.access_record import access_line, json_lines
 from tulle.dataplane.telemetry.flags import flag_details, response_flags
 from tulle.dataplane.telemetry.logformat import TextFormat, render_json, request_headers
 from tulle.dataplane.telemetry.sinks import LineSink, OtlpLogSink, build_sink
@@ -84,11 +85,20 @@ def start_time(ns: int) -> str:
     return text
 
 
+def _us(seconds: float) -> int:
+    """Seconds as whole microseconds, rounded half up: the record's milliseconds are this
+    over 1000 (`round(seconds * 1000, 3)` for the non-negative durations a record has,
+    without round()'s decimal conversion; exact below 2**53 µs)."""
+    return int(seconds * 1e6 + 0.5)
+
+
 def _ms(seconds: float) -> float:
-    """Seconds as milliseconds rounded to 3 decimals: `round(seconds * 1000, 3)` for the
-    non-negative durations a record has, at half its cost (an integer division instead of
-    round()'s decimal conversion)."""
-    return float(int(seconds * 1e6 + 0.5)) / 1000.0  # (exact below 2**53 µs: the same float)
+    """Seconds as milliseconds rounded to 3 decimals (what a record's durations read)."""
+    return float(_us(seconds)) / 1000.0
+
+
+def _latin1(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
 
 
 
@@ -190,8 +200,8 @@ class AccessLogger:
                                                        self.text is not None, resource)
         sink = self.sink
         self.structs = self.text is None and isinstance(sink, LineSink)
-        """JSON lines: records are `AccessRecord` structs, encoded a batch at a time (the
-        text format and OTLP read records as mappings: dicts)."""
+        """JSON lines: records are their lines (`access_record.access_line`), joined a batch
+        at a time (the text format and OTLP read records as mappings: dicts)."""
         self.lines: LineSink | None = None
         """The sink again when it is a line sink (a direct call of its compiled `offer`
         instead of a method looked up on a union)."""
@@ -218,7 +228,14 @@ class AccessLogger:
         wall_ns = _time_ns() - int(duration * 1e9)
         lines = self.lines
         if lines is not None:
-            lines.offer(self.record(stream, now, duration, wall_ns), wall_ns)
+            try:
+                record = self.record(stream, now, duration, wall_ns)
+            except ValueError:  # a JSON line it cannot encode (a lone surrogate in a name):
+                stats = lines.stats  # lost and counted, as the writer's rendering counts it
+                stats.offered += 1
+                stats.failed += 1
+                return
+            lines.offer(record, wall_ns)
         else:
             self.sink.offer(self.record(stream, now, duration, wall_ns), wall_ns)
 
@@ -247,19 +264,23 @@ class AccessLogger:
         return made
 
     def record(self, stream: RequestStream, now: float, duration: float,
-               wall_ns: int) -> dict[str, Any] | AccessRecord:
+               wall_ns: int) -> dict[str, Any] | bytes:
+        """The request's record: its JSON line (`access_record.access_line`) for a JSON line
+        sink, else a dict (text formats, OTLP)."""
         head = stream.head
         headers = head.headers
-        request_id = user_agent = forwarded = None
+        request_id: bytes | None = None
+        user_agent: bytes | None = None
+        forwarded: bytes | None = None
         traceparent = b""
         traced = False
         for n, v in headers:  # one pass for the headers a record names
             if n == b"x-request-id":
-                request_id = v.decode("latin-1")
+                request_id = v
             elif n == b"user-agent":
-                user_agent = v.decode("latin-1")
+                user_agent = v
             elif n == b"x-forwarded-for":
-                forwarded = v.decode("latin-1")
+                forwarded = v
             elif n == b"traceparent":
                 if not traced:
                     traceparent = v
@@ -278,9 +299,10 @@ class AccessLogger:
         elif up_start:
             attempts = 1
         route = stream.route
-        cluster = stream.cluster
-        method = head.method.decode("latin-1") or None
-        path = head.path.decode("latin-1") or None
+        route_name = route.name if route is not None else None
+        cluster: str | None = stream.cluster
+        if cluster == "-":
+            cluster = None
         protocol = _PROTOCOLS.get(head.version)
         if protocol is None:
             protocol = head.version.decode("latin-1")
@@ -294,55 +316,49 @@ class AccessLogger:
                 trace_id = known.decode()  # the proxy's own context, as it wrote it
             else:
                 trace_id = trace_id_of(headers, known)
-        authority = head.authority.decode("latin-1") or None
-        peer = conn.peer
-        sni = conn.sni
-        source = conn.source
-        dest = conn.dest
-        direction = conn.direction
-        listener = conn.listener
         authz = stream.authz or None
         if flags:
             short, details = response_flags(flags), flag_details(flags) or None
         else:
             short, details = "-", None
-        if self.structs:  # the same fields in the same order, without a dict
-            return AccessRecord(
-                start_time(wall_ns), method, path, protocol, status, short, details,
-                stream.bytes_in, stream.bytes_out,
-                _ms(duration), _ms(first_byte - stream.start) if first_byte else None,
-                _ms(now - up_start) if up_start else None, upstream_host,
-                cluster if cluster != "-" else None, route.name if route is not None else None,
-                attempts, request_id, trace_id, authority, user_agent, forwarded, peer, sni,
-                source, dest, direction, listener, authz)
+        took = _us(duration)
+        to_first = _us(first_byte - stream.start) if first_byte else None
+        upstream = _us(now - up_start) if up_start else None
+        if self.structs:  # the line itself: header fields as their bytes (ADR 0076)
+            return access_line(
+                start_time(wall_ns), head.method or None, head.path or None, protocol, status,
+                short, details, stream.bytes_in, stream.bytes_out, took, to_first, upstream,
+                upstream_host, cluster, route_name, attempts, request_id, trace_id,
+                head.authority or None, user_agent, forwarded, conn.peer, conn.sni,
+                conn.source, conn.dest, conn.direction, conn.listener, authz)
         record: dict[str, Any] = {
             "start_time": start_time(wall_ns),
-            "method": method,
-            "path": path,
+            "method": head.method.decode("latin-1") or None,
+            "path": head.path.decode("latin-1") or None,
             "protocol": protocol,
             "response_code": status,
             "response_flags": short,
             "response_code_details": details,
             "bytes_received": stream.bytes_in,
             "bytes_sent": stream.bytes_out,
-            "duration": _ms(duration),
-            "response_duration": _ms(first_byte - stream.start) if first_byte else None,
-            "upstream_duration": _ms(now - up_start) if up_start else None,
+            "duration": took / 1000.0,
+            "response_duration": to_first / 1000.0 if to_first is not None else None,
+            "upstream_duration": upstream / 1000.0 if upstream is not None else None,
             "upstream_host": upstream_host,
-            "upstream_cluster": cluster if cluster != "-" else None,
-            "route_name": route.name if route is not None else None,
+            "upstream_cluster": cluster,
+            "route_name": route_name,
             "upstream_request_attempt_count": attempts,
-            "request_id": request_id,
+            "request_id": _latin1(request_id),
             "trace_id": trace_id,
-            "authority": authority,
-            "user_agent": user_agent,
-            "x_forwarded_for": forwarded,
-            "downstream_remote_address": peer,
-            "requested_server_name": sni,
-            "source_principal": source,
-            "destination_principal": dest,
-            "direction": direction,
-            "listener": listener,
+            "authority": head.authority.decode("latin-1") or None,
+            "user_agent": _latin1(user_agent),
+            "x_forwarded_for": _latin1(forwarded),
+            "downstream_remote_address": conn.peer,
+            "requested_server_name": conn.sni,
+            "source_principal": conn.source,
+            "destination_principal": conn.dest,
+            "direction": conn.direction,
+            "listener": conn.listener,
             "authz": authz,
         }
         text = self.text

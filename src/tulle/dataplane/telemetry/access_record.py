@@ -1,4 +1,4 @@
-"""The access log record of a JSON line sink, as a struct: built and encoded without a dict.
+"""The access log record of a JSON line sink as its line: written in C, or a struct encoded.
 
 Why a struct: a JSON access log of every request builds one record per request; a dict of 28
 fields costs a key insertion per field and is encoded by looking every key up again, while a
@@ -9,14 +9,22 @@ in a sink's queue are no work for the cycle collector.  The field order is
 byte the one the dict gave (ADR 0062).  Text formats and OTLP sinks read records as mappings
 and still get the dict (`access_log.AccessLogger.record`).
 
+Since ADR 0076 the line is made when the request ends, by `access_line`: the C encoder
+`_aline`, built with the compiled hot path (`scripts/build_native.py`) and used when that
+runs, else `encode_line` here, which makes the struct and encodes it.  Both
+take the same values (header fields as the request's bytes, read as Latin-1; durations as
+integer microseconds) and give the same bytes (a test holds them equal); the C encoder hands
+a record it cannot write the same way (a lone surrogate, a duration out of its range) to
+`encode_line`.  The sink then only joins lines (`json_lines`).
+
 Not compiled (`tulle.native.COMPILED`): mypyc does not build classes on msgspec's metaclass;
-the compiled access log calls the constructor like any Python callable.
+the compiled access log calls these like any Python callable.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Final
 
 import msgspec
 
@@ -52,12 +60,68 @@ class AccessRecord(msgspec.Struct, gc=False):
     authz: str | None
 
 
-_encode_lines = msgspec.json.Encoder().encode_lines
+_encoder: Final = msgspec.json.Encoder()
+_encode: Final = _encoder.encode
+_encode_lines: Final = _encoder.encode_lines
+
+Text = str | bytes | None
+"""A string field: text, the request's bytes (read as Latin-1), or None (`null`)."""
+
+
+def _text(value: Text) -> str | None:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+def _ms(us: int | None) -> float | None:
+    """Integer microseconds as the record's milliseconds (3 decimals)."""
+    return None if us is None else float(us) / 1000.0
+
+
+def encode_line(start: str, method: Text, path: Text, protocol: str, status: int, flags: str,
+                details: Text, received: int, sent: int, duration: int,
+                response_duration: int | None, upstream_duration: int | None,
+                upstream_host: Text, cluster: Text, route: Text, attempts: int,
+                request_id: Text, trace_id: Text, authority: Text, user_agent: Text,
+                forwarded: Text, peer: Text, sni: Text, source: Text, dest: Text,
+                direction: str, listener: str, authz: Text) -> bytes:
+    """One record's JSON line (newline ended), through the struct: `access_line`'s values,
+    `ACCESS_FIELDS`' order.  Raises what msgspec raises for a value it cannot encode."""
+    return _encode(AccessRecord(
+        start, _text(method), _text(path), protocol, status, flags, _text(details), received,
+        sent, float(duration) / 1000.0, _ms(response_duration), _ms(upstream_duration),
+        _text(upstream_host), _text(cluster), _text(route), attempts, _text(request_id),
+        _text(trace_id), _text(authority), _text(user_agent), _text(forwarded), _text(peer),
+        _text(sni), _text(source), _text(dest), direction, listener, _text(authz))) + b"\n"
+
+
+def _native_line() -> Callable[..., bytes] | None:
+    """The C encoder when the compiled hot path runs (`tulle.native.mode`: not with
+    `TULLE_PURE`, nor when the build is missing or stale) and it is built; else None."""
+    from tulle import native
+
+    if native.mode()[0] != "compiled":
+        return None
+    try:
+        from tulle.dataplane.telemetry import _aline
+    except ImportError:
+        return None
+    _aline.set_fallback(encode_line)
+    return _aline.access_line
+
+
+NATIVE_LINE: Final = _native_line()
+"""`_aline.access_line` when it runs; None: `encode_line` does the work."""
+
+access_line: Final[Callable[..., bytes]] = NATIVE_LINE or encode_line
+"""One record's JSON line from its values (see the module docstring)."""
 
 
 def json_lines(records: Iterable[Any]) -> bytes:
-    """Records (structs or dicts) as JSON lines, each ended by a newline, in one call."""
+    """Records as JSON lines, each ended by a newline, in one call: lines already made
+    (`access_line`) are joined; structs or dicts are encoded."""
+    if isinstance(records, list) and records and isinstance(records[0], bytes):
+        return b"".join(records)
     return _encode_lines(records)
 
 
-__all__ = ["AccessRecord", "json_lines"]
+__all__ = ["NATIVE_LINE", "AccessRecord", "access_line", "encode_line", "json_lines"]

@@ -57,9 +57,9 @@ def _stream(facts: ConnectionFacts, ctx: Any, cluster: str = "db",
 
 
 def _record(log: AccessLogger, s: RequestStream) -> AccessRecord:
-    rec = log.record(s, 10.5, 0.5, 1_700_000_000_000_000_000)
-    assert isinstance(rec, AccessRecord)
-    return rec
+    line = log.record(s, 10.5, 0.5, 1_700_000_000_000_000_000)
+    assert isinstance(line, bytes) and line.endswith(b"\n")  # a JSON line sink's record
+    return msgspec.json.decode(line, type=AccessRecord)
 
 
 def _who(rec: AccessRecord) -> tuple[Any, ...]:
@@ -162,3 +162,17 @@ def test_start_time_is_envoys_utc_milliseconds_across_every_boundary() -> None:
         assert start_time(ns) == _reference(ns), ns
     assert start_time(0) == "1970-01-01T00:00:00.000Z"
     assert start_time(1_999_999_999) == "1970-01-01T00:00:01.999Z"
+
+
+def test_a_record_that_cannot_be_a_json_line_is_lost_and_counted_not_raised() -> None:
+    """A name with a lone surrogate (msgspec refuses to encode it, the C encoder hands it to
+    msgspec): the request ends as usual, the record is counted failed, the next one is
+    written (ADR 0076)."""
+    log = _logger()
+    sink = log.lines
+    assert sink is not None
+    bad = ConnectionFacts("out-\udc80", "outbound", ("127.0.0.1", 5000))
+    log.log(_stream(bad, _ctx(None)), 10.5)
+    assert (sink.stats.offered, sink.stats.failed) == (1, 1)
+    log.log(_stream(ConnectionFacts("out", "outbound", ("127.0.0.1", 5000)), _ctx(None)), 10.5)
+    assert (sink.stats.offered, sink.stats.failed, len(sink._queue)) == (2, 1, 1)

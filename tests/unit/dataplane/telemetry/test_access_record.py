@@ -1,14 +1,23 @@
-"""The struct record of JSON access logs gives the dict record's line byte for byte (ADR 0062)."""
+"""The struct record of JSON access logs gives the dict record's line byte for byte (ADR 0062),
+and the C line encoder gives the struct's (ADR 0076)."""
 
 from __future__ import annotations
 
 import random
 import time
+from typing import Any
 
 import msgspec
+import pytest
 
 from tulle.dataplane.telemetry.access_log import _ms, start_time
-from tulle.dataplane.telemetry.access_record import AccessRecord, json_lines
+from tulle.dataplane.telemetry.access_record import (
+    NATIVE_LINE,
+    AccessRecord,
+    access_line,
+    encode_line,
+    json_lines,
+)
 from tulle.dataplane.telemetry.logformat import render_json
 from tulle.proxyconfig.log_fields import ACCESS_FIELDS
 
@@ -71,3 +80,83 @@ def test_the_proxys_own_trace_id_short_cut_gives_the_same_id() -> None:
         for known in (tid, b"0" * 32, b""):
             assert trace_id_of(headers, known) == trace_id_of(headers), (headers, known)
     assert trace_id_of(cases[0], tid) == tid.decode()
+
+
+# -- the line as `access_line` writes it (ADR 0076) -------------------------------------------
+
+LINE_VALUES = ("2026-12-03T18:47:25.335Z", b"GET", b"/a?b=\"c\"\x01\xe9", "HTTP/1.1", 200,
+               "UF,URX", None, 0, 1024, 123, 100, 50, "127.0.0.1:18081", "origin", "rt/any/0",
+               1, b"a71b08a2", None, b"web:80", b"curl/8", b"10.0.0.1, 127.0.0.1", "[::1]:5000",
+               None, "spiffe://cluster.local/ns/a/sa/b", None, "outbound", "bench", "allow:p")
+"""`VALUES` as the access log hands them over: header fields as bytes, durations in µs."""
+
+native_only = pytest.mark.skipif(NATIVE_LINE is None,
+                                 reason="the C line encoder is not in use (TULLE_PURE or not built)")
+
+
+def test_the_line_is_the_structs_line() -> None:
+    line = access_line(*LINE_VALUES)
+    assert line == encode_line(*LINE_VALUES) == json_lines([AccessRecord(*VALUES)])
+    assert json_lines([line, line]) == line * 2  # a batch of lines is joined
+
+
+@native_only
+def test_the_c_encoder_names_the_access_fields_in_their_order() -> None:
+    from tulle.dataplane.telemetry import _aline
+
+    assert _aline.FIELDS == ACCESS_FIELDS
+
+
+def _text(rng: random.Random) -> str | bytes | None:
+    kind = rng.randrange(3)
+    if kind == 0:
+        return None
+    n = rng.randrange(12)
+    if kind == 1:  # any byte: controls, quotes, backslashes, Latin-1's upper half
+        return bytes(rng.randrange(256) for _ in range(n))
+    return "".join(chr(rng.choice((rng.randrange(0x80), rng.randrange(0x80, 0x800),
+                                   rng.randrange(0x800, 0xD800), rng.randrange(0xE000, 0x110000))))
+                   for _ in range(n))
+
+
+@native_only
+def test_the_c_encoder_writes_msgspecs_bytes_for_any_values() -> None:
+    assert NATIVE_LINE is not None
+    rng = random.Random(76)
+    durations = (0, 1, 9, 10, 99, 100, 999, 1000, 1001, 1010, 1100, 2000, 123_456,
+                 10**15 - 1, 2**53 // 1000)
+    for _ in range(20_000):
+        v: list[Any] = [_text(rng) for _ in range(28)]
+        for i, default in ((0, "t"), (3, "HTTP/2"), (5, "-"), (25, "inbound"), (26, "l")):
+            v[i] = v[i] if isinstance(v[i], str) else default
+        for i in (4, 7, 8, 15):
+            v[i] = rng.choice((0, 200, rng.randrange(10**6), rng.randrange(-2**63, 2**63)))
+        for i in (9, 10, 11):
+            v[i] = rng.choice((*durations, rng.randrange(10**15), rng.randrange(10**7)))
+        v[10] = v[10] if rng.random() < 0.8 else None
+        v[11] = v[11] if rng.random() < 0.8 else None
+        assert NATIVE_LINE(*v) == encode_line(*v), v
+
+
+@native_only
+def test_what_the_c_encoder_cannot_write_alike_goes_to_the_struct() -> None:
+    assert NATIVE_LINE is not None
+    import http
+
+    for i, value in ((9, 10**15), (9, -1), (10, 2**60), (11, -5), (4, 2**70), (7, -2**64),
+                     (15, True), (4, http.HTTPStatus.OK)):
+        v: list[Any] = list(LINE_VALUES)
+        v[i] = value
+        assert NATIVE_LINE(*v) == encode_line(*v)
+    surrogate: list[Any] = list(LINE_VALUES)
+    surrogate[26] = "listener-\udc80"  # a lone surrogate: msgspec refuses it, so the line too
+    with pytest.raises(UnicodeEncodeError):
+        encode_line(*surrogate)
+    with pytest.raises(UnicodeEncodeError):
+        NATIVE_LINE(*surrogate)
+    with pytest.raises(TypeError):
+        NATIVE_LINE(*LINE_VALUES[:-1])
+    wrong: list[Any] = list(LINE_VALUES)
+    wrong[1] = 3.5  # not a text field's type: a bug, never a line
+    with pytest.raises(TypeError):
+        NATIVE_LINE(*wrong)
