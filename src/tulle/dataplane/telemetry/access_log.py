@@ -308,12 +308,12 @@ class AccessLogger:
             protocol = head.version.decode("latin-1")
         status = stream.status
         upstream_host = stream.upstream_host or None
-        trace_id = None
+        trace_id: str | bytes | None = None
         if traced:
             trace = stream.trace
             known = trace.trace_id if trace is not None else b""
             if traceparent and known and _carries(traceparent, known):
-                trace_id = known.decode()  # the proxy's own context, as it wrote it
+                trace_id = known  # the proxy's own context, as it wrote it (hex: ASCII)
             else:
                 trace_id = trace_id_of(headers, known)
         authz = stream.authz or None
@@ -349,7 +349,7 @@ class AccessLogger:
             "route_name": route_name,
             "upstream_request_attempt_count": attempts,
             "request_id": _latin1(request_id),
-            "trace_id": trace_id,
+            "trace_id": trace_id.decode() if isinstance(trace_id, bytes) else trace_id,
             "authority": head.authority.decode("latin-1") or None,
             "user_agent": _latin1(user_agent),
             "x_forwarded_for": _latin1(forwarded),

@@ -150,18 +150,18 @@ def test_server_spans_and_error_status() -> None:
 
 def test_new_ids_are_fixed_width_lower_case_hex_and_what_was_written(
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """The ids of 64 requests are drawn as one integer and written as hex (`hexlify` of its
-    bytes), 48 digits a request: small values keep their leading zeros, large ones all their
-    digits, an all-zero id (W3C forbids it) gets a last digit 1 (ADR 0066)."""
+    """The ids of 128 requests are one read of random bytes written as hex (`hexlify`), 48
+    digits a request: small values keep their leading zeros, large ones all their digits, an
+    all-zero id (W3C forbids it) gets a last digit 1 (ADR 0066, ADR 0076)."""
     chunks = [(1 << 128) | 5, (1 << 192) - 1, 0, (7 << 64) | ((1 << 64) - 1)]
-    draw = b"".join(c.to_bytes(24, "big") for c in chunks) + bytes(24 * 60)
+    draw = b"".join(c.to_bytes(24, "big") for c in chunks) + bytes(24 * 124)
     sizes: list[int] = []
 
-    def bits(n: int) -> int:
+    def urandom(n: int) -> bytes:
         sizes.append(n)
-        return int.from_bytes(draw, "big")
+        return draw
 
-    monkeypatch.setattr(tracer_mod, "_bits", bits)
+    monkeypatch.setattr(tracer_mod, "_urandom", urandom)
     lt = Tracer(Tracing(sampling_percent=0), None).for_listener("out", "outbound")
     wants = [b"%048x" % chunks[0], b"%048x" % chunks[1], b"0" * 31 + b"1" + b"0" * 15 + b"1"]
     for want in wants:
@@ -172,16 +172,16 @@ def test_new_ids_are_fixed_width_lower_case_hex_and_what_was_written(
     head = RequestHead(b"GET", b"/", b"a", b"http", [(b"b3", b"1")])  # a decision, no ids
     trace = lt.start(head)
     assert (trace.trace_id, trace.span_id) == (b"%032x" % 7, b"f" * 16)
-    assert sizes == [24 * 8 * 64]  # one draw so far
-    for _ in range(60):
+    assert sizes == [24 * 128]  # one draw so far
+    for _ in range(124):
         lt.start(RequestHead(b"GET", b"/", b"a", b"http", []))
-    assert sizes == [24 * 8 * 64]  # 64 requests, one draw
+    assert sizes == [24 * 128]  # 128 requests, one draw
     lt.start(RequestHead(b"GET", b"/", b"a", b"http", []))
-    assert sizes == [24 * 8 * 64, 24 * 8 * 64]  # the 65th request drew again
+    assert sizes == [24 * 128, 24 * 128]  # the 129th request drew again
 
 
 def test_new_ids_are_unique_across_draws() -> None:
-    """Ids from the process's generator, 64 requests a draw: none repeats over many draws,
+    """Ids from the kernel's generator, 128 requests a draw: none repeats over many draws,
     and each is 32 / 16 lower-case hex digits."""
     lt = Tracer(Tracing(sampling_percent=0), None).for_listener("out", "outbound")
     traces = [lt.start(RequestHead(b"GET", b"/", b"a", b"http", [])) for _ in range(5000)]
