@@ -159,11 +159,19 @@ static size_t put_ms(char *o, long long us) {
     return n;
 }
 
-/* The record goes to the fallback (or ValueError(why) without one). */
+/* The record goes to the fallback (or ValueError(why) without one).  The call holds its own
+ * reference: the fallback is Python code, and a `set_fallback` while it runs would otherwise
+ * free the callable being called (a crash, for one that reads itself after its callee, such
+ * as an `lru_cache` wrapper). */
 static PyObject *refer(PyObject *const *args, Py_ssize_t nargs, const char *why) {
-    if (fallback != NULL) return PyObject_Vectorcall(fallback, args, (size_t)nargs, NULL);
-    PyErr_SetString(PyExc_ValueError, why);
-    return NULL;
+    if (fallback == NULL) {
+        PyErr_SetString(PyExc_ValueError, why);
+        return NULL;
+    }
+    PyObject *f = Py_NewRef(fallback);
+    PyObject *line = PyObject_Vectorcall(f, args, (size_t)nargs, NULL);
+    Py_DECREF(f);
+    return line;
 }
 
 static PyObject *access_line(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {

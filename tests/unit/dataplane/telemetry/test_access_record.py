@@ -160,3 +160,30 @@ def test_what_the_c_encoder_cannot_write_alike_goes_to_the_struct() -> None:
     wrong[1] = 3.5  # not a text field's type: a bug, never a line
     with pytest.raises(TypeError):
         NATIVE_LINE(*wrong)
+
+
+@native_only
+def test_a_fallback_that_replaces_itself_while_it_runs_is_not_freed_under_it() -> None:
+    """The C encoder calls the fallback it holds; a `set_fallback` from inside that call drops
+    the module's reference, so the call must hold its own: an `lru_cache` wrapper, which
+    stores the result in its cache after its function returns, read itself freed (SIGSEGV).
+    In a fresh process: the test's own must not lose its fallback, nor die with it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import functools\n"
+        "from tulle.dataplane.telemetry import _aline\n"
+        "from tulle.dataplane.telemetry.access_record import encode_line\n"
+        f"values = {list(LINE_VALUES)!r}\n"
+        "values[9] = 10**15  # a duration the C encoder hands to the fallback\n"
+        "def replacing(*fields):\n"
+        "    _aline.set_fallback(encode_line)  # the running fallback's last reference goes\n"
+        "    return encode_line(*fields)\n"
+        "for _ in range(100):\n"
+        "    _aline.set_fallback(functools.lru_cache(maxsize=None)(replacing))\n"
+        "    assert _aline.access_line(*values) == encode_line(*values)\n"
+        "print('ok')\n")
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True,
+                          text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, "ok\n"), done.stderr
