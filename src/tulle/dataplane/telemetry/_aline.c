@@ -48,6 +48,8 @@ static const struct { const char *key; size_t len; enum kind kind; } FIELD[] = {
 static char prefix[NFIELDS][PFX];
 static size_t prefix_len[NFIELDS];
 
+#define KEEP 65536  /* the scratch room kept between lines (a line is ~600 bytes) */
+
 static PyObject *fallback = NULL;
 static char *buf = NULL;
 static size_t cap = 0;
@@ -255,7 +257,13 @@ static PyObject *access_line(PyObject *self, PyObject *const *args, Py_ssize_t n
     }
     *o++ = '}';
     *o++ = '\n';
-    return PyBytes_FromStringAndSize(buf, o - buf);
+    PyObject *line = PyBytes_FromStringAndSize(buf, o - buf);
+    if (cap > KEEP) {  /* a huge record's room is given back, not held for the process's life */
+        PyMem_Free(buf);
+        buf = NULL;
+        cap = 0;
+    }
+    return line;
 }
 
 static PyObject *set_fallback(PyObject *self, PyObject *f) {
@@ -264,7 +272,15 @@ static PyObject *set_fallback(PyObject *self, PyObject *f) {
     Py_RETURN_NONE;
 }
 
+static PyObject *scratch_size(PyObject *self, PyObject *unused) {
+    (void)self;
+    (void)unused;
+    return PyLong_FromSize_t(cap);
+}
+
 static PyMethodDef methods[] = {
+    {"scratch_size", scratch_size, METH_NOARGS,
+     "scratch_size() -> int: the bytes of scratch room held between lines (a diagnostic)."},
     {"set_fallback", set_fallback, METH_O,
      "set_fallback(f): where a record goes that this encoder cannot write as msgspec would."},
     {"access_line", (PyCFunction)(void (*)(void))access_line, METH_FASTCALL,

@@ -187,3 +187,22 @@ def test_a_fallback_that_replaces_itself_while_it_runs_is_not_freed_under_it() -
     done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True,
                           text=True, timeout=60)
     assert (done.returncode, done.stdout) == (0, "ok\n"), done.stderr
+
+
+@native_only
+def test_a_huge_records_room_is_given_back() -> None:
+    """A record as large as the header limits allow (~1 MiB of path) needs a ~6 MiB scratch
+    room for its worst-case escaping; the encoder gives it back after that line instead of
+    holding it for the process's life, and keeps a small one for the usual ~600 bytes."""
+    from tulle.dataplane.telemetry import _aline
+
+    assert NATIVE_LINE is not None
+    NATIVE_LINE(*LINE_VALUES)
+    assert 0 < _aline.scratch_size() <= 65536
+    big: list[Any] = list(LINE_VALUES)
+    big[2] = b"/" + b"\x01" * (1 << 20)  # each escapes to six bytes: the largest room
+    line = NATIVE_LINE(*big)
+    assert len(line) > 6 << 20 and line == encode_line(*big)
+    assert _aline.scratch_size() == 0
+    assert NATIVE_LINE(*LINE_VALUES) == encode_line(*LINE_VALUES)
+    assert 0 < _aline.scratch_size() <= 65536
