@@ -38,13 +38,15 @@ from tests.support.proxy import free_port
 TULLE = str(Path(sys.executable).with_name("tulle"))
 
 
-def _free_block(n: int, tries: int = 200) -> int:
+def _free_block(n: int, avoid: frozenset[int] = frozenset(), tries: int = 200) -> int:
     """A port p with p .. p+n-1 all free on 127.0.0.1, as the proxy binds them (with
     SO_REUSEADDR, as asyncio's servers do: a port some closed connection holds in TIME_WAIT,
-    plentiful while a benchmark ran, is free to it)."""
+    plentiful while a benchmark ran, is free to it), and none of them in `avoid`: ports
+    already handed to the same config's listeners, free now only because nothing bound them
+    yet (a worker's admin port once landed on the listener's)."""
     for _ in range(tries):
         base = free_port()
-        if base + n > 65535:
+        if base + n > 65535 or avoid.intersection(range(base, base + n)):
             continue
         socks: list[socket.socket] = []
         try:
@@ -70,7 +72,8 @@ def assign_ports(cfg: dict[str, Any]) -> dict[str, Any]:
             lst["port"] = free_port()
     admin = cfg.setdefault("admin", {})
     if not admin.get("port"):
-        admin["port"] = _free_block(int(cfg.get("settings", {}).get("workers", 1)))
+        taken = frozenset(int(lst["port"]) for lst in cfg.get("listeners", []))
+        admin["port"] = _free_block(int(cfg.get("settings", {}).get("workers", 1)), taken)
     return cfg
 
 
