@@ -25,6 +25,7 @@ empty in a static config that does not).
 
 from __future__ import annotations
 
+import logging
 import random
 import re
 import time
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from tulle.dataplane.http.stream import RequestStream
     from tulle.dataplane.telemetry.otlp.common import Value
 
+_log: Final = logging.getLogger("tulle.telemetry.logs")
 _time_ns: Final = time.time_ns
 _PROTOCOLS: Final = {b"1.1": "HTTP/1.1", b"1.0": "HTTP/1.0", b"2": "HTTP/2"}
 
@@ -180,8 +182,8 @@ class ConnectionFields:
 class AccessLogger:
     """One snapshot's access log: its decision, its record, its sink."""
 
-    __slots__ = ("cfg", "duration_min", "errors_only", "filtered", "lines", "principal", "sample",
-                 "sink", "status_min", "structs", "text")
+    __slots__ = ("cfg", "duration_min", "errors_only", "failing", "filtered", "lines",
+                 "principal", "sample", "sink", "status_min", "structs", "text")
 
     def __init__(self, cfg: AccessLogTelemetry, resource: Mapping[str, Value],
                  principal: str = "") -> None:
@@ -202,6 +204,8 @@ class AccessLogger:
         self.structs = self.text is None and isinstance(sink, LineSink)
         """JSON lines: records are their lines (`access_record.access_line`), joined a batch
         at a time (the text format and OTLP read records as mappings: dicts)."""
+        self.failing = False
+        """A record failed to encode already (logged once, then only counted)."""
         self.lines: LineSink | None = None
         """The sink again when it is a line sink (a direct call of its compiled `offer`
         instead of a method looked up on a union)."""
@@ -230,10 +234,16 @@ class AccessLogger:
         if lines is not None:
             try:
                 record = self.record(stream, now, duration, wall_ns)
-            except ValueError:  # a JSON line it cannot encode (a lone surrogate in a name):
-                stats = lines.stats  # lost and counted, as the writer's rendering counts it
+            except Exception:  # a line it cannot encode (a lone surrogate in a name), or a
+                # bug: the record is lost and counted, as the writer's rendering counts it,
+                # and the request ends as usual; the first such failure is logged
+                stats = lines.stats
                 stats.offered += 1
                 stats.failed += 1
+                if not self.failing:
+                    self.failing = True
+                    _log.exception("access_log: a record could not be encoded; such records "
+                                   "are counted failed")
                 return
             lines.offer(record, wall_ns)
         else:

@@ -5,11 +5,13 @@ without splitting its `traceparent` (ADR 0066)."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import random
 from types import SimpleNamespace
 from typing import Any
 
 import msgspec
+import pytest
 
 from tulle.dataplane.exchange import RequestHead
 from tulle.dataplane.http.facts import ConnectionFacts
@@ -164,15 +166,19 @@ def test_start_time_is_envoys_utc_milliseconds_across_every_boundary() -> None:
     assert start_time(1_999_999_999) == "1970-01-01T00:00:01.999Z"
 
 
-def test_a_record_that_cannot_be_a_json_line_is_lost_and_counted_not_raised() -> None:
+def test_a_record_that_cannot_be_a_json_line_is_lost_and_counted_not_raised(
+        caplog: pytest.LogCaptureFixture) -> None:
     """A name with a lone surrogate (msgspec refuses to encode it, the C encoder hands it to
-    msgspec): the request ends as usual, the record is counted failed, the next one is
-    written (ADR 0076)."""
+    msgspec): the request ends as usual, the record is counted failed and the first such
+    failure logged, the next good one is written (ADR 0076)."""
     log = _logger()
     sink = log.lines
     assert sink is not None
     bad = ConnectionFacts("out-\udc80", "outbound", ("127.0.0.1", 5000))
-    log.log(_stream(bad, _ctx(None)), 10.5)
-    assert (sink.stats.offered, sink.stats.failed) == (1, 1)
+    with caplog.at_level(logging.ERROR, logger="tulle.telemetry.logs"):
+        log.log(_stream(bad, _ctx(None)), 10.5)
+        log.log(_stream(bad, _ctx(None)), 10.5)
+    assert (sink.stats.offered, sink.stats.failed) == (2, 2)
+    assert len([r for r in caplog.records if "could not be encoded" in r.message]) == 1
     log.log(_stream(ConnectionFacts("out", "outbound", ("127.0.0.1", 5000)), _ctx(None)), 10.5)
-    assert (sink.stats.offered, sink.stats.failed, len(sink._queue)) == (2, 1, 1)
+    assert (sink.stats.offered, sink.stats.failed, len(sink._queue)) == (3, 2, 1)
