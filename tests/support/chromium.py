@@ -88,6 +88,17 @@ class Page:
             raise AssertionError(f"{expression}: {r['exceptionDetails']}")
         return (r.get("result") or {}).get("value")
 
+    async def poll(self, expression: str) -> Any:
+        """`evaluate` for a condition polled while the page may be navigating: an evaluation
+        the navigation cut short (CDP's "Inspected target navigated or closed") reads as
+        None, "not yet", where `evaluate` fails (a launcher page that redirects raced one)."""
+        try:
+            return await self.evaluate(expression)
+        except AssertionError as exc:
+            if "navigated or closed" in str(exc):
+                return None
+            raise
+
     async def close(self) -> None:
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

@@ -45,7 +45,7 @@ async def test_the_token_never_reaches_a_browsers_command_line(tmp_path: Path) -
             await page.send("Page.navigate", url=opened)
 
             async def arrived() -> bool:
-                return bool(await page.evaluate(
+                return bool(await page.poll(
                     "location.pathname === '/dashboard/' && "
                     "sessionStorage.getItem('tulle-token') !== null"))
 
