@@ -6,8 +6,8 @@ fields costs a key insertion per field and is encoded by looking every key up ag
 once, per class.  `gc=False`: its values are strings, numbers and None, so the records waiting
 in a sink's queue are no work for the cycle collector.  The field order is
 `proxyconfig/log_fields.ACCESS_FIELDS` (a unit test holds them equal), so the line is byte for
-byte the one the dict gave (ADR 0062).  Text formats and OTLP sinks read records as mappings
-and still get the dict (`access_log.AccessLogger.record`).
+byte the one the dict gave (ADR 0062).  Text formats and OTLP sinks read records as mappings:
+`record_dict`.
 
 Since ADR 0076 the line is made when the request ends, by `access_line`: the C encoder
 `_aline`, built with the compiled hot path (`scripts/build_native.py`) and used when that
@@ -15,7 +15,9 @@ runs, else `encode_line` here, which makes the struct and encodes it.  Both
 take the same values (header fields as the request's bytes, read as Latin-1; durations as
 integer microseconds) and give the same bytes (a test holds them equal); the C encoder hands
 a record it cannot write the same way (a lone surrogate, a duration out of its range) to
-`encode_line`.  The sink then only joins lines (`json_lines`).
+`encode_line`.  The sink then only joins lines (`json_lines`).  The access log lists a
+record's values once, as one tuple; the struct, the line and the dict are all made from it
+(`record_fields`: bytes read as Latin-1, microseconds as milliseconds).
 
 Not compiled (`tulle.native.COMPILED`): mypyc does not build classes on msgspec's metaclass;
 the compiled access log calls these like any Python callable.
@@ -23,10 +25,12 @@ the compiled access log calls these like any Python callable.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import msgspec
+
+from tulle.proxyconfig.log_fields import ACCESS_FIELDS
 
 
 class AccessRecord(msgspec.Struct, gc=False):
@@ -64,34 +68,36 @@ _encoder: Final = msgspec.json.Encoder()
 _encode: Final = _encoder.encode
 _encode_lines: Final = _encoder.encode_lines
 
-Text = str | bytes | None
-"""A string field: text, the request's bytes (read as Latin-1), or None (`null`)."""
+_DURATIONS: Final = frozenset(
+    ACCESS_FIELDS.index(name)
+    for name in ("duration", "response_duration", "upstream_duration"))
+"""Where a record's values are integer microseconds (the line writes milliseconds)."""
 
 
-def _text(value: Text) -> str | None:
-    return value.decode("latin-1") if isinstance(value, bytes) else value
+def _field(i: int, v: Any) -> Any:
+    if isinstance(v, bytes):
+        return v.decode("latin-1")
+    if v is not None and i in _DURATIONS:
+        return float(v) / 1000.0
+    return v
 
 
-def _ms(us: int | None) -> float | None:
-    """Integer microseconds as the record's milliseconds (3 decimals)."""
-    return None if us is None else float(us) / 1000.0
+def record_fields(values: Sequence[Any]) -> list[Any]:
+    """A record's values (`ACCESS_FIELDS`' order, as the access log hands them over: header
+    fields as the request's bytes, durations in integer microseconds) as the record's fields:
+    bytes read as Latin-1, durations as milliseconds (3 decimals)."""
+    return [_field(i, v) for i, v in enumerate(values)]
 
 
-def encode_line(start: str, method: Text, path: Text, protocol: str, status: int, flags: str,
-                details: Text, received: int, sent: int, duration: int,
-                response_duration: int | None, upstream_duration: int | None,
-                upstream_host: Text, cluster: Text, route: Text, attempts: int,
-                request_id: Text, trace_id: Text, authority: Text, user_agent: Text,
-                forwarded: Text, peer: Text, sni: Text, source: Text, dest: Text,
-                direction: str, listener: str, authz: Text) -> bytes:
-    """One record's JSON line (newline ended), through the struct: `access_line`'s values,
-    `ACCESS_FIELDS`' order.  Raises what msgspec raises for a value it cannot encode."""
-    return _encode(AccessRecord(
-        start, _text(method), _text(path), protocol, status, flags, _text(details), received,
-        sent, float(duration) / 1000.0, _ms(response_duration), _ms(upstream_duration),
-        _text(upstream_host), _text(cluster), _text(route), attempts, _text(request_id),
-        _text(trace_id), _text(authority), _text(user_agent), _text(forwarded), _text(peer),
-        _text(sni), _text(source), _text(dest), direction, listener, _text(authz))) + b"\n"
+def record_dict(values: Sequence[Any]) -> dict[str, Any]:
+    """The record as a mapping of its fields (what text formats and OTLP sinks read)."""
+    return dict(zip(ACCESS_FIELDS, record_fields(values), strict=True))
+
+
+def encode_line(*values: Any) -> bytes:
+    """One record's JSON line (newline ended), through the struct, from the same values as
+    `access_line`.  Raises what msgspec raises for a value it cannot encode."""
+    return _encode(AccessRecord(*record_fields(values))) + b"\n"
 
 
 def _native_line() -> Callable[..., bytes] | None:
@@ -124,4 +130,5 @@ def json_lines(records: Iterable[Any]) -> bytes:
     return _encode_lines(records)
 
 
-__all__ = ["NATIVE_LINE", "AccessRecord", "access_line", "encode_line", "json_lines"]
+__all__ = ["NATIVE_LINE", "AccessRecord", "access_line", "encode_line", "json_lines", "record_dict",
+           "record_fields"]
