@@ -87,12 +87,21 @@ def type_sources() -> dict[str, str]:
                         and module_file(name) is not None):
                     seen.add(name)
                     todo.append(name)
-    found = {name: hashlib.sha256(path.read_bytes()).hexdigest()
-             for name in sorted(seen - set(native.COMPILED))
-             if (path := module_file(name)) is not None}
-    for name, source in C_MODULES.items():  # a changed C source needs a build as well
-        found[f"{name}.c"] = hashlib.sha256((ROOT / source).read_bytes()).hexdigest()
-    return found
+    return {name: hashlib.sha256(path.read_bytes()).hexdigest()
+            for name in sorted(seen - set(native.COMPILED))
+            if (path := module_file(name)) is not None}
+
+
+def c_sources() -> dict[str, str]:
+    """The C modules' sources (`C_MODULES`), keyed `<module>.c`, with their SHA-256."""
+    return {f"{name}.c": hashlib.sha256((ROOT / source).read_bytes()).hexdigest()
+            for name, source in C_MODULES.items()}
+
+
+def build_inputs() -> dict[str, str]:
+    """What a build depends on beyond the compiled sources (the manifest's): the type sources
+    and the C sources, recorded together in `TYPES`."""
+    return {**type_sources(), **c_sources()}
 
 
 def read_types(path: Path = TYPES) -> dict[str, str] | None:
@@ -135,7 +144,7 @@ def needs_build() -> str | None:
     for name in native.COMPILED:
         if built.get(name, ("", ""))[1] != sha256(name):
             return f"{name}: source changed since the build"
-    return types_changed(read_types(), type_sources())
+    return types_changed(read_types(), build_inputs())
 
 
 def write_manifest(hashes: dict[str, str], stamps: dict[str, str]) -> None:
@@ -164,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     # Taken before compiling: a source edited during the build then reads as stale.
     hashes = {name: sha256(name) for name in native.COMPILED}
     stamps = {name: native.source_stamp(name) for name in native.COMPILED}
-    types = type_sources()
+    types = build_inputs()
     build()
     missing = [name for name in (*native.COMPILED, *C_MODULES) if not native.has_extension(name)]
     if missing:

@@ -177,10 +177,12 @@ def test_the_build_tracks_the_modules_the_compiled_ones_take_types_from() -> Non
         "types from it)")
     assert mod.types_changed(dict(current, **{"tulle.gone": "0" * 64}), current) == (
         "tulle.gone: no longer imported by the compiled modules")
-    # The hand-written C modules' sources are tracked the same way.
+    # The hand-written C modules' sources are recorded and compared with them.
     c_source = "tulle.dataplane.telemetry._aline.c"
-    assert c_source in current
-    assert mod.types_changed(dict(current, **{c_source: "0" * 64}), current) == (
+    assert c_source not in current
+    inputs = mod.build_inputs()
+    assert inputs == {**current, **mod.c_sources()} and c_source in inputs
+    assert mod.types_changed(dict(inputs, **{c_source: "0" * 64}), inputs) == (
         f"{c_source}: C source changed since the build")
 
 
