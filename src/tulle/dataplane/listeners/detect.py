@@ -165,22 +165,24 @@ class Deciding(asyncio.Protocol, Connection):
     def start_drain(self) -> None:
         """Nothing is in flight yet: an orderly close (a FIN, as an idle HTTP/1 connection
         gets), never a reset, so a client that connected ahead of its first request opens a
-        new connection instead of seeing an error.  Counted closed now, as `abort` does."""
-        t = self.transport
-        if t is None or self._done:
-            return
-        self._finish()
-        self.transport = None
-        self.handle.connection_closed(self)
-        t.close()
+        new connection instead of seeing an error."""
+        if self.transport is not None and not self._done:
+            self._close_now(reset=False)
 
     def abort(self) -> None:
+        self._close_now(reset=True)
+
+    def _close_now(self, reset: bool) -> None:
+        """Finish, count the connection closed, then close its transport (reset or FIN)."""
         t = self.transport
         self._finish()
         self.transport = None
         self.handle.connection_closed(self)
         if t is not None:
-            t.abort()
+            if reset:
+                t.abort()
+            else:
+                t.close()
 
 
 class Sniffing(Protocol):

@@ -87,8 +87,8 @@ class LineSink:
         """Records alone: a line carries its time inside the record, so the `time_ns` of
         `offer` is not kept (no tuple per record for the cycle collector to scan, ADR 0066)."""
         self._append: Callable[[Any], None] = self._queue.append
-        """The queue's `append`, bound once: compiled code calls a deque's method by name
-        (a method lookup per record, ~900 instructions with the call under callgrind)."""
+        """The queue's `append`, bound once: compiled code calls a deque's method by name, a
+        method lookup per record (`offer` ~120 instructions cheaper under callgrind)."""
         self._wake = threading.Event()
         self._stop = False
         self._fd = -1
