@@ -4,8 +4,9 @@
 #   make bench-quick   ~70 s: HTTP/1.1 direct vs Tulle (without and with two header modifiers;
 #                      ten routing rules) vs HAProxy (also with the same ten rules as ACLs) vs
 #                      nginx -> bench/results/quick.json
-#   make bench         ~3-4 min: the same, longer, plus h2c and raw TCP, the mTLS and resilience
-#                      rows -> bench/results/full.json
+#   make bench         ~15 min: the same, longer, plus h2c and raw TCP, the mTLS and resilience
+#                      rows, each saturation figure under a half-CPU quota (ADR 0077), then
+#                      bench.netns -> bench/results/full.json
 #                      and the results section of docs/performance.md
 #   make bench-profile py-spy on Tulle under wrk: hottest functions -> bench/results/profile.json
 #   make bench-controlplane  ~1 min: 1,000 services, 2,000 simulated proxies, one control plane:

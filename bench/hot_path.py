@@ -17,13 +17,17 @@ running every phase on every peer, so a burst of other work on a shared machine 
 
 Phases: `keepalive` (wrk, 1 thread, 50 connections: CPU µs per request at saturation) and
 `close` (wrk, 10 connections, ``Connection: close``: a new connection per request, where
-detection is paid).  Figures: per peer and phase, the median over the rounds of proxy CPU µs
-per request, with min and max; per round the ratio to HAProxy, and the median of those.
+detection is paid).  Each proxy is held to half a CPU by a cgroup CPU quota while it is loaded
+(`--sat-quota`, ADR 0077), so it and not the load side is the limit; `util` is then the share
+of its quota it used (0 for no quota: the maximum rate, and `util` in CPUs).  Figures: per
+peer and phase, the median over the rounds of proxy CPU µs per request, with min and max; per
+round the ratio to HAProxy, and the median of those.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -33,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.cpu_quota import CpuQuota, open_quota
 from bench.peers import (
     PROXY_CPU,
     Running,
@@ -74,18 +79,23 @@ def compiled(pids: list[int]) -> bool:
     return False
 
 
-def load(r: Running, phase: str, seconds: float) -> dict[str, Any]:
+def load(r: Running, phase: str, seconds: float, quota: CpuQuota | None) -> dict[str, Any]:
     spec = PHASES[phase]
-    c0, _ = cpu_seconds(r.pids)
-    t0 = time.monotonic()
-    res = run_wrk(r.port, duration=seconds, connections=int(spec["connections"]),  # type: ignore[call-overload]
-                  headers=tuple(spec["headers"]))  # type: ignore[arg-type]
-    wall = time.monotonic() - t0
-    c1, _ = cpu_seconds(r.pids)
+    with contextlib.ExitStack() as stack:
+        throttling = stack.enter_context(quota.holding(r.pids)) if quota is not None else None
+        c0, _ = cpu_seconds(r.pids)
+        t0 = time.monotonic()
+        res = run_wrk(r.port, duration=seconds, connections=int(spec["connections"]),  # type: ignore[call-overload]
+                      headers=tuple(spec["headers"]))  # type: ignore[arg-type]
+        wall = time.monotonic() - t0
+        c1, _ = cpu_seconds(r.pids)
     n = max(res["requests"], 1)
-    return {"cpu_us_per_req": (c1 - c0) / n * 1e6, "rps": res["rps"],
-            "cpu_util": (c1 - c0) / wall, "requests": res["requests"],
-            "errors": res["socket_errors"] + res["non2xx"]}
+    out = {"cpu_us_per_req": (c1 - c0) / n * 1e6, "rps": res["rps"],
+           "cpu_util": (c1 - c0) / wall / (quota.share if quota is not None else 1.0),
+           "requests": res["requests"], "errors": res["socket_errors"] + res["non2xx"]}
+    if throttling is not None:
+        out["throttled_share"] = round(throttling.share, 3)
+    return out
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -102,11 +112,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--peers", default="haproxy,tulle,tulle-pure,tulle-auto,relay",
                     help="which peers (tulle-base is added by --base)")
     ap.add_argument("--phases", default=",".join(PHASES))
+    ap.add_argument("--sat-quota", type=float, default=0.5,
+                    help="share of a CPU each proxy may use while loaded (0: no quota)")
     args = ap.parse_args(argv)
+    quota, method = open_quota(args.sat_quota or None)
     env = dict(os.environ)
     env.pop("TULLE_PURE", None)
-    with tempfile.TemporaryDirectory(prefix="tulle-hotpath-") as tmp, \
-            ProcessSet(Path(tmp)) as ps:
+    print("loaded:", method, file=sys.stderr)
+    with contextlib.ExitStack() as stack:
+        if quota is not None:
+            stack.enter_context(quota)  # (left after the processes below are stopped)
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="tulle-hotpath-"))
+        ps = stack.enter_context(ProcessSet(Path(tmp)))
         Path(tmp).chmod(0o755)  # nginx workers drop privileges and must read the origin's file
         origin = start_origin(ps)
         starters = {
@@ -140,12 +157,12 @@ def main(argv: list[str] | None = None) -> None:
             got: dict[str, dict[str, Any]] = {}
             for phase in phases:
                 for r in order:
-                    got.setdefault(r.name, {})[phase] = m = load(r, phase, args.seconds)
+                    got.setdefault(r.name, {})[phase] = m = load(r, phase, args.seconds, quota)
                     print(f"round {i} {phase:9} {r.name:11} {m['cpu_us_per_req']:7.1f} µs/req "
                           f"{m['rps']:9.0f} rps util {m['cpu_util']:.2f} err {m['errors']}",
                           file=sys.stderr)
             rounds.append(got)
-        out: dict[str, Any] = {"rounds": rounds, "modes": modes,
+        out: dict[str, Any] = {"rounds": rounds, "modes": modes, "loaded": method,
                                "loadavg_before": loadavg_before,
                                "loadavg_after": os.getloadavg(), "peers": {}, "ratios": {}}
         for r in peers:

@@ -8,6 +8,14 @@ Every figure is taken per round and reported as the **median of the rounds with 
 spread** (`<key>_range`: the smallest and largest round, `<key>_by_round`: each), never the
 best round (issue 13); percentiles of all rounds' latency samples merged are kept beside
 them (`pooled_ms`).  The h2c, TCP and gRPC passes run in rounds the same way (`extra_rounds`).
+
+"At saturation" (`cpu_us_per_req_sat`, `cpu_util_sat`) is taken with the proxy held to a CPU
+quota when the run has one (`bench/cpu_quota.py`, ADR 0077): the proxy is then the limit of
+its run whatever the load side can do, and `cpu_util_sat` is the share of its quota it used.
+The closed-loop maximum rate is still measured without a quota (`rps_max`, and
+`cpu_us_per_req_max_rate` / `cpu_util_max_rate` beside it).  Without a quota the maximum
+rate's figures are the saturation figures, as before, and a proxy busy for less than 95% of
+its CPU there leaves its comparisons undecided (`bench/run.py`).
 """
 
 from __future__ import annotations
@@ -15,10 +23,12 @@ from __future__ import annotations
 import statistics
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.cpu_quota import CpuQuota, Throttling
 from bench.loadgen import percentiles
 from bench.peers import (
     GRPC_H2LOAD_HEADERS,
@@ -39,7 +49,8 @@ def rnd(x: float, nd: int = 3) -> float:
 
 
 SPREAD_KEYS = ("p50_ms", "p90_ms", "p99_ms", "p999_ms", "cpu_us_per_req", "rps_max",
-               "cpu_us_per_req_sat", "cpu_util_sat")
+               "cpu_us_per_req_sat", "cpu_util_sat", "cpu_us_per_req_max_rate",
+               "cpu_util_max_rate", "throttled_share_sat")
 """The figures reported as the median of the rounds with their spread."""
 
 
@@ -51,7 +62,8 @@ def with_spread(out: dict[str, Any], rounds: list[dict[str, Any]],
         values = [r[key] for r in rounds if isinstance(r.get(key), (int, float))]
         if not values or len(values) != len(rounds):
             continue
-        nd = 0 if key == "rps_max" else 4 if key.endswith("_ms") else 2 if key == "cpu_util_sat" else 1
+        nd = (0 if key == "rps_max" else 4 if key.endswith("_ms")
+              else 2 if key.startswith(("cpu_util", "throttled")) else 1)
         out[key] = rnd(statistics.median(values), nd) if nd else round(statistics.median(values))
         out[f"{key}_range"] = [rnd(min(values), nd), rnd(max(values), nd)]
         out[f"{key}_by_round"] = [rnd(v, nd) for v in values]
@@ -125,6 +137,7 @@ class Tally:
     sat_cpu: float = 0.0
     sat_wall: float = 0.0
     sat_done: int = 0
+    quota_rounds: list[dict[str, Any]] = field(default_factory=list)
 
     def fixed_round(self, plan: Plan) -> None:
         with Meter(self.target.pids) as m:
@@ -151,16 +164,24 @@ class Tally:
         self.sat_wall += m.wall
         self.sat_done += res["requests"]
 
+    def quota_round(self, plan: Plan, quota: CpuQuota) -> None:
+        """A closed-loop round with the proxy held to `quota`: CPU per request at saturation."""
+        with quota.holding(self.target.pids) as throttling, Meter(self.target.pids) as m:
+            res = run_wrk(self.target.port, duration=plan.wrk_s, connections=plan.wrk_conns,
+                          path=self.target.path, headers=self.target.headers)
+        self.quota_rounds.append(quota_record(res, m, quota, throttling))
+
     def result(self) -> dict[str, Any]:
         lat = percentiles(self.samples)
         per_round: list[dict[str, Any]] = []
-        for f, w in zip(self.fixed_rounds, self.wrk_rounds, strict=True):
+        quotas: list[dict[str, Any] | None] = (
+            list(self.quota_rounds) if self.quota_rounds else [None] * len(self.wrk_rounds))
+        for f, w, q in zip(self.fixed_rounds, self.wrk_rounds, quotas, strict=True):
             r: dict[str, Any] = {f"{k}_ms": f["latency_ms"][k] for k in ("p50", "p90", "p99", "p999")}
             r["rps_max"] = w["rps"]
             if self.target.pids:
                 r["cpu_us_per_req"] = f["proxy_cpu_s"] * 1e6 / max(1, f["completed"])
-                r["cpu_us_per_req_sat"] = w["proxy_cpu_s"] * 1e6 / max(1, w["requests"])
-                r["cpu_util_sat"] = w["proxy_cpu_s"] / max(1e-9, w["wall_s"])
+                r.update(saturation(w["proxy_cpu_s"], w["wall_s"], w["requests"], q))
             per_round.append(r)
         out: dict[str, Any] = {
             "pooled_ms": {k: rnd(lat[k], 4) for k in ("p50", "p90", "p99", "p999", "max", "mean")},
@@ -188,15 +209,48 @@ class Tally:
         for w in self.wrk_rounds:
             if w["non2xx"] or w["socket_errors"]:
                 problems.append(f"wrk: {w['non2xx']} non-2xx, {w['socket_errors']} socket errors")
+        problems.extend(f"under the CPU quota: {q['errors']} non-2xx or socket errors"
+                        for q in self.quota_rounds if q["errors"])
         if problems:
             out["problems"] = problems
         out["fixed_rounds"] = self.fixed_rounds
         out["wrk_rounds"] = self.wrk_rounds
+        if self.quota_rounds:
+            out["quota_rounds"] = self.quota_rounds
+            out["cpu_quota"] = self.quota_rounds[0]["cpu_quota"]
         return out
 
 
-def http1_rounds(targets: list[Running], plan: Plan) -> dict[str, dict[str, Any]]:
-    """All fixed-rate rounds first (so wrk's load never precedes them), then all wrk rounds."""
+def quota_record(load: dict[str, Any], m: Meter, quota: CpuQuota,
+                 throttling: Throttling) -> dict[str, Any]:
+    """What a round under `quota` keeps: the load's counts, the proxy's CPU and wall time,
+    and how often the kernel throttled it (the evidence that it was the limit)."""
+    return {"requests": load["requests"], "rps": load["rps"], "proxy_cpu_s": rnd(m.proxy_s, 4),
+            "wall_s": rnd(m.wall, 4), "cpu_quota": quota.share,
+            "throttled_share": rnd(throttling.share, 3), "contention": m.contention(),
+            "errors": load.get("non2xx", 0) + load.get("socket_errors", 0)
+            + load.get("failed", 0)}
+
+
+def saturation(cpu_s: float, wall_s: float, requests: int,
+               quota: dict[str, Any] | None) -> dict[str, float]:
+    """A round's saturation figures: from its quota round when there is one (the maximum
+    rate's own then kept as `*_max_rate`), else from the maximum rate."""
+    at_max = {"cpu_us_per_req_sat": cpu_s * 1e6 / max(1, requests),
+              "cpu_util_sat": cpu_s / max(1e-9, wall_s)}
+    if quota is None:
+        return at_max
+    return {"cpu_us_per_req_max_rate": at_max["cpu_us_per_req_sat"],
+            "cpu_util_max_rate": at_max["cpu_util_sat"],
+            "cpu_us_per_req_sat": quota["proxy_cpu_s"] * 1e6 / max(1, quota["requests"]),
+            "cpu_util_sat": quota["proxy_cpu_s"] / max(1e-9, quota["wall_s"]) / quota["cpu_quota"],
+            "throttled_share_sat": quota["throttled_share"]}
+
+
+def http1_rounds(targets: list[Running], plan: Plan,
+                 quota: CpuQuota | None = None) -> dict[str, dict[str, Any]]:
+    """All fixed-rate rounds first (so wrk's load never precedes them), then all wrk rounds,
+    then (with a `quota`) the rounds at saturation under it."""
     tallies = [Tally(t, RssSampler(t.pids)) for t in targets]
     time.sleep(0.3)  # let start-up allocations settle
     for t in tallies:
@@ -205,40 +259,68 @@ def http1_rounds(targets: list[Running], plan: Plan) -> dict[str, dict[str, Any]
             t.sampler.start()
     try:
         n = len(tallies)
-        for phase in ("fixed", "wrk"):
+        for phase in ("fixed", "wrk", "quota") if quota is not None else ("fixed", "wrk"):
             for i in range(plan.rounds):
                 order = tallies[i % n:] + tallies[: i % n]
                 for t in order:
+                    if phase == "quota" and not t.target.pids:
+                        continue  # (direct: no proxy to hold)
                     print(f"  {phase} round {i + 1}/{plan.rounds}: {t.target.name}", flush=True)
                     if phase == "fixed":
                         t.fixed_round(plan)
-                    else:
+                    elif phase == "wrk":
                         t.wrk_round(plan)
+                    else:
+                        assert quota is not None
+                        t.quota_round(plan, quota)
     finally:
         for t in tallies:
             t.sampler.stop()
     return {t.target.name: t.result() for t in tallies}
 
 
-def measure_extra(r: Running, protocol: str, plan: Plan) -> dict[str, Any]:
-    """h2c (h2load) or TCP (wrk through the relay): throughput and CPU per request."""
+def measure_extra(r: Running, protocol: str, plan: Plan,
+                  quota: CpuQuota | None = None) -> dict[str, Any]:
+    """h2c (h2load) or TCP (wrk through the relay): throughput and CPU per request (at
+    saturation under `quota` when given, measured after the maximum rate)."""
     sampler = RssSampler(r.pids)
     time.sleep(0.2)
     idle = rss_bytes(r.pids)
-    with sampler.running(), Meter(r.pids) as m:
+
+    def run() -> dict[str, Any]:
         if protocol == "h2c":
-            load = run_h2load(r.port, duration=plan.extra_s, clients=10, streams=10)
-        else:
-            load = run_wrk(r.port, duration=plan.extra_s, connections=plan.wrk_conns)
+            return run_h2load(r.port, duration=plan.extra_s, clients=10, streams=10)
+        return run_wrk(r.port, duration=plan.extra_s, connections=plan.wrk_conns)
+
+    with sampler.running(), Meter(r.pids) as m:
+        load = run()
     out: dict[str, Any] = {
         "rps_max": round(load["rps"]),
-        "cpu_us_per_req_sat": rnd(m.proxy_s * 1e6 / max(1, load["requests"]), 1),
-        "cpu_util_sat": rnd(m.proxy_s / m.wall, 2),
         "rss_idle_mb": rnd(idle / MB, 1), "rss_mb": rnd(sampler.peak / MB, 1),
         "contention": m.contention(), "load": load}
+    out.update(_under_quota(r, quota, run, m, load))
     failed = load.get("failed", 0) or load.get("non2xx", 0) or load.get("socket_errors", 0)
     if failed:
-        out["problems"] = [f"{failed} failed requests"]
+        out.setdefault("problems", []).append(f"{failed} failed requests")
+    return out
+
+
+def _under_quota(r: Running, quota: CpuQuota | None, run: Callable[[], dict[str, Any]],
+                 m: Meter, load: dict[str, Any]) -> dict[str, Any]:
+    """The saturation figures of an h2c / TCP / gRPC pass: the same load run again with the
+    proxy held to `quota` (`saturation`), or the maximum rate's (`m`, `load`) without one."""
+    if quota is None or not r.pids:
+        return {k: rnd(v, 2 if k.startswith("cpu_util") else 1)
+                for k, v in saturation(m.proxy_s, m.wall, load["requests"], None).items()}
+    with quota.holding(r.pids) as throttling, Meter(r.pids) as qm:
+        qload = run()
+    q = quota_record(qload, qm, quota, throttling)
+    out: dict[str, Any] = {k: rnd(v, 2 if k.startswith(("cpu_util", "throttled")) else 1)
+                           for k, v in saturation(m.proxy_s, m.wall, load["requests"], q).items()}
+    out["cpu_quota"] = quota.share
+    out["quota_load"] = q
+    if q["errors"]:
+        out["problems"] = [f"under the CPU quota: {q['errors']} failed"]
     return out
 
 
@@ -269,27 +351,30 @@ def run_h2load_grpc(port: int, tmp: Path, *, duration: float, log: Path) -> dict
     return res
 
 
-def measure_grpc(r: Running, plan: Plan, tmp: Path) -> dict[str, Any]:
+def measure_grpc(r: Running, plan: Plan, tmp: Path,
+                 quota: CpuQuota | None = None) -> dict[str, Any]:
     """gRPC unary calls through `r` (or straight to the origin for `direct`), closed loop:
     calls per second, proxy CPU per call, memory, and the calls' latency under that load."""
     sampler = RssSampler(r.pids)
     time.sleep(0.2)
     idle = rss_bytes(r.pids)
-    with sampler.running(), Meter(r.pids) as m:
-        load = run_h2load_grpc(r.port, tmp, duration=plan.extra_s,
+    def run() -> dict[str, Any]:
+        return run_h2load_grpc(r.port, tmp, duration=plan.extra_s,
                                log=tmp / f"h2load-grpc-{r.name}.log")
+
+    with sampler.running(), Meter(r.pids) as m:
+        load = run()
     lat = load["latency_ms"]
     out: dict[str, Any] = {"rps_max": round(load["rps"])}
     out.update({f"{k}_ms": lat[k] for k in ("p50", "p90", "p99", "p999", "max", "mean") if k in lat})
     if r.pids:
-        out.update({
-            "cpu_us_per_req_sat": rnd(m.proxy_s * 1e6 / max(1, load["requests"]), 1),
-            "cpu_util_sat": rnd(m.proxy_s / m.wall, 2),
-            "rss_idle_mb": rnd(idle / MB, 1), "rss_mb": rnd(sampler.peak / MB, 1)})
+        out.update({"rss_idle_mb": rnd(idle / MB, 1), "rss_mb": rnd(sampler.peak / MB, 1)})
+        out.update(_under_quota(r, quota, run, m, load))
     out.update(contention=m.contention(), load=load)
     failed = load.get("failed", 0) + load["not200"]
     if failed:
-        out["problems"] = [f"{load.get('failed', 0)} failed calls, {load['not200']} not 200"]
+        out.setdefault("problems", []).append(
+            f"{load.get('failed', 0)} failed calls, {load['not200']} not 200")
     return out
 
 

@@ -27,8 +27,11 @@ ROWS = (
     ("added_p99_ms_vs_direct", "added p99 over direct (ms)"),
     ("cpu_us_per_req", "proxy CPU per request at 1,000 rps (µs)"),
     ("rps_max", "max rate, wrk 1 thread x 50 conns (req/s)"),
-    ("cpu_us_per_req_sat", "proxy CPU per request at max rate (µs)"),
-    ("cpu_util_sat", "proxy CPU busy at max rate (cores)"),
+    ("cpu_us_per_req_max_rate", "proxy CPU per request at max rate (µs)"),
+    ("cpu_util_max_rate", "proxy CPU busy at max rate (cores)"),
+    ("cpu_us_per_req_sat", "proxy CPU per request at saturation (µs)"),
+    ("cpu_util_sat", "proxy busy at saturation (share of its CPU or quota)"),
+    ("throttled_share_sat", "periods throttled by the quota at saturation"),
     ("rss_idle_mb", "RSS idle (MB)"),
     ("rss_mb", "RSS peak under load (MB)"),
 )
@@ -64,6 +67,8 @@ def http1_table(res: dict[str, Any]) -> list[str]:
     lines = ["| | " + " | ".join(TITLES[p] for p in peers) + " | Tulle ÷ HAProxy |",
              "|---|" + "---:|" * (len(peers) + 1)]
     for key, label in ROWS:
+        if not any(key in res[p] for p in peers):
+            continue  # (the max-rate rows repeat the saturation rows without a quota)
         cells = [_cell(res[p], key) for p in peers]
         lines.append(f"| {label} | " + " | ".join(cells) + f" | {_fmt(ratio.get(key))} |")
     for key, label in (("others_on_proxy_cpu", "other processes on CPU 0 (fixed / max)"),
@@ -91,7 +96,8 @@ def extra_table(res: dict[str, Any], protocol: str) -> list[str]:
     section = res.get(protocol)
     if section is None:
         return []
-    lines = ["| peer | max rate (req/s) | CPU per request (µs) | CPU busy (cores) | RSS peak (MB) |",
+    lines = ["| peer | max rate (req/s) | CPU per request at saturation (µs) | "
+             "busy at saturation (share of CPU or quota) | RSS peak (MB) |",
              "|---|---:|---:|---:|---:|"]
     for name in ("tulle", "haproxy", "nginx"):
         key = f"{name}/{protocol}"
@@ -110,8 +116,9 @@ def extra_table(res: dict[str, Any], protocol: str) -> list[str]:
     return lines
 
 
-GRPC_COLUMNS = (("rps_max", "calls/s"), ("cpu_us_per_req_sat", "CPU per call (µs)"),
-                ("cpu_util_sat", "CPU busy (cores)"), ("rss_mb", "RSS peak (MB)"),
+GRPC_COLUMNS = (("rps_max", "calls/s"), ("cpu_us_per_req_sat", "CPU per call at saturation (µs)"),
+                ("cpu_util_sat", "busy at saturation (share of CPU or quota)"),
+                ("rss_mb", "RSS peak (MB)"),
                 ("p50_ms", "latency p50 (ms)"), ("p99_ms", "latency p99 (ms)"))
 
 
@@ -167,7 +174,7 @@ def _saturation_note(res: dict[str, Any]) -> list[str]:
     if not undecided:
         return []
     listed = "; ".join(f"`{name}`: {why}" for name, why in sorted(undecided.items()))
-    return [f"**Not at saturation:** the ratios and targets at the maximum rate below decide "
+    return [f"**Not at saturation:** the ratios and targets at saturation below decide "
             f"nothing for these comparisons, whose figures were taken below saturation "
             f"(fewer requests per wake-up, more system calls per request): {listed}.", ""]
 
@@ -191,6 +198,8 @@ def section(res: dict[str, Any]) -> str:
         f"Fixed rate: {plan['fixed_rate']:g} req/s for {plan['fixed_s']:g} s "
         f"(+{plan['warmup_s']:g} s warm-up) over {plan['fixed_conns']} connections. "
         f"Max rate: wrk, 1 thread, {plan['wrk_conns']} connections, {plan['wrk_s']:g} s. "
+        f"At saturation: {res.get('saturation', 'maximum rate')} (the same wrk load; "
+        f"ADR 0077). "
         f"Each figure is the median of {plan['rounds']} rounds (peers loaded in rotating order) "
         f"with the smallest and largest round in brackets; ratios are medians of the per-round "
         f"ratios. The relay is `bench/relay.py`, a minimal uvloop + httptools proxy: the floor "

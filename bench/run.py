@@ -8,7 +8,9 @@ For each peer (HTTP/1.1, 1 KiB responses, keep-alive, one hop):
 1. fixed rate (1,000 rps, our own generator, latency from the scheduled send time):
    p50/p90/p99/p99.9 and the proxy's CPU microseconds per request;
 2. closed loop (wrk, 1 thread, 50 connections): the maximum rate and CPU per request there;
-3. resident memory at idle and its peak under load (sampled every 100 ms).
+3. closed loop again with the proxy held to half a CPU (a cgroup CPU quota, ADR 0077): CPU per
+   request at saturation, the proxy and not the load side being the limit;
+4. resident memory at idle and its peak under load (sampled every 100 ms).
 
 `tulle-filters` is Tulle with a request and a response header modifier on its route, measured
 in the same HTTP/1.1 rounds as `tulle` (issue 7: filters cost at most +10% CPU per request).
@@ -27,6 +29,7 @@ exit, Ctrl-C or error (see bench/procs.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -42,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import report
+from bench.cpu_quota import CpuQuota, open_quota
 from bench.measure import (
     Plan,
     grpc_rss_after_calls,
@@ -109,20 +113,32 @@ TARGET_MTLS_RSS_MB = 40.0
 """Issue 9: a proxy with an identity stays at or under 40 MB (Istio's sidecar: 60 MB)."""
 
 
+SAT_QUOTA = 0.5
+"""The share of its CPU each proxy may use in the rounds at saturation (ADR 0077,
+`bench/cpu_quota.py`): half, so the load side on the other CPU has about twice the proxy's
+CPU and the proxy, not wrk or the origin, is the limit; `--sat-quota 0` measures at the
+maximum rate instead."""
+
 SATURATED = 0.95
 """A proxy driven at its maximum rate is saturated when busy for at least this much of its one
-CPU.  Below it the load generator was the limit: the proxy then answers fewer requests per
-wake-up and pays more system calls per request, so its "CPU per request at saturation" is a
-figure at a lower rate, and a ratio with it decides nothing (docs/performance.md, "Why the
-headline is still the 00:03 run": HAProxy at 0.90-0.92 on a host whose wrk and origin top out
-at 45,000 req/s)."""
+CPU (of its quota, under one).  Below it the load generator was the limit: the proxy then
+answers fewer requests per wake-up and pays more system calls per request, so its "CPU per
+request at saturation" is a figure at a lower rate, and a ratio with it decides nothing
+(docs/performance.md, "Why the headline is still the 00:03 run": HAProxy at 0.90-0.92 on a
+host whose wrk and origin top out at 45,000 req/s)."""
 
 def unsaturated(res: dict[str, Any], peers: tuple[str, ...]) -> str | None:
     """Why a comparison at saturation between `peers` is not decided by this run: the first
-    whose proxy was busy for less than `SATURATED` of its CPU at its maximum rate."""
+    whose proxy was busy for less than `SATURATED` of its CPU at its maximum rate, or of its
+    quota (`cpu_quota`) in the rounds under one."""
     for name in peers:
-        busy = res.get(name, {}).get("cpu_util_sat")
+        peer = res.get(name, {})
+        busy = peer.get("cpu_util_sat")
         if isinstance(busy, (int, float)) and busy < SATURATED:
+            quota = peer.get("cpu_quota")
+            if quota:
+                return (f"{name} used {busy:.2f} of its CPU quota ({quota:g} of a CPU) "
+                        f"(not saturated: the load generator was the limit)")
             return (f"{name} ran at {busy:.2f} of its CPU at its maximum rate (not saturated: "
                     f"the load generator was the limit)")
     return None
@@ -353,19 +369,24 @@ def preflight(plan: Plan) -> None:
         sys.exit(f"needs CPUs {PROXY_CPU} and {LOAD_CPU}; this process may use {sorted(cpus)}")
 
 
-def run(mode: str, peers: list[str]) -> dict[str, Any]:
+def run(mode: str, peers: list[str], sat_quota: float | None = SAT_QUOTA) -> dict[str, Any]:
     plan = PLANS[mode]
     preflight(plan)
     os.sched_setaffinity(0, {LOAD_CPU})  # this runner and its samplers stay off the proxy's CPU
+    quota, method = open_quota(sat_quota)
     res: dict[str, Any] = {
         "mode": mode, "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "plan": plan.__dict__, "machine": machine_info(), "loadavg_before": _loadavg(),
-        "skipped": {}, "errors": {}}
+        "saturation": method, "skipped": {}, "errors": {}}
+    print(f"at saturation: {method}", flush=True)
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="tulle-bench-"))
     tmp.chmod(0o755)  # nginx workers drop privileges and must read the origin's file
     try:
-        with ProcessSet(tmp) as ps:
+        with contextlib.ExitStack() as stack:
+            if quota is not None:
+                stack.enter_context(quota)  # (removed after the processes below are stopped)
+            ps = stack.enter_context(ProcessSet(tmp))
             origin = start_origin(ps)
             print(f"origin nginx on :{origin.port}; temp dir {tmp}", flush=True)
             targets = [Running("direct", origin.port, None)]
@@ -380,7 +401,7 @@ def run(mode: str, peers: list[str]) -> dict[str, Any]:
                     res["errors"][f"{name}/http1"] = str(exc)
                     print(f"  error: {exc}", flush=True)
             print("HTTP/1.1: " + ", ".join(f"{t.name} :{t.port}" for t in targets), flush=True)
-            res.update(http1_rounds(targets, plan))
+            res.update(http1_rounds(targets, plan, quota))
             for t in targets:
                 _show(t.name, res[t.name])
                 if t.name in MTLS_STARTERS:
@@ -389,10 +410,10 @@ def run(mode: str, peers: list[str]) -> dict[str, Any]:
                     ps.stop(t.proc)
             if plan.extra_s:
                 for protocol in ("h2c", "tcp"):
-                    _extra_rounds(ps, peers, protocol, origin.port, plan, res)
+                    _extra_rounds(ps, peers, protocol, origin.port, plan, res, quota)
                 if origin.proc is not None:
                     ps.stop(origin.proc)  # idle from here on; the gRPC origin replaces it
-                _grpc(ps, peers, plan, res)
+                _grpc(ps, peers, plan, res, quota)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     res["loadavg_after"] = _loadavg()
@@ -444,7 +465,8 @@ def write_mtls(path: Path, res: dict[str, Any]) -> None:
     path.write_text(json.dumps(old, indent=2, ensure_ascii=False) + "\n")
 
 
-def _grpc(ps: ProcessSet, peers: list[str], plan: Plan, res: dict[str, Any]) -> None:
+def _grpc(ps: ProcessSet, peers: list[str], plan: Plan, res: dict[str, Any],
+          quota: CpuQuota | None) -> None:
     """gRPC unary: the gRPC origin directly and each peer in front of it, in rounds."""
     print("grpc origin ...", flush=True)
     try:
@@ -455,14 +477,15 @@ def _grpc(ps: ProcessSet, peers: list[str], plan: Plan, res: dict[str, Any]) -> 
         print(f"  error: {exc}", flush=True)
         return
     try:
-        _extra_rounds(ps, peers, "grpc", direct.port, plan, res, direct=direct)
+        _extra_rounds(ps, peers, "grpc", direct.port, plan, res, quota, direct=direct)
     finally:
         if direct.proc is not None:
             ps.stop(direct.proc)
 
 
 def _extra_rounds(ps: ProcessSet, peers: list[str], protocol: str, origin_port: int,
-                  plan: Plan, res: dict[str, Any], direct: Running | None = None) -> None:
+                  plan: Plan, res: dict[str, Any], quota: CpuQuota | None,
+                  direct: Running | None = None) -> None:
     """One of the extra protocols: every peer started and checked, then `plan.rounds` rounds
     loading each in turn (rotating the order, as the HTTP/1 rounds do); each figure is the
     median of the rounds with its spread (`measure.with_spread`)."""
@@ -504,8 +527,8 @@ def _extra_rounds(ps: ProcessSet, peers: list[str], protocol: str, origin_port: 
                 continue
             print(f"  {protocol} round {i + 1}/{plan.rounds}: {r.name}", flush=True)
             try:
-                m = (measure_grpc(r, plan, ps.tmp) if protocol == "grpc"
-                     else measure_extra(r, protocol, plan))
+                m = (measure_grpc(r, plan, ps.tmp, quota) if protocol == "grpc"
+                     else measure_extra(r, protocol, plan, quota))
             except (RuntimeError, ValueError, subprocess.SubprocessError, OSError) as exc:
                 res["errors"][f"{r.name}/{protocol}"] = str(exc)
                 print(f"  error: {exc}", flush=True)
@@ -565,6 +588,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="scheduling niceness for the runner and everything it starts (e.g. -10 "
                          "on a shared machine, root only); recorded in the results")
     ap.add_argument("--doc", type=Path, help="update the results section of this markdown file")
+    ap.add_argument("--sat-quota", type=float, default=SAT_QUOTA,
+                    help="share of a CPU each proxy may use in the rounds at saturation "
+                         "(cgroup CPU quota; 0: none, saturation at the maximum rate instead)")
     ap.add_argument("--mtls-json", type=Path,
                     help="merge the mTLS row's figures into this file (bench/results/mtls.json)")
     args = ap.parse_args(argv)
@@ -577,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _on_term)
     if args.nice:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by every process started
-    res = run(args.mode, peers)
+    res = run(args.mode, peers, args.sat_quota or None)
     res["nice"] = args.nice
     text = json.dumps(res, indent=2, ensure_ascii=False) + "\n"
     if args.json:

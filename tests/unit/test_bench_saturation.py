@@ -56,3 +56,18 @@ def test_saturated_peers_decide_their_targets() -> None:
     assert res["not_saturated"] == {}
     assert _saturation_note(res) == []
     assert "undecided" not in "\n".join(targets_table(res))
+
+
+def test_under_a_cpu_quota_saturation_is_the_share_of_the_quota_used() -> None:
+    res: dict[str, Any] = {
+        "direct": {"p50_ms": 0.1, "p99_ms": 0.2},
+        "tulle": {**_peer(25.0, 0.99), "cpu_quota": 0.5},
+        "haproxy": {**_peer(18.0, 0.90), "cpu_quota": 0.5},  # 0.45 of a CPU of its 0.5
+    }
+    derive(res)
+    cpu = _target(res, "CPU per request ≤")
+    assert cpu["met"] is None
+    assert cpu["undecided"].startswith("haproxy used 0.90 of its CPU quota (0.5 of a CPU)")
+    res["haproxy"]["cpu_util_sat"] = 0.99
+    derive(res)
+    assert _target(res, "CPU per request ≤")["met"] is True
