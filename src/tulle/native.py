@@ -54,6 +54,7 @@ COMPILED: Final = (
     "tulle.dataplane.turn",
     "tulle.dataplane.telemetry.flags",
     "tulle.dataplane.telemetry.access_log",
+    "tulle.dataplane.telemetry.starttime",
     "tulle.dataplane.telemetry.golden",
     "tulle.dataplane.telemetry.sinks",
     "tulle.dataplane.telemetry.tracing.propagation",

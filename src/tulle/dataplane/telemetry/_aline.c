@@ -25,12 +25,13 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
-enum kind { STR, INT, DUR };
+enum kind { STR, INT, DUR, TIME };
 
 #define F(key, kind) {key, sizeof(key) - 1, kind}
 static const struct { const char *key; size_t len; enum kind kind; } FIELD[] = {
-    F("start_time", STR), F("method", STR), F("path", STR), F("protocol", STR),
+    F("start_time", TIME), F("method", STR), F("path", STR), F("protocol", STR),
     F("response_code", INT), F("response_flags", STR), F("response_code_details", STR),
     F("bytes_received", INT), F("bytes_sent", INT), F("duration", DUR),
     F("response_duration", DUR), F("upstream_duration", DUR), F("upstream_host", STR),
@@ -42,6 +43,7 @@ static const struct { const char *key; size_t len; enum kind kind; } FIELD[] = {
 };
 #define NFIELDS ((Py_ssize_t)(sizeof(FIELD) / sizeof(FIELD[0])))
 #define MAX_US 1000000000000000LL /* 10^15 us: below it the decimal is exact (see put_ms) */
+#define MAX_NS 253402300800000000000.0 /* 10000-01-01T00:00:00Z in ns (a double: > 2^63) */
 
 #define SLACK 64  /* room past the line for whole-word copies (a prefix, a string's last word) */
 #define PFX 48    /* a field's prefix, `,"key":`, padded: copied as one fixed-size block */
@@ -161,6 +163,33 @@ static size_t put_ms(char *o, long long us) {
     return n;
 }
 
+/* A start time given as integer nanoseconds since the epoch, as `starttime.start_time` writes
+ * it: `2026-12-03T15:04:05.123Z` (UTC, milliseconds truncated).  The second's text is kept
+ * from the last call: under load many requests end in the same second. */
+static long long last_sec = -1;
+static char sec_text[32];
+static size_t sec_len = 0;
+
+static size_t put_time(char *o, long long ns) {
+    long long ms = ns / 1000000, sec = ms / 1000;
+    if (sec != last_sec) {
+        time_t t = (time_t)sec;
+        struct tm tm;
+        if (gmtime_r(&t, &tm) == NULL) return 0;
+        sec_len = strftime(sec_text, sizeof sec_text, "%Y-%m-%dT%H:%M:%S.", &tm);
+        last_sec = sec_len ? sec : -1;
+        if (!sec_len) return 0;
+    }
+    int r = (int)(ms - sec * 1000);
+    memcpy(o, sec_text, sec_len);
+    o += sec_len;
+    o[0] = (char)('0' + r / 100);
+    o[1] = (char)('0' + (r / 10) % 10);
+    o[2] = (char)('0' + r % 10);
+    o[3] = 'Z';
+    return sec_len + 4;
+}
+
 /* The record goes to the fallback (or ValueError(why) without one).  The call holds its own
  * reference: the fallback is Python code, and a `set_fallback` while it runs would otherwise
  * free the callable being called (a crash, for one that reads itself after its callee, such
@@ -194,7 +223,18 @@ static PyObject *access_line(PyObject *self, PyObject *const *args, Py_ssize_t n
         text[i] = NULL;
         len[i] = 0;
         if (v == Py_None) { need += 4; continue; }
-        if (FIELD[i].kind == STR) {
+        if (FIELD[i].kind == TIME && PyLong_CheckExact(v)) {  /* nanoseconds */
+            int overflow = 0;
+            long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
+            if (overflow || (x == -1 && PyErr_Occurred()) || x < 0 || (double)x >= MAX_NS) {
+                PyErr_Clear();
+                return refer(args, nargs, "a start time out of range");
+            }
+            num[i] = x;
+            need += 2 + 32;
+            continue;
+        }
+        if (FIELD[i].kind == STR || FIELD[i].kind == TIME) {
             if (PyUnicode_Check(v) && PyUnicode_IS_COMPACT_ASCII(v)) {  /* its own UTF-8 */
                 text[i] = (const char *)PyUnicode_DATA(v);
                 len[i] = PyUnicode_GET_LENGTH(v);
@@ -211,7 +251,8 @@ static PyObject *access_line(PyObject *self, PyObject *const *args, Py_ssize_t n
                 len[i] = PyBytes_GET_SIZE(v);
                 num[i] = 1;  /* Latin-1 */
             } else {
-                PyErr_Format(PyExc_TypeError, "%s: str, bytes or None", FIELD[i].key);
+                PyErr_Format(PyExc_TypeError, "%s: str, bytes or None%s", FIELD[i].key,
+                             FIELD[i].kind == TIME ? " (or int nanoseconds)" : "");
                 return NULL;
             }
             need += 2 + 6 * (size_t)len[i];
@@ -241,6 +282,16 @@ static PyObject *access_line(PyObject *self, PyObject *const *args, Py_ssize_t n
         o += prefix_len[i];
         if (args[i] == Py_None) { memcpy(o, "null", 4); o += 4; continue; }
         switch (FIELD[i].kind) {
+        case TIME:
+            if (text[i] == NULL) {  /* nanoseconds */
+                *o++ = '"';
+                size_t n = put_time(o, num[i]);
+                if (n == 0) return refer(args, nargs, "a start time gmtime cannot take");
+                o += n;
+                *o++ = '"';
+                break;
+            }
+            /* fall through: a start time already written out */
         case STR:
             *o++ = '"';
             o += put_escaped(o, (const unsigned char *)text[i], len[i], (int)num[i]);

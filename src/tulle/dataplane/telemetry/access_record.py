@@ -11,12 +11,13 @@ byte the one the dict gave (ADR 0062).  Text formats and OTLP sinks read records
 
 Since ADR 0076 the line is made when the request ends, by `access_line`: the C encoder
 `_aline`, built with the compiled hot path (`scripts/build_native.py`) and used when that
-runs, else `encode_line` here, which makes the struct and encodes it.  Both
-take the same values (header fields as the request's bytes, read as Latin-1; durations as
-integer microseconds) and give the same bytes (a test holds them equal); the C encoder hands
-a record it cannot write the same way (a lone surrogate, a duration out of its range) to
-`encode_line`.  The sink then only joins lines (`json_lines`).  The access log lists a
-record's values once, as one tuple; the struct, the line and the dict are all made from it
+runs, else `encode_line` here, which makes the struct and encodes it.  Both take the same
+values (the start time as nanoseconds since the epoch; header fields as the request's bytes,
+read as Latin-1; durations as integer microseconds) and give the same bytes (a test holds
+them equal); the C encoder hands a record it cannot write the same way (a lone surrogate, a
+duration out of its range) to `encode_line`.  The sink then only joins lines
+(`json_lines`).  The access log lists a record's values once, as one tuple; the struct, the
+line and the dict are all made from it
 (`record_fields`: bytes read as Latin-1, microseconds as milliseconds).
 
 Not compiled (`tulle.native.COMPILED`): mypyc does not build classes on msgspec's metaclass;
@@ -30,6 +31,7 @@ from typing import Any, Final
 
 import msgspec
 
+from tulle.dataplane.telemetry.starttime import start_time
 from tulle.proxyconfig.log_fields import ACCESS_FIELDS
 
 
@@ -77,15 +79,18 @@ _DURATIONS: Final = frozenset(
 def _field(i: int, v: Any) -> Any:
     if isinstance(v, bytes):
         return v.decode("latin-1")
+    if i == 0 and isinstance(v, int):  # the start time, in nanoseconds since the epoch
+        return start_time(v)
     if v is not None and i in _DURATIONS:
         return float(v) / 1000.0
     return v
 
 
 def record_fields(values: Sequence[Any]) -> list[Any]:
-    """A record's values (`ACCESS_FIELDS`' order, as the access log hands them over: header
-    fields as the request's bytes, durations in integer microseconds) as the record's fields:
-    bytes read as Latin-1, durations as milliseconds (3 decimals)."""
+    """A record's values (`ACCESS_FIELDS`' order, as the access log hands them over: the start
+    time in integer nanoseconds, header fields as the request's bytes, durations in integer
+    microseconds) as the record's fields: the start time as its text (`start_time`), bytes
+    read as Latin-1, durations as milliseconds (3 decimals)."""
     return [_field(i, v) for i, v in enumerate(values)]
 
 

@@ -30,9 +30,9 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from tulle.dataplane.http.facts import ConnectionFacts as HttpFacts
-from tulle.dataplane.telemetry.access_log import start_time
 from tulle.dataplane.telemetry.logformat import TextFormat, render_json
 from tulle.dataplane.telemetry.sinks import LineSink, OtlpLogSink, build_sink
+from tulle.dataplane.telemetry.starttime import start_time
 from tulle.proxyconfig.logs import FlowLogTelemetry
 
 if TYPE_CHECKING:

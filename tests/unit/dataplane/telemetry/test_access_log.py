@@ -17,9 +17,10 @@ from tulle.dataplane.exchange import RequestHead
 from tulle.dataplane.http.facts import ConnectionFacts
 from tulle.dataplane.http.port import StreamConn
 from tulle.dataplane.http.stream import RequestStream
-from tulle.dataplane.telemetry.access_log import AccessLogger, _carries, start_time, trace_id_of
+from tulle.dataplane.telemetry.access_log import AccessLogger, _carries, trace_id_of
 from tulle.dataplane.telemetry.access_record import AccessRecord
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
+from tulle.dataplane.telemetry.starttime import start_time
 from tulle.dataplane.upstream.cluster import ClusterRuntime
 from tulle.proxyconfig.logs import AccessLogTelemetry
 from tulle.proxyconfig.model import Cluster, Settings

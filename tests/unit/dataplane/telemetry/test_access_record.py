@@ -10,15 +10,17 @@ from typing import Any
 import msgspec
 import pytest
 
-from tulle.dataplane.telemetry.access_log import _ms, start_time
+from tulle.dataplane.telemetry.access_log import _ms
 from tulle.dataplane.telemetry.access_record import (
     NATIVE_LINE,
     AccessRecord,
     access_line,
     encode_line,
     json_lines,
+    record_dict,
 )
 from tulle.dataplane.telemetry.logformat import render_json
+from tulle.dataplane.telemetry.starttime import start_time
 from tulle.proxyconfig.log_fields import ACCESS_FIELDS
 
 VALUES = ("2026-12-03T18:47:25.335Z", "GET", "/a?b=\"c\"\x01\u00e9", "HTTP/1.1", 200, "UF,URX",
@@ -100,6 +102,16 @@ def test_the_line_is_the_structs_line() -> None:
     assert json_lines([line, line]) == line * 2  # a batch of lines is joined
 
 
+def test_a_start_time_in_nanoseconds_is_written_as_its_text() -> None:
+    ns = 1_764_787_465_335_999_999  # 2025-12-03T18:44:25.335999999Z: milliseconds truncated
+    assert start_time(ns) == "2025-12-03T18:44:25.335Z"
+    values = (ns, *LINE_VALUES[1:])
+    as_text = (start_time(ns), *LINE_VALUES[1:])
+    assert access_line(*values) == access_line(*as_text) == encode_line(*values)
+    assert b'{"start_time":"2025-12-03T18:44:25.335Z",' in access_line(*values)
+    assert record_dict(values)["start_time"] == "2025-12-03T18:44:25.335Z"
+
+
 @native_only
 def test_the_c_encoder_names_the_access_fields_in_their_order() -> None:
     from tulle.dataplane.telemetry import _aline
@@ -129,6 +141,9 @@ def test_the_c_encoder_writes_msgspecs_bytes_for_any_values() -> None:
         v: list[Any] = [_text(rng) for _ in range(28)]
         for i, default in ((0, "t"), (3, "HTTP/2"), (5, "-"), (25, "inbound"), (26, "l")):
             v[i] = v[i] if isinstance(v[i], str) else default
+        if rng.random() < 0.5:  # the start time as the access log hands it over: nanoseconds
+            v[0] = rng.choice((0, 999_999, 1_000_000, 59_999_999_999, rng.randrange(2**62),
+                               rng.randrange(253402300800 * 10**9)))
         for i in (4, 7, 8, 15):
             v[i] = rng.choice((0, 200, rng.randrange(10**6), rng.randrange(-2**63, 2**63)))
         for i in (9, 10, 11):
@@ -144,7 +159,8 @@ def test_what_the_c_encoder_cannot_write_alike_goes_to_the_struct() -> None:
     import http
 
     for i, value in ((9, 10**15), (9, -1), (10, 2**60), (11, -5), (4, 2**70), (7, -2**64),
-                     (15, True), (4, http.HTTPStatus.OK)):
+                     (15, True), (4, http.HTTPStatus.OK),
+                     (0, 253402300800 * 10**9), (0, 2**63 - 1), (0, -1)):
         v: list[Any] = list(LINE_VALUES)
         v[i] = value
         assert NATIVE_LINE(*v) == encode_line(*v)

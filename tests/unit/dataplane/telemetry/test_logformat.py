@@ -8,8 +8,9 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tulle.dataplane.telemetry.access_log import start_time, trace_id_of
+from tulle.dataplane.telemetry.access_log import trace_id_of
 from tulle.dataplane.telemetry.logformat import TextFormat, render_json, request_headers
+from tulle.dataplane.telemetry.starttime import start_time
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
