@@ -13,8 +13,8 @@ from tulle.proxyconfig.stats import DURATION_BUCKETS_MS
 def test_bucket_is_bisect_left_on_the_golden_bounds() -> None:
     rng = random.Random(66)
     for bounds in (DURATION_BUCKETS_MS, BYTES_BUCKETS, (1.0,), ()):
-        values: list[float] = [0.0, -1.0, 1e18, *bounds, *(b - 1e-9 for b in bounds),
-                               *(b + 1e-9 for b in bounds)]
+        values: list[float] = [0.0, -1.0, 1e18, float("nan"), float("inf"), *bounds,
+                               *(b - 1e-9 for b in bounds), *(b + 1e-9 for b in bounds)]
         values += [rng.random() * rng.choice((1.0, 100.0, 1e4, 1e7)) for _ in range(20_000)]
         values += [float(rng.randrange(0, 20_000_000)) for _ in range(5_000)]
         for v in values:
