@@ -251,6 +251,8 @@ static PyObject *access_line(PyObject *self, PyObject *const *args, Py_ssize_t n
                 len[i] = PyBytes_GET_SIZE(v);
                 num[i] = 1;  /* Latin-1 */
             } else {
+                if (FIELD[i].kind == TIME && PyLong_Check(v))  /* a bool or an int enum */
+                    return refer(args, nargs, "an int subclass");
                 PyErr_Format(PyExc_TypeError, "%s: str, bytes or None%s", FIELD[i].key,
                              FIELD[i].kind == TIME ? " (or int nanoseconds)" : "");
                 return NULL;

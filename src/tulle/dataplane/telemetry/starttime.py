@@ -25,10 +25,13 @@ class _StartClock:
     __slots__ = ("ms", "prefix", "sec", "text")
 
     def __init__(self) -> None:
-        self.sec = -1
-        self.prefix = ""
-        self.ms = -1
-        self.text = ""
+        # The epoch, cached as if just formatted: every int is a valid time (a clock set before
+        # 1970 gives negative ones), so a sentinel such as -1 would be taken for a real
+        # millisecond or second and return "" or a text without its date.
+        self.sec = 0
+        self.prefix = "1970-01-01T00:00:00."
+        self.ms = 0
+        self.text = "1970-01-01T00:00:00.000Z"
 
 
 _clock: Final = _StartClock()

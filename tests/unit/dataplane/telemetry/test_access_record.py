@@ -112,6 +112,23 @@ def test_a_start_time_in_nanoseconds_is_written_as_its_text() -> None:
     assert record_dict(values)["start_time"] == "2025-12-03T18:44:25.335Z"
 
 
+def test_a_start_time_in_the_second_before_the_epoch_has_its_date_in_a_fresh_process() -> None:
+    """The first start time formatted (the clock as a new process has it) may be from the
+    last second before 1970 (a clock set wrong; C hands these to the fallback): it once met
+    the clock's -1 "nothing yet" and came out as "" or "500Z"."""
+    from tulle.dataplane.telemetry import starttime
+
+    for ns, text in ((-1, "1969-12-31T23:59:59.999Z"), (-1_000_000, "1969-12-31T23:59:59.999Z"),
+                     (-500_000_000, "1969-12-31T23:59:59.500Z"),
+                     (-1_000_000_000, "1969-12-31T23:59:59.000Z"),
+                     (0, "1970-01-01T00:00:00.000Z")):
+        starttime._clock.__init__()  # type: ignore[misc]  # as a new process has it
+        assert start_time(ns) == text
+        starttime._clock.__init__()  # type: ignore[misc]
+        assert encode_line(ns, *LINE_VALUES[1:]) == access_line(ns, *LINE_VALUES[1:])
+        assert f'{{"start_time":"{text}",'.encode() in access_line(ns, *LINE_VALUES[1:])
+
+
 @native_only
 def test_the_c_encoder_names_the_access_fields_in_their_order() -> None:
     from tulle.dataplane.telemetry import _aline
@@ -160,7 +177,8 @@ def test_what_the_c_encoder_cannot_write_alike_goes_to_the_struct() -> None:
 
     for i, value in ((9, 10**15), (9, -1), (10, 2**60), (11, -5), (4, 2**70), (7, -2**64),
                      (15, True), (4, http.HTTPStatus.OK),
-                     (0, 253402300800 * 10**9), (0, 2**63 - 1), (0, -1)):
+                     (0, 253402300800 * 10**9), (0, 2**63 - 1), (0, -1),
+                     (0, True), (0, http.HTTPStatus.OK)):  # an int subclass: the fallback's
         v: list[Any] = list(LINE_VALUES)
         v[i] = value
         assert NATIVE_LINE(*v) == encode_line(*v)
