@@ -38,7 +38,7 @@ HALF_CLOSE: Final = 1
 CLOSE: Final = 2
 """`HeldWrites.finish`: `close()` after the held bytes."""
 
-log = logging.getLogger(__name__)
+log: Final = logging.getLogger(__name__)
 
 
 class TurnWrites:

@@ -37,7 +37,7 @@ A route with no filters has no `ChainRun`: every filter check is one attribute t
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from mypy_extensions import mypyc_attr
 
@@ -50,7 +50,7 @@ from tulle.dataplane.listeners.dispatch import Decision, add_forwarding_headers,
 from tulle.dataplane.upstream.attempt import AttemptRequest
 from tulle.dataplane.upstream.budget import FLUSH_EVERY
 
-log = logging.getLogger("tulle.proxy")
+log: Final = logging.getLogger("tulle.proxy")
 
 if TYPE_CHECKING:
     import asyncio

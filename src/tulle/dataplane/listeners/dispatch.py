@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import random
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from tulle.dataplane.exchange import Headers, RequestHead
 from tulle.dataplane.routing.paths import PathRejected
@@ -144,7 +144,7 @@ class _RequestIds:
         return b"%b%012x" % (self._prefix, self._n & 0xFFFFFFFFFFFF)
 
 
-request_id = _RequestIds().next
+request_id: Final = _RequestIds().next
 
 
 def _index_of(headers: Headers, name: bytes) -> int:

@@ -12,7 +12,7 @@ of exchanges and the socket.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from tulle.dataplane.http.stream import RequestStream
 from tulle.dataplane.protocols.http1 import (
@@ -27,10 +27,10 @@ if TYPE_CHECKING:
     from tulle.dataplane.http.filter import ReplyHeaders
     from tulle.dataplane.listeners.http1 import H1Downstream
 
-CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_KEEP_ALIVE: Headers = [(b"connection", b"keep-alive")]
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+_KEEP_ALIVE: Final[Headers] = [(b"connection", b"keep-alive")]
 """An HTTP/1.0 client only keeps a connection it was told to keep."""
-_CLOSES = frozenset((400, 408, 431, 501, 505))
+_CLOSES: Final = frozenset((400, 408, 431, 501, 505))
 """Local replies after which the connection cannot be trusted to go on."""
 
 

@@ -12,7 +12,7 @@ upstream are not ready is bounded by the window the client was given.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from tulle.dataplane.exchange import RequestHead
 from tulle.dataplane.http.stream import RequestStream
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from tulle.dataplane.http.filter import ReplyHeaders
     from tulle.dataplane.listeners.http2 import H2Downstream
 
-REJECTED = RequestHead(b"", b"", b"", b"", [])
+REJECTED: Final = RequestHead(b"", b"", b"", b"", [])
 """The head of a stream refused before it had a usable one (never routed, never changed)."""
 
 

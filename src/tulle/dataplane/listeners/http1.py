@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from tulle.dataplane.http.facts import ConnectionFacts, facts_for
 from tulle.dataplane.http.port import StreamConn
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from tulle.dataplane.exchange import Headers, RequestHead, TunnelStream
     from tulle.dataplane.routing.router import Router
 
-LINGER_SECONDS = 1.0
+LINGER_SECONDS: Final = 1.0
 
 
 class H1Downstream(StreamConn, asyncio.Protocol, RoutedConnection):

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Final, cast
 
 from tulle.dataplane.http.facts import ConnectionFacts, facts_for
 from tulle.dataplane.http.port import StreamConn
@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from tulle.dataplane.exchange import RequestHead
     from tulle.dataplane.routing.router import Router
 
-log = logging.getLogger("tulle.proxy")
+log: Final = logging.getLogger("tulle.proxy")
 
 
 def limits_for(ctx: ListenerContext) -> H2Limits:

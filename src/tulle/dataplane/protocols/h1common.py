@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Final
 
 import httptools
 
@@ -39,7 +40,7 @@ class H1Limits:
 
 DEFAULT_LIMITS = H1Limits()
 
-FORBIDDEN_TRAILERS = frozenset({
+FORBIDDEN_TRAILERS: Final = frozenset({
     # RFC 9110 6.5.1: framing, routing, request modifiers, authentication, response control
     # data and how to process the content must not come from trailers; 6.5.2: a recipient
     # that forwards trailers must not merge them into the header section.  We drop them.
@@ -66,7 +67,7 @@ class ProtocolError(Exception):
         self.detail = detail
 
 
-_COMMON_TOKENS: dict[bytes, frozenset[bytes]] = {
+_COMMON_TOKENS: Final[dict[bytes, frozenset[bytes]]] = {
     v: frozenset({v.lower()}) for v in (b"keep-alive", b"Keep-Alive", b"close", b"Close",
                                          b"upgrade", b"Upgrade")
 }
@@ -99,7 +100,7 @@ _RESPONSE_SPECIAL = {b"content-length": _CL, b"transfer-encoding": _TE, b"connec
                      b"te": _DROP}
 
 
-_COMMON_NAMES = (
+_COMMON_NAMES: Final = (
     b"host", b"user-agent", b"accept", b"accept-encoding", b"accept-language", b"connection",
     b"content-length", b"content-type", b"transfer-encoding", b"cookie", b"authorization",
     b"referer", b"origin", b"cache-control", b"upgrade", b"expect", b"te", b"keep-alive",
@@ -107,7 +108,7 @@ _COMMON_NAMES = (
     b"x-forwarded-proto", b"x-request-id", b"server", b"date", b"last-modified", b"etag",
     b"accept-ranges", b"expires", b"vary", b"location", b"set-cookie", b"content-encoding",
 )
-_EXTRA_SPELLINGS = {b"etag": b"ETag", b"te": b"TE"}
+_EXTRA_SPELLINGS: Final = {b"etag": b"ETag", b"te": b"TE"}
 
 
 def _known_names(special: dict[bytes, int]) -> dict[bytes, tuple[bytes, int | None]]:
@@ -159,7 +160,7 @@ def _absolute_form(target: bytes) -> tuple[bytes, bytes]:
     return (tail if tail[:1] == b"/" else b"/" + tail), authority
 
 
-_EXT_SLACK = 24
+_EXT_SLACK: Final = 24
 """Framing bytes of one chunk besides its extension: up to 16 hex digits, `;`, two CRLFs."""
 
 

@@ -30,7 +30,7 @@ from tulle.dataplane.protocols.h1common import (
     _reraise,
 )
 
-_BAD_REASON = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
+_BAD_REASON: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
 """A byte a reason phrase may not hold (RFC 9112 4: HTAB / SP / VCHAR / obs-text)."""
 
 

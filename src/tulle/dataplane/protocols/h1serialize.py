@@ -5,6 +5,8 @@ from a header (rule 2 of `protocols/http1.py`).  No I/O.
 
 from __future__ import annotations
 
+from typing import Final
+
 from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
 from tulle.dataplane.protocols.h1common import (
     FORBIDDEN_TRAILERS,
@@ -13,7 +15,7 @@ from tulle.dataplane.protocols.h1common import (
 
 # -- serialisation ---------------------------------------------------------------------
 
-_REASONS = {
+_REASONS: Final = {
     100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 201: b"Created",
     204: b"No Content", 301: b"Moved Permanently", 302: b"Found", 304: b"Not Modified",
     400: b"Bad Request", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",

@@ -23,16 +23,16 @@ _DIGITS = b"0123456789"
 _LOWER = b"abcdefghijklmnopqrstuvwxyz"
 _UPPER = _LOWER.upper()
 _TCHAR_SYMBOLS = b"!#$%&'*+-.^_`|~"
-NAME_CHARS = _TCHAR_SYMBOLS + _DIGITS + _LOWER
+NAME_CHARS: Final = _TCHAR_SYMBOLS + _DIGITS + _LOWER
 """A field name: an RFC 9110 token, lower case (RFC 9113 8.2.1)."""
-TOKEN_CHARS = NAME_CHARS + _UPPER
+TOKEN_CHARS: Final = NAME_CHARS + _UPPER
 """A method: an RFC 9110 token (case-sensitive)."""
-VALUE_CHARS = bytes([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
+VALUE_CHARS: Final = bytes([0x09, *range(0x20, 0x7F), *range(0x80, 0x100)])
 """field-value: VCHAR, SP, HTAB and obs-text; no other control character and no DEL."""
-TARGET_CHARS = bytes(range(0x21, 0x7F))
+TARGET_CHARS: Final = bytes(range(0x21, 0x7F))
 """An origin-form target: visible ASCII (RFC 9112 3.2; raw non-ASCII must be percent-encoded)."""
 
-_AUTHORITY = re.compile(
+_AUTHORITY: Final = re.compile(
     rb"(?:(?:[A-Za-z0-9\-._~!$&'()*+,;=]|%[0-9A-Fa-f]{2})+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{0,5})?")
 """host [ ":" port ]: a reg-name or IPv4 (RFC 3986 3.2.2, non-empty as RFC 9110 4.2.1 requires
 for http), or a bracketed IPv6 literal; no userinfo."""

@@ -30,6 +30,7 @@ No I/O here; the clock is passed in (the event loop's monotonic time).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 PREMATURE_LIFETIME = 1.0
 """A reset this many seconds or more after the stream opened is not premature (Envoy's
@@ -38,20 +39,20 @@ PREMATURE_LIFETIME = 1.0
 # Frame types (RFC 9113 section 6; PRIORITY_UPDATE is RFC 9218).
 _DATA, _HEADERS, _PRIORITY, _RST, _SETTINGS, _PUSH, _PING, _GOAWAY, _WU, _CONT = range(10)
 _PRIORITY_UPDATE = 0x10
-_END_STREAM = 0x1
-_ACK = 0x1
-_PADDED = 0x8
+_END_STREAM: Final = 0x1
+_ACK: Final = 0x1
+_PADDED: Final = 0x8
 
 # Budget classes: index into FrameGuard._tokens, and the metric kind a blown budget reports.
 PING, SETTINGS, PRIORITY, WINDOW_UPDATE, RST_STREAM, EMPTY_DATA, UNKNOWN = range(7)
-KINDS = ("h2_ping_flood", "h2_settings_flood", "h2_priority_flood", "h2_window_update_flood",
+KINDS: Final = ("h2_ping_flood", "h2_settings_flood", "h2_priority_flood", "h2_window_update_flood",
          "h2_reset_flood", "h2_empty_frame_flood", "h2_unknown_frame_flood")
-_CLASS_OF: dict[int, int] = {_PING: PING, _SETTINGS: SETTINGS, _PRIORITY: PRIORITY,
+_CLASS_OF: Final[dict[int, int]] = {_PING: PING, _SETTINGS: SETTINGS, _PRIORITY: PRIORITY,
                              _PRIORITY_UPDATE: PRIORITY, _WU: WINDOW_UPDATE, _RST: RST_STREAM}
-_KNOWN = frozenset(range(10))
-_NEEDS_ACK = frozenset({_PING, _SETTINGS})
-CONTROL_QUEUE_KIND = "h2_control_queue_flood"
-RAPID_RESET_KIND = "h2_rapid_reset"
+_KNOWN: Final = frozenset(range(10))
+_NEEDS_ACK: Final = frozenset({_PING, _SETTINGS})
+CONTROL_QUEUE_KIND: Final = "h2_control_queue_flood"
+RAPID_RESET_KIND: Final = "h2_rapid_reset"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ Pure functions of bytes, no h2 state; they run once per head, on the hot path.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Final
 
 from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
 from tulle.dataplane.protocols.h2fields import (
@@ -26,14 +27,14 @@ from tulle.dataplane.protocols.h2fields import (
     value_ok,
 )
 
-HOP_BY_HOP = frozenset({
+HOP_BY_HOP: Final = frozenset({
     b"connection", b"keep-alive", b"proxy-connection", b"te", b"transfer-encoding", b"upgrade",
     b"http2-settings",
 })
-_OUT_SKIP = HOP_BY_HOP | {b"host", b"content-length"}
+_OUT_SKIP: Final = HOP_BY_HOP | {b"host", b"content-length"}
 """Never sent from `headers`: framing is written from `content_length` (exchange.py)."""
 
-MALFORMED = "h2_malformed_request"
+MALFORMED: Final = "h2_malformed_request"
 
 
 # -- heads in -------------------------------------------------------------------------------
@@ -105,7 +106,7 @@ def request_head(headers: list[tuple[bytes, bytes]], limit: int,
     return RequestHead(method, path, authority, scheme, out, cl, b"2")
 
 
-_NO_FIELDS: frozenset[tuple[bytes, bytes]] = frozenset()
+_NO_FIELDS: Final[frozenset[tuple[bytes, bytes]]] = frozenset()
 
 
 def response_head(headers: list[tuple[bytes, bytes]]) -> ResponseHead:
@@ -134,8 +135,8 @@ _UNIQUE = frozenset({b"x-request-id", b"traceparent", b"b3", b"x-b3-traceid", b"
                      b"x-b3-parentspanid"})
 """Values that differ on every request: indexing them would only churn the HPACK dynamic table
 (evicting the fields that do repeat) and lengthen every table search of the encoder."""
-_NOT_INDEXED = _SECURE | _UNIQUE
-_SPACE = (0x20, 0x09)
+_NOT_INDEXED: Final = _SECURE | _UNIQUE
+_SPACE: Final = (0x20, 0x09)
 
 
 def _filtered(headers: Headers, trailers: bool = False) -> Headers:
@@ -207,7 +208,7 @@ def decode_trailers(headers: list[tuple[bytes, bytes]],
 
 # -- gRPC local replies ---------------------------------------------------------------------
 
-GRPC_STATUS_FOR_HTTP = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+GRPC_STATUS_FOR_HTTP: Final = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
 """HTTP status of a local reply -> grpc-status (gRPC's http-grpc-status-mapping, as Envoy does);
 anything else is 2 UNKNOWN."""
 

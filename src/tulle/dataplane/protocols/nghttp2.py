@@ -101,11 +101,11 @@ _ERR_BAD_CLIENT_MAGIC: Final = -903
 _ERR_FLOODED: Final = -904
 _ERR_TOO_MANY_CONTINUATIONS: Final = -905
 _SETTINGS_MAX_CONCURRENT_STREAMS: Final = 3
-_SPACE = (0x20, 0x09)
-_PING = b"tullepng"
+_SPACE: Final = (0x20, 0x09)
+_PING: Final = b"tullepng"
 
-CONTINUATION_FLOOD_KIND = "h2_continuation_flood"
-CONTROL_QUEUE_KIND = "h2_control_queue_flood"
+CONTINUATION_FLOOD_KIND: Final = "h2_continuation_flood"
+CONTROL_QUEUE_KIND: Final = "h2_control_queue_flood"
 
 
 def _pack(flat: list[bytes], headers: Headers, trailers: bool = False) -> None:
@@ -121,7 +121,7 @@ def _pack(flat: list[bytes], headers: Headers, trailers: bool = False) -> None:
                     else raw)
 
 
-_DEFAULT_LIMITS = H2Limits()
+_DEFAULT_LIMITS: Final = H2Limits()
 
 
 class NgCodec:

@@ -56,12 +56,12 @@ if TYPE_CHECKING:
 
 Test = Callable[[bytes], Any]
 """A test of a present value: truthy when it holds (a bound `fullmatch` for regexes)."""
-_NO_VALUES: dict[bytes, bytes] = {}
+_NO_VALUES: Final[dict[bytes, bytes]] = {}
 _FLAT_MAX: Final = 8
 """Up to this many general tests in a host are run in one flat loop, each once while some
 candidate requires it; with more, candidates are walked in precedence order, so the first
 that holds ends the search however many tests the matches it outranks have."""
-_TODO = object()
+_TODO: Final = object()
 """A test not run yet for this request."""
 
 

@@ -96,7 +96,7 @@ class Regex(StringMatcher):
         return self.full(subject) is not None
 
 
-_KINDS: dict[str, type[StringMatcher]] = {
+_KINDS: Final[dict[str, type[StringMatcher]]] = {
     "Exact": Exact, "Prefix": Prefix, "Suffix": Suffix, "Contains": Contains}
 
 
@@ -212,7 +212,7 @@ class _LastQuery:
         self.params: dict[bytes, bytes] = {}
 
 
-_last = _LastQuery()
+_last: Final = _LastQuery()
 
 
 def first_query_value(query: bytes, name: bytes) -> bytes | None:
@@ -223,7 +223,7 @@ def first_query_value(query: bytes, name: bytes) -> bytes | None:
     return query_params(query).get(name)
 
 
-_NO_PARAMS: dict[bytes, bytes] = {}
+_NO_PARAMS: Final[dict[bytes, bytes]] = {}
 
 
 def query_params(query: bytes) -> dict[bytes, bytes]:

@@ -32,6 +32,7 @@ from __future__ import annotations
 import bisect
 import random
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from tulle.dataplane.exchange import RequestHead
 from tulle.dataplane.filters import factory_for
@@ -116,7 +117,7 @@ class Route:
         return self.clusters[bisect.bisect_right(self._cum, r)]
 
 
-_PATH_RANK = {"Exact": 0, "RegularExpression": 1, "PathPrefix": 2}
+_PATH_RANK: Final = {"Exact": 0, "RegularExpression": 1, "PathPrefix": 2}
 
 
 class CompiledMatch:
@@ -187,10 +188,10 @@ def _path_finder(paths: tuple[tuple[Callable[[bytes], bool], Route], ...],
     return find
 
 
-_NO_HOST = CompiledHost("", ())
+_NO_HOST: Final = CompiledHost("", ())
 """What `Router._seen` remembers for an authority no host takes: it routes nothing."""
-_SEEN_MAX = 256
-_SEEN_LONGEST = 262
+_SEEN_MAX: Final = 256
+_SEEN_LONGEST: Final = 262
 """The longest authority remembered (a 253-byte DNS name and a port): the memo holds at most
 `_SEEN_MAX` of them, ~70 KiB, whatever clients send."""
 

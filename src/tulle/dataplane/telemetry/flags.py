@@ -23,6 +23,8 @@ filter sets none; it writes the response code details): it becomes the detail
 
 from __future__ import annotations
 
+from typing import Final
+
 # Envoy's short and long names, in the order of its ResponseFlag enum, which is the order
 # Envoy prints them in (source/common/stream_info/utility.cc).
 _ENVOY: tuple[tuple[str, str], ...] = (
@@ -59,24 +61,24 @@ _ENVOY: tuple[tuple[str, str], ...] = (
 )
 ENVOY_FLAGS: frozenset[str] = frozenset(short for short, _ in _ENVOY)
 """Every short code Envoy defines."""
-_RANK = {short: i for i, (short, _) in enumerate(_ENVOY)}
-_LONG = dict(_ENVOY)
+_RANK: Final = {short: i for i, (short, _) in enumerate(_ENVOY)}
+_LONG: Final = dict(_ENVOY)
 
-_ALIASES = {"OL": "OM", "UB": "NC"}
+_ALIASES: Final = {"OL": "OM", "UB": "NC"}
 """Tulle's codes that mean an Envoy code."""
-_DETAILS = {"RBAC": "rbac_access_denied", "UB": "backend_not_resolved",
+_DETAILS: Final = {"RBAC": "rbac_access_denied", "UB": "backend_not_resolved",
             "OL": "overload_rejected"}
 """What Tulle's own codes add (the response code details)."""
-_NO_FLAG = frozenset({"RBAC"})
+_NO_FLAG: Final = frozenset({"RBAC"})
 """Tulle's codes that are no Envoy flag at all."""
 
-_CACHE_MAX = 256
+_CACHE_MAX: Final = 256
 """Distinct raw strings remembered; raw flags come from the proxy's code, not from peers,
 so a few dozen exist; the bound keeps a bug from growing the cache."""
 
 _short: dict[str, str] = {"": "-"}
-_long: dict[str, str] = {"": "-"}
-_details: dict[str, str] = {"": ""}
+_long: Final[dict[str, str]] = {"": "-"}
+_details: Final[dict[str, str]] = {"": ""}
 
 
 def _codes(raw: str) -> list[str]:

@@ -28,7 +28,7 @@ beyond the bound goes to one overflow series and is counted, never grown.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from tulle.dataplane.telemetry.flags import response_flags as envoy_flags
 from tulle.dataplane.telemetry.metrics import (
@@ -54,23 +54,23 @@ DESTINATION_LABELS = ("destination_workload", "destination_workload_namespace",
                       "destination_service", "destination_canonical_service",
                       "destination_canonical_revision", "destination_service_name",
                       "destination_service_namespace", "destination_cluster")
-HTTP_LABELS = ("reporter", *SOURCE_LABELS, *DESTINATION_LABELS, "request_protocol",
+HTTP_LABELS: Final = ("reporter", *SOURCE_LABELS, *DESTINATION_LABELS, "request_protocol",
                "response_code", "grpc_response_status", "response_flags",
                "connection_security_policy")
 """Istio's standard labels of the request families, in Istio's order."""
-TCP_LABELS = ("reporter", *SOURCE_LABELS, *DESTINATION_LABELS, "request_protocol",
+TCP_LABELS: Final = ("reporter", *SOURCE_LABELS, *DESTINATION_LABELS, "request_protocol",
               "response_flags", "connection_security_policy")
 """The TCP families have no response code or gRPC status."""
 
-BYTES_BUCKETS = (1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 10000000.0)
+BYTES_BUCKETS: Final = (1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 10000000.0)
 """Body size buckets (bytes), decimal exponential from 1 to 10^7 as Istio's stats plugin."""
 
-UNKNOWN = "unknown"
-OVERFLOW = "overflow"
-_GRPC_FOR_HTTP = {400: "13", 401: "16", 403: "7", 404: "12", 429: "14", 502: "14", 503: "14",
+UNKNOWN: Final = "unknown"
+OVERFLOW: Final = "overflow"
+_GRPC_FOR_HTTP: Final = {400: "13", 401: "16", 403: "7", 404: "12", 429: "14", 502: "14", 503: "14",
                   504: "14"}
 """gRPC's HTTP-to-gRPC status mapping, for a gRPC request answered without a grpc-status."""
-_GRPC_CODES = frozenset(str(i) for i in range(17))
+_GRPC_CODES: Final = frozenset(str(i) for i in range(17))
 """The `grpc-status` values kept as a label; any other text an upstream sends is `2`
 (UNKNOWN, as a gRPC client reads it): the label's value is never the peer's bytes, so it
 cannot be kilobytes long or anything a dashboard does not expect (attack review A2, ADR 0060)."""

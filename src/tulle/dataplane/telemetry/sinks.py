@@ -27,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from tulle.proxyconfig.logs import LogSink
 
@@ -36,13 +36,13 @@ if TYPE_CHECKING:  # imported by an OTLP sink when one is built (ADR 0068)
     from tulle.dataplane.telemetry.otlp.exporter import OtlpExporter
     from tulle.dataplane.telemetry.otlp.logs import LogItem
 
-log = logging.getLogger("tulle.telemetry.logs")
+log: Final = logging.getLogger("tulle.telemetry.logs")
 
 Item = tuple[Any, int]
 """A record (a mapping of fields, or a struct a line sink's `lines` encodes) and its time
 (Unix nanoseconds)."""
 
-BATCH = 512
+BATCH: Final = 512
 """Records written (or exported) in one go; a full batch wakes the writer early."""
 REOPEN_CHECK = 1.0
 """Seconds between checks that a file sink's path still names the file it writes."""

@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Collection
 from time import monotonic as _now
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -55,7 +55,7 @@ OutcomeHook = Callable[[EndpointState, int, str, float], None]
 # Latency samples use the monotonic clock itself, not the loop's: uvloop's has millisecond
 # steps, which would make every local sub-millisecond answer sample 0.
 
-_NO_REPLAY = frozenset({"UF", "UO"})
+_NO_REPLAY: Final = frozenset({"UF", "UO"})
 """Retry-safe failures the attempt leaves to the router's retry policy."""
 
 now = _now

@@ -22,7 +22,7 @@ from tulle.proxyconfig.retry import RetryBudget
 
 SLOTS: Final = 10
 FLUSH_EVERY: Final = 64
-DEFAULTS = RetryBudget()
+DEFAULTS: Final = RetryBudget()
 
 
 class Budget:

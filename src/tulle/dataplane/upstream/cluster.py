@@ -32,7 +32,7 @@ import asyncio
 import ssl
 from collections.abc import Callable, Collection, Iterable
 from time import monotonic
-from typing import Protocol
+from typing import Final, Protocol
 
 import msgspec
 from mypy_extensions import mypyc_attr
@@ -86,7 +86,7 @@ def _h2_pool(cluster: ClusterRuntime, ep: EndpointState) -> Pool:
     return H2Pool(cluster, ep)
 
 
-POOL_FACTORIES: dict[str, PoolFactory] = {"http1": _h1_pool, "http2": _h2_pool}
+POOL_FACTORIES: Final[dict[str, PoolFactory]] = {"http1": _h1_pool, "http2": _h2_pool}
 """Upstream protocol -> pool constructor.  `tcp` clusters have no pool (the relay dials)."""
 
 

@@ -27,12 +27,12 @@ import random
 import zlib
 from collections.abc import Callable, Collection, Sequence
 from time import monotonic
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 if TYPE_CHECKING:
     from tulle.proxyconfig.model import LoadBalancing
 
-NO_AVOID: tuple[EndpointState, ...] = ()
+NO_AVOID: Final[tuple[EndpointState, ...]] = ()
 
 
 class EndpointState:
@@ -87,7 +87,7 @@ class EndpointState:
         self.stamp = now
 
 
-HEALTH_EPOCH = [0]
+HEALTH_EPOCH: Final = [0]
 """Bumped whenever any endpoint's `healthy` changes: a balancer recomputes whether it is in
 panic mode only then (`Panic`), so its fast path costs one comparison."""
 
@@ -114,9 +114,9 @@ class Panic:
         return self._state
 
 
-DECAY = 10.0
+DECAY: Final = 10.0
 """Seconds over which a latency estimate decays (Linkerd's default)."""
-INV_DECAY = 1.0 / DECAY
+INV_DECAY: Final = 1.0 / DECAY
 
 
 class Options:

@@ -20,10 +20,11 @@ import bisect
 import math
 from collections.abc import Collection, Sequence
 from math import exp as _exp
+from typing import Final
 
 from tulle.dataplane.upstream.lb import NO_AVOID, EndpointState, Options, Panic
 
-PENALTY = 1e6
+PENALTY: Final = 1e6
 """The cost of an endpoint with requests in flight and no latency sample yet (Finagle's)."""
 
 

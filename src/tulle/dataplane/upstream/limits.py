@@ -21,13 +21,14 @@ Envoy's `upstream_cx_overflow`).  Every overflow is counted by limit.
 from __future__ import annotations
 
 from time import monotonic
+from typing import Final
 
 from tulle.dataplane.exchange import UpstreamError
 from tulle.dataplane.telemetry.metrics import Counter, ProxyMetrics
 from tulle.dataplane.upstream.budget import Budget
 from tulle.proxyconfig.model import ClusterLimits
 
-DEFAULTS = ClusterLimits()
+DEFAULTS: Final = ClusterLimits()
 
 
 class Limits:

@@ -37,15 +37,15 @@ MAX_FIELD: Final = 1024
 NO_DECISION: Final = -1
 """The caller made no sampling decision: the proxy's rate decides."""
 
-_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
-_B3_SINGLE = re.compile(
+_TRACEPARENT: Final = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_B3_SINGLE: Final = re.compile(
     rb"((?:[0-9a-f]{16}){1,2})-([0-9a-f]{16})(?:-([01d]))?(?:-([0-9a-f]{16}))?")
-_HEX16_32 = re.compile(rb"(?:[0-9a-f]{16}){1,2}")
-_HEX16 = re.compile(rb"[0-9a-f]{16}")
-_TRACESTATE = re.compile(rb"[\x20-\x7e]*")
+_HEX16_32: Final = re.compile(rb"(?:[0-9a-f]{16}){1,2}")
+_HEX16: Final = re.compile(rb"[0-9a-f]{16}")
+_TRACESTATE: Final = re.compile(rb"[\x20-\x7e]*")
 _ZERO_TRACE: Final = b"0" * 32
 _ZERO_SPAN: Final = b"0" * 16
-_B3_SAMPLED = {b"1": 1, b"d": 1, b"0": 0, b"true": 1, b"false": 0}
+_B3_SAMPLED: Final = {b"1": 1, b"d": 1, b"0": 0, b"true": 1, b"false": 0}
 
 TRACE_HEADERS: Final = frozenset({b"traceparent", b"tracestate", b"b3", b"x-b3-traceid",
                                   b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled",
@@ -58,7 +58,7 @@ B3_MULTI: Final = 4
 FORMATS: Final = {"w3c": W3C, "b3": B3, "b3multi": B3_MULTI}
 """The names of `telemetry.tracing.propagation` and their bits."""
 
-_WRITES = {W3C: (b"traceparent",), B3: (b"b3",),
+_WRITES: Final = {W3C: (b"traceparent",), B3: (b"b3",),
            B3_MULTI: (b"x-b3-traceid", b"x-b3-spanid", b"x-b3-parentspanid", b"x-b3-sampled",
                       b"x-b3-flags")}
 
