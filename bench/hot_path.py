@@ -47,7 +47,7 @@ from bench.peers import (
     tulle_cmd,
     tulle_config,
 )
-from bench.procs import ProcessSet, cpu_seconds, free_port, tree, wait_port
+from bench.procs import ProcessSet, compiled, cpu_seconds, free_port, tree, wait_port
 from bench.tools import run_wrk
 
 PHASES = {"keepalive": {"connections": 50, "headers": ()},
@@ -66,17 +66,6 @@ def start_tulle_variant(ps: ProcessSet, origin_port: int, name: str, *, protocol
                     cpu=PROXY_CPU, env=env)
     wait_port(port, proc)
     return Running(name, port, proc, tree(proc.pid))
-
-
-def compiled(pids: list[int]) -> bool:
-    """Whether the mypyc group library is mapped into any of `pids`."""
-    for pid in pids:
-        try:
-            if "tulle_native__mypyc" in Path(f"/proc/{pid}/maps").read_text():
-                return True
-        except OSError:
-            continue
-    return False
 
 
 def load(r: Running, phase: str, seconds: float, quota: CpuQuota | None) -> dict[str, Any]:

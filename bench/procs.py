@@ -207,6 +207,19 @@ def cpu_seconds(pids: Sequence[int]) -> tuple[float, float]:
     return precise / 1e9, ticks / CLK_TCK
 
 
+def compiled(pids: Sequence[int]) -> bool:
+    """Whether Tulle's compiled hot path (the mypyc group library) is mapped into any of
+    `pids`: a proxy started while its build is stale (the source changed since `make
+    native`) runs the Python source instead, at about twice the CPU per request."""
+    for pid in pids:
+        try:
+            if "tulle_native__mypyc" in Path(f"/proc/{pid}/maps").read_text():
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def cpu_busy() -> dict[int, tuple[float, float]]:
     """Per CPU: (busy, steal) seconds since boot, from /proc/stat (all processes, not just ours)."""
     out: dict[int, tuple[float, float]] = {}

@@ -69,7 +69,7 @@ from bench.peers import (
     start_origin,
     versions,
 )
-from bench.procs import ProcessSet
+from bench.procs import ProcessSet, compiled
 from bench.resilience_peers import RESILIENCE_STARTERS
 from bench.routing_peers import ROUTING_STARTERS
 from bench.telemetry_peers import TELEMETRY_STARTERS
@@ -394,6 +394,7 @@ def run(mode: str, peers: list[str], sat_quota: float | None = SAT_QUOTA) -> dic
                 try:
                     r = ALL_STARTERS[name](ps, origin.port, "http1")
                     check_http(r)
+                    _record_mode(res, r, "http1")
                     targets.append(r)
                 except Skip as exc:
                     res["skipped"][f"{name}/http1"] = str(exc)
@@ -465,6 +466,20 @@ def write_mtls(path: Path, res: dict[str, Any]) -> None:
     path.write_text(json.dumps(old, indent=2, ensure_ascii=False) + "\n")
 
 
+def _record_mode(res: dict[str, Any], r: Running, protocol: str) -> None:
+    """Which hot path a Tulle peer runs (`modes`), and a problem when it is the Python
+    source: a build made stale by an edit during the run would otherwise pass as figures
+    of the compiled proxy (it happened: docs/performance.md, the runs of 2026-12-05)."""
+    if not r.name.startswith("tulle") or not r.pids:
+        return
+    mode = "compiled" if compiled(r.pids) else "pure"
+    res.setdefault("modes", {})[f"{r.name}/{protocol}"] = mode
+    if mode == "pure" and os.environ.get("TULLE_PURE") != "1":
+        res["errors"][f"{r.name}/{protocol}/mode"] = (
+            "ran the Python source, not the compiled hot path (a stale build: run `make "
+            "native`, and do not edit the tree while the benchmark runs)")
+
+
 def _grpc(ps: ProcessSet, peers: list[str], plan: Plan, res: dict[str, Any],
           quota: CpuQuota | None) -> None:
     """gRPC unary: the gRPC origin directly and each peer in front of it, in rounds."""
@@ -512,6 +527,7 @@ def _extra_rounds(ps: ProcessSet, peers: list[str], protocol: str, origin_port: 
                 check_h2c(r)
             else:
                 check_http(r)
+            _record_mode(res, r, protocol)
             started.append(r)
         except (RuntimeError, ValueError, subprocess.SubprocessError, OSError) as exc:
             res["errors"][f"{name}/{protocol}"] = str(exc)

@@ -4,10 +4,13 @@ says the target is undecided instead of met or missed (issue 13 item 4: honest f
 
 from __future__ import annotations
 
+import subprocess
 from typing import Any
 
+import pytest
+from bench.peers import Running
 from bench.report import _saturation_note, targets_table
-from bench.run import SATURATED, derive
+from bench.run import SATURATED, _record_mode, derive
 
 
 def _peer(cpu: float, busy: float) -> dict[str, Any]:
@@ -71,3 +74,25 @@ def test_under_a_cpu_quota_saturation_is_the_share_of_the_quota_used() -> None:
     res["haproxy"]["cpu_util_sat"] = 0.99
     derive(res)
     assert _target(res, "CPU per request ≤")["met"] is True
+
+
+def test_a_tulle_peer_running_the_python_source_makes_the_run_an_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A proxy started from a stale build runs the Python source; the run says so instead of
+    reporting its figures as the compiled proxy's (docs/performance.md, 2026-12-05)."""
+    monkeypatch.delenv("TULLE_PURE", raising=False)
+    plain = subprocess.Popen(["sleep", "30"])  # no mypyc library mapped: as a pure proxy
+    try:
+        res: dict[str, Any] = {"errors": {}}
+        _record_mode(res, Running("haproxy", 0, None, [plain.pid]), "http1")
+        assert res == {"errors": {}}  # only Tulle peers are checked
+        _record_mode(res, Running("tulle-telemetry", 0, None, [plain.pid]), "http1")
+        assert res["modes"] == {"tulle-telemetry/http1": "pure"}
+        assert "Python source" in res["errors"]["tulle-telemetry/http1/mode"]
+        monkeypatch.setenv("TULLE_PURE", "1")  # asked for: recorded, not an error
+        res = {"errors": {}}
+        _record_mode(res, Running("tulle", 0, None, [plain.pid]), "grpc")
+        assert res == {"errors": {}, "modes": {"tulle/grpc": "pure"}}
+    finally:
+        plain.kill()
+        plain.wait()
