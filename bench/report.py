@@ -209,6 +209,10 @@ def section(res: dict[str, Any]) -> str:
         "",
         "### Targets",
         "",
+        "A ratio target is decided on the ratio in brackets, the median of the per-round "
+        "ratios (as `ratios` reports it), not on the two medians beside it: with one peer's "
+        "rounds noisy, the two can fall on either side of the bound.",
+        "",
         *targets_table(res),
         "",
     ]

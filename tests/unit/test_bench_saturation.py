@@ -96,3 +96,18 @@ def test_a_tulle_peer_running_the_python_source_makes_the_run_an_error(
     finally:
         plain.kill()
         plain.wait()
+
+
+def test_a_ratio_target_is_decided_on_the_median_of_the_per_round_ratios() -> None:
+    """The ratio `ratios` reports decides the target, not the ratio of the two medians: with
+    one peer's rounds noisy they fall on either side of the bound (make bench, 2026-12-05:
+    telemetry at saturation, medians 31.6 / 27.8 = 1.137, per-round ratios' median 1.191)."""
+    off = {**_peer(27.8, 1.0), "cpu_us_per_req_sat_by_round": [27.8, 30.0, 23.4]}
+    on = {**_peer(31.6, 1.0), "cpu_us_per_req_sat_by_round": [33.1, 31.6, 28.9]}
+    res: dict[str, Any] = {"direct": {"p50_ms": 0.1, "p99_ms": 0.2}, "tulle": off,
+                           "haproxy": _peer(19.6, 1.0), "tulle-telemetry": on}
+    derive(res)
+    telemetry = _target(res, "telemetry on")
+    assert telemetry["ratio"] == 1.191 and telemetry["met"] is False
+    assert telemetry["value"] <= telemetry["limit"]  # the medians alone would have said met
+    assert res["ratios"]["telemetry_on_vs_off"]["cpu_us_per_req_sat"] == 1.19
