@@ -1,7 +1,7 @@
 # Benchmark targets; the main Makefile does `include bench/bench.mk` and defines `deps`
 # (which creates .venv and installs the project).
 #
-#   make bench-quick   ~70 s: HTTP/1.1 direct vs Tulle (without and with two header modifiers;
+#   make bench-quick   ~2 min: HTTP/1.1 direct vs Tulle (without and with two header modifiers;
 #                      ten routing rules) vs HAProxy (also with the same ten rules as ACLs) vs
 #                      nginx -> bench/results/quick.json
 #   make bench         ~15 min: the same, longer, plus h2c and raw TCP, the mTLS and resilience

@@ -103,8 +103,13 @@ class CpuQuota:
     def __enter__(self) -> CpuQuota:
         remove_stale(self.hierarchy)
         self.group.mkdir(exist_ok=True)
-        (self.group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
-        (self.group / "cpu.cfs_quota_us").write_text(str(round(self.share * PERIOD_US)))
+        try:
+            (self.group / "cpu.cfs_period_us").write_text(str(PERIOD_US))
+            (self.group / "cpu.cfs_quota_us").write_text(str(round(self.share * PERIOD_US)))
+        except OSError:  # (a parent group with a smaller quota refuses ours: EINVAL)
+            with contextlib.suppress(OSError):
+                self.group.rmdir()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -125,18 +130,31 @@ class CpuQuota:
 
     @contextlib.contextmanager
     def holding(self, pids: Sequence[int]) -> Iterator[Throttling]:
-        """Every thread of `pids` in the group while the block runs, then back where it was;
-        the yielded `Throttling` is filled in with the block's periods when it ends."""
+        """Every thread of `pids` in the group while the block runs, then back where it was
+        (a thread started meanwhile: where its process's main thread was); the yielded
+        `Throttling` is filled in with the block's periods when it ends.  Raises when a live
+        thread cannot be moved, or none is: a round the quota did not hold must not be
+        reported as one it did."""
         before = self.stat()
         homes: dict[int, Path] = {}
+        process_homes: dict[int, Path] = {}
         for pid in pids:
             for tid in _threads(pid):
                 home = _cgroup_of(tid, self.hierarchy)
                 if home is None:
-                    continue
-                with contextlib.suppress(OSError):  # (a thread that just ended)
+                    continue  # (a thread that just ended)
+                try:
                     _attach(self.group, tid)
-                    homes[tid] = home
+                except OSError as exc:
+                    if Path(f"/proc/{tid}").exists():
+                        self._release(homes, process_homes)
+                        raise RuntimeError(f"thread {tid} of {pid} cannot enter "
+                                           f"{self.group}: {exc}") from exc
+                    continue
+                homes[tid] = home
+                process_homes.setdefault(pid, home)
+        if not homes:
+            raise RuntimeError(f"no thread of {list(pids)} entered {self.group}")
         got = Throttling()
         try:
             yield got
@@ -144,9 +162,25 @@ class CpuQuota:
             after = self.stat()
             got.periods = after.periods - before.periods
             got.throttled = after.throttled - before.throttled
-            for tid in _tasks(self.group):  # threads started meanwhile too
-                with contextlib.suppress(OSError):
-                    _attach(homes.get(tid, self.hierarchy), tid)
+            self._release(homes, process_homes)
+
+    def _release(self, homes: dict[int, Path], process_homes: dict[int, Path]) -> None:
+        """Every thread in the group back to its own cgroup, or its process's."""
+        for tid in _tasks(self.group):
+            home = homes.get(tid) or process_homes.get(_tgid(tid), self.hierarchy)
+            with contextlib.suppress(OSError):
+                _attach(home, tid)
+
+
+def _tgid(tid: int) -> int:
+    """The process a thread belongs to (/proc/TID/status `Tgid`; 0 when it is gone)."""
+    try:
+        for line in Path(f"/proc/{tid}/status").read_text().splitlines():
+            if line.startswith("Tgid:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
 
 
 def _threads(pid: int) -> list[int]:
@@ -190,3 +224,16 @@ def open_quota(share: float | None) -> tuple[CpuQuota | None, str]:
     if why is not None or hierarchy is None:
         return None, f"maximum rate (no CPU quota: {why})"
     return CpuQuota(hierarchy, share), f"CPU quota of {share:g} of a CPU per proxy"
+
+
+def enter_quota(stack: contextlib.ExitStack, share: float | None) -> tuple[CpuQuota | None, str]:
+    """`open_quota`, its group created on `stack` (removed when the stack closes); when the
+    kernel refuses the quota (a parent group's smaller one: EINVAL), no quota and why."""
+    quota, method = open_quota(share)
+    if quota is None:
+        return None, method
+    try:
+        stack.enter_context(quota)
+    except OSError as exc:
+        return None, f"maximum rate (the CPU quota could not be set: {exc})"
+    return quota, method

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.cpu_quota import CpuQuota, open_quota
+from bench.cpu_quota import CpuQuota, enter_quota
 from bench.peers import (
     PROXY_CPU,
     Running,
@@ -104,13 +104,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sat-quota", type=float, default=0.5,
                     help="share of a CPU each proxy may use while loaded (0: no quota)")
     args = ap.parse_args(argv)
-    quota, method = open_quota(args.sat_quota or None)
     env = dict(os.environ)
     env.pop("TULLE_PURE", None)
-    print("loaded:", method, file=sys.stderr)
     with contextlib.ExitStack() as stack:
-        if quota is not None:
-            stack.enter_context(quota)  # (left after the processes below are stopped)
+        # the quota's group first: it is removed after the processes below are stopped
+        quota, method = enter_quota(stack, args.sat_quota or None)
+        print("loaded:", method, file=sys.stderr)
         tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="tulle-hotpath-"))
         ps = stack.enter_context(ProcessSet(Path(tmp)))
         Path(tmp).chmod(0o755)  # nginx workers drop privileges and must read the origin's file

@@ -229,7 +229,7 @@ def quota_record(load: dict[str, Any], m: Meter, quota: CpuQuota,
             "wall_s": rnd(m.wall, 4), "cpu_quota": quota.share,
             "throttled_share": rnd(throttling.share, 3), "contention": m.contention(),
             "errors": load.get("non2xx", 0) + load.get("socket_errors", 0)
-            + load.get("failed", 0)}
+            + load.get("failed", 0) + load.get("not200", 0)}
 
 
 def saturation(cpu_s: float, wall_s: float, requests: int,

@@ -84,9 +84,13 @@ def http1_table(res: dict[str, Any]) -> list[str]:
 def targets_table(res: dict[str, Any]) -> list[str]:
     lines = ["| target | Tulle | limit | met |", "|---|---:|---:|:---:|"]
     for t in res.get("targets", []):
-        extra = f" ({_fmt(t['ratio'])}x)" if "ratio" in t else ""
         met = ("⚠️ undecided: " + _one_line(t["undecided"]) if t["met"] is None
                else "✅ yes" if t["met"] else "❌ no")
+        if "bound" in t:  # a ratio target: decided on the ratio, shown first
+            lines.append(f"| {t['target']} | **{_fmt(t['ratio'])}x** ({_fmt(t['value'])} "
+                         f"{t['unit']}) | {_fmt(t['bound'])}x | {met} |")
+            continue
+        extra = f" ({_fmt(t['ratio'])}x)" if "ratio" in t else ""
         lines.append(f"| {t['target']} | {_fmt(t['value'])} {t['unit']}{extra} | "
                      f"{_fmt(t['limit'])} {t['unit']} | {met} |")
     return lines
@@ -209,9 +213,9 @@ def section(res: dict[str, Any]) -> str:
         "",
         "### Targets",
         "",
-        "A ratio target is decided on the ratio in brackets, the median of the per-round "
-        "ratios (as `ratios` reports it), not on the two medians beside it: with one peer's "
-        "rounds noisy, the two can fall on either side of the bound.",
+        "A ratio target is decided on its ratio, the median of the per-round ratios (as "
+        "`ratios` reports it), not on the peer's median beside it: with one peer's rounds "
+        "noisy, the two can fall on either side of the bound.",
         "",
         *targets_table(res),
         "",

@@ -104,3 +104,36 @@ def test_a_group_left_by_a_dead_runner_is_removed_at_the_next_start() -> None:
         for g in (stale, ours):
             if g.exists():
                 g.rmdir()
+
+
+@needs_cgroup
+def test_a_thread_started_while_held_goes_home_with_its_process() -> None:
+    assert HIERARCHY is not None
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import threading, time\n"
+                              "time.sleep(0.4)\n"  # started after the hold began
+                              "t = threading.Thread(target=time.sleep, args=(5,))\n"
+                              "t.start(); t.join()\n"])
+    try:
+        home = _cgroup_of(child.pid, HIERARCHY)
+        with CpuQuota(HIERARCHY, 0.5) as quota, quota.holding([child.pid]):
+            deadline = time.monotonic() + 5
+            while len(os.listdir(f"/proc/{child.pid}/task")) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            tids = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
+            assert len(tids) == 2 and all(_cgroup_of(t, HIERARCHY) == quota.group for t in tids)
+        assert all(_cgroup_of(t, HIERARCHY) == home for t in tids)
+    finally:
+        child.kill()
+        child.wait()
+
+
+@needs_cgroup
+def test_a_hold_that_moves_no_thread_is_refused() -> None:
+    assert HIERARCHY is not None
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    with CpuQuota(HIERARCHY, 0.5) as quota:
+        with pytest.raises(RuntimeError, match="no thread"), quota.holding([gone.pid]):
+            pass
+        assert not (quota.group / "tasks").read_text().split()

@@ -111,3 +111,13 @@ def test_a_ratio_target_is_decided_on_the_median_of_the_per_round_ratios() -> No
     assert telemetry["ratio"] == 1.191 and telemetry["met"] is False
     assert telemetry["value"] <= telemetry["limit"]  # the medians alone would have said met
     assert res["ratios"]["telemetry_on_vs_off"]["cpu_us_per_req_sat"] == 1.19
+
+
+def test_a_quota_that_did_not_hold_its_proxy_decides_nothing() -> None:
+    held = {**_peer(18.0, 1.0), "cpu_quota": 0.5, "throttled_share_sat": 1.0}
+    loose = {**_peer(24.0, 1.9), "cpu_quota": 0.5, "throttled_share_sat": 0.0}
+    res: dict[str, Any] = {"direct": {"p50_ms": 0.1, "p99_ms": 0.2}, "tulle": loose,
+                           "haproxy": held}
+    derive(res)
+    cpu = _target(res, "CPU per request ≤")
+    assert cpu["met"] is None and "the quota did not hold it" in cpu["undecided"]
