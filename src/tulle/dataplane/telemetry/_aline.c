@@ -43,7 +43,6 @@ static const struct { const char *key; size_t len; enum kind kind; } FIELD[] = {
 };
 #define NFIELDS ((Py_ssize_t)(sizeof(FIELD) / sizeof(FIELD[0])))
 #define MAX_US 1000000000000000LL /* 10^15 us: below it the decimal is exact (see put_ms) */
-#define MAX_NS 253402300800000000000.0 /* 10000-01-01T00:00:00Z in ns (a double: > 2^63) */
 
 #define SLACK 64  /* room past the line for whole-word copies (a prefix, a string's last word) */
 #define PFX 48    /* a field's prefix, `,"key":`, padded: copied as one fixed-size block */
@@ -226,7 +225,8 @@ static PyObject *access_line(PyObject *self, PyObject *const *args, Py_ssize_t n
         if (FIELD[i].kind == TIME && PyLong_CheckExact(v)) {  /* nanoseconds */
             int overflow = 0;
             long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
-            if (overflow || (x == -1 && PyErr_Occurred()) || x < 0 || (double)x >= MAX_NS) {
+            /* (beyond 2^63 - 1 ns, 2262-04-11, is an overflow: the fallback, as before 1970) */
+            if (overflow || (x == -1 && PyErr_Occurred()) || x < 0) {
                 PyErr_Clear();
                 return refer(args, nargs, "a start time out of range");
             }
@@ -293,7 +293,7 @@ static PyObject *access_line(PyObject *self, PyObject *const *args, Py_ssize_t n
                 *o++ = '"';
                 break;
             }
-            /* fall through: a start time already written out */
+            __attribute__((fallthrough));  /* a start time already written out */
         case STR:
             *o++ = '"';
             o += put_escaped(o, (const unsigned char *)text[i], len[i], (int)num[i]);
