@@ -3,10 +3,12 @@ throttling is read back, every thread goes home afterwards, and no group is left
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -58,6 +60,24 @@ needs_cgroup = pytest.mark.skipif(why_not(HIERARCHY) is not None,
                                   reason=f"no CPU quota here: {why_not(HIERARCHY)}")
 
 
+@contextlib.contextmanager
+def _running(argv: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    """A child process for the block, killed and reaped after it."""
+    child = subprocess.Popen(argv)
+    try:
+        yield child
+    finally:
+        child.kill()
+        child.wait()
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (its runner, or its threads, gone)."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    return gone.pid
+
+
 def _cpu_s(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -66,8 +86,7 @@ def _cpu_s(pid: int) -> float:
 @needs_cgroup
 def test_a_busy_process_is_held_to_its_share_and_goes_home_after() -> None:
     assert HIERARCHY is not None
-    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-    try:
+    with _running([sys.executable, "-c", "while True: pass"]) as spin:
         home = _cgroup_of(spin.pid, HIERARCHY)
         with CpuQuota(HIERARCHY, 0.2) as quota:
             group = quota.group
@@ -83,17 +102,12 @@ def test_a_busy_process_is_held_to_its_share_and_goes_home_after() -> None:
             assert used < 0.45, used
             assert throttling.periods >= 5 and throttling.share > 0.5, throttling
         assert not group.exists()
-    finally:
-        spin.kill()
-        spin.wait()
 
 
 @needs_cgroup
 def test_a_group_left_by_a_dead_runner_is_removed_at_the_next_start() -> None:
     assert HIERARCHY is not None
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    stale = HIERARCHY / f"{PREFIX}{gone.pid}"
+    stale = HIERARCHY / f"{PREFIX}{_dead_pid()}"
     stale.mkdir()
     ours = HIERARCHY / f"{PREFIX}{os.getpid()}"
     try:
@@ -109,12 +123,11 @@ def test_a_group_left_by_a_dead_runner_is_removed_at_the_next_start() -> None:
 @needs_cgroup
 def test_a_thread_started_while_held_goes_home_with_its_process() -> None:
     assert HIERARCHY is not None
-    child = subprocess.Popen([sys.executable, "-c",
-                              "import threading, time\n"
-                              "time.sleep(0.4)\n"  # started after the hold began
-                              "t = threading.Thread(target=time.sleep, args=(5,))\n"
-                              "t.start(); t.join()\n"])
-    try:
+    with _running([sys.executable, "-c",
+                   "import threading, time\n"
+                   "time.sleep(0.4)\n"  # started after the hold began
+                   "t = threading.Thread(target=time.sleep, args=(5,))\n"
+                   "t.start(); t.join()\n"]) as child:
         home = _cgroup_of(child.pid, HIERARCHY)
         with CpuQuota(HIERARCHY, 0.5) as quota, quota.holding([child.pid]):
             deadline = time.monotonic() + 5
@@ -123,17 +136,12 @@ def test_a_thread_started_while_held_goes_home_with_its_process() -> None:
             tids = [int(t) for t in os.listdir(f"/proc/{child.pid}/task")]
             assert len(tids) == 2 and all(_cgroup_of(t, HIERARCHY) == quota.group for t in tids)
         assert all(_cgroup_of(t, HIERARCHY) == home for t in tids)
-    finally:
-        child.kill()
-        child.wait()
 
 
 @needs_cgroup
 def test_a_hold_that_moves_no_thread_is_refused() -> None:
     assert HIERARCHY is not None
-    gone = subprocess.Popen(["true"])
-    gone.wait()
     with CpuQuota(HIERARCHY, 0.5) as quota:
-        with pytest.raises(RuntimeError, match="no thread"), quota.holding([gone.pid]):
+        with pytest.raises(RuntimeError, match="no thread"), quota.holding([_dead_pid()]):
             pass
         assert not (quota.group / "tasks").read_text().split()
