@@ -15,7 +15,7 @@ its run whatever the load side can do, and `cpu_util_sat` is the share of its qu
 The closed-loop maximum rate is still measured without a quota (`rps_max`, and
 `cpu_us_per_req_max_rate` / `cpu_util_max_rate` beside it).  Without a quota the maximum
 rate's figures are the saturation figures, as before, and a proxy busy for less than 95% of
-its CPU there leaves its comparisons undecided (`bench/run.py`).
+its CPU there leaves its comparisons undecided (`bench/verdicts.py`).
 """
 
 from __future__ import annotations

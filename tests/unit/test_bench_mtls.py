@@ -42,7 +42,7 @@ def test_results_are_merged_into_the_file(tmp_path: Path) -> None:
 
 
 def test_each_rounds_added_latency_is_kept() -> None:
-    from bench.run import derive_mtls
+    from bench.verdicts import derive_mtls
     res = {"direct": {"p50_ms_by_round": [0.1, 0.2], "p99_ms_by_round": [0.3, 0.4]},
            "tulle-mtls": {"p99_ms": 1.0, "added_p99_ms_vs_direct": 0.5,
                           "p50_ms_by_round": [0.4, 0.6], "p99_ms_by_round": [0.9, 0.8],

@@ -1,11 +1,11 @@
 """The benchmark's figures are medians of rounds with their spread, never the best round
-(issue 13 item 4): `bench.measure.with_spread`, `bench.run._ratios`, `bench.report._cell`."""
+(issue 13 item 4): `bench.measure.with_spread`, `bench.verdicts._ratios`, `bench.report._cell`."""
 
 from __future__ import annotations
 
 from bench.measure import with_spread
 from bench.report import _cell
-from bench.run import _ratios
+from bench.verdicts import _ratios
 
 
 def test_a_figure_is_the_median_of_its_rounds_with_min_and_max() -> None:

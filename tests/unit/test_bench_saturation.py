@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 from bench.peers import Running
 from bench.report import _saturation_note, targets_table
-from bench.run import SATURATED, _record_mode, derive
+from bench.run import _record_mode
+from bench.verdicts import SATURATED, derive
 
 
 def _peer(cpu: float, busy: float) -> dict[str, Any]:
