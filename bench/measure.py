@@ -166,10 +166,10 @@ class Tally:
 
     def quota_round(self, plan: Plan, quota: CpuQuota) -> None:
         """A closed-loop round with the proxy held to `quota`: CPU per request at saturation."""
-        with quota.holding(self.target.pids) as throttling, Meter(self.target.pids) as m:
-            res = run_wrk(self.target.port, duration=plan.wrk_s, connections=plan.wrk_conns,
-                          path=self.target.path, headers=self.target.headers)
-        self.quota_rounds.append(quota_record(res, m, quota, throttling))
+        t = self.target
+        self.quota_rounds.append(held_run(t.pids, quota, lambda: run_wrk(
+            t.port, duration=plan.wrk_s, connections=plan.wrk_conns, path=t.path,
+            headers=t.headers)))
 
     def result(self) -> dict[str, Any]:
         lat = percentiles(self.samples)
@@ -219,6 +219,15 @@ class Tally:
             out["quota_rounds"] = self.quota_rounds
             out["cpu_quota"] = self.quota_rounds[0]["cpu_quota"]
         return out
+
+
+def held_run(pids: list[int], quota: CpuQuota,
+             run: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """`run` (a load generator's run) with `pids` held to `quota`: its record
+    (`quota_record`)."""
+    with quota.holding(pids) as throttling, Meter(pids) as m:
+        load = run()
+    return quota_record(load, m, quota, throttling)
 
 
 def quota_record(load: dict[str, Any], m: Meter, quota: CpuQuota,
@@ -312,9 +321,7 @@ def _under_quota(r: Running, quota: CpuQuota | None, run: Callable[[], dict[str,
     if quota is None or not r.pids:
         return {k: rnd(v, 2 if k.startswith("cpu_util") else 1)
                 for k, v in saturation(m.proxy_s, m.wall, load["requests"], None).items()}
-    with quota.holding(r.pids) as throttling, Meter(r.pids) as qm:
-        qload = run()
-    q = quota_record(qload, qm, quota, throttling)
+    q = held_run(r.pids, quota, run)
     out: dict[str, Any] = {k: rnd(v, 2 if k.startswith(("cpu_util", "throttled")) else 1)
                            for k, v in saturation(m.proxy_s, m.wall, load["requests"], q).items()}
     out["cpu_quota"] = quota.share
