@@ -70,6 +70,10 @@ _encoder: Final = msgspec.json.Encoder()
 _encode: Final = _encoder.encode
 _encode_lines: Final = _encoder.encode_lines
 
+_START: Final = ACCESS_FIELDS.index("start_time")
+"""Where a record's value is the start time, in integer nanoseconds (the line writes its
+text)."""
+
 _DURATIONS: Final = frozenset(
     ACCESS_FIELDS.index(name)
     for name in ("duration", "response_duration", "upstream_duration"))
@@ -79,7 +83,7 @@ _DURATIONS: Final = frozenset(
 def _field(i: int, v: Any) -> Any:
     if isinstance(v, bytes):
         return v.decode("latin-1")
-    if i == 0 and isinstance(v, int):  # the start time, in nanoseconds since the epoch
+    if i == _START and isinstance(v, int):  # nanoseconds since the epoch
         return start_time(v)
     if v is not None and i in _DURATIONS:
         return float(v) / 1000.0

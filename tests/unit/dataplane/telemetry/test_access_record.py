@@ -175,13 +175,31 @@ def test_what_the_c_encoder_cannot_write_alike_goes_to_the_struct() -> None:
     assert NATIVE_LINE is not None
     import http
 
-    for i, value in ((9, 10**15), (9, -1), (10, 2**60), (11, -5), (4, 2**70), (7, -2**64),
-                     (15, True), (4, http.HTTPStatus.OK),
-                     (0, 253402300800 * 10**9), (0, 2**63 - 1), (0, -1),
-                     (0, True), (0, http.HTTPStatus.OK)):  # an int subclass: the fallback's
-        v: list[Any] = list(LINE_VALUES)
-        v[i] = value
-        assert NATIVE_LINE(*v) == encode_line(*v)
+    from tulle.dataplane.telemetry import _aline
+
+    referred: list[tuple[Any, ...]] = []
+
+    def spy(*values: Any) -> bytes:  # the fallback, counting what reaches it
+        referred.append(values)
+        return encode_line(*values)
+
+    _aline.set_fallback(spy)
+    try:
+        for i, value in ((9, 10**15), (9, -1), (10, 2**60), (11, -5), (4, 2**70), (7, -2**64),
+                         (15, True), (4, http.HTTPStatus.OK),
+                         (0, 2**63), (0, 253402300800 * 10**9), (0, -1),
+                         (0, True), (0, http.HTTPStatus.OK)):  # an int subclass: the fallback's
+            v: list[Any] = list(LINE_VALUES)
+            v[i] = value
+            referred.clear()
+            assert NATIVE_LINE(*v) == encode_line(*v)
+            assert len(referred) == 1, (i, value)  # written by the fallback, not by C
+        last = list(LINE_VALUES)
+        last[0] = 2**63 - 1  # the last nanosecond of 64 bits (2262-04-11): C writes it
+        referred.clear()
+        assert NATIVE_LINE(*last) == encode_line(*last) and not referred
+    finally:
+        _aline.set_fallback(encode_line)
     surrogate: list[Any] = list(LINE_VALUES)
     surrogate[26] = "listener-\udc80"  # a lone surrogate: msgspec refuses it, so the line too
     with pytest.raises(UnicodeEncodeError):
