@@ -28,9 +28,10 @@ PREFIX = "tulle-bench-"
 PERIOD_US = 100_000
 """The bandwidth period: the kernel's default 100 ms.  A shorter one stalls the load for less
 time but throttles the proxy more often, and each time it resumes it refills its caches;
-that costs a proxy with a large working set (CPython's) more than HAProxy, so a short period
-leans against Tulle (10 ms against 100 ms, medians of three rounds on the 2-CPU EPYC VM:
-Tulle 23.97 against 22.47 µs per request, HAProxy 19.25 against 18.70; ADR 0077)."""
+that costs a proxy with a large working set (CPython's) more than HAProxy.  Measured, the
+medians lean that way (10 ms against 100 ms, three rounds each on the 2-CPU EPYC VM: Tulle
+23.97 against 22.47 µs per request, HAProxy 19.25 against 18.70) but the rounds' spreads
+overlap (ADR 0077's table), so the default was kept rather than chosen by them."""
 
 
 def find_hierarchy(mounts: str | None = None) -> Path | None:
