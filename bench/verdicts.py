@@ -10,6 +10,7 @@ is decided on that ratio (`ratio_target`), never on the best round (issue 13 ite
 from __future__ import annotations
 
 import statistics
+from dataclasses import dataclass
 from typing import Any
 
 from bench.measure import rnd
@@ -94,6 +95,48 @@ def verdict(res: dict[str, Any], key: str, peers: tuple[str, str], met: bool) ->
     return {"met": met} if why is None else {"met": None, "undecided": why}
 
 
+@dataclass(frozen=True)
+class PairTarget:
+    """A target on CPU per request of one peer against another in the same run (at 1,000 rps
+    and at saturation), and the `ratios` entry that reports the pair."""
+
+    peer: str
+    ref: str
+    label: str
+    """The target's text, `{at}` standing for "at 1,000 rps" / "at saturation"."""
+    bound: float
+    ratios: str
+    limit_nd: int = 1
+    ratio_nd: int = 2
+    strict: bool = False
+    more_keys: tuple[str, ...] = ()
+
+
+PAIR_TARGETS: tuple[PairTarget, ...] = (
+    PairTarget("tulle-filters", "tulle",
+               f"two header modifiers ≤ +{TARGET_FILTER_COST - 1:.0%} CPU per request over "
+               "no filters ({at})", TARGET_FILTER_COST, "tulle_filters_vs_tulle", ratio_nd=3),
+    PairTarget("tulle-retry", "tulle",
+               f"retries and their budget on a healthy path < +{TARGET_RETRY_COST - 1:.0%} CPU "
+               "per request ({at})", TARGET_RETRY_COST, "tulle_retry_vs_tulle", limit_nd=2,
+               ratio_nd=3, strict=True),
+    PairTarget("tulle-telemetry", "tulle",
+               f"telemetry on ≤ +{TARGET_TELEMETRY_COST - 1:.0%} CPU per request over the same "
+               "proxy with it off ({at})", TARGET_TELEMETRY_COST, "telemetry_on_vs_off",
+               limit_nd=2, ratio_nd=3, more_keys=("rss_mb",)),
+    PairTarget("tulle-routes", "haproxy-routes",
+               f"ten rules + two header filters ≤ {TARGET_ROUTING_CPU_RATIO:g}x HAProxy's ACL "
+               "routing, CPU per request ({at})", TARGET_ROUTING_CPU_RATIO,
+               "tulle_routes_vs_haproxy_routes"),
+    PairTarget("tulle-resilience", "haproxy-resilience",
+               f"peak-EWMA + retries + circuit breaker ≤ {TARGET_RESILIENCE_CPU_RATIO:g}x "
+               "HAProxy's leastconn + retries + maxconn, CPU per request ({at})",
+               TARGET_RESILIENCE_CPU_RATIO, "tulle_resilience_vs_haproxy_resilience"),
+)
+"""Each peer with what it is measured against: filters (issue 7), retries (10), telemetry (12),
+routing (8), resilience (10)."""
+
+
 def derive(res: dict[str, Any]) -> None:
     direct = res.get("direct", {})
     for name in ALL_STARTERS:
@@ -136,56 +179,18 @@ def derive(res: dict[str, Any]) -> None:
         targets.append({"target": f"added p99 at 1,000 rps ≤ {TARGET_ADDED_P99_MS} ms over direct",
                         "value": v, "limit": TARGET_ADDED_P99_MS, "unit": "ms",
                         "met": v <= TARGET_ADDED_P99_MS})
-    tf = res.get("tulle-filters", {})
-    for key, label in (("cpu_us_per_req", "at 1,000 rps"), ("cpu_us_per_req_sat", "at saturation")):
-        if key in tf and key in tu and tu[key] > 0:
-            targets.append(ratio_target(
-                res, f"two header modifiers ≤ +{TARGET_FILTER_COST - 1:.0%} CPU per request over "
-                     f"no filters ({label})", key, ("tulle-filters", "tulle"),
-                TARGET_FILTER_COST, 1, 3))
-    trt = res.get("tulle-retry", {})
-    for key, label in (("cpu_us_per_req", "at 1,000 rps"), ("cpu_us_per_req_sat", "at saturation")):
-        if key in trt and key in tu and tu[key] > 0:
-            targets.append(ratio_target(
-                res, f"retries and their budget on a healthy path < "
-                     f"+{TARGET_RETRY_COST - 1:.0%} CPU per request ({label})", key,
-                ("tulle-retry", "tulle"), TARGET_RETRY_COST, 2, 3, strict=True))
-    if trt and tu:
-        ratios["tulle_retry_vs_tulle"] = _ratios(trt, tu, ("cpu_us_per_req", "cpu_us_per_req_sat",
-                                                          "p50_ms", "p99_ms", "rps_max"))
-    tt = res.get("tulle-telemetry", {})
-    for key, label in (("cpu_us_per_req", "at 1,000 rps"), ("cpu_us_per_req_sat", "at saturation")):
-        if key in tt and key in tu and tu[key] > 0:
-            targets.append(ratio_target(
-                res, f"telemetry on ≤ +{TARGET_TELEMETRY_COST - 1:.0%} CPU per request over the "
-                     f"same proxy with it off ({label})", key, ("tulle-telemetry", "tulle"),
-                TARGET_TELEMETRY_COST, 2, 3))
-    if tt and tu:
-        ratios["telemetry_on_vs_off"] = _ratios(tt, tu, ("cpu_us_per_req", "cpu_us_per_req_sat",
-                                                         "p50_ms", "p99_ms", "rps_max", "rss_mb"))
-    if tf and tu:
-        ratios["tulle_filters_vs_tulle"] = _ratios(tf, tu, ("cpu_us_per_req", "cpu_us_per_req_sat",
-                                                            "p50_ms", "p99_ms", "rps_max"))
-    tr, hr = res.get("tulle-routes", {}), res.get("haproxy-routes", {})
-    for key, label in (("cpu_us_per_req", "at 1,000 rps"), ("cpu_us_per_req_sat", "at saturation")):
-        if key in tr and key in hr and hr[key] > 0:
-            targets.append(ratio_target(
-                res, f"ten rules + two header filters ≤ {TARGET_ROUTING_CPU_RATIO:g}x HAProxy's "
-                     f"ACL routing, CPU per request ({label})", key,
-                ("tulle-routes", "haproxy-routes"), TARGET_ROUTING_CPU_RATIO, 1, 2))
-    if tr and hr:
-        ratios["tulle_routes_vs_haproxy_routes"] = _ratios(
-            tr, hr, ("cpu_us_per_req", "cpu_us_per_req_sat", "p50_ms", "p99_ms", "rps_max"))
-    ts, hs = res.get("tulle-resilience", {}), res.get("haproxy-resilience", {})
-    for key, label in (("cpu_us_per_req", "at 1,000 rps"), ("cpu_us_per_req_sat", "at saturation")):
-        if key in ts and key in hs and hs[key] > 0:
-            targets.append(ratio_target(
-                res, f"peak-EWMA + retries + circuit breaker ≤ {TARGET_RESILIENCE_CPU_RATIO:g}x "
-                     f"HAProxy's leastconn + retries + maxconn, CPU per request ({label})", key,
-                ("tulle-resilience", "haproxy-resilience"), TARGET_RESILIENCE_CPU_RATIO, 1, 2))
-    if ts and hs:
-        ratios["tulle_resilience_vs_haproxy_resilience"] = _ratios(
-            ts, hs, ("cpu_us_per_req", "cpu_us_per_req_sat", "p50_ms", "p99_ms", "rps_max"))
+    for pair in PAIR_TARGETS:
+        peer, ref = res.get(pair.peer, {}), res.get(pair.ref, {})
+        for key, label in (("cpu_us_per_req", "at 1,000 rps"),
+                           ("cpu_us_per_req_sat", "at saturation")):
+            if key in peer and key in ref and ref[key] > 0:
+                targets.append(ratio_target(
+                    res, pair.label.format(at=label), key, (pair.peer, pair.ref), pair.bound,
+                    pair.limit_nd, pair.ratio_nd, strict=pair.strict))
+        if peer and ref:
+            ratios[pair.ratios] = _ratios(peer, ref, (
+                "cpu_us_per_req", "cpu_us_per_req_sat", "p50_ms", "p99_ms", "rps_max",
+                *pair.more_keys))
     mtls = derive_mtls(res)
     if "added_p99_ms" in mtls:
         v = mtls["added_p99_ms"]
