@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
     from tulle.dataplane.http.chain import Chain
     from tulle.dataplane.http.retry import RetryRuntime
-    from tulle.dataplane.routing.router import Route
     from tulle.dataplane.runtime.tls import ServerRef, TLSContexts
     from tulle.dataplane.telemetry.access_log import AccessLogger
     from tulle.dataplane.telemetry.flow_records import FlowLogger
@@ -156,8 +155,6 @@ class ListenerContext:
         """The snapshot's access log (`telemetry.access_log`), set when it is committed."""
         self.flow_log: FlowLogger | None = None
         """The snapshot's flow log (`telemetry.flow_log`), set likewise."""
-        self.matched_route: Route | None = None
-        """The route `resolve` matched last (read at once by the stream, for its log)."""
 
     def follow(self, previous: ListenerContext) -> None:
         """This context replaces `previous` on the same listener: carry the state that must

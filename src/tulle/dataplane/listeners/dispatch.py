@@ -22,6 +22,7 @@ from tulle.dataplane.routing.paths import PathRejected
 if TYPE_CHECKING:
     from tulle.dataplane.http.chain import Chain
     from tulle.dataplane.http.retry import RetryRuntime
+    from tulle.dataplane.http.stream import RequestStream
     from tulle.dataplane.listeners.context import ListenerContext
     from tulle.dataplane.listeners.request_stats import RequestStats
     from tulle.dataplane.routing.router import Router
@@ -65,7 +66,9 @@ class Decision:
 
 
 def resolve(ctx: ListenerContext, router: Router | None, default_cluster: str,
-            head: RequestHead) -> Decision:
+            head: RequestHead, stream: RequestStream | None = None) -> Decision:
+    """The request's decision: the route its head matches (told to `stream` as its `route`,
+    which the access log names) and what that route asks of the cluster."""
     paths = ctx.paths
     if paths is not None and paths.suspect(head.path) is not None:
         # From here on (routing, filters, the upstream) the request carries the normalised path.
@@ -77,7 +80,9 @@ def resolve(ctx: ListenerContext, router: Router | None, default_cluster: str,
     if router is None:
         return _shared(ctx, default_cluster, ctx.settings.request_timeout_ms)
     route = router.only or router.route(head)
-    ctx.matched_route = route  # for the access log's `route_name` (one store per request)
+    if stream is not None:  # the access log's `route_name`: a store into the compiled
+        # stream (a store into the interpreted context cost a generic attribute write)
+        stream.route = route
     if route is None:
         return Decision(None, "-", 0, 404, b"no route for host '%b' path '%b' on listener "
                         b"%b\n" % (head.authority, head.path.split(b"?", 1)[0],

@@ -79,7 +79,6 @@ class Ctx:
     tap = TapHub()  # never started: the request path's one test for a live tap
     tracer = None
     access_log = None
-    matched_route = None
 
     def __init__(self, high_water: int = 1000, sweep_timeout_min: float = 10.0) -> None:
         self.high_water = high_water

@@ -8,9 +8,10 @@ set, before routing (so the route's filters and the upstream see the proxy's con
 `ListenerTracer.finish` when it records the request: the span is an observer of `done`.
 
 Per request, sampled or not: one pass over the headers (`propagation.extract`), a sampling
-draw when the caller made no decision, one random span id (and trace id for a new trace), the
-propagation headers written.  Only a sampled request reads the wall clock, builds attributes
-and a `Span`, and hands it to the sink (a queue).
+decision when the caller made none (a new trace's follows from its random id, `_cutoff`; a
+caller's context without a decision takes a random draw), one random span id (and trace id
+for a new trace), the propagation headers written.  Only a sampled request reads the wall
+clock, builds attributes and a `Span`, and hands it to the sink (a queue).
 
 Which span: the proxy makes one span per request.  On an `outbound` listener (the local app
 calls out) it is a CLIENT span, on an `inbound` one a SERVER span, as Envoy and Istio make
@@ -69,13 +70,16 @@ def _nonzero(trace_id: bytes, span_id: bytes) -> tuple[bytes, bytes]:
     return trace_id, span_id
 
 
-def _maybe_trace(name: bytes) -> bool:
-    """A cheap look at a field name before the set lookup (which hashes it): every name of
-    `TRACE_HEADERS` starts with `t`, `b` or `x-b`."""
-    if not name:
-        return False
-    c = name[0]
-    return c in {116, 98} or (c == 120 and len(name) > 2 and name[2] == 98)
+def _cutoff(threshold: float) -> bytes:
+    """The new traces a `threshold` share samples: those whose id, 32 lower-case hex digits,
+    is below this (OpenTelemetry's TraceIdRatioBased rule; the proxy's ids are random, so the
+    share is `threshold`).  The decision is one bytes comparison, not a random draw per
+    request, and any proxy deciding on the same id decides alike."""
+    if threshold >= 1.0:
+        return b"g"  # above every id: every hex digit is below `g`
+    if threshold <= 0.0:
+        return b""  # nothing is below the empty string
+    return b"%032x" % min(int(threshold * (1 << 128)), (1 << 128) - 1)
 
 
 class RequestTrace:
@@ -102,13 +106,17 @@ class RequestTrace:
 class Tracer:
     """The `telemetry.tracing` section compiled, once per snapshot that changes it."""
 
-    __slots__ = ("drop", "formats", "key", "sink", "threshold")
+    __slots__ = ("cutoff", "drop", "formats", "key", "sink", "threshold")
 
     def __init__(self, cfg: Tracing, sink: SpanSink | None) -> None:
         self.key: tuple[object, ...] | None = None
         """What it was built from (`runtime.TracingRuntime` compares it)."""
         self.threshold = cfg.sampling_percent / 100.0
-        """A request without a caller's decision is sampled when a draw in [0, 1) is below."""
+        """A request whose caller sent a context without a decision is sampled when a draw in
+        [0, 1) is below (the caller's id may not be random: a 64-bit B3 id padded with
+        zeros)."""
+        self.cutoff = _cutoff(self.threshold)
+        """A new trace is sampled when its id is below (`_cutoff`)."""
         formats = 0
         for name in cfg.propagation:
             formats |= FORMATS[name]
@@ -124,8 +132,8 @@ class Tracer:
 class ListenerTracer:
     """A tracer as one listener uses it (the span kind follows the listener's direction)."""
 
-    __slots__ = ("at", "drop", "formats", "ids", "kind", "listener", "sink", "threshold",
-                 "tracer")
+    __slots__ = ("at", "cutoff", "drop", "formats", "ids", "kind", "listener", "sink",
+                 "threshold", "tracer")
 
     def __init__(self, tracer: Tracer, listener: str, kind: int) -> None:
         self.tracer = tracer
@@ -139,6 +147,7 @@ class ListenerTracer:
         self.formats = tracer.formats
         self.drop = tracer.drop
         self.threshold = tracer.threshold
+        self.cutoff = tracer.cutoff
         self.sink = tracer.sink
 
     def start(self, head: RequestHead) -> RequestTrace:
@@ -146,7 +155,12 @@ class ListenerTracer:
         headers = head.headers
         found: list[tuple[bytes, bytes]] | None = None
         for h in headers:  # (usually none or one)
-            if _maybe_trace(h[0]) and h[0] in TRACE_HEADERS:
+            name = h[0]
+            c = name[0] if name else 0
+            # A cheap look before the set lookup (which hashes the name): every name of
+            # `TRACE_HEADERS` starts with `t`, `b` or `x-b`.
+            if ((c in (116, 98) or (c == 120 and len(name) > 2 and name[2] == 98))
+                    and name in TRACE_HEADERS):
                 if found is None:
                     found = [h]
                 else:
@@ -162,7 +176,7 @@ class ListenerTracer:
             trace_id = ids[at:at + 32]
             if span_id == _ZERO_SPAN or trace_id == _ZERO_TRACE:  # W3C forbids all-zero ids
                 trace_id, span_id = _nonzero(trace_id, span_id)
-            sampled = _rand() < self.threshold
+            sampled = trace_id < self.cutoff
             if self.formats == W3C:
                 headers.append((b"traceparent", b"".join(
                     (b"00-", trace_id, b"-", span_id, b"-01" if sampled else b"-00"))))

@@ -83,13 +83,35 @@ def test_the_callers_decision_wins_over_the_rate(percent: float) -> None:
 
 
 def test_without_a_decision_the_rate_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """New traces (random ids) and callers' contexts without a decision (a draw) alike."""
     rng = random.Random(7)
     monkeypatch.setattr(tracer_mod, "_rand", rng.random)
     lt, _ = _tracer(percent=10.0)
     n = sum(lt.start(_head()).sampled for _ in range(10_000))
     assert 800 < n < 1200
+    undecided = [(b"x-b3-traceid", b"%032x" % (i + 1)) for i in range(10_000)]
+    n = sum(lt.start(_head(h)).sampled for h in undecided)
+    assert 800 < n < 1200  # (the ids are small numbers: a cut-off on them would take all)
     lt, _ = _tracer(percent=0.0)
     assert not any(lt.start(_head()).sampled for _ in range(1000))
+    assert not any(lt.start(_head(h)).sampled for h in undecided[:1000])
+    lt, _ = _tracer(percent=100.0)
+    assert all(lt.start(_head()).sampled for _ in range(1000))
+
+
+def test_a_new_trace_is_sampled_by_its_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OpenTelemetry's TraceIdRatioBased rule: a new trace is sampled when its id is below
+    the rate's share of the id space, so one id gets one decision, wherever it is made."""
+    ids = [(1 << 128) // 4 - 1, (1 << 128) // 4, 0xF << 124, 1 << 100]  # 25%: in, out, out, in
+    draw = b"".join(((t << 64) | 0xABC).to_bytes(24, "big") for t in ids) + bytes(24 * 124)
+    monkeypatch.setattr(tracer_mod, "_urandom", lambda n: draw)
+    monkeypatch.setattr(tracer_mod, "_rand", lambda: pytest.fail("no draw for a new trace"))
+    lt, _ = _tracer(percent=25.0)
+    got = [lt.start(_head()) for _ in ids]
+    assert [t.sampled for t in got] == [True, False, False, True]
+    assert [int(t.trace_id, 16) for t in got] == ids
+    assert tracer_mod._cutoff(1.0) > b"f" * 32 and tracer_mod._cutoff(0.0) == b""
+    assert tracer_mod._cutoff(0.5) == b"8" + b"0" * 31
 
 
 def test_an_unsampled_request_still_propagates_not_sampled() -> None:
