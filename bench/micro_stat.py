@@ -24,7 +24,7 @@ import msgspec
 
 from tulle.controlplane.telemetry.stat import stat_document
 from tulle.controlplane.telemetry.window import StatsWindow
-from tulle.dataplane.listeners.context import RequestStats
+from tulle.dataplane.listeners.request_stats import RequestStats
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.telemetry.summary import Summarizer
 from tulle.proxyconfig.model import ProxyConfig

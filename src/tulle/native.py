@@ -68,6 +68,7 @@ COMPILED: Final = (
     "tulle.dataplane.upstream.budget",
     "tulle.dataplane.upstream.limits",
     "tulle.dataplane.listeners.request_stats",
+    "tulle.dataplane.listeners.listener_context",
     "tulle.dataplane.protocols.h2common",
     "tulle.dataplane.protocols.h2events",
     "tulle.dataplane.protocols.h2fields",

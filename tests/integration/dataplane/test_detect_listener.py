@@ -15,7 +15,7 @@ import pytest
 from tests.support.proxy import free_port, running_proxy
 
 from tulle.dataplane.listeners import detect as detect_listener
-from tulle.dataplane.listeners.context import DEFAULT_OPAQUE_PORTS
+from tulle.dataplane.listeners.listener_context import DEFAULT_OPAQUE_PORTS
 
 pytestmark = pytest.mark.both_loops
 

@@ -36,9 +36,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from tulle.dataplane.listeners.chains import ChainRule, by_destination, by_hello
-from tulle.dataplane.listeners.context import ListenerContext, ListenerHandle
+from tulle.dataplane.listeners.context import ListenerHandle
 from tulle.dataplane.listeners.detect import Deciding, handover
 from tulle.dataplane.listeners.http1 import H1Downstream
+from tulle.dataplane.listeners.listener_context import ListenerContext
 from tulle.dataplane.network.relay import Target, relay
 from tulle.dataplane.protocols.clienthello import ClientHelloReader
 from tulle.dataplane.protocols.detect import MAX_SNIFF_BYTES, detect, undecided

@@ -44,20 +44,16 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from mypy_extensions import mypyc_attr
 
-from tulle.dataplane.listeners.context import (
-    Connection,
-    ListenerContext,
-    ListenerHandle,
-    reset,
-)
+from tulle.dataplane.listeners.context import Connection, ListenerHandle, reset
 from tulle.dataplane.listeners.http1 import H1Downstream
+from tulle.dataplane.listeners.listener_context import ListenerContext
 from tulle.dataplane.network.relay import Target, relay
 from tulle.dataplane.protocols.detect import MAX_SNIFF_BYTES, detect_next, undecided
 from tulle.net.origdst import original_destination
 
 if TYPE_CHECKING:
-    from tulle.dataplane.listeners.context import DestinationRule
     from tulle.dataplane.listeners.http2 import H2Downstream
+    from tulle.dataplane.listeners.listener_context import DestinationRule
     from tulle.dataplane.telemetry.series import CounterChild
 
 

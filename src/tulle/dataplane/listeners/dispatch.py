@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from tulle.dataplane.http.chain import Chain
     from tulle.dataplane.http.retry import RetryRuntime
     from tulle.dataplane.http.stream import RequestStream
-    from tulle.dataplane.listeners.context import ListenerContext
+    from tulle.dataplane.listeners.listener_context import ListenerContext
     from tulle.dataplane.listeners.request_stats import RequestStats
     from tulle.dataplane.routing.router import Router
     from tulle.dataplane.upstream.attempt import AttemptRequest

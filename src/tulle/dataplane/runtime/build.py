@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from operator import is_
 
-from tulle.dataplane.listeners.context import ListenerContext
+from tulle.dataplane.listeners.listener_context import ListenerContext
 from tulle.dataplane.routing.router import Router
 from tulle.dataplane.runtime.tls import Rotation
 from tulle.dataplane.telemetry.access_log import AccessLogger

@@ -18,7 +18,7 @@ from tulle.dataplane.telemetry.metrics import Counter, ProxyMetrics
 from tulle.dataplane.telemetry.sinks import SinkStats
 
 if TYPE_CHECKING:
-    from tulle.dataplane.listeners.context import ListenerContext
+    from tulle.dataplane.listeners.listener_context import ListenerContext
     from tulle.dataplane.telemetry.otlp.common import Value
     from tulle.proxyconfig.model import Node, ProxyConfig
 

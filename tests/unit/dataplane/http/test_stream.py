@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from tulle.dataplane.http.filter import BUFFER, CONTINUE, STOP, FilterStream, Ht
 from tulle.dataplane.http.port import StreamConn
 from tulle.dataplane.http.stream import RequestStream
 from tulle.dataplane.listeners.dispatch import Decision
+from tulle.dataplane.listeners.listener_context import ListenerContext
 from tulle.dataplane.listeners.request_stats import RequestStats
 from tulle.dataplane.telemetry.tap import TapHub
 from tulle.dataplane.upstream.cluster import ClusterRuntime
@@ -70,33 +72,31 @@ class Stats(RequestStats):
         self.counted.append((status, flags))
 
 
-class Ctx:
+class Ctx(ListenerContext):
     """The listener context, as `resolve` and the stream read it: every request is routed to
-    the decision the test gives."""
-
-    paths = None
-    generate_request_id = False
-    tap = TapHub()  # never started: the request path's one test for a live tap
-    tracer = None
-    access_log = None
+    the decision the test gives.  (A subclass: compiled code checks the declared class; its
+    own `__init__` sets only what the stream reads.)"""
 
     def __init__(self, high_water: int = 1000, sweep_timeout_min: float = 10.0) -> None:
+        self.name = "l"
+        self.paths = None
+        self.generate_request_id = False
+        self.tap = TapHub()  # never started: the request path's one test for a live tap
+        self.tracer = None
+        self.access_log = None
+        self.settings = SimpleNamespace(request_timeout_ms=0)  # type: ignore[assignment]
         self.high_water = high_water
         self.sweep_timeout_min = sweep_timeout_min
+        self.decisions = {}  # none shared: `decision` routes
         self.st = Stats()
         self.filter_errors: list[str] = []
         self.routed_to: Decision | None = None
-        self.decisions: dict[str, dict[int, Decision]] = {}  # none shared: `decision` routes
 
-    @property
-    def settings(self) -> Any:
-        return type("S", (), {"request_timeout_ms": 0})
-
-    def decision(self, cluster: str, timeout_ms: int) -> Decision:
+    def decision(self, cluster: str, timeout_ms: int, *args: Any, **kwargs: Any) -> Decision:
         assert self.routed_to is not None
         return self.routed_to
 
-    def stats(self, cluster: str) -> Stats:
+    def stats(self, cluster: str, addressed: str = "") -> Stats:
         return self.st
 
     def filter_error(self, name: str) -> None:

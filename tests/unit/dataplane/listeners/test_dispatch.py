@@ -5,8 +5,8 @@ from __future__ import annotations
 import uuid
 
 from tulle.dataplane.exchange import RequestHead
-from tulle.dataplane.listeners.context import ListenerContext
 from tulle.dataplane.listeners.dispatch import add_forwarding_headers, request_id, resolve
+from tulle.dataplane.listeners.listener_context import ListenerContext
 from tulle.dataplane.routing.router import Router
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 

@@ -396,7 +396,7 @@ async def test_a_lowered_timeout_gets_its_own_timer_which_a_decision_cancels() -
 def test_the_never_sniffed_ports_are_joined_once_per_snapshot() -> None:
     """The listener's `opaque_ports` and the built-in defaults are one set on its context,
     which both sniffing drivers test a connection's port against."""
-    from tulle.dataplane.listeners.context import DEFAULT_OPAQUE_PORTS
+    from tulle.dataplane.listeners.listener_context import DEFAULT_OPAQUE_PORTS
 
     cfg = validate({
         "listeners": [{"name": "l", "port": 1, "protocol": "auto", "cluster": "origin",

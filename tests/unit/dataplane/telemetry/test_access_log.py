@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import random
-from types import SimpleNamespace
 from typing import Any
 
 import msgspec
@@ -17,6 +16,7 @@ from tulle.dataplane.exchange import RequestHead
 from tulle.dataplane.http.facts import ConnectionFacts
 from tulle.dataplane.http.port import StreamConn
 from tulle.dataplane.http.stream import RequestStream
+from tulle.dataplane.listeners.listener_context import ListenerContext
 from tulle.dataplane.telemetry.access_log import AccessLogger, _carries, trace_id_of
 from tulle.dataplane.telemetry.access_record import AccessRecord
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
@@ -43,10 +43,17 @@ def _cluster(name: str, identities: list[str] | None) -> ClusterRuntime:
     return ClusterRuntime(msgspec.convert(raw, Cluster), Settings(), ProxyMetrics(), [], {})
 
 
+class _Ctx(ListenerContext):
+    """A stand-in listener context with real clusters (the compiled record reads them; a
+    subclass: compiled code checks the declared class)."""
+
+    def __init__(self, clusters: dict[str, ClusterRuntime]) -> None:
+        self.clusters = clusters
+
+
 def _ctx(db_identity: str | None) -> Any:
-    """A stand-in listener context with real clusters (the compiled record reads them)."""
-    return SimpleNamespace(clusters={"db": _cluster("db", [db_identity] if db_identity else []),
-                                     "plain": _cluster("plain", None)})
+    return _Ctx({"db": _cluster("db", [db_identity] if db_identity else []),
+                 "plain": _cluster("plain", None)})
 
 
 def _stream(facts: ConnectionFacts, ctx: Any, cluster: str = "db",

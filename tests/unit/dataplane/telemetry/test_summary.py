@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from tulle.dataplane.listeners.context import RequestStats
+from tulle.dataplane.listeners.request_stats import RequestStats
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.telemetry.summary import Summarizer
 from tulle.proxyconfig.model import ProxyConfig
@@ -88,7 +88,7 @@ SPLIT = msgspec.convert({
 def test_requests_addressed_to_another_service_are_moved_to_a_row_with_its_parent() -> None:
     """Route `catalog` splits to catalog-v1 (addressed stats); catalog-v1 is also called
     directly: the row without parent keeps only the direct calls."""
-    from tulle.dataplane.listeners.context import AddressedStats
+    from tulle.dataplane.listeners.request_stats import AddressedStats
     m = ProxyMetrics()
     direct = RequestStats(m, "outbound", "outbound|80||catalog-v1.shop")
     split = AddressedStats(direct, m.addressed.series("outbound", "outbound|80||catalog-v1.shop",
