@@ -69,6 +69,8 @@ COMPILED: Final = (
     "tulle.dataplane.upstream.limits",
     "tulle.dataplane.listeners.request_stats",
     "tulle.dataplane.listeners.listener_context",
+    "tulle.dataplane.http.facts",
+    "tulle.dataplane.overload",
     "tulle.dataplane.protocols.h2common",
     "tulle.dataplane.protocols.h2events",
     "tulle.dataplane.protocols.h2fields",

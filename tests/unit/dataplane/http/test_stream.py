@@ -25,6 +25,7 @@ from tulle.dataplane.http.stream import RequestStream
 from tulle.dataplane.listeners.dispatch import Decision
 from tulle.dataplane.listeners.listener_context import ListenerContext
 from tulle.dataplane.listeners.request_stats import RequestStats
+from tulle.dataplane.overload import OverloadGuard
 from tulle.dataplane.telemetry.tap import TapHub
 from tulle.dataplane.upstream.cluster import ClusterRuntime
 
@@ -115,15 +116,11 @@ class Conn(StreamConn):
         self.deadline_kind = ""
         self.router = None
         self.cluster = "c"
-        self.guard = Guard()
+        self.guard = OverloadGuard()  # never rejecting: no metrics, no limits
         self.handle = type("Handle", (), {"ctx": self.ctx, "guard": self.guard})
 
     def follow_snapshot(self) -> None:
         raise AssertionError("the snapshot never changes here")
-
-
-class Guard:
-    rejecting = False
 
 
 class Upstream:

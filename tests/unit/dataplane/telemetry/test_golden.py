@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
 from typing import Any
 
 import msgspec
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as om_parse
 
 from tulle.dataplane.exchange import RequestHead
+from tulle.dataplane.http.facts import ConnectionFacts
 from tulle.dataplane.http.port import StreamConn
 from tulle.dataplane.http.stream import RequestStream
 from tulle.dataplane.telemetry.golden import HTTP_LABELS, TCP_LABELS, Golden, build_golden
@@ -59,7 +59,8 @@ def _stream(identity: str = "", status: int = 200, *, grpc: bool = False,
     connection that has only what the golden metrics read."""
     headers = [(b"content-type", b"application/grpc")] if grpc else []
     conn = StreamConn()
-    conn.facts = SimpleNamespace(peer_identity=identity)  # type: ignore[assignment]
+    conn.facts = ConnectionFacts("l", "inbound")
+    conn.facts.peer_identity = identity
     head = RequestHead(b"GET", b"/", b"web", b"http", headers, version=b"2" if grpc else b"1.1")
     s = RequestStream(conn, head, True, 0.0)
     s.status, s.grpc_status, s.flags = status, grpc_status, flags
