@@ -41,7 +41,7 @@ import h2.settings
 from bench.micro_h2 import BODY, REQ, record_requests, record_responses
 from bench.micro_http1 import BODY as BODY_1K
 from bench.micro_http1 import NGINX_HEAD
-from tulle.dataplane.listeners.context import ListenerHandle
+from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.http2 import H2Downstream
 from tulle.dataplane.listeners.memory import MemoryTransport, memory_handle
 from tulle.dataplane.upstream.http1 import H1Connection, H1Pool

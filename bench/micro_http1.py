@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bench.routing_peers import tulle_routing_config
-from tulle.dataplane.listeners.context import ListenerHandle
+from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.http1 import H1Downstream
 from tulle.dataplane.listeners.memory import MemoryTransport, memory_handle
 from tulle.dataplane.upstream.http1 import H1Connection, H1Pool

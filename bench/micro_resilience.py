@@ -35,7 +35,7 @@ from bench.micro_http1 import BATCH, BODY, NGINX_HEAD
 from bench.peers import RETRY
 from bench.resilience_peers import LIMITS, tulle_resilience_config
 from tulle import native
-from tulle.dataplane.listeners.context import ListenerHandle
+from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.http1 import H1Downstream
 from tulle.dataplane.listeners.listener_context import ListenerContext
 from tulle.dataplane.listeners.memory import MemoryTransport

@@ -69,6 +69,7 @@ COMPILED: Final = (
     "tulle.dataplane.upstream.limits",
     "tulle.dataplane.listeners.request_stats",
     "tulle.dataplane.listeners.listener_context",
+    "tulle.dataplane.listeners.handle",
     "tulle.dataplane.http.facts",
     "tulle.dataplane.overload",
     "tulle.dataplane.protocols.h2common",

@@ -31,8 +31,8 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from tulle.dataplane.listeners.context import ListenerHandle
 from tulle.dataplane.listeners.factory import protocol_factory
+from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.listener_context import ListenerContext
 from tulle.dataplane.overload import OverloadGuard
 from tulle.dataplane.runtime.build import Prepared, SnapshotBuilder

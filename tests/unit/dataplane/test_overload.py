@@ -11,7 +11,8 @@ import logging
 import msgspec
 import pytest
 
-from tulle.dataplane.listeners.context import Connection, ListenerHandle
+from tulle.dataplane.listeners.context import Connection
+from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.listener_context import ListenerContext
 from tulle.dataplane.overload import NORMAL, REJECT, STOP, UNLIMITED, OverloadGuard
 from tulle.dataplane.telemetry.metrics import ProxyMetrics

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from tulle.dataplane.exchange import Headers, ResponseHead, TunnelStream
     from tulle.dataplane.http.facts import ConnectionFacts
     from tulle.dataplane.http.filter import ReplyHeaders
-    from tulle.dataplane.listeners.context import ListenerHandle
+    from tulle.dataplane.listeners.handle import ListenerHandle
     from tulle.dataplane.listeners.listener_context import ListenerContext
     from tulle.dataplane.overload import OverloadGuard
     from tulle.dataplane.routing.router import Router

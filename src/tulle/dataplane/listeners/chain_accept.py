@@ -36,8 +36,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from tulle.dataplane.listeners.chains import ChainRule, by_destination, by_hello
-from tulle.dataplane.listeners.context import ListenerHandle
 from tulle.dataplane.listeners.detect import Deciding, handover
+from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.http1 import H1Downstream
 from tulle.dataplane.listeners.listener_context import ListenerContext
 from tulle.dataplane.network.relay import Target, relay

@@ -44,7 +44,8 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from mypy_extensions import mypyc_attr
 
-from tulle.dataplane.listeners.context import Connection, ListenerHandle, reset
+from tulle.dataplane.listeners.context import Connection, reset
+from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.http1 import H1Downstream
 from tulle.dataplane.listeners.listener_context import ListenerContext
 from tulle.dataplane.network.relay import Target, relay

@@ -13,7 +13,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from tulle.dataplane.listeners.context import ListenerHandle, Refused
+from tulle.dataplane.listeners.context import Refused
+from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.http1 import H1Downstream
 from tulle.dataplane.runtime.tls import ServerRef
 

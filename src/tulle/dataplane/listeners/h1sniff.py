@@ -34,8 +34,8 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
-from tulle.dataplane.listeners.context import ListenerHandle
 from tulle.dataplane.listeners.detect import DetectDownstream, SilenceWatch
+from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.http1 import H1Downstream
 from tulle.dataplane.protocols.detect import MAX_SNIFF_BYTES, detect_next
 

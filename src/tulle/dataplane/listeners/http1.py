@@ -44,8 +44,9 @@ from typing import TYPE_CHECKING, Final, cast
 
 from tulle.dataplane.http.facts import ConnectionFacts, facts_for
 from tulle.dataplane.http.port import StreamConn
-from tulle.dataplane.listeners.context import ListenerHandle, RoutedConnection, reset
+from tulle.dataplane.listeners.context import RoutedConnection, reset
 from tulle.dataplane.listeners.h1exchange import H1Exchange
+from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.protocols.http1 import ProtocolError, RequestCodec, local_response
 from tulle.dataplane.turn import CLOSE, HALF_CLOSE, HeldWrites, turn_writes
 

@@ -38,8 +38,9 @@ from typing import TYPE_CHECKING, Final, cast
 
 from tulle.dataplane.http.facts import ConnectionFacts, facts_for
 from tulle.dataplane.http.port import StreamConn
-from tulle.dataplane.listeners.context import ListenerHandle, RoutedConnection, reset
+from tulle.dataplane.listeners.context import RoutedConnection, reset
 from tulle.dataplane.listeners.h2exchange import H2Exchange
+from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.listener_context import ListenerContext
 from tulle.dataplane.protocols.h2common import (
     NO_ERROR,

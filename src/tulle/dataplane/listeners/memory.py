@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tulle.dataplane.listeners.context import ListenerHandle
+from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.listener_context import ListenerContext
 from tulle.dataplane.routing.router import Router
 from tulle.dataplane.telemetry.metrics import ProxyMetrics

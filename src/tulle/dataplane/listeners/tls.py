@@ -29,7 +29,7 @@ from tulle.dataplane.tlsread import TLSReader
 from tulle.proxyconfig.model import TLSContext
 
 if TYPE_CHECKING:
-    from tulle.dataplane.listeners.context import ListenerHandle
+    from tulle.dataplane.listeners.handle import ListenerHandle
 
 log = logging.getLogger("tulle.proxy")
 

@@ -17,7 +17,7 @@ from tulle.dataplane.tlsread import TLSReader
 from tulle.dataplane.upstream.connect import ConnectFailed, dial_transport
 
 if TYPE_CHECKING:
-    from tulle.dataplane.listeners.context import ListenerHandle
+    from tulle.dataplane.listeners.handle import ListenerHandle
     from tulle.dataplane.network.chain import ConnectionChain
     from tulle.dataplane.telemetry.metrics import CounterChild
 

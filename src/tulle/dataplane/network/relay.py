@@ -11,7 +11,8 @@ import asyncio
 import os
 from typing import Final, Literal
 
-from tulle.dataplane.listeners.context import Connection, ListenerHandle
+from tulle.dataplane.listeners.context import Connection
+from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.network.chain import ConnectionChain, NetworkChain
 from tulle.dataplane.network.copy import CopyRelay
 from tulle.dataplane.network.filter import ConnectionFacts

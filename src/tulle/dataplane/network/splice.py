@@ -22,7 +22,7 @@ from tulle.dataplane.network.tcp_proxy import LINGER_RESET, Target, TcpProxy
 from tulle.dataplane.upstream.connect import ConnectFailed, dial_socket
 
 if TYPE_CHECKING:
-    from tulle.dataplane.listeners.context import ListenerHandle
+    from tulle.dataplane.listeners.handle import ListenerHandle
     from tulle.dataplane.network.chain import ConnectionChain
     from tulle.dataplane.telemetry.metrics import CounterChild
 

@@ -38,7 +38,8 @@ import socket
 import struct
 from typing import TYPE_CHECKING, Final
 
-from tulle.dataplane.listeners.context import Connection, ListenerHandle
+from tulle.dataplane.listeners.context import Connection
+from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.network.filter import ConnectionRecord
 from tulle.dataplane.telemetry.flow_records import segments
 

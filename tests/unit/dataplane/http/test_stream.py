@@ -23,6 +23,7 @@ from tulle.dataplane.http.filter import BUFFER, CONTINUE, STOP, FilterStream, Ht
 from tulle.dataplane.http.port import StreamConn
 from tulle.dataplane.http.stream import RequestStream
 from tulle.dataplane.listeners.dispatch import Decision
+from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.listener_context import ListenerContext
 from tulle.dataplane.listeners.request_stats import RequestStats
 from tulle.dataplane.overload import OverloadGuard
@@ -117,7 +118,7 @@ class Conn(StreamConn):
         self.router = None
         self.cluster = "c"
         self.guard = OverloadGuard()  # never rejecting: no metrics, no limits
-        self.handle = type("Handle", (), {"ctx": self.ctx, "guard": self.guard})
+        self.handle = ListenerHandle("l", self.ctx, guard=self.guard)
 
     def follow_snapshot(self) -> None:
         raise AssertionError("the snapshot never changes here")

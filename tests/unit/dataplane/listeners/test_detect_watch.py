@@ -8,10 +8,10 @@ import asyncio
 import bench.micro_http1 as micro
 import msgspec
 
-from tulle.dataplane.listeners.context import ListenerHandle
 from tulle.dataplane.listeners.detect import DetectDownstream, SilenceWatch
 from tulle.dataplane.listeners.factory import protocol_factory
 from tulle.dataplane.listeners.h1sniff import H1SniffDownstream
+from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.memory import MemoryTransport
 
 

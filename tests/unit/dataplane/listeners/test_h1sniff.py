@@ -14,10 +14,10 @@ import pytest
 from tests.support.listener import listener_handle
 from tests.support.transport import FakeTransport
 
-from tulle.dataplane.listeners.context import ListenerHandle
 from tulle.dataplane.listeners.detect import DetectDownstream, SilenceWatch
 from tulle.dataplane.listeners.factory import protocol_factory
 from tulle.dataplane.listeners.h1sniff import H1SniffDownstream
+from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.http1 import H1Downstream
 from tulle.dataplane.protocols.detect import H2_PREFACE, MAX_SNIFF_BYTES
 from tulle.proxyconfig import validate

@@ -18,7 +18,7 @@ import pytest
 from tests.support.listener import listener_handle
 from tests.support.transport import FakeTransport
 
-from tulle.dataplane.listeners.context import ListenerHandle
+from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.http1 import H1Downstream
 from tulle.dataplane.upstream.http1 import H1Connection, H1Pool
 from tulle.proxyconfig import validate

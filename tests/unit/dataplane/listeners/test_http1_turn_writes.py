@@ -14,7 +14,7 @@ import ssl
 from tests.support.transport import FakeTransport
 from tests.unit.dataplane.listeners.test_http1_garbage import build, connect
 
-from tulle.dataplane.listeners.context import ListenerHandle
+from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.http1 import H1Downstream
 from tulle.dataplane.turn import WRITE_NOW
 from tulle.dataplane.upstream.http1 import H1Connection, H1Pool

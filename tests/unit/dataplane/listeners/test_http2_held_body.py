@@ -23,7 +23,7 @@ from tests.support.listener import listener_handle
 from tests.support.transport import FakeTransport
 
 from tulle.dataplane.http.filter import STOP, FilterStream, HttpFilter
-from tulle.dataplane.listeners.context import ListenerHandle
+from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.http2 import H2Downstream
 from tulle.dataplane.routing import router as router_mod
 from tulle.dataplane.upstream.http1 import H1Connection, H1Pool

@@ -17,7 +17,7 @@ import pytest
 
 SCRIPT = r'''
 import asyncio
-from tulle.dataplane.listeners.context import ListenerHandle
+from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.listener_context import ListenerContext
 from tulle.dataplane.listeners.http2 import H2Downstream
 from tulle.dataplane.listeners.memory import MemoryTransport
