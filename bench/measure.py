@@ -23,7 +23,7 @@ from __future__ import annotations
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,10 @@ class Plan:
     wrk_conns: int
     extra_s: float
     """Seconds per h2c / TCP run; 0 skips those sections."""
+    pair_rounds: int = 0
+    """Rounds under the quota in which the two proxies of a same-proxy cost pair (filters,
+    retries, telemetry: `verdicts.PAIR_TARGETS` with `paired`) run back to back, alternating
+    which goes first (ADR 0079); 0: none, their ratio comes from the rotating rounds."""
 
 
 class Meter:
@@ -138,6 +142,8 @@ class Tally:
     sat_wall: float = 0.0
     sat_done: int = 0
     quota_rounds: list[dict[str, Any]] = field(default_factory=list)
+    paired: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    """The pair rounds under the quota, by the peer each was paired with (ADR 0079)."""
 
     def fixed_round(self, plan: Plan) -> None:
         with Meter(self.target.pids) as m:
@@ -164,10 +170,12 @@ class Tally:
         self.sat_wall += m.wall
         self.sat_done += res["requests"]
 
-    def quota_round(self, plan: Plan, quota: CpuQuota) -> None:
-        """A closed-loop round with the proxy held to `quota`: CPU per request at saturation."""
+    def quota_round(self, plan: Plan, quota: CpuQuota, partner: str = "") -> None:
+        """A closed-loop round with the proxy held to `quota`: CPU per request at saturation
+        (with a `partner`, a pair round run back to back with that peer's)."""
         t = self.target
-        self.quota_rounds.append(held_run(t.pids, quota, lambda: run_wrk(
+        rounds = self.paired.setdefault(partner, []) if partner else self.quota_rounds
+        rounds.append(held_run(t.pids, quota, lambda: run_wrk(
             t.port, duration=plan.wrk_s, connections=plan.wrk_conns, path=t.path,
             headers=t.headers)))
 
@@ -190,6 +198,9 @@ class Tally:
             "rps_by_round": [round(w["rps"]) for w in self.wrk_rounds],
         }
         with_spread(out, per_round)
+        if self.paired:
+            out["paired"] = {partner: paired_figures(rounds)
+                             for partner, rounds in self.paired.items()}
         if self.target.pids:
             out["cpu_us_per_req_ticks"] = rnd(self.fixed_ticks * 1e6 / max(1, self.fixed_done), 1)
             out["rss_idle_mb"] = rnd(self.rss_idle / MB, 1)
@@ -256,10 +267,19 @@ def saturation(cpu_s: float, wall_s: float, requests: int,
             "throttled_share_sat": quota["throttled_share"]}
 
 
-def http1_rounds(targets: list[Running], plan: Plan,
-                 quota: CpuQuota | None = None) -> dict[str, dict[str, Any]]:
+def paired_figures(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One peer's pair rounds (ADR 0079): each round's saturation figures, as lists."""
+    figures = [saturation(0.0, 1.0, 1, q) for q in rounds]
+    return {f"{k}_by_round": [rnd(f[k], 2 if k != "cpu_us_per_req_sat" else 1) for f in figures]
+            for k in ("cpu_us_per_req_sat", "cpu_util_sat", "throttled_share_sat")}
+
+
+def http1_rounds(targets: list[Running], plan: Plan, quota: CpuQuota | None = None,
+                 pairs: Sequence[tuple[str, str]] = ()) -> dict[str, dict[str, Any]]:
     """All fixed-rate rounds first (so wrk's load never precedes them), then all wrk rounds,
-    then (with a `quota`) the rounds at saturation under it."""
+    then (with a `quota`) the rounds at saturation under it, then (with a quota and
+    `plan.pair_rounds`) each of `pairs`' two peers back to back under it, `pair_rounds`
+    times, alternating which runs first (ADR 0079)."""
     tallies = [Tally(t, RssSampler(t.pids)) for t in targets]
     time.sleep(0.3)  # let start-up allocations settle
     for t in tallies:
@@ -282,6 +302,16 @@ def http1_rounds(targets: list[Running], plan: Plan,
                     else:
                         assert quota is not None
                         t.quota_round(plan, quota)
+        by_name = {t.target.name: t for t in tallies}
+        for a, b in pairs:
+            if quota is None or a not in by_name or b not in by_name:
+                continue
+            for i in range(plan.pair_rounds):
+                first, second = (by_name[a], by_name[b]) if i % 2 == 0 else (by_name[b], by_name[a])
+                for t, other in ((first, second), (second, first)):
+                    print(f"  pair round {i + 1}/{plan.pair_rounds}: {t.target.name} "
+                          f"(with {other.target.name})", flush=True)
+                    t.quota_round(plan, quota, partner=other.target.name)
     finally:
         for t in tallies:
             t.sampler.stop()

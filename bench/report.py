@@ -87,8 +87,9 @@ def targets_table(res: dict[str, Any]) -> list[str]:
         met = ("⚠️ undecided: " + _one_line(t["undecided"]) if t["met"] is None
                else "✅ yes" if t["met"] else "❌ no")
         if "bound" in t:  # a ratio target: decided on the ratio, shown first
+            paired = f", {t['pair_rounds']} pair rounds" if "pair_rounds" in t else ""
             lines.append(f"| {t['target']} | **{_fmt(t['ratio'])}x** ({_fmt(t['value'])} "
-                         f"{t['unit']}) | {_fmt(t['bound'])}x | {met} |")
+                         f"{t['unit']}{paired}) | {_fmt(t['bound'])}x | {met} |")
             continue
         extra = f" ({_fmt(t['ratio'])}x)" if "ratio" in t else ""
         lines.append(f"| {t['target']} | {_fmt(t['value'])} {t['unit']}{extra} | "
@@ -207,7 +208,11 @@ def section(res: dict[str, Any]) -> str:
         f"Each figure is the median of {plan['rounds']} rounds (peers loaded in rotating order) "
         f"with the smallest and largest round in brackets; ratios are medians of the per-round "
         f"ratios. The relay is `bench/relay.py`, a minimal uvloop + httptools proxy: the floor "
-        f"a proxy written in Python reaches on this machine.",
+        f"a proxy written in Python reaches on this machine."
+        + (f" The same proxy with a feature on and off (filters, retries, telemetry) also ran "
+           f"back to back at saturation in {plan['pair_rounds']} pair rounds, alternating which "
+           f"went first; those rounds decide its target (ADR 0079)."
+           if plan.get("pair_rounds") else ""),
         "",
         *http1_table(res),
         "",

@@ -70,13 +70,13 @@ from bench.peers import (
 from bench.procs import ProcessSet, compiled
 from bench.resilience_peers import RESILIENCE_STARTERS
 from bench.telemetry_peers import TELEMETRY_STARTERS
-from bench.verdicts import ALL_STARTERS, TARGET_ADDED_P99_MS, derive
+from bench.verdicts import ALL_STARTERS, PAIRED, TARGET_ADDED_P99_MS, derive
 
 PLANS = {
     "quick": Plan(fixed_rate=1000, rounds=2, fixed_s=2, warmup_s=0.3, fixed_conns=10, wrk_s=2,
-                  wrk_conns=50, extra_s=0),
+                  wrk_conns=50, extra_s=0, pair_rounds=2),
     "full": Plan(fixed_rate=1000, rounds=3, fixed_s=3.5, warmup_s=0.5, fixed_conns=10,
-                 wrk_s=3, wrk_conns=50, extra_s=5),
+                 wrk_s=3, wrk_conns=50, extra_s=5, pair_rounds=6),
 }
 
 MTLS_KEPT_KEYS = ("ca_signs_per_s", "ca_signs_target")  # bench/ca.py writes them
@@ -155,7 +155,7 @@ def run(mode: str, peers: list[str], sat_quota: float | None = SAT_QUOTA) -> dic
                     res["errors"][f"{name}/http1"] = str(exc)
                     print(f"  error: {exc}", flush=True)
             print("HTTP/1.1: " + ", ".join(f"{t.name} :{t.port}" for t in targets), flush=True)
-            res.update(http1_rounds(targets, plan, quota))
+            res.update(http1_rounds(targets, plan, quota, PAIRED))
             for t in targets:
                 _show(t.name, res[t.name])
                 if t.name in MTLS_STARTERS:

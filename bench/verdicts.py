@@ -110,20 +110,24 @@ class PairTarget:
     ratio_nd: int = 2
     strict: bool = False
     more_keys: tuple[str, ...] = ()
+    paired: bool = False
+    """The same proxy with a feature on and off: at saturation the two also run back to back
+    in pair rounds (`Plan.pair_rounds`), and those decide the target (ADR 0079)."""
 
 
 PAIR_TARGETS: tuple[PairTarget, ...] = (
     PairTarget("tulle-filters", "tulle",
                f"two header modifiers ≤ +{TARGET_FILTER_COST - 1:.0%} CPU per request over "
-               "no filters ({at})", TARGET_FILTER_COST, "tulle_filters_vs_tulle", ratio_nd=3),
+               "no filters ({at})", TARGET_FILTER_COST, "tulle_filters_vs_tulle", ratio_nd=3,
+               paired=True),
     PairTarget("tulle-retry", "tulle",
                f"retries and their budget on a healthy path < +{TARGET_RETRY_COST - 1:.0%} CPU "
                "per request ({at})", TARGET_RETRY_COST, "tulle_retry_vs_tulle", limit_nd=2,
-               ratio_nd=3, strict=True),
+               ratio_nd=3, strict=True, paired=True),
     PairTarget("tulle-telemetry", "tulle",
                f"telemetry on ≤ +{TARGET_TELEMETRY_COST - 1:.0%} CPU per request over the same "
                "proxy with it off ({at})", TARGET_TELEMETRY_COST, "telemetry_on_vs_off",
-               limit_nd=2, ratio_nd=3, more_keys=("rss_mb",)),
+               limit_nd=2, ratio_nd=3, more_keys=("rss_mb",), paired=True),
     PairTarget("tulle-routes", "haproxy-routes",
                f"ten rules + two header filters ≤ {TARGET_ROUTING_CPU_RATIO:g}x HAProxy's ACL "
                "routing, CPU per request ({at})", TARGET_ROUTING_CPU_RATIO,
@@ -135,6 +139,30 @@ PAIR_TARGETS: tuple[PairTarget, ...] = (
 )
 """Each peer with what it is measured against: filters (issue 7), retries (10), telemetry (12),
 routing (8), resilience (10)."""
+
+PAIRED: tuple[tuple[str, str], ...] = tuple((p.peer, p.ref) for p in PAIR_TARGETS if p.paired)
+"""The pairs `measure.http1_rounds` runs back to back at saturation (ADR 0079)."""
+
+
+def paired_view(res: dict[str, Any], peers: tuple[str, str]) -> dict[str, Any] | None:
+    """Both peers' figures at saturation from their pair rounds (ADR 0079), shaped as `res`
+    is (`{name: {figure, figure_by_round}}`), for the ratio and saturation checks to read;
+    None when the run has no complete pair rounds for them."""
+    a, b = peers
+    pa = res.get(a, {}).get("paired", {}).get(b)
+    pb = res.get(b, {}).get("paired", {}).get(a)
+    key = "cpu_us_per_req_sat_by_round"
+    if not pa or not pb or not pa.get(key) or len(pa[key]) != len(pb.get(key, ())):
+        return None
+    view: dict[str, Any] = {}
+    for name, rounds in ((a, pa), (b, pb)):
+        figures: dict[str, Any] = {"cpu_quota": res[name].get("cpu_quota")}
+        for k in ("cpu_us_per_req_sat", "cpu_util_sat", "throttled_share_sat"):
+            if rounds.get(f"{k}_by_round"):
+                figures[k] = rnd(statistics.median(rounds[f"{k}_by_round"]), 2)
+                figures[f"{k}_by_round"] = rounds[f"{k}_by_round"]
+        view[name] = figures
+    return view
 
 
 def derive(res: dict[str, Any]) -> None:
@@ -191,6 +219,14 @@ def derive(res: dict[str, Any]) -> None:
             ratios[pair.ratios] = _ratios(peer, ref, (
                 "cpu_us_per_req", "cpu_us_per_req_sat", "p50_ms", "p99_ms", "rps_max",
                 *pair.more_keys))
+            paired = paired_view(res, (pair.peer, pair.ref)) if pair.paired else None
+            if paired is not None:  # the pair rounds decide (ADR 0079); the rotation's kept
+                got = ratios[pair.ratios]
+                if "cpu_us_per_req_sat" in got:
+                    got["cpu_us_per_req_sat_rotation"] = got["cpu_us_per_req_sat"]
+                got["cpu_us_per_req_sat"] = rnd(_ratio(paired[pair.peer], paired[pair.ref],
+                                                       "cpu_us_per_req_sat"), 2)
+                got["pair_rounds"] = len(paired[pair.peer]["cpu_us_per_req_sat_by_round"])
     mtls = derive_mtls(res)
     if "added_p99_ms" in mtls:
         v = mtls["added_p99_ms"]
@@ -216,6 +252,10 @@ def derive(res: dict[str, Any]) -> None:
     for extra in ("grpc", "h2c", "tcp"):
         if isinstance(res.get(extra), dict):
             pairs[f"{extra}_tulle_vs_haproxy"] = (res[extra], ("tulle", "haproxy"))
+    for pair in PAIR_TARGETS:  # a pair the pair rounds decide is checked on those rounds
+        view = paired_view(res, (pair.peer, pair.ref)) if pair.paired else None
+        if view is not None and pair.ratios in pairs:
+            pairs[pair.ratios] = (view, (pair.peer, pair.ref))
     undecided = {name: why for name, (where, peers) in pairs.items()
                  if name in ratios and all(where.get(p) for p in peers)
                  and (why := unsaturated(where, peers)) is not None}
@@ -260,12 +300,17 @@ def ratio_target(res: dict[str, Any], label: str, key: str, peers: tuple[str, st
     ratio of the two medians, which can fall on the other side of the bound when one peer's
     rounds are noisy (telemetry at saturation on 2026-12-05: medians 1.137, rounds 1.19).
     `value` and `limit` (the bound times the reference's median) are shown beside it."""
-    peer, ref = res[peers[0]], res[peers[1]]
+    paired = paired_view(res, peers) if key == "cpu_us_per_req_sat" else None
+    where = paired if paired is not None else res
+    peer, ref = where[peers[0]], where[peers[1]]
     ratio = _ratio(peer, ref, key)
     met = ratio < bound if strict else ratio <= bound
-    return {"target": label, "value": peer[key], "limit": rnd(bound * ref[key], limit_nd),
-            "unit": "µs", "ratio": rnd(ratio, ratio_nd), "bound": bound,
-            **verdict(res, key, peers, met)}
+    out = {"target": label, "value": peer[key], "limit": rnd(bound * ref[key], limit_nd),
+           "unit": "µs", "ratio": rnd(ratio, ratio_nd), "bound": bound,
+           **verdict(where, key, peers, met)}
+    if paired is not None:
+        out["pair_rounds"] = len(peer[f"{key}_by_round"])
+    return out
 
 
 def _ratio(peer: dict[str, Any], ref: dict[str, Any], key: str) -> float:

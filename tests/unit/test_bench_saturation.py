@@ -8,6 +8,7 @@ import subprocess
 from typing import Any
 
 import pytest
+from bench.measure import paired_figures
 from bench.peers import Running
 from bench.report import _saturation_note, targets_table
 from bench.run import _record_mode
@@ -122,3 +123,61 @@ def test_a_quota_that_did_not_hold_its_proxy_decides_nothing() -> None:
     derive(res)
     cpu = _target(res, "CPU per request ≤")
     assert cpu["met"] is None and "the quota did not hold it" in cpu["undecided"]
+
+
+def _paired(cpu: list[float], busy: float = 1.0) -> dict[str, Any]:
+    n = len(cpu)
+    return {"cpu_us_per_req_sat_by_round": cpu, "cpu_util_sat_by_round": [busy] * n,
+            "throttled_share_sat_by_round": [1.0] * n}
+
+
+def test_pair_rounds_decide_a_same_proxy_cost_target() -> None:
+    """The rotating rounds put the same proxy with and without telemetry minutes apart, and a
+    burst on this host moved one round by 28% (2026-12-05: per-round ratios 1.02 to 1.30);
+    the pair rounds run them back to back (ADR 0079) and their ratio decides, the rotation's
+    kept beside it."""
+    off = {**_peer(27.8, 1.0), "cpu_quota": 0.5, "throttled_share_sat": 1.0,
+           "cpu_us_per_req_sat_by_round": [27.8, 30.0, 23.4],
+           "paired": {"tulle-telemetry": _paired([24.0, 25.0, 23.5, 30.0, 24.2, 23.9])}}
+    on = {**_peer(31.6, 1.0), "cpu_quota": 0.5, "throttled_share_sat": 1.0,
+          "cpu_us_per_req_sat_by_round": [33.1, 31.6, 28.9],
+          "paired": {"tulle": _paired([26.0, 27.2, 25.4, 31.9, 26.4, 25.9])}}
+    res: dict[str, Any] = {"direct": {"p50_ms": 0.1, "p99_ms": 0.2}, "tulle": off,
+                           "haproxy": {**_peer(19.6, 1.0), "cpu_quota": 0.5,
+                                       "throttled_share_sat": 1.0},
+                           "tulle-telemetry": on}
+    derive(res)
+    telemetry = _target(res, "telemetry on")
+    ratios = sorted(b / a for a, b in zip([24.0, 25.0, 23.5, 30.0, 24.2, 23.9],
+                                           [26.0, 27.2, 25.4, 31.9, 26.4, 25.9], strict=True))
+    assert telemetry["ratio"] == round((ratios[2] + ratios[3]) / 2, 3) == 1.084
+    assert telemetry["met"] is True and telemetry["pair_rounds"] == 6
+    assert telemetry["value"] == 26.2 and telemetry["limit"] == round(1.15 * 24.1, 2)
+    got = res["ratios"]["telemetry_on_vs_off"]
+    assert got["cpu_us_per_req_sat"] == 1.08 and got["cpu_us_per_req_sat_rotation"] == 1.19
+    assert got["pair_rounds"] == 6
+    # the HTTP/1.1 ratio against HAProxy is not a pair: the rotating rounds decide it
+    assert "pair_rounds" not in _target(res, "CPU per request ≤")
+
+
+def test_unsaturated_pair_rounds_leave_the_target_undecided() -> None:
+    off = {**_peer(24.0, 1.0), "cpu_quota": 0.5, "throttled_share_sat": 1.0,
+           "paired": {"tulle-telemetry": _paired([24.0, 25.0, 23.5], busy=0.80)}}
+    on = {**_peer(26.0, 1.0), "cpu_quota": 0.5, "throttled_share_sat": 1.0,
+          "paired": {"tulle": _paired([26.0, 27.2, 25.4])}}
+    res: dict[str, Any] = {"direct": {"p50_ms": 0.1, "p99_ms": 0.2}, "tulle": off,
+                           "tulle-telemetry": on}
+    derive(res)
+    telemetry = _target(res, "telemetry on")
+    assert telemetry["met"] is None and telemetry["undecided"].startswith("tulle used 0.80")
+    assert "telemetry_on_vs_off" in res["not_saturated"]
+
+
+def test_a_peers_pair_rounds_are_its_quota_rounds_figures() -> None:
+    rounds = [{"requests": 50_000, "proxy_cpu_s": 1.5, "wall_s": 3.0, "cpu_quota": 0.5,
+               "throttled_share": 0.97},
+              {"requests": 60_000, "proxy_cpu_s": 1.2, "wall_s": 3.0, "cpu_quota": 0.5,
+               "throttled_share": 0.4}]
+    assert paired_figures(rounds) == {"cpu_us_per_req_sat_by_round": [30.0, 20.0],
+                                      "cpu_util_sat_by_round": [1.0, 0.8],
+                                      "throttled_share_sat_by_round": [0.97, 0.4]}
