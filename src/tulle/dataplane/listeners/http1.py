@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 from tulle.dataplane.http.facts import ConnectionFacts, facts_for
 from tulle.dataplane.http.port import StreamConn
+from tulle.dataplane.http.stream import request_clock
 from tulle.dataplane.listeners.context import RoutedConnection, reset
 from tulle.dataplane.listeners.h1exchange import H1Exchange
 from tulle.dataplane.listeners.handle import ListenerHandle
@@ -213,7 +214,7 @@ class H1Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
         if self.deadline_kind != "request":  # a pipelined head: the one in flight keeps its own
             self.deadline = 0.0
             self.deadline_kind = ""
-        ex = H1Exchange(self, head, not has_body and not head.upgrade, self.loop.time(),
+        ex = H1Exchange(self, head, not has_body and not head.upgrade, request_clock(),
                         expect_continue)
         # An upgrade closes unless it becomes a tunnel: the parser is done with the connection.
         ex.close_after = not keep_alive or head.upgrade != b""

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 from tulle.dataplane.http.facts import ConnectionFacts, facts_for
 from tulle.dataplane.http.port import StreamConn
+from tulle.dataplane.http.stream import request_clock
 from tulle.dataplane.listeners.context import RoutedConnection, reset
 from tulle.dataplane.listeners.h2exchange import H2Exchange
 from tulle.dataplane.listeners.handle import ListenerHandle
@@ -205,7 +206,7 @@ class H2Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
                 self._got_request = True
                 if ev.status == 0:
                     continue  # malformed: the codec reset it with PROTOCOL_ERROR
-                ex = H2Exchange(self, ev.stream_id, None, ev.end_stream, self.loop.time())
+                ex = H2Exchange(self, ev.stream_id, None, ev.end_stream, request_clock())
                 exchanges[ev.stream_id] = ex
                 ex.send_local(ev.status, ev.detail.encode() + b"\n")
             elif isinstance(ev, GoAwayReceived):
@@ -219,7 +220,7 @@ class H2Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
         if self.deadline_kind != "request":  # (a request's deadline stays armed)
             self.deadline = 0.0
             self.deadline_kind = ""
-        ex = H2Exchange(self, sid, head, end, self.loop.time())
+        ex = H2Exchange(self, sid, head, end, request_clock())
         self.exchanges[sid] = ex
         ex.dispatch()
 

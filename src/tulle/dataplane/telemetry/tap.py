@@ -216,14 +216,17 @@ class TapHub:
             if now >= tap.expires or not tap.take(now):
                 continue
             if record is None or tap.headers != bool(record.headers):
-                record = self._record(s, direction, workload, service, inbound, tap.headers)
+                record = self._record(s, direction, workload, service, inbound, tap.headers,
+                                      now)
             tap.pending.append(record)
 
     def _record(self, s: RequestStream, direction: str, workload: str, service: str,
-                inbound: bool, with_headers: bool) -> TapRecord:
+                inbound: bool, with_headers: bool, now: float) -> TapRecord:
+        """`now`: this hub's clock, the monotonic clock the request's `start` was read from
+        (`stream.request_clock`)."""
         head = s.head
         facts = s.conn.facts
-        latency = (s.conn.loop.time() - s.start) * 1000.0
+        latency = (now - s.start) * 1000.0
         if inbound:
             peer = facts.peer
             source = facts.peer_identity or (f"{peer[0]}:{peer[1]}" if peer else "")

@@ -39,10 +39,10 @@ def request(listener: str = "out", path: bytes = b"/x", method: bytes = b"GET",
     facts = ConnectionFacts(listener, "", ("10.0.0.9", 4242))
     facts.peer_identity = identity
     head = RequestHead(method, path, b"api", b"http", headers or [], version=b"1.1")
-    loop = SimpleNamespace(time=lambda: 10.25)
-    return SimpleNamespace(conn=SimpleNamespace(facts=facts, loop=loop), head=head,
+    return SimpleNamespace(conn=SimpleNamespace(facts=facts), head=head,
                            status=status, flags="", cluster=cluster, bytes_in=3,
-                           bytes_out=7, start=10.0, upstream_host="10.0.0.5:80")
+                           bytes_out=7, start=99.75, upstream_host="10.0.0.5:80")  # the hub's
+    # clock reads 100.0: 250 ms after the head
 
 
 def start(h: TapHub, tap_id: str = "t1", rate: float = 100.0, expires_ms: int = 30_000,
