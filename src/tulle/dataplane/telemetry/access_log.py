@@ -29,11 +29,11 @@ import logging
 import random
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from tulle.dataplane.http.retry import Retrier
-from tulle.dataplane.telemetry.access_record import access_line, json_lines, record_dict
+from tulle.dataplane.telemetry.access_record import access_line, json_lines, record_of
 from tulle.dataplane.telemetry.flags import flag_details, response_flags
 from tulle.dataplane.telemetry.logformat import TextFormat, render_json, request_headers
 from tulle.dataplane.telemetry.sinks import LineSink, OtlpLogSink, build_sink
@@ -289,17 +289,21 @@ class AccessLogger:
             short, details = response_flags(flags), flag_details(flags) or None
         else:
             short, details = "-", None
-        values = (  # `ACCESS_FIELDS`' order; header fields as their bytes, the start time as
-            # nanoseconds (ADR 0076)
+        structs = self.structs
+        # The line itself (JSON lines), else the record as a dict: one call with the values
+        # as its arguments (no tuple of 28 made and taken apart per request).
+        make: Callable[..., Any] = access_line if structs else record_of
+        made = make(  # `ACCESS_FIELDS`' order; header fields as their bytes, the start time
+            # as nanoseconds (ADR 0076)
             wall_ns, head.method or None, head.path or None, protocol, status,
             short, details, stream.bytes_in, stream.bytes_out, _us(duration),
             _us(first_byte - stream.start) if first_byte else None,
             _us(now - up_start) if up_start else None, upstream_host, cluster, route_name,
             attempts, request_id, trace_id, head.authority or None, user_agent, forwarded,
             conn.peer, conn.sni, conn.source, conn.dest, conn.direction, conn.listener, authz)
-        if self.structs:  # the line itself
-            return access_line(*values)
-        record = record_dict(values)
+        if structs:
+            return made  # type: ignore[no-any-return]
+        record: dict[str, Any] = made
         text = self.text
         if text is not None and text.headers:
             pseudo = {b":method": head.method, b":path": head.path,

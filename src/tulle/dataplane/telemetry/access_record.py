@@ -103,6 +103,11 @@ def record_dict(values: Sequence[Any]) -> dict[str, Any]:
     return dict(zip(ACCESS_FIELDS, record_fields(values), strict=True))
 
 
+def record_of(*values: Any) -> dict[str, Any]:
+    """`record_dict` taking the values as `access_line` does: one argument each."""
+    return record_dict(values)
+
+
 def encode_line(*values: Any) -> bytes:
     """One record's JSON line (newline ended), through the struct, from the same values as
     `access_line`.  Raises what msgspec raises for a value it cannot encode."""
@@ -140,4 +145,4 @@ def json_lines(records: Iterable[Any]) -> bytes:
 
 
 __all__ = ["NATIVE_LINE", "AccessRecord", "access_line", "encode_line", "json_lines", "record_dict",
-           "record_fields"]
+           "record_fields", "record_of"]
