@@ -252,10 +252,10 @@ def derive(res: dict[str, Any]) -> None:
     for extra in ("grpc", "h2c", "tcp"):
         if isinstance(res.get(extra), dict):
             pairs[f"{extra}_tulle_vs_haproxy"] = (res[extra], ("tulle", "haproxy"))
-    for pair in PAIR_TARGETS:  # a pair the pair rounds decide is checked on those rounds
+    for pair in PAIR_TARGETS:  # every pair's ratio; one the pair rounds decide is checked
+        # on those rounds (the filters' and the retries' were not checked at all)
         view = paired_view(res, (pair.peer, pair.ref)) if pair.paired else None
-        if view is not None and pair.ratios in pairs:
-            pairs[pair.ratios] = (view, (pair.peer, pair.ref))
+        pairs[pair.ratios] = (view if view is not None else res, (pair.peer, pair.ref))
     undecided = {name: why for name, (where, peers) in pairs.items()
                  if name in ratios and all(where.get(p) for p in peers)
                  and (why := unsaturated(where, peers)) is not None}

@@ -181,3 +181,23 @@ def test_a_peers_pair_rounds_are_its_quota_rounds_figures() -> None:
     assert paired_figures(rounds) == {"cpu_us_per_req_sat_by_round": [30.0, 20.0],
                                       "cpu_util_sat_by_round": [1.0, 0.8],
                                       "throttled_share_sat_by_round": [0.97, 0.4]}
+
+
+@pytest.mark.parametrize(("peer", "ratios"), [("tulle-filters", "tulle_filters_vs_tulle"),
+                                              ("tulle-retry", "tulle_retry_vs_tulle")])
+def test_every_paired_cost_below_saturation_is_listed_as_not_saturated(
+        peer: str, ratios: str) -> None:
+    """The filters' and the retries' pairs are decided on their pair rounds as the
+    telemetry's is: below saturation there, their target is undecided and the report's note
+    (`not_saturated`) names their ratio too, not only the telemetry's."""
+    off = {**_peer(24.0, 1.0), "cpu_quota": 0.5, "throttled_share_sat": 1.0,
+           "paired": {peer: _paired([24.0, 25.0, 23.5], busy=0.80)}}
+    on = {**_peer(24.5, 1.0), "cpu_quota": 0.5, "throttled_share_sat": 1.0,
+          "paired": {"tulle": _paired([24.5, 25.4, 23.9])}}
+    res: dict[str, Any] = {"direct": {"p50_ms": 0.1, "p99_ms": 0.2}, "tulle": off, peer: on}
+    derive(res)
+    assert ratios in res["ratios"]
+    sat = [t for t in res["targets"] if "at saturation" in t["target"]
+           and t["target"].startswith(("two header", "retries"))]
+    assert len(sat) == 1 and sat[0]["met"] is None
+    assert res["not_saturated"].get(ratios, "").startswith("tulle used 0.80")
