@@ -222,6 +222,8 @@ class Tally:
                 problems.append(f"wrk: {w['non2xx']} non-2xx, {w['socket_errors']} socket errors")
         problems.extend(f"under the CPU quota: {q['errors']} non-2xx or socket errors"
                         for q in self.quota_rounds if q["errors"])
+        problems.extend(f"in a pair round with {partner}: {q['errors']} non-2xx or socket errors"
+                        for partner, rounds in self.paired.items() for q in rounds if q["errors"])
         if problems:
             out["problems"] = problems
         out["fixed_rounds"] = self.fixed_rounds

@@ -39,10 +39,10 @@ def _request() -> Any:
     facts = ConnectionFacts("out", "outbound", ("10.0.0.9", 4242))
     head = RequestHead(b"GET", b"/api/v1/items?page=2", b"api", b"http",
                        [(b"user-agent", b"bench"), (b"accept", b"*/*")], version=b"1.1")
-    loop = SimpleNamespace(time=lambda: 10.001)
-    return SimpleNamespace(conn=SimpleNamespace(facts=facts, loop=loop), head=head, status=200,
-                           flags="", cluster="api", bytes_in=0, bytes_out=120, start=10.0,
-                           upstream_host="10.0.0.5:80")
+    return SimpleNamespace(conn=SimpleNamespace(facts=facts), head=head, status=200,
+                           flags="", cluster="api", bytes_in=0, bytes_out=120,
+                           start=time.monotonic(), upstream_host="10.0.0.5:80")  # (the hub's
+    # clock, as a request's `start` is read from it: `stream.request_clock`)
 
 
 def _per_request(h: TapHub, n: int, rounds: int) -> dict[str, float]:

@@ -214,7 +214,7 @@ def derive(res: dict[str, Any]) -> None:
             if key in peer and key in ref and ref[key] > 0:
                 targets.append(ratio_target(
                     res, pair.label.format(at=label), key, (pair.peer, pair.ref), pair.bound,
-                    pair.limit_nd, pair.ratio_nd, strict=pair.strict))
+                    pair.limit_nd, pair.ratio_nd, strict=pair.strict, paired=pair.paired))
         if peer and ref:
             ratios[pair.ratios] = _ratios(peer, ref, (
                 "cpu_us_per_req", "cpu_us_per_req_sat", "p50_ms", "p99_ms", "rps_max",
@@ -294,21 +294,22 @@ def derive_mtls(res: dict[str, Any]) -> dict[str, Any]:
 
 
 def ratio_target(res: dict[str, Any], label: str, key: str, peers: tuple[str, str],
-                 bound: float, limit_nd: int, ratio_nd: int, strict: bool = False) -> dict[str, Any]:
+                 bound: float, limit_nd: int, ratio_nd: int, strict: bool = False,
+                 paired: bool = False) -> dict[str, Any]:
     """A target "`peers[0]` ≤ `bound` times `peers[1]`" on `key` (`<` when `strict`), decided on
     the same ratio `ratios` reports: the median of the per-round ratios (`_ratios`), not the
     ratio of the two medians, which can fall on the other side of the bound when one peer's
     rounds are noisy (telemetry at saturation on 2026-12-05: medians 1.137, rounds 1.19).
     `value` and `limit` (the bound times the reference's median) are shown beside it."""
-    paired = paired_view(res, peers) if key == "cpu_us_per_req_sat" else None
-    where = paired if paired is not None else res
+    view = paired_view(res, peers) if paired and key == "cpu_us_per_req_sat" else None
+    where = view if view is not None else res
     peer, ref = where[peers[0]], where[peers[1]]
     ratio = _ratio(peer, ref, key)
     met = ratio < bound if strict else ratio <= bound
     out = {"target": label, "value": peer[key], "limit": rnd(bound * ref[key], limit_nd),
            "unit": "µs", "ratio": rnd(ratio, ratio_nd), "bound": bound,
            **verdict(where, key, peers, met)}
-    if paired is not None:
+    if view is not None:
         out["pair_rounds"] = len(peer[f"{key}_by_round"])
     return out
 

@@ -8,8 +8,9 @@ import subprocess
 from typing import Any
 
 import pytest
-from bench.measure import paired_figures
+from bench.measure import Tally, paired_figures
 from bench.peers import Running
+from bench.procs import RssSampler
 from bench.report import _saturation_note, targets_table
 from bench.run import _record_mode
 from bench.verdicts import SATURATED, derive
@@ -201,3 +202,22 @@ def test_every_paired_cost_below_saturation_is_listed_as_not_saturated(
            and t["target"].startswith(("two header", "retries"))]
     assert len(sat) == 1 and sat[0]["met"] is None
     assert res["not_saturated"].get(ratios, "").startswith("tulle used 0.80")
+
+
+def test_errors_in_a_pair_round_are_the_peers_problems() -> None:
+    """The pair rounds decide three targets: a round that answered errors (a broken proxy
+    answering 503 cheaply) is reported as the rotating rounds' are."""
+    lat = {"p50": 0.2, "p90": 0.3, "p99": 0.5, "p999": 1.0}
+    contention = {"others_on_proxy_cpu": 0.0, "load_cpu_busy": 0.5, "steal": 0.0}
+    t = Tally(Running("tulle-retry", 0, None, [1]), RssSampler([]), samples=[0.2, 0.3, 0.5])
+    t.fixed_rounds = [{"latency_ms": lat, "completed": 3500, "proxy_cpu_s": 0.3,
+                       "contention": contention, "errors": 0, "timed_out": 0, "non2xx": 0}]
+    t.wrk_rounds = [{"rps": 40_000, "requests": 120_000, "proxy_cpu_s": 2.9, "wall_s": 3.0,
+                     "contention": contention, "non2xx": 0, "socket_errors": 0}]
+    quota = {"requests": 50_000, "proxy_cpu_s": 1.5, "wall_s": 3.0, "cpu_quota": 0.5,
+             "throttled_share": 1.0, "errors": 0}
+    t.quota_rounds = [quota]
+    t.paired = {"tulle": [quota, {**quota, "errors": 812}]}
+    out = t.result()
+    assert out["problems"] == ["in a pair round with tulle: 812 non-2xx or socket errors"]
+    assert out["paired"]["tulle"]["cpu_us_per_req_sat_by_round"] == [30.0, 30.0]

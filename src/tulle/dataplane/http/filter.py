@@ -66,7 +66,7 @@ class RequestRecord(Protocol):
     record access logs, traces and stats are written from."""
 
     start: float
-    """Loop time the request head was parsed."""
+    """When the request head was parsed, on `stream.request_clock` (the monotonic clock)."""
     status: int
     """The status the client got (0: none, the request was reset)."""
     flags: str

@@ -72,9 +72,11 @@ def _nonzero(trace_id: bytes, span_id: bytes) -> tuple[bytes, bytes]:
 
 def _cutoff(threshold: float) -> bytes:
     """The new traces a `threshold` share samples: those whose id, 32 lower-case hex digits,
-    is below this (OpenTelemetry's TraceIdRatioBased rule; the proxy's ids are random, so the
-    share is `threshold`).  The decision is one bytes comparison, not a random draw per
-    request, and any proxy deciding on the same id decides alike."""
+    is below this.  The rule of OpenTelemetry's TraceIdRatioBased sampler, read on the whole
+    id where the SDKs read its low 64 bits (the proxy's ids are random throughout, so the
+    share is `threshold` either way; an SDK may decide an id otherwise).  The decision is one
+    bytes comparison, not a random draw per request, and two Tulle proxies with the same rate
+    decide an id alike."""
     if threshold >= 1.0:
         return b"g"  # above every id: every hex digit is below `g`
     if threshold <= 0.0:
