@@ -216,3 +216,16 @@ async def test_a_relayed_client_hello_is_tls(tmp_path: Path) -> None:
         assert await o.done.get() == hello  # relayed byte for byte
     assert rec["protocol"] == "tls" and rec["bytes_received"] == len(hello)
     assert rec["upstream_host"] == f"127.0.0.1:{o.port}"
+
+
+async def test_a_flows_duration_is_not_in_the_loops_millisecond_steps(tmp_path: Path) -> None:
+    """A relayed connection's duration comes from the monotonic clock: the loop's has
+    millisecond steps, so every short connection lasted a whole number of milliseconds."""
+    log = tmp_path / "flow.log"
+    async with origin() as o, running_proxy(config(o.port, log)) as p:
+        for _ in range(8):
+            assert await exchange(p, b"ping") == REPLY
+        recs = await read_records(log, 8)
+    durations = [r["duration"] for r in recs]
+    assert all(d >= 0 for d in durations)
+    assert any(d != int(d) for d in durations), durations  # microseconds, not whole ms

@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import struct
+import time
 from typing import TYPE_CHECKING, Final
 
 from tulle.dataplane.listeners.context import Connection
@@ -94,8 +95,11 @@ class TcpProxy(Connection):
         self.ended = False
         self.close_reason = ""
         self.idle_timeout = ctx.settings.tcp_idle_timeout_ms / 1000
-        self.started = self.last_active = now = self.loop.time()
+        self.last_active = now = self.loop.time()
         """Loop time of the last bytes moved (or of the start)."""
+        self.started = time.monotonic()
+        """When the connection was accepted, on the monotonic clock: the flow record's
+        duration (the loop's clock has millisecond steps)."""
         self.deadline = now + self.idle_timeout if self.idle_timeout else 0.0
         self.upstream_address: tuple[str, int] | None = None
         self.flow_log: FlowLogger | None = None
@@ -222,7 +226,7 @@ class TcpProxy(Connection):
             record.upstream = self.upstream_address if self.close_reason not in (
                 "rejected", "filter_error") else None
             record.bytes_received, record.bytes_sent = self.bytes_moved()
-            record.duration = self.loop.time() - self.started
+            record.duration = time.monotonic() - self.started
             record.close_reason = self.close_reason or "aborted"
             if chain is not None:
                 chain.closed(record)

@@ -154,8 +154,7 @@ class FlowLogger:
         # The drivers are H1Downstream / H2Downstream (`listeners/http1.py`, `http2.py`); named,
         # not imported: the listeners import this module's users.
         protocol = "http2" if type(conn).__name__.startswith("H2") else "http1"
-        loop = asyncio.get_running_loop()
-        self.http[conn] = HttpFlow(facts, sock, local, protocol, loop.time())
+        self.http[conn] = HttpFlow(facts, sock, local, protocol, time.monotonic())
         return True
 
     def forget(self, conn: object) -> None:
@@ -167,7 +166,7 @@ class FlowLogger:
         flow = self.http.pop(conn, None)
         if flow is None:
             return
-        duration = asyncio.get_running_loop().time() - flow.started
+        duration = time.monotonic() - flow.started
         self.sink.offer(self.http_entry(flow, "end", duration, wire_counts(flow.sock)),
                         time.time_ns())
 
@@ -222,10 +221,9 @@ class FlowLogger:
         await self.sink.close()
 
     async def _report(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.interval)
-            now = loop.time()
+            now = time.monotonic()  # the clock of the connections' `started`
             ns = time.time_ns()
             for conn, (facts, wall) in list(self.live.items()):
                 age = now - conn.started
