@@ -263,15 +263,20 @@ def saturation(cpu_s: float, wall_s: float, requests: int,
     if quota is None:
         return at_max
     return {"cpu_us_per_req_max_rate": at_max["cpu_us_per_req_sat"],
-            "cpu_util_max_rate": at_max["cpu_util_sat"],
-            "cpu_us_per_req_sat": quota["proxy_cpu_s"] * 1e6 / max(1, quota["requests"]),
+            "cpu_util_max_rate": at_max["cpu_util_sat"], **quota_figures(quota)}
+
+
+def quota_figures(quota: dict[str, Any]) -> dict[str, float]:
+    """A round under the CPU quota as saturation figures: CPU per request, the share of the
+    quota used, the share of periods throttled."""
+    return {"cpu_us_per_req_sat": quota["proxy_cpu_s"] * 1e6 / max(1, quota["requests"]),
             "cpu_util_sat": quota["proxy_cpu_s"] / max(1e-9, quota["wall_s"]) / quota["cpu_quota"],
             "throttled_share_sat": quota["throttled_share"]}
 
 
 def paired_figures(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """One peer's pair rounds (ADR 0079): each round's saturation figures, as lists."""
-    figures = [saturation(0.0, 1.0, 1, q) for q in rounds]
+    figures = [quota_figures(q) for q in rounds]
     return {f"{k}_by_round": [rnd(f[k], 2 if k != "cpu_us_per_req_sat" else 1) for f in figures]
             for k in ("cpu_us_per_req_sat", "cpu_util_sat", "throttled_share_sat")}
 

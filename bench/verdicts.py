@@ -207,26 +207,30 @@ def derive(res: dict[str, Any]) -> None:
         targets.append({"target": f"added p99 at 1,000 rps ≤ {TARGET_ADDED_P99_MS} ms over direct",
                         "value": v, "limit": TARGET_ADDED_P99_MS, "unit": "ms",
                         "met": v <= TARGET_ADDED_P99_MS})
+    views: dict[str, dict[str, Any] | None] = {}
+    """Per pair target, its pair rounds' view (ADR 0079), or None: the rotating rounds decide."""
     for pair in PAIR_TARGETS:
         peer, ref = res.get(pair.peer, {}), res.get(pair.ref, {})
+        view = views[pair.ratios] = (paired_view(res, (pair.peer, pair.ref)) if pair.paired
+                                     else None)
         for key, label in (("cpu_us_per_req", "at 1,000 rps"),
                            ("cpu_us_per_req_sat", "at saturation")):
             if key in peer and key in ref and ref[key] > 0:
                 targets.append(ratio_target(
                     res, pair.label.format(at=label), key, (pair.peer, pair.ref), pair.bound,
-                    pair.limit_nd, pair.ratio_nd, strict=pair.strict, paired=pair.paired))
+                    pair.limit_nd, pair.ratio_nd, strict=pair.strict,
+                    view=view if key == "cpu_us_per_req_sat" else None))
         if peer and ref:
             ratios[pair.ratios] = _ratios(peer, ref, (
                 "cpu_us_per_req", "cpu_us_per_req_sat", "p50_ms", "p99_ms", "rps_max",
                 *pair.more_keys))
-            paired = paired_view(res, (pair.peer, pair.ref)) if pair.paired else None
-            if paired is not None:  # the pair rounds decide (ADR 0079); the rotation's kept
+            if view is not None:  # the pair rounds decide (ADR 0079); the rotation's kept
                 got = ratios[pair.ratios]
                 if "cpu_us_per_req_sat" in got:
                     got["cpu_us_per_req_sat_rotation"] = got["cpu_us_per_req_sat"]
-                got["cpu_us_per_req_sat"] = rnd(_ratio(paired[pair.peer], paired[pair.ref],
+                got["cpu_us_per_req_sat"] = rnd(_ratio(view[pair.peer], view[pair.ref],
                                                        "cpu_us_per_req_sat"), 2)
-                got["pair_rounds"] = len(paired[pair.peer]["cpu_us_per_req_sat_by_round"])
+                got["pair_rounds"] = len(view[pair.peer]["cpu_us_per_req_sat_by_round"])
     mtls = derive_mtls(res)
     if "added_p99_ms" in mtls:
         v = mtls["added_p99_ms"]
@@ -254,7 +258,7 @@ def derive(res: dict[str, Any]) -> None:
             pairs[f"{extra}_tulle_vs_haproxy"] = (res[extra], ("tulle", "haproxy"))
     for pair in PAIR_TARGETS:  # every pair's ratio; one the pair rounds decide is checked
         # on those rounds (the filters' and the retries' were not checked at all)
-        view = paired_view(res, (pair.peer, pair.ref)) if pair.paired else None
+        view = views[pair.ratios]
         pairs[pair.ratios] = (view if view is not None else res, (pair.peer, pair.ref))
     undecided = {name: why for name, (where, peers) in pairs.items()
                  if name in ratios and all(where.get(p) for p in peers)
@@ -295,13 +299,13 @@ def derive_mtls(res: dict[str, Any]) -> dict[str, Any]:
 
 def ratio_target(res: dict[str, Any], label: str, key: str, peers: tuple[str, str],
                  bound: float, limit_nd: int, ratio_nd: int, strict: bool = False,
-                 paired: bool = False) -> dict[str, Any]:
+                 view: dict[str, Any] | None = None) -> dict[str, Any]:
     """A target "`peers[0]` ≤ `bound` times `peers[1]`" on `key` (`<` when `strict`), decided on
     the same ratio `ratios` reports: the median of the per-round ratios (`_ratios`), not the
     ratio of the two medians, which can fall on the other side of the bound when one peer's
     rounds are noisy (telemetry at saturation on 2026-12-05: medians 1.137, rounds 1.19).
-    `value` and `limit` (the bound times the reference's median) are shown beside it."""
-    view = paired_view(res, peers) if paired and key == "cpu_us_per_req_sat" else None
+    `value` and `limit` (the bound times the reference's median) are shown beside it.
+    `view`: the pair's pair rounds (`paired_view`), which then decide it (ADR 0079)."""
     where = view if view is not None else res
     peer, ref = where[peers[0]], where[peers[1]]
     ratio = _ratio(peer, ref, key)

@@ -140,7 +140,7 @@ class ConnectionFields:
 class AccessLogger:
     """One snapshot's access log: its decision, its record, its sink."""
 
-    __slots__ = ("cfg", "duration_min", "errors_only", "failing", "filtered", "lines",
+    __slots__ = ("cfg", "duration_min", "encode", "errors_only", "failing", "filtered", "lines",
                  "principal", "sample", "sink", "status_min", "structs", "text")
 
     def __init__(self, cfg: AccessLogTelemetry, resource: Mapping[str, Value],
@@ -162,6 +162,9 @@ class AccessLogger:
         self.structs = self.text is None and isinstance(sink, LineSink)
         """JSON lines: records are their lines (`access_record.access_line`), joined a batch
         at a time (the text format and OTLP read records as mappings: dicts)."""
+        self.encode: Callable[..., Any] = access_line if self.structs else record_of
+        """What a record's values become, chosen once: its JSON line, else a dict; called
+        with the values as its arguments (no tuple of 28 made and taken apart per request)."""
         self.failing = False
         """A record failed to encode already (logged once, then only counted)."""
         self.lines: LineSink | None = None
@@ -289,19 +292,15 @@ class AccessLogger:
             short, details = response_flags(flags), flag_details(flags) or None
         else:
             short, details = "-", None
-        structs = self.structs
-        # The line itself (JSON lines), else the record as a dict: one call with the values
-        # as its arguments (no tuple of 28 made and taken apart per request).
-        make: Callable[..., Any] = access_line if structs else record_of
-        made = make(  # `ACCESS_FIELDS`' order; header fields as their bytes, the start time
-            # as nanoseconds (ADR 0076)
+        made = self.encode(  # `ACCESS_FIELDS`' order; header fields as their bytes, the
+            # start time as nanoseconds (ADR 0076)
             wall_ns, head.method or None, head.path or None, protocol, status,
             short, details, stream.bytes_in, stream.bytes_out, _us(duration),
             _us(first_byte - stream.start) if first_byte else None,
             _us(now - up_start) if up_start else None, upstream_host, cluster, route_name,
             attempts, request_id, trace_id, head.authority or None, user_agent, forwarded,
             conn.peer, conn.sni, conn.source, conn.dest, conn.direction, conn.listener, authz)
-        if structs:
+        if self.structs:  # the line itself
             return made  # type: ignore[no-any-return]
         record: dict[str, Any] = made
         text = self.text
