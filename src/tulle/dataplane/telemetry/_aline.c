@@ -20,12 +20,18 @@
  *
  * Called with the GIL held and never releasing it, and no Python code runs while it writes:
  * the one scratch buffer is safe to share.
+ *
+ * `Lines` (ADR 0080) is a JSON line sink's batch: `Lines.access` writes the same line straight
+ * to the end of the batch, with no bytes object in between.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 #include <stdint.h>
 #include <string.h>
+#include <errno.h>
 #include <time.h>
+#include <unistd.h>
 
 enum kind { STR, INT, DUR, TIME };
 
@@ -204,23 +210,30 @@ static PyObject *refer(PyObject *const *args, Py_ssize_t nargs, const char *why)
     return line;
 }
 
-static PyObject *access_line(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    (void)self;
-    if (nargs != NFIELDS) {
-        PyErr_Format(PyExc_TypeError, "access_line takes %zd arguments (%zd given)",
-                     NFIELDS, nargs);
-        return NULL;
-    }
-    /* Pass 1: the size (and the UTF-8 of each str, cached by CPython on the object). */
-    size_t need = 2;  /* }, \n */
+/* What pass 1 learns of each value: its text (UTF-8, or Latin-1 bytes when `num` is 1) or its
+ * number. */
+typedef struct {
     const char *text[NFIELDS];
     Py_ssize_t len[NFIELDS];
     long long num[NFIELDS];
+} Parts;
+
+/* Pass 1: the room the line needs (its bytes; the caller adds SLACK).  0 when the record is
+ * not one this encoder writes: `*line` is then the fallback's line (NULL with an error set).
+ * A TypeError for a value of a type no record holds. */
+static size_t measure(PyObject *const *args, Py_ssize_t nargs, Parts *p, PyObject **line) {
+    *line = NULL;
+    if (nargs != NFIELDS) {
+        PyErr_Format(PyExc_TypeError, "access_line takes %zd arguments (%zd given)",
+                     NFIELDS, nargs);
+        return 0;
+    }
+    size_t need = 2;  /* }, \n */
     for (Py_ssize_t i = 0; i < NFIELDS; i++) {
         PyObject *v = args[i];
         need += FIELD[i].len + 4;  /* "key": and a comma */
-        text[i] = NULL;
-        len[i] = 0;
+        p->text[i] = NULL;
+        p->len[i] = 0;
         if (v == Py_None) { need += 4; continue; }
         if (FIELD[i].kind == TIME && PyLong_CheckExact(v)) {  /* nanoseconds */
             int overflow = 0;
@@ -228,67 +241,86 @@ static PyObject *access_line(PyObject *self, PyObject *const *args, Py_ssize_t n
             /* (beyond 2^63 - 1 ns, 2262-04-11, is an overflow: the fallback, as before 1970) */
             if (overflow || (x == -1 && PyErr_Occurred()) || x < 0) {
                 PyErr_Clear();
-                return refer(args, nargs, "a start time out of range");
+                *line = refer(args, nargs, "a start time out of range");
+                return 0;
             }
-            num[i] = x;
+            p->num[i] = x;
             need += 2 + 32;
             continue;
         }
         if (FIELD[i].kind == STR || FIELD[i].kind == TIME) {
             if (PyUnicode_Check(v) && PyUnicode_IS_COMPACT_ASCII(v)) {  /* its own UTF-8 */
-                text[i] = (const char *)PyUnicode_DATA(v);
-                len[i] = PyUnicode_GET_LENGTH(v);
-                num[i] = 0;
+                p->text[i] = (const char *)PyUnicode_DATA(v);
+                p->len[i] = PyUnicode_GET_LENGTH(v);
+                p->num[i] = 0;
             } else if (PyUnicode_Check(v)) {
-                text[i] = PyUnicode_AsUTF8AndSize(v, &len[i]);
-                if (text[i] == NULL) {  /* a lone surrogate */
+                p->text[i] = PyUnicode_AsUTF8AndSize(v, &p->len[i]);
+                if (p->text[i] == NULL) {  /* a lone surrogate */
                     PyErr_Clear();
-                    return refer(args, nargs, "a string not encodable as UTF-8");
+                    *line = refer(args, nargs, "a string not encodable as UTF-8");
+                    return 0;
                 }
-                num[i] = 0;  /* UTF-8 as it is */
+                p->num[i] = 0;  /* UTF-8 as it is */
             } else if (PyBytes_Check(v)) {
-                text[i] = PyBytes_AS_STRING(v);
-                len[i] = PyBytes_GET_SIZE(v);
-                num[i] = 1;  /* Latin-1 */
+                p->text[i] = PyBytes_AS_STRING(v);
+                p->len[i] = PyBytes_GET_SIZE(v);
+                p->num[i] = 1;  /* Latin-1 */
             } else {
-                if (FIELD[i].kind == TIME && PyLong_Check(v))  /* a bool or an int enum */
-                    return refer(args, nargs, "an int subclass");
+                if (FIELD[i].kind == TIME && PyLong_Check(v)) {  /* a bool or an int enum */
+                    *line = refer(args, nargs, "an int subclass");
+                    return 0;
+                }
                 PyErr_Format(PyExc_TypeError, "%s: str, bytes or None%s", FIELD[i].key,
                              FIELD[i].kind == TIME ? " (or int nanoseconds)" : "");
-                return NULL;
+                return 0;
             }
-            need += 2 + 6 * (size_t)len[i];
+            need += 2 + 6 * (size_t)p->len[i];
         } else {
             if (!PyLong_CheckExact(v)) {  /* a bool or an int enum: msgspec's own spelling */
-                if (PyLong_Check(v)) return refer(args, nargs, "an int subclass");
+                if (PyLong_Check(v)) {
+                    *line = refer(args, nargs, "an int subclass");
+                    return 0;
+                }
                 PyErr_Format(PyExc_TypeError, "%s: int or None", FIELD[i].key);
-                return NULL;
+                return 0;
             }
             int overflow = 0;
             long long x = PyLong_AsLongLongAndOverflow(v, &overflow);
             if (overflow || (x == -1 && PyErr_Occurred())) {
                 PyErr_Clear();
-                return refer(args, nargs, "an integer beyond 64 bits");
+                *line = refer(args, nargs, "an integer beyond 64 bits");
+                return 0;
             }
-            if (FIELD[i].kind == DUR && (x < 0 || x >= MAX_US))
-                return refer(args, nargs, "a duration out of range");
-            num[i] = x;
+            if (FIELD[i].kind == DUR && (x < 0 || x >= MAX_US)) {
+                *line = refer(args, nargs, "a duration out of range");
+                return 0;
+            }
+            p->num[i] = x;
             need += 24;
         }
     }
-    if (reserve(need + SLACK) < 0) return NULL;
-    /* Pass 2: the line. */
-    char *o = buf;
+    return need;
+}
+
+/* Pass 2: the line at `o`, which has the room `measure` asked for and SLACK past it; its end.
+ * NULL when a start time turns out to be one gmtime cannot take: `*line` is then the
+ * fallback's line (NULL with an error set). */
+static char *compose(char *o, PyObject *const *args, Py_ssize_t nargs, const Parts *p,
+                     PyObject **line) {
+    *line = NULL;
     for (Py_ssize_t i = 0; i < NFIELDS; i++) {
         memcpy(o, prefix[i], PFX);  /* `{"key":` or `,"key":` and padding */
         o += prefix_len[i];
         if (args[i] == Py_None) { memcpy(o, "null", 4); o += 4; continue; }
         switch (FIELD[i].kind) {
         case TIME:
-            if (text[i] == NULL) {  /* nanoseconds */
+            if (p->text[i] == NULL) {  /* nanoseconds */
                 *o++ = '"';
-                size_t n = put_time(o, num[i]);
-                if (n == 0) return refer(args, nargs, "a start time gmtime cannot take");
+                size_t n = put_time(o, p->num[i]);
+                if (n == 0) {
+                    *line = refer(args, nargs, "a start time gmtime cannot take");
+                    return NULL;
+                }
                 o += n;
                 *o++ = '"';
                 break;
@@ -296,21 +328,32 @@ static PyObject *access_line(PyObject *self, PyObject *const *args, Py_ssize_t n
             __attribute__((fallthrough));  /* a start time already written out */
         case STR:
             *o++ = '"';
-            o += put_escaped(o, (const unsigned char *)text[i], len[i], (int)num[i]);
+            o += put_escaped(o, (const unsigned char *)p->text[i], p->len[i], (int)p->num[i]);
             *o++ = '"';
             break;
         case INT:
-            if (num[i] < 0) { *o++ = '-'; o += put_u64(o, 0ULL - (unsigned long long)num[i]); }
-            else o += put_u64(o, (unsigned long long)num[i]);
+            if (p->num[i] < 0) { *o++ = '-'; o += put_u64(o, 0ULL - (unsigned long long)p->num[i]); }
+            else o += put_u64(o, (unsigned long long)p->num[i]);
             break;
         case DUR:
-            o += put_ms(o, num[i]);
+            o += put_ms(o, p->num[i]);
             break;
         }
     }
     *o++ = '}';
     *o++ = '\n';
-    PyObject *line = PyBytes_FromStringAndSize(buf, o - buf);
+    return o;
+}
+
+static PyObject *access_line(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    Parts p;
+    PyObject *line;
+    size_t need = measure(args, nargs, &p, &line);
+    if (need == 0) return line;
+    if (reserve(need + SLACK) < 0) return NULL;
+    char *end = compose(buf, args, nargs, &p, &line);
+    if (end != NULL) line = PyBytes_FromStringAndSize(buf, end - buf);
     if (cap > KEEP) {  /* a huge record's room is given back, not held for the process's life */
         PyMem_Free(buf);
         buf = NULL;
@@ -318,6 +361,229 @@ static PyObject *access_line(PyObject *self, PyObject *const *args, Py_ssize_t n
     }
     return line;
 }
+
+/* ---- Lines: a line sink's batch, in two halves (ADR 0080) ----------------------------------
+ *
+ * Why: a line made as a bytes object, queued, joined with its batch in the writer thread and
+ * written cost a bytes object per request, a queue entry each way and a join, and held every
+ * queued line as an object of its own.  Here the line is written where it will be written
+ * from: the end of the active half.  The writer thread takes that half whole (`write`: the
+ * halves swap with the GIL held), writes it with the GIL released, and empties it; meanwhile
+ * the loop's thread appends to the other half.  Only the thread holding the GIL touches the
+ * active half and the counts; the half being written belongs to the writer alone until it
+ * has taken the GIL back.  One writer at a time (`write` refuses a second).
+ *
+ * Bounded: at most `max_lines` lines held in both halves (a full sink drops the line and the
+ * caller counts it); a half grown past KEEP_HALF by a burst is freed once written. */
+
+#define KEEP_HALF (256 * 1024)
+#define FIRST_HALF (16 * 1024)
+
+typedef struct {
+    PyObject_HEAD
+    char *data[2];
+    size_t len[2], cap[2];
+    Py_ssize_t count[2];
+    int active;            /* the half lines are appended to */
+    int writing;           /* the other half is being written */
+    Py_ssize_t max_lines;  /* lines held in both halves at most; 0: sealed */
+    size_t wake;           /* bytes in the active half that call for a write */
+} Lines;
+
+static int lines_init(Lines *self, PyObject *args, PyObject *kwds) {
+    static char *kw[] = {"max_lines", "wake_bytes", NULL};
+    Py_ssize_t max_lines, wake = 64 * 1024;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|n", kw, &max_lines, &wake)) return -1;
+    if (max_lines < 1 || wake < 1) {
+        PyErr_SetString(PyExc_ValueError, "max_lines and wake_bytes must be positive");
+        return -1;
+    }
+    self->max_lines = max_lines;
+    self->wake = (size_t)wake;
+    return 0;
+}
+
+static void lines_dealloc(Lines *self) {
+    PyMem_RawFree(self->data[0]);
+    PyMem_RawFree(self->data[1]);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* Room for `need` more bytes at the end of the active half: its end, or NULL (MemoryError). */
+static char *lines_room(Lines *self, size_t need) {
+    int a = self->active;
+    size_t want = self->len[a] + need;
+    if (want > self->cap[a]) {
+        size_t n = self->cap[a] ? self->cap[a] : FIRST_HALF;
+        while (n < want) n *= 2;
+        char *d = PyMem_RawRealloc(self->data[a], n);
+        if (d == NULL) { PyErr_NoMemory(); return NULL; }
+        self->data[a] = d;
+        self->cap[a] = n;
+    }
+    return self->data[a] + self->len[a];
+}
+
+/* The line of `n` bytes now at the end of the active half is counted: 1, or 2 when it made
+ * the half reach the bytes that call for a write. */
+static PyObject *lines_took(Lines *self, size_t n) {
+    int a = self->active;
+    size_t before = self->len[a];
+    self->len[a] = before + n;
+    self->count[a] += 1;
+    return PyLong_FromLong(before < self->wake && self->len[a] >= self->wake ? 2 : 1);
+}
+
+static int lines_full(Lines *self) {
+    return self->count[0] + self->count[1] >= self->max_lines;
+}
+
+static PyObject *lines_put(Lines *self, const char *line, size_t n) {
+    char *o = lines_room(self, n);
+    if (o == NULL) return NULL;
+    memcpy(o, line, n);
+    return lines_took(self, n);
+}
+
+static PyObject *lines_add(Lines *self, PyObject *line) {
+    if (!PyBytes_Check(line)) {
+        PyErr_SetString(PyExc_TypeError, "add takes bytes (a line, newline ended)");
+        return NULL;
+    }
+    if (lines_full(self)) return PyLong_FromLong(0);
+    return lines_put(self, PyBytes_AS_STRING(line), (size_t)PyBytes_GET_SIZE(line));
+}
+
+static PyObject *lines_access(Lines *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (lines_full(self)) return PyLong_FromLong(0);  /* dropped: not even encoded */
+    Parts p;
+    PyObject *line;
+    size_t need = measure(args, nargs, &p, &line);
+    if (need != 0) {
+        char *o = lines_room(self, need + SLACK);
+        if (o == NULL) return NULL;
+        char *end = compose(o, args, nargs, &p, &line);
+        if (end != NULL) return lines_took(self, (size_t)(end - o));
+    }
+    /* the fallback's line (a Python call: the active half may have moved, not its bytes) */
+    if (line == NULL) return NULL;
+    PyObject *r = PyBytes_Check(line)
+        ? lines_put(self, PyBytes_AS_STRING(line), (size_t)PyBytes_GET_SIZE(line))
+        : (PyErr_SetString(PyExc_TypeError, "the fallback returned no bytes"), NULL);
+    Py_DECREF(line);
+    return r;
+}
+
+static PyObject *lines_write(Lines *self, PyObject *arg) {
+    int fd = PyObject_AsFileDescriptor(arg);
+    if (fd < 0) return NULL;
+    if (self->writing) {
+        PyErr_SetString(PyExc_RuntimeError, "a write of these lines is in progress");
+        return NULL;
+    }
+    int w = self->active;
+    Py_ssize_t count = self->count[w];
+    if (count == 0) return Py_BuildValue("(ni)", (Py_ssize_t)0, 0);
+    self->active = 1 - w;
+    self->writing = 1;
+    const char *d = self->data[w];
+    size_t left = self->len[w];
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    while (left > 0) {
+        ssize_t n = write(fd, d, left);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            err = errno;
+            break;
+        }
+        d += n;
+        left -= (size_t)n;
+    }
+    Py_END_ALLOW_THREADS
+    self->len[w] = 0;
+    self->count[w] = 0;
+    if (self->cap[w] > KEEP_HALF) {  /* a burst's room is given back */
+        PyMem_RawFree(self->data[w]);
+        self->data[w] = NULL;
+        self->cap[w] = 0;
+    }
+    self->writing = 0;
+    return Py_BuildValue("(ni)", count, err);
+}
+
+static PyObject *lines_clear(Lines *self, PyObject *unused) {
+    (void)unused;
+    int a = self->active;
+    Py_ssize_t n = self->count[a];
+    self->len[a] = 0;
+    self->count[a] = 0;
+    return PyLong_FromSsize_t(n);
+}
+
+static PyObject *lines_seal(Lines *self, PyObject *unused) {
+    (void)unused;
+    self->max_lines = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *lines_pending_bytes(Lines *self, PyObject *unused) {
+    (void)unused;
+    return PyLong_FromSize_t(self->len[0] + self->len[1]);
+}
+
+static PyObject *lines_room_held(Lines *self, PyObject *unused) {
+    (void)unused;
+    return PyLong_FromSize_t(self->cap[0] + self->cap[1]);
+}
+
+static Py_ssize_t lines_len(Lines *self) {
+    return self->count[0] + self->count[1];
+}
+
+static PyMethodDef lines_methods[] = {
+    {"access", (PyCFunction)(void (*)(void))lines_access, METH_FASTCALL,
+     "access(*fields) -> int: the record's JSON line (as access_line writes it) appended; 0: "
+     "dropped (full or sealed), 1: appended, 2: appended, and the half now calls for a write."},
+    {"add", (PyCFunction)lines_add, METH_O,
+     "add(line: bytes) -> int: a ready line appended; returns as access does."},
+    {"write", (PyCFunction)lines_write, METH_O,
+     "write(fd) -> (lines, errno): the active half written to fd (GIL released) and emptied; "
+     "errno 0: all written, else those lines are lost.  One writer thread only."},
+    {"clear", (PyCFunction)lines_clear, METH_NOARGS,
+     "clear() -> int: the lines not being written dropped; how many."},
+    {"seal", (PyCFunction)lines_seal, METH_NOARGS,
+     "seal(): every later line is dropped (a sink closing)."},
+    {"pending_bytes", (PyCFunction)lines_pending_bytes, METH_NOARGS,
+     "pending_bytes() -> int: the bytes of the lines held."},
+    {"room", (PyCFunction)lines_room_held, METH_NOARGS,
+     "room() -> int: the bytes both halves hold allocated (a diagnostic)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyMemberDef lines_members[] = {
+    {"writing", T_INT, offsetof(Lines, writing), READONLY,
+     "1 while a write holds one half (the GIL released), else 0."},
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PySequenceMethods lines_as_sequence = {
+    .sq_length = (lenfunc)lines_len,
+};
+
+static PyTypeObject LinesType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "_aline.Lines",
+    .tp_basicsize = sizeof(Lines),
+    .tp_dealloc = (destructor)lines_dealloc,
+    .tp_as_sequence = &lines_as_sequence,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Lines(max_lines, wake_bytes=65536): a line sink's batch in two halves (ADR 0080).",
+    .tp_methods = lines_methods,
+    .tp_members = lines_members,
+    .tp_init = (initproc)lines_init,
+    .tp_new = PyType_GenericNew,
+};
 
 static PyObject *set_fallback(PyObject *self, PyObject *f) {
     (void)self;
@@ -368,5 +634,12 @@ PyMODINIT_FUNC PyInit__aline(void) {
         PyTuple_SET_ITEM(names, i, s);
     }
     if (PyModule_AddObject(m, "FIELDS", names) < 0) { Py_DECREF(names); Py_DECREF(m); return NULL; }
+    if (PyType_Ready(&LinesType) < 0) { Py_DECREF(m); return NULL; }
+    Py_INCREF(&LinesType);
+    if (PyModule_AddObject(m, "Lines", (PyObject *)&LinesType) < 0) {
+        Py_DECREF(&LinesType);
+        Py_DECREF(m);
+        return NULL;
+    }
     return m;
 }

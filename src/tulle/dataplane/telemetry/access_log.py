@@ -12,9 +12,10 @@ order, from the stream (its record), the request head and the connection's facts
 record goes to the sink's bounded queue (`sinks.py`); writing, and rendering a text format,
 happen off the request path.  For JSON lines the record is its line, written when the request
 ends by `access_record.access_line` (in C where that is built: ADR 0076) straight from the
-request's bytes and integers, and the sink's thread joins a batch of them; text formats and
-OTLP sinks get a dict (ADR 0062).  Response flags are Envoy's (`telemetry/flags.py`, shared
-with the metrics).
+request's bytes and integers: into the file sink's C batch (`Lines.access`, ADR 0080), which
+the sink's thread writes as it is, or, without the C encoder, as a bytes object the thread
+joins with its batch; text formats and OTLP sinks get a dict (ADR 0062).  Response flags are
+Envoy's (`telemetry/flags.py`, shared with the metrics).
 
 Identities: `source_principal` is the verified peer of an inbound connection (its client
 certificate's SPIFFE ID); `destination_principal` is the SPIFFE ID an outbound cluster's TLS
@@ -33,7 +34,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from tulle.dataplane.http.retry import Retrier
-from tulle.dataplane.telemetry.access_record import access_line, json_lines, record_of
+from tulle.dataplane.telemetry.access_record import access_line, json_lines, line_batch, record_of
 from tulle.dataplane.telemetry.flags import flag_details, response_flags
 from tulle.dataplane.telemetry.logformat import TextFormat, render_json, request_headers
 from tulle.dataplane.telemetry.sinks import LineSink, OtlpLogSink, build_sink
@@ -140,8 +141,8 @@ class ConnectionFields:
 class AccessLogger:
     """One snapshot's access log: its decision, its record, its sink."""
 
-    __slots__ = ("cfg", "duration_min", "encode", "errors_only", "failing", "filtered", "lines",
-                 "principal", "sample", "sink", "status_min", "structs", "text")
+    __slots__ = ("batched", "cfg", "duration_min", "encode", "errors_only", "failing", "filtered",
+                 "lines", "principal", "sample", "sink", "status_min", "structs", "text")
 
     def __init__(self, cfg: AccessLogTelemetry, resource: Mapping[str, Value],
                  principal: str = "") -> None:
@@ -170,10 +171,18 @@ class AccessLogger:
         self.lines: LineSink | None = None
         """The sink again when it is a line sink (a direct call of its compiled `offer`
         instead of a method looked up on a union)."""
+        self.batched = False
+        """JSON lines go straight into the line sink's C batch: `encode` is its `access`,
+        whose result (an int) the sink counts (`LineSink.took`; ADR 0080)."""
         if isinstance(sink, LineSink):
             self.lines = sink
             if self.structs:
                 sink.lines = json_lines
+                batch = line_batch(sink.max_queue)
+                if batch is not None:
+                    sink.use_batch(batch)
+                    self.encode = batch.access
+                    self.batched = True
 
     def wanted(self, status: int, flags: str, duration: float) -> bool:
         """The filter and the sampling decision for one request."""
@@ -206,7 +215,10 @@ class AccessLogger:
                     _log.exception("access_log: a record could not be encoded; such records "
                                    "are counted failed")
                 return
-            lines.offer(record, wall_ns)
+            if self.batched:
+                lines.took(record)  # type: ignore[arg-type]  # (`Lines.access`'s int)
+            else:
+                lines.offer(record, wall_ns)
         else:
             self.sink.offer(self.record(stream, now, duration, wall_ns), wall_ns)
 
@@ -235,9 +247,10 @@ class AccessLogger:
         return made
 
     def record(self, stream: RequestStream, now: float, duration: float,
-               wall_ns: int) -> dict[str, Any] | bytes:
+               wall_ns: int) -> dict[str, Any] | bytes | int:
         """The request's record: its JSON line (`access_record.access_line`) for a JSON line
-        sink, else a dict (text formats, OTLP)."""
+        sink, or what its C batch made of it (`LineSink.took` reads the int), else a dict
+        (text formats, OTLP)."""
         head = stream.head
         headers = head.headers
         request_id: bytes | None = None
@@ -300,7 +313,7 @@ class AccessLogger:
             _us(now - up_start) if up_start else None, upstream_host, cluster, route_name,
             attempts, request_id, trace_id, head.authority or None, user_agent, forwarded,
             conn.peer, conn.sni, conn.source, conn.dest, conn.direction, conn.listener, authz)
-        if self.structs:  # the line itself
+        if self.structs:  # the line itself, or the batch's answer
             return made  # type: ignore[no-any-return]
         record: dict[str, Any] = made
         text = self.text

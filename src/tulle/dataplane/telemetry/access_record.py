@@ -27,12 +27,15 @@ the compiled access log calls these like any Python callable.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 
 from tulle.dataplane.telemetry.starttime import start_time
 from tulle.proxyconfig.log_fields import ACCESS_FIELDS
+
+if TYPE_CHECKING:
+    from tulle.dataplane.telemetry._aline import Lines
 
 
 class AccessRecord(msgspec.Struct, gc=False):
@@ -136,6 +139,17 @@ access_line: Final[Callable[..., bytes]] = NATIVE_LINE or encode_line
 """One record's JSON line from its values (see the module docstring)."""
 
 
+def line_batch(max_lines: int) -> Lines | None:
+    """A C batch that `Lines.access` writes each record's line into, from the same values as
+    `access_line` (ADR 0080), holding at most `max_lines`; None where the C encoder does not
+    run (the lines are then made one by one and queued)."""
+    if NATIVE_LINE is None:
+        return None
+    from tulle.dataplane.telemetry import _aline
+
+    return _aline.Lines(max_lines)
+
+
 def json_lines(records: Iterable[Any]) -> bytes:
     """Records as JSON lines, each ended by a newline, in one call: lines already made
     (`access_line`) are joined; structs or dicts are encoded."""
@@ -144,5 +158,5 @@ def json_lines(records: Iterable[Any]) -> bytes:
     return _encode_lines(records)
 
 
-__all__ = ["NATIVE_LINE", "AccessRecord", "access_line", "encode_line", "json_lines", "record_dict",
-           "record_fields", "record_of"]
+__all__ = ["NATIVE_LINE", "AccessRecord", "access_line", "encode_line", "json_lines", "line_batch",
+           "record_dict", "record_fields", "record_of"]

@@ -7,7 +7,9 @@ part runs elsewhere:
 
 * `LineSink` (stdout, file): a writer *thread* renders and writes lines.  A write to a pipe
   nobody reads, or to a file on a stalled disk, blocks that thread only; the event loop
-  goes on, the queue fills, drops are counted.  A file is opened for append by the thread
+  goes on, the queue fills, drops are counted.  A JSON access log hands it a C batch
+  instead of a queue (`use_batch`, ADR 0080): lines are written into the batch where they
+  are made, and the thread writes the batch as it is.  A file is opened for append by the thread
   and reopened when it was moved or removed (logrotate's default `create` mode), checked
   at most once a second, before a write.
 * `OtlpLogSink`: the shared OTLP/HTTP exporter (`otlp/exporter.py`) on the loop, records
@@ -58,6 +60,19 @@ class SinkStats:
         self.failed = 0
 
 
+class LineBatch(Protocol):
+    """Lines written where they are made (`_aline.Lines`, ADR 0080): the loop's thread appends,
+    the writer thread takes a whole half and writes it with the GIL released."""
+
+    def write(self, fd: int, /) -> tuple[int, int]: ...
+
+    def clear(self) -> int: ...
+
+    def seal(self) -> None: ...
+
+    def __len__(self) -> int: ...
+
+
 class RecordSink(Protocol):
     @property
     def stats(self) -> SinkStats: ...
@@ -83,6 +98,8 @@ class LineSink:
         (JSON: `access_record.json_lines`); `render` is then the fallback for a batch it
         cannot encode, record by record."""
         self.stats = SinkStats()
+        self.batch: LineBatch | None = None
+        """Lines written straight into a C batch (`use_batch`); None: records are queued."""
         self._queue: deque[Any] = deque()
         """Records alone: a line carries its time inside the record, so the `time_ns` of
         `offer` is not kept (no tuple per record for the cycle collector to scan, ADR 0066)."""
@@ -109,6 +126,21 @@ class LineSink:
             self._wake.set()
         return True
 
+    def use_batch(self, batch: LineBatch) -> None:
+        """Lines arrive in `batch` (the access log writes them there and reports each with
+        `took`); the writer thread writes it ahead of the queue."""
+        self.batch = batch
+
+    def took(self, result: int) -> None:
+        """One line offered to the batch: `result` 0 dropped (full), 1 appended, 2 appended
+        and the batch calls for a write (`_aline.Lines.access`)."""
+        stats = self.stats
+        stats.offered += 1
+        if result == 0:
+            stats.dropped += 1
+        elif result == 2:
+            self._wake.set()
+
     def start(self) -> None:
         if not self._writer.is_alive():
             self._writer.start()
@@ -116,29 +148,56 @@ class LineSink:
     async def close(self, deadline: float = 2.0) -> None:
         """Write what is queued (the thread does, within `deadline`), then stop."""
         self._stop = True
+        batch = self.batch
+        if batch is not None:
+            batch.seal()  # later lines are dropped and counted, as the queue's are
         self._wake.set()
         if self._writer.is_alive():
             await asyncio.get_running_loop().run_in_executor(None, self._writer.join, deadline)
         if self._writer.is_alive():  # blocked in a write: it stays blocked, as a daemon
             return
-        self.stats.failed += len(self._queue)
+        self.stats.failed += len(self._queue) + (batch.clear() if batch is not None else 0)
         self._queue.clear()
 
     # -- the writer thread ------------------------------------------------------------------
 
     def _run(self) -> None:
-        queue = self._queue
         while True:
             self._wake.wait(self.interval)
             self._wake.clear()
-            while queue:
-                self._write_batch()
+            self._flush()
             if self._stop:
                 break
         if self._fd > 2:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
         self._fd = -1
+
+    def _flush(self) -> None:
+        """What waits, written: the batch (both halves at most: the loop's thread may fill
+        one while the other is written), then the queue."""
+        batch = self.batch
+        if batch is not None:
+            for _ in range(2):
+                if not len(batch):
+                    break
+                self._write_lines(batch)
+        queue = self._queue
+        while queue:
+            self._write_batch()
+
+    def _write_lines(self, batch: LineBatch) -> None:
+        try:
+            fd = self._open()
+        except OSError as exc:
+            self._failed(batch.clear(), exc)
+            return
+        count, err = batch.write(fd)
+        if err:
+            self._failed(count, OSError(err, os.strerror(err)))
+            return
+        self.stats.written += count
+        self._failing = False
 
     def _write_batch(self) -> None:
         queue = self._queue
@@ -179,15 +238,20 @@ class LineSink:
                 n = os.write(fd, view)
                 view = view[n:]
         except OSError as exc:
-            self.stats.failed += count
-            self._close_file()
-            if not self._failing:
-                self._failing = True
-                log.warning("%s: writing failed (%s); records are dropped and counted until it "
-                            "works again", self.name, exc.strerror or exc)
+            self._failed(count, exc)
             return
         self.stats.written += count
         self._failing = False
+
+    def _failed(self, count: int, exc: OSError) -> None:
+        """`count` records were lost to a failed open or write: counted, the file closed (the
+        next write opens it again), the first failure of a run logged."""
+        self.stats.failed += count
+        self._close_file()
+        if not self._failing:
+            self._failing = True
+            log.warning("%s: writing failed (%s); records are dropped and counted until it "
+                        "works again", self.name, exc.strerror or exc)
 
     def _open(self) -> int:
         if not self.path:

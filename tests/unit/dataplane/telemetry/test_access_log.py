@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import random
 from typing import Any
 
@@ -68,8 +69,25 @@ def _stream(facts: ConnectionFacts, ctx: Any, cluster: str = "db",
 
 def _record(log: AccessLogger, s: RequestStream) -> AccessRecord:
     line = log.record(s, 10.5, 0.5, 1_700_000_000_000_000_000)
+    if log.batched:  # written into the sink's C batch (ADR 0080): read back from it
+        assert line == 1
+        line = _written(log)
     assert isinstance(line, bytes) and line.endswith(b"\n")  # a JSON line sink's record
+    assert line.count(b"\n") == 1
     return msgspec.json.decode(line, type=AccessRecord)
+
+
+def _written(log: AccessLogger) -> bytes:
+    """What the logger's C batch holds, written to a pipe by the batch itself."""
+    assert log.lines is not None and log.lines.batch is not None
+    r, w = os.pipe()
+    try:
+        count, err = log.lines.batch.write(w)
+        assert (count, err) == (1, 0)
+        return os.read(r, 1 << 20)
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def _who(rec: AccessRecord) -> tuple[Any, ...]:
@@ -189,4 +207,6 @@ def test_a_record_that_cannot_be_a_json_line_is_lost_and_counted_not_raised(
     assert (sink.stats.offered, sink.stats.failed) == (2, 2)
     assert len([r for r in caplog.records if "could not be encoded" in r.message]) == 1
     log.log(_stream(ConnectionFacts("out", "outbound", ("127.0.0.1", 5000)), _ctx(None)), 10.5)
-    assert (sink.stats.offered, sink.stats.failed, len(sink._queue)) == (3, 2, 1)
+    held = sink.batch if log.batched else sink._queue
+    assert held is not None
+    assert (sink.stats.offered, sink.stats.failed, len(held)) == (3, 2, 1)

@@ -73,3 +73,74 @@ async def test_the_queue_is_bounded_and_close_flushes(tmp_path: Path) -> None:
     await sink.close()  # writes what is queued, then stops
     assert path.read_text().splitlines() == ['{"n":0}', '{"n":1}', '{"n":2}']
     assert not sink.offer({"n": 9}, 0)
+
+
+def _batched(path: Path, queue_size: int = 100, interval_ms: int = 10) -> tuple[LineSink, Any]:
+    from tulle.dataplane.telemetry.access_record import line_batch
+
+    sink = LineSink("access_log", LogSink(kind="file", path=str(path), queue_size=queue_size,
+                                          flush_interval_ms=interval_ms), render_json)
+    batch = line_batch(queue_size)
+    if batch is None:
+        pytest.skip("the C line batch is not in use (TULLE_PURE or not built)")
+    sink.use_batch(batch)
+    return sink, batch
+
+
+async def test_a_batched_sink_writes_its_lines_and_close_flushes(tmp_path: Path) -> None:
+    """The access log's C batch (ADR 0080): lines written by the thread in the order they came,
+    the rest by `close`; a line after `close` is dropped and counted."""
+    path = tmp_path / "a.log"
+    sink, batch = _batched(path, interval_ms=60_000)
+    sink.start()
+    for i in range(3):
+        sink.took(batch.add(b'{"n":%d}\n' % i))
+    await sink.close()
+    assert path.read_text().splitlines() == ['{"n":0}', '{"n":1}', '{"n":2}']
+    assert (sink.stats.offered, sink.stats.written, sink.stats.dropped) == (3, 3, 0)
+    sink.took(batch.add(b'{"n":9}\n'))
+    assert (sink.stats.offered, sink.stats.dropped, len(batch)) == (4, 1, 0)
+
+
+async def test_a_batch_is_bounded(tmp_path: Path) -> None:
+    path = tmp_path / "a.log"
+    sink, batch = _batched(path, queue_size=3, interval_ms=60_000)
+    results = [batch.add(b'{"n":%d}\n' % i) for i in range(5)]  # not started: nothing drains
+    assert results == [1, 1, 1, 0, 0]
+    for r in results:
+        sink.took(r)
+    assert (sink.stats.offered, sink.stats.dropped) == (5, 2)
+    sink.start()
+    await sink.close()
+    assert path.read_text().splitlines() == ['{"n":0}', '{"n":1}', '{"n":2}']
+
+
+async def test_a_batch_that_reaches_its_bytes_wakes_the_writer(tmp_path: Path) -> None:
+    """The interval is a minute: only the wake signal (`took(2)`) gets the lines written."""
+    path = tmp_path / "a.log"
+    sink, batch = _batched(path, interval_ms=60_000)
+    sink.start()
+    for i in range(3):
+        sink.took(batch.add(b'{"n":%d}\n' % i))
+    await asyncio.sleep(0.1)
+    assert sink.stats.written == 0
+    big = b'{"pad":"%s"}\n' % (b"x" * 70_000)  # past the half's wake bytes (64 KiB)
+    result = batch.add(big)
+    assert result == 2
+    sink.took(result)
+    await _until(lambda: sink.stats.written == 4)
+    await sink.close()
+    assert path.read_bytes().splitlines()[-1] == big.rstrip()
+
+
+async def test_a_batched_sink_counts_a_failed_open_and_keeps_trying(tmp_path: Path) -> None:
+    path = tmp_path / "missing-dir" / "a.log"
+    sink, batch = _batched(path)
+    sink.start()
+    sink.took(batch.add(b'{"n":1}\n'))
+    await _until(lambda: sink.stats.failed == 1)
+    path.parent.mkdir()
+    sink.took(batch.add(b'{"n":2}\n'))
+    await _until(lambda: sink.stats.written == 1)
+    await sink.close()
+    assert path.read_text() == '{"n":2}\n'

@@ -1,0 +1,182 @@
+"""`_aline.Lines`, the JSON line sink's C batch (ADR 0080), on its own: the lines it writes are
+the encoder's, its bound drops without encoding, its wake signal comes once per half, a write
+empties one half while the other takes lines (a real pipe, a real writer thread), a failed write
+loses and reports its lines, a burst's room is given back."""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from tulle.dataplane.telemetry.access_record import NATIVE_LINE, encode_line, line_batch
+
+pytestmark = pytest.mark.skipif(
+    NATIVE_LINE is None, reason="the C line encoder is not in use (TULLE_PURE or not built)")
+
+LINE_VALUES = (1_764_787_465_335_000_000, b"GET", b"/a?b=\"c\"\x01\xe9", "HTTP/1.1", 200,
+               "UF,URX", None, 0, 1024, 123, 100, 50, "127.0.0.1:18081", "origin", "rt/any/0",
+               1, b"a71b08a2", None, b"web:80", b"curl/8", b"10.0.0.1, 127.0.0.1", "[::1]:5000",
+               None, "spiffe://cluster.local/ns/a/sa/b", None, "outbound", "bench", "allow:p")
+"""One record's values as the access log hands them over (`access_record.access_line`)."""
+
+
+def _lines(max_lines: int = 100, wake: int = 65536) -> Any:
+    from tulle.dataplane.telemetry import _aline
+
+    return _aline.Lines(max_lines, wake_bytes=wake)
+
+
+def _drain(batch: Any) -> bytes:
+    """The batch written by itself to a file, and what the file got."""
+    with tempfile.TemporaryFile() as f:
+        count, err = batch.write(f.fileno())
+        assert err == 0
+        f.seek(0)
+        out = f.read()
+    assert out.count(b"\n") == count
+    return out
+
+
+def test_the_lines_are_the_encoders_lines_in_order() -> None:
+    assert NATIVE_LINE is not None
+    batch = _lines()
+    other = (1_764_787_465_335_999_999, *LINE_VALUES[1:4], 503, *LINE_VALUES[5:])
+    assert [batch.access(*LINE_VALUES), batch.access(*other)] == [1, 1]
+    assert batch.add(b'{"ready":1}\n') == 1
+    assert len(batch) == 3
+    expected = NATIVE_LINE(*LINE_VALUES) + NATIVE_LINE(*other) + b'{"ready":1}\n'
+    assert batch.pending_bytes() == len(expected)
+    assert _drain(batch) == expected
+    assert (len(batch), batch.pending_bytes()) == (0, 0)
+    assert batch.write(1) == (0, 0)  # nothing held: nothing written
+
+
+def test_a_record_the_c_encoder_refers_is_the_fallbacks_line() -> None:
+    """A bool where a count goes: msgspec spells it `true`; the C encoder hands it over."""
+    batch = _lines()
+    odd: list[Any] = list(LINE_VALUES)
+    odd[15] = True
+    assert batch.access(*odd) == 1
+    assert _drain(batch) == encode_line(*odd)
+
+
+def test_a_value_of_the_wrong_type_raises_and_holds_nothing() -> None:
+    batch = _lines()
+    bad: list[Any] = list(LINE_VALUES)
+    bad[4] = 2.5  # a status as a float
+    with pytest.raises(TypeError, match="response_code"):
+        batch.access(*bad)
+    with pytest.raises(TypeError, match="arguments"):
+        batch.access(*LINE_VALUES[:-1])
+    with pytest.raises(TypeError):
+        batch.add("a str")
+    assert (len(batch), batch.pending_bytes()) == (0, 0)
+
+
+def test_the_bound_drops_a_line_without_encoding_it() -> None:
+    batch = _lines(max_lines=2)
+    assert [batch.access(*LINE_VALUES) for _ in range(3)] == [1, 1, 0]
+    bad: list[Any] = list(LINE_VALUES)
+    bad[4] = 2.5
+    assert batch.access(*bad) == 0  # full: not even looked at
+    assert batch.add(b"x\n") == 0
+    assert len(batch) == 2
+    assert batch.clear() == 2 and len(batch) == 0
+    assert batch.access(*LINE_VALUES) == 1
+    batch.seal()
+    assert batch.access(*LINE_VALUES) == 0 and len(batch) == 1
+
+
+def test_the_wake_signal_comes_once_when_a_half_reaches_its_bytes() -> None:
+    assert NATIVE_LINE is not None
+    size = len(NATIVE_LINE(*LINE_VALUES))
+    batch = _lines(wake=size * 3)
+    got = [batch.access(*LINE_VALUES) for _ in range(6)]
+    assert got == [1, 1, 2, 1, 1, 1]
+    _drain(batch)  # the other half is now the active one, and empty
+    assert [batch.access(*LINE_VALUES) for _ in range(4)] == [1, 1, 2, 1]
+
+
+def test_lines_go_on_into_the_other_half_while_one_is_written() -> None:
+    """The writer blocks in a write to a full pipe with the GIL released; this thread keeps
+    appending, a second writer is refused, and after the reader drains the pipe each line
+    arrives exactly once, in order."""
+    batch = _lines(max_lines=10_000)
+    r, w = os.pipe()
+    try:
+        first = [b'{"n":%d,"pad":"%s"}\n' % (i, b"x" * 1000) for i in range(200)]  # > a pipe
+        for line in first:
+            assert batch.add(line) in (1, 2)
+        result: list[tuple[int, int]] = []
+        writer = threading.Thread(target=lambda: result.append(batch.write(w)))
+        writer.start()
+        deadline = time.monotonic() + 5
+        while not batch.writing and time.monotonic() < deadline:  # until the halves swapped
+            time.sleep(0.001)
+        time.sleep(0.05)
+        assert batch.writing and writer.is_alive()  # blocked on the full pipe, GIL released
+        second = [b'{"m":%d}\n' % i for i in range(50)]
+        for line in second:
+            assert batch.add(line) == 1
+        with pytest.raises(RuntimeError, match="in progress"):
+            batch.write(w)
+        got = b""
+        want = len(b"".join(first))
+        while len(got) < want:
+            got += os.read(r, 1 << 16)
+        writer.join(5)
+        assert not writer.is_alive() and result == [(200, 0)] and not batch.writing
+        assert got == b"".join(first)
+        assert len(batch) == 50
+        assert batch.write(w) == (50, 0)
+        assert os.read(r, 1 << 16) == b"".join(second)
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_failed_write_reports_its_lines_and_empties_the_half() -> None:
+    batch = _lines()
+    for _ in range(3):
+        batch.access(*LINE_VALUES)
+    r, w = os.pipe()
+    os.close(r)
+    os.close(w)
+    assert batch.write(w) == (3, errno.EBADF)  # a closed descriptor
+    assert len(batch) == 0 and batch.pending_bytes() == 0
+
+
+def test_a_bursts_room_is_given_back_once_written() -> None:
+    batch = _lines(max_lines=1_000_000)
+    for _ in range(2000):  # ~1.2 MB in one half
+        batch.access(*LINE_VALUES)
+    assert batch.room() > 1 << 20
+    with open(os.devnull, "wb") as null:
+        assert batch.write(null.fileno()) == (2000, 0)
+    assert batch.room() == 0  # the small other half was never touched
+    batch.access(*LINE_VALUES)
+    assert 0 < batch.room() <= 64 * 1024
+
+
+def test_line_batch_is_bounded_as_asked() -> None:
+    batch = line_batch(2)
+    assert batch is not None
+    assert [batch.access(*LINE_VALUES) for _ in range(3)] == [1, 1, 0]
+
+
+def test_a_huge_record_is_written_whole_and_its_room_given_back() -> None:
+    """A path as long as the header limits allow, every byte one to escape (six bytes each):
+    the half grows for it, the line is the encoder's, and the room goes once it is written."""
+    batch = _lines()
+    big: list[Any] = list(LINE_VALUES)
+    big[2] = b"/" + b"\x01" * (1 << 20)
+    assert batch.access(*big) == 2  # one line past the wake size
+    assert batch.room() > 6 << 20
+    assert _drain(batch) == encode_line(*big)
+    assert batch.room() == 0
