@@ -48,7 +48,7 @@ from bench.peers import (
     tulle_config,
 )
 from bench.procs import ProcessSet, compiled, cpu_seconds, free_port, tree, wait_port
-from bench.tools import run_wrk
+from bench.tools import git_rev, run_wrk
 
 PHASES = {"keepalive": {"connections": 50, "headers": ()},
           "close": {"connections": 10, "headers": ("Connection: close",)}}
@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> None:
                           f"{m['rps']:9.0f} rps util {m['cpu_util']:.2f} err {m['errors']}",
                           file=sys.stderr)
             rounds.append(got)
-        out: dict[str, Any] = {"rounds": rounds, "modes": modes, "loaded": method,
+        out: dict[str, Any] = {"git_rev": git_rev(), "rounds": rounds, "modes": modes,
+                               "loaded": method,
                                "loadavg_before": loadavg_before,
                                "loadavg_after": os.getloadavg(), "peers": {}, "ratios": {}}
         for r in peers:

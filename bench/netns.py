@@ -37,6 +37,7 @@ from typing import Any
 from bench.netns_mesh import MODES, ROOT, BenchPath, Network
 from bench.peers import BODY_PATH, LOAD_CPU, PROXY_CPU
 from bench.procs import cpu_busy, cpu_seconds
+from bench.tools import git_rev
 from tulle.net.netns import missing_requirements
 
 TARGET_ADDED_P99_MS = 0.3
@@ -115,15 +116,9 @@ def summarize(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
     return out
 
 
-def _git_rev() -> str:
-    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                         capture_output=True, text=True, check=False)
-    return out.stdout.strip()
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
     info: dict[str, Any] = {
-        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "git": _git_rev(),
+        "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "git": git_rev(),
         "rate": args.rate, "duration_s": args.duration, "warmup_s": args.warmup,
         "connections": args.connections, "rounds": args.rounds, "cpus": os.cpu_count(),
         "nice": getattr(args, "nice", 0),

@@ -70,6 +70,7 @@ from bench.peers import (
 from bench.procs import ProcessSet, compiled
 from bench.resilience_peers import RESILIENCE_STARTERS
 from bench.telemetry_peers import TELEMETRY_STARTERS
+from bench.tools import git_rev
 from bench.verdicts import ALL_STARTERS, PAIRED, TARGET_ADDED_P99_MS, derive
 
 PLANS = {
@@ -103,10 +104,8 @@ def machine_info() -> dict[str, Any]:
         if line.startswith("model name"):
             model = line.split(":", 1)[1].strip()
             break
-    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                         check=False, cwd=Path(__file__).parent).stdout.strip()
     return {"cpu_model": model, "cpus": os.cpu_count(), "platform": platform.platform(),
-            "proxy_cpu": PROXY_CPU, "load_cpu": LOAD_CPU, "git_rev": rev or "unknown",
+            "proxy_cpu": PROXY_CPU, "load_cpu": LOAD_CPU, "git_rev": git_rev(),
             "versions": versions()}
 
 

@@ -13,6 +13,14 @@ from bench.peers import BODY_PATH, LOAD_CPU
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
+def git_rev() -> str:
+    """The checkout's commit, short (what a result file names as the tree it measured);
+    "unknown" outside a git checkout."""
+    out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                         capture_output=True, text=True, check=False)
+    return out.stdout.strip() or "unknown"
+
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3, "h": 3600e3}
 
 
