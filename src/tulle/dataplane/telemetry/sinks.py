@@ -165,8 +165,14 @@ class LineSink:
         while True:
             self._wake.wait(self.interval)
             self._wake.clear()
+            # Read before the flush, not after: once `close` has stopped the sink (and sealed
+            # its batch, in the same step of the loop's thread) nothing more comes, so this
+            # flush is the last and empties everything.  Read after, a flush that began before
+            # `close` (two halves at most) could end with lines the loop added meanwhile
+            # still held, and `close` would count them failed.
+            stop = self._stop
             self._flush()
-            if self._stop:
+            if stop:
                 break
         if self._fd > 2:
             with contextlib.suppress(OSError):

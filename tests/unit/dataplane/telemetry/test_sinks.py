@@ -1,10 +1,14 @@
 """Line sinks on their own: stdout, a file that cannot be opened, a renderer that raises, the
-queue bound, close flushing what is queued."""
+queue bound, close flushing what is queued; the access log's C batch (ADR 0080) through its
+sink: close writing everything, a real writer under load."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +148,92 @@ async def test_a_batched_sink_counts_a_failed_open_and_keeps_trying(tmp_path: Pa
     await _until(lambda: sink.stats.written == 1)
     await sink.close()
     assert path.read_text() == '{"n":2}\n'
+
+
+async def test_close_writes_the_lines_that_came_while_the_writer_was_busy(tmp_path: Path) -> None:
+    """`close` during the writer's second write of a wake (its two halves): the lines the loop
+    put in the emptied half meanwhile are the last ones, and are written, not counted failed.
+    A FIFO the test reads makes the writer block where the test wants it."""
+    fifo = tmp_path / "a.fifo"
+    sink, batch = _batched(fifo, queue_size=10_000, interval_ms=60_000)
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # the sink's open does not block
+    line = b'{"pad":"%s"}\n' % (b"x" * 1000)
+    got = bytearray()
+    try:
+        sink.start()
+        first = [batch.add(line) for _ in range(100)]  # > the pipe's 64 KiB: the write blocks
+        assert 2 in first
+        for r in first:
+            sink.took(r)
+        await _until(lambda: batch.writing)
+        for _ in range(100):  # the other half, written next: it blocks the writer again
+            sink.took(batch.add(line))
+        os.set_blocking(reader, True)
+        while len(got) < 100 * len(line):  # the first half read (not a byte more: the second
+            got += os.read(reader, 100 * len(line) - len(got))  # must block the writer)
+        await _until(lambda: sink.stats.written == 100 and batch.writing)
+        last = [b'{"n":%d}\n' % i for i in range(3)]
+        for one in last:  # into the half the writer emptied first
+            sink.took(batch.add(one))
+        closing = asyncio.create_task(sink.close())
+        await asyncio.sleep(0)  # close has stopped the sink and waits for its thread
+        assert batch.add(b"late\n") == 0  # sealed
+        got += await asyncio.get_running_loop().run_in_executor(None, _read_to_end, reader)
+        await closing
+    finally:
+        os.close(reader)
+    assert (sink.stats.offered, sink.stats.written, sink.stats.failed) == (203, 203, 0)
+    assert bytes(got) == line * 200 + b"".join(last)
+
+
+def _read_to_end(fd: int) -> bytes:
+    out = bytearray()
+    while chunk := os.read(fd, 1 << 16):
+        out += chunk
+    return bytes(out)
+
+
+async def test_a_batched_sink_under_load_writes_each_line_once_in_order(tmp_path: Path) -> None:
+    """The loop's thread encodes 20,000 records into the batch (every 97th through the Python
+    fallback, which may let the writer take the GIL mid-record) while the writer thread writes
+    halves into a FIFO a third thread reads slowly: every line arrives once, in order, and the
+    counts add up."""
+    from tests.unit.dataplane.telemetry.test_aline_lines import LINE_VALUES
+
+    fifo = tmp_path / "a.fifo"
+    sink, batch = _batched(fifo, queue_size=100_000, interval_ms=10)
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    keep_open = os.open(fifo, os.O_WRONLY)  # no end of file before the sink's own open
+    os.set_blocking(reader, True)
+    chunks: list[bytes] = []
+
+    def read_slowly() -> None:
+        while chunk := os.read(reader, 4096):
+            chunks.append(chunk)
+            time.sleep(0.00001)
+
+    slow = threading.Thread(target=read_slowly)
+    slow.start()
+    n = 20_000
+    values: list[Any] = list(LINE_VALUES)
+    try:
+        sink.start()
+        for i in range(n):
+            values[7] = i  # bytes_received: the line's number
+            values[15] = True if i % 97 == 0 else 1  # a bool: the fallback writes the line
+            sink.took(batch.access(*values))
+            if i % 1000 == 0:
+                await asyncio.sleep(0)
+        await sink.close(deadline=10)
+        assert not sink._writer.is_alive()
+    finally:
+        os.close(keep_open)
+        slow.join(10)
+        os.close(reader)
+    lines = b"".join(chunks).splitlines()
+    assert [json.loads(line)["bytes_received"] for line in lines] == list(range(n))
+    assert sum(json.loads(line)["upstream_request_attempt_count"] is True for line in lines) == 207
+    assert (sink.stats.offered, sink.stats.written, sink.stats.dropped, sink.stats.failed) == (
+        n, n, 0, 0)
