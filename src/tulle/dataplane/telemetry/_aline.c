@@ -374,7 +374,9 @@ static PyObject *access_line(PyObject *self, PyObject *const *args, Py_ssize_t n
  * has taken the GIL back.  One writer at a time (`write` refuses a second).
  *
  * Bounded: at most `max_lines` lines held in both halves (a full sink drops the line and the
- * caller counts it); a half grown past KEEP_HALF by a burst is freed once written. */
+ * caller counts it); a half grown past KEEP_HALF by a burst is freed once written.  A sealed
+ * batch (a closed sink's, still referenced for its counts) frees each half once written or
+ * cleared: no line comes again. */
 
 #define KEEP_HALF (256 * 1024)
 #define FIRST_HALF (16 * 1024)
@@ -407,6 +409,12 @@ static void lines_dealloc(Lines *self) {
     PyMem_RawFree(self->data[0]);
     PyMem_RawFree(self->data[1]);
     Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static void lines_free_half(Lines *self, int h) {
+    PyMem_RawFree(self->data[h]);
+    self->data[h] = NULL;
+    self->cap[h] = 0;
 }
 
 /* Room for `need` more bytes at the end of the active half: its end, or NULL (MemoryError). */
@@ -503,11 +511,8 @@ static PyObject *lines_write(Lines *self, PyObject *arg) {
     Py_END_ALLOW_THREADS
     self->len[w] = 0;
     self->count[w] = 0;
-    if (self->cap[w] > KEEP_HALF) {  /* a burst's room is given back */
-        PyMem_RawFree(self->data[w]);
-        self->data[w] = NULL;
-        self->cap[w] = 0;
-    }
+    if (self->cap[w] > KEEP_HALF || self->max_lines == 0)  /* a burst's room is given back, */
+        lines_free_half(self, w);                       /* and a sealed batch's at once */
     self->writing = 0;
     return Py_BuildValue("(ni)", count, err);
 }
@@ -518,6 +523,11 @@ static PyObject *lines_clear(Lines *self, PyObject *unused) {
     Py_ssize_t n = self->count[a];
     self->len[a] = 0;
     self->count[a] = 0;
+    if (self->max_lines == 0) {  /* sealed: no line comes again, the room can go (a closed
+                                  * sink's batch stays referenced for its counts) */
+        lines_free_half(self, a);
+        if (!self->writing) lines_free_half(self, 1 - a);  /* empty, and no writer's */
+    }
     return PyLong_FromSsize_t(n);
 }
 
@@ -551,7 +561,8 @@ static PyMethodDef lines_methods[] = {
      "write(fd) -> (lines, errno): the active half written to fd (GIL released) and emptied; "
      "errno 0: all written, else those lines are lost.  One writer thread only."},
     {"clear", (PyCFunction)lines_clear, METH_NOARGS,
-     "clear() -> int: the lines not being written dropped; how many."},
+     "clear() -> int: the lines not being written dropped; how many.  A sealed batch's room is "
+     "freed too."},
     {"seal", (PyCFunction)lines_seal, METH_NOARGS,
      "seal(): every later line is dropped (a sink closing)."},
     {"pending_bytes", (PyCFunction)lines_pending_bytes, METH_NOARGS,

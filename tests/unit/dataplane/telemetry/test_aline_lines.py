@@ -180,3 +180,29 @@ def test_a_huge_record_is_written_whole_and_its_room_given_back() -> None:
     assert batch.room() > 6 << 20
     assert _drain(batch) == encode_line(*big)
     assert batch.room() == 0
+
+
+def test_a_sealed_batch_gives_its_room_back() -> None:
+    """A sealed batch (a closed sink's) takes no more lines: its last write frees the half
+    written, and `clear` (what `close` calls last) frees both; an open batch keeps its room
+    for the lines to come."""
+    batch = _lines()
+    batch.access(*LINE_VALUES)
+    _drain(batch)  # one half written, its room kept
+    batch.access(*LINE_VALUES)  # the other half takes a line
+    held = batch.room()
+    assert held > 0
+    assert batch.clear() == 1 and batch.room() == held  # open: kept
+    batch.access(*LINE_VALUES)
+    batch.seal()
+    assert batch.clear() == 1 and batch.room() == 0
+    assert batch.access(*LINE_VALUES) == 0 and batch.room() == 0
+    other = _lines()
+    for _ in range(2):
+        other.access(*LINE_VALUES)
+        _drain(other)  # both halves hold room
+    other.access(*LINE_VALUES)
+    other.seal()
+    assert _drain(other).count(b"\n") == 1
+    assert other.room() == held // 2  # the half just written freed, the other kept
+    assert other.clear() == 0 and other.room() == 0

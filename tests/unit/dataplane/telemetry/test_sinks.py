@@ -1,6 +1,6 @@
 """Line sinks on their own: stdout, a file that cannot be opened, a renderer that raises, the
 queue bound, close flushing what is queued; the access log's C batch (ADR 0080) through its
-sink: close writing everything, a real writer under load."""
+sink: close writing everything, a closed batch's room freed, a real writer under load."""
 
 from __future__ import annotations
 
@@ -192,6 +192,22 @@ def _read_to_end(fd: int) -> bytes:
     while chunk := os.read(fd, 1 << 16):
         out += chunk
     return bytes(out)
+
+
+async def test_a_closed_batched_sink_holds_no_room(tmp_path: Path) -> None:
+    """A retired access log stays referenced for its counts (`LogsRuntime` keeps it), and its
+    batch with it: once the sink is closed the batch's halves are freed, not kept for lines
+    that can no longer come (up to 2 x 256 KiB per retired logger, for the process's life)."""
+    sink, batch = _batched(tmp_path / "a.log", interval_ms=60_000)
+    sink.start()
+    for i in range(3):
+        sink.took(batch.add(b'{"n":%d}\n' % i))
+    await _until(lambda: batch.room() > 0)
+    await sink.close()
+    assert sink.stats.written == 3
+    assert batch.room() == 0
+    sink.took(batch.add(b'{"n":9}\n'))  # sealed: dropped, and no room taken for it
+    assert (sink.stats.dropped, batch.room()) == (1, 0)
 
 
 async def test_a_batched_sink_under_load_writes_each_line_once_in_order(tmp_path: Path) -> None:
