@@ -171,7 +171,14 @@ class LineSink:
             # `close` (two halves at most) could end with lines the loop added meanwhile
             # still held, and `close` would count them failed.
             stop = self._stop
-            self._flush()
+            try:
+                self._flush()
+            except Exception:  # a bug, or MemoryError: without this the thread would end
+                # and every later record would wait in a queue nobody drains; it is logged
+                # (once a run, like a failed write) and the thread goes on
+                if not self._failing:
+                    self._failing = True
+                    log.exception("%s: the writer failed; it goes on", self.name)
             if stop:
                 break
         if self._fd > 2:

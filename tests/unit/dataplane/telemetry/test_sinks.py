@@ -253,3 +253,52 @@ async def test_a_batched_sink_under_load_writes_each_line_once_in_order(tmp_path
     assert sum(json.loads(line)["upstream_request_attempt_count"] is True for line in lines) == 207
     assert (sink.stats.offered, sink.stats.written, sink.stats.dropped, sink.stats.failed) == (
         n, n, 0, 0)
+
+
+class _FlakyBatch:
+    """A line batch (`sinks.LineBatch`) whose first write raises what no write should: a bug
+    in the writer's path, not an `OSError`."""
+
+    def __init__(self) -> None:
+        self.lines: list[bytes] = []
+        self.writes = 0
+
+    def write(self, fd: int, /) -> tuple[int, int]:
+        self.writes += 1
+        if self.writes == 1:
+            raise RuntimeError("a bug in the writer's path")
+        data, self.lines = b"".join(self.lines), []
+        os.write(fd, data)
+        return data.count(b"\n"), 0
+
+    def clear(self) -> int:
+        n, self.lines = len(self.lines), []
+        return n
+
+    def seal(self) -> None:
+        pass
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+
+async def test_the_writer_outlives_an_unexpected_error(tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Before, any exception but `OSError` ended the writer thread: the sink then only filled
+    up and dropped.  Now it is logged once and the next lines are written."""
+    path = tmp_path / "a.log"
+    sink = LineSink("access_log", LogSink(kind="file", path=str(path), flush_interval_ms=10),
+                    render_json)
+    batch = _FlakyBatch()
+    sink.use_batch(batch)
+    sink.start()
+    batch.lines.append(b'{"n":1}\n')
+    sink.took(1)
+    await _until(lambda: batch.writes >= 1)
+    batch.lines.append(b'{"n":2}\n')
+    sink.took(1)
+    await _until(lambda: sink.stats.written >= 1)
+    await sink.close()
+    assert path.read_text().splitlines()[-1] == '{"n":2}'
+    assert [r.message for r in caplog.records if "writer failed" in r.message] == [
+        "access_log: the writer failed; it goes on"]
