@@ -61,15 +61,25 @@ static PyObject *fallback = NULL;
 static char *buf = NULL;
 static size_t cap = 0;
 
-static int reserve(size_t need) {
-    if (need <= cap) return 0;
-    size_t n = cap ? cap : 4096;
-    while (n < need) n *= 2;
-    char *p = PyMem_Realloc(buf, n);
+/* `*data` grown to hold `need` bytes: `*cap` doubled from `first` until it does (one growth
+ * rule for the scratch room and a batch's halves).  -1 with MemoryError when it cannot be, a
+ * size past what doubling can reach included. */
+static int grow(char **data, size_t *cap, size_t need, size_t first) {
+    if (need <= *cap) return 0;
+    size_t n = *cap ? *cap : first;
+    while (n < need) {
+        if (n > PY_SSIZE_T_MAX / 2) { PyErr_NoMemory(); return -1; }
+        n *= 2;
+    }
+    char *p = PyMem_RawRealloc(*data, n);
     if (p == NULL) { PyErr_NoMemory(); return -1; }
-    buf = p;
-    cap = n;
+    *data = p;
+    *cap = n;
     return 0;
+}
+
+static int reserve(size_t need) {
+    return grow(&buf, &cap, need, 4096);
 }
 
 static const char HEX[] = "0123456789abcdef";
@@ -355,7 +365,7 @@ static PyObject *access_line(PyObject *self, PyObject *const *args, Py_ssize_t n
     char *end = compose(buf, args, nargs, &p, &line);
     if (end != NULL) line = PyBytes_FromStringAndSize(buf, end - buf);
     if (cap > KEEP) {  /* a huge record's room is given back, not held for the process's life */
-        PyMem_Free(buf);
+        PyMem_RawFree(buf);
         buf = NULL;
         cap = 0;
     }
@@ -420,15 +430,7 @@ static void lines_free_half(Lines *self, int h) {
 /* Room for `need` more bytes at the end of the active half: its end, or NULL (MemoryError). */
 static char *lines_room(Lines *self, size_t need) {
     int a = self->active;
-    size_t want = self->len[a] + need;
-    if (want > self->cap[a]) {
-        size_t n = self->cap[a] ? self->cap[a] : FIRST_HALF;
-        while (n < want) n *= 2;
-        char *d = PyMem_RawRealloc(self->data[a], n);
-        if (d == NULL) { PyErr_NoMemory(); return NULL; }
-        self->data[a] = d;
-        self->cap[a] = n;
-    }
+    if (grow(&self->data[a], &self->cap[a], self->len[a] + need, FIRST_HALF) < 0) return NULL;
     return self->data[a] + self->len[a];
 }
 

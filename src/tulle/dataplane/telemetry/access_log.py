@@ -177,12 +177,13 @@ class AccessLogger:
         if isinstance(sink, LineSink):
             self.lines = sink
             if self.structs:
-                sink.lines = json_lines
                 batch = line_batch(sink.max_queue)
                 if batch is not None:
                     sink.use_batch(batch)
                     self.encode = batch.access
                     self.batched = True
+                else:  # lines as bytes, queued and joined a batch at a time
+                    sink.lines = json_lines
 
     def wanted(self, status: int, flags: str, duration: float) -> bool:
         """The filter and the sampling decision for one request."""

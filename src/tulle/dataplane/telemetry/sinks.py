@@ -60,6 +60,13 @@ class SinkStats:
         self.failed = 0
 
 
+DROPPED: Final = 0
+"""`Lines.access` / `add`: the line was dropped (the batch is full or sealed)."""
+WAKE: Final = 2
+"""`Lines.access` / `add`: the line was appended and its half now calls for a write (1: only
+appended)."""
+
+
 class LineBatch(Protocol):
     """Lines written where they are made (`_aline.Lines`, ADR 0080): the loop's thread appends,
     the writer thread takes a whole half and writes it with the GIL released."""
@@ -132,13 +139,13 @@ class LineSink:
         self.batch = batch
 
     def took(self, result: int) -> None:
-        """One line offered to the batch: `result` 0 dropped (full), 1 appended, 2 appended
-        and the batch calls for a write (`_aline.Lines.access`)."""
+        """One line offered to the batch, with the batch's answer (`DROPPED`, `WAKE`, or 1:
+        appended)."""
         stats = self.stats
         stats.offered += 1
-        if result == 0:
+        if result == DROPPED:
             stats.dropped += 1
-        elif result == 2:
+        elif result == WAKE:
             self._wake.set()
 
     def start(self) -> None:
