@@ -232,8 +232,28 @@ class _Typed:
         return tuple(str(x) for x in v)
 
 
+def import_msgspec_alone() -> None:
+    """Import msgspec without `typing_extensions`, which the proxy has no use for (ADR 0081).
+
+    msgspec does not depend on `typing_extensions`; when it can import it, it takes its
+    `get_type_hints` and `Required` / `NotRequired` from there, and falls back to `typing`'s,
+    which on Python >= 3.11 are the same for everything the proxy's contract uses.  The module
+    is ~0.3 MB of resident memory in every proxy.  The refusal lasts only for msgspec's own
+    import: a later import of `typing_extensions` (the subscribed proxy's, a library's) works.
+    """
+    if "msgspec" in sys.modules or "typing_extensions" in sys.modules:
+        return
+    sys.modules["typing_extensions"] = None  # type: ignore[assignment]  # refuse, for now
+    try:
+        import msgspec  # noqa: F401
+    finally:
+        if sys.modules.get("typing_extensions", 0) is None:
+            del sys.modules["typing_extensions"]
+
+
 def main(argv: Sequence[str]) -> int:
     """`tulle proxy run ARGV...` as the `tulle` script runs it; the exit status."""
+    import_msgspec_alone()
     try:
         return run(parse(argv))
     except UsageError as exc:

@@ -49,6 +49,7 @@ FORBIDDEN_ALWAYS = (
     "ctypes",  # only the worker supervisor's prctl needs it
     "encodings.idna",  # uvloop resolving a numeric admin address through the thread pool
     "click", "tulle.cli.commands",  # `tulle proxy run` is parsed without click (ADR 0068)
+    "typing_extensions",  # msgspec imported without its optional backports (ADR 0081)
 )
 """Never on the path of a proxy run from a file."""
 

@@ -119,3 +119,35 @@ def test_help_still_comes_from_click() -> None:
     assert r.returncode == 0
     for opt in proxy_run.OPTIONS:
         assert opt.flags[-1] in r.stdout
+
+
+LEAN_MSGSPEC = """\
+import sys
+from tulle.cli.proxy_run import import_msgspec_alone
+import_msgspec_alone()
+assert "msgspec" in sys.modules, "msgspec was not imported"
+assert "typing_extensions" not in sys.modules, "typing_extensions came with msgspec"
+from typing import Annotated
+import msgspec
+class C(msgspec.Struct, forbid_unknown_fields=True):
+    port: Annotated[int, msgspec.Meta(ge=1, le=65535)]
+    name: msgspec.UnsetType | str = msgspec.UNSET
+assert msgspec.json.decode(b'{"port": 80}', type=C).port == 80
+try:
+    msgspec.json.decode(b'{"port": 0}', type=C)
+except msgspec.ValidationError as exc:
+    assert "$.port" in str(exc), exc
+else:
+    raise AssertionError("a port of 0 was accepted")
+import typing_extensions  # a later import still works
+print("ok")
+"""
+
+
+def test_msgspec_is_imported_without_typing_extensions() -> None:
+    """The proxy's msgspec runs without `typing_extensions` (ADR 0081): its constraints still
+    hold, and the module can still be imported afterwards by whoever needs it."""
+    out = subprocess.run([sys.executable, "-c", LEAN_MSGSPEC], capture_output=True, text=True,
+                         timeout=60, check=False)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
