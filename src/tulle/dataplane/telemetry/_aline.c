@@ -400,11 +400,20 @@ typedef struct {
     int writing;           /* the other half is being written */
     Py_ssize_t max_lines;  /* lines held in both halves at most; 0: sealed */
     size_t wake;           /* bytes in the active half that call for a write */
+    int made;              /* __init__ has run: a second one is refused */
 } Lines;
 
 static int lines_init(Lines *self, PyObject *args, PyObject *kwds) {
     static char *kw[] = {"max_lines", "wake_bytes", NULL};
     Py_ssize_t max_lines, wake = 64 * 1024;
+    /* Once only: `max_lines` goes from its bound to 0 (`seal`) and nowhere else, and `wake`
+     * never changes.  A second __init__ would unseal a closed sink's batch (lines taken that
+     * no writer will write) or move the bound under a writer holding a half; refusing it is
+     * the one answer that keeps that rule, where ignoring it would hide the caller's bug. */
+    if (self->made) {
+        PyErr_SetString(PyExc_RuntimeError, "a Lines batch is made once: __init__ again refused");
+        return -1;
+    }
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|n", kw, &max_lines, &wake)) return -1;
     if (max_lines < 1 || wake < 1) {
         PyErr_SetString(PyExc_ValueError, "max_lines and wake_bytes must be positive");
@@ -412,6 +421,7 @@ static int lines_init(Lines *self, PyObject *args, PyObject *kwds) {
     }
     self->max_lines = max_lines;
     self->wake = (size_t)wake;
+    self->made = 1;
     return 0;
 }
 

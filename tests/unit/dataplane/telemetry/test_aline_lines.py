@@ -206,3 +206,19 @@ def test_a_sealed_batch_gives_its_room_back() -> None:
     assert _drain(other).count(b"\n") == 1
     assert other.room() == held // 2  # the half just written freed, the other kept
     assert other.clear() == 0 and other.room() == 0
+
+
+def test_a_batch_is_made_once_a_second_init_is_refused() -> None:
+    """`__init__` again would set the bound anew on a batch in use: a sealed batch (a closed
+    sink's, bound 0) would take lines again that no writer will ever write, and an open one
+    would change its bound and wake size under its writer.  It is refused; the batch is as
+    it was."""
+    sealed = _lines(max_lines=5)
+    sealed.seal()
+    with pytest.raises(RuntimeError, match="made once"):
+        sealed.__init__(5)
+    assert sealed.add(b"x\n") == 0 and len(sealed) == 0  # still sealed
+    bound = _lines(max_lines=1)
+    with pytest.raises(RuntimeError, match="made once"):
+        bound.__init__(100, wake_bytes=1)
+    assert [bound.add(b"x\n"), bound.add(b"y\n")] == [1, 0]  # the first bound and wake hold
