@@ -495,6 +495,12 @@ static PyObject *lines_access(Lines *self, PyObject *const *args, Py_ssize_t nar
 }
 
 static PyObject *lines_write(Lines *self, PyObject *arg) {
+    /* A bool is an int to the parser below, and `write(True)` would write to stdout: a
+     * mistake, never a descriptor.  (A negative one the parser refuses, ValueError.) */
+    if (PyBool_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "write takes a file descriptor, not a bool");
+        return NULL;
+    }
     int fd = PyObject_AsFileDescriptor(arg);
     if (fd < 0) return NULL;
     if (self->writing) {

@@ -222,3 +222,18 @@ def test_a_batch_is_made_once_a_second_init_is_refused() -> None:
     with pytest.raises(RuntimeError, match="made once"):
         bound.__init__(100, wake_bytes=1)
     assert [bound.add(b"x\n"), bound.add(b"y\n")] == [1, 0]  # the first bound and wake hold
+
+
+def test_write_takes_a_descriptor_not_a_bool_nor_a_negative_number() -> None:
+    """A bool is an int to Python's parser: `write(True)` wrote the lines to fd 1.  It is
+    refused before the halves swap, and so is a negative descriptor; the lines stay held."""
+    batch = _lines()
+    batch.add(b"x\n")
+    with pytest.raises(TypeError, match="bool"):
+        batch.write(True)
+    with pytest.raises(TypeError, match="bool"):
+        batch.write(False)
+    with pytest.raises(ValueError, match="negative"):
+        batch.write(-1)
+    assert len(batch) == 1 and not batch.writing
+    assert _drain(batch) == b"x\n"
