@@ -383,6 +383,10 @@ static PyObject *access_line(PyObject *self, PyObject *const *args, Py_ssize_t n
  * active half and the counts; the half being written belongs to the writer alone until it
  * has taken the GIL back.  One writer at a time (`write` refuses a second).
  *
+ * A write that fails inside a line (part of it taken, then EAGAIN or ENOSPC) hands the rest of
+ * that line to its caller (`torn`), who finishes the line before writing anything after it:
+ * the output never holds half a line with more lines after it.
+ *
  * Bounded: at most `max_lines` lines held in both halves (a full sink drops the line and the
  * caller counts it); a half grown past KEEP_HALF by a burst is freed once written.  A sealed
  * batch (a closed sink's, still referenced for its counts) frees each half once written or
@@ -401,6 +405,7 @@ typedef struct {
     Py_ssize_t max_lines;  /* lines held in both halves at most; 0: sealed */
     size_t wake;           /* bytes in the active half that call for a write */
     int made;              /* __init__ has run: a second one is refused */
+    PyObject *torn;        /* bytes: the rest of the line the last write stopped inside */
 } Lines;
 
 static int lines_init(Lines *self, PyObject *args, PyObject *kwds) {
@@ -426,6 +431,7 @@ static int lines_init(Lines *self, PyObject *args, PyObject *kwds) {
 }
 
 static void lines_dealloc(Lines *self) {
+    Py_XDECREF(self->torn);
     PyMem_RawFree(self->data[0]);
     PyMem_RawFree(self->data[1]);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -507,6 +513,7 @@ static PyObject *lines_write(Lines *self, PyObject *arg) {
         PyErr_SetString(PyExc_RuntimeError, "a write of these lines is in progress");
         return NULL;
     }
+    Py_CLEAR(self->torn);  /* an older write's, not taken: `torn` answers for this one */
     int w = self->active;
     Py_ssize_t count = self->count[w];
     if (count == 0) return Py_BuildValue("(ni)", (Py_ssize_t)0, 0);
@@ -527,12 +534,33 @@ static PyObject *lines_write(Lines *self, PyObject *arg) {
         left -= (size_t)n;
     }
     Py_END_ALLOW_THREADS
+    /* Stopped inside a line (part of it written, then EAGAIN on a pipe that does not block,
+     * ENOSPC, ...): the output ends with half a line, and whatever is written there next would
+     * go on after it, one corrupt line for a reader.  The rest of that line, to its newline (or
+     * the half's end, for an `add`ed line without one), is kept for the caller to finish the
+     * line with where it began, before anything else, or to drop when that destination is
+     * gone.  One line at most, made only on such a failure; the lines after it are lost with
+     * the half, as before. */
+    size_t done = self->len[w] - left;
+    if (err && done > 0 && self->data[w][done - 1] != '\n') {
+        const char *rest = self->data[w] + done;
+        const char *nl = memchr(rest, '\n', left);
+        self->torn = PyBytes_FromStringAndSize(rest, nl ? nl - rest + 1 : (Py_ssize_t)left);
+        if (self->torn == NULL) PyErr_Clear();  /* no memory even for that: torn, as before */
+    }
     self->len[w] = 0;
     self->count[w] = 0;
     if (self->cap[w] > KEEP_HALF || self->max_lines == 0)  /* a burst's room is given back, */
         lines_free_half(self, w);                       /* and a sealed batch's at once */
     self->writing = 0;
     return Py_BuildValue("(ni)", count, err);
+}
+
+static PyObject *lines_torn(Lines *self, PyObject *unused) {
+    (void)unused;
+    PyObject *rest = self->torn;
+    self->torn = NULL;
+    return rest != NULL ? rest : PyBytes_FromStringAndSize(NULL, 0);
 }
 
 static PyObject *lines_clear(Lines *self, PyObject *unused) {
@@ -577,7 +605,11 @@ static PyMethodDef lines_methods[] = {
      "add(line: bytes) -> int: a ready line appended; returns as access does."},
     {"write", (PyCFunction)lines_write, METH_O,
      "write(fd) -> (lines, errno): the active half written to fd (GIL released) and emptied; "
-     "errno 0: all written, else those lines are lost.  One writer thread only."},
+     "errno 0: all written, else those lines are lost (and `torn` has the rest of a line the "
+     "failure stopped inside).  One writer thread only."},
+    {"torn", (PyCFunction)lines_torn, METH_NOARGS,
+     "torn() -> bytes: the rest of the line the last write stopped inside when it failed, to be "
+     "written where that line began before anything else; b'' if none.  Handed over once."},
     {"clear", (PyCFunction)lines_clear, METH_NOARGS,
      "clear() -> int: the lines not being written dropped; how many.  A sealed batch's room is "
      "freed too."},

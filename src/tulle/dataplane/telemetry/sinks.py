@@ -11,7 +11,9 @@ part runs elsewhere:
   instead of a queue (`use_batch`, ADR 0080): lines are written into the batch where they
   are made, and the thread writes the batch as it is.  A file is opened for append by the thread
   and reopened when it was moved or removed (logrotate's default `create` mode), checked
-  at most once a second, before a write.
+  at most once a second, before a write.  A write that fails inside a line leaves the rest
+  of that line to be written first, so the output never holds half a line with more after
+  it (`LineSink._failed`).
 * `OtlpLogSink`: the shared OTLP/HTTP exporter (`otlp/exporter.py`) on the loop, records
   encoded as OTLP log records (`otlp/logs.py`) when a batch is sent.
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -48,6 +51,9 @@ BATCH: Final = 512
 """Records written (or exported) in one go; a full batch wakes the writer early."""
 REOPEN_CHECK = 1.0
 """Seconds between checks that a file sink's path still names the file it writes."""
+FULL: Final = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOSPC, errno.EDQUOT})
+"""Write errors after which the same open file takes more later: a full pipe that does not
+block, a full disk or quota.  A line one of them tore is finished on that file."""
 
 
 class SinkStats:
@@ -72,6 +78,8 @@ class LineBatch(Protocol):
     the writer thread takes a whole half and writes it with the GIL released."""
 
     def write(self, fd: int, /) -> tuple[int, int]: ...
+
+    def torn(self) -> bytes: ...
 
     def clear(self) -> int: ...
 
@@ -119,6 +127,9 @@ class LineSink:
         self._inode: tuple[int, int] | None = None
         self._checked = 0.0
         self._failing = False
+        self._torn = b""
+        """The rest of the line a failed write stopped inside, written first on the file that
+        line began in (still open: closing it drops this, see `_failed`)."""
         self._writer = threading.Thread(target=self._run, name=f"tulle-{name}", daemon=True)
 
     def offer(self, record: Any, time_ns: int) -> bool:
@@ -188,10 +199,7 @@ class LineSink:
                     log.exception("%s: the writer failed; it goes on", self.name)
             if stop:
                 break
-        if self._fd > 2:
-            with contextlib.suppress(OSError):
-                os.close(self._fd)
-        self._fd = -1
+        self._close_file()
 
     def _flush(self) -> None:
         """What waits, written: the batch (both halves at most: the loop's thread may fill
@@ -205,16 +213,19 @@ class LineSink:
         queue = self._queue
         while queue:
             self._write_batch()
+        if self._torn:  # no line came after it: the line is finished on its own
+            self._write(b"", 0)
 
     def _write_lines(self, batch: LineBatch) -> None:
         try:
+            self._finish_torn()
             fd = self._open()
         except OSError as exc:
-            self._failed(batch.clear(), exc)
+            self._failed(batch.clear(), exc, self._torn)
             return
         count, err = batch.write(fd)
         if err:
-            self._failed(count, OSError(err, os.strerror(err)))
+            self._failed(count, OSError(err, os.strerror(err)), batch.torn())
             return
         self.stats.written += count
         self._failing = False
@@ -251,23 +262,53 @@ class LineSink:
         return ("\n".join(lines) + "\n").encode("utf-8", "backslashreplace"), len(lines)
 
     def _write(self, data: bytes, count: int) -> None:
+        view = memoryview(data)
         try:
+            self._finish_torn()
             fd = self._open()
-            view = memoryview(data)
             while view:
                 n = os.write(fd, view)
                 view = view[n:]
         except OSError as exc:
-            self._failed(count, exc)
+            self._failed(count, exc, self._torn or _rest_of_line(data, len(data) - len(view)))
             return
         self.stats.written += count
         self._failing = False
 
-    def _failed(self, count: int, exc: OSError) -> None:
-        """`count` records were lost to a failed open or write: counted, the file closed (the
-        next write opens it again), the first failure of a run logged."""
+    def _finish_torn(self) -> None:
+        """The rest of the line the last failed write stopped inside, written on the file that
+        line began in (still open), before anything else: before `_open` too, so that a file
+        logrotate moved meanwhile gets its last line whole.  Raises OSError, keeping what is
+        still unwritten of it."""
+        rest = self._torn
+        if not rest:
+            return
+        fd = self._fd if self.path else 1
+        view = memoryview(rest)
+        try:
+            while view:
+                n = os.write(fd, view)  # (not inside the slice: mypyc evaluates a memoryview
+                view = view[n:]         # slice's start twice, and would write twice)
+        finally:
+            self._torn = bytes(view)
+
+    def _failed(self, count: int, exc: OSError, torn: bytes = b"") -> None:
+        """`count` records were lost to a failed open or write: counted, the first failure of
+        a run logged.  `torn`: the rest of a line the failure stopped inside.
+
+        A line torn by a full pipe or disk (`FULL`) keeps its file open, and its rest is
+        written there first next time (`_finish_torn`): nothing is written after half a
+        line.  After any other failure the file is closed (the next write opens it again)
+        and a torn line's rest dropped: the file then opened may be another stream, a new
+        file at a moved path or a FIFO's next reader, and must not begin with the end of a
+        line.  (So a regular file torn by another error, EIO or EFBIG, and later opened
+        again unchanged still has its torn line followed by later ones, as before.)
+        Bounded: one line's rest at most, kept only while its file is open."""
         self.stats.failed += count
-        self._close_file()
+        if torn and exc.errno in FULL:
+            self._torn = torn
+        else:
+            self._close_file()
         if not self._failing:
             self._failing = True
             log.warning("%s: writing failed (%s); records are dropped and counted until it "
@@ -294,10 +335,22 @@ class LineSink:
         return self._fd
 
     def _close_file(self) -> None:
+        """The file closed (stdout is only let go), and with it the rest of a line torn there:
+        it can no longer be finished where it began."""
         if self._fd > 2:
             with contextlib.suppress(OSError):
                 os.close(self._fd)
         self._fd = -1
+        self._torn = b""
+
+
+def _rest_of_line(data: bytes, done: int) -> bytes:
+    """The rest of the line a write that stopped after `done` bytes of `data` was inside, to its
+    newline (or the end); b"" when it stopped between lines."""
+    if done == 0 or data[done - 1] == 10:  # b"\n"
+        return b""
+    end = data.find(b"\n", done)
+    return data[done:] if end < 0 else data[done:end + 1]
 
 
 class OtlpLogSink:

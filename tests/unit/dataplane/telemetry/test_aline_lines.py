@@ -6,6 +6,7 @@ loses and reports its lines, a burst's room is given back."""
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import tempfile
 import threading
@@ -237,3 +238,63 @@ def test_write_takes_a_descriptor_not_a_bool_nor_a_negative_number() -> None:
         batch.write(-1)
     assert len(batch) == 1 and not batch.writing
     assert _drain(batch) == b"x\n"
+
+
+def _full_pipe_after(capacity: int = 4096) -> tuple[int, int]:
+    """A pipe of one page whose write end does not block: a write of more than it holds takes
+    part, the next fails with EAGAIN (a parent's pipe set non-blocking; a full disk's ENOSPC
+    ends a write the same way)."""
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, capacity)
+    os.set_blocking(w, False)
+    return r, w
+
+
+def test_a_write_stopped_inside_a_line_hands_over_the_rest_of_that_line() -> None:
+    """8 lines of ~1 KB into a pipe that holds 4 KiB: the write ends inside the fifth, then
+    EAGAIN.  The half is lost and reported as before, and the rest of the torn line is handed
+    over once (`torn`), so that the writer finishes the line before anything else goes after
+    it.  A write that stopped between lines, or did not stop, tears nothing."""
+    batch = _lines()
+    lines = [b'{"n":%d,"pad":"%s"}\n' % (i, b"x" * 1000) for i in range(8)]
+    for line in lines:
+        batch.add(line)
+    r, w = _full_pipe_after(4096)
+    try:
+        assert batch.write(w) == (8, errno.EAGAIN)
+        assert (len(batch), batch.pending_bytes()) == (0, 0)
+        head = os.read(r, 1 << 16)
+        assert len(head) == 4096 and head.count(b"\n") == 4
+        rest = batch.torn()
+        assert head + rest == b"".join(lines[:5])  # the fifth line, whole
+        assert batch.torn() == b""  # handed over once
+        batch.add(b"y" * 4095 + b"\n")  # fills the pipe exactly: the next line finds no room
+        batch.add(b"z\n")
+        assert batch.write(w) == (2, errno.EAGAIN) and batch.torn() == b""
+        assert os.read(r, 1 << 16) == b"y" * 4095 + b"\n"
+        batch.add(b"z\n")
+        assert batch.write(w) == (1, 0) and batch.torn() == b""
+        assert os.read(r, 1 << 16) == b"z\n"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_torn_line_not_taken_is_the_last_writes_only() -> None:
+    """`torn` answers for the last write: a later write (even of nothing) forgets an older
+    rest nobody took, and a line without its newline (`add` does not check) is torn up to the
+    end of the half."""
+    batch = _lines()
+    batch.add(b"a" * 5000)  # no newline
+    r, w = _full_pipe_after(4096)
+    try:
+        assert batch.write(w) == (1, errno.EAGAIN)
+        assert os.read(r, 1 << 16) == b"a" * 4096
+        assert batch.write(w) == (0, 0)
+        assert batch.torn() == b""
+        batch.add(b"b" * 5000)
+        assert batch.write(w) == (1, errno.EAGAIN)
+        assert batch.torn() == b"b" * (5000 - 4096)
+    finally:
+        os.close(r)
+        os.close(w)
