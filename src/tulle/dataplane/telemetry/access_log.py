@@ -206,11 +206,12 @@ class AccessLogger:
             try:
                 record = self.record(stream, now, duration, wall_ns)
             except Exception:  # a line it cannot encode (a lone surrogate in a name), or a
-                # bug: the record is lost and counted, as the writer's rendering counts it,
-                # and the request ends as usual; the first such failure is logged
+                # bug: the record is lost and counted, as the writer's rendering counts it
+                # (in this thread's own count, `SinkStats`), and the request ends as usual;
+                # the first such failure is logged
                 stats = lines.stats
                 stats.offered += 1
-                stats.failed += 1
+                stats.loop_failed += 1
                 if not self.failing:
                     self.failing = True
                     _log.exception("access_log: a record could not be encoded; such records "

@@ -18,7 +18,8 @@ part runs elsewhere:
   encoded as OTLP log records (`otlp/logs.py`) when a batch is sent.
 
 `SinkStats` counts offered, dropped (queue full), written, failed (a write or an export
-that failed: those records are lost), for `tulle_proxy_log_records_total`.
+that failed: those records are lost), for `tulle_proxy_log_records_total`; each count has
+one thread that adds to it.
 """
 
 from __future__ import annotations
@@ -57,13 +58,26 @@ block, a full disk or quota.  A line one of them tore is finished on that file."
 
 
 class SinkStats:
-    __slots__ = ("dropped", "failed", "offered", "written")
+    """A sink's counts, each added to by one thread only: a `+=` on an attribute is a read and
+    a write, and a switch of threads between the two would lose the other thread's count (a
+    lock would cost every record).  The loop's thread counts `offered`, `dropped` and
+    `loop_failed` (records it lost: one the access log could not encode, those `close` found
+    unwritten); the writer thread `written` and `writer_failed` (records a failed write, or a
+    renderer that raised, lost).  `failed` is both.  (An OTLP sink's are its exporter's.)"""
+
+    __slots__ = ("dropped", "loop_failed", "offered", "writer_failed", "written")
 
     def __init__(self) -> None:
         self.offered = 0
         self.dropped = 0
         self.written = 0
-        self.failed = 0
+        self.loop_failed = 0
+        self.writer_failed = 0
+
+    @property
+    def failed(self) -> int:
+        """Records lost after they were taken, whichever thread counted them."""
+        return self.loop_failed + self.writer_failed
 
 
 DROPPED: Final = 0
@@ -174,7 +188,7 @@ class LineSink:
             await asyncio.get_running_loop().run_in_executor(None, self._writer.join, deadline)
         if self._writer.is_alive():  # blocked in a write: it stays blocked, as a daemon
             return
-        self.stats.failed += len(self._queue) + (batch.clear() if batch is not None else 0)
+        self.stats.loop_failed += len(self._queue) + (batch.clear() if batch is not None else 0)
         self._queue.clear()
 
     # -- the writer thread ------------------------------------------------------------------
@@ -255,7 +269,7 @@ class LineSink:
             try:
                 lines.append(render(record))
             except Exception:  # a bug in a renderer loses its record, not the sink
-                self.stats.failed += 1
+                self.stats.writer_failed += 1
                 log.exception("%s: a record could not be rendered", self.name)
         if not lines:
             return b"", 0
@@ -304,7 +318,7 @@ class LineSink:
         line.  (So a regular file torn by another error, EIO or EFBIG, and later opened
         again unchanged still has its torn line followed by later ones, as before.)
         Bounded: one line's rest at most, kept only while its file is open."""
-        self.stats.failed += count
+        self.stats.writer_failed += count
         if torn and exc.errno in FULL:
             self._torn = torn
         else:
@@ -400,7 +414,7 @@ class OtlpLogSink:
         """The exporter's counts in the sinks' terms."""
         e = self.exporter.stats
         s = self._stats
-        s.offered, s.dropped, s.written, s.failed = e.offered, e.dropped, e.exported, e.failed
+        s.offered, s.dropped, s.written, s.writer_failed = e.offered, e.dropped, e.exported, e.failed
         return s
 
 

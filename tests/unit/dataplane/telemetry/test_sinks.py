@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from tulle.dataplane.telemetry.logformat import render_json
-from tulle.dataplane.telemetry.sinks import LineSink
+from tulle.dataplane.telemetry.sinks import LineSink, SinkStats
 from tulle.proxyconfig.logs import LogSink
 
 
@@ -439,3 +439,57 @@ def test_a_torn_line_is_finished_on_its_own_file_never_begins_a_new_one(tmp_path
     sink._flush()
     assert path.read_bytes() == b'{"n":5}\n'
     sink._close_file()
+
+
+class _Watched(SinkStats):
+    """A sink's counts that note which threads add to each of them (once made)."""
+
+    by: dict[str, set[int]] | None
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "by", None)
+        super().__init__()
+        object.__setattr__(self, "by", {})
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self.by is not None:
+            self.by.setdefault(name, set()).add(threading.get_ident())
+        object.__setattr__(self, name, value)
+
+
+async def test_each_count_is_added_to_by_one_thread_only(tmp_path: Path) -> None:
+    """`failed` had two threads adding to it: the writer's (a failed write) and the loop's (a
+    record the access log could not encode, what `close` finds left).  A `+=` on an attribute
+    is a read and a write; a switch of threads between them loses the other thread's count.
+    Now each count has one thread that adds to it, and `failed` is the sum of the writer's
+    and the loop's, so none can be lost, with no lock on the request path.  Watched here (the
+    pure build: a compiled sink's counts cannot be), because the loss itself cannot be made
+    to happen on demand: CPython 3.11 switches threads at calls and backward jumps, not
+    inside `stats.failed += 1`; free-threaded Python would, and so would a call on the right
+    of the `+=`, as in `close`."""
+    from tests.unit.dataplane.telemetry.test_access_log import ME, _ctx, _stream
+
+    from tulle import native
+    from tulle.dataplane.http.facts import ConnectionFacts
+    from tulle.dataplane.telemetry.access_log import AccessLogger
+    from tulle.proxyconfig.logs import AccessLogTelemetry
+
+    if native.mode()[0] == "compiled":
+        pytest.skip("a compiled sink's counts cannot be watched (and its += is not interrupted)")
+    path = tmp_path / "missing-dir" / "a.log"  # every write fails: the writer counts
+    log = AccessLogger(AccessLogTelemetry(sink=LogSink(kind="file", path=str(path),
+                                                       flush_interval_ms=10)), {}, ME)
+    sink = log.lines
+    assert sink is not None and not log.batched
+    watched = _Watched()
+    sink.stats = watched
+    sink.start()
+    log.log(_stream(ConnectionFacts("out", "outbound", ("127.0.0.1", 5000)), _ctx(None)), 10.5)
+    await _until(lambda: watched.failed == 1)  # the writer could not open the file
+    bad = ConnectionFacts("out-\udc80", "outbound", ("127.0.0.1", 5000))  # cannot be encoded
+    log.log(_stream(bad, _ctx(None)), 10.5)
+    await sink.close()
+    assert (watched.offered, watched.failed) == (2, 2)
+    assert watched.by is not None
+    mixed = {name: len(threads) for name, threads in watched.by.items() if len(threads) > 1}
+    assert mixed == {}
