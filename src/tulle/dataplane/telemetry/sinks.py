@@ -178,7 +178,14 @@ class LineSink:
             self._writer.start()
 
     async def close(self, deadline: float = 2.0) -> None:
-        """Write what is queued (the thread does, within `deadline`), then stop."""
+        """Write what is queued (the thread does, within `deadline`), then stop.
+
+        What the thread has not taken by then is counted failed: no write will take it, the
+        thread ended or not.  A thread still blocked in a write (a FIFO nobody reads) stays
+        blocked, as a daemon, and counts what that write holds itself when it returns:
+        counted here as well, those lines would be counted twice, or failed and then
+        written.  Each line is taken once, by one thread: the batch's `clear` and `write`
+        each hold the GIL, the queue is taken off record by record (`_take`)."""
         self._stop = True
         batch = self.batch
         if batch is not None:
@@ -186,10 +193,10 @@ class LineSink:
         self._wake.set()
         if self._writer.is_alive():
             await asyncio.get_running_loop().run_in_executor(None, self._writer.join, deadline)
-        if self._writer.is_alive():  # blocked in a write: it stays blocked, as a daemon
-            return
-        self.stats.loop_failed += len(self._queue) + (batch.clear() if batch is not None else 0)
-        self._queue.clear()
+        left = len(_take(self._queue, len(self._queue)))
+        if batch is not None:
+            left += batch.clear()  # the active half: the half a write holds is not touched
+        self.stats.loop_failed += left
 
     # -- the writer thread ------------------------------------------------------------------
 
@@ -245,9 +252,9 @@ class LineSink:
         self._failing = False
 
     def _write_batch(self) -> None:
-        queue = self._queue
-        popleft = queue.popleft
-        records = [popleft() for _ in range(min(len(queue), BATCH))]
+        records = _take(self._queue, BATCH)
+        if not records:  # `close` took them, giving up on this thread
+            return
         data = b""
         count = len(records)
         batch = self.lines
@@ -356,6 +363,19 @@ class LineSink:
                 os.close(self._fd)
         self._fd = -1
         self._torn = b""
+
+
+def _take(queue: deque[Any], most: int) -> list[Any]:
+    """Up to `most` records off `queue`, one `popleft` each: a step under the GIL, so that when
+    the writer and `close` take at the same time each record goes to one of them, never both
+    or neither (fewer than `most` when the other took the rest)."""
+    records: list[Any] = []
+    append = records.append
+    popleft = queue.popleft
+    with contextlib.suppress(IndexError):
+        for _ in range(min(len(queue), most)):
+            append(popleft())
+    return records
 
 
 def _rest_of_line(data: bytes, done: int) -> bytes:

@@ -493,3 +493,73 @@ async def test_each_count_is_added_to_by_one_thread_only(tmp_path: Path) -> None
     assert watched.by is not None
     mixed = {name: len(threads) for name, threads in watched.by.items() if len(threads) > 1}
     assert mixed == {}
+
+
+@contextlib.contextmanager
+def _fifo_nobody_reads(path: Path) -> Iterator[int]:
+    """A FIFO with no reader and full: the test holds it open read-write (so that the sink's
+    open does not block) and fills it; yields that descriptor, which the test reads from later
+    to let a blocked write through."""
+    os.mkfifo(path)
+    held = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        with contextlib.suppress(BlockingIOError):
+            while True:
+                os.write(held, b"." * 4096)  # no newline: the lines that follow are countable
+        yield held
+    finally:
+        os.close(held)
+
+
+async def test_close_counts_the_lines_a_blocked_writer_will_never_take(tmp_path: Path) -> None:
+    """The writer blocked past the deadline in a write to a FIFO nobody reads: `close` gives
+    up on it, as before, and now counts failed the lines still held in the batch, which no
+    write will take (the batch is sealed, and `clear` takes them out of the writer's reach).
+    The half the blocked write holds is the writer's to count when the write returns: counted
+    by `close` as well it would be counted twice, or failed and then written.  Once the FIFO
+    is read the write goes through, the writer counts it, and every line is counted once."""
+    fifo = tmp_path / "a.fifo"
+    sink, batch = _batched(fifo, queue_size=10_000, interval_ms=10)
+    with _fifo_nobody_reads(fifo) as held:
+        for i in range(10):  # before the writer runs: its first write takes the ten
+            sink.took(batch.add(b'{"n":%d}\n' % i))
+        sink.start()
+        await _until(lambda: batch.writing)
+        for i in range(10, 15):  # the other half
+            sink.took(batch.add(b'{"n":%d}\n' % i))
+        await sink.close(deadline=0.2)
+        assert sink._writer.is_alive()  # still blocked: a daemon, as before
+        stats = sink.stats
+        assert (stats.offered, stats.written, stats.failed, stats.dropped) == (15, 0, 5, 0)
+        assert len(batch) == 10 and batch.writing  # the blocked write's half, not counted yet
+        got = await asyncio.get_running_loop().run_in_executor(None, _read_lines, held, 10)
+        await _until(lambda: not sink._writer.is_alive())
+    assert got.lstrip(b".") == b"".join(b'{"n":%d}\n' % i for i in range(10))
+    assert (stats.offered, stats.written, stats.failed, stats.dropped) == (15, 10, 5, 0)
+    assert (len(batch), batch.room()) == (0, 0)
+
+
+async def test_close_counts_the_records_a_blocked_writer_will_never_take(tmp_path: Path) -> None:
+    """The same for a sink's queue (text formats, the flow log, the pure build): the records
+    still queued are taken off and counted failed; the batch the blocked write holds is
+    counted by the writer when it returns."""
+    fifo = tmp_path / "a.fifo"
+    sink = LineSink("flow_log", LogSink(kind="file", path=str(fifo), flush_interval_ms=10),
+                    render_json)
+    with _fifo_nobody_reads(fifo) as held:
+        for i in range(10):  # before the writer runs: its first batch takes the ten
+            sink.offer({"n": i}, 0)
+        sink.start()
+        await _until(lambda: not sink._queue)
+        await asyncio.sleep(0.05)  # into its write, blocked
+        for i in range(10, 15):
+            sink.offer({"n": i}, 0)
+        await sink.close(deadline=0.2)
+        assert sink._writer.is_alive()
+        stats = sink.stats
+        assert (stats.offered, stats.written, stats.failed, stats.dropped) == (15, 0, 5, 0)
+        assert not sink._queue
+        got = await asyncio.get_running_loop().run_in_executor(None, _read_lines, held, 10)
+        await _until(lambda: not sink._writer.is_alive())
+    assert [json.loads(line)["n"] for line in got.lstrip(b".").splitlines()] == list(range(10))
+    assert (stats.offered, stats.written, stats.failed, stats.dropped) == (15, 10, 5, 0)
