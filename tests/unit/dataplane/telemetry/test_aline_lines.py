@@ -1,7 +1,8 @@
 """`_aline.Lines`, the JSON line sink's C batch (ADR 0080), on its own: the lines it writes are
 the encoder's, its bound drops without encoding, its wake signal comes once per half, a write
 empties one half while the other takes lines (a real pipe, a real writer thread), a failed write
-loses and reports its lines, a burst's room is given back."""
+loses and reports its lines (and hands over the rest of a line it stopped inside), a burst's
+room is given back; a batch is made once, and written to a descriptor, never a bool."""
 
 from __future__ import annotations
 

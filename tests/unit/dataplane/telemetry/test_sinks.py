@@ -1,6 +1,8 @@
 """Line sinks on their own: stdout, a file that cannot be opened, a renderer that raises, the
 queue bound, close flushing what is queued; the access log's C batch (ADR 0080) through its
-sink: close writing everything, a closed batch's room freed, a real writer under load."""
+sink: close writing everything, a closed batch's room freed, a real writer under load.  A line
+a failed write tore finished before any other (a real full pipe), close counting what a writer
+blocked past its deadline will never take (a real FIFO), each count added to by one thread."""
 
 from __future__ import annotations
 
