@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <time.h>
 #include <unistd.h>
+#include <pthread.h>
 
 enum kind { STR, INT, DUR, TIME };
 
@@ -372,16 +373,27 @@ static PyObject *access_line(PyObject *self, PyObject *const *args, Py_ssize_t n
     return line;
 }
 
-/* ---- Lines: a line sink's batch, in two halves (ADR 0080) ----------------------------------
+/* ---- Lines: a line sink's batch, in two halves (ADR 0080, ADR 0082) -----------------------
  *
  * Why: a line made as a bytes object, queued, joined with its batch in the writer thread and
  * written cost a bytes object per request, a queue entry each way and a join, and held every
  * queued line as an object of its own.  Here the line is written where it will be written
- * from: the end of the active half.  The writer thread takes that half whole (`write`: the
- * halves swap with the GIL held), writes it with the GIL released, and empties it; meanwhile
- * the loop's thread appends to the other half.  Only the thread holding the GIL touches the
- * active half and the counts; the half being written belongs to the writer alone until it
- * has taken the GIL back.  One writer at a time (`write` refuses a second).
+ * from: the end of the active half.  Only the thread holding the GIL appends to the active
+ * half and touches its counts.
+ *
+ * The hand-over (ADR 0082): when the active half reaches `wake` bytes and the writer thread
+ * is in `serve` (waiting with the GIL released), the loop's thread hands the half over itself
+ * (`lines_hand_over`: it becomes READY, the other half active) and signals a condition
+ * variable; `serve` writes it without ever taking the GIL, empties it (FREE) and waits for the
+ * next.  Before, the writer took the half in `write`, and could do so only once it held the
+ * GIL: up to a switch interval (5 ms) after the wake, while the loop's thread, holding it, went
+ * on filling the same half, so each half grew to 128-256 KiB under load.  `write` remains for
+ * what is below `wake` (the flush interval's partial half) and for a sink's last flush: it
+ * takes a READY half first (older lines first), else swaps the active one.  A half's state
+ * (FREE, READY, WRITING) changes under `mu`; the loop's thread takes `mu` holding the GIL, the
+ * writer never asks for the GIL while it holds `mu`: one order, no deadlock.  The counts of the
+ * half that is not active are read by the loop's thread without `mu` (`__len__`, the bound),
+ * with atomic loads: a stale one only moves the bound by a half, for a moment.
  *
  * A write that fails inside a line (part of it taken, then EAGAIN or ENOSPC) hands the rest of
  * that line to its caller (`torn`), who finishes the line before writing anything after it:
@@ -395,18 +407,30 @@ static PyObject *access_line(PyObject *self, PyObject *const *args, Py_ssize_t n
 #define KEEP_HALF (256 * 1024)
 #define FIRST_HALF (16 * 1024)
 
+enum { FREE = 0, READY = 1, WRITING = 2 };
+
 typedef struct {
     PyObject_HEAD
     char *data[2];
     size_t len[2], cap[2];
     Py_ssize_t count[2];
-    int active;            /* the half lines are appended to */
-    int writing;           /* the other half is being written */
-    Py_ssize_t max_lines;  /* lines held in both halves at most; 0: sealed */
+    int state[2];          /* FREE (the active half is always FREE), READY, WRITING: under mu */
+    int active;            /* the half lines are appended to (the GIL's) */
+    int writing;           /* a half is being written (set under mu; a diagnostic) */
+    Py_ssize_t max_lines;  /* lines held in both halves at most; 0: sealed (set under mu) */
     size_t wake;           /* bytes in the active half that call for a write */
     int made;              /* __init__ has run: a second one is refused */
+    int serving;           /* the writer thread is in `serve` (set and read with the GIL) */
+    int nudged;            /* `serve` returns at its next look (under mu) */
+    Py_ssize_t served;     /* lines `serve` has written, ever: added as each half is written,
+                            * read when asked (a metric does not wait for `serve` to return) */
     PyObject *torn;        /* bytes: the rest of the line the last write stopped inside */
+    pthread_mutex_t mu;    /* the halves' states, `nudged`, `max_lines` once sealed */
+    pthread_cond_t cv;     /* signalled: a half handed over, a nudge, a seal */
 } Lines;
+
+#define LOAD(x) __atomic_load_n(&(x), __ATOMIC_ACQUIRE)
+#define STORE(x, v) __atomic_store_n(&(x), (v), __ATOMIC_RELEASE)
 
 static int lines_init(Lines *self, PyObject *args, PyObject *kwds) {
     static char *kw[] = {"max_lines", "wake_bytes", NULL};
@@ -424,6 +448,15 @@ static int lines_init(Lines *self, PyObject *args, PyObject *kwds) {
         PyErr_SetString(PyExc_ValueError, "max_lines and wake_bytes must be positive");
         return -1;
     }
+    pthread_condattr_t ca;
+    if (pthread_condattr_init(&ca) != 0
+            || pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) != 0  /* `serve`'s deadline */
+            || pthread_cond_init(&self->cv, &ca) != 0
+            || pthread_mutex_init(&self->mu, NULL) != 0) {
+        PyErr_SetString(PyExc_OSError, "Lines: no condition variable or mutex");
+        return -1;
+    }
+    pthread_condattr_destroy(&ca);
     self->max_lines = max_lines;
     self->wake = (size_t)wake;
     self->made = 1;
@@ -434,13 +467,44 @@ static void lines_dealloc(Lines *self) {
     Py_XDECREF(self->torn);
     PyMem_RawFree(self->data[0]);
     PyMem_RawFree(self->data[1]);
+    if (self->made) {  /* (no writer can be in `serve`: it holds a reference) */
+        pthread_cond_destroy(&self->cv);
+        pthread_mutex_destroy(&self->mu);
+    }
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static void lines_free_half(Lines *self, int h) {
-    PyMem_RawFree(self->data[h]);
+    PyMem_RawFree(self->data[h]);  /* (the raw allocator: no GIL needed) */
     self->data[h] = NULL;
-    self->cap[h] = 0;
+    STORE(self->cap[h], 0);
+}
+
+/* Under mu: half `h`, written (or dropped), emptied and FREE for the loop's thread again. */
+static void lines_finish_half(Lines *self, int h) {
+    STORE(self->len[h], 0);
+    STORE(self->count[h], 0);
+    if (self->cap[h] > KEEP_HALF || self->max_lines == 0)  /* a burst's room is given back, */
+        lines_free_half(self, h);                       /* and a sealed batch's at once */
+    STORE(self->writing, 0);
+    STORE(self->state[h], FREE);
+}
+
+/* With the GIL held: the active half handed to the writer in `serve` (READY), the other one
+ * becoming active; 0 when the other is still READY or being written (the active one then
+ * grows, and is handed over at a later line).  No lock taken while the other is busy. */
+static int lines_hand_over(Lines *self) {
+    int a = self->active, o = 1 - a, done = 0;
+    if (LOAD(self->state[o]) != FREE) return 0;
+    pthread_mutex_lock(&self->mu);
+    if (self->state[o] == FREE) {
+        STORE(self->state[a], READY);
+        self->active = o;
+        pthread_cond_signal(&self->cv);
+        done = 1;
+    }
+    pthread_mutex_unlock(&self->mu);
+    return done;
 }
 
 /* Room for `need` more bytes at the end of the active half: its end, or NULL (MemoryError). */
@@ -451,17 +515,25 @@ static char *lines_room(Lines *self, size_t need) {
 }
 
 /* The line of `n` bytes now at the end of the active half is counted: 1, or 2 when it made
- * the half reach the bytes that call for a write. */
+ * the half reach the bytes that call for a write and no writer is in `serve` to take it (the
+ * caller wakes the writer then).  With a writer in `serve`, the half is handed over here. */
 static PyObject *lines_took(Lines *self, size_t n) {
     int a = self->active;
     size_t before = self->len[a];
     self->len[a] = before + n;
     self->count[a] += 1;
-    return PyLong_FromLong(before < self->wake && self->len[a] >= self->wake ? 2 : 1);
+    if (self->len[a] >= self->wake) {
+        if (self->serving) {
+            lines_hand_over(self);
+            return PyLong_FromLong(1);
+        }
+        if (before < self->wake) return PyLong_FromLong(2);
+    }
+    return PyLong_FromLong(1);
 }
 
 static int lines_full(Lines *self) {
-    return self->count[0] + self->count[1] >= self->max_lines;
+    return self->count[self->active] + LOAD(self->count[1 - self->active]) >= self->max_lines;
 }
 
 static PyObject *lines_put(Lines *self, const char *line, size_t n) {
@@ -500,60 +572,154 @@ static PyObject *lines_access(Lines *self, PyObject *const *args, Py_ssize_t nar
     return r;
 }
 
-static PyObject *lines_write(Lines *self, PyObject *arg) {
-    /* A bool is an int to the parser below, and `write(True)` would write to stdout: a
-     * mistake, never a descriptor.  (A negative one the parser refuses, ValueError.) */
-    if (PyBool_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "write takes a file descriptor, not a bool");
-        return NULL;
-    }
-    int fd = PyObject_AsFileDescriptor(arg);
-    if (fd < 0) return NULL;
-    if (self->writing) {
-        PyErr_SetString(PyExc_RuntimeError, "a write of these lines is in progress");
-        return NULL;
-    }
-    Py_CLEAR(self->torn);  /* an older write's, not taken: `torn` answers for this one */
-    int w = self->active;
-    Py_ssize_t count = self->count[w];
-    if (count == 0) return Py_BuildValue("(ni)", (Py_ssize_t)0, 0);
-    self->active = 1 - w;
-    self->writing = 1;
-    const char *d = self->data[w];
-    size_t left = self->len[w];
-    int err = 0;
-    Py_BEGIN_ALLOW_THREADS
-    while (left > 0) {
-        ssize_t n = write(fd, d, left);
+/* `left` bytes from `d` written to `fd` (EINTR retried); 0, or the errno that stopped it with
+ * `*left` what was not written.  Without the GIL. */
+static int write_all(int fd, const char *d, size_t *left) {
+    while (*left > 0) {  /* bounded: each turn writes at least a byte or ends */
+        ssize_t n = write(fd, d, *left);
         if (n < 0) {
             if (errno == EINTR) continue;
-            err = errno;
-            break;
+            return errno;
         }
         d += n;
-        left -= (size_t)n;
+        *left -= (size_t)n;
     }
-    Py_END_ALLOW_THREADS
-    /* Stopped inside a line (part of it written, then EAGAIN on a pipe that does not block,
-     * ENOSPC, ...): the output ends with half a line, and whatever is written there next would
-     * go on after it, one corrupt line for a reader.  The rest of that line, to its newline (or
-     * the half's end, for an `add`ed line without one), is kept for the caller to finish the
-     * line with where it began, before anything else, or to drop when that destination is
-     * gone.  One line at most, made only on such a failure; the lines after it are lost with
-     * the half, as before. */
-    size_t done = self->len[w] - left;
-    if (err && done > 0 && self->data[w][done - 1] != '\n') {
-        const char *rest = self->data[w] + done;
+    return 0;
+}
+
+/* With the GIL, after a write of half `h` failed with `left` bytes of it unwritten: stopped
+ * inside a line (part of it written, then EAGAIN on a pipe that does not block, ENOSPC, ...),
+ * the output ends with half a line, and whatever is written there next would go on after it,
+ * one corrupt line for a reader.  The rest of that line, to its newline (or the half's end,
+ * for an `add`ed line without one), is kept for the caller to finish the line with where it
+ * began, before anything else, or to drop when that destination is gone.  One line at most,
+ * made only on such a failure; the lines after it are lost with the half, as before. */
+static void lines_keep_torn(Lines *self, int h, size_t left) {
+    size_t done = self->len[h] - left;
+    if (done > 0 && self->data[h][done - 1] != '\n') {
+        const char *rest = self->data[h] + done;
         const char *nl = memchr(rest, '\n', left);
         self->torn = PyBytes_FromStringAndSize(rest, nl ? nl - rest + 1 : (Py_ssize_t)left);
         if (self->torn == NULL) PyErr_Clear();  /* no memory even for that: torn, as before */
     }
-    self->len[w] = 0;
-    self->count[w] = 0;
-    if (self->cap[w] > KEEP_HALF || self->max_lines == 0)  /* a burst's room is given back, */
-        lines_free_half(self, w);                       /* and a sealed batch's at once */
-    self->writing = 0;
+}
+
+/* A file descriptor, never a bool (`write(True)` would be stdout: a mistake). */
+static int lines_fd(PyObject *arg) {
+    if (PyBool_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "a file descriptor, not a bool");
+        return -1;
+    }
+    return PyObject_AsFileDescriptor(arg);  /* (a negative one: ValueError) */
+}
+
+static PyObject *lines_write(Lines *self, PyObject *arg) {
+    int fd = lines_fd(arg);
+    if (fd < 0) return NULL;
+    if (self->writing || self->serving) {
+        PyErr_SetString(PyExc_RuntimeError, "a write of these lines is in progress");
+        return NULL;
+    }
+    Py_CLEAR(self->torn);  /* an older write's, not taken: `torn` answers for this one */
+    int a = self->active, o = 1 - a, w = -1;
+    pthread_mutex_lock(&self->mu);
+    if (self->state[o] == READY) {
+        w = o;  /* handed over and not yet written: the older lines first */
+    } else if (self->count[a] > 0 && self->state[o] == FREE) {
+        w = a;
+        self->active = o;
+    }
+    if (w >= 0) {
+        STORE(self->state[w], WRITING);
+        STORE(self->writing, 1);
+    }
+    pthread_mutex_unlock(&self->mu);
+    if (w < 0) return Py_BuildValue("(ni)", (Py_ssize_t)0, 0);
+    Py_ssize_t count = self->count[w];
+    size_t left = self->len[w];
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    err = write_all(fd, self->data[w], &left);
+    Py_END_ALLOW_THREADS
+    if (err) lines_keep_torn(self, w, left);
+    pthread_mutex_lock(&self->mu);
+    lines_finish_half(self, w);
+    pthread_mutex_unlock(&self->mu);
     return Py_BuildValue("(ni)", count, err);
+}
+
+static PyObject *lines_serve(Lines *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "serve(fd, seconds)");
+        return NULL;
+    }
+    int fd = lines_fd(args[0]);
+    if (fd < 0) return NULL;
+    double seconds = PyFloat_AsDouble(args[1]);
+    if (seconds == -1.0 && PyErr_Occurred()) return NULL;
+    if (!(seconds > 0.0 && seconds <= 3600.0)) {
+        PyErr_SetString(PyExc_ValueError, "serve: seconds must be in (0, 3600]");
+        return NULL;
+    }
+    if (self->writing || self->serving) {
+        PyErr_SetString(PyExc_RuntimeError, "a write of these lines is in progress");
+        return NULL;
+    }
+    Py_CLEAR(self->torn);
+    self->serving = 1;
+    if (self->len[self->active] >= self->wake)  /* it called for a write before we came */
+        lines_hand_over(self);
+    struct timespec until;
+    clock_gettime(CLOCK_MONOTONIC, &until);
+    until.tv_sec += (time_t)seconds;
+    until.tv_nsec += (long)((seconds - (double)(time_t)seconds) * 1e9);
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec += 1;
+        until.tv_nsec -= 1000000000L;
+    }
+    Py_ssize_t written = 0, lost = 0;
+    int err = 0, failed_half = -1;
+    size_t left = 0;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->mu);
+    for (;;) {  /* bounded: returns by `until` (each turn writes a half, or waits for one) */
+        int h = self->state[0] == READY ? 0 : self->state[1] == READY ? 1 : -1;
+        if (h >= 0) {
+            STORE(self->state[h], WRITING);
+            STORE(self->writing, 1);
+            Py_ssize_t c = self->count[h];
+            left = self->len[h];
+            pthread_mutex_unlock(&self->mu);
+            err = write_all(fd, self->data[h], &left);
+            pthread_mutex_lock(&self->mu);
+            if (err) {  /* finished below, with the GIL: the rest of a torn line is an object */
+                failed_half = h;
+                lost = c;
+                break;
+            }
+            lines_finish_half(self, h);
+            __atomic_add_fetch(&self->served, c, __ATOMIC_RELEASE);
+            written += c;
+        } else if (self->nudged || self->max_lines == 0) {
+            break;
+        }
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec > until.tv_sec || (now.tv_sec == until.tv_sec && now.tv_nsec >= until.tv_nsec))
+            break;
+        if (h < 0) pthread_cond_timedwait(&self->cv, &self->mu, &until);
+    }
+    self->nudged = 0;
+    pthread_mutex_unlock(&self->mu);
+    Py_END_ALLOW_THREADS
+    self->serving = 0;
+    if (failed_half >= 0) {
+        lines_keep_torn(self, failed_half, left);
+        pthread_mutex_lock(&self->mu);
+        lines_finish_half(self, failed_half);
+        pthread_mutex_unlock(&self->mu);
+    }
+    return Py_BuildValue("(nni)", written, lost, err);
 }
 
 static PyObject *lines_torn(Lines *self, PyObject *unused) {
@@ -565,56 +731,83 @@ static PyObject *lines_torn(Lines *self, PyObject *unused) {
 
 static PyObject *lines_clear(Lines *self, PyObject *unused) {
     (void)unused;
-    int a = self->active;
+    int a = self->active, o = 1 - a;
+    pthread_mutex_lock(&self->mu);
     Py_ssize_t n = self->count[a];
     self->len[a] = 0;
     self->count[a] = 0;
+    if (self->state[o] == READY) {  /* handed over, not yet taken by a write: dropped too */
+        n += self->count[o];
+        lines_finish_half(self, o);
+    }
     if (self->max_lines == 0) {  /* sealed: no line comes again, the room can go (a closed
                                   * sink's batch stays referenced for its counts) */
         lines_free_half(self, a);
-        if (!self->writing) lines_free_half(self, 1 - a);  /* empty, and no writer's */
+        if (self->state[o] == FREE) lines_free_half(self, o);  /* empty, and no writer's */
     }
+    pthread_mutex_unlock(&self->mu);
     return PyLong_FromSsize_t(n);
 }
 
 static PyObject *lines_seal(Lines *self, PyObject *unused) {
     (void)unused;
+    pthread_mutex_lock(&self->mu);
     self->max_lines = 0;
+    pthread_cond_signal(&self->cv);  /* a `serve` waiting returns */
+    pthread_mutex_unlock(&self->mu);
+    Py_RETURN_NONE;
+}
+
+static PyObject *lines_nudge(Lines *self, PyObject *unused) {
+    (void)unused;
+    pthread_mutex_lock(&self->mu);
+    self->nudged = 1;
+    pthread_cond_signal(&self->cv);
+    pthread_mutex_unlock(&self->mu);
     Py_RETURN_NONE;
 }
 
 static PyObject *lines_pending_bytes(Lines *self, PyObject *unused) {
     (void)unused;
-    return PyLong_FromSize_t(self->len[0] + self->len[1]);
+    return PyLong_FromSize_t(self->len[self->active] + LOAD(self->len[1 - self->active]));
 }
 
 static PyObject *lines_room_held(Lines *self, PyObject *unused) {
     (void)unused;
-    return PyLong_FromSize_t(self->cap[0] + self->cap[1]);
+    return PyLong_FromSize_t(self->cap[self->active] + LOAD(self->cap[1 - self->active]));
 }
 
 static Py_ssize_t lines_len(Lines *self) {
-    return self->count[0] + self->count[1];
+    return self->count[self->active] + LOAD(self->count[1 - self->active]);
 }
 
 static PyMethodDef lines_methods[] = {
     {"access", (PyCFunction)(void (*)(void))lines_access, METH_FASTCALL,
      "access(*fields) -> int: the record's JSON line (as access_line writes it) appended; 0: "
-     "dropped (full or sealed), 1: appended, 2: appended, and the half now calls for a write."},
+     "dropped (full or sealed), 1: appended, 2: appended, and the half now calls for a write "
+     "(only when no writer is in `serve`: one in `serve` is handed the half at once)."},
     {"add", (PyCFunction)lines_add, METH_O,
      "add(line: bytes) -> int: a ready line appended; returns as access does."},
+    {"serve", (PyCFunction)(void (*)(void))lines_serve, METH_FASTCALL,
+     "serve(fd, seconds) -> (written, lost, errno): the halves handed over written to fd as "
+     "they come (each counted in `served` as it is), the GIL released throughout, for up to "
+     "`seconds`; returns sooner on `nudge`, "
+     "on `seal` (once nothing handed over is left) or on a failed write (errno, the lines of "
+     "that half lost, `torn` as for write).  One writer thread only."},
     {"write", (PyCFunction)lines_write, METH_O,
-     "write(fd) -> (lines, errno): the active half written to fd (GIL released) and emptied; "
-     "errno 0: all written, else those lines are lost (and `torn` has the rest of a line the "
-     "failure stopped inside).  One writer thread only."},
+     "write(fd) -> (lines, errno): a half handed over, else the active half, written to fd "
+     "(GIL released) and emptied; errno 0: all written, else those lines are lost (and `torn` "
+     "has the rest of a line the failure stopped inside).  One writer thread only."},
     {"torn", (PyCFunction)lines_torn, METH_NOARGS,
      "torn() -> bytes: the rest of the line the last write stopped inside when it failed, to be "
      "written where that line began before anything else; b'' if none.  Handed over once."},
     {"clear", (PyCFunction)lines_clear, METH_NOARGS,
-     "clear() -> int: the lines not being written dropped; how many.  A sealed batch's room is "
-     "freed too."},
+     "clear() -> int: the lines not being written dropped (a half handed over included); how "
+     "many.  A sealed batch's room is freed too."},
     {"seal", (PyCFunction)lines_seal, METH_NOARGS,
-     "seal(): every later line is dropped (a sink closing)."},
+     "seal(): every later line is dropped (a sink closing); a `serve` returns."},
+    {"nudge", (PyCFunction)lines_nudge, METH_NOARGS,
+     "nudge(): a `serve` returns at once (its thread has other work: a full queue)."},
     {"pending_bytes", (PyCFunction)lines_pending_bytes, METH_NOARGS,
      "pending_bytes() -> int: the bytes of the lines held."},
     {"room", (PyCFunction)lines_room_held, METH_NOARGS,
@@ -625,6 +818,10 @@ static PyMethodDef lines_methods[] = {
 static PyMemberDef lines_members[] = {
     {"writing", T_INT, offsetof(Lines, writing), READONLY,
      "1 while a write holds one half (the GIL released), else 0."},
+    {"serving", T_INT, offsetof(Lines, serving), READONLY,
+     "1 while the writer thread is in `serve`, else 0."},
+    {"served", T_PYSSIZET, offsetof(Lines, served), READONLY,
+     "Lines `serve` has written, ever, counted as each half is written."},
     {NULL, 0, 0, 0, NULL},
 };
 

@@ -65,14 +65,24 @@ class SinkStats:
     unwritten); the writer thread `written` and `writer_failed` (records a failed write, or a
     renderer that raised, lost).  `failed` is both.  (An OTLP sink's are its exporter's.)"""
 
-    __slots__ = ("dropped", "loop_failed", "offered", "writer_failed", "written")
+    __slots__ = ("batch", "dropped", "loop_failed", "offered", "writer_failed", "wrote")
 
     def __init__(self) -> None:
         self.offered = 0
         self.dropped = 0
-        self.written = 0
+        self.wrote = 0
+        """Records the writer thread wrote itself (`write`, a queue's batch)."""
         self.loop_failed = 0
         self.writer_failed = 0
+        self.batch: LineBatch | None = None
+        """A C batch whose `serve` counts the lines it writes (ADR 0082)."""
+
+    @property
+    def written(self) -> int:
+        """Records written: the writer thread's own writes, and the lines its C batch's `serve`
+        wrote, counted there as each half is (read now, not when `serve` returns)."""
+        batch = self.batch
+        return self.wrote + (batch.served if batch is not None else 0)
 
     @property
     def failed(self) -> int:
@@ -89,7 +99,14 @@ appended)."""
 
 class LineBatch(Protocol):
     """Lines written where they are made (`_aline.Lines`, ADR 0080): the loop's thread appends,
-    the writer thread takes a whole half and writes it with the GIL released."""
+    the writer thread writes a whole half with the GIL released: one the loop's thread handed
+    over while the writer waits in `serve` (ADR 0082), or the one `write` takes."""
+
+    served: int
+
+    def serve(self, fd: int, seconds: float, /) -> tuple[int, int, int]: ...
+
+    def nudge(self) -> None: ...
 
     def write(self, fd: int, /) -> tuple[int, int]: ...
 
@@ -156,12 +173,16 @@ class LineSink:
         self._append(record)
         if len(queue) == BATCH:
             self._wake.set()
+            batch = self.batch
+            if batch is not None:
+                batch.nudge()  # a writer waiting in `serve` does not see the event
         return True
 
     def use_batch(self, batch: LineBatch) -> None:
         """Lines arrive in `batch` (the access log writes them there and reports each with
         `took`); the writer thread writes it ahead of the queue."""
         self.batch = batch
+        self.stats.batch = batch
 
     def took(self, result: int) -> None:
         """One line offered to the batch, with the batch's answer (`DROPPED`, `WAKE`, or 1:
@@ -201,9 +222,18 @@ class LineSink:
     # -- the writer thread ------------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
-            self._wake.wait(self.interval)
-            self._wake.clear()
+        while True:  # bounded by `close`: each turn waits at most an interval
+            batch = self.batch
+            try:
+                waited = batch is not None and not self._stop and self._serve(batch)
+            except Exception:  # a bug, or MemoryError: logged once a run, as `_flush`'s
+                waited = False  # below, and the thread waits an interval and goes on
+                if not self._failing:
+                    self._failing = True
+                    log.exception("%s: the writer failed; it goes on", self.name)
+            if not waited:
+                self._wake.wait(self.interval)
+                self._wake.clear()
             # Read before the flush, not after: once `close` has stopped the sink (and sealed
             # its batch, in the same step of the loop's thread) nothing more comes, so this
             # flush is the last and empties everything.  Read after, a flush that began before
@@ -237,6 +267,24 @@ class LineSink:
         if self._torn:  # no line came after it: the line is finished on its own
             self._write(b"", 0)
 
+    def _serve(self, batch: LineBatch) -> bool:
+        """The halves the loop's thread hands over, written as they come for up to one flush
+        interval, without the GIL (`Lines.serve`, ADR 0082): a half is taken the moment it
+        calls for a write, not once this thread has the GIL back.  False, without waiting, when
+        the file cannot be opened (or a torn line not finished): `_flush` then meets the
+        failure and counts what it loses.  What is below a half's `wake` `_flush` writes after."""
+        try:
+            self._finish_torn()
+            fd = self._open()
+        except OSError:
+            return False
+        written, lost, err = batch.serve(fd, self.interval)  # `written`: in `batch.served`
+        if err:
+            self._failed(lost, OSError(err, os.strerror(err)), batch.torn())
+        elif written:
+            self._failing = False
+        return True
+
     def _write_lines(self, batch: LineBatch) -> None:
         try:
             self._finish_torn()
@@ -248,7 +296,7 @@ class LineSink:
         if err:
             self._failed(count, OSError(err, os.strerror(err)), batch.torn())
             return
-        self.stats.written += count
+        self.stats.wrote += count
         self._failing = False
 
     def _write_batch(self) -> None:
@@ -293,7 +341,7 @@ class LineSink:
         except OSError as exc:
             self._failed(count, exc, self._torn or _rest_of_line(data, len(data) - len(view)))
             return
-        self.stats.written += count
+        self.stats.wrote += count
         self._failing = False
 
     def _finish_torn(self) -> None:
@@ -434,7 +482,7 @@ class OtlpLogSink:
         """The exporter's counts in the sinks' terms."""
         e = self.exporter.stats
         s = self._stats
-        s.offered, s.dropped, s.written, s.writer_failed = e.offered, e.dropped, e.exported, e.failed
+        s.offered, s.dropped, s.wrote, s.writer_failed = e.offered, e.dropped, e.exported, e.failed
         return s
 
 

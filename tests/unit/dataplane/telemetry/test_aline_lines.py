@@ -299,3 +299,168 @@ def test_a_torn_line_not_taken_is_the_last_writes_only() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+# -- `serve`: the halves handed over to a writer that waits without the GIL (ADR 0082) --------
+
+
+def _serving(batch: Any, fd: int, seconds: float = 10.0) -> tuple[threading.Thread,
+                                                                  list[tuple[int, int, int]]]:
+    """A writer thread in `batch.serve(fd, seconds)`, returned once it is in."""
+    got: list[tuple[int, int, int]] = []
+    writer = threading.Thread(target=lambda: got.append(batch.serve(fd, seconds)), daemon=True)
+    writer.start()
+    deadline = time.monotonic() + 5
+    while not batch.serving and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert batch.serving
+    return writer, got
+
+
+class _GilHeld:
+    """This thread keeps the GIL (a switch interval of a minute) until the block ends: another
+    thread that needs it waits, one that does not goes on."""
+
+    def __enter__(self) -> None:
+        import sys
+
+        self.was = sys.getswitchinterval()
+        sys.setswitchinterval(60.0)
+
+    def __exit__(self, *exc: object) -> None:
+        import sys
+
+        sys.setswitchinterval(self.was)
+
+
+def _spin(until: Any, seconds: float = 2.0) -> bool:
+    """`until()` polled without ever letting the GIL go (no sleep, no system call)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if until():
+            return True
+    return False
+
+
+def test_a_half_that_calls_for_a_write_is_written_while_the_loop_keeps_the_gil() -> None:
+    """The half is handed over in the `add` that fills it and the writer writes it without the
+    GIL: while this thread never lets the GIL go, the half is written and emptied.  (A writer
+    that had to take the GIL to swap the halves, as `write` does, could not have.)"""
+    batch = _lines(max_lines=100_000, wake=4096)
+    with tempfile.TemporaryFile() as f:
+        writer, got = _serving(batch, f.fileno())
+        lines = [b'{"n":%d,"pad":"%s"}\n' % (i, b"x" * 200) for i in range(40)]  # ~8.6 KB
+        with _GilHeld():
+            results = [batch.add(line) for line in lines]
+            assert 2 not in results  # handed over in `add`: nothing for a sink to wake
+            handed = len(batch)
+            assert _spin(lambda: len(batch) < handed)  # written, GIL never let go
+            assert batch.room() <= 2 * 16 * 1024
+        batch.seal()
+        writer.join(5)
+        assert not writer.is_alive()
+        assert got[0][1:] == (0, 0) and got[0][0] > 0
+        count, err = batch.write(f.fileno())  # what stayed below the wake, after
+        assert err == 0 and got[0][0] + count == 40
+        f.seek(0)
+        assert f.read() == b"".join(lines)
+
+
+def test_the_halves_stay_near_their_wake_under_a_flood() -> None:
+    """80 MB of lines as fast as this thread can add them, the GIL held throughout: each half
+    is handed over as it reaches 4 KiB, so the room held stays near two first halves (and
+    within a few ms of the flood when the writer is not scheduled), where a writer that
+    needed the GIL would have let one half take the whole flood."""
+    batch = _lines(max_lines=1_000_000, wake=4096)
+    with open(os.devnull, "wb") as null:
+        writer, got = _serving(batch, null.fileno())
+        line = b'{"pad":"%s"}\n' % (b"x" * 500)
+        most = 0
+        with _GilHeld():
+            for i in range(160_000):
+                if batch.add(line) == 0:
+                    continue  # full: the writer is behind (counted by a sink; none here)
+                if i % 64 == 0:
+                    most = max(most, batch.room())
+        batch.seal()
+        writer.join(10)
+        assert not writer.is_alive()
+        written, lost, err = got[0]
+        rest, err2 = batch.write(null.fileno())
+    assert (lost, err, err2) == (0, 0, 0)
+    assert written + rest > 0
+    # ~32 KiB while the writer keeps up, a few MB when the machine leaves it unscheduled for
+    # a few ms (this thread adds ~0.5 GB/s); a writer that needed the GIL held all 80 MB
+    assert most <= 16 << 20, most
+
+
+def test_serve_returns_at_its_time_on_a_nudge_and_on_a_seal() -> None:
+    batch = _lines()
+    with open(os.devnull, "wb") as null:
+        start = time.monotonic()
+        assert batch.serve(null.fileno(), 0.2) == (0, 0, 0)
+        assert 0.15 <= time.monotonic() - start < 2
+        writer, got = _serving(batch, null.fileno(), 30)
+        batch.nudge()
+        writer.join(2)
+        assert not writer.is_alive() and got == [(0, 0, 0)] and not batch.serving
+        writer, got = _serving(batch, null.fileno(), 30)
+        batch.seal()
+        writer.join(2)
+        assert not writer.is_alive() and got == [(0, 0, 0)]
+        with pytest.raises(TypeError):
+            batch.serve(True, 1.0)
+        with pytest.raises(ValueError):
+            batch.serve(null.fileno(), 0)
+
+
+def test_a_failed_serve_reports_the_half_and_hands_over_its_torn_line() -> None:
+    batch = _lines(wake=4096)
+    lines = [b'{"n":%d,"pad":"%s"}\n' % (i, b"x" * 1000) for i in range(8)]
+    r, w = _full_pipe_after(4096)
+    try:
+        writer, got = _serving(batch, w)
+        for line in lines:
+            batch.add(line)  # the fifth reaches 4 KiB (5,080 bytes): handed over, five lines
+        writer.join(5)
+        assert not writer.is_alive()
+        assert got == [(0, 5, errno.EAGAIN)]
+        head = os.read(r, 1 << 16)
+        assert len(head) == 4096  # the pipe's page, ending inside the fifth line
+        assert head + batch.torn() == b"".join(lines[:5])
+        assert len(batch) == 3  # the lines after the hand-over, still held
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_a_half_handed_over_and_not_yet_taken_is_written_first_or_cleared() -> None:
+    """A writer whose `serve` ran out of time but has not got the GIL back to return is still
+    serving: the loop's thread hands it a half it will not take.  `write` takes that half
+    first (the older lines), then the active one; `clear` drops both."""
+    for how in ("write", "clear"):
+        batch = _lines(wake=1000)
+        with tempfile.TemporaryFile() as f:
+            older = [b'{"old":%d,"pad":"%s"}\n' % (i, b"x" * 300) for i in range(4)]
+            newer = [b'{"new":%d}\n' % i for i in range(3)]
+            with _GilHeld():
+                writer, got = _serving(batch, f.fileno(), 0.05)
+                time.sleep(0)  # (the writer is in; its time runs out while this thread spins)
+                _spin(lambda: False, 0.3)
+                assert batch.serving  # out of time, waiting for the GIL to return
+                for line in older:
+                    batch.add(line)  # the fourth reaches 1000 bytes: handed over, not taken
+                for line in newer:
+                    batch.add(line)
+                assert len(batch) == 7
+                if how == "clear":
+                    assert batch.clear() == 7
+                    assert (len(batch), batch.pending_bytes()) == (0, 0)
+            writer.join(5)
+            assert not writer.is_alive() and got == [(0, 0, 0)]
+            if how == "write":
+                assert batch.write(f.fileno()) == (4, 0)  # the half handed over: older first
+                assert batch.write(f.fileno()) == (3, 0)
+                f.seek(0)
+                assert f.read() == b"".join(older + newer)
+            assert batch.write(f.fileno()) == (0, 0)

@@ -129,18 +129,20 @@ async def test_a_batch_is_bounded(tmp_path: Path) -> None:
     assert path.read_text().splitlines() == ['{"n":0}', '{"n":1}', '{"n":2}']
 
 
-async def test_a_batch_that_reaches_its_bytes_wakes_the_writer(tmp_path: Path) -> None:
-    """The interval is a minute: only the wake signal (`took(2)`) gets the lines written."""
+async def test_a_batch_that_reaches_its_bytes_is_handed_to_the_writer(tmp_path: Path) -> None:
+    """The interval is a minute: only the hand-over to the writer waiting in `serve` (ADR
+    0082) gets the lines written, at once."""
     path = tmp_path / "a.log"
     sink, batch = _batched(path, interval_ms=60_000)
     sink.start()
+    await _until(lambda: batch.serving == 1)
     for i in range(3):
         sink.took(batch.add(b'{"n":%d}\n' % i))
     await asyncio.sleep(0.1)
     assert sink.stats.written == 0
     big = b'{"pad":"%s"}\n' % (b"x" * 70_000)  # past the half's wake bytes (64 KiB)
     result = batch.add(big)
-    assert result == 2
+    assert result == 1  # handed over in `add`: no wake for the sink to pass on
     sink.took(result)
     await _until(lambda: sink.stats.written == 4)
     await sink.close()
@@ -161,9 +163,11 @@ async def test_a_batched_sink_counts_a_failed_open_and_keeps_trying(tmp_path: Pa
 
 
 async def test_close_writes_the_lines_that_came_while_the_writer_was_busy(tmp_path: Path) -> None:
-    """`close` during the writer's second write of a wake (its two halves): the lines the loop
-    put in the emptied half meanwhile are the last ones, and are written, not counted failed.
-    A FIFO the test reads makes the writer block where the test wants it."""
+    """`close` while the writer is blocked writing a half it was handed (ADR 0082): the lines
+    the loop put in the other half meanwhile are the last ones, and are written once the
+    blocked write ends, not counted failed.  A FIFO the test reads makes the writer block
+    where the test wants it: the first half (65 lines of 1,011 bytes, the one that reaches
+    64 KiB) is 179 bytes more than the pipe holds."""
     fifo = tmp_path / "a.fifo"
     sink, batch = _batched(fifo, queue_size=10_000, interval_ms=60_000)
     os.mkfifo(fifo)
@@ -172,29 +176,24 @@ async def test_close_writes_the_lines_that_came_while_the_writer_was_busy(tmp_pa
     got = bytearray()
     try:
         sink.start()
-        first = [batch.add(line) for _ in range(100)]  # > the pipe's 64 KiB: the write blocks
-        assert 2 in first
-        for r in first:
-            sink.took(r)
-        await _until(lambda: batch.writing)
-        for _ in range(100):  # the other half, written next: it blocks the writer again
+        await _until(lambda: batch.serving)
+        for _ in range(100):
             sink.took(batch.add(line))
-        os.set_blocking(reader, True)
-        while len(got) < 100 * len(line):  # the first half read (not a byte more: the second
-            got += os.read(reader, 100 * len(line) - len(got))  # must block the writer)
-        await _until(lambda: sink.stats.written == 100 and batch.writing)
+        await _until(lambda: batch.writing)  # the first 65, blocked on the full pipe
+        assert len(batch) == 100
         last = [b'{"n":%d}\n' % i for i in range(3)]
-        for one in last:  # into the half the writer emptied first
+        for one in last:  # into the active half, with lines 66-100
             sink.took(batch.add(one))
         closing = asyncio.create_task(sink.close())
         await asyncio.sleep(0)  # close has stopped the sink and waits for its thread
         assert batch.add(b"late\n") == 0  # sealed
+        os.set_blocking(reader, True)
         got += await asyncio.get_running_loop().run_in_executor(None, _read_to_end, reader)
         await closing
     finally:
         os.close(reader)
-    assert (sink.stats.offered, sink.stats.written, sink.stats.failed) == (203, 203, 0)
-    assert bytes(got) == line * 200 + b"".join(last)
+    assert (sink.stats.offered, sink.stats.written, sink.stats.failed) == (103, 103, 0)
+    assert bytes(got) == line * 100 + b"".join(last)
 
 
 def _read_to_end(fd: int) -> bytes:
@@ -280,6 +279,15 @@ class _FlakyBatch:
         data, self.lines = b"".join(self.lines), []
         os.write(fd, data)
         return data.count(b"\n"), 0
+
+    served = 0
+
+    def serve(self, fd: int, seconds: float, /) -> tuple[int, int, int]:
+        time.sleep(min(seconds, 0.005))  # never hands a half over: `write` takes the lines
+        return 0, 0, 0
+
+    def nudge(self) -> None:
+        pass
 
     def torn(self) -> bytes:
         return b""
