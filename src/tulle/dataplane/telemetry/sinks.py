@@ -271,19 +271,37 @@ class LineSink:
         """The halves the loop's thread hands over, written as they come for up to one flush
         interval, without the GIL (`Lines.serve`, ADR 0082): a half is taken the moment it
         calls for a write, not once this thread has the GIL back.  False, without waiting, when
-        the file cannot be opened (or a torn line not finished): `_flush` then meets the
-        failure and counts what it loses.  What is below a half's `wake` `_flush` writes after."""
-        try:
-            self._finish_torn()
-            fd = self._open()
-        except OSError:
-            return False
-        written, lost, err = batch.serve(fd, self.interval)  # `written`: in `batch.served`
-        if err:
-            self._failed(lost, OSError(err, os.strerror(err)), batch.torn())
-        elif written:
-            self._failing = False
-        return True
+        the file cannot be opened before a first turn (or a torn line not finished): `_flush`
+        then meets the failure and counts what it loses.  What is below a half's `wake`
+        `_flush` writes after.
+
+        A file is served in turns that end when its once-a-second look at the path is due
+        (`_open`, before the next turn): `serve` writes every half to the descriptor it was
+        given, and one turn of a whole interval (up to a minute) would write that long into a
+        file logrotate moved away, where the sink starts a new one within a second."""
+        end = time.monotonic() + self.interval
+        turns = 0
+        while True:  # bounded: the turns end by `end`
+            try:
+                self._finish_torn()
+                fd = self._open()
+            except OSError:
+                return turns > 0  # after a turn: `_flush` meets the failure now, not later
+            turns += 1
+            start = time.monotonic()
+            seconds = end - start
+            if seconds <= 0:
+                return True
+            if self.path:
+                seconds = min(seconds, max(self._checked + REOPEN_CHECK - start, 0.001))
+            written, lost, err = batch.serve(fd, seconds)  # `written`: in `batch.served`
+            if err:
+                self._failed(lost, OSError(err, os.strerror(err)), batch.torn())
+                return True
+            if written:
+                self._failing = False
+            if time.monotonic() < start + seconds:  # before its time: a nudge or a seal
+                return True
 
     def _write_lines(self, batch: LineBatch) -> None:
         try:

@@ -2,7 +2,8 @@
 queue bound, close flushing what is queued; the access log's C batch (ADR 0080) through its
 sink: close writing everything, a closed batch's room freed, a real writer under load.  A line
 a failed write tore finished before any other (a real full pipe), close counting what a writer
-blocked past its deadline will never take (a real FIFO), each count added to by one thread."""
+blocked past its deadline will never take (a real FIFO), each count added to by one thread; a
+file logrotate moved is left within a second while the writer serves a longer interval."""
 
 from __future__ import annotations
 
@@ -573,3 +574,49 @@ async def test_close_counts_the_records_a_blocked_writer_will_never_take(tmp_pat
         await _until(lambda: not sink._writer.is_alive())
     assert [json.loads(line)["n"] for line in got.lstrip(b".").splitlines()] == list(range(10))
     assert (stats.offered, stats.written, stats.failed, stats.dropped) == (15, 10, 5, 0)
+
+
+async def test_a_moved_file_is_left_within_a_second_while_the_writer_serves(
+        tmp_path: Path) -> None:
+    """logrotate moves the file away and the sink starts a new one within a second
+    (docs/observability/logs.md): `_open` looks at the path at most once a second, before a
+    write.  A writer in `serve` (ADR 0082) writes every half it is handed to the descriptor it
+    was given, for up to a flush interval (here five seconds, up to a minute): looked at only
+    between serves, the moved file took the lines of the whole interval.  Lines made a second
+    and a bit after the move must be in the new file."""
+    from tulle.dataplane.telemetry.access_record import NATIVE_LINE
+    from tulle.dataplane.telemetry.sinks import REOPEN_CHECK
+
+    if NATIVE_LINE is None:
+        pytest.skip("the C line batch is not in use (TULLE_PURE or not built)")
+    from tulle.dataplane.telemetry import _aline
+
+    path = tmp_path / "a.log"
+    sink = LineSink("access_log", LogSink(kind="file", path=str(path), queue_size=10_000,
+                                          flush_interval_ms=5000), render_json)
+    batch = _aline.Lines(10_000, wake_bytes=1024)  # a half handed over every ~5 lines
+    sink.use_batch(batch)
+    sink.start()
+    await _until(lambda: batch.serving)  # the file opened, the writer serving
+    pad = b"x" * 200
+    moved = tmp_path / "a.log.1"
+    late: set[int] = set()
+    i = 0
+    start = time.monotonic()
+    moved_at = start + 0.2
+    while time.monotonic() < moved_at + 2 * REOPEN_CHECK:
+        now = time.monotonic()
+        if now >= moved_at and not moved.exists():
+            path.rename(moved)  # logrotate's default `create`: move away, a new file expected
+            moved_at = time.monotonic()
+        elif now > moved_at + REOPEN_CHECK + 0.3:
+            late.add(i)
+        sink.took(batch.add(b'{"n":%d,"pad":"%s"}\n' % (i, pad)))
+        i += 1
+        await asyncio.sleep(0.002)
+    await sink.close()
+    assert (sink.stats.offered, sink.stats.written, sink.stats.failed) == (i, i, 0)
+    old = {json.loads(line)["n"] for line in moved.read_bytes().splitlines()}
+    new = {json.loads(line)["n"] for line in path.read_bytes().splitlines()} if path.exists() else set()
+    assert old | new == set(range(i)) and not old & new
+    assert late and not late & old, sorted(late & old)[:5]
