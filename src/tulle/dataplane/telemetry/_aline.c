@@ -816,13 +816,31 @@ static PyMethodDef lines_methods[] = {
 };
 
 static PyMemberDef lines_members[] = {
-    {"writing", T_INT, offsetof(Lines, writing), READONLY,
-     "1 while a write holds one half (the GIL released), else 0."},
     {"serving", T_INT, offsetof(Lines, serving), READONLY,
      "1 while the writer thread is in `serve`, else 0."},
-    {"served", T_PYSSIZET, offsetof(Lines, served), READONLY,
-     "Lines `serve` has written, ever, counted as each half is written."},
     {NULL, 0, 0, 0, NULL},
+};
+
+/* `served` and `writing` are stored by `serve` without the GIL while the loop's thread reads
+ * them (a metric, a diagnostic): read with an atomic load.  A member's plain read of a field
+ * another thread stores to at the same time is a data race in C11's terms (undefined, however
+ * harmless an aligned word is on x86-64), and ThreadSanitizer would report it. */
+static PyObject *lines_get_writing(Lines *self, void *unused) {
+    (void)unused;
+    return PyLong_FromLong(LOAD(self->writing));
+}
+
+static PyObject *lines_get_served(Lines *self, void *unused) {
+    (void)unused;
+    return PyLong_FromSsize_t(LOAD(self->served));
+}
+
+static PyGetSetDef lines_getset[] = {
+    {"writing", (getter)lines_get_writing, NULL,
+     "1 while a write holds one half (the GIL released), else 0.", NULL},
+    {"served", (getter)lines_get_served, NULL,
+     "Lines `serve` has written, ever, counted as each half is written.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PySequenceMethods lines_as_sequence = {
@@ -839,6 +857,7 @@ static PyTypeObject LinesType = {
     .tp_doc = "Lines(max_lines, wake_bytes=65536): a line sink's batch in two halves (ADR 0080).",
     .tp_methods = lines_methods,
     .tp_members = lines_members,
+    .tp_getset = lines_getset,
     .tp_init = (initproc)lines_init,
     .tp_new = PyType_GenericNew,
 };
