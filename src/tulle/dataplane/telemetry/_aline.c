@@ -406,6 +406,13 @@ static PyObject *access_line(PyObject *self, PyObject *const *args, Py_ssize_t n
 
 #define KEEP_HALF (256 * 1024)
 #define FIRST_HALF (16 * 1024)
+/* How long `serve`, the other half written, waits for the line that hands a due half over
+ * before it returns for its caller to write that half (`write`, with the GIL): under load the
+ * line comes within microseconds; longer than a time slice the scheduler may take the loop's
+ * thread away for (a few ms on a busy host), so that the writer seldom leaves `serve` only to
+ * wait for a GIL the loop's thread holds.  After a burst, the last half is written this long
+ * after, not a flush interval after. */
+#define DUE_WAIT_NS 20000000L  /* 20 ms */
 
 enum { FREE = 0, READY = 1, WRITING = 2 };
 
@@ -422,6 +429,9 @@ typedef struct {
     int made;              /* __init__ has run: a second one is refused */
     int serving;           /* the writer thread is in `serve` (set and read with the GIL) */
     int nudged;            /* `serve` returns at its next look (under mu) */
+    int due;               /* the active half called for a write while the other was still
+                            * handed over or written, so could not be handed over (set under
+                            * mu, cleared when it is taken; read without mu with a load) */
     Py_ssize_t served;     /* lines `serve` has written, ever: added as each half is written,
                             * read when asked (a metric does not wait for `serve` to return) */
     PyObject *torn;        /* bytes: the rest of the line the last write stopped inside */
@@ -492,16 +502,23 @@ static void lines_finish_half(Lines *self, int h) {
 
 /* With the GIL held: the active half handed to the writer in `serve` (READY), the other one
  * becoming active; 0 when the other is still READY or being written (the active one then
- * grows, and is handed over at a later line).  No lock taken while the other is busy. */
+ * grows, and is handed over at a later line).  That first failure is told to `serve` (`due`,
+ * under mu: set before the writer can finish the other half and look), which waits a moment
+ * for that later line once the other half is written, and returns without one: after a burst
+ * none comes, and the half that called for a write would wait out the whole `serve` (a flush
+ * interval, up to a minute).  No lock taken while the other is busy and `serve` knows. */
 static int lines_hand_over(Lines *self) {
     int a = self->active, o = 1 - a, done = 0;
-    if (LOAD(self->state[o]) != FREE) return 0;
+    if (LOAD(self->state[o]) != FREE && LOAD(self->due)) return 0;
     pthread_mutex_lock(&self->mu);
     if (self->state[o] == FREE) {
         STORE(self->state[a], READY);
         self->active = o;
+        STORE(self->due, 0);
         pthread_cond_signal(&self->cv);
         done = 1;
+    } else {
+        STORE(self->due, 1);
     }
     pthread_mutex_unlock(&self->mu);
     return done;
@@ -628,6 +645,7 @@ static PyObject *lines_write(Lines *self, PyObject *arg) {
     } else if (self->count[a] > 0 && self->state[o] == FREE) {
         w = a;
         self->active = o;
+        STORE(self->due, 0);
     }
     if (w >= 0) {
         STORE(self->state[w], WRITING);
@@ -678,7 +696,7 @@ static PyObject *lines_serve(Lines *self, PyObject *const *args, Py_ssize_t narg
         until.tv_nsec -= 1000000000L;
     }
     Py_ssize_t written = 0, lost = 0;
-    int err = 0, failed_half = -1;
+    int err = 0, failed_half = -1, waited_due = 0;
     size_t left = 0;
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&self->mu);
@@ -700,14 +718,32 @@ static PyObject *lines_serve(Lines *self, PyObject *const *args, Py_ssize_t narg
             lines_finish_half(self, h);
             __atomic_add_fetch(&self->served, c, __ATOMIC_RELEASE);
             written += c;
+            waited_due = 0;
         } else if (self->nudged || self->max_lines == 0) {
             break;
+        } else if (self->due && waited_due) {
+            break;  /* no line came to hand the due half over: the caller writes it (`write`) */
         }
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);
         if (now.tv_sec > until.tv_sec || (now.tv_sec == until.tv_sec && now.tv_nsec >= until.tv_nsec))
             break;
-        if (h < 0) pthread_cond_timedwait(&self->cv, &self->mu, &until);
+        if (h < 0 && self->due) {  /* a moment for the next line to hand it over (under load
+                                    * it comes at once: no GIL for this thread to wait for) */
+            struct timespec soon = now;
+            soon.tv_nsec += DUE_WAIT_NS;
+            if (soon.tv_nsec >= 1000000000L) {
+                soon.tv_sec += 1;
+                soon.tv_nsec -= 1000000000L;
+            }
+            if (soon.tv_sec > until.tv_sec
+                    || (soon.tv_sec == until.tv_sec && soon.tv_nsec > until.tv_nsec))
+                soon = until;
+            pthread_cond_timedwait(&self->cv, &self->mu, &soon);
+            waited_due = 1;
+        } else if (h < 0) {
+            pthread_cond_timedwait(&self->cv, &self->mu, &until);
+        }
     }
     self->nudged = 0;
     pthread_mutex_unlock(&self->mu);
@@ -736,6 +772,7 @@ static PyObject *lines_clear(Lines *self, PyObject *unused) {
     Py_ssize_t n = self->count[a];
     self->len[a] = 0;
     self->count[a] = 0;
+    STORE(self->due, 0);
     if (self->state[o] == READY) {  /* handed over, not yet taken by a write: dropped too */
         n += self->count[o];
         lines_finish_half(self, o);
@@ -792,8 +829,10 @@ static PyMethodDef lines_methods[] = {
      "serve(fd, seconds) -> (written, lost, errno): the halves handed over written to fd as "
      "they come (each counted in `served` as it is), the GIL released throughout, for up to "
      "`seconds`; returns sooner on `nudge`, "
-     "on `seal` (once nothing handed over is left) or on a failed write (errno, the lines of "
-     "that half lost, `torn` as for write).  One writer thread only."},
+     "on `seal` (once nothing handed over is left), on a failed write (errno, the lines of "
+     "that half lost, `torn` as for write), or when the active half called for a write while "
+     "the other was written and no line came to hand it over (`write` takes it).  One writer "
+     "thread only."},
     {"write", (PyCFunction)lines_write, METH_O,
      "write(fd) -> (lines, errno): a half handed over, else the active half, written to fd "
      "(GIL released) and emptied; errno 0: all written, else those lines are lost (and `torn` "

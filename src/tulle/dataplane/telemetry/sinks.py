@@ -300,8 +300,8 @@ class LineSink:
                 return True
             if written:
                 self._failing = False
-            if time.monotonic() < start + seconds:  # before its time: a nudge or a seal
-                return True
+            if time.monotonic() < start + seconds:  # before its time: a nudge, a seal, or
+                return True  # a half due that no line handed over (`_flush` writes it)
 
     def _write_lines(self, batch: LineBatch) -> None:
         try:

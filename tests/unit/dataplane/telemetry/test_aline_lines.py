@@ -2,7 +2,9 @@
 the encoder's, its bound drops without encoding, its wake signal comes once per half, a write
 empties one half while the other takes lines (a real pipe, a real writer thread), a failed write
 loses and reports its lines (and hands over the rest of a line it stopped inside), a burst's
-room is given back; a batch is made once, and written to a descriptor, never a bool."""
+room is given back; a batch is made once, and written to a descriptor, never a bool.  `serve`
+(ADR 0082): a half handed over and written while the loop keeps the GIL, and one that filled
+while the other was written not left waiting for a next line."""
 
 from __future__ import annotations
 
@@ -464,3 +466,44 @@ def test_a_half_handed_over_and_not_yet_taken_is_written_first_or_cleared() -> N
                 f.seek(0)
                 assert f.read() == b"".join(older + newer)
             assert batch.write(f.fileno()) == (0, 0)
+
+
+def test_a_half_filled_while_the_other_was_written_gets_its_write_without_a_next_line() -> None:
+    """The half the loop's thread fills while the writer writes the other cannot be handed over
+    then; it was left for a later line to hand over, and after a burst none comes: `serve` slept
+    to its end (a flush interval) with a half that had called for a write.  Now `serve`, once
+    the other half is written, waits a moment for that line and returns without one, for its
+    caller to write the half (`write`).  A pipe of one page that blocks holds the writer."""
+    batch = _lines(wake=4096)
+    r, w = os.pipe()
+    fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
+    lines = [b'{"n":%d,"pad":"%s"}\n' % (i, b"x" * 1000) for i in range(10)]
+    try:
+        writer, got = _serving(batch, w, 30)
+        for line in lines[:5]:
+            batch.add(line)  # the fifth reaches 4 KiB: handed over
+        deadline = time.monotonic() + 5
+        while not batch.writing and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert batch.writing  # 4 KiB of it in the pipe, the rest waits
+        for line in lines[5:]:
+            assert batch.add(line) == 1  # reaches 4 KiB too: nothing it can be handed to yet
+        head = b""
+        while head.count(b"\n") < 5:
+            head += os.read(r, 1 << 16)  # the first half's write ends
+        writer.join(2)  # not the 30 s of its time
+        returned = not writer.is_alive()
+        batch.seal()  # (a writer still in `serve` returns: the test ends either way)
+        writer.join(5)
+        assert returned and got == [(5, 0, 0)]
+        wrote: list[tuple[int, int]] = []  # (5 KB for the pipe: read while it is written)
+        last = threading.Thread(target=lambda: wrote.append(batch.write(w)), daemon=True)
+        last.start()
+        tail = b""
+        while tail.count(b"\n") < 5:
+            tail += os.read(r, 1 << 16)
+        last.join(5)
+        assert wrote == [(5, 0)] and head + tail == b"".join(lines)
+    finally:
+        os.close(r)
+        os.close(w)

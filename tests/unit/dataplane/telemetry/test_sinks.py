@@ -3,7 +3,8 @@ queue bound, close flushing what is queued; the access log's C batch (ADR 0080) 
 sink: close writing everything, a closed batch's room freed, a real writer under load.  A line
 a failed write tore finished before any other (a real full pipe), close counting what a writer
 blocked past its deadline will never take (a real FIFO), each count added to by one thread; a
-file logrotate moved is left within a second while the writer serves a longer interval."""
+file logrotate moved is left within a second while the writer serves a longer interval, and a
+half filled while the other was written is written when that write ends."""
 
 from __future__ import annotations
 
@@ -327,13 +328,14 @@ async def test_the_writer_outlives_an_unexpected_error(tmp_path: Path,
 
 
 @contextlib.contextmanager
-def _stdout_a_full_pipe() -> Iterator[int]:
+def _stdout_a_full_pipe(blocking: bool = False) -> Iterator[int]:
     """fd 1 made, for the test, a pipe of one page that does not block (a parent's pipe set
     non-blocking: a write of more than it holds takes part, the next fails with EAGAIN, as a
-    full disk's ENOSPC would); yields its read end, fd 1 put back after."""
+    full disk's ENOSPC would), or with `blocking` one that blocks a write until it is read;
+    yields its read end, fd 1 put back after."""
     r, w = os.pipe()
     fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, 4096)
-    os.set_blocking(w, False)
+    os.set_blocking(w, blocking)
     saved = os.dup(1)
     os.dup2(w, 1)
     os.close(w)
@@ -620,3 +622,38 @@ async def test_a_moved_file_is_left_within_a_second_while_the_writer_serves(
     new = {json.loads(line)["n"] for line in path.read_bytes().splitlines()} if path.exists() else set()
     assert old | new == set(range(i)) and not old & new
     assert late and not late & old, sorted(late & old)[:5]
+
+
+async def test_a_half_filled_while_the_other_is_written_is_written_when_that_write_ends() -> None:
+    """The loop's thread fills a half while the writer is still writing the one it was handed
+    (ADR 0082): that half cannot be handed over then, and waited for a later line to hand it
+    over; after a burst no line comes, and it waited for the end of the writer's `serve`, a
+    whole flush interval (here a minute), though it had called for a write.  Now it is written
+    once the other's write ends.  A pipe of one page that blocks (read by the test once both
+    halves are full) holds the writer in the first half's write."""
+    from tulle.dataplane.telemetry.access_record import NATIVE_LINE
+
+    if NATIVE_LINE is None:
+        pytest.skip("the C line batch is not in use (TULLE_PURE or not built)")
+    from tulle.dataplane.telemetry import _aline
+
+    line = b'{"pad":"%s"}\n' % (b"x" * 1000)  # 1,011 bytes: nine reach the wake
+    with _stdout_a_full_pipe(blocking=True) as r:
+        sink = LineSink("access_log", LogSink(queue_size=10_000, flush_interval_ms=60_000),
+                        render_json)
+        batch = _aline.Lines(10_000, wake_bytes=8192)
+        sink.use_batch(batch)
+        sink.start()
+        await _until(lambda: batch.serving)
+        for _ in range(9):  # handed over at the ninth
+            sink.took(batch.add(line))
+        await _until(lambda: batch.writing)  # 4 KiB of it in the pipe, the rest waits
+        for _ in range(9):  # the other half reaches its wake too: nothing to hand it to
+            sink.took(batch.add(line))
+        assert len(batch) == 18
+        early = await asyncio.get_running_loop().run_in_executor(None, _read_lines, r, 18)
+        await sink.close()  # (writes what is left, so that the test ends clean either way)
+        rest = _read_lines(r, 18 - early.count(b"\n"))
+    assert early == line * 18, (early.count(b"\n"), "lines before close, the rest at close")
+    assert rest == b""
+    assert (sink.stats.offered, sink.stats.written, sink.stats.failed) == (18, 18, 0)
