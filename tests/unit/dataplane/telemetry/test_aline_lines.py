@@ -368,34 +368,6 @@ def test_a_half_that_calls_for_a_write_is_written_while_the_loop_keeps_the_gil()
         assert f.read() == b"".join(lines)
 
 
-def test_the_halves_stay_near_their_wake_under_a_flood() -> None:
-    """80 MB of lines as fast as this thread can add them, the GIL held throughout: each half
-    is handed over as it reaches 4 KiB, so the room held stays near two first halves (and
-    within a few ms of the flood when the writer is not scheduled), where a writer that
-    needed the GIL would have let one half take the whole flood."""
-    batch = _lines(max_lines=1_000_000, wake=4096)
-    with open(os.devnull, "wb") as null:
-        writer, got = _serving(batch, null.fileno())
-        line = b'{"pad":"%s"}\n' % (b"x" * 500)
-        most = 0
-        with _GilHeld():
-            for i in range(160_000):
-                if batch.add(line) == 0:
-                    continue  # full: the writer is behind (counted by a sink; none here)
-                if i % 64 == 0:
-                    most = max(most, batch.room())
-        batch.seal()
-        writer.join(10)
-        assert not writer.is_alive()
-        written, lost, err = got[0]
-        rest, err2 = batch.write(null.fileno())
-    assert (lost, err, err2) == (0, 0, 0)
-    assert written + rest > 0
-    # ~32 KiB while the writer keeps up, a few MB when the machine leaves it unscheduled for
-    # a few ms (this thread adds ~0.5 GB/s); a writer that needed the GIL held all 80 MB
-    assert most <= 16 << 20, most
-
-
 def test_serve_returns_at_its_time_on_a_nudge_and_on_a_seal() -> None:
     batch = _lines()
     with open(os.devnull, "wb") as null:
