@@ -90,7 +90,7 @@ class Demo:
         for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
             pids |= {int(p) for p in (task / "children").read_text().split()}
         return {p: started for p in pids if (started := start_time(p))
-                and b"tulle" in Path(f"/proc/{p}/cmdline").read_bytes()}
+                and b"tulle" in cmdline(p)}
 
     def finish(self, limit: float = 120.0) -> int:
         rc = self.proc.wait(timeout=limit)
@@ -104,6 +104,15 @@ class Demo:
                 self.proc.wait(timeout=60)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+def cmdline(pid: int) -> bytes:
+    """/proc/PID/cmdline; b'' once the process is gone (it may exit between the listing of a
+    namespace's pids and this read: ESRCH, a ProcessLookupError, as a CI run met)."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def start_time(pid: int) -> str:
@@ -124,7 +133,7 @@ def assert_all_gone(demo: Demo, pids: dict[int, str], links: set[str]) -> None:
         if not alive or time.monotonic() > deadline:
             break
         time.sleep(0.05)
-    assert alive == [], f"still running: {[(p, Path(f'/proc/{p}/cmdline').read_bytes()) for p in alive]}"
+    assert alive == [], f"still running: {[(p, cmdline(p)) for p in alive]}"
     assert not Path(f"/tmp/tulle-demo-ns-{demo.proc.pid}").exists()
     assert not demo.token.exists()
     assert host_links() == links  # nothing was created in (or left in) the host's namespace
@@ -271,7 +280,7 @@ def test_after_a_crash_the_control_plane_dies_and_the_next_start_removes_the_res
         demo.wait_for(r"^Logs: ")
         pids = demo.processes()
         cp = {p for p in pids
-              if b"control-plane\x00run" in Path(f"/proc/{p}/cmdline").read_bytes()}
+              if b"control-plane\x00run" in cmdline(p)}
         assert len(cp) == 1
         demo.proc.kill()  # SIGKILL: no cleanup of its own
         demo.finish(10)
