@@ -666,6 +666,19 @@ static PyObject *lines_write(Lines *self, PyObject *arg) {
     return Py_BuildValue("(ni)", count, err);
 }
 
+/* `t` moved `ns` nanoseconds on (0 <= ns < 1 s); whether `a` is at or past `b`. */
+static void ts_add(struct timespec *t, long ns) {
+    t->tv_nsec += ns;
+    if (t->tv_nsec >= 1000000000L) {
+        t->tv_sec += 1;
+        t->tv_nsec -= 1000000000L;
+    }
+}
+
+static int ts_reached(const struct timespec *a, const struct timespec *b) {
+    return a->tv_sec > b->tv_sec || (a->tv_sec == b->tv_sec && a->tv_nsec >= b->tv_nsec);
+}
+
 static PyObject *lines_serve(Lines *self, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 2) {
         PyErr_SetString(PyExc_TypeError, "serve(fd, seconds)");
@@ -690,11 +703,7 @@ static PyObject *lines_serve(Lines *self, PyObject *const *args, Py_ssize_t narg
     struct timespec until;
     clock_gettime(CLOCK_MONOTONIC, &until);
     until.tv_sec += (time_t)seconds;
-    until.tv_nsec += (long)((seconds - (double)(time_t)seconds) * 1e9);
-    if (until.tv_nsec >= 1000000000L) {
-        until.tv_sec += 1;
-        until.tv_nsec -= 1000000000L;
-    }
+    ts_add(&until, (long)((seconds - (double)(time_t)seconds) * 1e9));
     Py_ssize_t written = 0, lost = 0;
     int err = 0, failed_half = -1, waited_due = 0;
     size_t left = 0;
@@ -726,19 +735,12 @@ static PyObject *lines_serve(Lines *self, PyObject *const *args, Py_ssize_t narg
         }
         struct timespec now;
         clock_gettime(CLOCK_MONOTONIC, &now);
-        if (now.tv_sec > until.tv_sec || (now.tv_sec == until.tv_sec && now.tv_nsec >= until.tv_nsec))
-            break;
+        if (ts_reached(&now, &until)) break;
         if (h < 0 && self->due) {  /* a moment for the next line to hand it over (under load
                                     * it comes at once: no GIL for this thread to wait for) */
             struct timespec soon = now;
-            soon.tv_nsec += DUE_WAIT_NS;
-            if (soon.tv_nsec >= 1000000000L) {
-                soon.tv_sec += 1;
-                soon.tv_nsec -= 1000000000L;
-            }
-            if (soon.tv_sec > until.tv_sec
-                    || (soon.tv_sec == until.tv_sec && soon.tv_nsec > until.tv_nsec))
-                soon = until;
+            ts_add(&soon, DUE_WAIT_NS);
+            if (ts_reached(&soon, &until)) soon = until;
             pthread_cond_timedwait(&self->cv, &self->mu, &soon);
             waited_due = 1;
         } else if (h < 0) {
