@@ -106,7 +106,17 @@ def machine_info() -> dict[str, Any]:
             break
     return {"cpu_model": model, "cpus": os.cpu_count(), "platform": platform.platform(),
             "proxy_cpu": PROXY_CPU, "load_cpu": LOAD_CPU, "git_rev": git_rev(),
-            "versions": versions()}
+            "versions": versions(), "native_build": native_build()}
+
+
+def native_build() -> str:
+    """How the compiled group was built (`tulle.native.profile`: profile-guided or not, ADR
+    0083), read from the note the build left, without importing `tulle` here."""
+    note = Path(__file__).resolve().parent.parent / "src" / "tulle" / "_native_profile.txt"
+    try:
+        return note.read_text(encoding="utf-8").strip()
+    except OSError:
+        return "no note (built before ADR 0083, or not built)"
 
 
 # -- the run --------------------------------------------------------------------------------

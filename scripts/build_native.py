@@ -26,11 +26,15 @@ from __future__ import annotations
 import argparse
 import ast
 import compileall
+import copy
 import hashlib
 import os
+import shutil
+import subprocess
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
@@ -156,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--force", action="store_true", help="build even when up to date")
     ap.add_argument("--check", action="store_true", help="exit 1 if a build is needed")
+    ap.add_argument("--no-profile", action="store_true",
+                    help="one plain build, without the profile-guided one (faster; ADR 0083)")
     args = ap.parse_args(argv)
     why = needs_build()
     if args.check:
@@ -174,14 +180,15 @@ def main(argv: list[str] | None = None) -> int:
     hashes = {name: sha256(name) for name in native.COMPILED}
     stamps = {name: native.source_stamp(name) for name in native.COMPILED}
     types = build_inputs()
-    build()
+    profile = build(hashes, stamps, types, trained=not args.no_profile)
     missing = [name for name in (*native.COMPILED, *C_MODULES) if not native.has_extension(name)]
     if missing:
         print(f"tulle native: the build produced no module for {missing}", file=sys.stderr)
         return 1
     write_types(types)
     write_manifest(hashes, stamps)
-    print("tulle native: built")
+    Path(native.PROFILE_NOTE).write_text(profile + "\n", encoding="utf-8")
+    print(f"tulle native: built ({profile})")
     return 0
 
 
@@ -196,6 +203,7 @@ def clean() -> None:
     `COMPILED` must not leave its old one behind) and the group's.  Not the libnghttp2
     engine's cffi module (`ng2/_ng2*.so`, ADR 0051): that one is `make deps`'s."""
     Path(native.MANIFEST).unlink(missing_ok=True)
+    Path(native.PROFILE_NOTE).unlink(missing_ok=True)
     TYPES.unlink(missing_ok=True)
     for old in (Path(native.SRC) / "tulle").rglob("*.so"):
         if old.parent.name == "ng2" and old.name.startswith("_ng2"):
@@ -205,9 +213,69 @@ def clean() -> None:
         old.unlink()
 
 
-def build() -> None:
+PROFILE = ROOT / "build" / "native" / "profile"
+"""Where the instrumented build's proxies write their profile (`*.gcda`) for the second build."""
+
+Flags = tuple[list[str], list[str]]
+"""Extra (compile, link) flags of one build."""
+
+GENERATE: Flags = ([f"-fprofile-generate={PROFILE}", "-fprofile-update=prefer-atomic"],
+                   [f"-fprofile-generate={PROFILE}"])
+USE: Flags = ([f"-fprofile-use={PROFILE}", "-fprofile-correction", "-Wno-missing-profile"], [])
+"""(compile, link) flags of the instrumented build and of the build that uses its profile."""
+
+TRAINING_TIMEOUT = 300.0
+"""Seconds the training run may take in all (it runs ~4 s of traffic)."""
+
+
+def build(hashes: dict[str, str], stamps: dict[str, str], types: dict[str, str],
+          trained: bool = True) -> str:
+    """Compile the group and the C modules; with `trained`, profile-guided (ADR 0083): an
+    instrumented build, `scripts/native_training.py` run through it, then the build that uses
+    its profile.  A training run that fails leaves a plain build, said so on stderr and in the
+    returned note.  Returns the note `native.PROFILE_NOTE` keeps."""
+    exts = extensions()
+    if not trained:
+        compile_extensions(exts)
+        return "no profile: built with --no-profile"
+    shutil.rmtree(PROFILE, ignore_errors=True)
+    compile_extensions(exts, GENERATE)
+    # The proxies load the instrumented group only if the manifest says it is current.
+    write_types(types)
+    write_manifest(hashes, stamps)
+    try:
+        summary = train()
+    finally:
+        clean()  # never leave the instrumented group in place
+    if summary.startswith("no profile"):
+        print(f"tulle native: {summary}; building without one", file=sys.stderr)
+        compile_extensions(exts)
+        return summary
+    compile_extensions(exts, USE)
+    return summary
+
+
+def train() -> str:
+    """Run the training workload; `trained: <what ran>` or `no profile: <why>`."""
+    script = ROOT / "scripts" / "native_training.py"
+    try:
+        run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                             timeout=TRAINING_TIMEOUT, cwd=ROOT, check=False)
+    except subprocess.TimeoutExpired:
+        return f"no profile: the training run took over {TRAINING_TIMEOUT:.0f} s"
+    said = (run.stdout + run.stderr).strip().splitlines()
+    if run.returncode != 0:
+        return f"no profile: the training run failed ({said[-1] if said else run.returncode})"
+    if not any(PROFILE.glob(f"*{native.GROUP}.gcda")):
+        return "no profile: the training proxies wrote none (did they run the compiled group?)"
+    done = said[-1].removeprefix("tulle native training: ") if said else ""
+    return f"trained: {done}"
+
+
+def extensions() -> list[Any]:
+    """The group's extensions (mypyc writes the C) and the C modules, with `link_flags`."""
     from mypyc.build import mypycify
-    from setuptools import Extension, setup
+    from setuptools import Extension
 
     warnings.filterwarnings("ignore")  # setuptools' notes on pyproject.toml's license table
     os.chdir(ROOT)
@@ -219,11 +287,24 @@ def build() -> None:
              for name, source in C_MODULES.items()]
     for ext in exts:
         ext.extra_link_args = [*ext.extra_link_args, *flags]
+    return list(exts)
+
+
+def compile_extensions(exts: list[Any], profile: Flags = ([], [])) -> None:
+    """Compile and link every extension in place, every object anew (`--force`: the objects
+    of another build's flags must not be reused), with the profile's extra flags."""
+    from setuptools import setup
+
+    built = [copy.copy(ext) for ext in exts]
+    for ext in built:
+        ext.extra_compile_args = [*ext.extra_compile_args, *profile[0]]
+        ext.extra_link_args = [*ext.extra_link_args, *profile[1]]
     setup(
         name="tulle-native",
         package_dir={"": "src"},
-        ext_modules=exts,
-        script_args=["-q", "build_ext", "--inplace", "--build-temp", "build/native/obj"],
+        ext_modules=built,
+        script_args=["-q", "build_ext", "--inplace", "--force", "--build-temp",
+                     "build/native/obj"],
     )
 
 

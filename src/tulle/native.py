@@ -97,6 +97,10 @@ SRC: Final = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
 MANIFEST: Final = os.path.join(SRC, "tulle", "_native_build.txt")
 """Written by the build: one line per module compiled, `name size mtime_ns sha256`."""
 
+PROFILE_NOTE: Final = os.path.join(SRC, "tulle", "_native_profile.txt")
+"""Written by the build: whether the group was built with a profile (`trained: ...`) or
+without one (`no profile: why`), ADR 0083.  Read by `mode()` only, never on import."""
+
 StrPath: TypeAlias = "str | os.PathLike[str]"
 """A path as a string or a `Path` (tests and the build pass either)."""
 
@@ -197,6 +201,21 @@ def select(environ: dict[str, str] | None = None) -> str:
 
 
 def mode() -> tuple[str, str]:
-    """(``compiled`` | ``pure``, why)."""
+    """(``compiled`` | ``pure``, why); the compiled case says how it was built (`profile`)."""
     select()
+    if _state[0] == "compiled":
+        return _state[0], f"{_state[1]}, {profile()}"
     return _state[0], _state[1]
+
+
+def profile(note: StrPath = PROFILE_NOTE) -> str:
+    """``profile-guided`` when the build trained the group (ADR 0083), else ``no profile
+    (why)``; a build older than the note says that it left none."""
+    try:
+        with open(note, encoding="utf-8") as f:
+            text = f.read().strip()
+    except OSError:
+        return "no profile (the build left no note)"
+    if text.startswith("trained"):
+        return "profile-guided"
+    return f"no profile ({text.removeprefix('no profile: ')})"
