@@ -9,9 +9,9 @@ those never maps their pages, and the code it does run shares fewer pages and ca
 What a function that is not run here loses is speed, so the workload goes through every
 path a proxy takes in ordinary service, each protocol of the compiled group included:
 
-* HTTP/1.1 keep-alive GET and POST (Content-Length and chunked bodies), on a route with
-  header filters and retries, upstream in plaintext and over mesh mTLS to a second proxy;
-  some 503s from the origin, retried; telemetry on in both proxies (golden metrics, a JSON
+* HTTP/1.1 keep-alive GET and POST (Content-Length and chunked bodies) and a connection per
+  request (`Connection: close`), on a route with header filters and retries, upstream in
+  plaintext and over mesh mTLS to a second proxy; some 503s from the origin, retried; telemetry on in both proxies (golden metrics, a JSON
   access log, tracing at 50 % so both branches run);
 * h2c to an HTTP/1.1 origin, gRPC unary calls to a gRPC origin (grpcio), opaque TCP;
 * an `auto` listener sniffing HTTP/1.1, h2c with prior knowledge and a binary protocol.
@@ -52,8 +52,8 @@ for _path in (str(ROOT / "src"), str(ROOT)):
         sys.path.insert(0, _path)
 
 BODY = b"x" * 1024
-KINDS = ("http1", "http1-mtls", "http1-chunked", "http1-retried", "h2c", "grpc", "tcp",
-         "auto-http1", "auto-h2c", "auto-tcp")
+KINDS = ("http1", "http1-mtls", "http1-chunked", "http1-retried", "http1-close", "h2c", "grpc",
+         "tcp", "auto-http1", "auto-h2c", "auto-tcp")
 """What `train` reports; each must complete at least once."""
 
 
@@ -301,6 +301,19 @@ def http1_client(port: int, until: float, done: Counter[str], kinds: list[tuple[
                 done[kind] += 1
 
 
+def http1_close_client(port: int, until: float, done: Counter[str]) -> None:
+    """A new connection per request (`Connection: close`): accept, set-up and close paths."""
+    request = b"GET /direct HTTP/1.1\r\nHost: train\r\nConnection: close\r\n\r\n"
+    while time.monotonic() < until:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(request)
+            got = b""
+            while chunk := s.recv(65536):
+                got += chunk
+            if got.startswith(b"HTTP/1.1 200"):
+                done["http1-close"] += 1
+
+
 def http1_requests(prefix: str) -> list[tuple[str, bytes]]:
     host = b"Host: train\r\n"
     post = (b"POST %s HTTP/1.1\r\n" % prefix.encode() + host
@@ -397,6 +410,7 @@ def train(seconds: float = 4.0) -> Counter[str]:
                     (http1_client, (ports["http"], until, done, http1_requests("/direct"))),
                     (http1_client, (ports["http"], until, done, http1_requests("/direct"))),
                     (http1_client, (ports["http"], until, done, http1_requests("/mesh"))),
+                    (http1_close_client, (ports["http"], until, done)),
                     (http1_client, (ports["auto"], until, done,
                                     [("auto-http1", b"GET /direct HTTP/1.1\r\nHost: t\r\n\r\n")])),
                     (h2c_client, (ports["h2c"], until, done, "h2c")),
