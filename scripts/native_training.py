@@ -11,8 +11,9 @@ path a proxy takes in ordinary service, each protocol of the compiled group incl
 
 * HTTP/1.1 keep-alive GET and POST (Content-Length and chunked bodies) and a connection per
   request (`Connection: close`), on a route with header filters and retries, upstream in
-  plaintext and over mesh mTLS to a second proxy; some 503s from the origin, retried; telemetry on in both proxies (golden metrics, a JSON
-  access log, tracing at 50 % so both branches run);
+  plaintext and over mesh mTLS to a second proxy; some 503s from the origin, retried;
+  telemetry on in both proxies (golden metrics, a JSON access log, tracing at 50 % so both
+  branches run);
 * h2c to an HTTP/1.1 origin, gRPC unary calls to a gRPC origin (grpcio), opaque TCP;
 * an `auto` listener sniffing HTTP/1.1, h2c with prior knowledge and a binary protocol.
 
