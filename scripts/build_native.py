@@ -102,10 +102,15 @@ def c_sources() -> dict[str, str]:
             for name, source in C_MODULES.items()}
 
 
+TRAINING = ROOT / "scripts" / "native_training.py"
+"""The profile's workload (ADR 0083): a change to it is a change to the build."""
+
+
 def build_inputs() -> dict[str, str]:
-    """What a build depends on beyond the compiled sources (the manifest's): the type sources
-    and the C sources, recorded together in `TYPES`."""
-    return {**type_sources(), **c_sources()}
+    """What a build depends on beyond the compiled sources (the manifest's): the type sources,
+    the C sources and the training workload, recorded together in `TYPES`."""
+    return {**type_sources(), **c_sources(),
+            TRAINING.name: hashlib.sha256(TRAINING.read_bytes()).hexdigest()}
 
 
 def read_types(path: Path = TYPES) -> dict[str, str] | None:
@@ -125,6 +130,8 @@ def types_changed(recorded: dict[str, str] | None, current: dict[str, str]) -> s
         if recorded.get(name) != digest:
             if name.endswith(".c"):
                 return f"{name}: C source changed since the build"
+            if name == TRAINING.name:
+                return f"{name}: the profile's workload changed since the build"
             return f"{name}: changed since the build (the compiled modules take types from it)"
     gone = sorted(set(recorded) - set(current))
     return f"{gone[0]}: no longer imported by the compiled modules" if gone else None
@@ -257,9 +264,8 @@ def build(hashes: dict[str, str], stamps: dict[str, str], types: dict[str, str],
 
 def train() -> str:
     """Run the training workload; `trained: <what ran>` or `no profile: <why>`."""
-    script = ROOT / "scripts" / "native_training.py"
     try:
-        run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+        run = subprocess.run([sys.executable, str(TRAINING)], capture_output=True, text=True,
                              timeout=TRAINING_TIMEOUT, cwd=ROOT, check=False)
     except subprocess.TimeoutExpired:
         return f"no profile: the training run took over {TRAINING_TIMEOUT:.0f} s"

@@ -181,9 +181,13 @@ def test_the_build_tracks_the_modules_the_compiled_ones_take_types_from() -> Non
     c_source = "tulle.dataplane.telemetry._aline.c"
     assert c_source not in current
     inputs = mod.build_inputs()
-    assert inputs == {**current, **mod.c_sources()} and c_source in inputs
+    assert {**current, **mod.c_sources()}.items() <= inputs.items() and c_source in inputs
     assert mod.types_changed(dict(inputs, **{c_source: "0" * 64}), inputs) == (
         f"{c_source}: C source changed since the build")
+    # So is the profile's training workload (ADR 0083).
+    assert set(inputs) - set(current) - set(mod.c_sources()) == {"native_training.py"}
+    assert mod.types_changed(dict(inputs, **{"native_training.py": "0" * 64}), inputs) == (
+        "native_training.py: the profile's workload changed since the build")
 
 
 def test_recorded_type_sources_read_back(tmp_path: Path) -> None:
