@@ -232,23 +232,42 @@ class _Typed:
         return tuple(str(x) for x in v)
 
 
+class _NoDecimal:
+    """What msgspec takes for `decimal.Decimal` in a proxy (ADR 0084): a type no value is an
+    instance of, so msgspec refuses a real `Decimal` (TypeError) instead of encoding it."""
+
+
 def import_msgspec_alone() -> None:
-    """Import msgspec without `typing_extensions`, which the proxy has no use for (ADR 0081).
+    """Import msgspec without `typing_extensions` and `decimal`, which the proxy has no use
+    for (ADR 0081, ADR 0084).
 
     msgspec does not depend on `typing_extensions`; when it can import it, it takes its
     `get_type_hints` and `Required` / `NotRequired` from there, and falls back to `typing`'s,
-    which on Python >= 3.11 are the same for everything the proxy's contract uses.  The module
-    is ~0.3 MB of resident memory in every proxy.  The refusal lasts only for msgspec's own
-    import: a later import of `typing_extensions` (the subscribed proxy's, a library's) works.
+    which on Python >= 3.11 are the same for everything the proxy's contract uses (0.3 MB of
+    resident memory in every proxy).  `decimal` (the C `_decimal` library and `numbers`,
+    ~0.5 MB) msgspec imports only to know the `Decimal` type; no field of the proxy's contract
+    or of its stream messages is one, so it gets a module whose `Decimal` is `_NoDecimal` for
+    the length of its import.  Both last only for msgspec's own import: a later import of
+    either module (a library's) gets the real one; only msgspec in this process cannot encode
+    or decode a `Decimal`.
     """
     if "msgspec" in sys.modules or "typing_extensions" in sys.modules:
         return
+    import types
+
+    placeholder = types.ModuleType("decimal", "a placeholder for msgspec's import (ADR 0084)")
+    placeholder.Decimal = _NoDecimal  # type: ignore[attr-defined]
+    had_decimal = "decimal" in sys.modules
     sys.modules["typing_extensions"] = None  # type: ignore[assignment]  # refuse, for now
+    if not had_decimal:
+        sys.modules["decimal"] = placeholder
     try:
         import msgspec  # noqa: F401
     finally:
         if sys.modules.get("typing_extensions", 0) is None:
             del sys.modules["typing_extensions"]
+        if sys.modules.get("decimal") is placeholder:
+            del sys.modules["decimal"]
 
 
 def main(argv: Sequence[str]) -> int:

@@ -140,13 +140,23 @@ except msgspec.ValidationError as exc:
 else:
     raise AssertionError("a port of 0 was accepted")
 import typing_extensions  # a later import still works
+assert "decimal" not in sys.modules and "_decimal" not in sys.modules, "decimal came with msgspec"
+import decimal  # the real one (ADR 0084)
+assert decimal.Decimal("1.5") + 1 == decimal.Decimal("2.5")
+try:
+    msgspec.json.encode(decimal.Decimal("1.5"))
+except TypeError as exc:
+    assert "Decimal" in str(exc), exc  # refused, never written as something else
+else:
+    raise AssertionError("msgspec encoded a Decimal it cannot know")
 print("ok")
 """
 
 
-def test_msgspec_is_imported_without_typing_extensions() -> None:
-    """The proxy's msgspec runs without `typing_extensions` (ADR 0081): its constraints still
-    hold, and the module can still be imported afterwards by whoever needs it."""
+def test_msgspec_is_imported_without_typing_extensions_or_decimal() -> None:
+    """The proxy's msgspec runs without `typing_extensions` (ADR 0081) and `decimal` (ADR
+    0084): its constraints still hold, both modules can still be imported afterwards by
+    whoever needs them, and msgspec refuses a `Decimal` rather than encode it wrongly."""
     out = subprocess.run([sys.executable, "-c", LEAN_MSGSPEC], capture_output=True, text=True,
                          timeout=60, check=False)
     assert out.returncode == 0, out.stderr
