@@ -55,7 +55,7 @@ demo: deps native
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis build dist
 	rm -f $(NG2)/_ng2*.so $(NG2_STAMP)
-	rm -f src/tulle/_native_build.txt src/tulle/_native_types.txt
+	rm -f src/tulle/_native_build.txt src/tulle/_native_types.txt src/tulle/_native_profile.txt
 	find src -name '*.so' -delete
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 

@@ -30,9 +30,13 @@ import copy
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +159,24 @@ def needs_build() -> str | None:
     for name in native.COMPILED:
         if built.get(name, ("", ""))[1] != sha256(name):
             return f"{name}: source changed since the build"
+    note = read_note()
+    if note is None:
+        return "the build left no note on its profile (built before ADR 0083, or interrupted)"
+    if note.startswith(INSTRUMENTED):
+        return "an interrupted profile-guided build left its instrumented group in place"
     return types_changed(read_types(), build_inputs())
+
+
+def write_note(text: str) -> None:
+    Path(native.PROFILE_NOTE).write_text(text + "\n", encoding="utf-8")
+
+
+def read_note() -> str | None:
+    """The build's note on its profile (`native.PROFILE_NOTE`); None when there is none."""
+    try:
+        return Path(native.PROFILE_NOTE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
 
 
 def write_manifest(hashes: dict[str, str], stamps: dict[str, str]) -> None:
@@ -194,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     write_types(types)
     write_manifest(hashes, stamps)
-    Path(native.PROFILE_NOTE).write_text(profile + "\n", encoding="utf-8")
+    write_note(profile)
     print(f"tulle native: built ({profile})")
     return 0
 
@@ -234,6 +255,10 @@ USE: Flags = ([f"-fprofile-use={PROFILE}", "-fprofile-correction", "-Wno-missing
 TRAINING_TIMEOUT = 300.0
 """Seconds the training run may take in all (it runs ~4 s of traffic)."""
 
+INSTRUMENTED = "instrumented"
+"""The note while the instrumented group is in place: a build stopped then (SIGKILL) leaves it
+selected by the manifest, and `needs_build` rebuilds (never "up to date")."""
+
 
 def build(hashes: dict[str, str], stamps: dict[str, str], types: dict[str, str],
           trained: bool = True) -> str:
@@ -247,35 +272,84 @@ def build(hashes: dict[str, str], stamps: dict[str, str], types: dict[str, str],
         return "no profile: built with --no-profile"
     shutil.rmtree(PROFILE, ignore_errors=True)
     compile_extensions(exts, GENERATE)
-    # The proxies load the instrumented group only if the manifest says it is current.
-    write_types(types)
-    write_manifest(hashes, stamps)
     try:
-        summary = train()
+        with _stopped_by_signals():  # SIGTERM, SIGHUP: `finally` runs, as on Ctrl-C
+            # The proxies load the instrumented group only if the manifest says it is current.
+            write_note(f"{INSTRUMENTED}: an interrupted profile-guided build")
+            write_types(types)
+            write_manifest(hashes, stamps)
+            summary = train()
     finally:
         clean()  # never leave the instrumented group in place
-    if summary.startswith("no profile"):
-        print(f"tulle native: {summary}; building without one", file=sys.stderr)
-        compile_extensions(exts)
-        return summary
-    compile_extensions(exts, USE)
+    if not summary.startswith("no profile"):
+        try:
+            compile_extensions(exts, USE)
+            return summary
+        except (Exception, SystemExit) as e:  # setuptools: SystemExit("error: ...")
+            clean()
+            summary = f"no profile: the build with the profile failed ({e})"
+    print(f"tulle native: {summary}; building without one", file=sys.stderr)
+    compile_extensions(exts)
     return summary
+
+
+@contextmanager
+def _stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise `KeyboardInterrupt` inside, as SIGINT does: their default
+    action would end the build before its `finally` removes the instrumented group."""
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def train() -> str:
     """Run the training workload; `trained: <what ran>` or `no profile: <why>`."""
-    try:
-        run = subprocess.run([sys.executable, str(TRAINING)], capture_output=True, text=True,
-                             timeout=TRAINING_TIMEOUT, cwd=ROOT, check=False)
-    except subprocess.TimeoutExpired:
-        return f"no profile: the training run took over {TRAINING_TIMEOUT:.0f} s"
-    said = (run.stdout + run.stderr).strip().splitlines()
+    # Its own session: on a timeout or an interrupt the whole group goes, the proxies it
+    # started with it (killing the script alone would leave them running the instrumented
+    # group, holding their ports, for good).
+    with subprocess.Popen([sys.executable, str(TRAINING)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                          start_new_session=True) as run:
+        try:
+            out, err = run.communicate(timeout=TRAINING_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            end_group(run)
+            return f"no profile: the training run took over {TRAINING_TIMEOUT:.0f} s"
+        except BaseException:
+            end_group(run)
+            raise
+    said = (out + err).strip().splitlines()
     if run.returncode != 0:
         return f"no profile: the training run failed ({said[-1] if said else run.returncode})"
     if not any(PROFILE.glob(f"*{native.GROUP}.gcda")):
         return "no profile: the training proxies wrote none (did they run the compiled group?)"
     done = said[-1].removeprefix("tulle native training: ") if said else ""
     return f"trained: {done}"
+
+
+def end_group(proc: subprocess.Popen[str], grace: float = 10.0) -> None:
+    """SIGTERM to `proc`'s process group (the training script cleans up, its proxies drain),
+    SIGKILL to whatever of it is left after `grace` seconds; `proc` reaped."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:  # the leader reaped: the group empties once its
+                try:                     # members (reparented) are gone
+                    os.killpg(proc.pid, 0)
+                except ProcessLookupError:
+                    return
+            time.sleep(0.05)
+    proc.wait()
 
 
 def extensions() -> list[Any]:

@@ -218,4 +218,6 @@ def profile(note: StrPath = PROFILE_NOTE) -> str:
         return "no profile (the build left no note)"
     if text.startswith("trained"):
         return "profile-guided"
+    if text.startswith("instrumented"):  # a build stopped while training (ADR 0083)
+        return "instrumented, from an interrupted profile-guided build: `make native` rebuilds"
     return f"no profile ({text.removeprefix('no profile: ')})"

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import importlib.machinery
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +236,8 @@ def test_the_build_fails_over_to_a_plain_build_when_training_fails(
     monkeypatch.setattr(build, "write_types", lambda *a, **k: None)
     monkeypatch.setattr(build, "write_manifest", lambda *a, **k: None)
     monkeypatch.setattr(build, "clean", lambda: None)
+    notes: list[str] = []
+    monkeypatch.setattr(build, "write_note", notes.append)
     monkeypatch.setattr(build, "PROFILE", tmp_path / "profile")
     monkeypatch.setattr(build, "train", lambda: "no profile: the training run failed (x)")
     note = build.build({}, {}, {})  # type: ignore[attr-defined]
@@ -243,3 +247,99 @@ def test_the_build_fails_over_to_a_plain_build_when_training_fails(
     calls.clear()
     assert build.build({}, {}, {}) == "trained: http1 1"  # type: ignore[attr-defined]
     assert calls == [build.GENERATE, build.USE]  # type: ignore[attr-defined]
+
+    assert notes and all(n.startswith("instrumented") for n in notes)
+
+
+def test_a_build_whose_profile_build_fails_falls_back_to_a_plain_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """gcc refusing the profile (a mismatch is an error) leaves a plain build, not none."""
+    build = _build_script()
+    calls: list[tuple[list[str], list[str]]] = []
+
+    def compile_extensions(exts: object, profile: tuple[list[str], list[str]] = ([], [])
+                           ) -> None:
+        calls.append(profile)
+        if profile == build.USE:  # type: ignore[attr-defined]
+            raise SystemExit("error: command 'gcc' failed")
+
+    monkeypatch.setattr(build, "extensions", lambda: ["ext"])
+    monkeypatch.setattr(build, "compile_extensions", compile_extensions)
+    for name in ("write_types", "write_manifest", "write_note"):
+        monkeypatch.setattr(build, name, lambda *a, **k: None)
+    monkeypatch.setattr(build, "clean", lambda: None)
+    monkeypatch.setattr(build, "PROFILE", tmp_path / "profile")
+    monkeypatch.setattr(build, "train", lambda: "trained: http1 1")
+    note = build.build({}, {}, {})  # type: ignore[attr-defined]
+    assert note == "no profile: the build with the profile failed (error: command 'gcc' failed)"
+    assert calls == [build.GENERATE, build.USE, ([], [])]  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(("note", "why"), [
+    (None, "the build left no note on its profile (built before ADR 0083, or interrupted)"),
+    ("instrumented: an interrupted profile-guided build",
+     "an interrupted profile-guided build left its instrumented group in place"),
+    ("trained: http1 1", None),
+    ("no profile: built with --no-profile", None),
+])
+def test_an_interrupted_or_unnoted_build_is_never_up_to_date(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, note: str | None,
+        why: str | None) -> None:
+    """ADR 0083: a build killed while training leaves the instrumented group with a manifest
+    that matches the sources; `make native` must rebuild it, not call it up to date."""
+    build = _build_script()
+    monkeypatch.setattr(native, "read_manifest",
+                        lambda *a: {name: ("1 1", "h") for name in native.COMPILED})
+    monkeypatch.setattr(native, "has_extension", lambda *a: True)
+    monkeypatch.setattr(build, "sha256", lambda name: "h")
+    monkeypatch.setattr(build, "build_inputs", lambda: {})
+    monkeypatch.setattr(build, "read_types", lambda *a: {})
+    monkeypatch.setattr(build, "read_note", lambda: note)
+    assert build.needs_build() == why  # type: ignore[attr-defined]
+
+
+def test_the_instrumented_note_reads_back(tmp_path: Path) -> None:
+    (tmp_path / "note.txt").write_text("instrumented: an interrupted profile-guided build\n")
+    assert native.profile(tmp_path / "note.txt").startswith("instrumented")
+
+
+def test_sigterm_during_training_runs_the_builds_cleanup() -> None:
+    """The default SIGTERM (or SIGHUP) would end the build before `finally: clean()`."""
+    build = _build_script()
+    before = signal.getsignal(signal.SIGTERM)
+    stopped = build._stopped_by_signals  # type: ignore[attr-defined]
+    with pytest.raises(KeyboardInterrupt), stopped():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_training_run_that_overruns_takes_the_processes_it_started_with_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The training script's proxies are its children: ending the script alone (what
+    `subprocess.run(timeout=...)` does) left them running the instrumented group."""
+    build = _build_script()
+    (tmp_path / "scripts").mkdir()
+    pidfile = tmp_path / "child.pid"
+    (tmp_path / "scripts" / "native_training.py").write_text(
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])\n"
+        f"open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
+        "time.sleep(60)\n")
+    monkeypatch.setattr(build, "ROOT", tmp_path)
+    monkeypatch.setattr(build, "TRAINING_TIMEOUT", 3.0)
+    said = build.train()  # type: ignore[attr-defined]
+    assert said == "no profile: the training run took over 3 s"
+    pid = int(pidfile.read_text())
+    deadline = time.monotonic() + 5
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

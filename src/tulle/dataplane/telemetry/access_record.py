@@ -118,11 +118,11 @@ def encode_line(*values: Any) -> bytes:
 
 
 def _native_line() -> Callable[..., bytes] | None:
-    """The C encoder when the compiled hot path runs (`tulle.native.mode`: not with
+    """The C encoder when the compiled hot path runs (`tulle.native.select`: not with
     `TULLE_PURE`, nor when the build is missing or stale) and it is built; else None."""
     from tulle import native
 
-    if native.mode()[0] != "compiled":
+    if native.select() != "compiled":  # (not mode(): it reads the build note)
         return None
     try:
         from tulle.dataplane.telemetry import _aline
