@@ -327,6 +327,7 @@ def test_a_training_run_that_overruns_takes_the_processes_it_started_with_it(
         f"open({str(pidfile)!r}, 'w').write(str(child.pid))\n"
         "time.sleep(60)\n")
     monkeypatch.setattr(build, "ROOT", tmp_path)
+    monkeypatch.setattr(build, "TRAINING", tmp_path / "scripts" / "native_training.py")
     monkeypatch.setattr(build, "TRAINING_TIMEOUT", 3.0)
     said = build.train()  # type: ignore[attr-defined]
     assert said == "no profile: the training run took over 3 s"
