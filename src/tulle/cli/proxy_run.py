@@ -19,6 +19,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
+    from types import ModuleType
+
     from tulle.dataplane.stream_tls import StreamTrust
 
 PROG = "tulle proxy run"
@@ -237,37 +239,54 @@ class _NoDecimal:
     instance of, so msgspec refuses a real `Decimal` (TypeError) instead of encoding it."""
 
 
+class _NoUUID:
+    """What msgspec takes for `uuid.UUID` in a proxy (ADR 0084), as `_NoDecimal`."""
+
+
+def _placeholders() -> dict[str, ModuleType]:
+    """The modules msgspec's import gets instead of `decimal` and `uuid` (ADR 0084): each with
+    the names msgspec reads from it (`uuid.SafeUUID.unknown` too)."""
+    import enum
+    import types
+
+    decimal = types.ModuleType("decimal", "a placeholder for msgspec's import (ADR 0084)")
+    decimal.Decimal = _NoDecimal  # type: ignore[attr-defined]
+    uuid = types.ModuleType("uuid", "a placeholder for msgspec's import (ADR 0084)")
+    uuid.UUID = _NoUUID  # type: ignore[attr-defined]
+    SafeUUID = enum.Enum("SafeUUID", [("safe", 0), ("unsafe", -1), ("unknown", None)])
+    uuid.SafeUUID = SafeUUID  # type: ignore[attr-defined]
+    return {"decimal": decimal, "uuid": uuid}
+
+
 def import_msgspec_alone() -> None:
-    """Import msgspec without `typing_extensions` and `decimal`, which the proxy has no use
+    """Import msgspec without `typing_extensions`, `decimal` and `uuid`, which the proxy has no use
     for (ADR 0081, ADR 0084).
 
     msgspec does not depend on `typing_extensions`; when it can import it, it takes its
     `get_type_hints` and `Required` / `NotRequired` from there, and falls back to `typing`'s,
     which on Python >= 3.11 are the same for everything the proxy's contract uses (0.3 MB of
-    resident memory in every proxy).  `decimal` (the C `_decimal` library and `numbers`,
-    ~0.5 MB) msgspec imports only to know the `Decimal` type; no field of the proxy's contract
-    or of its stream messages is one, so it gets a module whose `Decimal` is `_NoDecimal` for
-    the length of its import.  Both last only for msgspec's own import: a later import of
-    either module (a library's) gets the real one; only msgspec in this process cannot encode
-    or decode a `Decimal`.
+    resident memory in every proxy).  `decimal` (the C `_decimal` library and `numbers`) and
+    `uuid` (with `platform` and `_uuid`), ~0.7 MB together, msgspec imports only to know the
+    `Decimal` and `UUID` types; no field of the proxy's contract or of its stream messages is
+    either, so it gets modules whose types are `_NoDecimal` and `_NoUUID` for the length of
+    its import.  All of it lasts only for msgspec's own import: a later import of any of these
+    modules (a library's) gets the real one; only msgspec in this process cannot encode or
+    decode a `Decimal` or a `UUID`.
     """
     if "msgspec" in sys.modules or "typing_extensions" in sys.modules:
         return
-    import types
-
-    placeholder = types.ModuleType("decimal", "a placeholder for msgspec's import (ADR 0084)")
-    placeholder.Decimal = _NoDecimal  # type: ignore[attr-defined]
-    had_decimal = "decimal" in sys.modules
+    placeholders = {name: module for name, module in _placeholders().items()
+                    if name not in sys.modules}  # one already imported is left alone
     sys.modules["typing_extensions"] = None  # type: ignore[assignment]  # refuse, for now
-    if not had_decimal:
-        sys.modules["decimal"] = placeholder
+    sys.modules.update(placeholders)
     try:
         import msgspec  # noqa: F401
     finally:
         if sys.modules.get("typing_extensions", 0) is None:
             del sys.modules["typing_extensions"]
-        if sys.modules.get("decimal") is placeholder:
-            del sys.modules["decimal"]
+        for name, module in placeholders.items():
+            if sys.modules.get(name) is module:
+                del sys.modules[name]
 
 
 def main(argv: Sequence[str]) -> int:

@@ -50,7 +50,8 @@ FORBIDDEN_ALWAYS = (
     "encodings.idna",  # uvloop resolving a numeric admin address through the thread pool
     "click", "tulle.cli.commands",  # `tulle proxy run` is parsed without click (ADR 0068)
     "typing_extensions",  # msgspec imported without its optional backports (ADR 0081)
-    "decimal", "_decimal",  # nor the Decimal type nothing in the proxy has (ADR 0084)
+    "decimal", "_decimal",  # nor the Decimal and UUID types nothing in the proxy has
+    "uuid", "_uuid", "platform",  # (ADR 0084)
 )
 """Never on the path of a proxy run from a file."""
 

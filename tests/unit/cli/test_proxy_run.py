@@ -140,23 +140,33 @@ except msgspec.ValidationError as exc:
 else:
     raise AssertionError("a port of 0 was accepted")
 import typing_extensions  # a later import still works
-assert "decimal" not in sys.modules and "_decimal" not in sys.modules, "decimal came with msgspec"
-import decimal  # the real one (ADR 0084)
+for name in ("decimal", "_decimal", "uuid", "_uuid", "platform"):
+    assert name not in sys.modules, f"{name} came with msgspec"
+import decimal, uuid  # the real ones (ADR 0084)
 assert decimal.Decimal("1.5") + 1 == decimal.Decimal("2.5")
-try:
-    msgspec.json.encode(decimal.Decimal("1.5"))
-except TypeError as exc:
-    assert "Decimal" in str(exc), exc  # refused, never written as something else
-else:
-    raise AssertionError("msgspec encoded a Decimal it cannot know")
+assert uuid.UUID(int=1).hex == "0" * 31 + "1" and uuid.uuid4().version == 4
+for value in (decimal.Decimal("1.5"), uuid.UUID(int=1)):
+    try:
+        msgspec.json.encode(value)
+    except TypeError as exc:
+        assert type(value).__name__ in str(exc), exc  # refused, never written otherwise
+    else:
+        raise AssertionError(f"msgspec encoded a {type(value).__name__} it cannot know")
+    try:
+        msgspec.json.decode(msgspec.json.encode(str(value)), type=type(value))
+    except msgspec.ValidationError as exc:
+        assert type(value).__name__ in str(exc), exc  # a value of that type is refused
+    else:
+        raise AssertionError(f"msgspec decoded a {type(value).__name__} it cannot know")
 print("ok")
 """
 
 
-def test_msgspec_is_imported_without_typing_extensions_or_decimal() -> None:
-    """The proxy's msgspec runs without `typing_extensions` (ADR 0081) and `decimal` (ADR
-    0084): its constraints still hold, both modules can still be imported afterwards by
-    whoever needs them, and msgspec refuses a `Decimal` rather than encode it wrongly."""
+def test_msgspec_is_imported_without_typing_extensions_decimal_or_uuid() -> None:
+    """The proxy's msgspec runs without `typing_extensions` (ADR 0081), `decimal` and `uuid`
+    (ADR 0084): its constraints still hold, the modules can still be imported afterwards by
+    whoever needs them, and msgspec refuses a `Decimal` or a `UUID` (to encode, or to decode
+    as a field's type) rather than handle it wrongly."""
     out = subprocess.run([sys.executable, "-c", LEAN_MSGSPEC], capture_output=True, text=True,
                          timeout=60, check=False)
     assert out.returncode == 0, out.stderr
