@@ -110,13 +110,12 @@ def machine_info() -> dict[str, Any]:
 
 
 def native_build() -> str:
-    """How the compiled group was built (`tulle.native.profile`: profile-guided or not, ADR
-    0083), read from the note the build left, without importing `tulle` here."""
-    note = Path(__file__).resolve().parent.parent / "src" / "tulle" / "_native_profile.txt"
-    try:
-        return note.read_text(encoding="utf-8").strip()
-    except OSError:
-        return "no note (built before ADR 0083, or not built)"
+    """How the compiled group was built: the note the build left (`trained: ...` or `no
+    profile: why`, ADR 0083)."""
+    from tulle import native
+
+    note = native.read_profile_note()
+    return note if note is not None else "no note (built before ADR 0083, or not built)"
 
 
 # -- the run --------------------------------------------------------------------------------

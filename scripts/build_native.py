@@ -159,7 +159,7 @@ def needs_build() -> str | None:
     for name in native.COMPILED:
         if built.get(name, ("", ""))[1] != sha256(name):
             return f"{name}: source changed since the build"
-    note = read_note()
+    note = native.read_profile_note()
     if note is None:
         return "the build left no note on its profile (built before ADR 0083, or interrupted)"
     if note.startswith(INSTRUMENTED):
@@ -169,14 +169,6 @@ def needs_build() -> str | None:
 
 def write_note(text: str) -> None:
     Path(native.PROFILE_NOTE).write_text(text + "\n", encoding="utf-8")
-
-
-def read_note() -> str | None:
-    """The build's note on its profile (`native.PROFILE_NOTE`); None when there is none."""
-    try:
-        return Path(native.PROFILE_NOTE).read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
 
 
 def write_manifest(hashes: dict[str, str], stamps: dict[str, str]) -> None:

@@ -59,9 +59,11 @@ KINDS = ("http1", "http1-mtls", "http1-chunked", "http1-retried", "http1-close",
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A free port on 127.0.0.1, picked as the benchmark and the tests pick theirs
+    (`tulle.net.ports.unused_port`: not port 0's pick, see there)."""
+    from tulle.net.ports import unused_port
+
+    return unused_port()
 
 
 # -- origins (in this process, on their own event loop or thread pool) --------------------
@@ -152,15 +154,6 @@ class Origins:
 
 # -- the two proxies -----------------------------------------------------------------------
 
-HEADER_FILTERS = [
-    {"type": "RequestHeaderModifier", "set": [{"name": "x-env", "value": "train"}],
-     "remove": ["x-debug"]},
-    {"type": "ResponseHeaderModifier", "add": [{"name": "x-served-by", "value": "tulle"}],
-     "remove": ["server"]},
-]
-RETRY = {"num_retries": 2, "retry_on": ["5xx", "connect-failure", "refused-stream"]}
-
-
 def telemetry(tmp: Path, name: str) -> dict[str, Any]:
     """A `telemetry` section as the compiler makes it of a Mesh's observability."""
     from bench.telemetry_peers import telemetry_section
@@ -173,8 +166,10 @@ def telemetry(tmp: Path, name: str) -> dict[str, Any]:
 
 
 def proxy_configs(tmp: Path, o: Origins, ports: dict[str, int]) -> tuple[dict[str, Any], ...]:
-    """The front proxy (every listener kind) and the inbound proxy behind mesh mTLS."""
+    """The front proxy (every listener kind) and the inbound proxy behind mesh mTLS; the
+    routes' filters and retries are the benchmark's (`bench.peers`)."""
     from bench import mtls_peers
+    from bench.peers import HEADER_FILTERS, RETRY
 
     inbound = mtls_peers.tulle_server_config(ports["inbound"], ports["inbound-admin"], o.http,
                                              mtls=True)

@@ -99,7 +99,8 @@ MANIFEST: Final = os.path.join(SRC, "tulle", "_native_build.txt")
 
 PROFILE_NOTE: Final = os.path.join(SRC, "tulle", "_native_profile.txt")
 """Written by the build: whether the group was built with a profile (`trained: ...`) or
-without one (`no profile: why`), ADR 0083.  Read by `mode()` only, never on import."""
+without one (`no profile: why`), ADR 0083.  Read (`read_profile_note`) by `mode()`, the build
+and the benchmark's record, never on import."""
 
 StrPath: TypeAlias = "str | os.PathLike[str]"
 """A path as a string or a `Path` (tests and the build pass either)."""
@@ -208,13 +209,20 @@ def mode() -> tuple[str, str]:
     return _state[0], _state[1]
 
 
+def read_profile_note(note: StrPath = PROFILE_NOTE) -> str | None:
+    """The build's note on its profile, as written; None when there is none."""
+    try:
+        with open(note, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
 def profile(note: StrPath = PROFILE_NOTE) -> str:
     """``profile-guided`` when the build trained the group (ADR 0083), else ``no profile
     (why)``; a build older than the note says that it left none."""
-    try:
-        with open(note, encoding="utf-8") as f:
-            text = f.read().strip()
-    except OSError:
+    text = read_profile_note(note)
+    if text is None:
         return "no profile (the build left no note)"
     if text.startswith("trained"):
         return "profile-guided"

@@ -294,7 +294,7 @@ def test_an_interrupted_or_unnoted_build_is_never_up_to_date(
     monkeypatch.setattr(build, "sha256", lambda name: "h")
     monkeypatch.setattr(build, "build_inputs", lambda: {})
     monkeypatch.setattr(build, "read_types", lambda *a: {})
-    monkeypatch.setattr(build, "read_note", lambda: note)
+    monkeypatch.setattr(native, "read_profile_note", lambda *a: note)
     assert build.needs_build() == why  # type: ignore[attr-defined]
 
 
