@@ -25,6 +25,9 @@
 #                      bench/results/resilience.json (`make bench` measures both rows once)
 #   make bench-cli     ~30 s: `tulle get` as a whole process against a running control plane,
 #                      beside `python -c pass` and a bare urllib GET -> bench/results/cli.json
+#   make bench-idle    ~2 min: p99 at 1,000 req/s with and without 8,000 idle keep-alive
+#                      connections, Tulle vs HAProxy -> bench/results/idle.json (ADR 0085;
+#                      `make bench` runs it too)
 #   make bench-mtls    ~40 s: two hops over mTLS vs two plaintext hops vs HAProxy's two TLS
 #                      hops, and new mTLS handshakes per second -> bench/results/mtls.json
 #                      (`make bench` measures the same row in its full run)
@@ -35,7 +38,7 @@ BENCH_MTLS_PEERS ?= tulle-mtls,tulle-2hop,haproxy-tls
 BENCH_RESILIENCE_PEERS ?= tulle-retry,tulle-resilience,haproxy-resilience
 BENCH_TELEMETRY_PEERS ?= tulle-telemetry
 
-.PHONY: bench bench-quick bench-profile bench-setup bench-controlplane bench-micro bench-mtls \
+.PHONY: bench bench-quick bench-profile bench-setup bench-controlplane bench-micro bench-mtls bench-idle \
 	bench-resilience-retries bench-resilience-cpu bench-stat bench-cli
 
 bench-setup:
@@ -50,6 +53,10 @@ bench: deps bench-setup native
 		--json bench/results/full.json --doc docs/performance.md \
 		--mtls-json bench/results/mtls.json
 	$(BENCH_PY) -m bench.netns --rounds 3 --json bench/results/netns.json
+	$(BENCH_PY) -m bench.idle_connections --rounds 3 --json bench/results/idle.json
+
+bench-idle: deps bench-setup native
+	$(BENCH_PY) -m bench.idle_connections --rounds 3 --json bench/results/idle.json
 
 bench-mtls: deps bench-setup
 	$(BENCH_PY) -m bench.run --mode quick --peers $(BENCH_MTLS_PEERS) \

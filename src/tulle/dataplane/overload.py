@@ -6,8 +6,8 @@ included.  `OverloadGuard` keeps it short of that, in the manner of Envoy's over
 * **Monitors** turn a resource into a *pressure* (used / limit):
   open file descriptors against the soft `RLIMIT_NOFILE`, and resident memory (RSS from
   `/proc/self/statm`) against `settings.overload.max_rss_bytes`.  They are sampled every
-  `sample_interval_ms` by one task (counting `/proc/self/fd` costs a few microseconds per
-  hundred descriptors, far too much per accept).  Between samples the descriptor count is
+  `sample_interval_ms` by one task (`count_fds`: one `stat` of `/proc/self/fd`, whose size is
+  the number of open descriptors; too much per accept all the same).  Between samples the descriptor count is
   estimated as *sampled + downstream connections opened since*: the running count of our own
   connections, kept by `ListenerHandle.connection_opened` / `connection_closed`.
 * **States**, from the highest pressure in percent: `normal`; `reject_requests` at
@@ -67,8 +67,17 @@ def read_rss() -> int:
 
 
 def count_fds() -> int:
-    """Open file descriptors of this process (Linux /proc/self/fd), 0 if unknown."""
+    """Open file descriptors of this process (Linux /proc/self/fd), 0 if unknown.
+
+    Linux 6.2 and later give the count as the directory's size: one `stat`, a few µs
+    whatever the count (ADR 0085).  Listing the directory, as older kernels need (their size
+    is 0), makes a string per descriptor on the event loop: ~1.2 ms per thousand descriptors
+    here, a pause every sample that a proxy holding 8,000 idle connections paid in its p99.
+    """
     try:
+        n = os.stat("/proc/self/fd").st_size
+        if n > 0:  # a live process has descriptors: 0 is an older kernel's size, not a count
+            return n
         return len(os.listdir("/proc/self/fd")) - 1  # the directory's own descriptor
     except OSError:
         return 0

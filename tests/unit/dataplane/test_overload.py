@@ -7,6 +7,8 @@ limit becomes, what is logged and counted, and how a listener handle admits conn
 from __future__ import annotations
 
 import logging
+import os
+import socket
 
 import msgspec
 import pytest
@@ -14,7 +16,14 @@ import pytest
 from tulle.dataplane.listeners.context import Connection
 from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.listener_context import ListenerContext
-from tulle.dataplane.overload import NORMAL, REJECT, STOP, UNLIMITED, OverloadGuard
+from tulle.dataplane.overload import (
+    NORMAL,
+    REJECT,
+    STOP,
+    UNLIMITED,
+    OverloadGuard,
+    count_fds,
+)
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.proxyconfig.model import Listener, Overload, Settings
 
@@ -216,3 +225,52 @@ def test_handover_is_the_same_connection_and_never_refused() -> None:
     assert overflow(m, "l", "listener_limit") == 1
     h.connection_closed(driver)
     assert g.active == 0 and not h.connections
+
+
+def _listed() -> int:
+    return len(os.listdir("/proc/self/fd")) - 1
+
+
+def test_count_fds_counts_real_descriptors_as_they_open_and_close() -> None:
+    before = count_fds()
+    assert before == _listed()
+    socks = [socket.socket() for _ in range(300)]
+    try:
+        assert count_fds() == before + 300 == _listed()
+        for s in socks[:100]:
+            s.close()
+        assert count_fds() == before + 200 == _listed()
+    finally:
+        for s in socks:
+            s.close()
+    assert count_fds() == before
+
+
+def test_count_fds_lists_the_directory_where_the_kernel_gives_no_size(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Kernels before 6.2 report /proc/self/fd with size 0: the count is then the listing's
+    (the same number, the listing's own descriptor left out), never 0 descriptors."""
+    real_stat = os.stat
+    seen: list[str] = []
+
+    def sizeless(path: str) -> os.stat_result:
+        seen.append(path)
+        st = real_stat(path)
+        return os.stat_result((*st[:6], 0, *st[7:]))
+
+    monkeypatch.setattr(os, "stat", sizeless)
+    socks = [socket.socket() for _ in range(50)]
+    try:
+        assert count_fds() == _listed() >= 50
+    finally:
+        for s in socks:
+            s.close()
+    assert seen == ["/proc/self/fd"]
+
+
+def test_count_fds_is_zero_where_there_is_no_proc(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(path: str) -> os.stat_result:
+        raise FileNotFoundError(path)
+
+    monkeypatch.setattr(os, "stat", missing)
+    assert count_fds() == 0
