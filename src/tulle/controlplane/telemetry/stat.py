@@ -13,7 +13,8 @@ Who sees what (ADR 0046, 0059):
 - an **edge** is one client workload's outbound rows to one Service.
 Rates divide each proxy's requests by the time its reports in the window cover, then add up
 across proxies; latency quantiles come from the merged bucket counts (`quantiles.py`, error
-at most one bucket); open TCP connections are each proxy's latest gauge, summed.
+at most one bucket); open TCP connections are each proxy's latest gauge, summed (a Service
+addressed through a split: the connections of the backends its requests went to).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tulle.controlplane.telemetry.quantiles import empty, merge, quantile
-from tulle.controlplane.telemetry.window import StatsWindow
+from tulle.controlplane.telemetry.window import Row, StatsWindow
 from tulle.proxyconfig.model import ProxyConfig
 
 Snapshots = Callable[[tuple[str, str]], ProxyConfig | None]
@@ -43,6 +44,15 @@ class Stat:
     tcp_open: int = 0
     meshed: set[str] = field(default_factory=set)
     """Proxies whose reports make up this row (a Service row: those serving it)."""
+
+    def add(self, r: Row, cover: float) -> None:
+        """One report row's counts; `cover`: the seconds its proxy's reports in the window
+        cover (the rate is per proxy, then summed)."""
+        self.requests += r.requests
+        self.failures += r.failures
+        self.rps += r.requests / cover
+        merge(self.buckets, r.buckets)
+        self.latency_sum_ms += r.latency_sum_ms
 
     def to_dict(self) -> dict[str, Any]:
         def q(x: float) -> float | None:
@@ -118,6 +128,10 @@ def aggregate(win: StatsWindow, window: float, members: Members | None = None
     for reports in win.recent(window).values():
         cover = max(sum(r.interval for r in reports), 1e-3)
         last = reports[-1]
+        # (client workload, backend Service) -> its open connections at the latest report;
+        # (client workload, Service addressed) -> the backends its requests went to.
+        backend_tcp: dict[tuple[str, str], int] = {}
+        split_to: dict[tuple[str, str], set[str]] = {}
         for rep in reports:
             for r in rep.rows():
                 direction, workload, service, parent = r.key
@@ -132,16 +146,22 @@ def aggregate(win: StatsWindow, window: float, members: Members | None = None
                 else:
                     targets = [rows.setdefault(("Service", service), Stat()),
                                edges.setdefault((workload, service), Stat())]
-                    if parent and parent != service:  # addressed to `parent`, split to it
-                        targets.append(rows.setdefault(("Service", parent), Stat()))
+                    if rep is last and r.tcp_open:
+                        key = (workload, service)
+                        backend_tcp[key] = backend_tcp.get(key, 0) + r.tcp_open
                 for s in targets:
-                    s.requests += r.requests
-                    s.failures += r.failures
-                    s.rps += r.requests / cover
-                    merge(s.buckets, r.buckets)
-                    s.latency_sum_ms += r.latency_sum_ms
+                    s.add(r, cover)
                     if rep is last:  # open connections: the latest gauge
                         s.tcp_open += r.tcp_open
+                if direction == "outbound" and parent and parent != service:
+                    # Addressed to `parent`, split to `service`: the parent's requests, and
+                    # (below) the connections that carried them, which the proxy counts
+                    # under the backend (a pooled connection is not one parent's).
+                    rows.setdefault(("Service", parent), Stat()).add(r, cover)
+                    split_to.setdefault((workload, parent), set()).add(service)
+        for (workload, parent), backends in split_to.items():
+            rows[("Service", parent)].tcp_open += sum(backend_tcp.get((workload, b), 0)
+                                                      for b in backends)
     if members is not None:
         reporting = {key for kind, key in rows if kind == "Workload"}
         services = [key for kind, key in rows if kind == "Service"]

@@ -99,7 +99,9 @@ def test_a_split_counts_under_the_service_addressed_and_each_backend() -> None:
                      parent="shop/catalog", requests=6, buckets=[(3, 6)]),
             StatsRow(direction="outbound", workload="shop/web-0", service="shop/catalog-v2",
                      parent="shop/catalog", requests=2, failures=1, buckets=[(3, 2)]),
-            row("outbound", "shop/web-0", "shop/catalog-v1", 1)]), {"shop/web-0"})
+            row("outbound", "shop/web-0", "shop/catalog-v1", 1, tcp=2),
+            row("outbound", "shop/web-0", "shop/catalog-v2", 0, tcp=1),
+            row("outbound", "shop/web-0", "shop/orders", 3, tcp=4)]), {"shop/web-0"})
         for pod in ("v1-0", "v2-0", "other-0"):  # other-0: on v2-0's node agent, which
             # names the node's one Service (catalog) for every workload it fronts
             w.ingest(f"shop/catalog-{pod}", StatsReport(interval_ms=1000, rows=[
@@ -120,6 +122,14 @@ def test_a_split_counts_under_the_service_addressed_and_each_backend() -> None:
     assert by["catalog-v2"]["requests"] == 10 and by["catalog-v2"]["failures"] == 5
     assert (by["catalog"]["meshed"], by["catalog-v1"]["meshed"], by["catalog-v2"]["meshed"]) \
         == (2, 1, 1)  # the pods behind each that report: not other-0, not not-reporting
+    # The proxy counts a pooled connection under its backend, not under a parent: the
+    # Service addressed counts the connections of the backends its requests went to (not
+    # orders', which web-0 also holds), each backend its own, the edges theirs.
+    assert (by["catalog"]["tcpConnections"], by["catalog-v1"]["tcpConnections"],
+            by["catalog-v2"]["tcpConnections"], by["orders"]["tcpConnections"]) == (3, 2, 1, 4)
+    edges = {(e["from"]["name"], e["to"]["name"]): e["tcpConnections"] for e in doc["edges"]}
+    assert edges == {("web-0", "catalog-v1"): 2, ("web-0", "catalog-v2"): 1,
+                     ("web-0", "orders"): 4}
     # without the snapshots' members: only the sidecars' own Service (the old answer)
     rows, _ = aggregate(w, 30)
     assert len(rows[("Service", "shop/catalog-v1")].meshed) == 0
