@@ -20,6 +20,11 @@ from tulle.dataplane.telemetry.series import CounterChild as CounterChild  # noq
 from tulle.dataplane.telemetry.series import HistogramChild as HistogramChild  # noqa: PLC0414
 from tulle.proxyconfig.stats import DURATION_BUCKETS_MS
 
+LOOP_LAG_BUCKETS_MS = (1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
+                       5000.0)
+"""`tulle_proxy_event_loop_lag_milliseconds`: from the loop timers' own resolution (1 ms) to a
+loop held for seconds (ADR 0086)."""
+
 # DURATION_BUCKETS_MS: milliseconds, Istio's request_duration_milliseconds boundaries; part of
 # the contract since the stream's stats reports carry these buckets' counts (ADR 0046).
 
@@ -235,6 +240,11 @@ class ProxyMetrics:
         self.overload_pressure = r.gauge(
             "tulle_proxy_overload_pressure",
             "Resource pressure (used / limit) at the last sample, by monitor.", ("resource",))
+        self.event_loop_lag = r.histogram(
+            "tulle_proxy_event_loop_lag_milliseconds",
+            "How late the event loop ran the proxy's periodic tick (the connection deadline "
+            "sweep, every second by default): a pause that requests arriving meanwhile waited "
+            "through before the proxy read them.", (), LOOP_LAG_BUCKETS_MS)
         self.overload_actions = r.counter(
             "tulle_proxy_overload_actions_total",
             "Overload actions taken (reject_request, disable_keepalive).", ("action",))
