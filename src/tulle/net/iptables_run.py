@@ -7,8 +7,14 @@ iptables apply`), never another.
 
 Backend (ADR 0043): `legacy` and `nft` rules both take effect when both are loaded, so a pod
 must use one.  `auto` takes the one that already holds Tulle's chains, else the one that holds
-any rules, else the `iptables` on PATH (Debian: nft).  `clean` in `auto` cleans every backend
-that holds Tulle's chains.
+any rules, else the `iptables` on PATH (Debian: nft).  Whatever the backend asked for, `apply`
+removes Tulle's chains from the other one and `clean` cleans every backend that holds them:
+left there, an earlier apply's rules would still redirect (ADR 0087).
+
+`apply` fails before it commits anything when it can already tell it would fail: every
+family's ruleset is checked with `--test`, and a virtual-IP range that needs a route has an
+interface to take it.  Should a route still be refused after the rules are in, the rules are
+taken out again, so an exit code other than 0 never leaves interception half installed.
 """
 
 from __future__ import annotations
@@ -106,6 +112,16 @@ def choose_backend(backend: Backend, family: Family, runner: Runner = run) -> li
     return candidates[:1]
 
 
+def _also_holding_ours(chosen: Sequence[Tools], family: Family, runner: Runner) -> list[Tools]:
+    """The other backends of `family` that hold Tulle's chains (an earlier apply's, made with
+    another backend)."""
+    out = []
+    for t in (_tools("nft", family), _tools("legacy", family)):
+        if t is not None and t not in chosen and not installed(_saved(t, runner)).empty:
+            out.append(t)
+    return out
+
+
 def check_environment() -> None:
     if os.geteuid() != 0:
         raise InterceptionError("needs root (CAP_NET_ADMIN in the pod's network namespace); "
@@ -125,21 +141,34 @@ def apply(cfg: Interception, backend: Backend = "auto", runner: Runner = run) ->
     check_environment()
     done: list[str] = []
     plan: list[tuple[Tools, str, str]] = []
+    installs: list[tuple[Family, Tools]] = []
     for family in cfg.families:
-        tools, *others = choose_backend(backend, family, runner)
+        chosen = choose_backend(backend, family, runner)
+        tools, others = chosen[0], [*chosen[1:], *_also_holding_ours(chosen, family, runner)]
         text = restore_input(cfg, family, installed(_saved(tools, runner)))
         plan.append((tools, text, f"IPv{family}: rules installed with {tools.restore}"))
+        installs.append((family, tools))
         for other in others:  # Tulle's chains in a second backend would redirect twice
             text = restore_input(None, family, installed(_saved(other, runner)))
             plan.append((other, text, f"IPv{family}: earlier rules removed with {other.restore}"))
     # Every transaction is checked (`--test`) before any is committed: a family the kernel
-    # refuses (IPv6 disabled, a module missing) leaves the other one untouched too.
+    # refuses (IPv6 disabled, a module missing) leaves the other one untouched too.  So is
+    # the routing: a range that needs a route and has no interface fails here, not after.
     for tools, text, _ in plan:
         _restore(tools, text, runner, test=True)
+    routes_check(cfg.vip_ranges, runner)
     for tools, text, line in plan:
         _restore(tools, text, runner)
         done.append(line)
-    done += routes_apply(cfg.vip_ranges, runner)
+    try:
+        done += routes_apply(cfg.vip_ranges, runner)
+    except InterceptionError as exc:
+        for family, tools in installs:  # no half-installed interception behind an error
+            _restore(tools, restore_input(None, family, installed(_saved(tools, runner))),
+                     runner)
+        routes_clean(runner)
+        raise InterceptionError(f"{exc}; the rules just installed were removed again",
+                                exc.code) from exc
     return done
 
 
@@ -149,7 +178,8 @@ def clean(backend: Backend = "auto", families: Sequence[Family] = (4, 6),
     check_environment()
     done: list[str] = []
     for family in families:
-        for tools in choose_backend(backend, family, runner):
+        chosen = choose_backend(backend, family, runner)
+        for tools in [*chosen, *_also_holding_ours(chosen, family, runner)]:
             before = installed(_saved(tools, runner))
             if before.empty:
                 continue
@@ -177,6 +207,17 @@ def _device(family: int, runner: Runner) -> str:
             return words[1].split("@")[0]
     raise InterceptionError(f"--vip-cidr: no interface with a global IPv{family} address to "
                             "route the virtual-IP range through", EXIT_REFUSED)
+
+
+def routes_check(ranges: Sequence[Network], runner: Runner = run) -> None:
+    """Raise what `routes_apply` would, without changing anything: a range that will need a
+    route (nothing routes it, or only the earlier apply's own route does) and no interface
+    with a global address of its family to put it on."""
+    ours = {family: set(_our_routes(family, runner)) for family in (4, 6)}
+    for net in ranges:
+        probe = runner(_ip(net.version, "route", "get", str(net.network_address)), None)
+        if probe.returncode != 0 or str(net) in ours[net.version]:
+            _device(net.version, runner)
 
 
 def routes_apply(ranges: Sequence[Network], runner: Runner = run) -> list[str]:

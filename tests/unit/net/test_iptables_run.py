@@ -125,3 +125,50 @@ def test_every_family_is_tested_before_any_is_committed() -> None:
     assert committed == []
     assert [argv[0] for argv, _ in script.calls if "--test" in argv] == [
         "iptables-nft-restore", "ip6tables-nft-restore"]
+
+
+def test_an_explicit_backend_still_takes_tulle_chains_out_of_the_other() -> None:
+    """Applied with nft, then again with `--backend legacy`: the nft rules would still redirect
+    (both backends take effect), so they go; `clean --backend legacy` cleans both as well."""
+    script = Script({"iptables-nft-save": (0, OURS)})
+    done = iptables_run.apply(Interception(families=(4,)), backend="legacy", runner=script)
+    assert done == ["IPv4: rules installed with iptables-legacy-restore",
+                    "IPv4: earlier rules removed with iptables-nft-restore"]
+    [nft] = script.fed("iptables-nft-restore")
+    assert "-X TULLE_OUTPUT" in nft and "-A " not in nft
+    script = Script({"iptables-nft-save": (0, OURS), "iptables-legacy-save": (0, OURS)})
+    done = iptables_run.clean(backend="legacy", families=(4,), runner=script)
+    assert done == ["IPv4: rules removed with iptables-legacy-restore",
+                    "IPv4: rules removed with iptables-nft-restore"]
+    # A backend without Tulle's chains is not written to.
+    script = Script({"iptables-legacy-save": (0, FOREIGN)})
+    iptables_run.apply(Interception(families=(4,)), backend="legacy", runner=script)
+    assert script.fed("iptables-nft-restore") == []
+
+
+def test_a_range_with_nowhere_to_route_fails_before_anything_is_committed() -> None:
+    ranges = parse_cidrs("--vip-cidr", ["10.96.0.0/16"])
+    script = Script({"ip -4 route get 10.96.0.0": (2, "RTNETLINK answers: Network is unreachable"),
+                     "ip -4 -o addr show scope global": (0, "")})
+    with pytest.raises(InterceptionError, match="no interface with a global IPv4") as exc:
+        iptables_run.apply(Interception(families=(4,), vip_ranges=ranges), runner=script)
+    assert exc.value.code == 4
+    assert script.fed("iptables-nft-restore") == []  # tested, never committed
+    assert not any(argv[:3] == ["ip", "-4", "route"] and argv[3] in ("add", "del")
+                   for argv, _ in script.calls)
+
+
+def test_a_route_refused_after_the_rules_went_in_takes_them_out_again() -> None:
+    ranges = parse_cidrs("--vip-cidr", ["10.96.0.0/16"])
+    script = Script({"ip -4 route get 10.96.0.0": (2, "RTNETLINK answers: Network is unreachable"),
+                     "ip -4 -o addr show scope global": (0, "2: eth0@if9    inet 10.231.0.2/24"),
+                     "ip -4 route add": (2, "RTNETLINK answers: File exists"),
+                     "iptables-nft-save": (0, OURS)})
+    with pytest.raises(InterceptionError, match="rules just installed were removed again") as exc:
+        iptables_run.apply(Interception(families=(4,), vip_ranges=ranges), runner=script)
+    assert exc.value.code == 4 and "File exists" in str(exc.value)
+    installed_then_removed = script.fed("iptables-nft-restore")
+    assert len(installed_then_removed) == 2
+    assert "-A OUTPUT -p tcp -j TULLE_OUTPUT" in installed_then_removed[0]
+    assert "-X TULLE_OUTPUT" in installed_then_removed[1]
+    assert "-A " not in installed_then_removed[1]

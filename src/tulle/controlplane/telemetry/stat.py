@@ -10,7 +10,10 @@ Who sees what (ADR 0046, 0059):
   has a cluster of, those whose sidecar names it as their own Service;
 - a **Workload** row is what the workload's own sidecar served (its inbound rows): every
   client, meshed or not;
-- an **edge** is one client workload's outbound rows to one Service.
+- an **edge** is one client workload's outbound rows to one Service, by backend (what the pods
+  took; the topology graph's edges).  Listing Services, a split's requests also make an edge
+  to the Service addressed, so `tulle stat svc/catalog` shows who calls `catalog` as its row
+  counts them (`addressed`).
 Rates divide each proxy's requests by the time its reports in the window cover, then add up
 across proxies; latency quantiles come from the merged bucket counts (`quantiles.py`, error
 at most one bucket); open TCP connections are each proxy's latest gauge, summed (a Service
@@ -118,11 +121,13 @@ def members_from(snapshots: Snapshots) -> Members:
     return members
 
 
-def aggregate(win: StatsWindow, window: float, members: Members | None = None
+def aggregate(win: StatsWindow, window: float, members: Members | None = None, *,
+              addressed: bool = False
               ) -> tuple[dict[tuple[Kind, str], Stat], dict[tuple[str, str], Stat]]:
     """Rows by (kind, `namespace/name`) and edges by (client workload, Service); one pass
     over each proxy's reports in the window.  `members`: who is behind each Service (its
-    MESHED, where known); else the workloads whose sidecar names the Service as its own."""
+    MESHED, where known); else the workloads whose sidecar names the Service as its own.
+    `addressed`: edges to the Services a split's requests were addressed to as well."""
     rows: dict[tuple[Kind, str], Stat] = {}
     edges: dict[tuple[str, str], Stat] = {}
     for reports in win.recent(window).values():
@@ -158,10 +163,14 @@ def aggregate(win: StatsWindow, window: float, members: Members | None = None
                     # (below) the connections that carried them, which the proxy counts
                     # under the backend (a pooled connection is not one parent's).
                     rows.setdefault(("Service", parent), Stat()).add(r, cover)
+                    if addressed:
+                        edges.setdefault((workload, parent), Stat()).add(r, cover)
                     split_to.setdefault((workload, parent), set()).add(service)
         for (workload, parent), backends in split_to.items():
-            rows[("Service", parent)].tcp_open += sum(backend_tcp.get((workload, b), 0)
-                                                      for b in backends)
+            n = sum(backend_tcp.get((workload, b), 0) for b in backends)
+            rows[("Service", parent)].tcp_open += n
+            if addressed:
+                edges[(workload, parent)].tcp_open += n
     if members is not None:
         reporting = {key for kind, key in rows if kind == "Workload"}
         services = [key for kind, key in rows if kind == "Service"]
@@ -181,7 +190,7 @@ def stat_document(win: StatsWindow, window: float, kind: Kind, *, name: str | No
                   namespace: str | None = None, window_text: str = "",
                   members: Members | None = None) -> dict[str, Any]:
     """The JSON document of `GET /api/v1/stat` (documented in docs/reference/stat.md)."""
-    rows, edges = aggregate(win, window, members)
+    rows, edges = aggregate(win, window, members, addressed=kind == "Service")
     picked = sorted(key for k, key in rows if k == kind
                     and (namespace is None or _split(key)[0] == namespace)
                     and (name is None or _split(key)[1] == name))

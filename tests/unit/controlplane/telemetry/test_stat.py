@@ -127,9 +127,21 @@ def test_a_split_counts_under_the_service_addressed_and_each_backend() -> None:
     # orders', which web-0 also holds), each backend its own, the edges theirs.
     assert (by["catalog"]["tcpConnections"], by["catalog-v1"]["tcpConnections"],
             by["catalog-v2"]["tcpConnections"], by["orders"]["tcpConnections"]) == (3, 2, 1, 4)
-    edges = {(e["from"]["name"], e["to"]["name"]): e["tcpConnections"] for e in doc["edges"]}
-    assert edges == {("web-0", "catalog-v1"): 2, ("web-0", "catalog-v2"): 1,
-                     ("web-0", "orders"): 4}
+    # `tulle stat svc/catalog`'s "who calls it": web-0, addressing it (and each backend's).
+    edges = {(e["from"]["name"], e["to"]["name"]): (e["requests"], e["tcpConnections"])
+             for e in doc["edges"]}
+    assert edges == {("web-0", "catalog"): (40, 3), ("web-0", "catalog-v1"): (35, 2),
+                     ("web-0", "catalog-v2"): (10, 1), ("web-0", "orders"): (15, 4)}
+    one = stat_document(win=w, window=30, kind="Service", name="catalog", namespace="shop",
+                        members=members)
+    assert [(e["from"]["name"], e["to"]["name"]) for e in one["edges"]] == [("web-0", "catalog")]
+    # What web-0 calls, and the topology graph's edges: by backend, what the pods took.
+    wl = stat_document(win=w, window=30, kind="Workload", name="web-0", namespace="shop",
+                       members=members)
+    assert {e["to"]["name"] for e in wl["edges"]} == {"catalog-v1", "catalog-v2", "orders"}
+    _, graph_edges = aggregate(w, 30)
+    assert set(graph_edges) == {("shop/web-0", "shop/catalog-v1"),
+                                ("shop/web-0", "shop/catalog-v2"), ("shop/web-0", "shop/orders")}
     # without the snapshots' members: only the sidecars' own Service (the old answer)
     rows, _ = aggregate(w, 30)
     assert len(rows[("Service", "shop/catalog-v1")].meshed) == 0
