@@ -44,7 +44,7 @@ from tulle.cli.credentials import runtime_admin_token_file
 from tulle.demo import mesh
 from tulle.demo.mesh import NAMESPACE, Pod
 from tulle.net import nsock
-from tulle.net.netns import Namespace, Testbed
+from tulle.net.netns import Namespace, Testbed, remove_stale
 
 PROXY_UID: Final = 1337
 APP_UID: Final = 1000
@@ -152,10 +152,13 @@ class Topology:
             raise DemoError(f"127.0.0.1:{self.api_port} is in use (another control plane?); "
                             "stop it or give --api-port")
         self._preflight()
-        remove_stale_state()
+        stale, dirs = remove_stale(), remove_stale_state()
+        if stale or dirs:
+            self._step(f"removed what a run that did not exit cleanly left: {len(stale)} "
+                       f"namespaces with their processes, {len(dirs)} state directories")
         make_state_dir(self.state)
         self.token_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.testbed = tb = Testbed()  # deletes namespaces left by a crashed run
+        self.testbed = tb = Testbed()
         self.ns["cp"] = tb.node(f"{CP_ADDRESS}/24")
         for name, ip in NODES.items():
             self.ns[name] = tb.node(f"{ip}/24")

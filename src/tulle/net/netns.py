@@ -90,23 +90,34 @@ def _wait_gone(pid: int, limit: float) -> None:
         time.sleep(0.02)
 
 
+def _netns_pids(name: str) -> list[int]:
+    return [int(p) for p in _ip("netns", "pids", name, check=False).stdout.split() if p.isdigit()]
+
+
 def _delete_namespace(name: str) -> None:
-    pids = [int(p) for p in _ip("netns", "pids", name, check=False).stdout.split() if p.isdigit()]
+    pids = _netns_pids(name)
     if pids:
         _stop_pids(pids)
     _ip("netns", "delete", name, check=False)
 
 
 def remove_stale() -> list[str]:
-    """Delete `tl-<pid>-<n>` namespaces whose creating process is gone; returns their names."""
-    removed = []
+    """Delete `tl-<pid>-<n>` namespaces whose creating process is gone; returns their names.
+
+    The processes left in all of them are stopped together (one SIGTERM to all, then one
+    grace period): stopped namespace by namespace, a crashed demo's ten namespaces took ~20 s
+    to clear at the next start."""
+    stale = []
     for name in list_namespaces():
         m = _NAME.match(name)
-        if m is None or _pid_alive(int(m.group(1))):
-            continue
-        _delete_namespace(name)
-        removed.append(name)
-    return removed
+        if m is not None and not _pid_alive(int(m.group(1))):
+            stale.append(name)
+    pids = [pid for name in stale for pid in _netns_pids(name)]
+    if pids:
+        _stop_pids(pids)
+    for name in stale:
+        _ip("netns", "delete", name, check=False)
+    return stale
 
 
 def python_for(user: int) -> tuple[str, list[str]]:

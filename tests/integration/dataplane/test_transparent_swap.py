@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -114,7 +115,9 @@ async def test_next_request_follows_a_changed_destination_route(
 
 
 async def test_a_destination_no_rule_routes_any_more_gets_no_route(
-        setup: tuple[RunningProxy, RawServer, RawServer, RawClient]) -> None:
+        setup: tuple[RunningProxy, RawServer, RawServer, RawClient],
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, "tulle.proxy")
     p, a, b, client = setup
     assert await get(client, "/one") == (200, b"A")
     cfg = config(a.port, b.port, version="v2")
@@ -135,6 +138,8 @@ async def test_a_destination_no_rule_routes_any_more_gets_no_route(
         fresh.close()
     assert p.metric("tulle_proxy_protocol_errors_total", listener="outbound",
                     kind="no_destination") == 1
+    refused = [r.getMessage() for r in caplog.records if "refused an outbound" in r.getMessage()]
+    assert len(refused) == 1 and "REGISTRY_ONLY" in refused[0], refused
 
 
 async def test_an_http2_connection_follows_swaps_by_its_destination_and_is_told_to_go_away(

@@ -57,10 +57,18 @@ def original_destination(listener: Listener, authority: str, namespace: str
     host, ns, port = _target(authority, namespace)
     dest = next((d for d in listener.destinations if _matches(d, host, ns, port)), None)
     if dest is None:
-        what = f"{host}:{port}" if not ns else f"Service {ns}/{host} port {port}"
-        raise ExplainError(404, "to", f"no original destination of {listener.name} is {what} "
-                                      "(unknown service or port, or the Service has no "
-                                      "status.virtualIP)")
+        if not ns:  # an address: what the listener does with one no destination names
+            fate = ("relays it unchanged, as opaque TCP (outboundTrafficPolicy ALLOW_ANY)"
+                    if listener.passthrough else
+                    "refuses it: the connection is reset, counted in tulle_proxy_protocol_"
+                    "errors_total{kind=\"no_destination\"} and logged (outboundTrafficPolicy "
+                    "REGISTRY_ONLY)")
+            raise ExplainError(404, "to", f"no original destination of {listener.name} is "
+                                          f"{host}:{port} (no mesh Service's virtual IP or "
+                                          f"endpoint): the caller's proxy {fate}")
+        raise ExplainError(404, "to", f"no original destination of {listener.name} is Service "
+                                      f"{ns}/{host} port {port} (unknown service or port, or "
+                                      "the Service has no status.virtualIP)")
     target = (f"route table {dest.route_table}" if dest.route_table
               else f"cluster {dest.cluster}")
     doc: dict[str, Any] = {

@@ -9,8 +9,8 @@ driver that serves it, then steps aside:
    port directly, or a rule sends the proxy's own traffic back to it): that is a loop, refused
    and counted as protocol error `loop`.  The destination picks a `DestinationRule`; with none,
    `passthrough` relays to the original destination as TCP, otherwise the connection is
-   refused (`no_destination`).  On an explicit listener the destination is the address the
-   client dialled.
+   refused (`no_destination`, and a line in the log at a bounded rate: `refusals`).  On an
+   explicit listener the destination is the address the client dialled.
 2. **What it speaks.**  A `tcp` protocol, a destination port in `opaque_ports` or in
    `DEFAULT_OPAQUE_PORTS`, or a rule that names no route table and no cluster skips sniffing:
    the relay connects at once, so a server-first protocol's greeting flows.  Otherwise the first
@@ -48,6 +48,7 @@ from tulle.dataplane.listeners.context import Connection, reset
 from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.http1 import H1Downstream
 from tulle.dataplane.listeners.listener_context import ListenerContext
+from tulle.dataplane.listeners.refusals import REFUSALS
 from tulle.dataplane.network.relay import Target, relay
 from tulle.dataplane.protocols.detect import MAX_SNIFF_BYTES, detect_next, undecided
 from tulle.net.origdst import original_destination
@@ -325,6 +326,7 @@ class DetectDownstream(Deciding):
             rule = self.rule = ctx.destination_for(*dst)
             if rule is None:
                 if not cfg.passthrough:
+                    REFUSALS.no_destination(ctx.name, dst[0], dst[1], self.loop.time())
                     self._refuse("no_destination")
                     return
                 self._relay(Target.passthrough(*dst))  # unmatched: opaque, as it came

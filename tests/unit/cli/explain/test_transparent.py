@@ -129,6 +129,24 @@ def test_no_destination_for_the_service_is_a_404_on_to(
     assert "no original destination" in exc.value.message
 
 
+@pytest.mark.parametrize("passthrough", [True, False])
+def test_an_unknown_address_says_what_the_outbound_policy_does_with_it(
+        snaps: dict[tuple[str, str], ProxyConfig], passthrough: bool) -> None:
+    # ALLOW_ANY (the default) compiles passthrough on; REGISTRY_ONLY, off.
+    changed = {key: msgspec.structs.replace(cfg, listeners=[
+        msgspec.structs.replace(x, passthrough=passthrough) if x.mode == "transparent" else x
+        for x in cfg.listeners]) for key, cfg in snaps.items()}
+    with pytest.raises(ExplainError) as exc:
+        run(changed, "10.231.0.99:15681")
+    assert (exc.value.status, exc.value.field) == (404, "to")
+    assert "10.231.0.99:15681 (no mesh Service's virtual IP or endpoint)" in exc.value.message
+    if passthrough:
+        assert "relays it unchanged" in exc.value.message and "ALLOW_ANY" in exc.value.message
+    else:
+        assert "refuses it: the connection is reset" in exc.value.message
+        assert "REGISTRY_ONLY" in exc.value.message
+
+
 def test_an_agent_mode_caller_and_destination_are_traced_through_the_agent_listeners() -> None:
     """`interception: agent` (ADR 0047): outbound by original destination on the pod's own
     loopback port, inbound on the agent's 127.0.0.1:inboundPort the pod address is DNAT'd to."""

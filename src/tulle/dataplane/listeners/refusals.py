@@ -1,0 +1,53 @@
+"""Why a transparent listener refused a connection, in the proxy's log, at a bounded rate.
+
+Under `outboundTrafficPolicy: REGISTRY_ONLY` a connection to an address that is no mesh
+Service's and no endpoint's is reset before a byte is read: no protocol is known yet to carry
+a reason to the client (Istio resets such TCP connections too).  The counter
+`tulle_proxy_protocol_errors_total{kind="no_destination"}` counts every one; this log says
+which destination and why, so an operator reading the proxy's log after a "connection reset"
+finds the policy that decided (ADR 0087).
+
+A client can open refused connections as fast as it likes, so the log is bounded: per
+listener, the first refusal is logged at once and then at most one line every `EVERY_S`,
+carrying the number refused since the previous line and the last destination.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+EVERY_S: Final = 10.0
+"""The shortest time between two lines of one listener."""
+
+log: Final = logging.getLogger("tulle.proxy")
+
+
+class RefusalLog:
+    """The refusals of every listener of a process: when each last logged, and how many since."""
+
+    __slots__ = ("_last", "_pending")
+
+    def __init__(self) -> None:
+        self._last: dict[str, float] = {}
+        self._pending: dict[str, int] = {}
+
+    def no_destination(self, listener: str, ip: str, port: int, now: float) -> None:
+        """A connection to `ip`:`port` on `listener` refused: no destination rule and no
+        passthrough.  `now`: the loop's clock."""
+        n = self._pending.get(listener, 0) + 1
+        last = self._last.get(listener)
+        if last is not None and now - last < EVERY_S:
+            self._pending[listener] = n
+            return
+        self._last[listener] = now
+        self._pending[listener] = 0
+        more = f" ({n} such connections since the last line)" if n > 1 else ""
+        log.warning("listener %s: refused an outbound connection to %s:%d: no mesh Service or "
+                    "endpoint has that address and port, and the mesh's outbound policy is "
+                    "REGISTRY_ONLY (Mesh.spec.outboundTrafficPolicy.mode)%s",
+                    listener, ip, port, more)
+
+
+REFUSALS: Final = RefusalLog()
+"""The process's one log of refusals (listeners are named uniquely in a snapshot)."""
