@@ -32,14 +32,21 @@ NAMESPACE_TARGET = ("", "Namespace")
 """Every workload of the namespace the policy is in (the target's name must be that namespace)."""
 
 _SPIFFE_RE = re.compile(r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._~!$&'()+,;=:@%-]+)*$")
+_WORKLOAD_ID_RE = re.compile(
+    r"^spiffe://[a-z0-9._-]+/ns/[a-z0-9]([-a-z0-9]*[a-z0-9])?/sa/[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+"""The only shape a workload certificate's SPIFFE ID has: an exact identity of another shape
+could never match a caller, so it is refused, not stored (a prefix may stop anywhere)."""
 
 
 def _check_identity(value: str) -> str:
-    """A SPIFFE ID, `*`, or a SPIFFE ID with one `*` as its last character (a prefix)."""
+    """A workload's SPIFFE ID, `*`, or a SPIFFE ID with one `*` as its last character (a
+    prefix)."""
     if value == "*":
         return value
-    body = value[:-1] if value.endswith("*") else value
-    if "*" in body or not (_SPIFFE_RE.match(body) or (value.endswith("*") and body.startswith("spiffe://"))):
+    prefix = value.endswith("*")
+    body = value[:-1] if prefix else value
+    if "*" in body or not ((prefix and (_SPIFFE_RE.match(body) or body.startswith("spiffe://")))
+                           or (not prefix and _WORKLOAD_ID_RE.match(body))):
         raise ValueError(
             'must be a SPIFFE ID (spiffe://<trust-domain>/ns/<namespace>/sa/<account>), "*", '
             f"or a SPIFFE ID prefix ending in *; got {quote(value)}"

@@ -77,6 +77,20 @@ R = "spec.rules.0"
             'must be a SPIFFE ID (spiffe://<trust-domain>/ns/<namespace>/sa/<account>), "*", '
             'or a SPIFFE ID prefix ending in *; got "web"',
         ),
+        (  # no workload certificate carries an ID of another shape: it could never match
+            f"{R}.from.0.identities",
+            ["spiffe://x"],
+            "spec.rules[0].from[0].identities[0]",
+            'must be a SPIFFE ID (spiffe://<trust-domain>/ns/<namespace>/sa/<account>), "*", '
+            'or a SPIFFE ID prefix ending in *; got "spiffe://x"',
+        ),
+        (
+            f"{R}.from.0.identities",
+            ["spiffe://cluster.local/ns/shop/sa/web/extra"],
+            "spec.rules[0].from[0].identities[0]",
+            'must be a SPIFFE ID (spiffe://<trust-domain>/ns/<namespace>/sa/<account>), "*", '
+            'or a SPIFFE ID prefix ending in *; got "spiffe://cluster.local/ns/shop/sa/web/extra"',
+        ),
         (
             f"{R}.from.1.namespaces",
             ["Bad"],

@@ -10,10 +10,23 @@ nothing there, as in Istio).  `methods: ["*"]` is no method condition.  Renderin
 (`proxies.inbound`) puts them in an `Authorization` filter (HTTP ports) or an `authz` network
 filter (`tcp` ports).
 
-Status: `Accepted=True` naming how many workloads enforce it, `TargetNotFound` otherwise.  A
-policy whose rules use identities (`identities`, `namespaces`, `serviceAccounts`) while the
-mesh-wide mTLS is not STRICT (`mtls.mesh_mode`, a Mesh-targeted MutualTLSPolicy included) gets
-`IdentitiesVerified=False` (`MTLSNotEnforced`): such rules never match a plaintext caller.
+A Service-targeted policy is bound, on its endpoints' workloads, to the inbound ports that
+Service names and to the ports no Service names (reached only by the pod's address), never to
+a port another Service names: a workload behind two Services keeps the other Service's port
+free of it, and a port nobody exposes stays covered as before (ADR 0087).
+
+Status: `Accepted=True` naming how many inbound ports of how many workloads enforce it,
+`TargetNotFound` otherwise.  Problems that leave rules unable to match anything become
+conditions with status False, so `apply` warns and `get`/`describe` show them:
+- `IdentitiesVerified=False` (`MTLSNotEnforced`): the rules use identities (`identities`,
+  `namespaces`, `serviceAccounts`, `workloadLabels`) and some port the policy is bound to is
+  not STRICT (the mesh-wide mode, or a Service's or a port's `MutualTLSPolicy`): a plaintext
+  caller there has no identity, so those rules never match it.
+- `RulesMatchable=False` (`ForeignTrustDomain`): an identity names another trust domain than
+  the mesh's; no workload certificate carries it.
+- `RulesMatchable=False` (`NoSuchPort`): a `to.ports` entry is no inbound port of any workload
+  the policy is bound to (a Service's port given for its workloads' port, say); those
+  operations never match.
 """
 
 from __future__ import annotations
@@ -87,6 +100,25 @@ def for_port(p: Policy, port: int) -> AuthzPolicy:
                             "dry_run": bool(p.spec.get("dryRun")), "rules": rules}, AuthzPolicy)
 
 
+def _foreign(spec: Mapping[str, Any], trust_domain: str) -> list[str]:
+    """The identities of `spec` that name another trust domain (`*` and prefixes that stop
+    inside the trust domain match any)."""
+    out = []
+    for r in spec.get("rules") or []:
+        for src in r.get("from") or []:
+            for ident in src.get("identities") or []:
+                rest = ident[len("spiffe://"):] if ident.startswith("spiffe://") else ""
+                td, slash, _ = rest.partition("/")
+                if slash and td != trust_domain:
+                    out.append(ident)
+    return out
+
+
+def _ports_named(spec: Mapping[str, Any]) -> set[int]:
+    return {int(port) for r in spec.get("rules") or [] for o in r.get("to") or []
+            for port in o.get("ports") or []}
+
+
 def _workloads(mesh: MeshModel, p: Policy, members: dict[Key, set[Key]]) -> set[Key] | None:
     """The workloads `p` applies to; None when its target does not exist."""
     if p.target_kind == "Mesh":
@@ -105,13 +137,23 @@ def apply(mesh: MeshModel) -> MeshModel:
     if not policies:
         return mesh
     members: dict[Key, set[Key]] = {}
+    service_ports: dict[tuple[Key, Key], set[int]] = {}
+    """(Service, workload) -> the workload's inbound ports the Service's endpoints name."""
+    exposed: dict[Key, set[int]] = {}
+    """Workload -> its inbound ports some Service names."""
     for sp in mesh.services:
         for e in sp.endpoints:
             if e.metadata.workload:
-                members.setdefault(sp.key, set()).add((e.metadata.namespace, e.metadata.workload))
-    mtls = mtls_enforced(mesh)
+                wkey = (e.metadata.namespace, e.metadata.workload)
+                members.setdefault(sp.key, set()).add(wkey)
+                service_ports.setdefault((sp.key, wkey), set()).add(e.port)
+                exposed.setdefault(wkey, set()).add(e.port)
+    inbound_of = {x.key: tuple(ip.port for ip in x.inbound) for x in mesh.proxies}
+    enforced = mtls_enforced(mesh)
+    port_modes, unreached_mode = mtls.inbound_modes(mesh)
+    td = mtls.trust_domain(mesh)
     conditions: dict[ObjectRef, tuple[Condition, ...]] = dict(mesh.conditions)
-    applies: dict[Key, list[Policy]] = {}
+    bound: dict[tuple[Key, int], list[Policy]] = {}
     for written in policies:
         gen = written.generation
         p, resolved = authz_labels.resolve(written, mesh.proxies)
@@ -122,28 +164,58 @@ def apply(mesh: MeshModel) -> MeshModel:
                       f"target {p.target_kind} {p.namespace}/{p.target_name} does not exist")
             conditions[p.ref] = (Condition("Accepted", False, "TargetNotFound", target, gen),)
             continue
-        for k in workloads:
-            applies.setdefault(k, []).append(p)
+        ports: list[tuple[Key, int]] = []
+        for k in sorted(workloads):
+            mine = inbound_of.get(k, ())
+            if p.target_kind == "Service":  # not another Service's ports (ADR 0087)
+                own = service_ports.get(((p.namespace, p.target_name), k), set())
+                others = exposed.get(k, set())
+                mine = tuple(port for port in mine if port in own or port not in others)
+            ports += [(k, port) for port in mine]
+        for kp in ports:
+            bound.setdefault(kp, []).append(p)
         mode = " (dry run: counted and logged, nothing refused)" if p.spec.get("dryRun") else ""
         conds = [Condition("Accepted", True, "Enforced",
-                           f"enforced on the inbound ports of {len(workloads)} workload(s){mode}",
-                           gen)]
-        if _uses_identities(p.spec) and not mtls:
+                           f"enforced on {len(ports)} inbound port(s) of {len(workloads)} "
+                           f"workload(s){mode}", gen)]
+        if _uses_identities(p.spec):
+            weak = [f"{k[0]}/{k[1]}:{port} {port_modes.get((k, port), unreached_mode)}"
+                    for k, port in ports
+                    if not enforced or port_modes.get((k, port), unreached_mode) != "STRICT"]
+            if weak or (not ports and not enforced):
+                where = (f"on {len(weak)} of its {len(ports)} port(s) mTLS is not STRICT "
+                         f"({', '.join(weak[:3])}{', ...' if len(weak) > 3 else ''})"
+                         if enforced else "the Mesh's mTLS is not STRICT and in force")
+                conds.append(Condition(
+                    "IdentitiesVerified", False, "MTLSNotEnforced",
+                    "rules match callers by identity (identities, namespaces, serviceAccounts, "
+                    f"workloadLabels), but {where}: a plaintext caller has no identity, so "
+                    "those rules never match it", gen))
+        foreign = _foreign(p.spec, td)
+        if foreign:
             conds.append(Condition(
-                "IdentitiesVerified", False, "MTLSNotEnforced",
-                "rules match callers by identity (identities, namespaces, serviceAccounts, "
-                "workloadLabels), "
-                "but the Mesh's mTLS is not STRICT and in force: a plaintext caller has no "
-                "identity, so those rules never match it", gen))
+                "RulesMatchable", False, "ForeignTrustDomain",
+                f"identities {', '.join(sorted(set(foreign))[:3])} are not of the mesh's trust "
+                f"domain {td}: no workload certificate carries them, so those rules never "
+                "match", gen))
+        named = _ports_named(p.spec)
+        have = {port for _, port in ports}
+        missing = sorted(named - have)
+        if missing and ports:
+            conds.append(Condition(
+                "RulesMatchable", False, "NoSuchPort",
+                f"to.ports {missing} are no inbound port of the workloads it is bound to "
+                f"(their ports: {sorted(have)}; a Service's port is not its workloads' port): "
+                "those operations never match", gen))
         conditions[p.ref] = (*conds, *resolved)
 
     def bind(proxy: Proxy) -> Proxy:
-        mine = applies.get(proxy.key)
-        if not mine:
+        if not any((proxy.key, ip.port) in bound for ip in proxy.inbound):
             return proxy
         return replace(proxy, authz=tuple(
-            InboundAuthz(ip.port, tuple(for_port(p, ip.port) for p in mine))
-            for ip in proxy.inbound))
+            InboundAuthz(ip.port, tuple(for_port(p, ip.port)
+                                        for p in bound.get((proxy.key, ip.port), ())))
+            for ip in proxy.inbound if (proxy.key, ip.port) in bound))
 
     return replace(mesh, proxies=tuple(bind(x) for x in mesh.proxies), conditions=conditions)
 

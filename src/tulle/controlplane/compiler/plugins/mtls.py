@@ -136,6 +136,15 @@ class Decisions:
         return out
 
 
+def inbound_modes(mesh: MeshModel) -> tuple[dict[tuple[Key, int], MTLSMode], MTLSMode]:
+    """What `apply` will make each (workload, inbound port) enforce, and the mode of a port no
+    Service reaches; for plugins that run before it (authorization's status)."""
+    decisions = Decisions(mesh)
+    fallback = decisions.mesh_level(mesh_mode(mesh))
+    modes = {i: decisions.mode_of(sp, fallback) for i, sp in enumerate(mesh.services)}
+    return _inbound_modes(mesh, modes), fallback
+
+
 def _inbound_modes(mesh: MeshModel, modes: dict[int, MTLSMode]) -> dict[tuple[Key, int], MTLSMode]:
     """(workload, port) -> the strictest mode of the Service ports that reach it."""
     out: dict[tuple[Key, int], MTLSMode] = {}
