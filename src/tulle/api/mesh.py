@@ -80,6 +80,25 @@ class MeshDefaults(Model):
 
 class MeshSpec(Model):
     trustDomain: TrustDomain = "cluster.local"
+    trustDomainAliases: Annotated[list[TrustDomain], Field(max_length=8)] = Field(
+        default_factory=list)
+    """Trust domains treated as this one (Istio's `trustDomainAliases`): clients accept a
+    server whose certificate names one, and authorization identities of one match the same
+    workload in the others.  For changing `trustDomain` without an outage: certificates name
+    the old one until they are re-issued (at renewal, or `tulle ca rotate`), so list the old
+    one here first and remove it once they have been (ADR 0087)."""
+
+    @model_validator(mode="after")
+    def _aliases(self) -> MeshSpec:
+        seen: set[str] = set()
+        for i, alias in enumerate(self.trustDomainAliases):
+            if alias == self.trustDomain:
+                raise field_error(("trustDomainAliases", i), f"{alias} is the trustDomain itself")
+            if alias in seen:
+                raise field_error(("trustDomainAliases", i), f"{alias} is listed twice")
+            seen.add(alias)
+        return self
+
     mtls: MTLS = Field(default_factory=MTLS)
     outboundTrafficPolicy: OutboundTrafficPolicy = Field(default_factory=OutboundTrafficPolicy)
     defaults: MeshDefaults = Field(default_factory=MeshDefaults)

@@ -96,3 +96,26 @@ async def _refused(url: str) -> bool:
     except aiohttp.ClientConnectionError:
         return True
     return False
+
+
+async def test_changing_the_trust_domain_without_an_alias_is_warned_at_apply() -> None:
+    """Certificates name the old trust domain until re-issued; clients expect the new one at
+    once: apply says so, unless the old one is kept as an alias (ADR 0087)."""
+    def mesh(**spec: object) -> dict[str, object]:
+        return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Mesh",
+                "metadata": {"name": "default"}, "spec": spec}
+
+    async with running_control_plane() as cp:
+        status, body = await apply(cp.api_url, mesh())
+        assert status == 200, body
+        status, body = await apply(cp.api_url, mesh(trustDomain="example.org"))
+        assert status == 200, body
+        [res] = body["results"]
+        assert any(w.startswith("spec.trustDomain: changes from cluster.local to example.org")
+                   and "add cluster.local to spec.trustDomainAliases" in w
+                   for w in res.get("warnings") or []), res
+        status, body = await apply(cp.api_url, mesh(trustDomain="other.org",
+                                                    trustDomainAliases=["example.org"]))
+        assert status == 200, body
+        [res] = body["results"]
+        assert not any("trustDomain" in w for w in res.get("warnings") or []), res

@@ -50,3 +50,14 @@ def test_defaults_retry_and_its_budget(errors: Errors) -> None:
         ("spec.defaults.retry.budget", "the Mesh's budget is retryBudget")]
     assert errors(with_(MESH, "spec", {"defaults": {"retryBudget": {"ttl": "100ms"}}})) == [
         ("spec.defaults.retryBudget.ttl", "must be between 1s and 10m")]
+
+
+def test_trust_domain_aliases(errors: Errors) -> None:
+    ok = with_(MESH, "spec", {"trustDomain": "example.org", "trustDomainAliases": ["cluster.local"]})
+    assert errors(ok) == []
+    assert errors(with_(MESH, "spec", {"trustDomainAliases": ["cluster.local"]})) == [
+        ("spec.trustDomainAliases[0]", "cluster.local is the trustDomain itself")]
+    assert errors(with_(MESH, "spec", {"trustDomainAliases": ["a.org", "a.org"]})) == [
+        ("spec.trustDomainAliases[1]", "a.org is listed twice")]
+    assert errors(with_(MESH, "spec", {"trustDomainAliases": ["A.org"]}))[0][0] == (
+        "spec.trustDomainAliases[0]")

@@ -27,7 +27,7 @@ from fastapi.responses import JSONResponse
 
 from tulle.api.errors import ValidationError
 from tulle.api.registry import KindInfo, parse, resolve
-from tulle.controlplane.api.warnings import Preview, warnings
+from tulle.controlplane.api.warnings import Preview, trust_domain_change, warnings
 from tulle.controlplane.store.errors import (
     AlreadyExistsError,
     BatchError,
@@ -149,8 +149,11 @@ async def apply_documents(store: ResourceStore, docs: list[Any], sources: list[A
     if conflicts:
         return error(409, "conflict: nothing was applied", conflicts)
 
-    # 3b. what would be stored but not enforced
+    # 3b. what would be stored but not enforced, and a trust domain that would break mTLS
     warned = warnings(prepared, preview) if preview is not None else {}
+    for i, info, obj, current in plan:
+        if info.kind == "Mesh" and (line := trust_domain_change(current, obj)) is not None:
+            warned.setdefault(i, []).append(line)
     if strict and warned:
         by_index = {i: obj for i, _, obj in prepared}
         return error(422, f"{len(warned)} of {len(docs)} documents would be stored but not "

@@ -47,4 +47,23 @@ def warnings(prepared: Sequence[tuple[int, KindInfo, Obj]], preview: Preview) ->
     return out
 
 
-__all__ = ["Preview", "warnings"]
+def trust_domain_change(current: Obj | None, obj: Obj) -> str | None:
+    """The warning for a Mesh whose `trustDomain` changes while the old one is not among its
+    `trustDomainAliases`: every workload certificate names the old one until it is re-issued
+    (at renewal, half its lifetime, or `tulle ca rotate`), and clients expect the new one at
+    once, so mTLS between the proxies fails meanwhile (ADR 0087)."""
+    if current is None:
+        return None
+    old = (current.get("spec") or {}).get("trustDomain") or "cluster.local"
+    spec = obj.get("spec") or {}
+    new = spec.get("trustDomain") or "cluster.local"
+    if old == new or old in (spec.get("trustDomainAliases") or ()):
+        return None
+    return (f"spec.trustDomain: changes from {old} to {new}, and {old} is not in "
+            "spec.trustDomainAliases: workload certificates name " + old + " until they are "
+            "re-issued (at renewal, or `tulle ca rotate`), and until then every mTLS call "
+            f"between proxies fails; add {old} to spec.trustDomainAliases, re-issue, then "
+            "remove it")
+
+
+__all__ = ["Preview", "trust_domain_change", "warnings"]

@@ -23,7 +23,7 @@ from typing import Any
 import msgspec
 
 from tulle.controlplane.compiler.ir import MeshModel, Proxy
-from tulle.controlplane.compiler.plugins.mtls import spiffe_id, trust_domain
+from tulle.controlplane.compiler.plugins.mtls import spiffe_id, spiffe_ids, trust_domains
 from tulle.proxyconfig.telemetry import MetricsTelemetry, PeerWorkload, Telemetry
 from tulle.proxyconfig.tracing import Tracing
 
@@ -79,10 +79,11 @@ def mesh_telemetry(mesh: MeshModel) -> MeshTelemetry:
     traced = tracing(spec if isinstance(spec, Mapping) else {})
     if m.get("enabled", True) is False:
         return MeshTelemetry(enabled=False, digest=b"off", tracing=traced)
-    td = trust_domain(mesh)
+    tds = trust_domains(mesh)  # a caller whose certificate names an alias is the same one
     by_principal: dict[str, list[Proxy]] = {}
     for p in mesh.proxies:
-        by_principal.setdefault(spiffe_id(td, p.key[0], p.service_account), []).append(p)
+        for principal in spiffe_ids(tds, p.key[0], p.service_account):
+            by_principal.setdefault(principal, []).append(p)
     peers: list[PeerWorkload] = []
     for principal in sorted(by_principal):
         owners = by_principal[principal]
@@ -95,7 +96,9 @@ def mesh_telemetry(mesh: MeshModel) -> MeshTelemetry:
                                   version=labels.get("version", "")))
     max_series = int(m.get("maxSeriesPerFamily", 2000))
     cluster = str(m.get("clusterName", "unknown"))
-    digest = hashlib.sha256(msgspec.json.encode([max_series, cluster, td, peers])).digest()
+    td = tds[0]
+    domains: str | tuple[str, ...] = tds if len(tds) > 1 else td  # (no aliases: as before)
+    digest = hashlib.sha256(msgspec.json.encode([max_series, cluster, domains, peers])).digest()
     return MeshTelemetry(True, max_series, cluster, td, peers, digest, traced)
 
 

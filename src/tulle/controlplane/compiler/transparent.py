@@ -34,7 +34,7 @@ from typing import Any, NamedTuple
 
 from tulle.controlplane.compiler.ir import Endpoint, MeshModel, Proxy, ServicePort, TCPRoute
 from tulle.controlplane.compiler.outbound import Outbound, service_cluster, upstream_mtls
-from tulle.controlplane.compiler.plugins.mtls import spiffe_id, trust_domain
+from tulle.controlplane.compiler.plugins.mtls import spiffe_ids, trust_domains
 from tulle.controlplane.compiler.plugins.tcp_routes import (
     winning_consumer_tcp_routes,
     winning_tcp_routes,
@@ -123,7 +123,7 @@ def _loopback(address: str) -> bool:
 
 def _pod_destinations(mesh: MeshModel) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """A destination and a cluster per workload port: the pod IP to that pod, unchanged."""
-    td = trust_domain(mesh)
+    tds = trust_domains(mesh)
     dests: list[dict[str, Any]] = []
     clusters: list[dict[str, Any]] = []
     seen: set[tuple[str, int]] = set()
@@ -142,8 +142,8 @@ def _pod_destinations(mesh: MeshModel) -> tuple[list[dict[str, Any]], list[dict[
             if mesh.defaults.connect_timeout_ms is not None:
                 cluster["connect_timeout_ms"] = mesh.defaults.connect_timeout_ms
             if proxy.sidecar and modes.get(p.port, "DISABLED") != "DISABLED":
-                cluster["tls"] = upstream_mtls(protocol, (spiffe_id(
-                    td, proxy.namespace, proxy.service_account),))
+                cluster["tls"] = upstream_mtls(protocol, spiffe_ids(
+                    tds, proxy.namespace, proxy.service_account))
             clusters.append(cluster)
             dests.append({"address": proxy.address, "port": p.port, "protocol": p.protocol,
                           "cluster": name})

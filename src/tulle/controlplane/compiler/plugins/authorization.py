@@ -71,8 +71,21 @@ def _uses_identities(spec: Mapping[str, Any]) -> bool:
                for r in spec.get("rules") or [] for s in r.get("from") or [])
 
 
-def _source(s: Mapping[str, Any]) -> dict[str, Any]:
-    return {"principals": s.get("identities") or [], "namespaces": s.get("namespaces") or [],
+def _aliased(identities: list[str], tds: tuple[str, ...]) -> list[str]:
+    """`identities`, each one naming a trust domain of `tds` also in the others (a certificate
+    still naming an alias is the same workload, `Mesh.spec.trustDomainAliases`)."""
+    out: list[str] = []
+    for ident in identities:
+        out.append(ident)
+        td, slash, path = ident.removeprefix("spiffe://").partition("/")
+        if ident.startswith("spiffe://") and slash and td in tds:
+            out += [f"spiffe://{other}/{path}" for other in tds if other != td]
+    return list(dict.fromkeys(out))
+
+
+def _source(s: Mapping[str, Any], tds: tuple[str, ...]) -> dict[str, Any]:
+    return {"principals": _aliased(s.get("identities") or [], tds),
+            "namespaces": s.get("namespaces") or [],
             "service_accounts": s.get("serviceAccounts") or [],
             "ip_blocks": s.get("ipBlocks") or []}
 
@@ -83,12 +96,13 @@ def _operation(o: Mapping[str, Any]) -> dict[str, Any]:
             "headers": [{"name": h["name"], "values": h["values"]} for h in o.get("headers") or []]}
 
 
-def for_port(p: Policy, port: int) -> AuthzPolicy:
-    """The contract policy of `p` on inbound port `port` (ports resolved)."""
+def for_port(p: Policy, port: int, tds: tuple[str, ...] = ()) -> AuthzPolicy:
+    """The contract policy of `p` on inbound port `port` (ports resolved; identities in every
+    trust domain of `tds`)."""
     rules: list[dict[str, Any]] = []
     for r in p.spec.get("rules") or []:
         ops = r.get("to")
-        rule: dict[str, Any] = {"sources": [_source(s) for s in r.get("from") or []]}
+        rule: dict[str, Any] = {"sources": [_source(s, tds) for s in r.get("from") or []]}
         if ops is not None:
             kept = [_operation(o) for o in ops if o.get("ports") is None or port in o["ports"]]
             if not kept:
@@ -100,16 +114,16 @@ def for_port(p: Policy, port: int) -> AuthzPolicy:
                             "dry_run": bool(p.spec.get("dryRun")), "rules": rules}, AuthzPolicy)
 
 
-def _foreign(spec: Mapping[str, Any], trust_domain: str) -> list[str]:
-    """The identities of `spec` that name another trust domain (`*` and prefixes that stop
-    inside the trust domain match any)."""
+def _foreign(spec: Mapping[str, Any], tds: tuple[str, ...]) -> list[str]:
+    """The identities of `spec` that name a trust domain the mesh does not accept (`*` and
+    prefixes that stop inside the trust domain match any)."""
     out = []
     for r in spec.get("rules") or []:
         for src in r.get("from") or []:
             for ident in src.get("identities") or []:
                 rest = ident[len("spiffe://"):] if ident.startswith("spiffe://") else ""
                 td, slash, _ = rest.partition("/")
-                if slash and td != trust_domain:
+                if slash and td not in tds:
                     out.append(ident)
     return out
 
@@ -151,7 +165,7 @@ def apply(mesh: MeshModel) -> MeshModel:
     inbound_of = {x.key: tuple(ip.port for ip in x.inbound) for x in mesh.proxies}
     enforced = mtls_enforced(mesh)
     port_modes, unreached_mode = mtls.inbound_modes(mesh)
-    td = mtls.trust_domain(mesh)
+    tds = mtls.trust_domains(mesh)
     conditions: dict[ObjectRef, tuple[Condition, ...]] = dict(mesh.conditions)
     bound: dict[tuple[Key, int], list[Policy]] = {}
     for written in policies:
@@ -191,13 +205,13 @@ def apply(mesh: MeshModel) -> MeshModel:
                     "rules match callers by identity (identities, namespaces, serviceAccounts, "
                     f"workloadLabels), but {where}: a plaintext caller has no identity, so "
                     "those rules never match it", gen))
-        foreign = _foreign(p.spec, td)
+        foreign = _foreign(p.spec, tds)
         if foreign:
             conds.append(Condition(
                 "RulesMatchable", False, "ForeignTrustDomain",
                 f"identities {', '.join(sorted(set(foreign))[:3])} are not of the mesh's trust "
-                f"domain {td}: no workload certificate carries them, so those rules never "
-                "match", gen))
+                f"domain {tds[0]} (nor of trustDomainAliases): no workload certificate carries "
+                "them, so those rules never match", gen))
         named = _ports_named(p.spec)
         have = {port for _, port in ports}
         missing = sorted(named - have)
@@ -213,7 +227,7 @@ def apply(mesh: MeshModel) -> MeshModel:
         if not any((proxy.key, ip.port) in bound for ip in proxy.inbound):
             return proxy
         return replace(proxy, authz=tuple(
-            InboundAuthz(ip.port, tuple(for_port(p, ip.port)
+            InboundAuthz(ip.port, tuple(for_port(p, ip.port, tds)
                                         for p in bound.get((proxy.key, ip.port), ())))
             for ip in proxy.inbound if (proxy.key, ip.port) in bound))
 

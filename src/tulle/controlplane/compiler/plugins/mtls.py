@@ -58,6 +58,20 @@ def trust_domain(mesh: MeshModel) -> str:
     return td if isinstance(td, str) and td else DEFAULT_TRUST_DOMAIN
 
 
+def trust_domains(mesh: MeshModel) -> tuple[str, ...]:
+    """The trust domain and its aliases (`Mesh.spec.trustDomainAliases`), in that order: the
+    domains a workload's certificate may name while the mesh moves from one to another."""
+    aliases = _mesh_spec(mesh).get("trustDomainAliases") or ()
+    td = trust_domain(mesh)
+    return (td, *(a for a in aliases if isinstance(a, str) and a and a != td))
+
+
+def spiffe_ids(trust_domains: tuple[str, ...], namespace: str, service_account: str
+               ) -> tuple[str, ...]:
+    """A workload's SPIFFE ID in every trust domain the mesh accepts."""
+    return tuple(spiffe_id(td, namespace, service_account) for td in trust_domains)
+
+
 def mesh_mode(mesh: MeshModel) -> MTLSMode:
     """`Mesh.spec.mtls.mode`, or the default when there is no Mesh."""
     section = _mesh_spec(mesh).get("mtls")
@@ -163,7 +177,7 @@ def apply(mesh: MeshModel) -> MeshModel:
     modes = {i: decisions.mode_of(sp, fallback) for i, sp in enumerate(mesh.services)}
     inbound = _inbound_modes(mesh, modes)
     proxies: dict[Key, Proxy] = {p.key: p for p in mesh.proxies}
-    td = trust_domain(mesh)
+    tds = trust_domains(mesh)
     left_out: list[str] = []
 
     def takes_mtls(wkey: Key, port: int) -> tuple[bool, str]:
@@ -187,12 +201,10 @@ def apply(mesh: MeshModel) -> MeshModel:
         if plain:
             left_out.append(f"{sp.namespace}/{sp.name}:{sp.port} leaves out "
                             + ", ".join(f"{e.metadata.workload} ({why})" for e, why in plain))
-        ids = sorted({spiffe_id(td, e.metadata.namespace,
-                                proxies[(e.metadata.namespace, e.metadata.workload)]
-                                .service_account
-                                if (e.metadata.namespace, e.metadata.workload) in proxies
-                                else "default")
-                      for e, _ in mtls})
+        ids = sorted({i for e, _ in mtls for i in spiffe_ids(
+            tds, e.metadata.namespace,
+            proxies[(e.metadata.namespace, e.metadata.workload)].service_account
+            if (e.metadata.namespace, e.metadata.workload) in proxies else "default")})
         services.append(replace(sp, endpoints=tuple(e for e, _ in mtls),
                                 tls=UpstreamMTLS(tuple(ids))))
 

@@ -94,3 +94,29 @@ def test_rules_that_can_never_match_are_flagged() -> None:
     assert (status, reason) == (False, "NoSuchPort")
     assert "to.ports [9000]" in message and "[15999, 19000]" in message
     assert "RulesMatchable" not in _conditions(mesh, "by-workload-port")
+
+
+def test_a_trust_domain_alias_is_the_same_workload_to_clients_and_to_policies() -> None:
+    """Moving the mesh from cluster.local to example.org: certificates still name cluster.local
+    until re-issued, so with the alias clients accept either and an identity in either trust
+    domain matches (ADR 0087)."""
+    mesh_doc = {"apiVersion": V1, "kind": "Mesh", "metadata": {"name": "default"},
+                "spec": {"trustDomain": "example.org", "trustDomainAliases": ["cluster.local"]}}
+    allow = _policy("rpc-from-api", "rpc",
+                    rules=[{"from": [{"identities": ["spiffe://cluster.local/ns/shop/sa/api",
+                                                     "spiffe://other.org/ns/shop/sa/api"]}]}])
+    mesh = plugins.run(derive(MeshInputs.from_resources([*_rpc_raw_admin(), mesh_doc, allow])),
+                       "mtls")
+    (proxy,) = [x for x in mesh.proxies if x.name == "rpc-0"]
+    (authz,) = [a for a in proxy.authz if a.port == 19000]
+    (source,) = authz.policies[0].rules[0].sources
+    assert source.principals == ["spiffe://cluster.local/ns/shop/sa/api",
+                                 "spiffe://example.org/ns/shop/sa/api",
+                                 "spiffe://other.org/ns/shop/sa/api"]
+    status, reason, message = _conditions(mesh, "rpc-from-api")["RulesMatchable"]
+    assert (status, reason) == (False, "ForeignTrustDomain")
+    assert "other.org" in message and "cluster.local/ns" not in message
+    (rpc,) = [sp for sp in mesh.services if sp.name == "rpc"]
+    assert rpc.tls is not None
+    assert rpc.tls.expected_spiffe_ids == ("spiffe://cluster.local/ns/shop/sa/rpc",
+                                           "spiffe://example.org/ns/shop/sa/rpc")
