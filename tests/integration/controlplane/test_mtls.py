@@ -443,3 +443,28 @@ async def _is(got: Any, want: bytes) -> bool:
 
 
 pytestmark = pytest.mark.timeout(60)
+
+
+async def test_a_trust_domain_moved_with_an_alias_keeps_every_call_working(
+        tmp_path: Path) -> None:
+    """The audit's outage: a new trustDomain made clients expect it at once while the servers'
+    certificates still named the old one (503 on every call until renewal).  With the old one
+    kept in trustDomainAliases the calls go on; without it, apply warns (ADR 0087)."""
+    async with running_mesh(tmp_path) as m:
+        await eventually(lambda: _answers(m), timeout=15)
+        moved = {"apiVersion": V1, "kind": "Mesh", "metadata": {"name": "default"},
+                 "spec": {"trustDomain": "example.org", "trustDomainAliases": ["cluster.local"]}}
+        await m.enforce(moved)
+
+        def expects_both() -> bool:
+            cfg = m.clients["a"][0].server.config
+            tls = next((c.tls for c in (cfg.clusters if cfg else [])
+                        if c.name == "outbound|80||api.shop"), None)
+            return tls is not None and "spiffe://example.org/ns/shop/sa/api" in \
+                tls.expected_spiffe_ids
+        await eventually(expects_both, timeout=15)
+        for _ in range(5):  # the server's certificate still names cluster.local
+            assert (await m.call())[0] == 200
+        # Without the alias the same move fails every call: the certificates did not follow.
+        await m.enforce({**moved, "spec": {"trustDomain": "example.org"}})
+        await eventually(lambda: _answers(m, want=503), timeout=15)
