@@ -37,6 +37,9 @@ Admission (ADR 0028): with an `admission` (the control plane always passes one),
 carry a bootstrap token and a CSR, or the workload's certificate and a proof of its key; it is
 then served that one workload only, and its certificate is sent before any snapshot.  A refused
 hello gets an `Error` with the reason (never the token) and is counted (`unauthenticatedHellos`).
+A hello whose credential checked out but which announces what it may not change about its
+Workload (`Reconciler.register`) is refused the same way, counted as a bad hello and logged
+(`refused`).
 A `Csr` on an admitted stream renews the certificate for the same identity.
 
 TLS (ADR 0034): with a `tls` context (the control plane always passes one unless started with
@@ -78,6 +81,7 @@ from tulle.controlplane.push.limits import (
     REFUSAL_LOG_INTERVAL,
     STREAM_FD_SHARE,
     _Throttled,
+    _ThrottledByKey,
     effective_caps,
     soft_fd_limit,
 )
@@ -157,6 +161,7 @@ class PushServer:
         self._log_refused = _Throttled("refused, over --stream-max-connections")
         self._log_refused_pending = _Throttled("refused, over --stream-max-pending-hellos")
         self._log_no_hello = _Throttled("closed before a valid hello")
+        self._log_refused_hello = _ThrottledByKey()
         self.cache = cache
         self.on_register = on_register
         self.on_presence = on_presence
@@ -266,6 +271,18 @@ class PushServer:
             self._told.clear()
         self._told.add(told)
         log.warning("proxy %s from %s not admitted: %s", told[0], peer, told[2])
+
+    def refused(self, hello: Hello, peer: str, reason: str) -> None:
+        """A hello that proved its workload but says what it may not change about it (an
+        address, service account or labels: `Reconciler.register`): counted as a bad hello
+        and logged like a refused credential, per workload and reason, the first at once and
+        then at most once per `REFUSAL_LOG_INTERVAL` with the count since (a proxy retries
+        with backoff; the counter counts every one).  The reason holds no token or key."""
+        self.bad_hellos += 1
+        w = hello.workload
+        who, why = shown(f"{w.namespace}/{w.name}"), shown(reason, SHOWN_REASON)
+        self._log_refused_hello((who, why), "proxy %s from %s not admitted: %s", who, peer,
+                                why)
 
     def _refuse(self, abort: Callable[[], None], peer: str, pending: bool) -> None:
         """Over a cap: close at once (RST, nothing buffered), count, log."""

@@ -200,7 +200,8 @@ class ProxySession:
                 for x in fronted:
                     await srv.on_register(x, self.peer.rsplit(":", 1)[0],
                                           admitted.get((x.namespace, x.name)))
-            except ValueError as exc:
+            except ValueError as exc:  # proven, but it says what it may not change
+                srv.refused(hello, self.peer, str(exc))
                 self.send(Error(reason=str(exc)))
                 return
         for i, a in enumerate(admitted.values()):

@@ -1,0 +1,122 @@
+"""Hellos refused after their credential checked out (the audit of the stream's admission),
+against a real control plane on 127.0.0.1: a hello that proved its workload but says what it
+may not change about it is logged and counted like every other refusal, and a refused hello
+never burns the single-use bootstrap token it carried."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Any
+
+import aiohttp
+import pytest
+from tests.support.controlplane import (
+    apply,
+    auth,
+    issue_token,
+    open_stream,
+    running_control_plane,
+)
+
+from tulle.controlplane.main import ControlPlane
+from tulle.dataplane.identity import WorkloadKey
+from tulle.proxyconfig.model import CONFIG_API_VERSION
+from tulle.proxyconfig.stream import (
+    Certificate,
+    Error,
+    FrameDecoder,
+    Hello,
+    Message,
+    WorkloadInfo,
+    encode,
+)
+
+NS = "shop"
+
+
+def _workload(name: str, sa: str) -> dict[str, Any]:
+    return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Workload",
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {"address": "127.0.0.1", "serviceAccount": sa}}
+
+
+async def _hello(port: int, hello: Hello) -> Message:
+    """Send one hello on a fresh connection; the first answer (Certificate or Error)."""
+    reader, writer = await open_stream(port)
+    try:
+        writer.write(encode(hello))
+        dec = FrameDecoder()
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), timeout=5)
+            assert data, "closed without an answer"
+            got = dec.feed(data)
+            if got:
+                return got[0]
+    finally:
+        writer.close()
+
+
+def _h(w: WorkloadInfo, **kw: Any) -> Hello:
+    return Hello(workload=w, api_versions=[CONFIG_API_VERSION], **kw)
+
+
+async def _stream_counters(cp: ControlPlane) -> dict[str, int]:
+    """What `GET /api/v1/proxies` says the stream refused."""
+    async with aiohttp.ClientSession(headers=auth(cp.api_url)) as s, \
+            s.get(f"{cp.api_url}/api/v1/proxies") as r:
+        assert r.status == 200
+        body: dict[str, Any] = await r.json()
+    return dict(body["stream"])
+
+
+def _refusals(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and "not admitted" in r.getMessage()]
+
+
+async def test_a_refused_hello_of_a_proven_workload_is_logged_and_counted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The audit: with a valid certificate for shop/probe-1, a hello announcing another
+    service account or address got its `Error`, but no log line and no counter said so."""
+    caplog.set_level(logging.INFO)
+    async with running_control_plane() as cp:
+        status, body = await apply(cp.api_url, _workload("probe-1", "probe"))
+        assert status == 200, body
+        w = WorkloadInfo(name="probe-1", namespace=NS)
+        key = WorkloadKey()
+        token = await issue_token(cp.api_url, w)
+        cert = await _hello(cp.stream_port, _h(w, token=token, csr=key.csr(NS, "probe-1")))
+        assert isinstance(cert, Certificate)
+        before = await _stream_counters(cp)
+
+        def proven(**info: Any) -> Hello:
+            now = int(dt.datetime.now(dt.UTC).timestamp())
+            return _h(WorkloadInfo(name="probe-1", namespace=NS, **info),
+                      certificate=cert.cert_chain, proof_time=now,
+                      proof=key.proof(NS, "probe-1", now))
+
+        sent = [(proven(service_account="api"),
+                 "serviceAccount 'api' is not the admitted identity's"),
+                (proven(address="10.1.1.1"), "spec.address: a hello cannot change it")]
+        for hello, why in sent:
+            reply = await _hello(cp.stream_port, hello)
+            assert isinstance(reply, Error) and why in reply.reason, reply
+        lines = _refusals(caplog)
+        assert len(lines) == 2, lines
+        for line, (hello, why) in zip(lines, sent, strict=True):
+            assert line.startswith("proxy shop/probe-1 from 127.0.0.1:") and why in line
+            assert hello.proof not in line
+        after = await _stream_counters(cp)
+        assert after["badHellos"] == before["badHellos"] + 2
+        assert after["unauthenticatedHellos"] == before["unauthenticatedHellos"]
+
+        # A proxy retrying the same refusal is counted each time, logged once per 10 s.
+        for _ in range(5):
+            reply = await _hello(cp.stream_port, proven(address="10.1.1.1"))
+            assert isinstance(reply, Error)
+        assert len(_refusals(caplog)) == 2
+        assert (await _stream_counters(cp))["badHellos"] == before["badHellos"] + 7
+    assert token not in caplog.text
+    assert "PRIVATE KEY" not in caplog.text
