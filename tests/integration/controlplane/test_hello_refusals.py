@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 import aiohttp
+import msgspec
 import pytest
 from tests.support.controlplane import (
     apply,
@@ -120,3 +121,48 @@ async def test_a_refused_hello_of_a_proven_workload_is_logged_and_counted(
         assert (await _stream_counters(cp))["badHellos"] == before["badHellos"] + 7
     assert token not in caplog.text
     assert "PRIVATE KEY" not in caplog.text
+
+
+async def test_a_refused_hello_leaves_its_token_for_the_corrected_one() -> None:
+    """The audit: db-0 is declared at 127.0.0.1; a proxy started with `--address 127.0.0.2`
+    was refused, and every retry after was refused as `already used`, forever."""
+    async with running_control_plane() as cp:
+        status, body = await apply(cp.api_url, _workload("db-0", "db"))
+        assert status == 200, body
+        token = await issue_token(cp.api_url, WorkloadInfo(name="db-0", namespace=NS))
+        csr = WorkloadKey().csr(NS, "db-0")
+        wrong = WorkloadInfo(name="db-0", namespace=NS, address="127.0.0.2")
+        for _ in range(2):  # a proxy retrying with the same token and the same mistake
+            reply = await _hello(cp.stream_port, _h(wrong, token=token, csr=csr))
+            assert isinstance(reply, Error), reply
+            assert "spec.address: a hello cannot change it" in reply.reason
+        right = WorkloadInfo(name="db-0", namespace=NS, address="127.0.0.1")
+        reply = await _hello(cp.stream_port, _h(right, token=token, csr=csr))
+        assert isinstance(reply, Certificate), reply
+        # Spent by the admitted hello: refused from now on, whatever the hello says.
+        for hello in (_h(right, token=token, csr=csr), _h(wrong, token=token, csr=csr)):
+            reply = await _hello(cp.stream_port, hello)
+            assert isinstance(reply, Error) and "already used (single-use)" in reply.reason
+
+
+@pytest.mark.parametrize("store", ["memory", "sqlite"])
+async def test_concurrent_hellos_with_one_token_admit_at_most_one(
+        store: str, tmp_path: Any) -> None:
+    url = "memory" if store == "memory" else f"sqlite:{tmp_path}/tulle.db"
+    async with running_control_plane(url) as cp:
+        w = WorkloadInfo(name="web-0", namespace=NS, address="127.0.0.1")
+        token = await issue_token(cp.api_url, w)
+        hellos = [_h(w, token=token, csr=WorkloadKey().csr(NS, "web-0")) for _ in range(8)]
+        # One of them says what it may not: refused, it must neither win nor free the token
+        # for a second winner.
+        hellos.append(_h(msgspec.structs.replace(w, service_account="api"), token=token,
+                         csr=WorkloadKey().csr(NS, "web-0")))
+        replies = await asyncio.gather(*(_hello(cp.stream_port, h) for h in hellos))
+        admitted = [r for r in replies if isinstance(r, Certificate)]
+        assert len(admitted) == 1, replies
+        errors = [r for r in replies if isinstance(r, Error)]
+        assert len(errors) == len(hellos) - 1
+        assert all("already used" in e.reason or "serviceAccount 'api'" in e.reason
+                   for e in errors), errors
+        reply = await _hello(cp.stream_port, hellos[0])
+        assert isinstance(reply, Error) and "already used" in reply.reason
