@@ -166,3 +166,25 @@ async def test_concurrent_hellos_with_one_token_admit_at_most_one(
                    for e in errors), errors
         reply = await _hello(cp.stream_port, hellos[0])
         assert isinstance(reply, Error) and "already used" in reply.reason
+
+
+async def test_a_flood_of_unauthenticated_hellos_is_counted_not_logged_line_by_line(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Refused credentials are logged once per workload and reason; a peer inventing a new
+    workload name per hello made that one line per hello.  New lines are now held to a
+    budget per 10 s, the rest summed up in one line; the counter counts each hello."""
+    caplog.set_level(logging.INFO)
+    async with running_control_plane() as cp:
+        before = (await _stream_counters(cp))["unauthenticatedHellos"]
+        n = 40
+        replies = await asyncio.gather(*(
+            _hello(cp.stream_port, _h(WorkloadInfo(name=f"flood-{i}", namespace=NS)))
+            for i in range(n)))
+        assert all(isinstance(r, Error) and "authentication required" in r.reason
+                   for r in replies)
+        assert (await _stream_counters(cp))["unauthenticatedHellos"] == before + n
+        lines = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        named = [ln for ln in lines if " not admitted: " in ln]
+        summed = [ln for ln in lines if "hellos not admitted, over the log budget" in ln]
+        assert 1 <= len(named) <= 10, named
+        assert len(summed) == 1, lines

@@ -104,3 +104,29 @@ class _ThrottledByKey:
         since = seen[1] if seen is not None else 0
         log.warning(fmt + "%s", *args, f" ({since} more since the last line)" if since else "")
         self._seen[key] = (now, 0)
+
+
+NEW_REFUSAL_LINES = 10
+"""Lines about refused credentials for a workload and reason not logged before, per
+`REFUSAL_LOG_INTERVAL`; the rest are summed up by a `_Throttled` line."""
+
+
+class _Budget:
+    """At most `n` per `REFUSAL_LOG_INTERVAL`: what a peer that needs no credential to invent
+    a new workload name per hello may still make us log."""
+
+    __slots__ = ("_at", "_left", "_n")
+
+    def __init__(self, n: int = NEW_REFUSAL_LINES) -> None:
+        self._n = n
+        self._left = n
+        self._at: float | None = None
+
+    def take(self) -> bool:
+        now = asyncio.get_running_loop().time()
+        if self._at is None or now - self._at >= REFUSAL_LOG_INTERVAL:
+            self._at, self._left = now, self._n
+        if self._left <= 0:
+            return False
+        self._left -= 1
+        return True

@@ -80,6 +80,7 @@ from tulle.controlplane.push.limits import (
     PENDING_FD_SHARE,
     REFUSAL_LOG_INTERVAL,
     STREAM_FD_SHARE,
+    _Budget,
     _Throttled,
     _ThrottledByKey,
     effective_caps,
@@ -162,6 +163,8 @@ class PushServer:
         self._log_refused_pending = _Throttled("refused, over --stream-max-pending-hellos")
         self._log_no_hello = _Throttled("closed before a valid hello")
         self._log_refused_hello = _ThrottledByKey()
+        self._new_refusal_lines = _Budget()
+        self._log_unauthenticated = _Throttled("hellos not admitted, over the log budget")
         self.cache = cache
         self.on_register = on_register
         self.on_presence = on_presence
@@ -261,11 +264,16 @@ class PushServer:
 
     def unauthenticated(self, hello: Hello, peer: str, reason: str) -> None:
         """A hello that did not prove its workload: counted; logged once per workload and
-        reason (the reason never holds a token or key)."""
+        reason (the reason never holds a token or key), and at most `NEW_REFUSAL_LINES` such
+        lines per `REFUSAL_LOG_INTERVAL`: a peer needs no credential to invent a workload
+        name per hello, and the rest are summed up in one throttled line."""
         self.unauthenticated_hellos += 1
         w = hello.workload
         told = (shown(f"{w.namespace}/{w.name}"), "auth", shown(reason, SHOWN_REASON))
         if told in self._told:
+            return
+        if not self._new_refusal_lines.take():
+            self._log_unauthenticated(peer, f"{told[0]}: {told[2]}")
             return
         if len(self._told) >= 4096:
             self._told.clear()

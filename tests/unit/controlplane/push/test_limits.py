@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from tulle.controlplane.push import limits
-from tulle.controlplane.push.limits import _ThrottledByKey
+from tulle.controlplane.push.limits import _Budget, _ThrottledByKey
 
 
 def _lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -35,3 +35,10 @@ async def test_keys_are_bounded(caplog: pytest.LogCaptureFixture) -> None:
         log((str(i),), "refused %s", i)
     assert len(log._seen) <= 2
     assert len(_lines(caplog)) == 5
+
+
+async def test_the_budget_refills_each_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    budget = _Budget(2)
+    assert [budget.take() for _ in range(3)] == [True, True, False]
+    monkeypatch.setattr(limits, "REFUSAL_LOG_INTERVAL", 0.0)  # the interval has passed
+    assert budget.take()
