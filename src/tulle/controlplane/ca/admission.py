@@ -4,7 +4,8 @@ A hello is admitted for its workload, and a node's hello for each further worklo
 (`Hello.credentials`, ADR 0032), each proven on its own one of two ways:
 - a **bootstrap token** (`tokens.py`) naming that namespace and workload, with a CSR: the token
   is checked, the CSR is checked against the token's identity, the token is consumed (single
-  use), and the CSR is signed;
+  use), the hello's registration is accepted, and the CSR is signed; a refusal after the
+  consume releases the token, so only an admitted hello spends it;
 - the workload's **certificate** from this CA, still valid, whose subject names that workload,
   with a proof of its key: an ECDSA signature over `hello_proof_payload(ns, name, time)` made
   within `PROOF_WINDOW`.  A CSR alongside renews at once.
@@ -20,7 +21,7 @@ import base64
 import binascii
 import dataclasses
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from cryptography import x509
@@ -43,6 +44,10 @@ from tulle.proxyconfig.stream import Certificate, Hello, WorkloadCredential, hel
 from tulle.proxyconfig.stream_trust import is_control_plane_id
 
 PROOF_WINDOW = dt.timedelta(seconds=60)
+
+Accept = Callable[["Admitted"], Awaitable[None]]
+"""The last check of an admission (the session's registration of the workloads), given it
+before any certificate is signed; raising refuses the hello and releases its tokens."""
 
 
 class AdmissionError(Exception):
@@ -117,24 +122,38 @@ class Admission:
     def use(self, state: CAState) -> None:
         self.state = state
 
-    async def admit(self, hello: Hello) -> Admitted:
+    async def admit(self, hello: Hello, accept: Accept | None = None) -> Admitted:
         """The hello's workload, and each further one it fronts (`Admitted.node`), or
-        AdmissionError naming the first that is refused.  All or nothing: tokens are consumed
-        only once every credential has checked out, so one bad credential burns none."""
+        AdmissionError naming the first that is refused.
+
+        All or nothing, so a refused hello burns no token: every credential is checked
+        first, then the hello's tokens are consumed in one store write (the single-use check,
+        atomic: of two hellos with one token one loses here), then `accept` runs with the
+        admission as it will be (no certificate yet) -- the registration, which refuses a
+        hello that says what it may not change by raising -- and the CSRs are signed last.
+        If `accept` or a signature refuses, the tokens are released (`TokenService.release`)
+        and the exception propagates.  Consuming before `accept` rather than after keeps a
+        loser of the race from writing anything."""
         w = hello.workload
         own = WorkloadCredential(namespace=w.namespace, name=w.name, token=hello.token,
                                  csr=hello.csr, certificate=hello.certificate,
                                  proof=hello.proof, proof_time=hello.proof_time)
         creds = [own, *self._node_credentials(hello)]
         checked = [await self._check(c) for c in creds]
-        for c in checked:
-            if c.claims is not None:
-                try:
-                    await self.tokens.consume(c.claims)
-                except TokenError as exc:
-                    raise AdmissionError(str(exc)) from None
-        admitted = [self._admit(cred, c) for cred, c in zip(creds, checked, strict=True)]
-        return dataclasses.replace(admitted[0], node=tuple(admitted[1:]))
+        claims = [c.claims for c in checked if c.claims is not None]
+        try:
+            await self.tokens.consume(*claims)
+        except TokenError as exc:
+            raise AdmissionError(str(exc)) from None
+        try:
+            if accept is not None:
+                await accept(_node([self._unsigned(cred, c)
+                                    for cred, c in zip(creds, checked, strict=True)]))
+            admitted = [self._admit(cred, c) for cred, c in zip(creds, checked, strict=True)]
+        except BaseException:
+            await self.tokens.release(*claims)
+            raise
+        return _node(admitted)
 
     @staticmethod
     def _node_credentials(hello: Hello) -> list[WorkloadCredential]:
@@ -223,12 +242,16 @@ class Admission:
                         int(leaf.not_valid_before_utc.timestamp()),
                         int(leaf.not_valid_after_utc.timestamp()))
 
+    @staticmethod
+    def _unsigned(c: WorkloadCredential, checked: _Checked) -> Admitted:
+        """The admission of a checked credential, before its CSR (if any) is signed."""
+        return Admitted(c.namespace, c.name, checked.identity, checked.via, checked.labels,
+                        None, cert_issuer=checked.issuer, cert_not_before=checked.not_before,
+                        cert_not_after=checked.not_after)
+
     def _admit(self, c: WorkloadCredential, checked: _Checked) -> Admitted:
         if not c.csr:
-            return Admitted(c.namespace, c.name, checked.identity, checked.via, checked.labels,
-                            None, cert_issuer=checked.issuer,
-                            cert_not_before=checked.not_before,
-                            cert_not_after=checked.not_after)
+            return self._unsigned(c, checked)
         try:
             issued = self.sign(c.csr, checked.identity, c.name)
         except CsrError as exc:
@@ -243,6 +266,11 @@ class Admission:
         signed = self.state.signing.sign_csr(csr, identity, workload, ttl=self.cert_ttl)
         self.signed += 1
         return certificate_message(self.state, signed)
+
+
+def _node(admitted: list[Admitted]) -> Admitted:
+    """The hello's own admission, carrying the further workloads'."""
+    return dataclasses.replace(admitted[0], node=tuple(admitted[1:]))
 
 
 def not_reserved(identity: SpiffeId) -> None:

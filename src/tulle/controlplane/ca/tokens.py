@@ -10,7 +10,9 @@ The store keeps a record per issued token (`InternalBootstrapToken`, id and clai
 token itself, which is shown once, to the operator who issued it).  Revoking deletes that
 record; using it creates an `InternalTokenUse` record with the same name, whose create is
 the single-use check: a second use (a replay, on this replica or another) finds it and is
-refused.  Both kinds are internal: not in the API registry, ignored by the compiler.
+refused.  Admission creates it before the hello's last checks (its registration) and deletes
+it again (`release`) if they refuse the hello, so a token is spent only by an admitted
+hello.  Both kinds are internal: not in the API registry, ignored by the compiler.
 
 `tbt1` tokens (no pin, issued before the stream moved to TLS) still verify here; a proxy
 takes one only together with an explicit `--ca-file` (`proxyconfig/stream_trust.py`).
@@ -28,13 +30,19 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tulle.controlplane.store.errors import AlreadyExistsError, NotFoundError
-from tulle.controlplane.store.protocol import ResourceStore
+from tulle.controlplane.store.errors import (
+    AlreadyExistsError,
+    BatchError,
+    NotFoundError,
+    StoreError,
+)
+from tulle.controlplane.store.protocol import BatchOp, ResourceStore
 from tulle.proxyconfig.stream_trust import TOKEN_PREFIX_PINNED, TOKEN_PREFIX_UNPINNED
 
 PREFIX = TOKEN_PREFIX_PINNED
@@ -46,6 +54,8 @@ PURPOSE = b"tulle bootstrap tokens v1"
 DEFAULT_TTL = dt.timedelta(hours=1)
 MAX_TTL = dt.timedelta(days=30)
 MAX_TOKEN_BYTES = 4096
+
+log = logging.getLogger("tulle.controlplane.ca")
 
 
 class TokenError(Exception):
@@ -199,12 +209,39 @@ class TokenService:
                     gone += 1
         return gone
 
-    async def consume(self, claims: Claims) -> None:
-        """Mark the token used; TokenError if someone used it first (a replay)."""
+    async def consume(self, *claims: Claims) -> None:
+        """Mark the tokens used, all in one store write (all or none); TokenError naming the
+        first that someone used first (a replay, or a hello racing this one).
+
+        The check and the use are one atomic step: the create of the use record, which the
+        store refuses when the key exists inside the write's own transaction (SQLite: under
+        `BEGIN IMMEDIATE` and the store's lock; PostgreSQL: after the revision row's lock,
+        which serialises writers, reading the committed row).  Of two hellos racing with one
+        token, on one replica or two, exactly one creates it."""
+        if not claims:
+            return
         try:
-            await self.store.create({
+            await self.store.batch([BatchOp("create", {
                 "apiVersion": INTERNAL_GROUP, "kind": USE_KIND,
-                "metadata": {"name": claims.id, "namespace": claims.namespace},
-                "spec": {"expires": claims.expires}})
-        except AlreadyExistsError:
-            raise TokenError(f"bootstrap token {claims.id} already used (single-use)") from None
+                "metadata": {"name": c.id, "namespace": c.namespace},
+                "spec": {"expires": c.expires}}) for c in claims])
+        except BatchError as exc:
+            if isinstance(exc.error, AlreadyExistsError):
+                raise TokenError(f"bootstrap token {claims[exc.index].id} already used "
+                                 f"(single-use)") from None
+            raise
+
+    async def release(self, *claims: Claims) -> None:
+        """Undo `consume` for a hello refused after it (its registration, or a CSR the CA
+        would not sign): no proxy was admitted with these tokens, so they may be used again.
+        Only the caller whose `consume` succeeded may release: while its use record exists
+        no one else can create it, so the record deleted is its own.  A record that cannot be
+        deleted (the store failing) leaves the token spent, which is safe."""
+        for c in claims:
+            try:
+                await self.store.delete(USE_KIND, c.namespace, c.id)
+            except NotFoundError:
+                continue  # purged meanwhile (it expired): refused by its claims anyway
+            except StoreError as exc:
+                log.warning("bootstrap token %s: cannot release it after a refused hello "
+                            "(%s); it stays spent", c.id, exc)

@@ -37,6 +37,9 @@ Admission (ADR 0028): with an `admission` (the control plane always passes one),
 carry a bootstrap token and a CSR, or the workload's certificate and a proof of its key; it is
 then served that one workload only, and its certificate is sent before any snapshot.  A refused
 hello gets an `Error` with the reason (never the token) and is counted (`unauthenticatedHellos`).
+A hello whose credential checked out but which announces what it may not change about its
+Workload (`Reconciler.register`) is refused the same way, counted as a bad hello and logged
+(`refused`).
 A `Csr` on an admitted stream renews the certificate for the same identity.
 
 TLS (ADR 0034): with a `tls` context (the control plane always passes one unless started with
@@ -77,7 +80,9 @@ from tulle.controlplane.push.limits import (
     PENDING_FD_SHARE,
     REFUSAL_LOG_INTERVAL,
     STREAM_FD_SHARE,
+    _Budget,
     _Throttled,
+    _ThrottledByKey,
     effective_caps,
     soft_fd_limit,
 )
@@ -157,6 +162,9 @@ class PushServer:
         self._log_refused = _Throttled("refused, over --stream-max-connections")
         self._log_refused_pending = _Throttled("refused, over --stream-max-pending-hellos")
         self._log_no_hello = _Throttled("closed before a valid hello")
+        self._log_refused_hello = _ThrottledByKey()
+        self._new_refusal_lines = _Budget()
+        self._log_unauthenticated = _Throttled("hellos not admitted, over the log budget")
         self.cache = cache
         self.on_register = on_register
         self.on_presence = on_presence
@@ -256,16 +264,33 @@ class PushServer:
 
     def unauthenticated(self, hello: Hello, peer: str, reason: str) -> None:
         """A hello that did not prove its workload: counted; logged once per workload and
-        reason (the reason never holds a token or key)."""
+        reason (the reason never holds a token or key), and at most `NEW_REFUSAL_LINES` such
+        lines per `REFUSAL_LOG_INTERVAL`: a peer needs no credential to invent a workload
+        name per hello, and the rest are summed up in one throttled line."""
         self.unauthenticated_hellos += 1
         w = hello.workload
         told = (shown(f"{w.namespace}/{w.name}"), "auth", shown(reason, SHOWN_REASON))
         if told in self._told:
             return
+        if not self._new_refusal_lines.take():
+            self._log_unauthenticated(peer, f"{told[0]}: {told[2]}")
+            return
         if len(self._told) >= 4096:
             self._told.clear()
         self._told.add(told)
         log.warning("proxy %s from %s not admitted: %s", told[0], peer, told[2])
+
+    def refused(self, hello: Hello, peer: str, reason: str) -> None:
+        """A hello that proved its workload but says what it may not change about it (an
+        address, service account or labels: `Reconciler.register`): counted as a bad hello
+        and logged like a refused credential, per workload and reason, the first at once and
+        then at most once per `REFUSAL_LOG_INTERVAL` with the count since (a proxy retries
+        with backoff; the counter counts every one).  The reason holds no token or key."""
+        self.bad_hellos += 1
+        w = hello.workload
+        who, why = shown(f"{w.namespace}/{w.name}"), shown(reason, SHOWN_REASON)
+        self._log_refused_hello((who, why), "proxy %s from %s not admitted: %s", who, peer,
+                                why)
 
     def _refuse(self, abort: Callable[[], None], peer: str, pending: bool) -> None:
         """Over a cap: close at once (RST, nothing buffered), count, log."""

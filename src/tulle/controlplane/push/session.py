@@ -143,13 +143,16 @@ class ProxySession:
                 srv.unsupported(first, self.peer, reason)
                 self.send(Error(reason=reason))
                 return
-            if srv.admission is not None:
-                try:
-                    self.admitted = await srv.admission.admit(first)
-                except AdmissionError as exc:
-                    srv.unauthenticated(first, self.peer, str(exc))
-                    self.send(Error(reason=str(exc)))
-                    return
+            try:
+                self.admitted = await self._admit(first)
+            except AdmissionError as exc:
+                srv.unauthenticated(first, self.peer, str(exc))
+                self.send(Error(reason=str(exc)))
+                return
+            except ValueError as exc:  # proven, but it says what it may not change
+                srv.refused(first, self.peer, str(exc))
+                self.send(Error(reason=str(exc)))
+                return
             self.decoder.max_frame = MAX_FRAME
             self.hello_seen = True
             srv.said_hello()
@@ -158,6 +161,27 @@ class ProxySession:
             for st in self.node_statuses:
                 if st.session is self:  # (not when a newer stream of the proxy took over)
                     st.connected, st.session = False, None
+
+    async def _admit(self, hello: Hello) -> Admitted | None:
+        """Admission (None without a CA) and registration of every workload the hello
+        fronts, as one step: the registration is admission's last check, before any token
+        is spent or certificate signed, so a hello it refuses burns no token.
+        AdmissionError for a credential refused, ValueError for a registration refused."""
+        admission = self.server.admission
+        if admission is None:
+            await self._register(hello, None)
+            return None
+        return await admission.admit(hello, lambda a: self._register(hello, a))
+
+    async def _register(self, hello: Hello, admitted: Admitted | None) -> None:
+        """`on_register` for each fronted workload, with who it was admitted as; ValueError
+        when it refuses what the hello announces."""
+        hook = self.server.on_register
+        if hook is None:
+            return
+        by_key = {(a.namespace, a.workload): a for a in admitted.all()} if admitted else {}
+        for x in (hello.workload, *hello.workloads):
+            await hook(x, self.peer.rsplit(":", 1)[0], by_key.get((x.namespace, x.name)))
 
     async def _read_loop(self, key: ProxyKey, wake: asyncio.Event) -> None:
         """Handle what the proxy sends as it arrives, waking the push loop after each message
@@ -194,16 +218,7 @@ class ProxySession:
         key: ProxyKey = (w.namespace, w.name)
         fronted = [w, *hello.workloads]
         keys: list[ProxyKey] = list(dict.fromkeys((x.namespace, x.name) for x in fronted))
-        admitted = self._admitted_by_key()
-        if srv.on_register is not None:
-            try:
-                for x in fronted:
-                    await srv.on_register(x, self.peer.rsplit(":", 1)[0],
-                                          admitted.get((x.namespace, x.name)))
-            except ValueError as exc:
-                self.send(Error(reason=str(exc)))
-                return
-        for i, a in enumerate(admitted.values()):
+        for i, a in enumerate(self._admitted_by_key().values()):
             if a.issued is not None:  # before any snapshot: it may name the identity
                 self.send(a.issued if i == 0 else msgspec.structs.replace(
                     a.issued, workload=f"{a.namespace}/{a.workload}"))

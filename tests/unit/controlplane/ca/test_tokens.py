@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
+from tests.support.postgres import fresh_schema, postgres_server  # noqa: F401  (fixture)
 
 from tulle.controlplane.ca.tokens import (
     TOKEN_KIND,
@@ -13,6 +18,7 @@ from tulle.controlplane.ca.tokens import (
     TokenService,
     TokenSigner,
 )
+from tulle.controlplane.store import ResourceStore, open_store
 from tulle.controlplane.store.memory import MemoryStore
 
 KEY = b"k" * 32
@@ -136,3 +142,68 @@ async def test_purge_deletes_only_expired_records_and_an_expired_token_stays_ref
     with pytest.raises(TokenError, match="already used"):  # live records untouched
         await svc.verify(live_used)
     assert (await svc.verify(live)).workload == "web-3"
+
+
+Opener = Callable[[], Awaitable[ResourceStore]]
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+async def open_backend(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[Opener]:
+    """Opens stores on one backend's data, each its own connection (as replicas are)."""
+    async with contextlib.AsyncExitStack() as stack:
+        if request.param == "memory":
+            shared = MemoryStore()
+
+            async def memory() -> ResourceStore:
+                return shared
+
+            yield memory
+            return
+        if request.param == "sqlite":
+            url = f"sqlite:{tmp_path}/store.db"
+        else:
+            url = await stack.enter_async_context(
+                fresh_schema(request.getfixturevalue("postgres_server")))
+
+        async def opener() -> ResourceStore:
+            store = await open_store(url)
+            stack.push_async_callback(store.close)
+            return store
+
+        yield opener
+
+
+async def test_two_replicas_consuming_one_token_at_once_admit_one(open_backend: Opener) -> None:
+    """The single-use check is atomic in the store: racing uses from two store connections
+    (two replicas), many rounds, exactly one wins each time."""
+    a = TokenService(await open_backend(), TokenSigner(KEY))
+    b = TokenService(await open_backend(), TokenSigner(KEY))
+    for _ in range(10):
+        token, _ = await a.issue("shop", "web-0", "web")
+        claims = [await a.verify(token), await b.verify(token)]  # both checked first
+        got = await asyncio.gather(*(svc.consume(c) for svc, c in zip(
+            (a, b, a, b), claims * 2, strict=True)), return_exceptions=True)
+        assert sum(r is None for r in got) == 1, got
+        assert all(r is None or isinstance(r, TokenError) and "already used" in str(r)
+                   for r in got)
+
+
+async def test_consume_is_all_or_none_and_release_gives_the_tokens_back(
+        open_backend: Opener) -> None:
+    """A node's hello spends its tokens together: one already used spends none of the
+    others; a hello refused after its consume releases them, and they work again."""
+    svc = TokenService(await open_backend(), TokenSigner(KEY))
+    t1, c1 = await svc.issue("shop", "web-0", "web")
+    t2, c2 = await svc.issue("shop", "api-0", "api")
+    await svc.consume(c2)
+    with pytest.raises(TokenError, match=f"{c2.id} already used"):
+        await svc.consume(c1, c2)
+    assert await svc.verify(t1) == c1  # not burnt by the refused pair
+    await svc.release(c2)
+    await svc.consume(c1, c2)
+    for t in (t1, t2):
+        with pytest.raises(TokenError, match="already used"):
+            await svc.verify(t)
+    await svc.release(c1, c2)
+    await svc.release(c1)  # twice: nothing left to release, no error
+    assert [await svc.verify(t) for t in (t1, t2)] == [c1, c2]
