@@ -99,9 +99,11 @@ def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str
     from tulle.cli.token import parse_duration
     from tulle.controlplane.api.admin_token import default_admin_token_file
     from tulle.controlplane.main import main
+    from tulle.controlplane.store.factory import quiet_drivers
     from tulle.dataplane.runner import configure_logging
 
     configure_logging(log_level)
+    quiet_drivers()  # whatever --log-level says: their debug lines hold the CA key
     ports_free([("the REST API", api_address, api_port, "--api-port")]
                + ([] if stream_fd is not None else  # (a handed-over socket is bound already)
                   [("the proxy stream", stream_address, stream_port, "--stream-port")]))
