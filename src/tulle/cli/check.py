@@ -4,8 +4,8 @@ where, and what to do.  `--pre` checks this machine instead (cli/preflight.py).
 The findings come from the control plane (`GET /api/v1/check`, controlplane/check/): the
 store, resources not (wholly) in force, proxies NACKing or out of sync (named), workloads whose
 proxy has gone, certificate and trust-anchor expiry, a CA rotation half done.  Exit status 1
-when any finding is an error (or the control plane cannot be reached), 0 otherwise; `-o json`
-prints the whole answer for scripts.
+when any finding is an error (or the control plane cannot be reached, or refuses the token),
+0 otherwise; `-o json` prints the whole answer for scripts.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 
+from tulle.cli import credentials
 from tulle.cli.client import APIError, call, server_url
 from tulle.cli.resources import server_option
 from tulle.cli.style import paint
@@ -34,6 +35,23 @@ def _print(findings: list[dict[str, Any]], checked: list[str], where: str) -> No
             click.echo(f"{'':9}{'':18} hint: {f['hint']}")
     errors = sum(1 for f in findings if f["severity"] == "error")
     click.echo(f"{errors} error(s), {len(findings) - errors} warning(s)")
+
+
+def not_answered(exc: APIError) -> dict[str, str]:
+    """The finding for a check the control plane did not answer.  A 401 or 403 is an answer:
+    the control plane is up and refused the token, so telling the user to start it would send
+    them the wrong way; `Unauthorized` says where `tulle` took the token from instead."""
+    if exc.status in (401, 403):
+        return {"severity": "error", "code": "Unauthorized", "object": "control plane",
+                "message": str(exc),
+                "hint": f"`tulle` sends the first token it finds: --token, TULLE_TOKEN, "
+                        f"TULLE_TOKEN_FILE, {credentials.user_token_file()}, then (local "
+                        f"control plane only) its admin token file; give a valid one (an "
+                        f"admin makes one with `tulle api-token create`)"}
+    return {"severity": "error", "code": "Unreachable", "object": "control plane",
+            "message": str(exc),
+            "hint": "start it (`tulle control-plane run`) or point --server / TULLE_SERVER "
+                    "at it"}
 
 
 @click.command("check")
@@ -62,11 +80,7 @@ def check_cmd(pre: bool, root_warn_days: float, output: str, server: str | None)
         try:
             out = call(srv, "GET", "/api/v1/check", query={"rootWarnDays": root_warn_days})
         except APIError as exc:
-            out = {"findings": [{"severity": "error", "code": "Unreachable",
-                                 "object": "control plane", "message": str(exc),
-                                 "hint": "start it (`tulle control-plane run`) or point "
-                                         "--server / TULLE_SERVER at it"}],
-                   "checked": ["control plane"]}
+            out = {"findings": [not_answered(exc)], "checked": ["control plane"]}
         findings, checked = out["findings"], out.get("checked") or []
         where = srv
     if output == "json":

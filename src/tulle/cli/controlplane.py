@@ -99,9 +99,12 @@ def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str
     from tulle.cli.token import parse_duration
     from tulle.controlplane.api.admin_token import default_admin_token_file
     from tulle.controlplane.main import main
+    from tulle.controlplane.store.factory import quiet_drivers
     from tulle.dataplane.runner import configure_logging
 
     configure_logging(log_level)
+    quiet_drivers()  # whatever --log-level says: their debug lines hold the CA key
+    ca_files_usable(ca_cert, ca_key)
     ports_free([("the REST API", api_address, api_port, "--api-port")]
                + ([] if stream_fd is not None else  # (a handed-over socket is bound already)
                   [("the proxy stream", stream_address, stream_port, "--stream-port")]))
@@ -131,6 +134,32 @@ def ports_free(wanted: list[tuple[str, str, int, str]]) -> None:
         proxy_run.ports_free(wanted)
     except proxy_run.StartError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+class BadStartOption(click.ClickException):
+    """An option found bad when the command starts (a file it names): one `Error:` line on
+    stderr, like the other start errors, and exit status 2, a bad option's.  Not click's usage
+    error: its usage text would bury the one line that says what to do."""
+
+    exit_code = 2
+
+
+def ca_files_usable(ca_cert: str, ca_key: str) -> None:
+    """Load the operator's CA files (`--ca-cert`, `--ca-key`) before anything starts, so that a
+    key others can read, a key of the wrong kind or curve, a key not matching its certificate,
+    a certificate that is not a CA or a missing file is one line naming the option and the
+    reason (BadStartOption), not a traceback from inside the started control plane."""
+    if not ca_cert and not ca_key:
+        return
+    if not ca_cert or not ca_key:
+        raise BadStartOption("give both --ca-cert and --ca-key, or neither")
+    from tulle.controlplane.ca.authority import CAError
+    from tulle.controlplane.ca.persist import load_files
+
+    try:
+        load_files(Path(ca_cert), Path(ca_key))
+    except CAError as exc:
+        raise BadStartOption(str(exc)) from None
 
 
 def parse_labels(values: tuple[str, ...]) -> dict[str, str]:

@@ -29,6 +29,12 @@ def parse_duration(text: str) -> int:
     return int(m.group(1)) * _UNIT[m.group(2)]
 
 
+REFUSED_CLAIM_EXIT = 2
+"""`issue` when the API refuses what the options ask for (422: a workload name that is not a
+DNS-1123 subdomain, the control plane's own service account...): a bad option's exit status,
+apart from 1 for a control plane that cannot be reached or a token it refuses."""
+
+
 @click.group("token")
 def token() -> None:
     """Bootstrap tokens: what a proxy presents once to get its workload certificate."""
@@ -56,7 +62,7 @@ def issue_cmd(workload: str, namespace: str, service_account: str | None,
         out = call(server_url(server), "POST", "/api/v1/tokens", body=body)
     except APIError as exc:
         click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(REFUSED_CLAIM_EXIT if exc.status == 422 else 1)
     click.echo(out["token"])
     click.echo(f"token {out['id']}: workload {namespace}/{workload}, service account "
                f"{out['serviceAccount']}, single-use, expires at {out['expiresAt']} "

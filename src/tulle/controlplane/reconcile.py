@@ -260,8 +260,7 @@ class Reconciler:
                     announced = {**announced, "address": old.get("address"),
                                  "serviceAccount": old.get("serviceAccount", "default")}
             spec = {**((current or {}).get("spec") or {}), **announced}
-            obj: Obj = {**(current or {}), "apiVersion": MESH_GROUP, "kind": "Workload",
-                        "metadata": {**md, "labels": labels}, "spec": spec}
+            obj = workload_object(md, labels, spec, current)
             try:
                 parse(obj)
             except ValueError as exc:
@@ -286,6 +285,16 @@ class Reconciler:
                 if isinstance(td, str) and td:
                     return td
         return DEFAULT_TRUST_DOMAIN
+
+
+def workload_object(metadata: Obj, labels: dict[str, str], spec: dict[str, Any],
+                    current: Obj | None = None) -> Obj:
+    """The Workload a proxy's hello registers (`current`, if stored, with these metadata,
+    labels and spec), validated like user input before it is stored.  Also what issuing a
+    bootstrap token checks up front (api/bootstrap_tokens.py): the Workload its first hello
+    would make, so that a token the stream could only refuse is never issued."""
+    return {**(current or {}), "apiVersion": MESH_GROUP, "kind": "Workload",
+            "metadata": {**metadata, "labels": labels}, "spec": spec}
 
 
 def _check_owned_fields(w: WorkloadInfo, admitted: Admitted, current: Obj | None) -> None:

@@ -1,6 +1,6 @@
 """The operator's first commands against a real control plane, with the real `tulle` as a
 subprocess: `version`, `api-resources`, `check` (findings, hints, exit codes, an unreachable
-control plane, `--pre`), and a port clash that names the port, the holder and the flag."""
+control plane, a refused token, `--pre`), and a port clash that names the port, the holder and the flag."""
 
 from __future__ import annotations
 
@@ -86,6 +86,23 @@ async def test_check_fails_when_the_control_plane_cannot_be_reached() -> None:
     [f] = json.loads(out)["findings"]
     assert (f["severity"], f["code"]) == ("error", "Unreachable")
     assert "tulle control-plane run" in f["hint"]
+
+
+async def test_check_says_unauthorized_when_the_control_plane_refuses_the_token(
+        tmp_path: Path) -> None:
+    async with running_control_plane(f"sqlite:{tmp_path / 'cp.db'}") as cp:
+        code, out, err = await tulle(cp.api_url, "check", "-o", "json",
+                                     token="tulle_0000000000000000_bogus")
+        assert code == 1, err
+        [f] = json.loads(out)["findings"]
+        assert (f["severity"], f["code"], f["object"]) == ("error", "Unauthorized",
+                                                           "control plane")
+        assert f["message"] == "unauthorized: invalid or revoked token"
+        assert "TULLE_TOKEN" in f["hint"] and "tulle api-token create" in f["hint"]
+        assert "control-plane run" not in f["hint"]
+        code, out, _ = await tulle(cp.api_url, "check", token="tulle_0000000000000000_bogus")
+        assert code == 1
+        assert "Unauthorized" in out and "Unreachable" not in out
 
 
 async def test_check_pre_reports_a_taken_default_port() -> None:

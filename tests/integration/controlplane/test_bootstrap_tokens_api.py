@@ -2,18 +2,25 @@
 run` process on 127.0.0.1: issuing and revoking the proxies' bootstrap tokens
 (`/api/v1/tokens`, `tulle token issue|revoke`) needs an admin API token; a read-only one is 403,
 none is 401; a bootstrap token is no API credential and an API token admits no proxy; no token
-of either kind reaches an answer or the control plane's log."""
+of either kind reaches an answer or the control plane's log; a token the stream would refuse
+(the control plane's identity, a name no Workload may have) is not issued."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
 from tests.support.cli import tulle
-from tests.support.controlplane import control_plane_process, open_stream
+from tests.support.controlplane import (
+    admin_token,
+    control_plane_process,
+    open_stream,
+    running_control_plane,
+)
 
 from tulle.dataplane.identity import WorkloadKey
 from tulle.proxyconfig.model import CONFIG_API_VERSION
@@ -104,3 +111,39 @@ async def test_bootstrap_tokens_need_an_admin_api_token(tmp_path: Path) -> None:
         for secret in (admin, reader, bootstrap, cli_token):
             assert secret not in log, "a token reached the log"
             assert all(secret not in a for a in answers), "a token was echoed"
+
+
+async def test_a_token_the_stream_would_refuse_is_not_issued() -> None:
+    """The control plane's own identity and a Workload the stream cannot register are refused
+    at issue, with the stream's reasons and the request field (the stream's refusal of such a
+    token, minted underneath: test_stream_tls.py)."""
+    async with running_control_plane() as cp:
+        api, admin = cp.api_url, admin_token(cp.api_url)
+        own = "spiffe://cluster.local/ns/tulle-system/sa/control-plane is the control plane's " \
+              "own identity; no workload may have it"
+        subdomain = "must be a DNS-1123 subdomain"
+        for body, path, reason in (
+                ({"workload": "x", "namespace": "tulle-system",
+                  "serviceAccount": "control-plane"}, "serviceAccount", own),
+                ({"workload": "BAD_NAME", "namespace": NS}, "workload", subdomain),
+                ({"workload": "web-0", "namespace": "Shop"}, "namespace", "must be a DNS-1123"),
+                ({"workload": "web-0", "namespace": NS, "serviceAccount": "Web_"},
+                 "serviceAccount", subdomain),
+                ({"workload": "web-0", "namespace": NS, "labels": {"a b": "c"}},
+                 'labels["a b"]', "must be a qualified name")):
+            status, text = await call(api, "POST", "/api/v1/tokens", admin, body)
+            assert status == 422, (body, text)
+            answer = json.loads(text)
+            assert answer["details"][0]["path"] == path, answer
+            assert reason in answer["details"][0]["message"], answer
+            assert answer["error"].startswith(f"{path}: "), answer
+            assert "token" not in answer
+        for args, reason in ((["--workload", "x", "-n", "tulle-system", "--service-account",
+                               "control-plane"], f"serviceAccount: {own}"),
+                             (["--workload", "BAD_NAME"], f"workload: {subdomain}")):
+            code, out, err = await tulle(api, "token", "issue", *args)
+            assert code == 2, (args, err)
+            assert out == "" and reason in err, (args, err)
+        code, out, err = await tulle(api, "token", "issue", "--workload", "web-0", "-n", NS)
+        assert code == 0, err
+        assert out.startswith("tbt")

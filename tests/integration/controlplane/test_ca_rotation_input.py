@@ -227,6 +227,7 @@ async def test_the_operators_ca_becomes_the_mesh_ca_and_check_reports_expiry(
         findings = json.loads(out)["findings"]
         assert [(f["severity"], f["code"]) for f in findings] == [
             ("warning", "RootExpiresSoon")]
+        assert findings[0]["hint"].startswith("`tulle ca rotate`")  # rotated in: the store's
         code, out, _ = await tulle(cp.api_url, "check", "--root-warn-days", "10")
         assert code == 0 and out.splitlines()[1:] == ["no findings"]
         code, out, _ = await tulle(cp.api_url, "check")
@@ -250,8 +251,10 @@ async def test_check_warns_of_a_proxy_certificate_not_renewed_then_errs_once_exp
 
             async def codes() -> list[str]:
                 code, out, _ = await tulle(cp.api_url, "check", "-o", "json")
-                found = [f["code"] for f in json.loads(out)["findings"]]
+                findings = json.loads(out)["findings"]
+                found = [f["code"] for f in findings]
                 assert code == (1 if "CertExpired" in found else 0)
+                assert all(f.get("hint") for f in findings if f["code"].startswith("Cert"))
                 # (the raw client never ACKs: it is also ProxyNotInSync, not the point here)
                 return [c for c in found if c.startswith("Cert")]
 
@@ -283,3 +286,21 @@ async def test_a_ca_from_files_is_not_rotated_by_the_command(tmp_path: Path) -> 
 
 def _root_of(path: Path) -> x509.Certificate:
     return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+async def test_check_tells_to_replace_the_files_of_an_operators_ca(tmp_path: Path) -> None:
+    """A CA from --ca-cert/--ca-key is not rotated by `tulle ca rotate` (it refuses: "replace
+    the files"); `tulle check` says so in its hint instead of sending the operator there."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert_path, key_path = _ca_files(tmp_path, _root(key), key, name="files")  # 20 days left
+    async with running_control_plane(ca_cert=str(cert_path), ca_key=str(key_path)) as cp:
+        code, out, _ = await tulle(cp.api_url, "check", "-o", "json")
+        assert code == 0, out
+        [f] = json.loads(out)["findings"]
+        assert (f["severity"], f["code"]) == ("warning", "RootExpiresSoon")
+        assert f["hint"].startswith("replace the --ca-cert / --ca-key files"), f
+        assert "tulle ca rotate" not in f["message"]
+        code, out, _ = await tulle(cp.api_url, "check")
+        assert "hint: replace the --ca-cert / --ca-key files" in out
+        code, _, err = await tulle(cp.api_url, "ca", "rotate")
+        assert code != 0 and "replace the files" in err  # what the hint spares the operator

@@ -187,7 +187,8 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
                 "config": msgspec.to_builtins(cfg)}
 
     if bootstrap_tokens is not None:
-        add_token_routes(app, store, bootstrap_tokens)
+        add_token_routes(app, store, bootstrap_tokens,
+                         *([reconciler.trust_domain] if reconciler is not None else []))
     if ca_keeper is not None:
         add_ca_routes(app, ca_keeper, push)
     if push.stats is not None:

@@ -67,7 +67,8 @@ def add_check_routes(app: FastAPI, store: ResourceStore, push: PushServer,
         if keeper is not None and keeper.state is not None:
             now = dt.datetime.now(dt.UTC)
             state = keeper.state
-            found += ca_findings(state, now, dt.timedelta(days=root_warn_days))
+            found += ca_findings(state, now, dt.timedelta(days=root_warn_days),
+                                 from_files=keeper.from_files)
             found += cert_findings((ProxyCert(f"{st.namespace}/{st.name}", st.cert_not_before,
                                               st.cert_not_after)
                                     for st in push.statuses() if st.connected), now)

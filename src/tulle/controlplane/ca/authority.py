@@ -128,7 +128,9 @@ class CertificateAuthority:
         except (ValueError, TypeError) as exc:
             raise CAError(f"{where}: the key is not an unencrypted PEM private key") from exc
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise CAError(f"{where}: the key is not an ECDSA key")
+            kind = type(key).__name__.removeprefix("_").split("PrivateKey")[0] or "other"
+            raise CAError(f"{where}: the key is not an ECDSA key ({kind}); the mesh uses "
+                          f"ECDSA P-256")
         try:
             return cls(chain, key)
         except CAError as exc:

@@ -7,7 +7,8 @@ outage; these are the warnings that come first.  Pure functions of the state and
 every threshold is a unit test.
 
     RootExpired / RootExpiresSoon    a trusted root or the signing CA (error / warning within
-                                     `root_warn`, default 30 days)
+                                     `root_warn`, default 30 days); the hint is `tulle ca rotate`
+                                     for the store's CA, new files for the operator's
     CertExpired / CertPastRenewal    a connected proxy's certificate expired (error) / past 2/3
                                      of its lifetime (warning: renewal at 1/2 has not happened)
     RotationInProgress               a CA rotation is between stages (warning), naming the
@@ -41,30 +42,44 @@ def _when(t: dt.datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+ROTATE_HINT = "`tulle ca rotate` (staged: no proxy loses its trust on the way)"
+"""How a CA the control plane keeps in its store is replaced."""
+REPLACE_FILES_HINT = ("replace the --ca-cert / --ca-key files with a new CA and restart the "
+                      "control plane (`tulle ca rotate` does not rotate an operator's CA)")
+"""How the operator's file CA is replaced: `tulle ca rotate` refuses it ("replace the files")."""
+CERT_EXPIRED_HINT = ("issue the workload a new bootstrap token (`tulle token issue`) and "
+                     "restart its proxy with it")
+CERT_PAST_RENEWAL_HINT = ("the proxy's log and the control plane's (`renewal refused`): a proxy "
+                          "renews over its stream at half its certificate's lifetime")
+
+
 def _ca_cert(cert: x509.Certificate, what: str, now: dt.datetime,
-             warn: dt.timedelta) -> list[Finding]:
+             warn: dt.timedelta, hint: str) -> list[Finding]:
     end = cert.not_valid_after_utc
     obj = f"{what} {subject(cert)} ({fingerprint(cert)[:16]})"
     if end <= now:
         return [Finding("error", "RootExpired", obj, f"expired at {_when(end)}: no proxy can "
-                        f"verify a certificate it signed; rotate now (`tulle ca rotate`)")]
+                        f"verify a certificate it signed; replace it now", hint)]
     if end - now <= warn:
         days = (end - now).total_seconds() / 86400
         return [Finding("warning", "RootExpiresSoon", obj,
-                        f"expires at {_when(end)} ({days:.1f} days); rotate before "
-                        f"(`tulle ca rotate`)")]
+                        f"expires at {_when(end)} ({days:.1f} days); replace it before", hint)]
     return []
 
 
 def ca_findings(state: CAState, now: dt.datetime,
-                root_warn: dt.timedelta = DEFAULT_ROOT_WARN) -> list[Finding]:
+                root_warn: dt.timedelta = DEFAULT_ROOT_WARN, *,
+                from_files: bool = False) -> list[Finding]:
+    """`from_files`: the CA is the operator's (`--ca-cert/--ca-key`), which is replaced by
+    replacing the files, not by `tulle ca rotate`: the hint says which."""
+    hint = REPLACE_FILES_HINT if from_files else ROTATE_HINT
     out: list[Finding] = []
     seen: set[str] = set()
     for root in state.roots:
         seen.add(fingerprint(root))
-        out += _ca_cert(root, "root", now, root_warn)
+        out += _ca_cert(root, "root", now, root_warn, hint)
     if fingerprint(state.signing.cert) not in seen:
-        out += _ca_cert(state.signing.cert, "signing CA", now, root_warn)
+        out += _ca_cert(state.signing.cert, "signing CA", now, root_warn, hint)
     return out
 
 
@@ -78,13 +93,14 @@ def proxy_findings(certs: Iterable[ProxyCert], now: dt.datetime) -> list[Finding
         if c.not_after <= t:
             out.append(Finding("error", "CertExpired", f"proxy {c.name}",
                                f"its workload certificate expired at {_when(end)}: peers "
-                               f"refuse it; it needs a new bootstrap token"))
+                               f"refuse it", CERT_EXPIRED_HINT))
             continue
         life = max(1, c.not_after - c.not_before)
         if t - c.not_before >= CERT_WARN_SHARE * life:
             out.append(Finding("warning", "CertPastRenewal", f"proxy {c.name}",
                                f"its workload certificate is past 2/3 of its lifetime "
-                               f"(expires {_when(end)}) and was not renewed"))
+                               f"(expires {_when(end)}) and was not renewed",
+                               CERT_PAST_RENEWAL_HINT))
     return out
 
 

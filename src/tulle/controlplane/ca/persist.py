@@ -41,13 +41,18 @@ def check_key_file(path: Path) -> None:
 
 
 def load_files(cert_path: Path, key_path: Path) -> CertificateAuthority:
+    """The operator's CA, or CAError naming the option and file at fault and why."""
     check_key_file(key_path)
-    try:
-        chain, key = cert_path.read_bytes(), key_path.read_bytes()
-    except OSError as exc:
-        raise CAError(f"cannot read the CA files: {exc.strerror}") from None
+    chain, key = _read("--ca-cert", cert_path), _read("--ca-key", key_path)
     return CertificateAuthority.from_pem(chain, key, where=f"--ca-cert {cert_path} / --ca-key "
                                                            f"{key_path}")
+
+
+def _read(option: str, path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CAError(f"{option} {path}: {exc.strerror}") from None
 
 
 async def load_or_create(store: ResourceStore, trust_domain: str) -> CertificateAuthority:

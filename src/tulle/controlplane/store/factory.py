@@ -7,8 +7,26 @@
 
 from __future__ import annotations
 
+import logging
+
 from tulle.controlplane.store.base import DEFAULT_CHANGES_RETAINED, DEFAULT_POLL_INTERVAL
 from tulle.controlplane.store.protocol import ResourceStore
+
+DRIVER_LOGGERS = ("aiosqlite", "asyncpg")
+"""The loggers of the database drivers the stores use.  aiosqlite logs every statement with its
+parameters at debug level, and one of those rows is the stored CA with its private key
+(`--log-level debug` once wrote `-----BEGIN PRIVATE KEY-----` to the log); asyncpg's pool logs
+at warning today, but is held the same way so that a release that adds query logging cannot
+leak either."""
+
+DRIVER_LOG_LEVEL = logging.WARNING
+
+
+def quiet_drivers() -> None:
+    """Hold the drivers' loggers at WARNING whatever the process's level: their warnings (a
+    lost connection) stay, their statements and parameters never reach a log."""
+    for name in DRIVER_LOGGERS:
+        logging.getLogger(name).setLevel(DRIVER_LOG_LEVEL)
 
 
 async def open_store(

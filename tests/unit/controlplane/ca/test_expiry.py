@@ -23,10 +23,36 @@ def test_root_expiry_warns_within_the_window_and_errs_after() -> None:
     assert ca_findings(state, NOW) == []
     near = ca_findings(state, NOW + dt.timedelta(days=3650 - 29))
     assert [(f.severity, f.code) for f in near] == [("warning", "RootExpiresSoon")]
-    assert "tulle ca rotate" in near[0].message
+    assert near[0].hint.startswith("`tulle ca rotate`")
     assert ca_findings(state, NOW, dt.timedelta(days=3651))[0].code == "RootExpiresSoon"
     gone = ca_findings(state, NOW + dt.timedelta(days=3651))
     assert [(f.severity, f.code) for f in gone] == [("error", "RootExpired")]
+
+
+def test_the_hint_for_an_operators_file_ca_is_to_replace_the_files() -> None:
+    """`tulle ca rotate` refuses a CA from --ca-cert/--ca-key ("replace the files"): the
+    findings about it must not send the operator there."""
+    state = CAState.single(CertificateAuthority.generate("cluster.local", now=NOW))
+    for when in (NOW + dt.timedelta(days=3650 - 29), NOW + dt.timedelta(days=3651)):
+        [f] = ca_findings(state, when, from_files=True)
+        assert f.hint.startswith("replace the --ca-cert / --ca-key files"), f
+        assert "tulle ca rotate" not in f.message
+        [g] = ca_findings(state, when)
+        assert g.code == f.code and g.hint.startswith("`tulle ca rotate`")
+
+
+def test_every_certificate_finding_has_a_hint_in_its_json() -> None:
+    """check.md lists a hint for each; `tulle check -o json` shows what `to_dict` gives."""
+    t, day = int(NOW.timestamp()), 86400
+    state = CAState.single(CertificateAuthority.generate("cluster.local", now=NOW))
+    found = [*ca_findings(state, NOW + dt.timedelta(days=3650 - 29)),
+             *ca_findings(state, NOW + dt.timedelta(days=3651)),
+             *proxy_findings([ProxyCert("shop/late", t - day * 7 // 10, t + day * 3 // 10),
+                              ProxyCert("shop/dead", t - day - 5, t - 5)], NOW)]
+    assert sorted(f.code for f in found) == ["CertExpired", "CertPastRenewal", "RootExpired",
+                                             "RootExpiresSoon"]
+    for f in found:
+        assert f.to_dict().get("hint"), f
 
 
 def test_proxy_certificates_past_two_thirds_or_expired() -> None:
