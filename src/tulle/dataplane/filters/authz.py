@@ -99,7 +99,7 @@ class Peer:
     """Who is calling, per decision: identity (its namespace/account parsed on first use)
     and address (parsed once per distinct address)."""
 
-    __slots__ = ("_parsed", "_text", "account", "identity", "ip", "namespace")
+    __slots__ = ("_parsed", "_text", "account", "address", "identity", "ip", "namespace")
 
     def __init__(self, identity: str, ip: str) -> None:
         self._text = identity
@@ -107,6 +107,8 @@ class Peer:
         self._parsed = False
         self.namespace = ""
         self.account = ""
+        self.address = ip
+        """The peer's IP as text (what a log line shows)."""
         self.ip = _ip_key(ip) if ip else None
         """(IP version, address as an integer); None when there is no IP peer."""
 
@@ -335,7 +337,8 @@ class Engine:
                 v.events.append((shadow.policy, shadow.action, "dry_run_deny"))
                 log.info("authorization dry run: policy %s would deny %s %s from %s %s",
                          shadow.policy, head.method.decode("latin-1") if head else "TCP",
-                         path.decode("latin-1"), peer.ip, peer.identity.decode() or "-")
+                         path.decode("latin-1"), peer.address or "-",
+                         peer.identity.decode() or "-")
         return v
 
 

@@ -111,6 +111,7 @@ def test_dry_run_never_refuses_but_counts_what_it_would(caplog: pytest.LogCaptur
     assert allowed is True and policy == "-"
     assert events[1] == ("ns/no-admin", "DENY", "dry_run_deny")
     assert "would deny GET /admin" in caplog.text and "s3cret" not in caplog.text
+    assert "from 10.0.0.1 -" in caplog.text  # the peer's address as written, not its key
     assert decide(e, h=head(path=b"/x"))[2][1] == ("ns/strict", "ALLOW", "dry_run_deny")
 
 
