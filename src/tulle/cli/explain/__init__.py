@@ -162,9 +162,14 @@ def _backend_outcome(h: dict[str, Any]) -> dict[str, Any]:
     a = ep.get("authorization") or {}
     where = ep.get("workload") or ep.get("endpoint")
     if ep.get("result") in ("denied", "closed"):
-        return {"status": 403 if ep["result"] == "denied" else None,
-                "summary": f"{'403' if ep['result'] == 'denied' else 'closed'} by {where}: "
-                           f"{a.get('why')}", "policy": a.get("policy"), "rule": a.get("rule")}
+        what = ("closed" if ep["result"] == "closed" else
+                f"grpc-status {ep['grpcStatus']} {ep['grpcCode']}" if "grpcStatus" in ep
+                else "403")
+        out = {"status": ep.get("status"), "summary": f"{what} by {where}: {a.get('why')}",
+               "policy": a.get("policy"), "rule": a.get("rule")}
+        if "grpcStatus" in ep:
+            out["grpcStatus"] = ep["grpcStatus"]
+        return out
     if ep.get("result") == "forwarded":
         return {"status": None, "summary": f"forwarded to {where} over "
                                            f"{ep.get('mtls', 'plaintext')} "

@@ -21,6 +21,7 @@ from tulle.cli.explain.routing import trace_table
 from tulle.dataplane.exchange import RequestHead
 from tulle.dataplane.filters.authz import Engine, Peer, Verdict, authz_path, denied_body
 from tulle.dataplane.listeners.chains import ChainRule, select
+from tulle.dataplane.protocols.h2translate import is_grpc
 from tulle.dataplane.runtime.tls import SERVER_ALPN, client_alpn
 from tulle.proxyconfig.filters import Authorization
 from tulle.proxyconfig.model import Cluster, Endpoint, Listener, ProxyConfig, TLSContext
@@ -121,7 +122,10 @@ def _alpn(server: TLSContext | None, offered: list[str]) -> str | None:
     return next((p for p in ours if p in offered), None)
 
 
-def _verdict_doc(v: Verdict, engine_policies: list[Any]) -> dict[str, Any]:
+def _verdict_doc(v: Verdict, engine_policies: list[Any], grpc: bool = False
+                 ) -> dict[str, Any]:
+    """The authorization step; `grpc`: the request is gRPC, which the proxy refuses with
+    grpc-status 7 in an HTTP 200, not a 403 (gRPC's status mapping, as Envoy answers)."""
     out: dict[str, Any] = {
         "allowed": v.allowed, "policy": v.policy if v.policy != "-" else "default",
         "action": v.action if v.action != "-" else None,
@@ -129,7 +133,9 @@ def _verdict_doc(v: Verdict, engine_policies: list[Any]) -> dict[str, Any]:
         "events": [{"policy": p, "action": a, "result": r} for p, a, r in v.events[1:]],
         "policies": engine_policies}
     if v.policy == "-":
-        out["why"] = "no policy applies to this port: allowed by default"
+        out["why"] = ("no DENY policy matches and no ALLOW policy applies: allowed"
+                      if engine_policies else
+                      "no policy applies to this port: allowed by default")
     elif not v.allowed and v.action == "DENY":
         out["why"] = f"DENY policy {v.policy} rule {v.rule} matches (DENY beats ALLOW)"
     elif not v.allowed:
@@ -137,9 +143,13 @@ def _verdict_doc(v: Verdict, engine_policies: list[Any]) -> dict[str, Any]:
     else:
         out["why"] = f"ALLOW policy {v.policy} rule {v.rule} matches and no DENY policy does"
     if not v.allowed:
-        out["status"] = 403
         out["body"] = denied_body(v).decode()
+        out.update(DENIED_GRPC if grpc else DENIED_HTTP)
     return out
+
+
+DENIED_HTTP: dict[str, Any] = {"status": 403}
+DENIED_GRPC: dict[str, Any] = {"status": 200, "grpcStatus": 7, "grpcCode": "PERMISSION_DENIED"}
 
 
 def _policies(cfg: Authorization | NetworkAuthz) -> list[dict[str, Any]]:
@@ -224,12 +234,13 @@ def trace_hop(cluster: Cluster, ep: Endpoint, lookup: Lookup, identity_of: Ident
         return doc
     v = Engine(authz.policies).decide(Peer(peer_identity, source_address), head,
                                       authz_path(head.path))
-    doc["authorization"] = _verdict_doc(v, _policies(authz))
+    grpc = is_grpc(head)
+    doc["authorization"] = _verdict_doc(v, _policies(authz), grpc)
     doc["result"] = "forwarded" if v.allowed else "denied"
     if v.allowed:
         doc["cluster"] = route.clusters[0] if route.clusters else None
     else:
-        doc["status"] = 403
+        doc.update(DENIED_GRPC if grpc else DENIED_HTTP)
     return doc
 
 

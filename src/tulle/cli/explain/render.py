@@ -69,7 +69,10 @@ def _hop(ep: dict[str, Any]) -> list[str]:
                          + (", dry run" if p.get("dryRun") else ""))
         for e in a.get("events") or []:
             lines.append(f"        also: {e['result']} by {e['policy']} ({e['action']})")
-        if a.get("body"):
+        if a.get("body") and "grpcStatus" in a:
+            lines.append(f"        response: HTTP 200, grpc-status {a['grpcStatus']} "
+                         f"({a['grpcCode']}): {a['body'].strip()}")
+        elif a.get("body"):
             lines.append(f"        response: 403 {a['body'].strip()}")
     lines.append(f"      result: {ep.get('result')}" + (f" ({ep['why']})" if ep.get("why")
                                                         and not s else ""))

@@ -129,11 +129,27 @@ def test_a_deny_policy_is_named_with_its_rule_and_the_403_body() -> None:
     # the first rule decides a DELETE
     doc = run(snapshots(), "/items", method="DELETE")
     assert doc["hops"][0]["endpoints"][0]["authorization"]["rule"] == 0
-    # and an allowed path names no rule: no ALLOW policy, no DENY matched
+    # and an allowed path names no rule: no ALLOW policy, no DENY matched (and says so,
+    # not "no policy applies" above the DENY policy it lists)
     doc = run(snapshots(), "/items")
     a = doc["hops"][0]["endpoints"][0]["authorization"]
     assert a["allowed"] and a["policy"] == "default"
+    assert a["why"] == "no DENY policy matches and no ALLOW policy applies: allowed"
     assert doc["outcome"]["status"] is None
+
+
+def test_a_denied_grpc_call_is_grpc_status_7_in_an_http_200_as_the_proxy_answers() -> None:
+    doc = run(snapshots(), "/admin/users", method="POST",
+              headers=("content-type=application/grpc",))
+    api = doc["hops"][0]["endpoints"][0]
+    assert api["result"] == "denied"
+    assert (api["status"], api["grpcStatus"], api["grpcCode"]) == (200, 7, "PERMISSION_DENIED")
+    assert (doc["outcome"]["status"], doc["outcome"]["grpcStatus"]) == (200, 7)
+    # (the canary's 90%: the 10% to api-v2 has no policy)
+    assert "90.0% (outbound|80||api.shop): grpc-status 7 PERMISSION_DENIED by shop/api-0" in \
+        doc["outcome"]["summary"]
+    from tulle.cli.explain.render import render
+    assert "response: HTTP 200, grpc-status 7 (PERMISSION_DENIED)" in render(doc)
 
 
 def test_the_path_is_normalised_as_the_proxy_does_before_routing_and_authz() -> None:
