@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 
@@ -38,3 +38,32 @@ def self_signed(directory: Path, name: str = "localhost") -> tuple[str, str]:
                                           serialization.PrivateFormat.PKCS8,
                                           serialization.NoEncryption()))
     return str(crt), str(pem_key)
+
+
+CAKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def operator_root(key: CAKey, *, ca: bool = True, cn: str = "operator root",
+                  days: int = 20) -> x509.Certificate:
+    """A self-signed root as an operator would bring to `--ca-cert` (valid `days` more; `ca`
+    False makes the not-a-CA case)."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime.now(datetime.UTC)
+    return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+
+
+def write_ca_files(directory: Path, cert: x509.Certificate, key: CAKey, mode: int = 0o600,
+                   name: str = "ca") -> tuple[Path, Path]:
+    """`<name>.pem` and `<name>.key` (PKCS#8, unencrypted, file mode `mode`)."""
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    key_path.chmod(mode)
+    return cert_path, key_path

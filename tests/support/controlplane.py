@@ -32,7 +32,7 @@ from tulle.controlplane.main import ControlPlane
 from tulle.controlplane.store.protocol import ResourceStore
 from tulle.dataplane.agent import Agent
 from tulle.dataplane.server import ProxyServer
-from tulle.proxyconfig.stream import Hello, WorkloadInfo
+from tulle.proxyconfig.stream import FrameDecoder, Hello, Message, WorkloadInfo, encode
 
 _APIS: dict[int, str] = {}
 """Stream port -> REST API URL of the control planes these helpers started."""
@@ -55,6 +55,22 @@ async def open_stream(port: int, token: str = "") -> tuple[asyncio.StreamReader,
     trust = (StreamTrust(ca_pems=_ROOTS[port]()) if port in _ROOTS
              else StreamTrust.from_options(token))
     return await trust.connect("127.0.0.1", port)
+
+
+async def first_answer(port: int, hello: Hello) -> Message:
+    """Send one hello on a fresh stream connection; the control plane's first answer
+    (Certificate, Config or Error)."""
+    reader, writer = await open_stream(port)
+    try:
+        writer.write(encode(hello))
+        dec = FrameDecoder()
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), timeout=5)
+            assert data, "closed without an answer"
+            if msgs := dec.feed(data):
+                return msgs[0]
+    finally:
+        writer.close()
 
 
 async def issue_token(api: str, workload: WorkloadInfo, ttl_seconds: float = 300) -> str:

@@ -5,13 +5,11 @@ key file others could read ended a ~50-line traceback).  The real CLI, as a proc
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from tests.support.certs import operator_root, write_ca_files
 from tests.support.cli import PYTHONPATH, TULLE
 from tests.support.proxy import free_port
 
@@ -19,24 +17,12 @@ PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 def _cert(key: PrivateKey, *, ca: bool = True) -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "operator root")])
-    now = dt.datetime.now(dt.UTC)
-    return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=20))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    return operator_root(key, ca=ca)
 
 
 def _files(tmp: Path, name: str, cert: x509.Certificate, key: PrivateKey,
            mode: int = 0o600) -> tuple[str, str]:
-    cert_path, key_path = tmp / f"{name}.pem", tmp / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(mode)
+    cert_path, key_path = write_ca_files(tmp, cert, key, mode, name)
     return str(cert_path), str(key_path)
 
 

@@ -7,7 +7,6 @@ becomes the mesh's."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import logging
@@ -18,11 +17,17 @@ from typing import Any
 import aiohttp
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from tests.support.certs import operator_root, write_ca_files
 from tests.support.cli import tulle
-from tests.support.controlplane import auth, eventually, open_stream, running_control_plane
+from tests.support.controlplane import (
+    auth,
+    eventually,
+    first_answer,
+    open_stream,
+    running_control_plane,
+)
 
 from tulle.controlplane.ca.authority import CertificateAuthority
 from tulle.controlplane.ca.persist import CA_KIND, CA_NAME
@@ -33,7 +38,6 @@ from tulle.proxyconfig.features import SUPPORTED
 from tulle.proxyconfig.model import CONFIG_API_VERSION
 from tulle.proxyconfig.stream import (
     Error,
-    FrameDecoder,
     Hello,
     Message,
     TrustUpdate,
@@ -46,24 +50,11 @@ NS = "shop"
 
 def _ca_files(tmp: Path, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey,
               mode: int = 0o600, name: str = "new-ca") -> tuple[Path, Path]:
-    cert_path, key_path = tmp / f"{name}.pem", tmp / f"{name}.key"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    key_path.chmod(mode)
-    return cert_path, key_path
+    return write_ca_files(tmp, cert, key, mode, name)
 
 
 def _root(key: ec.EllipticCurvePrivateKey, cn: str = "operator root") -> x509.Certificate:
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    now = dt.datetime.now(dt.UTC)
-    return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(hours=1))
-            .not_valid_after(now + dt.timedelta(days=20))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(key, hashes.SHA256()))
+    return operator_root(key, cn=cn)
 
 
 async def _get(api: str, path: str) -> dict[str, Any]:
@@ -152,17 +143,7 @@ async def test_a_read_only_token_cannot_rotate(tmp_path: Path) -> None:
 
 
 async def _hello(port: int, hello: Hello) -> Message:
-    reader, writer = await open_stream(port)
-    try:
-        writer.write(encode(hello))
-        dec = FrameDecoder()
-        while True:
-            data = await asyncio.wait_for(reader.read(65536), timeout=5)
-            assert data, "closed without an answer"
-            if msgs := dec.feed(data):
-                return msgs[0]
-    finally:
-        writer.close()
+    return await first_answer(port, hello)
 
 
 def _cert_hello(ca: CertificateAuthority, name: str) -> Hello:

@@ -16,8 +16,8 @@ import pytest
 from tests.support.controlplane import (
     apply,
     auth,
+    first_answer,
     issue_token,
-    open_stream,
     running_control_plane,
 )
 
@@ -27,11 +27,9 @@ from tulle.proxyconfig.model import CONFIG_API_VERSION
 from tulle.proxyconfig.stream import (
     Certificate,
     Error,
-    FrameDecoder,
     Hello,
     Message,
     WorkloadInfo,
-    encode,
 )
 
 NS = "shop"
@@ -44,19 +42,7 @@ def _workload(name: str, sa: str) -> dict[str, Any]:
 
 
 async def _hello(port: int, hello: Hello) -> Message:
-    """Send one hello on a fresh connection; the first answer (Certificate or Error)."""
-    reader, writer = await open_stream(port)
-    try:
-        writer.write(encode(hello))
-        dec = FrameDecoder()
-        while True:
-            data = await asyncio.wait_for(reader.read(65536), timeout=5)
-            assert data, "closed without an answer"
-            got = dec.feed(data)
-            if got:
-                return got[0]
-    finally:
-        writer.close()
+    return await first_answer(port, hello)
 
 
 def _h(w: WorkloadInfo, **kw: Any) -> Hello:
