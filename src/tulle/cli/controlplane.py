@@ -98,6 +98,7 @@ def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str
 
     from tulle.cli.token import parse_duration
     from tulle.controlplane.api.admin_token import default_admin_token_file
+    from tulle.controlplane.ca.authority import CAError
     from tulle.controlplane.main import main
     from tulle.controlplane.store.factory import quiet_drivers
     from tulle.dataplane.runner import configure_logging
@@ -110,20 +111,28 @@ def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str
                   [("the proxy stream", stream_address, stream_port, "--stream-port")]))
     token_file = Path(admin_token_file) if admin_token_file else \
         default_admin_token_file(store_url)
-    sys.exit(main(store_url, api_host=api_address, api_port=api_port,
-                  stream_host=stream_address, stream_port=stream_port, instance=instance,
-                  debounce=debounce_ms / 1000, stream_hello_timeout=stream_hello_timeout,
-                  stream_max_connections=stream_max_connections,
-                  stream_max_pending_hellos=stream_max_pending_hellos,
-                  api_max_body_bytes=api_max_body_bytes, ca_cert=ca_cert, ca_key=ca_key,
-                  cert_ttl=dt.timedelta(seconds=parse_duration(cert_ttl)),
-                  admin_token_file=token_file,
-                  api_tls_cert=Path(api_tls_cert) if api_tls_cert else None,
-                  api_tls_key=Path(api_tls_key) if api_tls_key else None,
-                  api_allow_plaintext=api_allow_plaintext, stream_sans=stream_sans,
-                  stream_plaintext=stream_plaintext,
-                  stream_liveness_timeout=stream_liveness_timeout,
-                  stats_interval=stats_interval, stream_fd=stream_fd))
+    try:
+        code = main(store_url, api_host=api_address, api_port=api_port,
+                    stream_host=stream_address, stream_port=stream_port, instance=instance,
+                    debounce=debounce_ms / 1000, stream_hello_timeout=stream_hello_timeout,
+                    stream_max_connections=stream_max_connections,
+                    stream_max_pending_hellos=stream_max_pending_hellos,
+                    api_max_body_bytes=api_max_body_bytes, ca_cert=ca_cert, ca_key=ca_key,
+                    cert_ttl=dt.timedelta(seconds=parse_duration(cert_ttl)),
+                    admin_token_file=token_file,
+                    api_tls_cert=Path(api_tls_cert) if api_tls_cert else None,
+                    api_tls_key=Path(api_tls_key) if api_tls_key else None,
+                    api_allow_plaintext=api_allow_plaintext, stream_sans=stream_sans,
+                    stream_plaintext=stream_plaintext,
+                    stream_liveness_timeout=stream_liveness_timeout,
+                    stats_interval=stats_interval, stream_fd=stream_fd)
+    except CAError as exc:
+        # A damaged CA record in the store (the files were checked above): one line and
+        # exit 1, not a traceback; nothing was served.
+        raise click.ClickException(
+            f"{exc}: the store's CA record is damaged; restore the store from a backup (a new "
+            "CA would mean re-issuing every workload certificate)") from None
+    sys.exit(code)
 
 
 def ports_free(wanted: list[tuple[str, str, int, str]]) -> None:

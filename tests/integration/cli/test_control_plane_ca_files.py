@@ -5,8 +5,11 @@ key file others could read ended a ~50-line traceback).  The real CLI, as a proc
 from __future__ import annotations
 
 import asyncio
+import json
+import sqlite3
 from pathlib import Path
 
+import aiohttp
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from tests.support.certs import operator_root, write_ca_files
@@ -81,3 +84,53 @@ async def test_unusable_ca_files_are_one_line_and_exit_2(tmp_path: Path) -> None
         assert reason in err, (what, err)
         assert "PRIVATE KEY" not in err
 
+
+
+async def test_a_damaged_ca_record_in_the_store_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """The files are checked before start; the CA the first start kept in the store is read
+    later.  A damaged record there (a restore gone wrong) is one line too, naming the remedy
+    and never the key."""
+    db = tmp_path / "cp.db"
+    api = free_port()
+    args = [TULLE, "control-plane", "run", "--store", f"sqlite:{db}", "--api-port", str(api),
+            "--stream-port", str(free_port()), "--admin-token-file", str(tmp_path / "admin")]
+    env = {"PATH": "/usr/bin:/bin", "HOME": "/nonexistent", **PYTHONPATH}
+    first = await asyncio.create_subprocess_exec(*args, env=env,
+                                                 stdout=asyncio.subprocess.DEVNULL,
+                                                 stderr=asyncio.subprocess.DEVNULL)
+    try:  # the first start makes the CA and keeps it in the store
+        for _ in range(300):
+            try:
+                async with aiohttp.ClientSession() as s, s.get(
+                        f"http://127.0.0.1:{api}/readyz") as r:
+                    if r.status == 200:
+                        break
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the first control plane never became ready")
+    finally:
+        first.terminate()
+        await first.wait()
+    with sqlite3.connect(db) as c:
+        (obj,) = c.execute("select object from resources where kind = "
+                           "'InternalCertificateAuthority'").fetchone()
+        doc = json.loads(obj)
+        doc["spec"]["keyPem"] = "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+        c.execute("update resources set object = ? where kind = "
+                  "'InternalCertificateAuthority'", (json.dumps(doc),))
+    proc = await asyncio.create_subprocess_exec(*args, env=env,
+                                                stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = err.decode()
+    assert proc.returncode == 1 and "Traceback" not in text, text
+    assert text.splitlines() == [text.strip()], text
+    assert text.startswith("Error: the stored CA: the key is not an unencrypted PEM private key")
+    assert "restore the store from a backup" in text and "AAAA" not in text
