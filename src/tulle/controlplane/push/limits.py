@@ -76,36 +76,6 @@ class _Throttled:
             self._at = now
 
 
-class _ThrottledByKey:
-    """Warnings about refused hellos, throttled per key (a workload and the reason): the first
-    at once, then at most one per `REFUSAL_LOG_INTERVAL` with how many were refused since.
-
-    For peers that proved who they are: each kind of refusal of each workload reaches the
-    audit trail at once (a once-ever line would hide that the proxy keeps trying), and a
-    proxy retrying in a loop costs one line per interval, not one per hello.  At most
-    `max_keys` keys are remembered (then forgotten together): the table cannot grow without
-    bound."""
-
-    __slots__ = ("_max_keys", "_seen")
-
-    def __init__(self, max_keys: int = 4096) -> None:
-        self._max_keys = max_keys
-        self._seen: dict[tuple[str, ...], tuple[float, int]] = {}
-        """Key -> (when it was last logged, refusals since that were not)."""
-
-    def __call__(self, key: tuple[str, ...], fmt: str, *args: object) -> None:
-        now = asyncio.get_running_loop().time()
-        seen = self._seen.get(key)
-        if seen is not None and now - seen[0] < REFUSAL_LOG_INTERVAL:
-            self._seen[key] = (seen[0], seen[1] + 1)
-            return
-        if seen is None and len(self._seen) >= self._max_keys:
-            self._seen.clear()
-        since = seen[1] if seen is not None else 0
-        log.warning(fmt + "%s", *args, f" ({since} more since the last line)" if since else "")
-        self._seen[key] = (now, 0)
-
-
 NEW_REFUSAL_LINES = 10
 """Lines about refused credentials for a workload and reason not logged before, per
 `REFUSAL_LOG_INTERVAL`; the rest are summed up by a `_Throttled` line."""

@@ -82,7 +82,6 @@ from tulle.controlplane.push.limits import (
     STREAM_FD_SHARE,
     _Budget,
     _Throttled,
-    _ThrottledByKey,
     effective_caps,
     soft_fd_limit,
 )
@@ -90,6 +89,7 @@ from tulle.controlplane.push.reported import SHOWN_REASON, shown
 from tulle.controlplane.push.session import ProxySession
 from tulle.controlplane.telemetry.tap import TapBroker
 from tulle.controlplane.telemetry.window import StatsWindow
+from tulle.logthrottle import ThrottledByKey
 from tulle.proxyconfig.stream import (
     HELLO_MAX_FRAME,
     FrameError,
@@ -162,7 +162,7 @@ class PushServer:
         self._log_refused = _Throttled("refused, over --stream-max-connections")
         self._log_refused_pending = _Throttled("refused, over --stream-max-pending-hellos")
         self._log_no_hello = _Throttled("closed before a valid hello")
-        self._log_refused_hello = _ThrottledByKey()
+        self._log_refused_hello = ThrottledByKey(log, REFUSAL_LOG_INTERVAL)
         self._new_refusal_lines = _Budget()
         self._log_unauthenticated = _Throttled("hellos not admitted, over the log budget")
         self.cache = cache
@@ -289,8 +289,8 @@ class PushServer:
         self.bad_hellos += 1
         w = hello.workload
         who, why = shown(f"{w.namespace}/{w.name}"), shown(reason, SHOWN_REASON)
-        self._log_refused_hello((who, why), "proxy %s from %s not admitted: %s", who, peer,
-                                why)
+        self._log_refused_hello((who, why), asyncio.get_running_loop().time(),
+                                "proxy %s from %s not admitted: %s", who, peer, why)
 
     def _refuse(self, abort: Callable[[], None], peer: str, pending: bool) -> None:
         """Over a cap: close at once (RST, nothing buffered), count, log."""

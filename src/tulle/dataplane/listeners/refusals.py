@@ -9,13 +9,16 @@ finds the policy that decided (ADR 0087).
 
 A client can open refused connections as fast as it likes, so the log is bounded: per
 listener, the first refusal is logged at once and then at most one line every `EVERY_S`,
-carrying the number refused since the previous line and the last destination.
+carrying the number refused since the previous line; the destination named is that
+line's.
 """
 
 from __future__ import annotations
 
 import logging
 from typing import Final
+
+from tulle.logthrottle import ThrottledByKey
 
 EVERY_S: Final = 10.0
 """The shortest time between two lines of one listener."""
@@ -24,29 +27,20 @@ log: Final = logging.getLogger("tulle.proxy")
 
 
 class RefusalLog:
-    """The refusals of every listener of a process: when each last logged, and how many since."""
+    """The refusals of every listener of a process (`tulle.logthrottle`, keyed by listener)."""
 
-    __slots__ = ("_last", "_pending")
+    __slots__ = ("_lines",)
 
     def __init__(self) -> None:
-        self._last: dict[str, float] = {}
-        self._pending: dict[str, int] = {}
+        self._lines = ThrottledByKey(log, EVERY_S)
 
     def no_destination(self, listener: str, ip: str, port: int, now: float) -> None:
         """A connection to `ip`:`port` on `listener` refused: no destination rule and no
         passthrough.  `now`: the loop's clock."""
-        n = self._pending.get(listener, 0) + 1
-        last = self._last.get(listener)
-        if last is not None and now - last < EVERY_S:
-            self._pending[listener] = n
-            return
-        self._last[listener] = now
-        self._pending[listener] = 0
-        more = f" ({n} such connections since the last line)" if n > 1 else ""
-        log.warning("listener %s: refused an outbound connection to %s:%d: no mesh Service or "
+        self._lines((listener,), now,
+                    "listener %s: refused an outbound connection to %s:%d: no mesh Service or "
                     "endpoint has that address and port, and the mesh's outbound policy is "
-                    "REGISTRY_ONLY (Mesh.spec.outboundTrafficPolicy.mode)%s",
-                    listener, ip, port, more)
+                    "REGISTRY_ONLY (Mesh.spec.outboundTrafficPolicy.mode)", listener, ip, port)
 
 
 REFUSALS: Final = RefusalLog()

@@ -1,5 +1,5 @@
 """The refusal log: the first refusal of a listener at once, then at most one line every
-`EVERY_S` carrying how many were refused since; listeners counted apart."""
+`EVERY_S` carrying how many were left out since; listeners counted apart."""
 
 from __future__ import annotations
 
@@ -28,4 +28,4 @@ def test_a_flood_of_refusals_makes_one_line_per_period_with_the_count(
                                "10.0.0.1:1")
     assert lines[2].startswith("listener outbound: refused an outbound connection to "
                                "10.231.0.12:443")
-    assert lines[2].endswith("(1001 such connections since the last line)")
+    assert lines[2].endswith("(1000 more since the last line)")  # the 1,000 not logged

@@ -71,15 +71,24 @@ def _uses_identities(spec: Mapping[str, Any]) -> bool:
                for r in spec.get("rules") or [] for s in r.get("from") or [])
 
 
+def _split_domain(identity: str) -> tuple[str, str] | None:
+    """(trust domain, path) of a SPIFFE ID or of a prefix that names its whole trust domain;
+    None for `*` and prefixes that stop inside the trust domain (they match any)."""
+    if not identity.startswith("spiffe://"):
+        return None
+    td, slash, path = identity[len("spiffe://"):].partition("/")
+    return (td, path) if slash else None
+
+
 def _aliased(identities: list[str], tds: tuple[str, ...]) -> list[str]:
     """`identities`, each one naming a trust domain of `tds` also in the others (a certificate
     still naming an alias is the same workload, `Mesh.spec.trustDomainAliases`)."""
     out: list[str] = []
     for ident in identities:
         out.append(ident)
-        td, slash, path = ident.removeprefix("spiffe://").partition("/")
-        if ident.startswith("spiffe://") and slash and td in tds:
-            out += [f"spiffe://{other}/{path}" for other in tds if other != td]
+        split = _split_domain(ident)
+        if split is not None and split[0] in tds:
+            out += [f"spiffe://{other}/{split[1]}" for other in tds if other != split[0]]
     return list(dict.fromkeys(out))
 
 
@@ -117,15 +126,9 @@ def for_port(p: Policy, port: int, tds: tuple[str, ...] = ()) -> AuthzPolicy:
 def _foreign(spec: Mapping[str, Any], tds: tuple[str, ...]) -> list[str]:
     """The identities of `spec` that name a trust domain the mesh does not accept (`*` and
     prefixes that stop inside the trust domain match any)."""
-    out = []
-    for r in spec.get("rules") or []:
-        for src in r.get("from") or []:
-            for ident in src.get("identities") or []:
-                rest = ident[len("spiffe://"):] if ident.startswith("spiffe://") else ""
-                td, slash, _ = rest.partition("/")
-                if slash and td not in tds:
-                    out.append(ident)
-    return out
+    return [ident for r in spec.get("rules") or [] for src in r.get("from") or []
+            for ident in src.get("identities") or []
+            if (split := _split_domain(ident)) is not None and split[0] not in tds]
 
 
 def _ports_named(spec: Mapping[str, Any]) -> set[int]:

@@ -3,6 +3,8 @@ the proxies do, and a condition naming each setting they do not.
 
 - `trustDomain`: in force — workload certificates carry it (ADR 0028) and clients expect it in
   the servers' SPIFFE IDs (`mtls` plugin, ADR 0033);
+- `trustDomainAliases`: in force — clients accept them in the servers' SPIFFE IDs, and
+  authorization identities match across them (`mtls`, `authorization`, ADR 0087);
 - `mtls.mode`: in force, every value — the `mtls` plugin compiles it (ADR 0033);
 - `observability.tracing`: in force, every field (ADR 0055, `compiler/telemetry.py`);
 - `outboundTrafficPolicy.mode`: in force, both values, on the transparent outbound listener
@@ -45,6 +47,9 @@ def not_in_force(spec: Mapping[str, Any]) -> tuple[list[str], list[str]]:
     domain = spec.get("trustDomain")
     if domain is not None:
         applied.append(f"trustDomain {domain}")
+    aliases = spec.get("trustDomainAliases")
+    if aliases:
+        applied.append(f"trustDomainAliases {', '.join(map(str, aliases))}")
     mode = _section(spec, "mtls").get("mode")
     if mode in IN_FORCE_MTLS:
         applied.append(f"mtls.mode {mode}")

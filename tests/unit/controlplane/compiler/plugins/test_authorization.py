@@ -116,6 +116,9 @@ def test_a_trust_domain_alias_is_the_same_workload_to_clients_and_to_policies() 
     status, reason, message = _conditions(mesh, "rpc-from-api")["RulesMatchable"]
     assert (status, reason) == (False, "ForeignTrustDomain")
     assert "other.org" in message and "cluster.local/ns" not in message
+    # get/describe show the aliases among the Mesh's settings in force
+    settings = {c.type: c for c in mesh.conditions[("Mesh", "", "default")]}["SettingsApplied"]
+    assert settings.status and "trustDomainAliases cluster.local" in settings.message
     (rpc,) = [sp for sp in mesh.services if sp.name == "rpc"]
     assert rpc.tls is not None
     assert rpc.tls.expected_spiffe_ids == ("spiffe://cluster.local/ns/shop/sa/rpc",
