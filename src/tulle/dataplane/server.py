@@ -14,7 +14,8 @@ SIGHUP, or (later) the control plane's push.  It works in two phases:
   accepting on the new sockets.
 
 Sockets are identified by address and port.  A listener whose address and port are unchanged
-keeps its socket: if nothing that selects the protocol driver changed (protocol, mode, TLS) it
+keeps its socket (each of its sockets, when it serves more than one address: ADR 0088,
+`listeners/sockets.py`): if nothing that selects the protocol driver changed (protocol, mode, TLS) it
 keeps its server and its connections, and only its context pointer moves; otherwise a new server
 accepts on a duplicate of the same socket and the old one's connections drain.  The port is
 never unbound during a swap, so no client is refused.  Connections pick up the new context at
@@ -25,13 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import socket
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tulle.dataplane.listeners import sockets
 from tulle.dataplane.listeners.factory import protocol_factory
 from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.listener_context import ListenerContext
@@ -66,6 +66,11 @@ class MeshDns:
     def port(self) -> int:
         """The port bound (useful with port 0); 0 when no resolver runs."""
         return self.service.port if self.service is not None else 0
+
+    @property
+    def addresses(self) -> list[str]:
+        """The addresses it answers on (ADR 0088); empty when no resolver runs."""
+        return self.service.addresses if self.service is not None else []
 
     async def prepare(self, cfg: ProxyConfig) -> DnsPlan | None:
         """A plan for `cfg`'s `dns` section; None when there is none and never was."""
@@ -102,11 +107,6 @@ def _socket_key(cfg: Listener) -> tuple[str, int]:
 def _serving_key(cfg: Listener) -> tuple[object, ...]:
     """What the accepted connections' driver is chosen by; a change needs a new server."""
     return (cfg.protocol, cfg.mode, cfg.tls, bool(cfg.filter_chains))
-
-
-def _listening_fd(handle: ListenerHandle) -> int:
-    sockets: Any = getattr(handle.servers[0], "sockets", ())
-    return int(sockets[0].fileno())
 
 
 @dataclass
@@ -220,7 +220,8 @@ class ProxyServer:
                 ctx = contexts[lc.name]
                 donor = donor_for(lc)
                 if (donor is not None and donor.name == lc.name
-                        and _serving_key(donor.ctx.cfg) == _serving_key(lc)):
+                        and _serving_key(donor.ctx.cfg) == _serving_key(lc)
+                        and donor.ctx.cfg.additional_addresses == lc.additional_addresses):
                     plan.kept.append((donor, ctx))
                     plan.handles[lc.name] = donor
                     plan.ports[donor] = self._ports[donor]
@@ -257,44 +258,28 @@ class ProxyServer:
             factory = protocol_factory(handle, ref)
         except (OSError, ValueError, NotImplementedError) as exc:  # ssl.SSLError is an OSError
             raise ApplyError(f"{where}: {exc}") from exc
-        sock = self._dup(donor) if donor is not None else self._bind(lc)
-        try:
-            server = await asyncio.get_running_loop().create_server(
-                factory, sock=sock, backlog=BACKLOG, start_serving=False)  # TLS: TLSAccept
-        except (OSError, ValueError) as exc:
-            sock.close()
-            raise ApplyError(f"{where}: {exc}") from exc
-        handle.servers.append(server)
+        port = lc.port
+        for address in sockets.addresses(lc):  # the primary first: port 0 picks the port
+            given = (sockets.listening_socket(donor.servers, address)
+                     if donor is not None else None)
+            try:
+                sock = (sockets.dup(given) if given is not None
+                        else sockets.bind(lc, address, port, BACKLOG))
+            except sockets.BindError as exc:
+                raise ApplyError(str(exc)) from exc
+            if sock is None:
+                continue  # an additional address of a family this namespace lacks (logged)
+            try:
+                server = await asyncio.get_running_loop().create_server(
+                    factory, sock=sock, backlog=BACKLOG, start_serving=False)  # TLS: TLSAccept
+            except (OSError, ValueError) as exc:
+                sock.close()
+                raise ApplyError(f"{where}: {exc}") from exc
+            handle.servers.append(server)
+            if address == lc.address:
+                port = int(sock.getsockname()[1])
+                plan.ports[handle] = port
         handle.tls_ref = ref
-        plan.ports[handle] = int(sock.getsockname()[1])
-
-    @staticmethod
-    def _dup(donor: ListenerHandle) -> socket.socket:
-        sock = socket.socket(fileno=os.dup(_listening_fd(donor)))
-        sock.setblocking(False)
-        return sock
-
-    @staticmethod
-    def _bind(cfg: Listener) -> socket.socket:
-        family = socket.AF_INET6 if ":" in cfg.address else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if cfg.reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if cfg.mode == "transparent":
-                try:
-                    sock.setsockopt(socket.SOL_IP, 19, 1)  # IP_TRANSPARENT (needs CAP_NET_ADMIN)
-                except OSError:
-                    pass  # REDIRECT works without it; TPROXY would need it
-            sock.bind((cfg.address, cfg.port))
-            sock.listen(BACKLOG)
-            sock.setblocking(False)
-        except OSError as exc:
-            sock.close()
-            raise ApplyError(f"listener {cfg.name}: cannot bind {cfg.address}:{cfg.port}: "
-                             f"{exc.strerror or exc}") from exc
-        return sock
 
     def _commit(self, plan: _Plan) -> None:
         """Put a prepared plan in force.  Nothing here may fail."""

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import socket
 
+from tulle.errors import FieldError
+
 
 def numeric_family(host: str) -> socket.AddressFamily | None:
     """`AF_INET` or `AF_INET6` for a numeric address; None for anything else (a name)."""
@@ -28,3 +30,18 @@ def numeric_family(host: str) -> socket.AddressFamily | None:
     except ValueError:
         return None
     return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+
+
+def additional_address_errors(address: str, more: list[str], path: str) -> list[FieldError]:
+    """A listener's or the resolver's `additional_addresses` (ADR 0088): numeric IP addresses,
+    none twice and none the primary `address`."""
+    out: list[FieldError] = []
+    seen = {address}
+    for k, a in enumerate(more):
+        where = f"{path}.additional_addresses[{k}]"
+        if numeric_family(a) is None:
+            out.append(FieldError(where, f"must be an IP address, got {a!r}"))
+        elif a in seen:
+            out.append(FieldError(where, f"{a} is already an address of this socket's owner"))
+        seen.add(a)
+    return out

@@ -9,6 +9,7 @@ name table and `tulle proxy-config` derive names with.
 from __future__ import annotations
 
 from tulle.errors import FieldError
+from tulle.proxyconfig.address import additional_address_errors
 from tulle.proxyconfig.model import DNS, ProxyConfig
 
 DNS_PORT = 53
@@ -63,6 +64,7 @@ def errors(cfg: ProxyConfig) -> list[FieldError]:
         ipaddress.ip_address(d.address)
     except ValueError:
         out.append(FieldError("dns.address", f"must be an IP address, got {d.address!r}"))
+    out += additional_address_errors(d.address, d.additional_addresses, "dns")
     for i, u in enumerate(d.upstreams):
         try:
             upstream_address(u)

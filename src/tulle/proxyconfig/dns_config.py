@@ -51,6 +51,11 @@ class DNS(_Base, frozen=True, kw_only=True):
     address: str = "127.0.0.1"
     port: PortOrZero = 15053
     """0 picks a free port (tests)."""
+    additional_addresses: Annotated[list[str], Meta(max_length=4)] = msgspec.field(
+        default_factory=list)
+    """More addresses answered on the same port (UDP and TCP each): a sidecar's `::1`, where
+    ip6tables sends the pod's IPv6 DNS.  Skipped with a warning when the namespace cannot
+    have one (ADR 0088)."""
     domain: Annotated[str, Meta(min_length=1, max_length=200,
                                 pattern=r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")] = "cluster.local"
     """The cluster domain (Kubernetes' `cluster.local`)."""

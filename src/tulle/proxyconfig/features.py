@@ -213,6 +213,8 @@ FEATURES: tuple[Feature, ...] = (
     Feature("session-persistence", (), "the `SessionPersistence` HTTP filter (Gateway API "
             "`sessionPersistence`: a cookie or header pins a client to an endpoint, ADR 0058)",
             drops=_FILTERS, uses=partial(_filter_is, "SessionPersistence")),
+    Feature("dual-stack", ("listeners[].additional_addresses", "dns.additional_addresses"),
+            "listeners and the DNS resolver served on more than one address (IPv4 and IPv6)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -309,6 +309,13 @@ class Listener(_Base, frozen=True, kw_only=True):
     address: str = "127.0.0.1"
     port: PortOrZero
     """0 picks a free port (tests)."""
+    additional_addresses: Annotated[list[str], Meta(max_length=4)] = msgspec.field(
+        default_factory=list)
+    """More addresses served on the same port by the same listener, one socket each (Envoy's
+    `additional_addresses`): a transparent sidecar's `::1` beside `127.0.0.1`, so the pod's
+    IPv6 connections redirected by ip6tables are served too.  With any, an IPv6 socket takes
+    only IPv6 (`IPV6_V6ONLY`).  One the namespace cannot have (its family is off) is skipped
+    with a warning; ADR 0088."""
     direction: Literal["outbound", "inbound"] = "outbound"
     mode: Literal["explicit", "transparent"] = "explicit"
     """`transparent` reads the original destination of iptables-redirected connections."""

@@ -22,7 +22,7 @@ import msgspec
 
 from tulle.errors import FieldError
 from tulle.proxyconfig import dns, filters, health, network, regex, telemetry_checks
-from tulle.proxyconfig.address import numeric_family
+from tulle.proxyconfig.address import additional_address_errors, numeric_family
 from tulle.proxyconfig.chain_checks import chain_errors
 from tulle.proxyconfig.lb_checks import cluster_lb_errors
 from tulle.proxyconfig.logs import check as log_checks
@@ -37,8 +37,6 @@ class ConfigError(ValueError):
     def __init__(self, errors: list[FieldError]) -> None:
         self.errors = errors
         super().__init__("\n".join(str(e) for e in errors))
-
-
 
 
 def _duplicates(names: Iterable[str]) -> set[str]:
@@ -75,11 +73,15 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
         p = f"listeners[{i}]"
         if not _is_ip(lst.address):
             out.append(FieldError(f"{p}.address", f"must be an IP address, got {lst.address!r}"))
+        out += additional_address_errors(lst.address, lst.additional_addresses, p)
         if lst.port:
-            other = bound.setdefault((lst.address, lst.port), i)
-            if other != i and not lst.reuse_port:
-                out.append(FieldError(f"{p}.port", f"{lst.address}:{lst.port} is already "
-                                      f"used by listeners[{other}]"))
+            for where, addr in ((f"{p}.port", lst.address), *(
+                    (f"{p}.additional_addresses[{k}]", a)
+                    for k, a in enumerate(lst.additional_addresses))):
+                other = bound.setdefault((addr, lst.port), i)
+                if other != i and not lst.reuse_port:
+                    out.append(FieldError(where, f"{addr}:{lst.port} is already "
+                                          f"used by listeners[{other}]"))
         elif cfg.settings.workers > 1:  # each worker would bind its own random port
             out.append(FieldError(f"{p}.port", "must not be 0 when settings.workers > 1"))
         if lst.route_table and lst.route_table not in tables:

@@ -25,6 +25,7 @@ from pathlib import Path
 from tulle.dataplane.dns import resolver
 from tulle.dataplane.dns.forward import forward, servfail
 from tulle.dataplane.dns.table import NameTable, build
+from tulle.dataplane.listeners.sockets import family_unavailable
 from tulle.dataplane.telemetry.metrics import CounterChild, ProxyMetrics
 from tulle.proxyconfig.dns import upstream_address
 from tulle.proxyconfig.model import DNS, ProxyConfig
@@ -278,24 +279,36 @@ class _Tcp(asyncio.Protocol):
             self._write(reply, resolver.FORWARDED)
 
 
+Endpoints = tuple[asyncio.DatagramTransport, asyncio.Server]
+"""One address's UDP transport and TCP server."""
+
+
 @dataclass
 class DnsPlan:
-    """A prepared `dns` section: state built and, when address or port changed, new sockets
-    bound (TCP not yet accepting; a datagram endpoint has no such switch, so new UDP sockets
-    answer from the moment they are bound, already with the new state)."""
+    """A prepared `dns` section: state built and, for each address whose socket is not kept
+    (a new address, or a changed port), new sockets bound (TCP not yet accepting; a datagram
+    endpoint has no such switch, so new UDP sockets answer from the moment they are bound,
+    already with the new state)."""
 
     state: DnsState | None
-    key: tuple[str, int] | None
-    udp: asyncio.DatagramTransport | None = None
-    tcp: asyncio.Server | None = None
+    want_port: int = -1
+    """The configured port (0: any); sockets are kept across snapshots while it is unchanged."""
+    endpoints: dict[str, Endpoints] = field(default_factory=dict)
+    """Per address served (the primary first; ADR 0088 for the others)."""
+    fresh: list[str] = field(default_factory=list)
+    """The addresses bound for this plan (the others are the current plan's, kept)."""
     shared: _Shared | None = None
     port: int = 0
 
     def discard(self) -> None:
-        if self.udp is not None:
-            self.udp.close()
-        if self.tcp is not None:
-            self.tcp.close()
+        """Close what this plan bound (a failed apply)."""
+        for address in self.fresh:
+            _close(self.endpoints[address])
+
+
+def _close(eps: Endpoints) -> None:
+    eps[0].close()
+    eps[1].close()
 
 
 class DnsError(Exception):
@@ -307,86 +320,113 @@ class DnsService:
 
     def __init__(self, metrics: ProxyMetrics) -> None:
         self.counters = _Counters(metrics)
-        self.current: DnsPlan = DnsPlan(None, None)
+        self.current: DnsPlan = DnsPlan(None)
 
     @property
     def port(self) -> int:
         """The port bound (useful with port 0); 0 when no resolver runs."""
         return self.current.port
 
+    @property
+    def addresses(self) -> list[str]:
+        """The addresses the resolver answers on now."""
+        return list(self.current.endpoints)
+
     async def prepare(self, cfg: ProxyConfig) -> DnsPlan:
         d = cfg.dns
         if d is None:
-            return DnsPlan(None, None)
+            return DnsPlan(None)
         ups = (tuple(upstream_address(u) for u in d.upstreams) if d.upstreams
                else resolv_conf_upstreams(d.resolv_conf))
         state = DnsState(d, build(d, cfg.node.namespace), ups, _by_source(d))
-        key = (d.address, d.port)
         cur = self.current
-        if cur.key == key and cur.shared is not None:
-            plan = DnsPlan(state, key, shared=cur.shared, port=cur.port)
-        else:
-            plan = DnsPlan(state, key, shared=_Shared(state, self.counters))
-            try:
-                await self._bind(plan, d, plan.shared)  # type: ignore[arg-type]
-            except BaseException:
-                plan.discard()
-                raise
-        own = (d.address, plan.port)
-        if own in ups:  # forwarding to ourselves would loop until every forward timed out
-            log.warning("dns: upstream %s:%d is this resolver itself: skipped", *own)
-            state.upstreams = tuple(u for u in ups if u != own)
+        keep = cur.shared is not None and cur.want_port == d.port
+        plan = DnsPlan(state, d.port, shared=cur.shared if keep else _Shared(state, self.counters),
+                       port=cur.port if keep else d.port)
+        try:
+            for address in [d.address, *d.additional_addresses]:
+                if keep and address in cur.endpoints:
+                    plan.endpoints[address] = cur.endpoints[address]
+                elif address == d.address and not plan.port:
+                    await self._bind_any(plan, d)
+                else:
+                    await self._bind(plan, address, plan.port, primary=address == d.address)
+        except BaseException:
+            plan.discard()
+            raise
+        own = {(a, plan.port) for a in plan.endpoints}
+        if own.intersection(ups):  # forwarding to ourselves would loop until every forward timed out
+            for a, p in sorted(own.intersection(ups)):
+                log.warning("dns: upstream %s:%d is this resolver itself: skipped", a, p)
+            state.upstreams = tuple(u for u in ups if u not in own)
         return plan
 
-    async def _bind(self, plan: DnsPlan, d: DNS, shared: _Shared) -> None:
-        loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in d.address else socket.AF_INET
-        where = f"dns {d.address}:{d.port}"
-        for _ in range(8):  # port 0: the UDP port the kernel picks may be taken for TCP
-            tsock = socket.socket(family, socket.SOCK_STREAM)
+    async def _bind_any(self, plan: DnsPlan, d: DNS) -> None:
+        """The primary address on port 0: a port free for both UDP and TCP."""
+        for _ in range(8):  # the UDP port the kernel picks may be taken for TCP
             try:
-                tsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                tsock.bind((d.address, d.port))
-                port = int(tsock.getsockname()[1])
-                usock = socket.socket(family, socket.SOCK_DGRAM)
-                try:
-                    usock.bind((d.address, port))
-                except OSError:
-                    usock.close()
-                    raise
-            except OSError as exc:
-                tsock.close()
-                if d.port:
-                    raise DnsError(f"{where}: cannot bind: {exc.strerror or exc}") from exc
+                await self._bind(plan, d.address, 0, primary=True)
+                return
+            except DnsError:
                 continue
-            tsock.listen(128)
-            tsock.setblocking(False)
-            usock.setblocking(False)
-            plan.udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(shared), sock=usock)
-            plan.tcp = await loop.create_server(lambda: _Tcp(shared), sock=tsock,
-                                                start_serving=False)
+        raise DnsError(f"dns {d.address}:0: no free port for both UDP and TCP")
+
+    async def _bind(self, plan: DnsPlan, address: str, port: int, *, primary: bool) -> None:
+        """UDP and TCP on `address`:`port` (TCP first: port 0 takes TCP's port for UDP too).
+        An additional address whose family is off here is skipped with a warning
+        (`listeners/sockets.py` has the rule)."""
+        assert plan.shared is not None
+        shared = plan.shared
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        tsock = socket.socket(family, socket.SOCK_STREAM)
+        usock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            tsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # each socket its own address (`::` not IPv4's too)
+                tsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                usock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            tsock.bind((address, port))
+            port = int(tsock.getsockname()[1])
+            usock.bind((address, port))
+        except OSError as exc:
+            tsock.close()
+            usock.close()
+            if not primary and family_unavailable(address, exc):
+                log.warning("dns: not answering on %s port %d: %s (that address family is off "
+                            "in this namespace)", address, port, exc.strerror or exc)
+                return
+            raise DnsError(f"dns {address}:{port}: cannot bind: {exc.strerror or exc}") from exc
+        tsock.listen(128)
+        tsock.setblocking(False)
+        usock.setblocking(False)
+        udp, _ = await loop.create_datagram_endpoint(lambda: _Udp(shared), sock=usock)
+        tcp = await loop.create_server(lambda: _Tcp(shared), sock=tsock, start_serving=False)
+        plan.endpoints[address] = (udp, tcp)
+        plan.fresh.append(address)
+        if primary:
             plan.port = port
-            return
-        raise DnsError(f"{where}: no free port for both UDP and TCP")
 
     async def commit(self, plan: DnsPlan) -> None:
-        """Put `plan` in force (cannot fail); the old sockets close if replaced."""
+        """Put `plan` in force (cannot fail); the old sockets close unless kept."""
         cur = self.current
         if plan.shared is not None and plan.state is not None:
             plan.shared.state = plan.state
-        if plan.udp is not None or plan.state is None:  # new sockets, or no resolver any more
-            cur.discard()
-            if plan.udp is None:
-                plan = DnsPlan(None, None)
-        else:
-            plan.udp, plan.tcp = cur.udp, cur.tcp
+        kept = {id(eps) for eps in plan.endpoints.values()}
+        for eps in cur.endpoints.values():
+            if id(eps) not in kept:
+                _close(eps)
         self.current = plan
-        if plan.tcp is not None and not plan.tcp.is_serving():
-            await plan.tcp.start_serving()
+        for address in plan.fresh:
+            tcp = plan.endpoints[address][1]
+            if not tcp.is_serving():
+                await tcp.start_serving()
+        plan.fresh = []  # in force: a later plan's discard must not close them
 
     def close(self) -> None:
-        self.current.discard()
+        for eps in self.current.endpoints.values():
+            _close(eps)
         if self.current.shared is not None:
             for t in list(self.current.shared.tasks):
                 t.cancel()
-        self.current = DnsPlan(None, None)
+        self.current = DnsPlan(None)

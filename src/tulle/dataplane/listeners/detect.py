@@ -104,14 +104,16 @@ class Deciding(asyncio.Protocol, Connection):
         return False
 
     def _original_destination(self, t: asyncio.Transport,
-                              local: tuple[str, int] | None) -> tuple[str, int] | None:
-        """Where a transparent connection was going; None (refused) when unknown or a loop."""
+                              local: object) -> tuple[str, int] | None:
+        """Where a transparent connection was going; None (refused) when unknown or a loop.
+        `local`: the socket's own address as the transport gives it (an IPv6 one is a
+        4-tuple: host, port, flow info, scope)."""
         sock = t.get_extra_info("socket")
         dst = original_destination(sock) if sock is not None else None
         if dst is None:
             self._refuse("no_original_destination")
             return None
-        if local is not None and dst == (str(local[0]), int(local[1])):
+        if isinstance(local, tuple) and dst == (str(local[0]), int(local[1])):
             self._refuse("loop")
             return None
         return dst
