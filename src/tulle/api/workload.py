@@ -55,6 +55,11 @@ def check_ports(ports: list[WorkloadPort]) -> None:
 
 class WorkloadSpec(Model):
     address: IPAddress
+    additionalAddresses: Annotated[list[IPAddress], Field(max_length=1)] = Field(
+        default_factory=list)
+    """A dual-stack pod's address of the other family (Kubernetes' second `podIPs` entry):
+    a transparent client's call to it is the same pod-IP call as to `address` -- to that pod,
+    over mTLS -- and Services still reach the pod at `address` (ADR 0088)."""
     ports: Annotated[list[WorkloadPort], Field(max_length=64)] = Field(default_factory=list)
     serviceAccount: DNSSubdomain = "default"
     zone: Annotated[str, Field(min_length=1, max_length=63)] | None = None
@@ -95,6 +100,11 @@ class WorkloadSpec(Model):
     @model_validator(mode="after")
     def _ports(self) -> WorkloadSpec:
         check_ports(self.ports)
+        for i, extra in enumerate(self.additionalAddresses):
+            if (":" in extra) == (":" in self.address):
+                raise field_error(("additionalAddresses", i), (
+                    f"{quote(extra)} is of the same family as address {quote(self.address)}: "
+                    "a pod has one address per family"))
         if self.inboundPort is not None and self.interception != "agent":
             raise field_error(("inboundPort",), "only with interception: agent (a sidecar "
                                                 "takes inbound traffic on 15006)")

@@ -70,3 +70,15 @@ def test_agent_interception_and_its_inbound_port(errors: Errors) -> None:
         ("spec.inboundPort", "only with interception: agent (a sidecar takes inbound traffic "
                              "on 15006)")]
     assert errors(with_(WL, "spec.interception", "node"))[0][0] == "spec.interception"
+
+
+def test_a_dual_stack_pod_names_its_other_family_once(errors: Errors) -> None:
+    wl = parse(with_(WL, "spec.additionalAddresses", ["10.232.0.4"]))
+    assert wl.spec.additionalAddresses == ["10.232.0.4"]  # type: ignore[attr-defined]
+    assert errors(with_(WL, "spec.additionalAddresses", ["fd00::2"])) == [
+        ("spec.additionalAddresses[0]", '"fd00::2" is of the same family as address "fd00::1": '
+                                        "a pod has one address per family")]
+    assert errors(with_(WL, "spec.additionalAddresses", ["10.0.0"]))[0][0] == (
+        "spec.additionalAddresses[0]")
+    got = errors(with_(WL, "spec.additionalAddresses", ["10.0.0.1", "10.0.0.2"]))
+    assert [p for p, _ in got] == ["spec.additionalAddresses"], got

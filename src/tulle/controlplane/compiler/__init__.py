@@ -49,7 +49,12 @@ from tulle.controlplane.compiler.routes import derive_grants, derive_routes, der
 from tulle.controlplane.compiler.services import ServiceMemo, derive_services
 from tulle.controlplane.compiler.status import conditions
 from tulle.controlplane.compiler.telemetry import MeshTelemetry, mesh_telemetry, telemetry_section
-from tulle.controlplane.compiler.transparent import agent_cluster, inbound_listener, render_outbound
+from tulle.controlplane.compiler.transparent import (
+    OUTBOUND_ADDRESS6,
+    agent_cluster,
+    inbound_listener,
+    render_outbound,
+)
 from tulle.proxyconfig.model import (
     Admin,
     Cluster,
@@ -338,9 +343,12 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
         out = t.listener
         if out.port != proxy.outbound_port:
             out = msgspec.structs.replace(out, port=proxy.outbound_port)
+        if proxy.interception == "transparent":  # a sidecar: ip6tables' redirect too (ADR 0088)
+            out = msgspec.structs.replace(out, additional_addresses=[OUTBOUND_ADDRESS6])
         t_clusters, c_digest = t.clusters_for(proxy.namespace)
         listeners, tables, clusters = [*listeners, out], tables + t_tables, clusters + t_clusters
-        digest = hashlib.sha256(digest + t_digest + c_digest + str(out.port).encode()).digest()
+        digest = hashlib.sha256(digest + t_digest + c_digest + str(out.port).encode()
+                                + ",".join(out.additional_addresses).encode()).digest()
     dns = dns_section(proxy, shared.dns)
     if dns is not None:  # (only then: other proxies' versions stay what they were)
         check(ProxyConfig(listeners=part.listeners, dns=dns, clusters=part.clusters,

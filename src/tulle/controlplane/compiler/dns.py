@@ -58,4 +58,6 @@ def dns_section(proxy: Proxy, shared: DnsHosts) -> DNS | None:
     if proxy.interception == "agent":
         return DNS(port=port, hosts=shared.hosts,
                    clients=[DNSClient(address=proxy.address, namespace=proxy.namespace)])
+    if proxy.interception == "transparent":  # ip6tables sends the pod's IPv6 DNS to ::1
+        return DNS(port=port, hosts=shared.hosts, additional_addresses=["::1"])
     return DNS(port=port, hosts=shared.hosts)

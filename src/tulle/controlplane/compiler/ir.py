@@ -387,6 +387,9 @@ class Proxy(msgspec.Struct, frozen=True):
     """Server-side network filters by port (`plugins/rate_limit.py`); () : none."""
     inbound_port: int = 15006
     """`Workload.spec.inboundPort`: the inbound listener's port on a node agent."""
+    additional_addresses: tuple[str, ...] = ()
+    """`Workload.spec.additionalAddresses`: the pod's address of the other family, a pod-IP
+    destination like `address` (ADR 0088)."""
 
     @property
     def intercepted(self) -> bool:

@@ -44,7 +44,8 @@ def derive_proxy(workload: Resource) -> Proxy:
                  interception=_INTERCEPTION.get(spec.get("interception") or "", "explicit"),
                  dns_port=int(spec.get("dnsPort") or 0),
                  admin_port=None if spec.get("adminPort") is None else int(spec["adminPort"]),
-                 inbound_port=int(spec.get("inboundPort") or 15006))
+                 inbound_port=int(spec.get("inboundPort") or 15006),
+                 additional_addresses=tuple(spec.get("additionalAddresses") or ()))
 
 
 _INTERCEPTION: dict[str, Literal["transparent", "agent"]] = {

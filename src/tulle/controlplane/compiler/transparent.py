@@ -12,9 +12,10 @@ destination and decide from it alone -- never from a Host header:
      the table under the same name, `consumer_hosts`); a TCP port goes to its TCP cluster
      (`outbound-tcp|<port>||<svc>.<ns>`), whose endpoints are those of the TCPRoute attached
      to it (weighted backends), else the Service's own;
-  2. a workload's `address:port` (a pod IP): to that very endpoint, over mTLS when it takes it
-     (`pod|<port>||<name>.<ns>`: the pod's own identity expected) -- the Service's routes do
-     not apply, as in Kubernetes, but the mesh's mTLS does;
+  2. a workload's `address:port` (a pod IP, or its `additionalAddresses` entry: a dual-stack
+     pod's other family, ADR 0088): to that very endpoint, over mTLS when it takes it
+     (`pod|<port>||<name>.<ns>`: the pod's own identity expected, dialled at `address`) -- the
+     Service's routes do not apply, as in Kubernetes, but the mesh's mTLS does;
   3. anything else: `Mesh.spec.outboundTrafficPolicy` -- `ALLOW_ANY` passes it through to the
      original destination; `REGISTRY_ONLY` refuses it (the connection is reset, counted in
      `tulle_proxy_protocol_errors_total{kind="no_destination"}`).
@@ -42,6 +43,8 @@ from tulle.controlplane.compiler.plugins.tcp_routes import (
 
 OUTBOUND_ADDRESS = "127.0.0.1"
 """Where iptables' REDIRECT sends a pod's own outbound connections (OUTPUT chain: loopback)."""
+OUTBOUND_ADDRESS6 = "::1"
+"""Where ip6tables' REDIRECT sends them: a sidecar's listeners serve both (ADR 0088)."""
 INBOUND_PORT = 15006
 MAX_WEIGHT = 1_000_000
 
@@ -147,6 +150,11 @@ def _pod_destinations(mesh: MeshModel) -> tuple[list[dict[str, Any]], list[dict[
             clusters.append(cluster)
             dests.append({"address": proxy.address, "port": p.port, "protocol": p.protocol,
                           "cluster": name})
+            for extra in proxy.additional_addresses:  # its other family: the same pod
+                if (extra, p.port) not in seen and not _loopback(extra):
+                    seen.add((extra, p.port))
+                    dests.append({"address": extra, "port": p.port, "protocol": p.protocol,
+                                  "cluster": name})
     return dests, clusters
 
 
@@ -236,6 +244,8 @@ def inbound_listener(proxy: Proxy, per_port: list[dict[str, Any]]) -> dict[str, 
                            "filter_chains": chains}
     if opaque:
         out["opaque_ports"] = opaque
+    if not agent:  # ip6tables' REDIRECT: the interface's first IPv6 address (ADR 0088)
+        out["additional_addresses"] = ["0.0.0.0" if ":" in proxy.address else "::"]
     return out
 
 
@@ -253,6 +263,7 @@ def agent_cluster(cluster: dict[str, Any], address: str) -> dict[str, Any]:
 __all__ = [
     "INBOUND_PORT",
     "OUTBOUND_ADDRESS",
+    "OUTBOUND_ADDRESS6",
     "TransparentOut",
     "agent_cluster",
     "inbound_listener",

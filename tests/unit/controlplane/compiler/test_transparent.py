@@ -251,3 +251,41 @@ def test_loopback_workloads_are_no_pod_destinations() -> None:
                                    transparent=False))["shop/client"]
     assert not any(d.address == "127.0.0.1" for d in listener(cfg, "outbound").destinations)
     assert not any(c.name == "pod|18080||local.shop" for c in cfg.clusters)
+
+
+def test_a_sidecar_listens_for_both_families_where_ip6tables_redirects() -> None:
+    """ADR 0088: outbound and DNS on `::1` too (ip6tables' REDIRECT from OUTPUT), inbound on
+    the other family's wildcard too (REDIRECT from PREROUTING: the interface's first address)."""
+    cfgs = compiled(*BASE, workload("v6", "fd00::5", [{"port": 8080}], dnsPort=15053))
+    client, web = cfgs["shop/client"], cfgs["shop/web-0"]
+    assert listener(client, "outbound").additional_addresses == ["::1"]
+    assert client.dns is not None and client.dns.additional_addresses == ["::1"]
+    assert (listener(web, "inbound").address,
+            listener(web, "inbound").additional_addresses) == ("10.0.0.3", ["::"])
+    assert (listener(cfgs["shop/v6"], "inbound").address,
+            listener(cfgs["shop/v6"], "inbound").additional_addresses) == ("fd00::5", ["0.0.0.0"])
+
+
+def test_explicit_and_agent_workloads_listen_on_one_address() -> None:
+    """An explicit proxy's listeners are its own business; a node agent steers IPv4 only and
+    refuses its pods' IPv6 (ADR 0050), so nothing of theirs binds IPv6."""
+    cfgs = compiled(*BASE,
+                    workload("plain", "10.0.0.7", [{"port": 8080}], transparent=False),
+                    workload("pod", "10.0.0.8", [{"port": 8080}], transparent=False,
+                             interception="agent", outboundPort=15101, inboundPort=15102))
+    for name in ("shop/plain", "shop/pod"):
+        assert [lst.additional_addresses for lst in cfgs[name].listeners] == [
+            [] for _ in cfgs[name].listeners], name
+    assert cfgs["shop/pod"].dns is not None and cfgs["shop/pod"].dns.additional_addresses == []
+
+
+def test_a_dual_stack_pods_other_address_is_the_same_pod_ip_destination() -> None:
+    """A call to the pod's IPv6 address goes to the pod as one to its IPv4 address does:
+    same cluster (dialled at `address`), same mTLS identity expected."""
+    cfgs = compiled(*BASE[:1], workload("web-0", "10.0.0.3", [{"port": 8080}],
+                                        additionalAddresses=["fd00::3"]), *BASE[2:])
+    out = listener(cfgs["shop/client"], "outbound")
+    pods = {(d.address, d.port): d.cluster for d in out.destinations
+            if d.cluster.startswith("pod|")}
+    assert pods == {("10.0.0.3", 8080): "pod|8080||web-0.shop",
+                    ("fd00::3", 8080): "pod|8080||web-0.shop"}
