@@ -17,6 +17,8 @@ all).  Now:
   (`Workload.spec.additionalAddresses`): over mTLS, proved on web-a's side;
 - web-a's sidecar takes inbound IPv6: plaintext to a PERMISSIVE port reaches the app through
   it, plaintext to a STRICT port is refused (IPv6 is no way around mTLS);
+- a dual-stack Service's name resolves to its IPv6 virtual IP, and a call there takes the
+  Service's routes over mTLS;
 - a DNS query to an IPv6 nameserver is answered by the sidecar's resolver on `::1`;
 - a namespace without IPv6 still runs its sidecar: the `::1` sockets are skipped, said in the
   log.
@@ -26,6 +28,7 @@ Nothing touches the host namespace; the testbed removes every namespace afterwar
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -41,6 +44,7 @@ import yaml
 from tests.support.netns import require_tools
 from tests.support.pods import as_user, as_user_env, write_scripts
 
+from tulle.controlplane.reconcile import VIP_RANGE6
 from tulle.net.netns import Namespace, Testbed
 
 pytestmark = pytest.mark.netns
@@ -76,6 +80,9 @@ import json, socket, sys
 what, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
 out = {}
 try:
+    if what == "http6":  # a name, resolved for IPv6 only, as an IPv6-preferring client does
+        host = socket.getaddrinfo(host, port, socket.AF_INET6, socket.SOCK_STREAM)[0][4][0]
+        out["resolved"] = host
     with socket.create_connection((host, port), timeout=10) as s:
         out["local"] = s.getsockname()[0]
         if what == "line":
@@ -115,8 +122,16 @@ def resources() -> list[dict[str, Any]]:
         {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Service",
          "metadata": {"name": "web", "namespace": "shop"},
          "spec": {"selector": {"app": "web-a"},
+                  "ipFamilyPolicy": "PreferDualStack",
                   "ports": [{"name": "http", "port": 80, "targetPort": 8080, "appProtocol": "http"},
                             {"name": "echo", "port": 9000, "appProtocol": "tcp"}]}},
+        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+         "metadata": {"name": "web", "namespace": "shop"},
+         "spec": {"parentRefs": [{"kind": "Service", "name": "web", "port": 80}],
+                  "rules": [{"filters": [{"type": "RequestHeaderModifier",
+                                          "requestHeaderModifier": {"set": [
+                                              {"name": "x-route", "value": "web"}]}}],
+                             "backendRefs": [{"name": "web", "port": 80}]}]}},
         {"apiVersion": "policy.tulle.dev/v1alpha1", "kind": "MutualTLSPolicy",
          "metadata": {"name": "echo-permissive", "namespace": "shop"},
          "spec": {"targetRef": {"group": "", "kind": "Service", "name": "web",
@@ -159,6 +174,11 @@ def _start(tb: Testbed, workdir: Path) -> dict[str, Any]:
     outside = tb.node("10.231.0.5/24", f"{OUTSIDE6}/64")
     pods["nov6"].run(["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1",
                       "net.ipv6.conf.lo.disable_ipv6=1"])
+    # The client has default routes, as a Kubernetes pod does, so its resolver's queries to the
+    # nameserver of resolv.conf (wherever that is) leave the socket layer and are redirected to
+    # its sidecar; the other pods rely on `--vip-cidr` routes alone.
+    pods["client"].ip("-4", "route", "add", "default", "dev", "eth0")
+    pods["client"].ip("-6", "route", "add", "default", "dev", "eth0")
     write_scripts(workdir)
     (workdir / "echo6.py").write_text(ECHO6)
     (workdir / "call.py").write_text(CALL)
@@ -184,8 +204,9 @@ def _start(tb: Testbed, workdir: Path) -> dict[str, Any]:
 
     logs: dict[str, Path] = {}
     for name, pod in pods.items():
-        # the defaults: IPv4 and IPv6, outbound, inbound and DNS
-        pod.run([*TULLE, "iptables", "apply", "--proxy-uid", str(PROXY_UID)], env=ENV)
+        # the defaults: IPv4 and IPv6, outbound, inbound and DNS; both VIP ranges routed
+        pod.run([*TULLE, "iptables", "apply", "--proxy-uid", str(PROXY_UID), "--vip-cidr",
+                 "240.240.0.0/16", "--vip-cidr", str(VIP_RANGE6)], env=ENV)
         token = cp.run([*TULLE, "token", "issue", "--workload", name, "-n", "shop"],
                        env=cli_env).stdout.strip().splitlines()[0]
         token_file = workdir / f"{name}.token"
@@ -249,6 +270,28 @@ def test_inbound_ipv6_is_taken_by_the_sidecar_and_strict_still_holds(
     assert "status" not in got or got["status"] == 0, got
     assert metric(mesh["web-a"], 'tulle_proxy_protocol_errors_total{listener="inbound",'
                                  'kind="no_filter_chain"}') >= 1
+
+
+def test_a_service_called_by_name_over_ipv6_takes_its_routes_over_mtls(
+        mesh: dict[str, Any]) -> None:
+    """A dual-stack Service (`ipFamilyPolicy: PreferDualStack`): the name resolves (AAAA, at
+    the client's sidecar) to its IPv6 virtual IP, and a connection there is routed by the
+    Service's own table -- its HTTPRoute runs -- to web-a over mTLS."""
+    chain = 'tulle_proxy_protocol_detected_total{listener="inbound",protocol="chain:8080|mtls"}'
+    before = metric(mesh["web-a"], chain)
+    deadline = time.monotonic() + 20
+    while True:  # the VIP is allocated, then reaches the client's sidecar with a snapshot
+        got = call(mesh, "client", "http6", "web.shop.svc.cluster.local", 80)
+        if got.get("status") == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert got.get("status") == 200, got
+    assert ipaddress.ip_address(got["resolved"]) in VIP_RANGE6
+    seen = json.loads(got["body"])
+    assert seen["headers"]["x-route"] == "web"  # the Service's HTTPRoute ran
+    assert metric(mesh["web-a"], chain) == before + 1
+    assert metric(mesh["client"], 'tulle_proxy_requests_total{listener="outbound",'
+                                  'cluster="outbound|80||web.shop"') >= 1
 
 
 def test_dns_to_an_ipv6_nameserver_is_answered_by_the_sidecar(mesh: dict[str, Any]) -> None:

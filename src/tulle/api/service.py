@@ -1,9 +1,10 @@
 """`Service` (universal mode): a stable name and virtual IP in front of selected workloads.
 
 Kubernetes Service semantics, the fields a mesh needs: ports with `targetPort` (a number or a
-workload port name) and `appProtocol`, and a `selector` over workload labels.  The control plane
-allocates `status.virtualIP`.  A Gateway API `parentRef`/`backendRef` to the core-group kind
-`Service` resolves to this object in universal mode and to the Kubernetes Service on Kubernetes.
+workload port name) and `appProtocol`, a `selector` over workload labels, and `ipFamilyPolicy`.
+The control plane allocates `status.virtualIP` (and `status.virtualIPv6` for a dual-stack
+policy).  A Gateway API `parentRef`/`backendRef` to the core-group kind `Service` resolves to
+this object in universal mode and to the Kubernetes Service on Kubernetes.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ class ServiceSpec(Model):
     ports: Annotated[list[ServicePort], Field(min_length=1, max_length=64)]
     selector: Labels = Field(default_factory=dict)
     """Workloads whose labels include all of these belong to the Service; empty selects none."""
+    ipFamilyPolicy: Literal["SingleStack", "PreferDualStack", "RequireDualStack"] = "SingleStack"
+    """Kubernetes' field: `SingleStack` (the default) gives the Service one virtual IP, IPv4;
+    either dual-stack value gives it an IPv6 one as well (`status.virtualIPv6`), which mesh DNS
+    answers AAAA queries with and a dual-stack pod's sidecar routes like the IPv4 one (ADR
+    0088).  The control plane can always allocate both, so the two behave alike."""
 
     @model_validator(mode="after")
     def _ports(self) -> ServiceSpec:
@@ -49,6 +55,9 @@ class ServiceSpec(Model):
 class ServiceStatus(Status):
     virtualIP: IPAddress | None = None
     """Allocated by the control plane; stable for the Service's lifetime."""
+    virtualIPv6: IPAddress | None = None
+    """Allocated by the control plane while `spec.ipFamilyPolicy` is dual-stack; released
+    when it returns to `SingleStack`."""
 
 
 @register(api_version=MESH_API_VERSION, kind="Service", plural="services", short_names=("svc",))

@@ -62,13 +62,17 @@ def _columns(kind: str, obj: dict[str, Any], wide: bool) -> list[tuple[str, str]
     if kind == "Service":
         ports = ",".join(f"{p.get('port')}/{p.get('appProtocol') or 'http'}"
                          for p in spec.get("ports") or [])
-        cols = [("VIRTUAL-IP", status.get("virtualIP") or "<pending>"), ("PORTS", ports)]
+        vips = status.get("virtualIP") or "<pending>"
+        if spec.get("ipFamilyPolicy") in ("PreferDualStack", "RequireDualStack"):
+            vips += "," + (status.get("virtualIPv6") or "<pending>")  # ADR 0088
+        cols = [("VIRTUAL-IP", vips), ("PORTS", ports)]
         if wide:
             sel = ",".join(f"{k}={v}" for k, v in sorted((spec.get("selector") or {}).items()))
             cols.append(("SELECTOR", sel or "<none>"))
     elif kind == "Workload":
         ports = ",".join(str(p.get("port")) for p in spec.get("ports") or [])
-        cols = [("ADDRESS", spec.get("address") or "-"), ("PORTS", ports or "-"),
+        address = ",".join([spec.get("address") or "-", *(spec.get("additionalAddresses") or [])])
+        cols = [("ADDRESS", address), ("PORTS", ports or "-"),
                 ("PROXY", _proxy_state(status.get("proxy")))]
         if wide:
             labels = ",".join(f"{k}={v}" for k, v in sorted(

@@ -46,6 +46,11 @@ MESH_GROUP = "mesh.tulle.dev/v1alpha1"
 VIP_RANGE = ipaddress.ip_network("240.240.0.0/16")
 """Service virtual IPs: reserved (class E) space, never routed, so a VIP cannot collide with a
 real address; they only exist as names in route tables (and in mesh DNS later)."""
+VIP_RANGE6 = ipaddress.ip_network("fd74:756c:6c65:7669::/112")
+"""IPv6 virtual IPs of dual-stack Services (ADR 0088): a unique-local prefix (RFC 4193) of the
+mesh's own, never routed beyond a pod (`tulle iptables apply --vip-cidr` routes it to the pod's
+interface, where the sidecar's redirect takes it)."""
+DUAL_STACK = frozenset({"PreferDualStack", "RequireDualStack"})
 
 
 def _same_inputs(old: Obj, new: Obj) -> bool:
@@ -202,13 +207,25 @@ class Reconciler:
                     {**obj, "status": status})
 
     async def _allocate_vips(self) -> None:
+        """Every Service gets an IPv4 virtual IP; a dual-stack one an IPv6 one as well, which
+        it gives back when its policy returns to `SingleStack`."""
         services = [o for k, o in sorted(self._resources.items()) if k[0] == "Service"]
-        used = {(o.get("status") or {}).get("virtualIP") for o in services}
+        used = {(o.get("status") or {}).get(f) for o in services
+                for f in ("virtualIP", "virtualIPv6")}
         free = (str(ip) for ip in VIP_RANGE.hosts() if str(ip) not in used)
+        free6 = (str(ip) for ip in VIP_RANGE6.hosts() if str(ip) not in used)
         for obj in services:
-            if (obj.get("status") or {}).get("virtualIP"):
+            old = obj.get("status") or {}
+            status = dict(old)
+            if not status.get("virtualIP"):
+                status["virtualIP"] = next(free)
+            dual = (obj.get("spec") or {}).get("ipFamilyPolicy") in DUAL_STACK
+            if dual and not status.get("virtualIPv6"):
+                status["virtualIPv6"] = next(free6)
+            elif not dual:
+                status.pop("virtualIPv6", None)
+            if status == old:
                 continue
-            status = {**(obj.get("status") or {}), "virtualIP": next(free)}
             try:
                 self._resources[self._key(obj)] = await self.store.update_status(
                     {**obj, "status": status})

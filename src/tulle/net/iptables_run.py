@@ -12,9 +12,11 @@ removes Tulle's chains from the other one and `clean` cleans every backend that 
 left there, an earlier apply's rules would still redirect (ADR 0087).
 
 `apply` fails before it commits anything when it can already tell it would fail: every
-family's ruleset is checked with `--test`, and a virtual-IP range that needs a route has an
-interface to take it.  Should a route still be refused after the rules are in, the rules are
-taken out again, so an exit code other than 0 never leaves interception half installed.
+family's ruleset is checked with `--test`.  Should a route still be refused after the rules are
+in, the rules are taken out again, so an exit code other than 0 never leaves interception half
+installed.  A virtual-IP range of a family the namespace has no global address of is not
+routed, and the output says so: nothing there can call it (one init step with both families'
+ranges serves single-stack and dual-stack pods alike, ADR 0088).
 """
 
 from __future__ import annotations
@@ -152,11 +154,9 @@ def apply(cfg: Interception, backend: Backend = "auto", runner: Runner = run) ->
             text = restore_input(None, family, installed(_saved(other, runner)))
             plan.append((other, text, f"IPv{family}: earlier rules removed with {other.restore}"))
     # Every transaction is checked (`--test`) before any is committed: a family the kernel
-    # refuses (IPv6 disabled, a module missing) leaves the other one untouched too.  So is
-    # the routing: a range that needs a route and has no interface fails here, not after.
+    # refuses (IPv6 disabled, a module missing) leaves the other one untouched too.
     for tools, text, _ in plan:
         _restore(tools, text, runner, test=True)
-    routes_check(cfg.vip_ranges, runner)
     for tools, text, line in plan:
         _restore(tools, text, runner)
         done.append(line)
@@ -198,26 +198,15 @@ def _our_routes(family: int, runner: Runner) -> list[str]:
     return [line.split()[0] for line in out.stdout.splitlines() if line.strip()]
 
 
-def _device(family: int, runner: Runner) -> str:
-    """The interface that carries the pod's (first global) address."""
+def _device(family: int, runner: Runner) -> str | None:
+    """The interface that carries the pod's (first global) address of `family`; None: it has
+    none of that family."""
     out = runner(_ip(family, "-o", "addr", "show", "scope", "global"), None).stdout
     for line in out.splitlines():
         words = line.split()
         if len(words) > 1:
             return words[1].split("@")[0]
-    raise InterceptionError(f"--vip-cidr: no interface with a global IPv{family} address to "
-                            "route the virtual-IP range through", EXIT_REFUSED)
-
-
-def routes_check(ranges: Sequence[Network], runner: Runner = run) -> None:
-    """Raise what `routes_apply` would, without changing anything: a range that will need a
-    route (nothing routes it, or only the earlier apply's own route does) and no interface
-    with a global address of its family to put it on."""
-    ours = {family: set(_our_routes(family, runner)) for family in (4, 6)}
-    for net in ranges:
-        probe = runner(_ip(net.version, "route", "get", str(net.network_address)), None)
-        if probe.returncode != 0 or str(net) in ours[net.version]:
-            _device(net.version, runner)
+    return None
 
 
 def routes_apply(ranges: Sequence[Network], runner: Runner = run) -> list[str]:
@@ -238,6 +227,10 @@ def routes_apply(ranges: Sequence[Network], runner: Runner = run) -> list[str]:
             done.append(f"{net}: already routed ({probe.stdout.split(chr(10))[0].strip()})")
             continue
         dev = _device(net.version, runner)
+        if dev is None:
+            done.append(f"{net}: not routed: no global IPv{net.version} address here, so "
+                        "nothing here can call it")
+            continue
         add = runner(_ip(net.version, "route", "add", str(net), "dev", dev, "proto",
                          str(ROUTE_PROTO)), None)
         if add.returncode != 0:

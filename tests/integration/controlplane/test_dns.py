@@ -102,3 +102,56 @@ async def test_a_proxy_announcing_its_dns_port_gets_a_resolver_without_a_workloa
             assert json.loads(out)["spec"]["dnsPort"] == dns_port
         finally:
             await proxy.stop()
+
+
+async def test_a_dual_stack_service_gets_an_ipv6_vip_and_gives_it_back() -> None:
+    """`ipFamilyPolicy: PreferDualStack` (ADR 0088): the control plane allocates
+    `status.virtualIPv6` from its IPv6 range, `get` shows both, the resolver answers AAAA with
+    it; back to `SingleStack`, the address is released and AAAA is empty again."""
+    import ipaddress
+
+    from tulle.controlplane.reconcile import VIP_RANGE6
+
+    dns_port = free_port()
+    svc, wl = docs(dns_port)
+    dual = {**svc, "spec": {**svc["spec"], "ipFamilyPolicy": "PreferDualStack"}}
+    async with running_control_plane() as cp:
+        code, body = await apply(cp.api_url, dual, wl)
+        assert code == 200, body
+        proxy = await subscribe([cp.stream_port], WorkloadInfo(name="web-0", namespace="shop"))
+        try:
+            async def status() -> dict[str, Any]:
+                _, out, _ = await tulle(cp.api_url, "get", "svc", "catalog", "-n", "shop",
+                                        "-o", "json")
+                return dict(json.loads(out).get("status") or {})
+
+            async def aaaa() -> list[str]:
+                if proxy.server.dns.port != dns_port:
+                    return []
+                q = dns.message.make_query("catalog.shop.svc.cluster.local", "AAAA")
+                r = await dns.asyncquery.udp(q, "127.0.0.1", port=dns_port, timeout=2)
+                assert r.rcode() == dns.rcode.NOERROR
+                return [x.address for rrset in r.answer for x in rrset]
+
+            async def has_v6() -> bool:
+                return bool((await status()).get("virtualIPv6"))
+
+            await eventually(has_v6, timeout=10)
+            st = await status()
+            assert ipaddress.ip_address(st["virtualIPv6"]) in VIP_RANGE6
+            assert ipaddress.ip_address(st["virtualIP"]).version == 4
+            await eventually(aaaa, timeout=10)
+            assert await aaaa() == [st["virtualIPv6"]]
+            code, out, _ = await tulle(cp.api_url, "get", "svc", "-n", "shop")
+            assert code == 0 and f"{st['virtualIP']},{st['virtualIPv6']}" in out, out
+
+            code, body = await apply(cp.api_url, svc)  # back to SingleStack
+            assert code == 200, body
+
+            async def released() -> bool:
+                return "virtualIPv6" not in await status() and await aaaa() == []
+
+            await eventually(released, timeout=10)
+            assert (await status())["virtualIP"] == st["virtualIP"]  # the IPv4 one stays
+        finally:
+            await proxy.stop()

@@ -53,3 +53,12 @@ def test_rules(errors: Errors) -> None:
         ("status.virtualIP", 'must be an IPv4 or IPv6 address, got "nope"')
     ]
     assert errors(with_(SVC, "spec.selector", {"app": "we b"})) != []
+
+
+def test_ip_family_policy_is_kubernetes_and_single_stack_by_default(errors: Errors) -> None:
+    assert parse(SVC).spec.ipFamilyPolicy == "SingleStack"  # type: ignore[attr-defined]
+    dual = parse(with_(with_(SVC, "spec.ipFamilyPolicy", "PreferDualStack"), "status",
+                       {"virtualIP": "240.240.0.1", "virtualIPv6": "fd74:756c:6c65:7669::1"}))
+    assert dual.status.virtualIPv6 == "fd74:756c:6c65:7669::1"  # type: ignore[union-attr]
+    got = errors(with_(SVC, "spec.ipFamilyPolicy", "DualStack"))
+    assert [p for p, _ in got] == ["spec.ipFamilyPolicy"], got

@@ -146,16 +146,21 @@ def test_an_explicit_backend_still_takes_tulle_chains_out_of_the_other() -> None
     assert script.fed("iptables-nft-restore") == []
 
 
-def test_a_range_with_nowhere_to_route_fails_before_anything_is_committed() -> None:
-    ranges = parse_cidrs("--vip-cidr", ["10.96.0.0/16"])
+def test_a_range_of_a_family_the_pod_has_no_address_of_is_not_routed_and_said_so() -> None:
+    """One init step with both families' ranges for every pod (ADR 0088): a single-stack pod
+    cannot call the other family's VIPs, so that range is skipped, not an error."""
+    ranges = parse_cidrs("--vip-cidr", ["10.96.0.0/16", "fd74:756c:6c65:7669::/112"])
     script = Script({"ip -4 route get 10.96.0.0": (2, "RTNETLINK answers: Network is unreachable"),
-                     "ip -4 -o addr show scope global": (0, "")})
-    with pytest.raises(InterceptionError, match="no interface with a global IPv4") as exc:
-        iptables_run.apply(Interception(families=(4,), vip_ranges=ranges), runner=script)
-    assert exc.value.code == 4
-    assert script.fed("iptables-nft-restore") == []  # tested, never committed
-    assert not any(argv[:3] == ["ip", "-4", "route"] and argv[3] in ("add", "del")
-                   for argv, _ in script.calls)
+                     "ip -4 -o addr show scope global": (0, "2: eth0@if9    inet 10.231.0.2/24"),
+                     "ip -6 route get fd74:756c:6c65:7669::": (2, "Network is unreachable"),
+                     "ip -6 -o addr show scope global": (0, "")})
+    done = iptables_run.apply(Interception(families=(4, 6), vip_ranges=ranges), runner=script)
+    assert done[-2:] == ["10.96.0.0/16: routed on eth0",
+                         "fd74:756c:6c65:7669::/112: not routed: no global IPv6 address here, "
+                         "so nothing here can call it"]
+    adds = [argv for argv, _ in script.calls if argv[:4] in (["ip", "-4", "route", "add"],
+                                                           ["ip", "-6", "route", "add"])]
+    assert adds == [["ip", "-4", "route", "add", "10.96.0.0/16", "dev", "eth0", "proto", "157"]]
 
 
 def test_a_route_refused_after_the_rules_went_in_takes_them_out_again() -> None:

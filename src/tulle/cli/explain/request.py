@@ -15,6 +15,8 @@ from tulle.proxyconfig.model import HTTPMethod
 
 _TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _AUTHORITY = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?(:[0-9]{1,5})?$")
+_IPV6 = re.compile(r"^(\[[0-9a-f:.]{2,45}\](:[0-9]{1,5})?|[0-9a-f:.]*:[0-9a-f:.]*:[0-9a-f:.]*)$")
+"""`[ADDRESS][:PORT]` or a bare IPv6 address (a dual-stack Service's VIP, a pod's address)."""
 _METHODS: frozenset[str] = frozenset(HTTPMethod.__args__)  # type: ignore[attr-defined]
 MAX_HEADERS = 32
 MAX_VALUE = 4096
@@ -73,9 +75,14 @@ def build_request(source: str, namespace: str, to: str, path: str, method: str,
     if not name or not ns:
         raise ExplainError(400, "from", "give a workload as NAME or NAMESPACE/NAME")
     to = to.strip().lower()
-    if not to or not _AUTHORITY.match(to):
-        raise ExplainError(400, "to", f"{to[:64]!r} is not SERVICE[.NAMESPACE][:PORT]")
-    port = to.rpartition(":")[2] if ":" in to else ""
+    six = bool(_IPV6.match(to))
+    if not to or not (six or _AUTHORITY.match(to)):
+        raise ExplainError(400, "to", f"{to[:64]!r} is not SERVICE[.NAMESPACE][:PORT], "
+                                      "ADDRESS[:PORT] or [IPV6-ADDRESS][:PORT]")
+    if six:
+        port = to.rpartition("]:")[2] if "]:" in to else ""
+    else:
+        port = to.rpartition(":")[2] if ":" in to else ""
     if port and not 1 <= int(port) <= 65535:
         raise ExplainError(400, "to", f"port {port} is out of range")
     if not path.startswith("/") or len(path) > MAX_PATH or " " in path or _CONTROL.search(

@@ -25,15 +25,26 @@ def transparent_outbound(cfg: ProxyConfig) -> Listener | None:
 
 
 def _target(authority: str, namespace: str) -> tuple[str, str, int]:
-    """(host, namespace or "" for an IP literal, port) of `SERVICE[.NS[.svc...]][:PORT]`."""
-    host, _, port = authority.partition(":")
-    number = int(port) if port else 80
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        pass
+    """(host, namespace or "" for an IP literal, port) of `SERVICE[.NS[.svc...]][:PORT]`, an
+    IPv4 `ADDRESS[:PORT]` or an IPv6 `[ADDRESS][:PORT]` (or a bare IPv6 address)."""
+    if authority.startswith("["):
+        host, _, rest = authority[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    elif authority.count(":") > 1:
+        host, port = authority, ""  # a bare IPv6 address
     else:
-        return host, "", number
+        host, _, port = authority.partition(":")
+    try:
+        number = int(port) if port else 80
+    except ValueError:
+        raise ExplainError(400, "to", f"{authority!r}: the port must be a number") from None
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if authority.startswith("["):
+            raise ExplainError(400, "to", f"{host!r} is not an IPv6 address") from None
+    else:
+        return str(ip), "", number
     parts = host.split(".")
     if len(parts) > 2 and parts[2] != "svc":
         raise ExplainError(404, "to", f"{host!r} is not SERVICE[.NAMESPACE[.svc...]]: a "
@@ -44,9 +55,20 @@ def _target(authority: str, namespace: str) -> tuple[str, str, int]:
 
 def _matches(d: Destination, host: str, ns: str, port: int) -> bool:
     if not ns:
-        return d.address == host and d.port == port
+        return d.port == port and _same_ip(d.address, host)
     return (d.route_table == f"outbound|{host}.{ns}:{port}"
             or d.cluster == f"outbound-tcp|{port}||{host}.{ns}")
+
+
+def _hostport(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _same_ip(a: str, b: str) -> bool:
+    try:
+        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
+    except ValueError:
+        return False
 
 
 def original_destination(listener: Listener, authority: str, namespace: str
@@ -64,7 +86,7 @@ def original_destination(listener: Listener, authority: str, namespace: str
                     "errors_total{kind=\"no_destination\"} and logged (outboundTrafficPolicy "
                     "REGISTRY_ONLY)")
             raise ExplainError(404, "to", f"no original destination of {listener.name} is "
-                                          f"{host}:{port} (no mesh Service's virtual IP or "
+                                          f"{_hostport(host, port)} (no mesh Service's virtual IP or "
                                           f"endpoint): the caller's proxy {fate}")
         raise ExplainError(404, "to", f"no original destination of {listener.name} is Service "
                                       f"{ns}/{host} port {port} (unknown service or port, or "
@@ -75,6 +97,6 @@ def original_destination(listener: Listener, authority: str, namespace: str
         "address": dest.address, "port": dest.port, "protocol": dest.protocol,
         "routeTable": dest.route_table or None, "cluster": dest.cluster or None,
         "why": f"transparent listener {listener.name}: the hop is chosen by original "
-               f"destination {dest.address}:{dest.port} (the Service's VIP and port), not by "
+               f"destination {_hostport(dest.address, dest.port)} (the Service's VIP and port), not by "
                f"Host; it selects {target}"}
     return dest, doc

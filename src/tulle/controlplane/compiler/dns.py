@@ -36,12 +36,12 @@ class DnsHosts:
 
 
 def dns_hosts(mesh: MeshModel) -> DnsHosts:
-    vips: dict[tuple[str, str], str] = {}
+    vips: dict[tuple[str, str], list[str]] = {}
     for sp in mesh.services:
         if sp.vip and _LABEL.match(sp.name) and _LABEL.match(sp.namespace):
-            vips.setdefault((sp.namespace, sp.name), sp.vip)
-    hosts = [DNSHost(service=name, namespace=ns, addresses=[vip])
-             for (ns, name), vip in sorted(vips.items())]
+            vips.setdefault((sp.namespace, sp.name), [sp.vip, *([sp.vip6] if sp.vip6 else [])])
+    hosts = [DNSHost(service=name, namespace=ns, addresses=addresses)
+             for (ns, name), addresses in sorted(vips.items())]
     digest = hashlib.sha256(msgspec.json.encode(hosts)).digest()
     return DnsHosts(hosts, digest)
 

@@ -118,6 +118,9 @@ class ServicePort(msgspec.Struct, frozen=True):
     """The Service's virtual IP (`status.virtualIP`): a transparent client's connections to
     `vip:port` take this port's routes (`transparent.py`) and mesh DNS answers it
     (`dns.py`); empty: none allocated yet."""
+    vip6: str = ""
+    """Its IPv6 virtual IP (`status.virtualIPv6`, a dual-stack `ipFamilyPolicy`): the same
+    routes as `vip`, and mesh DNS's AAAA answer (ADR 0088); empty: single-stack."""
     declared: str = ""
     """The protocol the Service port itself declares (`appProtocol` or name), without the
     default; lends it to the inbound ports it selects (`inbound_protocols.py`)."""

@@ -43,6 +43,9 @@ def service_ports(m: MeshInputs, key: Key, svc: Resource,
     spec = spec_of(svc)
     selector = spec.get("selector") or {}
     vip = ((svc.get("status") or {}).get("virtualIP") or "")
+    vip6 = ""
+    if spec.get("ipFamilyPolicy") in ("PreferDualStack", "RequireDualStack"):
+        vip6 = ((svc.get("status") or {}).get("virtualIPv6") or "")
     generation = int((svc.get("metadata") or {}).get("generation") or 1)
     selected = m.select(ns, selector)
     out: list[ServicePort] = []
@@ -67,12 +70,14 @@ def service_ports(m: MeshInputs, key: Key, svc: Resource,
         names = [name, f"{name}.{ns}", f"{name}.{ns}.svc", f"{name}.{ns}.svc.cluster.local"]
         if vip:
             names.append(vip)
+        if vip6:
+            names.append(f"[{vip6}]")
         domains = [f"{n}:{port}" for n in names]
         if port == 80:
             domains = names + domains
         out.append(ServicePort(ns, name, port, port_protocol(p, "http1"), tuple(endpoints),
                                tuple(domains), port_name=p.get("name") or "",
-                               generation=generation, vip=vip,
+                               generation=generation, vip=vip, vip6=vip6,
                                declared=port_protocol(p, "")))
     return out
 

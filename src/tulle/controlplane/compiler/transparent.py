@@ -6,7 +6,7 @@ destination and decide from it alone -- never from a Host header:
 
 - **Outbound** (`outbound`, 127.0.0.1:`outboundPort`, one listener for every transparent
   proxy, rendered once): per original destination, first match wins --
-  1. a Service's `virtualIP:port`: an HTTP port routes by its own table
+  1. a Service's `virtualIP:port` (or `virtualIPv6`, ADR 0088): an HTTP port routes by its own table
      (`outbound|<svc>.<ns>:<port>`: the Service's virtual host with domains `*`, so the Host
      header does not choose the Service; a consumer route's namespace gets its own version of
      the table under the same name, `consumer_hosts`); a TCP port goes to its TCP cluster
@@ -187,17 +187,19 @@ def render_outbound(mesh: MeshModel, out: Outbound, port: int) -> TransparentOut
     for sp, host in zip(http_ports, hosts, strict=True):
         name = table_name(host["name"])
         tables.append({"name": name, "virtual_hosts": [{**host, "domains": ["*"]}]})
-        if sp.vip:
-            dests.append({"address": sp.vip, "port": sp.port, "protocol": sp.protocol,
-                          "route_table": name})
+        for vip in (sp.vip, sp.vip6):
+            if vip:
+                dests.append({"address": vip, "port": sp.port, "protocol": sp.protocol,
+                              "route_table": name})
     for sp in mesh.services:
         if sp.protocol != "tcp":
             continue
         clusters.append(_tcp_cluster(sp, tcp_routes.get((sp.key, sp.port)), by_cluster,
                                      connect_ms))
-        if sp.vip:
-            dests.append({"address": sp.vip, "port": sp.port, "protocol": "tcp",
-                          "cluster": tcp_cluster_name(sp)})
+        for vip in (sp.vip, sp.vip6):
+            if vip:
+                dests.append({"address": vip, "port": sp.port, "protocol": "tcp",
+                              "cluster": tcp_cluster_name(sp)})
     pod_dests, pod_clusters = _pod_destinations(mesh)
     listener = {"name": "outbound", "address": OUTBOUND_ADDRESS, "port": port,
                 "direction": "outbound", "mode": "transparent", "protocol": "auto",

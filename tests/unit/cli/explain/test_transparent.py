@@ -25,10 +25,17 @@ def workload(name: str, ns: str, address: str, *ports: int, **labels: str) -> di
                      "ports": [{"port": p} for p in ports]}}
 
 
-def service(name: str, vip: str, ports: list[dict[str, Any]], **selector: str
+def service(name: str, vip: str, ports: list[dict[str, Any]], vip6: str = "", **selector: str
             ) -> dict[str, Any]:
-    return {"apiVersion": V1, "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
-            "spec": {"selector": selector, "ports": ports}, "status": {"virtualIP": vip}}
+    doc = {"apiVersion": V1, "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
+           "spec": {"selector": selector, "ports": ports}, "status": {"virtualIP": vip}}
+    if vip6:  # a dual-stack Service (ADR 0088)
+        doc["spec"]["ipFamilyPolicy"] = "PreferDualStack"
+        doc["status"]["virtualIPv6"] = vip6
+    return doc
+
+
+VIP6 = "fd74:756c:6c65:7669::1"
 
 
 ROUTE = {"apiVersion": GW, "kind": "HTTPRoute",
@@ -49,7 +56,7 @@ def snaps() -> dict[tuple[str, str], ProxyConfig]:
             workload("api-0", "shop", "10.231.0.3", 8080, app="api"),
             workload("api2-0", "shop", "10.231.0.4", 8080, app="api2"),
             workload("db-0", "shop", "10.231.0.5", 5432, app="db"),
-            service("api", "240.240.0.1", http, app="api"),
+            service("api", "240.240.0.1", http, vip6=VIP6, app="api"),
             service("api-v2", "240.240.0.2", http, app="api2"),
             service("db", "240.240.0.3", [{"port": 5432, "appProtocol": "tcp"}], app="db"),
             ROUTE]
@@ -167,3 +174,32 @@ def test_an_agent_mode_caller_and_destination_are_traced_through_the_agent_liste
     assert ep["server"]["listener"] == "inbound"
     assert ep["server"]["chain"] == "8080|mtls"
     assert (ep["result"], ep["mtls"]) == ("forwarded", "mTLS")
+
+
+@pytest.mark.parametrize("to", [f"[{VIP6}]:80", f"[{VIP6}]", VIP6,
+                                "[fd74:756c:6c65:7669:0::1]:80"])
+def test_a_dual_stack_services_ipv6_vip_takes_the_same_table(
+        snaps: dict[tuple[str, str], ProxyConfig], to: str) -> None:
+    od = run(snaps, to, "/items")["outbound"]["originalDestination"]
+    assert (od["address"], od["port"], od["routeTable"]) == (VIP6, 80, "outbound|api.shop:80")
+    assert f"chosen by original destination [{VIP6}]:80" in od["why"]
+
+
+@pytest.mark.parametrize(("to", "why"), [
+    ("[zz::1]:80", "is not SERVICE[.NAMESPACE][:PORT], ADDRESS[:PORT] or [IPV6-ADDRESS][:PORT]"),
+    ("[::1]:http", "is not SERVICE"), ("api.shop:x", "is not SERVICE"),
+    ("[::1]:70000", "port 70000 is out of range"), ("[1:2]:80", "is not an IPv6 address")])
+def test_a_malformed_address_is_a_400_on_to(
+        snaps: dict[tuple[str, str], ProxyConfig], to: str, why: str) -> None:
+    with pytest.raises(ExplainError) as exc:
+        run(snaps, to)
+    assert (exc.value.status, exc.value.field) == (400, "to")
+    assert why in exc.value.message
+
+
+def test_an_unknown_ipv6_address_is_written_with_brackets(
+        snaps: dict[tuple[str, str], ProxyConfig]) -> None:
+    with pytest.raises(ExplainError) as exc:
+        run(snaps, "[fd00:231::99]:7000")
+    assert "is [fd00:231::99]:7000 (no mesh Service's virtual IP or endpoint)" in (
+        exc.value.message)

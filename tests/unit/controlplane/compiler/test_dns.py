@@ -94,3 +94,19 @@ def test_a_transparent_pod_gets_a_resolver_on_15053_by_default_and_others_do_not
     assert [(c.address, c.namespace) for c in agented.clients] == [("10.232.0.6", "shop")]
     assert not cfg.dns.clients
     assert res.snapshots[("shop", "catalog")].dns is None  # explicit, no dnsPort
+
+
+def test_a_dual_stack_service_answers_both_vips_and_a_single_stack_one_only_its_ipv4() -> None:
+    """ADR 0088: AAAA gets `status.virtualIPv6` only while the policy is dual-stack (a stale
+    one left in the status after a return to SingleStack is not answered)."""
+    dual = service("catalog", vip="240.240.0.7")
+    dual["spec"]["ipFamilyPolicy"] = "RequireDualStack"
+    dual["status"]["virtualIPv6"] = "fd74:756c:6c65:7669::7"
+    stale = service("stock", vip="240.240.0.8")
+    stale["status"]["virtualIPv6"] = "fd74:756c:6c65:7669::8"
+    res = compile_mesh(MeshInputs.from_resources([workload("web", dns_port=15053), dual, stale]))
+    cfg = res.snapshots[("shop", "web")]
+    assert cfg.dns is not None and cfg.dns.hosts == [
+        DNSHost(service="catalog", namespace="shop",
+                addresses=["240.240.0.7", "fd74:756c:6c65:7669::7"]),
+        DNSHost(service="stock", namespace="shop", addresses=["240.240.0.8"])]

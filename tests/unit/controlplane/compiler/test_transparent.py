@@ -289,3 +289,17 @@ def test_a_dual_stack_pods_other_address_is_the_same_pod_ip_destination() -> Non
             if d.cluster.startswith("pod|")}
     assert pods == {("10.0.0.3", 8080): "pod|8080||web-0.shop",
                     ("fd00::3", 8080): "pod|8080||web-0.shop"}
+
+
+def test_a_dual_stack_services_ipv6_vip_takes_the_same_routes() -> None:
+    web, db = BASE[2], BASE[3]
+    web6 = {**web, "spec": {**web["spec"], "ipFamilyPolicy": "PreferDualStack"},
+            "status": {"virtualIP": "240.240.0.1", "virtualIPv6": "fd74:756c:6c65:7669::1"}}
+    db6 = {**db, "spec": {**db["spec"], "ipFamilyPolicy": "PreferDualStack"},
+           "status": {"virtualIP": "240.240.0.2", "virtualIPv6": "fd74:756c:6c65:7669::2"}}
+    out = listener(compiled(BASE[0], BASE[1], web6, db6)["shop/client"], "outbound")
+    by_address = {(d.address, d.port): (d.route_table, d.cluster) for d in out.destinations}
+    assert by_address[("fd74:756c:6c65:7669::1", 80)] == by_address[("240.240.0.1", 80)] == (
+        "outbound|web.shop:80", "")
+    assert by_address[("fd74:756c:6c65:7669::2", 5432)] == by_address[("240.240.0.2", 5432)] \
+        == ("", "outbound-tcp|5432||db.shop")
