@@ -53,6 +53,26 @@ def check_ports(ports: list[WorkloadPort]) -> None:
         numbers.add((p.port, p.protocol))
 
 
+def _pod_address_problem(extra: str, address: str) -> str:
+    """Why `extra` cannot be a pod's second address beside `address`; "" when it can."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(extra)
+        primary = ipaddress.ip_address(address)
+    except ValueError:
+        return f"{quote(extra)} must be an IP address without a zone"
+    if ip.version == primary.version:
+        return (f"{quote(extra)} is of the same family as address {quote(address)}: a pod has "
+                "one address per family")
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return f"{quote(extra)} is an IPv4-mapped address, not a pod's IPv6 address"
+    if ip.is_loopback or ip.is_unspecified or ip.is_link_local or ip.is_multicast:
+        return (f"{quote(extra)} is a loopback, unspecified, link-local or multicast address: "
+                "no other pod can call it")
+    return ""
+
+
 class WorkloadSpec(Model):
     address: IPAddress
     additionalAddresses: Annotated[list[IPAddress], Field(max_length=1)] = Field(
@@ -101,10 +121,9 @@ class WorkloadSpec(Model):
     def _ports(self) -> WorkloadSpec:
         check_ports(self.ports)
         for i, extra in enumerate(self.additionalAddresses):
-            if (":" in extra) == (":" in self.address):
-                raise field_error(("additionalAddresses", i), (
-                    f"{quote(extra)} is of the same family as address {quote(self.address)}: "
-                    "a pod has one address per family"))
+            why = _pod_address_problem(extra, self.address)
+            if why:
+                raise field_error(("additionalAddresses", i), why)
         if self.inboundPort is not None and self.interception != "agent":
             raise field_error(("inboundPort",), "only with interception: agent (a sidecar "
                                                 "takes inbound traffic on 15006)")

@@ -73,6 +73,10 @@ OPTIONS: tuple[Opt, ...] = (
     Opt(("-n", "--namespace"), "namespace", default="default", show_default=True),
     Opt(("--address",), "address", default="",
         help="The workload's address (default: as seen by the control plane)."),
+    Opt(("--additional-address",), "additional_addresses", multiple=True, metavar="ADDRESS",
+        help="With --workload: a dual-stack pod's address of the other family (Kubernetes' "
+             "second pod IP); registered with the Workload the first hello creates, so a "
+             "mesh client's call to it goes over mTLS (ADR 0088)."),
     Opt(("--port",), "ports", multiple=True, metavar="NAME:PORT[:TARGET[:APP_PROTOCOL]]",
         help="A workload port: the proxy listens on PORT, the app on 127.0.0.1:TARGET."),
     Opt(("--label",), "labels", multiple=True, metavar="KEY=VALUE"),
@@ -195,7 +199,8 @@ def run(opts: Mapping[str, object]) -> int:
             control_planes, o.text("workload"), o.text("namespace"), o.text("address"),
             o.many("ports"), o.many("labels"), o.text("service_account"), o.integer("outbound_port"),
             o.maybe("cache_dir"), o.integer("admin_port"), o.maybe("token_file"), o.maybe("ca_file"),
-            bool(opts["stream_plaintext"]), dns_port=o.integer("dns_port"))
+            bool(opts["stream_plaintext"]), dns_port=o.integer("dns_port"),
+            additional_addresses=o.many("additional_addresses"))
     assert config is not None
     try:
         return runner.run(config, watch_interval=o.number("watch_interval"))
@@ -383,7 +388,7 @@ def run_subscribed(control_planes: tuple[str, ...], workload: str, namespace: st
                    service_account: str, outbound_port: int, cache_dir: str | None,
                    admin_port: int, token_file: str | None = None,
                    ca_file: str | None = None, stream_plaintext: bool = False,
-                   dns_port: int = 0) -> int:
+                   dns_port: int = 0, additional_addresses: tuple[str, ...] = ()) -> int:
     """A sidecar subscribed to the control plane for one workload."""
     from pathlib import Path
 
@@ -391,6 +396,7 @@ def run_subscribed(control_planes: tuple[str, ...], workload: str, namespace: st
     from tulle.proxyconfig.stream import WorkloadInfo
 
     info = WorkloadInfo(name=workload, namespace=namespace, address=address,
+                        additional_addresses=list(additional_addresses),
                         service_account=service_account, labels=parse_labels(labels),
                         ports=parse_ports(ports), outbound_port=outbound_port,
                         dns_port=dns_port, admin_port=admin_port)

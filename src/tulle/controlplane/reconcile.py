@@ -238,15 +238,17 @@ class Reconciler:
                        admitted: Admitted | None = None) -> None:
         """A proxy announced its workload.
 
-        Admitted (ADR 0028): the Workload's address, service account and labels are never
-        changed by a hello.  An existing Workload keeps them (a hello that says otherwise is
-        refused with the field, so nothing is ignored silently); a missing one is made with the
-        service account and labels of the token that admitted the proxy and the address it
-        announced (or its peer address).  The proxy's own facts (ports, zone, outbound port)
-        are refreshed.  Without admission (unit tests of the stream) the old rule applies:
-        create, or refresh every announced field."""
+        Admitted (ADR 0028): the Workload's address (and additional addresses, ADR 0088),
+        service account and labels are never changed by a hello.  An existing Workload keeps
+        them (a hello that says otherwise is refused with the field, so nothing is ignored
+        silently); a missing one is made with the service account and labels of the token that
+        admitted the proxy and the addresses it announced (or its peer address).  The proxy's
+        own facts (ports, zone, outbound port) are refreshed.  Without admission (unit tests
+        of the stream) the old rule applies: create, or refresh every announced field."""
         announced: dict[str, Any] = {"address": w.address or peer_ip,
                                      "serviceAccount": w.service_account}
+        if w.additional_addresses:
+            announced["additionalAddresses"] = list(w.additional_addresses)
         if admitted is not None:
             announced["serviceAccount"] = admitted.identity.service_account
         if w.ports:
@@ -276,6 +278,7 @@ class Reconciler:
                     old = current.get("spec") or {}
                     announced = {**announced, "address": old.get("address"),
                                  "serviceAccount": old.get("serviceAccount", "default")}
+                    announced.pop("additionalAddresses", None)  # the stored value stays
             spec = {**((current or {}).get("spec") or {}), **announced}
             obj = workload_object(md, labels, spec, current)
             try:
@@ -330,6 +333,11 @@ def _check_owned_fields(w: WorkloadInfo, admitted: Admitted, current: Obj | None
     if w.address and w.address != spec.get("address"):
         raise ValueError(f"{where}: spec.address: a hello cannot change it (stored "
                          f"{spec.get('address')!r}); change it with tulle apply")
+    if w.additional_addresses and w.additional_addresses != (spec.get("additionalAddresses")
+                                                             or []):
+        raise ValueError(f"{where}: spec.additionalAddresses: a hello cannot change them "
+                         f"(stored {spec.get('additionalAddresses') or []!r}); change them with "
+                         "tulle apply")
     stored = (current.get("metadata") or {}).get("labels") or {}
     if w.labels and any(stored.get(k) != v for k, v in w.labels.items()):
         raise ValueError(f"{where}: metadata.labels: a hello cannot change them; change them "

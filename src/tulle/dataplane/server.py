@@ -260,8 +260,11 @@ class ProxyServer:
             raise ApplyError(f"{where}: {exc}") from exc
         port = lc.port
         for address in sockets.addresses(lc):  # the primary first: port 0 picks the port
-            given = (sockets.listening_socket(donor.servers, address)
-                     if donor is not None else None)
+            given = self._held(address, port, donor)
+            if given is not None and not sockets.v6only(lc, given):
+                raise ApplyError(f"listener {lc.name}: [{address}]:{port} is bound taking IPv4 "
+                                 "as well or not, and a bound socket cannot change that: remove "
+                                 "the listener in one snapshot and add it in the next")
             try:
                 sock = (sockets.dup(given) if given is not None
                         else sockets.bind(lc, address, port, BACKLOG))
@@ -280,6 +283,24 @@ class ProxyServer:
                 port = int(sock.getsockname()[1])
                 plan.ports[handle] = port
         handle.tls_ref = ref
+
+    def _held(self, address: str, port: int, donor: ListenerHandle | None) -> Any:
+        """The listening socket on `address`:`port` that a listener of the snapshot in force
+        holds, to be handed over: the donor's first, else any listener's (an address that
+        moved between listeners, or stayed while the primary changed).  A listener that keeps
+        its socket in the new snapshot cannot hold it too: validation refuses one address and
+        port in two listeners."""
+        if donor is not None:
+            held = sockets.listening_socket(donor.servers, address, port)
+            if held is not None or not port:
+                return held
+        if not port:  # port 0: only the same listener's own socket is its
+            return None
+        for h in self.listeners.values():
+            held = sockets.listening_socket(h.servers, address, port)
+            if held is not None:
+                return held
+        return None
 
     def _commit(self, plan: _Plan) -> None:
         """Put a prepared plan in force.  Nothing here may fail."""

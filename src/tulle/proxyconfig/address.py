@@ -32,16 +32,44 @@ def numeric_family(host: str) -> socket.AddressFamily | None:
     return socket.AF_INET6 if ip.version == 6 else socket.AF_INET
 
 
+def packed(host: str) -> tuple[socket.AddressFamily, bytes] | None:
+    """An address's family and value (so `::1` and `0:0::1` are one); None for a name or a
+    zone-scoped address."""
+    fam = numeric_family(host)
+    if fam is None or "%" in host:
+        return None
+    return fam, socket.inet_pton(fam, host)
+
+
+WILDCARDS = {socket.AF_INET: bytes(4), socket.AF_INET6: bytes(16)}
+_MAPPED = bytes(10) + b"\xff\xff"
+
+
+def overlaps(a: tuple[socket.AddressFamily, bytes], b: tuple[socket.AddressFamily, bytes]) -> bool:
+    """Two listening addresses on one port that the kernel would not both bind: the same
+    address, or a wildcard and any address of its family."""
+    return a[0] == b[0] and (a[1] == b[1] or WILDCARDS[a[0]] in (a[1], b[1]))
+
+
 def additional_address_errors(address: str, more: list[str], path: str) -> list[FieldError]:
-    """A listener's or the resolver's `additional_addresses` (ADR 0088): numeric IP addresses,
-    none twice and none the primary `address`."""
+    """A listener's or the resolver's `additional_addresses` (ADR 0088): numeric IP addresses
+    with no zone and not IPv4-mapped (bind them as IPv4), none the same as another or as the
+    primary `address` however written, nor overlapping it (a wildcard beside an address of its
+    family)."""
     out: list[FieldError] = []
-    seen = {address}
+    seen = [x for x in (packed(address),) if x is not None]
     for k, a in enumerate(more):
         where = f"{path}.additional_addresses[{k}]"
-        if numeric_family(a) is None:
-            out.append(FieldError(where, f"must be an IP address, got {a!r}"))
-        elif a in seen:
-            out.append(FieldError(where, f"{a} is already an address of this socket's owner"))
-        seen.add(a)
+        key = packed(a)
+        if key is None:
+            out.append(FieldError(where, f"must be an IP address without a zone, got {a!r}"))
+            continue
+        if key[0] == socket.AF_INET6 and key[1].startswith(_MAPPED):
+            out.append(FieldError(where, f"{a} is an IPv4-mapped address: give the IPv4 "
+                                         "address itself"))
+            continue
+        if any(overlaps(key, b) for b in seen):
+            out.append(FieldError(where, f"{a} is already an address of this socket's owner "
+                                         "(or overlaps one: a wildcard takes its whole family)"))
+        seen.append(key)
     return out

@@ -93,6 +93,9 @@ class WorkloadInfo(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True
     name: str
     namespace: str = "default"
     address: str = ""
+    additional_addresses: list[str] = msgspec.field(default_factory=list)
+    """A dual-stack pod's address of the other family (`Workload.spec.additionalAddresses`,
+    ADR 0088), set only when the hello creates the Workload, like `address`."""
     service_account: str = "default"
     labels: dict[str, str] = msgspec.field(default_factory=dict)
     ports: list[dict[str, Any]] = msgspec.field(default_factory=list)

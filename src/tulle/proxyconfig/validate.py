@@ -15,6 +15,7 @@ order and keeps the rest of the semantic checks (names, references, routes).
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Collection, Iterable
 from typing import Any
 
@@ -22,7 +23,7 @@ import msgspec
 
 from tulle.errors import FieldError
 from tulle.proxyconfig import dns, filters, health, network, regex, telemetry_checks
-from tulle.proxyconfig.address import additional_address_errors, numeric_family
+from tulle.proxyconfig.address import WILDCARDS, additional_address_errors, numeric_family, overlaps, packed
 from tulle.proxyconfig.chain_checks import chain_errors
 from tulle.proxyconfig.lb_checks import cluster_lb_errors
 from tulle.proxyconfig.logs import check as log_checks
@@ -68,20 +69,30 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
         for i, name in enumerate(names):
             if name in dup:
                 out.append(FieldError(f"{kind}[{i}].name", f"duplicate name {name!r}"))
-    bound: dict[tuple[str, int], int] = {}
+    bound: dict[int, list[tuple[tuple[socket.AddressFamily, bytes], int]]] = {}
     for i, lst in enumerate(cfg.listeners):
         p = f"listeners[{i}]"
         if not _is_ip(lst.address):
             out.append(FieldError(f"{p}.address", f"must be an IP address, got {lst.address!r}"))
         out += additional_address_errors(lst.address, lst.additional_addresses, p)
         if lst.port:
+            claims = bound.setdefault(lst.port, [])
             for where, addr in ((f"{p}.port", lst.address), *(
                     (f"{p}.additional_addresses[{k}]", a)
                     for k, a in enumerate(lst.additional_addresses))):
-                other = bound.setdefault((addr, lst.port), i)
-                if other != i and not lst.reuse_port:
+                key = packed(addr)
+                if key is None:
+                    continue  # refused above
+                keys = [key]
+                if key == (socket.AF_INET6, WILDCARDS[socket.AF_INET6]) and \
+                        not lst.additional_addresses:  # `::` alone takes IPv4 too
+                    keys.append((socket.AF_INET, WILDCARDS[socket.AF_INET]))
+                other = next((j for k in keys for held, j in claims
+                              if j != i and overlaps(k, held)), None)
+                if other is not None and not lst.reuse_port:
                     out.append(FieldError(where, f"{addr}:{lst.port} is already "
                                           f"used by listeners[{other}]"))
+                claims.extend((k, i) for k in keys)
         elif cfg.settings.workers > 1:  # each worker would bind its own random port
             out.append(FieldError(f"{p}.port", "must not be 0 when settings.workers > 1"))
         if lst.route_table and lst.route_table not in tables:

@@ -174,3 +174,37 @@ async def test_a_flood_of_unauthenticated_hellos_is_counted_not_logged_line_by_l
         summed = [ln for ln in lines if "hellos not admitted, over the log budget" in ln]
         assert 1 <= len(named) <= 10, named
         assert len(summed) == 1, lines
+
+
+async def test_a_first_hello_registers_a_dual_stack_pods_second_address_once() -> None:
+    """`tulle proxy run --additional-address` (ADR 0088): the Workload the first hello makes
+    has it, so mesh clients call that address over mTLS; like `address`, a later hello cannot
+    change it, and one that is no pod's second address is refused with the field."""
+    async with running_control_plane() as cp:
+        dual = WorkloadInfo(name="dual-0", namespace=NS, address="10.1.2.3",
+                            additional_addresses=["fd00:1::3"])
+        token = await issue_token(cp.api_url, dual)
+        key = WorkloadKey()
+        cert = await _hello(cp.stream_port, _h(dual, token=token, csr=key.csr(NS, "dual-0")))
+        assert isinstance(cert, Certificate), cert
+        stored = cp.store  # the Workload as the stream made it
+        obj = await stored.get("Workload", NS, "dual-0")
+        assert obj["spec"]["additionalAddresses"] == ["fd00:1::3"]
+        assert obj["spec"]["address"] == "10.1.2.3"
+
+        now = int(dt.datetime.now(dt.UTC).timestamp())
+        moved = WorkloadInfo(name="dual-0", namespace=NS, address="10.1.2.3",
+                             additional_addresses=["fd00:1::99"])
+        reply = await _hello(cp.stream_port, _h(moved, certificate=cert.cert_chain,
+                                                 proof_time=now, proof=key.proof(NS, "dual-0",
+                                                                                 now)))
+        assert isinstance(reply, Error), reply
+        assert "spec.additionalAddresses: a hello cannot change them" in reply.reason
+
+        bad = WorkloadInfo(name="bad-0", namespace=NS, address="10.1.2.4",
+                           additional_addresses=["10.1.2.5"])
+        token = await issue_token(cp.api_url, bad)
+        reply = await _hello(cp.stream_port, _h(bad, token=token, csr=WorkloadKey().csr(
+            NS, "bad-0")))
+        assert isinstance(reply, Error), reply
+        assert "additionalAddresses" in reply.reason and "same family" in reply.reason

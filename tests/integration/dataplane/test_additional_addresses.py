@@ -42,6 +42,17 @@ def config(origin: int, *, more: list[str] | None = None, protocol: str = "auto"
     }
 
 
+def two(origin: int, port: int, first: tuple[str, list[str]], second: tuple[str, list[str]] | None,
+        version: str) -> dict[str, Any]:
+    """One or two listeners on `port`, each with a primary and additional addresses."""
+    raw = config(origin, more=first[1], port=port, version=version)
+    raw["listeners"][0]["address"] = first[0]
+    if second is not None:
+        raw["listeners"].append({**raw["listeners"][0], "name": "other", "address": second[0],
+                                 "additional_addresses": second[1]})
+    return raw
+
+
 async def get(host: str, port: int) -> tuple[int, bytes]:
     client = await RawClient.connect(port, host=host)
     try:
@@ -155,6 +166,11 @@ async def test_the_ipv6_socket_takes_ipv6_only() -> None:
     (["localhost"], "listeners[0].additional_addresses[0]", "must be an IP address"),
     (["127.0.0.1"], "listeners[0].additional_addresses[0]", "already an address"),
     (["::1", "::1"], "listeners[0].additional_addresses[1]", "already an address"),
+    (["::1", "0:0::1"], "listeners[0].additional_addresses[1]", "already an address"),
+    (["0.0.0.0"], "listeners[0].additional_addresses[0]", "overlaps"),
+    (["::1%lo"], "listeners[0].additional_addresses[0]", "without a zone"),
+    (["fe80::1%eth0"], "listeners[0].additional_addresses[0]", "without a zone"),
+    (["::ffff:127.0.0.2"], "listeners[0].additional_addresses[0]", "IPv4-mapped"),
 ])
 def test_bad_additional_addresses_are_refused_with_their_path(
         more: list[str], where: str, why: str) -> None:
@@ -163,13 +179,28 @@ def test_bad_additional_addresses_are_refused_with_their_path(
     assert any(e.path == where and why in e.message for e in err.value.errors), err.value.errors
 
 
-def test_two_listeners_cannot_share_an_additional_address_and_port() -> None:
-    raw = config(1, port=15999)
-    raw["listeners"].append({**raw["listeners"][0], "name": "other", "address": "127.0.0.2"})
+@pytest.mark.parametrize(("first", "second", "error"), [
+    (("127.0.0.1", ["::1"]), ("127.0.0.2", ["::1"]),
+     "listeners[1].additional_addresses[0]: ::1:15999 is already used by listeners[0]"),
+    (("127.0.0.1", ["::1"]), ("0:0::1", []),
+     "listeners[1].port: 0:0::1:15999 is already used by listeners[0]"),
+    (("127.0.0.1", ["::1"]), ("127.0.0.2", ["::"]),
+     "listeners[1].additional_addresses[0]: :::15999 is already used by listeners[0]"),
+    (("127.0.0.1", []), ("0.0.0.0", []),
+     "listeners[1].port: 0.0.0.0:15999 is already used by listeners[0]"),
+    (("127.0.0.1", []), ("::", []),  # `::` alone takes IPv4 too
+     "listeners[1].port: :::15999 is already used by listeners[0]"),
+])
+def test_two_listeners_cannot_claim_one_address_and_port_however_written(
+        first: tuple[str, list[str]], second: tuple[str, list[str]], error: str) -> None:
+    """Refused at validation, with the field, not at bind time (ADR 0088)."""
     with pytest.raises(ConfigError) as err:
-        validate(raw)
-    assert [str(e) for e in err.value.errors] == [
-        "listeners[1].additional_addresses[0]: ::1:15999 is already used by listeners[0]"]
+        validate(two(1, 15999, first, second, "v1"))
+    assert [str(e) for e in err.value.errors] == [error]
+
+
+def test_an_ipv6_wildcard_beside_other_addresses_leaves_ipv4_to_another_listener() -> None:
+    validate(two(1, 15999, ("::", ["127.0.0.2"]), ("127.0.0.1", []), "v1"))
 
 
 def dns_config(more: list[str], port: int = 0) -> dict[str, Any]:
@@ -208,3 +239,59 @@ async def test_the_resolver_keeps_its_sockets_and_follows_the_address_list() -> 
         await p.apply(dns_config(["::1"], port=port))
         assert p.server.dns.service.current.endpoints["127.0.0.1"] is kept
         assert await ask(p, "::1") == ["10.96.0.7"]
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    # the primary changes, the wildcard stays (a Workload's address edited: the inbound listener)
+    (("127.0.0.1", ["::"]), ("127.0.0.2", ["::"])),
+    # primary and additional trade places
+    (("127.0.0.1", ["::1"]), ("::1", ["127.0.0.1"])),
+    # the primary changes, the additional address stays
+    (("127.0.0.1", ["::1"]), ("127.0.0.3", ["::1"])),
+])
+async def test_an_address_the_running_snapshot_holds_is_handed_over_whatever_else_changed(
+        before: tuple[str, list[str]], after: tuple[str, list[str]]) -> None:
+    """Each address already bound is handed over, not bound anew (which the running socket
+    would refuse: the proxy would reject every later snapshot, new policies included)."""
+    port = free_port()
+    async with raw_server(named_origin(b"O")) as origin, \
+            running_proxy(two(origin.port, port, before, None, "v1")) as p:
+        await p.apply(two(origin.port, port, after, None, "v2"))
+        for host in ("127.0.0.1" if after[0] == "127.0.0.1" or "127.0.0.1" in after[1] else
+                     after[0], "::1"):
+            assert await get(host, port) == (200, b"O")
+        await p.apply(two(origin.port, port, before, None, "v3"))  # and back
+        assert await get("::1", port) == (200, b"O")
+
+
+async def test_an_additional_address_moves_to_another_listener() -> None:
+    port = free_port()
+    async with raw_server(named_origin(b"O")) as origin, \
+            running_proxy(two(origin.port, port, ("127.0.0.1", ["::1"]), ("127.0.0.2", []),
+                              "v1")) as p:
+        await p.apply(two(origin.port, port, ("127.0.0.1", []), ("127.0.0.2", ["::1"]), "v2"))
+        assert await get("::1", port) == (200, b"O")
+        assert p.server.listeners["other"].servers  # it is the other listener's now
+        assert len(p.server.listeners["other"].servers) == 2
+        assert len(p.server.listeners["out"].servers) == 1
+
+
+async def test_a_wildcard_that_would_change_taking_ipv4_is_refused_not_changed_silently() -> None:
+    """`::` alone takes IPv4 too (the system's default); beside other addresses it takes IPv6
+    only.  A bound socket cannot change that, so the snapshot is refused with the way out."""
+    port = free_port()
+    async with raw_server(named_origin(b"O")) as origin, \
+            running_proxy(two(origin.port, port, ("::", []), None, "v1")) as p:
+        assert await get("127.0.0.1", port) == (200, b"O")  # dual-stack: IPv4 too
+        with pytest.raises(ApplyError, match=r"bound taking IPv4 as well or not"):
+            await p.apply(two(origin.port, port, ("::", ["127.0.0.2"]), None, "v2"))
+        assert await get("127.0.0.1", port) == (200, b"O")  # the running one still serves
+
+
+def test_the_resolvers_additional_addresses_are_checked_alike() -> None:
+    with pytest.raises(ConfigError) as err:
+        validate(dns_config(["0:0::1", "::1", "::ffff:127.0.0.1"]))
+    assert [(e.path, e.message.split(" (")[0]) for e in err.value.errors] == [
+        ("dns.additional_addresses[1]", "::1 is already an address of this socket's owner"),
+        ("dns.additional_addresses[2]",
+         "::ffff:127.0.0.1 is an IPv4-mapped address: give the IPv4 address itself")]

@@ -82,3 +82,11 @@ def test_a_dual_stack_pod_names_its_other_family_once(errors: Errors) -> None:
         "spec.additionalAddresses[0]")
     got = errors(with_(WL, "spec.additionalAddresses", ["10.0.0.1", "10.0.0.2"]))
     assert [p for p, _ in got] == ["spec.additionalAddresses"], got
+    v4 = with_(WL, "spec.address", "10.0.0.3")
+    for bad, why in [("::1", "loopback"), ("::", "unspecified"), ("fe80::1", "link-local"),
+                     ("::ffff:10.0.0.3", "IPv4-mapped"), ("ff02::1", "multicast")]:
+        [(path, msg)] = errors(with_(v4, "spec.additionalAddresses", [bad]))
+        assert path == "spec.additionalAddresses[0]" and why in msg, (bad, msg)
+    assert errors(with_(v4, "spec.additionalAddresses", ["fd00::3"])) == []
+    [(path, msg)] = errors(with_(WL, "spec.additionalAddresses", ["127.0.0.1"]))
+    assert "loopback" in msg

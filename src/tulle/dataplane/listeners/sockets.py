@@ -58,13 +58,25 @@ def same_address(a: str, b: str) -> bool:
         return a == b
 
 
-def listening_socket(servers: list[Any], address: str) -> socket.socket | None:
-    """The socket among `servers` (asyncio servers) bound to `address`, if one is."""
+def listening_socket(servers: list[Any], address: str, port: int = 0) -> socket.socket | None:
+    """The socket among `servers` (asyncio servers) bound to `address` (and `port`, unless 0),
+    if one is."""
     for server in servers:
         for sock in getattr(server, "sockets", ()):
-            if same_address(str(sock.getsockname()[0]), address):
+            name = sock.getsockname()
+            if same_address(str(name[0]), address) and (not port or int(name[1]) == port):
                 return sock  # type: ignore[no-any-return]
     return None
+
+
+def v6only(cfg: Listener, sock: socket.socket) -> bool:
+    """Whether `sock` takes IPv6 only as `cfg` wants it (IPv4 sockets: trivially).  A bound
+    socket's `IPV6_V6ONLY` cannot change, so one that differs cannot be handed over."""
+    if sock.family != socket.AF_INET6:
+        return True
+    want = bool(cfg.additional_addresses)  # alone, `::` takes IPv4 too (the system default)
+    have = bool(sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY))
+    return want == have or not same_address(str(sock.getsockname()[0]), "::")
 
 
 def dup(sock: socket.socket) -> socket.socket:
@@ -127,4 +139,4 @@ def _show(address: str) -> str:
 
 
 __all__ = ["BindError", "addresses", "bind", "dup", "family_of", "family_unavailable",
-           "listening_socket", "same_address"]
+           "listening_socket", "same_address", "v6only"]

@@ -27,6 +27,10 @@ conditions with status False, so `apply` warns and `get`/`describe` show them:
 - `RulesMatchable=False` (`NoSuchPort`): a `to.ports` entry is no inbound port of any workload
   the policy is bound to (a Service's port given for its workloads' port, say); those
   operations never match.
+- `SourceFamiliesCovered=False` (`IPBlocksOneFamily`): a `from` entry's `ipBlocks` name one
+  IP version while a workload the policy is bound to takes the other too (a transparent
+  sidecar listens on both, ADR 0088): a caller of that version -- the same host by its other
+  address -- is never matched by them (a DENY's bypass, an ALLOW's refusal).
 """
 
 from __future__ import annotations
@@ -149,6 +153,40 @@ def _workloads(mesh: MeshModel, p: Policy, members: dict[Key, set[Key]]) -> set[
     return members.get((p.namespace, p.target_name), set())
 
 
+def _families(mesh: MeshModel, keys: set[Key]) -> dict[int, list[str]]:
+    """IP version -> the bound workloads (by name) a caller of that version can reach: a
+    transparent sidecar listens on both families (ADR 0088); an explicit proxy on its address;
+    a node agent steers IPv4 only and refuses its pods' IPv6 (ADR 0050)."""
+    out: dict[int, list[str]] = {}
+    for x in mesh.proxies:
+        if x.key not in keys:
+            continue
+        versions = {6 if ":" in x.address else 4}
+        if x.interception == "transparent":
+            versions = {4, 6}
+        for v in sorted(versions):
+            out.setdefault(v, []).append(f"{x.namespace}/{x.name}")
+    return out
+
+
+def _ip_block_gaps(spec: Mapping[str, Any], reached: dict[int, list[str]]) -> list[str]:
+    """Each `from` entry whose `ipBlocks` name one IP version while the workloads bound take
+    the other too."""
+    out: list[str] = []
+    for i, rule in enumerate(spec.get("rules") or []):
+        for j, src in enumerate((rule or {}).get("from") or []):
+            blocks = (src or {}).get("ipBlocks") or []
+            if not blocks:
+                continue
+            have = {6 if ":" in str(b) else 4 for b in blocks}
+            for v in sorted(set(reached) - have):
+                who = reached[v]
+                out.append(f"rules[{i}].from[{j}].ipBlocks name IPv{4 if v == 6 else 6} only, "
+                           f"while {', '.join(who[:3])}{', ...' if len(who) > 3 else ''} "
+                           f"take IPv{v} as well")
+    return out
+
+
 def apply(mesh: MeshModel) -> MeshModel:
     policies = [p for p in mesh.policies if p.kind == KIND]
     if not policies:
@@ -224,6 +262,14 @@ def apply(mesh: MeshModel) -> MeshModel:
                 f"to.ports {missing} are no inbound port of the workloads it is bound to "
                 f"(their ports: {sorted(have)}; a Service's port is not its workloads' port): "
                 "those operations never match", gen))
+        gaps = _ip_block_gaps(p.spec, _families(mesh, {k for k, _ in ports}))
+        if gaps:
+            conds.append(Condition(
+                "SourceFamiliesCovered", False, "IPBlocksOneFamily",
+                f"{'; '.join(gaps[:3])}{'; ...' if len(gaps) > 3 else ''}: a caller of the "
+                "other family (the same host by its other address, or an IPv6 link-local one) "
+                "is never matched by those blocks, so a DENY does not refuse it and an ALLOW "
+                "does not admit it; list the callers' ranges of both families (ADR 0088)", gen))
         conditions[p.ref] = (*conds, *resolved)
 
     def bind(proxy: Proxy) -> Proxy:

@@ -123,3 +123,23 @@ def test_a_trust_domain_alias_is_the_same_workload_to_clients_and_to_policies() 
     assert rpc.tls is not None
     assert rpc.tls.expected_spiffe_ids == ("spiffe://cluster.local/ns/shop/sa/rpc",
                                            "spiffe://example.org/ns/shop/sa/rpc")
+
+
+def test_ip_blocks_of_one_family_on_a_dual_stack_sidecar_are_flagged() -> None:
+    """A transparent sidecar takes IPv6 as well as IPv4 (ADR 0088): a DENY whose `ipBlocks`
+    name only IPv4 does not refuse the same caller over IPv6; the status says so.  An explicit
+    proxy on an IPv4 address takes IPv4 only: nothing to say."""
+    docs = _rpc_raw_admin()
+    explicit = [_policy("v4-only", "rpc", action="DENY",
+                        rules=[{"from": [{"ipBlocks": ["10.231.0.5/32"]}]}])]
+    assert "SourceFamiliesCovered" not in _conditions(_run([*docs, *explicit]), "v4-only")
+    docs[0]["spec"] = {**docs[0]["spec"], "address": "10.231.0.3", "interception": "transparent"}
+    both = _policy("both", "rpc", action="DENY",
+                   rules=[{"from": [{"ipBlocks": ["10.231.0.5/32", "fd00:231::5/128"]}]}])
+    mesh = _run([*docs, *explicit, both])
+    status, reason, message = _conditions(mesh, "v4-only")["SourceFamiliesCovered"]
+    assert (status, reason) == (False, "IPBlocksOneFamily")
+    assert message.startswith("rules[0].from[0].ipBlocks name IPv4 only, while shop/rpc-0 "
+                              "take IPv6 as well: ")
+    assert "a DENY does not refuse it" in message
+    assert "SourceFamiliesCovered" not in _conditions(mesh, "both")
