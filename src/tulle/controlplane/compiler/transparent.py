@@ -19,12 +19,12 @@ destination and decide from it alone -- never from a Host header:
   3. anything else: `Mesh.spec.outboundTrafficPolicy` -- `ALLOW_ANY` passes it through to the
      original destination; `REGISTRY_ONLY` refuses it (the connection is reset, counted in
      `tulle_proxy_protocol_errors_total{kind="no_destination"}`).
-- **Inbound** (`inbound`, `<address>:15006`): one filter chain per workload port, chosen by the
-  original destination port, with the port's protocol and the mTLS chains the `mtls` plugin
-  decided (ADR 0033) -- the explicit per-port listeners' routing, moved into chains.  A port
-  the workload does not declare matches no chain and is refused (`no_filter_chain`): nothing
-  reaches the application around the proxy's policies.  TCP ports are opaque (never sniffed,
-  so server-first protocols work in plaintext too).
+- **Inbound** (`inbound`, `0.0.0.0:15006` and `[::]:15006`): one filter chain per workload
+  port, chosen by the original destination port, with the port's protocol and the mTLS chains
+  the `mtls` plugin decided (ADR 0033) -- the explicit per-port listeners' routing, moved
+  into chains.  A port the workload does not declare matches no chain and is refused
+  (`no_filter_chain`): nothing reaches the application around the proxy's policies.  TCP
+  ports are opaque (never sniffed, so server-first protocols work in plaintext too).
 """
 
 from __future__ import annotations
@@ -45,6 +45,11 @@ OUTBOUND_ADDRESS = "127.0.0.1"
 """Where iptables' REDIRECT sends a pod's own outbound connections (OUTPUT chain: loopback)."""
 OUTBOUND_ADDRESS6 = "::1"
 """Where ip6tables' REDIRECT sends them: a sidecar's listeners serve both (ADR 0088)."""
+INBOUND_ADDRESS, INBOUND_ADDRESS6 = "0.0.0.0", "::"
+"""A sidecar's inbound listener: REDIRECT in PREROUTING sends to the receiving interface's
+first address of the family, whichever that is; the wildcards take it, and stay the same when
+the Workload's address is edited, so the listener's sockets never need binding anew (ADR
+0088).  A connection straight to port 15006 has no chain for its destination port."""
 INBOUND_PORT = 15006
 MAX_WEIGHT = 1_000_000
 
@@ -240,14 +245,14 @@ def inbound_listener(proxy: Proxy, per_port: list[dict[str, Any]]) -> dict[str, 
         return None
     agent = proxy.interception == "agent"  # ADR 0047: on the node agent's loopback
     out: dict[str, Any] = {"name": "inbound",
-                           "address": OUTBOUND_ADDRESS if agent else proxy.address,
+                           "address": OUTBOUND_ADDRESS if agent else INBOUND_ADDRESS,
                            "port": proxy.inbound_port if agent else INBOUND_PORT,
                            "direction": "inbound", "mode": "transparent", "protocol": "auto",
                            "filter_chains": chains}
     if opaque:
         out["opaque_ports"] = opaque
     if not agent:  # ip6tables' REDIRECT: the interface's first IPv6 address (ADR 0088)
-        out["additional_addresses"] = ["0.0.0.0" if ":" in proxy.address else "::"]
+        out["additional_addresses"] = [INBOUND_ADDRESS6]
     return out
 
 
@@ -263,6 +268,8 @@ def agent_cluster(cluster: dict[str, Any], address: str) -> dict[str, Any]:
 
 
 __all__ = [
+    "INBOUND_ADDRESS",
+    "INBOUND_ADDRESS6",
     "INBOUND_PORT",
     "OUTBOUND_ADDRESS",
     "OUTBOUND_ADDRESS6",

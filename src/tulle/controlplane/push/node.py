@@ -168,8 +168,9 @@ def merge(parts: Sequence[tuple[ProxyKey, ProxyConfig]]) -> ProxyConfig:
                     lc.address != "127.0.0.1":
                 raise NodeError(
                     f"workload {workload_name(key)} is transparent with inbound ports "
-                    f"(listener {lc.name} on {lc.address}:{lc.port}, the pod's own address, "
-                    "which the node does not hold): a pod served by a node agent says "
+                    f"(listener {lc.name} on {lc.address}:{lc.port}: a sidecar's, taking what "
+                    "iptables redirects inside the pod, where a node agent is not): a pod "
+                    "served by a node agent says "
                     "`interception: agent` (and its own inboundPort)")
     parts = [parts[0], *((key, _own_identity(cfg, key)) for key, cfg in parts[1:])]
     # Inbound clusters first: a cluster a listener names belongs to that listener's workload.

@@ -204,7 +204,7 @@ def test_two_transparent_pods_on_the_default_port_are_refused_with_the_reason() 
 
 
 def test_a_transparent_pod_with_inbound_ports_cannot_be_served_by_an_agent() -> None:
-    """Its inbound listener is on the pod's own address, which the node does not hold: a
+    """Its inbound listener is a sidecar's, taking what iptables redirects inside the pod: a
     clear refusal, not a snapshot the agent would NACK for every pod (ADR 0047)."""
     server = {**transparent("srv", "10.232.0.4", 15003)}
     server["spec"]["ports"] = [{"port": 8080, "appProtocol": "http"}]
@@ -212,7 +212,7 @@ def test_a_transparent_pod_with_inbound_ports_cannot_be_served_by_an_agent() -> 
     snaps = dict(compile_mesh(MeshInputs.from_resources(docs)).snapshots)
     a, s = (NS, "pod-a"), (NS, "srv")
     with pytest.raises(NodeError, match=r"shop/srv is transparent with inbound ports "
-                                        r"\(listener inbound on 10\.232\.0\.4:15006, .*"
+                                        r"\(listener inbound on 0\.0\.0\.0:15006: .*"
                                         r"`interception: agent`"):
         merge([(a, snaps[a]), (s, snaps[s])])
 
