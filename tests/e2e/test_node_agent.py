@@ -22,17 +22,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from tests.support import meshnet as net
 from tests.support.netns import require_tools, testbed  # noqa: F401
 from tests.support.pods import as_user, as_user_env, write_scripts
 
@@ -40,12 +39,6 @@ from tulle.net.netns import Namespace, Testbed
 
 pytestmark = pytest.mark.netns
 
-PROXY_UID = 1337
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-TULLE = [sys.executable, "-m", "tulle.cli.main"]
-ENV = {**os.environ, "PYTHONPATH": SRC}
-STREAM = 15680
-API = 15681
 PODS = {"pod-a": ("10.232.0.2", 15001), "pod-b": ("10.232.0.3", 15002)}
 API_POD, API_OUT, API_IN = "10.232.0.4", 15003, 15103
 
@@ -86,19 +79,6 @@ def resources() -> list[dict[str, Any]]:
     ]
 
 
-def wait_for(what: str, ok: Any, log: Path | None = None, limit: float = 30.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if ok():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"{what} never happened" + (f":\n{log.read_text()[-4000:]}" if log else ""))
-
-
-def listening(ns: Namespace, port: int) -> bool:
-    return bool(ns.run(["ss", "-Hltn", f"sport = :{port}"]).stdout.strip())
-
-
 def nat_rules(ns: Namespace) -> str:
     """Every table's rules (the comments with their timestamps left out)."""
     return "".join(line for line in ns.run(["iptables-save"]).stdout.splitlines(keepends=True)
@@ -117,8 +97,8 @@ def workdir() -> Iterator[Path]:
 
 def _proxy(ns: Namespace, args: list[str], log: Path) -> None:
     with log.open("wb") as out:
-        ns.popen(as_user(PROXY_UID, ["-m", "tulle.cli.main", "proxy", "run", *args]),
-                 stdout=out, stderr=out, env=as_user_env(PROXY_UID, ENV))
+        ns.popen(as_user(net.PROXY_UID, ["-m", "tulle.cli.main", "proxy", "run", *args]),
+                 stdout=out, stderr=out, env=as_user_env(net.PROXY_UID, net.ENV))
 
 
 @pytest.fixture
@@ -130,42 +110,27 @@ def mesh(testbed: Testbed, workdir: Path) -> Iterator[dict[str, Any]]:  # noqa: 
     pods = {name: testbed.pod(node, ip) for name, (ip, _) in PODS.items()}
     api = testbed.pod(node, API_POD)
     write_scripts(workdir)
-    (workdir / "mesh.yaml").write_text(yaml.safe_dump_all(resources()))
-    admin = workdir / "admin-token"
-    cp_log = workdir / "cp.log"
-    with cp_log.open("wb") as out:
-        cp.popen([*TULLE, "control-plane", "run", "--store", "memory", "--stream-address",
-                  "0.0.0.0", "--stream-port", str(STREAM), "--api-port", str(API),
-                  "--debounce-ms", "20", "--admin-token-file", str(admin)],
-                 stdout=out, stderr=out, env=ENV)
-    wait_for("the control plane's API", lambda: listening(cp, API), cp_log)
-    cli_env = {**ENV, "TULLE_TOKEN_FILE": str(admin)}
-    cp.run([*TULLE, "apply", "-f", str(workdir / "mesh.yaml")], env=cli_env)
+    cli_env = net.start_control_plane(cp, workdir, resources())
 
     def token(name: str) -> Path:
-        text = cp.run([*TULLE, "token", "issue", "--workload", name, "-n", "shop"],
-                      env=cli_env).stdout.strip().splitlines()[0]
-        f = workdir / f"{name}.token"
-        f.write_text(text)
-        f.chmod(0o644)  # the proxy's uid reads it (the workdir is the test's own)
-        return f
+        return net.token_file(cp, workdir, name, cli_env)
 
     # The server: a sidecar, intercepted by `tulle iptables apply`.
     log = workdir / "server-app.log"
     with log.open("wb") as out:
         server.popen([sys.executable, str(workdir / "app.py"), "server"], stdout=out, stderr=out)
-    wait_for("the server's app", lambda: listening(server, 8080), log)
+    net.wait_for("the server's app", lambda: net.listening(server, 8080), log)
     log = workdir / "api-app.log"
     with log.open("wb") as out:
         api.popen([sys.executable, str(workdir / "app.py"), "api"], stdout=out, stderr=out)
-    wait_for("the api pod's app", lambda: listening(api, 8080), log)
-    server.run([*TULLE, "iptables", "apply", "--no-ipv6", "--no-redirect-dns",
-                "--vip-cidr", "240.240.0.0/16"], env=ENV)
+    net.wait_for("the api pod's app", lambda: net.listening(api, 8080), log)
+    server.run([*net.TULLE, "iptables", "apply", "--no-ipv6", "--no-redirect-dns",
+                "--vip-cidr", "240.240.0.0/16"], env=net.ENV)
     log = workdir / "server-proxy.log"
-    _proxy(server, ["--control-plane", f"{cp.address}:{STREAM}", "--workload", "server",
+    _proxy(server, ["--control-plane", f"{cp.address}:{net.STREAM}", "--workload", "server",
                     "-n", "shop", "--address", server.address,
                     "--token-file", str(token("server"))], log)
-    wait_for("the server's sidecar", lambda: listening(server, 15006), log)
+    net.wait_for("the server's sidecar", lambda: net.listening(server, 15006), log)
 
     # The node: one agent for both pods, each with its own token and outbound port.
     node_cfg = {"workloads": [
@@ -174,11 +139,11 @@ def mesh(testbed: Testbed, workdir: Path) -> Iterator[dict[str, Any]]:  # noqa: 
         for name, (ip, port) in (*PODS.items(), ("api", (API_POD, API_OUT)))]}
     (workdir / "node.yaml").write_text(yaml.safe_dump(node_cfg))
     log = workdir / "agent.log"
-    _proxy(node, ["--control-plane", f"{cp.address}:{STREAM}", "--node-config",
+    _proxy(node, ["--control-plane", f"{cp.address}:{net.STREAM}", "--node-config",
                   str(workdir / "node.yaml")], log)
-    wait_for("the agent's outbound listeners and api's inbound one",
-             lambda: all(listening(node, port) for port in (*STEER.values(), API_IN)), log)
-    node.run([*TULLE, "iptables", "node", "apply", *STEER_ARGS], env=ENV)
+    net.wait_for("the agent's outbound listeners and api's inbound one",
+             lambda: all(net.listening(node, port) for port in (*STEER.values(), API_IN)), log)
+    node.run([*net.TULLE, "iptables", "node", "apply", *STEER_ARGS], env=net.ENV)
     yield {"cp": cp, "server": server, "node": node, "workdir": workdir, "agent_log": log,
            "api": api, **pods}
 
@@ -198,8 +163,8 @@ def vip(m: dict[str, Any], service: str = "server", proxy: str = "node") -> str:
     got: list[str] = []
 
     def allocated() -> bool:
-        out = m["cp"].run([*TULLE, "get", "service", service, "-n", "shop", "-o", "json"],
-                          env={**ENV, "TULLE_TOKEN_FILE": str(m["workdir"] / "admin-token")})
+        out = m["cp"].run([*net.TULLE, "get", "service", service, "-n", "shop", "-o", "json"],
+                          env={**net.ENV, "TULLE_TOKEN_FILE": str(m["workdir"] / "admin-token")})
         ip = (json.loads(out.stdout).get("status") or {}).get("virtualIP")
         if not ip:
             return False
@@ -208,7 +173,7 @@ def vip(m: dict[str, Any], service: str = "server", proxy: str = "node") -> str:
         got[:] = [ip]
         return f'"{ip}"' in dump
 
-    wait_for(f"{service}'s virtual IP in {proxy}'s outbound listener", allocated)
+    net.wait_for(f"{service}'s virtual IP in {proxy}'s outbound listener", allocated)
     return got[0]
 
 
@@ -276,13 +241,13 @@ def test_node_steering_apply_is_idempotent_and_clean_removes_it(mesh: dict[str, 
     # A packet a pod crafts for the node's loopback (route_localnet is on) is dropped first.
     assert len([ln for ln in before.splitlines() if ln.startswith("-A TULLE_NODE_GUARD")
                 and "-d 127.0.0.0/8" in ln and ln.endswith("-j DROP")]) == 4, before
-    node.run([*TULLE, "iptables", "node", "apply", *STEER_ARGS], env=ENV)
+    node.run([*net.TULLE, "iptables", "node", "apply", *STEER_ARGS], env=net.ENV)
     assert nat_rules(node) == before
     devs = [line.split()[line.split().index("-i") + 1] for line in before.splitlines()
             if line.startswith("-A TULLE_NODE") and " -i " in line]
     assert all(node.run(["sysctl", "-n", f"net.ipv4.conf.{d}.route_localnet"]).stdout.strip()
                == "1" for d in devs)
-    node.run([*TULLE, "iptables", "node", "clean"], env=ENV)
+    node.run([*net.TULLE, "iptables", "node", "clean"], env=net.ENV)
     after = nat_rules(node)
     assert "TULLE_NODE" not in after, after  # every chain and jump
     assert all(node.run(["sysctl", "-n", f"net.ipv4.conf.{d}.route_localnet"]).stdout.strip()

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from tests.support import meshnet as net
 from tests.support.netns import require_tools
 from tests.support.pods import as_user, as_user_env, write_scripts
 
@@ -49,12 +48,6 @@ from tulle.net.netns import Namespace, Testbed
 
 pytestmark = pytest.mark.netns
 
-PROXY_UID = 1337
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-TULLE = [sys.executable, "-m", "tulle.cli.main"]
-ENV = {**os.environ, "PYTHONPATH": SRC}
-STREAM = 15680
-API = 15681
 WEB6 = "fd00:231::3"
 OUTSIDE6 = "fd00:231::5"
 
@@ -125,32 +118,12 @@ def resources() -> list[dict[str, Any]]:
                   "ipFamilyPolicy": "PreferDualStack",
                   "ports": [{"name": "http", "port": 80, "targetPort": 8080, "appProtocol": "http"},
                             {"name": "echo", "port": 9000, "appProtocol": "tcp"}]}},
-        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-         "metadata": {"name": "web", "namespace": "shop"},
-         "spec": {"parentRefs": [{"kind": "Service", "name": "web", "port": 80}],
-                  "rules": [{"filters": [{"type": "RequestHeaderModifier",
-                                          "requestHeaderModifier": {"set": [
-                                              {"name": "x-route", "value": "web"}]}}],
-                             "backendRefs": [{"name": "web", "port": 80}]}]}},
+        net.marking_route("web", 80),
         {"apiVersion": "policy.tulle.dev/v1alpha1", "kind": "MutualTLSPolicy",
          "metadata": {"name": "echo-permissive", "namespace": "shop"},
          "spec": {"targetRef": {"group": "", "kind": "Service", "name": "web",
                                 "sectionName": "echo"}, "mode": "PERMISSIVE"}},
     ]
-
-
-def wait_for(what: str, ok: Any, log: Path | None = None, limit: float = 30.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if ok():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"{what} never happened" + (f":\n{log.read_text()[-4000:]}" if log else ""))
-
-
-def listening(ns: Namespace, port: int, address: str | None = None) -> bool:
-    out = ns.run(["ss", "-Hltn", f"sport = :{port}"]).stdout
-    return bool(out.strip()) if address is None else f"{address}:{port} " in out
 
 
 @pytest.fixture(scope="module")
@@ -182,45 +155,31 @@ def _start(tb: Testbed, workdir: Path) -> dict[str, Any]:
     write_scripts(workdir)
     (workdir / "echo6.py").write_text(ECHO6)
     (workdir / "call.py").write_text(CALL)
-    (workdir / "mesh.yaml").write_text(yaml.safe_dump_all(resources()))
-    admin = workdir / "admin-token"
-    cp_log = workdir / "cp.log"
-    with cp_log.open("wb") as out:
-        cp.popen([*TULLE, "control-plane", "run", "--store", "memory", "--stream-address",
-                  "0.0.0.0", "--stream-port", str(STREAM), "--api-port", str(API),
-                  "--debounce-ms", "20", "--admin-token-file", str(admin)],
-                 stdout=out, stderr=out, env=ENV)
-    wait_for("the control plane's API", lambda: listening(cp, API), cp_log)
-    cli_env = {**ENV, "TULLE_TOKEN_FILE": str(admin)}
-    cp.run([*TULLE, "apply", "-f", str(workdir / "mesh.yaml")], env=cli_env)
+    cli_env = net.start_control_plane(cp, workdir, resources())
     log = workdir / "outside.log"
     with log.open("wb") as out:
         outside.popen([sys.executable, str(workdir / "echo6.py")], stdout=out, stderr=out)
-    wait_for("the outside echo", lambda: listening(outside, 7000), log)
+    net.wait_for("the outside echo", lambda: net.listening(outside, 7000), log)
     with (workdir / "web-a-app.log").open("wb") as out:
         pods["web-a"].popen([sys.executable, str(workdir / "app.py"), "web-a"],
                             stdout=out, stderr=out)
-    wait_for("web-a's app", lambda: listening(pods["web-a"], 9000))
+    net.wait_for("web-a's app", lambda: net.listening(pods["web-a"], 9000))
 
     logs: dict[str, Path] = {}
     for name, pod in pods.items():
         # the defaults: IPv4 and IPv6, outbound, inbound and DNS; both VIP ranges routed
-        pod.run([*TULLE, "iptables", "apply", "--proxy-uid", str(PROXY_UID), "--vip-cidr",
-                 "240.240.0.0/16", "--vip-cidr", str(VIP_RANGE6)], env=ENV)
-        token = cp.run([*TULLE, "token", "issue", "--workload", name, "-n", "shop"],
-                       env=cli_env).stdout.strip().splitlines()[0]
-        token_file = workdir / f"{name}.token"
-        token_file.write_text(token)
-        token_file.chmod(0o644)
+        pod.run([*net.TULLE, "iptables", "apply", "--proxy-uid", str(net.PROXY_UID), "--vip-cidr",
+                 "240.240.0.0/16", "--vip-cidr", str(VIP_RANGE6)], env=net.ENV)
+        token = net.token_file(cp, workdir, name, cli_env)
         logs[name] = workdir / f"{name}-proxy.log"
         with logs[name].open("wb") as out:
-            pod.popen(as_user(PROXY_UID, [
+            pod.popen(as_user(net.PROXY_UID, [
                 "-m", "tulle.cli.main", "proxy", "run", "--control-plane",
-                f"{cp.address}:{STREAM}", "--workload", name, "-n", "shop", "--address",
-                pod.address, "--token-file", str(token_file)]),
-                stdout=out, stderr=out, env=as_user_env(PROXY_UID, ENV))
-        wait_for(f"{name}'s listeners", lambda pod=pod, name=name: listening(pod, 15001) and (
-            name != "web-a" or listening(pod, 15006, "[::]")), logs[name])
+                f"{cp.address}:{net.STREAM}", "--workload", name, "-n", "shop", "--address",
+                pod.address, "--token-file", str(token)]),
+                stdout=out, stderr=out, env=as_user_env(net.PROXY_UID, net.ENV))
+        net.wait_for(f"{name}'s listeners", lambda pod=pod, name=name: net.listening(pod, 15001) and (
+            name != "web-a" or net.listening(pod, 15006, "[::]")), logs[name])
     return {"cp": cp, "outside": outside, "workdir": workdir, "logs": logs, **pods}
 
 
@@ -301,12 +260,12 @@ def test_dns_to_an_ipv6_nameserver_is_answered_by_the_sidecar(mesh: dict[str, An
 
     def allocated() -> bool:
         nonlocal vip
-        out = mesh["cp"].run([*TULLE, "get", "service", "web", "-n", "shop", "-o", "json"],
-                             env={**ENV, "TULLE_TOKEN_FILE": str(mesh["workdir"] / "admin-token")})
+        out = mesh["cp"].run([*net.TULLE, "get", "service", "web", "-n", "shop", "-o", "json"],
+                             env={**net.ENV, "TULLE_TOKEN_FILE": str(mesh["workdir"] / "admin-token")})
         vip = (json.loads(out.stdout).get("status") or {}).get("virtualIP") or ""
         return bool(vip)
 
-    wait_for("web's virtual IP", allocated)
+    net.wait_for("web's virtual IP", allocated)
     query = ("import dns.message, dns.query, sys; "
              "r = dns.query.udp(dns.message.make_query('web.shop.svc.cluster.local', 'A'), "
              "'fd00:231::53', timeout=5); print(r.answer[0][0].address)")
@@ -321,8 +280,8 @@ def test_dns_to_an_ipv6_nameserver_is_answered_by_the_sidecar(mesh: dict[str, An
 
 def test_a_namespace_without_ipv6_runs_its_sidecar_on_ipv4(mesh: dict[str, Any]) -> None:
     pod = mesh["nov6"]
-    assert listening(pod, 15001, "127.0.0.1") and listening(pod, 15053, "127.0.0.1")
-    assert not listening(pod, 15001, "[::1]")
+    assert net.listening(pod, 15001, "127.0.0.1") and net.listening(pod, 15053, "127.0.0.1")
+    assert not net.listening(pod, 15001, "[::1]")
     log = mesh["logs"]["nov6"].read_text()
     assert "listener outbound: not listening on [::1] port 15001" in log, log[-3000:]
     assert "dns: not answering on ::1 port 15053" in log, log[-3000:]

@@ -18,17 +18,15 @@ namespace: the control plane lives in a pod namespace of its own and the CLI run
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
+from tests.support import meshnet as net
 from tests.support.netns import require_tools, testbed  # noqa: F401
 from tests.support.pods import as_user, as_user_env, write_scripts
 
@@ -36,12 +34,6 @@ from tulle.net.netns import Namespace, Testbed
 
 pytestmark = pytest.mark.netns
 
-PROXY_UID = 1337
-SRC = str(Path(__file__).resolve().parents[2] / "src")
-TULLE = [sys.executable, "-m", "tulle.cli.main"]
-ENV = {**os.environ, "PYTHONPATH": SRC}
-STREAM = 15680
-API = 15681
 
 def resources() -> list[dict[str, Any]]:
     def workload(name: str, address: str, app: str, ports: list[dict[str, Any]]) -> dict[str, Any]:
@@ -69,13 +61,7 @@ def resources() -> list[dict[str, Any]]:
         service("echo-b", {"app": "echo-b"}, 9000, "tcp"),
         {**service("echo", {"app": "nothing-selected"}, 9000, "tcp")},
         # The Service's route marks what it routes: a pod-IP call must not carry the mark.
-        {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-         "metadata": {"name": "web", "namespace": "shop"},
-         "spec": {"parentRefs": [{"kind": "Service", "name": "web", "port": 80}],
-                  "rules": [{"filters": [{"type": "RequestHeaderModifier",
-                                          "requestHeaderModifier": {"set": [
-                                              {"name": "x-route", "value": "web"}]}}],
-                             "backendRefs": [{"name": "web", "port": 80}]}]}},
+        net.marking_route("web", 80),
         {"apiVersion": "gateway.networking.k8s.io/v1alpha2", "kind": "TCPRoute",
          "metadata": {"name": "echo-split", "namespace": "shop"},
          "spec": {"parentRefs": [{"kind": "Service", "name": "echo", "port": 9000}],
@@ -87,21 +73,8 @@ def resources() -> list[dict[str, Any]]:
 def intercept(ns: Namespace) -> None:
     """A sidecar's interception, as a pod's init step would do it: outbound TCP to 15001 (not
     the proxy's own, by uid), inbound TCP to 15006, the virtual-IP range routed to eth0."""
-    ns.run([*TULLE, "iptables", "apply", "--no-ipv6", "--no-redirect-dns",
-            "--proxy-uid", str(PROXY_UID), "--vip-cidr", "240.240.0.0/16"], env=ENV)
-
-
-def wait_for(what: str, ok: Any, log: Path | None = None, limit: float = 30.0) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if ok():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"{what} never happened" + (f":\n{log.read_text()[-4000:]}" if log else ""))
-
-
-def listening(ns: Namespace, port: int) -> bool:
-    return bool(ns.run(["ss", "-Hltn", f"sport = :{port}"]).stdout.strip())
+    ns.run([*net.TULLE, "iptables", "apply", "--no-ipv6", "--no-redirect-dns",
+            "--proxy-uid", str(net.PROXY_UID), "--vip-cidr", "240.240.0.0/16"], env=net.ENV)
 
 
 @pytest.fixture
@@ -121,40 +94,26 @@ def mesh(testbed: Testbed, workdir: Path) -> Iterator[dict[str, Any]]:  # noqa: 
     pods = {name: testbed.node(f"{ip}/24") for name, ip in
             (("client", "10.231.0.2"), ("web-a", "10.231.0.3"), ("web-b", "10.231.0.4"))}
     write_scripts(workdir)
-    (workdir / "mesh.yaml").write_text(yaml.safe_dump_all(resources()))
-    admin = workdir / "admin-token"
-    cp_log = workdir / "cp.log"
-    with cp_log.open("wb") as out:
-        cp.popen([*TULLE, "control-plane", "run", "--store", "memory", "--stream-address",
-                  "0.0.0.0", "--stream-port", str(STREAM), "--api-port", str(API),
-                  "--debounce-ms", "20", "--admin-token-file", str(admin)],
-                 stdout=out, stderr=out, env=ENV)
-    wait_for("the control plane's API", lambda: listening(cp, API), cp_log)
-    cli_env = {**ENV, "TULLE_TOKEN_FILE": str(admin)}
-    cp.run([*TULLE, "apply", "-f", str(workdir / "mesh.yaml")], env=cli_env)
+    cli_env = net.start_control_plane(cp, workdir, resources())
 
     for name, pod in pods.items():
         if name != "client":
             log = workdir / f"{name}-app.log"
             with log.open("wb") as out:
                 pod.popen([sys.executable, str(workdir / "app.py"), name], stdout=out, stderr=out)
-            wait_for(f"{name}'s app", lambda pod=pod: listening(pod, 9000), log)
+            net.wait_for(f"{name}'s app", lambda pod=pod: net.listening(pod, 9000), log)
         intercept(pod)
-        token = cp.run([*TULLE, "token", "issue", "--workload", name, "-n", "shop"],
-                       env=cli_env).stdout.strip().splitlines()[0]
-        token_file = workdir / f"{name}.token"
-        token_file.write_text(token)
-        token_file.chmod(0o644)  # the proxy's uid reads it (the workdir is the test's own)
+        token = net.token_file(cp, workdir, name, cli_env)
         log = workdir / f"{name}-proxy.log"
         with log.open("wb") as out:
-            pod.popen(as_user(PROXY_UID, [
+            pod.popen(as_user(net.PROXY_UID, [
                 "-m", "tulle.cli.main", "proxy", "run", "--control-plane",
-                f"{cp.address}:{STREAM}", "--workload", name, "-n", "shop", "--address",
-                pod.address, "--token-file", str(token_file)]),
-                stdout=out, stderr=out, env=as_user_env(PROXY_UID, ENV))
-        wait_for(f"{name}'s transparent listeners",
-                 lambda pod=pod, name=name: listening(pod, 15001) and (
-                     name == "client" or listening(pod, 15006)), log)
+                f"{cp.address}:{net.STREAM}", "--workload", name, "-n", "shop", "--address",
+                pod.address, "--token-file", str(token)]),
+                stdout=out, stderr=out, env=as_user_env(net.PROXY_UID, net.ENV))
+        net.wait_for(f"{name}'s transparent listeners",
+                 lambda pod=pod, name=name: net.listening(pod, 15001) and (
+                     name == "client" or net.listening(pod, 15006)), log)
     yield {"cp": cp, "workdir": workdir, **pods}
 
 
@@ -168,8 +127,8 @@ def vip(m: dict[str, Any], service: str) -> str:
     got: list[str] = []
 
     def allocated() -> bool:
-        out = m["cp"].run([*TULLE, "get", "service", service, "-n", "shop", "-o", "json"],
-                          env={**ENV, "TULLE_TOKEN_FILE": str(m["workdir"] / "admin-token")})
+        out = m["cp"].run([*net.TULLE, "get", "service", service, "-n", "shop", "-o", "json"],
+                          env={**net.ENV, "TULLE_TOKEN_FILE": str(m["workdir"] / "admin-token")})
         ip = (json.loads(out.stdout).get("status") or {}).get("virtualIP")
         if not ip:
             return False
@@ -178,7 +137,7 @@ def vip(m: dict[str, Any], service: str) -> str:
         got[:] = [ip]
         return f'"{ip}"' in dump
 
-    wait_for(f"{service}'s virtual IP in the client's outbound listener", allocated)
+    net.wait_for(f"{service}'s virtual IP in the client's outbound listener", allocated)
     return got[0]
 
 
