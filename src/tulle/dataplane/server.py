@@ -51,6 +51,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("tulle.proxy")
 
 BACKLOG = 4096
+SWAP_DRAIN_GRACE = 0.25
+"""Seconds a swapped-out listener's connections keep serving before the idle ones close."""
+
+
+def _drain_handle(handle: ListenerHandle) -> None:
+    for conn in list(handle.connections):  # now: a detected connection has its driver's
+        conn.start_drain()
 
 
 class MeshDns:
@@ -332,15 +339,20 @@ class ProxyServer:
             self._spawn(self.overload.run())
 
     def _retire(self, handle: ListenerHandle) -> None:
-        """A listener left the config (or is served anew): stop accepting, drain connections."""
+        """A listener left the config (or is served anew): stop accepting, drain connections.
+
+        Not at once: a connection accepted an instant before the swap may have its first
+        request on the way, not read yet, and closing it would answer that request with EOF
+        (a client gets "empty reply", never a retry).  For `SWAP_DRAIN_GRACE` the connections
+        keep serving, each closing after its response (the handle is draining); then the
+        idle ones close.  A proxy's own shutdown (`drain`) drains at once."""
         for s in handle.servers:
             s.close()
         handle.draining = True
         if handle.connections:
             self.retired.add(handle)
             handle.on_drained = lambda: self._retired_done(handle)
-            for conn in list(handle.connections):
-                conn.start_drain()
+            asyncio.get_running_loop().call_later(SWAP_DRAIN_GRACE, _drain_handle, handle)
 
     def _retired_done(self, handle: ListenerHandle) -> None:
         self.retired.discard(handle)
