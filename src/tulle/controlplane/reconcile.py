@@ -208,29 +208,55 @@ class Reconciler:
 
     async def _allocate_vips(self) -> None:
         """Every Service gets an IPv4 virtual IP; a dual-stack one an IPv6 one as well, which
-        it gives back when its policy returns to `SingleStack`."""
+        it gives back when its policy returns to `SingleStack`.
+
+        Two replicas allocating from views a moment apart can give two Services one address
+        (each write is checked against its own object only).  So a VIP held twice stays with
+        the Service created first (then by namespace/name: every replica picks the same one)
+        and the other gets a new one: its clients re-resolve within the DNS TTL, where left
+        alone one Service's traffic would take the other's routes.  A range used up leaves
+        the Service without one, logged; the reconciler goes on."""
         services = [o for k, o in sorted(self._resources.items()) if k[0] == "Service"]
-        used = {(o.get("status") or {}).get(f) for o in services
-                for f in ("virtualIP", "virtualIPv6")}
-        free = (str(ip) for ip in VIP_RANGE.hosts() if str(ip) not in used)
-        free6 = (str(ip) for ip in VIP_RANGE6.hosts() if str(ip) not in used)
-        for obj in services:
-            old = obj.get("status") or {}
-            status = dict(old)
-            if not status.get("virtualIP"):
-                status["virtualIP"] = next(free)
+        services.sort(key=_age)
+        fields = ("virtualIP", "virtualIPv6")
+        owner: dict[str, str] = {}
+        statuses: list[dict[str, Any]] = []
+        for obj in services:  # oldest first: the first holder of an address keeps it
+            status = dict(obj.get("status") or {})
+            for f in fields:
+                vip = status.get(f)
+                if vip and owner.setdefault(vip, _name(obj)) != _name(obj):
+                    log.warning("service %s: %s %s is also service %s's (two replicas "
+                                "allocated it at once): a new one is allocated", _name(obj), f,
+                                vip, owner[vip])
+                    status.pop(f)
+            statuses.append(status)
+        free = (str(ip) for ip in VIP_RANGE.hosts() if str(ip) not in owner)
+        free6 = (str(ip) for ip in VIP_RANGE6.hosts() if str(ip) not in owner)
+        for obj, status in zip(services, statuses, strict=True):
             dual = (obj.get("spec") or {}).get("ipFamilyPolicy") in DUAL_STACK
+            if not status.get("virtualIP"):
+                self._assign(status, "virtualIP", next(free, None), obj)
             if dual and not status.get("virtualIPv6"):
-                status["virtualIPv6"] = next(free6)
+                self._assign(status, "virtualIPv6", next(free6, None), obj)
             elif not dual:
                 status.pop("virtualIPv6", None)
-            if status == old:
+            if status == (obj.get("status") or {}):
                 continue
             try:
                 self._resources[self._key(obj)] = await self.store.update_status(
                     {**obj, "status": status})
             except (ConflictError, NotFoundError):
                 continue  # another replica got there first; its write arrives by watch
+
+    @staticmethod
+    def _assign(status: dict[str, Any], field: str, vip: str | None, obj: Obj) -> None:
+        if vip is not None:
+            status[field] = vip
+        else:
+            log.error("service %s: no %s left to allocate (%s is used up): it has none until "
+                      "a Service is deleted", _name(obj), field,
+                      VIP_RANGE6 if field == "virtualIPv6" else VIP_RANGE)
 
     # -- registration ------------------------------------------------------------------------
 
@@ -307,6 +333,17 @@ class Reconciler:
         return DEFAULT_TRUST_DOMAIN
 
 
+def _name(obj: Obj) -> str:
+    md = obj.get("metadata") or {}
+    return f"{md.get('namespace') or 'default'}/{md.get('name')}"
+
+
+def _age(obj: Obj) -> tuple[str, str]:
+    """Creation time, then namespace/name: the same order on every replica."""
+    md = obj.get("metadata") or {}
+    return (str(md.get("creationTimestamp") or ""), _name(obj))
+
+
 def workload_object(metadata: Obj, labels: dict[str, str], spec: dict[str, Any],
                     current: Obj | None = None) -> Obj:
     """The Workload a proxy's hello registers (`current`, if stored, with these metadata,
@@ -315,6 +352,17 @@ def workload_object(metadata: Obj, labels: dict[str, str], spec: dict[str, Any],
     would make, so that a token the stream could only refuse is never issued."""
     return {**(current or {}), "apiVersion": MESH_GROUP, "kind": "Workload",
             "metadata": {**metadata, "labels": labels}, "spec": spec}
+
+
+def _same_ips(a: list[Any], b: list[Any]) -> bool:
+    """Two address lists name the same addresses in order, by value (`FD00::AB` is
+    `fd00:0::ab`); a value that is no address compares as written."""
+    def canon(x: Any) -> str:
+        try:
+            return str(ipaddress.ip_address(str(x)))
+        except ValueError:
+            return str(x)
+    return [canon(x) for x in a] == [canon(x) for x in b]
 
 
 def _check_owned_fields(w: WorkloadInfo, admitted: Admitted, current: Obj | None) -> None:
@@ -330,11 +378,11 @@ def _check_owned_fields(w: WorkloadInfo, admitted: Admitted, current: Obj | None
                              f"token with them (tulle token issue --label)")
         return
     spec = current.get("spec") or {}
-    if w.address and w.address != spec.get("address"):
+    if w.address and not _same_ips([w.address], [spec.get("address")]):
         raise ValueError(f"{where}: spec.address: a hello cannot change it (stored "
                          f"{spec.get('address')!r}); change it with tulle apply")
-    if w.additional_addresses and w.additional_addresses != (spec.get("additionalAddresses")
-                                                             or []):
+    if w.additional_addresses and not _same_ips(w.additional_addresses,
+                                                spec.get("additionalAddresses") or []):
         raise ValueError(f"{where}: spec.additionalAddresses: a hello cannot change them "
                          f"(stored {spec.get('additionalAddresses') or []!r}); change them with "
                          "tulle apply")

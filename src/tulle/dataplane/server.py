@@ -126,6 +126,8 @@ class _Plan:
     kept: list[tuple[ListenerHandle, ListenerContext]] = field(default_factory=list)
     fresh: list[ListenerHandle] = field(default_factory=list)
     ports: dict[ListenerHandle, int] = field(default_factory=dict)
+    taken: set[int] = field(default_factory=set)
+    """Descriptors of running sockets already handed to a listener of this plan."""
 
     def discard(self) -> None:
         """Close every server the plan created (never started accepting)."""
@@ -267,7 +269,7 @@ class ProxyServer:
             raise ApplyError(f"{where}: {exc}") from exc
         port = lc.port
         for address in sockets.addresses(lc):  # the primary first: port 0 picks the port
-            given = self._held(address, port, donor)
+            given = self._held(address, port, donor, plan)
             if given is not None and not sockets.v6only(lc, given):
                 raise ApplyError(f"listener {lc.name}: [{address}]:{port} is bound taking IPv4 "
                                  "as well or not, and a bound socket cannot change that: remove "
@@ -291,21 +293,22 @@ class ProxyServer:
                 plan.ports[handle] = port
         handle.tls_ref = ref
 
-    def _held(self, address: str, port: int, donor: ListenerHandle | None) -> Any:
+    def _held(self, address: str, port: int, donor: ListenerHandle | None, plan: _Plan) -> Any:
         """The listening socket on `address`:`port` that a listener of the snapshot in force
         holds, to be handed over: the donor's first, else any listener's (an address that
-        moved between listeners, or stayed while the primary changed).  A listener that keeps
-        its socket in the new snapshot cannot hold it too: validation refuses one address and
-        port in two listeners."""
-        if donor is not None:
-            held = sockets.listening_socket(donor.servers, address, port)
-            if held is not None or not port:
-                return held
-        if not port:  # port 0: only the same listener's own socket is its
-            return None
-        for h in self.listeners.values():
+        moved between listeners, or stayed while the primary changed) -- never one a listener
+        keeps in the new snapshot, nor one already handed to another listener of it (two
+        `reuse_port` listeners on one address each bind their own)."""
+        kept = {id(h) for h, _ in plan.kept}
+        owners = [donor] if donor is not None else []
+        if port:  # port 0: only the same listener's own socket is its
+            owners += [h for h in self.listeners.values() if h is not donor]
+        for h in owners:
+            if id(h) in kept:
+                continue
             held = sockets.listening_socket(h.servers, address, port)
-            if held is not None:
+            if held is not None and held.fileno() not in plan.taken:
+                plan.taken.add(held.fileno())
                 return held
         return None
 

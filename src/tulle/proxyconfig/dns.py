@@ -9,7 +9,7 @@ name table and `tulle proxy-config` derive names with.
 from __future__ import annotations
 
 from tulle.errors import FieldError
-from tulle.proxyconfig.address import additional_address_errors
+from tulle.proxyconfig.address import additional_address_errors, overlaps, packed
 from tulle.proxyconfig.model import DNS, ProxyConfig
 
 DNS_PORT = 53
@@ -94,8 +94,15 @@ def errors(cfg: ProxyConfig) -> list[FieldError]:
             out.append(FieldError(f"dns.clients[{i}].address", f"duplicate client {addr}"))
         sources.add(addr)
     if d.port:
+        mine = [(a, packed(a)) for a in (d.address, *d.additional_addresses)]
         for i, lc in enumerate(cfg.listeners):
-            if (lc.address, lc.port) == (d.address, d.port):
-                out.append(FieldError("dns.port", f"{d.address}:{d.port} is also listener "
-                                      f"listeners[{i}] ({lc.name})"))
+            if lc.port != d.port:
+                continue
+            theirs = [k for k in map(packed, (lc.address, *lc.additional_addresses)) if k]
+            for a, key in mine:
+                if key is not None and any(overlaps(key, k) for k in theirs):
+                    shown = f"[{a}]" if ":" in a else a
+                    out.append(FieldError("dns.port", f"{shown}:{d.port} is also listener "
+                                          f"listeners[{i}] ({lc.name})"))
+                    break
     return out

@@ -87,9 +87,10 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
                 if key == (socket.AF_INET6, WILDCARDS[socket.AF_INET6]) and \
                         not lst.additional_addresses:  # `::` alone takes IPv4 too
                     keys.append((socket.AF_INET, WILDCARDS[socket.AF_INET]))
-                other = next((j for k in keys for held, j in claims
-                              if j != i and overlaps(k, held)), None)
-                if other is not None and not lst.reuse_port:
+                other = next((j for k in keys for held, j in claims if j != i
+                              and overlaps(k, held)
+                              and not (lst.reuse_port and cfg.listeners[j].reuse_port)), None)
+                if other is not None:
                     out.append(FieldError(where, f"{addr}:{lst.port} is already "
                                           f"used by listeners[{other}]"))
                 claims.extend((k, i) for k in keys)

@@ -155,3 +155,75 @@ async def test_a_dual_stack_service_gets_an_ipv6_vip_and_gives_it_back() -> None
             assert (await status())["virtualIP"] == st["virtualIP"]  # the IPv4 one stays
         finally:
             await proxy.stop()
+
+
+async def test_a_vip_two_replicas_gave_two_services_stays_with_the_older_one() -> None:
+    """A review: two replicas allocating from views a moment apart gave two Services one
+    virtual IP, and one Service's traffic took the other's routes for good.  The reconciler
+    now gives the younger Service a new one (here the duplicate is written as that race
+    leaves it)."""
+    svc, _ = docs(free_port())
+    older = {**svc, "spec": {**svc["spec"], "ipFamilyPolicy": "PreferDualStack"}}
+    younger = {**older, "metadata": {"name": "stock", "namespace": "shop"}}
+    async with running_control_plane() as cp:
+        assert (await apply(cp.api_url, older))[0] == 200
+        assert (await apply(cp.api_url, younger))[0] == 200
+
+        async def both() -> bool:
+            objs = [await cp.store.get("Service", "shop", n) for n in ("catalog", "stock")]
+            return all((o.get("status") or {}).get("virtualIPv6") for o in objs)
+
+        await eventually(both, timeout=10)
+        first = (await cp.store.get("Service", "shop", "catalog"))["status"]
+        second = await cp.store.get("Service", "shop", "stock")
+        await cp.store.update_status({**second, "status": {
+            **second["status"], "virtualIP": first["virtualIP"],
+            "virtualIPv6": first["virtualIPv6"]}})
+
+        async def repaired() -> bool:
+            st = (await cp.store.get("Service", "shop", "stock")).get("status") or {}
+            return bool(st.get("virtualIP") and st.get("virtualIPv6")
+                        and st["virtualIP"] != first["virtualIP"]
+                        and st["virtualIPv6"] != first["virtualIPv6"])
+
+        await eventually(repaired, timeout=10)
+        kept = (await cp.store.get("Service", "shop", "catalog"))["status"]
+        assert (kept["virtualIP"], kept["virtualIPv6"]) == (first["virtualIP"],
+                                                            first["virtualIPv6"])
+
+
+async def test_a_used_up_range_leaves_one_service_without_a_vip_and_the_rest_going(
+        monkeypatch: Any, caplog: Any) -> None:
+    """Before, allocating from a used-up range raised inside the reconciler, which then
+    restarted forever and compiled nothing more."""
+    import ipaddress
+    import logging
+
+    from tulle.controlplane import reconcile
+
+    monkeypatch.setattr(reconcile, "VIP_RANGE6", ipaddress.ip_network("fd74::/127"))  # two
+    caplog.set_level(logging.ERROR, logger="tulle.controlplane")
+    svc, _ = docs(free_port())
+    dual = {**svc, "spec": {**svc["spec"], "ipFamilyPolicy": "PreferDualStack"}}
+    async with running_control_plane() as cp:
+        for name in ("a", "b", "c"):
+            doc = {**dual, "metadata": {"name": name, "namespace": "shop"}}
+            assert (await apply(cp.api_url, doc))[0] == 200
+
+        async def status(name: str) -> dict[str, Any]:
+            return dict((await cp.store.get("Service", "shop", name)).get("status") or {})
+
+        async def two_of_three() -> bool:
+            got = [await status(n) for n in ("a", "b", "c")]
+            return (sum(1 for st in got if st.get("virtualIPv6")) == 2
+                    and all(st.get("virtualIP") for st in got))
+
+        await eventually(two_of_three, timeout=10)
+        assert "no virtualIPv6 left to allocate" in caplog.text
+        single = {**svc, "metadata": {"name": "d", "namespace": "shop"}}  # still served
+        assert (await apply(cp.api_url, single))[0] == 200
+
+        async def d_has_one() -> bool:
+            return bool((await status("d")).get("virtualIP"))
+
+        await eventually(d_has_one, timeout=10)

@@ -208,3 +208,20 @@ async def test_a_first_hello_registers_a_dual_stack_pods_second_address_once() -
             NS, "bad-0")))
         assert isinstance(reply, Error), reply
         assert "additionalAddresses" in reply.reason and "same family" in reply.reason
+
+
+async def test_a_hello_naming_the_stored_addresses_otherwise_written_is_admitted() -> None:
+    """A review: the operator applied `FD00:1::AB`, the pod's proxy said `fd00:1::ab`, and the
+    hello was refused as a change of the address."""
+    async with running_control_plane() as cp:
+        doc = {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Workload",
+               "metadata": {"name": "dual-1", "namespace": NS},
+               "spec": {"address": "10.1.2.9", "additionalAddresses": ["FD00:1::AB"]}}
+        status, body = await apply(cp.api_url, doc)
+        assert status == 200, body
+        w = WorkloadInfo(name="dual-1", namespace=NS, address="10.1.2.9",
+                         additional_addresses=["fd00:1:0::ab"])
+        token = await issue_token(cp.api_url, w)
+        reply = await _hello(cp.stream_port, _h(w, token=token,
+                                                 csr=WorkloadKey().csr(NS, "dual-1")))
+        assert isinstance(reply, Certificate), reply

@@ -3,15 +3,16 @@ ADR 0088): `127.0.0.1` and `::1` on one port, as a transparent sidecar's are, ov
 sockets on the loopback of the test's own namespace.
 
 What must hold: both addresses answer on the same port; a snapshot swap hands each socket over
-(never unbound: a client connecting throughout is never refused, nor cut off before its answer); an address leaving the list
-closes only its socket; one arriving is bound; a snapshot whose additional address cannot be
-bound is refused whole and the running one stays; the IPv6 socket takes IPv6 only, so an
-IPv4 wildcard on the same port still binds.
+(never unbound: a client connecting throughout is never refused, nor cut off before its
+answer); an address leaving the list closes only its socket; one arriving is bound; a snapshot
+whose additional address cannot be bound is refused whole and the running one stays; the IPv6
+socket takes IPv6 only, so an IPv4 wildcard on the same port still binds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 from typing import Any
 
@@ -293,3 +294,55 @@ def test_the_resolvers_additional_addresses_are_checked_alike() -> None:
         ("dns.additional_addresses[1]", "::1 is already an address of this socket's owner"),
         ("dns.additional_addresses[2]",
          "::ffff:127.0.0.1 is an IPv4-mapped address: give the IPv4 address itself")]
+
+
+async def test_the_resolver_keeps_a_socket_whose_address_is_respelled() -> None:
+    port = free_port()
+    async with running_proxy(dns_config(["::1"], port=port)) as p:
+        kept = p.server.dns.service.current.endpoints["::1"]
+        await p.apply(dns_config(["0:0::1"], port=port))  # the same address, written otherwise
+        assert p.server.dns.service.current.endpoints["0:0::1"] is kept
+        assert await ask(p, "::1") == ["10.96.0.7"]
+
+
+def test_the_resolver_may_not_share_an_address_and_port_with_a_listener() -> None:
+    raw = {**config(1, port=15998), **dns_config(["0:0::1"], port=15998)}
+    with pytest.raises(ConfigError) as err:
+        validate(raw)
+    assert [str(e) for e in err.value.errors] == [
+        "dns.port: 127.0.0.1:15998 is also listener listeners[0] (out)"]
+    raw["dns"]["address"] = "127.0.0.2"
+    with pytest.raises(ConfigError) as err:
+        validate(raw)
+    assert [str(e) for e in err.value.errors] == [
+        "dns.port: [0:0::1]:15998 is also listener listeners[0] (out)"]
+
+
+def test_reuse_port_shares_an_address_only_when_both_listeners_say_so() -> None:
+    raw = two(1, 15999, ("127.0.0.1", []), ("127.0.0.1", []), "v1")
+    raw["listeners"][1]["reuse_port"] = True
+    with pytest.raises(ConfigError) as err:
+        validate(raw)
+    assert [str(e) for e in err.value.errors] == [
+        "listeners[1].port: 127.0.0.1:15999 is already used by listeners[0]"]
+    raw["listeners"][0]["reuse_port"] = True
+    validate(raw)
+
+
+async def test_a_socket_a_kept_listener_serves_is_never_handed_to_another() -> None:
+    """Two `reuse_port` listeners on one address: the second, added later, binds a socket of
+    its own; it is not handed the first one's (which would leave one socket for both, the
+    first listener's configuration served by nobody)."""
+    port = free_port()
+    first = two(1, port, ("127.0.0.1", []), None, "v1")
+    first["listeners"][0]["reuse_port"] = True
+    both = two(1, port, ("127.0.0.1", []), ("127.0.0.1", []), "v2")
+    for lst in both["listeners"]:
+        lst["reuse_port"] = True
+    async with running_proxy(first) as p:
+        out_fd = p.server.listeners["out"].servers[0].sockets[0].fileno()
+        await p.apply(both)
+        assert p.server.listeners["out"].servers[0].sockets[0].fileno() == out_fd  # kept
+        inode = {name: os.fstat(h.servers[0].sockets[0].fileno()).st_ino
+                 for name, h in p.server.listeners.items()}
+        assert inode["out"] != inode["other"], inode

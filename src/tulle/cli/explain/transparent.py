@@ -41,7 +41,7 @@ def _target(authority: str, namespace: str) -> tuple[str, str, int]:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:
-        if authority.startswith("["):
+        if authority.startswith("[") or ":" in host:
             raise ExplainError(400, "to", f"{host!r} is not an IPv6 address") from None
     else:
         return str(ip), "", number

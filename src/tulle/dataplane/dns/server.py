@@ -25,7 +25,7 @@ from pathlib import Path
 from tulle.dataplane.dns import resolver
 from tulle.dataplane.dns.forward import forward, servfail
 from tulle.dataplane.dns.table import NameTable, build
-from tulle.dataplane.listeners.sockets import family_unavailable
+from tulle.dataplane.listeners.sockets import family_unavailable, same_address
 from tulle.dataplane.telemetry.metrics import CounterChild, ProxyMetrics
 from tulle.proxyconfig.dns import upstream_address
 from tulle.proxyconfig.model import DNS, ProxyConfig
@@ -345,8 +345,9 @@ class DnsService:
                        port=cur.port if keep else d.port)
         try:
             for address in [d.address, *d.additional_addresses]:
-                if keep and address in cur.endpoints:
-                    plan.endpoints[address] = cur.endpoints[address]
+                same = next((a for a in cur.endpoints if same_address(a, address)), None)
+                if keep and same is not None:  # by value: `::1` is `0:0::1`
+                    plan.endpoints[address] = cur.endpoints[same]
                 elif address == d.address and not plan.port:
                     await self._bind_any(plan, d)
                 else:
@@ -396,7 +397,8 @@ class DnsService:
                 log.warning("dns: not answering on %s port %d: %s (that address family is off "
                             "in this namespace)", address, port, exc.strerror or exc)
                 return
-            raise DnsError(f"dns {address}:{port}: cannot bind: {exc.strerror or exc}") from exc
+            shown = f"[{address}]" if ":" in address else address
+            raise DnsError(f"dns {shown}:{port}: cannot bind: {exc.strerror or exc}") from exc
         tsock.listen(128)
         tsock.setblocking(False)
         usock.setblocking(False)

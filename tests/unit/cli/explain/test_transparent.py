@@ -188,7 +188,9 @@ def test_a_dual_stack_services_ipv6_vip_takes_the_same_table(
 @pytest.mark.parametrize(("to", "why"), [
     ("[zz::1]:80", "is not SERVICE[.NAMESPACE][:PORT], ADDRESS[:PORT] or [IPV6-ADDRESS][:PORT]"),
     ("[::1]:http", "is not SERVICE"), ("api.shop:x", "is not SERVICE"),
-    ("[::1]:70000", "port 70000 is out of range"), ("[1:2]:80", "is not an IPv6 address")])
+    ("[::1]:70000", "port 70000 is out of range"), ("[1:2]:80", "is not an IPv6 address"),
+    (":::", "is not an IPv6 address"), ("a:b:c", "is not an IPv6 address"),
+    (":" * 3000 + "g", "longer than 259 characters")])
 def test_a_malformed_address_is_a_400_on_to(
         snaps: dict[tuple[str, str], ProxyConfig], to: str, why: str) -> None:
     with pytest.raises(ExplainError) as exc:
@@ -203,3 +205,4 @@ def test_an_unknown_ipv6_address_is_written_with_brackets(
         run(snaps, "[fd00:231::99]:7000")
     assert "is [fd00:231::99]:7000 (no mesh Service's virtual IP or endpoint)" in (
         exc.value.message)
+

@@ -183,7 +183,7 @@ def _ip_block_gaps(spec: Mapping[str, Any], reached: dict[int, list[str]]) -> li
                 who = reached[v]
                 out.append(f"rules[{i}].from[{j}].ipBlocks name IPv{4 if v == 6 else 6} only, "
                            f"while {', '.join(who[:3])}{', ...' if len(who) > 3 else ''} "
-                           f"take IPv{v} as well")
+                           f"take IPv{v}")
     return out
 
 

@@ -140,6 +140,6 @@ def test_ip_blocks_of_one_family_on_a_dual_stack_sidecar_are_flagged() -> None:
     status, reason, message = _conditions(mesh, "v4-only")["SourceFamiliesCovered"]
     assert (status, reason) == (False, "IPBlocksOneFamily")
     assert message.startswith("rules[0].from[0].ipBlocks name IPv4 only, while shop/rpc-0 "
-                              "take IPv6 as well: ")
+                              "take IPv6: ")
     assert "a DENY does not refuse it" in message
     assert "SourceFamiliesCovered" not in _conditions(mesh, "both")
