@@ -225,3 +225,4 @@ async def test_a_hello_naming_the_stored_addresses_otherwise_written_is_admitted
         reply = await _hello(cp.stream_port, _h(w, token=token,
                                                  csr=WorkloadKey().csr(NS, "dual-1")))
         assert isinstance(reply, Certificate), reply
+

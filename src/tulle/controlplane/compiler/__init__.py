@@ -29,6 +29,7 @@ from typing import Any
 import msgspec
 
 from tulle.controlplane.compiler import plugins
+from tulle.controlplane.compiler.addresses import address_conditions
 from tulle.controlplane.compiler.dns import DnsHosts, dns_hosts, dns_section
 from tulle.controlplane.compiler.inbound_protocols import with_service_protocols
 from tulle.controlplane.compiler.inputs import Key, MeshInputs
@@ -396,7 +397,8 @@ def derive(m: MeshInputs, cache: PartCache | None = None) -> MeshModel:
     proxies = with_service_protocols(proxies, services)
     return MeshModel(services=services, routes=derive_routes(m, services),
                      policies=derive_policies(m), proxies=proxies, mesh=derive_mesh(m),
-                     tcp_routes=derive_tcp_routes(m, services), grants=derive_grants(m))
+                     tcp_routes=derive_tcp_routes(m, services), grants=derive_grants(m),
+                     conditions=address_conditions(proxies, m.workloads))
 
 
 def compile_model(mesh: MeshModel, cache: PartCache | None = None) -> CompileResult:
