@@ -43,7 +43,7 @@ from tests.support import meshnet as net
 from tests.support.netns import require_tools
 from tests.support.pods import as_user, as_user_env, write_scripts
 
-from tulle.controlplane.reconcile import VIP_RANGE6
+from tulle.controlplane.vips import VIP_RANGE6
 from tulle.net.netns import Namespace, Testbed
 
 pytestmark = pytest.mark.netns
@@ -283,7 +283,17 @@ def test_a_namespace_without_ipv6_runs_its_sidecar_on_ipv4(mesh: dict[str, Any])
     assert net.listening(pod, 15001, "127.0.0.1") and net.listening(pod, 15053, "127.0.0.1")
     assert not net.listening(pod, 15001, "[::1]")
     log = mesh["logs"]["nov6"].read_text()
-    assert "listener outbound: not listening on [::1] port 15001" in log, log[-3000:]
-    assert "dns: not answering on ::1 port 15053" in log, log[-3000:]
+    assert "listener outbound: not listening on [::1]:15001" in log, log[-3000:]
+    assert "dns: not answering on [::1]:15053" in log, log[-3000:]
     got = call(mesh, "nov6", "line", mesh["outside"].address, 7000)  # IPv4 egress as ever
     assert got.get("answer") == "outside 10.231.0.6 ping", got
+
+
+def test_a_connection_straight_to_the_ipv6_outbound_socket_is_a_loop(mesh: dict[str, Any]) -> None:
+    """`[::1]:15001` is not redirected (loopback), so its original destination is the socket
+    itself: refused as a loop and counted, as on `127.0.0.1` -- never relayed to itself."""
+    loops = 'tulle_proxy_protocol_errors_total{listener="outbound",kind="loop"}'
+    before = metric(mesh["client"], loops)
+    got = call(mesh, "client", "line", "::1", 15001)
+    assert "answer" not in got or got["answer"] == "", got
+    assert metric(mesh["client"], loops) == before + 1

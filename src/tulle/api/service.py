@@ -31,6 +31,10 @@ class ServicePort(Model):
     appProtocol: QualifiedName | None = None
 
 
+DUAL_STACK = frozenset({"PreferDualStack", "RequireDualStack"})
+"""The `ipFamilyPolicy` values that give a Service an IPv6 virtual IP as well."""
+
+
 class ServiceSpec(Model):
     ports: Annotated[list[ServicePort], Field(min_length=1, max_length=64)]
     selector: Labels = Field(default_factory=dict)

@@ -63,7 +63,9 @@ def _columns(kind: str, obj: dict[str, Any], wide: bool) -> list[tuple[str, str]
         ports = ",".join(f"{p.get('port')}/{p.get('appProtocol') or 'http'}"
                          for p in spec.get("ports") or [])
         vips = status.get("virtualIP") or "<pending>"
-        if spec.get("ipFamilyPolicy") in ("PreferDualStack", "RequireDualStack"):
+        from tulle.api.service import DUAL_STACK
+
+        if spec.get("ipFamilyPolicy") in DUAL_STACK:
             vips += "," + (status.get("virtualIPv6") or "<pending>")  # ADR 0088
         cols = [("VIRTUAL-IP", vips), ("PORTS", ports)]
         if wide:

@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from tulle.controlplane import vips
 from tulle.controlplane.ca.admission import Admitted
 from tulle.controlplane.ca.spiffe import DEFAULT_TRUST_DOMAIN
 from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh, derive, plugins
@@ -38,19 +38,12 @@ from tulle.controlplane.store.errors import (
     NotFoundError,
 )
 from tulle.controlplane.store.protocol import Obj, ResourceStore
+from tulle.proxyconfig.address import same_address
 from tulle.proxyconfig.stream import WorkloadInfo
 
 log = logging.getLogger("tulle.controlplane")
 
 MESH_GROUP = "mesh.tulle.dev/v1alpha1"
-VIP_RANGE = ipaddress.ip_network("240.240.0.0/16")
-"""Service virtual IPs: reserved (class E) space, never routed, so a VIP cannot collide with a
-real address; they only exist as names in route tables (and in mesh DNS later)."""
-VIP_RANGE6 = ipaddress.ip_network("fd74:756c:6c65:7669::/112")
-"""IPv6 virtual IPs of dual-stack Services (ADR 0088): a unique-local prefix (RFC 4193) of the
-mesh's own, never routed beyond a pod (`tulle iptables apply --vip-cidr` routes it to the pod's
-interface, where the sidecar's redirect takes it)."""
-DUAL_STACK = frozenset({"PreferDualStack", "RequireDualStack"})
 
 
 def _same_inputs(old: Obj, new: Obj) -> bool:
@@ -207,56 +200,14 @@ class Reconciler:
                     {**obj, "status": status})
 
     async def _allocate_vips(self) -> None:
-        """Every Service gets an IPv4 virtual IP; a dual-stack one an IPv6 one as well, which
-        it gives back when its policy returns to `SingleStack`.
-
-        Two replicas allocating from views a moment apart can give two Services one address
-        (each write is checked against its own object only).  So a VIP held twice stays with
-        the Service created first (then by namespace/name: every replica picks the same one)
-        and the other gets a new one: its clients re-resolve within the DNS TTL, where left
-        alone one Service's traffic would take the other's routes.  A range used up leaves
-        the Service without one, logged; the reconciler goes on."""
-        services = [o for k, o in sorted(self._resources.items()) if k[0] == "Service"]
-        services.sort(key=_age)
-        fields = ("virtualIP", "virtualIPv6")
-        owner: dict[str, str] = {}
-        statuses: list[dict[str, Any]] = []
-        for obj in services:  # oldest first: the first holder of an address keeps it
-            status = dict(obj.get("status") or {})
-            for f in fields:
-                vip = status.get(f)
-                if vip and owner.setdefault(vip, _name(obj)) != _name(obj):
-                    log.warning("service %s: %s %s is also service %s's (two replicas "
-                                "allocated it at once): a new one is allocated", _name(obj), f,
-                                vip, owner[vip])
-                    status.pop(f)
-            statuses.append(status)
-        free = (str(ip) for ip in VIP_RANGE.hosts() if str(ip) not in owner)
-        free6 = (str(ip) for ip in VIP_RANGE6.hosts() if str(ip) not in owner)
-        for obj, status in zip(services, statuses, strict=True):
-            dual = (obj.get("spec") or {}).get("ipFamilyPolicy") in DUAL_STACK
-            if not status.get("virtualIP"):
-                self._assign(status, "virtualIP", next(free, None), obj)
-            if dual and not status.get("virtualIPv6"):
-                self._assign(status, "virtualIPv6", next(free6, None), obj)
-            elif not dual:
-                status.pop("virtualIPv6", None)
-            if status == (obj.get("status") or {}):
-                continue
+        """Write the virtual IPs `vips.statuses` says each Service should hold."""
+        services = [o for k, o in self._resources.items() if k[0] == "Service"]
+        for obj, status in vips.statuses(services):
             try:
                 self._resources[self._key(obj)] = await self.store.update_status(
                     {**obj, "status": status})
             except (ConflictError, NotFoundError):
                 continue  # another replica got there first; its write arrives by watch
-
-    @staticmethod
-    def _assign(status: dict[str, Any], field: str, vip: str | None, obj: Obj) -> None:
-        if vip is not None:
-            status[field] = vip
-        else:
-            log.error("service %s: no %s left to allocate (%s is used up): it has none until "
-                      "a Service is deleted", _name(obj), field,
-                      VIP_RANGE6 if field == "virtualIPv6" else VIP_RANGE)
 
     # -- registration ------------------------------------------------------------------------
 
@@ -333,17 +284,6 @@ class Reconciler:
         return DEFAULT_TRUST_DOMAIN
 
 
-def _name(obj: Obj) -> str:
-    md = obj.get("metadata") or {}
-    return f"{md.get('namespace') or 'default'}/{md.get('name')}"
-
-
-def _age(obj: Obj) -> tuple[str, str]:
-    """Creation time, then namespace/name: the same order on every replica."""
-    md = obj.get("metadata") or {}
-    return (str(md.get("creationTimestamp") or ""), _name(obj))
-
-
 def workload_object(metadata: Obj, labels: dict[str, str], spec: dict[str, Any],
                     current: Obj | None = None) -> Obj:
     """The Workload a proxy's hello registers (`current`, if stored, with these metadata,
@@ -356,13 +296,8 @@ def workload_object(metadata: Obj, labels: dict[str, str], spec: dict[str, Any],
 
 def _same_ips(a: list[Any], b: list[Any]) -> bool:
     """Two address lists name the same addresses in order, by value (`FD00::AB` is
-    `fd00:0::ab`); a value that is no address compares as written."""
-    def canon(x: Any) -> str:
-        try:
-            return str(ipaddress.ip_address(str(x)))
-        except ValueError:
-            return str(x)
-    return [canon(x) for x in a] == [canon(x) for x in b]
+    `fd00:0::ab`)."""
+    return len(a) == len(b) and all(same_address(str(x), str(y)) for x, y in zip(a, b, strict=True))
 
 
 def _check_owned_fields(w: WorkloadInfo, admitted: Admitted, current: Obj | None) -> None:

@@ -15,10 +15,11 @@ SIGHUP, or (later) the control plane's push.  It works in two phases:
 
 Sockets are identified by address and port.  A listener whose address and port are unchanged
 keeps its socket (each of its sockets, when it serves more than one address: ADR 0088,
-`listeners/sockets.py`): if nothing that selects the protocol driver changed (protocol, mode, TLS) it
-keeps its server and its connections, and only its context pointer moves; otherwise a new server
-accepts on a duplicate of the same socket and the old one's connections drain.  The port is
-never unbound during a swap, so no client is refused.  Connections pick up the new context at
+`listeners/sockets.py`): if nothing that selects the protocol driver changed (protocol, mode,
+TLS) it keeps its server and its connections, and only its context pointer moves; otherwise a
+new server accepts on a duplicate of the same socket and the old one's connections drain,
+after a short grace (`SWAP_DRAIN_GRACE`).  The port is never unbound during a swap, so no
+client is refused.  Connections pick up the new context at
 their next request; in-flight exchanges finish on the snapshot they started with.
 """
 
@@ -56,7 +57,9 @@ SWAP_DRAIN_GRACE = 0.25
 
 
 def _drain_handle(handle: ListenerHandle) -> None:
-    for conn in list(handle.connections):  # now: a detected connection has its driver's
+    """Drain what the handle holds when the grace ends, not what it held when it began: a
+    connection whose protocol was detected meanwhile is its driver's by now."""
+    for conn in list(handle.connections):
         conn.start_drain()
 
 

@@ -23,7 +23,7 @@ TRUST_DOMAIN: Final = "demo.tulle.local"
 APP_PORT: Final = 8080
 GRPC_PORT: Final = 50051
 VIP_CIDR: Final = "240.240.0.0/16"
-"""The control plane's virtual-IP range (controlplane/reconcile.py VIP_RANGE)."""
+"""The control plane's virtual-IP range (controlplane/vips.py VIP_RANGE)."""
 FLAKY_SHARE: Final = 0.3
 SUFFIX: Final = f".{NAMESPACE}.svc.cluster.local"
 

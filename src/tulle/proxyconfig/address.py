@@ -41,6 +41,18 @@ def packed(host: str) -> tuple[socket.AddressFamily, bytes] | None:
     return fam, socket.inet_pton(fam, host)
 
 
+def same_address(a: str, b: str) -> bool:
+    """One address however written (`::1` is `0:0::1`, `FD00::AB` is `fd00::ab`); text that is
+    no address (a name, a zone-scoped one) equals only itself."""
+    ka, kb = packed(a), packed(b)
+    return ka == kb if ka is not None and kb is not None else a == b
+
+
+def hostport(host: str, port: int) -> str:
+    """`host:port` as a URL authority writes it: an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 WILDCARDS = {socket.AF_INET: bytes(4), socket.AF_INET6: bytes(16)}
 _MAPPED = bytes(10) + b"\xff\xff"
 

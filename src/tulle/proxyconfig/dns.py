@@ -9,7 +9,7 @@ name table and `tulle proxy-config` derive names with.
 from __future__ import annotations
 
 from tulle.errors import FieldError
-from tulle.proxyconfig.address import additional_address_errors, overlaps, packed
+from tulle.proxyconfig.address import additional_address_errors, hostport, overlaps, packed
 from tulle.proxyconfig.model import DNS, ProxyConfig
 
 DNS_PORT = 53
@@ -101,8 +101,7 @@ def errors(cfg: ProxyConfig) -> list[FieldError]:
             theirs = [k for k in map(packed, (lc.address, *lc.additional_addresses)) if k]
             for a, key in mine:
                 if key is not None and any(overlaps(key, k) for k in theirs):
-                    shown = f"[{a}]" if ":" in a else a
-                    out.append(FieldError("dns.port", f"{shown}:{d.port} is also listener "
+                    out.append(FieldError("dns.port", f"{hostport(a, d.port)} is also listener "
                                           f"listeners[{i}] ({lc.name})"))
                     break
     return out

@@ -23,7 +23,14 @@ import msgspec
 
 from tulle.errors import FieldError
 from tulle.proxyconfig import dns, filters, health, network, regex, telemetry_checks
-from tulle.proxyconfig.address import WILDCARDS, additional_address_errors, numeric_family, overlaps, packed
+from tulle.proxyconfig.address import (
+    WILDCARDS,
+    additional_address_errors,
+    hostport,
+    numeric_family,
+    overlaps,
+    packed,
+)
 from tulle.proxyconfig.chain_checks import chain_errors
 from tulle.proxyconfig.lb_checks import cluster_lb_errors
 from tulle.proxyconfig.logs import check as log_checks
@@ -91,7 +98,7 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
                               and overlaps(k, held)
                               and not (lst.reuse_port and cfg.listeners[j].reuse_port)), None)
                 if other is not None:
-                    out.append(FieldError(where, f"{addr}:{lst.port} is already "
+                    out.append(FieldError(where, f"{hostport(addr, lst.port)} is already "
                                           f"used by listeners[{other}]"))
                 claims.extend((k, i) for k in keys)
         elif cfg.settings.workers > 1:  # each worker would bind its own random port

@@ -110,7 +110,7 @@ async def test_a_dual_stack_service_gets_an_ipv6_vip_and_gives_it_back() -> None
     it; back to `SingleStack`, the address is released and AAAA is empty again."""
     import ipaddress
 
-    from tulle.controlplane.reconcile import VIP_RANGE6
+    from tulle.controlplane.vips import VIP_RANGE6
 
     dns_port = free_port()
     svc, wl = docs(dns_port)
@@ -199,9 +199,9 @@ async def test_a_used_up_range_leaves_one_service_without_a_vip_and_the_rest_goi
     import ipaddress
     import logging
 
-    from tulle.controlplane import reconcile
+    from tulle.controlplane import vips
 
-    monkeypatch.setattr(reconcile, "VIP_RANGE6", ipaddress.ip_network("fd74::/127"))  # two
+    monkeypatch.setattr(vips, "VIP_RANGE6", ipaddress.ip_network("fd74::/127"))  # two
     caplog.set_level(logging.ERROR, logger="tulle.controlplane")
     svc, _ = docs(free_port())
     dual = {**svc, "spec": {**svc["spec"], "ipFamilyPolicy": "PreferDualStack"}}

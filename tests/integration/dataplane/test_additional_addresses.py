@@ -22,7 +22,13 @@ import dns.rcode
 import pytest
 from tests.support.proxy import RunningProxy, free_port, running_proxy
 from tests.support.rawhttp import RawClient
-from tests.support.rawservers import named_origin, raw_server
+from tests.support.rawservers import (
+    closed_by_peer,
+    named_origin,
+    raw_server,
+    read_response_within,
+)
+from tests.support.recorder import recording_origin
 
 from tulle.dataplane.server import ApplyError
 from tulle.proxyconfig.validate import ConfigError, validate
@@ -180,15 +186,15 @@ def test_bad_additional_addresses_are_refused_with_their_path(
 
 @pytest.mark.parametrize(("first", "second", "error"), [
     (("127.0.0.1", ["::1"]), ("127.0.0.2", ["::1"]),
-     "listeners[1].additional_addresses[0]: ::1:15999 is already used by listeners[0]"),
+     "listeners[1].additional_addresses[0]: [::1]:15999 is already used by listeners[0]"),
     (("127.0.0.1", ["::1"]), ("0:0::1", []),
-     "listeners[1].port: 0:0::1:15999 is already used by listeners[0]"),
+     "listeners[1].port: [0:0::1]:15999 is already used by listeners[0]"),
     (("127.0.0.1", ["::1"]), ("127.0.0.2", ["::"]),
-     "listeners[1].additional_addresses[0]: :::15999 is already used by listeners[0]"),
+     "listeners[1].additional_addresses[0]: [::]:15999 is already used by listeners[0]"),
     (("127.0.0.1", []), ("0.0.0.0", []),
      "listeners[1].port: 0.0.0.0:15999 is already used by listeners[0]"),
     (("127.0.0.1", []), ("::", []),  # `::` alone takes IPv4 too
-     "listeners[1].port: :::15999 is already used by listeners[0]"),
+     "listeners[1].port: [::]:15999 is already used by listeners[0]"),
 ])
 def test_two_listeners_cannot_claim_one_address_and_port_however_written(
         first: tuple[str, list[str]], second: tuple[str, list[str]], error: str) -> None:
@@ -346,3 +352,58 @@ async def test_a_socket_a_kept_listener_serves_is_never_handed_to_another() -> N
         inode = {name: os.fstat(h.servers[0].sockets[0].fileno()).st_ino
                  for name, h in p.server.listeners.items()}
         assert inode["out"] != inode["other"], inode
+
+
+HOSTILE = {  # request smuggling and malformed heads, as test_hostile_http1.py sends them
+    "cl_and_te": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "te_twice": b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "duplicate_cl": b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
+                    b"Content-Length: 4\r\n\r\nabcd",
+    "bare_lf": b"GET / HTTP/1.1\nHost: a\n\n",
+    "nul_in_value": b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\x00c\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("protocol", ["auto", "http1"])
+async def test_the_ipv6_socket_refuses_what_the_ipv4_one_does_and_forwards_none_of_it(
+        protocol: str) -> None:
+    """An added address is the same listener, not a second way in: each hostile request on
+    `[::1]` gets 400 and a close, the upstream (a raw peer recording every byte) receives
+    nothing of it, and the listener then serves a good request on both addresses."""
+    async with recording_origin() as origin, \
+            running_proxy(config(origin.port, protocol=protocol)) as p:
+        port = p.port("out")
+        for name, wire in HOSTILE.items():
+            r, w = await asyncio.open_connection("::1", port)
+            w.write(wire)
+            resp = await read_response_within(r)
+            assert (name, resp.status, await closed_by_peer(r)) == (name, 400, True)
+            w.close()
+        assert [bytes(b) for b in origin.raw] == []  # not one byte went upstream
+        assert p.metric("tulle_proxy_protocol_errors_total", kind="malformed_request") == len(
+            HOSTILE)
+        assert (await get("::1", port))[0] == 200
+        assert (await get("127.0.0.1", port))[0] == 200
+        assert len(origin.requests) == 2
+
+
+async def test_the_resolvers_ipv6_wildcard_takes_ipv6_only_beside_others_as_a_listeners_does(
+        ) -> None:
+    """Alone, `::` keeps the system's dual-stack default (as before ADR 0088) and answers
+    IPv4 too; beside other addresses each socket serves its own family.  (The kernel makes a
+    socket on a specific IPv6 address IPv6-only by itself: only the wildcard is in question.)"""
+    def v6only(p: RunningProxy, address: str) -> list[int]:
+        udp, tcp = p.server.dns.service.current.endpoints[address]
+        socks = [udp.get_extra_info("socket"), *tcp.sockets]
+        return [s.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) for s in socks]
+
+    async with running_proxy(dns_config(["::"])) as p:
+        assert v6only(p, "::") == [1, 1]
+        assert await ask(p, "127.0.0.1") == ["10.96.0.7"]  # the IPv4 socket's, beside it
+    alone = dns_config([])
+    alone["dns"]["address"] = "::"
+    async with running_proxy(alone) as p:
+        assert v6only(p, "::") == [0, 0]
+        assert await ask(p, "127.0.0.1") == ["10.96.0.7"]  # IPv4, on the one `::` socket

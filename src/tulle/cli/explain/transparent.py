@@ -15,6 +15,7 @@ import ipaddress
 from typing import Any
 
 from tulle.cli.explain.request import ExplainError
+from tulle.proxyconfig.address import hostport, same_address
 from tulle.proxyconfig.model import Destination, Listener, ProxyConfig
 
 
@@ -55,20 +56,9 @@ def _target(authority: str, namespace: str) -> tuple[str, str, int]:
 
 def _matches(d: Destination, host: str, ns: str, port: int) -> bool:
     if not ns:
-        return d.port == port and _same_ip(d.address, host)
+        return d.port == port and same_address(d.address, host)
     return (d.route_table == f"outbound|{host}.{ns}:{port}"
             or d.cluster == f"outbound-tcp|{port}||{host}.{ns}")
-
-
-def _hostport(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _same_ip(a: str, b: str) -> bool:
-    try:
-        return ipaddress.ip_address(a) == ipaddress.ip_address(b)
-    except ValueError:
-        return False
 
 
 def original_destination(listener: Listener, authority: str, namespace: str
@@ -86,7 +76,7 @@ def original_destination(listener: Listener, authority: str, namespace: str
                     "errors_total{kind=\"no_destination\"} and logged (outboundTrafficPolicy "
                     "REGISTRY_ONLY)")
             raise ExplainError(404, "to", f"no original destination of {listener.name} is "
-                                          f"{_hostport(host, port)} (no mesh Service's virtual IP or "
+                                          f"{hostport(host, port)} (no mesh Service's virtual IP or "
                                           f"endpoint): the caller's proxy {fate}")
         raise ExplainError(404, "to", f"no original destination of {listener.name} is Service "
                                       f"{ns}/{host} port {port} (unknown service or port, or "
@@ -97,6 +87,6 @@ def original_destination(listener: Listener, authority: str, namespace: str
         "address": dest.address, "port": dest.port, "protocol": dest.protocol,
         "routeTable": dest.route_table or None, "cluster": dest.cluster or None,
         "why": f"transparent listener {listener.name}: the hop is chosen by original "
-               f"destination {_hostport(dest.address, dest.port)} (the Service's VIP and port), not by "
+               f"destination {hostport(dest.address, dest.port)} (the Service's VIP and port), not by "
                f"Host; it selects {target}"}
     return dest, doc

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 
 from tulle.controlplane.compiler.inputs import Key, Resource
 from tulle.controlplane.compiler.ir import Condition, ObjectRef, Proxy
+from tulle.proxyconfig.address import hostport
 
 TYPE = "AddressUnique"
 
@@ -44,8 +45,7 @@ def address_conditions(proxies: Iterable[Proxy], workloads: Mapping[Key, Resourc
             for ip in proxy.inbound:
                 owner = claims.setdefault((canon, ip.port), proxy.key)
                 if owner != proxy.key:
-                    shown = f"[{canon}]" if ":" in canon else canon
-                    taken.append(f"{shown}:{ip.port} is {owner[0]}/{owner[1]}'s")
+                    taken.append(f"{hostport(canon, ip.port)} is {owner[0]}/{owner[1]}'s")
         obj = workloads.get(proxy.key) or {}
         ref = ("Workload", proxy.key[0], proxy.key[1])
         if taken:

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from tulle.api.service import DUAL_STACK
 from tulle.controlplane.compiler.inputs import Key, MeshInputs, Resource, spec_of
 from tulle.controlplane.compiler.ir import Endpoint, Metadata, Proxy, ServicePort, cluster_name
 from tulle.controlplane.compiler.protocols import port_protocol
@@ -44,7 +45,7 @@ def service_ports(m: MeshInputs, key: Key, svc: Resource,
     selector = spec.get("selector") or {}
     vip = ((svc.get("status") or {}).get("virtualIP") or "")
     vip6 = ""
-    if spec.get("ipFamilyPolicy") in ("PreferDualStack", "RequireDualStack"):
+    if spec.get("ipFamilyPolicy") in DUAL_STACK:
         vip6 = ((svc.get("status") or {}).get("virtualIPv6") or "")
     generation = int((svc.get("metadata") or {}).get("generation") or 1)
     selected = m.select(ns, selector)

@@ -25,8 +25,9 @@ from pathlib import Path
 from tulle.dataplane.dns import resolver
 from tulle.dataplane.dns.forward import forward, servfail
 from tulle.dataplane.dns.table import NameTable, build
-from tulle.dataplane.listeners.sockets import family_unavailable, same_address
+from tulle.dataplane.listeners.sockets import family_unavailable
 from tulle.dataplane.telemetry.metrics import CounterChild, ProxyMetrics
+from tulle.proxyconfig.address import hostport, same_address
 from tulle.proxyconfig.dns import upstream_address
 from tulle.proxyconfig.model import DNS, ProxyConfig
 
@@ -351,7 +352,8 @@ class DnsService:
                 elif address == d.address and not plan.port:
                     await self._bind_any(plan, d)
                 else:
-                    await self._bind(plan, address, plan.port, primary=address == d.address)
+                    await self._bind(plan, address, plan.port, primary=address == d.address,
+                                     v6only=bool(d.additional_addresses))
         except BaseException:
             plan.discard()
             raise
@@ -366,16 +368,20 @@ class DnsService:
         """The primary address on port 0: a port free for both UDP and TCP."""
         for _ in range(8):  # the UDP port the kernel picks may be taken for TCP
             try:
-                await self._bind(plan, d.address, 0, primary=True)
+                await self._bind(plan, d.address, 0, primary=True,
+                                 v6only=bool(d.additional_addresses))
                 return
             except DnsError:
                 continue
         raise DnsError(f"dns {d.address}:0: no free port for both UDP and TCP")
 
-    async def _bind(self, plan: DnsPlan, address: str, port: int, *, primary: bool) -> None:
+    async def _bind(self, plan: DnsPlan, address: str, port: int, *, primary: bool,
+                    v6only: bool) -> None:
         """UDP and TCP on `address`:`port` (TCP first: port 0 takes TCP's port for UDP too).
         An additional address whose family is off here is skipped with a warning
-        (`listeners/sockets.py` has the rule)."""
+        (`listeners/sockets.py` has the rule).  `v6only`: the resolver serves more than one
+        address, so an IPv6 socket takes IPv6 only, as a listener's does (alone, `::` takes
+        IPv4 too)."""
         assert plan.shared is not None
         shared = plan.shared
         loop = asyncio.get_running_loop()
@@ -384,7 +390,7 @@ class DnsService:
         usock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             tsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:  # each socket its own address (`::` not IPv4's too)
+            if family == socket.AF_INET6 and v6only:
                 tsock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 usock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             tsock.bind((address, port))
@@ -394,11 +400,11 @@ class DnsService:
             tsock.close()
             usock.close()
             if not primary and family_unavailable(address, exc):
-                log.warning("dns: not answering on %s port %d: %s (that address family is off "
-                            "in this namespace)", address, port, exc.strerror or exc)
+                log.warning("dns: not answering on %s: %s (that address family is off in this "
+                            "namespace)", hostport(address, port), exc.strerror or exc)
                 return
-            shown = f"[{address}]" if ":" in address else address
-            raise DnsError(f"dns {shown}:{port}: cannot bind: {exc.strerror or exc}") from exc
+            raise DnsError(f"dns {hostport(address, port)}: cannot bind: "
+                           f"{exc.strerror or exc}") from exc
         tsock.listen(128)
         tsock.setblocking(False)
         usock.setblocking(False)

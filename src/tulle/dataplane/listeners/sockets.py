@@ -22,6 +22,7 @@ import os
 import socket
 from typing import Any
 
+from tulle.proxyconfig.address import hostport, same_address
 from tulle.proxyconfig.model import Listener
 
 log = logging.getLogger("tulle.proxy")
@@ -44,18 +45,6 @@ def addresses(cfg: Listener) -> list[str]:
 
 def family_of(address: str) -> socket.AddressFamily:
     return socket.AF_INET6 if ":" in address else socket.AF_INET
-
-
-def _packed(address: str) -> bytes:
-    return socket.inet_pton(family_of(address), address.split("%", 1)[0])
-
-
-def same_address(a: str, b: str) -> bool:
-    """`::1` and `0:0::1` are one address; a name never equals anything."""
-    try:
-        return family_of(a) == family_of(b) and _packed(a) == _packed(b)
-    except OSError:
-        return a == b
 
 
 def listening_socket(servers: list[Any], address: str, port: int = 0) -> socket.socket | None:
@@ -113,11 +102,11 @@ def bind(cfg: Listener, address: str, port: int, backlog: int) -> socket.socket 
         if sock is not None:
             sock.close()
         if address != cfg.address and family_unavailable(address, exc):
-            log.warning("listener %s: not listening on %s port %d: %s (that address family "
+            log.warning("listener %s: not listening on %s: %s (that address family "
                         "is off in this namespace, so none of its connections can arrive)",
-                        cfg.name, _show(address), port, exc.strerror or exc)
+                        cfg.name, hostport(address, port), exc.strerror or exc)
             return None
-        raise BindError(f"listener {cfg.name}: cannot bind {_show(address)}:{port}: "
+        raise BindError(f"listener {cfg.name}: cannot bind {hostport(address, port)}: "
                         f"{exc.strerror or exc}") from exc
     return sock
 
@@ -134,9 +123,5 @@ def family_unavailable(address: str, exc: OSError) -> bool:
     return same_address(address, "127.0.0.1") or same_address(address, "0.0.0.0")
 
 
-def _show(address: str) -> str:
-    return f"[{address}]" if ":" in address else address
-
-
 __all__ = ["BindError", "addresses", "bind", "dup", "family_of", "family_unavailable",
-           "listening_socket", "same_address", "v6only"]
+           "listening_socket", "v6only"]
