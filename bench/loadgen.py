@@ -7,10 +7,14 @@ meanwhile ("coordinated omission") and the tail looks better than it is.  Here a
 falls due while its connection is still waiting is sent the moment the response arrives, and
 its latency counts from when it was *due*.
 
-The generator's own timer is coarse (the event loop's timers have millisecond resolution), so a
-request sent from a timer — its connection was idle when it fell due — counts from the moment it
-was actually written; how late the timer fired is reported on its own as ``send_lag_ms`` so
-the generator's overhead can be checked (run it against the origin directly).
+A request whose connection is idle when it falls due is sent when a pacer wakes the loop for
+it, and counts from the moment it was actually written; how late that was is reported on its own
+as ``send_lag_ms`` so the generator's overhead can be checked (run it against the origin
+directly).  The pacer (``--pacing thread``, the default) is a thread that sleeps to each due time
+with the kernel's nanosecond timer and wakes the loop: sends land ~0.1 ms after they fall due,
+one per 1/rate.  The event loop's own timers (``--pacing timer``) have millisecond resolution:
+they fire up to ~0.8 ms early or ~1.2 ms late, so requests due a millisecond apart often leave
+together, and each one that does waits in the proxy behind the other (ADR 0089).
 
     python -m bench.loadgen --port 8080 --rate 1000 --duration 4 --warmup 0.5
 
@@ -25,6 +29,7 @@ import asyncio
 import json
 import resource
 import sys
+import threading
 import time
 from typing import Any
 
@@ -67,6 +72,7 @@ class Run:
         self.errors = 0
         self.finished_conns = 0
         self.done: asyncio.Future[None] | None = None
+        self.stopped = False
 
     def due(self, i: int) -> float:
         return self.t0 + i / self.rate
@@ -80,7 +86,18 @@ class Run:
 class Client(asyncio.Protocol):
     """One keep-alive connection working through indices k, k+N, k+2N, ..."""
 
-    __slots__ = ("i", "loop", "parser", "ref", "run", "sent_at", "status", "transport")
+    __slots__ = (
+        "i",
+        "loop",
+        "paced",
+        "parser",
+        "ref",
+        "run",
+        "sent_at",
+        "status",
+        "transport",
+        "waiting",
+    )
 
     def __init__(self, run: Run, k: int, loop: asyncio.AbstractEventLoop) -> None:
         self.run = run
@@ -91,6 +108,8 @@ class Client(asyncio.Protocol):
         self.ref = 0.0
         self.sent_at = 0.0
         self.status = 0
+        self.paced = False  # a Pacer wakes it for each due request (else the loop's timers)
+        self.waiting = -1  # the index it is idle for, until the pacer's wake-up
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -107,8 +126,18 @@ class Client(asyncio.Protocol):
         due = run.due(self.i)
         if now >= due:
             self._send(due, now)  # behind the timetable: latency counts from when it was due
+        elif self.paced:
+            self.waiting = self.i
         else:
             self.loop.call_later(due - now, self._timer, due)
+
+    def wake(self, i: int) -> None:
+        """The pacer's call when request *i* falls due: sent now if this connection is idle
+        waiting for it; if it is still busy with an earlier one, `_next` sends it on the
+        response, counted from when it was due."""
+        if self.waiting == i:
+            self.waiting = -1
+            self._timer(self.run.due(i))
 
     def _timer(self, due: float) -> None:
         if self.transport is None:
@@ -156,6 +185,48 @@ class Client(asyncio.Protocol):
         self.transport = None
 
 
+class Pacer(threading.Thread):
+    """Wakes each request's connection in the loop at the moment it falls due.
+
+    `time.sleep` is the kernel's nanosecond sleep; `call_soon_threadsafe` wakes the loop at
+    once.  Bounded: one wake-up per request of the timetable, and it stops with the run."""
+
+    def __init__(self, run: Run, clients: list[Client], loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(name="pacer", daemon=True)
+        self.timetable = run
+        self.clients = clients
+        self.loop = loop
+
+    def run(self) -> None:
+        run, clients, n = self.timetable, self.clients, len(self.clients)
+        for i in range(run.total):
+            if run.stopped:
+                return
+            wait = run.due(i) - perf()
+            if wait > 0:
+                time.sleep(wait)
+            try:
+                self.loop.call_soon_threadsafe(clients[i % n].wake, i)
+            except RuntimeError:  # the loop is closed: the run is over
+                return
+
+
+def start(run: Run, clients: list[Client], loop: asyncio.AbstractEventLoop,
+          pacing: str = "thread") -> Pacer | None:
+    """Start the timetable (`run.t0` set by the caller); the pacer's thread when
+    ``pacing == "thread"``."""
+    pacer = None
+    if pacing == "thread":
+        for c in clients:
+            c.paced = True
+        pacer = Pacer(run, clients, loop)
+    for c in clients:
+        c.start()
+    if pacer is not None:
+        pacer.start()
+    return pacer
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     host = f"{args.host}:{args.port}"
@@ -172,12 +243,12 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     run.t0 = perf() + 0.01
     run.record_from = run.t0 + args.warmup
-    for c in clients:
-        c.start()
+    start(run, clients, loop, args.pacing)
     try:
         await asyncio.wait_for(run.done, args.warmup + args.duration + args.timeout)
     except TimeoutError:
         pass
+    run.stopped = True
     elapsed = perf() - run.t0
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     for c in clients:
@@ -191,7 +262,8 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
         return {k: round(v * ms, 4) for k, v in d.items()}
 
     return {
-        "rate": args.rate, "connections": args.connections, "duration_s": args.duration,
+        "rate": args.rate, "connections": args.connections, "pacing": args.pacing,
+        "duration_s": args.duration,
         "warmup_s": args.warmup, "scheduled": run.total, "completed": run.completed,
         "recorded": len(run.latency), "non2xx": run.non2xx, "errors": run.errors,
         "timed_out": timed_out, "elapsed_s": round(elapsed, 3),
@@ -217,6 +289,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--connections", type=int, default=10)
     ap.add_argument("--timeout", type=float, default=3.0,
                     help="seconds after the timetable ends to wait for the last responses")
+    ap.add_argument("--pacing", choices=("thread", "timer"), default="thread",
+                    help="what wakes an idle connection when its request falls due: a thread's "
+                         "nanosecond sleep (default) or the event loop's millisecond timers")
     ap.add_argument("--samples", action="store_true",
                     help="also print every recorded latency (to merge several runs)")
     args = ap.parse_args(argv)

@@ -87,6 +87,9 @@ class Plan:
     """Rounds under the quota in which the two proxies of a same-proxy cost pair (filters,
     retries, telemetry: `verdicts.PAIR_TARGETS` with `paired`) run back to back, alternating
     which goes first (ADR 0079); 0: none, their ratio comes from the rotating rounds."""
+    pacing: str = "thread"
+    """What wakes the fixed-rate generator's idle connections (`bench.loadgen --pacing`,
+    ADR 0089)."""
 
 
 class Meter:
@@ -149,7 +152,8 @@ class Tally:
         with Meter(self.target.pids) as m:
             res = run_loadgen(self.target.port, rate=plan.fixed_rate, duration=plan.fixed_s,
                               warmup=plan.warmup_s, connections=plan.fixed_conns,
-                              path=self.target.path, headers=self.target.headers)
+                              path=self.target.path, headers=self.target.headers,
+                              pacing=plan.pacing)
         self.samples.extend(res.pop("samples_ms"))
         res["contention"] = m.contention()
         res["proxy_cpu_s"] = rnd(m.proxy_s, 4)

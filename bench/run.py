@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -131,8 +132,9 @@ def preflight(plan: Plan) -> None:
         sys.exit(f"needs CPUs {PROXY_CPU} and {LOAD_CPU}; this process may use {sorted(cpus)}")
 
 
-def run(mode: str, peers: list[str], sat_quota: float | None = SAT_QUOTA) -> dict[str, Any]:
-    plan = PLANS[mode]
+def run(mode: str, peers: list[str], sat_quota: float | None = SAT_QUOTA,
+        pacing: str = "thread") -> dict[str, Any]:
+    plan = dataclasses.replace(PLANS[mode], pacing=pacing)
     preflight(plan)
     os.sched_setaffinity(0, {LOAD_CPU})  # this runner and its samplers stay off the proxy's CPU
     res: dict[str, Any] = {
@@ -370,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sat-quota", type=float, default=SAT_QUOTA,
                     help="share of a CPU each proxy may use in the rounds at saturation "
                          "(cgroup CPU quota; 0: none, saturation at the maximum rate instead)")
+    ap.add_argument("--pacing", choices=("thread", "timer"), default="thread",
+                    help="the fixed-rate generator's pacing (bench.loadgen, ADR 0089)")
     ap.add_argument("--mtls-json", type=Path,
                     help="merge the mTLS row's figures into this file (bench/results/mtls.json)")
     args = ap.parse_args(argv)
@@ -382,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(sig, _on_term)
     if args.nice:
         os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by every process started
-    res = run(args.mode, peers, args.sat_quota or None)
+    res = run(args.mode, peers, args.sat_quota or None, args.pacing)
     res["nice"] = args.nice
     text = json.dumps(res, indent=2, ensure_ascii=False) + "\n"
     if args.json:

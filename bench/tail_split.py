@@ -63,7 +63,8 @@ def split(spans: list[tuple[float, float, float]]) -> dict[str, Any]:
             "alone": pct(alone), "overlapped": pct(overlapped), "all": pct(every)}
 
 
-def _child(port: int, rate: float, duration: float, warmup: float, conns: int) -> None:
+def _child(port: int, rate: float, duration: float, warmup: float, conns: int,
+           pacing: str) -> None:
     import asyncio
 
     import uvloop
@@ -92,9 +93,9 @@ def _child(port: int, rate: float, duration: float, warmup: float, conns: int) -
         run.done = loop.create_future()
         run.t0 = loadgen.perf() + 0.01
         run.record_from = run.t0 + warmup
-        for c in clients:
-            c.start()
+        loadgen.start(run, clients, loop, pacing)
         await asyncio.wait_for(run.done, warmup + duration + 5)
+        run.stopped = True
         for c in clients:
             if c.transport is not None:
                 c.transport.close()
@@ -103,12 +104,12 @@ def _child(port: int, rate: float, duration: float, warmup: float, conns: int) -
     json.dump({"split": split(spans), "completed": len(spans)}, sys.stdout)
 
 
-def _load(r: Running, args: argparse.Namespace) -> dict[str, Any]:
+def _load(r: Running, args: argparse.Namespace, pacing: str) -> dict[str, Any]:
     c0 = cpu_seconds(r.pids)[0] if r.pids else 0.0
     out = subprocess.run(
         ["taskset", "-c", str(LOAD_CPU), sys.executable, "-m", "bench.tail_split", "--child",
          str(r.port), "--rate", str(args.rate), "--duration", str(args.duration),
-         "--warmup", str(args.warmup)], capture_output=True, text=True, check=True)
+         "--warmup", str(args.warmup), "--pacing", pacing], capture_output=True, text=True, check=True)
     res: dict[str, Any] = json.loads(out.stdout)
     if r.pids:
         res["cpu_us_per_req"] = round(
@@ -123,10 +124,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--duration", type=float, default=4.0)
     ap.add_argument("--warmup", type=float, default=0.5)
     ap.add_argument("--peers", default=",".join(PEERS))
+    ap.add_argument("--pacing", default="thread",
+                    help="the load generator's pacing, `thread` or `timer` (bench.loadgen), or "
+                         "both comma-separated: every peer loaded with each, in every round")
     ap.add_argument("--child", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        _child(args.child, args.rate, args.duration, args.warmup, 10)
+        _child(args.child, args.rate, args.duration, args.warmup, 10, args.pacing)
         return
     from bench.mtls_peers import MTLS_STARTERS
 
@@ -136,13 +140,16 @@ def main(argv: list[str] | None = None) -> None:
         origin = start_origin(ps)
         peers = {n: (Running("direct", origin.port, None, []) if n == "direct"
                      else MTLS_STARTERS[n](ps, origin.port, "http1")) for n in names}
-        rounds: dict[str, list[dict[str, Any]]] = {n: [] for n in names}
+        pacings = args.pacing.split(",")
+        keys = [f"{n}/{p}" if len(pacings) > 1 else n for p in pacings for n in names]
+        rounds: dict[str, list[dict[str, Any]]] = {key: [] for key in keys}
         for k in range(args.rounds):
-            for n in names[k % len(names):] + names[:k % len(names)]:
-                res = _load(peers[n], args)
-                rounds[n].append(res)
+            for key in keys[k % len(keys):] + keys[:k % len(keys)]:
+                n, _, pacing = key.partition("/")
+                res = _load(peers[n], args, pacing or pacings[0])
+                rounds[key].append(res)
                 s = res["split"]
-                print(f"round {k} {n:12s} overlapped {s['overlapped_share']:.3f}  "
+                print(f"round {k} {key:18s} overlapped {s['overlapped_share']:.3f}  "
                       f"alone p50/p99 {s['alone'].get('p50')}/{s['alone'].get('p99')} ms  "
                       f"overlapped p50/p99 {s['overlapped'].get('p50')}/"
                       f"{s['overlapped'].get('p99')} ms  all p99 {s['all'].get('p99')} ms  "
@@ -159,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
                                ("cpu us/req", lambda r: r.get("cpu_us_per_req", 0.0))):
                 v = [get(r) for r in rs]
                 row.append(f"{label} {statistics.median(v):g} ({min(v):g}-{max(v):g})")
-            print(f"  {n:12s} " + "; ".join(row))
+            print(f"  {n:18s} " + "; ".join(row))
 
 
 if __name__ == "__main__":

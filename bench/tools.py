@@ -33,9 +33,9 @@ def _ms(text: str) -> float:
 
 def run_loadgen(port: int, *, rate: float, duration: float, warmup: float,
                 connections: int, path: str = BODY_PATH,
-                headers: tuple[str, ...] = ()) -> dict[str, Any]:
+                headers: tuple[str, ...] = (), pacing: str = "thread") -> dict[str, Any]:
     cmd = ["taskset", "-c", str(LOAD_CPU), sys.executable, "-m", "bench.loadgen",
-           "--port", str(port), "--path", path, "--rate", str(rate),
+           "--port", str(port), "--path", path, "--rate", str(rate), "--pacing", pacing,
            "--duration", str(duration), "--warmup", str(warmup),
            "--connections", str(connections), "--samples",
            *(a for h in headers for a in ("--header", h))]
