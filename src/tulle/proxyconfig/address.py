@@ -9,8 +9,14 @@ them), so `ipaddress` (0.3 MB) is imported only for a zone (ADR 0068).
 from __future__ import annotations
 
 import socket
+from typing import TYPE_CHECKING
 
 from tulle.errors import FieldError
+
+if TYPE_CHECKING:
+    import ipaddress
+
+    IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def numeric_family(host: str) -> socket.AddressFamily | None:
@@ -46,6 +52,22 @@ def same_address(a: str, b: str) -> bool:
     no address (a name, a zone-scoped one) equals only itself."""
     ka, kb = packed(a), packed(b)
     return ka == kb if ka is not None and kb is not None else a == b
+
+
+def matched_network(text: str) -> IPNetwork:
+    """A CIDR (or one address) as peers and destinations are compared with it.  A peer's
+    IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, a dual-stack socket) is compared as its IPv4
+    address, so an IPv4-mapped range (`::ffff:10.0.0.0/104`) is the IPv4 range it names
+    (`10.0.0.0/8`): written either way, it matches the same peers.  A range wider than the
+    mapped block stays IPv6.  `ValueError` for text that is no CIDR."""
+    import ipaddress  # not at module level (ADR 0068)
+
+    net = ipaddress.ip_network(text, strict=False)
+    if isinstance(net, ipaddress.IPv6Network) and net.prefixlen >= 96:
+        v4 = net.network_address.ipv4_mapped
+        if v4 is not None:
+            return ipaddress.IPv4Network((v4, net.prefixlen - 96))
+    return net
 
 
 def hostport(host: str, port: int) -> str:

@@ -13,6 +13,7 @@ import msgspec
 
 from tulle.errors import FieldError
 from tulle.proxyconfig import network
+from tulle.proxyconfig.address import matched_network
 from tulle.proxyconfig.model import FilterChain, FilterChainMatch, Listener, ProxyConfig
 from tulle.proxyconfig.tls_checks import tls_ref_errors
 
@@ -87,10 +88,8 @@ def _values(m: FilterChainMatch) -> tuple[tuple[str, set[str]], ...]:
     """A match's list fields as the sets of values chain selection compares."""
     nets = set()
     for a in m.destination:
-        import ipaddress
-
         try:
-            nets.add(str(ipaddress.ip_network(a, strict=False)))
+            nets.add(str(matched_network(a)))
         except ValueError:
             pass  # reported above
     return (("destination", nets), ("server name", {n.lower() for n in m.server_names}),

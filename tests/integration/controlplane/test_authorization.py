@@ -194,6 +194,25 @@ async def test_allow_by_path_and_method_deny_beats_allow_and_source_cidrs(tmp_pa
         assert 'policy="shop/no-admin",action="DENY",result="deny"' in text
 
 
+async def test_a_deny_written_in_the_ipv4_mapped_form_refuses_that_ipv4_client(
+        tmp_path: Path) -> None:
+    """`::ffff:127.0.0.2/128` names the IPv4 client 127.0.0.2 (peers are compared as IPv4,
+    also when a dual-stack socket reports them mapped); such a DENY once matched no one."""
+    async with mesh(tmp_path) as m:
+        await m.enforce(
+            policy("all", {"rules": [{}]}),
+            policy("not-from-2", {"action": "DENY",
+                                  "rules": [{"from": [{"ipBlocks": ["::ffff:127.0.0.2/128"]}]}]}))
+        await eventually(lambda: _denied_from(m, "127.0.0.2"), timeout=10)
+        assert await m.get("/api/items", source="127.0.0.2") == (
+            403, "RBAC: access denied by DENY policy shop/not-from-2\n")
+        assert (await m.get("/api/items"))[0] == 200
+
+
+async def _denied_from(m: Mesh, source: str) -> bool:
+    return (await m.get("/", source=source))[0] == 403
+
+
 async def raw_status(port: int, target: bytes) -> bytes:
     """The status line for a request target sent as is (no client-side normalisation)."""
     r, w = await asyncio.open_connection("127.0.0.1", port)

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from tulle.proxyconfig.address import numeric_family
+from tulle.proxyconfig.address import matched_network, numeric_family
 
 
 def _reference(host: str) -> socket.AddressFamily | None:
@@ -25,3 +25,23 @@ def _reference(host: str) -> socket.AddressFamily | None:
 ])
 def test_numeric_family_agrees_with_ipaddress(host: str) -> None:
     assert numeric_family(host) == _reference(host)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("::ffff:10.0.0.0/104", "10.0.0.0/8"),  # an IPv4-mapped range is the IPv4 range it names
+    ("::ffff:10.1.2.3", "10.1.2.3/32"),
+    ("::FFFF:0A01:0203/128", "10.1.2.3/32"),
+    ("::ffff:0:0/96", "0.0.0.0/0"),
+    ("::ffff:192.168.1.7/112", "192.168.0.0/16"),  # host bits dropped, as for any block
+    ("::ffff:0:0/95", "::fffe:0:0/95"),  # wider than the mapped block: stays IPv6
+    ("::/0", "::/0"),
+    ("10.0.0.0/8", "10.0.0.0/8"),
+    ("fd00::1/64", "fd00::/64"),
+])
+def test_matched_network_reads_an_ipv4_mapped_range_as_ipv4(text: str, expected: str) -> None:
+    assert str(matched_network(text)) == expected
+
+
+def test_matched_network_refuses_what_is_no_cidr() -> None:
+    with pytest.raises(ValueError):
+        matched_network("10.0.0.0/33")

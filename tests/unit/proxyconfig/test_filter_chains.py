@@ -63,6 +63,19 @@ def test_chains_and_destinations_do_not_mix() -> None:
     assert got == ["listeners[0].filter_chains: not together with destinations"]
 
 
+def test_a_destination_in_the_ipv4_mapped_form_is_the_ipv4_range_it_names() -> None:
+    """Destinations are matched as IPv4 when mapped (`chains.parse_ip`), so `::ffff:10.0.0.0/104`
+    and `10.0.0.0/8` are one value: two chains naming it either way overlap."""
+    got = errors(listener(
+        {"name": "d", "cluster": "c", "match": {"destination": ["10.0.0.0/8"]}},
+        {"name": "m", "cluster": "c", "match": {"destination": ["::ffff:10.0.0.0/104"]}},
+    ))
+    assert got == [
+        "listeners[0].filter_chains[1].match: overlaps filter_chains[0] (destination "
+        "'10.0.0.0/8'): a connection matching both would be decided by list order",
+    ]
+
+
 def test_chains_that_overlap_on_one_value_are_refused() -> None:
     """Envoy refuses two chains that share a value at every field ("multiple filter chains
     with the same matching rules"): for a connection with that value, only the list order

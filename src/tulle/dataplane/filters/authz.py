@@ -35,6 +35,7 @@ from tulle.dataplane.routing.match import (
     Suffix,
 )
 from tulle.dataplane.routing.paths import remove_dot_segments
+from tulle.proxyconfig.address import matched_network
 
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import RequestHead
@@ -128,7 +129,7 @@ class _Source:
         self.principals = tuple(pattern(p) for p in s.principals)
         self.namespaces = frozenset(s.namespaces)
         self.accounts = frozenset(s.service_accounts)
-        nets = [ipaddress.ip_network(n, strict=False) for n in s.ip_blocks]
+        nets = [matched_network(n) for n in s.ip_blocks]
         self.nets: tuple[tuple[int, int, int], ...] = tuple(
             (n.version, int(n.netmask), int(n.network_address)) for n in nets)
         """(version, mask, network) as integers: a test is an AND and a compare."""

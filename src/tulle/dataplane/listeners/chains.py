@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Union
 
 from tulle.dataplane.network.chain import NetworkChain, build_chain
 from tulle.dataplane.runtime.tls import TLSContexts
+from tulle.proxyconfig.address import matched_network
 from tulle.proxyconfig.model import FilterChain, FilterChainMatch, Listener, TLSContext
 
 if TYPE_CHECKING:
@@ -63,9 +64,7 @@ class ChainRule:
                  router: Router | None, cluster: str, network: NetworkChain | None) -> None:
         self.name = name
         self.port = match.destination_port
-        import ipaddress  # not at module level: only filter chains need it (ADR 0068)
-
-        self.networks = tuple(ipaddress.ip_network(a, strict=False) for a in match.destination)
+        self.networks = tuple(matched_network(a) for a in match.destination)
         names = [n.lower() for n in match.server_names]
         self.exact_names = frozenset(n for n in names if not n.startswith("*."))
         self.suffixes = tuple(n[1:] for n in names if n.startswith("*."))  # ".example.com"

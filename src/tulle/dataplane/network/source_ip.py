@@ -19,6 +19,7 @@ from tulle.dataplane.network.filter import (
     Reject,
     Verdict,
 )
+from tulle.proxyconfig.address import matched_network
 from tulle.proxyconfig.network.source_ip import SourceIP
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -46,10 +47,8 @@ class SourceIPFilter:
     observer = False
 
     def __init__(self, cfg: SourceIP) -> None:
-        self.allow: tuple[Network, ...] = tuple(
-            ipaddress.ip_network(a, strict=False) for a in cfg.allow)
-        self.deny: tuple[Network, ...] = tuple(
-            ipaddress.ip_network(d, strict=False) for d in cfg.deny)
+        self.allow: tuple[Network, ...] = tuple(matched_network(a) for a in cfg.allow)
+        self.deny: tuple[Network, ...] = tuple(matched_network(d) for d in cfg.deny)
 
     def create(self) -> SourceIPFilter:
         return self

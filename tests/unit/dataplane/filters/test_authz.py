@@ -65,6 +65,18 @@ def test_deny_beats_allow() -> None:
     assert decide(e, ip="::ffff:10.1.2.3")[0] is False  # IPv4-mapped checked as IPv4
 
 
+def test_an_ipv4_mapped_block_matches_the_ipv4_peers_it_names() -> None:
+    """Peers' IPv4-mapped addresses are compared as IPv4, so a block written in the mapped
+    form names IPv4 peers too; until it did, such a DENY matched no one."""
+    e = Engine(policies({"name": "ns/all", "rules": [{}]},
+                        {"name": "ns/block", "action": "DENY",
+                         "rules": [{"sources": [{"ip_blocks": ["::ffff:10.0.0.0/104"]}]}]}))
+    assert decide(e, ip="10.1.2.3")[:2] == (False, "ns/block")
+    assert decide(e, ip="::ffff:10.1.2.3")[:2] == (False, "ns/block")
+    assert decide(e, ip="11.0.0.1")[:2] == (True, "ns/all")
+    assert decide(e, ip="fd00::1")[:2] == (True, "ns/all")
+
+
 def test_every_field_of_a_source_and_operation_must_match() -> None:
     e = Engine(policies({"name": "ns/p", "rules": [{
         "sources": [{"ip_blocks": ["127.0.0.0/8"], "principals": ["*"]}],

@@ -73,6 +73,13 @@ def test_destination_port_then_longest_prefix() -> None:
     assert pick(chains, ip="2001:db8::1", port=80) == "any"
 
 
+def test_a_destination_written_ipv4_mapped_matches_ipv4_destinations() -> None:
+    chains = rules(("mapped", {"destination": ["::ffff:10.1.2.0/120"]}), ("any", {}))
+    assert pick(chains, ip="10.1.2.3", port=80) == "mapped"
+    assert pick(chains, ip="::ffff:10.1.2.3", port=80) == "mapped"
+    assert pick(chains, ip="10.1.3.3", port=80) == "any"
+
+
 def test_an_earlier_field_is_never_reconsidered() -> None:
     """Envoy's rule: the port narrows first; a TLS connection to port 443 does not fall back
     to the port-less TLS chain when the port-443 chain wants plaintext."""

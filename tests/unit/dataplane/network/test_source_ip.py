@@ -42,6 +42,14 @@ def test_deny_then_allow(peer: str, expected: object) -> None:
     assert verdict(f, peer) == expected
 
 
+def test_ipv4_mapped_ranges_name_ipv4_peers() -> None:
+    f = SourceIPFilter(SourceIP(allow=["::ffff:10.0.0.0/104"], deny=["::ffff:10.9.0.0/112"]))
+    assert verdict(f, "10.1.2.3") == CONTINUE
+    assert verdict(f, "::ffff:10.1.2.3") == CONTINUE
+    assert verdict(f, "10.9.0.1") == Reject("denied")
+    assert verdict(f, "192.168.1.1") == Reject("not_allowed")
+
+
 def test_only_deny_admits_everyone_else() -> None:
     f = SourceIPFilter(SourceIP(deny=["127.0.0.1"]))
     assert verdict(f, "127.0.0.1") == Reject("denied")

@@ -53,6 +53,7 @@ from tulle.controlplane.compiler.ir import (
 )
 from tulle.controlplane.compiler.plugins import mesh_settings, mtls
 from tulle.controlplane.compiler.plugins.base import Plugin
+from tulle.proxyconfig.address import matched_network
 from tulle.proxyconfig.filters.authz import AuthzPolicy
 
 NAME = "authorization"
@@ -169,6 +170,14 @@ def _families(mesh: MeshModel, keys: set[Key]) -> dict[int, list[str]]:
     return out
 
 
+def _version(block: str) -> int:
+    """The IP version a block matches peers of (an IPv4-mapped range matches IPv4 ones)."""
+    try:
+        return matched_network(block).version
+    except ValueError:  # refused by the API; stored before that, it matches no one
+        return 6 if ":" in block else 4
+
+
 def _ip_block_gaps(spec: Mapping[str, Any], reached: dict[int, list[str]]) -> list[str]:
     """Each `from` entry whose `ipBlocks` name one IP version while the workloads bound take
     the other too."""
@@ -178,7 +187,7 @@ def _ip_block_gaps(spec: Mapping[str, Any], reached: dict[int, list[str]]) -> li
             blocks = (src or {}).get("ipBlocks") or []
             if not blocks:
                 continue
-            have = {6 if ":" in str(b) else 4 for b in blocks}
+            have = {_version(str(b)) for b in blocks}
             for v in sorted(set(reached) - have):
                 who = reached[v]
                 out.append(f"rules[{i}].from[{j}].ipBlocks name IPv{4 if v == 6 else 6} only, "

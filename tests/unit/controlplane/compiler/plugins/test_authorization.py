@@ -143,3 +143,20 @@ def test_ip_blocks_of_one_family_on_a_dual_stack_sidecar_are_flagged() -> None:
                               "take IPv6: ")
     assert "a DENY does not refuse it" in message
     assert "SourceFamiliesCovered" not in _conditions(mesh, "both")
+
+
+def test_an_ipv4_mapped_block_counts_as_ipv4() -> None:
+    """`::ffff:10.231.0.5/128` matches the IPv4 peer 10.231.0.5 (peers' mapped addresses are
+    compared as IPv4): beside an IPv6 block it covers both families, alone it covers IPv4
+    only, and the status says so."""
+    docs = _rpc_raw_admin()
+    docs[0]["spec"] = {**docs[0]["spec"], "address": "10.231.0.3", "interception": "transparent"}
+    mapped = _policy("mapped", "rpc", action="DENY",
+                     rules=[{"from": [{"ipBlocks": ["::ffff:10.231.0.5/128"]}]}])
+    both = _policy("both", "rpc", action="DENY",
+                   rules=[{"from": [{"ipBlocks": ["::ffff:10.231.0.5/128", "fd00:231::5/128"]}]}])
+    mesh = _run([*docs, mapped, both])
+    status, reason, message = _conditions(mesh, "mapped")["SourceFamiliesCovered"]
+    assert (status, reason) == (False, "IPBlocksOneFamily")
+    assert message.startswith("rules[0].from[0].ipBlocks name IPv4 only")
+    assert "SourceFamiliesCovered" not in _conditions(mesh, "both")
