@@ -60,7 +60,8 @@ def load(path: BenchPath, args: argparse.Namespace, cp_pids: list[int]) -> dict[
                             "bench.loadgen", "--host", path.host, "--port", str(path.port),
                             "--path", BODY_PATH, "--rate", str(args.rate), "--duration",
                             str(args.duration), "--warmup", str(args.warmup),
-                            "--connections", str(args.connections)])
+                            "--connections", str(args.connections),
+                            "--pacing", getattr(args, "pacing", "thread")])
     busy0 = cpu_busy()
     cpu0 = cpu_seconds(path.proxy_pids)[0]
     cp0 = cpu_seconds(cp_pids)[0]
@@ -121,7 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "git": git_rev(),
         "rate": args.rate, "duration_s": args.duration, "warmup_s": args.warmup,
         "connections": args.connections, "rounds": args.rounds, "cpus": os.cpu_count(),
-        "nice": getattr(args, "nice", 0),
+        "pacing": getattr(args, "pacing", "thread"), "nice": getattr(args, "nice", 0),
         "loadavg_before": os.getloadavg()[0]}
     why = _missing()
     if why is not None:
@@ -152,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--duration", type=float, default=5.0, help="recorded seconds per phase")
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--connections", type=int, default=10)
+    ap.add_argument("--pacing", choices=("thread", "timer"), default="thread",
+                    help="the load generator's pacing (bench.loadgen, ADR 0089)")
     ap.add_argument("--json", type=Path, help="write the results here")
     ap.add_argument("--nice", type=int, default=0,
                     help="scheduling niceness for the runner and everything it starts (e.g. -10 "

@@ -221,6 +221,7 @@ def write_mtls(path: Path, res: dict[str, Any]) -> None:
                      "minus the direct path's; *_by_round: each round's peer minus direct")
     old["mtls_run"] = {"mode": res["mode"], "timestamp": res["timestamp"],
                        "git_rev": res["machine"]["git_rev"],
+                       "pacing": res.get("plan", {}).get("pacing"),
                        "loadavg_before": res["loadavg_before"],
                        "direct_p99_ms": res.get("direct", {}).get("p99_ms"),
                        "contention": {n: res[n].get("contention") for n in MTLS_STARTERS
