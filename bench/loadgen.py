@@ -97,6 +97,7 @@ class Client(asyncio.Protocol):
         "status",
         "transport",
         "waiting",
+        "woken",
     )
 
     def __init__(self, run: Run, k: int, loop: asyncio.AbstractEventLoop) -> None:
@@ -110,6 +111,7 @@ class Client(asyncio.Protocol):
         self.status = 0
         self.paced = False  # a Pacer wakes it for each due request (else the loop's timers)
         self.waiting = -1  # the index it is idle for, until the pacer's wake-up
+        self.woken = -1  # the last index the pacer woke it for (loop thread only)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -127,14 +129,20 @@ class Client(asyncio.Protocol):
         if now >= due:
             self._send(due, now)  # behind the timetable: latency counts from when it was due
         elif self.paced:
-            self.waiting = self.i
+            if self.woken >= self.i:  # its wake-up already came: never wait for another
+                self._timer(due)
+            else:
+                self.waiting = self.i
         else:
             self.loop.call_later(due - now, self._timer, due)
 
     def wake(self, i: int) -> None:
         """The pacer's call when request *i* falls due: sent now if this connection is idle
         waiting for it; if it is still busy with an earlier one, `_next` sends it on the
-        response, counted from when it was due."""
+        response, counted from when it was due.  `woken` keeps a wake-up that came before
+        `_next` found the request not yet due (the pacer's clock and `perf` disagreeing) from
+        being lost: the request would never be sent, nor any later one of the connection."""
+        self.woken = i
         if self.waiting == i:
             self.waiting = -1
             self._timer(self.run.due(i))

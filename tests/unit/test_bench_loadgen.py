@@ -100,3 +100,27 @@ def test_a_request_due_while_its_connection_is_busy_counts_from_when_it_was_due(
         # 100 requests back to back at >= 5 ms each take >= 0.5 s: the last one waited
         # ~0.3 s past its due time, and that wait is in its latency.
         assert max(run.latency) > 0.25, (pacing, max(run.latency))
+
+
+def test_a_wake_up_before_the_connection_expects_it_is_not_lost() -> None:
+    """If the pacer's wake-up for a request runs before `_next` finds it not yet due (two
+    clocks that disagree), the request still goes out, and the connection goes on."""
+    written: list[bytes] = []
+
+    class Transport:
+        def write(self, data: bytes) -> None:
+            written.append(data)
+
+    run = loadgen.Run(1.0, 0.0, 3.0, 1, b"GET / HTTP/1.1\r\n\r\n")
+    run.t0 = loadgen.perf() + 3600.0  # every request due an hour from now
+    c = loadgen.Client(run, 0, None)  # type: ignore[arg-type]
+    c.paced = True
+    c.transport = Transport()  # type: ignore[assignment]
+    c.wake(0)  # the wake-up comes first: the connection is not waiting for it yet
+    c.start()  # `_next`: by its clock request 0 is not due
+    assert written == [run.request]
+    c.i += 1  # request 0 answered; request 1, not due and not woken: waits for its wake-up
+    c._next()
+    assert (written, c.waiting) == ([run.request], 1)
+    c.wake(1)
+    assert written == [run.request] * 2

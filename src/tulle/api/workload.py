@@ -53,6 +53,22 @@ def check_ports(ports: list[WorkloadPort]) -> None:
         numbers.add((p.port, p.protocol))
 
 
+def _mapped_problem(address: str) -> str:
+    """Why `address` cannot be a workload's address: an IPv4-mapped form ("" when it can).
+    Peers and original destinations are compared as IPv4 (a dual-stack socket's mapped peer
+    included), so the IPv4 address is what names the pod."""
+    import ipaddress
+
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return ""  # the field's own check says why
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return (f"{quote(address)} is an IPv4-mapped address: give the IPv4 address "
+                f"({ip.ipv4_mapped})")
+    return ""
+
+
 def _pod_address_problem(extra: str, address: str) -> str:
     """Why `extra` cannot be a pod's second address beside `address`; "" when it can."""
     import ipaddress
@@ -120,6 +136,9 @@ class WorkloadSpec(Model):
     @model_validator(mode="after")
     def _ports(self) -> WorkloadSpec:
         check_ports(self.ports)
+        why = _mapped_problem(self.address)
+        if why:
+            raise field_error(("address",), why)
         for i, extra in enumerate(self.additionalAddresses):
             why = _pod_address_problem(extra, self.address)
             if why:

@@ -38,7 +38,7 @@ from tulle.controlplane.store.errors import (
     NotFoundError,
 )
 from tulle.controlplane.store.protocol import Obj, ResourceStore
-from tulle.proxyconfig.address import same_address
+from tulle.proxyconfig.address import same_address, unmapped
 from tulle.proxyconfig.stream import WorkloadInfo
 
 log = logging.getLogger("tulle.controlplane")
@@ -222,7 +222,7 @@ class Reconciler:
         admitted the proxy and the addresses it announced (or its peer address).  The proxy's
         own facts (ports, zone, outbound port) are refreshed.  Without admission (unit tests
         of the stream) the old rule applies: create, or refresh every announced field."""
-        announced: dict[str, Any] = {"address": w.address or peer_ip,
+        announced: dict[str, Any] = {"address": w.address or unmapped(peer_ip),
                                      "serviceAccount": w.service_account}
         if w.additional_addresses:
             announced["additionalAddresses"] = list(w.additional_addresses)

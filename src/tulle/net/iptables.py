@@ -26,6 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from tulle.proxyconfig.address import matched_network
+
 Family = Literal[4, 6]
 
 CHAIN_OUTPUT: Final = "TULLE_OUTPUT"
@@ -78,7 +80,8 @@ def parse_ports(option: str, text: str) -> tuple[int, ...]:
 
 
 def parse_cidrs(option: str, texts: Iterable[str]) -> tuple[Network, ...]:
-    """Comma-separated CIDRs (an address alone is a /32 or /128), in the order given."""
+    """Comma-separated CIDRs (an address alone is a /32 or /128), in the order given; an
+    IPv4-mapped range is the IPv4 range it names (the kernel sees that traffic as IPv4)."""
     out: list[Network] = []
     for text in texts:
         for raw in text.split(","):
@@ -86,9 +89,10 @@ def parse_cidrs(option: str, texts: Iterable[str]) -> tuple[Network, ...]:
             if not item:
                 continue
             try:
-                net = ipaddress.ip_network(item, strict=True)
+                ipaddress.ip_network(item, strict=True)
             except ValueError as exc:
                 raise OptionError(f"{option}: {item!r} is not a CIDR ({exc})") from None
+            net = matched_network(item)  # `::ffff:10.0.0.0/104` is 10.0.0.0/8: iptables' rule
             if net not in out:
                 out.append(net)
     return tuple(out)

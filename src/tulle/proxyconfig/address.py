@@ -54,6 +54,15 @@ def same_address(a: str, b: str) -> bool:
     return ka == kb if ka is not None and kb is not None else a == b
 
 
+def unmapped(host: str) -> str:
+    """An IPv4-mapped IPv6 address (`::ffff:10.0.0.5`, what a dual-stack socket reports for
+    an IPv4 peer) as its IPv4 address; any other text unchanged."""
+    key = packed(host)
+    if key is not None and key[0] == socket.AF_INET6 and key[1][:12] == _MAPPED:
+        return socket.inet_ntop(socket.AF_INET, key[1][12:])
+    return host
+
+
 def matched_network(text: str) -> IPNetwork:
     """A CIDR (or one address) as peers and destinations are compared with it.  A peer's
     IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, a dual-stack socket) is compared as its IPv4

@@ -226,3 +226,22 @@ async def test_a_hello_naming_the_stored_addresses_otherwise_written_is_admitted
                                                  csr=WorkloadKey().csr(NS, "dual-1")))
         assert isinstance(reply, Certificate), reply
 
+
+
+async def test_a_hello_over_a_dual_stack_stream_socket_registers_the_ipv4_address() -> None:
+    """A stream socket handed over (`--stream-fd`) may be dual-stack (`::`, IPv6-only off):
+    an IPv4 proxy's address then arrives as `::ffff:127.0.0.1`.  The Workload its hello makes
+    gets the IPv4 address (peers are compared as IPv4; the API refuses the mapped form)."""
+    import socket
+
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    sock.bind(("::", 0))
+    sock.listen(16)
+    async with running_control_plane(stream_fd=sock.detach()) as cp:  # it owns the socket now
+        w = WorkloadInfo(name="v4-0", namespace=NS)  # no address: the peer's is taken
+        token = await issue_token(cp.api_url, w)
+        got = await _hello(cp.stream_port, _h(w, token=token, csr=WorkloadKey().csr(NS, "v4-0")))
+        assert isinstance(got, Certificate), got
+        obj = await cp.store.get("Workload", NS, "v4-0")
+        assert obj["spec"]["address"] == "127.0.0.1"

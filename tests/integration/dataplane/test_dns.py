@@ -345,3 +345,19 @@ async def test_a_proxy_without_a_dns_section_loads_no_resolver_until_one_comes()
         assert addresses(await udp(p, "catalog.shop")) == ["10.96.0.7"]
         await p.apply(no_dns)
         assert p.server.dns.port == 0
+
+
+async def test_a_client_on_a_dual_stack_socket_is_known_by_its_ipv4_address() -> None:
+    """A resolver on `::` alone takes IPv4 too, and the socket reports an IPv4 client as
+    `::ffff:127.0.0.2`: it still gets its namespace's bare names, also when its address is
+    written in the mapped form.  (Keyed by the text alone, both got the node's names.)"""
+    clients = [{"address": "127.0.0.2", "namespace": "shop"},
+               {"address": "::ffff:127.0.0.3", "namespace": "shop"}]
+    async with running_proxy(config(address="::", clients=clients)) as p:
+        port = p.server.dns.port
+        for source in ("127.0.0.2", "127.0.0.3"):
+            for ask in (dns.asyncquery.udp, dns.asyncquery.tcp):
+                r = await ask(dns.message.make_query("catalog", "A"), "127.0.0.1", port=port,
+                              timeout=3, source=source)
+                assert addresses(r) == ["10.96.0.7"], (source, ask)
+        assert addresses(await udp(p, "web")) == ["10.96.0.9"]  # from 127.0.0.1: node's

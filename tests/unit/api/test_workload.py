@@ -90,3 +90,11 @@ def test_a_dual_stack_pod_names_its_other_family_once(errors: Errors) -> None:
     assert errors(with_(v4, "spec.additionalAddresses", ["fd00::3"])) == []
     [(path, msg)] = errors(with_(WL, "spec.additionalAddresses", ["127.0.0.1"]))
     assert "loopback" in msg
+
+
+def test_a_workload_address_in_the_ipv4_mapped_form_is_refused(errors: Errors) -> None:
+    """Peers and original destinations are compared as IPv4, so `::ffff:10.0.0.3` would name
+    no pod: refused with the IPv4 address to give instead."""
+    assert errors(with_(WL, "spec.address", "::ffff:10.0.0.3")) == [
+        ("spec.address", '"::ffff:10.0.0.3" is an IPv4-mapped address: give the IPv4 '
+                         "address (10.0.0.3)")]

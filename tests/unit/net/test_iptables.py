@@ -66,6 +66,22 @@ def test_ipv6_uses_its_own_loopback_and_only_its_own_cidrs() -> None:
         "-A TULLE_OUTPUT -d 10.96.0.0/12 -p tcp -j REDIRECT --to-ports 15001")
 
 
+def test_an_ipv4_mapped_cidr_is_the_ipv4_rule_it_names() -> None:
+    """The kernel sees an IPv4 connection as IPv4 whatever the spelling: an excluded
+    `::ffff:10.0.0.0/104` is excluded from the IPv4 rules (it once went to ip6tables only,
+    and IPv4 traffic to 10/8 was still redirected); written both ways it is one CIDR."""
+    assert [str(n) for n in parse_cidrs("x", ["::ffff:10.0.0.0/104,10.0.0.0/8"])] == [
+        "10.0.0.0/8"]
+    cfg = Interception(exclude_outbound=parse_cidrs("x", ["::ffff:10.0.0.0/104"]),
+                       include_outbound=parse_cidrs("x", ["::ffff:10.96.0.0/108"]))
+    v4 = chain_rules(cfg, 4)["TULLE_OUTPUT"]
+    assert "-A TULLE_OUTPUT -d 10.0.0.0/8 -j RETURN" in v4
+    assert "-A TULLE_OUTPUT -d 10.96.0.0/12 -p tcp -j REDIRECT --to-ports 15001" in v4
+    assert not any("ffff" in r for r in chain_rules(cfg, 6)["TULLE_OUTPUT"])
+    with pytest.raises(OptionError):  # host bits set: refused as for any CIDR
+        parse_cidrs("x", ["::ffff:10.0.0.1/104"])
+
+
 def test_excluded_ports_mark_and_explicit_inbound_ports() -> None:
     cfg = Interception(proxy_mark="0x539/0xfff", exclude_outbound_ports=(15680, 15681),
                        include_inbound_ports=(8080, 9090), redirect_dns=False)

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from tulle.proxyconfig.address import matched_network, numeric_family
+from tulle.proxyconfig.address import matched_network, numeric_family, unmapped
 
 
 def _reference(host: str) -> socket.AddressFamily | None:
@@ -45,3 +45,11 @@ def test_matched_network_reads_an_ipv4_mapped_range_as_ipv4(text: str, expected:
 def test_matched_network_refuses_what_is_no_cidr() -> None:
     with pytest.raises(ValueError):
         matched_network("10.0.0.0/33")
+
+
+@pytest.mark.parametrize(("host", "expected"), [
+    ("::ffff:10.0.0.5", "10.0.0.5"), ("::FFFF:A00:5", "10.0.0.5"), ("10.0.0.5", "10.0.0.5"),
+    ("fd00::5", "fd00::5"), ("::5", "::5"), ("pod-a", "pod-a"), ("fe80::1%eth0", "fe80::1%eth0"),
+])
+def test_unmapped_gives_an_ipv4_peer_its_ipv4_address(host: str, expected: str) -> None:
+    assert unmapped(host) == expected

@@ -84,14 +84,21 @@ class DnsState:
 
 def _by_source(d: DNS) -> dict[str, NameTable]:
     """One table per namespace the clients name, keyed by each client's address as the
-    socket reports it (the canonical text form)."""
+    socket reports it (the canonical text form).  An IPv4 client has a second key, its
+    IPv4-mapped form, which a dual-stack socket (`::` alone) reports; a client written in
+    the mapped form is that IPv4 client."""
     tables: dict[str, NameTable] = {}
     out: dict[str, NameTable] = {}
     for c in d.clients:
         t = tables.get(c.namespace)
         if t is None:
             t = tables[c.namespace] = build(d, c.namespace)
-        out[str(ipaddress.ip_address(c.address))] = t
+        ip = ipaddress.ip_address(c.address)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        out[str(ip)] = t
+        if ip.version == 4:
+            out[f"::ffff:{ip}"] = t
     return out
 
 

@@ -31,6 +31,7 @@ from tulle.dataplane.routing.paths import normalizer_for
 from tulle.dataplane.routing.router import Router
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.telemetry.tap import TapHub
+from tulle.proxyconfig.address import matched_network, unmapped
 from tulle.proxyconfig.model import Destination, Listener, Settings
 
 if TYPE_CHECKING:
@@ -67,9 +68,9 @@ class DestinationRule:
 
     @classmethod
     def build(cls, d: Destination, routers: dict[str, Router]) -> DestinationRule:
-        import ipaddress  # not at module level: only destinations need it (ADR 0068)
-
-        net = ipaddress.ip_network(d.address, strict=False) if d.address else None
+        # An IPv4-mapped address or range is the IPv4 one it names: original destinations
+        # are compared as IPv4.
+        net = matched_network(d.address) if d.address else None
         return cls(net, d.port, d.protocol, routers.get(d.route_table) if d.route_table else None,
                    d.cluster)
 
@@ -80,7 +81,7 @@ class DestinationRule:
             import ipaddress
 
             try:
-                return ipaddress.ip_address(ip) in self.network
+                return ipaddress.ip_address(unmapped(ip)) in self.network
             except ValueError:
                 return False
         return True
