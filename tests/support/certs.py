@@ -44,14 +44,16 @@ CAKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 
 
 def operator_root(key: CAKey, *, ca: bool = True, cn: str = "operator root",
-                  days: int = 20) -> x509.Certificate:
+                  days: int = 20, starts_in: datetime.timedelta | None = None
+                  ) -> x509.Certificate:
     """A self-signed root as an operator would bring to `--ca-cert` (valid `days` more; `ca`
-    False makes the not-a-CA case)."""
+    False makes the not-a-CA case; `starts_in` one not valid yet)."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
     now = datetime.datetime.now(datetime.UTC)
+    start = now + starts_in if starts_in is not None else now - datetime.timedelta(hours=1)
     return (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_before(start)
             .not_valid_after(now + datetime.timedelta(days=days))
             .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
             .sign(key, hashes.SHA256()))

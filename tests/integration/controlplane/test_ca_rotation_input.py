@@ -75,6 +75,17 @@ def _key_lines(key: ec.EllipticCurvePrivateKey) -> list[str]:
     return [line for line in pem.splitlines() if "PRIVATE KEY" not in line]
 
 
+async def test_a_control_plane_refuses_to_start_with_a_ca_not_valid_yet(tmp_path: Path) -> None:
+    from tulle.controlplane.ca.authority import CAError
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert_path, key_path = _ca_files(tmp_path, operator_root(
+        key, starts_in=dt.timedelta(hours=2)), key, name="future")
+    with pytest.raises(CAError, match="is not valid before .*every peer would refuse"):
+        async with running_control_plane(ca_cert=str(cert_path), ca_key=str(key_path)):
+            pass
+
+
 async def test_a_bad_operator_ca_is_refused_with_the_reason_and_nothing_changes(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
@@ -90,6 +101,10 @@ async def test_a_bad_operator_ca_is_refused_with_the_reason_and_nothing_changes(
              "the CA key does not match the CA certificate"),
             ("mode 0644", _ca_files(tmp_path, _root(good), good, 0o644, name="open"),
              "mode 0644 lets others read it; chmod 600 it"),
+            # Not valid for two hours: once taken, every handshake with what it signed failed.
+            ("not yet valid", _ca_files(tmp_path, operator_root(
+                good, starts_in=dt.timedelta(hours=2)), good, name="future"),
+             "is not valid before"),
         ]
         texts: list[str] = []
         for what, (cert_path, key_path), reason in cases:
@@ -285,3 +300,40 @@ async def test_check_tells_to_replace_the_files_of_an_operators_ca(tmp_path: Pat
         assert "hint: replace the --ca-cert / --ca-key files" in out
         code, _, err = await tulle(cp.api_url, "ca", "rotate")
         assert code != 0 and "replace the files" in err  # what the hint spares the operator
+
+
+async def test_a_fresh_certificate_presented_again_is_not_past_renewal() -> None:
+    """A proxy reconnecting with the 60 s certificate it was just given: `tulle check` once
+    read its lifetime from the backdated notBefore (6 min, of which 5 already used) and
+    warned CertPastRenewal at once."""
+    from tests.support.controlplane import issue_token
+
+    from tulle.proxyconfig.stream import Certificate
+
+    async with running_control_plane(cert_ttl=dt.timedelta(seconds=60)) as cp:
+        w = WorkloadInfo(name="fresh-0", namespace=NS, address="127.0.0.1")
+        key = WorkloadKey()
+        token = await issue_token(cp.api_url, w)
+        got = await first_answer(cp.stream_port, Hello(
+            workload=w, api_versions=[CONFIG_API_VERSION], features=list(SUPPORTED),
+            token=token, csr=key.csr(NS, "fresh-0")))
+        assert isinstance(got, Certificate), got
+        now = int(time.time())  # noqa: TID251 - wall clock: the proof names a moment
+        reader, writer = await open_stream(cp.stream_port)
+        try:
+            writer.write(encode(Hello(
+                workload=w, api_versions=[CONFIG_API_VERSION], features=list(SUPPORTED),
+                certificate=got.cert_chain, proof_time=now, proof=key.proof(NS, "fresh-0", now))))
+            assert await reader.read(65536)  # admitted by its certificate
+
+            async def seen() -> bool:
+                body = await _get(cp.api_url, "/api/v1/proxies")
+                return any(p.get("name") == "fresh-0" and p.get("connected")
+                           for p in body["items"])
+
+            await eventually(seen, timeout=5, interval=0.1)
+            code, out, _ = await tulle(cp.api_url, "check", "-o", "json")
+            found = [f["code"] for f in json.loads(out)["findings"]]
+            assert "CertPastRenewal" not in found and "CertExpired" not in found, found
+        finally:
+            writer.close()

@@ -77,6 +77,10 @@ def add_ca_routes(app: FastAPI, keeper: CAKeeper, push: PushServer) -> None:
                 return _error(422, str(exc))
             if new.cert.not_valid_after_utc <= dt.datetime.now(dt.UTC):
                 return _error(422, "the new CA: its certificate has expired")
+            why = new.not_yet_valid()
+            if why:
+                return _error(422, f"the new CA: {why}; every peer would refuse what it signs "
+                                   "until then")
         try:
             await keeper.begin(new)
         except RotationError as exc:

@@ -70,8 +70,8 @@ def add_check_routes(app: FastAPI, store: ResourceStore, push: PushServer,
             found += ca_findings(state, now, dt.timedelta(days=root_warn_days),
                                  from_files=keeper.from_files)
             found += cert_findings((ProxyCert(f"{st.namespace}/{st.name}", st.cert_not_before,
-                                              st.cert_not_after)
-                                    for st in push.statuses() if st.connected), now)
+                                              st.cert_not_after, st.connected)
+                                    for st in push.statuses()), now)
             found += rotation_findings(state, keeper.progress(await keeper.views()), now)
             checked += ["certificates", "ca-rotation"]
         return {"findings": [f.to_dict() for f in order(found)], "checked": checked,

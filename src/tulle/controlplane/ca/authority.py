@@ -139,6 +139,18 @@ class CertificateAuthority:
     def chain_pem(self) -> str:
         return self._chain_pem
 
+    def not_yet_valid(self, now: dt.datetime | None = None) -> str:
+        """Why this CA cannot sign yet ("" when it can): a certificate of its chain whose
+        validity starts later.  What it signed would be refused by every peer until then
+        (OpenSSL checks each certificate's notBefore), so a mesh must not take it."""
+        now = now or _now()
+        for c in self.chain:
+            start = c.not_valid_before_utc
+            if start > now:
+                return (f"its certificate {c.subject.rfc4514_string()} is not valid before "
+                        f"{start.strftime('%Y-%m-%dT%H:%M:%SZ')}")
+        return ""
+
     def key_pem(self) -> str:
         """The private key as PEM, for the store record only (`persist.py`)."""
         return self._key.private_bytes(serialization.Encoding.PEM,

@@ -36,6 +36,19 @@ class ProxyCert:
     name: str
     not_before: int
     not_after: int
+    connected: bool = True
+    """False: a proxy off its stream, which cannot renew; only its expiry is a finding."""
+
+
+def _span(d: dt.timedelta) -> str:
+    """A time left as it is read: days, hours, or minutes and seconds (a CA 94 s from its
+    end once read "0.0 days")."""
+    s = d.total_seconds()
+    if s >= 86400:
+        return f"{s / 86400:.1f} days"
+    if s >= 3600:
+        return f"{s / 3600:.1f} hours"
+    return f"{int(s // 60)} min {int(s % 60)} s"
 
 
 def _when(t: dt.datetime) -> str:
@@ -61,9 +74,9 @@ def _ca_cert(cert: x509.Certificate, what: str, now: dt.datetime,
         return [Finding("error", "RootExpired", obj, f"expired at {_when(end)}: no proxy can "
                         f"verify a certificate it signed; replace it now", hint)]
     if end - now <= warn:
-        days = (end - now).total_seconds() / 86400
         return [Finding("warning", "RootExpiresSoon", obj,
-                        f"expires at {_when(end)} ({days:.1f} days); replace it before", hint)]
+                        f"expires at {_when(end)} (in {_span(end - now)}); replace it before",
+                        hint)]
     return []
 
 
@@ -91,9 +104,12 @@ def proxy_findings(certs: Iterable[ProxyCert], now: dt.datetime) -> list[Finding
             continue
         end = dt.datetime.fromtimestamp(c.not_after, dt.UTC)
         if c.not_after <= t:
+            off = "" if c.connected else " while it was off its stream (it cannot renew it)"
             out.append(Finding("error", "CertExpired", f"proxy {c.name}",
-                               f"its workload certificate expired at {_when(end)}: peers "
+                               f"its workload certificate expired at {_when(end)}{off}: peers "
                                f"refuse it", CERT_EXPIRED_HINT))
+            continue
+        if not c.connected:
             continue
         life = max(1, c.not_after - c.not_before)
         if t - c.not_before >= CERT_WARN_SHARE * life:

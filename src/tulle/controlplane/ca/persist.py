@@ -44,8 +44,12 @@ def load_files(cert_path: Path, key_path: Path) -> CertificateAuthority:
     """The operator's CA, or CAError naming the option and file at fault and why."""
     check_key_file(key_path)
     chain, key = _read("--ca-cert", cert_path), _read("--ca-key", key_path)
-    return CertificateAuthority.from_pem(chain, key, where=f"--ca-cert {cert_path} / --ca-key "
-                                                           f"{key_path}")
+    where = f"--ca-cert {cert_path} / --ca-key {key_path}"
+    ca = CertificateAuthority.from_pem(chain, key, where=where)
+    why = ca.not_yet_valid()
+    if why:
+        raise CAError(f"{where}: {why}; every peer would refuse what it signs until then")
+    return ca
 
 
 def _read(option: str, path: Path) -> bytes:

@@ -29,6 +29,18 @@ def test_root_expiry_warns_within_the_window_and_errs_after() -> None:
     assert [(f.severity, f.code) for f in gone] == [("error", "RootExpired")]
 
 
+def test_the_time_left_is_written_in_the_unit_that_reads() -> None:
+    """A CA 94 s from its end once read "(0.0 days)"."""
+    ca = CertificateAuthority.generate("cluster.local", now=NOW)
+    state = CAState.single(ca)
+    end = ca.cert.not_valid_after_utc
+    for left, text in ((dt.timedelta(days=12, hours=12), "(in 12.5 days)"),
+                       (dt.timedelta(hours=5, minutes=30), "(in 5.5 hours)"),
+                       (dt.timedelta(seconds=94), "(in 1 min 34 s)")):
+        [f] = ca_findings(state, end - left)
+        assert text in f.message, (left, f.message)
+
+
 def test_the_hint_for_an_operators_file_ca_is_to_replace_the_files() -> None:
     """`tulle ca rotate` refuses a CA from --ca-cert/--ca-key ("replace the files"): the
     findings about it must not send the operator there."""
@@ -67,6 +79,19 @@ def test_proxy_certificates_past_two_thirds_or_expired() -> None:
     assert [(f.severity, f.code, f.object) for f in order(found)] == [
         ("error", "CertExpired", "proxy shop/dead"),
         ("warning", "CertPastRenewal", "proxy shop/late")]
+
+
+def test_a_proxy_off_its_stream_is_told_of_only_when_its_certificate_expired() -> None:
+    """It cannot renew, so "not renewed" says nothing; an expiry while it was away is an
+    error all the same (it once went unreported)."""
+    t, day = int(NOW.timestamp()), 86400
+    found = proxy_findings([
+        ProxyCert("shop/away-late", t - day * 7 // 10, t + day * 3 // 10, connected=False),
+        ProxyCert("shop/away-dead", t - day - 5, t - 5, connected=False),
+    ], NOW)
+    assert [(f.severity, f.code, f.object) for f in found] == [
+        ("error", "CertExpired", "proxy shop/away-dead")]
+    assert "while it was off its stream" in found[0].message
 
 
 def test_a_rotation_half_done_is_a_warning_naming_who_holds_it() -> None:
