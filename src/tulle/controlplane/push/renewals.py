@@ -22,7 +22,7 @@ MAX_REFILL = 60.0
 class RenewalBudget:
     """`take(now)` is True while the stream may have one more certificate signed."""
 
-    __slots__ = ("_at", "_capacity", "_interval", "_tokens")
+    __slots__ = ("_at", "_capacity", "_granted", "_interval", "_tokens")
 
     def __init__(self, workloads: int, cert_ttl_s: float, now: float) -> None:
         n = max(1, workloads)
@@ -31,8 +31,20 @@ class RenewalBudget:
         self._interval = min(MAX_REFILL, max(cert_ttl_s / 4, 0.001)) / n
         """Seconds per renewal earned (all workloads together)."""
         self._at = now
+        self._granted = 0
+        """Renewals the control plane asked for and not yet used (`grant`)."""
+
+    def grant(self, n: int) -> None:
+        """The control plane asked the stream to renew now (a rotation's reissue): its next
+        `n` renewals are not taken from the bucket.  Back-to-back rotations once emptied it,
+        and the renewal a rotation waits for was refused and the stream closed.  Bounded:
+        asking again does not add up, at most `n` are outstanding."""
+        self._granted = max(self._granted, n)
 
     def take(self, now: float) -> bool:
+        if self._granted > 0:
+            self._granted -= 1
+            return True
         self._tokens = min(self._capacity, self._tokens + (now - self._at) / self._interval)
         self._at = now
         if self._tokens < 1:

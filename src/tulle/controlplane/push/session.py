@@ -421,6 +421,12 @@ class ProxySession:
         adm, st = self.server.admission, self.st
         if adm is not None and st is not None and st.trust_updates and not self.closed:
             update = update_for(adm.state, *self.node_statuses)
+            if update.renew and self.admitted is not None:  # asked for: never refused
+                n = len(self.admitted.all())
+                if self.renewals is None:
+                    self.renewals = RenewalBudget(n, adm.cert_ttl.total_seconds(),
+                                                  asyncio.get_running_loop().time())
+                self.renewals.grant(n)
             if update.renew or update.id != st.trust_bundle:  # else it holds this already
                 self.send(update)
 

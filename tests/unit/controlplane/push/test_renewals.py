@@ -27,3 +27,15 @@ def test_a_node_gets_a_budget_per_workload() -> None:
     assert sum(b.take(0.0) for _ in range(100)) == 3 * BURST
     # three workloads earn three renewals per interval between them
     assert sum(b.take(MAX_REFILL) for _ in range(100)) == 3
+
+
+def test_a_renewal_the_control_plane_asked_for_is_never_refused() -> None:
+    """Back-to-back rotations emptied the bucket, and the reissue's renewal was refused (the
+    stream closed and the rotation moved on without the proxy).  Asked-for renewals are
+    granted outside the bucket; asking again does not add up."""
+    b = RenewalBudget(2, DAY, now=0.0)
+    assert sum(b.take(0.0) for _ in range(100)) == 2 * BURST  # emptied
+    b.grant(2)
+    b.grant(2)  # the request sent twice: still two
+    assert b.take(0.0) and b.take(0.0)
+    assert not b.take(0.0)
