@@ -27,12 +27,14 @@ from tulle.cli.resources import server_option
 from tulle.cli.token import parse_duration
 
 STAGE_SAYS = {
-    "add-root": "the new root is in every proxy's trust bundle beside the old one; the old CA "
-                "still signs",
+    "add-root": "the new root is being sent to every proxy's trust bundle beside the old one; "
+                "the old CA still signs",
     "reissue": "the new CA signs; connected proxies were asked to renew their certificates now",
-    "retire": "the old root is retired: bundles hold the new root only, old-root certificates "
-              "are refused",
-    "idle": "rotation complete: the new CA signs and is the only root",
+    "retire": "the old root is being retired: bundles are sent with the new root only, "
+              "old-root certificates are refused",
+    "idle": "rotation complete: the new CA signs and is the only root; bootstrap tokens "
+            "issued before the rotation pin the old CA: issue new ones for proxies not "
+            "started yet",
 }
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from tests.support.certs import operator_root, write_ca_files
 from tests.support.cli import tulle
@@ -337,3 +337,50 @@ async def test_a_fresh_certificate_presented_again_is_not_past_renewal() -> None
             assert "CertPastRenewal" not in found and "CertExpired" not in found, found
         finally:
             writer.close()
+
+
+async def test_a_new_intermediate_under_the_same_root_keeps_every_proxy_admitted(
+        tmp_path: Path) -> None:
+    """The operator's CA is replaced as the hint says: new files (an intermediate under the
+    same root) and a restart.  A proxy's certificate from the intermediate before still
+    chains to the trusted root, so its next hello is admitted (every proxy was refused)."""
+    from tests.support.controlplane import issue_token
+
+    from tulle.proxyconfig.stream import Certificate, Snapshot
+
+    root_key = ec.generate_private_key(ec.SECP256R1())
+    root = operator_root(root_key, cn="operator root")
+
+    def intermediate(cn: str) -> tuple[Path, Path]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        now = dt.datetime.now(dt.UTC)
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, cn)]))
+                .issuer_name(root.subject).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - dt.timedelta(hours=1))
+                .not_valid_after(now + dt.timedelta(days=10))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+                .sign(root_key, hashes.SHA256()))
+        cert_path, key_path = _ca_files(tmp_path, cert, key, name=cn)
+        cert_path.write_bytes(cert_path.read_bytes() + root.public_bytes(
+            serialization.Encoding.PEM))
+        return cert_path, key_path
+
+    w = WorkloadInfo(name="web-0", namespace=NS, address="127.0.0.1")
+    key = WorkloadKey()
+    c1, k1 = intermediate("int-1")
+    async with running_control_plane(ca_cert=str(c1), ca_key=str(k1)) as cp:
+        token = await issue_token(cp.api_url, w)
+        got = await first_answer(cp.stream_port, Hello(
+            workload=w, api_versions=[CONFIG_API_VERSION], features=list(SUPPORTED),
+            token=token, csr=key.csr(NS, "web-0")))
+        assert isinstance(got, Certificate), got
+    c2, k2 = intermediate("int-2")
+    async with running_control_plane(ca_cert=str(c2), ca_key=str(k2)) as cp:
+        now = int(time.time())  # noqa: TID251 - wall clock: the proof names a moment
+        answer = await first_answer(cp.stream_port, Hello(
+            workload=w, api_versions=[CONFIG_API_VERSION], features=list(SUPPORTED),
+            certificate=got.cert_chain, proof_time=now, proof=key.proof(NS, "web-0", now)))
+        assert not isinstance(answer, Error), answer  # admitted (its first answer: the bundle)
+        assert isinstance(answer, (Snapshot, Certificate, TrustUpdate)), answer

@@ -217,7 +217,8 @@ class Admission:
 
     def _check_certificate(self, c: WorkloadCredential) -> _Checked:
         try:
-            identity, workload, leaf = verify_workload(c.certificate, self.state.issuers())
+            identity, workload, leaf = verify_workload(c.certificate, self.state.issuers(),
+                                                       roots=self.state.roots)
         except ValueError as exc:
             raise AdmissionError(f"certificate refused: {exc}") from None
         if (identity.namespace, workload) != (c.namespace, c.name):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -254,25 +255,57 @@ class CertificateAuthority:
         return verify_workload(chain_pem, [self.cert], now)
 
 
-def verify_workload(chain_pem: str, issuers: list[x509.Certificate],
-                    now: dt.datetime | None = None) -> tuple[SpiffeId, str, x509.Certificate]:
-    """A workload certificate signed by one of `issuers` (CA certificates; two during a
-    rotation, ADR 0035) and valid now: its SPIFFE ID, workload name and the certificate."""
+MAX_INTERMEDIATES = 3
+"""CA certificates a presented chain may hold between a workload certificate and a root."""
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    if cert.issuer != issuer.subject:
+        return False
     try:
-        leaf = x509.load_pem_x509_certificates(chain_pem.encode()[:MAX_CSR_BYTES * 4])[0]
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _chains_to_root(chain: list[x509.Certificate], roots: Sequence[x509.Certificate],
+                    now: dt.datetime) -> bool:
+    """Whether the presented chain leads from its leaf, through CA certificates valid now, to
+    one of `roots` (by signature; the root itself need not be presented)."""
+    cur = chain[0]
+    for nxt in chain[1:1 + MAX_INTERMEDIATES]:
+        if any(_issued_by(cur, r) for r in roots):
+            return True
+        bc = _basic_constraints(nxt)
+        if bc is None or not bc.ca or not _issued_by(cur, nxt):
+            return False
+        if not nxt.not_valid_before_utc <= now <= nxt.not_valid_after_utc:
+            return False
+        cur = nxt
+    return any(_issued_by(cur, r) for r in roots)
+
+
+def verify_workload(chain_pem: str, issuers: list[x509.Certificate],
+                    now: dt.datetime | None = None,
+                    roots: Sequence[x509.Certificate] = ()
+                    ) -> tuple[SpiffeId, str, x509.Certificate]:
+    """A workload certificate signed by one of `issuers` (CA certificates; two during a
+    rotation, ADR 0035) and valid now: its SPIFFE ID, workload name and the certificate.
+
+    With `roots` (the trust bundle), also one that its presented chain leads to one of them
+    through intermediates: what every peer's mTLS accepts already.  An operator's CA given as
+    files is replaced by restarting with a new intermediate under the same root; certificates
+    of the one before were refused and every proxy was locked out of its stream."""
+    try:
+        chain = x509.load_pem_x509_certificates(chain_pem.encode()[:MAX_CSR_BYTES * 4])
     except ValueError as exc:
         raise ValueError("the certificate is not PEM X.509") from exc
-    for issuer in issuers:
-        if leaf.issuer != issuer.subject:
-            continue
-        try:
-            leaf.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        break
-    else:
-        raise ValueError("the certificate was not issued by this mesh's CA")
+    leaf = chain[0]
     now = now or _now()
+    if not any(_issued_by(leaf, i) for i in issuers) and not (
+            roots and _chains_to_root(chain, roots, now)):
+        raise ValueError("the certificate was not issued by this mesh's CA")
     if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
         raise ValueError("the certificate has expired or is not yet valid")
     uris = _uris(leaf)

@@ -57,8 +57,10 @@ def _when(t: dt.datetime) -> str:
 
 ROTATE_HINT = "`tulle ca rotate` (staged: no proxy loses its trust on the way)"
 """How a CA the control plane keeps in its store is replaced."""
-REPLACE_FILES_HINT = ("replace the --ca-cert / --ca-key files with a new CA and restart the "
-                      "control plane (`tulle ca rotate` does not rotate an operator's CA)")
+REPLACE_FILES_HINT = ("replace the --ca-cert / --ca-key files with a new intermediate under the "
+                      "same root and restart the control plane: proxies keep their trust and "
+                      "renew at half-life (a new root instead needs a new bootstrap token for "
+                      "every proxy; `tulle ca rotate` does not rotate an operator's CA)")
 """How the operator's file CA is replaced: `tulle ca rotate` refuses it ("replace the files")."""
 CERT_EXPIRED_HINT = ("issue the workload a new bootstrap token (`tulle token issue`) and "
                      "restart its proxy with it")

@@ -103,3 +103,73 @@ def test_operator_files_round_trip_and_key_mode_enforced(tmp_path: Path,
     key.write_text(CertificateAuthority.generate("x.local").key_pem())
     with pytest.raises(CAError, match="does not match"):
         load_files(cert, key)
+
+
+def _cert(subject: str, issuer: x509.Certificate, issuer_key: ec.EllipticCurvePrivateKey,
+          key: ec.EllipticCurvePrivateKey, *, ca: bool, uri: str = "") -> x509.Certificate:
+    now = dt.datetime.now(dt.UTC)
+    b = (x509.CertificateBuilder()
+         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+         .issuer_name(issuer.subject).public_key(key.public_key())
+         .serial_number(x509.random_serial_number())
+         .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=10))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if uri:
+        b = b.add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]),
+                            critical=False)
+    return b.sign(issuer_key, hashes.SHA256())
+
+
+def _intermediate(root: CertificateAuthority, cn: str) -> CertificateAuthority:
+    """An operator's intermediate CA under `root` (its chain: itself, then the root)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    return CertificateAuthority([_cert(cn, root.cert, root._key, key, ca=True), root.cert], key)
+
+
+def _pem(*certs: x509.Certificate) -> str:
+    return "".join(c.public_bytes(serialization.Encoding.PEM).decode() for c in certs)
+
+
+def test_a_certificate_of_another_intermediate_under_the_trusted_root_is_accepted() -> None:
+    """An operator replaces the files CA with a new intermediate under the same root and
+    restarts: certificates the old intermediate issued chain to the trusted root, as every
+    peer's mTLS accepts them, so the stream admits them too (it locked every proxy out)."""
+    from tulle.controlplane.ca.authority import verify_workload
+
+    root = CertificateAuthority.generate("cluster.local")
+    old, new = _intermediate(root, "int-1"), _intermediate(root, "int-2")
+    chain = old.sign_csr(_csr(), ID, "web-0").chain_pem
+    with pytest.raises(ValueError, match="not issued by this mesh"):
+        verify_workload(chain, [new.cert])  # the signing CA alone, as before
+    identity, workload, _ = verify_workload(chain, [new.cert], roots=[root.cert])
+    assert (identity, workload) == (ID, "web-0")
+    # Another root: refused.
+    other = CertificateAuthority.generate("cluster.local")
+    with pytest.raises(ValueError, match="not issued by this mesh"):
+        verify_workload(chain, [new.cert], roots=[other.cert])
+    # Only the leaf presented (no intermediate to follow): refused.
+    leaf_only = chain.split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+    with pytest.raises(ValueError, match="not issued by this mesh"):
+        verify_workload(leaf_only, [new.cert], roots=[root.cert])
+
+
+def test_a_chain_through_a_certificate_that_is_no_ca_is_refused() -> None:
+    """Attack: a workload's own certificate (CA:FALSE) under the root used to sign a leaf
+    for another identity."""
+    from tulle.controlplane.ca.authority import verify_workload
+
+    root = CertificateAuthority.generate("cluster.local")
+    mid_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
+        ec.SECP256R1())
+    mid = _cert("web-0", root.cert, root._key, mid_key, ca=False,
+                uri="spiffe://cluster.local/ns/shop/sa/web")
+    leaf = _cert("db-0", mid, mid_key, leaf_key, ca=False,
+                 uri="spiffe://cluster.local/ns/shop/sa/db")
+    with pytest.raises(ValueError, match="not issued by this mesh"):
+        verify_workload(_pem(leaf, mid, root.cert), [], roots=[root.cert])
+    # The same shape with CA:TRUE in the middle is a real chain, and accepted.
+    ca_mid = _cert("int", root.cert, root._key, mid_key, ca=True)
+    leaf2 = _cert("db-0", ca_mid, mid_key, leaf_key, ca=False,
+                  uri="spiffe://cluster.local/ns/shop/sa/db")
+    identity, workload, _ = verify_workload(_pem(leaf2, ca_mid), [], roots=[root.cert])
+    assert (str(identity), workload) == ("spiffe://cluster.local/ns/shop/sa/db", "db-0")
