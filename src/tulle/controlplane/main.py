@@ -180,7 +180,7 @@ class ControlPlane:
                         "bootstrap tokens and certificate proofs cross the network in the "
                         "clear; for development only")
         else:
-            self.stream_cert = StreamCertificate(self.ca, self.reconciler.trust_domain,
+            self.stream_cert = StreamCertificate(state.stream_ca(), self.reconciler.trust_domain,
                                                  host=self.stream_host, sans=self.stream_sans,
                                                  ttl=self.cert_ttl)
             self._stream_cert_task = asyncio.get_running_loop().create_task(
@@ -234,14 +234,15 @@ class ControlPlane:
 
     def _ca_changed(self, state: CAState) -> None:
         """A rotation stage (ADR 0035): sign and admit by the new state, tell the proxies, and
-        serve the stream with a certificate of the CA that signs now (proxies trust every root
-        of the bundle, so the switch drops no one)."""
-        moved = self.ca is not state.signing
+        serve the stream with a certificate of `state.stream_ca()`: the old CA through
+        `reissue`, so a proxy that missed `add-root` can still verify the stream, learn both
+        roots and renew (ADR 0091); the new one from `retire`."""
         self.ca = state.signing
         if self.admission is not None:
             self.admission.use(state)
-        if self.stream_cert is not None and moved:
-            self.stream_cert.ca = state.signing
+        stream_ca = state.stream_ca()
+        if self.stream_cert is not None and self.stream_cert.ca is not stream_ca:
+            self.stream_cert.ca = stream_ca
             self.stream_cert.renew()
         if self.push is not None:
             self.push.trust_changed()

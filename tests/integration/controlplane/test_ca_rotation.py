@@ -373,3 +373,53 @@ async def test_replicas_share_the_rotation_and_wait_for_each_others_proxies(
 
 async def _not_moved(api: str, name: str) -> bool:
     return name in [p["proxy"] for p in (await _ca_status(api))["notMoved"]]
+
+
+async def test_a_proxy_that_missed_add_root_can_still_reach_the_stream_during_reissue() -> None:
+    """A proxy off its stream through `add-root` trusts the old root only.  During `reissue`
+    the stream is still served by the old CA, so it verifies the control plane, is admitted
+    with its old certificate and is sent the two-root bundle with `renew` (the stream was
+    served by the new CA: it refused it, and was left behind for good)."""
+    import time
+
+    from tests.support.controlplane import issue_token
+
+    from tulle.dataplane.stream_tls import StreamTrust
+    from tulle.proxyconfig.model import CONFIG_API_VERSION
+    from tulle.proxyconfig.stream import Certificate, FrameDecoder, Hello, TrustUpdate, encode
+
+    async with running_control_plane() as cp:
+        assert cp.ca_keeper is not None and cp.ca_keeper.state is not None
+        old_root = cp.ca_keeper.state.bundle()[0]
+        w = WorkloadInfo(name="away-0", namespace=NS, address="127.0.0.1")
+        key = WorkloadKey()
+        token = await issue_token(cp.api_url, w)
+        trust = StreamTrust(ca_pems=[old_root])
+        reader, writer = await trust.connect("127.0.0.1", cp.stream_port)
+        writer.write(encode(Hello(workload=w, api_versions=[CONFIG_API_VERSION],
+                                  features=list(SUPPORTED), token=token,
+                                  csr=key.csr(NS, "away-0"))))
+        dec = FrameDecoder()
+        msgs = dec.feed(await asyncio.wait_for(reader.read(65536), 5))
+        cert = next(m for m in msgs if isinstance(m, Certificate))
+        writer.close()  # off its stream from here
+        for _ in range(2):  # add-root, then reissue (no proxy connected: nothing to wait for)
+            code, out, err = await tulle(cp.api_url, "ca", "rotate", "--step")
+            assert code == 0, err
+        assert (await _ca_status(cp.api_url))["stage"] == "reissue"
+
+        reader, writer = await trust.connect("127.0.0.1", cp.stream_port)  # old root only
+        try:
+            now = int(time.time())  # noqa: TID251 - wall clock: the proof names a moment
+            writer.write(encode(Hello(workload=w, api_versions=[CONFIG_API_VERSION],
+                                      features=list(SUPPORTED), certificate=cert.cert_chain,
+                                      proof_time=now, proof=key.proof(NS, "away-0", now))))
+            got: list[Any] = []
+            while not any(isinstance(m, TrustUpdate) for m in got):
+                data = await asyncio.wait_for(reader.read(65536), 5)
+                assert data, got
+                got += dec.feed(data)
+            update = next(m for m in got if isinstance(m, TrustUpdate))
+            assert update.renew and len(update.trust_bundle) == 2
+        finally:
+            writer.close()

@@ -72,10 +72,15 @@ class CAState:
     next: CertificateAuthority | None = None
     """`add-root` only: the CA that signs from `reissue` on."""
     previous: tuple[x509.Certificate, ...] = ()
-    """`reissue` and `retire`: the old CA's chain (its key is not kept); during `reissue` the
-    stream still admits its certificates."""
+    """`reissue` and `retire`: the old CA's chain; during `reissue` the stream still admits
+    its certificates (and the old CA, `previous_ca`, signs the stream's own)."""
     started_at: int = 0
     token_secret: bytes | None = field(default=None, repr=False)
+    previous_ca: CertificateAuthority | None = None
+    """`reissue` only: the old CA with its key, which still signs the stream's own server
+    certificate.  A proxy off its stream through `add-root` trusts the old root only; served
+    by the new CA from `reissue` on, it could not verify the stream when it came back, so it
+    never received the two-root bundle and was left behind.  The key goes at `retire`."""
     """The bootstrap tokens' HMAC secret, pinned at the first rotation (it is derived from the
     CA key, which changes): outstanding tokens stay valid across rotations."""
 
@@ -94,6 +99,13 @@ class CAState:
 
     def signing_id(self) -> str:
         return fingerprint(self.signing.cert)
+
+    def stream_ca(self) -> CertificateAuthority:
+        """The CA that signs the stream's server certificate: the old one through `reissue`
+        (every proxy, moved or not, trusts its root), else the one that signs."""
+        if self.stage == REISSUE and self.previous_ca is not None:
+            return self.previous_ca
+        return self.signing
 
     def issuers(self) -> list[x509.Certificate]:
         """CA certificates whose workload certificates the stream admits now."""
@@ -126,9 +138,9 @@ class CAState:
         if self.stage == ADD_ROOT:
             assert self.next is not None
             return replace(self, stage=REISSUE, signing=self.next, next=None,
-                           previous=tuple(self.signing.chain))
+                           previous=tuple(self.signing.chain), previous_ca=self.signing)
         if self.stage == REISSUE:
-            return replace(self, stage=RETIRE, roots=(self.signing.root,))
+            return replace(self, stage=RETIRE, roots=(self.signing.root,), previous_ca=None)
         if self.stage == RETIRE:
             return replace(self, stage=IDLE, previous=(), started_at=0)
         raise RotationError("no rotation in progress: start one with `tulle ca rotate`")
@@ -198,6 +210,8 @@ def to_spec(state: CAState) -> dict[str, object]:
             rot["nextKeyPem"] = state.next.key_pem()
         if state.previous:
             rot["previousChainPem"] = "".join(pem(c) for c in state.previous)
+        if state.previous_ca is not None:
+            rot["previousKeyPem"] = state.previous_ca.key_pem()
         spec["rotation"] = rot
     return spec
 
@@ -234,4 +248,10 @@ def from_spec(spec: dict[str, object]) -> CAState:
         prev = tuple(x509.load_pem_x509_certificates(str(rot["previousChainPem"]).encode()))
     if stage == ADD_ROOT and nxt is None:
         raise CAError("the stored CA: rotation at add-root without the next CA")
-    return CAState(ca, roots, stage, nxt, prev, int(str(rot.get("startedAt", 0))), secret)
+    prev_ca = None
+    if stage == REISSUE and rot.get("previousKeyPem") and rot.get("previousChainPem"):
+        prev_ca = CertificateAuthority.from_pem(str(rot["previousChainPem"]).encode(),
+                                                str(rot["previousKeyPem"]).encode(),
+                                                where="the stored CA (rotation.previous)")
+    return CAState(ca, roots, stage, nxt, prev, int(str(rot.get("startedAt", 0))), secret,
+                   prev_ca)

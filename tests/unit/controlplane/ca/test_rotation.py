@@ -61,6 +61,23 @@ def test_three_stages_then_idle() -> None:
     assert s1.bundle_id() == bundle_id(s1.bundle()) == s2.bundle_id()
 
 
+def test_the_old_ca_signs_the_streams_certificate_through_reissue_and_then_goes() -> None:
+    """A proxy off its stream through `add-root` trusts the old root only: the stream stays
+    verifiable to it until `retire`, and the old key is kept no longer than that."""
+    old, new = CertificateAuthority.generate("cluster.local"), CertificateAuthority.generate(
+        "cluster.local")
+    s1 = CAState.single(old).start(new, NOW)
+    s2, s3 = s1.advance(), s1.advance().advance()
+    assert [s.stream_ca() for s in (CAState.single(old), s1, s2, s3, s3.advance())] == [
+        old, old, old, new, new]
+    assert (s2.signing, s2.previous_ca, s3.previous_ca) == (new, old, None)
+    back = from_spec(to_spec(s2))  # a restart mid-reissue: the stream's CA survives
+    assert back.previous_ca is not None
+    assert fingerprint(back.stream_ca().cert) == fingerprint(old.cert)
+    assert back.stream_ca().key_pem() == old.key_pem()
+    assert "previousKeyPem" not in str(to_spec(s3))  # retired: the old key is not kept
+
+
 def test_old_certificates_are_admitted_while_reissuing_only() -> None:
     old, new = CertificateAuthority.generate("cluster.local"), CertificateAuthority.generate(
         "cluster.local")
