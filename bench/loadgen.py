@@ -31,6 +31,7 @@ import resource
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import httptools  # type: ignore[import-untyped,unused-ignore]
@@ -235,6 +236,19 @@ def start(run: Run, clients: list[Client], loop: asyncio.AbstractEventLoop,
     return pacer
 
 
+async def connect(run: Run, loop: asyncio.AbstractEventLoop, host: str, port: int,
+                  make: Callable[[Run, int, asyncio.AbstractEventLoop], Client] = Client
+                  ) -> list[Client]:
+    """The timetable's `run.conns` keep-alive connections, made by `make` (a subclass that
+    records more, for `bench.tail_split`)."""
+    clients: list[Client] = []
+    for k in range(run.conns):
+        c = make(run, k, loop)
+        await loop.create_connection(lambda c=c: c, host, port)  # type: ignore[misc]
+        clients.append(c)
+    return clients
+
+
 async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     host = f"{args.host}:{args.port}"
@@ -242,11 +256,7 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
     request = (f"GET {args.path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: tulle-bench\r\n"
                f"Accept: */*\r\n{extra}\r\n").encode()
     run = Run(args.rate, args.warmup, args.duration, args.connections, request)
-    clients: list[Client] = []
-    for k in range(args.connections):
-        c = Client(run, k, loop)
-        await loop.create_connection(lambda c=c: c, args.host, args.port)  # type: ignore[misc]
-        clients.append(c)
+    clients = await connect(run, loop, args.host, args.port)
     run.done = loop.create_future()
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     run.t0 = perf() + 0.01

@@ -85,11 +85,7 @@ def _child(port: int, rate: float, duration: float, warmup: float, conns: int,
         request = (f"GET {BODY_PATH} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                    "User-Agent: tulle-bench\r\nAccept: */*\r\n\r\n").encode()
         run = loadgen.Run(rate, warmup, duration, conns, request)
-        clients = []
-        for k in range(conns):
-            c = Recording(run, k, loop)
-            await loop.create_connection(lambda c=c: c, "127.0.0.1", port)  # type: ignore[misc]
-            clients.append(c)
+        clients = await loadgen.connect(run, loop, "127.0.0.1", port, Recording)
         run.done = loop.create_future()
         run.t0 = loadgen.perf() + 0.01
         run.record_from = run.t0 + warmup

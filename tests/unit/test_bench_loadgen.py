@@ -49,11 +49,7 @@ def _run(rate: float, seconds: float, conns: int, pacing: str,
         port = server.sockets[0].getsockname()[1]
         request = b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"
         run = loadgen.Run(rate, 0.0, seconds, conns, request)
-        clients = []
-        for k in range(conns):
-            c = Recording(run, k, loop)
-            await loop.create_connection(lambda c=c: c, "127.0.0.1", port)  # type: ignore[misc]
-            clients.append(c)
+        clients = await loadgen.connect(run, loop, "127.0.0.1", port, Recording)
         run.done = loop.create_future()
         run.t0 = loadgen.perf() + 0.01
         loadgen.start(run, clients, loop, pacing)
