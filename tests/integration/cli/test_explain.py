@@ -59,7 +59,11 @@ ROUTE = {"apiVersion": GW, "kind": "HTTPRoute", "metadata": {"name": "api", "nam
 DENY_ADMIN = {"apiVersion": POLICY, "kind": "AuthorizationPolicy",
               "metadata": {"name": "no-admin", "namespace": "shop"},
               "spec": {"targetRef": {"group": "", "kind": "Service", "name": "api"},
-                       "action": "DENY", "rules": [{"to": [{"paths": ["/admin*"]}]}]}}
+                       "action": "DENY",
+                       # rule 0 names a port no workload has (RulesMatchable=False): left
+                       # out on the proxies, yet the trace numbers rules as written
+                       "rules": [{"to": [{"ports": [1], "paths": ["/x"]}]},
+                                 {"to": [{"paths": ["/admin*"]}]}]}}
 
 
 class Mesh:
@@ -140,7 +144,7 @@ async def test_the_trace_names_the_rule_and_the_policy_and_the_proxies_agree(
         assert doc["outbound"]["notTaken"] == []
         a = doc["hops"][0]["endpoints"][0]["authorization"]
         assert (a["policy"], a["action"], a["rule"], a["allowed"]) == (
-            "shop/no-admin", "DENY", 0, False)
+            "shop/no-admin", "DENY", 1, False)
         assert doc["outcome"]["status"] == 403
         assert await m.send("/admin/users") == (403, a["body"])
 
@@ -168,7 +172,7 @@ async def test_the_trace_names_the_rule_and_the_policy_and_the_proxies_agree(
                                          "--header", "x-canary=s3cret-value")
         assert code == 0, err
         assert "s3cret-value" not in out
-        assert "authorization: DENY by shop/no-admin rule 0 (DENY)" in out
+        assert "authorization: DENY by shop/no-admin rule 1 (DENY)" in out
         assert "outcome: 403 by shop/api-0" in out
 
 

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from tulle.cli.explain.hop import IdentityOf, Lookup, trace_hop
+from tulle.cli.explain.hop import IdentityOf, Lookup, PolicySpec, trace_hop
 from tulle.cli.explain.request import ExplainError, ExplainRequest, build_request
-from tulle.cli.explain.routing import head_for, normalized, trace_table
+from tulle.cli.explain.routing import forwarded, head_for, normalized, trace_table
 from tulle.cli.explain.transparent import original_destination, transparent_outbound
 from tulle.dataplane.exchange import RequestHead
 from tulle.proxyconfig.filters import RequestHeaderModifier, URLRewrite
@@ -37,8 +37,10 @@ MAX_HOPS = 16
 its first ones; `endpointsNotShown` counts the rest)."""
 
 
-def explain(req: ExplainRequest, lookup: Lookup, identity_of: IdentityOf) -> dict[str, Any]:
-    """The trace document of `req`; raises `ExplainError` for an unknown workload or service."""
+def explain(req: ExplainRequest, lookup: Lookup, identity_of: IdentityOf,
+            spec_of: PolicySpec | None = None) -> dict[str, Any]:
+    """The trace document of `req`; raises `ExplainError` for an unknown workload or service.
+    `spec_of`: authorization policies as written, for rule numbers as written."""
     got = lookup(req.namespace, req.workload)
     if got is None:
         raise ExplainError(404, "from", f"no proxy snapshot for workload {req.source}")
@@ -67,11 +69,14 @@ def explain(req: ExplainRequest, lookup: Lookup, identity_of: IdentityOf) -> dic
     if original is not None:
         outbound["originalDestination"] = original
     doc["outbound"] = outbound
-    head = head_for(req.method, path or "/", req.authority, req.headers)
+    # As the caller's proxy routes it: with the forwarding fields it adds first.
+    head = forwarded(head_for(req.method, path or "/", req.authority, req.headers), address,
+                     cfg.settings.generate_request_id)
     if tcp_cluster:
         outbound.update(result="tcp", cluster=tcp_cluster,
                         why=f"TCP cluster {tcp_cluster}, no HTTP routing")
-        doc["hops"] = _hops(req, [(tcp_cluster, 1)], cfg, lookup, identity_of, address, head)
+        doc["hops"] = _hops(req, [(tcp_cluster, 1)], cfg, lookup, identity_of, address, head,
+                            spec_of)
         doc["outcome"] = outcome(doc["hops"])
         return doc
     if path is None:
@@ -102,15 +107,15 @@ def explain(req: ExplainRequest, lookup: Lookup, identity_of: IdentityOf) -> dic
         doc["outcome"] = {"status": None, "summary": routed["localReply"]}
         return doc
     hops = _hops(req, [(b.cluster, b.weight) for b in route.rule.backends], cfg, lookup,
-                 identity_of, address, head)
+                 identity_of, address, head, spec_of)
     doc["hops"] = hops
     doc["outcome"] = outcome(hops)
     return doc
 
 
 def _hops(req: ExplainRequest, backends: list[tuple[str, int]], cfg: ProxyConfig,
-          lookup: Lookup, identity_of: IdentityOf, address: str, head: RequestHead
-          ) -> list[dict[str, Any]]:
+          lookup: Lookup, identity_of: IdentityOf, address: str, head: RequestHead,
+          spec_of: PolicySpec | None = None) -> list[dict[str, Any]]:
     """Each backend (cluster, weight) and up to `MAX_HOPS` of its endpoints, traced."""
     clusters = {c.name: c for c in cfg.clusters}
     hops: list[dict[str, Any]] = []
@@ -135,7 +140,8 @@ def _hops(req: ExplainRequest, backends: list[tuple[str, int]], cfg: ProxyConfig
                 continue
             shown += 1
             entry["endpoints"].append(trace_hop(c, ep, lookup, identity_of,
-                                                (req.namespace, req.workload), address, head))
+                                                (req.namespace, req.workload), address, head,
+                                                spec_of))
     return hops
 
 

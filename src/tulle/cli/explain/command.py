@@ -33,6 +33,7 @@ class _Fetch:
         self.server = server
         self.configs: dict[tuple[str, str], tuple[ProxyConfig, str] | None] = {}
         self.accounts: dict[tuple[str, str], str] = {}
+        self.policies: dict[str, dict[str, Any] | None] = {}
         self.domain: str | None = None
 
     def _get(self, path: str) -> Any:
@@ -51,6 +52,17 @@ class _Fetch:
             self.configs[key] = None if out is None else (
                 msgspec.convert(out["config"], ProxyConfig), str(out.get("source")))
         return self.configs[key]
+
+    def policy_spec(self, name: str) -> dict[str, Any] | None:
+        """An AuthorizationPolicy as written (`namespace/name`), for rule numbers as written."""
+        if name not in self.policies:
+            ns, _, short = name.partition("/")
+            q = urllib.parse.quote
+            obj = self._get(f"/api/v1/resources/authorizationpolicies/{q(short, safe='')}"
+                            f"?namespace={q(ns, safe='')}")
+            spec = (obj or {}).get("spec")
+            self.policies[name] = spec if isinstance(spec, dict) else None
+        return self.policies[name]
 
     def identity(self, ns: str, name: str) -> str:
         if self.domain is None:
@@ -110,7 +122,7 @@ def explain_cmd(what: str | None, source: str | None, to: str | None, path: str,
         raise click.UsageError(f"--{exc.field}: {exc.message}") from None
     fetch = _Fetch(server_url(server))
     try:
-        doc = explain(req, fetch.config, fetch.identity)
+        doc = explain(req, fetch.config, fetch.identity, fetch.policy_spec)
     except ExplainError as exc:
         click.echo(f"error: --{exc.field}: {exc.message}", err=True)
         sys.exit(2)

@@ -14,10 +14,10 @@ would have (destination, transport, SNI, ALPN).  Authorization runs the proxy's 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from tulle.cli.explain.routing import trace_table
+from tulle.cli.explain.routing import forwarded, trace_table
 from tulle.dataplane.exchange import RequestHead
 from tulle.dataplane.filters.authz import Engine, Peer, Verdict, authz_path, denied_body
 from tulle.dataplane.listeners.chains import ChainRule, select
@@ -30,6 +30,8 @@ from tulle.proxyconfig.network.authz import NetworkAuthz
 Lookup = Callable[[str, str], "tuple[ProxyConfig, str] | None"]
 """(namespace, workload) -> (its proxy's snapshot, "acked" | "desired"), or None."""
 IdentityOf = Callable[[str, str], str]
+PolicySpec = Callable[[str], "Mapping[str, Any] | None"]
+"""An AuthorizationPolicy's spec as written, by `namespace/name`; None when unknown."""
 """(namespace, workload) -> the SPIFFE ID its certificate carries."""
 
 
@@ -157,10 +159,32 @@ def _policies(cfg: Authorization | NetworkAuthz) -> list[dict[str, Any]]:
             for p in cfg.policies]
 
 
+def _as_written(v: Verdict, policies: list[dict[str, Any]], port: int,
+                spec_of: PolicySpec | None) -> None:
+    """Rule numbers and counts as written in each policy: the compiled policy leaves out the
+    rules whose operations all name other ports (`rules_on_port`), so its positions drift
+    from the resource's once one is left out."""
+    if spec_of is None:
+        return
+    from tulle.controlplane.compiler.plugins.authorization import rules_on_port
+
+    for p in policies:
+        spec = spec_of(p["name"])
+        if spec is None:
+            continue
+        kept = rules_on_port(spec, port)
+        written = len(spec.get("rules") or [])
+        if written != p["rules"]:
+            p["rules"], p["rulesOnThisPort"] = written, len(kept)
+        if p["name"] == v.policy and 0 <= v.rule < len(kept):
+            v.rule = kept[v.rule]
+
+
 def trace_hop(cluster: Cluster, ep: Endpoint, lookup: Lookup, identity_of: IdentityOf,
-              source: tuple[str, str], source_address: str, head: RequestHead
-              ) -> dict[str, Any]:
-    """One endpoint of a backend cluster, as the destination's proxy sees the request."""
+              source: tuple[str, str], source_address: str, head: RequestHead,
+              spec_of: PolicySpec | None = None) -> dict[str, Any]:
+    """One endpoint of a backend cluster, as the destination's proxy sees the request;
+    `spec_of` gives rule numbers as written (`_as_written`)."""
     md = ep.metadata
     ns, name = (md.namespace, md.workload) if md is not None else ("", "")
     doc: dict[str, Any] = {"endpoint": f"{ep.address}:{ep.port}",
@@ -214,12 +238,15 @@ def trace_hop(cluster: Cluster, ep: Endpoint, lookup: Lookup, identity_of: Ident
     if tls is not None:
         server["alpn"] = _alpn(tls, client.get("alpn") or [])
     if server.get("alpn") == "tulle-tcp" or listener.protocol == "tcp":
-        return _l4(doc, network, peer_identity, source_address, target)
+        return _l4(doc, network, peer_identity, source_address, target, ep.port, spec_of)
     if not table:
         doc.update(result="forwarded", cluster=target or None, authorization={
             "allowed": True, "policy": "default", "why": "no route table on this port: no "
             "authorization policy targets it, HTTP goes to the application as it is"})
         return doc
+    # The destination's proxy adds its own forwarding fields (the caller's proxy appended
+    # to x-forwarded-for) before it routes and authorizes.
+    head = forwarded(head, source_address, cfg.settings.generate_request_id)
     routed, route = trace_table(cfg, table, head)
     doc["inboundRoute"] = routed
     if route is None:
@@ -235,7 +262,9 @@ def trace_hop(cluster: Cluster, ep: Endpoint, lookup: Lookup, identity_of: Ident
     v = Engine(authz.policies).decide(Peer(peer_identity, source_address), head,
                                       authz_path(head.path))
     grpc = is_grpc(head)
-    doc["authorization"] = _verdict_doc(v, _policies(authz), grpc)
+    listed = _policies(authz)
+    _as_written(v, listed, ep.port, spec_of)
+    doc["authorization"] = _verdict_doc(v, listed, grpc)
     doc["result"] = "forwarded" if v.allowed else "denied"
     if v.allowed:
         doc["cluster"] = route.clusters[0] if route.clusters else None
@@ -245,7 +274,7 @@ def trace_hop(cluster: Cluster, ep: Endpoint, lookup: Lookup, identity_of: Ident
 
 
 def _l4(doc: dict[str, Any], network: list[Any], identity: str, address: str,
-        target: str) -> dict[str, Any]:
+        target: str, port: int = 0, spec_of: PolicySpec | None = None) -> dict[str, Any]:
     authz = next((f for f in network if isinstance(f, NetworkAuthz)), None)
     doc["relay"] = "opaque TCP"
     if authz is None:
@@ -253,6 +282,8 @@ def _l4(doc: dict[str, Any], network: list[Any], identity: str, address: str,
             "allowed": True, "policy": "default", "why": "no authz network filter"})
         return doc
     v = Engine(authz.policies).decide(Peer(identity, address), None)
-    doc["authorization"] = _verdict_doc(v, _policies(authz))
+    listed = _policies(authz)
+    _as_written(v, listed, port, spec_of)
+    doc["authorization"] = _verdict_doc(v, listed)
     doc["result"] = "forwarded" if v.allowed else "closed"
     return doc

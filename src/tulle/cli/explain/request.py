@@ -23,7 +23,9 @@ MAX_TO = 253 + 6
 _METHODS: frozenset[str] = frozenset(HTTPMethod.__args__)  # type: ignore[attr-defined]
 MAX_HEADERS = 32
 MAX_VALUE = 4096
-MAX_PATH = 8192
+MAX_PATH = 65_536
+"""The proxy's request-head limit by default (`settings.max_request_header_bytes`)."""
+_FRAMING = frozenset({"content-length", "transfer-encoding"})
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 """What llhttp refuses in a field value (a proxy answers 400): control characters but HTAB.
 Taken, explain traced a request no proxy serves and echoed it to the terminal."""
@@ -94,13 +96,19 @@ def build_request(source: str, namespace: str, to: str, path: str, method: str,
             path) or "\t" in path:
         raise ExplainError(400, "path", "must start with '/' and hold no space, tab or "
                                         f"control character (at most {MAX_PATH} characters)")
-    method = method.upper()
     if method not in _METHODS:
+        # Methods are case-sensitive (RFC 9110 9.1): the proxy answers `post` with 400.
+        hint = f" (methods are case-sensitive: {method.upper()})" if method.upper() in _METHODS \
+            else ""
         raise ExplainError(400, "method", f"{method[:16]!r} is not one of "
-                                          f"{', '.join(sorted(_METHODS))}")
+                                          f"{', '.join(sorted(_METHODS))}{hint}")
     if len(headers) > MAX_HEADERS:
         raise ExplainError(400, "header", f"at most {MAX_HEADERS} headers")
     parsed = tuple(parse_header(h) for h in headers)
     if any(n == "host" for n, _ in parsed):
         raise ExplainError(400, "header", "give the authority with --to, not a host header")
+    framing = sorted({n for n, _ in parsed if n in _FRAMING})
+    if framing:
+        raise ExplainError(400, "header", f"{', '.join(framing)}: the request explain traces "
+                                          "has no body, and its framing is the proxy's")
     return ExplainRequest(ns, name, to, path, method, parsed)

@@ -18,6 +18,7 @@ import msgspec
 from tulle.dataplane.exchange import RequestHead
 from tulle.dataplane.filters import factory_for
 from tulle.dataplane.http.chain import POSITION
+from tulle.dataplane.listeners.dispatch import add_forwarding_headers
 from tulle.dataplane.routing.match import (
     AuthorityMatcher,
     Condition,
@@ -37,6 +38,23 @@ def head_for(method: str, path: str, authority: str,
              headers: tuple[tuple[str, str], ...]) -> RequestHead:
     return RequestHead(method.encode(), path.encode(), authority.encode(), b"http",
                        [(n.encode(), v.encode()) for n, v in headers])
+
+
+GENERATED_ID = b"(generated)"
+"""What a request id the proxy generates reads as in a trace (each real one is new)."""
+
+
+def forwarded(head: RequestHead, peer: str, generate_request_id: bool) -> RequestHead:
+    """A copy of `head` as a proxy routes and passes it on: the fields
+    `add_forwarding_headers` sets before routing (the client appended to x-forwarded-for,
+    x-forwarded-proto and x-request-id when absent), which a route or an authorization rule
+    may match on.  A generated request id reads `(generated)`."""
+    out = RequestHead(head.method, head.path, head.authority, head.scheme, list(head.headers))
+    had_id = any(n == b"x-request-id" for n, _ in out.headers)
+    add_forwarding_headers(out, peer.encode(), generate_request_id)
+    if not had_id:
+        out.headers = [(n, GENERATED_ID if n == b"x-request-id" else v) for n, v in out.headers]
+    return out
 
 
 def normalized(cfg: ProxyConfig, path: str) -> tuple[str | None, str]:

@@ -65,7 +65,7 @@ def snapshots(*extra: dict[str, Any]) -> dict[tuple[str, str], ProxyConfig]:
 
 def run(snaps: dict[tuple[str, str], ProxyConfig], path: str = "/", method: str = "GET",
         headers: tuple[str, ...] = (), to: str = "api", source: str = "shop/web-0",
-        ) -> dict[str, Any]:
+        specs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     def lookup(ns: str, name: str) -> tuple[ProxyConfig, str] | None:
         cfg = snaps.get((ns, name))
         return (cfg, "desired") if cfg is not None else None
@@ -74,7 +74,7 @@ def run(snaps: dict[tuple[str, str], ProxyConfig], path: str = "/", method: str 
         return f"spiffe://cluster.local/ns/{ns}/sa/{name.split('-', maxsplit=1)[0]}"
 
     req = build_request(source, "default", to, path, method, list(headers))
-    doc = explain(req, lookup, identity_of)
+    doc = explain(req, lookup, identity_of, None if specs is None else specs.get)
     msgspec.json.encode(doc)  # a JSON document, nothing else
     return doc
 
@@ -249,7 +249,10 @@ def test_without_tls_in_the_snapshot_the_hop_is_plaintext() -> None:
     ({"headers": ("x-a=" + "v" * 5000,)}, "header x-a", 400),
     ({"headers": tuple(f"x-{i}=1" for i in range(33))}, "header", 400),
     ({"path": "/a b"}, "path", 400),
-    ({"path": "/" + "a" * 9000}, "path", 400),
+    ({"path": "/" + "a" * 70_000}, "path", 400),  # past the proxy's 64 KiB request head
+    ({"method": "post"}, "method", 400),  # case-sensitive: the proxy answers 400
+    ({"headers": ("content-length=abc",)}, "header", 400),  # framing is the proxy's
+    ({"headers": ("Transfer-Encoding=chunked",)}, "header", 400),
     ({"source": "shop/"}, "from", 400),
     # Attack review A1: what the proxy answers 400 (llhttp refuses control characters) is
     # not traced as if served, nor echoed to the terminal (`ESC ] 52`: set the clipboard).
@@ -265,6 +268,60 @@ def test_bad_input_is_refused_with_the_field(kwargs: dict[str, Any], field: str,
         run(snapshots(), **kwargs)
     assert err.value.field == field
     assert err.value.status == status
+
+
+def test_a_path_the_proxy_serves_is_traced_however_long() -> None:
+    """A 9,000-character path: the proxy answers it (its limit is the 64 KiB head), and
+    explain refused it."""
+    doc = run(snapshots(), "/" + "a" * 9000)
+    assert doc["outcome"]["summary"].startswith("90.0% (outbound|80||api.shop): forwarded to "
+                                                "shop/api-0 over mTLS"), doc["outcome"]
+
+
+def test_authorization_sees_the_forwarding_fields_the_proxies_add() -> None:
+    """The caller's proxy adds x-request-id, x-forwarded-proto and x-forwarded-for before
+    the destination decides; a DENY matching them refused the real request while explain
+    said allowed."""
+    deny = {"apiVersion": POLICY, "kind": "AuthorizationPolicy",
+            "metadata": {"name": "hdr-deny", "namespace": "shop"},
+            "spec": {"targetRef": {"group": "", "kind": "Service", "name": "api"},
+                     "action": "DENY",
+                     "rules": [{"to": [{"paths": ["/rid"], "headers": [
+                                   {"name": "x-request-id", "values": ["*"]}]}]},
+                               {"to": [{"paths": ["/xfp"], "headers": [
+                                   {"name": "x-forwarded-proto", "values": ["http"]}]}]},
+                               {"to": [{"paths": ["/xff"], "headers": [
+                                   {"name": "x-forwarded-for", "values": ["*"]}]}]}]}}
+    snaps = snapshots(deny)
+    for path, rule in (("/rid", 0), ("/xfp", 1), ("/xff", 2)):
+        hop = run(snaps, path)["hops"][0]["endpoints"][0]
+        assert hop["result"] == "denied", (path, hop)
+        assert hop["authorization"]["policy"] == "shop/hdr-deny", hop
+        assert hop["authorization"]["rule"] == rule, hop
+    # A request id the application sent is kept, not replaced.
+    assert run(snaps, "/other", headers=("x-request-id=abc",))["hops"][0]["endpoints"][0][
+        "result"] == "forwarded"
+
+
+def test_rule_numbers_are_the_written_positions_when_a_rule_is_for_another_port() -> None:
+    """The compiled policy leaves out a rule whose operations all name other ports; the
+    rule that matched was named by its compiled position (6 for the 9th written)."""
+    policy = {"apiVersion": POLICY, "kind": "AuthorizationPolicy",
+              "metadata": {"name": "via", "namespace": "shop"},
+              "spec": {"targetRef": {"group": "", "kind": "Service", "name": "api"},
+                       "action": "DENY",
+                       "rules": [{"to": [{"ports": [1], "paths": ["/via"]}]},
+                                 {"to": [{"paths": ["/other"]}]},
+                                 {"to": [{"paths": ["/via"]}]}]}}
+    snaps = snapshots(policy)
+    hop = run(snaps, "/via", specs={"shop/via": policy["spec"]})["hops"][0]["endpoints"][0]
+    assert (hop["result"], hop["authorization"]["rule"]) == ("denied", 2), hop
+    listed = next(p for p in hop["authorization"]["policies"] if p["name"] == "shop/via")
+    assert (listed["rules"], listed["rulesOnThisPort"]) == (3, 2)
+    assert "rule 2" in hop["authorization"]["why"]
+    # Without the written policy (offline), the compiled position is all there is.
+    hop = run(snaps, "/via")["hops"][0]["endpoints"][0]
+    assert hop["authorization"]["rule"] == 1
 
 
 def test_the_text_trace_names_the_rule_the_policy_and_the_hop() -> None:

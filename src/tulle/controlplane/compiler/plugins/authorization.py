@@ -110,18 +110,29 @@ def _operation(o: Mapping[str, Any]) -> dict[str, Any]:
             "headers": [{"name": h["name"], "values": h["values"]} for h in o.get("headers") or []]}
 
 
+def _for_port(o: Mapping[str, Any], port: int) -> bool:
+    return o.get("ports") is None or port in o["ports"]
+
+
+def rules_on_port(spec: Mapping[str, Any], port: int) -> list[int]:
+    """The positions (as written) of the rules a policy keeps on inbound port `port`: a rule
+    whose every operation names other ports never matches there and is left out.  `tulle
+    explain` maps a compiled rule back to the written one with it."""
+    return [i for i, r in enumerate(spec.get("rules") or [])
+            if r.get("to") is None or any(_for_port(o, port) for o in r["to"])]
+
+
 def for_port(p: Policy, port: int, tds: tuple[str, ...] = ()) -> AuthzPolicy:
     """The contract policy of `p` on inbound port `port` (ports resolved; identities in every
     trust domain of `tds`)."""
     rules: list[dict[str, Any]] = []
-    for r in p.spec.get("rules") or []:
+    written = p.spec.get("rules") or []
+    for i in rules_on_port(p.spec, port):
+        r = written[i]
         ops = r.get("to")
         rule: dict[str, Any] = {"sources": [_source(s, tds) for s in r.get("from") or []]}
         if ops is not None:
-            kept = [_operation(o) for o in ops if o.get("ports") is None or port in o["ports"]]
-            if not kept:
-                continue  # every operation is for another port: the rule never matches here
-            rule["operations"] = kept
+            rule["operations"] = [_operation(o) for o in ops if _for_port(o, port)]
         rules.append(rule)
     return msgspec.convert({"name": f"{p.namespace}/{p.name}",
                             "action": p.spec.get("action") or "ALLOW",
