@@ -59,6 +59,26 @@ def operator_root(key: CAKey, *, ca: bool = True, cn: str = "operator root",
             .sign(key, hashes.SHA256()))
 
 
+def issued(cn: str, issuer: x509.Certificate, issuer_key: CAKey, key: CAKey, *, ca: bool,
+           uri: str = "", days: int = 10, path_length: int | None = None) -> x509.Certificate:
+    """A certificate for `key` signed by `issuer`: an intermediate CA (`ca`, with
+    `path_length` as its pathLenConstraint) or a leaf (with a SPIFFE `uri`), valid from an
+    hour ago for `days`."""
+    now = datetime.datetime.now(datetime.UTC)
+    b = (x509.CertificateBuilder()
+         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)]))
+         .issuer_name(issuer.subject).public_key(key.public_key())
+         .serial_number(x509.random_serial_number())
+         .not_valid_before(now - datetime.timedelta(hours=1))
+         .not_valid_after(now + datetime.timedelta(days=days))
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length if ca else None),
+                        critical=True))
+    if uri:
+        b = b.add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]),
+                            critical=False)
+    return b.sign(issuer_key, hashes.SHA256())
+
+
 def write_ca_files(directory: Path, cert: x509.Certificate, key: CAKey, mode: int = 0o600,
                    name: str = "ca") -> tuple[Path, Path]:
     """`<name>.pem` and `<name>.key` (PKCS#8, unencrypted, file mode `mode`)."""

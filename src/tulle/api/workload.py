@@ -25,6 +25,7 @@ from tulle.api.fields import (
 from tulle.api.mesh import MESH_API_VERSION
 from tulle.api.meta import Model, Resource, Status
 from tulle.api.registry import register
+from tulle.proxyconfig.address import unmapped
 
 
 class WorkloadPort(Model):
@@ -57,15 +58,9 @@ def _mapped_problem(address: str) -> str:
     """Why `address` cannot be a workload's address: an IPv4-mapped form ("" when it can).
     Peers and original destinations are compared as IPv4 (a dual-stack socket's mapped peer
     included), so the IPv4 address is what names the pod."""
-    import ipaddress
-
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return ""  # the field's own check says why
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return (f"{quote(address)} is an IPv4-mapped address: give the IPv4 address "
-                f"({ip.ipv4_mapped})")
+    v4 = unmapped(address)
+    if v4 != address:
+        return f"{quote(address)} is an IPv4-mapped address: give the IPv4 address ({v4})"
     return ""
 
 

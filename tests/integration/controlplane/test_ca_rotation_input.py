@@ -17,9 +17,9 @@ from typing import Any
 import aiohttp
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from tests.support.certs import operator_root, write_ca_files
+from tests.support.certs import issued, operator_root, write_ca_files
 from tests.support.cli import tulle
 from tests.support.controlplane import (
     auth,
@@ -353,15 +353,7 @@ async def test_a_new_intermediate_under_the_same_root_keeps_every_proxy_admitted
 
     def intermediate(cn: str) -> tuple[Path, Path]:
         key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        cert = (x509.CertificateBuilder()
-                .subject_name(x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, cn)]))
-                .issuer_name(root.subject).public_key(key.public_key())
-                .serial_number(x509.random_serial_number())
-                .not_valid_before(now - dt.timedelta(hours=1))
-                .not_valid_after(now + dt.timedelta(days=10))
-                .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                .sign(root_key, hashes.SHA256()))
+        cert = issued(cn, root, root_key, key, ca=True)
         cert_path, key_path = _ca_files(tmp_path, cert, key, name=cn)
         cert_path.write_bytes(cert_path.read_bytes() + root.public_bytes(
             serialization.Encoding.PEM))

@@ -30,9 +30,9 @@ from tulle.proxyconfig.network.authz import NetworkAuthz
 Lookup = Callable[[str, str], "tuple[ProxyConfig, str] | None"]
 """(namespace, workload) -> (its proxy's snapshot, "acked" | "desired"), or None."""
 IdentityOf = Callable[[str, str], str]
+"""(namespace, workload) -> the SPIFFE ID its certificate carries."""
 PolicySpec = Callable[[str], "Mapping[str, Any] | None"]
 """An AuthorizationPolicy's spec as written, by `namespace/name`; None when unknown."""
-"""(namespace, workload) -> the SPIFFE ID its certificate carries."""
 
 
 def client_tls(cluster: Cluster) -> dict[str, Any]:
@@ -124,14 +124,16 @@ def _alpn(server: TLSContext | None, offered: list[str]) -> str | None:
     return next((p for p in ours if p in offered), None)
 
 
-def _verdict_doc(v: Verdict, engine_policies: list[Any], grpc: bool = False
-                 ) -> dict[str, Any]:
+def _verdict_doc(v: Verdict, engine_policies: list[Any], grpc: bool = False,
+                 rule: int | None = None) -> dict[str, Any]:
     """The authorization step; `grpc`: the request is gRPC, which the proxy refuses with
-    grpc-status 7 in an HTTP 200, not a 403 (gRPC's status mapping, as Envoy answers)."""
+    grpc-status 7 in an HTTP 200, not a 403 (gRPC's status mapping, as Envoy answers);
+    `rule`: the deciding rule as written (`_as_written`), else the verdict's own."""
+    rule = v.rule if rule is None else rule
     out: dict[str, Any] = {
         "allowed": v.allowed, "policy": v.policy if v.policy != "-" else "default",
         "action": v.action if v.action != "-" else None,
-        "rule": v.rule if v.rule >= 0 else None,
+        "rule": rule if rule >= 0 else None,
         "events": [{"policy": p, "action": a, "result": r} for p, a, r in v.events[1:]],
         "policies": engine_policies}
     if v.policy == "-":
@@ -139,11 +141,11 @@ def _verdict_doc(v: Verdict, engine_policies: list[Any], grpc: bool = False
                       if engine_policies else
                       "no policy applies to this port: allowed by default")
     elif not v.allowed and v.action == "DENY":
-        out["why"] = f"DENY policy {v.policy} rule {v.rule} matches (DENY beats ALLOW)"
+        out["why"] = f"DENY policy {v.policy} rule {rule} matches (DENY beats ALLOW)"
     elif not v.allowed:
         out["why"] = f"ALLOW policies apply and none matches ({v.policy})"
     else:
-        out["why"] = f"ALLOW policy {v.policy} rule {v.rule} matches and no DENY policy does"
+        out["why"] = f"ALLOW policy {v.policy} rule {rule} matches and no DENY policy does"
     if not v.allowed:
         out["body"] = denied_body(v).decode()
         out.update(DENIED_GRPC if grpc else DENIED_HTTP)
@@ -160,12 +162,13 @@ def _policies(cfg: Authorization | NetworkAuthz) -> list[dict[str, Any]]:
 
 
 def _as_written(v: Verdict, policies: list[dict[str, Any]], port: int,
-                spec_of: PolicySpec | None) -> None:
-    """Rule numbers and counts as written in each policy: the compiled policy leaves out the
-    rules whose operations all name other ports (`rules_on_port`), so its positions drift
-    from the resource's once one is left out."""
+                spec_of: PolicySpec | None) -> int:
+    """The deciding rule's number as written, with each listed policy's count as written:
+    the compiled policy leaves out the rules whose operations all name other ports
+    (`rules_on_port`), so its positions drift from the resource's once one is left out."""
+    rule = v.rule
     if spec_of is None:
-        return
+        return rule
     from tulle.controlplane.compiler.plugins.authorization import rules_on_port
 
     for p in policies:
@@ -177,7 +180,8 @@ def _as_written(v: Verdict, policies: list[dict[str, Any]], port: int,
         if written != p["rules"]:
             p["rules"], p["rulesOnThisPort"] = written, len(kept)
         if p["name"] == v.policy and 0 <= v.rule < len(kept):
-            v.rule = kept[v.rule]
+            rule = kept[v.rule]
+    return rule
 
 
 def trace_hop(cluster: Cluster, ep: Endpoint, lookup: Lookup, identity_of: IdentityOf,
@@ -263,8 +267,8 @@ def trace_hop(cluster: Cluster, ep: Endpoint, lookup: Lookup, identity_of: Ident
                                       authz_path(head.path))
     grpc = is_grpc(head)
     listed = _policies(authz)
-    _as_written(v, listed, ep.port, spec_of)
-    doc["authorization"] = _verdict_doc(v, listed, grpc)
+    doc["authorization"] = _verdict_doc(v, listed, grpc, _as_written(v, listed, ep.port,
+                                                                      spec_of))
     doc["result"] = "forwarded" if v.allowed else "denied"
     if v.allowed:
         doc["cluster"] = route.clusters[0] if route.clusters else None
@@ -283,7 +287,6 @@ def _l4(doc: dict[str, Any], network: list[Any], identity: str, address: str,
         return doc
     v = Engine(authz.policies).decide(Peer(identity, address), None)
     listed = _policies(authz)
-    _as_written(v, listed, port, spec_of)
-    doc["authorization"] = _verdict_doc(v, listed)
+    doc["authorization"] = _verdict_doc(v, listed, rule=_as_written(v, listed, port, spec_of))
     doc["result"] = "forwarded" if v.allowed else "closed"
     return doc

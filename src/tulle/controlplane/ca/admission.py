@@ -36,6 +36,7 @@ from tulle.controlplane.ca.authority import (
     CsrError,
     Signed,
     check_csr,
+    issued_by,
     verify_workload,
 )
 from tulle.controlplane.ca.rotation import CAState, fingerprint
@@ -288,10 +289,4 @@ def not_reserved(identity: SpiffeId) -> None:
 
 def _issuer_of(leaf: x509.Certificate, state: CAState) -> str:
     """The fingerprint of the CA certificate in `state.issuers()` that signed `leaf`."""
-    for issuer in state.issuers():
-        try:
-            leaf.verify_directly_issued_by(issuer)
-        except (ValueError, TypeError, InvalidSignature):
-            continue
-        return fingerprint(issuer)
-    return ""
+    return next((fingerprint(i) for i in state.issuers() if issued_by(leaf, i)), "")

@@ -259,7 +259,8 @@ MAX_INTERMEDIATES = 3
 """CA certificates a presented chain may hold between a workload certificate and a root."""
 
 
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether `issuer` signed `cert` (names, then the signature)."""
     if cert.issuer != issuer.subject:
         return False
     try:
@@ -274,16 +275,20 @@ def _chains_to_root(chain: list[x509.Certificate], roots: Sequence[x509.Certific
     """Whether the presented chain leads from its leaf, through CA certificates valid now, to
     one of `roots` (by signature; the root itself need not be presented)."""
     cur = chain[0]
-    for nxt in chain[1:1 + MAX_INTERMEDIATES]:
-        if any(_issued_by(cur, r) for r in roots):
+    for below, nxt in enumerate(chain[1:1 + MAX_INTERMEDIATES]):
+        if any(issued_by(cur, r) for r in roots):
             return True
         bc = _basic_constraints(nxt)
-        if bc is None or not bc.ca or not _issued_by(cur, nxt):
+        if bc is None or not bc.ca or not issued_by(cur, nxt):
+            return False
+        # `below`: CA certificates between it and the leaf, which its pathLenConstraint
+        # bounds (RFC 5280 4.2.1.9), as OpenSSL checks on every peer's handshake.
+        if bc.path_length is not None and bc.path_length < below:
             return False
         if not nxt.not_valid_before_utc <= now <= nxt.not_valid_after_utc:
             return False
         cur = nxt
-    return any(_issued_by(cur, r) for r in roots)
+    return any(issued_by(cur, r) for r in roots)
 
 
 def verify_workload(chain_pem: str, issuers: list[x509.Certificate],
@@ -303,7 +308,7 @@ def verify_workload(chain_pem: str, issuers: list[x509.Certificate],
         raise ValueError("the certificate is not PEM X.509") from exc
     leaf = chain[0]
     now = now or _now()
-    if not any(_issued_by(leaf, i) for i in issuers) and not (
+    if not any(issued_by(leaf, i) for i in issuers) and not (
             roots and _chains_to_root(chain, roots, now)):
         raise ValueError("the certificate was not issued by this mesh's CA")
     if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:

@@ -76,13 +76,13 @@ class CAState:
     its certificates (and the old CA, `previous_ca`, signs the stream's own)."""
     started_at: int = 0
     token_secret: bytes | None = field(default=None, repr=False)
+    """The bootstrap tokens' HMAC secret, pinned at the first rotation (it is derived from the
+    CA key, which changes): outstanding tokens stay valid across rotations."""
     previous_ca: CertificateAuthority | None = None
     """`reissue` only: the old CA with its key, which still signs the stream's own server
     certificate.  A proxy off its stream through `add-root` trusts the old root only; served
     by the new CA from `reissue` on, it could not verify the stream when it came back, so it
     never received the two-root bundle and was left behind.  The key goes at `retire`."""
-    """The bootstrap tokens' HMAC secret, pinned at the first rotation (it is derived from the
-    CA key, which changes): outstanding tokens stay valid across rotations."""
 
     @classmethod
     def single(cls, ca: CertificateAuthority) -> CAState:

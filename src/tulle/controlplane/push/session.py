@@ -422,11 +422,7 @@ class ProxySession:
         if adm is not None and st is not None and st.trust_updates and not self.closed:
             update = update_for(adm.state, *self.node_statuses)
             if update.renew and self.admitted is not None:  # asked for: never refused
-                n = len(self.admitted.all())
-                if self.renewals is None:
-                    self.renewals = RenewalBudget(n, adm.cert_ttl.total_seconds(),
-                                                  asyncio.get_running_loop().time())
-                self.renewals.grant(n)
+                self._budget().grant(len(self.admitted.all()))
             if update.renew or update.id != st.trust_bundle:  # else it holds this already
                 self.send(update)
 
@@ -435,6 +431,15 @@ class ProxySession:
         if self.admitted is None:
             return {}
         return {(a.namespace, a.workload): a for a in self.admitted.all()}
+
+    def _budget(self) -> RenewalBudget:
+        """This stream's renewal budget, made at its first use (admitted streams only)."""
+        if self.renewals is None:
+            assert self.admitted is not None and self.server.admission is not None
+            self.renewals = RenewalBudget(len(self.admitted.all()),
+                                          self.server.admission.cert_ttl.total_seconds(),
+                                          asyncio.get_running_loop().time())
+        return self.renewals
 
     def _renew(self, msg: Csr) -> None:
         """Sign a renewal CSR for the identity this stream was admitted as (for a node, the
@@ -446,11 +451,7 @@ class ProxySession:
             self.writer.close()
             self.closed = True
             return
-        loop_now = asyncio.get_running_loop().time()
-        if self.renewals is None:
-            self.renewals = RenewalBudget(len(self.admitted.all()),
-                                          admission.cert_ttl.total_seconds(), loop_now)
-        if not self.renewals.take(loop_now):
+        if not self._budget().take(asyncio.get_running_loop().time()):
             log.warning("proxy %s/%s: renewal refused: too many certificate requests on one "
                         "stream; stream closed", self.admitted.namespace,
                         self.admitted.workload)

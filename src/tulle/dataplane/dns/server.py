@@ -27,7 +27,7 @@ from tulle.dataplane.dns.forward import forward, servfail
 from tulle.dataplane.dns.table import NameTable, build
 from tulle.dataplane.listeners.sockets import family_unavailable
 from tulle.dataplane.telemetry.metrics import CounterChild, ProxyMetrics
-from tulle.proxyconfig.address import hostport, same_address
+from tulle.proxyconfig.address import hostport, same_address, unmapped
 from tulle.proxyconfig.dns import upstream_address
 from tulle.proxyconfig.model import DNS, ProxyConfig
 
@@ -93,9 +93,7 @@ def _by_source(d: DNS) -> dict[str, NameTable]:
         t = tables.get(c.namespace)
         if t is None:
             t = tables[c.namespace] = build(d, c.namespace)
-        ip = ipaddress.ip_address(c.address)
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
+        ip = ipaddress.ip_address(unmapped(c.address))
         out[str(ip)] = t
         if ip.version == 4:
             out[f"::ffff:{ip}"] = t

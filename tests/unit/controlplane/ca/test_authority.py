@@ -12,6 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
+from tests.support.certs import issued
 
 from tulle.controlplane.ca.authority import MAX_CSR_BYTES, CAError, CertificateAuthority, CsrError
 from tulle.controlplane.ca.persist import load_files
@@ -105,25 +106,10 @@ def test_operator_files_round_trip_and_key_mode_enforced(tmp_path: Path,
         load_files(cert, key)
 
 
-def _cert(subject: str, issuer: x509.Certificate, issuer_key: ec.EllipticCurvePrivateKey,
-          key: ec.EllipticCurvePrivateKey, *, ca: bool, uri: str = "") -> x509.Certificate:
-    now = dt.datetime.now(dt.UTC)
-    b = (x509.CertificateBuilder()
-         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-         .issuer_name(issuer.subject).public_key(key.public_key())
-         .serial_number(x509.random_serial_number())
-         .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=10))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if uri:
-        b = b.add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]),
-                            critical=False)
-    return b.sign(issuer_key, hashes.SHA256())
-
-
 def _intermediate(root: CertificateAuthority, cn: str) -> CertificateAuthority:
     """An operator's intermediate CA under `root` (its chain: itself, then the root)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    return CertificateAuthority([_cert(cn, root.cert, root._key, key, ca=True), root.cert], key)
+    return CertificateAuthority([issued(cn, root.cert, root._key, key, ca=True), root.cert], key)
 
 
 def _pem(*certs: x509.Certificate) -> str:
@@ -161,15 +147,59 @@ def test_a_chain_through_a_certificate_that_is_no_ca_is_refused() -> None:
     root = CertificateAuthority.generate("cluster.local")
     mid_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(
         ec.SECP256R1())
-    mid = _cert("web-0", root.cert, root._key, mid_key, ca=False,
+    mid = issued("web-0", root.cert, root._key, mid_key, ca=False,
                 uri="spiffe://cluster.local/ns/shop/sa/web")
-    leaf = _cert("db-0", mid, mid_key, leaf_key, ca=False,
+    leaf = issued("db-0", mid, mid_key, leaf_key, ca=False,
                  uri="spiffe://cluster.local/ns/shop/sa/db")
     with pytest.raises(ValueError, match="not issued by this mesh"):
         verify_workload(_pem(leaf, mid, root.cert), [], roots=[root.cert])
     # The same shape with CA:TRUE in the middle is a real chain, and accepted.
-    ca_mid = _cert("int", root.cert, root._key, mid_key, ca=True)
-    leaf2 = _cert("db-0", ca_mid, mid_key, leaf_key, ca=False,
+    ca_mid = issued("int", root.cert, root._key, mid_key, ca=True)
+    leaf2 = issued("db-0", ca_mid, mid_key, leaf_key, ca=False,
                   uri="spiffe://cluster.local/ns/shop/sa/db")
     identity, workload, _ = verify_workload(_pem(leaf2, ca_mid), [], roots=[root.cert])
     assert (str(identity), workload) == ("spiffe://cluster.local/ns/shop/sa/db", "db-0")
+
+
+def test_a_chain_deeper_than_three_intermediates_is_refused() -> None:
+    """Bounded work per presented chain: past `MAX_INTERMEDIATES` the walk stops and refuses,
+    however long the chain a peer sends; three deep is still a real chain."""
+    from tulle.controlplane.ca.authority import MAX_INTERMEDIATES, verify_workload
+
+    root = CertificateAuthority.generate("cluster.local")
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(MAX_INTERMEDIATES + 2)]
+    cas, issuer, issuer_key = [], root.cert, root._key
+    for i, k in enumerate(keys[:-1]):
+        c = issued(f"int-{i}", issuer, issuer_key, k, ca=True)
+        cas.append(c)
+        issuer, issuer_key = c, k
+
+    def chain_of(depth: int) -> str:
+        parent, parent_key = cas[depth - 1], keys[depth - 1]
+        leaf = issued("web-0", parent, parent_key, keys[-1], ca=False,
+                      uri="spiffe://cluster.local/ns/shop/sa/web")
+        return _pem(leaf, *reversed(cas[:depth]))
+
+    assert verify_workload(chain_of(MAX_INTERMEDIATES), [], roots=[root.cert])[1] == "web-0"
+    with pytest.raises(ValueError, match="not issued by this mesh"):
+        verify_workload(chain_of(MAX_INTERMEDIATES + 1), [], roots=[root.cert])
+
+
+def test_an_intermediate_may_not_sign_more_cas_than_its_path_length_allows() -> None:
+    """Attack: an intermediate limited to `pathLenConstraint: 0` (it may sign leaves only)
+    mints a CA of its own; OpenSSL refuses that chain in every peer's handshake, and so does
+    the stream."""
+    from tulle.controlplane.ca.authority import verify_workload
+
+    root = CertificateAuthority.generate("cluster.local")
+    k1, k2, leaf_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    limited = issued("limited", root.cert, root._key, k1, ca=True, path_length=0)
+    minted = issued("minted", limited, k1, k2, ca=True)
+    leaf = issued("web-0", minted, k2, leaf_key, ca=False,
+                  uri="spiffe://cluster.local/ns/shop/sa/web")
+    with pytest.raises(ValueError, match="not issued by this mesh"):
+        verify_workload(_pem(leaf, minted, limited), [], roots=[root.cert])
+    # The same limited intermediate signing the leaf itself is within its constraint.
+    direct = issued("web-0", limited, k1, leaf_key, ca=False,
+                    uri="spiffe://cluster.local/ns/shop/sa/web")
+    assert verify_workload(_pem(direct, limited), [], roots=[root.cert])[1] == "web-0"
