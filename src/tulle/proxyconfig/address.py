@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     import ipaddress
 
     IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+    IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def numeric_family(host: str) -> socket.AddressFamily | None:
@@ -61,6 +62,23 @@ def unmapped(host: str) -> str:
     if key is not None and key[0] == socket.AF_INET6 and key[1][:12] == _MAPPED:
         return socket.inet_ntop(socket.AF_INET, key[1][12:])
     return host
+
+
+def peer_ip(text: str) -> IPAddress | None:
+    """A peer's or a destination's address as it is compared with ranges (ADR 0090): an
+    IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, a dual-stack socket) as the IPv4 address it
+    names, an IPv6 zone (`%eth0`) dropped; None for text that is no address.  The one reading
+    that authorization, the source-IP filter and the listener's chain selection share, so a
+    peer matches the same ranges in each."""
+    import ipaddress  # not at module level (ADR 0068)
+
+    try:
+        ip = ipaddress.ip_address(text.partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 def matched_network(text: str) -> IPNetwork:

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from tulle.proxyconfig.address import matched_network, numeric_family, unmapped
+from tulle.proxyconfig.address import matched_network, numeric_family, peer_ip, unmapped
 
 
 def _reference(host: str) -> socket.AddressFamily | None:
@@ -53,3 +53,22 @@ def test_matched_network_refuses_what_is_no_cidr() -> None:
 ])
 def test_unmapped_gives_an_ipv4_peer_its_ipv4_address(host: str, expected: str) -> None:
     assert unmapped(host) == expected
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("::ffff:10.0.0.5", "10.0.0.5"), ("10.0.0.5", "10.0.0.5"), ("fd00::5", "fd00::5"),
+    ("fe80::1%eth0", "fe80::1"),  # the zone is dropped: ranges have none
+    ("::ffff:10.0.0.5%eth0", "10.0.0.5"),
+    ("pod-a", None), ("", None), ("10.0.0.256", None),
+])
+def test_peer_ip_is_the_address_ranges_are_compared_with(text: str, expected: str | None) -> None:
+    got = peer_ip(text)
+    assert (None if got is None else str(got)) == expected
+
+
+def test_a_mapped_peer_is_in_the_ipv4_range_however_the_range_is_written() -> None:
+    peer = peer_ip("::ffff:10.1.2.3")
+    assert peer is not None
+    assert peer in matched_network("10.0.0.0/8")
+    assert peer in matched_network("::ffff:10.0.0.0/104")
+    assert peer not in matched_network("fd00::/8")

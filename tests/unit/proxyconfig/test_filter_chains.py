@@ -64,7 +64,7 @@ def test_chains_and_destinations_do_not_mix() -> None:
 
 
 def test_a_destination_in_the_ipv4_mapped_form_is_the_ipv4_range_it_names() -> None:
-    """Destinations are matched as IPv4 when mapped (`chains.parse_ip`), so `::ffff:10.0.0.0/104`
+    """Destinations are matched as IPv4 when mapped (`proxyconfig.address.peer_ip`), so `::ffff:10.0.0.0/104`
     and `10.0.0.0/8` are one value: two chains naming it either way overlap."""
     got = errors(listener(
         {"name": "d", "cluster": "c", "match": {"destination": ["10.0.0.0/8"]}},

@@ -20,7 +20,6 @@ by the accept side once it verifies a client certificate (mTLS); empty, they nev
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import re
 from collections.abc import Sequence
@@ -35,7 +34,7 @@ from tulle.dataplane.routing.match import (
     Suffix,
 )
 from tulle.dataplane.routing.paths import remove_dot_segments
-from tulle.proxyconfig.address import matched_network
+from tulle.proxyconfig.address import matched_network, peer_ip
 
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import RequestHead
@@ -47,9 +46,6 @@ if TYPE_CHECKING:
     )
 
 log = logging.getLogger("tulle.authz")
-
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
 
 class _Any(StringMatcher):
     __slots__ = ()
@@ -69,15 +65,6 @@ def pattern(value: str) -> StringMatcher:
     return Exact(value.encode())
 
 
-def address(text: str) -> Address | None:
-    """A peer address as the policies compare it (IPv4-mapped IPv6 as IPv4, zone dropped)."""
-    try:
-        ip = ipaddress.ip_address(text.partition("%")[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 _IPS: dict[str, tuple[int, int] | None] = {}
@@ -88,7 +75,7 @@ full), so a busy listener parses each client address once, not per request."""
 def _ip_key(text: str) -> tuple[int, int] | None:
     got = _IPS.get(text, False)
     if got is False:
-        ip = address(text)
+        ip = peer_ip(text)
         got = (ip.version, int(ip)) if ip is not None else None
         if len(_IPS) >= 4096:
             _IPS.clear()

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Union
 
 from tulle.dataplane.network.chain import NetworkChain, build_chain
 from tulle.dataplane.runtime.tls import TLSContexts
-from tulle.proxyconfig.address import matched_network
+from tulle.proxyconfig.address import matched_network, peer_ip
 from tulle.proxyconfig.model import FilterChain, FilterChainMatch, Listener, TLSContext
 
 if TYPE_CHECKING:
@@ -142,24 +142,11 @@ def _narrow(candidates: list[ChainRule], score: Callable[[ChainRule], int]) -> l
     return out
 
 
-def parse_ip(ip: str) -> IPAddress | None:
-    """An address as matched (an IPv4-mapped IPv6 address as its IPv4 address)."""
-    import ipaddress
-
-    try:
-        addr = ipaddress.ip_address(ip)
-    except ValueError:
-        return None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
-
-
 def by_destination(chains: Sequence[ChainRule], ip: str, port: int) -> list[ChainRule]:
     """Steps 1 and 2 of the selection order: what the destination alone leaves."""
     out = _narrow(list(chains), lambda c: c.port_score(port))
     if any(c.networks for c in out):  # parse the address only when some chain asks
-        addr = parse_ip(ip)
+        addr = peer_ip(ip)
         out = _narrow(out, lambda c: c.address_score(addr))
     return out
 

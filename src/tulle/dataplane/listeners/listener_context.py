@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Final
 
 from mypy_extensions import mypyc_attr
 
-from tulle.dataplane.listeners.chains import ChainRule, build_rules, parse_ip
+from tulle.dataplane.listeners.chains import ChainRule, build_rules
 from tulle.dataplane.listeners.dispatch import Decision, no_cluster, unresolved
 from tulle.dataplane.listeners.request_stats import AddressedStats, RequestStats
 from tulle.dataplane.network.chain import build_chain
@@ -31,7 +31,7 @@ from tulle.dataplane.routing.paths import normalizer_for
 from tulle.dataplane.routing.router import Router
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.telemetry.tap import TapHub
-from tulle.proxyconfig.address import matched_network
+from tulle.proxyconfig.address import matched_network, peer_ip
 from tulle.proxyconfig.model import Destination, Listener, Settings
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class DestinationRule:
         if self.port and self.port != port:
             return False
         if self.network is not None:
-            addr = parse_ip(ip)  # an IPv4-mapped address as IPv4, as chains compare it
+            addr = peer_ip(ip)  # an IPv4-mapped address as IPv4, as chains compare it
             return addr is not None and addr in self.network
         return True
 

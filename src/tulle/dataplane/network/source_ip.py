@@ -19,23 +19,13 @@ from tulle.dataplane.network.filter import (
     Reject,
     Verdict,
 )
-from tulle.proxyconfig.address import matched_network
+from tulle.proxyconfig.address import matched_network, peer_ip
 from tulle.proxyconfig.network.source_ip import SourceIP
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 DENIED = Reject("denied")
 NOT_ALLOWED = Reject("not_allowed")
-
-
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        ip = ipaddress.ip_address(text.partition("%")[0])  # drop an IPv6 zone id
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return ip.ipv4_mapped
-    return ip
 
 
 class SourceIPFilter:
@@ -54,7 +44,7 @@ class SourceIPFilter:
         return self
 
     def on_connect(self, facts: ConnectionFacts, control: Control) -> Verdict:
-        ip = _address(facts.peer[0])
+        ip = peer_ip(facts.peer[0])
         if ip is None:  # not an IP peer (cannot happen on a TCP listener): refuse, never guess
             return DENIED
         for net in self.deny:
