@@ -15,7 +15,9 @@ Workload resources), so a read-only token suffices, the control plane never runs
 code (tests/unit/test_import_directions.py) and the request's header values never leave the
 operator's machine.  A transparent caller (ADR 0044) has no Host-routed table: its hop is
 the outbound destination whose address:port is the Service's VIP and port (`transparent.py`),
-and the trace says so.  `-o json` prints the document built here (`API_VERSION`, documented in
+and the trace says so.  What the caller's proxy changes on the way (its rewrites and header
+edits, or the redirect it answers) runs by the proxy's own filters (`edits.py`).
+`-o json` prints the document built here (`API_VERSION`, documented in
 docs/reference/explain.md).  ADR 0036.
 """
 
@@ -23,11 +25,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from tulle.cli.explain.edits import changes, location, sent
 from tulle.cli.explain.hop import IdentityOf, Lookup, PolicySpec, trace_hop
 from tulle.cli.explain.request import ExplainError, ExplainRequest, build_request
-from tulle.cli.explain.routing import forwarded, head_for, normalized, trace_table
+from tulle.cli.explain.routing import filters_doc, forwarded, head_for, normalized, trace_table
 from tulle.cli.explain.transparent import original_destination, transparent_outbound
 from tulle.dataplane.exchange import RequestHead
+from tulle.dataplane.routing.router import Route
 from tulle.proxyconfig.filters import RequestHeaderModifier, URLRewrite
 from tulle.proxyconfig.model import ProxyConfig
 
@@ -97,17 +101,25 @@ def explain(req: ExplainRequest, lookup: Lookup, identity_of: IdentityOf,
                           "summary": f"the caller's proxy answers {routed.get('status', 404)}:"
                                      f" {routed.get('why')}"}
         return doc
-    changes = sorted({type(f).__name__ for f in route.rule.filters
+    editing = sorted({type(f).__name__ for f in route.rule.filters
+                      + [f for b in route.rule.backends for f in b.filters]
                       if isinstance(f, URLRewrite | RequestHeaderModifier)})
-    if changes:
-        outbound["note"] = (f"this rule's {' and '.join(changes)} changes the request before "
+    if editing:
+        outbound["note"] = (f"this rule's {' and '.join(editing)} "
+                            f"change{'s' if len(editing) == 1 else ''} the request before "
                             "the destination decides; the inbound steps below see it as the "
-                            "application sent it")
+                            "caller's proxy sends it (hops[].request)")
     if "localReply" in routed:
-        doc["outcome"] = {"status": None, "summary": routed["localReply"]}
-        return doc
+        _, replied = sent(route, None, head)
+        if replied is not None:  # a RequestRedirect: the caller's proxy answers itself
+            status, where = replied[0], location(replied)
+            outbound["localReply"] = (
+                f"redirect: the caller's proxy answers {status} with location {where}")
+            doc["outcome"] = {"status": status, "location": where,
+                              "summary": outbound["localReply"]}
+            return doc
     hops = _hops(req, [(b.cluster, b.weight) for b in route.rule.backends], cfg, lookup,
-                 identity_of, address, head, spec_of)
+                 identity_of, address, head, spec_of, route)
     doc["hops"] = hops
     doc["outcome"] = outcome(hops)
     return doc
@@ -115,8 +127,11 @@ def explain(req: ExplainRequest, lookup: Lookup, identity_of: IdentityOf,
 
 def _hops(req: ExplainRequest, backends: list[tuple[str, int]], cfg: ProxyConfig,
           lookup: Lookup, identity_of: IdentityOf, address: str, head: RequestHead,
-          spec_of: PolicySpec | None = None) -> list[dict[str, Any]]:
-    """Each backend (cluster, weight) and up to `MAX_HOPS` of its endpoints, traced."""
+          spec_of: PolicySpec | None = None, route: Route | None = None
+          ) -> list[dict[str, Any]]:
+    """Each backend (cluster, weight) and up to `MAX_HOPS` of its endpoints, traced; with
+    the `route` taken, each backend's request is the one the caller's proxy sends it (after
+    the rule's and that backend's request edits, `edits.sent`)."""
     clusters = {c.name: c for c in cfg.clusters}
     hops: list[dict[str, Any]] = []
     shown = 0
@@ -127,6 +142,14 @@ def _hops(req: ExplainRequest, backends: list[tuple[str, int]], cfg: ProxyConfig
         if weight == 0:
             entry["why"] = "weight 0: never chosen"
             continue
+        sends = head
+        if route is not None:
+            if any(b.cluster == name and b.filters for b in route.rule.backends):
+                entry["filters"] = filters_doc(route, name)
+            sends, _ = sent(route, name, head)
+            changed = changes(head, sends)
+            if changed is not None:
+                entry["request"] = changed
         if c is None or c.unresolved:
             entry.update(status=500, why="unresolved backend: the caller's proxy answers 500")
             continue
@@ -140,7 +163,7 @@ def _hops(req: ExplainRequest, backends: list[tuple[str, int]], cfg: ProxyConfig
                 continue
             shown += 1
             entry["endpoints"].append(trace_hop(c, ep, lookup, identity_of,
-                                                (req.namespace, req.workload), address, head,
+                                                (req.namespace, req.workload), address, sends,
                                                 spec_of))
     return hops
 
