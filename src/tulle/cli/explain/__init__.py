@@ -16,7 +16,8 @@ code (tests/unit/test_import_directions.py) and the request's header values neve
 operator's machine.  A transparent caller (ADR 0044) has no Host-routed table: its hop is
 the outbound destination whose address:port is the Service's VIP and port (`transparent.py`),
 and the trace says so.  What the caller's proxy changes on the way (its rewrites and header
-edits, or the redirect it answers) runs by the proxy's own filters (`edits.py`).
+edits, or the redirect it answers) runs by the proxy's own filters (`edits.py`), and the
+destination's fault injection is read where it runs, after authorization (`fault.py`).
 `-o json` prints the document built here (`API_VERSION`, documented in
 docs/reference/explain.md).  ADR 0036.
 """
@@ -26,6 +27,7 @@ from __future__ import annotations
 from typing import Any
 
 from tulle.cli.explain.edits import changes, location, sent
+from tulle.cli.explain.fault import always_delayed_ms
 from tulle.cli.explain.hop import IdentityOf, Lookup, PolicySpec, trace_hop
 from tulle.cli.explain.request import ExplainError, ExplainRequest, build_request
 from tulle.cli.explain.routing import filters_doc, forwarded, head_for, normalized, trace_table
@@ -120,6 +122,7 @@ def explain(req: ExplainRequest, lookup: Lookup, identity_of: IdentityOf,
             return doc
     hops = _hops(req, [(b.cluster, b.weight) for b in route.rule.backends], cfg, lookup,
                  identity_of, address, head, spec_of, route)
+    _delays(hops, route)
     doc["hops"] = hops
     doc["outcome"] = outcome(hops)
     return doc
@@ -168,6 +171,31 @@ def _hops(req: ExplainRequest, backends: list[tuple[str, int]], cfg: ProxyConfig
     return hops
 
 
+def _delays(hops: list[dict[str, Any]], route: Route) -> None:
+    """An endpoint whose fault delays every request like this one longer than the time the
+    request is given (the caller's per-try or request timeout, the destination's request
+    timeout) answers 504 (`result: timed_out`), as the proxies do: retries of a try that
+    timed out are delayed alike."""
+    for h in hops:
+        for ep in h.get("endpoints") or []:
+            ms = always_delayed_ms(ep.get("fault"))
+            if not ms or ep.get("result") != "forwarded":
+                continue
+            inbound = ((ep.get("inboundRoute") or {}).get("timeouts") or {}).get("requestMs", 0)
+            limits = [(t, what) for t, what in (
+                (route.rule.backend_timeout_ms or 0, "the caller's per-try timeout"),
+                (route.timeout_ms, "the caller's request timeout"),
+                (inbound, "the destination's request timeout")) if t]
+            if not limits:
+                continue
+            limit, what = min(limits)
+            if ms >= limit:
+                ep.update(result="timed_out", status=504,
+                          why=f"every request like this one is delayed {ms} ms by the fault, "
+                              f"longer than {what} ({limit} ms): 504")
+                ep.pop("cluster", None)
+
+
 def outcome(hops: list[dict[str, Any]]) -> dict[str, Any]:
     """What the client gets: per chosen backend (with its share when there are several) the
     first endpoint's result; `status`, `policy` and `rule` are those of the first backend."""
@@ -196,6 +224,12 @@ def _backend_outcome(h: dict[str, Any]) -> dict[str, Any]:
                 else "403")
         out = {"status": ep.get("status"), "summary": f"{what} by {where}: {a.get('why')}",
                "policy": a.get("policy"), "rule": a.get("rule")}
+        if "grpcStatus" in ep:
+            out["grpcStatus"] = ep["grpcStatus"]
+        return out
+    if ep.get("result") in ("aborted", "timed_out"):
+        by = f" by {where}" if ep["result"] == "aborted" else ""
+        out = {"status": ep.get("status"), "summary": f"{ep['status']}{by}: {ep['why']}"}
         if "grpcStatus" in ep:
             out["grpcStatus"] = ep["grpcStatus"]
         return out

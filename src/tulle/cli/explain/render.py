@@ -83,8 +83,12 @@ def _hop(ep: dict[str, Any]) -> list[str]:
                          f"({a['grpcCode']}): {a['body'].strip()}")
         elif a.get("body"):
             lines.append(f"        response: 403 {a['body'].strip()}")
+    f = ep.get("fault")
+    if f:
+        lines.append(f"      fault{' ' + f['policy'] if f.get('policy') else ''}: {f['why']}")
+    shown = not s or ep.get("result") in ("aborted", "timed_out")
     lines.append(f"      result: {ep.get('result')}" + (f" ({ep['why']})" if ep.get("why")
-                                                        and not s else ""))
+                                                        and shown else ""))
     return lines
 
 
