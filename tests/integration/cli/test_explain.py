@@ -74,10 +74,10 @@ class Mesh:
         self.outbound = outbound
         self.session = session
 
-    async def send(self, path: str, **headers: str) -> tuple[int, str]:
+    async def send(self, path: str, host: str = "api", **headers: str) -> tuple[int, str]:
         """The request through the caller's proxy: (status, who answered or the body)."""
         async with self.session.get(f"http://127.0.0.1:{self.outbound}{path}",
-                                    headers={"Host": "api", **headers}) as r:
+                                    headers={"Host": host, **headers}) as r:
             if r.content_type == "application/json":
                 return r.status, str((await r.json())["name"])
             return r.status, await r.text()
@@ -88,14 +88,14 @@ class Mesh:
 
 
 @contextlib.asynccontextmanager
-async def mesh(tmp_path: Path) -> AsyncIterator[Mesh]:
+async def mesh(tmp_path: Path, *extra: dict[str, Any]) -> AsyncIterator[Mesh]:
     outbound = free_port()
     async with echo("v1") as v1, echo("v2") as v2, running_control_plane() as cp:
         status, body = await apply(
             cp.api_url, workload("web-0", free_port(), 9, outbound, app="web"),
             workload("api-0", free_port(), v1, app="api"),
             workload("api2-0", free_port(), v2, app="api2"),
-            service("api", "api"), service("api-v2", "api2"), ROUTE, DENY_ADMIN)
+            service("api", "api"), service("api-v2", "api2"), ROUTE, DENY_ADMIN, *extra)
         assert status == 200, body
         proxies = [await subscribe([cp.stream_port], WorkloadInfo(
             name=n, namespace="shop", address="127.0.0.1", service_account=n.partition("-")[0]),
@@ -190,3 +190,66 @@ async def test_bad_input_exits_2_with_the_option_named(tmp_path: Path) -> None:
         code, _, err = await tulle(m.api, "explain", "--from", "shop/ghost", "--to", "api",
                                    token=m.reader)
         assert code == 2 and "--from: no proxy snapshot for workload shop/ghost" in err
+
+
+V2_ROUTE = {"apiVersion": GW, "kind": "HTTPRoute",
+            "metadata": {"name": "api-v2", "namespace": "shop"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "api-v2",
+                                     "port": 80}],
+                     "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/v2"}}],
+                                "filters": [{"type": "URLRewrite", "urlRewrite": {"path": {
+                                    "type": "ReplacePrefixMatch", "replacePrefixMatch": "/"}}}],
+                                "backendRefs": [{"name": "api-v2", "port": 80}]},
+                               {"matches": [{"path": {"type": "PathPrefix", "value": "/old"}}],
+                                "filters": [{"type": "RequestRedirect", "requestRedirect": {
+                                    "statusCode": 301, "path": {
+                                        "type": "ReplacePrefixMatch",
+                                        "replacePrefixMatch": "/new"}}}]},
+                               {"backendRefs": [{"name": "api-v2", "port": 80}]}]}}
+V2_DENY = {"apiVersion": POLICY, "kind": "AuthorizationPolicy",
+           "metadata": {"name": "v2-no-items", "namespace": "shop"},
+           "spec": {"targetRef": {"group": "", "kind": "Service", "name": "api-v2"},
+                    "action": "DENY", "rules": [{"to": [{"paths": ["/items"]}]}]}}
+V2_FAULT = {"apiVersion": POLICY, "kind": "FaultInjectionPolicy",
+            "metadata": {"name": "v2-teapot", "namespace": "shop"},
+            "spec": {"targetRef": {"group": "", "kind": "Service", "name": "api-v2"},
+                     "abort": {"httpStatus": 418, "percent": 100},
+                     "match": {"headers": [{"name": "x-fault", "value": "yes"}]}}}
+
+
+async def test_rewrites_redirects_and_faults_are_traced_as_the_proxies_answer(
+        tmp_path: Path) -> None:
+    async with mesh(tmp_path, V2_ROUTE, V2_DENY, V2_FAULT) as m:
+        async def both(*args: str) -> tuple[dict[str, Any], str]:
+            code, out, err = await m.explain("--to", "api-v2", *args, "-o", "json")
+            assert code == 0, err
+            code, text, err = await m.explain("--to", "api-v2", *args)
+            assert code == 0, err
+            return json.loads(out), text
+
+        async def answered() -> bool:
+            return (await m.send("/x", "api-v2", **{"x-fault": "yes"}))[0] == 418
+
+        await eventually(answered, timeout=10)
+        # the rewrite sends /items: the destination's DENY on /items refuses it
+        doc, text = await both("--path", "/v2/items")
+        assert doc["hops"][0]["request"] == {"path": "/items"}
+        assert doc["outcome"]["status"] == 403
+        assert await m.send("/v2/items", "api-v2") == (403, doc["hops"][0]["endpoints"][0][
+            "authorization"]["body"])
+        assert "the caller's proxy sends: path /items" in text
+        # a redirect is the caller's proxy's own answer
+        doc, _ = await both("--path", "/old/a?q=1")
+        async with m.session.get(f"http://127.0.0.1:{m.outbound}/old/a?q=1",
+                                 headers={"Host": "api-v2"}, allow_redirects=False) as r:
+            assert (r.status, r.headers["location"]) == (
+                doc["outcome"]["status"], doc["outcome"]["location"]) == (
+                301, "http://api-v2/new/a?q=1")
+        # the fault's abort is the answer with its header, and nothing without it
+        doc, text = await both("--path", "/x", "--header", "x-fault=yes")
+        assert (doc["outcome"]["status"], await m.send("/x", "api-v2", **{"x-fault": "yes"})) \
+            == (418, (418, "fault filter abort\n"))
+        assert "fault shop/v2-teapot: the request matches the fault" in text
+        doc, _ = await both("--path", "/x")
+        assert doc["outcome"]["status"] is None
+        assert await m.send("/x", "api-v2") == (200, "v2")

@@ -15,7 +15,10 @@ Workload resources), so a read-only token suffices, the control plane never runs
 code (tests/unit/test_import_directions.py) and the request's header values never leave the
 operator's machine.  A transparent caller (ADR 0044) has no Host-routed table: its hop is
 the outbound destination whose address:port is the Service's VIP and port (`transparent.py`),
-and the trace says so.  `-o json` prints the document built here (`API_VERSION`, documented in
+and the trace says so.  What the caller's proxy changes on the way (its rewrites and header
+edits, or the redirect it answers) runs by the proxy's own filters (`edits.py`), and the
+destination's fault injection is read where it runs, after authorization (`fault.py`).
+`-o json` prints the document built here (`API_VERSION`, documented in
 docs/reference/explain.md).  ADR 0036.
 """
 
@@ -23,11 +26,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from tulle.cli.explain.edits import changes, location, sent
+from tulle.cli.explain.fault import always_delayed_ms
 from tulle.cli.explain.hop import IdentityOf, Lookup, PolicySpec, trace_hop
 from tulle.cli.explain.request import ExplainError, ExplainRequest, build_request
-from tulle.cli.explain.routing import forwarded, head_for, normalized, trace_table
+from tulle.cli.explain.routing import filters_doc, forwarded, head_for, normalized, trace_table
 from tulle.cli.explain.transparent import original_destination, transparent_outbound
 from tulle.dataplane.exchange import RequestHead
+from tulle.dataplane.routing.router import Route
 from tulle.proxyconfig.filters import RequestHeaderModifier, URLRewrite
 from tulle.proxyconfig.model import ProxyConfig
 
@@ -97,17 +103,26 @@ def explain(req: ExplainRequest, lookup: Lookup, identity_of: IdentityOf,
                           "summary": f"the caller's proxy answers {routed.get('status', 404)}:"
                                      f" {routed.get('why')}"}
         return doc
-    changes = sorted({type(f).__name__ for f in route.rule.filters
+    editing = sorted({type(f).__name__ for f in route.rule.filters
+                      + [f for b in route.rule.backends for f in b.filters]
                       if isinstance(f, URLRewrite | RequestHeaderModifier)})
-    if changes:
-        outbound["note"] = (f"this rule's {' and '.join(changes)} changes the request before "
+    if editing:
+        outbound["note"] = (f"this rule's {' and '.join(editing)} "
+                            f"change{'s' if len(editing) == 1 else ''} the request before "
                             "the destination decides; the inbound steps below see it as the "
-                            "application sent it")
+                            "caller's proxy sends it (hops[].request)")
     if "localReply" in routed:
-        doc["outcome"] = {"status": None, "summary": routed["localReply"]}
-        return doc
+        _, replied = sent(route, None, head)
+        if replied is not None:  # a RequestRedirect: the caller's proxy answers itself
+            status, where = replied[0], location(replied)
+            outbound["localReply"] = (
+                f"redirect: the caller's proxy answers {status} with location {where}")
+            doc["outcome"] = {"status": status, "location": where,
+                              "summary": outbound["localReply"]}
+            return doc
     hops = _hops(req, [(b.cluster, b.weight) for b in route.rule.backends], cfg, lookup,
-                 identity_of, address, head, spec_of)
+                 identity_of, address, head, spec_of, route)
+    _delays(hops, route)
     doc["hops"] = hops
     doc["outcome"] = outcome(hops)
     return doc
@@ -115,8 +130,11 @@ def explain(req: ExplainRequest, lookup: Lookup, identity_of: IdentityOf,
 
 def _hops(req: ExplainRequest, backends: list[tuple[str, int]], cfg: ProxyConfig,
           lookup: Lookup, identity_of: IdentityOf, address: str, head: RequestHead,
-          spec_of: PolicySpec | None = None) -> list[dict[str, Any]]:
-    """Each backend (cluster, weight) and up to `MAX_HOPS` of its endpoints, traced."""
+          spec_of: PolicySpec | None = None, route: Route | None = None
+          ) -> list[dict[str, Any]]:
+    """Each backend (cluster, weight) and up to `MAX_HOPS` of its endpoints, traced; with
+    the `route` taken, each backend's request is the one the caller's proxy sends it (after
+    the rule's and that backend's request edits, `edits.sent`)."""
     clusters = {c.name: c for c in cfg.clusters}
     hops: list[dict[str, Any]] = []
     shown = 0
@@ -127,6 +145,14 @@ def _hops(req: ExplainRequest, backends: list[tuple[str, int]], cfg: ProxyConfig
         if weight == 0:
             entry["why"] = "weight 0: never chosen"
             continue
+        sends = head
+        if route is not None:
+            if any(b.cluster == name and b.filters for b in route.rule.backends):
+                entry["filters"] = filters_doc(route, name)
+            sends, _ = sent(route, name, head)
+            changed = changes(head, sends)
+            if changed is not None:
+                entry["request"] = changed
         if c is None or c.unresolved:
             entry.update(status=500, why="unresolved backend: the caller's proxy answers 500")
             continue
@@ -140,9 +166,34 @@ def _hops(req: ExplainRequest, backends: list[tuple[str, int]], cfg: ProxyConfig
                 continue
             shown += 1
             entry["endpoints"].append(trace_hop(c, ep, lookup, identity_of,
-                                                (req.namespace, req.workload), address, head,
+                                                (req.namespace, req.workload), address, sends,
                                                 spec_of))
     return hops
+
+
+def _delays(hops: list[dict[str, Any]], route: Route) -> None:
+    """An endpoint whose fault delays every request like this one longer than the time the
+    request is given (the caller's per-try or request timeout, the destination's request
+    timeout) answers 504 (`result: timed_out`), as the proxies do: retries of a try that
+    timed out are delayed alike."""
+    for h in hops:
+        for ep in h.get("endpoints") or []:
+            ms = always_delayed_ms(ep.get("fault"))
+            if not ms or ep.get("result") != "forwarded":
+                continue
+            inbound = ((ep.get("inboundRoute") or {}).get("timeouts") or {}).get("requestMs", 0)
+            limits = [(t, what) for t, what in (
+                (route.rule.backend_timeout_ms or 0, "the caller's per-try timeout"),
+                (route.timeout_ms, "the caller's request timeout"),
+                (inbound, "the destination's request timeout")) if t]
+            if not limits:
+                continue
+            limit, what = min(limits)
+            if ms >= limit:
+                ep.update(result="timed_out", status=504,
+                          why=f"every request like this one is delayed {ms} ms by the fault, "
+                              f"longer than {what} ({limit} ms): 504")
+                ep.pop("cluster", None)
 
 
 def outcome(hops: list[dict[str, Any]]) -> dict[str, Any]:
@@ -173,6 +224,12 @@ def _backend_outcome(h: dict[str, Any]) -> dict[str, Any]:
                 else "403")
         out = {"status": ep.get("status"), "summary": f"{what} by {where}: {a.get('why')}",
                "policy": a.get("policy"), "rule": a.get("rule")}
+        if "grpcStatus" in ep:
+            out["grpcStatus"] = ep["grpcStatus"]
+        return out
+    if ep.get("result") in ("aborted", "timed_out"):
+        by = f" by {where}" if ep["result"] == "aborted" else ""
+        out = {"status": ep.get("status"), "summary": f"{ep['status']}{by}: {ep['why']}"}
         if "grpcStatus" in ep:
             out["grpcStatus"] = ep["grpcStatus"]
         return out

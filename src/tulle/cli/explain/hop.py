@@ -17,11 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from tulle.cli.explain.fault import aborts, trace_fault
 from tulle.cli.explain.routing import forwarded, trace_table
 from tulle.dataplane.exchange import RequestHead
 from tulle.dataplane.filters.authz import Engine, Peer, Verdict, authz_path, denied_body
 from tulle.dataplane.listeners.chains import ChainRule, select
 from tulle.dataplane.protocols.h2translate import is_grpc
+from tulle.dataplane.routing.router import Route
 from tulle.dataplane.runtime.tls import SERVER_ALPN, client_alpn
 from tulle.proxyconfig.filters import Authorization
 from tulle.proxyconfig.model import Cluster, Endpoint, Listener, ProxyConfig, TLSContext
@@ -262,7 +264,7 @@ def trace_hop(cluster: Cluster, ep: Endpoint, lookup: Lookup, identity_of: Ident
             "allowed": True, "policy": "default", "why": "no authorization filter on the "
             "route: no policy targets this port"}, cluster=route.clusters[0] if
             route.clusters else None)
-        return doc
+        return _faulted(doc, route, head)
     v = Engine(authz.policies).decide(Peer(peer_identity, source_address), head,
                                       authz_path(head.path))
     grpc = is_grpc(head)
@@ -272,8 +274,23 @@ def trace_hop(cluster: Cluster, ep: Endpoint, lookup: Lookup, identity_of: Ident
     doc["result"] = "forwarded" if v.allowed else "denied"
     if v.allowed:
         doc["cluster"] = route.clusters[0] if route.clusters else None
-    else:
-        doc.update(DENIED_GRPC if grpc else DENIED_HTTP)
+        return _faulted(doc, route, head)
+    doc.update(DENIED_GRPC if grpc else DENIED_HTTP)
+    return doc
+
+
+def _faulted(doc: dict[str, Any], route: Route, head: RequestHead) -> dict[str, Any]:
+    """An admitted request meets the route's fault filter (`fault.py`): aborted when every
+    request like it is."""
+    fault = trace_fault(route, head)
+    if fault is None:
+        return doc
+    doc["fault"] = fault
+    if aborts(fault):
+        doc.update(result="aborted", status=fault["abort"]["status"], why=fault["why"])
+        if "grpcStatus" in fault["abort"]:
+            doc["grpcStatus"] = fault["abort"]["grpcStatus"]
+        doc.pop("cluster", None)
     return doc
 
 

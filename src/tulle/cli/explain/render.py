@@ -18,6 +18,15 @@ def _filters(fs: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _sent(c: dict[str, Any]) -> str:
+    parts = [f"{k} {c[k]}" for k in ("path", "authority") if k in c]
+    if c.get("headersSet"):
+        parts.append(f"headers set {', '.join(c['headersSet'])}")
+    if c.get("headersRemoved"):
+        parts.append(f"headers removed {', '.join(c['headersRemoved'])}")
+    return "; ".join(parts)
+
+
 def _route(r: dict[str, Any], indent: str, label: str = "") -> list[str]:
     lines: list[str] = []
     if "virtualHost" in r:
@@ -74,8 +83,12 @@ def _hop(ep: dict[str, Any]) -> list[str]:
                          f"({a['grpcCode']}): {a['body'].strip()}")
         elif a.get("body"):
             lines.append(f"        response: 403 {a['body'].strip()}")
+    f = ep.get("fault")
+    if f:
+        lines.append(f"      fault{' ' + f['policy'] if f.get('policy') else ''}: {f['why']}")
+    shown = not s or ep.get("result") in ("aborted", "timed_out")
     lines.append(f"      result: {ep.get('result')}" + (f" ({ep['why']})" if ep.get("why")
-                                                        and not s else ""))
+                                                        and shown else ""))
     return lines
 
 
@@ -93,18 +106,27 @@ def render(doc: dict[str, Any]) -> str:
     if out.get("result") == "matched":
         t = out["timeouts"]
         lines.append(f"  timeouts: request {t['requestMs']} ms (from {t['requestFrom']}), "
-                     f"per try {t['perTryMs'] or 'none'}")
+                     f"per try {str(t['perTryMs']) + ' ms' if t['perTryMs'] else 'none'}")
         if out["filters"]:
             lines.append("  filters, in run order:")
             lines += _filters(out["filters"])
         if out.get("note"):
             lines.append(f"  note: {out['note']}")
-        lines.append("  backends: " + ", ".join(f"{b['cluster']} weight {b['weight']} "
-                                                f"({b['percent']}%)" for b in out["backends"]))
+        if out.get("localReply"):
+            lines.append(f"  no backend: {out['localReply']}")
+        else:
+            lines.append("  backends: " + ", ".join(f"{b['cluster']} weight {b['weight']} "
+                                                    f"({b['percent']}%)"
+                                                    for b in out["backends"]))
     for h in doc.get("hops") or []:
         lines.append("")
         lines.append(f"backend {h['cluster']} (weight {h['weight']})"
                      + (f": {h['why']}" if "why" in h else ""))
+        if h.get("filters"):
+            lines.append("  filters for this backend, in run order:")
+            lines += _filters(h["filters"])
+        if h.get("request"):
+            lines.append(f"  the caller's proxy sends: {_sent(h['request'])}")
         for ep in h.get("endpoints") or []:
             lines += _hop(ep)
         if h.get("endpointsNotShown"):

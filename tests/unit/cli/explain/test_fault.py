@@ -1,0 +1,112 @@
+"""The destination's fault injection in a trace, as live traffic showed it: an abort of every
+matching request is the answer the client gets (418 here, flag FI), a share is said as a share,
+a request without the fault's header goes on, and a delay of every request longer than the
+caller's per-try timeout is the caller's 504."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from tulle.cli.explain import build_request, explain
+from tulle.cli.explain.render import render
+from tulle.controlplane.compiler import MeshInputs, compile_mesh
+from tulle.proxyconfig.model import ProxyConfig
+
+V1 = "mesh.tulle.dev/v1alpha1"
+GW = "gateway.networking.k8s.io/v1"
+POLICY = "policy.tulle.dev/v1alpha1"
+
+
+def workload(name: str, port: int, app: str) -> dict[str, Any]:
+    return {"apiVersion": V1, "kind": "Workload",
+            "metadata": {"name": name, "namespace": "shop", "labels": {"app": app}},
+            "spec": {"address": "127.0.0.1", "serviceAccount": app,
+                     "ports": [{"name": "http", "port": port, "targetPort": port + 1000}]}}
+
+
+def service(name: str, app: str) -> dict[str, Any]:
+    return {"apiVersion": V1, "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"selector": {"app": app},
+                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
+
+
+ROUTE = {"apiVersion": GW, "kind": "HTTPRoute", "metadata": {"name": "api", "namespace": "shop"},
+         "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "api", "port": 80}],
+                  "rules": [
+                      {"name": "slow",
+                       "matches": [{"path": {"type": "PathPrefix", "value": "/slow"}}],
+                       "timeouts": {"request": "800ms", "backendRequest": "300ms"},
+                       "backendRefs": [{"name": "api", "port": 80}]},
+                      {"name": "default", "backendRefs": [{"name": "api", "port": 80}]}]}}
+
+
+def fault(name: str, target: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    return {"apiVersion": POLICY, "kind": "FaultInjectionPolicy",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"targetRef": target, **spec}}
+
+
+API = {"group": "", "kind": "Service", "name": "api"}
+SLOW = {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "api",
+        "sectionName": "slow"}
+
+
+def run(path: str, *policies: dict[str, Any], given: tuple[str, ...] = ()) -> dict[str, Any]:
+    res = compile_mesh(MeshInputs.from_resources([
+        workload("web-0", 17000, "web"), workload("api-0", 17100, "api"),
+        service("api", "api"), ROUTE, *policies]))
+    assert not res.errors, res.errors
+    snaps = res.snapshots
+
+    def lookup(ns: str, name: str) -> tuple[ProxyConfig, str] | None:
+        cfg = snaps.get((ns, name))
+        return (cfg, "acked") if cfg is not None else None
+
+    doc = explain(build_request("shop/web-0", "", "api", path, "GET", list(given)), lookup,
+                  lambda ns, name: f"spiffe://cluster.local/ns/{ns}/sa/{name.split('-')[0]}")
+    msgspec.json.encode(doc)
+    return doc
+
+
+ABORT = fault("abort", API, abort={"httpStatus": 418, "percent": 100},
+              match={"headers": [{"name": "x-fault", "value": "yes"}]})
+
+
+def test_an_abort_of_every_matching_request_is_what_the_client_gets() -> None:
+    doc = run("/x", ABORT, given=("x-fault=yes",))
+    ep = doc["hops"][0]["endpoints"][0]
+    assert (ep["result"], ep["status"]) == ("aborted", 418)
+    assert ep["fault"]["applies"] and ep["fault"]["policy"] == "shop/abort"
+    assert doc["outcome"]["status"] == 418
+    assert "answers 418 (flag FI) to 100% of the requests" in render(doc)
+
+
+def test_without_the_faults_header_the_request_goes_on() -> None:
+    doc = run("/x", ABORT, given=("x-fault=no",))
+    ep = doc["hops"][0]["endpoints"][0]
+    assert ep["result"] == "forwarded" and not ep["fault"]["applies"]
+    assert doc["outcome"]["status"] is None
+
+
+def test_a_share_is_said_as_a_share_and_the_outcome_is_what_most_requests_get() -> None:
+    doc = run("/x", fault("half", API, abort={"httpStatus": 503, "percent": 50}))
+    ep = doc["hops"][0]["endpoints"][0]
+    assert ep["result"] == "forwarded"
+    assert "answers 503 (flag FI) to 50% of the requests" in ep["fault"]["why"]
+
+
+def test_a_delay_longer_than_the_callers_per_try_timeout_is_a_504() -> None:
+    doc = run("/slow", fault("slow", SLOW, delay={"fixedDelay": "1200ms", "percent": 100}))
+    ep = doc["hops"][0]["endpoints"][0]
+    assert (ep["result"], ep["status"]) == ("timed_out", 504)
+    assert "the caller's per-try timeout (300 ms)" in ep["why"]
+    assert doc["outcome"]["status"] == 504
+    # a shorter delay only slows the request down
+    doc = run("/slow", fault("slow", SLOW, delay={"fixedDelay": "100ms", "percent": 100}))
+    ep = doc["hops"][0]["endpoints"][0]
+    assert ep["result"] == "forwarded" and "delays 100% by 100 ms" in ep["fault"]["why"]
+    # the fault targets the rule: another rule's requests do not meet it
+    doc = run("/other", fault("slow", SLOW, delay={"fixedDelay": "1200ms", "percent": 100}))
+    assert "fault" not in doc["hops"][0]["endpoints"][0]
