@@ -276,20 +276,26 @@ async def test_hostile_filter_config_is_refused_and_the_last_good_one_keeps_serv
 class _Hold(HttpFilter):
     """Stops on the request head and never resumes by itself; the test resumes it."""
 
-    __slots__ = ("streams",)
+    __slots__ = ("flag", "streams")
 
-    def __init__(self) -> None:
+    def __init__(self, flag: str = "") -> None:
         self.streams: list[FilterStream] = []
+        self.flag = flag
 
     def on_request_head(self, stream: FilterStream) -> int:
         self.streams.append(stream)
+        if self.flag:
+            stream.record.flags = self.flag  # as the fault filter marks a delay it holds
         return STOP
 
 
-@pytest.mark.parametrize("proto", ["h1", "h2"])
+@pytest.mark.parametrize(("proto", "flag", "logged"), [
+    ("h1", "", "DC"), ("h2", "", "DC"),
+    ("h1", "DI", "DI,DC"),  # gone during an injected delay: both flags, as Envoy logs them
+])
 async def test_client_gone_while_stopped_reaches_no_origin_and_a_late_resume_is_harmless(
-        proto: str) -> None:
-    hold = _Hold()
+        proto: str, flag: str, logged: str) -> None:
+    hold = _Hold(flag)
     async with with_extra(hold) as (p, o):
         if proto == "h1":
             r, w = await connect(p.port())
@@ -303,7 +309,7 @@ async def test_client_gone_while_stopped_reaches_no_origin_and_a_late_resume_is_
             await eventually_true(lambda: bool(hold.streams))
             c.reset(sid)
         await eventually_true(lambda: p.metric("tulle_proxy_requests_total",
-                                               response_flags="DC") == 1)
+                                               response_flags=logged) == 1)
         hold.streams[0].resume()  # the filter's external call comes back late
         hold.streams[0].reply(403, b"late\n")
         if proto == "h2":

@@ -60,6 +60,15 @@ the request metrics, the golden duration histogram and tap.  The monotonic clock
 not the loop's: uvloop's `loop.time()` has millisecond steps, which made a sub-millisecond
 request last 0 or 1 ms in all of them (and a method call through the loop cost more)."""
 
+
+def client_gone(flags: str) -> str:
+    """A request's flags once its client left before the end: DC after any flag already set,
+    as Envoy lists several (a client gone during an injected delay is `DI,DC`; a bare `DI`
+    with no answer said nothing of why none was sent)."""
+    if not flags:
+        return "DC"
+    return flags if "DC" in flags.split(",") else flags + ",DC"
+
 if TYPE_CHECKING:
     import asyncio
 
@@ -599,10 +608,11 @@ class RequestStream(StreamPort):
     # -- the record ----------------------------------------------------------------------------
 
     def downstream_reset(self) -> None:
-        """The client reset the request or went away: drop the upstream, record it (DC)."""
+        """The client reset the request or went away: drop the upstream, record it (DC,
+        `client_gone`)."""
         if self.done:
             return
-        self.flags = self.flags or "DC"
+        self.flags = client_gone(self.flags)
         up, self.upstream = self.upstream, None
         if up is not None:
             up.reset()

@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 from tulle.dataplane.http.facts import ConnectionFacts, facts_for
 from tulle.dataplane.http.port import StreamConn
-from tulle.dataplane.http.stream import request_clock
+from tulle.dataplane.http.stream import client_gone, request_clock
 from tulle.dataplane.listeners.context import RoutedConnection, reset
 from tulle.dataplane.listeners.h1exchange import H1Exchange
 from tulle.dataplane.listeners.handle import ListenerHandle
@@ -160,7 +160,7 @@ class H1Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
         if not q or not q[-1].request_done:
             # Nothing in flight, or a request cut short: nothing more can happen here.
             if q:
-                q[0].flags = q[0].flags or "DC"
+                q[0].flags = client_gone(q[0].flags)
             return False
         # The client half-closed after whole requests: answer them, then close.
         self._eof_in = True
@@ -180,8 +180,8 @@ class H1Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
             if stream is not None:
                 stream.reset()
             if ex.started:
-                if ex.status != 101 and not ex.flags:
-                    ex.flags = "DC"
+                if ex.status != 101:
+                    ex.flags = client_gone(ex.flags)
                 ex.record()
         self._queue.clear()
         self._receiving = None

@@ -548,6 +548,15 @@ def test_the_client_going_away_in_each_state(state: str) -> None:
         assert w.up_log == []
 
 
+def test_the_client_going_away_keeps_the_flag_already_set() -> None:
+    """A client gone during an injected delay (the fault filter set DI and stopped) is recorded
+    `DI,DC`: the bare DI with status 0 said nothing of why no answer was sent."""
+    w = world(("authz", {"req": STOP}), heads_only=True)
+    w.stream.flags = "DI"
+    w.stream.downstream_reset()
+    assert w.recorded() == [(0, "DI,DC")]
+
+
 @pytest.mark.parametrize("state", ["upstream open", "head sent", "mid body"])
 def test_an_upstream_failure_in_each_state(state: str) -> None:
     w = world(("authz", {}), heads_only=True)
