@@ -14,10 +14,11 @@ Who sees what (ADR 0046, 0059):
   took; the topology graph's edges).  Listing Services, a split's requests also make an edge
   to the Service addressed, so `tulle stat svc/catalog` shows who calls `catalog` as its row
   counts them (`addressed`).
-Rates divide each proxy's requests by the time its reports in the window cover, then add up
-across proxies; latency quantiles come from the merged bucket counts (`quantiles.py`, error
-at most one bucket); open TCP connections are each proxy's latest gauge, summed (a Service
-addressed through a split: the connections of the backends its requests went to).
+Rates divide each proxy's requests by the time its reports in the window cover (for a proxy
+that has stopped reporting, up to one interval ago: `_cover`), then add up across proxies;
+latency quantiles come from the merged bucket counts (`quantiles.py`, error at most one
+bucket); open TCP connections are each proxy's latest gauge, summed, while it still reports
+(a Service addressed through a split: the connections of the backends its requests went to).
 """
 
 from __future__ import annotations
@@ -27,13 +28,16 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tulle.controlplane.telemetry.quantiles import empty, merge, quantile
-from tulle.controlplane.telemetry.window import Row, StatsWindow
+from tulle.controlplane.telemetry.window import Received, Row, StatsWindow
 from tulle.proxyconfig.model import ProxyConfig
 
 Snapshots = Callable[[tuple[str, str]], ProxyConfig | None]
 """The snapshot compiled for a workload (namespace, name), if any."""
 
 STAT_API_VERSION = "stat.tulle.dev/v1"
+SILENT_AFTER = 2.0
+"""Report intervals without a report after which a proxy's connection gauges are stale (it
+went: stopped, crashed, or lost its stream)."""
 Kind = Literal["Service", "Workload"]
 
 
@@ -130,9 +134,9 @@ def aggregate(win: StatsWindow, window: float, members: Members | None = None, *
     `addressed`: edges to the Services a split's requests were addressed to as well."""
     rows: dict[tuple[Kind, str], Stat] = {}
     edges: dict[tuple[str, str], Stat] = {}
+    now = win.clock()
     for reports in win.recent(window).values():
-        cover = max(sum(r.interval for r in reports), 1e-3)
-        last = reports[-1]
+        cover, last = _cover(reports, now)
         # (client workload, backend Service) -> its open connections at the latest report;
         # (client workload, Service addressed) -> the backends its requests went to.
         backend_tcp: dict[tuple[str, str], int] = {}
@@ -179,6 +183,24 @@ def aggregate(win: StatsWindow, window: float, members: Members | None = None, *
             # node's one Service for every workload it fronts.
             rows[("Service", svc)].meshed = behind & reporting
     return rows, edges
+
+
+def _cover(reports: list[Received], now: float) -> tuple[float, Received | None]:
+    """The seconds one proxy's `reports` (oldest first) speak for, and the report whose
+    gauges are still current (None: the proxy has gone silent).
+
+    From the start of the first report's interval to the last report, and on to one
+    interval before `now` when the proxy has not reported since: the traffic of the last
+    interval is still to come from a live proxy, but a proxy that stopped reporting (it
+    stopped, crashed, or lost its stream) stopped carrying traffic, and its rate must fall
+    over the window as a stopped client's does, not stay at what it last was.  A gap between
+    reports (a restart) is time without traffic as well.  Its open connections are not
+    counted once it has missed a whole report: they went with it."""
+    first, last = reports[0], reports[-1]
+    period = min(r.interval for r in reports)
+    end = max(last.at, now - period)
+    cover = max(end - (first.at - first.interval), 1e-3)
+    return cover, (last if now - last.at <= SILENT_AFTER * period else None)
 
 
 def _ref(kind: str, key: str) -> dict[str, str]:

@@ -16,6 +16,7 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
+from itertools import islice
 
 from tulle.proxyconfig.stats import (
     DURATION_BUCKETS_MS,
@@ -27,6 +28,9 @@ from tulle.proxyconfig.stream import StatsReport
 
 DEFAULT_RETENTION = 600.0
 """Seconds of reports kept: the longest `--window` `tulle stat` can ask for."""
+LATEST_REACH = 1.5
+"""A proxy's latest report stays in every window for this many of its intervals (the next one
+is due after one; the half is for its delivery)."""
 
 
 RowKey = tuple[str, str, str, str]
@@ -152,10 +156,17 @@ class StatsWindow:
                 p.reports.popleft()
 
     def recent(self, window: float) -> dict[str, list[Received]]:
-        """Each proxy's reports that arrived within the last `window` seconds, oldest first."""
-        horizon = self.clock() - window
+        """Each proxy's reports that arrived within the last `window` seconds, oldest first,
+        and at least its latest one while the next is not overdue: a window shorter than the
+        proxies' report interval answers with the last interval's figures, not with nothing
+        for most of each interval."""
+        now = self.clock()
         out: dict[str, list[Received]] = {}
         for proxy, p in self._by_proxy.items():
+            if not p.reports:
+                continue
+            period = min(r.interval for r in islice(reversed(p.reports), 2))
+            horizon = now - max(window, LATEST_REACH * period)
             kept = [r for r in p.reports if r.at >= horizon]
             if kept:
                 out[proxy] = kept

@@ -146,3 +146,44 @@ def test_a_split_counts_under_the_service_addressed_and_each_backend() -> None:
     rows, _ = aggregate(w, 30)
     assert len(rows[("Service", "shop/catalog-v1")].meshed) == 0
     assert len(rows[("Service", "shop/catalog")].meshed) == 3
+
+
+def test_a_client_that_stops_reporting_decays_and_its_connections_go() -> None:
+    """a-0 calls api at 10 rps for 10 s and its sidecar is then killed: its rate falls over
+    the window as a stopped client's does (not the 10 rps it last had, which the remaining
+    reports alone would say), and its connections are not counted once a report is missed."""
+    clock = Clock()
+    w = StatsWindow(clock=clock)
+    for _ in range(10):
+        clock.now += 1
+        w.ingest("shop/a-0", StatsReport(interval_ms=1000, rows=[
+            row("outbound", "shop/a-0", "shop/api", 10, tcp=2)]), {"shop/a-0"})
+    clock.now += 0.9  # the next report is not due yet: nothing is known of this second
+    (api,) = stat_document(w, 30, "Service", name="api")["items"]
+    assert (api["rps"], api["tcpConnections"]) == (pytest.approx(10.0), 2)
+    clock.now += 9.1  # 10 s since its last report: the last 9 s were silent
+    (api,) = stat_document(w, 30, "Service", name="api")["items"]
+    assert api["requests"] == 100  # still in the window
+    assert api["rps"] == pytest.approx(100 / 19, abs=1e-3)
+    assert api["tcpConnections"] == 0
+    (edge,) = stat_document(w, 30, "Service", name="api")["edges"]
+    assert (edge["rps"], edge["tcpConnections"]) == (pytest.approx(100 / 19, abs=1e-3), 0)
+    clock.now += 25  # out of the window
+    assert stat_document(w, 30, "Service", name="api")["items"] == []
+
+
+def test_a_restarted_proxys_gap_is_time_without_traffic() -> None:
+    """a-0's sidecar reports for 5 s and is down for 4 s; its new process reports 1.5 s (from
+    its start), then 3 s more: 90 requests over the 13.5 s since the first report's interval
+    began, not over the 9.5 s the reports cover."""
+    clock = Clock()
+    w = StatsWindow(clock=clock)
+    for interval in [1.0] * 5 + [4.0, 1.5] + [1.0] * 3:
+        clock.now += interval
+        if interval == 4.0:
+            continue  # down: no report
+        w.ingest("shop/a-0", StatsReport(interval_ms=round(interval * 1000), rows=[
+            row("outbound", "shop/a-0", "shop/api", 10)]), {"shop/a-0"})
+    (api,) = stat_document(w, 30, "Service", name="api")["items"]
+    assert api["requests"] == 90
+    assert api["rps"] == pytest.approx(90 / 13.5, abs=1e-3)

@@ -79,3 +79,19 @@ def test_bad_reports_are_refused_whole_with_the_reason(bad: StatsReport, reason:
     with pytest.raises(ReportError, match=reason.replace("[", r"\[").replace("]", r"\]")):
         win.ingest("shop/a-0", bad, ME)
     assert win.refused == 1 and win.recent(600) == {}
+
+
+def test_a_window_shorter_than_the_interval_holds_the_latest_report_while_it_is_current() -> None:
+    """Reports every 5 s and `--window 2s`: the last interval's figures, not nothing for
+    three seconds of every five; a proxy that stopped reporting leaves once the next report
+    is overdue."""
+    clock = Clock()
+    win = StatsWindow(clock=clock)
+    for _ in range(3):
+        clock.now += 5
+        win.ingest("shop/a-0", report(interval_ms=5000), ME)
+    clock.now += 4
+    assert len(win.recent(2)["shop/a-0"]) == 1
+    assert len(win.recent(12)["shop/a-0"]) == 2  # a longer window is the window
+    clock.now += 3.6  # 7.6 s: the next report is overdue
+    assert "shop/a-0" not in win.recent(2)
