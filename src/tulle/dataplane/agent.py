@@ -173,6 +173,8 @@ class Agent:
         one after a reconnect the gap (ADR 0046)."""
         self._stats_last = time.monotonic()
         self._stats_task: asyncio.Task[None] | None = None
+        self._stats_writer: asyncio.StreamWriter | None = None
+        self._draining = False
         self.stats_reports = 0
 
     async def start_from_cache(self) -> bool:
@@ -219,6 +221,28 @@ class Agent:
 
     def stop(self) -> None:
         self._stop = True
+
+    def begin_drain(self) -> None:
+        """The proxy is shutting down and drains its connections: the stream stays up, so the
+        requests that finish meanwhile are still reported (`last_report`), but no further
+        snapshot is put in force (the listeners are closing)."""
+        self._draining = True
+
+    async def last_report(self, timeout: float = CLOSE_TIMEOUT) -> bool:
+        """Send what was served since the last stats report, now, on the open stream, and
+        stop reporting: a proxy's last interval (and its drain) would otherwise go with it,
+        and `tulle stat` lose up to a report interval of traffic at every restart or
+        scale-down.  False when nothing was asked for or the stream is gone."""
+        writer, self._stats_writer = self._stats_writer, None
+        await self._stop_stats()
+        if writer is None or writer.is_closing():
+            return False
+        self._send_report(writer)
+        try:
+            await asyncio.wait_for(writer.drain(), timeout)
+        except (OSError, TimeoutError):
+            return False
+        return True
 
     def _hello(self) -> Hello:
         w = self.workload
@@ -333,7 +357,7 @@ class Agent:
         if held is not None:
             self.held = rebundled(held)
             self.node_held = {k: rebundled(h) for k, h in node_held.items()}
-            if self.current is not None:
+            if self.current is not None and not self._draining:
                 try:
                     await self.server.apply(inject(self.current, self._held_all()))
                 except ApplyError as exc:
@@ -373,7 +397,7 @@ class Agent:
                  f" of {msg.workload}" if msg.workload else "",
                  "renewed" if renewed else "issued",
                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(msg.not_after)))
-        if self.current is not None:
+        if self.current is not None and not self._draining:
             try:
                 await self.server.apply(inject(self.current, self._held_all()))
             except ApplyError as exc:
@@ -409,6 +433,7 @@ class Agent:
             renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await renewer
+            self._stats_writer = None
             await self._stop_stats()
             await taps.close()
             writer.close()
@@ -427,19 +452,23 @@ class Agent:
             self._stats_last = time.monotonic()
         if self._stats_task is not None:
             self._stats_task.cancel()
+        self._stats_writer = writer
         self._stats_task = asyncio.get_running_loop().create_task(
             self._report_stats(writer, interval))
 
     async def _report_stats(self, writer: asyncio.StreamWriter, interval: float) -> None:
-        summarizer = self.summarizer
         while not self._stop and not writer.is_closing():
             await asyncio.sleep(interval)
-            now = time.monotonic()
-            rows = summarizer.report(self.current)
-            writer.write(encode(StatsReport(interval_ms=round((now - self._stats_last) * 1000),
-                                            rows=rows)))
-            self._stats_last = now
-            self.stats_reports += 1
+            self._send_report(writer)
+
+    def _send_report(self, writer: asyncio.StreamWriter) -> None:
+        """One `StatsReport`: what was served since the last one."""
+        now = time.monotonic()
+        rows = self.summarizer.report(self.current)
+        writer.write(encode(StatsReport(interval_ms=round((now - self._stats_last) * 1000),
+                                        rows=rows)))
+        self._stats_last = now
+        self.stats_reports += 1
 
     async def _stop_stats(self) -> None:
         task, self._stats_task = self._stats_task, None
@@ -459,6 +488,9 @@ class Agent:
             return None
         if isinstance(msg, TrustUpdate):
             return await self._take_trust(msg)
+        if isinstance(msg, Snapshot | DeltaMsg) and self._draining:
+            log.info("shutting down: config not put in force")
+            return None
         if isinstance(msg, Snapshot):
             self.connected.set()
             raw, optional = msg.config, msg.optional

@@ -3,7 +3,8 @@
 Start-up order: admin first (so `/ready` answers 503 while there is nothing to serve), then the
 cached snapshot if one exists (decision 4: keep serving across our own restart even when the
 control plane is down), then the subscription, which replaces it as soon as the control plane
-answers.  SIGTERM drains exactly as for a file-configured proxy.
+answers.  SIGTERM drains exactly as for a file-configured proxy, then reports its last
+traffic and leaves the stream (`shut_down`).
 """
 
 from __future__ import annotations
@@ -54,16 +55,27 @@ async def serve(addresses: Sequence[tuple[str, int]], workload: WorkloadInfo, *,
              ", ".join(f"{w.namespace}/{w.name}" for w in (workload, *workloads)),
              ", ".join(f"{h}:{p}" for h, p in addresses))
     await stop.wait()
-    agent.stop()
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
     timeout = server.config.settings.drain_timeout_ms / 1000 if server.config else drain_timeout
-    await server.drain(timeout)
+    await shut_down(agent, task, server, timeout)
     if admin is not None:
         admin.close()
     await server.close()
     return 0
+
+
+async def shut_down(agent: Agent, task: asyncio.Task[None], server: ProxyServer,
+                    timeout: float) -> None:
+    """SIGTERM's order: drain the connections with the stream still up (no new config is put
+    in force meanwhile), send the control plane a last stats report covering the drain, then
+    leave the stream.  Leaving it first lost up to a report interval of traffic from `tulle
+    stat` at every restart or scale-down."""
+    agent.begin_drain()
+    await server.drain(timeout)
+    await agent.last_report()
+    agent.stop()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 def run(addresses: Sequence[str], workload: WorkloadInfo, *, cache_dir: Path | None,

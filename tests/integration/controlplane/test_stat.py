@@ -32,6 +32,7 @@ from tests.support.controlplane import (
 from tests.support.proxy import free_port
 
 from tulle.controlplane.main import ControlPlane
+from tulle.dataplane.subscribed import shut_down
 from tulle.proxyconfig.features import SUPPORTED
 from tulle.proxyconfig.stats import StatsRow
 from tulle.proxyconfig.stream import (
@@ -99,10 +100,11 @@ class Mesh:
 
 @contextlib.asynccontextmanager
 async def running_mesh(tmp_path: Path, clients: tuple[str, ...] = ("a", "b"),
-                       features: list[str] | None = None) -> AsyncIterator[Mesh]:
+                       features: list[str] | None = None, interval: float = INTERVAL
+                       ) -> AsyncIterator[Mesh]:
     inbound = free_port()
     async with serve_handler(origin) as port, running_control_plane(
-            stats_interval=INTERVAL) as cp:
+            stats_interval=interval) as cp:
         outbound = {c: free_port() for c in clients}
         status, body = await apply(cp.api_url, workload(
             "api-0", SERVER_ADDR, [{"name": "http", "port": inbound, "targetPort": port}],
@@ -205,6 +207,28 @@ async def test_rows_count_every_request_and_every_500_and_name_the_edges(tmp_pat
                                      "--interval", "0.1")
         assert code == 0, err
         assert out.count("NAME") == 2
+
+
+async def test_a_proxy_shutting_down_reports_its_last_traffic(tmp_path: Path) -> None:
+    """SIGTERM's order (`subscribed.shut_down`): the drain runs with the stream up and a last
+    report follows, so a proxy that stops takes none of its traffic out of `tulle stat`.
+    The report interval here is a minute: every request below is in that last report only."""
+    async with running_mesh(tmp_path, clients=("a",), interval=60.0) as m:
+        async with aiohttp.ClientSession() as s:
+            for i in range(12):
+                await m.call("a", "/fail" if i % 3 == 0 else "/", s)
+        proxy, _ = m.clients["a"]
+        assert proxy.agent.stats_reports == 0  # nothing reported yet: the interval is long
+        await shut_down(proxy.agent, proxy.task, proxy.server, timeout=2.0)
+        assert proxy.agent.stats_reports == 1
+
+        async def reported() -> bool:
+            doc = await m.stat("kind=svc", "name=api", "namespace=shop", "window=60s")
+            edges = {(e["from"]["name"], e["to"]["name"]): e for e in doc["edges"]}
+            a = edges.get(("a-0", "api"))
+            return a is not None and (a["requests"], a["failures"]) == (m.sent["a"],
+                                                                        m.failed["a"])
+        await eventually(reported, timeout=5)
 
 
 async def _served(m: Mesh, total: int) -> bool:
