@@ -174,7 +174,6 @@ class Agent:
         self._stats_last = time.monotonic()
         self._stats_task: asyncio.Task[None] | None = None
         self._stats_writer: asyncio.StreamWriter | None = None
-        self._draining = False
         self.stats_reports = 0
 
     async def start_from_cache(self) -> bool:
@@ -222,17 +221,11 @@ class Agent:
     def stop(self) -> None:
         self._stop = True
 
-    def begin_drain(self) -> None:
-        """The proxy is shutting down and drains its connections: the stream stays up, so the
-        requests that finish meanwhile are still reported (`last_report`), but no further
-        snapshot is put in force (the listeners are closing)."""
-        self._draining = True
-
     async def last_report(self, timeout: float = CLOSE_TIMEOUT) -> bool:
         """Send what was served since the last stats report, now, on the open stream, and
-        stop reporting: a proxy's last interval (and its drain) would otherwise go with it,
-        and `tulle stat` lose up to a report interval of traffic at every restart or
-        scale-down.  False when nothing was asked for or the stream is gone."""
+        stop reporting: a proxy's last interval would otherwise go with it, and `tulle stat`
+        lose up to a report interval of traffic at every restart or scale-down.  False when
+        no report was asked for or the stream is gone (that interval is lost)."""
         writer, self._stats_writer = self._stats_writer, None
         await self._stop_stats()
         if writer is None or writer.is_closing():
@@ -357,7 +350,7 @@ class Agent:
         if held is not None:
             self.held = rebundled(held)
             self.node_held = {k: rebundled(h) for k, h in node_held.items()}
-            if self.current is not None and not self._draining:
+            if self.current is not None:
                 try:
                     await self.server.apply(inject(self.current, self._held_all()))
                 except ApplyError as exc:
@@ -397,7 +390,7 @@ class Agent:
                  f" of {msg.workload}" if msg.workload else "",
                  "renewed" if renewed else "issued",
                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(msg.not_after)))
-        if self.current is not None and not self._draining:
+        if self.current is not None:
             try:
                 await self.server.apply(inject(self.current, self._held_all()))
             except ApplyError as exc:
@@ -465,8 +458,9 @@ class Agent:
         """One `StatsReport`: what was served since the last one."""
         now = time.monotonic()
         rows = self.summarizer.report(self.current)
-        writer.write(encode(StatsReport(interval_ms=round((now - self._stats_last) * 1000),
-                                        rows=rows)))
+        # At least 1 ms: a report right after another is still one the window takes.
+        ms = max(1, round((now - self._stats_last) * 1000))
+        writer.write(encode(StatsReport(interval_ms=ms, rows=rows)))
         self._stats_last = now
         self.stats_reports += 1
 
@@ -488,9 +482,6 @@ class Agent:
             return None
         if isinstance(msg, TrustUpdate):
             return await self._take_trust(msg)
-        if isinstance(msg, Snapshot | DeltaMsg) and self._draining:
-            log.info("shutting down: config not put in force")
-            return None
         if isinstance(msg, Snapshot):
             self.connected.set()
             raw, optional = msg.config, msg.optional

@@ -3,8 +3,8 @@
 Start-up order: admin first (so `/ready` answers 503 while there is nothing to serve), then the
 cached snapshot if one exists (decision 4: keep serving across our own restart even when the
 control plane is down), then the subscription, which replaces it as soon as the control plane
-answers.  SIGTERM drains exactly as for a file-configured proxy, then reports its last
-traffic and leaves the stream (`shut_down`).
+answers.  SIGTERM sends a last stats report and leaves the stream, then drains exactly as
+for a file-configured proxy (`shut_down`).
 """
 
 from __future__ import annotations
@@ -65,17 +65,16 @@ async def serve(addresses: Sequence[tuple[str, int]], workload: WorkloadInfo, *,
 
 async def shut_down(agent: Agent, task: asyncio.Task[None], server: ProxyServer,
                     timeout: float) -> None:
-    """SIGTERM's order: drain the connections with the stream still up (no new config is put
-    in force meanwhile), send the control plane a last stats report covering the drain, then
-    leave the stream.  Leaving it first lost up to a report interval of traffic from `tulle
-    stat` at every restart or scale-down."""
-    agent.begin_drain()
-    await server.drain(timeout)
-    await agent.last_report()
+    """SIGTERM's order: a last stats report (what was served since the previous one, so
+    `tulle stat` keeps a stopping proxy's last interval), then leave the stream at once --
+    closing it is what takes this proxy out of its Services' endpoints (ADR 0040) -- then
+    drain.  The requests that finish during the drain are not reported."""
     agent.stop()
+    await agent.last_report()
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    await server.drain(timeout)
 
 
 def run(addresses: Sequence[str], workload: WorkloadInfo, *, cache_dir: Path | None,

@@ -7,24 +7,28 @@ liveness timeout.  A workload declared without a proxy stays an endpoint."""
 
 from __future__ import annotations
 
+import asyncio
 import collections
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from tests.support.controlplane import (
     SubscribedProxy,
     apply,
     eventually,
     named_origin,
     running_control_plane,
+    serve_handler,
     subscribe,
 )
 from tests.support.proxy import free_port
 from tests.support.resources import NS, service, workload
 
 from tulle.controlplane.main import ControlPlane
+from tulle.dataplane.subscribed import shut_down
 from tulle.proxyconfig.stream import Ping, WorkloadInfo
 
 ROUND_ROBIN = {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Mesh",
@@ -83,6 +87,51 @@ async def test_a_stopped_sidecar_leaves_the_endpoints_and_comes_back(tmp_path: P
             await eventually(lambda: endpoints(proxies["web-0"]) == 2, timeout=5)
             await eventually(lambda: _both(url), timeout=5)
             assert (await proxy_state(cp, "api-b"))["state"] == "Connected"
+        finally:
+            for p in proxies.values():
+                await p.stop()
+
+
+async def test_a_sidecar_shutting_down_leaves_the_endpoints_before_its_drain_ends() -> None:
+    """SIGTERM's order (`subscribed.shut_down`): the sidecar leaves its stream before it
+    drains, and a slow request keeps its drain going for 3 s here: callers stop being sent
+    to it at once, not when the drain ends (closing the stream is the signal, ADR 0040)."""
+    slow_started = asyncio.Event()
+
+    async def slow_b(request: web.Request) -> web.Response:
+        if request.path == "/slow":
+            slow_started.set()
+            await asyncio.sleep(3.0)
+        return web.json_response({"name": "b"})
+
+    async with named_origin("a") as app_a, serve_handler(slow_b) as app_b, \
+            running_control_plane() as cp:
+        out = free_port()
+        status, body = await apply(
+            cp.api_url, workload("web-0", free_port(), 1, out, app="web"),
+            workload("api-a", free_port(), app_a, free_port(), app="api"),
+            workload("api-b", free_port(), app_b, free_port(), app="api"),
+            service("api", app="api"), ROUND_ROBIN)
+        assert status == 200, body
+        proxies = {n: await subscribe([cp.stream_port],
+                                      WorkloadInfo(name=n, namespace=NS, address="127.0.0.1"))
+                   for n in ("web-0", "api-a", "api-b")}
+        url = f"http://127.0.0.1:{out}"
+        try:
+            await eventually(lambda: _both(f"{url}/x"), timeout=10)
+            b = proxies["api-b"]
+            async with aiohttp.ClientSession() as s:
+                async def slow_call() -> int:  # round robin: one of two lands on api-b
+                    async with s.get(f"{url}/slow", headers={"Host": "api"}) as r:
+                        return r.status
+                slow = [asyncio.ensure_future(slow_call()) for _ in range(2)]
+                await asyncio.wait_for(slow_started.wait(), 5)
+                stopping = asyncio.ensure_future(shut_down(b.agent, b.task, b.server, 10.0))
+                took = await eventually(lambda: endpoints(proxies["web-0"]) == 1, timeout=5)
+                assert took < 2.0, took
+                assert not stopping.done()  # still draining the slow request
+                assert [await t for t in slow] == [200, 200]  # the drain let it finish
+                await stopping
         finally:
             for p in proxies.values():
                 await p.stop()

@@ -210,8 +210,8 @@ async def test_rows_count_every_request_and_every_500_and_name_the_edges(tmp_pat
 
 
 async def test_a_proxy_shutting_down_reports_its_last_traffic(tmp_path: Path) -> None:
-    """SIGTERM's order (`subscribed.shut_down`): the drain runs with the stream up and a last
-    report follows, so a proxy that stops takes none of its traffic out of `tulle stat`.
+    """SIGTERM's order (`subscribed.shut_down`): a last report, then the stream is left and
+    the proxy drains, so a proxy that stops takes its last interval's traffic with it no more.
     The report interval here is a minute: every request below is in that last report only."""
     async with running_mesh(tmp_path, clients=("a",), interval=60.0) as m:
         async with aiohttp.ClientSession() as s:

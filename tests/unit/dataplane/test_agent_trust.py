@@ -4,7 +4,6 @@ and a renewal asked for while a CSR is in flight does not send a second one."""
 
 from __future__ import annotations
 
-import msgspec
 from tests.support.ca import TestCA
 
 from tulle.dataplane.agent import Agent
@@ -12,14 +11,7 @@ from tulle.dataplane.identity import HeldIdentity, WorkloadKey
 from tulle.dataplane.server import ApplyError, ProxyServer
 from tulle.proxyconfig import validate
 from tulle.proxyconfig.model import ProxyConfig
-from tulle.proxyconfig.stream import (
-    Certificate,
-    Snapshot,
-    TrustAck,
-    TrustUpdate,
-    WorkloadInfo,
-    bundle_id,
-)
+from tulle.proxyconfig.stream import Certificate, TrustAck, TrustUpdate, WorkloadInfo, bundle_id
 
 
 class _Server(ProxyServer):
@@ -78,16 +70,3 @@ async def test_renew_is_asked_once_and_not_while_a_csr_is_in_flight() -> None:
     agent._pending_key = WorkloadKey()  # a CSR is on its way: its certificate will come
     await agent._handle(TrustUpdate(id="a", trust_bundle=[ca.pem], renew=True))
     assert not agent._renew_now.is_set()
-
-
-async def test_a_draining_proxy_puts_no_new_config_or_bundle_in_force() -> None:
-    """Shutting down (`begin_drain`), the stream stays up for the last stats report, but the
-    listeners are closing: a snapshot or a new bundle that arrives then changes nothing."""
-    old, new = TestCA(), TestCA()
-    agent, server = _agent(old)
-    agent.begin_drain()
-    snapshot = Snapshot(version="v2", config=msgspec.Raw(msgspec.json.encode({"version": "v2"})))
-    assert await agent._handle(snapshot) is None
-    await agent._handle(TrustUpdate(id="b", trust_bundle=[old.pem, new.pem]))
-    assert server.applied == []
-    assert agent.current is not None and agent.current.version == "v1"

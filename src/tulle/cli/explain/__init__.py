@@ -103,11 +103,15 @@ def explain(req: ExplainRequest, lookup: Lookup, identity_of: IdentityOf,
                           "summary": f"the caller's proxy answers {routed.get('status', 404)}:"
                                      f" {routed.get('why')}"}
         return doc
-    editing = sorted({type(f).__name__ for f in route.rule.filters
-                      + [f for b in route.rule.backends for f in b.filters]
-                      if isinstance(f, URLRewrite | RequestHeaderModifier)})
+    own = {type(f).__name__ for f in route.rule.filters
+           if isinstance(f, URLRewrite | RequestHeaderModifier)}
+    backends = {type(f).__name__ for b in route.rule.backends for f in b.filters
+                if isinstance(f, URLRewrite | RequestHeaderModifier)}
+    editing = sorted(own | backends)
     if editing:
-        outbound["note"] = (f"this rule's {' and '.join(editing)} "
+        whose = ("this rule's" if not backends else "its backends'" if not own
+                 else "this rule's and its backends'")
+        outbound["note"] = (f"{whose} {' and '.join(editing)} "
                             f"change{'s' if len(editing) == 1 else ''} the request before "
                             "the destination decides; the inbound steps below see it as the "
                             "caller's proxy sends it (hops[].request)")
@@ -172,8 +176,8 @@ def _hops(req: ExplainRequest, backends: list[tuple[str, int]], cfg: ProxyConfig
 
 
 def _delays(hops: list[dict[str, Any]], route: Route) -> None:
-    """An endpoint whose fault delays every request like this one longer than the time the
-    request is given (the caller's per-try or request timeout, the destination's request
+    """An endpoint whose fault delays every request like this one at least as long as the time
+    the request is given (the caller's per-try or request timeout, the destination's request
     timeout) answers 504 (`result: timed_out`), as the proxies do: retries of a try that
     timed out are delayed alike."""
     for h in hops:
@@ -192,7 +196,7 @@ def _delays(hops: list[dict[str, Any]], route: Route) -> None:
             if ms >= limit:
                 ep.update(result="timed_out", status=504,
                           why=f"every request like this one is delayed {ms} ms by the fault, "
-                              f"longer than {what} ({limit} ms): 504")
+                              f"not less than {what} ({limit} ms): 504")
                 ep.pop("cluster", None)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
 
+from tulle.cli.explain.routing import copy_head
 from tulle.dataplane.exchange import RequestHead
 
 if TYPE_CHECKING:
@@ -37,10 +38,6 @@ class _HeadOnly:
 
     def reply(self, status: int, body: bytes, headers: ReplyHeaders = ()) -> None:
         self.replied = (status, headers)
-
-
-def copy_head(head: RequestHead) -> RequestHead:
-    return RequestHead(head.method, head.path, head.authority, head.scheme, list(head.headers))
 
 
 def chain_for(route: Route, cluster: str | None) -> Chain | None:

@@ -44,12 +44,17 @@ GENERATED_ID = b"(generated)"
 """What a request id the proxy generates reads as in a trace (each real one is new)."""
 
 
+def copy_head(head: RequestHead) -> RequestHead:
+    """A copy of `head` a trace may edit (its own header list; the bytes are shared)."""
+    return RequestHead(head.method, head.path, head.authority, head.scheme, list(head.headers))
+
+
 def forwarded(head: RequestHead, peer: str, generate_request_id: bool) -> RequestHead:
     """A copy of `head` as a proxy routes and passes it on: the fields
     `add_forwarding_headers` sets before routing (the client appended to x-forwarded-for,
     x-forwarded-proto and x-request-id when absent), which a route or an authorization rule
     may match on.  A generated request id reads `(generated)`."""
-    out = RequestHead(head.method, head.path, head.authority, head.scheme, list(head.headers))
+    out = copy_head(head)
     had_id = any(n == b"x-request-id" for n, _ in out.headers)
     add_forwarding_headers(out, peer.encode(), generate_request_id)
     if not had_id:

@@ -30,7 +30,7 @@ from tulle.controlplane.push.negotiation import negotiation_error
 from tulle.controlplane.push.node import NodeError, NodeSnapshots, workload_name
 from tulle.controlplane.push.renewals import RenewalBudget
 from tulle.controlplane.push.reported import SHOWN_REASON, shown, shown_list
-from tulle.controlplane.push.stats import stats_request, take_report
+from tulle.controlplane.push.stats import report_period, stats_request, take_report
 from tulle.controlplane.push.trust import after_hello, record_signed, update_for
 from tulle.controlplane.push.wire import withheld_delta_frame, withheld_snapshot_frame
 from tulle.proxyconfig.delta import units_of
@@ -104,6 +104,9 @@ class ProxySession:
         self.stats_ask: StatsRequest | None = None
         """Sent once, after the proxy's first ACK: a proxy serves traffic only once it runs a
         config, and the messages before it (certificates, the snapshot) keep their order."""
+        self.stats_period = 0.0
+        """Seconds between the reports asked of this proxy (`stats_request`): when its next
+        report is due, whatever its last one happened to cover."""
 
     def send(self, msg: Message) -> None:
         self.writer.write(encode(msg))
@@ -243,6 +246,8 @@ class ProxySession:
             if update is not None:
                 self.send(update)
         self.stats_ask = stats_request(srv.stats, srv.stats_interval, hello.features)
+        if self.stats_ask is not None:
+            self.stats_period = report_period(self.stats_ask)
         if srv.taps is not None:  # live tap (ADR 0056), if the proxy takes it
             srv.taps.attach(self, fronted, hello.features)
         log.info("proxy %s/%s connected from %s (serving %r)%s", w.namespace, w.name, self.peer,
@@ -406,7 +411,7 @@ class ProxySession:
                 s.trust_bundle = shown(msg.id)
         elif isinstance(msg, StatsReport):
             self.stats_warned = take_report(self.server.stats, self.node_statuses, msg,
-                                            self.stats_warned)
+                                            self.stats_warned, self.stats_period)
         elif isinstance(msg, TapEvents) and self.server.taps is not None:
             self.server.taps.take(self, msg)
 

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from tulle.controlplane.push.cache import ProxyStatus
 from tulle.controlplane.telemetry.window import ReportError, StatsWindow
+from tulle.proxyconfig.stats import STATS_MAX_INTERVAL_MS, STATS_MIN_INTERVAL_MS
 from tulle.proxyconfig.stream import StatsReport, StatsRequest
 
 log = logging.getLogger("tulle.controlplane.push")
@@ -28,15 +29,21 @@ def stats_request(window: StatsWindow | None, interval: float,
     return StatsRequest(interval_ms=max(1, round(interval * 1000)))
 
 
+def report_period(ask: StatsRequest) -> float:
+    """Seconds between the reports `ask` asks for, as the proxy clamps them."""
+    return min(max(ask.interval_ms, STATS_MIN_INTERVAL_MS), STATS_MAX_INTERVAL_MS) / 1000
+
+
 def take_report(window: StatsWindow | None, statuses: Sequence[ProxyStatus],
-                report: StatsReport, warned: bool) -> bool:
-    """Keep `report`; returns whether a refusal has been logged on this stream."""
+                report: StatsReport, warned: bool, period: float = 0.0) -> bool:
+    """Keep `report` (`period`: the seconds between the reports asked of this proxy; 0: read
+    from the report); returns whether a refusal has been logged on this stream."""
     if window is None or not statuses:
         return warned  # not asked for: ignored (an old proxy would never send one)
     workloads = {f"{s.namespace}/{s.name}" for s in statuses}
     first = statuses[0]
     try:
-        window.ingest(f"{first.namespace}/{first.name}", report, workloads)
+        window.ingest(f"{first.namespace}/{first.name}", report, workloads, period)
     except ReportError as exc:
         if not warned:
             log.warning("proxy %s/%s: stats report dropped: %s", first.namespace, first.name,
@@ -45,4 +52,4 @@ def take_report(window: StatsWindow | None, statuses: Sequence[ProxyStatus],
     return warned
 
 
-__all__ = ["FEATURE", "stats_request", "take_report"]
+__all__ = ["FEATURE", "report_period", "stats_request", "take_report"]

@@ -197,7 +197,7 @@ def _cover(reports: list[Received], now: float) -> tuple[float, Received | None]
     reports (a restart) is time without traffic as well.  Its open connections are not
     counted once it has missed a whole report: they went with it."""
     first, last = reports[0], reports[-1]
-    period = min(r.interval for r in reports)
+    period = last.period
     end = max(last.at, now - period)
     cover = max(end - (first.at - first.interval), 1e-3)
     return cover, (last if now - last.at <= SILENT_AFTER * period else None)

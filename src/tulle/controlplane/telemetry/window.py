@@ -16,7 +16,6 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from itertools import islice
 
 from tulle.proxyconfig.stats import (
     DURATION_BUCKETS_MS,
@@ -57,6 +56,10 @@ class Received:
     """When it arrived (the control plane's monotonic clock)."""
     interval: float
     """Seconds its counts cover."""
+    period: float
+    """Seconds until its proxy's next report is due: the interval the control plane asked
+    for, not guessed from the reports (a stopping proxy's last one, or the first after a
+    reconnect, covers less or more)."""
     data: array[int]
     keys: list[RowKey]
     """The proxy's key table (shared by its reports; only appended to)."""
@@ -131,8 +134,11 @@ class StatsWindow:
         self.accepted = 0
         self.refused = 0
 
-    def ingest(self, proxy: str, report: StatsReport, workloads: Collection[str]) -> None:
-        """Keep `report` from `proxy` (its stream's first workload) or raise ReportError."""
+    def ingest(self, proxy: str, report: StatsReport, workloads: Collection[str],
+               period: float = 0.0) -> None:
+        """Keep `report` from `proxy` (its stream's first workload) or raise ReportError.
+        `period`: the seconds between the reports asked of it (0: the report's own
+        interval)."""
         try:
             check(report, workloads)
         except ReportError:
@@ -142,7 +148,9 @@ class StatsWindow:
         p = self._by_proxy.get(proxy)
         if p is None:
             p = self._by_proxy[proxy] = _Proxy(self._max_reports)
-        p.reports.append(Received(now, report.interval_ms / 1000, p.pack(report.rows), p.keys))
+        interval = report.interval_ms / 1000
+        p.reports.append(Received(now, interval, period or interval, p.pack(report.rows),
+                                  p.keys))
         self.accepted += 1
         self._expire(now)
 
@@ -165,8 +173,7 @@ class StatsWindow:
         for proxy, p in self._by_proxy.items():
             if not p.reports:
                 continue
-            period = min(r.interval for r in islice(reversed(p.reports), 2))
-            horizon = now - max(window, LATEST_REACH * period)
+            horizon = now - max(window, LATEST_REACH * p.reports[-1].period)
             kept = [r for r in p.reports if r.at >= horizon]
             if kept:
                 out[proxy] = kept

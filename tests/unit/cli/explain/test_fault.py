@@ -1,6 +1,6 @@
 """The destination's fault injection in a trace, as live traffic showed it: an abort of every
 matching request is the answer the client gets (418 here, flag FI), a share is said as a share,
-a request without the fault's header goes on, and a delay of every request longer than the
+a request without the fault's header goes on, and a delay of every request at least as long as the
 caller's per-try timeout is the caller's 504."""
 
 from __future__ import annotations

@@ -187,3 +187,29 @@ def test_a_restarted_proxys_gap_is_time_without_traffic() -> None:
     (api,) = stat_document(w, 30, "Service", name="api")["items"]
     assert api["requests"] == 90
     assert api["rps"] == pytest.approx(90 / 13.5, abs=1e-3)
+
+
+def test_a_short_report_does_not_make_a_live_proxy_look_gone() -> None:
+    """Reports every 5 s (the period the control plane asked for); a restart's last report
+    covers 0.3 s, and the new process reports 5 s later.  Between its reports the proxy is
+    current: its connections count and a 2 s window shows it.  The period is the one asked,
+    not the shortest report's (which made it look gone 0.6 s after each report)."""
+    clock = Clock()
+    w = StatsWindow(clock=clock)
+
+    def send(interval: float) -> None:
+        w.ingest("shop/a-0", StatsReport(interval_ms=round(interval * 1000), rows=[
+            row("outbound", "shop/a-0", "shop/api", 10, tcp=2)]), {"shop/a-0"}, 5.0)
+
+    for _ in range(3):
+        clock.now += 5
+        send(5)
+    clock.now += 0.3
+    send(0.3)  # SIGTERM: the stopping process's last report
+    clock.now += 5
+    send(5)  # the new process's first
+    clock.now += 4
+    (api,) = stat_document(w, 30, "Service", name="api")["items"]
+    assert api["tcpConnections"] == 2
+    (api,) = stat_document(w, 2, "Service", name="api")["items"]
+    assert api["requests"] == 10
