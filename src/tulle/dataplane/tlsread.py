@@ -95,8 +95,14 @@ class TLSReader(asyncio.BufferedProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.app.connection_lost(exc)
 
-    def eof_received(self) -> bool | None:
-        return self.app.eof_received()
+    def eof_received(self) -> bool:
+        """The driver hears the peer's close_notify; the answer is always False: a TLS
+        transport shuts down after close_notify whatever its protocol answers (uvloop's and
+        asyncio's `sslproto`: what is queued is flushed, then the connection closes), so a
+        driver's True (an HTTP/1 client half-closed after whole requests) changes nothing, and
+        passing it on made the transport log a warning for every such connection."""
+        self.app.eof_received()
+        return False
 
     def pause_writing(self) -> None:
         self.app.pause_writing()

@@ -181,12 +181,42 @@ async def test_the_end_of_the_connection_and_write_flow_control_reach_the_driver
     reader = TLSReader(rec)
     reader.pause_writing()
     reader.resume_writing()
-    assert reader.eof_received() is None and rec.eof
+    assert reader.eof_received() is False and rec.eof
     reader.connection_lost(None)
     assert (rec.paused, rec.resumed) == (1, 1)
     assert rec.lost.done() and rec.lost.result() is None
     reader.data_received(b"early")  # a transport that calls the plain method still works
     assert rec.received() == b"early"
+
+
+class HalfOpen(Recorder):
+    """A driver that asks to stay open after the peer's EOF (HTTP/1 after whole requests)."""
+
+    def eof_received(self) -> bool | None:
+        super().eof_received()
+        return True
+
+
+async def test_a_close_notify_closes_the_connection_without_a_warning(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The transport shuts down after the peer's close_notify whatever the protocol answers;
+    the reader answers False, so no "returning true from eof_received() has no effect" is
+    logged for each such connection, and the driver still hears the EOF and the end."""
+    cert, key = self_signed(tmp_path)
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(cert, key)
+    server, port, made = await _tls_server(sctx, HalfOpen)
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cctx.check_hostname, cctx.verify_mode = False, ssl.CERT_NONE
+    async with server:
+        _, w = await asyncio.open_connection("127.0.0.1", port, ssl=cctx)
+        rec = await asyncio.wait_for(made.get(), 5)
+        w.write(b"GET / HTTP/1.1\r\n\r\n")
+        await rec.until(18)
+        w.close()  # close_notify, then the connection's end
+        await asyncio.wait_for(rec.lost, 5)
+        assert rec.eof
+    assert not [r for r in caplog.records if "eof_received" in r.getMessage()]
 
 
 class Pausing(Recorder):
