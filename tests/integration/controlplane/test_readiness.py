@@ -59,18 +59,25 @@ def endpoints(web: SubscribedProxy) -> int:
                if "api" in n and c.cfg.workload == "")
 
 
+async def _web_and_two_backends(cp: ControlPlane, app_a: int, app_b: int
+                                ) -> tuple[int, dict[str, WorkloadInfo]]:
+    """web-0 calling Service api (round robin) of api-a and api-b, whose apps listen on
+    `app_a` and `app_b`: web-0's outbound port, and the three workloads to subscribe."""
+    out = free_port()
+    status, body = await apply(
+        cp.api_url, workload("web-0", free_port(), 1, out, app="web"),
+        workload("api-a", free_port(), app_a, free_port(), app="api"),
+        workload("api-b", free_port(), app_b, free_port(), app="api"),
+        service("api", app="api"), ROUND_ROBIN)
+    assert status == 200, body
+    return out, {n: WorkloadInfo(name=n, namespace=NS, address="127.0.0.1")
+                 for n in ("web-0", "api-a", "api-b")}
+
+
 async def test_a_stopped_sidecar_leaves_the_endpoints_and_comes_back(tmp_path: Path) -> None:
     async with named_origin("a") as app_a, named_origin("b") as app_b, \
             running_control_plane() as cp:
-        out = free_port()
-        status, body = await apply(
-            cp.api_url, workload("web-0", free_port(), 1, out, app="web"),
-            workload("api-a", free_port(), app_a, free_port(), app="api"),
-            workload("api-b", free_port(), app_b, free_port(), app="api"),
-            service("api", app="api"), ROUND_ROBIN)
-        assert status == 200, body
-        info = {n: WorkloadInfo(name=n, namespace=NS, address="127.0.0.1")
-                for n in ("web-0", "api-a", "api-b")}
+        out, info = await _web_and_two_backends(cp, app_a, app_b)
         proxies = {n: await subscribe([cp.stream_port], w) for n, w in info.items()}
         url = f"http://127.0.0.1:{out}/x"
         try:
@@ -106,16 +113,8 @@ async def test_a_sidecar_shutting_down_leaves_the_endpoints_before_its_drain_end
 
     async with named_origin("a") as app_a, serve_handler(slow_b) as app_b, \
             running_control_plane() as cp:
-        out = free_port()
-        status, body = await apply(
-            cp.api_url, workload("web-0", free_port(), 1, out, app="web"),
-            workload("api-a", free_port(), app_a, free_port(), app="api"),
-            workload("api-b", free_port(), app_b, free_port(), app="api"),
-            service("api", app="api"), ROUND_ROBIN)
-        assert status == 200, body
-        proxies = {n: await subscribe([cp.stream_port],
-                                      WorkloadInfo(name=n, namespace=NS, address="127.0.0.1"))
-                   for n in ("web-0", "api-a", "api-b")}
+        out, info = await _web_and_two_backends(cp, app_a, app_b)
+        proxies = {n: await subscribe([cp.stream_port], w) for n, w in info.items()}
         url = f"http://127.0.0.1:{out}"
         try:
             await eventually(lambda: _both(f"{url}/x"), timeout=10)

@@ -8,29 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
+from tests.support.explain import GW, POLICY, compiled, service, trace, workload
 
-from tulle.cli.explain import build_request, explain
 from tulle.cli.explain.render import render
-from tulle.controlplane.compiler import MeshInputs, compile_mesh
-from tulle.proxyconfig.model import ProxyConfig
 
-V1 = "mesh.tulle.dev/v1alpha1"
-GW = "gateway.networking.k8s.io/v1"
-POLICY = "policy.tulle.dev/v1alpha1"
 V2 = "outbound|80||api-v2.shop"
-
-
-def workload(name: str, port: int, app: str) -> dict[str, Any]:
-    return {"apiVersion": V1, "kind": "Workload",
-            "metadata": {"name": name, "namespace": "shop", "labels": {"app": app}},
-            "spec": {"address": "127.0.0.1", "serviceAccount": app,
-                     "ports": [{"name": "http", "port": port, "targetPort": port + 1000}]}}
-
-
-def service(name: str, app: str) -> dict[str, Any]:
-    return {"apiVersion": V1, "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
-            "spec": {"selector": {"app": app},
-                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
 
 
 def headers(**kv: Any) -> dict[str, Any]:
@@ -67,26 +49,11 @@ V2_DENY = {"apiVersion": POLICY, "kind": "AuthorizationPolicy",
                               {"to": [{"headers": [{"name": "x-backend", "values": ["b2"]}]}]}]}}
 
 
-def snapshots() -> dict[tuple[str, str], ProxyConfig]:
-    res = compile_mesh(MeshInputs.from_resources([
-        workload("web-0", 17000, "web"), workload("api-0", 17100, "api"),
-        workload("api2-0", 17200, "api2"), service("api", "api"), service("api-v2", "api2"),
-        ROUTE, V2_DENY]))
-    assert not res.errors, res.errors
-    return res.snapshots
-
-
 def run(path: str, *given: str) -> dict[str, Any]:
-    snaps = snapshots()
-
-    def lookup(ns: str, name: str) -> tuple[ProxyConfig, str] | None:
-        cfg = snaps.get((ns, name))
-        return (cfg, "acked") if cfg is not None else None
-
-    doc = explain(build_request("shop/web-0", "", "api", path, "GET", list(given)), lookup,
-                  lambda ns, name: f"spiffe://cluster.local/ns/{ns}/sa/{name.split('-')[0]}")
-    msgspec.json.encode(doc)
-    return doc
+    snaps = compiled(workload("web-0", 17000, app="web"), workload("api-0", 17100, app="api"),
+                     workload("api2-0", 17200, app="api2"), service("api", app="api"),
+                     service("api-v2", app="api2"), ROUTE, V2_DENY)
+    return trace(snaps, path, headers=given, state="acked")
 
 
 def test_the_destination_decides_on_the_rewritten_path_and_edited_headers() -> None:

@@ -7,30 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
+from tests.support.explain import GW, POLICY, compiled, service, trace, workload
 
-from tulle.cli.explain import build_request, explain
 from tulle.cli.explain.render import render
-from tulle.controlplane.compiler import MeshInputs, compile_mesh
-from tulle.proxyconfig.model import ProxyConfig
-
-V1 = "mesh.tulle.dev/v1alpha1"
-GW = "gateway.networking.k8s.io/v1"
-POLICY = "policy.tulle.dev/v1alpha1"
-
-
-def workload(name: str, port: int, app: str) -> dict[str, Any]:
-    return {"apiVersion": V1, "kind": "Workload",
-            "metadata": {"name": name, "namespace": "shop", "labels": {"app": app}},
-            "spec": {"address": "127.0.0.1", "serviceAccount": app,
-                     "ports": [{"name": "http", "port": port, "targetPort": port + 1000}]}}
-
-
-def service(name: str, app: str) -> dict[str, Any]:
-    return {"apiVersion": V1, "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
-            "spec": {"selector": {"app": app},
-                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
-
 
 ROUTE = {"apiVersion": GW, "kind": "HTTPRoute", "metadata": {"name": "api", "namespace": "shop"},
          "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "api", "port": 80}],
@@ -54,20 +33,9 @@ SLOW = {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": "api"
 
 
 def run(path: str, *policies: dict[str, Any], given: tuple[str, ...] = ()) -> dict[str, Any]:
-    res = compile_mesh(MeshInputs.from_resources([
-        workload("web-0", 17000, "web"), workload("api-0", 17100, "api"),
-        service("api", "api"), ROUTE, *policies]))
-    assert not res.errors, res.errors
-    snaps = res.snapshots
-
-    def lookup(ns: str, name: str) -> tuple[ProxyConfig, str] | None:
-        cfg = snaps.get((ns, name))
-        return (cfg, "acked") if cfg is not None else None
-
-    doc = explain(build_request("shop/web-0", "", "api", path, "GET", list(given)), lookup,
-                  lambda ns, name: f"spiffe://cluster.local/ns/{ns}/sa/{name.split('-')[0]}")
-    msgspec.json.encode(doc)
-    return doc
+    snaps = compiled(workload("web-0", 17000, app="web"), workload("api-0", 17100, app="api"),
+                     service("api", app="api"), ROUTE, *policies)
+    return trace(snaps, path, headers=given, state="acked")
 
 
 ABORT = fault("abort", API, abort={"httpStatus": 418, "percent": 100},

@@ -8,28 +8,18 @@ from typing import Any
 
 import msgspec
 import pytest
+from tests.support.explain import (
+    GW,
+    POLICY,
+    Snapshots,
+    compiled,
+    service,
+    trace,
+    workload,
+)
 
-from tulle.cli.explain import ExplainError, build_request, explain
-from tulle.controlplane.compiler import MeshInputs, compile_mesh
+from tulle.cli.explain import ExplainError
 from tulle.proxyconfig.model import ProxyConfig
-
-V1 = "mesh.tulle.dev/v1alpha1"
-GW = "gateway.networking.k8s.io/v1"
-POLICY = "policy.tulle.dev/v1alpha1"
-
-
-def workload(name: str, port: int, **labels: str) -> dict[str, Any]:
-    return {"apiVersion": V1, "kind": "Workload",
-            "metadata": {"name": name, "namespace": "shop", "labels": labels},
-            "spec": {"address": "127.0.0.1", "serviceAccount": name.split("-", maxsplit=1)[0],
-                     "ports": [{"name": "http", "port": port, "targetPort": port + 1000}]}}
-
-
-def service(name: str, **selector: str) -> dict[str, Any]:
-    return {"apiVersion": V1, "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
-            "spec": {"selector": selector,
-                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
-
 
 ROUTE = {"apiVersion": GW, "kind": "HTTPRoute", "metadata": {"name": "api", "namespace": "shop"},
          "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "api", "port": 80}],
@@ -54,33 +44,15 @@ DENY_ADMIN = {"apiVersion": POLICY, "kind": "AuthorizationPolicy",
                                  {"to": [{"paths": ["/admin*"]}]}]}}
 
 
-def snapshots(*extra: dict[str, Any]) -> dict[tuple[str, str], ProxyConfig]:
-    docs = [workload("web-0", 17000, app="web"), workload("api-0", 17100, app="api", v="1"),
-            workload("api2-0", 17200, app="api2"), service("api", app="api"),
-            service("api-v2", app="api2"), ROUTE, DENY_ADMIN, *extra]
-    res = compile_mesh(MeshInputs.from_resources(docs))
-    assert not res.errors, res.errors
-    return res.snapshots
-
-
-def run(snaps: dict[tuple[str, str], ProxyConfig], path: str = "/", method: str = "GET",
-        headers: tuple[str, ...] = (), to: str = "api", source: str = "shop/web-0",
-        specs: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
-    def lookup(ns: str, name: str) -> tuple[ProxyConfig, str] | None:
-        cfg = snaps.get((ns, name))
-        return (cfg, "desired") if cfg is not None else None
-
-    def identity_of(ns: str, name: str) -> str:
-        return f"spiffe://cluster.local/ns/{ns}/sa/{name.split('-', maxsplit=1)[0]}"
-
-    req = build_request(source, "default", to, path, method, list(headers))
-    doc = explain(req, lookup, identity_of, None if specs is None else specs.get)
-    msgspec.json.encode(doc)  # a JSON document, nothing else
-    return doc
+def snapshots(*extra: dict[str, Any]) -> Snapshots:
+    return compiled(workload("web-0", 17000, app="web"),
+                    workload("api-0", 17100, app="api", v="1"),
+                    workload("api2-0", 17200, app="api2"), service("api", app="api"),
+                    service("api-v2", app="api2"), ROUTE, DENY_ADMIN, *extra)
 
 
 def test_a_header_match_wins_over_the_split_and_the_trace_says_why() -> None:
-    doc = run(snapshots(), "/items", headers=("x-canary=yes",))
+    doc = trace(snapshots(), "/items", headers=("x-canary=yes",))
     out = doc["outbound"]
     assert out["result"] == "matched"
     assert out["virtualHost"] == "api.shop:80"
@@ -97,7 +69,7 @@ def test_a_header_match_wins_over_the_split_and_the_trace_says_why() -> None:
 
 
 def test_without_the_header_the_weighted_split_is_taken_and_the_header_rule_skipped() -> None:
-    doc = run(snapshots(), "/items", headers=("x-canary=no",))
+    doc = trace(snapshots(), "/items", headers=("x-canary=no",))
     out = doc["outbound"]
     assert out["ruleIndex"] == 1
     assert len(out["notTaken"]) == 1
@@ -116,7 +88,7 @@ def test_without_the_header_the_weighted_split_is_taken_and_the_header_rule_skip
 
 
 def test_a_deny_policy_is_named_with_its_rule_and_the_403_body() -> None:
-    doc = run(snapshots(), "/admin/users")
+    doc = trace(snapshots(), "/admin/users")
     api = doc["hops"][0]["endpoints"][0]
     assert api["workload"] == "shop/api-0"
     assert api["result"] == "denied"
@@ -127,11 +99,11 @@ def test_a_deny_policy_is_named_with_its_rule_and_the_403_body() -> None:
     assert doc["outcome"]["status"] == 403
     assert doc["outcome"]["policy"] == "shop/no-admin"
     # the first rule decides a DELETE
-    doc = run(snapshots(), "/items", method="DELETE")
+    doc = trace(snapshots(), "/items", method="DELETE")
     assert doc["hops"][0]["endpoints"][0]["authorization"]["rule"] == 0
     # and an allowed path names no rule: no ALLOW policy, no DENY matched (and says so,
     # not "no policy applies" above the DENY policy it lists)
-    doc = run(snapshots(), "/items")
+    doc = trace(snapshots(), "/items")
     a = doc["hops"][0]["endpoints"][0]["authorization"]
     assert a["allowed"] and a["policy"] == "default"
     assert a["why"] == "no DENY policy matches and no ALLOW policy applies: allowed"
@@ -139,7 +111,7 @@ def test_a_deny_policy_is_named_with_its_rule_and_the_403_body() -> None:
 
 
 def test_a_denied_grpc_call_is_grpc_status_7_in_an_http_200_as_the_proxy_answers() -> None:
-    doc = run(snapshots(), "/admin/users", method="POST",
+    doc = trace(snapshots(), "/admin/users", method="POST",
               headers=("content-type=application/grpc",))
     api = doc["hops"][0]["endpoints"][0]
     assert api["result"] == "denied"
@@ -153,10 +125,10 @@ def test_a_denied_grpc_call_is_grpc_status_7_in_an_http_200_as_the_proxy_answers
 
 
 def test_the_path_is_normalised_as_the_proxy_does_before_routing_and_authz() -> None:
-    doc = run(snapshots(), "/public/../admin/x")
+    doc = trace(snapshots(), "/public/../admin/x")
     assert doc["outbound"]["path"] == "/admin/x"
     assert doc["hops"][0]["endpoints"][0]["result"] == "denied"
-    doc = run(snapshots(), "/a%00b")
+    doc = trace(snapshots(), "/a%00b")
     assert doc["outcome"]["status"] == 400
 
 
@@ -165,12 +137,12 @@ def test_an_allow_policy_that_does_not_match_says_which_policies_were_tried() ->
              "metadata": {"name": "reads", "namespace": "shop"},
              "spec": {"targetRef": {"group": "", "kind": "Service", "name": "api"},
                       "rules": [{"to": [{"methods": ["GET"]}]}]}}
-    doc = run(snapshots(allow), "/items", method="POST")
+    doc = trace(snapshots(allow), "/items", method="POST")
     a = doc["hops"][0]["endpoints"][0]["authorization"]
     assert (a["allowed"], a["policy"], a["action"], a["rule"]) == (
         False, "shop/reads", "ALLOW", None)
     assert {p["name"] for p in a["policies"]} == {"shop/reads", "shop/no-admin"}
-    doc = run(snapshots(allow), "/items")
+    doc = trace(snapshots(allow), "/items")
     a = doc["hops"][0]["endpoints"][0]["authorization"]
     assert (a["allowed"], a["policy"], a["rule"]) == (True, "shop/reads", 0)
 
@@ -194,7 +166,7 @@ def _expecting(snaps: dict[tuple[str, str], ProxyConfig],
 
 def test_mtls_is_read_from_the_compiled_clusters_and_chains() -> None:
     snaps = snapshots()  # the Mesh's default: STRICT
-    doc = run(snaps, "/items", headers=("x-canary=no",))
+    doc = trace(snaps, "/items", headers=("x-canary=no",))
     ep = doc["hops"][0]["endpoints"][0]
     assert ep["client"]["mode"] == "mTLS"
     assert ep["client"]["expectedIdentities"] == ["spiffe://cluster.local/ns/shop/sa/api"]
@@ -209,13 +181,13 @@ def test_mtls_is_read_from_the_compiled_clusters_and_chains() -> None:
     web = ("shop", "web-0")
     plain = dict(snaps)
     plain[web] = snapshots(mesh("DISABLED"))[web]
-    ep = run(plain, "/items", headers=("x-canary=no",))["hops"][0]["endpoints"][0]
+    ep = trace(plain, "/items", headers=("x-canary=no",))["hops"][0]["endpoints"][0]
     assert ep["result"] == "refused_by_server"
     assert ep["server"]["chain"] is None
     # PERMISSIVE takes it on the plaintext chain
     perm = snapshots(mesh("PERMISSIVE"))
     perm[web] = plain[web]
-    ep = run(perm, "/items", headers=("x-canary=no",))["hops"][0]["endpoints"][0]
+    ep = trace(perm, "/items", headers=("x-canary=no",))["hops"][0]["endpoints"][0]
     assert ep["server"]["accepts"] == "PERMISSIVE (mTLS or plaintext)"
     assert (ep["server"]["chain"], ep["mtls"], ep["peerIdentity"]) == ("plaintext",
                                                                        "plaintext", None)
@@ -223,13 +195,13 @@ def test_mtls_is_read_from_the_compiled_clusters_and_chains() -> None:
 
 def test_a_server_identity_not_expected_is_refused_by_the_client() -> None:
     snaps = _expecting(snapshots(), "spiffe://cluster.local/ns/shop/sa/other")
-    ep = run(snaps, "/items", headers=("x-canary=no",))["hops"][0]["endpoints"][0]
+    ep = trace(snaps, "/items", headers=("x-canary=no",))["hops"][0]["endpoints"][0]
     assert ep["result"] == "refused_by_client"
     assert ep["status"] == 503
 
 
 def test_without_tls_in_the_snapshot_the_hop_is_plaintext() -> None:
-    ep = run(snapshots(mesh("DISABLED")), "/x", headers=("x-canary=no",))["hops"][0]["endpoints"][0]
+    ep = trace(snapshots(mesh("DISABLED")), "/x", headers=("x-canary=no",))["hops"][0]["endpoints"][0]
     assert ep["client"] == {"mode": "plaintext", "why": ep["client"]["why"]}
     assert ep["server"]["accepts"] == "DISABLED (plaintext only)"
 
@@ -265,7 +237,7 @@ def test_without_tls_in_the_snapshot_the_hop_is_plaintext() -> None:
 def test_bad_input_is_refused_with_the_field(kwargs: dict[str, Any], field: str,
                                              status: int) -> None:
     with pytest.raises(ExplainError) as err:
-        run(snapshots(), **kwargs)
+        trace(snapshots(), **kwargs)
     assert err.value.field == field
     assert err.value.status == status
 
@@ -273,7 +245,7 @@ def test_bad_input_is_refused_with_the_field(kwargs: dict[str, Any], field: str,
 def test_a_path_the_proxy_serves_is_traced_however_long() -> None:
     """A 9,000-character path: the proxy answers it (its limit is the 64 KiB head), and
     explain refused it."""
-    doc = run(snapshots(), "/" + "a" * 9000)
+    doc = trace(snapshots(), "/" + "a" * 9000)
     assert doc["outcome"]["summary"].startswith("90.0% (outbound|80||api.shop): forwarded to "
                                                 "shop/api-0 over mTLS"), doc["outcome"]
 
@@ -294,12 +266,12 @@ def test_authorization_sees_the_forwarding_fields_the_proxies_add() -> None:
                                    {"name": "x-forwarded-for", "values": ["*"]}]}]}]}}
     snaps = snapshots(deny)
     for path, rule in (("/rid", 0), ("/xfp", 1), ("/xff", 2)):
-        hop = run(snaps, path)["hops"][0]["endpoints"][0]
+        hop = trace(snaps, path)["hops"][0]["endpoints"][0]
         assert hop["result"] == "denied", (path, hop)
         assert hop["authorization"]["policy"] == "shop/hdr-deny", hop
         assert hop["authorization"]["rule"] == rule, hop
     # A request id the application sent is kept, not replaced.
-    assert run(snaps, "/other", headers=("x-request-id=abc",))["hops"][0]["endpoints"][0][
+    assert trace(snaps, "/other", headers=("x-request-id=abc",))["hops"][0]["endpoints"][0][
         "result"] == "forwarded"
 
 
@@ -314,26 +286,26 @@ def test_rule_numbers_are_the_written_positions_when_a_rule_is_for_another_port(
                                  {"to": [{"paths": ["/other"]}]},
                                  {"to": [{"paths": ["/via"]}]}]}}
     snaps = snapshots(policy)
-    hop = run(snaps, "/via", specs={"shop/via": policy["spec"]})["hops"][0]["endpoints"][0]
+    hop = trace(snaps, "/via", specs={"shop/via": policy["spec"]})["hops"][0]["endpoints"][0]
     assert (hop["result"], hop["authorization"]["rule"]) == ("denied", 2), hop
     listed = next(p for p in hop["authorization"]["policies"] if p["name"] == "shop/via")
     assert (listed["rules"], listed["rulesOnThisPort"]) == (3, 2)
     assert "rule 2" in hop["authorization"]["why"]
     # Without the written policy (offline), the compiled position is all there is.
-    hop = run(snaps, "/via")["hops"][0]["endpoints"][0]
+    hop = trace(snaps, "/via")["hops"][0]["endpoints"][0]
     assert hop["authorization"]["rule"] == 1
 
 
 def test_the_text_trace_names_the_rule_the_policy_and_the_hop() -> None:
     from tulle.cli.explain.render import render
 
-    text = render(run(snapshots(), "/admin/x", headers=("x-canary=secret-value",)))
+    text = render(trace(snapshots(), "/admin/x", headers=("x-canary=secret-value",)))
     assert "secret-value" not in text
     assert "x canary-header" not in text  # the header rule was taken
     assert "authorization: DENY by shop/no-admin rule 1 (DENY)" in text
     assert "response: 403 RBAC: access denied by DENY policy shop/no-admin" in text
     assert "hop: mTLS" in text
-    text = render(run(snapshots(mesh("DISABLED")), "/x", headers=("x-canary=no",)))
+    text = render(trace(snapshots(mesh("DISABLED")), "/x", headers=("x-canary=no",)))
     assert "x shop/api/canary-header match 0: header x-canary Exact 'yes' does not hold" in \
         text or "header x-canary Exact 'yes' does not hold" in text
     assert "RequestHeaderModifier (rule)" in text
@@ -342,15 +314,15 @@ def test_the_text_trace_names_the_rule_the_policy_and_the_hop() -> None:
 
 
 def test_a_rule_that_changes_the_request_says_the_inbound_side_sees_it_unchanged() -> None:
-    out = run(snapshots(), "/x", headers=("x-canary=no",))["outbound"]
+    out = trace(snapshots(), "/x", headers=("x-canary=no",))["outbound"]
     assert "RequestHeaderModifier changes the request" in out["note"]
-    assert "note" not in run(snapshots(), "/x", headers=("x-canary=yes",))["outbound"]
+    assert "note" not in trace(snapshots(), "/x", headers=("x-canary=yes",))["outbound"]
 
 
 def test_a_rules_session_persistence_is_listed_last_among_its_filters() -> None:
     route = msgspec.json.decode(msgspec.json.encode(ROUTE))
     route["spec"]["rules"][1]["sessionPersistence"] = {"sessionName": "sid", "idleTimeout": "5m"}
-    doc = run(snapshots(route), "/items", headers=("x-canary=no",))
+    doc = trace(snapshots(route), "/items", headers=("x-canary=no",))
     filters = doc["outbound"]["filters"]
     assert [f["type"] for f in filters] == ["RequestHeaderModifier", "SessionPersistence"]
     assert filters[1] == {"from": "rule", "type": "SessionPersistence", "name": "sid",
