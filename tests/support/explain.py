@@ -32,6 +32,13 @@ def service(name: str, **selector: str) -> dict[str, Any]:
                      "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
 
 
+def fault(name: str, target: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    """A `FaultInjectionPolicy` on `target` (a Service or an HTTPRoute rule)."""
+    return {"apiVersion": POLICY, "kind": "FaultInjectionPolicy",
+            "metadata": {"name": name, "namespace": "shop"},
+            "spec": {"targetRef": target, **spec}}
+
+
 def compiled(*docs: dict[str, Any]) -> Snapshots:
     res = compile_mesh(MeshInputs.from_resources(list(docs)))
     assert not res.errors, res.errors

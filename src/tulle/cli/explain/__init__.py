@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tulle.cli.explain import retries
 from tulle.cli.explain.edits import changes, location, sent
 from tulle.cli.explain.fault import always_delayed_ms
 from tulle.cli.explain.hop import IdentityOf, Lookup, PolicySpec, trace_hop
@@ -127,6 +128,7 @@ def explain(req: ExplainRequest, lookup: Lookup, identity_of: IdentityOf,
     hops = _hops(req, [(b.cluster, b.weight) for b in route.rule.backends], cfg, lookup,
                  identity_of, address, head, spec_of, route)
     _delays(hops, route)
+    retries.annotate(hops, route, req.method)
     doc["hops"] = hops
     doc["outcome"] = outcome(hops)
     return doc
@@ -226,14 +228,16 @@ def _backend_outcome(h: dict[str, Any]) -> dict[str, Any]:
         what = ("closed" if ep["result"] == "closed" else
                 f"grpc-status {ep['grpcStatus']} {ep['grpcCode']}" if "grpcStatus" in ep
                 else "403")
-        out = {"status": ep.get("status"), "summary": f"{what} by {where}: {a.get('why')}",
+        out = {"status": ep.get("status"), "summary": f"{what} by {where}: {a.get('why')}"
+                                                      + _after_retries(ep),
                "policy": a.get("policy"), "rule": a.get("rule")}
         if "grpcStatus" in ep:
             out["grpcStatus"] = ep["grpcStatus"]
         return out
     if ep.get("result") in ("aborted", "timed_out"):
         by = f" by {where}" if ep["result"] == "aborted" else ""
-        out = {"status": ep.get("status"), "summary": f"{ep['status']}{by}: {ep['why']}"}
+        out = {"status": ep.get("status"), "summary": f"{ep['status']}{by}: {ep['why']}"
+                                                      + _after_retries(ep)}
         if "grpcStatus" in ep:
             out["grpcStatus"] = ep["grpcStatus"]
         return out
@@ -244,6 +248,10 @@ def _backend_outcome(h: dict[str, Any]) -> dict[str, Any]:
                 "policy": a.get("policy"), "rule": a.get("rule")}
     why = ep.get("why") or (ep.get("server") or {}).get("why") or ep.get("result")
     return {"status": ep.get("status"), "summary": f"{where}: {why}"}
+
+
+def _after_retries(ep: dict[str, Any]) -> str:
+    return f" ({ep['retried']})" if ep.get("retried") else ""
 
 
 __all__ = ["API_VERSION", "ExplainError", "ExplainRequest", "build_request", "explain"]

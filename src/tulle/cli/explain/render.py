@@ -107,6 +107,13 @@ def render(doc: dict[str, Any]) -> str:
         t = out["timeouts"]
         lines.append(f"  timeouts: request {t['requestMs']} ms (from {t['requestFrom']}), "
                      f"per try {str(t['perTryMs']) + ' ms' if t['perTryMs'] else 'none'}")
+        if out.get("retry"):
+            rt = out["retry"]
+            on = ", ".join(rt["on"])
+            codes = ("any 5xx" if rt["any5xx"] else
+                     ", ".join(map(str, rt["statusCodes"])) or "no status")
+            lines.append(f"  retries: {rt['why']}; on {on} (statuses: {codes}); backoff "
+                         f"{rt['backoffMs'][0]}-{rt['backoffMs'][1]} ms")
         if out["filters"]:
             lines.append("  filters, in run order:")
             lines += _filters(out["filters"])

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from tulle.cli.explain.retries import retry_doc
 from tulle.dataplane.exchange import RequestHead
 from tulle.dataplane.filters import factory_for
 from tulle.dataplane.http.chain import POSITION
@@ -187,7 +188,8 @@ def trace_table(cfg: ProxyConfig, table_name: str, head: RequestHead) -> tuple[
                          "requestFrom": "rule" if route.rule.timeout_ms is not None
                          else "settings.request_timeout_ms",
                          "perTryMs": route.rule.backend_timeout_ms or 0},
-               backends=backends_doc(route), filters=filters_doc(route))
+               backends=backends_doc(route), filters=filters_doc(route),
+               retry=retry_doc(route, head.method.decode("latin-1")))
     if any(isinstance(f, RequestRedirect) for f in route.rule.filters):
         doc["localReply"] = "redirect: the proxy answers with the RequestRedirect itself"
     return doc, route

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.support.explain import GW, POLICY, compiled, service, trace, workload
+from tests.support.explain import GW, compiled, fault, service, trace, workload
 
 from tulle.cli.explain.render import render
 
@@ -19,12 +19,6 @@ ROUTE = {"apiVersion": GW, "kind": "HTTPRoute", "metadata": {"name": "api", "nam
                        "timeouts": {"request": "800ms", "backendRequest": "300ms"},
                        "backendRefs": [{"name": "api", "port": 80}]},
                       {"name": "default", "backendRefs": [{"name": "api", "port": 80}]}]}}
-
-
-def fault(name: str, target: dict[str, Any], **spec: Any) -> dict[str, Any]:
-    return {"apiVersion": POLICY, "kind": "FaultInjectionPolicy",
-            "metadata": {"name": name, "namespace": "shop"},
-            "spec": {"targetRef": target, **spec}}
 
 
 API = {"group": "", "kind": "Service", "name": "api"}
