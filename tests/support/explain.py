@@ -45,6 +45,17 @@ def compiled(*docs: dict[str, Any]) -> Snapshots:
     return res.snapshots
 
 
+def expecting(snaps: Snapshots, expected: str) -> Snapshots:
+    """`snaps` with the caller's (web-0's) mesh clusters expecting another server identity."""
+    out = dict(snaps)
+    web = snaps[("shop", "web-0")]
+    out[("shop", "web-0")] = msgspec.structs.replace(web, clusters=[
+        msgspec.structs.replace(c, tls=msgspec.structs.replace(
+            c.tls, expected_spiffe_ids=[expected])) if c.tls is not None else c
+        for c in web.clusters])
+    return out
+
+
 def trace(snaps: Snapshots, path: str = "/", method: str = "GET",
           headers: tuple[str, ...] = (), to: str = "api", source: str = "shop/web-0",
           specs: dict[str, dict[str, Any]] | None = None, state: str = "desired"

@@ -128,7 +128,9 @@ def explain(req: ExplainRequest, lookup: Lookup, identity_of: IdentityOf,
     hops = _hops(req, [(b.cluster, b.weight) for b in route.rule.backends], cfg, lookup,
                  identity_of, address, head, spec_of, route)
     _delays(hops, route)
-    retries.annotate(hops, route, req.method)
+    from tulle.dataplane.protocols.h2translate import is_grpc  # as fault.py: only when traced
+
+    retries.annotate(hops, route, req.method, is_grpc(head))
     doc["hops"] = hops
     doc["outcome"] = outcome(hops)
     return doc
@@ -188,15 +190,15 @@ def _delays(hops: list[dict[str, Any]], route: Route) -> None:
             if not ms or ep.get("result") != "forwarded":
                 continue
             inbound = ((ep.get("inboundRoute") or {}).get("timeouts") or {}).get("requestMs", 0)
-            limits = [(t, what) for t, what in (
-                (route.rule.backend_timeout_ms or 0, "the caller's per-try timeout"),
-                (route.timeout_ms, "the caller's request timeout"),
-                (inbound, "the destination's request timeout")) if t]
+            limits = [(t, what, which) for t, what, which in (
+                (route.rule.backend_timeout_ms or 0, "the caller's per-try timeout", "per-try"),
+                (route.timeout_ms, "the caller's request timeout", "request"),
+                (inbound, "the destination's request timeout", "destination")) if t]
             if not limits:
                 continue
-            limit, what = min(limits)
+            limit, what, which = min(limits)
             if ms >= limit:
-                ep.update(result="timed_out", status=504,
+                ep.update(result="timed_out", status=504, timeout=which,
                           why=f"every request like this one is delayed {ms} ms by the fault, "
                               f"not less than {what} ({limit} ms): 504")
                 ep.pop("cluster", None)
@@ -247,7 +249,7 @@ def _backend_outcome(h: dict[str, Any]) -> dict[str, Any]:
                                            f"({a.get('why', 'allowed')})",
                 "policy": a.get("policy"), "rule": a.get("rule")}
     why = ep.get("why") or (ep.get("server") or {}).get("why") or ep.get("result")
-    return {"status": ep.get("status"), "summary": f"{where}: {why}"}
+    return {"status": ep.get("status"), "summary": f"{where}: {why}" + _after_retries(ep)}
 
 
 def _after_retries(ep: dict[str, Any]) -> str:

@@ -112,7 +112,9 @@ def render(doc: dict[str, Any]) -> str:
             on = ", ".join(rt["on"])
             codes = ("any 5xx" if rt["any5xx"] else
                      ", ".join(map(str, rt["statusCodes"])) or "no status")
-            lines.append(f"  retries: {rt['why']}; on {on} (statuses: {codes}); backoff "
+            grpc = (f"; gRPC statuses: {', '.join(map(str, rt['grpcStatuses']))}"
+                    if rt["grpcStatuses"] else "")
+            lines.append(f"  retries: {rt['why']}; on {on} (statuses: {codes}{grpc}); backoff "
                          f"{rt['backoffMs'][0]}-{rt['backoffMs'][1]} ms")
         if out["filters"]:
             lines.append("  filters, in run order:")

@@ -118,6 +118,13 @@ class RetryRuntime:
                         else None
         return None
 
+    def method_allows(self, method: bytes, idempotent_only: bool) -> bool:
+        """Whether a try of a `method` request may be repeated: always when the upstream cannot
+        have acted on it or the reason is a listed gRPC status (`idempotent_only` False),
+        else only for an idempotent method or with `retry_non_idempotent`.  `Retrier._retry`
+        and `tulle explain` decide with this one rule."""
+        return not idempotent_only or self.any_method or method in IDEMPOTENT
+
     def error_retried(self, error: UpstreamError) -> bool:
         flag = error.flag
         if flag in self.error_flags:
@@ -328,7 +335,7 @@ class Retrier:
             return False
         if not self.replayable:
             return False
-        if idempotent_only and not policy.any_method and self.head.method not in IDEMPOTENT:
+        if not policy.method_allows(self.head.method, idempotent_only):
             return False
         limits = cluster.limits
         if limits.retries >= limits.max_retries:  # the bulkhead: the failure stands (Envoy)

@@ -13,13 +13,13 @@ from tests.support.explain import (
     POLICY,
     Snapshots,
     compiled,
+    expecting,
     service,
     trace,
     workload,
 )
 
 from tulle.cli.explain import ExplainError
-from tulle.proxyconfig.model import ProxyConfig
 
 ROUTE = {"apiVersion": GW, "kind": "HTTPRoute", "metadata": {"name": "api", "namespace": "shop"},
          "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "api", "port": 80}],
@@ -152,18 +152,6 @@ def mesh(mode: str) -> dict[str, Any]:
             "metadata": {"name": "default"}, "spec": {"mtls": {"mode": mode}}}
 
 
-def _expecting(snaps: dict[tuple[str, str], ProxyConfig],
-               expected: str) -> dict[tuple[str, str], ProxyConfig]:
-    """`snaps` with the caller's mesh clusters expecting another server identity."""
-    out = dict(snaps)
-    web = snaps[("shop", "web-0")]
-    out[("shop", "web-0")] = msgspec.structs.replace(web, clusters=[
-        msgspec.structs.replace(c, tls=msgspec.structs.replace(
-            c.tls, expected_spiffe_ids=[expected])) if c.tls is not None else c
-        for c in web.clusters])
-    return out
-
-
 def test_mtls_is_read_from_the_compiled_clusters_and_chains() -> None:
     snaps = snapshots()  # the Mesh's default: STRICT
     doc = trace(snaps, "/items", headers=("x-canary=no",))
@@ -194,7 +182,7 @@ def test_mtls_is_read_from_the_compiled_clusters_and_chains() -> None:
 
 
 def test_a_server_identity_not_expected_is_refused_by_the_client() -> None:
-    snaps = _expecting(snapshots(), "spiffe://cluster.local/ns/shop/sa/other")
+    snaps = expecting(snapshots(), "spiffe://cluster.local/ns/shop/sa/other")
     ep = trace(snaps, "/items", headers=("x-canary=no",))["hops"][0]["endpoints"][0]
     assert ep["result"] == "refused_by_client"
     assert ep["status"] == 503
