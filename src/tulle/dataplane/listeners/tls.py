@@ -208,8 +208,12 @@ class TLSAccept(asyncio.Protocol, Connection):
         self._early.append(data)
 
     def eof_received(self) -> bool | None:
+        """The driver decides, once it has the connection (`_eof`).  Before `start_tls` took
+        the socket, a plain half-close keeps it open (the handshake may still answer); from
+        the TLS layer, a close_notify shuts the transport down whatever this answers, and a
+        True only made uvloop log a warning (as for `TLSReader`)."""
         self._eof = True
-        return True  # the driver decides, once it has the connection
+        return not self._started
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
