@@ -53,7 +53,7 @@ from tulle.proxyconfig import features
 from tulle.proxyconfig.delta import DeltaError
 from tulle.proxyconfig.model import CONFIG_API_VERSION, ProxyConfig
 from tulle.proxyconfig.reserved import workload_identity
-from tulle.proxyconfig.stats import STATS_MAX_INTERVAL_MS, STATS_MIN_INTERVAL_MS
+from tulle.proxyconfig.stats import report_seconds
 from tulle.proxyconfig.stream import (
     Ack,
     Certificate,
@@ -438,7 +438,7 @@ class Agent:
     def _start_stats(self, writer: asyncio.StreamWriter, interval_ms: int) -> None:
         """Report traffic summaries on this stream every `interval_ms` (clamped to the
         contract's bounds) until it ends (ADR 0046)."""
-        interval = min(max(interval_ms, STATS_MIN_INTERVAL_MS), STATS_MAX_INTERVAL_MS) / 1000
+        interval = report_seconds(interval_ms)
         if time.monotonic() - self._stats_last > STATS_MAX_GAP:
             # Long unreported (no control plane asked): that history is no window's.
             self.summarizer.report(self.current)

@@ -32,6 +32,15 @@ indexes refer to these: changing them is a new meaning, hence a new feature."""
 
 STATS_MIN_INTERVAL_MS = 200
 STATS_MAX_INTERVAL_MS = 300_000
+
+
+def report_seconds(interval_ms: int) -> float:
+    """Seconds between the reports a `StatsRequest` of `interval_ms` asks for, clamped to the
+    contract's bounds: the proxy reports at this period, and the control plane expects the
+    next report after it."""
+    return min(max(interval_ms, STATS_MIN_INTERVAL_MS), STATS_MAX_INTERVAL_MS) / 1000
+
+
 MAX_STATS_ROWS = 2_000
 """Rows one report may carry (a proxy with more edges sends the busiest); the control plane
 refuses a report with more."""

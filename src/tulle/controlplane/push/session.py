@@ -30,12 +30,13 @@ from tulle.controlplane.push.negotiation import negotiation_error
 from tulle.controlplane.push.node import NodeError, NodeSnapshots, workload_name
 from tulle.controlplane.push.renewals import RenewalBudget
 from tulle.controlplane.push.reported import SHOWN_REASON, shown, shown_list
-from tulle.controlplane.push.stats import report_period, stats_request, take_report
+from tulle.controlplane.push.stats import stats_request, take_report
 from tulle.controlplane.push.trust import after_hello, record_signed, update_for
 from tulle.controlplane.push.wire import withheld_delta_frame, withheld_snapshot_frame
 from tulle.proxyconfig.delta import units_of
 from tulle.proxyconfig.features import Feature, lacking
 from tulle.proxyconfig.model import ProxyConfig
+from tulle.proxyconfig.stats import report_seconds
 from tulle.proxyconfig.stream import (
     MAX_FRAME,
     Ack,
@@ -247,7 +248,7 @@ class ProxySession:
                 self.send(update)
         self.stats_ask = stats_request(srv.stats, srv.stats_interval, hello.features)
         if self.stats_ask is not None:
-            self.stats_period = report_period(self.stats_ask)
+            self.stats_period = report_seconds(self.stats_ask.interval_ms)
         if srv.taps is not None:  # live tap (ADR 0056), if the proxy takes it
             srv.taps.attach(self, fronted, hello.features)
         log.info("proxy %s/%s connected from %s (serving %r)%s", w.namespace, w.name, self.peer,

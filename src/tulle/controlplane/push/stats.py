@@ -13,7 +13,6 @@ from collections.abc import Sequence
 
 from tulle.controlplane.push.cache import ProxyStatus
 from tulle.controlplane.telemetry.window import ReportError, StatsWindow
-from tulle.proxyconfig.stats import STATS_MAX_INTERVAL_MS, STATS_MIN_INTERVAL_MS
 from tulle.proxyconfig.stream import StatsReport, StatsRequest
 
 log = logging.getLogger("tulle.controlplane.push")
@@ -27,11 +26,6 @@ def stats_request(window: StatsWindow | None, interval: float,
     if window is None or interval <= 0 or FEATURE not in features:
         return None
     return StatsRequest(interval_ms=max(1, round(interval * 1000)))
-
-
-def report_period(ask: StatsRequest) -> float:
-    """Seconds between the reports `ask` asks for, as the proxy clamps them."""
-    return min(max(ask.interval_ms, STATS_MIN_INTERVAL_MS), STATS_MAX_INTERVAL_MS) / 1000
 
 
 def take_report(window: StatsWindow | None, statuses: Sequence[ProxyStatus],
@@ -52,4 +46,4 @@ def take_report(window: StatsWindow | None, statuses: Sequence[ProxyStatus],
     return warned
 
 
-__all__ = ["FEATURE", "report_period", "stats_request", "take_report"]
+__all__ = ["FEATURE", "stats_request", "take_report"]

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tulle.authz")
 
+
 class _Any(StringMatcher):
     __slots__ = ()
 
@@ -63,8 +64,6 @@ def pattern(value: str) -> StringMatcher:
     if value.startswith("*"):
         return Suffix(value[1:].encode())
     return Exact(value.encode())
-
-
 
 
 _IPS: dict[str, tuple[int, int] | None] = {}

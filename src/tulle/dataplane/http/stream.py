@@ -69,6 +69,7 @@ def client_gone(flags: str) -> str:
         return "DC"
     return flags if "DC" in flags.split(",") else flags + ",DC"
 
+
 if TYPE_CHECKING:
     import asyncio
 
