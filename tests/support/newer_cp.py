@@ -53,18 +53,23 @@ class NewerControlPlane:
         self.inbox: asyncio.Queue[Message] = asyncio.Queue()
         self.writer: asyncio.StreamWriter | None = None
         self.connected = asyncio.Event()
+        self.ended = asyncio.Event()
+        """Set when a proxy's stream ends (the proxy closed it or the test did)."""
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self.writer = writer
         dec = FrameDecoder()
-        while data := await reader.read(65536):
-            for msg in dec.feed(data):
-                if isinstance(msg, Hello):
-                    self.hellos.append(msg)
-                    self.connected.set()
-                else:
-                    await self.inbox.put(msg)
+        try:
+            while data := await reader.read(65536):
+                for msg in dec.feed(data):
+                    if isinstance(msg, Hello):
+                        self.hellos.append(msg)
+                        self.connected.set()
+                    else:
+                        await self.inbox.put(msg)
+        finally:
+            self.ended.set()
 
     async def send(self, doc: dict[str, Any]) -> Message:
         """Send one frame, return the proxy's answer."""
@@ -84,6 +89,8 @@ class AgentOnV1:
     cp: NewerControlPlane
     proxy: ProxyServer
     agent: Agent
+    task: asyncio.Task[None]
+    """`agent.run()`."""
     listen: int
     origin: int
 
@@ -106,7 +113,7 @@ async def agent_on_v1(origin: int) -> AsyncIterator[AgentOnV1]:
             await cp.connected.wait()
         assert await cp.send({"type": "snapshot", "version": "v1",
                               "config": config("v1", listen, origin)}) == Ack(version="v1")
-        yield AgentOnV1(cp, proxy, agent, listen, origin)
+        yield AgentOnV1(cp, proxy, agent, task, listen, origin)
     finally:
         agent.stop()
         task.cancel()

@@ -72,9 +72,11 @@ def describe_service(srv: str, svc: dict[str, Any]) -> None:
     if workloads:
         rows = [["WORKLOAD", "ADDRESS", "PROXY"]]
         for w in workloads:
-            proxy = ((w.get("status") or {}).get("proxy") or {}).get("state")
+            proxy = (w.get("status") or {}).get("proxy") or {}
             state = {"Connected": "connected", "Disconnected": "disconnected: not an endpoint"
-                     }.get(str(proxy), "none (declared)")
+                     }.get(str(proxy.get("state")), "none (declared)")
+            if str(proxy.get("reason", "")).startswith("draining"):
+                state = "draining: not an endpoint"  # (ADR 0092)
             rows.append([w["metadata"]["name"], (w.get("spec") or {}).get("address") or "-",
                          state])
         _indented(rows)

@@ -39,14 +39,18 @@ def _age(md: dict[str, Any]) -> str:
 
 def _proxy_state(proxy: Any) -> str:
     """A Workload's proxy as `get workloads` shows it (ADR 0040): `-` never connected,
-    `connected`, or why and since when its endpoints are out."""
+    `connected`, or why and since when its endpoints are out (`draining`: still on its
+    stream, shutting down, ADR 0092)."""
     if not isinstance(proxy, dict):
         return "-"
     if proxy.get("state") == "Connected":
         return "connected"
     age = _age({"creationTimestamp": proxy.get("since")})
     ago = f" {age} ago" if age != "-" else ""
-    return f"disconnected{ago}, out of endpoints: {proxy.get('reason') or '?'}"
+    reason = str(proxy.get("reason") or "?")
+    if reason.startswith("draining"):
+        return f"draining{ago}, out of endpoints: {reason.partition(': ')[2] or reason}"
+    return f"disconnected{ago}, out of endpoints: {reason}"
 
 
 def _accepted(obj: dict[str, Any]) -> list[tuple[str, str]]:
@@ -235,7 +239,9 @@ def _get_proxies(srv: str, name: str | None, namespace: str | None, output: str,
             + (["PEER", "SINCE", "CONTROL-PLANE", "PUSHES", "FEATURES"] if wide else [])]
     for p in items:
         cert = p.get("certificate") or {}
-        rows.append([p["namespace"], p["name"], "yes" if p.get("connected") else "no",
+        rows.append([p["namespace"], p["name"],
+                     ("yes, draining" if p.get("draining") else "yes") if p.get("connected")
+                     else "no",
                      p.get("ackedVersion") or "-", p.get("desiredVersion") or "-",
                      str(p.get("protocol") or "-"), _withheld(p) or "-",
                      time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cert["notAfter"]))

@@ -10,8 +10,9 @@ What each replica writes:
 
 * `Connected` when a proxy's session starts (after its hello is admitted), with a fresh
   session id and the replica's name;
-* `Disconnected` when that session ends: at once when the proxy closed the stream (a draining
-  sidecar closes it first thing, `dataplane/subscribed.py`) or reset it; after the stream's
+* `Disconnected` when that session ends: at once when the proxy closed the stream or reset it,
+  or said `Draining` (a stopping sidecar, `dataplane/subscribed.py`, ADR 0092: its stream
+  stays up for the drain, the reason says `draining`); after the stream's
   liveness timeout when the proxy vanished without a word (no frame for
   `--stream-liveness-timeout`, 30 s by default: three missed pings).  The write only holds if
   the stored session is still this one: a proxy that already reconnected (to this replica or

@@ -59,6 +59,7 @@ from tulle.proxyconfig.stream import (
     Certificate,
     Csr,
     DeltaMsg,
+    Draining,
     Error,
     FrameDecoder,
     FrameError,
@@ -175,6 +176,11 @@ class Agent:
         self._stats_task: asyncio.Task[None] | None = None
         self._stats_writer: asyncio.StreamWriter | None = None
         self.stats_reports = 0
+        self._drain_taken = False
+        """This session's control plane takes `Draining` (its `StatsRequest` said so)."""
+        self.draining = False
+        """Said `Draining`: the stream stays for the drain, and is never opened again."""
+        self._renewer: asyncio.Task[None] | None = None
 
     async def start_from_cache(self) -> bool:
         """Serve the cached snapshot, if any, before the control plane is reachable."""
@@ -209,10 +215,10 @@ class Agent:
                 reason = str(exc) or type(exc).__name__
             finally:
                 self.connected.clear()
-            if not self._stop:
-                outage.failed(where, reason, self.current.version if self.current else None)
-            if self._stop:
+            if self._stop or self.draining:
+                # (a draining proxy that reconnected would be an endpoint again)
                 break
+            outage.failed(where, reason, self.current.version if self.current else None)
             i += 1
             attempt += 1
             cap = min(self.backoff_max, self.backoff_initial * 2 ** min(attempt, 16))
@@ -220,6 +226,25 @@ class Agent:
 
     def stop(self) -> None:
         self._stop = True
+
+    async def announce_draining(self, timeout: float = CLOSE_TIMEOUT) -> bool:
+        """Tell the control plane this proxy is stopping (ADR 0092): its workloads leave
+        their Services' endpoints now, and the stream, with its stats reports, stays up for
+        the drain, so `tulle stat` keeps what the drain serves.  False when this stream's
+        control plane does not take `Draining` (from before it, or not asking for reports) or
+        the stream is gone: then the caller leaves the stream to be taken out (ADR 0040)."""
+        writer = self._stats_writer
+        if not self._drain_taken or writer is None or writer.is_closing():
+            return False
+        self.draining = True
+        if self._renewer is not None:  # (a certificate now would not be put in force)
+            self._renewer.cancel()
+        writer.write(encode(Draining()))
+        try:
+            await asyncio.wait_for(writer.drain(), timeout)
+        except (OSError, TimeoutError):
+            return False
+        return True
 
     async def last_report(self, timeout: float = CLOSE_TIMEOUT) -> bool:
         """Send what was served since the last stats report, now, on the open stream, and
@@ -399,7 +424,9 @@ class Agent:
 
     async def _session(self, host: str, port: int) -> None:
         reader, writer = await self.trust.connect(host, port, timeout=5)
-        renewer = asyncio.get_running_loop().create_task(self._renew_when_due(writer))
+        self._drain_taken = False  # (this control plane says so in its own StatsRequest)
+        renewer = self._renewer = asyncio.get_running_loop().create_task(
+            self._renew_when_due(writer))
         taps = TapLink(self.server.taps, writer)
         try:
             writer.write(encode(self._hello()))
@@ -413,10 +440,17 @@ class Agent:
                         self._back()
                         self._back = None
                     if isinstance(msg, StatsRequest):
+                        self._drain_taken = msg.draining
                         self._start_stats(writer, msg.interval_ms)
                         continue
                     if isinstance(msg, TapStart | TapStop):
                         taps.handle(msg)
+                        continue
+                    if self.draining and isinstance(msg, Snapshot | DeltaMsg | TrustUpdate
+                                                    | Certificate):
+                        # What it runs, it drains with (`ProxyServer.apply` refuses while
+                        # draining); no answer: a NACK would read as a config it found bad.
+                        log.debug("draining: %s not taken", type(msg).__name__)
                         continue
                     reply = await self._handle(msg)
                     if reply is not None:

@@ -3,8 +3,9 @@
 Start-up order: admin first (so `/ready` answers 503 while there is nothing to serve), then the
 cached snapshot if one exists (decision 4: keep serving across our own restart even when the
 control plane is down), then the subscription, which replaces it as soon as the control plane
-answers.  SIGTERM sends a last stats report and leaves the stream, then drains exactly as
-for a file-configured proxy (`shut_down`).
+answers.  SIGTERM takes the proxy out of its Services' endpoints (it says `Draining`, or
+leaves the stream), drains exactly as a file-configured proxy does, and sends a last stats
+report (`shut_down`).
 """
 
 from __future__ import annotations
@@ -65,16 +66,22 @@ async def serve(addresses: Sequence[tuple[str, int]], workload: WorkloadInfo, *,
 
 async def shut_down(agent: Agent, task: asyncio.Task[None], server: ProxyServer,
                     timeout: float) -> None:
-    """SIGTERM's order: a last stats report (what was served since the previous one, so
-    `tulle stat` keeps a stopping proxy's last interval), then leave the stream at once --
-    closing it is what takes this proxy out of its Services' endpoints (ADR 0040) -- then
-    drain.  The requests that finish during the drain are not reported."""
+    """SIGTERM's order.  First out of every Service's endpoints, at once: by saying `Draining`
+    on the stream where the control plane takes it (ADR 0092), else by leaving the stream
+    (closing it is the signal, ADR 0040).  Then drain.  A last stats report goes before the
+    stream is left, so `tulle stat` keeps a stopping proxy's last interval; with `Draining`
+    the stream and its reports stay up through the drain, so the requests the drain
+    finishes are reported too."""
+    draining = await agent.announce_draining()
+    if draining:
+        await server.drain(timeout)
     agent.stop()
     await agent.last_report()
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
-    await server.drain(timeout)
+    if not draining:
+        await server.drain(timeout)
 
 
 def run(addresses: Sequence[str], workload: WorkloadInfo, *, cache_dir: Path | None,

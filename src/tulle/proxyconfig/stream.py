@@ -31,9 +31,13 @@ Exchange:
                                                       unknown workload, bad auth)
     cp -> proxy   TrustUpdate(id, bundle, renew)      the mesh roots changed (CA rotation,
     proxy -> cp   TrustAck(id)                        ADR 0035; feature `ca-rotation` only)
-    cp -> proxy   StatsRequest(interval_ms)           report traffic summaries (ADR 0046;
-    proxy -> cp   StatsReport(interval_ms, rows)      feature `stats-reports` only), then
-                                                      one report every interval
+    cp -> proxy   StatsRequest(interval_ms,           report traffic summaries (ADR 0046;
+                        draining)                     feature `stats-reports` only), then
+    proxy -> cp   StatsReport(interval_ms, rows)      one report every interval
+    proxy -> cp   Draining()                          stopping: take me out of the endpoints,
+                                                      the stream (and its reports) stays up
+                                                      for the drain (ADR 0092; only when the
+                                                      StatsRequest says `draining`)
     cp -> proxy   TapStart(id, match, rate,           live tap (ADR 0056; feature `tap` only):
                         expires_ms, headers)          start or renew; TapStop ends it early
     cp -> proxy   TapStop(id)
@@ -261,6 +265,17 @@ class StatsRequest(_Msg, frozen=True, tag="stats-request"):
     so a control plane from before them never gets one."""
 
     interval_ms: int
+    draining: bool = False
+    """This control plane takes `Draining` (ADR 0092): a proxy that stops may say so and keep
+    the stream, and its reports, through its drain.  Absent (a control plane from before it,
+    whose decoder would end the stream on a `Draining`): the proxy leaves the stream first."""
+
+
+class Draining(_Msg, frozen=True, tag="draining"):
+    """The proxy is stopping (SIGTERM): its workloads leave their Services' endpoints now, as
+    if the stream had closed (ADR 0040), while the stream stays up for the drain, so what the
+    drain serves is still reported (ADR 0092).  Sent once, only to a control plane whose
+    `StatsRequest` said `draining`; the stream closes when the drain ends."""
 
 
 class StatsReport(_Msg, frozen=True, tag="stats"):
@@ -301,8 +316,8 @@ class TapEvents(_Msg, frozen=True, tag="tap-events", omit_defaults=True):
 
 
 Message = (Hello | Snapshot | DeltaMsg | Ack | Nack | Ping | Pong | Error | Csr | Certificate
-           | TrustUpdate | TrustAck | StatsRequest | StatsReport | TapStart | TapStop
-           | TapEvents)
+           | TrustUpdate | TrustAck | StatsRequest | StatsReport | Draining | TapStart
+           | TapStop | TapEvents)
 
 _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder(Message)
@@ -447,6 +462,7 @@ __all__ = [
     "Certificate",
     "Csr",
     "DeltaMsg",
+    "Draining",
     "Error",
     "FrameDecoder",
     "FrameError",

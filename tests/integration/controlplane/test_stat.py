@@ -61,9 +61,17 @@ def workload(name: str, address: str, ports: list[dict[str, Any]], outbound: int
             "metadata": {"name": name, "namespace": NS, "labels": labels}, "spec": spec}
 
 
+SLOW_STARTED: list[asyncio.Event] = []
+"""Set when a `/slow` request reaches the origin (which then answers it 1.5 s later)."""
+
+
 async def origin(request: web.Request) -> web.Response:
     if request.path.startswith("/fail"):
         return web.Response(status=500, text="broken")
+    if request.path.startswith("/slow"):
+        for e in SLOW_STARTED:
+            e.set()
+        await asyncio.sleep(1.5)
     return web.Response(text="ok")
 
 
@@ -229,6 +237,42 @@ async def test_a_proxy_shutting_down_reports_its_last_traffic(tmp_path: Path) ->
             return a is not None and (a["requests"], a["failures"]) == (m.sent["a"],
                                                                         m.failed["a"])
         await eventually(reported, timeout=5)
+
+
+async def test_what_a_draining_proxy_serves_is_reported(tmp_path: Path) -> None:
+    """ADR 0092: a stopping sidecar says `Draining`, leaves its Service's endpoints at once,
+    and keeps its stream, with its reports, through the drain: the slow request it finishes
+    while draining is in `tulle stat`.  (Leaving the stream first lost it.)"""
+    started = asyncio.Event()
+    SLOW_STARTED.append(started)
+    try:
+        async with running_mesh(tmp_path, clients=("a",), interval=60.0) as m:
+            async with aiohttp.ClientSession() as s:
+                for _ in range(3):
+                    await m.call("a", "/", s)
+                slow = asyncio.ensure_future(m.call("a", "/slow", s))
+                await asyncio.wait_for(started.wait(), 5)
+                server = m.server
+                stopping = asyncio.ensure_future(
+                    shut_down(server.agent, server.task, server.server, timeout=5.0))
+
+                async def out_of_endpoints() -> bool:
+                    async with aiohttp.ClientSession(headers=auth(m.cp.api_url)) as c, c.get(
+                            f"{m.cp.api_url}/api/v1/proxies") as r:
+                        items = (await r.json())["items"]
+                    api = [p for p in items if p["name"] == "api-0"]
+                    return bool(api) and api[0]["connected"] and api[0]["draining"]
+                await eventually(out_of_endpoints, timeout=2)
+                code, out, err = await tulle(m.cp.api_url, "get", "workloads", "-n", NS)
+                assert code == 0, err
+                assert "draining" in next(ln for ln in out.splitlines() if "api-0" in ln)
+                assert not stopping.done()  # the slow request holds the drain
+                assert await slow == 200
+                await stopping
+            assert server.agent.draining and server.agent.stats_reports == 1
+            await eventually(lambda: _served(m, m.sent["a"]), timeout=5)
+    finally:
+        SLOW_STARTED.remove(started)
 
 
 async def _served(m: Mesh, total: int) -> bool:

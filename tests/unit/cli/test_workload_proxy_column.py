@@ -17,3 +17,10 @@ def test_the_proxy_column() -> None:
                    for n in (12, 13))
     assert _proxy_state({"state": "Disconnected", "reason": "x"}) == (
         "disconnected, out of endpoints: x")
+
+
+def test_a_draining_proxy_is_shown_draining_not_disconnected() -> None:
+    # ADR 0092: still on its stream, out of the endpoints; the reason is the control plane's.
+    assert _proxy_state({"state": "Disconnected",
+                         "reason": "draining: the proxy is shutting down"}) == (
+        "draining, out of endpoints: the proxy is shutting down")

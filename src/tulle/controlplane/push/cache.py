@@ -72,6 +72,8 @@ class ProxyStatus:
     namespace: str
     name: str
     connected: bool = False
+    draining: bool = False
+    """Said `Draining` (ADR 0092): still on its stream, no longer an endpoint."""
     peer: str = ""
     connected_since: float = 0.0
     last_seen: float = 0.0
@@ -115,6 +117,7 @@ class ProxyStatus:
     def to_dict(self) -> dict[str, object]:
         return {
             "namespace": self.namespace, "name": self.name, "connected": self.connected,
+            "draining": self.draining,
             "peer": self.peer, "connectedSince": self.connected_since,
             "lastSeen": self.last_seen, "sentVersion": self.sent_version,
             "ackedVersion": self.acked_version, "ackedAt": self.acked_at,

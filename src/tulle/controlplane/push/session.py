@@ -41,6 +41,7 @@ from tulle.proxyconfig.stream import (
     MAX_FRAME,
     Ack,
     Csr,
+    Draining,
     Error,
     FrameDecoder,
     FrameError,
@@ -62,6 +63,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tulle.controlplane.push")
 
+
+DRAINING = "draining: the proxy is shutting down"
+"""The reason written with `Disconnected` when a proxy says `Draining` (`get workloads`
+shows it)."""
 
 REPLY_BACKLOG = 1 << 20
 """Bytes of unsent output above which a session stops reading what its proxy sends until the
@@ -105,6 +110,8 @@ class ProxySession:
         self.stats_ask: StatsRequest | None = None
         """Sent once, after the proxy's first ACK: a proxy serves traffic only once it runs a
         config, and the messages before it (certificates, the snapshot) keep their order."""
+        self.draining: asyncio.Task[None] | None = None
+        """The write of `DRAINING` into the store, once the proxy said `Draining`."""
         self.stats_period = 0.0
         """Seconds between the reports asked of this proxy (`stats_request`): when its next
         report is due, whatever its last one happened to cover."""
@@ -235,6 +242,7 @@ class ProxySession:
             srv.status[k] = st
             self.node_statuses.append(st)
             st.connected, st.peer, st.connected_since, st.last_seen = True, self.peer, now, now
+            st.draining = False
             st.session = self
             st.control_plane = srv.instance
             st.protocol, st.features = hello.protocol, shown_list(hello.features)
@@ -294,6 +302,9 @@ class ProxySession:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
+            if self.draining is not None:  # (its write is queued before the end's)
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self.draining
             if not cancelled:
                 self.writer.close()  # (a lost peer: nothing more is written to it)
                 await self._presence(keys, False, self.end_reason)
@@ -415,6 +426,22 @@ class ProxySession:
                                             self.stats_warned, self.stats_period)
         elif isinstance(msg, TapEvents) and self.server.taps is not None:
             self.server.taps.take(self, msg)
+        elif isinstance(msg, Draining):
+            self._drain()
+
+    def _drain(self) -> None:
+        """The proxy is stopping and keeps the stream for its drain (ADR 0092): its workloads
+        leave their Services' endpoints now, exactly as a closed stream takes them out (ADR
+        0040).  The stream's own end later writes nothing more: the stored state is already
+        this session's `Disconnected`."""
+        if self.draining is not None:
+            return
+        for s in self.node_statuses:
+            s.draining = True
+        log.info("proxy %s is draining: out of its Services' endpoints",
+                 workload_name(self.node.keys[0]))
+        self.draining = asyncio.get_running_loop().create_task(
+            self._presence(list(self.node.keys), False, DRAINING))
 
     def _ask_stats(self) -> None:
         ask, self.stats_ask = self.stats_ask, None

@@ -22,10 +22,12 @@ FEATURE = "stats-reports"
 
 def stats_request(window: StatsWindow | None, interval: float,
                   features: Sequence[str]) -> StatsRequest | None:
-    """What to send after the hello; None: no reports from this proxy."""
+    """What to send after the hello; None: no reports from this proxy.  It says this control
+    plane takes `Draining` (ADR 0092): a proxy asked for reports keeps reporting through its
+    drain."""
     if window is None or interval <= 0 or FEATURE not in features:
         return None
-    return StatsRequest(interval_ms=max(1, round(interval * 1000)))
+    return StatsRequest(interval_ms=max(1, round(interval * 1000)), draining=True)
 
 
 def take_report(window: StatsWindow | None, statuses: Sequence[ProxyStatus],
