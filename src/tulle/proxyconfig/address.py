@@ -64,6 +64,13 @@ def unmapped(host: str) -> str:
     return host
 
 
+def peer_host(host: str) -> str:
+    """A connection's peer (or local) address as its facts carry it (ADR 0093): `unmapped`,
+    behind a prefix check, since the kernel writes an IPv4-mapped address one way and every
+    accepted connection passes here."""
+    return unmapped(host) if host.startswith("::ffff:") else host
+
+
 def peer_ip(text: str) -> IPAddress | None:
     """A peer's or a destination's address as it is compared with ranges (ADR 0090): an
     IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, a dual-stack socket) as the IPv4 address it

@@ -8,7 +8,13 @@ import socket
 
 import pytest
 
-from tulle.proxyconfig.address import matched_network, numeric_family, peer_ip, unmapped
+from tulle.proxyconfig.address import (
+    matched_network,
+    numeric_family,
+    peer_host,
+    peer_ip,
+    unmapped,
+)
 
 
 def _reference(host: str) -> socket.AddressFamily | None:
@@ -72,3 +78,12 @@ def test_a_mapped_peer_is_in_the_ipv4_range_however_the_range_is_written() -> No
     assert peer in matched_network("10.0.0.0/8")
     assert peer in matched_network("::ffff:10.0.0.0/104")
     assert peer not in matched_network("fd00::/8")
+
+
+def test_a_connections_peer_host_is_unmapped_as_its_facts_carry_it() -> None:
+    # ADR 0093: what x-forwarded-for, rate-limit keys and logs get for a dual-stack socket.
+    assert peer_host("::ffff:10.0.0.5") == "10.0.0.5"
+    assert peer_host("::ffff:127.0.0.1") == "127.0.0.1"
+    assert peer_host("10.0.0.5") == "10.0.0.5"
+    assert peer_host("::1") == "::1"
+    assert peer_host("fe80::1%eth0") == "fe80::1%eth0"

@@ -11,6 +11,12 @@ mesh mTLS listener verified (`security.spiffe`, ADR 0030); empty on plaintext or
 verified SVID, and a filter must then treat the peer as unauthenticated.  `sni` is filled
 by the accept side that sees the ClientHello (the server side of `ssl` does not report it
 after the handshake).
+
+An IPv4 client of a dual-stack socket is reported by the kernel as `::ffff:10.0.0.5`; its
+facts carry `10.0.0.5` (`peer_host`), as Envoy's `ipv4_compat` does at the connection: every
+reader -- `x-forwarded-for`, a rate limit's per-client key, the access log, a tap -- sees one
+client as one address whichever socket it came in on (ADR 0093; ranges were already compared
+as IPv4, ADR 0090).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 
 from tulle.dataplane.security.spiffe import spiffe_id
+from tulle.proxyconfig.address import peer_host
 
 
 class ConnectionFacts:
@@ -56,9 +63,9 @@ def facts_for(transport: asyncio.BaseTransport, listener: str, direction: str,
         peer = None  # a Unix socket, or nothing at all
     address: tuple[str, int] | None = None
     if peer_ip:
-        address = (peer_ip, int(peer[1]) if peer else 0)
+        address = (peer_host(peer_ip), int(peer[1]) if peer else 0)
     elif peer:
-        address = (str(peer[0]), int(peer[1]))
+        address = (peer_host(str(peer[0])), int(peer[1]))
     ssl_object = transport.get_extra_info("ssl_object")
     if ssl_object is None:
         return ConnectionFacts(listener, direction, address)

@@ -19,6 +19,7 @@ from tulle.dataplane.network.filter import ConnectionFacts
 from tulle.dataplane.network.splice import SpliceRelay
 from tulle.dataplane.network.tcp_proxy import Target, TcpProxy
 from tulle.dataplane.security.spiffe import spiffe_id
+from tulle.proxyconfig.address import peer_host
 
 HAS_SPLICE: Final = hasattr(os, "splice")
 USE_SPLICE = HAS_SPLICE
@@ -27,7 +28,7 @@ USE_SPLICE = HAS_SPLICE
 
 def _address(value: object) -> tuple[str, int] | None:
     if isinstance(value, tuple) and len(value) >= 2:
-        return str(value[0]), int(value[1])
+        return peer_host(str(value[0])), int(value[1])
     return None
 
 
