@@ -51,6 +51,11 @@ if TYPE_CHECKING:
 _TLS_RECORD = 0x16
 
 
+def routes_http(chain: ChainRule) -> bool:
+    """`chain` hands HTTP to a route table (or is HTTP by its protocol)."""
+    return chain.router is not None or chain.protocol in ("http1", "http2")
+
+
 class ChainAccept(Deciding):
     """A connection whose filter chain is not chosen yet (see the module docstring)."""
 
@@ -242,11 +247,17 @@ class ChainAccept(Deciding):
         return lambda t, initial: relay(handle, t, initial, target, dst, network=chain.network)
 
     def _target(self, chain: ChainRule, ctx: ListenerContext) -> Target | None:
+        """Where bytes that are not (or not taken as) HTTP go on `chain`: its cluster, or on a
+        transparent listener the original destination -- never for a chain that routes HTTP
+        and names no cluster.  That chain is the workload port's only way in (its route's
+        filters, authorization first): a client silent past the detect timeout, a request
+        line with a leading space or a ClientHello would otherwise reach the application
+        around them (attack audit, ADR 0094)."""
         name = chain.cluster or ctx.cluster
         if name:
             cluster = ctx.clusters.get(name)
             return Target(name, cluster) if cluster is not None else None
-        if ctx.cfg.mode == "transparent":
+        if ctx.cfg.mode == "transparent" and not routes_http(chain):
             return Target.passthrough(*self.destination)
         return None
 

@@ -418,7 +418,7 @@ class DetectDownstream(Deciding):
             self._decide(undecided(self.buffer))
             return
         self._count("timeout")
-        if self._tcp_target_name() or (self.rule is not None and self.destination is not None):
+        if self._tcp_target_name():
             self._decide("tcp")
         else:
             self.abort()
@@ -444,21 +444,18 @@ class DetectDownstream(Deciding):
                 proto.route_by_destination(self.destination)
             self._pass(lambda t, initial: handover(t, proto, initial))
             return
-        # tcp, tls (relayed opaque for now), or an undecidable prefix.  A matched rule without
-        # a cluster of its own (or the listener's) goes to the original destination.
+        # tcp, tls (relayed opaque for now), or an undecidable prefix: to the rule's (or the
+        # listener's) cluster.  Never to a matched rule's original destination: a rule that
+        # routes HTTP and names no cluster is the only way in to that port (its route's
+        # filters, authorization first), and a silent client, a leading space or a
+        # ClientHello relayed there went around them (attack audit, ADR 0094).  A rule that
+        # declares TCP alone was relayed at `connection_made`.
         name = self._tcp_target_name()
-        if name:
-            cluster = ctx.clusters.get(name)
-            if cluster is None:
-                self._refuse("no_cluster")
-                return
-            target = Target(name, cluster)
-        elif rule is not None and self.destination is not None:
-            target = Target.passthrough(*self.destination)
-        else:
+        cluster = ctx.clusters.get(name) if name else None
+        if cluster is None:
             self._refuse("no_cluster")
             return
-        self._relay(target)
+        self._relay(Target(name, cluster))
 
     def _relay(self, target: Target) -> None:
         dst = self.destination if self.ctx.cfg.mode == "transparent" else None
