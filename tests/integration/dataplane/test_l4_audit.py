@@ -309,7 +309,7 @@ async def test_a_trickled_prefix_on_a_filter_chain_listener_is_scanned_once(
 
     # Whichever of the two a fix uses: `detect` anywhere, `detect_next` from chain_accept.
     monkeypatch.setattr(sniff, "detect", counting)
-    monkeypatch.setattr(chain_accept, "detect", counting)
+    monkeypatch.setattr(chain_accept, "detect", counting, raising=False)
     monkeypatch.setattr(chain_accept, "detect_next", counting_next, raising=False)
     cfg = {"listeners": [{"name": "in", "port": 0, "protocol": "auto",
                           "detect_timeout_ms": 60_000,
