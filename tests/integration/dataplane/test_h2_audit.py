@@ -86,6 +86,61 @@ async def test_an_origin_status_below_100_is_a_502_for_an_http1_client_too() -> 
         w.close()
 
 
+class _BadStatusOrigin(asyncio.Protocol):
+    """An h2c origin (the h2 library, its own checks off) answering every request with the
+    `:status` value given, a 2-byte body and END_STREAM."""
+
+    def __init__(self, status: bytes) -> None:
+        import h2.config
+        import h2.connection
+
+        self.status = status
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, validate_inbound_headers=False,
+            validate_outbound_headers=False, normalize_outbound_headers=False))
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.conn.initiate_connection()
+        self.transport.write(self.conn.data_to_send())  # type: ignore[union-attr]
+
+    def data_received(self, data: bytes) -> None:
+        import h2.events
+
+        for ev in self.conn.receive_data(data):
+            if isinstance(ev, h2.events.RequestReceived):
+                self.conn.send_headers(ev.stream_id, [(b":status", self.status),
+                                                      (b"content-length", b"2")])
+                self.conn.send_data(ev.stream_id, b"ok", end_stream=True)
+        if self.transport is not None:
+            self.transport.write(self.conn.data_to_send())
+
+
+@pytest.mark.parametrize("status", [b"099", b"000"])
+async def test_an_h2_origin_status_below_100_is_a_502_and_never_reaches_an_h2_client(
+        status: bytes) -> None:
+    # The h2 -> h2 path: libnghttp2 (client side) checks only that `:status` is three digits,
+    # `response_head` takes int(v) as it is, and the downstream writes it back as b"%d":
+    # `:status: 99` / `:status: 0` reach the client with the origin's body.
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(lambda: _BadStatusOrigin(status), "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with running_proxy(simple_config(port, protocol="http2",
+                                               cluster_protocol="http2")) as p:
+            c = await StatusesH2.connect(p.port())
+            assert isinstance(c, StatusesH2)
+            sid = c.headers(request("GET", "/"))
+            await c.wait_stream(sid, timeout=3)
+            sent = c.statuses.get(sid, [])
+            assert all(len(s) == 3 and 100 <= int(s) <= 599 for s in sent), sent
+            assert c.status.get(sid) == 502 or c.resets.get(sid) is not None, (sent, c.resets)
+            c.close()
+    finally:
+        server.close()
+
+
 # -- a reset flood from a client that does not read (CVE-2019-9514) ---------------------------
 
 def queued_bytes(p: RunningProxy) -> int:
