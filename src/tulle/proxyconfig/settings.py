@@ -110,8 +110,8 @@ class Settings(_Base, frozen=True, kw_only=True):
     http2_control_frame_rate: Annotated[int, Meta(ge=1, le=1_000_000)] = 100
     """Frames per second each class's budget regains."""
     http2_max_queued_control_frames: Annotated[int, Meta(ge=0, le=1_000_000)] = 1000
-    """PING/SETTINGS needing an ACK a client may send while not reading our writes.  0: no
-    limit."""
+    """PING/SETTINGS needing an ACK, and HEADERS, a client may send while not reading our
+    writes (each is answered with a frame).  0: no limit."""
     tls_handshake_timeout_ms: Millis = 10_000
     """A downstream TLS handshake not done this long after accept is aborted and counted
     (Envoy's `transport_socket_connect_timeout`, which has no default; ours is the header

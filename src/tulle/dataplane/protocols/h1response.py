@@ -181,6 +181,11 @@ class ResponseCodec(_Bounds):
         if len(self._headers) > self._max_fields:
             raise ProtocolError(502, "upstream_protocol", "too many response header fields")
         status: int = p.get_status_code()
+        if status < 100:
+            # llhttp takes any three digits; RFC 9110 15 has 100-599 (above 599 is a 5xx to
+            # a client that does not know it, below 100 is none).  `099` went out as a 1xx
+            # with no final answer after it: the client hung (attack audit, ADR 0094).
+            raise ProtocolError(502, "upstream_protocol", f"response status {status:03d}")
         self._done_head = True
         cl: int | None = None
         chunked = False

@@ -15,8 +15,12 @@ Budgets (one token bucket per frame class, per connection):
   frame) adds one token to each, and every DATA frame we send adds two WINDOW_UPDATE tokens
   (a client acknowledges what it reads).  Buckets never hold more than `burst`.
 * While our writes are blocked (the peer does not read), at most `max_queued_control` PINGs and
-  SETTINGS needing an ACK may arrive: each would queue one more frame for a peer that does not
-  read (nghttp2's and Envoy's outbound-queue flood limit, 1,000 in Envoy).
+  SETTINGS needing an ACK, and HEADERS frames, may arrive: each queues at least one more frame
+  for a peer that does not read -- an ACK, or a stream's answer (a malformed request's
+  RST_STREAM goes out at once: 700,000 of them left 6 MB queued, CVE-2019-9514, attack audit,
+  ADR 0094) -- as nghttp2's and Envoy's outbound-queue flood limits bound them (1,000 control
+  frames in Envoy).  A client that reads nothing cannot have more streams than the concurrency
+  limit waiting for an answer, so this does not touch a slow reader with a few requests.
 
 Premature resets (streams the client reset before their response began, within
 `PREMATURE_LIFETIME` seconds of opening, Envoy's definition) are counted by the codec with
@@ -64,7 +68,8 @@ class GuardLimits:
     rate: float = 100.0
     """Tokens regained per second, per class."""
     max_queued_control: int = 1000
-    """PING/SETTINGS needing an ACK while our writes are blocked; 0: no limit."""
+    """PING/SETTINGS needing an ACK, and HEADERS, while our writes are blocked; 0: no
+    limit."""
     max_premature_resets: int = 100
     """See `ResetBudget`; 0: no limit."""
 
@@ -147,10 +152,11 @@ class FrameGuard:
             self._spend(counts, now)
         if self._max_queued:
             if write_blocked:
-                self._queued += acks_needed
+                self._queued += acks_needed + heads
                 if self._queued > self._max_queued:
                     raise Abuse(CONTROL_QUEUE_KIND,
-                                f"{self._queued} PING/SETTINGS while not reading our writes")
+                                f"{self._queued} PING/SETTINGS/HEADERS while not reading our "
+                                "writes")
             else:
                 self._queued = 0
 

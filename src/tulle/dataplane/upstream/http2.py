@@ -48,6 +48,7 @@ from tulle.dataplane.exchange import (
 from tulle.dataplane.protocols.h2common import (
     CANCEL,
     NO_ERROR,
+    PROTOCOL_ERROR,
     REFUSED_STREAM,
     H2Limits,
     H2ProtocolError,
@@ -251,6 +252,9 @@ class H2UpConnection(asyncio.Protocol):
             elif isinstance(ev, ResponseReceived):
                 s = streams.get(ev.stream_id)
                 if s is not None:
+                    if ev.head.status < 100:
+                        self._bad_status(s, ev.head.status)
+                        continue
                     s.response_started = True
                     s._head(ev.head.status)
                     if ev.end_stream:
@@ -270,6 +274,9 @@ class H2UpConnection(asyncio.Protocol):
             elif isinstance(ev, InformationalReceived):
                 s = streams.get(ev.stream_id)
                 if s is not None:
+                    if ev.head.status < 100:
+                        self._bad_status(s, ev.head.status)
+                        continue
                     s.sink.on_informational(ev.head)
             elif isinstance(ev, SendDrained):
                 s = streams.get(ev.stream_id)
@@ -291,6 +298,15 @@ class H2UpConnection(asyncio.Protocol):
         if held is not None:
             for sink in held:
                 sink.on_read_end()
+
+    def _bad_status(self, s: H2UpStream, status: int) -> None:
+        """A `:status` below 100 (`099`, `000`): three digits, which is all libnghttp2 checks,
+        and no status (RFC 9110 15: 100-599).  Taken as a 1xx it reached the client as
+        `:status: 99` with no final answer after it (attack audit, ADR 0094): the stream is
+        reset and the request fails as an upstream protocol error (502, UPE)."""
+        self.codec.reset(s.sid, PROTOCOL_ERROR)
+        self._done(s)
+        s._failed(upstream_protocol_error(f"upstream response status {status:03d}"))
 
     def _on_goaway(self, last_stream_id: int) -> None:
         self.goaway = True

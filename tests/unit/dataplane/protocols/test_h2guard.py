@@ -95,6 +95,15 @@ def test_acks_asked_for_while_our_writes_are_blocked_are_limited() -> None:
                    blocked=True) == "h2_control_queue_flood"
 
 
+def test_streams_opened_while_our_writes_are_blocked_are_limited() -> None:
+    # Each is answered with a frame (a response, or a malformed one's RST_STREAM at once):
+    # CVE-2019-9514's reset flood queued them without bound for a peer that reads nothing.
+    g = guard(burst=1_000_000, max_queued_control=10)
+    assert kind_of(g, PREFACE + HEADERS * 10, blocked=False) is None  # reading: not counted
+    assert kind_of(g, HEADERS * 6 + h2raw.ping() * 4, blocked=True) is None
+    assert kind_of(g, HEADERS, blocked=True) == "h2_control_queue_flood"
+
+
 def test_reset_budget_is_earned_back_by_answered_streams() -> None:
     b = ResetBudget(3)
     for _ in range(3):
