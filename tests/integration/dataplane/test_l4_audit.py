@@ -331,3 +331,36 @@ async def test_a_trickled_prefix_on_a_filter_chain_listener_is_scanned_once(
         await asyncio.wait_for(r.readline(), 5)
         w.close()
     assert scanned < 10 * n, f"{scanned} bytes scanned for a {n}-byte prefix"
+
+
+# -- An HTTP/2 engine that is not built --------------------------------------------------------
+
+
+async def test_http2_without_its_engine_is_refused_never_relayed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build without the HTTP/2 engine (its import fails) relayed an h2 prior-knowledge
+    connection as opaque TCP to the listener's cluster -- an HTTP/1 origin, or on a
+    transparent listener the application itself -- past the route's filters, with nothing
+    said.  Now it is refused (`http2_unavailable`), and HTTP/1 is still served."""
+    import sys
+
+    from tests.support.rawservers import raw_server
+
+    got: list[bytes] = []
+
+    async def record(srv: Any, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        got.append(await r.read(65536))
+
+    monkeypatch.setitem(sys.modules, "tulle.dataplane.listeners.http2", None)  # (ImportError)
+    async with raw_server(record) as srv, running_proxy({
+            "listeners": [{"name": "in", "port": 0, "protocol": "auto", "cluster": "c"}],
+            "clusters": [{"name": "c", "endpoints": [{"address": "127.0.0.1",
+                                                      "port": srv.port}]}]}) as p:
+        r, w = await asyncio.open_connection("127.0.0.1", p.port("in"))
+        w.write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        assert await asyncio.wait_for(r.read(), 5) == b""  # closed, nothing answered
+        w.close()
+        await asyncio.sleep(0.1)
+        assert srv.connections == 0 and got == []
+        errors = p.server.metrics.protocol_errors
+        assert errors.labels("in", "http2_unavailable").value == 1

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from tulle.dataplane.listeners.chains import ChainRule, by_destination, by_hello
-from tulle.dataplane.listeners.detect import Deciding, handover
+from tulle.dataplane.listeners.detect import Deciding, _h2_driver, handover
 from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.http1 import H1Downstream
 from tulle.dataplane.listeners.listener_context import ListenerContext
@@ -196,8 +196,8 @@ class ChainAccept(Deciding):
 
     def _drive(self, chain: ChainRule, protocol: str) -> None:
         driver = self._driver(protocol)
-        if driver is None:
-            self._relay_chain(chain)
+        if driver is None:  # (an HTTP/2 engine not built: `detect._h2_driver`)
+            self._refuse("http2_unavailable")
             return
         proto = driver(self.handle)
         proto.route_by_chain(chain.name, b"http")
@@ -207,11 +207,7 @@ class ChainAccept(Deciding):
     def _driver(protocol: str) -> Callable[[ListenerHandle], H1Downstream] | None:
         if protocol != "http2":
             return H1Downstream
-        try:
-            from tulle.dataplane.listeners.http2 import H2Downstream
-        except ImportError:  # pragma: no cover - HTTP/2 is then relayed as TCP
-            return None
-        return cast(Callable[[ListenerHandle], H1Downstream], H2Downstream)
+        return cast(Callable[[ListenerHandle], H1Downstream] | None, _h2_driver())
 
     def _terminate(self, chain: ChainRule) -> None:
         from tulle.dataplane.listeners.tls import TLSAccept
@@ -230,7 +226,9 @@ class ChainAccept(Deciding):
                 if chain.router is not None or chain.protocol in ("http1", "http2"):
                     return None
                 return self._tls_relay(chain)
-            driver = self._driver("http2" if alpn == "h2" else "http1") or H1Downstream
+            driver = self._driver("http2" if alpn == "h2" else "http1")
+            if driver is None:  # h2 without its engine: refused, counted `tls_alpn`
+                return None
             proto = driver(handle)
             proto.route_by_chain(name, b"https", self.sni)
             return proto

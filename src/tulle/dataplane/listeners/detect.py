@@ -38,6 +38,7 @@ driver that serves it, then steps aside:
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol, cast
@@ -53,6 +54,8 @@ from tulle.dataplane.network.relay import Target, relay
 from tulle.dataplane.protocols.detect import MAX_SNIFF_BYTES, detect_next, undecided
 from tulle.net.origdst import original_destination
 
+log = logging.getLogger("tulle.proxy")
+
 if TYPE_CHECKING:
     from tulle.dataplane.listeners.http2 import H2Downstream
     from tulle.dataplane.listeners.listener_context import DestinationRule
@@ -60,11 +63,21 @@ if TYPE_CHECKING:
 
 
 
+_H2_MISSING: list[str] = []
+"""Why the HTTP/2 driver cannot be imported, once known (logged once)."""
+
+
 def _h2_driver() -> type[H2Downstream] | None:
-    """The HTTP/2 driver, imported on first need; None when h2 is not installed."""
+    """The HTTP/2 driver, imported on first need; None when its engine is not built (then an
+    HTTP/2 connection is refused, `http2_unavailable`, and the reason logged once: relayed
+    as TCP, its bytes went to an HTTP/1 cluster -- or, transparent, the application --
+    without the route's filters, attack audit, ADR 0094)."""
     try:
         from tulle.dataplane.listeners.http2 import H2Downstream
-    except ImportError:  # pragma: no cover - HTTP/2 is then relayed as TCP
+    except ImportError as exc:  # pragma: no cover - a build without the HTTP/2 engine
+        if not _H2_MISSING:
+            _H2_MISSING.append(str(exc))
+            log.error("HTTP/2 connections are refused: %s", exc)
         return None
     return H2Downstream
 
@@ -433,7 +446,8 @@ class DetectDownstream(Deciding):
         ctx = self.ctx
         h2_driver = _h2_driver() if protocol == "http2" else None
         if protocol == "http2" and h2_driver is None:
-            protocol = "tcp"
+            self._refuse("http2_unavailable")
+            return
         if protocol in ("http1", "http2"):
             proto: H1Downstream | H2Downstream
             driver = h2_driver if h2_driver is not None else H1Downstream
