@@ -249,6 +249,36 @@ async def test_tcp_forwards_past_the_in_flight_bound_get_servfail_at_once() -> N
         writer.close()
 
 
+async def test_queries_held_past_a_connections_16_pending_forwards_are_answered_later() -> None:
+    """One write of 40 queries: 20 the upstream never answers, then 20 it answers.  At most
+    16 forwards are pending at a time (ADR 0095); the rest wait in the connection's buffer
+    and are taken as forwards end (SERVFAIL after the timeout), so every query is answered,
+    in at most three rounds of the timeout."""
+    async with upstream_dns() as up, running_proxy(config(up.port, upstream_timeout_ms=200)) as p:
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.server.dns.port)
+        burst = b""
+        for i in range(40):
+            q = dns.message.make_query("slow.example.org" if i < 20 else "example.org", "A")
+            q.id = i
+            w = q.to_wire()
+            burst += len(w).to_bytes(2, "big") + w
+        writer.write(burst)
+        service = p.server.dns.service
+        assert service is not None and service.current.shared is not None
+        shared = service.current.shared
+        got: dict[int, int] = {}
+        async with asyncio.timeout(5):
+            while len(got) < 40:
+                n = int.from_bytes(await reader.readexactly(2), "big")
+                r = dns.message.from_wire(await reader.readexactly(n))
+                got[r.id] = r.rcode()
+                assert shared.inflight <= 16
+        writer.close()
+        assert all(got[i] == dns.rcode.SERVFAIL for i in range(20))
+        assert all(got[i] == dns.rcode.NOERROR for i in range(20, 40))
+        assert len(up.received_tcp) == 40
+
+
 async def test_a_taken_port_refuses_the_snapshot_and_keeps_the_running_one() -> None:
     from tulle.dataplane.server import ApplyError
     blocker = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -9,8 +9,10 @@ Bounds (each one an attack the tests replay): forwarded queries in flight (`max_
 UDP past it dropped, TCP past it SERVFAIL); UDP answers not sent while the socket's write
 buffer is full (dropped); client TCP connections (`max_tcp_connections`), their message size
 (`max_tcp_message_bytes`, a larger prefix closes the connection), their idle time, 16
-forwarded queries pending per connection, and a client not reading its answers (reading
-pauses for both).  An upstream that is this resolver itself is skipped (it would loop).
+forwarded queries pending per connection, and a client not reading its answers (for both,
+reading pauses and the queries one read already brought wait in the connection's buffer
+until a forward ends or the client reads).  An upstream that is this resolver itself is
+skipped (it would loop).
 """
 
 from __future__ import annotations
@@ -217,7 +219,14 @@ class _Tcp(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.write_blocked = False
-        if self.transport is not None and self.pending < PENDING_PER_CONNECTION:
+        self._resume()
+
+    def _resume(self) -> None:
+        """A reason to stop has gone (a forward completed, the client read its answers):
+        take the queries already buffered, then read again unless one of them stopped it."""
+        self._drain()
+        if (self.transport is not None and self.pending < PENDING_PER_CONNECTION
+                and not self.write_blocked):
             self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -229,10 +238,18 @@ class _Tcp(asyncio.Protocol):
         self.transport = None
 
     def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self._drain()
+
+    def _drain(self) -> None:
+        """Handle the complete queries in the buffer, stopping at the bound (16 forwards
+        pending) or a client that does not read its answers: reading pauses then, and what
+        one read already brought stays buffered until `_resume`.  Without that stop, one
+        write of 100 queries would start 100 forwards and take the whole `max_inflight`."""
         sh = self.shared
         st = sh.state
-        self.buf += data
-        while len(self.buf) >= 2 and self.transport is not None:
+        while (len(self.buf) >= 2 and self.transport is not None
+               and self.pending < PENDING_PER_CONNECTION and not self.write_blocked):
             n = int.from_bytes(self.buf[:2], "big")
             if n > st.cfg.max_tcp_message_bytes or n == 0:
                 sh.count("tcp", resolver.DROPPED)
@@ -275,14 +292,13 @@ class _Tcp(asyncio.Protocol):
         finally:
             self.shared.inflight -= 1
             self.pending -= 1
-        if (self.transport is not None and self.pending == PENDING_PER_CONNECTION - 1
-                and not self.write_blocked):
-            self.transport.resume_reading()
         assert d.query is not None
         if reply is None:
             self._write(servfail(d.query), resolver.SERVFAIL)
         else:
             self._write(reply, resolver.FORWARDED)
+        if self.pending == PENDING_PER_CONNECTION - 1:
+            self._resume()
 
 
 Endpoints = tuple[asyncio.DatagramTransport, asyncio.Server]
