@@ -4,8 +4,8 @@
 
 `resolver.decide` must never raise.  Whatever it answers must be a message dnspython reads,
 with the query's ID; a query the codec accepts must be one dnspython accepts too, with the
-same question name (case-insensitively) and type (differential: our parser may refuse more,
-never accept what a mature one refuses).
+same question name (case-insensitively), type and labels holding a dot (differential: our
+parser may refuse more, never accept what a mature one refuses).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ def test_one_input(data: bytes) -> None:
             raise AssertionError(f"accepted what dnspython refuses: {exc!r}") from exc
         (rrset,) = theirs.question
         assert b".".join(rrset.name.labels[:-1]).lower() == q.name, (rrset.name, q.name)
+        assert q.label_dot == any(b"." in x for x in rrset.name.labels), rrset.name
         assert rrset.rdtype == q.qtype
     if d.reply is not None:
         r = dns.message.from_wire(d.reply)

@@ -7,7 +7,9 @@ Results (the `result` label of `tulle_proxy_dns_queries_total`):
 * `formerr`: a query that could not be read (FORMERR, or NOTIMP for another opcode);
 * `dropped`: nothing could be answered (no header, or a response rather than a query);
 * `forward`: everything else, for `forward.py` (the listener counts `forwarded` or
-  `servfail` when the upstream answered or did not).
+  `servfail` when the upstream answered or did not): a name of another class, one no mesh
+  rule covers, or one whose labels hold a dot (`Query.label_dot`: its dotted form spells
+  another name, so it is not the mesh's; the upstream answers it as it would without us).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def decide(data: bytes, table: NameTable, udp: bool) -> Decision:
         if q.rcode is None:
             return Decision(DROPPED)
         return Decision(FORMERR, wire.error(q))
-    if q.qclass in (wire.CLASS_IN, wire.ANY):
+    if q.qclass in (wire.CLASS_IN, wire.ANY) and not q.label_dot:
         rec = table.lookup(q.name)
         if rec is not None:
             if q.qtype == wire.A:

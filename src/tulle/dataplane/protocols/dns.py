@@ -17,6 +17,10 @@ Rules of this module (each one an attack the tests replay):
   each other would loop.
 * Only the question and an OPT record (EDNS(0), RFC 6891) are read from a query; anything else
   in it is FORMERR, as for a query with more or less than one question.
+* A label may hold any octet, a dot included (RFC 1035 3.1, RFC 2181 11), so the dotted
+  `Query.name` of such a question spells other labels than the client's: the query says so
+  (`Query.label_dot`) and the resolver never answers it as a mesh name.  Names are compared
+  label by label (their wire form) wherever two of them must be the same (`same_question`).
 """
 
 from __future__ import annotations
@@ -76,6 +80,9 @@ class Query:
     qclass: int
     edns: int | None
     """The client's UDP payload size from its OPT record; None without EDNS(0)."""
+    label_dot: bool
+    """A label holds a b"." octet: `name` then reads as more labels than the client sent
+    (`catalog.shop` for the one label `catalog\\.shop`), so it names no mesh Service."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +99,14 @@ class Malformed:
 def read_name(data: bytes, offset: int) -> tuple[bytes, bytes, int]:
     """The name at `offset`: (lower-cased dotted name, uncompressed wire form, offset after
     it in the message).  Raises MalformedName."""
+    labels, end = _read_labels(data, offset)
+    wire = b"".join(bytes((len(lab),)) + lab for lab in labels) + b"\x00"
+    return b".".join(labels).lower(), wire, end
+
+
+def _read_labels(data: bytes, offset: int) -> tuple[list[bytes], int]:
+    """The labels of the name at `offset` (case kept) and the offset after it in the
+    message.  Raises MalformedName."""
     labels: list[bytes] = []
     end = -1  # where the name ends in the message (before the first pointer's target)
     total = 0
@@ -130,8 +145,7 @@ def read_name(data: bytes, offset: int) -> tuple[bytes, bytes, int]:
             raise MalformedName("name longer than 255 octets")
         labels.append(data[pos + 1:pos + 1 + n])
         pos += 1 + n
-    wire = b"".join(bytes((len(lab),)) + lab for lab in labels) + b"\x00"
-    return b".".join(labels).lower(), wire, (end if end >= 0 else pos)
+    return labels, (end if end >= 0 else pos)
 
 
 def _skip_rr(data: bytes, pos: int) -> tuple[int, int, int, bytes]:
@@ -159,7 +173,7 @@ def parse_query(data: bytes) -> Query | Malformed:
     if qd != 1 or an or ns:
         return Malformed("not exactly one question", FORMERR, qid, keep)
     try:
-        name, wire, pos = read_name(data, HEADER)
+        labels, pos = _read_labels(data, HEADER)
         if pos + _Q.size > len(data):
             raise MalformedName("question runs past the message")
         qtype, qclass = _Q.unpack_from(data, pos)
@@ -174,7 +188,11 @@ def parse_query(data: bytes) -> Query | Malformed:
         return Malformed(str(exc), FORMERR, qid, keep)
     if pos != len(data):
         return Malformed("bytes after the last record", FORMERR, qid, keep)
-    return Query(qid, flags, name, wire, qtype, qclass, edns)
+    name = b".".join(labels)
+    # one dot between each two labels: any more were inside a label (one C-level count)
+    label_dot = name.count(b".") >= len(labels) > 0
+    wire = b"".join(bytes((len(lab),)) + lab for lab in labels) + b"\x00"
+    return Query(qid, flags, name.lower(), wire, qtype, qclass, edns, label_dot)
 
 
 def _opt() -> bytes:
@@ -214,17 +232,19 @@ def rr(rtype: int, ttl: int, rdata: bytes) -> bytes:
 
 def same_question(query: bytes, reply: bytes) -> bool:
     """`reply` answers `query`: same ID, QR set, and the same question (names compared
-    case-insensitively).  An upstream datagram that fails this is dropped (spoofing)."""
+    label by label, case-insensitively: their wire forms, whose length octets `lower` leaves
+    alone, so the labels `a.b` `c` are not `a` `b.c`).  An upstream datagram that fails this
+    is dropped (spoofing)."""
     if len(reply) < HEADER or reply[:2] != query[:2] or not reply[2] & 0x80:
         return False
     try:
-        qname, _, qpos = read_name(query, HEADER)
-        rname, _, rpos = read_name(reply, HEADER)
+        _, qwire, qpos = read_name(query, HEADER)
+        _, rwire, rpos = read_name(reply, HEADER)
     except MalformedName:
         return False
     if int.from_bytes(reply[4:6], "big") != 1:
         return False
-    return qname == rname and query[qpos:qpos + 4] == reply[rpos:rpos + 4]
+    return qwire.lower() == rwire.lower() and query[qpos:qpos + 4] == reply[rpos:rpos + 4]
 
 
 def reply_id(reply: bytes) -> int:

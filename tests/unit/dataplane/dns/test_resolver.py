@@ -97,3 +97,15 @@ def test_resolv_conf_nameservers_are_read_and_junk_skipped(tmp_path: object) -> 
                     "nameserver not-an-ip\nnameserver\noptions ndots:5\n")
     assert resolv_conf_upstreams(str(conf)) == (("10.0.0.2", 53), ("fe80::1", 53))
     assert resolv_conf_upstreams(str(conf) + ".missing") == ()
+
+
+def test_a_label_holding_a_dot_is_never_a_mesh_name() -> None:
+    """The one label `catalog.shop` (or `catalog.shop.mesh`, or `catalog.shop` under `mesh`)
+    is not the name its dots spell: forwarded as it came, never the VIP nor NXDOMAIN."""
+    import struct
+    for labels in ((b"catalog.shop",), (b"catalog.shop.mesh",), (b"catalog", b"shop.mesh"),
+                   (b"catalog.shop", b"mesh")):
+        name = b"".join(bytes((len(x),)) + x for x in labels) + b"\x00"
+        data = struct.pack("!HHHHHH", 1, 0x0100, 1, 0, 0, 0) + name + b"\x00\x01\x00\x01"
+        d = resolver.decide(data, TABLE, True)
+        assert d.result == resolver.FORWARDED and d.reply is None, labels

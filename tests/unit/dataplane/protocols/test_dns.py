@@ -148,3 +148,29 @@ def test_truncated_sets_tc_and_carries_no_records() -> None:
     assert isinstance(q, wire.Query)
     r = dns.message.from_wire(wire.truncated(q))
     assert r.flags & dns.flags.TC and not r.answer
+
+
+@pytest.mark.parametrize(("labels", "dotted"), [
+    ((b"catalog", b"shop"), False),
+    ((), False),  # the root
+    ((b"a",), False),
+    ((b"catalog.shop",), True),
+    ((b"catalog", b"shop.mesh"), True),
+    ((b"a.",), True),
+    ((b".",), True),
+    ((b"x" * 63, b"a.b", b"y" * 10), True),
+])
+def test_a_label_holding_a_dot_is_marked(labels: tuple[bytes, ...], dotted: bool) -> None:
+    """RFC 1035 3.1 / RFC 2181 11: any octet may sit in a label, b"." included; the dotted
+    `name` then spells other labels, which the query must say."""
+    q = wire.parse_query(header() + question(qname(*labels)))
+    assert isinstance(q, wire.Query)
+    assert q.label_dot is dotted
+    assert q.name == b".".join(labels).lower() and q.wire_name == qname(*labels)
+
+
+def test_same_question_compares_labels_not_their_dotted_spelling() -> None:
+    query = header() + question(qname(b"a.b", b"c"))
+    reply = header(flags=0x8180) + question(qname(b"a", b"b.c"))
+    assert not wire.same_question(query, reply)
+    assert wire.same_question(query, header(flags=0x8180) + question(qname(b"A.B", b"C")))
