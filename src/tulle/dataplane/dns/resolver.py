@@ -4,7 +4,8 @@ Results (the `result` label of `tulle_proxy_dns_queries_total`):
 
 * `mesh`: a mesh name, answered here (A / AAAA records, or NODATA for another type);
 * `nxdomain`: a name under the mesh domain that no Service has;
-* `formerr`: a query that could not be read (FORMERR, or NOTIMP for another opcode);
+* `formerr`: a query that could not be read (FORMERR, NOTIMP for another opcode), or a name
+  answered here asked with an EDNS version past 0 (BADVERS, RFC 6891 6.1.3);
 * `dropped`: nothing could be answered (no header, or a response rather than a query);
 * `forward`: everything else, for `forward.py` (the listener counts `forwarded` or
   `servfail` when the upstream answered or did not): a name of another class, one no mesh
@@ -46,6 +47,8 @@ def decide(data: bytes, table: NameTable, udp: bool) -> Decision:
     if q.qclass in (wire.CLASS_IN, wire.ANY) and not q.label_dot:
         rec = table.lookup(q.name)
         if rec is not None:
+            if q.edns_version:
+                return Decision(FORMERR, wire.badvers(q))
             if q.qtype == wire.A:
                 reply = wire.answer(q, wire.NOERROR, rec.a, rec.a_count)
             elif q.qtype == wire.AAAA:
@@ -59,5 +62,10 @@ def decide(data: bytes, table: NameTable, udp: bool) -> Decision:
                 reply = wire.truncated(q)
             return Decision(MESH, reply)
         if table.owns(q.name):
+            if q.edns_version:
+                return Decision(FORMERR, wire.badvers(q))
             return Decision(NXDOMAIN, wire.answer(q, wire.NXDOMAIN))
+    # Forwarded as it came, an EDNS version past 0 included: for these names the proxy is a
+    # forwarder, transparent to EDNS (RFC 5625's transparency principle), and the upstream,
+    # the responder, answers BADVERS or the version it implements (RFC 6891 6.1.3).
     return Decision(FORWARDED, None, q)

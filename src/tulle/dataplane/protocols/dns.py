@@ -16,7 +16,9 @@ Rules of this module (each one an attack the tests replay):
 * A message with QR set (an answer) is never answered: that is how two resolvers reflecting at
   each other would loop.
 * Only the question and an OPT record (EDNS(0), RFC 6891) are read from a query; anything else
-  in it is FORMERR, as for a query with more or less than one question.
+  in it is FORMERR, as for a query with more or less than one question.  The OPT record's
+  VERSION is kept (`Query.edns_version`): past 0, what this resolver answers itself is BADVERS
+  (`badvers`, RFC 6891 6.1.3).
 * A label may hold any octet, a dot included (RFC 1035 3.1, RFC 2181 11), so the dotted
   `Query.name` of such a question spells other labels than the client's: the query says so
   (`Query.label_dot`) and the resolver never answers it as a mesh name.  Names are compared
@@ -49,6 +51,11 @@ SERVFAIL: Final = 2
 NXDOMAIN: Final = 3
 NOTIMP: Final = 4
 REFUSED: Final = 5
+BADVERS: Final = 16
+"""An extended RCODE (RFC 6891 6.1.3): its upper 8 bits go in the OPT record's TTL, the lower
+4 in the header."""
+EDNS_VERSION: Final = 0
+"""The EDNS version this resolver implements (and announces in every OPT record it sends)."""
 
 _QR: Final = 0x8000
 _OPCODE: Final = 0x7800
@@ -83,6 +90,8 @@ class Query:
     label_dot: bool
     """A label holds a b"." octet: `name` then reads as more labels than the client sent
     (`catalog.shop` for the one label `catalog\\.shop`), so it names no mesh Service."""
+    edns_version: int
+    """The VERSION of the client's OPT record (0 without one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,16 +157,16 @@ def _read_labels(data: bytes, offset: int) -> tuple[list[bytes], int]:
     return labels, (end if end >= 0 else pos)
 
 
-def _skip_rr(data: bytes, pos: int) -> tuple[int, int, int, bytes]:
-    """Read one resource record at `pos`: (type, class-or-size, end offset, name)."""
+def _skip_rr(data: bytes, pos: int) -> tuple[int, int, int, int, bytes]:
+    """Read one resource record at `pos`: (type, class-or-size, TTL, end offset, name)."""
     name, _, pos = read_name(data, pos)
     if pos + _RR.size > len(data):
         raise MalformedName("record header runs past the message")
-    rtype, rclass, _, rdlen = _RR.unpack_from(data, pos)
+    rtype, rclass, ttl, rdlen = _RR.unpack_from(data, pos)
     pos += _RR.size + rdlen
     if pos > len(data):
         raise MalformedName("record data runs past the message")
-    return rtype, rclass, pos, name
+    return rtype, rclass, ttl, pos, name
 
 
 def parse_query(data: bytes) -> Query | Malformed:
@@ -179,11 +188,13 @@ def parse_query(data: bytes) -> Query | Malformed:
         qtype, qclass = _Q.unpack_from(data, pos)
         pos += _Q.size
         edns: int | None = None
+        version = 0
         for _ in range(ar):
-            rtype, rclass, pos, rname = _skip_rr(data, pos)
+            rtype, rclass, ttl, pos, rname = _skip_rr(data, pos)
             if rtype != OPT or rname or edns is not None:
                 raise MalformedName("additional record other than one OPT")
             edns = max(rclass, MAX_UDP_PLAIN)
+            version = (ttl >> 16) & 0xFF  # TTL: extended RCODE, VERSION, DO and Z
     except MalformedName as exc:
         return Malformed(str(exc), FORMERR, qid, keep)
     if pos != len(data):
@@ -192,24 +203,36 @@ def parse_query(data: bytes) -> Query | Malformed:
     # one dot between each two labels: any more were inside a label (one C-level count)
     label_dot = name.count(b".") >= len(labels) > 0
     wire = b"".join(bytes((len(lab),)) + lab for lab in labels) + b"\x00"
-    return Query(qid, flags, name.lower(), wire, qtype, qclass, edns, label_dot)
+    return Query(qid, flags, name.lower(), wire, qtype, qclass, edns, label_dot, version)
 
 
-def _opt() -> bytes:
-    return b"\x00" + _RR.pack(OPT, EDNS_PAYLOAD, 0, 0)
+def _opt(rcode: int) -> bytes:
+    """Our OPT record: root owner, our UDP size, `rcode`'s upper 8 bits, VERSION 0."""
+    return b"\x00" + _RR.pack(OPT, EDNS_PAYLOAD, (rcode >> 4) << 24 | EDNS_VERSION << 16, 0)
+
+
+_OPT: Final = _opt(NOERROR)
 
 
 def answer(q: Query, rcode: int, records: bytes = b"", count: int = 0, *,
            authoritative: bool = True) -> bytes:
     """The answer to `q`: its question echoed (case kept), `count` answer records already in
     wire form (`records`, their owner a pointer to the question: `rr`), an OPT record when
-    the query had one.  An answer too large for the client's UDP size is the caller's to
-    truncate (`truncated`)."""
-    flags = _QR | _RA | (q.flags & _RD) | (_AA if authoritative else 0) | rcode
+    the query had one (carrying the upper bits of an extended `rcode`, which needs one).  An
+    answer too large for the client's UDP size is the caller's to truncate (`truncated`)."""
+    flags = _QR | _RA | (q.flags & _RD) | (_AA if authoritative else 0) | (rcode & 0xF)
     ar = 1 if q.edns is not None else 0
     head = _H.pack(q.id, flags, 1, count, 0, ar)
-    tail = _opt() if ar else b""
+    tail = (_OPT if rcode <= 0xF else _opt(rcode)) if ar else b""
     return b"".join((head, q.wire_name, _Q.pack(q.qtype, q.qclass), records, tail))
+
+
+def badvers(q: Query) -> bytes:
+    """The answer to a query whose EDNS VERSION this resolver does not implement (RFC 6891
+    6.1.3): RCODE BADVERS, no records, our OPT record saying VERSION 0 (the highest we do).
+    Only ever for a query with an OPT record, which carries the extended RCODE's upper bits."""
+    assert q.edns is not None
+    return answer(q, BADVERS, authoritative=False)
 
 
 def truncated(q: Query) -> bytes:

@@ -109,3 +109,18 @@ def test_a_label_holding_a_dot_is_never_a_mesh_name() -> None:
         data = struct.pack("!HHHHHH", 1, 0x0100, 1, 0, 0, 0) + name + b"\x00\x01\x00\x01"
         d = resolver.decide(data, TABLE, True)
         assert d.result == resolver.FORWARDED and d.reply is None, labels
+
+
+def test_an_edns_version_past_0_is_badvers_for_names_answered_here_and_forwarded_else() -> None:
+    """RFC 6891 6.1.3 for what the proxy answers itself (a mesh name, an unknown `.mesh` name);
+    a forwarded name goes upstream as it came, whose responder answers the version."""
+    for name in ("catalog.shop", "catalog.shop.mesh", "ghost.shop.mesh"):
+        d = ask(name, use_edns=1)
+        assert d.result == resolver.FORMERR and d.reply is not None, name
+        r = dns.message.from_wire(d.reply)
+        assert r.rcode() == dns.rcode.BADVERS and r.edns == 0 and not r.answer, name
+    d = ask("example.org", use_edns=1)
+    assert d.result == resolver.FORWARDED and d.reply is None
+    d = ask("catalog.shop", use_edns=0)
+    assert d.result == resolver.MESH and d.reply is not None
+    assert dns.message.from_wire(d.reply).answer

@@ -174,3 +174,24 @@ def test_same_question_compares_labels_not_their_dotted_spelling() -> None:
     reply = header(flags=0x8180) + question(qname(b"a", b"b.c"))
     assert not wire.same_question(query, reply)
     assert wire.same_question(query, header(flags=0x8180) + question(qname(b"A.B", b"C")))
+
+
+def test_the_edns_version_is_read_and_badvers_carries_its_upper_bits_in_the_opt_record() -> None:
+    for version in (0, 1, 255):
+        m = dns.message.make_query("a.b", "A", use_edns=version)
+        q = wire.parse_query(m.to_wire())
+        assert isinstance(q, wire.Query) and q.edns_version == version
+    q = wire.parse_query(dns.message.make_query("a.b", "A").to_wire())
+    assert isinstance(q, wire.Query) and q.edns_version == 0 and q.edns is None
+    m = dns.message.make_query("A.b", "AAAA", use_edns=1, want_dnssec=True)
+    q = wire.parse_query(m.to_wire())
+    assert isinstance(q, wire.Query) and q.edns_version == 1
+    raw = wire.badvers(q)
+    assert raw[3] & 0x0F == 0  # the lower 4 bits of 16, in the header
+    r = dns.message.from_wire(raw)
+    assert r.id == m.id and m.is_response(r) and r.question[0].name.to_text() == "A.b."
+    assert r.rcode() == dns.rcode.BADVERS and r.edns == 0 and r.payload == wire.EDNS_PAYLOAD
+    assert not r.answer and not r.flags & dns.flags.AA
+    # an ordinary answer's OPT record carries no extended RCODE
+    r = dns.message.from_wire(wire.answer(q, wire.NXDOMAIN))
+    assert r.rcode() == dns.rcode.NXDOMAIN and r.edns == 0
