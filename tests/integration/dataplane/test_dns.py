@@ -79,6 +79,16 @@ async def test_unknown_names_under_the_mesh_domain_are_nxdomain() -> None:
         assert p.metric("tulle_proxy_dns_queries_total", result="nxdomain") == 1
 
 
+async def test_the_parents_of_service_names_are_nodata_over_udp_and_tcp() -> None:
+    """Empty non-terminals (ADR 0095): they exist, so NOERROR with no records."""
+    async with running_proxy(config()) as p:
+        for name in ("shop.mesh", "mesh", "shop.svc.cluster.local", "svc.cluster.local"):
+            for r in (await udp(p, name), await tcp(p, name, "AAAA")):
+                assert r.rcode() == dns.rcode.NOERROR and not r.answer, name
+        assert p.metric("tulle_proxy_dns_queries_total", result="mesh") == 8
+        assert p.metric("tulle_proxy_dns_queries_total", result="nxdomain") == 0
+
+
 async def test_other_names_are_forwarded_and_relayed_unchanged_over_udp_and_tcp() -> None:
     async with upstream_dns() as up, running_proxy(config(up.port)) as p:
         q = dns.message.make_query("example.org", "A", use_edns=0)

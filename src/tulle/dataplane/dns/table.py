@@ -2,12 +2,24 @@
 
 Per query the resolver does one dict lookup on the lower-cased name; the records (A and AAAA,
 their owner a pointer to the question) are bytes built here, so an answer is one join.
+
+The dict also holds, with no records (`EMPTY`: every type is NODATA), the names that exist
+only because names below them do — the empty non-terminals (RFC 4592 2.2.2) of the zones the
+resolver speaks for: the mesh domain's apex and every parent of a mesh name down to it
+(`shop.mesh`, `mesh`), and the parents of a Service's cluster-domain name down to
+`svc.<domain>` (`shop.svc.cluster.local`, `svc.cluster.local`).  NXDOMAIN for one of them
+would say nothing exists below it (RFC 8020), and a resolver that believes that denies the
+Service names themselves.  They are found when the table is built, so a query still costs
+one lookup.  Not among them: `<domain>` itself and above (the cluster's own DNS holds that
+apex, its SOA and NS), and the parents of the search-path forms `svc.ns` and `svc` (`shop`,
+the root: names of the public DNS, `.shop` a delegated TLD), which are forwarded as before.
 """
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import Final
 
 from tulle.dataplane.protocols import dns as wire
 from tulle.proxyconfig.dns import names_of
@@ -22,9 +34,14 @@ class Records:
     aaaa_count: int
 
 
+EMPTY: Final = Records(b"", 0, b"", 0)
+"""The records of an empty non-terminal: a name that exists, with no records of any type."""
+
+
 @dataclass(frozen=True, slots=True)
 class NameTable:
     names: dict[bytes, Records]
+    """Every name answered here: a Service's forms, and the empty non-terminals (`EMPTY`)."""
     mesh_suffix: bytes
     """`.mesh` (with the dot): names under it that are not in `names` are NXDOMAIN."""
 
@@ -34,6 +51,22 @@ class NameTable:
     def owns(self, name: bytes) -> bool:
         """A name this resolver is the authority for (the mesh domain)."""
         return name.endswith(self.mesh_suffix) or name == self.mesh_suffix[1:]
+
+
+def empty_non_terminals(names: list[bytes], zones: tuple[bytes, ...]) -> set[bytes]:
+    """The parents of `names` that are one of `zones` (apexes) or under one, `names`
+    themselves excluded.  Per name, a walk up its labels: O(labels) each, at build time."""
+    suffixes = tuple(b"." + z for z in zones)
+    out: set[bytes] = set()
+    for n in names:
+        dot = n.find(b".")
+        while dot >= 0:
+            parent = n[dot + 1:]
+            if parent in zones or parent.endswith(suffixes):
+                out.add(parent)
+            dot = n.find(b".", dot + 1)
+    out.difference_update(names)
+    return out
 
 
 def build(cfg: DNS, local_namespace: str) -> NameTable:
@@ -50,4 +83,9 @@ def build(cfg: DNS, local_namespace: str) -> NameTable:
             # two-label name and a service name is one label, so keys cannot collide except
             # `<svc>.<ns>` against a Service named like a namespace; the full form wins.
             names.setdefault(n.encode(), rec)
-    return NameTable(names, b"." + cfg.mesh_domain.encode())
+    mesh = cfg.mesh_domain.encode()
+    ents = empty_non_terminals(list(names), (mesh, f"svc.{cfg.domain}".encode()))
+    ents.add(mesh)  # the apex of a zone exists, Services or none
+    for ent in ents:
+        names.setdefault(ent, EMPTY)
+    return NameTable(names, b"." + mesh)

@@ -9,7 +9,7 @@ import dns.rcode
 
 from tulle.dataplane.dns import resolver
 from tulle.dataplane.dns.server import resolv_conf_upstreams
-from tulle.dataplane.dns.table import build
+from tulle.dataplane.dns.table import EMPTY, build, empty_non_terminals
 from tulle.proxyconfig.model import DNS, DNSHost
 
 CFG = DNS(hosts=[DNSHost(service="catalog", namespace="shop", addresses=["10.96.0.7"]),
@@ -52,7 +52,6 @@ def test_the_mesh_domain_is_authoritative_the_cluster_domain_is_not() -> None:
     d = ask("ghost.shop.mesh")
     assert d.result == resolver.NXDOMAIN and d.reply is not None
     assert dns.message.from_wire(d.reply).rcode() == dns.rcode.NXDOMAIN
-    assert ask("mesh").result == resolver.NXDOMAIN
     assert ask("ghost.shop.svc.cluster.local").result == resolver.FORWARDED
     assert ask("notmesh").result == resolver.FORWARDED
 
@@ -124,3 +123,50 @@ def test_an_edns_version_past_0_is_badvers_for_names_answered_here_and_forwarded
     d = ask("catalog.shop", use_edns=0)
     assert d.result == resolver.MESH and d.reply is not None
     assert dns.message.from_wire(d.reply).answer
+
+
+def test_the_parents_of_mesh_names_in_its_zones_exist_with_no_records() -> None:
+    """RFC 8020 / RFC 4592 2.2.2: `shop.mesh` and the apex `mesh` exist because
+    `catalog.shop.mesh` does, as `shop.svc.cluster.local` and `svc.cluster.local` do for the
+    cluster-domain form: NOERROR with no records (NODATA) for every type, never NXDOMAIN.
+    The cluster domain's own apex and above, and the parents of the search-path forms
+    (`shop`: a public TLD's name), are not the proxy's: forwarded."""
+    for name in ("shop.mesh", "mesh", "MESH.", "default.mesh", "shop.svc.cluster.local",
+                 "svc.cluster.local", "Default.SVC.cluster.local"):
+        for rtype in ("A", "AAAA", "ANY", "SOA", "NS", "TXT"):
+            d = ask(name, rtype)
+            assert d.result == resolver.MESH and d.reply is not None, (name, rtype)
+            r = dns.message.from_wire(d.reply)
+            assert r.rcode() == dns.rcode.NOERROR and not r.answer, (name, rtype)
+            assert r.flags & dns.flags.AA
+    for name in ("cluster.local", "local", "shop", "default", "other.svc.cluster.local"):
+        assert ask(name).result == resolver.FORWARDED, name
+    for name in ("other.mesh", "ghost.shop.mesh", "below.catalog.shop.mesh"):
+        assert ask(name).result == resolver.NXDOMAIN, name
+    d = ask("shop.mesh", use_edns=1)
+    assert d.reply is not None
+    assert dns.message.from_wire(d.reply).rcode() == dns.rcode.BADVERS
+
+
+def test_the_mesh_apex_exists_without_services_and_the_cluster_parents_only_with_them() -> None:
+    empty = build(DNS(hosts=[]), "shop")
+    assert empty.names == {b"mesh": EMPTY}
+    for name, result in (("mesh", resolver.MESH), ("shop.mesh", resolver.NXDOMAIN),
+                         ("svc.cluster.local", resolver.FORWARDED)):
+        d = resolver.decide(dns.message.make_query(name, "A").to_wire(), empty, True)
+        assert d.result == result, name
+
+
+def test_the_empty_non_terminals_are_the_parents_inside_the_zones_only() -> None:
+    names = [b"a.b.svc.cluster.local", b"a.b.mesh", b"a.b", b"a", b"c.x.y.mesh.internal"]
+    zones = (b"mesh", b"svc.cluster.local", b"mesh.internal")
+    assert empty_non_terminals(names, zones) == {
+        b"b.svc.cluster.local", b"svc.cluster.local", b"b.mesh", b"mesh", b"x.y.mesh.internal",
+        b"y.mesh.internal", b"mesh.internal"}
+    # a parent that is itself a name is not empty; a zone merely ending like one is no zone
+    assert empty_non_terminals([b"a.b.mesh", b"b.mesh", b"a.notmesh"], (b"mesh",)) == {b"mesh"}
+    # a mesh domain of two labels: its apex, not its parent
+    t = build(DNS(mesh_domain="mesh.internal",
+                  hosts=[DNSHost(service="c", namespace="x", addresses=["10.0.0.1"])]), "x")
+    assert t.lookup(b"x.mesh.internal") is EMPTY and t.lookup(b"mesh.internal") is EMPTY
+    assert t.lookup(b"internal") is None
