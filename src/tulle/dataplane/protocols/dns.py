@@ -183,6 +183,7 @@ def parse_query(data: bytes) -> Query | Malformed:
         return Malformed("not exactly one question", FORMERR, qid, keep)
     try:
         labels, pos = _read_labels(data, HEADER)
+        qend = pos
         if pos + _Q.size > len(data):
             raise MalformedName("question runs past the message")
         qtype, qclass = _Q.unpack_from(data, pos)
@@ -202,7 +203,9 @@ def parse_query(data: bytes) -> Query | Malformed:
     name = b".".join(labels)
     # one dot between each two labels: any more were inside a label (one C-level count)
     label_dot = name.count(b".") >= len(labels) > 0
-    wire = b"".join(bytes((len(lab),)) + lab for lab in labels) + b"\x00"
+    # The question's name holds no compression pointer (one would have to point below the
+    # header), so its bytes in the message are its uncompressed wire form.
+    wire = data[HEADER:qend]
     return Query(qid, flags, name.lower(), wire, qtype, qclass, edns, label_dot, version)
 
 
