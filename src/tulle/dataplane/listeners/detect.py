@@ -64,7 +64,8 @@ if TYPE_CHECKING:
 
 
 _H2_MISSING: list[str] = []
-"""Why the HTTP/2 driver cannot be imported, once known (logged once)."""
+"""Why the HTTP/2 driver cannot be imported, once known (logged once; a test sets it to play
+a build without the engine)."""
 
 
 def _h2_driver() -> type[H2Downstream] | None:
@@ -72,6 +73,8 @@ def _h2_driver() -> type[H2Downstream] | None:
     HTTP/2 connection is refused, `http2_unavailable`, and the reason logged once: relayed
     as TCP, its bytes went to an HTTP/1 cluster -- or, transparent, the application --
     without the route's filters, attack audit, ADR 0094)."""
+    if _H2_MISSING:
+        return None
     try:
         from tulle.dataplane.listeners.http2 import H2Downstream
     except ImportError as exc:  # pragma: no cover - a build without the HTTP/2 engine
