@@ -8,18 +8,17 @@ passes once the defect is fixed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import ssl
 import time
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from tests.integration.controlplane.test_authorization import policy, tcp_echo
+from tests.integration.controlplane.test_authorization import tcp_echo
 from tests.integration.controlplane.test_mtls import (
     NS,
     SERVER_ADDR,
@@ -238,7 +237,6 @@ async def test_a_client_cannot_hand_the_application_a_forged_client_identity_hea
         finally:
             w2.close()
         assert raw.startswith(b"HTTP/1.1 200")
-        import json
         via_plaintext = json.loads(raw.split(b"\r\n\r\n", 1)[1])["headers"]
         for how, seen in (("mTLS (verified shop/a)", via_mtls), ("plaintext", via_plaintext)):
             assert "sa/admin" not in seen.get("x-forwarded-client-cert", ""), (how, seen)
