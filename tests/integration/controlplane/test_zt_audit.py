@@ -242,6 +242,11 @@ async def test_a_client_cannot_hand_the_application_a_forged_client_identity_hea
             assert "sa/admin" not in seen.get("x-forwarded-client-cert", ""), (how, seen)
             assert seen.get("client-cert") != FORGED_CLIENT_CERT, (how, seen)
             assert seen.get("client-cert-chain") != FORGED_CLIENT_CERT, (how, seen)
+        # What the proxy tells instead (ADR 0096): the verified peer, and nothing unverified.
+        assert via_mtls.get("x-forwarded-client-cert", "").startswith("URI=spiffe://")
+        assert via_mtls["x-forwarded-client-cert"].endswith("/ns/shop/sa/a"), via_mtls
+        assert "x-forwarded-client-cert" not in via_plaintext, via_plaintext
+        assert "client-cert" not in via_plaintext and "client-cert" not in via_mtls
 
 
 pytestmark = pytest.mark.timeout(60)

@@ -192,7 +192,9 @@ class RequestStream(StreamPort):
             self.alog = ctx.access_log
             # Before routing, as Envoy does: a route may match on x-forwarded-for or
             # x-request-id as the upstream will see them.
-            add_forwarding_headers(head, conn.facts.peer_ip, ctx.generate_request_id)
+            facts = conn.facts
+            add_forwarding_headers(head, facts.peer_ip, ctx.generate_request_id,
+                                   facts.peer_identity)
             tracer = ctx.tracer
             if tracer is not None:  # the proxy's context on the head before routing, too
                 self.trace = tracer.start(head)

@@ -157,13 +157,26 @@ def _index_of(headers: Headers, name: bytes) -> int:
     return max(i for i, (n, _) in enumerate(headers) if n == name)
 
 
-def add_forwarding_headers(head: RequestHead, peer_ip: bytes, generate_request_id: bool) -> None:
-    """Append the client to x-forwarded-for; set x-forwarded-proto and x-request-id if absent."""
+_CLIENT_CERT_FIELDS: Final = frozenset({b"x-forwarded-client-cert", b"client-cert",
+                                        b"client-cert-chain"})
+"""What a client may not hand the application as its certificate (ADR 0096)."""
+
+
+def add_forwarding_headers(head: RequestHead, peer_ip: bytes, generate_request_id: bool,
+                           peer_identity: str = "") -> None:
+    """Append the client to x-forwarded-for; set x-forwarded-proto and x-request-id if absent.
+
+    The client's certificate is the proxy's to tell (ADR 0096; Envoy's SANITIZE_SET, RFC 9440
+    section 3): `x-forwarded-client-cert`, `client-cert` and `client-cert-chain` as the
+    client sent them are removed, and with a verified peer (`peer_identity`, mesh mTLS)
+    `x-forwarded-client-cert: URI=<its SPIFFE ID>` is set.  A forged one reached the
+    application byte for byte, from a plaintext client as from a mesh peer."""
     headers = head.headers
     xff = -1
-    has_proto = has_id = False
+    has_proto = has_id = forged = False
     for n, _ in headers:
-        if n[:1] == b"x":  # (a one-byte slice is a cached object: nothing is allocated)
+        first = n[:1]  # (a one-byte slice is a cached object: nothing is allocated)
+        if first == b"x":
             if n == b"x-forwarded-for":
                 if xff < 0:
                     xff = _index_of(headers, b"x-forwarded-for")
@@ -171,6 +184,16 @@ def add_forwarding_headers(head: RequestHead, peer_ip: bytes, generate_request_i
                 has_proto = True
             elif n == b"x-request-id":
                 has_id = True
+            elif n == b"x-forwarded-client-cert":
+                forged = True
+        elif first == b"c" and n in _CLIENT_CERT_FIELDS:
+            forged = True
+    if forged:
+        headers[:] = [(n, v) for n, v in headers if n not in _CLIENT_CERT_FIELDS]
+        if xff >= 0:
+            xff = _index_of(headers, b"x-forwarded-for")
+    if peer_identity:
+        headers.append((b"x-forwarded-client-cert", b"URI=" + peer_identity.encode()))
     if peer_ip:
         if xff >= 0:
             headers[xff] = (b"x-forwarded-for", headers[xff][1] + b", " + peer_ip)

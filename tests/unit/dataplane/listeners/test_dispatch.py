@@ -40,6 +40,21 @@ def test_existing_headers_are_kept_and_xff_appended() -> None:
                          (b"x-forwarded-proto", b"https"), (b"x-request-id", b"abc")]
 
 
+def test_a_clients_certificate_fields_are_the_proxys_to_set() -> None:
+    # ADR 0096: removed as sent, wherever they are (xff's index is found again after), and
+    # a verified peer's SPIFFE ID set.
+    h = head((b"client-cert", b":Zm9v:"), (b"x-forwarded-for", b"1.2.3.4"),
+             (b"x-forwarded-client-cert", b"URI=spiffe://td/ns/shop/sa/admin"),
+             (b"client-cert-chain", b":Zm9v:"), (b"accept", b"*/*"))
+    add_forwarding_headers(h, b"10.0.0.1", False, "spiffe://td/ns/shop/sa/a")
+    assert h.headers == [(b"x-forwarded-for", b"1.2.3.4, 10.0.0.1"), (b"accept", b"*/*"),
+                         (b"x-forwarded-client-cert", b"URI=spiffe://td/ns/shop/sa/a"),
+                         (b"x-forwarded-proto", b"http")]
+    plain = head((b"x-forwarded-client-cert", b"URI=spiffe://td/ns/shop/sa/admin"))
+    add_forwarding_headers(plain, b"", False)
+    assert plain.headers == [(b"x-forwarded-proto", b"http")]
+
+
 def test_request_id_generation_can_be_turned_off() -> None:
     h = head()
     add_forwarding_headers(h, b"", False)
