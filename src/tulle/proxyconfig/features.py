@@ -215,6 +215,14 @@ FEATURES: tuple[Feature, ...] = (
             drops=_FILTERS, uses=partial(_filter_is, "SessionPersistence")),
     Feature("dual-stack", ("listeners[].additional_addresses", "dns.additional_addresses"),
             "listeners and the DNS resolver served on more than one address (IPv4 and IPv6)"),
+    # Without it an authorization rule's namespaces and service accounts read a SPIFFE ID of
+    # any trust domain, as before (the field is stripped; ADR 0096).
+    Feature("authz-trust-domains", tuple(f"{where}.policies[].rules[].sources[].trust_domains"
+                                         for where in (_FILTERS, "listeners[].network_filters[]",
+                                                       "listeners[].filter_chains[]"
+                                                       ".network_filters[]")),
+            "`trust_domains` of an authorization source: its `namespaces` and "
+            "`service_accounts` read SPIFFE IDs of the mesh's trust domains only"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

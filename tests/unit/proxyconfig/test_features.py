@@ -71,7 +71,8 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
         "delta-dns-hosts", "fault-injection", "rate-limit", "network-rate-limit",
         "stats-reports", "rate-limit-redis-auth", "tap", "golden-metrics",
         "delta-telemetry-peers", "telemetry", "tracing", "dns-clients", "access-log",
-        "flow-logs", "addressed-service", "session-persistence", "dual-stack"]
+        "flow-logs", "addressed-service", "session-persistence", "dual-stack",
+        "authz-trust-domains"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:

@@ -86,7 +86,8 @@ class Peer:
     """Who is calling, per decision: identity (its namespace/account parsed on first use)
     and address (parsed once per distinct address)."""
 
-    __slots__ = ("_parsed", "_text", "account", "address", "identity", "ip", "namespace")
+    __slots__ = ("_parsed", "_text", "account", "address", "domain", "identity", "ip",
+                 "namespace")
 
     def __init__(self, identity: str, ip: str) -> None:
         self._text = identity
@@ -94,6 +95,8 @@ class Peer:
         self._parsed = False
         self.namespace = ""
         self.account = ""
+        self.domain = ""
+        """The trust domain of `identity` (parsed with namespace and account)."""
         self.address = ip
         """The peer's IP as text (what a log line shows)."""
         self.ip = _ip_key(ip) if ip else None
@@ -105,16 +108,18 @@ class Peer:
         if identity.startswith("spiffe://"):
             parts = identity[9:].split("/")
             if len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa":
-                self.namespace, self.account = parts[2], parts[4]
+                self.domain, self.namespace, self.account = parts[0], parts[2], parts[4]
 
 
 class _Source:
-    __slots__ = ("accounts", "namespaces", "nets", "principals")
+    __slots__ = ("accounts", "domains", "namespaces", "nets", "principals")
 
     def __init__(self, s: AuthzSource) -> None:
         self.principals = tuple(pattern(p) for p in s.principals)
         self.namespaces = frozenset(s.namespaces)
         self.accounts = frozenset(s.service_accounts)
+        self.domains = frozenset(s.trust_domains)
+        """Where `namespaces` and `accounts` are read (empty: any trust domain)."""
         nets = [matched_network(n) for n in s.ip_blocks]
         self.nets: tuple[tuple[int, int, int], ...] = tuple(
             (n.version, int(n.netmask), int(n.network_address)) for n in nets)
@@ -133,6 +138,10 @@ class _Source:
         if self.namespaces or self.accounts:
             if not peer._parsed:
                 peer.parse()
+            # An ID in another trust domain is no namespace or account of this mesh, even
+            # when its CA chains to the same root (zero-trust audit, ADR 0096).
+            if self.domains and peer.domain not in self.domains:
+                return False
             ns = peer.namespace
             if self.namespaces and not (ns and ("*" in self.namespaces or ns in self.namespaces)):
                 return False

@@ -58,6 +58,10 @@ class AuthzSource(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True)
     """`namespace/account` pairs of the peer's SPIFFE ID."""
     ip_blocks: Annotated[list[str], Many] = msgspec.field(default_factory=list)
     """CIDRs (or addresses) of the connection's peer address."""
+    trust_domains: Annotated[list[str], Many] = msgspec.field(default_factory=list)
+    """The trust domains whose SPIFFE IDs `namespaces` and `service_accounts` read (the
+    mesh's and its aliases, ADR 0096): a peer's ID in another one matches neither, whatever
+    CA signed it.  Empty: any trust domain (a config from before the field)."""
 
 
 class AuthzOperation(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):

@@ -234,3 +234,22 @@ def test_a_deny_on_a_path_holds_for_path_parameters_and_escaped_slashes() -> Non
     # the variants are for DENY only: an ALLOW never admits more than the path itself says
     assert decide(allow, h=head(path=b"/public%2Fx"))[0] is False
     assert decide(allow, h=head(path=b"/x/..;/public/x"))[0] is False
+
+
+def test_namespaces_and_accounts_read_only_the_listed_trust_domains() -> None:
+    # ADR 0096: a sibling CA under the same root could sign spiffe://staging.example/ns/shop/
+    # sa/alice; it is no account of this mesh.  An alias is (the compiler lists it).
+    e = Engine(policies({"name": "shop/only-alice", "action": "ALLOW", "rules": [{"sources": [
+        {"service_accounts": ["shop/alice"], "trust_domains": ["mesh.local", "old.local"]}]}]},
+        {"name": "shop/any-in-shop", "action": "AUDIT", "rules": [{"sources": [
+            {"namespaces": ["shop"], "trust_domains": ["mesh.local"]}]}]}))
+    assert decide(e, identity=ALICE)[0]
+    assert decide(e, identity="spiffe://old.local/ns/shop/sa/alice")[0]
+    allowed, _, events = decide(e, identity="spiffe://staging.example/ns/shop/sa/alice")
+    assert not allowed
+    assert not any(p == "shop/any-in-shop" for p, _, _ in events)  # the AUDIT did not match
+    assert not decide(e, identity="spiffe://staging.example/ns/shop/sa/alice", l4=True)[0]
+    # Without the field (a config from before it): any trust domain, as before.
+    old = Engine(policies({"name": "shop/only-alice", "action": "ALLOW", "rules": [{"sources": [
+        {"service_accounts": ["shop/alice"]}]}]}))
+    assert decide(old, identity="spiffe://staging.example/ns/shop/sa/alice")[0]

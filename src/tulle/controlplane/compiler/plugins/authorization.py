@@ -98,10 +98,14 @@ def _aliased(identities: list[str], tds: tuple[str, ...]) -> list[str]:
 
 
 def _source(s: Mapping[str, Any], tds: tuple[str, ...]) -> dict[str, Any]:
-    return {"principals": _aliased(s.get("identities") or [], tds),
-            "namespaces": s.get("namespaces") or [],
-            "service_accounts": s.get("serviceAccounts") or [],
-            "ip_blocks": s.get("ipBlocks") or []}
+    out = {"principals": _aliased(s.get("identities") or [], tds),
+           "namespaces": s.get("namespaces") or [],
+           "service_accounts": s.get("serviceAccounts") or [],
+           "ip_blocks": s.get("ipBlocks") or []}
+    if tds and (out["namespaces"] or out["service_accounts"]):
+        # Namespaces and accounts of this mesh's trust domain and its aliases only (ADR 0096).
+        out["trust_domains"] = list(tds)
+    return out
 
 
 def _operation(o: Mapping[str, Any]) -> dict[str, Any]:
