@@ -174,7 +174,8 @@ class ControlPlane:
         self.bootstrap_tokens = TokenService(self.store, TokenSigner(
             state.token_secret or self.ca.derive_secret(PURPOSE)), ca_pins=self.ca_pins)
         self.admission = Admission(state, self.bootstrap_tokens,
-                                   self.reconciler.trust_domain, cert_ttl=self.cert_ttl)
+                                   self.reconciler.trust_domain, cert_ttl=self.cert_ttl,
+                                   aliases=self.reconciler.trust_domain_aliases)
         if self.stream_plaintext:
             log.warning("INSECURE: the proxy stream is served WITHOUT TLS (--stream-plaintext): "
                         "bootstrap tokens and certificate proofs cross the network in the "

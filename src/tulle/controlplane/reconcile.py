@@ -274,6 +274,14 @@ class Reconciler:
             except (AlreadyExistsError, ConflictError):
                 continue
 
+    def trust_domain_aliases(self) -> tuple[str, ...]:
+        """`Mesh.spec.trustDomainAliases` (ADR 0087): trust domains still this mesh's."""
+        for (kind, _, _), obj in sorted(self._resources.items()):
+            if kind == "Mesh":
+                aliases = (obj.get("spec") or {}).get("trustDomainAliases") or ()
+                return tuple(a for a in aliases if isinstance(a, str) and a)
+        return ()
+
     def trust_domain(self) -> str:
         """`Mesh.spec.trustDomain` of the mesh (default `cluster.local`)."""
         for (kind, _, _), obj in sorted(self._resources.items()):

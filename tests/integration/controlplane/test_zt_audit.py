@@ -108,6 +108,22 @@ async def test_a_sibling_cas_certificate_of_another_trust_domain_is_not_admitted
             pytest.fail(f"the mesh's CA ({signed.issuer.rfc4514_string()}) signed {sans} for "
                         f"a hello proven by another trust domain's certificate")
         assert isinstance(answer, Error), answer
+        assert "trust domain staging.example" in answer.reason, answer
+        # The same certificate while the mesh lists its trust domain as an alias (a
+        # migration, ADR 0087): still this mesh's, admitted.
+        status, body = await apply(cp.api_url, {
+            "apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Mesh",
+            "metadata": {"name": "default"},
+            "spec": {"trustDomainAliases": ["staging.example"]}})
+        assert status == 200, body
+
+        async def admitted() -> bool:
+            now = int(time.time())  # noqa: TID251
+            got = await first_answer(cp.stream_port, Hello(
+                workload=w, api_versions=[CONFIG_API_VERSION], features=list(SUPPORTED),
+                certificate=chain, proof_time=now, proof=key.proof(NS, "api-0", now)))
+            return not isinstance(got, Error)
+        await eventually(admitted, timeout=10)
 
 
 async def test_a_foreign_trust_domain_svid_does_not_pass_a_service_account_rule(

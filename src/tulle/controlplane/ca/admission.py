@@ -109,10 +109,14 @@ class Admission:
 
     def __init__(self, ca: CertificateAuthority | CAState, tokens: TokenService,
                  trust_domain: Callable[[], str], *,
-                 cert_ttl: dt.timedelta = DEFAULT_CERT_TTL) -> None:
+                 cert_ttl: dt.timedelta = DEFAULT_CERT_TTL,
+                 aliases: Callable[[], tuple[str, ...]] = tuple) -> None:
+        """`aliases`: `Mesh.spec.trustDomainAliases`, read at each call: a certificate in one
+        of them is still this mesh's (a trust-domain migration)."""
         self.state = ca if isinstance(ca, CAState) else CAState.single(ca)
         self.tokens = tokens
         self.trust_domain = trust_domain
+        self.aliases = aliases
         self.cert_ttl = cert_ttl
         self.signed = 0
 
@@ -225,6 +229,15 @@ class Admission:
         if (identity.namespace, workload) != (c.namespace, c.name):
             raise AdmissionError(f"the certificate is for workload {identity.namespace}/"
                                  f"{workload}, not {c.namespace}/{c.name}")
+        td = self.trust_domain()
+        if identity.trust_domain != td and identity.trust_domain not in self.aliases():
+            # A CA beside ours under the operator's root chains to a trusted root too; its
+            # identities are not this mesh's, and this CA must not sign them (zero-trust
+            # audit, ADR 0096; SPIFFE: a signing authority issues its own trust domain only).
+            raise AdmissionError(
+                f"the certificate is in trust domain {identity.trust_domain}, not this mesh's "
+                f"({td}): list it in Mesh.spec.trustDomainAliases while migrating, or give "
+                "the proxy a new bootstrap token")
         now = dt.datetime.now(dt.UTC).timestamp()
         if abs(now - c.proof_time) > PROOF_WINDOW.total_seconds():
             raise AdmissionError("certificate proof missing or outside the time window")
