@@ -275,6 +275,42 @@ async def test_what_a_draining_proxy_serves_is_reported(tmp_path: Path) -> None:
         SLOW_STARTED.remove(started)
 
 
+async def test_what_was_served_before_sigterm_is_kept_when_the_stream_breaks_mid_drain(
+        tmp_path: Path) -> None:
+    """Before ADR 0092 a stopping proxy's last interval went out first thing at SIGTERM.  With
+    `Draining` the report waits for the drain's end, on a stream that is not reopened if it
+    breaks meanwhile (a network blip, the control plane closing it): the requests served
+    before the signal must not be lost with it.  (The slow request the drain finished after
+    the break is: nothing can carry it.)"""
+    started = asyncio.Event()
+    SLOW_STARTED.append(started)
+    try:
+        async with running_mesh(tmp_path, clients=("a",), interval=60.0) as m:
+            async with aiohttp.ClientSession() as s:
+                for _ in range(3):
+                    await m.call("a", "/", s)
+                slow = asyncio.ensure_future(m.call("a", "/slow", s))
+                await asyncio.wait_for(started.wait(), 5)
+                server = m.server
+                before = m.sent["a"]  # served by api-0 before its SIGTERM
+                stopping = asyncio.ensure_future(
+                    shut_down(server.agent, server.task, server.server, timeout=5.0))
+                assert m.cp.push is not None
+
+                def session() -> Any:
+                    return next((x for x in m.cp.push.live  # type: ignore[union-attr]
+                                 if x.st is not None and x.st.name == "api-0"
+                                 and x.draining is not None), None)
+                await eventually(session, timeout=2)
+                session().writer.transport.abort()  # the stream breaks mid-drain
+                assert await slow == 200
+                await stopping
+            assert server.agent.draining
+            await eventually(lambda: _served(m, before), timeout=5)
+    finally:
+        SLOW_STARTED.remove(started)
+
+
 async def _served(m: Mesh, total: int) -> bool:
     wl = by_name((await m.stat("kind=workload", "namespace=shop", "window=60s"))["items"])
     return "api-0" in wl and wl["api-0"]["requests"] == total
