@@ -12,7 +12,8 @@ What each replica writes:
   session id and the replica's name;
 * `Disconnected` when that session ends: at once when the proxy closed the stream or reset it,
   or said `Draining` (a stopping sidecar, `dataplane/subscribed.py`, ADR 0092: its stream
-  stays up for the drain, the reason says `draining`); after the stream's
+  stays up for the drain, the reason says `draining`; when that stream ends, the reason says
+  how, the state and `since` stay); after the stream's
   liveness timeout when the proxy vanished without a word (no frame for
   `--stream-liveness-timeout`, 30 s by default: three missed pings).  The write only holds if
   the stored session is still this one: a proxy that already reconnected (to this replica or
@@ -61,10 +62,14 @@ async def record(store: ResourceStore, namespace: str, name: str, state: State, 
         stored = status.get("proxy") or {}
         if state == "Disconnected" and stored.get("session") not in (None, session):
             return False  # the proxy is back on another stream
-        proxy = {"state": state, "reason": reason, "since": _now(), "session": session,
-                 "controlPlane": instance}
-        if stored.get("state") == state and stored.get("session") == session:
+        same = stored.get("state") == state and stored.get("session") == session
+        if same and stored.get("reason") == reason:
             return True
+        # The same session's same state with a new reason (a stream that said `Draining`,
+        # then ended, ADR 0092) keeps its `since`: when the workload left the endpoints.
+        proxy = {"state": state, "reason": reason,
+                 "since": stored.get("since") if same and stored.get("since") else _now(),
+                 "session": session, "controlPlane": instance}
         status["proxy"] = proxy
         try:
             await store.update_status({**current, "status": status})

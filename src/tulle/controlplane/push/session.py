@@ -171,7 +171,7 @@ class ProxySession:
         finally:
             for st in self.node_statuses:
                 if st.session is self:  # (not when a newer stream of the proxy took over)
-                    st.connected, st.session = False, None
+                    st.connected, st.session, st.draining = False, None, False
 
     async def _admit(self, hello: Hello) -> Admitted | None:
         """Admission (None without a CA) and registration of every workload the hello
@@ -307,7 +307,10 @@ class ProxySession:
                     await self.draining
             if not cancelled:
                 self.writer.close()  # (a lost peer: nothing more is written to it)
-                await self._presence(keys, False, self.end_reason)
+                # After `Draining`, the reason says the stream is gone: `draining` is for a
+                # proxy still on it (`get workloads`), not one that exited or was killed.
+                await self._presence(keys, False, self.end_reason if self.draining is None
+                                     else f"{self.end_reason} (it was shutting down)")
 
     async def _presence(self, keys: list[ProxyKey], connected: bool, reason: str) -> None:
         hook = self.server.on_presence
@@ -432,12 +435,15 @@ class ProxySession:
     def _drain(self) -> None:
         """The proxy is stopping and keeps the stream for its drain (ADR 0092): its workloads
         leave their Services' endpoints now, exactly as a closed stream takes them out (ADR
-        0040).  The stream's own end later writes nothing more: the stored state is already
-        this session's `Disconnected`."""
+        0040).  The stream's own end later only rewrites the reason (the stored state is
+        already this session's `Disconnected`).  Only the statuses this session still holds
+        are marked: a newer stream of the workload may have taken them over (the store write
+        is by session too)."""
         if self.draining is not None:
             return
         for s in self.node_statuses:
-            s.draining = True
+            if s.session is self:
+                s.draining = True
         log.info("proxy %s is draining: out of its Services' endpoints",
                  workload_name(self.node.keys[0]))
         self.draining = asyncio.get_running_loop().create_task(
