@@ -239,6 +239,10 @@ class Agent:
         self.draining = True
         if self._renewer is not None:  # (a certificate now would not be put in force)
             self._renewer.cancel()
+        # What was served up to the signal goes first, as before ADR 0092: a stream that
+        # breaks during the drain is not reopened, and a report held to the drain's end
+        # would be lost with it.
+        self._send_report(writer)
         writer.write(encode(Draining()))
         try:
             await asyncio.wait_for(writer.drain(), timeout)

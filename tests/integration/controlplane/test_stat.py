@@ -228,7 +228,8 @@ async def test_a_proxy_shutting_down_reports_its_last_traffic(tmp_path: Path) ->
         proxy, _ = m.clients["a"]
         assert proxy.agent.stats_reports == 0  # nothing reported yet: the interval is long
         await shut_down(proxy.agent, proxy.task, proxy.server, timeout=2.0)
-        assert proxy.agent.stats_reports == 1
+        # With `Draining` (ADR 0092): one as it says it, one when the drain ends.
+        assert proxy.agent.stats_reports == 2
 
         async def reported() -> bool:
             doc = await m.stat("kind=svc", "name=api", "namespace=shop", "window=60s")
@@ -269,7 +270,8 @@ async def test_what_a_draining_proxy_serves_is_reported(tmp_path: Path) -> None:
                 assert not stopping.done()  # the slow request holds the drain
                 assert await slow == 200
                 await stopping
-            assert server.agent.draining and server.agent.stats_reports == 1
+            # One report with `Draining` (what was served before), one at the drain's end.
+            assert server.agent.draining and server.agent.stats_reports == 2
             await eventually(lambda: _served(m, m.sent["a"]), timeout=5)
     finally:
         SLOW_STARTED.remove(started)

@@ -79,6 +79,7 @@ async def test_a_draining_proxy_whose_stream_breaks_does_not_reconnect() -> None
         slow = asyncio.ensure_future(_slow_call(a))
         await asyncio.wait_for(started.wait(), 5)
         stopping = asyncio.ensure_future(shut_down(a.agent, a.task, a.proxy, 5.0))
+        assert isinstance(await _next(a), StatsReport)  # what was served up to the signal
         assert isinstance(await _next(a), Draining)
         assert a.cp.writer is not None
         a.cp.writer.close()  # the control plane goes away mid-drain
