@@ -205,7 +205,9 @@ class ControlPlane:
                                                  self.stream_socket)
         self.ca_keeper.on_change.append(self._ca_changed)
         push = self.push
-        self.ca_keeper.local = lambda: [view(st) for st in push.statuses() if st.connected]
+        # (A draining proxy takes no trust update, ADR 0092: a rotation does not wait for it.)
+        self.ca_keeper.local = lambda: [view(st) for st in push.statuses()
+                                        if st.connected and not st.draining]
         self.ca_keeper.start()
         self.reconciler.start()
         api_tokens = TokenStore(self.store)

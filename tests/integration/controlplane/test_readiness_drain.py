@@ -136,3 +136,22 @@ async def test_draining_on_an_older_stream_does_not_mark_the_newer_one() -> None
                     r.close()
             await web.stop()
             await api_a.stop()
+
+
+async def test_a_ca_rotation_does_not_wait_for_a_draining_proxy() -> None:
+    """A draining proxy takes no trust update (it drains with what it runs): the rotation's
+    progress counts the proxies that can move, not one that is leaving."""
+    async with named_origin("a") as app_a, named_origin("b") as app_b, \
+            running_control_plane() as cp:
+        _, info = await _web_and_two_backends(cp, app_a, app_b)
+        raw = await _raw(cp, info["api-b"])
+        try:
+            names = {v.name for v in cp.ca_keeper.local()}
+            assert any("api-b" in n for n in names), names
+            raw.writer.write(encode(Draining()))
+
+            async def left() -> bool:
+                return not any("api-b" in v.name for v in cp.ca_keeper.local())
+            await eventually(left, timeout=5)
+        finally:
+            raw.close()
