@@ -223,6 +223,10 @@ FEATURES: tuple[Feature, ...] = (
                                                        ".network_filters[]")),
             "`trust_domains` of an authorization source: its `namespaces` and "
             "`service_accounts` read SPIFFE IDs of the mesh's trust domains only"),
+    # Without it a node agent's pod listener takes any source (ADR 0098): withheld, listed.
+    Feature("listener-sources", ("listeners[].sources",),
+            "`Listener.sources`: a node agent's per-pod listener takes its pod's connections "
+            "only"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -316,6 +316,12 @@ class Listener(_Base, frozen=True, kw_only=True):
     IPv6 connections redirected by ip6tables are served too.  With any, an IPv6 socket takes
     only IPv6 (`IPV6_V6ONLY`).  One the namespace cannot have (its family is off) is skipped
     with a warning; ADR 0088."""
+    sources: Annotated[list[str], Meta(max_length=16)] = msgspec.field(default_factory=list)
+    """Addresses or CIDRs the connections must come from; any other peer is reset at accept,
+    before a byte is read, and counted (`tulle_proxy_protocol_errors_total{kind=
+    "source_refused"}`).  Empty: any.  A node agent's per-pod outbound listener carries the
+    pod's addresses: the listener stands for the pod, whose identity it lends (ADR 0098).
+    Transparent listeners and listeners with filter chains only."""
     direction: Literal["outbound", "inbound"] = "outbound"
     mode: Literal["explicit", "transparent"] = "explicit"
     """`transparent` reads the original destination of iptables-redirected connections."""

@@ -27,6 +27,7 @@ from tulle.proxyconfig.address import (
     WILDCARDS,
     additional_address_errors,
     hostport,
+    matched_network,
     numeric_family,
     overlaps,
     packed,
@@ -53,6 +54,21 @@ def _duplicates(names: Iterable[str]) -> set[str]:
     for n in names:
         (dup if n in seen else seen).add(n)
     return dup
+
+
+def _source_errors(lst: Listener, p: str) -> list[FieldError]:
+    """`Listener.sources`: CIDRs or addresses, on a listener whose accept side checks them
+    (the detecting and filter-chain drivers; ADR 0098)."""
+    out: list[FieldError] = []
+    for k, s in enumerate(lst.sources):
+        try:
+            matched_network(s)
+        except ValueError:
+            out.append(FieldError(f"{p}.sources[{k}]", f"not an address or CIDR: {s!r}"))
+    if lst.sources and lst.mode != "transparent" and not lst.filter_chains:
+        out.append(FieldError(f"{p}.sources", "only a transparent listener or one with "
+                                              "filter_chains checks its connections' sources"))
+    return out
 
 
 def _is_ip(text: str) -> bool:
@@ -82,6 +98,7 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
         if not _is_ip(lst.address):
             out.append(FieldError(f"{p}.address", f"must be an IP address, got {lst.address!r}"))
         out += additional_address_errors(lst.address, lst.additional_addresses, p)
+        out += _source_errors(lst, p)
         if lst.port:
             claims = bound.setdefault(lst.port, [])
             for where, addr in ((f"{p}.port", lst.address), *(

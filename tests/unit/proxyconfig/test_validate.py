@@ -219,3 +219,14 @@ def test_an_address_is_what_ipaddress_calls_one_without_importing_it() -> None:
     cases += ["".join(rnd.choice("0123456789abcdef:.%") for _ in range(rnd.randint(1, 16)))
               for _ in range(20000)]
     assert [c for c in cases if _is_ip(c) != reference(c)] == []
+
+
+def test_listener_sources_are_addresses_on_a_listener_that_checks_them() -> None:
+    raw = good()
+    raw["listeners"][0]["sources"] = ["10.0.0.8", "nonsense"]
+    errs = errors_of(raw)
+    assert any(e.startswith("listeners[0].sources[1]") for e in errs), errs
+    assert any(e.startswith("listeners[0].sources:") and "transparent" in e
+               for e in errs), errs  # an explicit listener without chains: not checked there
+    raw["listeners"][0].update(sources=["10.0.0.0/24"], mode="transparent")
+    assert validate(raw).listeners[0].sources == ["10.0.0.0/24"]

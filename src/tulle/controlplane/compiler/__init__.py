@@ -346,10 +346,16 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
             out = msgspec.structs.replace(out, port=proxy.outbound_port)
         if proxy.interception == "transparent":  # a sidecar: ip6tables' redirect too (ADR 0088)
             out = msgspec.structs.replace(out, additional_addresses=[OUTBOUND_ADDRESS6])
+        elif proxy.interception == "agent":
+            # The node agent's listener for this pod lends the pod's identity: only the pod's
+            # own connections (DNAT keeps their source) are taken (ADR 0098).
+            out = msgspec.structs.replace(out, sources=[proxy.address,
+                                                        *proxy.additional_addresses])
         t_clusters, c_digest = t.clusters_for(proxy.namespace)
         listeners, tables, clusters = [*listeners, out], tables + t_tables, clusters + t_clusters
         digest = hashlib.sha256(digest + t_digest + c_digest + str(out.port).encode()
-                                + ",".join(out.additional_addresses).encode()).digest()
+                                + ",".join(out.additional_addresses).encode()
+                                + ",".join(out.sources).encode()).digest()
     dns = dns_section(proxy, shared.dns)
     if dns is not None:  # (only then: other proxies' versions stay what they were)
         check(ProxyConfig(listeners=part.listeners, dns=dns, clusters=part.clusters,

@@ -110,7 +110,15 @@ class Deciding(asyncio.Protocol, Connection):
         self._done = False
 
     def _opened(self, t: asyncio.Transport) -> bool:
-        """`connection_made`'s first step: counted in, or (over the listener's limit) reset."""
+        """`connection_made`'s first step: counted in, or (over the listener's limit, or from a
+        source the listener does not take: a node agent's pod listener lends that pod's
+        identity to no one else, ADR 0098) reset."""
+        ctx = self.ctx
+        if ctx.sources and not ctx.source_allowed(t.get_extra_info("peername")):
+            ctx.protocol_error("source_refused")
+            self._done = True
+            reset(t)
+            return False
         self.transport = t
         if self.handle.connection_opened(self):
             return True

@@ -131,6 +131,9 @@ class ListenerContext:
                        if tracing is not None else None)
         """Trace context and spans for this listener's requests (ADR 0055); None: off."""
         self.max_connections = cfg.max_connections
+        self.sources: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = [
+            matched_network(s) for s in cfg.sources]
+        """Where connections must come from (`Listener.sources`, ADR 0098); empty: anywhere."""
         self.paths = normalizer_for(settings.path_normalization)
         """Path normalisation before routing (`resolve`); None forwards paths as received."""
         self.scheme = b"https" if cfg.tls is not None else b"http"
@@ -265,6 +268,17 @@ class ListenerContext:
 
     def protocol_error(self, kind: str) -> None:
         self.m_protocol_errors.labels(self.name, kind).value += 1
+
+    def source_allowed(self, peer: object) -> bool:
+        """Whether a connection from `peer` (the transport's `peername`) may be served here:
+        always without `sources`; else its address in one of them (ADR 0098)."""
+        sources = self.sources
+        if not sources:
+            return True
+        if not isinstance(peer, tuple) or not peer:
+            return False
+        addr = peer_ip(str(peer[0]))
+        return addr is not None and any(addr in n for n in sources)
 
     def destination_for(self, ip: str, port: int) -> DestinationRule | None:
         for d in self.destinations:

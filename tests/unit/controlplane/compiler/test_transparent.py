@@ -303,3 +303,14 @@ def test_a_dual_stack_services_ipv6_vip_takes_the_same_routes() -> None:
         "outbound|web.shop:80", "")
     assert by_address[("fd74:756c:6c65:7669::2", 5432)] == by_address[("240.240.0.2", 5432)] \
         == ("", "outbound-tcp|5432||db.shop")
+
+
+def test_a_node_agents_pod_listener_takes_that_pods_addresses_only() -> None:
+    # ADR 0098: the listener lends the pod's identity; a sidecar's lives in the pod itself.
+    cfgs = compiled(*BASE,
+                    workload("pod", "10.0.0.8", [{"port": 8080}], transparent=False,
+                             interception="agent", outboundPort=15101, inboundPort=15102,
+                             additionalAddresses=["fd00::8"]))
+    out = listener(cfgs["shop/pod"], "outbound")
+    assert out.sources == ["10.0.0.8", "fd00::8"]
+    assert listener(cfgs["shop/client"], "outbound").sources == []
