@@ -17,7 +17,13 @@ mTLS origination is here (ADR 0030): the cluster's client context presents its i
 verifies the server against its trust bundle during the handshake; then `peer_check` (the
 cluster's expected SPIFFE IDs, `security.spiffe.expect`) looks at the verified certificate and a
 server that is not one expected for the destination fails the dial like a refused connect
-(`ConnectFailed`, so 503 UF with the reason), before any byte of the request is written.
+(`ConnectFailed`, so 503 UF with the reason).  The check runs in the first protocol asyncio
+drives on the connection (`_PeerGate`), at the end of the handshake and before the caller's
+protocol is even made: asyncio calls `connection_made` before `create_connection` returns, and
+a driver may write there (the HTTP/2 preface and SETTINGS) or be handed bytes the server sent
+with its handshake right after it (the stdlib loop reads at once).  So a refused server is sent
+nothing of the application protocol and nothing it sends reaches a driver or, through the TCP
+relay, the client; every user of the dialler gets this by dialling through here.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import os
 import socket
 import ssl
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 from tulle.dataplane.security.spiffe import PeerCheck
 from tulle.proxyconfig.address import numeric_family
@@ -132,6 +138,46 @@ async def dial_socket(host: str, port: int, timeout: float) -> socket.socket:
         raise ConnectFailed(host, port, _what(exc)) from exc
 
 
+class _PeerGate(asyncio.Protocol, Generic[P]):
+    """The protocol asyncio drives first on a dialled TLS connection: it judges the server
+    before the caller's protocol exists (module docstring).
+
+    At `connection_made` (the handshake is done, the certificate verified) `check` reads the
+    server's identity.  Refused: the reason is kept for the dialler and the caller's protocol
+    is never made, so nothing of the application protocol is written and nothing read is
+    passed on (what the transport still reads lands in this protocol's no-op
+    `data_received`, or is discarded by the closing transport itself).  The transport is
+    closed at once: that sends what is left of our handshake (our Finished is still in the SSL
+    object when `connection_made` runs) and a close_notify, nothing else; the dialler then
+    aborts it rather than wait for the server's close_notify.  Accepted, or no check: the
+    caller's protocol is made, put in this one's place behind a `TLSReader` (ADR 0063) and
+    told `connection_made`, so from then on the gate is out of the path (one object and one
+    call per connection, nothing per read or request)."""
+
+    __slots__ = ("app", "check", "factory", "refused")
+
+    def __init__(self, factory: Callable[[], P], check: PeerCheck | None) -> None:
+        self.factory = factory
+        self.check = check
+        self.app: P | None = None
+        self.refused: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        check = self.check
+        if check is not None:
+            refused = check(transport.get_extra_info("ssl_object"))
+            if refused is not None:
+                self.refused = refused
+                transport.close()
+                return
+        from tulle.dataplane.tlsread import TLSReader  # TLS only (ADR 0068)
+
+        self.app = app = self.factory()
+        # Decrypted into a shared buffer (ADR 0063); a buffered protocol reads for itself.
+        transport.set_protocol(TLSReader(app) if isinstance(app, asyncio.Protocol) else app)
+        app.connection_made(transport)
+
+
 async def dial_transport(protocol_factory: Callable[[], P], host: str, port: int,
                          timeout: float, *, ssl_context: ssl.SSLContext | None = None,
                          server_name: str | None = None,
@@ -139,29 +185,33 @@ async def dial_transport(protocol_factory: Callable[[], P], host: str, port: int
     """A transport to `host:port` driving a protocol from `protocol_factory`, within `timeout`
     seconds (0: none), TLS handshake included when `ssl_context` is set (`server_name`: the
     name the certificate is checked against and sent as SNI; None takes `host`).  With TLS,
-    `peer_check` judges the verified server certificate; a refusal aborts the connection and
-    raises `ConnectFailed` with its reason."""
+    `peer_check` judges the verified server certificate as the handshake ends, before
+    `protocol_factory` is called; a refusal aborts the connection and raises `ConnectFailed`
+    with its reason, and the protocol is never made."""
     loop = asyncio.get_running_loop()
 
     async def connect() -> tuple[asyncio.Transport, P]:
         sock = await _connect_socket(loop, host, port)
+        if ssl_context is None:
+            try:
+                return await loop.create_connection(protocol_factory, sock=sock)
+            except BaseException:
+                sock.close()
+                raise
         try:
-            transport, proto = await loop.create_connection(
-                protocol_factory, sock=sock, ssl=ssl_context,
-                server_hostname=(server_name or host) if ssl_context is not None else None)
+            transport, gate = await loop.create_connection(
+                lambda: _PeerGate(protocol_factory, peer_check), sock=sock, ssl=ssl_context,
+                server_hostname=server_name or host)
         except BaseException:
             sock.close()
             raise
-        if peer_check is not None and ssl_context is not None:
-            refused = peer_check(transport.get_extra_info("ssl_object"))
-            if refused is not None:
-                transport.abort()
-                raise ConnectFailed(host, port, refused)
-        if ssl_context is not None and isinstance(proto, asyncio.Protocol):
-            from tulle.dataplane.tlsread import TLSReader  # TLS only (ADR 0068)
-
-            transport.set_protocol(TLSReader(proto))  # decrypted into a shared buffer (ADR 0063)
-        return transport, proto
+        if gate.refused is not None:
+            transport.abort()  # closed by the gate: do not wait for the server's close_notify
+            raise ConnectFailed(host, port, gate.refused)
+        if gate.app is None:  # cannot happen: connection_made precedes create_connection's end
+            transport.abort()
+            raise ConnectFailed(host, port, "TLS: connection not made")
+        return transport, gate.app
 
     try:
         if timeout > 0:

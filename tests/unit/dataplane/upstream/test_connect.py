@@ -6,6 +6,7 @@ import asyncio
 import socket
 import ssl
 from pathlib import Path
+from typing import cast
 
 import pytest
 from tests.support.certs import self_signed
@@ -121,6 +122,119 @@ async def test_a_tls_transport_reads_through_the_shared_buffer(tmp_path: Path) -
         assert isinstance(reader, TLSReader) and reader.app is proto
         assert await asyncio.wait_for(proto.got, 5) == b"hello over tls\n"
         assert type(proto.data) is bytes
+        transport.close()
+    finally:
+        server.close()
+
+
+class _Driver(asyncio.Protocol):
+    """A driver that speaks first, as the HTTP/2 one does (its preface in `connection_made`),
+    and records every callback it hears, in order, into the dial's shared `log`."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.log = log
+        log.append("made")
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.log.append("connection_made")
+        cast(asyncio.Transport, transport).write(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+
+    def data_received(self, data: bytes) -> None:
+        self.log.append(f"data {data!r}")
+
+    def eof_received(self) -> bool:
+        self.log.append("eof")
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.log.append("lost")
+
+
+async def _server_first_tls(tmp_path: Path) -> tuple[asyncio.Server, ssl.SSLContext,
+                                                     list[bytearray]]:
+    """A TLS server that greets each client as soon as its handshake is done, records what it
+    receives, and the client context that trusts it."""
+    crt, key = self_signed(tmp_path)
+    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    sctx.load_cert_chain(crt, key)
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cctx.load_verify_locations(crt)
+    received: list[bytearray] = []
+
+    async def greet(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        buf = bytearray()
+        received.append(buf)
+        w.write(b"220 greetings from the server\r\n")
+        try:
+            while data := await asyncio.wait_for(r.read(65536), 5):
+                buf += data
+        except (TimeoutError, ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            w.close()
+
+    return await asyncio.start_server(greet, "127.0.0.1", 0, ssl=sctx), cctx, received
+
+
+async def test_a_refused_server_never_meets_the_protocol(tmp_path: Path) -> None:
+    """ADR 0030: the peer check runs as the handshake ends, before the caller's protocol is
+    made.  A refused server is sent nothing of the application protocol (though the driver
+    would write in `connection_made`), and nothing it sends -- a server-first greeting --
+    reaches the protocol (for the TCP relay: the downstream client).  The dial fails with the
+    check's reason."""
+    server, cctx, received = await _server_first_tls(tmp_path)
+    port = server.sockets[0].getsockname()[1]
+    log: list[str] = []
+    seen: list[object] = []
+
+    def refuse(obj: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
+        seen.append(obj)
+        log.append("check")
+        return "TLS: server identity spiffe://x/impostor is not one expected for the destination"
+
+    try:
+        with pytest.raises(ConnectFailed) as exc:
+            await dial_transport(lambda: _Driver(log), "127.0.0.1", port, 5.0,
+                                 ssl_context=cctx, server_name="localhost", peer_check=refuse)
+        assert exc.value.what.startswith("TLS: server identity spiffe://x/impostor")
+        # The check judged the verified certificate of the finished handshake.
+        assert isinstance(seen[0], ssl.SSLObject) and seen[0].getpeercert()
+        for _ in range(500):  # until the server has finished its handshake
+            if received:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)  # let its greeting, and anything sent to it, arrive
+        assert log == ["check"]  # no driver made: nothing written, nothing read, no callback
+        assert received, "the server's handshake did not complete"
+        assert [bytes(b) for b in received] == [b""]
+    finally:
+        server.close()
+
+
+async def test_an_accepted_server_meets_the_protocol_after_the_check(tmp_path: Path) -> None:
+    """Accepted, the protocol is made after the check, behind the `TLSReader`, and hears the
+    server's greeting; the server hears what it wrote in `connection_made`."""
+    server, cctx, received = await _server_first_tls(tmp_path)
+    port = server.sockets[0].getsockname()[1]
+    log: list[str] = []
+
+    def accept(obj: ssl.SSLObject | ssl.SSLSocket | None) -> str | None:
+        log.append("check")
+        return None
+
+    try:
+        transport, proto = await dial_transport(
+            lambda: _Driver(log), "127.0.0.1", port, 5.0, ssl_context=cctx,
+            server_name="localhost", peer_check=accept)
+        reader = transport.get_protocol()
+        assert isinstance(reader, TLSReader) and reader.app is proto
+        for _ in range(500):
+            if any(e.startswith("data") for e in log) and received and received[0]:
+                break
+            await asyncio.sleep(0.01)
+        assert log[:3] == ["check", "made", "connection_made"]
+        assert log[3] == f"data {b'220 greetings from the server' + bytes([13, 10])!r}"
+        assert bytes(received[0]) == b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
         transport.close()
     finally:
         server.close()
