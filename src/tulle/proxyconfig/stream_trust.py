@@ -27,6 +27,8 @@ import re
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from tulle.proxyconfig.spiffe_id import is_svid_id
+
 CONTROL_PLANE_NAMESPACE = "tulle-system"
 CONTROL_PLANE_SERVICE_ACCOUNT = "control-plane"
 PIN_PREFIX = "sha256:"
@@ -51,7 +53,7 @@ def control_plane_id(trust_domain: str) -> str:
 
 def is_control_plane_id(uri: str) -> bool:
     """`uri` names the control plane (in any trust domain: the CA that signed it decides)."""
-    if not uri.startswith("spiffe://"):
+    if not is_svid_id(uri):
         return False
     domain, slash, path = uri[len("spiffe://"):].partition("/")
     return bool(domain) and bool(slash) and "/" + path == control_plane_path()

@@ -11,9 +11,7 @@ import re
 
 from tulle.errors import FieldError
 from tulle.proxyconfig.model import ProxyConfig, TLSContext
-
-_SPIFFE_ID = re.compile(r"^spiffe://[a-z0-9._-]{1,255}(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*$")
-"""A SPIFFE ID: lower-case trust domain, then path segments (SPIFFE ID spec, section 2)."""
+from tulle.proxyconfig.spiffe_id import is_svid_id
 
 
 def tls_ref_errors(tls: TLSContext, p: str, cfg: ProxyConfig,
@@ -31,7 +29,7 @@ def tls_ref_errors(tls: TLSContext, p: str, cfg: ProxyConfig,
             out.append(FieldError(f"{p}.expected_spiffe_ids", "needs a trust_bundle or ca_file "
                                   "to verify the server's certificate against"))
         for k, sid in enumerate(tls.expected_spiffe_ids):
-            if len(sid) > 2048 or not _SPIFFE_ID.match(sid):
+            if not is_svid_id(sid):  # the rule a server's certificate is read with
                 out.append(FieldError(f"{p}.expected_spiffe_ids[{k}]", "must be a SPIFFE ID "
                                       f"(spiffe://<trust-domain>/<path>), got {sid[:80]!r}"))
     if tls.identity:
