@@ -2,10 +2,16 @@
 
 Why a module of its own: the accept side (what `ConnectionFacts.peer_identity` holds for
 authorization, metrics and logs) and the dialler (is the server the service we meant to reach?)
-must read a certificate the same way.  The rules (SPIFFE X.509-SVID): an identity is the
-certificate's only URI SAN, `spiffe://<trust-domain>/<path>`.  A certificate with no URI SAN,
-several, or one of another scheme has no identity.  Only a certificate the TLS layer *verified*
-counts: `getpeercert()` returns an empty dict otherwise, so an unverified peer is anonymous.
+must read a certificate the same way.  The rules (SPIFFE X509-SVID, ADR 0030 and 0097):
+- an identity is the certificate's only URI SAN, and it must be a SPIFFE ID with a path
+  (`tulle.proxyconfig.spiffe_id.is_svid_id`, the rule the control plane's CA shares): a
+  certificate with no URI SAN, several, one of another scheme, or a `spiffe://` URI that is no
+  valid SPIFFE ID (`%61pi`, `x/../api`, a trailing slash, an uppercase trust domain, a port,
+  userinfo, a query) has no identity;
+- only a certificate the TLS layer *verified* counts: `getpeercert()` returns an empty dict
+  otherwise, so an unverified peer is anonymous.
+A peer that fails any of these is anonymous: identity rules never match it, no
+x-forwarded-client-cert names it, and `expect` refuses it as a server.
 
 Reading is once per connection (about 10 us: the stdlib decodes the certificate to a dict),
 never per request.
@@ -18,8 +24,7 @@ from collections.abc import Callable, Collection
 from typing import Final
 
 from tulle.dataplane.telemetry.metrics import CounterChild
-
-SCHEME: Final = "spiffe://"
+from tulle.proxyconfig.spiffe_id import is_svid_id
 
 TCP_ALPN: Final = "tulle-tcp"
 """The ALPN token of an opaque TCP stream carried over mesh mTLS: the server side relays it
@@ -47,7 +52,7 @@ def spiffe_id(ssl_object: ssl.SSLObject | ssl.SSLSocket | None) -> str:
             if uri:
                 return ""  # several URI SANs: not an SVID
             uri = str(value)
-    return uri if uri.startswith(SCHEME) and len(uri) > len(SCHEME) else ""
+    return uri if is_svid_id(uri) else ""
 
 
 def expect(ids: Collection[str], rejected: CounterChild) -> PeerCheck:
