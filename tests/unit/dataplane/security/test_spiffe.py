@@ -1,5 +1,6 @@
 """Reading a peer's SPIFFE ID from what the TLS layer verified, and the client's check: the
-only URI SAN, a valid SPIFFE ID with a path (ADR 0030, 0097)."""
+only URI SAN, a valid SPIFFE ID with a path, on a certificate the X509-SVID profile allows as a
+leaf (ADR 0030, 0097)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from tulle.dataplane.security.spiffe import expect, spiffe_id
+from tulle.dataplane.security.spiffe import _is_svid_leaf, expect, spiffe_id
 from tulle.dataplane.telemetry.metrics import CounterChild
 
 ID = "spiffe://mesh.local/ns/default/sa/web"
@@ -86,6 +87,56 @@ def test_the_identity_is_the_single_valid_spiffe_uri_of_a_verified_certificate(
     assert spiffe_id(cast(Any, peer)) == want
 
 
+@pytest.mark.parametrize(("der", "ok"), [
+    (leaf(ID), True),
+    (leaf(ID, ca=None), True),  # no basic constraints: not a CA
+    (leaf(ID, ku=_ku(digital_signature=True, key_encipherment=True, key_agreement=True)), True),
+    (leaf(ID, ca=True), False),  # X509-SVID 5.2: a leaf is no CA
+    (leaf(ID, ca=True, ku=_ku(digital_signature=True, key_cert_sign=True)), False),
+    (leaf(ID, ku=_ku(digital_signature=True, key_cert_sign=True)), False),  # nor signs certs
+    (leaf(ID, ku=_ku(digital_signature=True, crl_sign=True)), False),  # or CRLs
+    (leaf(ID, ku=_ku(key_agreement=True)), False),  # RFC 8446 4.4.2.2: digitalSignature
+    (leaf(ID, ku=_ku(key_encipherment=True)), False),
+    (leaf(ID, ku=_ku()), False),  # a key usage with no bit at all
+])
+def test_a_leaf_is_no_ca_and_its_key_signs(der: bytes, ok: bool) -> None:
+    assert _is_svid_leaf(der) is ok
+    assert spiffe_id(cast(Any, Peer(der))) == (ID if ok else "")
+
+
+def test_a_certificate_without_key_usage_is_a_leaf() -> None:
+    """RFC 8446 asks for digitalSignature only when the extension is present."""
+    now = datetime.datetime.now(datetime.UTC)
+    der = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(x509.Name([]))
+           .public_key(_KEY.public_key()).serial_number(1)
+           .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+           .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(ID)]),
+                          critical=True)
+           .sign(_KEY, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    assert _is_svid_leaf(der)
+
+
+def test_what_does_not_parse_is_no_leaf() -> None:
+    """Fail closed: OpenSSL parsed it already, but a reader that gives up says no."""
+    der = leaf(ID)
+    assert not _is_svid_leaf(der[:-80])  # truncated
+    assert not _is_svid_leaf(b"")
+    assert not _is_svid_leaf(b"\x30\x84\x00\x00\x00\x10")  # a 4-byte length
+    # A key usage twice, each fine alone (a builder refuses: made as 2.5.29.99, then patched).
+    now = datetime.datetime.now(datetime.UTC)
+    other = x509.ObjectIdentifier("2.5.29.99")
+    digital_signature = b"\x03\x02\x07\x80"  # BIT STRING, bit 0
+    der = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(x509.Name([]))
+           .public_key(_KEY.public_key()).serial_number(1)
+           .not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+           .add_extension(_ku(digital_signature=True), critical=True)
+           .add_extension(x509.UnrecognizedExtension(other, digital_signature), critical=False)
+           .sign(_KEY, hashes.SHA256()).public_bytes(serialization.Encoding.DER))
+    assert _is_svid_leaf(der)
+    assert der.count(b"\x06\x03\x55\x1d\x63") == 1
+    assert not _is_svid_leaf(der.replace(b"\x06\x03\x55\x1d\x63", b"\x06\x03\x55\x1d\x0f"))
+
+
 def test_the_check_passes_expected_ids_and_counts_and_names_the_others() -> None:
     counter = CounterChild()
     check = expect([ID], counter)
@@ -96,6 +147,9 @@ def test_the_check_passes_expected_ids_and_counts_and_names_the_others() -> None
         f"TLS: server identity {other} is not one expected for the destination")
     assert check(cast(Any, Peer(leaf(ID), verified=False))) == (
         "TLS: server identity (none) is not one expected for the destination")
-    assert check(cast(Any, Peer(leaf(ID + "/")))) == (
+    # A server whose certificate is a CA's, or whose key may not sign, is no one.
+    assert check(cast(Any, Peer(leaf(ID, ca=True)))) == (
         "TLS: server identity (none) is not one expected for the destination")
-    assert counter.value == 3
+    assert check(cast(Any, Peer(leaf(ID, ku=_ku(key_agreement=True))))) == (
+        "TLS: server identity (none) is not one expected for the destination")
+    assert counter.value == 4
