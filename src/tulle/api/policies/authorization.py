@@ -45,8 +45,8 @@ def _check_identity(value: str) -> str:
         return value
     prefix = value.endswith("*")
     body = value[:-1] if prefix else value
-    if "*" in body or not ((prefix and (_SPIFFE_RE.match(body) or body.startswith("spiffe://")))
-                           or (not prefix and _WORKLOAD_ID_RE.match(body))):
+    if "*" in body or not ((prefix and (_SPIFFE_RE.fullmatch(body) or body.startswith("spiffe://")))
+                           or (not prefix and _WORKLOAD_ID_RE.fullmatch(body))):
         raise ValueError(
             'must be a SPIFFE ID (spiffe://<trust-domain>/ns/<namespace>/sa/<account>), "*", '
             f"or a SPIFFE ID prefix ending in *; got {quote(value)}"

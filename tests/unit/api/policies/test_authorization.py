@@ -142,3 +142,12 @@ def test_bad_accounts_cidrs_and_header_values_are_refused(errors: Errors) -> Non
         ("spec.rules[0].from[0].ipBlocks[0]", 'must be an IP address or CIDR, got "10.0.0.300/8"'),
         ("spec.rules[0].to[0].headers[0].values[0]",
          '"*" may only start or end a value, got "a*b"')]
+
+
+def test_an_exact_identity_with_a_trailing_newline_is_refused() -> None:
+    # `match` with `$` took it (`$` matches before a final newline); stored, it matched no one.
+    from tulle.api.policies.authorization import _check_identity
+
+    assert _check_identity("spiffe://cluster.local/ns/shop/sa/web").endswith("/sa/web")
+    with pytest.raises(ValueError, match="must be a SPIFFE ID"):
+        _check_identity("spiffe://cluster.local/ns/shop/sa/web\n")
