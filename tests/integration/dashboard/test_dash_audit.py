@@ -90,7 +90,7 @@ async def test_a_proxys_chosen_service_names_cannot_make_two_topology_elements_s
                 st: dict[str, Any] = await page.poll(
                     "window.tulleDashboard && ({r: window.tulleDashboard.state.refreshes,"
                     " e: window.tulleDashboard.state.errors})") or {}
-                return (st.get("r", 0) + st.get("e", 0)) >= 3
+                return bool((st.get("r", 0) + st.get("e", 0)) >= 3)
             await eventually(refreshed_or_failed, timeout=30, interval=0.2)
 
             # The legitimate mesh is drawn and the page keeps refreshing without errors.
