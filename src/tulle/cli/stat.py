@@ -17,6 +17,7 @@ import click
 
 from tulle.cli.client import APIError, call, server_url
 from tulle.cli.resources import server_option
+from tulle.cli.tap import safe
 
 COLUMNS = ("NAME", "MESHED", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99",
            "TCP_CONN")
@@ -40,6 +41,9 @@ def _cells(s: dict[str, Any]) -> list[str]:
 
 
 def _table(header: tuple[str, ...], rows: list[list[str]]) -> str:
+    # Every cell terminal-safe: names come from what proxies report (the control plane
+    # refuses a name that is no Service's, ADR 0099; this is the second line).
+    rows = [[safe(c) for c in r] for r in rows]
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
               for i, h in enumerate(header)]
     lines = ["   ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()

@@ -11,11 +11,13 @@ dropped whole and counted, the stream stays up (ADR 0046).
 
 from __future__ import annotations
 
+import re
 import time
 from array import array
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
+from typing import Final
 
 from tulle.proxyconfig.stats import (
     DURATION_BUCKETS_MS,
@@ -103,6 +105,14 @@ class ReportError(ValueError):
     pass
 
 
+_LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
+_SERVICE: Final = re.compile(f"{_LABEL}/{_LABEL}")
+"""A row's `service` / `parent`: `namespace/name`, each a DNS-1123 label (what a Service's
+namespace and name are).  Anything else a proxy reports is refused: it is printed by `tulle
+stat` and drawn by the dashboard (a name carrying terminal escapes or `->` was, attack audit,
+ADR 0099)."""
+
+
 def check(report: StatsReport, workloads: Collection[str]) -> None:
     """Raise ReportError naming the first fault of a report from a proxy fronting
     `workloads` (`namespace/name`)."""
@@ -114,6 +124,9 @@ def check(report: StatsReport, workloads: Collection[str]) -> None:
         if r.workload not in workloads:
             raise ReportError(f"rows[{i}].workload: {r.workload!r} is not a workload this "
                               f"stream fronts")
+        for what, name in (("service", r.service), ("parent", r.parent)):
+            if name and not _SERVICE.fullmatch(name):
+                raise ReportError(f"rows[{i}].{what}: not a Service's namespace/name")
         if r.requests < 0 or r.failures < 0 or r.tcp_open < 0 or r.failures > r.requests:
             raise ReportError(f"rows[{i}]: counts must be >= 0 and failures <= requests")
         if sum(c for _, c in r.buckets) > r.requests or any(c < 0 for _, c in r.buckets):

@@ -92,22 +92,37 @@ static const char HEX[] = "0123456789abcdef";
 #define HIGHS 0x8080808080808080ULL
 static inline int special8(uint64_t x, uint64_t high) {
     uint64_t lt20 = (x - ONES * 0x20) & ~x;
-    uint64_t q = x ^ (ONES * 0x22), b = x ^ (ONES * 0x5C);
-    uint64_t eq = ((q - ONES) & ~q) | ((b - ONES) & ~b);
+    uint64_t q = x ^ (ONES * 0x22), b = x ^ (ONES * 0x5C), d = x ^ (ONES * 0x7F);
+    uint64_t eq = ((q - ONES) & ~q) | ((b - ONES) & ~b) | ((d - ONES) & ~d);
     return ((lt20 | eq) & HIGHS) != 0 || (x & high) != 0;
 }
 
-/* Escaped as msgspec escapes: `"`, `\`, C0 controls; bytes >= 0x80 are Latin-1 -> UTF-8 when
- * `latin1`, copied as they are (already UTF-8) otherwise. */
+/* Escaped as msgspec escapes (`"`, `\`, C0 controls), and DEL and the C1 controls
+ * (U+007F-U+009F) as \u00XX too: U+0085 is a line break to some readers and U+009B a
+ * terminal's escape prefix (attack audit, ADR 0099; `access_record.escape_c1` does the same
+ * after msgspec).  Other bytes >= 0x80 are Latin-1 -> UTF-8 when `latin1`, copied as they are
+ * (already UTF-8) otherwise. */
 static size_t put_escaped_slow(char *o, const unsigned char *s, Py_ssize_t n, int latin1) {
     char *start = o;
     for (Py_ssize_t i = 0; i < n; i++) {
         unsigned char c = s[i];
-        if (c >= 0x20 && c != '"' && c != '\\' && (c < 0x80 || !latin1)) {
+        if (c >= 0x20 && c != '"' && c != '\\' && c < 0x7F) {
             *o++ = (char)c;
             continue;
         }
-        if (c >= 0x80) {
+        if (c >= 0x80 && !latin1) {  /* UTF-8: C1 is 0xC2 0x80-0x9F */
+            if (c == 0xC2 && i + 1 < n && s[i + 1] <= 0x9F) {
+                c = s[++i];  /* (the byte after 0xC2 is 0x80 or more: a continuation) */
+                memcpy(o, "\\u00", 4);
+                o += 4;
+                *o++ = HEX[c >> 4];
+                *o++ = HEX[c & 0xF];
+                continue;
+            }
+            *o++ = (char)c;
+            continue;
+        }
+        if (c >= 0xA0) {  /* Latin-1 past the C1 controls */
             *o++ = (char)(0xC0 | (c >> 6));
             *o++ = (char)(0x80 | (c & 0x3F));
             continue;
@@ -136,7 +151,8 @@ static size_t put_escaped_slow(char *o, const unsigned char *s, Py_ssize_t n, in
  * word of a string of eight or more re-reads a few bytes rather than going byte by byte.  The
  * first word with a byte to escape sends the rest to the byte loop. */
 static size_t put_escaped(char *o, const unsigned char *s, Py_ssize_t n, int latin1) {
-    uint64_t high = latin1 ? HIGHS : 0;
+    uint64_t high = HIGHS;  /* (UTF-8 too: its C1 controls are escaped) */
+    (void)latin1;
     uint64_t x;
     Py_ssize_t i = 0;
     for (; i + 8 <= n; i += 8) {

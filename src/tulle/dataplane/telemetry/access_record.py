@@ -26,6 +26,7 @@ the compiled access log calls these like any Python callable.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -111,10 +112,27 @@ def record_of(*values: Any) -> dict[str, Any]:
     return record_dict(values)
 
 
+_C1: Final = re.compile(rb"\x7f|\xc2[\x80-\x9f]")
+"""DEL and the C1 controls in UTF-8 (msgspec escapes only C0)."""
+
+
+def _c1_escaped(m: re.Match[bytes]) -> bytes:
+    return b"\\u%04x" % m.group()[-1]
+
+
+def escape_c1(line: bytes) -> bytes:
+    """`line` (UTF-8 JSON) with DEL and the C1 controls escaped as `\\u00XX`: U+0085 is a line
+    break to `str.splitlines`, Java and .NET readers (a header value split a record in two)
+    and U+009B a terminal's escape prefix (attack audit, ADR 0099).  As the C encoder does."""
+    if b"\x7f" in line or b"\xc2" in line:
+        return _C1.sub(_c1_escaped, line)
+    return line
+
+
 def encode_line(*values: Any) -> bytes:
     """One record's JSON line (newline ended), through the struct, from the same values as
     `access_line`.  Raises what msgspec raises for a value it cannot encode."""
-    return _encode(AccessRecord(*record_fields(values))) + b"\n"
+    return escape_c1(_encode(AccessRecord(*record_fields(values)))) + b"\n"
 
 
 def _native_line() -> Callable[..., bytes] | None:
@@ -155,7 +173,7 @@ def json_lines(records: Iterable[Any]) -> bytes:
     (`access_line`) are joined; structs or dicts are encoded."""
     if isinstance(records, list) and records and isinstance(records[0], bytes):
         return b"".join(records)
-    return _encode_lines(records)
+    return escape_c1(_encode_lines(records))
 
 
 __all__ = ["NATIVE_LINE", "AccessRecord", "access_line", "encode_line", "json_lines", "line_batch",

@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from tulle.dataplane.telemetry.access_record import escape_c1
 from tulle.dataplane.telemetry.flags import response_flags_long
 from tulle.proxyconfig.logs import COMMAND
 
@@ -43,8 +44,9 @@ def _text(value: Any) -> str:
 
 def render_json(record: Record) -> str:
     """One JSON object on one line, fields in the record's order (msgspec: ~10x the stdlib's
-    speed; a JSON-format record has no `REQ(...)` keys, only a text format asks for them)."""
-    return _encode(record).decode()
+    speed; a JSON-format record has no `REQ(...)` keys, only a text format asks for them).
+    DEL and the C1 controls are escaped too (`access_record.escape_c1`, ADR 0099)."""
+    return escape_c1(_encode(record)).decode()
 
 
 class TextFormat:

@@ -258,3 +258,16 @@ def test_a_huge_records_room_is_given_back() -> None:
     assert _aline.scratch_size() == 0
     assert NATIVE_LINE(*LINE_VALUES) == encode_line(*LINE_VALUES)
     assert 0 < _aline.scratch_size() <= 65536
+
+
+def test_del_and_the_c1_controls_are_escaped_in_a_json_line() -> None:
+    # ADR 0099: U+0085 split a record for line readers; U+009B is a terminal's escape prefix.
+    for ua in (b"probe\x85{\"forged\":1}\x9b2J\x7f", "probe\x85{\"forged\":1}\x9b2J\x7f"):
+        v = list(LINE_VALUES)
+        v[ACCESS_FIELDS.index("user_agent")] = ua
+        line = access_line(*v)
+        assert line == encode_line(*v)
+        assert line.count(b"\n") == 1 and b"\xc2\x85" not in line and b"\x7f" not in line
+        assert b"\xc2\x9b" not in line
+        assert b'probe\\u0085{\\"forged\\":1}\\u009b2J\\u007f' in line
+        assert line.decode().splitlines() == [line.decode().rstrip("\n")]
