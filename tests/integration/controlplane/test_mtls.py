@@ -50,6 +50,30 @@ NS = "shop"
 SERVER_ADDR = "127.0.0.2"
 
 
+
+ONLY_DBC = {"apiVersion": POLICY, "kind": "AuthorizationPolicy",
+            "metadata": {"name": "only-dbc", "namespace": NS},
+            "spec": {"targetRef": {"group": "", "kind": "Service", "name": "db"},
+                     "rules": [{"from": [{"serviceAccounts": ["shop/dbc"]}]}]}}
+"""Service db's opaque TCP port admits shop/dbc only (L4 authorization)."""
+
+
+async def apply_db_and_its_client(api_url: str, inbound: int, origin: int) -> None:
+    """db-0 (an opaque TCP port `inbound` in front of `origin`), Service db, the client
+    workload dbc-0 and `ONLY_DBC`."""
+    status, body = await apply(
+        api_url,
+        workload("db-0", "db", SERVER_ADDR, [{"name": "tcp-pg", "port": inbound,
+                                              "targetPort": origin, "appProtocol": "tcp"}],
+                 outbound=free_port(), app="db"),
+        {"apiVersion": V1, "kind": "Service", "metadata": {"name": "db", "namespace": NS},
+         "spec": {"selector": {"app": "db"}, "ports": [
+             {"name": "pg", "port": 5432, "targetPort": "tcp-pg", "appProtocol": "tcp"}]}},
+        workload("dbc-0", "dbc", "127.0.0.10", [], outbound=free_port(), app="dbc"),
+        ONLY_DBC)
+    assert status == 200, body
+
+
 def workload(name: str, sa: str, address: str, ports: list[dict[str, Any]],
              outbound: int = 0, **labels: str) -> dict[str, Any]:
     spec: dict[str, Any] = {"address": address, "serviceAccount": sa, "ports": ports}
@@ -365,22 +389,8 @@ async def test_an_opaque_tcp_port_is_mtls_with_alpn_tulle_tcp(tmp_path: Path) ->
     signed (admitted over the stream like a proxy) gets relayed over TLS 1.3 with ALPN
     `tulle-tcp`, an L4 authorization policy sees its SPIFFE ID; plaintext is closed."""
     inbound = free_port()
-    only_dbc = {"apiVersion": POLICY, "kind": "AuthorizationPolicy",
-                "metadata": {"name": "only-dbc", "namespace": NS},
-                "spec": {"targetRef": {"group": "", "kind": "Service", "name": "db"},
-                         "rules": [{"from": [{"serviceAccounts": ["shop/dbc"]}]}]}}
     async with tcp_echo() as origin, running_control_plane() as cp:
-        status, body = await apply(
-            cp.api_url,
-            workload("db-0", "db", SERVER_ADDR, [{"name": "tcp-pg", "port": inbound,
-                                                  "targetPort": origin, "appProtocol": "tcp"}],
-                     outbound=free_port(), app="db"),
-            {"apiVersion": V1, "kind": "Service", "metadata": {"name": "db", "namespace": NS},
-             "spec": {"selector": {"app": "db"}, "ports": [
-                 {"name": "pg", "port": 5432, "targetPort": "tcp-pg", "appProtocol": "tcp"}]}},
-            workload("dbc-0", "dbc", "127.0.0.10", [], outbound=free_port(), app="dbc"),
-            only_dbc)
-        assert status == 200, body
+        await apply_db_and_its_client(cp.api_url, inbound, origin)
         server = await subscribe([cp.stream_port], WorkloadInfo(
             name="db-0", namespace=NS, address=SERVER_ADDR), cache_dir=tmp_path)
         # A client's SVID, signed by the control plane's CA as a proxy's would be.

@@ -240,41 +240,50 @@ async def test_a_proxy_shutting_down_reports_its_last_traffic(tmp_path: Path) ->
         await eventually(reported, timeout=5)
 
 
+@contextlib.asynccontextmanager
+async def stopping_mid_request(tmp_path: Path) -> AsyncIterator[
+        tuple[Mesh, asyncio.Future[int], asyncio.Future[None], int]]:
+    """A mesh whose client `a` made three calls and has a slow one in flight at api-0 when
+    api-0's sidecar gets SIGTERM (`shut_down`, report interval a minute).  Yields the mesh, the
+    slow call, the shutdown, and the requests api-0 served before the signal."""
+    started = asyncio.Event()
+    SLOW_STARTED.append(started)
+    try:
+        async with running_mesh(tmp_path, clients=("a",), interval=60.0) as m, \
+                aiohttp.ClientSession() as s:
+            for _ in range(3):
+                await m.call("a", "/", s)
+            slow = asyncio.ensure_future(m.call("a", "/slow", s))
+            await asyncio.wait_for(started.wait(), 5)
+            before = m.sent["a"]  # (the slow one is counted once it is answered)
+            p = m.server
+            stopping = asyncio.ensure_future(shut_down(p.agent, p.task, p.server, timeout=5.0))
+            yield m, slow, stopping, before
+    finally:
+        SLOW_STARTED.remove(started)
+
+
 async def test_what_a_draining_proxy_serves_is_reported(tmp_path: Path) -> None:
     """ADR 0092: a stopping sidecar says `Draining`, leaves its Service's endpoints at once,
     and keeps its stream, with its reports, through the drain: the slow request it finishes
     while draining is in `tulle stat`.  (Leaving the stream first lost it.)"""
-    started = asyncio.Event()
-    SLOW_STARTED.append(started)
-    try:
-        async with running_mesh(tmp_path, clients=("a",), interval=60.0) as m:
-            async with aiohttp.ClientSession() as s:
-                for _ in range(3):
-                    await m.call("a", "/", s)
-                slow = asyncio.ensure_future(m.call("a", "/slow", s))
-                await asyncio.wait_for(started.wait(), 5)
-                server = m.server
-                stopping = asyncio.ensure_future(
-                    shut_down(server.agent, server.task, server.server, timeout=5.0))
-
-                async def out_of_endpoints() -> bool:
-                    async with aiohttp.ClientSession(headers=auth(m.cp.api_url)) as c, c.get(
-                            f"{m.cp.api_url}/api/v1/proxies") as r:
-                        items = (await r.json())["items"]
-                    api = [p for p in items if p["name"] == "api-0"]
-                    return bool(api) and api[0]["connected"] and api[0]["draining"]
-                await eventually(out_of_endpoints, timeout=2)
-                code, out, err = await tulle(m.cp.api_url, "get", "workloads", "-n", NS)
-                assert code == 0, err
-                assert "draining" in next(ln for ln in out.splitlines() if "api-0" in ln)
-                assert not stopping.done()  # the slow request holds the drain
-                assert await slow == 200
-                await stopping
-            # One report with `Draining` (what was served before), one at the drain's end.
-            assert server.agent.draining and server.agent.stats_reports == 2
-            await eventually(lambda: _served(m, m.sent["a"]), timeout=5)
-    finally:
-        SLOW_STARTED.remove(started)
+    async with stopping_mid_request(tmp_path) as (m, slow, stopping, _):
+        async def out_of_endpoints() -> bool:
+            async with aiohttp.ClientSession(headers=auth(m.cp.api_url)) as c, c.get(
+                    f"{m.cp.api_url}/api/v1/proxies") as r:
+                items = (await r.json())["items"]
+            api = [p for p in items if p["name"] == "api-0"]
+            return bool(api) and api[0]["connected"] and api[0]["draining"]
+        await eventually(out_of_endpoints, timeout=2)
+        code, out, err = await tulle(m.cp.api_url, "get", "workloads", "-n", NS)
+        assert code == 0, err
+        assert "draining" in next(ln for ln in out.splitlines() if "api-0" in ln)
+        assert not stopping.done()  # the slow request holds the drain
+        assert await slow == 200
+        await stopping
+        # One report with `Draining` (what was served before), one at the drain's end.
+        assert m.server.agent.draining and m.server.agent.stats_reports == 2
+        await eventually(lambda: _served(m, m.sent["a"]), timeout=5)
 
 
 async def test_what_was_served_before_sigterm_is_kept_when_the_stream_breaks_mid_drain(
@@ -284,33 +293,19 @@ async def test_what_was_served_before_sigterm_is_kept_when_the_stream_breaks_mid
     breaks meanwhile (a network blip, the control plane closing it): the requests served
     before the signal must not be lost with it.  (The slow request the drain finished after
     the break is: nothing can carry it.)"""
-    started = asyncio.Event()
-    SLOW_STARTED.append(started)
-    try:
-        async with running_mesh(tmp_path, clients=("a",), interval=60.0) as m:
-            async with aiohttp.ClientSession() as s:
-                for _ in range(3):
-                    await m.call("a", "/", s)
-                slow = asyncio.ensure_future(m.call("a", "/slow", s))
-                await asyncio.wait_for(started.wait(), 5)
-                server = m.server
-                before = m.sent["a"]  # served by api-0 before its SIGTERM
-                stopping = asyncio.ensure_future(
-                    shut_down(server.agent, server.task, server.server, timeout=5.0))
-                assert m.cp.push is not None
+    async with stopping_mid_request(tmp_path) as (m, slow, stopping, before):
+        assert m.cp.push is not None
 
-                def session() -> Any:
-                    return next((x for x in m.cp.push.live  # type: ignore[union-attr]
-                                 if x.st is not None and x.st.name == "api-0"
-                                 and x.draining is not None), None)
-                await eventually(session, timeout=2)
-                session().writer.transport.abort()  # the stream breaks mid-drain
-                assert await slow == 200
-                await stopping
-            assert server.agent.draining
-            await eventually(lambda: _served(m, before), timeout=5)
-    finally:
-        SLOW_STARTED.remove(started)
+        def session() -> Any:
+            return next((x for x in m.cp.push.live  # type: ignore[union-attr]
+                         if x.st is not None and x.st.name == "api-0"
+                         and x.draining is not None), None)
+        await eventually(session, timeout=2)
+        session().writer.transport.abort()  # the stream breaks mid-drain
+        assert await slow == 200
+        await stopping
+        assert m.server.agent.draining
+        await eventually(lambda: _served(m, before), timeout=5)
 
 
 async def _served(m: Mesh, total: int) -> bool:

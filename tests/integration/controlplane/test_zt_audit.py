@@ -22,8 +22,8 @@ from tests.integration.controlplane.test_authorization import tcp_echo
 from tests.integration.controlplane.test_mtls import (
     NS,
     SERVER_ADDR,
-    V1,
     _answers,
+    apply_db_and_its_client,
     mesh_doc,
     running_mesh,
     workload,
@@ -142,23 +142,9 @@ async def test_a_foreign_trust_domain_svid_does_not_pass_a_service_account_rule(
     connection is refused (or the handshake is); nothing reaches the application."""
     corp = Corp(tmp_path)
     inbound = free_port()
-    only_dbc = {"apiVersion": "policy.tulle.dev/v1alpha1", "kind": "AuthorizationPolicy",
-                "metadata": {"name": "only-dbc", "namespace": NS},
-                "spec": {"targetRef": {"group": "", "kind": "Service", "name": "db"},
-                         "rules": [{"from": [{"serviceAccounts": ["shop/dbc"]}]}]}}
     async with tcp_echo() as origin, running_control_plane(
             ca_cert=str(corp.cert_file), ca_key=str(corp.key_file)) as cp:
-        status, body = await apply(
-            cp.api_url,
-            workload("db-0", "db", SERVER_ADDR, [{"name": "tcp-pg", "port": inbound,
-                                                  "targetPort": origin, "appProtocol": "tcp"}],
-                     outbound=free_port(), app="db"),
-            {"apiVersion": V1, "kind": "Service", "metadata": {"name": "db", "namespace": NS},
-             "spec": {"selector": {"app": "db"}, "ports": [
-                 {"name": "pg", "port": 5432, "targetPort": "tcp-pg", "appProtocol": "tcp"}]}},
-            workload("dbc-0", "dbc", "127.0.0.10", [], outbound=free_port(), app="dbc"),
-            only_dbc)
-        assert status == 200, body
+        await apply_db_and_its_client(cp.api_url, inbound, origin)
         server = await subscribe([cp.stream_port], WorkloadInfo(
             name="db-0", namespace=NS, address=SERVER_ADDR), cache_dir=tmp_path)
         genuine_key = WorkloadKey()

@@ -5,12 +5,12 @@ origin was told that, and one client had two rate-limit keys by the socket it ca
 
 from __future__ import annotations
 
-import asyncio
 import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.integration.dataplane.test_access_log import _run
 from tests.support.logsink import log_config, read_records
 from tests.support.proxy import running_proxy, simple_config
 from tests.support.rawhttp import RawClient
@@ -24,14 +24,6 @@ def dual_stack(origin: int, log: Path, protocol: str = "http1") -> dict[str, Any
     cfg["listeners"][0]["address"] = "::"
     cfg["telemetry"] = {"access_log": log_config(log)}
     return cfg
-
-
-async def _run(*argv: str) -> tuple[int, bytes, bytes]:
-    proc = await asyncio.create_subprocess_exec(
-        *argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out, err
 
 
 async def test_an_ipv4_client_of_a_dual_stack_http1_listener_is_its_ipv4_address(
