@@ -20,7 +20,7 @@ Flow control is explicit: a side that cannot take more asks the other to stop
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Final, Protocol
 
 Headers = list[tuple[bytes, bytes]]
 
@@ -85,6 +85,16 @@ class UpstreamError(Exception):
         self.detail = detail
         self.retry_safe = retry_safe
         self.unprocessed = retry_safe if unprocessed is None else unprocessed
+
+
+IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+"""RFC 9110 9.2.2: what may be sent again without doing anything twice."""
+
+OVERLOADED: Final[tuple[tuple[bytes, bytes], ...]] = ((b"x-envoy-overloaded", b"true"),)
+"""On a local 503 that a limit or the overload guard gave (UO, OL): a caller's retry policy
+never retries it (`http/retry.RetryRuntime.status_retried`), as Envoy does with the same
+header -- a sidecar shedding load got (1 + retries) times the requests from its calling
+sidecar at exactly that moment (attack audit, ADR 0100)."""
 
 
 def connect_failure(detail: str) -> UpstreamError:

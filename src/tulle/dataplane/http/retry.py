@@ -46,7 +46,7 @@ from __future__ import annotations
 import random
 from typing import TYPE_CHECKING
 
-from tulle.dataplane.exchange import UpstreamError
+from tulle.dataplane.exchange import IDEMPOTENT, UpstreamError
 from tulle.dataplane.upstream.attempt import Attempt, AttemptRequest
 from tulle.dataplane.upstream.lb import EndpointState
 
@@ -64,10 +64,16 @@ if TYPE_CHECKING:
     from tulle.dataplane.upstream.cluster import ClusterRuntime
     from tulle.proxyconfig.retry import RetryPolicy
 
-IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-"""RFC 9110 section 9.2.2; others are retried only when the policy allows them."""
+# IDEMPOTENT (RFC 9110 9.2.2; others are retried only when the policy allows them) is the
+# exchange's: the HTTP/1 pool's replay of an unanswered request reads it too.
 
 _GATEWAY = frozenset({502, 503, 504})
+
+
+def _overloaded(head: ResponseHead) -> bool:
+    """A peer's limit or overload answer (`exchange.OVERLOADED`, or Envoy's): never retried,
+    the limit is the answer (ADR 0039, 0100)."""
+    return any(name == b"x-envoy-overloaded" for name, _ in head.headers)
 
 
 class RetryRuntime:
@@ -110,12 +116,13 @@ class RetryRuntime:
         is not."""
         status = head.status
         if status in self.statuses or (self.any_5xx and status >= 500):
-            return str(status)
+            return None if _overloaded(head) else str(status)
         if self.grpc and end:  # a trailers-only gRPC answer: its status is in the head
             for name, value in head.headers:
                 if name == b"grpc-status":
-                    return "grpc-" + value.decode("ascii", "replace") if value in self.grpc \
-                        else None
+                    if value not in self.grpc or _overloaded(head):
+                        return None
+                    return "grpc-" + value.decode("ascii", "replace")
         return None
 
     def method_allows(self, method: bytes, idempotent_only: bool) -> bool:

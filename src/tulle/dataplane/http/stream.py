@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Final, cast
 
 from mypy_extensions import mypyc_attr
 
+from tulle.dataplane.exchange import OVERLOADED
 from tulle.dataplane.http.chain import Chain, ChainRun, HeaderListEdit
 from tulle.dataplane.http.held import HeldResponse
 from tulle.dataplane.http.idle import StreamIdle
@@ -481,7 +482,8 @@ class RequestStream(StreamPort):
             self.status = self.status or error.status
             self.send_reset()
         else:
-            self.send_local(error.status, error.detail.encode() + b"\n")
+            self.send_local(error.status, error.detail.encode() + b"\n",
+                            OVERLOADED if error.flag == "UO" else ())
 
     # -- ChainPort (the filters call back) ---------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
+from tulle.dataplane.exchange import OVERLOADED
 from tulle.dataplane.http.stream import RequestStream
 from tulle.dataplane.protocols.http1 import (
     encode_chunk,
@@ -115,7 +116,7 @@ class H1Exchange(RequestStream):
 
     def overloaded(self) -> None:
         self.close_after = True  # no keep-alive
-        self.send_local(503, b"overloaded\n")
+        self.send_local(503, b"overloaded\n", OVERLOADED)
 
     def send_continue(self) -> None:
         self.down.write(CONTINUE)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from tulle.dataplane.exchange import RequestHead
+from tulle.dataplane.exchange import OVERLOADED, RequestHead
 from tulle.dataplane.http.stream import RequestStream
 from tulle.dataplane.protocols.h2common import INTERNAL_ERROR, NO_ERROR
 from tulle.dataplane.protocols.h2translate import encode_response, grpc_trailers_only, is_grpc
@@ -105,7 +105,7 @@ class H2Exchange(RequestStream):
         self.complete()
 
     def overloaded(self) -> None:
-        self.send_local(503, b"overloaded\n")
+        self.send_local(503, b"overloaded\n", OVERLOADED)
         self.down.start_drain()  # GOAWAY: the client stops opening streams here
 
     def resume_request(self) -> None:

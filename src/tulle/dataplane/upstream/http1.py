@@ -39,6 +39,7 @@ from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from tulle.dataplane.exchange import (
+    IDEMPOTENT,
     Headers,
     RequestHead,
     ResponseHead,
@@ -322,8 +323,13 @@ class H1Connection(asyncio.Protocol):
                 stream.sink.on_response_end(None)
             return  # a close-delimited body just ended
         detail = "upstream closed the connection" if exc is None else f"upstream reset: {exc}"
-        # On a reused connection, a bodiless request with no answer never reached the server.
-        safe = self.reused and not stream.got_response and stream.end_stream
+        # On a reused connection, a bodiless request with no answer most likely met the
+        # server's idle close (the keep-alive race) and is sent again at once -- if it is
+        # idempotent: a server may also have read it, acted and closed (RFC 9112 9.3.1: a
+        # proxy must not retry a non-idempotent request automatically; a POST with
+        # Content-Length: 0 was charged twice, attack audit, ADR 0100).
+        safe = (self.reused and not stream.got_response and stream.end_stream
+                and stream.head.method in IDEMPOTENT)
         stream._failed(UpstreamError(502, "UC", detail, retry_safe=safe))
 
     def pause_writing(self) -> None:

@@ -37,6 +37,17 @@ def test_5xx_retries_every_5xx_and_every_error_but_overflow() -> None:
     assert not r.error_retried(overflow_error("limit"))
 
 
+def test_a_peers_limit_or_overload_answer_is_never_retried() -> None:
+    # ADR 0100: a sidecar shedding load marks its 503 (UO, OL); the calling sidecar's policy
+    # does not send it (1 + retries) times the requests.  Envoy reads the same header.
+    r = runtime(retry_on=["5xx", "retriable-grpc-statuses"], grpc_statuses=[14])
+    marked = [(b"x-envoy-overloaded", b"true")]
+    assert r.status_retried(ResponseHead(503, []), True)
+    assert not r.status_retried(ResponseHead(503, list(marked)), True)
+    assert r.status_retried(ResponseHead(200, [(b"grpc-status", b"14")]), True)
+    assert not r.status_retried(ResponseHead(200, [(b"grpc-status", b"14"), *marked]), True)
+
+
 def test_listed_status_codes() -> None:
     r = runtime(retry_on=["retriable-status-codes"], status_codes=[409, 429])
     assert r.status_retried(ResponseHead(429, []), False)

@@ -189,7 +189,8 @@ class Stream(RequestStream):
     def complete(self) -> None:
         self.record()
 
-    def send_local(self, status: int, body: bytes) -> None:
+    def send_local(self, status: int, body: bytes,
+                   headers: tuple[tuple[bytes, bytes], ...] = ()) -> None:
         self.status = status
         self.head_sent = True
         self.client.append(("local", status, body))
