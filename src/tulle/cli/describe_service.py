@@ -16,6 +16,7 @@ import click
 
 from tulle.api.conditions import summary
 from tulle.cli.client import APIError, call
+from tulle.cli.get import draining
 
 ROUTE_TYPES = ("httproutes", "grpcroutes", "tcproutes")
 MAX_PROXIES = 20
@@ -75,7 +76,7 @@ def describe_service(srv: str, svc: dict[str, Any]) -> None:
             proxy = (w.get("status") or {}).get("proxy") or {}
             state = {"Connected": "connected", "Disconnected": "disconnected: not an endpoint"
                      }.get(str(proxy.get("state")), "none (declared)")
-            if str(proxy.get("reason", "")).startswith("draining"):
+            if draining(proxy):
                 state = "draining: not an endpoint"  # (ADR 0092)
             rows.append([w["metadata"]["name"], (w.get("spec") or {}).get("address") or "-",
                          state])

@@ -37,6 +37,16 @@ def _age(md: dict[str, Any]) -> str:
     return f"{s}s"
 
 
+DRAINING_REASON = "draining: the proxy is shutting down"
+"""The control plane's reason while a proxy drains on its stream (`push.session.DRAINING`, a
+test holds them equal; not imported: `tulle get` stays light)."""
+
+
+def draining(proxy: dict[str, Any]) -> bool:
+    """A Workload's `status.proxy` says its proxy is draining on its stream (ADR 0092)."""
+    return proxy.get("state") == "Disconnected" and proxy.get("reason") == DRAINING_REASON
+
+
 def _proxy_state(proxy: Any) -> str:
     """A Workload's proxy as `get workloads` shows it (ADR 0040): `-` never connected,
     `connected`, or why and since when its endpoints are out (`draining`: still on its
@@ -48,8 +58,8 @@ def _proxy_state(proxy: Any) -> str:
     age = _age({"creationTimestamp": proxy.get("since")})
     ago = f" {age} ago" if age != "-" else ""
     reason = str(proxy.get("reason") or "?")
-    if reason.startswith("draining"):
-        return f"draining{ago}, out of endpoints: {reason.partition(': ')[2] or reason}"
+    if draining(proxy):
+        return f"draining{ago}, out of endpoints: {reason.partition(': ')[2]}"
     return f"disconnected{ago}, out of endpoints: {reason}"
 
 

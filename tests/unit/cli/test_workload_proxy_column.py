@@ -24,3 +24,14 @@ def test_a_draining_proxy_is_shown_draining_not_disconnected() -> None:
     assert _proxy_state({"state": "Disconnected",
                          "reason": "draining: the proxy is shutting down"}) == (
         "draining, out of endpoints: the proxy is shutting down")
+
+
+def test_the_cli_reads_the_reason_the_control_plane_writes() -> None:
+    from tulle.cli.get import DRAINING_REASON, draining
+    from tulle.controlplane.push.session import DRAINING
+
+    assert DRAINING_REASON == DRAINING
+    assert draining({"state": "Disconnected", "reason": DRAINING})
+    # After the stream ends the reason says how it ended: no longer draining.
+    assert not draining({"state": "Disconnected",
+                         "reason": "the proxy closed the stream (it was shutting down)"})

@@ -65,8 +65,8 @@ log = logging.getLogger("tulle.controlplane.push")
 
 
 DRAINING = "draining: the proxy is shutting down"
-"""The reason written with `Disconnected` when a proxy says `Draining` (`get workloads`
-shows it)."""
+"""The reason written with `Disconnected` when a proxy says `Draining` (the CLI's
+`get.DRAINING_REASON`, which a test holds equal)."""
 
 REPLY_BACKLOG = 1 << 20
 """Bytes of unsent output above which a session stops reading what its proxy sends until the

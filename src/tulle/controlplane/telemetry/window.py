@@ -17,8 +17,8 @@ from array import array
 from collections import deque
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
-from typing import Final
 
+from tulle.api.fields import DNS1123_LABEL_RE
 from tulle.proxyconfig.stats import (
     DURATION_BUCKETS_MS,
     MAX_STATS_ROWS,
@@ -105,12 +105,14 @@ class ReportError(ValueError):
     pass
 
 
-_LABEL = r"[a-z0-9](?:[-a-z0-9]{0,61}[a-z0-9])?"
-_SERVICE: Final = re.compile(f"{_LABEL}/{_LABEL}")
-"""A row's `service` / `parent`: `namespace/name`, each a DNS-1123 label (what a Service's
-namespace and name are).  Anything else a proxy reports is refused: it is printed by `tulle
-stat` and drawn by the dashboard (a name carrying terminal escapes or `->` was, attack audit,
-ADR 0099)."""
+def _service_name(value: str) -> bool:
+    """A row's `service` / `parent`: `namespace/name`, each a DNS-1123 label (what a
+    Service's namespace and name are).  Anything else a proxy reports is refused: it is
+    printed by `tulle stat` and drawn by the dashboard (a name carrying terminal escapes or
+    `->` was, attack audit, ADR 0099)."""
+    ns, sep, name = value.partition("/")
+    return bool(sep) and all(len(part) <= 63 and re.fullmatch(DNS1123_LABEL_RE, part)
+                             for part in (ns, name))
 
 
 def check(report: StatsReport, workloads: Collection[str]) -> None:
@@ -125,7 +127,7 @@ def check(report: StatsReport, workloads: Collection[str]) -> None:
             raise ReportError(f"rows[{i}].workload: {r.workload!r} is not a workload this "
                               f"stream fronts")
         for what, name in (("service", r.service), ("parent", r.parent)):
-            if name and not _SERVICE.fullmatch(name):
+            if name and not _service_name(name):
                 raise ReportError(f"rows[{i}].{what}: not a Service's namespace/name")
         if r.requests < 0 or r.failures < 0 or r.tcp_open < 0 or r.failures > r.requests:
             raise ReportError(f"rows[{i}]: counts must be >= 0 and failures <= requests")

@@ -30,8 +30,8 @@ from tulle.proxyconfig.address import peer_host
 class ConnectionFacts:
     """One downstream connection, as the requests on it see it."""
 
-    __slots__ = ("alpn", "direction", "listener", "log_fields", "original_dst", "peer",
-                 "peer_identity", "peer_ip", "sni", "tls")
+    __slots__ = ("alpn", "client_cert", "direction", "listener", "log_fields", "original_dst",
+                 "peer", "peer_identity", "peer_ip", "sni", "tls")
 
     def __init__(self, listener: str, direction: str, peer: tuple[str, int] | None = None,
                  *, tls: bool = False, alpn: str = "", sni: str = "") -> None:
@@ -47,6 +47,9 @@ class ConnectionFacts:
         self.sni = sni
         self.peer_identity = ""
         """The verified identity of the peer (SPIFFE ID); empty: not authenticated."""
+        self.client_cert = b""
+        """`x-forwarded-client-cert`'s value for the verified peer (`URI=<SPIFFE ID>`, ADR
+        0096), made once per connection; empty: not authenticated."""
         self.original_dst: tuple[str, int] | None = None
         """Where a transparently redirected connection was going (its routing key)."""
         self.log_fields: object = None
@@ -71,5 +74,7 @@ def facts_for(transport: asyncio.BaseTransport, listener: str, direction: str,
         return ConnectionFacts(listener, direction, address)
     facts = ConnectionFacts(listener, direction, address, tls=True,
                             alpn=ssl_object.selected_alpn_protocol() or "")
-    facts.peer_identity = spiffe_id(ssl_object)
+    identity = facts.peer_identity = spiffe_id(ssl_object)
+    if identity:
+        facts.client_cert = b"URI=" + identity.encode()
     return facts

@@ -195,7 +195,7 @@ class RequestStream(StreamPort):
             # x-request-id as the upstream will see them.
             facts = conn.facts
             add_forwarding_headers(head, facts.peer_ip, ctx.generate_request_id,
-                                   facts.peer_identity)
+                                   facts.client_cert)
             tracer = ctx.tracer
             if tracer is not None:  # the proxy's context on the head before routing, too
                 self.trace = tracer.start(head)

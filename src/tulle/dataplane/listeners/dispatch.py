@@ -163,13 +163,14 @@ _CLIENT_CERT_FIELDS: Final = frozenset({b"x-forwarded-client-cert", b"client-cer
 
 
 def add_forwarding_headers(head: RequestHead, peer_ip: bytes, generate_request_id: bool,
-                           peer_identity: str = "") -> None:
+                           client_cert: bytes = b"") -> None:
     """Append the client to x-forwarded-for; set x-forwarded-proto and x-request-id if absent.
 
     The client's certificate is the proxy's to tell (ADR 0096; Envoy's SANITIZE_SET, RFC 9440
     section 3): `x-forwarded-client-cert`, `client-cert` and `client-cert-chain` as the
-    client sent them are removed, and with a verified peer (`peer_identity`, mesh mTLS)
-    `x-forwarded-client-cert: URI=<its SPIFFE ID>` is set.  A forged one reached the
+    client sent them are removed, and with a verified peer (mesh mTLS) `client_cert`
+    (`ConnectionFacts.client_cert`: `URI=<its SPIFFE ID>`, made once per connection) is set
+    as `x-forwarded-client-cert`.  A forged one reached the
     application byte for byte, from a plaintext client as from a mesh peer."""
     headers = head.headers
     xff = -1
@@ -192,8 +193,8 @@ def add_forwarding_headers(head: RequestHead, peer_ip: bytes, generate_request_i
         headers[:] = [(n, v) for n, v in headers if n not in _CLIENT_CERT_FIELDS]
         if xff >= 0:
             xff = _index_of(headers, b"x-forwarded-for")
-    if peer_identity:
-        headers.append((b"x-forwarded-client-cert", b"URI=" + peer_identity.encode()))
+    if client_cert:
+        headers.append((b"x-forwarded-client-cert", client_cert))
     if peer_ip:
         if xff >= 0:
             headers[xff] = (b"x-forwarded-for", headers[xff][1] + b", " + peer_ip)

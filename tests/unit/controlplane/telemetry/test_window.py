@@ -20,8 +20,8 @@ class Clock:
 
 
 def report(requests: int = 10, failures: int = 0, workload: str = "shop/a-0",
-           interval_ms: int = 1000, **kw: object) -> StatsReport:
-    row = StatsRow(direction="outbound", workload=workload, service="shop/api",
+           interval_ms: int = 1000, service: str = "shop/api", **kw: object) -> StatsReport:
+    row = StatsRow(direction="outbound", workload=workload, service=service,
                    requests=requests, failures=failures, **kw)  # type: ignore[arg-type]
     return StatsReport(interval_ms=interval_ms, rows=[row])
 
@@ -73,6 +73,12 @@ def test_a_proxy_keeps_a_bounded_number_of_reports() -> None:
     (report(requests=5, latency_sum_ms=-1.0), "counts out of range"),
     (StatsReport(interval_ms=1000, rows=[report().rows[0]] * (MAX_STATS_ROWS + 1)),
      "more than"),
+    # ADR 0099: what `tulle stat` prints and the dashboard draws is a Service's name only.
+    (report(service="shop/x\x1b]52;c;cm0K\x07"), "rows[0].service: not a Service's"),
+    (report(service="shop/b-0->q"), "rows[0].service: not a Service's"),
+    (report(service="shop"), "rows[0].service: not a Service's"),
+    (report(service="shop/" + "a" * 64), "rows[0].service: not a Service's"),
+    (report(parent="Shop/api"), "rows[0].parent: not a Service's"),
 ])
 def test_bad_reports_are_refused_whole_with_the_reason(bad: StatsReport, reason: str) -> None:
     win = StatsWindow(clock=Clock())

@@ -46,7 +46,7 @@ def test_a_clients_certificate_fields_are_the_proxys_to_set() -> None:
     h = head((b"client-cert", b":Zm9v:"), (b"x-forwarded-for", b"1.2.3.4"),
              (b"x-forwarded-client-cert", b"URI=spiffe://td/ns/shop/sa/admin"),
              (b"client-cert-chain", b":Zm9v:"), (b"accept", b"*/*"))
-    add_forwarding_headers(h, b"10.0.0.1", False, "spiffe://td/ns/shop/sa/a")
+    add_forwarding_headers(h, b"10.0.0.1", False, b"URI=spiffe://td/ns/shop/sa/a")
     assert h.headers == [(b"x-forwarded-for", b"1.2.3.4, 10.0.0.1"), (b"accept", b"*/*"),
                          (b"x-forwarded-client-cert", b"URI=spiffe://td/ns/shop/sa/a"),
                          (b"x-forwarded-proto", b"http")]
