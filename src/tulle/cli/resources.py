@@ -327,7 +327,8 @@ def _section_table(section: str, data: list[dict[str, Any]]) -> None:
 def _dns_section(cfg: dict[str, Any], output: str) -> None:
     """`proxy-config WORKLOAD dns`: the resolver's port and upstreams, and each Service's
     names as this proxy answers them (ADR 0042)."""
-    from tulle.proxyconfig.dns import names_of  # (the CLI imports the contract lazily)
+    # (the CLI imports the contract lazily)
+    from tulle.proxyconfig.dns import empty_names, names_of
 
     d = cfg.get("dns")
     if output != "table":
@@ -340,9 +341,15 @@ def _dns_section(cfg: dict[str, Any], output: str) -> None:
     click.echo(f"# resolver {d['address']}:{d['port']}, ttl {d['ttl_s']}s, upstreams: {ups}")
     local = (cfg.get("node") or {}).get("namespace", "")
     rows = [["NAME", "ADDRESSES"]]
+    seen: list[bytes] = []
     for h in d.get("hosts") or []:
         for n in names_of(h["service"], h["namespace"], d["domain"], d["mesh_domain"], local):
             rows.append([n, ",".join(h["addresses"])])
+            seen.append(n.encode())
+    # The names that exist only because names below them do: answered NODATA, not NXDOMAIN
+    # (RFC 8020), as the proxy's table holds them (ADR 0095).
+    for e in sorted(empty_names(seen, d["domain"], d["mesh_domain"])):
+        rows.append([e.decode(), "- (no records: NODATA)"])
     table(rows)
 
 

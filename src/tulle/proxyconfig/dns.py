@@ -2,8 +2,8 @@
 and the names a host answers to.
 
 Kept apart from `validate.py` (which calls `errors`) so the resolver's rules sit in one place;
-`upstream_address` is also what the proxy uses to read `DNS.upstreams`, `names_of` what its
-name table and `tulle proxy-config` derive names with.
+`upstream_address` is also what the proxy uses to read `DNS.upstreams`, `names_of` and
+`empty_names` what its name table and `tulle proxy-config` derive names with.
 """
 
 from __future__ import annotations
@@ -50,6 +50,34 @@ def names_of(service: str, namespace: str, domain: str, mesh_domain: str,
            f"{service}.{namespace}"]
     if namespace == local_namespace:
         out.append(service)
+    return out
+
+
+def empty_non_terminals(names: list[bytes], zones: tuple[bytes, ...]) -> set[bytes]:
+    """The parents of `names` that are one of `zones` (apexes) or under one, `names`
+    themselves excluded.  Per name, a walk up its labels: O(labels) each, at build time."""
+    suffixes = tuple(b"." + z for z in zones)
+    out: set[bytes] = set()
+    for n in names:
+        dot = n.find(b".")
+        while dot >= 0:
+            parent = n[dot + 1:]
+            if parent in zones or parent.endswith(suffixes):
+                out.add(parent)
+            dot = n.find(b".", dot + 1)
+    out.difference_update(names)
+    return out
+
+
+def empty_names(names: list[bytes], domain: str, mesh_domain: str) -> set[bytes]:
+    """The names that exist with no records (NODATA for every type, RFC 8020) for a table
+    holding `names`: the mesh domain's apex, and the empty non-terminals of the zones the
+    resolver speaks for (the mesh domain, `svc.<domain>`; `dataplane/dns/table.py` says why).
+    One rule for the proxy's table and `tulle proxy-config WORKLOAD dns`."""
+    mesh = mesh_domain.encode()
+    out = empty_non_terminals(names, (mesh, f"svc.{domain}".encode()))
+    if mesh not in names:
+        out.add(mesh)  # the apex of a zone exists, Services or none
     return out
 
 

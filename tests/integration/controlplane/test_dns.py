@@ -62,6 +62,14 @@ async def test_a_pushed_dns_section_answers_the_services_vip() -> None:
             assert code == 0, err
             assert f"127.0.0.1:{dns_port}" in out
             assert "catalog.shop.svc.cluster.local" in out and want in out
+            # The names that exist with no records are listed as the proxy answers them.
+            empty = [line.split()[0] for line in out.splitlines() if "NODATA" in line]
+            assert {"shop.mesh", "mesh", "shop.svc.cluster.local",
+                    "svc.cluster.local"} <= set(empty), out
+            for name in empty:
+                r = await dns.asyncquery.udp(dns.message.make_query(name, "A"), "127.0.0.1",
+                                             port=dns_port, timeout=2)
+                assert (r.rcode(), r.answer) == (dns.rcode.NOERROR, []), name
 
             # A new Service reaches the running resolver through a delta (its hosts alone).
             stock = {**docs(dns_port)[0], "metadata": {"name": "stock", "namespace": "shop"}}

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tulle.proxyconfig.delta import UNITS, WHOLE, Delta, DeltaError, apply_delta, diff
-from tulle.proxyconfig.dns import upstream_address
+from tulle.proxyconfig.dns import empty_names, empty_non_terminals, upstream_address
 from tulle.proxyconfig.dns_delta import DnsHostsDelta
 from tulle.proxyconfig.features import BY_NAME, withhold_config, withhold_delta
 from tulle.proxyconfig.model import DNS, DNSHost, ProxyConfig
@@ -147,3 +147,20 @@ def test_a_hosts_patch_that_does_not_fit_is_refused(patch: DnsHostsDelta, messag
     with pytest.raises(DeltaError, match="no dns section"):
         apply_delta(ProxyConfig(version="1"), Delta(version="2", base_version="1",
                                                     dns_hosts=patch))
+
+
+def test_the_empty_non_terminals_are_the_parents_inside_the_zones_only() -> None:
+    names = [b"a.b.svc.cluster.local", b"a.b.mesh", b"a.b", b"a", b"c.x.y.mesh.internal"]
+    zones = (b"mesh", b"svc.cluster.local", b"mesh.internal")
+    assert empty_non_terminals(names, zones) == {
+        b"b.svc.cluster.local", b"svc.cluster.local", b"b.mesh", b"mesh", b"x.y.mesh.internal",
+        b"y.mesh.internal", b"mesh.internal"}
+    # a parent that is itself a name is not empty; a zone merely ending like one is no zone
+    assert empty_non_terminals([b"a.b.mesh", b"b.mesh", b"a.notmesh"], (b"mesh",)) == {b"mesh"}
+
+
+def test_the_empty_names_hold_the_mesh_apex_even_with_no_service() -> None:
+    assert empty_names([], "cluster.local", "mesh") == {b"mesh"}
+    assert empty_names([b"web.shop.svc.cluster.local", b"web.shop.mesh"], "cluster.local",
+                       "mesh") == {b"shop.svc.cluster.local", b"svc.cluster.local",
+                                   b"shop.mesh", b"mesh"}

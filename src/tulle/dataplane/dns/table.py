@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from tulle.dataplane.protocols import dns as wire
-from tulle.proxyconfig.dns import names_of
+from tulle.proxyconfig.dns import empty_names, names_of
 from tulle.proxyconfig.model import DNS
 
 
@@ -53,22 +53,6 @@ class NameTable:
         return name.endswith(self.mesh_suffix) or name == self.mesh_suffix[1:]
 
 
-def empty_non_terminals(names: list[bytes], zones: tuple[bytes, ...]) -> set[bytes]:
-    """The parents of `names` that are one of `zones` (apexes) or under one, `names`
-    themselves excluded.  Per name, a walk up its labels: O(labels) each, at build time."""
-    suffixes = tuple(b"." + z for z in zones)
-    out: set[bytes] = set()
-    for n in names:
-        dot = n.find(b".")
-        while dot >= 0:
-            parent = n[dot + 1:]
-            if parent in zones or parent.endswith(suffixes):
-                out.add(parent)
-            dot = n.find(b".", dot + 1)
-    out.difference_update(names)
-    return out
-
-
 def build(cfg: DNS, local_namespace: str) -> NameTable:
     names: dict[bytes, Records] = {}
     ttl = cfg.ttl_s
@@ -83,9 +67,6 @@ def build(cfg: DNS, local_namespace: str) -> NameTable:
             # two-label name and a service name is one label, so keys cannot collide except
             # `<svc>.<ns>` against a Service named like a namespace; the full form wins.
             names.setdefault(n.encode(), rec)
-    mesh = cfg.mesh_domain.encode()
-    ents = empty_non_terminals(list(names), (mesh, f"svc.{cfg.domain}".encode()))
-    ents.add(mesh)  # the apex of a zone exists, Services or none
-    for ent in ents:
+    for ent in empty_names(list(names), cfg.domain, cfg.mesh_domain):
         names.setdefault(ent, EMPTY)
-    return NameTable(names, b"." + mesh)
+    return NameTable(names, b"." + cfg.mesh_domain.encode())

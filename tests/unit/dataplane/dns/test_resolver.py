@@ -9,7 +9,7 @@ import dns.rcode
 
 from tulle.dataplane.dns import resolver
 from tulle.dataplane.dns.server import resolv_conf_upstreams
-from tulle.dataplane.dns.table import EMPTY, build, empty_non_terminals
+from tulle.dataplane.dns.table import EMPTY, build
 from tulle.proxyconfig.model import DNS, DNSHost
 
 CFG = DNS(hosts=[DNSHost(service="catalog", namespace="shop", addresses=["10.96.0.7"]),
@@ -157,15 +157,7 @@ def test_the_mesh_apex_exists_without_services_and_the_cluster_parents_only_with
         assert d.result == result, name
 
 
-def test_the_empty_non_terminals_are_the_parents_inside_the_zones_only() -> None:
-    names = [b"a.b.svc.cluster.local", b"a.b.mesh", b"a.b", b"a", b"c.x.y.mesh.internal"]
-    zones = (b"mesh", b"svc.cluster.local", b"mesh.internal")
-    assert empty_non_terminals(names, zones) == {
-        b"b.svc.cluster.local", b"svc.cluster.local", b"b.mesh", b"mesh", b"x.y.mesh.internal",
-        b"y.mesh.internal", b"mesh.internal"}
-    # a parent that is itself a name is not empty; a zone merely ending like one is no zone
-    assert empty_non_terminals([b"a.b.mesh", b"b.mesh", b"a.notmesh"], (b"mesh",)) == {b"mesh"}
-    # a mesh domain of two labels: its apex, not its parent
+def test_a_two_label_mesh_domain_has_its_apex_and_not_its_parent() -> None:
     t = build(DNS(mesh_domain="mesh.internal",
                   hosts=[DNSHost(service="c", namespace="x", addresses=["10.0.0.1"])]), "x")
     assert t.lookup(b"x.mesh.internal") is EMPTY and t.lookup(b"mesh.internal") is EMPTY
