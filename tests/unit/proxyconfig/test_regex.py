@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import importlib
 import re
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tulle.proxyconfig.regex import UnsafePattern, compile_safe, problem
+from tulle.proxyconfig.regex import UnsafePattern, _Analysis, compile_safe, problem
+
+_parser: Any = importlib.import_module("re._parser")
+_constants: Any = importlib.import_module("re._constants")
 
 TAKEN = [
     r"/api/v[0-9]+/.*",
@@ -30,6 +35,13 @@ TAKEN = [
     r"/x(/b)?(/c)?(/d)?/.*",
     r"[^/]+(-v2)?/items",
     "(ab|ba|bb|aa)" * 5,
+    # A long run that commits (nothing after it can begin with its bytes), and a bounded
+    # tail after the one repetition that backtracks (ADR 0101).
+    r"/files/[^/]{1,65535}",
+    r"[^/]{0,4096}/[0-9]{1,9}",
+    r".*/index\.html",
+    r".*-[0-9a-f]{8}",
+    r".*\.(woff2|svg)",
 ]
 
 REFUSED = {
@@ -50,10 +62,31 @@ REFUSED = {
     "(ab|ba|bb|aa)" * 9: "ways to backtrack",
     # Admitted before (256 choices next to an unbounded part); measured 150-540 ms per
     # full match on a 64 KiB subject of `a`s ending in `b` (one request stalls the proxy).
-    r".*a{0,255}a": "ways to backtrack",
+    r".*a{0,255}a": "nor by more than 32 bytes",  # (and 256 ways: ADR 0101 says it first)
+    r".*a{0,20}a": "ways to backtrack",
     r".*a?a?a?a?a?a?a?a?a": "ways to backtrack",
     r".*(a|aa)(a|aa)(a|aa)(a|aa)(a|aa)(a|aa)(a|aa)(a|aa)b": "ways to backtrack",
     r"a?a?a?a?a?a?a?a?[a-z]*b": "ways to backtrack",
+    # ADR 0101: a counted repeat is as long as its count, so a large one after the repetition
+    # that backtracks re-scans the rest of the subject from every position it backtracks to.
+    # Admitted before; measured 1.36 s (`a*a{0,65535}`, 64 KiB of `a` then `b`) and 1.41 s
+    # (`.*a[^y]{0,65535}y` on 64 KiB of `a`) per full match: quadratic in the subject.
+    r"a*a{0,65535}": "nor by more than 32 bytes",
+    r".*a[^y]{0,65535}y": "nor by more than 32 bytes",
+    r".*a[^y]{0,4000000000}y": "nor by more than 32 bytes",
+    r".*a[\x00-\xff]{0,30000}": "nor by more than 32 bytes",
+    # ... and a long fixed tail is re-run as many times: 144 ms for 1,000 literal bytes after
+    # `.*` on 64 KiB of `a` (1.6 s on a 1 MiB header, the largest `max_request_header_bytes`).
+    ".*" + "a" * 1000 + "b": "nor by more than 32 bytes",
+    r".*a{1000}b": "nor by more than 32 bytes",
+    # ADR 0101: a scoped `(?-s:...)` takes the newline out of `.`, but the checker asked the
+    # engine about `.` with the pattern's global DOTALL put back: `.*` there counted as "takes
+    # the rest" and as never stopping early.  Measured 937 ms and 743 ms on 64 KiB of `x`
+    # then a newline (a percent-decoded query value may hold one).
+    r".*x(?-s:.*)": "nor by more than 32 bytes",
+    r"(?-s:.*x.*)": "nor by more than 32 bytes",
+    # Choice points before a long counted run each run it again: the scan budget holds.
+    r"(ab|a)(bc|b)(cd|c)[^y]{0,65535}y": "around a repetition of unbounded count",
 }
 
 
@@ -87,6 +120,15 @@ def test_taken_patterns_finish_on_hostile_64k_subjects(pattern: str) -> None:
         assert rx.fullmatch(filler * 32768 + b"\n") is None
 
 
+def test_a_counted_run_after_the_repetition_that_backtracks_is_a_long_tail() -> None:
+    """The boundary of ADR 0101: 32 bytes after a backtracking repetition are taken (cost
+    about 32 steps per position it backtracks to), 33 are not, however they are spelled."""
+    assert problem(r".*a{32}") is None and problem(".*" + "a" * 32) is None
+    assert problem(r".*(ab|cd){0,1}a{30}") is None
+    for long in (r".*a{33}", ".*" + "a" * 33, r".*a{31}(bc)?", r".*(x{20}|y{40})"):
+        assert problem(long) is not None, long
+
+
 SAFE_PIECES = st.sampled_from(["a", "b", "/", "[ab]", "[^/]", ".", "(a|b)", "[0-9]", "x",
                                "a*", "b+", "[ab]*", "[^/]+", ".*", "(/v2)?", "[0-9]{1,3}"])
 
@@ -103,3 +145,60 @@ def test_a_taken_pattern_matches_exactly_what_re_matches(pieces: list[str], subj
         return
     plain = re.compile(pattern.encode(), re.DOTALL)
     assert (safe.fullmatch(subject) is None) == (plain.fullmatch(subject) is None), pattern
+
+
+def _class_member() -> st.SearchStrategy[str]:
+    byte = st.integers(0, 255).map(lambda b: f"\\x{b:02x}")
+    rng = st.tuples(st.integers(0, 255), st.integers(0, 255)).map(
+        lambda r: f"\\x{min(r):02x}-\\x{max(r):02x}")
+    cat = st.sampled_from([r"\d", r"\D", r"\s", r"\S", r"\w", r"\W"])
+    return st.one_of(byte, rng, cat, st.sampled_from(["a-z", "A-Z", "_", "Q", "\\[", "^a"]))
+
+
+SINGLE_ITEMS = st.one_of(
+    st.integers(0, 255).map(lambda b: f"\\x{b:02x}"),
+    st.integers(0, 255).map(lambda b: f"[^\\x{b:02x}]"),
+    st.sampled_from([".", r"\d", r"\D", r"\s", r"\S", r"\w", r"\W", "a", "Z", "[^a]"]),
+    st.tuples(st.booleans(), st.lists(_class_member(), min_size=1, max_size=4)).map(
+        lambda t: "[" + ("^" if t[0] else "") + "".join(t[1]).lstrip("^") + "]"))
+
+
+@settings(max_examples=400, deadline=None)
+@given(SINGLE_ITEMS, st.sampled_from(["", "(?i)", "(?-s:", "(?i-s:"]))
+def test_a_single_characters_bytes_are_what_the_engine_accepts(item: str, flags: str) -> None:
+    """ADR 0101: the checker works out which bytes a character, class or `.` accepts from the
+    parsed pattern (trying all 256 with the engine cost 0.1 ms per item); it must agree with
+    the engine byte for byte, case folding and `.` without DOTALL included."""
+    pattern = f"{flags}{item})" if flags.endswith(":") else f"{flags}{item}"
+    parsed = _parser.parse(pattern.encode(), re.DOTALL)
+    data = list(parsed)
+    flag = parsed.state.flags
+    while data[0][0] is _constants.SUBPATTERN:
+        _, add, delete, inner = data[0][1]
+        flag = (flag | add) & ~delete
+        data = list(inner)
+    (single,) = data
+    engine = re.compile(pattern.encode(), re.DOTALL)
+    accepted = sum(1 << b for b in range(256) if engine.fullmatch(bytes((b,))))
+    analysis = _Analysis(parsed.state, flag)
+    assert analysis.charset(single, flag) == accepted, pattern
+    assert analysis.tried(single, flag) == accepted, pattern
+
+
+def test_checking_a_long_pattern_costs_about_what_compiling_it_does(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """ADR 0101: 1,024 characters of classes were 1,024 x 256 engine calls (0.1 s); worked out
+    from the parse they are a handful of bit operations each.  Counted, not timed: the engine
+    is not asked about any byte for a pattern without `(?L)`."""
+    calls: list[object] = []
+    real = _Analysis.tried
+
+    def counting(self: _Analysis, item: object, flags: int) -> int:
+        calls.append(item)
+        return real(self, item, flags)
+
+    monkeypatch.setattr(_Analysis, "tried", counting)
+    assert problem("[a-z0-9_]" * 112 + r"\d(?i:x)[^y].") is None
+    assert calls == []
+    assert problem(r"(?L)\w+x") is None
+    assert len(calls) == 2  # (a locale's classes are asked of the engine: `\w`, and `x`)

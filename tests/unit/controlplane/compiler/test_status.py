@@ -58,3 +58,19 @@ def test_a_rule_whose_backends_all_weigh_zero_answers_500_and_the_mesh_still_com
     res = compile_mesh(MeshInputs.from_resources([SVC, route, WORKLOAD]))
     (rule,) = res.snapshots[("ns", "web-0")].route_tables[0].virtual_hosts[0].rules
     assert [b.cluster for b in rule.backends] == ["blackhole|invalid-backend"]
+
+
+def test_a_regex_whose_match_time_grows_with_the_square_of_the_subject_is_left_out_with_its_path(
+        ) -> None:
+    """ADR 0101: the control plane holds a route regex to the proxy's rule, so `apply` warns
+    (the same conditions) instead of sending a snapshot the proxy would NACK."""
+    conds = conditions([{"matches": [{"path": {"type": "RegularExpression",
+                                               "value": "/.*a[^y]{0,65535}y"}}],
+                         "backendRefs": [{"name": "web", "port": 80}]},
+                        {"matches": [{"headers": [{"type": "RegularExpression", "name": "x-a",
+                                                   "value": "a*a{0,65535}"}]}],
+                         "backendRefs": [{"name": "web", "port": 80}]}])
+    msg = conds["PartiallyInvalid"]["message"]
+    assert msg.startswith("left out (invalid): rules[0].matches[0].path.value: regular "
+                          "expression refused: a repetition that may backtrack"), msg
+    assert "; rules[1].matches[0].headers[0].value: regular expression refused" in msg, msg
