@@ -17,16 +17,20 @@ backtracking is bounded, compiled once per snapshot.  ADR 0016 records the rules
    (`[0-9]+/`, `[^/]+` before `/` or the end) is compiled possessive: the engine never
    backtracks into it, and it matches exactly what it would have matched anyway.
 4. **A budget for the rest.**  At most one repetition of unbounded count may need backtracking
-   (`.*\\.jpg`), and nothing of unbounded length may follow it.  The other choice points
-   (alternatives that can begin with the same byte, optional groups that can be skipped or
-   taken on the same byte, bounded counts that may backtrack) multiply: each combination may
-   re-run what follows it.  When that includes scanning the subject -- a repetition of
-   unbounded count follows the choice point, or a backtracking one precedes it -- the product
-   is at most `MAX_SCAN_CHOICES` (4); otherwise at most `MAX_CHOICES` (256).  (ADR 0021: with
-   256 choices next to one `.*`, `.*a?a?a?a?a?a?a?a?a` took 0.5 s on a 64 KiB header.)
+   (`.*\\.jpg`), and at most `MAX_TAIL` (32) bytes may follow it: it re-runs what follows from
+   every position it backtracks to.  A counted repeat is as long as its count: `[^y]{0,65535}`
+   is "long" like `[^y]*` (ADR 0101: `a*a{0,65535}` was admitted and took 1.4 s on 64 KiB).
+   The other choice points (alternatives that can begin with the same byte, optional groups
+   that can be skipped or taken on the same byte, bounded counts that may backtrack) multiply:
+   each combination may re-run what follows it.  When that includes scanning the subject --
+   more than `MAX_TAIL` bytes follow the choice point, or a backtracking repetition precedes
+   it -- the product is at most `MAX_SCAN_CHOICES` (4); otherwise at most `MAX_CHOICES` (256).
+   (ADR 0021: with 256 choices next to one `.*`, `.*a?a?a?a?a?a?a?a?a` took 0.5 s on a 64 KiB
+   header.)
 
-A pattern meeting these runs in O(4 * n + 256 * m) steps at worst for a subject of n bytes and
-a pattern of m; typical route patterns are linear.  Every match is a *full* match (the whole
+A pattern meeting these runs in O(4 * 32 * n + 256 * m) steps at worst for a subject of n bytes
+and a pattern of m (the first term only with a repetition that backtracks); typical route
+patterns are linear with a small constant.  Every match is a *full* match (the whole
 path or header value), as in Envoy's `safe_regex` and Gateway API implementations built on it.
 `.` matches any byte, newline included (paths and header values have none; a percent-decoded
 query value may): so a final `.*` always succeeds once reached, and `.*Mobile.*` is taken.
@@ -47,8 +51,15 @@ MAX_CHOICES = 256
 """Product of the backtracking choice points a pattern may have besides one unbounded one."""
 MAX_SCAN_CHOICES = 4
 """The same product, counting the choice points each of whose combinations may re-scan the
-subject (a repetition of unbounded count after it, or one that backtracks before it): the
+subject (more than `MAX_TAIL` bytes after it, or a repetition that backtracks before it): the
 cost of a match is about this many passes over the subject."""
+MAX_TAIL = 32
+"""Bytes that may follow the repetition that backtracks (it re-runs them from every position it
+backtracks to, so a match costs up to this many steps per byte of subject), and the length past
+which what follows a choice point counts as a scan of the subject."""
+_LONG = MAX_TAIL + 1
+"""Any length over `MAX_TAIL`: lengths are added up saturating here (a repeat of unbounded
+count is `_LONG`)."""
 
 _FORBIDDEN = {
     _c.GROUPREF: "backreferences are not supported",
@@ -59,6 +70,38 @@ _FORBIDDEN = {
 _SINGLE = {_c.LITERAL, _c.NOT_LITERAL, _c.IN, _c.ANY, _c.CATEGORY}
 _REPEATS = {_c.MAX_REPEAT, _c.MIN_REPEAT, _c.POSSESSIVE_REPEAT}
 _ALL = (1 << 256) - 1
+_LOCALE, _IGNORECASE, _DOTALL = int(re.LOCALE), int(re.IGNORECASE), int(re.DOTALL)
+"""As plain ints: `int & RegexFlag` goes through `enum`, a Python call per test."""
+
+
+def _bits(data: bytes) -> int:
+    mask = 0
+    for b in data:
+        mask |= 1 << b
+    return mask
+
+
+_UPPER = _bits(bytes(range(65, 91)))
+_LOWER = _UPPER << 32
+_DIGIT = _bits(b"0123456789")
+_SPACE = _bits(b" \t\n\r\x0b\x0c")
+_WORD = _UPPER | _LOWER | _DIGIT | _bits(b"_")
+_CATEGORIES = {
+    _c.CATEGORY_DIGIT: _DIGIT, _c.CATEGORY_NOT_DIGIT: _ALL & ~_DIGIT,
+    _c.CATEGORY_SPACE: _SPACE, _c.CATEGORY_NOT_SPACE: _ALL & ~_SPACE,
+    _c.CATEGORY_WORD: _WORD, _c.CATEGORY_NOT_WORD: _ALL & ~_WORD,
+}
+"""What `\\d`, `\\s`, `\\w` and their negations match in a bytes pattern (ASCII)."""
+
+
+def _lower(mask: int) -> int:
+    """The bytes of `mask`, ASCII letters lower-cased (as a folding engine stores a set)."""
+    return (mask & ~_UPPER) | ((mask & _UPPER) << 32)
+
+
+def _matching_lower(mask: int) -> int:
+    """The bytes whose lower-case form is in `mask` (what a folding engine accepts)."""
+    return (mask & ~_UPPER) | ((mask & _LOWER) >> 32)
 
 
 class UnsafePattern(ValueError):
@@ -76,11 +119,11 @@ class _Analysis:
         """The product of the choice points with something of unbounded length after them."""
         self.unbounded = 0
 
-    def choice(self, ways: int, tail_unbounded: bool) -> None:
-        """A choice point with `ways` live continuations; `tail_unbounded`: a repetition of
-        unbounded count follows it (each way may scan the subject again)."""
+    def choice(self, ways: int, tail: int) -> None:
+        """A choice point with `ways` live continuations; `tail`: how many bytes (up to
+        `_LONG`) each way may consume before the match ends (each way re-runs them)."""
         self.choices *= ways
-        if tail_unbounded:
+        if tail > MAX_TAIL:
             self.scan_choices *= ways
 
     def check(self) -> None:
@@ -94,9 +137,52 @@ class _Analysis:
                                 "again")
 
     def charset(self, item: Any, flags: int) -> int:
-        """The bytes one single-character item accepts, as a 256-bit mask (by trying them)."""
-        sub = _parser.SubPattern(self.state, [item])
-        rx = _compiler.compile(sub, flags)
+        """The bytes one single-character item accepts, as a 256-bit mask.
+
+        Worked out from the parsed item (ADR 0101): trying all 256 bytes with the engine cost
+        about 0.1 ms per item, so a 1,024-character pattern took 0.1 s to check and one route
+        of 4,224 such patterns (what the API's counts allow) minutes of every proxy's event
+        loop.  Only a locale-dependent item (`(?L)`) is still tried byte by byte."""
+        if flags & _LOCALE:
+            return self.tried(item, flags)
+        op, av = item
+        fold = flags & _IGNORECASE
+        if op is _c.LITERAL or op is _c.NOT_LITERAL:
+            mask = _matching_lower(_lower(1 << av)) if fold else 1 << av
+            return mask if op is _c.LITERAL else _ALL & ~mask
+        if op is _c.ANY:
+            return _ALL if flags & _DOTALL else _ALL & ~(1 << 10)
+        if op is _c.CATEGORY:
+            return _CATEGORIES[av]
+        # IN: literals and ranges (lower-cased when folding, as the engine stores them),
+        # categories, and NEGATE first; a folding engine tests the lower-cased byte.
+        negate = False
+        mask = 0
+        for member, arg in av:
+            if member is _c.NEGATE:
+                negate = True
+            elif member is _c.LITERAL:
+                mask |= _lower(1 << arg) if fold else 1 << arg
+            elif member is _c.RANGE:
+                bits = ((1 << (arg[1] + 1)) - 1) & ~((1 << arg[0]) - 1)
+                mask |= _lower(bits) if fold else bits
+            elif member is _c.CATEGORY:
+                mask |= _CATEGORIES[arg]
+            else:  # (not produced by the parser for bytes patterns; kept exact regardless)
+                return self.tried(item, flags)
+        if fold:
+            mask = _matching_lower(mask)
+        return _ALL & ~mask if negate else mask
+
+    def tried(self, item: Any, flags: int) -> int:
+        """The bytes one single-character item accepts, by trying each with the engine.
+
+        The item is wrapped in a group setting exactly `flags`: the engine ORs the pattern's
+        global flags into whatever it is given, which would undo a scoped `(?-s:.)`."""
+        state = self.state
+        inner = _parser.SubPattern(state, [item])
+        scoped = (_c.SUBPATTERN, (None, flags & ~state.flags, state.flags & ~flags, inner))
+        rx = _compiler.compile(_parser.SubPattern(state, [scoped]), 0)
         mask = 0
         for b in range(256):
             if rx.fullmatch(bytes((b,))) is not None:
@@ -113,10 +199,11 @@ class _Analysis:
             return self.charset(body[0], flags)
         return None
 
-    def seq(self, items: Any, follow: int, tail_unbounded: bool, flags: int) -> tuple[int, bool]:
+    def seq(self, items: Any, follow: int, tail: int, flags: int) -> tuple[int, int]:
         """Walk `items` right to left.  `follow`: the bytes that may come right after them
-        (the empty set at the end: a full match); `tail_unbounded`: whether something of
-        unbounded length follows.  Returns the same two facts for the start of `items`."""
+        (the empty set at the end: a full match); `tail`: the most bytes what follows them may
+        consume (saturating at `_LONG`).  Returns the same two facts for the start of
+        `items`."""
         data = items.data if hasattr(items, "data") else items
         for i in range(len(data) - 1, -1, -1):
             op, av = data[i]
@@ -124,72 +211,78 @@ class _Analysis:
                 raise UnsafePattern(_FORBIDDEN[op])
             if op in _SINGLE:
                 follow = self.charset(data[i], flags)
+                tail = min(tail + 1, _LONG)
             elif op is _c.AT:
                 continue  # anchors are zero-width
             elif op is _c.SUBPATTERN:
                 _, add, delete, inner = av
-                follow, tail_unbounded = self.seq(inner, follow, tail_unbounded,
-                                                  (flags | add) & ~delete)
+                follow, tail = self.seq(inner, follow, tail, (flags | add) & ~delete)
             elif op is _c.ATOMIC_GROUP:
-                follow, tail_unbounded = self.seq(av, follow, tail_unbounded, flags)
+                follow, tail = self.seq(av, follow, tail, flags)
             elif op is _c.BRANCH:
                 firsts = 0
-                unbounded = tail_unbounded
+                longest = tail
                 starts: list[int] = []
                 for alt in av[1]:
-                    f, u = self.seq(alt, follow, tail_unbounded, flags)
+                    f, t = self.seq(alt, follow, tail, flags)
                     starts.append(f)
                     firsts |= f
-                    unbounded = unbounded or u
-                self.choice(_overlap(starts), unbounded)
-                follow, tail_unbounded = firsts, unbounded
+                    longest = max(longest, t)
+                self.choice(_overlap(starts), longest)
+                follow, tail = firsts, longest
             elif op in _REPEATS:
-                follow, tail_unbounded = self.repeat(data, i, follow, tail_unbounded, flags)
+                follow, tail = self.repeat(data, i, follow, tail, flags)
             else:
                 raise UnsafePattern(f"unsupported construct {op}")
             if self.choices > MAX_CHOICES:
                 raise UnsafePattern(f"more than {MAX_CHOICES} ways to backtrack "
                                     "(alternatives, optional groups, counted repeats)")
-        return follow, tail_unbounded
+        return follow, tail
 
-    def repeat(self, data: list[Any], i: int, follow: int, tail_unbounded: bool,
-               flags: int) -> tuple[int, bool]:
+    def repeat(self, data: list[Any], i: int, follow: int, tail: int,
+               flags: int) -> tuple[int, int]:
         op, (lo, hi, body) = data[i]
         unbounded = hi is _c.MAXREPEAT
+        # The most bytes this repetition and what follows it may consume: a counted repeat of
+        # one character is as long as its count (`[^y]{0,65535}` is long like `[^y]*`).
+        longest = _LONG if unbounded else min(tail + hi, _LONG)
         chars = self.single(list(body), flags)
         if chars is None:
             if hi != 1:
                 raise UnsafePattern("only a single character, class or `.` may repeat; a "
                                     "group may only be optional (`(...)?`)")
-            first, inner_unbounded = self.seq(body, follow, tail_unbounded, flags)
+            first, inner_tail = self.seq(body, follow, tail, flags)
             if lo == 0:
                 # Taking the group and skipping it are both live only when the group can be
                 # empty or begin with a byte that can also follow it.
                 if first & follow or body.getwidth()[0] == 0:
-                    self.choice(2, inner_unbounded or tail_unbounded)
+                    self.choice(2, inner_tail)
                 first |= follow
-            return first, inner_unbounded or tail_unbounded
-        if chars == _ALL and follow == 0:
+            return first, inner_tail
+        if chars == _ALL and follow == 0 and unbounded:
             # `.*` at the end: once reached it takes the rest and the match has succeeded, so
-            # it costs one scan in all and is no reason to refuse what comes before it.
+            # it costs one scan in all and is no reason to refuse what comes before it.  (Not
+            # a counted `.{0,n}`: that can stop short of the end, fail, and be re-run.)
             data[i] = (_c.POSSESSIVE_REPEAT, (lo, hi, body))
-            return chars, tail_unbounded
+            return chars, tail
         if op is _c.POSSESSIVE_REPEAT or chars & follow == 0:
             # What follows cannot start with these characters: the only count that can lead
             # to a match is the longest, so commit to it (same matches, no backtracking).
             data[i] = (_c.POSSESSIVE_REPEAT, (lo, hi, body))
         elif unbounded:
-            if tail_unbounded:
+            if tail > MAX_TAIL:
                 raise UnsafePattern("a repetition that may backtrack (here its characters can "
                                     "also begin what follows) must not be followed by another "
-                                    "of unbounded length")
+                                    f"of unbounded length, nor by more than {MAX_TAIL} bytes "
+                                    "(counted repeats count as their count): it re-runs what "
+                                    "follows from every position it backtracks to")
             self.unbounded += 1
             if self.unbounded > 1:
                 raise UnsafePattern("at most one unbounded repetition may backtrack (its "
                                     "characters can also begin what follows it)")
         else:
-            self.choice(hi - lo + 1, tail_unbounded)
-        return (chars | follow) if lo == 0 else chars, tail_unbounded or unbounded
+            self.choice(hi - lo + 1, tail)
+        return (chars | follow) if lo == 0 else chars, longest
 
 
 def _overlap(starts: list[int]) -> int:
@@ -209,12 +302,12 @@ def compile_safe(pattern: str) -> re.Pattern[bytes]:
     except UnicodeEncodeError:
         raise UnsafePattern("must be ASCII (requests are matched as bytes)") from None
     try:
-        parsed = _parser.parse(raw, re.DOTALL)
+        parsed = _parser.parse(raw, _DOTALL)  # (an int: enum flags cost a call per test)
     except re.error as exc:
         raise UnsafePattern(f"not a regular expression: {exc}") from None
     flags = parsed.state.flags
     analysis = _Analysis(parsed.state, flags)
-    analysis.seq(parsed, 0, False, flags)
+    analysis.seq(parsed, 0, 0, flags)
     analysis.check()
     rx: re.Pattern[bytes] = _compiler.compile(parsed, flags)
     return rx
