@@ -68,6 +68,8 @@ class RawH2(asyncio.Protocol):
         self.buf = b""
         self.next_sid = 1
         self.status: dict[int, int] = {}
+        self.fields: dict[int, list[tuple[bytes, bytes]]] = {}
+        """Every field of each stream's first header block (the response head), as sent."""
         self.body: dict[int, bytearray] = {}
         self.resets: dict[int, int] = {}
         self.ended: dict[int, asyncio.Event] = {}
@@ -142,6 +144,7 @@ class RawH2(asyncio.Protocol):
             self.write(settings(ack=True))
         elif typ == HEADERS:
             fields = self.decoder.decode(payload, raw=True)
+            self.fields.setdefault(sid, list(fields))
             for n, v in fields:
                 if n == b":status":
                     self.status.setdefault(sid, int(v))

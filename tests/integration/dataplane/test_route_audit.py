@@ -1,0 +1,221 @@
+"""An attack on routing's filters and on what routing and authorization see (ADR 0101).
+
+Real proxies on loopback; raw HTTP/1 and HTTP/2 clients that send what a browser would not
+(no `Host`, a `:scheme` of their choosing, `:path` shapes), and origins that record what they
+receive (`recording_origin`; the `h2`-based origin, which refuses any malformed HTTP/2 field).
+
+Found, each failing before its fix:
+
+* A redirect whose rule sets no hostname, for an HTTP/1.0 request without `Host`, was answered
+  `Location: http:///old/evil.com/x`: an `http` URI with an empty host, which RFC 9110 section
+  4.2.1 forbids sending and which URL parsers that skip extra slashes (WHATWG, so browsers)
+  read as host `old`; `ReplaceFullPath: //evil.com` made it `http:////evil.com`, host
+  `evil.com`.  Such a request now gets 400: there is no host to redirect to.
+* The same redirect took the scheme of `Location` from an HTTP/2 client's `:scheme`, any
+  token: `:scheme: javascript` got `Location: javascript://svc/old/x`.  The request's scheme is
+  now used only when it is `http` or `https` (else `http`), and a port an URL cannot have
+  (`Host: svc:99999`, `svc:0`) is left out rather than copied.
+
+Held (pinned here): header modifier values with obs-text and a tab, and mixed-case names,
+reach a strict HTTP/2 origin and both kinds of client as configured (names lower-cased), and a
+`host` field beside `:authority` never reaches an HTTP/1 origin as a second `Host`; a DENY on
+`/admin` holds for every `:path` shape an HTTP/2 client can send, as ADR 0045 pinned for
+HTTP/1, and absolute or authority-form `:path` is refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from tests.support.h2peers import running_h2_origin
+from tests.support.h2raw import RawH2, request
+from tests.support.proxy import running_proxy
+from tests.support.rawservers import connect, read_response_within
+from tests.support.recorder import recording_origin
+
+DENY_ADMIN = {"type": "Authorization", "policies": [
+    {"name": "shop/no-admin", "action": "DENY",
+     "rules": [{"operations": [{"paths": ["/admin", "/admin/*"]}]}]}]}
+"""What the compiler puts first on every rule of an inbound port (`compiler/proxies.py`)."""
+
+
+def config(origin: int) -> dict[str, Any]:
+    return {
+        "listeners": [{"name": "out", "port": 0, "protocol": "auto", "route_table": "rt"}],
+        "clusters": [{"name": "c", "endpoints": [{"address": "127.0.0.1", "port": origin}]}],
+        "route_tables": [{"name": "rt", "virtual_hosts": [{"name": "any", "rules": [
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/old"}}],
+             "backends": [{"cluster": "c"}],
+             "filters": [{"type": "RequestRedirect", "status_code": 302}]},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/full"}}],
+             "backends": [{"cluster": "c"}],
+             "filters": [{"type": "RequestRedirect", "status_code": 301,
+                          "path": {"type": "ReplaceFullPath", "value": "//evil.com/x"}}]},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/admin"}}],
+             "backends": [{"cluster": "c"}], "filters": [DENY_ADMIN]},
+            {"backends": [{"cluster": "c"}], "filters": [DENY_ADMIN]},
+        ]}]}],
+    }
+
+
+async def h1(port: int, wire: bytes) -> tuple[int, bytes | None]:
+    r, w = await connect(port)
+    try:
+        w.write(wire)
+        resp = await read_response_within(r)
+        return resp.status, resp.header(b"location")
+    finally:
+        w.close()
+
+
+async def h2(c: RawH2, fields: list[tuple[bytes, bytes]]) -> tuple[int | None, bytes | None]:
+    """(status or None when reset, the `location` field) of one request on `c`."""
+    sid = c.headers(fields)
+    await c.wait_stream(sid)
+    loc = [v for n, v in c.fields.get(sid, []) if n == b"location"]
+    return c.status.get(sid), (loc[0] if loc else None)
+
+
+def fields(scheme: bytes, authority: bytes | None, path: bytes,
+           extra: tuple[tuple[bytes, bytes], ...] = ()) -> list[tuple[bytes, bytes]]:
+    out = [(b":method", b"GET"), (b":scheme", scheme)]
+    if authority is not None:
+        out.append((b":authority", authority))
+    return [*out, (b":path", path), *extra]
+
+
+# -- RequestRedirect: what `Location` is built from ------------------------------------------
+
+@pytest.mark.parametrize("target", [b"/old/evil.com/x", b"/old//evil.com/x", b"/full/y"])
+async def test_a_redirect_with_no_host_to_name_is_refused_not_sent_with_an_empty_host(
+        target: bytes) -> None:
+    async with recording_origin() as o, running_proxy(config(o.port)) as p:
+        status, location = await h1(p.port(), b"GET %b HTTP/1.0\r\n\r\n" % target)
+        assert (status, location) == (400, None)
+        # ... while a request naming its host is redirected there, whatever its path holds.
+        status, location = await h1(p.port(), b"GET %b HTTP/1.0\r\nHost: svc\r\n\r\n" % target)
+        assert status in (301, 302)
+        assert location is not None and location.startswith(b"http://svc/"), location
+        assert o.requests == []
+
+
+async def test_a_redirect_takes_only_http_or_https_from_the_requests_scheme() -> None:
+    async with recording_origin() as o, running_proxy(config(o.port)) as p:
+        c = await RawH2.connect(p.port())
+        try:
+            for scheme, location in ((b"javascript", b"http://svc/old/x"),
+                                     (b"data", b"http://svc/old/x"),
+                                     (b"HTTPS", b"https://svc/old/x"),
+                                     (b"https", b"https://svc/old/x"),
+                                     (b"http", b"http://svc/old/x")):
+                assert await h2(c, fields(scheme, b"svc", b"/old/x")) == (302, location), scheme
+        finally:
+            c.close()
+        assert o.requests == []
+
+
+@pytest.mark.parametrize(("host", "location"), [
+    (b"svc:99999", b"http://svc/old/x"), (b"svc:0", b"http://svc/old/x"),
+    (b"svc:00080", b"http://svc/old/x"), (b"svc:8080", b"http://svc:8080/old/x"),
+    (b"[::1]:8080", b"http://[::1]:8080/old/x")])
+async def test_a_redirect_copies_only_a_port_an_url_can_have(host: bytes,
+                                                             location: bytes) -> None:
+    async with recording_origin() as o, running_proxy(config(o.port)) as p:
+        wire = b"GET /old/x HTTP/1.1\r\nHost: %b\r\n\r\n" % host
+        assert await h1(p.port(), wire) == (302, location)
+
+
+# -- Header modifiers: what a config can make the proxy send (held) --------------------------
+
+VALUE = "caf\u00e9\u0085\tx"
+"""obs-text (UTF-8 of U+00E9 and U+0085) and an inner tab: valid field content."""
+
+
+def modifier_config(origin: int) -> dict[str, Any]:
+    return {
+        "listeners": [{"name": "out", "port": 0, "protocol": "auto", "route_table": "rt"}],
+        "clusters": [{"name": "c", "protocol": "http2",
+                      "endpoints": [{"address": "127.0.0.1", "port": origin}]}],
+        "route_tables": [{"name": "rt", "virtual_hosts": [{"name": "any", "rules": [
+            {"backends": [{"cluster": "c"}], "filters": [
+                {"type": "RequestHeaderModifier", "set": [{"name": "X-Up", "value": VALUE}]},
+                {"type": "ResponseHeaderModifier", "add": [{"name": "X-Down",
+                                                           "value": VALUE}]}]}]}]}],
+    }
+
+
+async def test_header_modifiers_reach_strict_peers_of_both_protocols_as_configured() -> None:
+    sent = VALUE.encode()
+    async with running_h2_origin() as (port, origin), \
+            running_proxy(modifier_config(port)) as p:
+        r, w = await connect(p.port())
+        w.write(b"GET /echo HTTP/1.1\r\nHost: svc\r\n\r\n")
+        resp = await read_response_within(r)
+        w.close()
+        assert resp.status == 200 and resp.header(b"x-down") == sent
+        assert b'"x-up": "caf\\u00e9\\u0085\\tx"' in resp.body  # (the h2 origin's JSON echo)
+        c = await RawH2.connect(p.port())
+        try:
+            sid = c.headers(request("GET", "/echo", "svc"))
+            await c.wait_stream(sid)
+            assert c.status[sid] == 200 and sid not in c.resets
+            assert (b"x-down", sent) in c.fields[sid]
+            assert b'"x-up": "caf\\u00e9\\u0085\\tx"' in bytes(c.body[sid])
+        finally:
+            c.close()
+        assert origin.requests == 2
+
+
+async def test_a_host_field_beside_authority_never_reaches_an_http1_origin() -> None:
+    async with recording_origin() as o, running_proxy(config(o.port)) as p:
+        c = await RawH2.connect(p.port())
+        try:
+            got = await h2(c, fields(b"http", b"public", b"/x", ((b"host", b"admin"),)))
+        finally:
+            c.close()
+        assert got == (200, None)
+        (seen,) = o.requests  # routed by `:authority`, and that is the one Host it carries
+        assert [v for n, v in seen.headers if n.lower() == b"host"] == [b"public"]
+
+
+# -- Routing and authorization see one path (held) ------------------------------------------
+
+ADMIN_SHAPES = [b"/admin", b"/admin/x", b"//admin", b"/./admin", b"/x/../admin",
+                b"/%61dmin", b"/admin;x", b"/admin/;x/y", b"/p/..;/admin", b"/admin%2Fx",
+                b"/admin%2f", b"/admin\\x", b"/x/%2e%2e/admin", b"/admin?x=/public",
+                b"/admin#frag", b"/ad%6din/x", b"\\admin"]
+
+
+@pytest.mark.parametrize("path", ADMIN_SHAPES)
+async def test_a_deny_holds_for_every_http2_path_shape(path: bytes) -> None:
+    async with recording_origin() as o, running_proxy(config(o.port)) as p:
+        c = await RawH2.connect(p.port())
+        try:
+            status, _ = await h2(c, fields(b"http", b"svc", path))
+            assert status in (None, 400, 403), (path, status)  # reset, refused or denied
+            # The same connection still serves (one refused stream is not a dead connection).
+            assert (await h2(c, fields(b"http", b"svc", b"/public")))[0] == 200
+        finally:
+            c.close()
+        assert [s.target for s in o.requests] == [b"/public"]
+
+
+@pytest.mark.parametrize("path", [b"http://svc/admin", b"svc:80", b"admin", b"*"])
+async def test_http2_path_not_in_origin_form_is_refused(path: bytes) -> None:
+    async with recording_origin() as o, running_proxy(config(o.port)) as p:
+        c = await RawH2.connect(p.port())
+        try:
+            status, _ = await h2(c, fields(b"http", b"svc", path))
+        finally:
+            c.close()
+        assert status in (None, 400), (path, status)
+        assert o.requests == []
+
+
+async def test_the_same_shapes_over_http1_absolute_form_included() -> None:
+    async with recording_origin() as o, running_proxy(config(o.port)) as p:
+        for path in [*ADMIN_SHAPES, b"http://other/admin", b"http://svc//admin"]:
+            status, _ = await h1(p.port(), b"GET %b HTTP/1.1\r\nHost: svc\r\n\r\n" % path)
+            assert status in (400, 403), (path, status)
+        assert o.requests == []
