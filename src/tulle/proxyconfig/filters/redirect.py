@@ -3,11 +3,13 @@
 The proxy answers the request itself with a redirect; nothing reaches an upstream.  `Location`
 is the request's URL with the fields set here replaced (the query string is kept):
 
-* `scheme` unset: the request's scheme;  `hostname` unset: the request's host (without port);
+* `scheme` unset: the request's scheme when it is `http` or `https`, else `http` (an HTTP/2
+  client chooses `:scheme`);  `hostname` unset: the request's host (without port), and a
+  request naming none (HTTP/1.0 without `Host`) is answered 400 (ADR 0101);
 * `port` unset: when `scheme` is set, that scheme's well-known port (80 / 443); otherwise the
   port the client named in its authority, else the request scheme's well-known port (in a mesh
   the "listener port" of Gateway API is the Service port the client called, which is the port
-  in its authority when it is not the scheme's default);
+  in its authority when it is not the scheme's default; one outside 1-65535 is none);
 * the port is left out of `Location` when it is the scheme's well-known one (http 80, https
   443), as Gateway API asks;
 * `path`: see `paths.PathModifier`; unset: the request's path.
