@@ -126,6 +126,69 @@ async def test_a_redirect_copies_only_a_port_an_url_can_have(host: bytes,
         assert await h1(p.port(), wire) == (302, location)
 
 
+# -- URLRewrite / a redirect's path: what the new path can become ----------------------------
+
+def rewrite_config(origin: int) -> dict[str, Any]:
+    return {
+        "listeners": [{"name": "out", "port": 0, "protocol": "auto", "route_table": "rt"}],
+        "clusters": [{"name": "c", "endpoints": [{"address": "127.0.0.1", "port": origin}]}],
+        "route_tables": [{"name": "rt", "virtual_hosts": [{"name": "any", "rules": [
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/foo"}}],
+             "backends": [{"cluster": "c"}],
+             "filters": [{"type": "URLRewrite",
+                          "path": {"type": "ReplacePrefixMatch", "value": "/"}}]},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/go"}}],
+             "backends": [{"cluster": "c"}],
+             "filters": [{"type": "RequestRedirect",
+                          "path": {"type": "ReplacePrefixMatch", "value": "/"}}]},
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/"}, "method": "OPTIONS"}],
+             "backends": [{"cluster": "c"}],
+             "filters": [{"type": "RequestRedirect", "scheme": "https"}]},
+            {"backends": [{"cluster": "c"}],
+             "filters": [{"type": "URLRewrite", "hostname": "api.internal",
+                          "path": {"type": "ReplacePrefixMatch", "value": "/v2"}}]},
+        ]}]}],
+    }
+
+
+@pytest.mark.parametrize(("target", "upstream"), [
+    (b"/foo//evil.com/x", b"/evil.com/x"), (b"/foo///evil.com", b"/evil.com"),
+    (b"/foo/x//y", b"/x//y"), (b"/foo", b"/"), (b"/foo/?q=//a", b"/?q=//a"),
+    (b"//evil.com", b"/v2//evil.com")])
+async def test_a_prefix_replaced_by_slash_never_leaves_a_path_that_begins_with_two(
+        target: bytes, upstream: bytes) -> None:
+    """`/foo//evil.com` was sent upstream as `//evil.com`: a path no request to this route
+    table could otherwise give the application, read as a scheme-relative URL by code that
+    redirects to its own path.  The slashes after a prefix replaced by one ending in `/` are
+    taken as that one (as Envoy Gateway's `^/foo/*` rewrite does)."""
+    async with recording_origin() as o, running_proxy(rewrite_config(o.port)) as p:
+        assert (await h1(p.port(), b"GET %b HTTP/1.1\r\nHost: svc\r\n\r\n" % target))[0] == 200
+        assert [r.target for r in o.requests] == [upstream]
+        go = target.replace(b"/foo", b"/go", 1)
+        if go != target:
+            status, location = await h1(p.port(), b"GET %b HTTP/1.1\r\nHost: svc\r\n\r\n" % go)
+            assert (status, location) == (302, b"http://svc" + upstream)
+
+
+async def test_an_asterisk_target_is_not_a_path_to_rewrite_or_redirect_to() -> None:
+    """`OPTIONS *` (RFC 9112 section 3.2.4) has no path: a prefix rewrite made it `OPTIONS
+    /v2*`, another request, and a catch-all redirect answered `Location: https://svc*`, a URL
+    whose host is `svc*`.  The rewrite now leaves `*` alone (the hostname still applies), and
+    a redirect of it points at the root."""
+    cfg = rewrite_config(0)
+    cfg["route_tables"][0]["virtual_hosts"][0]["rules"].pop(2)  # (no OPTIONS redirect)
+    async with recording_origin() as o:
+        cfg["clusters"][0]["endpoints"][0]["port"] = o.port
+        async with running_proxy(cfg) as p:
+            assert (await h1(p.port(), b"OPTIONS * HTTP/1.1\r\nHost: svc\r\n\r\n"))[0] == 200
+            (seen,) = o.requests
+            assert (seen.method, seen.target, seen.header(b"host")) == (
+                b"OPTIONS", b"*", b"api.internal")
+        async with running_proxy(rewrite_config(o.port)) as p:
+            assert await h1(p.port(), b"OPTIONS * HTTP/1.1\r\nHost: svc\r\n\r\n") == (
+                302, b"https://svc/")
+
+
 # -- Header modifiers: what a config can make the proxy send (held) --------------------------
 
 VALUE = "caf\u00e9\u0085\tx"
