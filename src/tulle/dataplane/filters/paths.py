@@ -49,10 +49,13 @@ class MatchedPrefix:
 def replace_prefix(path: bytes, prefix: bytes, value: bytes) -> bytes:
     """Gateway API's segment-aware prefix replacement (the query is not part of `path`):
     `/foo` -> `/bar` maps `/foo` to `/bar` and `/foo/x` to `/bar/x`; -> `/` maps `/foo/x` to
-    `/x`; a trailing `/` of `value` does not double the slash that follows the prefix."""
+    `/x`.  A trailing `/` of `value` stands for every slash that follows the prefix, as Envoy
+    Gateway's `^/foo/*` rewrite does: `/foo//evil.com` -> `/` went upstream as `//evil.com`,
+    a path no request could otherwise give the application through this rule, and one that
+    code redirecting to its own path reads as scheme-relative (ADR 0101)."""
     rest = path[len(prefix):] if prefix != b"/" else path
     if rest[:1] == b"/" and value[-1:] == b"/":
-        rest = rest[1:]
+        rest = rest.lstrip(b"/")
     return value + rest or b"/"
 
 
@@ -67,7 +70,11 @@ class PathEdit:
         self.matched = None if self.full else MatchedPrefix(matches)
 
     def apply(self, target: bytes, head: RequestHead) -> bytes:
-        """`target`: the request's path with its query."""
+        """`target`: the request's path with its query.  A target that is no path (`*` of
+        `OPTIONS *`, which a `PathPrefix /` rule matches) is returned as it is: `/v2*` would
+        be another request (ADR 0101)."""
+        if target[:1] != b"/":
+            return target
         path, sep, query = target.partition(b"?")
         matched = self.matched
         if matched is None:

@@ -71,7 +71,11 @@ class _Redirect(HttpFilter):
             port = WELL_KNOWN.get(scheme) if scheme is not None else asked
         if scheme is None:
             scheme = b"https" if head.scheme.lower() == b"https" else b"http"
-        path = self.path.apply(head.path, head) if self.path is not None else head.path
+        path = head.path
+        if path[:1] != b"/":
+            path = b"/"  # `OPTIONS *`: the server's root (`https://svc*` would name host `svc*`)
+        elif self.path is not None:
+            path = self.path.apply(path, head)
         if port is None or WELL_KNOWN.get(scheme) == port:
             return b"%b://%b%b" % (scheme, host, path)
         return b"%b://%b:%d%b" % (scheme, host, port, path)
