@@ -25,14 +25,17 @@ HTTP/1, and absolute or authority-form `:path` is refused.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
 from tests.support.h2peers import running_h2_origin
 from tests.support.h2raw import RawH2, request
 from tests.support.proxy import running_proxy
-from tests.support.rawservers import connect, read_response_within
+from tests.support.rawservers import RawServer, connect, raw_server, read_response_within
 from tests.support.recorder import recording_origin
+
+from tulle.dataplane.filters.mirror import MAX_BODY
 
 DENY_ADMIN = {"type": "Authorization", "policies": [
     {"name": "shop/no-admin", "action": "DENY",
@@ -187,6 +190,39 @@ async def test_an_asterisk_target_is_not_a_path_to_rewrite_or_redirect_to() -> N
         async with running_proxy(rewrite_config(o.port)) as p:
             assert await h1(p.port(), b"OPTIONS * HTTP/1.1\r\nHost: svc\r\n\r\n") == (
                 302, b"https://svc/")
+
+
+# -- RequestMirror: a mirror that never reads (held) ----------------------------------------
+
+async def never_reads(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    """Accepts and then reads nothing more: the copies' bodies fill its TCP window."""
+    await asyncio.Event().wait()
+
+
+async def test_a_mirror_that_never_reads_bodies_does_not_delay_the_requests_it_copies() -> None:
+    cfg = config(0)
+    cfg["clusters"].append({"name": "m", "endpoints": [{"address": "127.0.0.1", "port": 0}]})
+    cfg["route_tables"][0]["virtual_hosts"][0]["rules"].insert(0, {
+        "matches": [{"path": {"type": "PathPrefix", "value": "/m"}}],
+        "backends": [{"cluster": "c"}], "filters": [{"type": "RequestMirror", "cluster": "m"}]})
+    body = b"b" * (MAX_BODY - 100)
+    async with recording_origin() as o, raw_server(never_reads) as m:
+        cfg["clusters"][0]["endpoints"][0]["port"] = o.port
+        cfg["clusters"][1]["endpoints"][0]["port"] = m.port
+        async with running_proxy(cfg) as p:
+            r, w = await connect(p.port())
+            for i in range(24):
+                w.write(b"POST /m/%d HTTP/1.1\r\nHost: svc\r\ncontent-length: %d\r\n\r\n%b"
+                        % (i, len(body), body))
+                assert (await read_response_within(r)).status == 200, i
+            too_big = body + b"x" * 200  # declared past MAX_BODY: never mirrored
+            w.write(b"POST /m/big HTTP/1.1\r\nHost: svc\r\ncontent-length: %d\r\n\r\n%b"
+                    % (len(too_big), too_big))
+            assert (await read_response_within(r)).status == 200
+            w.close()
+            assert [len(s.body) for s in o.requests] == [len(body)] * 24 + [len(too_big)]
+            assert p.metric("tulle_proxy_mirror_requests_total", outcome="sent") == 24
+            assert p.metric("tulle_proxy_mirror_requests_total", outcome="dropped") == 1
 
 
 # -- Header modifiers: what a config can make the proxy send (held) --------------------------
