@@ -118,6 +118,24 @@ async def test_a_redirect_takes_only_http_or_https_from_the_requests_scheme() ->
         assert o.requests == []
 
 
+async def test_a_redirect_names_the_authority_it_was_routed_by() -> None:
+    """Held: a `host` field beside `:authority` does not become the redirect's host, two of
+    them without `:authority` are refused, and a backslash is a slash by then (routing's
+    normalisation runs first)."""
+    async with recording_origin() as o, running_proxy(config(o.port)) as p:
+        c = await RawH2.connect(p.port())
+        try:
+            assert await h2(c, fields(b"http", b"svc", b"/old/x", ((b"host", b"evil.com"),))) \
+                == (302, b"http://svc/old/x")
+            assert (await h2(c, fields(b"http", None, b"/old/x",
+                                       ((b"host", b"evil.com"), (b"host", b"svc")))))[0] is None
+            assert await h2(c, fields(b"http", b"svc", b"/old/\\evil.com")) == (
+                302, b"http://svc/old//evil.com")
+        finally:
+            c.close()
+        assert o.requests == []
+
+
 @pytest.mark.parametrize(("host", "location"), [
     (b"svc:99999", b"http://svc/old/x"), (b"svc:0", b"http://svc/old/x"),
     (b"svc:00080", b"http://svc/old/x"), (b"svc:8080", b"http://svc:8080/old/x"),
