@@ -4,7 +4,8 @@ HTTPRoute: path Exact / PathPrefix / RegularExpression, header and query-paramet
 RegularExpression, method.  The conditions of one match all hold (AND); a rule is selected by any
 of its matches (OR), which is what the proxy's `RouteRule.matches` means too.  GRPCRoute: a
 method match becomes a path match on `/<service>/<method>` (Exact, or a regular expression where
-one side is a pattern or absent), its header matches header matches.
+one side is a pattern or absent; each side keeps its own meaning there, `_side`), its header
+matches header matches.
 
 Never approximated: a match the proxy cannot run as written (a regular expression outside what
 `proxyconfig/regex.py` admits) makes the whole rule's matches unusable — dropping one match of an
@@ -100,6 +101,25 @@ _NAME = "[^/]+"
 """Any one path segment: a gRPC service or method the match leaves open."""
 
 
+def _side(pattern: str | None) -> str:
+    """One side (service or method) of a GRPCRoute regex match, as part of the path regex.
+
+    Each side is matched whole, so a leading `^` and a trailing (unescaped) `$` say nothing;
+    pasted into the middle of `/<service>/<method>` they made the path regex match nothing, an
+    accepted rule never routed: they are left out.  A pattern with an alternation is grouped:
+    `Get|List` made `/svc/Get|List`, which never matched `/svc/List` and did match `List`
+    (ADR 0101).  Grouped only then, so every other pattern compiles to what it did (and ranks
+    the same: the proxy puts longer regexes first).  Each side is a valid pattern on its own
+    (the API compiles it), so `(?:...)` cannot be unbalanced by it."""
+    if not pattern:
+        return _NAME
+    if pattern.startswith("^"):
+        pattern = pattern[1:]
+    if pattern.endswith("$") and (len(pattern) - len(pattern[:-1].rstrip("\\"))) % 2 == 1:
+        pattern = pattern[:-1]  # (an odd count of `\` and `$` in all: `\$` is a dollar sign)
+    return f"(?:{pattern})" if "|" in pattern else pattern
+
+
 def _grpc_path(method: dict[str, Any], at: str, problems: list[str]) -> PathMatch | None:
     svc, meth = method.get("service"), method.get("method")
     if (method.get("type") or "Exact") == "Exact":
@@ -111,7 +131,7 @@ def _grpc_path(method: dict[str, Any], at: str, problems: list[str]) -> PathMatc
             return PathMatch()
         value = f"/{_NAME}/{re.escape(str(meth))}"
     else:
-        value = f"/{svc or _NAME}/{meth or _NAME}"
+        value = f"/{_side(svc)}/{_side(meth)}"
     if not _pattern(value, f"{at}.method", problems):
         return None
     return PathMatch(type="RegularExpression", value=value)
