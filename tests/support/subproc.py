@@ -92,6 +92,15 @@ async def http_get(port: int, path: str, *, method: str = "GET",
     return int(head.split(b" ", 2)[1]), body
 
 
+def rss_bytes(pid: int) -> int:
+    """The resident set size of process `pid` (VmRSS in /proc), in bytes: how memory tests
+    measure a proxy rather than assume."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
 def children_of(pid: int) -> set[int]:
     """Pids whose parent is `pid` (Linux /proc)."""
     out: set[int] = set()

@@ -1,0 +1,349 @@
+"""What a hostile client can make the proxy remember (ADR 0103): attack tests with raw peers.
+
+A client of a meshed service chooses request lines, headers and trace context.  Each test
+sends such values through a real proxy (a `tulle proxy run` process where memory is measured:
+its VmRSS from /proc) and checks that what the proxy keeps -- log records queued for a sink
+that stopped reading, spans queued for a collector that is down, trace context passed on,
+metric series, rate-limit state -- stays bounded and truthful.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from opentelemetry.proto.trace.v1 import trace_pb2
+from tests.support.logsink import log_config, read_records
+from tests.support.otlp_receiver import running_receiver
+from tests.support.proxy import free_port, running_proxy, simple_config
+from tests.support.rawservers import connect
+from tests.support.subproc import proxy_process, rss_bytes
+
+TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+SPAN = "00f067aa0ba902b7"
+MB = 1 << 20
+
+
+def _not_found_config() -> dict[str, Any]:
+    """A listener whose only route matches nothing a test sends: every request is a local
+    404 (NR), logged and traced like any other, with no upstream to slow the flood."""
+    return {
+        "admin": {"port": 0},
+        "listeners": [{"name": "out", "port": 0, "protocol": "http1", "route_table": "rt"}],
+        "clusters": [{"name": "backend", "protocol": "http1",
+                      "endpoints": [{"address": "127.0.0.1", "port": 9}]}],
+        "route_tables": [{"name": "rt", "virtual_hosts": [{"name": "any", "rules": [
+            {"matches": [{"path": {"type": "PathPrefix", "value": "/never"}}],
+             "backends": [{"cluster": "backend"}]}]}]}],
+    }
+
+
+async def _flood(port: int, request: bytes, n: int) -> None:
+    """`n` copies of `request` pipelined on one connection, every response read."""
+    r, w = await connect(port)
+    try:
+        for i in range(n):
+            w.write(request)
+            if i % 50 == 49:
+                await w.drain()
+        await w.drain()
+        seen = 0
+        async with asyncio.timeout(120):
+            while seen < n:
+                line = await r.readline()
+                assert line, "the proxy closed the connection"
+                if line.startswith(b"HTTP/1.1 "):
+                    seen += 1
+    finally:
+        w.close()
+
+
+_BIG_HEAD = (b"GET /" + b"p" * 50_000 + b" HTTP/1.1\r\nHost: x\r\n"
+             b"User-Agent: " + b"u" * 8000 + b"\r\nX-Request-Id: " + b"i" * 4000 + b"\r\n\r\n")
+"""~62 KB of client-chosen path, user agent and request id: just within the default
+`max_request_header_bytes` (64 KiB)."""
+
+
+async def test_a_stalled_log_sink_holds_bounded_memory_whatever_the_fields(
+        tmp_path: Path) -> None:
+    # A FIFO nobody reads: the sink's writer blocks, records queue up to `queue_size` (10,000
+    # by default).  Before ADR 0103 each record held the client's fields whole: 3,000 such
+    # requests grew the proxy by ~350 MB.
+    fifo = tmp_path / "stalled"
+    os.mkfifo(fifo)
+    cfg = _not_found_config()
+    cfg["telemetry"] = {"access_log": log_config(fifo)}
+    async with proxy_process(cfg, tmp_path) as p:
+        await p.wait_ready()
+        before = rss_bytes(p.pid)
+        await _flood(p.port(), _BIG_HEAD, 3000)
+        grown = rss_bytes(p.pid) - before
+        assert await p.metric("tulle_proxy_log_records_total", outcome="dropped") == 0
+    assert grown < 40 * MB, f"{grown / MB:.0f} MB for 3,000 queued records"
+
+
+async def test_long_client_fields_are_cut_in_a_record_and_say_so(tmp_path: Path) -> None:
+    log = tmp_path / "access.log"
+    cfg = _not_found_config()
+    cfg["telemetry"] = {"access_log": log_config(log)}
+    async with running_proxy(cfg) as p:
+        r, w = await connect(p.port())
+        w.write(b"GET /" + b"p" * 5000 + b" HTTP/1.1\r\nHost: " + b"h" * 300 + b"\r\n"
+                b"User-Agent: " + b"u" * 900 + b"\r\nX-Request-Id: " + b"i" * 400 + b"\r\n"
+                b"X-Forwarded-For: " + b"9" * 700 + b"\r\n\r\n")
+        await w.drain()
+        assert (await r.readline()).startswith(b"HTTP/1.1 404")
+        w.close()
+        (rec,) = await read_records(log, 1)
+    assert rec["path"] == "/" + "p" * 2047 + "...(+2954 bytes)"
+    assert rec["authority"] == "h" * 256 + "...(+44 bytes)"
+    assert rec["user_agent"] == "u" * 512 + "...(+388 bytes)"
+    assert rec["request_id"] == "i" * 256 + "...(+144 bytes)"
+    # The proxy's own entry, the peer, is at the end of x-forwarded-for: the end is kept.
+    assert rec["x_forwarded_for"].startswith("(+")
+    assert rec["x_forwarded_for"].endswith(", 127.0.0.1")
+    assert len(rec["x_forwarded_for"]) <= 512 + len("(+999 bytes)...")
+
+
+async def test_spans_queued_for_a_dead_collector_hold_bounded_memory(tmp_path: Path) -> None:
+    # The caller's `sampled` flag is honoured (ADR 0055), so a client makes every request a
+    # span; with the collector down the exporter's queue (2,048 spans) fills with them.
+    cfg = _not_found_config()
+    cfg["telemetry"] = {"tracing": {"otlp_endpoint": f"http://127.0.0.1:{free_port()}",
+                                    "sampling_percent": 0}}
+    sampled = _BIG_HEAD.replace(b"Host: x\r\n", b"Host: x\r\ntraceparent: 00-%s-%s-01\r\n"
+                                % (TRACE.encode(), SPAN.encode()))
+    async with proxy_process(cfg, tmp_path) as p:
+        await p.wait_ready()
+        before = rss_bytes(p.pid)
+        await _flood(p.port(), sampled, 2000)
+        grown = rss_bytes(p.pid) - before
+    assert grown < 40 * MB, f"{grown / MB:.0f} MB for 2,000 queued spans"
+
+
+async def _spans(send: Any, protocol: str = "http1") -> list[dict[str, Any]]:
+    """The attributes (and the name, as `span.name`) of the spans the requests `send(port)`
+    makes through a tracing proxy (every request sampled) left with a real OTLP receiver."""
+    async with running_receiver() as rx:
+        cfg = _not_found_config()
+        cfg["listeners"][0]["protocol"] = protocol
+        cfg["telemetry"] = {"tracing": {"otlp_endpoint": rx.url, "sampling_percent": 100}}
+        async with running_proxy(cfg) as p:
+            n = await send(p.port())
+            async with asyncio.timeout(10):
+                while sum(len(ss.spans) for e in rx.exports
+                          for rs in e.message.resource_spans for ss in rs.scope_spans) < n:
+                    await rx.wait_for(len(rx.exports) + 1)
+    out = []
+    for e in rx.exports:
+        for rs in e.message.resource_spans:
+            for ss in rs.scope_spans:
+                for span in ss.spans:
+                    assert isinstance(span, trace_pb2.Span)
+                    got: dict[str, Any] = {"span.name": span.name}
+                    for a in span.attributes:
+                        v = a.value
+                        got[a.key] = getattr(v, v.WhichOneof("value"))
+                    out.append(got)
+    return out
+
+
+async def _one_span(extra: bytes) -> dict[str, Any]:
+    async def send(port: int) -> int:
+        r, w = await connect(port)
+        w.write(b"GET /" + b"p" * 3000 + b" HTTP/1.1\r\nHost: x\r\n" + extra + b"\r\n")
+        await w.drain()
+        assert (await r.readline()).startswith(b"HTTP/1.1 404")
+        w.close()
+        return 1
+
+    (span,) = await _spans(send)
+    return span
+
+
+async def test_span_attributes_from_the_client_are_cut_and_say_so() -> None:
+    got = await _one_span(b"User-Agent: " + b"u" * 900 + b"\r\nX-Request-Id: " + b"i" * 400
+                          + b"\r\n")
+    # Envoy's `max_path_tag_length` default: 256.
+    assert got["url.path"] == "/" + "p" * 255 + "...(+2745 bytes)"
+    assert got["user_agent.original"] == "u" * 512 + "...(+388 bytes)"
+    assert got["guid:x-request-id"] == "i" * 256 + "...(+144 bytes)"
+
+
+async def test_a_client_chosen_http2_method_does_not_name_spans() -> None:
+    # HTTP/1's parser knows a fixed list of methods; HTTP/2's `:method` is any token.  A span's
+    # name is what tracing backends index: one per client-chosen method would grow them.
+    # OTel's HTTP conventions: an unknown method is `_OTHER`, the span named `HTTP`.
+    from tests.support.h2peers import H2Client
+
+    async def send(port: int) -> int:
+        c = await H2Client.connect(port)
+        try:
+            for i in range(20):
+                resp = await c.request(f"X{i:04d}" + "M" * 300, "/")
+                assert resp.status == 404
+            assert (await c.request("GET", "/")).status == 404
+        finally:
+            c.close()
+        return 21
+
+    spans = await _spans(send, "http2")
+    names = {s["span.name"] for s in spans}
+    assert names == {"HTTP", "GET"}, sorted(names)[:3]
+    other = [s for s in spans if s["span.name"] == "HTTP"]
+    assert {s["http.request.method"] for s in other} == {"_OTHER"}
+    assert all(len(s["http.request.method_original"]) <= 256 + len("...(+99 bytes)")
+               for s in other)
+
+
+async def _seen_upstream(extra: bytes) -> dict[str, str]:
+    """The trace headers an app behind a tracing proxy received for one raw request."""
+    from tests.integration.dataplane.test_tracing import echo_app
+
+    async with echo_app() as app, running_receiver() as rx:
+        cfg = simple_config(app)
+        cfg["telemetry"] = {"tracing": {"otlp_endpoint": rx.url, "sampling_percent": 0}}
+        async with running_proxy(cfg) as p:
+            r, w = await connect(p.port())
+            w.write(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + extra + b"\r\n")
+            await w.drain()
+            data = await r.read()
+            w.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head[:80]
+    seen: dict[str, str] = json.loads(body)
+    return seen
+
+
+OTHER = "0af7651916cd43dd8448eb211c80319c"
+
+
+async def test_a_duplicated_traceparent_restarts_the_trace() -> None:
+    # W3C Trace Context test suite, test_traceparent_duplicated: two traceparent fields are
+    # no context (the app and the proxy could each believe a different one).
+    seen = await _seen_upstream(b"traceparent: 00-%s-%s-01\r\ntraceparent: 00-%s-%s-01\r\n"
+                                % (TRACE.encode(), SPAN.encode(), OTHER.encode(),
+                                   SPAN.encode()))
+    trace_id = seen["traceparent"].split("-")[1]
+    assert trace_id not in (TRACE, OTHER)
+    # So is a B3 header given twice.
+    seen = await _seen_upstream(b"b3: %s-%s-1\r\nb3: %s-%s-1\r\n"
+                                % (TRACE.encode(), SPAN.encode(), OTHER.encode(),
+                                   SPAN.encode()))
+    assert seen["traceparent"].split("-")[1] not in (TRACE, OTHER)
+
+
+async def test_a_tracestate_that_breaks_the_grammar_is_not_passed_on() -> None:
+    tp = b"traceparent: 00-%s-%s-01\r\n" % (TRACE.encode(), SPAN.encode())
+    for bad in (b"foo=1,foo=2",          # duplicated key
+                b"FOO=1",                # upper-case key
+                b"a=b=c",                # '=' in a value
+                b"=x",                   # empty key
+                b"a=",                   # empty value
+                b"a b=c"):               # space in a key
+        seen = await _seen_upstream(tp + b"tracestate: " + bad + b"\r\n")
+        assert seen["traceparent"].split("-")[1] == TRACE
+        assert seen["tracestate"] == "", bad
+    seen = await _seen_upstream(tp + b"tracestate: congo=t61rcWkgMzE, rojo=00f067aa0ba902b7,"
+                                b"t@sys=x y\r\n")
+    assert seen["tracestate"] == "congo=t61rcWkgMzE, rojo=00f067aa0ba902b7,t@sys=x y"
+
+
+class _Relay:
+    """A TCP relay in front of a real redis-server that can go silent: `blackhole()` makes
+    every connection it carries swallow bytes both ways without closing (a connection lost
+    in the network without a reset: a failed-over VIP, a stateful firewall's dropped entry),
+    while connections made afterwards are relayed again."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.silent: set[asyncio.StreamWriter] = set()
+        self.live: set[asyncio.StreamWriter] = set()
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._conn, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    def blackhole(self) -> None:
+        self.silent |= self.live
+
+    async def _pipe(self, r: asyncio.StreamReader, w: asyncio.StreamWriter,
+                    me: asyncio.StreamWriter) -> None:
+        try:
+            while data := await r.read(65536):
+                if me not in self.silent:
+                    w.write(data)
+        except ConnectionError:
+            pass
+        finally:
+            w.close()
+
+    async def _conn(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        ur, uw = await asyncio.open_connection("127.0.0.1", self.target)
+        self.live.add(w)
+        await asyncio.gather(self._pipe(r, uw, w), self._pipe(ur, w, w))
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for w in self.live:
+            w.close()
+
+
+async def test_a_silently_lost_redis_connection_is_replaced(tmp_path: Path) -> None:
+    # Before ADR 0103 the client kept a connection that never answered for good: every
+    # request waited its timeout and failed (429 here, fail-closed) until the kernel gave up
+    # on the connection (~15 min of retransmissions), although Redis answered a new one.
+    import time
+
+    from bench.global_limit import proxy_config
+    from tests.support.redis import redis_server
+
+    async def status(port: int) -> int:
+        r, w = await connect(port)
+        try:
+            w.write(b"GET /closed HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            line = await asyncio.wait_for(r.readline(), 5)
+            return int(line.split()[1])
+        finally:
+            w.close()
+
+    origin = await asyncio.start_server(_answer_ok, "127.0.0.1", 0)
+    async with redis_server() as redis:
+        relay = _Relay(redis.port)
+        try:
+            rport = await relay.start()
+            cfg = proxy_config(origin.sockets[0].getsockname()[1], f"127.0.0.1:{rport}",
+                               1_000_000, 60_000, 20)
+            async with running_proxy(cfg) as p:
+                port = p.server.bound_port("in")
+                assert await status(port) == 200
+                relay.blackhole()
+                assert await status(port) == 429  # no answer within 20 ms: fail-closed
+                start = time.monotonic()
+                codes: list[int] = []
+                while time.monotonic() - start < 5.0:
+                    codes.append(await status(port))
+                    if codes[-1] == 200:
+                        break
+                    await asyncio.sleep(0.02)
+                assert codes[-1] == 200, f"{len(codes)} requests, still {codes[-1]}"
+                # Bounded waits all along: each request waited at most about its timeout.
+                assert time.monotonic() - start < 4.0
+        finally:
+            relay.close()
+            origin.close()
+
+
+async def _answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while await reader.readuntil(b"\r\n\r\n"):
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
