@@ -41,18 +41,19 @@ def _not_found_config() -> dict[str, Any]:
     }
 
 
-async def _flood(port: int, request: bytes, n: int) -> None:
-    """`n` copies of `request` pipelined on one connection, every response read."""
+async def _flood(port: int, request: bytes, n: int, window: int = 8) -> None:
+    """`n` copies of `request` on one connection, at most `window` pipelined at a time, every
+    response read (a deeper pipeline of 60 KB heads measures the HTTP/1 driver's buffers, not
+    what telemetry keeps)."""
     r, w = await connect(port)
     try:
-        for i in range(n):
-            w.write(request)
-            if i % 50 == 49:
-                await w.drain()
-        await w.drain()
-        seen = 0
         async with asyncio.timeout(120):
+            sent = seen = 0
             while seen < n:
+                while sent < n and sent - seen < window:
+                    w.write(request)
+                    sent += 1
+                await w.drain()
                 line = await r.readline()
                 assert line, "the proxy closed the connection"
                 if line.startswith(b"HTTP/1.1 "):
@@ -98,7 +99,7 @@ async def test_long_client_fields_are_cut_in_a_record_and_say_so(tmp_path: Path)
         assert (await r.readline()).startswith(b"HTTP/1.1 404")
         w.close()
         (rec,) = await read_records(log, 1)
-    assert rec["path"] == "/" + "p" * 2047 + "...(+2954 bytes)"
+    assert rec["path"] == "/" + "p" * 2047 + "...(+2953 bytes)"
     assert rec["authority"] == "h" * 256 + "...(+44 bytes)"
     assert rec["user_agent"] == "u" * 512 + "...(+388 bytes)"
     assert rec["request_id"] == "i" * 256 + "...(+144 bytes)"
