@@ -34,6 +34,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Final
 
 from tulle.dataplane.http.retry import Retrier
+from tulle.dataplane.telemetry import clip
 from tulle.dataplane.telemetry.access_record import access_line, json_lines, line_batch, record_of
 from tulle.dataplane.telemetry.flags import flag_details, response_flags
 from tulle.dataplane.telemetry.logformat import TextFormat, render_json, request_headers
@@ -303,17 +304,34 @@ class AccessLogger:
             else:
                 trace_id = trace_id_of(headers, known)
         authz = stream.authz or None
+        # A queued record holds what the client sent: each value within its bound (ADR 0103,
+        # `clip.py`), so a sink that stops reading holds a bounded record per queue slot.
+        method = head.method
+        if len(method) > clip.FIELD:
+            method = clip.cut(method, clip.FIELD)
+        path = head.path
+        if len(path) > clip.PATH:
+            path = clip.cut(path, clip.PATH)
+        authority = head.authority
+        if len(authority) > clip.FIELD:
+            authority = clip.cut(authority, clip.FIELD)
+        if user_agent is not None and len(user_agent) > clip.AGENT:
+            user_agent = clip.cut(user_agent, clip.AGENT)
+        if request_id is not None and len(request_id) > clip.FIELD:
+            request_id = clip.cut(request_id, clip.FIELD)
+        if forwarded is not None and len(forwarded) > clip.FORWARDED:
+            forwarded = clip.cut_head(forwarded, clip.FORWARDED)
         if flags:
             short, details = response_flags(flags), flag_details(flags) or None
         else:
             short, details = "-", None
         made = self.encode(  # `ACCESS_FIELDS`' order; header fields as their bytes, the
             # start time as nanoseconds (ADR 0076)
-            wall_ns, head.method or None, head.path or None, protocol, status,
+            wall_ns, method or None, path or None, protocol, status,
             short, details, stream.bytes_in, stream.bytes_out, _us(duration),
             _us(first_byte - stream.start) if first_byte else None,
             _us(now - up_start) if up_start else None, upstream_host, cluster, route_name,
-            attempts, request_id, trace_id, head.authority or None, user_agent, forwarded,
+            attempts, request_id, trace_id, authority or None, user_agent, forwarded,
             conn.peer, conn.sni, conn.source, conn.dest, conn.direction, conn.listener, authz)
         if self.structs:  # the line itself, or the batch's answer
             return made  # type: ignore[no-any-return]

@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 
+from tulle.dataplane.telemetry import clip
 from tulle.dataplane.telemetry.access_record import escape_c1
 from tulle.dataplane.telemetry.flags import response_flags_long
 from tulle.proxyconfig.logs import COMMAND
@@ -95,6 +96,7 @@ def request_headers(fmt: TextFormat, pseudo: Mapping[bytes, bytes],
     out: dict[str, str] = {}
     for key, names, limit in fmt.headers:
         value = b""
+        bound = clip.FIELD
         for name in names:
             v = pseudo.get(name)
             if v is None:
@@ -104,7 +106,11 @@ def request_headers(fmt: TextFormat, pseudo: Mapping[bytes, bytes],
                         break
             if v:
                 value = v
+                if name == b":path":
+                    bound = clip.PATH
                 break
         text = value.decode("latin-1")
-        out[key] = text[:limit] if limit else text
+        # The format's own `:LEN` cuts silently (Envoy's meaning); the record held in the
+        # sink's queue is bounded whatever the format says, with the marker (ADR 0103).
+        out[key] = clip.cut_text(text[:limit] if limit else text, bound)
     return out

@@ -27,6 +27,7 @@ import time
 from binascii import hexlify
 from typing import TYPE_CHECKING, Final, Protocol
 
+from tulle.dataplane.telemetry import clip
 from tulle.dataplane.telemetry.tracing.propagation import (
     FORMATS,
     NO_DECISION,
@@ -211,7 +212,7 @@ class ListenerTracer:
             return
         status = record.status
         head = record.head
-        method = head.method.decode("latin-1")
+        method = _METHODS.get(head.method, OTHER_METHOD)
         cluster = record.cluster
         kind = self.kind
         error = status == 0 or status >= 500 or (kind == CLIENT and status >= 400)
@@ -219,7 +220,7 @@ class ListenerTracer:
         common, extra = attributes(record, self.listener, method)
         sink.add(Span(
             trace_id=trace.trace_id, span_id=trace.span_id, parent_id=trace.parent_id,
-            name=method if cluster == "-" else f"{method} {cluster}", kind=kind,
+            name=_span_name(method, cluster), kind=kind,
             start_ns=start, end_ns=max(start, time.time_ns()),
             attributes=common, extra=extra, error=error, status_message=record.flags,
             tracestate=trace.tracestate))
@@ -247,13 +248,31 @@ def _header(head: RequestHead, name: bytes) -> bytes:
     return b""
 
 
+OTHER_METHOD: Final = "_OTHER"
+"""`http.request.method` of a method outside `_METHODS` (OTel's HTTP conventions); the span
+is then named `HTTP` and the method itself is `http.request.method_original`."""
+_METHODS: Final = {m.encode(): m for m in (
+    "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH")}
+"""The methods OTel's HTTP conventions know (RFC 9110's and PATCH).  HTTP/2's `:method` is
+any token a client likes: naming spans after it would give tracing backends, which index span
+names, one name per request (ADR 0103)."""
+
+
+def _span_name(method: str, cluster: str) -> str:
+    """`"<METHOD> <cluster>"` (low cardinality: both from fixed sets); `HTTP` stands for a
+    method outside them."""
+    name = "HTTP" if method == OTHER_METHOD else method
+    return name if cluster == "-" else f"{name} {cluster}"
+
+
 def attributes(record: SpanRecord, listener: str, method: str) -> tuple[Attributes, Attributes]:
     """OTel HTTP semantic conventions, then the proxy's own (Envoy's names where it has one,
     so queries written for Envoy/Istio spans work): (those whose values repeat from request
-    to request, those that rarely do: `Span.attributes`, `Span.extra`)."""
+    to request, those that rarely do: `Span.attributes`, `Span.extra`).  Values the client
+    chose are cut to `clip`'s bounds (ADR 0103): a queued span costs a bounded size."""
     head = record.head
-    path = head.path.split(b"?", 1)[0].decode("latin-1")
-    authority = head.authority.decode("latin-1")
+    path = clip.cut_text(head.path.split(b"?", 1)[0].decode("latin-1"), clip.SPAN_PATH)
+    authority = clip.cut_text(head.authority.decode("latin-1"), clip.FIELD)
     host, _, port = authority.rpartition(":") if authority[-1:].isdigit() else (authority, "", "")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -270,14 +289,18 @@ def attributes(record: SpanRecord, listener: str, method: str) -> tuple[Attribut
         out.append(("http.response.status_code", record.status))
     facts = record.facts
     extra: list[tuple[str, str | int | bool]] = [("url.path", path)]
+    if method == OTHER_METHOD:
+        extra.append(("http.request.method_original",
+                      clip.cut_text(head.method.decode("latin-1"), clip.FIELD)))
     if facts.peer is not None:
         extra.append(("client.address", facts.peer[0]))
     agent = _header(head, b"user-agent")
     if agent:
-        extra.append(("user_agent.original", agent.decode("latin-1")))
+        extra.append(("user_agent.original", clip.cut_text(agent.decode("latin-1"), clip.AGENT)))
     request_id = _header(head, b"x-request-id")
     if request_id:
-        extra.append(("guid:x-request-id", request_id.decode("latin-1")))
+        extra.append(("guid:x-request-id",
+                      clip.cut_text(request_id.decode("latin-1"), clip.FIELD)))
     out.append(("upstream_cluster", record.cluster))
     upstream = record.upstream_host
     if upstream:
