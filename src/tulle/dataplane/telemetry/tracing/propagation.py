@@ -14,7 +14,10 @@ Rules (each one is an attack test in tests/unit/dataplane/telemetry/tracing/):
 * What is written is only ever formatted from validated hex (`%b`), so nothing a peer sent
   (CR, LF, a second header) can reach an upstream header through a trace id.  `tracestate`
   is passed on as received only with a valid `traceparent` and only within the spec's
-  limits (512 bytes, 32 members, printable ASCII); otherwise it is dropped.
+  limits (512 bytes, 32 members, each member by the spec's grammar, no key twice);
+  otherwise it is dropped.
+* A field that may appear once (`traceparent`, `b3`, each `x-b3-*`) and appears twice is
+  read as absent (ADR 0103).
 * Reading order: a valid `traceparent` wins; else a B3 single `b3` header; else the
   `x-b3-*` headers.  A B3 header that carries only a sampling decision (`b3: 0`,
   `x-b3-sampled: 1`) keeps the decision and starts a new trace id.
@@ -42,7 +45,16 @@ _B3_SINGLE: Final = re.compile(
     rb"((?:[0-9a-f]{16}){1,2})-([0-9a-f]{16})(?:-([01d]))?(?:-([0-9a-f]{16}))?")
 _HEX16_32: Final = re.compile(rb"(?:[0-9a-f]{16}){1,2}")
 _HEX16: Final = re.compile(rb"[0-9a-f]{16}")
-_TRACESTATE: Final = re.compile(rb"[\x20-\x7e]*")
+_MEMBER: Final = re.compile(
+    rb"[ \t]*(?:"
+    rb"([a-z][a-z0-9_*/-]{0,255}|[a-z0-9][a-z0-9_*/-]{0,240}@[a-z][a-z0-9_*/-]{0,13})"
+    rb"=[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]"
+    rb")?[ \t]*")
+"""One `tracestate` list member (W3C Trace Context 3.3.1.3: a simple or multi-tenant key, `=`,
+a value of printable ASCII without `,` or `=` that does not end in a space), or an empty one,
+with optional whitespace around it; group 1 is the key."""
+_DUPLICATE: Final = b"\x00"
+"""What a trace field given twice reads as: a value no parser here takes."""
 _ZERO_TRACE: Final = b"0" * 32
 _ZERO_SPAN: Final = b"0" * 16
 _B3_SAMPLED: Final = {b"1": 1, b"d": 1, b"0": 0, b"true": 1, b"false": 0}
@@ -96,9 +108,22 @@ def parse_traceparent(value: bytes) -> Incoming | None:
 
 
 def valid_tracestate(value: bytes) -> bool:
-    """Within what this proxy passes on: size, member count, printable ASCII."""
-    return (len(value) <= MAX_TRACESTATE and value.count(b",") < MAX_TRACESTATE_MEMBERS
-            and _TRACESTATE.fullmatch(value) is not None)
+    """Within what this proxy passes on: size and member count, every member by the W3C
+    grammar, no key twice (the spec's rules for a list a vendor may propagate; the W3C test
+    suite's `test_tracestate_duplicated_keys`, `..._key_illegal_characters`, ...)."""
+    if len(value) > MAX_TRACESTATE or value.count(b",") >= MAX_TRACESTATE_MEMBERS:
+        return False
+    keys: set[bytes] = set()
+    for member in value.split(b","):
+        m = _MEMBER.fullmatch(member)
+        if m is None:
+            return False
+        key = m.group(1)
+        if key is not None:
+            if key in keys:
+                return False
+            keys.add(key)
+    return True
 
 
 def parse_b3(value: bytes) -> Incoming | None:
@@ -150,17 +175,20 @@ def read(found: Headers) -> Incoming | None:
     traceparent = tracestate = b3 = b""
     multi: dict[bytes, bytes] | None = None
     for name, value in found:
+        # A field that must appear once and came twice is no context at all (W3C test suite:
+        # `test_traceparent_duplicated` restarts the trace): taking either copy would let the
+        # proxy and the application behind it believe different traces.
         if name == b"traceparent":
-            traceparent = value
+            traceparent = _DUPLICATE if traceparent else value
         elif name == b"tracestate":
             # Several fields combine into one list (RFC 9110 5.3).
             tracestate = tracestate + b"," + value if tracestate else value
         elif name == b"b3":
-            b3 = value
+            b3 = _DUPLICATE if b3 else value
         else:
             if multi is None:
                 multi = {}
-            multi[name] = value
+            multi[name] = _DUPLICATE if name in multi else value
     got = None
     if traceparent:
         got = parse_traceparent(traceparent)

@@ -114,6 +114,34 @@ def test_tracestate_goes_with_a_valid_traceparent_only_and_within_limits() -> No
     assert got is not None and got.tracestate == b""
 
 
+@pytest.mark.parametrize("value", [b"foo=1,foo=2", b"FOO=1", b"a=b=c", b"=x", b"a=", b"a b=c",
+                                   b"1a=x", b"a@B=x", b"a=\x7f", b"a=" + b"v" * 257])
+def test_a_tracestate_outside_the_w3c_grammar_is_dropped(value: bytes) -> None:
+    got = extract([(b"traceparent", b"00-" + T + b"-" + S + b"-01"), (b"tracestate", value)])
+    assert got is not None and got.trace_id == T and got.tracestate == b""
+
+
+@pytest.mark.parametrize("value", [b"congo=t61rcWkgMzE", b" a=1 , b=2 ", b"a=1,,b=2",
+                                   b"1a@sys=x y", b"a-b_c*d/e=~!", b"k=" + b"v" * 256])
+def test_a_tracestate_within_the_w3c_grammar_is_kept(value: bytes) -> None:
+    got = extract([(b"traceparent", b"00-" + T + b"-" + S + b"-01"), (b"tracestate", value)])
+    assert got is not None and got.tracestate == value.strip(b" \t")
+
+
+def test_a_field_given_twice_is_no_context() -> None:
+    tp = (b"traceparent", b"00-" + T + b"-" + S + b"-01")
+    assert extract([tp, tp]) is None
+    b3 = (b"b3", T + b"-" + S + b"-1")
+    assert extract([b3, b3]) is None
+    # Twice in one format leaves the others: here B3 multi is read.
+    got = extract([tp, tp, (b"x-b3-traceid", T), (b"x-b3-spanid", S)])
+    assert got is not None and got.trace_id == T
+    got = extract([(b"x-b3-traceid", T), (b"x-b3-spanid", S), (b"x-b3-spanid", P)])
+    assert got is None
+    got = extract([(b"x-b3-sampled", b"1"), (b"x-b3-sampled", b"0")])
+    assert got is None
+
+
 def test_inject_writes_the_configured_formats_and_replaces_what_came() -> None:
     headers = [(b"host", b"h"), (b"traceparent", b"00-" + b"9" * 32 + b"-" + b"8" * 16 + b"-01"),
                (b"tracestate", b"old=1"), (b"b3", b"stale"), (b"x-b3-sampled", b"1")]
