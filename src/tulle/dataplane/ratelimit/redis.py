@@ -11,7 +11,9 @@ commands wait in a bounded queue; after a failure (refused, reset, a reply that 
 parse) the client stays *down* for `retry_interval` seconds, during which every call fails at
 once, so a dead Redis costs a request nothing, not even the caller's timeout.  How long a
 request waits for an answer is the caller's (`filters/ratelimit.py` bounds it).  A command
-whose caller gave up is still answered by Redis; its reply is read and dropped in order.
+whose caller gave up is still answered by Redis; its reply is read and dropped in order.  A
+connection that owes replies and has said nothing for `STALL_INTERVAL` is given up like a
+broken one (ADR 0103).
 
 Credentials and TLS: with a `password_file`, each new connection first sends `AUTH [user]
 password` (the file is read then, so a rotated password is used from the next connection on;
@@ -31,8 +33,14 @@ from typing import cast
 log = logging.getLogger("tulle.ratelimit")
 
 MAX_PENDING = 4096
-MAX_PASSWORD_BYTES = 1024
 """Commands awaiting replies (or a connection) at most; past it calls fail at once."""
+MAX_PASSWORD_BYTES = 1024
+STALL_INTERVAL = 1.0
+"""Seconds a connection may leave commands unanswered before it is given up (ADR 0103).
+Redis answers in microseconds, and every caller has stopped waiting by then (a limit's
+`timeout_ms` is at most 1 s); a connection lost without a reset (a failed-over address, a
+firewall that forgot it) would otherwise be kept until the kernel gives up on it, ~15 min of
+retransmissions during which every call fails."""
 
 
 class RedisError(Exception):
@@ -132,6 +140,7 @@ class RedisClient:
         "connect_timeout",
         "connecting",
         "down_until",
+        "heard",
         "host",
         "loop",
         "password_file",
@@ -140,6 +149,7 @@ class RedisClient:
         "retry_interval",
         "server_name",
         "ssl",
+        "stall_interval",
         "username",
         "waiting",
     )
@@ -162,6 +172,10 @@ class RedisClient:
         self.conn: _Conn | None = None
         self.connecting: asyncio.Task[None] | None = None
         self.down_until = 0.0
+        self.stall_interval = STALL_INTERVAL
+        self.heard = 0.0
+        """Loop time of the last replies read, or of the first command sent since every
+        earlier one was answered: how long the connection has been silent while owing."""
         self.waiting: deque[asyncio.Future[int | bytes | None]] = deque()
         """Futures of commands sent (or queued), in order, one per command."""
         self.queued: list[bytes] = []
@@ -172,7 +186,14 @@ class RedisClient:
         fail with `RedisError` when Redis is down or the connection breaks."""
         loop = self.loop = self.loop or asyncio.get_running_loop()
         futures = [loop.create_future() for _ in commands]
-        if loop.time() < self.down_until or len(self.waiting) + len(commands) > MAX_PENDING:
+        now = loop.time()
+        if not self.waiting:
+            self.heard = now
+        elif now - self.heard > self.stall_interval and self.conn is not None:
+            log.warning("redis %s:%d: no reply for %.1f s; reconnecting", self.host, self.port,
+                        now - self.heard)
+            self.failed(self.conn)  # down for `retry_interval`, then a new connection
+        if now < self.down_until or len(self.waiting) + len(commands) > MAX_PENDING:
             for f in futures:
                 f.set_exception(DOWN)
             return futures
@@ -249,6 +270,8 @@ class RedisClient:
         self.failed(conn)
 
     def replies(self, replies: list[int | bytes | RedisError | None]) -> None:
+        if replies and self.loop is not None:
+            self.heard = self.loop.time()
         waiting = self.waiting
         for r in replies:
             if not waiting:
