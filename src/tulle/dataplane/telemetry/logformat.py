@@ -7,7 +7,8 @@ is parsed once per snapshot into literal pieces and field lookups; a line is the
 LEN characters; the header values a format needs are copied into the record when it is
 made (`TextFormat.headers`), so rendering needs nothing but the record.  A missing or empty
 value renders as `-` (Envoy's habit).  Values come from peers (paths, headers): JSON escapes
-them; in text, control characters are escaped (`\\x1b`) so a request cannot forge a line.
+them; in text, control characters, `"` and `\\` are escaped (`\\x1b`, `\\x22`, `\\x5c`) so a
+request can forge neither a line nor a field.
 """
 
 from __future__ import annotations
@@ -28,8 +29,11 @@ Record = Mapping[str, Any]
 `REQ(...)` keys holding header values a text format asked for."""
 
 _encode = msgspec.json.Encoder().encode
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-"""C0 and C1 controls (C1 `\\x85` is a line break to some readers)."""
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\"\\]")
+"""C0 and C1 controls (C1 `\\x85` is a line break to some readers), and `"` and `\\` (nginx's
+`escape=default`): a quote in a value would move the field boundaries a parser of a quoted
+format sees, and an unescaped backslash would make a client's literal `\\x1b` read as an
+escaped ESC (ADR 0103)."""
 
 
 def _escape(m: re.Match[str]) -> str:
