@@ -575,3 +575,57 @@ async def test_a_frozen_redis_costs_each_request_its_timeout_and_no_more(tmp_pat
                         await asyncio.sleep(0.05)
         finally:
             origin.close()
+
+
+async def test_a_404_names_a_bounded_part_of_the_host_and_path(tmp_path: Path) -> None:
+    """Pipelined requests the proxy answers itself (here 404, no route) while the client reads
+    nothing: each answer echoed the client's host and path whole (~50 KB here) and waited in
+    the proxy's transport: 3,000 requests grew it by ~275 MB.  The 404 now names at most 256
+    bytes of each (ADR 0103); every answer still arrives."""
+    n = 3000
+    async with proxy_process(_not_found_config(), tmp_path) as p:
+        await p.wait_ready()
+        before = peak = rss_bytes(p.pid)
+        r, w = await connect(p.port())
+        for _ in range(n):
+            w.write(_BIG_HEAD)  # (queued in this process's transport when the proxy waits)
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            peak = max(peak, rss_bytes(p.pid))
+        grown = peak - before
+        assert grown < 40 * MB, f"{grown / MB:.0f} MB with {n} answers unread"
+        async with asyncio.timeout(120):
+            first = await read_response(r)
+            assert first.status == 404
+            assert first.body == (b"no route for host 'x' path '/" + b"p" * 255
+                                  + b"...(+49745 bytes)' on listener out\n")
+            for _ in range(n - 1):
+                assert (await read_response(r)).status == 404
+        w.close()
+
+
+async def test_a_client_that_does_not_read_its_answers_is_not_read_either() -> None:
+    """Locally answered requests (404s), pipelined by a client that reads nothing: the proxy
+    kept reading and queueing answers in its transport without bound (no upstream to pause).
+    It now stops reading a client whose answers wait above the transport's high-water mark,
+    as it stops reading an upstream for it."""
+    import socket
+
+    n = 60_000
+    async with running_proxy(_not_found_config()) as p:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", p.port()))
+        sock.setblocking(False)
+        r, w = await asyncio.open_connection(sock=sock)
+        w.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * n)
+        await asyncio.sleep(1.0)
+        answered = p.metric("tulle_proxy_requests_total")
+        (conn,) = p.server.listeners["out"].connections
+        held = conn.transport.get_write_buffer_size()  # type: ignore[attr-defined]
+        assert answered < n, "every request was read and answered into an unread socket"
+        assert held < 1 * MB, held
+        async with asyncio.timeout(120):
+            for _ in range(n):
+                assert (await read_response(r)).status == 404
+        w.close()
