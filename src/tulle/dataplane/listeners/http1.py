@@ -23,7 +23,9 @@ Bookkeeping rules:
   (`RequestStream.record`), whichever way it ends: finished, failed after its head, timed out, or
   cut short by the client (flag DC).  Requests parsed behind a broken one and never dispatched
   are not counted; the protocol-error counter says why the connection closed.
-* Pause reasons are a set (`pipeline`, `buffer`, `upstream`, `upgrade`, `error`); reading
+* Pause reasons are a set (`pipeline`, `buffer`, `upstream`, `upgrade`, `write`, `error`):
+  `write` while this client's transport is above its high-water mark (what it has not read
+  yet waits there: no more of its requests are read, answered locally or not); reading
   resumes only when the set is empty, and an exchange that ends takes its `upstream` reason
   with it.  Whether this client's transport is above its high-water mark is remembered and
   applied to every new upstream stream, so pipelined responses cannot pile up behind a slow
@@ -193,7 +195,12 @@ class H1Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
         self.write_paused = True
         if self.tunnel is not None:
             self.tunnel.pause_response()
-        elif self._queue:
+            return
+        # Answers wait for this client: read no more of its requests either.  Pausing only
+        # the upstream left requests the proxy answers itself (404, 429, 503...) read and
+        # answered into the transport without bound while the client read nothing (ADR 0103).
+        self.pause_reading("write")
+        if self._queue:
             stream = self._queue[0].upstream
             if stream is not None:
                 stream.pause_response()
@@ -202,7 +209,9 @@ class H1Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
         self.write_paused = False
         if self.tunnel is not None:
             self.tunnel.resume_response()
-        elif self._queue:
+            return
+        self.resume_reading("write")
+        if self._queue:
             stream = self._queue[0].upstream
             if stream is not None:
                 stream.resume_response()
