@@ -56,3 +56,41 @@ async def test_a_server_that_sends_garbage_fails_the_waiting_calls() -> None:
     c.close()
     srv.close()
     await srv.wait_closed()
+
+
+async def test_a_connection_that_owes_replies_and_stays_silent_is_replaced() -> None:
+    # The first connection reads commands and never answers (lost without a reset); the next
+    # one answers.  Calls made while the first still owes replies inside `stall_interval` go
+    # to it; the first call after that gives it up (down for `retry_interval`, failing at
+    # once), and the one after that reaches the new connection (ADR 0103).
+    conns: list[asyncio.StreamWriter] = []
+
+    async def server(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        conns.append(w)
+        silent = len(conns) == 1
+        while data := await r.read(1024):
+            if not silent:
+                w.write(b":1\r\n" * data.count(b"INCR"))
+
+    srv = await asyncio.start_server(server, "127.0.0.1", 0)
+    c = RedisClient("127.0.0.1", srv.sockets[0].getsockname()[1], retry_interval=0.05)
+    c.stall_interval = 0.2
+    try:
+        owed = c.call(encode(b"INCR", b"k"))
+        await asyncio.sleep(0.05)
+        assert not owed[0].done() and len(conns) == 1
+        assert not c.call(encode(b"INCR", b"k"))[0].done()  # still within the interval
+        await asyncio.sleep(0.25)
+        given_up = c.call(encode(b"INCR", b"k"))
+        assert given_up[0].done() and owed[0].done()  # the old connection's calls failed
+        with pytest.raises(RedisError):
+            owed[0].result()
+        await asyncio.sleep(0.1)
+        answered = c.call(encode(b"INCR", b"k"))
+        assert await asyncio.wait_for(answered[0], 2) == 1
+        assert len(conns) == 2
+    finally:
+        c.close()
+        for w in conns:
+            w.close()
+        srv.close()
