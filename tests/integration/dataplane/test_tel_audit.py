@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 from opentelemetry.proto.trace.v1 import trace_pb2
 from tests.support.logsink import log_config, read_lines, read_records
 from tests.support.otlp_receiver import running_receiver
@@ -132,20 +133,36 @@ async def test_a_text_format_escapes_and_cuts_what_the_client_sent(tmp_path: Pat
                     + "...(+44 bytes) bbbb")
 
 
-async def test_spans_queued_for_a_dead_collector_hold_bounded_memory(tmp_path: Path) -> None:
+@pytest.mark.parametrize("collector", ["refusing", "silent"])
+async def test_spans_queued_for_a_dead_collector_hold_bounded_memory(
+        tmp_path: Path, collector: str) -> None:
     # The caller's `sampled` flag is honoured (ADR 0055), so a client makes every request a
-    # span; with the collector down the exporter's queue (2,048 spans) fills with them.
+    # span; with the collector down (refusing connections) or silent (it takes the POST and
+    # never answers) the exporter's queue (2,048 spans) fills with them; past it they are
+    # dropped and counted.
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            pass
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1] if collector == "silent" else free_port()
     cfg = _not_found_config()
-    cfg["telemetry"] = {"tracing": {"otlp_endpoint": f"http://127.0.0.1:{free_port()}",
+    cfg["telemetry"] = {"tracing": {"otlp_endpoint": f"http://127.0.0.1:{port}",
                                     "sampling_percent": 0}}
     sampled = _BIG_HEAD.replace(b"Host: x\r\n", b"Host: x\r\ntraceparent: 00-%s-%s-01\r\n"
                                 % (TRACE.encode(), SPAN.encode()))
-    async with proxy_process(cfg, tmp_path) as p:
-        await p.wait_ready()
-        before = rss_bytes(p.pid)
-        await _flood(p.port(), sampled, 2000)
-        grown = rss_bytes(p.pid) - before
-    assert grown < 20 * MB, f"{grown / MB:.0f} MB for 2,000 queued spans"
+    try:
+        async with proxy_process(cfg, tmp_path) as p:
+            await p.wait_ready()
+            before = rss_bytes(p.pid)
+            await _flood(p.port(), sampled, 4000)
+            grown = rss_bytes(p.pid) - before
+            counts = {r: await p.metric("tulle_proxy_trace_spans_total", result=r)
+                      for r in ("exported", "dropped", "failed")}
+    finally:
+        server.close()
+    assert counts["exported"] == 0 and counts["dropped"] > 0, counts
+    assert grown < 20 * MB, f"{grown / MB:.0f} MB for 4,000 spans, {counts}"
 
 
 async def _spans(send: Any, protocol: str = "http1") -> list[dict[str, Any]]:
