@@ -654,3 +654,26 @@ async def test_a_client_that_does_not_read_its_answers_is_not_read_either() -> N
             for _ in range(n):
                 assert (await read_response(r)).status == 404
         w.close()
+
+
+async def test_a_client_cannot_choose_its_source_ip_hash_key() -> None:
+    """Maglev on `source_ip`: every request of one peer goes to one endpoint.  A client that
+    sent two x-forwarded-for fields had the first field's last entry, its own text, taken as
+    its address (the proxy appends the peer to the last field), so it spread its requests, or
+    aimed them, as it liked (ADR 0103)."""
+    from tests.support.rawservers import named_origin, raw_server
+
+    async with raw_server(named_origin(b"A")) as a, raw_server(named_origin(b"B")) as b:
+        cfg = simple_config(a.port)
+        cfg["clusters"][0].update(
+            lb_policy="maglev", lb={"hash_policies": [{"type": "source_ip"}]},
+            endpoints=[{"address": "127.0.0.1", "port": s.port} for s in (a, b)])
+        async with running_proxy(cfg) as p:
+            r, w = await connect(p.port())
+            reached = set()
+            for i in range(24):
+                w.write(b"GET / HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 10.0.0.%d\r\n"
+                        b"X-Forwarded-For: 10.9.9.9\r\n\r\n" % i)
+                reached.add((await read_response(r)).body)
+            w.close()
+    assert len(reached) == 1, reached

@@ -119,3 +119,13 @@ def test_the_hash_key_comes_from_the_first_policy_that_finds_a_value() -> None:
     assert hash_key(_head(x_forwarded_for=b"10.0.0.9, 127.0.0.1"), pol) == hash_key(
         _head(x_forwarded_for=b"127.0.0.1"), pol)  # the hop this proxy appended
     assert hash_key(_head(), pol) is None
+
+
+def test_a_source_ip_key_is_the_hop_this_proxy_appended_whatever_the_client_sent() -> None:
+    # The forwarding step appends the peer to the *last* x-forwarded-for field (the combined
+    # value reads in order: RFC 9110 5.3).  A client that sent two fields had its own first
+    # field's last entry taken as the source IP: it chose its key (ADR 0103).
+    pol = [HashPolicy(type="source_ip")]
+    head = RequestHead(b"GET", b"/", b"svc", b"http", [
+        (b"x-forwarded-for", b"6.6.6.6"), (b"x-forwarded-for", b"1.1.1.1, 127.0.0.1")])
+    assert hash_key(head, pol) == hash_key(_head(x_forwarded_for=b"127.0.0.1"), pol)
