@@ -194,11 +194,14 @@ def hash_key(head: RequestHead, policies: Sequence[HashPolicy]) -> int | None:
             value = _cookie_value(head.headers, p.name.encode())
         elif p.type == "query_parameter":
             value = _query_value(head.path, p.name.encode())
-        else:  # source_ip: the last x-forwarded-for hop, the one this proxy appended
+        else:  # source_ip: the last x-forwarded-for hop, the one this proxy appended to the
+            # last such field (`dispatch.add_forwarding_headers`); an earlier field's last
+            # entry is the client's own text (ADR 0103)
             for n, v in head.headers:
                 if n == b"x-forwarded-for":
-                    value = v.rpartition(b",")[2].strip()
-                    break
+                    value = v
+            if value is not None:
+                value = value.rpartition(b",")[2].strip()
         if value is not None:
             return _h(value)
     return None
