@@ -677,3 +677,21 @@ async def test_a_client_cannot_choose_its_source_ip_hash_key() -> None:
                 reached.add((await read_response(r)).body)
             w.close()
     assert len(reached) == 1, reached
+
+
+async def test_a_log_on_a_full_disk_costs_bounded_memory_and_no_request(tmp_path: Path) -> None:
+    """Held: a file sink whose every write fails with ENOSPC (/dev/full): records are counted
+    failed, at most one torn line is kept to finish later, requests go on, memory stays flat."""
+    cfg = _not_found_config()
+    cfg["telemetry"] = {"access_log": {"sink": {"kind": "file", "path": "/dev/full",
+                                                "flush_interval_ms": 10}}}
+    async with proxy_process(cfg, tmp_path) as p:
+        await p.wait_ready()
+        before = rss_bytes(p.pid)
+        await _flood(p.port(), _BIG_HEAD, 2000)
+        grown = rss_bytes(p.pid) - before
+        async with asyncio.timeout(10):
+            while await p.metric("tulle_proxy_log_records_total", outcome="failed") < 1900:
+                await asyncio.sleep(0.05)
+        assert await p.metric("tulle_proxy_log_records_total", outcome="written") == 0
+    assert grown < 24 * MB, f"{grown / MB:.0f} MB"
