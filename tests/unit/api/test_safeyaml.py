@@ -69,3 +69,45 @@ def test_anchors_are_scoped_to_their_document() -> None:
     text = "a: &x [1, 2]\n---\nb: *x\n"
     with pytest.raises(yaml.YAMLError, match="undefined alias"):
         safeyaml.load_all(text)
+
+
+# Attack audit of the API (ADR 0102): what the loader builds is what JSON can carry, and a key
+# given twice is an error, not "the last one wins".
+
+SERVICE = ("apiVersion: mesh.tulle.dev/v1alpha1\nkind: Service\nmetadata:\n  name: a\n"
+           "spec:\n  selector: {app: a}\n  ports: [{port: 80}]\n")
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    (SERVICE + "  ports: [{port: 81}]\n", "spec"),
+    (SERVICE.replace("  name: a\n", "  name: a\n  name: b\n"), "metadata"),
+    (SERVICE.replace("{app: a}", "{app: a, app: b}"), "selector"),
+])
+def test_a_key_given_twice_is_refused_with_its_line(text: str, where: str) -> None:
+    with pytest.raises(yaml.YAMLError) as refused:
+        safeyaml.load_all(text)
+    assert "given twice" in str(refused.value), refused.value
+    result = load_text(text, "dup.yaml")
+    (line,) = result.error_lines()
+    assert "invalid YAML" in line and "given twice" in line and "line " in line, line
+
+
+def test_an_integer_of_thousands_of_digits_is_a_yaml_error_not_a_crash() -> None:
+    text = SERVICE.replace("port: 80", "port: " + "9" * 5000)
+    with pytest.raises(yaml.YAMLError) as refused:
+        safeyaml.load_all(text)
+    assert "digits" in str(refused.value)
+    (line,) = load_text(text, "big.yaml").error_lines()
+    assert "invalid YAML" in line and "line 7" in line, line
+
+
+def test_what_json_cannot_carry_is_refused_and_a_timestamp_stays_its_text() -> None:
+    # As Kubernetes' YAML reader does: an unquoted date is the string written.
+    (doc,) = safeyaml.load_all(SERVICE.replace("name: a", "name: 2001-12-14"))
+    assert doc["metadata"]["name"] == "2001-12-14"
+    for tagged in ("!!binary YWJj", "!!set {a: null}"):
+        with pytest.raises(yaml.YAMLError) as refused:
+            safeyaml.load_all(SERVICE.replace("{app: a}", tagged))
+        assert "JSON" in str(refused.value), refused.value
+    with pytest.raises(yaml.YAMLError):
+        safeyaml.load_all(SERVICE.replace("name: a", "name: !!python/object:os.system [ls]"))

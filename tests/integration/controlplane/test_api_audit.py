@@ -1,0 +1,271 @@
+"""Attack audit of the REST API and its stores (ADR 0102), with raw sockets against a real
+control plane (a child process where its RSS is the measure).
+
+- an outsider, without a token, sends a request head of many megabytes, or holds connections
+  open by never finishing a head: the API port refuses and closes, the process stays small and
+  the proxy stream keeps its descriptors;
+- a caller with a token declares a body it never sends: answered 408 and closed;
+- `apply` bodies: a JSON key given twice, nesting deeper than any resource, bytes that are not
+  UTF-8, an integer of thousands of digits, a body key the API does not know: a 400 in the
+  API's `{"error", "details"}` shape naming the place, never FastAPI's text echoing the input,
+  and nothing stored;
+- one document whose map holds a million wrongly-typed values: a bounded answer in bounded
+  time and memory;
+- a token revoked while it watches a tap: the watch ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from tests.support.controlplane import (
+    auth,
+    control_plane_process,
+    eventually,
+    running_control_plane,
+)
+from tests.support.resources import service
+
+from tulle.controlplane.main import ControlPlane
+
+
+def _port(api: str) -> int:
+    return int(api.rsplit(":", 1)[1])
+
+
+async def _answer(reader: asyncio.StreamReader, timeout: float) -> bytes:
+    """Everything the server sends until it closes (or `timeout`)."""
+    data = b""
+    with contextlib.suppress(TimeoutError, ConnectionError):
+        async with asyncio.timeout(timeout):
+            while chunk := await reader.read(65536):
+                data += chunk
+    return data
+
+
+async def flood_head(api: str, start: bytes, filler: bytes, total: int) -> bytes:
+    """Send `start`, then `filler` repeated up to `total` bytes (stopping when the server
+    closes); what the server answered."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", _port(api))
+    sent = 0
+    try:
+        writer.write(start)
+        while sent < total:
+            writer.write(filler)
+            sent += len(filler)
+            await asyncio.wait_for(writer.drain(), 10)
+    except (ConnectionError, TimeoutError):
+        pass
+    answer = await _answer(reader, 5)
+    writer.close()
+    return answer
+
+
+def status_of(answer: bytes) -> int:
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+
+
+async def test_an_outsiders_huge_request_head_is_refused_and_costs_no_memory(
+        tmp_path: Path) -> None:
+    async with control_plane_process(f"sqlite:{tmp_path / 'cp.db'}", tmp_path) as cp:
+        before = cp.rss_kib()
+        line = b"a" * 65536
+        for start, filler in ((b"GET /", line),                               # the URL
+                              (b"GET /healthz HTTP/1.1\r\nX-A: ", line),         # one value
+                              (b"GET /healthz HTTP/1.1\r\n", b"X-B: 1\r\n" * 8192)):  # many
+            answer = await flood_head(cp.api, start, filler, 48 * 1024 * 1024)
+            assert status_of(answer) == 431, (start, answer[:200])
+            grown = cp.rss_kib() - before
+            assert grown < 16 * 1024, f"{start!r}: RSS grew by {grown} KiB"
+        async with aiohttp.ClientSession() as s, s.get(f"{cp.api}/healthz") as r:
+            assert r.status == 200
+
+
+@contextlib.asynccontextmanager
+async def guarded_control_plane(**options: Any) -> AsyncIterator[ControlPlane]:
+    """An in-process control plane whose API times heads and bodies out after 0.5 s."""
+    async with running_control_plane(api_head_timeout=0.5, api_body_timeout=0.5,
+                                     **options) as cp:
+        yield cp
+
+
+async def test_a_head_or_body_that_never_completes_is_answered_408_and_closed() -> None:
+    async with guarded_control_plane() as cp:
+        port = _port(cp.api_url)
+        # Nothing at all, an unfinished head, and a head trickled a byte at a time: the
+        # deadline runs from the connection, not from the last byte.
+        quiet = await asyncio.open_connection("127.0.0.1", port)
+        partial = await asyncio.open_connection("127.0.0.1", port)
+        partial[1].write(b"GET /api/v1/proxies HTTP/1.1\r\nHost: x\r\n")
+        trickle = await asyncio.open_connection("127.0.0.1", port)
+        started = time.monotonic()
+
+        async def drip() -> None:
+            for byte in b"GET /healthz HTTP/1.1\r\nX-Slow: " + b"a" * 100:
+                trickle[1].write(bytes([byte]))
+                await asyncio.sleep(0.05)
+
+        dripping = asyncio.get_running_loop().create_task(drip())
+        answers = await asyncio.gather(*(_answer(r, 5) for r, _ in (quiet, partial, trickle)))
+        took = time.monotonic() - started
+        dripping.cancel()
+        assert answers[0] == b"" or status_of(answers[0]) == 408, answers[0]
+        assert status_of(answers[1]) == 408, answers[1]
+        assert status_of(answers[2]) == 408, answers[2]
+        assert took < 3, took
+        # A body declared and never sent (a token holder's lying Content-Length).
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        w.write(b"POST /api/v1/apply HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                + auth(cp.api_url)["Authorization"].encode()
+                + b"\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"do")
+        assert status_of(await _answer(r, 5)) == 408
+        w.close()
+        for _, writer in (quiet, partial, trickle):
+            writer.close()
+        # A slow but steady client is not hurt: an ordinary request still answers.
+        async with aiohttp.ClientSession(headers=auth(cp.api_url)) as s, \
+                s.get(f"{cp.api_url}/api/v1/proxies") as resp:
+            assert resp.status == 200
+
+
+async def test_idle_connections_cannot_take_more_than_their_share_of_descriptors() -> None:
+    async with guarded_control_plane(api_max_connections=20) as cp:
+        port = _port(cp.api_url)
+        held = [socket.create_connection(("127.0.0.1", port)) for _ in range(60)]
+        try:
+            await asyncio.sleep(0.2)
+            assert cp.http is not None
+            open_ = len(cp.http.server_state.connections)
+            assert open_ <= 20, open_
+            # The stream's port is not starved, and once the heads time out the API answers.
+            _, w = await asyncio.open_connection("127.0.0.1", cp.stream_port)
+            w.close()
+
+            async def healthy() -> bool:
+                try:
+                    async with aiohttp.ClientSession() as s, s.get(
+                            f"{cp.api_url}/healthz") as r:
+                        return r.status == 200
+                except aiohttp.ClientError:
+                    return False
+
+            await eventually(healthy, timeout=5)
+        finally:
+            for sock in held:
+                sock.close()
+
+
+async def post_raw(api: str, token: str, body: bytes,
+                   content_type: str = "application/json",
+                   query: str = "") -> tuple[int, Any]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", _port(api))
+    writer.write(f"POST /api/v1/apply{query} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                 f"{token}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+                 "Connection: close\r\n\r\n".encode() + body)
+    answer = await _answer(reader, 30)
+    writer.close()
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    return status_of(head), json.loads(payload)
+
+
+async def test_apply_bodies_json_cannot_hold_are_400_with_the_place_and_nothing_stored(
+        ) -> None:
+    async with running_control_plane() as cp:
+        token = auth(cp.api_url)["Authorization"].removeprefix("Bearer ")
+        svc = json.dumps(service("dup")).encode()
+        twice = svc.replace(b'"selector": {}', b'"selector": {"app": "a", "app": "b"}')
+        assert twice != svc
+        cases: list[tuple[bytes, str, str]] = [
+            (b'{"documents": [' + twice + b"]}", "documents[0].spec.selector.app",
+             "given twice"),
+            (b'{"documents": [' + svc + b'], "documents": []}', "documents", "given twice"),
+            (b'{"documents": [' + b'{"a": ' * 5000 + b"1" + b"}" * 5000 + b"]}", "",
+             "nested deeper"),
+            (b'{"documents": [{"kind": "Service", "metadata": {"name": "\xff\xfe"}}]}', "",
+             "UTF-8"),
+            (b'{"documents": [{"spec": {"port": ' + b"9" * 5000 + b"}}]}", "", "digits"),
+            (b'{"documents": [' + svc + b'], "dryrun": true}', "dryrun", "unknown"),
+            (b'{"documents": [' + svc, "", "invalid JSON"),
+        ]
+        for body, path, reason in cases:
+            status, answer = await post_raw(cp.api_url, token, body)
+            assert status == 400, (body[:80], status, answer)
+            assert set(answer) == {"error", "details"}, answer
+            text = json.dumps(answer)
+            assert reason in text, (reason, answer)
+            if path:
+                assert path in text, (path, answer)
+        # Not JSON at all, and a query FastAPI would answer in its own shape echoing input.
+        status, answer = await post_raw(cp.api_url, token, svc, content_type="text/plain")
+        assert status == 415 and set(answer) == {"error", "details"}, answer
+        status, answer = await post_raw(cp.api_url, token, b'{"documents": []}',
+                                        query="?dryRun=SECRET-maybe")
+        assert status == 400 and set(answer) == {"error", "details"}, answer
+        assert "dryRun" in json.dumps(answer) and "SECRET" not in json.dumps(answer)
+        items, _ = await cp.store.list("Service")
+        assert items == [], items
+
+
+async def test_a_million_wrong_values_in_one_document_cost_a_bounded_answer(
+        tmp_path: Path) -> None:
+    async with control_plane_process(f"sqlite:{tmp_path / 'cp.db'}", tmp_path) as cp:
+        selector = ",".join(f'"k{i}":1' for i in range(1_000_000))
+        body = ('{"documents":[{"apiVersion":"mesh.tulle.dev/v1alpha1","kind":"Service",'
+                '"metadata":{"name":"s"},"spec":{"selector":{' + selector + '},'
+                '"ports":[{"port":80}]}}]}').encode()
+        peak = [cp.rss_kib()]
+        before = peak[0]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                with contextlib.suppress(OSError, AssertionError):
+                    peak[0] = max(peak[0], cp.rss_kib())
+                time.sleep(0.02)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        started = time.monotonic()
+        try:
+            status, answer = await post_raw(cp.api, cp.admin_token, body)
+        finally:
+            done.set()
+            sampler.join()
+        took = time.monotonic() - started
+        assert status == 422
+        (doc,) = answer["details"]
+        assert len(doc["errors"]) <= 101, len(doc["errors"])
+        assert "more" in doc["errors"][-1]["message"], doc["errors"][-1]
+        assert took < 20, took
+        assert peak[0] - before < 600 * 1024, f"RSS grew by {peak[0] - before} KiB"
+
+
+async def test_a_token_revoked_while_it_watches_a_tap_ends_the_watch() -> None:
+    async with running_control_plane() as cp, aiohttp.ClientSession(
+            headers=auth(cp.api_url)) as admin:
+        async with admin.post(f"{cp.api_url}/api/v1/api-tokens",
+                              json={"role": "read-only", "name": "viewer"}) as r:
+            created = await r.json()
+        reader = {"Authorization": f"Bearer {created['token']}"}
+        async with aiohttp.ClientSession(headers=reader) as s, s.get(
+                f"{cp.api_url}/api/v1/tap", params={"kind": "svc", "name": "api"}) as tap:
+            assert tap.status == 200, await tap.text()
+            first = json.loads(await tap.content.readline())
+            assert first["type"] == "started"
+            async with admin.delete(f"{cp.api_url}/api/v1/api-tokens/{created['id']}") as r:
+                assert r.status == 200, await r.text()
+            lines: list[dict[str, Any]] = []
+            async with asyncio.timeout(15):
+                while line := await tap.content.readline():
+                    lines.append(json.loads(line))
+            assert lines and lines[-1]["type"] == "end", lines
+            assert "revoked" in lines[-1]["reason"], lines[-1]
