@@ -31,9 +31,69 @@ from typing import Any
 import yaml
 
 try:
-    LOADER: Any = yaml.CSafeLoader
+    _BASE: Any = yaml.CSafeLoader
 except AttributeError:  # pragma: no cover - PyYAML built without libyaml
-    LOADER = yaml.SafeLoader
+    _BASE = yaml.SafeLoader
+
+
+class JsonLoader(_BASE):  # type: ignore[misc]
+    """The safe loader, building only what JSON holds and what the API sends on.
+
+    * A key given twice in one mapping is an error with its line (PyYAML keeps the last one
+      and drops the first without a word; Kubernetes' reader refuses it).
+    * A timestamp stays the text written (`name: 2001-12-14` is the string, as in Kubernetes'
+      reader): a `datetime` cannot be sent as JSON and `tulle apply` died on it.
+    * `!!binary` and `!!set` are refused: bytes and sets are not JSON.
+    * An integer of more than `sys.get_int_max_str_digits()` digits is an error with its line,
+      not a `ValueError` out of the loader.
+    (ADR 0102.)"""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            # The keys written here only: a key that overrides one merged in by `<<` is
+            # YAML's own rule, not a duplicate.
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    fresh = key not in seen
+                except TypeError:  # an unhashable key: the base class says so
+                    break
+                if not fresh:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"key {key!r} given twice", key_node.start_mark)
+                seen.add(key)
+        return dict(super().construct_mapping(node, deep=deep))
+
+
+def _as_text(loader: Any, node: Any) -> str:
+    return str(loader.construct_scalar(node))
+
+
+def _not_json(loader: Any, node: Any) -> Any:
+    raise yaml.constructor.ConstructorError(
+        None, None, f"{node.tag.rsplit(':', 1)[-1]} values cannot be sent as JSON",
+        node.start_mark)
+
+
+def _int(loader: Any, node: Any) -> int:
+    try:
+        return int(yaml.constructor.SafeConstructor.construct_yaml_int(loader, node))
+    except ValueError as exc:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"an integer of too many digits ({str(exc).split(':')[0]})",
+            node.start_mark) from None
+
+
+JsonLoader.add_constructor("tag:yaml.org,2002:timestamp", _as_text)
+JsonLoader.add_constructor("tag:yaml.org,2002:binary", _not_json)
+JsonLoader.add_constructor("tag:yaml.org,2002:set", _not_json)
+JsonLoader.add_constructor("tag:yaml.org,2002:int", _int)
+
+LOADER: Any = JsonLoader
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from tulle.controlplane.api.admin_token import ensure_admin_token
 from tulle.controlplane.api.api_tokens import TokenStore
 from tulle.controlplane.api.app import create_app
 from tulle.controlplane.api.exposure import check_api_address
+from tulle.controlplane.api.http_guard import Guard, guarded_protocol
 from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES
 from tulle.controlplane.ca import persist
 from tulle.controlplane.ca.admission import Admission
@@ -81,6 +82,7 @@ class ControlPlane:
                  stream_max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  stream_max_pending_hellos: int = DEFAULT_MAX_PENDING_HELLOS,
                  api_max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+                 api_guard: Guard | None = None,
                  ca_cert: str = "", ca_key: str = "",
                  cert_ttl: dt.timedelta = DEFAULT_CERT_TTL,
                  admin_token_file: Path | None = None,
@@ -123,6 +125,7 @@ class ControlPlane:
         self.stats_interval = stats_interval
         """Seconds between the proxies' traffic reports for `tulle stat` (ADR 0046)."""
         self.api_max_body_bytes = api_max_body_bytes
+        self.api_guard = api_guard if api_guard is not None else Guard()
         self.ca_files = (Path(ca_cert), Path(ca_key)) if ca_cert else None
         self.cert_ttl = cert_ttl
         self.ca: CertificateAuthority | None = None
@@ -221,7 +224,9 @@ class ControlPlane:
         tls = ({"ssl_certfile": str(self.api_tls_cert), "ssl_keyfile": str(self.api_tls_key)}
                if self.api_tls_cert is not None else {})
         config = uvicorn.Config(app, host=self.api_host, port=self.api_port, log_level="warning",
-                                access_log=False, lifespan="off", **tls)  # type: ignore[arg-type]
+                                access_log=False, lifespan="off",
+                                http=guarded_protocol(self.api_guard),
+                                **tls)  # type: ignore[arg-type]
         self.http = _Server(config)
         self._http_task = asyncio.get_running_loop().create_task(self.http.serve())
         while not self.http.started:

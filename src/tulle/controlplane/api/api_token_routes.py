@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
 from tulle.controlplane.api.api_tokens import Role, TokenStore
 from tulle.controlplane.api.apply import error as _error
+from tulle.controlplane.api.body import json_object
 from tulle.controlplane.store.errors import NotFoundError
 
 
@@ -24,7 +25,7 @@ def api_tokens_router(tokens: TokenStore) -> APIRouter:
     router = APIRouter()
 
     @router.post("/api/v1/api-tokens", response_model=None, status_code=201)
-    async def create_token(body: dict[str, Any] = Body(...)) -> Any:  # noqa: B008
+    async def create_token(body: dict[str, Any] = Depends(json_object)) -> Any:  # noqa: B008
         unknown = sorted(set(body) - {"role", "name"})
         if unknown:
             return _error(422, f"{unknown[0]}: unknown field (known: role, name)")

@@ -136,6 +136,19 @@ class TokenStore:
             return None
         return Principal(subject=f"token:{tid}", role=role)
 
+    async def still_valid(self, principal: Principal) -> bool:
+        """Whether the token `principal` was authenticated by still exists: what a long
+        request (a tap) asks again while it runs, so a revocation ends it (ADR 0102).  A
+        principal of another kind (not `token:<id>`) is not this store's to judge: True."""
+        kind, _, tid = principal.subject.partition(":")
+        if kind != "token":
+            return True
+        try:
+            await self.store.get(TOKEN_KIND, None, tid)
+        except NotFoundError:
+            return False
+        return True
+
     async def list(self) -> list[TokenInfo]:
         items, _ = await self.store.list(TOKEN_KIND)
         return [_info(o) for o in items]

@@ -39,8 +39,10 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from fastapi import Body, FastAPI, Query
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tulle.api.registry import KindInfo, resolve
 from tulle.controlplane.api.api_token_routes import api_tokens_router
@@ -48,6 +50,14 @@ from tulle.controlplane.api.api_tokens import TokenStore
 from tulle.controlplane.api.apply import apply_documents
 from tulle.controlplane.api.apply import error as _error
 from tulle.controlplane.api.auth import Authenticate, BearerTokens
+from tulle.controlplane.api.body import (
+    BodyError,
+    body_refused,
+    check_documents,
+    http_error,
+    invalid_request,
+    read_json,
+)
 from tulle.controlplane.api.bootstrap_tokens import add_token_routes
 from tulle.controlplane.api.ca_routes import add_ca_routes
 from tulle.controlplane.api.check_routes import add_check_routes
@@ -62,6 +72,8 @@ from tulle.controlplane.push.server import PushServer, SnapshotCache
 from tulle.controlplane.reconcile import Reconciler
 from tulle.controlplane.store.errors import ConflictError, NotFoundError
 from tulle.controlplane.store.protocol import ResourceStore
+
+APPLY_BODY_KEYS = frozenset({"documents", "sources"})
 
 
 def _kind(type_: str) -> KindInfo | JSONResponse:
@@ -87,6 +99,9 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
     api_tokens = api_tokens if api_tokens is not None else TokenStore(store)
     app = FastAPI(title="Tulle control plane", version="v1",
                   description="Declare mesh intent; see proxies and what they run.")
+    app.add_exception_handler(RequestValidationError, invalid_request)
+    app.add_exception_handler(BodyError, body_refused)
+    app.add_exception_handler(StarletteHTTPException, http_error)
     if max_body_bytes:
         app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     # Added last, so outermost: nobody unauthenticated gets as far as the body limit.
@@ -141,12 +156,27 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
             return _error(409, str(exc))
 
     @app.post("/api/v1/apply", response_model=None)
-    async def apply(body: dict[str, Any] = Body(...),  # noqa: B008
+    async def apply(request: Request,
                     dry_run: bool = Query(False, alias="dryRun"),
                     strict: bool = Query(False)) -> Any:
-        docs = body.get("documents")
+        try:
+            body = await read_json(request)
+        except BodyError as exc:
+            return exc.response()
+        docs = body.get("documents") if isinstance(body, dict) else None
         if not isinstance(docs, list):
             return _error(400, "body must be {\"documents\": [...]}")
+        if unknown := sorted(set(body) - APPLY_BODY_KEYS):
+            # `dryRun` is a query parameter: in the body it would have been ignored and the
+            # apply done for real ("nothing accepted silently").
+            return _error(400, f"unknown field in the apply body: {', '.join(unknown)} "
+                               "(the body holds documents and sources; dryRun and strict are "
+                               "query parameters)",
+                          [{"path": key, "message": "unknown field"} for key in unknown])
+        try:
+            check_documents(docs)
+        except BodyError as exc:
+            return exc.response()
         sources = body.get("sources")
         return await apply_documents(store, docs, sources if isinstance(sources, list) else [],
                                      dry_run, strict=strict,
@@ -196,7 +226,7 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
     add_check_routes(app, store, push, proxy_rows, ca_keeper)
     add_discovery_routes(app, type(store).__name__.removesuffix("Store").lower())
     if push.taps is not None:
-        add_tap_routes(app, push.taps, store)
+        add_tap_routes(app, push.taps, store, tokens=api_tokens)
     add_dashboard_routes(app, store, cache, push.stats)
     return app
 

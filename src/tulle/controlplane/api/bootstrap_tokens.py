@@ -26,12 +26,13 @@ import datetime as dt
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import Body, FastAPI
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse
 
 from tulle.api.errors import ValidationError
 from tulle.api.registry import parse
 from tulle.controlplane.api.apply import error as _error
+from tulle.controlplane.api.body import json_object
 from tulle.controlplane.ca.admission import not_reserved
 from tulle.controlplane.ca.authority import CsrError
 from tulle.controlplane.ca.spiffe import DEFAULT_TRUST_DOMAIN, SpiffeId
@@ -88,7 +89,7 @@ def add_token_routes(app: FastAPI, store: ResourceStore, tokens: TokenService,
                      trust_domain: Callable[[], str] = lambda: DEFAULT_TRUST_DOMAIN) -> None:
     """`trust_domain`: the mesh's, for the identity a token grants (the reconciler's)."""
     @app.post("/api/v1/tokens", status_code=201, response_model=None)
-    async def issue_token(body: dict[str, Any] = Body(...)) -> Any:  # noqa: B008
+    async def issue_token(body: dict[str, Any] = Depends(json_object)) -> Any:  # noqa: B008
         workload, namespace = body.get("workload"), body.get("namespace", "default")
         if not isinstance(workload, str) or not workload:
             return _error(422, "workload: required")

@@ -17,9 +17,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from fastapi import Body, FastAPI, Query
+from fastapi import Depends, FastAPI, Query
 
 from tulle.controlplane.api.apply import error as _error
+from tulle.controlplane.api.body import optional_json_object
 from tulle.controlplane.ca.authority import CAError, CertificateAuthority
 from tulle.controlplane.ca.keeper import CAKeeper
 from tulle.controlplane.ca.rotation import CAState, RotationError, fingerprint, subject
@@ -62,7 +63,7 @@ def add_ca_routes(app: FastAPI, keeper: CAKeeper, push: PushServer) -> None:
         return await status()
 
     @app.post("/api/v1/ca/rotation", response_model=None)
-    async def rotation_start(body: dict[str, Any] = Body(default={})) -> Any:  # noqa: B008
+    async def rotation_start(body: dict[str, Any] = Depends(optional_json_object)) -> Any:  # noqa: B008
         cert_pem, key_pem = body.get("certPem"), body.get("keyPem")
         new = None
         if cert_pem is not None or key_pem is not None:

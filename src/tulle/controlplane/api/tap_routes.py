@@ -33,7 +33,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from tulle.api.observability_tap import TapSettings
-from tulle.controlplane.api.api_tokens import Principal, Role
+from tulle.controlplane.api.api_tokens import Principal, Role, TokenStore
 from tulle.controlplane.api.apply import error as _error
 from tulle.controlplane.store.protocol import ResourceStore
 from tulle.controlplane.telemetry.tap import (
@@ -91,7 +91,12 @@ def _line(item: dict[str, Any]) -> bytes:
 
 
 def add_tap_routes(app: FastAPI, broker: TapBroker, store: ResourceStore,
-                   heartbeat: float = EXPIRES_MS / 3000) -> None:
+                   heartbeat: float = EXPIRES_MS / 3000,
+                   tokens: TokenStore | None = None) -> None:
+    """`tokens`: asked at every heartbeat whether the watcher's token still exists; a revoked
+    one ends the watch (default: the tokens kept in `store`)."""
+    tokens = tokens if tokens is not None else TokenStore(store)
+
     @app.get("/api/v1/tap", response_model=None)
     async def tap(request: Request, kind: str = "Workload", name: str = "",
                   namespace: str = "default", path: str = "", method: str = "",
@@ -156,6 +161,10 @@ def add_tap_routes(app: FastAPI, broker: TapBroker, store: ResourceStore,
                         yield _line({"type": "end", "reason": "duration"})
                         return
                     if now >= beat:
+                        if isinstance(principal, Principal) and not await tokens.still_valid(
+                                principal):
+                            yield _line({"type": "end", "reason": "the token was revoked"})
+                            return
                         if not (await mesh_tap_settings(store)).enabled:
                             yield _line({"type": "end", "reason": "taps turned off in the "
                                          "mesh (Mesh.spec.observability.tap.enabled)"})

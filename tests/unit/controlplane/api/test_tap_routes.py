@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from fastapi import FastAPI
 
-from tulle.controlplane.api.api_tokens import Principal, Role
+from tulle.controlplane.api.api_tokens import TOKEN_API_VERSION, TOKEN_KIND, Principal, Role
 from tulle.controlplane.api.tap_routes import add_tap_routes, parse_status
 from tulle.controlplane.store.memory import MemoryStore
 from tulle.controlplane.telemetry.tap import TapBroker
@@ -79,6 +79,10 @@ class Call:
 
 
 async def app_with(store: MemoryStore) -> tuple[FastAPI, TapBroker]:
+    """The tap routes over `store`, which holds the record of the calls' token `test` (a
+    watch whose token is gone ends at its next heartbeat)."""
+    await store.create({"apiVersion": TOKEN_API_VERSION, "kind": TOKEN_KIND,
+                        "metadata": {"name": "test"}, "spec": {}})
     app = FastAPI()
     broker = TapBroker()
     add_tap_routes(app, broker, store, heartbeat=0.05)
