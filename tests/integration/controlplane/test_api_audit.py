@@ -27,16 +27,20 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from tests.support.controlplane import (
     auth,
     control_plane_process,
     eventually,
     running_control_plane,
 )
+from tests.support.postgres import fresh_schema, postgres_server
 from tests.support.resources import service
 
 from tulle.controlplane.api.http_guard import Guard
 from tulle.controlplane.main import ControlPlane
+
+__all__ = ["postgres_server"]  # the fixture, imported so that pytest finds it
 
 
 def _port(api: str) -> int:
@@ -290,3 +294,113 @@ async def test_a_token_revoked_while_it_watches_a_tap_ends_the_watch() -> None:
                     lines.append(json.loads(line))
             assert lines and lines[-1]["type"] == "end", lines
             assert "revoked" in lines[-1]["reason"], lines[-1]
+
+
+# Held (ADR 0102): pinned here because they are cheap.
+
+async def test_names_kinds_and_server_fields_from_the_client_are_refused_or_not_trusted(
+        ) -> None:
+    async with running_control_plane() as cp, aiohttp.ClientSession(
+            headers=auth(cp.api_url)) as s:
+        for name in ("wеb", "..", "a/b", "Web", "a" * 254, "a..b", ""):  # "wеb": Cyrillic е
+            doc = service("x")
+            doc["metadata"]["name"] = name
+            async with s.post(f"{cp.api_url}/api/v1/apply", json={"documents": [doc]}) as r:
+                assert r.status == 422, (name, await r.text())
+                assert "metadata.name" in await r.text()
+        for namespace in ("Shop", "../x", "a" * 64):
+            doc = service("x", ns=namespace)
+            async with s.post(f"{cp.api_url}/api/v1/apply", json={"documents": [doc]}) as r:
+                assert r.status == 422 and "metadata.namespace" in await r.text(), namespace
+        doc = service("x")
+        doc["metadata"]["labels"] = {"-bad": "v", "ok": "v" * 64}
+        async with s.post(f"{cp.api_url}/api/v1/apply", json={"documents": [doc]}) as r:
+            text = await r.text()
+            assert r.status == 422 and "metadata.labels" in text, text
+        doc = {**service("x"), "kind": "service"}
+        async with s.post(f"{cp.api_url}/api/v1/apply", json={"documents": [doc]}) as r:
+            assert r.status == 422 and '"path":"kind"' in (await r.text()).replace(" ", "")
+        doc = service("x")
+        doc["metadata"].update(uid="mine", generation=99, creationTimestamp="1999-01-01T00:00:00Z")
+        doc["status"] = {"conditions": []}
+        async with s.post(f"{cp.api_url}/api/v1/apply", json={"documents": [doc]}) as r:
+            assert r.status == 200, await r.text()
+        async with s.get(f"{cp.api_url}/api/v1/resources/svc/x",
+                         params={"namespace": "shop"}) as r:
+            stored = await r.json()
+        md = stored["metadata"]
+        assert md["uid"] != "mine" and md["generation"] == 1
+        assert not md["creationTimestamp"].startswith("1999")
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+async def test_two_applies_of_one_version_one_wins_the_other_is_409(
+        backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        if backend == "postgres":
+            server = request.getfixturevalue("postgres_server")
+            url = await stack.enter_async_context(fresh_schema(server))
+        else:
+            url = f"sqlite:{tmp_path / 'cp.db'}"
+        cp = await stack.enter_async_context(running_control_plane(url))
+        s = await stack.enter_async_context(aiohttp.ClientSession(headers=auth(cp.api_url)))
+        await _race(cp, s)
+
+
+async def _race(cp: ControlPlane, s: aiohttp.ClientSession) -> None:
+    """Ten rounds of two edits carrying the same resourceVersion; a stale delete."""
+    async with s.post(f"{cp.api_url}/api/v1/apply",
+                      json={"documents": [service("race", app="a")]}) as r:
+        assert r.status == 200
+
+    async def current() -> str:
+        # The control plane writes the Service's status after each change, which moves
+        # its resourceVersion too (as Kubernetes does): read it once that settled.
+        await asyncio.sleep(0.3)
+        async with s.get(f"{cp.api_url}/api/v1/resources/svc/race",
+                         params={"namespace": "shop"}) as r:
+            return str((await r.json())["metadata"]["resourceVersion"])
+
+    async def edit(app: str) -> int:
+        doc = service("race", app=app)
+        doc["metadata"]["resourceVersion"] = version
+        async with s.post(f"{cp.api_url}/api/v1/apply", json={"documents": [doc]}) as r:
+            return r.status
+
+    for i in range(10):
+        version = await current()
+        statuses = sorted(await asyncio.gather(edit(f"b{i}"), edit(f"c{i}")))
+        assert statuses == [200, 409], statuses
+    # A delete with a stale precondition is refused too.
+    async with s.delete(f"{cp.api_url}/api/v1/resources/svc/race",
+                        params={"namespace": "shop", "resourceVersion": "1"}) as r:
+        assert r.status == 409
+
+
+async def test_a_read_only_token_writes_nothing_on_any_route_and_a_query_token_is_no_token(
+        ) -> None:
+    async with running_control_plane() as cp, aiohttp.ClientSession(
+            headers=auth(cp.api_url)) as admin:
+        async with admin.post(f"{cp.api_url}/api/v1/api-tokens",
+                              json={"role": "read-only", "name": "viewer"}) as r:
+            token = (await r.json())["token"]
+        assert cp.http is not None
+        app: Any = cp.http.config.app
+        routes = [(method, route.path) for route in app.routes
+                  for method in getattr(route, "methods", ()) or ()
+                  if method not in ("GET", "HEAD")]
+        routes += [("POST", "/api/v1/api-tokens"), ("DELETE", "/api/v1/api-tokens/x")]
+        assert len(routes) >= 8, routes
+        reader = {"Authorization": f"Bearer {token}"}
+        async with aiohttp.ClientSession(headers=reader) as s:
+            for method, path in routes:
+                concrete = path.replace("{", "").replace("}", "")
+                async with s.request(method, cp.api_url + concrete, json={}) as r:
+                    assert r.status == 403, (method, path, r.status)
+            for path in ("/api/v1/api-tokens", "/api/v1/tokens"):
+                async with s.get(cp.api_url + path) as r:
+                    assert r.status == 403, path
+        async with aiohttp.ClientSession() as s:
+            for query in (f"?token={token}", f"?access_token={cp.admin_token}"):
+                async with s.get(f"{cp.api_url}/api/v1/proxies{query}") as r:
+                    assert r.status == 401, query
