@@ -28,6 +28,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from tests.support.cli import tulle
 from tests.support.controlplane import (
     auth,
     control_plane_process,
@@ -404,3 +405,48 @@ async def test_a_read_only_token_writes_nothing_on_any_route_and_a_query_token_i
             for query in (f"?token={token}", f"?access_token={cp.admin_token}"):
                 async with s.get(f"{cp.api_url}/api/v1/proxies{query}") as r:
                     assert r.status == 401, query
+
+
+async def test_no_read_of_the_api_hands_out_the_ca_key_or_a_token_record() -> None:
+    async with running_control_plane() as cp, aiohttp.ClientSession(
+            headers=auth(cp.api_url)) as s:
+        assert cp.store is not None
+        everything, _ = await cp.store.list()
+        assert any("PRIVATE KEY" in json.dumps(o) for o in everything)  # it is in the store
+        async with s.get(f"{cp.api_url}/api/v1/api-resources") as r:
+            kinds = [k["name"] for k in (await r.json())["resources"]]
+        paths = ["/api/v1/ca", "/api/v1/check", "/api/v1/proxies", "/api/v1/api-tokens",
+                 "/api/v1/api-resources", "/api/v1/version", "/openapi.json",
+                 *(f"/api/v1/resources/{k}" for k in kinds)]
+        for internal in ("InternalCertificateAuthority", "InternalBootstrapToken",
+                         "InternalTokenUse", "APIToken", "internalcertificateauthorities"):
+            async with s.get(f"{cp.api_url}/api/v1/resources/{internal}") as r:
+                assert r.status == 404, internal
+        for path in paths:
+            async with s.get(cp.api_url + path) as r:
+                text = await r.text()
+                assert r.status == 200, (path, r.status, text[:200])
+                assert "PRIVATE KEY" not in text and "sha256" not in text, path
+
+
+async def test_tulle_apply_refuses_what_json_cannot_carry_with_its_line_not_a_traceback(
+        ) -> None:
+    base = ("apiVersion: mesh.tulle.dev/v1alpha1\nkind: Service\nmetadata:\n  name: {name}\n"
+            "  namespace: shop\nspec:\n  selector: {{app: a}}\n  ports: [{{port: {port}}}]\n")
+    async with running_control_plane() as cp:
+        for text, reason in (
+                (base.format(name="a", port=80) + "  ports: [{port: 81}]\n", "given twice"),
+                (base.format(name="a", port="9" * 5000), "digits"),
+                (base.format(name="!!binary YWJj", port=80), "JSON")):
+            code, _, err = await tulle(cp.api_url, "apply", "-f", "-", stdin=text)
+            assert code == 1 and "Traceback" not in err, err
+            assert "invalid YAML at line" in err and reason in err, err
+        # An unquoted date is the text written, as in Kubernetes (it was a `date` object
+        # the CLI could not send: a traceback).
+        dated = base.format(name="a", port=80).replace(
+            "  namespace: shop\n", "  namespace: shop\n  labels: {released: 2001-12-14}\n")
+        code, _, err = await tulle(cp.api_url, "apply", "-f", "-", stdin=dated)
+        assert code == 0, err
+        assert cp.store is not None
+        stored = await cp.store.get("Service", "shop", "a")
+        assert stored["metadata"]["labels"] == {"released": "2001-12-14"}

@@ -111,3 +111,8 @@ def test_what_json_cannot_carry_is_refused_and_a_timestamp_stays_its_text() -> N
         assert "JSON" in str(refused.value), refused.value
     with pytest.raises(yaml.YAMLError):
         safeyaml.load_all(SERVICE.replace("name: a", "name: !!python/object:os.system [ls]"))
+
+
+def test_a_key_that_overrides_a_merged_one_is_yamls_rule_not_a_duplicate() -> None:
+    (doc,) = safeyaml.load_all("b: &b {x: 1, y: 2}\nc: {<<: *b, x: 3}\n")
+    assert doc["c"] == {"x": 3, "y": 2}
