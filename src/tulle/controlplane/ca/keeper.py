@@ -40,7 +40,12 @@ from tulle.controlplane.ca.rotation import (
     progress,
     to_spec,
 )
-from tulle.controlplane.store.errors import AlreadyExistsError, ConflictError, NotFoundError
+from tulle.controlplane.store.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    ExpiredError,
+    NotFoundError,
+)
 from tulle.controlplane.store.protocol import Obj, ResourceStore
 
 log = logging.getLogger("tulle.controlplane.ca")
@@ -115,20 +120,35 @@ class CAKeeper:
                     await task
 
     async def _follow(self) -> None:
-        """Adopt every new version of the record; re-list and carry on if the watch fails."""
+        """Adopt every new version of the record: list, then watch from the revision the
+        list reflects (list again when the watch expires or fails).
+
+        Not from the record's own resourceVersion: a CA record is written once and then
+        rarely, so in a mesh with more writes since than the change log keeps (10,000; every
+        status write counts), a watch from its version expired at once, and the keeper
+        re-read it every second with a warning each time, for ever (ADR 0102)."""
+        since: int | None = None
         while True:
             try:
-                async for ev in self.store.watch(CA_KIND, None, self.revision):
+                if since is None:
+                    items, since = await self.store.list(CA_KIND)
+                    for obj in items:
+                        if (obj.get("metadata") or {}).get("name") == CA_NAME:
+                            self._take(obj)
+                async for ev in self.store.watch(CA_KIND, None, since):
+                    since = ev.revision
                     if ev.type != "DELETED":
                         self._take(ev.object)
                 return  # the store closed
             except asyncio.CancelledError:
                 raise
+            except ExpiredError:
+                log.info("CA record watch fell behind the change log; re-listing")
+                since = None
             except Exception as exc:
                 log.warning("CA record watch failed (%s); re-reading", exc)
+                since = None
                 await asyncio.sleep(1.0)
-                with contextlib.suppress(Exception):
-                    self._take(await self.store.get(CA_KIND, None, CA_NAME))
 
     # -- progress across replicas ---------------------------------------------------------------
 
