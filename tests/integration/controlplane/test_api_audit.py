@@ -450,3 +450,35 @@ async def test_tulle_apply_refuses_what_json_cannot_carry_with_its_line_not_a_tr
         assert cp.store is not None
         stored = await cp.store.get("Service", "shop", "a")
         assert stored["metadata"]["labels"] == {"released": "2001-12-14"}
+
+
+async def test_an_apply_racing_a_delete_is_one_or_the_other_never_a_half(
+        tmp_path: Path) -> None:
+    async with running_control_plane(f"sqlite:{tmp_path / 'cp.db'}") as cp, \
+            aiohttp.ClientSession(headers=auth(cp.api_url)) as s:
+        assert cp.store is not None
+        seen: set[tuple[int, int]] = set()
+        for i in range(20):
+            async with s.post(f"{cp.api_url}/api/v1/apply",
+                              json={"documents": [service("rd", app="a")]}) as r:
+                assert r.status == 200
+
+            async def apply_edit(i: int = i) -> int:
+                async with s.post(f"{cp.api_url}/api/v1/apply",
+                                  json={"documents": [service("rd", app=f"b{i}")]}) as r:
+                    return r.status
+
+            async def delete() -> int:
+                async with s.delete(f"{cp.api_url}/api/v1/resources/svc/rd",
+                                    params={"namespace": "shop"}) as r:
+                    return r.status
+
+            applied, deleted = await asyncio.gather(apply_edit(), delete())
+            seen.add((applied, deleted))
+            assert applied in (200, 409) and deleted in (200, 404), (applied, deleted)
+            items, _ = await cp.store.list("Service", "shop")
+            # Whatever the order, the stored state is one of the two outcomes, whole.
+            assert items == [] or items[0]["spec"]["selector"] == {"app": f"b{i}"}, items
+            for obj in items:
+                await cp.store.delete("Service", "shop", obj["metadata"]["name"])
+        assert seen, seen
