@@ -16,7 +16,7 @@ import click
 
 from tulle.api.conditions import summary
 from tulle.cli.client import APIError, call
-from tulle.cli.get import draining
+from tulle.cli.proxy_state import draining
 
 ROUTE_TYPES = ("httproutes", "grpcroutes", "tcproutes")
 MAX_PROXIES = 20

@@ -16,6 +16,7 @@ import click
 
 from tulle.cli.client import APIError, call, server_url
 from tulle.cli.output import emit, table
+from tulle.cli.proxy_state import draining
 from tulle.cli.resources import _fail, server_option
 
 WATCH_INTERVAL = 1.0
@@ -35,16 +36,6 @@ def _age(md: dict[str, Any]) -> str:
         if s >= n:
             return f"{s // n}{unit}"
     return f"{s}s"
-
-
-DRAINING_REASON = "draining: the proxy is shutting down"
-"""The control plane's reason while a proxy drains on its stream (`push.session.DRAINING`, a
-test holds them equal; not imported: `tulle get` stays light)."""
-
-
-def draining(proxy: dict[str, Any]) -> bool:
-    """A Workload's `status.proxy` says its proxy is draining on its stream (ADR 0092)."""
-    return proxy.get("state") == "Disconnected" and proxy.get("reason") == DRAINING_REASON
 
 
 def _proxy_state(proxy: Any) -> str:

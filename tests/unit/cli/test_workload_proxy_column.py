@@ -27,7 +27,7 @@ def test_a_draining_proxy_is_shown_draining_not_disconnected() -> None:
 
 
 def test_the_cli_reads_the_reason_the_control_plane_writes() -> None:
-    from tulle.cli.get import DRAINING_REASON, draining
+    from tulle.cli.proxy_state import DRAINING_REASON, draining
     from tulle.controlplane.push.session import DRAINING
 
     assert DRAINING_REASON == DRAINING

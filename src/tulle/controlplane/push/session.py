@@ -66,7 +66,7 @@ log = logging.getLogger("tulle.controlplane.push")
 
 DRAINING = "draining: the proxy is shutting down"
 """The reason written with `Disconnected` when a proxy says `Draining` (the CLI's
-`get.DRAINING_REASON`, which a test holds equal)."""
+`cli.proxy_state.DRAINING_REASON`, which a test holds equal)."""
 
 REPLY_BACKLOG = 1 << 20
 """Bytes of unsent output above which a session stops reading what its proxy sends until the
