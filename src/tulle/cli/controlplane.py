@@ -169,13 +169,3 @@ def ca_files_usable(ca_cert: str, ca_key: str) -> None:
         load_files(Path(ca_cert), Path(ca_key))
     except CAError as exc:
         raise BadStartOption(str(exc)) from None
-
-
-def parse_labels(values: tuple[str, ...]) -> dict[str, str]:
-    """`--label KEY=VALUE` options as a map (a later KEY wins); BadParameter without `=`."""
-    from tulle.cli import proxy_run
-
-    try:
-        return proxy_run.parse_labels(values)
-    except proxy_run.UsageError as exc:
-        raise click.BadParameter(str(exc), param_hint=exc.hint) from None

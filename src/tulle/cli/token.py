@@ -14,11 +14,20 @@ import sys
 import click
 
 from tulle.cli.client import APIError, call, server_url
-from tulle.cli.controlplane import parse_labels
 from tulle.cli.resources import server_option
 
 _DURATION = re.compile(r"^(\d+)(s|m|h|d)$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_labels(values: tuple[str, ...]) -> dict[str, str]:
+    """`--label KEY=VALUE` options as a map (a later KEY wins); BadParameter without `=`."""
+    from tulle.cli import proxy_run
+
+    try:
+        return proxy_run.parse_labels(values)
+    except proxy_run.UsageError as exc:
+        raise click.BadParameter(str(exc), param_hint=exc.hint) from None
 
 
 def parse_duration(text: str) -> int:
