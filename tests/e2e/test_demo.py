@@ -298,3 +298,31 @@ def test_after_a_crash_the_control_plane_dies_and_the_next_start_removes_the_res
         demo.stop()
     demo.token.unlink()  # a crashed demo's token file stays until a control plane rewrites it
     assert_all_gone(demo, pids, links)
+
+
+@pytest.mark.usefixtures("demo_env")
+def test_a_second_demo_on_the_same_runtime_dir_refuses_and_leaves_the_first_alone(
+        tmp_path: Path) -> None:
+    """Hygiene audit (ADR 0105): two demos on other API ports both published their admin
+    token to the one runtime token file; the second overwrote the first's, and the first,
+    still building, failed (`tulle token issue ... unauthorized`).  The second now refuses at
+    once, naming the reason, and the first runs to its end untouched."""
+    links = host_links()
+    first = Demo(tmp_path, "--duration", "2")
+    try:
+        first.wait_for(r"network: .* namespaces")  # past the start: it holds its claim
+        ours = first.namespaces()
+        second = Demo(tmp_path)
+        try:
+            assert second.finish(60) == 1, second.output
+        finally:
+            second.stop()
+        assert "another tulle demo" in second.output, second.output
+        assert second.namespaces() == []
+        assert set(ours) <= set(first.namespaces())  # nothing of the first's was removed
+        pids = first.processes()
+        assert first.finish(120) == 0, first.output
+    finally:
+        first.stop()
+    assert "Logs:" in first.output
+    assert_all_gone(first, pids, links)

@@ -227,3 +227,30 @@ def test_python_for_a_uid_that_cannot_reach_the_interpreter(
             assert (py, paths) == (str(exe), [])
     finally:
         shutil.rmtree(base)
+
+
+class _Stuck:
+    """A started process that does not end in time, even after SIGKILL (a task in D state)."""
+
+    pid = 2**22 + 1  # no such process: os.killpg says ProcessLookupError
+
+    def poll(self) -> None:
+        return None
+
+    def wait(self, timeout: float | None = None) -> int:
+        raise subprocess.TimeoutExpired("stuck", timeout or 0)
+
+
+def test_close_deletes_the_namespaces_even_when_a_process_does_not_end(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hygiene audit (ADR 0105): a process still there 5 s after SIGKILL made `close()` raise
+    TimeoutExpired before it deleted a single namespace."""
+    monkeypatch.setattr(netns, "missing_requirements", lambda: None)
+    monkeypatch.setattr(netns, "remove_stale", lambda: [])
+    deleted: list[str] = []
+    monkeypatch.setattr(netns, "_delete_namespace", deleted.append)
+    tb = Testbed()
+    tb.namespaces = [Namespace(tb, "tl-1-0"), Namespace(tb, "tl-1-1")]
+    tb.processes = [_Stuck()]  # type: ignore[list-item]
+    tb.close()
+    assert deleted == ["tl-1-1", "tl-1-0"]
