@@ -15,12 +15,15 @@ SQLite file, three sample apps, three `tulle proxy run --control-plane` sidecars
 their workloads themselves (each with a bootstrap token from `tulle token issue`).
 Resources are applied with `tulle apply` (loopback_mesh.yaml).  Traffic
 is bounded: `--duration` seconds (60 when 0) at `--rps`; halfway through, the canary
-weights change and the split follows.  Every process is stopped on exit (also on Ctrl-C).
+weights change and the split follows.  Every process is stopped on exit (also on Ctrl-C and
+SIGTERM), and follows the demo if it is killed outright (a parent-death signal, ADR 0105).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -44,6 +47,25 @@ SRC = str(HERE.parents[1])
 NS = "demo"
 
 
+def _follow_parent(parent: int) -> None:
+    """In a child, before exec: SIGTERM when the demo dies, even by SIGKILL (Linux).
+
+    The children run in sessions of their own (so a Ctrl-C reaches only the demo, which stops
+    them in order); without this, a killed demo left its control plane, apps and sidecars
+    running for ever, and nothing at the next start knew them (hygiene audit, ADR 0105).
+    Only prctl and getppid run here, no lock is taken, so the demo's threads cannot deadlock
+    the fork.  A demo that died before prctl took effect is seen by getppid: exit at once."""
+    if not sys.platform.startswith("linux"):
+        return
+    _PRCTL(1, int(signal.SIGTERM), 0, 0, 0)  # PR_SET_PDEATHSIG, kept across exec
+    if os.getppid() != parent:
+        os._exit(0)
+
+
+_PRCTL: Any = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+"""Looked up before any fork: a dlsym in the child could take the loader's lock."""
+
+
 def free_port() -> int:
     return unused_port()  # (not port 0's pick: see tulle.net.ports)
 
@@ -62,8 +84,10 @@ class Demo:
 
     def start(self, args: list[str], log: str) -> None:
         out = open(self.tmp / log, "wb")  # noqa: SIM115 - lives as long as the process
-        self.procs.append(subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
-                                           start_new_session=True, env=self.env))
+        parent = os.getpid()
+        self.procs.append(subprocess.Popen(
+            args, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=self.env,
+            preexec_fn=lambda: _follow_parent(parent)))  # noqa: PLW1509 - see _follow_parent
 
     def tulle(self, *args: str) -> str:
         res = subprocess.run([*TULLE, *args], capture_output=True, text=True, env=self.env,
@@ -97,7 +121,9 @@ class Demo:
                 p.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
+                # Bounded: a process stuck in the kernel must not hang the demo's exit.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=5)
 
 
 def canary(v1: int, v2: int) -> dict[str, Any]:
@@ -273,7 +299,11 @@ Where to look while it runs ({seconds:.0f} s at {rps} rps), in another shell:
 
 
 def run_loopback(duration: float, rps: float) -> int:
-    """`tulle demo` without namespaces: `duration` seconds (60 when 0) at `rps`."""
+    """`tulle demo` without namespaces: `duration` seconds (60 when 0) at `rps`.
+
+    SIGTERM ends it as Ctrl-C does, through `main`'s clean-up: by default it ended the
+    interpreter at once, and every process the demo had started stayed (ADR 0105)."""
+    old = signal.signal(signal.SIGTERM, lambda _s, _f: signal.raise_signal(signal.SIGINT))
     try:
         return asyncio.run(main(duration or 60.0, max(1, int(rps))))
     except KeyboardInterrupt:  # `main` stopped every process on its way out
@@ -281,3 +311,5 @@ def run_loopback(duration: float, rps: float) -> int:
     except (OSError, RuntimeError) as exc:  # a process that cannot start, a failed command
         print(f"tulle demo: {exc}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -20,6 +20,7 @@ with the demo (parent-death signal).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import json
 import os
@@ -106,6 +107,38 @@ def make_state_dir(path: Path, tries: int = 3) -> None:
                     f"place (another user?)")
 
 
+class RuntimeClaim:
+    """This demo's hold on a runtime directory (see `claim_runtime_dir`); `close()` lets go."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # (closing the descriptor drops the flock)
+            self._fd = -1
+
+
+def claim_runtime_dir(directory: Path) -> RuntimeClaim:
+    """Claim `directory`, where this demo publishes its admin token, for as long as it runs.
+
+    Every demo publishes to the same runtime token file (`/run/tulle/admin-token` for root),
+    so two demos on other API ports overwrote each other's token: the first, still building,
+    then failed with `unauthorized` (hygiene audit, ADR 0105).  A second demo now refuses at
+    once instead.  The claim is an flock on the directory itself: no lock file is left behind,
+    and the kernel drops it when the demo dies, even by SIGKILL, so a crash never blocks the
+    next start.  The descriptor is not inherited (PEP 446), so no child keeps the claim alive.
+    """
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise DemoError(f"another tulle demo is running and publishes its admin token in "
+                        f"{directory}; one demo at a time (stop it first)") from None
+    return RuntimeClaim(fd)
+
+
 def port_in_use(port: int) -> bool:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -132,6 +165,7 @@ class Topology:
         self.testbed: Testbed | None = None
         self.ns: dict[str, Namespace] = {}
         self.cp: subprocess.Popen[bytes] | None = None
+        self._claim: RuntimeClaim | None = None
         self._logs: list[Any] = []
         self._token_text = ""
         self.progress: Callable[[str], None] = lambda _line: None
@@ -148,6 +182,9 @@ class Topology:
 
     def start(self) -> None:
         self._began = time.monotonic()
+        if runtime_admin_token_file() is not None:  # a file other demos publish to as well
+            self.token_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._claim = claim_runtime_dir(self.token_file.parent)
         if port_in_use(self.api_port):
             raise DemoError(f"127.0.0.1:{self.api_port} is in use (another control plane?); "
                             "stop it or give --api-port")
@@ -217,8 +254,11 @@ class Topology:
             try:
                 self.cp.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                os.killpg(self.cp.pid, signal.SIGKILL)
-                self.cp.wait(timeout=5)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.cp.pid, signal.SIGKILL)
+                # Bounded, and no reason to skip the rest of the clean-up (ADR 0105).
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.cp.wait(timeout=5)
         for f in self._logs:
             f.close()
         self._logs.clear()
@@ -227,6 +267,9 @@ class Topology:
             if self._token_text and self.token_file.read_text() == self._token_text:
                 self.token_file.unlink()
         shutil.rmtree(self.state, ignore_errors=True)
+        if self._claim is not None:  # last: the token file is ours until here
+            self._claim.close()
+            self._claim = None
 
     # -- pieces ------------------------------------------------------------------------------
     def _logfile(self, name: str) -> Any:

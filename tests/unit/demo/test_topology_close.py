@@ -4,11 +4,11 @@
 from __future__ import annotations
 
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from tulle.demo import topology
 from tulle.demo.topology import Topology
 
 
@@ -27,7 +27,7 @@ class _Stuck:
 def test_close_removes_the_state_dir_when_the_control_plane_does_not_end(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
-    monkeypatch.setattr(topology.tempfile, "gettempdir", lambda: str(tmp_path))
+    monkeypatch.setattr(tempfile, "gettempdir", lambda: str(tmp_path))
     topo = Topology(api_port=1, stream_port=2, rps=1)
     topo.state.mkdir()
     topo.cp = _Stuck()  # type: ignore[assignment]
