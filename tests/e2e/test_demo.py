@@ -318,6 +318,7 @@ def test_a_second_demo_on_the_same_runtime_dir_refuses_and_leaves_the_first_alon
         finally:
             second.stop()
         assert "another tulle demo" in second.output, second.output
+        assert "removed the namespaces" not in second.output  # it made none: it says none
         assert second.namespaces() == []
         assert set(ours) <= set(first.namespaces())  # nothing of the first's was removed
         pids = first.processes()
