@@ -109,10 +109,12 @@ def run_namespaces(duration: float, rps: float, interval: float, api_port: int,
             signal.signal(s, h)
         # Ctrl-C again while cleaning up must not leave half the network behind.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        made = topo.made_anything()
         try:
             topo.close()
         finally:
             signal.signal(signal.SIGINT, old[signal.SIGINT])
-        print("tulle demo: stopped every process, removed the namespaces and "
-              f"{topo.state}", flush=True)
+        if made:  # (a demo refused at its start removed nothing: it does not say it did)
+            print("tulle demo: stopped every process, removed the namespaces and "
+                  f"{topo.state}", flush=True)
     return code

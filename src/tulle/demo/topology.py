@@ -244,6 +244,10 @@ class Topology:
                                 "their own uids, so put the checkout and its .venv where "
                                 "other users can read them")
 
+    def made_anything(self) -> bool:
+        """Whether `start()` got as far as making something that `close()` removes."""
+        return self.testbed is not None or self.cp is not None or self.state.exists()
+
     def close(self) -> None:
         if self.testbed is not None:
             self.testbed.close()  # the pods' and nodes' processes, then the namespaces
