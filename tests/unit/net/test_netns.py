@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 
@@ -254,3 +255,71 @@ def test_close_deletes_the_namespaces_even_when_a_process_does_not_end(
     tb.processes = [_Stuck()]  # type: ignore[list-item]
     tb.close()
     assert deleted == ["tl-1-1", "tl-1-0"]
+
+
+class _Clock:
+    """A fake `time` for netns: sleeping and waiting advance it, nothing really waits."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class _Deaf:
+    """A started process that ignores SIGTERM and ends only on SIGKILL."""
+
+    def __init__(self, clock: _Clock, pid: int) -> None:
+        self.clock, self.pid, self.killed = clock, pid, False
+
+    def poll(self) -> int | None:
+        return 0 if self.killed else None
+
+    def wait(self, timeout: float | None = None) -> int:
+        if self.killed:
+            return 0
+        self.clock.sleep(timeout or 0)
+        raise subprocess.TimeoutExpired("deaf", timeout or 0)
+
+
+def test_stale_processes_share_one_grace_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hygiene audit (ADR 0105): ADR 0087 promised the processes of all stale namespaces one
+    grace period together, but each pid that ignored SIGTERM got its own 3 s in turn: ten such
+    processes held the next start for 30 s."""
+    clock = _Clock()
+    monkeypatch.setattr(netns, "time", clock)
+    monkeypatch.setattr(netns, "_pid_alive", lambda pid: True)  # all of them ignore SIGTERM
+    sent: list[tuple[int, int]] = []
+    monkeypatch.setattr(netns.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    pids = [2**22 + 10 + i for i in range(10)]  # (above pid_max: waitpid finds none of them)
+    netns._stop_pids(pids, grace=3.0)
+    assert clock.now <= 3.0 + 0.1
+    assert sorted(sent) == sorted([(p, signal.SIGTERM) for p in pids]
+                                  + [(p, signal.SIGKILL) for p in pids])
+
+
+def test_close_gives_the_testbeds_processes_one_grace_period(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same in `close()`: each process that ignored SIGTERM was waited for 5 s in turn
+    before the next one's wait began (eleven in the demo: up to 55 s)."""
+    clock = _Clock()
+    monkeypatch.setattr(netns, "time", clock)
+    monkeypatch.setattr(netns, "missing_requirements", lambda: None)
+    monkeypatch.setattr(netns, "remove_stale", lambda: [])
+    monkeypatch.setattr(netns, "_delete_namespace", lambda name: None)
+    procs = [_Deaf(clock, 2**22 + 30 + i) for i in range(11)]
+
+    def killpg(pid: int, sig: int) -> None:
+        if sig == signal.SIGKILL:
+            next(p for p in procs if p.pid == pid).killed = True
+
+    monkeypatch.setattr(netns.os, "killpg", killpg)
+    tb = Testbed()
+    tb.processes = procs  # type: ignore[assignment]
+    tb.close()
+    assert all(p.killed for p in procs)
+    assert clock.now <= 5.0 + 0.1
