@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -294,7 +295,7 @@ def test_stale_processes_share_one_grace_period(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(netns, "time", clock)
     monkeypatch.setattr(netns, "_pid_alive", lambda pid: True)  # all of them ignore SIGTERM
     sent: list[tuple[int, int]] = []
-    monkeypatch.setattr(netns.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    monkeypatch.setattr(os, "kill", lambda pid, sig: sent.append((pid, sig)))
     pids = [2**22 + 10 + i for i in range(10)]  # (above pid_max: waitpid finds none of them)
     netns._stop_pids(pids, grace=3.0)
     assert clock.now <= 3.0 + 0.1
@@ -317,7 +318,7 @@ def test_close_gives_the_testbeds_processes_one_grace_period(
         if sig == signal.SIGKILL:
             next(p for p in procs if p.pid == pid).killed = True
 
-    monkeypatch.setattr(netns.os, "killpg", killpg)
+    monkeypatch.setattr(os, "killpg", killpg)
     tb = Testbed()
     tb.processes = procs  # type: ignore[assignment]
     tb.close()
