@@ -34,6 +34,7 @@ from tulle.controlplane.api.app import create_app
 from tulle.controlplane.api.exposure import check_api_address
 from tulle.controlplane.api.http_guard import Guard, guarded_protocol
 from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES
+from tulle.controlplane.api.watch_routes import WatchLimits
 from tulle.controlplane.ca import persist
 from tulle.controlplane.ca.admission import Admission
 from tulle.controlplane.ca.authority import DEFAULT_CERT_TTL, CertificateAuthority
@@ -52,6 +53,7 @@ from tulle.controlplane.push.stream_tls import StreamCertificate, parse_sans
 from tulle.controlplane.push.trust import view
 from tulle.controlplane.readiness import DEFAULT_LIVENESS_TIMEOUT
 from tulle.controlplane.reconcile import Reconciler
+from tulle.controlplane.store.base import DEFAULT_CHANGES_RETAINED
 from tulle.controlplane.store.factory import open_store
 from tulle.controlplane.store.protocol import ResourceStore
 from tulle.controlplane.telemetry.tap import TapBroker
@@ -93,7 +95,9 @@ class ControlPlane:
                  stream_liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT,
                  stream_ping_interval: float = 10.0,
                  stats_interval: float = 5.0,
-                 stream_fd: int | None = None) -> None:
+                 stream_fd: int | None = None,
+                 api_watch: WatchLimits | None = None,
+                 store_changes_retained: int = DEFAULT_CHANGES_RETAINED) -> None:
         """`admin_token_file`: where the first admin API token is kept (admin_token.py); None
         keeps it only in `admin_token`.  The API refuses a non-loopback `api_host` without TLS
         unless `api_allow_plaintext` (exposure.py)."""
@@ -126,6 +130,10 @@ class ControlPlane:
         """Seconds between the proxies' traffic reports for `tulle stat` (ADR 0046)."""
         self.api_max_body_bytes = api_max_body_bytes
         self.api_guard = api_guard if api_guard is not None else Guard()
+        self.api_watch = api_watch
+        """The bounds of list watches (watch_routes.py); the defaults unless a test sets them."""
+        self.store_changes_retained = store_changes_retained
+        """Change-log entries the store keeps (how far back a watch may resume)."""
         self.ca_files = (Path(ca_cert), Path(ca_key)) if ca_cert else None
         self.cert_ttl = cert_ttl
         self.ca: CertificateAuthority | None = None
@@ -161,7 +169,8 @@ class ControlPlane:
         self.presence.submit(keys, connected, reason, session)
 
     async def start(self) -> None:
-        self.store = await open_store(self.store_url)
+        self.store = await open_store(self.store_url,
+                                      changes_retained=self.store_changes_retained)
         self.reconciler = Reconciler(self.store, self.cache, debounce=self.debounce)
         self.presence = readiness.PresenceWriter(self.store, self.instance)
         self.presence.start()
@@ -218,7 +227,7 @@ class ControlPlane:
         app = create_app(self.store, self.push, self.cache, self.reconciler,
                          max_body_bytes=self.api_max_body_bytes,
                          api_tokens=api_tokens, bootstrap_tokens=self.bootstrap_tokens,
-                         ca_keeper=self.ca_keeper)
+                         ca_keeper=self.ca_keeper, watch_limits=self.api_watch)
         if self.exposure_warning:
             log.warning("%s", self.exposure_warning)
         tls = ({"ssl_certfile": str(self.api_tls_cert), "ssl_keyfile": str(self.api_tls_key)}

@@ -1,6 +1,8 @@
 """REST API for the CLI and (later) the dashboard.  Kubernetes semantics, JSON bodies.
 
-    GET    /api/v1/resources/{type}                     list (?namespace=, ?labelSelector=)
+    GET    /api/v1/resources/{type}                     list (?namespace=, ?labelSelector=);
+                                                 ?watch=true&resourceVersion=N streams the
+                                                 changes after N (watch_routes.py)
     GET    /api/v1/resources/{type}/{name}              one (?namespace=)
     DELETE /api/v1/resources/{type}/{name}              (?namespace=, ?resourceVersion=)
     POST   /api/v1/apply?dryRun=false&strict=false      {"documents": [...], "sources": [...]}
@@ -66,6 +68,7 @@ from tulle.controlplane.api.discovery_routes import add_discovery_routes
 from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from tulle.controlplane.api.stat_routes import add_stat_routes
 from tulle.controlplane.api.tap_routes import add_tap_routes
+from tulle.controlplane.api.watch_routes import Watches, WatchLimits
 from tulle.controlplane.ca.keeper import CAKeeper
 from tulle.controlplane.ca.tokens import TokenService
 from tulle.controlplane.push.server import PushServer, SnapshotCache
@@ -92,11 +95,14 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
                max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
                api_tokens: TokenStore | None = None,
                bootstrap_tokens: TokenService | None = None,
-               ca_keeper: CAKeeper | None = None) -> FastAPI:
+               ca_keeper: CAKeeper | None = None,
+               watch_limits: WatchLimits | None = None) -> FastAPI:
     """`api_tokens`: who may call the API (default: kept in `store`); there is no way to turn
     authentication off.  `bootstrap_tokens`: the CA's proxy tokens; without it (no CA) the
-    `/api/v1/tokens` endpoints are absent."""
+    `/api/v1/tokens` endpoints are absent.  `watch_limits`: the bounds of list watches
+    (watch_routes.py; the defaults in production)."""
     api_tokens = api_tokens if api_tokens is not None else TokenStore(store)
+    watches = Watches(store, api_tokens, watch_limits)
     app = FastAPI(title="Tulle control plane", version="v1",
                   description="Declare mesh intent; see proxies and what they run.")
     app.add_exception_handler(RequestValidationError, invalid_request)
@@ -119,11 +125,16 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
         return {"status": "ready"}
 
     @app.get("/api/v1/resources/{type_}", response_model=None)
-    async def list_resources(type_: str, namespace: str | None = None,
-                             labelSelector: str | None = None) -> Any:
+    async def list_resources(request: Request, type_: str, namespace: str | None = None,
+                             labelSelector: str | None = None, watch: bool = False,
+                             resourceVersion: str | None = None,
+                             allowWatchBookmarks: bool = False) -> Any:
         info = _kind(type_)
         if isinstance(info, JSONResponse):
             return info
+        if watch:
+            return await watches.respond(request, info, namespace, labelSelector,
+                                         resourceVersion, allowWatchBookmarks)
         try:
             items, revision = await store.list(
                 info.kind, namespace if info.namespaced else None, labelSelector or None)

@@ -208,6 +208,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._arm(self.guard.body_timeout)
+        # A long answer (a watch) whose caller stopped reading closes the connection with
+        # this: an ASGI app has no other way to, short of an error uvicorn logs as one.
+        self.scope["tulle.abort"] = self.transport.abort  # type: ignore[typeddict-unknown-key]
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
