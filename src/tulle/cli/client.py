@@ -7,11 +7,13 @@ token it gets is found by `credentials.py` (`--token`, `TULLE_TOKEN`, token file
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -54,8 +56,9 @@ def server_url(explicit: str | None) -> str:
     return raw.rstrip("/")
 
 
-def call(server: str, method: str, path: str, *, query: dict[str, Any] | None = None,
-         body: Any = None, timeout: float = 30.0) -> Any:
+def _request(server: str, method: str, path: str, query: dict[str, Any] | None,
+             body: Any) -> tuple[urllib.request.Request, Any, str | None]:
+    """The request, its TLS context (None: urllib's default) and the token it carries."""
     q = {k: v for k, v in (query or {}).items() if v is not None and v is not False}
     url = server + path + ("?" + urllib.parse.urlencode(q) if q else "")
     data = json.dumps(body).encode() if body is not None else None
@@ -69,24 +72,63 @@ def call(server: str, method: str, path: str, *, query: dict[str, Any] | None = 
         import ssl
 
         context = ssl.create_default_context(cafile=os.environ["TULLE_CA_FILE"])
+    return req, context, token
+
+
+def call(server: str, method: str, path: str, *, query: dict[str, Any] | None = None,
+         body: Any = None, timeout: float = 30.0) -> Any:
+    req, context, token = _request(server, method, path, query, body)
     try:
         with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             payload = resp.read()
             return json.loads(payload) if payload else None
     except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        try:
-            parsed = json.loads(raw)
-        except ValueError:
-            parsed = {"error": raw.decode(errors="replace") or exc.reason}
-        if not isinstance(parsed, dict):
-            parsed = {"error": str(parsed)}
-        if exc.code == 401 and not token:
-            parsed["error"] = (f"{parsed.get('error') or 'unauthorized'} (no token found: "
-                               "tried --token, TULLE_TOKEN, TULLE_TOKEN_FILE, "
-                               f"{credentials.user_token_file()} and, for a local server, "
-                               "the control plane's admin token file)")
-        raise APIError(exc.code, parsed) from None
+        raise _http_error(exc, token) from None
     except urllib.error.URLError as exc:
         raise APIError(0, {"error": f"cannot reach the control plane at {server}: "
                                     f"{exc.reason}"}) from None
+
+
+def _http_error(exc: urllib.error.HTTPError, token: str | None) -> APIError:
+    """An error answer as an `APIError` carrying the API's `{"error", "details"}`."""
+    raw = exc.read()
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = {"error": raw.decode(errors="replace") or exc.reason}
+    if not isinstance(parsed, dict):
+        parsed = {"error": str(parsed)}
+    if exc.code == 401 and not token:
+        parsed["error"] = (f"{parsed.get('error') or 'unauthorized'} (no token found: "
+                           "tried --token, TULLE_TOKEN, TULLE_TOKEN_FILE, "
+                           f"{credentials.user_token_file()} and, for a local server, "
+                           "the control plane's admin token file)")
+    return APIError(exc.code, parsed)
+
+
+def stream(server: str, path: str, *, query: dict[str, Any] | None = None,
+           timeout: float = 30.0) -> Iterator[dict[str, Any] | None]:
+    """GET a JSON-lines answer (a watch) and yield each line's object as it arrives; None for
+    an empty line (a heartbeat).  `timeout` bounds the wait for each line, so a connection that
+    went quiet (a control plane gone without a FIN) ends as an `APIError` instead of hanging.
+    Errors before the stream are `APIError`s, as `call` raises them."""
+    req, context, token = _request(server, "GET", path, query, None)
+    try:
+        resp = urllib.request.urlopen(req, timeout=timeout, context=context)
+    except urllib.error.HTTPError as exc:
+        raise _http_error(exc, token) from None
+    except urllib.error.URLError as exc:
+        raise APIError(0, {"error": f"cannot reach the control plane at {server}: "
+                                    f"{exc.reason}"}) from None
+    with resp:
+        try:
+            for line in resp:
+                text = line.strip()
+                if not text:
+                    yield None
+                    continue
+                item = json.loads(text)
+                if isinstance(item, dict):
+                    yield item
+        except (OSError, ValueError, http.client.HTTPException) as exc:
+            raise APIError(0, {"error": f"the watch on {server} broke off: {exc}"}) from None

@@ -19,9 +19,6 @@ from tulle.cli.output import emit, table
 from tulle.cli.proxy_state import draining
 from tulle.cli.resources import _fail, server_option
 
-WATCH_INTERVAL = 1.0
-"""Seconds between polls of `--watch` (the API has no watch endpoint for the CLI yet)."""
-
 
 def _age(md: dict[str, Any]) -> str:
     ts = md.get("creationTimestamp")
@@ -99,11 +96,12 @@ def _columns(kind: str, obj: dict[str, Any], wide: bool) -> list[tuple[str, str]
 
 
 def _list(srv: str, type_: str, namespace: str | None, selector: str | None
-          ) -> list[dict[str, Any]]:
-    items: list[dict[str, Any]] = call(srv, "GET", f"/api/v1/resources/{type_}",
-                                       query={"namespace": namespace,
-                                              "labelSelector": selector})["items"]
-    return items
+          ) -> tuple[list[dict[str, Any]], str | None]:
+    """The items and the revision the list reflects (where `--watch` continues from)."""
+    answer = call(srv, "GET", f"/api/v1/resources/{type_}",
+                  query={"namespace": namespace, "labelSelector": selector})
+    items: list[dict[str, Any]] = answer["items"]
+    return items, str((answer.get("metadata") or {}).get("resourceVersion") or "") or None
 
 
 def _rows(items: list[dict[str, Any]], wide: bool) -> list[list[str]]:
@@ -127,7 +125,9 @@ def _rows(items: list[dict[str, Any]], wide: bool) -> list[list[str]]:
               default="table")
 @click.option("-w", "--watch", is_flag=True,
               help="After the list, print each object again when it changes (and `DELETED` "
-                   "when it goes), until Ctrl-C.")
+                   "when it goes), as it happens, until Ctrl-C: the API's watch from the "
+                   "list's revision, so no change is missed; listed again after a dropped "
+                   "connection.")
 @click.option("--all", "show_all", is_flag=True,
               help="`get proxies`: also the disconnected ones.")
 @server_option
@@ -153,10 +153,11 @@ def get_cmd(type_: str, name: str | None, namespace: str | None, all_namespaces:
             if not emit(obj, output):
                 table(_rows([obj], output == "wide"))
             if watch:
-                _watch(srv, types, namespace or "default", None, output,
+                _watch(srv, {types[0]: None}, namespace or "default", None, output,
                        seen={_key(obj): _rv(obj)}, only=name)
             return
-        lists = [(t, _list(srv, t, ns, selector)) for t in types]
+        listed = {t: _list(srv, t, ns, selector) for t in types}
+        lists = [(t, items) for t, (items, _) in listed.items()]
     except APIError as exc:
         _fail(exc)
         return
@@ -175,7 +176,8 @@ def get_cmd(type_: str, name: str | None, namespace: str | None, all_namespaces:
             table(_rows(items, output == "wide"))
             shown += 1
     if watch:
-        _watch(srv, types, ns, selector, output, seen={_key(o): _rv(o) for o in everything})
+        _watch(srv, {t: rv for t, (_, rv) in listed.items()}, ns, selector, output,
+               seen={_key(o): _rv(o) for o in everything})
 
 
 def _key(obj: dict[str, Any]) -> tuple[str, str, str]:
@@ -187,28 +189,35 @@ def _rv(obj: dict[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("resourceVersion") or "")
 
 
-def _watch(srv: str, types: list[str], ns: str | None, selector: str | None, output: str,
+def _watch(srv: str, revisions: dict[str, str | None], ns: str | None,
+           selector: str | None, output: str,
            seen: dict[tuple[str, str, str], str] | None = None, only: str | None = None
            ) -> None:
-    """Poll and print what changed, one line (or document) per change, until Ctrl-C."""
+    """Follow each kind from the revision its list reflected (None: list it first) and print
+    every change as it comes, one line (or document) per change, until Ctrl-C."""
+    import queue
+
+    from tulle.cli.watch import Change, Follower
+
+    out: queue.Queue[Change] = queue.Queue()
     seen = dict(seen or {})
+    for type_, revision in revisions.items():
+        # Each follower owns the keys of its own kind; the shared dict is only read by a
+        # follower for its kind (CPython's dict operations are atomic).
+        Follower(srv, type_, ns, selector, only, seen, revision, out).start()
     try:
         while True:
-            time.sleep(WATCH_INTERVAL)
             try:
-                now = [o for t in types for o in _list(srv, t, ns, selector)
-                       if only is None or (o.get("metadata") or {}).get("name") == only]
-            except APIError as exc:
-                click.echo(f"error: {exc} (still watching)", err=True)
+                change = out.get(timeout=0.5)
+            except queue.Empty:
                 continue
-            current = {_key(o): o for o in now}
-            for k, o in current.items():
-                if seen.get(k) != _rv(o):
-                    _print_change(o, output)
-                    seen[k] = _rv(o)
-            for k in [k for k in seen if k not in current]:
+            if change.what == "object" and change.object is not None:
+                _print_change(change.object, output)
+            elif change.what == "deleted" and change.key is not None:
+                k = change.key
                 click.echo(f"DELETED   {k[0].lower()}/{k[2]}" + (f" -n {k[1]}" if k[1] else ""))
-                del seen[k]
+            else:
+                click.echo(change.message, err=True)
             sys.stdout.flush()
     except KeyboardInterrupt:
         return

@@ -34,7 +34,7 @@ from tulle.controlplane.api.app import create_app
 from tulle.controlplane.api.exposure import check_api_address
 from tulle.controlplane.api.http_guard import Guard, guarded_protocol
 from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES
-from tulle.controlplane.api.watch_routes import WatchLimits
+from tulle.controlplane.api.watch_routes import Watches, WatchLimits
 from tulle.controlplane.ca import persist
 from tulle.controlplane.ca.admission import Admission
 from tulle.controlplane.ca.authority import DEFAULT_CERT_TTL, CertificateAuthority
@@ -131,6 +131,7 @@ class ControlPlane:
         self.api_max_body_bytes = api_max_body_bytes
         self.api_guard = api_guard if api_guard is not None else Guard()
         self.api_watch = api_watch
+        self._watches: Watches | None = None
         """The bounds of list watches (watch_routes.py); the defaults unless a test sets them."""
         self.store_changes_retained = store_changes_retained
         """Change-log entries the store keeps (how far back a watch may resume)."""
@@ -228,6 +229,7 @@ class ControlPlane:
                          max_body_bytes=self.api_max_body_bytes,
                          api_tokens=api_tokens, bootstrap_tokens=self.bootstrap_tokens,
                          ca_keeper=self.ca_keeper, watch_limits=self.api_watch)
+        self._watches = app.state.watches
         if self.exposure_warning:
             log.warning("%s", self.exposure_warning)
         tls = ({"ssl_certfile": str(self.api_tls_cert), "ssl_keyfile": str(self.api_tls_key)}
@@ -293,6 +295,8 @@ class ControlPlane:
 
     async def stop(self) -> None:
         if self.http is not None:
+            if self._watches is not None:
+                self._watches.close()  # (open watches would hold uvicorn's shutdown for ever)
             self.http.should_exit = True
         if self._http_task is not None:
             with contextlib.suppress(Exception):

@@ -105,6 +105,7 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
     watches = Watches(store, api_tokens, watch_limits)
     app = FastAPI(title="Tulle control plane", version="v1",
                   description="Declare mesh intent; see proxies and what they run.")
+    app.state.watches = watches  # (the control plane ends them before the server stops)
     app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(BodyError, body_refused)
     app.add_exception_handler(StarletteHTTPException, http_error)

@@ -157,6 +157,15 @@ class Watches:
         self.tokens = tokens
         self.limits = limits if limits is not None else WatchLimits()
         self.slots = WatchSlots(self.limits)
+        self.closing = False
+        self._running: set[asyncio.Event] = set()
+
+    def close(self) -> None:
+        """End every watch (their answers complete): uvicorn's shutdown waits for open answers
+        to finish, and a watch would never finish on its own."""
+        self.closing = True
+        for wake in self._running:
+            wake.set()
 
     async def respond(self, request: Request, info: KindInfo, namespace: str | None,
                       selector: str | None, resource_version: str | None,
@@ -234,6 +243,7 @@ class Watches:
 
         loop = asyncio.get_running_loop()
         task = loop.create_task(pump())
+        self._running.add(wake)
         last = since
         try:
             beat = loop.time() + limits.heartbeat
@@ -245,6 +255,8 @@ class Watches:
                         yield line
                 if ended:
                     yield _line(ended[0])
+                    return
+                if self.closing:
                     return
                 now = loop.time()
                 if now >= beat:
@@ -261,12 +273,13 @@ class Watches:
                         yield b"\n"
                     continue
                 wake.clear()
-                if pending or ended:
+                if pending or ended or self.closing:
                     continue
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(beat - now):
                         await wake.wait()
         finally:
+            self._running.discard(wake)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
