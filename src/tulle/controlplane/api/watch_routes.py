@@ -62,7 +62,7 @@ class WatchLimits:
     """Watches the control plane serves at once."""
     queue: int = 1000
     """Events a watcher may be behind before it is ended with a 410 ERROR."""
-    queue_bytes: int = 8 << 20
+    queue_bytes: int = 2 << 20
     """Bytes of rendered events a watcher may be behind, likewise (objects can be large)."""
     stall: float = 30.0
     """Seconds one write to the caller may block (it stopped reading) before the connection
