@@ -157,3 +157,45 @@ async def test_a_410_lists_again_and_shows_what_changed_meanwhile(tmp_path: Path
             assert r.status == 200
         await eventually(lambda: "DELETED   service/b0 -n shop" in w.out, timeout=10)
         assert [x for x in w.err if not x.startswith("No resources found")] == [], w.err
+
+
+async def test_a_dropped_connection_lists_again_and_shows_what_changed_meanwhile(
+        tmp_path: Path) -> None:
+    """The control plane stops (its watches end), the store changes while it is away, and it
+    comes back: `tulle get -w` says so on stderr, then prints the new object and the deleted
+    one, and keeps watching."""
+    from tests.support.controlplane import ControlPlaneProcess
+
+    from tulle.controlplane.store.sqlite import SqliteStore
+
+    db = tmp_path / "cp.db"
+    cp = ControlPlaneProcess(f"sqlite:{db}", tmp_path)
+    cp.start()
+    try:
+        await cp.wait_ready()
+        async with aiohttp.ClientSession(headers=auth(cp.api)) as s:
+            await apply(s, cp.api, svc("goes"))
+        async with tulle_watching(cp.api, "get", "svc", "-n", "shop", "-w") as w:
+            await eventually(lambda: any(x.split()[:2] == ["shop", "goes"] for x in w.out),
+                             timeout=15)
+            assert cp.proc is not None
+            cp.proc.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(cp.proc.wait, 20) == 0
+            await eventually(lambda: any("(still watching)" in x for x in w.err), timeout=15)
+            store = await SqliteStore.open(db)
+            try:
+                await store.create(svc("came"))
+                await store.delete("Service", "shop", "goes")
+            finally:
+                await store.close()
+            cp.start()
+            await cp.wait_ready()
+            await eventually(lambda: "DELETED   service/goes -n shop" in w.out, timeout=15)
+            await eventually(lambda: any(x.split()[:2] == ["shop", "came"] for x in w.out),
+                             timeout=5)
+            async with aiohttp.ClientSession(headers=auth(cp.api)) as s:
+                await apply(s, cp.api, svc("after"))
+            await eventually(lambda: any(x.split()[:2] == ["shop", "after"] for x in w.out),
+                             timeout=10)
+    finally:
+        cp.kill()

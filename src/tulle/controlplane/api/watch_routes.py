@@ -187,16 +187,20 @@ class Watches:
         subject = principal.subject if isinstance(principal, Principal) else ""
         if refused := self.slots.take(subject):
             return _error(429, refused)
-        try:
-            # Without a resourceVersion the watch starts at the revision a list reflects: the
-            # bookmarks then carry a revision, and "now" is one point for all filters.  With a
-            # selector, the keys that match now are the ones a later non-match deletes.
-            items, head = await self.store.list(info.kind, ns, selector or None)
-        except BaseException:
-            self.slots.give(subject)
-            raise
-        matched = {_key(o) for o in items} if matches is not None else set()
-        start = since if since is not None else head
+        matched: set[tuple[str, str]] = set()
+        start = since
+        if since is None or matches is not None:
+            try:
+                # Without a resourceVersion the watch starts at the revision a list reflects:
+                # bookmarks then carry a revision, and "now" is one point for all filters.
+                # With a selector, the keys that match now are those a non-match deletes.
+                items, head = await self.store.list(info.kind, ns, selector or None)
+            except BaseException:
+                self.slots.give(subject)
+                raise
+            matched = {_key(o) for o in items} if matches is not None else set()
+            start = since if since is not None else head
+        assert start is not None
         lines = self._lines(info, ns, start, matches, matched, bookmarks, principal)
         abort = request.scope.get("tulle.abort")
         return WatchResponse(lines, self.limits.stall, abort if callable(abort) else None,
