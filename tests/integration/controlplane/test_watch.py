@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -295,9 +296,14 @@ async def test_a_watcher_that_falls_behind_is_ended_with_an_error(tmp_path: Path
 
 async def test_a_watcher_that_stops_reading_is_closed_after_the_stall_bound(
         tmp_path: Path) -> None:
+    logged: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
     async with running_control_plane(f"sqlite:{tmp_path / 'cp.db'}",
                                      api_watch=WatchLimits(stall=1.0, per_token=1)) as cp, \
             aiohttp.ClientSession(headers=auth(cp.api_url)) as s:
+        # (after the start: uvicorn configures its loggers then; they do not propagate)
+        logging.getLogger("uvicorn.error").addHandler(handler)
         sock = _stalled_watch(int(cp.api_url.rsplit(":", 1)[1]), cp.admin_token)
         try:
             await asyncio.sleep(0.2)
@@ -315,6 +321,8 @@ async def test_a_watcher_that_stops_reading_is_closed_after_the_stall_bound(
             assert not data.endswith(b"0\r\n\r\n")  # cut, not a completed answer
         finally:
             sock.close()
+    logging.getLogger("uvicorn.error").removeHandler(handler)
+    assert not logged  # closed for the stall, not for an error uvicorn reports
 
 
 @pytest.mark.timeout(120)

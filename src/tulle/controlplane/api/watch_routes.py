@@ -142,8 +142,12 @@ class WatchResponse(StreamingResponse):
                 async with asyncio.timeout(self.stall):
                     await send(message)
             except TimeoutError:
-                if self.abort is not None:
-                    self.abort()  # (the disconnect then ends the stream: StreamingResponse)
+                if self.abort is None:
+                    raise  # (uvicorn logs it and closes the connection)
+                self.abort()
+                # The disconnect this causes ends the answer (StreamingResponse listens for
+                # it and cancels this): no error for uvicorn to log.
+                await asyncio.sleep(5.0)
                 raise
         await super().stream_response(timed)
 
