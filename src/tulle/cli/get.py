@@ -153,8 +153,8 @@ def get_cmd(type_: str, name: str | None, namespace: str | None, all_namespaces:
             if not emit(obj, output):
                 table(_rows([obj], output == "wide"))
             if watch:
-                _watch(srv, {types[0]: None}, namespace or "default", None, output,
-                       seen={_key(obj): _rv(obj)}, only=name)
+                _watch(srv, {types[0]: (None, [obj])}, namespace or "default", None, output,
+                       only=name)
             return
         listed = {t: _list(srv, t, ns, selector) for t in types}
         lists = [(t, items) for t, (items, _) in listed.items()]
@@ -176,35 +176,26 @@ def get_cmd(type_: str, name: str | None, namespace: str | None, all_namespaces:
             table(_rows(items, output == "wide"))
             shown += 1
     if watch:
-        _watch(srv, {t: rv for t, (_, rv) in listed.items()}, ns, selector, output,
-               seen={_key(o): _rv(o) for o in everything})
+        _watch(srv, {t: (rv, items) for t, (items, rv) in listed.items()}, ns, selector,
+               output)
 
 
-def _key(obj: dict[str, Any]) -> tuple[str, str, str]:
-    md = obj.get("metadata") or {}
-    return str(obj.get("kind")), str(md.get("namespace") or ""), str(md.get("name"))
-
-
-def _rv(obj: dict[str, Any]) -> str:
-    return str((obj.get("metadata") or {}).get("resourceVersion") or "")
-
-
-def _watch(srv: str, revisions: dict[str, str | None], ns: str | None,
-           selector: str | None, output: str,
-           seen: dict[tuple[str, str, str], str] | None = None, only: str | None = None
+def _watch(srv: str, shown: dict[str, tuple[str | None, list[dict[str, Any]]]],
+           ns: str | None, selector: str | None, output: str, only: str | None = None
            ) -> None:
-    """Follow each kind from the revision its list reflected (None: list it first) and print
-    every change as it comes, one line (or document) per change, until Ctrl-C."""
+    """Follow each kind (`shown`: type -> the revision its list reflected, None to list it
+    first, and the objects printed) and print every change as it comes, one line (or
+    document) per change, until Ctrl-C."""
     import queue
 
-    from tulle.cli.watch import Change, Follower
+    from tulle.cli.watch import Change, Follower, key_of, rv_of
 
     out: queue.Queue[Change] = queue.Queue()
-    seen = dict(seen or {})
-    for type_, revision in revisions.items():
-        # Each follower owns the keys of its own kind; the shared dict is only read by a
-        # follower for its kind (CPython's dict operations are atomic).
-        Follower(srv, type_, ns, selector, only, seen, revision, out).start()
+    for type_, (revision, items) in shown.items():
+        # Each follower keeps its own record of what it showed: nothing is shared between
+        # the threads but the queue.
+        Follower(srv, type_, ns, selector, only, {key_of(o): rv_of(o) for o in items}, revision,
+                 out).start()
     try:
         while True:
             try:

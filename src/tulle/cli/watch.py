@@ -58,7 +58,7 @@ class Follower:
                  out: queue.Queue[Change]) -> None:
         self.srv, self.type_, self.ns, self.selector, self.only = srv, type_, ns, selector, only
         self.seen = seen
-        """What was shown, by key: its resourceVersion (this kind's keys only)."""
+        """What was shown, by key: its resourceVersion (this follower's own)."""
         self.revision = revision
         """Where the next watch starts; None: list first."""
         self.out = out
@@ -78,6 +78,11 @@ class Follower:
                 self.out.put(Change("error", message=f"error: {exc} (still watching)"))
                 self.revision = None
                 time.sleep(RETRY)
+            except Exception as exc:  # (an answer it did not expect: say so, keep going)
+                self.out.put(Change("error", message=f"error: {type(exc).__name__}: {exc} "
+                                                     "(still watching)"))
+                self.revision = None
+                time.sleep(RETRY)
 
     def _wanted(self, obj: dict[str, Any]) -> bool:
         return self.only is None or (obj.get("metadata") or {}).get("name") == self.only
@@ -86,13 +91,12 @@ class Follower:
         """List, report what differs from what was shown, and watch from the list's revision."""
         answer = call(self.srv, "GET", f"/api/v1/resources/{self.type_}",
                       query={"namespace": self.ns, "labelSelector": self.selector})
-        kind = str(answer.get("kind") or "").removesuffix("List")
         current = {key_of(o): o for o in answer.get("items") or [] if self._wanted(o)}
         for k, obj in current.items():
             if self.seen.get(k) != rv_of(obj):
                 self.seen[k] = rv_of(obj)
                 self.out.put(Change("object", object=obj))
-        for k in [k for k in self.seen if k[0] == kind and k not in current]:
+        for k in [k for k in self.seen if k not in current]:
             del self.seen[k]
             self.out.put(Change("deleted", key=k))
         self.revision = str((answer.get("metadata") or {}).get("resourceVersion") or "") or None

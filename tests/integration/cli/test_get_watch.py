@@ -199,3 +199,24 @@ async def test_a_dropped_connection_lists_again_and_shows_what_changed_meanwhile
                              timeout=10)
     finally:
         cp.kill()
+
+
+async def test_several_kinds_and_one_name_are_followed(tmp_path: Path) -> None:
+    """`get svc,wl -w` follows both kinds; `get svc NAME -w` shows that one only."""
+    from tests.support.resources import workload
+
+    async with running_control_plane(f"sqlite:{tmp_path / 'cp.db'}") as cp, \
+            aiohttp.ClientSession(headers=auth(cp.api_url)) as s:
+        await apply(s, cp.api_url, svc("named"))
+        async with tulle_watching(cp.api_url, "get", "svc,wl", "-n", "shop", "-w") as both, \
+                tulle_watching(cp.api_url, "get", "svc", "named", "-n", "shop", "-w") as one:
+            await eventually(lambda: len(both.out) >= 2 and len(one.out) >= 2, timeout=15)
+            await asyncio.sleep(1.0)
+            await apply(s, cp.api_url, workload("w1", 18080, 18081, 18082), svc("other"))
+            await apply(s, cp.api_url, svc("named", port=82))
+            await eventually(lambda: any(x.split()[:2] == ["shop", "w1"] for x in both.out)
+                             and any(x.split()[:2] == ["shop", "other"] for x in both.out),
+                             timeout=10)
+            await eventually(lambda: any("82/" in x for x in one.out), timeout=10)
+            assert not any(x.split()[:2] == ["shop", "other"] for x in one.out), one.out
+            assert not any("error" in x for x in both.err + one.err), (both.err, one.err)
