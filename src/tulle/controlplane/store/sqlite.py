@@ -19,9 +19,9 @@ The other process's watchers see such writes only at their next poll (`poll_inte
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -32,6 +32,8 @@ from tulle.controlplane.store.protocol import Obj, WatchEvent
 from tulle.controlplane.store.watch import ChangeBatch
 
 SCHEMA_VERSION = 1
+
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS store_revision (
@@ -111,84 +113,120 @@ class SqliteStore(StoreBase):
     async def _rows(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
         return list(await self._db.execute_fetchall(sql, params))
 
+    async def _serial(self, body: Callable[[], Awaitable[T]]) -> T:
+        """Run `body` under the lock, to its end, whatever happens to the caller.
+
+        aiosqlite queues each statement for its thread, and cancelling an await does not take
+        the statement back: a caller cancelled mid-call (an API client that disconnects during
+        a list: Starlette cancels its handler) released the lock while its `BEGIN` was still
+        queued, the next caller's `BEGIN` ran after it and failed with "cannot start a
+        transaction within a transaction", and so did every call after that: the whole API,
+        for good.  So the body is a task of its own that keeps the lock until its last
+        statement has run (a cancelled caller gets CancelledError at once, a cancelled write
+        may still be stored, as with a connection lost after `COMMIT`); `_begin` rolls back a
+        transaction a crashed body left anyway."""
+        async def locked() -> T:
+            async with self._lock:
+                return await body()
+
+        task = asyncio.ensure_future(locked())
+        task.add_done_callback(_retrieve)
+        return await asyncio.shield(task)
+
     async def _read(self, key: Key) -> Obj | None:
-        async with self._lock:
-            rows = await self._rows(
+        async def body() -> list[Any]:
+            return await self._rows(
                 "SELECT object FROM resources WHERE kind = ? AND namespace = ? AND name = ?", key
             )
+
+        rows = await self._serial(body)
         return decode(rows[0][0]) if rows else None
 
     async def _scan(self, kind: str | None, namespace: str | None) -> tuple[list[Obj], int]:
         where, params = _filters(kind, namespace)
-        async with self._lock, self._read_transaction():
-            head = await self._rows("SELECT revision FROM store_revision")
-            rows = await self._rows(
-                f"SELECT object FROM resources WHERE 1 = 1{where} ORDER BY kind, namespace, name",
-                params,
-            )
+
+        async def body() -> tuple[list[Any], list[Any]]:
+            async with self._read_transaction():
+                head = await self._rows("SELECT revision FROM store_revision")
+                rows = await self._rows(
+                    f"SELECT object FROM resources WHERE 1 = 1{where}"
+                    " ORDER BY kind, namespace, name",
+                    params,
+                )
+            return head, rows
+
+        head, rows = await self._serial(body)
         return [decode(r[0]) for r in rows], int(head[0][0])
 
     async def _write_batch(self, writes: Sequence[tuple[Key, Mutation]]) -> list[Change]:
+        return await self._serial(lambda: self._write_locked(writes))
+
+    async def _write_locked(self, writes: Sequence[tuple[Key, Mutation]]) -> list[Change]:
         n = len(writes)
-        async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                bumped = await self._rows(
-                    "UPDATE store_revision SET revision = revision + ?,"
-                    " compacted = max(compacted, revision + ? - ?) RETURNING revision, compacted",
-                    (n, n, self._retained),
+        await _begin(self._db, "BEGIN IMMEDIATE")
+        try:
+            bumped = await self._rows(
+                "UPDATE store_revision SET revision = revision + ?,"
+                " compacted = max(compacted, revision + ? - ?) RETURNING revision, compacted",
+                (n, n, self._retained),
+            )
+            first, compacted = int(bumped[0][0]) - n + 1, int(bumped[0][1])
+            changes: list[Change] = []
+            for i, (key, mutation) in enumerate(writes):
+                rows = await self._rows(
+                    "SELECT object FROM resources WHERE kind = ? AND namespace = ? AND name = ?",
+                    key,
                 )
-                first, compacted = int(bumped[0][0]) - n + 1, int(bumped[0][1])
-                changes: list[Change] = []
-                for i, (key, mutation) in enumerate(writes):
-                    rows = await self._rows(
-                        "SELECT object FROM resources WHERE kind = ? AND namespace = ? AND name = ?",
-                        key,
-                    )
-                    changes.append(mutation(decode(rows[0][0]) if rows else None, first + i))
-                logged = [(first + i, c.type, *c.key, encode(c.object)) for i, c in enumerate(changes)]
-                await self._db.executemany(
-                    "DELETE FROM resources WHERE kind = ? AND namespace = ? AND name = ?",
-                    [row[2:5] for row in logged if row[1] == "DELETED"],
-                )
-                await self._db.executemany(
-                    "INSERT OR REPLACE INTO resources (kind, namespace, name, revision, object)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    [(*row[2:5], row[0], row[5]) for row in logged if row[1] != "DELETED"],
-                )
-                await self._db.executemany(
-                    "INSERT INTO changes (revision, type, kind, namespace, name, object)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    logged,
-                )
-                await self._db.execute("DELETE FROM changes WHERE revision <= ?", (compacted,))
-                await self._db.execute("COMMIT")
-            except BaseException:
+                changes.append(mutation(decode(rows[0][0]) if rows else None, first + i))
+            logged = [(first + i, c.type, *c.key, encode(c.object)) for i, c in enumerate(changes)]
+            await self._db.executemany(
+                "DELETE FROM resources WHERE kind = ? AND namespace = ? AND name = ?",
+                [row[2:5] for row in logged if row[1] == "DELETED"],
+            )
+            await self._db.executemany(
+                "INSERT OR REPLACE INTO resources (kind, namespace, name, revision, object)"
+                " VALUES (?, ?, ?, ?, ?)",
+                [(*row[2:5], row[0], row[5]) for row in logged if row[1] != "DELETED"],
+            )
+            await self._db.executemany(
+                "INSERT INTO changes (revision, type, kind, namespace, name, object)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                logged,
+            )
+            await self._db.execute("DELETE FROM changes WHERE revision <= ?", (compacted,))
+            await self._db.execute("COMMIT")
+            self._notifier.notify()  # here too: a cancelled caller never reaches the base's
+        except BaseException:
+            if self._db.in_transaction:  # (a cancelled COMMIT may have committed)
                 await self._db.execute("ROLLBACK")
-                raise
+            raise
         return changes
 
     async def head_revision(self) -> int:
-        async with self._lock:
-            rows = await self._rows("SELECT revision FROM store_revision")
+        rows = await self._serial(lambda: self._rows("SELECT revision FROM store_revision"))
         return int(rows[0][0])
 
     async def changes_after(
         self, revision: int, kind: str | None, namespace: str | None, limit: int
     ) -> ChangeBatch:
         where, params = _filters(kind, namespace)
-        async with self._lock, self._read_transaction():
-            head_rows = await self._rows("SELECT revision, compacted FROM store_revision")
-            head, compacted = int(head_rows[0][0]), int(head_rows[0][1])
-            if revision < compacted:
-                raise ExpiredError(
-                    f"revision {revision} is compacted (changes after {compacted} are kept)"
+
+        async def body() -> tuple[list[Any], int]:
+            async with self._read_transaction():
+                head_rows = await self._rows("SELECT revision, compacted FROM store_revision")
+                head, compacted = int(head_rows[0][0]), int(head_rows[0][1])
+                if revision < compacted:
+                    raise ExpiredError(
+                        f"revision {revision} is compacted (changes after {compacted} are kept)"
+                    )
+                rows = await self._rows(
+                    f"SELECT revision, type, object FROM changes WHERE revision > ?{where}"
+                    " ORDER BY revision LIMIT ?",
+                    (revision, *params, limit),
                 )
-            rows = await self._rows(
-                f"SELECT revision, type, object FROM changes WHERE revision > ?{where}"
-                " ORDER BY revision LIMIT ?",
-                (revision, *params, limit),
-            )
+            return rows, head
+
+        rows, head = await self._serial(body)
         return _batch(rows, revision, head, limit)
 
     def _read_transaction(self) -> _ReadTransaction:
@@ -206,6 +244,28 @@ def _batch(rows: Iterable[Any], after: int, head: int, limit: int) -> ChangeBatc
     return ChangeBatch(events, max(after, head), False)
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Take a finished body's exception, so that one whose caller was cancelled is not
+    reported as never retrieved (its caller already got CancelledError)."""
+    if not task.cancelled():
+        task.exception()
+
+
+async def _begin(db: aiosqlite.Connection, statement: str) -> None:
+    """Open a transaction, first rolling back one a cancelled call left open.
+
+    aiosqlite runs each statement in its own thread, so a caller cancelled while awaiting
+    `BEGIN` (or before its `COMMIT` was sent) leaves the connection inside that transaction,
+    and every later `BEGIN` failed with "cannot start a transaction within a transaction":
+    one API client that disconnected during a list took the whole API down.  Every call holds
+    the store's lock from its `BEGIN` to its end, so a transaction open when the lock is taken
+    belongs to no running call: a read's snapshot, or a write that never committed, and
+    rolling it back loses nothing any caller was told is stored."""
+    if db.in_transaction:
+        await db.execute("ROLLBACK")
+    await db.execute(statement)
+
+
 class _ReadTransaction:
     """`BEGIN` ... `COMMIT` around a multi-statement read: one snapshot, also across processes."""
 
@@ -215,7 +275,8 @@ class _ReadTransaction:
         self._db = db
 
     async def __aenter__(self) -> None:
-        await self._db.execute("BEGIN")
+        await _begin(self._db, "BEGIN")
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._db.execute("COMMIT")
+        if self._db.in_transaction:
+            await self._db.execute("COMMIT")

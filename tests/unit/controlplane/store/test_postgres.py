@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 from tests.support.postgres import PostgresServer, fresh_schema, postgres_server  # noqa: F401
+from tests.support.store_checks import cancel_at_every_turn
 
 from tulle.controlplane.store import ConflictError, ResourceStore, WatchEvent, open_store
 
@@ -107,3 +108,13 @@ async def test_watch_survives_losing_its_listen_connection(dsn: str, postgres_se
         assert event.object["metadata"]["name"] == "while-deaf"
         await writer_side.create(svc("after"))
         assert (await next_event(events)).object["metadata"]["name"] == "after"
+
+
+@pytest.mark.parametrize("op", ["list", "create"])
+async def test_a_call_cancelled_at_any_point_leaves_the_store_usable(dsn: str, op: str) -> None:
+    """What broke the SQLite store (its test says how) holds on PostgreSQL too."""
+    store = await open_store(dsn)
+    try:
+        await cancel_at_every_turn(store, op)
+    finally:
+        await store.close()

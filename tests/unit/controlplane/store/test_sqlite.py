@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import sqlite3
 from pathlib import Path
 
 import pytest
+from tests.support.store_checks import cancel_at_every_turn
 
 from tulle.controlplane.store import ExpiredError, open_store
 from tulle.controlplane.store.sqlite import SqliteStore
@@ -70,33 +70,16 @@ async def test_two_stores_on_one_file_stay_consistent(tmp_path: Path) -> None:
         await second.close()
 
 
+
 @pytest.mark.parametrize("op", ["list", "create"])
 async def test_a_call_cancelled_at_any_point_leaves_the_store_usable(tmp_path: Path,
                                                                      op: str) -> None:
     """A caller cancelled mid-call (an API client that disconnects during a list: Starlette
-    cancels its handler) could leave the connection inside the transaction its `BEGIN`
-    opened: aiosqlite runs the statement in its thread even when the await is cancelled,
-    and every later call then failed with "cannot start a transaction within a transaction"
-    -- the whole API, for good.  Cancelled after 0..60 loop turns, each call must leave the
-    store answering, and a cancelled create either stored its object or did not."""
+    cancels its handler) left the connection inside the transaction its `BEGIN` opened:
+    aiosqlite runs a queued statement even when its await is cancelled, and every later call
+    failed with "cannot start a transaction within a transaction" -- the whole API, for good."""
     store = await open_store(f"sqlite:{tmp_path / 'store.db'}")
     try:
-        await store.create(thing("seed"))
-        for turns in range(60):
-            name = f"c{turns}"
-            call = store.list() if op == "list" else store.create(thing(name))
-            task = asyncio.get_running_loop().create_task(call)  # type: ignore[arg-type]
-            for _ in range(turns):
-                await asyncio.sleep(0)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-            items, _ = await store.list()  # raised OperationalError before the fix
-            names = {i["metadata"]["name"] for i in items}
-            assert "seed" in names
-            if op == "create" and task.cancelled() is False:
-                assert name in names  # finished before the cancel: stored
-            created = await store.create(thing(f"after-{turns}"))
-            assert created["metadata"]["name"] == f"after-{turns}"
+        await cancel_at_every_turn(store, op)
     finally:
         await store.close()
