@@ -32,6 +32,7 @@ from tulle.controlplane.main import ControlPlane
 from tulle.controlplane.store.protocol import ResourceStore
 from tulle.dataplane.agent import Agent
 from tulle.dataplane.server import ProxyServer
+from tulle.proxyconfig.features import SUPPORTED
 from tulle.proxyconfig.stream import FrameDecoder, Hello, Message, WorkloadInfo, encode
 
 _APIS: dict[int, str] = {}
@@ -166,7 +167,8 @@ async def subscribe(stream_ports: list[int], workload: WorkloadInfo,
     server = ProxyServer()
     agent = Agent(server, [("127.0.0.1", p) for p in stream_ports], workload, token=token,
                   cache_path=cache_dir / f"{workload.name}.json" if cache_dir else None,
-                  backoff_max=0.3, **({"features": features} if features is not None else {}))
+                  backoff_max=0.3,
+                  features=SUPPORTED if features is None else features)
     await agent.start_from_cache()
     task = asyncio.get_running_loop().create_task(agent.run())
     return SubscribedProxy(server, agent, task)
@@ -186,6 +188,36 @@ async def apply(api: str, *docs: dict[str, Any]) -> tuple[int, Any]:
     async with aiohttp.ClientSession(headers=auth(api)) as s, s.post(
             f"{api}/api/v1/apply", json={"documents": list(docs)}) as r:
         return r.status, await r.json()
+
+
+async def apply_until_not_409(s: aiohttp.ClientSession, api: str, *docs: dict[str, Any]) -> None:
+    """Apply; again on a 409 (the control plane's own status write moved the resourceVersion
+    an edit raced, ADR 0102): for tests whose subject is what follows the apply."""
+    for _ in range(20):
+        async with s.post(f"{api}/api/v1/apply", json={"documents": list(docs)}) as r:
+            if r.status == 409:
+                await asyncio.sleep(0.05)
+                continue
+            assert r.status == 200, await r.text()
+            return
+    raise AssertionError("409 twenty times")
+
+
+@contextlib.asynccontextmanager
+async def control_plane_on(backend: str, request: Any, tmp_path: Path,
+                           **options: Any) -> AsyncIterator[ControlPlane]:
+    """A running control plane on `backend`: "sqlite" (a file in `tmp_path`) or "postgres"
+    (a fresh schema of the session's `postgres_server` fixture, which the test module
+    imports so pytest finds it)."""
+    from tests.support.postgres import fresh_schema
+
+    async with contextlib.AsyncExitStack() as stack:
+        if backend == "postgres":
+            server = request.getfixturevalue("postgres_server")
+            url = await stack.enter_async_context(fresh_schema(server))
+        else:
+            url = f"sqlite:{tmp_path / 'cp.db'}"
+        yield await stack.enter_async_context(running_control_plane(url, **options))
 
 
 async def eventually(cond: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> float:

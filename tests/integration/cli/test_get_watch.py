@@ -15,7 +15,13 @@ from typing import Any
 
 import aiohttp
 from tests.support.cli import PYTHONPATH, TULLE
-from tests.support.controlplane import admin_token, auth, eventually, running_control_plane
+from tests.support.controlplane import (
+    admin_token,
+    apply_until_not_409,
+    auth,
+    eventually,
+    running_control_plane,
+)
 
 from tulle.controlplane.api.watch_routes import WatchLimits
 
@@ -71,30 +77,20 @@ async def tulle_watching(api: str, *args: str) -> AsyncIterator[Watching]:
         assert not any("Traceback" in x for x in w.err), w.err
 
 
-async def apply(s: aiohttp.ClientSession, api: str, *docs: dict[str, Any]) -> None:
-    """Apply; again on a 409 (the control plane's status write raced an edit, ADR 0102)."""
-    for _ in range(20):
-        async with s.post(f"{api}/api/v1/apply", json={"documents": list(docs)}) as r:
-            if r.status == 409:
-                await asyncio.sleep(0.05)
-                continue
-            assert r.status == 200, await r.text()
-            return
-    raise AssertionError("409 twenty times")
 
 
 async def test_an_object_created_and_deleted_within_100ms_is_shown_then_deleted(
         tmp_path: Path) -> None:
     async with running_control_plane(f"sqlite:{tmp_path / 'cp.db'}") as cp, \
             aiohttp.ClientSession(headers=auth(cp.api_url)) as s:
-        await apply(s, cp.api_url, svc("stays"))
+        await apply_until_not_409(s, cp.api_url, svc("stays"))
         async with tulle_watching(cp.api_url, "get", "svc", "-n", "shop", "-w") as w:
             await eventually(lambda: any(x.startswith("shop") and " stays " in f"{x} "
                                          for x in w.out), timeout=15)
             listed = len(w.out)
             await asyncio.sleep(0.5)  # (the watch is open once the list is printed)
             t0 = asyncio.get_running_loop().time()
-            await apply(s, cp.api_url, svc("blink"))
+            await apply_until_not_409(s, cp.api_url, svc("blink"))
             async with s.delete(f"{cp.api_url}/api/v1/resources/services/blink",
                                 params={"namespace": "shop"}) as r:
                 assert r.status == 200
@@ -111,8 +107,8 @@ async def test_json_output_prints_one_document_per_change(tmp_path: Path) -> Non
             tulle_watching(cp.api_url, "get", "svc", "-n", "shop", "-w", "-o", "json") as w:
         await eventually(lambda: '"kind": "List"' in w.text(), timeout=15)
         await asyncio.sleep(0.5)
-        await apply(s, cp.api_url, svc("one"))
-        await apply(s, cp.api_url, svc("one", port=81))
+        await apply_until_not_409(s, cp.api_url, svc("one"))
+        await apply_until_not_409(s, cp.api_url, svc("one", port=81))
 
         def docs() -> list[dict[str, Any]]:
             text, out, i = w.text(), [], 0
@@ -145,7 +141,7 @@ async def test_a_410_lists_again_and_shows_what_changed_meanwhile(tmp_path: Path
             tulle_watching(cp.api_url, "get", "svc", "-n", "shop", "-w") as w:
         await asyncio.sleep(1.5)
         names = [f"b{i}" for i in range(6)]
-        await apply(s, cp.api_url, *[svc(n) for n in names])
+        await apply_until_not_409(s, cp.api_url, *[svc(n) for n in names])
 
         def all_shown() -> bool:
             return all(any(x.split()[:2] == ["shop", n] for x in w.out) for n in names)
@@ -174,7 +170,7 @@ async def test_a_dropped_connection_lists_again_and_shows_what_changed_meanwhile
     try:
         await cp.wait_ready()
         async with aiohttp.ClientSession(headers=auth(cp.api)) as s:
-            await apply(s, cp.api, svc("goes"))
+            await apply_until_not_409(s, cp.api, svc("goes"))
         async with tulle_watching(cp.api, "get", "svc", "-n", "shop", "-w") as w:
             await eventually(lambda: any(x.split()[:2] == ["shop", "goes"] for x in w.out),
                              timeout=15)
@@ -194,7 +190,7 @@ async def test_a_dropped_connection_lists_again_and_shows_what_changed_meanwhile
             await eventually(lambda: any(x.split()[:2] == ["shop", "came"] for x in w.out),
                              timeout=5)
             async with aiohttp.ClientSession(headers=auth(cp.api)) as s:
-                await apply(s, cp.api, svc("after"))
+                await apply_until_not_409(s, cp.api, svc("after"))
             await eventually(lambda: any(x.split()[:2] == ["shop", "after"] for x in w.out),
                              timeout=10)
     finally:
@@ -207,13 +203,13 @@ async def test_several_kinds_and_one_name_are_followed(tmp_path: Path) -> None:
 
     async with running_control_plane(f"sqlite:{tmp_path / 'cp.db'}") as cp, \
             aiohttp.ClientSession(headers=auth(cp.api_url)) as s:
-        await apply(s, cp.api_url, svc("named"))
+        await apply_until_not_409(s, cp.api_url, svc("named"))
         async with tulle_watching(cp.api_url, "get", "svc,wl", "-n", "shop", "-w") as both, \
                 tulle_watching(cp.api_url, "get", "svc", "named", "-n", "shop", "-w") as one:
             await eventually(lambda: len(both.out) >= 2 and len(one.out) >= 2, timeout=15)
             await asyncio.sleep(1.0)
-            await apply(s, cp.api_url, workload("w1", 18080, 18081, 18082), svc("other"))
-            await apply(s, cp.api_url, svc("named", port=82))
+            await apply_until_not_409(s, cp.api_url, workload("w1", 18080, 18081, 18082), svc("other"))
+            await apply_until_not_409(s, cp.api_url, svc("named", port=82))
             await eventually(lambda: any(x.split()[:2] == ["shop", "w1"] for x in both.out)
                              and any(x.split()[:2] == ["shop", "other"] for x in both.out),
                              timeout=10)

@@ -31,11 +31,12 @@ import pytest
 from tests.support.cli import tulle
 from tests.support.controlplane import (
     auth,
+    control_plane_on,
     control_plane_process,
     eventually,
     running_control_plane,
 )
-from tests.support.postgres import fresh_schema, postgres_server
+from tests.support.postgres import postgres_server
 from tests.support.resources import service
 
 from tulle.controlplane.api.http_guard import Guard
@@ -337,14 +338,8 @@ async def test_names_kinds_and_server_fields_from_the_client_are_refused_or_not_
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 async def test_two_applies_of_one_version_one_wins_the_other_is_409(
         backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    async with contextlib.AsyncExitStack() as stack:
-        if backend == "postgres":
-            server = request.getfixturevalue("postgres_server")
-            url = await stack.enter_async_context(fresh_schema(server))
-        else:
-            url = f"sqlite:{tmp_path / 'cp.db'}"
-        cp = await stack.enter_async_context(running_control_plane(url))
-        s = await stack.enter_async_context(aiohttp.ClientSession(headers=auth(cp.api_url)))
+    async with control_plane_on(backend, request, tmp_path) as cp, \
+            aiohttp.ClientSession(headers=auth(cp.api_url)) as s:
         await _race(cp, s)
 
 

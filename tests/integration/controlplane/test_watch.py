@@ -19,7 +19,9 @@ from typing import Any
 import aiohttp
 import pytest
 from tests.support.controlplane import (
+    apply_until_not_409,
     auth,
+    control_plane_on,
     control_plane_process,
     eventually,
     running_control_plane,
@@ -45,16 +47,6 @@ def svc(name: str, ns: str = "default", port: int = 80, note: str = "",
             "spec": {"selector": {"app": name}, "ports": [{"port": port}]}}
 
 
-async def apply(s: aiohttp.ClientSession, api: str, *docs: dict[str, Any]) -> None:
-    """Apply; again on a 409 (the control plane's status write raced an edit, ADR 0102)."""
-    for _ in range(20):
-        async with s.post(f"{api}/api/v1/apply", json={"documents": list(docs)}) as r:
-            if r.status == 409:
-                await asyncio.sleep(0.05)
-                continue
-            assert r.status == 200, await r.text()
-            return
-    raise AssertionError("409 twenty times")
 
 
 async def delete(s: aiohttp.ClientSession, api: str, name: str, ns: str = "default") -> None:
@@ -108,27 +100,17 @@ async def token(cp: ControlPlane, role: str = "read-only") -> tuple[str, str]:
         return str(body["id"]), str(body["token"])
 
 
-@contextlib.asynccontextmanager
-async def control_plane(request: pytest.FixtureRequest, tmp_path: Path, backend: str,
-                        **options: Any) -> AsyncIterator[ControlPlane]:
-    async with contextlib.AsyncExitStack() as stack:
-        if backend == "postgres":
-            server = request.getfixturevalue("postgres_server")
-            url = await stack.enter_async_context(fresh_schema(server))
-        else:
-            url = f"sqlite:{tmp_path / 'cp.db'}"
-        yield await stack.enter_async_context(running_control_plane(url, **options))
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 async def test_an_object_created_and_deleted_within_100ms_shows_added_then_deleted(
         request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> None:
-    async with control_plane(request, tmp_path, backend) as cp, \
+    async with control_plane_on(backend, request, tmp_path) as cp, \
             aiohttp.ClientSession(headers=auth(cp.api_url)) as s, \
             watching(s, cp.api_url) as w:
         loop = asyncio.get_running_loop()
         t0 = loop.time()
-        await apply(s, cp.api_url, svc("blink"))
+        await apply_until_not_409(s, cp.api_url, svc("blink"))
         await delete(s, cp.api_url, "blink")
         assert loop.time() - t0 < 0.1 or backend == "postgres"  # (a slow CI PostgreSQL)
         first = await w.next()
@@ -141,17 +123,17 @@ async def test_an_object_created_and_deleted_within_100ms_shows_added_then_delet
 @pytest.mark.parametrize("backend", ["sqlite", "postgres"])
 async def test_a_watch_from_the_lists_revision_replays_what_followed_then_modified(
         request: pytest.FixtureRequest, tmp_path: Path, backend: str) -> None:
-    async with control_plane(request, tmp_path, backend) as cp, \
+    async with control_plane_on(backend, request, tmp_path) as cp, \
             aiohttp.ClientSession(headers=auth(cp.api_url)) as s:
-        await apply(s, cp.api_url, svc("before"))
+        await apply_until_not_409(s, cp.api_url, svc("before"))
         async with s.get(f"{cp.api_url}{SERVICES}") as r:
             listed = await r.json()
         rv = listed["metadata"]["resourceVersion"]
         assert [o["metadata"]["name"] for o in listed["items"]] == ["before"]
-        await apply(s, cp.api_url, svc("after"))  # before the watch starts: replayed
+        await apply_until_not_409(s, cp.api_url, svc("after"))  # before the watch starts: replayed
         async with watching(s, cp.api_url, resourceVersion=rv) as w:
             await w.expect("ADDED", "after")
-            await apply(s, cp.api_url, svc("before", port=81))
+            await apply_until_not_409(s, cp.api_url, svc("before", port=81))
             await w.expect("MODIFIED", "before",
                            check=lambda o: o["spec"]["ports"][0]["port"] == 81)
 
@@ -160,14 +142,14 @@ async def test_the_lists_filters_hold_namespace_and_label_selector(tmp_path: Pat
     async with running_control_plane(f"sqlite:{tmp_path / 'cp.db'}") as cp, \
             aiohttp.ClientSession(headers=auth(cp.api_url)) as s, \
             watching(s, cp.api_url, namespace="a", labelSelector="tier=web") as w:
-        await apply(s, cp.api_url, svc("other-ns", ns="b", tier="web"),
+        await apply_until_not_409(s, cp.api_url, svc("other-ns", ns="b", tier="web"),
                     svc("other-label", ns="a", tier="db"), svc("web", ns="a", tier="web"))
         await w.expect("ADDED", "web")
-        await apply(s, cp.api_url, svc("web", ns="a", tier="db"))  # leaves the selection
+        await apply_until_not_409(s, cp.api_url, svc("web", ns="a", tier="db"))  # leaves the selection
         await w.expect("DELETED", "web")
-        await apply(s, cp.api_url, svc("other-label", ns="a", tier="web"))  # enters it
+        await apply_until_not_409(s, cp.api_url, svc("other-label", ns="a", tier="web"))  # enters it
         await w.expect("ADDED", "other-label")
-        await apply(s, cp.api_url, svc("other-label", ns="a", port=90, tier="web"))
+        await apply_until_not_409(s, cp.api_url, svc("other-label", ns="a", port=90, tier="web"))
         await w.expect("MODIFIED", "other-label")
         await delete(s, cp.api_url, "other-ns", ns="b")
         await delete(s, cp.api_url, "web", ns="a")  # not selected any more: not shown
@@ -182,7 +164,7 @@ async def test_read_only_may_watch_anonymous_and_bad_parameters_may_not(
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {ro}"}) as s, \
                 watching(s, cp.api_url) as w, \
                 aiohttp.ClientSession(headers=auth(cp.api_url)) as admin:
-            await apply(admin, cp.api_url, svc("seen"))
+            await apply_until_not_409(admin, cp.api_url, svc("seen"))
             await w.expect("ADDED", "seen")
         async with aiohttp.ClientSession() as anon, anon.get(
                 f"{cp.api_url}{SERVICES}", params={"watch": "true"}) as r:
@@ -217,7 +199,7 @@ async def test_an_expired_resource_version_is_one_410_error_and_the_end(tmp_path
                                      store_changes_retained=5) as cp, \
             aiohttp.ClientSession(headers=auth(cp.api_url)) as s:
         for i in range(8):
-            await apply(s, cp.api_url, svc(f"s{i}"))
+            await apply_until_not_409(s, cp.api_url, svc(f"s{i}"))
         async with watching(s, cp.api_url, resourceVersion="1") as w:
             e = await w.next()
             assert e["type"] == "ERROR", e
@@ -280,7 +262,7 @@ async def test_a_watcher_that_falls_behind_is_ended_with_an_error(tmp_path: Path
             await asyncio.sleep(0.2)
             note = "x" * 30_000
             for i in range(60):  # ~1.8 MB of events: more than the socket buffers hold
-                await apply(s, cp.api_url, svc(f"s{i}", note=note))
+                await apply_until_not_409(s, cp.api_url, svc(f"s{i}", note=note))
             data = await asyncio.to_thread(_read_all, sock, 3)
         finally:
             sock.close()
@@ -309,7 +291,7 @@ async def test_a_watcher_that_stops_reading_is_closed_after_the_stall_bound(
             await asyncio.sleep(0.2)
             note = "x" * 30_000
             for i in range(40):
-                await apply(s, cp.api_url, svc(f"s{i}", note=note))
+                await apply_until_not_409(s, cp.api_url, svc(f"s{i}", note=note))
 
             async def slot_free() -> bool:  # the stalled watch gave its one slot back
                 r = await s.get(f"{cp.api_url}{SERVICES}?watch=true")
@@ -334,13 +316,13 @@ async def test_watchers_that_never_read_keep_the_control_planes_rss_bounded(
         tok = auth(cp.api)["Authorization"].split()[1]
         note = "x" * 100_000
         for i in range(300):  # what applies alone cost (their objects, the store's caches)
-            await apply(s, cp.api, svc(f"s{i % 50}", note=note + str(i)))
+            await apply_until_not_409(s, cp.api, svc(f"s{i % 50}", note=note + str(i)))
         socks = [_stalled_watch(port, tok) for _ in range(4)]
         try:
             await asyncio.sleep(0.3)
             before = cp.rss_kib()
             for i in range(300):  # 30 MB of events for each watcher
-                await apply(s, cp.api, svc(f"s{i % 50}", note=note + "y" + str(i)))
+                await apply_until_not_409(s, cp.api, svc(f"s{i % 50}", note=note + "y" + str(i)))
             grown = cp.rss_kib() - before
             # Each watcher holds at most its queue (2 MiB) and the socket buffers; four that
             # held every event would be 120 MB.
@@ -358,5 +340,5 @@ async def test_a_watch_on_one_replica_sees_an_apply_on_another(
             aiohttp.ClientSession(headers=auth(b.api_url)) as sb, \
             aiohttp.ClientSession(headers=auth(a.api_url)) as sa, \
             watching(sb, b.api_url) as w:
-        await apply(sa, a.api_url, svc("from-a"))
+        await apply_until_not_409(sa, a.api_url, svc("from-a"))
         await w.expect("ADDED", "from-a")
