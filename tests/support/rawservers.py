@@ -292,3 +292,15 @@ def named_origin(name: bytes) -> Handler:
             await w.drain()
 
     return handler
+
+
+async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A keep-alive origin for `asyncio.start_server`: `200 ok` to every request head, no
+    more; for tests whose subject is the proxy in front of it."""
+    try:
+        while await reader.readuntil(b"\r\n\r\n"):
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()

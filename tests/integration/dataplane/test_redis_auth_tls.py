@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from tests.support.proxy import free_port
+from tests.support.rawservers import answer_ok
 from tests.support.redis import available, redis_server
 
 from tulle.dataplane.ratelimit.redis import RedisClient, RedisError, encode
@@ -140,7 +141,7 @@ async def test_a_proxy_limits_through_redis_over_tls_with_a_password(tmp_path: P
     tls_port = free_port()
     pw = tmp_path / "pw"
     pw.write_text(SECRET)
-    origin = await asyncio.start_server(_ok, "127.0.0.1", 0)
+    origin = await asyncio.start_server(answer_ok, "127.0.0.1", 0)
     try:
         async with redis_server("--tls-port", str(tls_port), "--tls-cert-file", str(cert),
                                 "--tls-key-file", str(key), "--tls-ca-cert-file", str(cert),
@@ -159,15 +160,6 @@ async def test_a_proxy_limits_through_redis_over_tls_with_a_password(tmp_path: P
     finally:
         origin.close()
 
-
-async def _ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while await reader.readuntil(b"\r\n\r\n"):
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass
-    finally:
-        writer.close()
 
 
 async def _get(port: int, path: str) -> int:

@@ -20,7 +20,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from tests.support.logsink import log_config, read_lines, read_records
 from tests.support.otlp_receiver import running_receiver
 from tests.support.proxy import free_port, running_proxy, simple_config
-from tests.support.rawservers import connect, read_response
+from tests.support.rawservers import answer_ok, connect, read_response
 from tests.support.subproc import proxy_process, rss_bytes
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -353,7 +353,7 @@ async def test_a_silently_lost_redis_connection_is_replaced(tmp_path: Path) -> N
         finally:
             w.close()
 
-    origin = await asyncio.start_server(_answer_ok, "127.0.0.1", 0)
+    origin = await asyncio.start_server(answer_ok, "127.0.0.1", 0)
     async with redis_server() as redis:
         relay = _Relay(redis.port)
         try:
@@ -379,15 +379,6 @@ async def test_a_silently_lost_redis_connection_is_replaced(tmp_path: Path) -> N
             relay.close()
             origin.close()
 
-
-async def _answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while await reader.readuntil(b"\r\n\r\n"):
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass
-    finally:
-        writer.close()
 
 
 async def _status_origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -577,7 +568,7 @@ async def test_a_frozen_redis_costs_each_request_its_timeout_and_no_more(tmp_pat
         finally:
             w.close()
 
-    origin = await asyncio.start_server(_answer_ok, "127.0.0.1", 0)
+    origin = await asyncio.start_server(answer_ok, "127.0.0.1", 0)
     async with redis_server() as redis:
         assert redis.proc is not None
         try:
