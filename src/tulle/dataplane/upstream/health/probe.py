@@ -150,11 +150,18 @@ async def probe(rt: ClusterRuntime, ep: EndpointState, hc: HealthCheck) -> str:
     if body:
         stream.send_data(body)
         stream.send_end()
+    got: tuple[int, bytes, Headers] | str | None = None
     try:
         got = await asyncio.wait_for(done, timeout)
     except TimeoutError:
-        stream.reset()
         return f"timed out after {timeout:g}s"
+    finally:
+        if got is None:
+            # Timed out, or this probe was cancelled (its check changed, its endpoint or
+            # cluster left): the try gives back its request slot, its endpoint's count and
+            # its connection now.  Left to an endpoint that never answers, a cancelled probe
+            # held them for ever (ADR 0106).
+            stream.reset()
     if isinstance(got, str):
         return got
     status, data, trailers = got

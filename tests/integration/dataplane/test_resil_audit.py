@@ -1,0 +1,72 @@
+"""Resilience audit, accounting and bounds (ADR 0106): what a request, a probe or a fault
+takes (a cluster's request slot, an endpoint's in-flight count, a pooled connection, a retry
+budget token) must come back however it ends.  Real proxies on 127.0.0.1 and raw peers; each
+test fails on the defect it names.  Bounded: a few hundred requests at most."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from typing import Any
+
+from tests.support.proxy import RunningProxy, running_proxy, simple_config
+from tests.support.rawservers import RawServer, connect, raw_server, read_response_within
+
+
+async def until(cond: Any, what: str, tries: int = 300) -> None:
+    for _ in range(tries):
+        if cond():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"never: {what}")
+
+
+async def _health_hangs(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    """200 to every request, except that a health check (`/health...`) is never answered: an
+    application wedged in its health handler, or a peer that swallows requests."""
+    while True:
+        head = await r.readuntil(b"\r\n\r\n")
+        srv.requests.append(head)
+        if head.startswith(b"GET /health"):
+            await asyncio.Event().wait()  # holds this connection, as a wedged handler does
+        w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+
+
+async def test_a_probe_cancelled_by_a_config_change_gives_back_its_request_slot() -> None:
+    """A health-check probe is a try through the cluster's pool (ADR 0040): it holds a request
+    slot, its endpoint's in-flight count and a connection until it ends.  A changed check (or
+    an endpoint or cluster that leaves) cancels the probe task; only a timeout reset the try,
+    so a cancelled probe to an endpoint that never answers kept all three for ever.  With
+    `max_requests: 3`, three changes of the check path left the cluster full: every request
+    503 UO, for good."""
+    async with raw_server(_health_hangs) as o:
+        cfg: dict[str, Any] = simple_config(o.port)
+        cluster = cfg["clusters"][0]
+        cluster["limits"] = {"max_requests": 3}
+        cluster["health_check"] = {"type": "http", "path": "/health", "interval_ms": 60_000,
+                                   "timeout_ms": 60_000, "jitter_ms": 0}
+        async with running_proxy(cfg) as p:
+            rt = p.server.clusters.clusters["backend"]
+
+            def probes_sent() -> int:
+                return sum(1 for h in o.requests if h.startswith(b"GET /health"))
+
+            for i in range(3):
+                await until(lambda i=i: probes_sent() == i + 1, f"probe {i + 1} in flight")
+                changed = copy.deepcopy(cfg)
+                changed["clusters"][0]["health_check"]["path"] = f"/health{i}"
+                await p.apply(changed)
+            await until(lambda: probes_sent() == 4, "the last check's probe in flight")
+            # Only the probe of the check in force holds anything.
+            assert (rt.limits.requests, rt.endpoints[0].active) == (1, 1)
+            await until(lambda: rt.limits.connections == 1, "cancelled probes' connections closed")
+            r, w = await connect(p.port())
+            w.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert (await read_response_within(r)).status == 200
+            w.close()
+
+
+def _counts(p: RunningProxy) -> tuple[int, int, int, int]:
+    rt = p.server.clusters.clusters["backend"]
+    lim = rt.limits
+    return lim.requests, lim.pending, lim.retries, sum(e.active for e in rt.endpoints)
