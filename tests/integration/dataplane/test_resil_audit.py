@@ -70,3 +70,39 @@ def _counts(p: RunningProxy) -> tuple[int, int, int, int]:
     rt = p.server.clusters.clusters["backend"]
     lim = rt.limits
     return lim.requests, lim.pending, lim.retries, sum(e.active for e in rt.endpoints)
+
+
+async def _status(port: int, path: bytes) -> int:
+    r, w = await connect(port)
+    try:
+        w.write(b"GET %s HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n" % path)
+        return (await read_response_within(r)).status
+    finally:
+        w.close()
+
+
+async def test_a_redis_that_keeps_no_expiry_on_the_counter_is_a_redis_failure() -> None:
+    """The global window is `INCR`, `PEXPIRE key ms NX`, `PTTL` (ADR 0041: Redis >= 7.0).  A
+    Redis that refuses the `PEXPIRE` (6.x has no `NX`; here a real redis-server with the
+    command renamed away) left the counter without an expiry: the window never ended, and past
+    the quota every request was 429 for good -- on a `failure_mode: open` route too, with no
+    backend failure counted.  Such a Redis is now a failing backend: the route's failure mode
+    decides, and the failure is counted."""
+    from bench.global_limit import proxy_config
+    from tests.support.rawservers import answer_ok
+    from tests.support.redis import redis_server
+
+    origin = await asyncio.start_server(answer_ok, "127.0.0.1", 0)
+    try:
+        async with redis_server("--rename-command", "PEXPIRE", "") as redis:
+            cfg = proxy_config(origin.sockets[0].getsockname()[1], redis.address, 3, 200, 200)
+            async with running_proxy(cfg) as p:
+                port = p.server.bound_port("in")
+                open_ = [await _status(port, b"/open") for _ in range(5)]
+                closed = [await _status(port, b"/closed") for _ in range(2)]
+                await asyncio.sleep(0.3)  # longer than the 200 ms window
+                assert (open_, await _status(port, b"/open")) == ([200] * 5, 200)
+                assert closed == [429, 429]
+                assert p.metric("tulle_proxy_rate_limit_backend_failures_total") == 8
+    finally:
+        origin.close()

@@ -13,7 +13,8 @@ Global: one pipelined round trip to Redis (`INCR key`, `PEXPIRE key interval NX`
 the first request of a window creates the counter and its expiry, every proxy with the same
 key counts in it, and the window ends when Redis expires it (no clock shared between proxies
 is needed).  The request waits (STOP) at most `timeout_ms`; no answer in time, a refused
-connection or an error applies `failure_mode` (`open`: the local fallback bucket decides;
+connection, an error or a counter left without an expiry (a Redis before 7.0: the window
+would never end) applies `failure_mode` (`open`: the local fallback bucket decides;
 `closed`: 429) and is counted in `tulle_proxy_rate_limit_backend_failures_total`.
 
 A limited request gets 429 with `retry-after` (whole seconds, at least 1), `ratelimit-policy:
@@ -29,6 +30,7 @@ route's state (`adopt`, `routing/state.py`) while their settings stay the same.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from typing import TYPE_CHECKING
 
@@ -40,6 +42,8 @@ from tulle.proxyconfig.filters.ratelimit import split_address
 
 if TYPE_CHECKING:
     from tulle.proxyconfig.filters.ratelimit import GlobalLimit, LocalLimit, RateLimit
+
+log = logging.getLogger("tulle.ratelimit")
 
 LIMITED_BODY = b"rate limited\n"
 GRPC_RESOURCE_EXHAUSTED = 8
@@ -95,7 +99,8 @@ class LocalLimiter:
 class GlobalLimiter:
     """The global limit of one factory: its Redis client, commands and fallback bucket."""
 
-    __slots__ = ("client", "closed", "commands", "fallback", "quota", "timeout", "window_s")
+    __slots__ = ("client", "closed", "commands", "fallback", "quota", "timeout", "warned",
+                 "window_s")
 
     def __init__(self, cfg: GlobalLimit, now: float) -> None:
         address = split_address(cfg.redis)
@@ -105,6 +110,8 @@ class GlobalLimiter:
                                   password_file=cfg.password_file, tls=tls is not None,
                                   ca_file=tls.ca_file if tls else "",
                                   server_name=tls.server_name if tls else "")
+        self.warned = False
+        """A counter without an expiry was logged (once per limiter)."""
         key = b"tulle:rl:" + cfg.key.encode()
         self.commands = (encode(b"INCR", key),
                          encode(b"PEXPIRE", key, b"%d" % cfg.interval_ms, b"NX"),
@@ -203,9 +210,19 @@ class _RateLimitFilter(HttpFilter):
                     fut.exception()
             return
         self.stream = None
-        count, _, pttl = (fut.result() if fut.exception() is None else None
-                          for fut in self.futures)
-        if not isinstance(count, int):
+        count, expiry, pttl = (fut.result() if fut.exception() is None else fut.exception()
+                               for fut in self.futures)
+        if not isinstance(count, int) or isinstance(expiry, BaseException) or pttl == -1:
+            # No count, or a counter without an expiry: a Redis that refused `PEXPIRE ... NX`
+            # (before 7.0) or a key made persistent.  Such a window never ends -- every request
+            # past the quota was refused for good, whatever `failure_mode` (ADR 0106) -- so it
+            # is a backend failure like any other.
+            if isinstance(count, int) and not g.warned:
+                g.warned = True
+                log.warning("rate limit %s: redis %s:%d keeps no expiry on the counter (%s); "
+                            "the global limit needs Redis >= 7.0: failure_mode applies",
+                            self.factory.policy, g.client.host, g.client.port,
+                            expiry if isinstance(expiry, BaseException) else f"PTTL {pttl!r}")
             if self._fail(stream, g, asyncio.get_running_loop().time()) == CONTINUE:
                 stream.resume()
             return

@@ -11,7 +11,8 @@ round trip).
 * `global`: a fixed-window counter in Redis at `redis` (`host:port`), shared by every proxy
   that has the same `key`: at most `requests` per `interval_ms` window across all of them.
   One round trip per request (INCR and PEXPIRE pipelined), bounded by `timeout_ms`.  When Redis
-  does not answer in time or is unreachable, `failure_mode` decides: `open` admits through a
+  does not answer in time, is unreachable, or keeps no expiry on the counter (a Redis before
+  7.0 refuses `PEXPIRE ... NX`), `failure_mode` decides: `open` admits through a
   local fallback bucket (`fallback_requests` per `interval_ms`, per proxy; 0: no local limit),
   `closed` answers 429.
 
