@@ -9,7 +9,7 @@ import asyncio
 import copy
 from typing import Any
 
-from tests.support.proxy import RunningProxy, running_proxy, simple_config
+from tests.support.proxy import running_proxy, simple_config
 from tests.support.rawservers import RawServer, connect, raw_server, read_response_within
 
 
@@ -64,12 +64,6 @@ async def test_a_probe_cancelled_by_a_config_change_gives_back_its_request_slot(
             w.write(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n")
             assert (await read_response_within(r)).status == 200
             w.close()
-
-
-def _counts(p: RunningProxy) -> tuple[int, int, int, int]:
-    rt = p.server.clusters.clusters["backend"]
-    lim = rt.limits
-    return lim.requests, lim.pending, lim.retries, sum(e.active for e in rt.endpoints)
 
 
 async def _status(port: int, path: bytes) -> int:
