@@ -75,13 +75,12 @@ async def _status(port: int, path: bytes) -> int:
         w.close()
 
 
-async def test_a_redis_that_keeps_no_expiry_on_the_counter_is_a_redis_failure() -> None:
-    """The global window is `INCR`, `PEXPIRE key ms NX`, `PTTL` (ADR 0041: Redis >= 7.0).  A
-    Redis that refuses the `PEXPIRE` (6.x has no `NX`; here a real redis-server with the
-    command renamed away) left the counter without an expiry: the window never ended, and past
-    the quota every request was 429 for good -- on a `failure_mode: open` route too, with no
-    backend failure counted.  Such a Redis is now a failing backend: the route's failure mode
-    decides, and the failure is counted."""
+async def test_the_global_window_needs_no_pexpire_nx() -> None:
+    """The global window was `INCR`, `PEXPIRE key ms NX`, `PTTL`: `NX` is Redis 7.0's, and a
+    Redis that refused it (6.x; here a real redis-server with PEXPIRE renamed away) left the
+    counter without an expiry: the window never ended, and past the quota every request was 429
+    for good -- on a `failure_mode: open` route too.  The window is now `SET key 0 PX ms NX`,
+    `INCR`, `PTTL`: it works, and ends, on a Redis without PEXPIRE at all (ADR 0106)."""
     from bench.global_limit import proxy_config
     from tests.support.rawservers import answer_ok
     from tests.support.redis import redis_server
@@ -89,14 +88,41 @@ async def test_a_redis_that_keeps_no_expiry_on_the_counter_is_a_redis_failure() 
     origin = await asyncio.start_server(answer_ok, "127.0.0.1", 0)
     try:
         async with redis_server("--rename-command", "PEXPIRE", "") as redis:
-            cfg = proxy_config(origin.sockets[0].getsockname()[1], redis.address, 3, 200, 200)
+            cfg = proxy_config(origin.sockets[0].getsockname()[1], redis.address, 3, 300, 200)
             async with running_proxy(cfg) as p:
                 port = p.server.bound_port("in")
-                open_ = [await _status(port, b"/open") for _ in range(5)]
-                closed = [await _status(port, b"/closed") for _ in range(2)]
-                await asyncio.sleep(0.3)  # longer than the 200 ms window
-                assert (open_, await _status(port, b"/open")) == ([200] * 5, 200)
-                assert closed == [429, 429]
-                assert p.metric("tulle_proxy_rate_limit_backend_failures_total") == 8
+                first = [await _status(port, b"/closed") for _ in range(5)]
+                await asyncio.sleep(0.4)  # longer than the 300 ms window
+                again = await _status(port, b"/closed")
+                assert (first, again) == ([200, 200, 200, 429, 429], 200)
+                assert p.metric("tulle_proxy_rate_limit_backend_failures_total") == 0
+    finally:
+        origin.close()
+
+
+async def test_a_counter_without_an_expiry_is_a_backend_failure_and_is_given_one() -> None:
+    """A counter found without an expiry (made persistent by hand, or the window ended between
+    the `SET` and the `INCR`) would never end its window.  That request is a backend failure
+    (`failure_mode` decides, counted) and the proxy gives the counter its expiry back: the
+    window then ends as any other."""
+    from bench.global_limit import proxy_config
+    from tests.support.rawservers import answer_ok
+    from tests.support.redis import redis_server
+
+    origin = await asyncio.start_server(answer_ok, "127.0.0.1", 0)
+    try:
+        async with redis_server() as redis:
+            assert (await redis.command(b"SET", b"tulle:rl:bench/closed", b"100")) == b"+OK\r\n"
+            cfg = proxy_config(origin.sockets[0].getsockname()[1], redis.address, 3, 300, 200)
+            async with running_proxy(cfg) as p:
+                port = p.server.bound_port("in")
+                assert await _status(port, b"/closed") == 429  # failure_mode closed: refused
+                assert p.metric("tulle_proxy_rate_limit_backend_failures_total") == 1
+                ttl = int((await redis.command(b"PTTL", b"tulle:rl:bench/closed"))[1:])
+                assert 0 < ttl <= 300
+                assert await _status(port, b"/closed") == 429  # counted over quota: limited
+                await asyncio.sleep(0.4)
+                assert [await _status(port, b"/closed") for _ in range(2)] == [200, 200]
+                assert p.metric("tulle_proxy_rate_limit_backend_failures_total") == 1
     finally:
         origin.close()

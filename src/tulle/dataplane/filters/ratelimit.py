@@ -9,13 +9,17 @@ else the peer IP) or per header value (values over 128 bytes keyed by their SipH
 `max_buckets` keys, LRU).  Checked synchronously: an admitted request costs a dict lookup and
 a subtraction.
 
-Global: one pipelined round trip to Redis (`INCR key`, `PEXPIRE key interval NX`, `PTTL key`):
-the first request of a window creates the counter and its expiry, every proxy with the same
-key counts in it, and the window ends when Redis expires it (no clock shared between proxies
-is needed).  The request waits (STOP) at most `timeout_ms`; no answer in time, a refused
-connection, an error or a counter left without an expiry (a Redis before 7.0: the window
-would never end) applies `failure_mode` (`open`: the local fallback bucket decides;
-`closed`: 429) and is counted in `tulle_proxy_rate_limit_backend_failures_total`.
+Global: one pipelined round trip to Redis (`SET key 0 PX interval NX`, `INCR key`, `PTTL
+key`): the first request of a window creates the counter with its expiry, every proxy with the
+same key counts in it, and the window ends when Redis expires it (no clock shared between
+proxies is needed).  Plain commands every Redis since 2.6.12 has: nothing needs 7.0's
+`PEXPIRE ... NX` (ADR 0106).  The request waits (STOP) at most `timeout_ms`; no answer in
+time, a refused connection or an error applies `failure_mode` (`open`: the local fallback
+bucket decides; `closed`: 429) and is counted in `tulle_proxy_rate_limit_backend_failures_total`.
+A counter found without an expiry (the window ended between the `SET` and the `INCR`, or
+someone made the key persistent) would never end its window: that request is a backend failure
+as well, and the proxy gives the counter its expiry back (`PEXPIRE key interval`, not waited
+for), logged once per limiter.
 
 A limited request gets 429 with `retry-after` (whole seconds, at least 1), `ratelimit-policy:
 "<scope>";q=<requests>;w=<seconds>` and `ratelimit: "<scope>";r=0;t=<seconds>` (the IETF
@@ -99,8 +103,8 @@ class LocalLimiter:
 class GlobalLimiter:
     """The global limit of one factory: its Redis client, commands and fallback bucket."""
 
-    __slots__ = ("client", "closed", "commands", "fallback", "quota", "timeout", "warned",
-                 "window_s")
+    __slots__ = ("client", "closed", "commands", "fallback", "quota", "repair", "timeout",
+                 "warned", "window_s")
 
     def __init__(self, cfg: GlobalLimit, now: float) -> None:
         address = split_address(cfg.redis)
@@ -113,9 +117,12 @@ class GlobalLimiter:
         self.warned = False
         """A counter without an expiry was logged (once per limiter)."""
         key = b"tulle:rl:" + cfg.key.encode()
-        self.commands = (encode(b"INCR", key),
-                         encode(b"PEXPIRE", key, b"%d" % cfg.interval_ms, b"NX"),
+        interval = b"%d" % cfg.interval_ms
+        self.commands = (encode(b"SET", key, b"0", b"PX", interval, b"NX"),
+                         encode(b"INCR", key),
                          encode(b"PTTL", key))
+        self.repair = encode(b"PEXPIRE", key, interval)
+        """Gives a counter found without an expiry its window's end back."""
         self.quota = cfg.requests
         self.window_s = max(1, math.ceil(cfg.interval_ms / 1000.0))
         self.timeout = cfg.timeout_ms / 1000.0
@@ -210,19 +217,11 @@ class _RateLimitFilter(HttpFilter):
                     fut.exception()
             return
         self.stream = None
-        count, expiry, pttl = (fut.result() if fut.exception() is None else fut.exception()
-                               for fut in self.futures)
-        if not isinstance(count, int) or isinstance(expiry, BaseException) or pttl == -1:
-            # No count, or a counter without an expiry: a Redis that refused `PEXPIRE ... NX`
-            # (before 7.0) or a key made persistent.  Such a window never ends -- every request
-            # past the quota was refused for good, whatever `failure_mode` (ADR 0106) -- so it
-            # is a backend failure like any other.
-            if isinstance(count, int) and not g.warned:
-                g.warned = True
-                log.warning("rate limit %s: redis %s:%d keeps no expiry on the counter (%s); "
-                            "the global limit needs Redis >= 7.0: failure_mode applies",
-                            self.factory.policy, g.client.host, g.client.port,
-                            expiry if isinstance(expiry, BaseException) else f"PTTL {pttl!r}")
+        _, count, pttl = (fut.result() if fut.exception() is None else fut.exception()
+                          for fut in self.futures)
+        if not isinstance(count, int) or not isinstance(pttl, int) or pttl == -1:
+            if isinstance(count, int) and pttl == -1:
+                self._repair(g)
             if self._fail(stream, g, asyncio.get_running_loop().time()) == CONTINUE:
                 stream.resume()
             return
@@ -232,11 +231,29 @@ class _RateLimitFilter(HttpFilter):
         reset = math.ceil(pttl / 1000.0) if isinstance(pttl, int) and pttl > 0 else g.window_s
         _limited(stream, self.factory, b"global", g.quota, g.window_s, reset)
 
+    def _repair(self, g: GlobalLimiter) -> None:
+        """A counter without an expiry: its window would never end, and past the quota every
+        request would be refused for good.  Give it the window's expiry back, without waiting
+        (the next request reads the result)."""
+        if not g.warned:
+            g.warned = True
+            log.warning("rate limit %s: the counter in redis %s:%d had no expiry (made "
+                        "persistent?); it is given one again, and failure_mode decided",
+                        self.factory.policy, g.client.host, g.client.port)
+        for fut in g.client.call(g.repair):
+            fut.add_done_callback(_retrieve)
+
     def on_done(self, stream: FilterStream) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         self.stream = None
+
+
+def _retrieve(fut: asyncio.Future[int | bytes | None]) -> None:
+    """Marks a reply nobody waits for as seen (nothing logged for its error)."""
+    if not fut.cancelled():
+        fut.exception()
 
 
 class _Carried:

@@ -10,9 +10,9 @@ round trip).
   used dropped: a dropped key starts again full).
 * `global`: a fixed-window counter in Redis at `redis` (`host:port`), shared by every proxy
   that has the same `key`: at most `requests` per `interval_ms` window across all of them.
-  One round trip per request (INCR and PEXPIRE pipelined), bounded by `timeout_ms`.  When Redis
-  does not answer in time, is unreachable, or keeps no expiry on the counter (a Redis before
-  7.0 refuses `PEXPIRE ... NX`), `failure_mode` decides: `open` admits through a
+  One round trip per request (`SET ... PX NX`, `INCR`, `PTTL` pipelined: any Redis since
+  2.6.12), bounded by `timeout_ms`.  When Redis does not answer in time, is unreachable, or
+  holds the counter without an expiry (then given one again), `failure_mode` decides: `open` admits through a
   local fallback bucket (`fallback_requests` per `interval_ms`, per proxy; 0: no local limit),
   `closed` answers 429.
 
