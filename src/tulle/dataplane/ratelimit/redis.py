@@ -1,7 +1,7 @@
 """A small asyncio Redis (RESP2) client: just what the global rate limit needs.
 
-Why our own (ADR 0041): the limit sends one pipelined `INCR` + `PEXPIRE` per request and reads
-two integers back.  The `redis` package would bring its connection pool, retry and parser
+Why our own (ADR 0041): the limit sends one pipelined `SET ... NX`, `INCR`, `PTTL` per request
+and reads their replies back.  The `redis` package would bring its connection pool, retry and parser
 layers and a few MB of RSS into a proxy whose budget is 40 MB; this is one connection, one
 `asyncio.Protocol`, replies matched to requests in order (Redis answers a connection's
 commands in the order it got them).
