@@ -95,6 +95,31 @@ async def test_abort_half_of_two_thousand_requests_within_five_percent() -> None
         assert p.metric("tulle_proxy_requests_total", response_flags="FI") == aborted
 
 
+async def test_abort_and_delay_are_drawn_on_their_own_as_envoy_does() -> None:
+    """Abort 50% and delay 50% on one rule: each share is its own half of the requests, and a
+    request drawn for both is delayed, then aborted (flags `DI,FI`).  The abort was drawn
+    first and only the others could be delayed: 537 aborted but 234 delayed of 1,000 (ADR
+    0106)."""
+    fault = {"type": "FaultInjection", "name": "ns/both", "seed": 7,
+             "delay": {"fixed_delay_ms": 1, "percent": 50},
+             "abort": {"http_status": 503, "percent": 50}}
+    n = 1000
+    async with raw_server(recording_origin) as o, running_proxy(config(o.port, fault)) as p:
+        r, w = await connect(p.port())
+        aborted = 0
+        for _ in range(n):
+            w.write(b"GET / HTTP/1.1\r\nhost: svc\r\n\r\n")
+            resp = await read_response_within(r)
+            aborted += resp.status == 503
+        w.close()
+        delayed = p.metric("tulle_proxy_faults_injected_total", fault="delay")
+        both = p.metric("tulle_proxy_requests_total", response_flags="DI,FI")
+        assert 430 <= aborted <= 570 and 430 <= delayed <= 570  # each 50% +- 7% of 1,000
+        assert 180 <= both <= 320  # a quarter drawn for both: delayed, then aborted
+        assert p.metric("tulle_proxy_faults_injected_total", fault="abort") == aborted
+        assert len(o.requests) == n - aborted
+
+
 async def test_a_delay_is_applied_only_to_requests_with_the_header() -> None:
     fault = {"type": "FaultInjection", "delay": {"fixed_delay_ms": 150},
              "headers": [{"name": "x-chaos", "value": "slow"}]}

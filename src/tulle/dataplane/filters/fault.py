@@ -4,7 +4,9 @@ Config: `proxyconfig/filters/fault.py`.  Position: after authz and the rate limi
 a fault stands in for the upstream, so only admitted requests meet it).  An abort answers
 locally (flag `FI`); for a gRPC request with `grpc_status` set the reply is trailers-only with
 that `grpc-status`.  A delay holds the request (STOP) and resumes it on a loop timer (flag
-`DI`); the route's timeout keeps running meanwhile, as Envoy's does.  Each injected fault is
+`DI`); the route's timeout keeps running meanwhile, as Envoy's does.  The delay and the abort
+are drawn independently (Envoy's model): a request drawn for both is delayed, then aborted
+(flags `DI,FI`).  Each injected fault is
 counted in `tulle_proxy_faults_injected_total{listener,policy,fault}`.
 
 The draws use one `random.Random` per factory (seeded from `seed`, else from the OS), built
@@ -56,22 +58,36 @@ class _FaultFilter(HttpFilter):
         for name, value in f.headers:
             if header_value(head.headers, name) != value:
                 return CONTINUE
+        # Two independent draws, the delay's first, as Envoy's fault filter (and so Istio and
+        # Kuma) does: each share is its own percent of the matching requests, and a request
+        # drawn for both is delayed, then aborted (ADR 0106).
         rng = f.rng
-        if f.abort_share and rng.random() * 100.0 < f.abort_share:
-            stream.record.flags = "FI"
-            stream.counters.fault_injected(f.policy, "abort")
-            if f.grpc_status and is_grpc(head):
-                stream.reply(f.http_status, ABORT_BODY,
-                             ((b"grpc-status", b"%d" % f.grpc_status),))
-            else:
-                stream.reply(f.http_status, ABORT_BODY)
-            return STOP
-        if f.delay_share and rng.random() * 100.0 < f.delay_share:
+        delayed = f.delay_share > 0.0 and rng.random() * 100.0 < f.delay_share
+        aborted = f.abort_share > 0.0 and rng.random() * 100.0 < f.abort_share
+        if delayed:
             stream.record.flags = "DI"
             stream.counters.fault_injected(f.policy, "delay")
-            self.timer = asyncio.get_running_loop().call_later(f.delay_s, stream.resume)
+            loop = asyncio.get_running_loop()
+            self.timer = (loop.call_later(f.delay_s, self._abort_after_delay, stream) if aborted
+                          else loop.call_later(f.delay_s, stream.resume))
+            return STOP
+        if aborted:
+            self._abort(stream, "FI")
             return STOP
         return CONTINUE
+
+    def _abort(self, stream: FilterStream, flags: str) -> None:
+        f = self.factory
+        stream.record.flags = flags
+        stream.counters.fault_injected(f.policy, "abort")
+        if f.grpc_status and is_grpc(stream.head):
+            stream.reply(f.http_status, ABORT_BODY, ((b"grpc-status", b"%d" % f.grpc_status),))
+        else:
+            stream.reply(f.http_status, ABORT_BODY)
+
+    def _abort_after_delay(self, stream: FilterStream) -> None:
+        self.timer = None
+        self._abort(stream, "DI,FI")
 
     def on_done(self, stream: FilterStream) -> None:
         if self.timer is not None:

@@ -8,7 +8,8 @@ Kuma's `MeshFaultInjection` are the model.
   on the record).  The route's timeout keeps running while the request waits.
 * `abort`: answer `http_status` (or, for a gRPC request, `grpc_status` in a trailers-only
   response; a plain HTTP request then gets `http_status`, 503 when unset) for `percent` of the
-  requests (flag `FI`).  A request that is aborted is not delayed.
+  requests (flag `FI`).  Each share is drawn on its own (Envoy's model): a request drawn for
+  both is delayed, then aborted (flags `DI,FI`).
 * `headers`: the filter acts only on requests carrying every one of these headers with exactly
   this value (names case-insensitive); empty: every request of the rule.
 
