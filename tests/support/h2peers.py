@@ -11,7 +11,8 @@ The origin (prior knowledge, no TLS) serves:
     /stream/N    N pieces of 16 KiB, one per event-loop turn (for mid-response resets)
     /script      one entry of `origin.script` per request (then "ok"): "ok" a gRPC OK answer
                  (a 5-byte message, trailers `grpc-status: 0`), "grpc-N" a trailers-only gRPC
-                 answer with status N, "refuse" RST_STREAM(REFUSED_STREAM) before any answer,
+                 answer with status N, "after-N" a 5-byte message, then trailers with status N,
+                 "refuse" RST_STREAM(REFUSED_STREAM) before any answer,
                  "503" a 503 with a 5-byte body
 
 `origin.goaway_connections = K` makes each of the next K connections answer its first request
@@ -204,10 +205,11 @@ class _OriginConn(asyncio.Protocol):
                 elif action.startswith("grpc-"):
                     self.conn.send_headers(sid, [*grpc, (b"grpc-status", action[5:].encode())],
                                            end_stream=True)
-                else:
+                else:  # "ok", or "after-N": a message, then trailers with status N
+                    status = action[6:].encode() if action.startswith("after-") else b"0"
                     self.conn.send_headers(sid, grpc)
                     await self._send_body(sid, b"\x00\x00\x00\x00\x00", False)
-                    self.conn.send_headers(sid, [(b"grpc-status", b"0")], end_stream=True)
+                    self.conn.send_headers(sid, [(b"grpc-status", status)], end_stream=True)
             elif path.startswith("/stream/"):
                 self.conn.send_headers(sid, [(b":status", b"200")])
                 for _ in range(int(path[8:])):

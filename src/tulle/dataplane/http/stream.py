@@ -120,7 +120,8 @@ class RequestStream(StreamPort):
         self.bytes_out = 0
         """Response body bytes sent to the client, counted likewise."""
         self.grpc_status = ""
-        """The upstream's `grpc-status` when its response ended with trailers carrying one."""
+        """The `grpc-status` the client got: the upstream's (its trailers, or a trailers-only
+        head), or the one of the proxy's own trailers-only reply (`H2Exchange.send_local`)."""
         self.decision: Decision
         """Set by `route` (a request refused before routing has none)."""
         self.run: ChainRun | None = None

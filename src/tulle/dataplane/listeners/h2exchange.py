@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Final
 from tulle.dataplane.exchange import OVERLOADED, RequestHead
 from tulle.dataplane.http.stream import RequestStream
 from tulle.dataplane.protocols.h2common import INTERNAL_ERROR, NO_ERROR
-from tulle.dataplane.protocols.h2translate import encode_response, grpc_trailers_only, is_grpc
+from tulle.dataplane.protocols.h2translate import (
+    encode_response,
+    grpc_trailers_only,
+    is_grpc,
+    local_grpc_status,
+)
 
 if TYPE_CHECKING:
     from tulle.dataplane.exchange import Headers, ResponseHead, TunnelStream
@@ -91,6 +96,7 @@ class H2Exchange(RequestStream):
         if self.grpc:
             detail = body.decode("latin-1").rstrip("\n")
             codec.send_headers(self.sid, grpc_trailers_only(status, detail, headers), True)
+            self.grpc_status = str(local_grpc_status(status, headers))  # what was sent
         elif codec.send_headers(self.sid, [
                 (b":status", b"%d" % status), (b"content-type", b"text/plain"),
                 (b"content-length", b"%d" % len(body)), *headers], False):

@@ -231,18 +231,23 @@ def grpc_message(detail: str) -> bytes:
     return bytes(out)
 
 
-def grpc_trailers_only(http_status: int, detail: str,
-                       extra: Sequence[tuple[bytes, bytes]] = ()) -> Headers:
-    """A trailers-only gRPC response standing for a local HTTP error.  A `grpc-status` in
-    `extra` (a fault's, a rate limit's RESOURCE_EXHAUSTED) replaces the mapped one; the other
-    `extra` fields (`retry-after`, ...) are sent along."""
+def local_grpc_status(http_status: int, extra: Sequence[tuple[bytes, bytes]] = ()) -> int:
+    """The grpc-status of the trailers-only reply standing for local HTTP status
+    `http_status`: a `grpc-status` in `extra` (a fault's, a rate limit's RESOURCE_EXHAUSTED),
+    else gRPC's mapping of the HTTP status.  The golden metrics count the reply under it."""
     code = GRPC_STATUS_FOR_HTTP.get(http_status, 2)
-    rest: list[tuple[bytes, bytes]] = []
     for n, v in extra:
         if n == b"grpc-status" and v.isdigit():
             code = int(v)
-        else:
-            rest.append((n, v))
+    return code
+
+
+def grpc_trailers_only(http_status: int, detail: str,
+                       extra: Sequence[tuple[bytes, bytes]] = ()) -> Headers:
+    """A trailers-only gRPC response standing for a local HTTP error, with
+    `local_grpc_status`; the other `extra` fields (`retry-after`, ...) are sent along."""
+    code = local_grpc_status(http_status, extra)
+    rest = [(n, v) for n, v in extra if n != b"grpc-status"]
     if rest:
         return [(b":status", b"200"), (b"content-type", b"application/grpc"),
                 (b"grpc-status", b"%d" % code), (b"grpc-message", grpc_message(detail)), *rest]

@@ -70,6 +70,21 @@ OVERFLOW: Final = "overflow"
 _GRPC_FOR_HTTP: Final = {400: "13", 401: "16", 403: "7", 404: "12", 429: "14", 502: "14", 503: "14",
                   504: "14"}
 """gRPC's HTTP-to-gRPC status mapping, for a gRPC request answered without a grpc-status."""
+_CANCELLED: Final = "1"
+_INTERNAL: Final = "13"
+
+
+def missing_grpc_status(status: int, flags: str) -> str:
+    """The gRPC status of a call that got no `grpc-status` (audit ADR 0107), as the caller's
+    gRPC library reports it: CANCELLED when the caller left (DC); INTERNAL for an HTTP 200
+    without one (the stream reset after its head, RST_STREAM INTERNAL_ERROR, or ended without
+    trailers: gRPC's spec maps both to INTERNAL); else gRPC's mapping of the HTTP status.
+    Never OK: counting such calls `0` hid failed calls from every gRPC success rate."""
+    if "DC" in flags.split(","):
+        return _CANCELLED
+    if status == 200:
+        return _INTERNAL
+    return _GRPC_FOR_HTTP.get(status, "2")
 _GRPC_CODES: Final = frozenset(str(i) for i in range(17))
 """The `grpc-status` values kept as a label; any other text an upstream sends is `2`
 (UNKNOWN, as a gRPC client reads it): the label's value is never the peer's bytes, so it
@@ -182,10 +197,8 @@ class HttpGolden:
             grpc_status = ""
             if grpc:
                 gs = stream.grpc_status
-                if gs:
-                    grpc_status = gs if gs in _GRPC_CODES else "2"
-                else:
-                    grpc_status = _GRPC_FOR_HTTP.get(status, "2" if status != 200 else "0")
+                grpc_status = ((gs if gs in _GRPC_CODES else "2") if gs
+                               else missing_grpc_status(status, flags))
             key = (identity, status, grpc_status, flags, grpc)  # raw flags: mapped on a miss
             s = self._cache.get(key)
             if s is None:

@@ -130,14 +130,20 @@ def test_outbound_labels_name_the_cluster_destination() -> None:
 
 
 def test_grpc_status_from_trailers_or_mapped_from_http() -> None:
+    """A call without a grpc-status is never OK (ADR 0107): a 200 without one is INTERNAL
+    (reset after its head, or no trailers), a caller that left is CANCELLED."""
     g, m, cfg = _golden()
     rec = g.http(cfg.listeners[0], cfg.clusters[0])
     rec.count(_stream(CALLER, 200, grpc=True, grpc_status="5"), 1.0)
+    rec.count(_stream(CALLER, 200, grpc=True, grpc_status="0"), 1.0)
     rec.count(_stream(CALLER, 200, grpc=True), 1.0)
+    rec.count(_stream(CALLER, 200, grpc=True, flags="DC"), 1.0)
+    rec.count(_stream(CALLER, 0, grpc=True, flags="DI,DC"), 1.0)
     rec.count(_stream(CALLER, 503, grpc=True), 1.0)
-    got = sorted((r["request_protocol"], r["response_code"], r["grpc_response_status"])
+    got = sorted((r["response_code"], r["grpc_response_status"])
                  for r in _series(m, "requests"))
-    assert got == [("grpc", "200", "0"), ("grpc", "200", "5"), ("grpc", "503", "14")]
+    assert got == [("0", "1"), ("200", "0"), ("200", "1"), ("200", "13"), ("200", "5"),
+                   ("503", "14")]
 
 
 def test_series_are_bounded_per_family_with_an_overflow_series_and_a_count() -> None:

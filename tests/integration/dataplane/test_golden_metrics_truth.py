@@ -1,0 +1,99 @@
+"""The golden metrics against what the client actually got (audit ADR 0107): known gRPC
+outcomes driven through a real proxy from a raw HTTP/2 client, each call's wire answer (the
+`grpc-status` in its trailers-only head or its trailers, or the RST_STREAM that ended it)
+compared with the `grpc_response_status` label the proxy counted it under."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from tests.support.h2peers import H2Client, H2Response, running_h2_origin
+from tests.support.proxy import RunningProxy, running_proxy
+
+GRPC = [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
+MESSAGE = b"\x00\x00\x00\x00\x03abc"
+
+
+def _rule(prefix: str, *filters: dict[str, Any]) -> dict[str, Any]:
+    return {"matches": [{"path": {"type": "PathPrefix", "value": prefix}}],
+            "backends": [{"cluster": "grpc"}], "filters": list(filters)}
+
+
+@asynccontextmanager
+async def grpc_proxy() -> AsyncIterator[tuple[RunningProxy, H2Client, Any]]:
+    """An h2c proxy with golden metrics in front of the scripted HTTP/2 origin: `/fault`
+    aborts with grpc-status 7, `/limited` allows one call a minute, the rest goes through."""
+    async with running_h2_origin() as (port, origin):
+        cfg = {
+            "listeners": [{"name": "out", "port": 0, "protocol": "http2", "route_table": "rt"}],
+            "clusters": [{"name": "grpc", "protocol": "http2",
+                          "endpoints": [{"address": "127.0.0.1", "port": port}]}],
+            "route_tables": [{"name": "rt", "virtual_hosts": [{"name": "any", "rules": [
+                _rule("/fault", {"type": "FaultInjection", "abort": {"grpc_status": 7}}),
+                _rule("/limited", {"type": "RateLimit",
+                                   "local": {"requests": 1, "interval_ms": 60_000}}),
+                _rule("/")]}]}],
+            "telemetry": {"metrics": {}},
+        }
+        async with running_proxy(cfg) as p:
+            client = await H2Client.connect(p.port())
+            try:
+                yield p, client, origin
+            finally:
+                client.close()
+
+
+async def call(client: H2Client, path: str) -> H2Response:
+    return await asyncio.wait_for(client.request("POST", path, GRPC, body=MESSAGE), 5)
+
+
+def wire_status(r: H2Response) -> bytes | None:
+    """The grpc-status the client got: in the trailers, or in a trailers-only head."""
+    return dict(r.trailers).get(b"grpc-status") or dict(r.headers).get(b"grpc-status")
+
+
+def counted(p: RunningProxy, **labels: str) -> float:
+    return p.metric("istio_requests_total", request_protocol="grpc", **labels)
+
+
+async def test_a_local_answers_grpc_status_is_the_one_sent() -> None:
+    """A fault's `grpc_status` and a rate limit's RESOURCE_EXHAUSTED went out on the wire but
+    were counted as gRPC's mapping of the HTTP status behind them (UNAVAILABLE for both)."""
+    async with grpc_proxy() as (p, client, _):
+        fault = await call(client, "/fault/x")
+        assert (fault.status, wire_status(fault)) == (200, b"7")
+        assert (await call(client, "/limited/script")).status == 200
+        limited = await call(client, "/limited/script")
+        assert (limited.status, wire_status(limited)) == (200, b"8")
+        assert counted(p, grpc_response_status="7", response_flags="FI") == 1
+        assert counted(p, grpc_response_status="8", response_flags="RL") == 1
+        assert counted(p, grpc_response_status="14") == 0
+
+
+async def test_a_call_that_ended_without_a_grpc_status_is_not_counted_ok() -> None:
+    """A call whose stream was reset after its head (the upstream reset it: the client saw
+    RST_STREAM, INTERNAL to its gRPC library) or cancelled by the client had no grpc-status
+    at all, and was counted as `0` (OK) because its HTTP status was 200."""
+    async with grpc_proxy() as (p, client, origin):
+        reset = await call(client, "/reset")
+        assert reset.reset_code == 2 and wire_status(reset) is None  # INTERNAL_ERROR
+        origin.release.clear()
+        sid, _ = client.start("POST", "/hold", GRPC, end_stream=False)
+        await client.send_body(sid, MESSAGE, end=False)
+        for _ in range(200):  # bounded: until the origin holds the call
+            if origin.held_bytes:
+                break
+            await asyncio.sleep(0.01)
+        client.reset(sid)  # the caller cancels
+        for _ in range(300):
+            if counted(p, response_flags="DC"):
+                break
+            await asyncio.sleep(0.01)
+        ok = await call(client, "/script")
+        assert wire_status(ok) == b"0"
+        assert counted(p, grpc_response_status="0") == 1  # only the call that got OK
+        assert counted(p, grpc_response_status="13", response_flags="UC") == 1
+        assert counted(p, grpc_response_status="1", response_flags="DC") == 1
