@@ -108,10 +108,11 @@ class Mesh:
 
 @contextlib.asynccontextmanager
 async def running_mesh(tmp_path: Path, clients: tuple[str, ...] = ("a", "b"),
-                       features: list[str] | None = None, interval: float = INTERVAL
-                       ) -> AsyncIterator[Mesh]:
+                       features: list[str] | None = None, interval: float = INTERVAL,
+                       handler: Any = origin) -> AsyncIterator[Mesh]:
+    """`handler`: the aiohttp handler behind api-0 (`origin` by default)."""
     inbound = free_port()
-    async with serve_handler(origin) as port, running_control_plane(
+    async with serve_handler(handler) as port, running_control_plane(
             stats_interval=interval) as cp:
         outbound = {c: free_port() for c in clients}
         status, body = await apply(cp.api_url, workload(
@@ -311,6 +312,50 @@ async def test_what_was_served_before_sigterm_is_kept_when_the_stream_breaks_mid
 async def _served(m: Mesh, total: int) -> bool:
     wl = by_name((await m.stat("kind=workload", "namespace=shop", "window=60s"))["items"])
     return "api-0" in wl and wl["api-0"]["requests"] == total
+
+
+async def delayed(request: web.Request) -> web.Response:
+    """`/d/<ms>`: answer after that many milliseconds (the truth of a latency test)."""
+    if request.path.startswith("/d/"):
+        await asyncio.sleep(int(request.path[3:]) / 1000)
+    return web.Response(text="ok")
+
+
+async def test_percentiles_are_in_the_true_quantiles_bucket_and_the_window_slides(
+        tmp_path: Path) -> None:
+    """Audit ADR 0107: 20 requests the origin holds 50 ms and 10 it holds 200 ms.  The true
+    p50 is ~51 ms (bucket 50-100), p95 and p99 ~201 ms (bucket 100-250): `tulle stat` must
+    answer within those buckets (its stated error), and a window that no longer reaches the
+    traffic must not count it."""
+    async with running_mesh(tmp_path, clients=("a",), handler=delayed) as m:
+        loop = asyncio.get_running_loop()
+        spent = 0.0  # the client's own time for the 30: an upper bound of the proxies'
+        async with aiohttp.ClientSession() as s:
+            for i in range(30):
+                t = loop.time()
+                assert await m.call("a", "/d/200" if i % 3 == 0 else "/d/50", s) == 200
+                spent += (loop.time() - t) * 1000
+        total = m.sent["a"]  # (and the calls that brought the mesh up)
+
+        async def counted() -> dict[str, Any] | None:
+            doc = await m.stat("kind=svc", "name=api", "namespace=shop", "window=60s")
+            return doc["items"][0] if doc["items"] and doc["items"][0]["requests"] == total \
+                else None
+        await eventually(counted, timeout=10)
+        api = await counted()
+        assert api is not None
+        lat = api["latencyMs"]
+        assert 50 < lat["p50"] <= 100, lat
+        assert 100 < lat["p95"] <= 250 and 100 < lat["p99"] <= 250, lat
+        # The mean is exact: at least the origin's holds, at most what the client waited
+        # (plus the few fast calls that brought the mesh up).
+        assert (20 * 50 + 10 * 200) / total <= lat["mean"] <= (spent + 50) / 30, (lat, spent)
+        assert api["successRate"] == 1.0
+
+        async def slid() -> bool:
+            doc = await m.stat("kind=svc", "name=api", "namespace=shop", "window=1s")
+            return not doc["items"] or doc["items"][0]["requests"] == 0
+        await eventually(slid, timeout=10)
 
 
 async def test_rps_within_tolerance_of_the_measured_rate(tmp_path: Path) -> None:

@@ -97,3 +97,4 @@ async def test_a_call_that_ended_without_a_grpc_status_is_not_counted_ok() -> No
         assert counted(p, grpc_response_status="0") == 1  # only the call that got OK
         assert counted(p, grpc_response_status="13", response_flags="UC") == 1
         assert counted(p, grpc_response_status="1", response_flags="DC") == 1
+
