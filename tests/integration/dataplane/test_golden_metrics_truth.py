@@ -1,7 +1,8 @@
-"""The golden metrics against what the client actually got (audit ADR 0107): known gRPC
-outcomes driven through a real proxy from a raw HTTP/2 client, each call's wire answer (the
-`grpc-status` in its trailers-only head or its trailers, or the RST_STREAM that ended it)
-compared with the `grpc_response_status` label the proxy counted it under."""
+"""The golden metrics and spans against what the client actually got (audit ADR 0107): known
+gRPC outcomes driven through a real proxy from a raw HTTP/2 client, each call's wire answer
+(the `grpc-status` in its trailers-only head or its trailers, or the RST_STREAM that ended it)
+compared with the `grpc_response_status` label the proxy counted it under and the span it
+exported."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from opentelemetry.proto.trace.v1 import trace_pb2
+from tests.integration.dataplane.test_tracing import attrs, spans_of
 from tests.support.h2peers import H2Client, H2Response, running_h2_origin
+from tests.support.otlp_receiver import OtlpReceiver, running_receiver
 from tests.support.proxy import RunningProxy, running_proxy
 
 GRPC = [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
@@ -98,3 +102,50 @@ async def test_a_call_that_ended_without_a_grpc_status_is_not_counted_ok() -> No
         assert counted(p, grpc_response_status="13", response_flags="UC") == 1
         assert counted(p, grpc_response_status="1", response_flags="DC") == 1
 
+
+
+async def test_a_failed_grpc_call_makes_an_error_span_with_its_status() -> None:
+    """A gRPC call fails with HTTP 200 and a non-OK grpc-status, so spans judged by the HTTP
+    status alone were never errors: a trace search for errors missed every failed call.  Now
+    the span carries `rpc.grpc.status_code` (the status the metrics count) and is an error as
+    OpenTelemetry's gRPC conventions say: on a CLIENT span any non-OK status, on a SERVER
+    span only the server's faults (INTERNAL yes, NOT_FOUND no)."""
+    async with running_receiver() as receiver, running_h2_origin() as (port, origin):
+        cfg = {
+            "listeners": [
+                {"name": "out", "port": 0, "protocol": "http2", "route_table": "rt"},
+                {"name": "in", "port": 0, "protocol": "http2", "direction": "inbound",
+                 "route_table": "rt"}],
+            "clusters": [{"name": "grpc", "protocol": "http2",
+                          "endpoints": [{"address": "127.0.0.1", "port": port}]}],
+            "route_tables": [{"name": "rt", "virtual_hosts": [{"name": "any", "rules": [
+                _rule("/")]}]}],
+            "telemetry": {"tracing": {"otlp_endpoint": receiver.url, "sampling_percent": 100}},
+        }
+        async with running_proxy(cfg) as p:
+            got: dict[tuple[str, str], trace_pb2.Span] = {}
+            seen: set[str] = set()
+            for listener in ("out", "in"):
+                client = await H2Client.connect(p.port(listener))
+                try:
+                    for script in ("ok", "grpc-5", "after-13"):
+                        origin.script.append(script)
+                        await call(client, "/script")
+                        while not _spans(receiver).keys() - seen:  # bounded: wait_for's timeout
+                            await receiver.wait_for(len(receiver.exports) + 1, timeout=10)
+                        (key,) = _spans(receiver).keys() - seen
+                        seen.add(key)
+                        got[(listener, script)] = _spans(receiver)[key]
+                finally:
+                    client.close()
+        error = trace_pb2.Status.STATUS_CODE_ERROR
+        for (listener, script), span in got.items():
+            code = {"ok": 0, "grpc-5": 5, "after-13": 13}[script]
+            assert attrs(span)["rpc.grpc.status_code"] == code, (listener, script)
+            failed = code == 13 or (code == 5 and listener == "out")
+            assert (span.status.code == error) == failed, (listener, script)
+
+
+def _spans(receiver: OtlpReceiver) -> dict[str, trace_pb2.Span]:
+    return {span.span_id.hex(): span for spans in spans_of(receiver).values()
+            for _, span in spans}

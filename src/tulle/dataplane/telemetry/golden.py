@@ -15,7 +15,8 @@ Where each label comes from (ADR 0053):
 * the source of an inbound request: the verified SPIFFE ID of the caller's certificate (the
   connection's facts), looked up in `telemetry.metrics.peers`; an identity not listed gives its
   SPIFFE namespace and workload `unknown`; plaintext gives `unknown` throughout;
-* per request: `request_protocol` (`http`, `grpc`), `response_code`, `grpc_response_status`,
+* per request: `request_protocol` (`http`, `grpc`), `response_code`, `grpc_response_status`
+  (the status the caller got, `grpc_status.py`),
   `response_flags` (Envoy's codes from the stream's raw flags, by `telemetry/flags.py`, the
   module the access log shares; mapped once per distinct series) and `connection_security_policy`
   (`mutual_tls` when the caller was verified, else `none`; `unknown` on the source side).
@@ -31,6 +32,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final
 
 from tulle.dataplane.telemetry.flags import response_flags as envoy_flags
+from tulle.dataplane.telemetry.grpc_status import call_status, is_grpc
 from tulle.dataplane.telemetry.metrics import (
     Counter,
     CounterChild,
@@ -67,29 +69,6 @@ BYTES_BUCKETS: Final = (1.0, 10.0, 100.0, 1000.0, 10000.0, 100000.0, 1000000.0, 
 
 UNKNOWN: Final = "unknown"
 OVERFLOW: Final = "overflow"
-_GRPC_FOR_HTTP: Final = {400: "13", 401: "16", 403: "7", 404: "12", 429: "14", 502: "14", 503: "14",
-                  504: "14"}
-"""gRPC's HTTP-to-gRPC status mapping, for a gRPC request answered without a grpc-status."""
-_CANCELLED: Final = "1"
-_INTERNAL: Final = "13"
-
-
-def missing_grpc_status(status: int, flags: str) -> str:
-    """The gRPC status of a call that got no `grpc-status` (audit ADR 0107), as the caller's
-    gRPC library reports it: CANCELLED when the caller left (DC); INTERNAL for an HTTP 200
-    without one (the stream reset after its head, RST_STREAM INTERNAL_ERROR, or ended without
-    trailers: gRPC's spec maps both to INTERNAL); else gRPC's mapping of the HTTP status.
-    Never OK: counting such calls `0` hid failed calls from every gRPC success rate."""
-    if "DC" in flags.split(","):
-        return _CANCELLED
-    if status == 200:
-        return _INTERNAL
-    return _GRPC_FOR_HTTP.get(status, "2")
-_GRPC_CODES: Final = frozenset(str(i) for i in range(17))
-"""The `grpc-status` values kept as a label; any other text an upstream sends is `2`
-(UNKNOWN, as a gRPC client reads it): the label's value is never the peer's bytes, so it
-cannot be kilobytes long or anything a dashboard does not expect (attack review A2, ADR 0060)."""
-
 Side = tuple[str, ...]
 """The values of `SOURCE_LABELS` or of `DESTINATION_LABELS`."""
 
@@ -193,12 +172,10 @@ class HttpGolden:
                 if key in self._cache:  # (an overflowed key is not: see _series)
                     self._plain[status] = s
         else:
-            grpc = head.version == b"2" and _is_grpc(head.headers)
+            grpc = head.version == b"2" and is_grpc(head.headers)
             grpc_status = ""
             if grpc:
-                gs = stream.grpc_status
-                grpc_status = ((gs if gs in _GRPC_CODES else "2") if gs
-                               else missing_grpc_status(status, flags))
+                grpc_status = call_status(stream.grpc_status, status, flags)
             key = (identity, status, grpc_status, flags, grpc)  # raw flags: mapped on a miss
             s = self._cache.get(key)
             if s is None:
@@ -244,13 +221,6 @@ class HttpGolden:
         if not full:  # an overflowed key is not cached: the cache stays within the bound
             self._cache[key] = s
         return s
-
-
-def _is_grpc(headers: list[tuple[bytes, bytes]]) -> bool:
-    for n, v in headers:
-        if n == b"content-type":
-            return v[:16] == b"application/grpc"
-    return False
 
 
 class Golden:

@@ -28,6 +28,7 @@ from binascii import hexlify
 from typing import TYPE_CHECKING, Final, Protocol
 
 from tulle.dataplane.telemetry import clip
+from tulle.dataplane.telemetry.grpc_status import SERVER_ERRORS, call_status, is_grpc
 from tulle.dataplane.telemetry.tracing.propagation import (
     FORMATS,
     NO_DECISION,
@@ -216,8 +217,14 @@ class ListenerTracer:
         cluster = record.cluster
         kind = self.kind
         error = status == 0 or status >= 500 or (kind == CLIENT and status >= 400)
+        grpc = ""
+        if head.version == b"2" and is_grpc(head.headers):
+            # A gRPC call fails with HTTP 200: its own status decides (ADR 0107).
+            grpc = call_status(record.grpc_status, status, record.flags)
+            if grpc != "0" and (kind == CLIENT or grpc in SERVER_ERRORS):
+                error = True
         start = trace.start_ns
-        common, extra = attributes(record, self.listener, method)
+        common, extra = attributes(record, self.listener, method, grpc)
         sink.add(Span(
             trace_id=trace.trace_id, span_id=trace.span_id, parent_id=trace.parent_id,
             name=_span_name(method, cluster), kind=kind,
@@ -233,6 +240,7 @@ class SpanRecord(Protocol):
     status: int
     flags: str
     cluster: str
+    grpc_status: str
 
     @property
     def facts(self) -> ConnectionFacts: ...
@@ -265,8 +273,10 @@ def _span_name(method: str, cluster: str) -> str:
     return name if cluster == "-" else f"{name} {cluster}"
 
 
-def attributes(record: SpanRecord, listener: str, method: str) -> tuple[Attributes, Attributes]:
-    """OTel HTTP semantic conventions, then the proxy's own (Envoy's names where it has one,
+def attributes(record: SpanRecord, listener: str, method: str,
+               grpc: str = "") -> tuple[Attributes, Attributes]:
+    """OTel HTTP semantic conventions (and `rpc.grpc.status_code`, `grpc`, for a gRPC call),
+    then the proxy's own (Envoy's names where it has one,
     so queries written for Envoy/Istio spans work): (those whose values repeat from request
     to request, those that rarely do: `Span.attributes`, `Span.extra`).  Values the client
     chose are cut to `clip`'s bounds (ADR 0103): a queued span costs a bounded size."""
@@ -287,6 +297,8 @@ def attributes(record: SpanRecord, listener: str, method: str) -> tuple[Attribut
         out.append(("server.port", int(port)))
     if record.status:
         out.append(("http.response.status_code", record.status))
+    if grpc:
+        out.append(("rpc.grpc.status_code", int(grpc)))
     facts = record.facts
     extra: list[tuple[str, str | int | bool]] = [("url.path", path)]
     if method == OTHER_METHOD:
