@@ -56,6 +56,7 @@ COMPILED: Final = (
     "tulle.dataplane.telemetry.access_log",
     "tulle.dataplane.telemetry.starttime",
     "tulle.dataplane.telemetry.golden",
+    "tulle.dataplane.telemetry.grpc_status",
     "tulle.dataplane.telemetry.sinks",
     "tulle.dataplane.telemetry.tracing.propagation",
     "tulle.dataplane.telemetry.tracing.tracer",
