@@ -52,9 +52,9 @@ def trace_fault(route: Route, head: RequestHead) -> dict[str, Any] | None:
     if f.abort_share:
         parts.append(f"answers {abort} (flag FI) to {f.abort_share:g}% of the requests")
     if cfg.delay is not None and f.delay_share:
-        parts.append(f"delays {f.delay_share:g}% of the requests by {cfg.delay.fixed_delay_ms} "
-                     "ms (flag DI)" + (", drawn on its own: one drawn for both is delayed, then "
-                                       "aborted" if f.abort_share else ""))
+        both = ", drawn on its own: one drawn for both is delayed, then aborted"
+        parts.append(f"delays {f.delay_share:g}% by {cfg.delay.fixed_delay_ms} ms (flag DI)"
+                     + (both if f.abort_share else ""))
     doc.update(applies=True, why="the request matches the fault: the destination's proxy "
                                  + ("; ".join(parts) or "injects nothing (0%)"))
     return doc
