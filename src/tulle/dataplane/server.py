@@ -36,6 +36,7 @@ from tulle.dataplane.listeners import sockets
 from tulle.dataplane.listeners.factory import protocol_factory
 from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.listener_context import ListenerContext
+from tulle.dataplane.listeners.orphans import drain_orphans
 from tulle.dataplane.overload import OverloadGuard
 from tulle.dataplane.runtime.build import Prepared, SnapshotBuilder
 from tulle.dataplane.runtime.tls import ServerRef, TLSContexts
@@ -61,6 +62,14 @@ def _drain_handle(handle: ListenerHandle) -> None:
     connection whose protocol was detected meanwhile is its driver's by now."""
     for conn in list(handle.connections):
         conn.start_drain()
+
+
+def _drain_orphans(handles: list[ListenerHandle]) -> None:
+    """`listeners/orphans.py`, against each handle's context in force when the grace ends."""
+    for handle in handles:
+        if n := drain_orphans(handle, handle.ctx):
+            log.info("listener %s: %d connection(s) whose filter chain or destination left the "
+                     "config drained", handle.name, n)
 
 
 class MeshDns:
@@ -322,7 +331,10 @@ class ProxyServer:
         retired, self.runtime.retired_loggers = self.runtime.retired_loggers, []
         if retired:
             self._spawn(close_loggers(retired))
+        orphaned = []
         for handle, ctx in plan.kept:
+            if handle.ctx is not ctx:
+                orphaned.append(handle)
             handle.ctx = ctx
         for name, old in self.listeners.items():
             if plan.handles.get(name) is not old:
@@ -335,6 +347,11 @@ class ProxyServer:
         info.labels(plan.cfg.version).value = 1
         self.health.sync()
         self.overload.configure(plan.cfg.settings)
+        if orphaned:
+            # Connections whose way in left the config are drained after the same grace as a
+            # swapped-out listener's (`_retire`): a request already on its way gets the new
+            # config's answer (`404 no route`, `Connection: close`), not a cut-off.
+            asyncio.get_running_loop().call_later(SWAP_DRAIN_GRACE, _drain_orphans, orphaned)
         if len(self.tls):
             self.tls.retain([*(h.tls_ref.ctx for h in self.listeners.values() if h.tls_ref),
                              *(c for h in self.listeners.values() for c in h.ctx.ssl_contexts()),

@@ -248,7 +248,8 @@ class ChainAccept(Deciding):
             return None
         dst = self.destination if ctx.cfg.mode == "transparent" else None
         handle = self.handle
-        return lambda t, initial: relay(handle, t, initial, target, dst, network=chain.network)
+        return lambda t, initial: relay(handle, t, initial, target, dst, network=chain.network,
+                                        chain_name=chain.name)
 
     def _target(self, chain: ChainRule, ctx: ListenerContext) -> Target | None:
         """Where bytes that are not (or not taken as) HTTP go on `chain`: its cluster, or on a
@@ -275,8 +276,9 @@ class ChainAccept(Deciding):
     def _relay(self, target: Target, chain: ChainRule | None) -> None:
         dst = self.destination if self.ctx.cfg.mode == "transparent" else None
         network = chain.network if chain is not None else self.ctx.network
+        name = chain.name if chain is not None else None
         self._pass(lambda t, initial: relay(self.handle, t, initial, target, dst,
-                                            network=network))
+                                            network=network, chain_name=name))
 
     def _finish(self) -> None:
         super()._finish()

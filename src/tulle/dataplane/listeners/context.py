@@ -85,9 +85,11 @@ class RoutedConnection(Connection):
     destination would.  Requests in flight finish on the decision they were routed with
     (decision 3 of DESIGN.md).
 
-    A destination that no rule of the new context routes any more gets 404 (no route, flag
-    NR) on this connection, and the connection is drained where the driver allows it (HTTP/2
-    sends GOAWAY), so the client reconnects and meets the new config's decision for it.
+    A destination that no rule of the new context routes any more (or a filter chain that is
+    gone) gets 404 (no route, flag NR) on this connection, and the connection is drained
+    (HTTP/1: `Connection: close` after the response; HTTP/2: GOAWAY), so the client reconnects
+    and meets the new config's decision for it.  The swap itself drains such connections
+    already, the idle ones too (`listeners/orphans.py`).
     """
 
     handle: ListenerHandle
@@ -146,13 +148,25 @@ class RoutedConnection(Connection):
             self.router = ctx.router
             self.cluster = ctx.cluster
             return True
+        found = self._lookup(ctx)
+        if found is None:
+            self.router = NO_ROUTE
+            self.cluster = ""
+            return False
+        self.router, self.cluster = found
+        return True
+
+    def routable(self, ctx: ListenerContext) -> bool:
+        """The routing key still means something in `ctx` (its filter chain or destination
+        rule is there); asked at a swap (`listeners/orphans.py`), nothing changes."""
+        return self.route_key is None or self._lookup(ctx) is not None
+
+    def _lookup(self, ctx: ListenerContext) -> tuple[Router | None, str] | None:
+        key = self.route_key
+        assert key is not None
         rule: DestinationRule | ChainRule | None = (
             ctx.chains_by_name.get(key) if isinstance(key, str) else ctx.destination_for(*key))
         cluster = (rule.cluster or ctx.cluster) if rule is not None else ""
         if rule is None or (rule.router is None and not cluster):
-            self.router = NO_ROUTE
-            self.cluster = ""
-            return False
-        self.router = rule.router
-        self.cluster = cluster
-        return True
+            return None
+        return rule.router, cluster

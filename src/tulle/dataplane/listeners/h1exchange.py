@@ -56,7 +56,7 @@ class H1Exchange(RequestStream):
 
     def send_head(self, head: ResponseHead, end: bool) -> None:
         conn = self.down
-        if conn.handle.draining:
+        if conn.drain_after or conn.handle.draining:
             self.close_after = True
         elif conn.guard.rejecting and not self.close_after:
             self.close_after = True  # overloaded: no keep-alive
@@ -98,9 +98,11 @@ class H1Exchange(RequestStream):
     def send_local(self, status: int, body: bytes, headers: ReplyHeaders = ()) -> None:
         self.status = status
         self.head_sent = True
-        if not self.request_done or status in _CLOSES:
+        conn = self.down
+        if not self.request_done or status in _CLOSES or conn.drain_after \
+                or conn.handle.draining:
             self.close_after = True
-        self.down.write(local_response(status, body, close=self.close_after, extra=headers))
+        conn.write(local_response(status, body, close=self.close_after, extra=headers))
         self.complete()
 
     def send_reset(self) -> None:

@@ -97,6 +97,9 @@ class H1Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
         self._eof_out = False
         self._lingering = False
         self.closing = False
+        self.drain_after = False
+        """Drained while busy: the responses in flight say `Connection: close` and the
+        connection closes after them (`start_drain`)."""
         self.deadline = 0.0
         self.deadline_kind = ""
 
@@ -283,7 +286,8 @@ class H1Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
             self.deadline_kind = ""
         if self.paused:
             self.resume_reading("upstream")  # the finished upstream can no longer push back
-        if ex.close_after or self.closing or (self.handle.draining and not q):
+        if ex.close_after or self.closing or (
+                (self.drain_after or self.handle.draining) and not q):
             self._close()
             return
         if self.paused and len(q) <= 1:
@@ -433,8 +437,13 @@ class H1Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
         self._close()
 
     def start_drain(self) -> None:
+        """Idle: close now.  Busy: the responses in flight say `Connection: close` and the
+        connection closes after the last, whether the whole listener drains or only this
+        connection (its way in left the config, `listeners/orphans.py`)."""
         if not self._queue and self.tunnel is None:
             self._close()
+        else:
+            self.drain_after = True
 
     def _close(self) -> None:
         """Close after what is written, at the end of the turn with its other writes (ADR

@@ -52,11 +52,13 @@ def facts_of(handle: ListenerHandle, transport: asyncio.Transport,
 
 def relay(handle: ListenerHandle, transport: asyncio.Transport, initial: bytes,
           target: Target, original_destination: tuple[str, int] | None = None, *,
-          network: NetworkChain | Literal["listener"] | None = "listener") -> Connection:
+          network: NetworkChain | Literal["listener"] | None = "listener",
+          chain_name: str | None = None) -> Connection:
     """Start relaying a client connection to `target` (after the listener's network filters);
     the relay owns `transport` from now on.  `original_destination`: where a transparent
     connection was going (the filters' facts).  `network`: the filters of the connection's
-    filter chain instead of the listener's (`listeners.chain_accept`)."""
+    filter chain instead of the listener's (`listeners.chain_accept`); `chain_name`: that
+    chain's name (a swap that removes it closes the relay, `listeners/orphans.py`)."""
     if network == "listener":
         network = handle.ctx.network
     chain: ConnectionChain | None = None
@@ -72,6 +74,7 @@ def relay(handle: ListenerHandle, transport: asyncio.Transport, initial: bytes,
              and transport.get_extra_info("socket") is not None
              and (cluster is None or cluster.ssl_context is None))
     conn: TcpProxy = (SpliceRelay if USE_SPLICE and plain else CopyRelay)(handle, target, chain)
+    conn.route_key = chain_name
     golden = handle.ctx.golden
     if golden is not None:
         if chain is not None:

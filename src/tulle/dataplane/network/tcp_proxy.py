@@ -92,6 +92,9 @@ class TcpProxy(Connection):
         self.loop = asyncio.get_running_loop()
         self.target = target
         self.chain = chain
+        self.route_key: str | None = None
+        """The name of the filter chain this connection came in by (`relay`), None without
+        one: at a swap that removes that chain, the relay is closed (`listeners/orphans.py`)."""
         self.ended = False
         self.close_reason = ""
         self.idle_timeout = ctx.settings.tcp_idle_timeout_ms / 1000
@@ -253,6 +256,15 @@ class TcpProxy(Connection):
     def idle_close(self) -> None:
         """Close both sides (FIN, not RST: nothing was cut short, it was abandoned)."""
         raise NotImplementedError
+
+    def way_in_gone(self) -> None:
+        """The filter chain this stream came in by left the config (PERMISSIVE -> STRICT took
+        the `plaintext` chain): closed on both sides, as a new connection the config no
+        longer takes is closed; close reason `no_filter_chain`."""
+        if self.ended:
+            return
+        self.set_reason("no_filter_chain")
+        self.idle_close()
 
     def start_drain(self) -> None:
         """An opaque stream has no request boundary to stop at: it runs until it ends, or until
