@@ -51,6 +51,7 @@ from tulle.dataplane.tap_link import TapLink
 from tulle.dataplane.telemetry.summary import Summarizer
 from tulle.proxyconfig import features
 from tulle.proxyconfig.delta import DeltaError
+from tulle.proxyconfig.framing import MAX_FRAME
 from tulle.proxyconfig.model import CONFIG_API_VERSION, ProxyConfig
 from tulle.proxyconfig.reserved import workload_identity
 from tulle.proxyconfig.stats import report_seconds
@@ -94,15 +95,40 @@ STATS_MAX_GAP = 600.0
 (the control plane keeps no longer a window)."""
 
 
-def load_cached(path: Path) -> ProxyConfig | None:
+CACHE_MAX_BYTES = MAX_FRAME
+"""A cached snapshot larger than this is refused unread: none that large came over the stream
+(its frames are bounded by the same figure), and reading it whole would cost the proxy memory
+at every start (a 300 MB file made one take 1.5 GB and put a 300 MB version in force; ADR
+0108)."""
+
+
+def load_cached(path: Path, workload: WorkloadInfo | None = None) -> ProxyConfig | None:
+    """The snapshot cached at `path`, if it is one this proxy may serve: readable, at most
+    `CACHE_MAX_BYTES`, valid, and (given `workload`) made for that workload -- a cache of
+    another one would bind its ports and answer as it (a directory copied between hosts, a
+    `--cache-dir` shared by two proxies).  Anything else is logged and ignored: the proxy
+    then waits for the control plane."""
     try:
-        raw = msgspec.json.decode(path.read_bytes())
-        return validate(raw)
+        with path.open("rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > CACHE_MAX_BYTES:
+                log.warning("ignoring cached snapshot %s: %d bytes, more than the %d a snapshot "
+                            "from the stream can be", path, size, CACHE_MAX_BYTES)
+                return None
+            data = f.read(CACHE_MAX_BYTES + 1)
+        cfg = validate(msgspec.json.decode(data))
     except FileNotFoundError:
         return None
     except (OSError, msgspec.DecodeError, ConfigError) as exc:
         log.warning("ignoring unusable cached snapshot %s: %s", path, exc)
         return None
+    node = cfg.node
+    if workload is not None and (node.namespace, node.name) != (workload.namespace,
+                                                                 workload.name):
+        log.warning("ignoring cached snapshot %s: it is workload %r's, not %s/%s's", path,
+                    f"{node.namespace}/{node.name}"[:300], workload.namespace, workload.name)
+        return None
+    return cfg
 
 
 def save_cached(path: Path, cfg: ProxyConfig) -> None:
@@ -186,7 +212,7 @@ class Agent:
         """Serve the cached snapshot, if any, before the control plane is reachable."""
         if self.cache_path is None:
             return False
-        cfg = load_cached(self.cache_path)
+        cfg = load_cached(self.cache_path, self.workload)
         if cfg is None:
             return False
         try:

@@ -22,6 +22,7 @@ KEY = ("shop", "web-0")
 def snapshot(version: str, upstream: int, listen: int, prefix: str = "/") -> Any:
     return validate({
         "version": version,
+        "node": {"name": KEY[1], "namespace": KEY[0]},  # (a cache is served to its node only)
         "listeners": [{"name": "out", "port": listen, "protocol": "http1",
                        "route_table": "rt"}],
         "clusters": [{"name": "backend",
