@@ -102,6 +102,11 @@ at every start (a 300 MB file made one take 1.5 GB and put a 300 MB version in f
 0108)."""
 
 
+class RefusedByControlPlane(ConnectionRefusedError):
+    """The control plane answered with an `error` (a token refused, a protocol it does not
+    speak): a failed attempt, which keeps backing off."""
+
+
 def load_cached(path: Path, workload: WorkloadInfo | None = None) -> ProxyConfig | None:
     """The snapshot cached at `path`, if it is one this proxy may serve: readable, at most
     `CACHE_MAX_BYTES`, valid, and (given `workload`) made for that workload -- a cache of
@@ -232,15 +237,28 @@ class Agent:
         while not self._stop:
             host, port = self.addresses[i % len(self.addresses)]
             where = f"{host}:{port}"
+            going = False
+
+            def back(where: str = where) -> None:
+                nonlocal going
+                going = True
+                outage.back(where)
+
             try:
-                self._back = lambda: outage.back(where)  # noqa: B023 - called within this turn
+                self._back = back
                 await self._session(host, port)
-                attempt = 0  # a session that got going resets the backoff
                 reason = "closed the stream"
+            except RefusedByControlPlane as exc:
+                reason, going = str(exc), False  # (refused: no session got going)
             except (OSError, FrameError, asyncio.IncompleteReadError, TimeoutError) as exc:
                 reason = str(exc) or type(exc).__name__
             finally:
                 self.connected.clear()
+            if going:
+                # A session that got going resets the backoff: a control plane restarted a
+                # second time is retried from `backoff_initial` again, not from where the
+                # first outage left off (it never was reset: `_session` ends by raising).
+                attempt = 0
             if self._stop or self.draining:
                 # (a draining proxy that reconnected would be an endpoint again)
                 break
@@ -540,7 +558,7 @@ class Agent:
             return Pong()
         if isinstance(msg, Error):
             log.warning("control plane refused this proxy: %s", msg.reason)
-            raise ConnectionRefusedError(f"control plane refused us: {msg.reason}")
+            raise RefusedByControlPlane(f"control plane refused us: {msg.reason}")
         if isinstance(msg, Certificate):
             await self._take_certificate(msg)
             return None
