@@ -36,7 +36,7 @@ from tulle.dataplane.listeners import sockets
 from tulle.dataplane.listeners.factory import protocol_factory
 from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.listener_context import ListenerContext
-from tulle.dataplane.listeners.orphans import drain_orphans
+from tulle.dataplane.listeners.orphans import close_unadmitted_relays, drain_orphans
 from tulle.dataplane.overload import OverloadGuard
 from tulle.dataplane.runtime.build import Prepared, SnapshotBuilder
 from tulle.dataplane.runtime.tls import ServerRef, TLSContexts
@@ -62,6 +62,15 @@ def _drain_handle(handle: ListenerHandle) -> None:
     connection whose protocol was detected meanwhile is its driver's by now."""
     for conn in list(handle.connections):
         conn.start_drain()
+
+
+def _close_unadmitted(pairs: list[tuple[ListenerHandle, ListenerHandle]]) -> None:
+    """Each replaced listener's opaque relays that its successor (the listener of the same
+    name in force now) leaves no way in (`listeners/orphans.py`)."""
+    for old, successor in pairs:
+        if n := close_unadmitted_relays(old, successor.ctx):
+            log.info("listener %s: %d opaque stream(s) its new config takes only over mTLS "
+                     "closed", old.name, n)
 
 
 def _drain_orphans(handles: list[ListenerHandle]) -> None:
@@ -347,6 +356,11 @@ class ProxyServer:
         info.labels(plan.cfg.version).value = 1
         self.health.sync()
         self.overload.configure(plan.cfg.settings)
+        # A replaced listener's relays, also those of listeners replaced by earlier swaps
+        # still draining: checked against the successor in force from now on.
+        if pairs := [(h, plan.handles[h.name]) for h in self.retired
+                     if h.name in plan.handles and h.connections]:
+            asyncio.get_running_loop().call_later(SWAP_DRAIN_GRACE, _close_unadmitted, pairs)
         if orphaned:
             # Connections whose way in left the config are drained after the same grace as a
             # swapped-out listener's (`_retire`): a request already on its way gets the new

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -111,3 +112,47 @@ async def test_strict_closes_the_plaintext_connections_permissive_let_in(tmp_pat
             assert resp.header(b"connection") == b"close", resp.headers
             assert await asyncio.wait_for(closed_by_peer(busy_r), 5)
             assert "left the config drained" in car.log()
+
+
+@pytest.mark.timeout(90)
+async def test_an_opaque_stream_outlives_a_replaced_listener_only_where_it_has_a_way_in(
+        tmp_path: Path) -> None:
+    """DISABLED -> STRICT replaces the inbound listener (it gets filter chains), and a
+    replaced listener's opaque relays ran on for as long as they lasted; now one the new
+    listener would not take is closed.  A change that still takes plaintext (DISABLED <->
+    PERMISSIVE) keeps the stream."""
+    async with tcp_echo() as echo, \
+            control_plane_process(f"sqlite:{tmp_path / 'cp.db'}", tmp_path) as cp:
+        http, tcp = free_port(), free_port()
+        status, body = await apply(cp.api, _mesh("DISABLED"), _workload((http, echo),
+                                                                        (tcp, echo)))
+        assert status == 200, body
+        car = SidecarProcess(cp.api, cp.stream_port, "api-0", tmp_path,
+                             ports=[("http", http, echo), ("tcp", tcp, echo)],
+                             labels={"app": "api"})
+        async with sidecar_processes(car):
+            r, w = await asyncio.open_connection("127.0.0.1", tcp)
+
+            async def echoes(data: bytes) -> bool:
+                w.write(data)
+                return await asyncio.wait_for(r.readexactly(len(data)), 5) == data
+
+            async def chains(want: set[str]) -> bool:
+                status, text = await car.admin("/config_dump")
+                cfg = json.loads(text)
+                listener = next(lc for lc in cfg["listeners"] if lc["port"] == tcp)
+                return {c["name"] for c in listener.get("filter_chains", [])} == want
+
+            assert await echoes(b"disabled")
+            for mode, want in (("PERMISSIVE", {"mtls", "plaintext"}), ("DISABLED", set())):
+                status, body = await apply(cp.api, _mesh(mode))
+                assert status == 200, body
+                await eventually(lambda want=want: chains(want), timeout=20)
+                await asyncio.sleep(0.5)  # past the replaced listener's drain grace
+                assert await echoes(mode.encode()), mode
+            status, body = await apply(cp.api, _mesh("STRICT"))
+            assert status == 200, body
+            await eventually(lambda: chains({"mtls"}), timeout=20)
+            assert await asyncio.wait_for(r.read(), 5) == b"", \
+                "plaintext TCP stream still relayed after DISABLED -> STRICT"
+            w.close()

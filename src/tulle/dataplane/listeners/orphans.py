@@ -17,6 +17,12 @@ closed now; busy: the response in flight says `Connection: close` and the connec
 after it; HTTP/2: GOAWAY), an opaque relay is closed on both sides (FIN; close reason
 `no_filter_chain`).  Connections whose way in is still there are untouched: requests in
 flight finish on the snapshot they started with (decision 3 of DESIGN.md).
+
+A listener whose driver changes is not kept but replaced (DISABLED -> STRICT gives it filter
+chains): a new listener takes the socket over, and the old one's connections drain after the
+same grace.  HTTP ones close after their response; an opaque relay has no request to end at.
+Where the new listener takes only mTLS, a relay of a stream this proxy did not decrypt has no
+way in under it and is closed the same way (`close_unadmitted_relays`).
 """
 
 from __future__ import annotations
@@ -47,4 +53,27 @@ def drain_orphans(handle: ListenerHandle, ctx: ListenerContext) -> int:
     return n
 
 
-__all__ = ["drain_orphans"]
+def takes_only_mtls(ctx: ListenerContext) -> bool:
+    """Every way in terminates TLS (STRICT's one `mtls` chain, no default chain, no
+    passthrough): a stream this proxy did not decrypt itself has none."""
+    return (bool(ctx.chains) and ctx.default_chain is None and not ctx.cfg.passthrough
+            and all(c.tls_ref is not None for c in ctx.chains))
+
+
+def close_unadmitted_relays(old: ListenerHandle, successor: ListenerContext) -> int:
+    """A replaced listener's opaque relays (DISABLED -> STRICT changes the listener's
+    filter chains, so a new one takes the socket over and the old one's connections drain):
+    an opaque stream has no request boundary to drain at, and ran on for as long as it lasted.
+    Where the new listener takes only mTLS, one this proxy did not decrypt (plaintext, or TLS
+    relayed as it came) has no way in, and is closed as above; how many."""
+    if not takes_only_mtls(successor):
+        return 0
+    n = 0
+    for conn in list(old.connections):
+        if isinstance(conn, TcpProxy) and not conn.client_tls:
+            conn.way_in_gone()
+            n += 1
+    return n
+
+
+__all__ = ["close_unadmitted_relays", "drain_orphans", "takes_only_mtls"]

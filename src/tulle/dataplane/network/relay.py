@@ -75,6 +75,8 @@ def relay(handle: ListenerHandle, transport: asyncio.Transport, initial: bytes,
              and (cluster is None or cluster.ssl_context is None))
     conn: TcpProxy = (SpliceRelay if USE_SPLICE and plain else CopyRelay)(handle, target, chain)
     conn.route_key = chain_name
+    conn.client_tls = (transport.get_extra_info("ssl_object") is not None
+                       or transport.get_extra_info("sslcontext") is not None)
     golden = handle.ctx.golden
     if golden is not None:
         if chain is not None:

@@ -92,6 +92,8 @@ class TcpProxy(Connection):
         self.loop = asyncio.get_running_loop()
         self.target = target
         self.chain = chain
+        self.client_tls = False
+        """This proxy terminated the client's TLS (`relay`): a verified mTLS stream."""
         self.route_key: str | None = None
         """The name of the filter chain this connection came in by (`relay`), None without
         one: at a swap that removes that chain, the relay is closed (`listeners/orphans.py`)."""
