@@ -136,11 +136,27 @@ def load_cached(path: Path, workload: WorkloadInfo | None = None) -> ProxyConfig
     return cfg
 
 
+CACHE_FILE_MODE = 0o600
+"""The cached snapshot holds the workload's private keys (`identities`): the proxy's uid alone
+may read it.  Written under the default umask it was 0644, readable by the application's uid
+(and every other user of the host or node), which could then take the key away and, with it,
+reconnect to the control plane as the workload and renew its certificate (ADR 0111)."""
+CACHE_DIR_MODE = 0o700
+
+
 def save_cached(path: Path, cfg: ProxyConfig) -> None:
-    """Atomic write: a crash mid-write leaves the previous file intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Atomic write: a crash mid-write leaves the previous file intact.  The file is the proxy
+    uid's alone (`CACHE_FILE_MODE`) from its first byte, whatever the umask, and a directory
+    this creates is too."""
+    path.parent.mkdir(mode=CACHE_DIR_MODE, parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(msgspec.json.encode(msgspec.to_builtins(cfg)))
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()  # a leftover (a crash mid-write) keeps its old mode: never write into it
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | os.O_NOFOLLOW,
+                 CACHE_FILE_MODE)
+    with os.fdopen(fd, "wb") as out:
+        os.fchmod(fd, CACHE_FILE_MODE)  # the umask may have taken bits away, never added any
+        out.write(msgspec.json.encode(msgspec.to_builtins(cfg)))
     os.replace(tmp, path)
 
 
