@@ -359,3 +359,49 @@ def test_a_pod_calling_itself_goes_through_the_inbound_side_without_a_loop(
     # Without inbound interception the proxy's call to its own pod is left alone.
     tulle(a, "apply", "--inbound-ports", "")
     assert call(a, "tcp", "10.231.0.2", 9091, user=PROXY_UID) == "app 9091"
+
+
+def refused(ns: Namespace, what: str, host: str, port: int, user: int = 1000) -> str:
+    """Call as an application's uid; '' when it got through, else the error it met (a reset,
+    "connection refused", EPERM at sendto come at once: nothing here waits out a timeout)."""
+    out = ns.run(as_user(user, ["-c", CLIENT, what, host, str(port)]), timeout=30,
+                 env=as_user_env(user), check=False)
+    return "" if out.returncode == 0 else (out.stderr.strip().splitlines() or ["?"])[-1]
+
+
+def link_local(ns: Namespace) -> str:
+    out = ns.run(["ip", "-6", "-o", "addr", "show", "dev", "eth0", "scope", "link"]).stdout
+    return out.split()[3].split("/")[0] + "%eth0"
+
+
+def test_a_family_not_intercepted_is_refused_not_left_around_the_proxy(
+        pods: dict[str, Any]) -> None:
+    """`--no-ipv6` in a pod that has IPv6 (here a global address; a link-local one on every
+    interface wherever the kernel runs IPv6) used to leave IPv6 alone: the application reached
+    another pod's port over IPv6 in plaintext around its proxy, and was reached the same way
+    around its inbound listener (ADR 0111).  Now that family is refused in and out (loopback
+    and ICMP excepted), as `tulle iptables node apply` refuses a served pod's IPv6."""
+    a, b = pods["a"], pods["b"]
+    for tool in ("iptables", "ip6tables"):  # somebody else's rules that accept everything
+        for chain in ("INPUT", "OUTPUT"):
+            a.run([tool, "-A", chain, "-j", "ACCEPT"])
+        a.run([tool, "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "--dport", "4444", "-j", "ACCEPT"])
+    before = tables(a)
+    tulle(a, "apply", "--no-ipv6")
+    assert json.loads(call(a, "tcp", "10.231.0.3", 8080))["via"] == "outbound"  # IPv4: as ever
+    for host in ("fd00:231::3", link_local(b)):
+        assert "refused" in refused(a, "tcp", host, 8080), host  # out, TCP
+    # Out, UDP (not DNS-redirected): a datagram refused on its way out fails at sendto().
+    assert "Operation not permitted" in refused(a, "udp", "fd00:231::3", 53)
+    for host in ("fd00:231::2", link_local(a)):
+        assert "refused" in refused(b, "tcp", host, 9091), host  # in: the app's own port
+    assert refused(a, "tcp", "::1", 9091) == ""  # loopback stays open
+    # The proxy's uid keeps IPv6 (a control plane reached over it), and so does IPv4.
+    assert call(a, "tcp", "fd00:231::3", 8080, user=PROXY_UID) == "server 8080"
+    assert call(b, "tcp", "10.231.0.2", 9091).startswith("{")  # IPv4 inbound: redirected
+    # Intercepting IPv6 again replaces the refusal; clean leaves the tables as they were.
+    tulle(a, "apply")
+    assert json.loads(call(a, "tcp", "fd00:231::3", 8080))["orig"] == ["fd00:231::3", 8080]
+    tulle(a, "apply", "--no-ipv6")
+    tulle(a, "clean")
+    assert tables(a) == before

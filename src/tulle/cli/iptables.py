@@ -63,8 +63,11 @@ def iptables() -> None:
 @click.option("--vip-cidr", "vip_cidrs", multiple=True, metavar="CIDR",
               help="The mesh's virtual-IP range: routed through the pod's interface when "
                    "nothing routes it yet (repeatable, IPv4 or IPv6).")
-@click.option("--ipv4/--no-ipv4", default=True, show_default=True)
-@click.option("--ipv6/--no-ipv6", default=True, show_default=True)
+@click.option("--ipv4/--no-ipv4", default=True, show_default=True,
+              help="Intercept IPv4; left out where the pod has it, it is refused instead.")
+@click.option("--ipv6/--no-ipv6", default=True, show_default=True,
+              help="Intercept IPv6; left out where the pod has it (a link-local address is "
+                   "enough), it is refused instead, never left around the proxy.")
 @click.option("--backend", type=click.Choice(_BACKENDS), default="auto", show_default=True)
 @click.option("--dry-run", is_flag=True, help="Print the rules; change nothing (no root needed).")
 def apply_cmd(outbound_port: int, inbound_port: int, dns_port: int, redirect_dns: bool,

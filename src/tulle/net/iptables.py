@@ -17,6 +17,13 @@ One `iptables-restore --noflush` transaction per family deletes the previous jum
 (and so flushes) the chains, fills them and adds the jumps again: applying twice is applying
 once, applying other options replaces the old ones, and nobody sees a half-written ruleset.
 `clean` is the same transaction without the filling: exactly Tulle's jumps and chains go.
+
+A family the pod has but the options leave out (`--no-ipv6` where the kernel runs IPv6: every
+interface has a link-local address at least) is refused, never left to pass around the proxy
+(ADR 0111): two chains of the `filter` table, jumped to first from `INPUT` and `OUTPUT`, let
+loopback, ICMP, the proxy's own traffic and the replies to it through and reject the rest
+(a TCP reset, else "port unreachable").  `tulle iptables node apply` refuses a served pod's
+IPv6 the same way (ADR 0050).
 """
 
 from __future__ import annotations
@@ -34,8 +41,13 @@ CHAIN_OUTPUT: Final = "TULLE_OUTPUT"
 CHAIN_INBOUND: Final = "TULLE_PREROUTING"
 CHAIN_DNS: Final = "TULLE_DNS"
 CHAINS: Final = (CHAIN_OUTPUT, CHAIN_INBOUND, CHAIN_DNS)
+CHAIN_REFUSE_IN: Final = "TULLE_REFUSE_IN"
+CHAIN_REFUSE_OUT: Final = "TULLE_REFUSE_OUT"
+FILTER_CHAINS: Final = (CHAIN_REFUSE_IN, CHAIN_REFUSE_OUT)
+"""`filter` chains refusing a family the pod has and the options do not intercept."""
 BUILTIN: Final = ("PREROUTING", "INPUT", "OUTPUT", "POSTROUTING")
 LOOPBACK: Final = {4: "127.0.0.0/8", 6: "::1/128"}
+ICMP: Final = {4: "icmp", 6: "ipv6-icmp"}
 ROUTE_PROTO: Final = 157
 """`ip route ... proto 157`: marks the virtual-IP routes `apply` adds, so `clean` finds them."""
 
@@ -190,6 +202,32 @@ def chain_rules(cfg: Interception, family: Family) -> dict[str, list[str]]:
     return chains
 
 
+def refuse_rules(cfg: Interception, family: Family) -> dict[str, list[str]]:
+    """A family `cfg` does not intercept, refused: without these its TCP and UDP went around
+    the proxy both ways (the application reached other pods' ports in plaintext, with no
+    policy, and was reached the same way).  Loopback stays open (the application and its
+    proxy), ICMP too (IPv6 neighbour discovery; no service answers ICMP), the proxy's own
+    traffic and the replies to it too (a control plane reached over that family)."""
+    reject = ["-p tcp -j REJECT --reject-with tcp-reset", "-j REJECT"]
+    # RELATED out: the reset `REJECT` answers an inbound SYN with is related to it (and
+    # leaves through OUTPUT); nothing of the application's is, its own SYN being refused.
+    out = [f"-A {CHAIN_REFUSE_OUT} -o lo -j RETURN", *_exclusions(cfg, CHAIN_REFUSE_OUT),
+           f"-A {CHAIN_REFUSE_OUT} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
+           f"-A {CHAIN_REFUSE_OUT} -p {ICMP[family]} -j RETURN",
+           *(f"-A {CHAIN_REFUSE_OUT} {r}" for r in reject)]
+    inp = [f"-A {CHAIN_REFUSE_IN} -i lo -j RETURN",
+           f"-A {CHAIN_REFUSE_IN} -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
+           f"-A {CHAIN_REFUSE_IN} -p {ICMP[family]} -j RETURN",
+           *(f"-A {CHAIN_REFUSE_IN} {r}" for r in reject)]
+    return {CHAIN_REFUSE_IN: inp, CHAIN_REFUSE_OUT: out}
+
+
+def refuse_jumps() -> list[str]:
+    """Inserted first, not appended: a rule of somebody else's that accepts (`-A INPUT -j
+    ACCEPT`) must not let the family around the refusal."""
+    return [f"-I INPUT -j {CHAIN_REFUSE_IN}", f"-I OUTPUT -j {CHAIN_REFUSE_OUT}"]
+
+
 def jumps(chains: Iterable[str]) -> list[str]:
     """The jumps from the built-in chains, DNS first (TCP 53 must not reach TULLE_OUTPUT)."""
     have = set(chains)
@@ -211,48 +249,73 @@ class Installed:
     chains: tuple[str, ...] = ()
     jumps: tuple[str, ...] = ()
     """`-A <builtin> ... -j TULLE_*` lines, verbatim."""
+    filter_chains: tuple[str, ...] = ()
+    """The refusal's chains in the `filter` table."""
+    filter_jumps: tuple[str, ...] = ()
+
+    @property
+    def nat_empty(self) -> bool:
+        return not self.chains and not self.jumps
 
     @property
     def empty(self) -> bool:
-        return not self.chains and not self.jumps
+        return self.nat_empty and not self.filter_chains and not self.filter_jumps
 
 
 def installed(save_output: str) -> Installed:
-    """Find Tulle's chains and the jumps to them in `iptables-save -t nat` output."""
-    chains: list[str] = []
-    found: list[str] = []
-    in_nat = False
+    """Find Tulle's chains and the jumps to them in `iptables-save` output (the `nat` table's
+    and the refusal's in `filter`)."""
+    found: dict[str, tuple[list[str], list[str]]] = {"*nat": ([], []), "*filter": ([], [])}
+    ours = {"*nat": CHAINS, "*filter": FILTER_CHAINS}
+    table = ""
     for line in save_output.splitlines():
         if line.startswith("*"):
-            in_nat = line == "*nat"
-        elif not in_nat:
+            table = line
+        elif table not in found:
             continue
         elif line.startswith(":"):
             name = line[1:].split(" ", 1)[0]
-            if name in CHAINS:
-                chains.append(name)
+            if name in ours[table]:
+                found[table][0].append(name)
         elif line.startswith("-A "):
             words = line.split()
             if (len(words) > 2 and words[1] in BUILTIN and "-j" in words
-                    and words[words.index("-j") + 1] in CHAINS):
-                found.append(line)
-    return Installed(tuple(chains), tuple(found))
+                    and words[words.index("-j") + 1] in ours[table]):
+                found[table][1].append(line)
+    (chains, jumped), (fchains, fjumped) = found["*nat"], found["*filter"]
+    return Installed(tuple(chains), tuple(jumped), tuple(fchains), tuple(fjumped))
 
 
 def restore_input(cfg: Interception | None, family: Family, before: Installed) -> str:
-    """One `iptables-restore --noflush` transaction: `cfg` installed (None: all removed).
+    """One `iptables-restore --noflush` transaction: `cfg` installed (None: all removed).  A
+    family `cfg` leaves out gets the refusal (`refuse_rules`) instead of the redirects.
 
     Old jumps are deleted by their exact text, chains are declared (which creates or flushes
-    them), refilled, jumped to again; chains no longer wanted are deleted last.
+    them), refilled, jumped to again; chains no longer wanted are deleted last.  `filter` is
+    named only when it holds or gets the refusal, and then `nat` only when it holds or gets
+    redirects (the legacy backend creates a table that is named).
     """
-    lines = ["*nat"]
-    wanted = chain_rules(cfg, family) if cfg is not None else {}
-    declared = [c for c in CHAINS if c in wanted or c in before.chains]
-    lines += [f":{c} - [0:0]" for c in declared]
-    lines += ["-D " + j[3:] for j in before.jumps]
-    for chain in CHAINS:
+    intercepted = cfg is not None and family in cfg.families
+    wanted = chain_rules(cfg, family) if cfg is not None and intercepted else {}
+    refusal = refuse_rules(cfg, family) if cfg is not None and not intercepted else {}
+    lines = []
+    filter_on = bool(refusal or before.filter_chains or before.filter_jumps)
+    if wanted or not before.nat_empty or not filter_on:
+        lines += _table("*nat", CHAINS, wanted, before.chains, before.jumps, jumps(wanted))
+    if filter_on:
+        lines += _table("*filter", FILTER_CHAINS, refusal, before.filter_chains,
+                        before.filter_jumps, refuse_jumps() if refusal else [])
+    return "\n".join(lines) + "\n"
+
+
+def _table(name: str, ours: Sequence[str], wanted: dict[str, list[str]],
+           chains: Sequence[str], old_jumps: Sequence[str], new_jumps: list[str]) -> list[str]:
+    declared = [c for c in ours if c in wanted or c in chains]
+    lines = [name, *(f":{c} - [0:0]" for c in declared)]
+    lines += ["-D " + j[3:] for j in old_jumps]
+    for chain in ours:
         lines += wanted.get(chain, [])
-    lines += jumps(wanted)
+    lines += new_jumps
     lines += [f"-X {c}" for c in declared if c not in wanted]
     lines.append("COMMIT")
-    return "\n".join(lines) + "\n"
+    return lines

@@ -39,6 +39,7 @@ from tulle.net.iptables import (
 )
 
 Backend = Literal["auto", "nft", "legacy"]
+FAMILIES: Final[tuple[Family, ...]] = (4, 6)
 Runner = Callable[[Sequence[str], str | None], subprocess.CompletedProcess[str]]
 
 EXIT_ENVIRONMENT: Final = 3
@@ -144,11 +145,26 @@ def apply(cfg: Interception, backend: Backend = "auto", runner: Runner = run) ->
     done: list[str] = []
     plan: list[tuple[Tools, str, str]] = []
     installs: list[tuple[Family, Tools]] = []
-    for family in cfg.families:
-        chosen = choose_backend(backend, family, runner)
+    for family in FAMILIES:
+        if family in cfg.families:
+            what = "rules installed"
+        elif has_family(family, runner):
+            what = (f"not intercepted (--no-ipv{family}), so refused in and out (loopback, "
+                    f"ICMP and the proxy's own traffic excepted)")
+        else:
+            continue  # the namespace has none of this family: nothing can pass
+        try:
+            chosen = choose_backend(backend, family, runner)
+        except InterceptionError as exc:
+            if family in cfg.families:
+                raise
+            raise InterceptionError(
+                f"IPv{family} is on in this namespace and --no-ipv{family} leaves it to be "
+                f"refused, which needs {exc} (or turn IPv{family} off in the pod)",
+                exc.code) from exc
         tools, others = chosen[0], [*chosen[1:], *_also_holding_ours(chosen, family, runner)]
         text = restore_input(cfg, family, installed(_saved(tools, runner)))
-        plan.append((tools, text, f"IPv{family}: rules installed with {tools.restore}"))
+        plan.append((tools, text, f"IPv{family}: {what} with {tools.restore}"))
         installs.append((family, tools))
         for other in others:  # Tulle's chains in a second backend would redirect twice
             text = restore_input(None, family, installed(_saved(other, runner)))
@@ -170,6 +186,13 @@ def apply(cfg: Interception, backend: Backend = "auto", runner: Runner = run) ->
         raise InterceptionError(f"{exc}; the rules just installed were removed again",
                                 exc.code) from exc
     return done
+
+
+def has_family(family: Family, runner: Runner = run) -> bool:
+    """Whether an interface other than loopback has an address of `family` (a link-local
+    IPv6 one counts: it reaches every neighbour on the link)."""
+    out = runner(_ip(family, "-o", "addr", "show"), None).stdout
+    return any(len(w := line.split()) > 1 and w[1] != "lo" for line in out.splitlines())
 
 
 def clean(backend: Backend = "auto", families: Sequence[Family] = (4, 6),
@@ -252,8 +275,10 @@ def routes_clean(runner: Runner = run) -> list[str]:
 def dry_run(cfg: Interception) -> str:
     """What `apply` would feed each family's iptables-restore, on a namespace with nothing."""
     parts = []
-    for family in cfg.families:
-        parts.append(f"# {'iptables' if family == 4 else 'ip6tables'}-restore --noflush")
+    for family in FAMILIES:
+        tool = f"{'iptables' if family == 4 else 'ip6tables'}-restore --noflush"
+        parts.append(f"# {tool}" if family in cfg.families else
+                     f"# {tool}, when the namespace has IPv{family} (refused: not intercepted)")
         parts.append(restore_input(cfg, family, Installed()))
     for net in cfg.vip_ranges:
         parts.append(f"# when {net} has no route: ip -{net.version} route add {net} dev <pod "

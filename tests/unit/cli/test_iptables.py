@@ -21,7 +21,12 @@ def test_dry_run_prints_both_families_with_the_options_applied() -> None:
     assert "-A TULLE_OUTPUT -m owner --uid-owner 2000 -j RETURN" in out
     assert "-A TULLE_OUTPUT -p tcp --dport 15681 -j RETURN" in out
     assert "-A TULLE_PREROUTING -p tcp --dport 8080 -j REDIRECT --to-ports 15006" in out
-    assert "TULLE_DNS" not in out and "ip6tables" not in out
+    assert "TULLE_DNS" not in out
+    # IPv6 left out: no redirects of it, its refusal instead (ADR 0111).
+    ipv6 = out[out.index("# ip6tables-restore"):]
+    assert ipv6.startswith("# ip6tables-restore --noflush, when the namespace has IPv6 "
+                           "(refused: not intercepted)\n*filter\n")
+    assert "REDIRECT" not in ipv6 and "-I INPUT -j TULLE_REFUSE_IN" in ipv6
 
 
 @pytest.mark.parametrize(("args", "message"), [

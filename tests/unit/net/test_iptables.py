@@ -134,6 +134,44 @@ def test_clean_removes_jumps_and_chains_and_nothing_else() -> None:
     assert restore_input(None, 4, Installed()).splitlines() == ["*nat", "COMMIT"]
 
 
+def test_a_family_left_out_is_refused_in_the_filter_table_and_its_redirects_go() -> None:
+    """`--no-ipv6` where the pod has IPv6: the family is refused, not left around the proxy
+    (ADR 0111); an earlier apply's redirects of that family go in the same transaction."""
+    cfg = Interception(families=(4,), proxy_mark="0x539")
+    lines = restore_input(cfg, 6, installed(SAVED)).splitlines()
+    nat, flt = lines[:lines.index("COMMIT") + 1], lines[lines.index("COMMIT") + 1:]
+    assert "-X TULLE_OUTPUT" in nat and not any(x.startswith("-A ") for x in nat)
+    assert flt[0] == "*filter" and flt[-1] == "COMMIT"
+    # Jumped to first: somebody else's `-A INPUT -j ACCEPT` must not let the family through.
+    assert flt[-3:-1] == ["-I INPUT -j TULLE_REFUSE_IN", "-I OUTPUT -j TULLE_REFUSE_OUT"]
+    out = [x for x in flt if x.startswith("-A TULLE_REFUSE_OUT")]
+    assert out == ["-A TULLE_REFUSE_OUT -o lo -j RETURN",
+                   "-A TULLE_REFUSE_OUT -m owner --uid-owner 1337 -j RETURN",
+                   "-A TULLE_REFUSE_OUT -m mark --mark 0x539 -j RETURN",
+                   "-A TULLE_REFUSE_OUT -m conntrack --ctstate ESTABLISHED,RELATED -j RETURN",
+                   "-A TULLE_REFUSE_OUT -p ipv6-icmp -j RETURN",
+                   "-A TULLE_REFUSE_OUT -p tcp -j REJECT --reject-with tcp-reset",
+                   "-A TULLE_REFUSE_OUT -j REJECT"]
+    assert "-A TULLE_REFUSE_IN -p icmp -j RETURN" in restore_input(
+        Interception(families=(6,)), 4, Installed())
+    # With nothing of Tulle's in nat, a refusal alone does not name that table.
+    assert not restore_input(cfg, 6, Installed()).startswith("*nat")
+
+
+def test_the_refusal_is_found_and_taken_out_by_a_later_apply_or_clean() -> None:
+    refused = restore_input(Interception(families=(4,)), 6, Installed())
+    saved = refused.replace("-I INPUT", "-A INPUT").replace("-I OUTPUT", "-A OUTPUT")
+    got = installed(saved)  # iptables-save writes inserted jumps as -A
+    assert got.filter_chains == ("TULLE_REFUSE_IN", "TULLE_REFUSE_OUT")
+    assert got.filter_jumps == ("-A INPUT -j TULLE_REFUSE_IN", "-A OUTPUT -j TULLE_REFUSE_OUT")
+    assert not got.empty and got.nat_empty
+    again = restore_input(Interception(), 6, got)  # IPv6 intercepted again
+    assert "-A OUTPUT -p tcp -j TULLE_OUTPUT" in again
+    assert again.endswith("-D INPUT -j TULLE_REFUSE_IN\n-D OUTPUT -j TULLE_REFUSE_OUT\n"
+                          "-X TULLE_REFUSE_IN\n-X TULLE_REFUSE_OUT\nCOMMIT\n")
+    assert restore_input(None, 6, got).startswith("*filter")
+
+
 @pytest.mark.parametrize(("call", "message"), [
     (lambda: parse_ports("--exclude-outbound-ports", "80,abc"),
      "--exclude-outbound-ports: 'abc' is not a port (1-65535)"),

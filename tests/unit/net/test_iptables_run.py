@@ -177,3 +177,30 @@ def test_a_route_refused_after_the_rules_went_in_takes_them_out_again() -> None:
     assert "-A OUTPUT -p tcp -j TULLE_OUTPUT" in installed_then_removed[0]
     assert "-X TULLE_OUTPUT" in installed_then_removed[1]
     assert "-A " not in installed_then_removed[1]
+
+
+def test_a_family_the_pod_has_but_leaves_out_is_refused_and_one_it_lacks_untouched() -> None:
+    has6 = Script({"ip -6 -o addr show": (0, "1: lo    inet6 ::1/128 scope host\n"
+                                             "2: eth0    inet6 fe80::1/64 scope link\n")})
+    done = iptables_run.apply(Interception(families=(4,)), runner=has6)
+    assert done == ["IPv4: rules installed with iptables-nft-restore",
+                    "IPv6: not intercepted (--no-ipv6), so refused in and out (loopback, ICMP "
+                    "and the proxy's own traffic excepted) with ip6tables-nft-restore"]
+    [six] = has6.fed("ip6tables-nft-restore")
+    assert six.startswith("*filter") and "-I INPUT -j TULLE_REFUSE_IN" in six
+    lo_only = Script({"ip -6 -o addr show": (0, "1: lo    inet6 ::1/128 scope host\n")})
+    assert iptables_run.apply(Interception(families=(4,)), runner=lo_only) == [
+        "IPv4: rules installed with iptables-nft-restore"]
+    assert lo_only.fed("ip6tables-nft-restore") == []
+
+
+def test_a_family_to_refuse_without_its_tools_is_exit_3_saying_so(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(iptables_run.shutil, "which",
+                        lambda name: None if name.startswith("ip6") else f"/usr/sbin/{name}")
+    has6 = Script({"ip -6 -o addr show": (0, "2: eth0    inet6 fe80::1/64 scope link\n")})
+    with pytest.raises(InterceptionError, match="IPv6 is on in this namespace and --no-ipv6 "
+                       "leaves it to be refused") as exc:
+        iptables_run.apply(Interception(families=(4,)), runner=has6)
+    assert exc.value.code == 3
+    assert has6.fed("iptables-nft-restore") == []  # nothing committed
