@@ -137,10 +137,11 @@ def load_cached(path: Path, workload: WorkloadInfo | None = None) -> ProxyConfig
 
 
 CACHE_FILE_MODE = 0o600
-"""The cached snapshot holds the workload's private keys (`identities`): the proxy's uid alone
-may read it.  Written under the default umask it was 0644, readable by the application's uid
-(and every other user of the host or node), which could then take the key away and, with it,
-reconnect to the control plane as the workload and renew its certificate (ADR 0111)."""
+"""The cached snapshot is the proxy uid's alone.  It holds the mesh as this workload sees it
+(Services, addresses, policies; not the certificate's key, which the proxy injects after and
+never writes), and whatever `identities` a snapshot carries would be in it too: written under
+the default umask it was 0644, readable by the application's uid and every other user of the
+host or node (ADR 0111)."""
 CACHE_DIR_MODE = 0o700
 
 

@@ -1,6 +1,7 @@
-"""The cached snapshot (`--cache-dir`) holds the workload's private key: only the proxy's uid
-may read it (ADR 0111).  Written under the default umask it was 0644, so the application's uid
-read its sidecar's key."""
+"""The cached snapshot (`--cache-dir`) is the proxy uid's alone (ADR 0111): written under the
+default umask it was 0644, so the application's uid read what it holds -- the mesh as the
+workload sees it, and any `identities` with their keys a snapshot carries (here one does; a
+control plane's never does: the proxy injects its certificate after, ADR 0108)."""
 
 from __future__ import annotations
 
