@@ -227,6 +227,11 @@ FEATURES: tuple[Feature, ...] = (
     Feature("listener-sources", ("listeners[].sources",),
             "`Listener.sources`: a node agent's per-pod listener takes its pod's connections "
             "only"),
+    # Nothing to withhold or gate: `StatsRow.grpc_failures` is an optional field that a
+    # control plane from before it ignores.  Announced so that `tulle get proxies` says which
+    # proxies' failed gRPC calls `tulle stat` counts (ADR 0112).
+    Feature("stats-grpc-status", (), "`StatsReport` rows carry `grpc_failures`: gRPC calls "
+            "failed by their gRPC status, not their HTTP status; failures in `tulle stat`"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -55,7 +55,16 @@ class StatsRow(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     workload's own Service (empty when it has none)."""
     requests: int = 0
     failures: int = 0
-    """Of `requests`, those answered 5xx (a gRPC error status on a 200 is a success here)."""
+    """Of `requests`, those answered 5xx or not answered at all (status 0: a reset, a connect
+    failure, a client that left first)."""
+    grpc_failures: int = 0
+    """Of `requests`, the gRPC calls not in `failures` whose gRPC status was not OK (0): the
+    status the golden metrics count them under (`telemetry/grpc_status.call_status`: the
+    `grpc-status` the caller got, else CANCELLED for a caller that left, else INTERNAL for a
+    200 without one, else gRPC's mapping of the HTTP status).  A row's failures are
+    `failures + grpc_failures` (ADR 0112).  Omitted when 0: a control plane from before it
+    ignores the field and counts those calls as successes, as before; a proxy from before it
+    sends none, and its failed gRPC calls count as successes."""
     buckets: list[tuple[int, int]] = msgspec.field(default_factory=list)
     """Duration histogram deltas: `[bucket index, count]`, index into `DURATION_BUCKETS_MS`
     plus one overflow bucket; only non-zero buckets."""

@@ -17,6 +17,8 @@ from tests.support.h2peers import H2Client, H2Response, running_h2_origin
 from tests.support.otlp_receiver import OtlpReceiver, running_receiver
 from tests.support.proxy import RunningProxy, running_proxy
 
+from tulle.dataplane.telemetry.summary import Summarizer
+
 GRPC = [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
 MESSAGE = b"\x00\x00\x00\x00\x03abc"
 
@@ -27,14 +29,17 @@ def _rule(prefix: str, *filters: dict[str, Any]) -> dict[str, Any]:
 
 
 @asynccontextmanager
-async def grpc_proxy() -> AsyncIterator[tuple[RunningProxy, H2Client, Any]]:
+async def grpc_proxy(service: bool = False) -> AsyncIterator[tuple[RunningProxy, H2Client, Any]]:
     """An h2c proxy with golden metrics in front of the scripted HTTP/2 origin: `/fault`
-    aborts with grpc-status 7, `/limited` allows one call a minute, the rest goes through."""
+    aborts with grpc-status 7, `/limited` allows one call a minute, the rest goes through.
+    `service`: the node is workload `shop/a-0` and the cluster Service `shop/api` (what the
+    stats summary needs to name a row)."""
     async with running_h2_origin() as (port, origin):
-        cfg = {
+        cluster: dict[str, Any] = {"name": "grpc", "protocol": "http2",
+                                   "endpoints": [{"address": "127.0.0.1", "port": port}]}
+        cfg: dict[str, Any] = {
             "listeners": [{"name": "out", "port": 0, "protocol": "http2", "route_table": "rt"}],
-            "clusters": [{"name": "grpc", "protocol": "http2",
-                          "endpoints": [{"address": "127.0.0.1", "port": port}]}],
+            "clusters": [cluster],
             "route_tables": [{"name": "rt", "virtual_hosts": [{"name": "any", "rules": [
                 _rule("/fault", {"type": "FaultInjection", "abort": {"grpc_status": 7}}),
                 _rule("/limited", {"type": "RateLimit",
@@ -42,6 +47,9 @@ async def grpc_proxy() -> AsyncIterator[tuple[RunningProxy, H2Client, Any]]:
                 _rule("/")]}]}],
             "telemetry": {"metrics": {}},
         }
+        if service:
+            cfg["node"] = {"name": "a-0", "namespace": "shop"}
+            cluster["metadata"] = {"service": "api", "namespace": "shop"}
         async with running_proxy(cfg) as p:
             client = await H2Client.connect(p.port())
             try:
@@ -77,6 +85,24 @@ async def test_a_local_answers_grpc_status_is_the_one_sent() -> None:
         assert counted(p, grpc_response_status="14") == 0
 
 
+async def cancel_held_call(p: RunningProxy, client: H2Client, origin: Any) -> None:
+    """A call the origin holds, cancelled by the client (RST_STREAM CANCEL); returns once the
+    proxy counted it (`DC`)."""
+    origin.release.clear()
+    sid, _ = client.start("POST", "/hold", GRPC, end_stream=False)
+    await client.send_body(sid, MESSAGE, end=False)
+    for _ in range(200):  # bounded: until the origin holds the call
+        if origin.held_bytes:
+            break
+        await asyncio.sleep(0.01)
+    before = counted(p, response_flags="DC")
+    client.reset(sid)  # the caller cancels
+    for _ in range(300):
+        if counted(p, response_flags="DC") > before:
+            break
+        await asyncio.sleep(0.01)
+
+
 async def test_a_call_that_ended_without_a_grpc_status_is_not_counted_ok() -> None:
     """A call whose stream was reset after its head (the upstream reset it: the client saw
     RST_STREAM, INTERNAL to its gRPC library) or cancelled by the client had no grpc-status
@@ -84,24 +110,43 @@ async def test_a_call_that_ended_without_a_grpc_status_is_not_counted_ok() -> No
     async with grpc_proxy() as (p, client, origin):
         reset = await call(client, "/reset")
         assert reset.reset_code == 2 and wire_status(reset) is None  # INTERNAL_ERROR
-        origin.release.clear()
-        sid, _ = client.start("POST", "/hold", GRPC, end_stream=False)
-        await client.send_body(sid, MESSAGE, end=False)
-        for _ in range(200):  # bounded: until the origin holds the call
-            if origin.held_bytes:
-                break
-            await asyncio.sleep(0.01)
-        client.reset(sid)  # the caller cancels
-        for _ in range(300):
-            if counted(p, response_flags="DC"):
-                break
-            await asyncio.sleep(0.01)
+        await cancel_held_call(p, client, origin)
         ok = await call(client, "/script")
         assert wire_status(ok) == b"0"
         assert counted(p, grpc_response_status="0") == 1  # only the call that got OK
         assert counted(p, grpc_response_status="13", response_flags="UC") == 1
         assert counted(p, grpc_response_status="1", response_flags="DC") == 1
 
+
+
+async def test_stat_fails_the_calls_the_golden_metrics_count_not_ok() -> None:
+    """ADR 0112: what a proxy reports for `tulle stat` counts a gRPC call failed exactly when
+    the golden metrics count it under a `grpc_response_status` other than 0, whatever ended
+    it: a status in trailers or a trailers-only head, a local answer with an HTTP error
+    status (a fault's 503) or not (a rate limit's 429), a reset after the head, a client's
+    cancel, a plain 503 to a gRPC call.  A plain HTTP/2 request answered the same way as a
+    failed call is not a call: it is judged by its HTTP status, as before."""
+    async with grpc_proxy(service=True) as (p, client, origin):
+        origin.script += ["ok", "after-14", "grpc-5", "503"]
+        for _ in range(4):
+            await call(client, "/script")
+        assert wire_status(await call(client, "/fault/x")) == b"7"  # local 503
+        await call(client, "/limited/x")  # the origin's echo: a 200 without grpc-status
+        assert wire_status(await call(client, "/limited/x")) == b"8"  # local 429
+        assert (await call(client, "/reset")).reset_code == 2
+        await cancel_held_call(p, client, origin)
+        origin.script.append("grpc-5")
+        plain = await asyncio.wait_for(client.request("POST", "/script", body=MESSAGE), 5)
+        assert (plain.status, wire_status(plain)) == (200, b"5")  # not a gRPC request
+        calls = counted(p)
+        not_ok = calls - counted(p, grpc_response_status="0")
+        assert (calls, not_ok) == (9, 8)
+        (row,) = Summarizer(p.server.metrics).report(p.server.config)
+        assert row.requests == calls + 1
+        # 503 (fault), 503 (origin), 0 (cancel) by their HTTP status; 14, 5, 8 (429), 13
+        # (the echo without a status), 13 (reset) by their gRPC status.
+        assert (row.failures, row.grpc_failures) == (3, 5)
+        assert row.failures + row.grpc_failures == not_ok
 
 
 async def test_a_failed_grpc_call_makes_an_error_span_with_its_status() -> None:

@@ -72,7 +72,7 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
         "stats-reports", "rate-limit-redis-auth", "tap", "golden-metrics",
         "delta-telemetry-peers", "telemetry", "tracing", "dns-clients", "access-log",
         "flow-logs", "addressed-service", "session-persistence", "dual-stack",
-        "authz-trust-domains", "listener-sources"]
+        "authz-trust-domains", "listener-sources", "stats-grpc-status"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:

@@ -7,7 +7,9 @@ a local reply is a small text response, or a trailers-only response with `grpc-s
 gRPC request; a response that cannot be finished is RST_STREAM(INTERNAL_ERROR) on this stream
 alone; and flow control is the stream's window: request body is acknowledged (the client's
 window reopened) only once the upstream took it, so body held while the filters or the
-upstream are not ready is bounded by the window the client was given.
+upstream are not ready is bounded by the window the client was given.  A gRPC call, once
+recorded, is also judged by the gRPC status it ended with, for `tulle stat`
+(`RequestStats.count_grpc`, ADR 0112): only gRPC calls pay it.
 """
 
 from __future__ import annotations
@@ -87,6 +89,9 @@ class H2Exchange(RequestStream):
             conn.codec.ack(self.sid, self.unacked)
             self.unacked = 0
         self.record()
+        if self.grpc:  # a call's gRPC status decides its success in `tulle stat` (ADR 0112)
+            stats = self.stats or conn.ctx.stats(self.cluster)
+            stats.count_grpc(self.status, self.flags, self.grpc_status)
         conn.exchange_done(self)
 
     def send_local(self, status: int, body: bytes, headers: ReplyHeaders = ()) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from mypy_extensions import mypyc_attr
 
+from tulle.dataplane.telemetry.grpc_status import call_status
 from tulle.dataplane.telemetry.series import CounterChild, HistogramChild
 
 if TYPE_CHECKING:
@@ -28,8 +29,8 @@ class RequestStats:
     lookup by status code and the histogram's bisect; other combinations one tuple-keyed
     lookup more."""
 
-    __slots__ = ("_bounds", "_buckets", "_by_status", "_codes", "_family", "_labels", "duration",
-                 "golden")
+    __slots__ = ("_bounds", "_buckets", "_by_status", "_codes", "_family", "_grpc_failed",
+                 "_labels", "duration", "golden")
 
     def __init__(self, metrics: ProxyMetrics, listener: str, cluster: str,
                  golden: HttpGolden | None = None) -> None:
@@ -44,6 +45,8 @@ class RequestStats:
         self.golden = golden
         """The golden metrics' recorder for these requests (`telemetry/golden.py`); None when
         the snapshot has no `telemetry.metrics`."""
+        self._grpc_failed: dict[tuple[str, str], CounterChild] = metrics.grpc_failed
+        """The proxy's gRPC failures by (listener, cluster) (`count_grpc`)."""
 
     def count(self, status: int, flags: str, duration_ms: float) -> None:
         child = None if flags else self._by_status.get(status)
@@ -54,6 +57,22 @@ class RequestStats:
         self._buckets[bisect_left(self._bounds, duration_ms)] += 1
         d.sum += duration_ms
         d.count += 1
+
+    def count_grpc(self, status: int, flags: str, grpc_status: str) -> bool:
+        """A gRPC call ended (called for gRPC calls only, after `count`, by the HTTP/2 stream:
+        a plain request never comes here).  One whose HTTP status already makes it a failure
+        (5xx, none) is one; otherwise it fails when its gRPC status is not OK, by the rule
+        of the golden metrics (`call_status`): counted in `grpc_failed` for `tulle stat`
+        (ADR 0112).  Returns whether it was."""
+        if status >= 500 or status < 100 or call_status(grpc_status, status, flags) == "0":
+            return False
+        failed = self._grpc_failed
+        key = self._labels
+        child = failed.get(key)
+        if child is None:
+            child = failed[key] = CounterChild()
+        child.value += 1
+        return True
 
     def _child(self, status: int, flags: str) -> CounterChild:
         child = self._codes.get((status, flags))
@@ -82,8 +101,15 @@ class AddressedStats(RequestStats):
         self._bounds = base._bounds
         self._buckets = base._buckets
         self.golden = base.golden
+        self._grpc_failed = base._grpc_failed
         self.addressed = addressed
 
     def count(self, status: int, flags: str, duration_ms: float) -> None:
         RequestStats.count(self, status, flags, duration_ms)
         self.addressed.count(status, duration_ms)
+
+    def count_grpc(self, status: int, flags: str, grpc_status: str) -> bool:
+        if not RequestStats.count_grpc(self, status, flags, grpc_status):
+            return False
+        self.addressed.grpc_failures += 1
+        return True

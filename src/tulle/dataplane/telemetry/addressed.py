@@ -21,12 +21,15 @@ class AddressedSeries:
     """One (listener, cluster, addressed Service): the subset of that (listener, cluster)'s
     requests that were addressed to the Service, counted as the summary counts them."""
 
-    __slots__ = ("counts", "failures", "requests", "sum")
+    __slots__ = ("counts", "failures", "grpc_failures", "requests", "sum")
 
     def __init__(self) -> None:
         self.requests = 0
         self.failures = 0
         """5xx, or no response at all (status 0): the summary's failures."""
+        self.grpc_failures = 0
+        """gRPC calls not in `failures` whose gRPC status was not OK (`count_grpc` of
+        `listeners/request_stats.AddressedStats`, ADR 0112)."""
         self.counts = [0] * (len(DURATION_BUCKETS_MS) + 1)
         """Duration bucket counts, the same boundaries as the duration histogram."""
         self.sum = 0.0

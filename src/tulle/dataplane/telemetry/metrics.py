@@ -255,6 +255,11 @@ class ProxyMetrics:
         self.addressed = Addressed()
         """Requests by the Service they were addressed to, where a route sent them to another
         Service's backends (not exposed; `tulle stat`'s summary reads it, `addressed.py`)."""
+        self.grpc_failed: dict[tuple[str, str], CounterChild] = {}
+        """By (listener, cluster): the gRPC calls whose HTTP status was not a failure and whose
+        gRPC status was not OK (`RequestStats.count_grpc`).  Not exposed (the golden metrics'
+        `grpc_response_status` says the same per status); `tulle stat`'s summary reads it
+        (ADR 0112)."""
         self.route_requests = r.counter(
             "tulle_proxy_route_requests_total",
             "HTTP requests routed, by route table and route (the routes of the snapshot in "

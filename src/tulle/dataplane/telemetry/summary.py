@@ -7,6 +7,11 @@ subtracts what it saw last time and groups the deltas by edge (direction, local 
 Service), which the listener and cluster names of the config in force resolve.  Its cost grows
 with the number of series, not with traffic.
 
+A gRPC call fails with HTTP 200, which the request metric's status cannot tell: the HTTP/2
+stream counts the failed calls apart, by (listener, cluster), when a gRPC call ends
+(`metrics.grpc_failed`, `RequestStats.count_grpc`), and a row carries them as `grpc_failures`
+(ADR 0112).
+
 Requests a route addressed to one Service and sent to another Service's backends (a canary
 split) are also counted apart, by the Service addressed (`addressed.py`): their share of an
 edge's counts is moved to a row of its own whose `parent` names that Service (ADR 0059), so the
@@ -30,6 +35,7 @@ RowKey = tuple[str, str, str, str]
 class _Acc:
     requests: int = 0
     failures: int = 0
+    grpc_failures: int = 0
     buckets: dict[int, int] = field(default_factory=dict)
     latency_sum_ms: float = 0.0
     tcp_open: int = 0
@@ -47,13 +53,15 @@ def _failed(code: str) -> bool:
 class Summarizer:
     """Remembers the counters it reported last and answers the deltas since then."""
 
-    __slots__ = ("_addressed", "_hist", "_metrics", "_requests")
+    __slots__ = ("_addressed", "_grpc", "_hist", "_metrics", "_requests")
 
     def __init__(self, metrics: ProxyMetrics) -> None:
         self._metrics = metrics
         self._requests: dict[tuple[str, ...], int] = {}
         self._hist: dict[tuple[str, ...], tuple[list[int], float]] = {}
-        self._addressed: dict[tuple[str, str, str], tuple[int, int, list[int], float]] = {}
+        self._addressed: dict[tuple[str, str, str],
+                              tuple[int, int, int, list[int], float]] = {}
+        self._grpc: dict[tuple[str, str], int] = {}
 
     def report(self, cfg: ProxyConfig | None) -> list[StatsRow]:
         """The rows since the previous call.  Series of listeners or clusters the config does
@@ -99,6 +107,15 @@ class Summarizer:
                 a.requests += delta
                 if _failed(labels[2]):
                     a.failures += delta
+        grpc_seen = self._grpc
+        for key, failed in m.grpc_failed.items():
+            delta = failed.value - grpc_seen.get(key, 0)
+            if delta <= 0:
+                continue
+            grpc_seen[key] = failed.value
+            a = row(key[0], key[1])
+            if a is not None:
+                a.grpc_failures += delta
         hist = self._hist
         for labels, h in m.duration.children.items():
             assert isinstance(h, HistogramChild)
@@ -131,6 +148,8 @@ class Summarizer:
                     a.tcp_open += int(g.value)
         rows = [StatsRow(direction=k[0], workload=k[1], service=k[2],  # type: ignore[arg-type]
                          parent=k[3], requests=a.requests, failures=a.failures,
+                         # (never more than the row's other requests: counted together)
+                         grpc_failures=min(a.grpc_failures, a.requests - a.failures),
                          buckets=sorted(a.buckets.items()),
                          latency_sum_ms=round(a.latency_sum_ms, 3), tcp_open=a.tcp_open)
                 for k, a in acc.items() if a.requests or a.tcp_open]
@@ -147,8 +166,9 @@ class Summarizer:
             before = seen.get(key)
             if before is not None and before[0] == s.requests:
                 continue
-            r0, f0, c0, s0 = before if before is not None else (0, 0, [0] * len(s.counts), 0.0)
-            seen[key] = (s.requests, s.failures, list(s.counts), s.sum)
+            r0, f0, g0, c0, s0 = (before if before is not None
+                                  else (0, 0, 0, [0] * len(s.counts), 0.0))
+            seen[key] = (s.requests, s.failures, s.grpc_failures, list(s.counts), s.sum)
             listener, cluster, parent = key
             base = row(listener, cluster, "")
             moved = row(listener, cluster, parent)
@@ -157,10 +177,13 @@ class Summarizer:
             n, f, ms = s.requests - r0, s.failures - f0, s.sum - s0
             n = min(n, base.requests)  # (never more than the edge has: a consistent read)
             f = min(f, base.failures, n)
+            g = min(s.grpc_failures - g0, base.grpc_failures, n - f)
             base.requests -= n
             base.failures -= f
+            base.grpc_failures -= g
             moved.requests += n
             moved.failures += f
+            moved.grpc_failures += g
             for i, (now_n, old_n) in enumerate(zip(s.counts, c0, strict=True)):
                 d = min(now_n - old_n, base.buckets.get(i, 0))
                 if d > 0:

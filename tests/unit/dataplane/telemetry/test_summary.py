@@ -8,6 +8,7 @@ from tulle.dataplane.listeners.request_stats import RequestStats
 from tulle.dataplane.telemetry.metrics import ProxyMetrics
 from tulle.dataplane.telemetry.summary import Summarizer
 from tulle.proxyconfig.model import ProxyConfig
+from tulle.proxyconfig.stats import StatsRow
 
 CFG = msgspec.convert({
     "version": "1",
@@ -110,3 +111,31 @@ def test_requests_addressed_to_another_service_are_moved_to_a_row_with_its_paren
     split.count(200, "", 3.0)
     (again,) = s.report(SPLIT)
     assert (again.parent, again.requests) == ("shop/catalog", 1)
+
+
+def test_failed_grpc_calls_are_reported_apart_and_moved_with_a_split() -> None:
+    """ADR 0112: a row carries the gRPC calls that failed on an HTTP 200 as `grpc_failures`
+    (its HTTP failures stay `failures`), as deltas; a split's share goes to its parent row."""
+    from tulle.dataplane.listeners.request_stats import AddressedStats
+    m = ProxyMetrics()
+    cluster = "outbound|80||catalog-v1.shop"
+    direct = RequestStats(m, "outbound", cluster)
+    split = AddressedStats(direct, m.addressed.series("outbound", cluster, "shop/catalog"))
+    s = Summarizer(m)
+    for stats, outcomes in ((direct, [(200, "0"), (200, "14"), (503, "")]),
+                            (split, [(200, "14"), (200, "5"), (200, "0")])):
+        for status, grpc in outcomes:
+            stats.count(status, "", 1.0)
+            stats.count_grpc(status, "", grpc)
+    rows = {r.parent: r for r in s.report(SPLIT)}
+    assert (rows[""].requests, rows[""].failures, rows[""].grpc_failures) == (3, 1, 1)
+    moved = rows["shop/catalog"]
+    assert (moved.requests, moved.failures, moved.grpc_failures) == (3, 0, 2)
+    direct.count(200, "", 1.0)
+    direct.count_grpc(200, "DC", "")  # cancelled by its client: CANCELLED
+    (again,) = s.report(SPLIT)
+    assert (again.parent, again.requests, again.grpc_failures) == ("", 1, 1)
+    assert s.report(SPLIT) == []
+    # On the wire only when there are some: an older control plane never sees the key.
+    assert b"grpc_failures" not in msgspec.json.encode(StatsRow(
+        direction="outbound", workload="shop/web-0", requests=1))
