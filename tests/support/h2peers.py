@@ -391,8 +391,10 @@ class H2Client(asyncio.Protocol):
             self.flush()
 
     async def request(self, method: str, path: str, headers: Headers = (),  # type: ignore[assignment]
-                      body: bytes = b"", trailers: Headers | None = None) -> H2Response:
-        sid, r = self.start(method, path, headers, end_stream=not body and not trailers)
+                      body: bytes = b"", trailers: Headers | None = None,
+                      authority: str = "example.test") -> H2Response:
+        sid, r = self.start(method, path, headers, end_stream=not body and not trailers,
+                            authority=authority)
         if body or trailers:
             await self.send_body(sid, body, trailers=trailers)
         await r.done.wait()

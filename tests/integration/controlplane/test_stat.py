@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +30,13 @@ from tests.support.controlplane import (
     serve_handler,
     subscribe,
 )
+from tests.support.h2peers import H2Client, H2Response, running_h2_origin
 from tests.support.proxy import free_port
 
 from tulle.controlplane.main import ControlPlane
 from tulle.dataplane.subscribed import shut_down
 from tulle.proxyconfig.features import SUPPORTED
+from tulle.proxyconfig.framing import frame
 from tulle.proxyconfig.stats import StatsRow
 from tulle.proxyconfig.stream import (
     Ack,
@@ -109,18 +112,23 @@ class Mesh:
 @contextlib.asynccontextmanager
 async def running_mesh(tmp_path: Path, clients: tuple[str, ...] = ("a", "b"),
                        features: list[str] | None = None, interval: float = INTERVAL,
-                       handler: Any = origin) -> AsyncIterator[Mesh]:
-    """`handler`: the aiohttp handler behind api-0 (`origin` by default)."""
+                       handler: Any = origin, grpc_origin: int = 0) -> AsyncIterator[Mesh]:
+    """`handler`: the aiohttp handler behind api-0 (`origin` by default); `grpc_origin`: the
+    port of an HTTP/2 origin to put behind api-0 instead, its Service port then `grpc`."""
     inbound = free_port()
-    async with serve_handler(handler) as port, running_control_plane(
-            stats_interval=interval) as cp:
+    name = "grpc" if grpc_origin else "http"
+    ports: dict[str, Any] = {"name": name, "port": 80, "targetPort": name}
+    if grpc_origin:
+        ports["appProtocol"] = "grpc"
+    async with contextlib.AsyncExitStack() as stack:
+        port = grpc_origin or await stack.enter_async_context(serve_handler(handler))
+        cp = await stack.enter_async_context(running_control_plane(stats_interval=interval))
         outbound = {c: free_port() for c in clients}
         status, body = await apply(cp.api_url, workload(
-            "api-0", SERVER_ADDR, [{"name": "http", "port": inbound, "targetPort": port}],
+            "api-0", SERVER_ADDR, [{"name": name, "port": inbound, "targetPort": port}],
             outbound=free_port(), app="api"),
             {"apiVersion": V1, "kind": "Service", "metadata": {"name": "api", "namespace": NS},
-             "spec": {"selector": {"app": "api"},
-                      "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}},
+             "spec": {"selector": {"app": "api"}, "ports": [ports]}},
             *(workload(f"{c}-0", f"127.0.0.{10 + i}", [], outbound=outbound[c], app=c)
               for i, c in enumerate(clients)))
         assert status == 200, body
@@ -459,3 +467,133 @@ async def test_the_endpoint_is_read_only_and_refuses_bad_queries(tmp_path: Path)
         assert code == 1 and "kind: 'pods'" in err
         code, out, err = await tulle(cp.api_url, "stat")
         assert code == 0 and "No traffic reported" in out
+
+
+GRPC = [(b"content-type", b"application/grpc"), (b"te", b"trailers")]
+MESSAGE = b"\x00\x00\x00\x00\x03abc"
+
+
+async def grpc_calls(m: Mesh, who: str, n: int) -> list[H2Response]:
+    """`n` unary gRPC calls through `who`'s sidecar to Service `api` (h2c, one connection)."""
+    client = await H2Client.connect(m.clients[who][1])
+    try:
+        return [await asyncio.wait_for(client.request("POST", "/script", GRPC, body=MESSAGE,
+                                                      authority="api"), 5)
+                for _ in range(n)]
+    finally:
+        client.close()
+
+
+def grpc_status_of(r: H2Response) -> bytes | None:
+    return dict(r.trailers).get(b"grpc-status") or dict(r.headers).get(b"grpc-status")
+
+
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def promql_success(p: SubscribedProxy, reporter: str) -> tuple[int, int]:
+    """What a PromQL success rate over the golden metrics adds up on one proxy: the requests
+    with `response_code!~"5..|0"` and `grpc_response_status=~"0|-"` (OK, or not gRPC), and
+    all of them, of `istio_requests_total{reporter=...}` (docs/observability/metrics.md)."""
+    ok = total = 0
+    for line in p.server.metrics.registry.render().splitlines():
+        if not line.startswith("istio_requests_total{"):
+            continue
+        series, _, value = line.rpartition(" ")
+        labels = dict(_LABEL.findall(series))
+        if labels["reporter"] != reporter:
+            continue
+        n = int(float(value))
+        total += n
+        code = labels["response_code"]
+        if not (code.startswith("5") or code == "0") and labels["grpc_response_status"] in (
+                "0", "-"):
+            ok += n
+    return ok, total
+
+
+async def test_a_grpc_service_failing_with_unavailable_shows_its_true_success_rate(
+        tmp_path: Path) -> None:
+    """ADR 0112: a gRPC call fails with HTTP 200 and a non-OK `grpc-status`.  `tulle stat`
+    judged by the HTTP status alone, so a service failing 15 calls of 20 with UNAVAILABLE (14)
+    showed 100% success.  Now every view counts them (the Service, the edge, the serving
+    workload; JSON and `-o wide`), and agrees with a PromQL success rate over the golden
+    metrics' `grpc_response_status` on the same proxies."""
+    async with running_h2_origin() as (port, h2), running_mesh(
+            tmp_path, clients=("a",), grpc_origin=port) as m:
+        h2.script = ["after-14"] * 15 + ["ok"] * 5
+        got = await grpc_calls(m, "a", 20)
+        assert [r.status for r in got] == [200] * 20  # HTTP says: all fine
+        assert sorted(grpc_status_of(r) or b"" for r in got) == [b"0"] * 5 + [b"14"] * 15
+        total = m.sent["a"] + 20  # (and the HTTP calls that brought the mesh up)
+
+        async def counted() -> dict[str, Any] | None:
+            doc = await m.stat("kind=svc", "name=api", "namespace=shop", "window=60s")
+            return doc if doc["items"] and doc["items"][0]["requests"] == total else None
+        await eventually(counted, timeout=10)
+        doc = await counted()
+        assert doc is not None
+        (api,) = doc["items"]
+        assert (api["requests"], api["failures"]) == (total, 15)
+        assert api["successRate"] == round(1 - 15 / total, 6)
+        (edge,) = doc["edges"]
+        assert (edge["from"]["name"], edge["requests"], edge["failures"]) == ("a-0", total, 15)
+        # The caller's sidecar: the same figure as PromQL over its golden metrics.
+        client = m.clients["a"][0]
+        assert promql_success(client, "source") == (total - 15, total)
+        # The server's own view: its sidecar saw the origin's trailers too.
+        await eventually(lambda: _served(m, total), timeout=10)
+        wl = by_name((await m.stat("kind=workload", "namespace=shop", "window=60s"))["items"])
+        assert (wl["api-0"]["requests"], wl["api-0"]["failures"]) == (total, 15)
+        assert promql_success(m.server, "destination") == (total - 15, total)
+        code, out, err = await tulle(m.cp.api_url, "stat", "svc/api", "-n", NS, "-o", "wide",
+                                     "--window", "60s")
+        assert code == 0, err
+        head, row = out.splitlines()[:2]
+        assert dict(zip(head.split(), row.split(), strict=False))["FAILURES"] == "15"
+        assert row.split()[2] == f"{(1 - 15 / total) * 100:.2f}%"
+
+
+async def test_an_old_proxys_report_without_grpc_failures_still_adds_up(tmp_path: Path) -> None:
+    """A proxy from before ADR 0112 reports rows without `grpc_failures` (it does not announce
+    `stats-grpc-status`): its rows are taken as they were, its HTTP failures counted, and
+    they add up with a new proxy's failed gRPC calls under the same Service."""
+    async with running_h2_origin() as (port, h2), running_mesh(
+            tmp_path, clients=("a",), grpc_origin=port) as m:
+        h2.script = ["after-14"] * 4 + ["ok"] * 4
+        await grpc_calls(m, "a", 8)
+        old = [f for f in SUPPORTED if f != "stats-grpc-status"]
+        raw = await RawProxy.connect(m.cp.stream_port, Hello(
+            workload=WorkloadInfo(name="b-0", namespace=NS, address="127.0.0.11"),
+            features=old), api=m.cp.api_url)
+        try:
+            for _ in range(10):  # asked after its first ACK
+                msg = await raw.next()
+                if isinstance(msg, Snapshot):
+                    raw.writer.write(encode(Ack(version=msg.version)))
+                if isinstance(msg, StatsRequest):
+                    break
+            assert isinstance(msg, StatsRequest)
+            # The bytes an older proxy sends: no `grpc_failures` key at all.
+            raw.writer.write(frame(json.dumps({
+                "type": "stats", "interval_ms": 200, "rows": [{
+                    "direction": "outbound", "workload": "shop/b-0", "service": "shop/api",
+                    "requests": 6, "failures": 2, "buckets": [[2, 6]],
+                    "latency_sum_ms": 12.0}]}).encode()))
+            total = m.sent["a"] + 8 + 6
+
+            async def counted() -> dict[str, Any] | None:
+                doc = await m.stat("kind=svc", "name=api", "namespace=shop", "window=60s")
+                return doc if doc["items"] and doc["items"][0]["requests"] == total else None
+            await eventually(counted, timeout=10)
+            doc = await counted()
+            assert doc is not None
+            assert m.cp.push is not None and m.cp.push.stats is not None
+            assert m.cp.push.stats.refused == 0
+            (api,) = doc["items"]
+            assert api["failures"] == 4 + 2
+            edges = {e["from"]["name"]: e for e in doc["edges"]}
+            assert (edges["b-0"]["requests"], edges["b-0"]["failures"]) == (6, 2)
+            assert (edges["a-0"]["requests"], edges["a-0"]["failures"]) == (m.sent["a"] + 8, 4)
+        finally:
+            raw.close()

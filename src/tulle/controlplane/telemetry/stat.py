@@ -14,6 +14,8 @@ Who sees what (ADR 0046, 0059):
   took; the topology graph's edges).  Listing Services, a split's requests also make an edge
   to the Service addressed, so `tulle stat svc/catalog` shows who calls `catalog` as its row
   counts them (`addressed`).
+A failure is a request answered 5xx or not at all, or a gRPC call whose gRPC status was not OK
+(a row's `failures + grpc_failures`, summed when a report is kept: `window.py`, ADR 0112).
 Rates divide each proxy's requests by the time its reports in the window cover (for a proxy
 that has stopped reporting, up to one interval ago: `_cover`), then add up across proxies;
 latency quantiles come from the merged bucket counts (`quantiles.py`, error at most one

@@ -43,6 +43,7 @@ class Row:
     key: RowKey
     requests: int
     failures: int
+    """HTTP failures and failed gRPC calls together (`StatsRow.grpc_failures`, ADR 0112)."""
     tcp_open: int
     latency_sum_ms: float
     buckets: list[tuple[int, int]]
@@ -94,8 +95,9 @@ class _Proxy:
             if k is None:
                 k = self.index[key] = len(self.keys)
                 self.keys.append(key)
-            out.extend((k, r.requests, r.failures, r.tcp_open, round(r.latency_sum_ms * 1000),
-                        len(r.buckets)))
+            # A failed gRPC call is a failure (ADR 0112); a proxy from before it sends none.
+            out.extend((k, r.requests, r.failures + r.grpc_failures, r.tcp_open,
+                        round(r.latency_sum_ms * 1000), len(r.buckets)))
             for i, c in r.buckets:
                 out.extend((i, c))
         return out
@@ -129,8 +131,10 @@ def check(report: StatsReport, workloads: Collection[str]) -> None:
         for what, name in (("service", r.service), ("parent", r.parent)):
             if name and not _service_name(name):
                 raise ReportError(f"rows[{i}].{what}: not a Service's namespace/name")
-        if r.requests < 0 or r.failures < 0 or r.tcp_open < 0 or r.failures > r.requests:
-            raise ReportError(f"rows[{i}]: counts must be >= 0 and failures <= requests")
+        if (r.requests < 0 or r.failures < 0 or r.grpc_failures < 0 or r.tcp_open < 0
+                or r.failures + r.grpc_failures > r.requests):
+            raise ReportError(f"rows[{i}]: counts must be >= 0 and failures + grpc_failures "
+                              f"<= requests")
         if sum(c for _, c in r.buckets) > r.requests or any(c < 0 for _, c in r.buckets):
             raise ReportError(f"rows[{i}].buckets: more observations than requests")
         if any(not 0 <= b <= len(DURATION_BUCKETS_MS) for b, _ in r.buckets):

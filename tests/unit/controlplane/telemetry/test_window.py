@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from tulle.controlplane.telemetry.window import ReportError, StatsWindow
+from tulle.proxyconfig.framing import frame as encode_frame
 from tulle.proxyconfig.stats import MAX_STATS_ROWS, StatsRow
-from tulle.proxyconfig.stream import StatsReport
+from tulle.proxyconfig.stream import FrameDecoder, StatsReport, encode
 
 ME = {"shop/a-0"}
 
@@ -101,3 +103,56 @@ def test_a_window_shorter_than_the_interval_holds_the_latest_report_while_it_is_
     assert len(win.recent(12)["shop/a-0"]) == 2  # a longer window is the window
     clock.now += 3.6  # 7.6 s: the next report is overdue
     assert "shop/a-0" not in win.recent(2)
+
+
+def test_failed_grpc_calls_are_failures_and_bounded_by_the_requests() -> None:
+    """ADR 0112: a row's failures are its HTTP failures and its failed gRPC calls."""
+    win = StatsWindow(clock=Clock())
+    win.ingest("shop/a-0", report(requests=10, failures=2, grpc_failures=5), ME)
+    (rec,) = win.recent(1)["shop/a-0"]
+    (row,) = rec.rows()
+    assert (row.requests, row.failures) == (10, 7)
+    for bad in (report(requests=10, failures=6, grpc_failures=5),
+                report(requests=10, grpc_failures=-1)):
+        with pytest.raises(ReportError, match="grpc_failures <= requests"):
+            win.ingest("shop/a-0", bad, ME)
+
+
+class _OldRow(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
+    """`StatsRow` as a control plane from before ADR 0112 decodes it."""
+
+    direction: str
+    workload: str
+    service: str = ""
+    requests: int = 0
+    failures: int = 0
+    buckets: list[tuple[int, int]] = msgspec.field(default_factory=list)
+    latency_sum_ms: float = 0.0
+    tcp_open: int = 0
+    parent: str = ""
+
+
+class _OldReport(msgspec.Struct, frozen=True, kw_only=True, tag_field="type", tag="stats"):
+    interval_ms: int
+    rows: list[_OldRow] = msgspec.field(default_factory=list)
+
+
+def test_each_side_takes_the_others_reports() -> None:
+    """Compatible both ways without a new protocol version: an older control plane decodes a
+    new report and ignores `grpc_failures` (its failed calls are successes there, as they
+    were); this one takes an older proxy's report, which has no such key, as it was."""
+    new = report(requests=10, failures=2, grpc_failures=5)
+    frame = encode(new)[4:]  # the JSON after the frame's length
+    (old_row,) = msgspec.json.decode(frame, type=_OldReport).rows
+    assert (old_row.requests, old_row.failures) == (10, 2)
+    legacy = msgspec.json.encode(_OldReport(interval_ms=1000, rows=[_OldRow(
+        direction="outbound", workload="shop/a-0", service="shop/api", requests=4,
+        failures=1)]))
+    assert b"grpc_failures" not in legacy
+    msg = FrameDecoder().feed(encode_frame(legacy))[0]
+    assert isinstance(msg, StatsReport)
+    win = StatsWindow(clock=Clock())
+    win.ingest("shop/a-0", msg, ME)
+    (rec,) = win.recent(1)["shop/a-0"]
+    (row,) = rec.rows()
+    assert (row.requests, row.failures) == (4, 1)
