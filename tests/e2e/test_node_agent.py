@@ -348,3 +348,55 @@ def test_two_pods_of_one_agent_call_each_other_each_with_its_own_identity(
         assert (f'tulle_proxy_requests_total{{listener="shop/{name}|outbound",'
                 f'cluster="shop/{name}|outbound|80||api.shop",response_code="{code}",'
                 'response_flags="-"} 1') in m, m
+
+
+def allow_any(m: dict[str, Any]) -> None:
+    """Switch the Mesh to `ALLOW_ANY` (the default policy) and wait until the agent's pod
+    listeners pass unknown destinations through."""
+    (m["workdir"] / "allow-any.yaml").write_text(yaml.safe_dump(
+        {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Mesh", "metadata": {"name": "default"},
+         "spec": {"mtls": {"mode": "STRICT"}, "outboundTrafficPolicy": {"mode": "ALLOW_ANY"}}}))
+    m["cp"].run([*net.TULLE, "apply", "-f", str(m["workdir"] / "allow-any.yaml")],
+                env={**net.ENV, "TULLE_TOKEN_FILE": str(m["workdir"] / "admin-token")})
+
+    def passing() -> bool:
+        dump = json.loads(m["node"].run(["curl", "-sS", "--max-time", "5",
+                                         "http://127.0.0.1:15000/config_dump"]).stdout)
+        return any(lc.get("name") == "shop/pod-a|outbound" and lc.get("passthrough")
+                   for lc in dump.get("listeners") or [])
+
+    net.wait_for("ALLOW_ANY in the agent's pod listeners", passing)
+
+
+def test_a_pods_passthrough_never_reaches_a_same_node_pods_undeclared_port(
+        mesh: dict[str, Any]) -> None:
+    """ADR 0114: under ALLOW_ANY the agent relays a call to an unknown destination from the
+    node.  `api` declares 8080 only; its application also answers on 9000.  pod-a calling
+    api:9000 was relayed as passthrough and reached the application in plaintext (it saw the
+    node, 169.254.1.1), past api's inbound side, which closes that port to any other caller.
+    The agent now refuses such a destination at the caller's listener, with its reason."""
+    allow_any(mesh)
+    got = client(mesh, "pod-a", "refused", API_POD, "9000")
+    assert got["data"] == "", (got, mesh["agent_log"].read_text()[-3000:])
+    m = metrics(mesh["node"])
+    assert ('tulle_proxy_protocol_errors_total{listener="shop/pod-a|outbound",'
+            'kind="destination_refused"} 1') in m, m
+    assert "refused an outbound connection to 10.232.0.4:9000" in mesh["agent_log"].read_text()
+    # The declared port keeps its mesh path: mTLS to api's inbound side, api's policy.
+    assert client(mesh, "pod-a", "http", API_POD, "8080", "/declared")["status"] == 200
+    assert client(mesh, "pod-b", "http", API_POD, "8080", "/declared")["status"] == 403
+    # A sidecar's pod on another node closes an undeclared port itself (its inbound
+    # listener has no chain for it): the agent relays that call as before, the server's
+    # sidecar refuses it.  So only the agent's own pods needed the refusal.
+    assert client(mesh, "pod-a", "refused", "10.231.0.3", "9000")["data"] == ""
+    assert ('tulle_proxy_protocol_errors_total{listener="inbound",kind="no_filter_chain"} 1'
+            in metrics(mesh["server"]))
+    # Anything that is no mesh workload's address still passes through (ALLOW_ANY): an
+    # application in the control plane's namespace, which is no workload of the mesh.
+    log = mesh["workdir"] / "outside-app.log"
+    with log.open("wb") as out:
+        mesh["cp"].popen([sys.executable, str(mesh["workdir"] / "app.py"), "outside"],
+                         stdout=out, stderr=out)
+    net.wait_for("the outside app", lambda: net.listening(mesh["cp"], 8080), log)
+    got = client(mesh, "pod-a", "http", mesh["cp"].address, "8080", "/outside")
+    assert got["status"] == 200 and json.loads(got["body"])["name"] == "outside", got

@@ -57,6 +57,10 @@ def _rule_has_filter(kind: str, rule: dict[str, Any]) -> bool:
     return any(isinstance(f, dict) and f.get("type") == kind for f in rule.get("filters") or [])
 
 
+def _refuses(destination: dict[str, Any]) -> bool:
+    return bool(destination.get("refuse"))
+
+
 _RULES = "route_tables[].virtual_hosts[].rules[]"
 _FILTERS = "route_tables[].virtual_hosts[].rules[].filters[]"
 
@@ -232,6 +236,13 @@ FEATURES: tuple[Feature, ...] = (
     # proxies' failed gRPC calls `tulle stat` counts (ADR 0112).
     Feature("stats-grpc-status", (), "`StatsReport` rows carry `grpc_failures`: gRPC calls "
             "failed by their gRPC status, not their HTTP status; failures in `tulle stat`"),
+    # Without it a node agent relays a call to a meshed pod's undeclared port as passthrough
+    # (ALLOW_ANY), as before: the refusing destinations are dropped whole (a destination
+    # stripped of `refuse` alone names nothing and is invalid), withheld and listed (ADR 0114).
+    Feature("refused-destinations", ("listeners[].destinations[].refuse",),
+            "`Destination.refuse`: a node agent refuses a meshed pod's address on the ports "
+            "it does not declare instead of relaying it past the pod's inbound side",
+            drops="listeners[].destinations[]", uses=_refuses),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -300,6 +300,12 @@ class Destination(_Base, frozen=True, kw_only=True):
     protocol: Literal["auto", "http1", "http2", "tcp"] = "auto"
     route_table: str = ""
     cluster: str = ""
+    refuse: bool = False
+    """Connections to this destination are reset before a byte is read, counted
+    (`tulle_proxy_protocol_errors_total{kind="destination_refused"}`) and logged, whatever
+    `passthrough` says: a node agent's listener refuses a meshed pod's address on the ports
+    the pod does not declare, which the agent's passthrough would reach from the node, past
+    the pod's inbound side (ADR 0114).  Never with `route_table` or `cluster`."""
 
 
 class Listener(_Base, frozen=True, kw_only=True):

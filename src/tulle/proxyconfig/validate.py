@@ -156,8 +156,12 @@ def _semantic(cfg: ProxyConfig) -> list[FieldError]:
                                       f"no route table named {d.route_table!r}"))
             if d.cluster and d.cluster not in clusters:
                 out.append(FieldError(f"{dp}.cluster", f"no cluster named {d.cluster!r}"))
-            if not (d.route_table or d.cluster):
-                out.append(FieldError(dp, "a destination needs a route_table or a cluster"))
+            if d.refuse and (d.route_table or d.cluster):
+                out.append(FieldError(f"{dp}.refuse", "a refused destination names no "
+                                      "route_table or cluster"))
+            elif not (d.route_table or d.cluster or d.refuse):
+                out.append(FieldError(dp, "a destination needs a route_table or a cluster "
+                                      "(or refuse)"))
     for i, table in enumerate(cfg.route_tables):
         for j, vh in enumerate(table.virtual_hosts):
             vp = f"route_tables[{i}].virtual_hosts[{j}]"

@@ -72,7 +72,8 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
         "stats-reports", "rate-limit-redis-auth", "tap", "golden-metrics",
         "delta-telemetry-peers", "telemetry", "tracing", "dns-clients", "access-log",
         "flow-logs", "addressed-service", "session-persistence", "dual-stack",
-        "authz-trust-domains", "listener-sources", "stats-grpc-status"]
+        "authz-trust-domains", "listener-sources", "stats-grpc-status",
+        "refused-destinations"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:
@@ -323,3 +324,30 @@ def test_a_proxy_without_session_persistence_serves_the_rule_balanced() -> None:
     (rule,) = doc["route_tables"][0]["virtual_hosts"][0]["rules"]
     assert [f["type"] for f in rule["filters"]] == ["RequestHeaderModifier"]
     assert rule["backends"] == [{"cluster": "c"}]
+
+
+def _refusing() -> ProxyConfig:
+    return validate({"listeners": [{
+        "name": "out", "port": 15001, "mode": "transparent", "passthrough": True,
+        "destinations": [{"address": "10.232.0.4", "port": 8080, "cluster": "api"},
+                         {"address": "10.232.0.4", "refuse": True}]}],
+        "clusters": [{"name": "api", "endpoints": [{"address": "10.232.0.4", "port": 8080}]}]})
+
+
+def test_a_proxy_without_refused_destinations_loses_them_whole_never_just_the_flag() -> None:
+    """ADR 0114: a destination stripped of `refuse` alone names no route table or cluster,
+    which an older proxy refuses (NACK for the whole snapshot); the refusing destination is
+    dropped whole instead, so that proxy passes the call through as before and its status
+    lists the feature as withheld.  The other destinations are kept as they were."""
+    missing = [BY_NAME["refused-destinations"]]
+    doc = msgspec.to_builtins(_refusing())
+    withhold_config(doc, missing)
+    assert [(d["address"], d["port"]) for d in doc["listeners"][0]["destinations"]] == [
+        ("10.232.0.4", 8080)]
+    assert "refuse" not in doc["listeners"][0]["destinations"][0]
+    assert decode_snapshot(msgspec.Raw(msgspec.json.encode(doc))).listeners[0].destinations[
+        0].cluster == "api"
+    delta = msgspec.to_builtins(diff(ProxyConfig(version="v0"), _refusing()))
+    withhold_delta(delta, missing)
+    assert [list(d) for d in delta["listeners"]["upsert"][0]["destinations"]] == [
+        ["address", "port", "protocol", "route_table", "cluster"]]

@@ -242,3 +242,16 @@ def test_listener_sources_are_addresses_on_a_listener_that_checks_them() -> None
                for e in errs), errs  # an explicit listener without chains: not checked there
     raw["listeners"][0].update(sources=["10.0.0.0/24"], mode="transparent")
     assert validate(raw).listeners[0].sources == ["10.0.0.0/24"]
+
+
+def test_a_refused_destination_names_nothing_else() -> None:
+    """`Destination.refuse` (ADR 0114): a refusing destination is complete on its own, and one
+    that also names a route table or a cluster is a contradiction, refused with its path."""
+    raw = good()
+    raw["listeners"][0] = {"name": "out", "port": 15001, "mode": "transparent",
+                           "passthrough": True, "destinations": [
+                               {"address": "10.232.0.4", "refuse": True}]}
+    assert validate(raw).listeners[0].destinations[0].refuse
+    raw["listeners"][0]["destinations"][0]["cluster"] = "web"
+    assert errors_of(raw) == ["listeners[0].destinations[0].refuse: a refused destination "
+                              "names no route_table or cluster"]

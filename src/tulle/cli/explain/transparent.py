@@ -7,6 +7,8 @@ whose only virtual host answers to any Host) or, for an opaque TCP port, a clust
 (`outbound-tcp|PORT||SVC.NS`).  Explain must find that same destination -- by the names the
 compiler gives the destination's table or cluster, or by a VIP given literally -- and report
 the VIP it stands for, rather than route by Host over a table the caller does not have.
+A node agent's pod listener refuses a meshed pod's address on the ports it does not declare
+(`Destination.refuse`, ADR 0114): explain says so, and why, instead of "passed through".
 """
 
 from __future__ import annotations
@@ -55,8 +57,8 @@ def _target(authority: str, namespace: str) -> tuple[str, str, int]:
 
 
 def _matches(d: Destination, host: str, ns: str, port: int) -> bool:
-    if not ns:
-        return d.port == port and same_address(d.address, host)
+    if not ns:  # an address: the first destination that takes it, as the proxy picks
+        return d.port in (0, port) and same_address(d.address, host)
     return (d.route_table == f"outbound|{host}.{ns}:{port}"
             or d.cluster == f"outbound-tcp|{port}||{host}.{ns}")
 
@@ -81,6 +83,15 @@ def original_destination(listener: Listener, authority: str, namespace: str
         raise ExplainError(404, "to", f"no original destination of {listener.name} is Service "
                                       f"{ns}/{host} port {port} (unknown service or port, or "
                                       "the Service has no status.virtualIP)")
+    if dest.refuse:
+        raise ExplainError(403, "to", f"{hostport(host, port)} is a meshed workload's address "
+                                      f"on a port it does not declare: {listener.name} refuses "
+                                      "it (the connection is reset, counted in tulle_proxy_"
+                                      "protocol_errors_total{kind=\"destination_refused\"} and "
+                                      "logged); a node agent would reach it from the node, past "
+                                      "the workload's inbound side, so it never passes it "
+                                      "through (ADR 0114).  Declare the port on the Workload to "
+                                      "reach it through the mesh")
     target = (f"route table {dest.route_table}" if dest.route_table
               else f"cluster {dest.cluster}")
     doc: dict[str, Any] = {

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,7 @@ from tulle.controlplane.compiler.transparent import (
 from tulle.proxyconfig.model import (
     Admin,
     Cluster,
+    Destination,
     Identity,
     Listener,
     Node,
@@ -137,6 +139,17 @@ class Transparent:
     clusters_by_namespace: dict[str, tuple[list[Cluster], bytes]] = field(default_factory=dict)
     """Client namespace -> its clusters where consumer TCPRoutes change some (same names), and
     the digest that adds."""
+    agent_listener: Listener | None = None
+    """`listener` with the destinations a node agent's pod listener refuses after the others
+    (`transparent.agent_refusals`, ADR 0114); None: the same as `listener`."""
+    agent_digest: bytes = b""
+
+    def for_agent(self) -> tuple[Listener, bytes]:
+        """The outbound listener of an `interception: agent` workload, and what it adds to
+        the digest."""
+        if self.agent_listener is None:
+            return self.listener, b""
+        return self.agent_listener, self.agent_digest
 
     def for_namespace(self, ns: str) -> tuple[list[RouteTable], bytes]:
         own = self.by_namespace.get(ns)
@@ -150,16 +163,25 @@ class Transparent:
 def build_transparent(listener_raw: dict[str, Any], tables_raw: list[dict[str, Any]],
                       clusters_raw: list[dict[str, Any]], shared_clusters: list[Cluster],
                       consumer_raw: dict[str, list[dict[str, Any]]],
-                      consumer_clusters_raw: dict[str, list[dict[str, Any]]] | None = None
-                      ) -> Transparent:
+                      consumer_clusters_raw: dict[str, list[dict[str, Any]]] | None = None,
+                      refusals_raw: Sequence[dict[str, Any]] = ()) -> Transparent:
     """Convert and check the transparent outbound side once; per client namespace with
-    consumer routes, its own versions of the tables those routes change (same names)."""
+    consumer routes, its own versions of the tables those routes change (same names); the
+    node agent's version of the listener when there are `refusals_raw`."""
     listener = msgspec.convert(listener_raw, Listener)
     tables = [msgspec.convert(t, RouteTable) for t in tables_raw]
     clusters = [msgspec.convert(c, Cluster) for c in clusters_raw]
     check(ProxyConfig(listeners=[listener], route_tables=tables,
                       clusters=shared_clusters + clusters, **_STAND_INS))
     digest = _digest([listener, tables, clusters])
+    agent_listener, agent_digest = None, b""
+    if refusals_raw:
+        refusals = [msgspec.convert(r, Destination) for r in refusals_raw]
+        agent_listener = msgspec.structs.replace(
+            listener, destinations=[*listener.destinations, *refusals])
+        check(ProxyConfig(listeners=[agent_listener], route_tables=tables,
+                          clusters=shared_clusters + clusters, **_STAND_INS))
+        agent_digest = _digest(refusals)
     by_ns: dict[str, tuple[list[RouteTable], bytes]] = {}
     for ns, hosts_raw in consumer_raw.items():
         own = {vh.name: vh for vh in (msgspec.convert(h, VirtualHost) for h in hosts_raw)}
@@ -175,7 +197,8 @@ def build_transparent(listener_raw: dict[str, Any], tables_raw: list[dict[str, A
         check(ProxyConfig(listeners=[listener], route_tables=by_ns.get(ns, (tables, b""))[0],
                           clusters=shared_clusters + merged_clusters, **_STAND_INS))
         clusters_by_ns[ns] = (merged_clusters, _digest(list(mine.values())))
-    return Transparent(listener, tables, clusters, digest, by_ns, clusters_by_ns)
+    return Transparent(listener, tables, clusters, digest, by_ns, clusters_by_ns,
+                       agent_listener, agent_digest)
 
 
 def check_compiled(cfg: ProxyConfig) -> None:
@@ -341,7 +364,8 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
     t = shared.transparent
     if proxy.intercepted and t is not None:
         t_tables, t_digest = t.for_namespace(proxy.namespace)
-        out = t.listener
+        out, refusals_digest = (t.for_agent() if proxy.interception == "agent"
+                                else (t.listener, b""))
         if out.port != proxy.outbound_port:
             out = msgspec.structs.replace(out, port=proxy.outbound_port)
         if proxy.interception == "transparent":  # a sidecar: ip6tables' redirect too (ADR 0088)
@@ -353,7 +377,8 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
                                                         *proxy.additional_addresses])
         t_clusters, c_digest = t.clusters_for(proxy.namespace)
         listeners, tables, clusters = [*listeners, out], tables + t_tables, clusters + t_clusters
-        digest = hashlib.sha256(digest + t_digest + c_digest + str(out.port).encode()
+        digest = hashlib.sha256(digest + t_digest + c_digest + refusals_digest
+                                + str(out.port).encode()
                                 + ",".join(out.additional_addresses).encode()
                                 + ",".join(out.sources).encode()).digest()
     dns = dns_section(proxy, shared.dns)
@@ -417,7 +442,7 @@ def compile_model(mesh: MeshModel, cache: PartCache | None = None) -> CompileRes
         t = render_outbound(mesh, out, DEFAULT_OUTBOUND_PORT)
         shared = dataclasses.replace(shared, transparent=build_transparent(
             t.listener, t.tables, t.clusters, shared.clusters, t.consumer_hosts,
-            t.consumer_clusters))
+            t.consumer_clusters, t.refusals))
     shared = dataclasses.replace(shared, dns=dns_hosts(mesh), telemetry=mesh_telemetry(mesh),
                                  logs=mesh_logs(mesh))
     for proxy in mesh.proxies:

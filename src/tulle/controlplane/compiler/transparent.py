@@ -16,7 +16,11 @@ destination and decide from it alone -- never from a Host header:
      pod's other family, ADR 0088): to that very endpoint, over mTLS when it takes it
      (`pod|<port>||<name>.<ns>`: the pod's own identity expected, dialled at `address`) -- the
      Service's routes do not apply, as in Kubernetes, but the mesh's mTLS does;
-  3. anything else: `Mesh.spec.outboundTrafficPolicy` -- `ALLOW_ANY` passes it through to the
+  3. on a node agent's pod listener under `ALLOW_ANY`, an agent-mode workload's address on
+     any other port (one it does not declare): refused (`Destination.refuse`,
+     `kind="destination_refused"`), because the agent's passthrough would reach the pod's
+     application from the node, past the pod's inbound side (ADR 0114);
+  4. anything else: `Mesh.spec.outboundTrafficPolicy` -- `ALLOW_ANY` passes it through to the
      original destination; `REGISTRY_ONLY` refuses it (the connection is reset, counted in
      `tulle_proxy_protocol_errors_total{kind="no_destination"}`).
 - **Inbound** (`inbound`, `0.0.0.0:15006` and `[::]:15006`): one filter chain per workload
@@ -163,6 +167,28 @@ def _pod_destinations(mesh: MeshModel) -> tuple[list[dict[str, Any]], list[dict[
     return dests, clusters
 
 
+def agent_refusals(mesh: MeshModel) -> list[dict[str, Any]]:
+    """The destinations a node agent's pod listener refuses after every other one (ADR 0114):
+    each address of every `interception: agent` workload, on any port its pod-IP
+    destinations (`_pod_destinations`, before these) did not take, i.e. the ports it does
+    not declare.  Only under `ALLOW_ANY`: the agent's passthrough dials from the node, so a
+    same-node pod's inbound side (its listener on the agent) never sees the call, which a
+    sidecar's inbound side, or that pod's from another node, closes (`no_filter_chain`).
+    Under `REGISTRY_ONLY` nothing is passed through and none is needed."""
+    if outbound_policy(mesh) != "ALLOW_ANY":
+        return []
+    out: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    for proxy in mesh.proxies:
+        if proxy.interception != "agent":
+            continue
+        for address in (proxy.address, *proxy.additional_addresses):
+            if address and address not in seen and not _loopback(address):
+                seen.add(address)
+                out.append({"address": address, "refuse": True})
+    return out
+
+
 class TransparentOut(NamedTuple):
     """The outbound side of every transparent proxy, rendered once."""
 
@@ -175,6 +201,9 @@ class TransparentOut(NamedTuple):
     consumer_clusters: dict[str, list[dict[str, Any]]] = {}
     """Client namespace -> its own version of some TCP clusters of `clusters` (same names):
     the Service ports a consumer TCPRoute of that namespace decides."""
+    refusals: tuple[dict[str, Any], ...] = ()
+    """What a node agent's pod listeners add after `listener`'s destinations
+    (`agent_refusals`)."""
 
 
 def render_outbound(mesh: MeshModel, out: Outbound, port: int) -> TransparentOut:
@@ -219,7 +248,8 @@ def render_outbound(mesh: MeshModel, out: Outbound, port: int) -> TransparentOut
         for ns, decided in sorted(winning_consumer_tcp_routes(mesh).items())}
     return TransparentOut(listener, tables, sorted(clusters + pod_clusters,
                                                    key=lambda c: str(c["name"])), consumer,
-                          {ns: cs for ns, cs in consumer_clusters.items() if cs})
+                          {ns: cs for ns, cs in consumer_clusters.items() if cs},
+                          tuple(agent_refusals(mesh)))
 
 
 def inbound_listener(proxy: Proxy, per_port: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -275,6 +305,7 @@ __all__ = [
     "OUTBOUND_ADDRESS6",
     "TransparentOut",
     "agent_cluster",
+    "agent_refusals",
     "inbound_listener",
     "outbound_policy",
     "pod_cluster_name",

@@ -9,7 +9,9 @@ driver that serves it, then steps aside:
    port directly, or a rule sends the proxy's own traffic back to it): that is a loop, refused
    and counted as protocol error `loop`.  The destination picks a `DestinationRule`; with none,
    `passthrough` relays to the original destination as TCP, otherwise the connection is
-   refused (`no_destination`, and a line in the log at a bounded rate: `refusals`).  On an
+   refused (`no_destination`, and a line in the log at a bounded rate: `refusals`).  A rule
+   with `refuse` is refused whatever `passthrough` says (`destination_refused`, logged the
+   same way: a meshed pod's port it does not declare, ADR 0114).  On an
    explicit listener the destination is the address the client dialled.
 2. **What it speaks.**  A `tcp` protocol, a destination port in `opaque_ports` or in
    `DEFAULT_OPAQUE_PORTS`, or a rule that names no route table and no cluster skips sniffing:
@@ -356,6 +358,10 @@ class DetectDownstream(Deciding):
                     self._refuse("no_destination")
                     return
                 self._relay(Target.passthrough(*dst))  # unmatched: opaque, as it came
+                return
+            if rule.refuse:  # a meshed pod's undeclared port, never passed through
+                REFUSALS.refused(ctx.name, dst[0], dst[1], self.loop.time())
+                self._refuse("destination_refused")
                 return
             if rule.router is None and not rule.cluster:
                 self._relay(Target.passthrough(*dst))  # a rule that only declares TCP

@@ -65,6 +65,8 @@ class DestinationRule:
     protocol: str
     router: Router | None
     cluster: str
+    refuse: bool = False
+    """Connections matching it are reset (`Destination.refuse`, ADR 0114)."""
 
     @classmethod
     def build(cls, d: Destination, routers: dict[str, Router]) -> DestinationRule:
@@ -72,7 +74,7 @@ class DestinationRule:
         # are compared as IPv4.
         net = matched_network(d.address) if d.address else None
         return cls(net, d.port, d.protocol, routers.get(d.route_table) if d.route_table else None,
-                   d.cluster)
+                   d.cluster, d.refuse)
 
     def matches(self, ip: str, port: int) -> bool:
         if self.port and self.port != port:

@@ -5,7 +5,9 @@ Service's and no endpoint's is reset before a byte is read: no protocol is known
 a reason to the client (Istio resets such TCP connections too).  The counter
 `tulle_proxy_protocol_errors_total{kind="no_destination"}` counts every one; this log says
 which destination and why, so an operator reading the proxy's log after a "connection reset"
-finds the policy that decided (ADR 0087).
+finds the policy that decided (ADR 0087).  A destination the listener refuses by name
+(`Destination.refuse`: a meshed pod's undeclared port behind a node agent, ADR 0114) is
+counted as `kind="destination_refused"` and logged here too, under the same bound.
 
 A client can open refused connections as fast as it likes, so the log is bounded: per
 listener, the first refusal is logged at once and then at most one line every `EVERY_S`,
@@ -41,6 +43,16 @@ class RefusalLog:
                     "listener %s: refused an outbound connection to %s:%d: no mesh Service or "
                     "endpoint has that address and port, and the mesh's outbound policy is "
                     "REGISTRY_ONLY (Mesh.spec.outboundTrafficPolicy.mode)", listener, ip, port)
+
+    def refused(self, listener: str, ip: str, port: int, now: float) -> None:
+        """A connection to `ip`:`port` on `listener` refused by a destination rule that says
+        so (`Destination.refuse`, ADR 0114).  `now`: the loop's clock; bounded apart from
+        `no_destination`'s lines, so one kind never hides the other."""
+        self._lines((listener, "refused"), now,
+                    "listener %s: refused an outbound connection to %s:%d: that address is a "
+                    "meshed workload's and the port is not one it declares; it is never "
+                    "passed through around the workload's inbound side (declare the port on "
+                    "the Workload to reach it through the mesh)", listener, ip, port)
 
 
 REFUSALS: Final = RefusalLog()

@@ -206,3 +206,29 @@ def test_an_unknown_ipv6_address_is_written_with_brackets(
     assert "is [fd00:231::99]:7000 (no mesh Service's virtual IP or endpoint)" in (
         exc.value.message)
 
+
+
+def test_an_agent_pods_undeclared_port_is_explained_as_refused_not_passed_through() -> None:
+    """ADR 0114: under ALLOW_ANY a node agent's pod listener refuses an agent-mode pod's
+    address on a port the pod does not declare; explain says so and why, where it used to
+    say the call is relayed unchanged.  The declared port is still traced to the pod."""
+    def agent(name: str, ns: str, address: str, n: int, *ports: int) -> dict[str, Any]:
+        w = workload(name, ns, address, *ports, app=name.split("-", maxsplit=1)[0])
+        w["spec"].update(interception="agent", outboundPort=15100 + n, inboundPort=15200 + n)
+        return w
+
+    res = compile_mesh(MeshInputs.from_resources([
+        agent("client-0", "web", "10.231.0.2", 1), agent("api-0", "shop", "10.231.0.3", 2, 8080)]))
+    assert not res.errors, res.errors
+    with pytest.raises(ExplainError) as exc:
+        run(res.snapshots, "10.231.0.3:9000")
+    assert (exc.value.status, exc.value.field) == (403, "to")
+    assert "10.231.0.3:9000 is a meshed workload's address on a port it does not declare" in (
+        exc.value.message)
+    assert 'kind="destination_refused"' in exc.value.message
+    doc = run(res.snapshots, "10.231.0.3:8080")
+    assert doc["outbound"]["originalDestination"]["cluster"] == "pod|8080||api-0.shop"
+    # Anything that is no mesh workload's address is still relayed unchanged.
+    with pytest.raises(ExplainError) as exc:
+        run(res.snapshots, "10.231.0.99:15681")
+    assert "relays it unchanged" in exc.value.message

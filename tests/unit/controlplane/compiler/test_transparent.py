@@ -314,3 +314,48 @@ def test_a_node_agents_pod_listener_takes_that_pods_addresses_only() -> None:
     out = listener(cfgs["shop/pod"], "outbound")
     assert out.sources == ["10.0.0.8", "fd00::8"]
     assert listener(cfgs["shop/client"], "outbound").sources == []
+
+
+def _agent(name: str, address: str, ports: list[dict[str, Any]], n: int,
+           **spec: Any) -> dict[str, Any]:
+    return workload(name, address, ports, transparent=False, interception="agent",
+                    outboundPort=15100 + n, inboundPort=15200 + n, **spec)
+
+
+AGENT_PODS = (_agent("pod-a", "10.232.0.2", [], 1),
+              _agent("api", "10.232.0.4", [{"port": 8080}], 3, additionalAddresses=["fd00::4"]))
+
+
+def test_an_agents_pod_listener_refuses_an_agent_pods_undeclared_ports_after_its_own() -> None:
+    """ADR 0114: under ALLOW_ANY a node agent passes an unknown destination through from the
+    node, so a same-node pod's inbound side never sees it.  Every agent-mode workload's
+    address is refused after the pod-IP destinations (the ports it declares), whatever the
+    port; a sidecar's address is not (its own inbound side closes an undeclared port)."""
+    cfgs = compiled(*BASE, *AGENT_PODS)
+    out = listener(cfgs["shop/pod-a"], "outbound")
+    assert out.passthrough
+    tail = [(d.address, d.port, d.refuse, d.cluster) for d in out.destinations[-3:]]
+    assert tail == [("10.232.0.4", 0, True, ""), ("fd00::4", 0, True, ""),
+                    ("10.232.0.2", 0, True, "")]  # by namespace and name
+    first = {(d.address, d.port): i for i, d in reversed(list(enumerate(out.destinations)))}
+    # api's declared port is taken first, by its pod-IP destination (mTLS to its listener).
+    assert first[("10.232.0.4", 8080)] < first[("10.232.0.4", 0)]
+    assert out.destinations[first[("10.232.0.4", 8080)]].cluster == "pod|8080||api.shop"
+    # A sidecar pod's address (web-0) and a Service VIP are not refused; anything else
+    # still passes through.
+    assert not any(d.refuse and d.address in ("10.0.0.3", "240.240.0.1")
+                   for d in out.destinations)
+    # Only a node agent's pod listeners carry them: a sidecar's listener is unchanged.
+    client = listener(cfgs["shop/client"], "outbound")
+    assert not any(d.refuse for d in client.destinations)
+
+
+def test_registry_only_needs_no_refusal_and_adding_an_agent_pod_changes_the_version() -> None:
+    strict = compiled(mesh_resource(outboundTrafficPolicy={"mode": "REGISTRY_ONLY"}),
+                      *BASE, *AGENT_PODS)
+    assert not any(d.refuse for d in listener(strict["shop/pod-a"], "outbound").destinations)
+    one = compiled(*BASE, *AGENT_PODS)["shop/pod-a"]
+    more = compiled(*BASE, *AGENT_PODS, _agent("pod-c", "10.232.0.9", [], 5))["shop/pod-a"]
+    assert ("10.232.0.9", True) in [(d.address, d.refuse)
+                                    for d in listener(more, "outbound").destinations]
+    assert one.version != more.version
