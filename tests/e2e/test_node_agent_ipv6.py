@@ -127,3 +127,28 @@ def test_a_dual_stack_pod_cannot_get_around_its_agent_over_ipv6(
     assert "TULLE" not in filter6(node)
     assert call(pod, workdir, "tcp", "fd00:231::3", 8080) == "server"
     assert call(server, workdir, "tcp", "fd00:232::2", 9000) == "pod"
+
+
+def test_no_ipv6_never_leaves_a_served_pods_ipv6_around_the_agent(
+        testbed: Testbed, tmp_path: Path) -> None:  # noqa: F811
+    """ADR 0114 (left open by ADR 0111): `node apply --no-ipv6` installed no IPv6 rule, so a
+    dual-stack pod reached the server, and was reached, over IPv6 around the agent (plaintext,
+    no identity, no policy).  Agent mode steers IPv4 only: the option no longer opens the
+    family; the served pods' IPv6 is refused wherever the node has IPv6."""
+    require_tools("iptables", "ip6tables-save", "ip6tables-restore")
+    (tmp_path / "serve.py").write_text(SERVE)
+    (tmp_path / "call.py").write_text(CALL)
+    server = testbed.node("10.231.0.3/24", "fd00:231::3/64")
+    node = testbed.node("10.231.0.5/24", "fd00:231::5/64")
+    pod = testbed.pod(node, "10.232.0.2", "fd00:232::2")
+    serve(server, tmp_path, "server", 8080)
+    serve(pod, tmp_path, "pod", 9000)
+    assert call(pod, tmp_path, "tcp", "fd00:231::3", 8080) == "server"  # open before
+    out = node.run([*TULLE, "iptables", "node", "apply", "--no-ipv6", "--pod",
+                    "10.232.0.2=15001"], env=ENV).stdout
+    assert call(pod, tmp_path, "tcp", "fd00:231::3", 8080) == "refused"  # was "server"
+    assert "--no-ipv6: IPv6 is on here, so the served pods' IPv6 is refused anyway" in out, out
+    assert call(pod, tmp_path, "udp", "fd00:231::3", 5353) == "refused"
+    assert call(server, tmp_path, "tcp", "fd00:232::2", 9000) == "refused"
+    node.run([*TULLE, "iptables", "node", "clean"], env=ENV)
+    assert "TULLE" not in filter6(node)

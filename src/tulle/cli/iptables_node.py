@@ -33,8 +33,9 @@ def node() -> None:
 @click.option("--redirect-dns/--no-redirect-dns", default=True, show_default=True,
               help="Steer the pods' DNS (UDP and TCP 53) to the agent's resolver.")
 @click.option("--ipv6/--no-ipv6", default=True, show_default=True,
-              help="Refuse the served pods' IPv6 TCP and UDP (agent mode is IPv4: nothing may "
-                   "pass around the agent); where the namespace has IPv6 and ip6tables.")
+              help="Kept for old scripts: the served pods' IPv6 TCP and UDP are refused "
+                   "wherever the node has IPv6, either way (agent mode is IPv4: nothing may "
+                   "pass around the agent; ADR 0114).")
 @click.option("--dry-run", is_flag=True, help="Print the rules; change nothing (no root needed; "
               "interfaces are shown as <dev>).")
 def apply_cmd(pods: tuple[str, ...], dns_port: int, redirect_dns: bool, ipv6: bool,
@@ -53,13 +54,18 @@ def apply_cmd(pods: tuple[str, ...], dns_port: int, redirect_dns: bool, ipv6: bo
         shown = [node_steer.PodSteer(p.address, p.port, "<dev>", p.inbound) for p in parsed]
         click.echo(node_steer.restore_input(shown, "", ["<uplink>"],
                                             dns_port if redirect_dns else 0), nl=False)
-        if ipv6:
-            click.echo("# ip6tables-restore --noflush")
-            click.echo(node_steer6.restore_input(["<dev>"], ""), nl=False)
+        click.echo("# ip6tables-restore --noflush (where the node has IPv6)")
+        click.echo(node_steer6.restore_input(["<dev>"], ""), nl=False)
         return
     try:
+        refuse6 = node_steer6.needed()
+        if refuse6:
+            node_steer6.check_tools()  # before anything is installed
         done = node_steer.apply(parsed, dns_port=dns_port if redirect_dns else 0)
-        if ipv6 and node_steer6.available():
+        if refuse6:
+            if not ipv6:
+                done.append("--no-ipv6: IPv6 is on here, so the served pods' IPv6 is refused "
+                            "anyway (agent mode steers IPv4 only)")
             done += node_steer6.apply([p.device for p in node_steer.resolve(parsed)])
         for line in done:
             click.echo(line)

@@ -19,8 +19,10 @@ namespace (never a pod's, never the host's), one filter chain per hook:
 per served pod's veth: what the pod sends through or to the node, and what is forwarded to it.
 ICMPv6 (neighbour discovery on the veth) is untouched; the agent's own connections (OUTPUT) are
 untouched.  A refusal, not a silent drop: a client sees a reset or "port unreachable" at once.
-`clean` removes exactly these chains and jumps.  Applied only where the namespace has IPv6 and
-`ip6tables-restore`.
+`clean` removes exactly these chains and jumps.  Applied wherever the namespace has an IPv6
+address on an interface other than loopback (`needed`), whatever `--ipv6/--no-ipv6` says: a
+`--no-ipv6` that left the family alone opened it around the agent (ADR 0114).  Without
+`ip6tables-restore` there, `apply` exits 3 before installing anything.
 """
 
 from __future__ import annotations
@@ -30,7 +32,12 @@ import shutil
 from collections.abc import Sequence
 from typing import Final
 
-from tulle.net.iptables_run import EXIT_REFUSED, InterceptionError
+from tulle.net.iptables_run import (
+    EXIT_ENVIRONMENT,
+    EXIT_REFUSED,
+    InterceptionError,
+    has_family,
+)
 from tulle.net.node_steer import Runner, run
 
 CHAIN: Final = "TULLE_NODE6"
@@ -42,6 +49,26 @@ def available() -> bool:
     """IPv6 in this namespace and the tools to filter it."""
     return os.path.exists("/proc/net/if_inet6") and all(
         shutil.which(t) for t in ("ip6tables-save", "ip6tables-restore"))
+
+
+def needed(runner: Runner = run) -> bool:
+    """Whether the served pods' IPv6 must be refused here: the node's namespace has an IPv6
+    address on an interface other than loopback (a veth's link-local one is enough to reach
+    the pod).  `--no-ipv6` does not change it: agent mode steers IPv4 only, so IPv6 left
+    alone would go around the agent both ways (ADR 0114, as ADR 0111 did for a sidecar's
+    `--no-ipv6`)."""
+    return os.path.exists("/proc/net/if_inet6") and has_family(6, runner)
+
+
+def check_tools() -> None:
+    """Refuse to steer a node whose IPv6 cannot be refused: exit 3 naming both ways out,
+    before any rule is installed (it used to skip IPv6 silently)."""
+    missing = [t for t in ("ip6tables-save", "ip6tables-restore") if not shutil.which(t)]
+    if missing:
+        raise InterceptionError(
+            f"IPv6 is on in the node's namespace and agent mode refuses the served pods' IPv6 "
+            f"(it steers IPv4 only), which needs {' and '.join(missing)}: install them, or "
+            "turn IPv6 off on the node", EXIT_ENVIRONMENT)
 
 
 def rules(devices: Sequence[str]) -> dict[str, list[str]]:

@@ -3,6 +3,13 @@ refused both ways through the node and to the node, one chain per hook, an exact
 
 from __future__ import annotations
 
+import subprocess
+from collections.abc import Sequence
+
+import pytest
+
+from tulle.net import node_steer6
+from tulle.net.iptables_run import EXIT_ENVIRONMENT, InterceptionError
 from tulle.net.node_steer6 import restore_input
 
 
@@ -33,3 +40,31 @@ def test_apply_again_replaces_the_jumps_and_clean_removes_only_ours() -> None:
         "*filter\n-D FORWARD -j TULLE_NODE6\n-F TULLE_NODE6\n-X TULLE_NODE6\n"
         "-D INPUT -j TULLE_NODE6_IN\n-F TULLE_NODE6_IN\n-X TULLE_NODE6_IN\nCOMMIT\n")
     assert restore_input(None, "") == "*filter\nCOMMIT\n"
+
+
+def _ip_addr(lines: str) -> node_steer6.Runner:
+    def runner(argv: Sequence[str], stdin: str | None) -> subprocess.CompletedProcess[str]:
+        assert list(argv) == ["ip", "-6", "-o", "addr", "show"]
+        return subprocess.CompletedProcess([], 0, lines, "")
+    return runner
+
+
+def test_ipv6_is_refused_wherever_an_interface_but_loopback_has_it(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """ADR 0114: `--no-ipv6` no longer decides; the node's IPv6 does.  A veth's link-local
+    address is enough to reach the pod around the agent."""
+    monkeypatch.setattr(node_steer6.os.path, "exists", lambda p: True)
+    lo = "1: lo    inet6 ::1/128 scope host \n"
+    veth = "5: p2@if4    inet6 fe80::1/64 scope link \n"
+    assert not node_steer6.needed(_ip_addr(lo))
+    assert node_steer6.needed(_ip_addr(lo + veth))
+
+
+def test_a_node_with_ipv6_and_no_ip6tables_is_refused_naming_both_ways_out(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(node_steer6.shutil, "which",
+                        lambda t: None if t == "ip6tables-restore" else "/sbin/" + t)
+    with pytest.raises(InterceptionError) as exc:
+        node_steer6.check_tools()
+    assert exc.value.code == EXIT_ENVIRONMENT
+    assert "needs ip6tables-restore: install them, or turn IPv6 off on the node" in str(exc.value)
