@@ -33,17 +33,24 @@ from tulle.controlplane.push.server import SnapshotCache
 from tulle.controlplane.statuswriter import desired_status
 from tulle.controlplane.store.errors import (
     AlreadyExistsError,
+    BatchError,
     ConflictError,
     ExpiredError,
     NotFoundError,
 )
-from tulle.controlplane.store.protocol import Obj, ResourceStore
+from tulle.controlplane.store.protocol import BatchOp, Obj, ResourceStore
 from tulle.proxyconfig.address import same_address, unmapped
 from tulle.proxyconfig.stream import WorkloadInfo
 
 log = logging.getLogger("tulle.controlplane")
 
 MESH_GROUP = "mesh.tulle.dev/v1alpha1"
+
+STATUS_BATCH = 500
+"""Status writes (virtual IPs, conditions) per store transaction.  One transaction per object
+cost ~3 ms each on SQLite: a bulk apply of 1,000 Services with a route each took 2,000 of them
+in a row, and the Services reached the proxies without their virtual IPs for ~10 s (ADR
+0109).  Bounded, so that one transaction never holds the store for long."""
 
 
 def _same_inputs(old: Obj, new: Obj) -> bool:
@@ -188,6 +195,7 @@ class Reconciler:
     async def _write_conditions(self, conditions: dict[tuple[str, str, str],
                                                         list[dict[str, Any]]]) -> None:
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        changed: list[Obj] = []
         for (kind, ns, name), conds in conditions.items():
             obj = self._resources.get((kind, ns, name))
             if obj is None:
@@ -195,19 +203,34 @@ class Reconciler:
             status = desired_status(obj, conds, now)
             if status == (obj.get("status") or {}):
                 continue
-            with contextlib.suppress(ConflictError, NotFoundError):
-                self._resources[(kind, ns, name)] = await self.store.update_status(
-                    {**obj, "status": status})
+            changed.append({**obj, "status": status})
+        await self._write_statuses(changed)
 
     async def _allocate_vips(self) -> None:
         """Write the virtual IPs `vips.statuses` says each Service should hold."""
         services = [o for k, o in self._resources.items() if k[0] == "Service"]
-        for obj, status in vips.statuses(services):
-            try:
-                self._resources[self._key(obj)] = await self.store.update_status(
-                    {**obj, "status": status})
-            except (ConflictError, NotFoundError):
-                continue  # another replica got there first; its write arrives by watch
+        await self._write_statuses([{**obj, "status": status}
+                                    for obj, status in vips.statuses(services)])
+
+    async def _write_statuses(self, objs: list[Obj]) -> None:
+        """Store the statuses of `objs`, `STATUS_BATCH` to a transaction, each checked against
+        the resourceVersion it carries.  One the store refuses (another replica or an edit
+        moved it on, or it was deleted) is left out and the rest written again: its newer
+        version arrives by watch and is compiled, and its status decided, again."""
+        for i in range(0, len(objs), STATUS_BATCH):
+            chunk = objs[i:i + STATUS_BATCH]
+            while chunk:
+                try:
+                    written = await self.store.batch([BatchOp("update_status", o)
+                                                      for o in chunk])
+                except BatchError as exc:
+                    if not isinstance(exc.error, ConflictError | NotFoundError):
+                        raise exc.error from exc
+                    del chunk[exc.index]
+                    continue
+                for obj in written:
+                    self._resources[self._key(obj)] = obj
+                break
 
     # -- registration ------------------------------------------------------------------------
 

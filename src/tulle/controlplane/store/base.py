@@ -163,6 +163,8 @@ def _planned(op: BatchOp) -> tuple[Key, Mutation]:
         return creating(op.object)
     if op.verb == "update":
         return updating(op.object)
+    if op.verb == "update_status":
+        return updating_status(op.object)
     if op.verb == "delete":
         key = key_of(op.object)
         return key, deleting(key, resource_version(op.object))

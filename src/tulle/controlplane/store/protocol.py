@@ -25,7 +25,7 @@ Obj: TypeAlias = dict[str, Any]
 
 EventType: TypeAlias = Literal["ADDED", "MODIFIED", "DELETED"]
 
-BatchVerb: TypeAlias = Literal["create", "update", "delete"]
+BatchVerb: TypeAlias = Literal["create", "update", "update_status", "delete"]
 
 LabelSelector: TypeAlias = str | Mapping[str, str]
 """Kubernetes selector syntax (`app=web,tier!=db,env in (a,b),!legacy`) or an equality map."""
@@ -46,9 +46,11 @@ class WatchEvent:
 
 @dataclass(frozen=True, slots=True)
 class BatchOp:
-    """One write of a `batch`: what `create(object)`, `update(object)` or `delete` of the
-    object's key would do (for delete, `metadata.resourceVersion`, if given, is the
-    precondition)."""
+    """One write of a `batch`: what `create(object)`, `update(object)`,
+    `update_status(object)` or `delete` of the object's key would do (for delete,
+    `metadata.resourceVersion`, if given, is the precondition).  `update_status` lets the
+    control plane write the statuses of a compilation (virtual IPs, conditions) in one
+    transaction rather than one per object (ADR 0109)."""
 
     verb: BatchVerb
     object: Obj

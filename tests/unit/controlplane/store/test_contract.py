@@ -303,6 +303,26 @@ async def test_batch_writes_every_operation_with_its_own_revision(store: Resourc
     assert await store.batch([]) == []
 
 
+async def test_batch_update_status_changes_only_status_and_is_version_checked(
+        store: ResourceStore) -> None:
+    """The control plane's status writes of one compilation go as one batch (ADR 0109)."""
+    a, b = await store.create(route("a")), await store.create(route("b"))
+    stored = await store.batch([
+        BatchOp("update_status", {**copy.deepcopy(a), "status": {"virtualIP": "240.240.0.1"},
+                                  "spec": {"ignored": True}}),
+        BatchOp("update_status", {**copy.deepcopy(b), "status": {"virtualIP": "240.240.0.2"}}),
+    ])
+    assert [o["status"] for o in stored] == [{"virtualIP": "240.240.0.1"},
+                                             {"virtualIP": "240.240.0.2"}]
+    assert stored[0]["spec"] == a["spec"] and stored[0]["metadata"]["generation"] == 1
+    assert await store.get("HTTPRoute", "default", "a") == stored[0]
+    with pytest.raises(BatchError) as refused:  # `a` as first read is stale now
+        await store.batch([BatchOp("update_status", {**copy.deepcopy(stored[1]), "status": {}}),
+                           BatchOp("update_status", {**copy.deepcopy(a), "status": {}})])
+    assert refused.value.index == 1 and isinstance(refused.value.error, ConflictError)
+    assert await store.get("HTTPRoute", "default", "b") == stored[1]
+
+
 @pytest.mark.parametrize("bad", ["stale", "exists", "missing", "invalid"])
 async def test_batch_refused_in_the_middle_writes_nothing(store: ResourceStore, bad: str) -> None:
     a = await store.create(route("a"))
