@@ -31,6 +31,8 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from tulle.controlplane.store.errors import ConflictError, NotFoundError
@@ -50,9 +52,15 @@ def _now() -> str:
 
 
 async def record(store: ResourceStore, namespace: str, name: str, state: State, reason: str,
-                 session: str, instance: str) -> bool:
+                 session: str, instance: str, *, ended: Mapping[str, str] | None = None,
+                 force: bool = False) -> bool:
     """Write `status.proxy` of one Workload; False when it no longer applies (the Workload is
-    gone, or a Disconnected for a session that is no longer the stored one)."""
+    gone, or a Disconnected for a session that is no longer the stored one).
+
+    `ended` (for Disconnected): several sessions of this replica that ended, with their
+    reasons; the one stored, if any, is written out (else, with none stored, `session`).
+    `force` (for Disconnected): whatever session is stored, as after this replica's own
+    Connected for `session` (`PresenceWriter` folded that one into this write)."""
     for _ in range(5):
         try:
             current = await store.get("Workload", namespace, name)
@@ -60,7 +68,11 @@ async def record(store: ResourceStore, namespace: str, name: str, state: State, 
             return False
         status: dict[str, Any] = dict(current.get("status") or {})
         stored = status.get("proxy") or {}
-        if state == "Disconnected" and stored.get("session") not in (None, session):
+        if state == "Disconnected" and ended and stored.get("session") in ended:
+            session = stored["session"]
+            reason = ended[session]
+        elif state == "Disconnected" and not force and stored.get("session") not in (None,
+                                                                                    session):
             return False  # the proxy is back on another stream
         same = stored.get("state") == state and stored.get("session") == session
         if same and stored.get("reason") == reason:
@@ -92,13 +104,27 @@ class PresenceWriter:
     store ahead of the admissions of the proxies still saying hello (each consumes a token: a
     store write too).  One write in flight keeps them behind the admissions, and FIFO keeps
     one workload's Connected before its Disconnected.  (`make bench-controlplane` at 200
-    Services / 400 proxies: initial sync 2.14 s before readiness, 2.24 s with it.)"""
+    Services / 400 proxies: initial sync 2.14 s before readiness, 2.24 s with it.)
+
+    The queue holds each workload once (ADR 0109): reports for a workload still waiting are
+    folded into the one write they amount to (`_Pending`).  One report per session start and
+    end, in a queue with one write in flight, grew without bound under a proxy reconnecting
+    in a loop (78 reconnects/s outran the writer): every other workload's Disconnected
+    waited behind that backlog, so a dead proxy stayed in its Services' endpoints.  Folded,
+    the queue is at most one entry per workload, and a workload's writes never fall behind
+    by more than one round of the queue.
+    """
 
     def __init__(self, store: ResourceStore, instance: str) -> None:
         self.store = store
         self.instance = instance
-        self.queue: asyncio.Queue[tuple[str, str, State, str, str]] = asyncio.Queue()
+        self.pending: dict[tuple[str, str], _Pending] = {}
+        """Workloads with reports not written yet, in the order of their first report."""
+        self._wake = asyncio.Event()
         self.written = 0
+        self.folded = 0
+        """Reports that joined a workload's pending write instead of making one of their
+        own."""
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -115,15 +141,54 @@ class PresenceWriter:
     def submit(self, keys: list[tuple[str, str]], connected: bool, reason: str,
                session: str) -> None:
         state: State = "Connected" if connected else "Disconnected"
-        for ns, name in keys:
-            self.queue.put_nowait((ns, name, state, reason, session))
+        for key in keys:
+            p = self.pending.get(key)
+            if p is None:
+                self.pending[key] = p = _Pending()
+            else:
+                self.folded += 1
+            p.add(state, reason, session)
+        self._wake.set()
 
     async def _run(self) -> None:
         while True:
-            ns, name, state, reason, session = await self.queue.get()
+            if not self.pending:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            key = next(iter(self.pending))
+            p = self.pending.pop(key)
+            ns, name = key
             try:
-                await record(self.store, ns, name, state, reason, session, self.instance)
+                if p.final is not None:
+                    state, reason, session = p.final
+                    await record(self.store, ns, name, state, reason, session, self.instance,
+                                 force=True)
+                else:
+                    first = next(iter(p.ended))
+                    await record(self.store, ns, name, "Disconnected", p.ended[first], first,
+                                 self.instance, ended=p.ended)
                 self.written += 1
             except Exception:
-                log.exception("workload %s/%s: cannot record its proxy %s", ns, name,
-                              state.lower())
+                log.exception("workload %s/%s: cannot record its proxy's state", ns, name)
+
+
+@dataclass
+class _Pending:
+    """The reports of one workload not written yet, folded into the write they amount to when
+    written in order with `record`'s rules (a Connected is written whatever is stored; a
+    Disconnected only over its own session).  Before any Connected, Disconnected reports
+    depend on what is stored: `ended` keeps them by session (the first applies where nothing
+    is stored).  From the first Connected on the outcome is known: `final`."""
+
+    ended: dict[str, str] = field(default_factory=dict)
+    final: tuple[State, str, str] | None = None
+
+    def add(self, state: State, reason: str, session: str) -> None:
+        if state == "Connected":
+            self.final = (state, reason, session)
+        elif self.final is not None:
+            if self.final[2] == session:  # its own session's end (or a new reason for it)
+                self.final = (state, reason, session)
+        else:
+            self.ended[session] = reason

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tulle.controlplane import readiness
 from tulle.controlplane.store.memory import MemoryStore
 
@@ -46,3 +48,86 @@ def test_only_in_or_out_of_a_proxys_status_makes_a_compilation() -> None:
     assert not _same_inputs(with_proxy("Connected", "s1"), with_proxy("Disconnected", "s1"))
     assert _same_inputs(WL, with_proxy("Connected", "s1"))  # first connect: still in
     assert not _same_inputs(WL, with_proxy("Disconnected", "s1"))
+
+
+# -- the presence writer folds what waits (ADR 0109) --------------------------------------------
+
+Report = tuple[str, str, str]  # (state, reason, session)
+
+
+async def _stored_after(reports: list[Report], initial: Report | None, folded: bool
+                        ) -> tuple[str, str, str] | None:
+    """`status.proxy` (state, session, reason) after `reports`, written one by one with
+    `record` or folded by the `PresenceWriter`, over a Workload holding `initial`."""
+    import asyncio
+
+    store = MemoryStore()
+    await store.create(WL)
+    if initial is not None:
+        assert await readiness.record(store, "shop", "api-0", initial[0],  # type: ignore[arg-type]
+                                      initial[1], initial[2], "cp")
+    if folded:
+        writer = readiness.PresenceWriter(store, "cp")
+        for state, reason, session in reports:
+            writer.submit([("shop", "api-0")], state == "Connected", reason, session)
+        assert len(writer.pending) == 1
+        writer.start()
+        try:
+            async with asyncio.timeout(5):
+                while writer.pending or writer.written < 1:
+                    await asyncio.sleep(0.001)
+        finally:
+            await writer.stop()
+    else:
+        for state, reason, session in reports:
+            await readiness.record(store, "shop", "api-0", state, reason,  # type: ignore[arg-type]
+                                   session, "cp")
+    proxy = (await store.get("Workload", "shop", "api-0")).get("status", {}).get("proxy")
+    return (proxy["state"], proxy["session"], proxy["reason"]) if proxy else None
+
+
+C, D = "Connected", "Disconnected"
+CASES: list[tuple[Report | None, list[Report]]] = [
+    (None, [(C, "c", "s1"), (D, "closed", "s1"), (C, "c", "s2"), (D, "reset", "s2")]),
+    (None, [(C, "c", "s1"), (C, "c", "s2"), (D, "late end", "s1")]),
+    ((C, "c", "s0"), [(D, "closed", "s1")]),
+    ((C, "c", "s0"), [(D, "closed", "s0"), (C, "c", "s1")]),
+    ((C, "c", "s0"), [(D, "draining", "s0"), (D, "closed", "s0")]),
+    ((C, "c", "s0"), [(D, "other", "s9"), (D, "closed", "s0")]),
+    (None, [(D, "first", "s1"), (D, "second", "s2")]),
+    ((C, "c", "s0"), [(C, "c", "s1"), (D, "draining", "s1"), (D, "closed", "s1"),
+                      (D, "stale", "s0")]),
+]
+
+
+@pytest.mark.parametrize(("initial", "reports"), CASES)
+async def test_folded_reports_store_what_writing_them_in_order_stores(
+        initial: Report | None, reports: list[Report]) -> None:
+    assert await _stored_after(reports, initial, folded=True) == \
+        await _stored_after(reports, initial, folded=False)
+
+
+async def test_a_proxy_reconnecting_in_a_loop_holds_one_entry_and_one_write() -> None:
+    """Before: two queue entries and two store writes per reconnect, one write in flight; a
+    loop of reconnects outran the writer and every other workload's report waited behind it."""
+    import asyncio
+
+    store = MemoryStore()
+    await store.create(WL)
+    await store.create({**WL, "metadata": {"name": "other", "namespace": "shop"}})
+    writer = readiness.PresenceWriter(store, "cp")
+    for i in range(1000):
+        writer.submit([("shop", "api-0")], True, "connected", f"s{i}")
+        writer.submit([("shop", "api-0")], False, "reset", f"s{i}")
+    writer.submit([("shop", "other")], False, "closed", "o1")
+    assert len(writer.pending) == 2 and writer.folded == 1999
+    writer.start()
+    try:
+        async with asyncio.timeout(5):
+            while writer.pending or writer.written < 2:
+                await asyncio.sleep(0.001)
+    finally:
+        await writer.stop()
+    assert writer.written == 2
+    assert (await state(store))["session"] == "s999"
+    assert (await state(store))["state"] == "Disconnected"
