@@ -6,12 +6,19 @@ nghttp2 makes per header field and per frame stay in C (see shim.c).  `make deps
 after installing the package; the result is a build output, never committed.
 
     python -m tulle.dataplane.protocols.ng2.build
+
+`TULLE_NG2_SANITIZE=1` builds an instrumented copy instead (AddressSanitizer and
+UndefinedBehaviorSanitizer, `-O1 -g`, every UB finding fatal) for an audit run: Python must then
+start with the ASan runtime preloaded (ADR 0110 has the commands).  Rebuild without it before a
+normal run: an uninstrumented Python cannot load the instrumented module.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 import sys
+from typing import Final
 
 from cffi import FFI
 
@@ -65,20 +72,31 @@ const char *nghttp2_strerror(int lib_error_code);
 """
 
 
-def ffibuilder() -> FFI:
+SANITIZE_COMPILE: Final = ["-O1", "-g", "-fno-omit-frame-pointer",
+                            "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+"""Compile options of the sanitizer build (TULLE_NG2_SANITIZE=1; ADR 0110).  Compiled only, not
+linked against a runtime: the one preloaded into Python serves it, gcc's (libasan, libubsan)
+for the tests or atheris's (`asan_with_fuzzer.so`, which keeps libFuzzer's coverage) for a
+fuzz campaign; two ASan runtimes in one process refuse to start."""
+
+
+def ffibuilder(sanitize: bool = False) -> FFI:
     ffi = FFI()
     ffi.cdef(CDEF)
+    compile_args = ["-Wall", "-Wno-unused-function"]
+    compile_args += SANITIZE_COMPILE if sanitize else ["-O2"]
     ffi.set_source("tulle.dataplane.protocols.ng2._ng2",
                    (HERE / "shim.c").read_text(),
                    libraries=["nghttp2"],
-                   extra_compile_args=["-O2", "-Wall", "-Wno-unused-function"])
+                   extra_compile_args=compile_args)
     return ffi
 
 
 def main() -> int:
     """Compile in place (next to this file), from the `src` directory above the package."""
     src = HERE.parents[3]
-    ffibuilder().compile(tmpdir=str(src), verbose=False)
+    sanitize = os.environ.get("TULLE_NG2_SANITIZE", "") not in ("", "0")
+    ffibuilder(sanitize).compile(tmpdir=str(src), verbose=False)
     for leftover in ("_ng2.c", "_ng2.o"):  # only the shared object is needed
         (HERE / leftover).unlink(missing_ok=True)
     return 0

@@ -268,7 +268,9 @@ static ssize_t read_data(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t l
     return NGHTTP2_ERR_DEFERRED;
   }
   size_t n = avail < length ? avail : length;
-  memcpy(buf, o->buf + o->head, n);
+  if (n) /* an empty queue may have no buffer at all: memcpy from NULL is undefined even for
+          * 0 bytes (UBSan, ADR 0110) */
+    memcpy(buf, o->buf + o->head, n);
   o->head += n;
   if (o->head == o->tail) {
     o->head = o->tail = 0;
