@@ -23,6 +23,9 @@ The rules of `http2.py` hold, with these differences of engine:
   (REFUSED_STREAM) and reports it, which spends the premature-reset budget; the frame budgets
   (`h2guard.py`) still read frame headers before nghttp2 sees the bytes.  nghttp2's own limits
   stay on behind them (CONTINUATION frames per block, queued control frames).
+* One read is decoded in steps of at most `TL_KEEP` decoded bytes (shim.c pauses, `feed`
+  collects and goes on): HPACK decodes ~40 bytes into ~128 KB, and a read decoded whole once
+  filled hundreds of megabytes (ADR 0110).
 * Closed streams are forgotten (nghttp2's `no_closed_streams`); the codec keeps per stream
   only what the reset budget needs (`_unanswered`) and our own pending resets (`_ours`).
 """
@@ -177,9 +180,11 @@ class NgCodec:
                 self._terminate(ENHANCE_YOUR_CALM)
                 raise H2Abuse(exc.kind, exc.detail) from exc
         rv: int = _recv(t, data, len(data))
+        events: list[Event] = []
+        if t.paused:
+            rv = self._feed_paused(data, rv, events, now)
         if rv < 0:
             self._fatal(rv)
-        events: list[Event] = []
         nev: int = t.nev
         if nev:
             self._collect(events, now, nev)
@@ -191,6 +196,24 @@ class NgCodec:
         if nev:
             self._collect(events, now, nev)
         return events
+
+    def _feed_paused(self, data: bytes, rv: int, events: list[Event], now: float) -> int:
+        """shim.c paused the read: its arena holds as much as one read may fill (TL_KEEP, ADR
+        0110).  Collect it, then feed the rest (through a pointer: slicing `data` at each pause
+        would copy the rest again and again); returns the last `tl_recv`'s result."""
+        t = self._t
+        buf = ffi.from_buffer("uint8_t[]", data)
+        done = 0
+        n = len(data)
+        while t.paused and rv >= 0:
+            done += rv
+            nev: int = t.nev
+            if nev:
+                self._collect(events, now, nev)
+            else:  # only blocks nghttp2 dropped: forget them all the same
+                _clear(t)
+            rv = _recv(t, buf + done, n - done)
+        return rv
 
     def _collect(self, events: list[Event], now: float, nev: int) -> None:
         """Read the `nev` event words shim.c queued (typed, so the compiled loop reads them as

@@ -35,6 +35,7 @@ typedef struct tl_sess {
     uint8_t *obuf;
     size_t olen;
     int too_large;
+    int paused;
     size_t active;
     size_t outbound;
     uint32_t term_code;

@@ -32,6 +32,14 @@ enum {
 
 #define TL_KEEP 262144 /* bytes of buffer a connection keeps between reads */
 
+/* The arena one `tl_recv` fills is bounded: once it holds more than TL_KEEP bytes of finished
+ * blocks and DATA, decoding pauses (NGHTTP2_ERR_PAUSE, `paused` set) and the codec collects the
+ * events before it feeds the rest.  Without it HPACK let a read grow the arena without bound: a
+ * header block of ~40 bytes that names a 4 KB table entry 31 times decodes to ~128 KB, so one
+ * 256 KiB read of 1xx heads from an upstream filled 800 MB (and the codec's copy as much again),
+ * and a client's HEADERS + RST_STREAM pairs 130 MB per 61 KB (ADR 0110).  It also keeps every
+ * arena offset within the uint32 the events carry, whatever one read holds. */
+
 typedef struct tl_out {
   struct tl_out *next, *prev;
   int32_t sid;
@@ -54,6 +62,7 @@ typedef struct tl_sess {
   size_t block_size, block_limit; /* the header block being decoded, and its hard limit */
   size_t block_start; /* where that block starts in the arena */
   int in_block;       /* a header block is being decoded (it may span several reads) */
+  int paused;         /* tl_recv stopped early: the arena is full (see TL_KEEP) */
   int too_large;
   int write_blocked;
   size_t high_water;
@@ -122,6 +131,10 @@ static int on_header(nghttp2_session *s, const nghttp2_frame *f, const uint8_t *
   memcpy(p + namelen + 1, value, valuelen);
   p[namelen + 1 + valuelen] = 0;
   t->alen += namelen + valuelen + 2;
+  if (t->block_start > TL_KEEP) { /* hand the finished blocks over first (TL_KEEP) */
+    t->paused = 1;
+    return NGHTTP2_ERR_PAUSE;
+  }
   return 0;
 }
 
@@ -142,6 +155,10 @@ static int on_data_chunk(nghttp2_session *s, uint8_t flags, int32_t sid, const u
   uint32_t off = (uint32_t)t->alen;
   if (put(t, data, len) || push(t, TL_DATA, sid, 0, off, (uint32_t)len))
     return NGHTTP2_ERR_CALLBACK_FAILURE;
+  if (t->alen > TL_KEEP) { /* see TL_KEEP */
+    t->paused = 1;
+    return NGHTTP2_ERR_PAUSE;
+  }
   return 0;
 }
 
@@ -501,7 +518,11 @@ long tl_mem_send(tl_sess *t) {
   }
 }
 
+/* Feed `len` bytes.  Returns the bytes used or an nghttp2 error (< 0).  With `paused` set, fewer
+ * may have been used (or all, with the frame they end not yet reported): collect the events,
+ * `tl_clear`, and call again with the rest, even when nothing is left. */
 long tl_recv(tl_sess *t, const uint8_t *data, size_t len) {
+  t->paused = 0;
   t->rst_sid = 0;
   ssize_t rv = nghttp2_session_mem_recv(t->s, data, len);
   t->rst_sid = 0;
@@ -518,8 +539,9 @@ void tl_clear(tl_sess *t) {
   } else if (!t->in_block) {
     t->alen = 0;
   }
-  /* One read can fill the arena with up to 100 streams' header blocks of twice the limit
-   * each: give such a peak back instead of keeping it for the connection's life. */
+  /* A read can fill the arena to TL_KEEP plus one header block of twice the limit (and a
+   * DATA chunk) before it pauses: give such a peak back instead of keeping it for the
+   * connection's life. */
   if (t->acap > TL_KEEP && t->alen <= TL_KEEP / 2) {
     uint8_t *a = realloc(t->arena, TL_KEEP);
     if (a) { t->arena = a; t->acap = TL_KEEP; }

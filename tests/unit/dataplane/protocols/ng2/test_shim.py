@@ -1,0 +1,126 @@
+"""The C half of the libnghttp2 engine (ng2/shim.c) under what a memory audit found (ADR 0110).
+
+HPACK lets ~40 bytes on the wire name a 4 KB dynamic-table entry 31 times, so a read of such
+header blocks decoded into an arena hundreds of times its size: shim.c now pauses the read once
+the arena holds TL_KEEP bytes and the codec collects before it feeds the rest.  These tests
+hold the bound (measured in a process of its own: the arena is C memory) and check that the
+events of a read that paused are the events of one that did not."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+from hpack import Encoder
+from tests.support import h2raw
+
+from tulle.dataplane.protocols.h2common import H2Limits
+from tulle.dataplane.protocols.h2events import (
+    DataReceived,
+    EndReceived,
+    RequestReceived,
+    ResetReceived,
+    StreamRejected,
+)
+from tulle.dataplane.protocols.nghttp2 import NgCodec
+
+TL_KEEP = 262_144
+"""shim.c's bound on what one read fills before it pauses."""
+
+_AMPLIFY = textwrap.dedent("""
+    import resource, struct
+    from hpack import Encoder
+    from tulle.dataplane.protocols.h2common import H2Limits
+    from tulle.dataplane.protocols.h2guard import GuardLimits
+    from tulle.dataplane.protocols.nghttp2 import NgCodec
+
+    def frame(typ, flags, sid, payload):
+        return (struct.pack(">I", len(payload))[1:] + bytes((typ, flags))
+                + struct.pack(">I", sid) + payload)
+
+    enc = Encoder()
+    head = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/"),
+            (b":authority", b"a")] + [(b"x-a", b"a" * 4000)] * 31
+    wire = b"PRI * HTTP/2.0\\r\\n\\r\\nSM\\r\\n\\r\\n" + frame(4, 0, 0, b"")
+    for i in range(1000):  # each block ~40 bytes on the wire, ~124 KB decoded
+        sid = 2 * i + 1
+        wire += frame(1, 0x5, sid, enc.encode(head, huffman=False))
+        wire += frame(3, 0, sid, struct.pack(">I", 8))  # RST_STREAM frees the slot
+    codec = NgCodec(client_side=False, limits=H2Limits(guard=GuardLimits()))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    events = codec.feed(wire, 0.0)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(len(wire), len(events), after - before)
+""")
+
+
+def test_one_read_of_amplifying_header_blocks_fills_a_bounded_arena() -> None:
+    # 1,000 HEADERS + RST_STREAM pairs in one 61 KB read: every block decodes to ~124 KB (a
+    # 431 each, above the 64 KB head limit, below the 128 KB connection limit).  Before the
+    # fix all of it went into the arena at once, and the codec copied it: +237 MiB of peak RSS.
+    out = subprocess.run([sys.executable, "-c", _AMPLIFY], env=os.environ.copy(),
+                         capture_output=True, text=True, timeout=120, check=True).stdout
+    wire, events, peak_kib = (int(x) for x in out.split())
+    assert wire < 64 * 1024 and events == 2000
+    assert peak_kib < 32 * 1024, f"one {wire}-byte read grew the peak RSS by {peak_kib} KiB"
+
+
+def server(limits: H2Limits | None = None) -> NgCodec:
+    codec = NgCodec(client_side=False, limits=limits or H2Limits())
+    codec.data_to_send()
+    assert codec.feed(h2raw.PREFACE + h2raw.settings() + h2raw.settings(ack=True)) == []
+    codec.data_to_send()
+    return codec
+
+
+def test_header_blocks_decoded_across_pauses_keep_their_fields_and_order() -> None:
+    # Forty 60 KB heads (under the 64 KB limit) in one read: the read pauses every few blocks,
+    # one pause falls inside a block, and every request still carries its own fields.
+    codec = server()
+    enc = Encoder()
+    wire = b""
+    for i in range(40):
+        sid = 2 * i + 1
+        fields = [*h2raw.request("GET", f"/{i}"), *[(b"x-a", b"%d-" % i + b"a" * 4000)] * 14]
+        wire += h2raw.frame(h2raw.HEADERS, h2raw.END_HEADERS | h2raw.END_STREAM, sid,
+                            enc.encode(fields))
+        wire += h2raw.rst(sid)
+    events = codec.feed(wire)  # 40 x 56 KB decoded: the arena fills TL_KEEP eight times
+    assert [type(e) for e in events] == [RequestReceived, ResetReceived] * 40
+    for i in range(40):
+        req = events[2 * i]
+        assert isinstance(req, RequestReceived) and req.stream_id == 2 * i + 1
+        assert req.head.path == b"/%d" % i
+        assert req.head.headers == [(b"x-a", b"%d-" % i + b"a" * 4000)] * 14
+
+
+def test_a_read_that_ends_on_a_pause_still_reports_the_frame_it_ends() -> None:
+    # The DATA chunk that takes the arena past TL_KEEP is the last bytes of the read: nghttp2
+    # has used them all but reports the frame's END_STREAM only when called again.
+    codec = server(H2Limits(stream_window=1 << 20, connection_window=4 << 20))
+    codec.feed(h2raw.frame(h2raw.HEADERS, h2raw.END_HEADERS, 1,
+                           Encoder().encode(h2raw.request("POST"))))
+    wire = h2raw.data(1, b"d" * 16_384) * 16 + h2raw.data(1, b"e" * 16_384, end=True)
+    events = codec.feed(wire)
+    assert [type(e) for e in events] == [DataReceived] * 17 + [EndReceived]
+    body = b"".join(e.data for e in events if isinstance(e, DataReceived))
+    assert body == b"d" * 16 * 16_384 + b"e" * 16_384
+
+
+def test_a_header_field_that_ends_a_paused_read_still_completes_its_block() -> None:
+    # The same at a header block: the pause falls on the last field of the read's last block.
+    codec = server()
+    enc = Encoder()
+    wire = b""
+    for i in range(5):  # 5 x 60 KB of finished blocks: past TL_KEEP before the last one
+        fields = [*h2raw.request(), *[(b"x-a", b"a" * 4000)] * 14]
+        wire += h2raw.frame(h2raw.HEADERS, h2raw.END_HEADERS | h2raw.END_STREAM, 2 * i + 1,
+                            enc.encode(fields))
+    last = enc.encode([*h2raw.request("GET", "/last")])
+    wire += h2raw.frame(h2raw.HEADERS, h2raw.END_HEADERS | h2raw.END_STREAM, 11, last)
+    events = codec.feed(wire)
+    assert [type(e) for e in events] == [RequestReceived] * 6
+    assert isinstance(events[-1], RequestReceived) and events[-1].head.path == b"/last"
+    assert not [e for e in events if isinstance(e, StreamRejected)]
