@@ -45,7 +45,8 @@ typedef struct tl_out {
   int32_t sid;
   uint8_t *buf;
   size_t head, tail, cap;
-  int end, over, deferred, done, closed;
+  int end, over, deferred, done;
+  int cancelled; /* tl_reset cancelled our request before its HEADERS left (see there) */
   nghttp2_nv *trailers;
   size_t ntrailers;
   uint8_t *tbuf;
@@ -233,7 +234,9 @@ static void out_free(tl_out *o) {
 static int on_stream_close(nghttp2_session *s, int32_t sid, uint32_t code, void *ud) {
   tl_sess *t = ud;
   tl_out *o = nghttp2_session_get_stream_user_data(s, sid);
-  if ((sid & 1) == (nghttp2_session_check_server_session(s) ? 0 : 1) && t->outbound)
+  int cancelled = o && o->cancelled; /* counted and reported by tl_reset already */
+  if ((sid & 1) == (nghttp2_session_check_server_session(s) ? 0 : 1) && t->outbound &&
+      !cancelled)
     t->outbound--;
   if (o) {
     if (!o->done) {
@@ -244,7 +247,7 @@ static int on_stream_close(nghttp2_session *s, int32_t sid, uint32_t code, void 
     out_free(o);
     nghttp2_session_set_stream_user_data(s, sid, NULL);
   }
-  if (code != NGHTTP2_NO_ERROR && sid != t->rst_sid &&
+  if (code != NGHTTP2_NO_ERROR && sid != t->rst_sid && !cancelled &&
       push(t, TL_CLOSE, sid, code, 0, 0))
     return NGHTTP2_ERR_CALLBACK_FAILURE;
   return 0;
@@ -484,9 +487,13 @@ int tl_reset(tl_sess *t, int32_t sid, uint32_t code) {
   }
   for (tl_out *o = t->outs.next; o != &t->outs; o = o->next) {
     if (o->sid == sid && !o->done) {
-      /* our request's HEADERS are still queued: nghttp2 cancels them (nothing is sent, and
-       * no stream is ever opened or closed, so it leaves the count of ours here) */
+      /* our request's HEADERS are still queued: nghttp2 cancels them (nothing is sent), and
+       * the count of ours drops now.  At the next mem_send nghttp2 opens and closes the
+       * stream all the same (libnghttp2 1.52): that close must neither count it a second
+       * time (it made `outbound` one short for every cancelled request, ADR 0110) nor
+       * report a reset the codec asked for itself. */
       nghttp2_submit_rst_stream(t->s, NGHTTP2_FLAG_NONE, sid, code);
+      o->cancelled = 1;
       o->done = 1;
       t->active--;
       if (t->outbound) t->outbound--;

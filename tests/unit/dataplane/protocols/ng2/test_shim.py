@@ -16,6 +16,7 @@ import textwrap
 from hpack import Encoder
 from tests.support import h2raw
 
+from tulle.dataplane.exchange import RequestHead
 from tulle.dataplane.protocols.h2common import H2Limits
 from tulle.dataplane.protocols.h2events import (
     DataReceived,
@@ -124,3 +125,25 @@ def test_a_header_field_that_ends_a_paused_read_still_completes_its_block() -> N
     assert [type(e) for e in events] == [RequestReceived] * 6
     assert isinstance(events[-1], RequestReceived) and events[-1].head.path == b"/last"
     assert not [e for e in events if isinstance(e, StreamRejected)]
+
+
+def test_a_request_cancelled_before_its_headers_left_is_uncounted_once() -> None:
+    # A is open; B is reset while its HEADERS are still queued.  nghttp2 opens and closes B
+    # at the next write all the same: that close counted B down a second time (A's count was
+    # lost: the pool saw room for one stream more than the peer allows, per cancel) and
+    # reported a reset the codec had asked for itself.
+    codec = NgCodec(client_side=True)
+    codec.data_to_send()
+    head = RequestHead(b"POST", b"/x", b"o.test", b"http", [])
+    a = codec.send_request(head, b"http", False)
+    codec.data_to_send()
+    b = codec.send_request(head, b"http", False)
+    assert codec.open_outbound_streams == 2
+    codec.reset(b)
+    assert codec.open_outbound_streams == 1
+    codec.data_to_send()
+    assert codec.flush() == []
+    assert codec.stream_open(a) and codec.open_outbound_streams == 1
+    codec.send_data(a, b"body")
+    codec.send_end(a)
+    assert codec.data_to_send()  # A goes on
