@@ -106,6 +106,7 @@ _ERR_TOO_MANY_CONTINUATIONS: Final = -905
 _SETTINGS_MAX_CONCURRENT_STREAMS: Final = 3
 _SPACE: Final = (0x20, 0x09)
 _PING: Final = b"tullepng"
+_MAX_WINDOW: Final = 2**31 - 1
 
 CONTINUATION_FLOOD_KIND: Final = "h2_continuation_flood"
 CONTROL_QUEUE_KIND: Final = "h2_control_queue_flood"
@@ -136,8 +137,10 @@ class NgCodec:
     def __init__(self, *, client_side: bool, limits: H2Limits = _DEFAULT_LIMITS,
                  now: float = 0.0) -> None:
         hard = limits.max_header_bytes * 2
+        # (windows capped at HTTP/2's 2^31 - 1 here too: past 2^32 - 1 the C call refuses them)
         t = lib.tl_new(0 if client_side else 1, limits.max_concurrent_streams,
-                       limits.stream_window, limits.connection_window, hard)
+                       min(limits.stream_window, _MAX_WINDOW),
+                       min(limits.connection_window, _MAX_WINDOW), hard)
         if t == ffi.NULL:
             raise MemoryError("nghttp2 session")
         self._t = ffi.gc(t, lib.tl_del)

@@ -571,6 +571,11 @@ void tl_set_write_blocked(tl_sess *t, int blocked) {
 
 tl_sess *tl_new(int server, uint32_t max_streams, uint32_t stream_window,
                 uint32_t conn_window, uint32_t header_limit) {
+  /* A window is at most 2^31 - 1 (RFC 9113 6.9.1): a larger one, cast to int32 below or
+   * sent as SETTINGS_INITIAL_WINDOW_SIZE, made nghttp2 refuse the session, and every HTTP/2
+   * connection failed with buffer_high_water_bytes >= 32 MiB (64 x it, ADR 0110). */
+  if (stream_window > INT32_MAX) stream_window = INT32_MAX;
+  if (conn_window > INT32_MAX) conn_window = INT32_MAX;
   tl_sess *t = calloc(1, sizeof(*t));
   if (!t) return NULL;
   t->outs.next = t->outs.prev = &t->outs;

@@ -9,10 +9,12 @@ events of a read that paused are the events of one that did not."""
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
 import textwrap
 
+import pytest
 from hpack import Encoder
 from tests.support import h2raw
 
@@ -147,3 +149,34 @@ def test_a_request_cancelled_before_its_headers_left_is_uncounted_once() -> None
     codec.send_data(a, b"body")
     codec.send_end(a)
     assert codec.data_to_send()  # A goes on
+
+
+def frames(wire: bytes) -> list[tuple[int, int, bytes]]:
+    """(type, stream id, payload) of each frame in `wire`."""
+    out = []
+    while wire:
+        n = int.from_bytes(wire[:3], "big")
+        out.append((wire[3], int.from_bytes(wire[5:9], "big") & 0x7FFFFFFF, wire[9:9 + n]))
+        wire = wire[9 + n:]
+    return out
+
+
+@pytest.mark.parametrize("high_water", [33_554_432, 67_108_864])
+@pytest.mark.parametrize("client_side", [True, False])
+def test_windows_past_the_protocols_maximum_are_capped_at_it(high_water: int,
+                                                             client_side: bool) -> None:
+    # The drivers ask for a connection window of 64 x buffer_high_water_bytes, which the
+    # settings allow up to 64 MiB: from 32 MiB on, that is past 2^31 - 1, and every HTTP/2
+    # connection failed (MemoryError "nghttp2 session", OverflowError at 64 MiB).
+    codec = NgCodec(client_side=client_side, limits=H2Limits(
+        stream_window=4 * high_water, connection_window=64 * high_water, high_water=high_water))
+    wire = codec.data_to_send()
+    if client_side:
+        assert wire.startswith(h2raw.PREFACE)
+        wire = wire[len(h2raw.PREFACE):]
+    (settings, window) = frames(wire)
+    assert settings[0] == h2raw.SETTINGS
+    values = dict(struct.unpack(">HI", settings[2][i:i + 6]) for i in range(0, len(settings[2]), 6))
+    assert values[0x4] == 4 * high_water  # SETTINGS_INITIAL_WINDOW_SIZE: 128 or 256 MiB
+    assert window[:2] == (h2raw.WINDOW_UPDATE, 0)
+    assert 65_535 + struct.unpack(">I", window[2])[0] == 2**31 - 1
