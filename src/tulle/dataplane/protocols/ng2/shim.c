@@ -294,6 +294,12 @@ static ssize_t read_data(nghttp2_session *s, int32_t sid, uint8_t *buf, size_t l
   o->head += n;
   if (o->head == o->tail) {
     o->head = o->tail = 0;
+    if (o->cap > TL_KEEP / 4) { /* a burst's room is given back when it has drained, not
+                                 * held for the stream's life (a long gRPC stream's) */
+      free(o->buf);
+      o->buf = NULL;
+      o->cap = 0;
+    }
     if (o->end) {
       *dflags |= NGHTTP2_DATA_FLAG_EOF;
       if (o->ntrailers) {

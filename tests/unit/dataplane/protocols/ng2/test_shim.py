@@ -13,6 +13,7 @@ import struct
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 from hpack import Encoder
@@ -31,6 +32,8 @@ from tulle.dataplane.protocols.nghttp2 import NgCodec
 
 TL_KEEP = 262_144
 """shim.c's bound on what one read fills before it pauses."""
+ROOT = Path(__file__).resolve().parents[5]
+"""The checkout (the measuring processes import `tests.support` from it)."""
 
 _AMPLIFY = textwrap.dedent("""
     import resource, struct
@@ -64,10 +67,54 @@ def test_one_read_of_amplifying_header_blocks_fills_a_bounded_arena() -> None:
     # 431 each, above the 64 KB head limit, below the 128 KB connection limit).  Before the
     # fix all of it went into the arena at once, and the codec copied it: +237 MiB of peak RSS.
     out = subprocess.run([sys.executable, "-c", _AMPLIFY], env=os.environ.copy(),
-                         capture_output=True, text=True, timeout=120, check=True).stdout
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, check=True).stdout
     wire, events, peak_kib = (int(x) for x in out.split())
     assert wire < 64 * 1024 and events == 2000
     assert peak_kib < 32 * 1024, f"one {wire}-byte read grew the peak RSS by {peak_kib} KiB"
+
+
+_DRAINED = textwrap.dedent("""
+    from hpack import Encoder
+    from tests.support import h2raw
+    from tulle.dataplane.exchange import ResponseHead
+    from tulle.dataplane.protocols.nghttp2 import NgCodec
+
+    def rss_kib():
+        for line in open("/proc/self/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+
+    codec = NgCodec(client_side=False)
+    codec.data_to_send()
+    codec.feed(h2raw.PREFACE + h2raw.settings() + h2raw.settings(ack=True))
+    enc = Encoder()
+    sids = range(1, 201, 2)
+    for sid in sids:
+        codec.feed(h2raw.frame(h2raw.HEADERS, h2raw.END_HEADERS | h2raw.END_STREAM, sid,
+                               enc.encode(h2raw.request())))
+        codec.send_response(sid, ResponseHead(200, []), False)
+    codec.data_to_send()
+    base = rss_kib()
+    for sid in sids:  # a burst the client's windows hold back: 300 KB queued on each
+        codec.send_data(sid, b"x" * 300_000)
+    opened = h2raw.window_update(0, 2**31 - 1 - 65_535)
+    for _ in range(100):  # the client opens every window: it all drains
+        codec.feed(opened + b"".join(h2raw.window_update(sid, 1 << 20) for sid in sids))
+        opened = b""
+        if not codec.data_to_send():
+            break
+    assert sum(codec.pending(sid) for sid in sids) == 0 and not codec.idle
+    print(rss_kib() - base)
+""")
+
+
+def test_a_drained_burst_is_given_back_while_its_streams_stay_open() -> None:
+    # 100 open streams (long gRPC streams, say) each queued a 300 KB burst and sent it: each
+    # queue kept its room for the stream's life, +37 MiB of RSS held after the drain.
+    out = subprocess.run([sys.executable, "-c", _DRAINED], env=os.environ.copy(),
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, check=True).stdout
+    held_kib = int(out)
+    assert held_kib < 16 * 1024, f"{held_kib} KiB held after the queues drained"
 
 
 def server(limits: H2Limits | None = None) -> NgCodec:
