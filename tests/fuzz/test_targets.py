@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RUNS = int(os.environ.get("TULLE_FUZZ_RUNS", "20000"))
 
 
-@pytest.mark.parametrize("target", ["http1_request", "http1_response", "h2_request",
+@pytest.mark.parametrize("target", ["http1_request", "http1_response", "h2_request", "h2_session",
                                     "dns_query", "otlp_response"])
 def test_fuzz_target_finds_nothing(target: str, tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
