@@ -48,6 +48,7 @@ from tulle.dataplane.protocols.h2common import (
     REFUSED_STREAM,
     H2Limits,
     H2ProtocolError,
+    windows_for,
 )
 from tulle.dataplane.protocols.h2engine import new_codec
 from tulle.dataplane.protocols.h2events import (
@@ -72,8 +73,9 @@ log: Final = logging.getLogger("tulle.proxy")
 def limits_for(ctx: ListenerContext) -> H2Limits:
     hw = ctx.high_water
     st = ctx.settings
-    return H2Limits(max_header_bytes=ctx.max_header_bytes, stream_window=max(65_535, 4 * hw),
-                    connection_window=max(1_048_576, 64 * hw), high_water=hw,
+    stream_window, connection_window = windows_for(hw)
+    return H2Limits(max_header_bytes=ctx.max_header_bytes, stream_window=stream_window,
+                    connection_window=connection_window, high_water=hw,
                     max_concurrent_streams=st.http2_max_concurrent_streams,
                     guard=GuardLimits(burst=st.http2_control_frame_burst,
                                       rate=float(st.http2_control_frame_rate),

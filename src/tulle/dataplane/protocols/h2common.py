@@ -25,6 +25,18 @@ COMPRESSION_ERROR = 0x9
 ENHANCE_YOUR_CALM = 0xB
 
 
+MAX_WINDOW = 2**31 - 1
+"""The largest flow-control window HTTP/2 allows (RFC 9113 6.9.1)."""
+
+
+def windows_for(high_water: int) -> tuple[int, int]:
+    """The (stream, connection) windows a driver advertises for a `high_water` mark: 4 and 64
+    times it, at least 65,535 and 1 MiB, at most `MAX_WINDOW` (ADR 0110: from a 32 MiB mark
+    on, 64 times it is more, and both engines refused every HTTP/2 connection)."""
+    return (min(max(65_535, 4 * high_water), MAX_WINDOW),
+            min(max(1_048_576, 64 * high_water), MAX_WINDOW))
+
+
 class H2ProtocolError(Exception):
     """The peer broke HTTP/2; GOAWAY is queued in `data_to_send`.  `kind` is the metric label."""
 

@@ -39,6 +39,7 @@ from tulle.dataplane.protocols.h2common import (
     CANCEL,
     ENHANCE_YOUR_CALM,
     INTERNAL_ERROR,
+    MAX_WINDOW,
     NO_ERROR,
     PROTOCOL_ERROR,
     H2Abuse,
@@ -106,7 +107,6 @@ _ERR_TOO_MANY_CONTINUATIONS: Final = -905
 _SETTINGS_MAX_CONCURRENT_STREAMS: Final = 3
 _SPACE: Final = (0x20, 0x09)
 _PING: Final = b"tullepng"
-_MAX_WINDOW: Final = 2**31 - 1
 
 CONTINUATION_FLOOD_KIND: Final = "h2_continuation_flood"
 CONTROL_QUEUE_KIND: Final = "h2_control_queue_flood"
@@ -139,8 +139,8 @@ class NgCodec:
         hard = limits.max_header_bytes * 2
         # (windows capped at HTTP/2's 2^31 - 1 here too: past 2^32 - 1 the C call refuses them)
         t = lib.tl_new(0 if client_side else 1, limits.max_concurrent_streams,
-                       min(limits.stream_window, _MAX_WINDOW),
-                       min(limits.connection_window, _MAX_WINDOW), hard)
+                       min(limits.stream_window, MAX_WINDOW),
+                       min(limits.connection_window, MAX_WINDOW), hard)
         if t == ffi.NULL:
             raise MemoryError("nghttp2 session")
         self._t = ffi.gc(t, lib.tl_del)

@@ -52,6 +52,7 @@ from tulle.dataplane.protocols.h2common import (
     REFUSED_STREAM,
     H2Limits,
     H2ProtocolError,
+    windows_for,
 )
 from tulle.dataplane.protocols.h2engine import new_codec
 from tulle.dataplane.protocols.h2events import (
@@ -179,10 +180,10 @@ class H2UpConnection(asyncio.Protocol):
         self.pool = pool
         cluster = pool.cluster
         hw = cluster.high_water
+        stream_window, connection_window = windows_for(hw)
         self.codec = new_codec(client_side=True, limits=H2Limits(
             max_header_bytes=cluster.max_response_header_bytes,
-            stream_window=max(65_535, 4 * hw), connection_window=max(1_048_576, 64 * hw),
-            high_water=hw))
+            stream_window=stream_window, connection_window=connection_window, high_water=hw))
         self.scheme = b"https" if cluster.ssl_context is not None else b"http"
         self.loop = cluster.loop
         """(Kept: `asyncio.get_running_loop()` costs a `getpid` system call each time.)"""

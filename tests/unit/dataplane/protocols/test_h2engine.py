@@ -17,6 +17,8 @@ import pytest
 
 SCRIPT = r'''
 import asyncio
+import json
+import sys
 from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.listener_context import ListenerContext
 from tulle.dataplane.listeners.http2 import H2Downstream
@@ -35,7 +37,8 @@ async def main() -> None:
         "clusters": [{"name": "o", "protocol": "http2",
                       "endpoints": [{"address": "127.0.0.1", "port": 9}]}],
         "route_tables": [{"name": "rt", "virtual_hosts": [
-            {"name": "a", "domains": ["*"], "rules": [{"backends": [{"cluster": "o"}]}]}]}]})
+            {"name": "a", "domains": ["*"], "rules": [{"backends": [{"cluster": "o"}]}]}]}],
+        "settings": json.loads(sys.argv[1]) if len(sys.argv) > 1 else {}})
     metrics = ProxyMetrics()
     routers = {t.name: Router(t, cfg.settings.request_timeout_ms) for t in cfg.route_tables}
     manager = ClusterManager(metrics)
@@ -72,5 +75,17 @@ def test_both_drivers_run_the_engine_the_process_chose(engine: str) -> None:
     env = {**os.environ, "TULLE_H2_ENGINE": engine}
     run = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
                          text=True, timeout=60, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split() == [MODULES[engine], MODULES[engine], "True", "True"], run.stdout
+
+
+@pytest.mark.parametrize("engine", sorted(MODULES))
+def test_both_drivers_speak_with_the_largest_high_water_mark(engine: str) -> None:
+    # 64 x buffer_high_water_bytes is the connection window: past HTTP/2's 2^31 - 1 from
+    # 32 MiB on, and both engines refused the session (every HTTP/2 connection failed, ADR
+    # 0110).  The windows are capped at 2^31 - 1 (`h2common.windows_for`).
+    env = {**os.environ, "TULLE_H2_ENGINE": engine}
+    run = subprocess.run([sys.executable, "-c", SCRIPT, '{"buffer_high_water_bytes": 67108864}'],
+                         env=env, capture_output=True, text=True, timeout=60, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.split() == [MODULES[engine], MODULES[engine], "True", "True"], run.stdout
