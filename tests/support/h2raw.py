@@ -74,6 +74,8 @@ class RawH2(asyncio.Protocol):
         self.resets: dict[int, int] = {}
         self.ended: dict[int, asyncio.Event] = {}
         self.goaway_code: int | None = None
+        self.goaways: list[int] = []
+        """The last stream id of each GOAWAY received, in order."""
         self.closed = asyncio.Event()
         self.read = True
         """False: stop reading (a peer that never reads our answers)."""
@@ -161,6 +163,7 @@ class RawH2(asyncio.Protocol):
             self._end(sid)
         elif typ == GOAWAY:
             self.goaway_code = int.from_bytes(payload[4:8], "big")
+            self.goaways.append(int.from_bytes(payload[:4], "big") & 0x7FFFFFFF)
 
     def _end(self, sid: int) -> None:
         ev = self.ended.get(sid)

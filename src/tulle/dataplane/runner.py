@@ -1,8 +1,9 @@
 """Running a proxy process from a config file: signals, reloads, workers.
 
-* SIGTERM / SIGINT: drain (stop accepting, finish in-flight, close idle) within
+* SIGTERM / SIGINT: keep accepting for `settings.drain_propagation_ms` when it is set (unset
+  here: 0, ADR 0113), then drain (stop accepting, finish in-flight, close idle) within
   `settings.drain_timeout_ms`, abort what is left, exit 0.  A second SIGTERM / SIGINT during the
-  drain aborts the remaining connections at once.
+  period ends it; one during the drain aborts the remaining connections at once.
 * SIGHUP, or a change of the file's contents (polled every `watch_interval` seconds): reload.
   An invalid file is reported with its field paths (`result="rejected"`), a file that cannot be
   put in force (a port in use) is reported too (`result="failed"`); either way the running
@@ -177,7 +178,13 @@ class ProxyProcess:
             watcher.cancel()
         for t in list(reloads):
             t.cancel()
-        timeout = self.server.config.settings.drain_timeout_ms if self.server.config else 0
+        running = self.server.config
+        period = (running.settings.drain_propagation_ms or 0) if running is not None else 0
+        if period:
+            log.info("stopping: still accepting for %d ms", period)
+            await self.server.keep_accepting(period / 1000, self._abort)
+            self._abort.clear()  # (a second signal ended the period; a third aborts the drain)
+        timeout = running.settings.drain_timeout_ms if running is not None else 0
         log.info("draining (deadline %d ms)", timeout)
         drain = loop.create_task(self.server.drain())
         abort = loop.create_task(self._abort.wait())

@@ -451,6 +451,32 @@ class ProxyServer:
         if self.draining and not any(h.connections for h in self._all_handles()):
             self._idle.set()
 
+    async def keep_accepting(self, period: float, cut: asyncio.Event) -> bool:
+        """Leaving, still serving (ADR 0113): for `period` seconds, or until `cut` is set,
+        every listener keeps accepting and serving, `/ready` answers 503 and config is not
+        taken, while the callers learn that this proxy left their endpoints.  Each HTTP/1
+        response says `Connection: close` and closes its connection (idle ones stay: a
+        caller's pool finds them open); HTTP/2 connections get a GOAWAY that lets every
+        stream go on.  Callers move their pools off this proxy; `drain` then stops accepting.
+        Skipped (False) with no period or no listener.  True: the period was served."""
+        handles = self._all_handles()
+        if period <= 0 or not any(h.servers for h in handles):
+            return False
+        self.draining = True
+        for h in handles:
+            h.draining = True
+        for h in handles:
+            for conn in list(h.connections):
+                notice = getattr(conn, "notice_drain", None)
+                if notice is not None:
+                    notice()
+        try:
+            async with asyncio.timeout(period):
+                await cut.wait()
+        except TimeoutError:
+            return True
+        return False
+
     async def drain(self, timeout: float | None = None) -> bool:
         """Stop accepting, let in-flight requests finish, close idle connections.
 
@@ -458,6 +484,7 @@ class ProxyServer:
         drain_timeout_ms); the rest are aborted.
         """
         self.draining = True
+        self._idle.clear()  # (a retired listener that ended during `keep_accepting` set it)
         self.dns.close()
         if timeout is None:
             timeout = (self.config.settings.drain_timeout_ms / 1000) if self.config else 5.0

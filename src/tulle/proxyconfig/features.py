@@ -243,6 +243,9 @@ FEATURES: tuple[Feature, ...] = (
             "`Destination.refuse`: a node agent refuses a meshed pod's address on the ports "
             "it does not declare instead of relaying it past the pod's inbound side",
             drops="listeners[].destinations[]", uses=_refuses),
+    # Withheld, a proxy from before it drains at once on SIGTERM, as it always did.
+    Feature("drain-propagation", ("settings.drain_propagation_ms",),
+            "how long a stopping proxy keeps accepting after `Draining` (ADR 0113)"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -18,6 +18,12 @@ from tulle.proxyconfig.values import Millis
 
 Percent = Annotated[int, Meta(ge=1, le=100)]
 
+SUBSCRIBED_DRAIN_PROPAGATION_MS = 1000
+"""`settings.drain_propagation_ms` unset: a second, fifty times the 9-17 ms the callers took to
+get the new endpoints on loopback (ADR 0108), room for a control plane pushing to many proxies
+on a busy host, and short enough for tests, `tulle demo`'s Ctrl-C and rolling restarts (Istio
+waits 5 s, which also covers kube-proxy and load balancers Tulle's callers do not go through)."""
+
 
 class Overload(_Base, frozen=True, kw_only=True):
     """The overload guard (Envoy's overload manager): resource monitors and the actions taken as
@@ -79,6 +85,13 @@ class Settings(_Base, frozen=True, kw_only=True):
     """Default whole-request timeout (first request byte to last response byte); 0 disables."""
     drain_timeout_ms: Millis = 15_000
     """On SIGTERM: how long in-flight requests may take before connections are closed."""
+    drain_propagation_ms: Annotated[int, Meta(ge=0, le=600_000)] | None = None
+    """On SIGTERM, before the drain: how long the listeners keep accepting and serving (each
+    HTTP/1 response says `Connection: close`, HTTP/2 connections get a GOAWAY that lets their
+    streams go on) while the callers learn the proxy left their endpoints (Istio's
+    `terminationDrainDuration`, ADR 0113).  Unset: 1000 for a proxy fed by a control plane
+    that took its `Draining`, 0 for a `--config` proxy; 0: none.  A second SIGTERM / SIGINT
+    ends it."""
     buffer_high_water_bytes: Annotated[int, Meta(ge=4096, le=67_108_864)] = 65_536
     """Per-direction buffering above which the sending side stops being read."""
     workers: Annotated[int, Meta(ge=1, le=256)] = 1

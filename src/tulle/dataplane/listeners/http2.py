@@ -105,6 +105,8 @@ class H2Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
         self._initial = initial
         self.guard = handle.guard
         self.goaway_sent = False
+        self.noticed = False
+        """A shutdown notice went (`notice_drain`): the final GOAWAY has not."""
         self.write_paused = False
         """Never set: HTTP/2 flow control is per stream (the codec's queue and windows)."""
         self.closing = False
@@ -130,6 +132,8 @@ class H2Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
             reset(transport)
             return
         self.set_first_header_deadline()
+        if self.handle.draining:  # (accepted while the proxy is leaving: ADR 0113)
+            self.notice_drain()
         self.write_out()  # our SETTINGS
         if self._initial:
             data, self._initial = self._initial, b""
@@ -251,7 +255,7 @@ class H2Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
         if self.exchanges:
             return
         if self.goaway_sent or self.handle.draining:
-            if self.codec.idle:
+            if self.codec.idle and not (self.noticed and not self.goaway_sent):
                 self._close()
             return
         self.set_deadline("idle")
@@ -292,6 +296,16 @@ class H2Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
         if kind == "header" and not self._got_request:
             self.ctx.protocol_error("header_timeout")
         self.start_drain()
+
+    def notice_drain(self) -> None:
+        """The proxy is leaving but still serves (ADR 0113): a GOAWAY whose last stream is the
+        highest possible, so the client opens no stream here any more while every stream it
+        sent, even one crossing this frame, is served (Envoy's drain does the same, RFC 9113
+        6.8).  The connection stays until `start_drain` sends the final GOAWAY."""
+        if not self.goaway_sent and not self.noticed and self.transport is not None:
+            self.noticed = True
+            self.codec.shutdown_notice()
+            self.write_out()
 
     def start_drain(self) -> None:
         """GOAWAY with the last stream we took; close once the streams in flight are done."""

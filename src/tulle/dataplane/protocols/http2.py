@@ -515,6 +515,11 @@ class H2Codec:
         last = self.highest_inbound_stream_id if last_stream_id is None else last_stream_id
         self._extra += GoAwayFrame(0, last_stream_id=last, error_code=NO_ERROR).serialize()
 
+    def shutdown_notice(self) -> None:
+        """A GOAWAY with the highest possible last stream (RFC 9113 6.8): the client opens no
+        new stream here; streams still arriving are taken (h2 does not see the frame)."""
+        self._extra += GoAwayFrame(0, last_stream_id=2**31 - 1, error_code=NO_ERROR).serialize()
+
     def ping(self, opaque: bytes = b"tullepng") -> None:
         self._conn.ping(opaque)
 

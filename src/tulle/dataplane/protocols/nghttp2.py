@@ -32,7 +32,7 @@ The rules of `http2.py` hold, with these differences of engine:
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
 from tulle.dataplane.protocols.h2common import (
@@ -107,6 +107,8 @@ _ERR_TOO_MANY_CONTINUATIONS: Final = -905
 _SETTINGS_MAX_CONCURRENT_STREAMS: Final = 3
 _SPACE: Final = (0x20, 0x09)
 _PING: Final = b"tullepng"
+_SHUTDOWN_NOTICE: Final[Any] = getattr(lib, "nghttp2_submit_shutdown_notice", None)
+"""(`NgCodec.shutdown_notice`; absent from a cffi module built before ADR 0113.)"""
 
 CONTINUATION_FLOOD_KIND: Final = "h2_continuation_flood"
 CONTROL_QUEUE_KIND: Final = "h2_control_queue_flood"
@@ -508,6 +510,14 @@ class NgCodec:
         if error_code != NO_ERROR:
             self._terminated = True
         lib.nghttp2_submit_goaway(self._t.s, 0, last, error_code, ffi.NULL, 0)
+
+    def shutdown_notice(self) -> None:
+        """A server's GOAWAY with the highest possible last stream (RFC 9113 6.8): the client
+        opens no new stream here, and streams still arriving are taken (libnghttp2 refuses
+        them after any other GOAWAY).  A `goaway` follows when the connection is to end.
+        (None with a cffi module built before it: no notice, the final GOAWAY alone.)"""
+        if _SHUTDOWN_NOTICE is not None:
+            _SHUTDOWN_NOTICE(self._t.s)
 
     def ping(self, opaque: bytes = _PING) -> None:
         lib.nghttp2_submit_ping(self._t.s, 0, opaque)

@@ -66,6 +66,7 @@ int32_t nghttp2_session_get_next_stream_id(nghttp2_session *session);
 uint32_t nghttp2_session_get_remote_settings(nghttp2_session *session, int id);
 int nghttp2_submit_goaway(nghttp2_session *session, uint8_t flags, int32_t last_stream_id,
                           uint32_t error_code, const uint8_t *opaque_data, size_t opaque_data_len);
+int nghttp2_submit_shutdown_notice(nghttp2_session *session);
 int nghttp2_session_terminate_session(nghttp2_session *session, uint32_t error_code);
 int nghttp2_submit_ping(nghttp2_session *session, uint8_t flags, const uint8_t *opaque_data);
 void *nghttp2_session_find_stream(nghttp2_session *session, int32_t stream_id);
