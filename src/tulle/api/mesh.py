@@ -52,6 +52,9 @@ class MeshDefaults(Model):
     """Whole request, first byte to last; "0s" disables."""
     idleTimeout: Duration = "5m"
     """Idle connections are closed after this long; "0s" disables."""
+    drainPropagation: Duration = "1s"
+    """How long a stopping sidecar keeps accepting after it left its Services' endpoints,
+    while its callers learn it (Istio's `terminationDrainDuration`, ADR 0113); "0s": none."""
     retryBudget: RetryBudget = Field(default_factory=RetryBudget)
     loadBalancing: LoadBalancingSettings | None = None
     """Every Service's balancer where no LoadBalancingPolicy says otherwise (ADR 0037: the same

@@ -415,7 +415,9 @@ def compile_proxy(proxy: Proxy, shared: Shared, cache: PartCache | None = None) 
 def settings(defaults: ProxyDefaults) -> Settings:
     """The process settings every proxy gets: its own defaults, but for what the model sets."""
     values = {k: v for k, v in (("request_timeout_ms", defaults.request_timeout_ms),
-                                ("idle_timeout_ms", defaults.idle_timeout_ms)) if v is not None}
+                                ("idle_timeout_ms", defaults.idle_timeout_ms),
+                                ("drain_propagation_ms", defaults.drain_propagation_ms))
+              if v is not None}
     return msgspec.convert(values, Settings) if values else _DEFAULT_SETTINGS
 
 

@@ -429,6 +429,8 @@ class ProxyDefaults(msgspec.Struct, frozen=True):
     """`settings.request_timeout_ms`: a rule without its own timeout gets this one."""
     idle_timeout_ms: int | None = None
     """`settings.idle_timeout_ms`: idle downstream keep-alive connections."""
+    drain_propagation_ms: int | None = None
+    """`settings.drain_propagation_ms`: accepting on after `Draining` (ADR 0113)."""
     connect_timeout_ms: int | None = None
     """`connect_timeout_ms` of every Service cluster."""
 

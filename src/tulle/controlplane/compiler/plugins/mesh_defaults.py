@@ -3,6 +3,8 @@
 - `requestTimeout` -> `settings.request_timeout_ms`: the proxy applies it to every rule that has
   no timeout of its own (a route's `timeouts.request`, `route_timeouts`), `0s` disables;
 - `idleTimeout` -> `settings.idle_timeout_ms`: idle downstream keep-alive connections;
+- `drainPropagation` -> `settings.drain_propagation_ms`: how long a stopping sidecar keeps
+  accepting after `Draining` (ADR 0113; its own default, when unset, is 1 s);
 - `connectTimeout` -> `connect_timeout_ms` of every Service cluster (must be 1 ms .. 10 min).
 
 A value equal to the proxy's own default is not rendered, so a Mesh with the documented
@@ -23,6 +25,7 @@ from tulle.controlplane.compiler.durations import to_ms
 from tulle.controlplane.compiler.ir import Condition, MeshModel
 from tulle.controlplane.compiler.plugins.base import Plugin
 from tulle.proxyconfig.model import Cluster, Settings
+from tulle.proxyconfig.settings import SUBSCRIBED_DRAIN_PROPAGATION_MS
 
 NAME = "mesh_defaults"
 
@@ -32,6 +35,8 @@ FIELDS: tuple[tuple[str, str, int, int, int], ...] = (
     ("requestTimeout", "request_timeout_ms", 0, 86_400_000, _SETTINGS.request_timeout_ms),
     ("idleTimeout", "idle_timeout_ms", 0, 86_400_000, _SETTINGS.idle_timeout_ms),
     ("connectTimeout", "connect_timeout_ms", 1, 600_000, _CLUSTER.connect_timeout_ms),
+    ("drainPropagation", "drain_propagation_ms", 0, 600_000,
+     SUBSCRIBED_DRAIN_PROPAGATION_MS),
 )
 """Mesh field, `ProxyDefaults` field, the proxy's range (ms) and its own default."""
 
