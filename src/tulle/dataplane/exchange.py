@@ -90,6 +90,16 @@ class UpstreamError(Exception):
 IDEMPOTENT: Final = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
 """RFC 9110 9.2.2: what may be sent again without doing anything twice."""
 
+MAX_INFORMATIONAL: Final = 5
+"""1xx heads (other than 101) an upstream may send before its final answer, both protocols.
+The legitimate use is 100 Continue and a few 103 Early Hints; Go's net/http refuses a sixth
+("too many 1xx informational responses"), so no upstream that serves Go clients sends more.
+Past it the upstream stream is reset (HTTP/2) or its connection closed (HTTP/1), the request
+fails as an upstream protocol error (502, UPE), and nothing past the cap is forwarded: a flood
+of them cost 777 MiB and 9.4 s of the loop for one read (ADR 0110, ADR 0115)."""
+
+TOO_MANY_INFORMATIONAL: Final = "too many 1xx informational responses"
+
 OVERLOADED: Final[tuple[tuple[bytes, bytes], ...]] = ((b"x-envoy-overloaded", b"true"),)
 """On a local 503 that a limit or the overload guard gave (UO, OL): a caller's retry policy
 never retries it (`http/retry.RetryRuntime.status_retried`), as Envoy does with the same

@@ -11,7 +11,12 @@ from typing import Final, Protocol
 
 import httptools
 
-from tulle.dataplane.exchange import Headers, ResponseHead
+from tulle.dataplane.exchange import (
+    MAX_INFORMATIONAL,
+    TOO_MANY_INFORMATIONAL,
+    Headers,
+    ResponseHead,
+)
 from tulle.dataplane.protocols.h1common import (
     _CL,
     _COMMON_TOKENS,
@@ -56,8 +61,8 @@ class ResponseCodec(_Bounds):
     requests (`H1Limits`); every violation is a 502-class `ProtocolError`."""
 
     __slots__ = ("_chunked", "_done_head", "_feed_len", "_handler", "_head_bytes",
-                 "_head_request", "_headers", "_keep_alive", "_limit", "_parser", "_reason",
-                 "_state", "_until_close", "_upgrade_head", "_upgrade_request")
+                 "_head_request", "_headers", "_interim", "_keep_alive", "_limit", "_parser",
+                 "_reason", "_state", "_until_close", "_upgrade_head", "_upgrade_request")
 
     IDLE: Final = _IDLE  # (Final: a class constant when compiled, not an instance slot)
     HEAD: Final = _HEAD
@@ -84,6 +89,8 @@ class ResponseCodec(_Bounds):
         self._reason = b""
         self._trailers: Headers | None = None
         self._head_bytes = 0
+        self._interim = 0
+        """1xx heads of the exchange in progress (`MAX_INFORMATIONAL`)."""
         self._until_close = False
         self._keep_alive = True
         self._done_head = False
@@ -104,6 +111,7 @@ class ResponseCodec(_Bounds):
         self._upgrade_request = upgrade_request
         self._head_bytes = 0
         self._until_close = False
+        self._interim = 0
 
     @property
     def until_close(self) -> bool:
@@ -244,6 +252,10 @@ class ResponseCodec(_Bounds):
         handler = self._handler
         assert handler is not None
         if status < 200:
+            self._interim += 1
+            if self._interim > MAX_INFORMATIONAL:
+                # (ADR 0115: a flood of them cost the loop seconds; none past the cap leaves)
+                raise ProtocolError(502, "upstream_protocol", TOO_MANY_INFORMATIONAL)
             self._chunked = False
             self._ext_credit += len(self._reason) + 15 + sum(len(n) + len(v) + 4
                                                              for n, v in self._headers)

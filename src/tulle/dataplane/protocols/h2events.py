@@ -86,6 +86,16 @@ class GoAwayReceived:
         self.error_code = error_code
 
 
+class InformationalFlood:
+    """A stream's upstream sent more 1xx heads than `MAX_INFORMATIONAL`: the codec reset it
+    (PROTOCOL_ERROR) and drops its further heads; the driver fails the request (502, UPE)."""
+
+    __slots__ = ("stream_id",)
+
+    def __init__(self, stream_id: int) -> None:
+        self.stream_id = stream_id
+
+
 class SendDrained:
     """A stream whose outbound queue went above the high-water mark is empty again."""
 
@@ -96,4 +106,4 @@ class SendDrained:
 
 
 Event = (RequestReceived | ResponseReceived | InformationalReceived | DataReceived | EndReceived
-         | ResetReceived | StreamRejected | GoAwayReceived | SendDrained)
+         | ResetReceived | StreamRejected | GoAwayReceived | SendDrained | InformationalFlood)

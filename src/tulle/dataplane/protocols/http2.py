@@ -68,7 +68,7 @@ import h2.settings
 from h2.events import Event as H2Event
 from hyperframe.frame import Frame, GoAwayFrame, HeadersFrame
 
-from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
+from tulle.dataplane.exchange import MAX_INFORMATIONAL, Headers, RequestHead, ResponseHead
 from tulle.dataplane.protocols.h2common import (  # noqa: F401  (re-exported)
     CANCEL,
     ENHANCE_YOUR_CALM,
@@ -86,6 +86,7 @@ from tulle.dataplane.protocols.h2events import (
     EndReceived,
     Event,
     GoAwayReceived,
+    InformationalFlood,
     InformationalReceived,
     RequestReceived,
     ResetReceived,
@@ -184,6 +185,7 @@ class H2Codec:
         "_extra",
         "_frames_sent",
         "_guard",
+        "_interim",
         "_limit",
         "_memo",
         "_out",
@@ -231,6 +233,9 @@ class H2Codec:
         self._out: dict[int, _Out] = {}
         self._trailers: dict[int, Headers] = {}
         self._skip_end: set[int] = set()
+        self._interim: dict[int, int] = {}
+        """Client side: streams that got 1xx heads and no final one -> how many; -1 for one
+        reset for too many, until the end of the read that did it."""
         self._drained: list[Event] = []
         self._extra = b""
         self.goaway_sent = False
@@ -286,6 +291,10 @@ class H2Codec:
                 end = ev.stream_ended is not None
                 if end:
                     self._skip_end.add(sid)
+                if self._interim:
+                    if self._interim.get(sid, 0) < 0:
+                        continue
+                    self._interim.pop(sid, None)
                 events.append(ResponseReceived(sid, response_head(_raw(ev.headers)), end))
             elif isinstance(ev, h2.events.StreamEnded):
                 sid = ev.stream_id or 0
@@ -309,8 +318,17 @@ class H2Codec:
                         # upstream requests past the rapid-reset budget.
                         self._premature()
             elif isinstance(ev, h2.events.InformationalResponseReceived):
-                events.append(InformationalReceived(ev.stream_id or 0,
-                                                    response_head(_raw(ev.headers))))
+                sid = ev.stream_id or 0
+                n = self._interim.get(sid, 0)
+                if n < 0:
+                    continue  # reset for a flood: the rest of the read is dropped
+                if n >= MAX_INFORMATIONAL:  # (ADR 0115; h2 decoded the whole read already)
+                    self.reset(sid, PROTOCOL_ERROR)
+                    self._interim[sid] = -1
+                    events.append(InformationalFlood(sid))
+                    continue
+                self._interim[sid] = n + 1
+                events.append(InformationalReceived(sid, response_head(_raw(ev.headers))))
             elif isinstance(ev, (h2.events.WindowUpdated, h2.events.RemoteSettingsChanged)):
                 window_moved = True
             elif isinstance(ev, h2.events.StreamReset):
@@ -326,6 +344,8 @@ class H2Codec:
                     self._premature()
             elif isinstance(ev, h2.events.ConnectionTerminated):
                 events.append(GoAwayReceived(ev.last_stream_id or 0, int(ev.error_code or 0)))
+        if self._interim and -1 in self._interim.values():  # the flooded streams are gone
+            self._interim = {k: v for k, v in self._interim.items() if v > 0}
         if window_moved:
             for sid, out in list(self._out.items()):
                 self._flush_stream(sid, out)
@@ -492,6 +512,8 @@ class H2Codec:
             self._drained.append(SendDrained(sid))
 
     def _forget(self, sid: int) -> None:
+        if self._interim and self._interim.get(sid, 0) > 0:
+            del self._interim[sid]
         if self._unanswered:
             self._unanswered.pop(sid, None)
         self._out.pop(sid, None)

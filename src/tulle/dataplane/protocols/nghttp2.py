@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-from tulle.dataplane.exchange import Headers, RequestHead, ResponseHead
+from tulle.dataplane.exchange import MAX_INFORMATIONAL, Headers, RequestHead, ResponseHead
 from tulle.dataplane.protocols.h2common import (
     CANCEL,
     ENHANCE_YOUR_CALM,
@@ -51,6 +51,7 @@ from tulle.dataplane.protocols.h2events import (
     EndReceived,
     Event,
     GoAwayReceived,
+    InformationalFlood,
     InformationalReceived,
     RequestReceived,
     ResetReceived,
@@ -133,8 +134,9 @@ _DEFAULT_LIMITS: Final = H2Limits()
 class NgCodec:
     """One HTTP/2 connection, client or server side, on libnghttp2."""
 
-    __slots__ = ("_guard", "_limit", "_memo", "_ours", "_out", "_resets", "_t", "_terminated",
-                 "_unanswered", "_write_blocked", "client_side", "goaway_sent", "high_water")
+    __slots__ = ("_guard", "_interim", "_limit", "_memo", "_ours", "_out", "_resets", "_t",
+                 "_terminated", "_unanswered", "_write_blocked", "client_side", "goaway_sent",
+                 "high_water")
 
     def __init__(self, *, client_side: bool, limits: H2Limits = _DEFAULT_LIMITS,
                  now: float = 0.0) -> None:
@@ -163,6 +165,8 @@ class NgCodec:
         self._ours: set[int] = set()
         """Streams we reset with an error code whose close is still to be reported (and
         ignored: the driver already knows)."""
+        self._interim: dict[int, int] = {}
+        """Client side: streams that got 1xx heads and no final one yet -> how many."""
         self._memo = FieldMemo()
         """What this connection already accepted: server side, request fields and the
         authority (`request_head`); client side, trailer fields (`decode_trailers`).  Never
@@ -229,6 +233,7 @@ class NgCodec:
         arena: bytes = _buffer(t.arena, alen)[:] if alen else b""
         _clear(t)
         client = self.client_side
+        ours = self._ours
         for i in range(0, len(ev), 5):
             typ = ev[i]
             sid = ev[i + 1]
@@ -237,6 +242,10 @@ class NgCodec:
                 n = ev[i + 4]
                 events.append(DataReceived(sid, arena[off:off + n], n))
             elif typ == _HEADERS:
+                if ours and sid in ours:
+                    # A stream we reset: the rest of the read may still hold its heads (a 1xx
+                    # flood's thousands, ADR 0115); nobody wants them, so none is decoded.
+                    continue
                 off = ev[i + 3]
                 n = ev[i + 4]
                 parts = arena[off:off + n - 1].split(b"\0") if n else []
@@ -251,17 +260,23 @@ class NgCodec:
                 elif parts and parts[0] == b":status":
                     head = response_head(fields)
                     if head.status < 200:
-                        events.append(InformationalReceived(sid, head))
+                        self._informational(sid, head, events)
                     else:
+                        if self._interim:
+                            self._interim.pop(sid, None)
                         events.append(ResponseReceived(sid, head, end))
                 else:
                     self._on_trailers(sid, fields, now, events)
             elif typ == _END:
                 events.append(EndReceived(sid, None))
             elif typ == _RESET:
+                if self._interim:
+                    self._interim.pop(sid, None)
                 self._ours.discard(sid)
                 self._on_reset(sid, ev[i + 2], now, events)
             elif typ == _CLOSE:
+                if self._interim:
+                    self._interim.pop(sid, None)
                 if sid in self._ours:
                     self._ours.discard(sid)
                 else:  # a stream error nghttp2 raised: the peer broke a stream rule
@@ -272,6 +287,18 @@ class NgCodec:
                 events.append(GoAwayReceived(ev[i + 2], ev[i + 3]))
             elif typ == _INVALID:
                 self._on_invalid(sid, ev[i + 2], ev[i + 3], events)
+
+    def _informational(self, sid: int, head: ResponseHead, events: list[Event]) -> None:
+        """A 1xx head: passed on up to `MAX_INFORMATIONAL` a stream; past it the stream is
+        reset and `InformationalFlood` says why (its further heads are dropped: `_ours`)."""
+        n = self._interim.get(sid, 0) + 1
+        if n > MAX_INFORMATIONAL:
+            del self._interim[sid]
+            self.reset(sid, PROTOCOL_ERROR)
+            events.append(InformationalFlood(sid))
+            return
+        self._interim[sid] = n
+        events.append(InformationalReceived(sid, head))
 
     def _on_request(self, sid: int, fields: list[tuple[bytes, bytes]], end: bool, now: float,
                     events: list[Event]) -> None:

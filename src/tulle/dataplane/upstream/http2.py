@@ -38,6 +38,7 @@ import asyncio
 from typing import TYPE_CHECKING, cast
 
 from tulle.dataplane.exchange import (
+    TOO_MANY_INFORMATIONAL,
     Headers,
     RequestHead,
     ResponseSink,
@@ -60,6 +61,7 @@ from tulle.dataplane.protocols.h2events import (
     EndReceived,
     Event,
     GoAwayReceived,
+    InformationalFlood,
     InformationalReceived,
     ResetReceived,
     ResponseReceived,
@@ -296,6 +298,12 @@ class H2UpConnection(asyncio.Protocol):
                         and not s.response_started))
             elif isinstance(ev, GoAwayReceived):
                 self._on_goaway(ev.last_stream_id)
+            elif isinstance(ev, InformationalFlood):
+                # past MAX_INFORMATIONAL 1xx heads: the codec reset the stream (ADR 0115)
+                s = streams.get(ev.stream_id)
+                if s is not None:
+                    self._done(s)
+                    s._failed(upstream_protocol_error(TOO_MANY_INFORMATIONAL))
         if held is not None:
             for sink in held:
                 sink.on_read_end()
