@@ -16,7 +16,7 @@ import click
 
 from tulle.api.conditions import summary
 from tulle.cli.client import APIError, call
-from tulle.cli.proxy_state import draining
+from tulle.cli.proxy_state import draining, starting
 
 ROUTE_TYPES = ("httproutes", "grpcroutes", "tcproutes")
 MAX_PROXIES = 20
@@ -78,6 +78,8 @@ def describe_service(srv: str, svc: dict[str, Any]) -> None:
                      }.get(str(proxy.get("state")), "none (declared)")
             if draining(proxy):
                 state = "draining: not an endpoint"  # (ADR 0092)
+            elif starting(proxy):
+                state = "starting: not an endpoint yet"  # (ADR 0116)
             rows.append([w["metadata"]["name"], (w.get("spec") or {}).get("address") or "-",
                          state])
         _indented(rows)

@@ -16,7 +16,7 @@ import click
 
 from tulle.cli.client import APIError, call, server_url
 from tulle.cli.output import emit, table
-from tulle.cli.proxy_state import draining
+from tulle.cli.proxy_state import STARTING_PREFIX, draining, starting
 from tulle.cli.resources import _fail, server_option
 
 
@@ -38,7 +38,8 @@ def _age(md: dict[str, Any]) -> str:
 def _proxy_state(proxy: Any) -> str:
     """A Workload's proxy as `get workloads` shows it (ADR 0040): `-` never connected,
     `connected`, or why and since when its endpoints are out (`draining`: still on its
-    stream, shutting down, ADR 0092)."""
+    stream, shutting down, ADR 0092; `starting`: on its stream, no config applied yet, ADR
+    0116)."""
     if not isinstance(proxy, dict):
         return "-"
     if proxy.get("state") == "Connected":
@@ -48,7 +49,20 @@ def _proxy_state(proxy: Any) -> str:
     reason = str(proxy.get("reason") or "?")
     if draining(proxy):
         return f"draining{ago}, out of endpoints: {reason.partition(': ')[2]}"
+    if starting(proxy):
+        return f"starting{ago}, out of endpoints: {reason.removeprefix(STARTING_PREFIX)}"
     return f"disconnected{ago}, out of endpoints: {reason}"
+
+
+def _connected(p: dict[str, Any]) -> str:
+    """`get proxies`' CONNECTED: on a stream, and whether it is an endpoint through it
+    (`starting`: no config applied yet, or its first one NACKed, ADR 0116; a control plane
+    from before `serving` says nothing: as `yes`)."""
+    if not p.get("connected"):
+        return "no"
+    if p.get("draining"):
+        return "yes, draining"
+    return "yes" if p.get("serving", True) else "yes, starting"
 
 
 def _accepted(obj: dict[str, Any]) -> list[tuple[str, str]]:
@@ -241,8 +255,7 @@ def _get_proxies(srv: str, name: str | None, namespace: str | None, output: str,
     for p in items:
         cert = p.get("certificate") or {}
         rows.append([p["namespace"], p["name"],
-                     ("yes, draining" if p.get("draining") else "yes") if p.get("connected")
-                     else "no",
+                     _connected(p),
                      p.get("ackedVersion") or "-", p.get("desiredVersion") or "-",
                      str(p.get("protocol") or "-"), _withheld(p) or "-",
                      time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(cert["notAfter"]))

@@ -164,10 +164,11 @@ class ControlPlane:
         self._http_task: asyncio.Task[None] | None = None
 
     async def _presence(self, keys: list[tuple[str, str]], connected: bool, reason: str,
-                        session: str) -> None:
-        """A proxy's session started or ended: into its Workloads' status (ADR 0040)."""
+                        session: str, *, claim: bool = False) -> None:
+        """A proxy's session started, serves, or ended: into its Workloads' status (ADR 0040,
+        0116)."""
         assert self.presence is not None
-        self.presence.submit(keys, connected, reason, session)
+        self.presence.submit(keys, connected, reason, session, claim=claim)
 
     async def start(self) -> None:
         self.store = await open_store(self.store_url,

@@ -9,7 +9,14 @@ workload out of Service selection).  Nothing here is per replica memory.
 What each replica writes:
 
 * `Connected` when a proxy's session starts (after its hello is admitted), with a fresh
-  session id and the replica's name;
+  session id and the replica's name -- for a proxy that announces `serving-ack` (ADR 0116),
+  only once it serves: at the hello when its `last_version` names a version it runs (started
+  from its disk cache, or back from another replica it kept serving through), else at its
+  first ACK of the session.  Until then the session is written `Disconnected` with a reason
+  saying `starting: ...` (`STARTING`), claiming the workload like `Connected` does, so the
+  endpoint is out while the proxy binds its listeners (a restarted sidecar was an endpoint
+  60-70 ms before it listened: 10-15 of 300 req/s failed, ADR 0113).  A first snapshot it
+  NACKs keeps it out, the reason naming the rejected version;
 * `Disconnected` when that session ends: at once when the proxy closed the stream or reset it,
   or said `Draining` (a stopping sidecar, `dataplane/subscribed.py`, ADR 0092: its stream
   stays up for the drain, the reason says `draining`; when that stream ends, the reason says
@@ -45,6 +52,15 @@ DEFAULT_LIVENESS_TIMEOUT = 30.0
 Disconnected (the proxy answers every ping, sent every 10 s)."""
 
 State = Literal["Connected", "Disconnected"]
+
+STARTING = "starting: waiting for the proxy to apply its first config"
+"""The reason written, with `Disconnected`, for a session whose proxy does not serve yet
+(ADR 0116; the CLI's `cli.proxy_state.STARTING_PREFIX` reads the prefix)."""
+
+
+def first_config_rejected(version: str) -> str:
+    """The reason written while a proxy that does not serve yet rejected its first config."""
+    return f"starting: the proxy rejected its first config (version {version}); not serving"
 
 
 def _now() -> str:
@@ -139,7 +155,9 @@ class PresenceWriter:
                 await self._task
 
     def submit(self, keys: list[tuple[str, str]], connected: bool, reason: str,
-               session: str) -> None:
+               session: str, *, claim: bool = False) -> None:
+        """`claim` (a `Disconnected` at a session's start, `STARTING`): written whatever
+        session is stored, as a `Connected` is."""
         state: State = "Connected" if connected else "Disconnected"
         for key in keys:
             p = self.pending.get(key)
@@ -147,7 +165,7 @@ class PresenceWriter:
                 self.pending[key] = p = _Pending()
             else:
                 self.folded += 1
-            p.add(state, reason, session)
+            p.add(state, reason, session, claim=claim or connected)
         self._wake.set()
 
     async def _run(self) -> None:
@@ -176,16 +194,17 @@ class PresenceWriter:
 @dataclass
 class _Pending:
     """The reports of one workload not written yet, folded into the write they amount to when
-    written in order with `record`'s rules (a Connected is written whatever is stored; a
-    Disconnected only over its own session).  Before any Connected, Disconnected reports
-    depend on what is stored: `ended` keeps them by session (the first applies where nothing
-    is stored).  From the first Connected on the outcome is known: `final`."""
+    written in order with `record`'s rules (a session's start, `Connected` or a claiming
+    `STARTING`, is written whatever is stored; any other Disconnected only over its own
+    session).  Before any start, Disconnected reports depend on what is stored: `ended` keeps
+    them by session (the first applies where nothing is stored).  From the first start on the
+    outcome is known: `final`."""
 
     ended: dict[str, str] = field(default_factory=dict)
     final: tuple[State, str, str] | None = None
 
-    def add(self, state: State, reason: str, session: str) -> None:
-        if state == "Connected":
+    def add(self, state: State, reason: str, session: str, *, claim: bool = False) -> None:
+        if claim:  # a session's start, `Connected` or `STARTING`
             self.final = (state, reason, session)
         elif self.final is not None:
             if self.final[2] == session:  # its own session's end (or a new reason for it)

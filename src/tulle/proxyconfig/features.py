@@ -25,6 +25,9 @@ from tulle.proxyconfig.delta import ENDPOINTS, POSITIONS, VIRTUAL_HOSTS
 from tulle.proxyconfig.dns_delta import DNS_HOSTS
 from tulle.proxyconfig.telemetry_delta import TELEMETRY_PEERS
 
+SERVING_ACK = "serving-ack"
+"""A stream capability, not a section: see its entry in `FEATURES` (ADR 0116)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Feature:
@@ -246,6 +249,11 @@ FEATURES: tuple[Feature, ...] = (
     # Withheld, a proxy from before it drains at once on SIGTERM, as it always did.
     Feature("drain-propagation", ("settings.drain_propagation_ms",),
             "how long a stopping proxy keeps accepting after `Draining` (ADR 0113)"),
+    # No field: the control plane gates presence on it (ADR 0116).  A proxy from before it
+    # joins its Services' endpoints at its hello, as it always did.
+    Feature(SERVING_ACK, (), "the proxy's ACK says its listeners serve the version, and its "
+            "hello's `last_version` names a version it serves now: its workloads join their "
+            "Services' endpoints at its first ACK, or at the hello when it names one"),
 )
 """Every feature this build's contract has, in the order they were added."""
 

@@ -131,3 +131,71 @@ async def test_a_proxy_reconnecting_in_a_loop_holds_one_entry_and_one_write() ->
     assert writer.written == 2
     assert (await state(store))["session"] == "s999"
     assert (await state(store))["state"] == "Disconnected"
+
+
+# -- a session that does not serve yet claims the workload, out (ADR 0116) ----------------------
+
+async def _claimed_then(reports: list[tuple[str, str, str, bool]], folded: bool
+                        ) -> tuple[str, str, str]:
+    """(state, session, reason) stored after `reports` (state, reason, session, claim) over a
+    Workload whose proxy was `Connected` on session s0."""
+    import asyncio
+
+    store = MemoryStore()
+    await store.create(WL)
+    assert await readiness.record(store, "shop", "api-0", "Connected", "connected", "s0", "cp")
+    if folded:
+        writer = readiness.PresenceWriter(store, "cp")
+        for state, reason, session, claim in reports:
+            writer.submit([("shop", "api-0")], state == "Connected", reason, session,
+                          claim=claim)
+        writer.start()
+        try:
+            async with asyncio.timeout(5):
+                while writer.pending or writer.written < 1:
+                    await asyncio.sleep(0.001)
+        finally:
+            await writer.stop()
+    else:
+        for state, reason, session, claim in reports:
+            await readiness.record(store, "shop", "api-0", state, reason,  # type: ignore[arg-type]
+                                   session, "cp", force=claim or state == "Connected")
+    proxy = (await store.get("Workload", "shop", "api-0"))["status"]["proxy"]
+    return proxy["state"], proxy["session"], proxy["reason"]
+
+
+S = readiness.STARTING
+CLAIMS: list[tuple[list[tuple[str, str, str, bool]], tuple[str, str, str]]] = [
+    # A restarted proxy: its new session is out at once, whatever the old one left stored.
+    ([(D, S, "s1", True)], (D, "s1", S)),
+    # The old stream's end, handled late, does not touch the new session's state.
+    ([(D, S, "s1", True), (D, "reset", "s0", False)], (D, "s1", S)),
+    # Its first ACK: in.
+    ([(D, S, "s1", True), (C, "connected", "s1", False), (D, "late", "s0", False)],
+     (C, "s1", "connected")),
+    # Its first snapshot NACKed: still out, saying why.
+    ([(D, S, "s1", True), (D, readiness.first_config_rejected("v7"), "s1", False)],
+     (D, "s1", readiness.first_config_rejected("v7"))),
+]
+
+
+@pytest.mark.parametrize(("reports", "expected"), CLAIMS)
+async def test_a_starting_session_is_out_until_it_serves(
+        reports: list[tuple[str, str, str, bool]], expected: tuple[str, str, str]) -> None:
+    assert await _claimed_then(reports, folded=False) == expected
+    assert await _claimed_then(reports, folded=True) == expected
+
+
+def test_the_cli_reads_the_starting_reasons_the_control_plane_writes() -> None:
+    from tulle.cli.get import _connected, _proxy_state
+    from tulle.cli.proxy_state import STARTING_PREFIX, starting
+
+    for reason in (readiness.STARTING, readiness.first_config_rejected("v1")):
+        proxy = {"state": "Disconnected", "reason": reason}
+        assert reason.startswith(STARTING_PREFIX) and starting(proxy)
+        assert _proxy_state(proxy).startswith("starting, out of endpoints: ")
+    assert not starting({"state": "Disconnected", "reason": "the proxy closed the stream"})
+    assert _connected({"connected": True, "serving": False}) == "yes, starting"
+    assert _connected({"connected": True, "serving": False, "draining": True}) == "yes, draining"
+    assert _connected({"connected": True}) == "yes"  # (a control plane from before ADR 0116)
+    assert _connected({"connected": False, "serving": True}) == "no"

@@ -73,7 +73,7 @@ def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None
         "delta-telemetry-peers", "telemetry", "tracing", "dns-clients", "access-log",
         "flow-logs", "addressed-service", "session-persistence", "dual-stack",
         "authz-trust-domains", "listener-sources", "stats-grpc-status",
-        "refused-destinations", "drain-propagation"]
+        "refused-destinations", "drain-propagation", "serving-ack"]
 
 
 def _cfg(version: str, max_conn: int) -> ProxyConfig:

@@ -74,6 +74,10 @@ class ProxyStatus:
     connected: bool = False
     draining: bool = False
     """Said `Draining` (ADR 0092): still on its stream, no longer an endpoint."""
+    serving: bool = False
+    """Its workload is an endpoint for this session: it ACKed a config, or its hello named one
+    it runs, or it predates `serving-ack` (ADR 0116).  Connected and not serving: starting
+    (or its first config was NACKed: `nack_*`), out of the endpoints."""
     peer: str = ""
     connected_since: float = 0.0
     last_seen: float = 0.0
@@ -117,7 +121,7 @@ class ProxyStatus:
     def to_dict(self) -> dict[str, object]:
         return {
             "namespace": self.namespace, "name": self.name, "connected": self.connected,
-            "draining": self.draining,
+            "draining": self.draining, "serving": self.serving,
             "peer": self.peer, "connectedSince": self.connected_since,
             "lastSeen": self.last_seen, "sentVersion": self.sent_version,
             "ackedVersion": self.acked_version, "ackedAt": self.acked_at,

@@ -48,10 +48,11 @@ TLS 1.3 within `hello_timeout`; a peer that fails the handshake (a plaintext cli
 scan, a client that does not trust us) is closed, counted as `tlsHandshakeFailures` and
 logged at most once per `REFUSAL_LOG_INTERVAL`.  The hello timeout starts after the handshake.
 
-Readiness (ADR 0040): `on_presence` is told when a proxy's session starts and when it ends
-(with why: the proxy closed or reset the stream, or sent nothing for `liveness_timeout`
-seconds, after which the stream is closed); `controlplane/readiness.py` writes it into the
-Workload's status.  A session cancelled because this control plane stops reports nothing.
+Readiness (ADR 0040): `on_presence` is told when a proxy's session starts, when it serves (its
+first ACK, for a proxy that announces `serving-ack` and did not already serve at its hello:
+ADR 0116), and when it ends (with why: the proxy closed or reset the stream, or sent nothing
+for `liveness_timeout` seconds, after which the stream is closed); `controlplane/readiness.py`
+writes it into the Workload's status.  A session cancelled because this control plane stops reports nothing.
 
 `statuses()` is what `tulle get proxies` shows; `counters()` what the stream refused.
 """
@@ -64,6 +65,7 @@ import logging
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from tulle.controlplane.ca.admission import Admission, Admitted
 from tulle.controlplane.push.accept import (
@@ -107,9 +109,14 @@ RegisterHook = Callable[[WorkloadInfo, str, Admitted | None], Awaitable[None]]
 """Called with the workload a proxy announced, its peer address and who it was admitted as
 (None without admission), before it is served."""
 
-PresenceHook = Callable[[list[ProxyKey], bool, str, str], Awaitable[None]]
-"""Called with the workloads of a session, whether it is starting (True) or over (False), why,
-and the session's id.  Awaited on the session's path: it should only queue the write."""
+class PresenceHook(Protocol):
+    """Called with the workloads of a session, whether they are endpoints now (True) or not
+    (False), why, and the session's id; `claim` for a session's start that is not an endpoint
+    yet (ADR 0116: written over whatever session is stored, as True is).  Awaited on the
+    session's path: it should only queue the write."""
+
+    async def __call__(self, keys: list[ProxyKey], connected: bool, reason: str, session: str,
+                       *, claim: bool = False) -> None: ...
 
 
 class PushServer:

@@ -33,8 +33,9 @@ from tulle.controlplane.push.reported import SHOWN_REASON, shown, shown_list
 from tulle.controlplane.push.stats import stats_request, take_report
 from tulle.controlplane.push.trust import after_hello, record_signed, update_for
 from tulle.controlplane.push.wire import withheld_delta_frame, withheld_snapshot_frame
+from tulle.controlplane.readiness import STARTING, first_config_rejected
 from tulle.proxyconfig.delta import units_of
-from tulle.proxyconfig.features import Feature, lacking
+from tulle.proxyconfig.features import SERVING_ACK, Feature, lacking
 from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.stats import report_seconds
 from tulle.proxyconfig.stream import (
@@ -110,8 +111,14 @@ class ProxySession:
         self.stats_ask: StatsRequest | None = None
         """Sent once, after the proxy's first ACK: a proxy serves traffic only once it runs a
         config, and the messages before it (certificates, the snapshot) keep their order."""
+        self.reports: set[asyncio.Task[None]] = set()
+        """Presence reports made from the read loop (first ACK, first NACK), until queued."""
         self.draining: asyncio.Task[None] | None = None
         """The write of `DRAINING` into the store, once the proxy said `Draining`."""
+        self.serving = True
+        """Its workloads are endpoints for this session: at once for a proxy from before
+        `serving-ack` or one whose hello names a version it runs; else from its first ACK
+        (ADR 0116).  False before that, and for a proxy whose first snapshot it NACKed."""
         self.stats_period = 0.0
         """Seconds between the reports asked of this proxy (`stats_request`): when its next
         report is due, whatever its last one happened to cover."""
@@ -248,6 +255,11 @@ class ProxySession:
             st.protocol, st.features = hello.protocol, shown_list(hello.features)
             st.withheld, st.delta_units = self.missing, self.units
             st.node = [workload_name(x) for x in keys] if len(keys) > 1 else []
+        # A proxy that says its ACK means it serves joins the endpoints when it does: now if
+        # its hello names a version it runs, else at its first ACK (ADR 0116).
+        self.serving = SERVING_ACK not in hello.features or bool(hello.last_version)
+        for st in self.node_statuses:
+            st.serving = self.serving
         st = self.st = self.node_statuses[0]
         if srv.admission is not None:
             srv.live.add(self)
@@ -270,7 +282,10 @@ class ProxySession:
             srv.cache.subscribe(k, wake)
         reader = asyncio.get_running_loop().create_task(self._read_loop(key, wake))
         cancelled = False
-        await self._presence(keys, True, "connected")  # (queued: no store write awaited)
+        if self.serving:  # (queued: no store write awaited)
+            await self._presence(keys, True, "connected")
+        else:  # out of the endpoints (a previous session's Connected too) until it serves
+            await self._presence(keys, False, STARTING, claim=True)
         try:
             current = self._current()
             if current is not None and hello.last_version == current.version:
@@ -302,9 +317,10 @@ class ProxySession:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
-            if self.draining is not None:  # (its write is queued before the end's)
+            for queued in [*self.reports, *([self.draining] if self.draining else [])]:
+                # (their writes are queued before the end's)
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self.draining
+                    await queued
             if not cancelled:
                 self.writer.close()  # (a lost peer: nothing more is written to it)
                 # After `Draining`, the reason says the stream is gone: `draining` is for a
@@ -312,12 +328,13 @@ class ProxySession:
                 await self._presence(keys, False, self.end_reason if self.draining is None
                                      else f"{self.end_reason} (it was shutting down)")
 
-    async def _presence(self, keys: list[ProxyKey], connected: bool, reason: str) -> None:
+    async def _presence(self, keys: list[ProxyKey], connected: bool, reason: str, *,
+                        claim: bool = False) -> None:
         hook = self.server.on_presence
         if hook is None:
             return
         try:
-            await hook(keys, connected, reason, self.session_id)
+            await hook(keys, connected, reason, self.session_id, claim=claim)
         except Exception:
             log.exception("proxy %s: cannot record that it %s", workload_name(keys[0]),
                           "connected" if connected else "disconnected")
@@ -391,6 +408,7 @@ class ProxySession:
             self.send(Pong())
         elif isinstance(msg, Ack):
             self._ask_stats()
+            self._serves()
             if self.inflight is not None and msg.version == self.inflight.version:
                 self.acked = self.inflight
                 self.inflight = None
@@ -417,6 +435,8 @@ class ProxySession:
                 # last good one (or sent whole if there is none).
                 self.rejected = msg.version
                 self.inflight = None
+                if not self.serving and self.draining is None:  # it runs nothing: stays out
+                    self._report(False, first_config_rejected(version))
         elif isinstance(msg, Pong):
             pass
         elif isinstance(msg, Csr):
@@ -431,6 +451,26 @@ class ProxySession:
             self.server.taps.take(self, msg)
         elif isinstance(msg, Draining):
             self._drain()
+
+    def _serves(self) -> None:
+        """The proxy ACKed a config: it serves, so its workloads join their Services'
+        endpoints if they were waiting for that (ADR 0116); not after `Draining`."""
+        if self.serving or self.draining is not None:
+            return
+        self.serving = True
+        for s in self.node_statuses:
+            if s.session is self:
+                s.serving = True
+        log.info("proxy %s serves: into its Services' endpoints",
+                 workload_name(self.node.keys[0]))
+        self._report(True, "connected")
+
+    def _report(self, connected: bool, reason: str) -> None:
+        """A presence report from the read loop, queued in order (the hook only queues)."""
+        task = asyncio.get_running_loop().create_task(
+            self._presence(list(self.node.keys), connected, reason))
+        self.reports.add(task)
+        task.add_done_callback(self.reports.discard)
 
     def _drain(self) -> None:
         """The proxy is stopping and keeps the stream for its drain (ADR 0092): its workloads
