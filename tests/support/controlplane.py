@@ -362,3 +362,22 @@ async def control_plane_process(store: str, workdir: Path,
     finally:
         _ADMIN_TOKENS.pop(cp.api, None)
         cp.kill()
+
+
+
+def routes_with(cp: ControlPlane, proxy: str, connected: tuple[str, ...],
+                namespace: str = "default") -> bool:
+    """The proxy `namespace/proxy` of the in-process `cp` runs a config compiled after the
+    control plane saw each of `connected` Connected: the reconciler's view says so, no
+    compilation is due, and the proxy ACKed the snapshot held for it now.  An endpoint count
+    read without this may come from a config compiled before (a sidecar is out while it
+    starts, ADR 0116, and was in before its hello when declared)."""
+    rec = cp.reconciler
+    assert rec is not None and cp.push is not None
+    for name in connected:
+        obj = rec._resources.get(("Workload", namespace, name)) or {}
+        if ((obj.get("status") or {}).get("proxy") or {}).get("state") != "Connected":
+            return False
+    cfg, st = cp.cache.get((namespace, proxy)), cp.push.status.get((namespace, proxy))
+    return (not rec._dirty.is_set() and cfg is not None and st is not None
+            and st.acked_version == cfg.version)

@@ -20,6 +20,7 @@ from tests.support.controlplane import (
     apply,
     eventually,
     named_origin,
+    routes_with,
     running_control_plane,
     serve_handler,
     subscribe,
@@ -83,6 +84,9 @@ async def test_a_stopped_sidecar_leaves_the_endpoints_and_comes_back(tmp_path: P
         try:
             await eventually(lambda: _both(url), timeout=10)
             assert (await proxy_state(cp, "api-b"))["state"] == "Connected"
+            await eventually(lambda: routes_with(cp, "web-0", ("api-a", "api-b"), NS),
+                             timeout=5)
+            assert endpoints(proxies["web-0"]) == 2
             await proxies["api-b"].stop()  # SIGTERM's path: the agent closes its stream first
             took = await eventually(lambda: endpoints(proxies["web-0"]) == 1, timeout=5)
             assert took < 2.0

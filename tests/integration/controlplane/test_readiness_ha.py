@@ -61,3 +61,60 @@ async def test_replica_b_compiles_what_replica_a_saw(postgres_server: PostgresSe
         finally:
             for p in (web, api_a, api_b):
                 await p.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_a_proxy_failing_over_to_replica_b_never_leaves_the_endpoints(
+        postgres_server: PostgresServer) -> None:
+    """ADR 0116: a proxy that kept serving through its replica's stop names its version in
+    its hello to B, so B writes it `Connected` at once.  Had B waited for an ACK, the workload
+    would have left the endpoints (its version being current, B pushes nothing: no ACK ever)."""
+    import asyncio
+
+    async with fresh_database(postgres_server) as dsn, named_origin("a") as app_a, \
+            running_control_plane(dsn) as cp_b:
+        out = free_port()
+        status, body = await apply(
+            cp_b.api_url, workload("web-0", free_port(), 1, out, app="web"),
+            workload("api-a", free_port(), app_a, free_port(), app="api"),
+            service("api", app="api"))
+        assert status == 200, body
+        assert cp_b.store is not None
+        store = cp_b.store
+
+        async def proxy_of(name: str) -> dict[str, str]:
+            obj = await store.get("Workload", NS, name)
+            return dict((obj.get("status") or {}).get("proxy") or {})
+
+        web = await subscribe([cp_b.stream_port], WorkloadInfo(name="web-0", namespace=NS,
+                                                                address="127.0.0.1"))
+        seen: list[tuple[str, str]] = []
+
+        async def watch() -> None:
+            while True:
+                st = await proxy_of("api-a")
+                if st and (not seen or seen[-1] != (st["state"], st["session"])):
+                    seen.append((st["state"], st["session"]))
+                await asyncio.sleep(0.005)
+
+        api_a = None
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            async with running_control_plane(dsn) as cp_a:
+                api_a = await subscribe([cp_a.stream_port, cp_b.stream_port],
+                                        WorkloadInfo(name="api-a", namespace=NS,
+                                                     address="127.0.0.1"))
+                await eventually(lambda: seen[-1:] and seen[-1][0] == "Connected", timeout=15)
+                on_a = seen[-1][1]
+                seen.clear()  # (its start, on A: out until its first ACK, then in)
+            # A stopped (it writes nothing); the proxy, still serving, reconnects to B (a new
+            # session: both replicas here have one instance name, same host and pid).
+            await eventually(lambda: any(session != on_a for _, session in seen), timeout=15)
+            await asyncio.sleep(0.3)
+            assert all(state == "Connected" for state, _ in seen), seen
+            assert (await proxy_of("api-a"))["state"] == "Connected"
+        finally:
+            watcher.cancel()
+            for p in (web, api_a):
+                if p is not None:
+                    await p.stop()

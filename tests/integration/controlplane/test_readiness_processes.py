@@ -21,6 +21,7 @@ from tests.support.controlplane import (
     eventually,
     issue_token,
     named_origin,
+    routes_with,
     running_control_plane,
     subscribe,
 )
@@ -94,6 +95,10 @@ async def test_a_stopped_sidecar_process_leaves_the_endpoints(sig: signal.Signal
                 await eventually(lambda: endpoints(web) == 2, timeout=20)
                 for name in ("api-a", "api-b"):
                     await eventually(lambda n=name: _is(cp, n, "Connected"), timeout=20)
+                # (not a config from before: each sidecar is out while starting, ADR 0116)
+                await eventually(lambda: routes_with(cp, "web-0", ("api-a", "api-b"), NS),
+                                 timeout=10)
+                assert endpoints(web) == 2
                 await eventually(lambda: _all_ok(url), timeout=20)
                 os.kill(b.pid, sig)
                 took = await eventually(lambda: endpoints(web) == 1, timeout=10)
