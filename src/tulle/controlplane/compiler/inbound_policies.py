@@ -95,7 +95,7 @@ def _serves(mesh: MeshModel) -> dict[tuple[Key, int], set[Key]]:
     """(workload, inbound port) -> the Services that have it as an endpoint."""
     by_port: dict[tuple[Key, int], set[Key]] = {}
     for sp in mesh.services:
-        for e in sp.endpoints:
+        for e in sp.members:  # (out by readiness too: its own side, ADR 0116)
             if e.metadata.workload:
                 wk = (e.metadata.namespace, e.metadata.workload)
                 by_port.setdefault((wk, e.port), set()).add(sp.key)

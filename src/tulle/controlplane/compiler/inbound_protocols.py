@@ -24,7 +24,7 @@ def declared_by_services(services: tuple[ServicePort, ...]) -> dict[tuple[Key, i
     for sp in services:
         if not sp.declared:
             continue
-        for e in sp.endpoints:
+        for e in sp.members:  # (out by readiness too: its own side, ADR 0116)
             k = ((e.metadata.namespace, e.metadata.workload), e.port)
             have = out.get(k)
             out[k] = sp.declared if have in (None, sp.declared) else ""

@@ -48,10 +48,19 @@ class MeshInputs:
     """(kind, namespace, name) -> policy resource (attached by targetRef)."""
     _by_label: dict[tuple[str, str, str], set[Key]] = field(default_factory=dict)
     """(namespace, label key, label value) -> workloads carrying it: selection without a scan."""
+    out: set[Key] = field(default_factory=set)
+    """Workloads whose proxy is out by readiness (`_proxy_gone`): selected as members, never
+    as endpoints."""
 
     def select(self, namespace: str, selector: dict[str, str]) -> list[tuple[Key, Resource]]:
         """Workloads of `namespace` matching every label of `selector` (Kubernetes Service
-        semantics: an empty selector selects nothing), sorted by key."""
+        semantics: an empty selector selects nothing), sorted by key; without those out by
+        readiness (ADR 0040)."""
+        return [(k, w) for k, w in self.members(namespace, selector) if k not in self.out]
+
+    def members(self, namespace: str, selector: dict[str, str]) -> list[tuple[Key, Resource]]:
+        """`select`, with the workloads out by readiness too: a Service's inbound-side
+        settings still apply to them (ADR 0116)."""
         if not selector:
             return []
         sets = [self._by_label.get((namespace, k, v), set()) for k, v in selector.items()]
@@ -70,7 +79,7 @@ class MeshInputs:
                 key = key_of(obj)
                 m.workloads[key] = obj
                 if _proxy_gone(obj):
-                    continue  # not selected by any Service (ADR 0040: readiness)
+                    m.out.add(key)  # no Service's endpoint (ADR 0040: readiness)
                 for lk, lv in ((obj.get("metadata") or {}).get("labels") or {}).items():
                     m._by_label.setdefault((key[0], lk, lv), set()).add(key)
             elif kind == "Service":

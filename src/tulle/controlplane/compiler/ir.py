@@ -127,6 +127,17 @@ class ServicePort(msgspec.Struct, frozen=True):
     limits: Mapping[str, int] | None = None
     """Its cluster's `limits` (only the fields a level sets; `plugins/circuit_breaker.py`);
     None: the proxy's defaults."""
+    standby: tuple[Endpoint, ...] = ()
+    """The endpoints of selected workloads that are out by readiness (ADR 0040: a proxy
+    starting, draining or gone): never called, but still the Service's members for their own
+    inbound side (mTLS mode, authorization, declared protocol), so the config a starting
+    proxy is sent is the one it will serve as an endpoint (ADR 0116).  `members`."""
+
+    @property
+    def members(self) -> tuple[Endpoint, ...]:
+        """Every selected workload's endpoint, in or out: whom the Service's inbound-side
+        settings apply to (its clients call `endpoints` only)."""
+        return self.endpoints + self.standby if self.standby else self.endpoints
 
     @property
     def key(self) -> Key:

@@ -48,12 +48,13 @@ def service_ports(m: MeshInputs, key: Key, svc: Resource,
     if spec.get("ipFamilyPolicy") in DUAL_STACK:
         vip6 = ((svc.get("status") or {}).get("virtualIPv6") or "")
     generation = int((svc.get("metadata") or {}).get("generation") or 1)
-    selected = m.select(ns, selector)
+    selected = m.members(ns, selector)
     out: list[ServicePort] = []
     for p in spec.get("ports") or []:
         port = int(p["port"])
         target = p.get("targetPort", port)
-        endpoints = []
+        endpoints: list[Endpoint] = []
+        standby: list[Endpoint] = []  # out by readiness: members, not endpoints (ADR 0116)
         for wkey, w in selected:
             wp = workload_port(w, target)
             wspec = spec_of(w)
@@ -65,7 +66,7 @@ def service_ports(m: MeshInputs, key: Key, svc: Resource,
                 labels, zone = proxy.metadata.labels, proxy.metadata.zone
             else:
                 labels, zone = _labels(w), wspec.get("zone") or ""
-            endpoints.append(Endpoint(addr, wp, Metadata(
+            (standby if wkey in m.out else endpoints).append(Endpoint(addr, wp, Metadata(
                 service=name, namespace=ns, workload=wkey[1], labels=labels, zone=zone),
                 weight=int(wspec.get("weight") or 1)))
         names = [name, f"{name}.{ns}", f"{name}.{ns}.svc", f"{name}.{ns}.svc.cluster.local"]
@@ -79,13 +80,13 @@ def service_ports(m: MeshInputs, key: Key, svc: Resource,
         out.append(ServicePort(ns, name, port, port_protocol(p, "http1"), tuple(endpoints),
                                tuple(domains), port_name=p.get("name") or "",
                                generation=generation, vip=vip, vip6=vip6,
-                               declared=port_protocol(p, "")))
+                               declared=port_protocol(p, ""), standby=tuple(standby)))
     return out
 
 
 ServiceMemo = dict[Key, tuple[bytes, tuple[Proxy, ...], list[ServicePort]]]
-"""Each Service's content (JSON), the proxies it selected and its ports, from the previous
-derivation."""
+"""Each Service's content (JSON, followed by which of its members are out by readiness), the
+proxies it selected (in or out) and its ports, from the previous derivation."""
 
 
 def derive_services(m: MeshInputs, proxies: Mapping[Key, Proxy] | None = None,
@@ -101,15 +102,17 @@ def derive_services(m: MeshInputs, proxies: Mapping[Key, Proxy] | None = None,
     for k, s in sorted(m.services.items()):
         if memo is not None and proxies is not None:
             fingerprint = msgspec.json.encode(s)
-            selected = tuple(proxies[wk] for wk, _ in
-                             m.select(k[0], spec_of(s).get("selector") or {}))
+            members = m.members(k[0], spec_of(s).get("selector") or {})
+            selected = tuple(proxies[wk] for wk, _ in members)
+            out_of = tuple(wk in m.out for wk, _ in members)
             hit = memo.get(k)
-            if (hit is not None and hit[0] == fingerprint and len(hit[1]) == len(selected)
+            if (hit is not None and hit[0] == fingerprint + bytes(out_of)
+                    and len(hit[1]) == len(selected)
                     and all(a is b for a, b in zip(hit[1], selected, strict=True))):
                 ports = hit[2]
             else:
                 ports = _sorted_ports(service_ports(m, k, s, proxies))
-            fresh[k] = (fingerprint, selected, ports)
+            fresh[k] = (fingerprint + bytes(out_of), selected, ports)
         else:
             ports = _sorted_ports(service_ports(m, k, s, proxies))
         out.extend(ports)

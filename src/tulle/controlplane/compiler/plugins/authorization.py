@@ -221,7 +221,7 @@ def apply(mesh: MeshModel) -> MeshModel:
     exposed: dict[Key, set[int]] = {}
     """Workload -> its inbound ports some Service names."""
     for sp in mesh.services:
-        for e in sp.endpoints:
+        for e in sp.members:  # (out by readiness too: its own side, ADR 0116)
             if e.metadata.workload:
                 wkey = (e.metadata.namespace, e.metadata.workload)
                 members.setdefault(sp.key, set()).add(wkey)

@@ -163,7 +163,7 @@ def _inbound_modes(mesh: MeshModel, modes: dict[int, MTLSMode]) -> dict[tuple[Ke
     """(workload, port) -> the strictest mode of the Service ports that reach it."""
     out: dict[tuple[Key, int], MTLSMode] = {}
     for i, sp in enumerate(mesh.services):
-        for e in sp.endpoints:
+        for e in sp.members:  # (out by readiness too: its own side, ADR 0116)
             k = ((e.metadata.namespace, e.metadata.workload), e.port)
             have = out.get(k)
             if have is None or _RANK[modes[i]] > _RANK[have]:
