@@ -96,6 +96,11 @@ def proxy_findings(rows: Iterable[Mapping[str, Any]]) -> list[Finding]:
     return out
 
 
+STARTING_PREFIX = "starting: "
+"""How `readiness.STARTING` and `readiness.first_config_rejected` begin (a test holds them
+equal; not imported: the checks read documents, not the push side)."""
+
+
 def workload_findings(workloads: Iterable[Mapping[str, Any]]) -> list[Finding]:
     """Workloads whose proxy was connected once and is gone now (never-connected workloads are
     registered by hand and may have no proxy yet: not a finding)."""
@@ -106,6 +111,15 @@ def workload_findings(workloads: Iterable[Mapping[str, Any]]) -> list[Finding]:
             continue
         _kind, label, _ = _ident(w)
         md = w.get("metadata") or {}
+        reason = str(proxy.get("reason") or "")
+        if reason.startswith(STARTING_PREFIX):  # on its stream, not serving yet (ADR 0116)
+            out.append(Finding(
+                "warning", "ProxyNotServing", label,
+                f"its proxy is connected but serves no config yet, since "
+                f"{proxy.get('since') or '?'} ({reason.removeprefix(STARTING_PREFIX)}); it is "
+                f"out of its Services' endpoints",
+                "see LAST-NACK in `tulle get proxies` and the proxy's log"))
+            continue
         out.append(Finding(
             "warning", "ProxyGone", label,
             f"its proxy disconnected at {proxy.get('since') or '?'} "

@@ -86,6 +86,19 @@ def test_only_workloads_whose_proxy_went_away_are_findings() -> None:
     assert "2026-12-03T10:00:00Z" in f.message and "tulle delete workload gone -n shop" in f.hint
 
 
+def test_a_proxy_that_does_not_serve_yet_is_not_called_gone() -> None:
+    from tulle.cli.proxy_state import STARTING_PREFIX as CLI_PREFIX
+    from tulle.controlplane.check.mesh import STARTING_PREFIX
+    from tulle.controlplane.readiness import STARTING, first_config_rejected
+
+    assert STARTING_PREFIX == CLI_PREFIX and STARTING.startswith(STARTING_PREFIX)
+
+    [f] = workload_findings([{"kind": "Workload", "metadata": {"name": "new", "namespace": "shop"},
+                              "status": {"proxy": {"state": "Disconnected",
+                                                   "reason": first_config_rejected("v3")}}}])
+    assert f.code == "ProxyNotServing" and "rejected its first config (version v3)" in f.message
+
+
 def test_errors_come_first() -> None:
     found = order(proxy_findings([row("a", desiredVersion="v2", ackedVersion="v1")])
                   + resource_findings([route([{"type": "Accepted", "status": "False"}])]))
