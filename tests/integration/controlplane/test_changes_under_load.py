@@ -18,33 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.support.controlplane import (
-    ControlPlaneProcess,
-    apply,
-    eventually,
-    named_origin,
-)
-from tests.support.proxy import free_port
-from tests.support.sidecar_process import SidecarProcess, sidecar_processes
+from tests.support.api_mesh import NS, A, B, api_mesh
+from tests.support.controlplane import apply, eventually
 from tests.support.steady_load import steady_load
-
-NS = "shop"
-A, B = b'{"name": "a", "path": "/x"}', b'{"name": "b", "path": "/x"}'
-
-
-def _workload(car: SidecarProcess, port: int | None = None, target: int | None = None,
-              ) -> dict[str, Any]:
-    ports = [] if port is None else [{"name": "http", "port": port, "targetPort": target}]
-    return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Workload",
-            "metadata": {"name": car.name, "namespace": NS, "labels": car.labels},
-            "spec": {"address": "127.0.0.1", "outboundPort": car.outbound_port, "ports": ports}}
-
-
-def _service(name: str, **selector: str) -> dict[str, Any]:
-    return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Service",
-            "metadata": {"name": name, "namespace": NS},
-            "spec": {"selector": selector,
-                     "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
 
 
 def _route(*rules: dict[str, Any]) -> dict[str, Any]:
@@ -61,73 +37,64 @@ def _weights(a: int, b: int) -> dict[str, Any]:
 
 @pytest.mark.timeout(120)
 async def test_route_changes_and_control_plane_restarts_fail_no_request(tmp_path: Path) -> None:
-    cp = ControlPlaneProcess(f"sqlite:{tmp_path / 'cp.db'}", tmp_path)
-    cp.start()
-    try:
-        await cp.wait_ready()
-        async with named_origin("a") as app_a, named_origin("b") as app_b:
-            pa, pb = free_port(), free_port()
-            web = SidecarProcess(cp.api, cp.stream_port, "web-0", tmp_path, labels={"app": "web"})
-            api_a = SidecarProcess(cp.api, cp.stream_port, "api-a", tmp_path,
-                                   ports=[("http", pa, app_a)], labels={"app": "api", "v": "a"})
-            api_b = SidecarProcess(cp.api, cp.stream_port, "api-b", tmp_path,
-                                   ports=[("http", pb, app_b)], labels={"app": "api", "v": "b"})
-            status, body = await apply(
-                cp.api, _workload(web), _workload(api_a, pa, app_a), _workload(api_b, pb, app_b),
-                _service("api", app="api"), _service("api-a", v="a"), _service("api-b", v="b"),
-                _route(_weights(90, 10)))
+    async with api_mesh(tmp_path, _route(_weights(90, 10))) as m:
+        cp = m.cp
+
+        async def web_runs_desired() -> bool:
+            p = (await cp.proxies()).get(f"{NS}/web-0", {})
+            return bool(p.get("connected")) and p.get("ackedVersion") == p.get(
+                "desiredVersion")
+
+        async def change(*docs: dict[str, Any]) -> float:
+            """Apply; the time from which web-0 runs the result."""
+            before = (await cp.proxies())[f"{NS}/web-0"]["ackedVersion"]
+            status, body = await apply(cp.api, *docs)
             assert status == 200, body
 
-            async def web_runs_desired() -> bool:
-                p = (await cp.proxies()).get(f"{NS}/web-0", {})
-                return bool(p.get("connected")) and p.get("ackedVersion") == p.get(
-                    "desiredVersion")
+            async def moved() -> bool:
+                p = (await cp.proxies())[f"{NS}/web-0"]
+                return p["ackedVersion"] != before and await web_runs_desired()
 
-            async def change(*docs: dict[str, Any]) -> float:
-                """Apply; the time from which web-0 runs the result."""
-                before = (await cp.proxies())[f"{NS}/web-0"]["ackedVersion"]
-                status, body = await apply(cp.api, *docs)
-                assert status == 200, body
+            await eventually(moved, timeout=15)
+            return time.monotonic()
 
-                async def moved() -> bool:
-                    p = (await cp.proxies())[f"{NS}/web-0"]
-                    return p["ackedVersion"] != before and await web_runs_desired()
+        async def all_serving() -> bool:
+            rows = await cp.proxies()
+            return len(rows) == 3 and all(
+                p["connected"] and p["serving"] and p["ackedVersion"] == p["desiredVersion"]
+                for p in rows.values())
 
-                await eventually(moved, timeout=15)
-                return time.monotonic()
+        # Both endpoints serve (each joins its Services at its first ACK, ADR 0116), and
+        # web-0 runs the config that has them both: only then does the load start.
+        await eventually(all_serving, timeout=20)
+        await eventually(web_runs_desired, timeout=20)
+        async with steady_load(m.url, "api", rate=120, fresh_rate=30) as load:
+            await asyncio.sleep(1)
+            t = await change(_route(_weights(0, 100)))
+            await asyncio.sleep(1)
+            assert load.bodies(since=t) == {B}
+            t = await change(_route(
+                {"matches": [{"path": {"type": "PathPrefix", "value": "/x"}}],
+                 "backendRefs": [{"name": "api-a", "port": 80}]}, _weights(0, 100)))
+            await asyncio.sleep(1)
+            assert load.bodies(since=t) == {A}
+            # The control plane dies and comes back on its store.
+            assert cp.proc is not None
+            cp.proc.send_signal(signal.SIGKILL)
+            cp.proc.wait(10)
+            await asyncio.sleep(1)
+            cp.start()
+            await cp.wait_ready()
 
-            async with sidecar_processes(web, api_a, api_b):
-                await eventually(web_runs_desired, timeout=20)
-                async with steady_load(f"http://127.0.0.1:{web.outbound_port}/x", "api",
-                                       rate=120, fresh_rate=30) as load:
-                    await asyncio.sleep(1)
-                    t = await change(_route(_weights(0, 100)))
-                    await asyncio.sleep(1)
-                    assert load.bodies(since=t) == {B}
-                    t = await change(_route(
-                        {"matches": [{"path": {"type": "PathPrefix", "value": "/x"}}],
-                         "backendRefs": [{"name": "api-a", "port": 80}]}, _weights(0, 100)))
-                    await asyncio.sleep(1)
-                    assert load.bodies(since=t) == {A}
-                    # The control plane dies and comes back on its store.
-                    assert cp.proc is not None
-                    cp.proc.send_signal(signal.SIGKILL)
-                    cp.proc.wait(10)
-                    await asyncio.sleep(1)
-                    cp.start()
-                    await cp.wait_ready()
-
-                    async def all_back() -> bool:
-                        rows = await cp.proxies()
-                        return len(rows) == 3 and all(p["connected"] for p in rows.values())
-
-                    await eventually(all_back, timeout=30)
-                    await asyncio.sleep(1)
-                assert load.failures() == [], load.failures()[:5]
-                assert len(load.answers) > 800
+            async def all_back() -> bool:
                 rows = await cp.proxies()
-                # Back with the versions the proxies run: nothing pushed again.
-                assert {k: p["pushes"] for k, p in rows.items()} == dict.fromkeys(rows, 0)
-                assert all(p["ackedVersion"] == p["desiredVersion"] for p in rows.values())
-    finally:
-        cp.kill()
+                return len(rows) == 3 and all(p["connected"] for p in rows.values())
+
+            await eventually(all_back, timeout=30)
+            await asyncio.sleep(1)
+        assert load.failures() == [], load.failures()[:5]
+        assert len(load.answers) > 800
+        rows = await cp.proxies()
+        # Back with the versions the proxies run: nothing pushed again.
+        assert {k: p["pushes"] for k, p in rows.items()} == dict.fromkeys(rows, 0)
+        assert all(p["ackedVersion"] == p["desiredVersion"] for p in rows.values())
