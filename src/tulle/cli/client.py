@@ -87,6 +87,15 @@ def call(server: str, method: str, path: str, *, query: dict[str, Any] | None = 
     except urllib.error.URLError as exc:
         raise APIError(0, {"error": f"cannot reach the control plane at {server}: "
                                     f"{exc.reason}"}) from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise _gone(server, exc) from None
+
+
+def _gone(server: str, exc: BaseException) -> APIError:
+    """A connection that broke after the request went out (a control plane stopping resets
+    it; urllib wraps only what fails before): the same one line as a refused connect."""
+    return APIError(0, {"error": f"cannot reach the control plane at {server}: "
+                                 f"{exc or type(exc).__name__}"})
 
 
 def _http_error(exc: urllib.error.HTTPError, token: str | None) -> APIError:
@@ -120,6 +129,8 @@ def stream(server: str, path: str, *, query: dict[str, Any] | None = None,
     except urllib.error.URLError as exc:
         raise APIError(0, {"error": f"cannot reach the control plane at {server}: "
                                     f"{exc.reason}"}) from None
+    except (OSError, http.client.HTTPException) as exc:
+        raise _gone(server, exc) from None
     with resp:
         try:
             for line in resp:

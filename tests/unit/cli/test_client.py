@@ -1,12 +1,19 @@
 """`--server` / `TULLE_SERVER`: HOST:PORT means http://, anything else that is not an http(s)
-URL is a usage error saying the form expected (never urllib's "unknown url type")."""
+URL is a usage error saying the form expected (never urllib's "unknown url type"); a control
+plane that resets the connection after the request went out is "cannot reach", as a refused
+connect is."""
 
 from __future__ import annotations
+
+import socket
+import struct
+import threading
+from collections.abc import Iterator
 
 import click
 import pytest
 
-from tulle.cli.client import DEFAULT_SERVER, server_url
+from tulle.cli.client import DEFAULT_SERVER, APIError, call, server_url, stream
 
 
 def test_host_port_means_http_and_a_trailing_slash_goes(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -29,3 +36,47 @@ def test_anything_else_is_a_usage_error(value: str, says: str) -> None:
     with pytest.raises(click.UsageError) as exc:
         server_url(value)
     assert says in str(exc.value) and value in str(exc.value)
+
+
+@pytest.fixture
+def resetting_server() -> Iterator[str]:
+    """Reads each request's first bytes, then resets the connection (SO_LINGER 0), as a
+    control plane that stops mid-request does: nothing of an answer is sent."""
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(0.05)
+    done = threading.Event()
+
+    def serve() -> None:
+        while not done.is_set():  # (bounded by the test's end: `done`)
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}"
+    finally:
+        done.set()
+        thread.join(5)
+        srv.close()
+
+
+def test_a_reset_after_the_request_is_cannot_reach_not_a_raw_error(
+        resetting_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`tulle get --watch` printed `error: ConnectionResetError: [Errno 104] ...` (and a plain
+    call raised it raw) when the control plane stopped between the request and its answer:
+    urllib wraps only errors before the request is sent."""
+    monkeypatch.setenv("TULLE_TOKEN", "t")
+    for attempt in (lambda: call(resetting_server, "GET", "/api/v1/resources/workloads"),
+                    lambda: next(stream(resetting_server, "/api/v1/resources/workloads"))):
+        with pytest.raises(APIError) as exc:
+            attempt()
+        assert str(exc.value).startswith(
+            f"cannot reach the control plane at {resetting_server}: "), str(exc.value)
