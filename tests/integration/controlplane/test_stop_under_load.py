@@ -16,25 +16,31 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.support.api_mesh import A, B, api_mesh
+from tests.support.api_mesh import A, ApiMesh, B, api_mesh
 from tests.support.controlplane import eventually
-from tests.support.steady_load import steady_load
+from tests.support.steady_load import SteadyLoad, steady_load
+
+
+async def _stop_api_a(m: ApiMesh, load: SteadyLoad) -> tuple[float, float, float]:
+    """Once both endpoints answer the load, SIGTERM `api-a` and wait for it to exit 0: (when
+    the load was warm, when the signal went, how long the stop took).  Both are endpoints once
+    each sidecar ACKed its first config (ADR 0116): what fails before is the start, not what
+    these tests measure."""
+    await eventually(lambda: load.bodies() == {A, B}, timeout=20)
+    warm = time.monotonic()
+    await asyncio.sleep(0.5)
+    assert m.api_a.proc is not None
+    sent = time.monotonic()
+    m.api_a.proc.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(m.api_a.proc.wait(), 30) == 0
+    return warm, sent, time.monotonic() - sent
 
 
 @pytest.mark.timeout(120)
 async def test_a_server_sidecar_stopped_under_load_fails_no_request(tmp_path: Path) -> None:
     async with api_mesh(tmp_path) as m:
         async with steady_load(m.url, "api", rate=240, fresh_rate=60) as load:
-            # (both are endpoints once each sidecar ACKed its first config, ADR 0116:
-            # what failed before is the start, not what is measured)
-            await eventually(lambda: load.bodies() == {A, B}, timeout=20)
-            warm = time.monotonic()
-            await asyncio.sleep(0.5)
-            assert m.api_a.proc is not None
-            sent = time.monotonic()
-            m.api_a.proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(m.api_a.proc.wait(), 30) == 0
-            stopped = time.monotonic() - sent
+            warm, sent, stopped = await _stop_api_a(m, load)
             await asyncio.sleep(0.5)
         failed = load.failures(since=warm)
         # (when each failed, in ms after the SIGTERM: what to look at if one does)
@@ -57,13 +63,7 @@ async def test_a_server_sidecar_restarted_under_load_fails_no_request(tmp_path: 
     version.)"""
     async with api_mesh(tmp_path) as m:
         async with steady_load(m.url, "api", rate=240, fresh_rate=60) as load:
-            await eventually(lambda: load.bodies() == {A, B}, timeout=20)
-            warm = time.monotonic()
-            await asyncio.sleep(0.5)
-            assert m.api_a.proc is not None
-            sent = time.monotonic()
-            m.api_a.proc.send_signal(signal.SIGTERM)
-            assert await asyncio.wait_for(m.api_a.proc.wait(), 30) == 0
+            warm, sent, _ = await _stop_api_a(m, load)
             await asyncio.sleep(0.3)
             started = time.monotonic()
             await m.api_a.start()

@@ -20,12 +20,15 @@ control plane counts them under both Services and nothing twice under one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from tulle.dataplane.telemetry.metrics import CounterChild, GaugeChild, HistogramChild, ProxyMetrics
 from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.stats import MAX_STATS_ROWS, StatsRow
+
+K = TypeVar("K")
 
 RowKey = tuple[str, str, str, str]
 """(direction, workload, service, parent)."""
@@ -39,6 +42,17 @@ class _Acc:
     buckets: dict[int, int] = field(default_factory=dict)
     latency_sum_ms: float = 0.0
     tcp_open: int = 0
+
+
+def _grown(children: Mapping[K, object], seen: dict[K, int]) -> Iterator[tuple[K, int]]:
+    """Each counter of `children` that grew since `seen` last recorded it, with how much;
+    `seen` is brought up to date."""
+    for key, child in children.items():
+        assert isinstance(child, CounterChild)
+        delta = child.value - seen.get(key, 0)
+        if delta > 0:
+            seen[key] = child.value
+            yield key, delta
 
 
 def _failed(code: str) -> bool:
@@ -95,24 +109,13 @@ class Summarizer:
             return a
 
         m = self._metrics
-        seen = self._requests
-        for labels, child in m.requests.children.items():
-            assert isinstance(child, CounterChild)
-            delta = child.value - seen.get(labels, 0)
-            if delta <= 0:
-                continue
-            seen[labels] = child.value
+        for labels, delta in _grown(m.requests.children, self._requests):
             a = row(labels[0], labels[1])
             if a is not None:
                 a.requests += delta
                 if _failed(labels[2]):
                     a.failures += delta
-        grpc_seen = self._grpc
-        for key, failed in m.grpc_failed.items():
-            delta = failed.value - grpc_seen.get(key, 0)
-            if delta <= 0:
-                continue
-            grpc_seen[key] = failed.value
+        for key, delta in _grown(m.grpc_failed, self._grpc):
             a = row(key[0], key[1])
             if a is not None:
                 a.grpc_failures += delta
