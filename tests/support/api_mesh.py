@@ -12,6 +12,7 @@ Everything it starts is stopped on the way out, the control plane last (killed).
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,21 @@ class ApiMesh:
     def url(self) -> str:
         """`GET /x` through `web-0`'s outbound listener."""
         return f"http://127.0.0.1:{self.web.outbound_port}/x"
+
+    async def web_endpoints(self) -> dict[str, int]:
+        """How many endpoints `web-0` holds now in each cluster of `shop`'s Services (its
+        admin `/clusters`): what it can reach, not what the control plane means to push."""
+        status, text = await self.web.admin("/clusters")
+        assert status == 200, text
+        return {c["name"]: len(c["endpoints"]) for c in json.loads(text)
+                if c["name"].endswith(f".{NS}")}
+
+    async def web_reaches_all(self) -> bool:
+        """`web-0` holds one endpoint in each of `api`'s, `api-a`'s and `api-b`'s clusters
+        (`api` two): until then a request it routes to a missing one fails 503."""
+        seen = await self.web_endpoints()
+        return [seen.get(f"outbound|80||{s}.{NS}") for s in ("api", "api-a", "api-b")] == [
+            2, 1, 1]
 
 
 @contextlib.asynccontextmanager

@@ -65,8 +65,12 @@ async def test_route_changes_and_control_plane_restarts_fail_no_request(tmp_path
                 for p in rows.values())
 
         # Both endpoints serve (each joins its Services at its first ACK, ADR 0116), and
-        # web-0 runs the config that has them both: only then does the load start.
+        # web-0 holds them both: only then does the load start.  (Waiting for web-0 to ACK
+        # the version desired is not enough: a proxy is `serving` at once, its endpoint is
+        # pushed after its presence write and a recompile; 2 requests of a CI run failed 503
+        # `no healthy endpoint` for api-b in between.)
         await eventually(all_serving, timeout=20)
+        await eventually(m.web_reaches_all, timeout=20)
         await eventually(web_runs_desired, timeout=20)
         async with steady_load(m.url, "api", rate=120, fresh_rate=30) as load:
             await asyncio.sleep(1)
