@@ -44,6 +44,8 @@ def line(r: dict[str, Any]) -> str:
     ts = time.strftime("%H:%M:%S", time.localtime(r.get("ts_ms", 0) / 1000))
     ms = f".{int(r.get('ts_ms', 0)) % 1000:03d}"
     status = r.get("status") or "-"
+    if r.get("grpc_status"):  # a gRPC call: its own status says how it ended (HTTP 200 or not)
+        status = f"{status} grpc-status={safe(r['grpc_status'])}"
     flags = f" flags={safe(r['flags'])}" if r.get("flags") else ""
     out = (f"{ts}{ms} {safe(r.get('direction', '')):8} {safe(r.get('proxy', ''))} "
            f"{safe(r.get('method', ''))} {safe(r.get('authority', ''))}"

@@ -55,6 +55,14 @@ class Row:
                 "latencyMs": {"best": self.best, "worst": self.worst, "last": self.last}}
 
 
+def failed(r: dict[str, Any]) -> bool:
+    """A request that failed: no answer, a 5xx, or a gRPC call that did not end OK (HTTP 200
+    with `grpc-status: 14` is a failed call, as `tulle stat` counts it: ADRs 0112, 0119)."""
+    status = int(r.get("status") or 0)
+    grpc = r.get("grpc_status") or ""
+    return status >= 500 or status < 100 or grpc not in ("", "0")
+
+
 class TopTable:
     """Requests grouped the way `top` shows them."""
 
@@ -76,10 +84,9 @@ class TopTable:
                 return
             row = self.rows[key] = Row(*key)
         latency = float(r.get("latency_ms") or 0.0)
-        status = int(r.get("status") or 0)
         self.records += 1
         row.count += 1
-        row.failures += status >= 500 or status < 100
+        row.failures += failed(r)
         row.best = min(row.best, latency)
         row.worst = max(row.worst, latency)
         row.last = latency

@@ -281,14 +281,16 @@
     }
     if (item.type !== "request") return;
     const tr = document.createElement("tr");
-    if (item.status >= 500 || !item.status) tr.className = "fail";
+    const grpcFailed = item.grpc_status !== undefined && item.grpc_status !== "0";
+    if (item.status >= 500 || !item.status || grpcFailed) tr.className = "fail";
     cell(tr, new Date(item.ts_ms).toLocaleTimeString());
     cell(tr, item.direction);
     cell(tr, item.proxy);
     cell(tr, item.method);
     cell(tr, item.authority || "");
     cell(tr, item.path, "path");
-    cell(tr, String(item.status || "-"));
+    cell(tr, String(item.status || "-") +
+      (item.grpc_status !== undefined ? " grpc " + item.grpc_status : ""));
     cell(tr, ms(item.latency_ms));
     cell(tr, item.source || "");
     cell(tr, item.mtls ? "yes" : "no");

@@ -14,7 +14,7 @@ at its `expires_ms` deadline unless the control plane renews it, and never sends
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
@@ -39,6 +39,10 @@ REDACTED = "<redacted>"
 REDACTED_HEADERS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie",
                               "x-tulle-token"})
 """Header names whose values no record ever carries: credentials."""
+
+
+GrpcStatus = Annotated[str, msgspec.Meta(pattern="^(|[0-9]|1[0-6])$")]
+"""A gRPC status code as text, or empty: a record with anything else is refused whole."""
 
 
 class TapMatch(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
@@ -79,6 +83,10 @@ class TapRecord(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     status: int = 0
     flags: str = ""
     """Response flags (`UH`, `UF`, `DC`, ...); empty when none."""
+    grpc_status: GrpcStatus = ""
+    """A gRPC call's status as its caller saw it (`0`..`16`, the golden metrics'
+    `grpc_response_status`: `telemetry/grpc_status.call_status`); empty for anything else.  A
+    gRPC call fails with HTTP status 200 (ADR 0119)."""
     latency_ms: float = 0.0
     bytes_in: int = 0
     bytes_out: int = 0

@@ -287,3 +287,35 @@ async def test_a_proxy_without_the_feature_is_never_sent_a_tap_and_stays_up(
         assert await m.call("a") == 200
         client = m.clients["a"][0]
         assert client.server.taps.taps == () and client.agent.connected.is_set()
+
+
+async def test_a_tapped_grpc_call_carries_its_grpc_status_and_top_counts_it(
+        tmp_path: Path) -> None:
+    """ADR 0119: a gRPC call fails with HTTP 200 and a non-OK `grpc-status`.  Each record a tap
+    gets carries the call's status as the golden metrics count it (both sides of the call),
+    and `top` counts a call that did not end OK as a failure."""
+    from tests.integration.controlplane.test_stat import grpc_calls, grpc_status_of
+    from tests.support.h2peers import running_h2_origin
+
+    from tulle.cli.top import TopTable
+
+    async with running_h2_origin() as (port, h2), running_mesh(
+            tmp_path, clients=("a",), grpc_origin=port) as m, watching(
+            m, kind="svc", name="api", namespace=NS, path="/script", rate="100") as w:
+        await eventually(lambda: running_taps(m) == 2)
+        h2.script = ["after-14"] * 3 + ["ok"] * 3
+        got = await grpc_calls(m, "a", 6)
+        assert [(r.status, grpc_status_of(r)) for r in got] == (
+            [(200, b"14")] * 3 + [(200, b"0")] * 3)
+        records = await w.requests(12)
+        for direction in ("inbound", "outbound"):
+            mine = [r for r in records if r["direction"] == direction]
+            assert sorted((r["status"], r["grpc_status"]) for r in mine) == (
+                [(200, "0")] * 3 + [(200, "14")] * 3), mine
+        table = TopTable()
+        for r in records:
+            if r["direction"] == "inbound":
+                table.add(r)
+        (row,) = table.top(5)
+        assert (row.path, row.count, row.failures) == ("/script", 6, 3)
+        assert row.to_dict()["successRate"] == 0.5

@@ -91,6 +91,42 @@ async def test_a_proxy_cannot_hand_a_watcher_headers_it_did_not_ask_for_or_huge_
             raw.close()
 
 
+async def test_a_proxy_cannot_hand_a_watcher_a_grpc_status_that_is_not_one(
+        tmp_path: Path) -> None:
+    """ADR 0119: a record's `grpc_status` is a gRPC code (`0`..`16`) or empty.  A proxy that
+    sends anything else (here terminal escapes) has its message refused whole, as any
+    malformed stream message: its stream ends, the watcher never sees the value, and the
+    control plane keeps serving the watcher."""
+    async with running_mesh(tmp_path, clients=("a",)) as m:
+        raw = await admitted_raw_proxy(m, "b-0")
+        try:
+            async with watching(m, kind="wl", name="b-0", namespace=NS) as w:
+                start = await next_tap_start(raw)
+                good = TapRecord(ts_ms=1, direction="inbound", workload="shop/b-0",
+                                 method="POST", path="/ok", status=200, grpc_status="14")
+                raw.writer.write(encode(TapEvents(id=start.id, records=[good])))
+                (r,) = await w.requests(1)
+                assert (r["path"], r["grpc_status"]) == ("/ok", "14")
+                forged = TapRecord(ts_ms=1, direction="inbound", workload="shop/b-0",
+                                   method="POST", path="/forged", status=200,
+                                   grpc_status="0\x1b[2J")
+                raw.writer.write(encode(TapEvents(id=start.id, records=[forged])))
+                for _ in range(20):  # the control plane ends the stream (EOF), bounded
+                    if await raw.next() is None:
+                        break
+                else:
+                    raise AssertionError("the stream stayed open")
+                # The watcher is still served (the proxy is gone from the tap) and never got
+                # the forged record.
+                item = await w.next()
+                while item["type"] == "heartbeat":
+                    item = await w.next(15)
+                assert item["type"] == "proxy-gone", item
+                assert not [i for i in w.items if i.get("path") == "/forged"]
+        finally:
+            raw.close()
+
+
 async def test_one_read_only_token_cannot_take_every_tap_slot(tmp_path: Path) -> None:
     async with running_mesh(tmp_path, clients=("a",)) as m:
         reader = await read_only(m)

@@ -57,3 +57,21 @@ def test_top_groups_by_source_destination_method_and_path_without_query() -> Non
     assert text.splitlines()[1].split()[-5:] == ["3", "1.0ms", "5.0ms", "3.0ms", "66.67%"]
     (out,) = [r for r in rest if r.destination == "shop/api"]
     assert out.to_dict()["successRate"] == 0.0  # no response counts as a failure
+
+
+def test_a_grpc_call_shows_its_status_and_top_counts_a_non_ok_one_as_failed() -> None:
+    """ADR 0119: HTTP 200 with `grpc-status: 14` is a failed call."""
+    from tulle.cli.tap import line
+    from tulle.cli.top import TopTable, failed
+
+    r = {"ts_ms": 0, "direction": "inbound", "method": "POST", "path": "/p.S/M", "status": 200,
+         "grpc_status": "14", "latency_ms": 1.0, "workload": "shop/api-0", "source": "s"}
+    assert " -> 200 grpc-status=14 " in line(r)
+    assert " -> 200 1.0ms" in line(r | {"grpc_status": ""})
+    assert [failed(r | {"grpc_status": g}) for g in ("14", "0", "")] == [True, False, False]
+    assert failed(r | {"grpc_status": "0", "status": 0})
+    t = TopTable()
+    for g in ("14", "0", "0", "0"):
+        t.add(r | {"grpc_status": g})
+    (row,) = t.top(1)
+    assert (row.count, row.failures) == (4, 1)

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from tulle.dataplane.telemetry.grpc_status import call_status, is_grpc
 from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.tap import (
     MAX_EXPIRES_MS,
@@ -241,13 +242,17 @@ class TapHub:
                 n = _text(name.lower(), 128)
                 headers.append((n, REDACTED if n in REDACTED_HEADERS
                                 else _text(value, MAX_HEADER_VALUE)))
+        grpc_status = ""
+        if head.version == b"2" and is_grpc(head.headers):
+            grpc_status = call_status(s.grpc_status, s.status, s.flags)
         return TapRecord(
             ts_ms=int((self._wall() - latency / 1000.0) * 1000), direction=direction,
             workload=workload, service=service, method=_text(head.method, 32),
             authority=_text(head.authority), path=_text(head.path),
             scheme=head.scheme.decode("latin-1"),
             protocol=_PROTOCOLS.get(head.version, ""), status=s.status, flags=s.flags,
-            latency_ms=round(latency, 3), bytes_in=s.bytes_in, bytes_out=s.bytes_out,
+            grpc_status=grpc_status, latency_ms=round(latency, 3), bytes_in=s.bytes_in,
+            bytes_out=s.bytes_out,
             source=source, destination=destination, mtls=mtls,
             cluster="" if s.cluster == "-" else s.cluster, headers=headers)
 

@@ -35,12 +35,13 @@ def hub() -> tuple[TapHub, Clock]:
 
 def request(listener: str = "out", path: bytes = b"/x", method: bytes = b"GET",
             status: int = 200, cluster: str = "api", identity: str = "",
-            headers: list[tuple[bytes, bytes]] | None = None) -> Any:
+            headers: list[tuple[bytes, bytes]] | None = None, version: bytes = b"1.1",
+            grpc_status: str = "", flags: str = "") -> Any:
     facts = ConnectionFacts(listener, "", ("10.0.0.9", 4242))
     facts.peer_identity = identity
-    head = RequestHead(method, path, b"api", b"http", headers or [], version=b"1.1")
-    return SimpleNamespace(conn=SimpleNamespace(facts=facts), head=head,
-                           status=status, flags="", cluster=cluster, bytes_in=3,
+    head = RequestHead(method, path, b"api", b"http", headers or [], version=version)
+    return SimpleNamespace(conn=SimpleNamespace(facts=facts), head=head, grpc_status=grpc_status,
+                           status=status, flags=flags, cluster=cluster, bytes_in=3,
                            bytes_out=7, start=99.75, upstream_host="10.0.0.5:80")  # the hub's
     # clock reads 100.0: 250 ms after the head
 
@@ -187,3 +188,24 @@ def test_a_flood_of_starts_queues_a_bounded_number_of_answers() -> None:
     answers = h.flush()
     assert len([b for b in answers if b.ended]) == MAX_TAPS  # the rest only counted
     assert all(b.id for b in answers)
+
+
+GRPC = [(b"content-type", b"application/grpc+proto"), (b"te", b"trailers")]
+
+
+def test_a_grpc_call_is_recorded_with_its_status_as_the_golden_metrics_count_it() -> None:
+    """ADR 0119: the status sent; CANCELLED when the caller left; INTERNAL for a 200 without
+    one; gRPC's mapping of an HTTP status; nothing for a request that is not a gRPC call (an
+    HTTP/1 request with gRPC's content type is not one, as for the golden metrics)."""
+    h, _ = hub()
+    start(h)
+    for r in (request(version=b"2", headers=GRPC, grpc_status="14"),
+              request(version=b"2", headers=GRPC, grpc_status="0"),
+              request(version=b"2", headers=GRPC, grpc_status="77"),
+              request(version=b"2", headers=GRPC, flags="DC"),
+              request(version=b"2", headers=GRPC),
+              request(version=b"2", headers=GRPC, status=503),
+              request(version=b"2"),
+              request(headers=GRPC, grpc_status="14")):
+        h.see(r)
+    assert [r.grpc_status for r in records(h)] == ["14", "0", "2", "1", "13", "14", "", ""]
