@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from tulle.cli.client import APIError, call, server_url
+from tulle.cli.listing import CHUNK_SIZE, list_all
 from tulle.cli.output import emit, table
 from tulle.cli.proxy_state import STARTING_PREFIX, draining, starting
 from tulle.cli.resources import _fail, server_option
@@ -109,13 +110,6 @@ def _columns(kind: str, obj: dict[str, Any], wide: bool) -> list[tuple[str, str]
     return cols
 
 
-def _list(srv: str, type_: str, namespace: str | None, selector: str | None
-          ) -> tuple[list[dict[str, Any]], str | None]:
-    """The items and the revision the list reflects (where `--watch` continues from)."""
-    answer = call(srv, "GET", f"/api/v1/resources/{type_}",
-                  query={"namespace": namespace, "labelSelector": selector})
-    items: list[dict[str, Any]] = answer["items"]
-    return items, str((answer.get("metadata") or {}).get("resourceVersion") or "") or None
 
 
 def _rows(items: list[dict[str, Any]], wide: bool) -> list[list[str]]:
@@ -144,9 +138,12 @@ def _rows(items: list[dict[str, Any]], wide: bool) -> list[list[str]]:
                    "connection.")
 @click.option("--all", "show_all", is_flag=True,
               help="`get proxies`: also the disconnected ones.")
+@click.option("--chunk-size", type=click.IntRange(0, 10_000), default=CHUNK_SIZE,
+              show_default=True,
+              help="Read a list in pages of this many objects (0: in one answer).")
 @server_option
 def get_cmd(type_: str, name: str | None, namespace: str | None, all_namespaces: bool,
-            selector: str | None, output: str, watch: bool, show_all: bool,
+            selector: str | None, output: str, watch: bool, show_all: bool, chunk_size: int,
             server: str | None) -> None:
     """List resources of one or several kinds (`svc,httproute`), or show one.
     `tulle get proxies` lists the connected proxies (`--all`: disconnected ones too)."""
@@ -170,7 +167,7 @@ def get_cmd(type_: str, name: str | None, namespace: str | None, all_namespaces:
                 _watch(srv, {types[0]: (None, [obj])}, namespace or "default", None, output,
                        only=name)
             return
-        listed = {t: _list(srv, t, ns, selector) for t in types}
+        listed = {t: list_all(srv, t, ns, selector, chunk_size) for t in types}
         lists = [(t, items) for t, (items, _) in listed.items()]
     except APIError as exc:
         _fail(exc)

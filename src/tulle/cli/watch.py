@@ -20,7 +20,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from tulle.cli.client import APIError, call, stream
+from tulle.cli.client import APIError, stream
+from tulle.cli.listing import list_all
 
 READ_TIMEOUT = 30.0
 """Seconds without a line (the API beats every 10 s at most) before the watch counts as
@@ -48,6 +49,13 @@ def key_of(obj: dict[str, Any]) -> Key:
 
 def rv_of(obj: dict[str, Any]) -> str:
     return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def _shown_already(shown: str | None, rv: str) -> bool:
+    """An event for a version no newer than the one shown.  A paged list is watched from its
+    first page's revision (`cli/listing.py`), so changes that a later page already showed
+    come again; the API's resourceVersions are the store's revision numbers."""
+    return shown is not None and shown.isdigit() and rv.isdigit() and int(rv) <= int(shown)
 
 
 class Follower:
@@ -89,9 +97,8 @@ class Follower:
 
     def relist(self) -> None:
         """List, report what differs from what was shown, and watch from the list's revision."""
-        answer = call(self.srv, "GET", f"/api/v1/resources/{self.type_}",
-                      query={"namespace": self.ns, "labelSelector": self.selector})
-        current = {key_of(o): o for o in answer.get("items") or [] if self._wanted(o)}
+        items, revision = list_all(self.srv, self.type_, self.ns, self.selector)
+        current = {key_of(o): o for o in items if self._wanted(o)}
         for k, obj in current.items():
             if self.seen.get(k) != rv_of(obj):
                 self.seen[k] = rv_of(obj)
@@ -99,7 +106,7 @@ class Follower:
         for k in [k for k in self.seen if k not in current]:
             del self.seen[k]
             self.out.put(Change("deleted", key=k))
-        self.revision = str((answer.get("metadata") or {}).get("resourceVersion") or "") or None
+        self.revision = revision
 
     def watch(self) -> None:
         """Print each event until the watch ends; then (410, an error, the end) list again."""
@@ -121,9 +128,9 @@ class Follower:
                 continue
             k = key_of(obj)
             if type_ == "DELETED":
-                self.seen.pop(k, None)
-                self.out.put(Change("deleted", key=k))
-            else:
+                if self.seen.pop(k, None) is not None:
+                    self.out.put(Change("deleted", key=k))
+            elif not _shown_already(self.seen.get(k), rv_of(obj)):
                 self.seen[k] = rv_of(obj)
                 self.out.put(Change("object", object=obj))
         self.revision = None

@@ -47,6 +47,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tulle.api.registry import KindInfo, resolve
+from tulle.controlplane.api import paging
 from tulle.controlplane.api.api_token_routes import api_tokens_router
 from tulle.controlplane.api.api_tokens import TokenStore
 from tulle.controlplane.api.apply import apply_documents
@@ -129,20 +130,34 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
     async def list_resources(request: Request, type_: str, namespace: str | None = None,
                              labelSelector: str | None = None, watch: bool = False,
                              resourceVersion: str | None = None,
-                             allowWatchBookmarks: bool = False) -> Any:
+                             allowWatchBookmarks: bool = False, limit: int | None = None,
+                             continue_: str | None = Query(None, alias="continue")) -> Any:
         info = _kind(type_)
         if isinstance(info, JSONResponse):
             return info
         if watch:
             return await watches.respond(request, info, namespace, labelSelector,
                                          resourceVersion, allowWatchBookmarks)
+        ns = namespace if info.namespaced else None
+        selector = labelSelector or None
+        metadata: dict[str, str] = {}
         try:
-            items, revision = await store.list(
-                info.kind, namespace if info.namespaced else None, labelSelector or None)
+            if limit is None and continue_ is None:
+                items, revision = await store.list(info.kind, ns, selector)
+            else:
+                size = paging.check_limit(limit if limit is not None else paging.MAX_LIMIT)
+                after = (paging.decode(continue_, info.kind, ns, selector)
+                         if continue_ else None)
+                items, revision, last = await store.list_page(info.kind, ns, selector, after,
+                                                              size)
+                if last is not None:
+                    metadata["continue"] = paging.encode(info.kind, ns, selector, last)
+        except paging.PagingError as exc:
+            return _error(400, str(exc))
         except ValueError as exc:
             return _error(400, f"invalid labelSelector: {exc}")
         return {"apiVersion": info.api_version, "kind": f"{info.kind}List",
-                "metadata": {"resourceVersion": str(revision)}, "items": items}
+                "metadata": {"resourceVersion": str(revision), **metadata}, "items": items}
 
     @app.get("/api/v1/resources/{type_}/{name}", response_model=None)
     async def get_resource(type_: str, name: str, namespace: str | None = None) -> Any:

@@ -58,7 +58,11 @@ class StoreBase(ABC):
     async def _read(self, key: Key) -> Obj | None: ...
 
     @abstractmethod
-    async def _scan(self, kind: str | None, namespace: str | None) -> tuple[list[Obj], int]: ...
+    async def _scan(self, kind: str | None, namespace: str | None, after: Key | None = None,
+                    limit: int | None = None) -> tuple[list[Obj], int]:
+        """Objects of `kind` / `namespace` in key order, only those whose key is greater than
+        `after` and at most `limit` of them when given, and the revision they reflect."""
+        ...
 
     @abstractmethod
     async def _write_batch(self, writes: Sequence[tuple[Key, Mutation]]) -> list[Change]:
@@ -99,6 +103,32 @@ class StoreBase(ABC):
         if match is not None:
             items = [obj for obj in items if match(labels_of(obj))]
         return items, revision
+
+    async def list_page(
+        self,
+        kind: str,
+        namespace: str | None,
+        label_selector: LabelSelector | None,
+        after: Key | None,
+        limit: int,
+    ) -> tuple[builtins.list[Obj], int, Key | None]:
+        match = compile_selector(label_selector) if label_selector is not None else None
+        out: builtins.list[Obj] = []
+        revision = 0
+        # Reads `limit + 1` at a time, so a full page knows whether anything follows; with a
+        # selector, reads on until the page is full or the kind is read (each read moves
+        # `after` on: the loop ends).
+        while True:
+            chunk, revision = await self._scan(kind, namespace, after, limit + 1)
+            more = len(chunk) > limit
+            for obj in chunk[:limit]:
+                after = key_of(obj)
+                if match is None or match(labels_of(obj)):
+                    out.append(obj)
+                    if len(out) == limit:
+                        return out, revision, after if (more or obj is not chunk[-1]) else None
+            if not more:
+                return out, revision, None
 
     async def create(self, obj: Obj) -> Obj:
         key, mutation = creating(obj)

@@ -45,12 +45,14 @@ class MemoryStore(StoreBase):
         text = self._rows.get(key)
         return None if text is None else decode(text)
 
-    async def _scan(self, kind: str | None, namespace: str | None) -> tuple[list[Obj], int]:
+    async def _scan(self, kind: str | None, namespace: str | None, after: Key | None = None,
+                    limit: int | None = None) -> tuple[list[Obj], int]:
         keys = sorted(
             k for k in self._rows
             if (kind is None or k[0] == kind) and (namespace is None or k[1] == namespace)
+            and (after is None or k > after)
         )
-        return [decode(self._rows[k]) for k in keys], self._revision
+        return [decode(self._rows[k]) for k in keys[:limit]], self._revision
 
     async def _write_batch(self, writes: Sequence[tuple[Key, Mutation]]) -> list[Change]:
         # Every mutation runs (and may refuse) before anything is kept; no `await` in

@@ -180,16 +180,22 @@ class PostgresStore(StoreBase):
         text = await self._pool.fetchval(_SELECT, *key)
         return None if text is None else decode(text)
 
-    async def _scan(self, kind: str | None, namespace: str | None) -> tuple[list[Obj], int]:
+    async def _scan(self, kind: str | None, namespace: str | None, after: Key | None = None,
+                    limit: int | None = None) -> tuple[list[Obj], int]:
         where, params = _filters(kind, namespace, 1)
+        if after is not None:
+            n = len(params)
+            where += f" AND (kind, namespace, name) > (${n + 1}, ${n + 2}, ${n + 3})"
+            params.extend(after)
+        where += " ORDER BY kind, namespace, name"
+        if limit is not None:
+            params.append(limit)
+            where += f" LIMIT ${len(params)}"
         async with self._pool.acquire() as conn, conn.transaction(
             isolation="repeatable_read", readonly=True
         ):
             head = await conn.fetchval("SELECT revision FROM store_revision")
-            rows = await conn.fetch(
-                f"SELECT object FROM resources WHERE true{where} ORDER BY kind, namespace, name",
-                *params,
-            )
+            rows = await conn.fetch(f"SELECT object FROM resources WHERE true{where}", *params)
         return [decode(r[0]) for r in rows], int(head)
 
     async def _write(self, key: Key, mutation: Mutation) -> Change:

@@ -73,6 +73,18 @@ class ResourceStore(Protocol):
         `None` means "any" for kind and namespace.
         """
 
+    async def list_page(
+        self,
+        kind: str,
+        namespace: str | None,
+        label_selector: LabelSelector | None,
+        after: tuple[str, str, str] | None,
+        limit: int,
+    ) -> tuple[builtins.list[Obj], int, tuple[str, str, str] | None]:
+        """At most `limit` matching objects of `kind` whose key comes after `after`, in key
+        order; the revision this read reflects; the key to read on from, or None when no
+        object follows.  Each page reads the store as it is then (not one revision for all)."""
+
     async def create(self, obj: Obj) -> Obj:
         """Store a new object; assigns uid, creationTimestamp, generation 1, resourceVersion.
 

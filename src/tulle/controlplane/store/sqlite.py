@@ -142,17 +142,23 @@ class SqliteStore(StoreBase):
         rows = await self._serial(body)
         return decode(rows[0][0]) if rows else None
 
-    async def _scan(self, kind: str | None, namespace: str | None) -> tuple[list[Obj], int]:
+    async def _scan(self, kind: str | None, namespace: str | None, after: Key | None = None,
+                    limit: int | None = None) -> tuple[list[Obj], int]:
         where, params = _filters(kind, namespace)
+        if after is not None:
+            where += " AND (kind, namespace, name) > (?, ?, ?)"
+            params.extend(after)
+        if limit is not None:
+            where += " ORDER BY kind, namespace, name LIMIT ?"
+            params.append(limit)
+        else:
+            where += " ORDER BY kind, namespace, name"
 
         async def body() -> tuple[list[Any], list[Any]]:
             async with self._read_transaction():
                 head = await self._rows("SELECT revision FROM store_revision")
-                rows = await self._rows(
-                    f"SELECT object FROM resources WHERE 1 = 1{where}"
-                    " ORDER BY kind, namespace, name",
-                    params,
-                )
+                rows = await self._rows(f"SELECT object FROM resources WHERE 1 = 1{where}",
+                                        params)
             return head, rows
 
         head, rows = await self._serial(body)

@@ -183,6 +183,47 @@ async def test_list_by_label_selector(store: ResourceStore) -> None:
     assert await names("") == ["a", "b", "c", "d"]
 
 
+async def test_a_list_read_in_pages_gives_every_object_once_in_key_order(
+        store: ResourceStore) -> None:
+    """ADR 0120: pages of `limit` after a key, with the key to read on from; a selector fills
+    a page from further on; writes between pages are seen or missed, never seen twice."""
+    for ns, name in [("ns1", "b"), ("ns2", "a"), ("ns1", "a"), ("ns1", "c"), ("ns3", "a")]:
+        await store.create(route(name, namespace=ns, labels={"odd": str(name != "b")}))
+    await store.create(route("svc", namespace="ns1", kind="Service"))
+
+    async def pages(limit: int, selector: str | None = None,
+                    namespace: str | None = None) -> list[list[str]]:
+        out: list[list[str]] = []
+        after = None
+        for _ in range(20):  # bounded: 6 objects
+            items, revision, after = await store.list_page("HTTPRoute", namespace, selector,
+                                                           after, limit)
+            assert revision >= 6
+            out.append([f"{o['metadata']['namespace']}/{o['metadata']['name']}" for o in items])
+            if after is None:
+                return out
+        raise AssertionError(out)
+
+    assert await pages(2) == [["ns1/a", "ns1/b"], ["ns1/c", "ns2/a"], ["ns3/a"]]
+    assert await pages(5) == [["ns1/a", "ns1/b", "ns1/c", "ns2/a", "ns3/a"]]  # exactly full
+    assert await pages(10) == [["ns1/a", "ns1/b", "ns1/c", "ns2/a", "ns3/a"]]
+    assert await pages(1, namespace="ns1") == [["ns1/a"], ["ns1/b"], ["ns1/c"]]
+    assert await pages(2, selector="odd=True") == [["ns1/a", "ns1/c"], ["ns2/a", "ns3/a"]]
+    assert await pages(3, selector="odd=False") == [["ns1/b"]]
+    assert await pages(3, selector="odd=maybe") == [[]]
+    # Between pages: one created before the point read to (missed), one after (seen), one
+    # deleted after (not seen): nothing twice.
+    first, _, after = await store.list_page("HTTPRoute", None, None, None, 2)
+    assert after == ("HTTPRoute", "ns1", "b")
+    await store.create(route("0", namespace="ns1"))
+    await store.create(route("z", namespace="ns1"))
+    await store.delete("HTTPRoute", "ns2", "a")
+    rest, _, after = await store.list_page("HTTPRoute", None, None, after, 10)
+    assert after is None
+    assert [f"{o['metadata']['namespace']}/{o['metadata']['name']}" for o in first + rest] == [
+        "ns1/a", "ns1/b", "ns1/c", "ns1/z", "ns3/a"]
+
+
 # -- update / update_status / delete --------------------------------------------------------------
 
 
