@@ -72,6 +72,12 @@ def _same_inputs(old: Obj, new: Obj) -> bool:
     return strip(old) == strip(new)
 
 
+COMMIT_WAIT = 10.0
+"""Seconds a compilation waits at most for the watch to hand on the rest of a transaction it
+is inside (a bulk apply is read in pages of 500 changes, ADR 0121); past it, a warning and the
+compilation goes on with what it has."""
+
+
 class Reconciler:
     def __init__(self, store: ResourceStore, cache: SnapshotCache, *,
                  debounce: float = 0.1) -> None:
@@ -85,6 +91,10 @@ class Reconciler:
         self._resources: dict[tuple[str, str, str], Obj] = {}
         self._parts = PartCache()
         self._dirty = asyncio.Event()
+        self._whole = asyncio.Event()
+        """Set while `_resources` is the store at a revision between transactions (after the
+        list, and each time the watch caught up with the head); cleared by every change taken
+        after.  A compilation reads `_resources` only while it is set."""
         self._task: asyncio.Task[None] | None = None
         self.on_compiled: list[Callable[[], None]] = []
 
@@ -111,15 +121,25 @@ class Reconciler:
             try:
                 items, revision = await self.store.list()
                 self._resources = {self._key(o): o for o in items}
+                self._whole.set()  # one read: the store at `revision`
                 await self._compile()
                 self.ready.set()
+                # The watch and the compile loop run side by side; the first to end ends both,
+                # with its error: a watch that expired (410: it fell behind the change log)
+                # is listed again (ADR 0121: before, its end went unseen and nothing was
+                # compiled again).
                 watcher = asyncio.ensure_future(self._follow(revision))
+                compiler = asyncio.ensure_future(self._compile_loop())
                 try:
-                    await self._compile_loop()
+                    done, _ = await asyncio.wait({watcher, compiler},
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                    for task in done:
+                        task.result()  # (raises what ended it)
                 finally:
-                    watcher.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await watcher
+                    for task in (watcher, compiler):
+                        task.cancel()
+                        with contextlib.suppress(asyncio.CancelledError, Exception):
+                            await task
             except ExpiredError:
                 log.info("watch expired; re-listing")
             except asyncio.CancelledError:
@@ -134,7 +154,9 @@ class Reconciler:
         return (str(obj.get("kind")), md.get("namespace") or "", str(md.get("name")))
 
     async def _follow(self, revision: int) -> None:
-        async for ev in self.store.watch(since_revision=revision):
+        async for ev in self.store.watch(since_revision=revision,
+                                         on_caught_up=lambda _: self._whole.set()):
+            self._whole.clear()
             if ev.object.get("apiVersion") == "internal.tulle.dev/v1":
                 continue  # the control plane's own records (CA, tokens): no compiler input
             key = self._key(ev.object)
@@ -163,9 +185,30 @@ class Reconciler:
 
     # -- compilation -------------------------------------------------------------------------
 
+    async def _whole_transactions(self) -> None:
+        """Return once `_resources` holds whole transactions only (ADR 0121): the watch hands
+        a transaction on in pages of 500 changes, and a compilation between two pages of a
+        bulk apply pushed part of it (167 of 1,000 Services, ADR 0109), so a Service could
+        reach the proxies without the policy applied with it.  Bounded by `COMMIT_WAIT`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + COMMIT_WAIT
+        # (set, then cleared by a page taken before this task ran again: wait again)
+        while not self._whole.is_set():
+            left = deadline - loop.time()
+            try:
+                if left <= 0:
+                    raise TimeoutError
+                await asyncio.wait_for(self._whole.wait(), left)
+            except TimeoutError:
+                log.warning("compiling with the store's changes read part-way: the watch did "
+                            "not catch up with the store within %gs", COMMIT_WAIT)
+                return
+
     async def _compile(self) -> None:
         started = time.perf_counter()
         await self._allocate_vips()
+        await self._whole_transactions()
+        # (no await from here to the read: the watch cannot take a change in between)
         inputs = MeshInputs.from_resources(self._resources.values())
         result = compile_mesh(inputs, self._parts)
         self.cache.update(result.snapshots, keep=frozenset(result.errors))

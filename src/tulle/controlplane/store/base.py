@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import builtins
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 
 from tulle.controlplane.store.errors import BatchError, InvalidObjectError, NotFoundError, StoreError
 from tulle.controlplane.store.labels import compile_selector, labels_of
@@ -173,8 +173,10 @@ class StoreBase(ABC):
         kind: str | None = None,
         namespace: str | None = None,
         since_revision: int | None = None,
+        on_caught_up: Callable[[int], None] | None = None,
     ) -> AsyncGenerator[WatchEvent, None]:
-        return follow(self, self._notifier, kind, namespace, since_revision, self._poll_interval)
+        return follow(self, self._notifier, kind, namespace, since_revision, self._poll_interval,
+                      on_caught_up)
 
     async def close(self) -> None:
         if self._notifier.closed:

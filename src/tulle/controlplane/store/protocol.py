@@ -16,7 +16,7 @@ docs/reference/stores.md.
 from __future__ import annotations
 
 import builtins
-from collections.abc import AsyncGenerator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeAlias
 
@@ -126,9 +126,15 @@ class ResourceStore(Protocol):
         kind: str | None = None,
         namespace: str | None = None,
         since_revision: int | None = None,
+        on_caught_up: Callable[[int], None] | None = None,
     ) -> AsyncGenerator[WatchEvent, None]:
         """Changes in revision order: every change after `since_revision` (replayed from the
         change log, then live), or, without it, every change after the call.
+
+        The changes are read in pages; `on_caught_up(revision)`, when given, is called each
+        time the watcher has taken every change up to the head as it was read: a point between
+        whole transactions (a page may end inside one).  With no kind or namespace filter,
+        what the watcher has taken then is the store at that revision.
 
         Raises `ExpiredError` (when iterated) if changes after `since_revision` were compacted
         away, also later if the watcher falls that far behind.  Ends when the store closes.

@@ -11,7 +11,7 @@ no duplicate between them.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -84,11 +84,16 @@ async def follow(
     namespace: str | None,
     since_revision: int | None,
     poll_interval: float,
+    on_caught_up: Callable[[int], None] | None = None,
 ) -> AsyncGenerator[WatchEvent, None]:
     """Every change after `since_revision` (after "now" if None), then live, until closed.
 
     `poll_interval` bounds how long a change committed without a notification reaching us
     (another process on the same SQLite file, a LISTEN connection being re-established) waits.
+    `on_caught_up(revision)` is called once the events of a read that reached the head have
+    all been taken: the watcher has then seen every committed transaction whole, and nothing
+    after (a read cut at `BATCH` rows may end inside a transaction; one that reached the head
+    saw each transaction all or nothing, as committed).  ADR 0121.
     """
     waiter = notifier.subscribe()
     try:
@@ -102,6 +107,8 @@ async def follow(
             last = max(last, batch.scanned_to)
             if batch.more:
                 continue
+            if on_caught_up is not None:
+                on_caught_up(last)
             try:
                 async with asyncio.timeout(poll_interval):
                     await waiter.wait()
