@@ -73,6 +73,18 @@ class SidecarProcess:
                 s.get(f"http://127.0.0.1:{self.admin_port}{path}") as r:
             return r.status, await r.text()
 
+    async def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of `name` whose labels include `labels`, from /metrics."""
+        status, text = await self.admin("/metrics")
+        assert status == 200, text
+        total = 0.0
+        for line in text.splitlines():
+            series, _, value = line.rpartition(" ")
+            if (series == name or series.startswith(name + "{")) and all(
+                    f'{k}="{v}"' in series for k, v in labels.items()):
+                total += float(value)
+        return total
+
     async def ready(self) -> bool:
         try:
             return (await self.admin("/ready"))[0] == 200

@@ -36,7 +36,12 @@ from tulle.dataplane.listeners import sockets
 from tulle.dataplane.listeners.factory import protocol_factory
 from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.listener_context import ListenerContext
-from tulle.dataplane.listeners.orphans import close_unadmitted_relays, drain_orphans
+from tulle.dataplane.listeners.orphans import (
+    close_removed_relays,
+    close_unadmitted_relays,
+    drain_orphans,
+    recheck_relays,
+)
 from tulle.dataplane.overload import OverloadGuard
 from tulle.dataplane.runtime.build import Prepared, SnapshotBuilder
 from tulle.dataplane.runtime.tls import ServerRef, TLSContexts
@@ -64,13 +69,19 @@ def _drain_handle(handle: ListenerHandle) -> None:
         conn.start_drain()
 
 
-def _close_unadmitted(pairs: list[tuple[ListenerHandle, ListenerHandle]]) -> None:
-    """Each replaced listener's opaque relays that its successor (the listener of the same
-    name in force now) leaves no way in (`listeners/orphans.py`)."""
-    for old, successor in pairs:
-        if n := close_unadmitted_relays(old, successor.ctx):
-            log.info("listener %s: %d opaque stream(s) its new config takes only over mTLS "
-                     "closed", old.name, n)
+def _recheck(pairs: list[tuple[ListenerHandle, ListenerContext]]) -> None:
+    """At the swap: each open relay of a listener whose context changed, or of a replaced
+    listener (against its successor's), decided again by the new authorization
+    (`listeners/orphans.py`, ADR 0117)."""
+    for handle, ctx in pairs:
+        try:
+            n = recheck_relays(handle, ctx)
+        except Exception:  # the commit cannot fail; a bug here is loud, never half a swap
+            log.exception("listener %s: rechecking its open opaque streams failed", handle.name)
+            continue
+        if n:
+            log.info("listener %s: %d opaque stream(s) the new config refuses closed (revoked)",
+                     handle.name, n)
 
 
 def _drain_orphans(handles: list[ListenerHandle]) -> None:
@@ -79,6 +90,21 @@ def _drain_orphans(handles: list[ListenerHandle]) -> None:
         if n := drain_orphans(handle, handle.ctx):
             log.info("listener %s: %d connection(s) whose filter chain or destination left the "
                      "config drained", handle.name, n)
+
+
+def _settle_replaced(server: ProxyServer, handles: list[ListenerHandle]) -> None:
+    """After the grace: each replaced or removed listener's opaque relays, against the
+    listener of the same name in force now (`listeners/orphans.py`): those its successor
+    leaves no way in, and all of a listener that has none, are closed."""
+    for old in handles:
+        successor = server.listeners.get(old.name)
+        if successor is None:
+            if n := close_removed_relays(old):
+                log.info("listener %s: %d opaque stream(s) of the removed listener closed",
+                         old.name, n)
+        elif n := close_unadmitted_relays(old, successor.ctx):
+            log.info("listener %s: %d opaque stream(s) its new config has no way in for "
+                     "closed", old.name, n)
 
 
 class MeshDns:
@@ -356,11 +382,16 @@ class ProxyServer:
         info.labels(plan.cfg.version).value = 1
         self.health.sync()
         self.overload.configure(plan.cfg.settings)
-        # A replaced listener's relays, also those of listeners replaced by earlier swaps
-        # still draining: checked against the successor in force from now on.
-        if pairs := [(h, plan.handles[h.name]) for h in self.retired
-                     if h.name in plan.handles and h.connections]:
-            asyncio.get_running_loop().call_later(SWAP_DRAIN_GRACE, _close_unadmitted, pairs)
+        # Open opaque relays follow the config (ADR 0117): those of a listener whose context
+        # changed, and of replaced listeners (also by earlier swaps, still draining) against
+        # the successor in force from now on, are decided again by its authorization now;
+        # after the grace, those with no way in under it, and a removed listener's, close.
+        replaced = [h for h in self.retired if h.connections]
+        _recheck([*((h, h.ctx) for h in orphaned),
+                  *((h, plan.handles[h.name].ctx) for h in replaced if h.name in plan.handles)])
+        if replaced:
+            asyncio.get_running_loop().call_later(SWAP_DRAIN_GRACE, _settle_replaced, self,
+                                                  replaced)
         if orphaned:
             # Connections whose way in left the config are drained after the same grace as a
             # swapped-out listener's (`_retire`): a request already on its way gets the new

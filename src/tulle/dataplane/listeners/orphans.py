@@ -1,4 +1,4 @@
-"""At a swap, the connections of a kept listener whose way in left the config are drained.
+"""At a swap, the open connections of a listener the swap touched follow the config in force.
 
 A listener kept across a swap (same socket, same driver) only gets a new context, and its
 connections follow it at their next request (`RoutedConnection.follow_snapshot`).  A
@@ -18,19 +18,119 @@ after it; HTTP/2: GOAWAY), an opaque relay is closed on both sides (FIN; close r
 `no_filter_chain`).  Connections whose way in is still there are untouched: requests in
 flight finish on the snapshot they started with (decision 3 of DESIGN.md).
 
-A listener whose driver changes is not kept but replaced (DISABLED -> STRICT gives it filter
-chains): a new listener takes the socket over, and the old one's connections drain after the
-same grace.  HTTP ones close after their response; an opaque relay has no request to end at.
-Where the new listener takes only mTLS, a relay of a stream this proxy did not decrypt has no
-way in under it and is closed the same way (`close_unadmitted_relays`).
+An opaque relay has no next request at which a new decision could reach it, so it is looked
+at by the swap itself (ADR 0117), by the same rules a new connection like it meets:
+
+* **Authorization, at the swap** (`recheck_relays`).  Where the way in it has under the new
+  config carries other policy filters (`authz`, `source_ip`) than those that admitted it, the
+  relay is decided again by them on its facts (peer identity, address, port); a relay they
+  refuse is reset on both sides (close reason `revoked`), counted as a refusal at open is.
+  No grace: a denial has no exchange in flight to let finish, and from this instant new
+  connections of that caller are refused.
+* **A way in, after the grace** (`drain_orphans`, `close_unadmitted_relays`): its filter
+  chain, or for a relay of a replaced listener (a new listener took the socket over: DISABLED
+  -> STRICT gives it filter chains) the chain its successor would choose for such a stream,
+  and that way must still relay opaque streams (not only HTTP, a target to relay to).
+  Otherwise: FIN on both sides, `no_filter_chain`.
+* **A removed listener's relays** (a workload port deleted) are closed after the grace
+  (`close_removed_relays`, FIN, `listener_removed`), as its HTTP connections drain then.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from tulle.dataplane.listeners.chain_accept import routes_http
+from tulle.dataplane.listeners.chains import ChainRule, select
 from tulle.dataplane.listeners.context import RoutedConnection
 from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.listener_context import ListenerContext
+from tulle.dataplane.network.chain import policy_key
 from tulle.dataplane.network.tcp_proxy import TcpProxy
+
+if TYPE_CHECKING:
+    from tulle.dataplane.network.chain import NetworkChain
+
+
+def relays_opaque(ctx: ListenerContext, chain: ChainRule | None, conn: TcpProxy) -> bool:
+    """Whether `chain` of `ctx` (None: the listener's own fields) would relay the opaque stream
+    of `conn`, as `listeners/chain_accept.py` and `listeners/detect.py` relay a new one."""
+    protocol = chain.protocol if chain is not None else ctx.cfg.protocol
+    if protocol in ("http1", "http2"):
+        return False
+    if chain is not None and chain.tls_ref is not None:
+        if not conn.client_tls:  # it would terminate TLS this proxy never terminated here
+            return False
+        if protocol != "tcp" and routes_http(chain):  # ALPN `tulle-tcp` is refused there
+            return False
+    name = (chain.cluster if chain is not None else "") or ctx.cluster
+    if name:
+        return name in ctx.clusters
+    return ctx.cfg.mode == "transparent" and (chain is None or not routes_http(chain))
+
+
+def way_in(ctx: ListenerContext, conn: TcpProxy) -> tuple[bool, NetworkChain | None]:
+    """Whether the config of `ctx` has a way in for the stream `conn` relays, and that way's
+    network filters (what a new connection like it would pass)."""
+    if not ctx.chains_by_name:  # no filter chains: the listener's own fields
+        return relays_opaque(ctx, None, conn), ctx.network
+    key = conn.route_key
+    if key is not None:  # the chain it came in by, by name
+        chain = ctx.chains_by_name.get(key)
+        if chain is None:
+            return False, None
+        return relays_opaque(ctx, chain, conn), chain.network
+    cfg = ctx.cfg
+    if cfg.mode == "transparent" and cfg.passthrough:  # a miss, passed through
+        return True, ctx.network
+    # It came in with no chain (a replaced listener had none): the chain its successor would
+    # choose for such a stream -- TLS where this proxy terminated it, else plaintext.
+    facts = conn.live_facts()
+    if facts is None:  # the client's side is gone: the relay is ending anyway
+        return True, conn.decided_by
+    dst = facts.original_destination or facts.local or ("", 0)
+    chosen = select(ctx.chains, dst[0], dst[1], "tls" if conn.client_tls else "plaintext",
+                    facts.sni, (facts.alpn,) if facts.alpn else ()) or ctx.default_chain
+    if chosen is None:
+        return False, None
+    return relays_opaque(ctx, chosen, conn), chosen.network
+
+
+def recheck_relays(handle: ListenerHandle, ctx: ListenerContext) -> int:
+    """At a swap: decide each open relay of `handle` again by the policy filters of its way in
+    under `ctx` (the listener's, or its successor's, context from now on) where they differ
+    from those that admitted it; reset those they refuse.  How many.  A relay without a way
+    in is left to the grace (`drain_orphans`, `close_unadmitted_relays`)."""
+    n = 0
+    for conn in list(handle.connections):
+        if not isinstance(conn, TcpProxy) or conn.ended:
+            continue
+        ok, network = way_in(ctx, conn)
+        if not ok:
+            continue
+        if policy_key(network) == policy_key(conn.decided_by):
+            conn.decided_by = network
+            continue
+        facts = conn.live_facts()
+        if facts is None:
+            continue
+        refused = network.recheck(facts) if network is not None else None
+        if refused is None:
+            conn.decided_by = network
+            continue
+        by, reject = refused
+        conn.revoke(by, reject.reason)
+        n += 1
+    return n
+
+
+def _close_wayless_relays(handle: ListenerHandle, ctx: ListenerContext) -> int:
+    n = 0
+    for conn in list(handle.connections):
+        if isinstance(conn, TcpProxy) and not conn.ended and not way_in(ctx, conn)[0]:
+            conn.way_in_gone()
+            n += 1
+    return n
 
 
 def drain_orphans(handle: ListenerHandle, ctx: ListenerContext) -> int:
@@ -38,42 +138,30 @@ def drain_orphans(handle: ListenerHandle, ctx: ListenerContext) -> int:
     for; how many."""
     n = 0
     for conn in list(handle.connections):
-        if isinstance(conn, RoutedConnection):
-            if conn.routable(ctx):
-                continue
+        if isinstance(conn, RoutedConnection) and not conn.routable(ctx):
             conn.start_drain()
-        elif isinstance(conn, TcpProxy):
-            key = conn.route_key
-            if key is None or key in ctx.chains_by_name:
-                continue
-            conn.way_in_gone()
-        else:
-            continue
-        n += 1
-    return n
-
-
-def takes_only_mtls(ctx: ListenerContext) -> bool:
-    """Every way in terminates TLS (STRICT's one `mtls` chain, no default chain, no
-    passthrough): a stream this proxy did not decrypt itself has none."""
-    return (bool(ctx.chains) and ctx.default_chain is None and not ctx.cfg.passthrough
-            and all(c.tls_ref is not None for c in ctx.chains))
+            n += 1
+    return n + _close_wayless_relays(handle, ctx)
 
 
 def close_unadmitted_relays(old: ListenerHandle, successor: ListenerContext) -> int:
     """A replaced listener's opaque relays (DISABLED -> STRICT changes the listener's
     filter chains, so a new one takes the socket over and the old one's connections drain):
     an opaque stream has no request boundary to drain at, and ran on for as long as it lasted.
-    Where the new listener takes only mTLS, one this proxy did not decrypt (plaintext, or TLS
-    relayed as it came) has no way in, and is closed as above; how many."""
-    if not takes_only_mtls(successor):
-        return 0
+    One its successor has no way in for (STRICT's only chain terminates mTLS, and this proxy
+    did not decrypt the stream) is closed as above; how many."""
+    return _close_wayless_relays(old, successor)
+
+
+def close_removed_relays(old: ListenerHandle) -> int:
+    """A removed listener's opaque relays, closed (FIN, `listener_removed`); how many."""
     n = 0
     for conn in list(old.connections):
-        if isinstance(conn, TcpProxy) and not conn.client_tls:
-            conn.way_in_gone()
+        if isinstance(conn, TcpProxy) and not conn.ended:
+            conn.listener_gone()
             n += 1
     return n
 
 
-__all__ = ["close_unadmitted_relays", "drain_orphans", "takes_only_mtls"]
+__all__ = ["close_removed_relays", "close_unadmitted_relays", "drain_orphans",
+           "recheck_relays", "relays_opaque", "way_in"]

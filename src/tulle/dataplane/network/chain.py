@@ -5,7 +5,8 @@ factories sorted by `order.ORDER`, deciders apart from observers.  A listener wi
 filters gets None and its relays never look further.  Each relayed connection gets a
 `ConnectionChain`: `admit()` runs the deciders (synchronously when none stops; a stop is
 awaited, bounded by the stopping factory's `stop_timeout`) and gives None (go on to the TCP
-proxy) or the `Reject`; `closed(record)` runs the close hooks.
+proxy) or the `Reject`; `closed(record)` runs the close hooks.  `NetworkChain.recheck(facts)`
+decides a relay already open again by the chain's policy filters (a swap, ADR 0117).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, cast
 
 from tulle.dataplane.network.filter import (
     CONTINUE,
@@ -22,6 +23,7 @@ from tulle.dataplane.network.filter import (
     ConnectionRecord,
     NetworkFilter,
     NetworkFilterFactory,
+    PolicyFactory,
     Reject,
 )
 from tulle.dataplane.network.order import POSITION, builder
@@ -39,7 +41,7 @@ FILTER_ERROR: Final = Reject("filter_error")
 class NetworkChain:
     """One listener's network filter factories for one snapshot, in the declared order."""
 
-    __slots__ = ("deciders", "listener", "metrics", "observers")
+    __slots__ = ("deciders", "listener", "metrics", "observers", "policies", "policy_key")
 
     def __init__(self, factories: Sequence[NetworkFilterFactory], listener: str,
                  metrics: ProxyMetrics) -> None:
@@ -48,6 +50,11 @@ class NetworkChain:
         self.observers = tuple(f for f in ordered if f.observer)
         self.listener = listener
         self.metrics = metrics
+        self.policies: tuple[PolicyFactory, ...] = tuple(
+            cast("PolicyFactory", f) for f in self.deciders if hasattr(f, "recheck"))
+        """The deciders a relay already open is decided again by (`recheck`), in order."""
+        self.policy_key: tuple[object, ...] = tuple(f.cfg for f in self.policies)
+        """Their configs: equal keys decide every connection alike."""
         for f in ordered:
             bind = getattr(f, "bind_metrics", None)
             if bind is not None:  # filters that count more than rejections (authz)
@@ -73,6 +80,24 @@ class NetworkChain:
     def connection(self, facts: ConnectionFacts) -> ConnectionChain:
         return ConnectionChain(self, facts)
 
+    def recheck(self, facts: ConnectionFacts) -> tuple[str, Reject] | None:
+        """Decide a relay already open again by the policy filters, in the declared order:
+        None when they admit it, else the filter that refuses and its `Reject` (counted in
+        the rejections as at open).  A filter that raises refuses (`filter_error`), as at
+        open: an authorization that cannot decide never lets a stream through."""
+        for f in self.policies:
+            try:
+                v = f.recheck(facts)
+            except Exception:
+                log.exception("network filter %s raised in recheck (listener %s)", f.name,
+                              self.listener)
+                self.count_error(f.name, "recheck")
+                v = FILTER_ERROR
+            if v is not None:
+                self.count_rejection(f.name, v.reason)
+                return f.name, v
+        return None
+
     def count_rejection(self, name: str, reason: str) -> None:
         self.metrics.network_filter_rejections.labels(self.listener, name, reason).value += 1
 
@@ -87,6 +112,11 @@ def build_chain(configs: Sequence[NetworkFilterConfig], listener: str,
         return None
     factories = [builder(type(c).__struct_config__.tag)(c) for c in configs]  # type: ignore[arg-type]
     return NetworkChain(factories, listener, metrics)
+
+
+def policy_key(chain: NetworkChain | None) -> tuple[object, ...]:
+    """What `chain` decides open relays by (empty: nothing, or no chain)."""
+    return chain.policy_key if chain is not None else ()
 
 
 _RUNNING: Final = 0
@@ -215,8 +245,8 @@ class ConnectionChain:
         """The connection is over: `on_close` for each decider that saw it, then observers."""
         self._cancel_timer()
         self._state = _DONE
-        record.rejected_by = self.rejected_by
-        if self.verdict is not None:
+        if self.verdict is not None:  # (a relay revoked later carries its own, `TcpProxy`)
+            record.rejected_by = self.rejected_by
             record.reject_reason = self.verdict.reason
         chain = self.chain
         for i, f in enumerate(self._filters):

@@ -12,7 +12,8 @@ import contextlib
 import socket
 from typing import TYPE_CHECKING, cast
 
-from tulle.dataplane.network.tcp_proxy import LINGER_RESET, Target, TcpProxy
+from tulle.dataplane.network.filter import ConnectionFacts
+from tulle.dataplane.network.tcp_proxy import LINGER_RESET, Target, TcpProxy, transport_facts
 from tulle.dataplane.tlsread import TLSReader
 from tulle.dataplane.upstream.connect import ConnectFailed, dial_transport
 
@@ -164,6 +165,10 @@ class CopyRelay(TcpProxy):
             t = side.transport
             out.append(t.get_extra_info("socket") if t is not None else None)
         return out[0], out[1]
+
+    def read_facts(self) -> ConnectionFacts | None:
+        t = self.down.transport
+        return transport_facts(self.ctx.cfg, t, self.original_destination) if t else None
 
     def close(self) -> None:
         self.closing()

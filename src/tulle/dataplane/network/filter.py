@@ -19,6 +19,13 @@ takes the listener down.
 
 Factories are built once per listener per snapshot from typed config (`order.py`); `create()`
 gives a connection its filter — a stateless filter returns one shared instance.
+
+A decider whose verdict is a function of the facts alone — authorization: `source_ip`,
+`authz` — is a `PolicyFactory`: it also keeps its `cfg` and offers `recheck(facts)`.  When a
+swap changes those filters, every relay already open is decided again by the new ones
+(`chain.NetworkChain.recheck`, `listeners/orphans.py`), so a caller the new config refuses is
+cut, not left flowing until its stream ends (ADR 0117).  Budgets (`connection_limit`,
+`rate_limit`) are not rechecked: they govern admissions, and an open relay was admitted.
 """
 
 from __future__ import annotations
@@ -101,7 +108,10 @@ class ConnectionRecord:
         self.close_reason = ""
         """`eof` (both sides finished), `reset` (a side reset or failed), `idle_timeout`,
         `aborted` (drain or shutdown), `rejected`, `filter_error`, `no_endpoint`,
-        `connect_failed`, `no_descriptors`."""
+        `connect_failed`, `no_descriptors`; closed by a config swap (ADRs 0108, 0117):
+        `revoked` (the new authorization denies it: `rejected_by` / `reject_reason` say
+        which filter and why), `no_filter_chain` (the new config has no way in for it),
+        `listener_removed`."""
         self.rejected_by = ""
         """The filter that rejected the connection (or raised), else empty."""
         self.reject_reason = ""
@@ -135,3 +145,17 @@ class NetworkFilterFactory(Protocol):
 
 
 DEFAULT_STOP_TIMEOUT: Final = 5.0
+
+
+class PolicyFactory(NetworkFilterFactory, Protocol):
+    """A decider whose verdict depends on the connection's facts alone (authorization)."""
+
+    cfg: object
+    """The filter's config: two snapshots with equal configs decide every connection alike,
+    so a swap that keeps them rechecks nothing."""
+
+    def recheck(self, facts: ConnectionFacts) -> Reject | None:
+        """The verdict `on_connect` would give `facts` now (None: admitted), for a relay
+        already open.  Counted only where it cuts the relay or a dry run would: the relay
+        was counted when it opened."""
+        ...

@@ -17,37 +17,18 @@ from tulle.dataplane.network.chain import ConnectionChain, NetworkChain
 from tulle.dataplane.network.copy import CopyRelay
 from tulle.dataplane.network.filter import ConnectionFacts
 from tulle.dataplane.network.splice import SpliceRelay
-from tulle.dataplane.network.tcp_proxy import Target, TcpProxy
+from tulle.dataplane.network.tcp_proxy import Target, TcpProxy, transport_facts
 from tulle.dataplane.security.spiffe import spiffe_id
-from tulle.proxyconfig.address import peer_host
 
 HAS_SPLICE: Final = hasattr(os, "splice")
 USE_SPLICE = HAS_SPLICE
 """Module switch: tests turn it off to exercise the copy relay on plaintext connections."""
 
 
-def _address(value: object) -> tuple[str, int] | None:
-    if isinstance(value, tuple) and len(value) >= 2:
-        return peer_host(str(value[0])), int(value[1])
-    return None
-
-
 def facts_of(handle: ListenerHandle, transport: asyncio.Transport,
              original_destination: tuple[str, int] | None) -> ConnectionFacts:
     """What the network filters get to see about the connection on `transport`."""
-    cfg = handle.ctx.cfg
-    ssl_object = transport.get_extra_info("ssl_object")
-    return ConnectionFacts(
-        listener=cfg.name,
-        direction=cfg.direction,
-        peer=_address(transport.get_extra_info("peername")) or ("", 0),
-        local=_address(transport.get_extra_info("sockname")),
-        original_destination=original_destination,
-        tls=ssl_object is not None,
-        sni=getattr(ssl_object, "server_hostname", None) if ssl_object is not None else None,
-        alpn=ssl_object.selected_alpn_protocol() if ssl_object is not None else None,
-        peer_identity=spiffe_id(ssl_object) or None,
-    )
+    return transport_facts(handle.ctx.cfg, transport, original_destination)
 
 
 def relay(handle: ListenerHandle, transport: asyncio.Transport, initial: bytes,
@@ -75,6 +56,8 @@ def relay(handle: ListenerHandle, transport: asyncio.Transport, initial: bytes,
              and (cluster is None or cluster.ssl_context is None))
     conn: TcpProxy = (SpliceRelay if USE_SPLICE and plain else CopyRelay)(handle, target, chain)
     conn.route_key = chain_name
+    if original_destination is not None:
+        conn.original_destination = original_destination
     conn.client_tls = (transport.get_extra_info("ssl_object") is not None
                        or transport.get_extra_info("sslcontext") is not None)
     golden = handle.ctx.golden

@@ -18,7 +18,8 @@ import os
 import socket
 from typing import TYPE_CHECKING, Final, cast
 
-from tulle.dataplane.network.tcp_proxy import LINGER_RESET, Target, TcpProxy
+from tulle.dataplane.network.filter import ConnectionFacts
+from tulle.dataplane.network.tcp_proxy import LINGER_RESET, Target, TcpProxy, address_of
 from tulle.dataplane.upstream.connect import ConnectFailed, dial_socket
 
 if TYPE_CHECKING:
@@ -258,6 +259,19 @@ class SpliceRelay(TcpProxy):
 
     def sockets(self) -> tuple[socket.socket | None, socket.socket | None]:
         return self.client, self.upstream
+
+    def read_facts(self) -> ConnectionFacts | None:
+        client = self.client
+        if client is None:
+            return None
+        try:
+            peer, local = client.getpeername(), client.getsockname()
+        except OSError:  # reset meanwhile: the relay is ending anyway
+            return None
+        cfg = self.ctx.cfg
+        return ConnectionFacts(listener=cfg.name, direction=cfg.direction,
+                               peer=address_of(peer) or ("", 0), local=address_of(local),
+                               original_destination=self.original_destination)
 
     def _close(self, reset: bool) -> None:
         self.closing()

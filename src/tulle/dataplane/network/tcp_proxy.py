@@ -29,6 +29,13 @@ With network filters on the listener (`chain.py`), the relay first awaits the ch
 before anything is dialled: a rejected client is reset and the origin never sees it.  At the
 end it hands the filters a `ConnectionRecord` (bytes each way, duration, close reason,
 endpoint).  Without filters none of this is built.
+
+A config swap may end a relay (`listeners/orphans.py`, ADRs 0108 and 0117): `revoke` when the
+new authorization denies it (reset, close reason `revoked`), `way_in_gone` when the new config
+has no way in for it, `listener_gone` when its listener left the config (both FIN).  Each is
+counted in `tulle_proxy_tcp_config_closes_total{listener,reason}`.  What such a recheck needs
+is read then, not kept per relay: its facts (`live_facts`, from the live sockets when no
+filter or flow log kept them) and the chain it was last admitted by (`decided_by`).
 """
 
 from __future__ import annotations
@@ -41,16 +48,19 @@ from typing import TYPE_CHECKING, Final
 
 from tulle.dataplane.listeners.context import Connection
 from tulle.dataplane.listeners.handle import ListenerHandle
-from tulle.dataplane.network.filter import ConnectionRecord
+from tulle.dataplane.network.filter import ConnectionFacts, ConnectionRecord
+from tulle.dataplane.security.spiffe import spiffe_id
 from tulle.dataplane.telemetry.flow_records import segments
+from tulle.proxyconfig.address import peer_host
 
 if TYPE_CHECKING:
-    from tulle.dataplane.network.chain import ConnectionChain
+    from tulle.dataplane.network.chain import ConnectionChain, NetworkChain
     from tulle.dataplane.telemetry.flow_records import FlowLogger
     from tulle.dataplane.telemetry.golden import TcpGolden
     from tulle.dataplane.telemetry.metrics import CounterChild, GaugeChild
     from tulle.dataplane.upstream.cluster import ClusterRuntime
     from tulle.dataplane.upstream.lb import EndpointState
+    from tulle.proxyconfig.model import Listener
 
 PASSTHROUGH: Final = "PassthroughCluster"
 """Metric label of relays to an original destination (Istio's name for the same thing)."""
@@ -58,6 +68,30 @@ PASSTHROUGH_CONNECT_TIMEOUT: Final = 5.0
 
 LINGER_RESET: Final = struct.pack("ii", 1, 0)
 """SO_LINGER on, 0 s: close() sends RST instead of FIN."""
+
+
+def address_of(value: object) -> tuple[str, int] | None:
+    """A socket address as the filters see it (an IPv4-mapped IPv6 address as IPv4)."""
+    if isinstance(value, tuple) and len(value) >= 2:
+        return peer_host(str(value[0])), int(value[1])
+    return None
+
+
+def transport_facts(cfg: Listener, transport: asyncio.BaseTransport,
+                    original_destination: tuple[str, int] | None) -> ConnectionFacts:
+    """What the network filters get to see about the connection on `transport`."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    return ConnectionFacts(
+        listener=cfg.name,
+        direction=cfg.direction,
+        peer=address_of(transport.get_extra_info("peername")) or ("", 0),
+        local=address_of(transport.get_extra_info("sockname")),
+        original_destination=original_destination,
+        tls=ssl_object is not None,
+        sni=getattr(ssl_object, "server_hostname", None) if ssl_object is not None else None,
+        alpn=ssl_object.selected_alpn_protocol() if ssl_object is not None else None,
+        peer_identity=spiffe_id(ssl_object) or None,
+    )
 
 
 class Target:
@@ -84,6 +118,17 @@ class TcpProxy(Connection):
     """The golden metrics' series of this connection (`telemetry/golden.py`), set by `relay`
     when the snapshot has them: opened when connected, closed with its bytes at the end."""
     _up_counted = False
+    # What a swap's recheck reads (ADR 0117); class defaults, so a relay pays nothing for them
+    # until it has one.
+    original_destination: tuple[str, int] | None = None
+    """Where a transparent connection was going (`relay`): a fact of its filters."""
+    decided_by: NetworkChain | None = None
+    """The network filters whose policies last admitted this relay (at open, or at the
+    recheck of a swap): a swap that keeps their configs rechecks nothing."""
+    revoked_by = ""
+    """The filter that revoked this relay at a swap (the close record's `rejected_by`)..."""
+    revoke_reason = ""
+    """... and its reason (`reject_reason`)."""
 
     def __init__(self, handle: ListenerHandle, target: Target,
                  chain: ConnectionChain | None = None) -> None:
@@ -97,6 +142,8 @@ class TcpProxy(Connection):
         self.route_key: str | None = None
         """The name of the filter chain this connection came in by (`relay`), None without
         one: at a swap that removes that chain, the relay is closed (`listeners/orphans.py`)."""
+        if chain is not None:
+            self.decided_by = chain.chain
         self.ended = False
         self.close_reason = ""
         self.idle_timeout = ctx.settings.tcp_idle_timeout_ms / 1000
@@ -130,6 +177,21 @@ class TcpProxy(Connection):
     def sockets(self) -> tuple[socket.socket | None, socket.socket | None]:
         """The client's and the upstream's socket while they are open (for TCP_INFO)."""
         return None, None
+
+    def live_facts(self) -> ConnectionFacts | None:
+        """The connection's facts for a recheck: those its filters or flow log kept, else read
+        from the client's side now (nothing is kept per relay for a recheck that may never
+        come); None once the client's side is gone."""
+        chain = self.chain
+        if chain is not None:
+            return chain.facts
+        flow = self.flow_log
+        facts = flow.facts(self) if flow is not None else None
+        return facts if facts is not None else self.read_facts()
+
+    def read_facts(self) -> ConnectionFacts | None:
+        """The facts, read from the client's side (socket or transport) while it is open."""
+        raise NotImplementedError
 
     def read_packets(self) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
         client, upstream = self.sockets()
@@ -233,6 +295,9 @@ class TcpProxy(Connection):
             record.bytes_received, record.bytes_sent = self.bytes_moved()
             record.duration = time.monotonic() - self.started
             record.close_reason = self.close_reason or "aborted"
+            if self.revoked_by:
+                record.rejected_by = self.revoked_by
+                record.reject_reason = self.revoke_reason
             if chain is not None:
                 chain.closed(record)
             if flow is not None:
@@ -260,13 +325,35 @@ class TcpProxy(Connection):
         raise NotImplementedError
 
     def way_in_gone(self) -> None:
-        """The filter chain this stream came in by left the config (PERMISSIVE -> STRICT took
-        the `plaintext` chain): closed on both sides, as a new connection the config no
-        longer takes is closed; close reason `no_filter_chain`."""
+        """The config in force has no way in for this stream (PERMISSIVE -> STRICT took the
+        `plaintext` chain it came in by): closed on both sides, as a new connection the config
+        no longer takes is closed; close reason `no_filter_chain`."""
+        self._config_close("no_filter_chain")
+
+    def listener_gone(self) -> None:
+        """Its listener left the config (a workload port removed): closed on both sides (FIN),
+        after the grace a removed listener's HTTP connections get; `listener_removed`."""
+        self._config_close("listener_removed")
+
+    def revoke(self, by: str, reason: str) -> None:
+        """The config in force refuses this stream (filter `by`, `reason`): reset on both
+        sides, as a connection refused at open is, and nothing more relayed; `revoked`."""
         if self.ended:
             return
-        self.set_reason("no_filter_chain")
+        self.revoked_by, self.revoke_reason = by, reason
+        self._count_config_close("revoked")
+        self.set_reason("revoked")
+        self.abort()
+
+    def _config_close(self, reason: str) -> None:
+        if self.ended:
+            return
+        self._count_config_close(reason)
+        self.set_reason(reason)
         self.idle_close()
+
+    def _count_config_close(self, reason: str) -> None:
+        self.ctx.metrics.tcp_config_closes.labels(self.handle.name, reason).value += 1
 
     def start_drain(self) -> None:
         """An opaque stream has no request boundary to stop at: it runs until it ends, or until

@@ -228,6 +228,11 @@ class ProxyMetrics:
         self.tcp_idle_timeouts = r.counter(
             "tulle_proxy_tcp_idle_timeouts_total",
             "Opaque TCP relays closed by settings.tcp_idle_timeout_ms.", ("listener", "cluster"))
+        self.tcp_config_closes = r.counter(
+            "tulle_proxy_tcp_config_closes_total",
+            "Open opaque TCP relays a config swap ended, by listener and reason (revoked: the "
+            "new authorization denies it; no_filter_chain: no way in for it any more; "
+            "listener_removed).", ("listener", "reason"))
         self.config_reloads = r.counter("tulle_proxy_config_reloads_total",
                                         "Configuration swaps, by result.", ("result",))
         self.connections_overflow = r.counter(
