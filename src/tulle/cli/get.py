@@ -15,7 +15,7 @@ from typing import Any
 import click
 
 from tulle.cli.client import APIError, call, server_url
-from tulle.cli.listing import CHUNK_SIZE, list_all
+from tulle.cli.listing import CHUNK_SIZE, list_all, read_pages
 from tulle.cli.output import emit, table
 from tulle.cli.proxy_state import STARTING_PREFIX, draining, starting
 from tulle.cli.resources import _fail, server_option
@@ -156,7 +156,8 @@ def get_cmd(type_: str, name: str | None, namespace: str | None, all_namespaces:
     ns = None if all_namespaces else (namespace or "default")
     try:
         if types == ["proxies"] or types[0] in ("proxies", "proxy", "px"):
-            _get_proxies(srv, name, None if all_namespaces else namespace, output, show_all)
+            _get_proxies(srv, name, None if all_namespaces else namespace, output, show_all,
+                         chunk_size)
             return
         if name:
             obj = call(srv, "GET", f"/api/v1/resources/{types[0]}/{name}",
@@ -233,9 +234,10 @@ def _print_change(obj: dict[str, Any], output: str) -> None:
 
 
 def _get_proxies(srv: str, name: str | None, namespace: str | None, output: str,
-                 show_all: bool) -> None:
-    items = call(srv, "GET", "/api/v1/proxies")["items"]
-    if namespace:
+                 show_all: bool, chunk_size: int = CHUNK_SIZE) -> None:
+    items, _ = read_pages(srv, "/api/v1/proxies", {"namespace": namespace or None},
+                          chunk_size)
+    if namespace:  # (a control plane from before the `namespace` parameter lists them all)
         items = [p for p in items if p["namespace"] == namespace]
     if name:
         items = [p for p in items if p["name"] == name]

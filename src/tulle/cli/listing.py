@@ -17,28 +17,37 @@ MAX_PAGES = 100_000
 """Pages read for one list at most (a control plane handing out tokens without end)."""
 
 
-def list_all(srv: str, type_: str, namespace: str | None, selector: str | None,
-                 chunk_size: int = CHUNK_SIZE) -> tuple[list[dict[str, Any]], str | None]:
-    """The items and the revision the list reflects (where `--watch` continues from): read
-    in pages of `chunk_size` (0: one answer) while the control plane says more follow (ADR
-    0120).  With pages, the first page's revision: a watch from there misses nothing a later
-    page may not show (each page reads the store as it is then)."""
+def read_pages(srv: str, path: str, query: dict[str, Any], chunk_size: int = CHUNK_SIZE
+               ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Every item of the list at `path`, read in pages of `chunk_size` (0: one answer) while
+    the control plane says more follow (ADR 0120), and the first page's answer (its
+    `metadata` and anything else it carries)."""
     items: list[dict[str, Any]] = []
-    query: dict[str, Any] = {"namespace": namespace, "labelSelector": selector}
+    query = dict(query)
     if chunk_size:
         query["limit"] = chunk_size
-    revision: str | None = None
+    first: dict[str, Any] | None = None
     for _ in range(MAX_PAGES):
-        answer = call(srv, "GET", f"/api/v1/resources/{type_}", query=query)
+        answer = call(srv, "GET", path, query=query)
         items.extend(answer["items"])
-        md = answer.get("metadata") or {}
-        if revision is None:
-            revision = str(md.get("resourceVersion") or "") or None
-        token = md.get("continue")
+        if first is None:
+            first = answer
+        token = (answer.get("metadata") or {}).get("continue")
         if not token or token == query.get("continue"):
-            return items, revision
+            return items, first
         query["continue"] = token
-    raise APIError(0, {"error": f"listing {type_}: still more after {MAX_PAGES:,} pages"})
+    raise APIError(0, {"error": f"listing {path}: still more after {MAX_PAGES:,} pages"})
 
 
-__all__ = ["CHUNK_SIZE", "MAX_PAGES", "list_all"]
+def list_all(srv: str, type_: str, namespace: str | None, selector: str | None,
+             chunk_size: int = CHUNK_SIZE) -> tuple[list[dict[str, Any]], str | None]:
+    """The items and the revision the list reflects (where `--watch` continues from): with
+    pages, the first page's revision -- a watch from there misses nothing a later page may
+    not show (each page reads the store as it is then)."""
+    items, first = read_pages(srv, f"/api/v1/resources/{type_}",
+                              {"namespace": namespace, "labelSelector": selector}, chunk_size)
+    md = first.get("metadata") or {}
+    return items, str(md.get("resourceVersion") or "") or None
+
+
+__all__ = ["CHUNK_SIZE", "MAX_PAGES", "list_all", "read_pages"]

@@ -89,3 +89,52 @@ async def test_tulle_get_reads_a_list_in_pages_and_shows_every_object_once() -> 
         assert [line.split()[1] for line in out.splitlines()[1:]] == NAMES
         code, out, err = await tulle(cp.api_url, "get", "svc", "--chunk-size", "-1")
         assert code == 2 and "--chunk-size" in err
+
+
+async def test_the_proxies_list_in_pages_and_tulle_get_proxies_reads_them_all() -> None:
+    """`/api/v1/proxies` lists every workload the control plane compiled for; with `limit`
+    it pages the same way (by namespace and name), and takes `namespace` itself."""
+    from tests.support.controlplane import eventually
+    from tests.support.resources import workload
+
+    async with running_control_plane() as cp, aiohttp.ClientSession(
+            headers=auth(cp.api_url)) as s:
+        wls = [workload(f"w{i}", 8000 + i, 9000 + i, 15001, ns="shop") for i in range(5)]
+        status, body = await apply(cp.api_url, *wls,
+                                   workload("x0", 8100, 9100, 15001, ns="zoo"))
+        assert status == 200, body
+        url = f"{cp.api_url}/api/v1/proxies"
+
+        async def get(**params: Any) -> dict[str, Any]:
+            async with s.get(url, params={k: str(v) for k, v in params.items()}) as r:
+                doc: dict[str, Any] = await r.json()
+                assert r.status == 200, doc
+                return doc
+
+        async def six() -> bool:
+            return len((await get())["items"]) == 6
+        await eventually(six, timeout=10)
+        pages: list[list[str]] = []
+        params: dict[str, Any] = {"limit": 4}
+        for _ in range(10):  # bounded
+            doc = await get(**params)
+            assert "stream" in doc
+            pages.append([f"{p['namespace']}/{p['name']}" for p in doc["items"]])
+            token = (doc.get("metadata") or {}).get("continue")
+            if token is None:
+                break
+            params["continue"] = token
+        assert pages == [["shop/w0", "shop/w1", "shop/w2", "shop/w3"], ["shop/w4", "zoo/x0"]]
+        doc = await get(namespace="zoo")
+        assert [p["name"] for p in doc["items"]] == ["x0"]
+        async with s.get(url, params={"namespace": "zoo", "continue": params["continue"]}) as r:
+            assert r.status == 400 and "continue" in (await r.json())["error"]
+        code, out, err = await tulle(cp.api_url, "get", "proxies", "-A", "--all",
+                                     "--chunk-size", "2", "-o", "json")
+        assert code == 0, err
+        assert [p["name"] for p in json.loads(out)["items"]] == [
+            "w0", "w1", "w2", "w3", "w4", "x0"]
+        code, out, err = await tulle(cp.api_url, "get", "proxies", "-n", "zoo", "--all",
+                                     "--chunk-size", "2", "-o", "json")
+        assert code == 0, err
+        assert [p["name"] for p in json.loads(out)["items"]] == ["x0"]

@@ -209,12 +209,17 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
                                      dry_run, strict=strict,
                                      preview=reconciler.preview if reconciler else None)
 
-    def proxy_rows() -> list[dict[str, Any]]:
+    def proxy_rows(namespace: str | None = None, after: tuple[str, str] | None = None,
+                   limit: int | None = None) -> list[dict[str, Any]]:
+        """The proxies' rows by (namespace, name): those of `namespace` when given, after the
+        key `after`, at most `limit` (ADR 0120: a row is built only for what is answered)."""
         items = []
-        known = {s.namespace + "/" + s.name: s for s in push.statuses()}
-        for key in sorted(set(known) | {f"{ns}/{n}" for ns, n in cache.proxies()}):
-            ns, name = key.split("/", 1)
-            st = known.get(key)
+        known = {(s.namespace, s.name): s for s in push.statuses()}
+        keys = sorted(k for k in set(known) | set(cache.proxies())
+                      if (namespace is None or k[0] == namespace)
+                      and (after is None or k > after))
+        for ns, name in keys[:limit]:
+            st = known.get((ns, name))
             cfg = cache.get((ns, name))
             row: dict[str, Any] = st.to_dict() if st else {
                 "namespace": ns, "name": name, "connected": False}
@@ -224,9 +229,24 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
             items.append(row)
         return items
 
-    @app.get("/api/v1/proxies")
-    async def proxies() -> dict[str, Any]:
-        return {"items": proxy_rows(), "stream": push.counters()}
+    @app.get("/api/v1/proxies", response_model=None)
+    async def proxies(namespace: str | None = None, limit: int | None = None,
+                      continue_: str | None = Query(None, alias="continue")) -> Any:
+        if limit is None and continue_ is None:
+            return {"items": proxy_rows(namespace), "stream": push.counters()}
+        try:
+            size = paging.check_limit(limit if limit is not None else paging.MAX_LIMIT)
+            after = (paging.decode(continue_, "proxies", namespace, None)
+                     if continue_ else None)
+        except paging.PagingError as exc:
+            return _error(400, str(exc))
+        rows = proxy_rows(namespace, (after[1], after[2]) if after else None, size + 1)
+        answer: dict[str, Any] = {"items": rows[:size], "stream": push.counters()}
+        if len(rows) > size:
+            last = rows[size - 1]
+            answer["metadata"] = {"continue": paging.encode(
+                "proxies", namespace, None, ("proxies", last["namespace"], last["name"]))}
+        return answer
 
     @app.get("/api/v1/proxies/{namespace}/{name}/config", response_model=None)
     async def proxy_config(namespace: str, name: str) -> Any:
