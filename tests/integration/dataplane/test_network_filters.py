@@ -7,16 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
-import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from tests.support.flow_lines import FlowLines, flow_lines, tcp_config, use_engine
 from tests.support.proxy import RunningProxy, running_proxy
 
-from tulle.dataplane.network import relay
 from tulle.dataplane.network.chain import NetworkChain
 from tulle.dataplane.network.filter import (
     STOP,
@@ -35,9 +33,7 @@ REPLY = b"origin says: " + bytes(range(256)) * 64
 
 @pytest.fixture(params=["splice", "copy"])
 def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "copy":
-        monkeypatch.setattr(relay, "USE_SPLICE", False)
-    return str(request.param)
+    return use_engine(str(request.param), monkeypatch)
 
 
 @dataclass
@@ -79,37 +75,13 @@ async def origin() -> AsyncIterator[Origin]:
             t.cancel()
 
 
-class FlowLines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.put_nowait(json.loads(record.getMessage()))
-
-
 @pytest.fixture
 def flow_log() -> Iterator[FlowLines]:
-    handler = FlowLines()
-    logger = logging.getLogger(FLOW_LOGGER)
-    logger.addHandler(handler)
-    old = logger.level
-    logger.setLevel(logging.INFO)
-    try:
+    with flow_lines(FLOW_LOGGER) as handler:
         yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old)
 
 
-def config(port: int, filters: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "admin": {"port": 0},
-        "listeners": [{"name": "db", "port": 0, "protocol": "tcp", "cluster": "backend",
-                       "direction": "inbound", "network_filters": filters}],
-        "clusters": [{"name": "backend", "protocol": "tcp",
-                      "endpoints": [{"address": "127.0.0.1", "port": port}]}],
-    }
+config = tcp_config
 
 
 FILTERS = [{"type": "flow_log", "logger": FLOW_LOGGER},

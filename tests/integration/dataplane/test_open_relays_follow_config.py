@@ -9,8 +9,6 @@ tests (a control plane, `tulle proxy run`) are in
 from __future__ import annotations
 
 import asyncio
-import json
-import logging
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -18,10 +16,10 @@ from typing import Any
 import pytest
 from tests.integration.dataplane.test_mtls import CLIENT_ID, MTLS, client_config
 from tests.support.ca import TestCA
+from tests.support.flow_lines import FlowLines, flow_lines, tcp_config, use_engine
 from tests.support.proxy import RunningProxy, running_proxy
 from tests.support.tcp_streams import HeldStream, RecordingEcho, recording_echo
 
-from tulle.dataplane.network import relay
 from tulle.dataplane.network.source_ip import SourceIPFilter
 from tulle.dataplane.server import SWAP_DRAIN_GRACE
 
@@ -33,42 +31,16 @@ KEPT, CUT = "127.0.0.1", "127.0.0.2"
 
 @pytest.fixture(params=["splice", "copy"])
 def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
-    if request.param == "copy":
-        monkeypatch.setattr(relay, "USE_SPLICE", False)
-    return str(request.param)
-
-
-class FlowLines(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.lines: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.lines.put_nowait(json.loads(record.getMessage()))
+    return use_engine(str(request.param), monkeypatch)
 
 
 @pytest.fixture
 def flow_log() -> Iterator[FlowLines]:
-    handler = FlowLines()
-    logger = logging.getLogger(FLOW_LOGGER)
-    logger.addHandler(handler)
-    old = logger.level
-    logger.setLevel(logging.INFO)
-    try:
+    with flow_lines(FLOW_LOGGER) as handler:
         yield handler
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(old)
 
 
-def config(port: int, filters: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "admin": {"port": 0},
-        "listeners": [{"name": "db", "port": 0, "protocol": "tcp", "cluster": "backend",
-                       "direction": "inbound", "network_filters": filters}],
-        "clusters": [{"name": "backend", "protocol": "tcp",
-                      "endpoints": [{"address": "127.0.0.1", "port": port}]}],
-    }
+config = tcp_config
 
 
 def source_ip(deny: list[str]) -> dict[str, Any]:

@@ -148,11 +148,10 @@ class SqliteStore(StoreBase):
         if after is not None:
             where += " AND (kind, namespace, name) > (?, ?, ?)"
             params.extend(after)
+        where += " ORDER BY kind, namespace, name"
         if limit is not None:
-            where += " ORDER BY kind, namespace, name LIMIT ?"
+            where += " LIMIT ?"
             params.append(limit)
-        else:
-            where += " ORDER BY kind, namespace, name"
 
         async def body() -> tuple[list[Any], list[Any]]:
             async with self._read_transaction():
