@@ -268,6 +268,18 @@ def lacking(announced: Iterable[str]) -> tuple[Feature, ...]:
     return tuple(f for f in FEATURES if f.name not in have)
 
 
+def withheld_from(announced: Iterable[str]) -> tuple[Feature, ...]:
+    """What a control plane leaves out of the snapshots of a proxy that announced `announced`:
+    each feature it lacks that owns fields (`paths`) or drops the items using it (`drops`:
+    an `Authorization` rule, a `SessionPersistence` filter entry).  A lacking feature with
+    neither has nothing to leave out: a delta unit, a stream capability (`tap`,
+    `serving-ack`), or one whose absence is a NACK by design (`network-authorization`).
+    Leaving out a `drops` feature matters as much as a field: an older build's decoder
+    refuses an item of a type it does not know, and every later snapshot with it (the proxy
+    then takes no change at all)."""
+    return tuple(f for f in lacking(announced) if f.paths or f.drops)
+
+
 def _strip(node: Any, segments: list[str]) -> None:
     if not isinstance(node, dict):
         return

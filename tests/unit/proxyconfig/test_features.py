@@ -21,6 +21,7 @@ from tulle.proxyconfig.features import (
     FEATURES,
     SUPPORTED,
     lacking,
+    withheld_from,
     withhold_config,
     withhold_delta,
 )
@@ -351,3 +352,15 @@ def test_a_proxy_without_refused_destinations_loses_them_whole_never_just_the_fl
     withhold_delta(delta, missing)
     assert [list(d) for d in delta["listeners"]["upsert"][0]["destinations"]] == [
         ["address", "port", "protocol", "route_table", "cluster"]]
+
+
+def test_a_proxy_is_withheld_each_lacking_feature_that_owns_fields_or_drops_items() -> None:
+    """The control plane's list for one proxy (ADR 0122): a feature with only `drops` (a
+    filter type added later) counts as much as one with fields, else its entries go to a
+    build whose decoder refuses them; capabilities and delta units have nothing to withhold."""
+    for f in FEATURES:
+        missing = withheld_from([g for g in SUPPORTED if g != f.name])
+        assert missing == ((f,) if f.paths or f.drops else ()), f.name
+    names = {f.name for f in withheld_from([])}
+    assert {"authorization", "session-persistence", "rate-limit", "url-rewrite"} <= names
+    assert not names & {"tap", "serving-ack", "network-authorization", "stats-reports"}

@@ -35,7 +35,7 @@ from tulle.controlplane.push.trust import after_hello, record_signed, update_for
 from tulle.controlplane.push.wire import withheld_delta_frame, withheld_snapshot_frame
 from tulle.controlplane.readiness import STARTING, first_config_rejected
 from tulle.proxyconfig.delta import units_of
-from tulle.proxyconfig.features import SERVING_ACK, Feature, lacking
+from tulle.proxyconfig.features import SERVING_ACK, Feature, withheld_from
 from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.stats import report_seconds
 from tulle.proxyconfig.stream import (
@@ -241,7 +241,7 @@ class ProxySession:
                 self.send(a.issued if i == 0 else msgspec.structs.replace(
                     a.issued, workload=f"{a.namespace}/{a.workload}"))
         self.node = NodeSnapshots(keys)
-        self.missing = tuple(f for f in lacking(hello.features) if f.paths)
+        self.missing = withheld_from(hello.features)
         self.units = units_of(hello.features)
         now = time.time()  # noqa: TID251 - wall-clock timestamps for display, not durations
         for k in keys:
