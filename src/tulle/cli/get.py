@@ -272,6 +272,9 @@ def _get_proxies(srv: str, name: str | None, namespace: str | None, output: str,
     if hidden:
         click.echo(f"({hidden} disconnected prox{'y' if hidden == 1 else 'ies'} not shown: "
                    f"--all shows them)", err=True)
+    if any(p.get("withheldInUse") for p in items):
+        click.echo("(WITHHELD *: its config uses it, so that part is not in force at that "
+                   "proxy: `tulle check` lists them)", err=True)
 
 
 def _nack(p: dict[str, Any]) -> str:
@@ -286,5 +289,8 @@ def _nack(p: dict[str, Any]) -> str:
 
 
 def _withheld(p: dict[str, Any]) -> str:
-    """The config features left out of a proxy's snapshots because it lacks them."""
-    return ",".join(w["feature"] for w in p.get("withheld") or [])
+    """The config features left out of a proxy's snapshots because it lacks them; those its
+    config uses (not in force there, ADR 0122) first, marked `*`."""
+    used = set(p.get("withheldInUse") or ())
+    names = [w["feature"] for w in p.get("withheld") or []]
+    return ",".join([f"{n}*" for n in names if n in used] + [n for n in names if n not in used])

@@ -237,8 +237,11 @@ def describe_cmd(type_: str, name: str, namespace: str | None, server: str | Non
                 if p.get("connected"):
                     click.echo(f"Features:     {', '.join(p.get('features') or []) or '<none>'}")
                     withheld = p.get("withheld") or []
+                    used = set(p.get("withheldInUse") or ())
                     click.echo("Withheld:     " + ("; ".join(
-                        f"{w['feature']} ({', '.join(w['paths'])})" for w in withheld)
+                        f"{w['feature']} ({', '.join(w['paths']) or 'its items'})"
+                        + (": used by its config, not in force" if w["feature"] in used
+                           else "") for w in withheld)
                         or "<none>"))
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import msgspec
 from tests.integration.controlplane.test_negotiation import RawProxy, proxies, tulle
-from tests.support.controlplane import apply, control_plane_process, named_origin
+from tests.support.controlplane import apply, auth, control_plane_process, eventually, named_origin
 from tests.support.proxy import free_port
 from tests.support.resources import NS, permissive_mesh, service, workload
 
@@ -90,3 +91,82 @@ async def test_a_filter_an_older_proxy_cannot_decode_is_withheld_not_nacked(
                 ln for ln in table.splitlines() if " old-0 " in ln)
         finally:
             old.close()
+
+
+WITHOUT_TRUST_DOMAINS = [f for f in SUPPORTED if f not in (
+    "authz-trust-domains", "listener-sources", "stats-grpc-status", "refused-destinations",
+    "drain-propagation", "serving-ack", "dual-stack")]
+"""What a real build of a7fee86c announced."""
+
+
+def namespace_policy() -> dict[str, Any]:
+    return {"apiVersion": "policy.tulle.dev/v1alpha1", "kind": "AuthorizationPolicy",
+            "metadata": {"name": "api-callers", "namespace": NS},
+            "spec": {"targetRef": {"group": "", "kind": "Service", "name": "api"},
+                     "action": "ALLOW", "rules": [{"from": [{"namespaces": [NS]}]}]}}
+
+
+async def check_findings(api: str) -> list[dict[str, str]]:
+    async with aiohttp.ClientSession(headers=auth(api)) as s, \
+            s.get(f"{api}/api/v1/check") as r:
+        assert r.status == 200, await r.text()
+        found: list[dict[str, str]] = (await r.json())["findings"]
+    return found
+
+
+async def test_a_withheld_feature_its_config_uses_is_a_finding_not_just_a_name_in_a_list(
+        tmp_path: Path) -> None:
+    """A real a7fee86c sidecar ran an AuthorizationPolicy on `namespaces` without the
+    trust-domain check (ADR 0096) while `tulle check` said "no findings": the withheld list
+    named the feature for every older proxy whether or not anything used it.  Now the proxy's
+    row says which withheld features its ACKed config uses, `get proxies` marks them and
+    `tulle check` warns."""
+    async with named_origin("app") as app, control_plane_process("memory", tmp_path) as cp:
+        status, body = await apply(
+            cp.api, workload("api-0", free_port(), app, free_port(), app="api"),
+            service("api", app="api"), permissive_mesh())
+        assert status == 200, body
+        old = await RawProxy.connect(cp.stream_port, Hello(
+            workload=WorkloadInfo(name="api-0", namespace=NS),
+            features=WITHOUT_TRUST_DOMAINS), cp.api)
+        try:
+            msg = await old.next()
+            assert isinstance(msg, Snapshot), msg
+            old.writer.write(encode(Ack(version=msg.version)))
+
+            async def row() -> dict[str, Any]:
+                return (await proxies(cp.api))["api-0"]
+            await eventually(lambda: _acked(row, msg.version))
+            assert "authz-trust-domains" in [w["feature"] for w in (await row())["withheld"]]
+            assert (await row())["withheldInUse"] == []  # nothing uses it yet: no finding
+            assert not [f for f in await check_findings(cp.api)
+                        if f["code"] == "FeatureWithheld"]
+
+            status, body = await apply(cp.api, namespace_policy())
+            assert status == 200, body
+            while True:
+                delta = await old.next()
+                if isinstance(delta, DeltaMsg):
+                    break
+            assert b"trust_domains" not in bytes(delta.delta)
+            assert b'"namespaces":["shop"]' in bytes(delta.delta)  # the rule runs, laxer
+            d = msgspec.json.decode(delta.delta, type=Delta)
+            old.writer.write(encode(Ack(version=d.version)))
+            await eventually(lambda: _acked(row, d.version))
+            assert (await row())["withheldInUse"] == ["authz-trust-domains"]
+            (finding,) = [f for f in await check_findings(cp.api)
+                          if f["code"] == "FeatureWithheld"]
+            assert finding["object"] == "proxy shop/api-0"
+            assert finding["message"].startswith("its build lacks authz-trust-domains, which "
+                                                 "its config uses")
+            table = await tulle(cp.api, "get", "proxies")
+            assert "authz-trust-domains*," in next(
+                ln for ln in table.splitlines() if " api-0 " in ln)
+            described = await tulle(cp.api, "describe", "workload", "api-0", "-n", NS)
+            assert "trust_domains): used by its config, not in force" in described
+        finally:
+            old.close()
+
+
+async def _acked(row: Any, version: str) -> bool:
+    return bool((await row())["ackedVersion"] == version)

@@ -13,6 +13,8 @@ the proxies' side (connected, ACKed the desired version).
     ProxyNack          error    a proxy refused its desired snapshot and runs an older one
     ConfigError        error    the compiler could not build a proxy's snapshot
     ProxyNotInSync     warning  a connected proxy has not ACKed its desired snapshot yet
+    FeatureWithheld    warning  a connected (older) proxy lacks a feature its config uses:
+                                that part was withheld and is not in force there (ADR 0122)
     ProxyGone          warning  a Workload whose proxy disconnected: out of its Services'
                                 endpoints until it returns
 """
@@ -61,6 +63,7 @@ def proxy_findings(rows: Iterable[Mapping[str, Any]]) -> list[Finding]:
     proxy has not ACKed the desired version since (an older NACK is history, not a finding)."""
     out: list[Finding] = []
     stragglers: list[str] = []
+    withheld: dict[tuple[str, ...], list[str]] = {}
     for p in rows:
         key = f"{p.get('namespace')}/{p.get('name')}"
         label = f"proxy {key}"
@@ -72,6 +75,9 @@ def proxy_findings(rows: Iterable[Mapping[str, Any]]) -> list[Finding]:
             continue
         if not p.get("connected"):
             continue
+        in_use = tuple(p.get("withheldInUse") or ())
+        if in_use:
+            withheld.setdefault(in_use, []).append(key)
         nack = p.get("lastNack") or None
         in_sync = desired is not None and acked == desired
         if nack and not in_sync:
@@ -85,6 +91,8 @@ def proxy_findings(rows: Iterable[Mapping[str, Any]]) -> list[Finding]:
                 f"runs; an older proxy may lack a feature (`tulle describe workload`)"))
         elif not in_sync:
             stragglers.append(f"{key} (acked {acked or '-'}, desired {desired or '-'})")
+    for features, keys in sorted(withheld.items()):
+        out.append(_withheld_finding(features, keys))
     if stragglers:
         shown = ", ".join(stragglers[:10]) + (f" and {len(stragglers) - 10} more"
                                              if len(stragglers) > 10 else "")
@@ -94,6 +102,23 @@ def proxy_findings(rows: Iterable[Mapping[str, Any]]) -> list[Finding]:
                            "a push in flight settles in a second; if it persists, check the "
                            "proxy's log and `tulle get proxies`"))
     return out
+
+
+def _withheld_finding(features: tuple[str, ...], keys: list[str]) -> Finding:
+    """Proxies of an older build whose config uses features they lack (ADR 0122): one
+    finding per set of features, as for stragglers (an upgrade shows a few lines, not one per
+    proxy)."""
+    shown = ", ".join(keys[:10]) + (f" and {len(keys) - 10} more" if len(keys) > 10 else "")
+    one = len(keys) == 1
+    name, ns = keys[0].split("/", 1)[1], keys[0].split("/", 1)[0]
+    return Finding(
+        "warning", "FeatureWithheld",
+        f"proxy {keys[0]}" if one else f"{len(keys)} proxies",
+        f"{'its build lacks' if one else f'{shown}: their build lacks'} "
+        f"{', '.join(features)}, which {'its' if one else 'their'} config uses: that part was "
+        f"withheld and is not in force there",
+        f"upgrade {'the proxy' if one else 'them'}; `tulle describe workload {name} -n {ns}` "
+        f"lists what is withheld, by path")
 
 
 STARTING_PREFIX = "starting: "

@@ -10,8 +10,11 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
+import msgspec
+
 from tulle.controlplane.push.wire import WireCache
 from tulle.proxyconfig.features import Feature
+from tulle.proxyconfig.features_in_use import in_use
 from tulle.proxyconfig.model import ProxyConfig
 
 ProxyKey = tuple[str, str]
@@ -117,6 +120,21 @@ class ProxyStatus:
     running: ProxyConfig | None = field(default=None, repr=False)
     """The snapshot the proxy ACKed last: what it runs (not in `to_dict`; served whole by the
     proxy-config endpoint)."""
+    _in_use: tuple[ProxyConfig | None, tuple[Feature, ...], tuple[str, ...]] = field(
+        default=(None, (), ()), repr=False, compare=False)
+
+    def withheld_in_use(self) -> tuple[str, ...]:
+        """The withheld features that the snapshot it ACKed uses: what of its config this
+        (older) proxy does not run (ADR 0122).  Worked out once per ACKed snapshot, and only
+        for a proxy that lacks something."""
+        if not self.withheld or self.running is None:
+            return ()
+        cfg, missing, names = self._in_use
+        if cfg is not self.running or missing != self.withheld:
+            names = tuple(f.name for f in in_use(msgspec.to_builtins(self.running),
+                                                 self.withheld))
+            self._in_use = (self.running, self.withheld, names)
+        return names
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -131,6 +149,7 @@ class ProxyStatus:
             "pushes": self.pushes, "controlPlane": self.control_plane,
             "protocol": self.protocol, "features": self.features,
             "withheld": [{"feature": f.name, "paths": list(f.paths)} for f in self.withheld],
+            "withheldInUse": list(self.withheld_in_use()),
             "deltaUnits": sorted(self.delta_units), "node": self.node,
             "certificate": {"issuer": self.cert_issuer, "notBefore": self.cert_not_before,
                             "notAfter": self.cert_not_after} if self.cert_not_after else None,

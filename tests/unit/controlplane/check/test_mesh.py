@@ -62,6 +62,26 @@ def test_stragglers_are_named_in_one_finding() -> None:
     assert "shop/p0 (acked v1, desired v2)" in f.message and "and 2 more" in f.message
 
 
+def test_older_proxies_whose_config_uses_what_they_lack_are_one_finding_per_feature_set(
+        ) -> None:
+    """ADR 0122: a withheld feature is a finding only where the config uses it."""
+    trust = ["authz-trust-domains"]
+    found = proxy_findings([
+        row("a", desiredVersion="v1", ackedVersion="v1", withheldInUse=trust),
+        row("b", desiredVersion="v1", ackedVersion="v1", withheldInUse=trust),
+        row("c", desiredVersion="v1", ackedVersion="v1", withheldInUse=["session-persistence"]),
+        row("d", desiredVersion="v1", ackedVersion="v1", withheldInUse=[]),  # lacks, unused
+        {"namespace": "shop", "name": "gone", "connected": False, "withheldInUse": trust},
+    ])
+    assert [(f.severity, f.code, f.object) for f in found] == [
+        ("warning", "FeatureWithheld", "2 proxies"),
+        ("warning", "FeatureWithheld", "proxy shop/c")]
+    assert found[0].message.startswith("shop/a, shop/b: their build lacks authz-trust-domains")
+    assert "not in force" in found[1].message
+    assert found[1].hint.endswith("`tulle describe workload c -n shop` lists what is withheld, "
+                                  "by path")
+
+
 def test_a_disconnected_proxy_is_not_out_of_sync_and_a_config_error_is_an_error() -> None:
     found = proxy_findings([
         {"namespace": "shop", "name": "gone", "connected": False, "desiredVersion": "v2"},
