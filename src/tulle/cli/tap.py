@@ -61,8 +61,13 @@ def notice(item: dict[str, Any]) -> str | None:
     t = item.get("type")
     if t == "started":
         proxies = item.get("proxies") or []
-        return (f"# tapping {len(proxies)} prox{'y' if len(proxies) == 1 else 'ies'}: "
-                f"{safe(', '.join(proxies)) or 'none connected yet'}")
+        untapped = item.get("untapped") or []
+        out = (f"# tapping {len(proxies)} prox{'y' if len(proxies) == 1 else 'ies'}: "
+               f"{safe(', '.join(proxies)) or ('none' if untapped else 'none connected yet')}")
+        if untapped:  # an older build without `tap` (ADR 0122): its requests are not shown
+            out += (f"\n# not tapped, their build has no tap (requests they see are not "
+                    f"shown): {safe(', '.join(untapped))}")
+        return out
     if t == "dropped":
         return f"# {safe(item.get('proxy'))}: {item.get('count')} requests not shown (over the rate)"
     if t == "ended":

@@ -272,7 +272,9 @@
 
   function tapItem(item) {
     if (item.type === "started") {
-      $("tap-state").textContent = "tapping " + item.proxies.length + " proxies";
+      const untapped = item.untapped || [];  // an older build without tap (ADR 0122)
+      $("tap-state").textContent = "tapping " + item.proxies.length + " proxies" +
+        (untapped.length ? "; not tapped (no tap in their build): " + untapped.join(", ") : "");
       return;
     }
     if (item.type === "dropped") {

@@ -284,6 +284,9 @@ async def test_a_proxy_without_the_feature_is_never_sent_a_tap_and_stays_up(
     async with running_mesh(tmp_path, clients=("a",), features=old) as m, watching(
             m, kind="deploy", name="a", namespace=NS) as w:
         assert w.items[0]["proxies"] == []  # a-0 did not announce `tap`
+        # ...and the watcher is told so, not "none connected yet" (ADR 0122: a real build
+        # from before tap was left out of `tulle tap svc/...` without a word).
+        assert w.items[0]["untapped"] == ["shop/a-0"]
         assert await m.call("a") == 200
         client = m.clients["a"][0]
         assert client.server.taps.taps == () and client.agent.connected.is_set()

@@ -24,6 +24,11 @@ def test_notices() -> None:
     assert notice({"type": "started", "proxies": ["a", "b"]}) == "# tapping 2 proxies: a, b"
     assert notice({"type": "started", "proxies": []}) == (
         "# tapping 0 proxies: none connected yet")
+    assert notice({"type": "started", "proxies": ["a"], "untapped": ["b", "c"]}) == (
+        "# tapping 1 proxy: a\n# not tapped, their build has no tap (requests they see are "
+        "not shown): b, c")
+    alone = notice({"type": "started", "proxies": [], "untapped": ["b"]})
+    assert alone is not None and alone.startswith("# tapping 0 proxies: none\n")
     assert notice({"type": "heartbeat"}) is None
 
 

@@ -152,7 +152,8 @@ def add_tap_routes(app: FastAPI, broker: TapBroker, store: ResourceStore,
                 yield _line({"type": "started", "id": watch.id,
                              "target": {"kind": k, "namespace": namespace, "name": name},
                              "rate": watch.rate,
-                             "proxies": sorted(set(watch.sessions.values()))})
+                             "proxies": sorted(set(watch.sessions.values())),
+                             "untapped": broker.untapped(watch)})
                 end = loop.time() + duration
                 beat = loop.time() + heartbeat
                 while True:

@@ -199,6 +199,9 @@ class TapBroker:
         """With it, a Service tap goes only to the proxies whose config can see the Service
         (`sees_service`), and renewals bring in proxies whose config came to see it."""
         self.sessions: dict[TapSession, list[WorkloadInfo]] = {}
+        self.without: dict[TapSession, list[WorkloadInfo]] = {}
+        """Connected proxies that did not announce `tap` (an older build): never sent a tap,
+        only named to a watcher whose target they see (`untapped`, ADR 0122)."""
         self.watches: dict[str, TapWatch] = {}
         self.refused = 0
         """Records or batches refused (a proxy speaking for a tap or workload not its own)."""
@@ -211,12 +214,14 @@ class TapBroker:
         """A proxy connected (after its hello): it takes part in open and later taps if it
         announced the feature."""
         if FEATURE not in features:
+            self.without[session] = list(workloads)
             return
         self.sessions[session] = list(workloads)
         for watch in self.watches.values():
             self._enlist(watch, session, self.sessions[session])
 
     def detach(self, session: TapSession) -> None:
+        self.without.pop(session, None)
         if self.sessions.pop(session, None) is None:
             return
         for watch in self.watches.values():
@@ -226,21 +231,36 @@ class TapBroker:
             if who is not None:
                 watch.put({"type": "proxy-gone", "proxy": who})
 
-    def _enlist(self, watch: TapWatch, session: TapSession,
-                workloads: list[WorkloadInfo]) -> bool:
-        if session in watch.refused_by:
-            return False
+    def _match_for(self, watch: TapWatch, workloads: list[WorkloadInfo]) -> TapMatch | None:
+        """What to ask of a proxy fronting `workloads` for `watch`; None when it does not see
+        the watch's target."""
         t = watch.target
         match = watch.match
         if t.kind == "Workload":
             covered = _fronts(workloads, t, self.labels)
             if not covered:
-                return False
+                return None
             if len(covered) == 1:  # a node agent: only that workload's requests
                 w = covered[0]
                 match = msgspec.structs.replace(match, workload=f"{w.namespace}/{w.name}")
         elif self.snapshots is not None and not sees_service(self.snapshots, workloads,
                                                              match.service):
+            return None
+        return match
+
+    def untapped(self, watch: TapWatch) -> list[str]:
+        """The connected proxies that see the watch's target but cannot be tapped (they did
+        not announce `tap`): named to the watcher, so that half a picture is not taken for
+        the whole (ADR 0122)."""
+        return sorted({f"{w[0].namespace}/{w[0].name}" for session, w in self.without.items()
+                       if not session.closed and self._match_for(watch, w) is not None})
+
+    def _enlist(self, watch: TapWatch, session: TapSession,
+                workloads: list[WorkloadInfo]) -> bool:
+        if session in watch.refused_by:
+            return False
+        match = self._match_for(watch, workloads)
+        if match is None:
             return False
         names = frozenset(f"{w.namespace}/{w.name}" for w in workloads)
         watch.sessions[session] = f"{workloads[0].namespace}/{workloads[0].name}"
