@@ -44,11 +44,15 @@ class SidecarProcess:
         self.outbound_port = free_port()
         self.log_path = workdir / f"{name}.log"
         self.proc: asyncio.subprocess.Process | None = None
+        self.token = ""
+        """The bootstrap token of the last start (a restart may give it again: a proxy with a
+        cached identity presents its certificate instead, ADR 0123)."""
 
     async def start(self, token: str | None = None) -> None:
         if token is None:
             token = await issue_token(self.api, WorkloadInfo(
                 name=self.name, namespace=self.namespace, labels=self.labels))
+        self.token = token
         args = [TULLE, "proxy", "run", "--control-plane", f"127.0.0.1:{self.stream_port}",
                 "--workload", self.name, "-n", self.namespace, "--address", "127.0.0.1",
                 "--admin-port", str(self.admin_port), "--outbound-port", str(self.outbound_port),

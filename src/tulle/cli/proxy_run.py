@@ -87,8 +87,9 @@ OPTIONS: tuple[Opt, ...] = (
         help="Loopback port of the mesh DNS resolver (15053 in a pod whose port 53 "
              "`tulle iptables` redirects); 0: no resolver."),
     Opt(("--cache-dir",), "cache_dir", "dir",
-        help="Keep the last good snapshot here, to serve it after a restart even when the "
-             "control plane is down."),
+        help="Keep the last good snapshot here, and the workload certificates with their "
+             "keys (identity/, 0700, files 0600), to serve them after a restart even when "
+             "the control plane is down (ADR 0123)."),
     Opt(("--admin-port",), "admin_port", "int", default=15000, show_default=True,
         help="With --control-plane: the admin port (0 disables)."),
     Opt(("--watch-interval",), "watch_interval", "float", default=1.0, low=0.0,

@@ -1,8 +1,10 @@
 """The proxy's link to the control plane: register, subscribe, apply, ACK/NACK, reconnect.
 
-Decision 4 of DESIGN.md: the proxy keeps working without the control plane.  The last good
-snapshot is written to disk after every successful apply and loaded at start, so a proxy
-restarted while the control plane is down serves what it served before.  The agent reconnects
+Decision 4 of DESIGN.md: the proxy keeps working without the control plane.  With a cache
+directory the last good snapshot is written to disk after every successful apply, and every
+certificate held with its key and the mesh bundle at every issue, renewal and bundle change
+(`identity_cache.py`, ADR 0123); both are loaded at start, so a proxy restarted while the
+control plane is down serves what it served before, mTLS included.  The agent reconnects
 with exponential backoff and full jitter, rotating through the control-plane addresses it was
 given (several replicas share one PostgreSQL store).
 
@@ -16,8 +18,11 @@ later hellos (reconnects) present the certificate and a proof of its key instead
 certificate is renewed over the stream at about half its lifetime (`identity.py`), and put into
 every applied snapshot as the reserved `workload` identity and `mesh` bundle; a renewal
 re-applies the config in force, so new handshakes use the new certificate (TLS contexts rotate
-in place) and open connections are untouched.  What is cached on disk is the control plane's
-config, without those sections: the key never reaches the disk.
+in place) and open connections are untouched.  The cached snapshot is the control plane's
+config, without those sections; the identities have their own files.  An identity read from
+disk is a claim until the control plane takes it: the first hello presents it with a CSR, so
+a fresh certificate replaces it at once, and a hello refused over it drops it (the next one
+uses the bootstrap token).
 
 The stream runs over TLS (ADR 0034): `trust` (`stream_tls.py`) verifies the control plane —
 by the CA pin in the bootstrap token on first contact, or `--ca-file`, then by the mesh bundle
@@ -37,6 +42,11 @@ from pathlib import Path
 
 import msgspec
 
+from tulle.dataplane.cache_serving import (
+    expected_principals,
+    is_node_snapshot,
+    without_workloads,
+)
 from tulle.dataplane.identity import (
     HeldIdentity,
     ReservedSection,
@@ -44,6 +54,7 @@ from tulle.dataplane.identity import (
     check_reserved,
     inject,
 )
+from tulle.dataplane.identity_cache import IdentityCache, IdentityRefused
 from tulle.dataplane.outage import OutageLog
 from tulle.dataplane.server import ApplyError, ProxyServer
 from tulle.dataplane.stream_tls import StreamTrust
@@ -84,7 +95,7 @@ from tulle.proxyconfig.stream import (
     decode_snapshot,
     encode,
 )
-from tulle.proxyconfig.validate import ConfigError, check, validate
+from tulle.proxyconfig.validate import ConfigError, check
 
 log = logging.getLogger("tulle.agent")
 
@@ -109,10 +120,12 @@ class RefusedByControlPlane(ConnectionRefusedError):
 
 def load_cached(path: Path, workload: WorkloadInfo | None = None) -> ProxyConfig | None:
     """The snapshot cached at `path`, if it is one this proxy may serve: readable, at most
-    `CACHE_MAX_BYTES`, valid, and (given `workload`) made for that workload -- a cache of
-    another one would bind its ports and answer as it (a directory copied between hosts, a
-    `--cache-dir` shared by two proxies).  Anything else is logged and ignored: the proxy
-    then waits for the control plane."""
+    `CACHE_MAX_BYTES`, well-formed, without the sections the proxy fills itself, and (given
+    `workload`) made for that workload -- a cache of another one would bind its ports and
+    answer as it (a directory copied between hosts, a `--cache-dir` shared by two proxies).
+    Anything else is logged and ignored: the proxy then waits for the control plane.  Its
+    semantic checks (`check`) are the caller's, once the identities it names are injected:
+    without them, mTLS settings name an identity that is not there (ADR 0123)."""
     try:
         with path.open("rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -121,10 +134,11 @@ def load_cached(path: Path, workload: WorkloadInfo | None = None) -> ProxyConfig
                             "from the stream can be", path, size, CACHE_MAX_BYTES)
                 return None
             data = f.read(CACHE_MAX_BYTES + 1)
-        cfg = validate(msgspec.json.decode(data))
+        cfg = decode_snapshot(msgspec.Raw(data))
+        check_reserved(cfg)
     except FileNotFoundError:
         return None
-    except (OSError, msgspec.DecodeError, ConfigError) as exc:
+    except (OSError, ConfigError, ReservedSection) as exc:
         log.warning("ignoring unusable cached snapshot %s: %s", path, exc)
         return None
     node = cfg.node
@@ -138,10 +152,10 @@ def load_cached(path: Path, workload: WorkloadInfo | None = None) -> ProxyConfig
 
 CACHE_FILE_MODE = 0o600
 """The cached snapshot is the proxy uid's alone.  It holds the mesh as this workload sees it
-(Services, addresses, policies; not the certificate's key, which the proxy injects after and
-never writes), and whatever `identities` a snapshot carries would be in it too: written under
-the default umask it was 0644, readable by the application's uid and every other user of the
-host or node (ADR 0111)."""
+(Services, addresses, policies; not the certificate and its key, which the proxy injects after
+and keeps in files of their own, `identity_cache.py`): written under the default umask it
+was 0644, readable by the application's uid and every other user of the host or node (ADR
+0111)."""
 CACHE_DIR_MODE = 0o700
 
 
@@ -169,9 +183,11 @@ class Agent:
                  features: Sequence[str] = features.SUPPORTED,
                  workloads: Sequence[WorkloadInfo] = (),
                  node_tokens: Mapping[str, str] | None = None,
-                 trust: StreamTrust | None = None) -> None:
+                 trust: StreamTrust | None = None,
+                 identities: IdentityCache | None = None) -> None:
         """`trust`: how the control plane is verified; default: by the pins of `token`
-        (ValueError for a token without one)."""
+        (ValueError for a token without one).  `identities`: where the certificates held are
+        kept on disk (`--cache-dir`, ADR 0123); None: memory only."""
         if not addresses:
             raise ValueError("at least one control-plane address is needed")
         if trust is None:
@@ -229,22 +245,185 @@ class Agent:
         self.draining = False
         """Said `Draining`: the stream stays for the drain, and is never opened again."""
         self._renewer: asyncio.Task[None] | None = None
+        self.identities = identities
+        self._from_disk: set[str] = set()
+        """`namespace/name` of the identities in force that were read from disk and not yet
+        replaced by a certificate from the control plane (ADR 0123)."""
+        self._partial = False
+        """Serving the cached snapshot without some fronted workloads' parts (no usable
+        identity): the hello then names no version, which would say all of them serve."""
+        self._expired_noted: set[str] = set()
+
+    @property
+    def own_key(self) -> str:
+        return f"{self.workload.namespace}/{self.workload.name}"
+
+    def held_by_key(self) -> dict[str, HeldIdentity]:
+        """Every certificate in force by `namespace/name`, the proxy's own first."""
+        own = {self.own_key: self.held} if self.held is not None else {}
+        return {**own, **self.node_held}
 
     async def start_from_cache(self) -> bool:
-        """Serve the cached snapshot, if any, before the control plane is reachable."""
+        """Serve the cached snapshot, if any, with the cached identities, before the control
+        plane is reachable (ADR 0108, 0123).  Each refusal is one log line; then the proxy
+        waits for the control plane, as it does without a cache.  Usable identities are kept
+        even when no snapshot is served: the hello presents them instead of a bootstrap
+        token, which a restarted proxy has used already."""
         if self.cache_path is None:
             return False
         cfg = load_cached(self.cache_path, self.workload)
+        refused = self._load_identities(cfg)
         if cfg is None:
+            for k, why in refused.items():
+                if why is not None:
+                    self._log_refused(k, why, f"workload {k}")
             return False
+        held = self._held_all()
+        served = cfg
         try:
-            await self.server.apply(cfg)
+            check(inject(cfg, held))
+        except ConfigError as exc:
+            missing = [k for k in self._fronted_keys() if k not in self.held_by_key()]
+            if not missing or not is_node_snapshot(cfg):
+                self._log_unserved(cfg, exc, refused)
+                return False
+            served = without_workloads(cfg, missing, [self._identity_name(k) for k in missing])
+            try:
+                check(inject(served, held))
+            except ConfigError as again:
+                self._log_unserved(cfg, again, refused)
+                return False
+        else:
+            missing = []
+        for k, why in refused.items():
+            if k not in missing and why is not None:
+                self._log_refused(k, why, f"workload {k}")
+        try:
+            await self.server.apply(inject(served, held))
         except ApplyError as exc:
             log.warning("cached snapshot %s cannot be applied: %s", cfg.version, exc)
             return False
         self.current = cfg
-        log.info("serving cached snapshot %s until the control plane answers", cfg.version)
+        self._partial = bool(missing)
+        for k in missing:
+            self._log_refused(k, refused.get(k), f"cached snapshot {cfg.version} served without "
+                                                 f"workload {k} (its listeners wait for the "
+                                                 f"control plane)")
+        log.info("serving cached snapshot %s%s until the control plane answers", cfg.version,
+                 f" with the cached certificate{'s' if len(held) > 1 else ''} of "
+                 f"{', '.join(self.held_by_key())}" if held else "")
         return True
+
+    def _fronted_keys(self) -> list[str]:
+        return [self.own_key, *(f"{w.namespace}/{w.name}" for w in self.workloads)]
+
+    def _identity_name(self, key: str) -> str:
+        ns, _, name = key.partition("/")
+        return workload_identity(ns, name, first=key == self.own_key)
+
+    def _identity_path(self, key: str) -> str:
+        if self.identities is None:
+            return "(no identity cache)"
+        ns, _, name = key.partition("/")
+        return str(self.identities.path_of(ns, name))
+
+    def _load_identities(self, cfg: ProxyConfig | None) -> dict[str, IdentityRefused | None]:
+        """Put in force each fronted workload's cached identity that may be served; the
+        others by `namespace/name`, with why (None: none is cached)."""
+        out: dict[str, IdentityRefused | None] = {}
+        if self.identities is None:
+            return {k: None for k in self._fronted_keys()}
+        for k in self._fronted_keys():
+            ns, _, name = k.partition("/")
+            first = k == self.own_key
+            try:
+                found = self.identities.load(ns, name, first=first, expected=expected_principals(
+                    cfg, ns, name, first=first))
+            except IdentityRefused as exc:
+                out[k] = exc
+                continue
+            except (OSError, ValueError) as exc:
+                out[k] = IdentityRefused(f"unreadable: {exc}")
+                continue
+            if found is None:
+                out[k] = None
+                continue
+            if first:
+                self.held = found
+            else:
+                self.node_held[k] = found
+            self._from_disk.add(k)
+        held = self._held_all()
+        if held:  # the stream verifies the control plane by the bundle kept, as before
+            self.trust.learn(max(held, key=lambda h: h.cert.not_before).cert.trust_bundle)
+        return out
+
+    def _log_refused(self, key: str, why: IdentityRefused | None, what: str,
+                     then: str = "") -> None:
+        """One line: `what`, why `key`'s identity was not taken, `then` (ERROR when it is a
+        file others could reach: mode, owner, link)."""
+        if why is None:
+            log.warning("%s: no certificate of %s is cached at %s%s", what, key,
+                        self._identity_path(key), then)
+            return
+        log.log(logging.ERROR if why.exposed else logging.WARNING,
+                "%s: the certificate of %s cached at %s is refused: %s%s", what, key,
+                why.path or self._identity_path(key), why, then)
+
+    def _log_unserved(self, cfg: ProxyConfig, exc: ConfigError,
+                      refused: Mapping[str, IdentityRefused | None]) -> None:
+        """One line per identity that kept the cached snapshot from being served, or the
+        snapshot's own fault."""
+        needed = [k for k in self._fronted_keys() if k in refused]
+        if not needed:
+            log.warning("ignoring unusable cached snapshot %s: %s", self.cache_path, exc)
+            return
+        for k in needed:
+            self._log_refused(k, refused[k], f"not serving cached snapshot {cfg.version}",
+                              "; waiting for the control plane")
+
+    def _keep_identity(self, key: str, held: HeldIdentity) -> None:
+        """Write `held` to the identity cache, if there is one; a failure is logged, and the
+        certificate stays in force (memory only)."""
+        self._expired_noted.discard(key)
+        if self.identities is None:
+            return
+        ns, _, name = key.partition("/")
+        try:
+            self.identities.save(ns, name, held)
+        except (OSError, ValueError, IdentityRefused) as exc:
+            log.log(logging.ERROR if isinstance(exc, IdentityRefused) and exc.exposed
+                    else logging.WARNING, "cannot keep the certificate of %s on disk (%s): %s; "
+                    "a restart while the control plane is away will not serve mTLS", key,
+                    self.identities.directory, exc)
+
+    def _drop_from_disk(self, reason: str) -> None:
+        """The control plane refused the hello that presented identities read from disk:
+        they are not taken; the next hello proves those workloads by bootstrap token."""
+        if not self._from_disk or "certificate" not in reason:
+            return
+        for k in sorted(self._from_disk):
+            if k == self.own_key:
+                self.held = None
+            else:
+                self.node_held.pop(k, None)
+        log.warning("the control plane refused the cached certificate%s of %s: dropped; the "
+                    "next hello presents the bootstrap token%s", "s" * (len(self._from_disk) > 1),
+                    ", ".join(sorted(self._from_disk)), "s" * (len(self._from_disk) > 1))
+        self._from_disk.clear()
+
+    def _note_expired(self) -> None:
+        """While the control plane is away: one line per certificate in force that expired
+        (kept in force: peers refuse it, and nothing else could serve mTLS; ADR 0123)."""
+        now = time.time()  # noqa: TID251 - wall clock vs certificate times
+        for k, h in self.held_by_key().items():
+            if h.cert.not_after <= now and k not in self._expired_noted:
+                self._expired_noted.add(k)
+                log.warning("the certificate of %s expired at %s and the control plane has not "
+                            "renewed it: peers refuse it, so mTLS to and from %s fails until the "
+                            "control plane answers", k,
+                            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(h.cert.not_after)),
+                            k)
 
     async def run(self) -> None:
         """Stay subscribed until `stop()`; never raises for connection trouble."""
@@ -280,6 +459,7 @@ class Agent:
                 # (a draining proxy that reconnected would be an endpoint again)
                 break
             outage.failed(where, reason, self.current.version if self.current else None)
+            self._note_expired()
             i += 1
             attempt += 1
             cap = min(self.backoff_max, self.backoff_initial * 2 ** min(attempt, 16))
@@ -341,10 +521,14 @@ class Agent:
             auth = {"certificate": held.cert.cert_chain, "proof_time": at,
                     "proof": held.key.proof(w.namespace, w.name, at),
                     "trust_bundle": bundle_id(held.cert.trust_bundle)}
-            if at >= held.renew_at():
+            if at >= held.renew_at() or self.own_key in self._from_disk:
+                # (a key read from disk is replaced at the first chance, ADR 0123)
                 self._pending_key = WorkloadKey()
                 auth["csr"] = self._pending_key.csr(w.namespace, w.name)
-        return Hello(workload=w, last_version=self.current.version if self.current else "",
+        # A version names what this proxy serves now, for every workload it fronts (ADR
+        # 0116): not while the cache is served without some of them.
+        serving = self.current.version if self.current and not self._partial else ""
+        return Hello(workload=w, last_version=serving,
                      api_versions=[CONFIG_API_VERSION], features=self.features,
                      workloads=self.workloads, credentials=self._node_credentials(),
                      **auth)  # type: ignore[arg-type]
@@ -364,9 +548,14 @@ class Agent:
                                               csr=key.csr(w.namespace, w.name)))
                 continue
             at = int(time.time())  # noqa: TID251 - wall clock, compared with the CP's
+            csr = ""
+            if k in self._from_disk:  # replaced at the first chance (ADR 0123)
+                self._node_pending[k] = key = WorkloadKey()
+                csr = key.csr(w.namespace, w.name)
             out.append(WorkloadCredential(namespace=w.namespace, name=w.name,
                                           certificate=held.cert.cert_chain, proof_time=at,
-                                          proof=held.key.proof(w.namespace, w.name, at)))
+                                          proof=held.key.proof(w.namespace, w.name, at),
+                                          csr=csr))
         return out
 
     def _held_all(self) -> list[HeldIdentity]:
@@ -437,16 +626,17 @@ class Agent:
             return HeldIdentity(h.key, msgspec.structs.replace(
                 h.cert, trust_bundle=list(msg.trust_bundle)), h.identity.name)
 
-        if held is not None:
-            self.held = rebundled(held)
+        if held is not None or node_held:
+            self.held = rebundled(held) if held is not None else None
             self.node_held = {k: rebundled(h) for k, h in node_held.items()}
-            if self.current is not None:
-                try:
-                    await self.server.apply(inject(self.current, self._held_all()))
-                except ApplyError as exc:
-                    self.held, self.node_held = held, node_held
-                    log.warning("the new trust bundle cannot be put in force: %s", exc)
-                    return None
+            try:
+                await self._reapply()
+            except ApplyError as exc:
+                self.held, self.node_held = held, node_held
+                log.warning("the new trust bundle cannot be put in force: %s", exc)
+                return None
+            for k, h in self.held_by_key().items():  # the bundle kept with each follows
+                self._keep_identity(k, h)
         self.trust.learn(msg.trust_bundle)  # the stream's own trust follows the rotation
         self.trust_updates += 1
         log.info("mesh trust bundle %s in force (%d roots)%s", msg.id, len(msg.trust_bundle),
@@ -464,28 +654,48 @@ class Agent:
                 return
             renewed = msg.workload in self.node_held
             ns, _, name = msg.workload.partition("/")
-            self.node_held[msg.workload] = HeldIdentity(
+            key = msg.workload
+            taken = self.node_held[key] = HeldIdentity(
                 nkey, msg, workload_identity(ns, name, first=False))
         else:
-            key = self._pending_key
-            if key is None or not key.certified_by(msg.cert_chain):
+            pending = self._pending_key
+            if pending is None or not pending.certified_by(msg.cert_chain):
                 log.warning("ignoring a certificate this proxy did not ask for")
                 return
             self._pending_key = None
             renewed = self.held is not None
-            self.held = HeldIdentity(key, msg)
+            key = self.own_key
+            taken = self.held = HeldIdentity(pending, msg)
+        was_disk = key in self._from_disk
+        self._from_disk.discard(key)
         self.trust.learn(msg.trust_bundle)
         self.renewals += renewed
         log.info("workload certificate%s %s, valid until %s",
                  f" of {msg.workload}" if msg.workload else "",
-                 "renewed" if renewed else "issued",
+                 "issued in place of the one read from disk" if was_disk
+                 else "renewed" if renewed else "issued",
                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(msg.not_after)))
-        if self.current is not None:
-            try:
-                await self.server.apply(inject(self.current, self._held_all()))
-            except ApplyError as exc:
-                log.warning("the new certificate cannot be put in force: %s", exc)
+        self._keep_identity(key, taken)
+        try:
+            await self._reapply()
+        except ApplyError as exc:
+            log.warning("the new certificate cannot be put in force: %s", exc)
         self.identity_changed.set()
+
+    async def _reapply(self) -> None:
+        """Put the config in force again with the certificates held now (ApplyError).  The
+        cache served without some workloads (`_partial`) takes each back as its
+        certificate arrives."""
+        cfg = self.current
+        if cfg is None:
+            return
+        if not self._partial:
+            await self.server.apply(inject(cfg, self._held_all()))
+            return
+        missing = [k for k in self._fronted_keys() if k not in self.held_by_key()]
+        served = without_workloads(cfg, missing, [self._identity_name(k) for k in missing])
+        await self.server.apply(inject(served, self._held_all()))
+        self._partial = bool(missing)
 
     async def _session(self, host: str, port: int) -> None:
         reader, writer = await self.trust.connect(host, port, timeout=5)
@@ -504,6 +714,8 @@ class Agent:
                     if self._back is not None:  # the first frame: this session got going
                         self._back()
                         self._back = None
+                        if isinstance(msg, Error):  # the hello was refused
+                            self._drop_from_disk(msg.reason)
                     if isinstance(msg, StatsRequest):
                         self._drain_taken = msg.draining
                         self._start_stats(writer, msg.interval_ms)
@@ -624,6 +836,7 @@ class Agent:
             reason = str(exc)
         else:
             self.current = cfg
+            self._partial = False  # (checked with every identity it names)
             self.last_nack = ""
             self._check_served(cfg)
             self.last_ignored = ignored

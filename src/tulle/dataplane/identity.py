@@ -1,9 +1,10 @@
 """The proxy's own workload identity: its key, its CSR, the certificate it holds, renewal time.
 
-The key is made here and never leaves the process: not in a message (only the CSR and a
-signature go out), not in the disk cache (the agent caches the control plane's config, without
-the injected sections), not in a log line (`repr` redacts it).  `/config_dump` redacts
-identities already (ADR 0019).
+The key is made here and never leaves the process in a message (only the CSR and a signature
+go out) or a log line (`repr` redacts it); `/config_dump` redacts identities (ADR 0019).  With
+`--cache-dir` it is kept on disk, the proxy uid's alone, with its certificate and the mesh
+bundle (`identity_cache.py`, ADR 0123): the cached snapshot itself is still the control
+plane's config without the injected sections.
 
 The certificate is put into every snapshot the proxy applies as the reserved sections
 `identities[name=workload]` and `trust_bundles[name=mesh]` (ADR 0028): compiled TLS settings
@@ -47,6 +48,15 @@ class WorkloadKey:
 
     def __repr__(self) -> str:
         return "WorkloadKey(<redacted>)"
+
+    @classmethod
+    def from_private(cls, key: ec.EllipticCurvePrivateKey) -> WorkloadKey:
+        """A key kept from before (the identity cache, ADR 0123); ValueError unless P-256."""
+        if not isinstance(key.curve, ec.SECP256R1):
+            raise ValueError("a workload key is ECDSA P-256")
+        out = cls.__new__(cls)
+        out._key = key
+        return out
 
     def csr(self, namespace: str, name: str) -> str:
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name),

@@ -1,12 +1,13 @@
 """`tulle proxy run --control-plane ...`: a proxy whose config comes from the push stream.
 
 Start-up order: admin first (so `/ready` answers 503 while there is nothing to serve), then the
-cached snapshot if one exists (decision 4: keep serving across our own restart even when the
-control plane is down), then the subscription, which replaces it as soon as the control plane
-answers.  SIGTERM takes the proxy out of its Services' endpoints (it says `Draining`, or
-leaves the stream), keeps accepting while its callers learn it (`settings.drain_propagation_ms`,
-ADR 0113; a second SIGTERM / SIGINT ends that period), drains exactly as a file-configured
-proxy does, and sends a last stats report (`shut_down`).
+cached snapshot if one exists, with the cached identities it needs (decision 4: keep serving
+across our own restart even when the control plane is down; ADR 0123), then the subscription,
+which replaces both as soon as the control plane answers.  SIGTERM takes the proxy out of its
+Services' endpoints (it says `Draining`, or leaves the stream), keeps accepting while its
+callers learn it (`settings.drain_propagation_ms`, ADR 0113; a second SIGTERM / SIGINT ends
+that period), drains exactly as a file-configured proxy does, and sends a last stats report
+(`shut_down`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from tulle.dataplane.agent import Agent
+from tulle.dataplane.identity_cache import IDENTITY_DIR, IdentityCache
 from tulle.dataplane.listeners.admin import start_admin
 from tulle.dataplane.server import ProxyServer
 from tulle.dataplane.stream_tls import StreamTrust
@@ -48,7 +50,8 @@ async def serve(addresses: Sequence[tuple[str, int]], workload: WorkloadInfo, *,
     cache_path = (cache_dir / f"{workload.namespace}.{workload.name}.json"
                   if cache_dir is not None else None)
     agent = Agent(server, addresses, workload, cache_path=cache_path, token=token,
-                  trust=trust, workloads=workloads, node_tokens=node_tokens)
+                  trust=trust, workloads=workloads, node_tokens=node_tokens,
+                  identities=IdentityCache(cache_dir / IDENTITY_DIR) if cache_dir else None)
     await agent.start_from_cache()
     stop = asyncio.Event()
     again = asyncio.Event()
