@@ -42,11 +42,7 @@ from pathlib import Path
 
 import msgspec
 
-from tulle.dataplane.cache_serving import (
-    expected_principals,
-    is_node_snapshot,
-    without_workloads,
-)
+from tulle.dataplane.cache_serving import is_node_snapshot, without_workloads
 from tulle.dataplane.identity import (
     HeldIdentity,
     ReservedSection,
@@ -54,7 +50,8 @@ from tulle.dataplane.identity import (
     check_reserved,
     inject,
 )
-from tulle.dataplane.identity_cache import IdentityCache, IdentityRefused
+from tulle.dataplane.identity_cache import IdentityCache
+from tulle.dataplane.kept_identities import KeptIdentities
 from tulle.dataplane.outage import OutageLog
 from tulle.dataplane.server import ApplyError, ProxyServer
 from tulle.dataplane.stream_tls import StreamTrust
@@ -245,14 +242,11 @@ class Agent:
         self.draining = False
         """Said `Draining`: the stream stays for the drain, and is never opened again."""
         self._renewer: asyncio.Task[None] | None = None
-        self.identities = identities
-        self._from_disk: set[str] = set()
-        """`namespace/name` of the identities in force that were read from disk and not yet
-        replaced by a certificate from the control plane (ADR 0123)."""
+        self.kept = KeptIdentities(identities, self.own_key)
+        """The certificates kept on disk (ADR 0123)."""
         self._partial = False
         """Serving the cached snapshot without some fronted workloads' parts (no usable
         identity): the hello then names no version, which would say all of them serve."""
-        self._expired_noted: set[str] = set()
 
     @property
     def own_key(self) -> str:
@@ -272,32 +266,35 @@ class Agent:
         if self.cache_path is None:
             return False
         cfg = load_cached(self.cache_path, self.workload)
-        refused = self._load_identities(cfg)
+        found, refused = self.kept.read(self._fronted_keys(), cfg)
+        self.held = found.pop(self.own_key, None)
+        self.node_held.update(found)
+        held = self._held_all()
+        if held:  # the stream verifies the control plane by the bundle kept, as before
+            self.trust.learn(max(held, key=lambda h: h.cert.not_before).cert.trust_bundle)
         if cfg is None:
             for k, why in refused.items():
                 if why is not None:
-                    self._log_refused(k, why, f"workload {k}")
+                    self.kept.log_refused(k, why, f"workload {k}")
             return False
-        held = self._held_all()
         served = cfg
+        missing: list[str] = []
         try:
             check(inject(cfg, held))
         except ConfigError as exc:
-            missing = [k for k in self._fronted_keys() if k not in self.held_by_key()]
+            missing = list(refused)
             if not missing or not is_node_snapshot(cfg):
-                self._log_unserved(cfg, exc, refused)
+                self.kept.log_unserved(cfg, exc, refused, self.cache_path)
                 return False
-            served = without_workloads(cfg, missing, [self._identity_name(k) for k in missing])
+            served = without_workloads(cfg, missing, [self.kept.section(k) for k in missing])
             try:
                 check(inject(served, held))
             except ConfigError as again:
-                self._log_unserved(cfg, again, refused)
+                self.kept.log_unserved(cfg, again, refused, self.cache_path)
                 return False
-        else:
-            missing = []
         for k, why in refused.items():
             if k not in missing and why is not None:
-                self._log_refused(k, why, f"workload {k}")
+                self.kept.log_refused(k, why, f"workload {k}")
         try:
             await self.server.apply(inject(served, held))
         except ApplyError as exc:
@@ -306,9 +303,9 @@ class Agent:
         self.current = cfg
         self._partial = bool(missing)
         for k in missing:
-            self._log_refused(k, refused.get(k), f"cached snapshot {cfg.version} served without "
-                                                 f"workload {k} (its listeners wait for the "
-                                                 f"control plane)")
+            self.kept.log_refused(k, refused.get(k), f"cached snapshot {cfg.version} served "
+                                                     f"without workload {k} (its listeners wait "
+                                                     f"for the control plane)")
         log.info("serving cached snapshot %s%s until the control plane answers", cfg.version,
                  f" with the cached certificate{'s' if len(held) > 1 else ''} of "
                  f"{', '.join(self.held_by_key())}" if held else "")
@@ -317,113 +314,14 @@ class Agent:
     def _fronted_keys(self) -> list[str]:
         return [self.own_key, *(f"{w.namespace}/{w.name}" for w in self.workloads)]
 
-    def _identity_name(self, key: str) -> str:
-        ns, _, name = key.partition("/")
-        return workload_identity(ns, name, first=key == self.own_key)
-
-    def _identity_path(self, key: str) -> str:
-        if self.identities is None:
-            return "(no identity cache)"
-        ns, _, name = key.partition("/")
-        return str(self.identities.path_of(ns, name))
-
-    def _load_identities(self, cfg: ProxyConfig | None) -> dict[str, IdentityRefused | None]:
-        """Put in force each fronted workload's cached identity that may be served; the
-        others by `namespace/name`, with why (None: none is cached)."""
-        out: dict[str, IdentityRefused | None] = {}
-        if self.identities is None:
-            return {k: None for k in self._fronted_keys()}
-        for k in self._fronted_keys():
-            ns, _, name = k.partition("/")
-            first = k == self.own_key
-            try:
-                found = self.identities.load(ns, name, first=first, expected=expected_principals(
-                    cfg, ns, name, first=first))
-            except IdentityRefused as exc:
-                out[k] = exc
-                continue
-            except (OSError, ValueError) as exc:
-                out[k] = IdentityRefused(f"unreadable: {exc}")
-                continue
-            if found is None:
-                out[k] = None
-                continue
-            if first:
-                self.held = found
-            else:
-                self.node_held[k] = found
-            self._from_disk.add(k)
-        held = self._held_all()
-        if held:  # the stream verifies the control plane by the bundle kept, as before
-            self.trust.learn(max(held, key=lambda h: h.cert.not_before).cert.trust_bundle)
-        return out
-
-    def _log_refused(self, key: str, why: IdentityRefused | None, what: str,
-                     then: str = "") -> None:
-        """One line: `what`, why `key`'s identity was not taken, `then` (ERROR when it is a
-        file others could reach: mode, owner, link)."""
-        if why is None:
-            log.warning("%s: no certificate of %s is cached at %s%s", what, key,
-                        self._identity_path(key), then)
-            return
-        log.log(logging.ERROR if why.exposed else logging.WARNING,
-                "%s: the certificate of %s cached at %s is refused: %s%s", what, key,
-                why.path or self._identity_path(key), why, then)
-
-    def _log_unserved(self, cfg: ProxyConfig, exc: ConfigError,
-                      refused: Mapping[str, IdentityRefused | None]) -> None:
-        """One line per identity that kept the cached snapshot from being served, or the
-        snapshot's own fault."""
-        needed = [k for k in self._fronted_keys() if k in refused]
-        if not needed:
-            log.warning("ignoring unusable cached snapshot %s: %s", self.cache_path, exc)
-            return
-        for k in needed:
-            self._log_refused(k, refused[k], f"not serving cached snapshot {cfg.version}",
-                              "; waiting for the control plane")
-
-    def _keep_identity(self, key: str, held: HeldIdentity) -> None:
-        """Write `held` to the identity cache, if there is one; a failure is logged, and the
-        certificate stays in force (memory only)."""
-        self._expired_noted.discard(key)
-        if self.identities is None:
-            return
-        ns, _, name = key.partition("/")
-        try:
-            self.identities.save(ns, name, held)
-        except (OSError, ValueError, IdentityRefused) as exc:
-            log.log(logging.ERROR if isinstance(exc, IdentityRefused) and exc.exposed
-                    else logging.WARNING, "cannot keep the certificate of %s on disk (%s): %s; "
-                    "a restart while the control plane is away will not serve mTLS", key,
-                    self.identities.directory, exc)
-
     def _drop_from_disk(self, reason: str) -> None:
         """The control plane refused the hello that presented identities read from disk:
-        they are not taken; the next hello proves those workloads by bootstrap token."""
-        if not self._from_disk or "certificate" not in reason:
-            return
-        for k in sorted(self._from_disk):
+        dropped when it was over a certificate; the next hello uses the bootstrap token."""
+        for k in self.kept.refused_by_control_plane(reason):
             if k == self.own_key:
                 self.held = None
             else:
                 self.node_held.pop(k, None)
-        log.warning("the control plane refused the cached certificate%s of %s: dropped; the "
-                    "next hello presents the bootstrap token%s", "s" * (len(self._from_disk) > 1),
-                    ", ".join(sorted(self._from_disk)), "s" * (len(self._from_disk) > 1))
-        self._from_disk.clear()
-
-    def _note_expired(self) -> None:
-        """While the control plane is away: one line per certificate in force that expired
-        (kept in force: peers refuse it, and nothing else could serve mTLS; ADR 0123)."""
-        now = time.time()  # noqa: TID251 - wall clock vs certificate times
-        for k, h in self.held_by_key().items():
-            if h.cert.not_after <= now and k not in self._expired_noted:
-                self._expired_noted.add(k)
-                log.warning("the certificate of %s expired at %s and the control plane has not "
-                            "renewed it: peers refuse it, so mTLS to and from %s fails until the "
-                            "control plane answers", k,
-                            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(h.cert.not_after)),
-                            k)
 
     async def run(self) -> None:
         """Stay subscribed until `stop()`; never raises for connection trouble."""
@@ -459,7 +357,7 @@ class Agent:
                 # (a draining proxy that reconnected would be an endpoint again)
                 break
             outage.failed(where, reason, self.current.version if self.current else None)
-            self._note_expired()
+            self.kept.note_expired(self.held_by_key())
             i += 1
             attempt += 1
             cap = min(self.backoff_max, self.backoff_initial * 2 ** min(attempt, 16))
@@ -521,7 +419,7 @@ class Agent:
             auth = {"certificate": held.cert.cert_chain, "proof_time": at,
                     "proof": held.key.proof(w.namespace, w.name, at),
                     "trust_bundle": bundle_id(held.cert.trust_bundle)}
-            if at >= held.renew_at() or self.own_key in self._from_disk:
+            if at >= held.renew_at() or self.own_key in self.kept.from_disk:
                 # (a key read from disk is replaced at the first chance, ADR 0123)
                 self._pending_key = WorkloadKey()
                 auth["csr"] = self._pending_key.csr(w.namespace, w.name)
@@ -549,7 +447,7 @@ class Agent:
                 continue
             at = int(time.time())  # noqa: TID251 - wall clock, compared with the CP's
             csr = ""
-            if k in self._from_disk:  # replaced at the first chance (ADR 0123)
+            if k in self.kept.from_disk:  # replaced at the first chance (ADR 0123)
                 self._node_pending[k] = key = WorkloadKey()
                 csr = key.csr(w.namespace, w.name)
             out.append(WorkloadCredential(namespace=w.namespace, name=w.name,
@@ -636,7 +534,7 @@ class Agent:
                 log.warning("the new trust bundle cannot be put in force: %s", exc)
                 return None
             for k, h in self.held_by_key().items():  # the bundle kept with each follows
-                self._keep_identity(k, h)
+                self.kept.keep(k, h)
         self.trust.learn(msg.trust_bundle)  # the stream's own trust follows the rotation
         self.trust_updates += 1
         log.info("mesh trust bundle %s in force (%d roots)%s", msg.id, len(msg.trust_bundle),
@@ -666,16 +564,16 @@ class Agent:
             renewed = self.held is not None
             key = self.own_key
             taken = self.held = HeldIdentity(pending, msg)
-        was_disk = key in self._from_disk
-        self._from_disk.discard(key)
+        was_disk = key in self.kept.from_disk
+        self.kept.from_disk.discard(key)
         self.trust.learn(msg.trust_bundle)
         self.renewals += renewed
+        self.kept.keep(key, taken)
         log.info("workload certificate%s %s, valid until %s",
                  f" of {msg.workload}" if msg.workload else "",
                  "issued in place of the one read from disk" if was_disk
                  else "renewed" if renewed else "issued",
                  time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(msg.not_after)))
-        self._keep_identity(key, taken)
         try:
             await self._reapply()
         except ApplyError as exc:
@@ -693,7 +591,7 @@ class Agent:
             await self.server.apply(inject(cfg, self._held_all()))
             return
         missing = [k for k in self._fronted_keys() if k not in self.held_by_key()]
-        served = without_workloads(cfg, missing, [self._identity_name(k) for k in missing])
+        served = without_workloads(cfg, missing, [self.kept.section(k) for k in missing])
         await self.server.apply(inject(served, self._held_all()))
         self._partial = bool(missing)
 

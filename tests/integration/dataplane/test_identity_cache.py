@@ -196,7 +196,7 @@ async def test_sidecars_restarted_while_the_control_plane_is_down_serve_mtls_wit
             def fresh(c: SidecarProcess = c) -> bool:
                 return "issued in place of the one read from disk" in c.log()[marks[c.name]:]
 
-            await eventually(fresh, timeout=30, interval=0.1)
+            await eventually(fresh, timeout=30, interval=0.1)  # (said once it is on disk)
             after = json.loads(m.identity(c).read_text())
             assert after["certificate"] != before[c.name]["certificate"]
             assert after["key"] != before[c.name]["key"]
