@@ -12,9 +12,13 @@ What the proxy trusts, in this order:
    verification, reads the chain the server sent, keeps the certificate whose SPKI matches a
    pin (a CA), closes that connection without sending anything, and connects again verifying
    against that root — OpenSSL does the chain check, as on every later connection.
-The server certificate must also carry the control plane's SPIFFE ID (`stream_trust.py`): a
-workload's certificate from the same CA is refused.  `insecure_plaintext()` is the explicit
-development opt-out (`--stream-plaintext`), logged as insecure.
+A server that does not verify with a bundle learned that way (a bundle kept on disk from before
+a rotation that retired its root, or from another mesh: ADR 0123) is tried once more by the
+token's pins, when there are any: they are the operator's word for this mesh's CA, as at first
+contact.  The server certificate must also carry the control plane's SPIFFE ID
+(`stream_trust.py`): a workload's certificate from the same CA is refused.
+`insecure_plaintext()` is the explicit development opt-out (`--stream-plaintext`), logged as
+insecure.
 """
 
 from __future__ import annotations
@@ -52,6 +56,8 @@ class StreamTrust:
         self.plaintext = plaintext
         self.refusals = 0
         """Servers refused (tests and the admin read it)."""
+        self.learned = False
+        """`anchors` came from a mesh bundle (`learn`), not from --ca-file or a pin."""
 
     def __repr__(self) -> str:
         mode = "plaintext" if self.plaintext else f"{len(self.anchors)} anchors"
@@ -88,6 +94,7 @@ class StreamTrust:
         """Trust the mesh bundle received with a certificate from now on."""
         if bundle:
             self.anchors = list(bundle)
+            self.learned = True
 
     async def connect(self, host: str, port: int, timeout: float = 5.0) -> Stream:
         """A stream to a verified control plane, or StreamTrustError / OSError; nothing is
@@ -98,6 +105,24 @@ class StreamTrust:
             if not self.pins:
                 raise StreamTrustError("nothing to verify the control plane with")
             self.anchors = [await self._fetch_pinned_root(host, port, timeout)]
+        try:
+            return await self._connect_verified(host, port, timeout)
+        except StreamTrustError:
+            if not (self.learned and self.pins):
+                raise
+        # The bundle held is not this control plane's CA (any more): the token's pin is.
+        log.warning("control plane %s:%d: not verified by the mesh bundle held (a rotation "
+                    "retired its root, or it is another mesh's); trying the bootstrap token's "
+                    "CA pin", host, port)
+        root = await self._fetch_pinned_root(host, port, timeout)
+        held, self.anchors, self.learned = self.anchors, [root], False
+        try:
+            return await self._connect_verified(host, port, timeout)
+        except BaseException:
+            self.anchors, self.learned = held, True
+            raise
+
+    async def _connect_verified(self, host: str, port: int, timeout: float) -> Stream:
         ctx = client_context()
         ctx.verify_mode = ssl.CERT_REQUIRED
         try:

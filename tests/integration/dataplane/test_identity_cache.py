@@ -429,3 +429,65 @@ async def test_a_node_agent_serves_the_pods_whose_identities_it_kept_and_waits_f
         if node is not None:
             await node.stop()
         cp.kill()
+
+
+@pytest.mark.timeout(150)
+async def test_an_identity_the_control_plane_refuses_is_dropped_for_the_bootstrap_token(
+        tmp_path: Path) -> None:
+    """A cache directory from another mesh (same names, same trust domain, another CA; or a
+    root the mesh has since retired): its control plane does not verify with the bundle kept,
+    so the proxy verifies it by its bootstrap token's pin; that control plane refuses the
+    cached certificate, and the proxy proves itself with the token instead.  Before, the proxy
+    stayed locked out: the kept bundle replaced the pin, and the refused certificate was
+    presented again at every attempt."""
+    cache = tmp_path / "api-cache"
+    other = ControlPlaneProcess(f"sqlite:{tmp_path / 'other.db'}", tmp_path)
+    cp = ControlPlaneProcess(f"sqlite:{tmp_path / 'cp.db'}", tmp_path)
+    car: SidecarProcess | None = None
+    try:
+        async with named_origin("api") as app:
+            port = free_port()
+            docs = [_mesh(), _service("api", app="api")]
+            other.start()
+            await other.wait_ready()
+            car = SidecarProcess(other.api, other.stream_port, "api-0", tmp_path,
+                                 ports=[("http", port, app)], labels={"app": "api"},
+                                 cache_dir=cache)
+            ports = [{"name": "http", "port": port, "targetPort": app}]
+            wl = _workload("api-0", "api", car.outbound_port, ports, app="api")
+            status, body = await apply(other.api, *docs, wl)
+            assert status == 200, body
+            await car.start()
+            await car.wait_ready()
+            path = cache / "identity" / f"{NS}.api-0.json"
+            await eventually(path.exists, timeout=10)
+            theirs = json.loads(path.read_text())
+            await _stop(car)
+            other.kill()
+
+            cp.start()
+            await cp.wait_ready()
+            status, body = await apply(cp.api, *docs, wl)
+            assert status == 200, body
+            car.api, car.stream_port = cp.api, cp.stream_port
+            mark = len(car.log())
+            await car.start()  # (a token of this mesh)
+
+            async def admitted() -> bool:
+                p = (await cp.proxies()).get(f"{NS}/api-0", {})
+                return bool(p.get("connected") and p.get("ackedVersion")
+                            and p["ackedVersion"] == p.get("desiredVersion"))
+
+            await eventually(admitted, timeout=30, interval=0.2)
+            text = car.log()[mark:]
+            assert "not verified by the mesh bundle held" in text
+            assert "the control plane refused the cached certificate of shop/api-0" in text
+            assert "workload certificate issued, valid until" in text
+            ours = json.loads(path.read_text())
+            assert ours["trust_bundle"] != theirs["trust_bundle"]
+            assert ours["certificate"] != theirs["certificate"]
+    finally:
+        if car is not None:
+            car.kill()
+        other.kill()
+        cp.kill()
