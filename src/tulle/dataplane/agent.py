@@ -36,6 +36,7 @@ import contextlib
 import logging
 import os
 import random
+import stat
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -124,8 +125,22 @@ def load_cached(path: Path, workload: WorkloadInfo | None = None) -> ProxyConfig
     semantic checks (`check`) are the caller's, once the identities it names are injected:
     without them, mTLS settings name an identity that is not there (ADR 0123)."""
     try:
-        with path.open("rb") as f:
-            size = os.fstat(f.fileno()).st_size
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:  # (ELOOP: a symbolic link, never followed)
+        log.warning("ignoring unusable cached snapshot %s: %s", path, exc)
+        return None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            if why := _not_ours(st):
+                # What a cache-dir others may write to (a bare emptyDir is 0777) lets them
+                # put here: a snapshot of their own making, served at the next start while the
+                # control plane is away (policies gone, routes elsewhere).  ADR 0123.
+                log.error("ignoring cached snapshot %s: %s; remove it", path, why)
+                return None
+            size = st.st_size
             if size > CACHE_MAX_BYTES:
                 log.warning("ignoring cached snapshot %s: %d bytes, more than the %d a snapshot "
                             "from the stream can be", path, size, CACHE_MAX_BYTES)
@@ -133,8 +148,6 @@ def load_cached(path: Path, workload: WorkloadInfo | None = None) -> ProxyConfig
             data = f.read(CACHE_MAX_BYTES + 1)
         cfg = decode_snapshot(msgspec.Raw(data))
         check_reserved(cfg)
-    except FileNotFoundError:
-        return None
     except (OSError, ConfigError, ReservedSection) as exc:
         log.warning("ignoring unusable cached snapshot %s: %s", path, exc)
         return None
@@ -145,6 +158,20 @@ def load_cached(path: Path, workload: WorkloadInfo | None = None) -> ProxyConfig
                     f"{node.namespace}/{node.name}"[:300], workload.namespace, workload.name)
         return None
     return cfg
+
+
+def _not_ours(st: os.stat_result) -> str:
+    """Why a cached snapshot may hold what another uid wrote (another owner, or group or
+    others may write it), or "".  A file of the proxy's readable by others (0644, as versions
+    before ADR 0111 wrote it) is served: no one else could have changed it, and the proxy
+    writes it 0600 at its next snapshot."""
+    uid = os.geteuid()
+    if st.st_uid != uid:
+        return f"owned by uid {st.st_uid}, not by the proxy's ({uid})"
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        return f"mode {mode:04o} lets group or others write it (the proxy writes it 0600)"
+    return ""
 
 
 CACHE_FILE_MODE = 0o600

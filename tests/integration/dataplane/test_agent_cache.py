@@ -108,3 +108,35 @@ async def test_a_cached_snapshot_larger_than_a_stream_frame_is_refused_unread(
         assert f"more than the {MAX_FRAME} a snapshot from the stream can be" in text, text[:500]
         assert (await http_get(admin, "/ready"))[0] == 503
         assert "x" * 100 not in text  # (nothing of it logged either)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["another uid's", "group-writable", "a symbolic link"])
+async def test_a_cached_snapshot_another_uid_could_have_written_is_refused(
+        tmp_path: Path, how: str) -> None:
+    """ADR 0123: with the identities on disk, a cached snapshot is served with mTLS too, so a
+    snapshot another uid wrote (a `--cache-dir` others may write to: a bare emptyDir is 0777)
+    would be served as the proxy's own config while its control plane is away -- its policies
+    gone, its routes elsewhere.  Refused, loudly, unread; the listener it names is not bound."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    port = free_port()
+    path = cache / "shop.api-0.json"
+    doc = json.dumps(_snapshot("api-0", port, free_port()))
+    if how == "a symbolic link":
+        (tmp_path / "elsewhere.json").write_text(doc)
+        path.symlink_to(tmp_path / "elsewhere.json")
+    else:
+        path.write_text(doc)
+        if how == "another uid's":
+            os.chown(path, 65534, 65534)
+        else:
+            path.chmod(0o664)
+    async with _proxy(tmp_path, cache) as (admin, log):
+        text = log.read_text()
+        assert "ignoring" in text and "cached snapshot" in text, text
+        if how != "a symbolic link":
+            assert "remove it" in text, text
+        assert "serving cached snapshot" not in text, text
+        assert (await http_get(admin, "/ready"))[0] == 503
+        assert await _refused(port), "a snapshot another uid could write was served"
