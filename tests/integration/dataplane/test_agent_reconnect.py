@@ -28,7 +28,8 @@ def _attempts_after(log: str, marker: str, nth: int) -> list[float]:
     reconnect attempt the agent logged after it."""
     lines = log.splitlines()
     starts = [i for i, line in enumerate(lines) if marker in line]
-    assert len(starts) >= nth, log[-3000:]
+    if len(starts) < nth:  # (not logged yet: the test waits on this, `eventually`)
+        return []
     i = starts[nth - 1]
 
     def at(line: str) -> float:
