@@ -9,9 +9,27 @@ per half-life, plus once when a CA rotation asks it to: a bucket of `BURST` rene
 fronted workload, refilled with one per workload every `cert_ttl / 4` (at most every
 `MAX_REFILL` seconds, so a short-lived certificate setup still renews freely), is never empty
 for it, and holds a flood to a handful of signatures.
+
+`renew` is a session's handling of a renewal `Csr` (kept here, with its budget, so that
+`session.py` stays about the stream itself).
 """
 
 from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from tulle.controlplane.ca.authority import CsrError
+from tulle.controlplane.push.trust import record_signed
+from tulle.proxyconfig.stream import Csr, Error
+
+if TYPE_CHECKING:
+    from tulle.controlplane.push.session import ProxySession
+
+log = logging.getLogger("tulle.controlplane.push")
 
 BURST = 4
 """Renewals a stream may ask for at once, per workload it fronts."""
@@ -51,3 +69,55 @@ class RenewalBudget:
             return False
         self._tokens -= 1
         return True
+
+
+def budget(session: ProxySession) -> RenewalBudget:
+    """The stream's renewal budget, made at its first use (admitted streams only)."""
+    if session.renewals is None:
+        assert session.admitted is not None and session.server.admission is not None
+        session.renewals = RenewalBudget(len(session.admitted.all()),
+                                         session.server.admission.cert_ttl.total_seconds(),
+                                         asyncio.get_running_loop().time())
+    return session.renewals
+
+
+def _refuse(session: ProxySession, reason: str) -> None:
+    """The renewal is refused and the stream ends, saying why (the proxy keeps its current
+    certificate and reconnects)."""
+    session.send(Error(reason=reason))
+    session.writer.close()
+    session.closed = True
+
+
+def renew(session: ProxySession, msg: Csr) -> None:
+    """Sign a renewal CSR for the identity the stream was admitted as (for a node, the one of
+    the workload the CSR names); a refused CSR ends the stream with the reason."""
+    admission, admitted = session.server.admission, session.admitted
+    if admission is None or admitted is None:
+        _refuse(session, "this control plane issues no certificates")
+        return
+    if not budget(session).take(asyncio.get_running_loop().time()):
+        log.warning("proxy %s/%s: renewal refused: too many certificate requests on one "
+                    "stream; stream closed", admitted.namespace, admitted.workload)
+        _refuse(session, "renewal refused: too many certificate requests on this stream; "
+                         "reconnect and renew at half-life")
+        return
+    who = admitted
+    if msg.workload:
+        ns, _, name = msg.workload.partition("/")
+        found = session.admitted_by_key().get((ns, name))
+        if found is None or found is admitted:
+            _refuse(session, f"renewal for {msg.workload!r}: not a further workload this "
+                             f"stream was admitted for")
+            return
+        who = found
+    try:
+        cert = admission.sign(msg.csr, who.identity, who.workload)
+        record_signed([s for s in session.node_statuses
+                       if (s.namespace, s.name) == (who.namespace, who.workload)],
+                      cert, admission.state)
+        session.send(cert if who is admitted else msgspec.structs.replace(
+            cert, workload=msg.workload))
+    except CsrError as exc:
+        log.warning("proxy %s/%s: renewal refused: %s", who.namespace, who.workload, exc)
+        _refuse(session, str(exc))

@@ -23,15 +23,14 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from tulle.controlplane.ca.admission import AdmissionError, Admitted
-from tulle.controlplane.ca.authority import CsrError
 from tulle.controlplane.push.accept import write_paced
 from tulle.controlplane.push.cache import ProxyKey, ProxyStatus
 from tulle.controlplane.push.negotiation import negotiation_error
 from tulle.controlplane.push.node import NodeError, NodeSnapshots, workload_name
-from tulle.controlplane.push.renewals import RenewalBudget
+from tulle.controlplane.push.renewals import RenewalBudget, budget, renew
 from tulle.controlplane.push.reported import SHOWN_REASON, shown, shown_list
 from tulle.controlplane.push.stats import stats_request, take_report
-from tulle.controlplane.push.trust import after_hello, record_signed, update_for
+from tulle.controlplane.push.trust import after_hello, update_for
 from tulle.controlplane.push.wire import withheld_delta_frame, withheld_snapshot_frame
 from tulle.controlplane.readiness import STARTING, first_config_rejected
 from tulle.proxyconfig.delta import units_of
@@ -236,7 +235,7 @@ class ProxySession:
         key: ProxyKey = (w.namespace, w.name)
         fronted = [w, *hello.workloads]
         keys: list[ProxyKey] = list(dict.fromkeys((x.namespace, x.name) for x in fronted))
-        for i, a in enumerate(self._admitted_by_key().values()):
+        for i, a in enumerate(self.admitted_by_key().values()):
             if a.issued is not None:  # before any snapshot: it may name the identity
                 self.send(a.issued if i == 0 else msgspec.structs.replace(
                     a.issued, workload=f"{a.namespace}/{a.workload}"))
@@ -440,7 +439,7 @@ class ProxySession:
         elif isinstance(msg, Pong):
             pass
         elif isinstance(msg, Csr):
-            self._renew(msg)
+            renew(self, msg)
         elif isinstance(msg, TrustAck):
             for s in self.node_statuses:
                 s.trust_bundle = shown(msg.id)
@@ -501,64 +500,12 @@ class ProxySession:
         if adm is not None and st is not None and st.trust_updates and not self.closed:
             update = update_for(adm.state, *self.node_statuses)
             if update.renew and self.admitted is not None:  # asked for: never refused
-                self._budget().grant(len(self.admitted.all()))
+                budget(self).grant(len(self.admitted.all()))
             if update.renew or update.id != st.trust_bundle:  # else it holds this already
                 self.send(update)
 
-    def _admitted_by_key(self) -> dict[ProxyKey, Admitted]:
+    def admitted_by_key(self) -> dict[ProxyKey, Admitted]:
         """Each fronted workload's admission, the hello's own first (empty without a CA)."""
         if self.admitted is None:
             return {}
         return {(a.namespace, a.workload): a for a in self.admitted.all()}
-
-    def _budget(self) -> RenewalBudget:
-        """This stream's renewal budget, made at its first use (admitted streams only)."""
-        if self.renewals is None:
-            assert self.admitted is not None and self.server.admission is not None
-            self.renewals = RenewalBudget(len(self.admitted.all()),
-                                          self.server.admission.cert_ttl.total_seconds(),
-                                          asyncio.get_running_loop().time())
-        return self.renewals
-
-    def _renew(self, msg: Csr) -> None:
-        """Sign a renewal CSR for the identity this stream was admitted as (for a node, the
-        one of the workload the CSR names); a refused CSR ends the stream with the reason
-        (the proxy keeps its current certificate)."""
-        admission = self.server.admission
-        if admission is None or self.admitted is None:
-            self.send(Error(reason="this control plane issues no certificates"))
-            self.writer.close()
-            self.closed = True
-            return
-        if not self._budget().take(asyncio.get_running_loop().time()):
-            log.warning("proxy %s/%s: renewal refused: too many certificate requests on one "
-                        "stream; stream closed", self.admitted.namespace,
-                        self.admitted.workload)
-            self.send(Error(reason="renewal refused: too many certificate requests on this "
-                                   "stream; reconnect and renew at half-life"))
-            self.writer.close()
-            self.closed = True
-            return
-        who = self.admitted
-        if msg.workload:
-            ns, _, name = msg.workload.partition("/")
-            found = self._admitted_by_key().get((ns, name))
-            if found is None or found is self.admitted:
-                self.send(Error(reason=f"renewal for {msg.workload!r}: not a further workload "
-                                       f"this stream was admitted for"))
-                self.writer.close()
-                self.closed = True
-                return
-            who = found
-        try:
-            cert = admission.sign(msg.csr, who.identity, who.workload)
-            record_signed([s for s in self.node_statuses
-                           if (s.namespace, s.name) == (who.namespace, who.workload)],
-                          cert, admission.state)
-            self.send(cert if who is self.admitted else msgspec.structs.replace(
-                cert, workload=msg.workload))
-        except CsrError as exc:
-            log.warning("proxy %s/%s: renewal refused: %s", who.namespace, who.workload, exc)
-            self.send(Error(reason=str(exc)))
-            self.writer.close()
-            self.closed = True
