@@ -41,6 +41,12 @@ def control_plane() -> None:
               help="Seconds without a frame from a connected proxy (it answers a ping every "
                    "10 s) before its stream is closed and its workload leaves its Services' "
                    "endpoints (0: never).")
+@click.option("--stream-stall-timeout", default=10.0, show_default=True,
+              type=click.FloatRange(min=0, min_open=True),
+              envvar="TULLE_STREAM_STALL_TIMEOUT",
+              help="Seconds a push may go without the proxy taking any of it (it does not "
+                   "read) before its stream is closed; a slow proxy that keeps reading is "
+                   "never cut.")
 @click.option("--stats-interval", default=5.0, show_default=True,
               type=click.FloatRange(min=0), envvar="TULLE_STATS_INTERVAL",
               help="Seconds between the traffic reports proxies send for `tulle stat` "
@@ -85,7 +91,8 @@ def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str
             stream_port: int, instance: str, debounce_ms: int, stream_hello_timeout: float,
             stream_max_connections: int, stream_max_pending_hellos: int,
             stats_interval: float,
-            stream_liveness_timeout: float, api_max_body_bytes: int, ca_cert: str, ca_key: str, cert_ttl: str,
+            stream_liveness_timeout: float, stream_stall_timeout: float,
+            api_max_body_bytes: int, ca_cert: str, ca_key: str, cert_ttl: str,
             admin_token_file: str | None, api_tls_cert: str | None,
             api_tls_key: str | None, api_allow_plaintext: bool,
             stream_sans: tuple[str, ...], stream_plaintext: bool, stream_fd: int | None,
@@ -125,6 +132,7 @@ def run_cmd(store_url: str, api_address: str, api_port: int, stream_address: str
                     api_allow_plaintext=api_allow_plaintext, stream_sans=stream_sans,
                     stream_plaintext=stream_plaintext,
                     stream_liveness_timeout=stream_liveness_timeout,
+                    stream_stall_timeout=stream_stall_timeout,
                     stats_interval=stats_interval, stream_fd=stream_fd)
     except CAError as exc:
         # A damaged CA record in the store (the files were checked above): one line and

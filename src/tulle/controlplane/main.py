@@ -46,6 +46,7 @@ from tulle.controlplane.push.server import (
     DEFAULT_HELLO_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_PENDING_HELLOS,
+    DEFAULT_STALL_TIMEOUT,
     PushServer,
     SnapshotCache,
 )
@@ -94,6 +95,7 @@ class ControlPlane:
                  stream_plaintext: bool = False,
                  stream_liveness_timeout: float = DEFAULT_LIVENESS_TIMEOUT,
                  stream_ping_interval: float = 10.0,
+                 stream_stall_timeout: float = DEFAULT_STALL_TIMEOUT,
                  stats_interval: float = 5.0,
                  stream_fd: int | None = None,
                  api_watch: WatchLimits | None = None,
@@ -124,6 +126,11 @@ class ControlPlane:
             raise ValueError("--stream-liveness-timeout must not be negative")
         self.stream_liveness_timeout = stream_liveness_timeout
         self.stream_ping_interval = stream_ping_interval
+        if stream_stall_timeout <= 0:
+            raise ValueError(f"--stream-stall-timeout must be more than 0, got "
+                             f"{stream_stall_timeout:g}")
+        self.stream_stall_timeout = stream_stall_timeout
+        """Seconds a push may go without the proxy taking any of it (ADR 0118)."""
         if stats_interval < 0:
             raise ValueError("--stats-interval must not be negative (0: no reports)")
         self.stats_interval = stats_interval
@@ -212,6 +219,7 @@ class ControlPlane:
                                on_presence=self._presence,
                                liveness_timeout=self.stream_liveness_timeout,
                                ping_interval=self.stream_ping_interval,
+                               stall_timeout=self.stream_stall_timeout,
                                stats=StatsWindow(), stats_interval=self.stats_interval,
                                taps=TapBroker(labels=self.reconciler.workload_labels,
                                               snapshots=self.cache.get))

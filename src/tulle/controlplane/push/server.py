@@ -9,8 +9,12 @@ keeps its last good config; the next change is diffed against that config.
 
 Frames are built by the cache's `WireCache` (each resource encoded once for every proxy; deltas
 found by object identity), and at most `max_inflight_pushes` sessions write at once, each until
-its frame has left our buffer: a push to 2,000 proxies never holds 2,000 full snapshots in
-memory, and a proxy that stops reading only ever holds up its own slot, for `drain_timeout`.
+its frame has left our buffer or for `stall_timeout` at most (a slow push then goes on outside
+the slots): a push to 2,000 proxies never holds 2,000 full snapshots in memory, and a proxy
+that reads slowly holds up no other proxy's push for longer than that.  A proxy that takes
+nothing of a push for `stall_timeout` (its kernel buffers full, not reading) has its stream
+closed at once, counted (`stalledPushes`) and logged (ADR 0118): the rest of its frame is
+never buffered for it.
 
 A `hello` names the stream protocol, contract versions and config features the proxy speaks
 (ADR 0011).  A protocol or contract version this control plane does not speak gets an `Error`
@@ -69,6 +73,7 @@ from typing import Protocol
 
 from tulle.controlplane.ca.admission import Admission, Admitted
 from tulle.controlplane.push.accept import (
+    PushStalled,
     TlsListener,
     abort_socket,
     handshake,
@@ -101,9 +106,18 @@ from tulle.proxyconfig.stream import (
 
 log = logging.getLogger("tulle.controlplane.push")
 
-__all__ = ["DEFAULT_HELLO_TIMEOUT", "DEFAULT_MAX_CONNECTIONS", "DEFAULT_MAX_PENDING_HELLOS",
-           "PENDING_FD_SHARE", "REFUSAL_LOG_INTERVAL", "STREAM_FD_SHARE", "PushServer",
-           "SnapshotCache", "effective_caps", "soft_fd_limit"]
+__all__ = ["CLOSE_GRACE", "DEFAULT_HELLO_TIMEOUT", "DEFAULT_MAX_CONNECTIONS",
+           "DEFAULT_MAX_PENDING_HELLOS", "DEFAULT_STALL_TIMEOUT", "PENDING_FD_SHARE",
+           "REFUSAL_LOG_INTERVAL", "STREAM_FD_SHARE", "PushServer", "SnapshotCache",
+           "effective_caps", "soft_fd_limit"]
+
+DEFAULT_STALL_TIMEOUT = 10.0
+"""Seconds a push may go without the proxy taking any of it (`--stream-stall-timeout`)."""
+CLOSE_GRACE = 2.0
+"""Seconds an ended stream is given to close cleanly (TLS close_notify, what is buffered)
+before it is aborted: a peer that does not read, or a half-open one, must not keep its
+connection (and its buffers) for the TLS layer's own shutdown timeout (measured: 30 s under
+uvloop, after the liveness timeout's 30 s).  ADR 0118."""
 
 RegisterHook = Callable[[WorkloadInfo, str, Admitted | None], Awaitable[None]]
 """Called with the workload a proxy announced, its peer address and who it was admitted as
@@ -123,7 +137,8 @@ class PushServer:
     def __init__(self, cache: SnapshotCache, *, on_register: RegisterHook | None = None,
                  instance: str = "cp", ping_interval: float = 10.0,
                  on_ack: Callable[[ProxyKey, str], None] | None = None,
-                 max_inflight_pushes: int = 64, drain_timeout: float = 10.0,
+                 max_inflight_pushes: int = 64,
+                 stall_timeout: float = DEFAULT_STALL_TIMEOUT,
                  hello_timeout: float = DEFAULT_HELLO_TIMEOUT,
                  max_connections: int = DEFAULT_MAX_CONNECTIONS,
                  max_pending_hellos: int = DEFAULT_MAX_PENDING_HELLOS,
@@ -137,6 +152,8 @@ class PushServer:
                  taps: TapBroker | None = None) -> None:
         if hello_timeout <= 0:
             raise ValueError("hello_timeout must be positive")
+        if stall_timeout <= 0:
+            raise ValueError("stall_timeout must be positive")
         if max_connections < 0:
             raise ValueError("max_connections must be >= 0 (0: no limit)")
         if max_pending_hellos < 0:
@@ -181,8 +198,12 @@ class PushServer:
         self.on_ack = on_ack
         self.instance = instance
         self.ping_interval = ping_interval
-        self.drain_timeout = drain_timeout
+        self.stall_timeout = stall_timeout
+        """Seconds a push may go without the proxy taking any of it before its stream is
+        closed; also the longest a push holds one of the `max_inflight_pushes` slots."""
         self.push_slots = asyncio.Semaphore(max_inflight_pushes)
+        self.stalled_pushes = 0
+        self._log_stalled = ThrottledByKey(log, REFUSAL_LOG_INTERVAL)
         self.status: dict[ProxyKey, ProxyStatus] = {}
         self._server: asyncio.Server | None = None
         self._sessions: set[asyncio.Task[None]] = set()
@@ -253,7 +274,19 @@ class PushServer:
                 "unsupportedHellos": self.unsupported_hellos,
                 "unauthenticatedHellos": self.unauthenticated_hellos,
                 "disconnectsBeforeHello": self.disconnects_before_hello,
-                "tlsHandshakeFailures": self.tls_failures}
+                "tlsHandshakeFailures": self.tls_failures,
+                "stalledPushes": self.stalled_pushes}
+
+    def stalled(self, session: ProxySession, version: str, exc: PushStalled) -> None:
+        """A push the proxy took nothing of for `stall_timeout`: counted; logged per workload,
+        the first at once, then at most once per `REFUSAL_LOG_INTERVAL` with the count since."""
+        self.stalled_pushes += 1
+        keys = session.node.keys
+        who = f"{keys[0][0]}/{keys[0][1]}" if keys else "?"
+        self._log_stalled((who,), asyncio.get_running_loop().time(),
+                          "proxy %s from %s read nothing of version %s for %gs (%d of %d "
+                          "bytes not taken): stream closed", who, session.peer, version,
+                          exc.stall, exc.unsent, exc.size)
 
     def unsupported(self, hello: Hello, peer: str, reason: str) -> None:
         """A hello this control plane cannot serve: count it, log it once per proxy and reason
@@ -380,5 +413,10 @@ class PushServer:
             self._sessions.discard(task)
             if writer is not None:
                 writer.close()
-                with contextlib.suppress(Exception):
-                    await writer.wait_closed()
+                try:
+                    async with asyncio.timeout(CLOSE_GRACE):
+                        await writer.wait_closed()
+                except TimeoutError:
+                    writer.transport.abort()
+                except Exception:  # (the peer reset it: it is closed)
+                    pass

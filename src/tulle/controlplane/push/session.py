@@ -5,8 +5,8 @@ Kept apart from `server.py`, which accepts connections, holds them to the caps a
 it refuses, because a session's protocol is a job of its own; the server creates one
 `ProxySession` per connection and reaches live sessions only through `send_trust`.  The rules
 (one push in flight, deltas against the last ACK, withheld features, admission first,
-backpressure on replies) are described in `server.py`'s docstring and ADRs 0011, 0018, 0028
-and 0045.
+backpressure on replies, a push nobody reads ends the stream) are described in `server.py`'s
+docstring and ADRs 0011, 0018, 0028, 0045 and 0118.
 """
 
 
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from tulle.controlplane.ca.admission import AdmissionError, Admitted
-from tulle.controlplane.push.accept import write_paced
+from tulle.controlplane.push.accept import PushStalled, write_paced
 from tulle.controlplane.push.cache import ProxyKey, ProxyStatus
 from tulle.controlplane.push.negotiation import negotiation_error
 from tulle.controlplane.push.node import NodeError, NodeSnapshots, workload_name
@@ -121,6 +121,8 @@ class ProxySession:
         self.stats_period = 0.0
         """Seconds between the reports asked of this proxy (`stats_request`): when its next
         report is due, whatever its last one happened to cover."""
+        self.wake: asyncio.Event | None = None
+        """Set to wake the push loop (a new snapshot, a message, the end of the stream)."""
 
     def send(self, msg: Message) -> None:
         self.writer.write(encode(msg))
@@ -276,7 +278,7 @@ class ProxySession:
                  if self.missing else "")
         # One event wakes this loop: a new snapshot for this proxy (the cache sets it), a
         # message from the proxy, or the end of the stream (the reader sets it).
-        wake = srv.cache.subscribe(key)
+        wake = self.wake = srv.cache.subscribe(key)
         for k in keys[1:]:
             srv.cache.subscribe(k, wake)
         reader = asyncio.get_running_loop().create_task(self._read_loop(key, wake))
@@ -352,9 +354,22 @@ class ProxySession:
         srv = self.server
         if self._pending(key) is None:
             return
-        async with srv.push_slots:
+        slots = srv.push_slots
+        await slots.acquire()
+        held = True
+
+        def give_back() -> None:  # at the end, or once the push took `stall_timeout`
+            nonlocal held
+            if held:
+                held = False
+                slots.release()
+
+        # A slow push gives its slot back (it goes on, paced, outside the slots): a proxy
+        # that reads slowly holds up no other's push for longer than that.
+        late = asyncio.get_running_loop().call_later(srv.stall_timeout, give_back)
+        try:
             current = self._pending(key)  # the newest, now that it is our turn
-            if current is None:
+            if current is None or self.closed:
                 return
             wire = srv.cache.wire
             if self.missing:  # an older proxy: frames of its own (see wire.py)
@@ -364,19 +379,40 @@ class ProxySession:
             else:
                 frame = (wire.snapshot_frame(current) if self.acked is None
                          else wire.delta_frame(self.acked, current, self.units))
-            if srv.tls is None:
-                self.writer.writelines(frame)
             self.inflight = current
             self.inflight_parts = self.node.parts()
             for st, part in self._by_part():
                 st.sent_version = part.version
                 st.pushes += 1
-            if srv.tls is not None:  # paced: see accept.write_paced
-                await write_paced(self.writer, frame, srv.drain_timeout)
-                return
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(srv.drain_timeout):
-                    await self.writer.drain()
+            try:
+                await write_paced(self.writer, frame, srv.stall_timeout)  # see accept.py
+            except PushStalled as exc:
+                self._stalled(current, exc)
+            except ConnectionError:
+                if not self.closed:  # (else: we aborted it)
+                    raise
+        finally:
+            late.cancel()
+            give_back()
+
+    def _stalled(self, cfg: ProxyConfig, exc: PushStalled) -> None:
+        """The proxy took nothing of a push for `stall_timeout` (it does not read): end the
+        stream now instead of holding the rest of its frame until the liveness timeout (ADR
+        0118).  A proxy that is alive reconnects and is sent what it needs."""
+        if self.closed:  # (ended meanwhile: the peer went away)
+            return
+        self.end_reason = (f"the proxy read nothing of its config for {exc.stall:g}s "
+                           f"({exc.unsent} of {exc.size} bytes not taken)")
+        self.server.stalled(self, cfg.version, exc)
+        self._end()
+
+    def _end(self) -> None:
+        """Abort the connection (nothing buffered for it is kept) and wake the push loop, so
+        the session ends."""
+        self.closed = True
+        self.writer.transport.abort()
+        if self.wake is not None:
+            self.wake.set()
 
     def _current(self) -> ProxyConfig | None:
         """The snapshot this proxy should run: its workload's, or the merge of its node's."""

@@ -1,0 +1,298 @@
+"""A push nobody reads is cut (ADR 0118).
+
+Real control planes, real TLS on 127.0.0.1, raw peers speaking the stream by hand: a
+subscriber that never reads its snapshot, one that reads slowly, one gone silent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import ssl
+import struct
+import time
+from typing import Any, cast
+
+import pytest
+from tests.support.controlplane import (
+    apply,
+    eventually,
+    issue_token,
+    running_control_plane,
+)
+
+from tulle.controlplane.main import ControlPlane
+from tulle.controlplane.push.server import CLOSE_GRACE
+from tulle.dataplane.identity import WorkloadKey
+from tulle.dataplane.stream_tls import StreamTrust, client_context
+from tulle.proxyconfig.features import SUPPORTED
+from tulle.proxyconfig.model import CONFIG_API_VERSION
+from tulle.proxyconfig.stream import (
+    Ack,
+    Certificate,
+    FrameDecoder,
+    Hello,
+    Message,
+    Snapshot,
+    WorkloadInfo,
+    encode,
+)
+
+NS = "mem"
+
+
+def mesh(n: int) -> list[dict[str, Any]]:
+    """`n` Services, each with a workload and an HTTPRoute: every proxy's snapshot holds all
+    of them (~1.4 KB each on the wire)."""
+    docs: list[dict[str, Any]] = []
+    for i in range(n):
+        docs += [
+            {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Service",
+             "metadata": {"name": f"svc-{i}", "namespace": NS},
+             "spec": {"selector": {"app": f"svc-{i}"},
+                      "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}},
+            {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Workload",
+             "metadata": {"name": f"w-{i}", "namespace": NS, "labels": {"app": f"svc-{i}"}},
+             "spec": {"address": f"127.1.{i // 250}.{i % 250 + 1}",
+                      "ports": [{"name": "http", "port": 8080, "targetPort": 18080}]}},
+            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+             "metadata": {"name": f"r-{i}", "namespace": NS},
+             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": f"svc-{i}",
+                                      "port": 80}],
+                      "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/v1"}}],
+                                 "backendRefs": [{"name": f"svc-{i}", "port": 80}]}]}}]
+    return docs
+
+
+def _info(i: int) -> WorkloadInfo:
+    return WorkloadInfo(name=f"w-{i}", namespace=NS, address=f"127.1.{i // 250}.{i % 250 + 1}")
+
+
+class Identity:
+    """A workload's key and the certificate the control plane signed for it."""
+
+    def __init__(self, info: WorkloadInfo) -> None:
+        self.info = info
+        self.key = WorkloadKey()
+        self.cert = ""
+
+    def token_hello(self, token: str) -> Hello:
+        w = self.info
+        return Hello(workload=w, token=token, csr=self.key.csr(w.namespace, w.name),
+                     api_versions=[CONFIG_API_VERSION], features=list(SUPPORTED))
+
+    def cert_hello(self, last_version: str = "") -> Hello:
+        """What a proxy's agent says on a reconnect: its certificate and a fresh proof."""
+        w, at = self.info, int(time.time())  # noqa: TID251 - the proof's wall clock
+        return Hello(workload=w, certificate=self.cert, proof_time=at,
+                     proof=self.key.proof(w.namespace, w.name, at), last_version=last_version,
+                     api_versions=[CONFIG_API_VERSION], features=list(SUPPORTED))
+
+
+class Raw:
+    """A stream spoken by hand: the frames it read, in order."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.decoder = FrameDecoder(1 << 26)
+        self.got: list[Message] = []
+
+    def pause(self) -> None:
+        """Read nothing more from the socket (what the kernel buffers stays unread)."""
+        cast(asyncio.ReadTransport, self.writer.transport).pause_reading()
+
+    async def until(self, kinds: tuple[type[Message], ...], timeout: float = 10) -> Message | None:
+        """Read until a frame of one of `kinds` arrives (returned) or the stream ends (None)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                for m in self.got:
+                    if isinstance(m, kinds):
+                        self.got.remove(m)
+                        return m
+                data = await self.reader.read(1 << 20)
+                if not data:
+                    return None
+                self.got += self.decoder.feed(data)
+
+
+async def _open(trust: StreamTrust, port: int, hello: Hello) -> Raw:
+    reader, writer = await trust.connect("127.0.0.1", port)
+    writer.write(encode(hello))
+    return Raw(reader, writer)
+
+
+async def _admitted(api: str, port: int, ident: Identity) -> tuple[StreamTrust, Raw, str]:
+    """First contact with a bootstrap token: the stream's trust, the open stream, and the
+    version of the snapshot it ACKed."""
+    token = await issue_token(api, ident.info)
+    trust = StreamTrust.from_options(token)
+    raw = await _open(trust, port, ident.token_hello(token))
+    cert = await raw.until((Certificate,))
+    assert isinstance(cert, Certificate), raw.got
+    ident.cert = cert.cert_chain
+    trust.learn(cert.trust_bundle)
+    snap = await raw.until((Snapshot,))
+    assert isinstance(snap, Snapshot), raw.got
+    raw.writer.write(encode(Ack(version=snap.version)))
+    return trust, raw, snap.version
+
+
+class NonReader:
+    """A subscriber that says hello over TLS and then reads nothing (a blocking socket with a
+    4 KiB receive buffer, driven from a thread: no event loop reads ahead for it), or reads
+    as slowly as it is told (`read`)."""
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self.sock = sock
+        self.decoder = FrameDecoder(1 << 26)
+        self.got: list[Message] = []
+
+    @classmethod
+    async def open(cls, trust: StreamTrust, port: int, hello: Hello) -> NonReader:
+        ctx = client_context()
+        ctx.load_verify_locations(cadata="".join(trust.anchors))
+
+        def connect() -> ssl.SSLSocket:
+            raw = socket.socket()
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            raw.settimeout(5)
+            raw.connect(("127.0.0.1", port))
+            tls = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+            tls.sendall(encode(hello))
+            return tls
+
+        return cls(await asyncio.to_thread(connect))
+
+    async def read(self, n: int) -> bytes:
+        return await asyncio.to_thread(self.sock.recv, n)
+
+    async def send(self, msg: Message) -> None:
+        await asyncio.to_thread(self.sock.sendall, encode(msg))
+
+    async def until(self, kinds: tuple[type[Message], ...]) -> Message | None:
+        """Frames until one of `kinds` (returned), or None at the end of the stream."""
+        while True:
+            for m in self.got:
+                if isinstance(m, kinds):
+                    self.got.remove(m)
+                    return m
+            data = await self.read(1 << 16)
+            if not data:
+                return None
+            self.got += self.decoder.feed(data)
+
+    def abort(self) -> None:
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+
+
+async def _stored(cp: ControlPlane, name: str) -> dict[str, Any]:
+    assert cp.store is not None
+    obj = await cp.store.get("Workload", NS, name)
+    return dict((obj.get("status") or {}).get("proxy") or {})
+
+
+def _small_buffers_listener() -> int:
+    """A listening socket whose connections get a 4 KiB send buffer (inherited on accept):
+    a snapshot of a few hundred KB then cannot hide in the kernel from a peer that reads
+    nothing.  Its fd, handed to the control plane (`--stream-fd`)."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    return sock.detach()
+
+
+STALL = 1.0
+
+
+async def test_a_subscriber_that_reads_nothing_is_cut_at_the_stall_timeout(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """ADR 0109 left this open: a subscriber that does not read held the rest of its
+    snapshot in the control plane (encrypted, written at once after 10 s) until the liveness
+    timeout, 30 s: 70 of them at 3,500 Services grew it from 203 to 676 MB.  Now the push
+    that goes `--stream-stall-timeout` without the proxy taking any of it ends the stream:
+    counted, logged, and the workload's status says why.  Before: still open 8 s later."""
+    caplog.set_level(logging.WARNING, "tulle.controlplane.push")
+    async with running_control_plane(stream_fd=_small_buffers_listener(),
+                                     stream_stall_timeout=STALL) as cp:
+        status, body = await apply(cp.api_url, *mesh(250))
+        assert status == 200, body
+        ident = Identity(_info(2))
+        trust, first, _ = await _admitted(cp.api_url, cp.stream_port, ident)
+        first.writer.close()
+        assert cp.push is not None
+        await eventually(lambda: cp.push is not None and not cp.push._sessions)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        peer = await NonReader.open(trust, cp.stream_port, ident.cert_hello())
+        try:
+            await eventually(lambda: cp.push is not None and cp.push.stalled_pushes == 1,
+                             timeout=8)
+            took = loop.time() - start
+            await eventually(lambda: cp.push is not None and not cp.push._sessions, timeout=3)
+        finally:
+            peer.abort()
+        assert STALL <= took < STALL + 5, took
+        stored = await _stored(cp, "w-2")
+        assert "read nothing of its config" in stored.get("reason", ""), stored
+        assert any("read nothing of version" in r.getMessage() for r in caplog.records)
+
+
+async def test_a_slow_subscriber_that_keeps_reading_gets_its_whole_snapshot() -> None:
+    """The stall timeout is on progress, not on the whole frame: a proxy reading 32 KiB every
+    0.1 s takes longer than `--stream-stall-timeout` for its ~560 KB snapshot, and is not
+    cut (each chunk it is sent drains well within the timeout)."""
+    stall = 1.5
+    async with running_control_plane(stream_fd=_small_buffers_listener(),
+                                     stream_stall_timeout=stall) as cp:
+        status, body = await apply(cp.api_url, *mesh(400))
+        assert status == 200, body
+        ident = Identity(_info(3))
+        trust, first, _ = await _admitted(cp.api_url, cp.stream_port, ident)
+        first.writer.close()
+        assert cp.push is not None
+        await eventually(lambda: cp.push is not None and not cp.push._sessions)
+        peer = await NonReader.open(trust, cp.stream_port, ident.cert_hello())
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        decoder = FrameDecoder(1 << 26)
+        got: list[Message] = []
+        reads = 0
+        try:
+            while not any(isinstance(m, Snapshot) for m in got):
+                data = await peer.read(16 * 1024)
+                assert data, "the control plane closed the stream"
+                got += decoder.feed(data)
+                reads += 1
+                if reads % 2 == 0:
+                    await asyncio.sleep(0.1)
+        finally:
+            peer.abort()
+        assert loop.time() - start > stall  # (slow indeed)
+        assert cp.push.stalled_pushes == 0
+
+
+async def test_a_silent_stream_lets_go_of_its_connection_soon_after_it_ends() -> None:
+    """A proxy gone silent (its host lost, a half-open stream) is ended at the liveness
+    timeout; the connection is then closed cleanly if the peer answers, else aborted after
+    `CLOSE_GRACE`.  Before, the clean close waited for the peer's TLS close_notify for uvloop's
+    own shutdown timeout, 30 s more, the connection and its buffers held all along."""
+    async with running_control_plane(stream_ping_interval=0.2,
+                                     stream_liveness_timeout=0.5) as cp:
+        status, body = await apply(cp.api_url, *mesh(3))
+        assert status == 200, body
+        ident = Identity(_info(1))
+        trust, first, _ = await _admitted(cp.api_url, cp.stream_port, ident)
+        first.writer.close()
+        assert cp.push is not None and cp.push._listener is not None
+        listener = cp.push._listener
+        await eventually(lambda: not listener._tasks)
+        peer = await NonReader.open(trust, cp.stream_port, ident.cert_hello())
+        try:
+            snap = await peer.until((Snapshot,))
+            assert isinstance(snap, Snapshot), peer.got
+            await peer.send(Ack(version=snap.version))  # then nothing, ever
+            await eventually(lambda: cp.push is not None and not cp.push._sessions)
+            took = await eventually(lambda: not listener._tasks, timeout=CLOSE_GRACE + 3)
+        finally:
+            peer.abort()
+        assert took < CLOSE_GRACE + 3, took
