@@ -258,7 +258,9 @@ async def test_certificate_is_renewed_at_half_life_and_reconnects_use_it() -> No
 async def test_a_proxy_on_a_new_stream_stays_connected_when_its_old_stream_ends() -> None:
     """A proxy that reconnected at once (or whose old stream the control plane sees end only
     later) holds its status with the new stream: the old one's end must not mark it
-    disconnected (seen as a node agent that "never came back" in a CI run)."""
+    disconnected (seen as a node agent that "never came back" in a CI run).  Since ADR 0118
+    the new stream ends the old one itself (one stream per workload): the old one is told
+    why and closed, and the proxy stays connected on the new one."""
     async with running_control_plane() as cp:
         w = WorkloadInfo(name="web-0", namespace=NS, address="127.0.0.1")
         key = WorkloadKey()
@@ -281,10 +283,13 @@ async def test_a_proxy_on_a_new_stream_stays_connected_when_its_old_stream_ends(
             try:
                 w2.write(encode(_h("web-0", certificate=cert.cert_chain, proof_time=at,
                                    proof=key.proof(NS, "web-0", at))))
-                await eventually(lambda: push.counters()["connections"] == 2
-                                 and push.status[(NS, "web-0")].connected_since > since)
-                w1.close()  # the old stream ends; `connections` drops once its end is handled
+                await eventually(lambda: push.status[(NS, "web-0")].connected_since > since)
                 await eventually(lambda: push.counters()["connections"] == 1)
+                while not any(isinstance(m, Error) for m in got):  # the old one is told
+                    data = await asyncio.wait_for(r1.read(65536), timeout=5)
+                    assert data, f"closed without saying why: {got}"
+                    got += dec.feed(data)
+                assert push.counters()["replacedStreams"] == 1
                 assert push.status[(NS, "web-0")].connected
                 w2.close()
                 await eventually(lambda: push.counters()["connections"] == 0)

@@ -1,21 +1,30 @@
-"""A push nobody reads is cut (ADR 0118).
+"""The stream's memory against peers that misbehave (ADR 0118): one stream per workload, and a
+push nobody reads is cut.
 
-Real control planes, real TLS on 127.0.0.1, raw peers speaking the stream by hand: a
-subscriber that never reads its snapshot, one that reads slowly, one gone silent."""
+Real control planes (one as a real `tulle control-plane run` process, for its RSS), real TLS on
+127.0.0.1, raw peers speaking the stream by hand: a proxy that reconnects with its certificate
+and leaves its old streams open, a proxy back after a network blip while its old stream is
+still open on the control plane, a subscriber that never reads its snapshot, one that reads
+slowly, one gone silent."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
 import struct
 import time
+from pathlib import Path
 from typing import Any, cast
 
+import aiohttp
 import pytest
 from tests.support.controlplane import (
     apply,
+    auth,
+    control_plane_process,
     eventually,
     issue_token,
     running_control_plane,
@@ -30,6 +39,8 @@ from tulle.proxyconfig.model import CONFIG_API_VERSION
 from tulle.proxyconfig.stream import (
     Ack,
     Certificate,
+    DeltaMsg,
+    Error,
     FrameDecoder,
     Hello,
     Message,
@@ -137,6 +148,55 @@ async def _admitted(api: str, port: int, ident: Identity) -> tuple[StreamTrust, 
     return trust, raw, snap.version
 
 
+async def _stream_counters(api: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession(headers=auth(api)) as s, \
+            s.get(f"{api}/api/v1/proxies") as r:
+        return dict((await r.json())["stream"])
+
+
+RECONNECTS = 250
+
+
+async def test_a_proxy_reconnecting_without_closing_its_streams_holds_one_stream(
+        tmp_path: Path) -> None:
+    """ADR 0109 left this open: a reconnect loop grew the real control plane from 111 to
+    430 MB, not returned after the loop stopped.  Its cause: every stream it opened stayed
+    open (until the liveness timeout, or for ever for one that answers pings), each holding a
+    TLS connection and what its push left resident (~300 KB here).  Before: after this loop
+    251 streams were open and RSS had grown 73 MB; now each new stream ends the older one,
+    one stays open, and RSS grows ~2 MB."""
+    async with control_plane_process(f"sqlite:{tmp_path / 'cp.db'}", tmp_path,
+                                     "--log-level", "warning") as cp:
+        status, body = await apply(cp.api, *mesh(150))
+        assert status == 200, body
+        ident = Identity(_info(0))
+        trust, first, _ = await _admitted(cp.api, cp.stream_port, ident)
+        first.pause()
+        rss0 = cp.rss_kib()
+        held = [first]
+        for _ in range(RECONNECTS):
+            raw = await _open(trust, cp.stream_port, ident.cert_hello())
+            snap = await raw.until((Snapshot,))
+            assert isinstance(snap, Snapshot), raw.got
+            raw.writer.write(encode(Ack(version=snap.version)))
+            raw.pause()  # left open, never read again
+            held.append(raw)
+
+        async def one_left() -> bool:
+            return int((await _stream_counters(cp.api))["connections"]) == 1
+
+        with contextlib.suppress(AssertionError):  # (asserted below, with the RSS)
+            await eventually(one_left, timeout=5, interval=0.2)
+        grown_mb = (cp.rss_kib() - rss0) / 1024
+        counters = await _stream_counters(cp.api)
+        for raw in held:
+            raw.writer.transport.abort()
+        assert counters["connections"] == 1, (counters, f"RSS grew {grown_mb:.0f} MB")
+        assert counters["replacedStreams"] == RECONNECTS
+        assert grown_mb < 25, f"RSS grew {grown_mb:.0f} MB over {RECONNECTS} reconnects"
+        assert "was replaced by a newer one" in cp.log()
+
+
 class NonReader:
     """A subscriber that says hello over TLS and then reads nothing (a blocking socket with a
     4 KiB receive buffer, driven from a thread: no event loop reads ahead for it), or reads
@@ -190,6 +250,61 @@ async def _stored(cp: ControlPlane, name: str) -> dict[str, Any]:
     assert cp.store is not None
     obj = await cp.store.get("Workload", NS, name)
     return dict((obj.get("status") or {}).get("proxy") or {})
+
+
+@pytest.mark.parametrize("says_version", [True, False], ids=["serving", "starting"])
+async def test_a_proxy_back_after_a_blip_is_served_while_its_old_stream_is_open(
+        says_version: bool) -> None:
+    """The network blipped: the proxy reconnects while the control plane still holds its old
+    stream (half-open: nothing will ever come from it, or close it).  The new stream is
+    served at once, the old one is ended (told why, if anything still reads it), and the old
+    one's end does not take the workload out of its Services' endpoints: presence stays the
+    new session's `Connected` (ADR 0116's writes are by session).  `starting`: the new hello
+    names no version, so the workload is out until the new stream's first ACK, as for any
+    start."""
+    async with running_control_plane() as cp:
+        status, body = await apply(cp.api_url, *mesh(3))
+        assert status == 200, body
+        ident = Identity(_info(1))
+        trust, first, _ = await _admitted(cp.api_url, cp.stream_port, ident)
+        first.writer.close()
+        old = await NonReader.open(trust, cp.stream_port, ident.cert_hello())
+        snap = await old.until((Snapshot,))
+        assert isinstance(snap, Snapshot), old.got
+        await old.send(Ack(version=snap.version))
+
+        async def connected(session: str = "") -> bool:
+            st = await _stored(cp, "w-1")
+            return st.get("state") == "Connected" and st.get("session") != session
+
+        assert cp.push is not None
+        await eventually(lambda: cp.push is not None and len(cp.push._sessions) == 1)
+        await eventually(connected)
+        old_session = (await _stored(cp, "w-1"))["session"]
+        # The blip: nothing more is read from the old stream, nor closed.
+        new = await _open(trust, cp.stream_port,
+                          ident.cert_hello(snap.version if says_version else ""))
+        try:
+            if not says_version:
+                again = await new.until((Snapshot,))
+                assert isinstance(again, Snapshot), new.got
+                new.writer.write(encode(Ack(version=again.version)))
+            await eventually(lambda: connected(old_session))
+            await eventually(lambda: cp.push is not None and len(cp.push._sessions) == 1)
+            await asyncio.sleep(0.3)  # (the old session's end, written or dropped by now)
+            assert cp.presence is not None and not cp.presence.pending
+            stored = await _stored(cp, "w-1")
+            assert stored["state"] == "Connected" and stored["session"] != old_session, stored
+            st = cp.push.status[(NS, "w-1")]
+            assert st.connected and st.peer.endswith(
+                f":{new.writer.get_extra_info('sockname')[1]}"), st.peer
+            assert cp.push.counters()["replacedStreams"] == 1
+            told = await old.until((Error,))  # what the old stream's peer was sent
+            assert isinstance(told, Error) and "replaced by a newer one" in told.reason, old.got
+            assert await old.until((Snapshot, DeltaMsg)) is None  # and then the end
+        finally:
+            old.abort()
+            new.writer.close()
 
 
 def _small_buffers_listener() -> int:

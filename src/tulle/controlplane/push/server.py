@@ -16,6 +16,11 @@ nothing of a push for `stall_timeout` (its kernel buffers full, not reading) has
 closed at once, counted (`stalledPushes`) and logged (ADR 0118): the rest of its frame is
 never buffered for it.
 
+One stream per workload (`holders.py`, ADR 0118): an admitted stream ends the stream that held
+any of its workloads on this replica, which is told why (`Error`), counted
+(`replacedStreams`) and logged; the newest wins, so a proxy that reconnects while its old
+stream is half-open is served at once.
+
 A `hello` names the stream protocol, contract versions and config features the proxy speaks
 (ADR 0011).  A protocol or contract version this control plane does not speak gets an `Error`
 saying which it does, and the connection is closed (logged once per proxy and version: a proxy
@@ -80,6 +85,7 @@ from tulle.controlplane.push.accept import (
     peer_of,
 )
 from tulle.controlplane.push.cache import ProxyKey, ProxyStatus, SnapshotCache
+from tulle.controlplane.push.holders import StreamHolders
 from tulle.controlplane.push.limits import (
     DEFAULT_HELLO_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -202,7 +208,11 @@ class PushServer:
         """Seconds a push may go without the proxy taking any of it before its stream is
         closed; also the longest a push holds one of the `max_inflight_pushes` slots."""
         self.push_slots = asyncio.Semaphore(max_inflight_pushes)
+        self.holders: StreamHolders[ProxySession] = StreamHolders()
+        """Which session holds each workload's stream: one per workload (ADR 0118)."""
+        self.replaced_streams = 0
         self.stalled_pushes = 0
+        self._log_replaced = ThrottledByKey(log, REFUSAL_LOG_INTERVAL)
         self._log_stalled = ThrottledByKey(log, REFUSAL_LOG_INTERVAL)
         self.status: dict[ProxyKey, ProxyStatus] = {}
         self._server: asyncio.Server | None = None
@@ -275,11 +285,21 @@ class PushServer:
                 "unauthenticatedHellos": self.unauthenticated_hellos,
                 "disconnectsBeforeHello": self.disconnects_before_hello,
                 "tlsHandshakeFailures": self.tls_failures,
+                "replacedStreams": self.replaced_streams,
                 "stalledPushes": self.stalled_pushes}
 
+    def replaced(self, workload: str, old_peer: str, new_peer: str) -> None:
+        """A stream was ended by a newer one of its workload: counted; logged per workload,
+        the first at once, then at most once per `REFUSAL_LOG_INTERVAL` with the count since
+        (a proxy reconnecting in a loop does not flood the log)."""
+        self.replaced_streams += 1
+        self._log_replaced((workload,), asyncio.get_running_loop().time(),
+                           "proxy %s: its stream from %s was replaced by a newer one from %s "
+                           "(one stream per workload)", workload, old_peer, new_peer)
+
     def stalled(self, session: ProxySession, version: str, exc: PushStalled) -> None:
-        """A push the proxy took nothing of for `stall_timeout`: counted; logged per workload,
-        the first at once, then at most once per `REFUSAL_LOG_INTERVAL` with the count since."""
+        """A push the proxy took nothing of for `stall_timeout`: counted, logged like
+        `replaced`."""
         self.stalled_pushes += 1
         keys = session.node.keys
         who = f"{keys[0][0]}/{keys[0][1]}" if keys else "?"

@@ -3,10 +3,11 @@ proxy sends (ACK/NACK, pings, renewal CSRs, trust ACKs, traffic reports), and pr
 
 Kept apart from `server.py`, which accepts connections, holds them to the caps and counts what
 it refuses, because a session's protocol is a job of its own; the server creates one
-`ProxySession` per connection and reaches live sessions only through `send_trust`.  The rules
+`ProxySession` per connection and reaches live sessions only through `send_trust` (and a new
+session ends the older one of its workload through `replaced_by`).  The rules
 (one push in flight, deltas against the last ACK, withheld features, admission first,
-backpressure on replies, a push nobody reads ends the stream) are described in `server.py`'s
-docstring and ADRs 0011, 0018, 0028, 0045 and 0118.
+backpressure on replies, one stream per workload, a push nobody reads ends the stream) are
+described in `server.py`'s docstring and ADRs 0011, 0018, 0028, 0045 and 0118.
 """
 
 
@@ -177,6 +178,7 @@ class ProxySession:
             srv.said_hello()
             await self._session(first)
         finally:
+            srv.holders.release(self.node.keys, self)
             for st in self.node_statuses:
                 if st.session is self:  # (not when a newer stream of the proxy took over)
                     st.connected, st.session, st.draining = False, None, False
@@ -262,6 +264,8 @@ class ProxySession:
         for st in self.node_statuses:
             st.serving = self.serving
         st = self.st = self.node_statuses[0]
+        for older in srv.holders.take(keys, self):  # one stream per workload (ADR 0118)
+            older.replaced_by(self)
         if srv.admission is not None:
             srv.live.add(self)
             update = after_hello(srv.admission.state, self.node_statuses, self.admitted, hello)
@@ -389,7 +393,7 @@ class ProxySession:
             except PushStalled as exc:
                 self._stalled(current, exc)
             except ConnectionError:
-                if not self.closed:  # (else: we aborted it)
+                if not self.closed:  # (else: we aborted it, replaced)
                     raise
         finally:
             late.cancel()
@@ -399,11 +403,28 @@ class ProxySession:
         """The proxy took nothing of a push for `stall_timeout` (it does not read): end the
         stream now instead of holding the rest of its frame until the liveness timeout (ADR
         0118).  A proxy that is alive reconnects and is sent what it needs."""
-        if self.closed:  # (ended meanwhile: the peer went away)
+        if self.closed:  # (ended meanwhile: replaced, or the peer went away)
             return
         self.end_reason = (f"the proxy read nothing of its config for {exc.stall:g}s "
                            f"({exc.unsent} of {exc.size} bytes not taken)")
         self.server.stalled(self, cfg.version, exc)
+        self._end()
+
+    def replaced_by(self, newer: ProxySession) -> None:
+        """A newer stream of a workload this one holds was admitted: this one ends (ADR
+        0118), telling the peer why (if it still reads; a half-open stream's peer is gone)."""
+        if self.closed:
+            return
+        w = workload_name(self.node.keys[0]) if self.node.keys else "?"
+        self.end_reason = f"replaced by a newer stream of the workload from {newer.peer}"
+        self.server.replaced(w, self.peer, newer.peer)
+        with contextlib.suppress(Exception):
+            self.send(Error(reason=f"this stream of {w} was replaced by a newer one (from "
+                                   f"{newer.peer}); one stream per workload"))
+        # Aborted, not closed: the old stream is usually half-open, and a clean close would
+        # wait for a peer that never answers, keeping the connection (its TLS buffers) for
+        # every stream a reconnect loop leaves behind.  What was written goes out first
+        # (the kernel sends its queue before the FIN).
         self._end()
 
     def _end(self) -> None:
