@@ -35,7 +35,7 @@ import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
-from tulle.dataplane.listeners.chains import ChainRule, by_destination, by_hello
+from tulle.dataplane.listeners.chains import ChainRule, by_destination, by_hello, routes_http
 from tulle.dataplane.listeners.detect import Deciding, _h2_driver, handover
 from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.http1 import H1Downstream
@@ -49,11 +49,6 @@ if TYPE_CHECKING:
     from tulle.dataplane.listeners.tls import Starter
 
 _TLS_RECORD = 0x16
-
-
-def routes_http(chain: ChainRule) -> bool:
-    """`chain` hands HTTP to a route table (or is HTTP by its protocol)."""
-    return chain.router is not None or chain.protocol in ("http1", "http2")
 
 
 class ChainAccept(Deciding):

@@ -195,3 +195,10 @@ def build_rules(cfg: Listener, routers: dict[str, Router], tls: TLSContexts | No
                                    route_table=cfg.route_table, cluster=cfg.cluster),
                        listener_network)
     return rules, default
+
+
+def routes_http(chain: ChainRule) -> bool:
+    """`chain` hands HTTP to a route table (or is HTTP by its protocol).  Here, not in
+    `chain_accept.py`, so that a swap's checks (`orphans.py`) read it without loading
+    protocol detection into a proxy whose listeners never detect (test_footprint.py)."""
+    return chain.router is not None or chain.protocol in ("http1", "http2")

@@ -40,8 +40,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from tulle.dataplane.listeners.chain_accept import routes_http
-from tulle.dataplane.listeners.chains import ChainRule, select
+from tulle.dataplane.listeners.chains import ChainRule, routes_http, select
 from tulle.dataplane.listeners.context import RoutedConnection
 from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.listener_context import ListenerContext
