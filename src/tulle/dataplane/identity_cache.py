@@ -37,7 +37,7 @@ from pathlib import Path
 
 import msgspec
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -45,6 +45,7 @@ from cryptography.x509.oid import NameOID
 from tulle.dataplane.identity import HeldIdentity, WorkloadKey
 from tulle.proxyconfig.reserved import workload_identity
 from tulle.proxyconfig.stream import Certificate
+from tulle.x509chain import chains_to_root
 
 IDENTITY_DIR = "identity"
 """The subdirectory of `--cache-dir` that holds the identities."""
@@ -296,41 +297,14 @@ def _spiffe(leaf: x509.Certificate) -> str:
     return str(uris[0])
 
 
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    if cert.issuer != issuer.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def _valid(cert: x509.Certificate, at: dt.datetime) -> bool:
-    return cert.not_valid_before_utc <= at < cert.not_valid_after_utc
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
-    except x509.ExtensionNotFound:
-        return False
-
-
 def _chains(chain: list[x509.Certificate], roots: list[x509.Certificate],
             at: dt.datetime) -> None:
     """IdentityRefused unless the chain leads from its leaf, through CA certificates valid
     `at`, to a root of the bundle valid `at` (by signature: what every peer's handshake
     checks; a tampered certificate fails here)."""
-    cur = chain[0]
-    for nxt in [*chain[1:1 + MAX_CHAIN], None]:
-        if any(_issued_by(cur, r) and _valid(r, at) for r in roots):
-            return
-        if nxt is None or not _is_ca(nxt) or not _issued_by(cur, nxt) or not _valid(nxt, at):
-            break
-        cur = nxt
-    raise IdentityRefused("the certificate does not chain to a valid root of the trust "
-                          "bundle kept with it")
+    if not chains_to_root(chain, roots, at, max_intermediates=MAX_CHAIN, roots_valid=True):
+        raise IdentityRefused("the certificate does not chain to a valid root of the trust "
+                              "bundle kept with it")
 
 
 def _iso(when: dt.datetime) -> str:

@@ -36,7 +36,6 @@ from tulle.controlplane.ca.authority import (
     CsrError,
     Signed,
     check_csr,
-    issued_by,
     verify_workload,
 )
 from tulle.controlplane.ca.rotation import CAState, fingerprint
@@ -44,6 +43,7 @@ from tulle.controlplane.ca.spiffe import SpiffeId
 from tulle.controlplane.ca.tokens import Claims, TokenError, TokenService
 from tulle.proxyconfig.stream import Certificate, Hello, WorkloadCredential, hello_proof_payload
 from tulle.proxyconfig.stream_trust import is_control_plane_id
+from tulle.x509chain import issued_by
 
 PROOF_WINDOW = dt.timedelta(seconds=60)
 

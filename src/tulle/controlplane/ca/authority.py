@@ -20,12 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tulle.controlplane.ca.spiffe import SpiffeId
+from tulle.x509chain import basic_constraints, chains_to_root, issued_by
 
 MAX_CSR_BYTES = 4096
 """A P-256 CSR with one URI SAN is ~500 bytes of PEM; anything near this bound is not ours."""
@@ -69,7 +69,7 @@ class CertificateAuthority:
         if not chain:
             raise CAError("the CA certificate chain is empty")
         cert = chain[0]
-        bc = _basic_constraints(cert)
+        bc = basic_constraints(cert)
         if bc is None or not bc.ca:
             raise CAError("the CA certificate is not a CA (basicConstraints CA:TRUE missing)")
         if not isinstance(key.curve, ec.SECP256R1):
@@ -259,38 +259,6 @@ MAX_INTERMEDIATES = 3
 """CA certificates a presented chain may hold between a workload certificate and a root."""
 
 
-def issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    """Whether `issuer` signed `cert` (names, then the signature)."""
-    if cert.issuer != issuer.subject:
-        return False
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-def _chains_to_root(chain: list[x509.Certificate], roots: Sequence[x509.Certificate],
-                    now: dt.datetime) -> bool:
-    """Whether the presented chain leads from its leaf, through CA certificates valid now, to
-    one of `roots` (by signature; the root itself need not be presented)."""
-    cur = chain[0]
-    for below, nxt in enumerate(chain[1:1 + MAX_INTERMEDIATES]):
-        if any(issued_by(cur, r) for r in roots):
-            return True
-        bc = _basic_constraints(nxt)
-        if bc is None or not bc.ca or not issued_by(cur, nxt):
-            return False
-        # `below`: CA certificates between it and the leaf, which its pathLenConstraint
-        # bounds (RFC 5280 4.2.1.9), as OpenSSL checks on every peer's handshake.
-        if bc.path_length is not None and bc.path_length < below:
-            return False
-        if not nxt.not_valid_before_utc <= now <= nxt.not_valid_after_utc:
-            return False
-        cur = nxt
-    return any(issued_by(cur, r) for r in roots)
-
-
 def verify_workload(chain_pem: str, issuers: list[x509.Certificate],
                     now: dt.datetime | None = None,
                     roots: Sequence[x509.Certificate] = ()
@@ -309,7 +277,8 @@ def verify_workload(chain_pem: str, issuers: list[x509.Certificate],
     leaf = chain[0]
     now = now or _now()
     if not any(issued_by(leaf, i) for i in issuers) and not (
-            roots and _chains_to_root(chain, roots, now)):
+            roots and chains_to_root(chain, roots, now,
+                                    max_intermediates=MAX_INTERMEDIATES)):
         raise ValueError("the certificate was not issued by this mesh's CA")
     if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
         raise ValueError("the certificate has expired or is not yet valid")
@@ -352,13 +321,6 @@ def check_csr(csr_pem: str | bytes, identity: SpiffeId) -> x509.CertificateSigni
         shown = (others[0] if others else "a DNS name or IP address")[:120]
         raise CsrError(f"CSR asks for {shown}; this caller may only have {identity.uri}")
     return csr
-
-
-def _basic_constraints(cert: x509.Certificate) -> x509.BasicConstraints | None:
-    try:
-        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return None
 
 
 def _uris(cert: x509.Certificate) -> list[str]:
