@@ -92,6 +92,15 @@ async def http_get(port: int, path: str, *, method: str = "GET",
     return int(head.split(b" ", 2)[1]), body
 
 
+async def nothing_listens(port: int) -> bool:
+    """No listener on loopback `port`: a connect is refused."""
+    try:
+        await http_get(port, "/")
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 def rss_bytes(pid: int) -> int:
     """The resident set size of process `pid` (VmRSS in /proc), in bytes: how memory tests
     measure a proxy rather than assume."""

@@ -319,6 +319,19 @@ def _small_buffers_listener() -> int:
 STALL = 1.0
 
 
+async def _back_with_its_certificate(cp: ControlPlane, services: int, i: int) -> NonReader:
+    """Workload `w-i` of a mesh of `services` Services, admitted with its token, its first
+    stream closed and gone from the control plane, and back on a second stream with the
+    certificate it got, which reads nothing until the test says."""
+    status, body = await apply(cp.api_url, *mesh(services))
+    assert status == 200, body
+    ident = Identity(_info(i))
+    trust, first, _ = await _admitted(cp.api_url, cp.stream_port, ident)
+    first.writer.close()
+    await eventually(lambda: cp.push is not None and not cp.push._sessions)
+    return await NonReader.open(trust, cp.stream_port, ident.cert_hello())
+
+
 async def test_a_subscriber_that_reads_nothing_is_cut_at_the_stall_timeout(
         caplog: pytest.LogCaptureFixture) -> None:
     """ADR 0109 left this open: a subscriber that does not read held the rest of its
@@ -329,16 +342,9 @@ async def test_a_subscriber_that_reads_nothing_is_cut_at_the_stall_timeout(
     caplog.set_level(logging.WARNING, "tulle.controlplane.push")
     async with running_control_plane(stream_fd=_small_buffers_listener(),
                                      stream_stall_timeout=STALL) as cp:
-        status, body = await apply(cp.api_url, *mesh(250))
-        assert status == 200, body
-        ident = Identity(_info(2))
-        trust, first, _ = await _admitted(cp.api_url, cp.stream_port, ident)
-        first.writer.close()
-        assert cp.push is not None
-        await eventually(lambda: cp.push is not None and not cp.push._sessions)
+        peer = await _back_with_its_certificate(cp, 250, 2)
         loop = asyncio.get_running_loop()
-        start = loop.time()
-        peer = await NonReader.open(trust, cp.stream_port, ident.cert_hello())
+        start = loop.time()  # (the push starts once the control plane has read the hello)
         try:
             await eventually(lambda: cp.push is not None and cp.push.stalled_pushes == 1,
                              timeout=8)
@@ -359,14 +365,7 @@ async def test_a_slow_subscriber_that_keeps_reading_gets_its_whole_snapshot() ->
     stall = 1.5
     async with running_control_plane(stream_fd=_small_buffers_listener(),
                                      stream_stall_timeout=stall) as cp:
-        status, body = await apply(cp.api_url, *mesh(400))
-        assert status == 200, body
-        ident = Identity(_info(3))
-        trust, first, _ = await _admitted(cp.api_url, cp.stream_port, ident)
-        first.writer.close()
-        assert cp.push is not None
-        await eventually(lambda: cp.push is not None and not cp.push._sessions)
-        peer = await NonReader.open(trust, cp.stream_port, ident.cert_hello())
+        peer = await _back_with_its_certificate(cp, 400, 3)
         loop = asyncio.get_running_loop()
         start = loop.time()
         decoder = FrameDecoder(1 << 26)
@@ -383,7 +382,7 @@ async def test_a_slow_subscriber_that_keeps_reading_gets_its_whole_snapshot() ->
         finally:
             peer.abort()
         assert loop.time() - start > stall  # (slow indeed)
-        assert cp.push.stalled_pushes == 0
+        assert cp.push is not None and cp.push.stalled_pushes == 0
 
 
 async def test_a_silent_stream_lets_go_of_its_connection_soon_after_it_ends() -> None:

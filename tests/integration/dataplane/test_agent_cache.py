@@ -24,7 +24,7 @@ import pytest
 from tests.support.certs import self_signed
 from tests.support.controlplane import eventually
 from tests.support.proxy import free_port
-from tests.support.subproc import TULLE, _die_with_test, http_get
+from tests.support.subproc import TULLE, _die_with_test, http_get, nothing_listens
 
 from tulle.proxyconfig.framing import MAX_FRAME
 
@@ -62,14 +62,6 @@ async def _proxy(tmp_path: Path, cache: Path) -> AsyncIterator[tuple[int, Path]]
         await proc.wait()
 
 
-async def _refused(port: int) -> bool:
-    try:
-        await http_get(port, "/")
-    except ConnectionRefusedError:
-        return True
-    return False
-
-
 @pytest.mark.timeout(60)
 async def test_its_own_cached_snapshot_is_served_before_the_control_plane_answers(
         tmp_path: Path) -> None:
@@ -84,7 +76,7 @@ async def test_its_own_cached_snapshot_is_served_before_the_control_plane_answer
 
 
 @pytest.mark.timeout(60)
-async def test_another_workloads_cached_snapshot_is_refused(tmp_path: Path) -> None:
+async def test_another_workloads_cached_snapshot_isnothing_listens(tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     cache.mkdir()
     port = free_port()
@@ -93,7 +85,7 @@ async def test_another_workloads_cached_snapshot_is_refused(tmp_path: Path) -> N
         text = log.read_text()
         assert "it is workload 'shop/web-0''s, not shop/api-0's" in text, text
         assert (await http_get(admin, "/ready"))[0] == 503
-        assert await _refused(port), "web-0's listener was bound by api-0's proxy"
+        assert await nothing_listens(port), "web-0's listener was bound by api-0's proxy"
 
 
 @pytest.mark.timeout(60)
@@ -112,7 +104,7 @@ async def test_a_cached_snapshot_larger_than_a_stream_frame_is_refused_unread(
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("how", ["another uid's", "group-writable", "a symbolic link"])
-async def test_a_cached_snapshot_another_uid_could_have_written_is_refused(
+async def test_a_cached_snapshot_another_uid_could_have_written_isnothing_listens(
         tmp_path: Path, how: str) -> None:
     """ADR 0123: with the identities on disk, a cached snapshot is served with mTLS too, so a
     snapshot another uid wrote (a `--cache-dir` others may write to: a bare emptyDir is 0777)
@@ -139,4 +131,4 @@ async def test_a_cached_snapshot_another_uid_could_have_written_is_refused(
             assert "remove it" in text, text
         assert "serving cached snapshot" not in text, text
         assert (await http_get(admin, "/ready"))[0] == 503
-        assert await _refused(port), "a snapshot another uid could write was served"
+        assert await nothing_listens(port), "a snapshot another uid could write was served"

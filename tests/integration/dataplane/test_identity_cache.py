@@ -38,7 +38,7 @@ from tests.support.controlplane import (
 )
 from tests.support.proxy import free_port
 from tests.support.sidecar_process import SidecarProcess
-from tests.support.subproc import TULLE, _die_with_test, http_get
+from tests.support.subproc import TULLE, _die_with_test, http_get, nothing_listens
 
 from tulle.proxyconfig.stream import WorkloadInfo
 
@@ -84,14 +84,6 @@ async def _answers(outbound: int, host: str, name: str) -> bool:
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(path.stat().st_mode)
-
-
-async def _refused(port: int) -> bool:
-    try:
-        await http_get(port, "/")
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 @dataclass
@@ -266,7 +258,7 @@ async def test_an_exposed_foreign_or_tampered_cached_identity_is_refused_in_one_
             assert ("ERROR" in refusal[0]) == (mode != 0o600), (what, refusal)
             assert "PRIVATE KEY" not in text
             assert not await api.ready(), what
-            assert await _refused(m.api_port), what  # its listener was never bound
+            assert await nothing_listens(m.api_port), what  # its listener was never bound
             await _stop(api)
         if os.geteuid() == 0:  # owned by another uid (only root can make such a file)
             _write(path, good)
@@ -313,7 +305,7 @@ async def test_a_cached_certificate_past_its_expiry_is_not_served(tmp_path: Path
                          interval=0.1)
         assert "the certificate expired at" in api.log()[mark:]
         assert not await api.ready()
-        assert await _refused(m.api_port)
+        assert await nothing_listens(m.api_port)
 
 
 class _NodeAgent:
@@ -416,7 +408,7 @@ async def test_a_node_agent_serves_the_pods_whose_identities_it_kept_and_waits_f
                 source_principal="spiffe://cluster.local/ns/shop/sa/a",
                 connection_security_policy="mutual_tls") >= 1
             # pod-b: nothing of it is bound until the control plane answers.
-            assert await _refused(pb) and await _refused(ob)
+            assert await nothing_listens(pb) and await nothing_listens(ob)
 
             cp.start()
             await cp.wait_ready()
