@@ -15,7 +15,6 @@ from tulle.dataplane.listeners.context import Connection
 from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.network.chain import ConnectionChain, NetworkChain
 from tulle.dataplane.network.copy import CopyRelay
-from tulle.dataplane.network.filter import ConnectionFacts
 from tulle.dataplane.network.splice import SpliceRelay
 from tulle.dataplane.network.tcp_proxy import Target, TcpProxy, transport_facts
 from tulle.dataplane.security.spiffe import spiffe_id
@@ -23,12 +22,6 @@ from tulle.dataplane.security.spiffe import spiffe_id
 HAS_SPLICE: Final = hasattr(os, "splice")
 USE_SPLICE = HAS_SPLICE
 """Module switch: tests turn it off to exercise the copy relay on plaintext connections."""
-
-
-def facts_of(handle: ListenerHandle, transport: asyncio.Transport,
-             original_destination: tuple[str, int] | None) -> ConnectionFacts:
-    """What the network filters get to see about the connection on `transport`."""
-    return transport_facts(handle.ctx.cfg, transport, original_destination)
 
 
 def relay(handle: ListenerHandle, transport: asyncio.Transport, initial: bytes,
@@ -46,7 +39,7 @@ def relay(handle: ListenerHandle, transport: asyncio.Transport, initial: bytes,
     flow = handle.ctx.flow_log
     facts = None
     if network is not None or flow is not None:
-        facts = facts_of(handle, transport, original_destination)
+        facts = transport_facts(handle.ctx.cfg, transport, original_destination)
     if network is not None and facts is not None:
         chain = network.connection(facts)
     cluster = target.cluster
