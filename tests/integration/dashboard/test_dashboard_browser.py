@@ -181,3 +181,49 @@ async def test_the_page_without_a_token_asks_for_one_and_shows_no_data(tmp_path:
             timeout=15, interval=0.1)
         assert await page.evaluate("document.getElementById('main').hidden") is True
         assert page.errors == [], page.errors
+
+
+async def test_a_tapped_grpc_call_that_failed_is_marked_failed_on_the_page(
+        tmp_path: Path) -> None:
+    """ADR 0119: a gRPC call fails with HTTP 200 and a non-OK `grpc-status`.  The tap's rows
+    show the status and mark the failed calls as the 5xx ones are marked (`tr.fail`); a call
+    that ended OK is not marked."""
+    from tests.integration.controlplane.test_stat import grpc_calls
+    from tests.integration.controlplane.test_tap import running_taps
+    from tests.support.h2peers import running_h2_origin
+
+    async with running_h2_origin() as (port, h2), running_mesh(
+            tmp_path, clients=("a",), grpc_origin=port) as m:
+        token = await read_only_token(m.cp.api_url)
+        async with headless_page(tmp_path / "profile") as page:
+            await page.send("Page.navigate", url=f"{m.cp.api_url}/dashboard/#token={token}")
+            await eventually(lambda: page.evaluate(
+                "!!document.getElementById('tap-name') && "
+                "document.getElementById('main').hidden === false"), timeout=15, interval=0.1)
+            await page.evaluate(f"""(() => {{
+                document.getElementById('namespace').value = {NS!r};
+                document.getElementById('tap-kind').value = 'svc';
+                document.getElementById('tap-name').value = 'api';
+                document.getElementById('tap-path').value = '/script';
+                document.getElementById('tap-start').click();
+            }})()""")
+            await eventually(lambda: running_taps(m) == 2, timeout=15)
+            h2.script = ["after-14"] * 3 + ["ok"] * 3
+            assert len(await grpc_calls(m, "a", 6)) == 6
+
+            async def rows() -> list[dict[str, Any]] | None:
+                got: list[dict[str, Any]] = await page.evaluate("""
+                    [...document.querySelectorAll('#tap tbody tr')].map(tr => ({
+                        direction: tr.cells[1].textContent, status: tr.cells[6].textContent,
+                        failed: tr.classList.contains('fail')}))""")
+                return got if len(got) >= 12 else None
+
+            await eventually(rows, timeout=15, interval=0.2)
+            got = await rows()
+            assert got is not None and len(got) == 12, got
+            for direction in ("inbound", "outbound"):
+                mine = sorted((r["status"], r["failed"]) for r in got
+                              if r["direction"] == direction)
+                assert mine == [("200 grpc 0", False)] * 3 + [("200 grpc 14", True)] * 3, got
+            await page.evaluate("document.getElementById('tap-stop').click()")
+            assert page.errors == [], page.errors
