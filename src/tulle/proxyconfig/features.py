@@ -43,6 +43,12 @@ class Feature:
     Never the condition alone: that would widen the item (a header-selected canary rule
     would take all traffic).  ADR 0016."""
     uses: Callable[[dict[str, Any]], bool] | None = None
+    refused_at: tuple[str, ...] = ()
+    """For a feature that is never withheld because a proxy lacking it must refuse the
+    snapshot instead (`network-authorization`: a TCP port's policy stripped would admit
+    everything): the schema paths of the lists whose items `uses` says need it.  Nothing is
+    removed by them; they let apply say, before a push, that a proxy of an older build will
+    refuse its snapshot (ADR 0125)."""
 
 
 _MATCHES = "route_tables[].virtual_hosts[].rules[].matches[]"
@@ -60,6 +66,10 @@ def _rule_has_filter(kind: str, rule: dict[str, Any]) -> bool:
     return any(isinstance(f, dict) and f.get("type") == kind for f in rule.get("filters") or [])
 
 
+_NETWORK_FILTERS = ("listeners[].network_filters[]",
+                    "listeners[].filter_chains[].network_filters[]")
+
+
 def _refuses(destination: dict[str, Any]) -> bool:
     return bool(destination.get("refuse"))
 
@@ -69,8 +79,9 @@ _FILTERS = "route_tables[].virtual_hosts[].rules[].filters[]"
 
 
 def _filter_is(kind: str, f: dict[str, Any]) -> bool:
-    """A filter type added after `http-filters`: a proxy without its feature cannot decode it,
-    so that filter entry (only it) is withheld."""
+    """A filter type added after `http-filters` (or `network-filters`): a proxy without its
+    feature cannot decode it, so that filter entry (only it) is withheld, or, for the network
+    filters that are never withheld, the snapshot is refused."""
     return f.get("type") == kind
 
 
@@ -137,7 +148,8 @@ FEATURES: tuple[Feature, ...] = (
     # Dropping a listener from a delta would leave the proxy's old one (without the filter)
     # in force, so nothing is withheld: a proxy without it refuses the snapshot (a NACK naming
     # the entry) and keeps its last good config.
-    Feature("network-authorization", (), "the `authz` network filter on opaque TCP listeners"),
+    Feature("network-authorization", (), "the `authz` network filter on opaque TCP listeners",
+            uses=partial(_filter_is, "authz"), refused_at=_NETWORK_FILTERS),
     Feature("request-redirect", (), "the `RequestRedirect` HTTP filter (answered locally)",
             drops=_FILTERS, uses=partial(_filter_is, "RequestRedirect")),
     Feature("backend-request-timeout",
@@ -181,7 +193,7 @@ FEATURES: tuple[Feature, ...] = (
             drops=_FILTERS, uses=partial(_filter_is, "RateLimit")),
     # As network-authorization: not withheld, a proxy lacking it refuses the snapshot (NACK).
     Feature("network-rate-limit", (), "the `rate_limit` network filter (new TCP connections "
-            "per interval)"),
+            "per interval)", uses=partial(_filter_is, "rate_limit"), refused_at=_NETWORK_FILTERS),
     Feature("stats-reports", (), "stream messages `StatsRequest` / `StatsReport`: traffic "
             "summaries for `tulle stat` (ADR 0046)"),
     # As rate-limit: a proxy lacking it would talk to Redis without AUTH or TLS, so the entry
@@ -278,6 +290,12 @@ def withheld_from(announced: Iterable[str]) -> tuple[Feature, ...]:
     refuses an item of a type it does not know, and every later snapshot with it (the proxy
     then takes no change at all)."""
     return tuple(f for f in lacking(announced) if f.paths or f.drops)
+
+
+def refused_by(announced: Iterable[str]) -> tuple[Feature, ...]:
+    """The features a proxy that announced `announced` lacks and that are not withheld from
+    it: a snapshot using one (`refused_at`) is one it refuses whole, a NACK (ADR 0125)."""
+    return tuple(f for f in lacking(announced) if f.refused_at)
 
 
 def _strip(node: Any, segments: list[str]) -> None:

@@ -15,6 +15,7 @@ defaults come from the model's own types, read once per path.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from functools import cache
 from typing import Any
@@ -84,17 +85,39 @@ def _items(node: Any, segments: list[str]) -> Iterator[Any]:
             yield from value
 
 
+def _item_paths(feature: Feature) -> tuple[str, ...]:
+    """The lists whose items `feature.uses` judges: what it drops, or what a proxy lacking
+    it refuses (`refused_at`)."""
+    if feature.uses is None:
+        return ()
+    return ((feature.drops,) if feature.drops else ()) + feature.refused_at
+
+
 def uses(doc: dict[str, Any], feature: Feature) -> bool:
-    """Whether withholding `feature` from `doc` (a plain `ProxyConfig`) takes anything away."""
-    if feature.drops and feature.uses is not None:
-        check = feature.uses
-        if any(isinstance(i, dict) and check(i) for i in _items(doc, feature.drops.split("."))):
-            return True
+    """Whether withholding `feature` from `doc` (a plain `ProxyConfig`) takes anything away;
+    for a feature never withheld (`refused_at`), whether a proxy lacking it refuses `doc`."""
+    return any(True for _ in _uses(doc, feature))
+
+
+def _uses(doc: dict[str, Any], feature: Feature) -> Iterator[str]:
+    check = feature.uses
+    for items in _item_paths(feature):
+        for item in _items(doc, items.split(".")):
+            if isinstance(item, dict) and check is not None and check(item):
+                yield f"{items}={msgspec.json.encode(item, order='sorted').decode()}"
     for path in feature.paths:
         default = default_at(path)
-        if any(v != default for v in _values(doc, path.split("."))):
-            return True
-    return False
+        for v in _values(doc, path.split(".")):
+            if v != default:
+                yield f"{path}={msgspec.json.encode(v, order='sorted').decode()}"
+
+
+def uses_of(doc: dict[str, Any], feature: Feature) -> Counter[str]:
+    """What of `doc` needs `feature`, each use once per occurrence: an item it drops (or
+    whose presence a proxy lacking it refuses), or a field's value away from its default,
+    as `path=value`.  Two configs whose counts differ differ in what needs the feature: how
+    apply tells what *it* adds that an older proxy will not run (ADR 0125)."""
+    return Counter(_uses(doc, feature))
 
 
 def in_use(doc: dict[str, Any], missing: Iterable[Feature]) -> tuple[Feature, ...]:
@@ -103,4 +126,4 @@ def in_use(doc: dict[str, Any], missing: Iterable[Feature]) -> tuple[Feature, ..
     return tuple(f for f in missing if uses(doc, f))
 
 
-__all__ = ["default_at", "in_use", "uses"]
+__all__ = ["default_at", "in_use", "uses", "uses_of"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgspec
@@ -21,6 +22,7 @@ from tulle.proxyconfig.features import (
     FEATURES,
     SUPPORTED,
     lacking,
+    refused_by,
     withheld_from,
     withhold_config,
     withhold_delta,
@@ -35,7 +37,8 @@ def _field_type(t: mi.Type, segments: list[str]) -> mi.Type:
         many = seg.endswith("[]")
         name = seg[:-2] if many else seg
         if isinstance(t, mi.UnionType):  # an optional struct (`tls: TLSContext | None`)
-            options = [o for o in t.types if not isinstance(o, mi.NoneType)]
+            options: Sequence[mi.Type] = [o for o in t.types
+                                          if not isinstance(o, mi.NoneType)]
             if len(options) > 1:  # a tagged union (a filter): the member with that field
                 options = [o for o in options if isinstance(o, mi.StructType)
                            and any(f.encode_name == name for f in o.fields)][:1]
@@ -52,8 +55,9 @@ def _field_type(t: mi.Type, segments: list[str]) -> mi.Type:
 
 @pytest.mark.parametrize("feature", FEATURES, ids=lambda f: f.name)
 def test_every_feature_path_names_a_field_of_the_model(feature: Any) -> None:
-    for p in feature.paths:
+    for p in (*feature.paths, *((feature.drops,) if feature.drops else ()), *feature.refused_at):
         _field_type(mi.type_info(ProxyConfig), p.split("."))
+    assert bool(feature.uses) == bool(feature.drops or feature.refused_at), feature.name
 
 
 def test_names_are_unique_and_a_proxy_of_this_build_announces_them_all() -> None:
@@ -304,7 +308,7 @@ def test_a_proxy_without_redis_auth_never_gets_a_limit_that_needs_it() -> None:
         return {"type": "RateLimit", "global": {"requests": 5, "interval_ms": 1000,
                                                 "redis": "r:6379", "key": "k", **extra}}
 
-    doc = {"route_tables": [{"name": "t", "virtual_hosts": [{"name": "h", "rules": [
+    doc: dict[str, Any] = {"route_tables": [{"name": "t", "virtual_hosts": [{"name": "h", "rules": [
         {"name": "auth", "filters": [limit(password_file="/p", tls={"ca_file": "/c"})]},
         {"name": "plain", "filters": [limit(username="", password_file="", tls=None)]}]}]}]}
     withhold_config(doc, [BY_NAME["rate-limit-redis-auth"]])
@@ -317,7 +321,7 @@ def test_a_proxy_without_redis_auth_never_gets_a_limit_that_needs_it() -> None:
 def test_a_proxy_without_session_persistence_serves_the_rule_balanced() -> None:
     """`session-persistence` withheld: the entry alone goes (the rule still serves, balanced
     as usual, the feature listed as withheld); the rule's other filters stay."""
-    doc = {"route_tables": [{"name": "t", "virtual_hosts": [{"name": "h", "rules": [
+    doc: dict[str, Any] = {"route_tables": [{"name": "t", "virtual_hosts": [{"name": "h", "rules": [
         {"name": "cart", "backends": [{"cluster": "c"}], "filters": [
             {"type": "RequestHeaderModifier", "set": [{"name": "x-a", "value": "1"}]},
             {"type": "SessionPersistence", "name": "sid"}]}]}]}]}
@@ -364,3 +368,11 @@ def test_a_proxy_is_withheld_each_lacking_feature_that_owns_fields_or_drops_item
     names = {f.name for f in withheld_from([])}
     assert {"authorization", "session-persistence", "rate-limit", "url-rewrite"} <= names
     assert not names & {"tap", "serving-ack", "network-authorization", "stats-reports"}
+
+
+def test_a_feature_never_withheld_is_one_a_proxy_lacking_it_refuses() -> None:
+    """`network-authorization` and `network-rate-limit` go to a proxy lacking them, which
+    refuses the snapshot; apply says so beforehand (ADR 0125)."""
+    assert [f.name for f in refused_by([])] == ["network-authorization", "network-rate-limit"]
+    assert refused_by(SUPPORTED) == ()
+    assert not set(refused_by([])) & set(withheld_from([]))

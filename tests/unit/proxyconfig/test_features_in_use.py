@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from tulle.proxyconfig.features import BY_NAME, FEATURES, withheld_from
-from tulle.proxyconfig.features_in_use import default_at, in_use, uses
+from tulle.proxyconfig.features_in_use import default_at, in_use, uses, uses_of
 from tulle.proxyconfig.validate import validate
 
 
@@ -51,3 +51,34 @@ def test_an_item_a_feature_drops_is_in_use_and_one_it_does_not_use_is_not() -> N
     assert [f.name for f in in_use(doc, [BY_NAME["session-persistence"],
                                          BY_NAME["drain-propagation"]])] == [
         "session-persistence"]
+
+
+def test_each_use_is_counted_once_per_occurrence() -> None:
+    """What apply compares (ADR 0125): one more sticky rule is one more use, and a field's
+    value is a use of its own."""
+    doc = config(settings={"drain_propagation_ms": 0})
+    rule = doc["route_tables"][0]["virtual_hosts"][0]["rules"][0]
+    rule["filters"] = [{"type": "SessionPersistence", "name": "sid"}]
+    doc["route_tables"][0]["virtual_hosts"][0]["rules"].append(dict(rule))
+    (sticky,) = uses_of(doc, BY_NAME["session-persistence"]).items()
+    assert sticky[1] == 2 and sticky[0].startswith("route_tables[].virtual_hosts[].rules[]"
+                                                   ".filters[]={")
+    assert uses_of(doc, BY_NAME["drain-propagation"]) == {"settings.drain_propagation_ms=0": 1}
+    assert uses_of(config(), BY_NAME["drain-propagation"]) == {}
+
+
+def test_a_network_filter_a_proxy_lacking_it_refuses_is_a_use() -> None:
+    """`network-authorization` is never withheld; a config with its filter, on a listener or
+    in a filter chain, is one a proxy without it refuses."""
+    feature = BY_NAME["network-authorization"]
+    doc = config()
+    assert not uses(doc, feature)
+    authz = {"type": "authz", "policies": []}
+    doc["listeners"][0]["network_filters"] = [{"type": "source_ip", "allow": []}]
+    assert not uses(doc, feature)
+    doc["listeners"][0]["network_filters"].append(authz)
+    assert uses(doc, feature)
+    doc["listeners"][0]["network_filters"] = []
+    doc["listeners"][0]["filter_chains"] = [{"name": "c", "network_filters": [authz]}]
+    assert uses(doc, feature)
+    assert not uses(doc, BY_NAME["network-rate-limit"])
