@@ -21,13 +21,21 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from tulle.controlplane import vips
 from tulle.controlplane.ca.admission import Admitted
 from tulle.controlplane.ca.spiffe import DEFAULT_TRUST_DOMAIN
-from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh, derive, plugins
+from tulle.controlplane.compiler import (
+    MeshInputs,
+    MeshModel,
+    PartCache,
+    compile_mesh,
+    derive,
+    plugins,
+    render_proxies,
+)
 from tulle.controlplane.compiler.status import conditions as model_conditions
 from tulle.controlplane.push.server import SnapshotCache
 from tulle.controlplane.statuswriter import desired_status
@@ -40,6 +48,7 @@ from tulle.controlplane.store.errors import (
 )
 from tulle.controlplane.store.protocol import BatchOp, Obj, ResourceStore
 from tulle.proxyconfig.address import same_address, unmapped
+from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.stream import WorkloadInfo
 
 log = logging.getLogger("tulle.controlplane")
@@ -226,14 +235,24 @@ class Reconciler:
         compilation (model and plugins; nothing rendered, nothing written, no cache touched),
         which is how `apply` learns synchronously what it is about to store but not enforce.
         An object keeps the status it has (a Service its virtual IP)."""
+        return model_conditions(self._preview_model(objs))
+
+    def preview_snapshots(self, objs: list[Obj],
+                          keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], ProxyConfig]:
+        """The snapshots the proxies `keys` would be sent once `objs` are applied over the
+        current state (`objs` empty: over the current state alone), rendered as a compilation
+        renders them but for those proxies only: what apply's version-skew warnings compare
+        (ADR 0125).  Nothing written, no cache touched."""
+        return render_proxies(self._preview_model(objs), keys)
+
+    def _preview_model(self, objs: list[Obj]) -> MeshModel:
         resources = dict(self._resources)
         for obj in objs:
             key = self._key(obj)
             current = resources.get(key)
             keep = {"status": current["status"]} if current and "status" in current else {}
             resources[key] = {**obj, **keep}
-        model = plugins.run(derive(MeshInputs.from_resources(resources.values())))
-        return model_conditions(model)
+        return plugins.run(derive(MeshInputs.from_resources(resources.values())))
 
     async def _write_conditions(self, conditions: dict[tuple[str, str, str],
                                                         list[dict[str, Any]]]) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -434,9 +434,8 @@ def derive(m: MeshInputs, cache: PartCache | None = None) -> MeshModel:
                      conditions=address_conditions(proxies, m.workloads))
 
 
-def compile_model(mesh: MeshModel, cache: PartCache | None = None) -> CompileResult:
-    """Render a model (plugins applied) into snapshots and conditions."""
-    result = CompileResult(conditions=conditions(mesh))
+def shared_part(mesh: MeshModel, cache: PartCache | None = None) -> Shared:
+    """What every proxy of `mesh` (plugins applied) shares, built and checked once."""
     out = outbound_shared(mesh)
     shared = build_shared(out.tables, out.clusters, cache, settings(mesh.defaults),
                           out.consumer_hosts)
@@ -445,8 +444,14 @@ def compile_model(mesh: MeshModel, cache: PartCache | None = None) -> CompileRes
         shared = dataclasses.replace(shared, transparent=build_transparent(
             t.listener, t.tables, t.clusters, shared.clusters, t.consumer_hosts,
             t.consumer_clusters, t.refusals))
-    shared = dataclasses.replace(shared, dns=dns_hosts(mesh), telemetry=mesh_telemetry(mesh),
-                                 logs=mesh_logs(mesh))
+    return dataclasses.replace(shared, dns=dns_hosts(mesh), telemetry=mesh_telemetry(mesh),
+                               logs=mesh_logs(mesh))
+
+
+def compile_model(mesh: MeshModel, cache: PartCache | None = None) -> CompileResult:
+    """Render a model (plugins applied) into snapshots and conditions."""
+    result = CompileResult(conditions=conditions(mesh))
+    shared = shared_part(mesh, cache)
     for proxy in mesh.proxies:
         try:
             result.snapshots[proxy.key] = compile_proxy(proxy, shared, cache)
@@ -457,6 +462,24 @@ def compile_model(mesh: MeshModel, cache: PartCache | None = None) -> CompileRes
     return result
 
 
+def render_proxies(mesh: MeshModel, keys: Collection[Key]) -> dict[Key, ProxyConfig]:
+    """The snapshots of the proxies `keys` of `mesh` (plugins applied), byte for byte what
+    `compile_model` renders for them, without rendering the others' own parts: how a
+    preview learns what a few proxies would run (apply's version-skew warnings, ADR 0125).
+    Touches no `PartCache`; a proxy whose snapshot cannot be built is left out."""
+    wanted = [p for p in mesh.proxies if p.key in keys]
+    if not wanted:
+        return {}
+    shared = shared_part(mesh)
+    out: dict[Key, ProxyConfig] = {}
+    for proxy in wanted:
+        try:
+            out[proxy.key] = compile_proxy(proxy, shared)
+        except (ConfigError, msgspec.ValidationError):
+            continue  # (its error is the reconciler's to report, as it is now)
+    return out
+
+
 def compile_mesh(m: MeshInputs, cache: PartCache | None = None) -> CompileResult:
     """Compile the whole mesh.  With a `cache` from the previous call, proxies whose model did
     not change reuse their own part; the result is identical either way."""
@@ -464,4 +487,4 @@ def compile_mesh(m: MeshInputs, cache: PartCache | None = None) -> CompileResult
 
 
 __all__ = ["ORDER", "CompileResult", "MeshInputs", "MeshModel", "PartCache", "check_compiled",
-           "compile_mesh", "compile_model", "compile_proxy", "derive"]
+           "compile_mesh", "compile_model", "compile_proxy", "derive", "render_proxies"]
