@@ -67,6 +67,7 @@ from tulle.controlplane.api.check_routes import add_check_routes
 from tulle.controlplane.api.dashboard_routes import add_dashboard_routes
 from tulle.controlplane.api.discovery_routes import add_discovery_routes
 from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
+from tulle.controlplane.api.skew_warnings import skew_check
 from tulle.controlplane.api.stat_routes import add_stat_routes
 from tulle.controlplane.api.tap_routes import add_tap_routes
 from tulle.controlplane.api.watch_routes import Watches, WatchLimits
@@ -115,6 +116,8 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
     # Added last, so outermost: nobody unauthenticated gets as far as the body limit.
     app.add_middleware(Authenticate, authenticators=[BearerTokens(api_tokens)])
     app.include_router(api_tokens_router(api_tokens))
+    skew = (skew_check(push.statuses, reconciler.preview_snapshots)
+            if reconciler is not None else None)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -207,7 +210,8 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
         sources = body.get("sources")
         return await apply_documents(store, docs, sources if isinstance(sources, list) else [],
                                      dry_run, strict=strict,
-                                     preview=reconciler.preview if reconciler else None)
+                                     preview=reconciler.preview if reconciler else None,
+                                     skew=skew)
 
     def proxy_rows(namespace: str | None = None, after: tuple[str, str] | None = None,
                    limit: int | None = None) -> list[dict[str, Any]]:

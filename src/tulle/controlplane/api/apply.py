@@ -8,8 +8,9 @@ The steps, each of which can refuse the whole request before anything is written
 3. the current objects are read; a document carrying `metadata.resourceVersion` that is not
    the stored one is a conflict (409);
 3b. the documents are compiled over the current state (`warnings.py`): whatever they would
-   store but the mesh would not enforce is a warning of its document; with `strict` any
-   warning refuses the whole apply (422);
+   store but the mesh would not enforce is a warning of its document, and so is what they
+   add that a connected proxy of an older build will not run (`skew_warnings.py`); with
+   `strict` any warning refuses the whole apply (422);
 4. what changed goes to the store as one `batch`: creates for new objects, updates over the
    version read in step 3.  Someone writing one of these objects between 3 and 4 makes the
    store refuse the batch (409 naming the document); nothing is written.
@@ -27,6 +28,7 @@ from fastapi.responses import JSONResponse
 
 from tulle.api.errors import ValidationError
 from tulle.api.registry import KindInfo, parse, resolve
+from tulle.controlplane.api.skew_warnings import SkewCheck
 from tulle.controlplane.api.warnings import Preview, trust_domain_change, warnings
 from tulle.controlplane.store.errors import (
     AlreadyExistsError,
@@ -89,7 +91,7 @@ def _key(info: KindInfo, obj: Obj) -> Key:
 
 async def apply_documents(store: ResourceStore, docs: list[Any], sources: list[Any],
                           dry_run: bool, *, preview: Preview | None = None,
-                          strict: bool = False) -> JSONResponse:
+                          skew: SkewCheck | None = None, strict: bool = False) -> JSONResponse:
     if len(docs) > MAX_DOCUMENTS:
         return error(413, f"{len(docs)} documents in one apply; at most {MAX_DOCUMENTS}")
 
@@ -154,6 +156,10 @@ async def apply_documents(store: ResourceStore, docs: list[Any], sources: list[A
     for i, info, obj, current in plan:
         if info.kind == "Mesh" and (line := trust_domain_change(current, obj)) is not None:
             warned.setdefault(i, []).append(line)
+    if skew is not None:  # what older proxies will not run of what this apply changes
+        changed = [i for i, _, obj, current in plan if current is None or not same(current, obj)]
+        for i, lines in skew({i: obj for i, _, obj in prepared}, changed).items():
+            warned.setdefault(i, []).extend(lines)
     if strict and warned:
         by_index = {i: obj for i, _, obj in prepared}
         return error(422, f"{len(warned)} of {len(docs)} documents would be stored but not "

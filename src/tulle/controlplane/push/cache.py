@@ -97,6 +97,9 @@ class ProxyStatus:
     """The config features the proxy announced."""
     withheld: tuple[Feature, ...] = ()
     """Features this control plane has and the proxy lacks: left out of its snapshots."""
+    refused: tuple[Feature, ...] = ()
+    """Features it lacks that are never withheld (`features.refused_by`): a snapshot using one
+    it refuses whole (a NACK).  Read by apply's version-skew warnings (ADR 0125)."""
     delta_units: frozenset[str] = frozenset()
     """The delta units (`proxyconfig/delta.py`) the proxy takes; others go as whole resources."""
     node: list[str] = field(default_factory=list)

@@ -35,7 +35,7 @@ from tulle.controlplane.push.trust import after_hello, update_for
 from tulle.controlplane.push.wire import withheld_delta_frame, withheld_snapshot_frame
 from tulle.controlplane.readiness import STARTING, first_config_rejected
 from tulle.proxyconfig.delta import units_of
-from tulle.proxyconfig.features import SERVING_ACK, Feature, withheld_from
+from tulle.proxyconfig.features import SERVING_ACK, Feature, refused_by, withheld_from
 from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.stats import report_seconds
 from tulle.proxyconfig.stream import (
@@ -257,6 +257,7 @@ class ProxySession:
             st.control_plane = srv.instance
             st.protocol, st.features = hello.protocol, shown_list(hello.features)
             st.withheld, st.delta_units = self.missing, self.units
+            st.refused = refused_by(hello.features)
             st.node = [workload_name(x) for x in keys] if len(keys) > 1 else []
         # A proxy that says its ACK means it serves joins the endpoints when it does: now if
         # its hello names a version it runs, else at its first ACK (ADR 0116).
