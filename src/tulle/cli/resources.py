@@ -122,8 +122,9 @@ def apply_cmd(files: tuple[str, ...], dry_run: bool, strict: bool, server: str |
     """Create or update resources from files.  Idempotent; all-or-nothing on invalid input.
 
     Whatever would be stored but not (wholly) enforced — a rule left out, a backend not found,
-    a policy the data plane does not enforce yet, a Mesh value the proxies cannot take — is
-    printed as a `Warning:` line on stderr (an error with --strict)."""
+    a policy the data plane does not enforce yet, a Mesh value the proxies cannot take, a
+    feature that a connected proxy of an older build lacks — is printed as a `Warning:` line
+    on stderr (an error with --strict)."""
     docs, sources = _read_documents(files)
     if not docs:
         raise click.UsageError("no documents found")

@@ -1,5 +1,5 @@
-"""Apply's version-skew warnings: what an apply adds that a connected proxy of an older build
-will not run.
+"""Apply's version-skew warnings: a config feature an apply puts in use at a connected proxy
+whose (older) build lacks it, which that proxy will therefore not run.
 
 Why: a proxy announces its features, and the control plane leaves out of its snapshots what
 it lacks (`features.withheld_from`) or, for the few features whose absence must not be
