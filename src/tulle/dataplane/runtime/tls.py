@@ -26,7 +26,9 @@ one, so a server context whose CAs changed is *replaced* in its cache entry inst
 and filter chains hold the entry (`ServerRef`) and read its context at each accept, so a CA
 removed from a bundle stops being trusted for the next handshake (ADR 0019).
 
-`retain` drops the entries nothing in force uses any more, after each commit.
+`retain` drops the entries nothing in force uses any more, after each commit.  An entry whose
+identity or trust bundle the new snapshot no longer has (a node's pod that left it, ADR 0126)
+is not rebuilt on the way: nothing of that snapshot can use it.
 """
 
 from __future__ import annotations
@@ -90,6 +92,12 @@ def _material(tls: TLSContext, sections: Sections) -> Material:
     return (_stamp(tls.cert_file), _stamp(tls.key_file), _stamp(tls.ca_file),
             (ident.cert_chain_pem, ident.private_key_pem) if ident is not None else None,
             tuple(bundle.ca_pems) if bundle is not None else None)
+
+
+def _gone(tls: TLSContext, sections: Sections) -> bool:
+    """`tls` names an identity or trust bundle that `sections` does not hold."""
+    return bool((tls.identity and tls.identity not in sections.identities)
+                or (tls.trust_bundle and tls.trust_bundle not in sections.bundles))
 
 
 def _memfile(data: str) -> int:
@@ -296,6 +304,12 @@ class TLSContexts:
         out: Rotation = {}
         sections = self.sections
         for key, e in self._cache.items():
+            if _gone(e.tls, sections):
+                # It names a section this snapshot lacks, so nothing of it uses this context
+                # (the validator refuses such a reference): not rebuilt, which could only
+                # fail the swap (`no identity named ...`); `retain` forgets it after the
+                # commit, and the connections made with it keep it until they end (ADR 0126).
+                continue
             stamps = _material(e.tls, sections)
             if stamps != e.stamps:
                 out[key] = (e.build(sections), stamps)

@@ -160,3 +160,42 @@ def test_the_proxys_contexts_make_direct_ssl_objects(tmp_path: Path) -> None:
         assert obj.pending() == 0
         with pytest.raises(ssl.SSLWantReadError):  # nothing arrived yet: OpenSSL says so
             obj.read(1024)
+
+
+async def test_a_swap_without_an_identity_or_bundle_and_what_used_it_is_taken(
+        tmp_path: Path) -> None:
+    """ADR 0126: a node's pod leaves its snapshot with the certificate section only it used.
+    Before, every cached context was rebuilt against the new sections at each swap, and one
+    naming a section no longer there failed the whole swap (`no identity named 'x'`)."""
+    from tests.support.proxy import free_port
+
+    from tulle.dataplane.server import ProxyServer
+
+    crt, key = self_signed(tmp_path)
+    pem = {"cert_chain_pem": Path(crt).read_text(), "private_key_pem": Path(key).read_text()}
+    app = {"name": "app", "endpoints": [{"address": "127.0.0.1", "port": 9}]}
+    in_y: dict[str, Any] = {"name": "in-y", "port": free_port(), "filter_chains": [{
+        "name": "t", "match": {"transport": "tls"}, "protocol": "http1", "cluster": "app",
+        "tls": {"identity": "y", "trust_bundle": "bx"}}]}
+    two: dict[str, Any] = {"version": "1", "admin": {"port": 0},
+           "identities": [{"name": "x", **pem}, {"name": "y", **pem}],
+           "trust_bundles": [{"name": "bx", "ca_pems": [pem["cert_chain_pem"]]}],
+           "listeners": [{**in_y, "name": "in-x", "port": free_port(), "filter_chains": [{
+               **in_y["filter_chains"][0], "tls": {"identity": "x", "trust_bundle": "bx"}}]},
+               in_y],
+           "clusters": [app, {**app, "name": "up-x",
+                              "tls": {"identity": "x", "trust_bundle": "bx"}}]}
+    server = ProxyServer()
+    try:
+        await server.apply(validate(two))
+        assert len(server.tls) == 3  # a server context per listener, a client one
+        # x leaves, with its bundle and everything that used them.
+        one = {**two, "version": "2", "identities": [{"name": "y", **pem}], "trust_bundles": [],
+               "listeners": [{**in_y, "filter_chains": [{**in_y["filter_chains"][0],
+                                                          "tls": {"identity": "y"}}]}],
+               "clusters": [app]}
+        await server.apply(validate(one))
+        assert server.config is not None and server.config.version == "2"
+        assert len(server.tls) == 1  # forgotten after the commit
+    finally:
+        await server.close()
