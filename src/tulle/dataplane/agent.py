@@ -4,9 +4,10 @@ Decision 4 of DESIGN.md: the proxy keeps working without the control plane.  Wit
 directory the last good snapshot is written to disk after every successful apply, and every
 certificate held with its key and the mesh bundle at every issue, renewal and bundle change
 (`identity_cache.py`, ADR 0123); both are loaded at start, so a proxy restarted while the
-control plane is down serves what it served before, mTLS included.  The agent reconnects
-with exponential backoff and full jitter, rotating through the control-plane addresses it was
-given (several replicas share one PostgreSQL store).
+control plane is down serves what it served before, mTLS included.  What it no longer fronts
+(a pod taken off the node) is left out of that cache, and its kept identity removed (ADR
+0126).  The agent reconnects with exponential backoff and full jitter, rotating through the
+control-plane addresses it was given (several replicas share one PostgreSQL store).
 
 The hello announces what this build speaks: the stream protocol, the contract version and every
 config feature of its model (`proxyconfig/features.py`).  A snapshot or delta is decoded here,
@@ -43,7 +44,7 @@ from pathlib import Path
 
 import msgspec
 
-from tulle.dataplane.cache_serving import is_node_snapshot, without_workloads
+from tulle.dataplane.cache_serving import is_node_snapshot, named_workloads, without_workloads
 from tulle.dataplane.identity import (
     HeldIdentity,
     ReservedSection,
@@ -293,6 +294,10 @@ class Agent:
         if self.cache_path is None:
             return False
         cfg = load_cached(self.cache_path, self.workload)
+        self.kept.tidy(self._fronted_keys(),
+                       named_workloads(cfg, self.own_key) if cfg is not None else ())
+        if cfg is not None:
+            cfg = self._without_left(cfg)
         found, refused = self.kept.read(self._fronted_keys(), cfg)
         self.held = found.pop(self.own_key, None)
         self.node_held.update(found)
@@ -340,6 +345,16 @@ class Agent:
 
     def _fronted_keys(self) -> list[str]:
         return [self.own_key, *(f"{w.namespace}/{w.name}" for w in self.workloads)]
+
+    def _without_left(self, cfg: ProxyConfig) -> ProxyConfig:
+        """The cached snapshot without the workloads it names that this proxy no longer
+        fronts (a pod taken off `--node-config`): not its to serve (ADR 0126)."""
+        left = sorted(named_workloads(cfg, self.own_key) - set(self._fronted_keys()))
+        if not left:
+            return cfg
+        log.info("cached snapshot %s names %s, which this proxy no longer fronts: left out",
+                 cfg.version, ", ".join(left))
+        return without_workloads(cfg, left, [self.kept.section(k) for k in left])
 
     def _drop_from_disk(self, reason: str) -> None:
         """The control plane refused the hello that presented identities read from disk:

@@ -13,6 +13,10 @@ a node's workloads into one; the proxy takes it apart here), not about the strea
   `Cluster.workload`, or presenting their certificate), and the route tables only their
   listeners name.  A single-workload snapshot has no such tags: it is served whole or not at
   all.
+- `named_workloads`: the workloads a snapshot names, so that a proxy restarted without some
+  of them serves the rest of its cache and removes their kept identities (ADR 0126).  It is
+  not a list of the node's pods: a pod whose part is empty (no ports, a mesh without
+  Services) has nothing tagged, so its absence never says a pod left.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from collections.abc import Collection
 
 import msgspec
 
-from tulle.proxyconfig.model import Listener, ProxyConfig
+from tulle.proxyconfig.model import Listener, ProxyConfig, TLSContext
+from tulle.proxyconfig.reserved import identity_workload
 
 
 def expected_principals(cfg: ProxyConfig | None, namespace: str, name: str, *,
@@ -82,4 +87,22 @@ def without_workloads(cfg: ProxyConfig, workloads: Collection[str],
         route_tables=[t for t in cfg.route_tables if t.name not in tables])
 
 
-__all__ = ["expected_principals", "is_node_snapshot", "without_workloads"]
+def named_workloads(cfg: ProxyConfig, own: str) -> set[str]:
+    """The workloads (`namespace/name`) `cfg` names: `own` (the snapshot is its own
+    workload's), and on a node's merged snapshot every workload a listener or cluster is
+    tagged with, or whose certificate a TLS setting presents (`workload:<ns>/<name>`)."""
+    out = {own}
+    tls: list[TLSContext | None] = []
+    for lc in cfg.listeners:
+        out.add(lc.workload)
+        tls.append(lc.tls)
+        tls.extend(fc.tls for fc in lc.filter_chains)
+    for c in cfg.clusters:
+        out.add(c.workload)
+        tls.append(c.tls)
+    out.update(identity_workload(t.identity) for t in tls if t is not None)
+    out.discard("")
+    return out
+
+
+__all__ = ["expected_principals", "is_node_snapshot", "named_workloads", "without_workloads"]

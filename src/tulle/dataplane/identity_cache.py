@@ -22,7 +22,13 @@ its peers and, with the certificate, to the control plane), so the rules are str
   ID `/ns/<namespace>/`), and is the SPIFFE ID the cached snapshot gives that workload, when
   it gives one;
 - the key is never in a log line or an error (`Identity`, `WorkloadKey` and `_Stored` redact
-  it in `repr`; the reasons name fields, never their content).
+  it in `repr`; the reasons name fields, never their content);
+- each proxy keeps an index of the workloads whose identities it may write here
+  (`<namespace>.<name>.index`, its own workload's name, written whole like an identity), so
+  a later start knows which files are its own to remove once it no longer fronts their
+  workloads (ADR 0126); a file is removed (`remove`) only when reading it would pass the
+  same checks and it is that workload's identity in this format: a link, another uid's file
+  or anything else the proxy did not write stays, and is said.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import os
 import stat
 from collections.abc import Collection
 from pathlib import Path
+from typing import Annotated
 
 import msgspec
 from cryptography import x509
@@ -54,6 +61,9 @@ FILE_MODE = 0o600
 MAX_BYTES = 1 << 20
 """A file larger than this is refused unread (a chain and a bundle are a few KiB)."""
 FORMAT = "tulle-identity/1"
+INDEX_FORMAT = "tulle-identity-index/1"
+MAX_INDEX = 4096
+"""Workloads an index may list (a node proves about 20 in one hello, ADR 0032)."""
 MAX_CHAIN = 4
 """CA certificates a chain may climb through before it must reach a root of the bundle."""
 
@@ -67,6 +77,14 @@ class IdentityRefused(Exception):
         super().__init__(reason)
         self.exposed = exposed
         self.path = path
+
+
+class _Index(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    format: str
+    proxy: str
+    """`namespace/name` of the proxy's own workload (whose index this is)."""
+    workloads: Annotated[list[str], msgspec.Meta(max_length=MAX_INDEX)]
+    """`namespace/name` of each workload whose identity it may keep here."""
 
 
 class _Stored(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -83,6 +101,12 @@ class _Stored(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def __repr__(self) -> str:
         return f"_Stored({self.workload}, key=<redacted>)"
+
+
+def index_name(namespace: str, name: str) -> str:
+    """`<namespace>.<name>.index`: proxy `namespace/name`'s index (an identity file ends in
+    `.json`, a temporary one starts with a dot: no workload's file has this name)."""
+    return file_name(namespace, name).removesuffix(".json") + ".index"
 
 
 def file_name(namespace: str, name: str) -> str:
@@ -113,7 +137,45 @@ class IdentityCache:
                       certificate=held.cert.cert_chain, key=held.key.pem(),
                       trust_bundle=list(held.cert.trust_bundle),
                       issued_at=held.cert.not_before)
-        data = msgspec.json.encode(doc)
+        self._write_whole(target, msgspec.json.encode(doc))
+
+    def record(self, namespace: str, name: str, workloads: Collection[str]) -> None:
+        """Write the index of proxy `namespace/name` (its own workload, as its cached
+        snapshot is named): the workloads whose identities it may keep here (ADR 0126).
+        What a later start finds listed and no longer fronts is its to remove; another
+        proxy's file in a shared `--cache-dir` never is.  OSError or IdentityRefused."""
+        doc = _Index(format=INDEX_FORMAT, proxy=f"{namespace}/{name}",
+                     workloads=sorted(set(workloads)))
+        self._write_whole(index_name(namespace, name), msgspec.json.encode(doc))
+
+    def recorded(self, namespace: str, name: str) -> list[str]:
+        """The workloads the index of proxy `namespace/name` lists ([] without one), read
+        with the checks of an identity; IdentityRefused for one that may not be taken."""
+        target = index_name(namespace, name)
+        try:
+            dfd = self._open_dir(create=False)
+        except FileNotFoundError:
+            return []
+        try:
+            got = self._read(dfd, target)
+        finally:
+            os.close(dfd)
+        if got is None:
+            return []
+        where = str(self.directory / target)
+        try:
+            doc = msgspec.json.decode(got[0], type=_Index)
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise IdentityRefused(f"not an index of kept identities ({exc})", path=where) from None
+        if doc.format != INDEX_FORMAT or doc.proxy != f"{namespace}/{name}":
+            raise IdentityRefused(f"not the index of {namespace}/{name} ({INDEX_FORMAT})",
+                                  path=where)
+        return doc.workloads
+
+    def _write_whole(self, target: str, data: bytes) -> None:
+        """`data` as `target`, 0600 from its first byte, whole or not at all: a temporary
+        file (a leftover is unlinked, never written into), fsync, rename, fsync of the
+        directory, which must be the proxy uid's alone (made 0700)."""
         dfd = self._open_dir(create=True)
         tmp = f".{target}.tmp"  # (no workload's file starts with a dot)
         try:
@@ -151,36 +213,84 @@ class IdentityCache:
         except FileNotFoundError:
             return None
         try:
-            try:
-                fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
-                             dir_fd=dfd)
-            except FileNotFoundError:
-                return None
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    raise IdentityRefused("it is a symbolic link", exposed=True,
-                                          path=str(self.directory / target)) from None
-                raise
-            with os.fdopen(fd, "rb") as f:
-                st = os.fstat(f.fileno())
-                try:
-                    if not stat.S_ISREG(st.st_mode):
-                        raise IdentityRefused("it is not a regular file", exposed=True)
-                    _owned_alone(st)
-                    if st.st_size > MAX_BYTES:
-                        raise IdentityRefused(f"{st.st_size} bytes, more than the {MAX_BYTES} "
-                                              f"an identity can be")
-                except IdentityRefused as exc:
-                    exc.path = str(self.directory / target)
-                    raise
-                data = f.read(MAX_BYTES + 1)
+            got = self._read(dfd, target)
         finally:
             os.close(dfd)
+        if got is None:
+            return None
         try:
-            return usable(data, namespace, name, first=first, expected=expected, now=now)
+            return usable(got[0], namespace, name, first=first, expected=expected, now=now)
         except IdentityRefused as exc:
             exc.path = str(self.directory / target)
             raise
+
+    def remove(self, namespace: str, name: str) -> bool:
+        """Delete the identity kept for `namespace/name` (and a leftover temporary file of
+        it): True when there was one, False when there is none.  What reading refuses is
+        never deleted either (IdentityRefused: a symbolic link, not a regular file, another
+        uid's, group or other bits), nor a file that is not an identity of this workload in
+        this format: only what the proxy itself wrote goes (ADR 0126).  The unlink is by
+        name in a directory checked to be the proxy uid's alone (0700), after checking the
+        name still leads to the file read: only that uid or root could swap it between."""
+        target = file_name(namespace, name)
+        try:
+            dfd = self._open_dir(create=False)
+        except FileNotFoundError:
+            return False
+        try:
+            _drop_leftover(f".{target}.tmp", dfd)
+            got = self._read(dfd, target)
+            if got is None:
+                return False
+            data, st = got
+            try:
+                doc = msgspec.json.decode(data, type=_Stored)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                doc = None
+            where = str(self.directory / target)
+            if doc is None or doc.format != FORMAT or doc.workload != f"{namespace}/{name}":
+                raise IdentityRefused(f"it is not an identity of {namespace}/{name} the proxy "
+                                      f"wrote ({FORMAT})", path=where)
+            try:
+                now = os.stat(target, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                return False
+            if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                raise IdentityRefused("it was replaced while it was checked", path=where)
+            os.unlink(target, dir_fd=dfd)
+            os.fsync(dfd)  # the removal itself survives a crash
+            return True
+        finally:
+            os.close(dfd)
+
+    def _read(self, dfd: int, target: str) -> tuple[bytes, os.stat_result] | None:
+        """The bytes of `target` in the directory `dfd` and its status, once it is checked to
+        be a regular file of the proxy uid's alone, not a symbolic link, at most `MAX_BYTES`;
+        None when there is none, IdentityRefused otherwise (never read then)."""
+        where = str(self.directory / target)
+        try:
+            fd = os.open(target, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         dir_fd=dfd)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise IdentityRefused("it is a symbolic link", exposed=True,
+                                      path=where) from None
+            raise
+        with os.fdopen(fd, "rb") as f:
+            st = os.fstat(f.fileno())
+            try:
+                if not stat.S_ISREG(st.st_mode):
+                    raise IdentityRefused("it is not a regular file", exposed=True)
+                _owned_alone(st)
+                if st.st_size > MAX_BYTES:
+                    raise IdentityRefused(f"{st.st_size} bytes, more than the {MAX_BYTES} an "
+                                          f"identity can be")
+            except IdentityRefused as exc:
+                exc.path = where
+                raise
+            return f.read(MAX_BYTES + 1), st
 
     def _open_dir(self, *, create: bool) -> int:
         """A descriptor of the directory, once it is checked to be the proxy's alone (made
@@ -209,6 +319,18 @@ class IdentityCache:
             os.close(fd)
             raise
         return fd
+
+
+def _drop_leftover(tmp: str, dfd: int) -> None:
+    """Unlink `tmp`, a temporary file `save` left behind (a crash mid-write: it may hold a
+    key), when it is a regular file of the proxy uid's alone; anything else stays."""
+    try:
+        st = os.stat(tmp, dir_fd=dfd, follow_symlinks=False)
+        if stat.S_ISREG(st.st_mode):
+            _owned_alone(st)
+            os.unlink(tmp, dir_fd=dfd)
+    except (OSError, IdentityRefused):
+        pass
 
 
 def _owned_alone(st: os.stat_result, what: str = "", want: int = FILE_MODE) -> None:
@@ -311,5 +433,5 @@ def _iso(when: dt.datetime) -> str:
     return when.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-__all__ = ["DIR_MODE", "FILE_MODE", "IDENTITY_DIR", "MAX_BYTES", "IdentityCache",
-           "IdentityRefused", "file_name", "usable"]
+__all__ = ["DIR_MODE", "FILE_MODE", "IDENTITY_DIR", "INDEX_FORMAT", "MAX_BYTES", "MAX_INDEX",
+           "IdentityCache", "IdentityRefused", "file_name", "index_name", "usable"]

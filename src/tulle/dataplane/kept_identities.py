@@ -1,5 +1,6 @@
 """The agent's side of the identities on disk (ADR 0123): which certificates in force came from
-disk, reading them at start, writing each new one, and the lines an operator reads about them.
+disk, reading them at start, writing each new one, removing at start those of workloads the
+proxy no longer fronts (ADR 0126), and the lines an operator reads about them.
 
 Why apart from `agent.py`: the agent holds the certificates and speaks the stream; what is
 kept on disk, and what is said when a kept one cannot be served, are one concern of their own
@@ -12,12 +13,12 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from tulle.dataplane.cache_serving import expected_principals
 from tulle.dataplane.identity import HeldIdentity
-from tulle.dataplane.identity_cache import IdentityCache, IdentityRefused
+from tulle.dataplane.identity_cache import MAX_INDEX, IdentityCache, IdentityRefused
 from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.reserved import workload_identity
 from tulle.proxyconfig.validate import ConfigError
@@ -26,6 +27,11 @@ log = logging.getLogger("tulle.agent")
 
 Refused = Mapping[str, IdentityRefused | None]
 """Fronted workloads whose kept identity was not taken, with why (None: none is kept)."""
+
+MAX_REMOVALS = 64
+"""Identity files removed at one start (a few system calls each); more stay listed in the
+index for the next start.  A node proves about 20 workloads in one hello (ADR 0032), so one
+start takes them all."""
 
 
 class KeptIdentities:
@@ -113,6 +119,61 @@ class KeptIdentities:
                     else logging.WARNING, "cannot keep the certificate of %s on disk (%s): %s; "
                     "a restart while the control plane is away will not serve mTLS", key,
                     self.cache.directory, exc)
+
+    def tidy(self, fronted: Sequence[str], named: Collection[str] = ()) -> None:
+        """At start, before any identity is read or written: remove the kept identities of
+        the workloads this proxy kept before (its index; `named`: those its cached snapshot
+        names, for a cache from before the index) that it no longer fronts, one line each;
+        then record what it fronts now (ADR 0126).  Another proxy's files in a shared
+        `--cache-dir` are in no list of this one's, so they are never candidates."""
+        if self.cache is None:
+            return
+        ns, _, name = self.own.partition("/")
+        try:
+            before = self.cache.recorded(ns, name)
+        except (IdentityRefused, OSError, ValueError) as exc:
+            exposed = isinstance(exc, IdentityRefused) and exc.exposed
+            log.log(logging.ERROR if exposed else logging.WARNING,
+                    "ignoring the index of kept identities at %s: %s",
+                    getattr(exc, "path", "") or self.cache.directory, exc)
+            before = []
+        stale = sorted((set(before) | set(named)) - set(fronted))
+        later = stale[MAX_REMOVALS:]
+        for k in stale[:MAX_REMOVALS]:
+            if not self._remove(k):
+                later.append(k)
+        try:  # (what the index cannot hold is left for good: a node has about 20 pods)
+            self.cache.record(ns, name, [*fronted, *later][:MAX_INDEX])
+        except (IdentityRefused, OSError, ValueError) as exc:
+            log.warning("cannot write the index of kept identities in %s: %s; a later start "
+                        "will not know which of them were this proxy's", self.cache.directory,
+                        exc)
+
+    def _remove(self, key: str) -> bool:
+        """Remove the kept identity of `key`, a workload this proxy no longer fronts; False
+        when that failed and is worth trying at the next start (not for a file that is not
+        the proxy's, which is never removed, only said)."""
+        assert self.cache is not None
+        ns, _, name = key.partition("/")
+        why = "this proxy no longer fronts it"
+        try:
+            where = str(self.cache.path_of(ns, name))
+        except ValueError:
+            return True  # (a name that is no file's: nothing was ever kept under it)
+        try:
+            removed = self.cache.remove(ns, name)
+        except IdentityRefused as exc:
+            log.log(logging.ERROR if exc.exposed else logging.WARNING,
+                    "not removing the kept certificate of %s at %s (%s): %s", key,
+                    exc.path or where, why, exc)
+            return True
+        except OSError as exc:
+            log.warning("cannot remove the kept certificate of %s at %s (%s): %s", key, where,
+                        why, exc)
+            return False
+        if removed:
+            log.info("removed the kept certificate and key of %s at %s: %s", key, where, why)
+        return True
 
     def refused_by_control_plane(self, reason: str) -> list[str]:
         """The identities from disk to drop when a hello that presented them was refused

@@ -24,6 +24,12 @@ def workload_identity(namespace: str, name: str, *, first: bool = True) -> str:
     return WORKLOAD_IDENTITY if first else f"{_NODE_PREFIX}{namespace}/{name}"
 
 
+def identity_workload(name: str) -> str:
+    """The further workload (`namespace/name`) whose certificate the identity section `name`
+    is (`workload:<namespace>/<name>`); "" for any other name, the first workload's too."""
+    return name[len(_NODE_PREFIX):] if name.startswith(_NODE_PREFIX) else ""
+
+
 def is_reserved_identity(name: str) -> bool:
     """True for names only the proxy may fill (a snapshot carrying one is refused)."""
     return name == WORKLOAD_IDENTITY or name.startswith(_NODE_PREFIX)

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import stat
 import time
 from collections.abc import AsyncIterator
@@ -36,9 +35,10 @@ from tests.support.controlplane import (
     issue_token,
     named_origin,
 )
+from tests.support.node_agent import NodeAgentProcess
 from tests.support.proxy import free_port
 from tests.support.sidecar_process import SidecarProcess
-from tests.support.subproc import TULLE, _die_with_test, http_get, nothing_listens
+from tests.support.subproc import nothing_listens
 
 from tulle.proxyconfig.stream import WorkloadInfo
 
@@ -308,52 +308,12 @@ async def test_a_cached_certificate_past_its_expiry_is_not_served(tmp_path: Path
         assert await nothing_listens(m.api_port)
 
 
-class _NodeAgent:
-    """`tulle proxy run --node-config` as a real process (pods `pod-a`, `pod-b`)."""
-
-    def __init__(self, cp: ControlPlaneProcess, workdir: Path, config: Path,
-                 cache: Path) -> None:
-        self.cp, self.config, self.cache = cp, config, cache
-        self.admin_port = free_port()
-        self.log_path = workdir / "node.log"
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        with self.log_path.open("ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                TULLE, "proxy", "run", "--control-plane", f"127.0.0.1:{self.cp.stream_port}",
-                "--node-config", str(self.config), "--cache-dir", str(self.cache),
-                "--admin-port", str(self.admin_port), "--log-level", "debug",
-                stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out,
-                start_new_session=True, preexec_fn=_die_with_test)  # noqa: PLW1509
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    async def metric(self, name: str, **labels: str) -> float:
-        status, text = await http_get(self.admin_port, "/metrics")
-        assert status == 200
-        total = 0.0
-        for line in text.decode().splitlines():
-            series, _, value = line.rpartition(" ")
-            if series.startswith(name + "{") and all(f'{k}="{v}"' in series
-                                                      for k, v in labels.items()):
-                total += float(value)
-        return total
-
-    async def stop(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            await asyncio.wait_for(self.proc.wait(), 10)
-
-
 @pytest.mark.timeout(150)
 async def test_a_node_agent_serves_the_pods_whose_identities_it_kept_and_waits_for_the_others(
         tmp_path: Path) -> None:
     cp = ControlPlaneProcess(f"sqlite:{tmp_path / 'cp.db'}", tmp_path)
     cp.start()
-    node: _NodeAgent | None = None
+    node: NodeAgentProcess | None = None
     try:
         await cp.wait_ready()
         async with named_origin("a") as app_a, named_origin("b") as app_b:
@@ -377,13 +337,14 @@ async def test_a_node_agent_serves_the_pods_whose_identities_it_kept_and_waits_f
                              "ports": [{"name": "http", "port": port, "targetPort": app}]})
             config = tmp_path / "node.yaml"
             config.write_text(json.dumps({"workloads": pods}))
-            node = _NodeAgent(cp, tmp_path, config, tmp_path / "node-cache")
+            node = NodeAgentProcess(cp, tmp_path, config, tmp_path / "node-cache")
             await node.start()
             await eventually(lambda: _answers(oa, "b.shop", "b"), timeout=30, interval=0.1)
             await eventually(lambda: _answers(ob, "a.shop", "a"), timeout=10, interval=0.1)
             ident = node.cache / "identity"
             await eventually(lambda: (ident / "shop.pod-b.json").exists(), timeout=10)
-            assert {p.name for p in ident.iterdir()} == {"shop.pod-a.json", "shop.pod-b.json"}
+            assert {p.name for p in ident.iterdir()} == {"shop.pod-a.json", "shop.pod-b.json",
+                                                         "shop.pod-a.index"}  # (ADR 0126)
             assert _mode(ident) == 0o700
             assert all(_mode(p) == 0o600 for p in ident.iterdir())
             # pod-b's identity is lost (and it gets a new token for when the control plane

@@ -2,7 +2,8 @@
 bundle, is written at once; one read from disk is presented with a CSR at the first hello (a
 fresh certificate replaces it), and dropped when that hello is refused over it; a node serving
 its cache without a pod whose identity it lost names no version in its hello (which would say
-every pod serves) and takes the pod back when its certificate comes."""
+every pod serves) and takes the pod back when its certificate comes.  A node restarted without
+a pod removes that pod's kept identity and serves the rest of its cache (ADR 0126)."""
 
 from __future__ import annotations
 
@@ -199,5 +200,44 @@ async def test_a_node_serves_the_pods_whose_identity_it_kept_and_says_it_serves_
         assert sorted(lc.workload for lc in server.config.listeners) == [f"{NS}/pod-a",
                                                                           f"{NS}/pod-b"]
         assert agent._hello().last_version == merged.version
+    finally:
+        await server.close()
+
+
+
+async def test_a_node_restarted_without_a_pod_removes_its_key_and_serves_the_rest(
+        tmp_path: Path, ca: CertificateAuthority) -> None:
+    pa, pb = free_port(), free_port()
+    merged = merge([((NS, "pod-a"), msgspec.convert(_pod("pod-a", pa), ProxyConfig)),
+                    ((NS, "pod-b"), msgspec.convert(_pod("pod-b", pb), ProxyConfig))])
+    save_cached(tmp_path / "snap.json", merged)
+    cache = IdentityCache(tmp_path / "identity")
+    for name in ("pod-a", "pod-b", "web-0"):  # (web-0: a sidecar's, sharing the directory)
+        key = WorkloadKey()
+        cache.save(NS, name, HeldIdentity(key, signed(ca, key, name)))
+    a, b = WorkloadInfo(name="pod-a", namespace=NS), WorkloadInfo(name="pod-b", namespace=NS)
+
+    def agent(server: ProxyServer, *more: WorkloadInfo) -> Agent:
+        return Agent(server, [("127.0.0.1", 9)], a, workloads=list(more), identities=cache,
+                     cache_path=tmp_path / "snap.json", trust=StreamTrust(plaintext=True))
+
+    server = ProxyServer()
+    try:  # both pods: both kept, and the index says they are this proxy's
+        assert await agent(server, b).start_from_cache()
+        assert cache.recorded(NS, "pod-a") == [f"{NS}/pod-a", f"{NS}/pod-b"]
+    finally:
+        await server.close()
+    server = ProxyServer()
+    try:  # pod-b is taken off the node
+        node = agent(server)
+        assert await node.start_from_cache()
+        assert not cache.path_of(NS, "pod-b").exists()
+        assert cache.path_of(NS, "pod-a").exists()
+        assert cache.path_of(NS, "web-0").exists()  # in no list of this proxy's: not its own
+        assert cache.recorded(NS, "pod-a") == [f"{NS}/pod-a"]
+        assert server.config is not None
+        assert [lc.workload for lc in server.config.listeners] == [f"{NS}/pod-a"]
+        assert [i.name for i in server.config.identities] == ["workload"]
+        assert node._hello().last_version == merged.version and not node.node_held
     finally:
         await server.close()

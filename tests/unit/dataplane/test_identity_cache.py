@@ -22,7 +22,13 @@ from tulle.controlplane.ca.admission import certificate_message
 from tulle.controlplane.ca.authority import CertificateAuthority
 from tulle.controlplane.ca.spiffe import SpiffeId
 from tulle.dataplane.identity import HeldIdentity, WorkloadKey
-from tulle.dataplane.identity_cache import MAX_BYTES, IdentityCache, IdentityRefused
+from tulle.dataplane.identity_cache import (
+    MAX_BYTES,
+    MAX_INDEX,
+    IdentityCache,
+    IdentityRefused,
+    index_name,
+)
 from tulle.proxyconfig.stream import hello_proof_payload
 
 WEB = "spiffe://cluster.local/ns/shop/sa/web"
@@ -220,3 +226,90 @@ def test_a_name_that_is_not_one_path_component_is_refused(tmp_path: Path,
     with pytest.raises(ValueError, match="not a file name"):
         cache.save("shop", "../web-0", held(ca))
     assert not (tmp_path / "web-0.json").exists()
+
+
+def test_a_removal_deletes_the_proxys_own_file_and_its_leftover(
+        tmp_path: Path, ca: CertificateAuthority) -> None:
+    """ADR 0126: a workload that left the proxy leaves no key behind."""
+    cache = IdentityCache(tmp_path / "identity")
+    cache.save("shop", "web-0", held(ca))
+    cache.save("shop", "api-0", held(ca, name="api-0"))
+    leftover = cache.directory / ".shop.web-0.json.tmp"  # a crash mid-write: may hold a key
+    leftover.write_text("half")
+    leftover.chmod(0o600)
+    assert cache.remove("shop", "web-0")
+    assert sorted(p.name for p in cache.directory.iterdir()) == ["shop.api-0.json"]
+    assert not cache.remove("shop", "web-0")  # gone already: nothing, no refusal
+    assert IdentityCache(tmp_path / "none").remove("shop", "web-0") is False
+    assert cache.load("shop", "api-0") is not None  # the other one is untouched
+    # An expired one goes too: what is removed need not be servable, only the proxy's.
+    cache.save("shop", "old-0", held(ca, name="old-0", ttl=dt.timedelta(seconds=1),
+                                     now=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)))
+    assert cache.remove("shop", "old-0")
+
+
+@pytest.mark.parametrize("how", ["symlink", "group-readable file", "another workload's file",
+                                 "not an identity", "fifo", "symlinked directory"])
+def test_a_removal_never_deletes_what_the_proxy_did_not_write(
+        tmp_path: Path, ca: CertificateAuthority, how: str) -> None:
+    cache = IdentityCache(tmp_path / "identity")
+    cache.save("shop", "api-0", held(ca, name="api-0"))  # (makes the directory)
+    path = cache.path_of("shop", "web-0")
+    decoy = tmp_path / "decoy.json"
+    decoy.write_text(cache.path_of("shop", "api-0").read_text())
+    decoy.chmod(0o600)
+    exposed = True
+    if how == "symlink":
+        path.symlink_to(decoy)
+        want = "it is a symbolic link"
+    elif how == "group-readable file":
+        cache.save("shop", "web-0", held(ca))
+        path.chmod(0o640)
+        want = "mode 0640 lets group or others in"
+    elif how == "another workload's file":
+        path.write_text(decoy.read_text())
+        path.chmod(0o600)
+        want, exposed = "it is not an identity of shop/web-0 the proxy wrote", False
+    elif how == "not an identity":
+        path.write_text("{}")
+        path.chmod(0o600)
+        want, exposed = "it is not an identity of shop/web-0 the proxy wrote", False
+    elif how == "fifo":
+        os.mkfifo(path, 0o600)
+        want = "it is not a regular file"
+    else:
+        (tmp_path / "link").symlink_to(cache.directory)
+        cache = IdentityCache(tmp_path / "link")
+        path = cache.directory / "shop.api-0.json"
+        want = "not a directory (a symbolic link?)"
+    with pytest.raises(IdentityRefused) as info:
+        cache.remove("shop", "web-0" if how != "symlinked directory" else "api-0")
+    assert want in str(info.value) and info.value.exposed == exposed
+    assert os.path.lexists(path)  # left where it was, and what a link points at too
+    assert decoy.read_text() == (tmp_path / "identity" / "shop.api-0.json").read_text()
+
+
+def test_a_proxys_index_is_kept_whole_and_read_back_only_when_it_is_its_own(
+        tmp_path: Path, umask_022: None) -> None:
+    """ADR 0126: which workloads' identities a proxy may keep here, so that a later start
+    removes only its own."""
+    cache = IdentityCache(tmp_path / "identity")
+    assert cache.recorded("shop", "node-a") == []
+    cache.record("shop", "node-a", ["shop/pod-b", "shop/node-a", "shop/pod-b"])
+    path = cache.directory / index_name("shop", "node-a")
+    assert path.name == "shop.node-a.index" and mode(path) == 0o600
+    assert cache.recorded("shop", "node-a") == ["shop/node-a", "shop/pod-b"]
+    assert cache.load("shop", "node-a") is None  # an index is no identity file
+    assert cache.recorded("shop", "node-b") == []  # each proxy its own
+    (cache.directory / index_name("shop", "node-b")).write_bytes(path.read_bytes())
+    (cache.directory / index_name("shop", "node-b")).chmod(0o600)
+    with pytest.raises(IdentityRefused, match="not the index of shop/node-b"):
+        cache.recorded("shop", "node-b")
+    path.write_text('{"format": "tulle-identity-index/1", "proxy": "shop/node-a", '
+                    f'"workloads": {json.dumps(["x"] * (MAX_INDEX + 1))}}}')
+    with pytest.raises(IdentityRefused, match="not an index of kept identities"):
+        cache.recorded("shop", "node-a")
+    path.chmod(0o640)
+    with pytest.raises(IdentityRefused, match="mode 0640") as info:
+        cache.recorded("shop", "node-a")
+    assert info.value.exposed
