@@ -356,7 +356,10 @@ def test_a_half_that_calls_for_a_write_is_written_while_the_loop_keeps_the_gil()
             results = [batch.add(line) for line in lines]
             assert 2 not in results  # handed over in `add`: nothing for a sink to wake
             handed = len(batch)
-            assert _spin(lambda: len(batch) < handed)  # written, GIL never let go
+            # written, GIL never let go (10 s: the writer thread needs a CPU, and a busy
+            # two-CPU machine may give it none for a while; a writer needing the GIL never
+            # gets it however long this spins)
+            assert _spin(lambda: len(batch) < handed, 10.0)
             assert batch.room() <= 2 * 16 * 1024
         batch.seal()
         writer.join(5)
