@@ -45,7 +45,8 @@ class _Side(asyncio.Protocol):
         relay = self.relay
         relay.last_active = relay.loop.time()
         peer = self.peer
-        if peer is not None and peer.transport is not None:
+        if peer is not None and peer.transport is not None and (
+                relay.flowing or self is not relay.down):  # (the upstream's bytes: never held)
             n = len(data)
             self.moved += n
             self.counter.value += n
@@ -99,6 +100,12 @@ class CopyRelay(TcpProxy):
         self.up = _Side(self, self.m_sent, ctx.m_bytes_sent)
         self.down.peer, self.up.peer = self.up, self.down
         self._early: list[bytes] = []
+        self.flowing = False
+        """The early bytes went upstream: from now on the client's side writes what it reads.
+        Not before, even once the upstream transport exists: the client's side is paused until
+        then, but a transport that reads while paused (CPython 3.11.0-3.11.2's selector
+        transport re-registers its reader at the first call to `_add_reader`) would have its
+        bytes written ahead of the early ones."""
 
     def start(self, transport: asyncio.Transport, initial: bytes) -> None:
         transport.pause_reading()
@@ -149,6 +156,7 @@ class CopyRelay(TcpProxy):
             down.counter.value += n
             down.wire.value += n
             transport.write(chunk)
+        self.flowing = True
         if down.eof:
             transport.write_eof()
         if down.transport is not None:
