@@ -1,22 +1,27 @@
 # The project's two commands: `make demo` and `make test`.  Both set up everything they need
 # on a fresh machine (a virtualenv in .venv and the Debian packages), then run.
 SHELL := /bin/bash
-PYTHON ?= python3
+PYTHON ?=
+# (empty: scripts/venv.sh picks the distribution's CPython when it is usable, ADR 0124)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PURE_TESTS := tests/unit/dataplane tests/unit/test_native.py tests/integration/dataplane
 
-.PHONY: deps system-deps test lint typecheck unit demo clean native
+.PHONY: deps system-deps venv-base test lint typecheck unit demo clean native
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+$(STAMP): pyproject.toml scripts/venv.sh
+	test -x $(BIN)/python || "$$(PYTHON='$(PYTHON)' scripts/venv.sh pick)" -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check --upgrade pip
 	$(BIN)/pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
 system-deps:
 	scripts/install-system-deps.sh test
+
+## A .venv made with another interpreter than the one scripts/venv.sh picks is made again.
+venv-base: system-deps
+	PYTHON='$(PYTHON)' scripts/venv.sh check $(VENV)
 
 # The libnghttp2 HTTP/2 engine's C half (cffi, ADR 0051): built in place, never committed.
 NG2 := src/tulle/dataplane/protocols/ng2
@@ -25,7 +30,7 @@ $(NG2_STAMP): $(STAMP) $(NG2)/shim.c $(NG2)/build.py
 	$(BIN)/python -m tulle.dataplane.protocols.ng2.build
 	touch $@
 
-deps: system-deps $(STAMP) $(NG2_STAMP)
+deps: system-deps venv-base $(STAMP) $(NG2_STAMP)
 
 ## The HTTP/1 hot path compiled with mypyc (ADR 0052); a no-op when the sources are unchanged.
 native: deps

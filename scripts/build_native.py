@@ -110,11 +110,26 @@ TRAINING = ROOT / "scripts" / "native_training.py"
 """The profile's workload (ADR 0083): a change to it is a change to the build."""
 
 
+INTERPRETER = "python"
+"""`TYPES`'s entry for the interpreter the extensions were built for and against."""
+
+
+def interpreter() -> str:
+    """The interpreter this build runs on, as the extensions depend on it: its real path under
+    the virtualenv and its full version (release, build date, compiler).  Two CPython 3.11
+    builds load each other's extensions (same ABI tag), but mypyc's code is compiled against
+    one's headers and trained on one's profile: a .venv made again on another interpreter
+    (scripts/venv.sh, ADR 0124) rebuilds them."""
+    base = getattr(sys, "_base_executable", sys.executable)
+    return f"{os.path.realpath(base)} {' '.join(sys.version.split())}"
+
+
 def build_inputs() -> dict[str, str]:
     """What a build depends on beyond the compiled sources (the manifest's): the type sources,
-    the C sources and the training workload, recorded together in `TYPES`."""
+    the C sources, the training workload and the interpreter, recorded together in `TYPES`."""
     return {**type_sources(), **c_sources(),
-            TRAINING.name: hashlib.sha256(TRAINING.read_bytes()).hexdigest()}
+            TRAINING.name: hashlib.sha256(TRAINING.read_bytes()).hexdigest(),
+            INTERPRETER: interpreter()}
 
 
 def read_types(path: Path = TYPES) -> dict[str, str] | None:
@@ -136,6 +151,9 @@ def types_changed(recorded: dict[str, str] | None, current: dict[str, str]) -> s
                 return f"{name}: C source changed since the build"
             if name == TRAINING.name:
                 return f"{name}: the profile's workload changed since the build"
+            if name == INTERPRETER:
+                return (f"built for {recorded.get(name) or 'an unrecorded interpreter'}, "
+                        f"running on {digest}")
             return f"{name}: changed since the build (the compiled modules take types from it)"
     gone = sorted(set(recorded) - set(current))
     return f"{gone[0]}: no longer imported by the compiled modules" if gone else None

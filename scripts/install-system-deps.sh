@@ -7,8 +7,9 @@ set -euo pipefail
 what=${1:-test}
 case "$what" in
   test)  pkgs=(chromium curl iproute2 iptables nghttp2-client postgresql procps prometheus
-         redis-server gcc libc6-dev libnghttp2-dev python3-dev) ;;  # gcc..: the HTTP/2
-         # engine's cffi build and mypyc's (make native)
+         redis-server gcc libc6-dev libnghttp2-dev python3-dev python3-venv) ;;  # gcc..:
+         # the HTTP/2 engine's cffi build and mypyc's (make native); python3-venv: .venv on
+         # the distribution's CPython (scripts/venv.sh, ADR 0124)
   bench) pkgs=(curl haproxy nginx-light wrk nghttp2-client procps util-linux valgrind) ;;  # valgrind: bench.pair_instructions
   *) echo "usage: $0 test|bench" >&2; exit 2 ;;
 esac

@@ -187,9 +187,27 @@ def test_the_build_tracks_the_modules_the_compiled_ones_take_types_from() -> Non
     assert mod.types_changed(dict(inputs, **{c_source: "0" * 64}), inputs) == (
         f"{c_source}: C source changed since the build")
     # So is the profile's training workload (ADR 0083).
-    assert set(inputs) - set(current) - set(mod.c_sources()) == {"native_training.py"}
+    assert set(inputs) - set(current) - set(mod.c_sources()) == {"native_training.py",
+                                                                 "python"}
     assert mod.types_changed(dict(inputs, **{"native_training.py": "0" * 64}), inputs) == (
         "native_training.py: the profile's workload changed since the build")
+
+
+def test_the_build_tracks_the_interpreter_it_was_made_for(tmp_path: Path) -> None:
+    """A .venv made again on another CPython 3.11 (scripts/venv.sh, ADR 0124) loads the old
+    extensions (same ABI tag) although mypyc compiled them against the other's headers: the
+    interpreter is a build input, recorded and read back whole."""
+    mod: Any = _build_script()
+    inputs = mod.build_inputs()
+    here = inputs["python"]
+    assert here.startswith(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
+    assert sys.version.split()[0] in here and "\n" not in here
+    path = tmp_path / "types.txt"
+    mod.write_types(inputs, path)
+    assert mod.read_types(path) == inputs
+    other = dict(inputs, python="/root/.pyenv/versions/3.11.7/bin/python3.11 3.11.7 (main)")
+    assert mod.types_changed(other, inputs) == (
+        f"built for /root/.pyenv/versions/3.11.7/bin/python3.11 3.11.7 (main), running on {here}")
 
 
 def test_recorded_type_sources_read_back(tmp_path: Path) -> None:

@@ -127,13 +127,15 @@ def remove_stale() -> list[str]:
 def python_for(user: int) -> tuple[str, list[str]]:
     """An interpreter `user` can execute, and what to add to its PYTHONPATH.
 
-    `sys.executable` when every directory on its real path lets `user` through; otherwise
-    (a virtualenv over an interpreter under a private home, such as pyenv's under /root) the
-    system's interpreter of the same version with this environment's site-packages added,
-    so a proxy started under its own uid still finds its dependencies.
+    `sys.executable` when every directory on its path, as given and as resolved, lets `user`
+    through (a virtualenv's `bin/python` is a symlink: to the system's interpreter when the
+    virtualenv was made on it, ADR 0124); otherwise (a virtualenv over an interpreter under a
+    private home, such as pyenv's under /root, or a checkout under one) the system's
+    interpreter of the same version with this environment's site-packages added, so a proxy
+    started under its own uid still finds its dependencies.
     """
     exe = os.path.realpath(sys.executable)
-    if _reachable(exe, user):
+    if _reachable(exe, user) and _reachable(sys.executable, user):
         return sys.executable, []
     system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
     if not os.path.exists(system):

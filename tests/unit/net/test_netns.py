@@ -231,6 +231,37 @@ def test_python_for_a_uid_that_cannot_reach_the_interpreter(
         shutil.rmtree(base)
 
 
+def test_python_for_a_virtualenv_link_in_a_private_directory(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A virtualenv made on the system's interpreter (ADR 0124) whose `bin/python` link sits
+    in a directory the proxy's uid cannot traverse: the link's target is reachable, the link
+    is not, so the proxy gets the system interpreter by its own path."""
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    system = f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}"
+    if not os.path.exists(system):
+        pytest.skip(f"no {system} to link to")
+    base = Path(tempfile.mkdtemp())
+    base.chmod(0o755)
+    try:
+        venv = base / "venv"
+        (venv / "bin").mkdir(parents=True)
+        link = venv / "bin" / "python"
+        link.symlink_to(system)
+        monkeypatch.setattr(sys, "executable", str(link))
+        assert netns.python_for(4242) == (str(link), [])  # every directory lets it through
+        venv.chmod(0o700)
+        assert netns._reachable(os.path.realpath(link), 4242)  # (the target alone would pass)
+        py, paths = netns.python_for(4242)
+        assert py == system and paths
+    finally:
+        venv.chmod(0o755)
+        shutil.rmtree(base)
+
+
 class _Stuck:
     """A started process that does not end in time, even after SIGKILL (a task in D state)."""
 
