@@ -14,8 +14,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "venv.sh"
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run([str(SCRIPT), *args], check=False, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, **(env or {})})
 
 
 def _fake_venv(tmp_path: Path, home: str) -> Path:
@@ -36,11 +36,10 @@ def test_an_explicit_python_is_taken_as_given() -> None:
 def test_the_distributions_cpython_is_picked_when_usable() -> None:
     out = _run("pick", env={"PYTHON": ""})
     assert out.returncode == 0, out.stderr
-    usable = subprocess.run(
+    usable = os.access("/usr/bin/python3", os.X_OK) and subprocess.run(
         ["/usr/bin/python3", "-c", "import ensurepip, venv, sysconfig, os, sys; "
          "sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()['include'], "
-         "'Python.h')) else 1)"], capture_output=True).returncode == 0 \
-        if os.access("/usr/bin/python3", os.X_OK) else False
+         "'Python.h')) else 1)"], check=False, capture_output=True).returncode == 0
     assert out.stdout.strip() == ("/usr/bin/python3" if usable else "python3")
 
 
