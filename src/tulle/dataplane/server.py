@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from tulle.dataplane.listeners import sockets
+from tulle.dataplane.listeners.admission import readmit
 from tulle.dataplane.listeners.factory import protocol_factory
 from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.listener_context import ListenerContext
@@ -67,6 +68,27 @@ def _drain_handle(handle: ListenerHandle) -> None:
     connection whose protocol was detected meanwhile is its driver's by now."""
     for conn in list(handle.connections):
         conn.start_drain()
+
+
+def _readmit(changed: list[tuple[ListenerHandle, ListenerContext, ListenerContext | None]],
+             ) -> None:
+    """At the swap: each open connection of a listener whose context changed (from the third
+    element, None for a replaced listener), or of a replaced listener (against its
+    successor's), that the listener's new admission refuses -- its `sources`, a refusing
+    destination -- is ended (`listeners/admission.py`, ADR 0127).  Logged once per
+    listener."""
+    for handle, ctx, before in changed:
+        try:
+            ended = readmit(handle, ctx, before)
+        except Exception:  # the commit cannot fail; a bug here is loud, never half a swap
+            log.exception("listener %s: deciding its open connections again failed",
+                          handle.name)
+            continue
+        if ended:
+            log.info("listener %s: %d open connection(s) the new config no longer admits "
+                     "ended (%s): relays and tunnels reset, HTTP connections closed or drained "
+                     "after the request in flight", handle.name, sum(ended.values()),
+                     ", ".join(f"{why} {n}" for why, n in sorted(ended.items())))
 
 
 def _recheck(pairs: list[tuple[ListenerHandle, ListenerContext]]) -> None:
@@ -367,9 +389,11 @@ class ProxyServer:
         if retired:
             self._spawn(close_loggers(retired))
         orphaned = []
+        before: list[ListenerContext] = []
         for handle, ctx in plan.kept:
             if handle.ctx is not ctx:
                 orphaned.append(handle)
+                before.append(handle.ctx)
             handle.ctx = ctx
         for name, old in self.listeners.items():
             if plan.handles.get(name) is not old:
@@ -382,13 +406,18 @@ class ProxyServer:
         info.labels(plan.cfg.version).value = 1
         self.health.sync()
         self.overload.configure(plan.cfg.settings)
-        # Open opaque relays follow the config (ADR 0117): those of a listener whose context
-        # changed, and of replaced listeners (also by earlier swaps, still draining) against
-        # the successor in force from now on, are decided again by its authorization now;
-        # after the grace, those with no way in under it, and a removed listener's, close.
+        # Open connections follow the config (ADRs 0117, 0127): those of a listener whose
+        # context changed, and of replaced listeners (also by earlier swaps, still draining)
+        # against the successor in force from now on, are decided again by its admission and
+        # (relays) its authorization now; after the grace, relays with no way in under it,
+        # and a removed listener's, close.
         replaced = [h for h in self.retired if h.connections]
-        _recheck([*((h, h.ctx) for h in orphaned),
-                  *((h, plan.handles[h.name].ctx) for h in replaced if h.name in plan.handles)])
+        changed = [*((h, h.ctx, b) for h, b in zip(orphaned, before, strict=True)),
+                   *((h, plan.handles[h.name].ctx, None) for h in replaced
+                     if h.name in plan.handles)]
+        # First what the listener's own admission refuses now (ADR 0127), then the policies.
+        _readmit(changed)
+        _recheck([(h, ctx) for h, ctx, _ in changed])
         if replaced:
             asyncio.get_running_loop().call_later(SWAP_DRAIN_GRACE, _settle_replaced, self,
                                                   replaced)

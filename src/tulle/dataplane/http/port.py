@@ -80,8 +80,9 @@ class StreamConn:
 class RoutedOwner(Protocol):
     """The one call a stream makes on its connection's routing (`RoutedConnection`)."""
 
-    def follow_snapshot(self) -> None:
-        """Resolve the connection's routing key against the snapshot now in force."""
+    def follow_snapshot(self) -> str:
+        """Resolve the connection's routing key against the snapshot now in force; why that
+        snapshot refuses the connection, or "" (`RoutedConnection.follow_snapshot`)."""
 
 
 @mypyc_attr(allow_interpreted_subclasses=True)  # via RequestStream (ADR 0052)

@@ -48,7 +48,12 @@ from tulle.dataplane.http.held import HeldResponse
 from tulle.dataplane.http.idle import StreamIdle
 from tulle.dataplane.http.port import RoutedOwner, StreamConn, StreamPort
 from tulle.dataplane.http.retry import Retrier, RetryRuntime
-from tulle.dataplane.listeners.dispatch import Decision, add_forwarding_headers, resolve
+from tulle.dataplane.listeners.dispatch import (
+    Decision,
+    add_forwarding_headers,
+    not_admitted,
+    resolve,
+)
 from tulle.dataplane.upstream.attempt import AttemptRequest
 from tulle.dataplane.upstream.budget import FLUSH_EVERY
 
@@ -189,8 +194,13 @@ class RequestStream(StreamPort):
                 return
             ctx = conn.ctx
             if conn.handle.ctx is not ctx:
-                cast(RoutedOwner, conn).follow_snapshot()
+                refused = cast(RoutedOwner, conn).follow_snapshot()
                 ctx = conn.ctx
+                if refused:  # the new admission refuses the connection (ADR 0127)
+                    self.alog = ctx.access_log
+                    self.flags = "NA"
+                    self.send_local(403, not_admitted(ctx.name, refused))
+                    return
             self.alog = ctx.access_log
             # Before routing, as Envoy does: a route may match on x-forwarded-for or
             # x-request-id as the upstream will see them.

@@ -16,12 +16,14 @@ import socket
 import struct
 from typing import TYPE_CHECKING
 
+from tulle.dataplane.listeners.admission import asked, refusal
 from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.listener_context import DestinationRule, ListenerContext
 from tulle.dataplane.routing.router import Router
 from tulle.proxyconfig.model import RouteTable
 
 if TYPE_CHECKING:
+    from tulle.dataplane.http.facts import ConnectionFacts
     from tulle.dataplane.listeners.chains import ChainRule
 
 NO_ROUTE = Router(RouteTable(name="no-route"), 0)
@@ -72,6 +74,17 @@ class Connection:
     def abort(self) -> None:
         raise NotImplementedError
 
+    def admission_facts(self) -> tuple[str, tuple[str, int] | None] | None:
+        """What the accept step admitted this connection by: the client's address and, on a
+        transparent listener, its original destination (`listeners/admission.py`, asked at a
+        swap).  None: nothing to ask (it is ending, or nothing it opened with is known)."""
+        return None
+
+    def not_admitted(self, reason: str) -> None:
+        """The config now in force would refuse this connection at accept (`reason`, a
+        `listeners/admission.py` kind): end it as that refusal ends its kind."""
+        self.abort()
+
 
 class RoutedConnection(Connection):
     """A downstream HTTP connection: it routes each request by the snapshot in force.
@@ -104,6 +117,7 @@ class RoutedConnection(Connection):
     deadline_kind: str = ""
     sni: str = ""
     """The ClientHello's server name, when a filter chain chose this connection by it."""
+    facts: ConnectionFacts
 
     def init_routing(self, handle: ListenerHandle, router: Router | None = None,
                      cluster: str | None = None) -> None:
@@ -131,13 +145,56 @@ class RoutedConnection(Connection):
         self.sni = sni
         self._resolve(self.handle.ctx)
 
-    def follow_snapshot(self) -> None:
-        """Call before routing a request: picks up a swapped snapshot, if any."""
+    def follow_snapshot(self) -> str:
+        """Call before routing a request: picks up a swapped snapshot, if any.  Returns why
+        the snapshot now in force would refuse this connection at accept (its source, its
+        destination: `listeners/admission.py`), else "": the caller then answers the request
+        itself, and the connection is drained (ADR 0127)."""
         ctx = self.handle.ctx
         if ctx is self.ctx:
-            return
+            return ""
+        why = refusal(ctx, asked(self.ctx, ctx), *self._admitted_by())
+        if why:
+            self.ctx = ctx
+            self.router = NO_ROUTE
+            self.cluster = ""
+            self.start_drain()
+            return why
         if not self._resolve(ctx):
             self.start_drain()
+        return ""
+
+    def admission_facts(self) -> tuple[str, tuple[str, int] | None] | None:
+        if self.ending():  # (closing, or drained already: refused by an earlier swap too)
+            return None
+        return self._admitted_by()
+
+    def _admitted_by(self) -> tuple[str, tuple[str, int] | None]:
+        peer = self.facts.peer
+        key = self.route_key
+        return (peer[0] if peer is not None else "", key if isinstance(key, tuple) else None)
+
+    def ending(self) -> bool:
+        """Whether the connection takes no new request any more (closing, or drained: its
+        HTTP/1 response in flight says `Connection: close`, its HTTP/2 GOAWAY went out)."""
+        return False
+
+    def not_admitted(self, reason: str) -> None:
+        """Refused by the config now in force (ADR 0127): idle, closed now; busy, the
+        response in flight says `Connection: close` (HTTP/2: GOAWAY) and the connection closes
+        after it; a request routed after the swap is answered 403; an upgraded tunnel is cut.
+        Counted in `tulle_proxy_http_config_closes_total{listener,reason}`."""
+        handle = self.handle
+        handle.ctx.metrics.http_config_closes.labels(handle.name, reason).value += 1
+        if self.relaying():  # no request boundary to refuse at: cut, as a relay is
+            self.abort()
+        else:
+            self.start_drain()
+
+    def relaying(self) -> bool:
+        """Whether this connection now carries an opaque stream (an upgraded HTTP/1
+        connection's tunnel): no next request will come to refuse."""
+        return False
 
     def _resolve(self, ctx: ListenerContext) -> bool:
         """Point `router` / `cluster` at what the routing key means in `ctx`; False when it
@@ -166,6 +223,8 @@ class RoutedConnection(Connection):
         assert key is not None
         rule: DestinationRule | ChainRule | None = (
             ctx.chains_by_name.get(key) if isinstance(key, str) else ctx.destination_for(*key))
+        if isinstance(rule, DestinationRule) and rule.refuse:
+            return None  # (refused: never to the listener's own cluster)
         cluster = (rule.cluster or ctx.cluster) if rule is not None else ""
         if rule is None or (rule.router is None and not cluster):
             return None

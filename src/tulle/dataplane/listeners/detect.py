@@ -55,6 +55,7 @@ from tulle.dataplane.listeners.refusals import REFUSALS
 from tulle.dataplane.network.relay import Target, relay
 from tulle.dataplane.protocols.detect import MAX_SNIFF_BYTES, detect_next, undecided
 from tulle.net.origdst import original_destination
+from tulle.proxyconfig.address import peer_host
 
 log = logging.getLogger("tulle.proxy")
 
@@ -85,6 +86,13 @@ def _h2_driver() -> type[H2Downstream] | None:
             log.error("HTTP/2 connections are refused: %s", exc)
         return None
     return H2Downstream
+
+
+def peer_address(transport: asyncio.BaseTransport) -> str:
+    """The client's address as the accept step compares it ("" when the transport does not
+    say)."""
+    peer = transport.get_extra_info("peername")
+    return peer_host(str(peer[0])) if isinstance(peer, tuple) and peer else ""
 
 
 def handover(transport: asyncio.Transport, protocol: asyncio.Protocol, initial: bytes) -> None:
@@ -173,6 +181,17 @@ class Deciding(asyncio.Protocol, Connection):
     def _refuse(self, kind: str) -> None:
         self.ctx.protocol_error(kind)
         self.abort()
+
+    def admission_facts(self) -> tuple[str, tuple[str, int] | None] | None:
+        t = self.transport
+        if t is None or self._done:
+            return None
+        return peer_address(t), None
+
+    def not_admitted(self, reason: str) -> None:
+        """Still in its accept step when a swap changed the listener's admission (ADR 0127):
+        refused as at accept, counted `tulle_proxy_protocol_errors_total{kind=reason}`."""
+        self._refuse(reason)
 
     def _count(self, protocol: str) -> None:
         self.ctx.metrics.protocol_detected.labels(self.ctx.name, protocol).value += 1
@@ -423,6 +442,12 @@ class DetectDownstream(Deciding):
     def _finish(self) -> None:
         self.watch.forget(self)
         super()._finish()
+
+    def admission_facts(self) -> tuple[str, tuple[str, int] | None] | None:
+        t = self.transport
+        if t is None or self._done:
+            return None
+        return peer_address(t), self.destination
 
     def _count(self, protocol: str) -> None:
         self.watch.counter(self.ctx, protocol).value += 1

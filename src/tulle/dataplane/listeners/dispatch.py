@@ -2,7 +2,8 @@
 
 `resolve` is the router step of the request path: listener context + request head → the
 cluster to open a stream on, or the local response to give instead (400 a path that cannot be
-normalised, 404 no route, 503 no cluster, 500 a backend that did not resolve).  It normalises
+normalised, 404 no route, 503 no cluster, 500 a backend that did not resolve; 403 on a
+connection the listener no longer admits, `not_admitted`).  It normalises
 the path first (`routing/paths.py`) and leaves the normalised path in the head, so the upstream
 receives what was routed.
 `add_forwarding_headers` is the one place that sets x-forwarded-for, x-forwarded-proto and
@@ -122,6 +123,13 @@ def unresolved(name: str) -> Decision:
     """The answer for a cluster that stands for a backend the control plane could not resolve
     (`Cluster.unresolved`): 500, Gateway API's answer for that share of a rule's traffic."""
     return Decision(None, name, 0, 500, b"backend '%b' not resolved\n" % name.encode(), "UB")
+
+
+def not_admitted(listener: str, reason: str) -> bytes:
+    """The body of the 403 a request gets on a connection the listener's admission refuses
+    since a swap (its source, its destination: `listeners/admission.py`, ADR 0127)."""
+    return b"connection no longer admitted on listener %b: %b\n" % (listener.encode(),
+                                                                     reason.encode())
 
 
 class _RequestIds:

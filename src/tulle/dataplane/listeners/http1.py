@@ -436,6 +436,12 @@ class H1Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
         ctx.metrics.tcp_idle_timeouts.labels(ctx.name, self._tunnel_cluster).value += 1
         self._close()
 
+    def relaying(self) -> bool:
+        return self.tunnel is not None
+
+    def ending(self) -> bool:
+        return self.closing or (self.drain_after and self.tunnel is None)
+
     def start_drain(self) -> None:
         """Idle: close now.  Busy: the responses in flight say `Connection: close` and the
         connection closes after the last, whether the whole listener drains or only this

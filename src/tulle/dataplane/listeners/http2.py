@@ -307,6 +307,9 @@ class H2Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
             self.codec.shutdown_notice()
             self.write_out()
 
+    def ending(self) -> bool:
+        return self.closing or self.goaway_sent
+
     def start_drain(self) -> None:
         """GOAWAY with the last stream we took; close once the streams in flight are done."""
         if not self.goaway_sent and self.transport is not None:

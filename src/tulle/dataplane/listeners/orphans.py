@@ -34,6 +34,13 @@ at by the swap itself (ADR 0117), by the same rules a new connection like it mee
   Otherwise: FIN on both sides, `no_filter_chain`.
 * **A removed listener's relays** (a workload port deleted) are closed after the grace
   (`close_removed_relays`, FIN, `listener_removed`), as its HTTP connections drain then.
+
+On a transparent listener without filter chains the way in is the original destination's
+rule: a relay whose destination has none any more while nothing is passed through (ALLOW_ANY
+-> REGISTRY_ONLY) is closed after the grace as well, with the reason a new connection to it
+is refused for, `no_destination` (ADR 0127).  What the listener refuses outright -- a source
+its `sources` no longer list, a destination whose rule now says `refuse` -- is decided at the
+swap itself, for every kind of connection (`listeners/admission.py`).
 """
 
 from __future__ import annotations
@@ -68,10 +75,25 @@ def relays_opaque(ctx: ListenerContext, chain: ChainRule | None, conn: TcpProxy)
     return ctx.cfg.mode == "transparent" and (chain is None or not routes_http(chain))
 
 
+def destination_gone(ctx: ListenerContext, conn: TcpProxy) -> bool:
+    """On a transparent listener without filter chains: whether the original destination of
+    `conn` has no rule in `ctx` and nothing is passed through any more (ALLOW_ANY ->
+    REGISTRY_ONLY), or its rule refuses it -- a new connection to it is refused at accept
+    (`no_destination`, `destination_refused`: `listeners/detect.py`)."""
+    dst = conn.original_destination
+    cfg = ctx.cfg
+    if dst is None or cfg.mode != "transparent" or ctx.chains_by_name:
+        return False
+    rule = ctx.destination_for(*dst)
+    return rule.refuse if rule is not None else not cfg.passthrough
+
+
 def way_in(ctx: ListenerContext, conn: TcpProxy) -> tuple[bool, NetworkChain | None]:
     """Whether the config of `ctx` has a way in for the stream `conn` relays, and that way's
     network filters (what a new connection like it would pass)."""
     if not ctx.chains_by_name:  # no filter chains: the listener's own fields
+        if destination_gone(ctx, conn):
+            return False, None
         return relays_opaque(ctx, None, conn), ctx.network
     key = conn.route_key
     if key is not None:  # the chain it came in by, by name
@@ -127,7 +149,8 @@ def _close_wayless_relays(handle: ListenerHandle, ctx: ListenerContext) -> int:
     n = 0
     for conn in list(handle.connections):
         if isinstance(conn, TcpProxy) and not conn.ended and not way_in(ctx, conn)[0]:
-            conn.way_in_gone()
+            conn.way_in_gone("no_destination" if destination_gone(ctx, conn)
+                             else "no_filter_chain")
             n += 1
     return n
 
@@ -162,5 +185,5 @@ def close_removed_relays(old: ListenerHandle) -> int:
     return n
 
 
-__all__ = ["close_removed_relays", "close_unadmitted_relays", "drain_orphans",
-           "recheck_relays", "relays_opaque", "way_in"]
+__all__ = ["close_removed_relays", "close_unadmitted_relays", "destination_gone",
+           "drain_orphans", "recheck_relays", "relays_opaque", "way_in"]

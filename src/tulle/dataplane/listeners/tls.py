@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, cast
 from tulle.dataplane.listeners.context import Connection, reset
 from tulle.dataplane.runtime.tls import build_server_context
 from tulle.dataplane.tlsread import TLSReader
+from tulle.proxyconfig.address import peer_host
 from tulle.proxyconfig.model import TLSContext
 
 if TYPE_CHECKING:
@@ -234,6 +235,19 @@ class TLSAccept(asyncio.Protocol, Connection):
 
     def start_drain(self) -> None:
         self.abort()  # no request has begun: nothing to finish
+
+    def admission_facts(self) -> tuple[str, tuple[str, int] | None] | None:
+        t = self._transport
+        if t is None:
+            return None
+        peer = t.get_extra_info("peername")
+        return (peer_host(str(peer[0])) if isinstance(peer, tuple) and peer else ""), None
+
+    def not_admitted(self, reason: str) -> None:
+        """Still in its handshake when a swap changed the listener's admission (ADR 0127):
+        refused as at accept, counted `tulle_proxy_protocol_errors_total{kind=reason}`."""
+        self.handle.ctx.protocol_error(reason)
+        self.abort()
 
     def abort(self) -> None:
         if self._task is not None and not self._task.done():

@@ -31,9 +31,11 @@ end it hands the filters a `ConnectionRecord` (bytes each way, duration, close r
 endpoint).  Without filters none of this is built.
 
 A config swap may end a relay (`listeners/orphans.py`, ADRs 0108 and 0117): `revoke` when the
-new authorization denies it (reset, close reason `revoked`), `way_in_gone` when the new config
-has no way in for it, `listener_gone` when its listener left the config (both FIN).  Each is
-counted in `tulle_proxy_tcp_config_closes_total{listener,reason}`.  What such a recheck needs
+new authorization denies it (reset, close reason `revoked`), `not_admitted` when the listener's
+own admission refuses it now (reset, `source_refused` / `destination_refused`,
+`listeners/admission.py`, ADR 0127), `way_in_gone` when the new config has no way in for it,
+`listener_gone` when its listener left the config (both FIN).  Each is counted in
+`tulle_proxy_tcp_config_closes_total{listener,reason}`.  What such a recheck needs
 is read then, not kept per relay: its facts (`live_facts`, from the live sockets when no
 filter or flow log kept them) and the chain it was last admitted by (`decided_by`).
 """
@@ -324,26 +326,42 @@ class TcpProxy(Connection):
         """Close both sides (FIN, not RST: nothing was cut short, it was abandoned)."""
         raise NotImplementedError
 
-    def way_in_gone(self) -> None:
+    def way_in_gone(self, reason: str = "no_filter_chain") -> None:
         """The config in force has no way in for this stream (PERMISSIVE -> STRICT took the
-        `plaintext` chain it came in by): closed on both sides, as a new connection the config
-        no longer takes is closed; close reason `no_filter_chain`."""
-        self._config_close("no_filter_chain")
+        `plaintext` chain it came in by; REGISTRY_ONLY took a passthrough's, `no_destination`):
+        closed on both sides, as a new connection the config no longer takes is closed; close
+        reason `no_filter_chain` (or `reason`)."""
+        self._config_close(reason)
 
     def listener_gone(self) -> None:
         """Its listener left the config (a workload port removed): closed on both sides (FIN),
         after the grace a removed listener's HTTP connections get; `listener_removed`."""
         self._config_close("listener_removed")
 
-    def revoke(self, by: str, reason: str) -> None:
+    def revoke(self, by: str, reason: str, close_reason: str = "revoked") -> None:
         """The config in force refuses this stream (filter `by`, `reason`): reset on both
-        sides, as a connection refused at open is, and nothing more relayed; `revoked`."""
+        sides, as a connection refused at open is, and nothing more relayed; `revoked` (or
+        `close_reason`)."""
         if self.ended:
             return
         self.revoked_by, self.revoke_reason = by, reason
-        self._count_config_close("revoked")
-        self.set_reason("revoked")
+        self._count_config_close(close_reason)
+        self.set_reason(close_reason)
         self.abort()
+
+    def admission_facts(self) -> tuple[str, tuple[str, int] | None] | None:
+        if self.ended:
+            return None
+        facts = self.live_facts()
+        if facts is None:  # the client's side is gone: the relay is ending anyway
+            return None
+        return facts.peer[0], self.original_destination
+
+    def not_admitted(self, reason: str) -> None:
+        """The listener's own admission refuses this stream now (its `sources`, a refusing
+        destination: `listeners/admission.py`, ADR 0127): reset on both sides at once, as
+        `revoke`; close reason `reason`, flow log verdict `deny:listener:<reason>`."""
+        self.revoke("listener", reason, reason)
 
     def _config_close(self, reason: str) -> None:
         if self.ended:

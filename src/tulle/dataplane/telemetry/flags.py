@@ -17,8 +17,10 @@ Tulle's own codes map onto Envoy's where Envoy has one: `OL` (the overload guard
 the request) is Envoy's `OM` (overload manager); `UB` (a backend the control plane could not
 resolve, answered 500) is `NC` (no cluster found).  `RBAC` has no Envoy flag (Envoy's RBAC
 filter sets none; it writes the response code details): it becomes the detail
-`rbac_access_denied` and no flag.  A code this module does not know is kept as it is
-(after the known ones), never dropped: a new flag shows up in logs before it is named here.
+`rbac_access_denied` and no flag.  Nor has `NA` (a request on a connection the listener no
+longer admits since a swap, answered 403: ADR 0127): the detail `connection_not_admitted`.
+A code this module does not know is kept as it is (after the known ones), never dropped: a
+new flag shows up in logs before it is named here.
 """
 
 from __future__ import annotations
@@ -67,9 +69,9 @@ _LONG: Final = dict(_ENVOY)
 _ALIASES: Final = {"OL": "OM", "UB": "NC"}
 """Tulle's codes that mean an Envoy code."""
 _DETAILS: Final = {"RBAC": "rbac_access_denied", "UB": "backend_not_resolved",
-            "OL": "overload_rejected"}
+            "OL": "overload_rejected", "NA": "connection_not_admitted"}
 """What Tulle's own codes add (the response code details)."""
-_NO_FLAG: Final = frozenset({"RBAC"})
+_NO_FLAG: Final = frozenset({"RBAC", "NA"})
 """Tulle's codes that are no Envoy flag at all."""
 
 _CACHE_MAX: Final = 256

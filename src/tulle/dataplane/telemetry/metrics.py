@@ -231,8 +231,14 @@ class ProxyMetrics:
         self.tcp_config_closes = r.counter(
             "tulle_proxy_tcp_config_closes_total",
             "Open opaque TCP relays a config swap ended, by listener and reason (revoked: the "
-            "new authorization denies it; no_filter_chain: no way in for it any more; "
-            "listener_removed).", ("listener", "reason"))
+            "new authorization denies it; source_refused, destination_refused: the listener's "
+            "new admission refuses it; no_filter_chain, no_destination: no way in for it any "
+            "more; listener_removed).", ("listener", "reason"))
+        self.http_config_closes = r.counter(
+            "tulle_proxy_http_config_closes_total",
+            "Open downstream HTTP connections a config swap closed (idle) or drained (busy) "
+            "because the listener's new admission refuses them, by listener and reason "
+            "(source_refused, destination_refused).", ("listener", "reason"))
         self.config_reloads = r.counter("tulle_proxy_config_reloads_total",
                                         "Configuration swaps, by result.", ("result",))
         self.connections_overflow = r.counter(

@@ -120,7 +120,7 @@ class Conn(StreamConn):
         self.guard = OverloadGuard()  # never rejecting: no metrics, no limits
         self.handle = ListenerHandle("l", self.ctx, guard=self.guard)
 
-    def follow_snapshot(self) -> None:
+    def follow_snapshot(self) -> str:
         raise AssertionError("the snapshot never changes here")
 
 
