@@ -31,6 +31,7 @@ from tulle.controlplane import readiness
 from tulle.controlplane.api.admin_token import ensure_admin_token
 from tulle.controlplane.api.api_tokens import TokenStore
 from tulle.controlplane.api.app import create_app
+from tulle.controlplane.api.apply_checks import ApplyChecks
 from tulle.controlplane.api.exposure import check_api_address
 from tulle.controlplane.api.http_guard import Guard, guarded_protocol
 from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES
@@ -139,6 +140,7 @@ class ControlPlane:
         self.api_guard = api_guard if api_guard is not None else Guard()
         self.api_watch = api_watch
         self._watches: Watches | None = None
+        self._apply_checks: ApplyChecks | None = None
         """The bounds of list watches (watch_routes.py); the defaults unless a test sets them."""
         self.store_changes_retained = store_changes_retained
         """Change-log entries the store keeps (how far back a watch may resume)."""
@@ -239,6 +241,7 @@ class ControlPlane:
                          api_tokens=api_tokens, bootstrap_tokens=self.bootstrap_tokens,
                          ca_keeper=self.ca_keeper, watch_limits=self.api_watch)
         self._watches = app.state.watches
+        self._apply_checks = app.state.apply_checks
         if self.exposure_warning:
             log.warning("%s", self.exposure_warning)
         tls = ({"ssl_certfile": str(self.api_tls_cert), "ssl_keyfile": str(self.api_tls_key)}
@@ -310,6 +313,8 @@ class ControlPlane:
         if self._http_task is not None:
             with contextlib.suppress(Exception):
                 await self._http_task
+        if self._apply_checks is not None:
+            self._apply_checks.close()
         if self.ca_keeper is not None:
             await self.ca_keeper.stop()
         if self.reconciler is not None:

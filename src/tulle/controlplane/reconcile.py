@@ -21,22 +21,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any
 
 from tulle.controlplane import vips
 from tulle.controlplane.ca.admission import Admitted
 from tulle.controlplane.ca.spiffe import DEFAULT_TRUST_DOMAIN
-from tulle.controlplane.compiler import (
-    MeshInputs,
-    MeshModel,
-    PartCache,
-    compile_mesh,
-    derive,
-    plugins,
-    render_proxies,
-)
-from tulle.controlplane.compiler.status import conditions as model_conditions
+from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh
+from tulle.controlplane.preview import MeshView, resource_key
 from tulle.controlplane.push.server import SnapshotCache
 from tulle.controlplane.statuswriter import desired_status
 from tulle.controlplane.store.errors import (
@@ -48,7 +40,6 @@ from tulle.controlplane.store.errors import (
 )
 from tulle.controlplane.store.protocol import BatchOp, Obj, ResourceStore
 from tulle.proxyconfig.address import same_address, unmapped
-from tulle.proxyconfig.model import ProxyConfig
 from tulle.proxyconfig.stream import WorkloadInfo
 
 log = logging.getLogger("tulle.controlplane")
@@ -159,8 +150,7 @@ class Reconciler:
 
     @staticmethod
     def _key(obj: Obj) -> tuple[str, str, str]:
-        md = obj.get("metadata") or {}
-        return (str(obj.get("kind")), md.get("namespace") or "", str(md.get("name")))
+        return resource_key(obj)
 
     async def _follow(self, revision: int) -> None:
         async for ev in self.store.watch(since_revision=revision,
@@ -230,29 +220,11 @@ class Reconciler:
         for cb in self.on_compiled:
             cb()
 
-    def preview(self, objs: list[Obj]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
-        """The conditions `objs` would have once applied over the current state: a dry
-        compilation (model and plugins; nothing rendered, nothing written, no cache touched),
-        which is how `apply` learns synchronously what it is about to store but not enforce.
-        An object keeps the status it has (a Service its virtual IP)."""
-        return model_conditions(self._preview_model(objs))
-
-    def preview_snapshots(self, objs: list[Obj],
-                          keys: Collection[tuple[str, str]]) -> dict[tuple[str, str], ProxyConfig]:
-        """The snapshots the proxies `keys` would be sent once `objs` are applied over the
-        current state (`objs` empty: over the current state alone), rendered as a compilation
-        renders them but for those proxies only: what apply's version-skew warnings compare
-        (ADR 0125).  Nothing written, no cache touched."""
-        return render_proxies(self._preview_model(objs), keys)
-
-    def _preview_model(self, objs: list[Obj]) -> MeshModel:
-        resources = dict(self._resources)
-        for obj in objs:
-            key = self._key(obj)
-            current = resources.get(key)
-            keep = {"status": current["status"]} if current and "status" in current else {}
-            resources[key] = {**obj, **keep}
-        return plugins.run(derive(MeshInputs.from_resources(resources.values())))
+    def view(self) -> MeshView:
+        """The resources as this reconciler holds them now, apart from it: what apply's checks
+        compile on their worker thread while the loop goes on (`preview.py`, ADR 0128).
+        Called on the event loop (a dict copy: ~1 ms at 15,000 resources)."""
+        return MeshView(dict(self._resources))
 
     async def _write_conditions(self, conditions: dict[tuple[str, str, str],
                                                         list[dict[str, Any]]]) -> None:

@@ -32,7 +32,8 @@ JSON `{"error": ..., "details": [...]}` with the HTTP status Kubernetes would us
 413, 422).  `apply` is one store transaction (see apply.py): every document is validated
 first, duplicates and stale resourceVersions refuse the whole request, and the writes are
 committed together or not at all.  Each result carries `warnings`: what its object would
-store but the mesh not enforce (a dry compilation; `strict=true` refuses the apply instead).
+store but the mesh not enforce (a dry compilation on a worker thread, apply_checks.py;
+`strict=true` refuses the apply instead).
 Request bodies are bounded (`max_body_bytes`, 413).
 """
 
@@ -52,6 +53,7 @@ from tulle.controlplane.api.api_token_routes import api_tokens_router
 from tulle.controlplane.api.api_tokens import TokenStore
 from tulle.controlplane.api.apply import apply_documents
 from tulle.controlplane.api.apply import error as _error
+from tulle.controlplane.api.apply_checks import ApplyChecks, mesh_checks
 from tulle.controlplane.api.auth import Authenticate, BearerTokens
 from tulle.controlplane.api.body import (
     BodyError,
@@ -67,7 +69,6 @@ from tulle.controlplane.api.check_routes import add_check_routes
 from tulle.controlplane.api.dashboard_routes import add_dashboard_routes
 from tulle.controlplane.api.discovery_routes import add_discovery_routes
 from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
-from tulle.controlplane.api.skew_warnings import skew_check
 from tulle.controlplane.api.stat_routes import add_stat_routes
 from tulle.controlplane.api.tap_routes import add_tap_routes
 from tulle.controlplane.api.watch_routes import Watches, WatchLimits
@@ -116,8 +117,9 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
     # Added last, so outermost: nobody unauthenticated gets as far as the body limit.
     app.add_middleware(Authenticate, authenticators=[BearerTokens(api_tokens)])
     app.include_router(api_tokens_router(api_tokens))
-    skew = (skew_check(push.statuses, reconciler.preview_snapshots)
-            if reconciler is not None else None)
+    checks = (ApplyChecks(mesh_checks(reconciler.view, push.statuses))
+              if reconciler is not None else None)
+    app.state.apply_checks = checks  # (the control plane closes it when it stops)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -209,9 +211,7 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
             return exc.response()
         sources = body.get("sources")
         return await apply_documents(store, docs, sources if isinstance(sources, list) else [],
-                                     dry_run, strict=strict,
-                                     preview=reconciler.preview if reconciler else None,
-                                     skew=skew)
+                                     dry_run, strict=strict, checks=checks)
 
     def proxy_rows(namespace: str | None = None, after: tuple[str, str] | None = None,
                    limit: int | None = None) -> list[dict[str, Any]]:

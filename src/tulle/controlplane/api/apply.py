@@ -10,10 +10,12 @@ The steps, each of which can refuse the whole request before anything is written
 3b. the documents are compiled over the current state (`warnings.py`): whatever they would
    store but the mesh would not enforce is a warning of its document, and so is what they
    add that a connected proxy of an older build will not run (`skew_warnings.py`); with
-   `strict` any warning refuses the whole apply (422);
+   `strict` any warning refuses the whole apply (422).  This runs on a worker thread over
+   the state captured at this step, one apply at a time (`apply_checks.py`): the event loop
+   goes on serving the proxies and the API meanwhile;
 4. what changed goes to the store as one `batch`: creates for new objects, updates over the
-   version read in step 3.  Someone writing one of these objects between 3 and 4 makes the
-   store refuse the batch (409 naming the document); nothing is written.
+   version read in step 3.  Someone writing one of these objects between 3 and 4 (also while
+   3b runs) makes the store refuse the batch (409 naming the document); nothing is written.
 
 So an apply is all or nothing, also when the control plane dies during it: the store commits
 the batch or not at all.
@@ -22,14 +24,16 @@ the batch or not at all.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from fastapi.responses import JSONResponse
 
 from tulle.api.errors import ValidationError
 from tulle.api.registry import KindInfo, parse, resolve
-from tulle.controlplane.api.skew_warnings import SkewCheck
-from tulle.controlplane.api.warnings import Preview, trust_domain_change, warnings
+from tulle.controlplane.api.apply_checks import ApplyChecks, Checks
+from tulle.controlplane.api.warnings import trust_domain_change, warnings
 from tulle.controlplane.store.errors import (
     AlreadyExistsError,
     BatchError,
@@ -90,8 +94,8 @@ def _key(info: KindInfo, obj: Obj) -> Key:
 
 
 async def apply_documents(store: ResourceStore, docs: list[Any], sources: list[Any],
-                          dry_run: bool, *, preview: Preview | None = None,
-                          skew: SkewCheck | None = None, strict: bool = False) -> JSONResponse:
+                          dry_run: bool, *, checks: ApplyChecks | None = None,
+                          strict: bool = False) -> JSONResponse:
     if len(docs) > MAX_DOCUMENTS:
         return error(413, f"{len(docs)} documents in one apply; at most {MAX_DOCUMENTS}")
 
@@ -152,14 +156,9 @@ async def apply_documents(store: ResourceStore, docs: list[Any], sources: list[A
         return error(409, "conflict: nothing was applied", conflicts)
 
     # 3b. what would be stored but not enforced, and a trust domain that would break mTLS
-    warned = warnings(prepared, preview) if preview is not None else {}
-    for i, info, obj, current in plan:
-        if info.kind == "Mesh" and (line := trust_domain_change(current, obj)) is not None:
-            warned.setdefault(i, []).append(line)
-    if skew is not None:  # what older proxies will not run of what this apply changes
-        changed = [i for i, _, obj, current in plan if current is None or not same(current, obj)]
-        for i, lines in skew({i: obj for i, _, obj in prepared}, changed).items():
-            warned.setdefault(i, []).extend(lines)
+    # (on the worker thread, over the state of now: the versions in `plan` stay those read)
+    work = partial(_warnings, prepared, plan)
+    warned = await checks.run(work) if checks is not None else work(Checks())
     if strict and warned:
         by_index = {i: obj for i, _, obj in prepared}
         return error(422, f"{len(warned)} of {len(docs)} documents would be stored but not "
@@ -197,6 +196,22 @@ async def apply_documents(store: ResourceStore, docs: list[Any], sources: list[A
         for (at, _), obj in zip(written, done, strict=True):
             results[at]["resourceVersion"] = obj["metadata"]["resourceVersion"]
     return JSONResponse({"results": results}, status_code=200)
+
+
+def _warnings(prepared: Sequence[tuple[int, KindInfo, Obj]],
+              plan: Sequence[tuple[int, KindInfo, Obj, Obj | None]],
+              checks: Checks) -> dict[int, list[str]]:
+    """Step 3b: per document index, its warnings.  Reads only the apply's own objects and
+    what `checks` were bound to, so it may run off the event loop."""
+    warned = warnings(prepared, checks.preview) if checks.preview is not None else {}
+    for i, info, obj, current in plan:
+        if info.kind == "Mesh" and (line := trust_domain_change(current, obj)) is not None:
+            warned.setdefault(i, []).append(line)
+    if checks.skew is not None:  # what older proxies will not run of what this apply changes
+        changed = [i for i, _, obj, current in plan if current is None or not same(current, obj)]
+        for i, lines in checks.skew({i: obj for i, _, obj in prepared}, changed).items():
+            warned.setdefault(i, []).extend(lines)
+    return warned
 
 
 LIST_FROM = 16

@@ -14,7 +14,7 @@ How, after the documents were compiled for apply's other warnings (`warnings.py`
    them or that they would refuse (`older_proxies`); with none, nothing more is done, so a
    mesh without version skew pays nothing;
 2. their snapshots are rendered from the current state with the applied documents, as a
-   compilation renders them but for those proxies only (`Reconciler.preview_snapshots`); a
+   compilation renders them but for those proxies only (`MeshView.snapshots`); a
    node's workloads are merged as its session merges them (`push/node.py`).  When none of
    them uses anything its proxy lacks, that is all (one render);
 3. else they are rendered again with the documents that change anything left out, and per
@@ -27,7 +27,7 @@ How, after the documents were compiled for apply's other warnings (`warnings.py`
    would teach operators to ignore the line;
 4. which documents: the changing ones, told apart by leaving groups of them out (first by
    kind, then in halves) and splitting the group that takes a use away (`MAX_TESTS` renders
-   at most; past it, each document of an undecided group is named);
+   and `SPLIT_SECONDS` at most; past either, each document of an undecided group is named);
 5. one warning per document and feature, naming at most `MAX_NAMED` proxies and counting the
    rest, saying what that proxy does instead (the item left out, or the snapshot refused).
 
@@ -37,6 +37,7 @@ so the warning names the workload and the feature it lacks (`tulle get proxies` 
 
 from __future__ import annotations
 
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ from tulle.proxyconfig.model import ProxyConfig
 
 Render = Callable[[list[Obj], Collection[ProxyKey]], Mapping[ProxyKey, ProxyConfig]]
 """The snapshots the given proxies would get with these objects applied over the current state
-(`Reconciler.preview_snapshots`)."""
+(`MeshView.snapshots`)."""
 
 SkewCheck = Callable[[Mapping[int, Obj], Collection[int]], dict[int, list[str]]]
 """Apply's call: (the documents by index, those that change anything) -> warnings by index."""
@@ -64,6 +65,13 @@ MAX_TESTS = 24
 """Renders spent telling which of the changing documents adds a use (one per kind among
 them, then two per halving: one culprit among 1,000 documents of its kind takes 20); past
 it, every document of a group not yet told apart gets the warning."""
+SPLIT_SECONDS = 5.0
+"""Seconds spent telling them apart, whichever of the two bounds comes first (ADR 0128): a
+render costs about one compilation of the mesh, ~1 s at 5,000 Services, so `MAX_TESTS` alone
+let one apply of 1,000 routes take 23 s there, near `tulle`'s 30 s timeout.  Past it, as past
+`MAX_TESTS`, every document of a group not yet told apart gets the warning: which documents
+carry the line may then depend on the machine's speed; whether the apply is warned (and so
+refused with `strict`) never does."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,10 +198,11 @@ class _Skew:
 
 
 def skew_warnings(objs: Mapping[int, Obj], changed: Collection[int],
-                  proxies: Sequence[OlderProxy], render: Render) -> dict[int, list[str]]:
+                  proxies: Sequence[OlderProxy], render: Render, *,
+                  clock: Callable[[], float] = time.monotonic) -> dict[int, list[str]]:
     """Per document index (of `objs`, the apply's documents), a line for each feature it puts
     in use at proxies of `proxies` that lack it; only documents of `changed` (those that
-    change anything) are looked at."""
+    change anything) are looked at.  `clock`: seconds, for `SPLIT_SECONDS`."""
     if not proxies or not changed:
         return {}
     check = _Skew(objs, proxies, render)
@@ -218,7 +227,7 @@ def skew_warnings(objs: Mapping[int, Obj], changed: Collection[int],
                 added[(p, f)] = now[f.name]
     if not added:
         return {}
-    blamed = _attribute(sorted(changed), added, check, objs)
+    blamed = _attribute(sorted(changed), added, check, objs, clock() + SPLIT_SECONDS, clock)
     out: dict[int, list[str]] = {}
     for i in sorted(blamed):
         by_feature: dict[str, tuple[Feature, list[OlderProxy]]] = {}
@@ -228,22 +237,27 @@ def skew_warnings(objs: Mapping[int, Obj], changed: Collection[int],
     return out
 
 
-def skew_check(statuses: Callable[[], Iterable[ProxyStatus]], render: Render) -> SkewCheck:
-    """Apply's check over the push server's proxy statuses, read at each apply."""
+def skew_check(proxies: Sequence[OlderProxy], render: Render) -> SkewCheck:
+    """Apply's check for `proxies` (read from the push server's statuses on the event loop,
+    `older_proxies`) with `render` (`MeshView.snapshots` of the same moment): safe to run on
+    apply's worker thread (`apply_checks.py`)."""
     def check(objs: Mapping[int, Obj], changed: Collection[int]) -> dict[int, list[str]]:
-        return skew_warnings(objs, changed, older_proxies(statuses()), render)
+        return skew_warnings(objs, changed, proxies, render)
     return check
 
 
 def _attribute(changed: list[int], added: Mapping[Pair, Counter[str]], check: _Skew,
-               objs: Mapping[int, Obj]) -> dict[int, set[Pair]]:
+               objs: Mapping[int, Obj], deadline: float,
+               clock: Callable[[], float]) -> dict[int, set[Pair]]:
     """Which changing documents put each feature in use: a group whose leaving out takes some
     use of it away (counted per item, `uses_of`: two sticky routes in one apply are each
     found) is split, and each part left out in turn, down to single documents.  A group of several
     kinds splits by kind (a bulk apply of a thousand Services and one route finds the route
     in one step), a group of one kind in halves.  A use that a group takes away and none of
     its parts does (two documents each enough alone) is named on every document of the
-    group, as is each group still undecided when `MAX_TESTS` renders are spent."""
+    group, as is each group still undecided when `MAX_TESTS` renders are spent or the
+    `deadline` (of `clock`) has passed (checked before each render: one render past it at
+    most)."""
     blamed: dict[int, set[Pair]] = {}
     tests = MAX_TESTS
     queue: deque[tuple[list[int], set[Pair]]] = deque([(changed, set(added))])
@@ -256,6 +270,9 @@ def _attribute(changed: list[int], added: Mapping[Pair, Counter[str]], check: _S
             continue
         unexplained = set(pairs)
         for part in parts:
+            if clock() >= deadline:  # undecided, as past MAX_TESTS (its parts add nothing)
+                unexplained = set(pairs)
+                break
             tests -= 1
             without = check.uses_without(part, pairs)
             lost = {pf for pf in pairs if added[pf] - without[pf]}
@@ -277,5 +294,5 @@ def _split(group: list[int], objs: Mapping[int, Obj]) -> list[list[int]]:
     return [group[:mid], group[mid:]]
 
 
-__all__ = ["MAX_NAMED", "MAX_TESTS", "OlderProxy", "Render", "SkewCheck", "older_proxies",
+__all__ = ["MAX_NAMED", "MAX_TESTS", "SPLIT_SECONDS", "OlderProxy", "Render", "SkewCheck", "older_proxies",
            "skew_check", "skew_warnings"]

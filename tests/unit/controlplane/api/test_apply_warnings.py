@@ -10,6 +10,7 @@ from typing import Any
 from tests.support.resources import service
 
 from tulle.controlplane.api.apply import apply_documents
+from tulle.controlplane.api.apply_checks import ApplyChecks, Checks
 from tulle.controlplane.store.memory import MemoryStore
 from tulle.controlplane.store.protocol import Obj
 
@@ -37,13 +38,17 @@ class Preview:
             for o in objs if o["kind"] == "TimeoutPolicy"}
 
 
+def checks(preview: Preview) -> ApplyChecks:
+    return ApplyChecks(lambda: Checks(preview=preview))
+
+
 async def body(response: Any) -> Any:
     return json.loads(response.body)
 
 
 async def test_warnings_are_given_per_document_and_the_objects_stored() -> None:
     store, preview = MemoryStore(), Preview()
-    response = await apply_documents(store, [service("a"), policy("p")], [], False, preview=preview)
+    response = await apply_documents(store, [service("a"), policy("p")], [], False, checks=checks(preview))
     assert response.status_code == 200
     results = (await body(response))["results"]
     assert "warnings" not in results[0]
@@ -55,7 +60,7 @@ async def test_warnings_are_given_per_document_and_the_objects_stored() -> None:
 async def test_strict_refuses_the_whole_apply_naming_each_warned_document() -> None:
     store = MemoryStore()
     response = await apply_documents(store, [service("a"), policy("p")], ["f.yaml#0", "f.yaml#1"],
-                                     False, preview=Preview(), strict=True)
+                                     False, checks=checks(Preview()), strict=True)
     assert response.status_code == 422
     out = await body(response)
     assert "nothing was applied (strict)" in out["error"]
@@ -65,7 +70,7 @@ async def test_strict_refuses_the_whole_apply_naming_each_warned_document() -> N
     items, _ = await store.list()
     assert items == []
     # without anything to warn about, strict applies
-    response = await apply_documents(store, [service("a")], [], False, preview=Preview(), strict=True)
+    response = await apply_documents(store, [service("a")], [], False, checks=checks(Preview()), strict=True)
     assert response.status_code == 200
 
 

@@ -16,9 +16,11 @@ from tests.integration.controlplane.test_version_skew import namespace_policy, s
 from tests.support.resources import NS, permissive_mesh, route, service, workload
 
 from tulle.controlplane.api.apply import apply_documents
+from tulle.controlplane.api.apply_checks import ApplyChecks, Checks
 from tulle.controlplane.api.skew_warnings import (
     MAX_NAMED,
     MAX_TESTS,
+    SPLIT_SECONDS,
     _Uses,
     older_proxies,
     skew_check,
@@ -48,15 +50,21 @@ class Mesh:
         self.rec = Reconciler(self.store, SnapshotCache(), debounce=0.01)
         self.statuses: list[ProxyStatus] = []
         self.renders = 0
+        self.checks = ApplyChecks(self.capture)
 
-    def render(self, objs: list[Any], keys: Any) -> Any:
-        self.renders += 1
-        return self.rec.preview_snapshots(objs, keys)
+    def capture(self) -> Checks:
+        """The control plane's capture (`mesh_checks`), with the renders counted."""
+        view = self.rec.view()
+
+        def render(objs: list[Any], keys: Any) -> Any:
+            self.renders += 1
+            return view.snapshots(objs, keys)
+        return Checks(preview=view.conditions,
+                      skew=skew_check(older_proxies(self.statuses), render))
 
     async def apply(self, *docs: dict[str, Any], strict: bool = False) -> tuple[int, Any]:
         """Apply as the API does; wait until the reconciler saw what was written."""
-        r = await apply_documents(self.store, list(docs), [], False, preview=self.rec.preview,
-                                  skew=skew_check(lambda: self.statuses, self.render),
+        r = await apply_documents(self.store, list(docs), [], False, checks=self.checks,
                                   strict=strict)
         body = json.loads(bytes(r.body))
         for res in body.get("results", []):
@@ -82,6 +90,7 @@ async def mesh() -> AsyncIterator[Mesh]:
     try:
         yield m
     finally:
+        m.checks.close()
         await m.rec.stop()
 
 
@@ -194,6 +203,38 @@ async def test_of_many_changing_documents_only_the_one_adding_the_use_is_warned(
     status, body = await mesh.apply(*docs)
     assert status == 200 and list(warned(body)) == ["cart"], body
     assert mesh.renders <= 2 + MAX_TESTS
+
+
+async def test_telling_documents_apart_stops_at_the_time_bound_warning_the_rest(
+        mesh: Mesh) -> None:
+    """`SPLIT_SECONDS` (ADR 0128): a render costs about a compilation of the mesh, so past
+    the bound a group not yet told apart is warned whole, as past `MAX_TESTS`.  The clock
+    here moves one second per render: the route is still found among the kinds, and its
+    group of routes is warned whole once the bound is spent."""
+    mesh.statuses = [older("web-0")]
+    docs = [service(f"s{i}", app="api") for i in range(12)]
+    docs += [route(f"r{i}", ("/", f"s{i}"), parent=f"s{i}") for i in range(6)]
+    docs.insert(15, sticky_route("cart", "/cart"))
+    status, body = await mesh.apply(*docs[:12])  # (the Services exist: the routes attach)
+    assert status == 200, body
+    objs = dict(enumerate(docs))
+    view, proxies = mesh.rec.view(), older_proxies(mesh.statuses)
+    now = [0.0]
+
+    def render(objs: list[Any], keys: Any) -> Any:
+        now[0] += 1.0
+        return view.snapshots(objs, keys)
+
+    found = skew_warnings(objs, range(len(docs)), proxies, render, clock=lambda: now[0])
+    routes = {i for i, d in objs.items() if d["kind"] == "HTTPRoute"}
+    # 2 renders find the use, 2 tell the kinds apart, then halves of the 7 routes while
+    # the bound lasts: `cart` and the routes of its last undecided half are warned.
+    assert 15 in found and set(found) <= routes and 1 < len(found) < len(routes), found
+    assert now[0] <= 2 + SPLIT_SECONDS + 1  # (one render past the bound at most)
+    assert {ln for lines in found.values() for ln in lines} == {
+        ln for ln in skew_warnings(objs, range(len(docs)), proxies, view.snapshots)[15]}
+    # With time to spare, only `cart`.
+    assert list(skew_warnings(objs, range(len(docs)), proxies, view.snapshots)) == [15]
 
 
 async def test_documents_needed_together_are_each_warned(mesh: Mesh) -> None:
