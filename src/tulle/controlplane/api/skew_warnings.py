@@ -227,14 +227,25 @@ def skew_warnings(objs: Mapping[int, Obj], changed: Collection[int],
                 added[(p, f)] = now[f.name]
     if not added:
         return {}
-    blamed = _attribute(sorted(changed), added, check, objs, clock() + SPLIT_SECONDS, clock)
+    blamed, untold = _attribute(sorted(changed), added, check, objs,
+                                clock() + SPLIT_SECONDS, clock)
     out: dict[int, list[str]] = {}
     for i in sorted(blamed):
         by_feature: dict[str, tuple[Feature, list[OlderProxy]]] = {}
         for p, f in blamed[i]:
             by_feature.setdefault(f.name, (f, []))[1].append(p)
-        out[i] = [_line(f, ps) for _, (f, ps) in sorted(by_feature.items())]
+        out[i] = []
+        for _, (f, ps) in sorted(by_feature.items()):
+            groups = [untold.get((i, (p, f)), 0) for p in ps]
+            out[i].append(_line(f, ps) + (_untold(max(groups)) if all(groups) else ""))
     return out
+
+
+def _untold(group: int) -> str:
+    """What a line adds when its document was warned because a bound was reached before its
+    group of `group` documents was told apart."""
+    return (f" (one or more of {group} documents of this apply, this one among them, put it "
+            "in use: the check's bound was reached before telling which)")
 
 
 def skew_check(proxies: Sequence[OlderProxy], render: Render) -> SkewCheck:
@@ -248,7 +259,8 @@ def skew_check(proxies: Sequence[OlderProxy], render: Render) -> SkewCheck:
 
 def _attribute(changed: list[int], added: Mapping[Pair, Counter[str]], check: _Skew,
                objs: Mapping[int, Obj], deadline: float,
-               clock: Callable[[], float]) -> dict[int, set[Pair]]:
+               clock: Callable[[], float]) -> tuple[dict[int, set[Pair]],
+                                                    dict[tuple[int, Pair], int]]:
     """Which changing documents put each feature in use: a group whose leaving out takes some
     use of it away (counted per item, `uses_of`: two sticky routes in one apply are each
     found) is split, and each part left out in turn, down to single documents.  A group of several
@@ -257,21 +269,30 @@ def _attribute(changed: list[int], added: Mapping[Pair, Counter[str]], check: _S
     its parts does (two documents each enough alone) is named on every document of the
     group, as is each group still undecided when `MAX_TESTS` renders are spent or the
     `deadline` (of `clock`) has passed (checked before each render: one render past it at
-    most)."""
+    most).  Also, per (document, pair) warned because a bound was reached, the size of its
+    undecided group."""
     blamed: dict[int, set[Pair]] = {}
+    untold: dict[tuple[int, Pair], int] = {}
+
+    def undecided(group: list[int], pairs: set[Pair]) -> None:
+        for i in group:
+            blamed.setdefault(i, set()).update(pairs)
+            if len(group) > 1:
+                untold.update({(i, pf): len(group) for pf in pairs})
+
     tests = MAX_TESTS
     queue: deque[tuple[list[int], set[Pair]]] = deque([(changed, set(added))])
     while queue:
         group, pairs = queue.popleft()
         parts = _split(group, objs)
         if len(group) == 1 or tests < len(parts):
-            for i in group:
-                blamed.setdefault(i, set()).update(pairs)
+            undecided(group, pairs)
             continue
         unexplained = set(pairs)
         for part in parts:
             if clock() >= deadline:  # undecided, as past MAX_TESTS (its parts add nothing)
-                unexplained = set(pairs)
+                unexplained = set()
+                undecided(group, pairs)
                 break
             tests -= 1
             without = check.uses_without(part, pairs)
@@ -281,7 +302,7 @@ def _attribute(changed: list[int], added: Mapping[Pair, Counter[str]], check: _S
                 queue.append((part, lost))
         for i in group if unexplained else ():
             blamed.setdefault(i, set()).update(unexplained)
-    return blamed
+    return blamed, untold
 
 
 def _split(group: list[int], objs: Mapping[int, Obj]) -> list[list[int]]:

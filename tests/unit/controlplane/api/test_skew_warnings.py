@@ -15,6 +15,7 @@ import pytest
 from tests.integration.controlplane.test_version_skew import namespace_policy, sticky_route
 from tests.support.resources import NS, permissive_mesh, route, service, workload
 
+from tulle.controlplane.api import skew_warnings as skew_module
 from tulle.controlplane.api.apply import apply_documents
 from tulle.controlplane.api.apply_checks import ApplyChecks, Checks
 from tulle.controlplane.api.skew_warnings import (
@@ -226,15 +227,36 @@ async def test_telling_documents_apart_stops_at_the_time_bound_warning_the_rest(
         return view.snapshots(objs, keys)
 
     found = skew_warnings(objs, range(len(docs)), proxies, render, clock=lambda: now[0])
-    routes = {i for i, d in objs.items() if d["kind"] == "HTTPRoute"}
-    # 2 renders find the use, 2 tell the kinds apart, then halves of the 7 routes while
-    # the bound lasts: `cart` and the routes of its last undecided half are warned.
-    assert 15 in found and set(found) <= routes and 1 < len(found) < len(routes), found
-    assert now[0] <= 2 + SPLIT_SECONDS + 1  # (one render past the bound at most)
-    assert {ln for lines in found.values() for ln in lines} == {
-        ln for ln in skew_warnings(objs, range(len(docs)), proxies, view.snapshots)[15]}
-    # With time to spare, only `cart`.
-    assert list(skew_warnings(objs, range(len(docs)), proxies, view.snapshots)) == [15]
+    # With time to spare, only `cart` (15).
+    (line,) = skew_warnings(objs, range(len(docs)), proxies, view.snapshots)[15]
+
+    def untold(n: int) -> list[str]:
+        return [f"{line} (one or more of {n} documents of this apply, this one among them, "
+                "put it in use: the check's bound was reached before telling which)"]
+
+    # 2 renders find the use (t=2, the bound runs to t=7), 2 tell the kinds apart, then the
+    # 7 routes (12..18) are halved: [15..18] takes the use away (t=6), of its halves [15, 16]
+    # does (t=7), and the bound is reached: each is warned saying it was not told apart, the
+    # tighter group where one was found.
+    assert found == {15: untold(2), 16: untold(2), 17: untold(4), 18: untold(4)}, found
+    assert now[0] == 2 + SPLIT_SECONDS  # (the bound is checked before each render)
+
+
+async def test_past_max_tests_each_line_says_its_document_was_not_told_apart(
+        mesh: Mesh, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(skew_module, "MAX_TESTS", 2)  # (the kinds take both)
+    mesh.statuses = [older("web-0")]
+    docs = [service(f"s{i}", app="api") for i in range(12)]
+    docs += [route(f"r{i}", ("/", f"s{i}"), parent=f"s{i}") for i in range(6)]
+    docs.append(sticky_route("cart", "/cart"))
+    status, body = await mesh.apply(*docs)
+    assert status == 200, body
+    lines = warned(body)
+    assert sorted(lines) == ["cart", *(f"r{i}" for i in range(6))], lines
+    assert all(len(ls) == 1 and ls[0].endswith(
+        ": there, the filter entry is left out (the rule serves without it) (one or more of 7 "
+        "documents of this apply, this one among them, put it in use: the check's bound was "
+        "reached before telling which)") for ls in lines.values()), lines
 
 
 async def test_documents_needed_together_are_each_warned(mesh: Mesh) -> None:
