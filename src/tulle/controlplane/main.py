@@ -140,8 +140,9 @@ class ControlPlane:
         self.api_guard = api_guard if api_guard is not None else Guard()
         self.api_watch = api_watch
         self._watches: Watches | None = None
-        self._apply_checks: ApplyChecks | None = None
         """The bounds of list watches (watch_routes.py); the defaults unless a test sets them."""
+        self._apply_checks: ApplyChecks | None = None
+        """Apply's worker (apply_checks.py), closed when the control plane stops."""
         self.store_changes_retained = store_changes_retained
         """Change-log entries the store keeps (how far back a watch may resume)."""
         self.ca_files = (Path(ca_cert), Path(ca_key)) if ca_cert else None

@@ -102,7 +102,7 @@ async def test_a_view_compiled_while_the_loop_keeps_changing_the_reconciler(
     stop = threading.Event()
 
     def worker() -> list[tuple[Any, bytes]]:
-        out = []
+        out: list[tuple[Any, bytes]] = []
         while not stop.is_set() or not out:
             out.append(rendered(view, objs))
         return out

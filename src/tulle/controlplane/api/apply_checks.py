@@ -4,8 +4,8 @@ Why (ADR 0128): before it writes, apply compiles its documents over the whole me
 warnings (`warnings.py`, ADR 0024) and, while a proxy of an older build is connected, renders
 some proxies' snapshots (`skew_warnings.py`, ADR 0125).  That ran on the event loop, which
 also serves every proxy's stream (ACKs, pings, pushes), the reconciler and the API: on a real
-control plane with 5,000 Services one small apply held it 2.4 s, and a `/healthz`, a stream
-client's ping and a push to another proxy each waited as long.
+control plane with 5,000 Services and an older proxy connected, one small apply held it 2.2 s,
+and a `/healthz` and a stream client's ping waited as long (a push to another proxy, 3.0 s).
 
 How:
 
@@ -16,8 +16,8 @@ How:
 - The turn: an `asyncio.Lock` held from the capture until the worker is done, so each apply's
   checks see the state of their own start, not of their arrival in a queue; and one worker
   thread, so two applies never compile at once (they would take the CPU, and the GIL, twice
-  over).  An apply whose request goes away leaves its turn; its compilation still finishes
-  on the worker, and the next one waits there for it.
+  over).  An apply cancelled while its checks run leaves its turn; its compilation still
+  finishes on the worker, and the next one waits there for it.
 - A worker thread still needs the GIL to run Python; the loop gets it back within the
   interpreter's switch interval (5 ms) whenever it has something to do, so it answers in
   milliseconds, not seconds (the figures are in the ADR).

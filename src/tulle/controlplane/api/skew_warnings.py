@@ -67,11 +67,11 @@ them, then two per halving: one culprit among 1,000 documents of its kind takes 
 it, every document of a group not yet told apart gets the warning."""
 SPLIT_SECONDS = 5.0
 """Seconds spent telling them apart, whichever of the two bounds comes first (ADR 0128): a
-render costs about one compilation of the mesh, ~1 s at 5,000 Services, so `MAX_TESTS` alone
-let one apply of 1,000 routes take 23 s there, near `tulle`'s 30 s timeout.  Past it, as past
-`MAX_TESTS`, every document of a group not yet told apart gets the warning: which documents
-carry the line may then depend on the machine's speed; whether the apply is warned (and so
-refused with `strict`) never does."""
+render costs about one compilation of the mesh, ~0.9 s at 5,000 Services, so `MAX_TESTS`
+alone let one apply of 1,000 routes take 18-20 s there (8.6 s with this bound).  Past it, as
+past `MAX_TESTS`, every document of a group not yet told apart gets the warning, saying so:
+which documents carry the line may then depend on the machine's speed; whether the apply is
+warned (and so refused with `strict`) never does."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -315,5 +315,5 @@ def _split(group: list[int], objs: Mapping[int, Obj]) -> list[list[int]]:
     return [group[:mid], group[mid:]]
 
 
-__all__ = ["MAX_NAMED", "MAX_TESTS", "SPLIT_SECONDS", "OlderProxy", "Render", "SkewCheck", "older_proxies",
-           "skew_check", "skew_warnings"]
+__all__ = ["MAX_NAMED", "MAX_TESTS", "SPLIT_SECONDS", "OlderProxy", "Render", "SkewCheck",
+           "older_proxies", "skew_check", "skew_warnings"]

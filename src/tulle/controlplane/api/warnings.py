@@ -2,11 +2,12 @@
 
 Kubernetes answers an apply with `Warning:` headers for what it accepted but frowns on; Tulle
 does the same with its own truth: before writing, the applied documents are compiled over the
-current state (`Reconciler.preview`, the model and plugins only) and every condition that
-reports a problem (`tulle.api.conditions.is_problem`: `Accepted=False`, `ResolvedRefs=False`,
-`PartiallyInvalid=True`, `DefaultsApplied=False`...) becomes a warning of its document.  The
-answer is the same the reconciler writes into status a moment later, because it is the same
-compiler on the same inputs.
+current state (`MeshView.conditions`: the model and plugins only, on apply's worker thread,
+`apply_checks.py`), and every condition that reports a problem (`is_problem` of
+`tulle.api.conditions`: `Accepted=False`, `ResolvedRefs=False`, `PartiallyInvalid=True`,
+`DefaultsApplied=False`...) becomes a warning of its document.  The answer is the same the
+reconciler writes into status a moment later, because it is the same compiler on the same
+inputs.
 
 Non-fatal by default (the objects are stored, the warnings printed); with `strict` the whole
 apply is refused (422) and nothing is written (ADR 0024).
@@ -22,7 +23,7 @@ from tulle.api.registry import KindInfo
 from tulle.controlplane.store.protocol import Obj
 
 Preview = Callable[[list[Obj]], Mapping[tuple[str, str, str], Sequence[Mapping[str, Any]]]]
-"""The conditions the given objects would have once applied (`Reconciler.preview`)."""
+"""The conditions the given objects would have once applied (`MeshView.conditions`)."""
 
 
 def _line(obj: Obj, cond: Mapping[str, Any]) -> str:

@@ -1,6 +1,6 @@
 """Apply's checks run off the event loop (ADR 0128): the state is captured on the loop when an
 apply's turn comes, the compilation runs on one worker thread, one apply at a time (also when
-an apply's request goes away), and an applied object changed while its checks run still
+an apply is cancelled mid-check), and an applied object changed while its checks run still
 refuses the apply (409), nothing written."""
 
 from __future__ import annotations
@@ -41,7 +41,11 @@ async def test_one_apply_at_a_time_each_over_the_state_of_its_own_turn() -> None
     def capture() -> Checks:
         assert threading.current_thread() is loop_thread  # (on the loop)
         log.note(f"capture {state[0]}")
-        return Checks(preview=lambda _objs, seen=state[0]: {("seen", str(seen), ""): []})
+        seen = state[0]
+
+        def preview(_: list[Obj]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+            return {("seen", str(seen), ""): []}
+        return Checks(preview=preview)
 
     def work(name: str, checks: Checks) -> Any:
         assert threading.current_thread() is not loop_thread
@@ -79,7 +83,7 @@ async def test_one_apply_at_a_time_each_over_the_state_of_its_own_turn() -> None
         checks.close()
 
 
-async def test_an_apply_that_goes_away_leaves_its_turn_and_the_next_waits_for_its_work() -> None:
+async def test_an_apply_cancelled_mid_check_leaves_its_turn_the_next_waits_for_the_work() -> None:
     log = Log()
     release = threading.Event()
 
