@@ -9,11 +9,13 @@ group is killed at the end, whatever happened.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -28,6 +30,25 @@ def quickstart() -> str:
     text = (ROOT / "README.md").read_text()
     section = text.split("## Quickstart", 1)[1]
     return section.split("```sh\n", 1)[1].split("\n```", 1)[0]
+
+
+def _end_group(pgid: int, grace: float = 20.0) -> None:
+    """SIGTERM to the quickstart's process group, and wait until it is gone (a stopping
+    sidecar drains first, ADR 0113); SIGKILL what is left after `grace`.  Without the wait, a
+    next run found the last one's sidecar still on its admin port."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signal.SIGKILL)
 
 
 @pytest.mark.timeout(300)
@@ -46,10 +67,7 @@ def test_the_readme_quickstart_runs_as_written(tmp_path: Path) -> None:
     try:
         out, _ = proc.communicate(timeout=240)
     finally:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
+        _end_group(proc.pid)
     assert proc.returncode == 0, out
     assert out.count("demo        ") >= 3 and "hello from v" in out, out
     splits = re.findall(r"^\s+(\d+) hello from v1\n\s+(\d+) hello from v2$", out, re.M)
