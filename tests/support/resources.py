@@ -42,3 +42,40 @@ def permissive_mesh() -> dict[str, Any]:
     refuses (ADR 0033).  Sidecars still talk mTLS to each other."""
     return {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Mesh",
             "metadata": {"name": "default"}, "spec": {"mtls": {"mode": "PERMISSIVE"}}}
+
+
+def scale_address(i: int) -> str:
+    """The loopback address of workload `w-<i>` of `scale_mesh` (250 per /24)."""
+    return f"127.1.{i // 250}.{i % 250 + 1}"
+
+
+def scale_route(i: int, backend: int, ns: str = NS, sticky: bool = False) -> dict[str, Any]:
+    """`r-<i>`: `/v1` of Service `svc-<i>` to `svc-<backend>` (with session persistence when
+    `sticky`)."""
+    rule: dict[str, Any] = {"matches": [{"path": {"type": "PathPrefix", "value": "/v1"}}],
+                            "backendRefs": [{"name": f"svc-{backend}", "port": 80}]}
+    if sticky:
+        rule["sessionPersistence"] = {"sessionName": "sid"}
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": f"r-{i}", "namespace": ns},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": f"svc-{i}",
+                                     "port": 80}], "rules": [rule]}}
+
+
+def scale_mesh(n: int, ns: str = NS) -> list[dict[str, Any]]:
+    """`n` Services `svc-<i>`, each with a workload `w-<i>` and an HTTPRoute `r-<i>`: every
+    proxy's snapshot holds all of them (~1.4 KB each on the wire).  What the control plane's
+    scale tests load."""
+    docs: list[dict[str, Any]] = []
+    for i in range(n):
+        docs += [
+            {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Service",
+             "metadata": {"name": f"svc-{i}", "namespace": ns},
+             "spec": {"selector": {"app": f"svc-{i}"},
+                      "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}},
+            {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Workload",
+             "metadata": {"name": f"w-{i}", "namespace": ns, "labels": {"app": f"svc-{i}"}},
+             "spec": {"address": scale_address(i),
+                      "ports": [{"name": "http", "port": 8080, "targetPort": 18080}]}},
+            scale_route(i, i, ns)]
+    return docs

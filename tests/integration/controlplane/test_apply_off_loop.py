@@ -25,7 +25,7 @@ import msgspec
 from tests.integration.controlplane.test_negotiation import RawProxy, proxies
 from tests.integration.controlplane.test_version_skew import WITHOUT_STICKY
 from tests.support.controlplane import apply, auth, control_plane_process
-from tests.support.resources import NS
+from tests.support.resources import NS, scale_mesh, scale_route
 
 from tulle.proxyconfig.delta import Delta
 from tulle.proxyconfig.stream import (
@@ -48,33 +48,6 @@ this machine): ~2 s on the shared two-CPU machine it was written on."""
 FLOOR = 0.3
 """The longest wait allowed, whatever the apply took: a worker thread still takes the GIL, and
 a garbage collection on it holds the loop too (~0.1 s at this size)."""
-
-
-def mesh(n: int) -> list[dict[str, Any]]:
-    docs: list[dict[str, Any]] = []
-    for i in range(n):
-        docs += [
-            {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Service",
-             "metadata": {"name": f"svc-{i}", "namespace": NS},
-             "spec": {"selector": {"app": f"svc-{i}"},
-                      "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}},
-            {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Workload",
-             "metadata": {"name": f"w-{i}", "namespace": NS, "labels": {"app": f"svc-{i}"}},
-             "spec": {"address": f"127.1.{i // 250}.{i % 250 + 1}",
-                      "ports": [{"name": "http", "port": 8080, "targetPort": 18080}]}},
-            route(i, i)]
-    return docs
-
-
-def route(i: int, backend: int, sticky: bool = False) -> dict[str, Any]:
-    rule: dict[str, Any] = {"matches": [{"path": {"type": "PathPrefix", "value": "/v1"}}],
-                            "backendRefs": [{"name": f"svc-{backend}", "port": 80}]}
-    if sticky:
-        rule["sessionPersistence"] = {"sessionName": "sid"}
-    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-            "metadata": {"name": f"r-{i}", "namespace": NS},
-            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": f"svc-{i}",
-                                     "port": 80}], "rules": [rule]}}
 
 
 async def healthz(api: str, stop: asyncio.Event, out: list[float]) -> None:
@@ -126,7 +99,7 @@ async def timed_apply(api: str, docs: list[dict[str, Any]],
 
 async def test_a_long_apply_leaves_healthz_and_the_stream_answering(tmp_path: Path) -> None:
     async with control_plane_process("memory", tmp_path) as cp:
-        docs = mesh(SERVICES)
+        docs = scale_mesh(SERVICES)
         for i in range(0, len(docs), 1500):
             status, body = await apply(cp.api, *docs[i:i + 1500])
             assert status == 200, body
@@ -137,7 +110,8 @@ async def test_a_long_apply_leaves_healthz_and_the_stream_answering(tmp_path: Pa
             assert isinstance(msg, Snapshot), msg
             old.writer.write(encode(Ack(version=msg.version)))
             await settled(cp.api, old)
-            change = [route(0, 0, sticky=True), *(route(i, i - 1) for i in range(1, EDITS + 1))]
+            change = [scale_route(0, 0, sticky=True),
+                      *(scale_route(i, i - 1) for i in range(1, EDITS + 1))]
 
             stop = asyncio.Event()
             hz: list[float] = []

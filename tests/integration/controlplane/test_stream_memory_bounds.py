@@ -29,6 +29,7 @@ from tests.support.controlplane import (
     issue_token,
     running_control_plane,
 )
+from tests.support.resources import scale_address, scale_mesh
 
 from tulle.controlplane.main import ControlPlane
 from tulle.controlplane.push.server import CLOSE_GRACE
@@ -52,31 +53,8 @@ from tulle.proxyconfig.stream import (
 NS = "mem"
 
 
-def mesh(n: int) -> list[dict[str, Any]]:
-    """`n` Services, each with a workload and an HTTPRoute: every proxy's snapshot holds all
-    of them (~1.4 KB each on the wire)."""
-    docs: list[dict[str, Any]] = []
-    for i in range(n):
-        docs += [
-            {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Service",
-             "metadata": {"name": f"svc-{i}", "namespace": NS},
-             "spec": {"selector": {"app": f"svc-{i}"},
-                      "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}},
-            {"apiVersion": "mesh.tulle.dev/v1alpha1", "kind": "Workload",
-             "metadata": {"name": f"w-{i}", "namespace": NS, "labels": {"app": f"svc-{i}"}},
-             "spec": {"address": f"127.1.{i // 250}.{i % 250 + 1}",
-                      "ports": [{"name": "http", "port": 8080, "targetPort": 18080}]}},
-            {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
-             "metadata": {"name": f"r-{i}", "namespace": NS},
-             "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": f"svc-{i}",
-                                      "port": 80}],
-                      "rules": [{"matches": [{"path": {"type": "PathPrefix", "value": "/v1"}}],
-                                 "backendRefs": [{"name": f"svc-{i}", "port": 80}]}]}}]
-    return docs
-
-
 def _info(i: int) -> WorkloadInfo:
-    return WorkloadInfo(name=f"w-{i}", namespace=NS, address=f"127.1.{i // 250}.{i % 250 + 1}")
+    return WorkloadInfo(name=f"w-{i}", namespace=NS, address=scale_address(i))
 
 
 class Identity:
@@ -167,7 +145,7 @@ async def test_a_proxy_reconnecting_without_closing_its_streams_holds_one_stream
     one stays open, and RSS grows ~2 MB."""
     async with control_plane_process(f"sqlite:{tmp_path / 'cp.db'}", tmp_path,
                                      "--log-level", "warning") as cp:
-        status, body = await apply(cp.api, *mesh(150))
+        status, body = await apply(cp.api, *scale_mesh(150, NS))
         assert status == 200, body
         ident = Identity(_info(0))
         trust, first, _ = await _admitted(cp.api, cp.stream_port, ident)
@@ -263,7 +241,7 @@ async def test_a_proxy_back_after_a_blip_is_served_while_its_old_stream_is_open(
     names no version, so the workload is out until the new stream's first ACK, as for any
     start."""
     async with running_control_plane() as cp:
-        status, body = await apply(cp.api_url, *mesh(3))
+        status, body = await apply(cp.api_url, *scale_mesh(3, NS))
         assert status == 200, body
         ident = Identity(_info(1))
         trust, first, _ = await _admitted(cp.api_url, cp.stream_port, ident)
@@ -323,7 +301,7 @@ async def _back_with_its_certificate(cp: ControlPlane, services: int, i: int) ->
     """Workload `w-i` of a mesh of `services` Services, admitted with its token, its first
     stream closed and gone from the control plane, and back on a second stream with the
     certificate it got, which reads nothing until the test says."""
-    status, body = await apply(cp.api_url, *mesh(services))
+    status, body = await apply(cp.api_url, *scale_mesh(services, NS))
     assert status == 200, body
     ident = Identity(_info(i))
     trust, first, _ = await _admitted(cp.api_url, cp.stream_port, ident)
@@ -392,7 +370,7 @@ async def test_a_silent_stream_lets_go_of_its_connection_soon_after_it_ends() ->
     own shutdown timeout, 30 s more, the connection and its buffers held all along."""
     async with running_control_plane(stream_ping_interval=0.2,
                                      stream_liveness_timeout=0.5) as cp:
-        status, body = await apply(cp.api_url, *mesh(3))
+        status, body = await apply(cp.api_url, *scale_mesh(3, NS))
         assert status == 200, body
         ident = Identity(_info(1))
         trust, first, _ = await _admitted(cp.api_url, cp.stream_port, ident)
