@@ -304,3 +304,24 @@ async def answer_ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
         pass
     finally:
         writer.close()
+
+
+class EchoUpgrader:
+    """An origin that answers the first request `101 Switching Protocols` (upgrade: foo), then
+    echoes every chunk it reads as `echo:<chunk>`, recording the chunks (`saw`) and setting
+    `closed` when the client's side ends."""
+
+    def __init__(self) -> None:
+        self.saw: list[bytes] = []
+        self.closed = asyncio.Event()
+
+    async def __call__(self, srv: RawServer, r: asyncio.StreamReader,
+                       w: asyncio.StreamWriter) -> None:
+        srv.requests.append(await r.readuntil(b"\r\n\r\n"))
+        w.write(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: foo\r\n\r\n")
+        await w.drain()
+        with contextlib.suppress(ConnectionError):
+            while chunk := await r.read(100):
+                self.saw.append(chunk)
+                w.write(b"echo:" + chunk)
+        self.closed.set()

@@ -4,11 +4,16 @@ and an upgrade request the upstream declines (a normal response)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 
 from tests.support.proxy import running_proxy, simple_config
-from tests.support.rawservers import RawServer, closed_by_peer, connect, raw_server, read_response
+from tests.support.rawservers import (
+    EchoUpgrader,
+    closed_by_peer,
+    connect,
+    raw_server,
+    read_response,
+)
 from websockets.asyncio.client import connect as ws_connect
 
 
@@ -49,18 +54,7 @@ async def test_an_idle_upgrade_tunnel_is_closed_on_both_sides_and_counted() -> N
     speaks on must end after `tcp_idle_timeout_ms` like any relay (it never did: the deadline
     was cleared for good at the upgrade, so a silent client pinned an application connection
     for ever).  A tunnel that keeps moving bytes is not idle."""
-    origin_saw: list[bytes] = []
-    origin_closed = asyncio.Event()
-
-    async def upgrader(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        srv.requests.append(await r.readuntil(b"\r\n\r\n"))
-        w.write(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: foo\r\n\r\n")
-        await w.drain()
-        with contextlib.suppress(ConnectionError):
-            while chunk := await r.read(100):
-                origin_saw.append(chunk)
-                w.write(b"echo:" + chunk)
-        origin_closed.set()
+    upgrader = EchoUpgrader()
 
     settings = {"tcp_idle_timeout_ms": 400, "header_timeout_ms": 200}
     async with raw_server(upgrader) as o, \
@@ -72,12 +66,12 @@ async def test_an_idle_upgrade_tunnel_is_closed_on_both_sides_and_counted() -> N
             w.write(b"ping%d" % i)
             assert await asyncio.wait_for(r.readexactly(10), 5) == b"echo:ping%d" % i
             await asyncio.sleep(0.2)
-        assert not origin_closed.is_set()
+        assert not upgrader.closed.is_set()
         # Now silence: both sides are closed within the timeout plus a sweeper tick or two.
-        await asyncio.wait_for(origin_closed.wait(), 3)
+        await asyncio.wait_for(upgrader.closed.wait(), 3)
         assert await asyncio.wait_for(r.read(), 3) == b""
         w.close()
-        assert origin_saw == [b"ping%d" % i for i in range(4)]
+        assert upgrader.saw == [b"ping%d" % i for i in range(4)]
         assert len(o.requests) == 1
         assert p.metric("tulle_proxy_tcp_idle_timeouts_total", listener="out") == 1
         assert p.metric("tulle_proxy_requests_total", response_code="101") == 1

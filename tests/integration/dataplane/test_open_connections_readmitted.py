@@ -33,7 +33,7 @@ from tests.support.flow_lines import use_engine
 from tests.support.h2raw import RawH2, request
 from tests.support.logsink import log_config
 from tests.support.proxy import RunningProxy, running_proxy
-from tests.support.rawservers import RawServer, named_origin, raw_server, read_response_within
+from tests.support.rawservers import EchoUpgrader, RawServer, named_origin, raw_server, read_response_within
 from tests.support.tcp_streams import HeldStream, recording_echo
 
 from tulle.dataplane.listeners import detect
@@ -243,16 +243,7 @@ async def test_a_busy_http1_connection_answers_in_flight_then_403_then_closes(
 
 
 async def test_an_upgraded_tunnel_is_cut_as_a_relay_is(redirects: Redirects) -> None:
-    origin_closed = asyncio.Event()
-
-    async def upgrader(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        srv.requests.append(await r.readuntil(b"\r\n\r\n"))
-        w.write(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: foo\r\n\r\n")
-        await w.drain()
-        with contextlib.suppress(ConnectionError):
-            while chunk := await r.read(100):
-                w.write(b"echo:" + chunk)
-        origin_closed.set()
+    upgrader = EchoUpgrader()
 
     async with raw_server(upgrader) as origin, \
             pod_proxy(pod(origin.port, ["127.0.0.0/8"])) as (p, port):
@@ -264,7 +255,7 @@ async def test_an_upgraded_tunnel_is_cut_as_a_relay_is(redirects: Redirects) -> 
         assert await asyncio.wait_for(s.r.readexactly(9), 5) == b"echo:ping"
         await p.apply(pod(origin.port, [f"{KEPT}/32"]))
         assert await s.cut_within(2)
-        await asyncio.wait_for(origin_closed.wait(), 2)
+        await asyncio.wait_for(upgrader.closed.wait(), 2)
         assert p.metric("tulle_proxy_http_config_closes_total", reason="source_refused") == 1
 
 
