@@ -31,9 +31,11 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING, Final
 
-from tulle.proxyconfig.address import peer_ip
+from tulle.proxyconfig.address import peer_host, peer_ip
 
 if TYPE_CHECKING:
+    import asyncio
+
     from tulle.dataplane.listeners.handle import ListenerHandle
     from tulle.dataplane.listeners.listener_context import ListenerContext
 
@@ -54,6 +56,14 @@ class Asked:
     def __bool__(self) -> bool:
         return self.sources or self.destinations
 
+
+
+def peer_address(transport: asyncio.BaseTransport) -> str:
+    """The client's address as the accept step compares it ("" when the transport does not
+    say): what a connection still in its accept step (detecting, in its TLS handshake)
+    answers when a swap asks its admission again."""
+    peer = transport.get_extra_info("peername")
+    return peer_host(str(peer[0])) if isinstance(peer, tuple) and peer else ""
 
 def asked(before: ListenerContext | None, after: ListenerContext) -> Asked:
     """What to ask the open connections of a listener whose context goes from `before` (None:

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Protocol, cast
 
 from mypy_extensions import mypyc_attr
 
+from tulle.dataplane.listeners.admission import peer_address
 from tulle.dataplane.listeners.context import Connection, reset
 from tulle.dataplane.listeners.handle import ListenerHandle
 from tulle.dataplane.listeners.http1 import H1Downstream
@@ -55,7 +56,6 @@ from tulle.dataplane.listeners.refusals import REFUSALS
 from tulle.dataplane.network.relay import Target, relay
 from tulle.dataplane.protocols.detect import MAX_SNIFF_BYTES, detect_next, undecided
 from tulle.net.origdst import original_destination
-from tulle.proxyconfig.address import peer_host
 
 log = logging.getLogger("tulle.proxy")
 
@@ -86,13 +86,6 @@ def _h2_driver() -> type[H2Downstream] | None:
             log.error("HTTP/2 connections are refused: %s", exc)
         return None
     return H2Downstream
-
-
-def peer_address(transport: asyncio.BaseTransport) -> str:
-    """The client's address as the accept step compares it ("" when the transport does not
-    say)."""
-    peer = transport.get_extra_info("peername")
-    return peer_host(str(peer[0])) if isinstance(peer, tuple) and peer else ""
 
 
 def handover(transport: asyncio.Transport, protocol: asyncio.Protocol, initial: bytes) -> None:

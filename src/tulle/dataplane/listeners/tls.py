@@ -23,10 +23,10 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
+from tulle.dataplane.listeners.admission import peer_address
 from tulle.dataplane.listeners.context import Connection, reset
 from tulle.dataplane.runtime.tls import build_server_context
 from tulle.dataplane.tlsread import TLSReader
-from tulle.proxyconfig.address import peer_host
 from tulle.proxyconfig.model import TLSContext
 
 if TYPE_CHECKING:
@@ -240,8 +240,7 @@ class TLSAccept(asyncio.Protocol, Connection):
         t = self._transport
         if t is None:
             return None
-        peer = t.get_extra_info("peername")
-        return (peer_host(str(peer[0])) if isinstance(peer, tuple) and peer else ""), None
+        return peer_address(t), None
 
     def not_admitted(self, reason: str) -> None:
         """Still in its handshake when a swap changed the listener's admission (ADR 0127):
