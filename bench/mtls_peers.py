@@ -223,13 +223,24 @@ def start_tulle_2hop(ps: ProcessSet, origin_port: int, protocol: str) -> Running
 
 
 def haproxy_tls_configs(tmp: Path, files: dict[str, Path], port: int, hop2_port: int,
-                        origin_port: int) -> tuple[str, str]:
+                        origin_port: int, *, bind: str = "127.0.0.1",
+                        hop2_dial: str | None = None, uid: int | None = None
+                        ) -> tuple[str, str]:
+    """Both hops' configs.  On loopback everything is 127.0.0.1; in namespaces
+    (`bench.netns`) the hops listen on every address of their pod (`bind` "0.0.0.0", where
+    iptables redirects to them), the first dials the second at `hop2_dial` (its pod's address
+    and application port, which the server pod's rules send to `hop2_port`), and both
+    drop to `uid` after reading their certificates as root (the proxies' uid, which the pods'
+    interception rules leave alone)."""
+    dial = hop2_dial or f"127.0.0.1:{hop2_port}"
+    user = "" if uid is None else f"  uid {uid}\n  gid {uid}\n"
     glob = """global
   nbthread 1
   maxconn 4000
   ssl-default-bind-options ssl-min-ver TLSv1.3
   ssl-default-server-options ssl-min-ver TLSv1.3
   pidfile {pid}
+""" + user + """
 
 defaults
   mode http
@@ -241,16 +252,16 @@ defaults
     verify = f"verify required ca-file {files['ca']}"
     hop1 = glob.format(pid=tmp / "haproxy-tls-1.pid") + f"""
 frontend bench
-  bind 127.0.0.1:{port}
+  bind {bind}:{port}
   default_backend hop2
 
 backend hop2
   http-reuse always
-  server h2 127.0.0.1:{hop2_port} ssl {verify} crt {files['client']} alpn http/1.1
+  server h2 {dial} ssl {verify} crt {files['client']} alpn http/1.1
 """
     hop2 = glob.format(pid=tmp / "haproxy-tls-2.pid") + f"""
 frontend inbound
-  bind 127.0.0.1:{hop2_port} ssl crt {files['server']} {verify} alpn http/1.1
+  bind {bind}:{hop2_port} ssl crt {files['server']} {verify} alpn http/1.1
   default_backend origin
 
 backend origin

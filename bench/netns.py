@@ -1,22 +1,25 @@
 """The full-path benchmark (issue 11): added p50/p99 at 1,000 req/s for client pod -> sidecar ->
 mTLS -> sidecar -> server pod, and the same through two node agents, against the same path with
-no mesh, in the same run, in network namespaces (`bench/netns_mesh.py` builds the network).
+no mesh and the same path through two HAProxy sidecars, in the same run, in network namespaces
+(`bench/netns_mesh.py` builds the network).
 
     python -m bench.netns --rounds 3 --json bench/results/netns.json
 
 Each round loads the three paths one after the other, the order rotating from round to round
-(none, sidecar, agent; sidecar, agent, none; ...), so a burst of someone else's work on a
+(none, sidecar, agent, haproxy; sidecar, agent, haproxy, none; ...), so a burst of someone else's work on a
 shared machine lands on every path alike.  The load is `bench/loadgen.py` (fixed rate, no
 coordinated omission) run *inside the client pod* with `ip netns exec`, pinned to CPU 1 with
 the origins; the proxies are on CPU 0.  A round's added latency is the meshed path's
 percentile minus the unmeshed one's *in that round*; the JSON keeps every round and gives the
-median and the spread (min, max) over rounds.  CPU per request is both proxies' CPU
+median and the spread (min, max) over rounds.  Tulle's paths are also read against
+HAProxy's in the same round: `vs_haproxy` gives the median (and spread) of the per-round
+differences of added p99 and ratios of CPU per request.  CPU per request is both proxies' CPU
 (scheduler nanoseconds, `/proc/PID/task/*/schedstat`) over the phase, divided by the requests
 completed; `others_on_proxy_cpu` is the share of CPU 0 used by anything else meanwhile,
 `load_cpu_busy` how busy CPU 1 was (load generator, origins, control plane and whatever else
 runs on the machine): high values mean the tail belongs to the machine, not to the mesh.
 
-Needs root (namespaces, iptables in them), nginx, curl, ss, setpriv; without them it writes
+Needs root (namespaces, iptables in them), nginx, haproxy, curl, ss, setpriv; without them it writes
 `skipped` with the reason and exits 0, like the main benchmark's peers.
 """
 
@@ -34,7 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.netns_mesh import MODES, ROOT, BenchPath, Network
+from bench.netns_mesh import MESH_MODES, MODES, ROOT, BenchPath, Network
 from bench.peers import BODY_PATH, LOAD_CPU, PROXY_CPU
 from bench.procs import cpu_busy, cpu_seconds
 from bench.tools import git_rev
@@ -48,7 +51,7 @@ def _missing() -> str | None:
     why = missing_requirements()
     if why is not None:
         return why
-    tools = [t for t in ("nginx", "curl", "ss", "setpriv", "iptables", "taskset")
+    tools = [t for t in ("nginx", "haproxy", "curl", "ss", "setpriv", "iptables", "taskset")
              if shutil.which(t) is None]
     return f"not installed: {', '.join(tools)}" if tools else None
 
@@ -110,10 +113,20 @@ def summarize(rounds: list[dict[str, dict[str, Any]]]) -> dict[str, Any]:
         m["others_on_proxy_cpu_worst"] = max(row["others_on_proxy_cpu"] for row in rows)
         m["load_cpu_busy_worst"] = max(row["load_cpu_busy"] for row in rows)
         out[mode] = m
+    for mode in MESH_MODES:
+        out[mode]["vs_haproxy"] = {
+            "added_p99_ms_minus_haproxy": spread([
+                r[mode]["p99_ms"] - r["haproxy"]["p99_ms"] for r in rounds]),
+            "cpu_ratio": spread([r[mode]["cpu_us_per_req"] / r["haproxy"]["cpu_us_per_req"]
+                                 for r in rounds])}
     out["targets"] = {f"{mode}_added_p99_ms": {
         "goal": TARGET_ADDED_P99_MS, "median": out[mode]["added_p99_ms"]["median"],
         "met": out[mode]["added_p99_ms"]["median"] <= TARGET_ADDED_P99_MS}
-        for mode in MODES if mode != "none"}
+        for mode in MESH_MODES}
+    out["targets"]["haproxy_added_p99_ms"] = {
+        "goal": TARGET_ADDED_P99_MS, "median": out["haproxy"]["added_p99_ms"]["median"],
+        "met": out["haproxy"]["added_p99_ms"]["median"] <= TARGET_ADDED_P99_MS,
+        "peer": True}
     return out
 
 

@@ -5,7 +5,8 @@ across two nodes, one pair with no mesh, one through two sidecars, one through t
     [node-c 10.231.0.2]  agent for c-agent             [node-s 10.231.0.3]  agent for s-agent
       ├─ [c-none  10.232.1.1] loadgen ──────────────────────▶ [s-none  10.232.2.1] nginx :8080
       ├─ [c-side  10.232.1.2] loadgen ▶ sidecar ══mTLS══▶ sidecar ▶ [s-side 10.232.2.2] nginx
-      └─ [c-agent 10.232.1.3] loadgen ▶ node-c agent ══mTLS══▶ node-s agent ▶ [s-agent ...] nginx
+      ├─ [c-agent 10.232.1.3] loadgen ▶ node-c agent ══mTLS══▶ node-s agent ▶ [s-agent ...] nginx
+      └─ [c-hap   10.232.1.4] loadgen ▶ HAProxy ══mTLS══▶ HAProxy ▶ [s-hap 10.232.2.4] nginx
 
 Every pair crosses the same links (pod veth, node, bridge, node, pod veth): the only
 difference is the mesh.  The sidecars are `tulle proxy run --control-plane` inside their pods
@@ -16,6 +17,15 @@ outbound listener; the unmeshed client calls its server pod's address (there is 
 to give it a VIP).  The origins are the main benchmark's nginx (a static 1 KiB file, one
 worker, keep-alive).
 
+The fourth pair is the peer every issue-11 figure is read against: two HAProxy processes in
+the places of the sidecars, behind the same `tulle iptables apply` rules (uid 1337 exempt),
+the client pod's re-encrypting to the server pod's address with a client certificate and
+`verify required`, TLS 1.3, the server pod's terminating with `verify required`
+(`bench.mtls_peers.haproxy_tls_configs`, the loopback peer's configs with pod addresses).
+Its client calls the server pod's address, like the unmeshed one: HAProxy has no mesh
+routes, and the redirect is the same for any destination.  It does less than a sidecar (no
+SPIFFE ID check, no routes, no telemetry), as on loopback.
+
 Pinning as in the main benchmark: every proxy on CPU 0, the origins, the load generators and
 the control plane on CPU 1.  Everything lives in namespaces of a `tulle.net.netns.Testbed`
 and in a temp dir; `close()` (and the testbed's own atexit hook) stops and removes it all.
@@ -23,6 +33,7 @@ and in a temp dir; `close()` (and the testbed's own atexit hook) stops and remov
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -37,6 +48,7 @@ from typing import Any
 
 import yaml
 
+from bench.mtls_peers import certs, haproxy_tls_configs
 from bench.peers import BODY_PATH, BODY_SIZE, LOAD_CPU, PROXY_CPU, origin_config
 from bench.procs import tree
 from tulle.net.netns import Namespace, Testbed, python_for
@@ -55,7 +67,10 @@ APP_PORT = 8080
 VIP_CIDR = "240.240.0.0/16"
 AGENT_OUT = {"c-agent": 15001, "s-agent": 15002}
 AGENT_IN = 15106
-MODES = ("none", "sidecar", "agent")
+MODES = ("none", "sidecar", "agent", "haproxy")
+MESH_MODES = ("sidecar", "agent")
+"""The paths of Tulle's own proxies: the ones issue 11's goal is judged on."""
+HAPROXY_OUT, HAPROXY_IN = 15001, 15006
 
 
 @dataclass
@@ -99,7 +114,8 @@ def _resources() -> list[dict[str, Any]]:
 
 
 ADDR = {"c-none": "10.232.1.1", "c-side": "10.232.1.2", "c-agent": "10.232.1.3",
-        "s-none": "10.232.2.1", "s-side": "10.232.2.2", "s-agent": "10.232.2.3"}
+        "c-hap": "10.232.1.4", "s-none": "10.232.2.1", "s-side": "10.232.2.2",
+        "s-agent": "10.232.2.3", "s-hap": "10.232.2.4"}
 
 
 def _wait(what: str, ok: Callable[[], bool], log: Path | None = None,
@@ -163,7 +179,7 @@ class Network:
         self.ns["node-s"] = node_s = tb.node("10.231.0.3/24")
         for name, ip in ADDR.items():
             self.ns[name] = tb.pod(node_c if name.startswith("c-") else node_s, ip)
-        for name in ("s-none", "s-side", "s-agent"):
+        for name in ("s-none", "s-side", "s-agent", "s-hap"):
             self._origin(name)
         (self.tmp / "mesh.yaml").write_text(yaml.safe_dump_all(_resources()))
         log = self._start("cp", cp, [*TULLE, "control-plane", "run", "--store", "memory",
@@ -179,12 +195,15 @@ class Network:
         self._agent("node-s", "s-agent",
                     f"--pod={ADDR['s-agent']}={AGENT_OUT['s-agent']}:{AGENT_IN}",
                     inbound=True)
+        self._haproxy()
         self.paths = {
             "none": BenchPath("none", self.ns["c-none"], ADDR["s-none"], APP_PORT),
             "sidecar": BenchPath("sidecar", self.ns["c-side"], self._vip("svc-side", "c-side"), 80,
                              self.proxy_pids("c-side-proxy") + self.proxy_pids("s-side-proxy")),
             "agent": BenchPath("agent", self.ns["c-agent"], self._vip("svc-agent", "node-c"), 80,
                            self.proxy_pids("node-c-agent") + self.proxy_pids("node-s-agent")),
+            "haproxy": BenchPath("haproxy", self.ns["c-hap"], ADDR["s-hap"], APP_PORT,
+                                 self.proxy_pids("c-hap-proxy") + self.proxy_pids("s-hap-proxy")),
         }
         return self.paths
 
@@ -207,6 +226,21 @@ class Network:
                            "bench", "--address", ADDR[name], "--dns-port", "0",
                            "--token-file", str(self._token(name))], PROXY_CPU, user=PROXY_UID)
         _wait(f"{name}'s sidecar", lambda: _listening(ns, 15006 if inbound else 15001), log)
+
+    def _haproxy(self) -> None:
+        """The peer pair: HAProxy as both sidecars, behind the sidecars' own interception."""
+        files = certs().write(self.tmp)
+        hop1, hop2 = haproxy_tls_configs(self.tmp, files, HAPROXY_OUT, HAPROXY_IN, APP_PORT,
+                                         bind="0.0.0.0", hop2_dial=f"{ADDR['s-hap']}:{APP_PORT}",
+                                         uid=PROXY_UID)
+        for pod, text, port in (("s-hap", hop2, HAPROXY_IN), ("c-hap", hop1, HAPROXY_OUT)):
+            ns = self.ns[pod]
+            ns.run([*TULLE, "iptables", "apply", "--no-ipv6", "--no-redirect-dns"], env=ENV)
+            conf = self.tmp / f"{pod}-haproxy.cfg"
+            conf.write_text(text)
+            # Started as root to read the keys (0600), then HAProxy itself drops to PROXY_UID.
+            log = self._start(f"{pod}-proxy", ns, ["haproxy", "-db", "-f", str(conf)], PROXY_CPU)
+            _wait(f"{pod}'s HAProxy", functools.partial(_listening, ns, port), log)
 
     def _agent(self, node: str, pod: str, steer: str, inbound: bool = False) -> None:
         ns = self.ns[node]
