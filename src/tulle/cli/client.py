@@ -81,6 +81,7 @@ def call(server: str, method: str, path: str, *, query: dict[str, Any] | None = 
     try:
         with urllib.request.urlopen(req, timeout=timeout, context=context) as resp:
             payload = resp.read()
+            _print_warnings(resp.headers.get_all("Warning") or [])
             return json.loads(payload) if payload else None
     except urllib.error.HTTPError as exc:
         raise _http_error(exc, token) from None
@@ -89,6 +90,23 @@ def call(server: str, method: str, path: str, *, query: dict[str, Any] | None = 
                                     f"{exc.reason}"}) from None
     except (OSError, http.client.HTTPException) as exc:
         raise _gone(server, exc) from None
+
+
+def _print_warnings(values: list[str]) -> None:
+    """The API's `Warning: 299 - "text"` headers (ADR 0131), as kubectl prints the Kubernetes
+    API's: a `Warning:` line each on stderr, the text only, control characters dropped."""
+    from tulle.cli.style import paint
+
+    for value in values:
+        code, _, rest = value.partition(" ")
+        if code != "299":
+            continue
+        text = rest.partition(" ")[2].strip()
+        if len(text) >= 2 and text[0] == text[-1] == '"':
+            text = text[1:-1]
+        text = "".join(c for c in text if c.isprintable())
+        if text:
+            click.echo(f"{paint('Warning:', 'yellow')} {text}", err=True)
 
 
 def _gone(server: str, exc: BaseException) -> APIError:

@@ -216,6 +216,7 @@ def describe_cmd(type_: str, name: str, namespace: str | None, server: str | Non
     for f in conds:
         since = f.condition.get("lastTransitionTime")
         click.echo(f"  {f.line()}" + (f" (since {since})" if since else ""))
+    _describe_skew(srv, type_, name, namespace)
     if obj.get("kind") == "Service":
         from tulle.cli.describe_service import describe_service
 
@@ -244,6 +245,28 @@ def describe_cmd(type_: str, name: str, namespace: str | None, server: str | Non
                         + (": used by its config, not in force" if w["feature"] in used
                            else "") for w in withheld)
                         or "<none>"))
+
+
+def _describe_skew(srv: str, type_: str, name: str, namespace: str | None) -> None:
+    """What the object puts in use at connected proxies of an older build (ADR 0131): said
+    only while such a proxy is connected."""
+    try:
+        out = call(srv, "GET", f"/api/v1/resources/{type_}/{name}/skew",
+                   query={"namespace": namespace}, timeout=120.0)
+    except APIError as exc:
+        if exc.status == 404:
+            return  # gone since, or a control plane older than this question
+        click.echo(f"Older proxies: not known ({exc.body.get('error') or exc.status})")
+        return
+    older = int(out.get("olderProxies") or 0)
+    if not older:
+        return
+    lines = out.get("warnings") or []
+    head = f"Older proxies: {older} connected lacking features"
+    click.echo(head + ("; this object puts none of them in use" if not lines
+                       else "; what they do not run of this object's config:"))
+    for line in lines:
+        click.echo(f"  {line}")
 
 
 SECTIONS = {"listeners": "listeners", "routes": "route_tables", "clusters": "clusters",

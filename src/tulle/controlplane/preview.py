@@ -54,6 +54,11 @@ class MeshView:
         those proxies only (ADR 0125)."""
         return render_proxies(self.model(objs), keys)
 
+    def without(self, key: ResourceKey) -> MeshView:
+        """This state with the resource `key` deleted (what `describe` weighs an object's
+        part in older proxies' snapshots against, ADR 0131)."""
+        return MeshView({k: v for k, v in self.resources.items() if k != key})
+
     def model(self, objs: list[Obj]) -> MeshModel:
         resources = dict(self.resources)
         for obj in objs:

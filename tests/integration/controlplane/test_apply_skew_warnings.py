@@ -31,16 +31,21 @@ from tulle.proxyconfig.delta import Delta
 from tulle.proxyconfig.stream import Ack, DeltaMsg, Hello, Snapshot, WorkloadInfo, encode
 
 
-async def tulle_apply(api: str, path: Path, *flags: str) -> tuple[int, str, str]:
-    """`tulle apply -f path`: its exit status, stdout and stderr."""
+async def tulle(api: str, *args: str) -> tuple[int, str, str]:
+    """`tulle ARGS` against `api`: its exit status, stdout and stderr."""
     env = {"TULLE_SERVER": api, "PATH": "/usr/bin:/bin", "TULLE_TOKEN": admin_token(api),
            **{k: v for k, v in os.environ.items() if k in ("PYTHONPATH", "TULLE_PURE")}}
     proc = await asyncio.create_subprocess_exec(
-        TULLE, "apply", "-f", str(path), *flags, env=env, stdin=asyncio.subprocess.DEVNULL,
+        TULLE, *args, env=env, stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+async def tulle_apply(api: str, path: Path, *flags: str) -> tuple[int, str, str]:
+    """`tulle apply -f path`: its exit status, stdout and stderr."""
+    return await tulle(api, "apply", "-f", str(path), *flags)
 
 
 def file(tmp_path: Path, name: str, *docs: dict[str, Any]) -> Path:
@@ -81,6 +86,12 @@ async def test_apply_warns_of_a_feature_a_connected_older_proxy_lacks_and_strict
                                                           route("plain", ("/", "api"))))
             assert rc == 0 and "httproute/plain -n shop created" in out, err
             assert "Warning" not in err, err
+            # Nothing of its config is left out yet: get and describe say nothing of it.
+            rc, out, err = await tulle(cp.api, "get", "httproutes", "-n", NS)
+            assert rc == 0 and "plain" in out and "Warning" not in err, (out, err)
+            rc, out, err = await tulle(cp.api, "describe", "httproute", "plain", "-n", NS)
+            assert rc == 0 and "Older proxies: 1 connected lacking features; this object " \
+                "puts none of them in use" in out, (out, err)
 
             sticky = file(tmp_path, "sticky.yaml", service("api2", app="api"),
                           sticky_route("cart", "/cart"))
@@ -116,6 +127,19 @@ async def test_apply_warns_of_a_feature_a_connected_older_proxy_lacks_and_strict
                 return bool((await proxies(cp.api))["old-0"]["withheldInUse"])
             await eventually(in_use)
             assert (await proxies(cp.api))["old-0"]["withheldInUse"] == ["session-persistence"]
+
+            # Stored and not run everywhere: `get` says so (the API's Warning header) and
+            # `describe` of the route says what and where (ADR 0131).
+            rc, out, err = await tulle(cp.api, "get", "httproutes", "-n", NS)
+            assert rc == 0 and "cart" in out, err
+            assert ("Warning: 1 connected proxy of an older build leaves out config in use: "
+                    "`tulle get proxies` names them") in err, err
+            rc, out, err = await tulle(cp.api, "describe", "httproute", "cart", "-n", NS)
+            assert rc == 0, err
+            assert ("Older proxies: 1 connected lacking features; what they do not run of "
+                    f"this object's config:\n  {line}\n") in out, out
+            rc, out, err = await tulle(cp.api, "describe", "httproute", "plain", "-n", NS)
+            assert rc == 0 and "this object puts none of them in use" in out, out
 
             # The same again adds nothing: no warning.
             rc, out, err = await tulle_apply(cp.api, sticky)

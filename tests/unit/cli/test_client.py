@@ -80,3 +80,38 @@ def test_a_reset_after_the_request_is_cannot_reach_not_a_raw_error(
             attempt()
         assert str(exc.value).startswith(
             f"cannot reach the control plane at {resetting_server}: "), str(exc.value)
+
+
+def test_the_apis_warning_headers_are_printed_on_stderr_as_text_only(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """ADR 0131: a read of resources carries `Warning: 299 - "text"` while an older proxy
+    leaves out config in use; the CLI prints the text as kubectl does, and nothing a header
+    carries can move the terminal (control characters are dropped); other codes are not ours."""
+    import http.server
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+            body = b'{"items": []}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Warning", '299 - "1 connected proxy leaves out\x1b[2J config"')
+            self.send_header("Warning", '199 - "someone else\'s"')
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Answer)
+    thread = threading.Thread(target=srv.handle_request, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("TULLE_TOKEN", "t")
+        got = call(f"http://127.0.0.1:{srv.server_address[1]}", "GET", "/api/v1/x")
+    finally:
+        thread.join(5)
+        srv.server_close()
+    assert got == {"items": []}
+    err = capsys.readouterr().err
+    assert err == "Warning: 1 connected proxy leaves out[2J config\n", err

@@ -42,7 +42,7 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -69,6 +69,7 @@ from tulle.controlplane.api.check_routes import add_check_routes
 from tulle.controlplane.api.dashboard_routes import add_dashboard_routes
 from tulle.controlplane.api.discovery_routes import add_discovery_routes
 from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
+from tulle.controlplane.api.skew_routes import add_skew_routes, warn_older
 from tulle.controlplane.api.stat_routes import add_stat_routes
 from tulle.controlplane.api.tap_routes import add_tap_routes
 from tulle.controlplane.api.watch_routes import Watches, WatchLimits
@@ -132,7 +133,8 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
         return {"status": "ready"}
 
     @app.get("/api/v1/resources/{type_}", response_model=None)
-    async def list_resources(request: Request, type_: str, namespace: str | None = None,
+    async def list_resources(request: Request, response: Response, type_: str,
+                             namespace: str | None = None,
                              labelSelector: str | None = None, watch: bool = False,
                              resourceVersion: str | None = None,
                              allowWatchBookmarks: bool = False, limit: int | None = None,
@@ -161,18 +163,22 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
             return _error(400, str(exc))
         except ValueError as exc:
             return _error(400, f"invalid labelSelector: {exc}")
+        warn_older(response, push)
         return {"apiVersion": info.api_version, "kind": f"{info.kind}List",
                 "metadata": {"resourceVersion": str(revision), **metadata}, "items": items}
 
     @app.get("/api/v1/resources/{type_}/{name}", response_model=None)
-    async def get_resource(type_: str, name: str, namespace: str | None = None) -> Any:
+    async def get_resource(response: Response, type_: str, name: str,
+                           namespace: str | None = None) -> Any:
         info = _kind(type_)
         if isinstance(info, JSONResponse):
             return info
         try:
-            return await store.get(info.kind, _ns(info, namespace), name)
+            obj = await store.get(info.kind, _ns(info, namespace), name)
         except NotFoundError as exc:
             return _error(404, str(exc))
+        warn_older(response, push)
+        return obj
 
     @app.delete("/api/v1/resources/{type_}/{name}", response_model=None)
     async def delete_resource(type_: str, name: str, namespace: str | None = None,
@@ -275,6 +281,7 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
     if push.stats is not None:
         add_stat_routes(app, push.stats, cache.get)
     add_check_routes(app, store, push, proxy_rows, ca_keeper)
+    add_skew_routes(app, store, checks)
     add_discovery_routes(app, type(store).__name__.removesuffix("Store").lower())
     if push.taps is not None:
         add_tap_routes(app, push.taps, store, tokens=api_tokens)

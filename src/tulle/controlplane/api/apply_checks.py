@@ -36,9 +36,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from tulle.controlplane.api.skew_warnings import SkewCheck, older_proxies, skew_check
+from tulle.controlplane.api.skew_warnings import (
+    SkewCheck,
+    older_proxies,
+    skew_check,
+    stored_skew,
+)
 from tulle.controlplane.api.warnings import Preview
-from tulle.controlplane.preview import MeshView
+from tulle.controlplane.preview import MeshView, ResourceKey
 from tulle.controlplane.push.cache import ProxyStatus
 
 T = TypeVar("T")
@@ -52,7 +57,13 @@ class Checks:
     """The conditions the documents would have (`MeshView.conditions`)."""
     skew: SkewCheck | None = None
     """What they put in use at older proxies (`skew_warnings.skew_check`)."""
+    stored: StoredSkew | None = None
+    """What a stored object puts in use at older proxies, and how many of them are connected
+    (`describe`, ADR 0131)."""
 
+
+StoredSkew = Callable[[ResourceKey], tuple[int, list[str]]]
+"""(kind, namespace or "", name) -> (older proxies connected, `stored_skew`'s lines)."""
 
 Capture = Callable[[], Checks]
 """Called on the event loop: the checks bound to the state of now."""
@@ -85,9 +96,17 @@ def mesh_checks(view: Callable[[], MeshView],
     server's proxy statuses, both read on the loop."""
     def capture() -> Checks:
         state = view()
-        return Checks(preview=state.conditions,
-                      skew=skew_check(older_proxies(statuses()), state.snapshots))
+        older = older_proxies(statuses())
+
+        def stored(key: ResourceKey) -> tuple[int, list[str]]:
+            if not older or key not in state.resources:
+                return len(older), []
+            gone = state.without(key)
+            return len(older), stored_skew(older, lambda keys: state.snapshots([], keys),
+                                           lambda keys: gone.snapshots([], keys))
+        return Checks(preview=state.conditions, skew=skew_check(older, state.snapshots),
+                      stored=stored)
     return capture
 
 
-__all__ = ["ApplyChecks", "Capture", "Checks", "mesh_checks"]
+__all__ = ["ApplyChecks", "Capture", "Checks", "StoredSkew", "mesh_checks"]

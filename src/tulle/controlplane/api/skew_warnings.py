@@ -31,6 +31,13 @@ How, after the documents were compiled for apply's other warnings (`warnings.py`
 5. one warning per document and feature, naming at most `MAX_NAMED` proxies and counting the
    rest, saying what that proxy does instead (the item left out, or the snapshot refused).
 
+What a stored object puts in use at older proxies (`describe`, ADR 0131) is the same
+question asked of the state as it is: those proxies' snapshots rendered with the object and
+with it deleted (`stored_skew`); a feature whose uses there fall without it is one the
+object puts in use, whether it was applied before or after the proxy connected.  A Service
+whose attached route uses one is told as well: without it no rule of the route is sent, and
+what those proxies leave out is that Service's traffic's behaviour.
+
 A proxy's hello carries no build version: its features are all that is known of its build,
 so the warning names the workload and the feature it lacks (`tulle get proxies` lists them).
 """
@@ -58,6 +65,9 @@ Render = Callable[[list[Obj], Collection[ProxyKey]], Mapping[ProxyKey, ProxyConf
 
 SkewCheck = Callable[[Mapping[int, Obj], Collection[int]], dict[int, list[str]]]
 """Apply's call: (the documents by index, those that change anything) -> warnings by index."""
+
+Snapshots = Callable[[Collection[ProxyKey]], Mapping[ProxyKey, ProxyConfig]]
+"""The snapshots the given proxies get from one fixed state (`MeshView.snapshots([], keys)`)."""
 
 MAX_NAMED = 5
 """Proxies named in one warning; the rest are counted."""
@@ -255,6 +265,44 @@ def skew_check(proxies: Sequence[OlderProxy], render: Render) -> SkewCheck:
     def check(objs: Mapping[int, Obj], changed: Collection[int]) -> dict[int, list[str]]:
         return skew_warnings(objs, changed, proxies, render)
     return check
+
+
+def stored_skew(proxies: Sequence[OlderProxy], with_it: Snapshots,
+                without_it: Snapshots) -> list[str]:
+    """A line for each feature a stored object puts in use at proxies of `proxies` that lack
+    it: its uses in their snapshots from the state with the object (`with_it`) are more than
+    from the state with it deleted (`without_it`).  Counted, not compared path by path: a
+    deleted route moves the index of those after it.  The second render is spent only when a
+    proxy's snapshot uses something it lacks."""
+    if not proxies:
+        return []
+    uses = _Uses({f for p in proxies for f in p.lacking})
+
+    def merged(render: Snapshots, ps: Sequence[OlderProxy]
+               ) -> dict[OlderProxy, ProxyConfig | None]:
+        cfgs = render({k for p in ps for k in p.keys})
+        out: dict[OlderProxy, ProxyConfig | None] = {}
+        for p in ps:
+            try:
+                out[p] = NodeSnapshots(p.keys).current(cfgs.get)
+            except NodeError:
+                out[p] = None
+        return out
+
+    using: dict[OlderProxy, dict[str, Counter[str]]] = {}
+    for p, cfg in merged(with_it, proxies).items():
+        now = uses.of(cfg, p.lacking) if cfg is not None else {}
+        if any(now.values()):
+            using[p] = now
+    if not using:
+        return []
+    blamed: dict[str, tuple[Feature, list[OlderProxy]]] = {}
+    for p, old in merged(without_it, list(using)).items():
+        was = uses.of(old, p.lacking) if old is not None else {}
+        for f in p.lacking:
+            if using[p][f.name].total() > was.get(f.name, Counter()).total():
+                blamed.setdefault(f.name, (f, []))[1].append(p)
+    return [_line(f, ps) for _, (f, ps) in sorted(blamed.items())]
 
 
 def _attribute(changed: list[int], added: Mapping[Pair, Counter[str]], check: _Skew,

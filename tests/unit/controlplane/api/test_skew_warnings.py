@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from tests.integration.controlplane.test_version_skew import namespace_policy, sticky_route
@@ -17,7 +17,7 @@ from tests.support.resources import NS, permissive_mesh, route, service, workloa
 
 from tulle.controlplane.api import skew_warnings as skew_module
 from tulle.controlplane.api.apply import apply_documents
-from tulle.controlplane.api.apply_checks import ApplyChecks, Checks
+from tulle.controlplane.api.apply_checks import ApplyChecks, Checks, mesh_checks
 from tulle.controlplane.api.skew_warnings import (
     MAX_NAMED,
     MAX_TESTS,
@@ -26,7 +26,9 @@ from tulle.controlplane.api.skew_warnings import (
     older_proxies,
     skew_check,
     skew_warnings,
+    stored_skew,
 )
+from tulle.controlplane.preview import MeshView
 from tulle.controlplane.push.cache import ProxyStatus, SnapshotCache
 from tulle.controlplane.reconcile import Reconciler
 from tulle.controlplane.store.memory import MemoryStore
@@ -308,3 +310,65 @@ async def test_two_documents_each_putting_a_feature_in_use_are_each_warned(mesh:
     status, body = await mesh.apply(sticky_route("cart", "/cart"), route("plain", ("/", "api")),
                                     service("api2", app="api"), other)
     assert status == 200 and sorted(warned(body)) == ["basket", "cart"], body
+
+
+# -- what a stored object puts in use (describe, ADR 0131) ------------------------------------
+
+
+async def test_a_stored_object_is_told_what_it_puts_in_use_at_older_proxies(mesh: Mesh) -> None:
+    status, body = await mesh.apply(route("plain", ("/", "api")), sticky_route("cart", "/cart"))
+    assert status == 200, body
+    # Applied before the older proxies connected: apply had no one to warn of.
+    assert warned(body) == {}
+    mesh.statuses = [older("web-0"), older("api-0", lacks=())]
+    stored = mesh_checks(mesh.rec.view, lambda: mesh.statuses)().stored
+    assert stored is not None
+    assert stored(("HTTPRoute", NS, "cart")) == (1, [
+        "session-persistence: not run by 1 connected proxy whose build lacks it (shop/web-0): "
+        "there, the filter entry is left out (the rule serves without it)"])
+    # Reaching the proxy is not putting a feature in use there.
+    assert stored(("HTTPRoute", NS, "plain")) == (1, [])
+    assert stored(("Workload", NS, "api-0")) == (1, [])
+    # The sticky route's parent is told too: without the Service no rule of it is sent, and
+    # what web-0 leaves out is this Service's traffic's stickiness.
+    assert stored(("Service", NS, "api"))[1][0].startswith("session-persistence: not run")
+    # A second sticky route: each is told, though either alone keeps the feature in use
+    # (apply, which looks only at what is newly in use, warns of neither).
+    status, body = await mesh.apply(sticky_route("basket", "/basket"))
+    assert status == 200 and warned(body) == {}, body
+    stored = mesh_checks(mesh.rec.view, lambda: mesh.statuses)().stored  # (the state of now)
+    assert stored is not None
+    for name in ("cart", "basket"):
+        (line,) = stored(("HTTPRoute", NS, name))[1]
+        assert line.startswith("session-persistence: not run by 1 "), line
+    # Not in the reconciler's resources (never applied, or deleted): nothing to tell.
+    assert stored(("HTTPRoute", NS, "nowhere")) == (1, [])
+
+
+class CountingView(MeshView):
+    """A view that counts its renders."""
+
+    renders: ClassVar[list[int]] = []
+
+    def snapshots(self, objs: list[Any], keys: Any) -> Any:
+        self.renders.append(len(keys))
+        return super().snapshots(objs, keys)
+
+
+async def test_a_stored_object_costs_no_render_without_older_proxies(mesh: Mesh) -> None:
+    status, body = await mesh.apply(route("plain", ("/", "api")))
+    assert status == 200, body
+    view = CountingView(mesh.rec.view().resources)
+    CountingView.renders.clear()
+    # A proxy that lacks nothing is no older proxy: nothing rendered, none counted.
+    stored = mesh_checks(lambda: view, lambda: [older("web-0", lacks=())])().stored
+    assert stored is not None and stored(("HTTPRoute", NS, "plain")) == (0, [])
+    assert CountingView.renders == []
+
+    def never(keys: Any) -> Any:
+        raise AssertionError("rendered")
+    assert stored_skew([], never, never) == []
+    # One older proxy whose snapshot uses nothing it lacks: one render, not two.
+    stored = mesh_checks(lambda: view, lambda: [older("api-0")])().stored
+    assert stored is not None and stored(("HTTPRoute", NS, "plain")) == (1, [])
+    assert CountingView.renders == [1]
