@@ -53,6 +53,11 @@ class StreamConn:
     deadline_kind: str
     """The connection's next deadline for the listener's sweeper; kind `request` when it is
     the earliest `due` of its requests (the sweeper then calls their `on_timeout`)."""
+    refused: str
+    """Why the listener's admission refused this connection after it was admitted (a swap's
+    `RoutedConnection.not_admitted`, or a request's `follow_snapshot`: `listeners/admission.py`,
+    ADRs 0127 and 0129), else "".  Never cleared: a refused connection is ending, and nothing
+    it still carries is served by a later swap that admits its source again."""
     header_from: float
     """Loop time of the connection's first byte when detection read it before this driver
     took the connection (0: this driver read it): the first request head's time counts from

@@ -176,6 +176,16 @@ class RequestStream(StreamPort):
 
     # -- driver -> stream: the request -----------------------------------------------------
 
+    def refuse_unadmitted(self, reason: str) -> None:
+        """Answer the request 403 (`NA`) without routing it: the listener's admission refuses
+        its connection since a swap (`reason`, ADR 0127).  Also what a driver answers a
+        request it has not dispatched yet on a connection refused earlier (ADR 0129): under
+        the listener's context in force, whose access log records it."""
+        ctx = self.conn.handle.ctx
+        self.alog = ctx.access_log
+        self.flags = "NA"
+        self.send_local(403, not_admitted(ctx.name, reason))
+
     def dispatch(self, resumed: bool = False) -> None:
         """Route the head by the connection's routing key (`listeners/dispatch.py`), arm the
         deadline, run the filters, open the upstream.  `resumed`: the filters let a stopped
@@ -197,9 +207,7 @@ class RequestStream(StreamPort):
                 refused = cast(RoutedOwner, conn).follow_snapshot()
                 ctx = conn.ctx
                 if refused:  # the new admission refuses the connection (ADR 0127)
-                    self.alog = ctx.access_log
-                    self.flags = "NA"
-                    self.send_local(403, not_admitted(ctx.name, refused))
+                    self.refuse_unadmitted(refused)
                     return
             self.alog = ctx.access_log
             # Before routing, as Envoy does: a route may match on x-forwarded-for or

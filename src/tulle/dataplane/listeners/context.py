@@ -118,6 +118,9 @@ class RoutedConnection(Connection):
     sni: str = ""
     """The ClientHello's server name, when a filter chain chose this connection by it."""
     facts: ConnectionFacts
+    refused: str
+    """Why the listener's admission refused this connection since it was admitted, else ""
+    (`http.port.StreamConn.refused`)."""
 
     def init_routing(self, handle: ListenerHandle, router: Router | None = None,
                      cluster: str | None = None) -> None:
@@ -155,6 +158,7 @@ class RoutedConnection(Connection):
             return ""
         why = refusal(ctx, asked(self.ctx, ctx), *self._admitted_by())
         if why:
+            self.refused = why
             self.ctx = ctx
             self.router = NO_ROUTE
             self.cluster = ""
@@ -183,7 +187,15 @@ class RoutedConnection(Connection):
         """Refused by the config now in force (ADR 0127): idle, closed now; busy, the
         response in flight says `Connection: close` (HTTP/2: GOAWAY) and the connection closes
         after it; a request routed after the swap is answered 403; an upgraded tunnel is cut.
-        Counted in `tulle_proxy_http_config_closes_total{listener,reason}`."""
+        Counted in `tulle_proxy_http_config_closes_total{listener,reason}`.
+
+        The refusal is kept (`refused`): what the connection still carries is answered by it,
+        not by the snapshot a later request would see -- an HTTP/1 request pipelined behind
+        the response in flight is answered 403 even when it is dispatched under the
+        listener's old context (a replaced listener's connections keep it) or after a later
+        swap that admits the source again, and an upgrade in flight gets no tunnel when its
+        101 arrives (ADR 0129)."""
+        self.refused = reason
         handle = self.handle
         handle.ctx.metrics.http_config_closes.labels(handle.name, reason).value += 1
         if self.relaying():  # no request boundary to refuse at: cut, as a relay is

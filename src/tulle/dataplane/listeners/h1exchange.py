@@ -136,6 +136,16 @@ class H1Exchange(RequestStream):
         (`H1Downstream.write`, ADR 0065)."""
 
     def on_upgraded(self, head: ResponseHead, stream: TunnelStream) -> None:
+        conn = self.down
+        if conn.refused:
+            # The listener's admission refused the connection while the upgrade was on its
+            # way: a tunnel it opened now would outlive the refusal for good (the swap cuts
+            # tunnels that were open, ADR 0127), so the upstream's is closed and the client
+            # told why, as a request routed after the swap is (ADR 0129).
+            self.upstream = None
+            stream.close()
+            self.refuse_unadmitted(conn.refused)
+            return
         self.status = 101
         self.head_sent = True
         self.down.write(serialize_response_head(

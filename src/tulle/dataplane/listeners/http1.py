@@ -71,6 +71,7 @@ class H1Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
                  router: Router | None = None, cluster: str | None = None) -> None:
         self.sni = ""  # (the base's class default, which a compiled field does not see)
         self.header_from = 0.0
+        self.refused = ""
         self.init_routing(handle, router, cluster)
         self.loop = asyncio.get_running_loop()
         self.guard = handle.guard
@@ -272,7 +273,15 @@ class H1Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
             while q and not q[0].started and not self.closing:
                 ex = q[0]
                 ex.started = True
-                ex.dispatch()
+                if self.refused:
+                    # Pipelined behind the response in flight when the listener's admission
+                    # refused the connection: never routed, whatever the context says now (a
+                    # replaced listener's connection keeps the old one; a later swap may admit
+                    # the source again), ADR 0129.  A request that is not pipelined never
+                    # comes here: a refused connection closes once nothing is in flight.
+                    ex.refuse_unadmitted(self.refused)
+                else:
+                    ex.dispatch()
         finally:
             self._advancing = False
 

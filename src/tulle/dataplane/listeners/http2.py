@@ -93,6 +93,7 @@ class H2Downstream(StreamConn, asyncio.Protocol, RoutedConnection):
                  router: Router | None = None, cluster: str | None = None) -> None:
         self.sni = ""  # (the base's class default, which a compiled field does not see)
         self.header_from = 0.0
+        self.refused = ""
         self.init_routing(handle, router, cluster)
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
