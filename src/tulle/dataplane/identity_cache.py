@@ -64,6 +64,9 @@ FORMAT = "tulle-identity/1"
 INDEX_FORMAT = "tulle-identity-index/1"
 MAX_INDEX = 4096
 """Workloads an index may list (a node proves about 20 in one hello, ADR 0032)."""
+MAX_OTHER_INDEXES = 64
+"""Other proxies' indexes a start reads before removing anything (`claims`): a directory
+shared by more proxies than that is not told apart, and nothing in it is removed."""
 MAX_CHAIN = 4
 """CA certificates a chain may climb through before it must reach a root of the bundle."""
 
@@ -171,6 +174,51 @@ class IdentityCache:
             raise IdentityRefused(f"not the index of {namespace}/{name} ({INDEX_FORMAT})",
                                   path=where)
         return doc.workloads
+
+    def claims(self, namespace: str, name: str, wanted: Collection[str]) -> dict[str, str]:
+        """Of `wanted`, the workloads another proxy's index in this directory lists, each with
+        that proxy: a `--cache-dir` shared by proxies (a node agent and the sidecar a pod
+        moved to, `tulle demo --loopback`'s sidecars) whose files proxy `namespace/name` must
+        not remove, since that proxy fronted them at its last start and may have written them
+        since (ADR 0129).  An index that may not be read, or that is not the index its name
+        says, claims nothing.  IdentityRefused for a directory holding more than
+        `MAX_OTHER_INDEXES` other indexes (nothing can be told then), or one that is not the
+        proxy's alone; OSError."""
+        want = set(wanted)
+        claimed: dict[str, str] = {}
+        if not want:
+            return claimed
+        ours = index_name(namespace, name)
+        try:
+            dfd = self._open_dir(create=False)
+        except FileNotFoundError:
+            return claimed
+        try:
+            others = sorted(n for n in os.listdir(dfd)
+                            if n.endswith(".index") and not n.startswith(".") and n != ours)
+            if len(others) > MAX_OTHER_INDEXES:
+                raise IdentityRefused(f"{len(others)} other proxies' indexes, more than the "
+                                      f"{MAX_OTHER_INDEXES} a start reads")
+            for other in others:
+                try:
+                    got = self._read(dfd, other)
+                    doc = msgspec.json.decode(got[0], type=_Index) if got else None
+                except (IdentityRefused, OSError, msgspec.DecodeError,
+                        msgspec.ValidationError):
+                    continue
+                if doc is None or doc.format != INDEX_FORMAT:
+                    continue
+                ns, _, nm = doc.proxy.partition("/")
+                try:
+                    if index_name(ns, nm) != other:
+                        continue
+                except ValueError:
+                    continue
+                for k in want.intersection(doc.workloads):
+                    claimed.setdefault(k, doc.proxy)
+        finally:
+            os.close(dfd)
+        return claimed
 
     def _write_whole(self, target: str, data: bytes) -> None:
         """`data` as `target`, 0600 from its first byte, whole or not at all: a temporary
@@ -434,4 +482,4 @@ def _iso(when: dt.datetime) -> str:
 
 
 __all__ = ["DIR_MODE", "FILE_MODE", "IDENTITY_DIR", "INDEX_FORMAT", "MAX_BYTES", "MAX_INDEX",
-           "IdentityCache", "IdentityRefused", "file_name", "index_name", "usable"]
+           "MAX_OTHER_INDEXES", "IdentityCache", "IdentityRefused", "file_name", "index_name", "usable"]

@@ -138,7 +138,12 @@ class KeptIdentities:
                     getattr(exc, "path", "") or self.cache.directory, exc)
             before = []
         stale = sorted((set(before) | set(named)) - set(fronted))
-        later = stale[MAX_REMOVALS:]
+        claimed = self._claimed(stale)
+        if claimed is None:  # (cannot tell whose they are now: all stay listed, said once)
+            stale, later = [], stale
+        else:
+            stale = [k for k in stale if k not in claimed]
+            later = stale[MAX_REMOVALS:]
         for k in stale[:MAX_REMOVALS]:
             if not self._remove(k):
                 later.append(k)
@@ -148,6 +153,34 @@ class KeptIdentities:
             log.warning("cannot write the index of kept identities in %s: %s; a later start "
                         "will not know which of them were this proxy's", self.cache.directory,
                         exc)
+
+    def _claimed(self, stale: Sequence[str]) -> dict[str, str] | None:
+        """Which of `stale` another proxy sharing the directory fronts (its index lists them,
+        `IdentityCache.claims`): theirs now, never removed, said once each and dropped from
+        this proxy's index.  None when that cannot be told (then nothing is removed this
+        start: a node agent once fronted a pod that now has a sidecar of its own writing its
+        key here, ADR 0129)."""
+        assert self.cache is not None
+        if not stale:
+            return {}
+        ns, _, name = self.own.partition("/")
+        try:
+            claimed = self.cache.claims(ns, name, stale)
+        except (IdentityRefused, OSError) as exc:
+            log.warning("not removing the kept certificates of %s in %s at this start, which "
+                        "this proxy no longer fronts: cannot tell whether another proxy "
+                        "sharing the directory does: %s", ", ".join(stale[:20]),
+                        self.cache.directory, exc)
+            return None
+        for k, proxy in sorted(claimed.items()):
+            try:
+                where = self.path(k)
+            except ValueError:
+                continue  # (a name that is no file's: nothing to say of it)
+            log.info("not removing the kept certificate of %s at %s (this proxy no longer "
+                     "fronts it): the index of proxy %s, which shares the directory, lists it",
+                     k, where, proxy)
+        return claimed
 
     def _remove(self, key: str) -> bool:
         """Remove the kept identity of `key`, a workload this proxy no longer fronts; False

@@ -14,7 +14,7 @@ from tulle.controlplane.ca.admission import certificate_message
 from tulle.controlplane.ca.authority import CertificateAuthority
 from tulle.controlplane.ca.spiffe import SpiffeId
 from tulle.dataplane.identity import HeldIdentity, WorkloadKey
-from tulle.dataplane.identity_cache import IdentityCache
+from tulle.dataplane.identity_cache import MAX_OTHER_INDEXES, IdentityCache
 from tulle.dataplane.kept_identities import MAX_REMOVALS, KeptIdentities
 
 
@@ -106,3 +106,55 @@ def test_a_name_that_is_no_files_is_passed_over(tmp_path: Path, one: HeldIdentit
     cache.save("ns", "b", one)
     KeptIdentities(cache, "ns/a").tidy(["ns/a"], named={"ns/../b", "ns/b"})
     assert _files(cache) == [] and cache.recorded("ns", "a") == ["ns/a"]
+
+
+def test_a_key_another_proxy_sharing_the_directory_fronts_now_stays(
+        tmp_path: Path, one: HeldIdentity, caplog: pytest.LogCaptureFixture) -> None:
+    """A node agent fronted pod b; b then got a sidecar of its own, with the same
+    `--cache-dir`, which lists b in its index and writes b's key.  The node agent restarted
+    without b must not remove that key: it is the sidecar's now (ADR 0129; before, the agent
+    removed it and the sidecar's next start without its control plane had no key)."""
+    caplog.set_level(logging.INFO, logger="tulle.agent")
+    cache = IdentityCache(tmp_path / "identity")
+    KeptIdentities(cache, "ns/node").tidy(["ns/node", "ns/b"])
+    cache.save("ns", "node", one)
+    cache.save("ns", "b", one)
+    KeptIdentities(cache, "ns/b").tidy(["ns/b"])  # b's own sidecar starts
+    cache.save("ns", "b", one)
+    KeptIdentities(cache, "ns/node").tidy(["ns/node"], named={"ns/b"})
+    assert _files(cache) == ["ns.b.json", "ns.node.json"]
+    assert cache.recorded("ns", "node") == ["ns/node"]  # b is the sidecar's to remove now
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("not removing the kept certificate of ns/b at ") and line.endswith(
+        "(this proxy no longer fronts it): the index of proxy ns/b, which shares the "
+        "directory, lists it")
+
+
+def test_an_index_that_may_not_be_read_or_is_not_its_names_claims_nothing(
+        tmp_path: Path, one: HeldIdentity) -> None:
+    cache = IdentityCache(tmp_path / "identity")
+    for n in ("b", "c", "d"):
+        cache.save("ns", n, one)
+    cache.record("ns", "a", ["ns/a", "ns/b", "ns/c", "ns/d"])
+    cache.record("ns", "x", ["ns/b"])
+    (cache.directory / "ns.x.index").chmod(0o644)  # others could have written it
+    cache.record("ns", "y", ["ns/c"])
+    (cache.directory / "ns.y.index").rename(cache.directory / "ns.z.index")  # not z's
+    (cache.directory / "ns.w.index").write_text("{not json")
+    (cache.directory / "ns.w.index").chmod(0o600)
+    KeptIdentities(cache, "ns/a").tidy(["ns/a"])
+    assert _files(cache) == []
+
+
+def test_a_directory_shared_by_more_proxies_than_a_start_reads_removes_nothing(
+        tmp_path: Path, one: HeldIdentity, caplog: pytest.LogCaptureFixture) -> None:
+    cache = IdentityCache(tmp_path / "identity")
+    cache.save("ns", "b", one)
+    cache.record("ns", "a", ["ns/a", "ns/b"])
+    for i in range(MAX_OTHER_INDEXES + 1):
+        cache.record("ns", f"s{i}", [f"ns/s{i}"])
+    KeptIdentities(cache, "ns/a").tidy(["ns/a"])
+    assert _files(cache) == ["ns.b.json"]
+    assert cache.recorded("ns", "a") == ["ns/a", "ns/b"]  # tried again at the next start
+    assert any("cannot tell whether another proxy sharing the directory does" in r.getMessage()
+               for r in caplog.records)
