@@ -272,9 +272,11 @@ class IdentityCache:
             exc.path = str(self.directory / target)
             raise
 
-    def remove(self, namespace: str, name: str) -> bool:
+    def remove(self, namespace: str, name: str) -> int:
         """Delete the identity kept for `namespace/name` (and a leftover temporary file of
-        it): True when there was one, False when there is none.  What reading refuses is
+        it): how many names the file had (1: its key is off the disk's names; more: hard
+        links elsewhere still hold it, which the caller says, ADR 0129), 0 when there is
+        none.  What reading refuses is
         never deleted either (IdentityRefused: a symbolic link, not a regular file, another
         uid's, group or other bits), nor a file that is not an identity of this workload in
         this format: only what the proxy itself wrote goes (ADR 0126).  The unlink is by
@@ -284,12 +286,12 @@ class IdentityCache:
         try:
             dfd = self._open_dir(create=False)
         except FileNotFoundError:
-            return False
+            return 0
         try:
             _drop_leftover(f".{target}.tmp", dfd)
             got = self._read(dfd, target)
             if got is None:
-                return False
+                return 0
             data, st = got
             try:
                 doc = msgspec.json.decode(data, type=_Stored)
@@ -302,12 +304,12 @@ class IdentityCache:
             try:
                 now = os.stat(target, dir_fd=dfd, follow_symlinks=False)
             except FileNotFoundError:
-                return False
+                return 0
             if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
                 raise IdentityRefused("it was replaced while it was checked", path=where)
             os.unlink(target, dir_fd=dfd)
             os.fsync(dfd)  # the removal itself survives a crash
-            return True
+            return max(1, st.st_nlink)
         finally:
             os.close(dfd)
 

@@ -204,7 +204,13 @@ class KeptIdentities:
             log.warning("cannot remove the kept certificate of %s at %s (%s): %s", key, where,
                         why, exc)
             return False
-        if removed:
+        if removed > 1:  # hard links: the key is still on the disk under their names
+            others = removed - 1
+            log.warning("removed the kept certificate and key of %s at %s: %s; the file had "
+                        "%d other hard link%s, under which its key is still on the disk: "
+                        "remove %s", key, where, why, others, "s" * (others > 1),
+                        "them" if others > 1 else "it")
+        elif removed:
             log.info("removed the kept certificate and key of %s at %s: %s", key, where, why)
         return True
 

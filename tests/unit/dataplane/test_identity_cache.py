@@ -240,7 +240,7 @@ def test_a_removal_deletes_the_proxys_own_file_and_its_leftover(
     assert cache.remove("shop", "web-0")
     assert sorted(p.name for p in cache.directory.iterdir()) == ["shop.api-0.json"]
     assert not cache.remove("shop", "web-0")  # gone already: nothing, no refusal
-    assert IdentityCache(tmp_path / "none").remove("shop", "web-0") is False
+    assert IdentityCache(tmp_path / "none").remove("shop", "web-0") == 0
     assert cache.load("shop", "api-0") is not None  # the other one is untouched
     # An expired one goes too: what is removed need not be servable, only the proxy's.
     cache.save("shop", "old-0", held(ca, name="old-0", ttl=dt.timedelta(seconds=1),

@@ -158,3 +158,22 @@ def test_a_directory_shared_by_more_proxies_than_a_start_reads_removes_nothing(
     assert cache.recorded("ns", "a") == ["ns/a", "ns/b"]  # tried again at the next start
     assert any("cannot tell whether another proxy sharing the directory does" in r.getMessage()
                for r in caplog.records)
+
+
+def test_a_hard_linked_key_is_removed_and_the_names_still_holding_it_are_said(
+        tmp_path: Path, one: HeldIdentity, caplog: pytest.LogCaptureFixture) -> None:
+    """A hard link (a backup made with `cp -al`, say) passes every check of a kept file; the
+    proxy's own name goes, but the key is still on the disk under the other: said at WARNING
+    rather than 'removed' alone (before: one INFO line that the key was removed)."""
+    caplog.set_level(logging.INFO, logger="tulle.agent")
+    cache = IdentityCache(tmp_path / "identity")
+    cache.save("ns", "b", one)
+    cache.record("ns", "a", ["ns/a", "ns/b"])
+    backup = tmp_path / "backup.json"
+    backup.hardlink_to(cache.path_of("ns", "b"))
+    KeptIdentities(cache, "ns/a").tidy(["ns/a"])
+    assert _files(cache) == [] and backup.exists()
+    [line] = caplog.records
+    assert line.levelno == logging.WARNING and line.getMessage().endswith(
+        ": this proxy no longer fronts it; the file had 1 other hard link, under which its "
+        "key is still on the disk: remove it")
