@@ -43,6 +43,7 @@ from tulle.controlplane.ca.keeper import CAKeeper
 from tulle.controlplane.ca.rotation import CAState
 from tulle.controlplane.ca.spiffe import DEFAULT_TRUST_DOMAIN
 from tulle.controlplane.ca.tokens import PURPOSE, TokenService, TokenSigner
+from tulle.controlplane.heap import FrozenHeap
 from tulle.controlplane.push.server import (
     DEFAULT_HELLO_TIMEOUT,
     DEFAULT_MAX_CONNECTIONS,
@@ -100,10 +101,12 @@ class ControlPlane:
                  stats_interval: float = 5.0,
                  stream_fd: int | None = None,
                  api_watch: WatchLimits | None = None,
-                 store_changes_retained: int = DEFAULT_CHANGES_RETAINED) -> None:
-        """`admin_token_file`: where the first admin API token is kept (admin_token.py); None
-        keeps it only in `admin_token`.  The API refuses a non-loopback `api_host` without TLS
-        unless `api_allow_plaintext` (exposure.py)."""
+                 store_changes_retained: int = DEFAULT_CHANGES_RETAINED,
+                 heap: FrozenHeap | None = None) -> None:
+        """`heap`: the collector policy around compilations (ADR 0130; `main` gives one, an
+        in-process control plane none).  `admin_token_file`: where the first admin API token
+        is kept (admin_token.py); None keeps it only in `admin_token`.  The API refuses a
+        non-loopback `api_host` without TLS unless `api_allow_plaintext` (exposure.py)."""
         if bool(ca_cert) != bool(ca_key):
             raise ValueError("give both --ca-cert and --ca-key, or neither")
         self.store_url = store_url
@@ -116,6 +119,7 @@ class ControlPlane:
             self.stream_host, self.stream_port = self.stream_socket.getsockname()[:2]
         self.instance = instance or f"{socket.gethostname()}-{os.getpid()}"
         self.debounce = debounce
+        self.heap = heap
         self.stream_hello_timeout = stream_hello_timeout
         self.stream_max_connections = stream_max_connections
         self.stream_max_pending_hellos = stream_max_pending_hellos
@@ -183,7 +187,8 @@ class ControlPlane:
     async def start(self) -> None:
         self.store = await open_store(self.store_url,
                                       changes_retained=self.store_changes_retained)
-        self.reconciler = Reconciler(self.store, self.cache, debounce=self.debounce)
+        self.reconciler = Reconciler(self.store, self.cache, debounce=self.debounce,
+                                     heap=self.heap)
         self.presence = readiness.PresenceWriter(self.store, self.instance)
         self.presence.start()
         if self.ca_files is not None:
@@ -385,7 +390,10 @@ GC_THRESHOLDS = (100_000, 50, 50)
 reference ~1,000 shared clusters each.  With CPython's default thresholds (700, 10, 10) the
 collector re-traverses those lists many times per compilation: measured at 1,000 Services /
 2,000 proxies, ~40% of the control plane's CPU per change went to young collections.  Garbage
-here is freed by reference counting; the collector only needs to run now and then."""
+here is freed by reference counting; the collector only needs to run now and then.  Since ADR
+0130 the compilations themselves run with the collector off and their results frozen
+(`heap.py`); these thresholds still pace the collections of everything else (requests,
+sessions, apply's checks on their worker thread)."""
 
 
 def main(store_url: str, **kwargs: object) -> int:
@@ -394,4 +402,5 @@ def main(store_url: str, **kwargs: object) -> int:
     import uvloop
 
     gc.set_threshold(*GC_THRESHOLDS)
+    kwargs.setdefault("heap", FrozenHeap())
     return uvloop.run(run(store_url, **kwargs))

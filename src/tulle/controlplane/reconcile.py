@@ -28,6 +28,7 @@ from tulle.controlplane import vips
 from tulle.controlplane.ca.admission import Admitted
 from tulle.controlplane.ca.spiffe import DEFAULT_TRUST_DOMAIN
 from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh
+from tulle.controlplane.heap import FrozenHeap
 from tulle.controlplane.preview import MeshView, resource_key
 from tulle.controlplane.push.server import SnapshotCache
 from tulle.controlplane.statuswriter import desired_status
@@ -80,8 +81,11 @@ compilation goes on with what it has."""
 
 class Reconciler:
     def __init__(self, store: ResourceStore, cache: SnapshotCache, *,
-                 debounce: float = 0.1) -> None:
+                 debounce: float = 0.1, heap: FrozenHeap | None = None) -> None:
+        """`heap`: the collector policy around each compilation (`heap.py`, ADR 0130); None
+        leaves the collector as the process has it."""
         self.store = store
+        self.heap = heap
         self.cache = cache
         self.debounce = debounce
         self.compiles = 0
@@ -208,9 +212,10 @@ class Reconciler:
         await self._allocate_vips()
         await self._whole_transactions()
         # (no await from here to the read: the watch cannot take a change in between)
-        inputs = MeshInputs.from_resources(self._resources.values())
-        result = compile_mesh(inputs, self._parts)
-        self.cache.update(result.snapshots, keep=frozenset(result.errors))
+        with self.heap.compiling() if self.heap is not None else contextlib.nullcontext():
+            inputs = MeshInputs.from_resources(self._resources.values())
+            result = compile_mesh(inputs, self._parts)
+            self.cache.update(result.snapshots, keep=frozenset(result.errors))
         self.errors = dict(result.errors)
         for key, err in result.errors.items():
             log.warning("workload %s/%s: cannot build its proxy config: %s", key[0], key[1], err)

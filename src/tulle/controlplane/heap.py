@@ -1,0 +1,88 @@
+"""The control plane's compiled state, kept out of the garbage collector's scans (ADR 0130).
+
+Why: the process holds every proxy's snapshot and the compiler's part cache, hundreds of
+thousands of container objects that live from one compilation to the next and are never in a
+reference cycle (reference counting frees the old ones when a compilation replaces them).  The
+cyclic collector cannot know that: each compilation's output went through a young collection
+in the middle of the compilation, then through every middle and full collection after it,
+and every one of them found nothing to free (ADR 0128 logged full and middle collections of
+312-646 ms on the event loop at 5,000 Services, all `collected=0`).
+
+What `FrozenHeap.compiling` does around one compilation (on the event loop, no await inside):
+1. a collection of what is not frozen: what the process made since the last compilation
+   (requests, sessions).  Garbage cycles among it are freed here rather than frozen below;
+2. the automatic collector is off while the compilation runs (it is pure: what it drops,
+   reference counting frees; what it keeps is the new state);
+3. `gc.freeze()` after it: every object alive then moves to the permanent generation, which
+   no collection scans.  Frozen objects that later lose their last reference are still freed
+   at once by reference counting; only a frozen object that dies *in a cycle* stays;
+4. so that nothing can pile up there unbounded, a **sweep**: when the frozen count has grown
+   past `sweep_growth` times what it was after the last sweep, everything is unfrozen, one
+   full collection runs, and what is left is frozen again.  A steady mesh never sweeps; a
+   growing one sweeps once per doubling (by default), like the collector's own rule for full
+   collections (25% growth) but rarer.
+
+Only `tulle control-plane run` uses it (`main.py`); an in-process control plane (tests, the
+demo) leaves the collector as the host process has it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import logging
+import time
+from collections.abc import Iterator
+
+log = logging.getLogger("tulle.controlplane")
+
+SWEEP_GROWTH = 2.0
+"""A sweep when the frozen objects have grown to this many times their count after the last
+sweep.  So the frozen set holds at most about this factor of the live one."""
+
+
+class FrozenHeap:
+    """The collector policy of a process whose long-lived state is made by compilations."""
+
+    def __init__(self, sweep_growth: float = SWEEP_GROWTH) -> None:
+        if not sweep_growth > 1.0:
+            raise ValueError(f"sweep_growth must be more than 1, got {sweep_growth!r}")
+        self.sweep_growth = sweep_growth
+        self.base = 0
+        """Objects frozen after the last sweep (or the first compilation); 0 before it."""
+        self.sweeps = 0
+        self.last_sweep_ms = 0.0
+        self.last_precollect_ms = 0.0
+
+    @contextlib.contextmanager
+    def compiling(self) -> Iterator[None]:
+        """Around one compilation and the swap of its results in: see the module's text."""
+        started = time.perf_counter()
+        gc.collect()
+        self.last_precollect_ms = (time.perf_counter() - started) * 1000
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            yield
+        finally:
+            gc.freeze()
+            frozen = gc.get_freeze_count()
+            if not self.base:
+                self.base = frozen
+            elif frozen > self.sweep_growth * self.base:
+                self.sweep()
+            if enabled:
+                gc.enable()
+
+    def sweep(self) -> None:
+        """Unfreeze, collect everything, freeze again: a full collection's pause, once."""
+        before = gc.get_freeze_count()
+        started = time.perf_counter()
+        gc.unfreeze()
+        freed = gc.collect()
+        gc.freeze()
+        self.last_sweep_ms = (time.perf_counter() - started) * 1000
+        self.base = gc.get_freeze_count()
+        self.sweeps += 1
+        log.info("frozen heap swept: %d objects frozen, %d after; %d freed in %.0f ms",
+                 before, self.base, freed, self.last_sweep_ms)
