@@ -9,6 +9,7 @@ Services, each with a workload and an HTTPRoute):
 - `/healthz`: a GET every 10 ms (one at a time) from the start of the apply to its answer;
 - a stream client's round trip: a `Ping` every 10 ms on a subscribed proxy's stream, to its
   `Pong` (read and answered by the same session code as an ACK);
+- the control plane's RSS once the mesh settled, at the end, and its peak over the rounds;
 - a push to another proxy: in a second run of the same apply, 100 ms into it, a workload is
   deleted over the REST API (no apply, no preview), and the time to that proxy's next frame
   is taken, next to the same delete with no apply running.  The reconciler compiles the mesh
@@ -53,7 +54,7 @@ from bench.controlplane import (
     workload_doc,
 )
 from bench.controlplane_scale import route_doc
-from bench.procs import ProcessSet, cpu_seconds, free_port, wait_port
+from bench.procs import ProcessSet, RssSampler, cpu_seconds, free_port, rss_bytes, wait_port
 from tulle.dataplane.identity import WorkloadKey
 from tulle.proxyconfig.features import SUPPORTED
 from tulle.proxyconfig.stream import Ping, WorkloadInfo, encode
@@ -180,6 +181,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 
             await quiet()
             cpu_pid = cp.pid
+            out["cp_rss_mb_settled"] = round(rss_bytes([cpu_pid]) / 2**20)
+            peak = RssSampler([cpu_pid])
+            peak.start()
             apply_docs = [sticky("r-0", "svc-0")] + [
                 route_doc(f"r-{i}", f"svc-{i}", f"svc-{(i + 1) % args.services}")
                 for i in range(1, args.docs_per_apply)]
@@ -229,6 +233,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 print(json.dumps(rounds[-1]), file=sys.stderr, flush=True)
                 await quiet()
             out["rounds"] = rounds
+            peak.stop()
+            out["cp_rss_mb_end"] = round(rss_bytes([cpu_pid]) / 2**20)
+            out["cp_rss_mb_peak_rounds"] = round(peak.peak / 2**20)
             out["errors"] = [e for f in [fleet, *(f for _, f in older)] for e in f.errors
                              if "stats-request" not in e][:3]
     return out
