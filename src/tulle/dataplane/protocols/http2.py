@@ -53,6 +53,11 @@ Rules of the codec:
    bytes, premature resets as h2 reports them, whoever sent the RST_STREAM (a reset the peer
    provokes counts as one it sends).  A blown budget queues GOAWAY(ENHANCE_YOUR_CALM)
    and `feed` raises `H2Abuse`.
+10. Client side, a request's HEADERS are encoded when the bytes are asked for
+    (`data_to_send`), not when the request is opened: a request reset before then is dropped
+    whole, and neither its HEADERS nor an RST_STREAM for it reach the peer (ADR 0132).  HPACK
+    rules out encoding it and then leaving it unsent: the peer's table would lack its
+    entries.  libnghttp2 does the same for the other engine (shim.c `tl_reset`).
 """
 
 from __future__ import annotations
@@ -193,6 +198,8 @@ class H2Codec:
         "_skip_end",
         "_trailers",
         "_unanswered",
+        "_unsent",
+        "_unsent_next",
         "client_side",
         "goaway_sent",
         "high_water",
@@ -247,6 +254,12 @@ class H2Codec:
         """Server side with a reset budget: streams without a response head -> opened at."""
         self._frames_sent = 0
         self._memo = FieldMemo() if not client_side else None
+        self._unsent: dict[int, tuple[list[tuple[bytes, bytes]], bool]] = {}
+        """Client side: requests opened whose HEADERS are not encoded yet (stream id -> fields,
+        END_STREAM), in stream id order; encoded by `data_to_send` (rule 10)."""
+        self._unsent_next = 0
+        """The stream id after the last one `send_request` gave (h2 learns of an id when its
+        HEADERS are encoded, and a cancelled one never is)."""
 
     # -- inbound -------------------------------------------------------------------------
 
@@ -403,19 +416,49 @@ class H2Codec:
     # -- outbound ------------------------------------------------------------------------
 
     def data_to_send(self) -> bytes:
+        if self._unsent:
+            self._send_unsent()
         data = self._conn.data_to_send()
         if self._extra:
             data, self._extra = data + self._extra, b""
         return data
 
     def next_stream_id(self) -> int:
-        return self._conn.get_next_available_stream_id()
+        return max(self._conn.get_next_available_stream_id(), self._unsent_next)
 
     def send_request(self, head: RequestHead, scheme: bytes, end_stream: bool) -> int:
-        """Open a stream with `head` (client side).  h2 errors propagate: the caller decides."""
-        sid = self._conn.get_next_available_stream_id()
-        self._conn.send_headers(sid, encode_request(head, scheme), end_stream=end_stream)
+        """Open a stream with `head` (client side); its HEADERS are encoded at `data_to_send`
+        (rule 10).  What h2 would refuse now it refuses now (a closed connection, the peer's
+        concurrency limit), as h2 errors: the caller decides."""
+        conn = self._conn
+        if conn.state_machine.state is h2.connection.ConnectionState.CLOSED:
+            raise h2.exceptions.ProtocolError("the connection is closed")
+        unsent = self._unsent
+        limit = conn.remote_settings.max_concurrent_streams
+        if conn.open_outbound_streams + len(unsent) >= limit:
+            raise h2.exceptions.TooManyStreamsError(f"Max outbound streams is {limit}")
+        sid = self.next_stream_id()
+        unsent[sid] = (encode_request(head, scheme), end_stream)
+        self._unsent_next = sid + 2
         return sid
+
+    def _send_unsent(self) -> None:
+        """Encode the HEADERS of the requests opened since the last write, in stream id order,
+        then what their bodies have queued.  One h2 refuses after all (the peer lowered its
+        concurrency limit, or the connection closed, in between) is reported as libnghttp2
+        reports it: reset with REFUSED_STREAM, which is safe to retry."""
+        unsent, self._unsent = self._unsent, {}
+        conn = self._conn
+        for sid, (headers, end) in unsent.items():
+            try:
+                conn.send_headers(sid, headers, end_stream=end)
+            except h2.exceptions.ProtocolError:
+                self._forget(sid)
+                self._drained.append(ResetReceived(sid, REFUSED_STREAM))
+                continue
+            out = self._out.get(sid)
+            if out is not None:
+                self._flush_stream(sid, out)
 
     def send_response(self, stream_id: int, head: ResponseHead, end_stream: bool) -> bool:
         return self.send_headers(stream_id, encode_response(head), end_stream)
@@ -470,6 +513,8 @@ class H2Codec:
         return drained
 
     def _flush_stream(self, sid: int, out: _Out) -> None:
+        if self._unsent and sid in self._unsent:
+            return  # its HEADERS have not left: its DATA follows them (`_send_unsent`)
         conn = self._conn
         chunks = out.chunks
         try:
@@ -522,6 +567,8 @@ class H2Codec:
 
     def reset(self, stream_id: int, error_code: int = CANCEL) -> None:
         self._forget(stream_id)
+        if self._unsent and self._unsent.pop(stream_id, None) is not None:
+            return  # its HEADERS never left: nothing is sent for it, nor reported (rule 10)
         try:
             self._conn.reset_stream(stream_id, error_code)
         except h2.exceptions.ProtocolError:
@@ -553,7 +600,7 @@ class H2Codec:
 
     @property
     def open_outbound_streams(self) -> int:
-        return int(self._conn.open_outbound_streams)
+        return int(self._conn.open_outbound_streams) + len(self._unsent)
 
     @property
     def remote_max_concurrent_streams(self) -> int:

@@ -325,7 +325,7 @@ static void out_link(tl_sess *t, tl_out *o) {
   o->prev = &t->outs;
   t->outs.next->prev = o;
   t->outs.next = o;
-  t->active++;
+  if (!o->done) t->active++;
 }
 
 static tl_out *out_for(tl_sess *t, int32_t sid) {
@@ -485,30 +485,59 @@ int32_t tl_submit_headers(tl_sess *t, int32_t sid, int end, const uint8_t *blob,
   return rv;
 }
 
-/* RST_STREAM on `sid`.  Returns 1 when the stream exists (its close will be reported). */
+/* The count of ours drops now for a request cancelled unsent; the close nghttp2 makes of it
+ * at the next mem_send neither counts it again nor reports it (`cancelled`). */
+static void cancel_unsent(tl_sess *t, tl_out *o, int32_t sid, uint32_t code) {
+  nghttp2_submit_rst_stream(t->s, NGHTTP2_FLAG_NONE, sid, code);
+  o->cancelled = 1;
+  if (!o->done) { /* (a bodiless request's mark is made done: it never counted) */
+    o->done = 1;
+    t->active--;
+  }
+  if (t->outbound) t->outbound--;
+  free(o->buf);
+  o->buf = NULL;
+  o->head = o->tail = o->cap = 0;
+}
+
+/* RST_STREAM on `sid`.  Returns 1 when the stream exists (its close will be reported).
+ *
+ * A request of ours whose HEADERS are still queued is cancelled unsent (the pool writes once
+ * per loop turn: a request the router cancels in the turn that opened it).  RST_STREAM on a
+ * request in nghttp2's `ob_syn` queue marks its HEADERS cancelled; at the next mem_send
+ * nghttp2 opens the stream, finds the mark before the block is HPACK-encoded, and closes it.
+ * No byte reaches the peer, neither HEADERS nor RST_STREAM.  (A before_frame_send callback
+ * returning NGHTTP2_ERR_CANCEL would come too late: the block is encoded by then, and the next
+ * request's indexed fields name table entries the peer never got: COMPRESSION_ERROR, ADR 0132.)
+ *
+ * That close must neither count the stream a second time (it made `outbound` one short for
+ * every cancelled request, ADR 0110) nor report a reset the codec asked for itself: the
+ * stream's user data, a `tl_out`, is marked `cancelled`.  A request with a body has its queue
+ * for that.  A bodiless one (a GET, a DELETE) gets an empty one here: nghttp2 attaches user
+ * data to a request still queued (since nghttp2 PR #1211, 2018; checked on 1.52), and refuses
+ * for a stream already closed, which is left alone (an RST_STREAM would go out for it). */
 int tl_reset(tl_sess *t, int32_t sid, uint32_t code) {
   if (nghttp2_session_find_stream(t->s, sid)) {
     nghttp2_submit_rst_stream(t->s, NGHTTP2_FLAG_NONE, sid, code);
     return 1;
   }
   for (tl_out *o = t->outs.next; o != &t->outs; o = o->next) {
-    if (o->sid == sid && !o->done) {
-      /* our request's HEADERS are still queued: nghttp2 cancels them (nothing is sent), and
-       * the count of ours drops now.  At the next mem_send nghttp2 opens and closes the
-       * stream all the same (libnghttp2 1.52): that close must neither count it a second
-       * time (it made `outbound` one short for every cancelled request, ADR 0110) nor
-       * report a reset the codec asked for itself. */
-      nghttp2_submit_rst_stream(t->s, NGHTTP2_FLAG_NONE, sid, code);
-      o->cancelled = 1;
-      o->done = 1;
-      t->active--;
-      if (t->outbound) t->outbound--;
-      free(o->buf);
-      o->buf = NULL;
-      o->head = o->tail = o->cap = 0;
+    if (o->sid == sid) {
+      if (!o->done) cancel_unsent(t, o, sid, code); /* (done: cancelled already) */
       return 0;
     }
   }
+  if (nghttp2_session_check_server_session(t->s) || !(sid & 1)) return 0;
+  tl_out *o = calloc(1, sizeof(*o));
+  if (!o) return 0; /* out of memory: the request goes out, and its answer is dropped */
+  o->sid = sid;
+  o->done = 1; /* nothing to send: not `active` */
+  if (nghttp2_session_set_stream_user_data(t->s, sid, o)) { /* not queued: closed already */
+    free(o);
+    return 0;
+  }
+  out_link(t, o);
+  cancel_unsent(t, o, sid, code);
   return 0;
 }
 
