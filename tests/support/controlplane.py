@@ -379,5 +379,5 @@ def routes_with(cp: ControlPlane, proxy: str, connected: tuple[str, ...],
         if ((obj.get("status") or {}).get("proxy") or {}).get("state") != "Connected":
             return False
     cfg, st = cp.cache.get((namespace, proxy)), cp.push.status.get((namespace, proxy))
-    return (not rec._dirty.is_set() and cfg is not None and st is not None
+    return (rec.settled and cfg is not None and st is not None
             and st.acked_version == cfg.version)

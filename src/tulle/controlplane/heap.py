@@ -8,11 +8,14 @@ in the middle of the compilation, then through every middle and full collection 
 and every one of them found nothing to free (ADR 0128 logged full and middle collections of
 312-646 ms on the event loop at 5,000 Services, all `collected=0`).
 
-What `FrozenHeap.compiling` does around one compilation (on the event loop, no await inside):
+What `FrozenHeap.compiling` does around one compilation (on the thread that compiles: the
+reconciler's worker since ADR 0133, while the event loop goes on in its own thread):
 1. a collection of what is not frozen: what the process made since the last compilation
    (requests, sessions).  Garbage cycles among it are freed here rather than frozen below;
 2. the automatic collector is off while the compilation runs (it is pure: what it drops,
-   reference counting frees; what it keeps is the new state);
+   reference counting frees; what it keeps is the new state).  The switch is process-wide,
+   so the loop's own allocations meanwhile are not collected either: reference counting
+   still frees them, and a garbage cycle the loop makes then is frozen below with the rest;
 3. `gc.freeze()` after it: every object alive then moves to the permanent generation, which
    no collection scans.  Frozen objects that later lose their last reference are still freed
    at once by reference counting; only a frozen object that dies *in a cycle* stays;
@@ -20,7 +23,13 @@ What `FrozenHeap.compiling` does around one compilation (on the event loop, no a
    past `sweep_growth` times what it was after the last sweep, everything is unfrozen, one
    full collection runs, and what is left is frozen again.  A steady mesh never sweeps; a
    growing one sweeps once per doubling (by default), like the collector's own rule for full
-   collections (25% growth) but rarer.
+   collections (25% growth) but rarer.  The count is taken when the next compilation starts,
+   in place of its pre-collect: by then the loop has swapped the new snapshots in and the
+   replaced ones are freed, so it counts what lives, not the two generations of snapshots
+   alive at the moment of the freeze.
+
+A collection holds the GIL whichever thread runs it, so the pre-collect and a sweep still
+pause the loop as they did when they ran on it (ADR 0130's figures).
 
 Only `tulle control-plane run` uses it (`main.py`); an in-process control plane (tests, the
 demo) leaves the collector as the host process has it.
@@ -56,9 +65,12 @@ class FrozenHeap:
 
     @contextlib.contextmanager
     def compiling(self) -> Iterator[None]:
-        """Around one compilation and the swap of its results in: see the module's text."""
+        """Around one compilation: see the module's text."""
         started = time.perf_counter()
-        gc.collect()
+        if self.base and gc.get_freeze_count() > self.sweep_growth * self.base:
+            self.sweep()  # (its full collection is this compilation's pre-collect too)
+        else:
+            gc.collect()
         self.last_precollect_ms = (time.perf_counter() - started) * 1000
         enabled = gc.isenabled()
         gc.disable()
@@ -66,11 +78,8 @@ class FrozenHeap:
             yield
         finally:
             gc.freeze()
-            frozen = gc.get_freeze_count()
             if not self.base:
-                self.base = frozen
-            elif frozen > self.sweep_growth * self.base:
-                self.sweep()
+                self.base = gc.get_freeze_count()
             if enabled:
                 gc.enable()
 

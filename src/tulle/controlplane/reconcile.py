@@ -5,7 +5,9 @@ is missed and none is applied twice.  Changes are debounced on both edges: the f
 after a quiet period compiles at once (a lone `tulle apply` is not delayed), and changes that
 keep arriving within `debounce` seconds are folded into one compilation at the end of the
 burst.  Compilation is whole-mesh and pure; only proxies whose snapshot *content* changed get a
-new version, so only they are pushed to.
+new version, so only they are pushed to.  It runs on a worker thread over a copy of the
+resources taken on the loop (`compile_worker.py`, ADR 0133); its results are applied back on
+the loop, one compilation after another, and a change taken meanwhile is compiled after it.
 
 It also does what a controller does in Kubernetes: allocates Service virtual IPs, writes route
 status conditions, and registers workloads that proxies announce.  Every write is
@@ -27,7 +29,7 @@ from typing import Any
 from tulle.controlplane import vips
 from tulle.controlplane.ca.admission import Admitted
 from tulle.controlplane.ca.spiffe import DEFAULT_TRUST_DOMAIN
-from tulle.controlplane.compiler import MeshInputs, PartCache, compile_mesh
+from tulle.controlplane.compile_worker import CompileWorker
 from tulle.controlplane.heap import FrozenHeap
 from tulle.controlplane.preview import MeshView, resource_key
 from tulle.controlplane.push.server import SnapshotCache
@@ -86,6 +88,8 @@ class Reconciler:
         leaves the collector as the process has it."""
         self.store = store
         self.heap = heap
+        self._compiler = CompileWorker(heap)
+        """The compilations' worker thread, and the `PartCache` only it touches."""
         self.cache = cache
         self.debounce = debounce
         self.compiles = 0
@@ -93,8 +97,10 @@ class Reconciler:
         self.errors: dict[tuple[str, str], str] = {}
         self.ready = asyncio.Event()
         self._resources: dict[tuple[str, str, str], Obj] = {}
-        self._parts = PartCache()
         self._dirty = asyncio.Event()
+        self._compiling = False
+        """From a compilation's start to the end of applying its results (it waits on the
+        worker meanwhile, with `_dirty` already cleared)."""
         self._whole = asyncio.Event()
         """Set while `_resources` is the store at a revision between transactions (after the
         list, and each time the watch caught up with the head); cleared by every change taken
@@ -114,11 +120,20 @@ class Reconciler:
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
+    @property
+    def settled(self) -> bool:
+        """No compilation running nor due: the cache holds what the resources seen compile
+        to (up to the debounce of a change not yet taken from the watch)."""
+        return not self._compiling and not self._dirty.is_set()
+
     async def stop(self) -> None:
+        """Stop following the store; a compilation running on the worker is waited for (its
+        results are not applied), so none runs once this returns."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self._compiler.close()
 
     async def _run(self) -> None:
         while True:
@@ -208,20 +223,28 @@ class Reconciler:
                 return
 
     async def _compile(self) -> None:
+        self._compiling = True
+        try:
+            await self._compile_once()
+        finally:
+            self._compiling = False
+
+    async def _compile_once(self) -> None:
         started = time.perf_counter()
         await self._allocate_vips()
         await self._whole_transactions()
-        # (no await from here to the read: the watch cannot take a change in between)
-        with self.heap.compiling() if self.heap is not None else contextlib.nullcontext():
-            inputs = MeshInputs.from_resources(self._resources.values())
-            result = compile_mesh(inputs, self._parts)
-            self.cache.update(result.snapshots, keep=frozenset(result.errors))
+        # (no await from here to the copy: the watch cannot take a change in between)
+        seen = dict(self._resources)
+        # On the worker (ADR 0133): the loop goes on meanwhile, and the watch with it; a
+        # change it takes sets `_dirty`, so `_compile_loop` compiles again after this one.
+        result = await self._compiler.compile(seen.values())
+        self.cache.update(result.snapshots, keep=frozenset(result.errors))
         self.errors = dict(result.errors)
         for key, err in result.errors.items():
             log.warning("workload %s/%s: cannot build its proxy config: %s", key[0], key[1], err)
         self.compiles += 1
         self.last_compile_ms = (time.perf_counter() - started) * 1000
-        await self._write_conditions(result.conditions)
+        await self._write_conditions(result.conditions, seen)
         for cb in self.on_compiled:
             cb()
 
@@ -232,12 +255,19 @@ class Reconciler:
         return MeshView(dict(self._resources))
 
     async def _write_conditions(self, conditions: dict[tuple[str, str, str],
-                                                        list[dict[str, Any]]]) -> None:
+                                                        list[dict[str, Any]]],
+                                seen: dict[tuple[str, str, str], Obj]) -> None:
+        """Write the conditions compiled from `seen` onto each object as it is now, unless it
+        changed since in what the compiler reads (ADR 0133: the watch goes on during a
+        compilation): that version's conditions are its own compilation's, which `_dirty`
+        calls for.  Its status (a proxy's presence, conditions written back) may have moved."""
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         changed: list[Obj] = []
-        for (kind, ns, name), conds in conditions.items():
-            obj = self._resources.get((kind, ns, name))
-            if obj is None:
+        for key, conds in conditions.items():
+            obj, compiled = self._resources.get(key), seen.get(key)
+            if obj is None or compiled is None:
+                continue
+            if obj is not compiled and not _same_inputs(compiled, obj):
                 continue
             status = desired_status(obj, conds, now)
             if status == (obj.get("status") or {}):

@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from tests.support.resources import NS, scale_mesh, scale_route
 
-from tulle.controlplane import reconcile
+from tulle.controlplane import compile_worker
 from tulle.controlplane.api.apply import apply_documents
 from tulle.controlplane.compiler import CompileResult, compile_mesh
 from tulle.controlplane.heap import FrozenHeap
@@ -152,7 +152,7 @@ async def test_a_reconciler_compiles_with_no_collection_and_keeps_its_state_froz
         finally:
             compiling[0] = False
 
-    monkeypatch.setattr(reconcile, "compile_mesh", watched)
+    monkeypatch.setattr(compile_worker, "compile_mesh", watched)
     store = MemoryStore()
     heap = FrozenHeap()
     rec = Reconciler(store, SnapshotCache(), debounce=0.01, heap=heap)
@@ -168,7 +168,7 @@ async def test_a_reconciler_compiles_with_no_collection_and_keeps_its_state_froz
             doc = scale_route(k, (k + 1) % 150)
             assert (await apply_documents(store, [doc], [], False)).status_code == 200
             async with asyncio.timeout(5):
-                while rec.compiles <= done or rec._dirty.is_set():
+                while rec.compiles <= done or not rec.settled:
                     await asyncio.sleep(0.01)
             counts.append(gc.get_freeze_count())
         assert len(rec.cache.proxies()) == 150

@@ -47,7 +47,7 @@ async def rec() -> AsyncIterator[Reconciler]:
 
 async def until(r: Reconciler, cond: Any) -> None:
     async with asyncio.timeout(5):
-        while not cond() or r._dirty.is_set():
+        while not cond() or not r.settled:
             await asyncio.sleep(0.01)
 
 
