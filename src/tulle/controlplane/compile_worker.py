@@ -19,6 +19,9 @@ The rules:
 - The collector policy (`heap.py`, ADR 0130) runs around each compilation on the worker, so
   it is entered and left by the same thread whether or not anyone still waits for the result.
 - The results go back to the loop, which applies them (`Reconciler._compile`).
+- `call` runs another pure function of a copy on the same thread: which virtual IPs the
+  Services should hold (`vips.statuses`, ~20 ms at 5,000 Services), decided before each
+  compilation.
 - `close` drops a compilation not yet started and waits for one running, so that when the
   reconciler has stopped no thread of it runs and the collector is as the heap found it.
 """
@@ -27,14 +30,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from tulle.controlplane.compiler import CompileResult, MeshInputs, PartCache, compile_mesh
 from tulle.controlplane.heap import FrozenHeap
 from tulle.controlplane.store.protocol import Obj
 
 THREAD_NAME = "tulle-compile"
+
+A = TypeVar("A")
+T = TypeVar("T")
 
 
 class CompileWorker:
@@ -46,13 +53,20 @@ class CompileWorker:
         self.heap = heap
         self._parts = PartCache()
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix=THREAD_NAME)
-        self._last: Future[CompileResult] | None = None
+        self._last: Future[Any] | None = None
 
     async def compile(self, resources: Collection[Obj]) -> CompileResult:
         """The mesh of `resources` compiled on the worker.  `resources` must not change
         afterwards (give it a copy).  Cancelling the caller leaves the compilation to
         finish on the worker; its result is dropped."""
         job = self._worker.submit(self._run, resources)
+        self._last = job
+        return await asyncio.wrap_future(job)
+
+    async def call(self, fn: Callable[[A], T], arg: A) -> T:
+        """`fn(arg)` on the worker, after what is queued there.  `fn` must be pure and `arg`
+        a copy the loop does not change."""
+        job = self._worker.submit(fn, arg)
         self._last = job
         return await asyncio.wrap_future(job)
 
