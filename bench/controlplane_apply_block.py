@@ -12,8 +12,10 @@ Services, each with a workload and an HTTPRoute):
 - the control plane's RSS once the mesh settled, at the end, and its peak over the rounds;
 - a push to another proxy: in a second run of the same apply, 100 ms into it, a workload is
   deleted over the REST API (no apply, no preview), and the time to that proxy's next frame
-  is taken, next to the same delete with no apply running.  The reconciler compiles the mesh
-  for it on the loop, so the samplers are not running then.
+  is taken, next to the same delete with no apply running ("push alone");
+- during that push alone, a plain change: the same two samplers, from 200 ms before the delete
+  to 300 ms after the frame (the reconciler's compilation, the swap and its status writes;
+  on a worker thread since ADR 0133, on the loop before).
 
 The apply is one HTTPRoute made sticky (`sessionPersistence`), as a dry run (the store and
 the proxies are left as they were, so rounds repeat), and `--docs-per-apply K` adds K-1
@@ -193,11 +195,21 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 await api.apply(workload_doc(f"extra-{k}a", "svc-0", 59000 + 2 * k),
                                 workload_doc(f"extra-{k}b", "svc-0", 59001 + 2 * k))
                 await quiet()
+                stop = asyncio.Event()
+                change_hz: list[float] = []
+                change_pings: list[float] = []
+                samplers = [asyncio.ensure_future(healthz_samples(s, api.base, stop,
+                                                                  change_hz)),
+                            asyncio.ensure_future(ping_samples(probe, stop, change_pings))]
+                await asyncio.sleep(0.2)
                 probe.frame_at = 0.0
                 t = time.perf_counter()
                 await api.delete("workloads", f"extra-{k}a")
                 await wait_until("the probe's frame", partial(_got, probe), 120, 0.005)
                 push_alone = probe.frame_at - t
+                await asyncio.sleep(0.3)
+                stop.set()
+                await asyncio.gather(*samplers)
                 await quiet()
                 # The apply alone, with the samplers.
                 stop = asyncio.Event()
@@ -227,6 +239,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 warned = [w for x in body["results"] for w in x.get("warnings", [])]
                 rounds.append({"apply_ms": round(apply_s * 1000), "cp_cpu_s": round(cpu, 2),
                                "healthz": summary(hz), "ping": summary(pings),
+                               "change_healthz": summary(change_hz),
+                               "change_ping": summary(change_pings),
                                "push_alone_ms": round(push_alone * 1000),
                                "push_during_apply_ms": round(push_during * 1000),
                                "warnings": len(warned)})
