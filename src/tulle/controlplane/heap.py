@@ -28,11 +28,12 @@ reconciler's worker since ADR 0133, while the event loop goes on in its own thre
    the replaced ones, so it measures what lives, not the two generations of snapshots alive
    at the moment of the freeze.
 
-The size is `sys.getallocatedblocks()` (the interpreter's memory blocks in use, a count kept
-per pool: well under a millisecond at 5,000 Services), not the frozen count that ADR 0130
-read: `gc.get_freeze_count()` walks the frozen list object by object, 42-49 ms at 600,000
-objects, once per compilation, with the GIL held (ADR 0133).  Garbage left in the frozen set
-holds its blocks, so it counts towards the growth all the same.
+The size is `sys.getallocatedblocks()` (the interpreter's memory blocks in use, summed from a
+count kept per pool: with the collection, the whole step before a compilation takes 2-3 ms at
+5,000 Services), not the frozen count that ADR 0130 read: `gc.get_freeze_count()` walks the
+frozen list object by object, 42-49 ms at 600,000 objects, once per compilation, with the GIL
+held (ADR 0133).  Garbage left in the frozen set holds its blocks, so it counts towards the
+growth all the same.
 
 A collection holds the GIL whichever thread runs it, so the pre-collect and a sweep still
 pause the loop as they did when they ran on it (ADR 0130's figures).

@@ -19,8 +19,8 @@ from tests.support.controlplane import apply, eventually, running_control_plane
 from tests.support.postgres import fresh_schema, postgres_server
 from tests.support.resources import service
 
-from tulle.controlplane import reconcile
-from tulle.controlplane.compiler import MeshInputs
+from tulle.controlplane import compile_worker
+from tulle.controlplane.compiler import MeshInputs, compile_mesh
 from tulle.controlplane.main import ControlPlane
 
 __all__ = ["postgres_server"]  # the fixture, imported so that pytest finds it
@@ -32,7 +32,7 @@ N = 1200
 async def _every_compilation_sees_all_or_none(cp: ControlPlane,
                                               monkeypatch: pytest.MonkeyPatch) -> list[int]:
     seen: list[int] = []
-    real = reconcile.compile_mesh
+    real = compile_mesh
 
     def counted(inputs: MeshInputs, *args: Any, **kwargs: Any) -> Any:
         """Each compilation's inputs, counted as the compiler gets them (not `apply`'s
@@ -40,7 +40,7 @@ async def _every_compilation_sees_all_or_none(cp: ControlPlane,
         seen.append(sum(1 for k in inputs.services if k[0] == "bulk"))
         return real(inputs, *args, **kwargs)
 
-    monkeypatch.setattr(reconcile, "compile_mesh", counted)
+    monkeypatch.setattr(compile_worker, "compile_mesh", counted)
     status, body = await apply(cp.api_url, *(service(f"s{i:04d}", ns="bulk", app="x")
                                              for i in range(N)))
     assert status == 200, str(body)[:300]
