@@ -16,6 +16,8 @@ The steps, each of which can refuse the whole request before anything is written
 4. what changed goes to the store as one `batch`: creates for new objects, updates over the
    version read in step 3.  Someone writing one of these objects between 3 and 4 (also while
    3b runs) makes the store refuse the batch (409 naming the document); nothing is written.
+   A write of the object's status only (the control plane's conditions, virtual IPs) is not
+   such a change: the batch is written again over the newer version (`status_races.py`).
 
 So an apply is all or nothing, also when the control plane dies during it: the store commits
 the batch or not at all.
@@ -33,6 +35,7 @@ from fastapi.responses import JSONResponse
 from tulle.api.errors import ValidationError
 from tulle.api.registry import KindInfo, parse, resolve
 from tulle.controlplane.api.apply_checks import ApplyChecks, Checks
+from tulle.controlplane.api.status_races import STATUS_RACES, Planned, moved_on_in_status
 from tulle.controlplane.api.warnings import trust_domain_change, warnings
 from tulle.controlplane.store.errors import (
     AlreadyExistsError,
@@ -141,10 +144,13 @@ async def apply_documents(store: ResourceStore, docs: list[Any], sources: list[A
     stored = await _current(store, [(info, obj) for _, info, obj in prepared])
     plan: list[tuple[int, KindInfo, Obj, Obj | None]] = []
     conflicts: list[dict[str, Any]] = []
+    pinned: set[int] = set()  # (documents that name their resourceVersion)
     for i, info, obj in prepared:
         md = obj["metadata"]
         current = stored.get(_key(info, obj))
         want = md.get("resourceVersion")
+        if want is not None:
+            pinned.add(i)
         have = (current or {}).get("metadata", {}).get("resourceVersion")
         if want is not None and want != have:
             conflicts.append(doc_errors(i, source(i), obj, [{
@@ -171,6 +177,7 @@ async def apply_documents(store: ResourceStore, docs: list[Any], sources: list[A
     results: list[dict[str, Any]] = []
     ops: list[BatchOp] = []
     written: list[tuple[int, int]] = []  # (position in results, document index) per op
+    planned: list[Planned] = []  # (the same, per op)
     for i, info, obj, current in plan:
         md = obj["metadata"]
         ident: dict[str, Any] = {"kind": info.kind, "namespace": md.get("namespace"),
@@ -187,12 +194,17 @@ async def apply_documents(store: ResourceStore, docs: list[Any], sources: list[A
         if current is not None:
             md["resourceVersion"] = current["metadata"]["resourceVersion"]
         written.append((len(results) - 1, i))
+        planned.append((i, info, obj, current))
         ops.append(BatchOp("create" if current is None else "update", obj))
     if ops:
-        try:
-            done = await store.batch(ops)
-        except BatchError as exc:
-            return _refused(exc, written, docs, source)
+        for attempt in range(STATUS_RACES + 1):
+            try:
+                done = await store.batch(ops)
+                break
+            except BatchError as exc:
+                if attempt == STATUS_RACES or not await moved_on_in_status(
+                        exc, planned, pinned, partial(_current, store), _key):
+                    return _refused(exc, written, docs, source)
         for (at, _), obj in zip(written, done, strict=True):
             results[at]["resourceVersion"] = obj["metadata"]["resourceVersion"]
     return JSONResponse({"results": results}, status_code=200)
