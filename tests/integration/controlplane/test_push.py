@@ -140,3 +140,45 @@ async def test_restarted_proxy_serves_its_cached_snapshot_without_a_control_plan
             assert await status(f"http://127.0.0.1:{listen}/echo") == 200
         finally:
             await second.close()
+
+
+async def test_a_proxy_back_before_the_first_snapshot_is_not_pushed_the_version_it_runs(
+        tmp_path: Path, origin: int) -> None:
+    """A control plane that has just started serves hellos while its first compilation still
+    runs on its worker thread (ADR 0133): a proxy whose hello names the version it runs, and
+    that version is what the compilation then gives it, is not sent it again (a CI run saw a
+    sidecar pushed once after a control-plane restart)."""
+    from tests.support.proxy import free_port
+
+    listen = free_port()
+    cache = SnapshotCache()
+    tls, trust = stream_tls()
+    push = PushServer(cache, ping_interval=0.2, tls=tls)
+    cp_port = await push.start("127.0.0.1", 0)
+    proxy = ProxyServer()
+    agent = Agent(proxy, [("127.0.0.1", cp_port)], WorkloadInfo(name="web-0", namespace="shop"),
+                  cache_path=tmp_path / "snapshot.json", backoff_max=0.2, trust=trust)
+    task = asyncio.create_task(agent.run())
+    push2: PushServer | None = None
+    try:
+        cache.set(KEY, snapshot("v1", origin, listen))
+        await wait_for(lambda: KEY in push.status and push.status[KEY].acked_version == "v1")
+        await push.close()
+        # Back on the same port with nothing compiled yet: the proxy's hello comes first.
+        cache2 = SnapshotCache()
+        push2 = PushServer(cache2, ping_interval=0.2, tls=tls)
+        await push2.start("127.0.0.1", cp_port)
+        await wait_for(lambda: KEY in push2.status and push2.status[KEY].connected)
+        cache2.set(KEY, snapshot("v1", origin, listen))
+        await wait_for(lambda: push2.status[KEY].acked_version == "v1")
+        await asyncio.sleep(0.3)  # (a push would have gone by now: the session wakes at once)
+        assert push2.status[KEY].pushes == 0
+        assert push2.status[KEY].sent_version in ("", "v1")
+        assert await status(f"http://127.0.0.1:{listen}/echo") == 200
+    finally:
+        agent.stop()
+        task.cancel()
+        await proxy.close()
+        await push.close()
+        if push2 is not None:
+            await push2.close()

@@ -292,17 +292,25 @@ class ProxySession:
             await self._presence(keys, True, "connected")
         else:  # out of the endpoints (a previous session's Connected too) until it serves
             await self._presence(keys, False, STARTING, claim=True)
+        # The version its hello says it runs (from its disk cache), until the first snapshot
+        # this session has for it: the same version is taken as ACKed, not pushed again.  Not
+        # only now: a control plane that has just started may still be compiling its first
+        # snapshots on its worker thread while hellos are served (ADR 0133).
+        resumed = hello.last_version
         try:
-            current = self._current()
-            if current is not None and hello.last_version == current.version:
-                self.acked = current  # it already runs this (from its disk cache)
-                self.inflight_parts = self.node.parts()
-                self._acked(current)
-                self._ask_stats()
             loop = asyncio.get_running_loop()
             next_ping = loop.time() + srv.ping_interval
             while not self.closed:
                 wake.clear()
+                if resumed:
+                    current = self._current()
+                    if current is not None:
+                        if current.version == resumed:
+                            self.acked = current  # it already runs this
+                            self.inflight_parts = self.node.parts()
+                            self._acked(current)
+                            self._ask_stats()
+                        resumed = ""
                 await self._maybe_push(key)
                 if not wake.is_set():
                     with contextlib.suppress(TimeoutError):
