@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,10 +55,19 @@ async def routed(url: str) -> bool:
         return "no route for host" not in await r.text()
 
 
-async def test_snapshot_then_delta_then_nack_then_outage(tmp_path: Path, origin: int) -> None:
-    from tests.support.proxy import free_port
+@dataclass
+class Subscribed:
+    """A push server with its cache, and a real proxy subscribed to it (its agent)."""
 
-    listen = free_port()
+    cache: SnapshotCache
+    push: PushServer
+    port: int
+    proxy: ProxyServer
+    tls: Any
+
+
+@contextlib.asynccontextmanager
+async def subscribed(tmp_path: Path) -> AsyncIterator[Subscribed]:
     cache = SnapshotCache()
     tls, trust = stream_tls()
     push = PushServer(cache, ping_interval=0.2, tls=tls)
@@ -65,6 +77,20 @@ async def test_snapshot_then_delta_then_nack_then_outage(tmp_path: Path, origin:
                   cache_path=tmp_path / "snapshot.json", backoff_max=0.2, trust=trust)
     task = asyncio.create_task(agent.run())
     try:
+        yield Subscribed(cache, push, cp_port, proxy, tls)
+    finally:
+        agent.stop()
+        task.cancel()
+        await proxy.close()
+        await push.close()
+
+
+async def test_snapshot_then_delta_then_nack_then_outage(tmp_path: Path, origin: int) -> None:
+    from tests.support.proxy import free_port
+
+    listen = free_port()
+    async with subscribed(tmp_path) as sub:
+        cache, push, cp_port, proxy, tls = sub.cache, sub.push, sub.port, sub.proxy, sub.tls
         cache.set(KEY, snapshot("v1", origin, listen))
         await wait_for(lambda: push.status.get(KEY) and push.status[KEY].acked_version == "v1")
         assert await status(f"http://127.0.0.1:{listen}/echo") == 200
@@ -102,11 +128,6 @@ async def test_snapshot_then_delta_then_nack_then_outage(tmp_path: Path, origin:
             assert await status(f"http://127.0.0.1:{listen}/echo") == 200
         finally:
             await push2.close()
-    finally:
-        agent.stop()
-        task.cancel()
-        await proxy.close()
-        await push.close()
 
 
 async def test_restarted_proxy_serves_its_cached_snapshot_without_a_control_plane(
@@ -151,34 +172,22 @@ async def test_a_proxy_back_before_the_first_snapshot_is_not_pushed_the_version_
     from tests.support.proxy import free_port
 
     listen = free_port()
-    cache = SnapshotCache()
-    tls, trust = stream_tls()
-    push = PushServer(cache, ping_interval=0.2, tls=tls)
-    cp_port = await push.start("127.0.0.1", 0)
-    proxy = ProxyServer()
-    agent = Agent(proxy, [("127.0.0.1", cp_port)], WorkloadInfo(name="web-0", namespace="shop"),
-                  cache_path=tmp_path / "snapshot.json", backoff_max=0.2, trust=trust)
-    task = asyncio.create_task(agent.run())
-    push2: PushServer | None = None
-    try:
-        cache.set(KEY, snapshot("v1", origin, listen))
+    async with subscribed(tmp_path) as sub:
+        push = sub.push
+        sub.cache.set(KEY, snapshot("v1", origin, listen))
         await wait_for(lambda: KEY in push.status and push.status[KEY].acked_version == "v1")
         await push.close()
         # Back on the same port with nothing compiled yet: the proxy's hello comes first.
         cache2 = SnapshotCache()
-        push2 = PushServer(cache2, ping_interval=0.2, tls=tls)
-        await push2.start("127.0.0.1", cp_port)
-        await wait_for(lambda: KEY in push2.status and push2.status[KEY].connected)
-        cache2.set(KEY, snapshot("v1", origin, listen))
-        await wait_for(lambda: push2.status[KEY].acked_version == "v1")
-        await asyncio.sleep(0.3)  # (a push would have gone by now: the session wakes at once)
-        assert push2.status[KEY].pushes == 0
-        assert push2.status[KEY].sent_version in ("", "v1")
-        assert await status(f"http://127.0.0.1:{listen}/echo") == 200
-    finally:
-        agent.stop()
-        task.cancel()
-        await proxy.close()
-        await push.close()
-        if push2 is not None:
+        push2 = PushServer(cache2, ping_interval=0.2, tls=sub.tls)
+        await push2.start("127.0.0.1", sub.port)
+        try:
+            await wait_for(lambda: KEY in push2.status and push2.status[KEY].connected)
+            cache2.set(KEY, snapshot("v1", origin, listen))
+            await wait_for(lambda: push2.status[KEY].acked_version == "v1")
+            await asyncio.sleep(0.3)  # (a push would have gone by now: the session wakes at once)
+            assert push2.status[KEY].pushes == 0
+            assert push2.status[KEY].sent_version in ("", "v1")
+            assert await status(f"http://127.0.0.1:{listen}/echo") == 200
+        finally:
             await push2.close()

@@ -33,7 +33,14 @@ from tests.support.flow_lines import use_engine
 from tests.support.h2raw import RawH2, request
 from tests.support.logsink import log_config
 from tests.support.proxy import RunningProxy, running_proxy
-from tests.support.rawservers import EchoUpgrader, RawServer, named_origin, raw_server, read_response_within
+from tests.support.rawservers import (
+    EchoUpgrader,
+    Handler,
+    RawServer,
+    named_origin,
+    raw_server,
+    read_response_within,
+)
 from tests.support.tcp_streams import HeldStream, recording_echo
 
 from tulle.dataplane.listeners import detect
@@ -147,6 +154,23 @@ def log_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if LOG_LINE in r.getMessage()]
 
 
+def half_then_rest() -> tuple[asyncio.Event, Handler]:
+    """An origin that sends the first half of each response, then the rest once the event is
+    set; it records each request head (`requests`)."""
+    go_on = asyncio.Event()
+
+    async def slow(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            srv.requests.append(await r.readuntil(b"\r\n\r\n"))
+            w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nfirst")
+            await w.drain()
+            await go_on.wait()
+            w.write(b"-half")
+            await w.drain()
+
+    return go_on, slow
+
+
 async def test_narrowed_sources_end_every_open_connection_they_no_longer_list(
         engine: str, redirects: Redirects, caplog: pytest.LogCaptureFixture,
         tmp_path: Path) -> None:
@@ -212,17 +236,7 @@ async def test_a_busy_http1_connection_answers_in_flight_then_403_then_closes(
     """Refused while a response is on its way: that response is finished (it was admitted
     when it was routed), a request pipelined behind it is answered 403 with `Connection:
     close` and never reaches the origin, and the connection closes."""
-    go_on = asyncio.Event()
-
-    async def slow(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        while True:
-            srv.requests.append(await r.readuntil(b"\r\n\r\n"))
-            w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nfirst")
-            await w.drain()
-            await go_on.wait()
-            w.write(b"-half")
-            await w.drain()
-
+    go_on, slow = half_then_rest()
     async with raw_server(slow) as origin, \
             pod_proxy(pod(origin.port, ["127.0.0.0/8"])) as (p, port):
         s = await redirects.stream(port, CUT, VIP)

@@ -22,35 +22,19 @@ from tests.integration.dataplane.test_open_connections_readmitted import (
     KEPT,
     VIP,
     Redirects,
+    half_then_rest,
     pod,
     pod_proxy,
     redirects,
 )
 from tests.support.h2raw import data, request
-from tests.support.rawservers import Handler, RawServer, raw_server, read_response_within
+from tests.support.rawservers import RawServer, raw_server, read_response_within
 
 pytestmark = pytest.mark.both_loops
 __all__ = ["redirects"]  # (the fixture, imported to be found)
 
 REFUSED = b"connection no longer admitted on listener pod: source_refused\n"
 TWO = b"GET /1 HTTP/1.1\r\nhost: svc\r\n\r\nGET /2 HTTP/1.1\r\nhost: svc\r\n\r\n"
-
-
-def half_then_rest() -> tuple[asyncio.Event, Handler]:
-    """An origin that sends the first half of each response, then the rest once the event is
-    set; it records each request head (`requests`)."""
-    go_on = asyncio.Event()
-
-    async def slow(srv: RawServer, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        while True:
-            srv.requests.append(await r.readuntil(b"\r\n\r\n"))
-            w.write(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nfirst")
-            await w.drain()
-            await go_on.wait()
-            w.write(b"-half")
-            await w.drain()
-
-    return go_on, slow
 
 
 async def chunked_body(r: asyncio.StreamReader) -> bytes:
