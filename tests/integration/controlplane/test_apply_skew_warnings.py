@@ -140,6 +140,16 @@ async def test_apply_warns_of_a_feature_a_connected_older_proxy_lacks_and_strict
                     f"this object's config:\n  {line}\n") in out, out
             rc, out, err = await tulle(cp.api, "describe", "httproute", "plain", "-n", NS)
             assert rc == 0 and "this object puts none of them in use" in out, out
+            # The question is behind the API's door like every read: no token, 401; an
+            # unknown type or object, 404 naming it.
+            skew = f"{cp.api}/api/v1/resources/httproute/cart/skew"
+            async with aiohttp.ClientSession() as s, s.get(skew, params={"namespace": NS}) as r:
+                assert r.status == 401, await r.text()
+            async with aiohttp.ClientSession(headers=auth(cp.api)) as s:
+                for url in (f"{cp.api}/api/v1/resources/nokind/cart/skew",
+                            f"{cp.api}/api/v1/resources/httproute/nowhere/skew"):
+                    async with s.get(url, params={"namespace": NS}) as r:
+                        assert r.status == 404, await r.text()
 
             # The same again adds nothing: no warning.
             rc, out, err = await tulle_apply(cp.api, sticky)

@@ -47,7 +47,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tulle.api.registry import KindInfo, resolve
 from tulle.controlplane.api import paging
 from tulle.controlplane.api.api_token_routes import api_tokens_router
 from tulle.controlplane.api.api_tokens import TokenStore
@@ -68,6 +67,7 @@ from tulle.controlplane.api.ca_routes import add_ca_routes
 from tulle.controlplane.api.check_routes import add_check_routes
 from tulle.controlplane.api.dashboard_routes import add_dashboard_routes
 from tulle.controlplane.api.discovery_routes import add_discovery_routes
+from tulle.controlplane.api.kinds import kind_info, stored_namespace
 from tulle.controlplane.api.limits import DEFAULT_MAX_BODY_BYTES, BodyLimit
 from tulle.controlplane.api.skew_routes import add_skew_routes, warn_older
 from tulle.controlplane.api.stat_routes import add_stat_routes
@@ -81,17 +81,6 @@ from tulle.controlplane.store.errors import ConflictError, NotFoundError
 from tulle.controlplane.store.protocol import ResourceStore
 
 APPLY_BODY_KEYS = frozenset({"documents", "sources"})
-
-
-def _kind(type_: str) -> KindInfo | JSONResponse:
-    try:
-        return resolve(type_)
-    except KeyError as exc:
-        return _error(404, str(exc.args[0]))
-
-
-def _ns(info: KindInfo, namespace: str | None) -> str | None:
-    return (namespace or "default") if info.namespaced else None
 
 
 def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
@@ -139,7 +128,7 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
                              resourceVersion: str | None = None,
                              allowWatchBookmarks: bool = False, limit: int | None = None,
                              continue_: str | None = Query(None, alias="continue")) -> Any:
-        info = _kind(type_)
+        info = kind_info(type_)
         if isinstance(info, JSONResponse):
             return info
         if watch:
@@ -170,11 +159,11 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
     @app.get("/api/v1/resources/{type_}/{name}", response_model=None)
     async def get_resource(response: Response, type_: str, name: str,
                            namespace: str | None = None) -> Any:
-        info = _kind(type_)
+        info = kind_info(type_)
         if isinstance(info, JSONResponse):
             return info
         try:
-            obj = await store.get(info.kind, _ns(info, namespace), name)
+            obj = await store.get(info.kind, stored_namespace(info, namespace), name)
         except NotFoundError as exc:
             return _error(404, str(exc))
         warn_older(response, push)
@@ -183,11 +172,11 @@ def create_app(store: ResourceStore, push: PushServer, cache: SnapshotCache,
     @app.delete("/api/v1/resources/{type_}/{name}", response_model=None)
     async def delete_resource(type_: str, name: str, namespace: str | None = None,
                               resourceVersion: str | None = None) -> Any:
-        info = _kind(type_)
+        info = kind_info(type_)
         if isinstance(info, JSONResponse):
             return info
         try:
-            return await store.delete(info.kind, _ns(info, namespace), name, resourceVersion)
+            return await store.delete(info.kind, stored_namespace(info, namespace), name, resourceVersion)
         except NotFoundError as exc:
             return _error(404, str(exc))
         except ConflictError as exc:

@@ -26,10 +26,11 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
 
-from tulle.api.registry import resolve
 from tulle.controlplane.api.apply import error as _error
 from tulle.controlplane.api.apply_checks import ApplyChecks, Checks
+from tulle.controlplane.api.kinds import kind_info, stored_namespace
 from tulle.controlplane.push.server import PushServer
 from tulle.controlplane.store.errors import NotFoundError
 from tulle.controlplane.store.protocol import ResourceStore
@@ -56,11 +57,10 @@ def warn_older(response: Response, push: PushServer) -> None:
 def add_skew_routes(app: FastAPI, store: ResourceStore, checks: ApplyChecks | None) -> None:
     @app.get("/api/v1/resources/{type_}/{name}/skew", response_model=None)
     async def skew(type_: str, name: str, namespace: str | None = None) -> Any:
-        try:
-            info = resolve(type_)
-        except KeyError as exc:
-            return _error(404, str(exc.args[0]))
-        ns = (namespace or "default") if info.namespaced else None
+        info = kind_info(type_)
+        if isinstance(info, JSONResponse):
+            return info
+        ns = stored_namespace(info, namespace)
         try:
             await store.get(info.kind, ns, name)
         except NotFoundError as exc:
